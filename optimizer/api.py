@@ -1,0 +1,118 @@
+"""The Python API: ``optimize`` for a path, an ``onnx.ModelProto`` or an onnx-ir model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar, Union
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from optimizer.errors import OutputPathError
+from optimizer.inputs import check_inputs, load_inputs, make_inputs
+from optimizer.model_io import check_model_proto, load_model, save_model
+from optimizer.pipeline import run_pipeline
+from optimizer.registry import PassOptions, resolve
+from optimizer.report import PipelineReport
+from optimizer.verify import Tolerance, Verifier
+
+ModelLike = TypeVar("ModelLike", bound=Union[str, os.PathLike, onnx.ModelProto, ir.Model])
+InputsLike = Union[Mapping[str, np.ndarray], str, os.PathLike, None]
+
+
+def optimize(
+    model: ModelLike,
+    passes: Sequence[str] | None = None,
+    *,
+    output: str | os.PathLike | None = None,
+    target: str = "cpu",
+    inputs: InputsLike = None,
+    dims: Mapping[str, int] | None = None,
+    verify: bool = True,
+    tolerances: Mapping[str, Tolerance] | None = None,
+    settings: Mapping[str, object] | None = None,
+) -> ModelLike:
+    """Optimize ``model`` and return the same kind of thing it was given.
+
+    - a path: the model is loaded, optimized and written to ``output`` (required);
+      the output path is returned;
+    - an ``onnx.ModelProto``: a new, optimized ``ModelProto`` is returned;
+    - an ``onnx_ir.Model``: a new, optimized ``onnx_ir.Model`` is returned.
+
+    The argument is never modified. ``passes`` names registered passes (default:
+    the target's default pipeline). With ``verify`` (the default) every pass is
+    checked on ONNX Runtime against the original on ``inputs`` (a dict of arrays
+    or an .npz path; generated from the graph when omitted, with symbolic dims
+    bound by ``dims``), and rolled back if its outputs diverge beyond ``tolerances``.
+    """
+    result, _ = optimize_with_report(
+        model, passes, output=output, target=target, inputs=inputs, dims=dims,
+        verify=verify, tolerances=tolerances, settings=settings,
+    )
+    return result
+
+
+def optimize_with_report(
+    model: ModelLike,
+    passes: Sequence[str] | None = None,
+    *,
+    output: str | os.PathLike | None = None,
+    target: str = "cpu",
+    inputs: InputsLike = None,
+    dims: Mapping[str, int] | None = None,
+    verify: bool = True,
+    tolerances: Mapping[str, Tolerance] | None = None,
+    settings: Mapping[str, object] | None = None,
+    strict: bool = False,
+) -> tuple[ModelLike, PipelineReport]:
+    """Like ``optimize``, and also return the ``PipelineReport`` of what each pass did."""
+    specs = resolve(list(passes) if passes is not None else None, target)
+    ir_model, label, input_path = _to_ir(model)
+    if input_path is not None and output is None:
+        raise OutputPathError("optimize(path): give output= for the optimized model")
+    if input_path is not None:
+        _check_output_path(Path(output), input_path)
+    verifier = None
+    if verify:
+        arrays = _verification_inputs(ir_model, inputs, dims)
+        verifier = Verifier(ir_model, arrays, tolerances)
+    options = PassOptions(target=target, dims=dict(dims or {}), settings=dict(settings or {}))
+    optimized, report = run_pipeline(ir_model, specs, options=options, verifier=verifier, label=label, strict=strict)
+    if input_path is not None:
+        written = save_model(optimized, output, input_path=input_path)
+        report.output = str(written)
+        return (written if isinstance(model, os.PathLike) else str(written)), report
+    if isinstance(model, onnx.ModelProto):
+        return ir.to_proto(optimized), report
+    return optimized, report
+
+
+def _to_ir(model: object) -> tuple[ir.Model, str, Path | None]:
+    if isinstance(model, ir.Model):
+        return model, model.graph.name or "model", None
+    if isinstance(model, onnx.ModelProto):
+        check_model_proto(model, "model")
+        return ir.from_proto(model), model.graph.name or "model", None
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        return load_model(path), path.name, path
+    raise TypeError(f"optimize() takes a path, onnx.ModelProto or onnx_ir.Model, not {type(model).__name__}")
+
+
+def _check_output_path(output: Path, input_path: Path) -> None:
+    if output.absolute() == input_path.absolute():
+        raise OutputPathError(f"{output}: the output would overwrite the input model; choose another -o")
+    if not output.absolute().parent.is_dir():
+        raise OutputPathError(f"{output.absolute().parent}: output folder does not exist")
+
+
+def _verification_inputs(model: ir.Model, inputs: InputsLike, dims: Mapping[str, int] | None) -> dict[str, np.ndarray]:
+    if inputs is None:
+        return make_inputs(model, dims)
+    if isinstance(inputs, (str, os.PathLike)):
+        return load_inputs(inputs, model)
+    arrays = {name: np.asarray(array) for name, array in inputs.items()}
+    return check_inputs(arrays, model, "inputs")

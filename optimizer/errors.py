@@ -1,0 +1,41 @@
+"""User-facing errors: one class per kind of mistake, each with a one-line message.
+
+The CLI prints ``str(error)`` and exits with ``error.exit_code``; it never shows a
+traceback for these. Bugs are not ``GraphoptError`` and keep their tracebacks.
+"""
+
+from __future__ import annotations
+
+
+class GraphoptError(Exception):
+    """A mistake in what the user gave us (file, flag, inputs), not a bug in graphopt."""
+
+    exit_code = 2
+
+
+class ModelFileError(GraphoptError):
+    """The model file is missing, unreadable, not ONNX, or truncated."""
+
+
+class UnsupportedModelError(GraphoptError):
+    """The model uses an opset or operator domain that graphopt cannot check."""
+
+
+class InvalidModelError(GraphoptError):
+    """onnx's checker (or ONNX Runtime) rejects the model as given."""
+
+
+class InputSpecError(GraphoptError):
+    """Verification inputs cannot be built: missing shape, bad --dim, bad .npz."""
+
+
+class OutputPathError(GraphoptError):
+    """The output path cannot be written safely (e.g. it would overwrite the input)."""
+
+
+class PassSelectionError(GraphoptError):
+    """An unknown pass name, or a pass that cannot run on the chosen target."""
+
+
+class RuntimeMissingError(GraphoptError):
+    """ONNX Runtime (or the requested execution provider) is not installed."""

@@ -1,0 +1,229 @@
+"""Reading models into onnx-ir and writing them back, safely.
+
+Loading checks, in order, everything we can tell the user about in one line: the
+file exists and parses as ONNX, its external data is present, its opsets and
+operator domains are ones we can check, and onnx's checker accepts it. Saving is
+atomic: the model (and its external data) are written into a temporary folder
+beside the destination and renamed into place, so a failure never leaves a
+half-written model, and the input file is never opened for writing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import google.protobuf.message
+import onnx
+import onnx_ir as ir
+
+from optimizer.errors import (
+    InvalidModelError,
+    ModelFileError,
+    OutputPathError,
+    UnsupportedModelError,
+)
+from optimizer.runtime import initializer_bytes
+
+# Domains whose operators we can check: ONNX, ONNX-ML, and ONNX Runtime's contrib
+# operators (which our fusions emit and ORT-optimized inputs contain).
+ONNX_DOMAINS = frozenset({"", "ai.onnx"})
+KNOWN_DOMAINS = ONNX_DOMAINS | {"ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
+
+# Past this many bytes of weights a model is saved with external data, because a
+# single protobuf file cannot exceed 2 GiB.
+EXTERNAL_DATA_THRESHOLD_BYTES = 1536 << 20
+
+
+def load_model(path: str | os.PathLike) -> ir.Model:
+    """Load an ONNX file into onnx-ir after validating it.
+
+    External data is memory-mapped from beside the file, so models over 2 GB load
+    without copying their weights. Raises a ``GraphoptError`` subclass with a
+    one-line message for a missing, empty, non-ONNX or truncated file, missing
+    external data, an opset or domain we cannot check, or a checker failure.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: the file is empty")
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except (google.protobuf.message.DecodeError, RuntimeError, ValueError) as error:
+        raise ModelFileError(
+            f"{path}: not a readable ONNX model (the file is truncated, corrupt or not ONNX: "
+            f"{_first_line(error)})"
+        ) from error
+    _check_looks_like_onnx(proto, str(path))
+    _check_external_data(proto, path.parent, str(path))
+    check_model_proto(proto, str(path), checker_path=path)
+    model = ir.serde.deserialize_model(proto)
+    ir.external_data.set_base_dir(model.graph, path.parent)
+    return model
+
+
+def check_model_proto(
+    proto: onnx.ModelProto, label: str, checker_path: Path | None = None
+) -> None:
+    """Raise if ``proto`` uses opsets or domains we cannot check, or fails onnx's checker.
+
+    ``checker_path`` lets the checker read a file instead of the in-memory proto,
+    which is required for models over 2 GB.
+    """
+    _check_opsets(proto, label)
+    _check_domains(proto, label)
+    try:
+        if checker_path is not None:
+            onnx.checker.check_model(os.fspath(checker_path))
+        elif proto.ByteSize() < (1 << 31) - 1:
+            onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as error:
+        raise InvalidModelError(
+            f"{label}: rejected by onnx's checker: {_first_line(error)}"
+        ) from error
+
+
+def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically and return the path.
+
+    Weights go to external data (``<name>.data`` beside the output) when the model
+    already used external data or is too large for one protobuf file. Refuses to
+    write over ``input_path`` or over an external data file the model still reads.
+    """
+    path = Path(path).absolute()
+    if input_path is not None and _same_file(path, Path(input_path)):
+        raise OutputPathError(f"{path}: the output would overwrite the input model; choose another -o")
+    if path.is_dir():
+        raise OutputPathError(f"{path}: is a folder; give a file name for the output model")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputPathError(f"{folder}: output folder does not exist")
+    data_name = None
+    if _needs_external_data(model):
+        data_name = path.name + ".data"
+        if _model_reads_file(model, folder / data_name):
+            raise OutputPathError(
+                f"{folder / data_name}: the model reads its weights from this file; choose another -o"
+            )
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
+    try:
+        ir.save(model, staging / path.name, external_data=data_name)
+        if data_name is not None:
+            os.replace(staging / data_name, folder / data_name)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def model_file_bytes(path: str | os.PathLike) -> int:
+    """Size of a model file plus the external data files it references."""
+    path = Path(path)
+    proto = onnx.load(os.fspath(path), load_external_data=False)
+    total = path.stat().st_size
+    for location in _external_locations(proto):
+        candidate = path.parent / location
+        if candidate.exists():
+            total += candidate.stat().st_size
+    return total
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def _check_looks_like_onnx(proto: onnx.ModelProto, label: str) -> None:
+    # Protobuf happily parses many random byte strings into a mostly empty message.
+    if proto.ir_version <= 0 or not proto.HasField("graph"):
+        raise ModelFileError(f"{label}: not an ONNX model (no IR version or no graph)")
+    if not proto.graph.output:
+        raise ModelFileError(f"{label}: the graph has no outputs (is the file truncated?)")
+
+
+def _external_locations(proto: onnx.ModelProto) -> set[str]:
+    locations = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if onnx.external_data_helper.uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    locations.add(entry.value)
+    return locations
+
+
+def _check_external_data(proto: onnx.ModelProto, folder: Path, label: str) -> None:
+    for location in sorted(_external_locations(proto)):
+        if not (folder / location).is_file():
+            raise ModelFileError(f"{label}: external data file '{location}' is missing beside the model")
+
+
+def _check_opsets(proto: onnx.ModelProto, label: str) -> None:
+    newest = {
+        "": onnx.defs.onnx_opset_version(),
+        "ai.onnx": onnx.defs.onnx_opset_version(),
+        "ai.onnx.ml": onnx.defs.onnx_ml_opset_version() if hasattr(onnx.defs, "onnx_ml_opset_version") else None,
+    }
+    for opset in proto.opset_import:
+        limit = newest.get(opset.domain)
+        if limit is not None and opset.version > limit:
+            name = opset.domain or "ai.onnx"
+            raise UnsupportedModelError(
+                f"{label}: opset {name} {opset.version} is newer than this onnx "
+                f"({onnx.__version__}) knows (up to {limit}); upgrade onnx"
+            )
+
+
+def _check_domains(proto: onnx.ModelProto, label: str) -> None:
+    local_domains = {function.domain for function in proto.functions}
+    for node in _all_nodes(proto):
+        if node.domain not in KNOWN_DOMAINS and node.domain not in local_domains:
+            raise UnsupportedModelError(
+                f"{label}: node '{node.name or node.op_type}' uses operator domain "
+                f"'{node.domain}', which graphopt cannot check (known: ai.onnx, "
+                f"ai.onnx.ml, com.microsoft, and the model's own functions)"
+            )
+
+
+def _all_nodes(proto: onnx.ModelProto):
+    def walk(graph: onnx.GraphProto):
+        for node in graph.node:
+            yield node
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    yield from walk(attribute.g)
+                elif attribute.type == onnx.AttributeProto.GRAPHS:
+                    for subgraph in attribute.graphs:
+                        yield from walk(subgraph)
+
+    yield from walk(proto.graph)
+    for function in proto.functions:
+        yield from function.node
+
+
+def _needs_external_data(model: ir.Model) -> bool:
+    if initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES:
+        return True
+    return any(
+        isinstance(value.const_value, ir.ExternalTensor)
+        for value in model.graph.initializers.values()
+    )
+
+
+def _model_reads_file(model: ir.Model, data_path: Path) -> bool:
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor) and _same_file(Path(tensor.path), data_path):
+            return True
+    return False
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.absolute() == b.absolute()

@@ -1,0 +1,114 @@
+"""The pass pipeline: run passes in order, time them, verify each result, roll back failures.
+
+Each pass runs on a clone of the current model (clones share weight tensors, so
+this is cheap). If the pass raises, or its result fails verification, the clone is
+dropped and the pipeline goes on from the model as it was before that pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import onnx_ir as ir
+
+from optimizer.registry import PassOptions, PassSpec
+from optimizer.report import (
+    STATUS_APPLIED,
+    STATUS_FAILED,
+    STATUS_ROLLED_BACK,
+    STATUS_UNCHANGED,
+    PassRecord,
+    PipelineReport,
+)
+from optimizer.runtime import initializer_bytes
+from optimizer.verify import Verifier
+
+logger = logging.getLogger(__name__)
+
+
+def count_nodes(model: ir.Model) -> int:
+    """Number of nodes in the model, subgraphs and functions included."""
+    total = sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
+    for function in model.functions.values():
+        total += sum(1 for _ in ir.traversal.RecursiveGraphIterator(function))
+    return total
+
+
+def run_pipeline(
+    model: ir.Model,
+    specs: Sequence[PassSpec],
+    *,
+    options: PassOptions | None = None,
+    verifier: Verifier | None = None,
+    label: str = "model",
+    strict: bool = False,
+) -> tuple[ir.Model, PipelineReport]:
+    """Run ``specs`` over a clone of ``model``; return the optimized model and its report.
+
+    ``model`` itself is never modified. With a ``verifier``, every modifying pass is
+    checked on ONNX Runtime and rolled back if its outputs diverge or ORT cannot run
+    it. A pass that raises is rolled back and reported as failed; ``strict`` re-raises
+    instead (for tests and debugging).
+    """
+    options = options or PassOptions()
+    started = time.perf_counter()
+    current = model.clone()
+    report = PipelineReport(
+        model=label,
+        target=options.target,
+        verified=verifier is not None,
+        nodes_before=count_nodes(current),
+        initializer_bytes_before=initializer_bytes(current),
+    )
+    if verifier is not None:
+        report.inputs = {name: list(array.shape) for name, array in verifier.inputs.items()}
+        report.tolerances = {k: {"rtol": t.rtol, "atol": t.atol} for k, t in verifier.tolerances.items()}
+    for spec in specs:
+        current, record = _run_one(current, spec, options, verifier, strict)
+        report.passes.append(record)
+    report.nodes_after = count_nodes(current)
+    report.initializer_bytes_after = initializer_bytes(current)
+    report.seconds = time.perf_counter() - started
+    return current, report
+
+
+def _run_one(
+    model: ir.Model,
+    spec: PassSpec,
+    options: PassOptions,
+    verifier: Verifier | None,
+    strict: bool,
+) -> tuple[ir.Model, PassRecord]:
+    nodes_before = count_nodes(model)
+    candidate = model.clone()
+    started = time.perf_counter()
+    try:
+        result = spec.factory(options)(candidate)
+    except Exception as error:
+        # A broken pass must not cost the user the rest of the pipeline: report it
+        # by name with the error, keep the model as it was, and log the traceback.
+        if strict:
+            raise
+        logger.warning("pass %s raised; rolled back", spec.name, exc_info=True)
+        seconds = time.perf_counter() - started
+        detail = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        return model, PassRecord(spec.name, STATUS_FAILED, seconds, nodes_before, nodes_before, None, detail)
+    seconds = time.perf_counter() - started
+    if not result.modified:
+        return model, PassRecord(spec.name, STATUS_UNCHANGED, seconds, nodes_before, nodes_before)
+    candidate = result.model
+    nodes_after = count_nodes(candidate)
+    if verifier is None:
+        return candidate, PassRecord(spec.name, STATUS_APPLIED, seconds, nodes_before, nodes_after)
+    verdict = verifier.check(candidate)
+    if not verdict.ok:
+        logger.warning("pass %s rolled back: %s", spec.name, verdict.first_failure)
+        return model, PassRecord(
+            spec.name, STATUS_ROLLED_BACK, seconds, nodes_before, nodes_before,
+            verdict.max_abs_error, verdict.first_failure,
+        )
+    return candidate, PassRecord(
+        spec.name, STATUS_APPLIED, seconds, nodes_before, nodes_after, verdict.max_abs_error
+    )

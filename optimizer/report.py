@@ -1,0 +1,106 @@
+"""The pipeline report: what each pass did, how long it took, and how far outputs moved."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+STATUS_APPLIED = "applied"
+STATUS_UNCHANGED = "unchanged"
+STATUS_ROLLED_BACK = "rolled back"
+STATUS_FAILED = "failed"
+
+
+@dataclass
+class PassRecord:
+    """One pass's row: status is applied, unchanged, rolled back (verification) or failed (error)."""
+
+    name: str
+    status: str
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    max_abs_error: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class PipelineReport:
+    """Everything the pipeline did to one model, serializable to JSON."""
+
+    model: str
+    target: str
+    verified: bool
+    nodes_before: int
+    nodes_after: int = 0
+    initializer_bytes_before: int = 0
+    initializer_bytes_after: int = 0
+    seconds: float = 0.0
+    inputs: dict[str, list[int]] = field(default_factory=dict)
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+    passes: list[PassRecord] = field(default_factory=list)
+    output: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; the schema is documented in README.md."""
+        return {"schema": "graphopt.pipeline-report/1", **asdict(self)}
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        """Write the report as JSON."""
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=2)
+            handle.write("\n")
+
+    def failures(self) -> list[PassRecord]:
+        """Passes that were rolled back or raised."""
+        return [record for record in self.passes if record.status in (STATUS_ROLLED_BACK, STATUS_FAILED)]
+
+
+def render_table(report: PipelineReport, console: Console | None = None) -> None:
+    """Print the per-pass table and a one-line summary to the terminal."""
+    console = console or Console()
+    table = Table(title=f"graphopt: {report.model} (target {report.target})")
+    table.add_column("pass")
+    table.add_column("status")
+    table.add_column("time", justify="right")
+    table.add_column("nodes before", justify="right")
+    table.add_column("nodes after", justify="right")
+    table.add_column("max abs error" if report.verified else "verified", justify="right")
+    styles = {STATUS_APPLIED: "green", STATUS_UNCHANGED: "dim", STATUS_ROLLED_BACK: "yellow", STATUS_FAILED: "red"}
+    for record in report.passes:
+        error = _format_error(record.max_abs_error) if report.verified else "off"
+        table.add_row(
+            record.name,
+            f"[{styles.get(record.status, '')}]{record.status}[/]",
+            f"{record.seconds * 1000:.0f} ms",
+            str(record.nodes_before),
+            str(record.nodes_after),
+            error,
+        )
+    console.print(table)
+    removed = report.nodes_before - report.nodes_after
+    console.print(
+        f"nodes {report.nodes_before} → {report.nodes_after} ({removed:+d} removed), "
+        f"weights {_format_bytes(report.initializer_bytes_before)} → {_format_bytes(report.initializer_bytes_after)}, "
+        f"{report.seconds:.2f} s"
+        + ("" if report.verified else " — outputs NOT verified (--no-verify)")
+    )
+    for record in report.failures():
+        console.print(f"[yellow]{record.name} {record.status}:[/] {record.detail}", highlight=False)
+
+
+def _format_error(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2e}"
+
+
+def _format_bytes(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} B"

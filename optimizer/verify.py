@@ -1,0 +1,211 @@
+"""Numerical verification of a rewritten model against the original, on ONNX Runtime.
+
+Outputs are compared elementwise with ``|after - before| <= atol + rtol * |before|``
+(numpy's ``allclose`` rule) using per-dtype tolerances; NaNs must be NaN in the same
+places, integer, boolean and string outputs must match exactly. Both models run with
+ONNX Runtime's graph optimizations disabled, so the check sees exactly the graph we
+wrote rather than ORT's own rewrite of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.errors import InvalidModelError
+from optimizer.runtime import inference_session, run_session
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed difference for one dtype: ``|after - before| <= atol + rtol * |before|``."""
+
+    rtol: float
+    atol: float
+
+
+# Why these numbers: a graph rewrite that only reassociates float32 arithmetic
+# (folding, fused kernels summing in another order) moves results by a few ulps per
+# op, which after a dozen transformer layers is ~1e-5 relative. Anything past these
+# bounds is a changed answer, not rounding.
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "float64": Tolerance(rtol=1e-7, atol=1e-9),
+    "float32": Tolerance(rtol=1e-4, atol=1e-5),
+    "float16": Tolerance(rtol=1e-2, atol=1e-3),
+    "bfloat16": Tolerance(rtol=2e-2, atol=1e-2),
+}
+
+# Ops whose outputs change from run to run; outputs that depend on them are not compared.
+NONDETERMINISTIC_OPS = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
+
+
+@dataclass
+class OutputCheck:
+    """How one output of the rewritten model compares with the original's."""
+
+    name: str
+    ok: bool
+    max_abs_error: float = 0.0
+    max_rel_error: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class VerificationResult:
+    """The outcome of comparing every output; ``first_failure`` names the first that diverged."""
+
+    checks: list[OutputCheck] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and all(check.ok for check in self.checks)
+
+    @property
+    def max_abs_error(self) -> float:
+        return max((check.max_abs_error for check in self.checks), default=0.0)
+
+    @property
+    def first_failure(self) -> str:
+        if self.error:
+            return self.error
+        for check in self.checks:
+            if not check.ok:
+                return check.detail
+        return ""
+
+
+def parse_tolerance_flags(flags: list[str] | None) -> dict[str, Tolerance]:
+    """Parse ``DTYPE=RTOL,ATOL`` strings (e.g. ``float32=1e-3,1e-4``) over the defaults."""
+    from optimizer.errors import InputSpecError
+
+    tolerances = dict(DEFAULT_TOLERANCES)
+    for flag in flags or []:
+        dtype, sep, numbers = flag.partition("=")
+        parts = numbers.split(",")
+        try:
+            if not sep or len(parts) != 2:
+                raise ValueError(flag)
+            tolerances[dtype.strip()] = Tolerance(rtol=float(parts[0]), atol=float(parts[1]))
+        except ValueError as error:
+            raise InputSpecError(f"--tolerance {flag}: expected DTYPE=RTOL,ATOL, e.g. float32=1e-3,1e-4") from error
+    return tolerances
+
+
+def compare_outputs(
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    tolerances: Mapping[str, Tolerance] | None = None,
+    skip: frozenset[str] = frozenset(),
+) -> VerificationResult:
+    """Compare two runs' outputs, name by name, under ``tolerances`` (defaults per dtype)."""
+    tolerances = DEFAULT_TOLERANCES if tolerances is None else tolerances
+    result = VerificationResult()
+    for name, expected in before.items():
+        if name in skip:
+            continue
+        if name not in after:
+            result.checks.append(OutputCheck(name, False, math.inf, math.inf, f"output '{name}' is missing"))
+            continue
+        result.checks.append(_compare_one(name, expected, after[name], tolerances))
+    return result
+
+
+def _compare_one(name: str, expected: Any, actual: Any, tolerances: Mapping[str, Tolerance]) -> OutputCheck:
+    if isinstance(expected, list) or isinstance(actual, list):
+        if not isinstance(expected, list) or not isinstance(actual, list) or len(expected) != len(actual):
+            return OutputCheck(name, False, math.inf, math.inf, f"output '{name}': sequence length differs")
+        checks = [_compare_one(f"{name}[{i}]", e, a, tolerances) for i, (e, a) in enumerate(zip(expected, actual))]
+        worst = max(checks, key=lambda c: (not c.ok, c.max_abs_error), default=OutputCheck(name, True))
+        return OutputCheck(name, worst.ok, worst.max_abs_error, worst.max_rel_error, worst.detail)
+    if expected is None or actual is None:
+        ok = expected is None and actual is None
+        return OutputCheck(name, ok, 0.0 if ok else math.inf, 0.0, "" if ok else f"output '{name}': optional presence differs")
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    if expected.shape != actual.shape:
+        return OutputCheck(name, False, math.inf, math.inf, f"output '{name}': shape {actual.shape} instead of {expected.shape}")
+    if expected.dtype != actual.dtype:
+        return OutputCheck(name, False, math.inf, math.inf, f"output '{name}': dtype {actual.dtype} instead of {expected.dtype}")
+    tolerance = tolerances.get(_dtype_key(expected.dtype))
+    if tolerance is None or expected.size == 0:
+        ok = bool(np.array_equal(expected, actual))
+        return OutputCheck(name, ok, 0.0 if ok else math.inf, 0.0, "" if ok else f"output '{name}': values differ (exact match required)")
+    e, a = expected.astype(np.float64), actual.astype(np.float64)
+    nan_mismatch = np.isnan(e) != np.isnan(a)
+    both_finite = np.isfinite(e) & np.isfinite(a)
+    inf_mismatch = ~np.isnan(e) & ~np.isnan(a) & ~both_finite & (e != a)
+    diff = np.where(both_finite, np.abs(a - e), 0.0)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    rel = diff / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
+    max_rel = float(np.where(both_finite, rel, 0.0).max()) if diff.size else 0.0
+    within = diff <= tolerance.atol + tolerance.rtol * np.abs(np.where(both_finite, e, 0.0))
+    ok = bool(within.all()) and not nan_mismatch.any() and not inf_mismatch.any()
+    if ok:
+        return OutputCheck(name, True, max_abs, max_rel)
+    if nan_mismatch.any() or inf_mismatch.any():
+        detail = f"output '{name}': NaN/Inf in different places"
+        max_abs = math.inf
+    else:
+        detail = (
+            f"output '{name}': max abs error {max_abs:.3g} (max rel {max_rel:.3g}) exceeds "
+            f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}"
+        )
+    return OutputCheck(name, False, max_abs, max_rel, detail)
+
+
+def _dtype_key(dtype: np.dtype) -> str:
+    # ml_dtypes' bfloat16 reports its name as 'bfloat16'; numpy's own floats by name.
+    return str(dtype.name)
+
+
+class Verifier:
+    """Runs candidate models on fixed inputs and compares them with the original's outputs."""
+
+    def __init__(
+        self,
+        original: ir.Model,
+        inputs: Mapping[str, np.ndarray],
+        tolerances: Mapping[str, Tolerance] | None = None,
+    ) -> None:
+        self.inputs = dict(inputs)
+        self.tolerances = dict(DEFAULT_TOLERANCES if tolerances is None else tolerances)
+        try:
+            self.reference = self.run(original)
+        except Exception as error:  # ORT raises many unrelated types for a model it rejects
+            raise InvalidModelError(
+                f"ONNX Runtime cannot run the input model ({_first_line(error)}); "
+                "fix the model or pass --no-verify"
+            ) from error
+        self.skipped = self._nondeterministic_outputs(original)
+
+    def run(self, model: ir.Model) -> dict[str, Any]:
+        """Run ``model`` on the verification inputs and return its outputs by name."""
+        with inference_session(model) as session:
+            return run_session(session, self.inputs)
+
+    def check(self, candidate: ir.Model) -> VerificationResult:
+        """Run ``candidate`` and compare it with the original's outputs."""
+        try:
+            outputs = self.run(candidate)
+        except Exception as error:  # any ORT failure means the rewrite is unusable
+            return VerificationResult(error=f"ONNX Runtime cannot run the result: {_first_line(error)}")
+        return compare_outputs(self.reference, outputs, self.tolerances, self.skipped)
+
+    def _nondeterministic_outputs(self, original: ir.Model) -> frozenset[str]:
+        if not any(node.op_type in NONDETERMINISTIC_OPS for node in ir.traversal.RecursiveGraphIterator(original.graph)):
+            return frozenset()
+        again = self.run(original)
+        differing = compare_outputs(self.reference, again, self.tolerances)
+        return frozenset(check.name for check in differing.checks if not check.ok)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]

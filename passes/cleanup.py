@@ -1,0 +1,59 @@
+"""Cleanup passes: dead code, Identity nodes, duplicate initializers, common subexpressions.
+
+These wrap onnx-ir's common passes, which do the job on our models (tested in
+``tests/passes/test_cleanup.py`` on hand-built graphs and exported transformers);
+graphopt adds only the bundling and the registry names.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+
+class RemoveUnusedPass(ir.passes.InPlacePass):
+    """Remove nodes and initializers no output depends on, then unused functions and opsets.
+
+    Rewrites: a node whose outputs are neither used nor graph outputs is deleted
+    (repeatedly, in subgraphs too); initializers that are not used, not graph inputs
+    and not graph outputs are deleted; model-local functions never called and opset
+    imports no node uses are dropped. Never changes the graph's inputs or outputs.
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        for inner in (
+            common_passes.RemoveUnusedNodesPass(),
+            common_passes.RemoveUnusedFunctionsPass(),
+            common_passes.RemoveUnusedOpsetsPass(),
+        ):
+            modified = inner(model).modified or modified
+        return ir.passes.PassResult(model, modified=modified)
+
+
+class RemoveIdentityPass(common_passes.IdentityEliminationPass):
+    """Remove ``y = Identity(x)`` by using ``x`` wherever ``y`` was used.
+
+    When ``y`` is a graph output, ``x`` is renamed to ``y``; refuses (keeps the node)
+    when ``y`` is a graph output and ``x`` is a graph input, since both names are
+    part of the model's signature. This is onnx-ir's ``IdentityEliminationPass``.
+    """
+
+
+class DeduplicateInitializersPass(common_passes.DeduplicateHashedInitializersPass):
+    """Merge initializers with identical dtype, shape and bytes into one (onnx-ir's hashed dedup).
+
+    Uses of every duplicate are redirected to the first copy and the duplicate is
+    deleted; exporters often emit the same constant (or tied embedding weights)
+    many times. Refuses initializers that are graph inputs or outputs. Equal hashes
+    are confirmed byte by byte before merging.
+    """
+
+
+class EliminateCommonSubexpressionsPass(common_passes.CommonSubexpressionEliminationPass):
+    """Merge nodes with the same op, attributes and inputs into one (onnx-ir's CSE).
+
+    Exporters recompute the same ``Shape``/``Gather`` chain for every layer; after
+    this pass each distinct computation exists once. Refuses non-deterministic ops
+    (random generators) and nodes with subgraphs.
+    """

@@ -1,0 +1,49 @@
+"""Constant folding, including shape arithmetic, with onnxscript's folder.
+
+onnxscript's ``FoldConstantsPass`` evaluates nodes whose inputs are all known
+(initializers or Constants) and replaces them with constants. It also propagates
+shapes and partially known shape values, so ``Shape → Gather → Concat → Reshape``
+chains over static dimensions fold away, and ``Shape`` of a tensor whose shape is
+fully static becomes a constant. It does this well on our exported transformers,
+so we use it as-is; see ``passes/shape_simplification.py`` for what it leaves.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnxscript.optimizer import _constant_folding
+
+# onnxscript's defaults: do not evaluate ops on inputs over 8192 elements, nor store
+# folded results over 512*512 elements; larger constants are weights, whose folding
+# would bloat the file for no runtime gain.
+DEFAULT_INPUT_SIZE_LIMIT = _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT
+DEFAULT_OUTPUT_SIZE_LIMIT = _constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT
+
+
+class FoldConstantsPass(ir.passes.InPlacePass):
+    """Replace nodes computable ahead of time with their constant results.
+
+    Rewrites: any deterministic node (outside control flow bodies it cannot
+    reason about) whose inputs are constants into a ``Constant``; ``Shape``/``Size``
+    of statically shaped tensors into constants; shape arithmetic over them too.
+    Refuses: random ops, inputs larger than ``input_size_limit`` elements, results
+    larger than ``output_size_limit`` elements. Dead nodes left behind are removed
+    by the ``remove-unused`` pass.
+    """
+
+    def __init__(
+        self,
+        input_size_limit: int = DEFAULT_INPUT_SIZE_LIMIT,
+        output_size_limit: int = DEFAULT_OUTPUT_SIZE_LIMIT,
+    ) -> None:
+        super().__init__()
+        self.input_size_limit = input_size_limit
+        self.output_size_limit = output_size_limit
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        folder = _constant_folding.FoldConstantsPass(
+            shape_inference=True,
+            input_size_limit=self.input_size_limit,
+            output_size_limit=self.output_size_limit,
+        )
+        return ir.passes.PassResult(model, modified=folder(model).modified)
