@@ -12,7 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.errors import OutputPathError
-from optimizer.inputs import check_inputs, load_inputs, make_inputs
+from optimizer.inputs import alternate_binding, check_inputs, load_inputs, make_inputs
 from optimizer.model_io import check_model_proto, load_model, save_model
 from optimizer.pipeline import run_pipeline
 from optimizer.registry import PassOptions, resolve
@@ -77,8 +77,7 @@ def optimize_with_report(
         _check_output_path(Path(output), input_path)
     verifier = None
     if verify:
-        arrays = _verification_inputs(ir_model, inputs, dims)
-        verifier = Verifier(ir_model, arrays, tolerances)
+        verifier = Verifier(ir_model, _verification_inputs(ir_model, inputs, dims), tolerances)
     options = PassOptions(target=target, dims=dict(dims or {}), settings=dict(settings or {}))
     optimized, report = run_pipeline(ir_model, specs, options=options, verifier=verifier, label=label, strict=strict)
     if input_path is not None:
@@ -109,10 +108,18 @@ def _check_output_path(output: Path, input_path: Path) -> None:
         raise OutputPathError(f"{output.absolute().parent}: output folder does not exist")
 
 
-def _verification_inputs(model: ir.Model, inputs: InputsLike, dims: Mapping[str, int] | None) -> dict[str, np.ndarray]:
-    if inputs is None:
-        return make_inputs(model, dims)
+def _verification_inputs(
+    model: ir.Model, inputs: InputsLike, dims: Mapping[str, int] | None
+) -> list[dict[str, np.ndarray]]:
     if isinstance(inputs, (str, os.PathLike)):
-        return load_inputs(inputs, model)
-    arrays = {name: np.asarray(array) for name, array in inputs.items()}
-    return check_inputs(arrays, model, "inputs")
+        return [load_inputs(inputs, model)]
+    if inputs is not None:
+        arrays = {name: np.asarray(array) for name, array in inputs.items()}
+        return [check_inputs(arrays, model, "inputs")]
+    # A second binding of the dims the user left to defaults catches rewrites that
+    # bake one input shape into the graph.
+    primary = make_inputs(model, dims)
+    alternate_dims = alternate_binding(model, dims)
+    if alternate_dims is None:
+        return [primary]
+    return [primary, make_inputs(model, alternate_dims, seed=1)]

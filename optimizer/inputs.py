@@ -69,6 +69,23 @@ def bind_dims(model: ir.Model, overrides: Mapping[str, int] | None = None) -> di
     return bound
 
 
+def alternate_binding(model: ir.Model, overrides: Mapping[str, int] | None = None) -> dict[str, int] | None:
+    """A second binding that changes every dim not fixed by ``overrides``, or None if there is none.
+
+    Batch-like dims go from 1 to 2, others to about half their default, so the
+    alternate stays inside position tables sized for the default.
+    """
+    overrides = dict(overrides or {})
+    bound = bind_dims(model, overrides)
+    free = [name for name in bound if name not in overrides]
+    if not free:
+        return None
+    alternate = dict(bound)
+    for name in free:
+        alternate[name] = bound[name] + 1 if _BATCH_NAME.search(name) else bound[name] // 2 + 1
+    return alternate
+
+
 def parse_dim_flags(flags: list[str] | None) -> dict[str, int]:
     """Parse ``NAME=VALUE`` strings from the command line into a dict."""
     dims: dict[str, int] = {}

@@ -63,7 +63,7 @@ def run_pipeline(
         initializer_bytes_before=initializer_bytes(current),
     )
     if verifier is not None:
-        report.inputs = {name: list(array.shape) for name, array in verifier.inputs.items()}
+        report.inputs = [{name: list(array.shape) for name, array in inputs.items()} for inputs in verifier.input_sets]
         report.tolerances = {k: {"rtol": t.rtol, "atol": t.atol} for k, t in verifier.tolerances.items()}
     for spec in specs:
         current, record = _run_one(current, spec, options, verifier, strict)

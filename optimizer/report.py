@@ -41,7 +41,7 @@ class PipelineReport:
     initializer_bytes_before: int = 0
     initializer_bytes_after: int = 0
     seconds: float = 0.0
-    inputs: dict[str, list[int]] = field(default_factory=dict)
+    inputs: list[dict[str, list[int]]] = field(default_factory=list)
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
     passes: list[PassRecord] = field(default_factory=list)
     output: str | None = None

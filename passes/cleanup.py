@@ -1,4 +1,4 @@
-"""Cleanup passes: dead code, Identity nodes, duplicate initializers, common subexpressions.
+"""Cleanup passes: dead code, Identity nodes, common subexpressions.
 
 These wrap onnx-ir's common passes, which do the job on our models (tested in
 ``tests/passes/test_cleanup.py`` on hand-built graphs and exported transformers);
@@ -37,16 +37,6 @@ class RemoveIdentityPass(common_passes.IdentityEliminationPass):
     When ``y`` is a graph output, ``x`` is renamed to ``y``; refuses (keeps the node)
     when ``y`` is a graph output and ``x`` is a graph input, since both names are
     part of the model's signature. This is onnx-ir's ``IdentityEliminationPass``.
-    """
-
-
-class DeduplicateInitializersPass(common_passes.DeduplicateHashedInitializersPass):
-    """Merge initializers with identical dtype, shape and bytes into one (onnx-ir's hashed dedup).
-
-    Uses of every duplicate are redirected to the first copy and the duplicate is
-    deleted; exporters often emit the same constant (or tied embedding weights)
-    many times. Refuses initializers that are graph inputs or outputs. Equal hashes
-    are confirmed byte by byte before merging.
     """
 
 

@@ -1,0 +1,27 @@
+"""Small helpers shared by passes: constant lookup and fresh initializers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's contents if it is an initializer or a Constant node's output, else None."""
+    if value is None:
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is None:
+        return None
+    return tensor.numpy()
+
+
+def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Value:
+    """Register ``array`` as a new initializer of ``graph`` under an unused name based on ``base_name``."""
+    name, suffix = base_name, 0
+    while name in graph.initializers:
+        suffix += 1
+        name = f"{base_name}_{suffix}"
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value

@@ -1,0 +1,253 @@
+"""Replace run-time shape arithmetic feeding Reshape and Expand with constants, keeping shapes dynamic.
+
+Exporters build every attention reshape target at run time:
+``Concat(Unsqueeze(Gather(Shape(x), 0)), Unsqueeze(Gather(Shape(x), 1)), 4, 16)``.
+With symbolic dimensions nothing there is constant, so constant folding leaves it
+alone. But Reshape can say "keep this input dimension" with ``0`` and "infer this
+one" with ``-1``, and Expand keeps an input dimension with ``1``. This pass proves,
+with ONNX Runtime's symbolic shape inference, which target elements equal the
+input's own dimensions, rewrites the target into a constant, and leaves the
+``Shape → Gather → Concat`` chain dead for ``remove-unused``.
+
+onnxscript's constant folder does not do this (it only folds fully known shapes),
+nor does onnx's shape inference keep the dimension names needed to prove equality.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from passes._utils import add_initializer, constant_array
+
+logger = logging.getLogger(__name__)
+
+# Weights above this many elements are hidden from symbolic inference (declared as
+# inputs of the same type and shape): it needs their shapes, not their bytes.
+_LARGE_INITIALIZER_ELEMENTS = 1024
+
+Symbol = int | str | None
+
+
+@dataclass(frozen=True)
+class _DimOf:
+    """Element ``axis`` of ``Shape(value)``."""
+
+    value: ir.Value
+    axis: int
+
+
+Element = int | _DimOf | None
+
+
+class ShapeSimplificationPass(ir.passes.InPlacePass):
+    """Turn computed Reshape/Expand shape inputs into constants using 0 (copy), -1 (infer) and 1 (keep).
+
+    Rewrites, in the main graph: a ``Reshape`` whose target is
+    built from ``Shape``/``Gather``/``Slice``/``Unsqueeze``/``Squeeze``/``Concat``/
+    ``Cast`` when each element is a constant, or provably the input's dimension at
+    the same position (becomes 0), with at most one element left unknown (becomes
+    -1; ``allowzero=1`` is dropped when no element is a literal 0); an ``Expand`` whose target elements are constants or provably equal to the
+    input's aligned dimension (become 1). Refuses, with a logged reason, when ONNX
+    Runtime's symbolic shape inference fails on the model or is not installed, and
+    leaves every other shape computation as it was.
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        shapes = _symbolic_shapes(model)
+        if shapes is None:
+            return ir.passes.PassResult(model, modified=False)
+        modified = False
+        for node in list(model.graph):
+            if node.domain != "" or len(node.inputs) < 2 or constant_array(node.inputs[1]) is not None:
+                continue
+            if node.op_type == "Reshape":
+                target = _reshape_target(node, shapes)
+                if target is not None and node.attributes.get_int("allowzero", 0):
+                    # allowzero=1 reads 0 as a literal size: our 0s mean "copy", so switch to
+                    # allowzero=0, which is equivalent when no element is a literal 0.
+                    if 0 in _constant_elements(node):
+                        continue
+                    node.attributes.pop("allowzero")
+            elif node.op_type == "Expand":
+                target = _expand_target(node, shapes)
+            else:
+                continue
+            if target is None:
+                continue
+            constant = add_initializer(model.graph, f"{node.name or node.op_type}_shape", np.array(target, dtype=np.int64))
+            node.replace_input_with(1, constant)
+            modified = True
+        return ir.passes.PassResult(model, modified=modified)
+
+
+def _reshape_target(node: ir.Node, shapes: dict[str, tuple[Symbol, ...]]) -> list[int] | None:
+    elements = _shape_elements(node.inputs[1])
+    data_shape = shapes.get(node.inputs[0].name)
+    if elements is None or data_shape is None:
+        return None
+    target: list[int | None] = []
+    for position, element in enumerate(elements):
+        symbol = _symbol_of(element, shapes)
+        if isinstance(symbol, int):
+            target.append(symbol)
+        elif symbol is not None and position < len(data_shape) and data_shape[position] == symbol:
+            target.append(0)
+        else:
+            target.append(None)
+    unknown = target.count(None)
+    if unknown > 1 or (unknown == 1 and -1 in target):
+        return None
+    return [-1 if item is None else item for item in target]
+
+
+def _constant_elements(node: ir.Node) -> list[int]:
+    elements = _shape_elements(node.inputs[1]) or []
+    return [element for element in elements if isinstance(element, int)]
+
+
+def _expand_target(node: ir.Node, shapes: dict[str, tuple[Symbol, ...]]) -> list[int] | None:
+    elements = _shape_elements(node.inputs[1])
+    data_shape = shapes.get(node.inputs[0].name)
+    if elements is None or data_shape is None:
+        return None
+    offset = len(elements) - len(data_shape)
+    target = []
+    for position, element in enumerate(elements):
+        symbol = _symbol_of(element, shapes)
+        if isinstance(symbol, int):
+            target.append(symbol)
+        elif symbol is not None and position >= offset and data_shape[position - offset] == symbol:
+            target.append(1)
+        else:
+            return None
+    return target
+
+
+def _symbol_of(element: Element, shapes: dict[str, tuple[Symbol, ...]]) -> Symbol:
+    if element is None or isinstance(element, int):
+        return element
+    shape = shapes.get(element.value.name)
+    if shape is None or element.axis >= len(shape):
+        return None
+    return shape[element.axis]
+
+
+def _shape_elements(value: ir.Value | None) -> list[Element] | None:
+    """The elements of a 1-D int64 shape tensor, traced back through shape arithmetic."""
+    if value is None:
+        return None
+    array = constant_array(value)
+    if array is not None:
+        return [int(item) for item in array.reshape(-1)] if array.ndim <= 1 else None
+    node = value.producer()
+    if node is None or node.domain != "":
+        return None
+    inputs = node.inputs
+    if node.op_type == "Shape":
+        shape = inputs[0].shape
+        if shape is None:
+            return None
+        rank = len(shape)
+        start = node.attributes.get_int("start", 0)
+        end = node.attributes.get_int("end", rank)
+        axes = range(rank)[slice(start, end)]
+        return [shape[axis] if isinstance(shape[axis], int) else _DimOf(inputs[0], axis) for axis in axes]
+    if node.op_type in ("Identity", "Unsqueeze", "Squeeze"):
+        return _shape_elements(inputs[0])
+    if node.op_type == "Reshape":
+        # The dynamo exporter turns a scalar dim into a 1-D one with Reshape(d, [-1]).
+        target = constant_array(inputs[1])
+        source = _shape_elements(inputs[0])
+        if target is not None and target.size == 1 and source is not None and len(source) == 1:
+            return source
+        return None
+    if node.op_type == "Cast" and node.attributes.get_int("to") == ir.DataType.INT64:
+        return _shape_elements(inputs[0])
+    if node.op_type == "Concat" and node.attributes.get_int("axis", 0) in (0, -1):
+        parts = [_shape_elements(part) for part in inputs]
+        if any(part is None for part in parts):
+            return None
+        return [element for part in parts for element in part]
+    if node.op_type == "Gather" and node.attributes.get_int("axis", 0) == 0:
+        source, indices = _shape_elements(inputs[0]), constant_array(inputs[1])
+        if source is None or indices is None or indices.ndim > 1:
+            return None
+        return [source[int(index)] for index in indices.reshape(-1)]
+    if node.op_type == "Slice":
+        return _slice_elements(node)
+    return None
+
+
+def _slice_elements(node: ir.Node) -> list[Element] | None:
+    source = _shape_elements(node.inputs[0])
+    bounds = [constant_array(value) for value in node.inputs[1:5]]
+    bounds += [None] * (4 - len(bounds))
+    if source is None or bounds[0] is None or bounds[1] is None:
+        return None
+    if bounds[2] is not None and list(bounds[2].reshape(-1)) not in ([0], [-1]):
+        return None
+    step = int(bounds[3].reshape(-1)[0]) if bounds[3] is not None else 1
+    start, end = int(bounds[0].reshape(-1)[0]), int(bounds[1].reshape(-1)[0])
+    return source[slice(start, end, step)]
+
+
+def _symbolic_shapes(model: ir.Model) -> dict[str, tuple[Symbol, ...]] | None:
+    """Every value's shape as ints and symbol strings, from ORT's symbolic shape inference.
+
+    We drive the tool's inference loop ourselves instead of calling its
+    ``infer_shapes``: that one raises on any value it cannot infer and then saves
+    a ``sym_shape_infer_temp.onnx`` into the current directory, while the shapes
+    it did infer are all we need. ``auto_merge`` lets it continue past broadcasts
+    of two different symbols by assuming they are equal, as a valid model needs.
+    """
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:
+        logger.info("shape simplification refused: onnxruntime's symbolic shape inference is not installed")
+        return None
+    proto = _shapes_only_proto(model)
+    inference = SymbolicShapeInference(int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0)
+    try:
+        inference._preprocess(proto)
+        while inference.run_:
+            inference._infer_impl()
+        known = dict(inference.known_vi_)
+    except Exception as error:  # the tool raises assorted errors on graphs it cannot follow
+        logger.info("shape simplification refused: symbolic shape inference failed (%s)", error)
+        return None
+    shapes = {}
+    for name, info in known.items():
+        tensor_type = info.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            continue
+        shapes[name] = tuple(
+            dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None)
+            for dim in tensor_type.shape.dim
+        )
+    return shapes
+
+
+def _shapes_only_proto(model: ir.Model) -> onnx.ModelProto:
+    """The model as a proto for shape inference: Constants lifted, large weights turned into inputs.
+
+    The tool cannot read Constant nodes with ``value_ints``-style attributes, and it
+    needs only the shapes of weights, not their bytes.
+    """
+    clone = model.clone()
+    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(clone)
+    proto = ir.to_proto(clone)
+    kept = []
+    for tensor in proto.graph.initializer:
+        if int(np.prod(tensor.dims)) > _LARGE_INITIALIZER_ELEMENTS:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        else:
+            kept.append(tensor)
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    return proto
