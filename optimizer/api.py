@@ -12,7 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.errors import OutputPathError
-from optimizer.inputs import alternate_binding, check_inputs, load_inputs, make_inputs
+from optimizer.inputs import alternate_binding, check_inputs, dims_from_inputs, load_inputs, make_inputs
 from optimizer.model_io import check_model_proto, load_model, save_model
 from optimizer.pipeline import run_pipeline
 from optimizer.registry import PassOptions, resolve
@@ -34,6 +34,7 @@ def optimize(
     verify: bool = True,
     tolerances: Mapping[str, Tolerance] | None = None,
     settings: Mapping[str, object] | None = None,
+    static_shapes: bool = False,
 ) -> ModelLike:
     """Optimize ``model`` and return the same kind of thing it was given.
 
@@ -47,10 +48,12 @@ def optimize(
     checked on ONNX Runtime against the original on ``inputs`` (a dict of arrays
     or an .npz path; generated from the graph when omitted, with symbolic dims
     bound by ``dims``), and rolled back if its outputs diverge beyond ``tolerances``.
+    ``static_shapes`` fixes the symbolic input dims to their bound sizes first, so
+    all shape arithmetic folds away; the result then accepts only those shapes.
     """
     result, _ = optimize_with_report(
         model, passes, output=output, target=target, inputs=inputs, dims=dims,
-        verify=verify, tolerances=tolerances, settings=settings,
+        verify=verify, tolerances=tolerances, settings=settings, static_shapes=static_shapes,
     )
     return result
 
@@ -66,19 +69,21 @@ def optimize_with_report(
     verify: bool = True,
     tolerances: Mapping[str, Tolerance] | None = None,
     settings: Mapping[str, object] | None = None,
+    static_shapes: bool = False,
     strict: bool = False,
 ) -> tuple[ModelLike, PipelineReport]:
     """Like ``optimize``, and also return the ``PipelineReport`` of what each pass did."""
-    specs = resolve(list(passes) if passes is not None else None, target)
+    specs = resolve(list(passes) if passes is not None else None, target, static_shapes=static_shapes)
+    specializes = any(spec.specializes_shapes for spec in specs)
     ir_model, label, input_path = _to_ir(model)
     if input_path is not None and output is None:
         raise OutputPathError("optimize(path): give output= for the optimized model")
     if input_path is not None:
         _check_output_path(Path(output), input_path)
-    verifier = None
-    if verify:
-        verifier = Verifier(ir_model, _verification_inputs(ir_model, inputs, dims), tolerances)
-    options = PassOptions(target=target, dims=dict(dims or {}), settings=dict(settings or {}))
+    input_sets = _verification_inputs(ir_model, inputs, dims, alternate=not specializes)
+    verifier = Verifier(ir_model, input_sets, tolerances) if verify else None
+    bound = dims_from_inputs(ir_model, input_sets[0])
+    options = PassOptions(target=target, dims=bound, settings=dict(settings or {}))
     optimized, report = run_pipeline(ir_model, specs, options=options, verifier=verifier, label=label, strict=strict)
     if input_path is not None:
         written = save_model(optimized, output, input_path=input_path)
@@ -109,7 +114,7 @@ def _check_output_path(output: Path, input_path: Path) -> None:
 
 
 def _verification_inputs(
-    model: ir.Model, inputs: InputsLike, dims: Mapping[str, int] | None
+    model: ir.Model, inputs: InputsLike, dims: Mapping[str, int] | None, *, alternate: bool
 ) -> list[dict[str, np.ndarray]]:
     if isinstance(inputs, (str, os.PathLike)):
         return [load_inputs(inputs, model)]
@@ -119,7 +124,7 @@ def _verification_inputs(
     # A second binding of the dims the user left to defaults catches rewrites that
     # bake one input shape into the graph.
     primary = make_inputs(model, dims)
-    alternate_dims = alternate_binding(model, dims)
+    alternate_dims = alternate_binding(model, dims) if alternate else None
     if alternate_dims is None:
         return [primary]
     return [primary, make_inputs(model, alternate_dims, seed=1)]

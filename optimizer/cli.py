@@ -49,6 +49,7 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", metavar="FILE.npz", help="verification inputs: one array per graph input name")
     parser.add_argument("--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic input dimension (repeatable)")
     parser.add_argument("--tolerance", action="append", metavar="DTYPE=RTOL,ATOL", help="override a verification tolerance (repeatable)")
+    parser.add_argument("--static-shapes", action="store_true", help="fix symbolic input dims to their --dim sizes so all shape arithmetic folds (the result accepts only those shapes)")
     parser.add_argument("--no-verify", action="store_true", help="do not check each pass's result on ONNX Runtime")
     parser.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
 
@@ -84,6 +85,7 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
         dims=parse_dim_flags(args.dim),
         verify=not args.no_verify,
         tolerances=parse_tolerance_flags(args.tolerance),
+        static_shapes=args.static_shapes,
     )
     render_table(report, console)
     console.print(f"wrote {report.output}", highlight=False)

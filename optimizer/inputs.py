@@ -69,6 +69,19 @@ def bind_dims(model: ir.Model, overrides: Mapping[str, int] | None = None) -> di
     return bound
 
 
+def dims_from_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The size each named symbolic input dim has in ``inputs``."""
+    dims: dict[str, int] = {}
+    for value in _runtime_inputs(model):
+        array = inputs.get(value.name)
+        if array is None or value.shape is None or len(value.shape) != np.ndim(array):
+            continue
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, ir.SymbolicDim) and dim.value:
+                dims.setdefault(dim.value, int(np.shape(array)[axis]))
+    return dims
+
+
 def alternate_binding(model: ir.Model, overrides: Mapping[str, int] | None = None) -> dict[str, int] | None:
     """A second binding that changes every dim not fixed by ``overrides``, or None if there is none.
 

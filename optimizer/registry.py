@@ -30,12 +30,17 @@ class PassOptions:
 
 @dataclass(frozen=True)
 class PassSpec:
-    """One registered pass: ``factory(options)`` builds a fresh onnx-ir pass instance."""
+    """One registered pass: ``factory(options)`` builds a fresh onnx-ir pass instance.
+
+    ``specializes_shapes`` marks a pass whose result accepts only the bound input
+    shapes (``--static-shapes`` runs these first; verification then uses one binding).
+    """
 
     name: str
     factory: Callable[[PassOptions], ir.passes.PassBase]
     summary: str
     default_for: frozenset[str]
+    specializes_shapes: bool = False
 
 
 _REGISTRY: dict[str, PassSpec] = {}
@@ -47,6 +52,7 @@ def register(
     summary: str,
     *,
     default_for: tuple[str, ...] = (),
+    specializes_shapes: bool = False,
 ) -> None:
     """Add a pass under ``name``; ``default_for`` lists targets whose default pipeline runs it.
 
@@ -57,7 +63,7 @@ def register(
     unknown = set(default_for) - set(TARGETS)
     if unknown:
         raise ValueError(f"pass {name!r}: unknown targets {sorted(unknown)}")
-    _REGISTRY[name] = PassSpec(name, factory, summary, frozenset(default_for))
+    _REGISTRY[name] = PassSpec(name, factory, summary, frozenset(default_for), specializes_shapes)
 
 
 def load_builtin_passes() -> None:
@@ -76,8 +82,11 @@ def default_pass_names(target: str = "cpu") -> list[str]:
     return [spec.name for spec in all_passes() if target in spec.default_for]
 
 
-def resolve(names: list[str] | None, target: str = "cpu") -> list[PassSpec]:
-    """Look up passes by name (``None`` = the target's default pipeline), keeping the given order."""
+def resolve(names: list[str] | None, target: str = "cpu", *, static_shapes: bool = False) -> list[PassSpec]:
+    """Look up passes by name (``None`` = the target's default pipeline), keeping the given order.
+
+    ``static_shapes`` puts the shape-specializing passes first if they are not listed.
+    """
     if target not in TARGETS:
         raise PassSelectionError(f"--target {target}: unknown target (choose from {', '.join(TARGETS)})")
     load_builtin_passes()
@@ -89,4 +98,7 @@ def resolve(names: list[str] | None, target: str = "cpu") -> list[PassSpec]:
             known = ", ".join(_REGISTRY)
             raise PassSelectionError(f"unknown pass '{name}' (registered passes: {known}; see `graphopt passes`)")
         specs.append(_REGISTRY[name])
+    if static_shapes:
+        specializing = [spec for spec in _REGISTRY.values() if spec.specializes_shapes and spec not in specs]
+        specs = specializing + specs
     return specs

@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -64,13 +65,13 @@ class PipelineReport:
 def render_table(report: PipelineReport, console: Console | None = None) -> None:
     """Print the per-pass table and a one-line summary to the terminal."""
     console = console or Console()
-    table = Table(title=f"graphopt: {report.model} (target {report.target})")
-    table.add_column("pass")
-    table.add_column("status")
-    table.add_column("time", justify="right")
-    table.add_column("nodes before", justify="right")
-    table.add_column("nodes after", justify="right")
-    table.add_column("max abs error" if report.verified else "verified", justify="right")
+    table = Table(title=f"graphopt: {report.model} (target {report.target})", box=box.SIMPLE_HEAD)
+    table.add_column("pass", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("nodes in", justify="right")
+    table.add_column("nodes out", justify="right")
+    table.add_column("max |Δ|" if report.verified else "verified", justify="right", no_wrap=True)
     styles = {STATUS_APPLIED: "green", STATUS_UNCHANGED: "dim", STATUS_ROLLED_BACK: "yellow", STATUS_FAILED: "red"}
     for record in report.passes:
         error = _format_error(record.max_abs_error) if report.verified else "off"
@@ -85,7 +86,7 @@ def render_table(report: PipelineReport, console: Console | None = None) -> None
     console.print(table)
     removed = report.nodes_before - report.nodes_after
     console.print(
-        f"nodes {report.nodes_before} → {report.nodes_after} ({removed:+d} removed), "
+        f"nodes {report.nodes_before} → {report.nodes_after} ({removed} removed), "
         f"weights {_format_bytes(report.initializer_bytes_before)} → {_format_bytes(report.initializer_bytes_after)}, "
         f"{report.seconds:.2f} s"
         + ("" if report.verified else " — outputs NOT verified (--no-verify)")

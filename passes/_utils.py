@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
@@ -25,3 +26,11 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), const_value=ir.tensor(array, name=name))
     graph.register_initializer(value)
     return value
+
+
+def remove_dead_nodes(model: ir.Model) -> None:
+    """Delete the nodes and initializers a rewrite left without users (onnx-ir's dead code pass).
+
+    Passes call this so their own row in the report shows what they removed.
+    """
+    common_passes.RemoveUnusedNodesPass()(model)

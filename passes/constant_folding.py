@@ -13,6 +13,8 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
+from passes._utils import remove_dead_nodes
+
 # onnxscript's defaults: do not evaluate ops on inputs over 8192 elements, nor store
 # folded results over 512*512 elements; larger constants are weights, whose folding
 # would bloat the file for no runtime gain.
@@ -27,8 +29,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
     reason about) whose inputs are constants into a ``Constant``; ``Shape``/``Size``
     of statically shaped tensors into constants; shape arithmetic over them too.
     Refuses: random ops, inputs larger than ``input_size_limit`` elements, results
-    larger than ``output_size_limit`` elements. Dead nodes left behind are removed
-    by the ``remove-unused`` pass.
+    larger than ``output_size_limit`` elements. Nodes left without users are removed.
     """
 
     def __init__(
@@ -46,4 +47,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
             input_size_limit=self.input_size_limit,
             output_size_limit=self.output_size_limit,
         )
-        return ir.passes.PassResult(model, modified=folder(model).modified)
+        modified = folder(model).modified
+        if modified:
+            remove_dead_nodes(model)
+        return ir.passes.PassResult(model, modified=modified)

@@ -7,7 +7,7 @@ alone. But Reshape can say "keep this input dimension" with ``0`` and "infer thi
 one" with ``-1``, and Expand keeps an input dimension with ``1``. This pass proves,
 with ONNX Runtime's symbolic shape inference, which target elements equal the
 input's own dimensions, rewrites the target into a constant, and leaves the
-``Shape → Gather → Concat`` chain dead for ``remove-unused``.
+``Shape → Gather → Concat`` chain dead, and removes it.
 
 onnxscript's constant folder does not do this (it only folds fully known shapes),
 nor does onnx's shape inference keep the dimension names needed to prove equality.
@@ -23,7 +23,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from passes._utils import add_initializer, constant_array
+from passes._utils import add_initializer, constant_array, remove_dead_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +48,18 @@ Element = int | _DimOf | None
 class ShapeSimplificationPass(ir.passes.InPlacePass):
     """Turn computed Reshape/Expand shape inputs into constants using 0 (copy), -1 (infer) and 1 (keep).
 
-    Rewrites, in the main graph: a ``Reshape`` whose target is
-    built from ``Shape``/``Gather``/``Slice``/``Unsqueeze``/``Squeeze``/``Concat``/
-    ``Cast`` when each element is a constant, or provably the input's dimension at
-    the same position (becomes 0), with at most one element left unknown (becomes
-    -1; ``allowzero=1`` is dropped when no element is a literal 0); an ``Expand`` whose target elements are constants or provably equal to the
-    input's aligned dimension (become 1). Refuses, with a logged reason, when ONNX
-    Runtime's symbolic shape inference fails on the model or is not installed, and
-    leaves every other shape computation as it was.
+    Rewrites, in the main graph:
+    - a ``Reshape`` whose target is built from ``Shape``/``Gather``/``Slice``/
+      ``Unsqueeze``/``Squeeze``/``Reshape``/``Concat``/``Cast``, when each element
+      is a constant or provably the input's dimension at the same position (it
+      becomes 0), with at most one element left unknown (it becomes -1).
+      ``allowzero=1`` is dropped when no element is a literal 0;
+    - an ``Expand`` whose target elements are constants or provably equal to the
+      input's aligned dimension (they become 1).
+    Refuses, with a logged reason, when ONNX Runtime's symbolic shape inference
+    fails on the model or is not installed; leaves every other shape computation
+    as it was. Assumes, as ORT's inference does with ``auto_merge``, that two
+    symbolic dims broadcast against each other are equal rather than one being 1.
     """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -83,6 +87,8 @@ class ShapeSimplificationPass(ir.passes.InPlacePass):
             constant = add_initializer(model.graph, f"{node.name or node.op_type}_shape", np.array(target, dtype=np.int64))
             node.replace_input_with(1, constant)
             modified = True
+        if modified:
+            remove_dead_nodes(model)
         return ir.passes.PassResult(model, modified=modified)
 
 
