@@ -1,0 +1,40 @@
+"""Test helpers: build models from ONNX text, run them on ONNX Runtime, compare outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from optimizer.runtime import inference_session, run_session
+
+FIXTURES = Path(__file__).parent / "fixtures"
+EXPORTED_MODELS = ["bert_legacy", "bert_dynamo", "gpt2_legacy", "gpt2_dynamo"]
+
+
+def parse_model(text: str) -> ir.Model:
+    """An onnx-ir model from ONNX's textual syntax (checked by onnx's checker)."""
+    proto = onnx.parser.parse_model(text)
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+def run(model: ir.Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of ``model`` on ONNX Runtime (CPU, graph optimizations off)."""
+    with inference_session(model) as session:
+        return run_session(session, inputs)
+
+
+def assert_same_outputs(before: ir.Model, after: ir.Model, inputs: dict[str, np.ndarray], rtol=1e-5, atol=1e-6) -> None:
+    """ONNX Runtime gives the same outputs for both models on ``inputs``."""
+    expected, actual = run(before, inputs), run(after, inputs)
+    assert list(expected) == list(actual)
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], rtol=rtol, atol=atol, err_msg=name)
+
+
+def op_types(model: ir.Model) -> list[str]:
+    """Op types of the main graph's nodes, in order."""
+    return [node.op_type for node in model.graph]

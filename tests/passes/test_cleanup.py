@@ -1,0 +1,98 @@
+"""remove-identity, merge-subexpressions and remove-unused on hand-built graphs and exported models."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optimizer.inputs import make_inputs
+from passes.cleanup import EliminateCommonSubexpressionsPass, RemoveIdentityPass, RemoveUnusedPass
+from tests.helpers import assert_same_outputs, op_types, parse_model
+
+X = {"x": np.arange(8, dtype=np.float32).reshape(2, 4)}
+
+
+def test_identity_chain_is_removed():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] y) {
+          a = Identity(x)
+          b = Identity(a)
+          y = Add(b, a)
+        }""")
+    after = RemoveIdentityPass()(model.clone()).model
+    assert op_types(after) == ["Add"]
+    assert_same_outputs(model, after, X)
+
+
+def test_identity_between_input_and_output_is_kept():
+    # Both names are part of the signature: removing the node would rename one.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] y) {
+          y = Identity(x)
+        }""")
+    result = RemoveIdentityPass()(model.clone())
+    assert not result.modified
+    assert op_types(result.model) == ["Identity"]
+
+
+def test_common_subexpressions_are_merged():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] y) {
+          a = Relu(x)
+          b = Relu(x)
+          y = Add(a, b)
+        }""")
+    after = EliminateCommonSubexpressionsPass()(model.clone()).model
+    assert op_types(after) == ["Relu", "Add"]
+    assert_same_outputs(model, after, X)
+
+
+def test_random_ops_are_not_merged():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] y) {
+          a = RandomUniformLike(x)
+          b = RandomUniformLike(x)
+          y = Add(a, b)
+        }""")
+    result = EliminateCommonSubexpressionsPass()(model.clone())
+    assert op_types(result.model).count("RandomUniformLike") == 2
+
+
+def test_dead_nodes_initializers_and_opsets_are_removed():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17, "com.microsoft" : 1]>
+        g (float[N, 4] x) => (float[N, 4] y)
+        <float[4] unused_weight = {1.0, 2.0, 3.0, 4.0}, float[4] bias = {1.0, 1.0, 1.0, 1.0}> {
+          dead = Mul(x, unused_weight)
+          dead2 = Relu(dead)
+          y = Add(x, bias)
+        }""")
+    after = RemoveUnusedPass()(model.clone()).model
+    assert op_types(after) == ["Add"]
+    assert list(after.graph.initializers) == ["bias"]
+    assert "com.microsoft" not in after.opset_imports
+    assert_same_outputs(model, after, X)
+
+
+def test_unused_graph_input_is_kept():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 4] x, float[N, 4] unused) => (float[N, 4] y) {
+          y = Relu(x)
+        }""")
+    after = RemoveUnusedPass()(model.clone()).model
+    assert [value.name for value in after.graph.inputs] == ["x", "unused"]
+
+
+def test_cleanup_on_exported_models(exported_model):
+    name, model = exported_model
+    inputs = make_inputs(model, {"sequence": 16})
+    after = model.clone()
+    for cleanup in (RemoveIdentityPass(), EliminateCommonSubexpressionsPass(), RemoveUnusedPass()):
+        after = cleanup(after).model
+    assert len(after.graph) < len(model.graph), name
+    assert "Identity" not in op_types(after)
+    assert_same_outputs(model, after, inputs)

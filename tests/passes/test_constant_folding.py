@@ -1,0 +1,78 @@
+"""fold-constants: constant subgraphs and static shape arithmetic become constants."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optimizer.inputs import make_inputs
+from passes.constant_folding import FoldConstantsPass
+from tests.helpers import assert_same_outputs, op_types, parse_model
+
+
+def test_constant_subgraph_is_folded():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[2, 3] x) => (float[2, 3] y)
+        <float[3] w = {1.0, 2.0, 3.0}> {
+          two = Constant<value = float {2.0}>()
+          scaled = Mul(w, two)
+          shifted = Add(scaled, two)
+          y = Add(x, shifted)
+        }""")
+    after = FoldConstantsPass()(model.clone()).model
+    assert op_types(after) == ["Add"]
+    assert_same_outputs(model, after, {"x": np.ones((2, 3), np.float32)})
+
+
+def test_static_shape_arithmetic_folds_into_a_constant_reshape():
+    # Shape -> Gather -> Unsqueeze -> Concat -> Reshape over a fully static input.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[2, 3, 4] x) => (float[6, 4] y) {
+          shape = Shape(x)
+          i0 = Constant<value = int64 {0}>()
+          i1 = Constant<value = int64 {1}>()
+          i2 = Constant<value = int64 {2}>()
+          d0 = Gather<axis = 0>(shape, i0)
+          d1 = Gather<axis = 0>(shape, i1)
+          d2 = Gather<axis = 0>(shape, i2)
+          rows = Mul(d0, d1)
+          rows1 = Unsqueeze(rows, i0)
+          last = Unsqueeze(d2, i0)
+          target = Concat<axis = 0>(rows1, last)
+          y = Reshape(x, target)
+        }""")
+    after = FoldConstantsPass()(model.clone()).model
+    assert op_types(after) == ["Reshape"]
+    assert_same_outputs(model, after, {"x": np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)})
+
+
+def test_shape_of_dynamic_input_is_not_folded():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (int64[2] y) {
+          y = Shape(x)
+        }""")
+    result = FoldConstantsPass()(model.clone())
+    assert op_types(result.model) == ["Shape"]
+
+
+def test_large_constant_inputs_are_left_alone():
+    # Folding a weight-sized computation would only grow the file.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 100] x) => (float[N, 100] y) {
+          shape = Constant<value = int64[2] {100, 100}>()
+          ones = ConstantOfShape<value = float[1] {1.0}>(shape)
+          w = Transpose(ones)
+          y = MatMul(x, w)
+        }""")
+    after = FoldConstantsPass(input_size_limit=1000, output_size_limit=1000)(model.clone()).model
+    assert "Transpose" in op_types(after)
+
+
+def test_folding_on_exported_models(exported_model):
+    name, model = exported_model
+    after = FoldConstantsPass()(model.clone()).model
+    assert len(after.graph) < len(model.graph), name
+    assert_same_outputs(model, after, make_inputs(model, {"sequence": 16}))
