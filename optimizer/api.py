@@ -99,7 +99,11 @@ def _to_ir(model: object) -> tuple[ir.Model, str, Path | None]:
         return model, model.graph.name or "model", None
     if isinstance(model, onnx.ModelProto):
         check_model_proto(model, "model")
-        return ir.from_proto(model), model.graph.name or "model", None
+        # onnx-ir wraps the proto's tensors without copying, and passes may rename
+        # them; work on a copy so the caller's proto stays as it was.
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return ir.from_proto(copy), model.graph.name or "model", None
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         return load_model(path), path.name, path

@@ -144,7 +144,7 @@ def _compare_one(name: str, expected: Any, actual: Any, tolerances: Mapping[str,
     nan_mismatch = np.isnan(e) != np.isnan(a)
     both_finite = np.isfinite(e) & np.isfinite(a)
     inf_mismatch = ~np.isnan(e) & ~np.isnan(a) & ~both_finite & (e != a)
-    diff = np.where(both_finite, np.abs(a - e), 0.0)
+    diff = np.abs(np.where(both_finite, a, 0.0) - np.where(both_finite, e, 0.0))
     max_abs = float(diff.max()) if diff.size else 0.0
     rel = diff / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
     max_rel = float(np.where(both_finite, rel, 0.0).max()) if diff.size else 0.0

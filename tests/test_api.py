@@ -1,0 +1,100 @@
+"""The Python API: optimize() returns what it was given; our passes work in any PassManager."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+import optimizer
+from optimizer.errors import OutputPathError, PassSelectionError
+from passes.cleanup import RemoveIdentityPass, RemoveUnusedPass
+from passes.constant_folding import FoldConstantsPass
+from passes.shape_simplification import ShapeSimplificationPass
+from tests.helpers import FIXTURES, assert_same_outputs, run
+
+BERT = FIXTURES / "bert_legacy.onnx"
+
+
+def _inputs(sequence=8):
+    rng = np.random.default_rng(0)
+    return {
+        "input_ids": rng.integers(0, 100, (2, sequence)),
+        "attention_mask": np.ones((2, sequence), np.int64),
+        "token_type_ids": np.zeros((2, sequence), np.int64),
+    }
+
+
+def test_path_in_path_out(tmp_path):
+    output = tmp_path / "out.onnx"
+    result = optimizer.optimize(BERT, output=output)
+    assert result == output and output.exists()
+    assert optimizer.optimize(str(BERT), output=str(tmp_path / "out2.onnx")) == str(tmp_path / "out2.onnx")
+    assert_same_outputs(ir.load(BERT), ir.load(output), _inputs())
+
+
+def test_path_without_output_is_an_error():
+    with pytest.raises(OutputPathError):
+        optimizer.optimize(BERT)
+
+
+def test_model_proto_in_model_proto_out():
+    proto = onnx.load(BERT)
+    original_bytes = proto.SerializeToString()
+    result = optimizer.optimize(proto)
+    assert isinstance(result, onnx.ModelProto)
+    assert proto.SerializeToString() == original_bytes, "the argument must not be modified"
+    assert len(result.graph.node) < len(proto.graph.node)
+    assert_same_outputs(ir.from_proto(proto), ir.from_proto(result), _inputs())
+
+
+def test_ir_model_in_ir_model_out():
+    model = ir.load(BERT)
+    nodes = len(model.graph)
+    result = optimizer.optimize(model, passes=["fold-constants", "simplify-shapes"])
+    assert isinstance(result, ir.Model) and result is not model
+    assert len(model.graph) == nodes
+    assert_same_outputs(model, result, _inputs())
+
+
+def test_report_and_explicit_inputs():
+    model = ir.load(BERT)
+    _, report = optimizer.optimize_with_report(model, inputs=_inputs(sequence=12))
+    assert report.inputs == [{"input_ids": [2, 12], "attention_mask": [2, 12], "token_type_ids": [2, 12]}]
+    assert all(record.status in ("applied", "unchanged") for record in report.passes)
+    assert report.nodes_after < report.nodes_before
+
+
+def test_unknown_pass_name():
+    with pytest.raises(PassSelectionError, match="unknown pass 'fuse-everything'"):
+        optimizer.optimize(ir.load(BERT), passes=["fuse-everything"])
+
+
+def test_default_pipeline_lists_registered_safe_passes():
+    names = optimizer.default_pass_names("cpu")
+    assert names[0] == "remove-identity" and names[-1] == "remove-unused"
+    assert "bind-dims" not in names, "shape specialization is opt-in"
+
+
+def test_passes_work_in_an_onnx_ir_pass_manager():
+    # What an export pipeline does: our passes next to onnx-ir's own.
+    model = ir.load(BERT)
+    reference = run(model, _inputs())
+    manager = ir.passes.PassManager(
+        [RemoveIdentityPass(), FoldConstantsPass(), ShapeSimplificationPass(), RemoveUnusedPass(),
+         ir.passes.common.TopologicalSortPass()],
+    )
+    result = manager(model)
+    assert result.modified
+    actual = run(result.model, _inputs())
+    np.testing.assert_allclose(actual["last_hidden_state"], reference["last_hidden_state"], rtol=1e-4, atol=1e-5)
+
+
+def test_static_shapes_removes_all_shape_ops():
+    model = ir.load(BERT)
+    result, report = optimizer.optimize_with_report(model, dims={"batch": 2, "sequence": 8}, static_shapes=True)
+    assert report.passes[0].name == "bind-dims"
+    assert not any(node.op_type == "Shape" for node in result.graph)
+    assert [d for d in result.graph.inputs[0].shape] == [2, 8]
+    assert_same_outputs(model, result, _inputs(sequence=8))

@@ -1,0 +1,136 @@
+"""The pipeline: ordering, timing, verification, rollback of bad passes, the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from optimizer.pipeline import count_nodes, run_pipeline
+from optimizer.registry import PassOptions, PassSpec
+from optimizer.report import STATUS_APPLIED, STATUS_FAILED, STATUS_ROLLED_BACK, STATUS_UNCHANGED
+from optimizer.verify import Verifier
+from passes.cleanup import RemoveIdentityPass
+from tests.helpers import op_types, parse_model
+
+MODEL = """
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[N, 4] x) => (float[N, 4] y) {
+      a = Identity(x)
+      b = Relu(a)
+      y = Add(b, x)
+    }"""
+
+
+class _WrongAnswerPass(ir.passes.InPlacePass):
+    """Replaces Relu with Sigmoid: runs fine, changes the answer."""
+
+    def call(self, model):
+        for node in model.graph:
+            if node.op_type == "Relu":
+                node.op_type = "Sigmoid"
+        return ir.passes.PassResult(model, modified=True)
+
+
+class _BrokenGraphPass(ir.passes.InPlacePass):
+    """Produces a graph ONNX Runtime cannot load (unknown op)."""
+
+    def call(self, model):
+        for node in model.graph:
+            if node.op_type == "Relu":
+                node.op_type = "NoSuchOp"
+        return ir.passes.PassResult(model, modified=True)
+
+
+class _RaisingPass(ir.passes.InPlacePass):
+    def call(self, model):
+        model.graph.remove(model.graph.node(0))  # half-done work that must not leak out
+        raise RuntimeError("bug in pass")
+
+
+def _spec(name, pass_class):
+    return PassSpec(name, lambda options: pass_class(), "test pass", frozenset())
+
+
+def _verifier(model):
+    inputs = {"x": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)}
+    return Verifier(model, [inputs])
+
+
+def test_good_pass_is_applied_and_counted():
+    model = parse_model(MODEL)
+    optimized, report = run_pipeline(model, [_spec("remove-identity", RemoveIdentityPass)], verifier=_verifier(model))
+    assert op_types(optimized) == ["Relu", "Add"]
+    record = report.passes[0]
+    assert (record.status, record.nodes_before, record.nodes_after) == (STATUS_APPLIED, 3, 2)
+    assert record.max_abs_error == 0.0
+    assert record.seconds >= 0
+    assert count_nodes(model) == 3, "the input model must not be modified"
+
+
+def test_wrong_answer_is_rolled_back_and_named():
+    model = parse_model(MODEL)
+    specs = [_spec("wrong", _WrongAnswerPass), _spec("remove-identity", RemoveIdentityPass)]
+    optimized, report = run_pipeline(model, specs, verifier=_verifier(model))
+    wrong, identity = report.passes
+    assert wrong.status == STATUS_ROLLED_BACK
+    assert "output 'y'" in wrong.detail and "max abs error" in wrong.detail
+    assert wrong.max_abs_error > 0.01
+    assert identity.status == STATUS_APPLIED, "the rest of the pipeline goes on"
+    assert op_types(optimized) == ["Relu", "Add"]
+
+
+def test_result_ort_cannot_run_is_rolled_back():
+    model = parse_model(MODEL)
+    optimized, report = run_pipeline(model, [_spec("broken", _BrokenGraphPass)], verifier=_verifier(model))
+    assert report.passes[0].status == STATUS_ROLLED_BACK
+    assert "ONNX Runtime cannot run the result" in report.passes[0].detail
+    assert "Relu" in op_types(optimized)
+
+
+def test_raising_pass_is_reported_and_its_partial_work_discarded():
+    model = parse_model(MODEL)
+    optimized, report = run_pipeline(model, [_spec("raises", _RaisingPass)], verifier=_verifier(model))
+    assert report.passes[0].status == STATUS_FAILED
+    assert report.passes[0].detail == "RuntimeError: bug in pass"
+    assert op_types(optimized) == ["Identity", "Relu", "Add"]
+
+
+def test_strict_mode_reraises():
+    model = parse_model(MODEL)
+    with pytest.raises(RuntimeError, match="bug in pass"):
+        run_pipeline(model, [_spec("raises", _RaisingPass)], strict=True)
+
+
+def test_without_verifier_wrong_answers_go_through():
+    # --no-verify means exactly that: the user takes responsibility.
+    model = parse_model(MODEL)
+    optimized, report = run_pipeline(model, [_spec("wrong", _WrongAnswerPass)], verifier=None)
+    assert report.passes[0].status == STATUS_APPLIED
+    assert not report.verified
+    assert "Sigmoid" in op_types(optimized)
+
+
+def test_unchanged_pass_reports_unchanged():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }""")
+    _, report = run_pipeline(model, [_spec("remove-identity", RemoveIdentityPass)], verifier=_verifier(model))
+    assert report.passes[0].status == STATUS_UNCHANGED
+
+
+def test_report_json_round_trips(tmp_path):
+    model = parse_model(MODEL)
+    _, report = run_pipeline(model, [_spec("remove-identity", RemoveIdentityPass)], verifier=_verifier(model),
+                             options=PassOptions(target="cpu"), label="tiny.onnx")
+    path = tmp_path / "report.json"
+    report.write_json(path)
+    data = json.loads(path.read_text())
+    assert data["schema"] == "graphopt.pipeline-report/1"
+    assert data["model"] == "tiny.onnx"
+    assert data["nodes_before"] == 3 and data["nodes_after"] == 2
+    assert data["passes"][0]["name"] == "remove-identity"
+    assert data["tolerances"]["float32"] == {"rtol": 1e-4, "atol": 1e-5}
+    assert data["inputs"] == [{"x": [3, 4]}]
