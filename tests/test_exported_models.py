@@ -1,0 +1,40 @@
+"""The default pipeline on exported BERT and GPT-2 graphs (both PyTorch exporters)."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+import optimizer
+from optimizer.inputs import make_inputs
+from optimizer.report import STATUS_APPLIED, STATUS_UNCHANGED
+from tests.helpers import FIXTURES, assert_same_outputs, op_types
+
+
+def _computed_reshapes(model: ir.Model) -> int:
+    return sum(
+        1 for node in model.graph
+        if node.op_type == "Reshape" and ir.convenience.get_const_tensor(node.inputs[1]) is None
+    )
+
+
+def test_default_pipeline_is_verified_and_shrinks_the_graph(exported_model):
+    name, model = exported_model
+    optimized, report = optimizer.optimize_with_report(model, strict=True)
+    assert all(record.status in (STATUS_APPLIED, STATUS_UNCHANGED) for record in report.passes), report.failures()
+    assert len(report.inputs) == 2, "verified at two bindings of batch and sequence"
+    # Roughly half of every raw export is shape arithmetic, constants and duplicates.
+    assert report.nodes_after < 0.6 * report.nodes_before, name
+    assert _computed_reshapes(optimized) < _computed_reshapes(model)
+    assert "Identity" not in op_types(optimized)
+    for dims in ({"batch": 1, "sequence": 7}, {"batch": 4, "sequence": 33}):
+        assert_same_outputs(model, optimized, make_inputs(model, dims), rtol=1e-4, atol=1e-5)
+
+
+def test_legacy_bert_attention_reshapes_become_constant():
+    # Every head split/merge reshape in a legacy BERT export reads B and S from a
+    # Shape at run time; all of them can be written with 0/-1.
+    model = ir.load(FIXTURES / "bert_legacy.onnx")
+    optimized = optimizer.optimize(model)
+    attention = [node for node in optimized.graph if node.op_type == "Reshape" and "attention" in node.name]
+    assert len(attention) == 10
+    assert all(ir.convenience.get_const_tensor(node.inputs[1]) is not None for node in attention)
