@@ -1,4 +1,4 @@
-"""The ``graphopt`` command line: ``optimize``, ``passes`` and ``demo``.
+"""The ``graphopt`` command line: ``optimize``, ``compare``, ``passes`` and ``demo``.
 
 User mistakes print one line (``graphopt: error: ...``) and exit 2; a traceback
 means a bug in graphopt.
@@ -13,8 +13,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
 from optimizer.api import optimize_with_report
-from optimizer.errors import GraphoptError
+from optimizer.compare import CompareSettings, compare
+from optimizer.compare_report import render_comparison, write_html, write_json
+from optimizer.errors import GraphoptError, InputSpecError
 from optimizer.inputs import parse_dim_flags
 from optimizer.registry import TARGETS, all_passes
 from optimizer.report import render_table
@@ -34,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
     _add_pipeline_flags(optimize)
 
+    comparison = commands.add_parser("compare", help="compare two models' latency, throughput, memory, size and accuracy")
+    comparison.add_argument("before", help="the original model")
+    comparison.add_argument("after", help="the optimized model")
+    comparison.add_argument("--inputs", metavar="FILE.npz", help="inputs, one array per graph input name")
+    comparison.add_argument("--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic input dimension (repeatable)")
+    _add_compare_flags(comparison)
+
     listing = commands.add_parser("passes", help="list the registered passes")
     listing.add_argument("--target", choices=TARGETS, default="cpu", help="mark the passes in this target's default pipeline")
 
@@ -52,6 +63,21 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--static-shapes", action="store_true", help="fix symbolic input dims to their --dim sizes so all shape arithmetic folds (the result accepts only those shapes)")
     parser.add_argument("--no-verify", action="store_true", help="do not check each pass's result on ONNX Runtime")
     parser.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
+    parser.add_argument("--compare", action="store_true", help="then compare the input and the result (see `graphopt compare`)")
+    _add_compare_flags(parser)
+
+
+def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("comparison")
+    group.add_argument("--ep", default="cpu", help="execution providers to measure, comma-separated: cpu,cuda (default cpu)")
+    group.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1); throughput is reported for each")
+    group.add_argument("--threads", type=int, help="intra-op threads (default: the cores this process may use)")
+    group.add_argument("--time-budget", type=float, default=20.0, metavar="SECONDS", help="timing budget shared by all EPs and batch sizes (default 20)")
+    group.add_argument("--iterations", type=int, default=200, help="at most this many interleaved runs per model (default 200)")
+    group.add_argument("--warmup", type=int, default=10, help="untimed runs per model first (default 10)")
+    group.add_argument("--profile", action="store_true", help="also profile both models and show time per operator type")
+    group.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    group.add_argument("--html", metavar="FILE", help="write the comparison as a self-contained HTML page")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "passes":
             return _list_passes(console, args.target)
+        if args.command == "compare":
+            return _compare(console, args, args.before, args.after)
         if args.command == "demo":
             args.model = str(EXAMPLE_MODEL)
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +119,50 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
     console.print(f"wrote {report.output}", highlight=False)
     if args.report:
         report.write_json(args.report)
+    if args.compare:
+        return _compare(console, args, args.model, report.output)
     return 0
+
+
+def _compare(console: Console, args: argparse.Namespace, before: str, after: str) -> int:
+    settings = CompareSettings(
+        eps=_split(args.ep, "--ep"),
+        batches=[_positive_int(item, "--batch") for item in _split(args.batch, "--batch")],
+        threads=args.threads,
+        time_budget=args.time_budget,
+        iterations=args.iterations,
+        warmup=args.warmup,
+        profile=args.profile,
+    )
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        tasks: dict[str, object] = {}
+
+        def advance(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = progress.add_task(f"timing {label}", total=total)
+            progress.update(tasks[label], completed=done)
+
+        report = compare(before, after, settings=settings, inputs=args.inputs, dims=parse_dim_flags(args.dim), progress=advance)
+    render_comparison(report, console)
+    if args.json:
+        write_json(report, args.json)
+    if args.html:
+        write_html(report, args.html)
+    return 0
+
+
+def _split(text: str, flag: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise InputSpecError(f"{flag}: give at least one value")
+    return items
+
+
+def _positive_int(text: str, flag: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise InputSpecError(f"{flag} {text}: expected a positive integer")
+    return int(text)
 
 
 def _list_passes(console: Console, target: str) -> int:

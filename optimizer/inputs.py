@@ -99,6 +99,11 @@ def alternate_binding(model: ir.Model, overrides: Mapping[str, int] | None = Non
     return alternate
 
 
+def batch_dims(model: ir.Model) -> list[str]:
+    """Names of the symbolic input dims that look like a batch axis (``batch``, ``N``...)."""
+    return [name for name in symbolic_dims(model) if _BATCH_NAME.search(name)]
+
+
 def parse_dim_flags(flags: list[str] | None) -> dict[str, int]:
     """Parse ``NAME=VALUE`` strings from the command line into a dict."""
     dims: dict[str, int] = {}

@@ -9,6 +9,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 STATUS_APPLIED = "applied"
@@ -65,7 +66,7 @@ class PipelineReport:
 def render_table(report: PipelineReport, console: Console | None = None) -> None:
     """Print the per-pass table and a one-line summary to the terminal."""
     console = console or Console()
-    table = Table(title=f"graphopt: {report.model} (target {report.target})", box=box.SIMPLE_HEAD)
+    table = Table(title=escape(f"graphopt: {report.model} (target {report.target})"), box=box.SIMPLE_HEAD)
     table.add_column("pass", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("time", justify="right", no_wrap=True)
@@ -92,7 +93,7 @@ def render_table(report: PipelineReport, console: Console | None = None) -> None
         + ("" if report.verified else " — outputs NOT verified (--no-verify)")
     )
     for record in report.failures():
-        console.print(f"[yellow]{record.name} {record.status}:[/] {record.detail}", highlight=False)
+        console.print(f"[yellow]{record.name} {record.status}:[/] {escape(record.detail)}", highlight=False)
 
 
 def _format_error(value: float | None) -> str:

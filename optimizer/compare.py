@@ -1,0 +1,314 @@
+"""Before/after comparison of two models on ONNX Runtime: latency, throughput, memory, size, accuracy.
+
+Both models see the same inputs, the same EP, threads and optimization level
+(ORT_ENABLE_ALL), and are timed interleaved in one process; the latency ratio
+comes with a paired-bootstrap confidence interval (``optimizer.stats``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from optimizer.accuracy import OutputAccuracy, compare_accuracy
+from optimizer.errors import InputSpecError
+from optimizer.inputs import batch_dims, load_inputs, make_inputs
+from optimizer.memory import MemoryUsage, measure_session_memory
+from optimizer.model_io import load_model, model_file_bytes
+from optimizer.pipeline import count_nodes
+from optimizer.profiling import time_per_op_type
+from optimizer.runtime import import_onnxruntime
+from optimizer.stats import LatencySummary, RatioEstimate, paired_ratio
+from optimizer.timing import (
+    ExecutionProvider,
+    TimedSession,
+    TimingPlan,
+    default_threads,
+    resolve_execution_providers,
+    time_interleaved,
+)
+
+SCHEMA = "graphopt.comparison-report/1"
+_PROFILE_RUNS = 20
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ModelSummary:
+    """Static facts about one model file."""
+
+    path: str
+    file_bytes: int
+    nodes: int
+    parameters: int
+
+
+@dataclass
+class BatchResult:
+    """Interleaved timing of both models at one batch size."""
+
+    batch: int
+    before: LatencySummary
+    after: LatencySummary
+    ratio: RatioEstimate
+    throughput_before: float
+    throughput_after: float
+    samples_before_ms: list[float] = field(default_factory=list)
+    samples_after_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ProviderResult:
+    """Everything measured on one execution provider (or why it was skipped)."""
+
+    ep: str
+    available: bool
+    reason: str = ""
+    batches: list[BatchResult] = field(default_factory=list)
+    accuracy: list[OutputAccuracy] = field(default_factory=list)
+    memory_before: MemoryUsage | None = None
+    memory_after: MemoryUsage | None = None
+    profile_before_ms: dict[str, float] = field(default_factory=dict)
+    profile_after_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ComparisonReport:
+    """The whole comparison; ``to_dict()`` is the documented JSON schema."""
+
+    environment: dict[str, Any]
+    before: ModelSummary
+    after: ModelSummary
+    providers: list[ProviderResult]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (schema ``graphopt.comparison-report/1``)."""
+        return {"schema": SCHEMA, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """What to measure: EPs, batch sizes, threads, and how long to time."""
+
+    eps: Sequence[str] = ("cpu",)
+    batches: Sequence[int] = (1,)
+    threads: int | None = None
+    time_budget: float = 20.0
+    iterations: int = 200
+    warmup: int = 10
+    profile: bool = False
+
+
+def compare(
+    before: str | os.PathLike,
+    after: str | os.PathLike,
+    *,
+    settings: CompareSettings | None = None,
+    inputs: Mapping[str, np.ndarray] | str | os.PathLike | None = None,
+    dims: Mapping[str, int] | None = None,
+    progress: Progress | None = None,
+) -> ComparisonReport:
+    """Measure BEFORE and AFTER side by side on each requested EP.
+
+    ``inputs`` (a dict or an .npz path) is used as given at its own batch size;
+    other batch sizes tile or cut it along axis 0. Without it, inputs are generated
+    as for verification, with ``dims`` binding symbolic dims. An EP that is not
+    available (e.g. CUDA without onnxruntime-gpu) is reported as skipped, never an
+    error. The time budget is shared across EPs and batch sizes.
+    """
+    settings = settings or CompareSettings()
+    threads = settings.threads or default_threads()
+    before_model, after_model = load_model(before), load_model(after)
+    _check_same_signature(before_model, after_model)
+    base_inputs = _base_inputs(before_model, inputs, dims)
+    batch_names = batch_dims(before_model)
+    providers = resolve_execution_providers(list(settings.eps))
+    runnable = [ep for ep in providers if ep.available]
+    combos = max(1, len(runnable) * len(settings.batches))
+    plan = TimingPlan(
+        warmup=settings.warmup,
+        iterations=settings.iterations,
+        time_budget=settings.time_budget / combos,
+    )
+    warnings: list[str] = []
+    results = []
+    for ep in providers:
+        if not ep.available:
+            results.append(ProviderResult(ep.name, False, ep.reason))
+            continue
+        results.append(
+            _measure_provider(
+                str(before), str(after), ep, base_inputs, batch_names, settings, plan, threads,
+                _score_outputs(before_model), warnings, progress,
+            )
+        )
+    return ComparisonReport(
+        environment=_environment(threads),
+        before=_summarize(before, before_model),
+        after=_summarize(after, after_model),
+        providers=results,
+        warnings=warnings,
+    )
+
+
+def _measure_provider(
+    before: str,
+    after: str,
+    ep: ExecutionProvider,
+    base_inputs: dict[str, np.ndarray],
+    batch_names: list[str],
+    settings: CompareSettings,
+    plan: TimingPlan,
+    threads: int,
+    score_outputs: frozenset[str],
+    warnings: list[str],
+    progress: Progress | None,
+) -> ProviderResult:
+    result = ProviderResult(ep.name, True)
+    base_batch = _batch_of(base_inputs, batch_names)
+    for batch in settings.batches:
+        if batch != base_batch and not batch_names:
+            warnings.append(f"{ep.name}: batch {batch} skipped: the model has no symbolic batch axis")
+            continue
+        inputs = _with_batch(base_inputs, batch, base_batch)
+        session_before = TimedSession(before, ep.name, inputs, threads)
+        session_after = TimedSession(after, ep.name, inputs, threads)
+        if not result.accuracy:
+            result.accuracy = compare_accuracy(session_before.outputs(), session_after.outputs(), score_outputs)
+        label = f"{ep.name} batch {batch}"
+        times_before, times_after = time_interleaved(
+            session_before, session_after, plan,
+            (lambda done, total, label=label: progress(label, done, total)) if progress else None,
+        )
+        summary_before, summary_after = LatencySummary.of(times_before), LatencySummary.of(times_after)
+        ratio = paired_ratio(times_before, times_after)
+        if not ratio.trustworthy:
+            warnings.append(f"{label}: {ratio.warning}")
+        result.batches.append(BatchResult(
+            batch, summary_before, summary_after, ratio,
+            throughput_before=batch / (summary_before.median_ms / 1000.0),
+            throughput_after=batch / (summary_after.median_ms / 1000.0),
+            samples_before_ms=[t * 1000.0 for t in times_before],
+            samples_after_ms=[t * 1000.0 for t in times_after],
+        ))
+    first_inputs = _with_batch(base_inputs, settings.batches[0], base_batch) if batch_names else base_inputs
+    result.memory_before = measure_session_memory(before, ep.name, first_inputs, threads)
+    result.memory_after = measure_session_memory(after, ep.name, first_inputs, threads)
+    if settings.profile:
+        result.profile_before_ms = _profile(before, ep.name, first_inputs, threads)
+        result.profile_after_ms = _profile(after, ep.name, first_inputs, threads)
+    return result
+
+
+def _profile(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="graphopt-profile-") as folder:
+        session = TimedSession(path, ep, inputs, threads, profile_prefix=os.path.join(folder, "trace"))
+        for _ in range(_PROFILE_RUNS):
+            session.run()
+        return time_per_op_type(session.end_profiling(), _PROFILE_RUNS)
+
+
+def _base_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray] | str | os.PathLike | None, dims: Mapping[str, int] | None) -> dict[str, np.ndarray]:
+    if inputs is None:
+        return make_inputs(model, dims)
+    if isinstance(inputs, (str, os.PathLike)):
+        return load_inputs(inputs, model)
+    from optimizer.inputs import check_inputs
+
+    return check_inputs({name: np.asarray(array) for name, array in inputs.items()}, model, "inputs")
+
+
+def _batch_of(inputs: Mapping[str, np.ndarray], batch_names: list[str]) -> int:
+    if not batch_names:
+        return 1
+    first = next((array for array in inputs.values() if np.ndim(array) > 0), None)
+    return int(first.shape[0]) if first is not None else 1
+
+
+def _with_batch(inputs: Mapping[str, np.ndarray], batch: int, current: int) -> dict[str, np.ndarray]:
+    """Tile or cut every input along axis 0 from ``current`` rows to ``batch`` rows."""
+    if batch == current:
+        return dict(inputs)
+    resized = {}
+    for name, array in inputs.items():
+        if np.ndim(array) == 0 or array.shape[0] != current:
+            resized[name] = array
+            continue
+        repeats = -(-batch // current)
+        resized[name] = np.concatenate([array] * repeats, axis=0)[:batch]
+    return resized
+
+
+def _check_same_signature(before: ir.Model, after: ir.Model) -> None:
+    names_before = [value.name for value in before.graph.inputs if value.name not in before.graph.initializers]
+    names_after = [value.name for value in after.graph.inputs if value.name not in after.graph.initializers]
+    if sorted(names_before) != sorted(names_after):
+        raise InputSpecError(f"the models take different inputs ({', '.join(names_before)} vs {', '.join(names_after)})")
+    outputs_before = [value.name for value in before.graph.outputs]
+    missing = [name for name in outputs_before if name not in {value.name for value in after.graph.outputs}]
+    if missing:
+        raise InputSpecError(f"AFTER has no output named '{missing[0]}'")
+
+
+def _score_outputs(model: ir.Model) -> frozenset[str]:
+    names = set()
+    for value in model.graph.outputs:
+        producer = value.producer()
+        if producer is not None and producer.op_type in ("Softmax", "LogSoftmax"):
+            names.add(value.name)
+    return frozenset(names)
+
+
+def _summarize(path: str | os.PathLike, model: ir.Model) -> ModelSummary:
+    parameters = sum(
+        int(np.prod(value.shape.numpy())) for value in model.graph.initializers.values()
+        if value.shape is not None and value.dtype is not None and value.dtype.is_floating_point()
+    )
+    return ModelSummary(str(Path(path)), model_file_bytes(path), count_nodes(model), parameters)
+
+
+def _environment(threads: int) -> dict[str, Any]:
+    ort = import_onnxruntime()
+    return {
+        "onnxruntime": ort.__version__,
+        "onnx": onnx.__version__,
+        "graph_optimization_level": "ORT_ENABLE_ALL",
+        "intra_op_threads": threads,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "gpu": _gpu_name(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_name() -> str | None:
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    completed = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "--id=0"], capture_output=True, text=True, check=False)
+    return completed.stdout.strip() or None if completed.returncode == 0 else None

@@ -1,0 +1,97 @@
+"""Statistics for paired latency measurements on a noisy machine.
+
+Two models are timed interleaved (A, B, A, B, ...), so run ``i`` of each saw the same
+machine state. The after/before ratio is the ratio of medians, and its confidence
+interval comes from a bootstrap that resamples *pairs*, which keeps that pairing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Above this relative spread ((p90 - p10) / median) single runs are too noisy for
+# a ratio to mean much; the report warns.
+NOISY_SPREAD = 0.5
+# A confidence interval wider than this (upper / lower) is flagged as untrustworthy.
+WIDE_INTERVAL = 1.2
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Summary of one model's run times, in milliseconds."""
+
+    runs: int
+    mean_ms: float
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    min_ms: float
+    spread: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> LatencySummary:
+        """Summarize run times given in seconds."""
+        ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+        if ms.size == 0:
+            raise ValueError("no timings to summarize")
+        median = float(np.median(ms))
+        p10, p90, p99 = np.percentile(ms, [10, 90, 99])
+        return cls(
+            runs=int(ms.size),
+            mean_ms=float(ms.mean()),
+            median_ms=median,
+            p90_ms=float(p90),
+            p99_ms=float(p99),
+            min_ms=float(ms.min()),
+            spread=float((p90 - p10) / median) if median > 0 else 0.0,
+        )
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    """after/before ratio of median latencies with a bootstrap confidence interval."""
+
+    ratio: float
+    low: float
+    high: float
+    confidence: float
+    trustworthy: bool
+    warning: str = ""
+
+
+def paired_ratio(
+    before: Sequence[float],
+    after: Sequence[float],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> RatioEstimate:
+    """Ratio median(after)/median(before) with a paired bootstrap interval.
+
+    ``before[i]`` and ``after[i]`` must come from the same interleaved round.
+    ``trustworthy`` is False (with a warning) when the interval is wider than
+    ``WIDE_INTERVAL`` or either model's spread exceeds ``NOISY_SPREAD``.
+    """
+    a = np.asarray(before, dtype=np.float64)
+    b = np.asarray(after, dtype=np.float64)
+    if a.size != b.size or a.size == 0:
+        raise ValueError("paired_ratio needs the same, non-zero number of runs for both models")
+    ratio = float(np.median(b) / np.median(a))
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, a.size, size=(resamples, a.size))
+    ratios = np.median(b[picks], axis=1) / np.median(a[picks], axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = (float(v) for v in np.quantile(ratios, [tail, 1.0 - tail]))
+    warnings = []
+    if a.size < 10:
+        warnings.append(f"only {a.size} paired runs")
+    if low > 0 and high / low > WIDE_INTERVAL:
+        warnings.append(f"the {confidence:.0%} interval {low:.2f}–{high:.2f} is too wide to trust the ratio")
+    spreads = [LatencySummary.of(a).spread, LatencySummary.of(b).spread]
+    if max(spreads) > NOISY_SPREAD:
+        warnings.append(f"run times vary by {max(spreads):.0%} of the median (noisy machine?)")
+    return RatioEstimate(ratio, low, high, confidence, not warnings, "; ".join(warnings))

@@ -1,0 +1,162 @@
+"""Timing sessions on ONNX Runtime's execution providers, interleaved so drift hits both models alike.
+
+Sessions run at ONNX Runtime's default optimization level (ORT_ENABLE_ALL): the
+baseline for every speed claim is the original model as ORT would run it anyway.
+On CUDA, inputs and outputs stay on the device through IO binding and each run is
+synchronized, so host↔device copies do not pollute the kernel time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from optimizer.runtime import import_onnxruntime
+
+EP_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+@dataclass(frozen=True)
+class ExecutionProvider:
+    """An EP the user asked for, and whether this machine can run it (``reason`` if not)."""
+
+    name: str
+    available: bool
+    reason: str = ""
+
+
+def resolve_execution_providers(names: list[str]) -> list[ExecutionProvider]:
+    """Check each requested EP (``cpu``, ``cuda``) against the installed onnxruntime and GPU."""
+    ort = import_onnxruntime()
+    available = set(ort.get_available_providers())
+    result = []
+    for name in names:
+        if name not in EP_PROVIDERS:
+            from optimizer.errors import InputSpecError
+
+            raise InputSpecError(f"--ep {name}: unknown execution provider (choose from {', '.join(EP_PROVIDERS)})")
+        provider = EP_PROVIDERS[name][0]
+        if provider not in available:
+            reason = (
+                "onnxruntime-gpu is not installed (pip install 'graphopt[gpu]')"
+                if name == "cuda"
+                else f"{provider} is not available"
+            )
+            result.append(ExecutionProvider(name, False, reason))
+        else:
+            result.append(ExecutionProvider(name, True))
+    return result
+
+
+def session_options(threads: int, *, profile_prefix: str | None = None) -> Any:
+    """Session options for timing: ORT_ENABLE_ALL, explicit intra-op threads, sequential execution."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return options
+
+
+def default_threads() -> int:
+    """Intra-op threads when the user gives none: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class TimedSession:
+    """One model on one EP with fixed inputs; ``run()`` times a single inference in seconds."""
+
+    def __init__(self, path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int, *, profile_prefix: str | None = None) -> None:
+        ort = import_onnxruntime()
+        self.ep = ep
+        self.session = ort.InferenceSession(path, session_options(threads, profile_prefix=profile_prefix), providers=EP_PROVIDERS[ep])
+        names = [meta.name for meta in self.session.get_inputs()]
+        self.feeds = {name: inputs[name] for name in names}
+        self.output_names = [meta.name for meta in self.session.get_outputs()]
+        self._binding = self._bind_on_device() if ep == "cuda" else None
+
+    def _bind_on_device(self) -> Any:
+        ort = import_onnxruntime()
+        binding = self.session.io_binding()
+        for name, array in self.feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", 0)
+        return binding
+
+    def outputs(self) -> dict[str, Any]:
+        """Run once and return the outputs by name, on the host."""
+        return dict(zip(self.output_names, self.session.run(self.output_names, self.feeds)))
+
+    def run(self) -> float:
+        """Time one inference (synchronized on CUDA)."""
+        if self._binding is not None:
+            started = time.perf_counter()
+            self._binding.synchronize_inputs()
+            self.session.run_with_iobinding(self._binding)
+            self._binding.synchronize_outputs()
+            return time.perf_counter() - started
+        started = time.perf_counter()
+        self.session.run(self.output_names, self.feeds)
+        return time.perf_counter() - started
+
+    def end_profiling(self) -> str:
+        """Stop ORT's profiler and return the path of its JSON trace."""
+        return self.session.end_profiling()
+
+
+@dataclass(frozen=True)
+class TimingPlan:
+    """How long to time: warm-up runs, then up to ``iterations`` pairs or ``time_budget`` seconds."""
+
+    warmup: int = 10
+    iterations: int = 200
+    time_budget: float = 20.0
+    min_iterations: int = 10
+
+
+def time_interleaved(
+    before: TimedSession,
+    after: TimedSession,
+    plan: TimingPlan,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[float], list[float]]:
+    """Time the two sessions alternately (A, B, A, B, ...); return both lists of seconds.
+
+    Warm-up runs are discarded. Stops after ``plan.iterations`` pairs or when the
+    time budget is spent, whichever comes first, but never before ``min_iterations``.
+    The order within a pair alternates too, so neither model always runs second.
+    """
+    for _ in range(plan.warmup):
+        before.run()
+        after.run()
+    times_before: list[float] = []
+    times_after: list[float] = []
+    deadline = time.perf_counter() + plan.time_budget
+    for index in range(plan.iterations):
+        if index % 2 == 0:
+            times_before.append(before.run())
+            times_after.append(after.run())
+        else:
+            times_after.append(after.run())
+            times_before.append(before.run())
+        if on_progress is not None:
+            on_progress(index + 1, plan.iterations)
+        if index + 1 >= plan.min_iterations and time.perf_counter() > deadline:
+            break
+    return times_before, times_after
