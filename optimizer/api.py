@@ -13,7 +13,7 @@ import onnx_ir as ir
 
 from optimizer.errors import OutputPathError
 from optimizer.inputs import alternate_binding, check_inputs, dims_from_inputs, load_inputs, make_inputs
-from optimizer.model_io import check_model_proto, load_model, save_model
+from optimizer.model_io import check_model_proto, load_model, same_file, save_model
 from optimizer.pipeline import run_pipeline
 from optimizer.registry import PassOptions, resolve
 from optimizer.report import PipelineReport
@@ -111,10 +111,14 @@ def _to_ir(model: object) -> tuple[ir.Model, str, Path | None]:
 
 
 def _check_output_path(output: Path, input_path: Path) -> None:
-    if output.absolute() == input_path.absolute():
+    # Checked before the pipeline runs, so a bad -o costs nothing; save_model checks again.
+    if output.absolute() == input_path.absolute() or same_file(output, input_path):
         raise OutputPathError(f"{output}: the output would overwrite the input model; choose another -o")
-    if not output.absolute().parent.is_dir():
-        raise OutputPathError(f"{output.absolute().parent}: output folder does not exist")
+    folder = output.absolute().parent
+    if not folder.is_dir():
+        raise OutputPathError(f"{folder}: output folder does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OutputPathError(f"{folder}: cannot write here (permission denied)")
 
 
 def _verification_inputs(

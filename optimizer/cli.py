@@ -116,7 +116,7 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
         static_shapes=args.static_shapes,
     )
     render_table(report, console)
-    console.print(f"wrote {report.output}", highlight=False)
+    console.print(f"wrote {report.output}", highlight=False, soft_wrap=True, markup=False)
     if args.report:
         report.write_json(args.report)
     if args.compare:

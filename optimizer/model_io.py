@@ -54,10 +54,12 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise ModelFileError(f"{path}: the file is empty")
     try:
         proto = onnx.load(os.fspath(path), load_external_data=False)
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot read the file ({error.strerror or error})") from error
     except (google.protobuf.message.DecodeError, RuntimeError, ValueError) as error:
         raise ModelFileError(
             f"{path}: not a readable ONNX model (the file is truncated, corrupt or not ONNX: "
-            f"{_first_line(error)})"
+            f"{_one_line(error)})"
         ) from error
     _check_looks_like_onnx(proto, str(path))
     _check_external_data(proto, path.parent, str(path))
@@ -77,6 +79,7 @@ def check_model_proto(
     """
     _check_opsets(proto, label)
     _check_domains(proto, label)
+    _check_input_shapes(proto, label)
     try:
         if checker_path is not None:
             onnx.checker.check_model(os.fspath(checker_path))
@@ -84,7 +87,7 @@ def check_model_proto(
             onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as error:
         raise InvalidModelError(
-            f"{label}: rejected by onnx's checker: {_first_line(error)}"
+            f"{label}: rejected by onnx's checker: {_one_line(error)}"
         ) from error
 
 
@@ -96,7 +99,7 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
     write over ``input_path`` or over an external data file the model still reads.
     """
     path = Path(path).absolute()
-    if input_path is not None and _same_file(path, Path(input_path)):
+    if input_path is not None and same_file(path, Path(input_path)):
         raise OutputPathError(f"{path}: the output would overwrite the input model; choose another -o")
     if path.is_dir():
         raise OutputPathError(f"{path}: is a folder; give a file name for the output model")
@@ -110,7 +113,10 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
             raise OutputPathError(
                 f"{folder / data_name}: the model reads its weights from this file; choose another -o"
             )
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
+    except OSError as error:
+        raise OutputPathError(f"{folder}: cannot write here ({error.strerror or error})") from error
     try:
         ir.save(model, staging / path.name, external_data=data_name)
         if data_name is not None:
@@ -133,9 +139,22 @@ def model_file_bytes(path: str | os.PathLike) -> int:
     return total
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
+def _one_line(error: BaseException, limit: int = 400) -> str:
+    # onnx's checker spreads one sentence over several lines (message, node dump, rest).
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _check_input_shapes(proto: onnx.ModelProto, label: str) -> None:
+    initializers = {tensor.name for tensor in proto.graph.initializer}
+    for value in proto.graph.input:
+        if value.name in initializers or not value.type.HasField("tensor_type"):
+            continue
+        if not value.type.tensor_type.HasField("shape"):
+            raise InvalidModelError(
+                f"{label}: input '{value.name}' has no shape, which ONNX requires on graph inputs; "
+                "re-export the model with input shapes (dynamic axes are fine)"
+            )
 
 
 def _check_looks_like_onnx(proto: onnx.ModelProto, label: str) -> None:
@@ -217,12 +236,13 @@ def _needs_external_data(model: ir.Model) -> bool:
 def _model_reads_file(model: ir.Model, data_path: Path) -> bool:
     for value in model.graph.initializers.values():
         tensor = value.const_value
-        if isinstance(tensor, ir.ExternalTensor) and _same_file(Path(tensor.path), data_path):
+        if isinstance(tensor, ir.ExternalTensor) and same_file(Path(tensor.path), data_path):
             return True
     return False
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file (through symlinks, hardlinks or ``..``)."""
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:

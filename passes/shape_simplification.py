@@ -243,17 +243,18 @@ def _shapes_only_proto(model: ir.Model) -> onnx.ModelProto:
     """The model as a proto for shape inference: Constants lifted, large weights turned into inputs.
 
     The tool cannot read Constant nodes with ``value_ints``-style attributes, and it
-    needs only the shapes of weights, not their bytes.
+    needs only the shapes of weights: dropping their bytes before serializing keeps
+    a multi-GB model from being copied.
     """
     clone = model.clone()
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(clone)
-    proto = ir.to_proto(clone)
-    kept = []
-    for tensor in proto.graph.initializer:
-        if int(np.prod(tensor.dims)) > _LARGE_INITIALIZER_ELEMENTS:
-            proto.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-        else:
-            kept.append(tensor)
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
-    return proto
+    graph = clone.graph
+    for name, value in list(graph.initializers.items()):
+        tensor = value.const_value
+        if tensor is not None and tensor.size > _LARGE_INITIALIZER_ELEMENTS and not value.is_graph_input():
+            del graph.initializers[name]
+            value.const_value = None
+            value.shape = tensor.shape
+            value.dtype = tensor.dtype
+            graph.inputs.append(value)
+    return ir.to_proto(clone)
