@@ -1,0 +1,48 @@
+"""Accuracy metrics: errors, cosine similarity, top-1 agreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from optimizer.accuracy import compare_accuracy, output_accuracy
+
+
+def test_identical_outputs():
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    result = output_accuracy("hidden", x, x.copy())
+    assert result.exact and result.max_abs_error == 0 and result.cosine == pytest.approx(1.0)
+    assert result.top1_agreement is None, "hidden states are not class scores"
+
+
+def test_errors_and_cosine_of_a_known_perturbation():
+    x = np.array([[3.0, 4.0]], np.float32)
+    y = np.array([[4.0, 3.0]], np.float32)
+    result = output_accuracy("embedding", x, y)
+    assert result.max_abs_error == pytest.approx(1.0)
+    assert result.max_rel_error == pytest.approx(1 / 3)
+    assert result.cosine == pytest.approx(24 / 25)
+
+
+def test_top1_agreement_on_logits():
+    before = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.3, 0.3, 0.4], [0.0, 0.0, 1.0]], np.float32)
+    after = before.copy()
+    after[0] = [0.9, 0.1, 0.0]  # row 0 now picks another class
+    result = output_accuracy("logits", before, after)
+    assert result.top1_agreement == pytest.approx(0.75)
+
+
+def test_softmax_outputs_count_as_scores_whatever_their_name():
+    before = np.eye(3, dtype=np.float32)
+    results = compare_accuracy({"out": before}, {"out": before}, score_outputs=frozenset({"out"}))
+    assert results[0].top1_agreement == 1.0
+
+
+def test_integer_outputs_are_compared_exactly():
+    result = output_accuracy("ids", np.array([1, 2, 3]), np.array([1, 2, 4]))
+    assert not result.exact and result.max_abs_error == 1 and result.cosine is None
+
+
+def test_missing_output_is_an_error():
+    with pytest.raises(ValueError, match="no output named 'b'"):
+        compare_accuracy({"a": np.zeros(1), "b": np.zeros(1)}, {"a": np.zeros(1)})
