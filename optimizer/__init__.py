@@ -6,6 +6,7 @@ verification and rollback. This package knows passes only through the registry.
 """
 
 from optimizer.api import optimize, optimize_with_report
+from optimizer.comparison import CompareSettings, ComparisonReport, compare
 from optimizer.errors import GraphoptError
 from optimizer.model_io import load_model, save_model
 from optimizer.pipeline import run_pipeline
@@ -14,6 +15,9 @@ from optimizer.report import PipelineReport
 from optimizer.verify import DEFAULT_TOLERANCES, Tolerance, Verifier
 
 __all__ = [
+    "CompareSettings",
+    "ComparisonReport",
+    "compare",
     "DEFAULT_TOLERANCES",
     "GraphoptError",
     "PassOptions",

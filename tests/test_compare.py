@@ -9,8 +9,8 @@ import pytest
 
 import optimizer
 from optimizer.cli import main
-from optimizer.compare import SCHEMA, CompareSettings, compare
-from optimizer.compare_report import write_html, write_json
+from optimizer.comparison import SCHEMA, CompareSettings, compare
+from optimizer.comparison_report import write_html, write_json
 from optimizer.errors import InputSpecError
 from optimizer.runtime import import_onnxruntime
 
