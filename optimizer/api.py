@@ -12,7 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.errors import OutputPathError
-from optimizer.inputs import alternate_binding, check_inputs, dims_from_inputs, load_inputs, make_inputs
+from optimizer.inputs import alternate_binding, bind_dims, check_inputs, dims_from_inputs, load_inputs, make_inputs
 from optimizer.model_io import check_model_proto, load_model, same_file, save_model
 from optimizer.pipeline import run_pipeline
 from optimizer.registry import PassOptions, resolve
@@ -80,9 +80,13 @@ def optimize_with_report(
         raise OutputPathError("optimize(path): give output= for the optimized model")
     if input_path is not None:
         _check_output_path(Path(output), input_path)
-    input_sets = _verification_inputs(ir_model, inputs, dims, alternate=not specializes)
-    verifier = Verifier(ir_model, input_sets, tolerances) if verify else None
-    bound = dims_from_inputs(ir_model, input_sets[0])
+    if verify:
+        input_sets = _verification_inputs(ir_model, inputs, dims, alternate=not specializes)
+        verifier = Verifier(ir_model, input_sets, tolerances)
+        bound = dims_from_inputs(ir_model, input_sets[0])
+    else:
+        verifier = None
+        bound = bind_dims(ir_model, dims)
     options = PassOptions(target=target, dims=bound, settings=dict(settings or {}))
     optimized, report = run_pipeline(ir_model, specs, options=options, verifier=verifier, label=label, strict=strict)
     if input_path is not None:

@@ -34,10 +34,21 @@ class RemoveUnusedPass(ir.passes.InPlacePass):
 class RemoveIdentityPass(common_passes.IdentityEliminationPass):
     """Remove ``y = Identity(x)`` by using ``x`` wherever ``y`` was used.
 
-    When ``y`` is a graph output, ``x`` is renamed to ``y``; refuses (keeps the node)
+    When ``y`` is a graph output, ``x`` is renamed to ``y``. Refuses (keeps the node)
     when ``y`` is a graph output and ``x`` is a graph input, since both names are
-    part of the model's signature. This is onnx-ir's ``IdentityEliminationPass``.
+    part of the signature, and when both ``x`` and ``y`` are outputs of the same
+    (sub)graph. This is onnx-ir's ``IdentityEliminationPass`` plus that last guard:
+    onnx-ir 1.1 merges the two outputs, which changes the results of ``Scan`` bodies
+    that output a state and its copy (ONNX backend tests ``test_scan*_sum``; our
+    verification caught it).
     """
+
+    def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
+        if node.op_type == "Identity" and node.domain == "" and len(node.inputs) == 1:
+            source, graph = node.inputs[0], node.graph
+            if source is not None and graph is not None and source in graph.outputs and node.outputs[0] in graph.outputs:
+                return False
+        return super()._try_eliminate_identity_node(node)
 
 
 class EliminateCommonSubexpressionsPass(common_passes.CommonSubexpressionEliminationPass):

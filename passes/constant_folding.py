@@ -10,6 +10,9 @@ so we use it as-is; see ``passes/shape_simplification.py`` for what it leaves.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
@@ -47,7 +50,29 @@ class FoldConstantsPass(ir.passes.InPlacePass):
             input_size_limit=self.input_size_limit,
             output_size_limit=self.output_size_limit,
         )
-        modified = folder(model).modified
+        with _hide_scalar_split_shapes(model):
+            modified = folder(model).modified
         if modified:
             remove_dead_nodes(model)
         return ir.passes.PassResult(model, modified=modified)
+
+
+@contextlib.contextmanager
+def _hide_scalar_split_shapes(model: ir.Model) -> Iterator[None]:
+    """Work around an onnxscript 0.7 bug: its SplitToSequence evaluator dereferences the
+    split value when ``split`` is a run-time scalar of known (rank-0) shape and crashes
+    the whole fold (ONNX backend test ``test_split_to_sequence_1``). Without the shape
+    the evaluator leaves the node alone; the shape is put back afterwards."""
+    hidden = []
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type != "SplitToSequence" or node.domain != "" or len(node.inputs) < 2:
+            continue
+        split = node.inputs[1]
+        if split is not None and split.const_value is None and split.shape is not None and len(split.shape) == 0:
+            hidden.append((split, split.shape))
+            split.shape = None
+    try:
+        yield
+    finally:
+        for value, shape in hidden:
+            value.shape = shape

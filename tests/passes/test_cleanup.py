@@ -96,3 +96,16 @@ def test_cleanup_on_exported_models(exported_model):
     assert len(after.graph) < len(model.graph), name
     assert "Identity" not in op_types(after)
     assert_same_outputs(model, after, inputs)
+
+
+def test_identity_copying_one_graph_output_to_another_is_kept():
+    # onnx-ir merges the two outputs here, which broke Scan bodies in the ONNX corpus.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] total, float[N, 4] copy) {
+          total = Relu(x)
+          copy = Identity(total)
+        }""")
+    result = RemoveIdentityPass()(model.clone())
+    assert op_types(result.model) == ["Relu", "Identity"]
+    assert [value.name for value in result.model.graph.outputs] == ["total", "copy"]

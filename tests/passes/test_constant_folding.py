@@ -76,3 +76,18 @@ def test_folding_on_exported_models(exported_model):
     after = FoldConstantsPass()(model.clone()).model
     assert len(after.graph) < len(model.graph), name
     assert_same_outputs(model, after, make_inputs(model, {"sequence": 16}))
+
+
+def test_split_to_sequence_with_runtime_scalar_split_does_not_crash():
+    # onnxscript 0.7's evaluator crashed on this (ONNX backend test_split_to_sequence_1).
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[3, 6] data, int64 split) => (float[3, 2] y) {
+          seq = SplitToSequence<axis = 1>(data, split)
+          zero = Constant<value = int64 {0}>()
+          y = SequenceAt(seq, zero)
+        }""")
+    result = FoldConstantsPass()(model.clone())
+    assert model.graph.inputs[1].shape is not None and len(model.graph.inputs[1].shape) == 0
+    data = np.arange(18, dtype=np.float32).reshape(3, 6)
+    assert_same_outputs(model, result.model, {"data": data, "split": np.array(2, np.int64)})

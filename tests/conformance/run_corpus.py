@@ -1,0 +1,143 @@
+"""Run graphopt's default pipeline over the ONNX backend corpus and classify every case.
+
+Usable as a script (``python -m tests.conformance.run_corpus``: prints the counts)
+and from ``test_onnx_backend.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from optimizer.api import optimize_with_report
+from optimizer.errors import GraphoptError
+from optimizer.report import STATUS_FAILED
+from optimizer.runtime import import_onnxruntime
+from tests.conformance.corpus import CorpusCase, iter_cases, outputs_match
+
+
+@dataclass
+class CorpusResult:
+    """Counts per outcome, and the cases behind the outcomes that must stay empty."""
+
+    total: int = 0
+    out_of_scope: collections.Counter = field(default_factory=collections.Counter)
+    ort_disagrees_with_reference: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    optimized: int = 0
+    changed: int = 0
+    rolled_back: collections.Counter = field(default_factory=collections.Counter)
+    wrong_answers: dict[str, str] = field(default_factory=dict)
+    crashes: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """A human-readable report of the run."""
+        lines = [
+            f"{self.total} cases in {self.seconds:.0f} s",
+            f"  out of scope (ONNX Runtime cannot run the original): {sum(self.out_of_scope.values())}",
+            *[f"    {reason}: {count}" for reason, count in self.out_of_scope.most_common()],
+            f"  ONNX Runtime disagrees with the reference outputs (compared with ORT's own instead): {len(self.ort_disagrees_with_reference)}",
+            f"  refused by graphopt with a one-line reason: {len(self.refused)}",
+            *[f"    {name}: {reason}" for name, reason in sorted(self.refused.items())[:20]],
+            f"  optimized and verified: {self.optimized} ({self.changed} changed)",
+            f"  passes rolled back by verification: {dict(self.rolled_back)}",
+            f"  wrong answers: {len(self.wrong_answers)}",
+            f"  crashes: {len(self.crashes)}",
+        ]
+        return "\n".join(lines)
+
+
+def run_corpus(cases: list[CorpusCase] | None = None) -> CorpusResult:
+    """Classify every case: out of scope, refused, or optimized (and checked against the reference)."""
+    ort = import_onnxruntime()
+    ort.set_default_logger_severity(4)  # out-of-scope cases make ORT log errors we expect
+    logging.getLogger("optimizer").setLevel(logging.ERROR)
+    started = time.perf_counter()
+    result = CorpusResult()
+    for case in cases if cases is not None else iter_cases():
+        result.total += 1
+        try:
+            original = [_run(ort, case.model, inputs) for inputs in case.inputs]
+        except Exception as error:  # ORT's many exception types: the case is out of scope
+            result.out_of_scope[_category(error)] += 1
+            continue
+        reference = case.expected
+        if any(outputs_match(got, want, case.rtol, case.atol) for got, want in zip(original, case.expected)):
+            result.ort_disagrees_with_reference.append(case.name)
+            reference = original
+        _optimize_and_check(ort, case, reference, result)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _optimize_and_check(ort: Any, case: CorpusCase, reference: list[dict[str, Any]], result: CorpusResult) -> None:
+    verifiable = all(isinstance(value, np.ndarray) for value in case.inputs[0].values())
+    try:
+        optimized, report = optimize_with_report(
+            case.model, inputs=case.inputs[0] if verifiable else None, verify=verifiable
+        )
+    except GraphoptError as error:
+        result.refused[case.name] = str(error)
+        return
+    except Exception as error:  # noqa: BLE001 - a crash is what this harness exists to find
+        result.crashes[case.name] = f"{type(error).__name__}: {error}"
+        return
+    for record in report.passes:
+        if record.status == STATUS_FAILED:
+            result.crashes[case.name] = f"{record.name}: {record.detail}"
+        elif record.status == "rolled back":
+            result.rolled_back[record.name] += 1
+    result.optimized += 1
+    if optimized.SerializeToString() != case.model.SerializeToString():
+        result.changed += 1
+    for inputs, want in zip(case.inputs, reference):
+        try:
+            got = _run(ort, optimized, inputs)
+        except Exception as error:  # noqa: BLE001
+            result.crashes[case.name] = f"ONNX Runtime cannot run the optimized model: {error}"
+            return
+        problem = outputs_match(got, want, case.rtol, case.atol)
+        if problem:
+            result.wrong_answers[case.name] = problem
+            return
+
+
+def _run(ort: Any, model: onnx.ModelProto, inputs: dict[str, Any]) -> dict[str, Any]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [meta.name for meta in session.get_outputs()]
+    feeds = {meta.name: inputs[meta.name] for meta in session.get_inputs() if meta.name in inputs}
+    return dict(zip(names, session.run(names, feeds)))
+
+
+def _category(error: Exception) -> str:
+    text = str(error)
+    for needle, category in (
+        ("NOT_IMPLEMENTED", "operator or type not implemented in ONNX Runtime"),
+        ("is not a registered function/op", "training or preview operator ONNX Runtime lacks"),
+        ("can't be converted to MLDataType", "input type ONNX Runtime's Python API cannot take (bfloat16, float8, int4)"),
+        ("Unable to handle object of type", "input type ONNX Runtime's Python API cannot take (bfloat16, float8, int4)"),
+        ("No corresponding Numpy type", "output type ONNX Runtime's Python API cannot return (bfloat16, float8, int4)"),
+        ("locale", "system locale missing (StringNormalizer)"),
+        ("is under development", "opset newer than ONNX Runtime supports"),
+        ("Unsupported model IR version", "IR version newer than ONNX Runtime supports"),
+        ("opset", "opset newer than ONNX Runtime supports"),
+        ("INVALID_GRAPH", "graph ONNX Runtime rejects"),
+        ("INVALID_ARGUMENT", "inputs ONNX Runtime rejects"),
+    ):
+        if needle in text:
+            return category
+    return f"other: {type(error).__name__}"
+
+
+if __name__ == "__main__":
+    print(run_corpus().summary())
