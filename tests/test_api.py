@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 import pytest
 
 import optimizer
@@ -83,7 +84,7 @@ def test_passes_work_in_an_onnx_ir_pass_manager():
     reference = run(model, _inputs())
     manager = ir.passes.PassManager(
         [RemoveIdentityPass(), FoldConstantsPass(), ShapeSimplificationPass(), RemoveUnusedPass(),
-         ir.passes.common.TopologicalSortPass()],
+         common_passes.TopologicalSortPass()],
     )
     result = manager(model)
     assert result.modified
