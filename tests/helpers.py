@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +39,17 @@ def assert_same_outputs(before: ir.Model, after: ir.Model, inputs: dict[str, np.
 def op_types(model: ir.Model) -> list[str]:
     """Op types of the main graph's nodes, in order."""
     return [node.op_type for node in model.graph]
+
+
+def snapshot_tree(root: Path) -> dict[str, object]:
+    """Everything under ``root``: file bytes and mtimes, symlink targets, folders."""
+    state: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        key = os.fspath(path.relative_to(root))
+        if path.is_symlink():
+            state[key] = ("link", os.readlink(path))
+        elif path.is_dir():
+            state[key] = ("dir",)
+        else:
+            state[key] = ("file", path.read_bytes(), path.stat().st_mtime_ns)
+    return state

@@ -24,6 +24,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer import cli
+from tests.helpers import snapshot_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OPSET = 18
@@ -368,20 +369,6 @@ SUBPROCESS_CASES = [
 # --- running and checking -------------------------------------------------------------
 
 
-def _snapshot(root: Path) -> dict[str, object]:
-    """Everything under ``root``: file bytes and mtimes, symlink targets, folders."""
-    state: dict[str, object] = {}
-    for path in sorted(root.rglob("*")):
-        key = os.fspath(path.relative_to(root))
-        if path.is_symlink():
-            state[key] = ("link", os.readlink(path))
-        elif path.is_dir():
-            state[key] = ("dir",)
-        else:
-            state[key] = ("file", path.read_bytes(), path.stat().st_mtime_ns)
-    return state
-
-
 def _prepare(case: Case, tmp_path: Path) -> tuple[list[str], Path]:
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
@@ -419,10 +406,10 @@ def _run_subprocess(argv: list[str]) -> tuple[int, str, str]:
 def test_bad_input_is_one_line_error(name, tmp_path, capsys):
     argv, output = _prepare(CASES[name], tmp_path)
     existed = output.exists() or output.is_symlink()
-    before = _snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     rc, stdout, stderr = _run_in_process(argv, capsys)
     _assert_clean_failure(rc, stdout, stderr, CASES[name].message)
-    assert _snapshot(tmp_path) == before, "the run changed, added or left files behind"
+    assert snapshot_tree(tmp_path) == before, "the run changed, added or left files behind"
     if not existed:
         assert not output.exists()
 
@@ -430,10 +417,10 @@ def test_bad_input_is_one_line_error(name, tmp_path, capsys):
 @pytest.mark.parametrize("name", SUBPROCESS_CASES)
 def test_entry_point_prints_no_traceback(name, tmp_path):
     argv, output = _prepare(CASES[name], tmp_path)
-    before = _snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     rc, stdout, stderr = _run_subprocess(argv)
     _assert_clean_failure(rc, stdout, stderr, CASES[name].message)
-    assert _snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
     assert not output.exists() or output == Path(argv[1])
 
 
@@ -459,10 +446,10 @@ def test_unwritable_output_folder_is_one_line_error(tmp_path, capsys, monkeypatc
         return mkdtemp(*args, dir=dir, **kwargs)
 
     monkeypatch.setattr(tempfile, "mkdtemp", refuse_in_output_folder)
-    before = _snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     rc, stdout, stderr = _run_in_process(argv, capsys)
     _assert_clean_failure(rc, stdout, stderr, re.escape(os.fspath(output.parent)))
-    assert _snapshot(tmp_path) == before and not output.exists()
+    assert snapshot_tree(tmp_path) == before and not output.exists()
 
 
 def test_valid_model_succeeds_and_leaves_input_alone(tmp_path):
@@ -470,13 +457,13 @@ def test_valid_model_succeeds_and_leaves_input_alone(tmp_path):
     inputs.mkdir()
     outputs.mkdir()
     model = _save(_model_with_weights(), inputs / "model.onnx")
-    input_before = _snapshot(inputs)
+    input_before = snapshot_tree(inputs)
     output = outputs / "model.optimized.onnx"
     rc, stdout, stderr = _run_subprocess(["optimize", os.fspath(model), "-o", os.fspath(output)])
     assert rc == 0, stderr
     assert "Traceback" not in stdout + stderr
     onnx.checker.check_model(onnx.load(os.fspath(output)))
-    assert _snapshot(inputs) == input_before
+    assert snapshot_tree(inputs) == input_before
     assert sorted(path.name for path in outputs.iterdir()) == [output.name], "no temporary files beside the output"
 
 

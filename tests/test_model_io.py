@@ -20,23 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 from optimizer import model_io
 from optimizer.errors import OutputPathError
 from optimizer.model_io import load_model, save_model
-from tests.helpers import assert_same_outputs, parse_model, run
+from tests.helpers import assert_same_outputs, parse_model, run, snapshot_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _snapshot(root: Path) -> dict[str, object]:
-    """Everything under ``root``: file bytes and mtimes, symlink targets, folders."""
-    state: dict[str, object] = {}
-    for path in sorted(root.rglob("*")):
-        key = os.fspath(path.relative_to(root))
-        if path.is_symlink():
-            state[key] = ("link", os.readlink(path))
-        elif path.is_dir():
-            state[key] = ("dir",)
-        else:
-            state[key] = ("file", path.read_bytes(), path.stat().st_mtime_ns)
-    return state
 
 
 def _external_locations(path: Path) -> set[str]:
@@ -111,7 +97,7 @@ def test_external_data_is_written_beside_the_output(tmp_path):
     source.mkdir()
     destination.mkdir()
     _save_with_external_data(source / "model.onnx", "w.bin")
-    source_before = _snapshot(source)
+    source_before = snapshot_tree(source)
 
     model = load_model(source / "model.onnx")
     assert isinstance(model.graph.initializers["W"].const_value, ir.ExternalTensor), "weights stay on disk"
@@ -119,7 +105,7 @@ def test_external_data_is_written_beside_the_output(tmp_path):
 
     assert sorted(p.name for p in destination.iterdir()) == ["model.opt.onnx", "model.opt.onnx.data"]
     assert _external_locations(destination / "model.opt.onnx") == {"model.opt.onnx.data"}
-    assert _snapshot(source) == source_before, "the input and its data file are untouched"
+    assert snapshot_tree(source) == source_before, "the input and its data file are untouched"
 
     # The output folder alone must be enough: move it away from the source before running it.
     moved = shutil.move(destination, tmp_path / "elsewhere")
@@ -142,7 +128,7 @@ def test_failed_write_leaves_the_previous_output(tmp_path, monkeypatch, external
     model = load_model(source / "model.onnx")
     output = save_model(model, destination / "out.onnx")
     assert (destination / "out.onnx.data").exists() == external
-    before = _snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
 
     real_save = ir.save
 
@@ -158,7 +144,7 @@ def test_failed_write_leaves_the_previous_output(tmp_path, monkeypatch, external
     monkeypatch.setattr(ir, "save", save_then_fail)
     with pytest.raises(OSError, match="No space left"):
         save_model(model, output)
-    assert _snapshot(tmp_path) == before, "the previous output changed or a temporary file was left"
+    assert snapshot_tree(tmp_path) == before, "the previous output changed or a temporary file was left"
     inputs = _affine_inputs()
     (actual,) = _ort_run(output, inputs)
     np.testing.assert_allclose(actual, _affine_expected(inputs), rtol=1e-5, atol=1e-5)
@@ -179,21 +165,21 @@ def test_refuses_to_overwrite_the_input(tmp_path, spelling):
         output.symlink_to(path)
     elif spelling == "hardlink":
         os.link(path, output)
-    before = _snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     model = load_model(path)
     with pytest.raises(OutputPathError, match="would overwrite the input model"):
         save_model(model, output, input_path=path)
-    assert _snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 def test_refuses_to_overwrite_the_weights_the_model_reads(tmp_path):
     # Saving as out.onnx would write out.onnx.data, the very file W is read from.
     _save_with_external_data(tmp_path / "model.onnx", "out.onnx.data")
-    before = _snapshot(tmp_path)
+    before = snapshot_tree(tmp_path)
     model = load_model(tmp_path / "model.onnx")
     with pytest.raises(OutputPathError, match="reads its weights from this file"):
         save_model(model, tmp_path / "out.onnx")
-    assert _snapshot(tmp_path) == before
+    assert snapshot_tree(tmp_path) == before
 
 
 # --- a model over 2 GiB -----------------------------------------------------------------
