@@ -42,7 +42,14 @@ def output_accuracy(name: str, before: Any, after: Any, *, scores: bool | None =
         raise ValueError(f"output '{name}': shape {actual.shape} differs from {expected.shape}")
     exact = bool(np.array_equal(expected, actual, equal_nan=expected.dtype.kind == "f"))
     if expected.dtype.kind not in "fiub" or expected.size == 0:
-        return OutputAccuracy(name, str(expected.dtype), list(expected.shape), 0.0 if exact else np.inf, 0.0 if exact else np.inf, exact=exact)
+        return OutputAccuracy(
+            name,
+            str(expected.dtype),
+            list(expected.shape),
+            0.0 if exact else np.inf,
+            0.0 if exact else np.inf,
+            exact=exact,
+        )
     e, a = expected.astype(np.float64), actual.astype(np.float64)
     finite = np.isfinite(e) & np.isfinite(a)
     diff = np.abs(np.where(finite, a, 0.0) - np.where(finite, e, 0.0))

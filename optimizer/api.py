@@ -19,7 +19,7 @@ from optimizer.registry import PassOptions, resolve
 from optimizer.report import PipelineReport
 from optimizer.verify import Tolerance, Verifier
 
-ModelLike = TypeVar("ModelLike", bound=Union[str, os.PathLike, onnx.ModelProto, ir.Model])
+ModelLike = TypeVar("ModelLike", bound=str | os.PathLike | onnx.ModelProto | ir.Model)
 InputsLike = Union[Mapping[str, np.ndarray], str, os.PathLike, None]
 
 
@@ -52,8 +52,16 @@ def optimize(
     all shape arithmetic folds away; the result then accepts only those shapes.
     """
     result, _ = optimize_with_report(
-        model, passes, output=output, target=target, inputs=inputs, dims=dims,
-        verify=verify, tolerances=tolerances, settings=settings, static_shapes=static_shapes,
+        model,
+        passes,
+        output=output,
+        target=target,
+        inputs=inputs,
+        dims=dims,
+        verify=verify,
+        tolerances=tolerances,
+        settings=settings,
+        static_shapes=static_shapes,
     )
     return result
 

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from optimizer.api import optimize_with_report
@@ -30,7 +29,9 @@ EXAMPLE_MODEL = Path(__file__).resolve().parents[1] / "examples" / "encoder.onnx
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="graphopt", description="Optimize ONNX models for ONNX Runtime, verified.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what passes do (and tracebacks of failed passes)")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log what passes do (and tracebacks of failed passes)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     optimize = commands.add_parser("optimize", help="optimize a model and write the result")
@@ -38,15 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
     _add_pipeline_flags(optimize)
 
-    comparison = commands.add_parser("compare", help="compare two models' latency, throughput, memory, size and accuracy")
+    comparison = commands.add_parser(
+        "compare", help="compare two models' latency, throughput, memory, size and accuracy"
+    )
     comparison.add_argument("before", help="the original model")
     comparison.add_argument("after", help="the optimized model")
     comparison.add_argument("--inputs", metavar="FILE.npz", help="inputs, one array per graph input name")
-    comparison.add_argument("--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic input dimension (repeatable)")
+    comparison.add_argument(
+        "--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic input dimension (repeatable)"
+    )
     _add_compare_flags(comparison)
 
     listing = commands.add_parser("passes", help="list the registered passes")
-    listing.add_argument("--target", choices=TARGETS, default="cpu", help="mark the passes in this target's default pipeline")
+    listing.add_argument(
+        "--target", choices=TARGETS, default="cpu", help="mark the passes in this target's default pipeline"
+    )
 
     demo = commands.add_parser("demo", help="optimize the example transformer encoder shipped in examples/")
     demo.add_argument("-o", "--output", default="build/demo/encoder.optimized.onnx", help="where to write the result")
@@ -55,27 +62,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--passes", help="comma-separated pass names, in order (default: the target's default pipeline)")
-    parser.add_argument("--target", choices=TARGETS, default="cpu", help="execution provider the result is for (default cpu)")
+    parser.add_argument(
+        "--passes", help="comma-separated pass names, in order (default: the target's default pipeline)"
+    )
+    parser.add_argument(
+        "--target", choices=TARGETS, default="cpu", help="execution provider the result is for (default cpu)"
+    )
     parser.add_argument("--inputs", metavar="FILE.npz", help="verification inputs: one array per graph input name")
-    parser.add_argument("--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic input dimension (repeatable)")
-    parser.add_argument("--tolerance", action="append", metavar="DTYPE=RTOL,ATOL", help="override a verification tolerance (repeatable)")
-    parser.add_argument("--static-shapes", action="store_true", help="fix symbolic input dims to their --dim sizes so all shape arithmetic folds (the result accepts only those shapes)")
+    parser.add_argument(
+        "--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic input dimension (repeatable)"
+    )
+    parser.add_argument(
+        "--tolerance", action="append", metavar="DTYPE=RTOL,ATOL", help="override a verification tolerance (repeatable)"
+    )
+    parser.add_argument(
+        "--static-shapes",
+        action="store_true",
+        help="fix symbolic input dims to their --dim sizes so all shape arithmetic folds (the result accepts only those shapes)",
+    )
     parser.add_argument("--no-verify", action="store_true", help="do not check each pass's result on ONNX Runtime")
     parser.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
-    parser.add_argument("--compare", action="store_true", help="then compare the input and the result (see `graphopt compare`)")
+    parser.add_argument(
+        "--compare", action="store_true", help="then compare the input and the result (see `graphopt compare`)"
+    )
     _add_compare_flags(parser)
 
 
 def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("comparison")
-    group.add_argument("--ep", default="cpu", help="execution providers to measure, comma-separated: cpu,cuda (default cpu)")
-    group.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1); throughput is reported for each")
+    group.add_argument(
+        "--ep", default="cpu", help="execution providers to measure, comma-separated: cpu,cuda (default cpu)"
+    )
+    group.add_argument(
+        "--batch", default="1", help="batch sizes, comma-separated (default 1); throughput is reported for each"
+    )
     group.add_argument("--threads", type=int, help="intra-op threads (default: the cores this process may use)")
-    group.add_argument("--time-budget", type=float, default=20.0, metavar="SECONDS", help="timing budget shared by all EPs and batch sizes (default 20)")
-    group.add_argument("--iterations", type=int, default=200, help="at most this many interleaved runs per model (default 200)")
+    group.add_argument(
+        "--time-budget",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="timing budget shared by all EPs and batch sizes (default 20)",
+    )
+    group.add_argument(
+        "--iterations", type=int, default=200, help="at most this many interleaved runs per model (default 200)"
+    )
     group.add_argument("--warmup", type=int, default=10, help="untimed runs per model first (default 10)")
-    group.add_argument("--profile", action="store_true", help="also profile both models and show time per operator type")
+    group.add_argument(
+        "--profile", action="store_true", help="also profile both models and show time per operator type"
+    )
     group.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
     group.add_argument("--html", metavar="FILE", help="write the comparison as a self-contained HTML page")
 
@@ -134,8 +169,14 @@ def _compare(console: Console, args: argparse.Namespace, before: str, after: str
         warmup=args.warmup,
         profile=args.profile,
     )
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         tasks: dict[str, object] = {}
 
         def advance(label: str, done: int, total: int) -> None:
@@ -143,7 +184,9 @@ def _compare(console: Console, args: argparse.Namespace, before: str, after: str
                 tasks[label] = progress.add_task(f"timing {label}", total=total)
             progress.update(tasks[label], completed=done)
 
-        report = compare(before, after, settings=settings, inputs=args.inputs, dims=parse_dim_flags(args.dim), progress=advance)
+        report = compare(
+            before, after, settings=settings, inputs=args.inputs, dims=parse_dim_flags(args.dim), progress=advance
+        )
     render_comparison(report, console)
     if args.json:
         write_json(report, args.json)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,7 +23,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import OutputAccuracy, compare_accuracy
 from optimizer.errors import InputSpecError
-from optimizer.inputs import batch_dims, load_inputs, make_inputs
+from optimizer.inputs import batch_dims, check_inputs, load_inputs, make_inputs
 from optimizer.memory import MemoryUsage, measure_session_memory
 from optimizer.model_io import load_model, model_file_bytes
 from optimizer.pipeline import count_nodes
@@ -149,8 +151,17 @@ def compare(
             continue
         results.append(
             _measure_provider(
-                str(before), str(after), ep, base_inputs, batch_names, settings, plan, threads,
-                _score_outputs(before_model), warnings, progress,
+                str(before),
+                str(after),
+                ep,
+                base_inputs,
+                batch_names,
+                settings,
+                plan,
+                threads,
+                _score_outputs(before_model),
+                warnings,
+                progress,
             )
         )
     return ComparisonReport(
@@ -188,20 +199,27 @@ def _measure_provider(
             result.accuracy = compare_accuracy(session_before.outputs(), session_after.outputs(), score_outputs)
         label = f"{ep.name} batch {batch}"
         times_before, times_after = time_interleaved(
-            session_before, session_after, plan,
+            session_before,
+            session_after,
+            plan,
             (lambda done, total, label=label: progress(label, done, total)) if progress else None,
         )
         summary_before, summary_after = LatencySummary.of(times_before), LatencySummary.of(times_after)
         ratio = paired_ratio(times_before, times_after)
         if not ratio.trustworthy:
             warnings.append(f"{label}: {ratio.warning}")
-        result.batches.append(BatchResult(
-            batch, summary_before, summary_after, ratio,
-            throughput_before=batch / (summary_before.median_ms / 1000.0),
-            throughput_after=batch / (summary_after.median_ms / 1000.0),
-            samples_before_ms=[t * 1000.0 for t in times_before],
-            samples_after_ms=[t * 1000.0 for t in times_after],
-        ))
+        result.batches.append(
+            BatchResult(
+                batch,
+                summary_before,
+                summary_after,
+                ratio,
+                throughput_before=batch / (summary_before.median_ms / 1000.0),
+                throughput_after=batch / (summary_after.median_ms / 1000.0),
+                samples_before_ms=[t * 1000.0 for t in times_before],
+                samples_after_ms=[t * 1000.0 for t in times_after],
+            )
+        )
     first_inputs = _with_batch(base_inputs, settings.batches[0], base_batch) if batch_names else base_inputs
     result.memory_before = measure_session_memory(before, ep.name, first_inputs, threads)
     result.memory_after = measure_session_memory(after, ep.name, first_inputs, threads)
@@ -219,13 +237,13 @@ def _profile(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int)
         return time_per_op_type(session.end_profiling(), _PROFILE_RUNS)
 
 
-def _base_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray] | str | os.PathLike | None, dims: Mapping[str, int] | None) -> dict[str, np.ndarray]:
+def _base_inputs(
+    model: ir.Model, inputs: Mapping[str, np.ndarray] | str | os.PathLike | None, dims: Mapping[str, int] | None
+) -> dict[str, np.ndarray]:
     if inputs is None:
         return make_inputs(model, dims)
     if isinstance(inputs, (str, os.PathLike)):
         return load_inputs(inputs, model)
-    from optimizer.inputs import check_inputs
-
     return check_inputs({name: np.asarray(array) for name, array in inputs.items()}, model, "inputs")
 
 
@@ -254,7 +272,9 @@ def _check_same_signature(before: ir.Model, after: ir.Model) -> None:
     names_before = [value.name for value in before.graph.inputs if value.name not in before.graph.initializers]
     names_after = [value.name for value in after.graph.inputs if value.name not in after.graph.initializers]
     if sorted(names_before) != sorted(names_after):
-        raise InputSpecError(f"the models take different inputs ({', '.join(names_before)} vs {', '.join(names_after)})")
+        raise InputSpecError(
+            f"the models take different inputs ({', '.join(names_before)} vs {', '.join(names_after)})"
+        )
     outputs_before = [value.name for value in before.graph.outputs]
     missing = [name for name in outputs_before if name not in {value.name for value in after.graph.outputs}]
     if missing:
@@ -272,7 +292,8 @@ def _score_outputs(model: ir.Model) -> frozenset[str]:
 
 def _summarize(path: str | os.PathLike, model: ir.Model) -> ModelSummary:
     parameters = sum(
-        int(np.prod(value.shape.numpy())) for value in model.graph.initializers.values()
+        int(np.prod(value.shape.numpy()))
+        for value in model.graph.initializers.values()
         if value.shape is not None and value.dtype is not None and value.dtype.is_floating_point()
     )
     return ModelSummary(str(Path(path)), model_file_bytes(path), count_nodes(model), parameters)
@@ -305,10 +326,14 @@ def _cpu_name() -> str:
 
 
 def _gpu_name() -> str | None:
-    import shutil
-    import subprocess
-
     if shutil.which("nvidia-smi") is None:
         return None
-    completed = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "--id=0"], capture_output=True, text=True, check=False)
-    return completed.stdout.strip() or None if completed.returncode == 0 else None
+    completed = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "--id=0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        return None
+    return completed.stdout.strip() or None

@@ -56,10 +56,19 @@ def write_html(report: ComparisonReport, path: str | os.PathLike) -> None:
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
         "th:first-child,td:first-child{text-align:left}.warn{color:#a60}</style></head><body>",
         "<h1>graphopt: before / after</h1>",
-        _html_table(["", "file", "size", "nodes", "parameters"], [
-            ["BEFORE", report.before.path, _mb(report.before.file_bytes), report.before.nodes, report.before.parameters],
-            ["AFTER", report.after.path, _mb(report.after.file_bytes), report.after.nodes, report.after.parameters],
-        ]),
+        _html_table(
+            ["", "file", "size", "nodes", "parameters"],
+            [
+                [
+                    "BEFORE",
+                    report.before.path,
+                    _mb(report.before.file_bytes),
+                    report.before.nodes,
+                    report.before.parameters,
+                ],
+                ["AFTER", report.after.path, _mb(report.after.file_bytes), report.after.nodes, report.after.parameters],
+            ],
+        ),
         _html_table(["setting", "value"], [[key, value] for key, value in report.environment.items()]),
     ]
     for provider in report.providers:
@@ -67,16 +76,52 @@ def write_html(report: ComparisonReport, path: str | os.PathLike) -> None:
         if not provider.available:
             parts.append(f"<p class='warn'>skipped: {html.escape(provider.reason)}</p>")
             continue
-        parts.append(_html_table(
-            ["batch", "runs", "median ms before", "median ms after", "p90 after", "p99 after", "after/before", "95% interval", "items/s before", "items/s after"],
-            [[b.batch, b.before.runs, f"{b.before.median_ms:.3f}", f"{b.after.median_ms:.3f}", f"{b.after.p90_ms:.3f}",
-              f"{b.after.p99_ms:.3f}", f"{b.ratio.ratio:.3f}", f"{b.ratio.low:.3f}–{b.ratio.high:.3f}",
-              f"{b.throughput_before:.1f}", f"{b.throughput_after:.1f}"] for b in provider.batches],
-        ))
-        parts.append(_html_table(
-            ["output", "max abs error", "max rel error", "cosine", "top-1 agreement"],
-            [[a.name, f"{a.max_abs_error:.3g}", f"{a.max_rel_error:.3g}", _opt(a.cosine, ".6f"), _opt(a.top1_agreement, ".3f")] for a in provider.accuracy],
-        ))
+        parts.append(
+            _html_table(
+                [
+                    "batch",
+                    "runs",
+                    "median ms before",
+                    "median ms after",
+                    "p90 after",
+                    "p99 after",
+                    "after/before",
+                    "95% interval",
+                    "items/s before",
+                    "items/s after",
+                ],
+                [
+                    [
+                        b.batch,
+                        b.before.runs,
+                        f"{b.before.median_ms:.3f}",
+                        f"{b.after.median_ms:.3f}",
+                        f"{b.after.p90_ms:.3f}",
+                        f"{b.after.p99_ms:.3f}",
+                        f"{b.ratio.ratio:.3f}",
+                        f"{b.ratio.low:.3f}–{b.ratio.high:.3f}",
+                        f"{b.throughput_before:.1f}",
+                        f"{b.throughput_after:.1f}",
+                    ]
+                    for b in provider.batches
+                ],
+            )
+        )
+        parts.append(
+            _html_table(
+                ["output", "max abs error", "max rel error", "cosine", "top-1 agreement"],
+                [
+                    [
+                        a.name,
+                        f"{a.max_abs_error:.3g}",
+                        f"{a.max_rel_error:.3g}",
+                        _opt(a.cosine, ".6f"),
+                        _opt(a.top1_agreement, ".3f"),
+                    ]
+                    for a in provider.accuracy
+                ],
+            )
+        )
         if provider.memory_before and provider.memory_after:
             parts.append(_html_table(["memory", "before", "after"], _memory_rows(provider)))
         for batch in provider.batches:
@@ -92,16 +137,28 @@ def write_html(report: ComparisonReport, path: str | os.PathLike) -> None:
 
 def _provider_table(provider: ProviderResult) -> Table:
     runs = ", ".join(str(batch.before.runs) for batch in provider.batches)
-    table = Table(title=f"latency on {provider.ep}, ms ({runs} interleaved pairs)", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    table = Table(
+        title=f"latency on {provider.ep}, ms ({runs} interleaved pairs)",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
+    )
     for column in ("batch", "model", "p50", "p90", "p99", "items/s", "ratio", "95% CI"):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for batch in provider.batches:
         ratio = batch.ratio
         style = "green" if ratio.high < 1 else "red" if ratio.low > 1 else "default"
-        for name, summary, throughput in (("before", batch.before, batch.throughput_before), ("after", batch.after, batch.throughput_after)):
+        for name, summary, throughput in (
+            ("before", batch.before, batch.throughput_before),
+            ("after", batch.after, batch.throughput_after),
+        ):
             table.add_row(
-                str(batch.batch) if name == "before" else "", name, f"{summary.median_ms:.2f}",
-                f"{summary.p90_ms:.2f}", f"{summary.p99_ms:.2f}", f"{throughput:.1f}",
+                str(batch.batch) if name == "before" else "",
+                name,
+                f"{summary.median_ms:.2f}",
+                f"{summary.p90_ms:.2f}",
+                f"{summary.p99_ms:.2f}",
+                f"{throughput:.1f}",
                 f"[{style}]{ratio.ratio:.3f}[/]" if name == "after" else "",
                 f"{ratio.low:.2f}–{ratio.high:.2f}" if name == "after" else "",
             )
@@ -110,17 +167,29 @@ def _provider_table(provider: ProviderResult) -> Table:
         table.caption = (
             f"session memory {_mb(before.session_rss_bytes)} → {_mb(after.session_rss_bytes)} "
             f"(peak RSS {_mb(before.peak_rss_bytes)} → {_mb(after.peak_rss_bytes)})"
-            + (f", GPU {_mb(before.gpu_bytes)} → {_mb(after.gpu_bytes)}" if before.gpu_bytes is not None and after.gpu_bytes is not None else "")
+            + (
+                f", GPU {_mb(before.gpu_bytes)} → {_mb(after.gpu_bytes)}"
+                if before.gpu_bytes is not None and after.gpu_bytes is not None
+                else ""
+            )
         )
     return table
 
 
 def _accuracy_table(provider: ProviderResult) -> Table:
-    table = Table(title=f"accuracy of AFTER vs BEFORE on {provider.ep}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    table = Table(
+        title=f"accuracy of AFTER vs BEFORE on {provider.ep}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False
+    )
     for column in ("output", "max abs", "max rel", "cosine", "top-1"):
         table.add_column(column, justify="right" if column != "output" else "left", no_wrap=True)
     for item in provider.accuracy:
-        table.add_row(item.name, f"{item.max_abs_error:.3g}", f"{item.max_rel_error:.3g}", _opt(item.cosine, ".6f"), _opt(item.top1_agreement, ".3f"))
+        table.add_row(
+            item.name,
+            f"{item.max_abs_error:.3g}",
+            f"{item.max_rel_error:.3g}",
+            _opt(item.cosine, ".6f"),
+            _opt(item.top1_agreement, ".3f"),
+        )
     return table
 
 
@@ -134,9 +203,14 @@ def _profile_table(provider: ProviderResult) -> Table:
 
 
 def _profile_rows(provider: ProviderResult) -> list[list[str]]:
-    ops = sorted(set(provider.profile_before_ms) | set(provider.profile_after_ms),
-                 key=lambda op: -max(provider.profile_before_ms.get(op, 0), provider.profile_after_ms.get(op, 0)))
-    return [[op, _opt(provider.profile_before_ms.get(op), ".3f"), _opt(provider.profile_after_ms.get(op), ".3f")] for op in ops]
+    ops = sorted(
+        set(provider.profile_before_ms) | set(provider.profile_after_ms),
+        key=lambda op: -max(provider.profile_before_ms.get(op, 0), provider.profile_after_ms.get(op, 0)),
+    )
+    return [
+        [op, _opt(provider.profile_before_ms.get(op), ".3f"), _opt(provider.profile_after_ms.get(op), ".3f")]
+        for op in ops
+    ]
 
 
 def _memory_rows(provider: ProviderResult) -> list[list[str]]:
@@ -174,7 +248,9 @@ def _latency_svg(batch: BatchResult, width: int = 640, height: int = 220) -> str
             )
         median = float(np.median(samples[name]))
         x = left + plot_w * (min(max(median, low), high) - low) / (high - low)
-        shapes.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{bottom - plot_h}' y2='{bottom}' stroke='{colors[name]}' stroke-width='2'/>")
+        shapes.append(
+            f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{bottom - plot_h}' y2='{bottom}' stroke='{colors[name]}' stroke-width='2'/>"
+        )
     labels = [
         f"<text x='{left}' y='{height - 10}' font-size='11'>{low:.3f} ms</text>",
         f"<text x='{left + plot_w}' y='{height - 10}' font-size='11' text-anchor='end'>{high:.3f} ms</text>",

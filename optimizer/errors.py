@@ -39,3 +39,9 @@ class PassSelectionError(GraphoptError):
 
 class RuntimeMissingError(GraphoptError):
     """ONNX Runtime (or the requested execution provider) is not installed."""
+
+
+def one_line(error: BaseException, limit: int = 400) -> str:
+    """An exception's message as one line (onnx and ORT spread one sentence over several)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -55,9 +55,7 @@ def bind_dims(model: ir.Model, overrides: Mapping[str, int] | None = None) -> di
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         known = ", ".join(names) or "none"
-        raise InputSpecError(
-            f"--dim {unknown[0]}: the model has no symbolic dimension of that name (it has: {known})"
-        )
+        raise InputSpecError(f"--dim {unknown[0]}: the model has no symbolic dimension of that name (it has: {known})")
     bound = {}
     for name in names:
         if name in overrides:
@@ -138,9 +136,7 @@ def check_inputs(arrays: Mapping[str, np.ndarray], model: ir.Model, source: str)
     for value in _runtime_inputs(model):
         array = arrays[value.name]
         if value.dtype is not None and value.dtype != ir.DataType.STRING and array.dtype != value.dtype.numpy():
-            raise InputSpecError(
-                f"{source}: '{value.name}' is {array.dtype}, the model expects {value.dtype.numpy()}"
-            )
+            raise InputSpecError(f"{source}: '{value.name}' is {array.dtype}, the model expects {value.dtype.numpy()}")
         if value.shape is not None and len(value.shape) != array.ndim:
             raise InputSpecError(
                 f"{source}: '{value.name}' has rank {array.ndim}, the model expects {len(value.shape)}"
@@ -148,9 +144,7 @@ def check_inputs(arrays: Mapping[str, np.ndarray], model: ir.Model, source: str)
     return {name: arrays[name] for name in required}
 
 
-def make_inputs(
-    model: ir.Model, dims: Mapping[str, int] | None = None, *, seed: int = 0
-) -> dict[str, np.ndarray]:
+def make_inputs(model: ir.Model, dims: Mapping[str, int] | None = None, *, seed: int = 0) -> dict[str, np.ndarray]:
     """Generate one input array per graph input, with symbolic dims bound by ``bind_dims``.
 
     Raises ``InputSpecError`` for an input with no type or shape, or of a type we
@@ -176,9 +170,7 @@ def _concrete_shape(value: ir.Value, bound: Mapping[str, int]) -> tuple[int, ...
             f"input '{value.name}' is not a tensor ({value.type}); pass real inputs with --inputs FILE.npz"
         )
     if value.shape is None:
-        raise InputSpecError(
-            f"input '{value.name}' has no shape; pass --inputs FILE.npz or --no-verify"
-        )
+        raise InputSpecError(f"input '{value.name}' has no shape; pass --inputs FILE.npz or --no-verify")
     shape = []
     for axis, dim in enumerate(value.shape):
         if isinstance(dim, int):
@@ -211,7 +203,9 @@ def _generate(model: ir.Model, value: ir.Value, shape: tuple[int, ...], rng: np.
         if _MASK_NAME.search(value.name):
             return np.ones(shape, dtype=numpy_dtype)
         return rng.standard_normal(shape).astype(numpy_dtype)
-    raise InputSpecError(f"input '{value.name}' has type {dtype}, which graphopt cannot generate; pass --inputs FILE.npz")
+    raise InputSpecError(
+        f"input '{value.name}' has type {dtype}, which graphopt cannot generate; pass --inputs FILE.npz"
+    )
 
 
 def _index_range(value: ir.Value) -> int | None:

@@ -24,8 +24,9 @@ from optimizer.errors import (
     ModelFileError,
     OutputPathError,
     UnsupportedModelError,
+    one_line,
 )
-from optimizer.runtime import initializer_bytes
+from optimizer.runtime import has_external_tensors, initializer_bytes
 
 # Domains whose operators we can check: ONNX, ONNX-ML, and ONNX Runtime's contrib
 # operators (which our fusions emit and ORT-optimized inputs contain).
@@ -58,8 +59,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise ModelFileError(f"{path}: cannot read the file ({error.strerror or error})") from error
     except (google.protobuf.message.DecodeError, RuntimeError, ValueError) as error:
         raise ModelFileError(
-            f"{path}: not a readable ONNX model (the file is truncated, corrupt or not ONNX: "
-            f"{_one_line(error)})"
+            f"{path}: not a readable ONNX model (the file is truncated, corrupt or not ONNX: {one_line(error)})"
         ) from error
     _check_looks_like_onnx(proto, str(path))
     _check_external_data(proto, path.parent, str(path))
@@ -69,9 +69,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     return model
 
 
-def check_model_proto(
-    proto: onnx.ModelProto, label: str, checker_path: Path | None = None
-) -> None:
+def check_model_proto(proto: onnx.ModelProto, label: str, checker_path: Path | None = None) -> None:
     """Raise if ``proto`` uses opsets or domains we cannot check, or fails onnx's checker.
 
     ``checker_path`` lets the checker read a file instead of the in-memory proto,
@@ -86,9 +84,7 @@ def check_model_proto(
         elif proto.ByteSize() < (1 << 31) - 1:
             onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as error:
-        raise InvalidModelError(
-            f"{label}: rejected by onnx's checker: {_one_line(error)}"
-        ) from error
+        raise InvalidModelError(f"{label}: rejected by onnx's checker: {one_line(error)}") from error
 
 
 def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None) -> Path:
@@ -137,12 +133,6 @@ def model_file_bytes(path: str | os.PathLike) -> int:
         if candidate.exists():
             total += candidate.stat().st_size
     return total
-
-
-def _one_line(error: BaseException, limit: int = 400) -> str:
-    # onnx's checker spreads one sentence over several lines (message, node dump, rest).
-    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _check_input_shapes(proto: onnx.ModelProto, label: str) -> None:
@@ -225,12 +215,7 @@ def _all_nodes(proto: onnx.ModelProto):
 
 
 def _needs_external_data(model: ir.Model) -> bool:
-    if initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES:
-        return True
-    return any(
-        isinstance(value.const_value, ir.ExternalTensor)
-        for value in model.graph.initializers.values()
-    )
+    return initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES or has_external_tensors(model)
 
 
 def _model_reads_file(model: ir.Model, data_path: Path) -> bool:

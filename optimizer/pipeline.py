@@ -106,9 +106,12 @@ def _run_one(
     if not verdict.ok:
         logger.warning("pass %s rolled back: %s", spec.name, verdict.first_failure)
         return model, PassRecord(
-            spec.name, STATUS_ROLLED_BACK, seconds, nodes_before, nodes_before,
-            verdict.max_abs_error, verdict.first_failure,
+            spec.name,
+            STATUS_ROLLED_BACK,
+            seconds,
+            nodes_before,
+            nodes_before,
+            verdict.max_abs_error,
+            verdict.first_failure,
         )
-    return candidate, PassRecord(
-        spec.name, STATUS_APPLIED, seconds, nodes_before, nodes_after, verdict.max_abs_error
-    )
+    return candidate, PassRecord(spec.name, STATUS_APPLIED, seconds, nodes_before, nodes_after, verdict.max_abs_error)

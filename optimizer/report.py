@@ -89,8 +89,7 @@ def render_table(report: PipelineReport, console: Console | None = None) -> None
     console.print(
         f"nodes {report.nodes_before} → {report.nodes_after} ({removed} removed), "
         f"weights {_format_bytes(report.initializer_bytes_before)} → {_format_bytes(report.initializer_bytes_after)}, "
-        f"{report.seconds:.2f} s"
-        + ("" if report.verified else " — outputs NOT verified (--no-verify)")
+        f"{report.seconds:.2f} s" + ("" if report.verified else " — outputs NOT verified (--no-verify)")
     )
     for record in report.failures():
         console.print(f"[yellow]{record.name} {record.status}:[/] {escape(record.detail)}", highlight=False)

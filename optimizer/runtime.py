@@ -24,8 +24,7 @@ def import_onnxruntime() -> Any:
         import onnxruntime
     except ImportError as error:
         raise RuntimeMissingError(
-            "ONNX Runtime is not installed: pip install 'graphopt[cpu]' "
-            "(or 'graphopt[gpu]' for CUDA)"
+            "ONNX Runtime is not installed: pip install 'graphopt[cpu]' (or 'graphopt[gpu]' for CUDA)"
         ) from error
     onnxruntime.set_default_logger_severity(3)
     return onnxruntime
@@ -41,11 +40,9 @@ def initializer_bytes(model: ir.Model) -> int:
     return total
 
 
-def _has_external_tensors(model: ir.Model) -> bool:
-    return any(
-        isinstance(value.const_value, ir.ExternalTensor)
-        for value in model.graph.initializers.values()
-    )
+def has_external_tensors(model: ir.Model) -> bool:
+    """Whether any main-graph initializer is still stored as external data."""
+    return any(isinstance(value.const_value, ir.ExternalTensor) for value in model.graph.initializers.values())
 
 
 @contextlib.contextmanager
@@ -71,7 +68,7 @@ def inference_session(
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization_level]
     options.intra_op_num_threads = intra_op_threads
-    if initializer_bytes(model) < _IN_MEMORY_LIMIT_BYTES and not _has_external_tensors(model):
+    if initializer_bytes(model) < _IN_MEMORY_LIMIT_BYTES and not has_external_tensors(model):
         payload = ir.to_proto(model).SerializeToString()
         yield ort.InferenceSession(payload, options, providers=list(providers))
         return

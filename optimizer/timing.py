@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from optimizer.errors import InputSpecError
 from optimizer.runtime import import_onnxruntime
 
 EP_PROVIDERS = {
@@ -40,8 +41,6 @@ def resolve_execution_providers(names: list[str]) -> list[ExecutionProvider]:
     result = []
     for name in names:
         if name not in EP_PROVIDERS:
-            from optimizer.errors import InputSpecError
-
             raise InputSpecError(f"--ep {name}: unknown execution provider (choose from {', '.join(EP_PROVIDERS)})")
         provider = EP_PROVIDERS[name][0]
         if provider not in available:
@@ -81,10 +80,14 @@ def default_threads() -> int:
 class TimedSession:
     """One model on one EP with fixed inputs; ``run()`` times a single inference in seconds."""
 
-    def __init__(self, path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int, *, profile_prefix: str | None = None) -> None:
+    def __init__(
+        self, path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int, *, profile_prefix: str | None = None
+    ) -> None:
         ort = import_onnxruntime()
         self.ep = ep
-        self.session = ort.InferenceSession(path, session_options(threads, profile_prefix=profile_prefix), providers=EP_PROVIDERS[ep])
+        self.session = ort.InferenceSession(
+            path, session_options(threads, profile_prefix=profile_prefix), providers=EP_PROVIDERS[ep]
+        )
         names = [meta.name for meta in self.session.get_inputs()]
         self.feeds = {name: inputs[name] for name in names}
         self.output_names = [meta.name for meta in self.session.get_outputs()]

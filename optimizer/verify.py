@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.errors import InvalidModelError
+from optimizer.errors import InputSpecError, InvalidModelError, one_line
 from optimizer.runtime import inference_session, run_session
 
 logger = logging.getLogger(__name__)
@@ -87,8 +87,6 @@ class VerificationResult:
 
 def parse_tolerance_flags(flags: list[str] | None) -> dict[str, Tolerance]:
     """Parse ``DTYPE=RTOL,ATOL`` strings (e.g. ``float32=1e-3,1e-4``) over the defaults."""
-    from optimizer.errors import InputSpecError
-
     tolerances = dict(DEFAULT_TOLERANCES)
     for flag in flags or []:
         dtype, sep, numbers = flag.partition("=")
@@ -130,16 +128,28 @@ def _compare_one(name: str, expected: Any, actual: Any, tolerances: Mapping[str,
         return OutputCheck(name, worst.ok, worst.max_abs_error, worst.max_rel_error, worst.detail)
     if expected is None or actual is None:
         ok = expected is None and actual is None
-        return OutputCheck(name, ok, 0.0 if ok else math.inf, 0.0, "" if ok else f"output '{name}': optional presence differs")
+        return OutputCheck(
+            name, ok, 0.0 if ok else math.inf, 0.0, "" if ok else f"output '{name}': optional presence differs"
+        )
     expected, actual = np.asarray(expected), np.asarray(actual)
     if expected.shape != actual.shape:
-        return OutputCheck(name, False, math.inf, math.inf, f"output '{name}': shape {actual.shape} instead of {expected.shape}")
+        return OutputCheck(
+            name, False, math.inf, math.inf, f"output '{name}': shape {actual.shape} instead of {expected.shape}"
+        )
     if expected.dtype != actual.dtype:
-        return OutputCheck(name, False, math.inf, math.inf, f"output '{name}': dtype {actual.dtype} instead of {expected.dtype}")
+        return OutputCheck(
+            name, False, math.inf, math.inf, f"output '{name}': dtype {actual.dtype} instead of {expected.dtype}"
+        )
     tolerance = tolerances.get(_dtype_key(expected.dtype))
     if tolerance is None or expected.size == 0:
         ok = bool(np.array_equal(expected, actual))
-        return OutputCheck(name, ok, 0.0 if ok else math.inf, 0.0, "" if ok else f"output '{name}': values differ (exact match required)")
+        return OutputCheck(
+            name,
+            ok,
+            0.0 if ok else math.inf,
+            0.0,
+            "" if ok else f"output '{name}': values differ (exact match required)",
+        )
     e, a = expected.astype(np.float64), actual.astype(np.float64)
     nan_mismatch = np.isnan(e) != np.isnan(a)
     both_finite = np.isfinite(e) & np.isfinite(a)
@@ -192,7 +202,7 @@ class Verifier:
             except Exception as error:  # ORT raises many unrelated types for a model it rejects
                 if index == 0:
                     raise InvalidModelError(
-                        f"ONNX Runtime cannot run the input model ({_first_line(error)}); "
+                        f"ONNX Runtime cannot run the input model ({one_line(error, 300)}); "
                         "fix the model or pass --no-verify"
                     ) from error
                 logger.info("verification input set %d dropped: the original fails on it (%s)", index, error)
@@ -218,7 +228,7 @@ class Verifier:
                     if result.max_abs_error >= worst.max_abs_error:
                         worst = result
         except Exception as error:  # any ORT failure means the rewrite is unusable
-            return VerificationResult(error=f"ONNX Runtime cannot run the result: {_first_line(error)}")
+            return VerificationResult(error=f"ONNX Runtime cannot run the result: {one_line(error, 300)}")
         return worst
 
     @staticmethod
@@ -227,13 +237,10 @@ class Verifier:
             return run_session(session, inputs)
 
     def _nondeterministic_outputs(self, original: ir.Model) -> frozenset[str]:
-        if not any(node.op_type in NONDETERMINISTIC_OPS for node in ir.traversal.RecursiveGraphIterator(original.graph)):
+        if not any(
+            node.op_type in NONDETERMINISTIC_OPS for node in ir.traversal.RecursiveGraphIterator(original.graph)
+        ):
             return frozenset()
         again = self._run(original, self.input_sets[0])
         differing = compare_outputs(self.references[0], again, self.tolerances)
         return frozenset(check.name for check in differing.checks if not check.ok)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]

@@ -46,7 +46,12 @@ class RemoveIdentityPass(common_passes.IdentityEliminationPass):
     def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
         if node.op_type == "Identity" and node.domain == "" and len(node.inputs) == 1:
             source, graph = node.inputs[0], node.graph
-            if source is not None and graph is not None and source in graph.outputs and node.outputs[0] in graph.outputs:
+            if (
+                source is not None
+                and graph is not None
+                and source in graph.outputs
+                and node.outputs[0] in graph.outputs
+            ):
                 return False
         return super()._try_eliminate_identity_node(node)
 

@@ -84,7 +84,9 @@ class ShapeSimplificationPass(ir.passes.InPlacePass):
                 continue
             if target is None:
                 continue
-            constant = add_initializer(model.graph, f"{node.name or node.op_type}_shape", np.array(target, dtype=np.int64))
+            constant = add_initializer(
+                model.graph, f"{node.name or node.op_type}_shape", np.array(target, dtype=np.int64)
+            )
             node.replace_input_with(1, constant)
             modified = True
         if modified:
@@ -233,8 +235,7 @@ def _symbolic_shapes(model: ir.Model) -> dict[str, tuple[Symbol, ...]] | None:
         if not tensor_type.HasField("shape"):
             continue
         shapes[name] = tuple(
-            dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None)
-            for dim in tensor_type.shape.dim
+            dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None) for dim in tensor_type.shape.dim
         )
     return shapes
 

@@ -83,8 +83,13 @@ def test_passes_work_in_an_onnx_ir_pass_manager():
     model = ir.load(BERT)
     reference = run(model, _inputs())
     manager = ir.passes.PassManager(
-        [RemoveIdentityPass(), FoldConstantsPass(), ShapeSimplificationPass(), RemoveUnusedPass(),
-         common_passes.TopologicalSortPass()],
+        [
+            RemoveIdentityPass(),
+            FoldConstantsPass(),
+            ShapeSimplificationPass(),
+            RemoveUnusedPass(),
+            common_passes.TopologicalSortPass(),
+        ],
     )
     result = manager(model)
     assert result.modified

@@ -50,9 +50,7 @@ def _model(
         outputs if outputs is not None else [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
         initializer=initializers or [],
     )
-    return helper.make_model(
-        graph, opset_imports=opsets or [helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
-    )
+    return helper.make_model(graph, opset_imports=opsets or [helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
 
 
 def _model_with_weights() -> onnx.ModelProto:
@@ -197,8 +195,11 @@ def _external_weights(inputs: Path, location: str) -> Path:
     # MatMul with a graph input keeps W alive through every pass, so the result
     # still reads W from external data.
     return _save(
-        _model_with_weights(), inputs / "model.onnx",
-        save_as_external_data=True, location=location, size_threshold=0,
+        _model_with_weights(),
+        inputs / "model.onnx",
+        save_as_external_data=True,
+        location=location,
+        size_threshold=0,
     )
 
 
@@ -333,9 +334,7 @@ CASES: dict[str, Case] = {
     "npz-missing-key": Case(
         _npz({"input": np.zeros((2, 3), np.float32)}), r"--inputs .*inputs\.npz: no array for graph input 'x'"
     ),
-    "npz-wrong-dtype": Case(
-        _npz({"x": np.zeros((2, 3), np.float64)}), r"'x' is float64, the model expects float32"
-    ),
+    "npz-wrong-dtype": Case(_npz({"x": np.zeros((2, 3), np.float64)}), r"'x' is float64, the model expects float32"),
     "npz-wrong-rank": Case(_npz({"x": np.zeros(3, np.float32)}), r"'x' has rank 1, the model expects 2"),
     "npz-wrong-size": Case(_npz({"x": np.zeros((2, 5), np.float32)}), r"ONNX Runtime cannot run the input model"),
     "npz-pickled-objects": Case(_npz_pickled, r"--inputs .*inputs\.npz: not a readable \.npz file"),
@@ -361,8 +360,13 @@ CASES: dict[str, Case] = {
 
 # Enough to prove the real entry point prints no traceback, one per family.
 SUBPROCESS_CASES = [
-    "missing-file", "truncated-50%", "unknown-domain", "checker-two-producers",
-    "dim-no-value", "npz-missing-key", "output-is-input",
+    "missing-file",
+    "truncated-50%",
+    "unknown-domain",
+    "checker-two-producers",
+    "dim-no-value",
+    "npz-missing-key",
+    "output-is-input",
 ]
 
 
@@ -397,7 +401,10 @@ def _run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
 def _run_subprocess(argv: list[str]) -> tuple[int, str, str]:
     completed = subprocess.run(
         [sys.executable, "-m", "optimizer.cli", *argv],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     return completed.returncode, completed.stdout, completed.stderr
 

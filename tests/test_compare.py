@@ -59,8 +59,17 @@ def test_json_schema(report, tmp_path):
     assert data["schema"] == SCHEMA
     assert set(data) == {"schema", "environment", "before", "after", "providers", "warnings"}
     provider = data["providers"][0]
-    assert set(provider) >= {"ep", "available", "reason", "batches", "accuracy", "memory_before", "memory_after",
-                             "profile_before_ms", "profile_after_ms"}
+    assert set(provider) >= {
+        "ep",
+        "available",
+        "reason",
+        "batches",
+        "accuracy",
+        "memory_before",
+        "memory_after",
+        "profile_before_ms",
+        "profile_after_ms",
+    }
     batch = provider["batches"][0]
     assert set(batch["before"]) == {"runs", "mean_ms", "median_ms", "p90_ms", "p99_ms", "min_ms", "spread"}
     assert set(batch["ratio"]) == {"ratio", "low", "high", "confidence", "trustworthy", "warning"}
@@ -101,9 +110,27 @@ def test_models_with_different_inputs_are_refused(optimized_example):
 
 def test_cli_compare_writes_json_and_html(optimized_example, tmp_path, capsys):
     json_path, html_path = tmp_path / "c.json", tmp_path / "c.html"
-    code = main(["compare", str(EXAMPLE), str(optimized_example), "--dim", "sequence=16", "--threads", "1",
-                 "--time-budget", "1", "--iterations", "10", "--warmup", "1",
-                 "--json", str(json_path), "--html", str(html_path)])
+    code = main(
+        [
+            "compare",
+            str(EXAMPLE),
+            str(optimized_example),
+            "--dim",
+            "sequence=16",
+            "--threads",
+            "1",
+            "--time-budget",
+            "1",
+            "--iterations",
+            "10",
+            "--warmup",
+            "1",
+            "--json",
+            str(json_path),
+            "--html",
+            str(html_path),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "latency on cpu" in out and "accuracy of AFTER vs BEFORE" in out
@@ -113,8 +140,25 @@ def test_cli_compare_writes_json_and_html(optimized_example, tmp_path, capsys):
 
 def test_optimize_then_compare(tmp_path, capsys):
     output = tmp_path / "fast.onnx"
-    code = main(["optimize", str(EXAMPLE), "-o", str(output), "--dim", "sequence=16", "--compare",
-                 "--threads", "1", "--time-budget", "1", "--iterations", "10", "--warmup", "1"])
+    code = main(
+        [
+            "optimize",
+            str(EXAMPLE),
+            "-o",
+            str(output),
+            "--dim",
+            "sequence=16",
+            "--compare",
+            "--threads",
+            "1",
+            "--time-budget",
+            "1",
+            "--iterations",
+            "10",
+            "--warmup",
+            "1",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "remove-unused" in out and "latency on cpu" in out

@@ -12,7 +12,8 @@ from tests.helpers import FIXTURES, assert_same_outputs, op_types
 
 def _computed_reshapes(model: ir.Model) -> int:
     return sum(
-        1 for node in model.graph
+        1
+        for node in model.graph
         if node.op_type == "Reshape" and ir.convenience.get_const_tensor(node.inputs[1]) is None
     )
 

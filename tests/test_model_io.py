@@ -28,10 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def _external_locations(path: Path) -> set[str]:
     proto = onnx.load(os.fspath(path), load_external_data=False)
     return {
-        entry.value
-        for tensor in proto.graph.initializer
-        for entry in tensor.external_data
-        if entry.key == "location"
+        entry.value for tensor in proto.graph.initializer for entry in tensor.external_data if entry.key == "location"
     }
 
 
@@ -262,9 +259,21 @@ def test_cli_optimizes_model_over_2gb_with_verification(big_model, tmp_path):
     report = tmp_path / "report.json"
     try:
         completed = subprocess.run(
-            [sys.executable, "-m", "optimizer.cli", "optimize", os.fspath(big_model), "-o", os.fspath(output),
-             "--report", os.fspath(report)],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "optimizer.cli",
+                "optimize",
+                os.fspath(big_model),
+                "-o",
+                os.fspath(output),
+                "--report",
+                os.fspath(report),
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert completed.returncode == 0, completed.stderr
         assert json.loads(report.read_text())["verified"] is True

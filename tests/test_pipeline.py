@@ -123,8 +123,13 @@ def test_unchanged_pass_reports_unchanged():
 
 def test_report_json_round_trips(tmp_path):
     model = parse_model(MODEL)
-    _, report = run_pipeline(model, [_spec("remove-identity", RemoveIdentityPass)], verifier=_verifier(model),
-                             options=PassOptions(target="cpu"), label="tiny.onnx")
+    _, report = run_pipeline(
+        model,
+        [_spec("remove-identity", RemoveIdentityPass)],
+        verifier=_verifier(model),
+        options=PassOptions(target="cpu"),
+        label="tiny.onnx",
+    )
     path = tmp_path / "report.json"
     report.write_json(path)
     data = json.loads(path.read_text())

@@ -154,9 +154,13 @@ def _mismatch(got: Any, want: Any, rtol: float, atol: float) -> str | None:
     if want.dtype.kind in "OSU" or want.dtype == bool:
         return None if np.array_equal(want, got) else "values differ"
     try:
-        np.testing.assert_allclose(got.astype(np.float64) if got.dtype.kind != "c" else got,
-                                   want.astype(np.float64) if want.dtype.kind != "c" else want,
-                                   rtol=rtol, atol=atol, equal_nan=True)
+        np.testing.assert_allclose(
+            got.astype(np.float64) if got.dtype.kind != "c" else got,
+            want.astype(np.float64) if want.dtype.kind != "c" else want,
+            rtol=rtol,
+            atol=atol,
+            equal_nan=True,
+        )
     except (AssertionError, ValueError, TypeError) as error:
         return str(error).strip().splitlines()[0][:200]
     return None

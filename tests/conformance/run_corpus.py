@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 
 from optimizer.api import optimize_with_report
 from optimizer.errors import GraphoptError
@@ -124,8 +123,14 @@ def _category(error: Exception) -> str:
     for needle, category in (
         ("NOT_IMPLEMENTED", "operator or type not implemented in ONNX Runtime"),
         ("is not a registered function/op", "training or preview operator ONNX Runtime lacks"),
-        ("can't be converted to MLDataType", "input type ONNX Runtime's Python API cannot take (bfloat16, float8, int4)"),
-        ("Unable to handle object of type", "input type ONNX Runtime's Python API cannot take (bfloat16, float8, int4)"),
+        (
+            "can't be converted to MLDataType",
+            "input type ONNX Runtime's Python API cannot take (bfloat16, float8, int4)",
+        ),
+        (
+            "Unable to handle object of type",
+            "input type ONNX Runtime's Python API cannot take (bfloat16, float8, int4)",
+        ),
         ("No corresponding Numpy type", "output type ONNX Runtime's Python API cannot return (bfloat16, float8, int4)"),
         ("locale", "system locale missing (StringNormalizer)"),
         ("is under development", "opset newer than ONNX Runtime supports"),

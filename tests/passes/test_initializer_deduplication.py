@@ -23,7 +23,8 @@ def _model(weights: dict[str, np.ndarray]) -> ir.Model:
         total = f"sum{index}"
     nodes.append(onnx.helper.make_node("Identity", [total], ["y"]))
     graph = onnx.helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
         [onnx.numpy_helper.from_array(array, name) for name, array in weights.items()],

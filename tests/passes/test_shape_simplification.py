@@ -72,8 +72,10 @@ def test_merge_heads_uses_minus_one_for_the_product():
     assert op_types(result.model) == ["Reshape"]
     assert result.model.graph.node(0).inputs[1].const_value.numpy().tolist() == [0, 0, -1]
     rng = np.random.default_rng(2)
-    inputs = {"context": rng.standard_normal((2, 7, 4, 16)).astype(np.float32),
-              "hidden": rng.standard_normal((2, 7, 64)).astype(np.float32)}
+    inputs = {
+        "context": rng.standard_normal((2, 7, 4, 16)).astype(np.float32),
+        "hidden": rng.standard_normal((2, 7, 64)).astype(np.float32),
+    }
     assert_same_outputs(model, result.model, inputs)
 
 
@@ -118,8 +120,10 @@ def test_expand_keeps_input_dims_with_one():
     assert op_types(result.model) == ["Expand", "Add"]
     assert result.model.graph.node(0).inputs[1].const_value.numpy().tolist() == [1, 4, 1]
     rng = np.random.default_rng(3)
-    inputs = {"mask": rng.standard_normal((3, 1, 5)).astype(np.float32),
-              "scores": rng.standard_normal((3, 4, 5)).astype(np.float32)}
+    inputs = {
+        "mask": rng.standard_normal((3, 1, 5)).astype(np.float32),
+        "scores": rng.standard_normal((3, 4, 5)).astype(np.float32),
+    }
     assert_same_outputs(model, result.model, inputs)
 
 
@@ -136,6 +140,7 @@ def test_exported_models_lose_their_shape_chains(exported_model):
 
 def _computed_reshape_targets(model: ir.Model) -> int:
     return sum(
-        1 for node in model.graph
+        1
+        for node in model.graph
         if node.op_type == "Reshape" and ir.convenience.get_const_tensor(node.inputs[1]) is None
     )
