@@ -36,23 +36,21 @@ class RemoveIdentityPass(common_passes.IdentityEliminationPass):
 
     When ``y`` is a graph output, ``x`` is renamed to ``y``. Refuses (keeps the node)
     when ``y`` is a graph output and ``x`` is a graph input, since both names are
-    part of the signature, and when both ``x`` and ``y`` are outputs of the same
-    (sub)graph. This is onnx-ir's ``IdentityEliminationPass`` plus that last guard:
+    part of the signature; when both ``x`` and ``y`` are outputs of the same
+    (sub)graph; and when ``y`` is a subgraph output and ``x`` comes from the outer
+    scope. This is onnx-ir's ``IdentityEliminationPass`` plus those last two guards:
     onnx-ir 1.1 merges the two outputs, which changes the results of ``Scan`` bodies
-    that output a state and its copy (ONNX backend tests ``test_scan*_sum``; our
-    verification caught it).
+    that output a state and its copy (ONNX backend tests ``test_scan*_sum``), and
+    makes ``If`` branches return an outer value directly, which ONNX Runtime rejects
+    (``test_affine_grid_*_expanded``). Our verification caught both.
     """
 
     def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
         if node.op_type == "Identity" and node.domain == "" and len(node.inputs) == 1:
             source, graph = node.inputs[0], node.graph
-            if (
-                source is not None
-                and graph is not None
-                and source in graph.outputs
-                and node.outputs[0] in graph.outputs
-            ):
-                return False
+            if source is not None and graph is not None and node.outputs[0] in graph.outputs:
+                if source in graph.outputs or _from_outer_scope(source, graph):
+                    return False
         return super()._try_eliminate_identity_node(node)
 
 
@@ -63,3 +61,11 @@ class EliminateCommonSubexpressionsPass(common_passes.CommonSubexpressionElimina
     this pass each distinct computation exists once. Refuses non-deterministic ops
     (random generators) and nodes with subgraphs.
     """
+
+
+def _from_outer_scope(value: ir.Value, graph: ir.Graph) -> bool:
+    """Whether ``value`` is defined outside ``graph`` (a subgraph reading its parent's value)."""
+    producer = value.producer()
+    if producer is not None:
+        return producer.graph is not graph
+    return value not in graph.inputs and value.name not in graph.initializers

@@ -109,3 +109,19 @@ def test_identity_copying_one_graph_output_to_another_is_kept():
     result = RemoveIdentityPass()(model.clone())
     assert op_types(result.model) == ["Relu", "Identity"]
     assert [value.name for value in result.model.graph.outputs] == ["total", "copy"]
+
+
+def test_identity_returning_an_outer_value_from_a_branch_is_kept():
+    # ONNX Runtime rejects a subgraph that returns an outer-scope value directly.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (bool cond, float[4] x) => (float[4] y) {
+          doubled = Add(x, x)
+          y = If(cond) <
+            then_branch = then_g () => (float[4] out) { out = Identity(doubled) },
+            else_branch = else_g () => (float[4] out2) { out2 = Neg(x) }
+          >
+        }""")
+    after = RemoveIdentityPass()(model.clone()).model
+    inputs = {"cond": np.array(True), "x": np.arange(4, dtype=np.float32)}
+    assert_same_outputs(model, after, inputs)
