@@ -13,13 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import onnx
 
 from optimizer.api import optimize_with_report
 from optimizer.errors import GraphoptError
 from optimizer.report import STATUS_FAILED
 from optimizer.runtime import import_onnxruntime
-from tests.conformance.corpus import CorpusCase, iter_cases, outputs_match
+from tests.conformance.onnx_corpus import (
+    CorpusCase,
+    classify_failure,
+    iter_corpus_cases,
+    outputs_match,
+    run_with_ort,
+)
 
 
 @dataclass
@@ -56,28 +61,27 @@ class CorpusResult:
 
 def run_corpus(cases: list[CorpusCase] | None = None) -> CorpusResult:
     """Classify every case: out of scope, refused, or optimized (and checked against the reference)."""
-    ort = import_onnxruntime()
-    ort.set_default_logger_severity(4)  # out-of-scope cases make ORT log errors we expect
+    import_onnxruntime().set_default_logger_severity(4)  # out-of-scope cases make ORT log errors we expect
     logging.getLogger("optimizer").setLevel(logging.ERROR)
     started = time.perf_counter()
     result = CorpusResult()
-    for case in cases if cases is not None else iter_cases():
+    for case in cases if cases is not None else iter_corpus_cases():
         result.total += 1
         try:
-            original = [_run(ort, case.model, inputs) for inputs in case.inputs]
+            original = [run_with_ort(case.model, inputs) for inputs in case.inputs]
         except Exception as error:  # ORT's many exception types: the case is out of scope
-            result.out_of_scope[_category(error)] += 1
+            result.out_of_scope[classify_failure(case.model, error)] += 1
             continue
         reference = case.expected
         if any(outputs_match(got, want, case.rtol, case.atol) for got, want in zip(original, case.expected)):
             result.ort_disagrees_with_reference.append(case.name)
             reference = original
-        _optimize_and_check(ort, case, reference, result)
+        _optimize_and_check(case, reference, result)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _optimize_and_check(ort: Any, case: CorpusCase, reference: list[dict[str, Any]], result: CorpusResult) -> None:
+def _optimize_and_check(case: CorpusCase, reference: list[dict[str, Any]], result: CorpusResult) -> None:
     verifiable = all(isinstance(value, np.ndarray) for value in case.inputs[0].values())
     try:
         optimized, report = optimize_with_report(
@@ -99,7 +103,7 @@ def _optimize_and_check(ort: Any, case: CorpusCase, reference: list[dict[str, An
         result.changed += 1
     for inputs, want in zip(case.inputs, reference):
         try:
-            got = _run(ort, optimized, inputs)
+            got = run_with_ort(optimized, inputs)
         except Exception as error:  # noqa: BLE001
             result.crashes[case.name] = f"ONNX Runtime cannot run the optimized model: {error}"
             return
@@ -107,41 +111,6 @@ def _optimize_and_check(ort: Any, case: CorpusCase, reference: list[dict[str, An
         if problem:
             result.wrong_answers[case.name] = problem
             return
-
-
-def _run(ort: Any, model: onnx.ModelProto, inputs: dict[str, Any]) -> dict[str, Any]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [meta.name for meta in session.get_outputs()]
-    feeds = {meta.name: inputs[meta.name] for meta in session.get_inputs() if meta.name in inputs}
-    return dict(zip(names, session.run(names, feeds)))
-
-
-def _category(error: Exception) -> str:
-    text = str(error)
-    for needle, category in (
-        ("NOT_IMPLEMENTED", "operator or type not implemented in ONNX Runtime"),
-        ("is not a registered function/op", "training or preview operator ONNX Runtime lacks"),
-        (
-            "can't be converted to MLDataType",
-            "input type ONNX Runtime's Python API cannot take (bfloat16, float8, int4)",
-        ),
-        (
-            "Unable to handle object of type",
-            "input type ONNX Runtime's Python API cannot take (bfloat16, float8, int4)",
-        ),
-        ("No corresponding Numpy type", "output type ONNX Runtime's Python API cannot return (bfloat16, float8, int4)"),
-        ("locale", "system locale missing (StringNormalizer)"),
-        ("is under development", "opset newer than ONNX Runtime supports"),
-        ("Unsupported model IR version", "IR version newer than ONNX Runtime supports"),
-        ("opset", "opset newer than ONNX Runtime supports"),
-        ("INVALID_GRAPH", "graph ONNX Runtime rejects"),
-        ("INVALID_ARGUMENT", "inputs ONNX Runtime rejects"),
-    ):
-        if needle in text:
-            return category
-    return f"other: {type(error).__name__}"
 
 
 if __name__ == "__main__":
