@@ -12,7 +12,12 @@ import onnx_ir as ir
 from optimizer.runtime import inference_session, run_session
 
 FIXTURES = Path(__file__).parent / "fixtures"
-EXPORTED_MODELS = ["bert_legacy", "bert_dynamo", "gpt2_legacy", "gpt2_dynamo"]
+# Transformer text models (inputs [batch, sequence]); every pass is tested on these.
+EXPORTED_MODELS = [
+    f"{name}_{exporter}" for name in ("bert", "gpt2", "distilbert", "llama") for exporter in ("legacy", "dynamo")
+]
+# Every exported fixture, image models included (inputs [batch, 3, 32, 32]).
+ALL_FIXTURES = EXPORTED_MODELS + [f"{name}_{exporter}" for name in ("vit", "resnet") for exporter in ("legacy", "dynamo")]
 
 
 def parse_model(text: str) -> ir.Model:

@@ -1,4 +1,4 @@
-"""The default pipeline on exported BERT and GPT-2 graphs (both PyTorch exporters)."""
+"""The default pipeline on exported transformer and CNN graphs (both PyTorch exporters)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import onnx_ir as ir
 import optimizer
 from optimizer.inputs import make_inputs
 from optimizer.report import STATUS_APPLIED, STATUS_UNCHANGED
-from tests.helpers import FIXTURES, assert_same_outputs, op_types
+import pytest
+
+from tests.helpers import ALL_FIXTURES, FIXTURES, assert_same_outputs, op_types
 
 
 def _computed_reshapes(model: ir.Model) -> int:
@@ -39,3 +41,14 @@ def test_legacy_bert_attention_reshapes_become_constant():
     attention = [node for node in optimized.graph if node.op_type == "Reshape" and "attention" in node.name]
     assert len(attention) == 10
     assert all(ir.convenience.get_const_tensor(node.inputs[1]) is not None for node in attention)
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_default_pipeline_keeps_every_fixture_correct(name):
+    # Text models, ViT and a ResNet (legacy export folds BatchNorm itself; dynamo keeps it).
+    model = ir.load(FIXTURES / f"{name}.onnx")
+    optimized, report = optimizer.optimize_with_report(model, strict=True)
+    assert not report.failures(), report.failures()
+    assert report.nodes_after <= report.nodes_before
+    for batch in (1, 3):
+        assert_same_outputs(model, optimized, make_inputs(model, {"batch": batch}), rtol=1e-4, atol=1e-5)
