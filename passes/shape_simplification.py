@@ -15,8 +15,11 @@ nor does onnx's shape inference keep the dimension names needed to prove equalit
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -214,9 +217,8 @@ def _symbolic_shapes(model: ir.Model) -> dict[str, tuple[Symbol, ...]] | None:
     it did infer are all we need. ``auto_merge`` lets it continue past broadcasts
     of two different symbols by assuming they are equal, as a valid model needs.
     """
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except ImportError:
+    SymbolicShapeInference = _symbolic_shape_inference_class()
+    if SymbolicShapeInference is None:
         logger.info("shape simplification refused: onnxruntime's symbolic shape inference is not installed")
         return None
     proto = _shapes_only_proto(model)
@@ -238,6 +240,32 @@ def _symbolic_shapes(model: ir.Model) -> dict[str, tuple[Symbol, ...]] | None:
             dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None) for dim in tensor_type.shape.dim
         )
     return shapes
+
+
+@functools.cache
+def _symbolic_shape_inference_class() -> type | None:
+    """ORT's ``SymbolicShapeInference``, loaded from its file.
+
+    Importing it as ``onnxruntime.tools.symbolic_shape_infer`` first runs
+    ``onnxruntime/tools/__init__.py``, which imports torch when torch is installed
+    (1.8 s here, for nothing we use); the module itself needs only onnx, numpy and
+    sympy, so we load the file directly and fall back to the import if it moved.
+    """
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "tools" / "symbolic_shape_infer.py"
+    try:
+        if path.is_file():
+            file_spec = importlib.util.spec_from_file_location("graphopt_ort_symbolic_shape_infer", path)
+            module = importlib.util.module_from_spec(file_spec)
+            file_spec.loader.exec_module(module)
+            return module.SymbolicShapeInference
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        return SymbolicShapeInference
+    except ImportError:  # sympy missing
+        return None
 
 
 def _shapes_only_proto(model: ir.Model) -> onnx.ModelProto:
