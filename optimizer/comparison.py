@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,7 +22,7 @@ import onnx_ir as ir
 from optimizer.accuracy import OutputAccuracy, compare_accuracy
 from optimizer.errors import InputSpecError
 from optimizer.inputs import batch_dims, check_inputs, load_inputs, make_inputs
-from optimizer.memory import MemoryUsage, measure_session_memory
+from optimizer.memory import MemoryUsage, measure_session_memory, query_gpu
 from optimizer.model_io import load_model, model_file_bytes
 from optimizer.pipeline import count_nodes
 from optimizer.profiling import time_per_op_type
@@ -310,7 +308,7 @@ def _environment(threads: int) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "gpu": _gpu_name(),
+        "gpu": query_gpu("name"),
     }
 
 
@@ -323,17 +321,3 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _gpu_name() -> str | None:
-    if shutil.which("nvidia-smi") is None:
-        return None
-    completed = subprocess.run(
-        ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "--id=0"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if completed.returncode != 0:
-        return None
-    return completed.stdout.strip() or None

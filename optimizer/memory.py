@@ -48,18 +48,24 @@ def measure_session_memory(path: str, ep: str, inputs: Mapping[str, np.ndarray],
     return MemoryUsage(**json.loads(completed.stdout.strip().splitlines()[-1]))
 
 
-def _gpu_memory_used() -> int | None:
+def query_gpu(field: str) -> str | None:
+    """One ``nvidia-smi --query-gpu`` field of GPU 0, or None without nvidia-smi or a GPU."""
     if shutil.which("nvidia-smi") is None:
         return None
     completed = subprocess.run(
-        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "--id=0"],
+        ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits", "--id=0"],
         capture_output=True,
         text=True,
         check=False,
     )
-    if completed.returncode != 0:
+    if completed.returncode != 0 or not completed.stdout.strip():
         return None
-    return int(float(completed.stdout.strip().splitlines()[0])) * (1 << 20)
+    return completed.stdout.strip().splitlines()[0]
+
+
+def _gpu_memory_used() -> int | None:
+    used_mib = query_gpu("memory.used")
+    return None if used_mib is None else int(float(used_mib)) * (1 << 20)
 
 
 def _status_kib(field: str) -> int | None:
