@@ -45,7 +45,7 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class ModelSummary:
-    """Static facts about one model file."""
+    """Static facts about one model file (``parameters``: elements of float weights with more than one element)."""
 
     path: str
     file_bytes: int
@@ -289,11 +289,13 @@ def _score_outputs(model: ir.Model) -> frozenset[str]:
 
 
 def _summarize(path: str | os.PathLike, model: ir.Model) -> ModelSummary:
-    parameters = sum(
+    # Parameters are float weights; single-element constants (scales, epsilons) are not.
+    sizes = (
         int(np.prod(value.shape.numpy()))
         for value in model.graph.initializers.values()
         if value.shape is not None and value.dtype is not None and value.dtype.is_floating_point()
     )
+    parameters = sum(size for size in sizes if size > 1)
     return ModelSummary(str(Path(path)), model_file_bytes(path), count_nodes(model), parameters)
 
 

@@ -5,15 +5,24 @@ with no target is opt-in (select it with ``--passes``).
 """
 
 from optimizer.registry import register
-from passes import cleanup, constant_folding, dim_binding, initializer_deduplication, shape_simplification
+from passes import (
+    cleanup,
+    constant_folding,
+    dim_binding,
+    initializer_deduplication,
+    op_simplification,
+    shape_simplification,
+)
 
 # fmt: off
 
 register("bind-dims", lambda o: dim_binding.BindDimsPass(o.dims), "Fix symbolic input dims to the --dim sizes so all shape arithmetic folds (--static-shapes).", specializes_shapes=True)
 register("remove-identity", lambda o: cleanup.RemoveIdentityPass(), "Remove Identity nodes (onnx-ir).", default_for=("cpu", "cuda"))
 register("fold-constants", lambda o: constant_folding.FoldConstantsPass(), "Fold constant subgraphs and static shape arithmetic (onnxscript).", default_for=("cpu", "cuda"))
+register("simplify-ops", lambda o: op_simplification.SimplifyOpsPass(), "No-op removal, cast/slice chains, Conv+BatchNorm and Pad+Conv folding (onnxscript rewrite rules).", default_for=("cpu", "cuda"))
 register("simplify-shapes", lambda o: shape_simplification.ShapeSimplificationPass(), "Rewrite computed Reshape/Expand targets as constants with 0/-1, keeping shapes dynamic.", default_for=("cpu", "cuda"))
 register("merge-subexpressions", lambda o: cleanup.EliminateCommonSubexpressionsPass(), "Merge duplicate computations, e.g. repeated Shape chains (onnx-ir).", default_for=("cpu", "cuda"))
+register("lift-constants", lambda o: cleanup.LiftConstantsPass(), "Turn Constant nodes into initializers (onnx-ir).", default_for=("cpu", "cuda"))
 register("deduplicate-initializers", lambda o: initializer_deduplication.DeduplicateInitializersPass(), "Merge initializers with identical contents.", default_for=("cpu", "cuda"))
 register("remove-unused", lambda o: cleanup.RemoveUnusedPass(), "Remove dead nodes, unused initializers, functions and opsets (onnx-ir).", default_for=("cpu", "cuda"))
 # fmt: on

@@ -31,6 +31,17 @@ class RemoveUnusedPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
 
+class LiftConstantsPass(common_passes.LiftConstantsToInitializersPass):
+    """Turn every ``Constant`` node into an initializer (onnx-ir's lifting pass, no size limit).
+
+    ONNX Runtime treats both the same at load time; as initializers they can be
+    deduplicated, and the graph holds only computation.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(lift_all_constants=True, size_limit=0)
+
+
 class RemoveIdentityPass(common_passes.IdentityEliminationPass):
     """Remove ``y = Identity(x)`` by using ``x`` wherever ``y`` was used.
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from optimizer.inputs import make_inputs
-from passes.cleanup import EliminateCommonSubexpressionsPass, RemoveIdentityPass, RemoveUnusedPass
+from passes.cleanup import (
+    EliminateCommonSubexpressionsPass,
+    LiftConstantsPass,
+    RemoveIdentityPass,
+    RemoveUnusedPass,
+)
 from tests.helpers import assert_same_outputs, op_types, parse_model
 
 X = {"x": np.arange(8, dtype=np.float32).reshape(2, 4)}
@@ -125,3 +130,16 @@ def test_identity_returning_an_outer_value_from_a_branch_is_kept():
     after = RemoveIdentityPass()(model.clone()).model
     inputs = {"cond": np.array(True), "x": np.arange(4, dtype=np.float32)}
     assert_same_outputs(model, after, inputs)
+
+
+def test_constants_become_initializers():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] y) {
+          bias = Constant<value = float[4] {1.0, 2.0, 3.0, 4.0}>()
+          y = Add(x, bias)
+        }""")
+    after = LiftConstantsPass()(model.clone()).model
+    assert op_types(after) == ["Add"]
+    assert after.graph.initializers["bias"].const_value.numpy().tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert_same_outputs(model, after, X)
