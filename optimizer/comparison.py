@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import OutputAccuracy, compare_accuracy
 from optimizer.errors import InputSpecError
-from optimizer.inputs import batch_dims, check_inputs, load_inputs, make_inputs
+from optimizer.inputs import batch_dims, check_inputs, load_inputs, make_inputs, runtime_inputs
 from optimizer.memory import MemoryUsage, measure_session_memory, query_gpu
 from optimizer.model_io import load_model, model_file_bytes
 from optimizer.pipeline import count_nodes
@@ -267,8 +267,8 @@ def _with_batch(inputs: Mapping[str, np.ndarray], batch: int, current: int) -> d
 
 
 def _check_same_signature(before: ir.Model, after: ir.Model) -> None:
-    names_before = [value.name for value in before.graph.inputs if value.name not in before.graph.initializers]
-    names_after = [value.name for value in after.graph.inputs if value.name not in after.graph.initializers]
+    names_before = [value.name for value in runtime_inputs(before)]
+    names_after = [value.name for value in runtime_inputs(after)]
     if sorted(names_before) != sorted(names_after):
         raise InputSpecError(
             f"the models take different inputs ({', '.join(names_before)} vs {', '.join(names_after)})"

@@ -36,7 +36,7 @@ _DEFAULT_INT_HIGH = 2
 def symbolic_dims(model: ir.Model) -> list[str]:
     """Names of the symbolic dimensions of the graph's inputs, in first-seen order."""
     names: list[str] = []
-    for value in _runtime_inputs(model):
+    for value in runtime_inputs(model):
         if value.shape is None:
             continue
         for dim in value.shape:
@@ -70,7 +70,7 @@ def bind_dims(model: ir.Model, overrides: Mapping[str, int] | None = None) -> di
 def dims_from_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
     """The size each named symbolic input dim has in ``inputs``."""
     dims: dict[str, int] = {}
-    for value in _runtime_inputs(model):
+    for value in runtime_inputs(model):
         array = inputs.get(value.name)
         if array is None or value.shape is None or len(value.shape) != np.ndim(array):
             continue
@@ -127,13 +127,13 @@ def load_inputs(path: str | os.PathLike, model: ir.Model) -> dict[str, np.ndarra
 
 def check_inputs(arrays: Mapping[str, np.ndarray], model: ir.Model, source: str) -> dict[str, np.ndarray]:
     """Check that ``arrays`` has every graph input with the right dtype and rank; return them in input order."""
-    required = [value.name for value in _runtime_inputs(model)]
+    required = [value.name for value in runtime_inputs(model)]
     missing = [name for name in required if name not in arrays]
     if missing:
         raise InputSpecError(
             f"{source}: no array for graph input '{missing[0]}' (keys must be the input names: {', '.join(required)})"
         )
-    for value in _runtime_inputs(model):
+    for value in runtime_inputs(model):
         array = arrays[value.name]
         if value.dtype is not None and value.dtype != ir.DataType.STRING and array.dtype != value.dtype.numpy():
             raise InputSpecError(f"{source}: '{value.name}' is {array.dtype}, the model expects {value.dtype.numpy()}")
@@ -153,14 +153,14 @@ def make_inputs(model: ir.Model, dims: Mapping[str, int] | None = None, *, seed:
     bound = bind_dims(model, dims)
     rng = np.random.default_rng(seed)
     inputs = {}
-    for value in _runtime_inputs(model):
+    for value in runtime_inputs(model):
         shape = _concrete_shape(value, bound)
         inputs[value.name] = _generate(model, value, shape, rng)
     return inputs
 
 
-def _runtime_inputs(model: ir.Model) -> list[ir.Value]:
-    # Inputs that are also initializers are optional overrides; ORT uses the stored value.
+def runtime_inputs(model: ir.Model) -> list[ir.Value]:
+    """Graph inputs the caller must feed; inputs that are also initializers are optional overrides."""
     return [value for value in model.graph.inputs if value.name not in model.graph.initializers]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
+from optimizer.errors import one_line
 from optimizer.registry import PassOptions, PassSpec
 from optimizer.report import (
     STATUS_APPLIED,
@@ -65,10 +66,12 @@ def run_pipeline(
     if verifier is not None:
         report.inputs = [{name: list(array.shape) for name, array in inputs.items()} for inputs in verifier.input_sets]
         report.tolerances = {k: {"rtol": t.rtol, "atol": t.atol} for k, t in verifier.tolerances.items()}
+    nodes = report.nodes_before
     for spec in specs:
-        current, record = _run_one(current, spec, options, verifier, strict)
+        current, record = _run_one(current, nodes, spec, options, verifier, strict)
         report.passes.append(record)
-    report.nodes_after = count_nodes(current)
+        nodes = record.nodes_after
+    report.nodes_after = nodes
     report.initializer_bytes_after = initializer_bytes(current)
     report.seconds = time.perf_counter() - started
     return current, report
@@ -76,12 +79,12 @@ def run_pipeline(
 
 def _run_one(
     model: ir.Model,
+    nodes_before: int,
     spec: PassSpec,
     options: PassOptions,
     verifier: Verifier | None,
     strict: bool,
 ) -> tuple[ir.Model, PassRecord]:
-    nodes_before = count_nodes(model)
     candidate = model.clone()
     started = time.perf_counter()
     try:
@@ -93,7 +96,7 @@ def _run_one(
             raise
         logger.warning("pass %s raised; rolled back", spec.name, exc_info=True)
         seconds = time.perf_counter() - started
-        detail = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        detail = f"{type(error).__name__}: {one_line(error)}"
         return model, PassRecord(spec.name, STATUS_FAILED, seconds, nodes_before, nodes_before, None, detail)
     seconds = time.perf_counter() - started
     if not result.modified:
