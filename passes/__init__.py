@@ -13,6 +13,7 @@ from passes import (
     op_simplification,
     shape_simplification,
 )
+from passes.fusion import attention, bias_gelu, gelu, layer_norm, rms_norm, skip_layer_norm
 
 # fmt: off
 
@@ -23,6 +24,12 @@ register("simplify-ops", lambda o: op_simplification.SimplifyOpsPass(), "No-op r
 register("simplify-shapes", lambda o: shape_simplification.ShapeSimplificationPass(), "Rewrite computed Reshape/Expand targets as constants with 0/-1, keeping shapes dynamic.", default_for=("cpu", "cuda"))
 register("merge-subexpressions", lambda o: cleanup.EliminateCommonSubexpressionsPass(), "Merge duplicate computations, e.g. repeated Shape chains (onnx-ir).", default_for=("cpu", "cuda"))
 register("lift-constants", lambda o: cleanup.LiftConstantsPass(), "Turn Constant nodes into initializers (onnx-ir).", default_for=("cpu", "cuda"))
+register("fuse-layer-norm", lambda o: layer_norm.LayerNormFusion(o.target), "Decomposed LayerNorm into LayerNormalization (opset 17+).", default_for=("cpu", "cuda"))
+register("fuse-rms-norm", lambda o: rms_norm.RmsNormFusion(o.target), "Decomposed RMSNorm into SimplifiedLayerNormalization.", default_for=("cpu", "cuda"))
+register("fuse-gelu", lambda o: gelu.GeluFusion(o.target), "Erf/tanh GELU formulas into Gelu/FastGelu.", default_for=("cpu", "cuda"))
+register("fuse-bias-gelu", lambda o: bias_gelu.BiasGeluFusion(o.target), "Bias Add + Gelu/FastGelu into BiasGelu/FastGelu with bias.", default_for=("cpu", "cuda"))
+register("fuse-skip-layer-norm", lambda o: skip_layer_norm.SkipLayerNormFusion(o.target), "Residual Add (+ bias) + LayerNorm/RMSNorm into SkipLayerNormalization/SkipSimplifiedLayerNormalization.", default_for=("cpu", "cuda"))
+register("fuse-attention", lambda o: attention.AttentionFusion(o.target), "Scaled dot-product attention (Q/K/V heads, scale, mask, softmax) into MultiHeadAttention.", default_for=("cpu", "cuda"))
 register("deduplicate-initializers", lambda o: initializer_deduplication.DeduplicateInitializersPass(), "Merge initializers with identical contents.", default_for=("cpu", "cuda"))
 register("remove-unused", lambda o: cleanup.RemoveUnusedPass(), "Remove dead nodes, unused initializers, functions and opsets (onnx-ir).", default_for=("cpu", "cuda"))
 # fmt: on

@@ -1,0 +1,1 @@
+"""Fusion passes: decomposed subgraphs into the fused operators ONNX Runtime runs fastest."""

@@ -1,0 +1,81 @@
+"""The shared driver of rule-based fusion passes: target gating, fixed point, cleanup."""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from passes._utils import remove_dead_nodes
+from passes.fusion._targets import MS_DOMAIN, unsupported_ops
+
+logger = logging.getLogger(__name__)
+
+_MAX_ROUNDS = 8
+
+
+class RuleFusionPass(ir.passes.InPlacePass):
+    """Apply a fusion's onnxscript rule set to a fixed point.
+
+    Subclasses set ``fused_ops`` (the ``(domain, op_type)`` pairs their rules emit)
+    and implement ``rule_set()``. The pass refuses, unchanged, when the target EP
+    lacks a kernel for one of ``fused_ops``. ``fused_count`` holds the number of
+    rewrites of the last run.
+    """
+
+    fused_ops: tuple[tuple[str, str], ...] = ()
+    # Let onnxscript try every operand order of commutative ops. Costly for long
+    # patterns (2^k variants), so rules with many Add/Mul spell out the orders
+    # that remain once constants are moved to the right.
+    commute: bool = False
+
+    def __init__(self, target: str = "cpu") -> None:
+        super().__init__()
+        self.target = target
+        self.fused_count = 0
+
+    def rule_set(self) -> pattern.RewriteRuleSet:
+        raise NotImplementedError
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.fused_count = 0
+        missing = unsupported_ops(self.fused_ops, self.target)
+        if missing:
+            logger.info("%s: target %s has no kernel for %s; left unfused", type(self).__name__, self.target, missing)
+            return ir.passes.PassResult(model, modified=False)
+        _move_constants_right(model.graph)
+        rules = self.rule_set()
+        if self.commute:
+            rules = pattern.RewriteRuleSet(rules.rules, commute=True)
+        for _ in range(_MAX_ROUNDS):
+            count = rules.apply_to_model(model)
+            if not count:
+                break
+            self.fused_count += count
+        if self.fused_count:
+            if any(domain == MS_DOMAIN for domain, _ in self.fused_ops):
+                model.opset_imports.setdefault(MS_DOMAIN, 1)
+            remove_dead_nodes(model)
+        return ir.passes.PassResult(model, modified=self.fused_count > 0)
+
+
+_COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "And", "Or", "Equal"})
+
+
+def _move_constants_right(graph: ir.Graph) -> None:
+    """Put the constant operand of binary commutative ops second (``2 * x`` into ``x * 2``).
+
+    A canonical operand order lets rules match with one order instead of all of them.
+    """
+    for node in graph:
+        if node.op_type in _COMMUTATIVE and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
+            first, second = node.inputs
+            if (
+                first is not None
+                and second is not None
+                and first.const_value is not None
+                and second.const_value is None
+            ):
+                node.replace_input_with(0, second)
+                node.replace_input_with(1, first)

@@ -1,0 +1,69 @@
+"""Small checks shared by fusion rules: constant scalars, reduction axes, 1-D parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from passes._utils import constant_array
+
+
+def scalar(value: ir.Value | None) -> float | None:
+    """The value as a Python float if it is a constant with exactly one element, else None."""
+    array = constant_array(value)
+    if array is None or array.size != 1:
+        return None
+    return float(array.reshape(()))
+
+
+def is_float(value: ir.Value) -> bool:
+    """True if the value is known to be a float16, bfloat16, float32 or float64 tensor."""
+    return value.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+
+
+def last_axis_only(node: ir.Node, data: ir.Value) -> bool:
+    """True if a Reduce* ``node`` reduces exactly the last axis of ``data`` and keeps dims."""
+    if node.attributes.get_int("keepdims", 1) != 1:
+        return False
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = constant_array(node.inputs[1])
+        if axes is None:
+            return False
+        axes = axes.reshape(-1).tolist()
+    else:
+        attr = node.attributes.get("axes")
+        if attr is None:
+            return False
+        axes = list(attr.as_ints())
+    if len(axes) != 1:
+        return False
+    rank = data.shape.rank() if data.shape is not None else None
+    return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)
+
+
+def vector_for_last_dim(value: ir.Value, data: ir.Value) -> bool:
+    """True if ``value`` is a constant 1-D tensor as long as ``data``'s last dim (when that is known)."""
+    array = constant_array(value)
+    if array is None or array.ndim != 1:
+        return False
+    if data.shape is not None and data.shape.rank() and isinstance(data.shape[-1], int):
+        return array.shape[0] == data.shape[-1]
+    return True
+
+
+def as_float(array: np.ndarray) -> float:
+    """A one-element array as a Python float."""
+    return float(array.reshape(()))
+
+
+# How a normalization divides by its root: ``x / r``, ``x * Reciprocal(r)`` or ``x * (1 / r)``.
+# The products are spelled in both operand orders (neither operand is constant).
+NORMALIZATION_INVERSES = ("div", "reciprocal", "one_over", "reciprocal_swapped", "one_over_swapped")
+
+
+def divide_by(op, x, root, inverse: str):
+    """Pattern for ``x / root`` in the form named by ``inverse`` (one of NORMALIZATION_INVERSES)."""
+    if inverse == "div":
+        return op.Div(x, root)
+    inverse_root = op.Reciprocal(root) if inverse.startswith("reciprocal") else op.Div(1.0, root)
+    return op.Mul(inverse_root, x) if inverse.endswith("_swapped") else op.Mul(x, inverse_root)

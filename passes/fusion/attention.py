@@ -1,0 +1,312 @@
+"""Attention fusion: scaled dot-product attention subgraphs into ``MultiHeadAttention``.
+
+Anchored on each ``Softmax`` over the last axis, it recognises
+
+    probs  = Softmax(Q @ K^T * scale [+ bias])      (scale on Q, K or the scores)
+    probs  = Where(IsNaN(probs), 0, probs)          (optional: the SDPA guard)
+    output = probs @ V
+
+where Q, K and V are per-head tensors ``[B, N, S, d]``, and rewrites it into one
+``com.microsoft.MultiHeadAttention`` with the additive mask as ``attention_bias``.
+This covers BERT/DistilBERT/ViT self-attention, GPT-2's causal attention (the causal
+and padding masks are already folded into the bias by the exporter) and Llama-style
+attention after rotary embedding with repeated KV heads, from both PyTorch
+exporters, with or without the mask subgraph.
+
+Where Q/K/V come straight from a head split (``Reshape(x, [0, 0, N, d])`` +
+``Transpose``), the op takes the 3-D projections ``[B, S, N*d]``; otherwise it takes
+``[B, N, S, d]`` key/value and the query is flattened back to 3-D. When the output
+goes through the usual ``Transpose`` + ``Reshape`` back to ``[B, S, N*d]``, that
+chain is replaced too.
+
+We match structurally instead of with onnxscript patterns because the exporters
+spell the key transpose and the scaling in many ways (see ``_layout``); onnxscript's
+own SDPA/MHA rules fire on none of our fixtures after cleanup (docs/benchmarks.md).
+
+Refuses (leaves the subgraph) when: Softmax is not over the last axis of a 4-D
+tensor; the scale factors are not constant; the mask bias is not 4-D or not float;
+the head count cannot be derived; or the scores or probabilities have other users.
+Semantics differ in one degenerate case: a query row whose keys are *all* masked
+gets zeros from the SDPA guard but uniform weights (finite bias) or NaN (``-inf``
+bias) from the fused op.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from passes._utils import add_initializer, remove_dead_nodes
+from passes.fusion._layout import (
+    HeadSplit,
+    head_split,
+    keeps_dim,
+    last_dim,
+    perm,
+    producer,
+    strip_scale,
+    transposed_key,
+)
+from passes.fusion._targets import MS_DOMAIN, unsupported_ops
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Attention:
+    softmax: ir.Node
+    query: ir.Value  # per-head [B, N, S, d] (after removing the scale)
+    query_split: HeadSplit | None
+    key: ir.Value  # 3-D projection or per-head [B, N, T, d], per key_layout
+    key_layout: str
+    key_split: HeadSplit | None
+    value: ir.Value  # per-head [B, N, T, dv]
+    value_split: HeadSplit | None
+    scale: float
+    bias: ir.Value | None
+    probs_matmul: ir.Node
+
+
+def _single_user(value: ir.Value) -> ir.Node | None:
+    uses = list(value.uses())
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    return uses[0][0]
+
+
+def _scores_and_bias(softmax: ir.Node) -> tuple[ir.Node, float, ir.Value | None] | None:
+    """The ``Q @ K^T`` MatMul feeding the Softmax, the scale applied after it, and the additive bias."""
+    logits, scale = strip_scale(softmax.inputs[0])
+    bias = None
+    add = producer(logits, "Add")
+    if add is not None:
+        for i in (0, 1):
+            scores, post_scale = strip_scale(add.inputs[i])
+            if producer(scores, "MatMul") is not None:
+                logits, bias, scale = scores, add.inputs[1 - i], scale * post_scale
+                break
+        else:
+            return None
+    matmul = producer(logits, "MatMul")
+    if matmul is None:
+        return None
+    return matmul, scale, bias
+
+
+def _probs_consumer(softmax: ir.Node) -> ir.Node | None:
+    """The MatMul reading the probabilities, through the optional ``Where(IsNaN(p), 0, p)`` guard."""
+    probs = softmax.outputs[0]
+    uses = [node for node, _ in probs.uses()]
+    if probs.is_graph_output():
+        return None
+    if len(uses) == 1 and uses[0].op_type == "MatMul" and uses[0].inputs[0] is probs:
+        return uses[0]
+    isnan = next((n for n in uses if n.op_type == "IsNaN"), None)
+    where = next((n for n in uses if n.op_type == "Where"), None)
+    if len(uses) != 2 or isnan is None or where is None:
+        return None
+    if where.inputs[0] is not isnan.outputs[0] or where.inputs[2] is not probs:
+        return None
+    zero = ir.convenience.get_const_tensor(where.inputs[1])
+    if zero is None or zero.size != 1 or float(zero.numpy().reshape(())) != 0.0:
+        return None
+    user = _single_user(where.outputs[0])
+    if user is None or user.op_type != "MatMul" or user.inputs[0] is not where.outputs[0]:
+        return None
+    return user
+
+
+def _match(softmax: ir.Node, opset: int) -> _Attention | str:
+    """Recognise the attention around ``softmax``, or say why not."""
+    axis = softmax.attributes.get_int("axis", -1 if opset >= 13 else 1)
+    scores_value = softmax.inputs[0]
+    if scores_value.shape is None or scores_value.shape.rank() != 4 or axis not in (-1, 3):
+        return "Softmax is not over the last axis of a 4-D tensor"
+    found = _scores_and_bias(softmax)
+    if found is None:
+        return "Softmax input is not Q @ K^T [* scale] [+ bias]"
+    scores, post_scale, bias = found
+    if _single_user(scores.outputs[0]) is None:
+        return "the scores have other users"
+    probs_matmul = _probs_consumer(softmax)
+    if probs_matmul is None:
+        return "the probabilities do not feed one MatMul with V"
+    if bias is not None:
+        if bias.shape is None or bias.shape.rank() != 4:
+            return "the mask bias is not known to be 4-D"
+        if bias.dtype != scores_value.dtype:
+            return "the mask bias has another dtype"
+    query, q_scale = strip_scale(scores.inputs[0])
+    key_t, k_scale = strip_scale(scores.inputs[1])
+    key = transposed_key(key_t)
+    if key is None:
+        return "the key is not a transposed per-head tensor"
+    layout, key_value, key_split = key
+    value = probs_matmul.inputs[1]
+    return _Attention(
+        softmax=softmax,
+        query=query,
+        query_split=head_split(query, (0, 2, 1, 3)),
+        key=key_value,
+        key_layout=layout,
+        key_split=key_split,
+        value=value,
+        value_split=head_split(value, (0, 2, 1, 3)),
+        scale=post_scale * q_scale * k_scale,
+        bias=bias,
+        probs_matmul=probs_matmul,
+    )
+
+
+def _heads(match: _Attention) -> tuple[int, int] | None:
+    """``(num_heads, head_size)`` of the query, from reshape targets, shapes or projection widths."""
+    for split in (match.query_split, _split_behind_elementwise(match.query)):
+        if split is not None:
+            if split.heads is not None:
+                return split.heads, split.head_size
+            hidden = last_dim(split.hidden)
+            if hidden is not None and hidden % split.head_size == 0:
+                return hidden // split.head_size, split.head_size
+    shape = match.query.shape
+    if shape is not None and shape.rank() == 4 and isinstance(shape[1], int) and isinstance(shape[3], int):
+        return shape[1], shape[3]
+    return None
+
+
+def _split_behind_elementwise(value: ir.Value, depth: int = 0) -> HeadSplit | None:
+    """A head split reached through element-wise ops (rotary embedding: ``q * cos + rotate(q) * sin``)."""
+    split = head_split(value, (0, 2, 1, 3))
+    if split is not None or depth > 4:
+        return split
+    node = value.producer()
+    if node is None or node.op_type not in ("Add", "Mul", "Sub") or node.domain not in ("", "ai.onnx"):
+        return None
+    for operand in node.inputs:
+        if operand is not None and operand.const_value is None:
+            found = _split_behind_elementwise(operand, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+class _Builder:
+    """Adds the fused node and its adapters to the graph, just before ``anchor``."""
+
+    def __init__(self, graph: ir.Graph, anchor: ir.Node, name: str) -> None:
+        self.graph, self.anchor, self.name, self.count = graph, anchor, name, 0
+
+    def node(self, op_type: str, inputs, domain: str = "", num_outputs: int = 1, **attributes) -> ir.Node:
+        self.count += 1
+        node = ir.node(op_type, inputs, attributes, domain=domain, num_outputs=num_outputs)
+        node.name = f"{self.name}/{op_type}_{self.count}"
+        for i, output in enumerate(node.outputs):
+            output.name = f"{node.name}_output_{i}"
+        self.graph.insert_before(self.anchor, node)
+        return node
+
+    def constant(self, name: str, values: list[int]) -> ir.Value:
+        return add_initializer(self.graph, f"{self.name}/{name}", np.array(values, dtype=np.int64))
+
+    def to_hidden(self, per_head: ir.Value) -> ir.Value:
+        """``[B, N, S, d]`` into ``[B, S, N*d]``."""
+        transposed = self.node("Transpose", [per_head], perm=[0, 2, 1, 3]).outputs[0]
+        return self.node("Reshape", [transposed, self.constant("merge_heads", [0, 0, -1])]).outputs[0]
+
+    def to_heads(self, split_output: ir.Value) -> ir.Value:
+        """``[B, S, N, d]`` (a head split's Reshape output) into ``[B, N, S, d]``."""
+        return self.node("Transpose", [split_output], perm=[0, 2, 1, 3]).outputs[0]
+
+
+def _merged_output(probs_matmul: ir.Node, query_hidden: ir.Value | None) -> ir.Value | None:
+    """The ``[B, S, N*d]`` value the exporter builds from the attention output, if it does.
+
+    ``query_hidden`` (the 3-D query, when known) tells a static sequence length in a
+    Reshape target apart from a different one.
+    """
+    value = probs_matmul.outputs[0]
+    user = _single_user(value)
+    seq_ok = lambda t: t == 0 or (query_hidden is not None and keeps_dim(t, query_hidden, 1))  # noqa: E731
+    # The legacy exporter inserts a Reshape that keeps the shape ([0, -1, S, d]) before the transpose.
+    if user is not None and user.op_type == "Reshape":
+        target = ir.convenience.get_const_tensor(user.inputs[1])
+        if target is None or target.size != 4:
+            return None
+        batch, heads, seq, head_size = (int(t) for t in target.numpy())
+        if (batch, heads) != (0, -1) or not seq_ok(seq) or head_size <= 0:
+            return None
+        value, user = user.outputs[0], _single_user(user.outputs[0])
+    if user is None or user.op_type != "Transpose" or perm(user) != (0, 2, 1, 3):
+        return None
+    reshape = _single_user(user.outputs[0])
+    if reshape is None or reshape.op_type != "Reshape":
+        return None
+    target = ir.convenience.get_const_tensor(reshape.inputs[1])
+    if target is None or target.size != 3 or int(target.numpy()[0]) != 0 or not seq_ok(int(target.numpy()[1])):
+        return None
+    return reshape.outputs[0]
+
+
+def _rewrite(graph: ir.Graph, match: _Attention, num_heads: int, head_size: int, index: int) -> None:
+    build = _Builder(graph, match.probs_matmul, f"MultiHeadAttention_{index}")
+    three_d = match.key_layout == "split" and match.value_split is not None
+    if three_d:
+        key, value = match.key, match.value_split.hidden
+    else:
+        key = build.to_heads(match.key_split.split) if match.key_layout == "split" else match.key
+        value = match.value
+    query = match.query_split.hidden if match.query_split is not None else build.to_hidden(match.query)
+    inputs = [query, key, value, None, None, match.bias]
+    while inputs[-1] is None:
+        inputs.pop()
+    fused = build.node("MultiHeadAttention", inputs, domain=MS_DOMAIN, num_heads=num_heads, scale=match.scale)
+    merged = _merged_output(match.probs_matmul, match.query_split.hidden if match.query_split else None)
+    if merged is not None:
+        merged.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
+        return
+    shape = build.constant("split_heads", [0, 0, num_heads, -1])
+    split = build.node("Reshape", [fused.outputs[0], shape]).outputs[0]
+    per_head = build.node("Transpose", [split], perm=[0, 2, 1, 3]).outputs[0]
+    match.probs_matmul.outputs[0].replace_all_uses_with(per_head, replace_graph_outputs=True)
+
+
+class AttentionFusion(ir.passes.InPlacePass):
+    """Rewrite scaled dot-product attention subgraphs into ``com.microsoft.MultiHeadAttention``.
+
+    See the module docstring for the matched forms and refusals; each refusal is
+    logged at INFO with its reason. ``fused_count`` holds the rewrites of the last run.
+    """
+
+    fused_ops = ((MS_DOMAIN, "MultiHeadAttention"),)
+
+    def __init__(self, target: str = "cpu") -> None:
+        super().__init__()
+        self.target = target
+        self.fused_count = 0
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.fused_count = 0
+        missing = unsupported_ops(self.fused_ops, self.target)
+        if missing:
+            logger.info("attention: target %s has no kernel for %s", self.target, missing)
+            return ir.passes.PassResult(model, modified=False)
+        opset = model.opset_imports.get("", 0)
+        graph = model.graph
+        for softmax in [n for n in graph if n.op_type == "Softmax" and n.domain in ("", "ai.onnx")]:
+            match = _match(softmax, opset)
+            if isinstance(match, str):
+                logger.info("attention: %s left unfused: %s", softmax.name, match)
+                continue
+            heads = _heads(match)
+            if heads is None or not math.isfinite(match.scale) or match.scale <= 0:
+                logger.info("attention: %s left unfused: head count or scale unknown", softmax.name)
+                continue
+            _rewrite(graph, match, *heads, self.fused_count)
+            self.fused_count += 1
+        if self.fused_count:
+            model.opset_imports.setdefault(MS_DOMAIN, 1)
+            remove_dead_nodes(model)
+        return ir.passes.PassResult(model, modified=self.fused_count > 0)

@@ -1,0 +1,76 @@
+"""LayerNorm fusion: the decomposed mean/variance form into ``LayerNormalization``.
+
+Matches ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * gamma [+ beta]`` over
+the last axis (the square as ``Pow(d, 2)`` or ``Mul(d, d)``, the division as ``Div``
+or ``Mul`` by its inverse), as older exporters and hand-written models emit it,
+and rewrites it into one ONNX ``LayerNormalization`` (opset 17+, implemented by
+every ONNX Runtime EP).
+"""
+
+from __future__ import annotations
+
+from onnxscript.rewriter import pattern
+
+from passes.fusion._base import RuleFusionPass
+from passes.fusion._checks import NORMALIZATION_INVERSES as _INVERSES
+from passes.fusion._checks import divide_by, is_float, last_axis_only, scalar, vector_for_last_dim
+
+
+class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
+    def __init__(self, *, square_by_pow: bool, inverse: str, with_bias: bool) -> None:
+        super().__init__(name=f"LayerNorm(pow={square_by_pow}, inverse={inverse}, bias={with_bias})")
+        self._square_by_pow = square_by_pow
+        self._inverse = inverse
+        self._with_bias = with_bias
+
+    def pattern(self, op, x, gamma, beta, epsilon):
+        mean = op.ReduceMean(x, _allow_other_inputs=True, _outputs=["mean"])
+        centered = op.Sub(x, mean)
+        square = op.Pow(centered, 2.0) if self._square_by_pow else op.Mul(centered, centered)
+        variance = op.ReduceMean(square, _allow_other_inputs=True, _outputs=["variance"])
+        std = op.Sqrt(op.Add(variance, epsilon))
+        normalized = divide_by(op, centered, std, self._inverse)
+        scaled = op.Mul(normalized, gamma)
+        return op.Add(scaled, beta) if self._with_bias else scaled
+
+    def check(self, context, x, gamma, epsilon, mean, variance, beta=None, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if context.model.opset_imports.get("", 0) < 17:
+            return result.fail("LayerNormalization needs opset 17 or newer")
+        if not is_float(x):
+            return result.fail("input is not a float tensor")
+        if not (last_axis_only(mean.producer(), x) and last_axis_only(variance.producer(), x)):
+            return result.fail("a mean is not over the last axis alone")
+        if scalar(epsilon) is None:
+            return result.fail("epsilon is not a constant scalar")
+        if not vector_for_last_dim(gamma, x):
+            return result.fail("scale is not a constant vector over the last axis")
+        if self._with_bias and not vector_for_last_dim(beta, x):
+            return result.fail("bias is not a constant vector over the last axis")
+        return result
+
+    def rewrite(self, op, x, gamma, epsilon, beta=None, **_):
+        inputs = [x, gamma] + ([beta] if self._with_bias else [])
+        return op.LayerNormalization(*inputs, axis=-1, epsilon=scalar(epsilon), stash_type=1)
+
+
+class LayerNormFusion(RuleFusionPass):
+    """Rewrite decomposed LayerNorm subgraphs into ``LayerNormalization``.
+
+    Refuses a match whose reductions are not over the last axis alone, whose epsilon,
+    scale or bias is not a constant of the right shape, or in a model below opset 17.
+    """
+
+    fused_ops = (("", "LayerNormalization"),)
+
+    def rule_set(self) -> pattern.RewriteRuleSet:
+        rules = [
+            _DecomposedLayerNorm.rule(square_by_pow=pow_, inverse=inv, with_bias=bias)
+            for bias in (True, False)
+            for pow_ in (True, False)
+            for inv in _INVERSES
+        ]
+        return pattern.RewriteRuleSet(rules)
+
+
+__all__ = ["LayerNormFusion"]
