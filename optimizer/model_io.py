@@ -78,6 +78,9 @@ def check_model_proto(proto: onnx.ModelProto, label: str, checker_path: Path | N
     _check_opsets(proto, label)
     _check_domains(proto, label)
     _check_input_shapes(proto, label)
+    if _uses_ort_onnx_domain_ops(proto):
+        # onnx's checker rejects these ORT contrib ops; check a copy that files them under com.microsoft.
+        proto, checker_path = _with_ort_ops_as_contrib(proto), None
     try:
         if checker_path is not None:
             onnx.checker.check_model(os.fspath(checker_path))
@@ -85,6 +88,30 @@ def check_model_proto(proto: onnx.ModelProto, label: str, checker_path: Path | N
             onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as error:
         raise InvalidModelError(f"{label}: rejected by onnx's checker: {one_line(error)}") from error
+
+
+# Contrib operators ONNX Runtime registers in the ONNX domain (graphopt's RMSNorm fusion emits the first).
+ORT_ONNX_DOMAIN_OPS = frozenset({"SimplifiedLayerNormalization"})
+
+
+def _uses_ort_onnx_domain_ops(proto: onnx.ModelProto) -> bool:
+    return any(node.domain in ONNX_DOMAINS and node.op_type in ORT_ONNX_DOMAIN_OPS for node in _all_nodes(proto))
+
+
+def _with_ort_ops_as_contrib(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``proto`` (without external data) whose ORT ONNX-domain contrib ops say com.microsoft."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for tensor in onnx.external_data_helper._get_all_tensors(copy):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+    for node in _all_nodes(copy):
+        if node.domain in ONNX_DOMAINS and node.op_type in ORT_ONNX_DOMAIN_OPS:
+            node.domain = "com.microsoft"
+    if not any(opset.domain == "com.microsoft" for opset in copy.opset_import):
+        copy.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return copy
 
 
 def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None) -> Path:

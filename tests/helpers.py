@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from optimizer.model_io import check_model_proto
 from optimizer.runtime import inference_session, run_session
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -17,13 +18,15 @@ EXPORTED_MODELS = [
     f"{name}_{exporter}" for name in ("bert", "gpt2", "distilbert", "llama") for exporter in ("legacy", "dynamo")
 ]
 # Every exported fixture, image models included (inputs [batch, 3, 32, 32]).
-ALL_FIXTURES = EXPORTED_MODELS + [f"{name}_{exporter}" for name in ("vit", "resnet") for exporter in ("legacy", "dynamo")]
+ALL_FIXTURES = EXPORTED_MODELS + [
+    f"{name}_{exporter}" for name in ("vit", "resnet") for exporter in ("legacy", "dynamo")
+]
 
 
 def parse_model(text: str) -> ir.Model:
     """An onnx-ir model from ONNX's textual syntax (checked by onnx's checker)."""
     proto = onnx.parser.parse_model(text)
-    onnx.checker.check_model(proto)
+    check_model_proto(proto, "test model")
     return ir.from_proto(proto)
 
 
@@ -44,6 +47,11 @@ def assert_same_outputs(before: ir.Model, after: ir.Model, inputs: dict[str, np.
 def op_types(model: ir.Model) -> list[str]:
     """Op types of the main graph's nodes, in order."""
     return [node.op_type for node in model.graph]
+
+
+def computed_op_types(model: ir.Model) -> list[str]:
+    """Op types of the main graph's nodes, in order, leaving out Constant nodes."""
+    return [t for t in op_types(model) if t != "Constant"]
 
 
 def snapshot_tree(root: Path) -> dict[str, object]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import onnx_ir as ir
+import pytest
 
 import optimizer
 from optimizer.inputs import make_inputs
 from optimizer.report import STATUS_APPLIED, STATUS_UNCHANGED
-import pytest
-
 from tests.helpers import ALL_FIXTURES, FIXTURES, assert_same_outputs, op_types
 
 

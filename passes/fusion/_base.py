@@ -35,7 +35,8 @@ class RuleFusionPass(ir.passes.InPlacePass):
         self.target = target
         self.fused_count = 0
 
-    def rule_set(self) -> pattern.RewriteRuleSet:
+    def rule_set(self) -> pattern.RewriteRuleSet | list[pattern.RewriteRuleSet]:
+        """The rules, or several rule sets applied one after the other (longest patterns first)."""
         raise NotImplementedError
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -45,14 +46,15 @@ class RuleFusionPass(ir.passes.InPlacePass):
             logger.info("%s: target %s has no kernel for %s; left unfused", type(self).__name__, self.target, missing)
             return ir.passes.PassResult(model, modified=False)
         _move_constants_right(model.graph)
-        rules = self.rule_set()
-        if self.commute:
-            rules = pattern.RewriteRuleSet(rules.rules, commute=True)
-        for _ in range(_MAX_ROUNDS):
-            count = rules.apply_to_model(model)
-            if not count:
-                break
-            self.fused_count += count
+        rule_sets = self.rule_set()
+        for rules in rule_sets if isinstance(rule_sets, list) else [rule_sets]:
+            if self.commute:
+                rules = pattern.RewriteRuleSet(rules.rules, commute=True)
+            for _ in range(_MAX_ROUNDS):
+                count = rules.apply_to_model(model)
+                if not count:
+                    break
+                self.fused_count += count
         if self.fused_count:
             if any(domain == MS_DOMAIN for domain, _ in self.fused_ops):
                 model.opset_imports.setdefault(MS_DOMAIN, 1)
@@ -71,11 +73,12 @@ def _move_constants_right(graph: ir.Graph) -> None:
     for node in graph:
         if node.op_type in _COMMUTATIVE and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
             first, second = node.inputs
-            if (
-                first is not None
-                and second is not None
-                and first.const_value is not None
-                and second.const_value is None
-            ):
+            if first is None or second is None:
+                continue
+            if _is_constant(first) and not _is_constant(second):
                 node.replace_input_with(0, second)
                 node.replace_input_with(1, first)
+
+
+def _is_constant(value: ir.Value) -> bool:
+    return ir.convenience.get_const_tensor(value) is not None

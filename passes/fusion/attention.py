@@ -136,6 +136,8 @@ def _match(softmax: ir.Node, opset: int) -> _Attention | str:
     if probs_matmul is None:
         return "the probabilities do not feed one MatMul with V"
     if bias is not None:
+        if opset < 15:
+            return "a mask needs opset 15 (Shape with start/end) to be broadcast"
         if bias.shape is None or bias.shape.rank() != 4:
             return "the mask bias is not known to be 4-D"
         if bias.dtype != scores_value.dtype:
@@ -250,7 +252,32 @@ def _merged_output(probs_matmul: ir.Node, query_hidden: ir.Value | None) -> ir.V
     return reshape.outputs[0]
 
 
-def _rewrite(graph: ir.Graph, match: _Attention, num_heads: int, head_size: int, index: int) -> None:
+def _full_size(dim) -> bool:
+    """True if a bias dim is known not to broadcast: a static size above 1 or a named symbolic dim."""
+    if isinstance(dim, int):
+        return dim > 1
+    return dim is not None and getattr(dim, "value", None) is not None
+
+
+def _expanded_bias(build: _Builder, bias: ir.Value, query: ir.Value, key: ir.Value, cache: dict) -> ir.Value:
+    """``bias`` broadcast to ``[*, *, S, T]``: MultiHeadAttention broadcasts only the batch and head axes.
+
+    Skipped when the bias's last two dims are known not to broadcast; ``cache`` keeps
+    one Expand per (bias, query, key).
+    """
+    if all(_full_size(d) for d in list(bias.shape)[2:]):
+        return bias
+    key_axis = 1 if key.shape is not None and key.shape.rank() == 3 else 2
+    cache_key = (id(bias), id(query), id(key))
+    if cache_key not in cache:
+        seq = build.node("Shape", [query], start=1, end=2).outputs[0]
+        total = build.node("Shape", [key], start=key_axis, end=key_axis + 1).outputs[0]
+        shape = build.node("Concat", [build.constant("ones", [1, 1]), seq, total], axis=0).outputs[0]
+        cache[cache_key] = build.node("Expand", [bias, shape]).outputs[0]
+    return cache[cache_key]
+
+
+def _rewrite(graph: ir.Graph, match: _Attention, num_heads: int, index: int, cache: dict) -> None:
     build = _Builder(graph, match.probs_matmul, f"MultiHeadAttention_{index}")
     three_d = match.key_layout == "split" and match.value_split is not None
     if three_d:
@@ -259,18 +286,27 @@ def _rewrite(graph: ir.Graph, match: _Attention, num_heads: int, head_size: int,
         key = build.to_heads(match.key_split.split) if match.key_layout == "split" else match.key
         value = match.value
     query = match.query_split.hidden if match.query_split is not None else build.to_hidden(match.query)
-    inputs = [query, key, value, None, None, match.bias]
+    bias = _expanded_bias(build, match.bias, query, key, cache) if match.bias is not None else None
+    inputs = [query, key, value, None, None, bias]
     while inputs[-1] is None:
         inputs.pop()
     fused = build.node("MultiHeadAttention", inputs, domain=MS_DOMAIN, num_heads=num_heads, scale=match.scale)
     merged = _merged_output(match.probs_matmul, match.query_split.hidden if match.query_split else None)
     if merged is not None:
-        merged.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
+        _replace(merged, fused.outputs[0])
         return
     shape = build.constant("split_heads", [0, 0, num_heads, -1])
     split = build.node("Reshape", [fused.outputs[0], shape]).outputs[0]
     per_head = build.node("Transpose", [split], perm=[0, 2, 1, 3]).outputs[0]
-    match.probs_matmul.outputs[0].replace_all_uses_with(per_head, replace_graph_outputs=True)
+    _replace(match.probs_matmul.outputs[0], per_head)
+
+
+def _replace(old: ir.Value, new: ir.Value) -> None:
+    """Point every user of ``old`` at ``new``; a graph output keeps its name."""
+    if old.is_graph_output():
+        name, old.name = old.name, f"{old.name}_unfused"
+        new.name = name
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
 
 
 class AttentionFusion(ir.passes.InPlacePass):
@@ -295,6 +331,7 @@ class AttentionFusion(ir.passes.InPlacePass):
             return ir.passes.PassResult(model, modified=False)
         opset = model.opset_imports.get("", 0)
         graph = model.graph
+        expanded_biases: dict = {}
         for softmax in [n for n in graph if n.op_type == "Softmax" and n.domain in ("", "ai.onnx")]:
             match = _match(softmax, opset)
             if isinstance(match, str):
@@ -304,7 +341,7 @@ class AttentionFusion(ir.passes.InPlacePass):
             if heads is None or not math.isfinite(match.scale) or match.scale <= 0:
                 logger.info("attention: %s left unfused: head count or scale unknown", softmax.name)
                 continue
-            _rewrite(graph, match, *heads, self.fused_count)
+            _rewrite(graph, match, heads[0], self.fused_count, expanded_biases)
             self.fused_count += 1
         if self.fused_count:
             model.opset_imports.setdefault(MS_DOMAIN, 1)

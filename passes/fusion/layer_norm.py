@@ -63,14 +63,18 @@ class LayerNormFusion(RuleFusionPass):
 
     fused_ops = (("", "LayerNormalization"),)
 
-    def rule_set(self) -> pattern.RewriteRuleSet:
-        rules = [
-            _DecomposedLayerNorm.rule(square_by_pow=pow_, inverse=inv, with_bias=bias)
+    def rule_set(self) -> list[pattern.RewriteRuleSet]:
+        # With-bias rules first: the bias-less rule matches at the Mul, before the Add is visited.
+        return [
+            pattern.RewriteRuleSet(
+                [
+                    _DecomposedLayerNorm.rule(square_by_pow=pow_, inverse=inv, with_bias=bias)
+                    for pow_ in (True, False)
+                    for inv in _INVERSES
+                ]
+            )
             for bias in (True, False)
-            for pow_ in (True, False)
-            for inv in _INVERSES
         ]
-        return pattern.RewriteRuleSet(rules)
 
 
 __all__ = ["LayerNormFusion"]

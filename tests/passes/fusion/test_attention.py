@@ -1,0 +1,123 @@
+"""fuse-attention: scaled dot-product attention subgraphs into MultiHeadAttention."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from passes.fusion.attention import AttentionFusion
+from tests.helpers import assert_same_outputs, op_types
+
+HIDDEN, HEADS, HEAD_SIZE = 8, 2, 4
+
+
+def _attention_model(*, softmax_axis: int = -1, key_form: str = "split", with_mask: bool = True) -> ir.Model:
+    """BERT-style self-attention as the legacy exporter writes it (scale on the scores here).
+
+    ``key_form``: "split" transposes the key with perm (0, 2, 3, 1) straight from the
+    head split; "bnsh" splits it like Q/V and then swaps the last two axes.
+    """
+    rng = np.random.default_rng(0)
+    weights = {}
+    nodes = []
+    for name in "qkv":
+        weights[f"w{name}"] = rng.standard_normal((HIDDEN, HIDDEN)).astype(np.float32) * 0.5
+        weights[f"b{name}"] = rng.standard_normal(HIDDEN).astype(np.float32) * 0.1
+        nodes += [
+            helper.make_node("MatMul", ["x", f"w{name}"], [f"{name}_mm"]),
+            helper.make_node("Add", [f"{name}_mm", f"b{name}"], [f"{name}_proj"]),
+            helper.make_node("Reshape", [f"{name}_proj", "split_shape"], [f"{name}_split"]),
+        ]
+    weights["split_shape"] = np.array([0, 0, -1, HEAD_SIZE], dtype=np.int64)
+    weights["merge_shape"] = np.array([0, 0, -1], dtype=np.int64)
+    weights["sqrt_d"] = np.array(np.sqrt(HEAD_SIZE), dtype=np.float32)
+    nodes += [
+        helper.make_node("Transpose", ["q_split"], ["q"], perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["v_split"], ["v"], perm=[0, 2, 1, 3]),
+    ]
+    if key_form == "split":
+        nodes.append(helper.make_node("Transpose", ["k_split"], ["k_t"], perm=[0, 2, 3, 1]))
+    else:
+        nodes += [
+            helper.make_node("Transpose", ["k_split"], ["k"], perm=[0, 2, 1, 3]),
+            helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 1, 3, 2]),
+        ]
+    nodes += [
+        helper.make_node("MatMul", ["q", "k_t"], ["scores"]),
+        helper.make_node("Div", ["scores", "sqrt_d"], ["scaled"]),
+    ]
+    logits = "scaled"
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", HIDDEN])]
+    if with_mask:
+        nodes.append(helper.make_node("Add", ["scaled", "mask_bias"], ["masked"]))
+        inputs.append(helper.make_tensor_value_info("mask_bias", TensorProto.FLOAT, ["B", 1, 1, "S"]))
+        logits = "masked"
+    nodes += [
+        helper.make_node("Softmax", [logits], ["probs"], axis=softmax_axis),
+        helper.make_node("MatMul", ["probs", "v"], ["context"]),
+        helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["context_t", "merge_shape"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "attention",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", HIDDEN])],
+        [numpy_helper.from_array(array, name) for name, array in weights.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(proto)
+    model = ir.from_proto(proto)
+    ir.passes.common.ShapeInferencePass()(model)
+    return model
+
+
+def _inputs(with_mask: bool = True) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal((2, 5, HIDDEN)).astype(np.float32)}
+    if with_mask:
+        # The second sequence is padded after 3 tokens.
+        bias = np.zeros((2, 1, 1, 5), np.float32)
+        bias[1, ..., 3:] = np.finfo(np.float32).min
+        feeds["mask_bias"] = bias
+    return feeds
+
+
+@pytest.mark.parametrize("key_form", ["split", "bnsh"])
+def test_self_attention_with_mask_is_fused(key_form):
+    model = _attention_model(key_form=key_form)
+    fusion = AttentionFusion()
+    after = fusion(model.clone()).model
+    assert fusion.fused_count == 1
+    assert "Softmax" not in op_types(after)
+    (mha,) = [n for n in after.graph if n.op_type == "MultiHeadAttention"]
+    assert mha.domain == "com.microsoft"
+    assert mha.attributes.get_int("num_heads") == HEADS
+    assert mha.attributes.get_float("scale") == pytest.approx(1 / np.sqrt(HEAD_SIZE))
+    # The 3-D projections feed the op directly when the key comes from a head split.
+    expected_key_rank = 3 if key_form == "split" else 4
+    assert mha.inputs[1].shape.rank() == expected_key_rank
+    assert_same_outputs(model, after, _inputs(), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_without_mask_is_fused():
+    model = _attention_model(with_mask=False)
+    after = AttentionFusion()(model.clone()).model
+    assert "MultiHeadAttention" in op_types(after)
+    assert_same_outputs(model, after, _inputs(with_mask=False), rtol=1e-4, atol=1e-5)
+
+
+def test_softmax_over_another_axis_is_left_alone():
+    model = _attention_model(softmax_axis=2)
+    result = AttentionFusion()(model)
+    assert not result.modified
+    assert "MultiHeadAttention" not in op_types(result.model)
+
+
+def test_mask_that_is_not_4d_is_left_alone():
+    model = _attention_model()
+    model.graph.inputs[1].shape = ir.Shape(["B", "S"])
+    assert not AttentionFusion()(model).modified

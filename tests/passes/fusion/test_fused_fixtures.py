@@ -1,0 +1,51 @@
+"""The default pipeline's fusions on the exported transformer fixtures: counts and numerics.
+
+Every attention block, layer norm and GELU of every fixture (both exporters) must be
+fused, and the fused model must match the original on ONNX Runtime, including on a
+batch whose first sequence is padded (so the attention mask is exercised).
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+import optimizer
+from optimizer.inputs import make_inputs, symbolic_dims
+from tests.helpers import FIXTURES, assert_same_outputs
+
+_LAYERS = 2
+# family -> fused op counts the default cpu pipeline must reach on both exporters' graphs.
+_EXPECTED = {
+    "bert": {"MultiHeadAttention": 2, "SkipLayerNormalization": 5, "BiasGelu": 2},
+    "distilbert": {"MultiHeadAttention": 2, "SkipLayerNormalization": 5, "BiasGelu": 2},
+    "gpt2": {"MultiHeadAttention": 2, "SkipLayerNormalization": 5, "FastGelu": 2},
+    "llama": {"MultiHeadAttention": 2, "SkipSimplifiedLayerNormalization": 4, "SimplifiedLayerNormalization": 1},
+    "vit": {"MultiHeadAttention": 2, "SkipLayerNormalization": 4, "LayerNormalization": 1, "BiasGelu": 2},
+}
+# Ops that must not survive: the pieces of attention, GELU and the norms.
+_UNFUSED = {"Softmax", "Erf", "Tanh", "Pow", "ReduceMean", "Sqrt", "Gelu"}
+
+
+def _padded_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    graph = ir.from_proto(model)
+    dims = {name: size for name, size in {"batch": 2, "sequence": 9}.items() if name in symbolic_dims(graph)}
+    feeds = make_inputs(graph, dims)
+    if "attention_mask" in feeds:
+        feeds["attention_mask"][0, -3:] = 0
+    return feeds
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("family", sorted(_EXPECTED))
+def test_every_block_is_fused_and_outputs_match(family, exporter):
+    original = onnx.load(FIXTURES / f"{family}_{exporter}.onnx")
+    fused = optimizer.optimize(original)
+    ops = collections.Counter(node.op_type for node in fused.graph.node)
+    assert {op: ops[op] for op in _EXPECTED[family]} == _EXPECTED[family]
+    assert not _UNFUSED & set(ops), f"left unfused: {_UNFUSED & set(ops)}"
+    assert_same_outputs(ir.from_proto(original), ir.from_proto(fused), _padded_inputs(original), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,48 @@
+"""fuse-skip-layer-norm: residual Add (+ bias) + LayerNorm/RMSNorm into the Skip* fused ops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from passes.fusion.skip_layer_norm import SkipLayerNormFusion
+from tests.helpers import assert_same_outputs, computed_op_types, parse_model
+
+_TEXT = """
+    <ir_version: 9, opset_import: ["" : 18]>
+    g (float[N, S, 4] x, float{skip_shape} skip) => (float[N, S, 4] y, float[N, S, 4] total) {{
+      bias = Constant<value = float[4] {{0.1, -0.2, 0.3, 0.5}}>()
+      gamma = Constant<value = float[4] {{1.0, 0.5, 2.0, 1.5}}>()
+      beta = Constant<value = float[4] {{0.0, 0.1, -0.1, 0.2}}>()
+      biased = Add(x, bias)
+      total = Add(skip, biased)
+      y = {norm}
+    }}"""
+_NORMS = {
+    "LayerNormalization": "LayerNormalization<axis = -1, epsilon = 1e-5>(total, gamma, beta)",
+    "SimplifiedLayerNormalization": "SimplifiedLayerNormalization<axis = -1, epsilon = 1e-6>(total, gamma)",
+}
+_FUSED = {
+    "LayerNormalization": "SkipLayerNormalization",
+    "SimplifiedLayerNormalization": "SkipSimplifiedLayerNormalization",
+}
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    return {name: rng.standard_normal((2, 3, 4)).astype(np.float32) for name in ("x", "skip")}
+
+
+@pytest.mark.parametrize("norm", list(_NORMS))
+def test_residual_add_and_bias_are_fused(norm):
+    model = parse_model(_TEXT.format(skip_shape="[N, S, 4]", norm=_NORMS[norm]))
+    after = SkipLayerNormFusion()(model.clone()).model
+    assert computed_op_types(after) == [_FUSED[norm]]
+    # The residual sum is still a graph output: it now comes from the fused op's fourth output.
+    assert after.graph.outputs[1].producer().op_type == _FUSED[norm]
+    assert_same_outputs(model, after, _inputs(), rtol=1e-4, atol=1e-5)
+
+
+def test_broadcast_skip_is_left_alone():
+    model = parse_model(_TEXT.format(skip_shape="[S, 4]", norm=_NORMS["LayerNormalization"]))
+    assert not SkipLayerNormFusion()(model).modified
