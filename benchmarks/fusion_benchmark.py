@@ -52,11 +52,16 @@ def fused_counts(path: Path) -> dict[str, int]:
     return counts
 
 
+class CommandFailed(Exception):
+    """A tool in the benchmark exited non-zero; the message is its last stderr line."""
+
+
 def run(command: list[str]) -> str:
-    """Run a command, return its stdout, fail loudly."""
+    """Run a command and return its stdout; raise CommandFailed with its last stderr line."""
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+        lines = result.stderr.strip().splitlines() or ["(no message)"]
+        raise CommandFailed(lines[-1][:300])
     return result.stdout
 
 
@@ -131,7 +136,12 @@ def main() -> None:
     for model in args.models:
         paths = make_variants(model, args.heads, args.hidden)
         counts = {name: fused_counts(path) for name, path in paths.items()}
-        ratios = {ref: compare(paths[ref], paths["graphopt"], args) for ref in ("original", "ort", "onnxscript")}
+        ratios = {}
+        for ref in ("original", "ort", "onnxscript"):
+            try:
+                ratios[ref] = compare(paths[ref], paths["graphopt"], args)
+            except CommandFailed as failure:
+                ratios[ref] = {"error": str(failure)}
         print(json.dumps({"model": model.stem, "counts": counts, "graphopt_over": ratios}), flush=True)
 
 

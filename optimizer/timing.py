@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from optimizer.errors import InputSpecError
+from optimizer.errors import InputSpecError, InvalidModelError, one_line
 from optimizer.runtime import import_onnxruntime
 
 EP_PROVIDERS = {
@@ -85,9 +85,12 @@ class TimedSession:
     ) -> None:
         ort = import_onnxruntime()
         self.ep = ep
-        self.session = ort.InferenceSession(
-            path, session_options(threads, profile_prefix=profile_prefix), providers=EP_PROVIDERS[ep]
-        )
+        try:
+            self.session = ort.InferenceSession(
+                path, session_options(threads, profile_prefix=profile_prefix), providers=EP_PROVIDERS[ep]
+            )
+        except Exception as error:  # ORT raises many unrelated types for a model it rejects
+            raise InvalidModelError(f"{path}: ONNX Runtime cannot load it on {ep}: {one_line(error)}") from error
         names = [meta.name for meta in self.session.get_inputs()]
         self.feeds = {name: inputs[name] for name in names}
         self.output_names = [meta.name for meta in self.session.get_outputs()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import optimizer
@@ -162,3 +163,24 @@ def test_optimize_then_compare(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "remove-unused" in out and "latency on cpu" in out
+
+
+def test_model_onnxruntime_rejects_is_a_one_line_error(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    # onnx's checker accepts this (it does not infer shapes); ONNX Runtime refuses a rank-3 Gemm input.
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"])],
+        "bad_gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])],
+        [numpy_helper.from_array(np.ones((4, 4), "float32"), "w")],
+    )
+    bad = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), bad)
+    code = main(["compare", str(bad), str(bad), "--time-budget", "1", "--iterations", "2", "--warmup", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "ONNX Runtime cannot load it" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

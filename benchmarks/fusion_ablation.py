@@ -1,0 +1,87 @@
+"""Fusion ablation: the CPU speed-up each fusion pass adds on its own.
+
+For each model: the cleanup passes alone (no fusion) are the baseline; each fusion
+pass (with the fusions it builds on) is added to them in turn, and ``graphopt
+compare`` times the two interleaved at ORT_ENABLE_ALL. A fusion belongs in a
+target's default pipeline only if it is not slower here. Usage::
+
+    python benchmarks/fusion_ablation.py /tmp/bench/bert_legacy.onnx ... [--time-budget 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from optimizer.registry import default_pass_names, load_builtin_passes
+
+# A fusion and the fusions whose output it matches.
+PREREQUISITES = {
+    "fuse-bias-gelu": ["fuse-gelu"],
+    "fuse-skip-layer-norm": ["fuse-layer-norm", "fuse-rms-norm"],
+}
+
+
+def optimize(model: Path, passes: list[str], out: Path) -> None:
+    """Run ``graphopt optimize`` with exactly ``passes``."""
+    subprocess.run(
+        [sys.executable, "-m", "optimizer.cli", "optimize", str(model), "-o", str(out), "--passes", ",".join(passes)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def ratio(before: Path, after: Path, args: argparse.Namespace) -> list[float]:
+    """after/before CPU latency ratio and its 95 % CI from ``graphopt compare``."""
+    out = after.with_suffix(".json")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optimizer.cli",
+            "compare",
+            str(before),
+            str(after),
+            "--threads",
+            str(args.threads),
+            "--time-budget",
+            str(args.time_budget),
+            "--json",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    r = json.loads(out.read_text())["providers"][0]["batches"][0]["ratio"]
+    return [round(r["ratio"], 3), round(r["low"], 3), round(r["high"], 3)]
+
+
+def main() -> None:
+    """Time every fusion pass against the cleanup-only pipeline on each model."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--time-budget", type=float, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    load_builtin_passes()
+    default = default_pass_names("cpu")
+    fusions = [name for name in default if name.startswith("fuse-")]
+    cleanup = [name for name in default if name not in fusions]
+    for model in args.models:
+        base = model.with_suffix(".cleanup.onnx")
+        optimize(model, cleanup, base)
+        results = {}
+        for fusion in fusions + ["all"]:
+            chosen = fusions if fusion == "all" else PREREQUISITES.get(fusion, []) + [fusion]
+            passes = [name for name in default if name in cleanup or name in chosen]
+            out = model.with_suffix(f".{fusion}.onnx")
+            optimize(model, passes, out)
+            results[fusion] = ratio(base, out, args)
+        print(json.dumps({"model": model.stem, "ratio_vs_cleanup": results}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
