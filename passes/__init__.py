@@ -13,7 +13,17 @@ from passes import (
     op_simplification,
     shape_simplification,
 )
-from passes.fusion import attention, bias_gelu, gelu, layer_norm, rms_norm, skip_layer_norm
+from passes.fusion import (
+    attention,
+    bias_gelu,
+    conv_affine,
+    gelu,
+    layer_norm,
+    matmul,
+    rms_norm,
+    rotary_embedding,
+    skip_layer_norm,
+)
 
 # fmt: off
 
@@ -28,8 +38,13 @@ register("fuse-layer-norm", lambda o: layer_norm.LayerNormFusion(o.target), "Dec
 register("fuse-rms-norm", lambda o: rms_norm.RmsNormFusion(o.target), "Decomposed RMSNorm into SimplifiedLayerNormalization.", default_for=("cpu", "cuda"))
 register("fuse-gelu", lambda o: gelu.GeluFusion(o.target), "Erf/tanh GELU formulas into Gelu/FastGelu.", default_for=("cpu", "cuda"))
 register("fuse-bias-gelu", lambda o: bias_gelu.BiasGeluFusion(o.target), "Bias Add + Gelu/FastGelu into BiasGelu/FastGelu with bias.", default_for=("cpu", "cuda"))
-register("fuse-skip-layer-norm", lambda o: skip_layer_norm.SkipLayerNormFusion(o.target), "Residual Add (+ bias) + LayerNorm/RMSNorm into SkipLayerNormalization/SkipSimplifiedLayerNormalization.", default_for=("cpu", "cuda"))
+register("fuse-skip-layer-norm", lambda o: skip_layer_norm.SkipLayerNormFusion(o.target), "Residual Add (+ bias) + LayerNormalization into SkipLayerNormalization.", default_for=("cpu", "cuda"))
+register("fuse-skip-rms-norm", lambda o: skip_layer_norm.SkipRmsNormFusion(o.target), "Residual Add (+ bias) + SimplifiedLayerNormalization (RMSNorm) into SkipSimplifiedLayerNormalization.", default_for=("cpu", "cuda"))
+register("fuse-rotary-embedding", lambda o: rotary_embedding.RotaryEmbeddingFusion(o.target, int(o.settings.get("rotary_cache_length", rotary_embedding.DEFAULT_CACHE_LENGTH))), "Rotary position embedding (x*cos + rotate_half(x)*sin) into RotaryEmbedding.", default_for=("cpu", "cuda"))
 register("fuse-attention", lambda o: attention.AttentionFusion(o.target), "Scaled dot-product attention (Q/K/V heads, scale, mask, softmax) into MultiHeadAttention.", default_for=("cpu", "cuda"))
+register("fuse-conv-affine", lambda o: conv_affine.ConvAffineFusion(o.target), "Per-channel constant Mul/Add after a Conv folded into its weights and bias.", default_for=("cpu", "cuda"))
+register("fuse-matmul-add", lambda o: matmul.MatMulAddFusion(o.target), "2-D MatMul + bias Add into Gemm (onnxscript); ORT does this at load time.")
+register("fuse-matmul-transpose", lambda o: matmul.FusedMatMulFusion(o.target), "Transposes and constant scaling folded into FusedMatMul (onnxscript); ORT does this at load time.")
 register("deduplicate-initializers", lambda o: initializer_deduplication.DeduplicateInitializersPass(), "Merge initializers with identical contents.", default_for=("cpu", "cuda"))
 register("remove-unused", lambda o: cleanup.RemoveUnusedPass(), "Remove dead nodes, unused initializers, functions and opsets (onnx-ir).", default_for=("cpu", "cuda"))
 # fmt: on

@@ -18,6 +18,7 @@ from passes._utils import constant_array
 
 _ONNX = ("", "ai.onnx")
 _INT64_MAX = np.iinfo(np.int64).max
+_SHAPE_PRESERVING = frozenset({"Cast", "Relu", "Neg", "Identity", "Sigmoid", "Tanh", "Erf"})
 
 
 def producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
@@ -116,6 +117,8 @@ def last_dim(value: ir.Value) -> int | None:
                 return int(array.shape[-1])
         if node.op_type == "Add":
             return next((d for d in map(last_dim, node.inputs) if d), None)
+    if node.op_type == "RotaryEmbedding" or (node.op_type in _SHAPE_PRESERVING and node.domain in _ONNX):
+        return last_dim(node.inputs[0])
     if node.op_type == "Split" and node.domain in _ONNX:
         sizes = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
         if sizes is not None and node.attributes.get_int("axis", 0) in (-1, 2):

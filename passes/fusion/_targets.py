@@ -12,6 +12,8 @@ MS_DOMAIN = "com.microsoft"
 # (domain, op_type) -> execution providers with a float32 kernel.
 _KERNELS: dict[tuple[str, str], frozenset[str]] = {
     ("", "LayerNormalization"): frozenset({"cpu", "cuda"}),
+    ("", "Conv"): frozenset({"cpu", "cuda"}),
+    ("", "Gemm"): frozenset({"cpu", "cuda"}),
     # ORT registers SimplifiedLayerNormalization in the ONNX domain (a contrib op).
     ("", "SimplifiedLayerNormalization"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "SkipLayerNormalization"): frozenset({"cpu", "cuda"}),

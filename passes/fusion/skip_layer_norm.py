@@ -81,16 +81,28 @@ class _SkipNorm(pattern.RewriteRuleClassBase):
 
 
 class SkipLayerNormFusion(RuleFusionPass):
-    """Rewrite residual Add + LayerNormalization/SimplifiedLayerNormalization into the Skip* fused ops.
+    """Rewrite residual Add (+ bias) + ``LayerNormalization`` into ``SkipLayerNormalization``.
 
     Refuses when the operands are not both 3-D with matching dims (the fused op does
     not broadcast), when the scale or a bias is not constant, or when the
-    normalization's extra outputs are used. Run it after LayerNorm and RMSNorm fusion.
+    normalization's extra outputs are used. Run it after LayerNorm fusion.
     """
 
     commute = True
-    fused_ops = (("com.microsoft", "SkipLayerNormalization"), ("com.microsoft", "SkipSimplifiedLayerNormalization"))
+    fused_ops = (("com.microsoft", "SkipLayerNormalization"),)
+    _simplified = False
 
     def rule_set(self) -> pattern.RewriteRuleSet:
-        rules = [_SkipNorm.rule(simplified=s, with_bias=b) for b in (True, False) for s in (False, True)]
-        return pattern.RewriteRuleSet(rules)
+        return pattern.RewriteRuleSet(
+            [_SkipNorm.rule(simplified=self._simplified, with_bias=bias) for bias in (True, False)]
+        )
+
+
+class SkipRmsNormFusion(SkipLayerNormFusion):
+    """Rewrite residual Add (+ bias) + ``SimplifiedLayerNormalization`` into ``SkipSimplifiedLayerNormalization``.
+
+    Same refusals as ``SkipLayerNormFusion``; run it after RMSNorm fusion.
+    """
+
+    fused_ops = (("com.microsoft", "SkipSimplifiedLayerNormalization"),)
+    _simplified = True

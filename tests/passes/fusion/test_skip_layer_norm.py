@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from passes.fusion.skip_layer_norm import SkipLayerNormFusion
+from passes.fusion.skip_layer_norm import SkipLayerNormFusion, SkipRmsNormFusion
 from tests.helpers import assert_same_outputs, computed_op_types, parse_model
 
 _TEXT = """
@@ -22,6 +22,7 @@ _NORMS = {
     "LayerNormalization": "LayerNormalization<axis = -1, epsilon = 1e-5>(total, gamma, beta)",
     "SimplifiedLayerNormalization": "SimplifiedLayerNormalization<axis = -1, epsilon = 1e-6>(total, gamma)",
 }
+_PASSES = {"LayerNormalization": SkipLayerNormFusion, "SimplifiedLayerNormalization": SkipRmsNormFusion}
 _FUSED = {
     "LayerNormalization": "SkipLayerNormalization",
     "SimplifiedLayerNormalization": "SkipSimplifiedLayerNormalization",
@@ -36,7 +37,7 @@ def _inputs():
 @pytest.mark.parametrize("norm", list(_NORMS))
 def test_residual_add_and_bias_are_fused(norm):
     model = parse_model(_TEXT.format(skip_shape="[N, S, 4]", norm=_NORMS[norm]))
-    after = SkipLayerNormFusion()(model.clone()).model
+    after = _PASSES[norm]()(model.clone()).model
     assert computed_op_types(after) == [_FUSED[norm]]
     # The residual sum is still a graph output: it now comes from the fused op's fourth output.
     assert after.graph.outputs[1].producer().op_type == _FUSED[norm]
@@ -45,4 +46,9 @@ def test_residual_add_and_bias_are_fused(norm):
 
 def test_broadcast_skip_is_left_alone():
     model = parse_model(_TEXT.format(skip_shape="[S, 4]", norm=_NORMS["LayerNormalization"]))
+    assert not SkipLayerNormFusion()(model).modified
+
+
+def test_each_pass_leaves_the_other_normalization_alone():
+    model = parse_model(_TEXT.format(skip_shape="[N, S, 4]", norm=_NORMS["SimplifiedLayerNormalization"]))
     assert not SkipLayerNormFusion()(model).modified

@@ -1,0 +1,40 @@
+"""MatMul fusions from onnxscript's rule sets: MatMul + Add into Gemm, Transpose/scale into FusedMatMul.
+
+* ``MatMulAddFusion``: ``Add(MatMul(A, B), c)`` with 2-D operands (and a transposed
+  A or B) into ``Gemm`` — onnxscript's ``matmul_add_to_gemm`` rules, which refuse
+  operands that are not 2-D.
+* ``FusedMatMulFusion``: ``Transpose`` of the last two axes of either MatMul operand
+  and a division or multiplication of the result by a constant into
+  ``com.microsoft.FusedMatMul`` — onnxscript's ``fused_matmul_rule_sets``.
+
+ONNX Runtime applies both rewrites itself when it loads a model at ORT_ENABLE_ALL, so
+on its CPU EP they are neutral (docs/benchmarks.md); they are opt-in, for graphs
+that are run with fewer optimizations or inspected.
+"""
+
+from __future__ import annotations
+
+from onnxscript.rewriter import pattern
+from onnxscript.rewriter.ort_fusions.fused_matmul_rule_sets import fused_matmul_rule_sets
+from onnxscript.rewriter.rules.common import _matmul_add_to_gemm
+
+from passes.fusion._base import RuleFusionPass
+from passes.fusion._targets import MS_DOMAIN
+
+
+class MatMulAddFusion(RuleFusionPass):
+    """Rewrite ``MatMul`` (2-D, optionally with transposed operands) + bias ``Add`` into ``Gemm``."""
+
+    fused_ops = (("", "Gemm"),)
+
+    def rule_set(self) -> pattern.RewriteRuleSet:
+        return _matmul_add_to_gemm.rules
+
+
+class FusedMatMulFusion(RuleFusionPass):
+    """Fold operand transposes and constant scaling of a ``MatMul`` into ``com.microsoft.FusedMatMul``."""
+
+    fused_ops = ((MS_DOMAIN, "FusedMatMul"),)
+
+    def rule_set(self) -> pattern.RewriteRuleSet:
+        return fused_matmul_rule_sets()

@@ -1,0 +1,224 @@
+"""Rotary embedding fusion: ``x * cos + rotate_half(x) * sin`` into ``com.microsoft.RotaryEmbedding``.
+
+Matches the Hugging Face (non-interleaved) form on per-head tensors that come from a
+head split, ``x = Transpose(Reshape(h, [0, 0, N, d]), (0, 2, 1, 3))``::
+
+    rotate_half(x) = Concat(-x[..., d/2:], x[..., :d/2], axis=-1)
+    cos, sin       = Unsqueeze(<computed from positions>, 1)     # [B or 1, 1, S, d]
+
+and rewrites it into ``RotaryEmbedding(h, position_ids, cos_cache, sin_cache)`` on the
+3-D projection ``h`` followed by a fresh head split, so the attention fusion can
+hand the 3-D result straight to MultiHeadAttention.
+
+The cos/sin tables are not matched structurally: the subgraph computing them is
+evaluated on ONNX Runtime (only its ancestors, cheap) for ``cache_length``
+positions to build the caches, then checked on a padded batch of 2 × 7 tokens to
+prove that row ``s`` always uses position ``s`` — or, when the model takes a
+``position_ids`` input, position ``position_ids[b, s]``, which the fused op then
+reads. Sequences longer than ``cache_length`` (default 4096) are not supported by
+the fused model.
+
+Refuses when: the rotation is partial or interleaved; x is not a head split; the
+cos/sin subgraph reads anything but token ids, the attention mask and position ids;
+its values are not ``[c, c]`` halves of a position table; or positions depend on
+the attention mask.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from passes._utils import add_initializer, constant_array
+from passes.fusion._base import RuleFusionPass
+from passes.fusion._layout import head_split, last_dim, producer
+from passes.fusion._probe import evaluate, graph_inputs_of
+from passes.fusion._targets import MS_DOMAIN
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CACHE_LENGTH = 4096
+_PROBE_BATCH, _PROBE_SEQ = 2, 7
+
+
+def _slice_bounds(node: ir.Node, head_size: int) -> tuple[int, int] | None:
+    """``(start, end)`` of a Slice over the last axis of a ``[B, N, S, head_size]`` tensor."""
+    values = [node.inputs[i] if i < len(node.inputs) else None for i in range(1, 5)]
+    axes = constant_array(values[2]) if values[2] is not None else None
+    steps = constant_array(values[3]) if values[3] is not None else None
+    if axes is None or axes.size != 1 or int(axes.reshape(())) not in (-1, 3):
+        return None
+    if steps is not None and (steps.size != 1 or int(steps.reshape(())) != 1):
+        return None
+    bounds = [_bound(v, head_size) for v in values[:2]]
+    if None in bounds:
+        return None
+    start, end = bounds
+    return start, min(end, head_size)
+
+
+def _bound(value: ir.Value | None, head_size: int) -> int | None:
+    """A Slice bound: a constant, or the legacy exporter's ``Shape(x)[3] / 2`` with x's last dim = head_size."""
+    array = constant_array(value)
+    if array is not None:
+        return int(array.reshape(())) if array.size == 1 else None
+    node = value.producer() if value is not None else None
+    if node is not None and node.op_type == "Unsqueeze":
+        return _bound(node.inputs[0], head_size)
+    div = producer(value, "Div")
+    if div is not None:
+        numerator, denominator = _bound(div.inputs[0], head_size), constant_array(div.inputs[1])
+        if numerator is None or denominator is None or denominator.size != 1:
+            return None
+        return numerator // int(denominator.reshape(()))
+    gather = producer(value, "Gather")
+    if gather is not None and producer(gather.inputs[0], "Shape") is not None:
+        index = constant_array(gather.inputs[1])
+        shape_node = producer(gather.inputs[0], "Shape")
+        if index is not None and index.size == 1 and int(index.reshape(())) in (3, -1) and not shape_node.attributes:
+            return head_size
+    return None
+
+
+class _RotateHalf(pattern.RewriteRuleClassBase):
+    def __init__(self, fusion: RotaryEmbeddingFusion) -> None:
+        super().__init__(name="RotaryEmbedding")
+        self._fusion = fusion
+
+    def pattern(self, op, x, cos, sin, lo_start, lo_end, lo_axes, hi_start, hi_end, hi_axes):
+        lo = op.Slice(x, lo_start, lo_end, lo_axes, _allow_other_inputs=True, _outputs=["lo"])
+        hi = op.Slice(x, hi_start, hi_end, hi_axes, _allow_other_inputs=True, _outputs=["hi"])
+        rotated = op.Concat(op.Neg(hi), lo, _allow_other_attributes=True, _outputs=["rotated"])
+        return op.Add(op.Mul(x, cos), op.Mul(rotated, sin))
+
+    def check(self, context, x, cos, sin, lo, hi, rotated, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        split = head_split(x, (0, 2, 1, 3))
+        if split is None:
+            return result.fail("x is not a head split of a 3-D projection")
+        d = split.head_size
+        if rotated.producer().attributes.get_int("axis", 0) not in (-1, 3):
+            return result.fail("rotate_half does not concatenate on the last axis")
+        if _slice_bounds(lo.producer(), d) != (0, d // 2) or _slice_bounds(hi.producer(), d) != (d // 2, d):
+            return result.fail("not a full, non-interleaved rotate_half")
+        if split.heads is None and (last_dim(split.hidden) or 0) % d:
+            return result.fail("the head count is unknown")
+        tables = self._fusion.tables(context.model, cos, sin, d)
+        if isinstance(tables, str):
+            return result.fail(tables)
+        return result
+
+    def rewrite(self, op, x, cos, sin, **_):
+        split = head_split(x, (0, 2, 1, 3))
+        d = split.head_size
+        heads = split.heads or last_dim(split.hidden) // d
+        cos_cache, sin_cache, position_ids = self._fusion.tables(None, cos, sin, d)
+        rotated = op.RotaryEmbedding(
+            split.hidden, position_ids, cos_cache, sin_cache, interleaved=0, num_heads=heads, _domain=MS_DOMAIN
+        )
+        rotated.shape, rotated.type = split.hidden.shape, split.hidden.type
+        heads_split = op.Reshape(rotated, op.Constant(value=ir.tensor(np.array([0, 0, heads, d], dtype=np.int64))))
+        return op.Transpose(heads_split, perm=[0, 2, 1, 3])
+
+
+class RotaryEmbeddingFusion(RuleFusionPass):
+    """Rewrite Hugging Face rotary position embeddings into ``com.microsoft.RotaryEmbedding``.
+
+    See the module docstring for the matched form, how the cos/sin caches are built and
+    checked, and the refusals. ``cache_length`` bounds the sequence length the fused
+    model supports.
+    """
+
+    commute = True
+    fused_ops = ((MS_DOMAIN, "RotaryEmbedding"),)
+
+    def __init__(self, target: str = "cpu", cache_length: int = DEFAULT_CACHE_LENGTH) -> None:
+        super().__init__(target)
+        self.cache_length = cache_length
+        self._tables: dict[tuple[int, int], tuple | str] = {}
+
+    def rule_set(self) -> pattern.RewriteRuleSet:
+        self._tables = {}
+        return pattern.RewriteRuleSet([_RotateHalf.rule(self)])
+
+    def tables(self, model: ir.Model | None, cos: ir.Value, sin: ir.Value, head_size: int):
+        """``(cos_cache, sin_cache, position_ids)`` values for this cos/sin pair, or why there are none.
+
+        Computed once per pair (on the first call, which passes the model) and cached.
+        """
+        key = (id(cos), id(sin))
+        if key not in self._tables:
+            self._tables[key] = self._build_tables(model, cos, sin, head_size)
+        return self._tables[key]
+
+    def _build_tables(self, model: ir.Model, cos: ir.Value, sin: ir.Value, head_size: int):
+        inputs = graph_inputs_of([cos, sin])
+        positions = next((v for v in inputs if "position" in (v.name or "")), None)
+        for value in inputs:
+            if (
+                value.dtype not in (ir.DataType.INT64, ir.DataType.INT32)
+                or value.shape is None
+                or value.shape.rank() != 2
+            ):
+                return f"cos/sin depend on graph input {value.name}, which is not [batch, sequence] ids"
+        half = head_size // 2
+        try:
+            table_cos, table_sin = evaluate(model, [cos, sin], _feeds(inputs, 1, self.cache_length, positions))
+            cos_cache, sin_cache = _halves(table_cos, half), _halves(table_sin, half)
+            if cos_cache is None or sin_cache is None:
+                return "cos/sin are not two equal halves of a [positions, d/2] table"
+            cos_cache, sin_cache = cos_cache[0], sin_cache[0]
+            feeds = _feeds(inputs, _PROBE_BATCH, _PROBE_SEQ, positions, padded=True)
+            probe_cos, probe_sin = evaluate(model, [cos, sin], feeds)
+        except Exception as error:  # ORT raises many unrelated types for a subgraph it cannot run
+            return f"cos/sin could not be evaluated: {error}"
+        index = feeds[positions.name] if positions is not None else np.arange(_PROBE_SEQ)[None].repeat(_PROBE_BATCH, 0)
+        for probe, cache in ((probe_cos, cos_cache), (probe_sin, sin_cache)):
+            halves = _halves(probe, half)
+            if halves is None or halves.shape[0] not in (1, _PROBE_BATCH) or halves.shape[1] != _PROBE_SEQ:
+                return "cos/sin of a padded batch have an unexpected shape"
+            if not np.allclose(np.broadcast_to(halves, (_PROBE_BATCH, _PROBE_SEQ, half)), cache[index], atol=1e-6):
+                return "rotary positions are not the token index (or position_ids): they depend on the mask"
+        graph = model.graph
+        cos_value = add_initializer(graph, "rotary_cos_cache", cos_cache.astype(table_cos.dtype))
+        sin_value = add_initializer(graph, "rotary_sin_cache", sin_cache.astype(table_sin.dtype))
+        position_value = (
+            positions
+            if positions is not None
+            else add_initializer(graph, "rotary_position_offset", np.zeros(1, dtype=np.int64))
+        )
+        if position_value.dtype != ir.DataType.INT64:
+            return "position_ids are not int64"
+        return cos_value, sin_value, position_value
+
+
+def _halves(table: np.ndarray, half: int) -> np.ndarray | None:
+    """``[B, S, half]`` from a ``[B, 1, S, 2*half]`` (or ``[B, S, 2*half]``) table whose halves are equal."""
+    if table.ndim == 4 and table.shape[1] == 1:
+        table = table[:, 0]
+    if table.ndim != 3 or table.shape[-1] != 2 * half:
+        return None
+    if not np.array_equal(table[..., :half], table[..., half:]):
+        return None
+    return table[..., :half]
+
+
+def _feeds(
+    inputs: list[ir.Value], batch: int, seq: int, positions: ir.Value | None, padded: bool = False
+) -> dict[str, np.ndarray]:
+    """Probe inputs: ones for ids and the mask (the first row left-padded if ``padded``), positions."""
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for value in inputs:
+        dtype = value.dtype.numpy()
+        if value is positions:
+            array = np.arange(seq)[None].repeat(batch, 0) if not padded else rng.integers(0, seq * 3, (batch, seq))
+        else:
+            array = np.ones((batch, seq))
+            if padded and "mask" in (value.name or ""):
+                array[0, : seq // 2] = 0
+        feeds[value.name] = array.astype(dtype)
+    return feeds

@@ -1,0 +1,54 @@
+"""fuse-conv-affine: per-channel Mul/Add after a Conv folded into its weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from passes.fusion.conv_affine import ConvAffineFusion
+from tests.helpers import assert_same_outputs, computed_op_types
+
+
+def _conv_affine(scale_shape, offset_shape) -> ir.Model:
+    rng = np.random.default_rng(0)
+    weights = {
+        "w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "b": rng.standard_normal(4).astype(np.float32),
+        "s": rng.uniform(0.5, 2.0, scale_shape).astype(np.float32),
+        "t": rng.standard_normal(offset_shape).astype(np.float32),
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Mul", ["s", "c"], ["m"]),
+            helper.make_node("Add", ["m", "t"], ["y"]),
+        ],
+        "conv_affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
+        [numpy_helper.from_array(array, name) for name, array in weights.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+@pytest.mark.parametrize(("scale_shape", "offset_shape"), [((4, 1, 1), (1, 4, 1, 1)), ((), (4, 1, 1))])
+def test_per_channel_affine_is_folded(scale_shape, offset_shape):
+    model = _conv_affine(scale_shape, offset_shape)
+    after = ConvAffineFusion()(model.clone()).model
+    assert computed_op_types(after) == ["Conv"]
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    assert_same_outputs(model, after, {"x": x}, rtol=1e-4, atol=1e-5)
+
+
+def test_per_pixel_offset_is_left_out_of_the_fold():
+    model = _conv_affine((4, 1, 1), (4, 6, 6))
+    after = ConvAffineFusion()(model.clone()).model
+    # The per-channel scale folds; the per-pixel offset cannot and stays an Add.
+    assert computed_op_types(after) == ["Conv", "Add"]
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    assert_same_outputs(model, after, {"x": x}, rtol=1e-4, atol=1e-5)

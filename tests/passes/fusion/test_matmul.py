@@ -1,0 +1,53 @@
+"""fuse-matmul-add and fuse-matmul-transpose: onnxscript's MatMul rule sets as passes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from passes.fusion.matmul import FusedMatMulFusion, MatMulAddFusion
+from tests.helpers import assert_same_outputs, computed_op_types, parse_model
+
+
+def test_2d_matmul_and_bias_become_gemm():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[N, 4] x) => (float[N, 3] y) {
+          w = Constant<value = float[4, 3] {1., 2., 3., 4., 5., 6., 7., 8., 9., 1., 2., 3.}>()
+          b = Constant<value = float[3] {0.5, -0.5, 1.0}>()
+          m = MatMul(x, w)
+          y = Add(m, b)
+        }""")
+    after = MatMulAddFusion()(model.clone()).model
+    assert computed_op_types(after) == ["Gemm"]
+    assert_same_outputs(model, after, {"x": np.arange(8, dtype=np.float32).reshape(2, 4)})
+
+
+def test_3d_matmul_is_left_alone():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[B, N, 4] x) => (float[B, N, 3] y) {
+          w = Constant<value = float[4, 3] {1., 2., 3., 4., 5., 6., 7., 8., 9., 1., 2., 3.}>()
+          b = Constant<value = float[3] {0.5, -0.5, 1.0}>()
+          m = MatMul(x, w)
+          y = Add(m, b)
+        }""")
+    assert not MatMulAddFusion()(model).modified
+
+
+def test_transpose_and_scale_fold_into_fused_matmul():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[B, 3, 4] a, float[B, 5, 4] b) => (float[B, 3, 5] y) {
+          two = Constant<value = float {2.0}>()
+          bt = Transpose<perm = [0, 2, 1]>(b)
+          m = MatMul(a, bt)
+          y = Div(m, two)
+        }""")
+    after = FusedMatMulFusion()(model.clone()).model
+    assert computed_op_types(after) == ["FusedMatMul"]
+    rng = np.random.default_rng(0)
+    feeds = {
+        "a": rng.standard_normal((2, 3, 4)).astype(np.float32),
+        "b": rng.standard_normal((2, 5, 4)).astype(np.float32),
+    }
+    assert_same_outputs(model, after, feeds, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,110 @@
+"""fuse-rotary-embedding: Hugging Face rotate_half rotary embedding into RotaryEmbedding."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
+
+from passes.fusion.rotary_embedding import RotaryEmbeddingFusion
+from tests.helpers import assert_same_outputs, op_types
+
+HEADS, HEAD_SIZE = 2, 8
+
+
+def _rotary_model(*, split_at: int = HEAD_SIZE // 2, positions_from_mask: bool = False) -> ir.Model:
+    """``rotate(h)`` for h [B, S, HEADS*HEAD_SIZE], positions 0..S-1 (or cumsum(mask) - 1)."""
+    inv_freq = (1.0 / 10000 ** (np.arange(0, HEAD_SIZE, 2) / HEAD_SIZE)).astype(np.float32)
+    consts = {
+        "inv_freq": inv_freq.reshape(1, -1),
+        "zero": np.array(0, np.int64),
+        "one": np.array(1, np.int64),
+        "one_f": np.array(1.0, np.float32),
+        "axis1": np.array([1], np.int64),
+        "axes01": np.array([0, 1], np.int64),
+        "axes_last": np.array([-1], np.int64),
+        "heads_shape": np.array([0, 0, HEADS, HEAD_SIZE], np.int64),
+        "lo_start": np.array([0], np.int64),
+        "mid": np.array([split_at], np.int64),
+        "end": np.array([np.iinfo(np.int64).max], np.int64),
+    }
+    nodes = [helper.make_node("Shape", ["mask"], ["mask_shape"])]
+    if positions_from_mask:
+        nodes += [
+            helper.make_node("Cast", ["mask"], ["mask_f"], to=TensorProto.FLOAT),
+            helper.make_node("CumSum", ["mask_f", "one"], ["cum"]),
+            helper.make_node("Sub", ["cum", "one_f"], ["positions_2d"]),
+            helper.make_node("Unsqueeze", ["positions_2d", "axes_last"], ["positions"]),  # [B, S, 1]
+            helper.make_node("MatMul", ["positions", "inv_freq"], ["freqs"]),  # [B, S, d/2]
+        ]
+    else:
+        nodes += [
+            helper.make_node("Gather", ["mask_shape", "one"], ["seq"], axis=0),
+            helper.make_node("Range", ["zero", "seq", "one"], ["range"]),
+            helper.make_node("Cast", ["range"], ["range_f"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["range_f", "axes_last"], ["positions"]),  # [S, 1]
+            helper.make_node("MatMul", ["positions", "inv_freq"], ["freqs_2d"]),  # [S, d/2]
+            helper.make_node("Unsqueeze", ["freqs_2d", "lo_start"], ["freqs"]),  # [1, S, d/2]
+        ]
+    nodes += [
+        helper.make_node("Concat", ["freqs", "freqs"], ["table"], axis=-1),
+        helper.make_node("Cos", ["table"], ["cos3"]),
+        helper.make_node("Sin", ["table"], ["sin3"]),
+        helper.make_node("Unsqueeze", ["cos3", "axis1"], ["cos"]),
+        helper.make_node("Unsqueeze", ["sin3", "axis1"], ["sin"]),
+        helper.make_node("Reshape", ["h", "heads_shape"], ["split"]),
+        helper.make_node("Transpose", ["split"], ["x"], perm=[0, 2, 1, 3]),
+        helper.make_node("Slice", ["x", "lo_start", "mid", "axes_last"], ["lo"]),
+        helper.make_node("Slice", ["x", "mid", "end", "axes_last"], ["hi"]),
+        helper.make_node("Neg", ["hi"], ["neg_hi"]),
+        helper.make_node("Concat", ["neg_hi", "lo"], ["rotated"], axis=-1),
+        helper.make_node("Mul", ["x", "cos"], ["x_cos"]),
+        helper.make_node("Mul", ["rotated", "sin"], ["rot_sin"]),
+        helper.make_node("Add", ["x_cos", "rot_sin"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "rotary",
+        [
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, ["B", "S", HEADS * HEAD_SIZE]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", "S"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", HEADS, "S", HEAD_SIZE])],
+        [numpy_helper.from_array(array, name) for name, array in consts.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+def _inputs(padded: bool = False) -> dict[str, np.ndarray]:
+    mask = np.ones((2, 6), np.int64)
+    if padded:
+        mask[0, :2] = 0
+    h = np.random.default_rng(0).standard_normal((2, 6, HEADS * HEAD_SIZE)).astype(np.float32)
+    return {"h": h, "mask": mask}
+
+
+def test_rotary_embedding_is_fused():
+    model = _rotary_model()
+    fusion = RotaryEmbeddingFusion(cache_length=64)
+    after = fusion(model.clone()).model
+    assert fusion.fused_count == 1
+    assert "RotaryEmbedding" in op_types(after)
+    assert not {"Cos", "Sin", "Neg", "Slice"} & set(op_types(after))
+    (rotary,) = [n for n in after.graph if n.op_type == "RotaryEmbedding"]
+    assert rotary.inputs[0].name == "h" and rotary.attributes.get_int("num_heads") == HEADS
+    assert_same_outputs(model, after, _inputs(), rtol=1e-5, atol=1e-5)
+    assert_same_outputs(model, after, _inputs(padded=True), rtol=1e-5, atol=1e-5)
+
+
+def test_partial_rotation_is_left_alone():
+    model = _rotary_model(split_at=HEAD_SIZE // 4)
+    assert not RotaryEmbeddingFusion(cache_length=64)(model).modified
+
+
+def test_positions_that_depend_on_the_mask_are_left_alone():
+    # Positions cumsum(mask) - 1 (left padding shifts them): one cos/sin cache row per token index cannot express it.
+    model = _rotary_model(positions_from_mask=True)
+    assert not RotaryEmbeddingFusion(cache_length=64)(model).modified
