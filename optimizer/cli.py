@@ -80,6 +80,12 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fix symbolic input dims to their --dim sizes so all shape arithmetic folds (the result accepts only those shapes)",
     )
+    parser.add_argument(
+        "--max-sequence",
+        type=int,
+        metavar="N",
+        help="longest sequence the result must support where a fusion bakes in a table (rotary cos/sin; default 4096)",
+    )
     parser.add_argument("--no-verify", action="store_true", help="do not check each pass's result on ONNX Runtime")
     parser.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
     parser.add_argument(
@@ -139,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _optimize(console: Console, args: argparse.Namespace) -> int:
     passes = [name.strip() for name in args.passes.split(",") if name.strip()] if args.passes else None
+    if args.max_sequence is not None and args.max_sequence < 1:
+        raise InputSpecError(f"--max-sequence {args.max_sequence}: expected a positive number of tokens")
     _, report = optimize_with_report(
         args.model,
         passes,
@@ -149,6 +157,7 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
         verify=not args.no_verify,
         tolerances=parse_tolerance_flags(args.tolerance),
         static_shapes=args.static_shapes,
+        settings={"rotary_cache_length": args.max_sequence} if args.max_sequence else None,
     )
     render_table(report, console)
     console.print(f"wrote {report.output}", highlight=False, soft_wrap=True, markup=False)

@@ -17,6 +17,7 @@ from passes.fusion import (
     attention,
     bias_gelu,
     conv_affine,
+    embed_layer_norm,
     gelu,
     layer_norm,
     matmul,
@@ -38,6 +39,7 @@ register("fuse-layer-norm", lambda o: layer_norm.LayerNormFusion(o.target), "Dec
 register("fuse-rms-norm", lambda o: rms_norm.RmsNormFusion(o.target), "Decomposed RMSNorm into SimplifiedLayerNormalization.", default_for=("cpu", "cuda"))
 register("fuse-gelu", lambda o: gelu.GeluFusion(o.target), "Erf/tanh GELU formulas into Gelu/FastGelu.", default_for=("cpu", "cuda"))
 register("fuse-bias-gelu", lambda o: bias_gelu.BiasGeluFusion(o.target), "Bias Add + Gelu/FastGelu into BiasGelu/FastGelu with bias.", default_for=("cpu", "cuda"))
+register("fuse-embed-layer-norm", lambda o: embed_layer_norm.EmbedLayerNormFusion(o.target), "BERT word/position/segment embedding lookups + LayerNorm into EmbedLayerNormalization.", default_for=("cpu", "cuda"))
 register("fuse-skip-layer-norm", lambda o: skip_layer_norm.SkipLayerNormFusion(o.target), "Residual Add (+ bias) + LayerNormalization into SkipLayerNormalization.", default_for=("cpu", "cuda"))
 register("fuse-skip-rms-norm", lambda o: skip_layer_norm.SkipRmsNormFusion(o.target), "Residual Add (+ bias) + SimplifiedLayerNormalization (RMSNorm) into SkipSimplifiedLayerNormalization.", default_for=("cpu", "cuda"))
 register("fuse-rotary-embedding", lambda o: rotary_embedding.RotaryEmbeddingFusion(o.target, int(o.settings.get("rotary_cache_length", rotary_embedding.DEFAULT_CACHE_LENGTH))), "Rotary position embedding (x*cos + rotate_half(x)*sin) into RotaryEmbedding.", default_for=("cpu", "cuda"))

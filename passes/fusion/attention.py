@@ -293,6 +293,7 @@ def _rewrite(graph: ir.Graph, match: _Attention, num_heads: int, index: int, cac
     fused = build.node("MultiHeadAttention", inputs, domain=MS_DOMAIN, num_heads=num_heads, scale=match.scale)
     merged = _merged_output(match.probs_matmul, match.query_split.hidden if match.query_split else None)
     if merged is not None:
+        fused.outputs[0].shape, fused.outputs[0].type = merged.shape, merged.type
         _replace(merged, fused.outputs[0])
         return
     shape = build.constant("split_heads", [0, 0, num_heads, -1])

@@ -1,0 +1,190 @@
+"""Embedding + LayerNorm fusion: BERT's word/position/segment lookups into ``EmbedLayerNormalization``.
+
+Matches ``LayerNormalization(word[input_ids] + position[position_ids] [+ segment[segment_ids]])``
+(the Adds in any order) and rewrites it into ``com.microsoft.EmbedLayerNormalization``,
+with the int64 ids cast to the int32 the op takes.
+
+Which lookup is which is decided by what indexes it: the word table by a graph input
+that is not the position source, the segment table by a graph input whose name says
+``token_type``/``segment``, the position table by the rest. Position ids computed in
+the graph (a slice of the exporter's ``arange`` buffer) are evaluated on ONNX Runtime
+for a 2 × 7 batch and must be ``0..S-1`` on every row — the op's default — or the
+match is refused; a ``position_ids`` graph input is passed to the op instead.
+
+Refuses when: a table is not a constant 2-D initializer; the lookups are not on
+axis 0; there is no word or no position lookup; the sum has other users (it would
+need the op's optional sum output, which the CPU kernel does not fill in every
+ORT version); or the LayerNorm is not over the last axis with constant scale and bias.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from passes._utils import constant_array, remove_dead_nodes
+from passes.fusion._layout import producer
+from passes.fusion._probe import evaluate, graph_inputs_of
+from passes.fusion._targets import MS_DOMAIN, unsupported_ops
+
+logger = logging.getLogger(__name__)
+
+_SEGMENT_NAMES = ("token_type", "segment")
+
+
+def _lookups(value: ir.Value, leaves: list[ir.Node]) -> bool:
+    """Collect the Gather leaves of a single-use Add tree; False if anything else is in it."""
+    add = producer(value, "Add")
+    if add is not None:
+        if len(list(add.outputs[0].uses())) != 1 or add.outputs[0].is_graph_output():
+            return False
+        return all(_lookups(operand, leaves) for operand in add.inputs)
+    gather = producer(value, "Gather")
+    if gather is None or gather.attributes.get_int("axis", 0) != 0:
+        return False
+    table = constant_array(gather.inputs[0])
+    if table is None or table.ndim != 2:
+        return False
+    leaves.append(gather)
+    return True
+
+
+def _is_graph_input(value: ir.Value) -> bool:
+    return value.producer() is None and value.const_value is None
+
+
+def _classify(model: ir.Model, leaves: list[ir.Node]) -> dict[str, ir.Node] | str:
+    """Name the lookups word/segment/position, checking computed positions by evaluation."""
+    roles: dict[str, ir.Node] = {}
+    for gather in leaves:
+        index = gather.inputs[1]
+        name = (index.name or "").lower()
+        if _is_graph_input(index) and any(key in name for key in _SEGMENT_NAMES):
+            role = "segment"
+        elif _is_graph_input(index) and "position" in name:
+            role = "position"
+        elif _is_graph_input(index):
+            role = "word"
+        else:
+            role = "position"
+        if role in roles:
+            return f"two {role} lookups"
+        roles[role] = gather
+    if "word" not in roles or "position" not in roles:
+        return "no word or no position lookup"
+    positions = roles["position"].inputs[1]
+    if not _is_graph_input(positions) and not _positions_are_token_index(model, positions):
+        return "computed position ids are not 0..S-1"
+    return roles
+
+
+def _positions_are_token_index(model: ir.Model, positions: ir.Value) -> bool:
+    inputs = graph_inputs_of([positions])
+    if any(
+        v.dtype not in (ir.DataType.INT64, ir.DataType.INT32) or v.shape is None or v.shape.rank() != 2 for v in inputs
+    ):
+        return False
+    feeds = {v.name: np.ones((2, 7), dtype=v.dtype.numpy()) for v in inputs}
+    try:
+        (value,) = evaluate(model, [positions], feeds)
+    except Exception:  # ORT raises many unrelated types for a subgraph it cannot run
+        return False
+    expected = np.arange(7)
+    return value.ndim == 2 and value.shape[-1] == 7 and all(np.array_equal(row, expected) for row in value)
+
+
+def _layer_norm_params(norm: ir.Node) -> tuple[ir.Value, ir.Value, float] | None:
+    if norm.attributes.get_int("axis", -1) != -1 or any(o.uses() for o in norm.outputs[1:]):
+        return None
+    if len(norm.inputs) < 3 or norm.inputs[2] is None:
+        return None
+    gamma, beta = norm.inputs[1], norm.inputs[2]
+    if constant_array(gamma) is None or constant_array(beta) is None:
+        return None
+    return gamma, beta, norm.attributes.get_float("epsilon", 1e-5)
+
+
+class EmbedLayerNormFusion(ir.passes.InPlacePass):
+    """Rewrite BERT-style embedding lookups + LayerNorm into ``com.microsoft.EmbedLayerNormalization``.
+
+    See the module docstring for how lookups are told apart and the refusals.
+    ``fused_count`` holds the rewrites of the last run.
+    """
+
+    fused_ops = ((MS_DOMAIN, "EmbedLayerNormalization"),)
+
+    def __init__(self, target: str = "cpu") -> None:
+        super().__init__()
+        self.target = target
+        self.fused_count = 0
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.fused_count = 0
+        missing = unsupported_ops(self.fused_ops, self.target)
+        if missing:
+            logger.info("embed-layer-norm: target %s has no kernel for %s", self.target, missing)
+            return ir.passes.PassResult(model, modified=False)
+        graph = model.graph
+        for norm in [n for n in graph if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")]:
+            leaves: list[ir.Node] = []
+            params = _layer_norm_params(norm)
+            if params is None or not _lookups(norm.inputs[0], leaves) or len(leaves) not in (2, 3):
+                continue
+            roles = _classify(model, leaves)
+            if isinstance(roles, str):
+                logger.info("embed-layer-norm: %s left unfused: %s", norm.name, roles)
+                continue
+            self._rewrite(graph, norm, roles, *params)
+            self.fused_count += 1
+        if self.fused_count:
+            model.opset_imports.setdefault(MS_DOMAIN, 1)
+            remove_dead_nodes(model)
+        return ir.passes.PassResult(model, modified=self.fused_count > 0)
+
+    def _rewrite(self, graph, norm, roles, gamma, beta, epsilon) -> None:
+        new_nodes: list[ir.Node] = []
+
+        def int32(value: ir.Value) -> ir.Value:
+            if value.dtype == ir.DataType.INT32:
+                return value
+            node = ir.node("Cast", [value], {"to": ir.DataType.INT32}, name=f"{norm.name}/cast_{value.name}")
+            node.outputs[0].name = f"{norm.name}/{value.name}_int32"
+            new_nodes.append(node)
+            return node.outputs[0]
+
+        segment = roles.get("segment")
+        position_ids = roles["position"].inputs[1]
+        inputs = [
+            int32(roles["word"].inputs[1]),
+            int32(segment.inputs[1]) if segment is not None else None,
+            roles["word"].inputs[0],
+            roles["position"].inputs[0],
+            segment.inputs[0] if segment is not None else None,
+            gamma,
+            beta,
+            None,
+            int32(position_ids) if _is_graph_input(position_ids) else None,
+        ]
+        while inputs[-1] is None:
+            inputs.pop()
+        fused = ir.node(
+            "EmbedLayerNormalization",
+            inputs,
+            {"epsilon": epsilon},
+            domain=MS_DOMAIN,
+            num_outputs=2,
+            name=f"{norm.name}/EmbedLayerNormalization",
+        )
+        fused.outputs[1].name = f"{norm.name}/mask_index"
+        new_nodes.append(fused)
+        graph.insert_before(norm, new_nodes)
+        output = norm.outputs[0]
+        fused.outputs[0].shape, fused.outputs[0].type = output.shape, output.type
+        if output.is_graph_output():
+            name, output.name = output.name, f"{output.name}_unfused"
+            fused.outputs[0].name = name
+        else:
+            fused.outputs[0].name = f"{norm.name}/embedded"
+        output.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)

@@ -1,0 +1,82 @@
+"""fuse-embed-layer-norm: BERT embedding lookups + LayerNorm into EmbedLayerNormalization."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from passes.fusion.embed_layer_norm import EmbedLayerNormFusion
+from tests.helpers import assert_same_outputs, op_types
+
+VOCAB, POSITIONS, HIDDEN = 20, 16, 8
+
+
+def _embedding_model(*, position_offset: int = 0, with_segment: bool = True) -> ir.Model:
+    """word[input_ids] + segment[token_type_ids] + position[arange(S) + offset], then LayerNorm."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "word": rng.standard_normal((VOCAB, HIDDEN)).astype(np.float32),
+        "position": rng.standard_normal((POSITIONS, HIDDEN)).astype(np.float32),
+        "segment": rng.standard_normal((2, HIDDEN)).astype(np.float32),
+        "gamma": rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32),
+        "beta": rng.standard_normal(HIDDEN).astype(np.float32),
+        # The exporter's position_ids buffer, sliced to the sequence length.
+        "position_buffer": (np.arange(POSITIONS) + position_offset).reshape(1, -1).astype(np.int64),
+        "zero": np.array([0], np.int64),
+        "one": np.array([1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
+        helper.make_node("Slice", ["ids_shape", "one", "ids_end"], ["seq"]),
+        helper.make_node("Slice", ["position_buffer", "zero", "seq", "one"], ["position_ids"]),
+        helper.make_node("Gather", ["word", "input_ids"], ["w"]),
+        helper.make_node("Gather", ["position", "position_ids"], ["p"]),
+        helper.make_node("Add", ["w", "p"], ["wp"]),
+    ]
+    weights["ids_end"] = np.array([2], np.int64)
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "S"])]
+    total = "wp"
+    if with_segment:
+        nodes += [
+            helper.make_node("Gather", ["segment", "token_type_ids"], ["s"]),
+            helper.make_node("Add", ["s", "wp"], ["wps"]),
+        ]
+        inputs.append(helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, ["B", "S"]))
+        total = "wps"
+    nodes.append(helper.make_node("LayerNormalization", [total, "gamma", "beta"], ["y"], axis=-1, epsilon=1e-12))
+    graph = helper.make_graph(
+        nodes,
+        "embeddings",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", HIDDEN])],
+        [numpy_helper.from_array(array, name) for name, array in weights.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+def _inputs(with_segment: bool = True) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    feeds = {"input_ids": rng.integers(0, VOCAB, (2, 6))}
+    if with_segment:
+        feeds["token_type_ids"] = rng.integers(0, 2, (2, 6))
+    return feeds
+
+
+@pytest.mark.parametrize("with_segment", [True, False], ids=["bert", "distilbert"])
+def test_embedding_lookups_and_layer_norm_are_fused(with_segment):
+    model = _embedding_model(with_segment=with_segment)
+    after = EmbedLayerNormFusion()(model.clone()).model
+    assert "EmbedLayerNormalization" in op_types(after)
+    assert not {"Gather", "LayerNormalization"} & set(op_types(after))
+    assert_same_outputs(model, after, _inputs(with_segment), rtol=1e-4, atol=1e-5)
+
+
+def test_shifted_position_ids_are_left_alone():
+    # RoBERTa-style positions start after the padding index: the op's default 0..S-1 would be wrong.
+    model = _embedding_model(position_offset=2)
+    assert not EmbedLayerNormFusion()(model).modified
