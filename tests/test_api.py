@@ -9,9 +9,13 @@ import onnx_ir.passes.common as common_passes
 import pytest
 
 import optimizer
+from optimizer.cli import main
 from optimizer.errors import OutputPathError, PassSelectionError
 from passes.cleanup import RemoveIdentityPass, RemoveUnusedPass
 from passes.constant_folding import FoldConstantsPass
+from passes.fusion.attention import AttentionFusion
+from passes.fusion.bias_gelu import BiasGeluFusion
+from passes.fusion.gelu import GeluFusion
 from passes.shape_simplification import ShapeSimplificationPass
 from tests.helpers import FIXTURES, assert_same_outputs, run
 
@@ -95,6 +99,38 @@ def test_passes_work_in_an_onnx_ir_pass_manager():
     assert result.modified
     actual = run(result.model, _inputs())
     np.testing.assert_allclose(actual["last_hidden_state"], reference["last_hidden_state"], rtol=1e-4, atol=1e-5)
+
+
+def test_fusion_passes_work_in_an_onnx_ir_pass_manager():
+    model = ir.load(BERT)
+    reference = run(model, _inputs())
+    manager = ir.passes.PassManager(
+        [
+            FoldConstantsPass(),
+            ShapeSimplificationPass(),
+            GeluFusion(),
+            BiasGeluFusion(),
+            AttentionFusion(),
+            RemoveUnusedPass(),
+        ],
+    )
+    result = manager(model)
+    assert {"MultiHeadAttention", "BiasGelu"} <= {node.op_type for node in result.model.graph}
+    actual = run(result.model, _inputs())
+    np.testing.assert_allclose(actual["last_hidden_state"], reference["last_hidden_state"], rtol=1e-4, atol=1e-5)
+
+
+def test_fusion_refuses_a_target_without_the_kernel():
+    # The gate every fusion shares: an EP lacking the fused op's kernel keeps the standard-ONNX form.
+    model = ir.load(BERT)
+    FoldConstantsPass()(model)
+    assert not GeluFusion(target="an-ep-without-contrib-ops")(model).modified
+
+
+def test_max_sequence_must_be_positive(tmp_path, capsys):
+    code = main(["optimize", str(BERT), "-o", str(tmp_path / "out.onnx"), "--max-sequence", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-sequence 0" in err and len(err.strip().splitlines()) == 1
 
 
 def test_static_shapes_removes_all_shape_ops():
