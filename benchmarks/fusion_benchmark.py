@@ -130,7 +130,8 @@ def main() -> None:
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--time-budget", type=float, default=10)
+    parser.add_argument("--time-budget", type=float, default=30)
+    parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     for model in args.models:
