@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--time-budget", type=float, default=30)
     parser.add_argument("--iterations", type=int, default=400)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     for model in args.models:
         paths = make_variants(model, args.heads, args.hidden)

@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--passes", help="comma-separated pass names, in order (default: the target's default pipeline)"
+        "--passes",
+        help="comma-separated pass names, in order (default: the target's default pipeline); "
+        "+NAME,... adds opt-in passes to the default pipeline instead",
     )
     parser.add_argument(
         "--target", choices=TARGETS, default="cpu", help="execution provider the result is for (default cpu)"

@@ -85,6 +85,8 @@ def default_pass_names(target: str = "cpu") -> list[str]:
 def resolve(names: list[str] | None, target: str = "cpu", *, static_shapes: bool = False) -> list[PassSpec]:
     """Look up passes by name (``None`` = the target's default pipeline), keeping the given order.
 
+    When every name starts with ``+`` (``["+fuse-gelu"]``), those passes are added to the
+    target's default pipeline instead, each at its registered position.
     ``static_shapes`` puts the shape-specializing passes first if they are not listed.
     """
     if target not in TARGETS:
@@ -92,6 +94,13 @@ def resolve(names: list[str] | None, target: str = "cpu", *, static_shapes: bool
     load_builtin_passes()
     if names is None:
         names = default_pass_names(target)
+    elif names and all(name.startswith("+") for name in names):
+        extra = {name[1:] for name in names}
+        for name in extra - set(_REGISTRY):
+            raise PassSelectionError(f"unknown pass '{name}' (see `graphopt passes`)")
+        names = [spec.name for spec in _REGISTRY.values() if target in spec.default_for or spec.name in extra]
+    elif any(name.startswith("+") for name in names):
+        raise PassSelectionError("--passes: either list every pass, or only +NAME additions to the default pipeline")
     specs = []
     for name in names:
         if name not in _REGISTRY:

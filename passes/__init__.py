@@ -1,7 +1,10 @@
 """graphopt's passes, registered in pipeline order: one line per pass.
 
 ``default_for`` names the targets whose default pipeline runs the pass; a pass
-with no target is opt-in (select it with ``--passes``).
+with no target is opt-in (select it with ``--passes``). A fusion is default only
+where it measured faster than the graph without it (benchmarks/fusion_ablation.py,
+docs/benchmarks.md); ones ONNX Runtime already performs when it loads the model, or
+that measured slower, are opt-in.
 """
 
 from optimizer.registry import register
@@ -35,16 +38,16 @@ register("simplify-ops", lambda o: op_simplification.SimplifyOpsPass(), "No-op r
 register("simplify-shapes", lambda o: shape_simplification.ShapeSimplificationPass(), "Rewrite computed Reshape/Expand targets as constants with 0/-1, keeping shapes dynamic.", default_for=("cpu", "cuda"))
 register("merge-subexpressions", lambda o: cleanup.EliminateCommonSubexpressionsPass(), "Merge duplicate computations, e.g. repeated Shape chains (onnx-ir).", default_for=("cpu", "cuda"))
 register("lift-constants", lambda o: cleanup.LiftConstantsPass(), "Turn Constant nodes into initializers (onnx-ir).", default_for=("cpu", "cuda"))
-register("fuse-layer-norm", lambda o: layer_norm.LayerNormFusion(o.target), "Decomposed LayerNorm into LayerNormalization (opset 17+).", default_for=("cpu", "cuda"))
+register("fuse-layer-norm", lambda o: layer_norm.LayerNormFusion(o.target), "Decomposed LayerNorm into LayerNormalization (opset 17+).")
 register("fuse-rms-norm", lambda o: rms_norm.RmsNormFusion(o.target), "Decomposed RMSNorm into SimplifiedLayerNormalization.", default_for=("cpu", "cuda"))
-register("fuse-gelu", lambda o: gelu.GeluFusion(o.target), "Erf/tanh GELU formulas into Gelu/FastGelu.", default_for=("cpu", "cuda"))
-register("fuse-bias-gelu", lambda o: bias_gelu.BiasGeluFusion(o.target), "Bias Add + Gelu/FastGelu into BiasGelu/FastGelu with bias.", default_for=("cpu", "cuda"))
-register("fuse-embed-layer-norm", lambda o: embed_layer_norm.EmbedLayerNormFusion(o.target), "BERT word/position/segment embedding lookups + LayerNorm into EmbedLayerNormalization.", default_for=("cpu", "cuda"))
-register("fuse-skip-layer-norm", lambda o: skip_layer_norm.SkipLayerNormFusion(o.target), "Residual Add (+ bias) + LayerNormalization into SkipLayerNormalization.", default_for=("cpu", "cuda"))
-register("fuse-skip-rms-norm", lambda o: skip_layer_norm.SkipRmsNormFusion(o.target), "Residual Add (+ bias) + SimplifiedLayerNormalization (RMSNorm) into SkipSimplifiedLayerNormalization.", default_for=("cpu", "cuda"))
+register("fuse-gelu", lambda o: gelu.GeluFusion(o.target), "Erf/tanh GELU formulas into Gelu/FastGelu.")
+register("fuse-bias-gelu", lambda o: bias_gelu.BiasGeluFusion(o.target), "Bias Add + Gelu/FastGelu into BiasGelu/FastGelu with bias.")
+register("fuse-embed-layer-norm", lambda o: embed_layer_norm.EmbedLayerNormFusion(o.target), "BERT word/position/segment embedding lookups + LayerNorm into EmbedLayerNormalization.")
+register("fuse-skip-layer-norm", lambda o: skip_layer_norm.SkipLayerNormFusion(o.target), "Residual Add (+ bias) + LayerNormalization into SkipLayerNormalization.")
+register("fuse-skip-rms-norm", lambda o: skip_layer_norm.SkipRmsNormFusion(o.target), "Residual Add (+ bias) + SimplifiedLayerNormalization (RMSNorm) into SkipSimplifiedLayerNormalization.")
 register("fuse-rotary-embedding", lambda o: rotary_embedding.RotaryEmbeddingFusion(o.target, int(o.settings.get("rotary_cache_length", rotary_embedding.DEFAULT_CACHE_LENGTH))), "Rotary position embedding (x*cos + rotate_half(x)*sin) into RotaryEmbedding.", default_for=("cpu", "cuda"))
 register("fuse-attention", lambda o: attention.AttentionFusion(o.target), "Scaled dot-product attention (Q/K/V heads, scale, mask, softmax) into MultiHeadAttention.", default_for=("cpu", "cuda"))
-register("fuse-conv-affine", lambda o: conv_affine.ConvAffineFusion(o.target), "Per-channel constant Mul/Add after a Conv folded into its weights and bias.", default_for=("cpu", "cuda"))
+register("fuse-conv-affine", lambda o: conv_affine.ConvAffineFusion(o.target), "Per-channel constant Mul/Add after a Conv folded into its weights and bias.")
 register("fuse-matmul-add", lambda o: matmul.MatMulAddFusion(o.target), "2-D MatMul + bias Add into Gemm (onnxscript); ORT does this at load time.")
 register("fuse-matmul-transpose", lambda o: matmul.FusedMatMulFusion(o.target), "Transposes and constant scaling folded into FusedMatMul (onnxscript); ORT does this at load time.")
 register("deduplicate-initializers", lambda o: initializer_deduplication.DeduplicateInitializersPass(), "Merge initializers with identical contents.", default_for=("cpu", "cuda"))

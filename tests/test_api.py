@@ -11,6 +11,7 @@ import pytest
 import optimizer
 from optimizer.cli import main
 from optimizer.errors import OutputPathError, PassSelectionError
+from optimizer.registry import resolve
 from passes.cleanup import RemoveIdentityPass, RemoveUnusedPass
 from passes.constant_folding import FoldConstantsPass
 from passes.fusion.attention import AttentionFusion
@@ -118,6 +119,15 @@ def test_fusion_passes_work_in_an_onnx_ir_pass_manager():
     assert {"MultiHeadAttention", "BiasGelu"} <= {node.op_type for node in result.model.graph}
     actual = run(result.model, _inputs())
     np.testing.assert_allclose(actual["last_hidden_state"], reference["last_hidden_state"], rtol=1e-4, atol=1e-5)
+
+
+def test_plus_names_add_opt_in_passes_to_the_default_pipeline():
+    names = [spec.name for spec in resolve(["+fuse-gelu", "+fuse-bias-gelu"])]
+    default = optimizer.default_pass_names("cpu")
+    assert [name for name in names if name not in ("fuse-gelu", "fuse-bias-gelu")] == default
+    assert names.index("fuse-gelu") < names.index("fuse-bias-gelu") < names.index("fuse-attention")
+    with pytest.raises(PassSelectionError):
+        resolve(["+fuse-gelu", "remove-unused"])
 
 
 def test_fusion_refuses_a_target_without_the_kernel():

@@ -1,7 +1,8 @@
 """Every fusion pass on the exported transformer fixtures: counts and numerics.
 
-With all fusions on (the cuda target's default pipeline; the cpu default leaves out
-those measured slower on CPU, docs/benchmarks.md), every attention block, layer norm,
+With every transformer fusion on (the default pipeline plus the opt-in fusions that
+ONNX Runtime also performs at load time or that measured slower on CPU,
+docs/benchmarks.md), every attention block, layer norm,
 GELU and rotary embedding of every fixture (both exporters) must be fused, and the
 fused model must match the original on ONNX Runtime, including on a batch whose
 first sequence is padded (so the attention mask is exercised).
@@ -18,10 +19,16 @@ import pytest
 
 import optimizer
 from optimizer.inputs import make_inputs, symbolic_dims
-from optimizer.registry import default_pass_names
 from tests.helpers import FIXTURES, assert_same_outputs
 
-_LAYERS = 2
+OPT_IN_FUSIONS = [
+    "fuse-layer-norm",
+    "fuse-gelu",
+    "fuse-bias-gelu",
+    "fuse-embed-layer-norm",
+    "fuse-skip-layer-norm",
+    "fuse-skip-rms-norm",
+]
 # family -> fused op counts the default cpu pipeline must reach on both exporters' graphs.
 _EXPECTED = {
     "bert": {"MultiHeadAttention": 2, "EmbedLayerNormalization": 1, "SkipLayerNormalization": 4, "BiasGelu": 2},
@@ -52,8 +59,16 @@ def _padded_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("family", sorted(_EXPECTED))
 def test_every_block_is_fused_and_outputs_match(family, exporter):
     original = onnx.load(FIXTURES / f"{family}_{exporter}.onnx")
-    fused = optimizer.optimize(original, default_pass_names("cuda"))
+    fused = optimizer.optimize(original, [f"+{name}" for name in OPT_IN_FUSIONS])
     ops = collections.Counter(node.op_type for node in fused.graph.node)
     assert {op: ops[op] for op in _EXPECTED[family]} == _EXPECTED[family]
     assert not _UNFUSED & set(ops), f"left unfused: {_UNFUSED & set(ops)}"
     assert_same_outputs(ir.from_proto(original), ir.from_proto(fused), _padded_inputs(original), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_default_cpu_pipeline_fuses_attention_and_rotary(exporter):
+    fused = optimizer.optimize(onnx.load(FIXTURES / f"llama_{exporter}.onnx"))
+    ops = collections.Counter(node.op_type for node in fused.graph.node)
+    assert ops["MultiHeadAttention"] == 2 and ops["RotaryEmbedding"] == 4
+    assert ops["SimplifiedLayerNormalization"] == 5 and not ops["SkipSimplifiedLayerNormalization"]
