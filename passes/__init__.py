@@ -46,7 +46,7 @@ register("fuse-embed-layer-norm", lambda o: embed_layer_norm.EmbedLayerNormFusio
 register("fuse-skip-layer-norm", lambda o: skip_layer_norm.SkipLayerNormFusion(o.target), "Residual Add (+ bias) + LayerNormalization into SkipLayerNormalization.")
 register("fuse-skip-rms-norm", lambda o: skip_layer_norm.SkipRmsNormFusion(o.target), "Residual Add (+ bias) + SimplifiedLayerNormalization (RMSNorm) into SkipSimplifiedLayerNormalization.")
 register("fuse-rotary-embedding", lambda o: rotary_embedding.RotaryEmbeddingFusion(o.target, int(o.settings.get("rotary_cache_length", rotary_embedding.DEFAULT_CACHE_LENGTH))), "Rotary position embedding (x*cos + rotate_half(x)*sin) into RotaryEmbedding.", default_for=("cpu", "cuda"))
-register("fuse-attention", lambda o: attention.AttentionFusion(o.target), "Scaled dot-product attention (Q/K/V heads, scale, mask, softmax) into MultiHeadAttention.", default_for=("cpu", "cuda"))
+register("fuse-attention", lambda o: attention.AttentionFusion(o.target, bool(o.settings.get("attention_pack_qkv", True))), "Scaled dot-product attention (Q/K/V heads, scale, mask, softmax) into Attention (packed QKV) or MultiHeadAttention.", default_for=("cpu", "cuda"))
 register("fuse-conv-affine", lambda o: conv_affine.ConvAffineFusion(o.target), "Per-channel constant Mul/Add after a Conv folded into its weights and bias.")
 register("fuse-matmul-add", lambda o: matmul.MatMulAddFusion(o.target), "2-D MatMul + bias Add into Gemm (onnxscript); ORT does this at load time.")
 register("fuse-matmul-transpose", lambda o: matmul.FusedMatMulFusion(o.target), "Transposes and constant scaling folded into FusedMatMul (onnxscript); ORT does this at load time.")

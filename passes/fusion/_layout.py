@@ -126,7 +126,7 @@ def last_dim(value: ir.Value) -> int | None:
     return None
 
 
-def _shape_tokens(value: ir.Value | None, depth: int = 0) -> list | None:
+def shape_tokens(value: ir.Value | None, depth: int = 0) -> list | None:
     """Evaluate a 1-D int64 shape expression into tokens: ints, or ``(tensor, axis)`` for a tensor's dim."""
     if value is None or depth > 12:
         return None
@@ -147,13 +147,13 @@ def _shape_tokens(value: ir.Value | None, depth: int = 0) -> list | None:
     if node.op_type == "Concat":
         tokens: list = []
         for operand in node.inputs:
-            part = _shape_tokens(operand, depth + 1)
+            part = shape_tokens(operand, depth + 1)
             if part is None:
                 return None
             tokens += part
         return tokens
     if node.op_type == "Slice":
-        data = _shape_tokens(node.inputs[0], depth + 1)
+        data = shape_tokens(node.inputs[0], depth + 1)
         bounds = [constant_array(v) for v in node.inputs[1:3]]
         extra = [constant_array(v) for v in node.inputs[3:] if v is not None]
         if data is None or any(b is None or b.size != 1 for b in bounds + extra):
@@ -164,7 +164,7 @@ def _shape_tokens(value: ir.Value | None, depth: int = 0) -> list | None:
         end = min(end, len(data)) if end < _INT64_MAX else len(data)
         return data[max(start, -len(data)) : end]
     if node.op_type in ("Gather", "Unsqueeze", "Squeeze"):
-        data = _shape_tokens(node.inputs[0], depth + 1)
+        data = shape_tokens(node.inputs[0], depth + 1)
         if data is None:
             return None
         if node.op_type != "Gather":
@@ -188,7 +188,7 @@ def transposed_key(value: ir.Value) -> tuple[str, ir.Value, HeadSplit | None] | 
         return "split", split.hidden, split
     transpose = producer(value, "Transpose")
     if transpose is not None and perm(transpose) == (0, 1, 3, 2):
-        return "bnsh", transpose.inputs[0], None
+        return _bnsh_key(transpose.inputs[0])
     # Dynamo: Reshape(Transpose(Reshape(k, [-1, T, d]), (0, 2, 1)), [B, N, d, T]) from Shape(k).
     outer = producer(value, "Reshape")
     middle = producer(outer.inputs[0], "Transpose") if outer is not None else None
@@ -198,10 +198,18 @@ def transposed_key(value: ir.Value) -> tuple[str, ir.Value, HeadSplit | None] | 
     key = inner.inputs[0]
     if key.shape is None or key.shape.rank() != 4:
         return None
-    if not _is_dims_of(_shape_tokens(inner.inputs[1]), key, [None, 2, 3]):
+    if not _is_dims_of(shape_tokens(inner.inputs[1]), key, [None, 2, 3]):
         return None
-    if not _is_dims_of(_shape_tokens(outer.inputs[1]), key, [0, 1, 3, 2]):
+    if not _is_dims_of(shape_tokens(outer.inputs[1]), key, [0, 1, 3, 2]):
         return None
+    return _bnsh_key(key)
+
+
+def _bnsh_key(key: ir.Value) -> tuple[str, ir.Value, HeadSplit | None]:
+    """A ``[B, N, T, d]`` key, described by its head split when it comes straight from one."""
+    split = head_split(key, (0, 2, 1, 3))
+    if split is not None:
+        return "split", split.hidden, split
     return "bnsh", key, None
 
 

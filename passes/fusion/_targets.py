@@ -22,6 +22,7 @@ _KERNELS: dict[tuple[str, str], frozenset[str]] = {
     (MS_DOMAIN, "FastGelu"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "BiasGelu"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "MultiHeadAttention"): frozenset({"cpu", "cuda"}),
+    (MS_DOMAIN, "Attention"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "RotaryEmbedding"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "EmbedLayerNormalization"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "FusedMatMul"): frozenset({"cpu", "cuda"}),

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from passes._utils import add_initializer, remove_dead_nodes
+from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.fusion._layout import (
     HeadSplit,
     head_split,
@@ -48,6 +48,7 @@ from passes.fusion._layout import (
     last_dim,
     perm,
     producer,
+    shape_tokens,
     strip_scale,
     transposed_key,
 )
@@ -277,20 +278,127 @@ def _expanded_bias(build: _Builder, bias: ir.Value, query: ir.Value, key: ir.Val
     return cache[cache_key]
 
 
-def _rewrite(graph: ir.Graph, match: _Attention, num_heads: int, index: int, cache: dict) -> None:
-    build = _Builder(graph, match.probs_matmul, f"MultiHeadAttention_{index}")
-    three_d = match.key_layout == "split" and match.value_split is not None
-    if three_d:
-        key, value = match.key, match.value_split.hidden
+def _projection(value: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray | None] | None:
+    """``(x, W, b)`` when ``value = x @ W [+ b]`` with constant 2-D ``W`` (and 1-D ``b``), used only here."""
+    if len(list(value.uses())) != 1 or value.is_graph_output():
+        return None
+    bias, product = None, value
+    add = producer(value, "Add")
+    if add is not None:
+        for operand, other in ((add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])):
+            array = constant_array(other)
+            if array is not None and producer(operand, "MatMul") is not None:
+                bias, product = array, operand
+                break
+        else:
+            return None
+        if bias.ndim != 1 or len(list(product.uses())) != 1:
+            return None
+    matmul = producer(product, "MatMul")
+    weight = constant_array(matmul.inputs[1]) if matmul is not None else None
+    if weight is None or weight.ndim != 2 or (bias is not None and bias.shape[0] != weight.shape[1]):
+        return None
+    return matmul.inputs[0], weight, bias
+
+
+def _packed_qkv(match: _Attention) -> tuple[ir.Value, np.ndarray, np.ndarray, list[int]] | None:
+    """Input, packed weights ``[D, q+k+v]``, packed bias and widths, when Q/K/V project one input."""
+    if match.query_split is None or match.key_layout != "split" or match.value_split is None:
+        return None
+    hidden = [match.query_split.hidden, match.key, match.value_split.hidden]
+    parts = [_projection(v) for v in hidden]
+    if any(part is None for part in parts) or len({id(part[0]) for part in parts}) != 1:
+        return _packed_by_split(hidden)
+    weights = [part[1] for part in parts]
+    if len({w.shape[0] for w in weights}) != 1 or weights[0].shape[1] != weights[1].shape[1]:
+        return None
+    if len({w.dtype for w in weights}) != 1:
+        return None
+    biases = [part[2] if part[2] is not None else np.zeros(w.shape[1], w.dtype) for part, w in zip(parts, weights)]
+    widths = [w.shape[1] for w in weights]
+    return parts[0][0], np.concatenate(weights, axis=1), np.concatenate(biases).astype(weights[0].dtype), widths
+
+
+def _packed_by_split(hidden: list[ir.Value]) -> tuple[ir.Value, np.ndarray, np.ndarray, list[int]] | None:
+    """GPT-2's Conv1D: Q, K, V are the three outputs of ``Split(Reshape(Gemm(Reshape(x, [-1, D]), W, b)))``."""
+    split = producer(hidden[0], "Split")
+    if split is None or list(split.outputs) != hidden or split.attributes.get_int("axis", 0) not in (-1, 2):
+        return None
+    if any(len(list(v.uses())) != 1 or v.is_graph_output() for v in hidden):
+        return None
+    outer = producer(split.inputs[0], "Reshape")
+    gemm = producer(outer.inputs[0], "Gemm") if outer is not None else None
+    inner = producer(gemm.inputs[0], "Reshape") if gemm is not None else None
+    if inner is None or len(gemm.inputs) < 3:
+        return None
+    if any(len(list(v.uses())) != 1 for v in (split.inputs[0], outer.inputs[0])):
+        return None
+    attrs = gemm.attributes
+    if attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0 or attrs.get_int("transA", 0):
+        return None
+    weight, bias = constant_array(gemm.inputs[1]), constant_array(gemm.inputs[2])
+    if (
+        weight is None
+        or bias is None
+        or weight.ndim != 2
+        or bias.shape != (weight.shape[1 - attrs.get_int("transB", 0)],)
+    ):
+        return None
+    if attrs.get_int("transB", 0):
+        weight = weight.T
+    x = inner.inputs[0]
+    flatten = constant_array(inner.inputs[1])
+    if x.shape is None or x.shape.rank() != 3 or flatten is None or list(flatten) != [-1, weight.shape[0]]:
+        return None
+    # The Reshape back to 3-D must restore x's batch and sequence dims.
+    restored = outer.outputs[0].shape
+    same_dims = (
+        restored is not None
+        and restored.rank() == 3
+        and all(
+            restored[i] == x.shape[i] and (isinstance(restored[i], int) or restored[i].value is not None)
+            for i in (0, 1)
+        )
+    )
+    if not same_dims and shape_tokens(outer.inputs[1]) != [(x, 0), (x, 1), weight.shape[1]]:
+        return None
+    widths = [last_dim(v) for v in hidden]
+    if None in widths or sum(widths) != weight.shape[1] or widths[0] != widths[1]:
+        return None
+    return x, np.ascontiguousarray(weight), bias, widths
+
+
+def _rewrite(graph: ir.Graph, match: _Attention, num_heads: int, index: int, cache: dict, pack_qkv: bool) -> None:
+    packed = _packed_qkv(match) if pack_qkv else None
+    op_type = "Attention" if packed is not None else "MultiHeadAttention"
+    build = _Builder(graph, match.probs_matmul, f"{op_type}_{index}")
+    attributes = {"num_heads": num_heads, "scale": match.scale}
+    if packed is not None:
+        x, weights, biases, widths = packed
+        if widths[2] != widths[0]:
+            attributes["qkv_hidden_sizes"] = widths
+        bias = _expanded_bias(build, match.bias, x, x, cache) if match.bias is not None else None
+        inputs = [
+            x,
+            add_initializer(graph, f"{build.name}/qkv_weight", weights),
+            add_initializer(graph, f"{build.name}/qkv_bias", biases),
+            None,
+            None,
+            bias,
+        ]
     else:
-        key = build.to_heads(match.key_split.split) if match.key_layout == "split" else match.key
-        value = match.value
-    query = match.query_split.hidden if match.query_split is not None else build.to_hidden(match.query)
-    bias = _expanded_bias(build, match.bias, query, key, cache) if match.bias is not None else None
-    inputs = [query, key, value, None, None, bias]
+        three_d = match.key_layout == "split" and match.value_split is not None
+        if three_d:
+            key, value = match.key, match.value_split.hidden
+        else:
+            key = build.to_heads(match.key_split.split) if match.key_layout == "split" else match.key
+            value = match.value
+        query = match.query_split.hidden if match.query_split is not None else build.to_hidden(match.query)
+        bias = _expanded_bias(build, match.bias, query, key, cache) if match.bias is not None else None
+        inputs = [query, key, value, None, None, bias]
     while inputs[-1] is None:
         inputs.pop()
-    fused = build.node("MultiHeadAttention", inputs, domain=MS_DOMAIN, num_heads=num_heads, scale=match.scale)
+    fused = build.node(op_type, inputs, domain=MS_DOMAIN, **attributes)
     merged = _merged_output(match.probs_matmul, match.query_split.hidden if match.query_split else None)
     if merged is not None:
         fused.outputs[0].shape, fused.outputs[0].type = merged.shape, merged.type
@@ -317,11 +425,12 @@ class AttentionFusion(ir.passes.InPlacePass):
     logged at INFO with its reason. ``fused_count`` holds the rewrites of the last run.
     """
 
-    fused_ops = ((MS_DOMAIN, "MultiHeadAttention"),)
+    fused_ops = ((MS_DOMAIN, "MultiHeadAttention"), (MS_DOMAIN, "Attention"))
 
-    def __init__(self, target: str = "cpu") -> None:
+    def __init__(self, target: str = "cpu", pack_qkv: bool = True) -> None:
         super().__init__()
         self.target = target
+        self.pack_qkv = pack_qkv
         self.fused_count = 0
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -342,7 +451,7 @@ class AttentionFusion(ir.passes.InPlacePass):
             if heads is None or not math.isfinite(match.scale) or match.scale <= 0:
                 logger.info("attention: %s left unfused: head count or scale unknown", softmax.name)
                 continue
-            _rewrite(graph, match, heads[0], self.fused_count, expanded_biases)
+            _rewrite(graph, match, heads[0], self.fused_count, expanded_biases, self.pack_qkv)
             self.fused_count += 1
         if self.fused_count:
             model.opset_imports.setdefault(MS_DOMAIN, 1)

@@ -89,7 +89,7 @@ def _inputs(with_mask: bool = True) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("key_form", ["split", "bnsh"])
 def test_self_attention_with_mask_is_fused(key_form):
     model = _attention_model(key_form=key_form)
-    fusion = AttentionFusion()
+    fusion = AttentionFusion(pack_qkv=False)
     after = fusion(model.clone()).model
     assert fusion.fused_count == 1
     assert "Softmax" not in op_types(after)
@@ -97,16 +97,26 @@ def test_self_attention_with_mask_is_fused(key_form):
     assert mha.domain == "com.microsoft"
     assert mha.attributes.get_int("num_heads") == HEADS
     assert mha.attributes.get_float("scale") == pytest.approx(1 / np.sqrt(HEAD_SIZE))
-    # The 3-D projections feed the op directly when the key comes from a head split.
-    expected_key_rank = 3 if key_form == "split" else 4
-    assert mha.inputs[1].shape.rank() == expected_key_rank
+    # Either way the key traces back to a head split, so the 3-D projections feed the op.
+    assert mha.inputs[1].shape.rank() == 3
+    assert_same_outputs(model, after, _inputs(), rtol=1e-4, atol=1e-5)
+
+
+def test_self_attention_gets_packed_qkv_weights():
+    model = _attention_model()
+    after = AttentionFusion()(model.clone()).model
+    (fused,) = [n for n in after.graph if n.domain == "com.microsoft"]
+    assert fused.op_type == "Attention" and fused.attributes.get_int("num_heads") == HEADS
+    assert fused.inputs[0].name == "x"
+    assert fused.inputs[1].const_value.shape == (HIDDEN, 3 * HIDDEN)
+    assert not {"MatMul", "Softmax"} & set(op_types(after))
     assert_same_outputs(model, after, _inputs(), rtol=1e-4, atol=1e-5)
 
 
 def test_attention_without_mask_is_fused():
     model = _attention_model(with_mask=False)
     after = AttentionFusion()(model.clone()).model
-    assert "MultiHeadAttention" in op_types(after)
+    assert "Attention" in op_types(after)
     assert_same_outputs(model, after, _inputs(with_mask=False), rtol=1e-4, atol=1e-5)
 
 
