@@ -3,8 +3,9 @@
 Generated inputs follow what a transformer or CNN expects: symbolic dimensions are
 bound by name (``--dim NAME=VALUE``; batch-like dims default to 1, every other
 symbolic dim to 128), token-id-like integer inputs stay inside the embedding table
-they index, attention masks are ones, and floats are standard normal. Generation
-is seeded, so the same model always gets the same inputs.
+they index, attention masks are ones (with two or more rows, the last row's final
+quarter is padding, so verification exercises masking), and floats are standard
+normal. Generation is seeded, so the same model always gets the same inputs.
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def _generate(model: ir.Model, value: ir.Value, shape: tuple[int, ...], rng: np.
         return rng.integers(0, 2, size=shape).astype(bool)
     if dtype.is_integer():
         if _MASK_NAME.search(value.name):
-            return np.ones(shape, dtype=numpy_dtype)
+            return _padding_mask(shape, numpy_dtype)
         high = _index_range(value) or _DEFAULT_INT_HIGH
         if _POSITION_NAME.search(value.name) and shape:
             positions = np.arange(shape[-1]) % high
@@ -201,11 +202,23 @@ def _generate(model: ir.Model, value: ir.Value, shape: tuple[int, ...], rng: np.
         return rng.integers(0, high, size=shape).astype(numpy_dtype)
     if dtype.is_floating_point():
         if _MASK_NAME.search(value.name):
-            return np.ones(shape, dtype=numpy_dtype)
+            return _padding_mask(shape, numpy_dtype)
         return rng.standard_normal(shape).astype(numpy_dtype)
     raise InputSpecError(
         f"input '{value.name}' has type {dtype}, which graphopt cannot generate; pass --inputs FILE.npz"
     )
+
+
+def _padding_mask(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Ones (attend), except that a ``[batch >= 2, seq >= 4]`` mask pads its last row's final quarter.
+
+    Right padding leaves every query row some key to attend to, so the original's
+    outputs stay finite, while verification still sees masking at work.
+    """
+    mask = np.ones(shape, dtype=dtype)
+    if len(shape) == 2 and shape[0] >= 2 and shape[1] >= 4:
+        mask[-1, shape[1] - shape[1] // 4 :] = 0
+    return mask
 
 
 def _index_range(value: ir.Value) -> int | None:

@@ -1,4 +1,4 @@
-"""Attention fusion: scaled dot-product attention subgraphs into ``MultiHeadAttention``.
+"""Attention fusion: scaled dot-product attention subgraphs into ``Attention`` or ``MultiHeadAttention``.
 
 Anchored on each ``Softmax`` over the last axis, it recognises
 
@@ -7,7 +7,9 @@ Anchored on each ``Softmax`` over the last axis, it recognises
     output = probs @ V
 
 where Q, K and V are per-head tensors ``[B, N, S, d]``, and rewrites it into one
-``com.microsoft.MultiHeadAttention`` with the additive mask as ``attention_bias``.
+``com.microsoft.Attention`` (packed ``[D, q+k+v]`` weights, when Q, K and V are
+constant projections of one input, GPT-2's ``Conv1D`` + ``Split`` included) or
+``com.microsoft.MultiHeadAttention``, with the additive mask as ``attention_bias``.
 This covers BERT/DistilBERT/ViT self-attention, GPT-2's causal attention (the causal
 and padding masks are already folded into the bias by the exporter) and Llama-style
 attention after rotary embedding with repeated KV heads, from both PyTorch
@@ -52,6 +54,7 @@ from passes.fusion._layout import (
     strip_scale,
     transposed_key,
 )
+from passes.fusion._probe import evaluate, graph_inputs_of
 from passes.fusion._targets import MS_DOMAIN, unsupported_ops
 
 logger = logging.getLogger(__name__)
@@ -253,6 +256,16 @@ def _merged_output(probs_matmul: ir.Node, query_hidden: ir.Value | None) -> ir.V
     return reshape.outputs[0]
 
 
+def _int32(build: _Builder, mask: ir.Value, cache: dict) -> ir.Value:
+    """The 2-D mask input as int32 (the Attention op's mask type), cast once per graph."""
+    if mask.dtype == ir.DataType.INT32:
+        return mask
+    key = ("int32", id(mask))
+    if key not in cache:
+        cache[key] = build.node("Cast", [mask], to=ir.DataType.INT32).outputs[0]
+    return cache[key]
+
+
 def _full_size(dim) -> bool:
     """True if a bias dim is known not to broadcast: a static size above 1 or a named symbolic dim."""
     if isinstance(dim, int):
@@ -368,7 +381,43 @@ def _packed_by_split(hidden: list[ir.Value]) -> tuple[ir.Value, np.ndarray, np.n
     return x, np.ascontiguousarray(weight), bias, widths
 
 
-def _rewrite(graph: ir.Graph, match: _Attention, num_heads: int, index: int, cache: dict, pack_qkv: bool) -> None:
+_PROBE_MASK = np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])  # left- and right-padded rows
+
+
+def _mask_kind(model: ir.Model, bias: ir.Value) -> tuple[ir.Value, bool] | None:
+    """``(mask_input, causal)`` when the additive ``bias`` is exactly what a 2-D padding mask input implies.
+
+    The bias subgraph is evaluated on ONNX Runtime for a left- and a right-padded row;
+    it must be 0 where ``mask[b, t] == 1`` (and ``t <= s`` if causal) and at most -1e4
+    elsewhere, whatever exporter code built it.
+    """
+    inputs = graph_inputs_of([bias])
+    masks = [v for v in inputs if "mask" in (v.name or "").lower()]
+    if len(masks) != 1 or any(
+        v.dtype not in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT)
+        or v.shape is None
+        or v.shape.rank() != 2
+        for v in inputs
+    ):
+        return None
+    feeds = {v.name: np.ones(_PROBE_MASK.shape, dtype=v.dtype.numpy()) for v in inputs}
+    feeds[masks[0].name] = _PROBE_MASK.astype(masks[0].dtype.numpy())
+    try:
+        (value,) = evaluate(model, [bias], feeds)
+        batch, seq = _PROBE_MASK.shape
+        value = np.broadcast_to(value, (batch, value.shape[1], seq, seq))
+    except Exception:  # ORT raises many unrelated types for a subgraph it cannot run
+        return None
+    padding = np.broadcast_to(_PROBE_MASK[:, None, None, :] == 1, value.shape)
+    causal = padding & np.tril(np.ones((seq, seq), dtype=bool))
+    for allowed, is_causal in ((padding, False), (causal, True)):
+        if np.all(value[allowed] == 0) and np.all(value[~allowed] <= -1e4):
+            return masks[0], is_causal
+    return None
+
+
+def _rewrite(model: ir.Model, match: _Attention, num_heads: int, index: int, cache: dict, pack_qkv: bool) -> None:
+    graph = model.graph
     packed = _packed_qkv(match) if pack_qkv else None
     op_type = "Attention" if packed is not None else "MultiHeadAttention"
     build = _Builder(graph, match.probs_matmul, f"{op_type}_{index}")
@@ -377,12 +426,25 @@ def _rewrite(graph: ir.Graph, match: _Attention, num_heads: int, index: int, cac
         x, weights, biases, widths = packed
         if widths[2] != widths[0]:
             attributes["qkv_hidden_sizes"] = widths
-        bias = _expanded_bias(build, match.bias, x, x, cache) if match.bias is not None else None
+        bias, mask_index = None, None
+        if match.bias is not None:
+            key = ("mask", id(match.bias))
+            if key not in cache:
+                cache[key] = _mask_kind(model, match.bias)
+            if cache[key] is not None:
+                # A plain padding (or causal + padding) mask: the op reads the 2-D mask and the
+                # exporter's [B, 1, S, T] bias subgraph goes away.
+                mask, causal = cache[key]
+                mask_index = _int32(build, mask, cache)
+                if causal:
+                    attributes["unidirectional"] = 1
+            else:
+                bias = _expanded_bias(build, match.bias, x, x, cache)
         inputs = [
             x,
             add_initializer(graph, f"{build.name}/qkv_weight", weights),
             add_initializer(graph, f"{build.name}/qkv_bias", biases),
-            None,
+            mask_index,
             None,
             bias,
         ]
@@ -419,10 +481,11 @@ def _replace(old: ir.Value, new: ir.Value) -> None:
 
 
 class AttentionFusion(ir.passes.InPlacePass):
-    """Rewrite scaled dot-product attention subgraphs into ``com.microsoft.MultiHeadAttention``.
+    """Rewrite scaled dot-product attention subgraphs into ``com.microsoft.Attention`` / ``MultiHeadAttention``.
 
     See the module docstring for the matched forms and refusals; each refusal is
-    logged at INFO with its reason. ``fused_count`` holds the rewrites of the last run.
+    logged at INFO with its reason. ``pack_qkv=False`` always emits MultiHeadAttention.
+    ``fused_count`` holds the rewrites of the last run.
     """
 
     fused_ops = ((MS_DOMAIN, "MultiHeadAttention"), (MS_DOMAIN, "Attention"))
@@ -451,7 +514,7 @@ class AttentionFusion(ir.passes.InPlacePass):
             if heads is None or not math.isfinite(match.scale) or match.scale <= 0:
                 logger.info("attention: %s left unfused: head count or scale unknown", softmax.name)
                 continue
-            _rewrite(graph, match, heads[0], self.fused_count, expanded_biases, self.pack_qkv)
+            _rewrite(model, match, heads[0], self.fused_count, expanded_biases, self.pack_qkv)
             self.fused_count += 1
         if self.fused_count:
             model.opset_imports.setdefault(MS_DOMAIN, 1)

@@ -14,7 +14,9 @@ from tests.helpers import assert_same_outputs, op_types
 HIDDEN, HEADS, HEAD_SIZE = 8, 2, 4
 
 
-def _attention_model(*, softmax_axis: int = -1, key_form: str = "split", with_mask: bool = True) -> ir.Model:
+def _attention_model(
+    *, softmax_axis: int = -1, key_form: str = "split", with_mask: bool = True, mask_from_input: bool = False
+) -> ir.Model:
     """BERT-style self-attention as the legacy exporter writes it (scale on the scores here).
 
     ``key_form``: "split" transposes the key with perm (0, 2, 3, 1) straight from the
@@ -51,7 +53,21 @@ def _attention_model(*, softmax_axis: int = -1, key_form: str = "split", with_ma
     ]
     logits = "scaled"
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", HIDDEN])]
-    if with_mask:
+    if with_mask and mask_from_input:
+        # The classic BERT extended mask: (1 - mask) * -10000, as [B, 1, 1, S].
+        weights["one"] = np.array(1.0, np.float32)
+        weights["filler"] = np.array(-10000.0, np.float32)
+        weights["mask_axes"] = np.array([1, 2], np.int64)
+        nodes += [
+            helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+            helper.make_node("Sub", ["one", "mask_f"], ["inverted"]),
+            helper.make_node("Mul", ["inverted", "filler"], ["mask_2d"]),
+            helper.make_node("Unsqueeze", ["mask_2d", "mask_axes"], ["mask_bias"]),
+            helper.make_node("Add", ["scaled", "mask_bias"], ["masked"]),
+        ]
+        inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "S"]))
+        logits = "masked"
+    elif with_mask:
         nodes.append(helper.make_node("Add", ["scaled", "mask_bias"], ["masked"]))
         inputs.append(helper.make_tensor_value_info("mask_bias", TensorProto.FLOAT, ["B", 1, 1, "S"]))
         logits = "masked"
@@ -111,6 +127,18 @@ def test_self_attention_gets_packed_qkv_weights():
     assert fused.inputs[1].const_value.shape == (HIDDEN, 3 * HIDDEN)
     assert not {"MatMul", "Softmax"} & set(op_types(after))
     assert_same_outputs(model, after, _inputs(), rtol=1e-4, atol=1e-5)
+
+
+def test_padding_mask_subgraph_becomes_the_ops_mask_input():
+    model = _attention_model(mask_from_input=True)
+    after = AttentionFusion()(model.clone()).model
+    (fused,) = [n for n in after.graph if n.domain == "com.microsoft"]
+    assert fused.op_type == "Attention"
+    # The 2-D mask (cast to int32) replaces the float bias; its subgraph is gone.
+    assert fused.inputs[3].producer().op_type == "Cast" and len(fused.inputs) == 4
+    assert not {"Sub", "Unsqueeze"} & set(op_types(after))
+    feeds = {"x": _inputs()["x"], "attention_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int64)}
+    assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
 
 
 def test_attention_without_mask_is_fused():

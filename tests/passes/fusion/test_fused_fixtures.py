@@ -65,6 +65,9 @@ def test_every_block_is_fused_and_outputs_match(family, exporter):
     ops = collections.Counter(node.op_type for node in fused.graph.node)
     assert {op: ops[op] for op in _EXPECTED[family]} == _EXPECTED[family]
     assert not _UNFUSED & set(ops), f"left unfused: {_UNFUSED & set(ops)}"
+    if family == "gpt2":  # the causal + padding mask became the op's 2-D mask and its causal flag
+        for node in (n for n in fused.graph.node if n.op_type == "Attention"):
+            assert onnx.helper.get_node_attr_value(node, "unidirectional") == 1
     assert_same_outputs(ir.from_proto(original), ir.from_proto(fused), _padded_inputs(original), rtol=1e-4, atol=1e-5)
 
 
