@@ -49,6 +49,8 @@ def ratio(before: Path, after: Path, args: argparse.Namespace) -> list[float]:
             str(after),
             "--threads",
             str(args.threads),
+            "--ep",
+            args.ep,
             "--time-budget",
             str(args.time_budget),
             "--json",
@@ -66,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--time-budget", type=float, default=30)
+    parser.add_argument("--ep", default="cpu", help="execution provider to time: cpu or cuda")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--fusions", help="comma-separated fusion passes to time (default: all, then all together)")

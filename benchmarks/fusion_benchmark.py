@@ -14,7 +14,7 @@ against each reference. Usage::
 
     python tests/fixtures/export_fixtures.py --size bench --out /tmp/bench
     python benchmarks/fusion_benchmark.py /tmp/bench/*_legacy.onnx /tmp/bench/*_dynamo.onnx \
-        [--time-budget 10] [--threads 2]
+        [--time-budget 30] [--threads 1] [--ep cpu|cuda]
 """
 
 from __future__ import annotations
@@ -115,6 +115,8 @@ def compare(before: Path, after: Path, args: argparse.Namespace) -> dict:
             str(args.time_budget),
             "--threads",
             str(args.threads),
+            "--ep",
+            args.ep,
             "--json",
             str(out),
         ]
@@ -131,6 +133,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--time-budget", type=float, default=30)
+    parser.add_argument("--ep", default="cpu", help="execution provider to time: cpu or cuda")
     parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
