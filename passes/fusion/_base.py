@@ -15,28 +15,23 @@ logger = logging.getLogger(__name__)
 _MAX_ROUNDS = 8
 
 
-class RuleFusionPass(ir.passes.InPlacePass):
-    """Apply a fusion's onnxscript rule set to a fixed point.
+class FusionPass(ir.passes.InPlacePass):
+    """Base of the fusion passes: the target gate, ``fused_count``, opset import and dead-node cleanup.
 
-    Subclasses set ``fused_ops`` (the ``(domain, op_type)`` pairs their rules emit)
-    and implement ``rule_set()``. The pass refuses, unchanged, when the target EP
-    lacks a kernel for one of ``fused_ops``. ``fused_count`` holds the number of
-    rewrites of the last run.
+    Subclasses set ``fused_ops`` (the ``(domain, op_type)`` pairs they emit) and
+    implement ``fuse(model) -> int`` (the number of rewrites). The pass refuses,
+    unchanged, when the target EP lacks a kernel for one of ``fused_ops``.
+    ``fused_count`` holds the number of rewrites of the last run.
     """
 
     fused_ops: tuple[tuple[str, str], ...] = ()
-    # Let onnxscript try every operand order of commutative ops. Costly for long
-    # patterns (2^k variants), so rules with many Add/Mul spell out the orders
-    # that remain once constants are moved to the right.
-    commute: bool = False
 
     def __init__(self, target: str = "cpu") -> None:
         super().__init__()
         self.target = target
         self.fused_count = 0
 
-    def rule_set(self) -> pattern.RewriteRuleSet | list[pattern.RewriteRuleSet]:
-        """The rules, or several rule sets applied one after the other (longest patterns first)."""
+    def fuse(self, model: ir.Model) -> int:
         raise NotImplementedError
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -45,21 +40,51 @@ class RuleFusionPass(ir.passes.InPlacePass):
         if missing:
             logger.info("%s: target %s has no kernel for %s; left unfused", type(self).__name__, self.target, missing)
             return ir.passes.PassResult(model, modified=False)
-        _move_constants_right(model.graph)
-        rule_sets = self.rule_set()
-        for rules in rule_sets if isinstance(rule_sets, list) else [rule_sets]:
-            if self.commute:
-                rules = pattern.RewriteRuleSet(rules.rules, commute=True)
-            for _ in range(_MAX_ROUNDS):
-                count = rules.apply_to_model(model)
-                if not count:
-                    break
-                self.fused_count += count
+        self.fused_count = self.fuse(model)
         if self.fused_count:
             if any(domain == MS_DOMAIN for domain, _ in self.fused_ops):
                 model.opset_imports.setdefault(MS_DOMAIN, 1)
             remove_dead_nodes(model)
         return ir.passes.PassResult(model, modified=self.fused_count > 0)
+
+
+class RuleFusionPass(FusionPass):
+    """A fusion made of onnxscript rewrite rules, applied to a fixed point.
+
+    Subclasses implement ``rule_set()``. Constant operands of commutative ops are
+    moved second first, so rules match one operand order.
+    """
+
+    # Let onnxscript try every operand order of commutative ops. Costly for long
+    # patterns (2^k variants), so rules with many Add/Mul spell out the orders
+    # that remain once constants are moved to the right.
+    commute: bool = False
+
+    def rule_set(self) -> pattern.RewriteRuleSet | list[pattern.RewriteRuleSet]:
+        """The rules, or several rule sets applied one after the other (longest patterns first)."""
+        raise NotImplementedError
+
+    def fuse(self, model: ir.Model) -> int:
+        _move_constants_right(model.graph)
+        count = 0
+        rule_sets = self.rule_set()
+        for rules in rule_sets if isinstance(rule_sets, list) else [rule_sets]:
+            if self.commute:
+                rules = pattern.RewriteRuleSet(rules.rules, commute=True)
+            for _ in range(_MAX_ROUNDS):
+                applied = rules.apply_to_model(model)
+                if not applied:
+                    break
+                count += applied
+        return count
+
+
+def replace_value(old: ir.Value, new: ir.Value) -> None:
+    """Point every user of ``old`` at ``new``; a graph output keeps its name (and ``old`` is renamed)."""
+    if old.is_graph_output():
+        name, old.name = old.name, f"{old.name}_unfused"
+        new.name = name
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
 
 
 _COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "And", "Or", "Equal"})

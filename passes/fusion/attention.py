@@ -42,7 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from passes._utils import add_initializer, constant_array, remove_dead_nodes
+from passes._utils import add_initializer, constant_array
+from passes.fusion._base import FusionPass, replace_value
 from passes.fusion._layout import (
     HeadSplit,
     head_split,
@@ -55,7 +56,7 @@ from passes.fusion._layout import (
     transposed_key,
 )
 from passes.fusion._probe import evaluate, graph_inputs_of
-from passes.fusion._targets import MS_DOMAIN, unsupported_ops
+from passes.fusion._targets import MS_DOMAIN
 
 logger = logging.getLogger(__name__)
 
@@ -464,23 +465,15 @@ def _rewrite(model: ir.Model, match: _Attention, num_heads: int, index: int, cac
     merged = _merged_output(match.probs_matmul, match.query_split.hidden if match.query_split else None)
     if merged is not None:
         fused.outputs[0].shape, fused.outputs[0].type = merged.shape, merged.type
-        _replace(merged, fused.outputs[0])
+        replace_value(merged, fused.outputs[0])
         return
     shape = build.constant("split_heads", [0, 0, num_heads, -1])
     split = build.node("Reshape", [fused.outputs[0], shape]).outputs[0]
     per_head = build.node("Transpose", [split], perm=[0, 2, 1, 3]).outputs[0]
-    _replace(match.probs_matmul.outputs[0], per_head)
+    replace_value(match.probs_matmul.outputs[0], per_head)
 
 
-def _replace(old: ir.Value, new: ir.Value) -> None:
-    """Point every user of ``old`` at ``new``; a graph output keeps its name."""
-    if old.is_graph_output():
-        name, old.name = old.name, f"{old.name}_unfused"
-        new.name = name
-    old.replace_all_uses_with(new, replace_graph_outputs=True)
-
-
-class AttentionFusion(ir.passes.InPlacePass):
+class AttentionFusion(FusionPass):
     """Rewrite scaled dot-product attention subgraphs into ``com.microsoft.Attention`` / ``MultiHeadAttention``.
 
     See the module docstring for the matched forms and refusals; each refusal is
@@ -491,17 +484,11 @@ class AttentionFusion(ir.passes.InPlacePass):
     fused_ops = ((MS_DOMAIN, "MultiHeadAttention"), (MS_DOMAIN, "Attention"))
 
     def __init__(self, target: str = "cpu", pack_qkv: bool = True) -> None:
-        super().__init__()
-        self.target = target
+        super().__init__(target)
         self.pack_qkv = pack_qkv
-        self.fused_count = 0
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.fused_count = 0
-        missing = unsupported_ops(self.fused_ops, self.target)
-        if missing:
-            logger.info("attention: target %s has no kernel for %s", self.target, missing)
-            return ir.passes.PassResult(model, modified=False)
+    def fuse(self, model: ir.Model) -> int:
+        count = 0
         opset = model.opset_imports.get("", 0)
         graph = model.graph
         expanded_biases: dict = {}
@@ -514,9 +501,6 @@ class AttentionFusion(ir.passes.InPlacePass):
             if heads is None or not math.isfinite(match.scale) or match.scale <= 0:
                 logger.info("attention: %s left unfused: head count or scale unknown", softmax.name)
                 continue
-            _rewrite(model, match, heads[0], self.fused_count, expanded_biases, self.pack_qkv)
-            self.fused_count += 1
-        if self.fused_count:
-            model.opset_imports.setdefault(MS_DOMAIN, 1)
-            remove_dead_nodes(model)
-        return ir.passes.PassResult(model, modified=self.fused_count > 0)
+            _rewrite(model, match, heads[0], count, expanded_biases, self.pack_qkv)
+            count += 1
+        return count

@@ -24,10 +24,11 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from passes._utils import constant_array, remove_dead_nodes
+from passes._utils import constant_array
+from passes.fusion._base import FusionPass, replace_value
 from passes.fusion._layout import producer
 from passes.fusion._probe import evaluate, graph_inputs_of
-from passes.fusion._targets import MS_DOMAIN, unsupported_ops
+from passes.fusion._targets import MS_DOMAIN
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def _layer_norm_params(norm: ir.Node) -> tuple[ir.Value, ir.Value, float] | None
     return gamma, beta, norm.attributes.get_float("epsilon", 1e-5)
 
 
-class EmbedLayerNormFusion(ir.passes.InPlacePass):
+class EmbedLayerNormFusion(FusionPass):
     """Rewrite BERT-style embedding lookups + LayerNorm into ``com.microsoft.EmbedLayerNormalization``.
 
     See the module docstring for how lookups are told apart and the refusals.
@@ -115,17 +116,8 @@ class EmbedLayerNormFusion(ir.passes.InPlacePass):
 
     fused_ops = ((MS_DOMAIN, "EmbedLayerNormalization"),)
 
-    def __init__(self, target: str = "cpu") -> None:
-        super().__init__()
-        self.target = target
-        self.fused_count = 0
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.fused_count = 0
-        missing = unsupported_ops(self.fused_ops, self.target)
-        if missing:
-            logger.info("embed-layer-norm: target %s has no kernel for %s", self.target, missing)
-            return ir.passes.PassResult(model, modified=False)
+    def fuse(self, model: ir.Model) -> int:
+        count = 0
         graph = model.graph
         for norm in [n for n in graph if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")]:
             leaves: list[ir.Node] = []
@@ -137,11 +129,8 @@ class EmbedLayerNormFusion(ir.passes.InPlacePass):
                 logger.info("embed-layer-norm: %s left unfused: %s", norm.name, roles)
                 continue
             self._rewrite(graph, norm, roles, *params)
-            self.fused_count += 1
-        if self.fused_count:
-            model.opset_imports.setdefault(MS_DOMAIN, 1)
-            remove_dead_nodes(model)
-        return ir.passes.PassResult(model, modified=self.fused_count > 0)
+            count += 1
+        return count
 
     def _rewrite(self, graph, norm, roles, gamma, beta, epsilon) -> None:
         new_nodes: list[ir.Node] = []
@@ -182,9 +171,5 @@ class EmbedLayerNormFusion(ir.passes.InPlacePass):
         graph.insert_before(norm, new_nodes)
         output = norm.outputs[0]
         fused.outputs[0].shape, fused.outputs[0].type = output.shape, output.type
-        if output.is_graph_output():
-            name, output.name = output.name, f"{output.name}_unfused"
-            fused.outputs[0].name = name
-        else:
-            fused.outputs[0].name = f"{norm.name}/embedded"
-        output.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
+        fused.outputs[0].name = f"{norm.name}/embedded"
+        replace_value(output, fused.outputs[0])
