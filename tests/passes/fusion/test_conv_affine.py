@@ -8,8 +8,10 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import optimizer
+from passes._utils import add_initializer
 from passes.fusion.conv_affine import ConvAffineFusion
-from tests.helpers import assert_same_outputs, computed_op_types
+from tests.helpers import FIXTURES, assert_same_outputs, computed_op_types
 
 
 def _conv_affine(scale_shape, offset_shape) -> ir.Model:
@@ -52,3 +54,26 @@ def test_per_pixel_offset_is_left_out_of_the_fold():
     assert computed_op_types(after) == ["Conv", "Add"]
     x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
     assert_same_outputs(model, after, {"x": x}, rtol=1e-4, atol=1e-5)
+
+
+def test_exported_resnet_after_batchnorm_folding():
+    # simplify-ops has folded every BatchNorm; a per-channel scale and shift put after the
+    # first Conv (as a decomposed norm would be) is then folded into it.
+    model = ir.load(FIXTURES / "resnet_dynamo.onnx")
+    model = optimizer.optimize(model)
+    first_conv = next(node for node in model.graph if node.op_type == "Conv")
+    conv_out = first_conv.outputs[0]
+    channels = first_conv.inputs[1].const_value.shape[0]
+    scale = add_initializer(model.graph, "scale", np.linspace(0.5, 1.5, channels, dtype=np.float32).reshape(-1, 1, 1))
+    shift = add_initializer(model.graph, "shift", np.linspace(-1, 1, channels, dtype=np.float32).reshape(-1, 1, 1))
+    users = list(conv_out.uses())
+    mul = ir.node("Mul", [conv_out, scale])
+    add = ir.node("Add", [mul.outputs[0], shift])
+    model.graph.insert_after(first_conv, [mul, add])
+    for user, index in users:
+        user.replace_input_with(index, add.outputs[0])
+    before = ir.from_proto(ir.to_proto(model))
+    after = ConvAffineFusion()(model).model
+    assert computed_op_types(after).count("Mul") == 0 and computed_op_types(after).count("Conv") == 6
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert_same_outputs(before, after, {"pixel_values": x}, rtol=1e-4, atol=1e-4)
