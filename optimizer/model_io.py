@@ -99,13 +99,23 @@ def _uses_ort_onnx_domain_ops(proto: onnx.ModelProto) -> bool:
 
 
 def _with_ort_ops_as_contrib(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``proto`` (without external data) whose ORT ONNX-domain contrib ops say com.microsoft."""
+    """A copy of ``proto`` whose ORT ONNX-domain contrib ops say com.microsoft.
+
+    Weights stored as external data are not read: in the copy they become graph
+    inputs of the same type and shape, which the checker accepts as it would them.
+    """
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
-    for tensor in onnx.external_data_helper._get_all_tensors(copy):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            del tensor.external_data[:]
-            tensor.data_location = onnx.TensorProto.DEFAULT
+    graph = copy.graph
+    declared = {value.name for value in graph.input}
+    kept = []
+    for tensor in graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            kept.append(tensor)
+        elif tensor.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     for node in _all_nodes(copy):
         if node.domain in ONNX_DOMAINS and node.op_type in ORT_ONNX_DOMAIN_OPS:
             node.domain = "com.microsoft"

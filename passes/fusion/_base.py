@@ -65,7 +65,7 @@ class RuleFusionPass(FusionPass):
         raise NotImplementedError
 
     def fuse(self, model: ir.Model) -> int:
-        _move_constants_right(model.graph)
+        moved = _move_constants_right(model.graph)
         count = 0
         rule_sets = self.rule_set()
         for rules in rule_sets if isinstance(rule_sets, list) else [rule_sets]:
@@ -76,6 +76,9 @@ class RuleFusionPass(FusionPass):
                 if not applied:
                     break
                 count += applied
+        if not count:
+            for node in moved:  # leave an unchanged graph exactly as it was
+                _swap_operands(node)
         return count
 
 
@@ -90,19 +93,27 @@ def replace_value(old: ir.Value, new: ir.Value) -> None:
 _COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "And", "Or", "Equal"})
 
 
-def _move_constants_right(graph: ir.Graph) -> None:
-    """Put the constant operand of binary commutative ops second (``2 * x`` into ``x * 2``).
+def _move_constants_right(graph: ir.Graph) -> list[ir.Node]:
+    """Put the constant operand of binary commutative ops second (``2 * x`` into ``x * 2``); return those nodes.
 
     A canonical operand order lets rules match with one order instead of all of them.
     """
+    moved = []
     for node in graph:
         if node.op_type in _COMMUTATIVE and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
             first, second = node.inputs
             if first is None or second is None:
                 continue
             if _is_constant(first) and not _is_constant(second):
-                node.replace_input_with(0, second)
-                node.replace_input_with(1, first)
+                _swap_operands(node)
+                moved.append(node)
+    return moved
+
+
+def _swap_operands(node: ir.Node) -> None:
+    first, second = node.inputs
+    node.replace_input_with(0, second)
+    node.replace_input_with(1, first)
 
 
 def _is_constant(value: ir.Value) -> bool:

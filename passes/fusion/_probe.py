@@ -13,9 +13,13 @@ import onnx
 import onnx_ir as ir
 
 
-def graph_inputs_of(values: Sequence[ir.Value]) -> list[ir.Value]:
-    """The graph inputs the given values depend on."""
-    return [v for v in _ancestry(values)[1] if v.const_value is None]
+def graph_inputs_of(values: Sequence[ir.Value]) -> list[ir.Value] | None:
+    """The graph inputs the given values depend on; None if they depend on a subgraph-carrying node."""
+    try:
+        leaves = _ancestry(values)[1]
+    except ValueError:  # an If/Loop/Scan among the ancestors: not probed
+        return None
+    return [v for v in leaves if v.const_value is None]
 
 
 def _ancestry(values: Sequence[ir.Value]) -> tuple[list[ir.Node], list[ir.Value]]:

@@ -44,6 +44,7 @@ import onnx_ir as ir
 
 from passes._utils import add_initializer, constant_array
 from passes.fusion._base import FusionPass, replace_value
+from passes.fusion._checks import is_float
 from passes.fusion._layout import (
     HeadSplit,
     head_split,
@@ -89,6 +90,8 @@ def _scores_and_bias(softmax: ir.Node) -> tuple[ir.Node, float, ir.Value | None]
     bias = None
     add = producer(logits, "Add")
     if add is not None:
+        if scale != 1.0:
+            return None  # softmax((QK^T + bias) * s) scales the bias too; the fused ops do not
         for i in (0, 1):
             scores, post_scale = strip_scale(add.inputs[i])
             if producer(scores, "MatMul") is not None:
@@ -131,6 +134,8 @@ def _match(softmax: ir.Node, opset: int) -> _Attention | str:
     scores_value = softmax.inputs[0]
     if scores_value.shape is None or scores_value.shape.rank() != 4 or axis not in (-1, 3):
         return "Softmax is not over the last axis of a 4-D tensor"
+    if not is_float(scores_value):
+        return "the scores are not float32 (the fused ops' CPU kernels)"
     found = _scores_and_bias(softmax)
     if found is None:
         return "Softmax input is not Q @ K^T [* scale] [+ bias]"
@@ -184,6 +189,47 @@ def _heads(match: _Attention) -> tuple[int, int] | None:
     return None
 
 
+def _split_heads(split: HeadSplit) -> int | None:
+    if split.heads is not None:
+        return split.heads
+    hidden = last_dim(split.hidden)
+    return hidden // split.head_size if hidden is not None and hidden % split.head_size == 0 else None
+
+
+def _per_head_dims(value: ir.Value) -> tuple[int | None, int | None]:
+    """``(heads, head_size)`` of a ``[B, N, T, d]`` tensor, from its shape or a constant Reshape target."""
+    shape = value.shape
+    heads = shape[1] if shape is not None and shape.rank() == 4 and isinstance(shape[1], int) else None
+    size = shape[3] if shape is not None and shape.rank() == 4 and isinstance(shape[3], int) else None
+    reshape = producer(value, "Reshape")
+    target = constant_array(reshape.inputs[1]) if reshape is not None else None
+    if target is not None and target.shape == (4,):
+        heads = heads or (int(target[1]) if target[1] > 0 else None)
+        size = size or (int(target[3]) if target[3] > 0 else None)
+    return heads, size
+
+
+def _kv_mismatch(match: _Attention, num_heads: int, head_size: int) -> str | None:
+    """Why K/V do not have the query's head count (and K its head size), or None.
+
+    The fused ops need as many K/V heads as query heads; MatMul broadcasting in the
+    original (multi-query attention) does not carry over.
+    """
+    for name, split, per_head in (
+        ("key", match.key_split, match.key),
+        ("value", match.value_split, match.value),
+    ):
+        if split is not None:
+            heads, size = _split_heads(split), split.head_size
+        else:
+            heads, size = _per_head_dims(per_head)
+        if heads is not None and heads != num_heads:
+            return f"the {name} has {heads} heads, the query {num_heads}"
+        if name == "key" and size is not None and size != head_size:
+            return f"key head size {size} differs from the query's {head_size}"
+    return None
+
+
 def _split_behind_elementwise(value: ir.Value, depth: int = 0) -> HeadSplit | None:
     """A head split reached through element-wise ops (rotary embedding: ``q * cos + rotate(q) * sin``)."""
     split = head_split(value, (0, 2, 1, 3))
@@ -228,11 +274,14 @@ class _Builder:
         return self.node("Transpose", [split_output], perm=[0, 2, 1, 3]).outputs[0]
 
 
-def _merged_output(probs_matmul: ir.Node, query_hidden: ir.Value | None) -> ir.Value | None:
+def _merged_output(
+    probs_matmul: ir.Node, query_hidden: ir.Value | None, value_head_size: int | None
+) -> ir.Value | None:
     """The ``[B, S, N*d]`` value the exporter builds from the attention output, if it does.
 
     ``query_hidden`` (the 3-D query, when known) tells a static sequence length in a
-    Reshape target apart from a different one.
+    Reshape target apart from a different one; ``value_head_size`` must match the
+    head size such a Reshape names.
     """
     value = probs_matmul.outputs[0]
     user = _single_user(value)
@@ -243,7 +292,7 @@ def _merged_output(probs_matmul: ir.Node, query_hidden: ir.Value | None) -> ir.V
         if target is None or target.size != 4:
             return None
         batch, heads, seq, head_size = (int(t) for t in target.numpy())
-        if (batch, heads) != (0, -1) or not seq_ok(seq) or head_size <= 0:
+        if (batch, heads) != (0, -1) or not seq_ok(seq) or head_size <= 0 or head_size != value_head_size:
             return None
         value, user = user.outputs[0], _single_user(user.outputs[0])
     if user is None or user.op_type != "Transpose" or perm(user) != (0, 2, 1, 3):
@@ -393,6 +442,8 @@ def _mask_kind(model: ir.Model, bias: ir.Value) -> tuple[ir.Value, bool] | None:
     elsewhere, whatever exporter code built it.
     """
     inputs = graph_inputs_of([bias])
+    if inputs is None:
+        return None
     masks = [v for v in inputs if "mask" in (v.name or "").lower()]
     if len(masks) != 1 or any(
         v.dtype not in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT)
@@ -462,7 +513,10 @@ def _rewrite(model: ir.Model, match: _Attention, num_heads: int, index: int, cac
     while inputs[-1] is None:
         inputs.pop()
     fused = build.node(op_type, inputs, domain=MS_DOMAIN, **attributes)
-    merged = _merged_output(match.probs_matmul, match.query_split.hidden if match.query_split else None)
+    value_head_size = match.value_split.head_size if match.value_split else _per_head_dims(match.value)[1]
+    merged = _merged_output(
+        match.probs_matmul, match.query_split.hidden if match.query_split else None, value_head_size
+    )
     if merged is not None:
         fused.outputs[0].shape, fused.outputs[0].type = merged.shape, merged.type
         replace_value(merged, fused.outputs[0])
@@ -500,6 +554,10 @@ class AttentionFusion(FusionPass):
             heads = _heads(match)
             if heads is None or not math.isfinite(match.scale) or match.scale <= 0:
                 logger.info("attention: %s left unfused: head count or scale unknown", softmax.name)
+                continue
+            mismatch = _kv_mismatch(match, *heads)
+            if mismatch is not None:
+                logger.info("attention: %s left unfused: %s", softmax.name, mismatch)
                 continue
             _rewrite(model, match, heads[0], count, expanded_biases, self.pack_qkv)
             count += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 from onnxscript.rewriter import pattern
 
 from passes.fusion._base import RuleFusionPass
-from passes.fusion._checks import vector_for_last_dim
+from passes.fusion._checks import is_float, vector_for_last_dim
 
 
 class _BiasGelu(pattern.RewriteRuleClassBase):
@@ -29,6 +29,8 @@ class _BiasGelu(pattern.RewriteRuleClassBase):
             return result.fail("bias is not a constant vector over the last axis")
         if x.const_value is not None:
             return result.fail("the activation is itself constant")
+        if not is_float(x):
+            return result.fail("the activation is not float32")
         return result
 
     def rewrite(self, op, x, bias):

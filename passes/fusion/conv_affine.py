@@ -23,7 +23,8 @@ def _per_channel(value: ir.Value | None, channels: int, rank: int) -> np.ndarray
     if array is None or array.dtype.kind != "f":
         return None
     if array.size == 1:
-        return np.full(channels, array.reshape(()), dtype=array.dtype)
+        # A scalar-like constant of higher rank than the Conv output would broadcast it up.
+        return np.full(channels, array.reshape(()), dtype=array.dtype) if array.ndim <= rank else None
     shape = array.shape
     if len(shape) == rank:
         if shape[0] != 1:
@@ -74,8 +75,9 @@ class _ConvAffine(pattern.RewriteRuleClassBase):
     def rewrite(self, op, x, w, conv, s=None, t=None, **_):
         weights, bias, scale, offset = self._factors(w, conv, s, t)
         shape = (-1,) + (1,) * (weights.ndim - 1)
-        new_w = op.initializer(ir.tensor((weights * scale.reshape(shape)).astype(weights.dtype)), f"{w.name}_affine")
-        new_b = op.initializer(ir.tensor((bias * scale + offset).astype(weights.dtype)), f"{w.name}_affine_bias")
+        # Named after the Conv's output (unique in the graph): two Convs may share one weight.
+        new_w = op.initializer(ir.tensor((weights * scale.reshape(shape)).astype(weights.dtype)), f"{conv.name}_weight")
+        new_b = op.initializer(ir.tensor((bias * scale + offset).astype(weights.dtype)), f"{conv.name}_bias")
         return op.Conv(x, new_w, new_b, **conv.producer().attributes)
 
 

@@ -83,17 +83,26 @@ def _classify(model: ir.Model, leaves: list[ir.Node]) -> dict[str, ir.Node] | st
 
 def _positions_are_token_index(model: ir.Model, positions: ir.Value) -> bool:
     inputs = graph_inputs_of([positions])
-    if any(
+    if inputs is None or any(
         v.dtype not in (ir.DataType.INT64, ir.DataType.INT32) or v.shape is None or v.shape.rank() != 2 for v in inputs
     ):
         return False
-    feeds = {v.name: np.ones((2, 7), dtype=v.dtype.numpy()) for v in inputs}
-    try:
-        (value,) = evaluate(model, [positions], feeds)
-    except Exception:  # ORT raises many unrelated types for a subgraph it cannot run
-        return False
     expected = np.arange(7)
-    return value.ndim == 2 and value.shape[-1] == 7 and all(np.array_equal(row, expected) for row in value)
+    # Once with all-ones inputs, once with left- and right-padded masks: positions
+    # built from the mask (cumsum) agree with 0..S-1 only on the first.
+    padded = np.array([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]])
+    for mask in (np.ones((2, 7)), padded):
+        feeds = {
+            v.name: (mask if "mask" in (v.name or "").lower() else np.ones((2, 7))).astype(v.dtype.numpy())
+            for v in inputs
+        }
+        try:
+            (value,) = evaluate(model, [positions], feeds)
+        except Exception:  # ORT raises many unrelated types for a subgraph it cannot run
+            return False
+        if value.ndim != 2 or value.shape[-1] != 7 or not all(np.array_equal(row, expected) for row in value):
+            return False
+    return True
 
 
 def _layer_norm_params(norm: ir.Node) -> tuple[ir.Value, ir.Value, float] | None:
@@ -102,7 +111,8 @@ def _layer_norm_params(norm: ir.Node) -> tuple[ir.Value, ir.Value, float] | None
     if len(norm.inputs) < 3 or norm.inputs[2] is None:
         return None
     gamma, beta = norm.inputs[1], norm.inputs[2]
-    if constant_array(gamma) is None or constant_array(beta) is None:
+    scale = constant_array(gamma)
+    if scale is None or constant_array(beta) is None or scale.dtype != np.float32:
         return None
     return gamma, beta, norm.attributes.get_float("epsilon", 1e-5)
 

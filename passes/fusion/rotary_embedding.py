@@ -18,10 +18,10 @@ prove that row ``s`` always uses position ``s`` — or, when the model takes a
 reads. Sequences longer than ``cache_length`` (default 4096) are not supported by
 the fused model.
 
-Refuses when: the rotation is partial or interleaved; x is not a head split; the
-cos/sin subgraph reads anything but token ids, the attention mask and position ids;
-its values are not ``[c, c]`` halves of a position table; or positions depend on
-the attention mask.
+Refuses when: the rotation is partial or interleaved; x is not a float32 head split;
+the cos/sin subgraph reads anything but ``[batch, sequence]`` integer inputs (token
+ids, the attention mask, position ids) or contains an If/Loop/Scan; its values are
+not ``[c, c]`` halves of a position table; or positions depend on the attention mask.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from onnxscript.rewriter import pattern
 
 from passes._utils import add_initializer, constant_array
 from passes.fusion._base import RuleFusionPass
+from passes.fusion._checks import is_float
 from passes.fusion._layout import head_split, last_dim, producer
 from passes.fusion._probe import evaluate, graph_inputs_of
 from passes.fusion._targets import MS_DOMAIN
@@ -45,6 +46,10 @@ _PROBE_BATCH, _PROBE_SEQ = 2, 7
 
 
 def _slice_bounds(node: ir.Node, head_size: int) -> tuple[int, int] | None:
+    return _slice_bounds_of(node, node.inputs[0], head_size)
+
+
+def _slice_bounds_of(node: ir.Node, data: ir.Value, head_size: int) -> tuple[int, int] | None:
     """``(start, end)`` of a Slice over the last axis of a ``[B, N, S, head_size]`` tensor."""
     values = [node.inputs[i] if i < len(node.inputs) else None for i in range(1, 5)]
     axes = constant_array(values[2]) if values[2] is not None else None
@@ -53,24 +58,24 @@ def _slice_bounds(node: ir.Node, head_size: int) -> tuple[int, int] | None:
         return None
     if steps is not None and (steps.size != 1 or int(steps.reshape(())) != 1):
         return None
-    bounds = [_bound(v, head_size) for v in values[:2]]
+    bounds = [_bound(v, data, head_size) for v in values[:2]]
     if None in bounds:
         return None
     start, end = bounds
     return start, min(end, head_size)
 
 
-def _bound(value: ir.Value | None, head_size: int) -> int | None:
-    """A Slice bound: a constant, or the legacy exporter's ``Shape(x)[3] / 2`` with x's last dim = head_size."""
+def _bound(value: ir.Value | None, data: ir.Value, head_size: int) -> int | None:
+    """A Slice bound: a constant, or the legacy exporter's ``Shape(data)[3] / 2`` (data's last dim = head_size)."""
     array = constant_array(value)
     if array is not None:
         return int(array.reshape(())) if array.size == 1 else None
     node = value.producer() if value is not None else None
     if node is not None and node.op_type == "Unsqueeze":
-        return _bound(node.inputs[0], head_size)
+        return _bound(node.inputs[0], data, head_size)
     div = producer(value, "Div")
     if div is not None:
-        numerator, denominator = _bound(div.inputs[0], head_size), constant_array(div.inputs[1])
+        numerator, denominator = _bound(div.inputs[0], data, head_size), constant_array(div.inputs[1])
         if numerator is None or denominator is None or denominator.size != 1:
             return None
         return numerator // int(denominator.reshape(()))
@@ -78,7 +83,13 @@ def _bound(value: ir.Value | None, head_size: int) -> int | None:
     if gather is not None and producer(gather.inputs[0], "Shape") is not None:
         index = constant_array(gather.inputs[1])
         shape_node = producer(gather.inputs[0], "Shape")
-        if index is not None and index.size == 1 and int(index.reshape(())) in (3, -1) and not shape_node.attributes:
+        if (
+            index is not None
+            and index.size == 1
+            and int(index.reshape(())) in (3, -1)
+            and not shape_node.attributes
+            and shape_node.inputs[0] is data
+        ):
             return head_size
     return None
 
@@ -104,8 +115,10 @@ class _RotateHalf(pattern.RewriteRuleClassBase):
             return result.fail("rotate_half does not concatenate on the last axis")
         if _slice_bounds(lo.producer(), d) != (0, d // 2) or _slice_bounds(hi.producer(), d) != (d // 2, d):
             return result.fail("not a full, non-interleaved rotate_half")
-        if split.heads is None and (last_dim(split.hidden) or 0) % d:
+        if split.heads is None and (last_dim(split.hidden) is None or last_dim(split.hidden) % d):
             return result.fail("the head count is unknown")
+        if not is_float(x):
+            return result.fail("x is not float32")
         tables = self._fusion.tables(context.model, cos, sin, d)
         if isinstance(tables, str):
             return result.fail(tables)
@@ -156,6 +169,8 @@ class RotaryEmbeddingFusion(RuleFusionPass):
 
     def _build_tables(self, model: ir.Model, cos: ir.Value, sin: ir.Value, head_size: int):
         inputs = graph_inputs_of([cos, sin])
+        if inputs is None:
+            return "cos/sin depend on a subgraph (If/Loop/Scan); not probed"
         positions = next((v for v in inputs if "position" in (v.name or "")), None)
         for value in inputs:
             if (

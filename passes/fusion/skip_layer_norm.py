@@ -10,12 +10,42 @@ users (the next block's skip connection) they read the fused op's fourth output.
 
 from __future__ import annotations
 
+import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from passes.fusion._base import RuleFusionPass
-from passes.fusion._checks import vector_for_last_dim
+from passes.fusion._checks import is_float, vector_for_last_dim
 
 _MS = "com.microsoft"
+
+
+def _operand_order(a: ir.Value, b: ir.Value) -> tuple[ir.Value, ir.Value] | None:
+    """``(input, skip)`` for the fused op, or None if the residual Add broadcasts in a way it cannot.
+
+    The op's skip (not its input) may have batch 1; the sum is symmetric, so the
+    operands are swapped when the batch-1 one came first.
+    """
+    if all(_may_be_equal(x, y) for x, y in zip(a.shape, b.shape)):
+        return a, b
+    for first, second in ((a, b), (b, a)):
+        if second.shape[0] == 1 and first.shape[0] != 1:
+            if all(_may_be_equal(x, y) for x, y in zip(list(first.shape)[1:], list(second.shape)[1:])):
+                return first, second
+    return None
+
+
+def _may_be_equal(a, b) -> bool:
+    """False when two dims are known to differ or one is a static 1 (a broadcast the fused op cannot do).
+
+    Dims of unknown size are accepted: exporters never broadcast a residual Add, and
+    verification runs the result.
+    """
+    if a == b:
+        return True
+    if a == 1 or b == 1 or (isinstance(a, int) and isinstance(b, int)):
+        return False
+    named = [getattr(d, "value", None) for d in (a, b) if not isinstance(d, int)]
+    return not (len(named) == 2 and None not in named)
 
 
 class _SkipNorm(pattern.RewriteRuleClassBase):
@@ -60,13 +90,15 @@ class _SkipNorm(pattern.RewriteRuleClassBase):
             # SkipLayerNormalization needs input and skip of the same shape (no broadcasting).
             if operand.shape is None or operand.shape.rank() != 3:
                 return result.fail("operands are not known to be 3-D")
-        for a, b in zip(input.shape, skip.shape):
-            if isinstance(a, int) and isinstance(b, int) and a != b:
-                return result.fail("operand shapes differ")
+        if _operand_order(input, skip) is None:
+            return result.fail("operand shapes differ, or the first broadcasts")
+        if not is_float(input) or not is_float(skip):
+            return result.fail("operands are not float32")
         return result
 
     def rewrite(self, op, input, skip, gamma, normalized, bias=None, **_):
         norm = normalized.producer()
+        input, skip = _operand_order(input, skip)
         epsilon = norm.attributes.get_float("epsilon", 1e-5)
         if self._simplified:
             inputs = [input, skip, gamma] + ([bias] if self._with_bias else [])

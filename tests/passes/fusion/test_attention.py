@@ -9,13 +9,19 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from passes.fusion.attention import AttentionFusion
-from tests.helpers import assert_same_outputs, op_types
+from tests.helpers import assert_same_outputs, op_types, run
 
 HIDDEN, HEADS, HEAD_SIZE = 8, 2, 4
 
 
 def _attention_model(
-    *, softmax_axis: int = -1, key_form: str = "split", with_mask: bool = True, mask_from_input: bool = False
+    *,
+    softmax_axis: int = -1,
+    key_form: str = "split",
+    with_mask: bool = True,
+    mask_from_input: bool = False,
+    scale_after_mask: bool = False,
+    kv_heads: int = HEADS,
 ) -> ir.Model:
     """BERT-style self-attention as the legacy exporter writes it (scale on the scores here).
 
@@ -26,8 +32,9 @@ def _attention_model(
     weights = {}
     nodes = []
     for name in "qkv":
-        weights[f"w{name}"] = rng.standard_normal((HIDDEN, HIDDEN)).astype(np.float32) * 0.5
-        weights[f"b{name}"] = rng.standard_normal(HIDDEN).astype(np.float32) * 0.1
+        width = HIDDEN if name == "q" else kv_heads * HEAD_SIZE
+        weights[f"w{name}"] = rng.standard_normal((HIDDEN, width)).astype(np.float32) * 0.5
+        weights[f"b{name}"] = rng.standard_normal(width).astype(np.float32) * 0.1
         nodes += [
             helper.make_node("MatMul", ["x", f"w{name}"], [f"{name}_mm"]),
             helper.make_node("Add", [f"{name}_mm", f"b{name}"], [f"{name}_proj"]),
@@ -66,6 +73,12 @@ def _attention_model(
             helper.make_node("Add", ["scaled", "mask_bias"], ["masked"]),
         ]
         inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "S"]))
+        logits = "masked"
+    elif with_mask and scale_after_mask:
+        # softmax((QK^T + bias) / sqrt(d)): the scale applies to the mask too.
+        nodes[-1] = helper.make_node("Add", ["scores", "mask_bias"], ["masked_raw"])
+        nodes.append(helper.make_node("Div", ["masked_raw", "sqrt_d"], ["masked"]))
+        inputs.append(helper.make_tensor_value_info("mask_bias", TensorProto.FLOAT, ["B", 1, 1, "S"]))
         logits = "masked"
     elif with_mask:
         nodes.append(helper.make_node("Add", ["scaled", "mask_bias"], ["masked"]))
@@ -158,4 +171,17 @@ def test_softmax_over_another_axis_is_left_alone():
 def test_mask_that_is_not_4d_is_left_alone():
     model = _attention_model()
     model.graph.inputs[1].shape = ir.Shape(["B", "S"])
+    assert not AttentionFusion()(model).modified
+
+
+def test_scale_applied_after_the_mask_is_left_alone():
+    # The fused ops scale Q @ K^T only, not the mask; fusing would change the bias' weight.
+    model = _attention_model(scale_after_mask=True)
+    assert not AttentionFusion()(model).modified
+
+
+def test_multi_query_attention_by_broadcasting_is_left_alone():
+    # One K/V head broadcast by MatMul over 2 query heads: the fused ops need equal head counts.
+    model = _attention_model(kv_heads=1)
+    assert run(model, _inputs())  # the original runs: MatMul broadcasts the single K/V head
     assert not AttentionFusion()(model).modified

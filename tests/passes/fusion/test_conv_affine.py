@@ -77,3 +77,20 @@ def test_exported_resnet_after_batchnorm_folding():
     assert computed_op_types(after).count("Mul") == 0 and computed_op_types(after).count("Conv") == 6
     x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
     assert_same_outputs(before, after, {"pixel_values": x}, rtol=1e-4, atol=1e-4)
+
+
+def test_two_convs_sharing_one_weight_get_their_own_folded_weights():
+    model = _conv_affine((4, 1, 1), (4, 1, 1))
+    graph = model.graph
+    conv = next(n for n in graph if n.op_type == "Conv")
+    twin = ir.node("Conv", list(conv.inputs), {"pads": [1, 1, 1, 1]})
+    scaled = ir.node("Mul", [twin.outputs[0], graph.initializers["s"]])
+    total = ir.node("Add", [scaled.outputs[0], graph.outputs[0]])
+    graph.extend([twin, scaled, total])
+    total.outputs[0].name = "z"
+    graph.outputs[0] = total.outputs[0]
+    before = ir.from_proto(ir.to_proto(model))
+    after = ConvAffineFusion()(model).model
+    assert computed_op_types(after).count("Mul") == 0
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    assert_same_outputs(before, after, {"x": x}, rtol=1e-4, atol=1e-4)

@@ -76,6 +76,20 @@ def test_embedding_lookups_and_layer_norm_are_fused(with_segment):
     assert_same_outputs(model, after, _inputs(with_segment), rtol=1e-4, atol=1e-5)
 
 
+def test_positions_counted_from_the_mask_are_left_alone():
+    # cumsum(mask) - 1 equals 0..S-1 only without left padding; the op would assume it always does.
+    model = _embedding_model(with_segment=False)
+    graph = model.graph
+    position_gather = next(n for n in graph if n.op_type == "Gather" and n.inputs[0].name == "position")
+    mask = ir.Value(name="attention_mask", shape=ir.Shape(["B", "S"]), type=ir.TensorType(ir.DataType.INT64))
+    graph.inputs.append(mask)
+    cumsum = ir.node("CumSum", [mask, graph.initializers["one"]])
+    positions = ir.node("Sub", [cumsum.outputs[0], graph.initializers["one"]])
+    graph.insert_before(position_gather, [cumsum, positions])
+    position_gather.replace_input_with(1, positions.outputs[0])
+    assert not EmbedLayerNormFusion()(model).modified
+
+
 def test_shifted_position_ids_are_left_alone():
     # RoBERTa-style positions start after the padding index: the op's default 0..S-1 would be wrong.
     model = _embedding_model(position_offset=2)

@@ -44,9 +44,28 @@ def test_residual_add_and_bias_are_fused(norm):
     assert_same_outputs(model, after, _inputs(), rtol=1e-4, atol=1e-5)
 
 
-def test_broadcast_skip_is_left_alone():
+def test_rank_2_skip_is_left_alone():
     model = parse_model(_TEXT.format(skip_shape="[S, 4]", norm=_NORMS["LayerNormalization"]))
     assert not SkipLayerNormFusion()(model).modified
+
+
+def test_batch_1_operand_becomes_the_skip():
+    # GPT-2's position embeddings are [1, S, D]: the op broadcasts its skip over the batch, never
+    # its input, so the batch-1 operand must be passed as skip.
+    model = parse_model(
+        _TEXT.format(skip_shape="[N, S, 4]", norm=_NORMS["LayerNormalization"]).replace(
+            "float[N, S, 4] x,", "float[1, S, 4] x,"
+        )
+    )
+    after = SkipLayerNormFusion()(model.clone()).model
+    (fused,) = [n for n in after.graph if n.op_type == "SkipLayerNormalization"]
+    assert fused.inputs[1].name == "biased" or fused.inputs[1].shape[0] == 1
+    rng = np.random.default_rng(0)
+    feeds = {
+        "x": rng.standard_normal((1, 3, 4)).astype(np.float32),
+        "skip": rng.standard_normal((2, 3, 4)).astype(np.float32),
+    }
+    assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
 
 
 def test_each_pass_leaves_the_other_normalization_alone():
