@@ -174,8 +174,10 @@ def _concrete_shape(value: ir.Value, bound: Mapping[str, int]) -> tuple[int, ...
         raise InputSpecError(f"input '{value.name}' has no shape; pass --inputs FILE.npz or --no-verify")
     shape = []
     for axis, dim in enumerate(value.shape):
-        if isinstance(dim, int):
+        if isinstance(dim, int) and dim >= 0:
             shape.append(dim)
+        elif isinstance(dim, int):  # -1: some exporters (Paddle) mark a dynamic dim this way
+            shape.append(DEFAULT_BATCH if axis == 0 else DEFAULT_SEQUENCE)
         elif dim.value:
             shape.append(bound[dim.value])
         else:

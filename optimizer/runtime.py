@@ -31,12 +31,20 @@ def import_onnxruntime() -> Any:
 
 
 def initializer_bytes(model: ir.Model) -> int:
-    """Total size in bytes of the main graph's initializers."""
+    """Total size in bytes of the main graph's weights: initializers and ``Constant`` nodes' tensors.
+
+    (Some exporters, Paddle's for one, store every weight in a Constant node.)
+    """
     total = 0
     for value in model.graph.initializers.values():
         tensor = value.const_value
         if tensor is not None:
             total += tensor.nbytes
+    for node in model.graph:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = node.attributes.get("value")
+            if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                total += attr.as_tensor().nbytes
     return total
 
 

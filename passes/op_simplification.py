@@ -15,7 +15,7 @@ import onnx_ir as ir
 from onnxscript import rewriter
 
 from passes._utils import remove_dead_nodes
-from passes.cleanup import RemoveIdentityPass
+from passes.cleanup import LiftConstantsPass, RemoveIdentityPass
 
 
 class SimplifyOpsPass(ir.passes.InPlacePass):
@@ -28,8 +28,25 @@ class SimplifyOpsPass(ir.passes.InPlacePass):
     """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        modified = rewriter.RewritePass(rewriter._DEFAULT_REWRITE_RULES)(model).modified
+        # onnxscript's BatchNorm rule needs the Conv weights as initializers; some exporters
+        # (Paddle's) keep every weight in a Constant node, so lift those first.
+        lifted = _has_constant_batchnorm_weights(model) and LiftConstantsPass()(model).modified
+        modified = rewriter.RewritePass(rewriter._DEFAULT_REWRITE_RULES)(model).modified or lifted
         if modified:
             RemoveIdentityPass()(model)
             remove_dead_nodes(model)
         return ir.passes.PassResult(model, modified=modified)
+
+
+def _has_constant_batchnorm_weights(model: ir.Model) -> bool:
+    """True if a BatchNormalization after a Conv/Gemm reads a Constant node (not an initializer)."""
+    for node in model.graph:
+        if node.op_type != "BatchNormalization" or node.inputs[0] is None:
+            continue
+        producer = node.inputs[0].producer()
+        if producer is None or producer.op_type not in ("Conv", "ConvTranspose", "Gemm"):
+            continue
+        weights = [v for v in list(node.inputs[1:]) + list(producer.inputs[1:]) if v is not None]
+        if any(v.producer() is not None and v.producer().op_type == "Constant" for v in weights):
+            return True
+    return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
@@ -104,3 +105,17 @@ def test_npz_inputs(tmp_path):
     np.savez(path, **{**arrays, "input_ids": arrays["input_ids"].astype(np.int32)})
     with pytest.raises(InputSpecError, match="'input_ids' is int32, the model expects int64"):
         load_inputs(path, model)
+
+
+def test_negative_static_dims_are_treated_as_dynamic():
+    # Paddle-exported models (e.g. PP-OCR's classifier) declare dynamic dims as -1.
+    proto = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Relu", ["x"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [-1, 3, "?", "?"])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [-1, 3, "?", "?"])],
+        )
+    )
+    inputs = make_inputs(ir.from_proto(proto))
+    assert inputs["x"].shape == (1, 3, 128, 128)

@@ -82,3 +82,21 @@ def test_exported_transformers_keep_their_outputs(exported_model):
     after = SimplifyOpsPass()(model.clone()).model
     assert len(after.graph) <= len(model.graph), name
     assert_same_outputs(model, after, make_inputs(model, {"sequence": 16}), rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_reading_constant_node_weights_is_folded():
+    # Paddle's exporter (PP-OCR models) keeps every weight in a Constant node.
+    model = _conv_bn(np.random.default_rng(1).uniform(0.5, 2.0, 4).astype(np.float32))
+    proto = ir.to_proto(model)
+    constants = [
+        onnx.helper.make_node("Constant", [], [tensor.name], value=tensor) for tensor in proto.graph.initializer
+    ]
+    nodes = constants + list(proto.graph.node)
+    del proto.graph.initializer[:]
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    model = ir.from_proto(proto)
+    after = SimplifyOpsPass()(model.clone()).model
+    assert op_types(after) == ["Conv"]
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert_same_outputs(model, after, {"x": x}, rtol=1e-4, atol=1e-5)
