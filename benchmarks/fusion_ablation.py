@@ -6,7 +6,7 @@ compare`` times the two interleaved at ORT_ENABLE_ALL. A fusion belongs in a
 target's default pipeline only if it is faster here. One intra-op thread by default:
 on this shared 2-core machine that gives ±0.5 % confidence intervals, two threads ±15 %. Usage::
 
-    python benchmarks/fusion_ablation.py /tmp/bench/bert_legacy.onnx ... [--time-budget 30] [--iterations 400]
+    python benchmarks/fusion_ablation.py /tmp/bench/bert_legacy.onnx ... [--time-budget 30] [--iterations 200]
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from graphopt_compare import add_timing_flags, compare_ratio
 
 from optimizer.registry import all_passes
 
@@ -36,41 +38,11 @@ def optimize(model: Path, passes: list[str], out: Path) -> None:
     )
 
 
-def ratio(before: Path, after: Path, args: argparse.Namespace) -> list[float]:
-    """after/before CPU latency ratio and its 95 % CI from ``graphopt compare``."""
-    out = after.with_suffix(".json")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "optimizer.cli",
-            "compare",
-            str(before),
-            str(after),
-            "--threads",
-            str(args.threads),
-            "--ep",
-            args.ep,
-            "--time-budget",
-            str(args.time_budget),
-            "--json",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    r = json.loads(out.read_text())["providers"][0]["batches"][0]["ratio"]
-    return [round(r["ratio"], 3), round(r["low"], 3), round(r["high"], 3)]
-
-
 def main() -> None:
     """Time every fusion pass against the cleanup-only pipeline on each model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", type=Path)
-    parser.add_argument("--time-budget", type=float, default=30)
-    parser.add_argument("--ep", default="cpu", help="execution provider to time: cpu or cuda")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--iterations", type=int, default=400)
+    add_timing_flags(parser)
     parser.add_argument("--fusions", help="comma-separated fusion passes to time (default: all, then all together)")
     args = parser.parse_args()
     # The default pipeline plus every opt-in fusion except the ones ORT applies to any
@@ -94,7 +66,7 @@ def main() -> None:
             optimize(model, passes, out)
             # A fusion that does not apply leaves the cleanup graph: nothing to time.
             same = out.read_bytes() == base.read_bytes()
-            results[fusion] = "no change" if same else ratio(base, out, args)
+            results[fusion] = "no change" if same else list(compare_ratio(base, out, out.with_suffix(".json"), args))
         print(json.dumps({"model": model.stem, "ratio_vs_cleanup": results}), flush=True)
 
 

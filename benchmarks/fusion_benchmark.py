@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 import onnx
+from graphopt_compare import add_timing_flags, compare_ratio
 
 FUSED = {
     "attention": ("Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention"),
@@ -101,29 +102,13 @@ def make_variants(model: Path, heads: int, hidden: int) -> dict[str, Path]:
 
 
 def compare(before: Path, after: Path, args: argparse.Namespace) -> dict:
-    """``graphopt compare before after`` → the CPU latency ratio after/before with its 95 % CI."""
-    out = before.parent / f"{after.stem}.vs.{before.stem}.json"
-    run(
-        [
-            sys.executable,
-            "-m",
-            "optimizer.cli",
-            "compare",
-            str(before),
-            str(after),
-            "--time-budget",
-            str(args.time_budget),
-            "--threads",
-            str(args.threads),
-            "--ep",
-            args.ep,
-            "--json",
-            str(out),
-        ]
-    )
-    report = json.loads(out.read_text())
-    ratio = report["providers"][0]["batches"][0]["ratio"]
-    return {"ratio": round(ratio["ratio"], 3), "ci": [round(ratio["low"], 3), round(ratio["high"], 3)]}
+    """The latency ratio graphopt's model / ``before`` with its 95 % interval."""
+    try:
+        ratio, low, high = compare_ratio(before, after, before.parent / f"{after.stem}.vs.{before.stem}.json", args)
+    except subprocess.CalledProcessError as failure:
+        lines = failure.stderr.strip().splitlines() or ["(no message)"]
+        raise CommandFailed(lines[-1][:300]) from failure
+    return {"ratio": ratio, "ci": [low, high]}
 
 
 def main() -> None:
@@ -132,10 +117,7 @@ def main() -> None:
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--time-budget", type=float, default=30)
-    parser.add_argument("--ep", default="cpu", help="execution provider to time: cpu or cuda")
-    parser.add_argument("--iterations", type=int, default=400)
-    parser.add_argument("--threads", type=int, default=1)
+    add_timing_flags(parser)
     args = parser.parse_args()
     for model in args.models:
         paths = make_variants(model, args.heads, args.hidden)

@@ -26,7 +26,7 @@ from optimizer.errors import (
     UnsupportedModelError,
     one_line,
 )
-from optimizer.runtime import has_external_tensors, initializer_bytes
+from optimizer.runtime import has_external_tensors, weight_bytes
 
 # Domains whose operators we can check: ONNX, ONNX-ML, and ONNX Runtime's contrib
 # operators (which our fusions emit and ORT-optimized inputs contain).
@@ -252,7 +252,7 @@ def _all_nodes(proto: onnx.ModelProto):
 
 
 def _needs_external_data(model: ir.Model) -> bool:
-    return initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES or has_external_tensors(model)
+    return weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES or has_external_tensors(model)
 
 
 def _model_reads_file(model: ir.Model, data_path: Path) -> bool:

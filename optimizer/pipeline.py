@@ -23,7 +23,7 @@ from optimizer.report import (
     PassRecord,
     PipelineReport,
 )
-from optimizer.runtime import initializer_bytes
+from optimizer.runtime import weight_bytes
 from optimizer.verify import Verifier
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def run_pipeline(
         target=options.target,
         verified=verifier is not None,
         nodes_before=count_nodes(current),
-        initializer_bytes_before=initializer_bytes(current),
+        initializer_bytes_before=weight_bytes(current),
     )
     if verifier is not None:
         report.inputs = [{name: list(array.shape) for name, array in inputs.items()} for inputs in verifier.input_sets]
@@ -72,7 +72,7 @@ def run_pipeline(
         report.passes.append(record)
         nodes = record.nodes_after
     report.nodes_after = nodes
-    report.initializer_bytes_after = initializer_bytes(current)
+    report.initializer_bytes_after = weight_bytes(current)
     report.seconds = time.perf_counter() - started
     return current, report
 

@@ -96,8 +96,9 @@ def resolve(names: list[str] | None, target: str = "cpu", *, static_shapes: bool
         names = default_pass_names(target)
     elif names and all(name.startswith("+") for name in names):
         extra = {name[1:] for name in names}
-        for name in extra - set(_REGISTRY):
-            raise PassSelectionError(f"unknown pass '{name}' (see `graphopt passes`)")
+        unknown = sorted(extra - set(_REGISTRY))
+        if unknown:
+            raise PassSelectionError(f"unknown pass '{unknown[0]}' (see `graphopt passes`)")
         names = [spec.name for spec in _REGISTRY.values() if target in spec.default_for or spec.name in extra]
     elif any(name.startswith("+") for name in names):
         raise PassSelectionError("--passes: either list every pass, or only +NAME additions to the default pipeline")

@@ -30,7 +30,7 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
-def initializer_bytes(model: ir.Model) -> int:
+def weight_bytes(model: ir.Model) -> int:
     """Total size in bytes of the main graph's weights: initializers and ``Constant`` nodes' tensors.
 
     (Some exporters, Paddle's for one, store every weight in a Constant node.)
@@ -76,7 +76,7 @@ def inference_session(
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization_level]
     options.intra_op_num_threads = intra_op_threads
-    if initializer_bytes(model) < _IN_MEMORY_LIMIT_BYTES and not has_external_tensors(model):
+    if weight_bytes(model) < _IN_MEMORY_LIMIT_BYTES and not has_external_tensors(model):
         payload = ir.to_proto(model).SerializeToString()
         yield ort.InferenceSession(payload, options, providers=list(providers))
         return

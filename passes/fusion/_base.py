@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 
 import onnx_ir as ir
@@ -31,8 +32,9 @@ class FusionPass(ir.passes.InPlacePass):
         self.target = target
         self.fused_count = 0
 
+    @abc.abstractmethod
     def fuse(self, model: ir.Model) -> int:
-        raise NotImplementedError
+        """Rewrite what the pass fuses in ``model``; return the number of rewrites."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.fused_count = 0
@@ -60,9 +62,9 @@ class RuleFusionPass(FusionPass):
     # that remain once constants are moved to the right.
     commute: bool = False
 
+    @abc.abstractmethod
     def rule_set(self) -> pattern.RewriteRuleSet | list[pattern.RewriteRuleSet]:
         """The rules, or several rule sets applied one after the other (longest patterns first)."""
-        raise NotImplementedError
 
     def fuse(self, model: ir.Model) -> int:
         moved = _move_constants_right(model.graph)

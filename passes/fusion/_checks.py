@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from passes._utils import constant_array
@@ -54,11 +53,6 @@ def vector_for_last_dim(value: ir.Value, data: ir.Value) -> bool:
     if data.shape is not None and data.shape.rank() and isinstance(data.shape[-1], int):
         return array.shape[0] == data.shape[-1]
     return True
-
-
-def as_float(array: np.ndarray) -> float:
-    """A one-element array as a Python float."""
-    return float(array.reshape(()))
 
 
 # How a normalization divides by its root: ``x / r``, ``x * Reciprocal(r)`` or ``x * (1 / r)``.

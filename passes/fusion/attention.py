@@ -56,7 +56,7 @@ from passes.fusion._layout import (
     strip_scale,
     transposed_key,
 )
-from passes.fusion._probe import evaluate, graph_inputs_of
+from passes.fusion._probe import PADDED_MASK, evaluate, is_mask, token_feeds, token_inputs_of
 from passes.fusion._targets import MS_DOMAIN
 
 logger = logging.getLogger(__name__)
@@ -177,12 +177,9 @@ def _match(softmax: ir.Node, opset: int) -> _Attention | str:
 def _heads(match: _Attention) -> tuple[int, int] | None:
     """``(num_heads, head_size)`` of the query, from reshape targets, shapes or projection widths."""
     for split in (match.query_split, _split_behind_elementwise(match.query)):
-        if split is not None:
-            if split.heads is not None:
-                return split.heads, split.head_size
-            hidden = last_dim(split.hidden)
-            if hidden is not None and hidden % split.head_size == 0:
-                return hidden // split.head_size, split.head_size
+        heads = _split_heads(split) if split is not None else None
+        if heads is not None:
+            return heads, split.head_size
     shape = match.query.shape
     if shape is not None and shape.rank() == 4 and isinstance(shape[1], int) and isinstance(shape[3], int):
         return shape[1], shape[3]
@@ -431,9 +428,6 @@ def _packed_by_split(hidden: list[ir.Value]) -> tuple[ir.Value, np.ndarray, np.n
     return x, np.ascontiguousarray(weight), bias, widths
 
 
-_PROBE_MASK = np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])  # left- and right-padded rows
-
-
 def _mask_kind(model: ir.Model, bias: ir.Value) -> tuple[ir.Value, bool] | None:
     """``(mask_input, causal)`` when the additive ``bias`` is exactly what a 2-D padding mask input implies.
 
@@ -441,26 +435,18 @@ def _mask_kind(model: ir.Model, bias: ir.Value) -> tuple[ir.Value, bool] | None:
     it must be 0 where ``mask[b, t] == 1`` (and ``t <= s`` if causal) and at most -1e4
     elsewhere, whatever exporter code built it.
     """
-    inputs = graph_inputs_of([bias])
-    if inputs is None:
+    mask_types = (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT)
+    inputs = token_inputs_of([bias], mask_types)
+    masks = [v for v in inputs or () if is_mask(v)]
+    if len(masks) != 1:
         return None
-    masks = [v for v in inputs if "mask" in (v.name or "").lower()]
-    if len(masks) != 1 or any(
-        v.dtype not in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT)
-        or v.shape is None
-        or v.shape.rank() != 2
-        for v in inputs
-    ):
-        return None
-    feeds = {v.name: np.ones(_PROBE_MASK.shape, dtype=v.dtype.numpy()) for v in inputs}
-    feeds[masks[0].name] = _PROBE_MASK.astype(masks[0].dtype.numpy())
+    batch, seq = PADDED_MASK.shape
     try:
-        (value,) = evaluate(model, [bias], feeds)
-        batch, seq = _PROBE_MASK.shape
+        (value,) = evaluate(model, [bias], token_feeds(inputs, PADDED_MASK))
         value = np.broadcast_to(value, (batch, value.shape[1], seq, seq))
     except Exception:  # ORT raises many unrelated types for a subgraph it cannot run
         return None
-    padding = np.broadcast_to(_PROBE_MASK[:, None, None, :] == 1, value.shape)
+    padding = np.broadcast_to(PADDED_MASK[:, None, None, :] == 1, value.shape)
     causal = padding & np.tril(np.ones((seq, seq), dtype=bool))
     for allowed, is_causal in ((padding, False), (causal, True)):
         if np.all(value[allowed] == 0) and np.all(value[~allowed] <= -1e4):

@@ -27,7 +27,7 @@ import onnx_ir as ir
 from passes._utils import constant_array
 from passes.fusion._base import FusionPass, replace_value
 from passes.fusion._layout import producer
-from passes.fusion._probe import evaluate, graph_inputs_of
+from passes.fusion._probe import PADDED_MASK, evaluate, token_feeds, token_inputs_of
 from passes.fusion._targets import MS_DOMAIN
 
 logger = logging.getLogger(__name__)
@@ -82,25 +82,18 @@ def _classify(model: ir.Model, leaves: list[ir.Node]) -> dict[str, ir.Node] | st
 
 
 def _positions_are_token_index(model: ir.Model, positions: ir.Value) -> bool:
-    inputs = graph_inputs_of([positions])
-    if inputs is None or any(
-        v.dtype not in (ir.DataType.INT64, ir.DataType.INT32) or v.shape is None or v.shape.rank() != 2 for v in inputs
-    ):
+    inputs = token_inputs_of([positions])
+    if inputs is None:
         return False
-    expected = np.arange(7)
-    # Once with all-ones inputs, once with left- and right-padded masks: positions
-    # built from the mask (cumsum) agree with 0..S-1 only on the first.
-    padded = np.array([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]])
-    for mask in (np.ones((2, 7)), padded):
-        feeds = {
-            v.name: (mask if "mask" in (v.name or "").lower() else np.ones((2, 7))).astype(v.dtype.numpy())
-            for v in inputs
-        }
+    seq = PADDED_MASK.shape[1]
+    # Once with an all-ones mask, once padded: positions built from the mask (cumsum)
+    # agree with 0..S-1 only on the first.
+    for mask in (np.ones_like(PADDED_MASK), PADDED_MASK):
         try:
-            (value,) = evaluate(model, [positions], feeds)
+            (value,) = evaluate(model, [positions], token_feeds(inputs, mask))
         except Exception:  # ORT raises many unrelated types for a subgraph it cannot run
             return False
-        if value.ndim != 2 or value.shape[-1] != 7 or not all(np.array_equal(row, expected) for row in value):
+        if value.ndim != 2 or value.shape[-1] != seq or not (value == np.arange(seq)).all():
             return False
     return True
 

@@ -38,7 +38,14 @@ def _half_x_times(op, x, factor, association: str, swapped: bool):
 _ASSOCIATIONS = [(a, s) for a in ("half_x_first", "x_first", "factor_first") for s in (False, True)]
 
 
-class _ErfGelu(pattern.RewriteRuleClassBase):
+class _FormulaGelu(pattern.RewriteRuleClassBase):
+    """A GELU formula over a float32 input."""
+
+    def check(self, context, x, **_) -> pattern.MatchResult:
+        return pattern.MatchResult() if is_float(x) else pattern.MatchResult().fail("input is not float32")
+
+
+class _ErfGelu(_FormulaGelu):
     def __init__(self, association: tuple[str, bool], divide: bool) -> None:
         super().__init__(name=f"ErfGelu({association}, divide={divide})")
         self._association = association
@@ -48,14 +55,11 @@ class _ErfGelu(pattern.RewriteRuleClassBase):
         scaled = op.Div(x, _SQRT_2) if self._divide else op.Mul(x, 1.0 / _SQRT_2)
         return _half_x_times(op, x, op.Add(op.Erf(scaled), 1.0), *self._association)
 
-    def check(self, context, x, **_) -> pattern.MatchResult:
-        return pattern.MatchResult() if is_float(x) else pattern.MatchResult().fail("input is not float")
-
     def rewrite(self, op, x):
         return op.Gelu(x, _domain="com.microsoft")
 
 
-class _TanhGelu(pattern.RewriteRuleClassBase):
+class _TanhGelu(_FormulaGelu):
     def __init__(self, association: tuple[str, bool], cube: str, add_swapped: bool) -> None:
         super().__init__(name=f"TanhGelu({association}, cube={cube}, add_swapped={add_swapped})")
         self._association = association
@@ -70,9 +74,6 @@ class _TanhGelu(pattern.RewriteRuleClassBase):
         cubic = op.Mul(cube, 0.044715)
         inner = op.Mul(op.Add(cubic, x) if self._add_swapped else op.Add(x, cubic), _SQRT_2_OVER_PI)
         return _half_x_times(op, x, op.Add(op.Tanh(inner), 1.0), *self._association)
-
-    def check(self, context, x, **_) -> pattern.MatchResult:
-        return pattern.MatchResult() if is_float(x) else pattern.MatchResult().fail("input is not float")
 
     def rewrite(self, op, x):
         return op.FastGelu(x, _domain="com.microsoft")

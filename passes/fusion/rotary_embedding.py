@@ -36,13 +36,12 @@ from passes._utils import add_initializer, constant_array
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import is_float
 from passes.fusion._layout import head_split, last_dim, producer
-from passes.fusion._probe import evaluate, graph_inputs_of
+from passes.fusion._probe import PADDED_MASK, evaluate, token_feeds, token_inputs_of
 from passes.fusion._targets import MS_DOMAIN
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_LENGTH = 4096
-_PROBE_BATCH, _PROBE_SEQ = 2, 7
 
 
 def _slice_bounds(node: ir.Node, head_size: int) -> tuple[int, int] | None:
@@ -168,34 +167,34 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         return self._tables[key]
 
     def _build_tables(self, model: ir.Model, cos: ir.Value, sin: ir.Value, head_size: int):
-        inputs = graph_inputs_of([cos, sin])
+        inputs = token_inputs_of([cos, sin])
         if inputs is None:
-            return "cos/sin depend on a subgraph (If/Loop/Scan); not probed"
+            return "cos/sin read something other than [batch, sequence] ids, or an If/Loop/Scan"
         positions = next((v for v in inputs if "position" in (v.name or "")), None)
-        for value in inputs:
-            if (
-                value.dtype not in (ir.DataType.INT64, ir.DataType.INT32)
-                or value.shape is None
-                or value.shape.rank() != 2
-            ):
-                return f"cos/sin depend on graph input {value.name}, which is not [batch, sequence] ids"
         half = head_size // 2
+        batch, seq = PADDED_MASK.shape
+        table_positions = {positions.name: np.arange(self.cache_length)[None]} if positions is not None else {}
+        # Positions drawn at random (when the model reads them) over a padded batch.
+        index = np.random.default_rng(0).integers(0, seq * 3, (batch, seq))
+        probe_positions = {positions.name: index} if positions is not None else {}
+        if positions is None:
+            index = np.arange(seq)[None].repeat(batch, 0)
         try:
-            table_cos, table_sin = evaluate(model, [cos, sin], _feeds(inputs, 1, self.cache_length, positions))
+            table_cos, table_sin = evaluate(
+                model, [cos, sin], token_feeds(inputs, np.ones((1, self.cache_length)), table_positions)
+            )
             cos_cache, sin_cache = _halves(table_cos, half), _halves(table_sin, half)
             if cos_cache is None or sin_cache is None:
                 return "cos/sin are not two equal halves of a [positions, d/2] table"
             cos_cache, sin_cache = cos_cache[0], sin_cache[0]
-            feeds = _feeds(inputs, _PROBE_BATCH, _PROBE_SEQ, positions, padded=True)
-            probe_cos, probe_sin = evaluate(model, [cos, sin], feeds)
+            probe_cos, probe_sin = evaluate(model, [cos, sin], token_feeds(inputs, PADDED_MASK, probe_positions))
         except Exception as error:  # ORT raises many unrelated types for a subgraph it cannot run
             return f"cos/sin could not be evaluated: {error}"
-        index = feeds[positions.name] if positions is not None else np.arange(_PROBE_SEQ)[None].repeat(_PROBE_BATCH, 0)
         for probe, cache in ((probe_cos, cos_cache), (probe_sin, sin_cache)):
             halves = _halves(probe, half)
-            if halves is None or halves.shape[0] not in (1, _PROBE_BATCH) or halves.shape[1] != _PROBE_SEQ:
+            if halves is None or halves.shape[0] not in (1, batch) or halves.shape[1] != seq:
                 return "cos/sin of a padded batch have an unexpected shape"
-            if not np.allclose(np.broadcast_to(halves, (_PROBE_BATCH, _PROBE_SEQ, half)), cache[index], atol=1e-6):
+            if not np.allclose(np.broadcast_to(halves, (batch, seq, half)), cache[index], atol=1e-6):
                 return "rotary positions are not the token index (or position_ids): they depend on the mask"
         graph = model.graph
         cos_value = add_initializer(graph, "rotary_cos_cache", cos_cache.astype(table_cos.dtype))
@@ -219,21 +218,3 @@ def _halves(table: np.ndarray, half: int) -> np.ndarray | None:
     if not np.array_equal(table[..., :half], table[..., half:]):
         return None
     return table[..., :half]
-
-
-def _feeds(
-    inputs: list[ir.Value], batch: int, seq: int, positions: ir.Value | None, padded: bool = False
-) -> dict[str, np.ndarray]:
-    """Probe inputs: ones for ids and the mask (the first row left-padded if ``padded``), positions."""
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for value in inputs:
-        dtype = value.dtype.numpy()
-        if value is positions:
-            array = np.arange(seq)[None].repeat(batch, 0) if not padded else rng.integers(0, seq * 3, (batch, seq))
-        else:
-            array = np.ones((batch, seq))
-            if padded and "mask" in (value.name or ""):
-                array[0, : seq // 2] = 0
-        feeds[value.name] = array.astype(dtype)
-    return feeds
