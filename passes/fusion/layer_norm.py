@@ -75,6 +75,3 @@ class LayerNormFusion(RuleFusionPass):
             )
             for bias in (True, False)
         ]
-
-
-__all__ = ["LayerNormFusion"]
