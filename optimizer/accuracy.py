@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,3 +87,68 @@ def _cosine(x: np.ndarray, y: np.ndarray) -> float:
     if norms == 0:
         return 1.0 if np.array_equal(x, y) else 0.0
     return float(np.dot(x, y) / norms)
+
+
+@dataclass(frozen=True)
+class AccuracyBudget:
+    """How far a reduced-precision model may drift from the float original.
+
+    ``min_cosine``: the mean per-sample cosine similarity of every float output must
+    reach it; ``max_error``: no float output element may differ by more. Either or
+    both may be set; a budget with neither accepts anything.
+    """
+
+    min_cosine: float | None = None
+    max_error: float | None = None
+
+    def met(self, drift: Drift) -> bool:
+        """Whether ``drift`` is within the budget."""
+        if self.min_cosine is not None and not drift.cosine >= self.min_cosine:
+            return False
+        return self.max_error is None or drift.max_error <= self.max_error
+
+    def describe(self) -> str:
+        """The budget as the command-line flags that set it."""
+        parts = []
+        if self.min_cosine is not None:
+            parts.append(f"--min-cosine {self.min_cosine:g}")
+        if self.max_error is not None:
+            parts.append(f"--max-error {self.max_error:g}")
+        return " ".join(parts) or "no budget"
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How far AFTER's float outputs are from BEFORE's: the worst output's mean per-sample cosine, the largest error."""
+
+    cosine: float
+    max_error: float
+
+    def __str__(self) -> str:
+        return f"cosine {self.cosine:.4f}, max |Δ| {self.max_error:.3g}"
+
+
+def output_drift(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]) -> Drift:
+    """Compare runs of two models on the same batches of inputs (one mapping of outputs per batch).
+
+    Each float output's cosine is taken per sample (row along axis 0, flattened) and
+    averaged over all samples; the result is the minimum over outputs, so one
+    damaged output is not hidden by good ones. Non-float outputs are ignored.
+    """
+    cosines: dict[str, list[float]] = {}
+    max_error = 0.0
+    for expected_run, actual_run in zip(before, after):
+        for name, expected in expected_run.items():
+            expected, actual = np.asarray(expected), np.asarray(actual_run[name])
+            if expected.dtype.kind != "f" or expected.size == 0:
+                continue
+            e, a = expected.astype(np.float64), actual.astype(np.float64)
+            if not np.isfinite(a).all() and not np.array_equal(np.isfinite(a), np.isfinite(e)):
+                return Drift(0.0, float("inf"))
+            finite = np.isfinite(e) & np.isfinite(a)
+            e, a = np.where(finite, e, 0.0), np.where(finite, a, 0.0)
+            max_error = max(max_error, float(np.abs(a - e).max()))
+            rows = (e.reshape(len(e), -1), a.reshape(len(a), -1)) if e.ndim >= 2 else (e[None], a[None])
+            cosines.setdefault(name, []).extend(_cosine(x, y) for x, y in zip(*rows))
+    cosine = min((float(np.mean(values)) for values in cosines.values()), default=1.0)
+    return Drift(cosine, max_error)

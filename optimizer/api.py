@@ -11,8 +11,17 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from optimizer.errors import OutputPathError
-from optimizer.inputs import alternate_binding, bind_dims, check_inputs, dims_from_inputs, load_inputs, make_inputs
+from optimizer.accuracy import AccuracyBudget
+from optimizer.errors import InputSpecError, OutputPathError
+from optimizer.inputs import (
+    alternate_binding,
+    batch_dims,
+    bind_dims,
+    check_inputs,
+    dims_from_inputs,
+    load_inputs,
+    make_inputs,
+)
 from optimizer.model_io import check_model_proto, load_model, same_file, save_model
 from optimizer.pipeline import run_pipeline
 from optimizer.registry import PassOptions, resolve
@@ -35,6 +44,8 @@ def optimize(
     tolerances: Mapping[str, Tolerance] | None = None,
     settings: Mapping[str, object] | None = None,
     static_shapes: bool = False,
+    calibration: InputsLike = None,
+    budget: AccuracyBudget | None = None,
 ) -> ModelLike:
     """Optimize ``model`` and return the same kind of thing it was given.
 
@@ -50,6 +61,12 @@ def optimize(
     bound by ``dims``), and rolled back if its outputs diverge beyond ``tolerances``.
     ``static_shapes`` fixes the symbolic input dims to their bound sizes first, so
     all shape arithmetic folds away; the result then accepts only those shapes.
+
+    Approximate passes (``quantize-dynamic``, ``quantize-static``, ``convert-float16``)
+    are verified against ``budget`` (an ``AccuracyBudget``; default a cosine floor of
+    0.9) on ``calibration`` (a dict of arrays or an .npz path, many samples along
+    axis 0), which the int8 passes also use to calibrate and to search the budget.
+    Pass options go in ``settings`` (see ``passes/quantization/_settings.py``).
     """
     result, _ = optimize_with_report(
         model,
@@ -62,6 +79,8 @@ def optimize(
         tolerances=tolerances,
         settings=settings,
         static_shapes=static_shapes,
+        calibration=calibration,
+        budget=budget,
     )
     return result
 
@@ -79,6 +98,8 @@ def optimize_with_report(
     settings: Mapping[str, object] | None = None,
     static_shapes: bool = False,
     strict: bool = False,
+    calibration: InputsLike = None,
+    budget: AccuracyBudget | None = None,
 ) -> tuple[ModelLike, PipelineReport]:
     """Like ``optimize``, and also return the ``PipelineReport`` of what each pass did."""
     specs = resolve(list(passes) if passes is not None else None, target, static_shapes=static_shapes)
@@ -88,15 +109,23 @@ def optimize_with_report(
         raise OutputPathError("optimize(path): give output= for the optimized model")
     if input_path is not None:
         _check_output_path(Path(output), input_path)
+    approximate = any(spec.approximate for spec in specs)
+    samples, warning = _samples(ir_model, calibration, dims) if approximate else (None, None)
     if verify:
         input_sets = _verification_inputs(ir_model, inputs, dims, alternate=not specializes)
-        verifier = Verifier(ir_model, input_sets, tolerances)
+        verifier = Verifier(ir_model, input_sets, tolerances, samples=samples, budget=budget)
         bound = dims_from_inputs(ir_model, input_sets[0])
     else:
         verifier = None
         bound = bind_dims(ir_model, dims)
-    options = PassOptions(target=target, dims=bound, settings=dict(settings or {}))
+    settings = dict(settings or {})
+    if approximate:
+        settings.setdefault("samples", samples)
+        settings.setdefault("accuracy_budget", budget)
+    options = PassOptions(target=target, dims=bound, settings=settings)
     optimized, report = run_pipeline(ir_model, specs, options=options, verifier=verifier, label=label, strict=strict)
+    if warning:
+        report.warnings.append(warning)
     if input_path is not None:
         written = save_model(optimized, output, input_path=input_path)
         report.output = str(written)
@@ -131,6 +160,34 @@ def _check_output_path(output: Path, input_path: Path) -> None:
         raise OutputPathError(f"{folder}: output folder does not exist")
     if not os.access(folder, os.W_OK):
         raise OutputPathError(f"{folder}: cannot write here (permission denied)")
+
+
+# Samples generated for calibration when the user gives none.
+_GENERATED_SAMPLES = 16
+
+
+def _samples(
+    model: ir.Model, calibration: InputsLike, dims: Mapping[str, int] | None
+) -> tuple[dict[str, np.ndarray], str | None]:
+    """Sample inputs for approximate passes: the user's calibration data, else generated (with a warning)."""
+    if isinstance(calibration, (str, os.PathLike)):
+        return load_inputs(calibration, model, flag="--calibration"), None
+    if calibration is not None:
+        arrays = {name: np.asarray(array) for name, array in calibration.items()}
+        return check_inputs(arrays, model, "calibration"), None
+    batch = batch_dims(model)
+    if not batch:
+        raise InputSpecError(
+            "quantization needs sample inputs and the model has no batch dimension to generate them on: "
+            "give --calibration FILE.npz"
+        )
+    bound = {name: _GENERATED_SAMPLES for name in batch}
+    bound.update(dims or {})
+    warning = (
+        "no --calibration data: calibrated and measured on generated random inputs, "
+        "which says little about accuracy on real data"
+    )
+    return make_inputs(model, bound, seed=2), warning
 
 
 def _verification_inputs(

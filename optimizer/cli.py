@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from optimizer.accuracy import AccuracyBudget
 from optimizer.api import optimize_with_report
 from optimizer.comparison import CompareSettings, compare
 from optimizer.comparison_report import render_comparison, write_html, write_json
@@ -22,6 +23,9 @@ from optimizer.inputs import parse_dim_flags
 from optimizer.registry import TARGETS, all_passes
 from optimizer.report import render_table
 from optimizer.verify import parse_tolerance_flags
+
+# The activation range methods of --quantize static (passes/quantization/calibration.py).
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 EXAMPLE_MODEL = Path(__file__).resolve().parents[1] / "examples" / "encoder.onnx"
 
@@ -89,12 +93,81 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="longest sequence the result must support where a fusion bakes in a table (rotary cos/sin; default 4096)",
     )
+    _add_precision_flags(parser)
     parser.add_argument("--no-verify", action="store_true", help="do not check each pass's result on ONNX Runtime")
     parser.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
     parser.add_argument(
         "--compare", action="store_true", help="then compare the input and the result (see `graphopt compare`)"
     )
     _add_compare_flags(parser)
+
+
+def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reduced precision (int8, float16)")
+    group.add_argument(
+        "--quantize",
+        choices=("dynamic", "static"),
+        help="int8: dynamic (weights int8, activations quantized at run time; transformers on CPU) or "
+        "static (QDQ with calibrated activation ranges; CNNs)",
+    )
+    group.add_argument(
+        "--calibration",
+        metavar="FILE.npz",
+        help="sample inputs, many samples along axis 0: calibrate ranges, search the budget, measure accuracy",
+    )
+    group.add_argument(
+        "--calibration-method",
+        choices=CALIBRATION_METHODS,
+        default="percentile",
+        help="activation ranges for --quantize static (default percentile)",
+    )
+    budget = group.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--min-cosine", type=float, metavar="X", help="accuracy budget: keep sensitive layers float until cosine >= X"
+    )
+    budget.add_argument(
+        "--max-error", type=float, metavar="X", help="accuracy budget: keep sensitive layers float until max |Δ| <= X"
+    )
+    channel = group.add_mutually_exclusive_group()
+    channel.add_argument(
+        "--per-channel",
+        dest="per_channel",
+        action="store_true",
+        default=True,
+        help="one weight scale per output channel (default)",
+    )
+    channel.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per weight")
+    group.add_argument(
+        "--exclude",
+        action="append",
+        metavar="PATTERN",
+        default=[],
+        help="keep layers whose node name or op type matches this glob in float (repeatable)",
+    )
+    group.add_argument(
+        "--full-range-weights",
+        action="store_true",
+        help="8-bit instead of 7-bit int8 weights: more accurate on CPUs with VNNI/AMX or ARM, "
+        "wrong results from saturation on x86 CPUs without VNNI",
+    )
+    group.add_argument(
+        "--quantize-outputs",
+        action="store_true",
+        help="also quantize layers whose result is a model output (LM head, classifier)",
+    )
+    group.add_argument(
+        "--smooth",
+        type=float,
+        metavar="ALPHA",
+        help="SmoothQuant: migrate activation outliers into the weights after each norm (0.5 is typical)",
+    )
+    group.add_argument("--fp16", action="store_true", help="convert to float16 (for --target cuda)")
+    group.add_argument(
+        "--no-keep-io-types",
+        dest="keep_io_types",
+        action="store_false",
+        help="with --fp16: make float graph inputs and outputs float16 too",
+    )
 
 
 def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``graphopt`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(name)s: %(message)s")
-    console = Console()
+    # Off a terminal (logs, CI), rich would wrap tables at 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     try:
         if args.command == "passes":
             return _list_passes(console, args.target)
@@ -150,6 +224,18 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
     passes = [name.strip() for name in args.passes.split(",") if name.strip()] if args.passes else None
     if args.max_sequence is not None and args.max_sequence < 1:
         raise InputSpecError(f"--max-sequence {args.max_sequence}: expected a positive number of tokens")
+    passes = _with_precision_passes(passes, args)
+    settings: dict[str, object] = {
+        "per_channel": args.per_channel,
+        "reduce_range": not args.full_range_weights,
+        "exclude": args.exclude,
+        "quantize_outputs": args.quantize_outputs,
+        "calibration_method": args.calibration_method,
+        "smooth_alpha": args.smooth,
+        "keep_io_types": args.keep_io_types,
+    }
+    if args.max_sequence:
+        settings["rotary_cache_length"] = args.max_sequence
     _, report = optimize_with_report(
         args.model,
         passes,
@@ -160,7 +246,9 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
         verify=not args.no_verify,
         tolerances=parse_tolerance_flags(args.tolerance),
         static_shapes=args.static_shapes,
-        settings={"rotary_cache_length": args.max_sequence} if args.max_sequence else None,
+        settings=settings,
+        calibration=args.calibration,
+        budget=_budget(args),
     )
     render_table(report, console)
     console.print(f"wrote {report.output}", highlight=False, soft_wrap=True, markup=False)
@@ -169,6 +257,33 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
     if args.compare:
         return _compare(console, args, args.model, report.output)
     return 0
+
+
+def _with_precision_passes(passes: list[str] | None, args: argparse.Namespace) -> list[str] | None:
+    """Add the passes --quantize and --fp16 ask for: to the default pipeline, or after an explicit list."""
+    extra = ([f"quantize-{args.quantize}"] if args.quantize else []) + (["convert-float16"] if args.fp16 else [])
+    if args.fp16 and args.target != "cuda":
+        raise InputSpecError("--fp16 is for --target cuda (ONNX Runtime's CPU kernels are float32)")
+    for flag, value in (("--smooth", args.smooth), ("--exclude", args.exclude), ("--calibration", args.calibration)):
+        if value and not args.quantize and not (flag == "--calibration" and args.fp16):
+            raise InputSpecError(f"{flag} needs --quantize dynamic|static")
+    if args.smooth is not None and not 0.0 < args.smooth < 1.0:
+        raise InputSpecError(f"--smooth {args.smooth}: expected a migration strength between 0 and 1, e.g. 0.5")
+    if not extra:
+        return passes
+    if passes is None or all(name.startswith("+") for name in passes):
+        return (passes or []) + [f"+{name}" for name in extra]
+    return passes + extra
+
+
+def _budget(args: argparse.Namespace) -> AccuracyBudget | None:
+    if args.min_cosine is not None and not -1.0 <= args.min_cosine <= 1.0:
+        raise InputSpecError(f"--min-cosine {args.min_cosine}: a cosine similarity is between -1 and 1")
+    if args.max_error is not None and args.max_error < 0:
+        raise InputSpecError(f"--max-error {args.max_error}: expected a non-negative error")
+    if args.min_cosine is None and args.max_error is None:
+        return None
+    return AccuracyBudget(min_cosine=args.min_cosine, max_error=args.max_error)
 
 
 def _compare(console: Console, args: argparse.Namespace, before: str, after: str) -> int:

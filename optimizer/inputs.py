@@ -114,16 +114,16 @@ def parse_dim_flags(flags: list[str] | None) -> dict[str, int]:
     return dims
 
 
-def load_inputs(path: str | os.PathLike, model: ir.Model) -> dict[str, np.ndarray]:
-    """Read verification inputs from an .npz file whose keys are the graph's input names."""
+def load_inputs(path: str | os.PathLike, model: ir.Model, *, flag: str = "--inputs") -> dict[str, np.ndarray]:
+    """Read inputs from an .npz file whose keys are the graph's input names (``flag`` names it in errors)."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except FileNotFoundError as error:
-        raise InputSpecError(f"--inputs {path}: no such file") from error
+        raise InputSpecError(f"{flag} {path}: no such file") from error
     except (OSError, ValueError) as error:
-        raise InputSpecError(f"--inputs {path}: not a readable .npz file ({error})") from error
-    return check_inputs(arrays, model, f"--inputs {path}")
+        raise InputSpecError(f"{flag} {path}: not a readable .npz file ({error})") from error
+    return check_inputs(arrays, model, f"{flag} {path}")
 
 
 def check_inputs(arrays: Mapping[str, np.ndarray], model: ir.Model, source: str) -> dict[str, np.ndarray]:
@@ -243,3 +243,16 @@ def _index_range(value: ir.Value) -> int | None:
             elif node.op_type in _INDEX_PRESERVING_OPS and index == 0:
                 frontier.extend(node.outputs)
     return min(sizes) if sizes else None
+
+
+def split_samples(samples: Mapping[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:
+    """Cut inputs holding many samples along axis 0 (calibration data) into batches of at most ``size``.
+
+    Scalars are passed whole to every batch.
+    """
+    arrays = {name: np.asarray(array) for name, array in samples.items()}
+    count = min((len(array) for array in arrays.values() if array.ndim), default=1)
+    return [
+        {name: array[start : start + size] if array.ndim else array for name, array in arrays.items()}
+        for start in range(0, count, size)
+    ]

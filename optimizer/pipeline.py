@@ -66,6 +66,8 @@ def run_pipeline(
     if verifier is not None:
         report.inputs = [{name: list(array.shape) for name, array in inputs.items()} for inputs in verifier.input_sets]
         report.tolerances = {k: {"rtol": t.rtol, "atol": t.atol} for k, t in verifier.tolerances.items()}
+        if any(spec.approximate for spec in specs):
+            report.accuracy_budget = verifier.budget.describe()
     nodes = report.nodes_before
     for spec in specs:
         current, record = _run_one(current, nodes, spec, options, verifier, strict)
@@ -88,7 +90,8 @@ def _run_one(
     candidate = model.clone()
     started = time.perf_counter()
     try:
-        result = spec.factory(options)(candidate)
+        instance = spec.factory(options)
+        result = instance(candidate)
     except Exception as error:
         # A broken pass must not cost the user the rest of the pipeline: report it
         # by name with the error, keep the model as it was, and log the traceback.
@@ -99,13 +102,16 @@ def _run_one(
         detail = f"{type(error).__name__}: {one_line(error)}"
         return model, PassRecord(spec.name, STATUS_FAILED, seconds, nodes_before, nodes_before, None, detail)
     seconds = time.perf_counter() - started
+    # A pass may say what it decided (which layers stayed float, the accuracy it reached).
+    notes = [str(note) for note in getattr(instance, "notes", None) or []]
     if not result.modified:
-        return model, PassRecord(spec.name, STATUS_UNCHANGED, seconds, nodes_before, nodes_before)
+        return model, PassRecord(spec.name, STATUS_UNCHANGED, seconds, nodes_before, nodes_before, notes=notes)
     candidate = result.model
     nodes_after = count_nodes(candidate)
     if verifier is None:
-        return candidate, PassRecord(spec.name, STATUS_APPLIED, seconds, nodes_before, nodes_after)
-    verdict = verifier.check(candidate)
+        return candidate, PassRecord(spec.name, STATUS_APPLIED, seconds, nodes_before, nodes_after, notes=notes)
+    verdict = verifier.check_approximation(candidate) if spec.approximate else verifier.check(candidate)
+    cosine = verdict.drift.cosine if verdict.drift is not None else None
     if not verdict.ok:
         logger.warning("pass %s rolled back: %s", spec.name, verdict.first_failure)
         return model, PassRecord(
@@ -116,5 +122,11 @@ def _run_one(
             nodes_before,
             verdict.max_abs_error,
             verdict.first_failure,
+            cosine,
+            notes,
         )
-    return candidate, PassRecord(spec.name, STATUS_APPLIED, seconds, nodes_before, nodes_after, verdict.max_abs_error)
+    if spec.approximate:
+        verifier.rebase(candidate)
+    return candidate, PassRecord(
+        spec.name, STATUS_APPLIED, seconds, nodes_before, nodes_after, verdict.max_abs_error, "", cosine, notes
+    )

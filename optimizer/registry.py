@@ -34,6 +34,8 @@ class PassSpec:
 
     ``specializes_shapes`` marks a pass whose result accepts only the bound input
     shapes (``--static-shapes`` runs these first; verification then uses one binding).
+    ``approximate`` marks a pass that changes numerics on purpose (quantization,
+    float16): it is verified against an accuracy budget, not float32 closeness.
     """
 
     name: str
@@ -41,6 +43,7 @@ class PassSpec:
     summary: str
     default_for: frozenset[str]
     specializes_shapes: bool = False
+    approximate: bool = False
 
 
 _REGISTRY: dict[str, PassSpec] = {}
@@ -53,17 +56,18 @@ def register(
     *,
     default_for: tuple[str, ...] = (),
     specializes_shapes: bool = False,
+    approximate: bool = False,
 ) -> None:
     """Add a pass under ``name``; ``default_for`` lists targets whose default pipeline runs it.
 
-    Registration order is pipeline order.
+    Registration order is pipeline order. See ``PassSpec`` for the flags.
     """
     if name in _REGISTRY:
         raise ValueError(f"pass {name!r} is registered twice")
     unknown = set(default_for) - set(TARGETS)
     if unknown:
         raise ValueError(f"pass {name!r}: unknown targets {sorted(unknown)}")
-    _REGISTRY[name] = PassSpec(name, factory, summary, frozenset(default_for), specializes_shapes)
+    _REGISTRY[name] = PassSpec(name, factory, summary, frozenset(default_for), specializes_shapes, approximate)
 
 
 def load_builtin_passes() -> None:

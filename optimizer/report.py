@@ -29,6 +29,8 @@ class PassRecord:
     nodes_after: int
     max_abs_error: float | None = None
     detail: str = ""
+    cosine: float | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -45,6 +47,8 @@ class PipelineReport:
     seconds: float = 0.0
     inputs: list[dict[str, list[int]]] = field(default_factory=list)
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+    accuracy_budget: str | None = None
+    warnings: list[str] = field(default_factory=list)
     passes: list[PassRecord] = field(default_factory=list)
     output: str | None = None
 
@@ -73,17 +77,23 @@ def render_table(report: PipelineReport, console: Console | None = None) -> None
     table.add_column("nodes in", justify="right")
     table.add_column("nodes out", justify="right")
     table.add_column("max |Δ|" if report.verified else "verified", justify="right", no_wrap=True)
+    approximate = any(record.cosine is not None for record in report.passes)
+    if approximate:
+        table.add_column("cosine", justify="right", no_wrap=True)
     styles = {STATUS_APPLIED: "green", STATUS_UNCHANGED: "dim", STATUS_ROLLED_BACK: "yellow", STATUS_FAILED: "red"}
     for record in report.passes:
         error = _format_error(record.max_abs_error) if report.verified else "off"
-        table.add_row(
+        row = [
             record.name,
             f"[{styles.get(record.status, '')}]{record.status}[/]",
             f"{record.seconds * 1000:.0f} ms",
             str(record.nodes_before),
             str(record.nodes_after),
             error,
-        )
+        ]
+        if approximate:
+            row.append("" if record.cosine is None else f"{record.cosine:.4f}")
+        table.add_row(*row)
     console.print(table)
     removed = report.nodes_before - report.nodes_after
     console.print(
@@ -91,6 +101,13 @@ def render_table(report: PipelineReport, console: Console | None = None) -> None
         f"weights {_format_bytes(report.initializer_bytes_before)} → {_format_bytes(report.initializer_bytes_after)}, "
         f"{report.seconds:.2f} s" + ("" if report.verified else " — outputs NOT verified (--no-verify)")
     )
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    if report.accuracy_budget:
+        console.print(f"approximate passes verified against the accuracy budget: {report.accuracy_budget}")
+    for record in report.passes:
+        for note in record.notes:
+            console.print(f"{record.name}: {escape(note)}", highlight=False, soft_wrap=True)
     for record in report.failures():
         console.print(f"[yellow]{record.name} {record.status}:[/] {escape(record.detail)}", highlight=False)
 

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.errors import InputSpecError, InvalidModelError, one_line
+from optimizer.inputs import split_samples
 from optimizer.runtime import inference_session, run_session
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,14 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "bfloat16": Tolerance(rtol=2e-2, atol=1e-2),
 }
 
+# Passes that change numerics on purpose (int8, float16) are held to an accuracy
+# budget instead. Without one from the user, this floor only catches a broken
+# rewrite; it is not a quality claim (a good int8 encoder keeps cosine > 0.99).
+DEFAULT_APPROXIMATION_FLOOR = AccuracyBudget(min_cosine=0.9)
+
+# Samples per ONNX Runtime run when checking an approximate pass.
+_SAMPLE_BATCH = 16
+
 # Ops whose outputs change from run to run; outputs that depend on them are not compared.
 NONDETERMINISTIC_OPS = frozenset(
     {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -66,6 +76,7 @@ class VerificationResult:
 
     checks: list[OutputCheck] = field(default_factory=list)
     error: str = ""
+    drift: Drift | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,6 +84,8 @@ class VerificationResult:
 
     @property
     def max_abs_error(self) -> float:
+        if self.drift is not None:
+            return self.drift.max_error
         return max((check.max_abs_error for check in self.checks), default=0.0)
 
     @property
@@ -185,6 +198,10 @@ class Verifier:
     verification is impossible and ``InvalidModelError`` is raised. Further sets
     (e.g. other bindings of the symbolic dims, to catch a rewrite that bakes in one
     shape) are dropped if the original itself cannot run on them.
+
+    Approximate passes (``check_approximation``) are judged by ``budget`` (default:
+    ``DEFAULT_APPROXIMATION_FLOOR``) on ``samples`` — inputs with many samples along
+    axis 0, such as calibration data — or on the input sets when there are none.
     """
 
     def __init__(
@@ -192,8 +209,15 @@ class Verifier:
         original: ir.Model,
         input_sets: Sequence[Mapping[str, np.ndarray]],
         tolerances: Mapping[str, Tolerance] | None = None,
+        *,
+        samples: Mapping[str, np.ndarray] | None = None,
+        budget: AccuracyBudget | None = None,
     ) -> None:
         self.tolerances = dict(DEFAULT_TOLERANCES if tolerances is None else tolerances)
+        self.budget = budget if budget is not None and budget != AccuracyBudget() else DEFAULT_APPROXIMATION_FLOOR
+        self._original = original
+        self._samples = samples
+        self._sample_references: list[dict[str, Any]] | None = None
         self.input_sets: list[dict[str, np.ndarray]] = []
         self.references: list[dict[str, Any]] = []
         for index, inputs in enumerate(input_sets):
@@ -230,6 +254,42 @@ class Verifier:
         except Exception as error:  # any ORT failure means the rewrite is unusable
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {one_line(error, 300)}")
         return worst
+
+    def rebase(self, accepted: ir.Model) -> None:
+        """Compare later (exact) passes with ``accepted``, an approximate pass's result, instead of the original.
+
+        After int8 or float16, float32 closeness to the original no longer holds; a
+        cleanup pass after it must keep *that* model's outputs. Approximate passes are
+        still measured against the original.
+        """
+        self.references = [self._run(accepted, inputs) for inputs in self.input_sets]
+
+    def check_approximation(self, candidate: ir.Model) -> VerificationResult:
+        """Run ``candidate`` on the samples (or input sets) and hold its drift from the original to the budget.
+
+        Both models run with ONNX Runtime's full optimizations, as deployed: int8
+        QDQ graphs are then measured with the integer kernels they will really use.
+        """
+        batches = self._sample_batches()
+        try:
+            if self._sample_references is None:
+                self._sample_references = self._run_all(self._original, batches)
+            drift = output_drift(self._sample_references, self._run_all(candidate, batches))
+        except Exception as error:  # any ORT failure means the rewrite is unusable
+            return VerificationResult(error=f"ONNX Runtime cannot run the result: {one_line(error, 300)}")
+        if self.budget.met(drift):
+            return VerificationResult(drift=drift)
+        return VerificationResult(drift=drift, error=f"{drift} misses the accuracy budget ({self.budget.describe()})")
+
+    def _sample_batches(self) -> list[dict[str, np.ndarray]]:
+        if self._samples is None:
+            return self.input_sets
+        return split_samples(self._samples, _SAMPLE_BATCH)
+
+    @staticmethod
+    def _run_all(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:
+        with inference_session(model, optimization_level="all") as session:
+            return [run_session(session, batch) for batch in batches]
 
     @staticmethod
     def _run(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -33,6 +33,26 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
     return value
 
 
+def replace_value(old: ir.Value, new: ir.Value) -> None:
+    """Point every user of ``old`` at ``new``; a graph output keeps its name (and ``old`` is renamed)."""
+    if old.is_graph_output():
+        name, old.name = old.name, f"{old.name}_unfused"
+        new.name = name
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+
+
+def take_over(old: ir.Value, new: ir.Value) -> None:
+    """Replace ``old`` by ``new`` everywhere, ``new`` taking ``old``'s name, shape and type.
+
+    For rewrites that compute the same tensor another way: anything keyed by the
+    tensor's name (calibration ranges, graph outputs) still finds it.
+    """
+    name = old.name
+    old.name = f"{name}.replaced"
+    new.name, new.shape, new.type = name, old.shape, old.type
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+
+
 def remove_dead_nodes(model: ir.Model) -> None:
     """Delete the nodes and initializers a rewrite left without users (onnx-ir's dead code pass).
 

@@ -84,14 +84,6 @@ class RuleFusionPass(FusionPass):
         return count
 
 
-def replace_value(old: ir.Value, new: ir.Value) -> None:
-    """Point every user of ``old`` at ``new``; a graph output keeps its name (and ``old`` is renamed)."""
-    if old.is_graph_output():
-        name, old.name = old.name, f"{old.name}_unfused"
-        new.name = name
-    old.replace_all_uses_with(new, replace_graph_outputs=True)
-
-
 _COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "And", "Or", "Equal"})
 
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from passes._utils import add_initializer, constant_array
-from passes.fusion._base import FusionPass, replace_value
+from passes._utils import add_initializer, constant_array, replace_value
+from passes.fusion._base import FusionPass
 from passes.fusion._checks import is_float
 from passes.fusion._layout import (
     HeadSplit,

@@ -24,8 +24,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from passes._utils import constant_array
-from passes.fusion._base import FusionPass, replace_value
+from passes._utils import constant_array, replace_value
+from passes.fusion._base import FusionPass
 from passes.fusion._layout import producer
 from passes.fusion._probe import PADDED_MASK, evaluate, token_feeds, token_inputs_of
 from passes.fusion._targets import MS_DOMAIN

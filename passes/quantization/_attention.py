@@ -1,0 +1,56 @@
+"""Building com.microsoft ``QAttention`` from a packed-QKV ``Attention`` layer (dynamic and static passes)."""
+
+from __future__ import annotations
+
+import math
+
+import onnx_ir as ir
+
+from passes._utils import add_initializer, take_over
+from passes.quantization._int8 import quantize_weight
+from passes.quantization._layers import MS_DOMAIN, Layer
+
+
+def replace_with_qattention(
+    graph: ir.Graph,
+    layer: Layer,
+    activation: tuple[ir.Value, ir.Value, ir.Value],
+    *,
+    per_channel: bool,
+    reduce_range: bool,
+) -> None:
+    """Replace ``layer`` (an Attention node) by QAttention reading the uint8 ``activation``.
+
+    ``activation`` is ``(values, scale, zero_point)`` of the quantized input, from a
+    DynamicQuantizeLinear or a QuantizeLinear placed before the node. QAttention
+    always scales scores by ``1/sqrt(head_size)``: a different ``scale`` attribute is
+    folded into the query third of the weights and bias, which is exact.
+    """
+    node = layer.node
+    num_heads = node.attributes.get_int("num_heads")
+    hidden = layer.weight.shape[0]
+    weight, bias = layer.weight.copy(), layer.bias.copy()
+    scale = node.attributes.get_float("scale", 0.0)
+    if scale:
+        ratio = scale * math.sqrt(hidden // num_heads)
+        weight[:, :hidden] *= ratio
+        bias[:hidden] *= ratio
+    quantized = quantize_weight(weight, 1 if per_channel else None, reduce_range=reduce_range)
+    values, activation_scale, activation_zero_point = activation
+    prefix = node.name
+    inputs = [
+        values,
+        add_initializer(graph, f"{prefix}.weight_int8", quantized.values),
+        add_initializer(graph, f"{prefix}.bias", bias),
+        activation_scale,
+        add_initializer(graph, f"{prefix}.weight_scale", quantized.scale),
+        node.inputs[3] if len(node.inputs) > 3 else None,
+        activation_zero_point,
+        add_initializer(graph, f"{prefix}.weight_zero_point", quantized.zero_point),
+    ]
+    attributes = [ir.AttrInt64("num_heads", num_heads)]
+    if node.attributes.get_int("unidirectional", 0):
+        attributes.append(ir.AttrInt64("unidirectional", 1))
+    fused = ir.Node(MS_DOMAIN, "QAttention", inputs, attributes=attributes, name=f"{prefix}_int8")
+    graph.insert_before(node, fused)
+    take_over(node.outputs[0], fused.outputs[0])

@@ -1,0 +1,174 @@
+"""The shared driver of the int8 passes: layer selection, the accuracy-budget search, and notes for the report.
+
+A subclass says which layer kinds it handles (``kinds``) and how to rewrite one
+layer (``quantize_layer``); this base decides *which* layers to rewrite:
+
+- layers matching an ``exclude`` glob, and layers whose result is a graph output
+  (an LM head or classifier: int8 error there reaches the answer undamped), stay float;
+- with an accuracy budget and sample inputs, each remaining layer's sensitivity is
+  measured (quantize it alone, compare the model's outputs with the float ones),
+  and the most sensitive layers are kept float one by one, greedily, until the
+  whole quantized model meets the budget.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.accuracy import AccuracyBudget, Drift, output_drift
+from optimizer.inputs import split_samples
+from optimizer.runtime import inference_session, run_session
+from passes._utils import remove_dead_nodes
+from passes.quantization import smoothing
+from passes.quantization._layers import MS_DOMAIN, Layer, excluded, feeds_graph_output, find_layers, name_nodes
+
+logger = logging.getLogger(__name__)
+
+# Samples per ONNX Runtime run when measuring accuracy or calibrating.
+_BATCH = 16
+
+
+def run_batches(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Outputs of ``model`` on each batch, on ONNX Runtime (CPU, all graph optimizations, as deployed)."""
+    with inference_session(model, optimization_level="all") as session:
+        return [run_session(session, batch) for batch in batches]
+
+
+class QuantizationPass(ir.passes.InPlacePass):
+    """Base of the int8 passes. After a run, ``quantized`` and ``kept_float`` name the layers,
+    ``drift`` is the measured accuracy (when samples were given) and ``notes`` says it in words.
+    """
+
+    kinds: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        per_channel: bool = True,
+        reduce_range: bool = True,
+        exclude: Sequence[str] = (),
+        quantize_outputs: bool = False,
+        budget: AccuracyBudget | None = None,
+        samples: Mapping[str, np.ndarray] | None = None,
+        smooth_alpha: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.per_channel = per_channel
+        self.reduce_range = reduce_range
+        self.exclude = tuple(exclude)
+        self.quantize_outputs = quantize_outputs
+        self.budget = budget if budget is not None and (budget.min_cosine, budget.max_error) != (None, None) else None
+        self.samples = samples
+        self.smooth_alpha = smooth_alpha
+        self.quantized: list[str] = []
+        self.kept_float: list[str] = []
+        self.drift: Drift | None = None
+        self.notes: list[str] = []
+        self._float: ir.Model | None = None
+
+    @abc.abstractmethod
+    def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
+        """Rewrite one layer of ``graph`` into its int8 form."""
+
+    def reset(self) -> None:  # noqa: B027
+        """Hook run before each rewrite of a fresh model copy (to drop per-graph caches)."""
+
+    def prepare(self, model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]]) -> None:  # noqa: B027
+        """Hook run once before any rewrite, on the float model (static quantization calibrates here)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.quantized, self.kept_float, self.notes, self.drift = [], [], [], None
+        name_nodes(model.graph)
+        layers, refused = find_layers(model.graph, self.kinds)
+        for name, reason in refused.items():
+            logger.info("%s: %s stays float: %s", type(self).__name__, name, reason)
+        chosen = []
+        for layer in layers:
+            if excluded(layer, self.exclude):
+                self.kept_float.append(layer.name)
+            elif not self.quantize_outputs and feeds_graph_output(layer):
+                self.kept_float.append(layer.name)
+                self.notes.append(f"{layer.name} stays float: its result is a model output")
+            else:
+                chosen.append(layer)
+        if not chosen:
+            return ir.passes.PassResult(model, modified=False)
+        batches = split_samples(self.samples, _BATCH) if self.samples is not None else []
+        self._float = model.clone() if batches else None
+        if self.smooth_alpha is not None and batches:
+            smoothed = smoothing.smooth(model, chosen, batches, self.smooth_alpha)
+            self.notes.append(
+                f"SmoothQuant (alpha {self.smooth_alpha:g}) on the {len(smoothed)} norms feeding int8 layers"
+            )
+        self.prepare(model, chosen, batches)
+        if self.budget is not None and batches:
+            chosen = self._fit_budget(model, chosen, batches)
+            if not chosen:
+                return ir.passes.PassResult(model, modified=False)
+        elif self.budget is not None:
+            self.notes.append("no sample inputs: the accuracy budget was not searched")
+        self._apply(model, [layer.name for layer in chosen])
+        self.quantized = [layer.name for layer in chosen]
+        if batches and self.drift is None:
+            self.drift = output_drift(run_batches(self._float, batches), run_batches(model, batches))
+        if self.drift is not None:
+            self.notes.append(f"{len(self.quantized)} layers int8, {len(self.kept_float)} float: {self.drift}")
+        self._float = None
+        return ir.passes.PassResult(model, modified=True)
+
+    def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
+        """Quantize the named layers of ``model`` in place."""
+        self.reset()
+        wanted = set(names)
+        layers, _ = find_layers(model.graph, self.kinds)
+        for layer in layers:
+            if layer.name in wanted:
+                self.quantize_layer(model.graph, layer)
+        model.opset_imports.setdefault(MS_DOMAIN, 1)
+        remove_dead_nodes(model)
+
+    def _trial(self, model: ir.Model, names: Sequence[str], batches, reference) -> Drift:
+        trial = model.clone()
+        self._apply(trial, names)
+        return output_drift(reference, run_batches(trial, batches))
+
+    def _fit_budget(self, model: ir.Model, layers: list[Layer], batches) -> list[Layer]:
+        """The layers to quantize so the model meets the budget: all, minus the most sensitive ones."""
+        reference = run_batches(self._float, batches)
+        names = [layer.name for layer in layers]
+        drift = self._trial(model, names, batches, reference)
+        if self.budget.met(drift):
+            self.drift = drift
+            self.notes.append(f"budget {self.budget.describe()} met with every layer int8")
+            return layers
+        sensitivity = {name: self._cost(self._trial(model, [name], batches, reference)) for name in names}
+        ranked = sorted(names, key=lambda name: sensitivity[name], reverse=True)
+        for count in range(1, len(ranked) + 1):
+            keep = set(ranked[:count])
+            remaining = [name for name in names if name not in keep]
+            if not remaining:
+                break
+            drift = self._trial(model, remaining, batches, reference)
+            if self.budget.met(drift):
+                self.kept_float.extend(ranked[:count])
+                self.drift = drift
+                self.notes.append(
+                    f"budget {self.budget.describe()} met keeping the {count} most sensitive layers float: "
+                    + ", ".join(ranked[:count])
+                )
+                return [layer for layer in layers if layer.name not in keep]
+        self.kept_float.extend(names)
+        self.notes.append(f"budget {self.budget.describe()} cannot be met with any int8 layer; model left float")
+        logger.info("%s: budget not met by any int8 layer", type(self).__name__)
+        return []
+
+    def _cost(self, drift: Drift) -> float:
+        # The budget's own measure orders the layers; cosine first when both are set.
+        if self.budget.min_cosine is not None:
+            return 1.0 - drift.cosine
+        return drift.max_error

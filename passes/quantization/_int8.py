@@ -1,0 +1,76 @@
+"""The int8 arithmetic shared by the quantization passes: weight and activation quantization parameters.
+
+Weights are int8, symmetric (zero point 0), per output channel or per tensor: ONNX
+Runtime's int8 kernels on x86 take uint8 activations times int8 weights (U8S8),
+and symmetric weights let them skip the weight zero-point correction.
+Activations are uint8 with a zero point, so a one-sided range (after Relu, GELU's
+mostly-positive output) uses all 256 levels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# 7-bit weights: on x86 CPUs without VNNI, the U8S8 kernels add pairs of u8*s8
+# products in int16 (vpmaddubsw), which saturates for full-range int8 weights.
+REDUCED_RANGE_MAX = 63
+FULL_RANGE_MAX = 127
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """An int8 weight and its float scales: ``weight ≈ values * scale`` along ``axis`` (None = per tensor)."""
+
+    values: np.ndarray
+    scale: np.ndarray
+    axis: int | None
+
+    @property
+    def zero_point(self) -> np.ndarray:
+        """All-zero int8 zero points shaped like ``scale`` (the weights are symmetric)."""
+        return np.zeros(self.scale.shape, dtype=np.int8)
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 weight the int8 one stands for."""
+        if self.axis is None:
+            return self.values.astype(np.float32) * self.scale
+        shape = [1] * self.values.ndim
+        shape[self.axis] = -1
+        return self.values.astype(np.float32) * self.scale.reshape(shape)
+
+
+def quantize_weight(weight: np.ndarray, axis: int | None, *, reduce_range: bool = False) -> QuantizedWeight:
+    """Quantize a float weight to symmetric int8, one scale per slice along ``axis`` (None: one scale).
+
+    A slice that is all zeros gets scale 1 so the kernels never divide by zero.
+    """
+    weight = np.asarray(weight, dtype=np.float32)
+    limit = REDUCED_RANGE_MAX if reduce_range else FULL_RANGE_MAX
+    if axis is None:
+        peak = np.array(np.abs(weight).max(initial=0.0), dtype=np.float32)
+        scale = np.where(peak > 0, peak / limit, 1.0).astype(np.float32)
+        values = np.clip(np.rint(weight / scale), -limit, limit).astype(np.int8)
+        return QuantizedWeight(values, scale.reshape(()), None)
+    axis = axis % weight.ndim
+    other = tuple(i for i in range(weight.ndim) if i != axis)
+    peak = np.abs(weight).max(axis=other, initial=0.0)
+    scale = np.where(peak > 0, peak / limit, 1.0).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    values = np.clip(np.rint(weight / scale.reshape(shape)), -limit, limit).astype(np.int8)
+    return QuantizedWeight(values, scale, axis)
+
+
+def activation_parameters(low: float, high: float) -> tuple[np.float32, np.uint8]:
+    """Scale and uint8 zero point for activations in ``[low, high]``.
+
+    The range is widened to include 0 so that zero (padding, Relu's output) is exact.
+    """
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    if high - low < 1e-12:
+        return np.float32(1.0), np.uint8(0)
+    scale = np.float32((high - low) / 255.0)
+    zero_point = np.uint8(np.clip(np.rint(-low / scale), 0, 255))
+    return scale, zero_point

@@ -1,0 +1,29 @@
+"""Reading the quantization passes' options from the pipeline's settings.
+
+Keys (all optional): ``per_channel`` (default True), ``reduce_range`` (default True),
+``exclude`` (globs over node names and op types), ``quantize_outputs`` (default
+False), ``accuracy_budget`` (an ``AccuracyBudget``), ``samples`` (input arrays with
+samples along axis 0: calibration data), ``calibration_method`` (``minmax``,
+``percentile`` or ``entropy``), ``smooth_alpha`` (SmoothQuant migration strength,
+None = off), ``keep_io_types`` (float16, default True).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optimizer.registry import PassOptions
+
+
+def int8_settings(options: PassOptions) -> dict[str, Any]:
+    """Keyword arguments shared by the int8 passes, from ``options.settings``."""
+    settings = options.settings
+    return {
+        "per_channel": bool(settings.get("per_channel", True)),
+        "reduce_range": bool(settings.get("reduce_range", True)),
+        "exclude": tuple(settings.get("exclude", ()) or ()),
+        "quantize_outputs": bool(settings.get("quantize_outputs", False)),
+        "budget": settings.get("accuracy_budget"),
+        "samples": settings.get("samples"),
+        "smooth_alpha": settings.get("smooth_alpha"),
+    }

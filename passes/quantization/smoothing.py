@@ -1,0 +1,92 @@
+"""SmoothQuant: move activation outliers out of the norms' outputs and into the next layers' weights.
+
+Transformer activations after LayerNorm/RMSNorm carry a few channels hundreds of
+times larger than the rest; one per-tensor int8 scale then wastes almost all levels
+on them. For a norm whose output ``X`` feeds only int8 layers ``X @ W``, dividing
+channel ``j`` of ``X`` by ``s_j`` (folded into the norm's scale and bias) and
+multiplying row ``j`` of every ``W`` by ``s_j`` leaves the product unchanged in exact
+arithmetic, while evening out the ranges. ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)``
+(Xiao et al., 2023), with ``max|X_j|`` measured on calibration data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from passes._utils import add_initializer, constant_array
+from passes.quantization import calibration
+from passes.quantization._layers import Layer
+
+_NORMS = {
+    ("", "LayerNormalization"): (1, 2),
+    ("", "SimplifiedLayerNormalization"): (1, None),
+    ("com.microsoft", "SimplifiedLayerNormalization"): (1, None),
+    ("com.microsoft", "SkipLayerNormalization"): (2, 3),
+    ("com.microsoft", "SkipSimplifiedLayerNormalization"): (2, None),
+}
+
+
+def smooth(
+    model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]], alpha: float
+) -> list[str]:
+    """Migrate outliers from each norm feeding only ``layers`` into their weights; return the norms' names.
+
+    A norm is left alone when its output has another user, is a graph output, or its
+    scale/bias are not constants with one value per channel.
+    """
+    chosen = {id(layer.node): layer for layer in layers}
+    groups = []
+    for node in model.graph:
+        slots = _NORMS.get((node.domain or "", node.op_type))
+        if slots is None or not node.outputs[0].uses() or node.outputs[0].is_graph_output():
+            continue
+        users = [chosen.get(id(user)) for user, index in node.outputs[0].uses() if index == 0]
+        if len(users) != len(node.outputs[0].uses()) or any(user is None or user.kind == "conv" for user in users):
+            continue
+        groups.append((node, slots, users))
+    if not groups:
+        return []
+    peaks = calibration.channel_peaks(calibration.collect(model, [n.outputs[0].name for n, _, _ in groups], batches))
+    smoothed = []
+    for node, (scale_slot, bias_slot), users in groups:
+        if _migrate(model.graph, node, scale_slot, bias_slot, users, peaks[node.outputs[0].name], alpha):
+            smoothed.append(node.name or node.op_type)
+    return smoothed
+
+
+def _migrate(graph, node, scale_slot, bias_slot, users, activation_peak, alpha) -> bool:
+    scale = constant_array(node.inputs[scale_slot]) if len(node.inputs) > scale_slot else None
+    bias = constant_array(node.inputs[bias_slot]) if bias_slot is not None and len(node.inputs) > bias_slot else None
+    channels = activation_peak.shape[0]
+    if scale is None or scale.shape != (channels,) or (bias is not None and bias.shape != (channels,)):
+        return False
+    if bias_slot is not None and len(node.inputs) > bias_slot and node.inputs[bias_slot] is not None and bias is None:
+        return False
+    if any(layer.weight.shape[0] != channels for layer in users):
+        return False
+    weight_peak = np.max([np.abs(layer.weight).max(axis=1) for layer in users], axis=0)
+    factors = np.power(np.maximum(activation_peak, 1e-5), alpha) / np.power(np.maximum(weight_peak, 1e-5), 1 - alpha)
+    factors = np.clip(factors, 1e-5, None).astype(np.float32)
+    prefix = node.name or node.op_type
+    node.replace_input_with(scale_slot, add_initializer(graph, f"{prefix}.smoothed_scale", scale / factors))
+    if bias is not None:
+        node.replace_input_with(bias_slot, add_initializer(graph, f"{prefix}.smoothed_bias", bias / factors))
+    for layer in users:
+        layer_node = layer.node
+        weight = _stored_weight(layer) * _row_scaling(layer, factors)
+        layer_node.replace_input_with(1, add_initializer(graph, f"{layer_node.name}.smoothed_weight", weight))
+    return True
+
+
+def _stored_weight(layer: Layer) -> np.ndarray:
+    """The weight as the node stores it (a Gemm with transB keeps it ``[N, K]``)."""
+    return constant_array(layer.node.inputs[1]).astype(np.float32)
+
+
+def _row_scaling(layer: Layer, factors: np.ndarray) -> np.ndarray:
+    if layer.kind == "gemm" and layer.node.attributes.get_int("transB", 0):
+        return factors[None, :]
+    return factors[:, None]
