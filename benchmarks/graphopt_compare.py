@@ -17,15 +17,17 @@ def add_timing_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ep", default="cpu", help="execution provider to time: cpu or cuda")
 
 
-def compare_ratio(before: Path, after: Path, out: Path, args: argparse.Namespace) -> tuple[float, float, float]:
-    """Time ``after`` against ``before`` with ``graphopt compare`` (JSON kept at ``out``).
+def compare_ratio(
+    before: Path, after: Path, out: Path, args: argparse.Namespace, extra: list[str] | None = None
+) -> tuple[float, float, float]:
+    """Time ``after`` against ``before`` with ``graphopt compare`` (JSON kept at ``out``; ``extra`` flags appended).
 
     Returns the after/before latency ratio of medians and its 95 % interval, rounded
     to three places. Raises ``subprocess.CalledProcessError`` if compare fails.
     """
     command = [sys.executable, "-m", "optimizer.cli", "compare", str(before), str(after), "--json", str(out)]
     command += ["--time-budget", str(args.time_budget), "--iterations", str(args.iterations)]
-    command += ["--threads", str(args.threads), "--ep", args.ep]
+    command += ["--threads", str(args.threads), "--ep", args.ep] + list(extra or [])
     subprocess.run(command, check=True, capture_output=True, text=True)
     ratio = json.loads(out.read_text())["providers"][0]["batches"][0]["ratio"]
     return round(ratio["ratio"], 3), round(ratio["low"], 3), round(ratio["high"], 3)

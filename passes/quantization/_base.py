@@ -103,7 +103,8 @@ class QuantizationPass(ir.passes.InPlacePass):
         if self.smooth_alpha is not None and batches:
             smoothed = smoothing.smooth(model, chosen, batches, self.smooth_alpha)
             self.notes.append(
-                f"SmoothQuant (alpha {self.smooth_alpha:g}) on the {len(smoothed)} norms feeding int8 layers"
+                f"SmoothQuant (alpha {self.smooth_alpha:g}) on {len(smoothed)} norms: "
+                + (", ".join(smoothed) or "none qualify")
             )
         self.prepare(model, chosen, batches)
         if self.budget is not None and batches:

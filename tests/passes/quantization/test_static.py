@@ -1,0 +1,73 @@
+"""quantize-static: QDQ around MatMul/Gemm/Conv with calibrated ranges, QAttention for Attention."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from passes.quantization.static import StaticQuantizationPass
+from tests.helpers import computed_op_types
+from tests.passes.quantization.conftest import drift, ort_op_counts
+from tests.passes.quantization.graphs import attention, convnet, mlp, samples
+
+
+def test_matmul_gets_qdq_and_runs_as_an_integer_matmul_in_onnx_runtime():
+    model = mlp(head=False)
+    quantization = StaticQuantizationPass(samples=samples(model, 32), method="minmax", quantize_outputs=True)
+    after = quantization(model.clone()).model
+    ops = collections.Counter(computed_op_types(after))
+    assert ops["QuantizeLinear"] == 2 and ops["MatMul"] == 2
+    # weights + activations + the MatMul's bias (int32) are dequantized
+    assert ops["DequantizeLinear"] == 5
+    bias = after.graph.initializers["up.bias_int32"].const_value.numpy()
+    assert bias.dtype == np.int32
+    # With an int32 bias ORT keeps the integer kernel (a float bias makes it a float Gemm).
+    assert ort_op_counts(after)["MatMulIntegerToFloat"] == 2
+    assert drift(model, after, samples(model, 4, seed=5)).cosine > 0.999
+
+
+def test_gemm_with_transposed_weight_quantizes_along_its_output_axis():
+    model = mlp(gemm_trans_b=True, head=False)
+    after = StaticQuantizationPass(samples=samples(model, 32), quantize_outputs=True)(model.clone()).model
+    dq = next(n for n in after.graph if n.name == "down_weight_dq")
+    assert dq.attributes.get_int("axis") == 0
+    assert after.graph.initializers["down.weight_scale"].const_value.shape == (32,)
+    assert drift(model, after, samples(model, 4, seed=5)).cosine > 0.999
+
+
+def test_conv_outputs_get_qdq_so_onnx_runtime_runs_qlinearconv():
+    model = convnet()
+    feeds = {"x": np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)}
+    quantization = StaticQuantizationPass(samples=feeds)
+    after = quantization(model.clone()).model
+    assert quantization.quantized == ["conv1", "conv2"] and quantization.kept_float == ["classifier"]
+    assert ort_op_counts(after)["QLinearConv"] == 2
+    assert drift(model, after, {"x": feeds["x"][:4]}).cosine > 0.999
+
+
+def test_old_opsets_are_converted_for_per_channel_qdq():
+    model = convnet(opset=11)
+    feeds = {"x": np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)}
+    quantization = StaticQuantizationPass(samples=feeds)
+    after = quantization(model.clone()).model
+    assert after.opset_imports[""] == 18
+    assert quantization.notes[0] == "converted from opset 11 to 18 for QDQ"
+    assert drift(model, after, {"x": feeds["x"][:2]}).cosine > 0.999
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_attention_becomes_qattention_with_the_calibrated_input_scale(method):
+    model = attention(scale=0.3)
+    feeds = samples(model, 16, S=7)
+    after = StaticQuantizationPass(samples=feeds, method=method)(model.clone()).model
+    ops = computed_op_types(after)
+    assert "QAttention" in ops and "DynamicQuantizeLinear" not in ops
+    assert drift(model, after, samples(model, 3, seed=9, S=7)).cosine > 0.995
+
+
+def test_without_samples_nothing_is_quantized():
+    quantization = StaticQuantizationPass()
+    assert not quantization(mlp()).modified
+    assert quantization.notes == ["no calibration samples: nothing quantized"]

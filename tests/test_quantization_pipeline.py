@@ -1,0 +1,146 @@
+"""Reduced precision through the pipeline, the API and the CLI: budgets, verification, reports, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import optimizer
+from optimizer.accuracy import AccuracyBudget
+from optimizer.api import optimize_with_report
+from optimizer.cli import EXAMPLE_MODEL, main
+from optimizer.inputs import batch_dims, make_inputs, symbolic_dims
+from tests.helpers import ALL_FIXTURES, FIXTURES, computed_op_types
+from tests.passes.quantization.conftest import drift
+
+INT8_OPS = {"DynamicQuantizeMatMul", "QAttention", "QuantizeLinear"}
+
+
+def _calibration(model: ir.Model, count: int = 16, sequence: int = 12) -> dict[str, np.ndarray]:
+    """Generated samples: ``count`` along the batch dim, ``sequence`` tokens."""
+    dims = {name: count if name in batch_dims(model) else sequence for name in symbolic_dims(model)}
+    return make_inputs(model, dims, seed=3)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_exported_models_quantize_after_fusion_and_pass_verification(name, mode):
+    model = ir.load(FIXTURES / f"{name}.onnx")
+    result, report = optimize_with_report(model, [f"+quantize-{mode}"], strict=True)
+    record = next(r for r in report.passes if r.name == f"quantize-{mode}")
+    fusion = next(r for r in report.passes if r.name == "fuse-attention")
+    if name.startswith("resnet") and mode == "dynamic":
+        # Dynamic int8 leaves Convs float (ConvInteger is slower than float on CPU) and the
+        # classifier is the model output: nothing to do.
+        assert record.status == "unchanged" and "stays float: its result is a model output" in record.notes[0]
+        return
+    assert record.status == "applied", record.detail
+    assert set(computed_op_types(result)) & INT8_OPS
+    # verified on ORT against the original, after fusion (attention was fused first where there is one)
+    assert record.cosine is not None and record.cosine > 0.999
+    assert fusion.status in ("applied", "unchanged")
+    # passes after quantization are verified against the quantized model, not rolled back
+    assert all(r.status != "rolled back" for r in report.passes), [r.detail for r in report.failures()]
+
+
+def test_end_to_end_encoder_accuracy_on_held_out_inputs(tmp_path):
+    original = ir.load(EXAMPLE_MODEL)
+    calibration = _calibration(original, 32)
+    for mode in ("dynamic", "static"):
+        output = tmp_path / f"{mode}.onnx"
+        optimizer.optimize(EXAMPLE_MODEL, [f"+quantize-{mode}"], output=output, calibration=calibration)
+        held_out = make_inputs(original, {"batch": 8, "sequence": 20}, seed=11)
+        assert drift(original, ir.load(output), held_out).cosine > 0.995, mode
+
+
+def test_a_budget_the_pass_cannot_meet_rolls_nothing_back_and_says_so():
+    model = ir.load(FIXTURES / "bert_legacy.onnx")
+    _, report = optimize_with_report(model, ["+quantize-dynamic"], budget=AccuracyBudget(min_cosine=1.0))
+    record = next(r for r in report.passes if r.name == "quantize-dynamic")
+    assert record.status == "unchanged"
+    assert any("cannot be met" in note for note in record.notes)
+
+
+def test_verification_rolls_back_an_approximate_pass_that_misses_the_budget(monkeypatch):
+    # The pass is told no budget (so it quantizes everything); the verifier holds it to one.
+    import passes
+
+    original = passes.int8_settings
+    monkeypatch.setattr(passes, "int8_settings", lambda options: {**original(options), "budget": None})
+    model = ir.load(FIXTURES / "llama_legacy.onnx")
+    _, report = optimize_with_report(model, ["+quantize-dynamic"], budget=AccuracyBudget(min_cosine=0.9999999))
+    record = next(r for r in report.passes if r.name == "quantize-dynamic")
+    assert record.status == "rolled back"
+    assert "misses the accuracy budget (--min-cosine 1)" in record.detail
+
+
+def test_cli_quantize_with_calibration_budget_and_report(tmp_path, capsys):
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, **_calibration(ir.load(EXAMPLE_MODEL), 16))
+    output, report = tmp_path / "int8.onnx", tmp_path / "report.json"
+    code = main(
+        ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--quantize", "dynamic", "--calibration", str(calibration)]
+        + ["--min-cosine", "0.999", "--report", str(report)]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "accuracy budget: --min-cosine 0.999" in printed and "quantize-dynamic:" in printed
+    data = json.loads(report.read_text())
+    record = next(r for r in data["passes"] if r["name"] == "quantize-dynamic")
+    assert record["status"] == "applied" and record["cosine"] >= 0.999 and record["notes"]
+    assert data["accuracy_budget"] == "--min-cosine 0.999"
+
+
+def test_cli_static_without_calibration_warns_and_uses_generated_inputs(tmp_path, capsys):
+    code = main(["optimize", str(EXAMPLE_MODEL), "-o", str(tmp_path / "q.onnx"), "--quantize", "static"])
+    assert code == 0
+    assert "warning: no --calibration data" in capsys.readouterr().out
+
+
+def test_cli_fp16_for_cuda(tmp_path):
+    output = tmp_path / "fp16.onnx"
+    assert main(["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--target", "cuda", "--fp16"]) == 0
+    model = ir.load(output)
+    assert model.graph.inputs[0].dtype == ir.DataType.INT64
+    assert model.graph.outputs[0].dtype == ir.DataType.FLOAT
+    assert any(v.const_value.dtype == ir.DataType.FLOAT16 for v in model.graph.initializers.values())
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--fp16"], "--fp16 is for --target cuda"),
+        (["--smooth", "0.5"], "--smooth needs --quantize"),
+        (["--quantize", "dynamic", "--smooth", "2"], "--smooth 2.0: expected a migration strength"),
+        (["--quantize", "dynamic", "--calibration", "missing.npz"], "--calibration missing.npz: no such file"),
+        (["--quantize", "dynamic", "--min-cosine", "1.5"], "--min-cosine 1.5: a cosine similarity is between"),
+        (["--quantize", "dynamic", "--max-error", "-1"], "--max-error -1.0: expected a non-negative error"),
+    ],
+)
+def test_bad_precision_flags_are_one_line_errors(flags, message, tmp_path, capsys):
+    code = main(["optimize", str(EXAMPLE_MODEL), "-o", str(tmp_path / "q.onnx"), *flags])
+    error = capsys.readouterr().err
+    assert code != 0 and message in error and "Traceback" not in error
+    assert error.count("\n") == 1
+
+
+def test_calibration_with_wrong_inputs_is_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, nonsense=np.ones((2, 2)))
+    code = main(
+        [
+            "optimize",
+            str(EXAMPLE_MODEL),
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--quantize",
+            "static",
+            "--calibration",
+            str(bad),
+        ]
+    )
+    error = capsys.readouterr().err
+    assert code != 0 and error.startswith("graphopt: error: --calibration") and error.count("\n") == 1
