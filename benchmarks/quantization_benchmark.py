@@ -178,7 +178,12 @@ def main() -> None:
         row = {"model": args.model.stem, "variant": name, "size_mb": round(path.stat().st_size / 2**20, 2)}
         ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
         row["int8_ops"] = sorted(ops & INT8_OPS)
-        row.update(accuracy(args.model, path, evaluation, labels, args.scores))
+        try:
+            row.update(accuracy(args.model, path, evaluation, labels, args.scores))
+        except Exception as error:  # e.g. a reference tool wrote a model ONNX Runtime rejects
+            row["error"] = str(error).splitlines()[0][:300]
+            print(json.dumps(row), flush=True)
+            continue
         try:
             row["latency_ratio"] = compare_ratio(
                 args.model, path, args.out / f"{name}.compare.json", args, args.compare_flag

@@ -24,7 +24,7 @@ from optimizer.report import (
     PipelineReport,
 )
 from optimizer.runtime import weight_bytes
-from optimizer.verify import Verifier
+from optimizer.verify import DEFAULT_APPROXIMATION_FLOOR, Verifier
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ def run_pipeline(
         report.inputs = [{name: list(array.shape) for name, array in inputs.items()} for inputs in verifier.input_sets]
         report.tolerances = {k: {"rtol": t.rtol, "atol": t.atol} for k, t in verifier.tolerances.items()}
         if any(spec.approximate for spec in specs):
-            report.accuracy_budget = verifier.budget.describe()
+            default = verifier.budget == DEFAULT_APPROXIMATION_FLOOR
+            report.accuracy_budget = verifier.budget.describe() + (" (default floor)" if default else "")
     nodes = report.nodes_before
     for spec in specs:
         current, record = _run_one(current, nodes, spec, options, verifier, strict)
