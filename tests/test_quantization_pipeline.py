@@ -144,3 +144,12 @@ def test_calibration_with_wrong_inputs_is_a_one_line_error(tmp_path, capsys):
     )
     error = capsys.readouterr().err
     assert code != 0 and error.startswith("graphopt: error: --calibration") and error.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_float16_conversion_of_exported_models_passes_verification(name):
+    model = ir.load(FIXTURES / f"{name}.onnx")
+    _, report = optimize_with_report(model, ["+convert-float16"], target="cuda", strict=True)
+    record = next(r for r in report.passes if r.name == "convert-float16")
+    assert record.status == "applied", record.detail
+    assert record.cosine > 0.9999
