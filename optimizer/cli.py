@@ -139,10 +139,11 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     channel.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per weight")
     group.add_argument(
         "--exclude",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="PATTERN",
         default=[],
-        help="keep layers whose node name or op type matches this glob in float (repeatable)",
+        help="keep layers whose node name or op type matches one of these globs in float",
     )
     group.add_argument(
         "--full-range-weights",
@@ -163,10 +164,10 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--fp16", action="store_true", help="convert to float16 (for --target cuda)")
     group.add_argument(
-        "--no-keep-io-types",
-        dest="keep_io_types",
-        action="store_false",
-        help="with --fp16: make float graph inputs and outputs float16 too",
+        "--keep-io-types",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --fp16: keep float graph inputs and outputs float32 (default; --no-keep-io-types: float16)",
     )
 
 
