@@ -75,8 +75,8 @@ class QuantizationPass(ir.passes.InPlacePass):
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
         """Rewrite one layer of ``graph`` into its int8 form."""
 
-    def reset(self) -> None:  # noqa: B027
-        """Hook run before each rewrite of a fresh model copy (to drop per-graph caches)."""
+    def begin(self, layers: Sequence[Layer]) -> None:  # noqa: B027
+        """Hook run before ``layers`` of a fresh model copy are rewritten (to reset per-graph caches)."""
 
     def prepare(self, model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]]) -> None:  # noqa: B027
         """Hook run once before any rewrite, on the float model (static quantization calibrates here)."""
@@ -124,12 +124,11 @@ class QuantizationPass(ir.passes.InPlacePass):
 
     def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
         """Quantize the named layers of ``model`` in place."""
-        self.reset()
         wanted = set(names)
-        layers, _ = find_layers(model.graph, self.kinds)
+        layers = [layer for layer in find_layers(model.graph, self.kinds)[0] if layer.name in wanted]
+        self.begin(layers)
         for layer in layers:
-            if layer.name in wanted:
-                self.quantize_layer(model.graph, layer)
+            self.quantize_layer(model.graph, layer)
         model.opset_imports.setdefault(MS_DOMAIN, 1)
         remove_dead_nodes(model)
 

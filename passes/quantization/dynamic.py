@@ -6,6 +6,9 @@ activation gets its own range on every run.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+
 import numpy as np
 import onnx_ir as ir
 
@@ -36,38 +39,74 @@ class DynamicQuantizationPass(QuantizationPass):
 
     kinds = ("matmul", "gemm", "attention")
 
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self._shared: dict[str, tuple[ir.Value, ...] | None] = {}
+
+    def begin(self, layers: Sequence[Layer]) -> None:
+        # Activations read by several layers (Q/K/V or gate/up projections of one norm
+        # output) are quantized once: DynamicQuantizeLinear + one MatMulIntegerToFloat each.
+        readers = Counter(layer.activation.name for layer in layers)
+        self._shared = {name: None for name, count in readers.items() if count > 1}
+
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
+        activation = self._quantized_activation(graph, layer) if layer.activation.name in self._shared else None
         if layer.kind == "attention":
-            _quantize_attention(graph, layer, self.per_channel, self.reduce_range)
+            activation = activation or _quantize_input(graph, layer)
+            replace_with_qattention(
+                graph, layer, activation, per_channel=self.per_channel, reduce_range=self.reduce_range
+            )
         else:
-            _quantize_matmul(graph, layer, self.per_channel, self.reduce_range)
+            _quantize_matmul(graph, layer, self.per_channel, self.reduce_range, activation)
+
+    def _quantized_activation(self, graph: ir.Graph, layer: Layer) -> tuple[ir.Value, ...]:
+        name = layer.activation.name
+        if self._shared[name] is None:
+            self._shared[name] = _quantize_input(graph, layer)
+        return self._shared[name]
 
 
-def _quantize_matmul(graph: ir.Graph, layer: Layer, per_channel: bool, reduce_range: bool) -> None:
+def _quantize_matmul(
+    graph: ir.Graph,
+    layer: Layer,
+    per_channel: bool,
+    reduce_range: bool,
+    activation: tuple[ir.Value, ...] | None,
+) -> None:
+    """DynamicQuantizeMatMul, or MatMulIntegerToFloat on an already quantized ``activation``."""
     node = layer.node
     quantized = quantize_weight(layer.weight, 1 if per_channel else None, reduce_range=reduce_range)
     prefix = node.name
-    inputs = [
-        layer.activation,
-        add_initializer(graph, f"{prefix}.weight_int8", quantized.values),
-        add_initializer(graph, f"{prefix}.weight_scale", quantized.scale),
-        add_initializer(graph, f"{prefix}.weight_zero_point", quantized.zero_point),
-    ]
+    weight = add_initializer(graph, f"{prefix}.weight_int8", quantized.values)
+    scale = add_initializer(graph, f"{prefix}.weight_scale", quantized.scale)
+    zero_point = add_initializer(graph, f"{prefix}.weight_zero_point", quantized.zero_point)
     result, bias = node.outputs[0], layer.bias
     if bias is None and (following := bias_add(layer)) is not None:
         bias, add, _ = following
         result = add.outputs[0]
-    if bias is not None:
-        inputs.append(add_initializer(graph, f"{prefix}.bias", bias.astype(np.float32)))
-    fused = ir.Node(MS_DOMAIN, "DynamicQuantizeMatMul", inputs, name=f"{prefix}_int8")
+    bias = add_initializer(graph, f"{prefix}.bias", bias.astype(np.float32)) if bias is not None else None
+    if activation is None:
+        inputs, op_type = [layer.activation, weight, scale, zero_point, bias], "DynamicQuantizeMatMul"
+    else:
+        values, activation_scale, activation_zero_point = activation
+        inputs = [values, weight, activation_scale, scale, activation_zero_point, zero_point, bias]
+        op_type = "MatMulIntegerToFloat"
+    while inputs[-1] is None:
+        inputs.pop()
+    fused = ir.Node(MS_DOMAIN, op_type, inputs, name=f"{prefix}_int8")
     graph.insert_before(node, fused)
     take_over(result, fused.outputs[0])
 
 
-def _quantize_attention(graph: ir.Graph, layer: Layer, per_channel: bool, reduce_range: bool) -> None:
-    quantize_input = ir.Node(
-        "", "DynamicQuantizeLinear", [layer.activation], num_outputs=3, name=f"{layer.node.name}_quantize_input"
-    )
-    graph.insert_before(layer.node, quantize_input)
-    activation = tuple(quantize_input.outputs)
-    replace_with_qattention(graph, layer, activation, per_channel=per_channel, reduce_range=reduce_range)
+def _quantize_input(graph: ir.Graph, layer: Layer) -> tuple[ir.Value, ...]:
+    """``DynamicQuantizeLinear`` of the layer's input, placed right after the input is computed."""
+    source = layer.activation
+    quantize = ir.Node("", "DynamicQuantizeLinear", [source], num_outputs=3, name=f"{source.name}_quantize")
+    for output, suffix in zip(quantize.outputs, ("quantized", "scale", "zero_point")):
+        output.name = f"{source.name}.{suffix}"
+    producer = source.producer()
+    if producer is not None and producer.graph is graph:
+        graph.insert_after(producer, quantize)
+    else:
+        graph.insert_before(layer.node, quantize)
+    return tuple(quantize.outputs)

@@ -75,7 +75,7 @@ class StaticQuantizationPass(QuantizationPass):
         self.ranges = calibration.calibrate(model, list(dict.fromkeys(names)), batches, self.method)
         self.notes.append(f"calibrated {len(self.ranges)} activations ({self.method}) on {_count(batches)} samples")
 
-    def reset(self) -> None:
+    def begin(self, layers: Sequence[Layer]) -> None:
         self._quantized_values = {}
 
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:

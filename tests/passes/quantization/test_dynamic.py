@@ -85,3 +85,13 @@ def test_non_float32_weights_are_refused():
     quantization = DynamicQuantizationPass()
     quantization(model)
     assert "up" not in quantization.quantized
+
+
+def test_projections_of_one_activation_share_its_quantization():
+    from tests.passes.quantization.test_smoothing import _pre_norm_block, _x
+
+    model = _pre_norm_block()
+    after = DynamicQuantizationPass()(model.clone()).model
+    ops = computed_op_types(after)
+    assert ops.count("DynamicQuantizeLinear") == 1 and ops.count("MatMulIntegerToFloat") == 2
+    assert drift(model, after, _x(4)).cosine > 0.999
