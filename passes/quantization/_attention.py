@@ -6,9 +6,9 @@ import math
 
 import onnx_ir as ir
 
+from passes._layers import MS_DOMAIN, Layer
 from passes._utils import add_initializer, take_over
 from passes.quantization._int8 import quantize_weight
-from passes.quantization._layers import MS_DOMAIN, Layer
 
 
 def replace_with_qattention(

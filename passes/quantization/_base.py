@@ -23,9 +23,9 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.inputs import split_samples
 from optimizer.runtime import inference_session, run_session
+from passes._layers import MS_DOMAIN, Layer, excluded, feeds_graph_output, find_layers, name_nodes
 from passes._utils import remove_dead_nodes
 from passes.quantization import smoothing
-from passes.quantization._layers import MS_DOMAIN, Layer, excluded, feeds_graph_output, find_layers, name_nodes
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
+from passes._layers import MS_DOMAIN, Layer, bias_add
 from passes._utils import add_initializer, take_over
 from passes.quantization._attention import replace_with_qattention
 from passes.quantization._base import QuantizationPass
 from passes.quantization._int8 import quantize_weight
-from passes.quantization._layers import MS_DOMAIN, Layer, bias_add
 
 
 class DynamicQuantizationPass(QuantizationPass):

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from passes._layers import Layer
 from passes._utils import add_initializer, constant_array
 from passes.quantization import calibration
-from passes.quantization._layers import Layer
 
 _NORMS = {
     ("", "LayerNormalization"): (1, 2),

@@ -14,12 +14,12 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript import version_converter
 
+from passes._layers import Layer, bias_add
 from passes._utils import add_initializer, constant_array
 from passes.quantization import calibration
 from passes.quantization._attention import replace_with_qattention
 from passes.quantization._base import QuantizationPass
 from passes.quantization._int8 import activation_parameters, quantize_weight
-from passes.quantization._layers import Layer, bias_add
 
 logger = logging.getLogger(__name__)
 

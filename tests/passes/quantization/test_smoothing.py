@@ -7,8 +7,8 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
+from passes._layers import find_layers
 from passes.quantization import smoothing
-from passes.quantization._layers import find_layers
 from passes.quantization.dynamic import DynamicQuantizationPass
 from tests.helpers import assert_same_outputs
 from tests.passes.quantization.conftest import drift

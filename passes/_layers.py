@@ -1,4 +1,4 @@
-"""Finding the layers a quantization pass may rewrite: nodes with a constant float32 weight.
+"""Finding layers: nodes with a constant float32 weight (what quantization and pruning rewrite).
 
 A *layer* is one node whose weight is an initializer or Constant: MatMul and Gemm
 (weight ``[K, N]`` after undoing ``transB``), Conv, and com.microsoft Attention with
