@@ -93,8 +93,9 @@ def _cosine(x: np.ndarray, y: np.ndarray) -> float:
 class AccuracyBudget:
     """How far a reduced-precision model may drift from the float original.
 
-    ``min_cosine``: the mean per-sample cosine similarity of every float output must
-    reach it; ``max_error``: no float output element may differ by more. Either or
+    ``min_cosine``: the mean per-sample cosine similarity of every float output (the
+    fraction of agreeing values, for integer outputs) must reach it; ``max_error``: no
+    float output element may differ by more. Either or
     both may be set; a budget with neither accepts anything.
     """
 
@@ -132,15 +133,20 @@ def output_drift(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[st
     """Compare runs of two models on the same batches of inputs (one mapping of outputs per batch).
 
     Each float output's cosine is taken per sample (row along axis 0, flattened) and
-    averaged over all samples; the result is the minimum over outputs, so one
-    damaged output is not hidden by good ones. Non-float outputs are ignored.
+    averaged over all samples; an integer or boolean output (class ids, token ids)
+    counts by the fraction of its values that agree. The result is the minimum over
+    outputs, so one damaged output is not hidden by good ones. Comparing nothing is
+    an error, not a perfect score.
     """
-    cosines: dict[str, list[float]] = {}
+    scores: dict[str, list[float]] = {}
     max_error = 0.0
     for expected_run, actual_run in zip(before, after):
         for name, expected in expected_run.items():
             expected, actual = np.asarray(expected), np.asarray(actual_run[name])
-            if expected.dtype.kind != "f" or expected.size == 0:
+            if expected.size == 0 or expected.dtype.kind not in "fiub":
+                continue
+            if expected.dtype.kind != "f":
+                scores.setdefault(name, []).extend(np.atleast_1d(expected == actual).astype(float).ravel())
                 continue
             e, a = expected.astype(np.float64), actual.astype(np.float64)
             if not np.isfinite(a).all() and not np.array_equal(np.isfinite(a), np.isfinite(e)):
@@ -149,6 +155,8 @@ def output_drift(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[st
             e, a = np.where(finite, e, 0.0), np.where(finite, a, 0.0)
             max_error = max(max_error, float(np.abs(a - e).max()))
             rows = (e.reshape(len(e), -1), a.reshape(len(a), -1)) if e.ndim >= 2 else (e[None], a[None])
-            cosines.setdefault(name, []).extend(_cosine(x, y) for x, y in zip(*rows))
-    cosine = min((float(np.mean(values)) for values in cosines.values()), default=1.0)
+            scores.setdefault(name, []).extend(_cosine(x, y) for x, y in zip(*rows))
+    if not scores:
+        raise ValueError("no outputs to compare: empty inputs, or only outputs of non-numeric types")
+    cosine = min(float(np.mean(values)) for values in scores.values())
     return Drift(cosine, max_error)

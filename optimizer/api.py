@@ -66,7 +66,7 @@ def optimize(
     are verified against ``budget`` (an ``AccuracyBudget``; default a cosine floor of
     0.9) on ``calibration`` (a dict of arrays or an .npz path, many samples along
     axis 0), which the int8 passes also use to calibrate and to search the budget.
-    Pass options go in ``settings`` (see ``passes/quantization/_settings.py``).
+    Pass options go in ``settings`` (see ``passes/_settings.py``).
     """
     result, _ = optimize_with_report(
         model,
@@ -170,19 +170,22 @@ def _samples(
     model: ir.Model, calibration: InputsLike, dims: Mapping[str, int] | None
 ) -> tuple[dict[str, np.ndarray], str | None]:
     """Sample inputs for approximate passes: the user's calibration data, else generated (with a warning)."""
-    if isinstance(calibration, (str, os.PathLike)):
-        return load_inputs(calibration, model, flag="--calibration"), None
     if calibration is not None:
-        arrays = {name: np.asarray(array) for name, array in calibration.items()}
-        return check_inputs(arrays, model, "calibration"), None
+        if isinstance(calibration, (str, os.PathLike)):
+            samples = load_inputs(calibration, model, flag="--calibration")
+        else:
+            samples = check_inputs({n: np.asarray(a) for n, a in calibration.items()}, model, "calibration")
+        if any(array.ndim and len(array) == 0 for array in samples.values()):
+            raise InputSpecError("--calibration: the arrays hold no samples (axis 0 is empty)")
+        return samples, None
     batch = batch_dims(model)
     if not batch:
         raise InputSpecError(
             "quantization needs sample inputs and the model has no batch dimension to generate them on: "
             "give --calibration FILE.npz"
         )
-    bound = {name: _GENERATED_SAMPLES for name in batch}
-    bound.update(dims or {})
+    bound = dict(dims or {})
+    bound.update({name: _GENERATED_SAMPLES for name in batch})
     warning = (
         "no --calibration data: calibrated and measured on generated random inputs, "
         "which says little about accuracy on real data"

@@ -94,6 +94,7 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
         help="longest sequence the result must support where a fusion bakes in a table (rotary cos/sin; default 4096)",
     )
     _add_precision_flags(parser)
+    _add_pruning_flags(parser)
     parser.add_argument("--no-verify", action="store_true", help="do not check each pass's result on ONNX Runtime")
     parser.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
     parser.add_argument(
@@ -139,11 +140,10 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     channel.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per weight")
     group.add_argument(
         "--exclude",
-        action="extend",
-        nargs="+",
+        action="append",
         metavar="PATTERN",
         default=[],
-        help="keep layers whose node name or op type matches one of these globs in float",
+        help="keep layers whose node name or op type matches this glob in float (repeatable)",
     )
     group.add_argument(
         "--full-range-weights",
@@ -168,6 +168,31 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="with --fp16: keep float graph inputs and outputs float32 (default; --no-keep-io-types: float16)",
+    )
+
+
+def _add_pruning_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("structured pruning (runs after fusion, before quantization)")
+    group.add_argument("--prune-ffn", type=float, metavar="R", help="remove this fraction of each FFN's neurons")
+    group.add_argument(
+        "--prune-heads", type=float, metavar="R", help="remove this fraction of each fused attention's heads"
+    )
+    group.add_argument(
+        "--importance",
+        choices=("magnitude", "activation"),
+        help="rank units by weight magnitude or by activation on --calibration (default: activation with data)",
+    )
+    group.add_argument(
+        "--global-ranking",
+        action="store_true",
+        help="rank units across all layers (each layer's scores relative to its mean) instead of per layer",
+    )
+    group.add_argument(
+        "--no-repair",
+        dest="repair",
+        action="store_false",
+        default=None,
+        help="do not re-fit the layer after the removed units by least squares on --calibration",
     )
 
 
@@ -234,6 +259,11 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
         "calibration_method": args.calibration_method,
         "smooth_alpha": args.smooth,
         "keep_io_types": args.keep_io_types,
+        "prune_ffn": args.prune_ffn,
+        "prune_heads": args.prune_heads,
+        "importance": args.importance,
+        "ranking": "global" if args.global_ranking else "layer",
+        "repair": args.repair,
     }
     if args.max_sequence:
         settings["rotary_cache_length"] = args.max_sequence
@@ -261,20 +291,38 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
 
 
 def _with_precision_passes(passes: list[str] | None, args: argparse.Namespace) -> list[str] | None:
-    """Add the passes --quantize and --fp16 ask for: to the default pipeline, or after an explicit list."""
-    extra = ([f"quantize-{args.quantize}"] if args.quantize else []) + (["convert-float16"] if args.fp16 else [])
-    if args.fp16 and args.target != "cuda":
-        raise InputSpecError("--fp16 is for --target cuda (ONNX Runtime's CPU kernels are float32)")
-    for flag, value in (("--smooth", args.smooth), ("--exclude", args.exclude), ("--calibration", args.calibration)):
-        if value and not args.quantize and not (flag == "--calibration" and args.fp16):
-            raise InputSpecError(f"{flag} needs --quantize dynamic|static")
+    """Add the passes --prune-*, --quantize and --fp16 ask for: to the default pipeline, or after an explicit list.
+
+    Flags that only a kind of pass reads are checked against the resulting list, so
+    ``--passes quantize-static --calibration FILE`` works like ``--quantize static``.
+    """
+    for flag, ratio in (("--prune-ffn", args.prune_ffn), ("--prune-heads", args.prune_heads)):
+        if ratio is not None and not 0.0 < ratio < 1.0:
+            raise InputSpecError(f"{flag} {ratio}: expected a fraction of units to remove, above 0 and below 1")
     if args.smooth is not None and not 0.0 < args.smooth < 1.0:
         raise InputSpecError(f"--smooth {args.smooth}: expected a migration strength between 0 and 1, e.g. 0.5")
-    if not extra:
-        return passes
-    if passes is None or all(name.startswith("+") for name in passes):
-        return (passes or []) + [f"+{name}" for name in extra]
-    return passes + extra
+    if args.fp16 and args.target != "cuda":
+        raise InputSpecError("--fp16 is for --target cuda (ONNX Runtime's CPU kernels are float32)")
+    pruning = [name for name, ratio in (("prune-ffn", args.prune_ffn), ("prune-heads", args.prune_heads)) if ratio]
+    extra = (
+        pruning + ([f"quantize-{args.quantize}"] if args.quantize else []) + (["convert-float16"] if args.fp16 else [])
+    )
+    if extra and (passes is None or all(name.startswith("+") for name in passes)):
+        passes = (passes or []) + [f"+{name}" for name in extra]
+    elif extra:
+        passes = passes + extra
+    names = {name.lstrip("+") for name in passes or []}
+    quantizing = bool(names & {"quantize-dynamic", "quantize-static"})
+    if quantizing and "convert-float16" in names:
+        raise InputSpecError("--fp16 and int8 quantization do not combine: choose one")
+    for flag, value in (("--smooth", args.smooth), ("--exclude", args.exclude)):
+        if value and not quantizing:
+            raise InputSpecError(f"{flag} needs --quantize dynamic|static")
+    if (args.importance or args.global_ranking or args.repair is False) and not names & {"prune-ffn", "prune-heads"}:
+        raise InputSpecError("--importance, --global-ranking and --no-repair need --prune-ffn or --prune-heads")
+    if args.calibration and not quantizing and not names & {"prune-ffn", "prune-heads", "convert-float16"}:
+        raise InputSpecError("--calibration needs --quantize, --prune-ffn/--prune-heads or --fp16")
+    return passes
 
 
 def _budget(args: argparse.Namespace) -> AccuracyBudget | None:

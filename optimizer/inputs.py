@@ -245,11 +245,25 @@ def _index_range(value: ir.Value) -> int | None:
     return min(sizes) if sizes else None
 
 
-def split_samples(samples: Mapping[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:
+SAMPLE_BATCH = 16
+
+
+def split_samples(
+    samples: Mapping[str, np.ndarray], size: int = SAMPLE_BATCH, model: ir.Model | None = None
+) -> list[dict[str, np.ndarray]]:
     """Cut inputs holding many samples along axis 0 (calibration data) into batches of at most ``size``.
 
-    Scalars are passed whole to every batch.
+    With ``model``, a graph input whose first dim is a fixed number sets the batch size
+    instead (a model built for batch 1 is fed one sample at a time). Scalars are passed
+    whole to every batch.
     """
+    if model is not None:
+        fixed = [
+            v.shape[0]
+            for v in model.graph.inputs
+            if v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int)
+        ]
+        size = min([d for d in fixed if d > 0], default=size)
     arrays = {name: np.asarray(array) for name, array in samples.items()}
     count = min((len(array) for array in arrays.values() if array.ndim), default=1)
     return [

@@ -50,9 +50,6 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
 # rewrite; it is not a quality claim (a good int8 encoder keeps cosine > 0.99).
 DEFAULT_APPROXIMATION_FLOOR = AccuracyBudget(min_cosine=0.9)
 
-# Samples per ONNX Runtime run when checking an approximate pass.
-_SAMPLE_BATCH = 16
-
 # Ops whose outputs change from run to run; outputs that depend on them are not compared.
 NONDETERMINISTIC_OPS = frozenset(
     {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -284,7 +281,7 @@ class Verifier:
     def _sample_batches(self) -> list[dict[str, np.ndarray]]:
         if self._samples is None:
             return self.input_sets
-        return split_samples(self._samples, _SAMPLE_BATCH)
+        return split_samples(self._samples, model=self._original)
 
     @staticmethod
     def _run_all(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:

@@ -8,10 +8,10 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-import optimizer
 from optimizer.accuracy import AccuracyBudget
 from optimizer.api import optimize_with_report
 from optimizer.cli import EXAMPLE_MODEL, main
+from optimizer.errors import InputSpecError
 from optimizer.inputs import batch_dims, make_inputs, symbolic_dims
 from tests.helpers import ALL_FIXTURES, FIXTURES, computed_op_types
 from tests.passes.quantization.conftest import drift
@@ -51,7 +51,9 @@ def test_end_to_end_encoder_accuracy_on_held_out_inputs(tmp_path):
     calibration = _calibration(original, 32)
     for mode in ("dynamic", "static"):
         output = tmp_path / f"{mode}.onnx"
-        optimizer.optimize(EXAMPLE_MODEL, [f"+quantize-{mode}"], output=output, calibration=calibration)
+        _, report = optimize_with_report(EXAMPLE_MODEL, [f"+quantize-{mode}"], output=output, calibration=calibration)
+        assert next(r for r in report.passes if r.name == f"quantize-{mode}").status == "applied"
+        assert set(computed_op_types(ir.load(output))) & INT8_OPS
         held_out = make_inputs(original, {"batch": 8, "sequence": 20}, seed=11)
         assert drift(original, ir.load(output), held_out).cosine > 0.995, mode
 
@@ -98,14 +100,44 @@ def test_cli_static_without_calibration_warns_and_uses_generated_inputs(tmp_path
     code = main(["optimize", str(EXAMPLE_MODEL), "-o", str(tmp_path / "q.onnx"), "--quantize", "static"])
     assert code == 0
     assert "warning: no --calibration data" in capsys.readouterr().out
+    assert "QuantizeLinear" in computed_op_types(ir.load(tmp_path / "q.onnx"))
 
 
-def test_cli_fp16_for_cuda(tmp_path):
-    output = tmp_path / "fp16.onnx"
-    assert main(["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--target", "cuda", "--fp16"]) == 0
+def test_passes_flag_with_calibration_works_like_quantize(tmp_path):
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, **_calibration(ir.load(EXAMPLE_MODEL), 8))
+    output = tmp_path / "q.onnx"
+    code = main(
+        ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--passes", "+quantize-static"]
+        + ["--calibration", str(calibration), "--exclude", "*attention*"]
+    )
+    assert code == 0 and "QuantizeLinear" in computed_op_types(ir.load(output))
+
+
+def test_generated_calibration_keeps_its_sample_count_when_dims_are_bound():
+    model = ir.load(EXAMPLE_MODEL)
+    _, report = optimize_with_report(model, ["+quantize-static"], dims={"batch": 1, "sequence": 8})
+    record = next(r for r in report.passes if r.name == "quantize-static")
+    assert any("on 16 samples" in note for note in record.notes)
+
+
+def test_empty_calibration_is_refused():
+    model = ir.load(EXAMPLE_MODEL)
+    empty = {name: array[:0] for name, array in _calibration(model, 2).items()}
+    with pytest.raises(InputSpecError, match="no samples"):
+        optimize_with_report(model, ["+quantize-dynamic"], calibration=empty)
+
+
+@pytest.mark.parametrize("keep_io_types", [True, False])
+def test_cli_fp16_for_cuda(tmp_path, keep_io_types):
+    output, report = tmp_path / "fp16.onnx", tmp_path / "report.json"
+    flags = [] if keep_io_types else ["--no-keep-io-types"]
+    command = ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--target", "cuda", "--fp16", *flags]
+    assert main([*command, "--report", str(report)]) == 0
+    record = next(r for r in json.loads(report.read_text())["passes"] if r["name"] == "convert-float16")
+    assert record["status"] == "applied", record["detail"]  # verified, float16 inputs included
     model = ir.load(output)
-    assert model.graph.inputs[0].dtype == ir.DataType.INT64
-    assert model.graph.outputs[0].dtype == ir.DataType.FLOAT
+    assert model.graph.outputs[0].dtype == (ir.DataType.FLOAT if keep_io_types else ir.DataType.FLOAT16)
     assert any(v.const_value.dtype == ir.DataType.FLOAT16 for v in model.graph.initializers.values())
 
 
@@ -113,6 +145,10 @@ def test_cli_fp16_for_cuda(tmp_path):
     ("flags", "message"),
     [
         (["--fp16"], "--fp16 is for --target cuda"),
+        (["--target", "cuda", "--fp16", "--quantize", "dynamic"], "--fp16 and int8 quantization do not combine"),
+        (["--calibration", "x.npz"], "--calibration needs --quantize"),
+        (["--prune-ffn", "1.5"], "--prune-ffn 1.5: expected a fraction"),
+        (["--no-repair"], "--no-repair need --prune-ffn"),
         (["--smooth", "0.5"], "--smooth needs --quantize"),
         (["--quantize", "dynamic", "--smooth", "2"], "--smooth 2.0: expected a migration strength"),
         (["--quantize", "dynamic", "--calibration", "missing.npz"], "--calibration missing.npz: no such file"),

@@ -29,9 +29,6 @@ from passes.quantization import smoothing
 
 logger = logging.getLogger(__name__)
 
-# Samples per ONNX Runtime run when measuring accuracy or calibrating.
-_BATCH = 16
-
 
 def run_batches(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """Outputs of ``model`` on each batch, on ONNX Runtime (CPU, all graph optimizations, as deployed)."""
@@ -98,7 +95,7 @@ class QuantizationPass(ir.passes.InPlacePass):
                 chosen.append(layer)
         if not chosen:
             return ir.passes.PassResult(model, modified=False)
-        batches = split_samples(self.samples, _BATCH) if self.samples is not None else []
+        batches = split_samples(self.samples, model=model) if self.samples is not None else []
         self._float = model.clone() if batches else None
         if self.smooth_alpha is not None and batches:
             smoothed = smoothing.smooth(model, chosen, batches, self.smooth_alpha)

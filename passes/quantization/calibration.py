@@ -15,7 +15,8 @@ Percentile and entropy ranges never exceed the min-max range.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -28,10 +29,9 @@ _BINS = 2048
 _ENTROPY_LEVELS = 128
 
 
-def collect(
-    model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
-) -> list[dict[str, np.ndarray]]:
-    """Run ``model`` on each batch and return the named tensors' values, one dict per batch."""
+@contextlib.contextmanager
+def _probe(model: ir.Model, names: Sequence[str]) -> Iterator[Callable[[Mapping[str, np.ndarray]], dict]]:
+    """A function that runs ``model`` on one batch and returns the named tensors (kept open for reuse)."""
     probe = model.clone()
     values = {value.name: value for node in probe.graph for value in node.outputs}
     values.update({value.name: value for value in probe.graph.inputs})
@@ -40,39 +40,67 @@ def collect(
     if missing:
         raise KeyError(f"no tensor named {missing[0]!r} in the model")
     probe.graph.outputs.extend(values[name] for name in dict.fromkeys(names) if name not in existing)
-    runs = []
     with inference_session(probe) as session:
-        for batch in batches:
+
+        def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             outputs = run_session(session, batch)
-            runs.append({name: outputs[name] for name in names})
-    return runs
+            return {name: outputs[name] for name in names}
+
+        yield run
+
+
+def collect(
+    model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
+    """Run ``model`` on each batch and return the named tensors' values, one dict per batch."""
+    with _probe(model, names) as run:
+        return [run(batch) for batch in batches]
 
 
 def tensor_ranges(
-    runs: Sequence[Mapping[str, np.ndarray]],
+    runs: Iterable[Mapping[str, np.ndarray]],
     method: str = "minmax",
     percentile: float = DEFAULT_PERCENTILE,
 ) -> dict[str, tuple[float, float]]:
-    """Each tensor's ``(low, high)`` range under ``method``, from its values in ``runs`` (see ``collect``)."""
+    """Each tensor's ``(low, high)`` range under ``method``, from its values in ``runs``.
+
+    ``runs`` is iterated twice for percentile and entropy (extremes, then a histogram
+    over them), so it may be a re-iterable stream rather than a list held in memory.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
     if not 0.0 < percentile <= 100.0:
         raise ValueError(f"percentile {percentile}: expected a value in (0, 100]")
-    names = list(runs[0]) if runs else []
-    ranges = {}
-    for name in names:
-        arrays = [np.asarray(run[name], dtype=np.float32).ravel() for run in runs]
-        arrays = [array[np.isfinite(array)] for array in arrays]
-        low = float(min((array.min() for array in arrays if array.size), default=0.0))
-        high = float(max((array.max() for array in arrays if array.size), default=0.0))
-        if method == "minmax" or low == high:
-            ranges[name] = (low, high)
-            continue
-        histogram = _histogram(arrays, max(abs(low), abs(high)))
+    extremes: dict[str, tuple[float, float]] = {}
+    for run in runs:
+        for name, array in run.items():
+            finite = _finite(array)
+            if finite.size:
+                low, high = extremes.get(name, (np.inf, -np.inf))
+                extremes[name] = (min(low, float(finite.min())), max(high, float(finite.max())))
+            else:
+                extremes.setdefault(name, (np.inf, -np.inf))
+    extremes = {name: (low, high) if low <= high else (0.0, 0.0) for name, (low, high) in extremes.items()}
+    if method == "minmax":
+        return extremes
+    histograms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for run in runs:
+        for name, array in run.items():
+            low, high = extremes[name]
+            if low == high:
+                continue
+            if name not in histograms:
+                threshold = max(abs(low), abs(high))
+                histograms[name] = (np.zeros(_BINS, np.int64), np.linspace(-threshold, threshold, _BINS + 1))
+            counts, edges = histograms[name]
+            counts += np.histogram(_finite(array), bins=edges)[0]
+    ranges = dict(extremes)
+    for name, (counts, edges) in histograms.items():
+        low, high = extremes[name]
         if method == "percentile":
-            cut_low, cut_high = _percentile_range(*histogram, percentile)
+            cut_low, cut_high = _percentile_range(counts, edges, percentile)
         else:
-            cut_low, cut_high = _entropy_range(*histogram, low, high)
+            cut_low, cut_high = _entropy_range(counts, edges, low, high)
         ranges[name] = (max(low, cut_low), min(high, cut_high))
     return ranges
 
@@ -84,27 +112,42 @@ def calibrate(
     method: str = "minmax",
     percentile: float = DEFAULT_PERCENTILE,
 ) -> dict[str, tuple[float, float]]:
-    """The ``(low, high)`` range of each named tensor of ``model`` over the calibration ``batches``."""
-    return tensor_ranges(collect(model, names, batches), method, percentile)
+    """The ``(low, high)`` range of each named tensor of ``model`` over the calibration ``batches``.
+
+    The batches are run once per pass over them, one at a time: memory stays at one
+    batch's tensors plus a histogram per tensor, whatever the number of samples.
+    """
+    with _probe(model, names) as run:
+        return tensor_ranges(_Stream(run, batches), method, percentile)
 
 
-def channel_peaks(runs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Each tensor's largest magnitude per channel (last axis) over ``runs``: SmoothQuant's statistic."""
+def channel_peaks(
+    model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Each named tensor's largest magnitude per channel (last axis) over the batches: SmoothQuant's statistic."""
     peaks: dict[str, np.ndarray] = {}
-    for run in runs:
-        for name, array in run.items():
-            array = np.abs(np.asarray(array, dtype=np.float32))
-            peak = array.reshape(-1, array.shape[-1]).max(axis=0)
-            peaks[name] = np.maximum(peaks[name], peak) if name in peaks else peak
+    with _probe(model, names) as run:
+        for batch in batches:
+            for name, array in run(batch).items():
+                array = np.abs(np.asarray(array, dtype=np.float32))
+                peak = array.reshape(-1, array.shape[-1]).max(axis=0)
+                peaks[name] = np.maximum(peaks[name], peak) if name in peaks else peak
     return peaks
 
 
-def _histogram(arrays: Sequence[np.ndarray], threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    edges = np.linspace(-threshold, threshold, _BINS + 1, dtype=np.float64)
-    counts = np.zeros(_BINS, dtype=np.int64)
-    for array in arrays:
-        counts += np.histogram(array, bins=edges)[0]
-    return counts, edges
+class _Stream:
+    """Re-iterable: each iteration runs the model on every batch again."""
+
+    def __init__(self, run: Callable[[Mapping[str, np.ndarray]], dict], batches) -> None:
+        self.run, self.batches = run, batches
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return (self.run(batch) for batch in self.batches)
+
+
+def _finite(array: np.ndarray) -> np.ndarray:
+    flat = np.asarray(array, dtype=np.float32).ravel()
+    return flat[np.isfinite(flat)]
 
 
 def _percentile_range(counts: np.ndarray, edges: np.ndarray, percentile: float) -> tuple[float, float]:

@@ -49,7 +49,7 @@ def smooth(
         groups.append((node, slots, users))
     if not groups:
         return []
-    peaks = calibration.channel_peaks(calibration.collect(model, [n.outputs[0].name for n, _, _ in groups], batches))
+    peaks = calibration.channel_peaks(model, [n.outputs[0].name for n, _, _ in groups], batches)
     smoothed = []
     for node, (scale_slot, bias_slot), users in groups:
         if _migrate(model.graph, node, scale_slot, bias_slot, users, peaks[node.outputs[0].name], alpha):

@@ -54,6 +54,7 @@ class StaticQuantizationPass(QuantizationPass):
         self.method = method
         self.ranges: dict[str, tuple[float, float]] = {}
         self._quantized_values: dict[str, ir.Value] = {}
+        self._quantized_inputs: dict[str, ir.Value] = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if self.samples is None:
@@ -77,6 +78,7 @@ class StaticQuantizationPass(QuantizationPass):
 
     def begin(self, layers: Sequence[Layer]) -> None:
         self._quantized_values = {}
+        self._quantized_inputs: dict[str, ir.Value] = {}
 
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
         node = layer.node
@@ -122,8 +124,12 @@ class StaticQuantizationPass(QuantizationPass):
             bias, user, slot = following
         else:
             return
-        limit = np.iinfo(np.int32).max
-        values = np.clip(np.rint(bias / scale), -limit, limit).astype(np.int32)
+        values = np.rint(bias.astype(np.float64) / np.asarray(scale, dtype=np.float64))
+        if not np.all(np.abs(values) < np.iinfo(np.int32).max):
+            # Tiny activation x weight scales: the bias does not fit int32; it stays float.
+            logger.info("%s: bias too large for int32 at scale %g; kept float", layer.name, np.min(scale))
+            return
+        values = values.astype(np.int32)
         prefix = layer.node.name
         inputs = [
             add_initializer(graph, f"{prefix}.bias_int32", values),
@@ -136,7 +142,9 @@ class StaticQuantizationPass(QuantizationPass):
         user.replace_input_with(slot, dequantize.outputs[0])
 
     def _quantize(self, graph: ir.Graph, value: ir.Value, before: ir.Node) -> ir.Value:
-        """``QuantizeLinear(value)`` with the calibrated range, inserted before ``before``."""
+        """``QuantizeLinear(value)`` with the calibrated range, inserted before ``before``; one per tensor."""
+        if value.name in self._quantized_inputs:
+            return self._quantized_inputs[value.name]
         scale, zero_point = activation_parameters(*self.ranges[value.name])
         inputs = [
             value,
@@ -146,6 +154,7 @@ class StaticQuantizationPass(QuantizationPass):
         quantize = ir.Node("", "QuantizeLinear", inputs, name=f"{value.name}_q")
         quantize.outputs[0].name = f"{value.name}.quantized"
         graph.insert_before(before, quantize)
+        self._quantized_inputs[value.name] = quantize.outputs[0]
         return quantize.outputs[0]
 
     def _qdq(self, graph: ir.Graph, value: ir.Value, before: ir.Node) -> ir.Value:
@@ -167,8 +176,8 @@ class StaticQuantizationPass(QuantizationPass):
         """Route a Conv's users through a QDQ pair of its output: what lets ORT form QLinearConv."""
         output = node.outputs[0]
         users = list(output.uses())
-        if not users:
-            return  # a graph output stays float, as the model's consumers expect
+        if not users or any(user.graph is not graph for user, _ in users):
+            return  # a graph output stays float, as do outputs read inside If/Loop bodies
         first_user = min((user for user, _ in users), key=_position(graph))
         dequantized = self._qdq(graph, output, first_user)
         for user, index in users:

@@ -95,3 +95,19 @@ def test_an_unreachable_budget_leaves_the_model_float():
     )
     assert not quantization(model.clone()).modified
     assert "cannot be met" in quantization.notes[-1]
+
+
+def test_integer_outputs_count_by_agreement():
+    """A model whose output is a class id: the budget compares the ids, not nothing."""
+    model = _chain_with_a_sensitive_layer()
+    argmax = ir.Node("", "ArgMax", [model.graph.outputs[0]], attributes=[ir.AttrInt64("axis", -1)], name="argmax")
+    model.graph.append(argmax)
+    argmax.outputs[0].name = "label"
+    argmax.outputs[0].shape, argmax.outputs[0].type = ir.Shape(["B"]), ir.TensorType(ir.DataType.INT64)
+    model.graph.outputs[0] = argmax.outputs[0]
+    quantization = DynamicQuantizationPass(
+        quantize_outputs=True, budget=AccuracyBudget(min_cosine=0.99), samples=_samples(64)
+    )
+    quantization(model.clone())
+    assert "mid" in quantization.kept_float
+    assert quantization.drift.cosine >= 0.99

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 from passes.quantization.static import StaticQuantizationPass
@@ -71,3 +72,42 @@ def test_without_samples_nothing_is_quantized():
     quantization = StaticQuantizationPass()
     assert not quantization(mlp()).modified
     assert quantization.notes == ["no calibration samples: nothing quantized"]
+
+
+def test_a_bias_too_large_for_int32_stays_float():
+    model = mlp(head=False)
+    model.graph.initializers["b1"].const_value = ir.tensor(np.full(64, 1e6, dtype=np.float32))
+    feeds = {"x": np.random.default_rng(0).standard_normal((8, 5, 32)).astype(np.float32) * 1e-4}
+    after = StaticQuantizationPass(samples=feeds, quantize_outputs=True)(model.clone()).model
+    assert "up.bias_int32" not in after.graph.initializers
+    assert drift(model, after, {"x": feeds["x"][:2]}).cosine > 0.999
+
+
+def test_attention_and_matmul_reading_one_tensor_share_its_quantize_node():
+    model = attention()
+    # a second layer on the attention's input: an extra MatMul of x
+    weight = ir.Value(name="w_extra", const_value=ir.tensor(np.eye(32, dtype=np.float32)))
+    model.graph.register_initializer(weight)
+    extra = ir.Node("", "MatMul", [model.graph.inputs[0], weight], name="extra")
+    model.graph.append(extra)
+    add = ir.Node("", "Add", [model.graph.outputs[0], extra.outputs[0]], name="merge")
+    model.graph.append(add)
+    add.outputs[0].name, add.outputs[0].shape, add.outputs[0].type = (
+        "z",
+        ir.Shape(["B", "S", 32]),
+        ir.TensorType(ir.DataType.FLOAT),
+    )
+    model.graph.outputs[0] = add.outputs[0]
+    after = StaticQuantizationPass(samples=samples(model, 8, S=5))(model.clone()).model
+    names = [node.name for node in after.graph]
+    assert len(names) == len(set(names))
+    assert computed_op_types(after).count("QuantizeLinear") == 2  # x (shared) and the attention output
+
+
+def test_a_model_with_a_fixed_batch_of_one_is_calibrated_one_sample_at_a_time():
+    model = convnet()
+    model.graph.inputs[0].shape = ir.Shape([1, 3, 16, 16])
+    feeds = {"x": np.random.default_rng(0).standard_normal((6, 3, 16, 16)).astype(np.float32)}
+    quantization = StaticQuantizationPass(samples=feeds)
+    assert quantization(model.clone()).modified
+    assert any("on 6 samples" in note for note in quantization.notes)

@@ -1,0 +1,275 @@
+"""The shared driver of the pruning passes: importance, which units go, repair, and the budget search.
+
+A subclass finds its groups (``find_groups``); this base ranks each group's units,
+removes the least important ``ratio`` of them, and — with sample inputs — re-fits
+each group's consumer (the layer reading the removed channels) by least squares so
+that its output on the samples changes as little as possible: the kept channels'
+weights absorb what the removed ones did, and their mean goes into the bias.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.accuracy import AccuracyBudget, Drift, output_drift
+from optimizer.inputs import split_samples
+from optimizer.runtime import inference_session, run_session
+from passes._utils import add_initializer, constant_array, remove_dead_nodes
+from passes.pruning._groups import ChannelGroup
+from passes.quantization.calibration import collect
+
+logger = logging.getLogger(__name__)
+
+IMPORTANCE = ("magnitude", "activation")
+_SEARCH_STEPS = 6
+
+
+def _run(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    with inference_session(model, optimization_level="all") as session:
+        return [run_session(session, batch) for batch in batches]
+
+
+def parameter_count(model: ir.Model) -> int:
+    """Number of weight elements in the main graph's initializers."""
+    return sum(math.prod(v.const_value.shape.numpy()) for v in model.graph.initializers.values() if v.const_value)
+
+
+class PruningPass(ir.passes.InPlacePass):
+    """Base of the structured pruning passes. After a run, ``pruned`` maps group → units kept/total,
+    ``drift`` is the accuracy on the samples, ``notes`` says it in words.
+    """
+
+    unit_name = "units"
+
+    def __init__(
+        self,
+        ratio: float,
+        *,
+        importance: str | None = None,
+        ranking: str = "layer",
+        samples: Mapping[str, np.ndarray] | None = None,
+        repair: bool | None = None,
+        budget: AccuracyBudget | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"pruning ratio {ratio}: expected a fraction in [0, 1)")
+        importance = importance or ("activation" if samples is not None else "magnitude")
+        if importance not in IMPORTANCE:
+            raise ValueError(f"unknown importance {importance!r} (choose from {', '.join(IMPORTANCE)})")
+        if ranking not in ("layer", "global"):
+            raise ValueError(f"unknown ranking {ranking!r} (layer or global)")
+        self.ratio = ratio
+        self.importance = importance if samples is not None else "magnitude"
+        self.ranking = ranking
+        self.samples = samples
+        self.repair = samples is not None if repair is None else repair and samples is not None
+        self.budget = budget if budget is not None and budget != AccuracyBudget() else None
+        self.pruned: dict[str, tuple[int, int]] = {}
+        self.drift: Drift | None = None
+        self.notes: list[str] = []
+
+    @abc.abstractmethod
+    def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
+        """The groups this pass prunes, and the reasons other candidates were left whole."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.pruned, self.notes, self.drift = {}, [], None
+        groups, refused = self.find_groups(model.graph)
+        for name, reason in refused.items():
+            self.notes.append(f"{name} left whole: {reason}")
+        if not groups or self.ratio == 0.0:
+            return ir.passes.PassResult(model, modified=False)
+        batches = split_samples(self.samples, model=model) if self.samples is not None else []
+        inputs = {}
+        if batches and (self.importance == "activation" or self.repair):
+            runs = collect(model, [g.consumer.inputs[0].name for g in groups], batches)
+            inputs = {g.name: _rows(runs, g.consumer.inputs[0].name) for g in groups}
+        scores = {g.name: self._scores(g, inputs.get(g.name)) for g in groups}
+        reference = _run(model, batches) if batches else None
+        ratio = self.ratio
+        if self.budget is not None and batches:
+            ratio = self._search(model, scores, inputs, batches, reference)
+            if ratio == 0.0:
+                self.notes.append(f"no ratio meets {self.budget.describe()}: nothing pruned")
+                return ir.passes.PassResult(model, modified=False)
+        before = parameter_count(model)
+        pristine = model.clone() if self.repair and reference is not None else None
+        self._prune(model, scores, inputs, ratio, record=True)
+        if reference is not None:
+            self.drift = output_drift(reference, _run(model, batches))
+        summary = f"ratio {ratio:.2f}: {len(self.pruned)} groups, parameters {before:,} → {parameter_count(model):,}"
+        if self.drift is not None:
+            summary += f"; {self.drift}" + (" after repair" if self.repair else "")
+        self.notes.append(summary)
+        if pristine is not None:
+            # The same cut without the repair, so the report shows what the repair bought.
+            self._prune(pristine, scores, inputs, ratio, repair=False)
+            self.notes.append(f"without repair: {output_drift(reference, _run(pristine, batches))}")
+        return ir.passes.PassResult(model, modified=True)
+
+    def _scores(self, group: ChannelGroup, rows: np.ndarray | None) -> np.ndarray:
+        consumer = group.consumer_row_norms()
+        if self.importance == "activation" and rows is not None:
+            energy = (rows.astype(np.float64) ** 2).mean(axis=0)
+            return np.sqrt(energy.reshape(group.size, group.unit).sum(axis=1)) * consumer
+        return group.weight_norms()
+
+    def _kept(self, groups: list[ChannelGroup], scores: dict[str, np.ndarray], ratio: float) -> dict[str, list[int]]:
+        kept = {}
+        if self.ranking == "global":
+            # Scores are relative to their group's mean so layers of different scale compare.
+            pooled = np.concatenate([scores[g.name] / max(scores[g.name].mean(), 1e-30) for g in groups])
+            threshold = np.sort(pooled)[int(ratio * pooled.size)] if pooled.size else 0.0
+            for g in groups:
+                relative = scores[g.name] / max(scores[g.name].mean(), 1e-30)
+                order = list(np.argsort(-relative, kind="stable"))
+                count = max(1, int((relative >= threshold).sum()))
+                kept[g.name] = sorted(int(u) for u in order[:count])
+            return kept
+        for g in groups:
+            count = max(1, g.size - int(math.floor(ratio * g.size)))
+            order = np.argsort(-scores[g.name], kind="stable")
+            kept[g.name] = sorted(int(u) for u in order[:count])
+        return kept
+
+    def _prune(self, model: ir.Model, scores, inputs, ratio: float, *, record: bool = False, repair=None) -> None:
+        groups, _ = self.find_groups(model.graph)
+        kept = self._kept(groups, scores, ratio)
+        repair = self.repair if repair is None else repair
+        for group in groups:
+            if len(kept[group.name]) == group.size:
+                continue
+            if repair and group.name in inputs:
+                _repair(model.graph, group, inputs[group.name], kept[group.name])
+            group.apply(model.graph, kept[group.name])
+            if record:
+                self.pruned[group.name] = (len(kept[group.name]), group.size)
+        remove_dead_nodes(model)
+
+    def _search(self, model: ir.Model, scores, inputs, batches, reference) -> float:
+        """The largest ratio up to ``self.ratio`` whose pruned model meets the budget (bisection)."""
+        low, high, best = 0.0, self.ratio, 0.0
+        trial = model.clone()
+        self._prune(trial, scores, inputs, high)
+        if self.budget.met(output_drift(reference, _run(trial, batches))):
+            return high
+        for _ in range(_SEARCH_STEPS):
+            middle = (low + high) / 2
+            trial = model.clone()
+            self._prune(trial, scores, inputs, middle)
+            drift = output_drift(reference, _run(trial, batches))
+            if self.budget.met(drift):
+                low = best = middle
+            else:
+                high = middle
+        self.notes.append(f"budget {self.budget.describe()}: largest ratio {best:.2f} (of up to {self.ratio:.2f})")
+        return best
+
+
+def _rows(runs: Sequence[Mapping[str, np.ndarray]], name: str) -> np.ndarray:
+    """A tensor's values over all samples as rows of its last (channel) axis."""
+    return np.concatenate([np.asarray(run[name]).reshape(-1, np.shape(run[name])[-1]) for run in runs])
+
+
+def _repair(graph: ir.Graph, group: ChannelGroup, rows: np.ndarray, kept: list[int]) -> None:
+    """Re-fit the consumer's weight rows for the kept channels (and its bias) by regularized least squares.
+
+    The target is the consumer's original output on the samples, ``X W + b``; the kept
+    channels ``X_k`` plus a constant column are fitted to it, pulled toward the unrepaired
+    weights ``W_k`` (not toward zero) with a strength chosen on held-out rows, so a few
+    samples cannot make the fit worse than no repair at all.
+    """
+    consumer = group.consumer
+    cut = group.consumer_cut
+    weight = constant_array(consumer.inputs[1]).astype(np.float64)
+    weight = weight.T if cut.axis == 1 else weight  # [channels, outputs]
+    bias, set_bias = _bias(graph, consumer)
+    x = rows.astype(np.float64)
+    target = x @ weight + bias
+    channels = cut.indices(kept, group.size, group.unit)
+    design = np.concatenate([x[:, channels], np.ones((len(x), 1))], axis=1)
+    prior = np.concatenate([weight[channels], bias[None, :]])
+    held_out = np.arange(len(x)) % 5 == 4
+    strength = min(
+        _STRENGTHS,
+        key=lambda s: _fit_error(design[~held_out], target[~held_out], prior, s, design[held_out], target[held_out]),
+    )
+    solution = _fit(design, target, prior, strength)
+    fitted = np.zeros_like(weight)
+    fitted[channels] = solution[:-1]  # the removed rows are cut by ``apply`` right after
+    new_weight = (fitted.T if cut.axis == 1 else fitted).astype(np.float32)
+    consumer.replace_input_with(1, add_initializer(graph, f"{consumer.inputs[1].name}.repaired", new_weight))
+    set_bias(solution[-1].astype(np.float32))
+
+
+# Candidate regularization strengths, relative to the mean diagonal of XᵀX.
+_STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def _fit(design: np.ndarray, target: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:
+    """``argmin |design θ - target|² + λ |θ - prior|²`` over the weight rows (the bias row is free)."""
+    gram = design.T @ design
+    size = len(gram) - 1
+    penalty = strength * np.trace(gram[:size, :size]) / max(size, 1)
+    gram[np.arange(size), np.arange(size)] += penalty
+    rhs = design.T @ target
+    rhs[:size] += penalty * prior[:size]
+    return np.linalg.solve(gram, rhs)
+
+
+def _fit_error(design, target, prior, strength, check_design, check_target) -> float:
+    solution = _fit(design, target, prior, strength)
+    return float(((check_design @ solution - check_target) ** 2).sum())
+
+
+def _bias(graph: ir.Graph, consumer: ir.Node):
+    """The consumer's bias (zeros if none) and a function that stores a new one.
+
+    The bias is a Gemm's C input, or the constant of the Add right after a MatMul;
+    failing both, the new bias gets an Add of its own.
+    """
+    transposed = consumer.op_type == "Gemm" and consumer.attributes.get_int("transB", 0)
+    width = constant_array(consumer.inputs[1]).shape[0 if transposed else 1]
+    if consumer.op_type == "Gemm":
+        has_bias = len(consumer.inputs) > 2 and consumer.inputs[2] is not None
+        current = constant_array(consumer.inputs[2]) if has_bias else None
+        if not has_bias or (current is not None and current.size == width):
+
+            def store_gemm(value: np.ndarray) -> None:
+                if len(consumer.inputs) < 3:
+                    consumer.resize_inputs(3)
+                consumer.replace_input_with(2, add_initializer(graph, f"{consumer.name}.repaired_bias", value))
+
+            return (np.zeros(width) if current is None else current.reshape(-1).astype(np.float64)), store_gemm
+    output = consumer.outputs[0]
+    users = list(output.uses())
+    if len(users) == 1 and users[0].node.op_type == "Add" and not output.is_graph_output():
+        add, slot = users[0].node, 1 - users[0].idx
+        current = constant_array(add.inputs[slot])
+        if current is not None and current.size == width:
+
+            def store_add(value: np.ndarray) -> None:
+                new = add_initializer(graph, f"{add.name}.repaired_bias", value.reshape(current.shape))
+                add.replace_input_with(slot, new)
+
+            return current.reshape(-1).astype(np.float64), store_add
+
+    def insert_add(value: np.ndarray) -> None:
+        add = ir.Node("", "Add", [output, add_initializer(graph, f"{consumer.name}.repaired_bias", value)])
+        add.name = f"{consumer.name}_repaired_bias"
+        graph.insert_after(consumer, add)
+        for user, index in users:
+            user.replace_input_with(index, add.outputs[0])
+        if output.is_graph_output():
+            outputs = graph.outputs
+            outputs[[v is output for v in outputs].index(True)] = add.outputs[0]
+            add.outputs[0].name, output.name = output.name, f"{output.name}.unbiased"
+
+    return np.zeros(width), insert_add

@@ -1,0 +1,114 @@
+"""Channel groups: the constants that must be cut together to remove one unit (a neuron, a head).
+
+A group describes, for ``size`` units of ``unit`` channels each, every slice of a
+constant that holds those channels (``Cut``), the attributes that count them
+(``num_heads``), and the *consumer*: the layer that reads the channels and whose
+weight rows go with them (its input is where activation importance is measured and
+what repair re-fits against).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from passes._utils import add_initializer, constant_array
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Slice input ``slot`` of ``node`` along ``axis``: ``blocks`` repeats of ``size * unit`` channels
+    (packed Q/K/V weights have three blocks), keeping the chosen units' channels in each."""
+
+    node: ir.Node
+    slot: int
+    axis: int
+    blocks: int = 1
+
+    def indices(self, kept: list[int], size: int, unit: int) -> np.ndarray:
+        """The channel indices along ``axis`` that remain when only units ``kept`` stay."""
+        width = size * unit
+        return np.array(
+            [b * width + u * unit + i for b in range(self.blocks) for u in kept for i in range(unit)], dtype=np.int64
+        )
+
+
+@dataclass
+class ChannelGroup:
+    """Units that can be removed together; ``consumer`` reads them through input 0, weight ``[size*unit, ...]``."""
+
+    kind: str
+    name: str
+    size: int
+    unit: int
+    consumer: ir.Node
+    producers: list[Cut] = field(default_factory=list)
+    vectors: list[Cut] = field(default_factory=list)
+    # (Reshape, the node holding its target's channel count, that node's input slot)
+    shape_constants: list[tuple[ir.Node, ir.Node, int]] = field(default_factory=list)
+    head_counts: list[ir.Node] = field(default_factory=list)
+    # Tensors carrying the channels (their declared last dim shrinks with them).
+    values: list[ir.Value] = field(default_factory=list)
+
+    @property
+    def consumer_cut(self) -> Cut:
+        """The consumer's weight rows (columns of a Gemm with ``transB``)."""
+        transposed = self.consumer.op_type == "Gemm" and self.consumer.attributes.get_int("transB", 0)
+        return Cut(self.consumer, 1, 1 if transposed else 0)
+
+    def weight_norms(self) -> np.ndarray:
+        """Per-unit L2 norm of the producers' columns times that of the consumer's rows (magnitude importance)."""
+        produced = np.zeros(self.size)
+        for cut in self.producers:
+            array = constant_array(cut.node.inputs[cut.slot]).astype(np.float64)
+            produced += _unit_sums(np.moveaxis(array, cut.axis, -1) ** 2, self.size, self.unit, cut.blocks)
+        consumed = self.consumer_row_norms()
+        return np.sqrt(produced) * consumed
+
+    def consumer_row_norms(self) -> np.ndarray:
+        """Per-unit L2 norm of the consumer weight's rows that read the unit."""
+        weight = constant_array(self.consumer.inputs[1]).astype(np.float64)
+        rows = np.moveaxis(weight, self.consumer_cut.axis, -1)
+        return np.sqrt(_unit_sums(rows**2, self.size, self.unit, 1))
+
+    def apply(self, graph: ir.Graph, kept: list[int]) -> None:
+        """Cut every constant down to the ``kept`` units and update shape constants and head counts."""
+        kept = sorted(kept)
+        for cut in [*self.producers, *self.vectors, self.consumer_cut]:
+            array = constant_array(cut.node.inputs[cut.slot])
+            axis = cut.axis % array.ndim
+            if array.shape[axis] == 1:  # broadcast along the channel axis: nothing to cut
+                continue
+            sliced = np.take(array, cut.indices(kept, self.size, self.unit), axis=axis)
+            name = f"{cut.node.inputs[cut.slot].name}.pruned"
+            cut.node.replace_input_with(cut.slot, add_initializer(graph, name, np.ascontiguousarray(sliced)))
+        for reshape, holder, slot in self.shape_constants:
+            shape = constant_array(holder.inputs[slot]).copy()
+            shape[-1] = len(kept) * self.unit
+            target = add_initializer(graph, f"{holder.inputs[slot].name}.pruned", shape)
+            if holder is reshape:
+                reshape.replace_input_with(slot, target)
+                continue
+            # A Concat of run-time dims may be shared with other Reshapes: give this one its own.
+            inputs = list(holder.inputs)
+            inputs[slot] = target
+            concat = ir.Node("", "Concat", inputs, attributes=[ir.AttrInt64("axis", 0)], name=f"{reshape.name}_shape")
+            graph.insert_before(reshape, concat)
+            reshape.replace_input_with(1, concat.outputs[0])
+        for node in self.head_counts:
+            node.attributes["num_heads"] = ir.AttrInt64("num_heads", len(kept))
+        for value in self.values:
+            if value.shape is not None and value.shape.rank():
+                dims = list(value.shape)
+                dims[-1] = (
+                    len(kept) * self.unit * (dims[-1] // (self.size * self.unit) if isinstance(dims[-1], int) else 1)
+                )
+                value.shape = ir.Shape(dims)
+
+
+def _unit_sums(array: np.ndarray, size: int, unit: int, blocks: int) -> np.ndarray:
+    """Sum ``array`` (channels on the last axis: ``blocks`` x ``size`` x ``unit``) per unit."""
+    channels = array.reshape(-1, blocks, size, unit)
+    return channels.sum(axis=(0, 1, 3))

@@ -1,0 +1,170 @@
+"""Finding FFN neuron groups: the hidden channels between up (and gate) projections and the down projection."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from passes._layers import MS_DOMAIN
+from passes._utils import constant_array
+from passes.pruning._base import PruningPass
+from passes.pruning._groups import ChannelGroup, Cut
+
+# Ops that act on each channel independently (their constant operands are scalars or
+# one value per channel). Channels flow through them unchanged.
+_ELEMENTWISE = frozenset(
+    {
+        "Relu", "Gelu", "Sigmoid", "Tanh", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Softplus", "Softsign",
+        "Elu", "Selu", "LeakyRelu", "HardSigmoid", "HardSwish", "Mish", "Clip", "Identity",
+        "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min",
+    }
+)  # fmt: skip
+_CONTRIB_ELEMENTWISE = frozenset({"Gelu", "FastGelu", "BiasGelu", "QuickGelu"})
+
+
+def ffn_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
+    """The FFN groups of ``graph``, and why other MatMul/Gemm consumers were not groups.
+
+    A group is found from its down projection (a MatMul, or a Gemm, with a constant 2-D
+    weight): walking back from its input through element-wise ops (activation
+    formulas, bias Adds, SwiGLU's product) must reach only projections with constant
+    weights, and nothing else may read any value on the way — otherwise cutting the
+    channels would change what that other reader sees (a residual, say).
+    """
+    groups, refused = [], {}
+    for node in graph:
+        if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+            continue
+        weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        if weight is None or weight.ndim != 2 or node.inputs[0].producer() is None:
+            continue
+        found = _group(node, weight)
+        if isinstance(found, ChannelGroup):
+            groups.append(found)
+        elif found:
+            refused[node.name or node.op_type] = found
+    return groups, refused
+
+
+def _channels_in(node: ir.Node, weight: np.ndarray) -> int:
+    transposed = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
+    return weight.shape[1] if transposed else weight.shape[0]
+
+
+def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
+    channels = _channels_in(consumer, weight)
+    group = ChannelGroup("ffn", consumer.name or "", channels, 1, consumer)
+    region: dict[int, ir.Node] = {}
+    stack = [consumer.inputs[0]]
+    seen: set[int] = set()
+    while stack:
+        value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        producer = value.producer()
+        if producer is None:
+            return None  # reaches a graph input: not an FFN hidden layer
+        projection = _projection(producer, channels)
+        if projection is not None:
+            group.producers.extend(projection)
+            region[id(producer)] = producer
+            continue
+        if (target := _last_axis_reshape_target(producer, channels)) is not None:
+            # Reshape [B*S, N] <-> [B, S, N] (GPT-2's Conv1D as Gemm): the target's last entry is N.
+            region[id(producer)] = producer
+            group.shape_constants.append((producer, *target))
+            stack.append(producer.inputs[0])
+            continue
+        if not _elementwise(producer):
+            return None  # not an FFN (e.g. attention output, a reshape of heads)
+        region[id(producer)] = producer
+        for slot, operand in enumerate(producer.inputs):
+            if operand is None:
+                continue
+            constant = constant_array(operand)
+            if constant is None:
+                stack.append(operand)
+            elif constant.size > 1:
+                if constant.shape[-1] != channels or constant.size != channels:
+                    return f"{producer.name}: a constant operand of shape {list(constant.shape)} is not per-channel"
+                group.vectors.append(Cut(producer, slot, -1))
+    if not group.producers:
+        return None
+    group.values = [output for node in region.values() for output in node.outputs]
+    for node in region.values():
+        for output in node.outputs:
+            if output.is_graph_output():
+                return f"{node.name} is a model output"
+            for user, _ in output.uses():
+                # A Shape reader sees the new width, and whatever it computes follows from it.
+                if user.op_type == "Shape" and user.domain in ("", "ai.onnx"):
+                    continue
+                if id(user) not in region and user is not consumer:
+                    return f"{output.name} is also read by {user.name or user.op_type}; its channels cannot be cut"
+    if channels < 2:
+        return None
+    return group
+
+
+def _last_axis_reshape_target(node: ir.Node, channels: int) -> tuple[ir.Node, int] | None:
+    """Where a Reshape that keeps ``channels`` last stores that number: ``(node, input slot)``.
+
+    The target is a constant ending in ``channels``, or a Concat (of run-time dims)
+    whose last piece is such a constant.
+    """
+    if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
+        return None
+    source = node.inputs[0].shape
+    if source is not None and (source.rank() < 1 or (isinstance(source[-1], int) and source[-1] != channels)):
+        return None
+    holder, slot = node, 1
+    concat = node.inputs[1].producer()
+    if constant_array(node.inputs[1]) is None and concat is not None and concat.op_type == "Concat":
+        holder, slot = concat, len(concat.inputs) - 1
+    shape = constant_array(holder.inputs[slot])
+    if shape is None or shape.ndim != 1 or shape[-1] != channels:
+        return None
+    return holder, slot
+
+
+def _elementwise(node: ir.Node) -> bool:
+    if node.domain in ("", "ai.onnx"):
+        return node.op_type in _ELEMENTWISE
+    return node.domain == MS_DOMAIN and node.op_type in _CONTRIB_ELEMENTWISE
+
+
+def _projection(node: ir.Node, channels: int) -> list[Cut] | None:
+    """The cuts of a MatMul/Gemm producing ``channels`` outputs from a constant weight, or None."""
+    if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+        return None
+    weight = constant_array(node.inputs[1])
+    if weight is None or weight.ndim != 2:
+        return None
+    transposed = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
+    axis = 0 if transposed else 1
+    if weight.shape[axis] != channels:
+        return None
+    cuts = [Cut(node, 1, axis)]
+    if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
+        bias = constant_array(node.inputs[2])
+        if bias is None or bias.size != channels:
+            return None
+        cuts.append(Cut(node, 2, -1))
+    return cuts
+
+
+class FfnPruningPass(PruningPass):
+    """Remove the least important FFN neurons: columns of the up (and gate) projections, the matching
+    bias entries and per-channel constants, rows of the down projection, and Reshape targets.
+
+    Importance is weight magnitude (L2 of the neuron's producer columns times its
+    down-projection row) or, with samples, activation (RMS of the neuron's activation
+    times that row). With samples the down projection is re-fitted (see ``PruningPass``).
+    Refuses a group whose hidden values are also read outside it (named in ``notes``).
+    """
+
+    unit_name = "neurons"
+
+    def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
+        return ffn_groups(graph)

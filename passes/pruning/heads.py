@@ -1,0 +1,144 @@
+"""Finding attention-head groups on the fused attention ops.
+
+Heads are pruned on the fused graph, after ``fuse-attention``: there a head is a
+``num_heads`` attribute and a slice of constant projection weights, instead of head
+counts spread over Reshape targets, Transposes and per-exporter shape arithmetic.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from passes._layers import MS_DOMAIN
+from passes._utils import constant_array
+from passes.pruning._base import PruningPass
+from passes.pruning._groups import ChannelGroup, Cut
+
+
+def head_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
+    """Head groups of the com.microsoft ``Attention`` (packed QKV) and ``MultiHeadAttention`` nodes.
+
+    The attention output must feed only one MatMul/Gemm with a constant weight (the
+    output projection), whose rows are cut with the heads. ``MultiHeadAttention``
+    needs its query, key and value to be projections (MatMul, optional bias Add,
+    optional RotaryEmbedding) with as many heads each; grouped-query attention (fewer
+    key/value heads, repeated) is left whole.
+    """
+    groups, refused = [], {}
+    for node in graph:
+        if node.domain != MS_DOMAIN or node.op_type not in ("Attention", "MultiHeadAttention"):
+            continue
+        found = _attention(node) if node.op_type == "Attention" else _multi_head(node)
+        if isinstance(found, str):
+            refused[node.name or node.op_type] = found
+        else:
+            groups.append(found)
+    return groups, refused
+
+
+def _output_projection(node: ir.Node, hidden: int) -> ir.Node | str:
+    output = node.outputs[0]
+    users = list(output.uses())
+    if (
+        output.is_graph_output()
+        or len(users) != 1
+        or len(node.outputs) > 1
+        and any(v is not None and v.uses() for v in node.outputs[1:])
+    ):
+        return "its output is read by more than the output projection"
+    consumer = users[0].node
+    weight = constant_array(consumer.inputs[1]) if len(consumer.inputs) > 1 else None
+    if consumer.op_type != "MatMul" or users[0].idx != 0 or weight is None or weight.shape[0] != hidden:
+        return "its output does not go straight into a MatMul with a constant weight"
+    return consumer
+
+
+def _attention(node: ir.Node) -> ChannelGroup | str:
+    weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    heads = node.attributes.get_int("num_heads", 0)
+    if weight is None or weight.ndim != 2 or weight.shape[1] % 3 or heads < 2:
+        return "no constant packed QKV weight or a single head"
+    if "qkv_hidden_sizes" in node.attributes or len(node.inputs) > 4 and any(v is not None for v in node.inputs[4:]):
+        return "qkv_hidden_sizes, past or attention_bias inputs"
+    hidden = weight.shape[1] // 3
+    consumer = _output_projection(node, hidden)
+    if isinstance(consumer, str):
+        return consumer
+    group = ChannelGroup("heads", node.name or "", heads, hidden // heads, consumer, head_counts=[node])
+    group.values = [node.outputs[0]]
+    group.producers.append(Cut(node, 1, 1, blocks=3))
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        if constant_array(node.inputs[2]) is None:
+            return "bias is not a constant"
+        group.vectors.append(Cut(node, 2, 0, blocks=3))
+    # Attention's default scale is 1/sqrt(head_size), unchanged by pruning heads.
+    return group
+
+
+def _multi_head(node: ir.Node) -> ChannelGroup | str:
+    heads = node.attributes.get_int("num_heads", 0)
+    inputs = list(node.inputs)
+    if heads < 2 or len(inputs) < 3 or any(v is None for v in inputs[:3]) or any(v is not None for v in inputs[3:]):
+        return "not self-attention on separate query, key and value (packed, cached or biased inputs)"
+    projections = [_projection(value, heads) for value in inputs[:3]]
+    for found in projections:
+        if isinstance(found, str):
+            return found
+    hidden = constant_array(projections[0][0].node.inputs[1]).shape[1]
+    if any(constant_array(p[0].node.inputs[1]).shape[1] != hidden for p in projections):
+        return "key/value have fewer heads than the query (grouped-query attention)"
+    consumer = _output_projection(node, hidden)
+    if isinstance(consumer, str):
+        return consumer
+    group = ChannelGroup("heads", node.name or "", heads, hidden // heads, consumer, head_counts=[node])
+    group.values = [node.outputs[0]]
+    for cuts, rotary in projections:
+        group.producers.append(cuts[0])
+        group.vectors.extend(cuts[1:])
+        group.values.extend(cut.node.outputs[0] for cut in cuts)
+        if rotary is not None:
+            group.head_counts.append(rotary)
+            group.values.append(rotary.outputs[0])
+    return group
+
+
+def _projection(value: ir.Value, heads: int) -> tuple[list[Cut], ir.Node | None] | str:
+    """Cuts of the MatMul (+ bias Add) computing ``value``, and the RotaryEmbedding on the way, if any."""
+    rotary = None
+    node = value.producer()
+    if node is not None and node.domain == MS_DOMAIN and node.op_type == "RotaryEmbedding":
+        if node.attributes.get_int("num_heads", 0) != heads or len(value.uses()) != 1:
+            return "a RotaryEmbedding without num_heads, or shared"
+        rotary, value = node, node.inputs[0]
+        node = value.producer()
+    cuts = []
+    if node is not None and node.op_type == "Add" and len(value.uses()) == 1:
+        for slot in (0, 1):
+            bias = constant_array(node.inputs[slot])
+            if bias is not None and bias.ndim == 1:
+                cuts.append(Cut(node, slot, -1))
+                value = node.inputs[1 - slot]
+                node = value.producer()
+                break
+    if node is None or node.op_type != "MatMul" or len(value.uses()) != 1:
+        return "query, key or value is not a projection used once"
+    weight = constant_array(node.inputs[1])
+    if weight is None or weight.ndim != 2 or weight.shape[1] % heads:
+        return "a projection weight that is not a constant split evenly into heads"
+    return [Cut(node, 1, 1), *cuts], rotary
+
+
+class HeadPruningPass(PruningPass):
+    """Remove the least important attention heads of fused ``Attention``/``MultiHeadAttention`` nodes:
+    their Q/K/V weight columns and bias entries, the output projection's rows, ``num_heads``
+    (and a RotaryEmbedding's).
+
+    Runs after ``fuse-attention``. Importance and repair as in ``PruningPass`` (a head is
+    ``head_size`` channels of the attention output). Refuses grouped-query attention and
+    attention whose output reaches anything but one output projection.
+    """
+
+    unit_name = "heads"
+
+    def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
+        return head_groups(graph)
