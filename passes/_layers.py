@@ -167,8 +167,8 @@ def _gemm(node: ir.Node, weight: np.ndarray, bias: np.ndarray | None, inputs: li
 def _attention(node: ir.Node, weight: np.ndarray, bias: np.ndarray | None, inputs: list) -> Layer | str:
     # QAttention has no qkv_hidden_sizes, past/present, attention_bias or cache inputs.
     attrs = node.attributes
-    if weight.ndim != 2 or weight.shape[1] != 3 * weight.shape[0]:
-        return "weight is not [hidden, 3*hidden]"
+    if weight.ndim != 2 or weight.shape[1] % 3:
+        return "weight is not [input hidden, 3*hidden]"
     if bias is None or bias.shape != (weight.shape[1],):
         return "no constant [3*hidden] bias"
     if len(inputs) > 4 and any(v is not None for v in inputs[4:]):

@@ -159,6 +159,7 @@ class PruningPass(ir.passes.InPlacePass):
         trial = model.clone()
         self._prune(trial, scores, inputs, high)
         if self.budget.met(output_drift(reference, _run(trial, batches))):
+            self.notes.append(f"budget {self.budget.describe()}: met at the largest ratio asked, {high:.2f}")
             return high
         for _ in range(_SEARCH_STEPS):
             middle = (low + high) / 2

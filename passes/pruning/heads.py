@@ -84,8 +84,9 @@ def _multi_head(node: ir.Node) -> ChannelGroup | str:
     for found in projections:
         if isinstance(found, str):
             return found
-    hidden = constant_array(projections[0][0].node.inputs[1]).shape[1]
-    if any(constant_array(p[0].node.inputs[1]).shape[1] != hidden for p in projections):
+    widths = [constant_array(cuts[0].node.inputs[1]).shape[1] for cuts, _ in projections]
+    hidden = widths[0]
+    if any(width != hidden for width in widths):
         return "key/value have fewer heads than the query (grouped-query attention)"
     consumer = _output_projection(node, hidden)
     if isinstance(consumer, str):

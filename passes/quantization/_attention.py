@@ -28,7 +28,7 @@ def replace_with_qattention(
     """
     node = layer.node
     num_heads = node.attributes.get_int("num_heads")
-    hidden = layer.weight.shape[0]
+    hidden = layer.weight.shape[1] // 3  # after head pruning, narrower than the input
     weight, bias = layer.weight.copy(), layer.bias.copy()
     scale = node.attributes.get_float("scale", 0.0)
     if scale:

@@ -1,0 +1,178 @@
+"""Small transformer blocks for the pruning tests, some of whose units carry zero weights."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.passes.quantization.graphs import weights
+
+
+def _model(nodes, inputs, outputs, initializers) -> ir.Model:
+    graph = helper.make_graph(nodes, "block", inputs, outputs, [numpy_helper.from_array(a, n) for n, a in initializers])
+    imports = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    proto = helper.make_model(graph, opset_imports=imports, ir_version=9)
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+def ffn(
+    hidden: int = 16, inner: int = 32, *, dead: tuple[int, ...] = (), gated: bool = False, tap: bool = False
+) -> ir.Model:
+    """``x`` → up (+ bias) → erf-GELU (or SiLU(gate) * up) → down (+ bias) → residual Add → ``y``.
+
+    Neurons in ``dead`` have zero up (and gate) columns, zero up bias and zero down
+    rows: removing them cannot change the output. ``tap`` also makes the hidden
+    activation a second graph output, which forbids cutting it.
+    """
+    up, bias, down = weights(hidden, inner, seed=1), weights(inner, seed=2), weights(inner, hidden, seed=3)
+    gate = weights(hidden, inner, seed=4)
+    for j in dead:
+        up[:, j] = bias[j] = down[j, :] = gate[:, j] = 0.0
+    init = [("up", up), ("up_bias", bias), ("down", down), ("down_bias", weights(hidden, seed=5))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "up"], ["u"], name="up_proj"),
+        helper.make_node("Add", ["u", "up_bias"], ["ub"], name="up_bias_add"),
+    ]
+    if gated:
+        init.append(("gate", gate))
+        nodes += [
+            helper.make_node("MatMul", ["x", "gate"], ["g"], name="gate_proj"),
+            helper.make_node("Sigmoid", ["g"], ["gs"], name="sigmoid"),
+            helper.make_node("Mul", ["g", "gs"], ["silu"], name="silu"),
+            helper.make_node("Mul", ["silu", "ub"], ["h"], name="gated"),
+        ]
+    else:
+        init += [
+            ("sqrt2", np.array(math.sqrt(2), np.float32)),
+            ("one", np.array(1, np.float32)),
+            ("half", np.array(0.5, np.float32)),
+        ]
+        nodes += [
+            helper.make_node("Div", ["ub", "sqrt2"], ["d"], name="gelu_div"),
+            helper.make_node("Erf", ["d"], ["e"], name="gelu_erf"),
+            helper.make_node("Add", ["e", "one"], ["e1"], name="gelu_add"),
+            helper.make_node("Mul", ["ub", "e1"], ["m"], name="gelu_mul"),
+            helper.make_node("Mul", ["m", "half"], ["h"], name="gelu_half"),
+        ]
+    nodes += [
+        helper.make_node("MatMul", ["h", "down"], ["o"], name="down_proj"),
+        helper.make_node("Add", ["o", "down_bias"], ["ob"], name="down_bias_add"),
+        helper.make_node("Add", ["ob", "x"], ["y"], name="residual"),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", hidden])]
+    if tap:
+        outputs.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["B", "S", inner]))
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", hidden])], outputs, init)
+
+
+def packed_attention(hidden: int = 16, heads: int = 4, *, dead: tuple[int, ...] = ()) -> ir.Model:
+    """``x`` → com.microsoft Attention (packed QKV, mask) → output MatMul (+ bias) → ``y``; ``dead`` heads are zero."""
+    size = hidden // heads
+    qkv, bias, out = (
+        weights(hidden, 3 * hidden, seed=6, scale=0.3),
+        weights(3 * hidden, seed=7),
+        weights(hidden, hidden, seed=8),
+    )
+    for h in dead:
+        for block in range(3):
+            qkv[:, block * hidden + h * size : block * hidden + (h + 1) * size] = 0.0
+            bias[block * hidden + h * size : block * hidden + (h + 1) * size] = 0.0
+        out[h * size : (h + 1) * size, :] = 0.0
+    nodes = [
+        helper.make_node("Cast", ["mask"], ["mask32"], to=TensorProto.INT32, name="cast"),
+        helper.make_node(
+            "Attention",
+            ["x", "qkv", "qkv_bias", "mask32"],
+            ["a"],
+            domain="com.microsoft",
+            name="attention",
+            num_heads=heads,
+        ),
+        helper.make_node("MatMul", ["a", "out"], ["o"], name="out_proj"),
+        helper.make_node("Add", ["o", "out_bias"], ["y"], name="out_bias_add"),
+    ]
+    init = [("qkv", qkv), ("qkv_bias", bias), ("out", out), ("out_bias", weights(hidden, seed=9))]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", hidden]),
+        helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", "S"]),
+    ]
+    return _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", hidden])], init)
+
+
+def multi_head_attention(
+    hidden: int = 16, heads: int = 4, *, kv_heads: int | None = None, dead: tuple[int, ...] = (), rotary: bool = True
+) -> ir.Model:
+    """``x`` → Q/K/V MatMuls (+ RotaryEmbedding on Q and K) → MultiHeadAttention → output MatMul → ``y``.
+
+    ``kv_heads`` < ``heads`` makes the K/V projections narrower and repeats their heads
+    to the query's count (grouped-query attention, as exporters write it), which
+    pruning must refuse.
+    """
+    size = hidden // heads
+    kv_width = (kv_heads or heads) * size
+    wq, wk, wv, wo = (
+        weights(hidden, hidden, seed=10),
+        weights(hidden, kv_width, seed=11),
+        weights(hidden, kv_width, seed=12),
+        weights(hidden, hidden, seed=13),
+    )
+    for h in dead:
+        for w in (wq, wk, wv):
+            w[:, h * size : (h + 1) * size] = 0.0
+        wo[h * size : (h + 1) * size, :] = 0.0
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="q_proj"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="k_proj"),
+        helper.make_node("MatMul", ["x", "wv"], ["v"], name="v_proj"),
+    ]
+    q, k, v = "q", "k", "v"
+    init = [("wq", wq), ("wk", wk), ("wv", wv), ("wo", wo)]
+    if kv_heads:
+        repeats = heads // kv_heads
+        nodes += [
+            helper.make_node("Concat", ["k"] * repeats, ["k_repeated"], axis=-1, name="repeat_k"),
+            helper.make_node("Concat", ["v"] * repeats, ["v_repeated"], axis=-1, name="repeat_v"),
+        ]
+        k, v = "k_repeated", "v_repeated"
+    if rotary:
+        angles = np.arange(64)[:, None] / (10000 ** (np.arange(size // 2)[None, :] / (size // 2)))
+        init += [("cos", np.cos(angles).astype(np.float32)), ("sin", np.sin(angles).astype(np.float32))]
+        for name in ("q", "k"):
+            nodes.append(
+                helper.make_node(
+                    "RotaryEmbedding",
+                    [name, "positions", "cos", "sin"],
+                    [f"{name}r"],
+                    domain="com.microsoft",
+                    name=f"{name}_rotary",
+                    num_heads=heads,
+                )
+            )
+        q, k = "qr", "kr"
+    nodes += [
+        helper.make_node("MultiHeadAttention", [q, k, v], ["a"], domain="com.microsoft", name="mha", num_heads=heads),
+        helper.make_node("MatMul", ["a", "wo"], ["y"], name="out_proj"),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", hidden])]
+    if rotary:
+        inputs.append(helper.make_tensor_value_info("positions", TensorProto.INT64, ["B", "S"]))
+    return _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", hidden])], init)
+
+
+def feeds(model: ir.Model, count: int = 4, sequence: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
+    """Normal floats, all-ones masks, positions 0..S-1."""
+    rng = np.random.default_rng(seed)
+    result = {}
+    for value in model.graph.inputs:
+        if value.name == "positions":
+            result[value.name] = np.tile(np.arange(sequence), (count, 1)).astype(np.int64)
+        elif value.dtype == ir.DataType.FLOAT:
+            result[value.name] = rng.standard_normal((count, sequence, value.shape[-1])).astype(np.float32)
+        else:
+            result[value.name] = np.ones((count, sequence), dtype=np.int64)
+    return result

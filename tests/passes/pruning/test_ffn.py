@@ -1,0 +1,86 @@
+"""prune-ffn: FFN neuron groups found through activation formulas, cut consistently, repaired."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from optimizer.accuracy import AccuracyBudget
+from passes.pruning.ffn import FfnPruningPass, ffn_groups
+from tests.helpers import assert_same_outputs, run
+from tests.passes.pruning.graphs import feeds, ffn
+from tests.passes.quantization.conftest import drift
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_removing_zero_neurons_leaves_outputs_unchanged(gated):
+    model = ffn(dead=(1, 5, 6, 20), gated=gated)
+    pruning = FfnPruningPass(4 / 32)
+    after = pruning(model.clone()).model
+    assert pruning.pruned == {"down_proj": (28, 32)}
+    assert after.graph.node("down_proj").inputs[1].const_value.shape == (28, 16)
+    assert after.graph.node("up_proj").inputs[1].const_value.shape == (16, 28)
+    assert after.graph.node("up_bias_add").inputs[1].const_value.shape == (28,)
+    if gated:
+        assert after.graph.node("gate_proj").inputs[1].const_value.shape == (16, 28)
+    assert_same_outputs(model, after, feeds(model), rtol=1e-6, atol=1e-6)
+
+
+def test_zero_neurons_are_found_by_activation_importance_too():
+    model = ffn(dead=(3, 4))
+    pruning = FfnPruningPass(2 / 32, samples=feeds(model, 16), repair=False)
+    after = pruning(model.clone()).model
+    assert pruning.importance == "activation"
+    assert_same_outputs(model, after, feeds(model, seed=3), rtol=1e-6, atol=1e-6)
+
+
+def test_a_hidden_value_read_elsewhere_is_left_whole():
+    groups, refused = ffn_groups(ffn(tap=True).graph)
+    assert groups == [] and refused["down_proj"] == "gelu_half is a model output"
+    pruning = FfnPruningPass(0.5)
+    assert not pruning(ffn(tap=True)).modified
+    assert pruning.notes == ["down_proj left whole: gelu_half is a model output"]
+
+
+def test_repair_recovers_most_of_what_pruning_loses():
+    model = ffn()
+    calibration, held_out = feeds(model, 64, seed=1), feeds(model, 16, seed=2)
+    plain = FfnPruningPass(0.5, samples=calibration, repair=False)(model.clone()).model
+    repaired_pass = FfnPruningPass(0.5, samples=calibration)
+    repaired = repaired_pass(model.clone()).model
+    assert drift(model, repaired, held_out).cosine > drift(model, plain, held_out).cosine
+    assert any(note.startswith("without repair:") for note in repaired_pass.notes)
+
+
+def test_the_budget_search_picks_the_largest_ratio_that_meets_it():
+    model = ffn()
+    calibration = feeds(model, 32, seed=1)
+    pruning = FfnPruningPass(0.9, samples=calibration, repair=False, budget=AccuracyBudget(min_cosine=0.998))
+    after = pruning(model.clone()).model
+    kept, total = pruning.pruned["down_proj"]
+    assert 0 < total - kept < int(0.9 * total)
+    assert pruning.drift.cosine >= 0.998
+    assert any(note.startswith("budget --min-cosine 0.998: largest ratio") for note in pruning.notes)
+    assert drift(model, after, calibration).cosine >= 0.998
+
+
+def test_global_ranking_prunes_weak_layers_more():
+    model = ffn(dead=tuple(range(0, 32, 2)))  # half the neurons are zero
+    pruning = FfnPruningPass(0.5, ranking="global")
+    after = pruning(model.clone()).model
+    assert pruning.pruned["down_proj"] == (16, 32)
+    assert_same_outputs(model, after, feeds(model), rtol=1e-6, atol=1e-6)
+
+
+def test_gemm_ffn_with_run_time_reshape_targets():
+    """GPT-2's Conv1D exported as Reshape → Gemm → Reshape, with a Concat-built target ending in the width."""
+    from optimizer.api import optimize
+    from tests.helpers import FIXTURES
+
+    model = optimize(ir.load(FIXTURES / "gpt2_dynamo.onnx"), verify=False)
+    groups, _ = ffn_groups(model.graph)
+    assert len(groups) == 2 and all(group.shape_constants for group in groups)
+    after = FfnPruningPass(0.25)(model.clone()).model
+    inputs = {"input_ids": np.ones((2, 5), np.int64), "attention_mask": np.ones((2, 5), np.int64)}
+    assert run(after, inputs)["last_hidden_state"].shape == (2, 5, 64)

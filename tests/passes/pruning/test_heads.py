@@ -1,0 +1,55 @@
+"""prune-heads: heads of fused Attention/MultiHeadAttention cut with their projections and num_heads."""
+
+from __future__ import annotations
+
+import pytest
+
+from passes.pruning.heads import HeadPruningPass, head_groups
+from tests.helpers import assert_same_outputs
+from tests.passes.pruning.graphs import feeds, multi_head_attention, packed_attention
+from tests.passes.quantization.conftest import drift
+
+
+def test_removing_a_zero_head_of_packed_attention_leaves_outputs_unchanged():
+    model = packed_attention(dead=(2,))
+    pruning = HeadPruningPass(0.25)
+    after = pruning(model.clone()).model
+    attention = after.graph.node("attention")
+    assert attention.attributes.get_int("num_heads") == 3
+    assert attention.inputs[1].const_value.shape == (16, 36)
+    assert attention.inputs[2].const_value.shape == (36,)
+    assert after.graph.node("out_proj").inputs[1].const_value.shape == (12, 16)
+    inputs = feeds(model)
+    inputs["mask"][-1, 4:] = 0  # padding still works
+    assert_same_outputs(model, after, inputs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rotary", [True, False])
+def test_multi_head_attention_with_rotary_embeddings(rotary):
+    model = multi_head_attention(dead=(0, 3), rotary=rotary)
+    pruning = HeadPruningPass(0.5)
+    after = pruning(model.clone()).model
+    assert after.graph.node("mha").attributes.get_int("num_heads") == 2
+    if rotary:
+        assert after.graph.node("q_rotary").attributes.get_int("num_heads") == 2
+        assert after.graph.node("k_rotary").attributes.get_int("num_heads") == 2
+    for name in ("q_proj", "k_proj", "v_proj"):
+        assert after.graph.node(name).inputs[1].const_value.shape == (16, 8)
+    assert_same_outputs(model, after, feeds(model), rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_query_attention_is_left_whole():
+    model = multi_head_attention(kv_heads=2, rotary=False)
+    groups, refused = head_groups(model.graph)
+    assert groups == [] and "mha" in refused
+    pruning = HeadPruningPass(0.5)
+    assert not pruning(model).modified
+    assert pruning.notes[0].startswith("mha left whole:")
+
+
+def test_repair_after_removing_live_heads():
+    model = packed_attention()
+    calibration, held_out = feeds(model, 64, 8, seed=1), feeds(model, 16, 8, seed=2)
+    plain = HeadPruningPass(0.5, samples=calibration, repair=False)(model.clone()).model
+    repaired = HeadPruningPass(0.5, samples=calibration)(model.clone()).model
+    assert drift(model, repaired, held_out).cosine > drift(model, plain, held_out).cosine
