@@ -178,6 +178,9 @@ def _add_pruning_flags(parser: argparse.ArgumentParser) -> None:
         "--prune-heads", type=float, metavar="R", help="remove this fraction of each fused attention's heads"
     )
     group.add_argument(
+        "--prune-channels", type=float, metavar="R", help="remove this fraction of each prunable Conv's output channels"
+    )
+    group.add_argument(
         "--importance",
         choices=("magnitude", "activation"),
         help="rank units by weight magnitude or by activation on --calibration (default: activation with data)",
@@ -261,6 +264,7 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
         "keep_io_types": args.keep_io_types,
         "prune_ffn": args.prune_ffn,
         "prune_heads": args.prune_heads,
+        "prune_channels": args.prune_channels,
         "importance": args.importance,
         "ranking": "global" if args.global_ranking else "layer",
         "repair": args.repair,
@@ -296,14 +300,16 @@ def _with_precision_passes(passes: list[str] | None, args: argparse.Namespace) -
     Flags that only a kind of pass reads are checked against the resulting list, so
     ``--passes quantize-static --calibration FILE`` works like ``--quantize static``.
     """
-    for flag, ratio in (("--prune-ffn", args.prune_ffn), ("--prune-heads", args.prune_heads)):
+    ratios = {"prune-ffn": args.prune_ffn, "prune-heads": args.prune_heads, "prune-channels": args.prune_channels}
+    for name, ratio in ratios.items():
+        flag = f"--{name}"
         if ratio is not None and not 0.0 < ratio < 1.0:
             raise InputSpecError(f"{flag} {ratio}: expected a fraction of units to remove, above 0 and below 1")
     if args.smooth is not None and not 0.0 < args.smooth < 1.0:
         raise InputSpecError(f"--smooth {args.smooth}: expected a migration strength between 0 and 1, e.g. 0.5")
     if args.fp16 and args.target != "cuda":
         raise InputSpecError("--fp16 is for --target cuda (ONNX Runtime's CPU kernels are float32)")
-    pruning = [name for name, ratio in (("prune-ffn", args.prune_ffn), ("prune-heads", args.prune_heads)) if ratio]
+    pruning = [name for name, ratio in ratios.items() if ratio]
     extra = (
         pruning + ([f"quantize-{args.quantize}"] if args.quantize else []) + (["convert-float16"] if args.fp16 else [])
     )
@@ -318,10 +324,10 @@ def _with_precision_passes(passes: list[str] | None, args: argparse.Namespace) -
     for flag, value in (("--smooth", args.smooth), ("--exclude", args.exclude)):
         if value and not quantizing:
             raise InputSpecError(f"{flag} needs --quantize dynamic|static")
-    if (args.importance or args.global_ranking or args.repair is False) and not names & {"prune-ffn", "prune-heads"}:
-        raise InputSpecError("--importance, --global-ranking and --no-repair need --prune-ffn or --prune-heads")
-    if args.calibration and not quantizing and not names & {"prune-ffn", "prune-heads", "convert-float16"}:
-        raise InputSpecError("--calibration needs --quantize, --prune-ffn/--prune-heads or --fp16")
+    if (args.importance or args.global_ranking or args.repair is False) and not names & set(ratios):
+        raise InputSpecError("--importance, --global-ranking and --no-repair need --prune-ffn/-heads/-channels")
+    if args.calibration and not quantizing and not names & {*ratios, "convert-float16"}:
+        raise InputSpecError("--calibration needs --quantize, a --prune-* ratio or --fp16")
     return passes
 
 

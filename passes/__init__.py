@@ -29,7 +29,7 @@ from passes.fusion import (
     rotary_embedding,
     skip_layer_norm,
 )
-from passes.pruning import ffn, heads
+from passes.pruning import channels, ffn, heads
 from passes.quantization import dynamic, float16, static
 
 # fmt: off
@@ -55,6 +55,7 @@ register("fuse-matmul-add", lambda o: matmul.MatMulAddFusion(o.target), "2-D Mat
 register("fuse-matmul-transpose", lambda o: matmul.FusedMatMulFusion(o.target), "Transposes and constant scaling folded into FusedMatMul (onnxscript); ORT does this at load time.")
 register("prune-ffn", lambda o: ffn.FfnPruningPass(**pruning_settings(o, "prune_ffn")), "Remove the least important FFN neurons (up/gate columns, down rows), re-fitting the down projection on samples (--prune-ffn R).", approximate=True)
 register("prune-heads", lambda o: heads.HeadPruningPass(**pruning_settings(o, "prune_heads")), "Remove the least important heads of fused Attention/MultiHeadAttention, re-fitting the output projection on samples (--prune-heads R).", approximate=True)
+register("prune-channels", lambda o: channels.ChannelPruningPass(**pruning_settings(o, "prune_channels")), "Remove the least important Conv output channels (through BatchNorm, activations, depthwise Convs) and the next Conv's inputs (--prune-channels R).", approximate=True)
 register("quantize-dynamic", lambda o: dynamic.DynamicQuantizationPass(**int8_settings(o)), "int8 weights, activations quantized at run time: MatMul/Gemm into DynamicQuantizeMatMul, Attention into QAttention (--quantize dynamic).", approximate=True)
 register("quantize-static", lambda o: static.StaticQuantizationPass(method=o.settings.get("calibration_method", "percentile"), **int8_settings(o)), "Calibrated int8 in QDQ form: MatMul/Gemm/Conv with QuantizeLinear/DequantizeLinear, Attention into QAttention (--quantize static).", approximate=True)
 register("convert-float16", lambda o: float16.Float16Pass(keep_io_types=bool(o.settings.get("keep_io_types", True))), "Float16 weights and compute, norm reductions and softmax kept float32, graph I/O types kept (--fp16, --target cuda).", approximate=True)

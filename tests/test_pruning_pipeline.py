@@ -72,3 +72,17 @@ def test_cli_budget_searches_the_ratio(tmp_path, capsys):
     command = ["optimize", str(EXAMPLE_MODEL), "-o", str(tmp_path / "p.onnx"), "--prune-ffn", "0.9"]
     assert main([*command, "--calibration", str(calibration), "--min-cosine", "0.995"]) == 0
     assert "budget --min-cosine 0.995: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["resnet_dynamo", "resnet_legacy"])
+def test_resnets_prune_channels_inside_blocks_and_leave_residual_ties(name):
+    model = ir.load(FIXTURES / f"{name}.onnx")
+    result, report = optimize_with_report(
+        model, ["+prune-channels"], settings={"prune_channels": 0.25}, calibration=_calibration(model, 8), strict=True
+    )
+    record = next(r for r in report.passes if r.name == "prune-channels")
+    assert record.status == "applied", record.detail
+    assert any("residual tie" in note for note in record.notes)
+    unpruned, _ = optimize_with_report(model)
+    assert parameter_count(result) < parameter_count(unpruned)
+    assert run(result, make_inputs(model, {"batch": 2}))["logits"].shape == (2, 10)

@@ -90,7 +90,7 @@ class PruningPass(ir.passes.InPlacePass):
         inputs = {}
         if batches and (self.importance == "activation" or self.repair):
             runs = collect(model, [g.consumer.inputs[0].name for g in groups], batches)
-            inputs = {g.name: _rows(runs, g.consumer.inputs[0].name) for g in groups}
+            inputs = {g.name: _rows(runs, g.consumer.inputs[0].name, g.channel_axis) for g in groups}
         scores = {g.name: self._scores(g, inputs.get(g.name)) for g in groups}
         reference = _run(model, batches) if batches else None
         ratio = self.ratio
@@ -100,13 +100,14 @@ class PruningPass(ir.passes.InPlacePass):
                 self.notes.append(f"no ratio meets {self.budget.describe()}: nothing pruned")
                 return ir.passes.PassResult(model, modified=False)
         before = parameter_count(model)
-        pristine = model.clone() if self.repair and reference is not None else None
+        repairable = self.repair and reference is not None and any(g.consumer.op_type != "Conv" for g in groups)
+        pristine = model.clone() if repairable else None
         self._prune(model, scores, inputs, ratio, record=True)
         if reference is not None:
             self.drift = output_drift(reference, _run(model, batches))
         summary = f"ratio {ratio:.2f}: {len(self.pruned)} groups, parameters {before:,} → {parameter_count(model):,}"
         if self.drift is not None:
-            summary += f"; {self.drift}" + (" after repair" if self.repair else "")
+            summary += f"; {self.drift}" + (" after repair" if repairable else "")
         self.notes.append(summary)
         if pristine is not None:
             # The same cut without the repair, so the report shows what the repair bought.
@@ -146,7 +147,7 @@ class PruningPass(ir.passes.InPlacePass):
         for group in groups:
             if len(kept[group.name]) == group.size:
                 continue
-            if repair and group.name in inputs:
+            if repair and group.name in inputs and group.consumer.op_type != "Conv":
                 _repair(model.graph, group, inputs[group.name], kept[group.name])
             group.apply(model.graph, kept[group.name])
             if record:
@@ -174,9 +175,10 @@ class PruningPass(ir.passes.InPlacePass):
         return best
 
 
-def _rows(runs: Sequence[Mapping[str, np.ndarray]], name: str) -> np.ndarray:
-    """A tensor's values over all samples as rows of its last (channel) axis."""
-    return np.concatenate([np.asarray(run[name]).reshape(-1, np.shape(run[name])[-1]) for run in runs])
+def _rows(runs: Sequence[Mapping[str, np.ndarray]], name: str, axis: int = -1) -> np.ndarray:
+    """A tensor's values over all samples as rows of its channel ``axis``."""
+    arrays = [np.moveaxis(np.asarray(run[name]), axis, -1) for run in runs]
+    return np.concatenate([array.reshape(-1, array.shape[-1]) for array in arrays])
 
 
 def _repair(graph: ir.Graph, group: ChannelGroup, rows: np.ndarray, kept: list[int]) -> None:

@@ -49,14 +49,18 @@ class ChannelGroup:
     # (Reshape, the node holding its target's channel count, that node's input slot)
     shape_constants: list[tuple[ir.Node, ir.Node, int]] = field(default_factory=list)
     head_counts: list[ir.Node] = field(default_factory=list)
-    # Tensors carrying the channels (their declared last dim shrinks with them).
+    # Tensors carrying the channels (their declared channel dim shrinks with them).
     values: list[ir.Value] = field(default_factory=list)
+    # Depthwise Convs on the way: their ``group`` attribute is the channel count.
+    group_counts: list[ir.Node] = field(default_factory=list)
+    # Where activations hold the channels: -1 (transformer features) or 1 (NCHW images).
+    channel_axis: int = -1
 
     @property
     def consumer_cut(self) -> Cut:
         """The consumer's weight rows (columns of a Gemm with ``transB``)."""
         transposed = self.consumer.op_type == "Gemm" and self.consumer.attributes.get_int("transB", 0)
-        return Cut(self.consumer, 1, 1 if transposed else 0)
+        return Cut(self.consumer, 1, 1 if transposed or self.consumer.op_type == "Conv" else 0)
 
     def weight_norms(self) -> np.ndarray:
         """Per-unit L2 norm of the producers' columns times that of the consumer's rows (magnitude importance)."""
@@ -99,12 +103,14 @@ class ChannelGroup:
             reshape.replace_input_with(1, concat.outputs[0])
         for node in self.head_counts:
             node.attributes["num_heads"] = ir.AttrInt64("num_heads", len(kept))
+        for node in self.group_counts:
+            node.attributes["group"] = ir.AttrInt64("group", len(kept))
         for value in self.values:
-            if value.shape is not None and value.shape.rank():
+            if value.shape is not None and value.shape.rank() > self.channel_axis % max(value.shape.rank(), 1):
                 dims = list(value.shape)
-                dims[-1] = (
-                    len(kept) * self.unit * (dims[-1] // (self.size * self.unit) if isinstance(dims[-1], int) else 1)
-                )
+                axis = self.channel_axis % len(dims)
+                if isinstance(dims[axis], int):
+                    dims[axis] = len(kept) * self.unit * (dims[axis] // (self.size * self.unit))
                 value.shape = ir.Shape(dims)
 
 

@@ -55,6 +55,8 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
     channels = _channels_in(consumer, weight)
     group = ChannelGroup("ffn", consumer.name or "", channels, 1, consumer)
     region: dict[int, ir.Node] = {}
+    # Nodes that carry the channels from input to output; producers only emit them.
+    passthrough: set[int] = set()
     stack = [consumer.inputs[0]]
     seen: set[int] = set()
     while stack:
@@ -73,12 +75,14 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
         if (target := _last_axis_reshape_target(producer, channels)) is not None:
             # Reshape [B*S, N] <-> [B, S, N] (GPT-2's Conv1D as Gemm): the target's last entry is N.
             region[id(producer)] = producer
+            passthrough.add(id(producer))
             group.shape_constants.append((producer, *target))
             stack.append(producer.inputs[0])
             continue
         if not _elementwise(producer):
             return None  # not an FFN (e.g. attention output, a reshape of heads)
         region[id(producer)] = producer
+        passthrough.add(id(producer))
         for slot, operand in enumerate(producer.inputs):
             if operand is None:
                 continue
@@ -100,7 +104,7 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
                 # A Shape reader sees the new width, and whatever it computes follows from it.
                 if user.op_type == "Shape" and user.domain in ("", "ai.onnx"):
                     continue
-                if id(user) not in region and user is not consumer:
+                if id(user) not in passthrough and user is not consumer:
                     return f"{output.name} is also read by {user.name or user.op_type}; its channels cannot be cut"
     if channels < 2:
         return None

@@ -176,3 +176,52 @@ def feeds(model: ir.Model, count: int = 4, sequence: int = 6, seed: int = 0) -> 
         else:
             result[value.name] = np.ones((count, sequence), dtype=np.int64)
     return result
+
+
+def convnet(*, dead: tuple[int, ...] = (), depthwise: bool = False, residual: bool = False) -> ir.Model:
+    """``x [B, 3, 12, 12]`` → conv1 (8 ch) → BatchNorm → Relu → [depthwise 3x3 → HardSwish] → conv2 → ``y``.
+
+    Channels in ``dead`` have zero conv1 filters and bias, BatchNorm scale/bias 0 (so
+    Relu(0) = 0 there), zero depthwise filters, and zero conv2 input weights.
+    ``residual`` puts conv0 + Relu before conv1 and adds its activation to conv2's input
+    (a ResNet skip): conv1 reads those channels too, so they cannot be cut.
+    """
+    c1, b1 = weights(8, 8 if residual else 3, 3, 3, seed=1, scale=0.3), weights(8, seed=2)
+    scale, shift = 1.0 + weights(8, seed=3), weights(8, seed=4)
+    mean, var = weights(8, seed=5), 1.0 + np.abs(weights(8, seed=6))
+    dw, dwb = weights(8, 1, 3, 3, seed=7, scale=0.3), weights(8, seed=8)
+    c2 = weights(6, 8, 3, 3, seed=9, scale=0.3)
+    for c in dead:
+        c1[c] = b1[c] = scale[c] = shift[c] = dw[c] = dwb[c] = 0.0
+        mean[c] = 0.0
+        c2[:, c] = 0.0
+    nodes = [
+        helper.make_node("Conv", ["r0" if residual else "x", "c1", "b1"], ["y1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["y1", "scale", "shift", "mean", "var"], ["n1"], name="bn1"),
+        helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
+    ]
+    init = [("c1", c1), ("b1", b1), ("scale", scale), ("shift", shift), ("mean", mean), ("var", var), ("c2", c2)]
+    last = "r1"
+    if depthwise:
+        nodes += [
+            helper.make_node("Conv", ["r1", "dw", "dwb"], ["d"], name="depthwise", group=8, pads=[1, 1, 1, 1]),
+            helper.make_node("HardSwish", ["d"], ["h"], name="hardswish"),
+        ]
+        init += [("dw", dw), ("dwb", dwb)]
+        last = "h"
+    if residual:
+        nodes[:0] = [
+            helper.make_node("Conv", ["x", "c0"], ["y0"], name="conv0", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["y0"], ["r0"], name="relu0"),
+        ]
+        init.append(("c0", weights(8, 3, 3, 3, seed=10, scale=0.3)))
+        nodes.append(helper.make_node("Add", [last, "r0"], ["tied"], name="residual"))
+        last = "tied"
+    nodes.append(helper.make_node("Conv", [last, "c2"], ["y"], name="conv2", pads=[1, 1, 1, 1]))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 12, 12])]
+    return _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 6, 12, 12])], init)
+
+
+def images(count: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    """Normal ``[count, 3, 12, 12]`` images."""
+    return {"x": np.random.default_rng(seed).standard_normal((count, 3, 12, 12)).astype(np.float32)}

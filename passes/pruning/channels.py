@@ -1,0 +1,134 @@
+"""Conv channel groups: output channels, through BatchNorm, activations and depthwise Convs, to the next Conv."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from passes._utils import constant_array
+from passes.pruning._base import PruningPass
+from passes.pruning._groups import ChannelGroup, Cut
+
+# Ops that keep each channel of an NCHW tensor to itself.
+_CHANNELWISE = frozenset(
+    {
+        "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Mish",
+        "Softplus", "Identity", "MaxPool", "AveragePool", "Add", "Sub", "Mul", "Div", "BatchNormalization",
+    }
+)  # fmt: skip
+
+
+def channel_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
+    """Conv channel groups of ``graph``, and why other Convs' inputs were not groups.
+
+    A group is found from its consumer, a Conv (``group=1``) with a constant weight:
+    walking back from its input through channel-wise ops (activations, pooling,
+    BatchNormalization, per-channel constant Add/Mul) and depthwise Convs must end at
+    Convs with constant weights, and no value on the way may be read elsewhere. A
+    residual Add that ties these channels to another block's fails that test, so the
+    group is left whole.
+    """
+    groups, refused = [], {}
+    for node in graph:
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or node.attributes.get_int("group", 1) != 1:
+            continue
+        weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        if weight is None or weight.ndim < 3 or node.inputs[0].producer() is None:
+            continue
+        found = _group(node, weight.shape[1])
+        if isinstance(found, ChannelGroup):
+            groups.append(found)
+        elif found:
+            refused[node.name or node.op_type] = found
+    return groups, refused
+
+
+def _group(consumer: ir.Node, channels: int) -> ChannelGroup | str | None:
+    group = ChannelGroup("channels", consumer.name or "", channels, 1, consumer, channel_axis=1)
+    region: dict[int, ir.Node] = {}
+    # Nodes that carry the channels from input to output; producers only emit them.
+    passthrough: set[int] = set()
+    stack, seen = [consumer.inputs[0]], set()
+    while stack:
+        value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        node = value.producer()
+        if node is None:
+            return None  # the image itself
+        if node.op_type == "Conv" and node.domain in ("", "ai.onnx"):
+            weight = constant_array(node.inputs[1])
+            if weight is None or weight.shape[0] != channels:
+                return f"{node.name}: a Conv without a constant weight of {channels} output channels"
+            region[id(node)] = node
+            group.producers.append(Cut(node, 1, 0))
+            has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+            if has_bias:
+                if constant_array(node.inputs[2]) is None:
+                    return f"{node.name}: bias is not a constant"
+                group.vectors.append(Cut(node, 2, 0))
+            depthwise = node.attributes.get_int("group", 1)
+            if depthwise == channels and weight.shape[1] == 1:
+                # Depthwise: channel c in is channel c out, so the group continues through it.
+                group.group_counts.append(node)
+                passthrough.add(id(node))
+                stack.append(node.inputs[0])
+            elif depthwise != 1:
+                return f"{node.name}: a grouped Conv that is not depthwise"
+            continue
+        if node.op_type not in _CHANNELWISE or node.domain not in ("", "ai.onnx"):
+            return None  # e.g. a Reshape or Concat: channels are not traced through it
+        region[id(node)] = node
+        passthrough.add(id(node))
+        for slot, operand in enumerate(node.inputs):
+            if operand is None:
+                continue
+            constant = constant_array(operand)
+            if constant is None:
+                stack.append(operand)
+            elif constant.size > 1:
+                axis = _channel_axis_of(constant.shape, channels, node.op_type == "BatchNormalization")
+                if axis is None:
+                    return f"{node.name}: a constant operand of shape {list(constant.shape)} is not per-channel"
+                group.vectors.append(Cut(node, slot, axis))
+    if not group.producers:
+        return None
+    for node in region.values():
+        for output in node.outputs:
+            if output is None:
+                continue
+            if output.is_graph_output():
+                return f"{node.name} is a model output"
+            for user, _ in output.uses():
+                if user.op_type == "Shape":
+                    continue
+                if id(user) not in passthrough and user is not consumer:
+                    return f"{output.name} is also read by {user.name or user.op_type} (a residual tie?)"
+    group.values = [output for node in region.values() for output in node.outputs if output is not None]
+    return group if channels >= 2 else None
+
+
+def _channel_axis_of(shape: tuple[int, ...], channels: int, batch_norm: bool) -> int | None:
+    """The axis of a per-channel constant (``[C]`` for BatchNorm, ``[C, 1, 1]``/``[1, C, 1, 1]`` broadcast)."""
+    if batch_norm:
+        return 0 if shape == (channels,) else None
+    if len(shape) >= 3 and shape[-3] == channels and all(d == 1 for i, d in enumerate(shape) if i != len(shape) - 3):
+        return len(shape) - 3
+    return None
+
+
+class ChannelPruningPass(PruningPass):
+    """Remove the least important Conv output channels: producer filters and biases, BatchNorm and other
+    per-channel constants, depthwise Convs on the way (their filters and ``group``), and the
+    consuming Conv's input channels.
+
+    Importance is weight magnitude or, with samples, activation (RMS per channel of the
+    consumer's input). No least-squares repair: re-fitting a Conv needs its patches,
+    not its channels. Refuses groups tied to other blocks by residual Adds, and Convs
+    whose input comes through ops that move channels (Reshape, Concat, Split).
+    """
+
+    unit_name = "channels"
+
+    def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
+        return channel_groups(graph)

@@ -1,0 +1,44 @@
+"""prune-channels: Conv output channels cut through BatchNorm, activations and depthwise Convs."""
+
+from __future__ import annotations
+
+import pytest
+
+from passes.pruning.channels import ChannelPruningPass, channel_groups
+from tests.helpers import assert_same_outputs
+from tests.passes.pruning.graphs import convnet, images
+from tests.passes.quantization.conftest import drift
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_removing_zero_channels_leaves_outputs_unchanged(depthwise):
+    model = convnet(dead=(2, 5), depthwise=depthwise)
+    pruning = ChannelPruningPass(0.25)
+    after = pruning(model.clone()).model
+    assert pruning.pruned == {"conv2": (6, 8)}
+    assert after.graph.node("conv1").inputs[1].const_value.shape == (6, 3, 3, 3)
+    assert after.graph.node("bn1").inputs[1].const_value.shape == (6,)
+    assert after.graph.node("conv2").inputs[1].const_value.shape == (6, 6, 3, 3)
+    if depthwise:
+        node = after.graph.node("depthwise")
+        assert node.attributes.get_int("group") == 6 and node.inputs[1].const_value.shape == (6, 1, 3, 3)
+    assert_same_outputs(model, after, images(), rtol=1e-5, atol=1e-6)
+
+
+def test_activation_importance_finds_the_zero_channels():
+    model = convnet(dead=(0, 7), depthwise=True)
+    pruning = ChannelPruningPass(0.25, samples=images(16, seed=1))
+    after = pruning(model.clone()).model
+    assert pruning.importance == "activation" and not any("without repair" in n for n in pruning.notes)
+    assert_same_outputs(model, after, images(seed=2), rtol=1e-5, atol=1e-6)
+
+
+def test_a_residual_tie_is_left_whole():
+    groups, refused = channel_groups(convnet(residual=True).graph)
+    assert groups == [] and "residual tie" in refused["conv2"]
+
+
+def test_live_channels_cost_some_accuracy_but_still_run():
+    model = convnet(depthwise=True)
+    after = ChannelPruningPass(0.5)(model.clone()).model
+    assert 0.3 < drift(model, after, images()).cosine < 1.0
