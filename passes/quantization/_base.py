@@ -26,8 +26,16 @@ from optimizer.runtime import inference_session, run_session
 from passes._layers import MS_DOMAIN, Layer, excluded, feeds_graph_output, find_layers, name_nodes
 from passes._utils import remove_dead_nodes
 from passes.quantization import smoothing
+from passes.quantization._int8 import activation_parameters, quantize_weight
+from passes.quantization.calibration import stream as calibration_runs
 
 logger = logging.getLogger(__name__)
+
+# Up to this many layers, each layer's sensitivity is measured on the whole model and the
+# budget searched one layer at a time; beyond, both would take hours on a large model.
+_EXHAUSTIVE_LAYERS = 24
+# Rows of each layer's input kept for the local sensitivity estimate.
+_LOCAL_ROWS = 1024
 
 
 def run_batches(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -143,29 +151,101 @@ class QuantizationPass(ir.passes.InPlacePass):
             self.drift = drift
             self.notes.append(f"budget {self.budget.describe()} met with every layer int8")
             return layers
-        sensitivity = {name: self._cost(self._trial(model, [name], batches, reference)) for name in names}
+        sensitivity = self._sensitivity(model, layers, batches, reference)
         ranked = sorted(names, key=lambda name: sensitivity[name], reverse=True)
-        for count in range(1, len(ranked) + 1):
+        found = self._fewest_float(model, names, ranked, batches, reference)
+        if found is None:
+            self.kept_float.extend(names)
+            self.notes.append(f"budget {self.budget.describe()} cannot be met with any int8 layer; model left float")
+            logger.info("%s: budget not met by any int8 layer", type(self).__name__)
+            return []
+        count, self.drift = found
+        keep = set(ranked[:count])
+        self.kept_float.extend(ranked[:count])
+        shown = ", ".join(ranked[:count][:12]) + (f" and {count - 12} more" if count > 12 else "")
+        self.notes.append(
+            f"budget {self.budget.describe()} met keeping the {count} most sensitive layers float: {shown}"
+        )
+        return [layer for layer in layers if layer.name not in keep]
+
+    def _fewest_float(self, model, names, ranked, batches, reference) -> tuple[int, Drift] | None:
+        """The smallest count of most-sensitive layers to keep float so the model meets the budget.
+
+        One at a time for small models; for many layers, bisection over the count
+        (assuming that keeping more layers float never hurts).
+        """
+
+        def attempt(count: int) -> Drift | None:
             keep = set(ranked[:count])
             remaining = [name for name in names if name not in keep]
             if not remaining:
-                break
+                return None
             drift = self._trial(model, remaining, batches, reference)
-            if self.budget.met(drift):
-                self.kept_float.extend(ranked[:count])
-                self.drift = drift
-                self.notes.append(
-                    f"budget {self.budget.describe()} met keeping the {count} most sensitive layers float: "
-                    + ", ".join(ranked[:count])
-                )
-                return [layer for layer in layers if layer.name not in keep]
-        self.kept_float.extend(names)
-        self.notes.append(f"budget {self.budget.describe()} cannot be met with any int8 layer; model left float")
-        logger.info("%s: budget not met by any int8 layer", type(self).__name__)
-        return []
+            return drift if self.budget.met(drift) else None
+
+        if len(names) <= _EXHAUSTIVE_LAYERS:
+            for count in range(1, len(names)):
+                if (drift := attempt(count)) is not None:
+                    return count, drift
+            return None
+        low, high, best = 0, len(names) - 1, None  # attempt(low) fails; search (low, high]
+        if (drift := attempt(high)) is None:
+            return None
+        best = (high, drift)
+        while high - low > 1:
+            middle = (low + high) // 2
+            if (drift := attempt(middle)) is not None:
+                high, best = middle, (middle, drift)
+            else:
+                low = middle
+        return best
+
+    def _sensitivity(self, model: ir.Model, layers: list[Layer], batches, reference) -> dict[str, float]:
+        """Each layer's sensitivity: the model's drift with that layer alone int8 (a local estimate
+        for matmul-like layers when there are more than ``_EXHAUSTIVE_LAYERS``)."""
+        if len(layers) <= _EXHAUSTIVE_LAYERS:
+            return {layer.name: self._cost(self._trial(model, [layer.name], batches, reference)) for layer in layers}
+        local = [layer for layer in layers if layer.kind != "conv"]
+        scores = _local_errors(model, local, batches, self.per_channel, self.reduce_range)
+        for layer in layers:
+            if layer.kind == "conv":
+                scores[layer.name] = self._cost(self._trial(model, [layer.name], batches, reference))
+        self.notes.append(
+            f"sensitivity of {len(local)} layers estimated locally (relative int8 error of each layer's output)"
+        )
+        return scores
 
     def _cost(self, drift: Drift) -> float:
         # The budget's own measure orders the layers; cosine first when both are set.
         if self.budget.min_cosine is not None:
             return 1.0 - drift.cosine
         return drift.max_error
+
+
+def _local_errors(
+    model: ir.Model, layers: Sequence[Layer], batches, per_channel: bool, reduce_range: bool
+) -> dict[str, float]:
+    """Relative error of each layer's output when its input and weight go through int8, on sampled input rows.
+
+    One run of the float model collects the inputs (a random subset of rows per
+    tensor); the int8 arithmetic is then simulated in numpy: per-tensor uint8 input,
+    int8 weights as the pass would store them.
+    """
+    names = list(dict.fromkeys(layer.activation.name for layer in layers))
+    rng = np.random.default_rng(0)
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    share = max(1, _LOCAL_ROWS // max(len(batches), 1))
+    for run in calibration_runs(model, names, batches):
+        for name, array in run.items():
+            flat = np.asarray(array, dtype=np.float32).reshape(-1, np.shape(array)[-1])
+            rows[name].append(flat[rng.choice(len(flat), min(share, len(flat)), replace=False)])
+    errors = {}
+    for layer in layers:
+        x = np.concatenate(rows[layer.activation.name]).astype(np.float64)
+        scale, zero_point = activation_parameters(x.min(), x.max())
+        x_int8 = (np.clip(np.rint(x / scale) + float(zero_point), 0, 255) - float(zero_point)) * float(scale)
+        weight = quantize_weight(layer.weight, 1 if per_channel else None, reduce_range=reduce_range)
+        exact = x @ layer.weight.astype(np.float64)
+        approximate = x_int8 @ weight.dequantize().astype(np.float64)
+        errors[layer.name] = float(np.linalg.norm(approximate - exact) / max(np.linalg.norm(exact), 1e-30))
+    return errors

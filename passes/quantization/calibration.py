@@ -49,6 +49,15 @@ def _probe(model: ir.Model, names: Sequence[str]) -> Iterator[Callable[[Mapping[
         yield run
 
 
+def stream(
+    model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Like ``collect``, one batch at a time (only one batch's tensors in memory)."""
+    with _probe(model, names) as run:
+        for batch in batches:
+            yield run(batch)
+
+
 def collect(
     model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
 ) -> list[dict[str, np.ndarray]]:

@@ -111,3 +111,16 @@ def test_integer_outputs_count_by_agreement():
     quantization(model.clone())
     assert "mid" in quantization.kept_float
     assert quantization.drift.cosine >= 0.99
+
+
+def test_many_layers_use_local_sensitivity_and_bisection(monkeypatch):
+    from passes.quantization import _base
+
+    monkeypatch.setattr(_base, "_EXHAUSTIVE_LAYERS", 1)
+    model = _chain_with_a_sensitive_layer()
+    quantization = DynamicQuantizationPass(
+        quantize_outputs=True, budget=AccuracyBudget(min_cosine=0.995), samples=_samples(64)
+    )
+    quantization(model.clone())
+    assert quantization.kept_float == ["mid"]
+    assert any("estimated locally" in note for note in quantization.notes)
