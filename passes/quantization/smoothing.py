@@ -34,13 +34,14 @@ def smooth(
 ) -> list[str]:
     """Migrate outliers from each norm feeding only ``layers`` into their weights; return the norms' names.
 
-    A norm is left alone when its output has another user, is a graph output, or its
-    scale/bias are not constants with one value per channel.
+    A norm is a fused LayerNorm/RMSNorm op, or the ``Mul`` by a per-channel scale that
+    ends an unfused one. It is left alone when its output has another user, is a graph
+    output, or its scale/bias are not constants with one value per channel.
     """
     chosen = {id(layer.node): layer for layer in layers}
     groups = []
     for node in model.graph:
-        slots = _NORMS.get((node.domain or "", node.op_type))
+        slots = _NORMS.get((node.domain or "", node.op_type)) or _scale_multiply(node)
         if slots is None or not node.outputs[0].uses() or node.outputs[0].is_graph_output():
             continue
         users = [chosen.get(id(user)) for user, index in node.outputs[0].uses() if index == 0]
@@ -55,6 +56,22 @@ def smooth(
         if _migrate(model.graph, node, scale_slot, bias_slot, users, peaks[node.outputs[0].name], alpha):
             smoothed.append(node.name or node.op_type)
     return smoothed
+
+
+def _scale_multiply(node: ir.Node) -> tuple[int, None] | None:
+    """A ``Mul`` by a constant vector: the scale step of a norm written out op by op (unfused RMSNorm)."""
+    if node.op_type != "Mul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+        return None
+    for slot in (0, 1):
+        constant = constant_array(node.inputs[slot])
+        if (
+            constant is not None
+            and constant.ndim == 1
+            and constant.size > 1
+            and constant_array(node.inputs[1 - slot]) is None
+        ):
+            return slot, None
+    return None
 
 
 def _migrate(graph, node, scale_slot, bias_slot, users, activation_peak, alpha) -> bool:
