@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--scores", help="output holding class scores: top-1 agreement (and accuracy with --labels)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budget", type=float, default=0.998, help="graphopt --min-cosine for the budget variants")
+    parser.add_argument("--smooth", help="also pass --smooth ALPHA to graphopt's budget variants")
     parser.add_argument("--onnxsim-path", help="a --target folder holding onnxsim 0.8 (pip install --target)")
     parser.add_argument("--onnxsim-budget", type=float, default=0.05)
     parser.add_argument("--only", help="comma-separated variant names to build and measure")
@@ -146,17 +147,18 @@ def main() -> None:
     evaluation = dict(np.load(args.eval))
     labels = np.load(args.labels) if args.labels else None
     cal = ["--calibration", str(args.calibration)]
+    smooth = ["--smooth", args.smooth] if args.smooth else []
     fused = graphopt(args.model, args.out / "float.onnx")
     variants = {
         "float": fused,
         "graphopt-dynamic": lambda p: graphopt(args.model, p, "--quantize", "dynamic", *cal),
         "graphopt-dynamic-per-tensor": lambda p: graphopt(args.model, p, "--quantize", "dynamic", "--per-tensor", *cal),
         "graphopt-dynamic-budget": lambda p: graphopt(
-            args.model, p, "--quantize", "dynamic", *cal, "--min-cosine", str(args.budget)
+            args.model, p, "--quantize", "dynamic", *cal, *smooth, "--min-cosine", str(args.budget)
         ),
         "graphopt-static": lambda p: graphopt(args.model, p, "--quantize", "static", *cal),
         "graphopt-static-budget": lambda p: graphopt(
-            args.model, p, "--quantize", "static", *cal, "--min-cosine", str(args.budget)
+            args.model, p, "--quantize", "static", *cal, *smooth, "--min-cosine", str(args.budget)
         ),
     }
     only = set(args.only.split(",")) if args.only else None

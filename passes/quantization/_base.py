@@ -107,10 +107,8 @@ class QuantizationPass(ir.passes.InPlacePass):
         self._float = model.clone() if batches else None
         if self.smooth_alpha is not None and batches:
             smoothed = smoothing.smooth(model, chosen, batches, self.smooth_alpha)
-            self.notes.append(
-                f"SmoothQuant (alpha {self.smooth_alpha:g}) on {len(smoothed)} norms: "
-                + (", ".join(smoothed) or "none qualify")
-            )
+            shown = ", ".join(smoothed[:8]) + (f" and {len(smoothed) - 8} more" if len(smoothed) > 8 else "")
+            self.notes.append(f"SmoothQuant (alpha {self.smooth_alpha:g}) on {len(smoothed)} norms: {shown or 'none'}")
         self.prepare(model, chosen, batches)
         if self.budget is not None and batches:
             chosen = self._fit_budget(model, chosen, batches)
