@@ -2,9 +2,10 @@
 
 For one model with calibration and evaluation inputs (``.npz``, samples along axis 0),
 it writes ``graphopt optimize --prune-ffn R`` / ``--prune-heads R`` results into ``--out``
-for each ratio and each setting — no calibration data (weight magnitude), ``--cal-small``
-samples (activation importance + least-squares repair) and all calibration samples,
-each with and without repair — and measures them against the original: parameters,
+for each ratio and each setting — no calibration data (weight magnitude, no repair; or
+graphopt's generated samples), ``--cal-small`` samples (activation importance +
+least-squares repair) and all calibration samples, each with and without repair — and
+measures them against the original: parameters,
 file size, per-output cosine on the evaluation inputs (mean per-sample cosine), and
 latency with ``graphopt compare`` (interleaved, ORT_ENABLE_ALL). Usage::
 
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--cal-small", type=int, default=8, help="samples in the small calibration setting")
     parser.add_argument("--compare-flag", action="append", default=[])
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--settings", help="comma-separated setting labels to run (default: all)")
     add_timing_flags(parser)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -78,12 +80,15 @@ def main() -> None:
     baseline = args.out / "float.onnx"
     optimize(args.model, baseline, [])
     settings = {
-        "magnitude": [],
+        "no data (magnitude)": ["--importance", "magnitude", "--no-repair", "--no-verify"],
+        "no data (generated samples)": [],
         f"{args.cal_small} samples, no repair": ["--calibration", str(small), "--no-repair"],
         f"{args.cal_small} samples": ["--calibration", str(small)],
         "all samples, no repair": ["--calibration", str(args.calibration), "--no-repair"],
         "all samples": ["--calibration", str(args.calibration)],
     }
+    if args.settings:
+        settings = {label: flags for label, flags in settings.items() if label in args.settings.split(",")}
     jobs = [("ffn", float(r)) for r in args.ffn.split(",") if r] + [
         ("heads", float(r)) for r in args.heads.split(",") if r
     ]
