@@ -35,5 +35,5 @@ def test_activation_range_includes_zero_and_keeps_zero_exact():
     assert zero_point == 0 and scale == pytest.approx(4.0 / 255)
     scale, zero_point = activation_parameters(-1.0, 3.0)
     assert scale == pytest.approx(4.0 / 255)
-    assert -1.0 + zero_point * scale == pytest.approx(0.0, abs=scale / 2)
+    assert -1.0 + int(zero_point) * float(scale) == pytest.approx(0.0, abs=float(scale) / 2)
     assert activation_parameters(0.0, 0.0) == (1.0, 0)
