@@ -8,6 +8,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
+from passes.quantization._int8 import activation_parameters
 from passes.quantization.static import StaticQuantizationPass
 from tests.helpers import computed_op_types
 from tests.passes.quantization.conftest import drift, ort_op_counts
@@ -62,10 +63,16 @@ def test_old_opsets_are_converted_for_per_channel_qdq():
 def test_attention_becomes_qattention_with_the_calibrated_input_scale(method):
     model = attention(scale=0.3)
     feeds = samples(model, 16, S=7)
-    after = StaticQuantizationPass(samples=feeds, method=method)(model.clone()).model
+    quantization = StaticQuantizationPass(samples=feeds, method=method)
+    after = quantization(model.clone()).model
     ops = computed_op_types(after)
     assert "QAttention" in ops and "DynamicQuantizeLinear" not in ops
-    assert drift(model, after, samples(model, 3, seed=9, S=7)).cosine > 0.995
+    qattention = next(node for node in after.graph if node.op_type == "QAttention")
+    expected_scale, _ = activation_parameters(*quantization.ranges["x"])
+    assert qattention.inputs[3].const_value.numpy() == pytest.approx(float(expected_scale))
+    held_out = samples(model, 3, seed=9, S=7)
+    held_out["mask"][-1, 4:] = 0  # a padded row goes through QAttention's mask_index
+    assert drift(model, after, held_out).cosine > 0.995
 
 
 def test_without_samples_nothing_is_quantized():
