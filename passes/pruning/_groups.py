@@ -118,3 +118,24 @@ def _unit_sums(array: np.ndarray, size: int, unit: int, blocks: int) -> np.ndarr
     """Sum ``array`` (channels on the last axis: ``blocks`` x ``size`` x ``unit``) per unit."""
     channels = array.reshape(-1, blocks, size, unit)
     return channels.sum(axis=(0, 1, 3))
+
+
+def width_last_reshape_target(node: ir.Node, channels: int) -> tuple[ir.Node, int] | None:
+    """Where a Reshape that keeps ``channels`` last stores that number: ``(node, input slot)``.
+
+    The target is a constant ending in ``channels``, or a Concat (of run-time dims)
+    whose last piece is such a constant.
+    """
+    if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
+        return None
+    source = node.inputs[0].shape
+    if source is not None and (source.rank() < 1 or (isinstance(source[-1], int) and source[-1] != channels)):
+        return None
+    holder, slot = node, 1
+    concat = node.inputs[1].producer()
+    if constant_array(node.inputs[1]) is None and concat is not None and concat.op_type == "Concat":
+        holder, slot = concat, len(concat.inputs) - 1
+    shape = constant_array(holder.inputs[slot])
+    if shape is None or shape.ndim != 1 or shape[-1] != channels:
+        return None
+    return holder, slot

@@ -8,7 +8,7 @@ import onnx_ir as ir
 from passes._layers import MS_DOMAIN
 from passes._utils import constant_array
 from passes.pruning._base import PruningPass
-from passes.pruning._groups import ChannelGroup, Cut
+from passes.pruning._groups import ChannelGroup, Cut, width_last_reshape_target
 
 # Ops that act on each channel independently (their constant operands are scalars or
 # one value per channel). Channels flow through them unchanged.
@@ -72,7 +72,7 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
             group.producers.extend(projection)
             region[id(producer)] = producer
             continue
-        if (target := _last_axis_reshape_target(producer, channels)) is not None:
+        if (target := width_last_reshape_target(producer, channels)) is not None:
             # Reshape [B*S, N] <-> [B, S, N] (GPT-2's Conv1D as Gemm): the target's last entry is N.
             region[id(producer)] = producer
             passthrough.add(id(producer))
@@ -109,27 +109,6 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
     if channels < 2:
         return None
     return group
-
-
-def _last_axis_reshape_target(node: ir.Node, channels: int) -> tuple[ir.Node, int] | None:
-    """Where a Reshape that keeps ``channels`` last stores that number: ``(node, input slot)``.
-
-    The target is a constant ending in ``channels``, or a Concat (of run-time dims)
-    whose last piece is such a constant.
-    """
-    if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
-        return None
-    source = node.inputs[0].shape
-    if source is not None and (source.rank() < 1 or (isinstance(source[-1], int) and source[-1] != channels)):
-        return None
-    holder, slot = node, 1
-    concat = node.inputs[1].producer()
-    if constant_array(node.inputs[1]) is None and concat is not None and concat.op_type == "Concat":
-        holder, slot = concat, len(concat.inputs) - 1
-    shape = constant_array(holder.inputs[slot])
-    if shape is None or shape.ndim != 1 or shape[-1] != channels:
-        return None
-    return holder, slot
 
 
 def _elementwise(node: ir.Node) -> bool:

@@ -12,7 +12,7 @@ import onnx_ir as ir
 from passes._layers import MS_DOMAIN
 from passes._utils import constant_array
 from passes.pruning._base import PruningPass
-from passes.pruning._groups import ChannelGroup, Cut
+from passes.pruning._groups import ChannelGroup, Cut, width_last_reshape_target
 
 
 def head_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
@@ -36,21 +36,36 @@ def head_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
     return groups, refused
 
 
-def _output_projection(node: ir.Node, hidden: int) -> ir.Node | str:
-    output = node.outputs[0]
-    users = list(output.uses())
-    if (
-        output.is_graph_output()
-        or len(users) != 1
-        or len(node.outputs) > 1
-        and any(v is not None and v.uses() for v in node.outputs[1:])
-    ):
-        return "its output is read by more than the output projection"
-    consumer = users[0].node
-    weight = constant_array(consumer.inputs[1]) if len(consumer.inputs) > 1 else None
-    if consumer.op_type != "MatMul" or users[0].idx != 0 or weight is None or weight.shape[0] != hidden:
-        return "its output does not go straight into a MatMul with a constant weight"
-    return consumer
+def _output_projection(node: ir.Node, hidden: int) -> tuple[ir.Node, list, list[ir.Value]] | str:
+    """The output projection reading the attention output, the Reshape targets on the way, and their values.
+
+    Between them may sit Reshapes that keep the width last (GPT-2 flattens to 2-D for
+    its Conv1D-as-Gemm); their targets' last entry is the width and is cut with it.
+    """
+    if len(node.outputs) > 1 and any(v is not None and v.uses() for v in node.outputs[1:]):
+        return "its present/extra outputs are used"
+    value, reshapes, values = node.outputs[0], [], [node.outputs[0]]
+    while True:
+        if value.is_graph_output():
+            return "its output is a model output"
+        # A Shape reader sees the new width, and whatever it computes follows from it.
+        users = [(user, index) for user, index in value.uses() if user.op_type != "Shape"]
+        if len(users) != 1 or users[0][1] != 0:
+            return "its output is read by more than the output projection"
+        user = users[0][0]
+        target = width_last_reshape_target(user, hidden)
+        if target is None:
+            break
+        reshapes.append((user, *target))
+        value = user.outputs[0]
+        values.append(value)
+    weight = constant_array(user.inputs[1]) if len(user.inputs) > 1 else None
+    transposed = user.op_type == "Gemm" and user.attributes.get_int("transB", 0)
+    if user.op_type not in ("MatMul", "Gemm") or weight is None or weight.ndim != 2:
+        return "its output does not reach a MatMul/Gemm with a constant weight"
+    if weight.shape[1 if transposed else 0] != hidden:
+        return "the output projection does not read the attention's width"
+    return user, reshapes, values
 
 
 def _attention(node: ir.Node) -> ChannelGroup | str:
@@ -61,11 +76,12 @@ def _attention(node: ir.Node) -> ChannelGroup | str:
     if "qkv_hidden_sizes" in node.attributes or len(node.inputs) > 4 and any(v is not None for v in node.inputs[4:]):
         return "qkv_hidden_sizes, past or attention_bias inputs"
     hidden = weight.shape[1] // 3
-    consumer = _output_projection(node, hidden)
-    if isinstance(consumer, str):
-        return consumer
+    projection = _output_projection(node, hidden)
+    if isinstance(projection, str):
+        return projection
+    consumer, reshapes, values = projection
     group = ChannelGroup("heads", node.name or "", heads, hidden // heads, consumer, head_counts=[node])
-    group.values = [node.outputs[0]]
+    group.values, group.shape_constants = values, reshapes
     group.producers.append(Cut(node, 1, 1, blocks=3))
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         if constant_array(node.inputs[2]) is None:
@@ -88,11 +104,12 @@ def _multi_head(node: ir.Node) -> ChannelGroup | str:
     hidden = widths[0]
     if any(width != hidden for width in widths):
         return "key/value have fewer heads than the query (grouped-query attention)"
-    consumer = _output_projection(node, hidden)
-    if isinstance(consumer, str):
-        return consumer
+    projection = _output_projection(node, hidden)
+    if isinstance(projection, str):
+        return projection
+    consumer, reshapes, values = projection
     group = ChannelGroup("heads", node.name or "", heads, hidden // heads, consumer, head_counts=[node])
-    group.values = [node.outputs[0]]
+    group.values, group.shape_constants = values, reshapes
     for cuts, rotary in projections:
         group.producers.append(cuts[0])
         group.vectors.extend(cuts[1:])

@@ -53,3 +53,20 @@ def test_repair_after_removing_live_heads():
     plain = HeadPruningPass(0.5, samples=calibration, repair=False)(model.clone()).model
     repaired = HeadPruningPass(0.5, samples=calibration)(model.clone()).model
     assert drift(model, repaired, held_out).cosine > drift(model, plain, held_out).cosine
+
+
+def test_output_projection_behind_width_last_reshapes():
+    """GPT-2 legacy: Attention → Reshape to [B*S, hidden] (Concat-built target) → Gemm."""
+    import numpy as np
+    import onnx_ir as ir
+
+    from optimizer.api import optimize
+    from tests.helpers import FIXTURES, run
+
+    model = optimize(ir.load(FIXTURES / "gpt2_legacy.onnx"), verify=False)
+    groups, _ = head_groups(model.graph)
+    assert len(groups) == 2 and all(g.consumer.op_type == "Gemm" and g.shape_constants for g in groups)
+    after = HeadPruningPass(0.25)(model.clone()).model
+    assert {n.attributes.get_int("num_heads") for n in after.graph if n.op_type == "Attention"} == {3}
+    inputs = {"input_ids": np.ones((2, 5), np.int64), "attention_mask": np.ones((2, 5), np.int64)}
+    assert run(after, inputs)["last_hidden_state"].shape == (2, 5, 64)
