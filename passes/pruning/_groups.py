@@ -26,9 +26,13 @@ class Cut:
     slot: int
     axis: int
     blocks: int = 1
+    # Channels per unit in this constant when they differ from the group's: grouped-query
+    # attention cuts one key/value head (head_size channels) with its query group.
+    unit: int | None = None
 
     def indices(self, kept: list[int], size: int, unit: int) -> np.ndarray:
         """The channel indices along ``axis`` that remain when only units ``kept`` stay."""
+        unit = self.unit or unit
         width = size * unit
         return np.array(
             [b * width + u * unit + i for b in range(self.blocks) for u in kept for i in range(unit)], dtype=np.int64
@@ -49,6 +53,13 @@ class ChannelGroup:
     # (Reshape, the node holding its target's channel count, that node's input slot)
     shape_constants: list[tuple[ir.Node, ir.Node, int]] = field(default_factory=list)
     head_counts: list[ir.Node] = field(default_factory=list)
+    # Shape-constant entries counting units away from the last axis (grouped-query head
+    # counts): (node, input slot, index in the constant, count per unit).
+    count_entries: list[tuple[ir.Node, int, int, int]] = field(default_factory=list)
+    # num_heads attributes that count more than one head per unit: (node, heads per unit).
+    grouped_head_counts: list[tuple[ir.Node, int]] = field(default_factory=list)
+    # Intermediate tensors whose declared shapes are dropped (re-inferred by ORT).
+    reshaped_values: list[ir.Value] = field(default_factory=list)
     # Tensors carrying the channels (their declared channel dim shrinks with them).
     values: list[ir.Value] = field(default_factory=list)
     # Depthwise Convs on the way: their ``group`` attribute is the channel count.
@@ -67,7 +78,7 @@ class ChannelGroup:
         produced = np.zeros(self.size)
         for cut in self.producers:
             array = constant_array(cut.node.inputs[cut.slot]).astype(np.float64)
-            produced += _unit_sums(np.moveaxis(array, cut.axis, -1) ** 2, self.size, self.unit, cut.blocks)
+            produced += _unit_sums(np.moveaxis(array, cut.axis, -1) ** 2, self.size, cut.unit or self.unit, cut.blocks)
         consumed = self.consumer_row_norms()
         return np.sqrt(produced) * consumed
 
@@ -105,12 +116,20 @@ class ChannelGroup:
             node.attributes["num_heads"] = ir.AttrInt64("num_heads", len(kept))
         for node in self.group_counts:
             node.attributes["group"] = ir.AttrInt64("group", len(kept))
+        for node, per_unit in self.grouped_head_counts:
+            node.attributes["num_heads"] = ir.AttrInt64("num_heads", len(kept) * per_unit)
+        for node, slot, index, per_unit in self.count_entries:
+            shape = constant_array(node.inputs[slot]).copy()
+            shape[index] = len(kept) * per_unit
+            node.replace_input_with(slot, add_initializer(graph, f"{node.inputs[slot].name}.pruned", shape))
+        for value in self.reshaped_values:
+            value.shape = None
         for value in self.values:
             if value.shape is not None and value.shape.rank() > self.channel_axis % max(value.shape.rank(), 1):
                 dims = list(value.shape)
                 axis = self.channel_axis % len(dims)
                 if isinstance(dims[axis], int):
-                    dims[axis] = len(kept) * self.unit * (dims[axis] // (self.size * self.unit))
+                    dims[axis] = dims[axis] * len(kept) // self.size
                 value.shape = ir.Shape(dims)
 
 

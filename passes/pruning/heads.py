@@ -7,6 +7,8 @@ counts spread over Reshape targets, Transposes and per-exporter shape arithmetic
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import onnx_ir as ir
 
 from passes._layers import MS_DOMAIN
@@ -94,30 +96,127 @@ def _attention(node: ir.Node) -> ChannelGroup | str:
 def _multi_head(node: ir.Node) -> ChannelGroup | str:
     heads = node.attributes.get_int("num_heads", 0)
     inputs = list(node.inputs)
-    if heads < 2 or len(inputs) < 3 or any(v is None for v in inputs[:3]) or any(v is not None for v in inputs[3:]):
+    if heads < 2 or len(inputs) < 3 or any(v is None for v in inputs[:3]) or any(v is not None for v in inputs[3:5]):
         return "not self-attention on separate query, key and value (packed, cached or biased inputs)"
-    projections = [_projection(value, heads) for value in inputs[:3]]
-    for found in projections:
-        if isinstance(found, str):
-            return found
-    widths = [constant_array(cuts[0].node.inputs[1]).shape[1] for cuts, _ in projections]
-    hidden = widths[0]
-    if any(width != hidden for width in widths):
-        return "key/value have fewer heads than the query (grouped-query attention)"
+    if any(v is not None for v in inputs[6:]):
+        return "past key/value inputs"
+    if len(inputs) > 5 and inputs[5] is not None:
+        # An attention_bias shared by all heads is fine; one per head would need cutting too.
+        bias_shape = inputs[5].shape
+        if bias_shape is None or bias_shape.rank() != 4 or bias_shape[1] != 1:
+            return "an attention_bias not known to be shared by all heads"
+    query = _projection(inputs[0], heads)
+    if isinstance(query, str):
+        return query
+    hidden = constant_array(query[0][0].node.inputs[1]).shape[1]
+    head_size = hidden // heads
+    keys_values = [_projection(value, heads) for value in inputs[1:3]]
+    repeated = None
+    if any(isinstance(found, str) for found in keys_values):
+        repeated = [_repeated_projection(value, heads, head_size) for value in inputs[1:3]]
+        for found in repeated:
+            if isinstance(found, str):
+                return found
+        if len({found.kv_heads for found in repeated}) != 1:
+            return "key and value repeat different numbers of heads"
+    else:
+        widths = [constant_array(cuts[0].node.inputs[1]).shape[1] for cuts, _ in keys_values]
+        if any(width != hidden for width in widths):
+            return "key/value projections narrower than the query without a recognized head repetition"
     projection = _output_projection(node, hidden)
     if isinstance(projection, str):
         return projection
     consumer, reshapes, values = projection
-    group = ChannelGroup("heads", node.name or "", heads, hidden // heads, consumer, head_counts=[node])
+    if repeated is None:
+        group = ChannelGroup("heads", node.name or "", heads, head_size, consumer, head_counts=[node])
+        group.values, group.shape_constants = values, reshapes
+        for cuts, rotary in [query, *keys_values]:
+            _add_projection(group, cuts, rotary)
+        return group
+    # Grouped-query attention: a unit is one key/value head and the query heads that share it.
+    kv_heads = repeated[0].kv_heads
+    per_group = heads // kv_heads
+    group = ChannelGroup("heads", node.name or "", kv_heads, per_group * head_size, consumer)
     group.values, group.shape_constants = values, reshapes
-    for cuts, rotary in projections:
-        group.producers.append(cuts[0])
-        group.vectors.extend(cuts[1:])
-        group.values.extend(cut.node.outputs[0] for cut in cuts)
-        if rotary is not None:
-            group.head_counts.append(rotary)
-            group.values.append(rotary.outputs[0])
+    group.grouped_head_counts.append((node, per_group))
+    cuts, rotary = query
+    _add_projection(group, cuts, rotary, heads_per_unit=per_group)
+    for found in repeated:
+        _add_projection(group, [replace(cut, unit=head_size) for cut in found.cuts], found.rotary)
+        group.count_entries.extend(found.count_entries(per_group))
+        group.reshaped_values.extend(found.reshaped)
     return group
+
+
+def _add_projection(group: ChannelGroup, cuts: list[Cut], rotary: ir.Node | None, heads_per_unit: int = 0) -> None:
+    group.producers.append(cuts[0])
+    group.vectors.extend(cuts[1:])
+    group.values.extend(cut.node.outputs[0] for cut in cuts)
+    if rotary is not None:
+        if heads_per_unit:
+            group.grouped_head_counts.append((rotary, heads_per_unit))
+        else:
+            group.head_counts.append(rotary)
+        group.values.append(rotary.outputs[0])
+
+
+@dataclass
+class _Repeated:
+    """A key/value projection whose heads are repeated to the query's count before attention.
+
+    The exporters' ``repeat_kv``: Reshape ``[B, S, kv, d]`` → Transpose to BNSH →
+    Unsqueeze → Expand ``[B, kv, n_rep, S, d]`` → Reshape ``[B, heads, S, d]``.
+    """
+
+    cuts: list[Cut]
+    rotary: ir.Node | None
+    kv_heads: int
+    split: ir.Node  # Reshape [.., kv, d]
+    expand: ir.Node
+    merge: ir.Node  # Reshape [.., heads, .., d]
+    reshaped: list[ir.Value]
+
+    def count_entries(self, per_group: int) -> list[tuple[ir.Node, int, int, int]]:
+        entries = [(self.expand, 1, 1, 1), (self.merge, 1, 1, per_group)]
+        split = constant_array(self.split.inputs[1])
+        if split[2] == self.kv_heads:
+            entries.append((self.split, 1, 2, 1))
+        return entries
+
+
+def _repeated_projection(value: ir.Value, heads: int, head_size: int) -> _Repeated | str:
+    refusal = "key/value are neither projections nor repeated projections (grouped-query attention as exported)"
+    merge = value.producer()
+    if merge is None or merge.op_type != "Reshape" or len(value.uses()) != 1:
+        return refusal
+    target = constant_array(merge.inputs[1])
+    if target is None or target.tolist()[1:2] != [heads] or target.size != 4:
+        return refusal
+    expand = merge.inputs[0].producer()
+    unsqueeze = expand.inputs[0].producer() if expand is not None and expand.op_type == "Expand" else None
+    transpose = unsqueeze.inputs[0].producer() if unsqueeze is not None and unsqueeze.op_type == "Unsqueeze" else None
+    split = transpose.inputs[0].producer() if transpose is not None and transpose.op_type == "Transpose" else None
+    if split is None or split.op_type != "Reshape":
+        return refusal
+    shape, split_shape = constant_array(expand.inputs[1]), constant_array(split.inputs[1])
+    axes = constant_array(unsqueeze.inputs[1]) if len(unsqueeze.inputs) > 1 else None
+    if shape is None or split_shape is None or shape.size != 5 or split_shape.size != 4 or axes is None:
+        return refusal
+    kv_heads = int(shape[1])
+    if kv_heads < 1 or heads % kv_heads or int(shape[2]) != heads // kv_heads or axes.tolist() != [2]:
+        return refusal
+    if tuple(transpose.attributes.get_ints("perm", ())) != (0, 2, 1, 3) or split_shape[3] != head_size:
+        return refusal
+    chain = [merge.inputs[0], expand.inputs[0], unsqueeze.inputs[0], transpose.inputs[0]]
+    if any(len(v.uses()) != 1 for v in chain):
+        return refusal
+    found = _projection(split.inputs[0], kv_heads)
+    if isinstance(found, str):
+        return found
+    cuts, rotary = found
+    if constant_array(cuts[0].node.inputs[1]).shape[1] != kv_heads * head_size:
+        return refusal
+    return _Repeated(cuts, rotary, kv_heads, split, expand, merge, [*chain, value])
 
 
 def _projection(value: ir.Value, heads: int) -> tuple[list[Cut], ir.Node | None] | str:

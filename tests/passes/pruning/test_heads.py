@@ -38,7 +38,8 @@ def test_multi_head_attention_with_rotary_embeddings(rotary):
     assert_same_outputs(model, after, feeds(model), rtol=1e-5, atol=1e-6)
 
 
-def test_grouped_query_attention_is_left_whole():
+def test_an_unrecognized_head_repetition_is_left_whole():
+    # K/V heads repeated by a Concat, not the exporters' Reshape/Expand repeat_kv.
     model = multi_head_attention(kv_heads=2, rotary=False)
     groups, refused = head_groups(model.graph)
     assert groups == [] and "mha" in refused
@@ -70,3 +71,37 @@ def test_output_projection_behind_width_last_reshapes():
     assert {n.attributes.get_int("num_heads") for n in after.graph if n.op_type == "Attention"} == {3}
     inputs = {"input_ids": np.ones((2, 5), np.int64), "attention_mask": np.ones((2, 5), np.int64)}
     assert run(after, inputs)["last_hidden_state"].shape == (2, 5, 64)
+
+
+def test_grouped_query_attention_prunes_a_key_value_head_with_its_query_group():
+    """Llama dynamo (4 query heads sharing 2 key/value heads, repeated as exported): zero out
+    key/value head 1 and the query heads 2-3 that read it, then prune half: nothing changes."""
+    import numpy as np
+    import onnx_ir as ir
+
+    from optimizer.api import optimize
+    from passes._utils import add_initializer, constant_array
+    from tests.helpers import FIXTURES
+
+    model = optimize(ir.load(FIXTURES / "llama_dynamo.onnx"), verify=False)
+    groups, _ = head_groups(model.graph)
+    assert len(groups) == 2 and all(g.size == 2 and g.unit == 32 for g in groups)
+    for group in groups:
+        query, key, value = (cut.node for cut in group.producers)
+        for node, columns in ((query, slice(32, 64)), (key, slice(16, 32)), (value, slice(16, 32))):
+            weight = constant_array(node.inputs[1]).copy()
+            weight[:, columns] = 0.0
+            node.replace_input_with(1, add_initializer(model.graph, f"{node.name}.zeroed", weight))
+        rows = constant_array(group.consumer.inputs[1]).copy()
+        rows[32:64] = 0.0
+        group.consumer.replace_input_with(1, add_initializer(model.graph, f"{group.consumer.name}.zeroed", rows))
+    pruning = HeadPruningPass(0.5)
+    after = pruning(model.clone()).model
+    assert set(pruning.pruned.values()) == {(1, 2)}
+    assert [n.attributes.get_int("num_heads") for n in after.graph if n.op_type == "MultiHeadAttention"] == [2, 2]
+    rotary_heads = sorted(n.attributes.get_int("num_heads") for n in after.graph if n.op_type == "RotaryEmbedding")
+    assert rotary_heads == [1, 1, 2, 2]  # key (1 kv head) and query (2 heads) per layer
+    rng = np.random.default_rng(0)
+    inputs = {"input_ids": rng.integers(0, 100, (2, 7)), "attention_mask": np.ones((2, 7), np.int64)}
+    inputs["attention_mask"][1, 5:] = 0
+    assert_same_outputs(model, after, inputs, rtol=1e-5, atol=1e-5)
