@@ -146,6 +146,11 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
         help="keep layers whose node name or op type matches this glob in float (repeatable)",
     )
     group.add_argument(
+        "--quantize-embeddings",
+        action="store_true",
+        help="store embedding tables in int8, one scale per row (a quarter of the size)",
+    )
+    group.add_argument(
         "--full-range-weights",
         action="store_true",
         help="8-bit instead of 7-bit int8 weights: more accurate on CPUs with VNNI/AMX or ARM, "
@@ -310,23 +315,22 @@ def _with_precision_passes(passes: list[str] | None, args: argparse.Namespace) -
     if args.fp16 and args.target != "cuda":
         raise InputSpecError("--fp16 is for --target cuda (ONNX Runtime's CPU kernels are float32)")
     pruning = [name for name, ratio in ratios.items() if ratio]
-    extra = (
-        pruning + ([f"quantize-{args.quantize}"] if args.quantize else []) + (["convert-float16"] if args.fp16 else [])
-    )
+    extra = pruning + ([f"quantize-{args.quantize}"] if args.quantize else [])
+    extra += (["quantize-embeddings"] if args.quantize_embeddings else []) + (["convert-float16"] if args.fp16 else [])
     if extra and (passes is None or all(name.startswith("+") for name in passes)):
         passes = (passes or []) + [f"+{name}" for name in extra]
     elif extra:
         passes = passes + extra
     names = {name.lstrip("+") for name in passes or []}
     quantizing = bool(names & {"quantize-dynamic", "quantize-static"})
-    if quantizing and "convert-float16" in names:
+    if (quantizing or "quantize-embeddings" in names) and "convert-float16" in names:
         raise InputSpecError("--fp16 and int8 quantization do not combine: choose one")
     for flag, value in (("--smooth", args.smooth), ("--exclude", args.exclude)):
         if value and not quantizing:
             raise InputSpecError(f"{flag} needs --quantize dynamic|static")
     if (args.importance or args.global_ranking or args.repair is False) and not names & set(ratios):
         raise InputSpecError("--importance, --global-ranking and --no-repair need --prune-ffn/-heads/-channels")
-    if args.calibration and not quantizing and not names & {*ratios, "convert-float16"}:
+    if args.calibration and not quantizing and not names & {*ratios, "convert-float16", "quantize-embeddings"}:
         raise InputSpecError("--calibration needs --quantize, a --prune-* ratio or --fp16")
     return passes
 

@@ -30,7 +30,7 @@ from passes.fusion import (
     skip_layer_norm,
 )
 from passes.pruning import channels, ffn, heads
-from passes.quantization import dynamic, float16, static
+from passes.quantization import dynamic, embedding, float16, static
 
 # fmt: off
 
@@ -58,6 +58,7 @@ register("prune-heads", lambda o: heads.HeadPruningPass(**pruning_settings(o, "p
 register("prune-channels", lambda o: channels.ChannelPruningPass(**pruning_settings(o, "prune_channels")), "Remove the least important Conv output channels (through BatchNorm, activations, depthwise Convs) and the next Conv's inputs (--prune-channels R).", approximate=True)
 register("quantize-dynamic", lambda o: dynamic.DynamicQuantizationPass(**int8_settings(o)), "int8 weights, activations quantized at run time: MatMul/Gemm into DynamicQuantizeMatMul, Attention into QAttention (--quantize dynamic).", approximate=True)
 register("quantize-static", lambda o: static.StaticQuantizationPass(method=o.settings.get("calibration_method", "percentile"), **int8_settings(o)), "Calibrated int8 in QDQ form: MatMul/Gemm/Conv with QuantizeLinear/DequantizeLinear, Attention into QAttention (--quantize static).", approximate=True)
+register("quantize-embeddings", lambda o: embedding.EmbeddingQuantizationPass(), "Embedding tables (constant Gather tables) to int8 with one scale per row, a quarter of the size (--quantize-embeddings).", approximate=True)
 register("convert-float16", lambda o: float16.Float16Pass(keep_io_types=bool(o.settings.get("keep_io_types", True))), "Float16 weights and compute, norm reductions and softmax kept float32, graph I/O types kept (--fp16, --target cuda).", approximate=True)
 register("deduplicate-initializers", lambda o: initializer_deduplication.DeduplicateInitializersPass(), "Merge initializers with identical contents.", default_for=("cpu", "cuda"))
 register("remove-unused", lambda o: cleanup.RemoveUnusedPass(), "Remove dead nodes, unused initializers, functions and opsets (onnx-ir).", default_for=("cpu", "cuda"))

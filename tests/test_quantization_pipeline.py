@@ -189,3 +189,12 @@ def test_float16_conversion_of_exported_models_passes_verification(name):
     record = next(r for r in report.passes if r.name == "convert-float16")
     assert record.status == "applied", record.detail
     assert record.cosine > 0.9999
+
+
+def test_cli_quantize_embeddings_shrinks_the_file(tmp_path):
+    plain, small = tmp_path / "plain.onnx", tmp_path / "small.onnx"
+    assert main(["optimize", str(EXAMPLE_MODEL), "-o", str(plain), "--quantize", "dynamic"]) == 0
+    command = ["optimize", str(EXAMPLE_MODEL), "-o", str(small), "--quantize", "dynamic", "--quantize-embeddings"]
+    assert main(command) == 0
+    assert small.stat().st_size < plain.stat().st_size
+    assert "Cast" in computed_op_types(ir.load(small))
