@@ -317,6 +317,11 @@ def _with_precision_passes(passes: list[str] | None, args: argparse.Namespace) -
     pruning = [name for name, ratio in ratios.items() if ratio]
     extra = pruning + ([f"quantize-{args.quantize}"] if args.quantize else [])
     extra += (["quantize-embeddings"] if args.quantize_embeddings else []) + (["convert-float16"] if args.fp16 else [])
+    listed = {name.lstrip("+") for name in passes or []}
+    for name in ratios:
+        if name in listed and not ratios[name]:
+            raise InputSpecError(f"--passes {name}: give its ratio with --{name} R")
+    extra = [name for name in extra if name not in listed]
     if extra and (passes is None or all(name.startswith("+") for name in passes)):
         passes = (passes or []) + [f"+{name}" for name in extra]
     elif extra:

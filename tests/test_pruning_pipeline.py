@@ -87,3 +87,12 @@ def test_resnets_prune_channels_inside_blocks_and_leave_residual_ties(name):
     unpruned, _ = optimize_with_report(model)
     assert parameter_count(result) < parameter_count(unpruned)
     assert run(result, make_inputs(model, {"batch": 2}))["logits"].shape == (2, 10)
+
+
+def test_cli_prune_pass_named_and_flagged_runs_once(tmp_path, capsys):
+    output, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    command = ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--passes", "+prune-ffn", "--prune-ffn", "0.25"]
+    assert main([*command, "--report", str(report)]) == 0
+    assert [r["name"] for r in json.loads(report.read_text())["passes"]].count("prune-ffn") == 1
+    assert main(["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--passes", "+prune-heads"]) == 2
+    assert "give its ratio with --prune-heads R" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.inputs import split_samples
 from optimizer.runtime import inference_session, run_session
+from passes._layers import name_nodes
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.pruning._groups import ChannelGroup
 from passes.quantization.calibration import collect
@@ -81,6 +82,7 @@ class PruningPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.pruned, self.notes, self.drift = {}, [], None
+        name_nodes(model.graph)  # groups are keyed by their node's name
         groups, refused = self.find_groups(model.graph)
         for name, reason in refused.items():
             self.notes.append(f"{name} left whole: {reason}")
@@ -94,13 +96,15 @@ class PruningPass(ir.passes.InPlacePass):
         scores = {g.name: self._scores(g, inputs.get(g.name)) for g in groups}
         reference = _run(model, batches) if batches else None
         ratio = self.ratio
+        if self.budget is not None and not batches:
+            self.notes.append("no sample inputs: the budget was not searched")
         if self.budget is not None and batches:
             ratio = self._search(model, scores, inputs, batches, reference)
             if ratio == 0.0:
                 self.notes.append(f"no ratio meets {self.budget.describe()}: nothing pruned")
                 return ir.passes.PassResult(model, modified=False)
         before = parameter_count(model)
-        repairable = self.repair and reference is not None and any(g.consumer.op_type != "Conv" for g in groups)
+        repairable = self.repair and reference is not None and any(_refittable(g.consumer) for g in groups)
         pristine = model.clone() if repairable else None
         self._prune(model, scores, inputs, ratio, record=True)
         if reference is not None:
@@ -123,19 +127,28 @@ class PruningPass(ir.passes.InPlacePass):
         return group.weight_norms()
 
     def _kept(self, groups: list[ChannelGroup], scores: dict[str, np.ndarray], ratio: float) -> dict[str, list[int]]:
-        kept = {}
+        """The units each group keeps: per layer, or ranked across all groups (scores over their group's mean)."""
         if self.ranking == "global":
-            # Scores are relative to their group's mean so layers of different scale compare.
-            pooled = np.concatenate([scores[g.name] / max(scores[g.name].mean(), 1e-30) for g in groups])
-            threshold = np.sort(pooled)[int(ratio * pooled.size)] if pooled.size else 0.0
-            for g in groups:
-                relative = scores[g.name] / max(scores[g.name].mean(), 1e-30)
-                order = list(np.argsort(-relative, kind="stable"))
-                count = max(1, int((relative >= threshold).sum()))
-                kept[g.name] = sorted(int(u) for u in order[:count])
-            return kept
+            pooled = [
+                (score / max(float(scores[g.name].mean()), 1e-30), index, g.name, unit)
+                for index, g in enumerate(groups)
+                for unit, score in enumerate(scores[g.name])
+            ]
+            pooled.sort()
+            remaining = {g.name: g.size for g in groups}
+            removed: dict[str, set[int]] = {g.name: set() for g in groups}
+            budget = int(math.floor(ratio * len(pooled) + 1e-9))
+            for _, _, name, unit in pooled:
+                if budget == 0:
+                    break
+                if remaining[name] > 1:  # every group keeps at least one unit
+                    removed[name].add(unit)
+                    remaining[name] -= 1
+                    budget -= 1
+            return {g.name: [u for u in range(g.size) if u not in removed[g.name]] for g in groups}
+        kept = {}
         for g in groups:
-            count = max(1, g.size - int(math.floor(ratio * g.size)))
+            count = max(1, g.size - int(math.floor(ratio * g.size + 1e-9)))
             order = np.argsort(-scores[g.name], kind="stable")
             kept[g.name] = sorted(int(u) for u in order[:count])
         return kept
@@ -147,7 +160,7 @@ class PruningPass(ir.passes.InPlacePass):
         for group in groups:
             if len(kept[group.name]) == group.size:
                 continue
-            if repair and group.name in inputs and group.consumer.op_type != "Conv":
+            if repair and group.name in inputs and _refittable(group.consumer):
                 _repair(model.graph, group, inputs[group.name], kept[group.name])
             group.apply(model.graph, kept[group.name])
             if record:
@@ -173,6 +186,17 @@ class PruningPass(ir.passes.InPlacePass):
                 high = middle
         self.notes.append(f"budget {self.budget.describe()}: largest ratio {best:.2f} (of up to {self.ratio:.2f})")
         return best
+
+
+def _refittable(consumer: ir.Node) -> bool:
+    """Whether the repair's model ``X W + b`` is what the consumer computes (not a Conv, no scaled Gemm)."""
+    if consumer.op_type == "Conv":
+        return False
+    if consumer.op_type == "Gemm":
+        attributes = consumer.attributes
+        scaled = attributes.get_float("alpha", 1.0) != 1.0 or attributes.get_float("beta", 1.0) != 1.0
+        return not scaled and not attributes.get_int("transA", 0)
+    return True
 
 
 def _rows(runs: Sequence[Mapping[str, np.ndarray]], name: str, axis: int = -1) -> np.ndarray:
@@ -270,6 +294,7 @@ def _bias(graph: ir.Graph, consumer: ir.Node):
         graph.insert_after(consumer, add)
         for user, index in users:
             user.replace_input_with(index, add.outputs[0])
+        add.outputs[0].type, add.outputs[0].shape = output.type, output.shape
         if output.is_graph_output():
             outputs = graph.outputs
             outputs[[v is output for v in outputs].index(True)] = add.outputs[0]

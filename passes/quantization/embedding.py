@@ -40,7 +40,10 @@ class EmbeddingQuantizationPass(ir.passes.InPlacePass):
             array = constant_array(table)
             if array is None or array.dtype != np.float32 or array.ndim != 2 or array.size < _MIN_ELEMENTS:
                 continue
-            if any(user.op_type != "Gather" or index != 0 for user, index in table.uses()):
+            if any(
+                user.op_type != "Gather" or index != 0 or user.attributes.get_int("axis", 0)
+                for user, index in table.uses()
+            ):
                 logger.info("EmbeddingQuantizationPass: %s is read by more than row lookups; kept float", table.name)
                 continue
             if table.name not in tables:

@@ -84,3 +84,39 @@ def test_gemm_ffn_with_run_time_reshape_targets():
     after = FfnPruningPass(0.25)(model.clone()).model
     inputs = {"input_ids": np.ones((2, 5), np.int64), "attention_mask": np.ones((2, 5), np.int64)}
     assert run(after, inputs)["last_hidden_state"].shape == (2, 5, 64)
+
+
+def test_unnamed_nodes_get_groups_of_their_own():
+    model = ffn()
+    for node in model.graph:
+        node.name = ""
+    pruning = FfnPruningPass(0.5)
+    after = pruning(model.clone()).model
+    assert len(pruning.pruned) == 1 and list(pruning.pruned.values()) == [(16, 32)]
+    assert run(after, feeds(model))["y"].shape == (4, 6, 16)
+
+
+def test_global_ranking_removes_exactly_the_ratio_even_with_ties():
+    from passes.pruning._groups import ChannelGroup
+
+    pruning = FfnPruningPass(0.5, ranking="global")
+    groups = [ChannelGroup("ffn", name, 4, 1, None) for name in ("a", "b")]
+    kept = pruning._kept(groups, {"a": np.ones(4), "b": np.ones(4)}, 0.5)
+    assert sum(len(units) for units in kept.values()) == 4
+    zero = pruning._kept(groups, {"a": np.zeros(4), "b": np.ones(4)}, 0.5)
+    assert len(zero["a"]) == 1 and len(zero["b"]) == 3  # the weakest group gives most, keeping one
+
+
+def test_a_bias_add_inserted_after_a_graph_output_keeps_its_type():
+    model = ffn()
+    # make the down projection the graph output, without a bias
+    down = model.graph.node("down_proj")
+    model.graph.outputs[0] = down.outputs[0]
+    down.outputs[0].name = "y_down"
+    down.outputs[0].type, down.outputs[0].shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(["B", "S", 16])
+    after = FfnPruningPass(0.25, samples=feeds(model, 16))(model.clone()).model
+    output = after.graph.outputs[0]
+    assert output.name == "y_down" and output.type is not None and output.shape is not None
+    import onnx
+
+    onnx.checker.check_model(ir.to_proto(after))

@@ -51,3 +51,11 @@ def test_table_becomes_int8_rows_with_per_row_scales():
 
 def test_a_table_tied_to_the_lm_head_stays_float():
     assert not EmbeddingQuantizationPass()(_lookup(tied=True)).modified
+
+
+def test_a_table_also_gathered_along_another_axis_stays_float():
+    model = _lookup()
+    columns = ir.Node("", "Gather", [model.graph.initializers["table"], model.graph.inputs[0]], name="columns")
+    columns.attributes["axis"] = ir.AttrInt64("axis", 1)
+    model.graph.append(columns)
+    assert not EmbeddingQuantizationPass()(model).modified
