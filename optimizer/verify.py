@@ -22,7 +22,7 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.errors import InputSpecError, InvalidModelError, one_line
 from optimizer.inputs import split_samples
-from optimizer.runtime import inference_session, run_session
+from optimizer.runtime import inference_session, run_batches, run_session
 
 logger = logging.getLogger(__name__)
 
@@ -276,8 +276,8 @@ class Verifier:
         batches = self._sample_batches()
         try:
             if self._sample_references is None:
-                self._sample_references = self._run_all(self._original, batches)
-            drift = output_drift(self._sample_references, self._run_all(candidate, batches))
+                self._sample_references = run_batches(self._original, batches)
+            drift = output_drift(self._sample_references, run_batches(candidate, batches))
         except Exception as error:  # any ORT failure means the rewrite is unusable
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {one_line(error, 300)}")
         if self.budget.met(drift):
@@ -288,11 +288,6 @@ class Verifier:
         if self._samples is None:
             return self.input_sets
         return split_samples(self._samples, model=self._original)
-
-    @staticmethod
-    def _run_all(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:
-        with inference_session(model, optimization_level="all") as session:
-            return [run_session(session, batch) for batch in batches]
 
     @staticmethod
     def _run(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:

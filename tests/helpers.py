@@ -66,3 +66,11 @@ def snapshot_tree(root: Path) -> dict[str, object]:
         else:
             state[key] = ("file", path.read_bytes(), path.stat().st_mtime_ns)
     return state
+
+
+def calibration_samples(model: ir.Model, count: int = 16, sequence: int = 12) -> dict[str, np.ndarray]:
+    """Generated sample inputs: ``count`` along the model's batch dims, ``sequence`` for its other symbolic dims."""
+    from optimizer.inputs import batch_dims, make_inputs, symbolic_dims
+
+    dims = {name: count if name in batch_dims(model) else sequence for name in symbolic_dims(model)}
+    return make_inputs(model, dims, seed=3)

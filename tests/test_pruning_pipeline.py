@@ -10,14 +10,9 @@ import pytest
 
 from optimizer.api import optimize_with_report
 from optimizer.cli import EXAMPLE_MODEL, main
-from optimizer.inputs import batch_dims, make_inputs, symbolic_dims
+from optimizer.inputs import make_inputs
 from passes.pruning._base import parameter_count
-from tests.helpers import EXPORTED_MODELS, FIXTURES, run
-
-
-def _calibration(model: ir.Model, count: int = 16, sequence: int = 12) -> dict[str, np.ndarray]:
-    dims = {name: count if name in batch_dims(model) else sequence for name in symbolic_dims(model)}
-    return make_inputs(model, dims, seed=3)
+from tests.helpers import EXPORTED_MODELS, FIXTURES, calibration_samples, run
 
 
 @pytest.mark.parametrize("name", EXPORTED_MODELS + ["vit_legacy"])
@@ -25,7 +20,7 @@ def test_exported_models_prune_and_still_run(name):
     model = ir.load(FIXTURES / f"{name}.onnx")
     settings = {"prune_ffn": 0.25, "prune_heads": 0.25}
     result, report = optimize_with_report(
-        model, ["+prune-ffn", "+prune-heads"], settings=settings, calibration=_calibration(model), strict=True
+        model, ["+prune-ffn", "+prune-heads"], settings=settings, calibration=calibration_samples(model), strict=True
     )
     records = {r.name: r for r in report.passes}
     assert records["prune-ffn"].status == "applied", records["prune-ffn"].detail
@@ -43,7 +38,10 @@ def test_prune_fuse_quantize_compose():
     model = ir.load(FIXTURES / "bert_dynamo.onnx")
     settings = {"prune_ffn": 0.25, "prune_heads": 0.25}
     result, report = optimize_with_report(
-        model, ["+prune-ffn", "+prune-heads", "+quantize-dynamic"], settings=settings, calibration=_calibration(model)
+        model,
+        ["+prune-ffn", "+prune-heads", "+quantize-dynamic"],
+        settings=settings,
+        calibration=calibration_samples(model),
     )
     statuses = {r.name: r.status for r in report.passes}
     assert statuses["fuse-attention"] == statuses["prune-heads"] == statuses["quantize-dynamic"] == "applied"
@@ -57,7 +55,7 @@ def test_prune_fuse_quantize_compose():
 
 def test_cli_prunes_with_calibration_and_reports_the_trade_off(tmp_path, capsys):
     calibration = tmp_path / "calibration.npz"
-    np.savez(calibration, **_calibration(ir.load(EXAMPLE_MODEL), 16))
+    np.savez(calibration, **calibration_samples(ir.load(EXAMPLE_MODEL), 16))
     output, report = tmp_path / "pruned.onnx", tmp_path / "report.json"
     command = ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--prune-ffn", "0.3", "--prune-heads", "0.25"]
     assert main([*command, "--calibration", str(calibration), "--report", str(report)]) == 0
@@ -69,7 +67,7 @@ def test_cli_prunes_with_calibration_and_reports_the_trade_off(tmp_path, capsys)
 
 def test_cli_budget_searches_the_ratio(tmp_path, capsys):
     calibration = tmp_path / "calibration.npz"
-    np.savez(calibration, **_calibration(ir.load(EXAMPLE_MODEL), 16))
+    np.savez(calibration, **calibration_samples(ir.load(EXAMPLE_MODEL), 16))
     command = ["optimize", str(EXAMPLE_MODEL), "-o", str(tmp_path / "p.onnx"), "--prune-ffn", "0.9"]
     assert main([*command, "--calibration", str(calibration), "--min-cosine", "0.995"]) == 0
     assert "budget --min-cosine 0.995: " in capsys.readouterr().out
@@ -79,7 +77,11 @@ def test_cli_budget_searches_the_ratio(tmp_path, capsys):
 def test_resnets_prune_channels_inside_blocks_and_leave_residual_ties(name):
     model = ir.load(FIXTURES / f"{name}.onnx")
     result, report = optimize_with_report(
-        model, ["+prune-channels"], settings={"prune_channels": 0.25}, calibration=_calibration(model, 8), strict=True
+        model,
+        ["+prune-channels"],
+        settings={"prune_channels": 0.25},
+        calibration=calibration_samples(model, 8),
+        strict=True,
     )
     record = next(r for r in report.passes if r.name == "prune-channels")
     assert record.status == "applied", record.detail

@@ -12,17 +12,11 @@ from optimizer.accuracy import AccuracyBudget
 from optimizer.api import optimize_with_report
 from optimizer.cli import EXAMPLE_MODEL, main
 from optimizer.errors import InputSpecError
-from optimizer.inputs import batch_dims, make_inputs, symbolic_dims
-from tests.helpers import ALL_FIXTURES, FIXTURES, computed_op_types
+from optimizer.inputs import make_inputs
+from tests.helpers import ALL_FIXTURES, FIXTURES, calibration_samples, computed_op_types
 from tests.passes.quantization.conftest import drift
 
 INT8_OPS = {"DynamicQuantizeMatMul", "QAttention", "QuantizeLinear"}
-
-
-def _calibration(model: ir.Model, count: int = 16, sequence: int = 12) -> dict[str, np.ndarray]:
-    """Generated samples: ``count`` along the batch dim, ``sequence`` tokens."""
-    dims = {name: count if name in batch_dims(model) else sequence for name in symbolic_dims(model)}
-    return make_inputs(model, dims, seed=3)
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
@@ -48,7 +42,7 @@ def test_exported_models_quantize_after_fusion_and_pass_verification(name, mode)
 
 def test_end_to_end_encoder_accuracy_on_held_out_inputs(tmp_path):
     original = ir.load(EXAMPLE_MODEL)
-    calibration = _calibration(original, 32)
+    calibration = calibration_samples(original, 32)
     for mode in ("dynamic", "static"):
         output = tmp_path / f"{mode}.onnx"
         _, report = optimize_with_report(EXAMPLE_MODEL, [f"+quantize-{mode}"], output=output, calibration=calibration)
@@ -81,7 +75,7 @@ def test_verification_rolls_back_an_approximate_pass_that_misses_the_budget(monk
 
 def test_cli_quantize_with_calibration_budget_and_report(tmp_path, capsys):
     calibration = tmp_path / "calibration.npz"
-    np.savez(calibration, **_calibration(ir.load(EXAMPLE_MODEL), 16))
+    np.savez(calibration, **calibration_samples(ir.load(EXAMPLE_MODEL), 16))
     output, report = tmp_path / "int8.onnx", tmp_path / "report.json"
     code = main(
         ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--quantize", "dynamic", "--calibration", str(calibration)]
@@ -105,7 +99,7 @@ def test_cli_static_without_calibration_warns_and_uses_generated_inputs(tmp_path
 
 def test_passes_flag_with_calibration_works_like_quantize(tmp_path):
     calibration = tmp_path / "calibration.npz"
-    np.savez(calibration, **_calibration(ir.load(EXAMPLE_MODEL), 8))
+    np.savez(calibration, **calibration_samples(ir.load(EXAMPLE_MODEL), 8))
     output = tmp_path / "q.onnx"
     code = main(
         ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--passes", "+quantize-static"]
@@ -123,7 +117,7 @@ def test_generated_calibration_keeps_its_sample_count_when_dims_are_bound():
 
 def test_empty_calibration_is_refused():
     model = ir.load(EXAMPLE_MODEL)
-    empty = {name: array[:0] for name, array in _calibration(model, 2).items()}
+    empty = {name: array[:0] for name, array in calibration_samples(model, 2).items()}
     with pytest.raises(InputSpecError, match="no samples"):
         optimize_with_report(model, ["+quantize-dynamic"], calibration=empty)
 

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.inputs import split_samples
-from optimizer.runtime import inference_session, run_session
+from optimizer.runtime import run_batches
 from passes._layers import name_nodes
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.pruning._groups import ChannelGroup
@@ -29,11 +29,6 @@ logger = logging.getLogger(__name__)
 
 IMPORTANCE = ("magnitude", "activation")
 _SEARCH_STEPS = 6
-
-
-def _run(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    with inference_session(model, optimization_level="all") as session:
-        return [run_session(session, batch) for batch in batches]
 
 
 def parameter_count(model: ir.Model) -> int:
@@ -94,7 +89,7 @@ class PruningPass(ir.passes.InPlacePass):
             runs = collect(model, [g.consumer.inputs[0].name for g in groups], batches)
             inputs = {g.name: _rows(runs, g.consumer.inputs[0].name, g.channel_axis) for g in groups}
         scores = {g.name: self._scores(g, inputs.get(g.name)) for g in groups}
-        reference = _run(model, batches) if batches else None
+        reference = run_batches(model, batches) if batches else None
         ratio = self.ratio
         if self.budget is not None and not batches:
             self.notes.append("no sample inputs: the budget was not searched")
@@ -108,7 +103,7 @@ class PruningPass(ir.passes.InPlacePass):
         pristine = model.clone() if repairable else None
         self._prune(model, scores, inputs, ratio, record=True)
         if reference is not None:
-            self.drift = output_drift(reference, _run(model, batches))
+            self.drift = output_drift(reference, run_batches(model, batches))
         summary = f"ratio {ratio:.2f}: {len(self.pruned)} groups, parameters {before:,} → {parameter_count(model):,}"
         if self.drift is not None:
             summary += f"; {self.drift}" + (" after repair" if repairable else "")
@@ -116,7 +111,7 @@ class PruningPass(ir.passes.InPlacePass):
         if pristine is not None:
             # The same cut without the repair, so the report shows what the repair bought.
             self._prune(pristine, scores, inputs, ratio, repair=False)
-            self.notes.append(f"without repair: {output_drift(reference, _run(pristine, batches))}")
+            self.notes.append(f"without repair: {output_drift(reference, run_batches(pristine, batches))}")
         return ir.passes.PassResult(model, modified=True)
 
     def _scores(self, group: ChannelGroup, rows: np.ndarray | None) -> np.ndarray:
@@ -172,14 +167,14 @@ class PruningPass(ir.passes.InPlacePass):
         low, high, best = 0.0, self.ratio, 0.0
         trial = model.clone()
         self._prune(trial, scores, inputs, high)
-        if self.budget.met(output_drift(reference, _run(trial, batches))):
+        if self.budget.met(output_drift(reference, run_batches(trial, batches))):
             self.notes.append(f"budget {self.budget.describe()}: met at the largest ratio asked, {high:.2f}")
             return high
         for _ in range(_SEARCH_STEPS):
             middle = (low + high) / 2
             trial = model.clone()
             self._prune(trial, scores, inputs, middle)
-            drift = output_drift(reference, _run(trial, batches))
+            drift = output_drift(reference, run_batches(trial, batches))
             if self.budget.met(drift):
                 low = best = middle
             else:

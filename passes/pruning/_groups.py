@@ -9,6 +9,7 @@ what repair re-fits against).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -158,3 +159,45 @@ def width_last_reshape_target(node: ir.Node, channels: int) -> tuple[ir.Node, in
     if shape is None or shape.ndim != 1 or shape[-1] != channels:
         return None
     return holder, slot
+
+
+def trace_operands(
+    node: ir.Node, group: ChannelGroup, stack: list[ir.Value], channel_axis: Callable[[tuple[int, ...]], int | None]
+) -> str | None:
+    """Queue a channel-wise node's computed operands for tracing; record its per-channel constants as cuts.
+
+    ``channel_axis`` maps a constant's shape to the axis holding the channels (None: not
+    per-channel). Scalars need no cut. Returns why the node refuses, or None.
+    """
+    for slot, operand in enumerate(node.inputs):
+        if operand is None:
+            continue
+        constant = constant_array(operand)
+        if constant is None:
+            stack.append(operand)
+        elif constant.size > 1:
+            axis = channel_axis(constant.shape)
+            if axis is None:
+                return f"{node.name}: a constant operand of shape {list(constant.shape)} is not per-channel"
+            group.vectors.append(Cut(node, slot, axis))
+    return None
+
+
+def outside_reader(region: dict[int, ir.Node], passthrough: set[int], consumer: ir.Node, hint: str) -> str | None:
+    """Why the region's channels cannot be cut: an output that is a model output or is read outside it.
+
+    Only pass-through nodes and the consumer may read the region's values; a ``Shape``
+    reader sees the new width, and whatever it computes follows from it.
+    """
+    for node in region.values():
+        for output in node.outputs:
+            if output is None:
+                continue
+            if output.is_graph_output():
+                return f"{node.name} is a model output"
+            for user, _ in output.uses():
+                if user.op_type == "Shape" and user.domain in ("", "ai.onnx"):
+                    continue
+                if id(user) not in passthrough and user is not consumer:
+                    return f"{output.name} is also read by {user.name or user.op_type}{hint}"
+    return None

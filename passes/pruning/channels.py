@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import onnx_ir as ir
 
 from passes._utils import constant_array
 from passes.pruning._base import PruningPass
-from passes.pruning._groups import ChannelGroup, Cut
+from passes.pruning._groups import ChannelGroup, Cut, outside_reader, trace_operands
 
 # Ops that keep each channel of an NCHW tensor to itself.
 _CHANNELWISE = frozenset(
@@ -80,30 +82,15 @@ def _group(consumer: ir.Node, channels: int) -> ChannelGroup | str | None:
             return None  # e.g. a Reshape or Concat: channels are not traced through it
         region[id(node)] = node
         passthrough.add(id(node))
-        for slot, operand in enumerate(node.inputs):
-            if operand is None:
-                continue
-            constant = constant_array(operand)
-            if constant is None:
-                stack.append(operand)
-            elif constant.size > 1:
-                axis = _channel_axis_of(constant.shape, channels, node.op_type == "BatchNormalization")
-                if axis is None:
-                    return f"{node.name}: a constant operand of shape {list(constant.shape)} is not per-channel"
-                group.vectors.append(Cut(node, slot, axis))
+        axis_of = partial(_channel_axis_of, channels=channels, batch_norm=node.op_type == "BatchNormalization")
+        refusal = trace_operands(node, group, stack, axis_of)
+        if refusal:
+            return refusal
     if not group.producers:
         return None
-    for node in region.values():
-        for output in node.outputs:
-            if output is None:
-                continue
-            if output.is_graph_output():
-                return f"{node.name} is a model output"
-            for user, _ in output.uses():
-                if user.op_type == "Shape":
-                    continue
-                if id(user) not in passthrough and user is not consumer:
-                    return f"{output.name} is also read by {user.name or user.op_type} (a residual tie?)"
+    refusal = outside_reader(region, passthrough, consumer, " (a residual tie?)")
+    if refusal:
+        return refusal
     group.values = [output for node in region.values() for output in node.outputs if output is not None]
     return group if channels >= 2 else None
 

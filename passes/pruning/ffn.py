@@ -8,7 +8,7 @@ import onnx_ir as ir
 from passes._layers import MS_DOMAIN
 from passes._utils import constant_array
 from passes.pruning._base import PruningPass
-from passes.pruning._groups import ChannelGroup, Cut, width_last_reshape_target
+from passes.pruning._groups import ChannelGroup, Cut, outside_reader, trace_operands, width_last_reshape_target
 
 # Ops that act on each channel independently (their constant operands are scalars or
 # one value per channel). Channels flow through them unchanged.
@@ -83,32 +83,23 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
             return None  # not an FFN (e.g. attention output, a reshape of heads)
         region[id(producer)] = producer
         passthrough.add(id(producer))
-        for slot, operand in enumerate(producer.inputs):
-            if operand is None:
-                continue
-            constant = constant_array(operand)
-            if constant is None:
-                stack.append(operand)
-            elif constant.size > 1:
-                if constant.shape[-1] != channels or constant.size != channels:
-                    return f"{producer.name}: a constant operand of shape {list(constant.shape)} is not per-channel"
-                group.vectors.append(Cut(producer, slot, -1))
+        refusal = trace_operands(producer, group, stack, lambda shape: _last_axis(shape, channels))
+        if refusal:
+            return refusal
     if not group.producers:
         return None
     group.values = [output for node in region.values() for output in node.outputs]
-    for node in region.values():
-        for output in node.outputs:
-            if output.is_graph_output():
-                return f"{node.name} is a model output"
-            for user, _ in output.uses():
-                # A Shape reader sees the new width, and whatever it computes follows from it.
-                if user.op_type == "Shape" and user.domain in ("", "ai.onnx"):
-                    continue
-                if id(user) not in passthrough and user is not consumer:
-                    return f"{output.name} is also read by {user.name or user.op_type}; its channels cannot be cut"
+    refusal = outside_reader(region, passthrough, consumer, "; its channels cannot be cut")
+    if refusal:
+        return refusal
     if channels < 2:
         return None
     return group
+
+
+def _last_axis(shape: tuple[int, ...], channels: int) -> int | None:
+    """-1 for a constant of one value per channel on the last axis (``[N]``, ``[1, 1, N]``)."""
+    return -1 if shape[-1:] == (channels,) and np.prod(shape) == channels else None
 
 
 def _elementwise(node: ir.Node) -> bool:

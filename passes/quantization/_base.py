@@ -22,7 +22,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.inputs import split_samples
-from optimizer.runtime import inference_session, run_session
+from optimizer.runtime import run_batches
 from passes._layers import MS_DOMAIN, Layer, excluded, feeds_graph_output, find_layers, name_nodes
 from passes._utils import remove_dead_nodes
 from passes.quantization import smoothing
@@ -36,12 +36,6 @@ logger = logging.getLogger(__name__)
 _EXHAUSTIVE_LAYERS = 24
 # Rows of each layer's input kept for the local sensitivity estimate.
 _LOCAL_ROWS = 1024
-
-
-def run_batches(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Outputs of ``model`` on each batch, on ONNX Runtime (CPU, all graph optimizations, as deployed)."""
-    with inference_session(model, optimization_level="all") as session:
-        return [run_session(session, batch) for batch in batches]
 
 
 class QuantizationPass(ir.passes.InPlacePass):

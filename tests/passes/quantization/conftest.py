@@ -11,16 +11,12 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.accuracy import Drift, output_drift
-from optimizer.runtime import inference_session, run_session
+from optimizer.runtime import run_batches
 
 
 def drift(before: ir.Model, after: ir.Model, feeds: dict[str, np.ndarray]) -> Drift:
     """How far ``after``'s outputs are from ``before``'s on ``feeds`` (both run at ORT_ENABLE_ALL)."""
-    runs = []
-    for model in (before, after):
-        with inference_session(model, optimization_level="all") as session:
-            runs.append([run_session(session, feeds)])
-    return output_drift(*runs)
+    return output_drift(run_batches(before, [feeds]), run_batches(after, [feeds]))
 
 
 def ort_op_counts(model: ir.Model) -> collections.Counter:
