@@ -2,35 +2,49 @@
 
 ``optimize`` is the entry point for Python users; ``load_model``/``save_model``
 read and write onnx-ir models safely; ``run_pipeline`` runs passes with
-verification and rollback. This package knows passes only through the registry.
+verification and rollback; ``compare`` (``optimizer.compare``) times two models side
+by side. This package knows passes only through the registry.
+
+Names are imported on first use, so that a pass importing one leaf module of the
+spine (``optimizer.runtime``, ``optimizer.accuracy``) does not load the CLI, the
+comparison tool or ``rich``.
 """
 
-from optimizer.api import optimize, optimize_with_report
-from optimizer.comparison import CompareSettings, ComparisonReport, compare
-from optimizer.errors import GraphoptError
-from optimizer.model_io import load_model, save_model
-from optimizer.pipeline import run_pipeline
-from optimizer.registry import PassOptions, all_passes, default_pass_names, register, resolve
-from optimizer.report import PipelineReport
-from optimizer.verify import DEFAULT_TOLERANCES, Tolerance, Verifier
+from __future__ import annotations
 
-__all__ = [
-    "CompareSettings",
-    "ComparisonReport",
-    "compare",
-    "DEFAULT_TOLERANCES",
-    "GraphoptError",
-    "PassOptions",
-    "PipelineReport",
-    "Tolerance",
-    "Verifier",
-    "all_passes",
-    "default_pass_names",
-    "load_model",
-    "optimize",
-    "optimize_with_report",
-    "register",
-    "resolve",
-    "run_pipeline",
-    "save_model",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "optimize": "optimizer.api",
+    "optimize_with_report": "optimizer.api",
+    "CompareSettings": "optimizer.compare",
+    "ComparisonReport": "optimizer.compare",
+    "compare": "optimizer.compare",
+    "GraphoptError": "optimizer.errors",
+    "load_model": "optimizer.model_io",
+    "save_model": "optimizer.model_io",
+    "run_pipeline": "optimizer.pipeline",
+    "all_passes": "optimizer.registry",
+    "default_pass_names": "optimizer.registry",
+    "resolve": "optimizer.registry",
+    "PipelineReport": "optimizer.report",
+    "DEFAULT_TOLERANCES": "optimizer.verify",
+    "Tolerance": "optimizer.verify",
+    "Verifier": "optimizer.verify",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'optimizer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -16,8 +16,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from optimizer.accuracy import AccuracyBudget
 from optimizer.api import optimize_with_report
-from optimizer.comparison import CompareSettings, compare
-from optimizer.comparison_report import render_comparison, write_html, write_json
+from optimizer.compare.comparison import CompareSettings, compare
+from optimizer.compare.report import render_comparison, write_html, write_json
 from optimizer.errors import GraphoptError, InputSpecError
 from optimizer.inputs import parse_dim_flags
 from optimizer.registry import TARGETS, all_passes

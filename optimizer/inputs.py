@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.domains import is_onnx_domain
 from optimizer.errors import InputSpecError
 
 DEFAULT_BATCH = 1
@@ -233,7 +234,7 @@ def _index_range(value: ir.Value) -> int | None:
             continue
         seen.add(current)
         for node, index in current.uses():
-            if node.op_type == "Gather" and node.domain == "" and index == 1:
+            if node.op_type == "Gather" and is_onnx_domain(node) and index == 1:
                 table = node.inputs[0]
                 if table is None or table.shape is None or len(table.shape) == 0:
                     continue

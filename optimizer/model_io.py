@@ -19,6 +19,7 @@ import google.protobuf.message
 import onnx
 import onnx_ir as ir
 
+from optimizer.domains import MS_DOMAIN, ONNX_DOMAINS
 from optimizer.errors import (
     InvalidModelError,
     ModelFileError,
@@ -30,8 +31,7 @@ from optimizer.runtime import has_external_tensors, weight_bytes
 
 # Domains whose operators we can check: ONNX, ONNX-ML, and ONNX Runtime's contrib
 # operators (which our fusions emit and ORT-optimized inputs contain).
-ONNX_DOMAINS = frozenset({"", "ai.onnx"})
-KNOWN_DOMAINS = ONNX_DOMAINS | {"ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
+KNOWN_DOMAINS = ONNX_DOMAINS | {"ai.onnx.ml", MS_DOMAIN, "ai.onnx.preview.training"}
 
 # Past this many bytes of weights a model is saved with external data, because a
 # single protobuf file cannot exceed 2 GiB.
@@ -118,9 +118,9 @@ def _with_ort_ops_as_contrib(proto: onnx.ModelProto) -> onnx.ModelProto:
     graph.initializer.extend(kept)
     for node in _all_nodes(copy):
         if node.domain in ONNX_DOMAINS and node.op_type in ORT_ONNX_DOMAIN_OPS:
-            node.domain = "com.microsoft"
-    if not any(opset.domain == "com.microsoft" for opset in copy.opset_import):
-        copy.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+            node.domain = MS_DOMAIN
+    if not any(opset.domain == MS_DOMAIN for opset in copy.opset_import):
+        copy.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     return copy
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.domains import is_onnx_domain
 from optimizer.errors import RuntimeMissingError
 
 # Serialized protos must stay under protobuf's 2 GiB limit; above this we hand
@@ -41,7 +42,7 @@ def weight_bytes(model: ir.Model) -> int:
         if tensor is not None:
             total += tensor.nbytes
     for node in model.graph:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        if node.op_type == "Constant" and is_onnx_domain(node):
             attr = node.attributes.get("value")
             if attr is not None and attr.type == ir.AttributeType.TENSOR:
                 total += attr.as_tensor().nbytes

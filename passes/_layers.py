@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes._utils import constant_array
-
-MS_DOMAIN = "com.microsoft"
 
 
 @dataclass
@@ -100,7 +99,7 @@ def bias_add(layer: Layer) -> tuple[np.ndarray, ir.Node, int] | None:
     if layer.kind != "matmul" or output.is_graph_output() or len(users) != 1:
         return None
     add, index = users[0].node, 1 - users[0].idx
-    if add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+    if add.op_type != "Add" or not is_onnx_domain(add):
         return None
     bias = constant_array(add.inputs[index])
     columns = layer.weight.shape[1]
@@ -110,7 +109,7 @@ def bias_add(layer: Layer) -> tuple[np.ndarray, ir.Node, int] | None:
 
 
 def _kind(node: ir.Node) -> str | None:
-    if node.domain in ("", "ai.onnx"):
+    if is_onnx_domain(node):
         return {"MatMul": "matmul", "Gemm": "gemm", "Conv": "conv"}.get(node.op_type)
     if node.domain == MS_DOMAIN and node.op_type == "Attention":
         return "attention"

@@ -33,23 +33,19 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
     return value
 
 
-def replace_value(old: ir.Value, new: ir.Value) -> None:
-    """Point every user of ``old`` at ``new``; a graph output keeps its name (and ``old`` is renamed)."""
-    if old.is_graph_output():
-        name, old.name = old.name, f"{old.name}_unfused"
-        new.name = name
-    old.replace_all_uses_with(new, replace_graph_outputs=True)
+def replace_value(old: ir.Value, new: ir.Value, *, inherit: bool = False) -> None:
+    """Point every user of ``old``, graph outputs included, at ``new``.
 
-
-def take_over(old: ir.Value, new: ir.Value) -> None:
-    """Replace ``old`` by ``new`` everywhere, ``new`` taking ``old``'s name, shape and type.
-
-    For rewrites that compute the same tensor another way: anything keyed by the
-    tensor's name (calibration ranges, graph outputs) still finds it.
+    A graph output keeps its name (``new`` takes it, ``old`` is renamed). With
+    ``inherit``, ``new`` always takes ``old``'s name, shape and type: for rewrites that
+    compute the same tensor another way, so anything keyed by the tensor's name
+    (calibration ranges, exclusion patterns) still finds it.
     """
-    name = old.name
-    old.name = f"{name}.replaced"
-    new.name, new.shape, new.type = name, old.shape, old.type
+    if inherit or old.is_graph_output():
+        name, old.name = old.name, f"{old.name}.replaced"
+        new.name = name
+    if inherit:
+        new.shape, new.type = old.shape, old.type
     old.replace_all_uses_with(new, replace_graph_outputs=True)
 
 

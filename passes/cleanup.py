@@ -10,6 +10,8 @@ from __future__ import annotations
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from optimizer.domains import is_onnx_domain
+
 
 class RemoveUnusedPass(ir.passes.InPlacePass):
     """Remove nodes and initializers no output depends on, then unused functions and opsets.
@@ -57,7 +59,7 @@ class RemoveIdentityPass(common_passes.IdentityEliminationPass):
     """
 
     def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
-        if node.op_type == "Identity" and node.domain == "" and len(node.inputs) == 1:
+        if node.op_type == "Identity" and is_onnx_domain(node) and len(node.inputs) == 1:
             source, graph = node.inputs[0], node.graph
             if source is not None and graph is not None and node.outputs[0] in graph.outputs:
                 if source in graph.outputs or _from_outer_scope(source, graph):

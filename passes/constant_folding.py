@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
+from optimizer.domains import is_onnx_domain
 from passes._utils import remove_dead_nodes
 
 # onnxscript's defaults: do not evaluate ops on inputs over 8192 elements, nor store
@@ -65,7 +66,7 @@ def _hide_scalar_split_shapes(model: ir.Model) -> Iterator[None]:
     the evaluator leaves the node alone; the shape is put back afterwards."""
     hidden = []
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.op_type != "SplitToSequence" or node.domain != "" or len(node.inputs) < 2:
+        if node.op_type != "SplitToSequence" or not is_onnx_domain(node) or len(node.inputs) < 2:
             continue
         split = node.inputs[1]
         if split is not None and split.const_value is None and split.shape is not None and len(split.shape) == 0:

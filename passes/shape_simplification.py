@@ -26,6 +26,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from optimizer.domains import is_onnx_domain
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class ShapeSimplificationPass(ir.passes.InPlacePass):
             return ir.passes.PassResult(model, modified=False)
         modified = False
         for node in list(model.graph):
-            if node.domain != "" or len(node.inputs) < 2 or constant_array(node.inputs[1]) is not None:
+            if not is_onnx_domain(node) or len(node.inputs) < 2 or constant_array(node.inputs[1]) is not None:
                 continue
             if node.op_type == "Reshape":
                 target = _reshape_target(node, shapes)
@@ -157,7 +158,7 @@ def _shape_elements(value: ir.Value | None) -> list[Element] | None:
     if array is not None:
         return [int(item) for item in array.reshape(-1)] if array.ndim <= 1 else None
     node = value.producer()
-    if node is None or node.domain != "":
+    if node is None or not is_onnx_domain(node):
         return None
     inputs = node.inputs
     if node.op_type == "Shape":

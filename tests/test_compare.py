@@ -10,8 +10,8 @@ import pytest
 
 import optimizer
 from optimizer.cli import main
-from optimizer.comparison import SCHEMA, CompareSettings, compare
-from optimizer.comparison_report import write_html, write_json
+from optimizer.compare.comparison import SCHEMA, CompareSettings, compare
+from optimizer.compare.report import write_html, write_json
 from optimizer.errors import InputSpecError
 from optimizer.runtime import import_onnxruntime
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optimizer.stats import LatencySummary, paired_ratio
+from optimizer.compare.stats import LatencySummary, paired_ratio
 
 
 def test_summary_percentiles_in_milliseconds():

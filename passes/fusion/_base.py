@@ -8,8 +8,9 @@ import logging
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes._utils import remove_dead_nodes
-from passes.fusion._targets import MS_DOMAIN, unsupported_ops
+from passes.fusion._targets import unsupported_ops
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def _move_constants_right(graph: ir.Graph) -> list[ir.Node]:
     """
     moved = []
     for node in graph:
-        if node.op_type in _COMMUTATIVE and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
+        if node.op_type in _COMMUTATIVE and is_onnx_domain(node) and len(node.inputs) == 2:
             first, second = node.inputs
             if first is None or second is None:
                 continue

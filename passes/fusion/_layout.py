@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.domains import is_onnx_domain
 from passes._utils import constant_array
 
-_ONNX = ("", "ai.onnx")
 _INT64_MAX = np.iinfo(np.int64).max
 _SHAPE_PRESERVING = frozenset({"Cast", "Relu", "Neg", "Identity", "Sigmoid", "Tanh", "Erf"})
 
@@ -26,7 +26,7 @@ def producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
     if value is None:
         return None
     node = value.producer()
-    if node is None or node.op_type != op_type or node.domain not in _ONNX:
+    if node is None or node.op_type != op_type or not is_onnx_domain(node):
         return None
     return node
 
@@ -110,16 +110,16 @@ def last_dim(value: ir.Value) -> int | None:
     node = value.producer()
     if node is None:
         return None
-    if node.op_type in ("MatMul", "Gemm", "Add") and node.domain in _ONNX:
+    if node.op_type in ("MatMul", "Gemm", "Add") and is_onnx_domain(node):
         for operand in node.inputs[1:] if node.op_type != "Add" else node.inputs:
             array = constant_array(operand)
             if array is not None and array.ndim >= 1 and array.shape[-1] > 1:
                 return int(array.shape[-1])
         if node.op_type == "Add":
             return next((d for d in map(last_dim, node.inputs) if d), None)
-    if node.op_type == "RotaryEmbedding" or (node.op_type in _SHAPE_PRESERVING and node.domain in _ONNX):
+    if node.op_type == "RotaryEmbedding" or (node.op_type in _SHAPE_PRESERVING and is_onnx_domain(node)):
         return last_dim(node.inputs[0])
-    if node.op_type == "Split" and node.domain in _ONNX:
+    if node.op_type == "Split" and is_onnx_domain(node):
         sizes = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
         if sizes is not None and node.attributes.get_int("axis", 0) in (-1, 2):
             return int(sizes[list(node.outputs).index(value)])
@@ -134,7 +134,7 @@ def shape_tokens(value: ir.Value | None, depth: int = 0) -> list | None:
     if array is not None:
         return [int(v) for v in array.reshape(-1)] if array.ndim <= 1 else None
     node = value.producer()
-    if node is None or node.domain not in _ONNX:
+    if node is None or not is_onnx_domain(node):
         return None
     if node.op_type == "Shape":
         source = node.inputs[0]

@@ -7,7 +7,7 @@ emits, so the graph keeps its standard-ONNX form there.
 
 from __future__ import annotations
 
-MS_DOMAIN = "com.microsoft"
+from optimizer.domains import MS_DOMAIN
 
 # (domain, op_type) -> execution providers with a float32 kernel.
 _KERNELS: dict[tuple[str, str], frozenset[str]] = {

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._checks import is_float
@@ -57,7 +58,6 @@ from passes.fusion._layout import (
     transposed_key,
 )
 from passes.fusion._probe import PADDED_MASK, evaluate, is_mask, token_feeds, token_inputs_of
-from passes.fusion._targets import MS_DOMAIN
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def _split_behind_elementwise(value: ir.Value, depth: int = 0) -> HeadSplit | No
     if split is not None or depth > 4:
         return split
     node = value.producer()
-    if node is None or node.op_type not in ("Add", "Mul", "Sub") or node.domain not in ("", "ai.onnx"):
+    if node is None or node.op_type not in ("Add", "Mul", "Sub") or not is_onnx_domain(node):
         return None
     for operand in node.inputs:
         if operand is not None and operand.const_value is None:
@@ -532,7 +532,7 @@ class AttentionFusion(FusionPass):
         opset = model.opset_imports.get("", 0)
         graph = model.graph
         expanded_biases: dict = {}
-        for softmax in [n for n in graph if n.op_type == "Softmax" and n.domain in ("", "ai.onnx")]:
+        for softmax in [n for n in graph if n.op_type == "Softmax" and is_onnx_domain(n)]:
             match = _match(softmax, opset)
             if isinstance(match, str):
                 logger.info("attention: %s left unfused: %s", softmax.name, match)

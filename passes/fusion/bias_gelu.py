@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from onnxscript.rewriter import pattern
 
+from optimizer.domains import MS_DOMAIN
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import is_float, vector_for_last_dim
 
@@ -20,8 +21,8 @@ class _BiasGelu(pattern.RewriteRuleClassBase):
     def pattern(self, op, x, bias):
         biased = op.Add(x, bias)
         if self._fast:
-            return op.FastGelu(biased, _domain="com.microsoft")
-        return op.Gelu(biased, _domain="com.microsoft")
+            return op.FastGelu(biased, _domain=MS_DOMAIN)
+        return op.Gelu(biased, _domain=MS_DOMAIN)
 
     def check(self, context, x, bias, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
@@ -35,8 +36,8 @@ class _BiasGelu(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, x, bias):
         if self._fast:
-            return op.FastGelu(x, bias, _domain="com.microsoft")
-        return op.BiasGelu(x, bias, _domain="com.microsoft")
+            return op.FastGelu(x, bias, _domain=MS_DOMAIN)
+        return op.BiasGelu(x, bias, _domain=MS_DOMAIN)
 
 
 class BiasGeluFusion(RuleFusionPass):
@@ -45,7 +46,7 @@ class BiasGeluFusion(RuleFusionPass):
     Refuses when the bias is not a constant 1-D tensor over the last axis.
     """
 
-    fused_ops = (("com.microsoft", "BiasGelu"), ("com.microsoft", "FastGelu"))
+    fused_ops = ((MS_DOMAIN, "BiasGelu"), (MS_DOMAIN, "FastGelu"))
 
     def rule_set(self) -> pattern.RewriteRuleSet:
         return pattern.RewriteRuleSet([_BiasGelu.rule(False), _BiasGelu.rule(True)])

@@ -24,11 +24,11 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes._utils import constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._layout import producer
 from passes.fusion._probe import PADDED_MASK, evaluate, token_feeds, token_inputs_of
-from passes.fusion._targets import MS_DOMAIN
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class EmbedLayerNormFusion(FusionPass):
     def fuse(self, model: ir.Model) -> int:
         count = 0
         graph = model.graph
-        for norm in [n for n in graph if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")]:
+        for norm in [n for n in graph if n.op_type == "LayerNormalization" and is_onnx_domain(n)]:
             leaves: list[ir.Node] = []
             params = _layer_norm_params(norm)
             if params is None or not _lookups(norm.inputs[0], leaves) or len(leaves) not in (2, 3):

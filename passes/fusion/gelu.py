@@ -14,6 +14,7 @@ import math
 
 from onnxscript.rewriter import pattern
 
+from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import is_float
 
@@ -56,7 +57,7 @@ class _ErfGelu(_FormulaGelu):
         return _half_x_times(op, x, op.Add(op.Erf(scaled), 1.0), *self._association)
 
     def rewrite(self, op, x):
-        return op.Gelu(x, _domain="com.microsoft")
+        return op.Gelu(x, _domain=MS_DOMAIN)
 
 
 class _TanhGelu(_FormulaGelu):
@@ -76,7 +77,7 @@ class _TanhGelu(_FormulaGelu):
         return _half_x_times(op, x, op.Add(op.Tanh(inner), 1.0), *self._association)
 
     def rewrite(self, op, x):
-        return op.FastGelu(x, _domain="com.microsoft")
+        return op.FastGelu(x, _domain=MS_DOMAIN)
 
 
 class _OnnxGelu(pattern.RewriteRuleClassBase):
@@ -87,7 +88,7 @@ class _OnnxGelu(pattern.RewriteRuleClassBase):
 
     def check(self, context, x, gelu, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
-        if gelu.producer().domain not in ("", "ai.onnx"):
+        if not is_onnx_domain(gelu.producer()):
             return result.fail("already a contrib Gelu")
         if gelu.producer().attributes.get_string("approximate", "none") not in ("none", "tanh"):
             return result.fail("unknown approximation")
@@ -95,8 +96,8 @@ class _OnnxGelu(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, x, gelu, **_):
         if gelu.producer().attributes.get_string("approximate", "none") == "tanh":
-            return op.FastGelu(x, _domain="com.microsoft")
-        return op.Gelu(x, _domain="com.microsoft")
+            return op.FastGelu(x, _domain=MS_DOMAIN)
+        return op.Gelu(x, _domain=MS_DOMAIN)
 
 
 class GeluFusion(RuleFusionPass):
@@ -106,7 +107,7 @@ class GeluFusion(RuleFusionPass):
     relative), e.g. ``x * sigmoid(1.702 x)``, which is a different approximation.
     """
 
-    fused_ops = (("com.microsoft", "Gelu"), ("com.microsoft", "FastGelu"))
+    fused_ops = ((MS_DOMAIN, "Gelu"), (MS_DOMAIN, "FastGelu"))
 
     def rule_set(self) -> pattern.RewriteRuleSet:
         rules = [_ErfGelu.rule(a, d) for a in _ASSOCIATIONS for d in (True, False)]

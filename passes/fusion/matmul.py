@@ -18,8 +18,8 @@ from onnxscript.rewriter import pattern
 from onnxscript.rewriter.ort_fusions.fused_matmul_rule_sets import fused_matmul_rule_sets
 from onnxscript.rewriter.rules.common import _matmul_add_to_gemm
 
+from optimizer.domains import MS_DOMAIN
 from passes.fusion._base import RuleFusionPass
-from passes.fusion._targets import MS_DOMAIN
 
 
 class MatMulAddFusion(RuleFusionPass):

@@ -32,12 +32,12 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from optimizer.domains import MS_DOMAIN
 from passes._utils import add_initializer, constant_array
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import is_float
 from passes.fusion._layout import head_split, last_dim, producer
 from passes.fusion._probe import PADDED_MASK, evaluate, token_feeds, token_inputs_of
-from passes.fusion._targets import MS_DOMAIN
 
 logger = logging.getLogger(__name__)
 

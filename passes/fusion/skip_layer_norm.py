@@ -13,10 +13,9 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from optimizer.domains import MS_DOMAIN
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import is_float, vector_for_last_dim
-
-_MS = "com.microsoft"
 
 
 def _operand_order(a: ir.Value, b: ir.Value) -> tuple[ir.Value, ir.Value] | None:
@@ -102,13 +101,15 @@ class _SkipNorm(pattern.RewriteRuleClassBase):
         epsilon = norm.attributes.get_float("epsilon", 1e-5)
         if self._simplified:
             inputs = [input, skip, gamma] + ([bias] if self._with_bias else [])
-            out, _, _, total = op.SkipSimplifiedLayerNormalization(*inputs, epsilon=epsilon, _domain=_MS, _outputs=4)
+            out, _, _, total = op.SkipSimplifiedLayerNormalization(
+                *inputs, epsilon=epsilon, _domain=MS_DOMAIN, _outputs=4
+            )
         else:
             beta = norm.inputs[2] if len(norm.inputs) > 2 else None
             inputs = [input, skip, gamma, beta] + ([bias] if self._with_bias else [])
             while inputs and inputs[-1] is None:
                 inputs.pop()
-            out, _, _, total = op.SkipLayerNormalization(*inputs, epsilon=epsilon, _domain=_MS, _outputs=4)
+            out, _, _, total = op.SkipLayerNormalization(*inputs, epsilon=epsilon, _domain=MS_DOMAIN, _outputs=4)
         return out, total
 
 
@@ -121,7 +122,7 @@ class SkipLayerNormFusion(RuleFusionPass):
     """
 
     commute = True
-    fused_ops = (("com.microsoft", "SkipLayerNormalization"),)
+    fused_ops = ((MS_DOMAIN, "SkipLayerNormalization"),)
     _simplified = False
 
     def rule_set(self) -> pattern.RewriteRuleSet:
@@ -136,5 +137,5 @@ class SkipRmsNormFusion(SkipLayerNormFusion):
     Same refusals as ``SkipLayerNormFusion``; run it after RMSNorm fusion.
     """
 
-    fused_ops = (("com.microsoft", "SkipSimplifiedLayerNormalization"),)
+    fused_ops = ((MS_DOMAIN, "SkipSimplifiedLayerNormalization"),)
     _simplified = True

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.domains import is_onnx_domain
 from passes._utils import add_initializer, constant_array
 
 
@@ -146,7 +147,7 @@ def width_last_reshape_target(node: ir.Node, channels: int) -> tuple[ir.Node, in
     The target is a constant ending in ``channels``, or a Concat (of run-time dims)
     whose last piece is such a constant.
     """
-    if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
+    if node.op_type != "Reshape" or not is_onnx_domain(node):
         return None
     source = node.inputs[0].shape
     if source is not None and (source.rank() < 1 or (isinstance(source[-1], int) and source[-1] != channels)):
@@ -196,7 +197,7 @@ def outside_reader(region: dict[int, ir.Node], passthrough: set[int], consumer: 
             if output.is_graph_output():
                 return f"{node.name} is a model output"
             for user, _ in output.uses():
-                if user.op_type == "Shape" and user.domain in ("", "ai.onnx"):
+                if user.op_type == "Shape" and is_onnx_domain(user):
                     continue
                 if id(user) not in passthrough and user is not consumer:
                     return f"{output.name} is also read by {user.name or user.op_type}{hint}"

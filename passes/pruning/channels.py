@@ -6,6 +6,7 @@ from functools import partial
 
 import onnx_ir as ir
 
+from optimizer.domains import is_onnx_domain
 from passes._utils import constant_array
 from passes.pruning._base import PruningPass
 from passes.pruning._groups import ChannelGroup, Cut, outside_reader, trace_operands
@@ -31,7 +32,7 @@ def channel_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]
     """
     groups, refused = [], {}
     for node in graph:
-        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or node.attributes.get_int("group", 1) != 1:
+        if node.op_type != "Conv" or not is_onnx_domain(node) or node.attributes.get_int("group", 1) != 1:
             continue
         weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
         if weight is None or weight.ndim < 3 or node.inputs[0].producer() is None:
@@ -58,7 +59,7 @@ def _group(consumer: ir.Node, channels: int) -> ChannelGroup | str | None:
         node = value.producer()
         if node is None:
             return None  # the image itself
-        if node.op_type == "Conv" and node.domain in ("", "ai.onnx"):
+        if node.op_type == "Conv" and is_onnx_domain(node):
             weight = constant_array(node.inputs[1])
             if weight is None or weight.shape[0] != channels:
                 return f"{node.name}: a Conv without a constant weight of {channels} output channels"
@@ -78,7 +79,7 @@ def _group(consumer: ir.Node, channels: int) -> ChannelGroup | str | None:
             elif depthwise != 1:
                 return f"{node.name}: a grouped Conv that is not depthwise"
             continue
-        if node.op_type not in _CHANNELWISE or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in _CHANNELWISE or not is_onnx_domain(node):
             return None  # e.g. a Reshape or Concat: channels are not traced through it
         region[id(node)] = node
         passthrough.add(id(node))

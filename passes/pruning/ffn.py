@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from passes._layers import MS_DOMAIN
+from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes._utils import constant_array
 from passes.pruning._base import PruningPass
 from passes.pruning._groups import ChannelGroup, Cut, outside_reader, trace_operands, width_last_reshape_target
@@ -33,7 +33,7 @@ def ffn_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
     """
     groups, refused = [], {}
     for node in graph:
-        if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in ("MatMul", "Gemm") or not is_onnx_domain(node):
             continue
         weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
         if weight is None or weight.ndim != 2 or node.inputs[0].producer() is None:
@@ -103,14 +103,14 @@ def _last_axis(shape: tuple[int, ...], channels: int) -> int | None:
 
 
 def _elementwise(node: ir.Node) -> bool:
-    if node.domain in ("", "ai.onnx"):
+    if is_onnx_domain(node):
         return node.op_type in _ELEMENTWISE
     return node.domain == MS_DOMAIN and node.op_type in _CONTRIB_ELEMENTWISE
 
 
 def _projection(node: ir.Node, channels: int) -> list[Cut] | None:
     """The cuts of a MatMul/Gemm producing ``channels`` outputs from a constant weight, or None."""
-    if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+    if node.op_type not in ("MatMul", "Gemm") or not is_onnx_domain(node) or len(node.inputs) < 2:
         return None
     weight = constant_array(node.inputs[1])
     if weight is None or weight.ndim != 2:

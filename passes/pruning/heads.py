@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import onnx_ir as ir
 
-from passes._layers import MS_DOMAIN
+from optimizer.domains import MS_DOMAIN
 from passes._utils import constant_array
 from passes.pruning._base import PruningPass
 from passes.pruning._groups import ChannelGroup, Cut, width_last_reshape_target

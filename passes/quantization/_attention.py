@@ -6,8 +6,9 @@ import math
 
 import onnx_ir as ir
 
-from passes._layers import MS_DOMAIN, Layer
-from passes._utils import add_initializer, take_over
+from optimizer.domains import MS_DOMAIN
+from passes._layers import Layer
+from passes._utils import add_initializer, replace_value
 from passes.quantization._int8 import quantize_weight
 
 
@@ -53,4 +54,4 @@ def replace_with_qattention(
         attributes.append(ir.AttrInt64("unidirectional", 1))
     fused = ir.Node(MS_DOMAIN, "QAttention", inputs, attributes=attributes, name=f"{prefix}_int8")
     graph.insert_before(node, fused)
-    take_over(node.outputs[0], fused.outputs[0])
+    replace_value(node.outputs[0], fused.outputs[0], inherit=True)

@@ -21,9 +21,10 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
+from optimizer.domains import MS_DOMAIN
 from optimizer.inputs import split_samples
 from optimizer.runtime import run_batches
-from passes._layers import MS_DOMAIN, Layer, excluded, feeds_graph_output, find_layers, name_nodes
+from passes._layers import Layer, excluded, feeds_graph_output, find_layers, name_nodes
 from passes._utils import remove_dead_nodes
 from passes.quantization import smoothing
 from passes.quantization._int8 import activation_parameters, quantize_weight

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from passes._layers import MS_DOMAIN, Layer, bias_add
-from passes._utils import add_initializer, take_over
+from optimizer.domains import MS_DOMAIN
+from passes._layers import Layer, bias_add
+from passes._utils import add_initializer, replace_value
 from passes.quantization._attention import replace_with_qattention
 from passes.quantization._base import QuantizationPass
 from passes.quantization._int8 import quantize_weight
@@ -95,7 +96,7 @@ def _quantize_matmul(
         inputs.pop()
     fused = ir.Node(MS_DOMAIN, op_type, inputs, name=f"{prefix}_int8")
     graph.insert_before(node, fused)
-    take_over(result, fused.outputs[0])
+    replace_value(result, fused.outputs[0], inherit=True)
 
 
 def _quantize_input(graph: ir.Graph, layer: Layer) -> tuple[ir.Value, ...]:

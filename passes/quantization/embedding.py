@@ -7,7 +7,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from passes._utils import add_initializer, constant_array, remove_dead_nodes
+from optimizer.domains import is_onnx_domain
+from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class EmbeddingQuantizationPass(ir.passes.InPlacePass):
         graph = model.graph
         saved, tables = 0, {}
         for node in list(graph):
-            if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or node.attributes.get_int("axis", 0):
+            if node.op_type != "Gather" or not is_onnx_domain(node) or node.attributes.get_int("axis", 0):
                 continue
             table = node.inputs[0]
             array = constant_array(table)
@@ -64,10 +65,7 @@ class EmbeddingQuantizationPass(ir.passes.InPlacePass):
             widened.name = f"{prefix}_widen"
             scaled = ir.Node("", "Mul", [widened.outputs[0], row_scales.outputs[0]], name=f"{prefix}_dequantize")
             graph.insert_before(node, [rows, row_scales, widened, scaled])
-            old = node.outputs[0]
-            name, old.name = old.name, f"{old.name}.float"
-            scaled.outputs[0].name, scaled.outputs[0].shape, scaled.outputs[0].type = name, old.shape, old.type
-            old.replace_all_uses_with(scaled.outputs[0], replace_graph_outputs=True)
+            replace_value(node.outputs[0], scaled.outputs[0], inherit=True)
         if not tables:
             return ir.passes.PassResult(model, modified=False)
         remove_dead_nodes(model)

@@ -12,6 +12,8 @@ import logging
 import onnx
 import onnx_ir as ir
 
+from optimizer.domains import MS_DOMAIN
+
 logger = logging.getLogger(__name__)
 
 # Kept float32, with Casts at their boundaries: the reductions of decomposed
@@ -68,4 +70,4 @@ def _values(graph: ir.Graph):
 
 def _has_contrib_ops(proto: onnx.ModelProto) -> bool:
     # onnx's shape inference does not know com.microsoft ops and would drop their output types.
-    return any(node.domain == "com.microsoft" for node in proto.graph.node)
+    return any(node.domain == MS_DOMAIN for node in proto.graph.node)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes._layers import Layer
 from passes._utils import add_initializer, constant_array
 from passes.quantization import calibration
@@ -23,9 +24,9 @@ from passes.quantization import calibration
 _NORMS = {
     ("", "LayerNormalization"): (1, 2),
     ("", "SimplifiedLayerNormalization"): (1, None),
-    ("com.microsoft", "SimplifiedLayerNormalization"): (1, None),
-    ("com.microsoft", "SkipLayerNormalization"): (2, 3),
-    ("com.microsoft", "SkipSimplifiedLayerNormalization"): (2, None),
+    (MS_DOMAIN, "SimplifiedLayerNormalization"): (1, None),
+    (MS_DOMAIN, "SkipLayerNormalization"): (2, 3),
+    (MS_DOMAIN, "SkipSimplifiedLayerNormalization"): (2, None),
 }
 
 
@@ -41,7 +42,7 @@ def smooth(
     chosen = {id(layer.node): layer for layer in layers}
     groups = []
     for node in model.graph:
-        slots = _NORMS.get((node.domain or "", node.op_type)) or _scale_multiply(node)
+        slots = _NORMS.get(("" if is_onnx_domain(node) else node.domain, node.op_type)) or _scale_multiply(node)
         if slots is None or not node.outputs[0].uses() or node.outputs[0].is_graph_output():
             continue
         users = [chosen.get(id(user)) for user, index in node.outputs[0].uses() if index == 0]
@@ -60,7 +61,7 @@ def smooth(
 
 def _scale_multiply(node: ir.Node) -> tuple[int, None] | None:
     """A ``Mul`` by a constant vector: the scale step of a norm written out op by op (unfused RMSNorm)."""
-    if node.op_type != "Mul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+    if node.op_type != "Mul" or not is_onnx_domain(node) or len(node.inputs) != 2:
         return None
     for slot in (0, 1):
         constant = constant_array(node.inputs[slot])

@@ -40,7 +40,7 @@ def measure_session_memory(path: str, ep: str, inputs: Mapping[str, np.ndarray],
     with tempfile.TemporaryDirectory(prefix="graphopt-memory-") as folder:
         feeds = os.path.join(folder, "inputs.npz")
         np.savez(feeds, **inputs)
-        command = [sys.executable, "-m", "optimizer.memory", path, feeds, ep, str(threads)]
+        command = [sys.executable, "-m", "optimizer.compare.memory", path, feeds, ep, str(threads)]
         completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
@@ -100,7 +100,7 @@ def _peak_rss_bytes() -> int:
 
 
 def _probe(path: str, feeds_path: str, ep: str, threads: int) -> MemoryUsage:
-    from optimizer.timing import TimedSession
+    from optimizer.compare.timing import TimedSession
 
     with np.load(feeds_path) as archive:
         inputs = {name: archive[name] for name in archive.files}

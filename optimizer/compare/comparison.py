@@ -2,7 +2,7 @@
 
 Both models see the same inputs, the same EP, threads and optimization level
 (ORT_ENABLE_ALL), and are timed interleaved in one process; the latency ratio
-comes with a paired-bootstrap confidence interval (``optimizer.stats``).
+comes with a paired-bootstrap confidence interval (``optimizer.compare.stats``).
 """
 
 from __future__ import annotations
@@ -20,15 +20,10 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.accuracy import OutputAccuracy, compare_accuracy
-from optimizer.errors import InputSpecError
-from optimizer.inputs import batch_dims, check_inputs, load_inputs, make_inputs, runtime_inputs
-from optimizer.memory import MemoryUsage, measure_session_memory, query_gpu
-from optimizer.model_io import load_model, model_file_bytes
-from optimizer.pipeline import count_nodes
-from optimizer.profiling import time_per_op_type
-from optimizer.runtime import import_onnxruntime
-from optimizer.stats import LatencySummary, RatioEstimate, paired_ratio
-from optimizer.timing import (
+from optimizer.compare.memory import MemoryUsage, measure_session_memory, query_gpu
+from optimizer.compare.profiling import time_per_op_type
+from optimizer.compare.stats import LatencySummary, RatioEstimate, paired_ratio
+from optimizer.compare.timing import (
     ExecutionProvider,
     TimedSession,
     TimingPlan,
@@ -36,6 +31,11 @@ from optimizer.timing import (
     resolve_execution_providers,
     time_interleaved,
 )
+from optimizer.errors import InputSpecError
+from optimizer.inputs import batch_dims, check_inputs, load_inputs, make_inputs, runtime_inputs
+from optimizer.model_io import load_model, model_file_bytes
+from optimizer.pipeline import count_nodes
+from optimizer.runtime import import_onnxruntime
 
 SCHEMA = "graphopt.comparison-report/1"
 _PROFILE_RUNS = 20

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from optimizer.comparison import BatchResult, ComparisonReport, ProviderResult
+from optimizer.compare.comparison import BatchResult, ComparisonReport, ProviderResult
 
 
 def render_comparison(report: ComparisonReport, console: Console | None = None) -> None:

@@ -1,0 +1,20 @@
+"""Operator domains: one spelling of "the ONNX domain" and of ONNX Runtime's contrib domain."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+# The default ONNX operator set is spelled "" or "ai.onnx".
+ONNX_DOMAINS = frozenset({"", "ai.onnx"})
+# ONNX Runtime's contrib operators (fused attention, norms, int8 kernels).
+MS_DOMAIN = "com.microsoft"
+
+
+def is_onnx_domain(node: ir.Node) -> bool:
+    """True if ``node`` is a standard ONNX operator (domain ``""`` or ``"ai.onnx"``)."""
+    return node.domain in ONNX_DOMAINS
+
+
+def is_onnx_op(node: ir.Node | None, *op_types: str) -> bool:
+    """True if ``node`` is a standard ONNX operator of one of ``op_types``."""
+    return node is not None and node.op_type in op_types and node.domain in ONNX_DOMAINS
