@@ -41,6 +41,19 @@ class RuntimeMissingError(GraphoptError):
     """ONNX Runtime (or the requested execution provider) is not installed."""
 
 
+class RuntimeRefusedError(GraphoptError):
+    """ONNX Runtime refused to load or run a model (raised only by ``optimizer.runtime``, from ORT's own errors).
+
+    Inside the pipeline it means "this rewrite is unusable" (rolled back) or "this
+    subgraph cannot be probed" (the fusion refuses); reaching the CLI, it is one line.
+    ``reason`` is ORT's own message, on one line.
+    """
+
+    def __init__(self, action: str, reason: str) -> None:
+        super().__init__(f"ONNX Runtime cannot {action}: {reason}")
+        self.action, self.reason = action, reason
+
+
 def one_line(error: BaseException, limit: int = 400) -> str:
     """An exception's message as one line (onnx and ORT spread one sentence over several)."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__

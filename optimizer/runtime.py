@@ -1,22 +1,34 @@
-"""ONNX Runtime sessions for verification: import it lazily, build sessions from onnx-ir models."""
+"""The one gateway into ONNX Runtime: sessions, batched runs, intermediate values and subgraph probes.
+
+Everything graphopt runs on ONNX Runtime goes through here (verification,
+calibration, pruning's statistics, fusions that evaluate a subgraph, timing), so that
+"ONNX Runtime refused" has one type, ``RuntimeRefusedError``, raised from ORT's own
+exceptions and nothing else: a ``KeyError`` or ``AttributeError`` in graphopt stays a
+bug with a traceback. onnx-ir's ``passes/common/_c_api_utils.py::call_onnx_api`` is
+the model.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
-from optimizer.errors import RuntimeMissingError
+from optimizer.errors import RuntimeMissingError, RuntimeRefusedError, one_line
 
 # Serialized protos must stay under protobuf's 2 GiB limit; above this we hand
 # ONNX Runtime a file with external data instead of bytes.
 _IN_MEMORY_LIMIT_BYTES = 1 << 30
+
+OPTIMIZATION_LEVELS = ("disable_all", "basic", "extended", "all")
 
 
 def import_onnxruntime() -> Any:
@@ -29,6 +41,37 @@ def import_onnxruntime() -> Any:
         ) from error
     onnxruntime.set_default_logger_severity(3)
     return onnxruntime
+
+
+@functools.cache
+def _refusals() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "ONNX Runtime refused this model or these inputs".
+
+    ORT's C++ errors (``Fail``, ``InvalidArgument``, ``InvalidGraph``, ``NotImplemented``,
+    ...) derive from ``Exception`` directly; its Python wrapper raises ``RuntimeError``,
+    ``ValueError`` and ``TypeError`` for bad feeds and providers.
+    """
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    native = tuple(
+        value
+        for value in vars(state).values()
+        if isinstance(value, type) and issubclass(value, Exception) and value.__module__ == state.__name__
+    )
+    return (*native, RuntimeError, ValueError, TypeError)
+
+
+@contextlib.contextmanager
+def calling_onnxruntime(what: str) -> Iterator[None]:
+    """Turn ONNX Runtime's own exceptions raised inside the block into ``RuntimeRefusedError``.
+
+    ``what`` says what was being done ("load the model", "run the model"); it starts the message.
+    """
+    import_onnxruntime()
+    try:
+        yield
+    except _refusals() as error:
+        raise RuntimeRefusedError(what, one_line(error, 300)) from error
 
 
 def weight_bytes(model: ir.Model) -> int:
@@ -54,6 +97,45 @@ def has_external_tensors(model: ir.Model) -> bool:
     return any(isinstance(value.const_value, ir.ExternalTensor) for value in model.graph.initializers.values())
 
 
+def session_options(
+    optimization_level: str = "disable_all",
+    intra_op_threads: int = 0,
+    *,
+    sequential: bool = False,
+    profile_prefix: str | None = None,
+) -> Any:
+    """``onnxruntime.SessionOptions`` at ``optimization_level`` (one of ``OPTIMIZATION_LEVELS``).
+
+    ``sequential`` pins one inter-op thread and sequential execution (for timing);
+    ``profile_prefix`` turns on ORT's profiler, writing its trace there.
+    """
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization_level]
+    options.intra_op_num_threads = intra_op_threads
+    if sequential:
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return options
+
+
+def open_session(source: str | os.PathLike | bytes, options: Any, providers: Sequence[str]) -> Any:
+    """An ``onnxruntime.InferenceSession`` for a model file or serialized bytes; ``RuntimeRefusedError`` if refused."""
+    ort = import_onnxruntime()
+    with calling_onnxruntime("load the model"):
+        return ort.InferenceSession(
+            source if isinstance(source, bytes) else os.fspath(source), options, providers=list(providers)
+        )
+
+
 @contextlib.contextmanager
 def inference_session(
     model: ir.Model,
@@ -68,23 +150,14 @@ def inference_session(
     with tensors still stored as external data, are written to a temporary folder
     with external data and loaded from there.
     """
-    ort = import_onnxruntime()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {
-        "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization_level]
-    options.intra_op_num_threads = intra_op_threads
+    options = session_options(optimization_level, intra_op_threads)
     if weight_bytes(model) < _IN_MEMORY_LIMIT_BYTES and not has_external_tensors(model):
-        payload = ir.to_proto(model).SerializeToString()
-        yield ort.InferenceSession(payload, options, providers=list(providers))
+        yield open_session(ir.to_proto(model).SerializeToString(), options, providers)
         return
     with tempfile.TemporaryDirectory(prefix="graphopt-session-") as folder:
         path = os.path.join(folder, "model.onnx")
         ir.save(model, path, external_data="model.onnx.data")
-        yield ort.InferenceSession(path, options, providers=list(providers))
+        yield open_session(path, options, providers)
 
 
 def run_session(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -97,7 +170,15 @@ def run_session(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any
             array = array.astype(np.float16)
         feeds[meta.name] = array
     output_names = [meta.name for meta in session.get_outputs()]
-    return dict(zip(output_names, session.run(output_names, feeds)))
+    with calling_onnxruntime("run the model"):
+        results = session.run(output_names, feeds)
+    return dict(zip(output_names, results))
+
+
+def run_model(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Outputs of ``model`` on one input set, exactly as written (graph optimizations off)."""
+    with inference_session(model) as session:
+        return run_session(session, inputs)
 
 
 def run_batches(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:
@@ -105,3 +186,104 @@ def run_batches(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) ->
     optimizations (as deployed: int8 QDQ graphs run on their integer kernels)."""
     with inference_session(model, optimization_level="all") as session:
         return [run_session(session, batch) for batch in batches]
+
+
+@contextlib.contextmanager
+def value_collector(model: ir.Model, names: Sequence[str]) -> Iterator[Callable[[Mapping[str, np.ndarray]], dict]]:
+    """A function that runs ``model`` on one batch and returns the named intermediate tensors.
+
+    The tensors are exposed as extra outputs of a copy of ``model``; the session stays
+    open for as many batches as the caller runs.
+    """
+    probe = model.clone()
+    values = {value.name: value for node in probe.graph for value in node.outputs}
+    values.update({value.name: value for value in probe.graph.inputs})
+    existing = {value.name for value in probe.graph.outputs}
+    missing = [name for name in names if name not in values]
+    if missing:
+        raise KeyError(f"no tensor named {missing[0]!r} in the model")
+    probe.graph.outputs.extend(values[name] for name in dict.fromkeys(names) if name not in existing)
+    with inference_session(probe) as session:
+
+        def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            outputs = run_session(session, batch)
+            return {name: outputs[name] for name in names}
+
+        yield run
+
+
+def stream_values(
+    model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
+) -> Iterator[dict[str, np.ndarray]]:
+    """The named tensors of ``model`` on each batch, one batch at a time (one batch's tensors in memory)."""
+    with value_collector(model, names) as run:
+        for batch in batches:
+            yield run(batch)
+
+
+def collect_values(
+    model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
+    """The named tensors of ``model`` on each batch, one dict per batch."""
+    with value_collector(model, names) as run:
+        return [run(batch) for batch in batches]
+
+
+class SubgraphError(ValueError):
+    """The values depend on a node that carries a subgraph (If, Loop, Scan): they are not probed."""
+
+
+def ancestry(values: Sequence[ir.Value]) -> tuple[list[ir.Node], list[ir.Value]]:
+    """Nodes computing ``values`` and the producer-less values (graph inputs, initializers) they read.
+
+    Raises ``SubgraphError`` if an ancestor carries a subgraph.
+    """
+    nodes: dict[int, ir.Node] = {}
+    leaves: dict[int, ir.Value] = {}
+    stack = list(values)
+    while stack:
+        value = stack.pop()
+        node = value.producer()
+        if node is None:
+            leaves[id(value)] = value
+            continue
+        if id(node) in nodes:
+            continue
+        if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
+            raise SubgraphError(f"{node.op_type} {node.name!r} carries a subgraph")
+        nodes[id(node)] = node
+        stack.extend(v for v in node.inputs if v is not None)
+    return list(nodes.values()), list(leaves.values())
+
+
+def evaluate(model: ir.Model, values: Sequence[ir.Value], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Compute ``values`` of ``model`` on ONNX Runtime (CPU) from the graph inputs in ``feeds``.
+
+    Only the ancestors of ``values`` are serialized (with the initializers they read),
+    so probing stays cheap on models with gigabytes of weights. Raises
+    ``SubgraphError`` for values computed through If/Loop/Scan and
+    ``RuntimeRefusedError`` when ONNX Runtime cannot run the subgraph.
+    """
+    nodes, leaves = ancestry(values)
+    order = {id(node): i for i, node in enumerate(model.graph)}
+    nodes.sort(key=lambda node: order[id(node)])
+    initializers, inputs = [], []
+    for leaf in leaves:
+        if leaf.const_value is not None:
+            initializers.append(ir.serde.serialize_tensor(leaf.const_value))
+            initializers[-1].name = leaf.name
+        else:
+            inputs.append(ir.serde.serialize_value(leaf))
+    graph = onnx.helper.make_graph(
+        [ir.serde.serialize_node(node) for node in nodes],
+        "probe",
+        inputs,
+        [onnx.helper.make_empty_tensor_value_info(value.name) for value in values],
+        initializers,
+    )
+    opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
+    proto = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
+    session = open_session(proto.SerializeToString(), session_options(), ["CPUExecutionProvider"])
+    needed = {meta.name for meta in session.get_inputs()}
+    with calling_onnxruntime("evaluate the subgraph"):
+        return session.run([value.name for value in values], {k: v for k, v in feeds.items() if k in needed})

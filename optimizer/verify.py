@@ -20,9 +20,9 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
-from optimizer.errors import InputSpecError, InvalidModelError, one_line
+from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import split_samples
-from optimizer.runtime import inference_session, run_batches, run_session
+from optimizer.runtime import inference_session, run_batches, run_model, run_session
 
 logger = logging.getLogger(__name__)
 
@@ -226,11 +226,10 @@ class Verifier:
         for index, inputs in enumerate(input_sets):
             try:
                 reference = self._run(original, inputs)
-            except Exception as error:  # ORT raises many unrelated types for a model it rejects
+            except RuntimeRefusedError as error:
                 if index == 0:
                     raise InvalidModelError(
-                        f"ONNX Runtime cannot run the input model ({one_line(error, 300)}); "
-                        "fix the model or pass --no-verify"
+                        f"ONNX Runtime cannot run the input model ({error.reason}); fix the model or pass --no-verify"
                     ) from error
                 logger.info("verification input set %d dropped: the original fails on it (%s)", index, error)
                 continue
@@ -254,8 +253,8 @@ class Verifier:
                         return result
                     if result.max_abs_error >= worst.max_abs_error:
                         worst = result
-        except Exception as error:  # any ORT failure means the rewrite is unusable
-            return VerificationResult(error=f"ONNX Runtime cannot run the result: {one_line(error, 300)}")
+        except RuntimeRefusedError as error:  # the rewrite is unusable
+            return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
         return worst
 
     def rebase(self, accepted: ir.Model) -> None:
@@ -278,8 +277,8 @@ class Verifier:
             if self._sample_references is None:
                 self._sample_references = run_batches(self._original, batches)
             drift = output_drift(self._sample_references, run_batches(candidate, batches))
-        except Exception as error:  # any ORT failure means the rewrite is unusable
-            return VerificationResult(error=f"ONNX Runtime cannot run the result: {one_line(error, 300)}")
+        except RuntimeRefusedError as error:  # the rewrite is unusable
+            return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
         if self.budget.met(drift):
             return VerificationResult(drift=drift)
         return VerificationResult(drift=drift, error=f"{drift} misses the accuracy budget ({self.budget.describe()})")
@@ -291,8 +290,7 @@ class Verifier:
 
     @staticmethod
     def _run(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        with inference_session(model) as session:
-            return run_session(session, inputs)
+        return run_model(model, inputs)
 
     def _nondeterministic_outputs(self, original: ir.Model) -> frozenset[str]:
         if not any(

@@ -10,7 +10,7 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.model_io import check_model_proto
-from optimizer.runtime import inference_session, run_session
+from optimizer.runtime import run_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Transformer text models (inputs [batch, sequence]); every pass is tested on these.
@@ -32,8 +32,7 @@ def parse_model(text: str) -> ir.Model:
 
 def run(model: ir.Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Outputs of ``model`` on ONNX Runtime (CPU, graph optimizations off)."""
-    with inference_session(model) as session:
-        return run_session(session, inputs)
+    return run_model(model, inputs)
 
 
 def assert_same_outputs(before: ir.Model, after: ir.Model, inputs: dict[str, np.ndarray], rtol=1e-5, atol=1e-6) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from optimizer.errors import InputSpecError, InvalidModelError, one_line
-from optimizer.runtime import import_onnxruntime
+from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
+from optimizer.runtime import import_onnxruntime, open_session, session_options
 
 EP_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -55,20 +55,6 @@ def resolve_execution_providers(names: list[str]) -> list[ExecutionProvider]:
     return result
 
 
-def session_options(threads: int, *, profile_prefix: str | None = None) -> Any:
-    """Session options for timing: ORT_ENABLE_ALL, explicit intra-op threads, sequential execution."""
-    ort = import_onnxruntime()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return options
-
-
 def default_threads() -> int:
     """Intra-op threads when the user gives none: the cores this process may use."""
     try:
@@ -83,14 +69,12 @@ class TimedSession:
     def __init__(
         self, path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int, *, profile_prefix: str | None = None
     ) -> None:
-        ort = import_onnxruntime()
         self.ep = ep
+        options = session_options("all", threads, sequential=True, profile_prefix=profile_prefix)
         try:
-            self.session = ort.InferenceSession(
-                path, session_options(threads, profile_prefix=profile_prefix), providers=EP_PROVIDERS[ep]
-            )
-        except Exception as error:  # ORT raises many unrelated types for a model it rejects
-            raise InvalidModelError(f"{path}: ONNX Runtime cannot load it on {ep}: {one_line(error)}") from error
+            self.session = open_session(path, options, EP_PROVIDERS[ep])
+        except RuntimeRefusedError as error:
+            raise InvalidModelError(f"{path}: ONNX Runtime cannot load it on {ep}: {error.reason}") from error
         names = [meta.name for meta in self.session.get_inputs()]
         self.feeds = {name: inputs[name] for name in names}
         self.output_names = [meta.name for meta in self.session.get_outputs()]

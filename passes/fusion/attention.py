@@ -43,6 +43,8 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
+from optimizer.errors import RuntimeRefusedError
+from optimizer.runtime import evaluate
 from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._checks import is_float
@@ -57,7 +59,7 @@ from passes.fusion._layout import (
     strip_scale,
     transposed_key,
 )
-from passes.fusion._probe import PADDED_MASK, evaluate, is_mask, token_feeds, token_inputs_of
+from passes.fusion._probe import PADDED_MASK, is_mask, token_feeds, token_inputs_of
 
 logger = logging.getLogger(__name__)
 
@@ -443,9 +445,12 @@ def _mask_kind(model: ir.Model, bias: ir.Value) -> tuple[ir.Value, bool] | None:
     batch, seq = PADDED_MASK.shape
     try:
         (value,) = evaluate(model, [bias], token_feeds(inputs, PADDED_MASK))
-        value = np.broadcast_to(value, (batch, value.shape[1], seq, seq))
-    except Exception:  # ORT raises many unrelated types for a subgraph it cannot run
+    except RuntimeRefusedError:
         return None
+    wanted = (batch, value.shape[1] if value.ndim == 4 else 0, seq, seq)
+    if value.ndim != 4 or any(d not in (1, want) for d, want in zip(value.shape, wanted)):
+        return None
+    value = np.broadcast_to(value, (batch, value.shape[1], seq, seq))
     padding = np.broadcast_to(PADDED_MASK[:, None, None, :] == 1, value.shape)
     causal = padding & np.tril(np.ones((seq, seq), dtype=bool))
     for allowed, is_causal in ((padding, False), (causal, True)):

@@ -25,10 +25,12 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
+from optimizer.errors import RuntimeRefusedError
+from optimizer.runtime import evaluate
 from passes._utils import constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._layout import producer
-from passes.fusion._probe import PADDED_MASK, evaluate, token_feeds, token_inputs_of
+from passes.fusion._probe import PADDED_MASK, token_feeds, token_inputs_of
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ def _positions_are_token_index(model: ir.Model, positions: ir.Value) -> bool:
     for mask in (np.ones_like(PADDED_MASK), PADDED_MASK):
         try:
             (value,) = evaluate(model, [positions], token_feeds(inputs, mask))
-        except Exception:  # ORT raises many unrelated types for a subgraph it cannot run
+        except RuntimeRefusedError:
             return False
         if value.ndim != 2 or value.shape[-1] != seq or not (value == np.arange(seq)).all():
             return False

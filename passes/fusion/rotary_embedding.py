@@ -33,11 +33,13 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from optimizer.domains import MS_DOMAIN
+from optimizer.errors import RuntimeRefusedError
+from optimizer.runtime import evaluate
 from passes._utils import add_initializer, constant_array
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import is_float
 from passes.fusion._layout import head_split, last_dim, producer
-from passes.fusion._probe import PADDED_MASK, evaluate, token_feeds, token_inputs_of
+from passes.fusion._probe import PADDED_MASK, token_feeds, token_inputs_of
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +190,7 @@ class RotaryEmbeddingFusion(RuleFusionPass):
                 return "cos/sin are not two equal halves of a [positions, d/2] table"
             cos_cache, sin_cache = cos_cache[0], sin_cache[0]
             probe_cos, probe_sin = evaluate(model, [cos, sin], token_feeds(inputs, PADDED_MASK, probe_positions))
-        except Exception as error:  # ORT raises many unrelated types for a subgraph it cannot run
+        except RuntimeRefusedError as error:
             return f"cos/sin could not be evaluated: {error}"
         for probe, cache in ((probe_cos, cos_cache), (probe_sin, sin_cache)):
             halves = _halves(probe, half)

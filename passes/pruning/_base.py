@@ -19,11 +19,10 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.inputs import split_samples
-from optimizer.runtime import run_batches
+from optimizer.runtime import collect_values, run_batches
 from passes._layers import name_nodes
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.pruning._groups import ChannelGroup
-from passes.quantization.calibration import collect
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class PruningPass(ir.passes.InPlacePass):
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
         inputs = {}
         if batches and (self.importance == "activation" or self.repair):
-            runs = collect(model, [g.consumer.inputs[0].name for g in groups], batches)
+            runs = collect_values(model, [g.consumer.inputs[0].name for g in groups], batches)
             inputs = {g.name: _rows(runs, g.consumer.inputs[0].name, g.channel_axis) for g in groups}
         scores = {g.name: self._scores(g, inputs.get(g.name)) for g in groups}
         reference = run_batches(model, batches) if batches else None

@@ -23,12 +23,11 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.domains import MS_DOMAIN
 from optimizer.inputs import split_samples
-from optimizer.runtime import run_batches
+from optimizer.runtime import run_batches, stream_values
 from passes._layers import Layer, excluded, feeds_graph_output, find_layers, name_nodes
 from passes._utils import remove_dead_nodes
 from passes.quantization import smoothing
 from passes.quantization._int8 import activation_parameters, quantize_weight
-from passes.quantization.calibration import stream as calibration_runs
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +227,7 @@ def _local_errors(
     rng = np.random.default_rng(0)
     rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
     share = max(1, _LOCAL_ROWS // max(len(batches), 1))
-    for run in calibration_runs(model, names, batches):
+    for run in stream_values(model, names, batches):
         for name, array in run.items():
             flat = np.asarray(array, dtype=np.float32).reshape(-1, np.shape(array)[-1])
             rows[name].append(flat[rng.choice(len(flat), min(share, len(flat)), replace=False)])

@@ -15,55 +15,17 @@ Percentile and entropy ranges never exceed the min-max range.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.runtime import inference_session, run_session
+from optimizer.runtime import value_collector
 
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_PERCENTILE = 99.999
 _BINS = 2048
 _ENTROPY_LEVELS = 128
-
-
-@contextlib.contextmanager
-def _probe(model: ir.Model, names: Sequence[str]) -> Iterator[Callable[[Mapping[str, np.ndarray]], dict]]:
-    """A function that runs ``model`` on one batch and returns the named tensors (kept open for reuse)."""
-    probe = model.clone()
-    values = {value.name: value for node in probe.graph for value in node.outputs}
-    values.update({value.name: value for value in probe.graph.inputs})
-    existing = {value.name for value in probe.graph.outputs}
-    missing = [name for name in names if name not in values]
-    if missing:
-        raise KeyError(f"no tensor named {missing[0]!r} in the model")
-    probe.graph.outputs.extend(values[name] for name in dict.fromkeys(names) if name not in existing)
-    with inference_session(probe) as session:
-
-        def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-            outputs = run_session(session, batch)
-            return {name: outputs[name] for name in names}
-
-        yield run
-
-
-def stream(
-    model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
-) -> Iterator[dict[str, np.ndarray]]:
-    """Like ``collect``, one batch at a time (only one batch's tensors in memory)."""
-    with _probe(model, names) as run:
-        for batch in batches:
-            yield run(batch)
-
-
-def collect(
-    model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
-) -> list[dict[str, np.ndarray]]:
-    """Run ``model`` on each batch and return the named tensors' values, one dict per batch."""
-    with _probe(model, names) as run:
-        return [run(batch) for batch in batches]
 
 
 def tensor_ranges(
@@ -126,7 +88,7 @@ def calibrate(
     The batches are run once per pass over them, one at a time: memory stays at one
     batch's tensors plus a histogram per tensor, whatever the number of samples.
     """
-    with _probe(model, names) as run:
+    with value_collector(model, names) as run:
         return tensor_ranges(_Stream(run, batches), method, percentile)
 
 
@@ -135,7 +97,7 @@ def channel_peaks(
 ) -> dict[str, np.ndarray]:
     """Each named tensor's largest magnitude per channel (last axis) over the batches: SmoothQuant's statistic."""
     peaks: dict[str, np.ndarray] = {}
-    with _probe(model, names) as run:
+    with value_collector(model, names) as run:
         for batch in batches:
             for name, array in run(batch).items():
                 array = np.abs(np.asarray(array, dtype=np.float32))
