@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar, Union
+from typing import Any, TypeVar, Union
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from optimizer.accuracy import AccuracyBudget
-from optimizer.errors import InputSpecError, OutputPathError
+from optimizer.errors import InputSpecError, OutputPathError, PassSelectionError
 from optimizer.inputs import (
     alternate_binding,
     batch_dims,
@@ -23,13 +22,15 @@ from optimizer.inputs import (
     make_inputs,
 )
 from optimizer.model_io import check_model_proto, load_model, same_file, save_model
+from optimizer.options import Options
 from optimizer.pipeline import run_pipeline
-from optimizer.registry import PassOptions, resolve
+from optimizer.protocol import PassContext
+from optimizer.registry import all_passes, resolve
 from optimizer.report import PipelineReport
-from optimizer.verify import Tolerance, Verifier
+from optimizer.verify import Verifier
 
 ModelLike = TypeVar("ModelLike", bound=str | os.PathLike | onnx.ModelProto | ir.Model)
-InputsLike = Union[Mapping[str, np.ndarray], str, os.PathLike, None]
+InputsLike = Union[Mapping[str, np.ndarray], str, os.PathLike, None]  # noqa: UP007
 
 
 def optimize(
@@ -37,15 +38,10 @@ def optimize(
     passes: Sequence[str] | None = None,
     *,
     output: str | os.PathLike | None = None,
-    target: str = "cpu",
     inputs: InputsLike = None,
-    dims: Mapping[str, int] | None = None,
-    verify: bool = True,
-    tolerances: Mapping[str, Tolerance] | None = None,
-    settings: Mapping[str, object] | None = None,
-    static_shapes: bool = False,
     calibration: InputsLike = None,
-    budget: AccuracyBudget | None = None,
+    options: Options | Mapping[str, Any] | None = None,
+    **option_values: Any,
 ) -> ModelLike:
     """Optimize ``model`` and return the same kind of thing it was given.
 
@@ -54,33 +50,24 @@ def optimize(
     - an ``onnx.ModelProto``: a new, optimized ``ModelProto`` is returned;
     - an ``onnx_ir.Model``: a new, optimized ``onnx_ir.Model`` is returned.
 
-    The argument is never modified. ``passes`` names registered passes (default:
-    the target's default pipeline). With ``verify`` (the default) every pass is
-    checked on ONNX Runtime against the original on ``inputs`` (a dict of arrays
-    or an .npz path; generated from the graph when omitted, with symbolic dims
-    bound by ``dims``), and rolled back if its outputs diverge beyond ``tolerances``.
-    ``static_shapes`` fixes the symbolic input dims to their bound sizes first, so
-    all shape arithmetic folds away; the result then accepts only those shapes.
+    The argument is never modified. ``passes`` names registered passes (default: the
+    target's default pipeline; ``["+NAME", ...]`` adds passes to it). Options are
+    keyword arguments named like the CLI's flags (``target="cuda"``,
+    ``quantize="dynamic"``, ``min_cosine=0.99``, ``prune_ffn=0.3``; see
+    ``optimizer.options.Options``), or an ``Options`` value in ``options``; an unknown
+    option is an ``OptionError``, and options or passes that do not compose are a
+    ``PassSelectionError`` with the same words as the CLI's.
 
-    Approximate passes (``quantize-dynamic``, ``quantize-static``, ``convert-float16``)
-    are verified against ``budget`` (an ``AccuracyBudget``; default a cosine floor of
-    0.9) on ``calibration`` (a dict of arrays or an .npz path, many samples along
-    axis 0), which the int8 passes also use to calibrate and to search the budget.
-    Pass options go in ``settings`` (see ``passes/_settings.py``).
+    With ``verify`` (the default) every pass is checked on ONNX Runtime against the
+    original on ``inputs`` (a dict of arrays or an .npz path; generated from the graph
+    when omitted, with symbolic dims bound by ``dims``) and rolled back if its outputs
+    diverge beyond ``tolerances``. Approximate passes (quantization, pruning, float16)
+    are held to the accuracy budget (``min_cosine``/``max_error``; default a cosine
+    floor of 0.9) on ``calibration`` (a dict of arrays or an .npz path, many samples
+    along axis 0), which they also use to calibrate, rank and search the budget.
     """
     result, _ = optimize_with_report(
-        model,
-        passes,
-        output=output,
-        target=target,
-        inputs=inputs,
-        dims=dims,
-        verify=verify,
-        tolerances=tolerances,
-        settings=settings,
-        static_shapes=static_shapes,
-        calibration=calibration,
-        budget=budget,
+        model, passes, output=output, inputs=inputs, calibration=calibration, options=options, **option_values
     )
     return result
 
@@ -90,40 +77,34 @@ def optimize_with_report(
     passes: Sequence[str] | None = None,
     *,
     output: str | os.PathLike | None = None,
-    target: str = "cpu",
     inputs: InputsLike = None,
-    dims: Mapping[str, int] | None = None,
-    verify: bool = True,
-    tolerances: Mapping[str, Tolerance] | None = None,
-    settings: Mapping[str, object] | None = None,
-    static_shapes: bool = False,
-    strict: bool = False,
     calibration: InputsLike = None,
-    budget: AccuracyBudget | None = None,
+    options: Options | Mapping[str, Any] | None = None,
+    **option_values: Any,
 ) -> tuple[ModelLike, PipelineReport]:
     """Like ``optimize``, and also return the ``PipelineReport`` of what each pass did."""
-    specs = resolve(list(passes) if passes is not None else None, target, static_shapes=static_shapes)
+    options = Options.build(options, **option_values)
+    specs = resolve(list(passes) if passes is not None else None, options)
+    approximate = any(spec.approximate for spec in specs)
+    if calibration is not None and not approximate:
+        asks = " or ".join(dict.fromkeys(s.how_to_ask() for s in all_passes() if s.approximate))
+        raise PassSelectionError(f"--calibration needs {asks}")
     specializes = any(spec.specializes_shapes for spec in specs)
     ir_model, label, input_path = _to_ir(model)
     if input_path is not None and output is None:
         raise OutputPathError("optimize(path): give output= for the optimized model")
     if input_path is not None:
         _check_output_path(Path(output), input_path)
-    approximate = any(spec.approximate for spec in specs)
-    samples, warning = _samples(ir_model, calibration, dims) if approximate else (None, None)
-    if verify:
-        input_sets = _verification_inputs(ir_model, inputs, dims, alternate=not specializes)
-        verifier = Verifier(ir_model, input_sets, tolerances, samples=samples, budget=budget)
+    samples, warning = _samples(ir_model, calibration, options.dims) if approximate else (None, None)
+    if options.verify:
+        input_sets = _verification_inputs(ir_model, inputs, options.dims, alternate=not specializes)
+        verifier = Verifier(ir_model, input_sets, options.tolerances, samples=samples, budget=options.budget)
         bound = dims_from_inputs(ir_model, input_sets[0])
     else:
         verifier = None
-        bound = bind_dims(ir_model, dims)
-    settings = dict(settings or {})
-    if approximate:
-        settings.setdefault("samples", samples)
-        settings.setdefault("accuracy_budget", budget)
-    options = PassOptions(target=target, dims=bound, settings=settings)
-    optimized, report = run_pipeline(ir_model, specs, options=options, verifier=verifier, label=label, strict=strict)
+        bound = bind_dims(ir_model, options.dims)
+    context = PassContext(options=options, dims=bound, samples=samples)
+    optimized, report = run_pipeline(ir_model, specs, context=context, verifier=verifier, label=label)
     if warning:
         report.warnings.append(warning)
     if input_path is not None:

@@ -7,6 +7,7 @@ means a bug in graphopt.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -14,18 +15,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from optimizer.accuracy import AccuracyBudget
 from optimizer.api import optimize_with_report
 from optimizer.compare.comparison import CompareSettings, compare
 from optimizer.compare.report import render_comparison, write_html, write_json
 from optimizer.errors import GraphoptError, InputSpecError
 from optimizer.inputs import parse_dim_flags
-from optimizer.registry import TARGETS, all_passes
+from optimizer.options import CALIBRATION_METHODS, TARGETS, Options
+from optimizer.registry import all_passes
 from optimizer.report import render_table
 from optimizer.verify import parse_tolerance_flags
-
-# The activation range methods of --quantize static (passes/quantization/calibration.py).
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 EXAMPLE_MODEL = Path(__file__).resolve().parents[1] / "examples" / "encoder.onnx"
 
@@ -122,11 +120,10 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
         default="percentile",
         help="activation ranges for --quantize static (default percentile)",
     )
-    budget = group.add_mutually_exclusive_group()
-    budget.add_argument(
+    group.add_argument(
         "--min-cosine", type=float, metavar="X", help="accuracy budget: keep sensitive layers float until cosine >= X"
     )
-    budget.add_argument(
+    group.add_argument(
         "--max-error", type=float, metavar="X", help="accuracy budget: keep sensitive layers float until max |Δ| <= X"
     )
     channel = group.add_mutually_exclusive_group()
@@ -256,41 +253,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _optimize(console: Console, args: argparse.Namespace) -> int:
     passes = [name.strip() for name in args.passes.split(",") if name.strip()] if args.passes else None
-    if args.max_sequence is not None and args.max_sequence < 1:
-        raise InputSpecError(f"--max-sequence {args.max_sequence}: expected a positive number of tokens")
-    passes = _with_precision_passes(passes, args)
-    settings: dict[str, object] = {
-        "per_channel": args.per_channel,
-        "reduce_range": not args.full_range_weights,
-        "exclude": args.exclude,
-        "quantize_outputs": args.quantize_outputs,
-        "calibration_method": args.calibration_method,
-        "smooth_alpha": args.smooth,
-        "keep_io_types": args.keep_io_types,
-        "prune_ffn": args.prune_ffn,
-        "prune_heads": args.prune_heads,
-        "prune_channels": args.prune_channels,
-        "importance": args.importance,
-        "ranking": "global" if args.global_ranking else "layer",
-        "repair": args.repair,
-    }
-    if args.max_sequence:
-        settings["rotary_cache_length"] = args.max_sequence
     _, report = optimize_with_report(
         args.model,
         passes,
         output=args.output,
-        target=args.target,
         inputs=args.inputs,
-        dims=parse_dim_flags(args.dim),
-        verify=not args.no_verify,
-        tolerances=parse_tolerance_flags(args.tolerance),
-        static_shapes=args.static_shapes,
-        settings=settings,
         calibration=args.calibration,
-        budget=_budget(args),
+        options=options_from_args(args),
     )
-    render_table(report, console)
+    render_table(report, console, verbose=args.verbose)
     console.print(f"wrote {report.output}", highlight=False, soft_wrap=True, markup=False)
     if args.report:
         report.write_json(args.report)
@@ -299,55 +270,16 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_precision_passes(passes: list[str] | None, args: argparse.Namespace) -> list[str] | None:
-    """Add the passes --prune-*, --quantize and --fp16 ask for: to the default pipeline, or after an explicit list.
-
-    Flags that only a kind of pass reads are checked against the resulting list, so
-    ``--passes quantize-static --calibration FILE`` works like ``--quantize static``.
-    """
-    ratios = {"prune-ffn": args.prune_ffn, "prune-heads": args.prune_heads, "prune-channels": args.prune_channels}
-    for name, ratio in ratios.items():
-        flag = f"--{name}"
-        if ratio is not None and not 0.0 < ratio < 1.0:
-            raise InputSpecError(f"{flag} {ratio}: expected a fraction of units to remove, above 0 and below 1")
-    if args.smooth is not None and not 0.0 < args.smooth < 1.0:
-        raise InputSpecError(f"--smooth {args.smooth}: expected a migration strength between 0 and 1, e.g. 0.5")
-    if args.fp16 and args.target != "cuda":
-        raise InputSpecError("--fp16 is for --target cuda (ONNX Runtime's CPU kernels are float32)")
-    pruning = [name for name, ratio in ratios.items() if ratio]
-    extra = pruning + ([f"quantize-{args.quantize}"] if args.quantize else [])
-    extra += (["quantize-embeddings"] if args.quantize_embeddings else []) + (["convert-float16"] if args.fp16 else [])
-    listed = {name.lstrip("+") for name in passes or []}
-    for name in ratios:
-        if name in listed and not ratios[name]:
-            raise InputSpecError(f"--passes {name}: give its ratio with --{name} R")
-    extra = [name for name in extra if name not in listed]
-    if extra and (passes is None or all(name.startswith("+") for name in passes)):
-        passes = (passes or []) + [f"+{name}" for name in extra]
-    elif extra:
-        passes = passes + extra
-    names = {name.lstrip("+") for name in passes or []}
-    quantizing = bool(names & {"quantize-dynamic", "quantize-static"})
-    if (quantizing or "quantize-embeddings" in names) and "convert-float16" in names:
-        raise InputSpecError("--fp16 and int8 quantization do not combine: choose one")
-    for flag, value in (("--smooth", args.smooth), ("--exclude", args.exclude)):
-        if value and not quantizing:
-            raise InputSpecError(f"{flag} needs --quantize dynamic|static")
-    if (args.importance or args.global_ranking or args.repair is False) and not names & set(ratios):
-        raise InputSpecError("--importance, --global-ranking and --no-repair need --prune-ffn/-heads/-channels")
-    if args.calibration and not quantizing and not names & {*ratios, "convert-float16", "quantize-embeddings"}:
-        raise InputSpecError("--calibration needs --quantize, a --prune-* ratio or --fp16")
-    return passes
-
-
-def _budget(args: argparse.Namespace) -> AccuracyBudget | None:
-    if args.min_cosine is not None and not -1.0 <= args.min_cosine <= 1.0:
-        raise InputSpecError(f"--min-cosine {args.min_cosine}: a cosine similarity is between -1 and 1")
-    if args.max_error is not None and args.max_error < 0:
-        raise InputSpecError(f"--max-error {args.max_error}: expected a non-negative error")
-    if args.min_cosine is None and args.max_error is None:
-        return None
-    return AccuracyBudget(min_cosine=args.min_cosine, max_error=args.max_error)
+def options_from_args(args: argparse.Namespace) -> Options:
+    """The ``Options`` the pipeline flags ask for: each flag sets the option of the same name."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if hasattr(args, f.name)}
+    values["exclude"] = tuple(args.exclude or ())
+    values["dims"] = parse_dim_flags(args.dim)
+    values["verify"] = not args.no_verify
+    values["tolerances"] = parse_tolerance_flags(args.tolerance) if args.tolerance else None
+    if args.max_sequence is None:
+        del values["max_sequence"]
+    return Options.build(**values)
 
 
 def _compare(console: Console, args: argparse.Namespace, before: str, after: str) -> int:

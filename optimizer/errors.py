@@ -34,7 +34,11 @@ class OutputPathError(GraphoptError):
 
 
 class PassSelectionError(GraphoptError):
-    """An unknown pass name, or a pass that cannot run on the chosen target."""
+    """An unknown pass name, passes that do not combine, or a pass that cannot run on the chosen target."""
+
+
+class OptionError(GraphoptError):
+    """An unknown option, or an option value out of range."""
 
 
 class RuntimeMissingError(GraphoptError):

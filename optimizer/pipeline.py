@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import onnx_ir as ir
 
 from optimizer.errors import one_line
-from optimizer.registry import PassOptions, PassSpec
+from optimizer.protocol import NotedResult, PassContext, PassSpec
 from optimizer.report import (
     STATUS_APPLIED,
     STATUS_FAILED,
@@ -41,24 +41,23 @@ def run_pipeline(
     model: ir.Model,
     specs: Sequence[PassSpec],
     *,
-    options: PassOptions | None = None,
+    context: PassContext | None = None,
     verifier: Verifier | None = None,
     label: str = "model",
-    strict: bool = False,
 ) -> tuple[ir.Model, PipelineReport]:
     """Run ``specs`` over a clone of ``model``; return the optimized model and its report.
 
     ``model`` itself is never modified. With a ``verifier``, every modifying pass is
     checked on ONNX Runtime and rolled back if its outputs diverge or ORT cannot run
-    it. A pass that raises is rolled back and reported as failed; ``strict`` re-raises
-    instead (for tests and debugging).
+    it. A pass that raises (its ``ensures`` included) is rolled back and reported as
+    failed; the ``raise_errors`` option re-raises instead (for tests and debugging).
     """
-    options = options or PassOptions()
+    context = context or PassContext()
     started = time.perf_counter()
     current = model.clone()
     report = PipelineReport(
         model=label,
-        target=options.target,
+        target=context.target,
         verified=verifier is not None,
         nodes_before=count_nodes(current),
         initializer_bytes_before=weight_bytes(current),
@@ -71,7 +70,7 @@ def run_pipeline(
             report.accuracy_budget = verifier.budget.describe() + (" (default floor)" if default else "")
     nodes = report.nodes_before
     for spec in specs:
-        current, record = _run_one(current, nodes, spec, options, verifier, strict)
+        current, record = _run_one(current, nodes, spec, context, verifier)
         report.passes.append(record)
         nodes = record.nodes_after
     report.nodes_after = nodes
@@ -81,53 +80,42 @@ def run_pipeline(
 
 
 def _run_one(
-    model: ir.Model,
-    nodes_before: int,
-    spec: PassSpec,
-    options: PassOptions,
-    verifier: Verifier | None,
-    strict: bool,
+    model: ir.Model, nodes_before: int, spec: PassSpec, context: PassContext, verifier: Verifier | None
 ) -> tuple[ir.Model, PassRecord]:
     candidate = model.clone()
     started = time.perf_counter()
+    record = PassRecord(spec.name, STATUS_UNCHANGED, 0.0, nodes_before, nodes_before)
     try:
-        instance = spec.factory(options)
-        result = instance(candidate)
+        result = spec.factory(context)(candidate)
+        record.seconds = time.perf_counter() - started
+        if isinstance(result, NotedResult):
+            record.notes, record.refusals = [str(n) for n in result.notes], [str(r) for r in result.refusals]
+        if not result.modified:
+            return model, record
+        candidate = result.model
+        record.nodes_after = count_nodes(candidate)
+        if verifier is None:
+            record.status = STATUS_APPLIED
+            return candidate, record
+        verdict = verifier.check_approximation(candidate) if spec.approximate else verifier.check(candidate)
     except Exception as error:
-        # A broken pass must not cost the user the rest of the pipeline: report it
-        # by name with the error, keep the model as it was, and log the traceback.
-        if strict:
+        # A broken pass (or a result too broken to verify) must not cost the user the rest
+        # of the pipeline: report it by name with the error, keep the model as it was,
+        # and log the traceback.
+        if context.options.raise_errors:
             raise
         logger.warning("pass %s raised; rolled back", spec.name, exc_info=True)
-        seconds = time.perf_counter() - started
-        detail = f"{type(error).__name__}: {one_line(error)}"
-        return model, PassRecord(spec.name, STATUS_FAILED, seconds, nodes_before, nodes_before, None, detail)
-    seconds = time.perf_counter() - started
-    # A pass may say what it decided (which layers stayed float, the accuracy it reached).
-    notes = [str(note) for note in getattr(instance, "notes", None) or []]
-    if not result.modified:
-        return model, PassRecord(spec.name, STATUS_UNCHANGED, seconds, nodes_before, nodes_before, notes=notes)
-    candidate = result.model
-    nodes_after = count_nodes(candidate)
-    if verifier is None:
-        return candidate, PassRecord(spec.name, STATUS_APPLIED, seconds, nodes_before, nodes_after, notes=notes)
-    verdict = verifier.check_approximation(candidate) if spec.approximate else verifier.check(candidate)
-    cosine = verdict.drift.cosine if verdict.drift is not None else None
+        record.seconds = time.perf_counter() - started
+        record.status, record.nodes_after = STATUS_FAILED, nodes_before
+        record.detail = f"{type(error).__name__}: {one_line(error)}"
+        return model, record
+    record.max_abs_error = verdict.max_abs_error
+    record.cosine = verdict.drift.cosine if verdict.drift is not None else None
     if not verdict.ok:
         logger.warning("pass %s rolled back: %s", spec.name, verdict.first_failure)
-        return model, PassRecord(
-            spec.name,
-            STATUS_ROLLED_BACK,
-            seconds,
-            nodes_before,
-            nodes_before,
-            verdict.max_abs_error,
-            verdict.first_failure,
-            cosine,
-            notes,
-        )
+        record.status, record.nodes_after, record.detail = STATUS_ROLLED_BACK, nodes_before, verdict.first_failure
+        return model, record
     if spec.approximate:
         verifier.rebase(candidate)
-    return candidate, PassRecord(
-        spec.name, STATUS_APPLIED, seconds, nodes_before, nodes_after, verdict.max_abs_error, "", cosine, notes
-    )
+    record.status = STATUS_APPLIED
+    return candidate, record

@@ -1,84 +1,29 @@
-"""The pass registry: a name for each pass, a factory, and the targets whose default pipeline runs it.
+"""The pass registry: graphopt's catalog of passes, and ``resolve``, which turns a request into a checked pipeline.
 
-The optimizer knows passes only through this registry. Pass modules register
-themselves with one line each in ``passes/__init__.py``; importing that package
-(``load_builtin_passes``) fills the registry.
+The catalog (``passes/catalog.py``) declares each pass and its composition rules
+(``optimizer.protocol.PassSpec``); ``resolve`` applies them, so the CLI and the
+Python API accept and refuse exactly the same requests, with the same words.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
-
-import onnx_ir as ir
+from collections.abc import Sequence
 
 from optimizer.errors import PassSelectionError
+from optimizer.options import TARGETS, Options, flag_of
+from optimizer.protocol import PassSpec
 
-TARGETS = ("cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class PassOptions:
-    """What a pass factory may know about the run: the target EP, bound dims, and extra settings."""
-
-    target: str = "cpu"
-    dims: Mapping[str, int] = field(default_factory=dict)
-    settings: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PassSpec:
-    """One registered pass: ``factory(options)`` builds a fresh onnx-ir pass instance.
-
-    ``specializes_shapes`` marks a pass whose result accepts only the bound input
-    shapes (``--static-shapes`` runs these first; verification then uses one binding).
-    ``approximate`` marks a pass that changes numerics on purpose (quantization,
-    float16): it is verified against an accuracy budget, not float32 closeness.
-    """
-
-    name: str
-    factory: Callable[[PassOptions], ir.passes.PassBase]
-    summary: str
-    default_for: frozenset[str]
-    specializes_shapes: bool = False
-    approximate: bool = False
-
-
-_REGISTRY: dict[str, PassSpec] = {}
-
-
-def register(
-    name: str,
-    factory: Callable[[PassOptions], ir.passes.PassBase],
-    summary: str,
-    *,
-    default_for: tuple[str, ...] = (),
-    specializes_shapes: bool = False,
-    approximate: bool = False,
-) -> None:
-    """Add a pass under ``name``; ``default_for`` lists targets whose default pipeline runs it.
-
-    Registration order is pipeline order. See ``PassSpec`` for the flags.
-    """
-    if name in _REGISTRY:
-        raise ValueError(f"pass {name!r} is registered twice")
-    unknown = set(default_for) - set(TARGETS)
-    if unknown:
-        raise ValueError(f"pass {name!r}: unknown targets {sorted(unknown)}")
-    _REGISTRY[name] = PassSpec(name, factory, summary, frozenset(default_for), specializes_shapes, approximate)
-
-
-def load_builtin_passes() -> None:
-    """Import the ``passes`` package, whose ``__init__`` registers graphopt's own passes."""
-    importlib.import_module("passes")
+__all__ = ["TARGETS", "all_passes", "default_pass_names", "resolve"]
 
 
 def all_passes() -> list[PassSpec]:
     """Every registered pass, in pipeline order."""
-    load_builtin_passes()
-    return list(_REGISTRY.values())
+    from passes.catalog import CATALOG
+
+    names = [spec.name for spec in CATALOG]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a pass is registered twice: {sorted(n for n in names if names.count(n) > 1)}")
+    return list(CATALOG)
 
 
 def default_pass_names(target: str = "cpu") -> list[str]:
@@ -86,33 +31,80 @@ def default_pass_names(target: str = "cpu") -> list[str]:
     return [spec.name for spec in all_passes() if target in spec.default_for]
 
 
-def resolve(names: list[str] | None, target: str = "cpu", *, static_shapes: bool = False) -> list[PassSpec]:
-    """Look up passes by name (``None`` = the target's default pipeline), keeping the given order.
+def resolve(names: Sequence[str] | None, options: Options | None = None) -> list[PassSpec]:
+    """The passes to run, in order, for ``names`` and ``options``; ``PassSelectionError`` if they do not compose.
 
-    When every name starts with ``+`` (``["+fuse-gelu"]``), those passes are added to the
-    target's default pipeline instead, each at its registered position.
-    ``static_shapes`` puts the shape-specializing passes first if they are not listed.
+    ``names``: registered pass names in order (the whole pipeline), ``None`` for the
+    target's default pipeline, or only ``+NAME`` additions to the default pipeline (each
+    at its registered position). Options that ask for a pass (``quantize="dynamic"``,
+    ``prune_ffn=0.3``, ``fp16=True``) add it the same way, after an explicit list.
+    ``static_shapes`` puts the shape-specializing passes first. Then the rules declared
+    on the passes are checked: every pass may run on the target, has the option it
+    needs, excludes no other pass in the pipeline and runs after the passes it must
+    follow; and every option set away from its default is read by some pass.
     """
-    if target not in TARGETS:
-        raise PassSelectionError(f"--target {target}: unknown target (choose from {', '.join(TARGETS)})")
-    load_builtin_passes()
-    if names is None:
-        names = default_pass_names(target)
-    elif names and all(name.startswith("+") for name in names):
-        extra = {name[1:] for name in names}
-        unknown = sorted(extra - set(_REGISTRY))
-        if unknown:
-            raise PassSelectionError(f"unknown pass '{unknown[0]}' (see `graphopt passes`)")
-        names = [spec.name for spec in _REGISTRY.values() if target in spec.default_for or spec.name in extra]
-    elif any(name.startswith("+") for name in names):
-        raise PassSelectionError("--passes: either list every pass, or only +NAME additions to the default pipeline")
-    specs = []
-    for name in names:
-        if name not in _REGISTRY:
-            known = ", ".join(_REGISTRY)
-            raise PassSelectionError(f"unknown pass '{name}' (registered passes: {known}; see `graphopt passes`)")
-        specs.append(_REGISTRY[name])
-    if static_shapes:
-        specializing = [spec for spec in _REGISTRY.values() if spec.specializes_shapes and spec not in specs]
-        specs = specializing + specs
+    options = options or Options()
+    registry = {spec.name: spec for spec in all_passes()}
+    names = list(names) if names is not None else None
+    if names is not None:
+        for name in names:
+            if name.lstrip("+") not in registry:
+                known = ", ".join(registry)
+                raise PassSelectionError(
+                    f"unknown pass '{name.lstrip('+')}' (registered passes: {known}; see `graphopt passes`)"
+                )
+        if any(name.startswith("+") for name in names) and not all(name.startswith("+") for name in names):
+            raise PassSelectionError(
+                "--passes: either list every pass, or only +NAME additions to the default pipeline"
+            )
+    requested = [spec.name for spec in registry.values() if spec.requested_by and spec.requested_by.asked(options)]
+    if names is None or all(name.startswith("+") for name in names):
+        extra = {name.lstrip("+") for name in names or []} | set(requested)
+        chosen = [s.name for s in registry.values() if options.target in s.default_for or s.name in extra]
+    else:
+        chosen = names + [name for name in requested if name not in names]
+    specs = [registry[name] for name in chosen]
+    if options.static_shapes:
+        specs = [s for s in registry.values() if s.specializes_shapes and s not in specs] + specs
+    _check(specs, options, registry)
     return specs
+
+
+def _check(specs: list[PassSpec], options: Options, registry: dict[str, PassSpec]) -> None:
+    names = [spec.name for spec in specs]
+    for spec in specs:
+        if options.target not in spec.targets:
+            reason = f" ({spec.target_reason})" if spec.target_reason else ""
+            raise PassSelectionError(f"{_asked(spec, options)} is for --target {'|'.join(spec.targets)}{reason}")
+        if spec.needs is not None and getattr(options, spec.needs) in (None, False):
+            raise PassSelectionError(f"{spec.name} needs {_describe_need(spec)}")
+        for other in spec.excludes:
+            if other in names:
+                first, second = sorted((spec, registry[other]), key=lambda s: names.index(s.name))
+                raise PassSelectionError(
+                    f"{_asked(first, options)} and {_asked(second, options)} do not combine: choose one"
+                )
+        for earlier in spec.after:
+            if earlier in names and names.index(earlier) > names.index(spec.name):
+                raise PassSelectionError(f"{spec.name} must run after {earlier}: list {earlier} first")
+    read = set().union(*(spec.options_read for spec in specs)) if specs else set()
+    readers: dict[str, list[PassSpec]] = {}
+    for spec in registry.values():
+        for option in spec.options_read:
+            readers.setdefault(option, []).append(spec)
+    for option in options.changed():
+        if option in readers and option not in read:
+            asks = " or ".join(dict.fromkeys(spec.how_to_ask() for spec in readers[option]))
+            raise PassSelectionError(f"{options.describe(option)} needs {asks}")
+
+
+def _asked(spec: PassSpec, options: Options) -> str:
+    """How the user asked for ``spec``: its flag when that option is set, else its name."""
+    if spec.requested_by is not None and spec.requested_by.asked(options):
+        return spec.requested_by.describe()
+    return spec.name
+
+
+def _describe_need(spec: PassSpec) -> str:
+    flag = flag_of(spec.needs)
+    return f"its ratio: {flag} R ({spec.needs}=R)" if spec.needs.startswith("prune_") else f"{flag} ({spec.needs}=...)"

@@ -31,6 +31,7 @@ class PassRecord:
     detail: str = ""
     cosine: float | None = None
     notes: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -67,8 +68,8 @@ class PipelineReport:
         return [record for record in self.passes if record.status in (STATUS_ROLLED_BACK, STATUS_FAILED)]
 
 
-def render_table(report: PipelineReport, console: Console | None = None) -> None:
-    """Print the per-pass table and a one-line summary to the terminal."""
+def render_table(report: PipelineReport, console: Console | None = None, *, verbose: bool = False) -> None:
+    """Print the per-pass table and a one-line summary to the terminal; ``verbose`` adds each pass's refusals."""
     console = console or Console()
     table = Table(title=escape(f"graphopt: {report.model} (target {report.target})"), box=box.SIMPLE_HEAD)
     table.add_column("pass", no_wrap=True)
@@ -108,6 +109,8 @@ def render_table(report: PipelineReport, console: Console | None = None) -> None
     for record in report.passes:
         for note in record.notes:
             console.print(f"{record.name}: {escape(note)}", highlight=False, soft_wrap=True)
+        for refusal in record.refusals if verbose else ():
+            console.print(f"[dim]{record.name}:[/] {escape(refusal)}", highlight=False, soft_wrap=True)
     for record in report.failures():
         console.print(f"[yellow]{record.name} {record.status}:[/] {escape(record.detail)}", highlight=False)
 

@@ -55,11 +55,11 @@ def name_nodes(graph: ir.Graph) -> None:
         taken.add(name)
 
 
-def find_layers(graph: ir.Graph, kinds: Iterable[str]) -> tuple[list[Layer], dict[str, str]]:
+def find_layers(graph: ir.Graph, kinds: Iterable[str]) -> tuple[list[Layer], dict[ir.Node, str]]:
     """The quantizable layers of ``graph`` of the given kinds, and why other weighted nodes were refused.
 
     ``kinds`` is a subset of ``{"matmul", "gemm", "conv", "attention"}``. The refusals
-    map node name → reason, for nodes that looked like candidates.
+    map node → reason, for nodes that looked like candidates.
     """
     kinds = set(kinds)
     layers, refused = [], {}
@@ -69,7 +69,7 @@ def find_layers(graph: ir.Graph, kinds: Iterable[str]) -> tuple[list[Layer], dic
             continue
         found = _layer(node, kind)
         if isinstance(found, str):
-            refused[node.name or node.op_type] = found
+            refused[node] = found
         else:
             layers.append(found)
     return layers, refused

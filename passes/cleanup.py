@@ -11,9 +11,10 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from optimizer.domains import is_onnx_domain
+from passes._pass import GraphoptPass
 
 
-class RemoveUnusedPass(ir.passes.InPlacePass):
+class RemoveUnusedPass(GraphoptPass, ir.passes.InPlacePass):
     """Remove nodes and initializers no output depends on, then unused functions and opsets.
 
     Rewrites: a node whose outputs are neither used nor graph outputs is deleted
@@ -33,7 +34,7 @@ class RemoveUnusedPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
 
-class LiftConstantsPass(common_passes.LiftConstantsToInitializersPass):
+class LiftConstantsPass(GraphoptPass, common_passes.LiftConstantsToInitializersPass):
     """Turn every ``Constant`` node into an initializer (onnx-ir's lifting pass, no size limit).
 
     ONNX Runtime treats both the same at load time; as initializers they can be
@@ -44,7 +45,7 @@ class LiftConstantsPass(common_passes.LiftConstantsToInitializersPass):
         super().__init__(lift_all_constants=True, size_limit=0)
 
 
-class RemoveIdentityPass(common_passes.IdentityEliminationPass):
+class RemoveIdentityPass(GraphoptPass, common_passes.IdentityEliminationPass):
     """Remove ``y = Identity(x)`` by using ``x`` wherever ``y`` was used.
 
     When ``y`` is a graph output, ``x`` is renamed to ``y``. Refuses (keeps the node)
@@ -67,7 +68,7 @@ class RemoveIdentityPass(common_passes.IdentityEliminationPass):
         return super()._try_eliminate_identity_node(node)
 
 
-class EliminateCommonSubexpressionsPass(common_passes.CommonSubexpressionEliminationPass):
+class EliminateCommonSubexpressionsPass(GraphoptPass, common_passes.CommonSubexpressionEliminationPass):
     """Merge nodes with the same op, attributes and inputs into one (onnx-ir's CSE).
 
     Exporters recompute the same ``Shape``/``Gather`` chain for every layer; after

@@ -17,6 +17,7 @@ import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
 from optimizer.domains import is_onnx_domain
+from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
 
 # onnxscript's defaults: do not evaluate ops on inputs over 8192 elements, nor store
@@ -26,7 +27,7 @@ DEFAULT_INPUT_SIZE_LIMIT = _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LI
 DEFAULT_OUTPUT_SIZE_LIMIT = _constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT
 
 
-class FoldConstantsPass(ir.passes.InPlacePass):
+class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
     """Replace nodes computable ahead of time with their constant results.
 
     Rewrites: any deterministic node (outside control flow bodies it cannot

@@ -7,15 +7,14 @@ arithmetic built on it, into constants.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 import onnx_ir as ir
 
-logger = logging.getLogger(__name__)
+from passes._pass import GraphoptPass
 
 
-class BindDimsPass(ir.passes.InPlacePass):
+class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
     """Replace the named symbolic dims of graph inputs and outputs with the given sizes.
 
     Rewrites ``input_ids: [batch, sequence]`` into ``[1, 128]`` for ``dims =
@@ -23,6 +22,9 @@ class BindDimsPass(ir.passes.InPlacePass):
     values that mention a bound dim so shape inference recomputes them. Refuses
     (unchanged) when ``dims`` names no dim the graph's inputs use.
     """
+
+    # It specializes the graph's input and output shapes on purpose.
+    keeps_interface = False
 
     def __init__(self, dims: Mapping[str, int]) -> None:
         super().__init__()
@@ -37,14 +39,14 @@ class BindDimsPass(ir.passes.InPlacePass):
                 value.shape = bound
                 modified = True
         if not modified:
-            logger.info("bind-dims refused: none of %s is a symbolic input dim", sorted(self.dims))
-            return ir.passes.PassResult(model, modified=False)
+            self.decline(f"none of {sorted(self.dims)} is a symbolic input dim")
+            return self.result(model, modified=False)
         boundary = {*graph.inputs, *graph.outputs}
         for node in ir.traversal.RecursiveGraphIterator(graph):
             for value in node.outputs:
                 if value not in boundary and _bind(value.shape, self.dims) is not None:
                     value.shape = None
-        return ir.passes.PassResult(model, modified=True)
+        return self.result(model, modified=True)
 
 
 def _bind(shape: ir.Shape | None, dims: Mapping[str, int]) -> ir.Shape | None:

@@ -14,8 +14,10 @@ import hashlib
 import numpy as np
 import onnx_ir as ir
 
+from passes._pass import GraphoptPass
 
-class DeduplicateInitializersPass(ir.passes.InPlacePass):
+
+class DeduplicateInitializersPass(GraphoptPass, ir.passes.InPlacePass):
     """Point every use of a duplicate initializer at one canonical copy and delete the rest.
 
     Two initializers are duplicates when dtype, shape and every byte agree (equal

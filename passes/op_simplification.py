@@ -14,11 +14,12 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript import rewriter
 
+from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
 from passes.cleanup import LiftConstantsPass, RemoveIdentityPass
 
 
-class SimplifyOpsPass(ir.passes.InPlacePass):
+class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
     """Apply onnxscript's default rewrite rules once over the model, then drop the
     ``Identity`` nodes they leave for removed no-ops and any dead nodes.
 

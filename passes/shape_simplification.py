@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +26,9 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from optimizer.domains import is_onnx_domain
+from optimizer.errors import one_line
+from passes._pass import GraphoptPass
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
-
-logger = logging.getLogger(__name__)
 
 # Weights above this many elements are hidden from symbolic inference (declared as
 # inputs of the same type and shape): it needs their shapes, not their bytes.
@@ -49,7 +48,7 @@ class _DimOf:
 Element = int | _DimOf | None
 
 
-class ShapeSimplificationPass(ir.passes.InPlacePass):
+class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
     """Turn computed Reshape/Expand shape inputs into constants using 0 (copy), -1 (infer) and 1 (keep).
 
     Rewrites, in the main graph:
@@ -60,7 +59,7 @@ class ShapeSimplificationPass(ir.passes.InPlacePass):
       ``allowzero=1`` is dropped when no element is a literal 0;
     - an ``Expand`` whose target elements are constants or provably equal to the
       input's aligned dimension (they become 1).
-    Refuses, with a logged reason, when ONNX Runtime's symbolic shape inference
+    Refuses, with the reason in its refusals, when ONNX Runtime's symbolic shape inference
     fails on the model or is not installed; leaves every other shape computation
     as it was. Assumes, as ORT's inference does with ``auto_merge``, that two
     symbolic dims broadcast against each other are equal rather than one being 1.
@@ -68,8 +67,9 @@ class ShapeSimplificationPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         shapes = _symbolic_shapes(model)
-        if shapes is None:
-            return ir.passes.PassResult(model, modified=False)
+        if isinstance(shapes, str):
+            self.decline(shapes)
+            return self.result(model, modified=False)
         modified = False
         for node in list(model.graph):
             if not is_onnx_domain(node) or len(node.inputs) < 2 or constant_array(node.inputs[1]) is not None:
@@ -95,7 +95,7 @@ class ShapeSimplificationPass(ir.passes.InPlacePass):
             modified = True
         if modified:
             remove_dead_nodes(model)
-        return ir.passes.PassResult(model, modified=modified)
+        return self.result(model, modified=modified)
 
 
 def _reshape_target(node: ir.Node, shapes: dict[str, tuple[Symbol, ...]]) -> list[int] | None:
@@ -209,8 +209,8 @@ def _slice_elements(node: ir.Node) -> list[Element] | None:
     return source[slice(start, end, step)]
 
 
-def _symbolic_shapes(model: ir.Model) -> dict[str, tuple[Symbol, ...]] | None:
-    """Every value's shape as ints and symbol strings, from ORT's symbolic shape inference.
+def _symbolic_shapes(model: ir.Model) -> dict[str, tuple[Symbol, ...]] | str:
+    """Every value's shape as ints and symbol strings, from ORT's symbolic shape inference; or why not.
 
     We drive the tool's inference loop ourselves instead of calling its
     ``infer_shapes``: that one raises on any value it cannot infer and then saves
@@ -220,8 +220,7 @@ def _symbolic_shapes(model: ir.Model) -> dict[str, tuple[Symbol, ...]] | None:
     """
     SymbolicShapeInference = _symbolic_shape_inference_class()
     if SymbolicShapeInference is None:
-        logger.info("shape simplification refused: onnxruntime's symbolic shape inference is not installed")
-        return None
+        return "onnxruntime's symbolic shape inference is not installed"
     proto = _shapes_only_proto(model)
     inference = SymbolicShapeInference(int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0)
     try:
@@ -230,8 +229,7 @@ def _symbolic_shapes(model: ir.Model) -> dict[str, tuple[Symbol, ...]] | None:
             inference._infer_impl()
         known = dict(inference.known_vi_)
     except Exception as error:  # the tool raises assorted errors on graphs it cannot follow
-        logger.info("shape simplification refused: symbolic shape inference failed (%s)", error)
-        return None
+        return f"symbolic shape inference failed ({one_line(error, 200)})"
     shapes = {}
     for name, info in known.items():
         tensor_type = info.type.tensor_type

@@ -9,7 +9,8 @@ import onnx_ir as ir
 import pytest
 
 from optimizer.pipeline import count_nodes, run_pipeline
-from optimizer.registry import PassOptions, PassSpec
+from optimizer.options import Options
+from optimizer.protocol import PassContext, PassSpec
 from optimizer.report import STATUS_APPLIED, STATUS_FAILED, STATUS_ROLLED_BACK, STATUS_UNCHANGED
 from optimizer.verify import Verifier
 from passes.cleanup import RemoveIdentityPass
@@ -98,10 +99,10 @@ def test_raising_pass_is_reported_and_its_partial_work_discarded():
     assert op_types(optimized) == ["Identity", "Relu", "Add"]
 
 
-def test_strict_mode_reraises():
+def test_raise_errors_reraises():
     model = parse_model(MODEL)
     with pytest.raises(RuntimeError, match="bug in pass"):
-        run_pipeline(model, [_spec("raises", _RaisingPass)], strict=True)
+        run_pipeline(model, [_spec("raises", _RaisingPass)], context=PassContext(Options(raise_errors=True)))
 
 
 def test_without_verifier_wrong_answers_go_through():
@@ -127,7 +128,7 @@ def test_report_json_round_trips(tmp_path):
         model,
         [_spec("remove-identity", RemoveIdentityPass)],
         verifier=_verifier(model),
-        options=PassOptions(target="cpu"),
+        context=PassContext(Options(target="cpu")),
         label="tiny.onnx",
     )
     path = tmp_path / "report.json"

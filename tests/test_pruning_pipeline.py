@@ -18,16 +18,15 @@ from tests.helpers import EXPORTED_MODELS, FIXTURES, calibration_samples, run
 @pytest.mark.parametrize("name", EXPORTED_MODELS + ["vit_legacy"])
 def test_exported_models_prune_and_still_run(name):
     model = ir.load(FIXTURES / f"{name}.onnx")
-    settings = {"prune_ffn": 0.25, "prune_heads": 0.25}
     result, report = optimize_with_report(
-        model, ["+prune-ffn", "+prune-heads"], settings=settings, calibration=calibration_samples(model), strict=True
+        model, prune_ffn=0.25, prune_heads=0.25, calibration=calibration_samples(model), raise_errors=True
     )
     records = {r.name: r for r in report.passes}
     assert records["prune-ffn"].status == "applied", records["prune-ffn"].detail
     # heads: every fused attention except GPT-2 dynamo's (its output is re-split into heads
     # and merged again before the projection) and Llama legacy's (a per-head attention_bias)
     expect_heads = name not in ("gpt2_dynamo", "llama_legacy")
-    assert (records["prune-heads"].status == "applied") == expect_heads, records["prune-heads"].notes
+    assert (records["prune-heads"].status == "applied") == expect_heads, records["prune-heads"].refusals
     unpruned, _ = optimize_with_report(model)  # fusion adds tables (rotary caches): compare like with like
     assert parameter_count(result) < parameter_count(unpruned)
     assert records["prune-ffn"].cosine > 0.9  # verified against the original
@@ -36,12 +35,8 @@ def test_exported_models_prune_and_still_run(name):
 
 def test_prune_fuse_quantize_compose():
     model = ir.load(FIXTURES / "bert_dynamo.onnx")
-    settings = {"prune_ffn": 0.25, "prune_heads": 0.25}
     result, report = optimize_with_report(
-        model,
-        ["+prune-ffn", "+prune-heads", "+quantize-dynamic"],
-        settings=settings,
-        calibration=calibration_samples(model),
+        model, prune_ffn=0.25, prune_heads=0.25, quantize="dynamic", calibration=calibration_samples(model)
     )
     statuses = {r.name: r.status for r in report.passes}
     assert statuses["fuse-attention"] == statuses["prune-heads"] == statuses["quantize-dynamic"] == "applied"
@@ -77,15 +72,11 @@ def test_cli_budget_searches_the_ratio(tmp_path, capsys):
 def test_resnets_prune_channels_inside_blocks_and_leave_residual_ties(name):
     model = ir.load(FIXTURES / f"{name}.onnx")
     result, report = optimize_with_report(
-        model,
-        ["+prune-channels"],
-        settings={"prune_channels": 0.25},
-        calibration=calibration_samples(model, 8),
-        strict=True,
+        model, prune_channels=0.25, calibration=calibration_samples(model, 8), raise_errors=True
     )
     record = next(r for r in report.passes if r.name == "prune-channels")
     assert record.status == "applied", record.detail
-    assert any("residual tie" in note for note in record.notes)
+    assert any("residual tie" in refusal for refusal in record.refusals)
     unpruned, _ = optimize_with_report(model)
     assert parameter_count(result) < parameter_count(unpruned)
     assert run(result, make_inputs(model, {"batch": 2}))["logits"].shape == (2, 10)
@@ -97,4 +88,4 @@ def test_cli_prune_pass_named_and_flagged_runs_once(tmp_path, capsys):
     assert main([*command, "--report", str(report)]) == 0
     assert [r["name"] for r in json.loads(report.read_text())["passes"]].count("prune-ffn") == 1
     assert main(["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--passes", "+prune-heads"]) == 2
-    assert "give its ratio with --prune-heads R" in capsys.readouterr().err
+    assert "prune-heads needs its ratio: --prune-heads R" in capsys.readouterr().err

@@ -8,7 +8,6 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from optimizer.accuracy import AccuracyBudget
 from optimizer.api import optimize_with_report
 from optimizer.cli import EXAMPLE_MODEL, main
 from optimizer.errors import InputSpecError
@@ -23,13 +22,14 @@ INT8_OPS = {"DynamicQuantizeMatMul", "QAttention", "QuantizeLinear"}
 @pytest.mark.parametrize("name", ALL_FIXTURES)
 def test_exported_models_quantize_after_fusion_and_pass_verification(name, mode):
     model = ir.load(FIXTURES / f"{name}.onnx")
-    result, report = optimize_with_report(model, [f"+quantize-{mode}"], strict=True)
+    result, report = optimize_with_report(model, [f"+quantize-{mode}"], raise_errors=True)
     record = next(r for r in report.passes if r.name == f"quantize-{mode}")
     fusion = next(r for r in report.passes if r.name == "fuse-attention")
     if name.startswith("resnet") and mode == "dynamic":
         # Dynamic int8 leaves Convs float (ConvInteger is slower than float on CPU) and the
         # classifier is the model output: nothing to do.
-        assert record.status == "unchanged" and "stays float: its result is a model output" in record.notes[0]
+        assert record.status == "unchanged"
+        assert record.refusals == ["1 of 1 Gemm stay float: its result is a model output (--quantize-outputs quantizes it)"]
         return
     assert record.status == "applied", record.detail
     assert set(computed_op_types(result)) & INT8_OPS
@@ -54,7 +54,7 @@ def test_end_to_end_encoder_accuracy_on_held_out_inputs(tmp_path):
 
 def test_a_budget_the_pass_cannot_meet_rolls_nothing_back_and_says_so():
     model = ir.load(FIXTURES / "bert_legacy.onnx")
-    _, report = optimize_with_report(model, ["+quantize-dynamic"], budget=AccuracyBudget(min_cosine=1.0))
+    _, report = optimize_with_report(model, quantize="dynamic", min_cosine=1.0)
     record = next(r for r in report.passes if r.name == "quantize-dynamic")
     assert record.status == "unchanged"
     assert any("cannot be met" in note for note in record.notes)
@@ -62,12 +62,12 @@ def test_a_budget_the_pass_cannot_meet_rolls_nothing_back_and_says_so():
 
 def test_verification_rolls_back_an_approximate_pass_that_misses_the_budget(monkeypatch):
     # The pass is told no budget (so it quantizes everything); the verifier holds it to one.
-    import passes
+    from passes import catalog
 
-    original = passes.int8_settings
-    monkeypatch.setattr(passes, "int8_settings", lambda options: {**original(options), "budget": None})
+    original = catalog._int8
+    monkeypatch.setattr(catalog, "_int8", lambda context: {**original(context), "budget": None})
     model = ir.load(FIXTURES / "llama_legacy.onnx")
-    _, report = optimize_with_report(model, ["+quantize-dynamic"], budget=AccuracyBudget(min_cosine=0.9999999))
+    _, report = optimize_with_report(model, quantize="dynamic", min_cosine=0.9999999)
     record = next(r for r in report.passes if r.name == "quantize-dynamic")
     assert record.status == "rolled back"
     assert "misses the accuracy budget (--min-cosine 1)" in record.detail
@@ -139,11 +139,11 @@ def test_cli_fp16_for_cuda(tmp_path, keep_io_types):
     ("flags", "message"),
     [
         (["--fp16"], "--fp16 is for --target cuda"),
-        (["--target", "cuda", "--fp16", "--quantize", "dynamic"], "--fp16 and int8 quantization do not combine"),
-        (["--calibration", "x.npz"], "--calibration needs --quantize"),
+        (["--target", "cuda", "--fp16", "--quantize", "dynamic"], "--quantize dynamic and --fp16 do not combine"),
+        (["--calibration", "x.npz"], "--calibration needs --prune-ffn R or --prune-heads R or --prune-channels R or --quantize dynamic"),
         (["--prune-ffn", "1.5"], "--prune-ffn 1.5: expected a fraction"),
-        (["--no-repair"], "--no-repair need --prune-ffn"),
-        (["--smooth", "0.5"], "--smooth needs --quantize"),
+        (["--no-repair"], "--no-repair (repair=False) needs --prune-ffn R or --prune-heads R or --prune-channels R"),
+        (["--smooth", "0.5"], "--smooth 0.5 (smooth=0.5) needs --quantize dynamic or --quantize static"),
         (["--quantize", "dynamic", "--smooth", "2"], "--smooth 2.0: expected a migration strength"),
         (["--quantize", "dynamic", "--calibration", "missing.npz"], "--calibration missing.npz: no such file"),
         (["--quantize", "dynamic", "--min-cosine", "1.5"], "--min-cosine 1.5: a cosine similarity is between"),
@@ -179,7 +179,7 @@ def test_calibration_with_wrong_inputs_is_a_one_line_error(tmp_path, capsys):
 @pytest.mark.parametrize("name", ALL_FIXTURES)
 def test_float16_conversion_of_exported_models_passes_verification(name):
     model = ir.load(FIXTURES / f"{name}.onnx")
-    _, report = optimize_with_report(model, ["+convert-float16"], target="cuda", strict=True)
+    _, report = optimize_with_report(model, ["+convert-float16"], target="cuda", raise_errors=True)
     record = next(r for r in report.passes if r.name == "convert-float16")
     assert record.status == "applied", record.detail
     assert record.cosine > 0.9999

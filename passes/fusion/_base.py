@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import abc
-import logging
+from collections import Counter
 
 import onnx_ir as ir
-from onnxscript.rewriter import pattern
+from onnxscript.rewriter import _basics, pattern
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
+from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
 from passes.fusion._targets import unsupported_ops
-
-logger = logging.getLogger(__name__)
 
 _MAX_ROUNDS = 8
 
 
-class FusionPass(ir.passes.InPlacePass):
+class FusionPass(GraphoptPass, ir.passes.InPlacePass):
     """Base of the fusion passes: the target gate, ``fused_count``, opset import and dead-node cleanup.
 
     Subclasses set ``fused_ops`` (the ``(domain, op_type)`` pairs they emit) and
-    implement ``fuse(model) -> int`` (the number of rewrites). The pass refuses,
-    unchanged, when the target EP lacks a kernel for one of ``fused_ops``.
-    ``fused_count`` holds the number of rewrites of the last run.
+    implement ``fuse(model) -> int`` (the number of rewrites), recording each candidate
+    with ``done(kind)`` or ``refuse(kind, reason)``. The pass refuses, unchanged, when
+    the target EP lacks a kernel for one of ``fused_ops``. ``fused_count`` holds the
+    number of rewrites of the last run.
     """
 
     fused_ops: tuple[tuple[str, str], ...] = ()
@@ -41,14 +41,14 @@ class FusionPass(ir.passes.InPlacePass):
         self.fused_count = 0
         missing = unsupported_ops(self.fused_ops, self.target)
         if missing:
-            logger.info("%s: target %s has no kernel for %s; left unfused", type(self).__name__, self.target, missing)
-            return ir.passes.PassResult(model, modified=False)
+            self.decline(f"target {self.target} has no kernel for {', '.join(missing)}")
+            return self.result(model, modified=False)
         self.fused_count = self.fuse(model)
         if self.fused_count:
             if any(domain == MS_DOMAIN for domain, _ in self.fused_ops):
                 model.opset_imports.setdefault(MS_DOMAIN, 1)
             remove_dead_nodes(model)
-        return ir.passes.PassResult(model, modified=self.fused_count > 0)
+        return self.result(model, modified=self.fused_count > 0)
 
 
 class RuleFusionPass(FusionPass):
@@ -71,18 +71,53 @@ class RuleFusionPass(FusionPass):
         moved = _move_constants_right(model.graph)
         count = 0
         rule_sets = self.rule_set()
-        for rules in rule_sets if isinstance(rule_sets, list) else [rule_sets]:
-            if self.commute:
-                rules = pattern.RewriteRuleSet(rules.rules, commute=True)
+        rule_sets = [
+            pattern.RewriteRuleSet(rules.rules, commute=True) if self.commute else rules
+            for rules in (rule_sets if isinstance(rule_sets, list) else [rule_sets])
+        ]
+        for rules in rule_sets:
             for _ in range(_MAX_ROUNDS):
                 applied = rules.apply_to_model(model)
                 if not applied:
                     break
                 count += applied
+        self._report_near_misses(model, rule_sets)
         if not count:
             for node in moved:  # leave an unchanged graph exactly as it was
                 _swap_operands(node)
         return count
+
+    def _report_near_misses(self, model: ir.Model, rule_sets: list[pattern.RewriteRuleSet]) -> None:
+        """Refusals for the subgraphs that matched a rule's pattern but failed its ``check``.
+
+        onnxscript's tracer runs the rules once more without rewriting; for each node
+        the best near-miss (the most nodes matched) gives the reason.
+        """
+        tracer = _NearMisses()
+        for rules in rule_sets:
+            rules.apply_to_model(model, tracer=tracer)
+        for (op_type, reason), count in Counter(tracer.reasons()).most_common():
+            matches = "match" if count == 1 else "matches"
+            self.decline(f"{count} near {matches} at {op_type} left unfused: {reason}")
+
+
+class _NearMisses(_basics.MatchingTracer):
+    """Keeps, per root node, the reason of the failed ``check`` that matched the most nodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._best: dict[int, tuple[int, str, str]] = {}
+
+    def log(self, rule, container, node, match_result, status) -> None:  # noqa: ANN001
+        if status != _basics.MatchStatus.CONDITION_FAILED:
+            return
+        score = len(match_result.nodes)
+        if id(node) not in self._best or score > self._best[id(node)][0]:
+            self._best[id(node)] = (score, node.op_type, match_result.reason or "a check of the rule failed")
+
+    def reasons(self) -> list[tuple[str, str]]:
+        """``(root op type, reason)`` for each node that nearly matched."""
+        return [(op_type, reason) for _, op_type, reason in self._best.values()]
 
 
 _COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "And", "Or", "Equal"})

@@ -35,7 +35,6 @@ bias) from the fused op.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -60,8 +59,6 @@ from passes.fusion._layout import (
     transposed_key,
 )
 from passes.fusion._probe import PADDED_MASK, is_mask, token_feeds, token_inputs_of
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -540,16 +537,17 @@ class AttentionFusion(FusionPass):
         for softmax in [n for n in graph if n.op_type == "Softmax" and is_onnx_domain(n)]:
             match = _match(softmax, opset)
             if isinstance(match, str):
-                logger.info("attention: %s left unfused: %s", softmax.name, match)
+                self.refuse("Softmax", match)
                 continue
             heads = _heads(match)
             if heads is None or not math.isfinite(match.scale) or match.scale <= 0:
-                logger.info("attention: %s left unfused: head count or scale unknown", softmax.name)
+                self.refuse("Softmax", "head count or scale unknown")
                 continue
             mismatch = _kv_mismatch(match, *heads)
             if mismatch is not None:
-                logger.info("attention: %s left unfused: %s", softmax.name, mismatch)
+                self.refuse("Softmax", mismatch)
                 continue
             _rewrite(model, match, heads[0], count, expanded_biases, self.pack_qkv)
+            self.done("Softmax")
             count += 1
         return count

@@ -19,8 +19,6 @@ ORT version); or the LayerNorm is not over the last axis with constant scale and
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
 
@@ -31,8 +29,6 @@ from passes._utils import constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._layout import producer
 from passes.fusion._probe import PADDED_MASK, token_feeds, token_inputs_of
-
-logger = logging.getLogger(__name__)
 
 _SEGMENT_NAMES = ("token_type", "segment")
 
@@ -131,9 +127,10 @@ class EmbedLayerNormFusion(FusionPass):
                 continue
             roles = _classify(model, leaves)
             if isinstance(roles, str):
-                logger.info("embed-layer-norm: %s left unfused: %s", norm.name, roles)
+                self.refuse("LayerNormalization over embeddings", roles)
                 continue
             self._rewrite(graph, norm, roles, *params)
+            self.done("LayerNormalization over embeddings")
             count += 1
         return count
 

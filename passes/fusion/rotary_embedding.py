@@ -26,8 +26,6 @@ not ``[c, c]`` halves of a position table; or positions depend on the attention 
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
@@ -40,8 +38,6 @@ from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import is_float
 from passes.fusion._layout import head_split, last_dim, producer
 from passes.fusion._probe import PADDED_MASK, token_feeds, token_inputs_of
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_LENGTH = 4096
 

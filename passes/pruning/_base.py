@@ -10,7 +10,6 @@ weights absorb what the removed ones did, and their mean goes into the bias.
 from __future__ import annotations
 
 import abc
-import logging
 import math
 from collections.abc import Mapping, Sequence
 
@@ -21,10 +20,9 @@ from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.inputs import split_samples
 from optimizer.runtime import collect_values, run_batches
 from passes._layers import name_nodes
+from passes._pass import GraphoptPass
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.pruning._groups import ChannelGroup
-
-logger = logging.getLogger(__name__)
 
 IMPORTANCE = ("magnitude", "activation")
 _SEARCH_STEPS = 6
@@ -35,9 +33,10 @@ def parameter_count(model: ir.Model) -> int:
     return sum(math.prod(v.const_value.shape.numpy()) for v in model.graph.initializers.values() if v.const_value)
 
 
-class PruningPass(ir.passes.InPlacePass):
-    """Base of the structured pruning passes. After a run, ``pruned`` maps group → units kept/total,
-    ``drift`` is the accuracy on the samples, ``notes`` says it in words.
+class PruningPass(GraphoptPass, ir.passes.InPlacePass):
+    """Base of the structured pruning passes. After a run, ``pruned`` maps group → units kept/total and
+    ``drift`` is the accuracy on the samples; the result's notes say it in words and its refusals
+    name the groups left whole, with the reason.
     """
 
     unit_name = "units"
@@ -68,20 +67,19 @@ class PruningPass(ir.passes.InPlacePass):
         self.budget = budget if budget is not None and budget != AccuracyBudget() else None
         self.pruned: dict[str, tuple[int, int]] = {}
         self.drift: Drift | None = None
-        self.notes: list[str] = []
 
     @abc.abstractmethod
     def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
         """The groups this pass prunes, and the reasons other candidates were left whole."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.pruned, self.notes, self.drift = {}, [], None
+        self.pruned, self.drift = {}, None
         name_nodes(model.graph)  # groups are keyed by their node's name
         groups, refused = self.find_groups(model.graph)
         for name, reason in refused.items():
-            self.notes.append(f"{name} left whole: {reason}")
+            self.decline(f"{name} left whole: {reason}")
         if not groups or self.ratio == 0.0:
-            return ir.passes.PassResult(model, modified=False)
+            return self.result(model, modified=False)
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
         inputs = {}
         if batches and (self.importance == "activation" or self.repair):
@@ -91,12 +89,12 @@ class PruningPass(ir.passes.InPlacePass):
         reference = run_batches(model, batches) if batches else None
         ratio = self.ratio
         if self.budget is not None and not batches:
-            self.notes.append("no sample inputs: the budget was not searched")
+            self.note("no sample inputs: the budget was not searched")
         if self.budget is not None and batches:
             ratio = self._search(model, scores, inputs, batches, reference)
             if ratio == 0.0:
-                self.notes.append(f"no ratio meets {self.budget.describe()}: nothing pruned")
-                return ir.passes.PassResult(model, modified=False)
+                self.note(f"no ratio meets {self.budget.describe()}: nothing pruned")
+                return self.result(model, modified=False)
         before = parameter_count(model)
         repairable = self.repair and reference is not None and any(_refittable(g.consumer) for g in groups)
         pristine = model.clone() if repairable else None
@@ -106,12 +104,12 @@ class PruningPass(ir.passes.InPlacePass):
         summary = f"ratio {ratio:.2f}: {len(self.pruned)} groups, parameters {before:,} → {parameter_count(model):,}"
         if self.drift is not None:
             summary += f"; {self.drift}" + (" after repair" if repairable else "")
-        self.notes.append(summary)
+        self.note(summary)
         if pristine is not None:
             # The same cut without the repair, so the report shows what the repair bought.
             self._prune(pristine, scores, inputs, ratio, repair=False)
-            self.notes.append(f"without repair: {output_drift(reference, run_batches(pristine, batches))}")
-        return ir.passes.PassResult(model, modified=True)
+            self.note(f"without repair: {output_drift(reference, run_batches(pristine, batches))}")
+        return self.result(model, modified=True)
 
     def _scores(self, group: ChannelGroup, rows: np.ndarray | None) -> np.ndarray:
         consumer = group.consumer_row_norms()
@@ -167,7 +165,7 @@ class PruningPass(ir.passes.InPlacePass):
         trial = model.clone()
         self._prune(trial, scores, inputs, high)
         if self.budget.met(output_drift(reference, run_batches(trial, batches))):
-            self.notes.append(f"budget {self.budget.describe()}: met at the largest ratio asked, {high:.2f}")
+            self.note(f"budget {self.budget.describe()}: met at the largest ratio asked, {high:.2f}")
             return high
         for _ in range(_SEARCH_STEPS):
             middle = (low + high) / 2
@@ -178,7 +176,7 @@ class PruningPass(ir.passes.InPlacePass):
                 low = best = middle
             else:
                 high = middle
-        self.notes.append(f"budget {self.budget.describe()}: largest ratio {best:.2f} (of up to {self.ratio:.2f})")
+        self.note(f"budget {self.budget.describe()}: largest ratio {best:.2f} (of up to {self.ratio:.2f})")
         return best
 
 

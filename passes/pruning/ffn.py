@@ -135,7 +135,7 @@ class FfnPruningPass(PruningPass):
     Importance is weight magnitude (L2 of the neuron's producer columns times its
     down-projection row) or, with samples, activation (RMS of the neuron's activation
     times that row). With samples the down projection is re-fitted (see ``PruningPass``).
-    Refuses a group whose hidden values are also read outside it (named in ``notes``).
+    Refuses a group whose hidden values are also read outside it (named in the refusals).
     """
 
     unit_name = "neurons"

@@ -14,7 +14,6 @@ layer (``quantize_layer``); this base decides *which* layers to rewrite:
 from __future__ import annotations
 
 import abc
-import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -25,11 +24,10 @@ from optimizer.domains import MS_DOMAIN
 from optimizer.inputs import split_samples
 from optimizer.runtime import run_batches, stream_values
 from passes._layers import Layer, excluded, feeds_graph_output, find_layers, name_nodes
+from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
 from passes.quantization import smoothing
 from passes.quantization._int8 import activation_parameters, quantize_weight
-
-logger = logging.getLogger(__name__)
 
 # Up to this many layers, each layer's sensitivity is measured on the whole model and the
 # budget searched one layer at a time; beyond, both would take hours on a large model.
@@ -38,12 +36,14 @@ _EXHAUSTIVE_LAYERS = 24
 _LOCAL_ROWS = 1024
 
 
-class QuantizationPass(ir.passes.InPlacePass):
-    """Base of the int8 passes. After a run, ``quantized`` and ``kept_float`` name the layers,
-    ``drift`` is the measured accuracy (when samples were given) and ``notes`` says it in words.
+class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
+    """Base of the int8 passes. After a run, ``quantized`` and ``kept_float`` name the layers and
+    ``drift`` is the measured accuracy (when samples were given); the result's notes say it in words
+    and its refusals say why layers stayed float.
     """
 
     kinds: tuple[str, ...] = ()
+    left_as = "stay float"
 
     def __init__(
         self,
@@ -67,7 +67,6 @@ class QuantizationPass(ir.passes.InPlacePass):
         self.quantized: list[str] = []
         self.kept_float: list[str] = []
         self.drift: Drift | None = None
-        self.notes: list[str] = []
         self._float: ir.Model | None = None
 
     @abc.abstractmethod
@@ -81,43 +80,46 @@ class QuantizationPass(ir.passes.InPlacePass):
         """Hook run once before any rewrite, on the float model (static quantization calibrates here)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.quantized, self.kept_float, self.notes, self.drift = [], [], [], None
+        self.quantized, self.kept_float, self.drift = [], [], None
         name_nodes(model.graph)
         layers, refused = find_layers(model.graph, self.kinds)
-        for name, reason in refused.items():
-            logger.info("%s: %s stays float: %s", type(self).__name__, name, reason)
+        for node, reason in refused.items():
+            self.refuse(node.op_type, reason)
         chosen = []
         for layer in layers:
             if excluded(layer, self.exclude):
                 self.kept_float.append(layer.name)
+                self.refuse(layer.node.op_type, "matched by --exclude")
             elif not self.quantize_outputs and feeds_graph_output(layer):
                 self.kept_float.append(layer.name)
-                self.notes.append(f"{layer.name} stays float: its result is a model output")
+                self.refuse(layer.node.op_type, "its result is a model output (--quantize-outputs quantizes it)")
             else:
                 chosen.append(layer)
         if not chosen:
-            return ir.passes.PassResult(model, modified=False)
+            return self.result(model, modified=False)
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
         self._float = model.clone() if batches else None
         if self.smooth_alpha is not None and batches:
             smoothed = smoothing.smooth(model, chosen, batches, self.smooth_alpha)
             shown = ", ".join(smoothed[:8]) + (f" and {len(smoothed) - 8} more" if len(smoothed) > 8 else "")
-            self.notes.append(f"SmoothQuant (alpha {self.smooth_alpha:g}) on {len(smoothed)} norms: {shown or 'none'}")
+            self.note(f"SmoothQuant (alpha {self.smooth_alpha:g}) on {len(smoothed)} norms: {shown or 'none'}")
         self.prepare(model, chosen, batches)
         if self.budget is not None and batches:
             chosen = self._fit_budget(model, chosen, batches)
             if not chosen:
-                return ir.passes.PassResult(model, modified=False)
+                return self.result(model, modified=False)
         elif self.budget is not None:
-            self.notes.append("no sample inputs: the accuracy budget was not searched")
+            self.note("no sample inputs: the accuracy budget was not searched")
         self._apply(model, [layer.name for layer in chosen])
         self.quantized = [layer.name for layer in chosen]
+        for layer in chosen:
+            self.done(layer.node.op_type)
         if batches and self.drift is None:
             self.drift = output_drift(run_batches(self._float, batches), run_batches(model, batches))
         if self.drift is not None:
-            self.notes.append(f"{len(self.quantized)} layers int8, {len(self.kept_float)} float: {self.drift}")
+            self.note(f"{len(self.quantized)} layers int8, {len(self.kept_float)} float: {self.drift}")
         self._float = None
-        return ir.passes.PassResult(model, modified=True)
+        return self.result(model, modified=True)
 
     def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
         """Quantize the named layers of ``model`` in place."""
@@ -141,23 +143,25 @@ class QuantizationPass(ir.passes.InPlacePass):
         drift = self._trial(model, names, batches, reference)
         if self.budget.met(drift):
             self.drift = drift
-            self.notes.append(f"budget {self.budget.describe()} met with every layer int8")
+            self.note(f"budget {self.budget.describe()} met with every layer int8")
             return layers
         sensitivity = self._sensitivity(model, layers, batches, reference)
         ranked = sorted(names, key=lambda name: sensitivity[name], reverse=True)
         found = self._fewest_float(model, names, ranked, batches, reference)
         if found is None:
             self.kept_float.extend(names)
-            self.notes.append(f"budget {self.budget.describe()} cannot be met with any int8 layer; model left float")
-            logger.info("%s: budget not met by any int8 layer", type(self).__name__)
+            for layer in layers:
+                self.refuse(layer.node.op_type, "the accuracy budget cannot be met with any layer int8")
+            self.note(f"budget {self.budget.describe()} cannot be met with any int8 layer; model left float")
             return []
         count, self.drift = found
         keep = set(ranked[:count])
         self.kept_float.extend(ranked[:count])
+        for layer in layers:
+            if layer.name in keep:
+                self.refuse(layer.node.op_type, "kept float to meet the accuracy budget (most sensitive)")
         shown = ", ".join(ranked[:count][:12]) + (f" and {count - 12} more" if count > 12 else "")
-        self.notes.append(
-            f"budget {self.budget.describe()} met keeping the {count} most sensitive layers float: {shown}"
-        )
+        self.note(f"budget {self.budget.describe()} met keeping the {count} most sensitive layers float: {shown}")
         return [layer for layer in layers if layer.name not in keep]
 
     def _fewest_float(self, model, names, ranked, batches, reference) -> tuple[int, Drift] | None:
@@ -202,9 +206,7 @@ class QuantizationPass(ir.passes.InPlacePass):
         for layer in layers:
             if layer.kind == "conv":
                 scores[layer.name] = self._cost(self._trial(model, [layer.name], batches, reference))
-        self.notes.append(
-            f"sensitivity of {len(local)} layers estimated locally (relative int8 error of each layer's output)"
-        )
+        self.note(f"sensitivity of {len(local)} layers estimated locally (relative int8 error of each layer's output)")
         return scores
 
     def _cost(self, drift: Drift) -> float:

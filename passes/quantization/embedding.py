@@ -2,37 +2,32 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
+from passes._pass import GraphoptPass
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
-
-logger = logging.getLogger(__name__)
 
 # Tables smaller than this stay float: the saving is not worth three extra nodes.
 _MIN_ELEMENTS = 1 << 16
 
 
-class EmbeddingQuantizationPass(ir.passes.InPlacePass):
+class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     """Rewrite ``Gather(table, ids)`` on a constant float32 ``[rows, width]`` table into
     ``Cast(Gather(table_int8, ids)) * Gather(row_scales, ids)``: one symmetric int8 scale per
     row, so each looked-up row is exact to half a step of its own range.
 
     Refuses (leaves float) tables read by anything but row Gathers (an LM head tied to
     the embeddings, a fused EmbedLayerNormalization), Gathers on another axis, and
-    tables under 65,536 values. ``notes`` says how many bytes it saved.
+    tables under 65,536 values. Its notes say how many bytes it saved.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.notes: list[str] = []
+    left_as = "stay float"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.notes = []
         graph = model.graph
+        refused: set[str] = set()
         saved, tables = 0, {}
         for node in list(graph):
             if node.op_type != "Gather" or not is_onnx_domain(node) or node.attributes.get_int("axis", 0):
@@ -45,9 +40,12 @@ class EmbeddingQuantizationPass(ir.passes.InPlacePass):
                 user.op_type != "Gather" or index != 0 or user.attributes.get_int("axis", 0)
                 for user, index in table.uses()
             ):
-                logger.info("EmbeddingQuantizationPass: %s is read by more than row lookups; kept float", table.name)
+                if table.name not in refused:
+                    refused.add(table.name)
+                    self.refuse("embedding tables", "read by more than row lookups (a tied LM head, a fused op)")
                 continue
             if table.name not in tables:
+                self.done("embedding tables")
                 peak = np.abs(array).max(axis=1, keepdims=True)
                 scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
                 values = np.clip(np.rint(array / scales), -127, 127).astype(np.int8)
@@ -67,7 +65,7 @@ class EmbeddingQuantizationPass(ir.passes.InPlacePass):
             graph.insert_before(node, [rows, row_scales, widened, scaled])
             replace_value(node.outputs[0], scaled.outputs[0], inherit=True)
         if not tables:
-            return ir.passes.PassResult(model, modified=False)
+            return self.result(model, modified=False)
         remove_dead_nodes(model)
-        self.notes.append(f"{len(tables)} embedding tables int8 (per row), {saved / 2**20:.1f} MB smaller")
-        return ir.passes.PassResult(model, modified=True)
+        self.note(f"{len(tables)} embedding tables int8 (per row), {saved / 2**20:.1f} MB smaller")
+        return self.result(model, modified=True)

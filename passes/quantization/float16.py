@@ -7,14 +7,11 @@ float32 and keeps the graph's input and output types.
 
 from __future__ import annotations
 
-import logging
-
 import onnx
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN
-
-logger = logging.getLogger(__name__)
+from passes._pass import GraphoptPass
 
 # Kept float32, with Casts at their boundaries: the reductions of decomposed
 # normalizations (a sum of squares overflows float16's 65504 quickly), and softmax
@@ -22,7 +19,7 @@ logger = logging.getLogger(__name__)
 SENSITIVE_OPS = ("Pow", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Sqrt", "Softmax", "LogSoftmax")
 
 
-class Float16Pass(ir.passes.FunctionalPass):
+class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     """Convert float32 weights and computation to float16, except ``SENSITIVE_OPS`` and ORT's
     default block list (ops without float16 kernels: TopK, NonMaxSuppression, Range, ...).
 
@@ -35,18 +32,18 @@ class Float16Pass(ir.passes.FunctionalPass):
         super().__init__()
         self.keep_io_types = keep_io_types
         self.block_ops = SENSITIVE_OPS + tuple(block_ops)
-        self.notes: list[str] = []
+        # Without kept I/O types the graph's float inputs and outputs become float16.
+        self.keeps_interface = keep_io_types
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-        self.notes = []
         if not any(v.dtype == ir.DataType.FLOAT for v in _values(model.graph)):
-            return ir.passes.PassResult(model, modified=False)
+            self.decline("no float32 tensors")
+            return self.result(model, modified=False)
         if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
-            logger.info("Float16Pass: weights in external data; not converted")
-            self.notes.append("weights are in external data: not converted")
-            return ir.passes.PassResult(model, modified=False)
+            self.decline("weights are in external data: not converted")
+            return self.result(model, modified=False)
         proto = ir.to_proto(model)
         converted = convert_float_to_float16(
             proto,
@@ -57,8 +54,8 @@ class Float16Pass(ir.passes.FunctionalPass):
         result = ir.from_proto(converted)
         result.graph.sort()  # the converter appends the input Casts after their users
         kept = sum(1 for node in result.graph if node.op_type in self.block_ops)
-        self.notes.append(f"float16; {kept} sensitive nodes kept float32")
-        return ir.passes.PassResult(result, modified=True)
+        self.note(f"float16; {kept} sensitive nodes kept float32")
+        return self.result(result, modified=True)
 
 
 def _values(graph: ir.Graph):

@@ -7,7 +7,6 @@ kernels (QLinearConv, MatMulIntegerToFloat, ...). Any ONNX tool can read it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -20,8 +19,6 @@ from passes.quantization import calibration
 from passes.quantization._attention import replace_with_qattention
 from passes.quantization._base import QuantizationPass
 from passes.quantization._int8 import activation_parameters, quantize_weight
-
-logger = logging.getLogger(__name__)
 
 _QDQ_OPSET = 13
 # The oldest opset onnxscript's version converter targets.
@@ -58,23 +55,22 @@ class StaticQuantizationPass(QuantizationPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if self.samples is None:
-            logger.info("StaticQuantizationPass: no calibration samples; nothing quantized")
-            self.notes = ["no calibration samples: nothing quantized"]
-            return ir.passes.PassResult(model, modified=False)
+            self.decline("no calibration samples: nothing quantized")
+            return self.result(model, modified=False)
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         if opset < _QDQ_OPSET:
             # Per-channel DequantizeLinear (its axis attribute) needs opset 13.
             version_converter.convert_version(model, _CONVERTED_OPSET, fallback=True)
         result = super().call(model)
         if opset < _QDQ_OPSET and result.modified:
-            self.notes.insert(0, f"converted from opset {opset} to {_CONVERTED_OPSET} for QDQ")
+            result.notes.insert(0, f"converted from opset {opset} to {_CONVERTED_OPSET} for QDQ")
         return result
 
     def prepare(self, model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]]) -> None:
         names = [layer.activation.name for layer in layers]
         names += [layer.node.outputs[0].name for layer in layers if layer.kind == "conv"]
         self.ranges = calibration.calibrate(model, list(dict.fromkeys(names)), batches, self.method)
-        self.notes.append(f"calibrated {len(self.ranges)} activations ({self.method}) on {_count(batches)} samples")
+        self.note(f"calibrated {len(self.ranges)} activations ({self.method}) on {_count(batches)} samples")
 
     def begin(self, layers: Sequence[Layer]) -> None:
         self._quantized_values = {}
@@ -127,7 +123,7 @@ class StaticQuantizationPass(QuantizationPass):
         values = np.rint(bias.astype(np.float64) / np.asarray(scale, dtype=np.float64))
         if not np.all(np.abs(values) < np.iinfo(np.int32).max):
             # Tiny activation x weight scales: the bias does not fit int32; it stays float.
-            logger.info("%s: bias too large for int32 at scale %g; kept float", layer.name, np.min(scale))
+            self.note(f"{layer.name}: bias kept float, too large for int32 at scale {np.min(scale):g}")
             return
         values = values.astype(np.int32)
         prefix = layer.node.name

@@ -28,8 +28,9 @@ def test_removing_zero_channels_leaves_outputs_unchanged(depthwise):
 def test_activation_importance_finds_the_zero_channels():
     model = convnet(dead=(0, 7), depthwise=True)
     pruning = ChannelPruningPass(0.25, samples=images(16, seed=1))
-    after = pruning(model.clone()).model
-    assert pruning.importance == "activation" and not any("without repair" in n for n in pruning.notes)
+    result = pruning(model.clone())
+    after = result.model
+    assert pruning.importance == "activation" and not any("without repair" in n for n in result.notes)
     assert_same_outputs(model, after, images(seed=2), rtol=1e-5, atol=1e-6)
 
 

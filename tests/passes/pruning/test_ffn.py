@@ -39,8 +39,9 @@ def test_a_hidden_value_read_elsewhere_is_left_whole():
     groups, refused = ffn_groups(ffn(tap=True).graph)
     assert groups == [] and refused["down_proj"] == "gelu_half is a model output"
     pruning = FfnPruningPass(0.5)
-    assert not pruning(ffn(tap=True)).modified
-    assert pruning.notes == ["down_proj left whole: gelu_half is a model output"]
+    result = pruning(ffn(tap=True))
+    assert not result.modified
+    assert result.refusals == ["down_proj left whole: gelu_half is a model output"]
 
 
 def test_repair_recovers_most_of_what_pruning_loses():
@@ -48,20 +49,22 @@ def test_repair_recovers_most_of_what_pruning_loses():
     calibration, held_out = feeds(model, 64, seed=1), feeds(model, 16, seed=2)
     plain = FfnPruningPass(0.5, samples=calibration, repair=False)(model.clone()).model
     repaired_pass = FfnPruningPass(0.5, samples=calibration)
-    repaired = repaired_pass(model.clone()).model
+    repaired_result = repaired_pass(model.clone())
+    repaired = repaired_result.model
     assert drift(model, repaired, held_out).cosine > drift(model, plain, held_out).cosine
-    assert any(note.startswith("without repair:") for note in repaired_pass.notes)
+    assert any(note.startswith("without repair:") for note in repaired_result.notes)
 
 
 def test_the_budget_search_picks_the_largest_ratio_that_meets_it():
     model = ffn()
     calibration = feeds(model, 32, seed=1)
     pruning = FfnPruningPass(0.9, samples=calibration, repair=False, budget=AccuracyBudget(min_cosine=0.998))
-    after = pruning(model.clone()).model
+    result = pruning(model.clone())
+    after = result.model
     kept, total = pruning.pruned["down_proj"]
     assert 0 < total - kept < int(0.9 * total)
     assert pruning.drift.cosine >= 0.998
-    assert any(note.startswith("budget --min-cosine 0.998: largest ratio") for note in pruning.notes)
+    assert any(note.startswith("budget --min-cosine 0.998: largest ratio") for note in result.notes)
     assert drift(model, after, calibration).cosine >= 0.998
 
 

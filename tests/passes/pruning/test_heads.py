@@ -44,8 +44,9 @@ def test_an_unrecognized_head_repetition_is_left_whole():
     groups, refused = head_groups(model.graph)
     assert groups == [] and "mha" in refused
     pruning = HeadPruningPass(0.5)
-    assert not pruning(model).modified
-    assert pruning.notes[0].startswith("mha left whole:")
+    result = pruning(model)
+    assert not result.modified
+    assert result.refusals[0].startswith("mha left whole:")
 
 
 def test_repair_after_removing_live_heads():

@@ -59,11 +59,13 @@ def test_the_budget_keeps_exactly_the_sensitive_layer_float():
     quantization = DynamicQuantizationPass(
         quantize_outputs=True, budget=AccuracyBudget(min_cosine=0.995), samples=_samples(64)
     )
-    after = quantization(model.clone()).model
+    result = quantization(model.clone())
+    after = result.model
     assert quantization.kept_float == ["mid"]
     assert quantization.quantized == ["first", "last"]
     assert quantization.drift.cosine >= 0.995
-    assert any("keeping the 1 most sensitive layers float: mid" in note for note in quantization.notes)
+    assert any("keeping the 1 most sensitive layers float: mid" in note for note in result.notes)
+    assert "1 of 3 MatMul stay float: kept float to meet the accuracy budget (most sensitive)" in result.refusals
     # held out data agrees
     assert drift(model, after, _samples(32, seed=7)).cosine >= 0.99
 
@@ -83,9 +85,9 @@ def test_a_budget_already_met_keeps_every_layer_int8():
     quantization = DynamicQuantizationPass(
         quantize_outputs=True, budget=AccuracyBudget(min_cosine=-1.0), samples=_samples(16)
     )
-    quantization(model.clone())
+    result = quantization(model.clone())
     assert quantization.kept_float == [] and len(quantization.quantized) == 3
-    assert quantization.notes[0].endswith("met with every layer int8")
+    assert result.notes[0].endswith("met with every layer int8")
 
 
 def test_an_unreachable_budget_leaves_the_model_float():
@@ -93,8 +95,9 @@ def test_an_unreachable_budget_leaves_the_model_float():
     quantization = DynamicQuantizationPass(
         quantize_outputs=True, budget=AccuracyBudget(min_cosine=1.0), samples=_samples(16)
     )
-    assert not quantization(model.clone()).modified
-    assert "cannot be met" in quantization.notes[-1]
+    result = quantization(model.clone())
+    assert not result.modified
+    assert "cannot be met" in result.notes[-1]
 
 
 def test_integer_outputs_count_by_agreement():
@@ -121,6 +124,6 @@ def test_many_layers_use_local_sensitivity_and_bisection(monkeypatch):
     quantization = DynamicQuantizationPass(
         quantize_outputs=True, budget=AccuracyBudget(min_cosine=0.995), samples=_samples(64)
     )
-    quantization(model.clone())
+    result = quantization(model.clone())
     assert quantization.kept_float == ["mid"]
-    assert any("estimated locally" in note for note in quantization.notes)
+    assert any("estimated locally" in note for note in result.notes)

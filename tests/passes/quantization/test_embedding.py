@@ -39,11 +39,12 @@ def _lookup(tied: bool = False) -> ir.Model:
 def test_table_becomes_int8_rows_with_per_row_scales():
     model = _lookup()
     quantization = EmbeddingQuantizationPass()
-    after = quantization(model.clone()).model
+    result = quantization(model.clone())
+    after = result.model
     assert computed_op_types(after) == ["Gather", "Gather", "Cast", "Mul"]
     assert after.graph.initializers["table.int8"].const_value.dtype == ir.DataType.INT8
     assert "table" not in after.graph.initializers
-    assert quantization.notes[0].startswith("1 embedding tables int8 (per row)")
+    assert result.notes[0].startswith("1 embedding tables int8 (per row)")
     ids = {"ids": np.array([[7, 1, 2, 999], [0, 7, 5, 6]], dtype=np.int64)}
     assert drift(model, after, ids).cosine > 0.9999
     assert after.graph.outputs[0].name == "h"

@@ -72,10 +72,11 @@ def test_smoothing_improves_dynamic_int8_on_outlier_channels():
     model = _pre_norm_block()
     plain = DynamicQuantizationPass(quantize_outputs=True, samples=_x(32))(model.clone()).model
     smooth = DynamicQuantizationPass(quantize_outputs=True, samples=_x(32), smooth_alpha=0.5)
-    smoothed = smooth(model.clone()).model
+    result = smooth(model.clone())
+    smoothed = result.model
     held_out = _x(8, seed=9)
     assert drift(model, smoothed, held_out).cosine > drift(model, plain, held_out).cosine
-    assert "SmoothQuant (alpha 0.5) on 1 norms: norm" in smooth.notes
+    assert "SmoothQuant (alpha 0.5) on 1 norms: norm" in result.notes
 
 
 def test_a_norm_whose_output_also_feeds_a_residual_is_left_alone():

@@ -52,10 +52,10 @@ def test_conv_outputs_get_qdq_so_onnx_runtime_runs_qlinearconv():
 def test_old_opsets_are_converted_for_per_channel_qdq():
     model = convnet(opset=11)
     feeds = {"x": np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)}
-    quantization = StaticQuantizationPass(samples=feeds)
-    after = quantization(model.clone()).model
+    result = StaticQuantizationPass(samples=feeds)(model.clone())
+    after = result.model
     assert after.opset_imports[""] == 18
-    assert quantization.notes[0] == "converted from opset 11 to 18 for QDQ"
+    assert result.notes[0] == "converted from opset 11 to 18 for QDQ"
     assert drift(model, after, {"x": feeds["x"][:2]}).cosine > 0.999
 
 
@@ -77,8 +77,9 @@ def test_attention_becomes_qattention_with_the_calibrated_input_scale(method):
 
 def test_without_samples_nothing_is_quantized():
     quantization = StaticQuantizationPass()
-    assert not quantization(mlp()).modified
-    assert quantization.notes == ["no calibration samples: nothing quantized"]
+    result = quantization(mlp())
+    assert not result.modified
+    assert result.refusals == ["no calibration samples: nothing quantized"]
 
 
 def test_a_bias_too_large_for_int32_stays_float():
@@ -115,6 +116,6 @@ def test_a_model_with_a_fixed_batch_of_one_is_calibrated_one_sample_at_a_time():
     model = convnet()
     model.graph.inputs[0].shape = ir.Shape([1, 3, 16, 16])
     feeds = {"x": np.random.default_rng(0).standard_normal((6, 3, 16, 16)).astype(np.float32)}
-    quantization = StaticQuantizationPass(samples=feeds)
-    assert quantization(model.clone()).modified
-    assert any("on 6 samples" in note for note in quantization.notes)
+    result = StaticQuantizationPass(samples=feeds)(model.clone())
+    assert result.modified
+    assert any("on 6 samples" in note for note in result.notes)

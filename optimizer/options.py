@@ -1,0 +1,166 @@
+"""Every option of an optimization run, typed, with one default each.
+
+The Python API takes these as keyword arguments (``optimize(m, quantize="dynamic",
+min_cosine=0.99)``) or as an ``Options`` value; the CLI builds the same ``Options``
+from its flags. Each field is the flag of the same name (``prune_ffn`` is
+``--prune-ffn``); a boolean that is on by default is switched off by the flag in its
+``flag`` metadata (``per_channel=False`` is ``--per-tensor``). Values are checked here,
+once, so the API and the CLI refuse the same values with the same words; which passes
+an option needs is declared on the passes (``optimizer.registry``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from optimizer.accuracy import AccuracyBudget
+from optimizer.errors import OptionError
+
+TARGETS = ("cpu", "cuda")
+QUANTIZE_MODES = ("dynamic", "static")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+IMPORTANCE_KINDS = ("magnitude", "activation")
+# Longest sequence a fusion that bakes a table (rotary cos/sin) supports by default.
+DEFAULT_MAX_SEQUENCE = 4096
+
+
+def _flag(name: str, **extra: Any) -> dict[str, Any]:
+    return {"flag": name, **extra}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """The options of one ``optimize`` run. See README "Python API" for each field's flag."""
+
+    # The run.
+    target: str = field(default="cpu", metadata=_flag("--target", metavar="TARGET"))
+    dims: Mapping[str, int] = field(default_factory=dict, metadata=_flag("--dim", metavar="NAME=SIZE"))
+    static_shapes: bool = field(default=False, metadata=_flag("--static-shapes"))
+    verify: bool = field(default=True, metadata=_flag("--no-verify"))
+    tolerances: Mapping[str, Any] | None = field(default=None, metadata=_flag("--tolerance", metavar="DTYPE=RTOL,ATOL"))
+    # Re-raise a pass's exception instead of rolling the pass back (tests, debugging; no flag).
+    raise_errors: bool = field(default=False, metadata=_flag("raise_errors"))
+    # Fusions that bake a table in.
+    max_sequence: int = field(default=DEFAULT_MAX_SEQUENCE, metadata=_flag("--max-sequence", metavar="N"))
+    # Reduced precision.
+    quantize: str | None = field(default=None, metadata=_flag("--quantize", metavar="MODE"))
+    quantize_embeddings: bool = field(default=False, metadata=_flag("--quantize-embeddings"))
+    fp16: bool = field(default=False, metadata=_flag("--fp16"))
+    keep_io_types: bool = field(default=True, metadata=_flag("--no-keep-io-types"))
+    per_channel: bool = field(default=True, metadata=_flag("--per-tensor"))
+    full_range_weights: bool = field(default=False, metadata=_flag("--full-range-weights"))
+    exclude: tuple[str, ...] = field(default=(), metadata=_flag("--exclude", metavar="PATTERN"))
+    quantize_outputs: bool = field(default=False, metadata=_flag("--quantize-outputs"))
+    calibration_method: str = field(default="percentile", metadata=_flag("--calibration-method", metavar="METHOD"))
+    smooth: float | None = field(default=None, metadata=_flag("--smooth", metavar="ALPHA"))
+    # Accuracy budget of the approximate passes.
+    min_cosine: float | None = field(default=None, metadata=_flag("--min-cosine", metavar="X"))
+    max_error: float | None = field(default=None, metadata=_flag("--max-error", metavar="X"))
+    # Structured pruning.
+    prune_ffn: float | None = field(default=None, metadata=_flag("--prune-ffn", metavar="R"))
+    prune_heads: float | None = field(default=None, metadata=_flag("--prune-heads", metavar="R"))
+    prune_channels: float | None = field(default=None, metadata=_flag("--prune-channels", metavar="R"))
+    importance: str | None = field(default=None, metadata=_flag("--importance", metavar="KIND"))
+    global_ranking: bool = field(default=False, metadata=_flag("--global-ranking"))
+    repair: bool | None = field(default=None, metadata=_flag("--no-repair"))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude", _patterns(self.exclude))
+        object.__setattr__(self, "dims", dict(self.dims or {}))
+        _check_choice("--target", self.target, TARGETS)
+        _check_choice("--quantize", self.quantize, QUANTIZE_MODES, optional=True)
+        _check_choice("--calibration-method", self.calibration_method, CALIBRATION_METHODS)
+        _check_choice("--importance", self.importance, IMPORTANCE_KINDS, optional=True)
+        for name in ("prune_ffn", "prune_heads", "prune_channels"):
+            ratio = getattr(self, name)
+            if ratio is not None and not (_is_number(ratio) and 0.0 < ratio < 1.0):
+                raise OptionError(
+                    f"{flag_of(name)} {ratio}: expected a fraction of units to remove, above 0 and below 1"
+                )
+        if self.smooth is not None and not (_is_number(self.smooth) and 0.0 < self.smooth < 1.0):
+            raise OptionError(f"--smooth {self.smooth}: expected a migration strength between 0 and 1, e.g. 0.5")
+        if self.min_cosine is not None and not (_is_number(self.min_cosine) and -1.0 <= self.min_cosine <= 1.0):
+            raise OptionError(f"--min-cosine {self.min_cosine}: a cosine similarity is between -1 and 1")
+        if self.max_error is not None and not (_is_number(self.max_error) and self.max_error >= 0):
+            raise OptionError(f"--max-error {self.max_error}: expected a non-negative error")
+        if isinstance(self.max_sequence, bool) or not isinstance(self.max_sequence, int) or self.max_sequence < 1:
+            raise OptionError(f"--max-sequence {self.max_sequence}: expected a positive number of tokens")
+        for name, value in self.dims.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OptionError(f"--dim {name}={value}: expected a positive integer size")
+
+    @classmethod
+    def build(cls, base: Options | Mapping[str, Any] | None = None, **values: Any) -> Options:
+        """``base`` (an ``Options``, a mapping of field names, or None) with ``values`` replacing its fields.
+
+        An unknown name is an ``OptionError`` that suggests the nearest field.
+        """
+        fields = {f.name for f in dataclasses.fields(cls)}
+        merged: dict[str, Any] = {}
+        if isinstance(base, Options):
+            merged = {name: getattr(base, name) for name in fields}
+        elif base is not None:
+            merged = dict(base)
+        merged.update(values)
+        unknown = [name for name in merged if name not in fields]
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], sorted(fields), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else f" (options: {', '.join(sorted(fields))})"
+            raise OptionError(f"unknown option {unknown[0]!r}{hint}")
+        return cls(**merged)
+
+    @property
+    def budget(self) -> AccuracyBudget | None:
+        """The accuracy budget the approximate passes are held to, if the user set one."""
+        if self.min_cosine is None and self.max_error is None:
+            return None
+        return AccuracyBudget(min_cosine=self.min_cosine, max_error=self.max_error)
+
+    def changed(self) -> list[str]:
+        """Names of the fields set to something other than their default."""
+        defaults = Options()
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(defaults, f.name)]
+
+    def describe(self, name: str) -> str:
+        """How a user sets field ``name`` to its current value: ``--smooth 0.5 (smooth=0.5)``."""
+        value = getattr(self, name)
+        flag = flag_of(name)
+        shown = "" if isinstance(value, bool) or flag.startswith("--no-") else f" {_show(value)}"
+        return f"{flag}{shown} ({name}={value!r})"
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of option ``name``."""
+    return next(f.metadata["flag"] for f in dataclasses.fields(Options) if f.name == name)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_choice(flag: str, value: Any, choices: tuple[str, ...], *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value not in choices:
+        raise OptionError(f"{flag} {value}: expected one of {', '.join(choices)}")
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    patterns = tuple(value)
+    if not all(isinstance(pattern, str) for pattern in patterns):
+        raise OptionError("--exclude: expected glob patterns (strings)")
+    return patterns

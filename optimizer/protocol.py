@@ -1,0 +1,143 @@
+"""The contract between the spine and the passes: how a pass is declared, built, and says what it did.
+
+- ``PassSpec`` declares a pass: its name, how to build it, where it is a default, and
+  the composition rules ``optimizer.registry.resolve`` checks (which option asks for
+  it, which options it reads, which passes it excludes or must follow, which targets
+  it runs on).
+- ``PassContext`` is what a pass factory may know about the run.
+- ``NotedResult`` is an ``onnx_ir.passes.PassResult`` that also carries the pass's
+  notes (what it decided) and refusals (why it left something alone); the pipeline
+  puts both in the report. A pass that returns a plain ``PassResult`` has neither.
+
+This module imports no pass and nothing of the pipeline, so passes and the catalog
+can depend on it without a circle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.accuracy import AccuracyBudget
+from optimizer.options import TARGETS, Options, flag_of
+
+# Options the verifier reads for every approximate pass.
+BUDGET_OPTIONS = ("min_cosine", "max_error")
+
+
+@dataclass
+class NotedResult(ir.passes.PassResult):
+    """A pass result with the pass's own account of the run.
+
+    ``notes``: what the pass decided (layers kept float, accuracy reached), shown
+    under the report's table. ``refusals``: why it left something unchanged,
+    counted where they repeat ("2 of 12 Softmax left unfused: the scores have other
+    users"), shown with ``-v`` and always written to the JSON report.
+    """
+
+    notes: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What a pass factory may know about the run: the options, the bound input dims, the sample inputs."""
+
+    options: Options = field(default_factory=Options)
+    dims: Mapping[str, int] = field(default_factory=dict)
+    samples: Mapping[str, np.ndarray] | None = None
+
+    @property
+    def target(self) -> str:
+        return self.options.target
+
+    @property
+    def budget(self) -> AccuracyBudget | None:
+        return self.options.budget
+
+
+@dataclass(frozen=True)
+class Request:
+    """The option that asks for a pass: ``Request("quantize", "dynamic")`` or ``Request("prune_ffn")`` (any value)."""
+
+    option: str
+    value: Any = None
+
+    def asked(self, options: Options) -> bool:
+        current = getattr(options, self.option)
+        if self.value is None:
+            return current is not None and current is not False
+        return current == self.value
+
+    def describe(self) -> str:
+        """The flag a user gives: ``--quantize dynamic``, ``--prune-ffn R``, ``--fp16``."""
+        flag = flag_of(self.option)
+        if self.value is True:
+            return flag
+        if self.value is None:
+            metavar = next(f.metadata.get("metavar") for f in dataclasses.fields(Options) if f.name == self.option)
+            return f"{flag} {metavar}" if metavar else flag
+        return f"{flag} {self.value}"
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One registered pass: ``factory(context)`` builds a fresh onnx-ir pass instance.
+
+    - ``default_for``: targets whose default pipeline runs it; ``targets``: the only
+      targets it may run on at all (``target_reason`` says why).
+    - ``specializes_shapes``: the result accepts only the bound input shapes
+      (``--static-shapes`` runs these first; verification then uses one binding).
+    - ``approximate``: changes numerics on purpose (quantization, pruning, float16);
+      verified against the accuracy budget instead of float32 closeness.
+    - ``requested_by``: the option that adds the pass to the pipeline (``--quantize
+      dynamic``); ``needs``: an option that must be set when the pass runs (a pruning
+      ratio); ``reads``: the other options it reads (an option set while no pass in the
+      pipeline reads it is an error, not ignored).
+    - ``excludes``: passes it does not combine with; ``after``: passes that must run
+      before it when both are in the pipeline.
+    """
+
+    name: str
+    factory: Callable[[PassContext], ir.passes.PassBase]
+    summary: str
+    default_for: frozenset[str] = frozenset()
+    specializes_shapes: bool = False
+    approximate: bool = False
+    requested_by: Request | None = None
+    needs: str | None = None
+    reads: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    targets: tuple[str, ...] = TARGETS
+    target_reason: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = (set(self.default_for) | set(self.targets)) - set(TARGETS)
+        if unknown:
+            raise ValueError(f"pass {self.name!r}: unknown targets {sorted(unknown)}")
+        fields = {f.name for f in dataclasses.fields(Options)}
+        named = set(self.reads) | {self.needs} - {None}
+        if self.requested_by is not None:
+            named.add(self.requested_by.option)
+        if named - fields:
+            raise ValueError(f"pass {self.name!r}: unknown options {sorted(named - fields)}")
+
+    @property
+    def options_read(self) -> frozenset[str]:
+        """Every option this pass reads: ``reads``, its request and need, and the budget if approximate."""
+        names = set(self.reads) | ({self.needs} if self.needs else set())
+        if self.requested_by is not None:
+            names.add(self.requested_by.option)
+        if self.approximate:
+            names.update(BUDGET_OPTIONS)
+        return frozenset(names)
+
+    def how_to_ask(self) -> str:
+        """How a user adds this pass: its flag if an option asks for it, else ``--passes +NAME``."""
+        return self.requested_by.describe() if self.requested_by is not None else f"--passes +{self.name}"

@@ -1,0 +1,137 @@
+"""What every graphopt pass shares: notes and counted refusals for the report, and cheap structural ``ensures``.
+
+``GraphoptPass`` is a mixin placed before an onnx-ir pass base
+(``class X(GraphoptPass, ir.passes.InPlacePass)``), so each pass stays an ordinary
+onnx-ir pass that runs in anyone's ``PassManager``. During ``call`` a pass records
+``note(...)`` (what it decided) and ``refuse(kind, reason)`` / ``done(kind)`` (what it
+did with each candidate) and returns ``self.result(model, modified)``: a
+``NotedResult`` whose refusals are counted ("2 of 12 Softmax left unfused: the scores
+have other users").
+
+The ``ensures`` it adds hold even when outputs are not verified (``--no-verify``):
+graph inputs and outputs keep their names, element types and static sizes (unless
+the pass declares ``keeps_interface = False``), and every operator domain a node uses
+is imported by the model (a contrib op without the ``com.microsoft`` opset is a model
+ONNX Runtime rejects). A violation raises ``PostconditionError``, which the pipeline
+reports as a failed pass and rolls back.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx_ir as ir
+
+from optimizer.protocol import NotedResult
+
+
+class Tally:
+    """What happened to each candidate of a kind (``"Softmax"``): done, or left alone with a reason."""
+
+    def __init__(self, left: str = "left unfused") -> None:
+        self.left = left
+        self.done: Counter[str] = Counter()
+        self.refused: dict[str, Counter[str]] = {}
+
+    def record_done(self, kind: str) -> None:
+        self.done[kind] += 1
+
+    def record_refused(self, kind: str, reason: str) -> None:
+        self.refused.setdefault(kind, Counter())[reason] += 1
+
+    def lines(self) -> list[str]:
+        """``"2 of 12 Softmax left unfused: the scores have other users"``, most frequent reason first."""
+        lines = []
+        for kind, reasons in self.refused.items():
+            total = self.done[kind] + sum(reasons.values())
+            for reason, count in reasons.most_common():
+                lines.append(f"{count} of {total} {kind} {self.left}: {reason}")
+        return lines
+
+
+class GraphoptPass:
+    """Mixin for graphopt's passes: notes, counted refusals, and structural ``ensures`` (see the module docstring)."""
+
+    # Graph inputs and outputs keep names, element types and static sizes.
+    keeps_interface: bool = True
+    # How a refused candidate is described: "left unfused", "stays float", "left whole".
+    left_as: str = "left unfused"
+
+    def requires(self, model: ir.Model) -> None:
+        super().requires(model)  # type: ignore[misc]
+        self._reset()
+        self._interface = _interface(model)
+
+    def ensures(self, model: ir.Model) -> None:
+        super().ensures(model)  # type: ignore[misc]
+        if self.keeps_interface and getattr(self, "_interface", None) is not None:
+            _check_interface(self._interface, _interface(model))
+        _check_domains(model)
+
+    def note(self, text: str) -> None:
+        """Record a decision for the report ("3 layers kept float: ...")."""
+        self._state()[0].append(text)
+
+    def done(self, kind: str) -> None:
+        """Count one candidate of ``kind`` rewritten."""
+        self._state()[1].record_done(kind)
+
+    def refuse(self, kind: str, reason: str) -> None:
+        """Count one candidate of ``kind`` left alone, and say why."""
+        self._state()[1].record_refused(kind, reason)
+
+    def decline(self, reason: str) -> None:
+        """Say why the pass as a whole left the model alone (no kernel on the target, no samples)."""
+        self._state()[2].append(reason)
+
+    def result(self, model: ir.Model, modified: bool) -> NotedResult:
+        """The pass's result with its notes and refusals (declines first, then the counted ones)."""
+        notes, tally, declined = self._state()
+        return NotedResult(model, modified, notes=list(notes), refusals=[*declined, *tally.lines()])
+
+    def _state(self) -> tuple[list[str], Tally, list[str]]:
+        # ``call`` may be used without ``__call__`` (and so without ``requires``).
+        if not hasattr(self, "_notes"):
+            self._reset()
+        return self._notes, self._tally, self._declined
+
+    def _reset(self) -> None:
+        self._notes: list[str] = []
+        self._tally = Tally(self.left_as)
+        self._declined: list[str] = []
+
+
+def _interface(model: ir.Model) -> tuple[list, list]:
+    def describe(values) -> list:
+        return [(v.name, v.dtype, None if v.shape is None else list(v.shape)) for v in values]
+
+    return describe(model.graph.inputs), describe(model.graph.outputs)
+
+
+def _check_interface(before: tuple[list, list], after: tuple[list, list]) -> None:
+    for side, old, new in (("input", before[0], after[0]), ("output", before[1], after[1])):
+        if [name for name, _, _ in old] != [name for name, _, _ in new]:
+            raise ir.passes.PostconditionError(
+                f"graph {side}s changed from {[n for n, _, _ in old]} to {[n for n, _, _ in new]}"
+            )
+        for (name, dtype, shape), (_, new_dtype, new_shape) in zip(old, new):
+            if dtype is not None and new_dtype is not None and dtype != new_dtype:
+                raise ir.passes.PostconditionError(f"graph {side} {name!r} changed type from {dtype} to {new_dtype}")
+            if shape is None or new_shape is None:
+                continue
+            if len(shape) != len(new_shape) or any(
+                isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(shape, new_shape)
+            ):
+                raise ir.passes.PostconditionError(f"graph {side} {name!r} changed shape from {shape} to {new_shape}")
+
+
+def _check_domains(model: ir.Model) -> None:
+    local = {(function.domain, function.name) for function in model.functions.values()}
+    graphs = [model.graph, *model.functions.values()]
+    for graph in graphs:
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            domain = "" if node.domain == "ai.onnx" else node.domain
+            if domain and domain not in model.opset_imports and (node.domain, node.op_type) not in local:
+                raise ir.passes.PostconditionError(
+                    f"{node.op_type} {node.name!r} is in domain {domain!r}, which the model does not import"
+                )

@@ -1,0 +1,91 @@
+"""graphopt's passes, in pipeline order: one line per pass, with the rules that compose them.
+
+``default_for`` names the targets whose default pipeline runs the pass; a pass with
+no target is opt-in (its flag, or ``--passes +NAME``). A fusion is default only where
+it measured faster than the graph without it (benchmarks/fusion_ablation.py,
+docs/benchmarks.md); ones ONNX Runtime already performs when it loads the model, or
+that measured slower, are opt-in.
+
+Each pass module is imported only when its pass is built, so reading the catalog
+(``graphopt passes``) loads no pass, and importing one pass never loads the catalog.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from optimizer.options import TARGETS
+from optimizer.protocol import PassContext, PassSpec, Request
+
+BOTH = frozenset(TARGETS)
+_INT8 = ("per_channel", "full_range_weights", "exclude", "quantize_outputs", "smooth")
+_PRUNING = ("importance", "global_ranking", "repair")
+_NOT_WITH_FP16 = ("convert-float16",)
+
+
+def _pass(path: str) -> Any:
+    """The class at ``module:Class``, imported on first use."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _int8(context: PassContext) -> dict[str, Any]:
+    """Keyword arguments shared by the int8 passes."""
+    options = context.options
+    return {
+        "per_channel": options.per_channel,
+        "reduce_range": not options.full_range_weights,
+        "exclude": options.exclude,
+        "quantize_outputs": options.quantize_outputs,
+        "budget": context.budget,
+        "samples": context.samples,
+        "smooth_alpha": options.smooth,
+    }
+
+
+def _pruning(context: PassContext, ratio: float | None) -> dict[str, Any]:
+    """A pruning pass's arguments: its ratio, importance, ranking, repair, samples and budget."""
+    options = context.options
+    return {
+        "ratio": ratio or 0.0,
+        "importance": options.importance,
+        "ranking": "global" if options.global_ranking else "layer",
+        "repair": options.repair,
+        "samples": context.samples,
+        "budget": context.budget,
+    }
+
+
+# fmt: off
+CATALOG: tuple[PassSpec, ...] = (
+    PassSpec("bind-dims", lambda c: _pass("passes.dim_binding:BindDimsPass")(c.dims), "Fix symbolic input dims to the --dim sizes so all shape arithmetic folds (--static-shapes).", specializes_shapes=True),
+    PassSpec("remove-identity", lambda c: _pass("passes.cleanup:RemoveIdentityPass")(), "Remove Identity nodes (onnx-ir).", default_for=BOTH),
+    PassSpec("fold-constants", lambda c: _pass("passes.constant_folding:FoldConstantsPass")(), "Fold constant subgraphs and static shape arithmetic (onnxscript).", default_for=BOTH),
+    PassSpec("simplify-ops", lambda c: _pass("passes.op_simplification:SimplifyOpsPass")(), "No-op removal, cast/slice chains, Conv+BatchNorm and Pad+Conv folding (onnxscript rewrite rules).", default_for=BOTH),
+    PassSpec("simplify-shapes", lambda c: _pass("passes.shape_simplification:ShapeSimplificationPass")(), "Rewrite computed Reshape/Expand targets as constants with 0/-1, keeping shapes dynamic.", default_for=BOTH),
+    PassSpec("merge-subexpressions", lambda c: _pass("passes.cleanup:EliminateCommonSubexpressionsPass")(), "Merge duplicate computations, e.g. repeated Shape chains (onnx-ir).", default_for=BOTH),
+    PassSpec("lift-constants", lambda c: _pass("passes.cleanup:LiftConstantsPass")(), "Turn Constant nodes into initializers (onnx-ir).", default_for=BOTH),
+    PassSpec("fuse-layer-norm", lambda c: _pass("passes.fusion.layer_norm:LayerNormFusion")(c.target), "Decomposed LayerNorm into LayerNormalization (opset 17+)."),
+    PassSpec("fuse-rms-norm", lambda c: _pass("passes.fusion.rms_norm:RmsNormFusion")(c.target), "Decomposed RMSNorm into SimplifiedLayerNormalization.", default_for=BOTH),
+    PassSpec("fuse-gelu", lambda c: _pass("passes.fusion.gelu:GeluFusion")(c.target), "Erf/tanh GELU formulas into Gelu/FastGelu."),
+    PassSpec("fuse-bias-gelu", lambda c: _pass("passes.fusion.bias_gelu:BiasGeluFusion")(c.target), "Bias Add + Gelu/FastGelu into BiasGelu/FastGelu with bias.", after=("fuse-gelu",)),
+    PassSpec("fuse-embed-layer-norm", lambda c: _pass("passes.fusion.embed_layer_norm:EmbedLayerNormFusion")(c.target), "BERT word/position/segment embedding lookups + LayerNorm into EmbedLayerNormalization."),
+    PassSpec("fuse-skip-layer-norm", lambda c: _pass("passes.fusion.skip_layer_norm:SkipLayerNormFusion")(c.target), "Residual Add (+ bias) + LayerNormalization into SkipLayerNormalization.", after=("fuse-layer-norm",)),
+    PassSpec("fuse-skip-rms-norm", lambda c: _pass("passes.fusion.skip_layer_norm:SkipRmsNormFusion")(c.target), "Residual Add (+ bias) + SimplifiedLayerNormalization (RMSNorm) into SkipSimplifiedLayerNormalization.", after=("fuse-rms-norm",)),
+    PassSpec("fuse-rotary-embedding", lambda c: _pass("passes.fusion.rotary_embedding:RotaryEmbeddingFusion")(c.target, c.options.max_sequence), "Rotary position embedding (x*cos + rotate_half(x)*sin) into RotaryEmbedding.", default_for=BOTH, reads=("max_sequence",)),
+    PassSpec("fuse-attention", lambda c: _pass("passes.fusion.attention:AttentionFusion")(c.target), "Scaled dot-product attention (Q/K/V heads, scale, mask, softmax) into MultiHeadAttention.", default_for=BOTH),
+    PassSpec("fuse-conv-affine", lambda c: _pass("passes.fusion.conv_affine:ConvAffineFusion")(c.target), "Per-channel constant Mul/Add after a Conv folded into its weights and bias."),
+    PassSpec("fuse-matmul-add", lambda c: _pass("passes.fusion.matmul:MatMulAddFusion")(c.target), "2-D MatMul + bias Add into Gemm (onnxscript); ORT does this at load time."),
+    PassSpec("fuse-matmul-transpose", lambda c: _pass("passes.fusion.matmul:FusedMatMulFusion")(c.target), "Transposes and constant scaling folded into FusedMatMul (onnxscript); ORT does this at load time."),
+    PassSpec("prune-ffn", lambda c: _pass("passes.pruning.ffn:FfnPruningPass")(**_pruning(c, c.options.prune_ffn)), "Remove the least important FFN neurons (up/gate columns, down rows), re-fitting the down projection on samples (--prune-ffn R).", approximate=True, requested_by=Request("prune_ffn"), needs="prune_ffn", reads=_PRUNING),
+    PassSpec("prune-heads", lambda c: _pass("passes.pruning.heads:HeadPruningPass")(**_pruning(c, c.options.prune_heads)), "Remove the least important heads of fused Attention/MultiHeadAttention, re-fitting the output projection on samples (--prune-heads R).", approximate=True, requested_by=Request("prune_heads"), needs="prune_heads", reads=_PRUNING, after=("fuse-attention",)),
+    PassSpec("prune-channels", lambda c: _pass("passes.pruning.channels:ChannelPruningPass")(**_pruning(c, c.options.prune_channels)), "Remove the least important Conv output channels (through BatchNorm, activations, depthwise Convs) and the next Conv's inputs (--prune-channels R).", approximate=True, requested_by=Request("prune_channels"), needs="prune_channels", reads=_PRUNING),
+    PassSpec("quantize-dynamic", lambda c: _pass("passes.quantization.dynamic:DynamicQuantizationPass")(**_int8(c)), "int8 weights, activations quantized at run time: MatMul/Gemm into DynamicQuantizeMatMul, Attention into QAttention (--quantize dynamic).", approximate=True, requested_by=Request("quantize", "dynamic"), reads=_INT8, excludes=_NOT_WITH_FP16, after=("prune-ffn", "prune-heads", "prune-channels")),
+    PassSpec("quantize-static", lambda c: _pass("passes.quantization.static:StaticQuantizationPass")(method=c.options.calibration_method, **_int8(c)), "Calibrated int8 in QDQ form: MatMul/Gemm/Conv with QuantizeLinear/DequantizeLinear, Attention into QAttention (--quantize static).", approximate=True, requested_by=Request("quantize", "static"), reads=(*_INT8, "calibration_method"), excludes=_NOT_WITH_FP16, after=("prune-ffn", "prune-heads", "prune-channels")),
+    PassSpec("quantize-embeddings", lambda c: _pass("passes.quantization.embedding:EmbeddingQuantizationPass")(), "Embedding tables (constant Gather tables) to int8 with one scale per row, a quarter of the size (--quantize-embeddings).", approximate=True, requested_by=Request("quantize_embeddings", True), excludes=_NOT_WITH_FP16),
+    PassSpec("convert-float16", lambda c: _pass("passes.quantization.float16:Float16Pass")(keep_io_types=c.options.keep_io_types), "Float16 weights and compute, norm reductions and softmax kept float32, graph I/O types kept (--fp16, --target cuda).", approximate=True, requested_by=Request("fp16", True), reads=("keep_io_types",), targets=("cuda",), target_reason="ONNX Runtime's CPU kernels are float32"),
+    PassSpec("deduplicate-initializers", lambda c: _pass("passes.initializer_deduplication:DeduplicateInitializersPass")(), "Merge initializers with identical contents.", default_for=BOTH),
+    PassSpec("remove-unused", lambda c: _pass("passes.cleanup:RemoveUnusedPass")(), "Remove dead nodes, unused initializers, functions and opsets (onnx-ir).", default_for=BOTH),
+)
+# fmt: on
