@@ -102,22 +102,30 @@ class RuleFusionPass(FusionPass):
 
 
 class _NearMisses(_basics.MatchingTracer):
-    """Keeps, per root node, the reason of the failed ``check`` that matched the most nodes."""
+    """Subgraphs that matched a rule's pattern but failed its ``check``, with the reason.
+
+    Per root node the near-miss that matched the most nodes is kept; one whose nodes
+    all belong to a larger near-miss (a shorter rule failing on part of the same
+    subgraph) is the same candidate and is dropped.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self._best: dict[int, tuple[int, str, str]] = {}
+        self._best: dict[int, tuple[frozenset[int], str, str]] = {}
 
     def log(self, rule, container, node, match_result, status) -> None:  # noqa: ANN001
         if status != _basics.MatchStatus.CONDITION_FAILED:
             return
-        score = len(match_result.nodes)
-        if id(node) not in self._best or score > self._best[id(node)][0]:
-            self._best[id(node)] = (score, node.op_type, match_result.reason or "a check of the rule failed")
+        nodes = frozenset(id(n) for n in match_result.nodes)
+        if id(node) not in self._best or len(nodes) > len(self._best[id(node)][0]):
+            self._best[id(node)] = (nodes, node.op_type, match_result.reason or "a check of the rule failed")
 
     def reasons(self) -> list[tuple[str, str]]:
-        """``(root op type, reason)`` for each node that nearly matched."""
-        return [(op_type, reason) for _, op_type, reason in self._best.values()]
+        """``(root op type, reason)`` for each distinct near-miss."""
+        found = list(self._best.values())
+        return [
+            (op_type, reason) for nodes, op_type, reason in found if not any(nodes < other for other, _, _ in found)
+        ]
 
 
 _COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "And", "Or", "Equal"})

@@ -41,7 +41,9 @@ def test_rms_norm_is_fused(inverse):
 
 def test_mean_over_another_axis_is_left_alone():
     model = parse_model(_PREAMBLE.format(axis=1, inverse=_INVERSES["div"]))
-    assert not RmsNormFusion()(model).modified
+    result = RmsNormFusion()(model)
+    assert not result.modified
+    assert result.refusals == ["1 near match at Mul left unfused: the mean is not over the last axis alone"]
 
 
 def test_rms_norm_without_a_constant_scale_is_left_alone():

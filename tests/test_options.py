@@ -1,0 +1,161 @@
+"""Typed options and the composition rules declared on the passes: the API and the CLI refuse alike."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+import pytest
+
+from optimizer.api import optimize_with_report
+from optimizer.cli import EXAMPLE_MODEL, build_parser, main, options_from_args
+from optimizer.errors import OptionError, PassSelectionError
+from optimizer.options import Options, flag_of
+from optimizer.protocol import PassSpec
+from optimizer.registry import all_passes, resolve
+from tests.helpers import FIXTURES
+
+TINY = FIXTURES / "bert_legacy.onnx"
+
+
+def test_an_unknown_option_is_an_error_with_a_suggestion():
+    with pytest.raises(OptionError, match=r"unknown option 'per_chanel' \(did you mean 'per_channel'\?\)"):
+        optimize_with_report(ir.load(TINY), per_chanel=False)
+    with pytest.raises(OptionError, match="unknown option 'settings'"):
+        optimize_with_report(ir.load(TINY), settings={"per_channel": False})
+    with pytest.raises(OptionError, match="unknown option 'smoth'"):
+        Options.build({"smoth": 0.5})
+
+
+def test_options_come_as_keywords_a_mapping_or_a_value_and_keywords_win():
+    base = Options(quantize="dynamic", smooth=0.5)
+    assert Options.build(base, smooth=0.25) == Options(quantize="dynamic", smooth=0.25)
+    assert Options.build({"quantize": "static"}).quantize == "static"
+    assert Options.build(None, exclude="*attention*").exclude == ("*attention*",)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"prune_ffn": 1.5}, "--prune-ffn 1.5: expected a fraction"),
+        ({"prune_heads": True}, "--prune-heads True: expected a fraction"),
+        ({"smooth": 2.0}, "--smooth 2.0: expected a migration strength"),
+        ({"min_cosine": 1.5}, "--min-cosine 1.5: a cosine similarity is between -1 and 1"),
+        ({"max_error": -1.0}, "--max-error -1.0: expected a non-negative error"),
+        ({"quantize": "int4"}, "--quantize int4: expected one of dynamic, static"),
+        ({"target": "tpu"}, "--target tpu: expected one of cpu, cuda"),
+        ({"max_sequence": 0}, "--max-sequence 0: expected a positive number of tokens"),
+        ({"calibration_method": "kl"}, "--calibration-method kl: expected one of minmax, percentile, entropy"),
+        ({"dims": {"batch": 0}}, "--dim batch=0: expected a positive integer size"),
+    ],
+)
+def test_values_out_of_range_are_refused_where_options_are_built(values, message):
+    with pytest.raises(OptionError, match=message):
+        Options(**values)
+
+
+# Each case: API keywords, the CLI flags asking for the same thing, the shared message.
+CONFLICTS = [
+    ({"fp16": True}, ["--fp16"], "--fp16 is for --target cuda (ONNX Runtime's CPU kernels are float32)"),
+    (
+        {"fp16": True, "target": "cuda", "quantize": "dynamic"},
+        ["--fp16", "--target", "cuda", "--quantize", "dynamic"],
+        "--quantize dynamic and --fp16 do not combine: choose one",
+    ),
+    ({"smooth": 0.5}, ["--smooth", "0.5"], "--smooth 0.5 (smooth=0.5) needs --quantize dynamic or --quantize static"),
+    (
+        {"exclude": ("*attn*",)},
+        ["--exclude", "*attn*"],
+        "--exclude *attn* (exclude=('*attn*',)) needs --quantize dynamic or --quantize static",
+    ),
+    (
+        {"importance": "magnitude"},
+        ["--importance", "magnitude"],
+        "--importance magnitude (importance='magnitude') needs --prune-ffn R or --prune-heads R or --prune-channels R",
+    ),
+    (
+        {"per_channel": False},
+        ["--per-tensor"],
+        "--per-tensor (per_channel=False) needs --quantize dynamic or --quantize static",
+    ),
+    ({"keep_io_types": False}, ["--no-keep-io-types"], "--no-keep-io-types (keep_io_types=False) needs --fp16"),
+    ({"min_cosine": 0.99}, ["--min-cosine", "0.99"], "--min-cosine 0.99 (min_cosine=0.99) needs --prune-ffn R or"),
+    ({"calibration_method": "entropy"}, ["--calibration-method", "entropy"], "needs --quantize static"),
+]
+
+
+@pytest.mark.parametrize(("keywords", "flags", "message"), CONFLICTS)
+def test_the_api_and_the_cli_refuse_the_same_things_with_the_same_words(keywords, flags, message, tmp_path, capsys):
+    with pytest.raises(PassSelectionError) as refused:
+        optimize_with_report(ir.load(EXAMPLE_MODEL), **keywords)
+    assert message in str(refused.value)
+    code = main(["optimize", str(EXAMPLE_MODEL), "-o", str(tmp_path / "out.onnx"), *flags])
+    error = capsys.readouterr().err
+    assert code == 2 and error == f"graphopt: error: {refused.value}\n"
+
+
+def test_a_pass_listed_without_its_ratio_is_refused_by_name():
+    with pytest.raises(PassSelectionError, match=r"prune-ffn needs its ratio: --prune-ffn R \(prune_ffn=R\)"):
+        resolve(["prune-ffn"], Options())
+
+
+def test_calibration_without_an_approximate_pass_is_refused(tmp_path):
+    with pytest.raises(PassSelectionError, match="--calibration needs --prune-ffn R or"):
+        optimize_with_report(ir.load(EXAMPLE_MODEL), calibration={"input_ids": None})
+
+
+def test_an_option_asks_for_its_pass_in_the_default_pipeline_or_after_a_list():
+    default = [spec.name for spec in resolve(None, Options(quantize="dynamic", prune_ffn=0.3))]
+    assert default.index("fuse-attention") < default.index("prune-ffn") < default.index("quantize-dynamic")
+    assert default.index("quantize-dynamic") < default.index("remove-unused")
+    listed = [spec.name for spec in resolve(["fold-constants", "fuse-attention"], Options(quantize="static"))]
+    assert listed == ["fold-constants", "fuse-attention", "quantize-static"]
+    # Named and asked for by its option: it runs once.
+    once = [spec.name for spec in resolve(["+prune-ffn"], Options(prune_ffn=0.2))]
+    assert once.count("prune-ffn") == 1
+
+
+def test_passes_run_after_the_passes_they_build_on():
+    with pytest.raises(PassSelectionError, match="quantize-dynamic must run after prune-ffn: list prune-ffn first"):
+        resolve(["quantize-dynamic", "prune-ffn"], Options(prune_ffn=0.2))
+    with pytest.raises(PassSelectionError, match="fuse-bias-gelu must run after fuse-gelu"):
+        resolve(["fuse-bias-gelu", "fuse-gelu"], Options())
+
+
+def test_every_option_a_pass_reads_exists_and_every_cli_flag_is_an_option():
+    fields = {field.name for field in dataclasses.fields(Options)}
+    for spec in all_passes():
+        assert spec.options_read <= fields, spec.name
+    args = build_parser().parse_args(["optimize", "in.onnx", "-o", "out.onnx"])
+    assert options_from_args(args) == Options()
+    for name in fields - {"raise_errors"}:
+        assert flag_of(name).startswith("--"), name
+
+
+def test_a_spec_naming_an_unknown_option_or_target_is_a_bug():
+    with pytest.raises(ValueError, match="unknown options"):
+        PassSpec("x", lambda c: None, "test", reads=("per_chanel",))
+    with pytest.raises(ValueError, match="unknown targets"):
+        PassSpec("x", lambda c: None, "test", default_for=frozenset({"tpu"}))
+
+
+def test_cli_flags_build_the_same_options_as_keywords():
+    args = build_parser().parse_args(
+        ["optimize", "in.onnx", "-o", "o.onnx", "--quantize", "static", "--per-tensor", "--full-range-weights"]
+        + ["--exclude", "a*", "--exclude", "b*", "--smooth", "0.5", "--min-cosine", "0.99", "--dim", "batch=2"]
+        + ["--prune-heads", "0.25", "--global-ranking", "--no-repair", "--max-sequence", "512", "--no-verify"]
+    )
+    assert options_from_args(args) == Options(
+        quantize="static",
+        per_channel=False,
+        full_range_weights=True,
+        exclude=("a*", "b*"),
+        smooth=0.5,
+        min_cosine=0.99,
+        dims={"batch": 2},
+        prune_heads=0.25,
+        global_ranking=True,
+        repair=False,
+        max_sequence=512,
+        verify=False,
+    )
