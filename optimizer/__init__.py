@@ -22,6 +22,7 @@ _EXPORTS = {
     "ComparisonReport": "optimizer.compare",
     "compare": "optimizer.compare",
     "GraphoptError": "optimizer.errors",
+    "Options": "optimizer.options",
     "load_model": "optimizer.model_io",
     "save_model": "optimizer.model_io",
     "run_pipeline": "optimizer.pipeline",
