@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
@@ -33,7 +34,7 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
     Rewrites: any deterministic node (outside control flow bodies it cannot
     reason about) whose inputs are constants into a ``Constant``; ``Shape``/``Size``
     of statically shaped tensors into constants; shape arithmetic over them too.
-    Refuses: random ops, inputs larger than ``input_size_limit`` elements, results
+    Small ``ConstantOfShape`` nodes fold too (onnxscript keeps them all). Refuses: random ops, inputs larger than ``input_size_limit`` elements, results
     larger than ``output_size_limit`` elements. Nodes left without users are removed.
     """
 
@@ -51,12 +52,31 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
             shape_inference=True,
             input_size_limit=self.input_size_limit,
             output_size_limit=self.output_size_limit,
+            should_fold=_small_constant_of_shape,
         )
         with _hide_scalar_split_shapes(model):
             modified = folder(model).modified
         if modified:
             remove_dead_nodes(model)
         return ir.passes.PassResult(model, modified=modified)
+
+
+def _small_constant_of_shape(node: ir.Node) -> bool | None:
+    """Fold a ``ConstantOfShape`` with a constant shape of at most ``DEFAULT_INPUT_SIZE_LIMIT`` elements.
+
+    onnxscript keeps every ConstantOfShape, so that folding does not write large
+    constants into the file. A small one is shape arithmetic: under ``--static-shapes``
+    the legacy exporter's token-type ids are ``Expand(ConstantOfShape([1, 16]))``, and
+    until that folds shape inference cannot see the batch size every head split
+    needs (the attention fusion then refuses). None leaves the decision to onnxscript.
+    """
+    if node.op_type != "ConstantOfShape" or not is_onnx_domain(node) or not node.inputs:
+        return None
+    shape = ir.convenience.get_const_tensor(node.inputs[0])
+    if shape is None:
+        return None
+    sizes = shape.numpy().reshape(-1)
+    return bool((sizes >= 0).all() and int(np.prod(sizes)) <= DEFAULT_INPUT_SIZE_LIMIT) or None
 
 
 @contextlib.contextmanager

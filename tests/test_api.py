@@ -15,6 +15,7 @@ from optimizer.registry import resolve
 from passes.cleanup import RemoveIdentityPass, RemoveUnusedPass
 from passes.constant_folding import FoldConstantsPass
 from passes.fusion.attention import AttentionFusion
+from passes.fusion.packed_attention import PackedAttentionFusion
 from passes.fusion.bias_gelu import BiasGeluFusion
 from passes.fusion.gelu import GeluFusion
 from passes.shape_simplification import ShapeSimplificationPass
@@ -112,6 +113,7 @@ def test_fusion_passes_work_in_an_onnx_ir_pass_manager():
             GeluFusion(),
             BiasGeluFusion(),
             AttentionFusion(),
+            PackedAttentionFusion(),
             RemoveUnusedPass(),
         ],
     )

@@ -1,10 +1,12 @@
-"""Tracing tensor layouts through Reshape/Transpose chains, for the attention fusion.
+"""Tracing tensor layouts through Reshape/Transpose chains, for the attention and rotary fusions.
 
 Exporters spell "split the hidden axis into heads" and "transpose the last two axes"
 in several ways; these helpers recognise them by evaluating the shape arithmetic
 that feeds a Reshape symbolically (``Shape``/``Slice``/``Gather``/``Concat``/
-``Unsqueeze`` of a tensor's own shape), so a chain is accepted only when it is a
-pure relayout for every input size.
+``Unsqueeze`` of a tensor's own shape, or static sizes the shapes prove), so a chain
+is accepted only when it is a pure relayout for every input size the graph accepts.
+``trace_heads`` walks an attention operand back to where its layout comes from,
+composing the permutations of the Transposes on the way.
 """
 
 from __future__ import annotations
@@ -35,29 +37,6 @@ def perm(node: ir.Node) -> tuple[int, ...] | None:
     """A Transpose node's permutation, or None when it is implicit (reverse)."""
     attr = node.attributes.get("perm")
     return tuple(attr.as_ints()) if attr is not None else None
-
-
-def strip_scale(value: ir.Value) -> tuple[ir.Value, float]:
-    """Walk back through ``Mul``/``Div`` by constant scalars; return the source and the product of the factors."""
-    factor = 1.0
-    while True:
-        node = producer(value, "Mul") or producer(value, "Div")
-        if node is None:
-            return value, factor
-        a, b = node.inputs
-        const_b = constant_array(b)
-        if node.op_type == "Mul":
-            const_a = constant_array(a)
-            if const_b is not None and const_b.size == 1:
-                value, factor = a, factor * float(const_b.reshape(()))
-            elif const_a is not None and const_a.size == 1:
-                value, factor = b, factor * float(const_a.reshape(()))
-            else:
-                return value, factor
-        elif const_b is not None and const_b.size == 1 and float(const_b.reshape(())) != 0.0:
-            value, factor = a, factor / float(const_b.reshape(()))
-        else:
-            return value, factor
 
 
 @dataclass(frozen=True)
@@ -176,59 +155,265 @@ def shape_tokens(value: ir.Value | None, depth: int = 0) -> list | None:
     return None
 
 
-def transposed_key(value: ir.Value) -> tuple[str, ir.Value, HeadSplit | None] | None:
-    """Recognise ``value`` as a per-head key with its last two axes swapped, ``[B, N, d, T]``.
+# -- Tracing per-head attention operands back to where their layout comes from ------------------------------
 
-    Returns ``("bnsh", k, None)`` with ``k`` the ``[B, N, T, d]`` key, or
-    ``("split", split.hidden, split)`` when the swap is fused into the head split
-    (``Transpose(Reshape(hidden, [0, 0, H, d]), perm=(0, 2, 3, 1))``).
+IDENTITY = (0, 1, 2, 3)
+
+
+def compose(inner: tuple[int, ...], outer: tuple[int, ...]) -> tuple[int, ...]:
+    """The permutation of ``Transpose(Transpose(x, inner), outer)`` as one ``Transpose(x, ·)``."""
+    return tuple(inner[axis] for axis in outer)
+
+
+_BROADCASTING = frozenset({"Add", "Sub", "Mul", "Div", "Where", "And", "Or", "Equal", "Less", "Greater", "Pow"})
+_SAME_RANK = _SHAPE_PRESERVING | {"Softmax", "IsNaN", "Not", "Sqrt", "Exp", "Abs"}
+
+
+def rank(value: ir.Value | None, depth: int = 0) -> int | None:
+    """The value's rank, from its shape or, when that is unknown, from the ops producing it.
+
+    Exporters leave shapes off many intermediate values; the rank still follows from a
+    Transpose's permutation, a Reshape's target length, or the inputs of element-wise,
+    broadcasting and matrix-product ops.
     """
-    split = head_split(value, (0, 2, 3, 1))
-    if split is not None:
-        return "split", split.hidden, split
-    transpose = producer(value, "Transpose")
-    if transpose is not None and perm(transpose) == (0, 1, 3, 2):
-        return _bnsh_key(transpose.inputs[0])
-    # Dynamo: Reshape(Transpose(Reshape(k, [-1, T, d]), (0, 2, 1)), [B, N, d, T]) from Shape(k).
-    outer = producer(value, "Reshape")
-    middle = producer(outer.inputs[0], "Transpose") if outer is not None else None
-    inner = producer(middle.inputs[0], "Reshape") if middle is not None else None
-    if inner is None or perm(middle) != (0, 2, 1):
+    if value is None:
         return None
-    key = inner.inputs[0]
-    if key.shape is None or key.shape.rank() != 4:
+    if value.shape is not None:
+        return value.shape.rank()
+    array = constant_array(value)
+    if array is not None:
+        return array.ndim
+    node = value.producer()
+    if node is None or depth > 16:
         return None
-    if not _is_dims_of(shape_tokens(inner.inputs[1]), key, [None, 2, 3]):
+    if node.op_type == "Transpose" and perm(node) is not None:
+        return len(perm(node))
+    if node.op_type == "Reshape" and is_onnx_domain(node):
+        tokens = shape_tokens(node.inputs[1])
+        return len(tokens) if tokens is not None else None
+    if node.op_type in _SAME_RANK | {"Transpose"} and is_onnx_domain(node):
+        return rank(node.inputs[0], depth + 1)
+    matmul = (node.op_type == "MatMul" and is_onnx_domain(node)) or node.op_type == "FusedMatMul"
+    if (node.op_type in _BROADCASTING and is_onnx_domain(node)) or matmul:
+        ranks = [rank(operand, depth + 1) for operand in node.inputs if operand is not None]
+        if None in ranks or not ranks or (matmul and min(ranks) < 2):
+            return None
+        return max(ranks)
+    return None
+
+
+def static_dim(value: ir.Value, axis: int) -> int | None:
+    """The static size of ``value``'s ``axis``, or None."""
+    shape = value.shape
+    if shape is None or not -shape.rank() <= axis < shape.rank():
         return None
-    if not _is_dims_of(shape_tokens(outer.inputs[1]), key, [0, 1, 3, 2]):
+    dim = shape[axis]
+    return dim if isinstance(dim, int) else None
+
+
+def scalar_factor(node: ir.Node) -> tuple[ir.Value, float] | None:
+    """``(x, f)`` when ``node`` is ``x * f``, ``f * x`` or ``x / (1/f)``, ``f`` a constant scalar keeping x's rank."""
+    if node.op_type not in ("Mul", "Div") or not is_onnx_domain(node) or len(node.inputs) != 2:
         return None
-    return _bnsh_key(key)
-
-
-def _bnsh_key(key: ir.Value) -> tuple[str, ir.Value, HeadSplit | None]:
-    """A ``[B, N, T, d]`` key, described by its head split when it comes straight from one."""
-    split = head_split(key, (0, 2, 1, 3))
-    if split is not None:
-        return "split", split.hidden, split
-    return "bnsh", key, None
-
-
-def _is_dims_of(tokens: list | None, value: ir.Value, axes: list[int | None]) -> bool:
-    """True if shape ``tokens`` are ``value``'s dims at ``axes`` (``None``: the one inferred -1).
-
-    A token matches an axis when it is that dim of ``value`` symbolically or equals
-    its static size; a leading -1 may stand for the first axis when all others match.
-    """
-    if tokens is None or len(tokens) != len(axes):
-        return False
-    for i, (token, axis) in enumerate(zip(tokens, axes)):
-        if axis is None or (i == 0 and token == -1):
-            if token != -1:
-                return False
+    orders = ((0, 1), (1, 0)) if node.op_type == "Mul" else ((0, 1),)
+    for data, factor in orders:
+        array = constant_array(node.inputs[factor])
+        operand = node.inputs[data]
+        if array is None or array.size != 1 or operand is None or constant_array(operand) is not None:
             continue
-        if isinstance(token, tuple):
-            if token[0] is not value or token[1] != axis:
-                return False
-        elif not keeps_dim(token, value, axis) or token == 0:
-            return False
-    return tokens.count(-1) <= 1
+        # A [1, 1, 1, 1] factor would broadcast a lower-rank operand up: only scalars that keep the rank.
+        if array.ndim > 1 and (rank(operand) is None or array.ndim > rank(operand)):
+            continue
+        f = float(array.reshape(()))
+        if node.op_type == "Div":
+            if f == 0.0:
+                return None
+            f = 1.0 / f
+        return operand, f
+    return None
+
+
+def same_dim(token, value: ir.Value, axis: int, *, index: int, allowzero: bool, known: int | None = None) -> bool:
+    """True if Reshape target entry ``token`` (at ``index``) is provably ``value``'s dim ``axis``.
+
+    The entry copies it (0, at the same index, without ``allowzero``), reads it from
+    ``value``'s shape (a ``(tensor, axis)`` token of shape arithmetic with the same dim),
+    or states its static size (from the shape, or ``known``).
+    """
+    if isinstance(token, tuple):
+        if token[0] is value and token[1] == axis:
+            return True
+        mine = value.shape[axis] if value.shape is not None and value.shape.rank() > axis else None
+        theirs = token[0].shape[token[1]] if token[0].shape is not None else None
+        named = getattr(mine, "value", None)
+        return isinstance(named, str) and getattr(theirs, "value", None) == named
+    if token == 0:
+        return not allowzero and index == axis
+    size = static_dim(value, axis)
+    return token > 0 and (size if size is not None else known) == token
+
+
+def split_heads(reshape: ir.Node) -> HeadSplit | None:
+    """``reshape`` as a head split ``[B, S, N*d] -> [B, S, N, d]`` that keeps batch and sequence, however spelled.
+
+    Batch and sequence entries are copied (0), read from the input's shape, or stated
+    as the input's static sizes (``--static-shapes`` writes ``[1, 16, -1, 32]`` with
+    ``allowzero=1``); one of them may be inferred (-1) when heads and head size are
+    static and multiply to the input's width, or the head count may be (-1).
+    """
+    hidden = reshape.inputs[0]
+    if hidden is None or rank(hidden) != 3:
+        return None
+    tokens = shape_tokens(reshape.inputs[1])
+    if tokens is None or len(tokens) != 4 or tokens.count(-1) > 1:
+        return None
+    allowzero = reshape.attributes.get_int("allowzero", 0) != 0
+    batch, seq, heads, size = tokens
+    if not isinstance(size, int) or size <= 0 or not isinstance(heads, int) or heads == 0 or heads < -1:
+        return None
+    width = last_dim(hidden)
+    if width is not None and (width % size or (heads > 0 and heads * size != width)):
+        return None
+    kept = [same_dim(t, hidden, axis, index=axis, allowzero=allowzero) for axis, t in enumerate((batch, seq))]
+    if not all(kept):
+        # One of batch/sequence inferred: exact only when the rest multiply to the input's width.
+        inferred = sum(t == -1 for t in (batch, seq)) == 1 and any(kept)
+        if not inferred or heads <= 0 or width != heads * size:
+            return None
+    if heads == -1:
+        heads = width // size if width is not None else None
+    return HeadSplit(hidden, reshape.outputs[0], heads, size)
+
+
+def _scaled_source(value: ir.Value, scales: bool) -> tuple[ir.Value, float]:
+    factor = 1.0
+    while scales and value.producer() is not None:
+        step = scalar_factor(value.producer())
+        if step is None:
+            break
+        value, factor = step[0], factor * step[1]
+    return value, factor
+
+
+def relayout(reshape: ir.Node, *, scales: bool = True) -> tuple[ir.Value, tuple[int, ...], float] | None:
+    """``(u, p, f)`` when ``reshape``'s output is ``Transpose(u, p) * f`` computed through 3-D.
+
+    The SDPA export transposes the key as ``Reshape(Transpose(Reshape(k, [B*N, T, d]),
+    (0, 2, 1)), [B, N, d, T])``: merge the two leading axes, permute the other two,
+    split the leading axis back. Targets may be shape arithmetic on ``k``, -1, or
+    static sizes (``[12, 16, 32]`` for ``B = 1, N = 12``).
+    """
+    outer = reshape.attributes.get_int("allowzero", 0) != 0, shape_tokens(reshape.inputs[1])
+    if outer[1] is None or len(outer[1]) != 4 or outer[1].count(-1) > 1:
+        return None
+    value, factor = _scaled_source(reshape.inputs[0], scales)
+    perm3 = (0, 1, 2)
+    while (transpose := producer(value, "Transpose")) is not None:
+        p = perm(transpose)
+        if p is None or len(p) != 3 or p[0] != 0:
+            return None
+        perm3 = compose(p, perm3)
+        value, f = _scaled_source(transpose.inputs[0], scales)
+        factor *= f
+    inner = producer(value, "Reshape")
+    source = inner.inputs[0] if inner is not None else None
+    if source is None or rank(source) != 4:
+        return None
+    tokens = shape_tokens(inner.inputs[1])
+    allowzero = inner.attributes.get_int("allowzero", 0) != 0
+    if tokens is None or len(tokens) != 3 or tokens.count(-1) > 1:
+        return None
+    merged = tokens[0]
+    leading = [static_dim(source, 0), static_dim(source, 1)]
+    if not (merged == -1 or (None not in leading and merged == leading[0] * leading[1])):
+        return None
+    if not all(same_dim(tokens[i], source, i + 1, index=i, allowzero=allowzero) for i in (1, 2)):
+        return None
+    axes = (0, 1, 1 + perm3[1], 1 + perm3[2])
+    # The outer target names u's dims in that order; one -1 is then exactly the missing dim. 0 would copy a
+    # dim of the 3-D tensor, not of u.
+    if not all(t == -1 or same_dim(t, source, axis, index=-1, allowzero=outer[0]) for t, axis in zip(outer[1], axes)):
+        return None
+    return source, axes, factor
+
+
+def keeps_shape(reshape: ir.Node, known: tuple[int | None, ...] = ()) -> bool:
+    """True if ``reshape`` provably returns its input's shape (``[0, -1, 0, 16]`` on ``[B, N, S, 16]``).
+
+    ``known`` gives static sizes per axis where the input's shape does not.
+    """
+    data = reshape.inputs[0]
+    tokens = shape_tokens(reshape.inputs[1])
+    if data is None or tokens is None or rank(data) != len(tokens) or tokens.count(-1) > 1:
+        return False
+    allowzero = reshape.attributes.get_int("allowzero", 0) != 0
+    hints = list(known) + [None] * len(tokens)
+    return all(
+        t == -1 or same_dim(t, data, axis, index=axis, allowzero=allowzero, known=hints[axis])
+        for axis, t in enumerate(tokens)
+    )
+
+
+@dataclass(frozen=True)
+class Traced:
+    """Where a 4-D per-head operand comes from: it is ``Transpose(source, perm) * scale``.
+
+    ``split`` is set when ``source`` is a head split's output (then ``split.hidden`` is
+    the 3-D tensor it splits, with any scalar scale on it moved into ``scale``).
+    """
+
+    source: ir.Value
+    perm: tuple[int, ...]
+    scale: float
+    split: HeadSplit | None
+
+    def canonical(self, wanted: tuple[int, ...] = (0, 2, 1, 3)) -> bool:
+        """True if the operand is the head split's output transposed by ``wanted`` (so the 3-D hidden stands for it)."""
+        return self.split is not None and self.perm == wanted
+
+
+def trace_heads(value: ir.Value, *, scales: bool = True, limit: int = 32) -> Traced | None:
+    """Trace a 4-D attention operand back through layout-only ops, composing their permutations.
+
+    Walks Transposes (composed: one ``(0, 2, 3, 1)`` or ``(0, 2, 1, 3)`` then
+    ``(0, 1, 3, 2)`` are the same thing), scalar Mul/Div (with ``scales``), Reshapes
+    that keep the shape, and the SDPA relayout through 3-D, and stops at a head split
+    (``split_heads``) or at anything else. None if the operand is not known to be 4-D.
+    """
+    current, order, factor = value, IDENTITY, 1.0
+    if rank(value) not in (None, 4):
+        return None
+    four_d = rank(value) == 4  # every step below keeps the rank; a 4-axis Transpose proves it
+    for _ in range(limit):
+        node = current.producer()
+        if node is None or not is_onnx_domain(node):
+            break
+        if node.op_type == "Transpose":
+            p = perm(node)
+            if p is None and rank(node.inputs[0]) == 4:
+                p = (3, 2, 1, 0)
+            if p is None or len(p) != 4:
+                break
+            current, order, four_d = node.inputs[0], compose(p, order), True
+            continue
+        step = scalar_factor(node) if scales else None
+        if step is not None:
+            current, factor = step[0], factor * step[1]
+            continue
+        if node.op_type != "Reshape":
+            break
+        split = split_heads(node)
+        if split is not None:
+            hidden, f = _scaled_source(split.hidden, scales)
+            return Traced(current, order, factor * f, HeadSplit(hidden, split.split, split.heads, split.head_size))
+        found = relayout(node, scales=scales)
+        if found is not None:
+            current, order, factor, four_d = found[0], compose(found[1], order), factor * found[2], True
+            continue
+        if keeps_shape(node):
+            current = node.inputs[0]
+            continue
+        break
+    if not four_d and rank(current) != 4:
+        return None
+    return Traced(current, order, factor, None)

@@ -92,3 +92,26 @@ def test_split_to_sequence_with_runtime_scalar_split_does_not_crash():
     assert split.shape is not None and len(split.shape) == 0, "the hidden shape is restored"
     data = np.arange(18, dtype=np.float32).reshape(3, 6)
     assert_same_outputs(model, result.model, {"data": data, "split": np.array(2, np.int64)})
+
+
+def _constant_of_shape(rows: int, columns: int):
+    return parse_model(f"""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (int64[{rows}, {columns}] ids) => (int64[{rows}, {columns}] y) {{
+          shape = Constant<value = int64[2] {{{rows}, {columns}}}>()
+          zeros = ConstantOfShape<value = int64[1] {{0}}>(shape)
+          y = Add(ids, zeros)
+        }}""")
+
+
+def test_a_small_constant_of_shape_folds_so_shapes_downstream_are_known():
+    # The legacy exporter's token-type ids under --static-shapes: Expand(ConstantOfShape([1, 16])).
+    model = _constant_of_shape(1, 16)
+    after = FoldConstantsPass()(model.clone()).model
+    assert "ConstantOfShape" not in op_types(after)
+    assert_same_outputs(model, after, {"ids": np.arange(16).reshape(1, 16)})
+
+
+def test_a_large_constant_of_shape_stays_so_the_file_does_not_grow():
+    model = _constant_of_shape(512, 512)
+    assert "ConstantOfShape" in op_types(FoldConstantsPass()(model.clone()).model)

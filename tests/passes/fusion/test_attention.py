@@ -1,4 +1,4 @@
-"""fuse-attention: scaled dot-product attention subgraphs into MultiHeadAttention."""
+"""fuse-attention: scaled dot-product attention subgraphs into MultiHeadAttention (stage 1)."""
 
 from __future__ import annotations
 
@@ -6,182 +6,233 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from passes.fusion.attention import AttentionFusion
 from tests.helpers import assert_same_outputs, op_types, run
-
-HIDDEN, HEADS, HEAD_SIZE = 8, 2, 4
-
-
-def _attention_model(
-    *,
-    softmax_axis: int = -1,
-    key_form: str = "split",
-    with_mask: bool = True,
-    mask_from_input: bool = False,
-    scale_after_mask: bool = False,
-    kv_heads: int = HEADS,
-) -> ir.Model:
-    """BERT-style self-attention as the legacy exporter writes it (scale on the scores here).
-
-    ``key_form``: "split" transposes the key with perm (0, 2, 3, 1) straight from the
-    head split; "bnsh" splits it like Q/V and then swaps the last two axes.
-    """
-    rng = np.random.default_rng(0)
-    weights = {}
-    nodes = []
-    for name in "qkv":
-        width = HIDDEN if name == "q" else kv_heads * HEAD_SIZE
-        weights[f"w{name}"] = rng.standard_normal((HIDDEN, width)).astype(np.float32) * 0.5
-        weights[f"b{name}"] = rng.standard_normal(width).astype(np.float32) * 0.1
-        nodes += [
-            helper.make_node("MatMul", ["x", f"w{name}"], [f"{name}_mm"]),
-            helper.make_node("Add", [f"{name}_mm", f"b{name}"], [f"{name}_proj"]),
-            helper.make_node("Reshape", [f"{name}_proj", "split_shape"], [f"{name}_split"]),
-        ]
-    weights["split_shape"] = np.array([0, 0, -1, HEAD_SIZE], dtype=np.int64)
-    weights["merge_shape"] = np.array([0, 0, -1], dtype=np.int64)
-    weights["sqrt_d"] = np.array(np.sqrt(HEAD_SIZE), dtype=np.float32)
-    nodes += [
-        helper.make_node("Transpose", ["q_split"], ["q"], perm=[0, 2, 1, 3]),
-        helper.make_node("Transpose", ["v_split"], ["v"], perm=[0, 2, 1, 3]),
-    ]
-    if key_form == "split":
-        nodes.append(helper.make_node("Transpose", ["k_split"], ["k_t"], perm=[0, 2, 3, 1]))
-    else:
-        nodes += [
-            helper.make_node("Transpose", ["k_split"], ["k"], perm=[0, 2, 1, 3]),
-            helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 1, 3, 2]),
-        ]
-    nodes += [
-        helper.make_node("MatMul", ["q", "k_t"], ["scores"]),
-        helper.make_node("Div", ["scores", "sqrt_d"], ["scaled"]),
-    ]
-    logits = "scaled"
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", HIDDEN])]
-    if with_mask and mask_from_input:
-        # The classic BERT extended mask: (1 - mask) * -10000, as [B, 1, 1, S].
-        weights["one"] = np.array(1.0, np.float32)
-        weights["filler"] = np.array(-10000.0, np.float32)
-        weights["mask_axes"] = np.array([1, 2], np.int64)
-        nodes += [
-            helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-            helper.make_node("Sub", ["one", "mask_f"], ["inverted"]),
-            helper.make_node("Mul", ["inverted", "filler"], ["mask_2d"]),
-            helper.make_node("Unsqueeze", ["mask_2d", "mask_axes"], ["mask_bias"]),
-            helper.make_node("Add", ["scaled", "mask_bias"], ["masked"]),
-        ]
-        inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "S"]))
-        logits = "masked"
-    elif with_mask and scale_after_mask:
-        # softmax((QK^T + bias) / sqrt(d)): the scale applies to the mask too.
-        nodes[-1] = helper.make_node("Add", ["scores", "mask_bias"], ["masked_raw"])
-        nodes.append(helper.make_node("Div", ["masked_raw", "sqrt_d"], ["masked"]))
-        inputs.append(helper.make_tensor_value_info("mask_bias", TensorProto.FLOAT, ["B", 1, 1, "S"]))
-        logits = "masked"
-    elif with_mask:
-        nodes.append(helper.make_node("Add", ["scaled", "mask_bias"], ["masked"]))
-        inputs.append(helper.make_tensor_value_info("mask_bias", TensorProto.FLOAT, ["B", 1, 1, "S"]))
-        logits = "masked"
-    nodes += [
-        helper.make_node("Softmax", [logits], ["probs"], axis=softmax_axis),
-        helper.make_node("MatMul", ["probs", "v"], ["context"]),
-        helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
-        helper.make_node("Reshape", ["context_t", "merge_shape"], ["y"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "attention",
-        inputs,
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", HIDDEN])],
-        [numpy_helper.from_array(array, name) for name, array in weights.items()],
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    onnx.checker.check_model(proto)
-    model = ir.from_proto(proto)
-    ir.passes.common.ShapeInferencePass()(model)
-    return model
+from tests.passes.fusion._attention_graphs import HEAD_SIZE, HEADS, attention_model, model_inputs, variant
 
 
-def _inputs(with_mask: bool = True) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(1)
-    feeds = {"x": rng.standard_normal((2, 5, HIDDEN)).astype(np.float32)}
-    if with_mask:
-        # The second sequence is padded after 3 tokens.
-        bias = np.zeros((2, 1, 1, 5), np.float32)
-        bias[1, ..., 3:] = np.finfo(np.float32).min
-        feeds["mask_bias"] = bias
-    return feeds
+def _fused(model: ir.Model) -> tuple[ir.Model, ir.Node]:
+    fusion = AttentionFusion()
+    after = fusion(model.clone()).model
+    assert fusion.fused_count == 1
+    assert not {"Softmax", "Attention"} & set(op_types(after))
+    (mha,) = [n for n in after.graph if n.op_type == "MultiHeadAttention"]
+    assert mha.domain == "com.microsoft" and mha.attributes.get_int("num_heads") == HEADS
+    return after, mha
 
 
 @pytest.mark.parametrize("key_form", ["split", "bnsh"])
 def test_self_attention_with_mask_is_fused(key_form):
-    model = _attention_model(key_form=key_form)
-    fusion = AttentionFusion(pack_qkv=False)
-    after = fusion(model.clone()).model
-    assert fusion.fused_count == 1
-    assert "Softmax" not in op_types(after)
-    (mha,) = [n for n in after.graph if n.op_type == "MultiHeadAttention"]
-    assert mha.domain == "com.microsoft"
-    assert mha.attributes.get_int("num_heads") == HEADS
+    model = attention_model(key_form=key_form)
+    after, mha = _fused(model)
     assert mha.attributes.get_float("scale") == pytest.approx(1 / np.sqrt(HEAD_SIZE))
     # Either way the key traces back to a head split, so the 3-D projections feed the op.
-    assert mha.inputs[1].shape.rank() == 3
-    assert_same_outputs(model, after, _inputs(), rtol=1e-4, atol=1e-5)
-
-
-def test_self_attention_gets_packed_qkv_weights():
-    model = _attention_model()
-    after = AttentionFusion()(model.clone()).model
-    (fused,) = [n for n in after.graph if n.domain == "com.microsoft"]
-    assert fused.op_type == "Attention" and fused.attributes.get_int("num_heads") == HEADS
-    assert fused.inputs[0].name == "x"
-    assert fused.inputs[1].const_value.shape == (HIDDEN, 3 * HIDDEN)
-    assert not {"MatMul", "Softmax"} & set(op_types(after))
-    assert_same_outputs(model, after, _inputs(), rtol=1e-4, atol=1e-5)
-
-
-def test_padding_mask_subgraph_becomes_the_ops_mask_input():
-    model = _attention_model(mask_from_input=True)
-    after = AttentionFusion()(model.clone()).model
-    (fused,) = [n for n in after.graph if n.domain == "com.microsoft"]
-    assert fused.op_type == "Attention"
-    # The 2-D mask (cast to int32) replaces the float bias; its subgraph is gone.
-    assert fused.inputs[3].producer().op_type == "Cast" and len(fused.inputs) == 4
-    assert not {"Sub", "Unsqueeze"} & set(op_types(after))
-    feeds = {"x": _inputs()["x"], "attention_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int64)}
-    assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
+    assert [v.name for v in mha.inputs[:3]] == ["q_proj", "k_proj", "v_proj"]
+    # The output Transpose + Reshape back to [B, S, N*d] is the op's own output.
+    assert "Transpose" not in op_types(after)
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
 
 
 def test_attention_without_mask_is_fused():
-    model = _attention_model(with_mask=False)
-    after = AttentionFusion()(model.clone()).model
-    assert "Attention" in op_types(after)
-    assert_same_outputs(model, after, _inputs(with_mask=False), rtol=1e-4, atol=1e-5)
+    model = attention_model(mask=None)
+    after, mha = _fused(model)
+    assert len(mha.inputs) == 3
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
 
 
-def test_softmax_over_another_axis_is_left_alone():
-    model = _attention_model(softmax_axis=2)
-    result = AttentionFusion()(model)
-    assert not result.modified
-    assert "MultiHeadAttention" not in op_types(result.model)
+def test_a_scale_after_the_mask_scales_the_mask():
+    # softmax((QK^T + bias) / sqrt(d)): the fused op scales Q @ K^T only, so the bias is scaled for it.
+    model = attention_model(scale_after_mask=True)
+    after, mha = _fused(model)
+    expand = mha.inputs[5].producer()  # [B, 1, 1, S] expanded over the query axis
+    scaled_bias = expand.inputs[0].producer()
+    assert scaled_bias.op_type == "Mul" and scaled_bias.inputs[0].name == "mask_bias"
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
 
 
-def test_mask_that_is_not_4d_is_left_alone():
-    model = _attention_model()
-    model.graph.inputs[1].shape = ir.Shape(["B", "S"])
-    assert not AttentionFusion()(model).modified
+def test_a_lower_rank_mask_broadcasts_right_aligned():
+    # A [1, S] key mask added to [B, N, S, S] scores: unsqueezed to [1, 1, 1, S], then expanded over S.
+    model = attention_model()
+    model.graph.inputs[1].shape = ir.Shape([1, "S"])
+    feeds = model_inputs(model)
+    feeds["mask_bias"] = np.array([[0, 0, 0, 0, -1e9]], np.float32)
+    after, mha = _fused(model)
+    assert mha.inputs[5].producer().op_type == "Expand"
+    assert "Unsqueeze" in op_types(after)
+    assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
 
 
-def test_scale_applied_after_the_mask_is_left_alone():
-    # The fused ops scale Q @ K^T only, not the mask; fusing would change the bias' weight.
-    model = _attention_model(scale_after_mask=True)
-    assert not AttentionFusion()(model).modified
+def _sdpa_model(q: list, k: list, v: list, scale: float = 0.5) -> ir.Model:
+    """``softmax(q @ k^T * scale) @ v`` on per-head graph inputs, the output left per-head."""
+    key_perm = [0, 1, 3, 2] if len(k) == 4 else [0, 2, 1]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["k"], ["k_t"], perm=key_perm),
+            helper.make_node("MatMul", ["q", "k_t"], ["scores"]),
+            helper.make_node("Mul", ["scores", "scale"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+            helper.make_node("MatMul", ["probs", "v"], ["out"]),
+        ],
+        "sdpa",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in (("q", q), ("k", k), ("v", v))],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [helper.make_tensor("scale", TensorProto.FLOAT, [], [scale])],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    ir.passes.common.ShapeInferencePass()(model)
+    return model
+
+
+def test_per_head_inputs_go_in_as_bnsh_key_value_and_the_output_is_split_back():
+    model = _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "T", 4], ["B", HEADS, "T", 4])
+    after, mha = _fused(model)
+    assert mha.inputs[1].name == "k" and mha.inputs[2].name == "v"  # [B, N, T, d]: no Transpose needed
+    assert mha.inputs[0].producer().op_type == "Reshape"  # the query merged to [B, S, N*d]
+    rng = np.random.default_rng(2)
+    feeds = {name: rng.standard_normal((2, HEADS, 5 if name == "q" else 6, 4)).astype(np.float32) for name in "qkv"}
+    assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
 
 
 def test_multi_query_attention_by_broadcasting_is_left_alone():
     # One K/V head broadcast by MatMul over 2 query heads: the fused ops need equal head counts.
-    model = _attention_model(kv_heads=1)
-    assert run(model, _inputs())  # the original runs: MatMul broadcasts the single K/V head
-    assert not AttentionFusion()(model).modified
+    model = attention_model(kv_heads=1)
+    assert run(model, model_inputs(model))  # the original runs: MatMul broadcasts the single K/V head
+    result = AttentionFusion()(model)
+    assert not result.modified
+    assert result.refusals == ["1 of 1 Softmax left unfused: the key has 1 heads, the query 2"]
+
+
+# -- Every refusal, by a model that triggers it -------------------------------------------------------------
+
+
+def _replace(model: ir.Model, old: ir.Node, op: str, inputs: list, domain: str = "", **attrs) -> ir.Model:
+    node = ir.node(op, inputs, attrs, domain=domain, name=f"{old.name}_replaced")
+    model.graph.insert_before(old, node)
+    old.outputs[0].replace_all_uses_with(node.outputs[0])
+    node.outputs[0].shape, node.outputs[0].type = old.outputs[0].shape, old.outputs[0].type
+    model.graph.remove(old, safe=True)
+    if domain:
+        model.opset_imports.setdefault(domain, 1)
+    return model
+
+
+def _node(model: ir.Model, output: str) -> ir.Node:
+    return next(n for n in model.graph if n.outputs[0].name == output)
+
+
+def _const(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), const_value=ir.tensor(array, name=name))
+    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+    model.graph.register_initializer(value)
+    return value
+
+
+def _tanh_on_scores() -> ir.Model:
+    model = attention_model()
+    softmax = next(n for n in model.graph if n.op_type == "Softmax")
+    tanh = ir.node("Tanh", [softmax.inputs[0]], name="tanh")
+    model.graph.insert_before(softmax, tanh)
+    softmax.replace_input_with(0, tanh.outputs[0])
+    return model
+
+
+def _weak_where_fill() -> ir.Model:
+    model = variant(attention_model(), mask="where_min")
+    where = next(n for n in model.graph if n.op_type == "Where")
+    where.replace_input_with(2, _const(model, "weak_fill", np.array(-1.0, np.float32)))
+    return model
+
+
+def _where_fill_scaled_to_a_weak_mask() -> ir.Model:
+    # -1e5 masks, but a scale of 1e-3 after the Where leaves -100: not a mask the op may sum in.
+    model = variant(attention_model(), mask="where_min")
+    where = next(n for n in model.graph if n.op_type == "Where")
+    where.replace_input_with(2, _const(model, "fill", np.array(-1e5, np.float32)))
+    softmax = next(n for n in model.graph if n.op_type == "Softmax")
+    scaled = ir.node("Mul", [softmax.inputs[0], _const(model, "tiny", np.array(1e-3, np.float32))], name="tiny_scale")
+    model.graph.insert_before(softmax, scaled)
+    softmax.replace_input_with(0, scaled.outputs[0])
+    return model
+
+
+def _transposed_query_product() -> ir.Model:
+    model = attention_model()
+    scores = _node(model, "scores")
+    query = ir.node("Transpose", [scores.inputs[0]], {"perm": [0, 1, 3, 2]}, name="q_swapped")
+    model.graph.insert_before(scores, query)
+    return _replace(model, scores, "FusedMatMul", [query.outputs[0], scores.inputs[1]], "com.microsoft", transA=1)
+
+
+def _with_output(name: str) -> ir.Model:
+    model = attention_model()
+    model.graph.outputs.append(_node(model, name).outputs[0])
+    return model
+
+
+def _scaled_probs_product() -> ir.Model:
+    model = attention_model()
+    context = _node(model, "context")
+    return _replace(model, context, "FusedMatMul", list(context.inputs), "com.microsoft", alpha=2.0)
+
+
+def _unknown_rank_mask() -> ir.Model:
+    model = attention_model()
+    model.graph.inputs[1].shape = None
+    return model
+
+
+REFUSALS = {
+    "softmax axis": (lambda: attention_model(softmax_axis=2), "Softmax is not over the last axis of a 4-D tensor"),
+    "float64": (lambda: attention_model(dtype=np.float64), "the scores are not float32 (the fused ops' CPU kernels)"),
+    "not logits": (_tanh_on_scores, "Softmax input is not Q @ K^T under scalar scales, biases and Where masks"),
+    "where fill": (_weak_where_fill, "a Where on the scores fills with neither -inf nor a large negative constant"),
+    "where fill scaled": (
+        _where_fill_scaled_to_a_weak_mask,
+        "a Where on the scores fills with neither -inf nor a large negative constant",
+    ),
+    "transA": (_transposed_query_product, "Q @ K^T transposes Q or the batch axes (FusedMatMul transA/transBatch)"),
+    "scores used": (lambda: _with_output("scores"), "the scores have other users"),
+    "probs used": (lambda: _with_output("probs"), "the probabilities do not feed one MatMul with V"),
+    "probs scaled": (_scaled_probs_product, "the probabilities feed a scaled or transposing FusedMatMul"),
+    "mask rank": (_unknown_rank_mask, "a mask bias has unknown rank"),
+    "3-D query": (
+        lambda: _sdpa_model([HEADS, "S", 4], ["B", HEADS, "S", 4], ["B", HEADS, "S", 4]),
+        "the query is not known to be a 4-D per-head tensor",
+    ),
+    "3-D key": (
+        lambda: _sdpa_model(["B", HEADS, "S", 4], [HEADS, "S", 4], ["B", HEADS, "S", 4]),
+        "the key is not known to be a 4-D per-head tensor",
+    ),
+    "3-D value": (
+        lambda: _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "S", 4], [HEADS, "S", 4]),
+        "the value is not known to be a 4-D per-head tensor",
+    ),
+    "heads unknown": (
+        lambda: _sdpa_model(["B", "N", "S", 4], ["B", "N", "S", 4], ["B", "N", "S", 4]),
+        "the head count cannot be derived",
+    ),
+    "negative scale": (
+        lambda: _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "S", 4], ["B", HEADS, "S", 4], scale=-0.5),
+        "the scale is not a positive finite number",
+    ),
+    "key heads": (lambda: attention_model(kv_heads=1), "the key has 1 heads, the query 2"),
+    "value heads": (
+        lambda: _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "S", 4], ["B", 1, "S", 4]),
+        "the value has 1 heads, the query 2",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_every_refusal_is_counted_with_its_reason(case):
+    build, reason = REFUSALS[case]
+    model = build()
+    if all(v.shape is not None for v in model.graph.inputs):
+        onnx.checker.check_model(ir.to_proto(model))  # a valid graph, left alone for that reason only
+    before = op_types(model)
+    result = AttentionFusion()(model)
+    assert not result.modified
+    assert result.refusals == [f"1 of 1 Softmax left unfused: {reason}"]
+    assert op_types(result.model) == before

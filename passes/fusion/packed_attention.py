@@ -1,0 +1,313 @@
+"""Attention fusion, stage 2: ``MultiHeadAttention`` over projections of one input into packed ``Attention``.
+
+``fuse-attention`` leaves ``com.microsoft.MultiHeadAttention`` reading the 3-D query,
+key and value. Where those are constant projections of one input ``x``
+(``x @ W + b``, bias optional, either operand order; or GPT-2's Conv1D,
+``Split(Reshape(Gemm(Reshape(x, [-1, D]), W, b)))``), this pass rewrites the op into one
+``com.microsoft.Attention`` reading ``x`` with packed ``[D, q+k+v]`` weights and bias
+(``qkv_hidden_sizes`` when the value's width differs), keeping ``num_heads`` and
+``scale``.
+
+When the op's ``attention_bias`` (behind the Expand that broadcasts it) is exactly what
+a 2-D padding mask graph input implies (optionally combined with a causal mask), the
+Attention op reads that mask, cast to int32, as ``mask_index`` (with
+``unidirectional=1`` for the causal one) and the exporter's bias subgraph goes away;
+otherwise the bias stays as Attention's ``attention_bias``. Which mask it is is decided
+by evaluating the bias on ONNX Runtime for padded rows of two lengths (``_mask_kind``);
+a graph whose bias the probe cannot run keeps the bias.
+
+Refuses (with the reason, counted per MultiHeadAttention) when the op has a projection
+bias, key padding mask or past state; key and value are packed with the query, per-head
+4-D tensors or of unknown rank; query, key and value are not projections of one 3-D
+input; or a projection has other users. (The weights' sizes and types and the widths'
+fit with the head count follow from the op being valid.)
+
+The fused op differs from the graph in the degenerate case ``fuse-attention`` documents
+(a query row whose keys are all masked).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.domains import MS_DOMAIN, is_onnx_op
+from optimizer.errors import RuntimeRefusedError
+from optimizer.runtime import SubgraphError, evaluate
+from passes._utils import add_initializer, constant_array, replace_value
+from passes.fusion._base import FusionPass
+from passes.fusion._layout import last_dim, producer, rank, shape_tokens
+from passes.fusion._probe import PADDED_MASK, is_mask, token_feeds, token_inputs_of
+
+# A second probe, longer and padded differently, so a bias that happens to match the
+# first one at its length alone is not taken for a padding mask.
+_LONGER_MASK = np.array([[0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]])
+
+_Packed = tuple[ir.Value, np.ndarray, np.ndarray, list[int]]
+
+
+def _single_use(value: ir.Value) -> bool:
+    return len(list(value.uses())) == 1 and not value.is_graph_output()
+
+
+def _reads_leading_dims(node: ir.Node) -> bool:
+    """True if ``node`` is a Shape whose result only says batch and sequence (axes 0-1).
+
+    ``fuse-attention`` reads them from the query and key to broadcast a mask; the packed
+    op's input has the same leading dims, so such readers move to it.
+    """
+    if not is_onnx_op(node, "Shape"):
+        return False
+    if "end" in node.attributes:
+        start, end = node.attributes.get_int("start", 0), node.attributes.get_int("end")
+        return 0 <= start < end <= 2
+    shape = node.outputs[0]
+    users = [user for user, _ in shape.uses()]
+    return bool(users) and not shape.is_graph_output() and all(_gathers_leading(user, shape) for user in users)
+
+
+def _gathers_leading(node: ir.Node, shape: ir.Value) -> bool:
+    index = constant_array(node.inputs[1]) if is_onnx_op(node, "Gather") and node.inputs[0] is shape else None
+    return index is not None and node.attributes.get_int("axis", 0) == 0 and set(index.reshape(-1).tolist()) <= {0, 1}
+
+
+def _hidden_use(value: ir.Value) -> bool:
+    """True if the op is the value's only user apart from Shapes reading its batch and sequence."""
+    others = [user for user, _ in value.uses() if not _reads_leading_dims(user)]
+    return len(others) == 1 and not value.is_graph_output()
+
+
+def _projection(value: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray | None] | str:
+    """``(x, W, b)`` when ``value = x @ W [+ b]`` with constant 2-D ``W`` (and 1-D ``b``), else why not."""
+    bias, product = None, value
+    add = producer(value, "Add")
+    if add is not None:
+        for operand, other in ((add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])):
+            array = constant_array(other)
+            if array is not None and producer(operand, "MatMul") is not None:
+                bias, product = array, operand
+                break
+        else:
+            return _NOT_PROJECTIONS
+    matmul = producer(product, "MatMul")
+    weight = constant_array(matmul.inputs[1]) if matmul is not None else None
+    if weight is None or weight.ndim != 2 or (bias is not None and bias.shape != (weight.shape[1],)):
+        return _NOT_PROJECTIONS
+    if rank(matmul.inputs[0]) != 3:
+        return _NOT_PROJECTIONS
+    if not _hidden_use(value) or (product is not value and not _single_use(product)):
+        return "a projection has other users"
+    return matmul.inputs[0], weight, bias
+
+
+_NOT_PROJECTIONS = "query, key and value are not projections of one input"
+
+
+def _packed_qkv(hidden: list[ir.Value]) -> _Packed | str:
+    """Input, packed weights ``[D, q+k+v]``, packed bias and widths, when Q/K/V project one input, else why not."""
+    if producer(hidden[0], "Split") is not None:
+        return _packed_by_split(hidden)
+    parts = [_projection(v) for v in hidden]
+    reason = next((p for p in parts if isinstance(p, str)), None)
+    if reason is not None:
+        return reason
+    if len({id(part[0]) for part in parts}) != 1:
+        return _NOT_PROJECTIONS
+    weights = [part[1] for part in parts]
+    biases = [part[2] if part[2] is not None else np.zeros(w.shape[1], w.dtype) for part, w in zip(parts, weights)]
+    widths = [w.shape[1] for w in weights]
+    return parts[0][0], np.concatenate(weights, axis=1), np.concatenate(biases).astype(weights[0].dtype), widths
+
+
+def _packed_by_split(hidden: list[ir.Value]) -> _Packed | str:
+    """GPT-2's Conv1D: Q, K, V are the three outputs of ``Split(Reshape(Gemm(Reshape(x, [-1, D]), W, b)))``."""
+    split = producer(hidden[0], "Split")
+    if list(split.outputs) != hidden or split.attributes.get_int("axis", 0) not in (-1, 2):
+        return _NOT_PROJECTIONS
+    outer = producer(split.inputs[0], "Reshape")
+    gemm = producer(outer.inputs[0], "Gemm") if outer is not None else None
+    inner = producer(gemm.inputs[0], "Reshape") if gemm is not None else None
+    if inner is None or len(gemm.inputs) < 3:
+        return _NOT_PROJECTIONS
+    if not all(_hidden_use(v) for v in hidden) or not all(_single_use(v) for v in (split.inputs[0], outer.inputs[0])):
+        return "a projection has other users"
+    attrs = gemm.attributes
+    if attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0 or attrs.get_int("transA", 0):
+        return _NOT_PROJECTIONS
+    weight, bias = constant_array(gemm.inputs[1]), constant_array(gemm.inputs[2])
+    transposed = attrs.get_int("transB", 0)
+    if weight is None or bias is None or weight.ndim != 2 or bias.shape != (weight.shape[1 - transposed],):
+        return _NOT_PROJECTIONS
+    weight = weight.T if transposed else weight
+    x = inner.inputs[0]
+    flatten = shape_tokens(inner.inputs[1])
+    if x.shape is None or x.shape.rank() != 3 or flatten != [-1, weight.shape[0]]:
+        return _NOT_PROJECTIONS
+    # The Reshape back to 3-D must restore x's batch and sequence dims.
+    restored = outer.outputs[0].shape
+    same_dims = (
+        restored is not None
+        and restored.rank() == 3
+        and all(
+            restored[i] == x.shape[i] and (isinstance(restored[i], int) or restored[i].value is not None)
+            for i in (0, 1)
+        )
+    )
+    if not same_dims and shape_tokens(outer.inputs[1]) != [(x, 0), (x, 1), weight.shape[1]]:
+        return _NOT_PROJECTIONS
+    widths = [last_dim(v) for v in hidden]
+    if None in widths or sum(widths) != weight.shape[1]:
+        return _NOT_PROJECTIONS
+    return x, np.ascontiguousarray(weight), bias, widths
+
+
+def _probe_mask(model: ir.Model, bias: ir.Value, inputs: list[ir.Value], mask: np.ndarray) -> bool | None:
+    """Whether ``bias`` is the padding mask (False) or causal + padding (True) for the probe ``mask``, else None."""
+    try:
+        (value,) = evaluate(model, [bias], token_feeds(inputs, mask))
+    except (RuntimeRefusedError, SubgraphError):
+        return None
+    batch, seq = mask.shape
+    if value.ndim > 4:
+        return None
+    value = value.reshape((1,) * (4 - value.ndim) + value.shape)  # broadcasting is right-aligned
+    wanted = (batch, value.shape[1], seq, seq)
+    if any(d not in (1, want) for d, want in zip(value.shape, wanted)):
+        return None
+    value = np.broadcast_to(value, wanted)
+    padding = np.broadcast_to(mask[:, None, None, :] == 1, wanted)
+    causal = padding & np.tril(np.ones((seq, seq), dtype=bool))
+    for allowed, is_causal in ((padding, False), (causal, True)):
+        if np.all(value[allowed] == 0) and np.all(value[~allowed] <= -1e4):
+            return is_causal
+    return None
+
+
+def _mask_kind(model: ir.Model, bias: ir.Value) -> tuple[ir.Value, bool] | None:
+    """``(mask_input, causal)`` when the additive ``bias`` is exactly what a 2-D padding mask input implies.
+
+    The bias subgraph is evaluated on ONNX Runtime for a left- and a right-padded row,
+    at two lengths; it must be 0 where ``mask[b, t] == 1`` (and ``t <= s`` if causal)
+    and at most -1e4 elsewhere, whatever exporter code built it.
+    """
+    mask_types = (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT)
+    inputs = token_inputs_of([bias], mask_types)
+    masks = [v for v in inputs or () if is_mask(v)]
+    if len(masks) != 1:
+        return None
+    kinds = {_probe_mask(model, bias, inputs, mask) for mask in (PADDED_MASK, _LONGER_MASK)}
+    if len(kinds) != 1 or None in kinds:
+        return None
+    return masks[0], kinds.pop()
+
+
+def _unexpanded(bias: ir.Value) -> ir.Value:
+    """The bias before the Expands that only broadcast it (their target shapes read the query and key)."""
+    while (expand := producer(bias, "Expand")) is not None:
+        bias = expand.inputs[0]
+    return bias
+
+
+def _check(node: ir.Node) -> list[ir.Value] | str:
+    """The 3-D query, key and value of a MultiHeadAttention ``node`` Attention can take, else why not."""
+    inputs = list(node.inputs) + [None] * (8 - len(node.inputs))
+    if any(v is not None for v in (inputs[3], inputs[4], *inputs[6:])) or any(
+        list(out.uses()) or out.is_graph_output() for out in node.outputs[1:]
+    ):
+        return "it has a projection bias, key padding mask or past state"
+    query, key, value = inputs[:3]
+    if key is None or value is None:
+        return "the key and value are packed with the query"
+    ranks = [rank(v) for v in (query, key, value)]
+    if 4 in ranks[1:]:
+        return "key/value are per-head 4-D tensors"
+    if ranks != [3, 3, 3]:
+        return "query, key or value is not known to be 3-D"
+    return [query, key, value]
+
+
+class PackedAttentionFusion(FusionPass):
+    """Rewrite ``MultiHeadAttention`` over constant projections of one input into packed ``com.microsoft.Attention``.
+
+    See the module docstring for the forms and refusals; each MultiHeadAttention is
+    counted as packed or refused with its reason. ``fused_count`` holds the rewrites of
+    the last run.
+    """
+
+    fused_ops = ((MS_DOMAIN, "Attention"),)
+
+    def fuse(self, model: ir.Model) -> int:
+        count = 0
+        masks: dict[int, tuple[ir.Value, bool] | None] = {}
+        casts: dict[int, ir.Value] = {}
+        for node in [n for n in model.graph if n.op_type == "MultiHeadAttention" and n.domain == MS_DOMAIN]:
+            found = _check(node)
+            if isinstance(found, str):
+                self.refuse("MultiHeadAttention", found)
+                continue
+            packed = _packed_qkv(found)
+            if isinstance(packed, str):
+                self.refuse("MultiHeadAttention", packed)
+                continue
+            self._rewrite(model, node, packed, count, masks, casts)
+            self.done("MultiHeadAttention")
+            count += 1
+        return count
+
+    def _rewrite(self, model: ir.Model, node: ir.Node, packed: _Packed, index: int, masks: dict, casts: dict) -> None:
+        graph = model.graph
+        x, weights, biases, widths = packed
+        name = f"Attention_{index}"
+        attributes = {"num_heads": node.attributes.get_int("num_heads")}
+        for attr in ("scale", "mask_filter_value"):
+            if attr in node.attributes:
+                attributes[attr] = node.attributes.get_float(attr)
+        if node.attributes.get_int("unidirectional", 0):
+            attributes["unidirectional"] = 1
+        if widths[2] != widths[0]:
+            attributes["qkv_hidden_sizes"] = widths
+        bias = node.inputs[5] if len(node.inputs) > 5 else None
+        mask_index = None
+        if bias is not None:
+            probe = _unexpanded(bias)
+            if id(probe) not in masks:
+                masks[id(probe)] = _mask_kind(model, probe)
+            if masks[id(probe)] is not None:
+                # A plain padding (or causal + padding) mask: the op reads the 2-D mask and the
+                # exporter's [B, 1, S, T] bias subgraph goes away.
+                mask, causal = masks[id(probe)]
+                mask_index, bias = self._int32(graph, node, mask, casts), None
+                if causal:
+                    attributes["unidirectional"] = 1
+        inputs = [
+            x,
+            add_initializer(graph, f"{name}/qkv_weight", weights),
+            add_initializer(graph, f"{name}/qkv_bias", biases),
+            mask_index,
+            None,
+            bias,
+        ]
+        while inputs[-1] is None:
+            inputs.pop()
+        fused = ir.node("Attention", inputs, attributes, domain=MS_DOMAIN, name=f"{name}/Attention")
+        fused.outputs[0].name = f"{name}/Attention_output_0"
+        graph.insert_before(node, fused)
+        for hidden in node.inputs[:3]:
+            for user, _ in list(hidden.uses()):
+                if _reads_leading_dims(user):
+                    user.replace_input_with(0, x)
+        output = node.outputs[0]
+        fused.outputs[0].shape, fused.outputs[0].type = output.shape, output.type
+        replace_value(output, fused.outputs[0])
+
+    @staticmethod
+    def _int32(graph: ir.Graph, anchor: ir.Node, mask: ir.Value, casts: dict) -> ir.Value:
+        """The 2-D mask input as int32 (the Attention op's mask type), cast once per graph."""
+        if mask.dtype == ir.DataType.INT32:
+            return mask
+        if id(mask) not in casts:
+            cast = ir.node("Cast", [mask], {"to": ir.DataType.INT32}, name=f"{mask.name}/to_int32")
+            cast.outputs[0].name = f"{mask.name}_int32"
+            graph.insert_before(anchor, cast)
+            casts[id(mask)] = cast.outputs[0]
+        return casts[id(mask)]

@@ -1,0 +1,159 @@
+"""pack-qkv: MultiHeadAttention over projections of one input into Attention with packed QKV weights (stage 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optimizer.errors import PassSelectionError
+from optimizer.registry import default_pass_names, resolve
+from passes.fusion.attention import AttentionFusion
+from passes.fusion.packed_attention import PackedAttentionFusion
+from tests.helpers import assert_same_outputs, op_types
+from tests.passes.fusion._attention_graphs import HEADS, HIDDEN, attention_model, model_inputs, static_targets
+
+
+def _staged(model: ir.Model) -> tuple[ir.Model, ir.passes.PassResult]:
+    """Both stages, as the default pipeline runs them."""
+    fused = AttentionFusion()(model.clone()).model
+    packing = PackedAttentionFusion()
+    return packing(fused).model, packing
+
+
+def _attention(model: ir.Model) -> ir.Node:
+    (node,) = [n for n in model.graph if n.domain == "com.microsoft"]
+    assert node.op_type == "Attention" and node.attributes.get_int("num_heads") == HEADS
+    assert not {"MatMul", "Softmax", "MultiHeadAttention"} & set(op_types(model))
+    return node
+
+
+def test_self_attention_gets_packed_qkv_weights():
+    model = attention_model()
+    after, packing = _staged(model)
+    fused = _attention(after)
+    assert packing.fused_count == 1
+    assert fused.inputs[0].name == "x"
+    assert fused.inputs[1].const_value.shape == (HIDDEN, 3 * HIDDEN)
+    assert fused.attributes.get_float("scale") == pytest.approx(0.5)
+    # A mask that is a graph input stays the op's attention_bias.
+    assert fused.inputs[5].producer().op_type == "Expand" and fused.inputs[3] is None
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
+
+
+def test_padding_mask_subgraph_becomes_the_ops_mask_input():
+    model = attention_model(mask="input")
+    after, _ = _staged(model)
+    fused = _attention(after)
+    # The 2-D mask (cast to int32) replaces the float bias; its subgraph is gone.
+    assert fused.inputs[3].producer().op_type == "Cast" and len(fused.inputs) == 4
+    assert not {"Sub", "Unsqueeze", "Expand"} & set(op_types(after))
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
+
+
+def test_causal_and_padding_mask_becomes_mask_index_and_the_causal_flag():
+    model = attention_model(mask="causal")
+    after, _ = _staged(model)
+    fused = _attention(after)
+    assert fused.attributes.get_int("unidirectional") == 1 and len(fused.inputs) == 4
+    assert not {"Range", "LessOrEqual", "Where"} & set(op_types(after))
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
+
+
+def test_a_mask_the_probe_cannot_run_at_other_shapes_stays_a_bias():
+    # Static input shapes: the probes at other lengths cannot run, so the mask is not taken for a padding mask.
+    model = static_targets(attention_model(mask="input"))
+    after, _ = _staged(model)
+    fused = _attention(after)
+    assert fused.inputs[3] is None and fused.inputs[5] is not None
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
+
+
+def test_a_narrower_value_gets_qkv_hidden_sizes():
+    model = attention_model(value_head_size=2)
+    after, _ = _staged(model)
+    fused = _attention(after)
+    assert list(fused.attributes["qkv_hidden_sizes"].as_ints()) == [HIDDEN, HIDDEN, HEADS * 2]
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
+
+
+def test_gpt2_conv1d_projection_is_packed():
+    model = attention_model(projection="conv1d", mask="causal")
+    after, _ = _staged(model)
+    fused = _attention(after)
+    assert fused.inputs[0].name == "x" and not {"Gemm", "Split"} & set(op_types(after))
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
+
+
+def test_pack_qkv_runs_right_after_fuse_attention():
+    names = default_pass_names("cpu")
+    assert names[names.index("fuse-attention") + 1] == "pack-qkv"
+    with pytest.raises(PassSelectionError, match="pack-qkv must run after fuse-attention"):
+        resolve(["pack-qkv", "fuse-attention"])
+
+
+# -- Every refusal ---------------------------------------------------------------------------------------------
+
+
+def _mha_model(inputs: list[str], shapes: dict[str, list | None] | None = None) -> ir.Model:
+    """``x`` projected three times into a hand-written MultiHeadAttention reading ``inputs``."""
+    rng = np.random.default_rng(0)
+    nodes, weights = [], {}
+    for name in "qkv":
+        weights[f"w{name}"] = rng.standard_normal((HIDDEN, HIDDEN)).astype(np.float32)
+        nodes.append(helper.make_node("MatMul", ["x", f"w{name}"], [f"{name}_proj"]))
+    nodes.append(helper.make_node("MultiHeadAttention", inputs, ["out"], domain="com.microsoft", num_heads=HEADS))
+    graph_inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", HIDDEN])]
+    for name, shape in (shapes or {}).items():
+        graph_inputs.append(
+            helper.make_tensor_value_info(name, TensorProto.FLOAT if name != "kpm" else TensorProto.INT32, shape)
+        )
+    graph = helper.make_graph(
+        nodes,
+        "mha",
+        graph_inputs,
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", "S", HIDDEN])],
+        [numpy_helper.from_array(array, name) for name, array in weights.items()],
+    )
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    return ir.from_proto(helper.make_model(graph, opset_imports=opsets))
+
+
+def _cross_attention() -> ir.Model:
+    return AttentionFusion()(attention_model(projection="cross")).model
+
+
+def _projection_also_an_output() -> ir.Model:
+    model = attention_model()
+    model.graph.outputs.append(next(v for n in model.graph for v in n.outputs if v.name == "q_proj"))
+    return AttentionFusion()(model).model
+
+
+REFUSALS = {
+    "key padding mask": (
+        lambda: _mha_model(["q_proj", "k_proj", "v_proj", "", "kpm"], {"kpm": ["B", "S"]}),
+        "it has a projection bias, key padding mask or past state",
+    ),
+    "packed": (lambda: _mha_model(["q_proj"]), "the key and value are packed with the query"),
+    "4-D key": (
+        lambda: _mha_model(["q_proj", "k", "v"], {"k": ["B", HEADS, "S", 4], "v": ["B", HEADS, "S", 4]}),
+        "key/value are per-head 4-D tensors",
+    ),
+    "unknown rank": (
+        lambda: _mha_model(["q_proj", "k", "v"], {"k": None, "v": None}),
+        "query, key or value is not known to be 3-D",
+    ),
+    "cross attention": (_cross_attention, "query, key and value are not projections of one input"),
+    "projection used": (_projection_also_an_output, "a projection has other users"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_every_refusal_is_counted_with_its_reason(case):
+    build, reason = REFUSALS[case]
+    model = build()
+    assert "MultiHeadAttention" in op_types(model)
+    result = PackedAttentionFusion()(model)
+    assert not result.modified
+    assert result.refusals == [f"1 of 1 MultiHeadAttention left unfused: {reason}"]
