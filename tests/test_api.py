@@ -15,9 +15,9 @@ from optimizer.registry import resolve
 from passes.cleanup import RemoveIdentityPass, RemoveUnusedPass
 from passes.constant_folding import FoldConstantsPass
 from passes.fusion.attention import AttentionFusion
-from passes.fusion.packed_attention import PackedAttentionFusion
 from passes.fusion.bias_gelu import BiasGeluFusion
 from passes.fusion.gelu import GeluFusion
+from passes.fusion.packed_attention import PackedAttentionFusion
 from passes.shape_simplification import ShapeSimplificationPass
 from tests.helpers import FIXTURES, assert_same_outputs, run
 

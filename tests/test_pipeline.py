@@ -8,8 +8,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from optimizer.pipeline import count_nodes, run_pipeline
 from optimizer.options import Options
+from optimizer.pipeline import count_nodes, run_pipeline
 from optimizer.protocol import PassContext, PassSpec
 from optimizer.report import STATUS_APPLIED, STATUS_FAILED, STATUS_ROLLED_BACK, STATUS_UNCHANGED
 from optimizer.verify import Verifier

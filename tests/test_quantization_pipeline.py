@@ -29,7 +29,9 @@ def test_exported_models_quantize_after_fusion_and_pass_verification(name, mode)
         # Dynamic int8 leaves Convs float (ConvInteger is slower than float on CPU) and the
         # classifier is the model output: nothing to do.
         assert record.status == "unchanged"
-        assert record.refusals == ["1 of 1 Gemm stay float: its result is a model output (--quantize-outputs quantizes it)"]
+        assert record.refusals == [
+            "1 of 1 Gemm stay float: its result is a model output (--quantize-outputs quantizes it)"
+        ]
         return
     assert record.status == "applied", record.detail
     assert set(computed_op_types(result)) & INT8_OPS
@@ -140,7 +142,10 @@ def test_cli_fp16_for_cuda(tmp_path, keep_io_types):
     [
         (["--fp16"], "--fp16 is for --target cuda"),
         (["--target", "cuda", "--fp16", "--quantize", "dynamic"], "--quantize dynamic and --fp16 do not combine"),
-        (["--calibration", "x.npz"], "--calibration needs --prune-ffn R or --prune-heads R or --prune-channels R or --quantize dynamic"),
+        (
+            ["--calibration", "x.npz"],
+            "--calibration needs --prune-ffn R or --prune-heads R or --prune-channels R or --quantize dynamic",
+        ),
         (["--prune-ffn", "1.5"], "--prune-ffn 1.5: expected a fraction"),
         (["--no-repair"], "--no-repair (repair=False) needs --prune-ffn R or --prune-heads R or --prune-channels R"),
         (["--smooth", "0.5"], "--smooth 0.5 (smooth=0.5) needs --quantize dynamic or --quantize static"),
