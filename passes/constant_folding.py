@@ -34,7 +34,7 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
     Rewrites: any deterministic node (outside control flow bodies it cannot
     reason about) whose inputs are constants into a ``Constant``; ``Shape``/``Size``
     of statically shaped tensors into constants; shape arithmetic over them too;
-    ``ConstantOfShape`` of at most ``input_size_limit`` elements (onnxscript keeps them
+    ``ConstantOfShape`` of at most 8192 elements (onnxscript keeps them
     all). Refuses: random ops, inputs larger than ``input_size_limit`` elements, results
     larger than ``output_size_limit`` elements. Nodes left without users are removed.
     """
