@@ -23,6 +23,7 @@ from optimizer.registry import all_passes
 
 # A fusion and the fusions whose output it matches.
 PREREQUISITES = {
+    "pack-qkv": ["fuse-attention"],
     "fuse-bias-gelu": ["fuse-gelu"],
     "fuse-skip-layer-norm": ["fuse-layer-norm"],
     "fuse-skip-rms-norm": ["fuse-rms-norm"],
@@ -52,7 +53,7 @@ def main() -> None:
         for spec in all_passes()
         if spec.default_for or (spec.name.startswith("fuse-") and not spec.name.startswith("fuse-matmul"))
     ]
-    fusions = [name for name in everything if name.startswith("fuse-")]
+    fusions = [name for name in everything if name.startswith(("fuse-", "pack-"))]
     cleanup = [name for name in everything if name not in fusions]
     timed = args.fusions.split(",") if args.fusions else fusions + ["all"]
     for model in args.models:
