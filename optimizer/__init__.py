@@ -2,8 +2,9 @@
 
 ``optimize`` is the entry point for Python users; ``load_model``/``save_model``
 read and write onnx-ir models safely; ``run_pipeline`` runs passes with
-verification and rollback; ``compare`` (``optimizer.compare``) times two models side
-by side. This package knows passes only through the registry.
+verification and rollback. ``optimizer.compare`` is the comparison tool (its
+``compare`` function times two models side by side). This package knows passes
+only through the registry.
 
 Names are imported on first use, so that a pass importing one leaf module of the
 spine (``optimizer.runtime``, ``optimizer.accuracy``) does not load the CLI, the
@@ -20,7 +21,6 @@ _EXPORTS = {
     "optimize_with_report": "optimizer.api",
     "CompareSettings": "optimizer.compare",
     "ComparisonReport": "optimizer.compare",
-    "compare": "optimizer.compare",
     "GraphoptError": "optimizer.errors",
     "Options": "optimizer.options",
     "load_model": "optimizer.model_io",
@@ -35,10 +35,15 @@ _EXPORTS = {
     "Verifier": "optimizer.verify",
 }
 
+# Subpackages reachable as attributes: ``optimizer.compare`` is always the comparison tool.
+_SUBPACKAGES = ("compare",)
+
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"optimizer.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'optimizer' has no attribute {name!r}")
@@ -48,4 +53,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBPACKAGES))

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from optimizer.errors import InputSpecError, OutputPathError, PassSelectionError
+from optimizer.errors import InputSpecError, OptionError, OutputPathError, PassSelectionError
 from optimizer.inputs import (
     alternate_binding,
     batch_dims,
@@ -28,6 +28,9 @@ from optimizer.protocol import PassContext
 from optimizer.registry import all_passes, resolve
 from optimizer.report import PipelineReport
 from optimizer.verify import Verifier
+
+# The API's own keywords, suggested when an unknown option is near one of them.
+_KEYWORDS = ("passes", "output", "inputs", "calibration", "options")
 
 ModelLike = TypeVar("ModelLike", bound=str | os.PathLike | onnx.ModelProto | ir.Model)
 InputsLike = Union[Mapping[str, np.ndarray], str, os.PathLike, None]  # noqa: UP007
@@ -83,8 +86,12 @@ def optimize_with_report(
     **option_values: Any,
 ) -> tuple[ModelLike, PipelineReport]:
     """Like ``optimize``, and also return the ``PipelineReport`` of what each pass did."""
-    options = Options.build(options, **option_values)
+    options = Options.build(options, _also=_KEYWORDS, **option_values)
+    if isinstance(passes, str):  # "fold-constants,remove-unused", as on the command line
+        passes = [name.strip() for name in passes.split(",") if name.strip()]
     specs = resolve(list(passes) if passes is not None else None, options)
+    if inputs is not None and not options.verify:
+        raise OptionError("--inputs are verification inputs: they do nothing with --no-verify (verify=False)")
     approximate = any(spec.approximate for spec in specs)
     if calibration is not None and not approximate:
         asks = " or ".join(dict.fromkeys(s.how_to_ask() for s in all_passes() if s.approximate))
@@ -98,8 +105,17 @@ def optimize_with_report(
     samples, warning = _samples(ir_model, calibration, options.dims) if approximate else (None, None)
     if options.verify:
         input_sets = _verification_inputs(ir_model, inputs, options.dims, alternate=not specializes)
-        verifier = Verifier(ir_model, input_sets, options.tolerances, samples=samples, budget=options.budget)
         bound = dims_from_inputs(ir_model, input_sets[0])
+        # Shape-specialized candidates take samples only at the bound batch size.
+        batch = min((bound[name] for name in batch_dims(ir_model) if name in bound), default=None)
+        verifier = Verifier(
+            ir_model,
+            input_sets,
+            options.tolerances,
+            samples=samples,
+            budget=options.budget,
+            sample_batch=batch if specializes else None,
+        )
     else:
         verifier = None
         bound = bind_dims(ir_model, options.dims)

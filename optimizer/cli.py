@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     optimize = commands.add_parser("optimize", help="optimize a model and write the result")
+    _add_verbose_flag(optimize)
     optimize.add_argument("model", help="input .onnx file (never modified)")
     optimize.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
     _add_pipeline_flags(optimize)
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     comparison = commands.add_parser(
         "compare", help="compare two models' latency, throughput, memory, size and accuracy"
     )
+    _add_verbose_flag(comparison)
     comparison.add_argument("before", help="the original model")
     comparison.add_argument("after", help="the optimized model")
     comparison.add_argument("--inputs", metavar="FILE.npz", help="inputs, one array per graph input name")
@@ -58,9 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = commands.add_parser("demo", help="optimize the example transformer encoder shipped in examples/")
+    _add_verbose_flag(demo)
     demo.add_argument("-o", "--output", default="build/demo/encoder.optimized.onnx", help="where to write the result")
     _add_pipeline_flags(demo)
     return parser
+
+
+def _add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    # Accepted after the subcommand too (``graphopt optimize ... -v``); SUPPRESS keeps the
+    # top-level value when the subcommand's flag is not given.
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:

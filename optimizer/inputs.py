@@ -118,7 +118,10 @@ def parse_dim_flags(flags: list[str] | None) -> dict[str, int]:
 def load_inputs(path: str | os.PathLike, model: ir.Model, *, flag: str = "--inputs") -> dict[str, np.ndarray]:
     """Read inputs from an .npz file whose keys are the graph's input names (``flag`` names it in errors)."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file holds one array, not named inputs
+            raise InputSpecError(f"{flag} {path}: a single array, not a .npz file with one array per input name")
+        with loaded as archive:
             arrays = {name: archive[name] for name in archive.files}
     except FileNotFoundError as error:
         raise InputSpecError(f"{flag} {path}: no such file") from error

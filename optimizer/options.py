@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,7 +71,19 @@ class Options:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", _patterns(self.exclude))
-        object.__setattr__(self, "dims", dict(self.dims or {}))
+        object.__setattr__(self, "dims", {name: _integer(size) for name, size in dict(self.dims or {}).items()})
+        object.__setattr__(self, "tolerances", _tolerances(self.tolerances))
+        for name in ("prune_ffn", "prune_heads", "prune_channels", "smooth", "min_cosine", "max_error"):
+            object.__setattr__(self, name, _real(getattr(self, name)))
+        object.__setattr__(self, "max_sequence", _integer(self.max_sequence))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, bool) and not isinstance(value, bool):
+                raise OptionError(f"{f.metadata['flag']} ({f.name}={value!r}): expected True or False")
+        if self.repair is not None and not isinstance(self.repair, bool):
+            raise OptionError(f"--no-repair (repair={self.repair!r}): expected True, False or None")
+        if self.tolerances is not None and not self.verify:
+            raise OptionError("--tolerance does nothing with --no-verify (verify=False): drop one")
         _check_choice("--target", self.target, TARGETS)
         _check_choice("--quantize", self.quantize, QUANTIZE_MODES, optional=True)
         _check_choice("--calibration-method", self.calibration_method, CALIBRATION_METHODS)
@@ -94,10 +107,13 @@ class Options:
                 raise OptionError(f"--dim {name}={value}: expected a positive integer size")
 
     @classmethod
-    def build(cls, base: Options | Mapping[str, Any] | None = None, **values: Any) -> Options:
+    def build(
+        cls, base: Options | Mapping[str, Any] | None = None, *, _also: tuple[str, ...] = (), **values: Any
+    ) -> Options:
         """``base`` (an ``Options``, a mapping of field names, or None) with ``values`` replacing its fields.
 
-        An unknown name is an ``OptionError`` that suggests the nearest field.
+        An unknown name is an ``OptionError`` that suggests the nearest field (or the
+        nearest of ``_also``, the caller's own keywords).
         """
         fields = {f.name for f in dataclasses.fields(cls)}
         merged: dict[str, Any] = {}
@@ -108,9 +124,12 @@ class Options:
         merged.update(values)
         unknown = [name for name in merged if name not in fields]
         if unknown:
-            near = difflib.get_close_matches(unknown[0], sorted(fields), n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else f" (options: {', '.join(sorted(fields))})"
-            raise OptionError(f"unknown option {unknown[0]!r}{hint}")
+            name = unknown[0]
+            near = difflib.get_close_matches(name, [*_also, *sorted(fields)], n=1, cutoff=0.6)
+            hint = _REPLACED.get(name) or (
+                f"did you mean {near[0]!r}?" if near else f"options: {', '.join(sorted(fields))}"
+            )
+            raise OptionError(f"unknown option {name!r} ({hint})")
         return cls(**merged)
 
     @property
@@ -129,6 +148,8 @@ class Options:
         """How a user sets field ``name`` to its current value: ``--smooth 0.5 (smooth=0.5)``."""
         value = getattr(self, name)
         flag = flag_of(name)
+        if value is True and flag.startswith("--no-"):  # repair=True: no flag says that
+            return f"{name}=True"
         shown = "" if isinstance(value, bool) or flag.startswith("--no-") else f" {_show(value)}"
         return f"{flag}{shown} ({name}={value!r})"
 
@@ -144,8 +165,57 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+# Keywords of earlier versions, and what replaced them.
+_REPLACED = {
+    "settings": "options are keywords now: per_channel=..., smooth=..., prune_ffn=... (see optimizer.options)",
+    "budget": "the accuracy budget is min_cosine=... or max_error=...",
+    "strict": "raise_errors=True re-raises a pass's exception",
+}
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _real(value: Any) -> Any:
+    """A real number (numpy's included) as a Python float; anything else unchanged, for the checks to name."""
+    if (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, (bool, numbers.Integral))
+        or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
+    ):
+        return float(value)
+    return value
+
+
+def _integer(value: Any) -> Any:
+    """An integer (numpy's included) as a Python int; anything else unchanged, for the checks to name."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _tolerances(value: Any) -> dict[str, Any] | None:
+    """``{dtype: Tolerance}`` from ``Tolerance`` values or ``(rtol, atol)`` pairs over the defaults; None stays None."""
+    from optimizer.verify import DEFAULT_TOLERANCES, Tolerance
+
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise OptionError("--tolerance: expected a mapping of dtype names to (rtol, atol)")
+    tolerances = {}
+    for dtype, tolerance in value.items():
+        if dtype not in DEFAULT_TOLERANCES:
+            raise OptionError(f"--tolerance {dtype}: expected one of {', '.join(DEFAULT_TOLERANCES)}")
+        if not isinstance(tolerance, Tolerance):
+            pair = tuple(tolerance) if isinstance(tolerance, (tuple, list)) else ()
+            if len(pair) != 2 or not all(_is_number(_real(x)) for x in pair):
+                raise OptionError(f"--tolerance {dtype}={tolerance!r}: expected (rtol, atol)")
+            tolerance = Tolerance(rtol=float(pair[0]), atol=float(pair[1]))
+        if not (tolerance.rtol >= 0 and tolerance.atol >= 0):
+            raise OptionError(f"--tolerance {dtype}: rtol and atol must not be negative")
+        tolerances[dtype] = tolerance
+    return {**DEFAULT_TOLERANCES, **tolerances}
 
 
 def _check_choice(flag: str, value: Any, choices: tuple[str, ...], *, optional: bool = False) -> None:

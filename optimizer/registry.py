@@ -58,7 +58,10 @@ def resolve(names: Sequence[str] | None, options: Options | None = None) -> list
                 "--passes: either list every pass, or only +NAME additions to the default pipeline"
             )
     requested = [spec.name for spec in registry.values() if spec.requested_by and spec.requested_by.asked(options)]
-    if names is None or all(name.startswith("+") for name in names):
+    if len(set(names or [])) != len(names or []):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise PassSelectionError(f"--passes names {twice.lstrip('+')} twice: each pass runs once")
+    if names is None or (names and all(name.startswith("+") for name in names)):
         extra = {name.lstrip("+") for name in names or []} | set(requested)
         chosen = [s.name for s in registry.values() if options.target in s.default_for or s.name in extra]
     else:

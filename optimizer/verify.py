@@ -204,7 +204,8 @@ class Verifier:
 
     Approximate passes (``check_approximation``) are judged by ``budget`` (default:
     ``DEFAULT_APPROXIMATION_FLOOR``) on ``samples`` — inputs with many samples along
-    axis 0, such as calibration data — or on the input sets when there are none.
+    axis 0, such as calibration data — or on the input sets when there are none;
+    ``sample_batch`` fixes the batches' size (for candidates specialized to one batch size).
     """
 
     def __init__(
@@ -215,11 +216,13 @@ class Verifier:
         *,
         samples: Mapping[str, np.ndarray] | None = None,
         budget: AccuracyBudget | None = None,
+        sample_batch: int | None = None,
     ) -> None:
         self.tolerances = dict(DEFAULT_TOLERANCES if tolerances is None else tolerances)
         self.budget = budget if budget is not None and budget != AccuracyBudget() else DEFAULT_APPROXIMATION_FLOOR
         self._original = original
         self._samples = samples
+        self._sample_batch = sample_batch
         self._sample_references: list[dict[str, Any]] | None = None
         self.input_sets: list[dict[str, np.ndarray]] = []
         self.references: list[dict[str, Any]] = []
@@ -286,6 +289,8 @@ class Verifier:
     def _sample_batches(self) -> list[dict[str, np.ndarray]]:
         if self._samples is None:
             return self.input_sets
+        if self._sample_batch is not None:
+            return split_samples(self._samples, self._sample_batch)
         return split_samples(self._samples, model=self._original)
 
     @staticmethod

@@ -126,12 +126,16 @@ def _check_interface(before: tuple[list, list], after: tuple[list, list]) -> Non
 
 
 def _check_domains(model: ir.Model) -> None:
+    """Every node's domain is imported by its graph's model, or by the function it is in, or is a local function's."""
     local = {(function.domain, function.name) for function in model.functions.values()}
-    graphs = [model.graph, *model.functions.values()]
-    for graph in graphs:
+    scopes = [(model.graph, model.opset_imports, "the model")]
+    scopes += [
+        (f, {**model.opset_imports, **f.opset_imports}, f"function {f.name!r}") for f in model.functions.values()
+    ]
+    for graph, imports, where in scopes:
         for node in ir.traversal.RecursiveGraphIterator(graph):
             domain = "" if node.domain == "ai.onnx" else node.domain
-            if domain and domain not in model.opset_imports and (node.domain, node.op_type) not in local:
+            if domain and domain not in imports and (node.domain, node.op_type) not in local:
                 raise ir.passes.PostconditionError(
-                    f"{node.op_type} {node.name!r} is in domain {domain!r}, which the model does not import"
+                    f"{node.op_type} {node.name!r} is in domain {domain!r}, which {where} does not import"
                 )

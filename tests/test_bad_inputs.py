@@ -230,6 +230,12 @@ def _npz(arrays: dict[str, np.ndarray]):
     return build
 
 
+def _npy(inputs: Path, outputs: Path):
+    model, output, _ = _good(inputs, outputs)
+    np.save(inputs / "inputs.npy", np.zeros((2, 3), np.float32))
+    return model, output, ["--inputs", str(inputs / "inputs.npy")]
+
+
 def _npz_pickled(inputs: Path, outputs: Path):
     model, output, _ = _good(inputs, outputs)
     np.savez(inputs / "inputs.npz", x=np.array([{"not": "numbers"}], dtype=object))
@@ -340,6 +346,9 @@ CASES: dict[str, Case] = {
     "npz-pickled-objects": Case(_npz_pickled, r"--inputs .*inputs\.npz: not a readable \.npz file"),
     "npz-not-npz": Case(_npz_not_npz, r"--inputs .*inputs\.npz: not a readable \.npz file"),
     "npz-absent": Case(_npz_absent, r"--inputs .*absent\.npz: no such file"),
+    "npy-not-npz": Case(
+        _npy, r"--inputs .*inputs\.npy: a single array, not a \.npz file with one array per input name"
+    ),
     # passes
     "unknown-pass": Case(
         lambda i, o: _good(i, o, "--passes", "fold-constants,no-such-pass"), r"unknown pass 'no-such-pass'"

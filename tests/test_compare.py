@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 import optimizer
@@ -14,6 +15,7 @@ from optimizer.compare.comparison import SCHEMA, CompareSettings, compare
 from optimizer.compare.report import write_html, write_json
 from optimizer.errors import InputSpecError
 from optimizer.runtime import import_onnxruntime
+from tests.helpers import parse_model
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "encoder.onnx"
 QUICK = dict(time_budget=2.0, iterations=20, warmup=2)
@@ -184,3 +186,24 @@ def test_model_onnxruntime_rejects_is_a_one_line_error(tmp_path, capsys):
     assert code == 2
     assert "ONNX Runtime cannot load it" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_model_that_loads_but_cannot_run_is_a_one_line_error(tmp_path, capsys):
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[2, 3] x) => (float[7] y) {
+          shape = Constant<value = int64[1] {7}>()
+          y = Reshape(x, shape)
+        }""")
+    path = tmp_path / "runfail.onnx"
+    ir.save(model, path)
+    code = main(["compare", str(path), str(path), "--time-budget", "1", "--iterations", "2"])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1
+    assert error.startswith(f"graphopt: error: {path}: ONNX Runtime cannot run it on cpu: ")
+
+
+def test_optimizer_compare_is_the_comparison_tool_whatever_was_imported_first():
+    import optimizer.compare.report  # noqa: F401
+
+    assert optimizer.compare.compare is compare and optimizer.compare.report.write_json is write_json

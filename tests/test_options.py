@@ -159,3 +159,83 @@ def test_cli_flags_build_the_same_options_as_keywords():
         max_sequence=512,
         verify=False,
     )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"fp16": "no"}, "--fp16 (fp16='no'): expected True or False"),
+        ({"static_shapes": "no"}, "--static-shapes (static_shapes='no'): expected True or False"),
+        ({"keep_io_types": None}, "--no-keep-io-types (keep_io_types=None): expected True or False"),
+        ({"repair": 1}, "--no-repair (repair=1): expected True, False or None"),
+        ({"tolerances": {"float": (1e-3, 1e-3)}}, "--tolerance float: expected one of float64, float32"),
+        ({"tolerances": {"float32": 1}}, r"--tolerance float32=1: expected \(rtol, atol\)"),
+        ({"tolerances": {"float32": (1e-3, 1e-3)}, "verify": False}, "--tolerance does nothing with --no-verify"),
+    ],
+)
+def test_types_are_checked_too(values, message):
+    with pytest.raises(OptionError) as refused:
+        Options(**values)
+    assert str(refused.value).startswith(message.replace("\\", ""))
+
+
+def test_numpy_numbers_are_numbers_and_tolerances_merge_over_the_defaults():
+    import numpy as np
+
+    options = Options(prune_ffn=np.float32(0.25), smooth=np.float64(0.5), dims={"batch": np.int64(2)})
+    assert (options.prune_ffn, options.smooth, options.dims) == (0.25, 0.5, {"batch": 2})
+    assert type(options.dims["batch"]) is int and Options(max_sequence=np.int32(64)).max_sequence == 64
+    tolerances = Options(tolerances={"float32": (1e-3, 1e-4)}).tolerances
+    assert (tolerances["float32"].rtol, tolerances["float32"].atol) == (1e-3, 1e-4)
+    assert tolerances["float16"].rtol == 1e-2  # the defaults stay for the other dtypes
+
+
+@pytest.mark.parametrize(
+    ("keyword", "hint"),
+    [
+        ("calibration_data", "did you mean 'calibration'?"),
+        ("outputs", "did you mean 'output'?"),
+        ("budget", "the accuracy budget is min_cosine=... or max_error=..."),
+        ("strict", "raise_errors=True re-raises"),
+    ],
+)
+def test_unknown_keywords_point_at_what_the_user_meant(keyword, hint):
+    with pytest.raises(OptionError, match=f"unknown option '{keyword}' \\({hint}"):
+        optimize_with_report(ir.load(TINY), **{keyword: 1})
+
+
+def test_an_empty_pass_list_runs_nothing_and_a_string_is_a_comma_separated_list():
+    model = ir.load(TINY)
+    _, report = optimize_with_report(model, [], verify=False)
+    assert report.passes == []
+    _, report = optimize_with_report(model, "fold-constants, remove-unused", verify=False)
+    assert [record.name for record in report.passes] == ["fold-constants", "remove-unused"]
+
+
+@pytest.mark.parametrize(
+    ("names", "options", "message"),
+    [
+        (["fold-constants", "fold-constants"], Options(), "--passes names fold-constants twice"),
+        (["+prune-ffn", "+prune-ffn"], Options(prune_ffn=0.3), "--passes names prune-ffn twice"),
+        (["+quantize-dynamic"], Options(quantize="static"), "quantize-dynamic and --quantize static do not combine"),
+        (
+            ["fold-constants", "convert-float16", "prune-ffn"],
+            Options(target="cuda", fp16=True, prune_ffn=0.3),
+            "convert-float16 must run after prune-ffn",
+        ),
+    ],
+)
+def test_passes_that_would_undo_or_repeat_each_other_are_refused(names, options, message):
+    with pytest.raises(PassSelectionError, match=message):
+        resolve(names, options)
+
+
+def test_verification_inputs_without_verification_are_refused():
+    with pytest.raises(OptionError, match="--inputs are verification inputs: they do nothing with --no-verify"):
+        optimize_with_report(ir.load(TINY), inputs={}, verify=False)
+
+
+def test_repair_true_is_described_by_its_keyword():
+    assert Options(repair=True).describe("repair") == "repair=True"
+    with pytest.raises(PassSelectionError, match="^repair=True needs --prune-ffn R"):
+        resolve(None, Options(repair=True))

@@ -215,3 +215,30 @@ def test_results_are_onnx_ir_results_with_notes():
     result = RemoveUnusedPass()(parse_model(MODEL))
     assert isinstance(result, ir.passes.PassResult)
     assert not isinstance(result, NotedResult) or result.refusals == []
+
+
+def test_a_contrib_op_inside_a_function_that_imports_its_domain_passes_the_ensures():
+    import onnx
+
+    proto = onnx.parser.parse_model("""
+        <ir_version: 9, opset_import: ["" : 17, "custom" : 1]>
+        g (float[N, 4] x) => (float[N, 4] y) {
+          a = Identity(x)
+          y = custom.F(a)
+        }
+        <domain: "custom", opset_import: ["" : 17, "com.microsoft" : 1]>
+        F (t) => (u) {
+          u = com.microsoft.Gelu(t)
+        }""")
+    _, report = optimize_with_report(ir.from_proto(proto), inputs={"x": np.ones((2, 4), np.float32)})
+    assert all(record.status != STATUS_FAILED for record in report.passes), [r.detail for r in report.passes]
+
+
+def test_verbose_works_after_the_subcommand_too(tmp_path, capsys):
+    model = parse_model(LAYER_NORM_WITH_INPUT_EPSILON)
+    path, inputs = tmp_path / "m.onnx", tmp_path / "inputs.npz"
+    ir.save(model, path)
+    np.savez(inputs, **_feeds())
+    command = ["optimize", str(path), "-o", str(tmp_path / "o.onnx"), "--passes", "+fuse-layer-norm"]
+    assert main([*command, "--inputs", str(inputs), "-v"]) == 0
+    assert f"fuse-layer-norm: {REFUSAL}" in capsys.readouterr().out

@@ -197,3 +197,12 @@ def test_cli_quantize_embeddings_shrinks_the_file(tmp_path):
     assert main(command) == 0
     assert small.stat().st_size < plain.stat().st_size
     assert "Cast" in computed_op_types(ir.load(small))
+
+
+@pytest.mark.parametrize("flags", [{"quantize": "dynamic"}, {"prune_ffn": 0.25}])
+def test_static_shapes_and_approximate_passes_verify_at_the_bound_batch(flags):
+    model = ir.load(FIXTURES / "bert_legacy.onnx")
+    _, report = optimize_with_report(model, static_shapes=True, dims={"batch": 1, "sequence": 8}, **flags)
+    name = "quantize-dynamic" if "quantize" in flags else "prune-ffn"
+    record = next(r for r in report.passes if r.name == name)
+    assert record.status == "applied", record.detail

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
-from optimizer.runtime import import_onnxruntime, open_session, session_options
+from optimizer.runtime import calling_onnxruntime, import_onnxruntime, open_session, session_options
 
 EP_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -69,7 +69,7 @@ class TimedSession:
     def __init__(
         self, path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int, *, profile_prefix: str | None = None
     ) -> None:
-        self.ep = ep
+        self.ep, self.path = ep, path
         options = session_options("all", threads, sequential=True, profile_prefix=profile_prefix)
         try:
             self.session = open_session(path, options, EP_PROVIDERS[ep])
@@ -91,10 +91,21 @@ class TimedSession:
 
     def outputs(self) -> dict[str, Any]:
         """Run once and return the outputs by name, on the host."""
-        return dict(zip(self.output_names, self.session.run(self.output_names, self.feeds)))
+        try:
+            with calling_onnxruntime("run it"):
+                return dict(zip(self.output_names, self.session.run(self.output_names, self.feeds)))
+        except RuntimeRefusedError as error:
+            raise InvalidModelError(f"{self.path}: ONNX Runtime cannot run it on {self.ep}: {error.reason}") from error
 
     def run(self) -> float:
         """Time one inference (synchronized on CUDA)."""
+        try:
+            with calling_onnxruntime("run it"):  # entered and left outside the timed interval
+                return self._timed_run()
+        except RuntimeRefusedError as error:
+            raise InvalidModelError(f"{self.path}: ONNX Runtime cannot run it on {self.ep}: {error.reason}") from error
+
+    def _timed_run(self) -> float:
         if self._binding is not None:
             started = time.perf_counter()
             self._binding.synchronize_inputs()
