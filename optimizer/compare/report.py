@@ -25,7 +25,8 @@ def render_comparison(report: ComparisonReport, console: Console | None = None) 
         highlight=False,
     )
     console.print(
-        f"onnxruntime {env['onnxruntime']}, {env['graph_optimization_level']}, {env['intra_op_threads']} intra-op threads, "
+        f"onnxruntime {env['onnxruntime']}, {env['graph_optimization_level']}, "
+        f"{env['intra_op_threads']} intra-op threads, "
         f"CPU {env['cpu']}" + (f", GPU {env['gpu']}" if env.get("gpu") else ""),
         highlight=False,
     )
@@ -249,7 +250,8 @@ def _latency_svg(batch: BatchResult, width: int = 640, height: int = 220) -> str
         median = float(np.median(samples[name]))
         x = left + plot_w * (min(max(median, low), high) - low) / (high - low)
         shapes.append(
-            f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{bottom - plot_h}' y2='{bottom}' stroke='{colors[name]}' stroke-width='2'/>"
+            f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{bottom - plot_h}' y2='{bottom}' "
+            f"stroke='{colors[name]}' stroke-width='2'/>"
         )
     labels = [
         f"<text x='{left}' y='{height - 10}' font-size='11'>{low:.3f} ms</text>",

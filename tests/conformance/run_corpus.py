@@ -48,7 +48,8 @@ class CorpusResult:
             f"{self.total} cases in {self.seconds:.0f} s",
             f"  out of scope (ONNX Runtime cannot run the original): {sum(self.out_of_scope.values())}",
             *[f"    {reason}: {count}" for reason, count in self.out_of_scope.most_common()],
-            f"  ONNX Runtime disagrees with the reference outputs (compared with ORT's own instead): {len(self.ort_disagrees_with_reference)}",
+            "  ONNX Runtime disagrees with the reference outputs (compared with ORT's own instead): "
+            f"{len(self.ort_disagrees_with_reference)}",
             f"  refused by graphopt with a one-line reason: {len(self.refused)}",
             *[f"    {name}: {reason}" for name, reason in sorted(self.refused.items())[:20]],
             f"  optimized and verified: {self.optimized} ({self.changed} changed)",
