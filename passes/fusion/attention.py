@@ -308,6 +308,12 @@ def _kv_mismatch(match: _Attention, num_heads: int) -> str | None:
         heads, _ = _dims(traced)
         if heads is not None and heads != num_heads:
             return f"the {name} has {heads} heads, the query {num_heads}"
+    # Per-head [B, N, T, d] key and value must have the same shape (ORT's kernels check it);
+    # 3-D ones may differ in width (qkv_hidden_sizes).
+    if not (match.key.canonical() and match.value.canonical()):
+        key_size, value_size = _dims(match.key)[1], _dims(match.value)[1]
+        if key_size is not None and value_size is not None and key_size != value_size:
+            return f"per-head key and value differ in head size ({key_size} and {value_size})"
     return None
 
 

@@ -218,6 +218,10 @@ REFUSALS = {
         "the scale is not a positive finite number",
     ),
     "key heads": (lambda: attention_model(kv_heads=1), "the key has 1 heads, the query 2"),
+    "per-head value size": (
+        lambda: _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "S", 4], ["B", HEADS, "S", 6]),
+        "per-head key and value differ in head size (4 and 6)",
+    ),
     "value heads": (
         lambda: _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "S", 4], ["B", 1, "S", 4]),
         "the value has 1 heads, the query 2",
