@@ -82,11 +82,10 @@ def run_pipeline(
 def _run_one(
     model: ir.Model, nodes_before: int, spec: PassSpec, context: PassContext, verifier: Verifier | None
 ) -> tuple[ir.Model, PassRecord]:
-    candidate = model.clone()
     started = time.perf_counter()
     record = PassRecord(spec.name, STATUS_UNCHANGED, 0.0, nodes_before, nodes_before)
     try:
-        result = spec.factory(context)(candidate)
+        result = spec.factory(context)(model.clone())
         record.seconds = time.perf_counter() - started
         if isinstance(result, NotedResult):
             record.notes, record.refusals = [str(n) for n in result.notes], [str(r) for r in result.refusals]

@@ -10,9 +10,10 @@ have other users").
 
 The ``ensures`` it adds hold even when outputs are not verified (``--no-verify``):
 graph inputs and outputs keep their names, element types and static sizes (unless
-the pass declares ``keeps_interface = False``), and every operator domain a node uses
-is imported by the model (a contrib op without the ``com.microsoft`` opset is a model
-ONNX Runtime rejects). A violation raises ``PostconditionError``, which the pipeline
+the pass declares ``keeps_interface = False``), every operator domain a node uses is
+imported by the model (a contrib op without the ``com.microsoft`` opset is a model
+ONNX Runtime rejects), and the nodes are in topological order (which ONNX Runtime does
+not need, but onnx's checker and every later pass do). A violation raises ``PostconditionError``, which the pipeline
 reports as a failed pass and rolls back.
 """
 
@@ -67,6 +68,7 @@ class GraphoptPass:
         if self.keeps_interface and getattr(self, "_interface", None) is not None:
             _check_interface(self._interface, _interface(model))
         _check_domains(model)
+        _check_order(model)
 
     def note(self, text: str) -> None:
         """Record a decision for the report ("3 layers kept float: ...")."""
@@ -123,6 +125,21 @@ def _check_interface(before: tuple[list, list], after: tuple[list, list]) -> Non
                 isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(shape, new_shape)
             ):
                 raise ir.passes.PostconditionError(f"graph {side} {name!r} changed shape from {shape} to {new_shape}")
+
+
+def _check_order(model: ir.Model) -> None:
+    """Every node of the main graph and of each function comes after the nodes producing its inputs."""
+    for graph in (model.graph, *model.functions.values()):
+        seen: set[int] = set()
+        for node in graph:
+            for value in node.inputs:
+                producer = value.producer() if value is not None else None
+                if producer is not None and producer.graph is node.graph and id(producer) not in seen:
+                    raise ir.passes.PostconditionError(
+                        f"{node.op_type} {node.name!r} reads {value.name!r} before {producer.op_type} "
+                        f"{producer.name!r} computes it (the graph is not in topological order)"
+                    )
+            seen.add(id(node))
 
 
 def _check_domains(model: ir.Model) -> None:

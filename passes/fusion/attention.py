@@ -39,9 +39,11 @@ transposes Q or the batch axes; a bias has unknown rank; Q, K or V is not known 
 the head count cannot be derived or the scale is not a positive number; or K/V have
 another head count than Q (multi-query attention by broadcasting).
 
-Semantics differ in one degenerate case: a query row whose keys are *all* masked gets
-zeros from the SDPA guard but uniform weights (finite bias) or NaN (``-inf`` bias) from
-the fused op.
+Semantics differ in one degenerate case: a query row whose keys are *all* masked (left
+padding under a causal mask) gets zeros from the SDPA guard but uniform weights from the
+fused op. Where the guard is present the bias is floored at float32's lowest value
+(``Max``), so that row is finite, not NaN: a NaN there would reach every token through
+the next layer's keys. Without the guard the original is NaN there too.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class _Attention:
     value: Traced
     probs_matmul: ir.Node
     scale: float
+    guarded: bool  # the SDPA guard Where(IsNaN(p), 0, p) sits between the Softmax and the product with V
 
 
 def _single_user(value: ir.Value) -> ir.Node | None:
@@ -175,7 +178,7 @@ def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
 
 
 _NOT_LOGITS = "Softmax input is not Q @ K^T under scalar scales, biases and Where masks"
-_NOT_MASKED = "a Where on the scores fills with neither -inf nor a large negative constant"
+_NOT_MASKED = "a Where on the scores does not mask: its fill, times the scales after it, is above -1e4"
 
 
 def _probs_consumer(softmax: ir.Node) -> ir.Node | str:
@@ -246,7 +249,8 @@ def _match(softmax: ir.Node, opset: int) -> _Attention | str:
     if value is None:
         return "the value is not known to be a 4-D per-head tensor"
     scale = logits.scale * query.scale * key.scale
-    return _Attention(softmax, logits, query, key, value, probs_matmul, scale)
+    guarded = probs_matmul.inputs[0] is not softmax.outputs[0]
+    return _Attention(softmax, logits, query, key, value, probs_matmul, scale, guarded)
 
 
 def _split_heads(split: HeadSplit) -> int | None:
@@ -367,11 +371,21 @@ def _key_value_inputs(build: _Builder, key: Traced, value: Traced) -> tuple[ir.V
     return build.transpose(key.source, key.perm), build.transpose(value.source, value.perm)
 
 
-def _full_size(dim) -> bool:
-    """True if a bias dim is known not to broadcast: a static size above 1 or a named symbolic dim."""
+def _full_size(dim, along) -> bool:
+    """True if a bias dim is known not to broadcast: a static size above 1, or the same named dim as ``along``.
+
+    ``along`` is the query's (or key's) length. Another symbol may be 1 at run time and
+    broadcast in the original, which the fused op's ``attention_bias`` does not.
+    """
     if isinstance(dim, int):
         return dim > 1
-    return dim is not None and getattr(dim, "value", None) is not None
+    name = getattr(dim, "value", None)
+    return name is not None and name == getattr(along, "value", None)
+
+
+def _dim_of(value: ir.Value, axis: int):
+    shape = value.shape
+    return shape[axis] if shape is not None and shape.rank() > axis else None
 
 
 def _bias_term(build: _Builder, bias: _Bias, dtype: np.dtype, cache: dict) -> tuple[ir.Value, list]:
@@ -401,13 +415,25 @@ def _attention_bias(build: _Builder, match: _Attention, query: ir.Value, key: ir
     for value, term_shape in terms[1:]:
         total = build.node("Add", [total, value])
         shape = term_shape if len(term_shape) > len(shape) else shape
+    if match.guarded:
+        # A query row whose keys are all masked: the guard makes it 0; the fused op computes
+        # softmax over the bias, NaN for -inf, which reaches every token through the next
+        # layer's keys. A finite floor keeps that row finite (uniform weights) instead.
+        floor_key = ("floor", id(total))
+        if floor_key not in cache:
+            floor = build.constant("mask_floor", np.array(np.finfo(np.float32).min, dtype))
+            floored = build.node("Max", [total, floor])
+            floored.shape, floored.type = total.shape, total.type  # Max with a scalar keeps the shape
+            cache[floor_key] = floored
+        total = cache[floor_key]
     if len(shape) < 4:
         total = build.unsqueeze(total, list(range(4 - len(shape))))
     # MultiHeadAttention broadcasts only the batch and head axes; the sum is full-size in an axis
     # where any term is.
-    if all(any(_full_size(t[axis]) for t in trailing) for axis in (0, 1)):
-        return total
     key_axis = 1 if rank(key) == 3 else 2
+    lengths = [_dim_of(key, key_axis), _dim_of(query, 1)]  # trailing order: keys, then queries
+    if all(any(_full_size(t[axis], lengths[axis]) for t in trailing) for axis in (0, 1)):
+        return total
     cache_key = ("expand", id(total), id(query), id(key))
     if cache_key not in cache:
         sizes = [build.ints("ones", [1, 1]), build.dim(query, 1), build.dim(key, key_axis)]
@@ -519,4 +545,6 @@ class AttentionFusion(FusionPass):
             _rewrite(model, match, heads, count, cache)
             self.done("Softmax")
             count += 1
+        if count:
+            model.graph.sort()  # a mask term shared by blocks is built before the first block's anchor
         return count

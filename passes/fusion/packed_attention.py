@@ -33,7 +33,7 @@ import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_op
 from optimizer.errors import RuntimeRefusedError
-from optimizer.runtime import SubgraphError, evaluate
+from optimizer.runtime import SubgraphError, ancestry, evaluate
 from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._layout import last_dim, producer, rank, shape_tokens
@@ -58,17 +58,22 @@ def _reads_leading_dims(node: ir.Node) -> bool:
     """
     if not is_onnx_op(node, "Shape"):
         return False
+    start = node.attributes.get_int("start", 0)
+    if start < 0:
+        return False
     if "end" in node.attributes:
-        start, end = node.attributes.get_int("start", 0), node.attributes.get_int("end")
-        return 0 <= start < end <= 2
+        return start < node.attributes.get_int("end") <= 2
     shape = node.outputs[0]
     users = [user for user, _ in shape.uses()]
-    return bool(users) and not shape.is_graph_output() and all(_gathers_leading(user, shape) for user in users)
+    return bool(users) and not shape.is_graph_output() and all(_gathers_leading(user, shape, start) for user in users)
 
 
-def _gathers_leading(node: ir.Node, shape: ir.Value) -> bool:
+def _gathers_leading(node: ir.Node, shape: ir.Value, start: int) -> bool:
+    """True if ``node`` gathers only axes 0 and 1 of the tensor from ``shape`` (a Shape from axis ``start``)."""
     index = constant_array(node.inputs[1]) if is_onnx_op(node, "Gather") and node.inputs[0] is shape else None
-    return index is not None and node.attributes.get_int("axis", 0) == 0 and set(index.reshape(-1).tolist()) <= {0, 1}
+    if index is None or node.attributes.get_int("axis", 0) != 0 or (index < 0).any():
+        return False
+    return {start + int(i) for i in index.reshape(-1)} <= {0, 1}
 
 
 def _hidden_use(value: ir.Value) -> bool:
@@ -127,16 +132,21 @@ def _packed_by_split(hidden: list[ir.Value]) -> _Packed | str:
     outer = producer(split.inputs[0], "Reshape")
     gemm = producer(outer.inputs[0], "Gemm") if outer is not None else None
     inner = producer(gemm.inputs[0], "Reshape") if gemm is not None else None
-    if inner is None or len(gemm.inputs) < 3:
+    if inner is None:
         return _NOT_PROJECTIONS
     if not all(_hidden_use(v) for v in hidden) or not all(_single_use(v) for v in (split.inputs[0], outer.inputs[0])):
         return "a projection has other users"
     attrs = gemm.attributes
     if attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0 or attrs.get_int("transA", 0):
         return _NOT_PROJECTIONS
-    weight, bias = constant_array(gemm.inputs[1]), constant_array(gemm.inputs[2])
     transposed = attrs.get_int("transB", 0)
-    if weight is None or bias is None or weight.ndim != 2 or bias.shape != (weight.shape[1 - transposed],):
+    weight = constant_array(gemm.inputs[1])
+    if weight is None or weight.ndim != 2:
+        return _NOT_PROJECTIONS
+    # A zero bias is often dropped by simplify-ops: no bias input is a zero bias.
+    has_bias = len(gemm.inputs) > 2 and gemm.inputs[2] is not None
+    bias = constant_array(gemm.inputs[2]) if has_bias else np.zeros(weight.shape[1 - transposed], weight.dtype)
+    if bias is None or bias.shape != (weight.shape[1 - transposed],):
         return _NOT_PROJECTIONS
     weight = weight.T if transposed else weight
     x = inner.inputs[0]
@@ -183,6 +193,28 @@ def _probe_mask(model: ir.Model, bias: ir.Value, inputs: list[ir.Value], mask: n
     return None
 
 
+def _values_only_from(bias: ir.Value, mask: ir.Value) -> bool:
+    """True if ``bias`` depends on no graph input's values but ``mask``'s: on the others only through shapes.
+
+    The probe feeds made-up values to the other inputs (ones for token ids); a bias that
+    reads their values (``mask & (input_ids != pad)``) would be mistaken for the mask
+    alone. A path through ``Shape``/``Size`` reads only a shape (GPT-2's causal slice
+    reads ``Shape(Gather(wte, input_ids))``).
+    """
+    try:
+        nodes, leaves = ancestry([bias])
+    except SubgraphError:
+        return False
+    tainted = {id(v) for v in leaves if v is not mask and v.const_value is None}
+    inside = {id(node) for node in nodes}
+    for node in bias.graph if bias.graph is not None else ():
+        if id(node) not in inside or is_onnx_op(node, "Shape", "Size"):
+            continue
+        if any(v is not None and id(v) in tainted for v in node.inputs):
+            tainted.update(id(v) for v in node.outputs)
+    return id(bias) not in tainted
+
+
 def _mask_kind(model: ir.Model, bias: ir.Value) -> tuple[ir.Value, bool] | None:
     """``(mask_input, causal)`` when the additive ``bias`` is exactly what a 2-D padding mask input implies.
 
@@ -193,7 +225,7 @@ def _mask_kind(model: ir.Model, bias: ir.Value) -> tuple[ir.Value, bool] | None:
     mask_types = (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT)
     inputs = token_inputs_of([bias], mask_types)
     masks = [v for v in inputs or () if is_mask(v)]
-    if len(masks) != 1:
+    if len(masks) != 1 or not _values_only_from(bias, masks[0]):
         return None
     kinds = {_probe_mask(model, bias, inputs, mask) for mask in (PADDED_MASK, _LONGER_MASK)}
     if len(kinds) != 1 or None in kinds:
@@ -252,6 +284,8 @@ class PackedAttentionFusion(FusionPass):
             self._rewrite(model, node, packed, count, masks, casts)
             self.done("MultiHeadAttention")
             count += 1
+        if count:
+            model.graph.sort()  # the shared mask Cast is built before the first op that reads it
         return count
 
     def _rewrite(self, model: ir.Model, node: ir.Node, packed: _Packed, index: int, masks: dict, casts: dict) -> None:

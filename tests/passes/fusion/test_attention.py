@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from passes.fusion.attention import AttentionFusion
 from tests.helpers import assert_same_outputs, op_types, run
@@ -187,10 +187,13 @@ REFUSALS = {
     "softmax axis": (lambda: attention_model(softmax_axis=2), "Softmax is not over the last axis of a 4-D tensor"),
     "float64": (lambda: attention_model(dtype=np.float64), "the scores are not float32 (the fused ops' CPU kernels)"),
     "not logits": (_tanh_on_scores, "Softmax input is not Q @ K^T under scalar scales, biases and Where masks"),
-    "where fill": (_weak_where_fill, "a Where on the scores fills with neither -inf nor a large negative constant"),
+    "where fill": (
+        _weak_where_fill,
+        "a Where on the scores does not mask: its fill, times the scales after it, is above -1e4",
+    ),
     "where fill scaled": (
         _where_fill_scaled_to_a_weak_mask,
-        "a Where on the scores fills with neither -inf nor a large negative constant",
+        "a Where on the scores does not mask: its fill, times the scales after it, is above -1e4",
     ),
     "transA": (_transposed_query_product, "Q @ K^T transposes Q or the batch axes (FusedMatMul transA/transBatch)"),
     "scores used": (lambda: _with_output("scores"), "the scores have other users"),
@@ -240,3 +243,111 @@ def test_every_refusal_is_counted_with_its_reason(case):
     assert not result.modified
     assert result.refusals == [f"1 of 1 Softmax left unfused: {reason}"]
     assert op_types(result.model) == before
+
+
+def test_a_fully_masked_query_row_stays_finite_where_the_sdpa_guard_zeroes_it():
+    # Left padding under a causal mask leaves the first query rows with no key at all: the SDPA
+    # guard makes them 0, the fused op would make them NaN, and the next layer would spread the
+    # NaN to every token through its keys. The fused bias gets a finite floor instead.
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 1, 3, 2]),
+            helper.make_node("MatMul", ["q", "k_t"], ["scores"]),
+            helper.make_node("Mul", ["scores", "scale"], ["scaled"]),
+            helper.make_node("Where", ["keep", "scaled", "minus_inf"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+            helper.make_node("IsNaN", ["probs"], ["nan"]),
+            helper.make_node("Where", ["nan", "zero", "probs"], ["guarded"]),
+            helper.make_node("MatMul", ["guarded", "v"], ["out"]),
+        ],
+        "guarded",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", HEADS, "S", 4]) for n in "qkv"]
+        + [helper.make_tensor_value_info("keep", TensorProto.BOOL, ["B", 1, "S", "S"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [
+            helper.make_tensor("scale", TensorProto.FLOAT, [], [0.5]),
+            helper.make_tensor("minus_inf", TensorProto.FLOAT, [], [-np.inf]),
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        ],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    ir.passes.common.ShapeInferencePass()(model)
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((2, HEADS, 5, 4)).astype(np.float32) for n in "qkv"}
+    keep = np.tril(np.ones((5, 5), bool))[None, None].repeat(2, 0)
+    keep[1, :, :, :2] = False  # the second sequence is left-padded by two tokens
+    feeds["keep"] = keep
+    after, _ = _fused(model)
+    expected, actual = run(model, feeds)["out"], run(after, feeds)["out"]
+    assert not np.isnan(actual).any()
+    real = keep.any(-1)[:, 0]  # query rows with at least one key
+    np.testing.assert_allclose(
+        actual.transpose(0, 2, 1, 3)[real], expected.transpose(0, 2, 1, 3)[real], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_bias_dim_named_otherwise_than_the_query_length_is_expanded():
+    # A [B, 1, Q, S] bias fed with Q = 1 broadcasts in the original; the fused op's
+    # attention_bias does not, unless the fusion expands it.
+    model = attention_model(mask="bias")
+    model.graph.inputs[1].shape = ir.Shape(["B", 1, "Q", "S"])
+    after, mha = _fused(model)
+    assert mha.inputs[5].producer().op_type == "Expand"
+    feeds = model_inputs(model)
+    assert feeds["mask_bias"].shape[2] == 1
+    assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
+
+
+def test_blocks_sharing_a_mask_in_interleaved_order_stay_in_topological_order():
+    # Block A's Softmax, block B's Softmax, B's product with V, then A's: the mask term both
+    # share must be built before B's op, which comes first.
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Cast", ["attention_mask"], ["mask_bool"], to=TensorProto.BOOL),
+        helper.make_node("Unsqueeze", ["mask_bool", "axes"], ["keep"]),
+    ]
+    weights = {"axes": np.array([1, 2], np.int64), "fill": np.array(-np.inf, np.float32)}
+    weights["split"], weights["merge"] = np.array([0, 0, HEADS, 4], np.int64), np.array([0, 0, -1], np.int64)
+    tails = {}
+    for block in "AB":
+        for name in "qkv":
+            weights[f"{block}w{name}"] = rng.standard_normal((HEADS * 4, HEADS * 4)).astype(np.float32)
+            nodes += [
+                helper.make_node("MatMul", ["x", f"{block}w{name}"], [f"{block}{name}_proj"]),
+                helper.make_node("Reshape", [f"{block}{name}_proj", "split"], [f"{block}{name}_split"]),
+            ]
+        nodes += [
+            helper.make_node("Transpose", [f"{block}q_split"], [f"{block}q"], perm=[0, 2, 1, 3]),
+            helper.make_node("Transpose", [f"{block}k_split"], [f"{block}k_t"], perm=[0, 2, 3, 1]),
+            helper.make_node("Transpose", [f"{block}v_split"], [f"{block}v"], perm=[0, 2, 1, 3]),
+            helper.make_node("MatMul", [f"{block}q", f"{block}k_t"], [f"{block}scores"]),
+            helper.make_node("Where", ["keep", f"{block}scores", "fill"], [f"{block}logits"]),
+            helper.make_node("Softmax", [f"{block}logits"], [f"{block}probs"], axis=-1),
+        ]
+        tails[block] = [
+            helper.make_node("MatMul", [f"{block}probs", f"{block}v"], [f"{block}context"]),
+            helper.make_node("Transpose", [f"{block}context"], [f"{block}context_t"], perm=[0, 2, 1, 3]),
+            helper.make_node("Reshape", [f"{block}context_t", "merge"], [f"{block}y"]),
+        ]
+    nodes += tails["B"] + tails["A"] + [helper.make_node("Add", ["Ay", "By"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "interleaved",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", HEADS * 4]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "S"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", HEADS * 4])],
+        [numpy_helper.from_array(array, name) for name, array in weights.items()],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    ir.passes.common.ShapeInferencePass()(model)
+    result = AttentionFusion()(model.clone())  # its ensures check the order
+    assert op_types(result.model).count("MultiHeadAttention") == 2
+    onnx.checker.check_model(ir.to_proto(result.model))
+    feeds = {
+        "x": rng.standard_normal((2, 5, HEADS * 4)).astype(np.float32),
+        "attention_mask": np.ones((2, 5), np.int64),
+    }
+    feeds["attention_mask"][1, 3:] = 0
+    assert_same_outputs(model, result.model, feeds, rtol=1e-4, atol=1e-5)

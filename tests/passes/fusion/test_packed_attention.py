@@ -157,3 +157,83 @@ def test_every_refusal_is_counted_with_its_reason(case):
     result = PackedAttentionFusion()(model)
     assert not result.modified
     assert result.refusals == [f"1 of 1 MultiHeadAttention left unfused: {reason}"]
+
+
+def _mask_graph(nodes: list, extra_inputs: list) -> tuple[ir.Model, ir.Value]:
+    """A model computing a ``[B, 1, 1, S]`` float bias ``bias`` from ``attention_mask`` (and ``extra_inputs``)."""
+    graph = helper.make_graph(
+        nodes,
+        "mask",
+        [helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "S"]), *extra_inputs],
+        [helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["B", 1, 1, "S"])],
+        [
+            numpy_helper.from_array(np.array(0, np.int64), "pad_id"),
+            numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array(-1e9, np.float32), "filler"),
+        ],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    return model, model.graph.outputs[0]
+
+
+_KEEP_TO_BIAS = [
+    helper.make_node("Unsqueeze", ["keep", "axes"], ["keep4"]),
+    helper.make_node("Where", ["keep4", "zero", "filler"], ["bias"]),
+]
+_IDS = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "S"])
+
+
+def test_a_mask_that_reads_token_ids_is_not_taken_for_the_padding_mask():
+    # keep = attention_mask & (input_ids != pad): the probe feeds ids of 1, where it looks like padding alone.
+    from passes.fusion.packed_attention import _mask_kind
+
+    nodes = [
+        helper.make_node("Cast", ["attention_mask"], ["mask_bool"], to=TensorProto.BOOL),
+        helper.make_node("Equal", ["input_ids", "pad_id"], ["is_pad"]),
+        helper.make_node("Not", ["is_pad"], ["not_pad"]),
+        helper.make_node("And", ["mask_bool", "not_pad"], ["keep"]),
+        *_KEEP_TO_BIAS,
+    ]
+    assert _mask_kind(*_mask_graph(nodes, [_IDS])) is None
+
+
+def test_a_mask_that_reads_only_the_shape_of_token_ids_is_the_padding_mask():
+    from passes.fusion.packed_attention import _mask_kind
+
+    nodes = [
+        helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask_bool"], to=TensorProto.BOOL),
+        helper.make_node("Expand", ["mask_bool", "ids_shape"], ["keep"]),
+        *_KEEP_TO_BIAS,
+    ]
+    model, bias = _mask_graph(nodes, [_IDS])
+    mask, causal = _mask_kind(model, bias)
+    assert mask.name == "attention_mask" and not causal
+
+
+def test_a_conv1d_projection_without_a_bias_packs_with_a_zero_bias():
+    # simplify-ops drops an all-zero Gemm bias; the packed op gets zeros.
+    model = attention_model(mask="causal", projection="conv1d")
+    gemm = next(n for n in model.graph if n.op_type == "Gemm")
+    model.graph.initializers["b_qkv"].const_value = ir.tensor(np.zeros_like(gemm.inputs[2].const_value.numpy()))
+    gemm.resize_inputs(2)
+    after, packing = _staged(model)
+    assert packing.fused_count == 1 and not _attention(after).inputs[2].const_value.numpy().any()
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("attributes", "index", "leading"),
+    [({}, [0, 1], True), ({"start": 1}, [0], True), ({"start": 1}, [1], False), ({"end": 2}, None, True)],
+)
+def test_only_readers_of_batch_and_sequence_move_to_the_packed_input(attributes, index, leading):
+    # Gather(Shape(q, start=1), [1]) is the projection width, which the packed input does not share.
+    from passes.fusion.packed_attention import _reads_leading_dims
+
+    value = ir.Value(name="q", shape=ir.Shape(["B", "S", 16]))
+    shape = ir.node("Shape", [value], attributes)
+    if index is not None:
+        indices = ir.Value(name="i", const_value=ir.tensor(np.array(index, np.int64)))
+        ir.node("Gather", [shape.outputs[0], indices], {"axis": 0})
+    assert _reads_leading_dims(shape) is leading
