@@ -49,6 +49,7 @@ the next layer's keys. Without the guard the original is NaN there too.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -364,10 +365,15 @@ def _query_input(build: _Builder, query: Traced) -> ir.Value:
     return build.node("Reshape", [per_token, build.ints("merge_heads", [0, 0, -1])])
 
 
-def _key_value_inputs(build: _Builder, key: Traced, value: Traced) -> tuple[ir.Value, ir.Value]:
-    """3-D key and value when both are plain head splits, else both ``[B, N, T, d]``."""
+def _key_value_inputs(build: _Builder, key: Traced, value: Traced, adapters: list[str]) -> tuple[ir.Value, ir.Value]:
+    """3-D key and value when both are plain head splits, else both ``[B, N, T, d]``.
+
+    A Transpose it needs is named in ``adapters``.
+    """
     if key.canonical() and value.canonical():
         return key.split.hidden, value.split.hidden
+    if key.perm != IDENTITY or value.perm != IDENTITY:
+        adapters.append(_KV_TRANSPOSED)
     return build.transpose(key.source, key.perm), build.transpose(value.source, value.perm)
 
 
@@ -404,8 +410,13 @@ def _bias_term(build: _Builder, bias: _Bias, dtype: np.dtype, cache: dict) -> tu
     return cache[key], shape
 
 
-def _attention_bias(build: _Builder, match: _Attention, query: ir.Value, key: ir.Value, cache: dict) -> ir.Value | None:
-    """The summed mask as the op's ``[B|1, N|1, S, T]`` ``attention_bias``, or None without one."""
+def _attention_bias(
+    build: _Builder, match: _Attention, query: ir.Value, key: ir.Value, cache: dict, adapters: list[str]
+) -> ir.Value | None:
+    """The summed mask as the op's ``[B|1, N|1, S, T]`` ``attention_bias``, or None without one.
+
+    An Expand it needs is named in ``adapters``.
+    """
     if not match.logits.biases:
         return None
     dtype = np.dtype(np.float32)
@@ -434,6 +445,7 @@ def _attention_bias(build: _Builder, match: _Attention, query: ir.Value, key: ir
     lengths = [_dim_of(key, key_axis), _dim_of(query, 1)]  # trailing order: keys, then queries
     if all(any(_full_size(t[axis], lengths[axis]) for t in trailing) for axis in (0, 1)):
         return total
+    adapters.append(_EXPANDED)
     cache_key = ("expand", id(total), id(query), id(key))
     if cache_key not in cache:
         sizes = [build.ints("ones", [1, 1]), build.dim(query, 1), build.dim(key, key_axis)]
@@ -495,20 +507,32 @@ def _output_dims(match: _Attention, query: ir.Value, num_heads: int) -> list[int
     return [batch, num_heads, seq, _dims(match.value)[1]]
 
 
-def _rewrite(model: ir.Model, match: _Attention, num_heads: int, index: int, cache: dict) -> None:
+# Adapters a rewrite may need around the fused op, and why: reported with each rewrite that needs one.
+_FLATTENED = "the query merged back into [B, S, N*d] (Transpose + Reshape): it is not a head split of a projection"
+_KV_TRANSPOSED = "key/value transposed into [B, N, T, d]: they are per-head tensors in another layout"
+_EXPANDED = "the mask expanded to [*, *, S, T] (Expand): it may broadcast over queries or keys"
+_SPLIT_BACK = "the output split back into [B, N, S, d] (Reshape + Transpose): the graph does not merge the heads next"
+
+
+def _rewrite(model: ir.Model, match: _Attention, num_heads: int, index: int, cache: dict) -> list[str]:
+    """Replace the attention by MultiHeadAttention; return the adapters it needed (see ``_FLATTENED`` ...)."""
     build = _Builder(model.graph, match.probs_matmul, f"MultiHeadAttention_{index}", model.opset_imports.get("", 0))
+    adapters = []
+    if not match.query.canonical():
+        adapters.append(_FLATTENED)
     query = _query_input(build, match.query)
-    key, value = _key_value_inputs(build, match.key, match.value)
-    bias = _attention_bias(build, match, query, key, cache)
+    key, value = _key_value_inputs(build, match.key, match.value, adapters)
+    bias = _attention_bias(build, match, query, key, cache, adapters)
     inputs = [query, key, value] + ([None, None, bias] if bias is not None else [])
     fused = build.node("MultiHeadAttention", inputs, domain=MS_DOMAIN, num_heads=num_heads, scale=match.scale)
     merged = _merged_output(match, _output_dims(match, query, num_heads))
     if merged is not None:
         fused.shape, fused.type = merged.shape, merged.type
         replace_value(merged, fused)
-        return
+        return adapters
     split = build.node("Reshape", [fused, build.ints("split_heads", [0, 0, num_heads, -1])])
     replace_value(match.probs_matmul.outputs[0], build.node("Transpose", [split], perm=list(_TO_HEADS)))
+    return [*adapters, _SPLIT_BACK]
 
 
 class AttentionFusion(FusionPass):
@@ -526,6 +550,7 @@ class AttentionFusion(FusionPass):
         count = 0
         opset = model.opset_imports.get("", 0)
         cache: dict = {}
+        adapters: Counter[str] = Counter()
         for softmax in [n for n in model.graph if is_onnx_op(n, "Softmax")]:
             match = _match(softmax, opset)
             if isinstance(match, str):
@@ -542,9 +567,12 @@ class AttentionFusion(FusionPass):
             if mismatch is not None:
                 self.refuse("Softmax", mismatch)
                 continue
-            _rewrite(model, match, heads, count, cache)
+            adapters.update(_rewrite(model, match, heads, count, cache))
             self.done("Softmax")
             count += 1
+        # Not refusals, but why a rewrite is not the plainest form: each adapter costs a kernel.
+        for adapter, times in adapters.most_common():
+            self.decline(f"{times} of {count} fused with {adapter}")
         if count:
             model.graph.sort()  # a mask term shared by blocks is built before the first block's anchor
         return count

@@ -28,6 +28,8 @@ The fused op differs from the graph in the degenerate case ``fuse-attention`` do
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx_ir as ir
 
@@ -215,8 +217,8 @@ def _values_only_from(bias: ir.Value, mask: ir.Value) -> bool:
     return id(bias) not in tainted
 
 
-def _mask_kind(model: ir.Model, bias: ir.Value) -> tuple[ir.Value, bool] | None:
-    """``(mask_input, causal)`` when the additive ``bias`` is exactly what a 2-D padding mask input implies.
+def _mask_kind(model: ir.Model, bias: ir.Value) -> tuple[ir.Value, bool] | str:
+    """``(mask_input, causal)`` when the additive ``bias`` is what a 2-D padding mask input implies, else why not.
 
     The bias subgraph is evaluated on ONNX Runtime for a left- and a right-padded row,
     at two lengths; it must be 0 where ``mask[b, t] == 1`` (and ``t <= s`` if causal)
@@ -224,12 +226,16 @@ def _mask_kind(model: ir.Model, bias: ir.Value) -> tuple[ir.Value, bool] | None:
     """
     mask_types = (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT)
     inputs = token_inputs_of([bias], mask_types)
-    masks = [v for v in inputs or () if is_mask(v)]
-    if len(masks) != 1 or not _values_only_from(bias, masks[0]):
-        return None
+    if inputs is None:
+        return "it reads more than [batch, sequence] inputs, or goes through If/Loop/Scan"
+    masks = [v for v in inputs if is_mask(v)]
+    if len(masks) != 1:
+        return "it reads no single input named like an attention mask"
+    if not _values_only_from(bias, masks[0]):
+        return "it reads other inputs' values, not only the mask's"
     kinds = {_probe_mask(model, bias, inputs, mask) for mask in (PADDED_MASK, _LONGER_MASK)}
     if len(kinds) != 1 or None in kinds:
-        return None
+        return "it is not what a padding (or causal + padding) mask implies on the probed rows"
     return masks[0], kinds.pop()
 
 
@@ -270,7 +276,8 @@ class PackedAttentionFusion(FusionPass):
 
     def fuse(self, model: ir.Model) -> int:
         count = 0
-        masks: dict[int, tuple[ir.Value, bool] | None] = {}
+        self._kept: list[str] = []
+        masks: dict[int, tuple[ir.Value, bool] | str] = {}
         casts: dict[int, ir.Value] = {}
         for node in [n for n in model.graph if n.op_type == "MultiHeadAttention" and n.domain == MS_DOMAIN]:
             found = _check(node)
@@ -284,6 +291,9 @@ class PackedAttentionFusion(FusionPass):
             self._rewrite(model, node, packed, count, masks, casts)
             self.done("MultiHeadAttention")
             count += 1
+        # Not refusals, but why a packed op reads the mask as attention_bias instead of mask_index.
+        for reason, times in Counter(self._kept).most_common():
+            self.decline(f"{times} of {count} packed with {reason}")
         if count:
             model.graph.sort()  # the shared mask Cast is built before the first op that reads it
         return count
@@ -306,7 +316,9 @@ class PackedAttentionFusion(FusionPass):
             probe = _unexpanded(bias)
             if id(probe) not in masks:
                 masks[id(probe)] = _mask_kind(model, probe)
-            if masks[id(probe)] is not None:
+            if isinstance(masks[id(probe)], str):
+                self._kept.append(f"the mask kept as attention_bias: {masks[id(probe)]}")
+            else:
                 # A plain padding (or causal + padding) mask: the op reads the 2-D mask and the
                 # exporter's [B, 1, S, T] bias subgraph goes away.
                 mask, causal = masks[id(probe)]

@@ -90,6 +90,13 @@ def test_per_head_inputs_go_in_as_bnsh_key_value_and_the_output_is_split_back():
     after, mha = _fused(model)
     assert mha.inputs[1].name == "k" and mha.inputs[2].name == "v"  # [B, N, T, d]: no Transpose needed
     assert mha.inputs[0].producer().op_type == "Reshape"  # the query merged to [B, S, N*d]
+    # Each adapter around the op is reported with why it was needed.
+    assert AttentionFusion()(model.clone()).refusals == [
+        "1 of 1 fused with the query merged back into [B, S, N*d] (Transpose + Reshape): "
+        "it is not a head split of a projection",
+        "1 of 1 fused with the output split back into [B, N, S, d] (Reshape + Transpose): "
+        "the graph does not merge the heads next",
+    ]
     rng = np.random.default_rng(2)
     feeds = {name: rng.standard_normal((2, HEADS, 5 if name == "q" else 6, 4)).astype(np.float32) for name in "qkv"}
     assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)

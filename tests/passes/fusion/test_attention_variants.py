@@ -71,7 +71,8 @@ def _check(original: ir.Model, spelled: ir.Model, feeds: dict, packs: bool) -> N
 
     same(spelled)  # the variant itself computes the same thing
     stage1 = AttentionFusion()(spelled)
-    assert stage1.refusals == [] and op_types(stage1.model).count("MultiHeadAttention") == blocks
+    assert not [line for line in stage1.refusals if "left unfused" in line], stage1.refusals
+    assert op_types(stage1.model).count("MultiHeadAttention") == blocks
     same(stage1.model)
     stage2 = PackedAttentionFusion()(stage1.model)
     assert op_types(stage2.model).count("Attention") == (blocks if packs else 0), stage2.refusals

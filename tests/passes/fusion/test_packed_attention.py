@@ -22,6 +22,10 @@ def _staged(model: ir.Model) -> tuple[ir.Model, ir.passes.PassResult]:
     return packing(fused).model, packing
 
 
+def packing_refusals(model: ir.Model) -> list[str]:
+    return PackedAttentionFusion()(AttentionFusion()(model.clone()).model).refusals
+
+
 def _attention(model: ir.Model) -> ir.Node:
     (node,) = [n for n in model.graph if n.domain == "com.microsoft"]
     assert node.op_type == "Attention" and node.attributes.get_int("num_heads") == HEADS
@@ -37,8 +41,12 @@ def test_self_attention_gets_packed_qkv_weights():
     assert fused.inputs[0].name == "x"
     assert fused.inputs[1].const_value.shape == (HIDDEN, 3 * HIDDEN)
     assert fused.attributes.get_float("scale") == pytest.approx(0.5)
-    # A mask that is a graph input stays the op's attention_bias.
+    # A mask that is a graph input stays the op's attention_bias, and the pass says why.
     assert fused.inputs[5].producer().op_type == "Expand" and fused.inputs[3] is None
+    assert packing_refusals(model) == [
+        "1 of 1 packed with the mask kept as attention_bias: "
+        "it reads more than [batch, sequence] inputs, or goes through If/Loop/Scan"
+    ]
     assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
 
 
@@ -195,7 +203,7 @@ def test_a_mask_that_reads_token_ids_is_not_taken_for_the_padding_mask():
         helper.make_node("And", ["mask_bool", "not_pad"], ["keep"]),
         *_KEEP_TO_BIAS,
     ]
-    assert _mask_kind(*_mask_graph(nodes, [_IDS])) is None
+    assert _mask_kind(*_mask_graph(nodes, [_IDS])) == "it reads other inputs' values, not only the mask's"
 
 
 def test_a_mask_that_reads_only_the_shape_of_token_ids_is_the_padding_mask():
