@@ -113,9 +113,8 @@ def render_table(report: PipelineReport, console: Console | None = None, *, verb
             console.print(f"[dim]{record.name}:[/] {escape(refusal)}", highlight=False, soft_wrap=True)
     hidden = 0 if verbose else sum(len(record.refusals) for record in report.passes)
     if hidden:
-        console.print(
-            f"[dim]{hidden} refusal{'s' if hidden > 1 else ''} not shown: -v shows why passes left things alone[/]"
-        )
+        lines = f"{hidden} more line{'s' if hidden > 1 else ''}"
+        console.print(f"[dim]-v shows {lines} on what passes left alone, and why[/]")
     for record in report.failures():
         console.print(f"[yellow]{record.name} {record.status}:[/] {escape(record.detail)}", highlight=False)
 
