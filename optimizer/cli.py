@@ -261,10 +261,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _optimize(console: Console, args: argparse.Namespace) -> int:
-    passes = [name.strip() for name in args.passes.split(",") if name.strip()] if args.passes else None
     _, report = optimize_with_report(
         args.model,
-        passes,
+        args.passes or None,  # comma-separated, split by the API
         output=args.output,
         inputs=args.inputs,
         calibration=args.calibration,

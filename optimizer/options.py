@@ -156,7 +156,16 @@ class Options:
 
 def flag_of(name: str) -> str:
     """The command-line flag of option ``name``."""
-    return next(f.metadata["flag"] for f in dataclasses.fields(Options) if f.name == name)
+    return _metadata(name)["flag"]
+
+
+def metavar_of(name: str) -> str | None:
+    """The placeholder of option ``name``'s value in the command line (``R`` for ``--prune-ffn R``), if it takes one."""
+    return _metadata(name).get("metavar")
+
+
+def _metadata(name: str) -> Mapping[str, Any]:
+    return next(f.metadata for f in dataclasses.fields(Options) if f.name == name)
 
 
 def _show(value: Any) -> str:
@@ -179,11 +188,7 @@ def _is_number(value: Any) -> bool:
 
 def _real(value: Any) -> Any:
     """A real number (numpy's included) as a Python float; anything else unchanged, for the checks to name."""
-    if (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, (bool, numbers.Integral))
-        or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
-    ):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
     return value
 

@@ -24,7 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget
-from optimizer.options import TARGETS, Options, flag_of
+from optimizer.options import TARGETS, Options, flag_of, metavar_of
 
 # Options the verifier reads for every approximate pass.
 BUDGET_OPTIONS = ("min_cosine", "max_error")
@@ -80,7 +80,7 @@ class Request:
         if self.value is True:
             return flag
         if self.value is None:
-            metavar = next(f.metadata.get("metavar") for f in dataclasses.fields(Options) if f.name == self.option)
+            metavar = metavar_of(self.option)
             return f"{flag} {metavar}" if metavar else flag
         return f"{flag} {self.value}"
 

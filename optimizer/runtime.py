@@ -66,8 +66,9 @@ def calling_onnxruntime(what: str) -> Iterator[None]:
     """Turn ONNX Runtime's own exceptions raised inside the block into ``RuntimeRefusedError``.
 
     ``what`` says what was being done ("load the model", "run the model"); it starts the message.
+    Callers already hold ONNX Runtime (a session), so nothing is imported here: this wraps
+    every timed run.
     """
-    import_onnxruntime()
     try:
         yield
     except _refusals() as error:

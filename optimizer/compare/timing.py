@@ -8,9 +8,10 @@ synchronized, so host↔device copies do not pollute the kernel time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,21 +90,24 @@ class TimedSession:
             binding.bind_output(name, "cuda", 0)
         return binding
 
-    def outputs(self) -> dict[str, Any]:
-        """Run once and return the outputs by name, on the host."""
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        """ONNX Runtime refusing to run the model is the user's one-line ``InvalidModelError``."""
         try:
             with calling_onnxruntime("run it"):
-                return dict(zip(self.output_names, self.session.run(self.output_names, self.feeds)))
+                yield
         except RuntimeRefusedError as error:
             raise InvalidModelError(f"{self.path}: ONNX Runtime cannot run it on {self.ep}: {error.reason}") from error
 
+    def outputs(self) -> dict[str, Any]:
+        """Run once and return the outputs by name, on the host."""
+        with self._running():
+            return dict(zip(self.output_names, self.session.run(self.output_names, self.feeds)))
+
     def run(self) -> float:
         """Time one inference (synchronized on CUDA)."""
-        try:
-            with calling_onnxruntime("run it"):  # entered and left outside the timed interval
-                return self._timed_run()
-        except RuntimeRefusedError as error:
-            raise InvalidModelError(f"{self.path}: ONNX Runtime cannot run it on {self.ep}: {error.reason}") from error
+        with self._running():  # entered and left outside the timed interval
+            return self._timed_run()
 
     def _timed_run(self) -> float:
         if self._binding is not None:

@@ -56,9 +56,9 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain, is_onnx_op
-from passes._utils import add_initializer, constant_array, replace_value
+from passes._utils import add_initializer, replace_value
 from passes.fusion._base import FusionPass
-from passes.fusion._checks import is_float
+from passes.fusion._checks import is_float, scalar
 from passes.fusion._layout import (
     IDENTITY,
     HeadSplit,
@@ -123,11 +123,6 @@ def _single_user(value: ir.Value) -> ir.Node | None:
     return uses[0][0]
 
 
-def _fill(value: ir.Value) -> float | None:
-    array = constant_array(value)
-    return float(array.reshape(())) if array is not None and array.size == 1 else None
-
-
 def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
     """Walk from the Softmax input back to ``Q @ K^T`` through scales, biases and Where masks."""
     factor, biases, chain = 1.0, [], []
@@ -164,7 +159,7 @@ def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
             return min(reasons, key=lambda r: r == _NOT_LOGITS)  # a specific reason over the generic one
         if is_onnx_op(node, "Where"):
             cond, on_true, on_false = node.inputs
-            fills = _fill(on_true), _fill(on_false)
+            fills = scalar(on_true), scalar(on_false)
             if (fills[0] is None) == (fills[1] is None):
                 break
             fill = fills[1] if fills[0] is None else fills[0]
@@ -194,7 +189,7 @@ def _probs_consumer(softmax: ir.Node) -> ir.Node | str:
         where = next((n for n in uses if is_onnx_op(n, "Where")), None)
         if isnan is None or where is None or where.inputs[0] is not isnan.outputs[0] or where.inputs[2] is not probs:
             return wrong
-        if _fill(where.inputs[1]) != 0.0:
+        if scalar(where.inputs[1]) != 0.0:
             return wrong
         probs = where.outputs[0]
         user = _single_user(probs)
@@ -254,7 +249,8 @@ def _match(softmax: ir.Node, opset: int) -> _Attention | str:
     return _Attention(softmax, logits, query, key, value, probs_matmul, scale, guarded)
 
 
-def _split_heads(split: HeadSplit) -> int | None:
+def _head_count(split: HeadSplit) -> int | None:
+    """The head count of a head split: its Reshape target, or the hidden width over the head size."""
     if split.heads is not None:
         return split.heads
     hidden = last_dim(split.hidden)
@@ -264,10 +260,10 @@ def _split_heads(split: HeadSplit) -> int | None:
 def _dims(traced: Traced) -> tuple[int | None, int | None]:
     """``(heads, head size)`` of the traced ``[B, N, *, d]`` operand, where its shape or head split tells."""
     if traced.canonical():
-        return _split_heads(traced.split), traced.split.head_size
+        return _head_count(traced.split), traced.split.head_size
     heads, size = (static_dim(traced.source, traced.perm[axis]) for axis in (1, 3))
     if traced.split is not None:  # an unusual transpose of a head split: its [B, S, N, d] axes
-        split_dims = {2: _split_heads(traced.split), 3: traced.split.head_size}
+        split_dims = {2: _head_count(traced.split), 3: traced.split.head_size}
         heads, size = heads or split_dims.get(traced.perm[1]), size or split_dims.get(traced.perm[3])
     reshape = traced.source.producer()
     if traced.perm == IDENTITY and reshape is not None and is_onnx_op(reshape, "Reshape"):
@@ -299,7 +295,7 @@ def _heads(match: _Attention) -> int | None:
     heads = _dims(match.query)[0]
     if heads is None and match.query.perm == IDENTITY:
         split = _split_behind_elementwise(match.query.source)
-        heads = _split_heads(split) if split is not None else None
+        heads = _head_count(split) if split is not None else None
     return heads or static_dim(match.softmax.inputs[0], 1)
 
 
@@ -410,6 +406,34 @@ def _bias_term(build: _Builder, bias: _Bias, dtype: np.dtype, cache: dict) -> tu
     return cache[key], shape
 
 
+def _summed_bias(build: _Builder, match: _Attention, cache: dict) -> tuple[ir.Value, list[list]]:
+    """The mask terms summed into one 4-D bias (built once per graph), and each term's last two dims, reversed.
+
+    Where the SDPA guard zeroes fully masked query rows, the sum gets a finite floor:
+    the fused op computes softmax over the bias there, NaN for -inf, which would reach
+    every token through the next layer's keys. The floor keeps that row finite
+    (uniform weights) instead.
+    """
+    dtype = np.dtype(np.float32)
+    terms = [_bias_term(build, bias, dtype, cache) for bias in match.logits.biases]
+    trailing = [list(reversed(s))[:2] + [None] * (2 - min(len(s), 2)) for _, s in terms]
+    key = ("bias", tuple(id(value) for value, _ in terms), match.guarded)
+    if key not in cache:
+        total, shape = terms[0]
+        for value, term_shape in terms[1:]:
+            total = build.node("Add", [total, value])
+            shape = term_shape if len(term_shape) > len(shape) else shape
+        if match.guarded:
+            floor = build.constant("mask_floor", np.array(np.finfo(np.float32).min, dtype))
+            floored = build.node("Max", [total, floor])
+            floored.shape, floored.type = total.shape, total.type  # Max with a scalar keeps the shape
+            total = floored
+        if len(shape) < 4:
+            total = build.unsqueeze(total, list(range(4 - len(shape))))
+        cache[key] = total
+    return cache[key], trailing
+
+
 def _attention_bias(
     build: _Builder, match: _Attention, query: ir.Value, key: ir.Value, cache: dict, adapters: list[str]
 ) -> ir.Value | None:
@@ -419,26 +443,7 @@ def _attention_bias(
     """
     if not match.logits.biases:
         return None
-    dtype = np.dtype(np.float32)
-    terms = [_bias_term(build, bias, dtype, cache) for bias in match.logits.biases]
-    total, shape = terms[0]
-    trailing = [list(reversed(s))[:2] + [None] * (2 - min(len(s), 2)) for _, s in terms]
-    for value, term_shape in terms[1:]:
-        total = build.node("Add", [total, value])
-        shape = term_shape if len(term_shape) > len(shape) else shape
-    if match.guarded:
-        # A query row whose keys are all masked: the guard makes it 0; the fused op computes
-        # softmax over the bias, NaN for -inf, which reaches every token through the next
-        # layer's keys. A finite floor keeps that row finite (uniform weights) instead.
-        floor_key = ("floor", id(total))
-        if floor_key not in cache:
-            floor = build.constant("mask_floor", np.array(np.finfo(np.float32).min, dtype))
-            floored = build.node("Max", [total, floor])
-            floored.shape, floored.type = total.shape, total.type  # Max with a scalar keeps the shape
-            cache[floor_key] = floored
-        total = cache[floor_key]
-    if len(shape) < 4:
-        total = build.unsqueeze(total, list(range(4 - len(shape))))
+    total, trailing = _summed_bias(build, match, cache)
     # MultiHeadAttention broadcasts only the batch and head axes; the sum is full-size in an axis
     # where any term is.
     key_axis = 1 if rank(key) == 3 else 2
