@@ -87,9 +87,7 @@ def optimize_with_report(
 ) -> tuple[ModelLike, PipelineReport]:
     """Like ``optimize``, and also return the ``PipelineReport`` of what each pass did."""
     options = Options.build(options, _also=_KEYWORDS, **option_values)
-    if isinstance(passes, str):  # "fold-constants,remove-unused", as on the command line
-        passes = [name.strip() for name in passes.split(",") if name.strip()]
-    specs = resolve(list(passes) if passes is not None else None, options)
+    specs = resolve(_pass_names(passes), options)
     if inputs is not None and not options.verify:
         raise OptionError("--inputs are verification inputs: they do nothing with --no-verify (verify=False)")
     approximate = any(spec.approximate for spec in specs)
@@ -130,6 +128,22 @@ def optimize_with_report(
     if isinstance(model, onnx.ModelProto):
         return ir.to_proto(optimized), report
     return optimized, report
+
+
+def _pass_names(passes: Sequence[str] | str | None) -> list[str] | None:
+    """``passes`` as a list of names; a string is comma-separated, as on the command line."""
+    if passes is None:
+        return None
+    if isinstance(passes, str):
+        names = [name.strip() for name in passes.split(",") if name.strip()]
+        if not names:
+            raise PassSelectionError("--passes: no pass names given (leave it out for the default pipeline)")
+        return names
+    if not isinstance(passes, (list, tuple)) or not all(isinstance(name, str) for name in passes):
+        raise PassSelectionError(
+            f"passes: expected pass names (a list of strings or a comma-separated string), not {passes!r}"
+        )
+    return list(passes)
 
 
 def _to_ir(model: object) -> tuple[ir.Model, str, Path | None]:

@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 def _optimize(console: Console, args: argparse.Namespace) -> int:
     _, report = optimize_with_report(
         args.model,
-        args.passes or None,  # comma-separated, split by the API
+        args.passes,  # comma-separated, split by the API
         output=args.output,
         inputs=args.inputs,
         calibration=args.calibration,

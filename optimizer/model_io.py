@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import google.protobuf.message
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -203,9 +204,25 @@ def _external_locations(proto: onnx.ModelProto) -> set[str]:
 
 
 def _check_external_data(proto: onnx.ModelProto, folder: Path, label: str) -> None:
+    """Every external data file is beside the model and long enough for every tensor stored in it."""
     for location in sorted(_external_locations(proto)):
         if not (folder / location).is_file():
             raise ModelFileError(f"{label}: external data file '{location}' is missing beside the model")
+    sizes = {location: (folder / location).stat().st_size for location in _external_locations(proto)}
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if not onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        length = entries.get("length")
+        if length is None:  # not recorded: the tensor's own size
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            length = int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+        end = int(entries.get("offset", 0)) + int(length)
+        if end > sizes[entries["location"]]:
+            raise ModelFileError(
+                f"{label}: external data file '{entries['location']}' is truncated "
+                f"({sizes[entries['location']]} bytes; tensor '{tensor.name}' ends at byte {end})"
+            )
 
 
 def _check_opsets(proto: onnx.ModelProto, label: str) -> None:

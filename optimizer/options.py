@@ -71,7 +71,10 @@ class Options:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", _patterns(self.exclude))
-        object.__setattr__(self, "dims", {name: _integer(size) for name, size in dict(self.dims or {}).items()})
+        dims = {} if self.dims is None else self.dims
+        if not isinstance(dims, Mapping):
+            raise OptionError(f"--dim: expected a mapping of dim names to sizes, not {dims!r}")
+        object.__setattr__(self, "dims", {name: _integer(size) for name, size in dims.items()})
         object.__setattr__(self, "tolerances", _tolerances(self.tolerances))
         for name in ("prune_ffn", "prune_heads", "prune_channels", "smooth", "min_cosine", "max_error"):
             object.__setattr__(self, name, _real(getattr(self, name)))
@@ -119,12 +122,16 @@ class Options:
         merged: dict[str, Any] = {}
         if isinstance(base, Options):
             merged = {name: getattr(base, name) for name in fields}
-        elif base is not None:
+        elif isinstance(base, Mapping):
             merged = dict(base)
+        elif base is not None:
+            raise OptionError(f"options: expected an Options or a mapping of option names, not {type(base).__name__}")
         merged.update(values)
         unknown = [name for name in merged if name not in fields]
         if unknown:
             name = unknown[0]
+            if name in _also:
+                raise OptionError(f"{name!r} is an argument of its own, not an option: pass {name}=... beside options")
             near = difflib.get_close_matches(name, [*_also, *sorted(fields)], n=1, cutoff=0.6)
             hint = _REPLACED.get(name) or (
                 f"did you mean {near[0]!r}?" if near else f"options: {', '.join(sorted(fields))}"

@@ -48,10 +48,10 @@ def resolve(names: Sequence[str] | None, options: Options | None = None) -> list
     names = list(names) if names is not None else None
     if names is not None:
         for name in names:
-            if name.lstrip("+") not in registry:
+            if _bare(name) not in registry:
                 known = ", ".join(registry)
                 raise PassSelectionError(
-                    f"unknown pass '{name.lstrip('+')}' (registered passes: {known}; see `graphopt passes`)"
+                    f"unknown pass '{_bare(name)}' (registered passes: {known}; see `graphopt passes`)"
                 )
         if any(name.startswith("+") for name in names) and not all(name.startswith("+") for name in names):
             raise PassSelectionError(
@@ -60,9 +60,9 @@ def resolve(names: Sequence[str] | None, options: Options | None = None) -> list
     requested = [spec.name for spec in registry.values() if spec.requested_by and spec.requested_by.asked(options)]
     if len(set(names or [])) != len(names or []):
         twice = next(name for name in names if names.count(name) > 1)
-        raise PassSelectionError(f"--passes names {twice.lstrip('+')} twice: each pass runs once")
+        raise PassSelectionError(f"--passes names {_bare(twice)} twice: each pass runs once")
     if names is None or (names and all(name.startswith("+") for name in names)):
-        extra = {name.lstrip("+") for name in names or []} | set(requested)
+        extra = {_bare(name) for name in names or []} | set(requested)
         chosen = [s.name for s in registry.values() if options.target in s.default_for or s.name in extra]
     else:
         chosen = names + [name for name in requested if name not in names]
@@ -71,6 +71,11 @@ def resolve(names: Sequence[str] | None, options: Options | None = None) -> list
         specs = [s for s in registry.values() if s.specializes_shapes and s not in specs] + specs
     _check(specs, options, registry)
     return specs
+
+
+def _bare(name: str) -> str:
+    """A pass name without the ``+`` that adds it to the default pipeline (only one ``+``)."""
+    return name[1:] if name.startswith("+") else name
 
 
 def _check(specs: list[PassSpec], options: Options, registry: dict[str, PassSpec]) -> None:

@@ -209,6 +209,12 @@ def _missing_external_data(inputs: Path, outputs: Path):
     return model, outputs / "out.onnx", []
 
 
+def _truncated_external_data(inputs: Path, outputs: Path):
+    model = _external_weights(inputs, "weights.bin")
+    os.truncate(inputs / "weights.bin", 4)
+    return model, outputs / "out.onnx", []
+
+
 def _external_data_outside_folder(inputs: Path, outputs: Path):
     (inputs / "inner").mkdir()
     model = _external_weights(inputs / "inner", "weights.bin")
@@ -304,6 +310,9 @@ CASES: dict[str, Case] = {
     "truncated-1-byte": Case(_truncated(None), _NOT_ONNX),
     "missing-external-data": Case(
         _missing_external_data, r"external data file 'weights\.bin' is missing beside the model"
+    ),
+    "truncated-external-data": Case(
+        _truncated_external_data, r"external data file 'weights\.bin' is truncated \(4 bytes; tensor '\w+' ends at byte"
     ),
     "external-data-outside-folder": Case(_external_data_outside_folder, _CHECKER + r".*points outside the directory"),
     # what we cannot check

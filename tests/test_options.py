@@ -204,6 +204,22 @@ def test_unknown_keywords_point_at_what_the_user_meant(keyword, hint):
         optimize_with_report(ir.load(TINY), **{keyword: 1})
 
 
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        ({"options": "x"}, "options: expected an Options or a mapping of option names, not str"),
+        ({"options": {"passes": ["fold-constants"]}}, "'passes' is an argument of its own, not an option"),
+        ({"dims": "batch=2"}, "--dim: expected a mapping of dim names to sizes"),
+        ({"passes": [None]}, "passes: expected pass names"),
+        ({"passes": " , "}, "--passes: no pass names given"),
+        ({"passes": ["++fuse-gelu"]}, "unknown pass '\\+fuse-gelu'"),
+    ],
+)
+def test_wrong_types_are_one_line_errors(keywords, message):
+    with pytest.raises((OptionError, PassSelectionError), match=message):
+        optimize_with_report(ir.load(TINY), **keywords)
+
+
 def test_an_empty_pass_list_runs_nothing_and_a_string_is_a_comma_separated_list():
     model = ir.load(TINY)
     _, report = optimize_with_report(model, [], verify=False)

@@ -202,6 +202,32 @@ def rank(value: ir.Value | None, depth: int = 0) -> int | None:
     return None
 
 
+def element_type(value: ir.Value | None, depth: int = 0) -> ir.DataType | None:
+    """The value's element type, from its type or, when that is unknown, from the ops producing it.
+
+    Like ``rank``: exporters leave types off intermediate values, and layout ops,
+    element-wise ops and matrix products keep their data operands' type.
+    """
+    if value is None or depth > 32:
+        return None
+    if value.dtype is not None:
+        return value.dtype
+    node = value.producer()
+    if node is None or not (is_onnx_domain(node) or node.op_type == "FusedMatMul"):
+        return None
+    if node.op_type == "Cast":
+        return ir.DataType(node.attributes.get_int("to"))
+    if (
+        node.op_type in ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Slice")
+        or node.op_type in _SAME_RANK
+    ):
+        return element_type(node.inputs[0], depth + 1)
+    operands = node.inputs[1:] if node.op_type == "Where" else node.inputs
+    if node.op_type in ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "MatMul", "FusedMatMul"):
+        return next((t for t in (element_type(v, depth + 1) for v in operands) if t is not None), None)
+    return None
+
+
 def static_dim(value: ir.Value, axis: int) -> int | None:
     """The static size of ``value``'s ``axis``, or None."""
     shape = value.shape

@@ -64,6 +64,7 @@ from passes.fusion._layout import (
     HeadSplit,
     Traced,
     compose,
+    element_type,
     head_split,
     keeps_shape,
     last_dim,
@@ -173,6 +174,7 @@ def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
     return _NOT_LOGITS
 
 
+_NOT_FLOAT = "the scores are not float32 (the fused ops' CPU kernels)"
 _NOT_LOGITS = "Softmax input is not Q @ K^T under scalar scales, biases and Where masks"
 _NOT_MASKED = "a Where on the scores does not mask: its fill, times the scales after it, is above -1e4"
 
@@ -216,7 +218,7 @@ def _match(softmax: ir.Node, opset: int) -> _Attention | str:
     if rank(scores) not in (4, None) or axis not in (-1, 3):
         return not_last_axis
     if not is_float(scores):
-        return "the scores are not float32 (the fused ops' CPU kernels)"
+        return _NOT_FLOAT
     logits = _logits(scores)
     if isinstance(logits, str):
         return logits
@@ -244,6 +246,10 @@ def _match(softmax: ir.Node, opset: int) -> _Attention | str:
     value = trace_heads(probs_matmul.inputs[1], scales=False)
     if value is None:
         return "the value is not known to be a 4-D per-head tensor"
+    # Intermediate values often carry no type; the ops producing Q, K and V tell.
+    operands = (*logits.product.inputs[:2], probs_matmul.inputs[1])
+    if any(element_type(v) not in (ir.DataType.FLOAT, None) for v in operands):
+        return _NOT_FLOAT
     scale = logits.scale * query.scale * key.scale
     guarded = probs_matmul.inputs[0] is not softmax.outputs[0]
     return _Attention(softmax, logits, query, key, value, probs_matmul, scale, guarded)

@@ -190,9 +190,20 @@ def _unknown_rank_mask() -> ir.Model:
     return model
 
 
+def _without_intermediate_types(model: ir.Model) -> ir.Model:
+    # Hand-built and some exported graphs record no dtype on intermediate values.
+    proto = ir.to_proto(model)
+    del proto.graph.value_info[:]
+    return ir.from_proto(proto)
+
+
 REFUSALS = {
     "softmax axis": (lambda: attention_model(softmax_axis=2), "Softmax is not over the last axis of a 4-D tensor"),
     "float64": (lambda: attention_model(dtype=np.float64), "the scores are not float32 (the fused ops' CPU kernels)"),
+    "float64 inputs, no shapes": (
+        lambda: _without_intermediate_types(attention_model(dtype=np.float64)),
+        "the scores are not float32 (the fused ops' CPU kernels)",
+    ),
     "not logits": (_tanh_on_scores, "Softmax input is not Q @ K^T under scalar scales, biases and Where masks"),
     "where fill": (
         _weak_where_fill,
