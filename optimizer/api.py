@@ -117,7 +117,7 @@ def optimize_with_report(
     else:
         verifier = None
         bound = bind_dims(ir_model, options.dims)
-    context = PassContext(options=options, dims=bound, samples=samples)
+    context = PassContext(options=options, dims=bound, samples=samples, samples_generated=warning is not None)
     optimized, report = run_pipeline(ir_model, specs, context=context, verifier=verifier, label=label)
     if warning:
         report.warnings.append(warning)

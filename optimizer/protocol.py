@@ -42,6 +42,41 @@ class NotedResult(ir.passes.PassResult):
 
     notes: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
+    twin: Twin | None = None
+
+
+# How close an approximate pass's result must be to its twin; keys of ``optimizer.verify.TWIN_TOLERANCES``.
+TWIN_KINDS = ("float32", "float16", "int8")
+
+
+@dataclass(frozen=True)
+class Twin:
+    """The exact float model an approximate pass claims its result computes.
+
+    Built from the pass's *input* model and the pass's declared decisions — the units it
+    removed and the weights its repair wrote, the int8 values and scales it chose — never
+    from its rewritten graph, so a realization that differs from the claim (a head's rows
+    swapped, a scale off by 2x, a kernel that saturates) shows up as a difference between
+    the result and its twin. The pipeline checks the result against the twin at
+    ``kind``'s tolerance on every verification input set, then the result against the
+    accuracy budget.
+
+    - ``kind``: ``"float32"`` (pruning, embedding int8: the same float arithmetic, units
+      zeroed or tables dequantized); ``"int8"`` (quantize-dequantize in float: integer
+      kernels may round an activation differently at a tie, one step at most);
+      ``"float16"`` (float16 weights in float32 arithmetic: the result rounds every
+      activation to float16 too).
+    - ``description``: what the twin is, for the report ("the input with 96 FFN units
+      zeroed and the repaired weights in place").
+    """
+
+    model: ir.Model
+    kind: str
+    description: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in TWIN_KINDS:
+            raise ValueError(f"twin kind {self.kind!r}: expected one of {', '.join(TWIN_KINDS)}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +86,9 @@ class PassContext:
     options: Options = field(default_factory=Options)
     dims: Mapping[str, int] = field(default_factory=dict)
     samples: Mapping[str, np.ndarray] | None = None
+    # True when ``samples`` were generated (random tokens), not the user's data: passes
+    # must not fit anything to them (pruning ranks by magnitude and does not repair).
+    samples_generated: bool = False
 
     @property
     def target(self) -> str:

@@ -23,7 +23,7 @@ from collections import Counter
 
 import onnx_ir as ir
 
-from optimizer.protocol import NotedResult
+from optimizer.protocol import NotedResult, Twin
 
 
 class Tally:
@@ -86,10 +86,14 @@ class GraphoptPass:
         """Say why the pass as a whole left the model alone (no kernel on the target, no samples)."""
         self._state()[2].append(reason)
 
-    def result(self, model: ir.Model, modified: bool) -> NotedResult:
-        """The pass's result with its notes and refusals (declines first, then the counted ones)."""
+    def result(self, model: ir.Model, modified: bool, twin: Twin | None = None) -> NotedResult:
+        """The pass's result with its notes and refusals (declines first, then the counted ones).
+
+        Approximate passes give the ``twin`` their result claims to compute (see
+        ``optimizer.protocol.Twin``); the pipeline rolls back a modified result without one.
+        """
         notes, tally, declined = self._state()
-        return NotedResult(model, modified, notes=list(notes), refusals=[*declined, *tally.lines()])
+        return NotedResult(model, modified, notes=list(notes), refusals=[*declined, *tally.lines()], twin=twin)
 
     def _state(self) -> tuple[list[str], Tally, list[str]]:
         # ``call`` may be used without ``__call__`` (and so without ``requires``).
