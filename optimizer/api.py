@@ -23,6 +23,7 @@ from optimizer.inputs import (
 )
 from optimizer.model_io import check_model_proto, load_model, same_file, save_model
 from optimizer.options import Options
+from optimizer.padding import has_padding, mask_inputs, padded_copy
 from optimizer.pipeline import run_pipeline
 from optimizer.protocol import PassContext
 from optimizer.registry import all_passes, resolve
@@ -102,7 +103,7 @@ def optimize_with_report(
         _check_output_path(Path(output), input_path)
     samples, warning = _samples(ir_model, calibration, options.dims) if approximate else (None, None)
     if options.verify:
-        input_sets = _verification_inputs(ir_model, inputs, options.dims, alternate=not specializes)
+        input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, alternate=not specializes)
         bound = dims_from_inputs(ir_model, input_sets[0])
         # Shape-specialized candidates take samples only at the bound batch size.
         batch = min((bound[name] for name in batch_dims(ir_model) if name in bound), default=None)
@@ -113,7 +114,9 @@ def optimize_with_report(
             samples=samples,
             budget=options.budget,
             sample_batch=batch if specializes else None,
+            labels=labels,
         )
+        _ensure_padding(ir_model, verifier)
     else:
         verifier = None
         bound = bind_dims(ir_model, options.dims)
@@ -206,16 +209,37 @@ def _samples(
 
 def _verification_inputs(
     model: ir.Model, inputs: InputsLike, dims: Mapping[str, int] | None, *, alternate: bool
-) -> list[dict[str, np.ndarray]]:
+) -> tuple[list[dict[str, np.ndarray]], list[str]]:
+    """The verification input sets and where each came from: the user's inputs, or generated
+    ones plus a second binding of the dims the user left to defaults (it catches rewrites
+    that bake one input shape into the graph)."""
     if isinstance(inputs, (str, os.PathLike)):
-        return [load_inputs(inputs, model)]
-    if inputs is not None:
+        sets, labels = [load_inputs(inputs, model)], [f"--inputs {inputs}"]
+    elif inputs is not None:
         arrays = {name: np.asarray(array) for name, array in inputs.items()}
-        return [check_inputs(arrays, model, "inputs")]
-    # A second binding of the dims the user left to defaults catches rewrites that
-    # bake one input shape into the graph.
-    primary = make_inputs(model, dims)
-    alternate_dims = alternate_binding(model, dims) if alternate else None
-    if alternate_dims is None:
-        return [primary]
-    return [primary, make_inputs(model, alternate_dims, seed=1)]
+        sets, labels = [check_inputs(arrays, model, "inputs")], ["the given inputs"]
+    else:
+        primary = make_inputs(model, dims)
+        sets, labels = [primary], [f"generated ({_shapes(model, primary)})"]
+        alternate_dims = alternate_binding(model, dims) if alternate else None
+        if alternate_dims is not None:
+            second = make_inputs(model, alternate_dims, seed=1)
+            sets.append(second)
+            labels.append(f"generated, second binding ({_shapes(model, second)})")
+    return sets, labels
+
+
+def _ensure_padding(model: ir.Model, verifier: Verifier) -> None:
+    """With a mask-like input and no padded row in any set the original runs on, add a padded copy of the first."""
+    masks = mask_inputs(model, verifier.inputs)
+    if masks and not any(has_padding(inputs, masks) for inputs in verifier.input_sets):
+        padded, how = padded_copy(verifier.inputs, masks)
+        verifier.add_input_set(padded, f"padded copy of {verifier.labels[0]} ({how})")
+
+
+def _shapes(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> str:
+    """``batch=1, sequence=128``: the symbolic dims as ``inputs`` bind them, else the first input's shape."""
+    dims = dims_from_inputs(model, inputs)
+    if dims:
+        return ", ".join(f"{name}={size}" for name, size in dims.items())
+    return ", ".join(f"{name} {list(np.shape(array))}" for name, array in list(inputs.items())[:2]) or "no inputs"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
-from optimizer.errors import one_line
+from optimizer.errors import RuntimeRefusedError, one_line
 from optimizer.protocol import NotedResult, PassContext, PassSpec
 from optimizer.report import (
     STATUS_APPLIED,
@@ -24,7 +24,7 @@ from optimizer.report import (
     PipelineReport,
 )
 from optimizer.runtime import weight_bytes
-from optimizer.verify import DEFAULT_APPROXIMATION_FLOOR, Verifier
+from optimizer.verify import DEFAULT_APPROXIMATION_FLOOR, VerificationResult, Verifier
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ def run_pipeline(
     )
     if verifier is not None:
         report.inputs = [{name: list(array.shape) for name, array in inputs.items()} for inputs in verifier.input_sets]
+        report.input_sets = list(verifier.labels)
+        report.warnings.extend(verifier.dropped)
         report.tolerances = {k: {"rtol": t.rtol, "atol": t.atol} for k, t in verifier.tolerances.items()}
         if any(spec.approximate for spec in specs):
             default = verifier.budget == DEFAULT_APPROXIMATION_FLOOR
@@ -96,7 +98,15 @@ def _run_one(
         if verifier is None:
             record.status = STATUS_APPLIED
             return candidate, record
-        verdict = verifier.check_approximation(candidate) if spec.approximate else verifier.check(candidate)
+        verdict = _check_approximate(verifier, candidate, result) if spec.approximate else verifier.check(candidate)
+        if verdict.ok and spec.approximate:
+            # Later exact passes keep this result's outputs, not the original's.
+            verifier.rebase(candidate)
+    except RuntimeRefusedError as error:
+        record.seconds = time.perf_counter() - started
+        record.status, record.nodes_after = STATUS_ROLLED_BACK, nodes_before
+        record.detail = f"ONNX Runtime cannot run the result: {error.reason}"
+        return model, record
     except Exception as error:
         # A broken pass (or a result too broken to verify) must not cost the user the rest
         # of the pipeline: report it by name with the error, keep the model as it was,
@@ -110,11 +120,27 @@ def _run_one(
         return model, record
     record.max_abs_error = verdict.max_abs_error
     record.cosine = verdict.drift.cosine if verdict.drift is not None else None
+    if verdict.twin_error is not None:
+        twin = result.twin
+        record.twin = f"{twin.description}; max |Δ| {verdict.twin_error:.2e} ({twin.kind} tolerance)"
     if not verdict.ok:
         logger.warning("pass %s rolled back: %s", spec.name, verdict.first_failure)
         record.status, record.nodes_after, record.detail = STATUS_ROLLED_BACK, nodes_before, verdict.first_failure
         return model, record
-    if spec.approximate:
-        verifier.rebase(candidate)
     record.status = STATUS_APPLIED
     return candidate, record
+
+
+def _check_approximate(verifier: Verifier, candidate: ir.Model, result: ir.passes.PassResult) -> VerificationResult:
+    """An approximate pass's result against its twin (near-float tolerance), then against the accuracy budget."""
+    twin = result.twin if isinstance(result, NotedResult) else None
+    if twin is None:
+        return VerificationResult(
+            error="the pass declares no exact twin to verify its result against (every approximate pass must)"
+        )
+    exact = verifier.check_twin(candidate, twin)
+    if not exact.ok:
+        return exact
+    verdict = verifier.check_approximation(candidate)
+    verdict.twin_error = exact.twin_error
+    return verdict

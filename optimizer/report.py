@@ -32,6 +32,8 @@ class PassRecord:
     cosine: float | None = None
     notes: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
+    # Approximate passes: the exact twin the result was checked against, and how close it came.
+    twin: str = ""
 
 
 @dataclass
@@ -47,6 +49,8 @@ class PipelineReport:
     initializer_bytes_after: int = 0
     seconds: float = 0.0
     inputs: list[dict[str, list[int]]] = field(default_factory=list)
+    # Where each verification input set came from, in the order of ``inputs``.
+    input_sets: list[str] = field(default_factory=list)
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
     accuracy_budget: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -107,6 +111,8 @@ def render_table(report: PipelineReport, console: Console | None = None, *, verb
     if report.accuracy_budget:
         console.print(f"approximate passes verified against the accuracy budget: {report.accuracy_budget}")
     for record in report.passes:
+        if record.twin and record.status == STATUS_APPLIED:
+            console.print(f"{record.name}: matches its twin, {escape(record.twin)}", highlight=False, soft_wrap=True)
         for note in record.notes:
             console.print(f"{record.name}: {escape(note)}", highlight=False, soft_wrap=True)
         for refusal in record.refusals if verbose else ():

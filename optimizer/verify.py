@@ -22,6 +22,7 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import split_samples
+from optimizer.protocol import Twin
 from optimizer.runtime import inference_session, run_batches, run_model, run_session
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,18 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "float32": Tolerance(rtol=1e-4, atol=1e-5),
     "float16": Tolerance(rtol=1e-2, atol=1e-3),
     "bfloat16": Tolerance(rtol=2e-2, atol=1e-2),
+}
+
+# How close an approximate pass's result must be to its exact twin (``optimizer.protocol.Twin``),
+# by the twin's kind. float32: the twin is the same arithmetic with units zeroed or tables
+# dequantized. float16: the result also rounds every activation to float16. int8: the twin
+# quantizes and dequantizes in float32 where the result uses integer kernels, which may
+# round an activation differently at a tie (one step, rarely); measured margins in
+# docs/benchmarks.md ("Twin tolerances").
+TWIN_TOLERANCES: dict[str, Tolerance] = {
+    "float32": DEFAULT_TOLERANCES["float32"],
+    "float16": DEFAULT_TOLERANCES["float16"],
+    "int8": Tolerance(rtol=2e-2, atol=1e-3),
 }
 
 # Passes that change numerics on purpose (int8, float16) are held to an accuracy
@@ -70,11 +83,15 @@ class OutputCheck:
 
 @dataclass
 class VerificationResult:
-    """The outcome of comparing every output; ``first_failure`` names the first that diverged."""
+    """The outcome of comparing every output; ``first_failure`` names the first that diverged.
+
+    ``twin_error``: for an approximate pass, the largest difference between its result and its twin.
+    """
 
     checks: list[OutputCheck] = field(default_factory=list)
     error: str = ""
     drift: Drift | None = None
+    twin_error: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -202,10 +219,15 @@ class Verifier:
     (e.g. other bindings of the symbolic dims, to catch a rewrite that bakes in one
     shape) are dropped if the original itself cannot run on them.
 
-    Approximate passes (``check_approximation``) are judged by ``budget`` (default:
-    ``DEFAULT_APPROXIMATION_FLOOR``) on ``samples`` — inputs with many samples along
-    axis 0, such as calibration data — or on the input sets when there are none;
-    ``sample_batch`` fixes the batches' size (for candidates specialized to one batch size).
+    Approximate passes are checked twice: ``check_twin`` holds the result to the exact
+    twin the pass declares, on every input set, at the twin's tolerance; then
+    ``check_approximation`` holds it to ``budget`` (default: ``DEFAULT_APPROXIMATION_FLOOR``)
+    on ``samples`` — inputs with many samples along axis 0, such as calibration data — or
+    on the input sets when there are none; ``sample_batch`` fixes the batches' size (for
+    candidates specialized to one batch size).
+
+    ``labels`` says where each input set came from (for the report); ``dropped`` lists
+    the sets left out because the original fails on them, with ORT's reason.
     """
 
     def __init__(
@@ -217,6 +239,7 @@ class Verifier:
         samples: Mapping[str, np.ndarray] | None = None,
         budget: AccuracyBudget | None = None,
         sample_batch: int | None = None,
+        labels: Sequence[str] | None = None,
     ) -> None:
         self.tolerances = dict(DEFAULT_TOLERANCES if tolerances is None else tolerances)
         self.budget = budget if budget is not None and budget != AccuracyBudget() else DEFAULT_APPROXIMATION_FLOOR
@@ -226,19 +249,36 @@ class Verifier:
         self._sample_references: list[dict[str, Any]] | None = None
         self.input_sets: list[dict[str, np.ndarray]] = []
         self.references: list[dict[str, Any]] = []
+        self.labels: list[str] = []
+        self.dropped: list[str] = []
+        labels = list(labels or [])
         for index, inputs in enumerate(input_sets):
-            try:
-                reference = self._run(original, inputs)
-            except RuntimeRefusedError as error:
-                if index == 0:
+            label = labels[index] if index < len(labels) else f"input set {index + 1}"
+            if index == 0:
+                try:
+                    self.references.append(self._run(original, inputs))
+                except RuntimeRefusedError as error:
                     raise InvalidModelError(
                         f"ONNX Runtime cannot run the input model ({error.reason}); fix the model or pass --no-verify"
                     ) from error
-                logger.info("verification input set %d dropped: the original fails on it (%s)", index, error)
-                continue
-            self.input_sets.append(dict(inputs))
-            self.references.append(reference)
+                self.input_sets.append(dict(inputs))
+                self.labels.append(label)
+            else:
+                self.add_input_set(inputs, label)
         self.skipped = self._nondeterministic_outputs(original)
+
+    def add_input_set(self, inputs: Mapping[str, np.ndarray], label: str) -> bool:
+        """Verify on ``inputs`` too; False (and a line in ``dropped``) if the original fails on them."""
+        try:
+            reference = self._run(self._original, inputs)
+        except RuntimeRefusedError as error:
+            logger.info("verification input set %r dropped: the original fails on it (%s)", label, error)
+            self.dropped.append(f"{label}: not used, the original model fails on it ({error.reason})")
+            return False
+        self.input_sets.append(dict(inputs))
+        self.references.append(reference)
+        self.labels.append(label)
+        return True
 
     @property
     def inputs(self) -> dict[str, np.ndarray]:
@@ -256,6 +296,37 @@ class Verifier:
                         return result
                     if result.max_abs_error >= worst.max_abs_error:
                         worst = result
+        except RuntimeRefusedError as error:  # the rewrite is unusable
+            return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
+        return worst
+
+    def check_twin(self, candidate: ir.Model, twin: Twin) -> VerificationResult:
+        """Run ``candidate`` (as deployed: full ORT optimizations, real integer kernels) and its
+        ``twin`` (exactly as written) on every input set, and compare them at the twin's tolerance.
+
+        This is what makes an approximate pass checkable: the approximation itself is
+        in the twin, so any other difference — a unit removed that the pass did not
+        claim, a scale off by 2x, a kernel that saturates, a shape baked in — is a
+        failure at near-float tolerance, whatever the accuracy budget allows.
+        """
+        kind = TWIN_TOLERANCES[twin.kind]
+        tolerances = {
+            dtype: Tolerance(max(t.rtol, kind.rtol), max(t.atol, kind.atol)) for dtype, t in self.tolerances.items()
+        }
+        try:
+            expected = [run_model(twin.model, inputs) for inputs in self.input_sets]
+        except RuntimeRefusedError as error:
+            return VerificationResult(error=f"its twin ({twin.description}) cannot run: {error.reason}")
+        worst = VerificationResult(twin_error=0.0)
+        try:
+            with inference_session(candidate, optimization_level="all") as session:
+                for inputs, label, reference in zip(self.input_sets, self.labels, expected):
+                    result = compare_outputs(reference, run_session(session, inputs), tolerances, self.skipped)
+                    if not result.ok:
+                        return VerificationResult(
+                            error=f"differs from its twin ({twin.description}) on {label}: {result.first_failure}"
+                        )
+                    worst.twin_error = max(worst.twin_error, result.max_abs_error)
         except RuntimeRefusedError as error:  # the rewrite is unusable
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
         return worst

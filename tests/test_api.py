@@ -68,7 +68,11 @@ def test_ir_model_in_ir_model_out():
 def test_report_and_explicit_inputs():
     model = ir.load(BERT)
     _, report = optimizer.optimize_with_report(model, inputs=_inputs(sequence=12))
-    assert report.inputs == [{"input_ids": [2, 12], "attention_mask": [2, 12], "token_type_ids": [2, 12]}]
+    shapes = {"input_ids": [2, 12], "attention_mask": [2, 12], "token_type_ids": [2, 12]}
+    # The given inputs pad no row, so verification adds a padded copy of them.
+    assert report.inputs == [shapes, shapes]
+    assert report.input_sets[0] == "the given inputs"
+    assert report.input_sets[1].startswith("padded copy of the given inputs (attention_mask's last 3 of 12 positions")
     assert all(record.status in ("applied", "unchanged") for record in report.passes)
     assert report.nodes_after < report.nodes_before
 

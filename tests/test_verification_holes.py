@@ -1,0 +1,200 @@
+"""Verification holes that let a wrong model ship as "verified", each closed and kept closed.
+
+- An approximate pass is checked against the exact twin it declares, so a wrong
+  realization cannot hide inside the accuracy budget (a zeroed matrix passes a
+  cosine floor of 0.9 easily).
+- An approximate pass without a twin is rolled back.
+- An approximate result that bakes one batch size in is rolled back with a reason,
+  never a traceback from a later step.
+- Padding is verified whatever the flags: user inputs or a batch of one without a
+  padded row get a padded copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import optimizer
+from optimizer.protocol import NotedResult, PassSpec, Twin
+from optimizer.report import STATUS_APPLIED, STATUS_ROLLED_BACK
+from passes._utils import add_initializer, constant_array
+from tests.helpers import FIXTURES
+
+BERT = FIXTURES / "bert_legacy.onnx"
+
+
+def _inputs(batch=2, sequence=12, padded=False):
+    rng = np.random.default_rng(3)
+    mask = np.ones((batch, sequence), dtype=np.int64)
+    if padded:
+        mask[-1, -3:] = 0
+    return {
+        "input_ids": rng.integers(0, 100, (batch, sequence)).astype(np.int64),
+        "attention_mask": mask,
+        "token_type_ids": np.zeros((batch, sequence), dtype=np.int64),
+    }
+
+
+def _largest_matmul_weight(model: ir.Model) -> tuple[ir.Node, np.ndarray]:
+    candidates = [
+        (node, constant_array(node.inputs[1]))
+        for node in model.graph
+        if node.op_type == "MatMul" and constant_array(node.inputs[1]) is not None
+    ]
+    return max(candidates, key=lambda pair: pair[1].size)
+
+
+class _ZeroWeightPass(ir.passes.InPlacePass):
+    """An "approximate" pass that zeroes the largest MatMul weight; its twin claims ``claimed`` instead."""
+
+    def __init__(self, claimed: str, twin: bool = True) -> None:
+        super().__init__()
+        self.claimed, self.twin = claimed, twin
+
+    def call(self, model):
+        twin = model.clone()
+        node, weight = _largest_matmul_weight(model)
+        node.replace_input_with(1, add_initializer(model.graph, "zeroed", np.zeros_like(weight)))
+        if self.claimed == "the zeroed weight":
+            twin_node, _ = _largest_matmul_weight(twin)
+            twin_node.replace_input_with(1, add_initializer(twin.graph, "zeroed", np.zeros_like(weight)))
+        declared = Twin(twin, "float32", f"the input with {self.claimed}") if self.twin else None
+        return NotedResult(model, True, twin=declared)
+
+
+class _BatchOnePass(ir.passes.InPlacePass):
+    """An "approximate" pass whose result accepts batch 1 only (squeezes the batch axis and restores it)."""
+
+    def call(self, model):
+        twin = model.clone()
+        graph = model.graph
+        output = graph.outputs[0]
+        axes = add_initializer(graph, "batch_axis", np.array([0], np.int64))
+        squeeze = ir.node("Squeeze", [output, axes])
+        unsqueeze = ir.node("Unsqueeze", [squeeze.outputs[0], axes])
+        graph.extend([squeeze, unsqueeze])
+        restored = unsqueeze.outputs[0]
+        restored.dtype, restored.shape = output.dtype, output.shape
+        graph.outputs[0] = restored
+        restored.name, output.name = output.name, output.name + ".inner"
+        return NotedResult(model, True, twin=Twin(twin, "float32", "the input unchanged"))
+
+
+def _with_mutant(monkeypatch, name, factory, *, approximate=True):
+    """Run ``factory()``'s pass after whatever pipeline ``optimize`` resolves."""
+    import optimizer.api as api
+
+    resolve = api.resolve
+
+    def resolve_with_mutant(names, options):
+        # The budget is read by the mutant, which the real registry does not know.
+        options = dataclasses.replace(options, min_cosine=None, max_error=None)
+        return [*resolve(names, options), PassSpec(name, lambda context: factory(), "mutant", approximate=approximate)]
+
+    monkeypatch.setattr(api, "resolve", resolve_with_mutant)
+
+
+@pytest.mark.parametrize("inputs", [None, "given"])
+def test_an_undeclared_zeroed_matrix_fails_its_twin_although_it_meets_the_floor(monkeypatch, inputs):
+    _with_mutant(monkeypatch, "zero-a-matrix", lambda: _ZeroWeightPass("nothing changed"))
+    given = _inputs() if inputs else None
+    _, report = optimizer.optimize_with_report(ir.load(BERT), passes=["remove-identity"], inputs=given)
+    record = report.passes[-1]
+    assert record.status == STATUS_ROLLED_BACK
+    assert "differs from its twin (the input with nothing changed)" in record.detail
+
+
+def test_a_declared_zeroed_matrix_matches_its_twin_and_meets_the_floor(monkeypatch):
+    _with_mutant(monkeypatch, "zero-a-matrix", lambda: _ZeroWeightPass("the zeroed weight"))
+    _, report = optimizer.optimize_with_report(ir.load(BERT), passes=["remove-identity"])
+    record = report.passes[-1]
+    # What the twin check guarantees is that the result is what the pass says; whether
+    # that is good enough is the budget's call (here the default floor, which it meets).
+    assert record.status == STATUS_APPLIED, record.detail
+    assert record.twin.startswith("the input with the zeroed weight; max |Δ|")
+
+
+def test_a_declared_zeroed_matrix_misses_a_real_budget(monkeypatch):
+    _with_mutant(monkeypatch, "zero-a-matrix", lambda: _ZeroWeightPass("the zeroed weight"))
+    _, report = optimizer.optimize_with_report(ir.load(BERT), passes=["remove-identity"], min_cosine=0.9999)
+    assert report.passes[-1].status == STATUS_ROLLED_BACK
+    assert "misses the accuracy budget" in report.passes[-1].detail
+
+
+def test_an_approximate_pass_without_a_twin_is_rolled_back(monkeypatch):
+    _with_mutant(monkeypatch, "no-twin", lambda: _ZeroWeightPass("the zeroed weight", twin=False))
+    _, report = optimizer.optimize_with_report(ir.load(BERT), passes=["remove-identity"])
+    assert report.passes[-1].status == STATUS_ROLLED_BACK
+    assert "declares no exact twin" in report.passes[-1].detail
+
+
+@pytest.mark.parametrize("inputs", [None, "given"])
+def test_an_approximate_result_that_bakes_batch_one_is_rolled_back_not_a_traceback(monkeypatch, inputs):
+    _with_mutant(monkeypatch, "batch-one", _BatchOnePass)
+    given = _inputs(batch=2) if inputs else None
+    _, report = optimizer.optimize_with_report(ir.load(BERT), passes=["remove-identity"], inputs=given)
+    record = report.passes[-1]
+    assert record.status == STATUS_ROLLED_BACK
+    assert "ONNX Runtime cannot run the result" in record.detail
+
+
+class _IgnoreMaskPass(ir.passes.InPlacePass):
+    """An exact-looking pass that feeds the model an all-ones mask: right on unpadded inputs only."""
+
+    def call(self, model):
+        graph = model.graph
+        mask = next(value for value in graph.inputs if value.name == "attention_mask")
+        shape = ir.node("Shape", [mask])
+        ones = ir.node("ConstantOfShape", [shape.outputs[0]], {"value": ir.tensor(np.array([1], np.int64))})
+        graph.insert_before(graph.node(0), [shape, ones])
+        for user, index in list(mask.uses()):
+            if user is not shape:
+                user.replace_input_with(index, ones.outputs[0])
+        return ir.passes.PassResult(model, True)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        {"inputs": _inputs(batch=2)},
+        {"inputs": _inputs(batch=1)},
+        {"dims": {"batch": 1, "sequence": 16}},
+        {"dims": {"batch": 1, "sequence": 16}, "static_shapes": True},
+    ],
+    ids=["given-batch-2", "given-batch-1", "all-dims", "static-shapes"],
+)
+def test_padding_is_verified_whatever_the_flags(monkeypatch, how):
+    _with_mutant(monkeypatch, "ignore-mask", _IgnoreMaskPass, approximate=False)
+    _, report = optimizer.optimize_with_report(ir.load(BERT), passes=["remove-identity"], **how)
+    record = report.passes[-1]
+    assert record.status == STATUS_ROLLED_BACK, report.input_sets
+    assert "padded copy" in " ".join(report.input_sets)
+
+
+def test_padded_user_inputs_are_used_as_given(monkeypatch):
+    _with_mutant(monkeypatch, "ignore-mask", _IgnoreMaskPass, approximate=False)
+    _, report = optimizer.optimize_with_report(ir.load(BERT), passes=["remove-identity"], inputs=_inputs(padded=True))
+    assert report.input_sets == ["the given inputs"]
+    assert report.passes[-1].status == STATUS_ROLLED_BACK
+
+
+def test_a_dropped_input_set_is_a_warning_not_silence(monkeypatch):
+    import optimizer.api as api
+
+    real = api.make_inputs
+
+    def failing_second_binding(model, dims=None, *, seed=0):
+        inputs = real(model, dims, seed=seed)
+        if seed == 1:  # the second binding: an id past the vocabulary makes the original fail
+            inputs["input_ids"] = inputs["input_ids"] + 10**6
+        return inputs
+
+    monkeypatch.setattr(api, "make_inputs", failing_second_binding)
+    _, report = optimizer.optimize_with_report(ir.load(BERT), passes=["remove-identity"])
+    assert any("second binding" in w and "the original model fails on it" in w for w in report.warnings)
+    # The second binding carried the padded row; a padded copy of the first replaces it.
+    assert report.input_sets[-1].startswith("padded copy of generated")
