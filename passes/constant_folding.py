@@ -5,15 +5,21 @@ onnxscript's ``FoldConstantsPass`` evaluates nodes whose inputs are all known
 shapes and partially known shape values, so ``Shape → Gather → Concat → Reshape``
 chains over static dimensions fold away, and ``Shape`` of a tensor whose shape is
 fully static becomes a constant. It does this well on our exported transformers,
-so we use it as-is; see ``passes/shape_simplification.py`` for what it leaves.
+so we use it, with one guard: its rewrites of sequence ops (``ConcatFromSequence``,
+``SplitToSequence``) write ``Unsqueeze``/``Split``/``Squeeze`` in their opset-13+
+spellings whatever opset the model imports, which ONNX Runtime rejects as an invalid
+graph in an opset-11 model. A rewrite whose new nodes do not exist in that form at the
+model's opset is refused and counted. See ``passes/shape_simplification.py`` for what
+the folder leaves.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
@@ -36,8 +42,13 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
     of statically shaped tensors into constants; shape arithmetic over them too;
     ``ConstantOfShape`` of at most 8192 elements (onnxscript keeps them
     all). Refuses: random ops, inputs larger than ``input_size_limit`` elements, results
-    larger than ``output_size_limit`` elements. Nodes left without users are removed.
+    larger than ``output_size_limit`` elements; rewrites into operators spelled for a
+    later opset than the model imports (onnxscript writes ``Split(x, split)`` and
+    ``Unsqueeze(x, axes)`` for sequence ops even at opset 11). Nodes left without users
+    are removed.
     """
+
+    left_as = "left unfolded"
 
     def __init__(
         self,
@@ -49,7 +60,8 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
         self.output_size_limit = output_size_limit
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        folder = _constant_folding.FoldConstantsPass(
+        folder = _OpsetBoundFolder(
+            self.refuse,
             shape_inference=True,
             input_size_limit=self.input_size_limit,
             output_size_limit=self.output_size_limit,
@@ -59,7 +71,67 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
             modified = folder(model).modified
         if modified:
             remove_dead_nodes(model)
-        return ir.passes.PassResult(model, modified=modified)
+        return self.result(model, modified)
+
+
+class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
+    """onnxscript's folder, refusing replacements whose new nodes the graph's opset does not have.
+
+    ``refuse(kind, reason)`` is told about each one (the folded node's op type, and why).
+    """
+
+    def __init__(self, refuse: Callable[[str, str], None], **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self._refuse = refuse
+
+    def replace_node(
+        self, node: ir.Node, replacement: _constant_folding.Replacement, root: ir.Graph | ir.Function
+    ) -> None:
+        opsets = root.opset_imports if isinstance(root, ir.Function) else self._opset_imports
+        for new in replacement.new_nodes:
+            problem = _not_at_opset(new, opsets)
+            if problem is not None:
+                self._refuse(node.op_type, problem)
+                _discard(replacement.new_nodes)
+                for attr in node.attributes.values():  # what visit_node does for a node left as it is
+                    self.visit_attribute(attr)
+                return
+        super().replace_node(node, replacement, root)
+
+
+def _not_at_opset(node: ir.Node, opsets: Mapping[str, int]) -> str | None:
+    """Why ``node`` (a standard op) is not valid at the imported opset, or None if it is (or is not ours to judge)."""
+    if not is_onnx_domain(node):
+        return None
+    version = opsets.get("", opsets.get("ai.onnx"))
+    if version is None:
+        return f"it would write {node.op_type} into a graph that imports no standard opset"
+    try:
+        schema = onnx.defs.get_schema(node.op_type, version, "")
+    except onnx.defs.SchemaError:
+        return f"{node.op_type} does not exist at opset {version}, which the model imports"
+    inputs = len(node.inputs)
+    while inputs and node.inputs[inputs - 1] is None:
+        inputs -= 1
+    if not schema.min_input <= inputs <= schema.max_input:
+        return (
+            f"the rewrite writes {node.op_type} with {inputs} inputs, a form opset {version} "
+            f"(which the model imports) does not have"
+        )
+    unknown = sorted(set(node.attributes) - set(schema.attributes))
+    if unknown:
+        return (
+            f"the rewrite writes {node.op_type} with attribute {unknown[0]!r}, which opset {version} "
+            f"(which the model imports) does not have"
+        )
+    return None
+
+
+def _discard(nodes: Sequence[ir.Node]) -> None:
+    """Detach nodes that were built but will not be inserted, so their inputs do not count them as users."""
+    for node in nodes:
+        for index in range(len(node.inputs)):
+            node.replace_input_with(index, None)
 
 
 def _small_constant_of_shape(node: ir.Node) -> bool | None:

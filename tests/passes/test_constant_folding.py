@@ -115,3 +115,51 @@ def test_a_small_constant_of_shape_folds_so_shapes_downstream_are_known():
 def test_a_large_constant_of_shape_stays_so_the_file_does_not_grow():
     model = _constant_of_shape(512, 512)
     assert "ConstantOfShape" in op_types(FoldConstantsPass()(model.clone()).model)
+
+
+# onnxscript rewrites sequence ops into Unsqueeze/Split/Squeeze with their axes or
+# sizes as inputs, the opset-13 spelling, whatever opset the model imports; in an
+# opset-11 model ONNX Runtime rejects the result as an invalid graph (the ONNX backend
+# corpus's test_sequence_model5 and test_sequence_model8).
+_CONCAT_FROM_SEQUENCE = """
+    <ir_version: 7, opset_import: ["" : {opset}]>
+    g (float[2, 3] x, float[2, 3] y) => (float[2, 3, 2] out) {{
+      seq = SequenceConstruct(x, y)
+      out = ConcatFromSequence<axis = -1, new_axis = 1>(seq)
+    }}"""
+_SPLIT_TO_SEQUENCE = """
+    <ir_version: 7, opset_import: ["" : {opset}]>
+    g (float[6] x, int64[3] splits) => (float[2] second) {{
+      seq = SplitToSequence(x, splits)
+      one = Constant<value = int64 {{1}}>()
+      second = SequenceAt(seq, one)
+    }}"""
+_SEQUENCE_INPUTS = {
+    "x": np.arange(6, dtype=np.float32).reshape(2, 3),
+    "y": -np.arange(6, dtype=np.float32).reshape(2, 3),
+}
+_SPLIT_INPUTS = {"x": np.arange(6, dtype=np.float32), "splits": np.array([1, 2, 3], np.int64)}
+
+
+def test_sequence_rewrites_spelled_for_a_later_opset_are_refused():
+    for text, inputs, refused in (
+        (_CONCAT_FROM_SEQUENCE, _SEQUENCE_INPUTS, "ConcatFromSequence"),
+        (_SPLIT_TO_SEQUENCE, _SPLIT_INPUTS, "SplitToSequence"),
+    ):
+        model = parse_model(text.format(opset=11))
+        result = FoldConstantsPass()(model.clone())
+        assert refused in op_types(result.model)
+        assert_same_outputs(model, result.model, inputs)  # the rewrite would not even load
+        (refusal,) = [r for r in result.refusals if refused in r]
+        assert "opset 11 (which the model imports) does not have" in refusal, refusal
+
+
+def test_sequence_rewrites_fold_where_the_opset_has_their_spelling():
+    model = parse_model(_CONCAT_FROM_SEQUENCE.format(opset=13))
+    after = FoldConstantsPass()(model.clone()).model
+    assert "ConcatFromSequence" not in op_types(after) and "Concat" in op_types(after)
+    assert_same_outputs(model, after, _SEQUENCE_INPUTS)
+    model = parse_model(_SPLIT_TO_SEQUENCE.format(opset=13))
+    after = FoldConstantsPass()(model.clone()).model
+    assert "SplitToSequence" not in op_types(after) and "Split" in op_types(after)
+    assert_same_outputs(model, after, _SPLIT_INPUTS)
