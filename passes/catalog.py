@@ -55,6 +55,8 @@ def _pruning(context: PassContext, ratio: float | None) -> dict[str, Any]:
         "repair": options.repair,
         "samples": context.samples,
         "budget": context.budget,
+        # Generated samples still measure drift and drive the budget search; nothing is fitted to them.
+        "samples_generated": context.samples_generated,
     }
 
 

@@ -12,7 +12,7 @@ from optimizer.api import optimize_with_report
 from optimizer.cli import EXAMPLE_MODEL, main
 from optimizer.inputs import make_inputs
 from passes.pruning._base import parameter_count
-from tests.helpers import EXPORTED_MODELS, FIXTURES, calibration_samples, run
+from tests.helpers import ALL_FIXTURES, EXPORTED_MODELS, FIXTURES, calibration_samples, run
 
 
 @pytest.mark.parametrize("name", EXPORTED_MODELS + ["vit_legacy"])
@@ -89,3 +89,56 @@ def test_cli_prune_pass_named_and_flagged_runs_once(tmp_path, capsys):
     assert [r["name"] for r in json.loads(report.read_text())["passes"]].count("prune-ffn") == 1
     assert main(["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--passes", "+prune-heads"]) == 2
     assert "prune-heads needs its ratio: --prune-heads R" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_exported_models_compute_their_twins(name):
+    """Each pruning pass that finds groups in the fused fixture, with calibration samples (repair on):
+    the result with all of ONNX Runtime's optimizations matches the twin, as written, at float32
+    tolerance, at two input shapes."""
+    from optimizer.api import optimize
+    from passes.pruning.channels import ChannelPruningPass
+    from passes.pruning.ffn import FfnPruningPass
+    from passes.pruning.heads import HeadPruningPass
+    from tests.passes.pruning.twins import assert_matches_twin
+
+    model = optimize(ir.load(FIXTURES / f"{name}.onnx"), verify=False)
+    samples = calibration_samples(model, 8)
+    text = name in EXPORTED_MODELS
+    dims = [{"batch": 2, "sequence": 7}, {"batch": 1, "sequence": 12}] if text else [{"batch": 2}, {"batch": 1}]
+    input_sets = [make_inputs(model, d, seed=4 + i) for i, d in enumerate(dims)]
+    pruned = 0
+    for kind in (FfnPruningPass, HeadPruningPass, ChannelPruningPass):
+        result = kind(0.25, samples=samples)(model.clone())
+        if result.modified:
+            pruned += 1
+            assert_matches_twin(result, *input_sets)
+    assert pruned >= 1
+
+
+def test_without_calibration_data_pruning_ranks_by_magnitude_and_does_not_repair():
+    """Generated samples measure the drift, but nothing is fitted to them: the result is the
+    magnitude-ranked, unrepaired cut (README, Structured pruning)."""
+    from passes.pruning.ffn import FfnPruningPass
+    from tests.helpers import assert_same_outputs
+
+    model = ir.load(EXAMPLE_MODEL)
+    result, report = optimize_with_report(model, prune_ffn=0.25, raise_errors=True)
+    record = next(r for r in report.passes if r.name == "prune-ffn")
+    assert record.status == "applied", record.detail
+    assert "no --calibration data: ranked by weight magnitude, not re-fitted" in record.notes
+    assert not any(note.startswith("without repair") for note in record.notes)
+    fused, _ = optimize_with_report(model)
+    magnitude = FfnPruningPass(0.25)(fused.clone()).model  # no samples at all: magnitude, no repair
+    assert_same_outputs(magnitude, result, make_inputs(model, {"batch": 2, "sequence": 9}), rtol=1e-4, atol=1e-5)
+
+
+def test_activation_importance_without_calibration_data_is_refused(tmp_path, capsys):
+    output = tmp_path / "p.onnx"
+    command = ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--prune-heads", "0.25", "-v"]
+    assert main([*command, "--importance", "activation"]) == 0
+    printed = capsys.readouterr().out
+    assert "--importance activation needs --calibration data" in printed
+    _, report = optimize_with_report(ir.load(EXAMPLE_MODEL), prune_heads=0.25, repair=True)
+    record = next(r for r in report.passes if r.name == "prune-heads")
+    assert record.status == "unchanged" and "repair=True needs --calibration data" in record.refusals[0]

@@ -1,10 +1,15 @@
-"""The shared driver of the pruning passes: importance, which units go, repair, and the budget search.
+"""The shared driver of the pruning passes: importance, which units go, repair, the budget search, the twin.
 
 A subclass finds its groups (``find_groups``); this base ranks each group's units,
-removes the least important ``ratio`` of them, and — with sample inputs — re-fits
+removes the least important ``ratio`` of them, and — with calibration data — re-fits
 each group's consumer (the layer reading the removed channels) by least squares so
 that its output on the samples changes as little as possible: the kept channels'
 weights absorb what the removed ones did, and their mean goes into the bias.
+
+Every pruned result comes with its twin (``optimizer.protocol.Twin``): the input model
+with the removed units' consumer rows zeroed and the repaired weights in place, built
+without the slicing that realizes the cut, so the pipeline can check that the smaller
+model computes exactly what the pass decided.
 """
 
 from __future__ import annotations
@@ -12,16 +17,18 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.inputs import split_samples
+from optimizer.protocol import Twin
 from optimizer.runtime import collect_values, run_batches
 from passes._layers import name_nodes
 from passes._pass import GraphoptPass
-from passes._utils import add_initializer, constant_array, remove_dead_nodes
+from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.pruning._groups import ChannelGroup
 
 IMPORTANCE = ("magnitude", "activation")
@@ -35,11 +42,25 @@ def parameter_count(model: ir.Model) -> int:
 
 class PruningPass(GraphoptPass, ir.passes.InPlacePass):
     """Base of the structured pruning passes. After a run, ``pruned`` maps group → units kept/total and
-    ``drift`` is the accuracy on the samples; the result's notes say it in words and its refusals
-    name the groups left whole, with the reason.
+    ``drift`` is the accuracy on the samples; the result's notes say it in words, its refusals
+    name the groups left whole, with the reason, and its twin is the input with the removed
+    units zeroed where the consumers read them (and the repaired weights in place).
+
+    ``samples_generated``: the samples are generated random inputs, not calibration data.
+    They still measure drift (and drive the budget search), but nothing is fitted to them:
+    importance is weight magnitude and the consumers are not re-fitted. Asking for
+    ``importance="activation"`` or ``repair=True`` on generated samples is refused (the
+    model is left whole, with the reason): ranking and re-fitting to random tokens is not
+    what either option promises, and measured worse than magnitude for heads.
     """
 
     unit_name = "units"
+    # Where the removed units are zeroed in the twin, for its description.
+    consumer_rows = "their consumers' rows"
+
+    def units_named(self, group: ChannelGroup) -> int:
+        """How many ``unit_name`` one of the group's units is (for the twin's description)."""
+        return 1
 
     def __init__(
         self,
@@ -50,10 +71,23 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         samples: Mapping[str, np.ndarray] | None = None,
         repair: bool | None = None,
         budget: AccuracyBudget | None = None,
+        samples_generated: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"pruning ratio {ratio}: expected a fraction in [0, 1)")
+        self.unfit: str | None = None
+        self.samples_generated = samples_generated and samples is not None
+        if self.samples_generated:
+            asked = [f"--importance {importance}"] if importance == "activation" else []
+            asked += ["repair=True"] if repair else []
+            if asked:
+                self.unfit = (
+                    f"{' and '.join(asked)} needs --calibration data: the samples are generated random "
+                    "inputs, and ranking or re-fitting units on them fits noise (give real samples, "
+                    "or leave both to their defaults for magnitude importance without repair)"
+                )
+            importance, repair = "magnitude", False
         importance = importance or ("activation" if samples is not None else "magnitude")
         if importance not in IMPORTANCE:
             raise ValueError(f"unknown importance {importance!r} (choose from {', '.join(IMPORTANCE)})")
@@ -74,6 +108,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.pruned, self.drift = {}, None
+        if self.unfit is not None:
+            self.decline(self.unfit)
+            return self.result(model, modified=False)
         name_nodes(model.graph)  # groups are keyed by their node's name
         groups, refused = self.find_groups(model.graph)
         for name, reason in refused.items():
@@ -97,19 +134,54 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 return self.result(model, modified=False)
         before = parameter_count(model)
         repairable = self.repair and reference is not None and any(_refittable(g.consumer) for g in groups)
-        pristine = model.clone() if repairable else None
-        self._prune(model, scores, inputs, ratio, record=True)
+        source = model.clone()  # the input: the twin and the unrepaired comparison start from it
+        removals = self._prune(model, scores, inputs, ratio, record=True)
         if reference is not None:
             self.drift = output_drift(reference, run_batches(model, batches))
         summary = f"ratio {ratio:.2f}: {len(self.pruned)} groups, parameters {before:,} → {parameter_count(model):,}"
         if self.drift is not None:
             summary += f"; {self.drift}" + (" after repair" if repairable else "")
+            summary += " on generated inputs" if self.samples_generated else ""
         self.note(summary)
-        if pristine is not None:
+        if self.samples_generated:
+            self.note("no --calibration data: ranked by weight magnitude, not re-fitted")
+        if repairable:
             # The same cut without the repair, so the report shows what the repair bought.
-            self._prune(pristine, scores, inputs, ratio, repair=False)
-            self.note(f"without repair: {output_drift(reference, run_batches(pristine, batches))}")
-        return self.result(model, modified=True)
+            unrepaired = source.clone()
+            self._prune(unrepaired, scores, inputs, ratio, repair=False)
+            self.note(f"without repair: {output_drift(reference, run_batches(unrepaired, batches))}")
+        return self.result(model, modified=True, twin=self._twin(source, removals))
+
+    def _twin(self, source: ir.Model, removals: list[_Removal]) -> Twin:
+        """``source`` (the pass's input) with the removed units' consumer rows zeroed, the repaired weights in place.
+
+        A removed unit loses its producer columns, bias entries and per-channel
+        constants, but it reaches the outputs only through the consumer's weight rows
+        that read it (a group whose channels are read anywhere else is left whole), so
+        zeroing those rows computes what the pruned model computes. Nothing here uses
+        the slicing that realizes the cut (``ChannelGroup.apply``): the channel indices
+        and the weight axis are worked out again, and a repaired bias is added as its
+        change after the consumer, whichever bias the realization rewrote.
+        """
+        graph = source.graph
+        nodes = list(graph)
+        for removal in removals:
+            consumer = nodes[removal.position]
+            original = constant_array(consumer.inputs[1])
+            weight = (original if removal.weight is None else removal.weight).copy()
+            channels = np.arange(removal.size * removal.unit).reshape(removal.size, removal.unit)[removal.removed]
+            index = [slice(None)] * weight.ndim
+            index[_input_channel_axis(consumer)] = channels.ravel()
+            weight[tuple(index)] = 0
+            consumer.replace_input_with(1, add_initializer(graph, f"{consumer.inputs[1].name}.twin", weight))
+            if removal.bias_change is not None:
+                _add_after(graph, consumer, removal.bias_change)
+        removed = sum(len(r.removed) * r.named for r in removals)
+        total = sum(r.size * r.named for r in removals)
+        description = f"the input with {removed} of {total} {self.unit_name} zeroed in {self.consumer_rows}"
+        if any(r.weight is not None for r in removals):
+            description += ", repaired weights and biases in place"
+        return Twin(source, "float32", description)
 
     def _scores(self, group: ChannelGroup, rows: np.ndarray | None) -> np.ndarray:
         consumer = group.consumer_row_norms()
@@ -145,19 +217,30 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             kept[g.name] = sorted(int(u) for u in order[:count])
         return kept
 
-    def _prune(self, model: ir.Model, scores, inputs, ratio: float, *, record: bool = False, repair=None) -> None:
+    def _prune(
+        self, model: ir.Model, scores, inputs, ratio: float, *, record: bool = False, repair=None
+    ) -> list[_Removal]:
+        """Cut ``ratio`` of each group's units (re-fitting consumers if ``repair``); what was decided, per group."""
         groups, _ = self.find_groups(model.graph)
         kept = self._kept(groups, scores, ratio)
         repair = self.repair if repair is None else repair
+        # Positions before any cut: realizing a group may insert nodes (a Reshape target's Concat).
+        positions = {id(node): index for index, node in enumerate(model.graph)}
+        removals = []
         for group in groups:
-            if len(kept[group.name]) == group.size:
+            units = kept[group.name]
+            if len(units) == group.size:
                 continue
+            removed = sorted(set(range(group.size)) - set(units))
+            removal = _Removal(positions[id(group.consumer)], group.size, group.unit, removed, self.units_named(group))
             if repair and group.name in inputs and _refittable(group.consumer):
-                _repair(model.graph, group, inputs[group.name], kept[group.name])
-            group.apply(model.graph, kept[group.name])
+                removal.weight, removal.bias_change = _repair(model.graph, group, inputs[group.name], units)
+            group.apply(model.graph, units)
+            removals.append(removal)
             if record:
-                self.pruned[group.name] = (len(kept[group.name]), group.size)
+                self.pruned[group.name] = (len(units), group.size)
         remove_dead_nodes(model)
+        return removals
 
     def _search(self, model: ir.Model, scores, inputs, batches, reference) -> float:
         """The largest ratio up to ``self.ratio`` whose pruned model meets the budget (bisection)."""
@@ -180,6 +263,42 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         return best
 
 
+@dataclass
+class _Removal:
+    """What pruning one group decided, in terms of its consumer (the node at ``position`` in the input graph).
+
+    ``removed``: the units cut, each ``unit`` of the consumer's ``size * unit`` input
+    channels; ``weight``: the repaired consumer weight at full width (zero where removed),
+    ``bias_change``: the repaired bias minus the old one (both None without repair).
+    """
+
+    position: int
+    size: int
+    unit: int
+    removed: list[int]
+    named: int  # how many of the pass's ``unit_name`` one unit is
+    weight: np.ndarray | None = None
+    bias_change: np.ndarray | None = None
+
+
+def _input_channel_axis(consumer: ir.Node) -> int:
+    """The axis of the consumer's weight that runs over its input channels."""
+    if consumer.op_type == "Conv" or (consumer.op_type == "Gemm" and consumer.attributes.get_int("transB", 0)):
+        return 1  # [out, in, ...] filters; a Gemm's transposed [out, in]
+    return 0
+
+
+def _add_after(graph: ir.Graph, node: ir.Node, value: np.ndarray) -> None:
+    """Add the constant ``value`` to ``node``'s first output, for everything that reads it."""
+    output = node.outputs[0]
+    bias = add_initializer(graph, f"{node.name}.twin_bias", value)
+    add = ir.Node("", "Add", [output, bias], name=f"{node.name}_twin_bias")
+    graph.insert_after(node, add)
+    replace_value(output, add.outputs[0])  # this also points the new Add at itself ...
+    add.replace_input_with(0, output)  # ... so it reads the node again
+    add.outputs[0].type, add.outputs[0].shape = output.type, output.shape
+
+
 def _refittable(consumer: ir.Node) -> bool:
     """Whether the repair's model ``X W + b`` is what the consumer computes (not a Conv, no scaled Gemm)."""
     if consumer.op_type == "Conv":
@@ -197,8 +316,11 @@ def _rows(runs: Sequence[Mapping[str, np.ndarray]], name: str, axis: int = -1) -
     return np.concatenate([array.reshape(-1, array.shape[-1]) for array in arrays])
 
 
-def _repair(graph: ir.Graph, group: ChannelGroup, rows: np.ndarray, kept: list[int]) -> None:
+def _repair(graph: ir.Graph, group: ChannelGroup, rows: np.ndarray, kept: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Re-fit the consumer's weight rows for the kept channels (and its bias) by regularized least squares.
+
+    Writes the new weight (full width: ``apply`` cuts the removed rows next) and bias
+    into the graph and returns them: the weight, and the bias's change.
 
     The target is the consumer's original output on the samples, ``X W + b``; the kept
     channels ``X_k`` plus a constant column are fitted to it, pulled toward the unrepaired
@@ -225,7 +347,9 @@ def _repair(graph: ir.Graph, group: ChannelGroup, rows: np.ndarray, kept: list[i
     fitted[channels] = solution[:-1]  # the removed rows are cut by ``apply`` right after
     new_weight = (fitted.T if cut.axis == 1 else fitted).astype(np.float32)
     consumer.replace_input_with(1, add_initializer(graph, f"{consumer.inputs[1].name}.repaired", new_weight))
-    set_bias(solution[-1].astype(np.float32))
+    new_bias = solution[-1].astype(np.float32)
+    set_bias(new_bias)
+    return new_weight, (new_bias.astype(np.float64) - bias).astype(np.float32)
 
 
 # Candidate regularization strengths, relative to the mean diagonal of XᵀX.

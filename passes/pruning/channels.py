@@ -110,13 +110,16 @@ class ChannelPruningPass(PruningPass):
     per-channel constants, depthwise Convs on the way (their filters and ``group``), and the
     consuming Conv's input channels.
 
-    Importance is weight magnitude or, with samples, activation (RMS per channel of the
-    consumer's input). No least-squares repair: re-fitting a Conv needs its patches,
-    not its channels. Refuses groups tied to other blocks by residual Adds, and Convs
+    Importance is weight magnitude or, with calibration data, activation (RMS per channel
+    of the consumer's input). No least-squares repair: re-fitting a Conv needs its patches,
+    not its channels. The twin is the input with the removed channels' input filters of
+    the consuming Conv zeroed (whatever an activation makes of a removed channel, only
+    that Conv reads it). Refuses groups tied to other blocks by residual Adds, and Convs
     whose input comes through ops that move channels (Reshape, Concat, Split).
     """
 
     unit_name = "channels"
+    consumer_rows = "the next Convs' input filters"
 
     def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
         return channel_groups(graph)

@@ -133,12 +133,15 @@ class FfnPruningPass(PruningPass):
     bias entries and per-channel constants, rows of the down projection, and Reshape targets.
 
     Importance is weight magnitude (L2 of the neuron's producer columns times its
-    down-projection row) or, with samples, activation (RMS of the neuron's activation
-    times that row). With samples the down projection is re-fitted (see ``PruningPass``).
-    Refuses a group whose hidden values are also read outside it (named in the refusals).
+    down-projection row) or, with calibration data, activation (RMS of the neuron's
+    activation times that row). With calibration data the down projection is re-fitted
+    (see ``PruningPass``). The twin is the input with the removed neurons' down-projection
+    rows zeroed. Refuses a group whose hidden values are also read outside it (named in
+    the refusals).
     """
 
     unit_name = "neurons"
+    consumer_rows = "the down projections' rows"
 
     def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
         return ffn_groups(graph)

@@ -23,8 +23,10 @@ def head_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
     The attention output must feed only one MatMul/Gemm with a constant weight (the
     output projection), whose rows are cut with the heads. ``MultiHeadAttention``
     needs its query, key and value to be projections (MatMul, optional bias Add,
-    optional RotaryEmbedding) with as many heads each; grouped-query attention (fewer
-    key/value heads, repeated) is left whole.
+    optional RotaryEmbedding) with as many heads each, or — grouped-query attention —
+    key/value projections with fewer heads repeated as the exporters write ``repeat_kv``
+    (a unit is then a key/value head with the query heads reading it); other repetitions
+    are left whole.
     """
     groups, refused = [], {}
     for node in graph:
@@ -251,11 +253,19 @@ class HeadPruningPass(PruningPass):
     (and a RotaryEmbedding's).
 
     Runs after ``fuse-attention``. Importance and repair as in ``PruningPass`` (a head is
-    ``head_size`` channels of the attention output). Refuses grouped-query attention and
-    attention whose output reaches anything but one output projection.
+    ``head_size`` channels of the attention output; with grouped-query attention, a unit is
+    a key/value head and the query heads reading it). The twin is the input with the
+    removed heads' output-projection rows zeroed. Refuses attention whose output reaches
+    anything but one output projection, and key/value heads repeated other than as the
+    exporters write it.
     """
 
     unit_name = "heads"
+    consumer_rows = "the output projections' rows"
 
     def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
         return head_groups(graph)
+
+    def units_named(self, group: ChannelGroup) -> int:
+        # Grouped-query attention: a unit is a key/value head with the query heads reading it.
+        return max((per_unit for _, per_unit in group.grouped_head_counts), default=1)

@@ -43,3 +43,29 @@ def test_live_channels_cost_some_accuracy_but_still_run():
     model = convnet(depthwise=True)
     after = ChannelPruningPass(0.5)(model.clone()).model
     assert 0.3 < drift(model, after, images()).cosine < 1.0
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_the_result_computes_its_twin(depthwise):
+    """Live channels through BatchNorm, Relu (and a depthwise Conv and HardSwish, nonzero at zero):
+    the twin zeroes only the next Conv's input filters for them."""
+    import numpy as np
+
+    from passes._utils import constant_array
+    from tests.passes.pruning.twins import assert_differs_from_twin, assert_matches_twin, replace_weight
+
+    model = convnet(depthwise=depthwise)
+    result = ChannelPruningPass(0.5, samples=images(16, seed=1))(model.clone())
+    held_out = images(seed=4), images(2, seed=5)
+    assert_matches_twin(result, *held_out)
+    assert result.twin.description == "the input with 4 of 8 channels zeroed in the next Convs' input filters"
+    twin = result.twin.model.graph
+    assert constant_array(twin.node("conv1").inputs[1]).shape == (8, 3, 3, 3)
+    filters = constant_array(twin.node("conv2").inputs[1])
+    assert int((np.abs(filters).sum(axis=(0, 2, 3)) == 0).sum()) == 4
+
+    def zero_a_kept_channel(weight):
+        weight[:, 0] = 0.0
+        return weight
+
+    assert_differs_from_twin(replace_weight(result.model, "conv2", zero_a_kept_channel), result, *held_out)

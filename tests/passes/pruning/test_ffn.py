@@ -123,3 +123,72 @@ def test_a_bias_add_inserted_after_a_graph_output_keeps_its_type():
     import onnx
 
     onnx.checker.check_model(ir.to_proto(after))
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("repair", [False, True])
+def test_the_result_computes_its_twin(gated, repair):
+    """The twin: the input with the removed neurons' down rows zeroed (and the repaired rows and bias)."""
+    from passes._utils import constant_array
+    from tests.passes.pruning.twins import assert_differs_from_twin, assert_matches_twin, replace_weight
+
+    model = ffn(gated=gated)
+    samples = feeds(model, 32, seed=1) if repair else None
+    result = FfnPruningPass(0.25, samples=samples)(model.clone())
+    held_out = feeds(model, seed=4), feeds(model, 2, 9, seed=5)
+    assert_matches_twin(result, *held_out)
+    description = "the input with 8 of 32 neurons zeroed in the down projections' rows"
+    assert result.twin.description == description + (", repaired weights and biases in place" if repair else "")
+    twin = result.twin.model.graph
+    # built from the input: the producers keep every column, only the consumer's rows change
+    assert constant_array(twin.node("up_proj").inputs[1]).shape == (16, 32)
+    down = constant_array(twin.node("down_proj").inputs[1])
+    assert down.shape == (32, 16) and int((np.abs(down).sum(axis=1) == 0).sum()) == 8
+
+    def zero_a_kept_neuron(weight):
+        weight[0] = 0.0
+        return weight
+
+    assert_differs_from_twin(replace_weight(result.model, "down_proj", zero_a_kept_neuron), result, *held_out)
+    if repair:  # the unrepaired rows are not what the pass claims either
+        unrepaired = FfnPruningPass(0.25, samples=samples, repair=False)(model.clone()).model
+        assert_differs_from_twin(unrepaired, result, *held_out)
+
+
+def test_a_twin_whose_repaired_bias_is_new_and_the_output_of_the_model():
+    from tests.passes.pruning.twins import assert_matches_twin
+
+    model = ffn()
+    down = model.graph.node("down_proj")
+    model.graph.outputs[0] = down.outputs[0]
+    down.outputs[0].name = "y_down"
+    down.outputs[0].type, down.outputs[0].shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(["B", "S", 16])
+    result = FfnPruningPass(0.25, samples=feeds(model, 16))(model.clone())
+    assert_matches_twin(result, feeds(model, seed=4))
+    assert [v.name for v in result.twin.model.graph.outputs] == ["y_down"]
+
+
+def test_generated_samples_rank_by_magnitude_and_fit_nothing():
+    model = ffn()
+    samples = feeds(model, 16, seed=1)
+    pruning = FfnPruningPass(0.25, samples=samples, samples_generated=True)
+    result = pruning(model.clone())
+    assert pruning.importance == "magnitude" and not pruning.repair
+    assert "no --calibration data: ranked by weight magnitude, not re-fitted" in result.notes
+    assert not any(note.startswith("without repair") for note in result.notes)
+    magnitude = FfnPruningPass(0.25)(model.clone()).model
+    assert_same_outputs(magnitude, result.model, feeds(model, seed=4), rtol=1e-6, atol=1e-6)
+    assert pruning.drift is not None  # drift is still measured on the generated samples
+
+
+@pytest.mark.parametrize(("importance", "repair"), [("activation", None), (None, True), ("activation", True)])
+def test_fitting_generated_samples_when_asked_is_refused(importance, repair):
+    model = ffn()
+    pruning = FfnPruningPass(
+        0.25, importance=importance, repair=repair, samples=feeds(model, 16, seed=1), samples_generated=True
+    )
+    result = pruning(model.clone())
+    assert not result.modified and result.twin is None
+    assert len(result.refusals) == 1 and "needs --calibration data" in result.refusals[0]
+    assert ("--importance activation" in result.refusals[0]) == (importance == "activation")
+    assert ("repair=True" in result.refusals[0]) == bool(repair)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from passes.pruning.heads import HeadPruningPass, head_groups
@@ -59,7 +60,6 @@ def test_repair_after_removing_live_heads():
 
 def test_output_projection_behind_width_last_reshapes():
     """GPT-2 legacy: Attention → Reshape to [B*S, hidden] (Concat-built target) → Gemm."""
-    import numpy as np
     import onnx_ir as ir
 
     from optimizer.api import optimize
@@ -77,7 +77,6 @@ def test_output_projection_behind_width_last_reshapes():
 def test_grouped_query_attention_prunes_a_key_value_head_with_its_query_group():
     """Llama dynamo (4 query heads sharing 2 key/value heads, repeated as exported): zero out
     key/value head 1 and the query heads 2-3 that read it, then prune half: nothing changes."""
-    import numpy as np
     import onnx_ir as ir
 
     from optimizer.api import optimize
@@ -106,3 +105,75 @@ def test_grouped_query_attention_prunes_a_key_value_head_with_its_query_group():
     inputs = {"input_ids": rng.integers(0, 100, (2, 7)), "attention_mask": np.ones((2, 7), np.int64)}
     inputs["attention_mask"][1, 5:] = 0
     assert_same_outputs(model, after, inputs, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_attention_computes_its_twin_and_a_swap_of_two_heads_does_not():
+    """Repaired, with padding: the result is the input with two heads' output rows zeroed and the
+    re-fitted rows in place; swapping two kept heads' output rows is told apart."""
+    from passes._utils import constant_array
+    from tests.passes.pruning.twins import assert_differs_from_twin, assert_matches_twin, replace_weight
+
+    model = packed_attention()
+    result = HeadPruningPass(0.5, samples=feeds(model, 32, 8, seed=1))(model.clone())
+    padded = feeds(model, seed=4)
+    padded["mask"][-1, 3:] = 0
+    held_out = padded, feeds(model, 2, 9, seed=5)
+    assert_matches_twin(result, *held_out)
+    assert result.twin.description == (
+        "the input with 2 of 4 heads zeroed in the output projections' rows, repaired weights and biases in place"
+    )
+    twin = result.twin.model.graph
+    assert twin.node("attention").attributes.get_int("num_heads") == 4
+    rows = constant_array(twin.node("out_proj").inputs[1])
+    assert [bool(np.abs(rows[h * 4 : (h + 1) * 4]).sum() == 0) for h in range(4)].count(True) == 2
+
+    def swap_heads(weight):
+        return np.concatenate([weight[4:8], weight[0:4]])
+
+    assert_differs_from_twin(replace_weight(result.model, "out_proj", swap_heads), result, *held_out)
+
+
+@pytest.mark.parametrize("rotary", [True, False])
+def test_multi_head_attention_computes_its_twin(rotary):
+    from tests.passes.pruning.twins import assert_differs_from_twin, assert_matches_twin, replace_weight
+
+    model = multi_head_attention(rotary=rotary)
+    result = HeadPruningPass(0.25)(model.clone())
+    held_out = feeds(model, seed=4), feeds(model, 2, 9, seed=5)
+    assert_matches_twin(result, *held_out)
+
+    def zero_a_kept_head(weight):
+        weight[:4] = 0.0
+        return weight
+
+    assert_differs_from_twin(replace_weight(result.model, "out_proj", zero_a_kept_head), result, *held_out)
+
+
+def test_grouped_query_attention_computes_its_twin():
+    """Llama dynamo (2 key/value heads for 4 query heads), live weights, repaired: a unit is a key/value
+    head with its two query heads, 32 rows of the output projection."""
+    import onnx_ir as ir
+
+    from optimizer.api import optimize
+    from optimizer.inputs import make_inputs
+    from passes._utils import constant_array
+    from tests.helpers import FIXTURES, calibration_samples
+    from tests.passes.pruning.twins import assert_differs_from_twin, assert_matches_twin, replace_weight
+
+    model = optimize(ir.load(FIXTURES / "llama_dynamo.onnx"), verify=False)
+    pruning = HeadPruningPass(0.5, samples=calibration_samples(model, 8))
+    result = pruning(model.clone())
+    assert set(pruning.pruned.values()) == {(1, 2)}
+    assert result.twin.description.startswith("the input with 4 of 8 heads zeroed in the output projections' rows")
+    held_out = make_inputs(model, {"batch": 2, "sequence": 7}, seed=4), make_inputs(model, {"batch": 1}, seed=5)
+    assert_matches_twin(result, *held_out)
+    consumers = [g.consumer.name for g in head_groups(model.graph)[0]]
+    for name in consumers:
+        rows = constant_array(result.twin.model.graph.node(name).inputs[1])
+        assert rows.shape[0] == 64 and int((np.abs(rows).sum(axis=1) == 0).sum()) == 32
+
+    def swap_query_heads(weight):
+        return np.concatenate([weight[16:32], weight[0:16]])  # the two query heads of the kept unit
+
+    wrong = replace_weight(result.model, consumers[0], swap_query_heads)
+    assert_differs_from_twin(wrong, result, *held_out)
