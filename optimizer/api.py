@@ -92,6 +92,10 @@ def optimize_with_report(
     if inputs is not None and not options.verify:
         raise OptionError("--inputs are verification inputs: they do nothing with --no-verify (verify=False)")
     approximate = any(spec.approximate for spec in specs)
+    prunes = any(spec.name.startswith("prune-") for spec in specs)
+    if prunes and calibration is None and (options.importance == "activation" or options.repair is True):
+        asked = "--importance activation" if options.importance == "activation" else "repair"
+        raise OptionError(f"{asked} needs --calibration data: without it pruning ranks by weight magnitude")
     if calibration is not None and not approximate:
         asks = " or ".join(dict.fromkeys(s.how_to_ask() for s in all_passes() if s.approximate))
         raise PassSelectionError(f"--calibration needs {asks}")
@@ -115,6 +119,7 @@ def optimize_with_report(
             budget=options.budget,
             sample_batch=batch if specializes else None,
             labels=labels,
+            samples_generated=warning is not None,
         )
         _ensure_padding(ir_model, verifier)
     else:
@@ -201,7 +206,7 @@ def _samples(
     bound = dict(dims or {})
     bound.update({name: _GENERATED_SAMPLES for name in batch})
     warning = (
-        "no --calibration data: calibrated and measured on generated random inputs, "
+        "no --calibration data: approximate passes measured (int8 calibrated) on generated random inputs, "
         "which says little about accuracy on real data"
     )
     return make_inputs(model, bound, seed=2), warning

@@ -240,11 +240,13 @@ class Verifier:
         budget: AccuracyBudget | None = None,
         sample_batch: int | None = None,
         labels: Sequence[str] | None = None,
+        samples_generated: bool = False,
     ) -> None:
         self.tolerances = dict(DEFAULT_TOLERANCES if tolerances is None else tolerances)
         self.budget = budget if budget is not None and budget != AccuracyBudget() else DEFAULT_APPROXIMATION_FLOOR
         self._original = original
         self._samples = samples
+        self._samples_generated = samples_generated
         self._sample_batch = sample_batch
         self._sample_references: list[dict[str, Any]] | None = None
         self.input_sets: list[dict[str, np.ndarray]] = []
@@ -355,7 +357,12 @@ class Verifier:
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
         if self.budget.met(drift):
             return VerificationResult(drift=drift)
-        return VerificationResult(drift=drift, error=f"{drift} misses the accuracy budget ({self.budget.describe()})")
+        hint = ""
+        if self._samples_generated:
+            hint = " on generated random inputs; give --calibration data (real inputs) or lower the budget"
+        return VerificationResult(
+            drift=drift, error=f"{drift} misses the accuracy budget ({self.budget.describe()}){hint}"
+        )
 
     def _sample_batches(self) -> list[dict[str, np.ndarray]]:
         if self._samples is None:

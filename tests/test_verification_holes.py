@@ -123,6 +123,8 @@ def test_a_declared_zeroed_matrix_misses_a_real_budget(monkeypatch):
     _, report = optimizer.optimize_with_report(ir.load(BERT), passes=["remove-identity"], min_cosine=0.9999)
     assert report.passes[-1].status == STATUS_ROLLED_BACK
     assert "misses the accuracy budget" in report.passes[-1].detail
+    # Measured on generated samples (no calibration data): the reason says so, and the way out.
+    assert "on generated random inputs; give --calibration data" in report.passes[-1].detail
 
 
 def test_an_approximate_pass_without_a_twin_is_rolled_back(monkeypatch):
@@ -198,3 +200,11 @@ def test_a_dropped_input_set_is_a_warning_not_silence(monkeypatch):
     assert any("second binding" in w and "the original model fails on it" in w for w in report.warnings)
     # The second binding carried the padded row; a padded copy of the first replaces it.
     assert report.input_sets[-1].startswith("padded copy of generated")
+
+
+@pytest.mark.parametrize("asked", [{"importance": "activation"}, {"repair": True}])
+def test_pruning_that_fits_data_without_calibration_data_is_a_one_line_error(asked):
+    from optimizer.errors import OptionError
+
+    with pytest.raises(OptionError, match="needs --calibration data"):
+        optimizer.optimize(ir.load(BERT), prune_ffn=0.25, **asked)
