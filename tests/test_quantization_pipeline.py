@@ -35,6 +35,8 @@ def test_exported_models_quantize_after_fusion_and_pass_verification(name, mode)
         return
     assert record.status == "applied", record.detail
     assert set(computed_op_types(result)) & INT8_OPS
+    # the integer kernels computed the float twin the pass declared (int8 tolerance), then the budget held
+    assert "int8-dequantized" in record.twin and "(int8 tolerance)" in record.twin
     # verified on ORT against the original, after fusion (attention was fused first where there is one)
     assert record.cosine is not None and record.cosine > 0.999
     assert fusion.status in ("applied", "unchanged")
@@ -187,6 +189,7 @@ def test_float16_conversion_of_exported_models_passes_verification(name):
     _, report = optimize_with_report(model, ["+convert-float16"], target="cuda", raise_errors=True)
     record = next(r for r in report.passes if r.name == "convert-float16")
     assert record.status == "applied", record.detail
+    assert "(float16 tolerance)" in record.twin
     assert record.cosine > 0.9999
 
 
@@ -206,3 +209,31 @@ def test_static_shapes_and_approximate_passes_verify_at_the_bound_batch(flags):
     name = "quantize-dynamic" if "quantize" in flags else "prune-ffn"
     record = next(r for r in report.passes if r.name == name)
     assert record.status == "applied", record.detail
+
+
+def test_a_realization_that_differs_from_its_twin_is_rolled_back(monkeypatch):
+    # One layer's int8 weight scale written 2x too large: the accuracy floor would let it
+    # through on this model; the twin check does not.
+    from passes.quantization import dynamic
+
+    original, broken = dynamic._quantize_matmul, []
+
+    def doubled_scale(graph, layer, *args):
+        original(graph, layer, *args)
+        if not broken:
+            scale = graph.initializers[f"{layer.node.name}.weight_scale"]
+            scale.const_value = ir.tensor(scale.const_value.numpy() * np.float32(2), name=scale.name)
+            broken.append(layer.name)
+
+    monkeypatch.setattr(dynamic, "_quantize_matmul", doubled_scale)
+    _, report = optimize_with_report(ir.load(EXAMPLE_MODEL), quantize="dynamic")
+    record = next(r for r in report.passes if r.name == "quantize-dynamic")
+    assert broken and record.status == "rolled back"
+    assert "differs from its twin" in record.detail
+
+
+def test_quantized_embeddings_match_their_dequantized_twin_exactly():
+    _, report = optimize_with_report(ir.load(EXAMPLE_MODEL), quantize_embeddings=True)
+    record = next(r for r in report.passes if r.name == "quantize-embeddings")
+    assert record.status == "applied", record.detail
+    assert "dequantized int8 rows" in record.twin and "(float32 tolerance)" in record.twin

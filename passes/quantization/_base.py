@@ -9,6 +9,13 @@ layer (``quantize_layer``); this base decides *which* layers to rewrite:
   measured (quantize it alone, compare the model's outputs with the float ones),
   and the most sensitive layers are kept float one by one, greedily, until the
   whole quantized model meets the budget.
+
+Every modified result carries its twin (``optimizer.protocol.Twin``, kind ``"int8"``):
+the input, after SmoothQuant's rescaling where it ran (an exact float rewrite, so the
+smoothed model computes what the input does), with each quantized layer's weight
+replaced by its dequantized int8 values and its input quantized and dequantized in
+float, as ``twin_layer`` declares. It is built from a copy taken before any layer is
+rewritten, by different code than ``quantize_layer``.
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.domains import MS_DOMAIN
 from optimizer.inputs import split_samples
+from optimizer.protocol import Twin
 from optimizer.runtime import run_batches, stream_values
 from passes._layers import Layer, excluded, feeds_graph_output, find_layers, name_nodes
 from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
 from passes.quantization import smoothing
 from passes.quantization._int8 import activation_parameters, quantize_weight
+from passes.quantization._twin import Int8Twin
 
 # Up to this many layers, each layer's sensitivity is measured on the whole model and the
 # budget searched one layer at a time; beyond, both would take hours on a large model.
@@ -44,6 +53,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     kinds: tuple[str, ...] = ()
     left_as = "stay float"
+    # How the twin quantizes each layer's input, for its description.
+    twin_inputs = ""
 
     def __init__(
         self,
@@ -73,6 +84,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
         """Rewrite one layer of ``graph`` into its int8 form."""
 
+    @abc.abstractmethod
+    def twin_layer(self, twin: Int8Twin, layer: Layer) -> None:
+        """Write into ``twin`` (a float copy) the arithmetic ``quantize_layer`` claims for ``layer``, in float ops."""
+
     def begin(self, layers: Sequence[Layer]) -> None:  # noqa: B027
         """Hook run before ``layers`` of a fresh model copy are rewritten (to reset per-graph caches)."""
 
@@ -99,10 +114,11 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             return self.result(model, modified=False)
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
         self._float = model.clone() if batches else None
+        norms: list[str] = []
         if self.smooth_alpha is not None and batches:
-            smoothed = smoothing.smooth(model, chosen, batches, self.smooth_alpha)
-            shown = ", ".join(smoothed[:8]) + (f" and {len(smoothed) - 8} more" if len(smoothed) > 8 else "")
-            self.note(f"SmoothQuant (alpha {self.smooth_alpha:g}) on {len(smoothed)} norms: {shown or 'none'}")
+            norms = smoothing.smooth(model, chosen, batches, self.smooth_alpha)
+            shown = ", ".join(norms[:8]) + (f" and {len(norms) - 8} more" if len(norms) > 8 else "")
+            self.note(f"SmoothQuant (alpha {self.smooth_alpha:g}) on {len(norms)} norms: {shown or 'none'}")
         self.prepare(model, chosen, batches)
         if self.budget is not None and batches:
             chosen = self._fit_budget(model, chosen, batches)
@@ -110,8 +126,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 return self.result(model, modified=False)
         elif self.budget is not None:
             self.note("no sample inputs: the accuracy budget was not searched")
+        source = model.clone()  # shares the weights' tensors; the twin replaces the quantized ones
         self._apply(model, [layer.name for layer in chosen])
         self.quantized = [layer.name for layer in chosen]
+        twin = self._twin(source, self.quantized, smoothed=bool(norms))
         for layer in chosen:
             self.done(layer.node.op_type)
         if batches and self.drift is None:
@@ -119,7 +137,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if self.drift is not None:
             self.note(f"{len(self.quantized)} layers int8, {len(self.kept_float)} float: {self.drift}")
         self._float = None
-        return self.result(model, modified=True)
+        return self.result(model, modified=True, twin=twin)
 
     def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
         """Quantize the named layers of ``model`` in place."""
@@ -130,6 +148,17 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self.quantize_layer(model.graph, layer)
         model.opset_imports.setdefault(MS_DOMAIN, 1)
         remove_dead_nodes(model)
+
+    def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
+        """The float model the quantized layers named ``names`` claim to compute, built on ``source``."""
+        twin = Int8Twin(source)
+        for layer in twin.layers(self.kinds, names):
+            self.twin_layer(twin, layer)
+        base = "the input after SmoothQuant" if smoothed else "the input"
+        description = (
+            f"{base} with {len(names)} layers' weights int8-dequantized and inputs {self.twin_inputs}, in float32"
+        )
+        return Twin(twin.finish(), "int8", description)
 
     def _trial(self, model: ir.Model, names: Sequence[str], batches, reference) -> Drift:
         trial = model.clone()

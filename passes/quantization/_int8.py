@@ -74,3 +74,13 @@ def activation_parameters(low: float, high: float) -> tuple[np.float32, np.uint8
     scale = np.float32((high - low) / 255.0)
     zero_point = np.uint8(np.clip(np.rint(-low / scale), 0, 255))
     return scale, zero_point
+
+
+def quantize_bias(bias: np.ndarray, scale: np.ndarray) -> np.ndarray | None:
+    """The bias as int32 at ``scale`` (activation scale x weight scale, per output channel or one), or
+    None when a value does not fit int32 (tiny scales): then it stays float.
+    """
+    values = np.rint(np.asarray(bias, dtype=np.float64) / np.asarray(scale, dtype=np.float64))
+    if not np.all(np.abs(values) < np.iinfo(np.int32).max):
+        return None
+    return values.astype(np.int32)

@@ -15,9 +15,10 @@ import onnx_ir as ir
 from optimizer.domains import MS_DOMAIN
 from passes._layers import Layer, bias_add
 from passes._utils import add_initializer, replace_value
-from passes.quantization._attention import replace_with_qattention
+from passes.quantization._attention import folded_weights, replace_with_qattention
 from passes.quantization._base import QuantizationPass
 from passes.quantization._int8 import quantize_weight
+from passes.quantization._twin import Int8Twin
 
 
 class DynamicQuantizationPass(QuantizationPass):
@@ -31,6 +32,11 @@ class DynamicQuantizationPass(QuantizationPass):
       + ``QAttention``; a non-default ``scale`` is folded into the query weights, since
       QAttention has no scale attribute.
 
+    The twin (kind ``"int8"``): each such layer reading its input through
+    ``DynamicQuantizeLinear`` → ``DequantizeLinear`` (uint8, this run's range: what the
+    integer kernels compute) with the dequantized int8 weight as a float constant, the
+    bias unchanged (the kernels add it in float), an Attention's ``scale`` folded.
+
     Refuses (layer stays float): non-float32 tensors, non-constant weights, Gemm with
     transA/alpha/beta, Attention with past/attention_bias/rotary inputs. Conv is not
     handled: ONNX Runtime's ConvInteger measured many times slower than float Conv on
@@ -39,6 +45,7 @@ class DynamicQuantizationPass(QuantizationPass):
     """
 
     kinds = ("matmul", "gemm", "attention")
+    twin_inputs = "through DynamicQuantizeLinear"
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
@@ -59,6 +66,17 @@ class DynamicQuantizationPass(QuantizationPass):
             )
         else:
             _quantize_matmul(graph, layer, self.per_channel, self.reduce_range, activation)
+
+    def twin_layer(self, twin: Int8Twin, layer: Layer) -> None:
+        twin.quantize_input(layer)
+        axis = 1 if self.per_channel else None
+        if layer.kind == "attention":
+            weight, bias = folded_weights(layer)
+            twin.set_weight(layer, quantize_weight(weight, axis, reduce_range=self.reduce_range).dequantize())
+            twin.set_input(layer.node, 2, bias)
+            layer.node.attributes.pop("scale", None)
+        else:
+            twin.set_weight(layer, quantize_weight(layer.weight, axis, reduce_range=self.reduce_range).dequantize())
 
     def _quantized_activation(self, graph: ir.Graph, layer: Layer) -> tuple[ir.Value, ...]:
         name = layer.activation.name

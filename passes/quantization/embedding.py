@@ -6,8 +6,10 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
+from optimizer.protocol import Twin
 from passes._pass import GraphoptPass
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
+from passes.quantization._int8 import quantize_weight
 
 # Tables smaller than this stay float: the saving is not worth three extra nodes.
 _MIN_ELEMENTS = 1 << 16
@@ -21,11 +23,15 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     Refuses (leaves float) tables read by anything but row Gathers (an LM head tied to
     the embeddings, a fused EmbedLayerNormalization), Gathers on another axis, and
     tables under 65,536 values. Its notes say how many bytes it saved.
+
+    The twin (kind ``"float32"``): the input with each such table replaced by its
+    dequantized int8 rows, the same float arithmetic otherwise.
     """
 
     left_as = "stay float"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        source = model.clone()  # shares the tables' tensors; the twin replaces the quantized ones
         graph = model.graph
         refused: set[str] = set()
         saved, tables = 0, {}
@@ -46,14 +52,12 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 continue
             if table.name not in tables:
                 self.done("embedding tables")
-                peak = np.abs(array).max(axis=1, keepdims=True)
-                scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-                values = np.clip(np.rint(array / scales), -127, 127).astype(np.int8)
+                rows = quantize_weight(array, 0)
                 tables[table.name] = (
-                    add_initializer(graph, f"{table.name}.int8", values),
-                    add_initializer(graph, f"{table.name}.row_scale", scales),
+                    add_initializer(graph, f"{table.name}.int8", rows.values),
+                    add_initializer(graph, f"{table.name}.row_scale", rows.scale.reshape(-1, 1)),
                 )
-                saved += array.nbytes - values.nbytes - scales.nbytes
+                saved += array.nbytes - rows.values.nbytes - rows.scale.nbytes
             values, scales = tables[table.name]
             ids = node.inputs[1]
             prefix = node.name or table.name
@@ -68,4 +72,19 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             return self.result(model, modified=False)
         remove_dead_nodes(model)
         self.note(f"{len(tables)} embedding tables int8 (per row), {saved / 2**20:.1f} MB smaller")
-        return self.result(model, modified=True)
+        return self.result(model, modified=True, twin=_twin(source, list(tables)))
+
+
+def _twin(source: ir.Model, names: list[str]) -> Twin:
+    """``source`` with the named tables replaced by their dequantized int8 rows (``source`` is a copy)."""
+    graph = source.graph
+    for name in names:
+        table = graph.initializers.get(name)
+        if table is None:  # a Constant node's table
+            table = next(v for node in graph for v in node.outputs if v.name == name)
+        dequantized = quantize_weight(constant_array(table), 0).dequantize()
+        replacement = add_initializer(graph, f"{name}.dequantized", dequantized)
+        table.replace_all_uses_with(replacement)
+    remove_dead_nodes(source)
+    tables = f"{len(names)} embedding table{'s' if len(names) != 1 else ''}"
+    return Twin(source, "float32", f"the input with {tables} replaced by their dequantized int8 rows")

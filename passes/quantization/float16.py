@@ -11,7 +11,9 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN
+from optimizer.protocol import Twin
 from passes._pass import GraphoptPass
+from passes.quantization._twin import float16_twin
 
 # Kept float32, with Casts at their boundaries: the reductions of decomposed
 # normalizations (a sum of squares overflows float16's 65504 quickly), and softmax
@@ -26,6 +28,11 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     With ``keep_io_types`` (the default) float graph inputs and outputs stay float32,
     with Casts inside the graph. Refuses (unchanged) a model with no float32 tensors
     or one with external data that has not been loaded.
+
+    The twin (kind ``"float16"``): the input with every float32 weight the converter
+    stores as float16 rounded to float16, computing in float32 (``_twin.float16_twin``).
+    The result also rounds activations to float16 between ops, which is what the
+    float16 tolerance allows for.
     """
 
     def __init__(self, *, keep_io_types: bool = True, block_ops: tuple[str, ...] = ()) -> None:
@@ -55,7 +62,14 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
         result.graph.sort()  # the converter appends the input Casts after their users
         kept = sum(1 for node in result.graph if node.op_type in self.block_ops)
         self.note(f"float16; {kept} sensitive nodes kept float32")
-        return self.result(result, modified=True)
+        blocked = list(DEFAULT_OP_BLOCK_LIST) + list(self.block_ops)
+        twin = Twin(
+            float16_twin(model, blocked, keep_io_types=self.keep_io_types),
+            "float16",
+            "the input with its float16 weights rounded to float16, computing in float32"
+            + ("" if self.keep_io_types else ", float16 inputs and outputs"),
+        )
+        return self.result(result, modified=True, twin=twin)
 
 
 def _values(graph: ir.Graph):

@@ -16,9 +16,10 @@ from onnxscript import version_converter
 from passes._layers import Layer, bias_add
 from passes._utils import add_initializer, constant_array
 from passes.quantization import calibration
-from passes.quantization._attention import replace_with_qattention
+from passes.quantization._attention import folded_weights, replace_with_qattention
 from passes.quantization._base import QuantizationPass
-from passes.quantization._int8 import activation_parameters, quantize_weight
+from passes.quantization._int8 import activation_parameters, quantize_bias, quantize_weight
+from passes.quantization._twin import Int8Twin
 
 _QDQ_OPSET = 13
 # The oldest opset onnxscript's version converter targets.
@@ -37,12 +38,18 @@ class StaticQuantizationPass(QuantizationPass):
     - com.microsoft ``Attention`` with packed QKV weights becomes ``QuantizeLinear`` +
       ``QAttention`` with the calibrated input scale.
 
+    The twin (kind ``"int8"``): the same steps in float — each layer's input through
+    ``QuantizeLinear`` → ``DequantizeLinear`` at its calibrated scale, the dequantized
+    int8 weight as a float constant, the bias replaced by its int32 value times its scale,
+    a Conv's output through its pair, an Attention's ``scale`` folded and bias float.
+
     Ranges come from ``samples`` with ``method`` (minmax, percentile, entropy; see
     ``calibration``). Refuses (stays float) as ``DynamicQuantizationPass`` does, and
     entirely when no samples are given.
     """
 
     kinds = ("matmul", "gemm", "conv", "attention")
+    twin_inputs = "at their calibrated scales, biases int32-dequantized"
 
     def __init__(self, *, method: str = "percentile", **options) -> None:
         super().__init__(**options)
@@ -108,6 +115,34 @@ class StaticQuantizationPass(QuantizationPass):
         if layer.kind == "conv":
             self._quantize_output(graph, node)
 
+    def twin_layer(self, twin: Int8Twin, layer: Layer) -> None:
+        node = layer.node
+        scale, zero_point = activation_parameters(*self.ranges[twin.source(layer.activation).name])
+        twin.quantize_input(layer, scale, zero_point)
+        # Output channels: the last axis of Layer.weight ([K, N]), the first of a Conv's.
+        axis = (0 if layer.kind == "conv" else 1) if self.per_channel else None
+        if layer.kind == "attention":
+            weight, bias = folded_weights(layer)
+            twin.set_weight(layer, quantize_weight(weight, axis, reduce_range=self.reduce_range).dequantize())
+            twin.set_input(node, 2, bias)
+            node.attributes.pop("scale", None)
+            return
+        quantized = quantize_weight(layer.weight, axis, reduce_range=self.reduce_range)
+        twin.set_weight(layer, quantized.dequantize())
+        if layer.bias is not None:
+            bias, user, slot = layer.bias, node, 2
+        elif (following := bias_add(layer)) is not None:
+            bias, user, slot = following
+        else:
+            bias = None
+        if bias is not None:
+            bias_scale = (np.float32(scale) * quantized.scale).astype(np.float32)
+            values = quantize_bias(bias, bias_scale)
+            if values is not None:
+                twin.set_input(user, slot, values.astype(np.float32) * bias_scale)
+        if layer.kind == "conv" and _requantized_output(twin.model.graph, node):
+            twin.quantize_output(node, *activation_parameters(*self.ranges[node.outputs[0].name]))
+
     def _quantize_bias(self, graph: ir.Graph, layer: Layer, scale: np.ndarray) -> None:
         """Store the bias as int32 at ``activation scale * weight scale``, behind a DequantizeLinear.
 
@@ -120,12 +155,11 @@ class StaticQuantizationPass(QuantizationPass):
             bias, user, slot = following
         else:
             return
-        values = np.rint(bias.astype(np.float64) / np.asarray(scale, dtype=np.float64))
-        if not np.all(np.abs(values) < np.iinfo(np.int32).max):
+        values = quantize_bias(bias, scale)
+        if values is None:
             # Tiny activation x weight scales: the bias does not fit int32; it stays float.
             self.note(f"{layer.name}: bias kept float, too large for int32 at scale {np.min(scale):g}")
             return
-        values = values.astype(np.int32)
         prefix = layer.node.name
         inputs = [
             add_initializer(graph, f"{prefix}.bias_int32", values),
@@ -170,14 +204,23 @@ class StaticQuantizationPass(QuantizationPass):
 
     def _quantize_output(self, graph: ir.Graph, node: ir.Node) -> None:
         """Route a Conv's users through a QDQ pair of its output: what lets ORT form QLinearConv."""
+        if not _requantized_output(graph, node):
+            return
         output = node.outputs[0]
         users = list(output.uses())
-        if not users or any(user.graph is not graph for user, _ in users):
-            return  # a graph output stays float, as do outputs read inside If/Loop bodies
         first_user = min((user for user, _ in users), key=_position(graph))
         dequantized = self._qdq(graph, output, first_user)
         for user, index in users:
             user.replace_input_with(index, dequantized)
+
+
+def _requantized_output(graph: ir.Graph, node: ir.Node) -> bool:
+    """Whether a Conv's output gets a QDQ pair: when it has users, all in ``graph``.
+
+    A graph output stays float, as do outputs read inside If/Loop bodies.
+    """
+    users = list(node.outputs[0].uses())
+    return bool(users) and all(user.graph is graph for user, _ in users)
 
 
 def _position(graph: ir.Graph):

@@ -1,0 +1,203 @@
+"""The exact float twins of the reduced-precision passes: the approximation each claims, written in plain ONNX.
+
+A twin (``optimizer.protocol.Twin``) is the pass's input with its declared
+approximation applied in float32 and nothing else, built by different code from the
+rewrite it checks: the int8 passes write integer kernels (DynamicQuantizeMatMul,
+QAttention, QDQ pairs ORT fuses into QLinearConv), their twin writes the same
+quantize-dequantize steps as ``DynamicQuantizeLinear``/``QuantizeLinear`` →
+``DequantizeLinear`` on each input and float constants holding each dequantized
+weight, and runs as written (ORT_DISABLE_ALL). A realization that differs from its
+claim — a scale off by 2x, a transposed weight, a kernel that saturates — then shows
+up as a difference between the result and its twin. (Not every difference is a wrong
+realization: where the twin's float arithmetic lands an activation within an ulp of a
+rounding tie, the kernel may round it the other way, and that one step can cascade
+through later layers; ``benchmarks/twin_tolerance.py`` measures how far.)
+
+The float16 twin is the input with the weights ORT's converter stores as float16
+rounded to float16, computing in float32 (``float16_twin``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript import version_converter
+
+from passes._layers import Layer, find_layers
+from passes._utils import add_initializer, constant_array, remove_dead_nodes
+
+# DynamicQuantizeLinear's first opset; older models' twins are converted to the oldest
+# opset onnxscript's version converter targets.
+_DYNAMIC_QUANTIZE_OPSET = 11
+_CONVERTED_OPSET = 18
+
+
+class Int8Twin:
+    """A float copy of an int8 pass's input, into which the pass writes the arithmetic it claims, layer by layer.
+
+    ``model`` is the copy (the caller clones); ``layers`` finds the chosen layers in it.
+    Each activation tensor is quantized at most once, as the passes do: a tensor read by
+    several layers (Q/K/V projections of one norm) goes through one quantize-dequantize.
+    """
+
+    def __init__(self, model: ir.Model) -> None:
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        if opset < _DYNAMIC_QUANTIZE_OPSET:
+            # An exact rewrite of the copy; the realization needs none (its kernels are com.microsoft ops).
+            version_converter.convert_version(model, _CONVERTED_OPSET, fallback=True)
+        self.model = model
+        self._dequantized: dict[str, ir.Value] = {}
+        self._sources: dict[int, ir.Value] = {}
+
+    def layers(self, kinds: Iterable[str], names: Iterable[str]) -> list[Layer]:
+        """The twin's layers named ``names`` (of the given kinds), in graph order."""
+        wanted = set(names)
+        return [layer for layer in find_layers(self.model.graph, kinds)[0] if layer.name in wanted]
+
+    def quantize_input(
+        self, layer: Layer, scale: np.floating | None = None, zero_point: np.integer | None = None
+    ) -> None:
+        """Route the layer's data input through uint8 quantize-dequantize.
+
+        Without ``scale``: ``DynamicQuantizeLinear`` (this run's range, what ORT's dynamic
+        int8 kernels compute). With it: ``QuantizeLinear`` at the calibrated ``scale`` and
+        ``zero_point``.
+        """
+        layer.node.replace_input_with(0, self._qdq(layer.activation, layer.node, scale, zero_point))
+
+    def quantize_output(self, node: ir.Node, scale: np.floating, zero_point: np.uint8) -> None:
+        """Route every user of ``node``'s first output through one quantize-dequantize pair (a requantized output)."""
+        output = node.outputs[0]
+        users = list(output.uses())
+        order = {id(n): i for i, n in enumerate(self.model.graph)}
+        first = min((user for user, _ in users), key=lambda user: order[id(user)])
+        dequantized = self._qdq(output, first, scale, zero_point)
+        for user, index in users:
+            user.replace_input_with(index, dequantized)
+
+    def source(self, value: ir.Value) -> ir.Value:
+        """The float tensor ``value`` stands for: itself, or the one it is the dequantized side of."""
+        return self._sources.get(id(value), value)
+
+    def set_weight(self, layer: Layer, weight: np.ndarray) -> None:
+        """Give the layer ``weight`` (in ``Layer.weight``'s layout: ``[K, N]`` for MatMul, Gemm and Attention)."""
+        if layer.kind == "gemm" and layer.node.attributes.get_int("transB", 0):
+            weight = weight.T
+        self.set_input(layer.node, 1, weight)
+
+    def set_input(self, node: ir.Node, index: int, array: np.ndarray) -> None:
+        """Replace a constant input of ``node`` by ``array`` (float32, shaped like the constant it replaces)."""
+        old = constant_array(node.inputs[index])
+        array = np.ascontiguousarray(np.asarray(array, dtype=np.float32).reshape(old.shape))
+        node.replace_input_with(index, add_initializer(self.model.graph, f"{node.name}.twin_{index}", array))
+
+    def finish(self) -> ir.Model:
+        """The twin, with the float weights it replaced removed."""
+        remove_dead_nodes(self.model)
+        return self.model
+
+    def _qdq(self, value: ir.Value, before: ir.Node, scale, zero_point) -> ir.Value:
+        if value.name in self._dequantized:
+            return self._dequantized[value.name]
+        if id(value) in self._sources:
+            return value  # already the dequantized side of a pair (a Conv output read by the next Conv)
+        graph = self.model.graph
+        if scale is None:
+            quantize = ir.Node("", "DynamicQuantizeLinear", [value], num_outputs=3, name=f"{value.name}_twin_q")
+            inputs = list(quantize.outputs)
+        else:
+            parameters = [
+                add_initializer(graph, f"{value.name}.twin_scale", np.array(scale, dtype=np.float32)),
+                add_initializer(graph, f"{value.name}.twin_zero_point", np.array(zero_point, dtype=np.uint8)),
+            ]
+            quantize = ir.Node("", "QuantizeLinear", [value, *parameters], name=f"{value.name}_twin_q")
+            inputs = [quantize.outputs[0], *parameters]
+        dequantize = ir.Node("", "DequantizeLinear", inputs, name=f"{value.name}_twin_dq")
+        dequantize.outputs[0].name = f"{value.name}.twin_dequantized"
+        dequantize.outputs[0].shape, dequantize.outputs[0].type = value.shape, value.type
+        graph.insert_before(before, [quantize, dequantize])
+        self._dequantized[value.name] = dequantize.outputs[0]
+        self._sources[id(dequantize.outputs[0])] = value
+        return dequantize.outputs[0]
+
+
+def round_to_float16(array: np.ndarray) -> np.ndarray:
+    """``array`` (float32) rounded to float16 the way ORT's converter stores it, kept float32.
+
+    The converter clamps magnitudes to ``[5.96e-8, 65504]`` first: tiny nonzero values
+    become float16's smallest subnormal instead of zero, large ones its largest finite value.
+    """
+    from onnxruntime.transformers.float16 import convert_np_to_float16
+
+    array = np.asarray(array, dtype=np.float32)
+    clamped = convert_np_to_float16(array.reshape(-1))  # it indexes with np.where: no 0-d arrays
+    return np.asarray(clamped, dtype=np.float16).astype(np.float32).reshape(array.shape)
+
+
+def float16_twin(model: ir.Model, blocked_ops: Iterable[str], *, keep_io_types: bool) -> ir.Model:
+    """A copy of ``model`` with every float32 weight the float16 converter stores as float16 rounded to it, in float32.
+
+    Which weights (onnxruntime's ``convert_float_to_float16``): an initializer read by at
+    least one node not in ``blocked_ops`` (and not at an input its op keeps float32,
+    Resize's scales), and the float tensors in the attributes of every node not blocked
+    (Constant values). Without ``keep_io_types`` the float graph inputs and outputs are
+    float16 too, cast to and from float32 at the graph's edge.
+    """
+    from onnxruntime.transformers.float16 import ALWAYS_FLOAT_INPUTS
+
+    blocked = set(blocked_ops)
+    twin = model.clone()
+    graphs = {id(twin.graph): twin.graph}
+    for node in ir.traversal.RecursiveGraphIterator(twin.graph):
+        graphs.setdefault(id(node.graph), node.graph)
+        if node.op_type in blocked:
+            continue
+        for name, attribute in list(node.attributes.items()):
+            if attribute.type == ir.AttributeType.TENSOR and attribute.value.dtype == ir.DataType.FLOAT:
+                rounded = ir.tensor(round_to_float16(attribute.value.numpy()), name=attribute.value.name)
+                node.attributes[name] = ir.AttrTensor(name, rounded)
+    for graph in graphs.values():
+        for value in graph.initializers.values():
+            if value.const_value is None or value.const_value.dtype != ir.DataType.FLOAT:
+                continue
+            if any(
+                user.op_type not in blocked and index not in ALWAYS_FLOAT_INPUTS.get(user.op_type, ())
+                for user, index in value.uses()
+            ):
+                value.const_value = ir.tensor(round_to_float16(value.const_value.numpy()), name=value.name)
+    if not keep_io_types:
+        _float16_interface(twin.graph)
+    return twin
+
+
+def _float16_interface(graph: ir.Graph) -> None:
+    """Make the graph's float32 inputs and outputs float16, with Casts to and from float32 inside."""
+    casts = []
+    for value in graph.inputs:
+        if value.dtype != ir.DataType.FLOAT:
+            continue
+        uses = list(value.uses())
+        cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT)])
+        cast.name = f"{value.name}_f32"
+        cast.outputs[0].name = f"{value.name}.float32"
+        cast.outputs[0].shape, cast.outputs[0].dtype = value.shape, ir.DataType.FLOAT
+        for user, index in uses:
+            user.replace_input_with(index, cast.outputs[0])
+        value.dtype = ir.DataType.FLOAT16
+        casts.append(cast)
+    if casts and len(graph):
+        graph.insert_before(graph.node(0), casts)
+    else:
+        graph.extend(casts)
+    for index, value in enumerate(list(graph.outputs)):
+        if value.dtype != ir.DataType.FLOAT:
+            continue
+        cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT16)])
+        cast.name = f"{value.name}_f16"
+        name, value.name = value.name, f"{value.name}.float32"
+        cast.outputs[0].name, cast.outputs[0].shape = name, value.shape
+        cast.outputs[0].dtype = ir.DataType.FLOAT16
+        graph.append(cast)
+        graph.outputs[index] = cast.outputs[0]
