@@ -23,7 +23,7 @@ from optimizer.inputs import (
 )
 from optimizer.model_io import check_model_proto, load_model, same_file, save_model
 from optimizer.options import Options
-from optimizer.padding import has_padding, mask_inputs, padded_copy
+from optimizer.padding import mask_inputs, padded_copy, pads_both_ends
 from optimizer.pipeline import run_pipeline
 from optimizer.protocol import PassContext
 from optimizer.registry import all_passes, resolve
@@ -229,15 +229,21 @@ def _verification_inputs(
         alternate_dims = alternate_binding(model, dims) if alternate else None
         if alternate_dims is not None:
             second = make_inputs(model, alternate_dims, seed=1)
+            label = f"generated, second binding ({_shapes(model, second)})"
+            masks = mask_inputs(model, second)
+            if masks and not pads_both_ends(second, masks):
+                second, how = padded_copy(second, masks)
+                label += f", {how}"
             sets.append(second)
-            labels.append(f"generated, second binding ({_shapes(model, second)})")
+            labels.append(label)
     return sets, labels
 
 
 def _ensure_padding(model: ir.Model, verifier: Verifier) -> None:
-    """With a mask-like input and no padded row in any set the original runs on, add a padded copy of the first."""
+    """With a mask-like input and no set the original runs on that pads both a row's start and
+    a row's end, add a padded copy of the first set."""
     masks = mask_inputs(model, verifier.inputs)
-    if masks and not any(has_padding(inputs, masks) for inputs in verifier.input_sets):
+    if masks and not any(pads_both_ends(inputs, masks) for inputs in verifier.input_sets):
         padded, how = padded_copy(verifier.inputs, masks)
         verifier.add_input_set(padded, f"padded copy of {verifier.labels[0]} ({how})")
 

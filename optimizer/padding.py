@@ -1,10 +1,17 @@
-"""Padding in verification: every run on a model with a mask-like input sees at least one padded row.
+"""Padding in verification: every run on a model with a mask-like input sees padding at both ends.
 
 A rewrite that mishandles padding (a fused attention that ignores its mask, a mask
-kind decided wrongly) is exact on inputs without any. Generated inputs pad the last
-row of a batch of two or more, but user ``--inputs``, a full set of ``--dim``,
-``--static-shapes`` or a batch fixed at 1 can leave every row unpadded; then a padded
-copy of the first input set is added.
+kind decided wrongly, a mask read as key lengths, which assumes right padding) is
+exact on inputs without any. Encoders' tokenizers pad on the right, decoders' on the
+left, so verification needs both: generated inputs pad the last row's end, and user
+``--inputs``, a full set of ``--dim``, ``--static-shapes`` or a batch fixed at 1 can
+leave every row unpadded. When no input set pads both a row's start and a row's end,
+a padded copy is added (``padded_copy``).
+
+Outputs at padded positions are not compared (``padded_positions``): with causal
+attention a left-padded query sees no key at all, and what a model returns there is
+not defined (exporters fill such rows with a uniform softmax, fused kernels with
+zeros or the first value).
 """
 
 from __future__ import annotations
@@ -30,25 +37,63 @@ def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
     return names
 
 
-def has_padding(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> bool:
-    """Whether some row of some mask in ``inputs`` masks a position out (a zero)."""
-    return any(not np.all(np.asarray(inputs[name]) != 0) for name in masks)
+def pads_both_ends(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> bool:
+    """Whether some mask in ``inputs`` pads the start of a row and some the end of a row."""
+    starts = any(np.any(np.asarray(inputs[name])[:, 0] == 0) for name in masks)
+    ends = any(np.any(np.asarray(inputs[name])[:, -1] == 0) for name in masks)
+    return starts and ends
 
 
 def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple[dict[str, np.ndarray], str]:
-    """A copy of ``inputs`` whose masks pad the last row's final quarter (at least one position), and what changed.
+    """A copy of ``inputs`` whose masks pad a row's start and a row's end, and a description of what changed.
 
-    Padding goes on the right: every query row keeps keys to attend to, so the
-    original's outputs stay finite. Other inputs are unchanged, so the padded
-    positions still hold real tokens, as a padded batch does.
+    With two or more rows the first row is padded on the left (its first quarter) and
+    the last on the right (its final quarter); a single row gets both (an eighth at
+    each end). At least one position stays unpadded in every row. Other inputs are
+    unchanged, so padded positions still hold real tokens, as a padded batch does.
     """
     padded = dict(inputs)
     described = []
     for name in masks:
         mask = np.array(inputs[name], copy=True)
-        length = mask.shape[1]
-        count = max(1, length // 4)
-        mask[-1, length - count :] = 0
+        rows, length = mask.shape
+        if rows >= 2:
+            left, right = max(1, length // 4), max(1, length // 4)
+            mask[0, :left] = 0
+            mask[-1, length - right :] = 0
+            where = f"row 1's first {left} and row {rows}'s last {right} of {length} positions"
+        else:
+            left = right = max(1, length // 8) if length >= 3 else 0
+            mask[0, :left] = 0
+            mask[0, length - right :] = 0
+            where = f"the first {left} and last {right} of {length} positions"
         padded[name] = mask
-        described.append(f"{name}'s last {count} of {length} positions 0 in row {mask.shape[0]}")
+        described.append(f"{name}: {where} padded")
     return padded, ", ".join(described)
+
+
+def padded_positions(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> np.ndarray | None:
+    """``[batch, sequence]`` booleans, True where the first mask in ``inputs`` pads; None without padding."""
+    if not masks:
+        return None
+    padding = np.asarray(inputs[masks[0]]) == 0
+    return padding if padding.any() else None
+
+
+def hide_padded(outputs: Mapping[str, object], padding: np.ndarray | None, reference: Mapping[str, object]) -> dict:
+    """``outputs`` with the values at padded positions taken from ``reference`` (so they are not compared).
+
+    Only outputs laid out ``[batch, sequence, ...]`` like the mask are touched.
+    """
+    if padding is None:
+        return dict(outputs)
+    hidden = dict(outputs)
+    for name, value in outputs.items():
+        expected = reference.get(name)
+        if not isinstance(value, np.ndarray) or not isinstance(expected, np.ndarray):
+            continue
+        if value.shape != expected.shape or value.shape[:2] != padding.shape:
+            continue
+        where = padding.reshape(padding.shape + (1,) * (value.ndim - 2))
+        hidden[name] = np.where(where, expected, value)
+    return hidden

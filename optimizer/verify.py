@@ -22,6 +22,7 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import split_samples
+from optimizer.padding import hide_padded, mask_inputs, padded_positions
 from optimizer.protocol import Twin
 from optimizer.runtime import inference_session, run_batches, run_model, run_session
 
@@ -253,6 +254,7 @@ class Verifier:
         self.references: list[dict[str, Any]] = []
         self.labels: list[str] = []
         self.dropped: list[str] = []
+        self.masks = mask_inputs(original, input_sets[0]) if input_sets else []
         labels = list(labels or [])
         for index, inputs in enumerate(input_sets):
             label = labels[index] if index < len(labels) else f"input set {index + 1}"
@@ -293,7 +295,8 @@ class Verifier:
         try:
             with inference_session(candidate) as session:
                 for inputs, reference in zip(self.input_sets, self.references):
-                    result = compare_outputs(reference, run_session(session, inputs), self.tolerances, self.skipped)
+                    outputs = hide_padded(run_session(session, inputs), padded_positions(inputs, self.masks), reference)
+                    result = compare_outputs(reference, outputs, self.tolerances, self.skipped)
                     if not result.ok:
                         return result
                     if result.max_abs_error >= worst.max_abs_error:
@@ -323,7 +326,8 @@ class Verifier:
         try:
             with inference_session(candidate, optimization_level="all") as session:
                 for inputs, label, reference in zip(self.input_sets, self.labels, expected):
-                    result = compare_outputs(reference, run_session(session, inputs), tolerances, self.skipped)
+                    outputs = hide_padded(run_session(session, inputs), padded_positions(inputs, self.masks), reference)
+                    result = compare_outputs(reference, outputs, tolerances, self.skipped)
                     if not result.ok:
                         return VerificationResult(
                             error=f"differs from its twin ({twin.description}) on {label}: {result.first_failure}"

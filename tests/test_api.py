@@ -72,7 +72,7 @@ def test_report_and_explicit_inputs():
     # The given inputs pad no row, so verification adds a padded copy of them.
     assert report.inputs == [shapes, shapes]
     assert report.input_sets[0] == "the given inputs"
-    assert report.input_sets[1].startswith("padded copy of the given inputs (attention_mask's last 3 of 12 positions")
+    assert report.input_sets[1].startswith("padded copy of the given inputs (attention_mask: row 1's first 3")
     assert all(record.status in ("applied", "unchanged") for record in report.passes)
     assert report.nodes_after < report.nodes_before
 

@@ -30,8 +30,9 @@ BERT = FIXTURES / "bert_legacy.onnx"
 def _inputs(batch=2, sequence=12, padded=False):
     rng = np.random.default_rng(3)
     mask = np.ones((batch, sequence), dtype=np.int64)
-    if padded:
+    if padded:  # as a mixed batch: an encoder's row padded on the right, a decoder's on the left
         mask[-1, -3:] = 0
+        mask[0, :2] = 0
     return {
         "input_ids": rng.integers(0, 100, (batch, sequence)).astype(np.int64),
         "attention_mask": mask,
@@ -175,6 +176,14 @@ def test_padding_is_verified_whatever_the_flags(monkeypatch, how):
     record = report.passes[-1]
     assert record.status == STATUS_ROLLED_BACK, report.input_sets
     assert "padded copy" in " ".join(report.input_sets)
+
+
+def test_user_inputs_padded_on_one_side_get_a_copy_padded_on_both(monkeypatch):
+    inputs = _inputs()
+    inputs["attention_mask"][-1, -3:] = 0
+    _, report = optimizer.optimize_with_report(ir.load(BERT), passes=["remove-identity"], inputs=inputs)
+    assert report.input_sets[0] == "the given inputs"
+    assert report.input_sets[1].startswith("padded copy of the given inputs (attention_mask: row 1's first 3")
 
 
 def test_padded_user_inputs_are_used_as_given(monkeypatch):
