@@ -5,20 +5,36 @@ bound by name (``--dim NAME=VALUE``; batch-like dims default to 1, every other
 symbolic dim to 128), token-id-like integer inputs stay inside the embedding table
 they index, attention masks are ones (with two or more rows, the last row's final
 quarter is padding, so verification exercises masking), and floats are standard
-normal. Generation is seeded, so the same model always gets the same inputs.
+normal. Strings are short words; a sequence holds ``SEQUENCE_LENGTH`` generated
+tensors; an optional input is given (not empty).
+
+Inputs whose *values* the model reads as sizes, axes, counts or parameters (a
+Reshape's shape, Slice's starts and steps, Split's sizes, TopK's k, a Resize's
+scales, an integer divisor...) get values that fit what they size or index instead:
+the data's own dims, distinct axes, sizes that sum to the split axis, 1, 0.
+Generation then tries the original model on ONNX Runtime, and on a refusal goes
+on to the next candidates (ones, small positive values, the plain random values);
+if ONNX Runtime refuses them all, ``make_inputs`` says so in one line, naming both
+ways out (``--inputs FILE.npz``, ``--no-verify``). Models without such inputs are
+not run here. Generation is seeded, so the same model always gets the same inputs.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
-from optimizer.errors import InputSpecError
+from optimizer.errors import InputSpecError, RuntimeRefusedError
+from optimizer.runtime import run_model
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 1
 DEFAULT_SEQUENCE = 128
@@ -33,6 +49,13 @@ _INDEX_PRESERVING_OPS = frozenset(
     {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand", "Transpose"}
 )
 _DEFAULT_INT_HIGH = 2
+
+# Generated sequences hold this many tensors; a sequence's elements declared without
+# a shape are 1-D of this length (a guess, so such models are run before use).
+SEQUENCE_LENGTH = 2
+_UNKNOWN_ELEMENT_SHAPE = (4,)
+_WORDS = np.array(["alpha", "Beta", "gamma delta", "x7"], dtype=object)
+_WAYS_OUT = "pass real inputs with --inputs FILE.npz, or --no-verify"
 
 
 def symbolic_dims(model: ir.Model) -> list[str]:
@@ -74,7 +97,7 @@ def dims_from_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[
     dims: dict[str, int] = {}
     for value in runtime_inputs(model):
         array = inputs.get(value.name)
-        if array is None or value.shape is None or len(value.shape) != np.ndim(array):
+        if not isinstance(array, np.ndarray) or value.shape is None or len(value.shape) != array.ndim:
             continue
         for axis, dim in enumerate(value.shape):
             if isinstance(dim, ir.SymbolicDim) and dim.value:
@@ -149,19 +172,35 @@ def check_inputs(arrays: Mapping[str, np.ndarray], model: ir.Model, source: str)
     return {name: arrays[name] for name in required}
 
 
-def make_inputs(model: ir.Model, dims: Mapping[str, int] | None = None, *, seed: int = 0) -> dict[str, np.ndarray]:
-    """Generate one input array per graph input, with symbolic dims bound by ``bind_dims``.
+def make_inputs(model: ir.Model, dims: Mapping[str, int] | None = None, *, seed: int = 0) -> dict[str, Any]:
+    """Generate one value per graph input, with symbolic dims bound by ``bind_dims``.
 
-    Raises ``InputSpecError`` for an input with no type or shape, or of a type we
-    cannot generate (strings, sequences): pass real inputs with ``--inputs`` instead.
+    Tensors are arrays, sequences lists of arrays (``GeneratedSequence``), optionals
+    their value. Inputs whose values set sizes, axes or counts (see the module
+    docstring) get fitting values, checked by running the model on ONNX Runtime, with
+    the next candidates tried on a refusal. Raises ``InputSpecError`` for an input with
+    no type or shape, or when ONNX Runtime refuses every candidate: pass real inputs
+    with ``--inputs`` or skip verification with ``--no-verify``.
     """
     bound = bind_dims(model, dims)
     rng = np.random.default_rng(seed)
-    inputs = {}
-    for value in runtime_inputs(model):
-        shape = _concrete_shape(value, bound)
-        inputs[value.name] = _generate(model, value, shape, rng)
-    return inputs
+    values = runtime_inputs(model)
+    shapes = {value.name: _concrete_shape(value, bound) for value in values}
+    inputs = {value.name: _generate(model, value, shapes[value.name], rng) for value in values}
+    rounds = _candidate_rounds(model, inputs, shapes, bound)
+    guessed = [value.name for value in values if value.shape is None]  # sequence elements of unknown shape
+    if not rounds and not guessed:
+        return inputs
+    return _first_accepted(model, inputs, rounds or [{}], guessed)
+
+
+class GeneratedSequence(list):
+    """A generated ``seq(tensor)`` input: the list of arrays ONNX Runtime takes, plus the
+    ``shape`` (its length, then its elements') that reports print for every input."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *np.shape(self[0])) if self else (0,)
 
 
 def runtime_inputs(model: ir.Model) -> list[ir.Value]:
@@ -170,11 +209,14 @@ def runtime_inputs(model: ir.Model) -> list[ir.Value]:
 
 
 def _concrete_shape(value: ir.Value, bound: Mapping[str, int]) -> tuple[int, ...]:
-    if not isinstance(value.type, ir.TensorType):
+    """The shape to generate: of the tensor, or of each element of a sequence or optional."""
+    if not isinstance(value.type, (ir.TensorType, ir.SequenceType, ir.OptionalType)):
         raise InputSpecError(
-            f"input '{value.name}' is not a tensor ({value.type}); pass real inputs with --inputs FILE.npz"
+            f"input '{value.name}' is of type {value.type}, which graphopt cannot generate; {_WAYS_OUT}"
         )
     if value.shape is None:
+        if not isinstance(value.type, ir.TensorType):
+            return _UNKNOWN_ELEMENT_SHAPE
         raise InputSpecError(f"input '{value.name}' has no shape; pass --inputs FILE.npz or --no-verify")
     shape = []
     for axis, dim in enumerate(value.shape):
@@ -189,10 +231,23 @@ def _concrete_shape(value: ir.Value, bound: Mapping[str, int]) -> tuple[int, ...
     return tuple(shape)
 
 
-def _generate(model: ir.Model, value: ir.Value, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+def _generate(model: ir.Model, value: ir.Value, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
+    kind = value.type
+    while isinstance(kind, ir.OptionalType):  # given, not empty: that is what exercises the graph
+        kind = kind.elem_type
+    if isinstance(kind, ir.SequenceType):
+        if not isinstance(kind.elem_type, ir.TensorType):
+            raise InputSpecError(
+                f"input '{value.name}' is a sequence of {kind.elem_type}, which graphopt cannot generate; {_WAYS_OUT}"
+            )
+        return GeneratedSequence(_generate_tensor(model, value, shape, rng) for _ in range(SEQUENCE_LENGTH))
+    return _generate_tensor(model, value, shape, rng)
+
+
+def _generate_tensor(model: ir.Model, value: ir.Value, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     dtype = value.dtype
     if dtype == ir.DataType.STRING:
-        raise InputSpecError(f"input '{value.name}' holds strings; pass real inputs with --inputs FILE.npz")
+        return rng.choice(_WORDS, size=shape)
     numpy_dtype = dtype.numpy()
     if dtype == ir.DataType.BOOL:
         if _MASK_NAME.search(value.name):
@@ -210,9 +265,7 @@ def _generate(model: ir.Model, value: ir.Value, shape: tuple[int, ...], rng: np.
         if _MASK_NAME.search(value.name):
             return _padding_mask(shape, numpy_dtype)
         return rng.standard_normal(shape).astype(numpy_dtype)
-    raise InputSpecError(
-        f"input '{value.name}' has type {dtype}, which graphopt cannot generate; pass --inputs FILE.npz"
-    )
+    raise InputSpecError(f"input '{value.name}' has type {dtype}, which graphopt cannot generate; {_WAYS_OUT}")
 
 
 def _padding_mask(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -247,6 +300,276 @@ def _index_range(value: ir.Value) -> int | None:
             elif node.op_type in _INDEX_PRESERVING_OPS and index == 0:
                 frontier.extend(node.outputs)
     return min(sizes) if sizes else None
+
+
+# --- inputs whose values are read as sizes, axes, counts or parameters -------------------
+
+# A candidate builder gets the consuming node, the input's shape and numpy dtype, and
+# the shape of any other graph value (None where unknown); it returns the values to
+# try (flat, or any shape with the input's size), or None if it cannot say.
+_Builder = Callable[[ir.Node, tuple[int, ...], np.dtype, Callable[[ir.Value | None], tuple[int, ...] | None]], Any]
+
+
+def _const(number: float) -> _Builder:
+    return lambda node, shape, dtype, shape_of: np.full(shape, number)
+
+
+def _axes(node, shape, dtype, shape_of):
+    """Distinct axes 0, 1, ... of the data (Slice, Pad, Reduce*), if it has that many."""
+    data = shape_of(node.inputs[0])
+    count = int(np.prod(shape))
+    return np.arange(count) if data is None or count <= len(data) else None
+
+
+def _new_axes(node, shape, dtype, shape_of):
+    return np.arange(int(np.prod(shape)))  # Unsqueeze: distinct, inside the output's rank
+
+
+def _unit_axes(node, shape, dtype, shape_of):
+    """Squeeze: the data's axes of size 1."""
+    data = shape_of(node.inputs[0])
+    count = int(np.prod(shape))
+    ones = [axis for axis, size in enumerate(data or ()) if size == 1]
+    return np.array(ones[:count]) if len(ones) >= count else None
+
+
+def _reshape_target(node, shape, dtype, shape_of):
+    """The data's own dims, leading ones merged (or trailing ones added) to the target's rank."""
+    count = int(np.prod(shape))
+    data = shape_of(node.inputs[0])
+    if data is None:
+        return np.array([1] * (count - 1) + [-1]) if count else None
+    if count <= len(data):
+        return np.array([int(np.prod(data[: len(data) - count + 1]))] + list(data[len(data) - count + 1 :]))
+    return np.array(list(data) + [1] * (count - len(data)))
+
+
+def _split_sizes(node, shape, dtype, shape_of):
+    """Split/SplitToSequence: sizes that add up to the split axis (a scalar split: 1)."""
+    if not shape:
+        return np.ones(shape)
+    data = shape_of(node.inputs[0])
+    count = int(np.prod(shape))
+    if data is None or not data or count == 0:
+        return None
+    size = data[node.attributes.get_int("axis", 0) % len(data)]
+    sizes = [size // count] * count
+    sizes[-1] += size - sum(sizes)
+    return np.array(sizes)
+
+
+def _resize_sizes(node, shape, dtype, shape_of):
+    """Resize's sizes: the data's own dims (on the resized axes)."""
+    data = shape_of(node.inputs[0])
+    if data is None:
+        return None
+    axes = node.attributes.get_ints("axes", list(range(len(data))))
+    return np.array([data[axis] for axis in axes])
+
+
+def _roi(node, shape, dtype, shape_of):
+    """Resize's region of interest: the whole image (starts 0, ends 1)."""
+    count = int(np.prod(shape))
+    return np.array([0.0] * (count // 2) + [1.0] * (count - count // 2))
+
+
+def _affine_grid_size(node, shape, dtype, shape_of):
+    """AffineGrid's output size: theta's batch, one channel, small spatial dims."""
+    theta = shape_of(node.inputs[0])
+    count = int(np.prod(shape))
+    return np.array([theta[0], 1] + [4] * (count - 2)) if theta and count >= 2 else None
+
+
+def _col2im_image(node, shape, dtype, shape_of):
+    """Col2Im's image shape for 1x1 blocks: the data's blocks laid out along the last axis."""
+    data = shape_of(node.inputs[0])
+    count = int(np.prod(shape))
+    if not data or not count:
+        return None
+    strides = node.attributes.get_ints("strides", [1] * count)
+    pads = node.attributes.get_ints("pads", [0] * 2 * count)
+    blocks = [1] * (count - 1) + [data[-1]]
+    # With 1x1 blocks an axis of size n, padded by p in all, holds (n + p - 1) // stride + 1 of them.
+    image = [(b - 1) * s + 1 - pads[i] - pads[i + count] for i, (b, s) in enumerate(zip(blocks, strides))]
+    return np.array(image) if min(image) >= 1 else None
+
+
+def _unpooled_shape(node, shape, dtype, shape_of):
+    """MaxUnpool's output shape: the size pooling would have started from."""
+    data = shape_of(node.inputs[0])
+    kernel = node.attributes.get_ints("kernel_shape", [])
+    if data is None or len(data) != len(kernel) + 2 or int(np.prod(shape)) != len(data):
+        return None
+    strides = node.attributes.get_ints("strides", [1] * len(kernel))
+    pads = node.attributes.get_ints("pads", [0] * 2 * len(kernel))
+    spatial = [
+        (size - 1) * stride + k - pads[i] - pads[i + len(kernel)]
+        for i, (size, stride, k) in enumerate(zip(data[2:], strides, kernel))
+    ]
+    return np.array([*data[:2], *spatial])
+
+
+_INTEGER_ONLY = frozenset({"Div", "Mod"})  # a float divisor of 0 is a value, not an error
+_REDUCTIONS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2")
+_REDUCTIONS += ("ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+
+# (op, input index) -> what fits there. The first fitting candidate is tried first;
+# ones, small positive values and the plain random values come after it.
+_VALUE_ROLES: dict[tuple[str, int], _Builder] = {
+    ("Reshape", 1): _reshape_target,
+    ("Expand", 1): _const(1),  # broadcasts to the data's own shape
+    ("Tile", 1): _const(1),
+    ("ConstantOfShape", 0): _const(4),
+    ("Range", 0): _const(0),
+    ("Range", 1): _const(4),
+    ("Range", 2): _const(1),
+    ("Slice", 1): _const(0),
+    ("Slice", 2): lambda node, shape, dtype, shape_of: np.full(shape, 1 << 30),  # clamped to the dim
+    ("Slice", 3): _axes,
+    ("Slice", 4): _const(1),
+    ("TopK", 1): _const(1),
+    ("OneHot", 1): _const(4),
+    ("Split", 1): _split_sizes,
+    ("SplitToSequence", 1): _split_sizes,
+    ("Squeeze", 1): _unit_axes,
+    ("Unsqueeze", 1): _new_axes,
+    ("Pad", 1): _const(0),
+    ("Pad", 3): _axes,
+    ("CumSum", 1): _const(0),
+    ("CumProd", 1): _const(0),
+    ("Div", 1): _const(1),
+    ("Mod", 1): _const(1),
+    ("Resize", 1): _roi,
+    ("Resize", 2): _const(1),
+    ("Resize", 3): _resize_sizes,
+    ("Upsample", 1): _const(1),
+    ("Dropout", 1): _const(0),  # ratio 0: deterministic even in training mode
+    ("NonMaxSuppression", 3): _const(0.5),
+    ("AffineGrid", 1): _affine_grid_size,
+    ("Col2Im", 1): _col2im_image,
+    ("Col2Im", 2): _const(1),
+    ("MaxUnpool", 2): _unpooled_shape,
+    ("Trilu", 1): _const(0),
+    ("MelWeightMatrix", 0): _const(8),
+    ("MelWeightMatrix", 1): _const(16),
+    ("MelWeightMatrix", 2): _const(8000),
+    ("MelWeightMatrix", 3): _const(0),
+    ("MelWeightMatrix", 4): _const(4000),
+    **{(op, 1): _axes for op in _REDUCTIONS},
+}
+# Integer values are followed through ops that compute new integers (a size sliced out
+# of a shape input, then concatenated into a Reshape target) for this many ops.
+_MAX_HOPS = 8
+
+
+def _value_uses(value: ir.Value) -> list[tuple[ir.Node, int, bool]]:
+    """Where ``value``'s values are read as sizes, axes or parameters: (node, input index, direct).
+
+    Direct means through ops that only move the values (Cast, Reshape...), so a fitting
+    value can be built for that position; otherwise the values reach it computed.
+    """
+    found: list[tuple[ir.Node, int, bool]] = []
+    frontier: list[tuple[ir.Value, bool, int]] = [(value, True, 0)]
+    seen: set[int] = set()
+    while frontier:
+        current, direct, hops = frontier.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for node, index in current.uses():
+            if not is_onnx_domain(node) or node.op_type in ("Shape", "Size"):
+                continue
+            if (node.op_type, index) in _VALUE_ROLES:
+                if node.op_type not in _INTEGER_ONLY or (current.dtype is not None and current.dtype.is_integer()):
+                    found.append((node, index, direct))
+                continue
+            moves = node.op_type in _INDEX_PRESERVING_OPS and index == 0
+            if hops >= _MAX_HOPS:
+                continue
+            for output in node.outputs:
+                if moves or output.dtype is None or output.dtype.is_integer():
+                    frontier.append((output, direct and moves, hops + 1))
+    return found
+
+
+def _candidate_rounds(
+    model: ir.Model,
+    inputs: Mapping[str, Any],
+    shapes: Mapping[str, tuple[int, ...]],
+    bound: Mapping[str, int],
+) -> list[dict[str, np.ndarray]]:
+    """The inputs to try in turn, each round replacing the value-carrying inputs; [] if there are none."""
+    graph_inputs = {value.name: value for value in model.graph.inputs}
+
+    def shape_of(value: ir.Value | None) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        if value.name in shapes and graph_inputs.get(value.name) is value:
+            return shapes[value.name]
+        if value.const_value is not None:
+            return tuple(value.const_value.shape)
+        if value.shape is None:
+            return None
+        dims = [d if isinstance(d, int) else bound.get(d.value) if d.value else None for d in value.shape]
+        return tuple(dims) if all(isinstance(d, int) and d >= 0 for d in dims) else None
+
+    candidates: dict[str, list[np.ndarray]] = {}
+    for value in runtime_inputs(model):
+        default = inputs[value.name]
+        if not isinstance(default, np.ndarray) or default.dtype.kind not in "iuf":
+            continue
+        uses = _value_uses(value)
+        if not uses:
+            continue
+        shape, dtype = default.shape, default.dtype
+        fits = [
+            _VALUE_ROLES[node.op_type, index](node, shape, dtype, shape_of) for node, index, direct in uses if direct
+        ]
+        fit = next((_as_input(f, shape, dtype) for f in fits if f is not None and np.size(f) == default.size), None)
+        generic = [np.ones(shape, dtype), np.full(shape, 2, dtype)]
+        candidates[value.name] = [fit, *generic, default] if fit is not None else [default, *generic]
+    if not candidates:
+        return []
+    count = max(len(values) for values in candidates.values())
+    return [{name: values[min(i, len(values) - 1)] for name, values in candidates.items()} for i in range(count)]
+
+
+def _as_input(values: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.asarray(values).astype(dtype).reshape(shape)
+
+
+def _first_accepted(
+    model: ir.Model, inputs: dict[str, Any], rounds: list[dict[str, np.ndarray]], guessed: list[str]
+) -> dict[str, Any]:
+    """The first round of candidates the original model runs on; InputSpecError if ONNX Runtime refuses every one.
+
+    ``guessed`` names the inputs generated without a declared shape (they are named in the error too).
+    """
+    first_error: RuntimeRefusedError | None = None
+    for replacements in rounds:
+        candidate = {**inputs, **replacements}
+        try:
+            run_model(model, candidate)
+        except RuntimeRefusedError as error:
+            if error.action == "load the model":  # the model itself, not its inputs: verification says so
+                return {**inputs, **rounds[0]}
+            first_error = first_error or error
+            logger.info("generated inputs refused (%s); trying the next candidates", error.reason)
+            continue
+        return candidate
+    what = []
+    if rounds[0]:
+        what.append(f"{_quoted(rounds[0])} (which the model reads as sizes, axes or counts)")
+    if guessed:
+        what.append(f"{_quoted(guessed)} (sequence elements of no declared shape)")
+    raise InputSpecError(
+        f"ONNX Runtime refuses every value graphopt generated for {' and '.join(what)}: {first_error.reason}; "
+        f"{_WAYS_OUT}"
+    )
+
+
+def _quoted(names: Any) -> str:
+    return ", ".join(f"'{name}'" for name in names)
 
 
 SAMPLE_BATCH = 16

@@ -9,6 +9,7 @@ import pytest
 
 from optimizer.errors import InputSpecError
 from optimizer.inputs import (
+    SEQUENCE_LENGTH,
     alternate_binding,
     bind_dims,
     dims_from_inputs,
@@ -16,7 +17,7 @@ from optimizer.inputs import (
     make_inputs,
     parse_dim_flags,
 )
-from tests.helpers import FIXTURES, parse_model
+from tests.helpers import FIXTURES, parse_model, run
 
 BERT = FIXTURES / "bert_legacy.onnx"
 
@@ -119,3 +120,134 @@ def test_negative_static_dims_are_treated_as_dynamic():
     )
     inputs = make_inputs(ir.from_proto(proto))
     assert inputs["x"].shape == (1, 3, 128, 128)
+
+
+# --- sequences, optionals, strings --------------------------------------------------
+
+
+def test_sequence_optional_and_string_inputs_are_generated():
+    model = ir.from_proto(
+        onnx.helper.make_model(
+            onnx.helper.make_graph(
+                [
+                    onnx.helper.make_node("SequenceAt", ["xs", "i"], ["first"]),
+                    onnx.helper.make_node("OptionalGetElement", ["maybe"], ["got"]),
+                    onnx.helper.make_node("Add", ["first", "got"], ["y"]),
+                    onnx.helper.make_node("StringConcat", ["words", "words"], ["twice"]),
+                ],
+                "g",
+                [
+                    onnx.helper.make_tensor_sequence_value_info("xs", onnx.TensorProto.FLOAT, ["rows", 3]),
+                    onnx.helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+                    onnx.helper.make_value_info(
+                        "maybe",
+                        onnx.helper.make_optional_type_proto(
+                            onnx.helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, ["rows", 3])
+                        ),
+                    ),
+                    onnx.helper.make_tensor_value_info("words", onnx.TensorProto.STRING, [2]),
+                ],
+                [
+                    onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["rows", 3]),
+                    onnx.helper.make_tensor_value_info("twice", onnx.TensorProto.STRING, [2]),
+                ],
+            ),
+            opset_imports=[onnx.helper.make_opsetid("", 20)],
+        )
+    )
+    inputs = make_inputs(model, {"rows": 5})
+    assert isinstance(inputs["xs"], list) and len(inputs["xs"]) == SEQUENCE_LENGTH
+    assert all(x.shape == (5, 3) and x.dtype == np.float32 for x in inputs["xs"])
+    assert inputs["xs"].shape == (SEQUENCE_LENGTH, 5, 3)  # what reports print
+    assert inputs["maybe"].shape == (5, 3)  # an optional is given, not empty
+    assert inputs["words"].shape == (2,) and all(isinstance(w, str) and w for w in inputs["words"])
+    outputs = run(model, inputs)
+    assert outputs["y"].shape == (5, 3) and list(outputs["twice"]) == [w + w for w in inputs["words"]]
+    again = make_inputs(model, {"rows": 5})
+    np.testing.assert_array_equal(np.stack(inputs["xs"]), np.stack(again["xs"]))
+    np.testing.assert_array_equal(inputs["words"], again["words"])
+
+
+def test_sequence_elements_without_a_shape_are_a_checked_guess():
+    model = ir.from_proto(
+        onnx.helper.make_model(
+            onnx.helper.make_graph(
+                [onnx.helper.make_node("SequenceLength", ["xs"], ["n"])],
+                "g",
+                [onnx.helper.make_tensor_sequence_value_info("xs", onnx.TensorProto.FLOAT, None)],
+                [onnx.helper.make_tensor_value_info("n", onnx.TensorProto.INT64, [])],
+            ),
+            opset_imports=[onnx.helper.make_opsetid("", 17)],
+        )
+    )
+    assert model.graph.inputs[0].shape is None
+    inputs = make_inputs(model)
+    assert len(inputs["xs"]) == SEQUENCE_LENGTH and inputs["xs"][0].ndim == 1
+
+
+# --- inputs whose values the model reads as sizes, axes or counts -------------------
+
+_SIZES_MODEL = """
+    <ir_version: 9, opset_import: ["" : 18]>
+    g (float[N, 6] x, int64[2] target, int64[1] starts, int64[1] ends, int64[1] axes, int64[1] steps,
+       int64[2] parts, int64[1] k, int64[2] grow, int64[2] divisor) => (float[a, b] r, float[c, d] s,
+       float[N, e] p0, float[N, f] p1, float[N, g] top, float[h, i] big, int64[2] q) {
+      r = Reshape(x, target)
+      s = Slice(x, starts, ends, axes, steps)
+      p0, p1 = Split<axis = 1>(x, parts)
+      top, top_i = TopK(x, k)
+      big = Expand(x, grow)
+      n = Shape(x)
+      q = Div(n, divisor)
+    }"""
+
+
+def test_values_read_as_sizes_fit_what_they_size():
+    model = parse_model(_SIZES_MODEL)
+    inputs = make_inputs(model, {"N": 4})
+    assert inputs["target"].tolist() == [4, 6]  # the data's own dims
+    assert inputs["starts"].tolist() == [0] and inputs["axes"].tolist() == [0] and inputs["steps"].tolist() == [1]
+    assert inputs["parts"].tolist() == [3, 3]  # adds up to the split axis
+    assert inputs["k"].tolist() == [1] and inputs["grow"].tolist() == [1, 1]
+    assert (inputs["divisor"] != 0).all()
+    assert inputs["x"].shape == (4, 6) and inputs["x"].dtype == np.float32  # data stays random
+    run(model, inputs)  # ONNX Runtime takes them
+    for name, array in make_inputs(model, {"N": 4}).items():
+        np.testing.assert_array_equal(array, inputs[name])
+
+
+def test_computed_sizes_try_the_next_candidates_until_onnx_runtime_accepts():
+    # The target reaches Reshape computed (through Add), so nothing fits it ahead of time:
+    # the random values, then ones, are refused; twos are the first that run.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[2, 2] x, int64[2] target) => (float[a, b] y) {
+          zero = Constant<value = int64[2] {0, 0}>()
+          shifted = Add(target, zero)
+          y = Reshape(x, shifted)
+        }""")
+    assert make_inputs(model)["target"].tolist() == [2, 2]
+
+
+def test_sizes_onnx_runtime_refuses_every_way_are_one_line_with_both_ways_out():
+    # One input read as both a Reshape target of six elements and Squeeze axes of a tensor
+    # with no axis of size 1: no value satisfies both.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[2, 3] x, int64[1] s) => (float[a] y, float[2, 3] z) {
+          y = Reshape(x, s)
+          z = Squeeze(x, s)
+        }""")
+    with pytest.raises(InputSpecError) as error:
+        make_inputs(model)
+    message = str(error.value)
+    assert "\n" not in message and "'s'" in message and "sizes, axes or counts" in message
+    assert message.endswith("pass real inputs with --inputs FILE.npz, or --no-verify")
+
+
+def test_models_without_value_carrying_inputs_are_not_run(monkeypatch):
+    def refuse(*_):
+        raise AssertionError("make_inputs ran the model")
+
+    monkeypatch.setattr("optimizer.inputs.run_model", refuse)
+    make_inputs(ir.load(BERT))
