@@ -1,21 +1,33 @@
-"""Probe values for fusions that must know what a subgraph computes: padded token batches for token inputs.
+"""Probe values for fusions that must know what a subgraph computes: padded token batches, and the lengths to probe.
 
 The evaluation itself is ``optimizer.runtime.evaluate`` (only the ancestors of the
 probed values are serialized, so probing stays cheap on large models).
+
+A fact read off one evaluation holds at the length evaluated, and nowhere else: a
+sliding-window mask is causal on any probe shorter than its window. ``probe_lengths``
+says at which sequence lengths such a fact must be checked before a fusion bakes it
+into the graph (see its docstring for why those lengths).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.options import DEFAULT_MAX_SEQUENCE
 from optimizer.runtime import SubgraphError, ancestry
+from passes._utils import constant_array
+
+__all__ = ["DEFAULT_MAX_SEQUENCE", "PADDED_MASK", "long_mask", "probe_lengths"]
 
 # A left- and a right-padded row: positions or masks built from the attention mask
 # show it on one of them.
 PADDED_MASK = np.array([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]])
+
+# Constants with more elements than this are tables: their dims count, not their values.
+_SMALL_CONSTANT = 64
 
 _INT_TYPES = (ir.DataType.INT64, ir.DataType.INT32)
 
@@ -59,3 +71,68 @@ def token_feeds(
         array = overrides.get(value.name, mask if is_mask(value) else np.ones(mask.shape))
         feeds[value.name] = np.asarray(array).astype(value.dtype.numpy())
     return feeds
+
+
+def long_mask(length: int) -> np.ndarray:
+    """A ``[1, length]`` probe mask: its last two tokens padding when it is long enough, else all ones.
+
+    One row, not ``PADDED_MASK``'s two: long probes cost ``length²``. Padded on the right
+    only, so the first keys are real: a window's edge shows from its first length on
+    (query ``w`` must not see key 0), which left padding would hide.
+    """
+    mask = np.ones((1, length), np.int64)
+    if length >= 8:
+        mask[:, -2:] = 0
+    return mask
+
+
+def probe_lengths(values: Sequence[ir.Value], max_sequence: int) -> list[int]:
+    """The sequence lengths at which a fact decided by evaluating ``values`` must be checked, shortest first.
+
+    The subgraphs fusions probe read the sequence length (through shapes), a 0/1 mask,
+    token ids through their shape only, and constants. What they compute can change with
+    the length only where the length meets one of those constants:
+
+    - where a table they read runs out: a ``[512, 512]`` band table sliced to ``[S, S]``
+      has been read whole at 512 and is clamped at 513 (from there the original graph
+      fails, or the probe shows the new behaviour). So every dim ``E`` of every constant
+      tensor among the ancestors gives ``E`` and ``E + 1``;
+    - where the length, or a distance between positions, crosses an integer the graph
+      compares with (a window of 256 built from ``Range`` differs from causal from 257
+      tokens on): every integral value ``c`` of a small constant gives ``c`` and ``c + 1``;
+    - ``max_sequence``, the longest sequence the result must support (``--max-sequence``):
+      a window or threshold the constants do not name still shows there if it is shorter.
+
+    All are capped at ``max_sequence`` (longer sequences are outside what a fused result
+    claims) and at least 2 (one token cannot tell causal from padding). This is not a
+    proof for any graph (one could compare the length with a number it computes), but it
+    covers every constant a mask, position or rotary subgraph turns on, which a single
+    short probe does not.
+    """
+    try:
+        nodes, leaves = ancestry(values)
+    except SubgraphError:
+        nodes, leaves = [], []
+    constants = [constant_array(v) for v in leaves if v.const_value is not None]
+    constants += [
+        constant_array(n.outputs[0]) for n in nodes if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+    ]
+    candidates = {max_sequence}
+    for array in constants:
+        if array is None:
+            continue
+        edges = set(array.shape)
+        if array.size <= _SMALL_CONSTANT and array.dtype.kind in "iuf":
+            edges |= set(_integral_magnitudes(array.reshape(-1)))
+        candidates |= {edge + step for edge in edges for step in (0, 1)}
+    return sorted(n for n in candidates if 2 <= n <= max_sequence)
+
+
+def _integral_magnitudes(values: Iterable) -> list[int]:
+    """``|v|`` for each finite integral ``v`` (window sizes, thresholds and shape numbers)."""
+    found = []
+    for value in values:
+        number = float(value)
+        if np.isfinite(number) and number == int(number) and abs(number) < 1 << 62:
+            found.append(abs(int(number)))
+    return found

@@ -12,9 +12,20 @@ When the op's ``attention_bias`` (behind the Expand that broadcasts it) is exact
 a 2-D padding mask graph input implies (optionally combined with a causal mask), the
 Attention op reads that mask, cast to int32, as ``mask_index`` (with
 ``unidirectional=1`` for the causal one) and the exporter's bias subgraph goes away;
-otherwise the bias stays as Attention's ``attention_bias``. Which mask it is is decided
-by evaluating the bias on ONNX Runtime for padded rows of two lengths (``_mask_kind``);
-a graph whose bias the probe cannot run keeps the bias.
+otherwise the bias stays as Attention's ``attention_bias``, which is exact at any length.
+
+Which mask it is is decided by evaluating the bias on ONNX Runtime (``_mask_kind``), and
+a kind read off one length holds only there: a sliding-window mask (GPT-Neo's local
+layers, window 256) is causal on every probe shorter than its window. So the bias is
+probed on padded rows at 7 and 13 tokens and then at every length ``_probe.probe_lengths``
+names: both sides of each table's extent and of each integer the mask compares with, and
+``max_sequence`` (``--max-sequence``, the longest sequence the result must support). It
+must be the same kind at each, or the original graph must refuse that length (ONNX
+Runtime fails, or the bias does not broadcast to ``[B, N, S, S]``: GPT-2's 1024-position
+causal table sliced past its end); anything else keeps the bias. Each long probe is one
+``[1, 1, S, S]`` mask (0.2 s at 4096 tokens); where those probes would evaluate more than
+``_MAX_PROBED_ELEMENTS`` elements (``--max-sequence`` above ~11000) the bias is kept rather
+than trusted unprobed.
 
 Refuses (with the reason, counted per MultiHeadAttention) when the op has a projection
 bias, key padding mask or past state; key and value are packed with the query, per-head
@@ -39,11 +50,24 @@ from optimizer.runtime import SubgraphError, ancestry, evaluate
 from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._layout import last_dim, producer, rank, shape_tokens
-from passes.fusion._probe import PADDED_MASK, is_mask, token_feeds, token_inputs_of
+from passes.fusion._probe import (
+    DEFAULT_MAX_SEQUENCE,
+    PADDED_MASK,
+    is_mask,
+    long_mask,
+    probe_lengths,
+    token_feeds,
+    token_inputs_of,
+)
 
 # A second probe, longer and padded differently, so a bias that happens to match the
 # first one at its length alone is not taken for a padding mask.
 _LONGER_MASK = np.array([[0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]])
+# The most mask elements the long probes of one bias may evaluate (float32: 512 MiB in all):
+# 4096² plus the tables' lengths fits many times over.
+_MAX_PROBED_ELEMENTS = 1 << 27
+# What a probe says when the original graph refuses the probed length.
+_REFUSED = "refused"
 
 _Packed = tuple[ir.Value, np.ndarray, np.ndarray, list[int]]
 
@@ -173,26 +197,35 @@ def _packed_by_split(hidden: list[ir.Value]) -> _Packed | str:
     return x, np.ascontiguousarray(weight), bias, widths
 
 
-def _probe_mask(model: ir.Model, bias: ir.Value, inputs: list[ir.Value], mask: np.ndarray) -> bool | None:
-    """Whether ``bias`` is the padding mask (False) or causal + padding (True) for the probe ``mask``, else None."""
+def _probe_mask(model: ir.Model, bias: ir.Value, inputs: list[ir.Value], mask: np.ndarray) -> bool | str | None:
+    """Whether ``bias`` is the padding mask (False) or causal + padding (True) for the probe ``mask``, else None.
+
+    ``_REFUSED`` when the original graph refuses this length: ONNX Runtime fails on the
+    bias subgraph, or the bias cannot broadcast to the ``[B, N, S, S]`` scores it is added to.
+    """
     try:
         (value,) = evaluate(model, [bias], token_feeds(inputs, mask))
-    except (RuntimeRefusedError, SubgraphError):
-        return None
+    except RuntimeRefusedError:
+        return _REFUSED
     batch, seq = mask.shape
     if value.ndim > 4:
         return None
     value = value.reshape((1,) * (4 - value.ndim) + value.shape)  # broadcasting is right-aligned
     wanted = (batch, value.shape[1], seq, seq)
+    if any(d not in (1, seq) for d in value.shape[2:]):
+        return _REFUSED
     if any(d not in (1, want) for d, want in zip(value.shape, wanted)):
         return None
-    value = np.broadcast_to(value, wanted)
-    padding = np.broadcast_to(mask[:, None, None, :] == 1, wanted)
-    causal = padding & np.tril(np.ones((seq, seq), dtype=bool))
-    for allowed, is_causal in ((padding, False), (causal, True)):
-        if np.all(value[allowed] == 0) and np.all(value[~allowed] <= -1e4):
-            return is_causal
-    return None
+    # 0 where allowed, at most -1e4 elsewhere: the bias is that pattern of zeros.
+    allowed = value == 0
+    if not np.all(allowed | (value <= -1e4)):
+        return None
+    allowed = np.broadcast_to(allowed, wanted)
+    padding = mask[:, None, None, :] == 1
+    if np.array_equal(allowed, np.broadcast_to(padding, wanted)):
+        return False
+    causal = padding & np.tril(np.ones((seq, seq), bool))
+    return True if np.array_equal(allowed, np.broadcast_to(causal, wanted)) else None
 
 
 def _values_only_from(bias: ir.Value, mask: ir.Value) -> bool:
@@ -217,12 +250,16 @@ def _values_only_from(bias: ir.Value, mask: ir.Value) -> bool:
     return id(bias) not in tainted
 
 
-def _mask_kind(model: ir.Model, bias: ir.Value) -> tuple[ir.Value, bool] | str:
+def _mask_kind(
+    model: ir.Model, bias: ir.Value, max_sequence: int = DEFAULT_MAX_SEQUENCE
+) -> tuple[ir.Value, bool] | str:
     """``(mask_input, causal)`` when the additive ``bias`` is what a 2-D padding mask input implies, else why not.
 
-    The bias subgraph is evaluated on ONNX Runtime for a left- and a right-padded row,
-    at two lengths; it must be 0 where ``mask[b, t] == 1`` (and ``t <= s`` if causal)
-    and at most -1e4 elsewhere, whatever exporter code built it.
+    The bias subgraph is evaluated on ONNX Runtime for a left- and a right-padded row at
+    7 and 13 tokens, then for one right-padded row at each of ``probe_lengths`` up to
+    ``max_sequence``; it must be 0 where ``mask[b, t] == 1`` (and ``t <= s`` if
+    causal) and at most -1e4 elsewhere, whatever exporter code built it, at each length
+    the original graph accepts (see the module docstring).
     """
     mask_types = (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT)
     inputs = token_inputs_of([bias], mask_types)
@@ -234,9 +271,25 @@ def _mask_kind(model: ir.Model, bias: ir.Value) -> tuple[ir.Value, bool] | str:
     if not _values_only_from(bias, masks[0]):
         return "it reads other inputs' values, not only the mask's"
     kinds = {_probe_mask(model, bias, inputs, mask) for mask in (PADDED_MASK, _LONGER_MASK)}
-    if len(kinds) != 1 or None in kinds:
+    if len(kinds) != 1 or kinds & {None, _REFUSED}:
         return "it is not what a padding (or causal + padding) mask implies on the probed rows"
-    return masks[0], kinds.pop()
+    causal = kinds.pop()
+    probed = {PADDED_MASK.shape[1], _LONGER_MASK.shape[1]}
+    lengths = [n for n in probe_lengths([bias], max_sequence) if n not in probed]
+    if sum(n * n for n in lengths) > _MAX_PROBED_ELEMENTS:
+        return (
+            f"its kind cannot be probed up to --max-sequence {max_sequence} "
+            f"(a [{max_sequence}, {max_sequence}] mask is too large to evaluate)"
+        )
+    for length in lengths:
+        found = _probe_mask(model, bias, inputs, long_mask(length))
+        if found != _REFUSED and found != causal:
+            kind = "causal + padding" if causal else "padding"
+            return (
+                f"it is not what a {kind} mask implies at {length} tokens, though it is at 7 and 13 "
+                "(a sliding window, or a table that changes past them)"
+            )
+    return masks[0], causal
 
 
 def _unexpanded(bias: ir.Value) -> ir.Value:
@@ -268,11 +321,16 @@ class PackedAttentionFusion(FusionPass):
     """Rewrite ``MultiHeadAttention`` over constant projections of one input into packed ``com.microsoft.Attention``.
 
     See the module docstring for the forms and refusals; each MultiHeadAttention is
-    counted as packed or refused with its reason. ``fused_count`` holds the rewrites of
-    the last run.
+    counted as packed or refused with its reason. ``max_sequence`` is the longest
+    sequence a mask's kind is probed at (``--max-sequence``). ``fused_count`` holds the
+    rewrites of the last run.
     """
 
     fused_ops = ((MS_DOMAIN, "Attention"),)
+
+    def __init__(self, target: str = "cpu", max_sequence: int = DEFAULT_MAX_SEQUENCE) -> None:
+        super().__init__(target)
+        self.max_sequence = max_sequence
 
     def fuse(self, model: ir.Model) -> int:
         count = 0
@@ -315,7 +373,7 @@ class PackedAttentionFusion(FusionPass):
         if bias is not None:
             probe = _unexpanded(bias)
             if id(probe) not in masks:
-                masks[id(probe)] = _mask_kind(model, probe)
+                masks[id(probe)] = _mask_kind(model, probe, self.max_sequence)
             if isinstance(masks[id(probe)], str):
                 self._kept.append(f"the mask kept as attention_bias: {masks[id(probe)]}")
             else:

@@ -22,6 +22,10 @@ from onnx import TensorProto, helper, numpy_helper
 HIDDEN, HEADS, HEAD_SIZE = 8, 2, 4
 BATCH, SEQ = 2, 5
 MASK = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int64)  # the second sequence padded after 3 tokens
+# Local attention (GPT-Neo's local layers): a query sees the WINDOW keys up to itself,
+# from a band table of TABLE_LENGTH positions; past TABLE_LENGTH tokens the model fails.
+WINDOW, TABLE_LENGTH = 200, 512
+_TABLE_MASKS = ("causal_table", "window_table")
 
 
 def attention_model(
@@ -41,7 +45,11 @@ def attention_model(
     head split; "bnsh" splits it like Q/V and then swaps the last two axes.
     ``mask``: None; "bias", a float ``mask_bias`` input ``[B, 1, 1, S]``; "input", the
     classic ``(1 - mask) * -10000`` from an int64 ``attention_mask``; "causal", a
-    causal + padding mask from ``attention_mask`` as exporters build it. ``projection``:
+    causal + padding mask from ``attention_mask`` as exporters build it; "causal_table",
+    GPT-2's: a ``[1, 1, T, T]`` lower-triangular table (``TABLE_LENGTH``) sliced to
+    ``[S, S]``, and padding; "window_table", GPT-Neo's local layers: a band table
+    (keys ``s - WINDOW < t <= s``, ``TABLE_LENGTH`` positions) sliced the same way;
+    "window_range", the same window built from ``Range`` comparisons (no table). ``projection``:
     "matmul" (MatMul + bias Add per projection), "cross" (key and value project a second
     input ``y``), or "conv1d" (GPT-2: one Gemm over the flattened input, then a Split).
     """
@@ -96,7 +104,7 @@ def attention_model(
             helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 1, 3, 2]),
         ]
     nodes.append(helper.make_node("MatMul", ["q", "k_t"], ["scores"]))
-    if mask in ("input", "causal"):
+    if mask in ("input", "causal", *_TABLE_MASKS, "window_range"):
         inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "S"]))
         nodes += _mask_nodes(mask, weights, dtype)
     elif mask == "bias":
@@ -150,6 +158,10 @@ def _mask_nodes(mask: str, weights: dict, dtype: type) -> list[onnx.NodeProto]:
             helper.make_node("Mul", ["inverted", "filler"], ["mask_2d"]),
             helper.make_node("Unsqueeze", ["mask_2d", "mask_axes"], ["mask_bias"]),
         ]
+    if mask in _TABLE_MASKS:
+        return _table_mask_nodes(mask, weights, dtype)
+    if mask == "window_range":
+        return _range_window_nodes(weights, dtype)
     # causal + padding: key t is seen from query s if t <= s and mask[b, t]
     weights["zero_i"], weights["step"], weights["index_1"] = (np.array(v, np.int64) for v in (0, 1, [1]))
     weights["row_axes"], weights["col_axes"] = np.array([0], np.int64), np.array([1], np.int64)
@@ -165,6 +177,55 @@ def _mask_nodes(mask: str, weights: dict, dtype: type) -> list[onnx.NodeProto]:
         helper.make_node("Cast", ["attention_mask"], ["mask_b"], to=TensorProto.BOOL),
         helper.make_node("Unsqueeze", ["mask_b", "mask_axes"], ["padding"]),
         helper.make_node("And", ["causal", "padding"], ["allowed"]),
+        helper.make_node("Where", ["allowed", "zero", "filler"], ["mask_bias"]),
+    ]
+
+
+def band_table(window: int | None = WINDOW, length: int = TABLE_LENGTH) -> np.ndarray:
+    """``[1, 1, length, length]`` bool: key ``t`` seen from query ``s`` if ``s - window < t <= s`` (None: causal)."""
+    causal = np.tril(np.ones((length, length), bool))
+    if window is not None:
+        causal ^= np.tril(causal, -window)  # GPT-Neo: bias ^ tril(bias, -window_size)
+    return causal.reshape(1, 1, length, length)
+
+
+def _table_mask_nodes(mask: str, weights: dict, dtype: type) -> list[onnx.NodeProto]:
+    """``table[:, :, :S, :S] & mask[b, t]`` as ``Where(allowed, 0, -10000)``: GPT-2's and GPT-Neo's biases."""
+    weights["band"] = band_table(None if mask == "causal_table" else WINDOW)
+    weights["zero"] = np.array(0.0, dtype)
+    weights["index_1"], weights["starts"] = np.array([1], np.int64), np.array([0, 0], np.int64)
+    weights["table_axes"] = np.array([2, 3], np.int64)
+    return [
+        helper.make_node("Shape", ["attention_mask"], ["mask_shape"]),
+        helper.make_node("Gather", ["mask_shape", "index_1"], ["seq_1d"], axis=0),
+        helper.make_node("Concat", ["seq_1d", "seq_1d"], ["ends"], axis=0),
+        helper.make_node("Slice", ["band", "starts", "ends", "table_axes"], ["band_slice"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask_b"], to=TensorProto.BOOL),
+        helper.make_node("Unsqueeze", ["mask_b", "mask_axes"], ["padding"]),
+        helper.make_node("And", ["band_slice", "padding"], ["allowed"]),
+        helper.make_node("Where", ["allowed", "zero", "filler"], ["mask_bias"]),
+    ]
+
+
+def _range_window_nodes(weights: dict, dtype: type) -> list[onnx.NodeProto]:
+    """``t <= s and s - t < WINDOW and mask[b, t]`` from ``Range`` positions (newer exports' sliding windows)."""
+    weights["zero_i"], weights["step"], weights["index_1"] = (np.array(v, np.int64) for v in (0, 1, [1]))
+    weights["row_axes"], weights["col_axes"] = np.array([0], np.int64), np.array([1], np.int64)
+    weights["window"], weights["zero"] = np.array(WINDOW, np.int64), np.array(0.0, dtype)
+    return [
+        helper.make_node("Shape", ["attention_mask"], ["mask_shape"]),
+        helper.make_node("Gather", ["mask_shape", "index_1"], ["seq_1d"], axis=0),
+        helper.make_node("Squeeze", ["seq_1d"], ["seq"]),
+        helper.make_node("Range", ["zero_i", "seq", "step"], ["positions"]),
+        helper.make_node("Unsqueeze", ["positions", "row_axes"], ["key_pos"]),
+        helper.make_node("Unsqueeze", ["positions", "col_axes"], ["query_pos"]),
+        helper.make_node("LessOrEqual", ["key_pos", "query_pos"], ["causal"]),
+        helper.make_node("Sub", ["query_pos", "key_pos"], ["distance"]),
+        helper.make_node("Less", ["distance", "window"], ["near"]),
+        helper.make_node("And", ["causal", "near"], ["local"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask_b"], to=TensorProto.BOOL),
+        helper.make_node("Unsqueeze", ["mask_b", "mask_axes"], ["padding"]),
+        helper.make_node("And", ["local", "padding"], ["allowed"]),
         helper.make_node("Where", ["allowed", "zero", "filler"], ["mask_bias"]),
     ]
 

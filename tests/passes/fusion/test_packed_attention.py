@@ -12,7 +12,15 @@ from optimizer.registry import default_pass_names, resolve
 from passes.fusion.attention import AttentionFusion
 from passes.fusion.packed_attention import PackedAttentionFusion
 from tests.helpers import assert_same_outputs, op_types
-from tests.passes.fusion._attention_graphs import HEADS, HIDDEN, attention_model, model_inputs, static_targets
+from tests.passes.fusion._attention_graphs import (
+    HEADS,
+    HIDDEN,
+    TABLE_LENGTH,
+    WINDOW,
+    attention_model,
+    model_inputs,
+    static_targets,
+)
 
 
 def _staged(model: ir.Model) -> tuple[ir.Model, ir.passes.PassResult]:
@@ -67,6 +75,63 @@ def test_causal_and_padding_mask_becomes_mask_index_and_the_causal_flag():
     assert fused.attributes.get_int("unidirectional") == 1 and len(fused.inputs) == 4
     assert not {"Range", "LessOrEqual", "Where"} & set(op_types(after))
     assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
+
+
+# -- A mask's kind holds at every length the packed op accepts -------------------------------------------------
+# Local (sliding-window) attention is causal on any probe shorter than its window. The
+# packed op's unidirectional flag would let a query see every earlier key, which is
+# wrong once a sequence is longer than the window: the kind is probed up to --max-sequence
+# and at the lengths where a table the mask reads runs out.
+
+
+@pytest.mark.parametrize(
+    ("mask", "shown_at"),
+    [("window_table", TABLE_LENGTH), ("window_range", WINDOW + 1)],  # the table's length; the compared constant
+)
+def test_a_sliding_window_mask_is_not_taken_for_a_causal_one(mask, shown_at):
+    model = attention_model(mask=mask)
+    after, _ = _staged(model)
+    fused = _attention(after)
+    assert not fused.attributes.get_int("unidirectional", 0) and fused.inputs[3] is None
+    assert fused.inputs[5] is not None  # the window stays in the bias
+    assert packing_refusals(model) == [
+        f"1 of 1 packed with the mask kept as attention_bias: it is not what a causal + padding mask implies at "
+        f"{shown_at} tokens, though it is at 7 and 13 (a sliding window, or a table that changes past them)"
+    ]
+    # Past the window the local mask hides keys the causal one would show.
+    for seq in (5, WINDOW + 100):
+        assert_same_outputs(model, after, model_inputs(model, seq), rtol=1e-4, atol=1e-5)
+
+
+def test_a_causal_mask_from_a_table_is_causal_up_to_the_tables_length():
+    # GPT-2's bias buffer: causal at every length it can be sliced to; past it the model fails anyway.
+    model = attention_model(mask="causal_table")
+    after, _ = _staged(model)
+    fused = _attention(after)
+    assert fused.attributes.get_int("unidirectional") == 1 and len(fused.inputs) == 4
+    for seq in (5, TABLE_LENGTH):
+        assert_same_outputs(model, after, model_inputs(model, seq), rtol=1e-4, atol=1e-5)
+
+
+def test_a_window_wider_than_max_sequence_is_causal_within_it():
+    # The packed op is claimed exact up to --max-sequence; a window wider than that never shows.
+    model = attention_model(mask="window_range")
+    fused = AttentionFusion()(model.clone()).model
+    packing = PackedAttentionFusion(max_sequence=WINDOW)
+    after = packing(fused).model
+    assert _attention(after).attributes.get_int("unidirectional") == 1
+    assert_same_outputs(model, after, model_inputs(model, WINDOW), rtol=1e-4, atol=1e-5)
+
+
+def test_a_mask_too_large_to_probe_at_max_sequence_stays_a_bias():
+    model = attention_model(mask="causal")
+    fused = AttentionFusion()(model.clone()).model
+    result = PackedAttentionFusion(max_sequence=1 << 20)(fused)
+    assert _attention(result.model).inputs[5] is not None
+    assert result.refusals == [
+        "1 of 1 packed with the mask kept as attention_bias: its kind cannot be probed up to --max-sequence 1048576 "
+        "(a [1048576, 1048576] mask is too large to evaluate)"
+    ]
 
 
 def test_a_mask_the_probe_cannot_run_at_other_shapes_stays_a_bias():
