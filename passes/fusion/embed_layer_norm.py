@@ -7,9 +7,18 @@ with the int64 ids cast to the int32 the op takes.
 Which lookup is which is decided by what indexes it: the word table by a graph input
 that is not the position source, the segment table by a graph input whose name says
 ``token_type``/``segment``, the position table by the rest. Position ids computed in
-the graph (a slice of the exporter's ``arange`` buffer) are evaluated on ONNX Runtime
-for a 2 × 7 batch and must be ``0..S-1`` on every row — the op's default — or the
-match is refused; a ``position_ids`` graph input is passed to the op instead.
+the graph (a slice of the exporter's ``arange`` buffer) must be ``0..S-1`` on every row
+— the op's default — or the match is refused; a ``position_ids`` graph input is passed
+to the op instead.
+
+Computed positions are evaluated on ONNX Runtime, and a buffer that counts 0..6 may
+do something else at 300: they are checked on a padded 2 × 7 batch and then at each
+length ``_probe.probe_lengths`` names (both sides of the buffer's extent and of each
+integer the subgraph holds, and ``max_sequence``, ``--max-sequence``). At each they
+must be ``0..S-1``, or the original must refuse that length: ONNX Runtime fails, or
+the positions are not ``S`` long (HF's ``[1, 512]`` buffer sliced past its end, which
+the word embeddings cannot be added to). Each probe is one row of ``S`` ids, so all
+are cheap.
 
 Refuses when: a table is not a constant 2-D initializer; the lookups are not on
 axis 0; there is no word or no position lookup; the sum has other users (it would
@@ -28,7 +37,14 @@ from optimizer.runtime import evaluate
 from passes._utils import constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._layout import producer
-from passes.fusion._probe import PADDED_MASK, token_feeds, token_inputs_of
+from passes.fusion._probe import (
+    DEFAULT_MAX_SEQUENCE,
+    PADDED_MASK,
+    long_mask,
+    probe_lengths,
+    token_feeds,
+    token_inputs_of,
+)
 
 _SEGMENT_NAMES = ("token_type", "segment")
 
@@ -54,7 +70,7 @@ def _is_graph_input(value: ir.Value) -> bool:
     return value.producer() is None and value.const_value is None
 
 
-def _classify(model: ir.Model, leaves: list[ir.Node]) -> dict[str, ir.Node] | str:
+def _classify(model: ir.Model, leaves: list[ir.Node], max_sequence: int) -> dict[str, ir.Node] | str:
     """Name the lookups word/segment/position, checking computed positions by evaluation."""
     roles: dict[str, ir.Node] = {}
     for gather in leaves:
@@ -74,26 +90,48 @@ def _classify(model: ir.Model, leaves: list[ir.Node]) -> dict[str, ir.Node] | st
     if "word" not in roles or "position" not in roles:
         return "no word or no position lookup"
     positions = roles["position"].inputs[1]
-    if not _is_graph_input(positions) and not _positions_are_token_index(model, positions):
-        return "computed position ids are not 0..S-1"
+    if not _is_graph_input(positions):
+        wrong = _positions_not_token_index(model, positions, max_sequence)
+        if wrong is not None:
+            return wrong
     return roles
 
 
-def _positions_are_token_index(model: ir.Model, positions: ir.Value) -> bool:
+_NOT_TOKEN_INDEX = "computed position ids are not 0..S-1"
+_REFUSED = "refused"
+
+
+def _positions_not_token_index(model: ir.Model, positions: ir.Value, max_sequence: int) -> str | None:
+    """Why the computed ``positions`` are not ``0..S-1`` at every length the original accepts, or None."""
     inputs = token_inputs_of([positions])
     if inputs is None:
-        return False
-    seq = PADDED_MASK.shape[1]
+        return _NOT_TOKEN_INDEX
     # Once with an all-ones mask, once padded: positions built from the mask (cumsum)
     # agree with 0..S-1 only on the first.
     for mask in (np.ones_like(PADDED_MASK), PADDED_MASK):
-        try:
-            (value,) = evaluate(model, [positions], token_feeds(inputs, mask))
-        except RuntimeRefusedError:
-            return False
-        if value.ndim != 2 or value.shape[-1] != seq or not (value == np.arange(seq)).all():
-            return False
-    return True
+        if _probe_positions(model, positions, inputs, mask) is not True:
+            return _NOT_TOKEN_INDEX
+    for length in probe_lengths([positions], max_sequence):
+        if _probe_positions(model, positions, inputs, long_mask(length)) is False:
+            return f"{_NOT_TOKEN_INDEX} at {length} tokens"
+    return None
+
+
+def _probe_positions(model: ir.Model, positions: ir.Value, inputs: list[ir.Value], mask: np.ndarray) -> bool | str:
+    """Whether ``positions`` are ``0..S-1`` on every row for the probe ``mask``.
+
+    ``_REFUSED`` when the original refuses this length: ONNX Runtime fails, or the
+    positions' last axis is neither ``S`` nor 1 (their lookups cannot be added to the
+    ``[B, S, H]`` word embeddings).
+    """
+    seq = mask.shape[1]
+    try:
+        (value,) = evaluate(model, [positions], token_feeds(inputs, mask))
+    except RuntimeRefusedError:
+        return _REFUSED
+    if value.ndim >= 1 and value.shape[-1] not in (1, seq):
+        return _REFUSED
+    return value.ndim == 2 and value.shape[-1] == seq and bool((value == np.arange(seq)).all())
 
 
 def _layer_norm_params(norm: ir.Node) -> tuple[ir.Value, ir.Value, float] | None:
@@ -112,10 +150,15 @@ class EmbedLayerNormFusion(FusionPass):
     """Rewrite BERT-style embedding lookups + LayerNorm into ``com.microsoft.EmbedLayerNormalization``.
 
     See the module docstring for how lookups are told apart and the refusals.
-    ``fused_count`` holds the rewrites of the last run.
+    ``max_sequence`` is the longest sequence computed positions are checked at
+    (``--max-sequence``). ``fused_count`` holds the rewrites of the last run.
     """
 
     fused_ops = ((MS_DOMAIN, "EmbedLayerNormalization"),)
+
+    def __init__(self, target: str = "cpu", max_sequence: int = DEFAULT_MAX_SEQUENCE) -> None:
+        super().__init__(target)
+        self.max_sequence = max_sequence
 
     def fuse(self, model: ir.Model) -> int:
         count = 0
@@ -125,7 +168,7 @@ class EmbedLayerNormFusion(FusionPass):
             params = _layer_norm_params(norm)
             if params is None or not _lookups(norm.inputs[0], leaves) or len(leaves) not in (2, 3):
                 continue
-            roles = _classify(model, leaves)
+            roles = _classify(model, leaves, self.max_sequence)
             if isinstance(roles, str):
                 self.refuse("LayerNormalization over embeddings", roles)
                 continue

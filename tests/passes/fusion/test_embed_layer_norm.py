@@ -14,17 +14,24 @@ from tests.helpers import assert_same_outputs, op_types
 VOCAB, POSITIONS, HIDDEN = 20, 16, 8
 
 
-def _embedding_model(*, position_offset: int = 0, with_segment: bool = True) -> ir.Model:
-    """word[input_ids] + segment[token_type_ids] + position[arange(S) + offset], then LayerNorm."""
+def _embedding_model(
+    *, position_offset: int = 0, with_segment: bool = True, position_buffer: np.ndarray | None = None
+) -> ir.Model:
+    """word[input_ids] + segment[token_type_ids] + position[buffer[:S]], then LayerNorm.
+
+    ``buffer`` is ``arange(POSITIONS) + position_offset``, or ``position_buffer`` (``[1, P]``, P table rows).
+    """
     rng = np.random.default_rng(0)
+    if position_buffer is None:
+        position_buffer = (np.arange(POSITIONS) + position_offset).reshape(1, -1)
     weights = {
         "word": rng.standard_normal((VOCAB, HIDDEN)).astype(np.float32),
-        "position": rng.standard_normal((POSITIONS, HIDDEN)).astype(np.float32),
+        "position": rng.standard_normal((position_buffer.shape[1], HIDDEN)).astype(np.float32),
         "segment": rng.standard_normal((2, HIDDEN)).astype(np.float32),
         "gamma": rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32),
         "beta": rng.standard_normal(HIDDEN).astype(np.float32),
         # The exporter's position_ids buffer, sliced to the sequence length.
-        "position_buffer": (np.arange(POSITIONS) + position_offset).reshape(1, -1).astype(np.int64),
+        "position_buffer": position_buffer.astype(np.int64),
         "zero": np.array([0], np.int64),
         "one": np.array([1], np.int64),
     }
@@ -59,11 +66,11 @@ def _embedding_model(*, position_offset: int = 0, with_segment: bool = True) -> 
     return ir.from_proto(proto)
 
 
-def _inputs(with_segment: bool = True) -> dict[str, np.ndarray]:
+def _inputs(with_segment: bool = True, sequence: int = 6) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
-    feeds = {"input_ids": rng.integers(0, VOCAB, (2, 6))}
+    feeds = {"input_ids": rng.integers(0, VOCAB, (2, sequence))}
     if with_segment:
-        feeds["token_type_ids"] = rng.integers(0, 2, (2, 6))
+        feeds["token_type_ids"] = rng.integers(0, 2, (2, sequence))
     return feeds
 
 
@@ -94,3 +101,24 @@ def test_shifted_position_ids_are_left_alone():
     # RoBERTa-style positions start after the padding index: the op's default 0..S-1 would be wrong.
     model = _embedding_model(position_offset=2)
     assert not EmbedLayerNormFusion()(model).modified
+
+
+def test_a_position_buffer_is_checked_at_its_full_length():
+    # The buffer is 0..S-1 on a short probe but wraps around at 128 (a model trained on 128
+    # positions reusing them): the op's 0..S-1 would be wrong from 128 tokens on.
+    model = _embedding_model(position_buffer=(np.arange(512) % 128).reshape(1, -1))
+    result = EmbedLayerNormFusion()(model.clone())
+    assert not result.modified
+    assert result.refusals == [
+        "1 of 1 LayerNormalization over embeddings left unfused: computed position ids are not 0..S-1 at 512 tokens"
+    ]
+    assert_same_outputs(model, result.model, _inputs(sequence=300), rtol=1e-4, atol=1e-5)
+
+
+def test_a_position_buffer_counting_to_its_end_is_fused_up_to_it():
+    # HF's position_ids buffer: 0..P-1. Past P tokens the original fails (a [1, P] slice), so P is the limit.
+    model = _embedding_model(position_buffer=np.arange(512).reshape(1, -1))
+    after = EmbedLayerNormFusion()(model.clone()).model
+    assert "EmbedLayerNormalization" in op_types(after)
+    for sequence in (6, 300, 512):
+        assert_same_outputs(model, after, _inputs(sequence=sequence), rtol=1e-4, atol=1e-5)
