@@ -12,16 +12,27 @@ hand the 3-D result straight to MultiHeadAttention.
 
 The cos/sin tables are not matched structurally: the subgraph computing them is
 evaluated on ONNX Runtime (only its ancestors, cheap) for ``cache_length``
-positions to build the caches, then checked on a padded batch of 2 × 7 tokens to
-prove that row ``s`` always uses position ``s`` — or, when the model takes a
-``position_ids`` input, position ``position_ids[b, s]``, which the fused op then
-reads. Sequences longer than ``cache_length`` (default 4096) are not supported by
-the fused model.
+positions to build the caches, then checked to prove that row ``s`` always uses
+position ``s`` — or, when the model takes a ``position_ids`` input, position
+``position_ids[b, s]``, which the fused op then reads. Sequences longer than
+``cache_length`` (``--max-sequence``, default 4096) are not supported by the fused
+model.
+
+One check is not enough: the caches are the tables at ``cache_length`` tokens, and
+a subgraph may read other rows at other lengths (LongRoPE switches from its short to
+its long factors past a length). So the tables are checked on a padded batch of 2 × 7
+tokens (positions that depend on the mask show there), then on one right-padded row
+at each length ``_probe.probe_lengths`` names: both sides of each table's extent and
+of each integer the subgraph holds (the length a switch compares with), and
+``cache_length``. At each, cos/sin must be the caches' rows for their positions, or
+the original must refuse that length (ONNX Runtime fails, or cos/sin are not ``S``
+long: a table sliced past its end). Each probe is ``S × d`` numbers, so all are cheap.
 
 Refuses when: the rotation is partial or interleaved; x is not a float32 head split;
 the cos/sin subgraph reads anything but ``[batch, sequence]`` integer inputs (token
 ids, the attention mask, position ids) or contains an If/Loop/Scan; its values are
-not ``[c, c]`` halves of a position table; or positions depend on the attention mask.
+not ``[c, c]`` halves of a position table; positions depend on the attention mask; or
+at some probed length cos/sin are not the caches' rows.
 """
 
 from __future__ import annotations
@@ -37,9 +48,16 @@ from passes._utils import add_initializer, constant_array
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import is_float
 from passes.fusion._layout import head_split, last_dim, producer
-from passes.fusion._probe import PADDED_MASK, token_feeds, token_inputs_of
+from passes.fusion._probe import (
+    DEFAULT_MAX_SEQUENCE,
+    PADDED_MASK,
+    long_mask,
+    probe_lengths,
+    token_feeds,
+    token_inputs_of,
+)
 
-DEFAULT_CACHE_LENGTH = 4096
+DEFAULT_CACHE_LENGTH = DEFAULT_MAX_SEQUENCE
 
 
 def _slice_bounds(node: ir.Node, head_size: int) -> tuple[int, int] | None:
@@ -170,30 +188,21 @@ class RotaryEmbeddingFusion(RuleFusionPass):
             return "cos/sin read something other than [batch, sequence] ids, or an If/Loop/Scan"
         positions = next((v for v in inputs if "position" in (v.name or "")), None)
         half = head_size // 2
-        batch, seq = PADDED_MASK.shape
         table_positions = {positions.name: np.arange(self.cache_length)[None]} if positions is not None else {}
-        # Positions drawn at random (when the model reads them) over a padded batch.
-        index = np.random.default_rng(0).integers(0, seq * 3, (batch, seq))
-        probe_positions = {positions.name: index} if positions is not None else {}
-        if positions is None:
-            index = np.arange(seq)[None].repeat(batch, 0)
         try:
             table_cos, table_sin = evaluate(
                 model, [cos, sin], token_feeds(inputs, np.ones((1, self.cache_length)), table_positions)
             )
-            cos_cache, sin_cache = _halves(table_cos, half), _halves(table_sin, half)
-            if cos_cache is None or sin_cache is None:
-                return "cos/sin are not two equal halves of a [positions, d/2] table"
-            cos_cache, sin_cache = cos_cache[0], sin_cache[0]
-            probe_cos, probe_sin = evaluate(model, [cos, sin], token_feeds(inputs, PADDED_MASK, probe_positions))
         except RuntimeRefusedError as error:
             return f"cos/sin could not be evaluated: {error}"
-        for probe, cache in ((probe_cos, cos_cache), (probe_sin, sin_cache)):
-            halves = _halves(probe, half)
-            if halves is None or halves.shape[0] not in (1, batch) or halves.shape[1] != seq:
-                return "cos/sin of a padded batch have an unexpected shape"
-            if not np.allclose(np.broadcast_to(halves, (batch, seq, half)), cache[index], atol=1e-6):
-                return "rotary positions are not the token index (or position_ids): they depend on the mask"
+        cos_cache, sin_cache = _halves(table_cos, half), _halves(table_sin, half)
+        if cos_cache is None or sin_cache is None:
+            return "cos/sin are not two equal halves of a [positions, d/2] table"
+        caches = cos_cache[0], sin_cache[0]
+        wrong = _check_rows(model, [cos, sin], inputs, positions, caches, self.cache_length)
+        if wrong is not None:
+            return wrong
+        cos_cache, sin_cache = caches
         graph = model.graph
         cos_value = add_initializer(graph, "rotary_cos_cache", cos_cache.astype(table_cos.dtype))
         sin_value = add_initializer(graph, "rotary_sin_cache", sin_cache.astype(table_sin.dtype))
@@ -205,6 +214,55 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         if position_value.dtype != ir.DataType.INT64:
             return "position_ids are not int64"
         return cos_value, sin_value, position_value
+
+
+def _check_rows(
+    model: ir.Model,
+    tables: list[ir.Value],
+    inputs: list[ir.Value],
+    positions: ir.Value | None,
+    caches: tuple[np.ndarray, np.ndarray],
+    cache_length: int,
+) -> str | None:
+    """Why cos/sin are not the caches' rows for their positions at every probed length, or None.
+
+    Positions are the token index, or drawn at random (when the model reads a
+    ``position_ids`` input) below the caches' length.
+    """
+    rng = np.random.default_rng(0)
+    rows = len(caches[0])
+    batch, seq = PADDED_MASK.shape
+    probes = [(PADDED_MASK, rng.integers(0, min(seq * 3, rows), (batch, seq)))]
+    for length in probe_lengths(tables, cache_length):
+        probes.append((long_mask(length), rng.integers(0, rows, (1, length))))
+    for index, (mask, drawn) in enumerate(probes):
+        batch, seq = mask.shape
+        feeds = token_feeds(inputs, mask, {positions.name: drawn} if positions is not None else None)
+        wanted = drawn if positions is not None else np.arange(seq)[None].repeat(batch, 0)
+        try:
+            found = evaluate(model, tables, feeds)
+        except RuntimeRefusedError as error:
+            if index == 0:
+                return f"cos/sin could not be evaluated: {error}"
+            continue  # the original refuses this length
+        for probe, cache in zip(found, caches):
+            halves = _halves(probe, cache.shape[-1])
+            if index == 0 and (halves is None or halves.shape[0] not in (1, batch) or halves.shape[1] != seq):
+                return "cos/sin of a padded batch have an unexpected shape"
+            if index and (halves is None or halves.shape[1] != seq):
+                if probe.ndim >= 2 and probe.shape[-2] not in (1, seq):
+                    break  # cos/sin cannot multiply the [B, N, S, d] query: the original refuses this length
+                return f"cos/sin at {seq} tokens are not two equal halves of a [{seq}, d/2] table"
+            if wanted.max() >= len(cache):
+                return f"cos/sin at {seq} tokens have rows past the {len(cache)} the caches hold"
+            if not np.allclose(np.broadcast_to(halves, (batch, seq, halves.shape[-1])), cache[wanted], atol=1e-6):
+                if index == 0:
+                    return "rotary positions are not the token index (or position_ids): they depend on the mask"
+                return (
+                    f"cos/sin at {seq} tokens are not the cache's rows for their positions "
+                    "(the tables change with the sequence length)"
+                )
+    return None
 
 
 def _halves(table: np.ndarray, half: int) -> np.ndarray | None:

@@ -13,8 +13,27 @@ from tests.helpers import assert_same_outputs, op_types
 HEADS, HEAD_SIZE = 2, 8
 
 
-def _rotary_model(*, split_at: int = HEAD_SIZE // 2, positions_from_mask: bool = False) -> ir.Model:
-    """``rotate(h)`` for h [B, S, HEADS*HEAD_SIZE], positions 0..S-1 (or cumsum(mask) - 1)."""
+# The switched tables: SHORT_TABLE up to SWITCH_AT tokens, LONG_TABLE past it (both TABLE_ROWS rows).
+SWITCH_AT, TABLE_ROWS, AGREE = 512, 1024, 16
+
+
+def _switched_tables(inv_freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Angle tables that agree on the first AGREE positions and differ after (the long one interpolated 4x)."""
+    positions = np.arange(TABLE_ROWS, dtype=np.float32)[:, None]
+    short = positions * inv_freq
+    long = np.where(positions < AGREE, positions, positions / 4) * inv_freq
+    return short.astype(np.float32), long.astype(np.float32)
+
+
+def _rotary_model(
+    *, split_at: int = HEAD_SIZE // 2, positions_from_mask: bool = False, switched: bool = False
+) -> ir.Model:
+    """``rotate(h)`` for h [B, S, HEADS*HEAD_SIZE], positions 0..S-1 (or cumsum(mask) - 1).
+
+    ``switched``: the angles are a ``[TABLE_ROWS, d/2]`` table sliced to ``S``, the short
+    one up to SWITCH_AT tokens and the long one past it (as LongRoPE switches its factors
+    at a length).
+    """
     inv_freq = (1.0 / 10000 ** (np.arange(0, HEAD_SIZE, 2) / HEAD_SIZE)).astype(np.float32)
     consts = {
         "inv_freq": inv_freq.reshape(1, -1),
@@ -30,7 +49,18 @@ def _rotary_model(*, split_at: int = HEAD_SIZE // 2, positions_from_mask: bool =
         "end": np.array([np.iinfo(np.int64).max], np.int64),
     }
     nodes = [helper.make_node("Shape", ["mask"], ["mask_shape"])]
-    if positions_from_mask:
+    if switched:
+        consts["short"], consts["long"] = _switched_tables(inv_freq)
+        consts["switch_at"] = np.array(SWITCH_AT, np.int64)
+        nodes += [
+            helper.make_node("Gather", ["mask_shape", "one"], ["seq"], axis=0),
+            helper.make_node("LessOrEqual", ["seq", "switch_at"], ["is_short"]),
+            helper.make_node("Where", ["is_short", "short", "long"], ["angles"]),
+            helper.make_node("Unsqueeze", ["seq", "lo_start"], ["seq_1d"]),
+            helper.make_node("Slice", ["angles", "lo_start", "seq_1d", "lo_start"], ["freqs_2d"]),  # [S, d/2]
+            helper.make_node("Unsqueeze", ["freqs_2d", "lo_start"], ["freqs"]),  # [1, S, d/2]
+        ]
+    elif positions_from_mask:
         nodes += [
             helper.make_node("Cast", ["mask"], ["mask_f"], to=TensorProto.FLOAT),
             helper.make_node("CumSum", ["mask_f", "one"], ["cum"]),
@@ -78,11 +108,11 @@ def _rotary_model(*, split_at: int = HEAD_SIZE // 2, positions_from_mask: bool =
     return ir.from_proto(proto)
 
 
-def _inputs(padded: bool = False) -> dict[str, np.ndarray]:
-    mask = np.ones((2, 6), np.int64)
+def _inputs(padded: bool = False, sequence: int = 6) -> dict[str, np.ndarray]:
+    mask = np.ones((2, sequence), np.int64)
     if padded:
         mask[0, :2] = 0
-    h = np.random.default_rng(0).standard_normal((2, 6, HEADS * HEAD_SIZE)).astype(np.float32)
+    h = np.random.default_rng(0).standard_normal((2, sequence, HEADS * HEAD_SIZE)).astype(np.float32)
     return {"h": h, "mask": mask}
 
 
@@ -108,3 +138,26 @@ def test_positions_that_depend_on_the_mask_are_left_alone():
     # Positions cumsum(mask) - 1 (left padding shifts them): one cos/sin cache row per token index cannot express it.
     model = _rotary_model(positions_from_mask=True)
     assert not RotaryEmbeddingFusion(cache_length=64)(model).modified
+
+
+def test_tables_that_differ_past_the_probe_are_checked_where_they_switch():
+    # The cache is built at cache_length (the long table) and a 7-token probe reads rows both
+    # tables share; at 300 tokens the model reads the short table, which the cache is not.
+    model = _rotary_model(switched=True)
+    result = RotaryEmbeddingFusion(cache_length=TABLE_ROWS)(model.clone())
+    assert not result.modified
+    assert result.refusals == [
+        "1 near match at Add left unfused: cos/sin at 512 tokens are not the cache's rows for their positions "
+        "(the tables change with the sequence length)"
+    ]
+    assert_same_outputs(model, result.model, _inputs(sequence=300), rtol=1e-5, atol=1e-5)
+
+
+def test_a_cache_up_to_the_switch_is_exact():
+    # With --max-sequence at the switch, only the short table is ever read: the fusion is exact up to it.
+    model = _rotary_model(switched=True)
+    fusion = RotaryEmbeddingFusion(cache_length=SWITCH_AT)
+    after = fusion(model.clone()).model
+    assert fusion.fused_count == 1
+    for sequence in (6, 300, SWITCH_AT):
+        assert_same_outputs(model, after, _inputs(sequence=sequence), rtol=1e-5, atol=1e-5)
