@@ -237,6 +237,82 @@ def static_dim(value: ir.Value, axis: int) -> int | None:
     return dim if isinstance(dim, int) else None
 
 
+def traced_dim(value: ir.Value, axis: int, depth: int = 0) -> int | None:
+    """The static size of ``value``'s ``axis`` (counted from 0), from its shape or through the ops producing it.
+
+    Exporters leave shapes off intermediate values (legacy Llama's ``repeat_kv``); the size
+    still follows through Transposes (their permutation), Reshapes (a literal target entry,
+    0 for the input's own dim, or a dim read from a tensor's shape), Unsqueeze, Expand (a
+    dim above 1 is kept, a 1 takes the target's) and ops that keep their input's shape.
+    """
+    static = static_dim(value, axis)
+    node = value.producer()
+    if static is not None or node is None or depth > 16 or axis < 0:
+        return static
+    op, data = node.op_type, node.inputs[0]
+    if op == "RotaryEmbedding" or (op in _SHAPE_PRESERVING and is_onnx_domain(node)):
+        return traced_dim(data, axis, depth + 1)
+    if not is_onnx_domain(node):
+        return None
+    if op == "Transpose":
+        order = perm(node)
+        return traced_dim(data, order[axis], depth + 1) if order is not None and axis < len(order) else None
+    if op == "Reshape":
+        tokens = _target_tokens(node.inputs[1])
+        token = tokens[axis] if tokens is not None and axis < len(tokens) else None
+        if isinstance(token, tuple):
+            return traced_dim(token[0], token[1], depth + 1)
+        if token == 0 and not node.attributes.get_int("allowzero", 0):
+            return traced_dim(data, axis, depth + 1)
+        return token if isinstance(token, int) and token > 0 else None
+    if op == "Unsqueeze":
+        axes = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        if axes is None and "axes" in node.attributes:
+            axes = np.array(node.attributes["axes"].as_ints())
+        data_rank = rank(data)
+        if axes is None or data_rank is None:
+            return None
+        inserted = {int(a) % (data_rank + axes.size) for a in axes.reshape(-1)}
+        if axis in inserted:
+            return 1
+        return traced_dim(data, axis - sum(a < axis for a in inserted), depth + 1)
+    if op == "Expand":
+        tokens, data_rank = _target_tokens(node.inputs[1]), rank(data)
+        if tokens is None or data_rank is None:
+            return None
+        out_rank = max(data_rank, len(tokens))
+        kept = traced_dim(data, axis - (out_rank - data_rank), depth + 1) if axis >= out_rank - data_rank else 1
+        if kept is not None and kept > 1:
+            return kept
+        token = tokens[axis - (out_rank - len(tokens))] if axis >= out_rank - len(tokens) else 1
+        if isinstance(token, tuple):
+            token = traced_dim(token[0], token[1], depth + 1)
+        return token if kept == 1 and isinstance(token, int) and token > 0 else None
+    return None
+
+
+def _target_tokens(value: ir.Value) -> list | None:
+    """``shape_tokens`` of a Reshape/Expand target; a ``Concat`` part it cannot read (``Mul`` of dims) is None.
+
+    One unreadable entry does not hide the others: legacy Llama's ``repeat_kv`` target is
+    ``[B, H * n_rep, T, d]`` with ``d`` read from the key's shape.
+    """
+    tokens = shape_tokens(value)
+    concat = producer(value, "Concat")
+    if tokens is not None or concat is None:
+        return tokens
+    tokens = []
+    for part in concat.inputs:
+        found = shape_tokens(part)
+        if found is None:
+            length = static_dim(part, 0) if rank(part) == 1 else None
+            if length is None:
+                return None
+            found = [None] * length
+        tokens += found
+    return tokens
+
+
 def scalar_factor(node: ir.Node) -> tuple[ir.Value, float] | None:
     """``(x, f)`` when ``node`` is ``x * f``, ``f * x`` or ``x / (1/f)``, ``f`` a constant scalar keeping x's rank."""
     if node.op_type not in ("Mul", "Div") or not is_onnx_domain(node) or len(node.inputs) != 2:

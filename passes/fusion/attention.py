@@ -36,8 +36,14 @@ a 4-D float32 tensor; its input is not Q @ K^T under scalar scales, biases and W
 a Where mask's fill is not -inf or large negative; the scores or probabilities have other
 users; the probabilities do not feed one MatMul (or plain FusedMatMul) with V; the product
 transposes Q or the batch axes; a bias has unknown rank; Q, K or V is not known to be 4-D;
-the head count cannot be derived or the scale is not a positive number; or K/V have
-another head count than Q (multi-query attention by broadcasting).
+the head count cannot be derived or the scale is not a positive number; K/V have
+another head count than Q (multi-query attention by broadcasting); or K and V go in as
+per-head tensors whose head sizes differ or are not both known (ORT's kernel needs one
+shape for both; FlexAttention allows a wider value).
+
+The mask is decided by no evaluation here: ``attention_bias`` is the graph's own bias,
+exact at every length. Reading it as a padding or causal mask (``mask_index``,
+``unidirectional``) is ``pack-qkv``'s, which probes it at every length that matters.
 
 Semantics differ in one degenerate case: a query row whose keys are *all* masked (left
 padding under a causal mask) gets zeros from the SDPA guard but uniform weights from the
@@ -74,6 +80,7 @@ from passes.fusion._layout import (
     shape_tokens,
     static_dim,
     trace_heads,
+    traced_dim,
 )
 
 # Scores filled with at most this much are masked out: exp(-1e4) underflows to 0 in float32
@@ -277,7 +284,9 @@ def _dims(traced: Traced) -> tuple[int | None, int | None]:
         if tokens is not None and len(tokens) == 4:
             heads = heads or (tokens[1] if isinstance(tokens[1], int) and tokens[1] > 0 else None)
             size = size or (tokens[3] if isinstance(tokens[3], int) and tokens[3] > 0 else None)
-    return heads, size
+    # Shapes the exporter left off: follow the layout ops back to a literal size.
+    heads = heads or traced_dim(traced.source, traced.perm[1])
+    return heads, size or traced_dim(traced.source, traced.perm[3])
 
 
 def _split_behind_elementwise(value: ir.Value, depth: int = 0) -> HeadSplit | None:
@@ -315,11 +324,15 @@ def _kv_mismatch(match: _Attention, num_heads: int) -> str | None:
         heads, _ = _dims(traced)
         if heads is not None and heads != num_heads:
             return f"the {name} has {heads} heads, the query {num_heads}"
-    # Per-head [B, N, T, d] key and value must have the same shape (ORT's kernels check it);
-    # 3-D ones may differ in width (qkv_hidden_sizes).
+    # Per-head [B, N, T, d] key and value must have the same shape (ORT's kernels check it,
+    # and reject the model at run time otherwise); 3-D ones may differ in width
+    # (qkv_hidden_sizes). A head size the graph does not tell cannot be assumed equal.
     if not (match.key.canonical() and match.value.canonical()):
         key_size, value_size = _dims(match.key)[1], _dims(match.value)[1]
-        if key_size is not None and value_size is not None and key_size != value_size:
+        if key_size is None or value_size is None:
+            sizes = " and ".join(str(size) if size is not None else "unknown" for size in (key_size, value_size))
+            return f"per-head key and value are not known to have the same head size ({sizes})"
+        if key_size != value_size:
             return f"per-head key and value differ in head size ({key_size} and {value_size})"
     return None
 

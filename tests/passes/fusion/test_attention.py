@@ -243,6 +243,10 @@ REFUSALS = {
         lambda: _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "S", 4], ["B", HEADS, "S", 6]),
         "per-head key and value differ in head size (4 and 6)",
     ),
+    "per-head value size unknown": (
+        lambda: _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "S", 4], ["B", HEADS, "S", "dv"]),
+        "per-head key and value are not known to have the same head size (4 and unknown)",
+    ),
     "value heads": (
         lambda: _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "S", 4], ["B", 1, "S", 4]),
         "the value has 1 heads, the query 2",
@@ -369,3 +373,21 @@ def test_blocks_sharing_a_mask_in_interleaved_order_stay_in_topological_order():
     }
     feeds["attention_mask"][1, 3:] = 0
     assert_same_outputs(model, result.model, feeds, rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_flexattention_with_different_head_sizes_is_left_alone():
+    # The ONNX backend case test_flexattention_diff_head_sizes_expanded_ver26: K's head size 16, V's 32.
+    # ORT's MultiHeadAttention takes per-head key and value of one shape only.
+    from onnx.backend.test.case.node import collect_testcases
+
+    import optimizer
+    from optimizer.registry import default_pass_names
+
+    (case,) = [
+        c for c in collect_testcases(op_type="FlexAttention") if c.name.endswith("diff_head_sizes_expanded_ver26")
+    ]
+    names = default_pass_names("cpu")
+    prepared = optimizer.optimize(ir.from_proto(case.model), names[: names.index("fuse-attention")], verify=False)
+    result = AttentionFusion()(prepared)
+    assert result.refusals == ["1 of 1 Softmax left unfused: per-head key and value differ in head size (16 and 32)"]
+    assert not result.modified
