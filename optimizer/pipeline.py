@@ -123,6 +123,11 @@ def _run_one(
     if verdict.twin_error is not None:
         twin = result.twin
         record.twin = f"{twin.description}; max |Δ| {verdict.twin_error:.2e} ({twin.kind} tolerance)"
+        if verdict.twin_spread is not None:
+            record.twin += (
+                f", past it only where integer rounding took the other side of a tie "
+                f"(RMS {verdict.twin_spread:.2f} of the quantization's own error)"
+            )
     if not verdict.ok:
         logger.warning("pass %s rolled back: %s", spec.name, verdict.first_failure)
         record.status, record.nodes_after, record.detail = STATUS_ROLLED_BACK, nodes_before, verdict.first_failure
@@ -142,5 +147,5 @@ def _check_approximate(verifier: Verifier, candidate: ir.Model, result: ir.passe
     if not exact.ok:
         return exact
     verdict = verifier.check_approximation(candidate)
-    verdict.twin_error = exact.twin_error
+    verdict.twin_error, verdict.twin_spread = exact.twin_error, exact.twin_spread
     return verdict

@@ -57,8 +57,18 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
 TWIN_TOLERANCES: dict[str, Tolerance] = {
     "float32": DEFAULT_TOLERANCES["float32"],
     "float16": DEFAULT_TOLERANCES["float16"],
-    "int8": Tolerance(rtol=2e-2, atol=1e-3),
+    "int8": Tolerance(rtol=5e-3, atol=5e-4),
 }
+
+# An int8 result may pass where it misses the elementwise tolerance if it is as close to its
+# twin as this fraction of the twin's own distance from the pass's input (RMS over each float
+# output, worst output). Why: where the twin's float arithmetic leaves an activation at a
+# rounding tie, the integer kernel may round it the other way, and that one step cascades
+# through later layers along its token row (measured up to 0.156 elementwise on a correct
+# static int8 MiniLM). Such a result is no farther from the float model than its twin; a
+# wrong realization (a scale off by 2x, rows out of order) adds an error at least 0.85 times
+# the quantization's own. Correct results measured at most 0.32 (docs/benchmarks.md).
+INT8_TWIN_SPREAD = 0.5
 
 # Passes that change numerics on purpose (int8, float16) are held to an accuracy
 # budget instead. Without one from the user, this floor only catches a broken
@@ -93,6 +103,9 @@ class VerificationResult:
     error: str = ""
     drift: Drift | None = None
     twin_error: float | None = None
+    # int8: set when a difference past the elementwise tolerance was accepted as rounding at
+    # ties (``INT8_TWIN_SPREAD``): RMS(result - twin) over RMS(twin - input), worst output.
+    twin_spread: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -205,6 +218,22 @@ def _compare_one(name: str, expected: Any, actual: Any, tolerances: Mapping[str,
             f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}"
         )
     return OutputCheck(name, False, max_abs, max_rel, detail)
+
+
+def twin_spread(twin: Mapping[str, Any], result: Mapping[str, Any], before: Mapping[str, Any]) -> float:
+    """RMS(result - twin) / RMS(twin - before), worst float output: how far a result strays from its
+    twin, as a fraction of how far the twin's approximation moved the outputs (inf when it moved none)."""
+    worst = 0.0
+    for name, expected in twin.items():
+        expected, actual, original = np.asarray(expected), np.asarray(result.get(name)), np.asarray(before.get(name))
+        if expected.dtype.kind != "f" or expected.shape != actual.shape or expected.shape != original.shape:
+            continue
+        e, a, o = (np.nan_to_num(x.astype(np.float64)) for x in (expected, actual, original))
+        stray = float(np.sqrt(np.mean((a - e) ** 2))) if e.size else 0.0
+        moved = float(np.sqrt(np.mean((e - o) ** 2))) if e.size else 0.0
+        if stray > 0:
+            worst = max(worst, stray / moved if moved > 0 else math.inf)
+    return worst
 
 
 def _dtype_key(dtype: np.dtype) -> str:
@@ -325,9 +354,16 @@ class Verifier:
         worst = VerificationResult(twin_error=0.0)
         try:
             with inference_session(candidate, optimization_level="all") as session:
-                for inputs, label, reference in zip(self.input_sets, self.labels, expected):
+                for inputs, label, reference, before in zip(self.input_sets, self.labels, expected, self.references):
                     outputs = hide_padded(run_session(session, inputs), padded_positions(inputs, self.masks), reference)
                     result = compare_outputs(reference, outputs, tolerances, self.skipped)
+                    if not result.ok and twin.kind == "int8":
+                        spread = twin_spread(reference, outputs, before)
+                        if spread <= INT8_TWIN_SPREAD:
+                            worst.twin_spread = max(worst.twin_spread or 0.0, spread)
+                            result = VerificationResult(
+                                checks=[OutputCheck(c.name, True, c.max_abs_error) for c in result.checks]
+                            )
                     if not result.ok:
                         return VerificationResult(
                             error=f"differs from its twin ({twin.description}) on {label}: {result.first_failure}"
