@@ -92,8 +92,8 @@ def hide_padded(outputs: Mapping[str, object], padding: np.ndarray | None, refer
         expected = reference.get(name)
         if not isinstance(value, np.ndarray) or not isinstance(expected, np.ndarray):
             continue
-        if value.shape != expected.shape or value.shape[:2] != padding.shape:
-            continue
+        if value.shape != expected.shape or value.dtype != expected.dtype or value.shape[:2] != padding.shape:
+            continue  # a different shape or dtype is a failure the comparison must still see
         where = padding.reshape(padding.shape + (1,) * (value.ndim - 2))
         hidden[name] = np.where(where, expected, value)
     return hidden

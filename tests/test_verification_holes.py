@@ -217,3 +217,16 @@ def test_pruning_that_fits_data_without_calibration_data_is_a_one_line_error(ask
 
     with pytest.raises(OptionError, match="needs --calibration data"):
         optimizer.optimize(ir.load(BERT), prune_ffn=0.25, **asked)
+
+
+def test_outputs_at_padded_positions_are_not_compared_but_their_dtype_is():
+    from optimizer.padding import hide_padded
+
+    padding = np.array([[True, False, False]])
+    reference = {"y": np.zeros((1, 3, 2), np.float32)}
+    changed_there = {"y": np.array([[[5, 5], [0, 0], [0, 0]]], np.float32)}
+    assert np.array_equal(hide_padded(changed_there, padding, reference)["y"], reference["y"])
+    changed_elsewhere = {"y": np.array([[[0, 0], [1, 0], [0, 0]]], np.float32)}
+    assert hide_padded(changed_elsewhere, padding, reference)["y"][0, 1, 0] == 1
+    other_dtype = {"y": np.ones((1, 3, 2), np.float16)}
+    assert hide_padded(other_dtype, padding, reference)["y"].dtype == np.float16
