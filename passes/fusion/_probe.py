@@ -28,6 +28,8 @@ PADDED_MASK = np.array([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]])
 
 # Constants with more elements than this are tables: their dims count, not their values.
 _SMALL_CONSTANT = 64
+# The shortest length probe_lengths names: the fusions probe 7 tokens themselves.
+_SHORTEST = 8
 
 _INT_TYPES = (ir.DataType.INT64, ir.DataType.INT32)
 
@@ -96,7 +98,9 @@ def probe_lengths(values: Sequence[ir.Value], max_sequence: int) -> list[int]:
     - where a table they read runs out: a ``[512, 512]`` band table sliced to ``[S, S]``
       has been read whole at 512 and is clamped at 513 (from there the original graph
       fails, or the probe shows the new behaviour). So every dim ``E`` of every constant
-      tensor among the ancestors gives ``E`` and ``E + 1``;
+      tensor whose values reach ``values`` gives ``E`` and ``E + 1`` (one read only for
+      its shape, the word embeddings behind ``Shape(Gather(wte, ids))``, is not a table
+      the subgraph reads);
     - where the length, or a distance between positions, crosses an integer the graph
       compares with (a window of 256 built from ``Range`` differs from causal from 257
       tokens on): every integral value ``c`` of a small constant gives ``c`` and ``c + 1``;
@@ -104,20 +108,15 @@ def probe_lengths(values: Sequence[ir.Value], max_sequence: int) -> list[int]:
       a window or threshold the constants do not name still shows there if it is shorter.
 
     All are capped at ``max_sequence`` (longer sequences are outside what a fused result
-    claims) and at least 2 (one token cannot tell causal from padding). This is not a
-    proof for any graph (one could compare the length with a number it computes), but it
-    covers every constant a mask, position or rotary subgraph turns on, which a single
-    short probe does not.
+    claims) and are at least ``_SHORTEST``: the fusions' own padded 7-token probe already
+    shows a shorter window or table, and smaller numbers are the shape arithmetic's
+    axes and ranks, each of which would cost one more evaluation (on BERT, re-serializing
+    the word embeddings that ``Shape`` reads). This is not a proof for any graph (one
+    could compare the length with a number it computes), but it covers every constant a
+    mask, position or rotary subgraph turns on, which a single short probe does not.
     """
-    try:
-        nodes, leaves = ancestry(values)
-    except SubgraphError:
-        nodes, leaves = [], []
-    constants = [constant_array(v) for v in leaves if v.const_value is not None]
-    constants += [
-        constant_array(n.outputs[0]) for n in nodes if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
-    ]
     candidates = {max_sequence}
+    constants = [constant_array(v) for v in _values_read(values)]
     for array in constants:
         if array is None:
             continue
@@ -125,7 +124,28 @@ def probe_lengths(values: Sequence[ir.Value], max_sequence: int) -> list[int]:
         if array.size <= _SMALL_CONSTANT and array.dtype.kind in "iuf":
             edges |= set(_integral_magnitudes(array.reshape(-1)))
         candidates |= {edge + step for edge in edges for step in (0, 1)}
-    return sorted(n for n in candidates if 2 <= n <= max_sequence)
+    return sorted(n for n in candidates if _SHORTEST <= n <= max_sequence)
+
+
+def _values_read(values: Sequence[ir.Value]) -> list[ir.Value]:
+    """``values`` and every value their contents are computed from, not through ``Shape``/``Size`` (a shape only).
+
+    Empty when an If/Loop/Scan is among the ancestors (such graphs are not probed).
+    """
+    read: dict[int, ir.Value] = {}
+    stack = list(values)
+    while stack:
+        value = stack.pop()
+        if id(value) in read:
+            continue
+        read[id(value)] = value
+        node = value.producer()
+        if node is None or node.op_type in ("Shape", "Size"):
+            continue
+        if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
+            return []
+        stack.extend(v for v in node.inputs if v is not None)
+    return list(read.values())
 
 
 def _integral_magnitudes(values: Iterable) -> list[int]:
