@@ -247,12 +247,14 @@ def _check_rows(
             continue  # the original refuses this length
         for probe, cache in zip(found, caches):
             halves = _halves(probe, cache.shape[-1])
-            if index == 0 and (halves is None or halves.shape[0] not in (1, batch) or halves.shape[1] != seq):
-                return "cos/sin of a padded batch have an unexpected shape"
-            if index and (halves is None or halves.shape[1] != seq):
-                if probe.ndim >= 2 and probe.shape[-2] not in (1, seq):
+            if halves is None or halves.shape[0] not in (1, batch) or halves.shape[1] != seq:
+                if index and probe.ndim >= 2 and probe.shape[-2] not in (1, seq):
                     break  # cos/sin cannot multiply the [B, N, S, d] query: the original refuses this length
-                return f"cos/sin at {seq} tokens are not two equal halves of a [{seq}, d/2] table"
+                return (
+                    "cos/sin of a padded batch have an unexpected shape"
+                    if index == 0
+                    else f"cos/sin at {seq} tokens have an unexpected shape"
+                )
             if wanted.max() >= len(cache):
                 return f"cos/sin at {seq} tokens have rows past the {len(cache)} the caches hold"
             if not np.allclose(np.broadcast_to(halves, (batch, seq, halves.shape[-1])), cache[wanted], atol=1e-6):

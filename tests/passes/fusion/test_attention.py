@@ -10,7 +10,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from passes.fusion.attention import AttentionFusion
 from tests.helpers import assert_same_outputs, op_types, run
-from tests.passes.fusion._attention_graphs import HEAD_SIZE, HEADS, attention_model, model_inputs, variant
+from tests.passes.fusion._attention_graphs import (
+    HEAD_SIZE,
+    HEADS,
+    WINDOW,
+    attention_model,
+    model_inputs,
+    variant,
+)
 
 
 def _fused(model: ir.Model) -> tuple[ir.Model, ir.Node]:
@@ -100,6 +107,16 @@ def test_per_head_inputs_go_in_as_bnsh_key_value_and_the_output_is_split_back():
     rng = np.random.default_rng(2)
     feeds = {name: rng.standard_normal((2, HEADS, 5 if name == "q" else 6, 4)).astype(np.float32) for name in "qkv"}
     assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", ["window_table", "window_range"])
+def test_a_sliding_window_mask_is_the_ops_bias_at_every_length(mask):
+    # The op's attention_bias is the graph's own mask: no kind is decided here, so none can be wrong past the window.
+    model = attention_model(mask=mask)
+    after, mha = _fused(model)
+    assert mha.inputs[5] is not None and not mha.attributes.get_int("unidirectional", 0)
+    for seq in (5, WINDOW + 100):
+        assert_same_outputs(model, after, model_inputs(model, seq), rtol=1e-4, atol=1e-5)
 
 
 def test_multi_query_attention_by_broadcasting_is_left_alone():

@@ -26,9 +26,13 @@ def _switched_tables(inv_freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _rotary_model(
-    *, split_at: int = HEAD_SIZE // 2, positions_from_mask: bool = False, switched: bool = False
+    *,
+    split_at: int = HEAD_SIZE // 2,
+    positions_from_mask: bool = False,
+    switched: bool = False,
+    position_input: bool = False,
 ) -> ir.Model:
-    """``rotate(h)`` for h [B, S, HEADS*HEAD_SIZE], positions 0..S-1 (or cumsum(mask) - 1).
+    """``rotate(h)`` for h [B, S, HEADS*HEAD_SIZE], positions 0..S-1 (or cumsum(mask) - 1, or a ``position_ids`` input).
 
     ``switched``: the angles are a ``[TABLE_ROWS, d/2]`` table sliced to ``S``, the short
     one up to SWITCH_AT tokens and the long one past it (as LongRoPE switches its factors
@@ -59,6 +63,12 @@ def _rotary_model(
             helper.make_node("Unsqueeze", ["seq", "lo_start"], ["seq_1d"]),
             helper.make_node("Slice", ["angles", "lo_start", "seq_1d", "lo_start"], ["freqs_2d"]),  # [S, d/2]
             helper.make_node("Unsqueeze", ["freqs_2d", "lo_start"], ["freqs"]),  # [1, S, d/2]
+        ]
+    elif position_input:
+        nodes += [
+            helper.make_node("Cast", ["position_ids"], ["positions_2d"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["positions_2d", "axes_last"], ["positions"]),  # [B, S, 1]
+            helper.make_node("MatMul", ["positions", "inv_freq"], ["freqs"]),  # [B, S, d/2]
         ]
     elif positions_from_mask:
         nodes += [
@@ -99,6 +109,7 @@ def _rotary_model(
         [
             helper.make_tensor_value_info("h", TensorProto.FLOAT, ["B", "S", HEADS * HEAD_SIZE]),
             helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", "S"]),
+            *([helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["B", "S"])] if position_input else []),
         ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", HEADS, "S", HEAD_SIZE])],
         [numpy_helper.from_array(array, name) for name, array in consts.items()],
@@ -161,3 +172,16 @@ def test_a_cache_up_to_the_switch_is_exact():
     assert fusion.fused_count == 1
     for sequence in (6, 300, SWITCH_AT):
         assert_same_outputs(model, after, _inputs(sequence=sequence), rtol=1e-5, atol=1e-5)
+
+
+def test_position_ids_are_read_at_every_probed_length():
+    # cos/sin of position_ids alone: the fused op reads the input, exact at any length and offset.
+    model = _rotary_model(position_input=True)
+    fusion = RotaryEmbeddingFusion(cache_length=TABLE_ROWS)
+    after = fusion(model.clone()).model
+    assert fusion.fused_count == 1
+    (rotary,) = [n for n in after.graph if n.op_type == "RotaryEmbedding"]
+    assert rotary.inputs[1].name == "position_ids"
+    feeds = _inputs(sequence=300)
+    feeds["position_ids"] = np.arange(300)[None].repeat(2, 0) + np.array([[0], [700]])  # the second row offset
+    assert_same_outputs(model, after, feeds, rtol=1e-5, atol=1e-5)
