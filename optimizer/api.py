@@ -107,7 +107,7 @@ def optimize_with_report(
         _check_output_path(Path(output), input_path)
     samples, warning = _samples(ir_model, calibration, options.dims) if approximate else (None, None)
     if options.verify:
-        input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, alternate=not specializes)
+        input_sets, labels = _verification_inputs(ir_model, inputs, options.dims)
         bound = dims_from_inputs(ir_model, input_sets[0])
         # Shape-specialized candidates take samples only at the bound batch size.
         batch = min((bound[name] for name in batch_dims(ir_model) if name in bound), default=None)
@@ -121,6 +121,8 @@ def optimize_with_report(
             labels=labels,
             samples_generated=warning is not None,
         )
+        if not specializes:
+            _add_second_binding(ir_model, verifier, options.dims)
         _ensure_padding(ir_model, verifier)
     else:
         verifier = None
@@ -213,30 +215,38 @@ def _samples(
 
 
 def _verification_inputs(
-    model: ir.Model, inputs: InputsLike, dims: Mapping[str, int] | None, *, alternate: bool
+    model: ir.Model, inputs: InputsLike, dims: Mapping[str, int] | None
 ) -> tuple[list[dict[str, np.ndarray]], list[str]]:
-    """The verification input sets and where each came from: the user's inputs, or generated
-    ones plus a second binding of the dims the user left to defaults (it catches rewrites
-    that bake one input shape into the graph)."""
+    """The first verification input set and where it came from: the user's inputs, or generated."""
     if isinstance(inputs, (str, os.PathLike)):
-        sets, labels = [load_inputs(inputs, model)], [f"--inputs {inputs}"]
-    elif inputs is not None:
+        return [load_inputs(inputs, model)], [f"--inputs {inputs}"]
+    if inputs is not None:
         arrays = {name: np.asarray(array) for name, array in inputs.items()}
-        sets, labels = [check_inputs(arrays, model, "inputs")], ["the given inputs"]
-    else:
-        primary = make_inputs(model, dims)
-        sets, labels = [primary], [f"generated ({_shapes(model, primary)})"]
-        alternate_dims = alternate_binding(model, dims) if alternate else None
-        if alternate_dims is not None:
-            second = make_inputs(model, alternate_dims, seed=1)
-            label = f"generated, second binding ({_shapes(model, second)})"
-            masks = mask_inputs(model, second)
-            if masks and not pads_both_ends(second, masks):
-                second, how = padded_copy(second, masks)
-                label += f", {how}"
-            sets.append(second)
-            labels.append(label)
-    return sets, labels
+        return [check_inputs(arrays, model, "inputs")], ["the given inputs"]
+    primary = make_inputs(model, dims)
+    return [primary], [f"generated ({_shapes(model, primary)})"]
+
+
+def _add_second_binding(model: ir.Model, verifier: Verifier, dims: Mapping[str, int] | None) -> None:
+    """Verify at a second binding of the dims not fixed by ``dims`` too: a rewrite that bakes one
+    shape in fails there. Longer sequences first (twice the default plus one: past sliding
+    windows the default length does not reach), else shorter (half) if the original cannot
+    run that long; padded at both ends."""
+    for longer in (True, False):
+        alternate = alternate_binding(model, dims, longer=longer)
+        if alternate is None:
+            return
+        try:
+            inputs = make_inputs(model, alternate, seed=1)
+        except InputSpecError:
+            continue
+        label = f"generated, second binding ({_shapes(model, inputs)})"
+        masks = mask_inputs(model, inputs)
+        if masks and not pads_both_ends(inputs, masks):
+            inputs, how = padded_copy(inputs, masks)
+            label += f", {how}"
+        if verifier.add_input_set(inputs, label, report_drop=not longer):
+            return
 
 
 def _ensure_padding(model: ir.Model, verifier: Verifier) -> None:

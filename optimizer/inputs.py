@@ -105,11 +105,14 @@ def dims_from_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[
     return dims
 
 
-def alternate_binding(model: ir.Model, overrides: Mapping[str, int] | None = None) -> dict[str, int] | None:
+def alternate_binding(
+    model: ir.Model, overrides: Mapping[str, int] | None = None, *, longer: bool = False
+) -> dict[str, int] | None:
     """A second binding that changes every dim not fixed by ``overrides``, or None if there is none.
 
-    Batch-like dims go from 1 to 2, others to about half their default, so the
-    alternate stays inside position tables sized for the default.
+    Batch-like dims go from 1 to 2; others to about half their default, which stays
+    inside position tables sized for the default, or with ``longer`` to twice it plus
+    one (past a sliding window or a table of the default's size).
     """
     overrides = dict(overrides or {})
     bound = bind_dims(model, overrides)
@@ -118,7 +121,10 @@ def alternate_binding(model: ir.Model, overrides: Mapping[str, int] | None = Non
         return None
     alternate = dict(bound)
     for name in free:
-        alternate[name] = bound[name] + 1 if _BATCH_NAME.search(name) else bound[name] // 2 + 1
+        if _BATCH_NAME.search(name):
+            alternate[name] = bound[name] + 1
+        else:
+            alternate[name] = 2 * bound[name] + 1 if longer else bound[name] // 2 + 1
     return alternate
 
 

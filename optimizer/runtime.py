@@ -119,6 +119,10 @@ def session_options(
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization_level]
     options.intra_op_num_threads = intra_op_threads
+    # graphopt's sessions probe models that may refuse the inputs (a second binding past a
+    # position table, a fusion's probe at --max-sequence): the refusal comes back as an
+    # exception that is reported in one line, so ORT's own log on stderr only repeats it.
+    options.log_severity_level = 4
     if sequential:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -300,13 +300,15 @@ class Verifier:
                 self.add_input_set(inputs, label)
         self.skipped = self._nondeterministic_outputs(original)
 
-    def add_input_set(self, inputs: Mapping[str, np.ndarray], label: str) -> bool:
-        """Verify on ``inputs`` too; False (and a line in ``dropped``) if the original fails on them."""
+    def add_input_set(self, inputs: Mapping[str, np.ndarray], label: str, *, report_drop: bool = True) -> bool:
+        """Verify on ``inputs`` too; False if the original fails on them (with a line in ``dropped``
+        when ``report_drop``)."""
         try:
             reference = self._run(self._original, inputs)
         except RuntimeRefusedError as error:
             logger.info("verification input set %r dropped: the original fails on it (%s)", label, error)
-            self.dropped.append(f"{label}: not used, the original model fails on it ({error.reason})")
+            if report_drop:
+                self.dropped.append(f"{label}: not used, the original model fails on it ({error.reason})")
             return False
         self.input_sets.append(dict(inputs))
         self.references.append(reference)

@@ -251,3 +251,7 @@ def test_models_without_value_carrying_inputs_are_not_run(monkeypatch):
 
     monkeypatch.setattr("optimizer.inputs.run_model", refuse)
     make_inputs(ir.load(BERT))
+
+
+def test_a_longer_alternate_binding_goes_past_the_default_length():
+    assert alternate_binding(ir.load(BERT), longer=True) == {"batch": 2, "sequence": 257}
