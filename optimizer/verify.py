@@ -291,6 +291,11 @@ class Verifier:
                 try:
                     self.references.append(self._run(original, inputs))
                 except RuntimeRefusedError as error:
+                    if label.startswith("generated"):
+                        way_out = "give real inputs with --inputs FILE.npz, or pass --no-verify"
+                        raise InvalidModelError(
+                            f"ONNX Runtime cannot run the input model on generated inputs ({error.reason}); {way_out}"
+                        ) from error
                     raise InvalidModelError(
                         f"ONNX Runtime cannot run the input model ({error.reason}); fix the model or pass --no-verify"
                     ) from error
