@@ -3,10 +3,22 @@
 The conversion itself is onnxruntime's ``transformers.float16.convert_float_to_float16``
 (the converter ORT's own transformer optimizer uses); this pass chooses what stays
 float32 and keeps the graph's input and output types.
+
+The converter clamps the constants it converts to float16's finite range (its
+``max_finite_val``), but not the ones it keeps float32 for a blocked op. Where such a
+constant bounds a Max or Min whose result is cast to float16, the bound would become
+infinite at the Cast: fused attention floors its additive mask at float32's minimum
+(``Max(mask, -3.4e38)``, so a fully masked row stays finite), and cast to float16 the
+floor is -inf again. A left-padded query under causal attention sees no key, its row
+of scores is all -inf, its output NaN, and every later layer reads that NaN through
+the padded position's key and value (NaN times a softmax weight of 0 is NaN): legacy
+Llama's left-padded rows came out NaN throughout. Those bounds are clamped to float16's
+range first.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -20,6 +32,12 @@ from passes.quantization._twin import float16_twin
 # over raw scores. The fused norm and attention ops accumulate in float32 themselves.
 SENSITIVE_OPS = ("Pow", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Sqrt", "Softmax", "LogSoftmax")
 
+# Ops whose constant operands are bounds: clamping such a bound to float16's range
+# changes the result only where the Cast to float16 after it would overflow (it then
+# saturates at +-65504 instead of becoming infinite). Clip's bounds are inputs 1 and 2.
+_BOUNDED_OPS = {"Max": None, "Min": None, "Clip": (1, 2)}
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
 
 class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     """Convert float32 weights and computation to float16, except ``SENSITIVE_OPS`` and ORT's
@@ -29,10 +47,15 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     with Casts inside the graph. Refuses (unchanged) a model with no float32 tensors
     or one with external data that has not been loaded.
 
-    The twin (kind ``"float16"``): the input with every float32 weight the converter
-    stores as float16 rounded to float16, computing in float32 (``_twin.float16_twin``).
-    The result also rounds activations to float16 between ops, which is what the
-    float16 tolerance allows for.
+    A constant bound of a Max, Min or Clip kept float32 whose result is cast to float16
+    (``Max(mask, float32 min)``, the floor fused attention puts under a -inf mask) is
+    first clamped to float16's finite range, as the converter clamps the constants it
+    converts; otherwise the Cast makes it infinite again (see the module docstring).
+
+    The twin (kind ``"float16"``): the input with those bounds clamped and every float32
+    weight the converter stores as float16 rounded to float16, computing in float32
+    (``_twin.float16_twin``). The result also rounds activations to float16 between
+    ops, which is what the float16 tolerance allows for.
     """
 
     def __init__(self, *, keep_io_types: bool = True, block_ops: tuple[str, ...] = ()) -> None:
@@ -51,25 +74,99 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
         if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
             self.decline("weights are in external data: not converted")
             return self.result(model, modified=False)
+        blocked = list(DEFAULT_OP_BLOCK_LIST) + list(self.block_ops)
+        model = model.clone()  # a functional pass: the bounds are clamped in a copy
+        for value in (*model.graph.inputs, *model.graph.outputs):
+            # Clones share their values' type objects, and the float16 twin sets its
+            # interface's dtype in place: unshared, the input model's interface stays float32.
+            if isinstance(value.type, ir.TensorType):
+                value.type = ir.TensorType(value.type.dtype)
+        clamped = _clamp_bounds(model, set(blocked), float16_outputs=not self.keep_io_types)
+        bounds = f"{len(clamped)} Max/Min bound{'' if len(clamped) == 1 else 's'} clamped to float16's range"
+        if clamped:
+            named = ", ".join(clamped[:3]) + (", ..." if len(clamped) > 3 else "")
+            self.note(f"{bounds} (+-65504; a Cast to float16 follows): {named}")
         proto = ir.to_proto(model)
         converted = convert_float_to_float16(
             proto,
             keep_io_types=self.keep_io_types,
-            op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(self.block_ops),
+            op_block_list=blocked,
             disable_shape_infer=_has_contrib_ops(proto),
         )
         result = ir.from_proto(converted)
         result.graph.sort()  # the converter appends the input Casts after their users
         kept = sum(1 for node in result.graph if node.op_type in self.block_ops)
         self.note(f"float16; {kept} sensitive nodes kept float32")
-        blocked = list(DEFAULT_OP_BLOCK_LIST) + list(self.block_ops)
         twin = Twin(
             float16_twin(model, blocked, keep_io_types=self.keep_io_types),
             "float16",
             "the input with its float16 weights rounded to float16, computing in float32"
+            + (f", {bounds}" if clamped else "")
             + ("" if self.keep_io_types else ", float16 inputs and outputs"),
         )
         return self.result(result, modified=True, twin=twin)
+
+
+def _clamp_bounds(model: ir.Model, blocked: set[str], *, float16_outputs: bool) -> list[str]:
+    """Clamp to float16's finite range the float32 constant bounds the converter keeps float32
+    (every reader blocked) of Max/Min/Clip nodes whose result reaches float16; return their names.
+
+    Only bounds read by nothing else are clamped: any other reader would see a changed value.
+    """
+    clamped = []
+    for value in _initializers(model):
+        const = value.const_value
+        if const is None or const.dtype != ir.DataType.FLOAT or value.is_graph_output():
+            continue
+        uses = list(value.uses())
+        if not uses or not all(_is_bound(user, index, blocked) for user, index in uses):
+            continue
+        array = const.numpy()
+        finite = np.isfinite(array)
+        if not np.any(finite & (np.abs(array) > _FLOAT16_MAX)):
+            continue
+        if not any(_reaches_float16(user, blocked, float16_outputs) for user, _ in uses):
+            continue
+        bounded = np.where(finite, np.clip(array, -_FLOAT16_MAX, _FLOAT16_MAX), array).astype(np.float32)
+        value.const_value = ir.tensor(bounded, name=value.name)
+        clamped.append(value.name)
+    return clamped
+
+
+def _initializers(model: ir.Model):
+    yield from model.graph.initializers.values()
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attribute in node.attributes.values():
+            if attribute.type == ir.AttributeType.GRAPH:
+                yield from attribute.value.initializers.values()
+            elif attribute.type == ir.AttributeType.GRAPHS:
+                for graph in attribute.value:
+                    yield from graph.initializers.values()
+
+
+def _is_bound(node: ir.Node, index: int, blocked: set[str]) -> bool:
+    """Whether input ``index`` of ``node`` is a bound of a Max/Min/Clip the converter keeps float32."""
+    if node.op_type not in _BOUNDED_OPS or node.op_type not in blocked or node.domain not in ("", "ai.onnx"):
+        return False
+    indices = _BOUNDED_OPS[node.op_type]
+    return indices is None or index in indices
+
+
+def _reaches_float16(node: ir.Node, blocked: set[str], float16_outputs: bool) -> bool:
+    """Whether ``node``'s result, through other float32-kept (blocked) nodes, reaches a node the
+    converter makes float16 (or a graph output it makes float16): there a Cast to float16 follows."""
+    stack, seen = [node], {id(node)}
+    while stack:
+        for output in stack.pop().outputs:
+            if float16_outputs and output.is_graph_output():
+                return True
+            for user, _ in output.uses():
+                if user.op_type not in blocked:
+                    return True
+                if id(user) not in seen:
+                    seen.add(id(user))
+                    stack.append(user)
+    return False
 
 
 def _values(graph: ir.Graph):

@@ -9,16 +9,17 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
+from onnx import TensorProto, helper
 
 from optimizer.protocol import Twin
-from optimizer.runtime import inference_session, run_session
+from optimizer.runtime import collect_values, inference_session, run_session
 from optimizer.verify import TWIN_TOLERANCES, compare_outputs
 from passes.quantization.dynamic import DynamicQuantizationPass
 from passes.quantization.embedding import EmbeddingQuantizationPass
 from passes.quantization.float16 import Float16Pass
 from passes.quantization.static import StaticQuantizationPass
 from tests.helpers import computed_op_types
-from tests.passes.quantization.graphs import attention, convnet, mlp, samples
+from tests.passes.quantization.graphs import _model, attention, convnet, mlp, samples, weights
 from tests.passes.quantization.test_embedding import _lookup
 from tests.passes.quantization.test_smoothing import _pre_norm_block, _x
 
@@ -166,3 +167,98 @@ def test_the_dynamic_twin_of_an_old_opset_model_is_converted_to_run_dynamic_quan
     assert result.model.opset_imports[""] == 10  # the result needs no conversion
     assert result.twin.model.opset_imports[""] == 18
     assert matches_twin(result.model, result.twin, samples(model, 4, seed=5))
+
+
+def _floored_causal_attention(hidden: int = 16, heads: int = 2, length: int = 8, layers: int = 2) -> ir.Model:
+    """``x [B, S, hidden]`` and a padding ``mask [B, S]`` through ``layers`` residual MultiHeadAttention layers.
+
+    The additive mask is built as fuse-attention builds it: ``Where(causal and not
+    padded, 0, -inf)`` floored at float32's minimum by a Max, so a query that sees no
+    key (a left-padded one) gets a uniform softmax instead of NaN.
+    """
+    causal = np.tril(np.ones((length, length), dtype=bool))[None, None]
+    nodes = [
+        helper.make_node("Cast", ["mask"], ["keep"], to=TensorProto.BOOL),
+        helper.make_node("Unsqueeze", ["keep", "axes12"], ["keep4"]),
+        helper.make_node("And", ["causal", "keep4"], ["allowed"]),
+        helper.make_node("Where", ["allowed", "zero", "neg_inf"], ["bias"]),
+        helper.make_node("Max", ["bias", "floor"], ["floored"], name="mask_floor"),
+    ]
+    init = [
+        ("causal", causal),
+        ("axes12", np.array([1, 2], np.int64)),
+        ("zero", np.zeros((), np.float32)),
+        ("neg_inf", np.array(-np.inf, np.float32)),
+        ("floor", np.array(np.finfo(np.float32).min, np.float32)),
+    ]
+    h = "x"
+    for layer in range(layers):
+        names = [f"{p}{layer}" for p in ("wq", "wk", "wv", "wo")]
+        init += [(name, weights(hidden, hidden, seed=10 * layer + i, scale=0.5)) for i, name in enumerate(names)]
+        q, k, v, o, out = (f"{p}{layer}" for p in ("q", "k", "v", "o", "h"))
+        nodes += [
+            helper.make_node("MatMul", [h, names[0]], [q]),
+            helper.make_node("MatMul", [h, names[1]], [k]),
+            helper.make_node("MatMul", [h, names[2]], [v]),
+            helper.make_node(
+                "MultiHeadAttention", [q, k, v, "", "", "floored"], [o], domain="com.microsoft", num_heads=heads
+            ),
+            helper.make_node("MatMul", [o, names[3]], [f"p{layer}"]),
+            helper.make_node("Add", [h, f"p{layer}"], [out]),
+        ]
+        h = out
+    nodes.append(helper.make_node("Identity", [h], ["y"]))
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", length, hidden]),
+        helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", length]),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", length, hidden])]
+    model = _model(nodes, inputs, outputs, init)
+    # Typed as the pipeline's models are: the converter places its Casts by the types it reads.
+    for node in model.graph:
+        for output in node.outputs:
+            output.dtype = ir.DataType.BOOL if output.name in ("keep", "keep4", "allowed") else ir.DataType.FLOAT
+    return model
+
+
+@pytest.mark.parametrize("keep_io_types", [True, False])
+def test_float16_keeps_the_mask_floor_finite_for_a_left_padded_batch(keep_io_types):
+    # A left-padded query under causal attention sees no key: every bias in its row is
+    # -inf, and only the float32-min floor keeps them finite. The converter keeps Max
+    # float32 (it is blocked) and casts its result to float16, where the floor was -inf
+    # again. Whether a row of -inf comes out NaN is up to the kernel (ORT's CPU
+    # MultiHeadAttention did on legacy Llama, and the NaN at the padded positions reached
+    # every later query through their keys and values), so the bias itself is checked.
+    model = _floored_causal_attention()
+    mask = np.ones((2, 8), np.int64)
+    mask[0, :3] = 0  # a decoder's tokenizer pads on the left
+    feeds = {"x": weights(2, 8, 16, seed=7, scale=1.0), "mask": mask}
+    result = Float16Pass(keep_io_types=keep_io_types)(model.clone())
+    assert result.modified
+    assert model.graph.inputs[0].dtype == ir.DataType.FLOAT  # the twin left the input model's types alone
+    if not keep_io_types:
+        feeds = {"x": feeds["x"].astype(np.float16), "mask": mask}
+    (values,) = collect_values(result.model, ["floored", "y"], [feeds])
+    assert values["floored"].dtype == np.float16
+    assert np.isfinite(values["floored"]).all()
+    assert values["floored"].min() == -65504
+    actual = values["y"].astype(np.float32)
+    assert np.isfinite(actual).all()
+    with inference_session(model) as session:
+        (expected,) = run_session(session, {"x": feeds["x"].astype(np.float32), "mask": mask}).values()
+    unpadded = mask.astype(bool)  # what a left-padded query returns is not defined
+    assert compare_outputs(
+        {"y": expected[unpadded]}, {"y": actual[unpadded]}, {"float32": TWIN_TOLERANCES["float16"]}
+    ).ok
+    assert matches_twin(result.model, result.twin, feeds)
+    assert "1 Max/Min bound clamped to float16's range" in result.twin.description
+    assert result.twin.model.graph.initializers["floor"].const_value.numpy() == -65504
+    assert model.graph.initializers["floor"].const_value.numpy() == np.finfo(np.float32).min
+
+
+def test_float16_leaves_a_bound_alone_where_no_float16_follows():
+    # Max(mask, float32 min) feeding only float32 ops (here the graph's float32 output) is exact as it is.
+    model = _floored_causal_attention(layers=0)
+    model.graph.outputs[0] = model.graph.node("mask_floor").outputs[0]
+    result = Float16Pass()(model.clone())
+    assert result.twin.model.graph.initializers["floor"].const_value.numpy() == np.finfo(np.float32).min
