@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from copy import deepcopy
 
 import onnx_ir as ir
 
@@ -37,6 +38,45 @@ def count_nodes(model: ir.Model) -> int:
     return total
 
 
+def detached_clone(model: ir.Model) -> ir.Model:
+    """``model.clone()`` whose values own their type objects.
+
+    onnx-ir's clone shares each value's type object with the original, so a pass that
+    sets ``value.dtype`` on its copy would retype the model it was given — and a
+    rolled-back pass would leave that change behind. Weight tensors stay shared (they
+    are replaced, never written in place).
+    """
+    copy = model.clone()
+    graphs = [copy.graph, *copy.functions.values()]
+    for graph in graphs:
+        for value in _values(graph):
+            if value.type is not None:
+                value.type = deepcopy(value.type)
+    return copy
+
+
+def _values(graph: ir.Graph | ir.Function):
+    seen = set()
+    for value in (*graph.inputs, *getattr(graph, "initializers", {}).values()):
+        if id(value) not in seen:
+            seen.add(id(value))
+            yield value
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        for value in node.outputs:
+            yield value
+        for attribute in node.attributes.values():
+            for subgraph in _subgraphs(attribute):
+                yield from _values(subgraph)
+
+
+def _subgraphs(attribute) -> list[ir.Graph]:
+    if attribute.type == ir.AttributeType.GRAPH:
+        return [attribute.value]
+    if attribute.type == ir.AttributeType.GRAPHS:
+        return list(attribute.value)
+    return []
+
+
 def run_pipeline(
     model: ir.Model,
     specs: Sequence[PassSpec],
@@ -54,7 +94,7 @@ def run_pipeline(
     """
     context = context or PassContext()
     started = time.perf_counter()
-    current = model.clone()
+    current = detached_clone(model)
     report = PipelineReport(
         model=label,
         target=context.target,
@@ -87,7 +127,7 @@ def _run_one(
     started = time.perf_counter()
     record = PassRecord(spec.name, STATUS_UNCHANGED, 0.0, nodes_before, nodes_before)
     try:
-        result = spec.factory(context)(model.clone())
+        result = spec.factory(context)(detached_clone(model))
         record.seconds = time.perf_counter() - started
         if isinstance(result, NotedResult):
             record.notes, record.refusals = [str(n) for n in result.notes], [str(r) for r in result.refusals]

@@ -140,3 +140,20 @@ def test_report_json_round_trips(tmp_path):
     assert data["passes"][0]["name"] == "remove-identity"
     assert data["tolerances"]["float32"] == {"rtol": 1e-4, "atol": 1e-5}
     assert data["inputs"] == [{"x": [3, 4]}]
+
+
+class _RetypingPass(ir.passes.InPlacePass):
+    """Sets an existing value's dtype in place (as some passes legitimately do on their copy), then fails."""
+
+    def call(self, model):
+        model.graph.inputs[0].dtype = ir.DataType.DOUBLE
+        raise RuntimeError("failed after retyping")
+
+
+def test_a_rolled_back_pass_cannot_retype_the_model_it_was_given():
+    # onnx-ir's clone shares type objects; the pipeline's copies must not.
+    model = parse_model(MODEL)
+    optimized, report = run_pipeline(model, [_spec("retype", _RetypingPass)], verifier=_verifier(model))
+    assert report.passes[0].status == STATUS_FAILED
+    assert model.graph.inputs[0].dtype == ir.DataType.FLOAT
+    assert optimized.graph.inputs[0].dtype == ir.DataType.FLOAT

@@ -185,7 +185,9 @@ def _float16_interface(graph: ir.Graph) -> None:
         cast.outputs[0].shape, cast.outputs[0].dtype = value.shape, ir.DataType.FLOAT
         for user, index in uses:
             user.replace_input_with(index, cast.outputs[0])
-        value.dtype = ir.DataType.FLOAT16
+        # A new type object: clones share their values' types, and setting ``dtype`` in
+        # place would retype the pass's input too.
+        value.type = ir.TensorType(ir.DataType.FLOAT16)
         casts.append(cast)
     if casts and len(graph):
         graph.insert_before(graph.node(0), casts)

@@ -76,11 +76,6 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             return self.result(model, modified=False)
         blocked = list(DEFAULT_OP_BLOCK_LIST) + list(self.block_ops)
         model = model.clone()  # a functional pass: the bounds are clamped in a copy
-        for value in (*model.graph.inputs, *model.graph.outputs):
-            # Clones share their values' type objects, and the float16 twin sets its
-            # interface's dtype in place: unshared, the input model's interface stays float32.
-            if isinstance(value.type, ir.TensorType):
-                value.type = ir.TensorType(value.type.dtype)
         clamped = _clamp_bounds(model, set(blocked), float16_outputs=not self.keep_io_types)
         bounds = f"{len(clamped)} Max/Min bound{'' if len(clamped) == 1 else 's'} clamped to float16's range"
         if clamped:
