@@ -10,6 +10,7 @@ import pytest
 
 from optimizer.api import optimize_with_report
 from optimizer.cli import EXAMPLE_MODEL, main
+from optimizer.errors import OptionError
 from optimizer.inputs import make_inputs
 from passes.pruning._base import parameter_count
 from tests.helpers import ALL_FIXTURES, EXPORTED_MODELS, FIXTURES, calibration_samples, run
@@ -135,10 +136,15 @@ def test_without_calibration_data_pruning_ranks_by_magnitude_and_does_not_repair
 
 def test_activation_importance_without_calibration_data_is_refused(tmp_path, capsys):
     output = tmp_path / "p.onnx"
-    command = ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--prune-heads", "0.25", "-v"]
-    assert main([*command, "--importance", "activation"]) == 0
-    printed = capsys.readouterr().out
-    assert "--importance activation needs --calibration data" in printed
-    _, report = optimize_with_report(ir.load(EXAMPLE_MODEL), prune_heads=0.25, repair=True)
-    record = next(r for r in report.passes if r.name == "prune-heads")
-    assert record.status == "unchanged" and "repair=True needs --calibration data" in record.refusals[0]
+    command = ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--prune-heads", "0.25"]
+    assert main([*command, "--importance", "activation"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--importance activation needs --calibration data" in error and "\n" not in error
+    assert not output.exists()
+    with pytest.raises(OptionError, match="repair needs --calibration data"):
+        optimize_with_report(ir.load(EXAMPLE_MODEL), prune_heads=0.25, repair=True)
+    # The pass refuses on its own too, for use outside graphopt's pipeline.
+    from passes.pruning.heads import HeadPruningPass
+
+    result = HeadPruningPass(0.25, importance="activation", samples={}, samples_generated=True)(ir.load(EXAMPLE_MODEL))
+    assert not result.modified and "needs --calibration data" in result.refusals[0]
