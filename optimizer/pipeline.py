@@ -166,7 +166,7 @@ def _run_one(
         if verdict.twin_spread is not None:
             record.twin += (
                 f", past it only where integer rounding took the other side of a tie "
-                f"(RMS {verdict.twin_spread:.2f} of the quantization's own error)"
+                f"(no token row farther from the input than {verdict.twin_spread:.2f}x its twin)"
             )
     if not verdict.ok:
         logger.warning("pass %s rolled back: %s", spec.name, verdict.first_failure)
