@@ -232,8 +232,9 @@ def _add_second_binding(model: ir.Model, verifier: Verifier, dims: Mapping[str, 
     shape in fails there. Longer sequences first (twice the default plus one: past sliding
     windows the default length does not reach), else shorter (half) if the original cannot
     run that long; padded at both ends."""
+    first = dims_from_inputs(model, verifier.inputs)
     for longer in (True, False):
-        alternate = alternate_binding(model, dims, longer=longer)
+        alternate = alternate_binding(model, dims, longer=longer, base=first)
         if alternate is None:
             return
         try:

@@ -106,16 +106,22 @@ def dims_from_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[
 
 
 def alternate_binding(
-    model: ir.Model, overrides: Mapping[str, int] | None = None, *, longer: bool = False
+    model: ir.Model,
+    overrides: Mapping[str, int] | None = None,
+    *,
+    longer: bool = False,
+    base: Mapping[str, int] | None = None,
 ) -> dict[str, int] | None:
     """A second binding that changes every dim not fixed by ``overrides``, or None if there is none.
 
-    Batch-like dims go from 1 to 2; others to about half their default, which stays
-    inside position tables sized for the default, or with ``longer`` to twice it plus
-    one (past a sliding window or a table of the default's size).
+    Starting from ``base`` (the sizes of the first verification set; the defaults
+    where it does not say), batch-like dims grow by one; others go to about half,
+    which stays inside position tables sized for the default, or with ``longer`` to
+    twice plus one (past a sliding window or a table of the default's size).
     """
     overrides = dict(overrides or {})
     bound = bind_dims(model, overrides)
+    bound.update({name: size for name, size in (base or {}).items() if name in bound and name not in overrides})
     free = [name for name in bound if name not in overrides]
     if not free:
         return None

@@ -26,13 +26,22 @@ _MASK_NAME = re.compile(r"mask", re.IGNORECASE)
 
 
 def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
-    """Inputs of ``model`` that look like a ``[batch, sequence]`` padding mask (named ``*mask*``, 2-D)."""
+    """Inputs of ``model`` that look like a ``[batch, sequence]`` padding mask: named ``*mask*``,
+    2-D, holding only 0 (pad) and 1 (attend), and attending somewhere in every row.
+
+    An additive float mask (0 attends, a large negative number pads) and a boolean one
+    (True pads in PyTorch's ``key_padding_mask``, attends in Hugging Face's) do not qualify:
+    reading them the wrong way round would hide the real tokens from comparison.
+    """
     names = []
     for value in model.graph.inputs:
         array = inputs.get(value.name)
         if array is None or not _MASK_NAME.search(value.name) or np.ndim(array) != 2:
             continue
-        if array.dtype.kind in "biuf" and np.shape(array)[1] >= 2:
+        array = np.asarray(array)
+        if array.dtype.kind not in "iuf" or array.shape[1] < 2:
+            continue
+        if np.isin(array, (0, 1)).all() and (array == 1).any(axis=1).all():
             names.append(value.name)
     return names
 
@@ -62,21 +71,30 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
             mask[0, :left] = 0
             mask[-1, length - right :] = 0
             where = f"row 1's first {left} and row {rows}'s last {right} of {length} positions"
-        else:
-            left = right = max(1, length // 8) if length >= 3 else 0
+        elif length >= 3:
+            left = right = max(1, length // 8)
             mask[0, :left] = 0
             mask[0, length - right :] = 0
             where = f"the first {left} and last {right} of {length} positions"
+        else:  # two positions: one real token, padding on the right only
+            mask[0, -1] = 0
+            where = f"the last of {length} positions"
         padded[name] = mask
         described.append(f"{name}: {where} padded")
     return padded, ", ".join(described)
 
 
 def padded_positions(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> np.ndarray | None:
-    """``[batch, sequence]`` booleans, True where the first mask in ``inputs`` pads; None without padding."""
+    """``[batch, sequence]`` booleans, True where every mask in ``inputs`` pads; None without padding.
+
+    A row that a mask pads entirely stays compared: it is no padded batch, and hiding it
+    would hide everything.
+    """
     if not masks:
         return None
-    padding = np.asarray(inputs[masks[0]]) == 0
+    shape = np.shape(inputs[masks[0]])  # masks of another shape describe another sequence
+    padding = np.logical_and.reduce([np.asarray(inputs[n]) == 0 for n in masks if np.shape(inputs[n]) == shape])
+    padding &= ~padding.all(axis=1, keepdims=True)
     return padding if padding.any() else None
 
 

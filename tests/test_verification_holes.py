@@ -235,3 +235,110 @@ def test_outputs_at_padded_positions_are_not_compared_but_their_dtype_is():
     assert hide_padded(changed_elsewhere, padding, reference)["y"][0, 1, 0] == 1
     other_dtype = {"y": np.ones((1, 3, 2), np.float16)}
     assert hide_padded(other_dtype, padding, reference)["y"].dtype == np.float16
+
+
+def _corrupting(monkeypatch, pass_name, corrupt):
+    """Run the real ``pass_name``, then ``corrupt`` its result in place; its twin stays what the pass declared."""
+    import optimizer.api as api
+
+    resolve = api.resolve
+
+    def resolve_corrupted(names, options):
+        specs = []
+        for spec in resolve(names, options):
+            if spec.name == pass_name:
+
+                def factory(context, real=spec.factory):
+                    instance = real(context)
+
+                    def run(model):
+                        result = instance(model)
+                        if result.modified:
+                            corrupt(result.model)
+                        return result
+
+                    return run
+
+                spec = dataclasses.replace(spec, factory=factory)
+            specs.append(spec)
+        return specs
+
+    monkeypatch.setattr(api, "resolve", resolve_corrupted)
+
+
+def _replace_first_output(model, build):
+    graph = model.graph
+    output = graph.outputs[0]
+    nodes, new = build(graph, output)
+    graph.extend(nodes)
+    new.dtype = new.dtype or output.dtype
+    new.shape = output.shape
+    new.name, output.name = output.name, output.name + ".inner"
+    graph.outputs[0] = new
+
+
+def _scale_last_position(model, factor=0.97):
+    def build(graph, output):
+        def constant(name, value, dtype=np.int64):
+            return add_initializer(graph, name, np.array(value, dtype))
+
+        head = ir.node("Slice", [output, constant("h0", [0]), constant("h1", [-1]), constant("a0", [1])])
+        tail = ir.node("Slice", [output, constant("t0", [-1]), constant("t1", [2**62]), constant("a1", [1])])
+        scaled = ir.node("Mul", [tail.outputs[0], constant("k", factor, np.float32)])
+        concat = ir.node("Concat", [head.outputs[0], scaled.outputs[0]], {"axis": 1})
+        return [head, tail, scaled, concat], concat.outputs[0]
+
+    _replace_first_output(model, build)
+
+
+def _cast_to_float64(model):
+    def build(graph, output):
+        cast = ir.node("Cast", [output], {"to": ir.DataType.DOUBLE})
+        cast.outputs[0].dtype = ir.DataType.DOUBLE
+        return [cast], cast.outputs[0]
+
+    _replace_first_output(model, build)
+
+
+@pytest.mark.parametrize(
+    ("model", "corrupt", "reason"),
+    [
+        ("llama_legacy", _scale_last_position, "max abs error"),
+        ("bert_legacy", _cast_to_float64, "dtype float64 instead of float32"),
+    ],
+    ids=["last-position-scaled", "output-float64"],
+)
+def test_an_int8_result_is_not_excused_as_rounding_unless_it_is(monkeypatch, model, corrupt, reason):
+    # Past the elementwise tolerance an int8 result is accepted only for finite float
+    # differences no token row of which strays farther from the input than its twin does.
+    _corrupting(monkeypatch, "quantize-dynamic", corrupt)
+    _, report = optimizer.optimize_with_report(ir.load(FIXTURES / f"{model}.onnx"), passes=[], quantize="dynamic")
+    record = report.passes[-1]
+    assert record.status == STATUS_ROLLED_BACK
+    assert "differs from its twin" in record.detail and reason in record.detail
+
+
+def test_the_second_binding_grows_from_the_users_inputs():
+    _, report = optimizer.optimize_with_report(ir.load(BERT), passes=["remove-identity"], inputs=_inputs(batch=2))
+    assert report.input_sets[1].startswith("generated, second binding (batch=3, sequence=25)")
+
+
+def test_an_additive_or_boolean_mask_is_not_read_as_padding():
+    from optimizer.padding import mask_inputs
+
+    graph = ir.Graph([ir.Value(name=n) for n in ("attention_mask", "additive_mask", "key_padding_mask")], [], nodes=[])
+    model = ir.Model(graph, ir_version=9)
+    inputs = {
+        "attention_mask": np.array([[1, 1, 0]], np.int64),
+        "additive_mask": np.array([[0.0, 0.0, -1e4]], np.float32),
+        "key_padding_mask": np.array([[False, False, True]]),
+    }
+    assert mask_inputs(model, inputs) == ["attention_mask"]
+
+
+def test_a_two_token_row_is_padded_at_its_end_and_says_so():
+    from optimizer.padding import padded_copy
+
+    padded, how = padded_copy({"attention_mask": np.ones((1, 2), np.int64)}, ["attention_mask"])
+    assert padded["attention_mask"].tolist() == [[1, 0]]
+    assert how == "attention_mask: the last of 2 positions padded"
