@@ -114,13 +114,14 @@ def alternate_binding(
 ) -> dict[str, int] | None:
     """A second binding that changes every dim not fixed by ``overrides``, or None if there is none.
 
-    Starting from ``base`` (the sizes of the first verification set; the defaults
-    where it does not say), batch-like dims grow by one; others go to about half,
-    which stays inside position tables sized for the default, or with ``longer`` to
-    twice plus one (past a sliding window or a table of the default's size).
+    From ``base`` (the sizes of the first verification set; the defaults where it does
+    not say), batch-like dims grow by one; others go to about half, which stays inside
+    position tables sized for the default, or with ``longer`` to twice the larger of
+    ``base`` and the default, plus one (past a sliding window or a table of that size).
     """
     overrides = dict(overrides or {})
-    bound = bind_dims(model, overrides)
+    defaults = bind_dims(model, overrides)
+    bound = dict(defaults)
     bound.update({name: size for name, size in (base or {}).items() if name in bound and name not in overrides})
     free = [name for name in bound if name not in overrides]
     if not free:
@@ -129,8 +130,10 @@ def alternate_binding(
     for name in free:
         if _BATCH_NAME.search(name):
             alternate[name] = bound[name] + 1
+        elif longer:
+            alternate[name] = 2 * max(bound[name], defaults[name]) + 1
         else:
-            alternate[name] = 2 * bound[name] + 1 if longer else bound[name] // 2 + 1
+            alternate[name] = bound[name] // 2 + 1
     return alternate
 
 

@@ -69,11 +69,11 @@ def test_report_and_explicit_inputs():
     model = ir.load(BERT)
     _, report = optimizer.optimize_with_report(model, inputs=_inputs(sequence=12))
     shapes = {"input_ids": [2, 12], "attention_mask": [2, 12], "token_type_ids": [2, 12]}
-    # The given inputs, then a generated second binding (longer than the fixture's 128
-    # positions allow, so half the default), padded at both ends.
-    assert report.inputs == [shapes, {name: [2, 65] for name in shapes}]
+    # The given inputs, then a generated second binding grown from them: batch 3, and
+    # (257 being past the fixture's 128 positions) half their length; padded at both ends.
+    assert report.inputs == [shapes, {name: [3, 7] for name in shapes}]
     assert report.input_sets[0] == "the given inputs"
-    assert report.input_sets[1].startswith("generated, second binding (batch=2, sequence=65), attention_mask: row 1")
+    assert report.input_sets[1].startswith("generated, second binding (batch=3, sequence=7), attention_mask: row 1")
     assert all(record.status in ("applied", "unchanged") for record in report.passes)
     assert report.nodes_after < report.nodes_before
 

@@ -84,3 +84,25 @@ def quantize_bias(bias: np.ndarray, scale: np.ndarray) -> np.ndarray | None:
     if not np.all(np.abs(values) < np.iinfo(np.int32).max):
         return None
     return values.astype(np.int32)
+
+
+def claimed_weight(weight: np.ndarray, quantized: QuantizedWeight, layer: str) -> np.ndarray:
+    """The float weight an int8 twin claims: ``quantized`` dequantized, checked against ``weight``.
+
+    Symmetric int8 with ``scale = peak / limit`` never clips, so every dequantized value
+    lies within half a step of the float one; a scale that does not belong to the values
+    (a bug shared by the rewrite and its twin) breaks that, and is refused here rather
+    than verified against itself.
+    """
+    weight = np.asarray(weight, dtype=np.float32)
+    dequantized = quantized.dequantize()
+    if quantized.axis is None:
+        step = np.broadcast_to(quantized.scale, weight.shape)
+    else:
+        shape = [1] * weight.ndim
+        shape[quantized.axis] = -1
+        step = np.broadcast_to(quantized.scale.reshape(shape), weight.shape)
+    slack = 0.5 * step * (1 + 1e-5) + 1e-7 * np.abs(weight)
+    if dequantized.shape != weight.shape or not (np.abs(dequantized - weight) <= slack).all():
+        raise ValueError(f"int8 weight of {layer}: its values and scales do not stand for the float weight")
+    return dequantized

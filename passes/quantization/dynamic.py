@@ -17,7 +17,7 @@ from passes._layers import Layer, bias_add
 from passes._utils import add_initializer, replace_value
 from passes.quantization._attention import folded_weights, replace_with_qattention
 from passes.quantization._base import QuantizationPass
-from passes.quantization._int8 import quantize_weight
+from passes.quantization._int8 import claimed_weight, quantize_weight
 from passes.quantization._twin import Int8Twin
 
 
@@ -72,11 +72,18 @@ class DynamicQuantizationPass(QuantizationPass):
         axis = 1 if self.per_channel else None
         if layer.kind == "attention":
             weight, bias = folded_weights(layer)
-            twin.set_weight(layer, quantize_weight(weight, axis, reduce_range=self.reduce_range).dequantize())
+            twin.set_weight(
+                layer, claimed_weight(weight, quantize_weight(weight, axis, reduce_range=self.reduce_range), layer.name)
+            )
             twin.set_input(layer.node, 2, bias)
             layer.node.attributes.pop("scale", None)
         else:
-            twin.set_weight(layer, quantize_weight(layer.weight, axis, reduce_range=self.reduce_range).dequantize())
+            twin.set_weight(
+                layer,
+                claimed_weight(
+                    layer.weight, quantize_weight(layer.weight, axis, reduce_range=self.reduce_range), layer.name
+                ),
+            )
 
     def _quantized_activation(self, graph: ir.Graph, layer: Layer) -> tuple[ir.Value, ...]:
         name = layer.activation.name

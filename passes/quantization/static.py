@@ -18,7 +18,7 @@ from passes._utils import add_initializer, constant_array
 from passes.quantization import calibration
 from passes.quantization._attention import folded_weights, replace_with_qattention
 from passes.quantization._base import QuantizationPass
-from passes.quantization._int8 import activation_parameters, quantize_bias, quantize_weight
+from passes.quantization._int8 import activation_parameters, claimed_weight, quantize_bias, quantize_weight
 from passes.quantization._twin import Int8Twin
 
 _QDQ_OPSET = 13
@@ -123,12 +123,14 @@ class StaticQuantizationPass(QuantizationPass):
         axis = (0 if layer.kind == "conv" else 1) if self.per_channel else None
         if layer.kind == "attention":
             weight, bias = folded_weights(layer)
-            twin.set_weight(layer, quantize_weight(weight, axis, reduce_range=self.reduce_range).dequantize())
+            twin.set_weight(
+                layer, claimed_weight(weight, quantize_weight(weight, axis, reduce_range=self.reduce_range), layer.name)
+            )
             twin.set_input(node, 2, bias)
             node.attributes.pop("scale", None)
             return
         quantized = quantize_weight(layer.weight, axis, reduce_range=self.reduce_range)
-        twin.set_weight(layer, quantized.dequantize())
+        twin.set_weight(layer, claimed_weight(layer.weight, quantized, layer.name))
         if layer.bias is not None:
             bias, user, slot = layer.bias, node, 2
         elif (following := bias_add(layer)) is not None:
