@@ -137,9 +137,13 @@ def parse_tolerance_flags(flags: list[str] | None) -> dict[str, Tolerance]:
         try:
             if not sep or len(parts) != 2:
                 raise ValueError(flag)
-            tolerances[dtype.strip()] = Tolerance(rtol=float(parts[0]), atol=float(parts[1]))
+            tolerance = Tolerance(rtol=float(parts[0]), atol=float(parts[1]))
         except ValueError as error:
             raise InputSpecError(f"--tolerance {flag}: expected DTYPE=RTOL,ATOL, e.g. float32=1e-3,1e-4") from error
+        # NaN or infinity (1e400 too) would accept any output: verification off without a word.
+        if not all(math.isfinite(x) and x >= 0 for x in (tolerance.rtol, tolerance.atol)):
+            raise InputSpecError(f"--tolerance {flag}: rtol and atol must be finite and not negative")
+        tolerances[dtype.strip()] = tolerance
     return tolerances
 
 
@@ -304,7 +308,7 @@ class Verifier:
                 try:
                     self.references.append(self._run(original, inputs))
                 except RuntimeRefusedError as error:
-                    if label.startswith("generated"):
+                    if label.startswith("generated") and error.action == "run the model":
                         way_out = "give real inputs with --inputs FILE.npz, or pass --no-verify"
                         raise InvalidModelError(
                             f"ONNX Runtime cannot run the input model on generated inputs ({error.reason}); {way_out}"
