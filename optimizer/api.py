@@ -14,12 +14,16 @@ import onnx_ir as ir
 from optimizer.errors import InputSpecError, OptionError, OutputPathError, PassSelectionError
 from optimizer.inputs import (
     alternate_binding,
+    as_arrays,
     batch_dims,
     bind_dims,
     check_inputs,
     dims_from_inputs,
     load_inputs,
     make_inputs,
+    nan_note,
+    refuse_oversized,
+    verification_bindings,
 )
 from optimizer.model_io import check_model_proto, load_model, same_file, save_model
 from optimizer.options import Options
@@ -190,12 +194,15 @@ _GENERATED_SAMPLES = 16
 def _samples(
     model: ir.Model, calibration: InputsLike, dims: Mapping[str, int] | None
 ) -> tuple[dict[str, np.ndarray], str | None]:
-    """Sample inputs for approximate passes: the user's calibration data, else generated (with a warning)."""
+    """Sample inputs for approximate passes: the user's calibration data, else generated (with a warning).
+
+    Generated samples past ``MAX_INPUT_BYTES`` are refused before they are drawn.
+    """
     if calibration is not None:
         if isinstance(calibration, (str, os.PathLike)):
             samples = load_inputs(calibration, model, flag="--calibration")
         else:
-            samples = check_inputs({n: np.asarray(a) for n, a in calibration.items()}, model, "calibration")
+            samples = check_inputs(as_arrays(calibration, "calibration"), model, "calibration")
         if any(array.ndim and len(array) == 0 for array in samples.values()):
             raise InputSpecError("--calibration: the arrays hold no samples (axis 0 is empty)")
         return samples, None
@@ -207,6 +214,12 @@ def _samples(
         )
     bound = dict(dims or {})
     bound.update({name: _GENERATED_SAMPLES for name in batch})
+    refuse_oversized(
+        model,
+        [bound],
+        what=f"generated calibration samples ({_GENERATED_SAMPLES} along the batch axis)",
+        ways_out="give real samples with --calibration FILE.npz, or bind smaller sizes with --dim NAME=SIZE",
+    )
     warning = (
         "no --calibration data: approximate passes measured (int8 calibrated) on generated random inputs, "
         "which says little about accuracy on real data"
@@ -217,14 +230,24 @@ def _samples(
 def _verification_inputs(
     model: ir.Model, inputs: InputsLike, dims: Mapping[str, int] | None
 ) -> tuple[list[dict[str, np.ndarray]], list[str]]:
-    """The first verification input set and where it came from: the user's inputs, or generated."""
+    """The first verification input set and where it came from: the user's inputs, or generated.
+
+    A label notes inputs that are partly NaN. Before generating, the sets verification
+    generates (this one, a padded copy, the second binding) are counted against
+    ``MAX_INPUT_BYTES``.
+    """
     if isinstance(inputs, (str, os.PathLike)):
-        return [load_inputs(inputs, model)], [f"--inputs {inputs}"]
-    if inputs is not None:
-        arrays = {name: np.asarray(array) for name, array in inputs.items()}
-        return [check_inputs(arrays, model, "inputs")], ["the given inputs"]
-    primary = make_inputs(model, dims)
-    return [primary], [f"generated ({_shapes(model, primary)})"]
+        arrays, label = load_inputs(inputs, model), f"--inputs {inputs}"
+    elif inputs is not None:
+        arrays, label = check_inputs(as_arrays(inputs, "inputs"), model, "inputs"), "the given inputs"
+    else:
+        refuse_oversized(model, verification_bindings(model, dims), what="generated verification inputs")
+        primary = make_inputs(model, dims)
+        return [primary], [f"generated ({_shapes(model, primary)})"]
+    note = nan_note(arrays)
+    if note:
+        label += f" ({note}: outputs they reach are NaN in both models, and compare as equal)"
+    return [arrays], [label]
 
 
 def _add_second_binding(model: ir.Model, verifier: Verifier, dims: Mapping[str, int] | None) -> None:

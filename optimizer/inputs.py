@@ -17,21 +17,39 @@ on to the next candidates (ones, small positive values, the plain random values)
 if ONNX Runtime refuses them all, ``make_inputs`` says so in one line, naming both
 ways out (``--inputs FILE.npz``, ``--no-verify``). Models without such inputs are
 not run here. Generation is seeded, so the same model always gets the same inputs.
+
+Inputs are held in memory, so graphopt refuses, before allocating anything, inputs that
+would take more than ``MAX_INPUT_BYTES`` (4 GiB) in all: the generated verification sets
+(the first binding, its padded copy when the model has a mask input, and the second,
+longer binding), generated calibration samples (16 along the batch axis), and the arrays
+an .npz file declares. The count is of the arrays kept; generation draws one input at a
+time in float64 or int64 before casting, and the model's activations come on top.
+
+User-given values are checked before use: an .npz must be a zip of .npy arrays (read
+without unpickling: object arrays are refused), with one array per graph input that has
+no default value; an input with a default value (an initializer) keeps it, and a value
+given for it is refused rather than silently dropped, since graphopt runs models with
+their own defaults. An input that is all NaN, or inputs that are all empty, are refused:
+nothing can be verified on them. ``nan_note`` describes inputs that are partly NaN.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
-from optimizer.errors import InputSpecError, RuntimeRefusedError
+from optimizer.errors import InputSpecError, RuntimeRefusedError, one_line
 from optimizer.runtime import run_model
 
 logger = logging.getLogger(__name__)
@@ -56,6 +74,20 @@ SEQUENCE_LENGTH = 2
 _UNKNOWN_ELEMENT_SHAPE = (4,)
 _WORDS = np.array(["alpha", "Beta", "gamma delta", "x7"], dtype=object)
 _WAYS_OUT = "pass real inputs with --inputs FILE.npz, or --no-verify"
+
+# Inputs graphopt generates or loads, in all, may take at most this many bytes (see the
+# module docstring): far more than any verification needs (a transformer's inputs at batch
+# 16 and 4096 tokens take a few MiB; a batch of 64 video clips of 16 frames at 224x224,
+# 590 MiB), and little enough that a typo in --dim is one line, not a swapping machine.
+MAX_INPUT_BYTES = 4 << 30
+# ONNX stores dims as int64.
+MAX_DIM = 2**63 - 1
+_SMALLER_WAYS_OUT = (
+    "bind smaller sizes with --dim NAME=SIZE, give real inputs with --inputs FILE.npz, "
+    "or skip verification with --no-verify"
+)
+# Bytes counted per generated string (a pointer and a short str object).
+_STRING_BYTES = 64
 
 
 def symbolic_dims(model: ir.Model) -> list[str]:
@@ -137,39 +169,171 @@ def alternate_binding(
     return alternate
 
 
+def verification_bindings(model: ir.Model, dims: Mapping[str, int] | None = None) -> list[Mapping[str, int] | None]:
+    """The bindings of the input sets verification generates: the first (twice, for the padded
+    copy, when an input looks like a mask) and the second, longer one (see ``alternate_binding``)."""
+    bindings: list[Mapping[str, int] | None] = [dims]
+    if any(_MASK_NAME.search(value.name) for value in runtime_inputs(model)):
+        bindings.append(dims)
+    alternate = alternate_binding(model, dims, longer=True)
+    if alternate is not None:
+        bindings.append(alternate)
+    return bindings
+
+
 def batch_dims(model: ir.Model) -> list[str]:
     """Names of the symbolic input dims that look like a batch axis (``batch``, ``N``...)."""
     return [name for name in symbolic_dims(model) if _BATCH_NAME.search(name)]
 
 
 def parse_dim_flags(flags: list[str] | None) -> dict[str, int]:
-    """Parse ``NAME=VALUE`` strings from the command line into a dict."""
+    """Parse ``NAME=VALUE`` strings from the command line into a dict (VALUE in ASCII digits, 1 to 2^63 - 1)."""
     dims: dict[str, int] = {}
     for flag in flags or []:
         name, sep, value = flag.partition("=")
-        if not sep or not name or not value.strip().isdigit() or int(value) <= 0:
+        # str.isdigit() accepts "²", which int() refuses, and int() reads other scripts' digits.
+        if not sep or not name.strip() or not re.fullmatch(r"[0-9]+", value.strip()) or int(value) <= 0:
             raise InputSpecError(f"--dim {flag}: expected NAME=VALUE with a positive integer VALUE")
+        if int(value) > MAX_DIM:
+            raise InputSpecError(f"--dim {flag}: larger than an ONNX dimension can be (2^63 - 1)")
         dims[name.strip()] = int(value)
     return dims
 
 
 def load_inputs(path: str | os.PathLike, model: ir.Model, *, flag: str = "--inputs") -> dict[str, np.ndarray]:
-    """Read inputs from an .npz file whose keys are the graph's input names (``flag`` names it in errors)."""
+    """Read inputs from an .npz file whose keys are the graph's input names (``flag`` names it in errors).
+
+    The file is read as a zip of .npy arrays, never unpickled. Anything else (an empty,
+    truncated or corrupt file, a member that is no .npy array, object arrays, arrays that
+    declare more than ``MAX_INPUT_BYTES``) is an ``InputSpecError`` in one line; then
+    ``check_inputs`` checks the arrays against the model.
+    """
+    source = f"{flag} {path}"
+    return check_inputs(_read_npz(Path(path), source), model, source)
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _read_npz(path: Path, source: str) -> dict[str, np.ndarray]:
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file holds one array, not named inputs
-            raise InputSpecError(f"{flag} {path}: a single array, not a .npz file with one array per input name")
-        with loaded as archive:
-            arrays = {name: archive[name] for name in archive.files}
+        with open(path, "rb") as handle:
+            head = handle.read(len(_NPY_MAGIC))
     except FileNotFoundError as error:
-        raise InputSpecError(f"{flag} {path}: no such file") from error
-    except (OSError, ValueError) as error:
-        raise InputSpecError(f"{flag} {path}: not a readable .npz file ({error})") from error
-    return check_inputs(arrays, model, f"{flag} {path}")
+        raise InputSpecError(f"{source}: no such file") from error
+    except IsADirectoryError as error:
+        raise InputSpecError(f"{source}: is a folder, not a .npz file") from error
+    except OSError as error:
+        raise InputSpecError(f"{source}: cannot read it ({error.strerror or one_line(error)})") from error
+    unreadable = f"{source}: not a readable .npz file"
+    if not head:
+        raise InputSpecError(f"{unreadable} (the file is empty)")
+    if head.startswith(_NPY_MAGIC):  # a .npy file holds one array, not named inputs
+        raise InputSpecError(f"{source}: a single array, not a .npz file with one array per input name")
+    if not head.startswith(b"PK"):
+        raise InputSpecError(
+            f"{unreadable} (not a zip archive of .npy arrays, as numpy.savez writes, one per graph input name)"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [_member_header(archive, info, unreadable) for info in archive.infolist()]
+            names = [name for name, *_ in members]
+            repeated = next((name for name in names if names.count(name) > 1), None)
+            if repeated is not None:
+                raise InputSpecError(f"{unreadable} (it holds two arrays named '{repeated}')")
+            total = sum(nbytes for *_, nbytes in members)
+            if total > MAX_INPUT_BYTES:
+                raise InputSpecError(
+                    f"{source}: its arrays take {format_bytes(total)}, more than graphopt's limit of "
+                    f"{format_bytes(MAX_INPUT_BYTES)}: give fewer or smaller samples"
+                )
+            arrays = {}
+            for name, info, *_ in members:
+                with archive.open(info) as member:
+                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as error:
+        # zipfile's own words ("Bad CRC-32 for file 'x.npy'"); numpy's are not shown, as
+        # some of them advise loading pickles.
+        detail = one_line(error) if isinstance(error, (zipfile.BadZipFile, zlib.error, EOFError)) else "data ends early"
+        raise InputSpecError(f"{unreadable} (truncated or corrupt: {detail})") from error
+    return arrays
+
+
+def _member_header(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, unreadable: str
+) -> tuple[str, zipfile.ZipInfo, int]:
+    """(input name, member, bytes of data) of one .npz member, from its .npy header alone."""
+    if not info.filename.endswith(".npy"):
+        raise InputSpecError(f"{unreadable} ('{info.filename}' is not a .npy array; an .npz holds only arrays)")
+    name = info.filename[: -len(".npy")]
+    with archive.open(info) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version in ((2, 0), (3, 0)):  # 3.0 only differs in allowing UTF-8 field names
+                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                raise ValueError(f"format version {version}")
+        except ValueError as error:
+            raise InputSpecError(f"{unreadable} ('{info.filename}' is not a .npy array)") from error
+        header_bytes = member.tell()
+    if dtype.hasobject:
+        raise InputSpecError(
+            f"{unreadable} ('{name}' holds Python objects, which graphopt does not unpickle: save numeric arrays)"
+        )
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > info.file_size - header_bytes:
+        declared = f"{dtype}[{', '.join(str(d) for d in shape)}]"
+        raise InputSpecError(
+            f"{unreadable} (truncated or corrupt: '{name}' declares {declared} "
+            f"but holds {info.file_size - header_bytes} bytes of data)"
+        )
+    return name, info, nbytes
+
+
+def as_arrays(values: Any, source: str) -> dict[str, np.ndarray]:
+    """A mapping of input names to array-likes (an API argument) as arrays; ``InputSpecError`` for anything else.
+
+    Values become arrays of numbers, booleans or strings; ``None``, ragged lists and other
+    Python objects are refused in one line, naming ``source``.
+    """
+    if not isinstance(values, Mapping):
+        raise InputSpecError(
+            f"{source}: expected a mapping of input names to arrays, or an .npz path, not {type(values).__name__}"
+        )
+    arrays = {}
+    for name, value in values.items():
+        if not isinstance(name, str):
+            raise InputSpecError(f"{source}: input names are strings, not {name!r}")
+        if value is None:
+            raise InputSpecError(f"{source}: '{name}' is None, not an array")
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError) as error:
+            raise InputSpecError(f"{source}: '{name}' is not an array (rows of different lengths or types)") from error
+        if array.dtype.hasobject and not all(isinstance(item, str) for item in array.flat):
+            kind = type(value).__name__ if array.ndim == 0 else "object"
+            raise InputSpecError(f"{source}: '{name}' holds Python objects ({kind}), not numbers or strings")
+        arrays[name] = array
+    return arrays
 
 
 def check_inputs(arrays: Mapping[str, np.ndarray], model: ir.Model, source: str) -> dict[str, np.ndarray]:
-    """Check that ``arrays`` has every graph input with the right dtype and rank; return them in input order."""
+    """Check that ``arrays`` has every graph input with the right dtype and rank; return them in input order.
+
+    Refused, naming ``source``: a missing input, a value that is not an array, a wrong
+    dtype or rank, a value for an input that has a default value (an initializer: graphopt
+    runs models with their own defaults, so the value would be dropped), a float input
+    that is all NaN, and inputs that are all empty (nothing to verify on).
+    """
+    defaults = [value.name for value in model.graph.inputs if value.name in model.graph.initializers]
+    overridden = next((name for name in defaults if name in arrays), None)
+    if overridden is not None:
+        raise InputSpecError(
+            f"{source}: '{overridden}' has a default value in the model (an initializer), which graphopt "
+            f"verifies and optimizes with: remove '{overridden}' from the inputs"
+        )
     required = [value.name for value in runtime_inputs(model)]
     missing = [name for name in required if name not in arrays]
     if missing:
@@ -178,13 +342,92 @@ def check_inputs(arrays: Mapping[str, np.ndarray], model: ir.Model, source: str)
         )
     for value in runtime_inputs(model):
         array = arrays[value.name]
+        if not isinstance(array, np.ndarray):
+            raise InputSpecError(f"{source}: '{value.name}' is a {type(array).__name__}, not an array")
         if value.dtype is not None and value.dtype != ir.DataType.STRING and array.dtype != value.dtype.numpy():
             raise InputSpecError(f"{source}: '{value.name}' is {array.dtype}, the model expects {value.dtype.numpy()}")
         if value.shape is not None and len(value.shape) != array.ndim:
             raise InputSpecError(
                 f"{source}: '{value.name}' has rank {array.ndim}, the model expects {len(value.shape)}"
             )
+        if array.dtype.kind in "fc" and array.size and np.isnan(array).all():
+            raise InputSpecError(f"{source}: '{value.name}' is all NaN: nothing can be checked on it")
+    if required and all(arrays[name].size == 0 for name in required):
+        raise InputSpecError(f"{source}: every array is empty: there are no samples to check anything on")
     return {name: arrays[name] for name in required}
+
+
+def nan_note(arrays: Mapping[str, Any]) -> str | None:
+    """``'x' holds 2 NaN among 6 values``: the first input that is partly NaN, or None.
+
+    Outputs that a NaN reaches are NaN in both models and compare as equal, so
+    verification checks less than the inputs' size suggests. Infinities are values
+    (``-inf`` in an additive attention mask) and are not counted.
+    """
+    for name, array in arrays.items():
+        if isinstance(array, np.ndarray) and array.dtype.kind in "fc" and array.size:
+            count = int(np.count_nonzero(np.isnan(array)))
+            if count:
+                return f"'{name}' holds {count} NaN among {array.size} values"
+    return None
+
+
+def input_bytes(model: ir.Model, dims: Mapping[str, int] | None = None) -> tuple[int, str]:
+    """Bytes one generated input set takes at the binding ``dims`` (``bind_dims`` fills the rest),
+    without generating it, and the largest input as ``'x' float32[1, 128]``.
+
+    Inputs graphopt cannot generate count nothing here (``make_inputs`` says why).
+    """
+    bound = bind_dims(model, dims)
+    total, largest, described = 0, -1, ""
+    for value in runtime_inputs(model):
+        try:
+            shape = _concrete_shape(value, bound)
+        except InputSpecError:
+            continue
+        kind = value.type
+        while isinstance(kind, ir.OptionalType):
+            kind = kind.elem_type
+        copies = SEQUENCE_LENGTH if isinstance(kind, ir.SequenceType) else 1
+        dtype = value.dtype
+        bits = _STRING_BYTES * 8 if dtype is None or dtype == ir.DataType.STRING else dtype.bitwidth
+        # Python ints: a product of dims can pass int64 (numpy's prod would wrap around).
+        nbytes = copies * math.ceil(math.prod(shape) * bits / 8)
+        total += nbytes
+        if nbytes > largest:
+            name = dtype.numpy().name if dtype is not None and dtype != ir.DataType.STRING else "string"
+            largest, described = nbytes, f"'{value.name}' {name}[{', '.join(str(d) for d in shape)}]"
+    return total, described
+
+
+def refuse_oversized(
+    model: ir.Model,
+    bindings: list[Mapping[str, int] | None],
+    *,
+    what: str = "generated inputs",
+    ways_out: str = _SMALLER_WAYS_OUT,
+) -> None:
+    """``InputSpecError`` if generating one input set per binding would take more than ``MAX_INPUT_BYTES`` in all.
+
+    The message names the total, the largest input, and ``ways_out``.
+    """
+    sizes = [input_bytes(model, dims) for dims in bindings]
+    total = sum(nbytes for nbytes, _ in sizes)
+    if total > MAX_INPUT_BYTES:
+        largest = max(sizes)[1]
+        raise InputSpecError(
+            f"{what} would take {format_bytes(total)} (largest: {largest}), more than graphopt's limit of "
+            f"{format_bytes(MAX_INPUT_BYTES)}: {ways_out}"
+        )
+
+
+def format_bytes(nbytes: int) -> str:
+    """A size for people, ``5.96 GiB``: three significant digits in the largest binary unit that fits."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    power = 0
+    while power < len(units) - 1 and nbytes >= 1024 ** (power + 1):
+        power += 1
+    return f"{nbytes / 1024**power:.3g} {units[power]}" if power else f"{nbytes} bytes"
 
 
 def make_inputs(model: ir.Model, dims: Mapping[str, int] | None = None, *, seed: int = 0) -> dict[str, Any]:
@@ -194,9 +437,11 @@ def make_inputs(model: ir.Model, dims: Mapping[str, int] | None = None, *, seed:
     their value. Inputs whose values set sizes, axes or counts (see the module
     docstring) get fitting values, checked by running the model on ONNX Runtime, with
     the next candidates tried on a refusal. Raises ``InputSpecError`` for an input with
-    no type or shape, or when ONNX Runtime refuses every candidate: pass real inputs
-    with ``--inputs`` or skip verification with ``--no-verify``.
+    no type or shape, for inputs that would take more than ``MAX_INPUT_BYTES``, or when
+    ONNX Runtime refuses every candidate: pass real inputs with ``--inputs`` or skip
+    verification with ``--no-verify``.
     """
+    refuse_oversized(model, [dims])
     bound = bind_dims(model, dims)
     rng = np.random.default_rng(seed)
     values = runtime_inputs(model)

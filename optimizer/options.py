@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 from optimizer.accuracy import AccuracyBudget
 from optimizer.errors import OptionError
+from optimizer.inputs import MAX_DIM
 
 TARGETS = ("cpu", "cuda")
 QUANTIZE_MODES = ("dynamic", "static")
@@ -108,6 +110,8 @@ class Options:
         for name, value in self.dims.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise OptionError(f"--dim {name}={value}: expected a positive integer size")
+            if value > MAX_DIM:
+                raise OptionError(f"--dim {name}={value}: larger than an ONNX dimension can be (2^63 - 1)")
 
     @classmethod
     def build(
@@ -224,8 +228,11 @@ def _tolerances(value: Any) -> dict[str, Any] | None:
             if len(pair) != 2 or not all(_is_number(_real(x)) for x in pair):
                 raise OptionError(f"--tolerance {dtype}={tolerance!r}: expected (rtol, atol)")
             tolerance = Tolerance(rtol=float(pair[0]), atol=float(pair[1]))
-        if not (tolerance.rtol >= 0 and tolerance.atol >= 0):
-            raise OptionError(f"--tolerance {dtype}: rtol and atol must not be negative")
+        # NaN or infinity would accept any output: verification switched off without a word.
+        if not all(_is_number(x) and math.isfinite(x) and x >= 0 for x in (tolerance.rtol, tolerance.atol)):
+            raise OptionError(
+                f"--tolerance {dtype}={tolerance.rtol},{tolerance.atol}: rtol and atol must be finite and not negative"
+            )
         tolerances[dtype] = tolerance
     return {**DEFAULT_TOLERANCES, **tolerances}
 

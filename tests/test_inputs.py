@@ -13,9 +13,12 @@ from optimizer.inputs import (
     alternate_binding,
     bind_dims,
     dims_from_inputs,
+    format_bytes,
+    input_bytes,
     load_inputs,
     make_inputs,
     parse_dim_flags,
+    verification_bindings,
 )
 from tests.helpers import FIXTURES, parse_model, run
 
@@ -255,3 +258,25 @@ def test_models_without_value_carrying_inputs_are_not_run(monkeypatch):
 
 def test_a_longer_alternate_binding_goes_past_the_default_length():
     assert alternate_binding(ir.load(BERT), longer=True) == {"batch": 2, "sequence": 257}
+
+
+def test_input_bytes_counts_a_binding_without_generating_it():
+    model = ir.load(BERT)
+    # Three int64 inputs of [batch, sequence].
+    assert input_bytes(model, {"batch": 2, "sequence": 8}) == (3 * 2 * 8 * 8, "'input_ids' int64[2, 8]")
+    # Python integers: a product past int64 is counted, not wrapped around.
+    assert input_bytes(model, {"batch": 2**40, "sequence": 2**40})[0] == 3 * 2**80 * 8
+
+
+def test_verification_counts_the_padded_copy_and_the_longer_binding():
+    bindings = verification_bindings(ir.load(BERT), {"sequence": 16})
+    # attention_mask makes a padded copy of the first set; the second binding grows the batch only.
+    assert bindings == [{"sequence": 16}, {"sequence": 16}, {"batch": 2, "sequence": 16}]
+
+
+@pytest.mark.parametrize(
+    ("nbytes", "shown"),
+    [(512, "512 bytes"), (6 * 1024, "6 KiB"), (4 << 30, "4 GiB"), (6_400_000_000, "5.96 GiB"), (1.2e12, "1.09 TiB")],
+)
+def test_sizes_are_shown_in_binary_units(nbytes, shown):
+    assert format_bytes(nbytes) == shown

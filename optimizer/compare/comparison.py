@@ -7,6 +7,8 @@ comes with a paired-bootstrap confidence interval (``optimizer.compare.stats``).
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import platform
 import tempfile
@@ -31,8 +33,18 @@ from optimizer.compare.timing import (
     resolve_execution_providers,
     time_interleaved,
 )
-from optimizer.errors import InputSpecError
-from optimizer.inputs import batch_dims, check_inputs, load_inputs, make_inputs, runtime_inputs
+from optimizer.errors import InputSpecError, OptionError
+from optimizer.inputs import (
+    as_arrays,
+    batch_dims,
+    check_inputs,
+    dims_from_inputs,
+    load_inputs,
+    make_inputs,
+    nan_note,
+    refuse_oversized,
+    runtime_inputs,
+)
 from optimizer.model_io import load_model, model_file_bytes
 from optimizer.pipeline import count_nodes
 from optimizer.runtime import import_onnxruntime
@@ -99,7 +111,15 @@ class ComparisonReport:
 
 @dataclass(frozen=True)
 class CompareSettings:
-    """What to measure: EPs, batch sizes, threads, and how long to time."""
+    """What to measure: EPs, batch sizes, threads, and how long to time.
+
+    Checked where it is built, so a comparison that cannot be measured is refused before
+    anything runs (``OptionError``, naming the flag): ``eps`` are names (a comma-separated
+    string too, as on the command line), ``batches`` at least one positive integer,
+    ``threads`` a positive integer or None (the cores this process may use),
+    ``iterations`` at least 1, ``warmup`` 0 or more, ``time_budget`` a positive, finite
+    number of seconds.
+    """
 
     eps: Sequence[str] = ("cpu",)
     batches: Sequence[int] = (1,)
@@ -108,6 +128,50 @@ class CompareSettings:
     iterations: int = 200
     warmup: int = 10
     profile: bool = False
+
+    def __post_init__(self) -> None:
+        eps = [name for name in self.eps.split(",") if name.strip()] if isinstance(self.eps, str) else self.eps
+        if not isinstance(eps, Sequence):
+            raise OptionError(f"--ep {eps}: expected execution provider names (cpu, cuda)")
+        for name in eps:
+            if not isinstance(name, str) or not name.strip():
+                raise OptionError(f"--ep {name}: expected execution provider names (cpu, cuda)")
+        if not eps:
+            raise OptionError("--ep: give at least one execution provider")
+        object.__setattr__(self, "eps", tuple(name.strip() for name in eps))
+        if not isinstance(self.batches, Sequence) or isinstance(self.batches, str):
+            raise OptionError(f"--batch {self.batches}: expected batch sizes (positive integers)")
+        if not self.batches:
+            raise OptionError("--batch: give at least one batch size")
+        for batch in self.batches:
+            if _integer(batch) is None or batch < 1:
+                raise OptionError(f"--batch {batch}: expected a positive integer")
+        object.__setattr__(self, "batches", tuple(int(batch) for batch in self.batches))
+        if self.threads is not None and (_integer(self.threads) is None or self.threads < 1):
+            raise OptionError(
+                f"--threads {self.threads}: expected a positive number of threads "
+                "(leave it out for the cores this process may use)"
+            )
+        if _integer(self.iterations) is None or self.iterations < 1:
+            raise OptionError(f"--iterations {self.iterations}: expected a positive number of timed runs")
+        if _integer(self.warmup) is None or self.warmup < 0:
+            raise OptionError(f"--warmup {self.warmup}: expected a number of untimed runs, 0 or more")
+        budget = self.time_budget
+        if not isinstance(budget, numbers.Real) or isinstance(budget, bool) or not (0 < budget < math.inf):
+            raise OptionError(f"--time-budget {budget}: expected a positive, finite number of seconds")
+        if not isinstance(self.profile, bool):
+            raise OptionError(f"--profile (profile={self.profile!r}): expected True or False")
+        for name in ("threads", "iterations", "warmup"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None else int(value))
+        object.__setattr__(self, "time_budget", float(budget))
+
+
+def _integer(value: Any) -> int | None:
+    """``value`` as an int if it is an integer (numpy's included, bool not), else None."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return None
 
 
 def compare(
@@ -131,8 +195,10 @@ def compare(
     threads = settings.threads or default_threads()
     before_model, after_model = load_model(before), load_model(after)
     _check_same_signature(before_model, after_model)
-    base_inputs = _base_inputs(before_model, inputs, dims)
+    warnings: list[str] = []
+    base_inputs = _base_inputs(before_model, inputs, dims, warnings)
     batch_names = batch_dims(before_model)
+    _refuse_oversized_batches(before_model, base_inputs, batch_names, settings.batches)
     providers = resolve_execution_providers(list(settings.eps))
     runnable = [ep for ep in providers if ep.available]
     combos = max(1, len(runnable) * len(settings.batches))
@@ -141,7 +207,6 @@ def compare(
         iterations=settings.iterations,
         time_budget=settings.time_budget / combos,
     )
-    warnings: list[str] = []
     results = []
     for ep in providers:
         if not ep.available:
@@ -186,6 +251,7 @@ def _measure_provider(
 ) -> ProviderResult:
     result = ProviderResult(ep.name, True)
     base_batch = _batch_of(base_inputs, batch_names)
+    measured = False
     for batch in settings.batches:
         if batch != base_batch and not batch_names:
             warnings.append(f"{ep.name}: batch {batch} skipped: the model has no symbolic batch axis")
@@ -193,8 +259,9 @@ def _measure_provider(
         inputs = _with_batch(base_inputs, batch, base_batch)
         session_before = TimedSession(before, ep.name, inputs, threads)
         session_after = TimedSession(after, ep.name, inputs, threads)
-        if not result.accuracy:
-            result.accuracy = compare_accuracy(session_before.outputs(), session_after.outputs(), score_outputs)
+        if not measured:
+            result.accuracy = _accuracy(session_before.outputs(), session_after.outputs(), score_outputs, warnings)
+            measured = True
         label = f"{ep.name} batch {batch}"
         times_before, times_after = time_interleaved(
             session_before,
@@ -236,13 +303,77 @@ def _profile(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int)
 
 
 def _base_inputs(
-    model: ir.Model, inputs: Mapping[str, np.ndarray] | str | os.PathLike | None, dims: Mapping[str, int] | None
+    model: ir.Model,
+    inputs: Mapping[str, np.ndarray] | str | os.PathLike | None,
+    dims: Mapping[str, int] | None,
+    warnings: list[str],
 ) -> dict[str, np.ndarray]:
     if inputs is None:
+        refuse_oversized(
+            model,
+            [dims],
+            ways_out="bind smaller sizes with --dim NAME=SIZE, or give real inputs with --inputs FILE.npz",
+        )
         return make_inputs(model, dims)
     if isinstance(inputs, (str, os.PathLike)):
-        return load_inputs(inputs, model)
-    return check_inputs({name: np.asarray(array) for name, array in inputs.items()}, model, "inputs")
+        arrays, source = load_inputs(inputs, model), f"--inputs {inputs}"
+    else:
+        arrays, source = check_inputs(as_arrays(inputs, "inputs"), model, "inputs"), "inputs"
+    note = nan_note(arrays)
+    if note:
+        warnings.append(f"{source}: {note}: outputs it reaches are NaN in both models and left out of the accuracy")
+    return arrays
+
+
+def _refuse_oversized_batches(
+    model: ir.Model, inputs: Mapping[str, np.ndarray], batch_names: list[str], batches: Sequence[int]
+) -> None:
+    """``InputSpecError`` if the inputs tiled to the largest batch would take more than ``MAX_INPUT_BYTES``."""
+    largest = max(batches)
+    if not batch_names or largest <= _batch_of(inputs, batch_names):
+        return
+    dims = {**dims_from_inputs(model, inputs), **{name: largest for name in batch_names}}
+    refuse_oversized(model, [dims], what=f"inputs at --batch {largest}", ways_out="choose a smaller --batch")
+
+
+def _accuracy(
+    before: Mapping[str, Any], after: Mapping[str, Any], score_outputs: frozenset[str], warnings: list[str]
+) -> list[OutputAccuracy]:
+    """Accuracy of the outputs both models give alike; a warning for each output whose shape or type differs.
+
+    Outputs of another shape, or of another kind (numbers against strings), are not
+    compared; numbers of another dtype (float16 against float32) are, with a warning.
+    """
+    comparable = {}
+    for name, expected in before.items():
+        actual = after[name]
+        try:
+            e, a = np.asarray(expected), np.asarray(actual)
+        except ValueError:  # sequences of tensors of different shapes
+            e = a = None
+        if e is not None and e.shape == a.shape and e.dtype == a.dtype:
+            comparable[name] = expected
+            continue
+        numeric = e is not None and e.dtype.kind in "fiub" and a.dtype.kind in "fiub"
+        shown = f"output '{name}' is {_describe(actual)} in AFTER, {_describe(expected)} in BEFORE"
+        if e is not None and e.shape == a.shape and numeric:
+            comparable[name] = expected
+        else:
+            shown += ": its accuracy is not compared"
+        if shown not in warnings:
+            warnings.append(shown)
+    return compare_accuracy(comparable, after, score_outputs)
+
+
+def _describe(value: Any) -> str:
+    """``float32[1, 3]``, ``string[2]``, ``a sequence of 2``, ``none``: an output's type and shape."""
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return f"a sequence of {len(value)}"
+    array = np.asarray(value)
+    kind = "string" if array.dtype.kind in "OUS" else array.dtype.name
+    return f"{kind}[{', '.join(str(d) for d in array.shape)}]"
 
 
 def _batch_of(inputs: Mapping[str, np.ndarray], batch_names: list[str]) -> int:
