@@ -7,9 +7,11 @@ dropped and the pipeline goes on from the model as it was before that pass.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from copy import deepcopy
 
 import onnx_ir as ir
@@ -46,13 +48,42 @@ def detached_clone(model: ir.Model) -> ir.Model:
     rolled-back pass would leave that change behind. Weight tensors stay shared (they
     are replaced, never written in place).
     """
-    copy = model.clone()
-    graphs = [copy.graph, *copy.functions.values()]
-    for graph in graphs:
-        for value in _values(graph):
-            if value.type is not None:
-                value.type = deepcopy(value.type)
+    with _no_collection():
+        copy = model.clone()
+        graphs = [copy.graph, *copy.functions.values()]
+        for graph in graphs:
+            for value in _values(graph):
+                if value.type is not None:
+                    value.type = _own_type(value.type)
     return copy
+
+
+@contextlib.contextmanager
+def _no_collection() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a model is copied.
+
+    A copy makes about 50 objects per node and no garbage. With the collector on, those
+    allocations trigger its full collections, each of which walks every live object
+    (both models): at 20,000 nodes, 16 of them took 13 of the default pipeline's 28 s.
+    Paused, the copy costs one young collection when it ends.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _own_type(value_type: ir.TypeProtocol) -> ir.TypeProtocol:
+    """A new type object equal to ``value_type`` (``deepcopy`` is 10x slower: it runs for every value)."""
+    kind = type(value_type)
+    if kind in (ir.TensorType, ir.SparseTensorType):
+        return kind(value_type.dtype, denotation=value_type.denotation)
+    if kind in (ir.SequenceType, ir.OptionalType):
+        return kind(_own_type(value_type.elem_type), denotation=value_type.denotation)
+    return deepcopy(value_type)
 
 
 def _values(graph: ir.Graph | ir.Function):

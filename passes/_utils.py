@@ -1,10 +1,14 @@
-"""Small helpers shared by passes: constant lookup and fresh initializers."""
+"""Small helpers shared by passes: constant lookup, fresh initializers, and onnxscript rule sets that scale."""
 
 from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
 
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
+from onnxscript.rewriter import _basics, _matcher, _pattern_ir, _rewrite_rule, pattern
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
@@ -55,3 +59,110 @@ def remove_dead_nodes(model: ir.Model) -> None:
     Passes call this so their own row in the report shows what they removed.
     """
     common_passes.RemoveUnusedNodesPass()(model)
+
+
+def linear_rule_set(
+    rules: Iterable[pattern.RewriteRule], *, trace: _basics.MatchingTracer | None = None
+) -> pattern.RewriteRuleSet:
+    """``rules`` as a rule set that rewrites what onnxscript's would, in time linear in the graph.
+
+    onnxscript 0.7 tries every rule at every node, and matches a pattern with several
+    output nodes by indexing the whole graph at each node it visits: quadratic (180 s
+    for its default rules at 20,000 nodes; docs/upstream/onnxscript_quadratic.md). Here
+    a rule is tried only at nodes of its pattern's root op type (the first thing its
+    matcher checks), and a multi-output pattern's other output nodes are looked for
+    among the readers of the tensors they share with the first (``_SiblingMatcher``).
+
+    With ``trace``, every match whose ``check`` fails while rewriting is logged to it
+    (onnxscript logs only when the rule set is run in its tracing mode, which rewrites
+    nothing): a round that rewrites nothing has then traced the graph as it is.
+    """
+    return pattern.RewriteRuleSet([_LinearRule(rule, trace) for rule in rules])
+
+
+class _LinearRule(pattern.RewriteRule):
+    """A copy of an onnxscript rule, tried only at nodes of its root op type, logging to ``trace``."""
+
+    def __init__(self, rule: pattern.RewriteRule, trace: _basics.MatchingTracer | None) -> None:
+        # A copy of the rule's state, not a re-built rule: the pattern, check and replacement stay shared.
+        self.__dict__.update(rule.__dict__)
+        target = rule._target_pattern
+        roots = target.output_nodes
+        self._root_op = roots[0].op if len(roots) else None
+        if len(roots) > 1 and _SiblingMatcher.applies_to(target):
+            self._matcher = _SiblingMatcher(target)
+        self._trace = trace
+
+    def try_rewrite(
+        self,
+        model: ir.Model,
+        graph_or_function: ir.Graph | ir.Function,
+        node: ir.Node,
+        *,
+        verbose: int | None = None,
+        tracer: _basics.MatchingTracer | None = None,
+    ) -> _rewrite_rule.ReplacementSubgraph | None:
+        if self._root_op is not None and not self._root_op.matches(node.op_type):
+            return None
+        tracer = self._trace if tracer is None else tracer
+        return super().try_rewrite(model, graph_or_function, node, verbose=verbose, tracer=tracer)
+
+    def commute(self) -> list[pattern.RewriteRule]:
+        return [_LinearRule(rule, self._trace) for rule in super().commute()]
+
+
+class _SiblingMatcher(_matcher.SimplePatternMatcher):
+    """onnxscript's matcher for patterns whose other output nodes each share an input with the first.
+
+    onnxscript pairs the visited node with every graph node of the other output nodes'
+    op types, and builds that index by walking the whole graph at each node it visits
+    (even one of another op type): O(nodes²) per rewrite pass. When another output node
+    reads a pattern value that the first one reads at input ``i``, every match has it
+    read the visited node's input ``i``, so its candidates are that tensor's readers: the
+    same candidates onnxscript would find (in the readers' order, which is graph order
+    for a loaded model), in time linear in the graph.
+    """
+
+    def __init__(self, target: _pattern_ir.GraphPattern) -> None:
+        super().__init__(target)
+        first, *others = target.output_nodes
+        self._shared_input = [_shared_position(first, other) for other in others]
+
+    @staticmethod
+    def applies_to(target: _pattern_ir.GraphPattern) -> bool:
+        first, *others = target.output_nodes
+        return all(_shared_position(first, other) is not None for other in others)
+
+    def match(
+        self,
+        model: ir.Model,
+        graph_or_function: ir.Graph | ir.Function,
+        node: ir.Node,
+        *,
+        verbose: int = 0,
+        remove_nodes: bool = True,
+        tracer: _basics.MatchingTracer | None = None,
+    ) -> _basics.MatchResult:
+        self._tracer = tracer
+        self._graph = graph_or_function if isinstance(graph_or_function, ir.Graph) else graph_or_function.graph
+        first, *others = self.pattern.output_nodes
+        if not first.op.matches(node.op_type):
+            return _basics.MatchResult().fail(f"{node.op_type} is not the pattern's {first.op}.")
+        candidates: list[list[ir.Node]] = [[node]]
+        for other, position in zip(others, self._shared_input):
+            shared = node.inputs[position] if position < len(node.inputs) else None
+            readers = [] if shared is None else list(dict.fromkeys(reader for reader, _ in shared.uses()))
+            candidates.append([reader for reader in readers if other.op.matches(reader.op_type)])
+        match = None
+        for combination in itertools.product(*candidates):
+            self._init_match(verbose)
+            match = self._multi_match(combination, check_removable=remove_nodes)
+            if match:
+                return match
+        return match if match is not None else _basics.MatchResult().fail("No match found.")
+
+
+def _shared_position(first: _pattern_ir.NodePattern, other: _pattern_ir.NodePattern) -> int | None:
+    """The first input position of ``first`` holding a pattern value ``other`` reads too, or None."""
+    theirs = {id(value) for value in other.inputs if value is not None}
+    return next((i for i, value in enumerate(first.inputs) if value is not None and id(value) in theirs), None)

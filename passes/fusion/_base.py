@@ -10,7 +10,7 @@ from onnxscript.rewriter import _basics, pattern
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes._pass import GraphoptPass
-from passes._utils import remove_dead_nodes
+from passes._utils import linear_rule_set, remove_dead_nodes
 from passes.fusion._targets import unsupported_ops
 
 _MAX_ROUNDS = 8
@@ -71,34 +71,48 @@ class RuleFusionPass(FusionPass):
         moved = _move_constants_right(model.graph)
         count = 0
         rule_sets = self.rule_set()
-        rule_sets = [
-            pattern.RewriteRuleSet(rules.rules, commute=True) if self.commute else rules
-            for rules in (rule_sets if isinstance(rule_sets, list) else [rule_sets])
-        ]
-        for rules in rule_sets:
+        traced: list[tuple[pattern.RewriteRuleSet, _NearMisses | None, int]] = []
+        for rules in rule_sets if isinstance(rule_sets, list) else [rule_sets]:
+            if self.commute:
+                rules = pattern.RewriteRuleSet(rules.rules, commute=True)
+            # A round that rewrites nothing has tried every rule at every node of the graph as
+            # it now is: its failed checks are the near misses, without a tracing run of its own.
+            trace: _NearMisses | None = _NearMisses()
+            linear = linear_rule_set(rules.rules, trace=trace)
             for _ in range(_MAX_ROUNDS):
-                applied = rules.apply_to_model(model)
+                trace.clear()
+                applied = linear.apply_to_model(model)
                 if not applied:
                     break
                 count += applied
-        self._report_near_misses(model, rule_sets)
+            else:
+                trace = None
+            traced.append((rules, trace, count))
+        self._report_near_misses(model, traced, count)
         if not count:
             for node in moved:  # leave an unchanged graph exactly as it was
                 _swap_operands(node)
         return count
 
-    def _report_near_misses(self, model: ir.Model, rule_sets: list[pattern.RewriteRuleSet]) -> None:
+    def _report_near_misses(
+        self, model: ir.Model, traced: list[tuple[pattern.RewriteRuleSet, _NearMisses | None, int]], count: int
+    ) -> None:
         """Refusals for the subgraphs that matched a rule's pattern but failed its ``check``.
 
-        onnxscript's tracer runs the rules once more without rewriting; for each node
-        the best near-miss (the most nodes matched) gives the reason.
+        Each rule set's near misses come from its last round, which rewrote nothing; a rule
+        set whose rounds never came to rest, or after which a later one rewrote the graph,
+        is traced again on the final graph (onnxscript's tracing mode). For each node the
+        best near miss (the most nodes matched) gives the reason.
         """
-        tracer = _NearMisses()
-        for rules in rule_sets:
-            rules.apply_to_model(model, tracer=tracer)
-        for (op_type, reason), count in Counter(tracer.reasons()).most_common():
-            matches = "match" if count == 1 else "matches"
-            self.decline(f"{count} near {matches} at {op_type} left unfused: {reason}")
+        near_misses = _NearMisses()
+        for rules, trace, count_then in traced:
+            if trace is None or count_then != count:
+                trace = _NearMisses()
+                linear_rule_set(rules.rules).apply_to_model(model, tracer=trace)
+            near_misses.absorb(trace)
+        for (op_type, reason), times in Counter(near_misses.reasons()).most_common():
+            matches = "match" if times == 1 else "matches"
+            self.decline(f"{times} near {matches} at {op_type} left unfused: {reason}")
 
 
 class _NearMisses(_basics.MatchingTracer):
@@ -117,8 +131,19 @@ class _NearMisses(_basics.MatchingTracer):
         if status != _basics.MatchStatus.CONDITION_FAILED:
             return
         nodes = frozenset(id(n) for n in match_result.nodes)
-        if id(node) not in self._best or len(nodes) > len(self._best[id(node)][0]):
-            self._best[id(node)] = (nodes, node.op_type, match_result.reason or "a check of the rule failed")
+        self._keep(id(node), (nodes, node.op_type, match_result.reason or "a check of the rule failed"))
+
+    def _keep(self, root: int, near_miss: tuple[frozenset[int], str, str]) -> None:
+        if root not in self._best or len(near_miss[0]) > len(self._best[root][0]):
+            self._best[root] = near_miss
+
+    def clear(self) -> None:
+        self._best.clear()
+
+    def absorb(self, other: _NearMisses) -> None:
+        """Add ``other``'s near misses, as if its rules had been traced after this one's."""
+        for root, near_miss in other._best.items():
+            self._keep(root, near_miss)
 
     def reasons(self) -> list[tuple[str, str]]:
         """``(root op type, reason)`` for each distinct near-miss."""
