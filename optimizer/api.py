@@ -25,7 +25,16 @@ from optimizer.inputs import (
     refuse_oversized,
     verification_bindings,
 )
-from optimizer.model_io import check_model_proto, load_model, same_file, save_model
+from optimizer.model_io import (
+    anchor_external_data,
+    check_external_data,
+    check_ir_external_data,
+    check_model_proto,
+    check_paths,
+    external_data_files,
+    load_model,
+    save_model,
+)
 from optimizer.options import Options
 from optimizer.padding import mask_inputs, padded_copy, pads_both_ends
 from optimizer.pipeline import run_pipeline
@@ -108,7 +117,7 @@ def optimize_with_report(
     if input_path is not None and output is None:
         raise OutputPathError("optimize(path): give output= for the optimized model")
     if input_path is not None:
-        _check_output_path(Path(output), input_path)
+        _check_output_path(output, input_path, ir_model, inputs, calibration)
     samples, warning = _samples(ir_model, calibration, options.dims) if approximate else (None, None)
     if options.verify:
         input_sets, labels = _verification_inputs(ir_model, inputs, options.dims)
@@ -161,9 +170,17 @@ def _pass_names(passes: Sequence[str] | str | None) -> list[str] | None:
 
 
 def _to_ir(model: object) -> tuple[ir.Model, str, Path | None]:
+    # External data is checked before anything reads it, on every way in (see optimizer.model_io).
     if isinstance(model, ir.Model):
+        check_ir_external_data(model, "model")
+        if external_data_files(model):
+            # A copy (sharing the tensors) whose external tensors carry their checked paths.
+            model = model.clone()
+            anchor_external_data(model)
         return model, model.graph.name or "model", None
     if isinstance(model, onnx.ModelProto):
+        # A proto's external data is where onnx-ir reads it: relative to the working directory.
+        check_external_data(model, Path.cwd(), "model")
         check_model_proto(model, "model")
         # onnx-ir wraps the proto's tensors without copying, and passes may rename
         # them; work on a copy so the caller's proto stays as it was.
@@ -176,15 +193,14 @@ def _to_ir(model: object) -> tuple[ir.Model, str, Path | None]:
     raise TypeError(f"optimize() takes a path, onnx.ModelProto or onnx_ir.Model, not {type(model).__name__}")
 
 
-def _check_output_path(output: Path, input_path: Path) -> None:
+def _check_output_path(
+    output: str | os.PathLike, input_path: Path, model: ir.Model, inputs: InputsLike, calibration: InputsLike
+) -> None:
     # Checked before the pipeline runs, so a bad -o costs nothing; save_model checks again.
-    if output.absolute() == input_path.absolute() or same_file(output, input_path):
-        raise OutputPathError(f"{output}: the output would overwrite the input model; choose another -o")
-    folder = output.absolute().parent
-    if not folder.is_dir():
-        raise OutputPathError(f"{folder}: output folder does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OutputPathError(f"{folder}: cannot write here (permission denied)")
+    reads = [("the input model", input_path)]
+    reads += [("the input model's weights", file) for file in external_data_files(model)]
+    reads += [(f"the {flag} file", value) for flag, value in (("--inputs", inputs), ("--calibration", calibration))]
+    check_paths({"-o": output}, [(what, path) for what, path in reads if isinstance(path, (str, os.PathLike))])
 
 
 # Samples generated for calibration when the user gives none.

@@ -1,35 +1,41 @@
 """The ``graphopt`` command line: ``optimize``, ``compare``, ``passes`` and ``demo``.
 
-User mistakes print one line (``graphopt: error: ...``) and exit 2; a traceback
-means a bug in graphopt.
+User mistakes print one line (``graphopt: error: ...``) and exit 2; SIGINT and
+SIGTERM print one line and exit 130 and 143, with temporary files removed; a
+traceback means a bug in graphopt.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from optimizer.errors import GraphoptError, InputSpecError, Interrupted
 
-from optimizer.api import optimize_with_report
-from optimizer.compare.comparison import CompareSettings, compare
-from optimizer.compare.report import render_comparison, write_html, write_json
-from optimizer.errors import GraphoptError, InputSpecError
-from optimizer.inputs import parse_dim_flags
-from optimizer.options import CALIBRATION_METHODS, TARGETS, Options
-from optimizer.registry import all_passes
-from optimizer.report import render_table
-from optimizer.verify import parse_tolerance_flags
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from optimizer.options import Options
+
+# The rest of graphopt (onnx, ONNX Runtime, rich: over a second of imports) is imported
+# inside the functions that use it, after ``main`` has installed its signal handlers, so
+# that Ctrl-C during start-up is one line too, not a traceback from deep in an import.
 
 EXAMPLE_MODEL = Path(__file__).resolve().parents[1] / "examples" / "encoder.onnx"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
+    from optimizer.options import TARGETS
+
     parser = argparse.ArgumentParser(prog="graphopt", description="Optimize ONNX models for ONNX Runtime, verified.")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log what passes do (and tracebacks of failed passes)"
@@ -73,6 +79,8 @@ def _add_verbose_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    from optimizer.options import TARGETS
+
     parser.add_argument(
         "--passes",
         help="comma-separated pass names, in order (default: the target's default pipeline); "
@@ -112,6 +120,8 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
+    from optimizer.options import CALIBRATION_METHODS
+
     group = parser.add_argument_group("reduced precision (int8, float16)")
     group.add_argument(
         "--quantize",
@@ -239,29 +249,84 @@ def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``graphopt`` console script; returns the exit code."""
+    """Entry point of the ``graphopt`` console script; returns the exit code.
+
+    SIGINT and SIGTERM unwind the program (temporary folders and staged output files
+    are removed on the way), print one line and return 130 or 143.
+    """
+    with _signals_unwind():
+        try:
+            try:
+                return _main(argv)
+            except GraphoptError as error:
+                print(f"graphopt: error: {error}", file=sys.stderr)
+                return error.exit_code
+        except (Interrupted, KeyboardInterrupt) as stop:  # also while the error above is printed
+            signum = getattr(stop, "signum", signal.SIGINT)
+            print(f"graphopt: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+            return 128 + signum
+
+
+def _main(argv: list[str] | None) -> int:
+    from rich.console import Console
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(name)s: %(message)s")
     # Off a terminal (logs, CI), rich would wrap tables at 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=120)
+    if args.command == "passes":
+        return _list_passes(console, args.target)
+    if args.command == "compare":
+        return _compare(console, args, args.before, args.after)
+    if args.command == "demo":
+        args.model = str(EXAMPLE_MODEL)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    return _optimize(console, args)
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM raise ``Interrupted`` in the main thread.
+
+    The first signal unwinds; later ones are ignored, so that they cannot cut the
+    clean-up short (SIGKILL still stops a clean-up that hangs). Outside the main thread
+    (where Python cannot set handlers) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+
+    def unwind(signum: int, frame: object) -> None:
+        for each in signals:
+            signal.signal(each, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    for signum in signals:
+        signal.signal(signum, unwind)
     try:
-        if args.command == "passes":
-            return _list_passes(console, args.target)
-        if args.command == "compare":
-            return _compare(console, args, args.before, args.after)
-        if args.command == "demo":
-            args.model = str(EXAMPLE_MODEL)
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        return _optimize(console, args)
-    except GraphoptError as error:
-        print(f"graphopt: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("graphopt: interrupted", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _optimize(console: Console, args: argparse.Namespace) -> int:
+    from optimizer.api import optimize_with_report
+    from optimizer.model_io import check_paths, write_atomically
+    from optimizer.report import render_table
+
+    writes = {"-o": args.output, "--report": args.report}
+    if args.compare:
+        writes.update({"--json": args.json, "--html": args.html})
+    # Every output path is checked before any work: a report into a missing folder, or over a file
+    # graphopt reads, must not cost the run (nor leave the model written and the report not).
+    check_paths(
+        writes,
+        [("the --inputs file", args.inputs), ("the --calibration file", args.calibration)],
+        models=[("the input model", args.model)],
+    )
     _, report = optimize_with_report(
         args.model,
         args.passes,  # comma-separated, split by the API
@@ -273,7 +338,7 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
     render_table(report, console, verbose=args.verbose)
     console.print(f"wrote {report.output}", highlight=False, soft_wrap=True, markup=False)
     if args.report:
-        report.write_json(args.report)
+        write_atomically(args.report, report.write_json, "report")
     if args.compare:
         return _compare(console, args, args.model, report.output)
     return 0
@@ -281,6 +346,10 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     """The ``Options`` the pipeline flags ask for: each flag sets the option of the same name."""
+    from optimizer.inputs import parse_dim_flags
+    from optimizer.options import Options
+    from optimizer.verify import parse_tolerance_flags
+
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if hasattr(args, f.name)}
     values["exclude"] = tuple(args.exclude or ())
     values["dims"] = parse_dim_flags(args.dim)
@@ -292,6 +361,18 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 
 def _compare(console: Console, args: argparse.Namespace, before: str, after: str) -> int:
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from optimizer.compare.comparison import CompareSettings, compare
+    from optimizer.compare.report import render_comparison, write_html, write_json
+    from optimizer.inputs import parse_dim_flags
+    from optimizer.model_io import check_paths
+
+    check_paths(
+        {"--json": args.json, "--html": args.html},
+        [("the --inputs file", args.inputs)],
+        models=[("the BEFORE model", before), ("the AFTER model", after)],
+    )
     settings = CompareSettings(
         eps=_split(args.ep, "--ep"),
         batches=[_positive_int(item, "--batch") for item in _split(args.batch, "--batch")],
@@ -341,6 +422,8 @@ def _positive_int(text: str, flag: str) -> int:
 
 
 def _list_passes(console: Console, target: str) -> int:
+    from optimizer.registry import all_passes
+
     for spec in all_passes():
         marker = "default" if target in spec.default_for else "opt-in "
         console.print(f"{spec.name:34} {marker}  {spec.summary}", highlight=False, soft_wrap=True)

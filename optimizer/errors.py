@@ -62,3 +62,18 @@ def one_line(error: BaseException, limit: int = 400) -> str:
     """An exception's message as one line (onnx and ORT spread one sentence over several)."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived while the CLI ran (raised by its signal handler).
+
+    A ``BaseException``, so no ``except Exception`` in a pass or the pipeline stops it:
+    the program unwinds, its ``with`` blocks remove temporary folders and staged output
+    files on the way, and the CLI prints one line and exits ``128 + signum`` (130 for
+    SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+        self.exit_code = 128 + signum

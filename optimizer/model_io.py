@@ -1,22 +1,48 @@
 """Reading models into onnx-ir and writing them back, safely.
 
 Loading checks, in order, everything we can tell the user about in one line: the
-file exists and parses as ONNX, its external data is present, its opsets and
-operator domains are ones we can check, and onnx's checker accepts it. Saving is
-atomic: the model (and its external data) are written into a temporary folder
-beside the destination and renamed into place, so a failure never leaves a
-half-written model, and the input file is never opened for writing.
+file exists and parses as ONNX, its external data is inside the model's folder and
+long enough, its opsets and operator domains are ones we can check, and onnx's
+checker accepts it.
+
+External data is the one place a model file names other files, and the model file's
+contents are untrusted. A tensor's ``location`` must be a relative path with no
+``..`` part (and no backslash, no drive): "inside the model's folder" is decided on
+that string, before anything opens a file. The file it names may be a symlink or a
+hard link whose target lives elsewhere, as in a Hugging Face cache (``model.onnx.data``
+is a link into ``../blobs/``): the folder and its links are the user's, the location
+strings are the model's. ``..`` is refused even where it would normalize inside
+(``a/../w.bin``), because ``a`` may itself be a link. The same check guards every
+way in: ``load_model``, a ``ModelProto`` (located against the working directory, as
+onnx-ir reads it) and an ``onnx_ir.Model`` (against each tensor's ``base_dir``).
+
+Saving is atomic as a reader sees it. The model and its weights are written into a
+hidden staging folder beside the destination; the weights are renamed into place
+under a name no file has (``NAME.data``, or ``NAME.<8 hex>.data`` while an older
+``NAME.data`` exists), the model, which names that file, is renamed over the
+destination last, and only then are the weights files the old model named removed.
+A reader (or a kill at any step) sees the old model with its old weights or the new
+model with its new ones. No file graphopt writes may be a file it reads, however the
+path is spelled; ``check_paths`` says so before any work starts.
 """
 
 from __future__ import annotations
 
+import glob
+import math
 import os
+import posixpath
+import re
+import secrets
 import shutil
+import stat
+import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import google.protobuf.message
-import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -38,14 +64,21 @@ KNOWN_DOMAINS = ONNX_DOMAINS | {"ai.onnx.ml", MS_DOMAIN, "ai.onnx.preview.traini
 # single protobuf file cannot exceed 2 GiB.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1536 << 20
 
+# Test hook: ``GRAPHOPT_TEST_PAUSE_AT=<step>`` makes ``save_model`` announce the step on
+# stderr and wait there, so tests can kill the process between the steps of a save.
+PAUSE_ENV = "GRAPHOPT_TEST_PAUSE_AT"
+
+_PROTO_READ_ERRORS = (OSError, google.protobuf.message.DecodeError, RuntimeError, ValueError)
+
 
 def load_model(path: str | os.PathLike) -> ir.Model:
     """Load an ONNX file into onnx-ir after validating it.
 
     External data is memory-mapped from beside the file, so models over 2 GB load
     without copying their weights. Raises a ``GraphoptError`` subclass with a
-    one-line message for a missing, empty, non-ONNX or truncated file, missing
-    external data, an opset or domain we cannot check, or a checker failure.
+    one-line message for a missing, empty, non-ONNX or truncated file, external data
+    outside the model's folder, missing or too short, an opset or domain we cannot
+    check, or a checker failure.
     """
     path = Path(path)
     if not path.exists():
@@ -63,32 +96,126 @@ def load_model(path: str | os.PathLike) -> ir.Model:
             f"{path}: not a readable ONNX model (the file is truncated, corrupt or not ONNX: {one_line(error)})"
         ) from error
     _check_looks_like_onnx(proto, str(path))
-    _check_external_data(proto, path.parent, str(path))
-    check_model_proto(proto, str(path), checker_path=path)
+    check_external_data(proto, path.parent, str(path))
+    check_model_proto(proto, str(path))
     model = ir.serde.deserialize_model(proto)
-    ir.external_data.set_base_dir(model.graph, path.parent)
+    ir.external_data.set_base_dir(model.graph, path.parent.absolute())
+    anchor_external_data(model)
     return model
 
 
-def check_model_proto(proto: onnx.ModelProto, label: str, checker_path: Path | None = None) -> None:
+def check_model_proto(proto: onnx.ModelProto, label: str) -> None:
     """Raise if ``proto`` uses opsets or domains we cannot check, or fails onnx's checker.
 
-    ``checker_path`` lets the checker read a file instead of the in-memory proto,
-    which is required for models over 2 GB.
+    The checker sees a copy without external data (those tensors become graph inputs
+    of the same type and shape), so it opens no file: external data is checked by
+    ``check_external_data``, by our rules (onnx's checker refuses a symlinked data
+    file, which Hugging Face caches are made of).
     """
     _check_opsets(proto, label)
     _check_domains(proto, label)
     _check_input_shapes(proto, label)
-    if _uses_ort_onnx_domain_ops(proto):
-        # onnx's checker rejects these ORT contrib ops; check a copy that files them under com.microsoft.
-        proto, checker_path = _with_ort_ops_as_contrib(proto), None
+    proto = _checkable(proto)
     try:
-        if checker_path is not None:
-            onnx.checker.check_model(os.fspath(checker_path))
-        elif proto.ByteSize() < (1 << 31) - 1:
+        if proto.ByteSize() < (1 << 31) - 1:
             onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as error:
         raise InvalidModelError(f"{label}: rejected by onnx's checker: {one_line(error)}") from error
+
+
+def check_external_data(proto: onnx.ModelProto, folder: str | os.PathLike, label: str) -> None:
+    """Raise ``ModelFileError`` unless every external tensor of ``proto`` is inside ``folder`` and whole.
+
+    Checked on the location strings first (see the module docstring), then the
+    files: each is a regular file (a link to one is fine), and long enough for
+    ``offset + length``, where ``length`` is exactly the tensor's size. Nothing is read.
+    """
+    sizes: dict[str, int] = {}
+    for tensor in _proto_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        _check_external_tensor(
+            tensor.name,
+            entries.get("location"),
+            entries.get("offset"),
+            entries.get("length"),
+            tensor.data_type,
+            tuple(tensor.dims),
+            Path(folder),
+            label,
+            sizes,
+        )
+
+
+def check_ir_external_data(model: ir.Model, label: str) -> None:
+    """``check_external_data`` for an onnx-ir model: each external tensor against its own ``base_dir``."""
+    sizes: dict[str, int] = {}
+    for tensor in _ir_tensors(model):
+        if isinstance(tensor, ir.ExternalTensor):
+            _check_external_tensor(
+                tensor.name,
+                os.fspath(tensor.location),
+                tensor.offset,
+                tensor.length,
+                int(tensor.dtype),
+                tuple(tensor.shape),
+                Path(tensor.base_dir or "."),
+                label,
+                sizes,
+            )
+
+
+def anchor_external_data(model: ir.Model) -> None:
+    """Give each external tensor of ``model`` its checked path as an absolute location, with no base folder.
+
+    In place; call it once ``check_ir_external_data`` has passed. onnx-ir refuses, when
+    it reads a tensor that has a base folder, a data file that links outside that folder
+    or has a second hard link, which is what Hugging Face caches and hard-linked copies
+    are made of; graphopt's own rule (on the location string, see the module docstring)
+    has been checked instead. The path keeps its links unresolved. External tensors
+    outside the main graph's initializers (in subgraphs, in attributes: small, and
+    rare) are read into memory now, because onnx-ir's ``save`` re-lays only the main
+    graph's initializers and ONNX Runtime refuses an absolute location.
+    """
+
+    def anchored(tensor: ir.TensorProtocol, *, read: bool) -> ir.TensorProtocol:
+        if not isinstance(tensor, ir.ExternalTensor) or not tensor.base_dir:
+            return tensor
+        external = ir.ExternalTensor(
+            os.path.join(os.path.abspath(tensor.base_dir), os.fspath(tensor.location)),
+            tensor.offset,
+            tensor.length,
+            tensor.dtype,
+            shape=tensor.shape,
+            name=tensor.name,
+            doc_string=tensor.doc_string,
+            metadata_props=dict(tensor.metadata_props) or None,
+        )
+        if not read:
+            return external
+        return ir.Tensor(external.numpy(), dtype=tensor.dtype, name=tensor.name, doc_string=tensor.doc_string)
+
+    for graph in _ir_graphs(model):
+        if isinstance(graph, ir.Graph):
+            for value in graph.initializers.values():
+                if value.const_value is not None:
+                    value.const_value = anchored(value.const_value, read=graph is not model.graph)
+        for node in graph:
+            for name, attribute in list(node.attributes.items()):
+                if attribute.type == ir.AttributeType.TENSOR and isinstance(attribute.value, ir.ExternalTensor):
+                    node.attributes[name] = ir.AttrTensor(name, anchored(attribute.value, read=True))
+                elif attribute.type == ir.AttributeType.TENSORS and any(
+                    isinstance(tensor, ir.ExternalTensor) for tensor in attribute.value
+                ):
+                    tensors = [anchored(tensor, read=True) for tensor in attribute.value]
+                    node.attributes[name] = ir.AttrTensors(name, tensors)
+
+
+def external_data_files(model: ir.Model) -> list[Path]:
+    """The files ``model``'s external tensors are read from, each once."""
+    files = {os.fspath(tensor.path): None for tensor in _ir_tensors(model) if isinstance(tensor, ir.ExternalTensor)}
+    return [Path(file) for file in files]
 
 
 # Contrib operators ONNX Runtime registers in the ONNX domain (graphopt's RMSNorm fusion emits the first).
@@ -99,12 +226,22 @@ def _uses_ort_onnx_domain_ops(proto: onnx.ModelProto) -> bool:
     return any(node.domain in ONNX_DOMAINS and node.op_type in ORT_ONNX_DOMAIN_OPS for node in _all_nodes(proto))
 
 
-def _with_ort_ops_as_contrib(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``proto`` whose ORT ONNX-domain contrib ops say com.microsoft.
+def _has_external_tensors(proto: onnx.ModelProto) -> bool:
+    return any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in _proto_tensors(proto))
 
-    Weights stored as external data are not read: in the copy they become graph
-    inputs of the same type and shape, which the checker accepts as it would them.
+
+def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto``, or a copy for onnx's checker: no external data, ORT's ONNX-domain contrib ops as com.microsoft.
+
+    onnx's checker rejects those contrib ops, and it would stat external data files
+    (relative to the working directory for a proto in memory). In the copy, external
+    main-graph initializers become graph inputs of the same type and shape, which the
+    checker accepts as it would them; other external tensors (in subgraphs, in
+    attributes) hold zeros.
     """
+    external, contrib = _has_external_tensors(proto), _uses_ort_onnx_domain_ops(proto)
+    if not external and not contrib:
+        return proto
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     graph = copy.graph
@@ -117,48 +254,252 @@ def _with_ort_ops_as_contrib(proto: onnx.ModelProto) -> onnx.ModelProto:
             graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    for node in _all_nodes(copy):
-        if node.domain in ONNX_DOMAINS and node.op_type in ORT_ONNX_DOMAIN_OPS:
-            node.domain = MS_DOMAIN
-    if not any(opset.domain == MS_DOMAIN for opset in copy.opset_import):
-        copy.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    for tensor in _proto_tensors(copy):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            size = _tensor_bytes(tensor.data_type, tuple(tensor.dims))
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = bytes(size or 0)
+    if contrib:
+        for node in _all_nodes(copy):
+            if node.domain in ONNX_DOMAINS and node.op_type in ORT_ONNX_DOMAIN_OPS:
+                node.domain = MS_DOMAIN
+        if not any(opset.domain == MS_DOMAIN for opset in copy.opset_import):
+            copy.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     return copy
 
 
-def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None) -> Path:
-    """Write ``model`` to ``path`` atomically and return the path.
+# --- saving ------------------------------------------------------------------------------
 
-    Weights go to external data (``<name>.data`` beside the output) when the model
-    already used external data or is too large for one protobuf file. Refuses to
-    write over ``input_path`` or over an external data file the model still reads.
+
+def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically and return the path (absolute).
+
+    Weights go to external data beside the output (``NAME.data``, or ``NAME.<8 hex>.data``
+    while another ``NAME.data`` exists) when the model already used external data or
+    is too large for one protobuf file. Refuses (``OutputPathError``, before writing)
+    a path ``check_paths`` refuses: over ``input_path`` or a file the model reads, a
+    folder, a device. A failed write (a full disk, an output that cannot be replaced)
+    is an ``OutputPathError`` too, and leaves the folder as it was.
     """
+    reads = [("the input model", input_path)] if input_path is not None else []
+    reads += [("the model's weights", file) for file in external_data_files(model)]
+    check_paths({"-o": path}, reads)
     path = Path(path).absolute()
-    if input_path is not None and same_file(path, Path(input_path)):
-        raise OutputPathError(f"{path}: the output would overwrite the input model; choose another -o")
-    if path.is_dir():
-        raise OutputPathError(f"{path}: is a folder; give a file name for the output model")
     folder = path.parent
-    if not folder.is_dir():
-        raise OutputPathError(f"{folder}: output folder does not exist")
-    data_name = None
-    if _needs_external_data(model):
-        data_name = path.name + ".data"
-        if _model_reads_file(model, folder / data_name):
-            raise OutputPathError(
-                f"{folder / data_name}: the model reads its weights from this file; choose another -o"
-            )
+    data_name = _fresh_data_name(path) if _needs_external_data(model) else None
+    stale = _stale_data_files(path, keep=data_name)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
     except OSError as error:
         raise OutputPathError(f"{folder}: cannot write here ({error.strerror or error})") from error
+    staged_model = staging / path.name
+    placed_data = None
     try:
-        ir.save(model, staging / path.name, external_data=data_name)
+        ir.save(model, staged_model, external_data=data_name)
+        _pause_for_tests("staged")
         if data_name is not None:
             os.replace(staging / data_name, folder / data_name)
-        os.replace(staging / path.name, path)
+            placed_data = folder / data_name
+            _pause_for_tests("data")
+        os.replace(staged_model, path)
+    except OSError as error:
+        raise OutputPathError(
+            f"{path}: cannot write the output model ({error.strerror or error}); nothing was written"
+        ) from error
     finally:
+        # Still staged, the model never reached its place: the weights placed for it go too.
+        if placed_data is not None and os.path.lexists(staged_model):
+            _remove(placed_data)
         shutil.rmtree(staging, ignore_errors=True)
+    _pause_for_tests("model")
+    for file in stale:
+        _remove(file)
     return path
+
+
+def _fresh_data_name(path: Path) -> str:
+    name = f"{path.name}.data"
+    while os.path.lexists(path.parent / name):
+        name = f"{path.name}.{secrets.token_hex(4)}.data"
+    return name
+
+
+def _data_name_pattern(model_name: str) -> re.Pattern[str]:
+    """The names ``save_model`` gives a model's weights: ``NAME.data`` and ``NAME.<8 hex>.data``."""
+    return re.compile(re.escape(model_name) + r"(\.[0-9a-f]{8})?\.data")
+
+
+def _stale_data_files(path: Path, keep: str | None) -> list[Path]:
+    """Weights files of the model now at ``path`` that ``save_model`` named and will orphan.
+
+    Only files the old model names *and* that bear a name ``save_model`` gives: a file
+    the old model shares with others under another name is never removed.
+    """
+    if not path.is_file():
+        return []
+    pattern = _data_name_pattern(path.name)
+    candidates = [
+        candidate
+        for candidate in path.parent.glob(f"{glob.escape(path.name)}*.data")
+        if pattern.fullmatch(candidate.name) and candidate.name != keep
+    ]
+    if not candidates:
+        return []
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except _PROTO_READ_ERRORS:
+        return []
+    named = _external_locations(proto)
+    return [candidate for candidate in candidates if candidate.name in named]
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _pause_for_tests(step: str) -> None:
+    """With ``GRAPHOPT_TEST_PAUSE_AT=step``, say so on stderr and wait to be signalled (process-kill tests)."""
+    if os.environ.get(PAUSE_ENV) == step:
+        sys.stderr.write(f"graphopt-test: paused at {step}\n")  # one write: a signal cannot split the line
+        sys.stderr.flush()
+        time.sleep(120)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], object], what: str = "report") -> None:
+    """Write a file (a report) by ``write(temporary_path)``, then rename it over ``path``.
+
+    A reader sees the old file or the whole new one, and a failure (a full disk) is
+    an ``OutputPathError`` that leaves no partial file. A symlink at ``path`` is
+    written through: its target is replaced.
+    """
+    target = Path(os.path.realpath(path))
+    temporary = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        write(os.fspath(temporary))
+        os.replace(temporary, target)
+    except OSError as error:
+        raise OutputPathError(f"{path}: cannot write the {what} ({error.strerror or error})") from error
+    finally:
+        if os.path.lexists(temporary):
+            _remove(temporary)
+
+
+# --- output paths ------------------------------------------------------------------------
+
+# What each output flag writes, for messages.
+_ROLES = {"-o": "output", "--report": "report", "--json": "comparison", "--html": "comparison"}
+
+PathLike = str | os.PathLike
+
+
+def check_paths(
+    writes: Mapping[str, PathLike | None],
+    reads: Iterable[tuple[str, PathLike | None]] = (),
+    *,
+    models: Iterable[tuple[str, PathLike | None]] = (),
+) -> None:
+    """Refuse output paths graphopt cannot write safely, before any work starts (``OutputPathError``).
+
+    ``writes`` maps each output flag (``-o``, ``--report``, ``--json``, ``--html``) to
+    its path; ``-o`` is the model, whose weights may go beside it under the names
+    ``save_model`` gives. ``reads`` are (what, path) of the files read; ``models`` are
+    model files read, whose external data files are read too. Each output must name a
+    file (no trailing ``/``, not a folder, not a device or pipe) in an existing folder
+    we may write to; no two outputs may be the same file, no output any file read,
+    however spelled (relative, absolute, ``..``, a symlink, a hard link), and no file
+    read may bear a name ``-o``'s weights could take.
+    """
+    given = {flag: path for flag, path in writes.items() if path is not None}
+    for flag, path in given.items():
+        _check_writable(flag, path)
+    read = [(what, Path(path)) for what, path in reads if path is not None]
+    models = [(what, Path(path)) for what, path in models if path is not None]
+    output = Path(given["-o"]) if "-o" in given else None
+    claimed = _data_name_pattern(output.name) if output is not None else None
+    # Only an existing file can be one graphopt reads, so a model's weights files are looked up only when needed.
+    if any(os.path.lexists(path) for path in given.values()) or (
+        output is not None and any(claimed.fullmatch(p.name) for p in output.absolute().parent.glob("*.data"))
+    ):
+        for what, model in models:
+            read.extend(_model_files(model, what))
+    else:
+        read.extend(models)
+    places = {flag: _place(Path(path)) for flag, path in given.items()}
+    flags = list(given)
+    for i, first in enumerate(flags):
+        for second in flags[i + 1 :]:
+            if places[first] == places[second]:
+                raise OutputPathError(f"{given[second]}: {first} and {second} name the same file; give each its own")
+    for flag, path in given.items():
+        for what, file in read:
+            if file.exists() and places[flag] == _place(file):
+                raise OutputPathError(
+                    f"{path}: the {_ROLES.get(flag, 'output')} would overwrite {what}; choose another {flag}"
+                )
+    if output is None:
+        return
+    folder = os.path.realpath(output.absolute().parent)
+    for flag, path in given.items():
+        if (
+            flag != "-o"
+            and os.path.realpath(Path(path).absolute().parent) == folder
+            and claimed.fullmatch(Path(path).name)
+        ):
+            raise OutputPathError(f"{path}: -o {output.name} writes its weights to this name; choose another {flag}")
+    for what, file in read:
+        if (
+            os.path.lexists(file)
+            and os.path.realpath(file.absolute().parent) == folder
+            and claimed.fullmatch(file.name)
+        ):
+            said = "the model reads its weights from this file" if what.endswith("weights") else f"this is {what}"
+            raise OutputPathError(
+                f"{file}: {said}, and -o {output.name} writes its weights to this name; choose another -o"
+            )
+
+
+def _check_writable(flag: str, path: PathLike) -> None:
+    role = _ROLES.get(flag, "output")
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)):
+        raise OutputPathError(f"{text}: ends with '/', so names a folder; give a file name for the {role}")
+    path = Path(text)
+    if path.is_dir():
+        raise OutputPathError(f"{path}: is a folder; give a file name for the {role}")
+    if path.exists() and not path.is_file():
+        raise OutputPathError(
+            f"{path}: not a regular file (a device, a pipe or a socket), which graphopt would replace; "
+            f"give a file path for the {role}"
+        )
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        raise OutputPathError(f"{folder}: {role} folder does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{folder}: cannot write here (permission denied)")
+
+
+def _place(path: Path) -> object:
+    """What ``path`` names: its file (device and inode) if it exists, else its resolved path."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return os.path.realpath(path.absolute())
+    return (status.st_dev, status.st_ino)
+
+
+def _model_files(path: Path, what: str) -> list[tuple[str, Path]]:
+    """``path`` and the external data files it names (locations outside its folder are left to ``load_model``)."""
+    files = [(what, path)]
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except _PROTO_READ_ERRORS:
+        return files
+    files += [(f"{what}'s weights", path.parent / location) for location in sorted(_external_locations(proto))]
+    return files
 
 
 def model_file_bytes(path: str | os.PathLike) -> int:
@@ -171,6 +512,168 @@ def model_file_bytes(path: str | os.PathLike) -> int:
         if candidate.exists():
             total += candidate.stat().st_size
     return total
+
+
+# --- checks --------------------------------------------------------------------------------
+
+
+def _check_external_tensor(
+    name: str,
+    location: str | None,
+    offset: object,
+    length: object,
+    data_type: int,
+    dims: Sequence[int],
+    folder: Path,
+    label: str,
+    sizes: dict[str, int],
+) -> None:
+    if not location:
+        raise ModelFileError(f"{label}: tensor '{name}' is stored as external data but names no file")
+    if not _is_inside(location):
+        raise ModelFileError(
+            f"{label}: tensor '{name}' has its external data at '{location}', outside the model's folder "
+            "(a location must be a relative path without '..'; a link beside the model may point elsewhere)"
+        )
+    file = folder / location
+    key = os.fspath(file)
+    if key not in sizes:
+        try:
+            status = os.stat(file)
+        except (FileNotFoundError, NotADirectoryError) as error:
+            raise ModelFileError(f"{label}: external data file '{location}' is missing beside the model") from error
+        except OSError as error:
+            raise ModelFileError(
+                f"{label}: cannot read external data file '{location}' ({error.strerror or error})"
+            ) from error
+        if not stat.S_ISREG(status.st_mode):
+            raise ModelFileError(f"{label}: external data file '{location}' is not a regular file")
+        sizes[key] = status.st_size
+    needed = _tensor_bytes(data_type, dims)
+    if needed is None:
+        raise ModelFileError(
+            f"{label}: tensor '{name}' (type {data_type}, shape {list(dims)}) cannot be stored as external data"
+        )
+    start = _byte_count(offset, 0, name, "offset", label)
+    size = _byte_count(length, needed, name, "length", label)
+    if size != needed:
+        raise ModelFileError(
+            f"{label}: tensor '{name}' records {size} bytes of external data, but its type and shape "
+            f"take {needed}; the model is corrupt"
+        )
+    if start + size > sizes[key]:
+        raise ModelFileError(
+            f"{label}: external data file '{location}' is truncated "
+            f"({sizes[key]} bytes; tensor '{name}' ends at byte {start + size})"
+        )
+
+
+def _is_inside(location: str) -> bool:
+    """Whether an external data location names a path inside the model's folder (see the module docstring)."""
+    if "\0" in location or "\\" in location or posixpath.isabs(location) or re.match(r"[A-Za-z]:", location):
+        return False
+    return ".." not in location.split("/")
+
+
+def _byte_count(value: object, default: int, name: str, key: str, label: str) -> int:
+    if value is None:
+        return default
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value):
+        return int(value)
+    raise ModelFileError(f"{label}: tensor '{name}' has external data {key} '{value}', not a byte count")
+
+
+def _tensor_bytes(data_type: int, dims: Sequence[int]) -> int | None:
+    """Bytes of a tensor's data, or None for a type with no fixed size (strings) or a negative dimension."""
+    try:
+        bits = ir.DataType(data_type).bitwidth
+    except (TypeError, ValueError):
+        return None
+    if any(dim < 0 for dim in dims):
+        return None
+    return (math.prod(dims) * bits + 7) // 8
+
+
+def _external_locations(proto: onnx.ModelProto) -> set[str]:
+    """External data locations that name a file inside the model's folder."""
+    locations = set()
+    for tensor in _proto_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location" and entry.value and _is_inside(entry.value):
+                    locations.add(entry.value)
+    return locations
+
+
+def _proto_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of ``proto``: initializers (sparse ones too) of every graph, and tensors in attributes."""
+
+    def from_attribute(attribute: onnx.AttributeProto) -> Iterator[onnx.TensorProto]:
+        if attribute.HasField("t"):
+            yield attribute.t
+        yield from attribute.tensors
+        for sparse in (
+            *([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []),
+            *attribute.sparse_tensors,
+        ):
+            yield sparse.values
+            yield sparse.indices
+
+    def from_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        for node in graph.node:
+            for attribute in node.attribute:
+                yield from from_attribute(attribute)
+                if attribute.HasField("g"):
+                    yield from from_graph(attribute.g)
+                for subgraph in attribute.graphs:
+                    yield from from_graph(subgraph)
+
+    yield from from_graph(proto.graph)
+    for function in proto.functions:
+        for node in function.node:
+            for attribute in node.attribute:
+                yield from from_attribute(attribute)
+                if attribute.HasField("g"):
+                    yield from from_graph(attribute.g)
+                for subgraph in attribute.graphs:
+                    yield from from_graph(subgraph)
+
+
+def _ir_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
+    """The main graph, every subgraph, and the model's functions (with their subgraphs)."""
+
+    def with_subgraphs(graph: ir.Graph | ir.Function) -> Iterator[ir.Graph | ir.Function]:
+        yield graph
+        for node in graph:
+            for attribute in node.attributes.values():
+                if attribute.type == ir.AttributeType.GRAPH:
+                    yield from with_subgraphs(attribute.value)
+                elif attribute.type == ir.AttributeType.GRAPHS:
+                    for subgraph in attribute.value:
+                        yield from with_subgraphs(subgraph)
+
+    yield from with_subgraphs(model.graph)
+    for function in model.functions.values():
+        yield from with_subgraphs(function)
+
+
+def _ir_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
+    """Every tensor of an onnx-ir model: initializers of every graph and tensors in attributes."""
+    for graph in _ir_graphs(model):
+        if isinstance(graph, ir.Graph):
+            yield from (value.const_value for value in graph.initializers.values() if value.const_value is not None)
+        for node in graph:
+            for attribute in node.attributes.values():
+                if attribute.type == ir.AttributeType.TENSOR:
+                    yield attribute.value
+                elif attribute.type == ir.AttributeType.TENSORS:
+                    yield from attribute.value
 
 
 def _check_input_shapes(proto: onnx.ModelProto, label: str) -> None:
@@ -191,38 +694,6 @@ def _check_looks_like_onnx(proto: onnx.ModelProto, label: str) -> None:
         raise ModelFileError(f"{label}: not an ONNX model (no IR version or no graph)")
     if not proto.graph.output:
         raise ModelFileError(f"{label}: the graph has no outputs (is the file truncated?)")
-
-
-def _external_locations(proto: onnx.ModelProto) -> set[str]:
-    locations = set()
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
-        if onnx.external_data_helper.uses_external_data(tensor):
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    locations.add(entry.value)
-    return locations
-
-
-def _check_external_data(proto: onnx.ModelProto, folder: Path, label: str) -> None:
-    """Every external data file is beside the model and long enough for every tensor stored in it."""
-    for location in sorted(_external_locations(proto)):
-        if not (folder / location).is_file():
-            raise ModelFileError(f"{label}: external data file '{location}' is missing beside the model")
-    sizes = {location: (folder / location).stat().st_size for location in _external_locations(proto)}
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
-        if not onnx.external_data_helper.uses_external_data(tensor):
-            continue
-        entries = {entry.key: entry.value for entry in tensor.external_data}
-        length = entries.get("length")
-        if length is None:  # not recorded: the tensor's own size
-            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-            length = int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
-        end = int(entries.get("offset", 0)) + int(length)
-        if end > sizes[entries["location"]]:
-            raise ModelFileError(
-                f"{label}: external data file '{entries['location']}' is truncated "
-                f"({sizes[entries['location']]} bytes; tensor '{tensor.name}' ends at byte {end})"
-            )
 
 
 def _check_opsets(proto: onnx.ModelProto, label: str) -> None:
@@ -270,19 +741,3 @@ def _all_nodes(proto: onnx.ModelProto):
 
 def _needs_external_data(model: ir.Model) -> bool:
     return weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES or has_external_tensors(model)
-
-
-def _model_reads_file(model: ir.Model, data_path: Path) -> bool:
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if isinstance(tensor, ir.ExternalTensor) and same_file(Path(tensor.path), data_path):
-            return True
-    return False
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name the same file (through symlinks, hardlinks or ``..``)."""
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return a.absolute() == b.absolute()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -139,7 +140,7 @@ def test_failed_write_leaves_the_previous_output(tmp_path, monkeypatch, external
     # model_io calls onnx_ir's save through the module (``ir.save``), so patch it there.
     assert model_io.ir is ir
     monkeypatch.setattr(ir, "save", save_then_fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputPathError, match="cannot write the output model \\(No space left on device\\)"):
         save_model(model, output)
     assert snapshot_tree(tmp_path) == before, "the previous output changed or a temporary file was left"
     inputs = _affine_inputs()
@@ -170,13 +171,32 @@ def test_refuses_to_overwrite_the_input(tmp_path, spelling):
 
 
 def test_refuses_to_overwrite_the_weights_the_model_reads(tmp_path):
-    # Saving as out.onnx would write out.onnx.data, the very file W is read from.
+    # out.onnx.data is a name saving as out.onnx gives its weights, and the very file W is read from.
     _save_with_external_data(tmp_path / "model.onnx", "out.onnx.data")
     before = snapshot_tree(tmp_path)
     model = load_model(tmp_path / "model.onnx")
-    with pytest.raises(OutputPathError, match="reads its weights from this file"):
+    with pytest.raises(OutputPathError, match="out.onnx.data: the model reads its weights from this file"):
         save_model(model, tmp_path / "out.onnx")
     assert snapshot_tree(tmp_path) == before
+
+
+def test_saving_again_renames_the_weights_and_removes_the_old_ones(tmp_path):
+    """Each save gives the weights a name no file has; the old model's weights go once the new model is in place."""
+    source = _save_with_external_data(tmp_path / "model.onnx", "w.bin")
+    output = tmp_path / "out" / "out.onnx"
+    output.parent.mkdir()
+    (output.parent / "out.onnx.unrelated.data").write_bytes(b"kept")  # not a name graphopt gives: kept
+    names = []
+    for _ in range(3):
+        save_model(load_model(source), output)
+        (location,) = _external_locations(output)
+        names.append(location)
+        assert sorted(p.name for p in output.parent.iterdir()) == sorted(
+            ["out.onnx", location, "out.onnx.unrelated.data"]
+        )
+        inputs = _affine_inputs()
+        np.testing.assert_allclose(_ort_run(output, inputs)[0], _affine_expected(inputs), rtol=1e-5, atol=1e-5)
+    assert names[0] == names[2] == "out.onnx.data" and re.fullmatch(r"out\.onnx\.[0-9a-f]{8}\.data", names[1])
 
 
 # --- a model over 2 GiB -----------------------------------------------------------------
@@ -281,3 +301,46 @@ def test_cli_optimizes_model_over_2gb_with_verification(big_model, tmp_path):
         assert _source_state(big_model) == before
     finally:
         shutil.rmtree(output.parent, ignore_errors=True)
+
+
+def test_external_tensors_in_attributes_and_subgraphs_are_read_from_the_models_folder(tmp_path, monkeypatch):
+    """A Constant's value and an If branch's initializer in external data: run and saved from any working directory."""
+    constant = helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.arange(256, dtype=np.float32)))
+    then_branch = helper.make_graph(
+        [helper.make_node("Add", ["x", "t"], ["then_y"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_y", TensorProto.FLOAT, [256])],
+        initializer=[numpy_helper.from_array(np.ones(256, np.float32), "t")],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Sub", ["x", "c"], ["else_y"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, [256])],
+    )
+    graph = helper.make_graph(
+        [constant, helper.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)],
+        "branches",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [256]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256])],
+    )
+    source = tmp_path / "source" / "m.onnx"
+    source.parent.mkdir()
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10),
+        os.fspath(source),
+        save_as_external_data=True,
+        location="m.data",
+        size_threshold=0,
+        convert_attribute=True,
+    )
+    monkeypatch.chdir(tmp_path)  # not the model's folder
+    output = save_model(load_model(source), tmp_path / "out.onnx")
+    x = np.zeros(256, np.float32)
+    session = ort.InferenceSession(os.fspath(output), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": x, "cond": np.array(True)})[0], x + 1)
+    np.testing.assert_array_equal(session.run(None, {"x": x, "cond": np.array(False)})[0], x - np.arange(256))

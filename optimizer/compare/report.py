@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 from rich import box
@@ -13,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from optimizer.compare.comparison import BatchResult, ComparisonReport, ProviderResult
+from optimizer.model_io import write_atomically
 
 
 def render_comparison(report: ComparisonReport, console: Console | None = None) -> None:
@@ -43,14 +45,13 @@ def render_comparison(report: ComparisonReport, console: Console | None = None) 
 
 
 def write_json(report: ComparisonReport, path: str | os.PathLike) -> None:
-    """Write every figure of the report as JSON."""
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(report.to_dict(), handle, indent=2, default=_json_default)
-        handle.write("\n")
+    """Write every figure of the report as JSON (atomically: see ``optimizer.model_io.write_atomically``)."""
+    text = json.dumps(report.to_dict(), indent=2, default=_json_default) + "\n"
+    write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"), "comparison")
 
 
 def write_html(report: ComparisonReport, path: str | os.PathLike) -> None:
-    """Write a single self-contained HTML page: the tables and a latency plot per EP (inline SVG)."""
+    """Write a single self-contained HTML page (atomically): the tables and a latency plot per EP (inline SVG)."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>graphopt comparison</title>",
         "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}"
@@ -132,8 +133,8 @@ def write_html(report: ComparisonReport, path: str | os.PathLike) -> None:
     for warning in report.warnings:
         parts.append(f"<p class='warn'>warning: {html.escape(warning)}</p>")
     parts.append("</body></html>")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(parts))
+    page = "\n".join(parts)
+    write_atomically(path, lambda temporary: Path(temporary).write_text(page, encoding="utf-8"), "comparison")
 
 
 def _provider_table(provider: ProviderResult) -> Table:
