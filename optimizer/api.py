@@ -144,6 +144,8 @@ def optimize_with_report(
     optimized, report = run_pipeline(ir_model, specs, context=context, verifier=verifier, label=label)
     if warning:
         report.warnings.append(warning)
+    if verifier is not None and inputs is not None and (note := nan_note(verifier.inputs)):
+        report.warnings.append(f"--inputs: {note}: outputs they reach are NaN in both models and count as equal")
     if input_path is not None:
         written = save_model(optimized, output, input_path=input_path)
         report.output = str(written)

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import re
 import signal
 import sys
 import threading
@@ -23,6 +24,7 @@ from optimizer.errors import GraphoptError, InputSpecError, Interrupted
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from optimizer.compare.comparison import CompareSettings
     from optimizer.options import Options
 
 # The rest of graphopt (onnx, ONNX Runtime, rich: over a second of imports) is imported
@@ -320,6 +322,7 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
     writes = {"-o": args.output, "--report": args.report}
     if args.compare:
         writes.update({"--json": args.json, "--html": args.html})
+        _compare_settings(args)  # bad comparison flags must not cost the optimization first
     # Every output path is checked before any work: a report into a missing folder, or over a file
     # graphopt reads, must not cost the run (nor leave the model written and the report not).
     check_paths(
@@ -360,10 +363,25 @@ def options_from_args(args: argparse.Namespace) -> Options:
     return Options.build(**values)
 
 
+def _compare_settings(args: argparse.Namespace) -> CompareSettings:
+    """The comparison flags, checked (refused in one line before any work)."""
+    from optimizer.compare.comparison import CompareSettings
+
+    return CompareSettings(
+        eps=_split(args.ep, "--ep"),
+        batches=[_positive_int(item, "--batch") for item in _split(args.batch, "--batch")],
+        threads=args.threads,
+        time_budget=args.time_budget,
+        iterations=args.iterations,
+        warmup=args.warmup,
+        profile=args.profile,
+    )
+
+
 def _compare(console: Console, args: argparse.Namespace, before: str, after: str) -> int:
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    from optimizer.compare.comparison import CompareSettings, compare
+    from optimizer.compare.comparison import compare
     from optimizer.compare.report import render_comparison, write_html, write_json
     from optimizer.inputs import parse_dim_flags
     from optimizer.model_io import check_paths
@@ -373,15 +391,7 @@ def _compare(console: Console, args: argparse.Namespace, before: str, after: str
         [("the --inputs file", args.inputs)],
         models=[("the BEFORE model", before), ("the AFTER model", after)],
     )
-    settings = CompareSettings(
-        eps=_split(args.ep, "--ep"),
-        batches=[_positive_int(item, "--batch") for item in _split(args.batch, "--batch")],
-        threads=args.threads,
-        time_budget=args.time_budget,
-        iterations=args.iterations,
-        warmup=args.warmup,
-        profile=args.profile,
-    )
+    settings = _compare_settings(args)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -416,7 +426,8 @@ def _split(text: str, flag: str) -> list[str]:
 
 
 def _positive_int(text: str, flag: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
+    # ASCII digits only: str.isdigit() accepts '²', which int() then refuses with a traceback.
+    if not re.fullmatch(r"[0-9]+", text.strip()) or int(text) <= 0:
         raise InputSpecError(f"{flag} {text}: expected a positive integer")
     return int(text)
 

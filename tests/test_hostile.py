@@ -675,3 +675,37 @@ def test_weights_in_a_subfolder_load(tmp_path, capsys):
     rc, _, stderr = _cli(["optimize", model, "-o", tmp_path / "out.onnx", "--no-verify"], capsys)
     assert rc == 0, stderr
     assert _weights_scale(tmp_path / "out.onnx") == 1.0
+
+
+def test_bad_comparison_flags_cost_nothing_before_the_optimization(tmp_path, capsys):
+    output = tmp_path / "out.onnx"
+    code = cli.main(["optimize", str(cli.EXAMPLE_MODEL), "-o", str(output), "--compare", "--iterations", "0"])
+    assert code == 2 and not output.exists()
+    assert (
+        capsys.readouterr().err.strip() == "graphopt: error: --iterations 0: expected a positive number of timed runs"
+    )
+
+
+def test_a_superscript_batch_is_a_one_line_error(capsys):
+    model = str(cli.EXAMPLE_MODEL)
+    assert cli.main(["compare", model, model, "--batch", "²"]) == 2
+    assert capsys.readouterr().err.strip() == "graphopt: error: --batch ²: expected a positive integer"
+
+
+def test_partly_nan_inputs_are_a_report_warning():
+    from tests.helpers import parse_model
+
+    model = parse_model(
+        """
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] y) {
+          a = Identity(x)
+          y = Relu(a)
+        }"""
+    )
+    x = np.ones((2, 4), np.float32)
+    x[0, 0] = np.nan
+    _, report = optimizer.optimize_with_report(model, passes=["remove-identity"], inputs={"x": x})
+    assert report.warnings == [
+        "--inputs: 'x' holds 1 NaN among 8 values: outputs they reach are NaN in both models and count as equal"
+    ]

@@ -37,7 +37,8 @@ def render_comparison(report: ComparisonReport, console: Console | None = None) 
             console.print(f"[yellow]{provider.ep}: skipped[/]: {escape(provider.reason)}", highlight=False)
             continue
         console.print(_provider_table(provider))
-        console.print(_accuracy_table(provider))
+        if provider.accuracy:  # none when no output could be compared (the warnings say why)
+            console.print(_accuracy_table(provider))
         if provider.profile_before_ms:
             console.print(_profile_table(provider))
     for warning in report.warnings:
