@@ -709,3 +709,27 @@ def test_partly_nan_inputs_are_a_report_warning():
     assert report.warnings == [
         "--inputs: 'x' holds 1 NaN among 8 values: outputs they reach are NaN in both models and count as equal"
     ]
+
+
+def test_onnx_runtimes_own_log_does_not_precede_the_one_line_error(tmp_path):
+    # ORT logs a coloured line to stderr (from C++, past Python's capture) when a model
+    # fails to run; graphopt's sessions silence it, so the user sees one line only.
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+        [numpy_helper.from_array(np.array([4, 4], np.int64), "shape")],
+    )
+    path = tmp_path / "bad_reshape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    done = subprocess.run(
+        [sys.executable, "-m", "optimizer.cli", "optimize", str(path), "-o", str(tmp_path / "out.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("graphopt: error: ONNX Runtime cannot run the input model"), lines
