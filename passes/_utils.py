@@ -67,7 +67,7 @@ def linear_rule_set(
     """``rules`` as a rule set that rewrites what onnxscript's would, in time linear in the graph.
 
     onnxscript 0.7 tries every rule at every node, and matches a pattern with several
-    output nodes by indexing the whole graph at each node it visits: quadratic (180 s
+    output nodes by indexing the whole graph at each node it visits: quadratic (168 s
     for its default rules at 20,000 nodes; docs/upstream/onnxscript_quadratic.md). Here
     a rule is tried only at nodes of its pattern's root op type (the first thing its
     matcher checks), and a multi-output pattern's other output nodes are looked for

@@ -9,7 +9,7 @@ On dynamo exports they remove 20–30 % more nodes than constant folding alone (
 docs/benchmarks.md), so we use them as they are, matched in linear time
 (``passes._utils.linear_rule_set``): onnxscript 0.7 matches its ``SlicesSplit`` rule (two
 Slices of one tensor into a Split) by walking the whole graph at every node it visits,
-180 s at 20,000 nodes (docs/upstream/onnxscript_quadratic.md).
+168 s at 20,000 nodes (docs/upstream/onnxscript_quadratic.md).
 """
 
 from __future__ import annotations

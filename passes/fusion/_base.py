@@ -148,9 +148,20 @@ class _NearMisses(_basics.MatchingTracer):
     def reasons(self) -> list[tuple[str, str]]:
         """``(root op type, reason)`` for each distinct near-miss."""
         found = list(self._best.values())
-        return [
-            (op_type, reason) for nodes, op_type, reason in found if not any(nodes < other for other, _, _ in found)
-        ]
+        # A larger near miss holding all of one's nodes holds any one of them: compare only
+        # with those (comparing every pair is quadratic in the graph's size).
+        holding: dict[int, list[frozenset[int]]] = {}
+        for nodes, _, _ in found:
+            for member in nodes:
+                holding.setdefault(member, []).append(nodes)
+        any_nodes = bool(holding)
+
+        def inside_another(nodes: frozenset[int]) -> bool:
+            if not nodes:
+                return any_nodes
+            return any(nodes < other for other in holding[next(iter(nodes))])
+
+        return [(op_type, reason) for nodes, op_type, reason in found if not inside_another(nodes)]
 
 
 _COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "And", "Or", "Equal"})
