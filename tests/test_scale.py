@@ -30,7 +30,7 @@ from tests.helpers import FIXTURES, parse_model
 
 SIZES = (1000, 2000)
 # Linear work doubles; quadratic work on these sizes more than triples.
-MAX_GROWTH = 2.4
+MAX_GROWTH = 2.15
 DEFAULT_PASSES = [spec for spec in CATALOG if "cpu" in spec.default_for]
 
 
