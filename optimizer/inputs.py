@@ -256,6 +256,9 @@ def _read_npz(path: Path, source: str) -> dict[str, np.ndarray]:
         # some of them advise loading pickles.
         detail = one_line(error) if isinstance(error, (zipfile.BadZipFile, zlib.error, EOFError)) else "data ends early"
         raise InputSpecError(f"{unreadable} (truncated or corrupt: {detail})") from error
+    except (RuntimeError, NotImplementedError) as error:
+        # zipfile raises these for encrypted members and compression methods it lacks.
+        raise InputSpecError(f"{unreadable} ({one_line(error)}; save it with numpy.savez)") from error
     return arrays
 
 

@@ -282,13 +282,16 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
     folder, a device. A failed write (a full disk, an output that cannot be replaced)
     is an ``OutputPathError`` too, and leaves the folder as it was.
     """
-    reads = [("the input model", input_path)] if input_path is not None else []
-    reads += [("the model's weights", file) for file in external_data_files(model)]
+    reads = [("the model's weights", file) for file in external_data_files(model)]
+    if input_path is not None:
+        reads += _model_files(Path(input_path), "the input model")
     check_paths({"-o": path}, reads)
     path = Path(path).absolute()
     folder = path.parent
     data_name = _fresh_data_name(path) if _needs_external_data(model) else None
-    stale = _stale_data_files(path, keep=data_name)
+    # A file read (the input's weights, perhaps through a link into this folder) is never stale.
+    read_places = {_place(Path(file)) for _, file in reads if file is not None and os.path.lexists(file)}
+    stale = [file for file in _stale_data_files(path, keep=data_name) if _place(file) not in read_places]
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
     except OSError as error:
@@ -478,6 +481,12 @@ def _check_writable(flag: str, path: PathLike) -> None:
     folder = path.absolute().parent
     if not folder.is_dir():
         raise OutputPathError(f"{folder}: {role} folder does not exist")
+    if path.is_symlink():  # written through: the link's target must be writable too
+        target = Path(os.path.realpath(path.absolute()))
+        if not target.parent.is_dir():
+            raise OutputPathError(f"{path}: a link into {target.parent}, a folder that does not exist")
+        if not os.access(target.parent, os.W_OK | os.X_OK):
+            raise OutputPathError(f"{path}: a link into {target.parent}, where graphopt cannot write")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputPathError(f"{folder}: cannot write here (permission denied)")
 
@@ -572,7 +581,10 @@ def _is_inside(location: str) -> bool:
     """Whether an external data location names a path inside the model's folder (see the module docstring)."""
     if "\0" in location or "\\" in location or posixpath.isabs(location) or re.match(r"[A-Za-z]:", location):
         return False
-    return ".." not in location.split("/")
+    parts = location.split("/")
+    # '..' could leave the folder; an empty or '.' part (a trailing '/', 'a//b', 'w.bin/.') names a
+    # folder or is read differently by the check (pathlib drops it) and by the loader (it does not).
+    return not any(part in ("..", ".", "") for part in parts)
 
 
 def _byte_count(value: object, default: int, name: str, key: str, label: str) -> int:

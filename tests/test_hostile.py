@@ -733,3 +733,78 @@ def test_onnx_runtimes_own_log_does_not_precede_the_one_line_error(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("graphopt: error: ONNX Runtime cannot run the input model"), lines
+
+
+def _matmul_with_external_weights(path: Path, location: str, *, write: bool = True) -> None:
+    """A MatMul + Relu model whose 64x64 weight lives in ``location`` beside ``path``."""
+    weight = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    if write:
+        weight.tofile(path.parent / location.rstrip("/"))
+    tensor = numpy_helper.from_array(weight, "W")
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Relu", ["m"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [tensor],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_saving_over_an_earlier_output_keeps_weights_the_input_reads_through_a_link(tmp_path):
+    # Review: the old output's weights were removed by name, though the input (a copy of
+    # that output, its weights a link to them, as in a Hugging Face cache) was reading them.
+    source, out, other = tmp_path / "src.onnx", tmp_path / "out", tmp_path / "a"
+    out.mkdir(), other.mkdir()
+    _matmul_with_external_weights(source, "src.onnx.data")
+    assert cli.main(["optimize", str(source), "-o", str(out / "m.onnx"), "--no-verify"]) == 0
+    data = next(out.glob("m.onnx*.data"))
+    shutil.copy(out / "m.onnx", other / "m.onnx")
+    os.symlink(os.path.relpath(data, other), other / data.name)
+    assert cli.main(["optimize", str(other / "m.onnx"), "-o", str(out / "m.onnx"), "--no-verify"]) == 0
+    assert data.exists()
+    load_model(other / "m.onnx")  # the input still loads
+
+
+@pytest.mark.parametrize("location", ["w.bin/", "w.bin/.", "./w.bin", "sub//w.bin"])
+def test_an_external_data_location_with_empty_or_dot_parts_is_refused(tmp_path, capsys, location):
+    # Review: 'w.bin/' passed the check (pathlib drops the '/') and then failed in the loader.
+    model = tmp_path / "m.onnx"
+    _matmul_with_external_weights(model, location, write=False)
+    (tmp_path / "w.bin").write_bytes(np.zeros((64, 64), np.float32).tobytes())
+    for extra in ([], ["--no-verify"]):
+        assert cli.main(["optimize", str(model), "-o", str(tmp_path / "out.onnx"), *extra]) == 2
+        error = capsys.readouterr().err.strip()
+        assert "outside the model's folder" in error
+        assert "\n" not in error
+
+
+@pytest.mark.parametrize(("damage", "said"), [("encrypted", "encrypted"), ("method", "compression method")])
+def test_npz_members_zipfile_cannot_open_are_one_line(tmp_path, capsys, damage, said):
+    path = tmp_path / "inputs.npz"
+    np.savez(path, x=np.ones((1, 4), np.float32))
+    raw = bytearray(path.read_bytes())
+    central = raw.rfind(b"PK\x01\x02")
+    if damage == "encrypted":  # general-purpose flag bit 0, in the local and the central header
+        raw[6] |= 1
+        raw[central + 8] |= 1
+    else:  # compression method 99, in both headers
+        raw[8:10] = (99).to_bytes(2, "little")
+        raw[central + 10 : central + 12] = (99).to_bytes(2, "little")
+    path.write_bytes(bytes(raw))
+    assert cli.main(["optimize", str(cli.EXAMPLE_MODEL), "-o", str(tmp_path / "o.onnx"), "--inputs", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "not a readable .npz file" in error and said in error and "\n" not in error
+
+
+def test_a_report_linked_into_a_missing_folder_is_refused_before_any_work(tmp_path, capsys):
+    output, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    os.symlink(tmp_path / "missing" / "r.json", report)
+    assert cli.main(["optimize", str(cli.EXAMPLE_MODEL), "-o", str(output), "--report", str(report)]) == 2
+    assert "a folder that does not exist" in capsys.readouterr().err and not output.exists()
