@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import threading
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,15 +35,22 @@ if TYPE_CHECKING:
 EXAMPLE_MODEL = Path(__file__).resolve().parents[1] / "examples" / "encoder.onnx"
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, with a mistake on the command line reported like every other: one line, exit 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"graphopt: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     from optimizer.options import TARGETS
 
-    parser = argparse.ArgumentParser(prog="graphopt", description="Optimize ONNX models for ONNX Runtime, verified.")
+    parser = _OneLineParser(prog="graphopt", description="Optimize ONNX models for ONNX Runtime, verified.")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log what passes do (and tracebacks of failed passes)"
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     optimize = commands.add_parser("optimize", help="optimize a model and write the result")
     _add_verbose_flag(optimize)

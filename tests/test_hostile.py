@@ -808,3 +808,21 @@ def test_a_report_linked_into_a_missing_folder_is_refused_before_any_work(tmp_pa
     os.symlink(tmp_path / "missing" / "r.json", report)
     assert cli.main(["optimize", str(cli.EXAMPLE_MODEL), "-o", str(output), "--report", str(report)]) == 2
     assert "a folder that does not exist" in capsys.readouterr().err and not output.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["optimize", "model.onnx"],
+        ["optimize", "model.onnx", "-o", "out.onnx", "--max-sequence", "x"],
+        ["frobnicate"],
+        [],
+    ],
+    ids=["missing-output", "bad-int", "unknown-command", "no-command"],
+)
+def test_command_line_mistakes_are_one_line_without_the_usage_block(capsys, argv):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(argv)
+    assert raised.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("graphopt: error: ") and "\n" not in error and "--help)" in error
