@@ -7,7 +7,7 @@ checker accepts it.
 
 External data is the one place a model file names other files, and the model file's
 contents are untrusted. A tensor's ``location`` must be a relative path with no
-``..`` part (and no backslash, no drive): "inside the model's folder" is decided on
+``..``, ``.`` or empty part (and no backslash, no drive): "inside the model's folder" is decided on
 that string, before anything opens a file. The file it names may be a symlink or a
 hard link whose target lives elsewhere, as in a Hugging Face cache (``model.onnx.data``
 is a link into ``../blobs/``): the folder and its links are the user's, the location
@@ -542,7 +542,8 @@ def _check_external_tensor(
     if not _is_inside(location):
         raise ModelFileError(
             f"{label}: tensor '{name}' has its external data at '{location}', outside the model's folder "
-            "(a location must be a relative path without '..'; a link beside the model may point elsewhere)"
+            "(a location must be a relative path without '..', '.' or empty parts; a link beside the model "
+            "may point elsewhere)"
         )
     file = folder / location
     key = os.fspath(file)
