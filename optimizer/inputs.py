@@ -121,6 +121,49 @@ def bind_dims(model: ir.Model, overrides: Mapping[str, int] | None = None) -> di
             bound[name] = DEFAULT_BATCH
         else:
             bound[name] = DEFAULT_SEQUENCE
+    return _with_cache_lengths(model, bound, overrides)
+
+
+_PAST_NAME = re.compile(r"past|cache", re.IGNORECASE)
+_IDS_NAME = re.compile(r"input_ids|^ids$|tokens", re.IGNORECASE)
+
+
+def cache_length_dims(model: ir.Model) -> dict[str, tuple[str, str]]:
+    """``{total: (past, sequence)}`` for a decoder with a key/value cache: its attention mask
+    spans the past and the new tokens, so its length dim must be their sum.
+
+    Found by name: a 2-D ``*mask*`` input whose last dim is neither the ``input_ids``
+    sequence dim nor the cache's, and a ``past*``/``*cache*`` input with its own dim.
+    """
+    inputs = runtime_inputs(model)
+
+    def symbolic(value: ir.Value, axis: int) -> str | None:
+        if value.shape is None or len(value.shape) <= abs(axis) - (axis < 0):
+            return None
+        dim = value.shape[axis]
+        return dim.value if isinstance(dim, ir.SymbolicDim) and dim.value else None
+
+    sequence = next(
+        (symbolic(v, -1) for v in inputs if _IDS_NAME.search(v.name) and v.shape and len(v.shape) == 2), None
+    )
+    masks = [symbolic(v, -1) for v in inputs if _MASK_NAME.search(v.name) and v.shape and len(v.shape) == 2]
+    pasts = {
+        dim.value
+        for v in inputs
+        if _PAST_NAME.search(v.name) and v.shape is not None
+        for dim in v.shape
+        if isinstance(dim, ir.SymbolicDim) and dim.value and not _BATCH_NAME.search(dim.value)
+    }
+    if sequence is None or len(pasts) != 1:
+        return {}
+    (past,) = pasts
+    return {total: (past, sequence) for total in masks if total and total not in (sequence, past)}
+
+
+def _with_cache_lengths(model: ir.Model, bound: dict[str, int], fixed: Mapping[str, int]) -> dict[str, int]:
+    for total, (past, sequence) in cache_length_dims(model).items():
+        if total not in fixed and past in bound and sequence in bound:
+            bound[total] = bound[past] + bound[sequence]
     return bound
 
 
@@ -166,7 +209,7 @@ def alternate_binding(
             alternate[name] = 2 * max(bound[name], defaults[name]) + 1
         else:
             alternate[name] = bound[name] // 2 + 1
-    return alternate
+    return _with_cache_lengths(model, alternate, overrides)
 
 
 def verification_bindings(model: ir.Model, dims: Mapping[str, int] | None = None) -> list[Mapping[str, int] | None]:

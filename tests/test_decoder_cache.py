@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 
 import optimizer
-from optimizer.errors import InvalidModelError
+from optimizer.inputs import cache_length_dims
 from optimizer.report import STATUS_APPLIED, STATUS_UNCHANGED
 from tests.helpers import FIXTURES
 
@@ -129,9 +129,13 @@ def test_optimized_model_generates_the_same_tokens(optimized, batch):
 
 
 @pytest.mark.parametrize("name", sorted(KV_FIXTURES))
-def test_generated_inputs_bind_the_mask_length_apart_from_past_plus_new(name):
-    # Finding: every symbolic dim that is not batch-like defaults to 128, so the generated
-    # mask covers 128 positions while past (128) + new tokens (128) are 256, and the original
-    # model cannot run on them: a KV-cache model needs --inputs (or a consistent --dim set).
-    with pytest.raises(InvalidModelError, match="cannot run the input model on generated inputs"):
-        optimizer.optimize(ir.load(FIXTURES / f"{name}.onnx"))
+def test_generated_inputs_give_the_mask_the_past_plus_new_length(name):
+    # The mask spans the cache and the new tokens: generated inputs bind its length dim to
+    # past + sequence (128 + 128 by default, 257 + 257 at the second binding), so a KV-cache
+    # model is verified without --inputs.
+    model = ir.load(FIXTURES / f"{name}.onnx")
+    assert cache_length_dims(model) == {"total_sequence": ("past_sequence", "sequence")}
+    _, report = optimizer.optimize_with_report(model)
+    assert report.input_sets[0] == "generated (batch=1, sequence=128, total_sequence=256, past_sequence=128)"
+    assert report.input_sets[1].startswith("generated, second binding (batch=2, sequence=257, total_sequence=514")
+    assert all(record.status in ("applied", "unchanged") for record in report.passes)
