@@ -493,11 +493,27 @@ def make_inputs(model: ir.Model, dims: Mapping[str, int] | None = None, *, seed:
     values = runtime_inputs(model)
     shapes = {value.name: _concrete_shape(value, bound) for value in values}
     inputs = {value.name: _generate(model, value, shapes[value.name], rng) for value in values}
+    _offset_positions_past_the_cache(model, inputs, bound)
     rounds = _candidate_rounds(model, inputs, shapes, bound)
     guessed = [value.name for value in values if value.shape is None]  # sequence elements of unknown shape
     if not rounds and not guessed:
         return inputs
     return _first_accepted(model, inputs, rounds or [{}], guessed)
+
+
+def _offset_positions_past_the_cache(model: ir.Model, inputs: dict[str, Any], bound: Mapping[str, int]) -> None:
+    """A decode step's new tokens come after the cached ones: their positions start at the past length."""
+    pasts = {past for past, _ in cache_length_dims(model).values()}
+    if len(pasts) != 1:
+        return
+    offset = bound.get(next(iter(pasts)), 0)
+    for value in runtime_inputs(model):
+        array = inputs.get(value.name)
+        if not _POSITION_NAME.search(value.name) or not isinstance(array, np.ndarray) or array.dtype.kind not in "iu":
+            continue
+        table = _index_range(value)
+        if table is None or offset + array.shape[-1] <= table:
+            inputs[value.name] = (array + offset).astype(array.dtype)
 
 
 class GeneratedSequence(list):
@@ -562,9 +578,12 @@ def _generate_tensor(model: ir.Model, value: ir.Value, shape: tuple[int, ...], r
     if dtype.is_integer():
         if _MASK_NAME.search(value.name):
             return _padding_mask(shape, numpy_dtype)
-        high = _index_range(value) or _DEFAULT_INT_HIGH
+        table = _index_range(value)
+        high = table or _DEFAULT_INT_HIGH
         if _POSITION_NAME.search(value.name) and shape:
-            positions = np.arange(shape[-1]) % high
+            # Positions count up, within the position table when there is one (rotary
+            # positions read no table: 0, 1, 2, ... as a tokenizer's would).
+            positions = np.arange(shape[-1]) % table if table else np.arange(shape[-1])
             return np.broadcast_to(positions, shape).astype(numpy_dtype)
         return rng.integers(0, high, size=shape).astype(numpy_dtype)
     if dtype.is_floating_point():

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 
 import optimizer
-from optimizer.inputs import cache_length_dims
+from optimizer.inputs import cache_length_dims, make_inputs
 from optimizer.report import STATUS_APPLIED, STATUS_UNCHANGED
 from tests.helpers import FIXTURES
 
@@ -139,3 +139,11 @@ def test_generated_inputs_give_the_mask_the_past_plus_new_length(name):
     assert report.input_sets[0] == "generated (batch=1, sequence=128, total_sequence=256, past_sequence=128)"
     assert report.input_sets[1].startswith("generated, second binding (batch=2, sequence=257, total_sequence=514")
     assert all(record.status in ("applied", "unchanged") for record in report.passes)
+
+
+def test_generated_positions_of_a_decode_step_start_after_the_cache():
+    # Rotary positions read no table: they count from the past length, as in a real decode step.
+    model = ir.load(FIXTURES / "llama_kv_legacy.onnx")
+    inputs = make_inputs(model, {"sequence": 3, "past_sequence": 5})
+    assert inputs["position_ids"].tolist() == [[5, 6, 7]]
+    assert inputs["attention_mask"].shape == (1, 8)
