@@ -196,7 +196,7 @@ def anchor_external_data(model: ir.Model) -> None:
             return external
         return ir.Tensor(external.numpy(), dtype=tensor.dtype, name=tensor.name, doc_string=tensor.doc_string)
 
-    for graph in _ir_graphs(model):
+    for graph in model_graphs(model):
         if isinstance(graph, ir.Graph):
             for value in graph.initializers.values():
                 if value.const_value is not None:
@@ -634,31 +634,28 @@ def _proto_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
             yield sparse.values
             yield sparse.indices
 
+    def from_nodes(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+        for node in nodes:
+            for attribute in node.attribute:
+                yield from from_attribute(attribute)
+                if attribute.HasField("g"):
+                    yield from from_graph(attribute.g)
+                for subgraph in attribute.graphs:
+                    yield from from_graph(subgraph)
+
     def from_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
         yield from graph.initializer
         for sparse in graph.sparse_initializer:
             yield sparse.values
             yield sparse.indices
-        for node in graph.node:
-            for attribute in node.attribute:
-                yield from from_attribute(attribute)
-                if attribute.HasField("g"):
-                    yield from from_graph(attribute.g)
-                for subgraph in attribute.graphs:
-                    yield from from_graph(subgraph)
+        yield from from_nodes(graph.node)
 
     yield from from_graph(proto.graph)
     for function in proto.functions:
-        for node in function.node:
-            for attribute in node.attribute:
-                yield from from_attribute(attribute)
-                if attribute.HasField("g"):
-                    yield from from_graph(attribute.g)
-                for subgraph in attribute.graphs:
-                    yield from from_graph(subgraph)
+        yield from from_nodes(function.node)
 
 
-def _ir_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
+def model_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
     """The main graph, every subgraph, and the model's functions (with their subgraphs)."""
 
     def with_subgraphs(graph: ir.Graph | ir.Function) -> Iterator[ir.Graph | ir.Function]:
@@ -678,7 +675,7 @@ def _ir_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
 
 def _ir_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
     """Every tensor of an onnx-ir model: initializers of every graph and tensors in attributes."""
-    for graph in _ir_graphs(model):
+    for graph in model_graphs(model):
         if isinstance(graph, ir.Graph):
             yield from (value.const_value for value in graph.initializers.values() if value.const_value is not None)
         for node in graph:

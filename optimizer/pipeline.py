@@ -17,6 +17,7 @@ from copy import deepcopy
 import onnx_ir as ir
 
 from optimizer.errors import RuntimeRefusedError, one_line
+from optimizer.model_io import model_graphs
 from optimizer.protocol import NotedResult, PassContext, PassSpec
 from optimizer.report import (
     STATUS_APPLIED,
@@ -50,9 +51,10 @@ def detached_clone(model: ir.Model) -> ir.Model:
     """
     with _no_collection():
         copy = model.clone()
-        graphs = [copy.graph, *copy.functions.values()]
-        for graph in graphs:
-            for value in _values(graph):
+        for graph in model_graphs(copy):
+            initializers = getattr(graph, "initializers", {}).values()  # a function has none
+            outputs = (value for node in graph for value in node.outputs)
+            for value in (*graph.inputs, *initializers, *outputs):
                 if value.type is not None:
                     value.type = _own_type(value.type)
     return copy
@@ -84,28 +86,6 @@ def _own_type(value_type: ir.TypeProtocol) -> ir.TypeProtocol:
     if kind in (ir.SequenceType, ir.OptionalType):
         return kind(_own_type(value_type.elem_type), denotation=value_type.denotation)
     return deepcopy(value_type)
-
-
-def _values(graph: ir.Graph | ir.Function):
-    seen = set()
-    for value in (*graph.inputs, *getattr(graph, "initializers", {}).values()):
-        if id(value) not in seen:
-            seen.add(id(value))
-            yield value
-    for node in ir.traversal.RecursiveGraphIterator(graph):
-        for value in node.outputs:
-            yield value
-        for attribute in node.attributes.values():
-            for subgraph in _subgraphs(attribute):
-                yield from _values(subgraph)
-
-
-def _subgraphs(attribute) -> list[ir.Graph]:
-    if attribute.type == ir.AttributeType.GRAPH:
-        return [attribute.value]
-    if attribute.type == ir.AttributeType.GRAPHS:
-        return list(attribute.value)
-    return []
 
 
 def run_pipeline(
@@ -194,10 +174,10 @@ def _run_one(
     if verdict.twin_error is not None:
         twin = result.twin
         record.twin = f"{twin.description}; max |Δ| {verdict.twin_error:.2e} ({twin.kind} tolerance)"
-        if verdict.twin_spread is not None:
+        if verdict.twin_row_excess is not None:
             record.twin += (
                 f", past it only where integer rounding took the other side of a tie "
-                f"(no token row farther from the input than {verdict.twin_spread:.2f}x its twin)"
+                f"(no token row farther from the input than {verdict.twin_row_excess:.2f}x its twin)"
             )
     if not verdict.ok:
         logger.warning("pass %s rolled back: %s", spec.name, verdict.first_failure)
@@ -218,5 +198,5 @@ def _check_approximate(verifier: Verifier, candidate: ir.Model, result: ir.passe
     if not exact.ok:
         return exact
     verdict = verifier.check_approximation(candidate)
-    verdict.twin_error, verdict.twin_spread = exact.twin_error, exact.twin_spread
+    verdict.twin_error, verdict.twin_row_excess = exact.twin_error, exact.twin_row_excess
     return verdict

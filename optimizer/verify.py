@@ -106,7 +106,7 @@ class VerificationResult:
     twin_error: float | None = None
     # int8: set when a difference past the elementwise tolerance was accepted as rounding at
     # ties (``INT8_ROW_EXCESS``): the result's distance from the input over its twin's, worst row.
-    twin_spread: float | None = None
+    twin_row_excess: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -386,7 +386,7 @@ class Verifier:
                         excess = int8_row_excess(reference, outputs, before, missed)
                         logger.debug("int8 twin check on %s: row excess %s", label, excess)
                         if excess is not None and excess <= INT8_ROW_EXCESS:
-                            worst.twin_spread = max(worst.twin_spread or 0.0, excess)
+                            worst.twin_row_excess = max(worst.twin_row_excess or 0.0, excess)
                             result = VerificationResult(
                                 checks=[OutputCheck(c.name, True, c.max_abs_error) for c in result.checks]
                             )

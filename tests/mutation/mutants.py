@@ -21,6 +21,7 @@ verification sees them, and what is tested here is verification.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -245,8 +246,9 @@ class _Exact(ir.passes.InPlacePass):
         model.graph.sort()
         return ir.passes.PassResult(model, True)
 
+    @abc.abstractmethod
     def mutate(self, model: ir.Model) -> None:
-        raise NotImplementedError
+        """Rewrite ``model`` in place into the wrong thing."""
 
 
 class NormEpsilon(_Exact):
