@@ -135,9 +135,29 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reduced precision (int8, float16)")
     group.add_argument(
         "--quantize",
-        choices=("dynamic", "static"),
+        choices=("dynamic", "static", "int4"),
         help="int8: dynamic (weights int8, activations quantized at run time; transformers on CPU) or "
-        "static (QDQ with calibrated activation ranges; CNNs)",
+        "static (QDQ with calibrated activation ranges; CNNs); int4: 4-bit weights only (MatMulNBits, "
+        "GatherBlockQuantized embeddings; LLMs)",
+    )
+    group.add_argument(
+        "--block-size",
+        type=int,
+        default=32,
+        metavar="N",
+        help="with --quantize int4: weights per scale along the input axis, 16/32/64/128/256 (default 32)",
+    )
+    group.add_argument(
+        "--int4-method",
+        choices=("rtn", "gptq", "hqq"),
+        default="rtn",
+        help="with --quantize int4: round to nearest (default), GPTQ (error compensation on --calibration) "
+        "or HQQ (data-free optimized zero points)",
+    )
+    group.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="with --quantize int4: no zero points (range [-8, 7] x scale) instead of one per block",
     )
     group.add_argument(
         "--calibration",

@@ -24,7 +24,10 @@ from optimizer.errors import OptionError
 from optimizer.inputs import MAX_DIM
 
 TARGETS = ("cpu", "cuda")
-QUANTIZE_MODES = ("dynamic", "static")
+QUANTIZE_MODES = ("dynamic", "static", "int4")
+# Weight-only int4 (--quantize int4): MatMulNBits' block sizes (powers of two, at least 16) and rounding methods.
+INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
+INT4_METHODS = ("rtn", "gptq", "hqq")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 IMPORTANCE_KINDS = ("magnitude", "activation")
 # Longest sequence a fusion that bakes a table (rotary cos/sin) supports by default.
@@ -60,6 +63,9 @@ class Options:
     quantize_outputs: bool = field(default=False, metadata=_flag("--quantize-outputs"))
     calibration_method: str = field(default="percentile", metadata=_flag("--calibration-method", metavar="METHOD"))
     smooth: float | None = field(default=None, metadata=_flag("--smooth", metavar="ALPHA"))
+    block_size: int = field(default=32, metadata=_flag("--block-size", metavar="N"))
+    int4_method: str = field(default="rtn", metadata=_flag("--int4-method", metavar="METHOD"))
+    symmetric: bool = field(default=False, metadata=_flag("--symmetric"))
     # Accuracy budget of the approximate passes.
     min_cosine: float | None = field(default=None, metadata=_flag("--min-cosine", metavar="X"))
     max_error: float | None = field(default=None, metadata=_flag("--max-error", metavar="X"))
@@ -81,6 +87,7 @@ class Options:
         for name in ("prune_ffn", "prune_heads", "prune_channels", "smooth", "min_cosine", "max_error"):
             object.__setattr__(self, name, _real(getattr(self, name)))
         object.__setattr__(self, "max_sequence", _integer(self.max_sequence))
+        object.__setattr__(self, "block_size", _integer(self.block_size))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(f.default, bool) and not isinstance(value, bool):
@@ -91,6 +98,11 @@ class Options:
             raise OptionError("--tolerance does nothing with --no-verify (verify=False): drop one")
         _check_choice("--target", self.target, TARGETS)
         _check_choice("--quantize", self.quantize, QUANTIZE_MODES, optional=True)
+        _check_choice("--int4-method", self.int4_method, INT4_METHODS)
+        if isinstance(self.block_size, bool) or self.block_size not in INT4_BLOCK_SIZES:
+            raise OptionError(
+                f"--block-size {self.block_size}: expected one of {', '.join(map(str, INT4_BLOCK_SIZES))}"
+            )
         _check_choice("--calibration-method", self.calibration_method, CALIBRATION_METHODS)
         _check_choice("--importance", self.importance, IMPORTANCE_KINDS, optional=True)
         for name in ("prune_ffn", "prune_heads", "prune_channels"):

@@ -46,7 +46,7 @@ class NotedResult(ir.passes.PassResult):
 
 
 # How close an approximate pass's result must be to its twin; keys of ``optimizer.verify.TWIN_TOLERANCES``.
-TWIN_KINDS = ("float32", "float16", "int8")
+TWIN_KINDS = ("float32", "float16", "int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ class Twin:
       zeroed or tables dequantized); ``"int8"`` (quantize-dequantize in float: integer
       kernels may round an activation differently at a tie, one step at most);
       ``"float16"`` (float16 weights in float32 arithmetic: the result rounds every
-      activation to float16 too).
+      activation to float16 too); ``"int4"`` (4-bit weights dequantized, and where the
+      kernel quantizes its input to int8 per block, that too: the same ties as int8).
     - ``description``: what the twin is, for the report ("the input with 96 FFN units
       zeroed and the repaired weights in place").
     """

@@ -21,6 +21,7 @@ from optimizer.protocol import PassContext, PassSpec, Request
 BOTH = frozenset(TARGETS)
 _INT8 = ("per_channel", "full_range_weights", "exclude", "quantize_outputs", "smooth")
 _PRUNING = ("importance", "global_ranking", "repair")
+_INT4 = ("block_size", "int4_method", "symmetric", "exclude", "quantize_outputs")
 _NOT_WITH_FP16 = ("convert-float16",)
 _PRUNERS = ("prune-ffn", "prune-heads", "prune-channels")
 
@@ -42,6 +43,22 @@ def _int8(context: PassContext) -> dict[str, Any]:
         "budget": context.budget,
         "samples": context.samples,
         "smooth_alpha": options.smooth,
+    }
+
+
+def _int4(context: PassContext) -> dict[str, Any]:
+    """quantize-int4's arguments: block size, method, zero points, target, layer selection, samples and budget."""
+    options = context.options
+    return {
+        "block_size": options.block_size,
+        "method": options.int4_method,
+        "symmetric": options.symmetric,
+        "target": options.target,
+        "exclude": options.exclude,
+        "quantize_outputs": options.quantize_outputs,
+        "budget": context.budget,
+        "samples": context.samples,
+        "samples_generated": context.samples_generated,
     }
 
 
@@ -87,6 +104,7 @@ CATALOG: tuple[PassSpec, ...] = (
     PassSpec("prune-channels", lambda c: _pass("passes.pruning.channels:ChannelPruningPass")(**_pruning(c, c.options.prune_channels)), "Remove the least important Conv output channels (through BatchNorm, activations, depthwise Convs) and the next Conv's inputs (--prune-channels R).", approximate=True, requested_by=Request("prune_channels"), needs="prune_channels", reads=_PRUNING),
     PassSpec("quantize-dynamic", lambda c: _pass("passes.quantization.dynamic:DynamicQuantizationPass")(**_int8(c)), "int8 weights, activations quantized at run time: MatMul/Gemm into DynamicQuantizeMatMul, Attention into QAttention (--quantize dynamic).", approximate=True, requested_by=Request("quantize", "dynamic"), reads=_INT8, excludes=(*_NOT_WITH_FP16, "quantize-static"), after=_PRUNERS),
     PassSpec("quantize-static", lambda c: _pass("passes.quantization.static:StaticQuantizationPass")(method=c.options.calibration_method, **_int8(c)), "Calibrated int8 in QDQ form: MatMul/Gemm/Conv with QuantizeLinear/DequantizeLinear, Attention into QAttention (--quantize static).", approximate=True, requested_by=Request("quantize", "static"), reads=(*_INT8, "calibration_method"), excludes=_NOT_WITH_FP16, after=_PRUNERS),
+    PassSpec("quantize-int4", lambda c: _pass("passes.quantization.int4:Int4QuantizationPass")(**_int4(c)), "4-bit weights only: MatMul/Gemm into MatMulNBits (block-wise scales, RTN/GPTQ/HQQ), embedding tables into GatherBlockQuantized (--quantize int4).", approximate=True, requested_by=Request("quantize", "int4"), reads=_INT4, excludes=(*_NOT_WITH_FP16, "quantize-dynamic", "quantize-static", "quantize-embeddings"), after=_PRUNERS),
     PassSpec("quantize-embeddings", lambda c: _pass("passes.quantization.embedding:EmbeddingQuantizationPass")(), "Embedding tables (constant Gather tables) to int8 with one scale per row, a quarter of the size (--quantize-embeddings).", approximate=True, requested_by=Request("quantize_embeddings", True), excludes=_NOT_WITH_FP16),
     PassSpec("convert-float16", lambda c: _pass("passes.quantization.float16:Float16Pass")(keep_io_types=c.options.keep_io_types), "Float16 weights and compute, norm reductions and softmax kept float32, graph I/O types kept (--fp16, --target cuda).", approximate=True, requested_by=Request("fp16", True), reads=("keep_io_types",), after=_PRUNERS, targets=("cuda",), target_reason="ONNX Runtime's CPU kernels are float32"),
     PassSpec("deduplicate-initializers", lambda c: _pass("passes.initializer_deduplication:DeduplicateInitializersPass")(), "Merge initializers with identical contents.", default_for=BOTH),

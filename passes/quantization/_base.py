@@ -53,6 +53,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     kinds: tuple[str, ...] = ()
     left_as = "stay float"
+    # What a quantized layer is called in the notes ("int4" for weight-only 4-bit).
+    precision = "int8"
     # How the twin quantizes each layer's input, for its description.
     twin_inputs = ""
 
@@ -135,7 +137,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if batches and self.drift is None:
             self.drift = output_drift(run_batches(self._float, batches), run_batches(model, batches))
         if self.drift is not None:
-            self.note(f"{len(self.quantized)} layers int8, {len(self.kept_float)} float: {self.drift}")
+            self.note(f"{len(self.quantized)} layers {self.precision}, {len(self.kept_float)} float: {self.drift}")
         self._float = None
         return self.result(model, modified=True, twin=twin)
 
@@ -172,7 +174,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         drift = self._trial(model, names, batches, reference)
         if self.budget.met(drift):
             self.drift = drift
-            self.note(f"budget {self.budget.describe()} met with every layer int8")
+            self.note(f"budget {self.budget.describe()} met with every layer {self.precision}")
             return layers
         sensitivity = self._sensitivity(model, layers, batches, reference)
         ranked = sorted(names, key=lambda name: sensitivity[name], reverse=True)
@@ -180,8 +182,9 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if found is None:
             self.kept_float.extend(names)
             for layer in layers:
-                self.refuse(layer.node.op_type, "the accuracy budget cannot be met with any layer int8")
-            self.note(f"budget {self.budget.describe()} cannot be met with any int8 layer; model left float")
+                self.refuse(layer.node.op_type, f"the accuracy budget cannot be met with any layer {self.precision}")
+            described = self.budget.describe()
+            self.note(f"budget {described} cannot be met with any {self.precision} layer; model left float")
             return []
         count, self.drift = found
         keep = set(ranked[:count])

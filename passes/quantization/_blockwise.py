@@ -1,0 +1,242 @@
+"""Block-wise 4-bit weights in ONNX Runtime's MatMulNBits layout, and the ways of choosing them.
+
+A ``[K, N]`` weight is cut, per output column, into blocks of ``block_size`` values
+along K (the last block padded with zeros); each block has one float scale and, when
+asymmetric, one zero point. A stored value ``q`` in ``0..15`` stands for
+``(q - zero_point) * scale``; symmetric blocks have no stored zero point and ONNX
+Runtime's default, 8, applies (the range is ``[-8, 7] * scale``, the largest magnitude
+mapped to -8 so all 16 levels are used).
+
+The layout (com.microsoft ``MatMulNBits``, bits=4): ``B`` is uint8 ``[N, n_blocks,
+block_size / 2]``, two values per byte along K, the first in the low nibble;
+``scales`` ``[N * n_blocks]``; packed zero points uint8 ``[N, ceil(n_blocks / 2)]`` in
+the same nibble order (float zero points ``[N, n_blocks]`` where HQQ chose them). The
+round-to-nearest parameters are the ones ONNX Runtime's own packer
+(``onnxruntime.capi._pybind_state.quantize_matmul_4bits``) computes, value for value
+(tests/passes/quantization/test_int4.py compares them); the packing is done here in
+numpy because GPTQ and HQQ choose values that packer cannot express.
+
+Three ways of choosing the values:
+
+- ``quantize_rtn``: round to nearest, block by block (no data).
+- ``quantize_gptq``: GPTQ (Frantar et al., 2022): columns are rounded one at a
+  time along K and each rounding error is spread over the columns not yet rounded,
+  weighted by the inverse Hessian ``2 XᵀX`` of the layer's calibration inputs, so
+  the *output* error on those inputs is what is minimized, not the weight error.
+- ``quantize_hqq``: HQQ (Badri & Shaji, 2023): data-free; each block's zero point
+  is refined by half-quadratic splitting to minimize an ``l_p`` (p < 1) weight error,
+  which tolerates a few large outliers; the zero points are then float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LEVELS = 16
+SYMMETRIC_ZERO_POINT = 8
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+# GPTQ's damping: a fraction of the Hessian's mean diagonal added to it, so that
+# columns the calibration inputs barely excite do not make it singular.
+GPTQ_DAMPING = 0.01
+# Columns GPTQ rounds between two lazy updates of the rest of the weight.
+GPTQ_LAZY_COLUMNS = 128
+# HQQ's solver: l_p norm, initial penalty and its growth, iterations (the reference values).
+HQQ_NORM, HQQ_BETA, HQQ_KAPPA, HQQ_ITERATIONS = 0.7, 10.0, 1.01, 20
+
+
+@dataclass(frozen=True)
+class Int4Weight:
+    """A ``[k, N]`` float weight as 4-bit blocks: ``values`` ``[N, n_blocks, block_size]`` in 0..15,
+    ``scales`` ``[N, n_blocks]``, ``zero_points`` ``[N, n_blocks]`` (uint8, or float32 from HQQ;
+    None when symmetric: the implicit 8)."""
+
+    values: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray | None
+    k: int
+    block_size: int
+
+    @property
+    def n(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def blocks(self) -> int:
+        return self.values.shape[1]
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 ``[k, N]`` weight these values stand for: ``(q - zero_point) * scale``."""
+        zero = SYMMETRIC_ZERO_POINT if self.zero_points is None else self.zero_points[..., None]
+        blocks = (self.values.astype(np.float32) - np.float32(zero)) * self.scales[..., None]
+        return np.ascontiguousarray(blocks.reshape(self.n, -1)[:, : self.k].T.astype(np.float32))
+
+    def packed(self) -> np.ndarray:
+        """``B`` of MatMulNBits: uint8 ``[N, n_blocks, block_size / 2]``, low nibble first."""
+        return pack_nibbles(self.values)
+
+    def packed_zero_points(self) -> np.ndarray | None:
+        """MatMulNBits' zero points: uint8 ``[N, ceil(n_blocks / 2)]`` packed like ``B``; float32
+        ``[N, n_blocks]`` as they are when HQQ chose them; None when symmetric."""
+        if self.zero_points is None or self.zero_points.dtype != np.uint8:
+            return self.zero_points
+        return pack_nibbles(self.zero_points)
+
+
+def pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """Pairs of 4-bit values along the last axis into bytes, the first in the low nibble (padding one zero if odd)."""
+    values = np.asarray(values, dtype=np.uint8)
+    if values.shape[-1] % 2:
+        values = np.concatenate([values, np.zeros((*values.shape[:-1], 1), np.uint8)], axis=-1)
+    return np.ascontiguousarray(values[..., 0::2] | (values[..., 1::2] << 4))
+
+
+def unpack_nibbles(packed: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` 4-bit values along the last axis of ``packed`` (inverse of ``pack_nibbles``)."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    both = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1)
+    return both[..., :count]
+
+
+def quantize_rtn(weight: np.ndarray, block_size: int, *, symmetric: bool) -> Int4Weight:
+    """Round each block of the ``[K, N]`` ``weight`` to its nearest 4-bit value (ONNX Runtime's packer's choice)."""
+    weight = np.asarray(weight, dtype=np.float32)
+    blocks = _blocks(weight, block_size)
+    scales, zero_points = _parameters(blocks, symmetric)
+    values = _round(blocks, scales[..., None], _zero(zero_points)[..., None])
+    return Int4Weight(values, scales, zero_points, weight.shape[0], block_size)
+
+
+def quantize_gptq(
+    weight: np.ndarray,
+    inputs: np.ndarray,
+    block_size: int,
+    *,
+    symmetric: bool,
+    damping: float = GPTQ_DAMPING,
+) -> Int4Weight:
+    """GPTQ: round the ``[K, N]`` ``weight`` column by column along K, compensating each error on later columns.
+
+    ``inputs`` are rows of the layer's input ``[rows, K]`` from calibration data. Each
+    block's scale and zero point are chosen from the block's weights as GPTQ has updated
+    them when rounding reaches the block (its ``static_groups=False``); no column
+    reordering, so the blocks stay contiguous as MatMulNBits needs.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    k, n = weight.shape
+    x = np.asarray(inputs, dtype=np.float64).reshape(-1, k)
+    hessian = 2.0 * (x.T @ x) / max(len(x), 1)
+    dead = np.diag(hessian) == 0
+    hessian[dead, dead] = 1.0
+    # Rows are output columns (GPTQ's [out, in] view); a dead input never contributes.
+    rows = weight.T.copy()
+    rows[:, dead] = 0.0
+    hessian[np.diag_indices(k)] += damping * np.mean(np.diag(hessian))
+    # Upper Cholesky factor of the inverse Hessian: row i holds the update weights of column i.
+    inverse = np.linalg.cholesky(np.linalg.inv(hessian)).T
+    padded = _padded_length(k, block_size)
+    blocks = padded // block_size
+    values = np.zeros((n, padded), dtype=np.uint8)
+    scales = np.zeros((n, blocks), dtype=np.float32)
+    zero_points = None if symmetric else np.zeros((n, blocks), dtype=np.uint8)
+    # Chunks of whole blocks, so each block's parameters are chosen from its weights as updated so far.
+    lazy = max(GPTQ_LAZY_COLUMNS, block_size)
+    scale, zero = np.ones(n), np.full(n, float(SYMMETRIC_ZERO_POINT))
+    for start in range(0, k, lazy):
+        end = min(start + lazy, k)
+        chunk = rows[:, start:end].copy()
+        errors = np.zeros_like(chunk)
+        local = inverse[start:end, start:end]
+        for i in range(end - start):
+            column = start + i
+            if column % block_size == 0:
+                block = column // block_size
+                group = np.zeros((n, 1, block_size), dtype=np.float32)
+                width = min(block_size, end - column)
+                group[:, 0, :width] = chunk[:, i : i + width]
+                block_scale, block_zero = _parameters(group, symmetric)
+                scales[:, block] = block_scale[:, 0]
+                if zero_points is not None:
+                    zero_points[:, block] = block_zero[:, 0]
+                scale = block_scale[:, 0].astype(np.float64)
+                zero = np.asarray(_zero(block_zero), dtype=np.float64).reshape(-1)[:n] * np.ones(n)
+            q = _round(chunk[:, i], scale, zero)
+            values[:, column] = q
+            error = (chunk[:, i] - (q - zero) * scale) / local[i, i]
+            chunk[:, i:] -= np.outer(error, local[i, i:])
+            errors[:, i] = error
+        rows[:, end:] -= errors @ inverse[start:end, end:]
+    return Int4Weight(values.reshape(n, blocks, block_size), scales, zero_points, k, block_size)
+
+
+def quantize_hqq(weight: np.ndarray, block_size: int) -> Int4Weight:
+    """HQQ: asymmetric blocks whose float zero points minimize ``‖W - dequantize(quantize(W))‖_p``, p = 0.7.
+
+    Starts from the min-max scale and rounded zero point and alternates (the reference
+    solver ONNX Runtime's HQQ quantizer runs): round, shrink the residual with the
+    ``l_p`` proximal operator, refit the zero point to what is left; it stops when the
+    mean absolute weight error stops falling. The scale stays min-max.
+    """
+    weight = np.asarray(weight, dtype=np.float32)
+    blocks = _blocks(weight, block_size)
+    low, high = blocks.min(axis=-1, keepdims=True), blocks.max(axis=-1, keepdims=True)
+    spread = np.where(high - low == 0, LEVELS - 1, high - low)
+    inverse_scale = np.minimum((LEVELS - 1) / spread, 2e4).astype(np.float32)
+    zero = np.rint(-low * inverse_scale).astype(np.float32)
+    beta, best = HQQ_BETA, np.inf
+    for _ in range(HQQ_ITERATIONS):
+        q = np.clip(np.rint(blocks * inverse_scale + zero), 0, LEVELS - 1)
+        residual = blocks - (q - zero) / inverse_scale
+        error = float(np.abs(residual).mean())
+        if error >= best:
+            break
+        best = error
+        magnitude = np.abs(residual)
+        shrunk = np.sign(residual) * np.maximum(magnitude - (1.0 / beta) * np.power(magnitude + 1e-8, HQQ_NORM - 1), 0)
+        zero = np.mean(q - (blocks - shrunk) * inverse_scale, axis=-1, keepdims=True).astype(np.float32)
+        beta *= HQQ_KAPPA
+    # The zero point of the last step taken (one that lowered the error) with its own rounding.
+    values = np.clip(np.rint(blocks * inverse_scale + zero), 0, LEVELS - 1).astype(np.uint8)
+    scales = (1.0 / inverse_scale)[..., 0].astype(np.float32)
+    return Int4Weight(values, scales, zero[..., 0].astype(np.float32), weight.shape[0], block_size)
+
+
+def _padded_length(k: int, block_size: int) -> int:
+    return -(-k // block_size) * block_size
+
+
+def _blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
+    """``[K, N]`` as ``[N, n_blocks, block_size]``, K padded with zeros to whole blocks."""
+    k = weight.shape[0]
+    padded = np.pad(weight, ((0, _padded_length(k, block_size) - k), (0, 0)))
+    return np.ascontiguousarray(padded.T.reshape(weight.shape[1], -1, block_size))
+
+
+def _parameters(blocks: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-block scale and uint8 zero point (None if symmetric), as ONNX Runtime's packer (MLAS) computes them.
+
+    Symmetric: the value of largest magnitude maps to -8 (``scale = that value / -8``,
+    negative when it is positive). Asymmetric: the range widened to include 0 spans 15 steps.
+    """
+    if symmetric:
+        high, low = blocks.max(axis=-1), blocks.min(axis=-1)
+        peak = np.where(np.abs(high) > np.abs(low), high, low)
+        return (peak / np.float32(-SYMMETRIC_ZERO_POINT)).astype(np.float32), None
+    low = np.minimum(blocks.min(axis=-1), 0)
+    high = np.maximum(blocks.max(axis=-1), 0)
+    scale = ((high - low) / np.float32(LEVELS - 1)).astype(np.float32)
+    safe = np.where(scale == 0, 1, scale)
+    zero_point = np.where(scale == 0, SYMMETRIC_ZERO_POINT, np.clip(np.rint(-low / safe), 0, LEVELS - 1))
+    return scale, zero_point.astype(np.uint8)
+
+
+def _zero(zero_points: np.ndarray | None) -> np.ndarray | float:
+    return np.float32(SYMMETRIC_ZERO_POINT) if zero_points is None else zero_points.astype(np.float32)
+
+
+def _round(values: np.ndarray, scale: np.ndarray, zero: np.ndarray | float) -> np.ndarray:
+    """4-bit values ``clip(round(values / scale) + zero)``; a zero scale (an all-zero block) stores the zero point."""
+    safe = np.where(scale == 0, 1, scale)
+    rounded = np.where(scale == 0, zero, np.rint(values / safe) + zero)
+    return np.clip(rounded, 0, LEVELS - 1).astype(np.uint8)

@@ -1,0 +1,424 @@
+"""Weight-only int4: MatMul/Gemm weights into ONNX Runtime's MatMulNBits, embedding tables into GatherBlockQuantized."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.accuracy import AccuracyBudget
+from optimizer.domains import MS_DOMAIN, is_onnx_domain
+from optimizer.protocol import Twin
+from optimizer.runtime import stream_values
+from passes._layers import Layer, bias_add, excluded, find_layers
+from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
+from passes.quantization._base import _EXHAUSTIVE_LAYERS, _LOCAL_ROWS, QuantizationPass
+from passes.quantization._blockwise import Int4Weight, pack_nibbles, quantize_gptq, quantize_hqq, quantize_rtn
+from passes.quantization._twin import Int8Twin
+
+INT4_METHODS = ("rtn", "gptq", "hqq")
+# accuracy_level per target: 4 lets the CPU kernel quantize A to int8 per block and
+# multiply in integers (the fast path on x86 and Arm); CUDA's kernel dequantizes to
+# float16/float32 and ignores it, 0 states that.
+ACCURACY_LEVELS = {"cpu": 4, "cuda": 0}
+# Tables smaller than this stay float: the saving is not worth the op.
+_MIN_TABLE_ELEMENTS = 1 << 16
+# Rows of each layer's input GPTQ accumulates its Hessian from, at most.
+_GPTQ_ROWS = 8192
+
+
+class Int4QuantizationPass(QuantizationPass):
+    """Rewrite float32 MatMul/Gemm layers with constant 2-D weights into com.microsoft ``MatMulNBits``
+    (bits=4, weight-only), and constant embedding tables into com.microsoft ``GatherBlockQuantized``.
+
+    - ``MatMul [..., K] x [K, N]`` and ``Gemm`` (alpha = beta = 1, no transA; transB
+      undone) become ``MatMulNBits`` with ``K``, ``N``, ``block_size`` and a packed
+      ``[N, ceil(K/block), block/2]`` weight (``passes.quantization._blockwise``); a K
+      that is not a multiple of the block is padded with zeros (the kernel's own
+      layout). A following ``Add`` of a constant ``[N]`` bias, or Gemm's bias, becomes
+      the op's bias input. ``symmetric`` stores no zero points (ONNX Runtime's default
+      8); otherwise one uint8 zero point per block (HQQ: float zero points).
+    - ``accuracy_level`` 4 on CPU (A is quantized to int8 per row and block inside the
+      kernel, then integer dot products), 0 on CUDA; HQQ's float zero points have no
+      int8 path in ONNX Runtime 1.32, so those layers say 0 (what the kernel does anyway).
+    - The values come from ``method``: ``"rtn"`` round to nearest (ONNX Runtime's own
+      packer's choice), ``"gptq"`` GPTQ error compensation against each layer's inputs
+      on the calibration samples (every layer's inputs from one run of the *float*
+      model, not re-collected layer after layer), ``"hqq"`` data-free half-quadratic
+      zero points. GPTQ on generated samples (no --calibration) falls back to RTN
+      with a note: nothing is fitted to random tokens.
+    - With ``embeddings``, each constant float32 ``[rows, width]`` table read only by
+      axis-0 ``Gather`` s becomes ``GatherBlockQuantized`` (uint8 data, 4 bits, blocks along
+      the width, always round-to-nearest). A table *tied* to an LM head quantized here
+      (the head's weight is the table or its transpose, by value) is stored once: the
+      head's packed ``[rows, blocks, block/2]`` weight is the lookup's data too (the
+      scales are two small tensors: the ops want them in different shapes). When the
+      head stays float the table does too (quantizing only the lookup adds a copy).
+
+    The twin (kind ``"int4"``): the input with each chosen weight replaced by its
+    dequantized float32 values, and at accuracy_level 4 each such layer's input
+    quantized to int8 per row and block of ``block_size`` along K (scale = block max /
+    127, round half to even) in plain ONNX ops — the arithmetic the CPU kernel performs
+    (measured equal to 1e-5 on ONNX Runtime 1.32, x86). Tables are their dequantized values.
+
+    Refuses (stays float): non-float32 tensors, non-constant weights, weights that are
+    not 2-D, Gemm with transA/alpha/beta, and the layers ``QuantizationPass`` keeps
+    float (``exclude`` — which also matches Gather names — model outputs, the accuracy budget).
+    """
+
+    kinds = ("matmul", "gemm")
+    precision = "int4"
+
+    def __init__(
+        self,
+        *,
+        block_size: int = 32,
+        method: str = "rtn",
+        symmetric: bool = False,
+        target: str = "cpu",
+        accuracy_level: int | None = None,
+        embeddings: bool = True,
+        exclude: Sequence[str] = (),
+        quantize_outputs: bool = False,
+        budget: AccuracyBudget | None = None,
+        samples: Mapping[str, np.ndarray] | None = None,
+        samples_generated: bool = False,
+    ) -> None:
+        super().__init__(exclude=exclude, quantize_outputs=quantize_outputs, budget=budget, samples=samples)
+        if method not in INT4_METHODS:
+            raise ValueError(f"int4 method {method!r}: expected one of {', '.join(INT4_METHODS)}")
+        self.block_size = block_size
+        self.method = method
+        self.symmetric = symmetric
+        self.accuracy_level = ACCURACY_LEVELS[target] if accuracy_level is None else accuracy_level
+        self.embeddings = embeddings
+        self.samples_generated = samples_generated
+        self._weights: dict[str, Int4Weight] = {}
+        self._method = method
+        self._hessian_inputs: dict[str, np.ndarray] = {}
+        self._planned: dict[str, str | None] = {}
+        self._applied: dict[str, Int4Weight] = {}
+        self._heads: dict[str, tuple[ir.Value, Int4Weight]] = {}
+
+    # -- choosing the values -------------------------------------------------------------
+
+    def prepare(self, model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]]) -> None:
+        self._weights, self._hessian_inputs, self._method = {}, {}, self.method
+        if self.method != "gptq":
+            return
+        if not batches or self.samples_generated:
+            self.note("GPTQ needs calibration samples (--calibration); round-to-nearest used")
+            self._method = "rtn"
+            return
+        self._hessian_inputs = _layer_inputs(model, layers, batches)
+        rows = min(len(x) for x in self._hessian_inputs.values()) if self._hessian_inputs else 0
+        self.note(f"GPTQ on {rows} calibration rows per layer input (inputs from the float model)")
+
+    def weight(self, layer: Layer) -> Int4Weight:
+        """The 4-bit values chosen for ``layer`` (computed once per run, shared by the rewrite and the twin)."""
+        if layer.name not in self._weights:
+            if self._method == "gptq" and layer.activation.name in self._hessian_inputs:
+                chosen = quantize_gptq(
+                    layer.weight, self._hessian_inputs[layer.activation.name], self.block_size, symmetric=self.symmetric
+                )
+            elif self._method == "hqq":
+                chosen = quantize_hqq(layer.weight, self.block_size)
+            else:
+                chosen = quantize_rtn(layer.weight, self.block_size, symmetric=self.symmetric)
+            self._weights[layer.name] = chosen
+        return self._weights[layer.name]
+
+    def _level(self, weight: Int4Weight) -> int:
+        float_zero = weight.zero_points is not None and weight.zero_points.dtype != np.uint8
+        return 0 if float_zero else self.accuracy_level
+
+    # -- the rewrite ---------------------------------------------------------------------
+
+    def begin(self, layers: Sequence[Layer]) -> None:
+        self._heads: dict[str, tuple[ir.Value, Int4Weight]] = {}
+
+    def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
+        node, weight = layer.node, self.weight(layer)
+        prefix = node.name
+        packed = add_initializer(graph, f"{prefix}.weight_int4", weight.packed())
+        inputs = [layer.activation, packed, add_initializer(graph, f"{prefix}.scales", weight.scales.reshape(-1))]
+        zero_points = weight.packed_zero_points()
+        inputs.append(add_initializer(graph, f"{prefix}.zero_points", zero_points) if zero_points is not None else None)
+        result, bias = node.outputs[0], layer.bias
+        if bias is None and (following := bias_add(layer)) is not None:
+            bias, add, _ = following
+            result = add.outputs[0]
+        inputs.append(None)  # g_idx (deprecated)
+        inputs.append(add_initializer(graph, f"{prefix}.bias", bias.astype(np.float32)) if bias is not None else None)
+        while inputs[-1] is None:
+            inputs.pop()
+        attributes = [
+            ir.AttrInt64("K", weight.k),
+            ir.AttrInt64("N", weight.n),
+            ir.AttrInt64("bits", 4),
+            ir.AttrInt64("block_size", self.block_size),
+        ]
+        if level := self._level(weight):
+            attributes.append(ir.AttrInt64("accuracy_level", level))
+        fused = ir.Node(MS_DOMAIN, "MatMulNBits", inputs, attributes=attributes, name=f"{prefix}_int4")
+        graph.insert_before(node, fused)
+        replace_value(result, fused.outputs[0], inherit=True)
+        self._heads[layer.name] = (packed, weight)
+
+    def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
+        super()._apply(model, names)
+        self._applied = _quantize_tables(model, self._planned, self._heads, set(names), self.block_size, self.symmetric)
+        remove_dead_nodes(model)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self._planned, self._applied = {}, {}
+        if self.embeddings:
+            self._planned = self._plan_tables(model)
+        result = super().call(model)
+        if result.modified:
+            for name, tied in self._planned.items():
+                if name in self._applied:
+                    self.done("embedding tables")
+                else:
+                    reason = f"tied to the LM head {tied}, which stays float (one float copy is smaller)"
+                    self.refuse("embedding tables", reason)
+            if self._applied:
+                shared = sum(1 for name in self._applied if self._planned[name])
+                self.note(
+                    f"{len(self._applied)} embedding tables int4 (GatherBlockQuantized)"
+                    + (f", {shared} sharing its tied LM head's packed weight" if shared else "")
+                )
+            result = self.result(model, modified=True, twin=result.twin)
+        return result
+
+    def _plan_tables(self, model: ir.Model) -> dict[str, str | None]:
+        """The tables to quantize, each with the layer it is tied to (its head) or None; refusals noted."""
+        heads = {}
+        for layer in find_layers(model.graph, self.kinds)[0]:
+            heads.setdefault(layer.weight.shape, []).append(layer)
+        planned: dict[str, str | None] = {}
+        refused: set[str] = set()
+        for node in model.graph:
+            if node.op_type != "Gather" or not is_onnx_domain(node) or node.attributes.get_int("axis", 0):
+                continue
+            table = node.inputs[0]
+            array = constant_array(table)
+            if array is None or array.dtype != np.float32 or array.ndim != 2 or array.size < _MIN_TABLE_ELEMENTS:
+                continue
+            if table.name in planned or table.name in refused:
+                continue
+            tied = next(
+                (layer for layer in heads.get(array.shape[::-1], []) if np.array_equal(layer.weight.T, array)), None
+            )
+            reason = None
+            if excluded(Layer(node, "gather", array, None), self.exclude):
+                reason = "matched by --exclude"
+            elif array.shape[1] % self.block_size:
+                reason = f"its width {array.shape[1]} is not a multiple of the block size {self.block_size}"
+            elif any(
+                (user.op_type != "Gather" or index != 0 or user.attributes.get_int("axis", 0))
+                and not (tied is not None and user is tied.node)
+                for user, index in table.uses()
+            ):
+                reason = "read by more than row lookups (a fused op, a head not quantized here)"
+            elif tied is not None and self.method == "hqq":
+                reason = "tied to an LM head whose HQQ zero points are float, which GatherBlockQuantized cannot read"
+            if reason is not None:
+                refused.add(table.name)
+                self.refuse("embedding tables", reason)
+            else:
+                planned[table.name] = tied.name if tied is not None else None
+        return planned
+
+    # -- the twin ------------------------------------------------------------------------
+
+    def twin_layer(self, twin: Int8Twin, layer: Layer) -> None:
+        weight = self.weight(layer)
+        twin.set_weight(layer, weight.dequantize())
+        if self._level(weight) == 4:
+            _quantize_input_blocks(twin.model, layer, self.block_size)
+
+    def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
+        twin = Int8Twin(source)
+        levels = set()
+        for layer in twin.layers(self.kinds, names):
+            self.twin_layer(twin, layer)
+            levels.add(self._level(self.weight(layer)))
+        graph = twin.model.graph
+        for name, weight in self._applied.items():
+            dequantized = add_initializer(graph, f"{name}.twin", np.ascontiguousarray(weight.dequantize().T))
+            table = graph.initializers.get(name) or next(v for n in graph for v in n.outputs if v.name == name)
+            for user, index in list(table.uses()):
+                if user.op_type == "Gather" and index == 0:
+                    user.replace_input_with(0, dequantized)
+        inputs = " and inputs int8 per block (accuracy_level 4)" if 4 in levels else ""
+        tables = f", {len(self._applied)} embedding tables dequantized" if self._applied else ""
+        description = f"the input with {len(names)} layers' weights int4-dequantized{inputs}{tables}, in float32"
+        return Twin(twin.finish(), "int4", description)
+
+    def _sensitivity(self, model: ir.Model, layers: list[Layer], batches, reference) -> dict[str, float]:
+        if len(layers) <= _EXHAUSTIVE_LAYERS:
+            return super()._sensitivity(model, layers, batches, reference)
+        inputs = _layer_inputs(model, layers, batches, rows=_LOCAL_ROWS)
+        scores = {}
+        for layer in layers:
+            x = inputs[layer.activation.name].astype(np.float64)
+            exact = x @ layer.weight.astype(np.float64)
+            error = x @ self.weight(layer).dequantize().astype(np.float64) - exact
+            scores[layer.name] = float(np.linalg.norm(error) / max(np.linalg.norm(exact), 1e-30))
+        self.note(f"sensitivity of {len(layers)} layers estimated locally (relative int4 error of each layer's output)")
+        return scores
+
+
+def _quantize_tables(
+    model: ir.Model,
+    planned: Mapping[str, str | None],
+    heads: Mapping[str, tuple[ir.Value, Int4Weight]],
+    quantized_layers: set[str],
+    block_size: int,
+    symmetric: bool,
+) -> dict[str, Int4Weight]:
+    """Rewrite the planned tables' Gathers into GatherBlockQuantized; the tables done, with their values.
+
+    An untied table is stored as uint8 ``[rows, width/2]`` blocked along its last axis.
+    A table tied to a head quantized in this run reads the head's packed weight
+    ``[rows, blocks, block/2]`` (quantize_axis 2) and its lookups are reshaped back to
+    ``[ids..., width]``; a tied table whose head is float stays float.
+    """
+    graph = model.graph
+    done: dict[str, tuple[list[ir.Value], Int4Weight, bool]] = {}
+    for node in list(graph):
+        if node.op_type != "Gather" or not is_onnx_domain(node) or node.attributes.get_int("axis", 0):
+            continue
+        table = node.inputs[0]
+        if table is None or table.name not in planned:
+            continue
+        tied = planned[table.name]
+        if tied is not None and tied not in quantized_layers:
+            continue
+        if table.name not in done:
+            head = heads[tied] if tied is not None else None
+            done[table.name] = _table_inputs(graph, table, head, block_size, symmetric)
+        parameters, weight, blocked = done[table.name]
+        prefix = node.name or table.name
+        attributes = [
+            ir.AttrInt64("bits", 4),
+            ir.AttrInt64("block_size", block_size),
+            ir.AttrInt64("gather_axis", 0),
+            ir.AttrInt64("quantize_axis", 2 if blocked else 1),
+        ]
+        inputs = [parameters[0], node.inputs[1], *parameters[1:]]
+        lookup = ir.Node(MS_DOMAIN, "GatherBlockQuantized", inputs, attributes=attributes, name=f"{prefix}_int4")
+        added = [lookup]
+        result = lookup.outputs[0]
+        if blocked:
+            ids_shape = ir.Node("", "Shape", [node.inputs[1]], name=f"{prefix}_ids_shape")
+            width = add_initializer(graph, f"{prefix}.width", np.array([weight.k], dtype=np.int64))
+            shape = ir.Node("", "Concat", [ids_shape.outputs[0], width], attributes=[ir.AttrInt64("axis", 0)])
+            shape.name = f"{prefix}_rows_shape"
+            rows = ir.Node("", "Reshape", [result, shape.outputs[0]], name=f"{prefix}_rows")
+            added += [ids_shape, shape, rows]
+            result = rows.outputs[0]
+        graph.insert_before(node, added)
+        replace_value(node.outputs[0], result, inherit=True)
+    return {name: weight for name, (_, weight, _) in done.items()}
+
+
+def _table_inputs(
+    graph: ir.Graph,
+    table: ir.Value,
+    head: tuple[ir.Value, Int4Weight] | None,
+    block_size: int,
+    symmetric: bool,
+) -> tuple[list[ir.Value], Int4Weight, bool]:
+    """GatherBlockQuantized's data, scales and zero points for ``table``; its values; whether blocked (tied)."""
+    name = table.name
+    if head is not None:
+        data, weight = head
+        scales = add_initializer(graph, f"{name}.scales", weight.scales[..., None])
+        parameters = [data, scales]
+        if weight.zero_points is not None:
+            # Packed along the last axis like the data; a last axis of one block holds one nibble per byte.
+            parameters.append(add_initializer(graph, f"{name}.zero_points", weight.zero_points[..., None]))
+        return parameters, weight, True
+    array = constant_array(table)
+    weight = quantize_rtn(array.T, block_size, symmetric=symmetric)
+    rows = array.shape[0]
+    parameters = [
+        add_initializer(graph, f"{name}.int4", weight.packed().reshape(rows, -1)),
+        add_initializer(graph, f"{name}.scales", weight.scales),
+    ]
+    if weight.zero_points is not None:
+        parameters.append(add_initializer(graph, f"{name}.zero_points", pack_nibbles(weight.zero_points)))
+    return parameters, weight, False
+
+
+def _layer_inputs(
+    model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]], rows: int = _GPTQ_ROWS
+) -> dict[str, np.ndarray]:
+    """Up to ``rows`` rows ``[rows, K]`` of each layer's input on the batches (a seeded random subset)."""
+    names = list(dict.fromkeys(layer.activation.name for layer in layers))
+    rng = np.random.default_rng(0)
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    share = max(1, rows // max(len(batches), 1))
+    for run in stream_values(model, names, batches):
+        for name, array in run.items():
+            flat = np.asarray(array, dtype=np.float32).reshape(-1, np.shape(array)[-1])
+            collected[name].append(flat[rng.choice(len(flat), min(share, len(flat)), replace=False)])
+    return {name: np.concatenate(parts) for name, parts in collected.items()}
+
+
+def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int) -> None:
+    """Route ``layer``'s input through int8 per row and per block of ``block_size`` along K, in float ops.
+
+    What MatMulNBits does with A at accuracy_level 4: each row's K values, padded with
+    zeros to whole blocks, are cut into blocks; a block is scaled by its largest
+    magnitude / 127, rounded, and scaled back. Written rank-free: ``[-1, K]`` → pad →
+    ``[-1, blocks, block]`` → quantize → back to ``[-1, K]`` → the input's shape.
+    """
+    graph, node = model.graph, layer.node
+    k = layer.weight.shape[0]
+    padded = -(-k // block_size) * block_size
+    prefix = f"{node.name}.twin_a"
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+    def constant(suffix: str, array: np.ndarray) -> ir.Value:
+        return add_initializer(graph, f"{prefix}_{suffix}", array)
+
+    def op(op_type: str, *inputs: ir.Value, **attributes: int) -> ir.Value:
+        made = ir.Node("", op_type, list(inputs), attributes=[ir.AttrInt64(n, v) for n, v in attributes.items()])
+        made.name = f"{prefix}_{op_type.lower()}_{len(nodes)}"
+        made.outputs[0].name = f"{made.name}.output"
+        nodes.append(made)
+        return made.outputs[0]
+
+    nodes: list[ir.Node] = []
+    source = layer.activation
+    shape = op("Shape", source)
+    rows = op("Reshape", source, constant("rows", np.array([-1, k], dtype=np.int64)))
+    if padded != k:
+        rows = op("Pad", rows, constant("pads", np.array([0, 0, 0, padded - k], dtype=np.int64)))
+    blocks = op("Reshape", rows, constant("blocks", np.array([-1, padded // block_size, block_size], dtype=np.int64)))
+    magnitude = op("Abs", blocks)
+    if opset >= 18:
+        peak = op("ReduceMax", magnitude, constant("axes", np.array([-1], dtype=np.int64)), keepdims=1)
+    else:
+        peak = op("ReduceMax", magnitude, keepdims=1)
+        nodes[-1].attributes["axes"] = ir.AttrInt64s("axes", [-1])
+    scale = op("Div", peak, constant("levels", np.array(127.0, dtype=np.float32)))
+    # The kernel multiplies by the reciprocal of the scale (0 for an all-zero block).
+    inverse = op("Reciprocal", op("Max", scale, constant("tiny", np.array(1e-30, dtype=np.float32))))
+    dequantized = op("Mul", op("Round", op("Mul", blocks, inverse)), scale)
+    flat = op("Reshape", dequantized, constant("flat", np.array([-1, padded], dtype=np.int64)))
+    if padded != k:
+        flat = op(
+            "Slice",
+            flat,
+            constant("starts", np.array([0], dtype=np.int64)),
+            constant("ends", np.array([k], dtype=np.int64)),
+            constant("slice_axes", np.array([1], dtype=np.int64)),
+        )
+    result = op("Reshape", flat, shape)
+    graph.insert_before(node, nodes)
+    node.replace_input_with(0, result)
