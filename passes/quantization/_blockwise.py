@@ -81,14 +81,15 @@ class Int4Weight:
         ``[N, n_blocks]`` as they are when HQQ chose them; None when symmetric."""
         if self.zero_points is None or self.zero_points.dtype != np.uint8:
             return self.zero_points
-        return pack_nibbles(self.zero_points)
+        # An odd count's unused nibble holds the default zero point, as ONNX Runtime's packer writes it.
+        return pack_nibbles(self.zero_points, pad=SYMMETRIC_ZERO_POINT)
 
 
-def pack_nibbles(values: np.ndarray) -> np.ndarray:
-    """Pairs of 4-bit values along the last axis into bytes, the first in the low nibble (padding one zero if odd)."""
+def pack_nibbles(values: np.ndarray, pad: int = 0) -> np.ndarray:
+    """Pairs of 4-bit values along the last axis into bytes, the first in the low nibble (``pad`` ends an odd count)."""
     values = np.asarray(values, dtype=np.uint8)
     if values.shape[-1] % 2:
-        values = np.concatenate([values, np.zeros((*values.shape[:-1], 1), np.uint8)], axis=-1)
+        values = np.concatenate([values, np.full((*values.shape[:-1], 1), pad, np.uint8)], axis=-1)
     return np.ascontiguousarray(values[..., 0::2] | (values[..., 1::2] << 4))
 
 

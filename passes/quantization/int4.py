@@ -350,7 +350,7 @@ def _table_inputs(
         add_initializer(graph, f"{name}.scales", weight.scales),
     ]
     if weight.zero_points is not None:
-        parameters.append(add_initializer(graph, f"{name}.zero_points", pack_nibbles(weight.zero_points)))
+        parameters.append(add_initializer(graph, f"{name}.zero_points", pack_nibbles(weight.zero_points, pad=8)))
     return parameters, weight, False
 
 
@@ -374,7 +374,7 @@ def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int) -> No
 
     What MatMulNBits does with A at accuracy_level 4: each row's K values, padded with
     zeros to whole blocks, are cut into blocks; a block is scaled by its largest
-    magnitude / 127, rounded, and scaled back. Written rank-free: ``[-1, K]`` → pad →
+    magnitude / 127 (times 127 / magnitude), rounded, and scaled back. Written rank-free: ``[-1, K]`` → pad →
     ``[-1, blocks, block]`` → quantize → back to ``[-1, K]`` → the input's shape.
     """
     graph, node = model.graph, layer.node
@@ -406,9 +406,11 @@ def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int) -> No
     else:
         peak = op("ReduceMax", magnitude, keepdims=1)
         nodes[-1].attributes["axes"] = ir.AttrInt64s("axes", [-1])
-    scale = op("Div", peak, constant("levels", np.array(127.0, dtype=np.float32)))
-    # The kernel multiplies by the reciprocal of the scale (0 for an all-zero block).
-    inverse = op("Reciprocal", op("Max", scale, constant("tiny", np.array(1e-30, dtype=np.float32))))
+    levels = constant("levels", np.array(127.0, dtype=np.float32))
+    scale = op("Div", peak, levels)
+    # The kernel multiplies by 127 / peak, not by 1 / scale: on inputs that are multiples of
+    # one step (a 4-bit table's rows) the two round ties apart (measured: 2e-2 vs 2e-6).
+    inverse = op("Div", levels, op("Max", peak, constant("tiny", np.array(1e-30, dtype=np.float32))))
     dequantized = op("Mul", op("Round", op("Mul", blocks, inverse)), scale)
     flat = op("Reshape", dequantized, constant("flat", np.array([-1, padded], dtype=np.int64)))
     if padded != k:

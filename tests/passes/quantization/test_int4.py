@@ -1,0 +1,340 @@
+"""quantize-int4: MatMul/Gemm into MatMulNBits, embedding tables into GatherBlockQuantized, RTN/GPTQ/HQQ values."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optimizer.accuracy import AccuracyBudget
+from optimizer.api import optimize_with_report
+from optimizer.cli import main
+from optimizer.errors import OptionError, PassSelectionError
+from optimizer.options import Options
+from optimizer.runtime import run_batches, run_model
+from passes.quantization._blockwise import (
+    pack_nibbles,
+    quantize_gptq,
+    quantize_hqq,
+    quantize_rtn,
+    unpack_nibbles,
+)
+from passes.quantization.int4 import Int4QuantizationPass
+from tests.helpers import FIXTURES, computed_op_types
+from tests.passes.quantization.graphs import mlp, samples, weights
+
+
+def _model(nodes, inputs, outputs, initializers) -> ir.Model:
+    graph = helper.make_graph(nodes, "int4", inputs, outputs, [numpy_helper.from_array(a, n) for n, a in initializers])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+def _matmul(weight: np.ndarray) -> ir.Model:
+    """``y = x @ weight`` with ``x [B, K]``."""
+    k, n = weight.shape
+    return _model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])],
+        [("w", weight)],
+    )
+
+
+def _closest_to_twin(result, feeds: dict[str, np.ndarray]) -> float:
+    """Largest |result - twin| on ``feeds``, the result run as deployed (all ORT optimizations)."""
+    outputs = run_batches(result.model, [feeds])[0]
+    expected = run_model(result.twin.model, feeds)
+    return max(float(np.abs(outputs[name] - expected[name]).max()) for name in expected)
+
+
+# -- packing ----------------------------------------------------------------------------------
+
+
+def test_packing_of_a_hand_computed_block():
+    # One column of 16 values -8..7 halves: the largest magnitude (-4) maps to -8, scale 0.5,
+    # stored values 0..15, two per byte with the first in the low nibble.
+    column = (np.arange(-8, 8, dtype=np.float32) * 0.5).reshape(16, 1)
+    symmetric = quantize_rtn(column, 16, symmetric=True)
+    assert symmetric.scales.tolist() == [[0.5]] and symmetric.zero_points is None
+    assert symmetric.packed().reshape(-1).tolist() == [0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE]
+    # Asymmetric: range [-1, 2.75] is 15 steps of 0.25, zero point round(1 / 0.25) = 4, and
+    # value i * 0.25 - 1 is stored as round((i * 0.25 - 1) / 0.25) + 4 = i.
+    column = (np.arange(16, dtype=np.float32) * 0.25 - 1.0).reshape(16, 1)
+    asymmetric = quantize_rtn(column, 16, symmetric=False)
+    assert asymmetric.scales.tolist() == [[0.25]] and asymmetric.zero_points.tolist() == [[4]]
+    assert asymmetric.packed().reshape(-1).tolist() == [0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE]
+    # one block: the zero point in the low nibble, the unused high one holds the default 8 (as ORT writes it)
+    assert asymmetric.packed_zero_points().tolist() == [[0x84]]
+    np.testing.assert_array_equal(asymmetric.dequantize(), column)
+
+
+def test_packing_pads_odd_counts_and_unpacks():
+    values = np.array([[1, 2, 3]], dtype=np.uint8)
+    assert pack_nibbles(values).tolist() == [[0x21, 0x03]]
+    np.testing.assert_array_equal(unpack_nibbles(pack_nibbles(values), 3), values)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("k", [64, 80])
+def test_round_to_nearest_matches_onnxruntimes_own_packer(symmetric, k):
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+
+    weight = weights(k, 12, seed=3, scale=1.0)
+    block = 32
+    blocks = -(-k // block)
+    packed = np.zeros((12, blocks, block // 2), np.uint8)
+    scales = np.zeros((12, blocks), np.float32)
+    zero_points = np.zeros((12, (blocks + 1) // 2), np.uint8)
+    padded = np.pad(weight, ((0, blocks * block - k), (0, 0)))
+    quantize_matmul_4bits(packed, padded, scales, zero_points, block, 12, blocks * block, symmetric)
+    ours = quantize_rtn(weight, block, symmetric=symmetric)
+    np.testing.assert_array_equal(ours.packed(), packed)
+    np.testing.assert_array_equal(ours.scales, scales)
+    if not symmetric:
+        np.testing.assert_array_equal(ours.packed_zero_points(), zero_points)
+
+
+# -- the rewrite --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("block_size", [16, 32, 64, 128])
+def test_matmuls_become_matmulnbits_computing_their_twin(block_size, symmetric):
+    model = mlp(head=True)
+    quantization = Int4QuantizationPass(block_size=block_size, symmetric=symmetric, quantize_outputs=True)
+    result = quantization(model.clone())
+    assert computed_op_types(result.model) == ["MatMulNBits", "Relu", "MatMulNBits", "MatMulNBits"]
+    nodes = [node for node in result.model.graph if node.op_type == "MatMulNBits"]
+    up = nodes[0]
+    assert up.attributes.get_int("block_size") == block_size and up.attributes.get_int("accuracy_level") == 4
+    assert (up.attributes.get_int("K"), up.attributes.get_int("N")) == (32, 64)
+    # the up projection's bias Add is the op's bias input; zero points only when asymmetric
+    assert len(up.inputs) == 6 and (up.inputs[3] is None) == symmetric
+    assert result.twin.kind == "int4" and "int8 per block" in result.twin.description
+    feeds = samples(model, 4)
+    assert _closest_to_twin(result, feeds) < 1e-5
+    # weight-only 4 bits is approximate, not broken
+    float_y, int4_y = run_model(model, feeds)["y"], run_batches(result.model, [feeds])[0]["y"]
+    cosine = float(np.sum(float_y * int4_y) / np.linalg.norm(float_y) / np.linalg.norm(int4_y))
+    assert cosine > 0.98
+
+
+@pytest.mark.parametrize("method", ["rtn", "hqq"])
+def test_accuracy_level_zero_is_float_arithmetic_on_the_dequantized_weights(method):
+    model = mlp(gemm_trans_b=True)
+    result = Int4QuantizationPass(method=method, target="cuda", quantize_outputs=True)(model.clone())
+    assert "Gemm" not in computed_op_types(result.model)
+    assert all(not node.attributes.get_int("accuracy_level", 0) for node in result.model.graph)
+    assert "int8 per block" not in result.twin.description
+    assert _closest_to_twin(result, samples(model, 4)) < 1e-5
+
+
+def test_hqq_uses_float_zero_points_and_no_int8_input():
+    model = mlp(head=False)
+    result = Int4QuantizationPass(method="hqq")(model.clone())
+    up = next(node for node in result.model.graph if node.op_type == "MatMulNBits")
+    assert up.inputs[3].const_value.dtype == ir.DataType.FLOAT
+    # ONNX Runtime has no int8 path for float zero points: the layer says accuracy_level 0
+    assert not up.attributes.get_int("accuracy_level", 0)
+
+
+def test_k_not_a_multiple_of_the_block_is_padded():
+    model = _matmul(weights(40, 8, seed=4))
+    result = Int4QuantizationPass(block_size=32, quantize_outputs=True)(model.clone())
+    node = next(iter(result.model.graph))
+    assert node.op_type == "MatMulNBits" and node.inputs[1].const_value.shape == (8, 2, 16)
+    feeds = {"x": np.random.default_rng(0).standard_normal((5, 40)).astype(np.float32)}
+    assert _closest_to_twin(result, feeds) < 1e-5
+
+
+def test_refusals_near_misses():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 16])
+    other = helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [16, 16])
+    model = _model(
+        [
+            helper.make_node("MatMul", ["x", "w_in"], ["a"], name="dynamic_weight"),
+            helper.make_node("MatMul", ["a", "w3"], ["b"], name="batched_weight"),
+            helper.make_node("Gemm", ["x", "wg"], ["c"], name="transposed_a", transA=1),
+            helper.make_node("Add", ["b", "c"], ["y"], name="join"),
+        ],
+        [x, other],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 16])],
+        [("w3", weights(1, 16, 16)), ("wg", weights(16, 16))],
+    )
+    result = Int4QuantizationPass(quantize_outputs=True)(model)
+    assert not result.modified
+    assert sorted(result.refusals) == [
+        "1 of 1 Gemm stay float: transA, alpha or beta is set",
+        "1 of 2 MatMul stay float: weight has rank 3, not 2",
+        "1 of 2 MatMul stay float: weight is not a constant",
+    ]
+
+
+def test_the_model_output_layer_stays_float_unless_asked():
+    quantization = Int4QuantizationPass()
+    quantization(mlp(head=True))
+    assert quantization.kept_float == ["head"] and quantization.quantized == ["up", "down"]
+
+
+# -- GPTQ and HQQ ----------------------------------------------------------------------------------
+
+
+def _correlated_inputs(rows: int, k: int, seed: int) -> np.ndarray:
+    """Inputs whose features are strongly correlated (four latent factors, one loading matrix for every
+    seed, plus a little noise), as in a real layer; ``seed`` draws the rows."""
+    loadings = np.random.default_rng(100).standard_normal((4, k))
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((rows, 4)) @ loadings + 0.1 * rng.standard_normal((rows, k))).astype(np.float32)
+
+
+def test_gptq_lowers_the_output_error_on_held_out_correlated_inputs():
+    weight = weights(64, 32, seed=5, scale=1.0)
+    calibration, held_out = _correlated_inputs(512, 64, seed=6), _correlated_inputs(256, 64, seed=7)
+    exact = held_out @ weight
+
+    def error(quantized) -> float:
+        return float(np.linalg.norm(held_out @ quantized.dequantize() - exact) / np.linalg.norm(exact))
+
+    rtn = error(quantize_rtn(weight, 32, symmetric=False))
+    gptq = error(quantize_gptq(weight, calibration, 32, symmetric=False))
+    assert gptq < 0.7 * rtn, (gptq, rtn)
+
+
+def test_hqq_lowers_the_weight_error_in_its_norm():
+    weight = weights(128, 32, seed=7, scale=1.0)
+    weight[::17, ::5] *= 6.0  # outliers, which HQQ's l_p norm (p < 1) tolerates
+
+    def lp(quantized) -> float:
+        return float(np.mean(np.abs(quantized.dequantize() - weight) ** 0.7))
+
+    assert lp(quantize_hqq(weight, 32)) < lp(quantize_rtn(weight, 32, symmetric=False))
+
+
+def test_gptq_through_the_pass_uses_the_calibration_samples():
+    model = mlp(head=False)
+    feeds = samples(model, 16)
+    quantization = Int4QuantizationPass(method="gptq", samples=feeds)
+    result = quantization(model.clone())
+    assert any(note.startswith("GPTQ on") for note in result.notes)
+    assert _closest_to_twin(result, samples(model, 4, seed=9)) < 1e-5
+    generated = Int4QuantizationPass(method="gptq", samples=feeds, samples_generated=True)(model.clone())
+    assert any("round-to-nearest used" in note for note in generated.notes)
+
+
+# -- budget ----------------------------------------------------------------------------------------
+
+
+def test_the_budget_keeps_the_most_sensitive_layer_float():
+    weight = weights(16, 16, seed=1, scale=0.3)
+    weight[:, 0] *= 50.0  # the middle layer's input has one huge channel; int4 blocks of it hurt
+    nodes = [
+        helper.make_node("MatMul", ["x", "w_first"], ["h"], name="first"),
+        helper.make_node("MatMul", ["h", "w_mid"], ["k"], name="mid"),
+        helper.make_node("MatMul", ["k", "w_last"], ["y"], name="last"),
+    ]
+    mid = weights(16, 16, seed=2, scale=0.3)
+    mid[0, :] /= 50.0
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 16])],
+        [("w_first", weight), ("w_mid", mid), ("w_last", weights(16, 16, seed=3, scale=0.3))],
+    )
+    feeds = {"x": np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)}
+    everything = Int4QuantizationPass(block_size=16, quantize_outputs=True, samples=feeds)
+    everything(model.clone())
+    assert everything.drift.cosine < 0.99
+    budget = AccuracyBudget(min_cosine=0.99)
+    quantization = Int4QuantizationPass(block_size=16, quantize_outputs=True, samples=feeds, budget=budget)
+    result = quantization(model.clone())
+    assert result.modified and quantization.kept_float == ["mid"] and quantization.drift.cosine >= 0.99
+    assert any("kept float to meet the accuracy budget" in refusal for refusal in result.refusals)
+    assert any(f"layers int4, {len(quantization.kept_float)} float" in note for note in result.notes)
+
+
+# -- embeddings ------------------------------------------------------------------------------------
+
+
+def _embedding_model(*, tied: bool, vocab: int = 1024, hidden: int = 64) -> ir.Model:
+    """ids → Gather(table) → MatMul → head: ``Gemm(h, table, transB=1)`` (tied) or its own weight."""
+    table = weights(vocab, hidden, seed=11, scale=1.0)
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+        helper.make_node("MatMul", ["e", "w"], ["h"], name="mix"),
+        helper.make_node("Reshape", ["h", "flat"], ["h2"], name="flatten"),
+    ]
+    init = [("table", table), ("w", weights(hidden, hidden, seed=12)), ("flat", np.array([-1, hidden], np.int64))]
+    if tied:
+        nodes.append(helper.make_node("Gemm", ["h2", "table"], ["logits"], name="lm_head", transB=1))
+    else:
+        nodes.append(helper.make_node("MatMul", ["h2", "head"], ["logits"], name="lm_head"))
+        init.append(("head", weights(hidden, vocab, seed=13)))
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "S"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, vocab])],
+        init,
+    )
+
+
+def _ids() -> dict[str, np.ndarray]:
+    return {"ids": np.random.default_rng(2).integers(0, 1024, (2, 5)).astype(np.int64)}
+
+
+def test_embedding_table_becomes_gather_block_quantized():
+    model = _embedding_model(tied=False)
+    result = Int4QuantizationPass()(model.clone())
+    assert computed_op_types(result.model)[0] == "GatherBlockQuantized"
+    data = next(node for node in result.model.graph if node.op_type == "GatherBlockQuantized").inputs[0]
+    assert data.const_value.shape == (1024, 32) and data.const_value.dtype == ir.DataType.UINT8
+    assert "1 embedding tables dequantized" in result.twin.description
+    assert _closest_to_twin(result, _ids()) < 1e-4
+    kept = Int4QuantizationPass(exclude=["embed"])(model.clone())
+    assert "Gather" in computed_op_types(kept.model)
+    assert "1 of 1 embedding tables stay float: matched by --exclude" in kept.refusals
+
+
+def test_a_tied_table_shares_the_heads_packed_weight():
+    model = _embedding_model(tied=True)
+    result = Int4QuantizationPass(quantize_outputs=True)(model.clone())
+    lookup = next(node for node in result.model.graph if node.op_type == "GatherBlockQuantized")
+    head = next(node for node in result.model.graph if node.op_type == "MatMulNBits" and node.name == "lm_head_int4")
+    assert lookup.inputs[0] is head.inputs[1]  # one packed [vocab, blocks, block/2] tensor
+    assert "table" not in result.model.graph.initializers
+    assert any("sharing its tied LM head's packed weight" in note for note in result.notes)
+    assert _closest_to_twin(result, _ids()) < 1e-4
+    # the head stays float (a model output): so does the table, one float copy being smaller
+    float_head = Int4QuantizationPass()(model.clone())
+    assert "GatherBlockQuantized" not in computed_op_types(float_head.model)
+    assert any("tied to the LM head lm_head" in refusal for refusal in float_head.refusals)
+
+
+# -- options, pipeline and CLI ---------------------------------------------------------------------
+
+
+def test_options_are_checked_once():
+    assert Options(quantize="int4", block_size=64, int4_method="gptq").block_size == 64
+    with pytest.raises(OptionError, match="--block-size 48"):
+        Options(quantize="int4", block_size=48)
+    with pytest.raises(OptionError, match="--int4-method awq"):
+        Options(quantize="int4", int4_method="awq")
+
+
+def test_int4_options_without_int4_are_refused():
+    with pytest.raises(PassSelectionError, match="--block-size 64 .* needs --quantize int4"):
+        optimize_with_report(mlp(), block_size=64)
+
+
+def test_cli_quantize_int4_end_to_end_verified(tmp_path):
+    output, report = tmp_path / "int4.onnx", tmp_path / "report.json"
+    command = ["optimize", str(FIXTURES / "gpt2_legacy.onnx"), "-o", str(output), "--quantize", "int4"]
+    assert main([*command, "--block-size", "16", "--report", str(report)]) == 0
+    record = next(r for r in json.loads(report.read_text())["passes"] if r["name"] == "quantize-int4")
+    assert record["status"] == "applied" and "(int4 tolerance)" in record["twin"]
+    assert "MatMulNBits" in computed_op_types(ir.load(output))
