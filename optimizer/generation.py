@@ -1,0 +1,474 @@
+"""Causal language models with a key/value cache: recognised from their inputs and outputs, and driven
+on ONNX Runtime as a generation loop (prefill over a prompt, then greedy decode steps).
+
+A model is a causal LM with a KV cache when it takes token ids and returns logits, and each cache
+input (a past) has an output (its present) that holds the same cache one step longer: the next
+step's past. Pasts and presents are paired by name where the names say which layer and which of
+key/value they hold (``past_key_values.{i}.key`` → ``present.{i}.key``, as Optimum, the exporters
+and ONNX Runtime GenAI name them; ``past_key_{i}`` → ``present_key_{i}``), and by shape where they do
+not: an input and an output of the same type and rank whose dims agree but for one that grows (a
+past's ``past_sequence`` and a present's ``total_sequence`` or ``past_sequence + sequence``).
+``recognise_causal_lm`` returns the layout, or the reason it is not one.
+
+``CausalLMSession`` steps one such model the way transformers' ``generate`` does: left-padded
+prompts with an attention mask, position ids ``cumsum(mask) - 1`` (pads at 1), presents fed back
+as the next step's pasts. On CUDA the cache stays on the device between steps (IO binding); only
+the token ids, mask and positions go up and the logits come down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.errors import InvalidModelError, RuntimeRefusedError
+from optimizer.runtime import calling_onnxruntime, open_session, session_options
+
+_IDS_NAME = re.compile(r"input_ids|^ids$|tokens", re.IGNORECASE)
+_MASK_NAME = re.compile(r"mask", re.IGNORECASE)
+_POSITION_NAME = re.compile(r"position", re.IGNORECASE)
+_CACHE_WORDS = frozenset({"past", "present", "cache", "kv"})
+_KINDS = {"key": "key", "k": "key", "value": "value", "v": "value"}
+_PAD_ID = 0
+
+
+@dataclass(frozen=True)
+class CachePair:
+    """One cache tensor: the input that reads it (``past``) and the output that writes it one step longer.
+
+    ``shape`` has the static dims, with None at axis 0 (batch) and at ``sequence_axis``;
+    ``matched_by`` is ``"name"`` or ``"shape"``.
+    """
+
+    past: str
+    present: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+    sequence_axis: int
+    matched_by: str
+
+    def empty(self, batch: int) -> np.ndarray:
+        """The cache before the first step: no positions."""
+        shape = [batch if axis == 0 else 0 if axis == self.sequence_axis else d for axis, d in enumerate(self.shape)]
+        return np.zeros(shape, dtype=self.dtype)
+
+
+@dataclass(frozen=True)
+class CausalLM:
+    """How a causal LM with a KV cache is fed: which inputs hold what, and its cache pairs in input order."""
+
+    input_ids: str
+    ids_dtype: np.dtype
+    attention_mask: str | None
+    mask_dtype: np.dtype | None
+    position_ids: str | None
+    positions_dtype: np.dtype | None
+    logits: str
+    vocab: int | None
+    cache: tuple[CachePair, ...]
+
+    @property
+    def cache_dtype(self) -> np.dtype:
+        """The dtype of the first cache tensor (a key of the first layer, in the usual layouts)."""
+        return self.cache[0].dtype
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads of the first cache tensor (laid out [batch, heads, sequence, head size] or
+        [batch, sequence, heads, head size])."""
+        pair = self.cache[0]
+        return int(pair.shape[2 if pair.sequence_axis == 1 else 1])
+
+    @property
+    def head_size(self) -> int:
+        """Size of one head in the first cache tensor (its last dim)."""
+        return int(self.cache[0].shape[-1])
+
+    def signature(self) -> tuple[Any, ...]:
+        """The names that must agree for two models to be fed alike."""
+        pairs = tuple((pair.past, pair.present) for pair in self.cache)
+        return (self.input_ids, self.attention_mask, self.position_ids, self.logits, pairs)
+
+
+def recognise_causal_lm(model: ir.Model) -> CausalLM | str:
+    """The layout of ``model`` as a causal LM with a KV cache, or why it is not one (a sentence)."""
+    inputs = [value for value in model.graph.inputs if value.name not in model.graph.initializers]
+    outputs = list(model.graph.outputs)
+    ids = _pick(inputs, _IDS_NAME, rank=2, kinds="iu")
+    if ids is None:
+        return "no input holds token ids (an integer [batch, sequence] input named input_ids)"
+    mask = _pick(inputs, _MASK_NAME, rank=2, kinds="iub")
+    positions = _pick(inputs, _POSITION_NAME, rank=2, kinds="iu")
+    known = {ids.name} | {v.name for v in (mask, positions) if v is not None}
+    if not any(_cache_words(v.name) or (_rank(v) == 4 and _kind(v) == "f") for v in inputs if v.name not in known):
+        return "no input is a key/value cache (such as past_key_values.{i}.key/value)"
+    logits = next((v for v in outputs if v.name == "logits"), None) or _pick(outputs, re.compile("logit"), kinds="f")
+    if logits is None:
+        rank3 = [v for v in outputs if _rank(v) == 3 and _kind(v) == "f" and not _cache_words(v.name)]
+        logits = rank3[0] if len(rank3) == 1 else None
+    if logits is None:
+        return "no output holds logits (a float [batch, sequence, vocabulary] output named logits)"
+    known.add(logits.name)
+    pasts = [v for v in inputs if v.name not in known]
+    presents = [v for v in outputs if v.name not in known]
+    pairs = _pair_by_name(pasts, presents)
+    paired_inputs = {past.name for past, _, _ in pairs}
+    paired_outputs = {present.name for _, present, _ in pairs}
+    pairs += _pair_by_shape(
+        [v for v in pasts if v.name not in paired_inputs], [v for v in presents if v.name not in paired_outputs]
+    )
+    by_past = {past.name: (past, present, how) for past, present, how in pairs}
+    cache = []
+    for past in pasts:  # in input order
+        if past.name not in by_past:
+            return (
+                f"input '{past.name}' is neither the token ids, the attention mask, the position ids nor a cache "
+                "(no output holds it one step longer)"
+            )
+        pair = _cache_pair(*by_past[past.name])
+        if isinstance(pair, str):
+            return pair
+        cache.append(pair)
+    vocab = logits.shape[-1] if logits.shape is not None and isinstance(logits.shape[-1], int) else None
+    return CausalLM(
+        input_ids=ids.name,
+        ids_dtype=ids.dtype.numpy(),
+        attention_mask=mask.name if mask is not None else None,
+        mask_dtype=mask.dtype.numpy() if mask is not None else None,
+        position_ids=positions.name if positions is not None else None,
+        positions_dtype=positions.dtype.numpy() if positions is not None else None,
+        logits=logits.name,
+        vocab=vocab,
+        cache=tuple(cache),
+    )
+
+
+def _rank(value: ir.Value) -> int | None:
+    return None if value.shape is None else len(value.shape)
+
+
+def _kind(value: ir.Value) -> str:
+    """numpy's dtype kind of a tensor value ('f', 'i', 'u', 'b'), or '' when it is not a known tensor type."""
+    if value.dtype is None or value.dtype == ir.DataType.STRING:
+        return ""
+    return "f" if value.dtype.is_floating_point() else np.dtype(value.dtype.numpy()).kind
+
+
+def _pick(values: Sequence[ir.Value], name: re.Pattern, *, rank: int | None = None, kinds: str = "") -> ir.Value | None:
+    """The first value whose name matches, of that rank and dtype kind."""
+    for value in values:
+        if name.search(value.name) and (rank is None or _rank(value) == rank) and _kind(value) in kinds:
+            return value
+    return None
+
+
+def _name_parts(name: str) -> list[str]:
+    return [part for part in re.split(r"[._/:\-]+", name.lower()) if part]
+
+
+def _cache_words(name: str) -> bool:
+    parts = _name_parts(name)
+    return any(part in _CACHE_WORDS or part.startswith(("past", "present")) for part in parts)
+
+
+def _layer_and_kind(name: str) -> tuple[int, str] | None:
+    """``(3, "key")`` for ``past_key_values.3.key``, ``present.3.key``, ``past_key_3``; None without both."""
+    if not _cache_words(name):
+        return None
+    parts = _name_parts(name)
+    layers = [int(part) for part in parts if part.isdigit()]
+    kinds = [_KINDS[part] for part in parts if part in _KINDS]
+    if len(layers) != 1 or not kinds:
+        return None
+    return layers[0], kinds[-1]  # the last: "past_key_values.0.value" holds a value
+
+
+def _pair_by_name(pasts: Sequence[ir.Value], presents: Sequence[ir.Value]) -> list[tuple[ir.Value, ir.Value, str]]:
+    wanted = {}
+    for present in presents:
+        key = _layer_and_kind(present.name)
+        if key is not None and key not in wanted:
+            wanted[key] = present
+    pairs = []
+    for past in pasts:
+        key = _layer_and_kind(past.name)
+        if key is not None and key in wanted:
+            pairs.append((past, wanted.pop(key), "name"))
+    return pairs
+
+
+def _growing_axis(past: ir.Value, present: ir.Value) -> int | None:
+    """The one axis past batch where ``past`` has a symbolic dim and ``present`` another: the cache's length.
+
+    Without a shape on ``present``, the one symbolic axis of ``past`` past batch.
+    """
+    if past.shape is None:
+        return None
+    symbolic = [axis for axis in range(1, len(past.shape)) if not isinstance(past.shape[axis], int)]
+    if present.shape is None:
+        return symbolic[0] if len(symbolic) == 1 else None
+    if len(present.shape) != len(past.shape):
+        return None
+    # An unnamed dim on the present may be anything, so it may be the longer sequence.
+    grows = [
+        axis
+        for axis in symbolic
+        if _dim_text(present.shape[axis]) is None or _dim_text(present.shape[axis]) != _dim_text(past.shape[axis])
+    ]
+    same = all(
+        _dim_text(present.shape[axis]) == _dim_text(past.shape[axis])
+        for axis in range(1, len(past.shape))
+        if axis not in grows
+    )
+    return grows[0] if len(grows) == 1 and same else None
+
+
+def _dim_text(dim: Any) -> str | None:
+    if isinstance(dim, int):
+        return str(dim)
+    value = getattr(dim, "value", None)
+    return None if value is None else str(value).replace(" ", "")
+
+
+def _pair_by_shape(pasts: Sequence[ir.Value], presents: Sequence[ir.Value]) -> list[tuple[ir.Value, ir.Value, str]]:
+    """Pair each past with the first unpaired present of its dtype whose shape is its own but for a longer sequence.
+
+    Unknown dims (no name) prove nothing: both must be named, and differently.
+    """
+    left = list(presents)
+    pairs = []
+    for past in pasts:
+        if _rank(past) != 4 or _kind(past) != "f":
+            continue
+        for present in left:
+            if present.dtype != past.dtype or present.shape is None:
+                continue
+            axis = _growing_axis(past, present)
+            if axis is not None and _dim_text(present.shape[axis]) is not None and _dim_text(past.shape[axis]):
+                pairs.append((past, present, "shape"))
+                left.remove(present)
+                break
+    return pairs
+
+
+def _cache_pair(past: ir.Value, present: ir.Value, matched_by: str) -> CachePair | str:
+    if _rank(past) != 4:
+        return (
+            f"cache input '{past.name}' has rank {_rank(past)}: only [batch, heads, sequence, head size] "
+            "caches (one tensor per layer and key/value) are supported"
+        )
+    if _kind(past) != "f":
+        return f"cache input '{past.name}' is {past.dtype}, not a float type"
+    axis = _growing_axis(past, present)
+    if axis is None:
+        return (
+            f"cache input '{past.name}' and output '{present.name}' have the same shape: "
+            "a cache that does not grow (a shared, fixed-size buffer) is not supported"
+        )
+    shape = []
+    for index, dim in enumerate(past.shape):
+        if index in (0, axis):
+            shape.append(None)
+        elif isinstance(dim, int):
+            shape.append(dim)
+        else:
+            return f"cache input '{past.name}' has a symbolic dim '{_dim_text(dim)}' besides batch and sequence"
+    return CachePair(past.name, present.name, np.dtype(past.dtype.numpy()), tuple(shape), axis, matched_by)
+
+
+def positions_from_mask(mask: np.ndarray, sequence: int) -> np.ndarray:
+    """Position ids of the last ``sequence`` tokens: ``cumsum(mask) - 1``, 1 at pads (as transformers' ``generate``)."""
+    mask = mask.astype(np.int64)
+    positions = np.cumsum(mask, axis=1) - 1
+    return np.ascontiguousarray(np.where(mask == 0, 1, positions)[:, -sequence:])
+
+
+def left_padded(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Token-id rows of any lengths as one batch: ids (pad id 0 on the left) and an attention mask."""
+    width = max(len(row) for row in rows)
+    ids = np.full((len(rows), width), _PAD_ID, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for index, row in enumerate(rows):
+        if len(row):
+            ids[index, -len(row) :] = row
+            mask[index, -len(row) :] = 1
+    return ids, mask
+
+
+def random_prompts(
+    batch: int, length: int, vocab: int, *, padded: bool, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``batch`` prompts of random token ids, ``length`` wide; with ``padded``, row ``r`` is left-padded by
+    ``r * length // (2 * batch)`` tokens, so a batch mixes prompt lengths as served batches do."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for row in range(batch):
+        pads = row * length // (2 * batch) if padded else 0
+        rows.append(rng.integers(0, vocab, length - pads, dtype=np.int64))
+    return left_padded(rows)
+
+
+@dataclass(frozen=True)
+class GreedyRun:
+    """Tokens chosen greedily after a prompt ([batch, 1 + steps]), seconds to the first, seconds of the rest."""
+
+    tokens: np.ndarray
+    first_token_seconds: float
+    decode_seconds: float
+
+
+class CausalLMSession:
+    """One causal LM on ONNX Runtime, stepped with its key/value cache.
+
+    ``providers`` are ONNX Runtime's names; with the CUDA provider first, the cache is kept on
+    the GPU between steps by IO binding. A model ONNX Runtime cannot load or run at some length
+    is an ``InvalidModelError`` that names the length (a position table shorter than the prompt
+    and the new tokens is the usual cause).
+    """
+
+    def __init__(
+        self, path: str, lm: CausalLM, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 0
+    ) -> None:
+        self.path, self.lm = path, lm
+        self.on_device = providers[0] == "CUDAExecutionProvider"
+        options = session_options("all", threads, sequential=True)
+        try:
+            self.session = open_session(path, options, providers)
+        except RuntimeRefusedError as error:
+            raise InvalidModelError(f"{path}: ONNX Runtime cannot load it: {error.reason}") from error
+        self.output_names = [lm.logits, *(pair.present for pair in lm.cache)]
+        self._vocab = lm.vocab
+
+    @property
+    def vocab(self) -> int:
+        """Size of the vocabulary: the logits' last dim (one step over one token when the model does not declare it)."""
+        if self._vocab is None:
+            ids, mask = np.zeros((1, 1), dtype=np.int64), np.ones((1, 1), dtype=np.int64)
+            self._vocab = int(self.forward(ids, mask, self.empty_cache(1))[0].shape[-1])
+        return self._vocab
+
+    def empty_cache(self, batch: int) -> list[Any]:
+        """The cache before the prompt: every past with no positions."""
+        return [pair.empty(batch) for pair in self.lm.cache]
+
+    def forward(self, ids: np.ndarray, mask: np.ndarray, cache: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+        """One step over ``ids`` ([batch, new tokens]) after ``cache``; ``mask`` covers cache and new tokens.
+
+        Returns the logits (on the host) and the next cache (on the device under CUDA).
+        """
+        lm = self.lm
+        feeds = {lm.input_ids: ids.astype(lm.ids_dtype, copy=False)}
+        if lm.attention_mask is not None:
+            feeds[lm.attention_mask] = mask.astype(lm.mask_dtype, copy=False)
+        if lm.position_ids is not None:
+            feeds[lm.position_ids] = positions_from_mask(mask, ids.shape[1]).astype(lm.positions_dtype, copy=False)
+        with self._running(mask.shape[1]):
+            if self.on_device:
+                logits, *present = self._run_bound(feeds, cache)
+            else:
+                feeds.update((pair.past, value) for pair, value in zip(lm.cache, cache))
+                logits, *present = self.session.run(self.output_names, feeds)
+        self._check_growth(present, mask.shape[1])
+        return logits, present
+
+    def _run_bound(self, feeds: dict[str, np.ndarray], cache: Sequence[Any]) -> list[Any]:
+        """One step with the cache bound on the GPU: pasts are the last step's presents, never copied to the host."""
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for pair, value in zip(self.lm.cache, cache):
+            if isinstance(value, np.ndarray):  # the empty cache before the prompt
+                binding.bind_cpu_input(pair.past, value)
+            else:
+                binding.bind_ortvalue_input(pair.past, value)
+        binding.bind_output(self.lm.logits, "cpu")
+        for pair in self.lm.cache:
+            binding.bind_output(pair.present, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        logits, *present = binding.get_outputs()
+        return [logits.numpy(), *present]
+
+    def _check_growth(self, present: Sequence[Any], total: int) -> None:
+        pair, value = self.lm.cache[0], present[0]
+        shape = value.shape() if callable(getattr(value, "shape", None)) else value.shape
+        if shape[pair.sequence_axis] != total:
+            raise InvalidModelError(
+                f"{self.path}: output '{pair.present}' holds {shape[pair.sequence_axis]} positions after a step "
+                f"that the mask makes {total} long: it is not the cache one step longer"
+            )
+
+    @contextlib.contextmanager
+    def _running(self, total: int) -> Iterator[None]:
+        try:
+            with calling_onnxruntime("run it"):
+                yield
+        except RuntimeRefusedError as error:
+            raise InvalidModelError(
+                f"{self.path}: ONNX Runtime cannot run it at {total} tokens (past and new; is a position table "
+                f"shorter? try a smaller --prompt-length or --new-tokens): {error.reason}"
+            ) from error
+
+    def check_cache_pairs(self) -> None:
+        """One step after a random cache of two positions: each present must begin with its past.
+
+        Pairs matched by shape alone could be crossed (every cache of a model often has one
+        shape), and an output that grows but does not carry the past forward is no cache;
+        either is an ``InvalidModelError``.
+        """
+        rng = np.random.default_rng(0)
+        cache = [
+            rng.standard_normal(
+                [1 if axis == 0 else 2 if axis == pair.sequence_axis else d for axis, d in enumerate(pair.shape)]
+            ).astype(pair.dtype)
+            for pair in self.lm.cache
+        ]
+        _, present = self.forward(np.ones((1, 1), dtype=np.int64), np.ones((1, 3), dtype=np.int64), cache)
+        for pair, past, value in zip(self.lm.cache, cache, present):
+            array = value if isinstance(value, np.ndarray) else value.numpy()
+            carried = np.take(array, [0, 1], axis=pair.sequence_axis).astype(np.float64)
+            if not np.allclose(carried, past.astype(np.float64), rtol=1e-3, atol=1e-3):
+                raise InvalidModelError(
+                    f"{self.path}: output '{pair.present}' does not begin with input '{pair.past}' after a step, "
+                    f"so they are not a cache pair (matched by {pair.matched_by}); name them like "
+                    "past_key_values.{i}.key and present.{i}.key"
+                )
+
+    def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Logits at every position of ``ids`` (one step over the whole sequence, empty cache): teacher forcing."""
+        logits, _ = self.forward(ids, mask, self.empty_cache(len(ids)))
+        return logits
+
+    def greedy(self, ids: np.ndarray, mask: np.ndarray, steps: int) -> GreedyRun:
+        """Prefill the prompt and take its greedy next token, then ``steps`` decode steps of one token each.
+
+        The first token's seconds cover the prefill and the choice of that token; the decode
+        seconds, the ``steps`` steps after it. Every generated token is unmasked.
+        """
+        cache = self.empty_cache(len(ids))
+        started = time.perf_counter()
+        logits, cache = self.forward(ids, mask, cache)
+        token = _last_position(logits).argmax(-1)[:, None]
+        first = time.perf_counter() - started
+        tokens = [token]
+        ones = np.ones((len(ids), 1), dtype=mask.dtype)
+        started = time.perf_counter()
+        for _ in range(steps):
+            mask = np.concatenate([mask, ones], axis=1)
+            logits, cache = self.forward(token, mask, cache)
+            token = _last_position(logits).argmax(-1)[:, None]
+            tokens.append(token)
+        decode = time.perf_counter() - started
+        return GreedyRun(np.concatenate(tokens, axis=1).astype(np.int64), first, decode)
+
+
+def _last_position(logits: np.ndarray) -> np.ndarray:
+    """The last position's logits ([batch, vocabulary]); models that return only the last position give it as is."""
+    return logits[:, -1] if logits.ndim == 3 else logits
