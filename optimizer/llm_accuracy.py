@@ -1,0 +1,185 @@
+"""Accuracy of a rewritten causal LM against the original, in the language model's own terms.
+
+Per-output errors say how far logits moved; these say whether the model still says the same
+thing. On held-out text (token ids): teacher-forced next-token top-1 agreement of AFTER with
+BEFORE, and each model's perplexity against the real next tokens. From prompts cut from that
+text: greedy continuations of both models, compared token by token (the whole continuation
+equal, and how far they agree before they first diverge). Without text, random token ids stand
+in, and the result says so: their perplexity is no language-modelling figure, though agreement
+still compares the two models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from optimizer.errors import InputSpecError
+from optimizer.generation import CausalLM, CausalLMSession, left_padded, random_prompts
+
+# Random token rows scored when the user gives no text: a few rows keep it cheap on real models.
+GENERATED_ROWS = 4
+
+
+@dataclass(frozen=True)
+class TokenText:
+    """Token-id rows (``ids`` where ``mask`` is 1; pads may sit on either side) and where they came from."""
+
+    rows: tuple[np.ndarray, ...]
+    source: str
+    real: bool
+
+
+def text_from_arrays(arrays: Mapping[str, np.ndarray], lm: CausalLM, source: str) -> TokenText:
+    """Held-out text from ``{input_ids: [rows, length], attention_mask: [rows, length]}`` (the mask optional).
+
+    ``InputSpecError`` naming ``source`` for ids that are not a 2-D integer array, a mask of
+    another shape, ids outside the vocabulary, or no row with two tokens (nothing to score).
+    """
+    ids = np.asarray(arrays[lm.input_ids])
+    if ids.ndim != 2 or ids.dtype.kind not in "iu":
+        raise InputSpecError(f"{source}: '{lm.input_ids}' must be token ids, integers [rows, length], not {_kind(ids)}")
+    mask = arrays.get(lm.attention_mask) if lm.attention_mask is not None else None
+    if mask is None:
+        mask = np.ones_like(ids)
+    mask = np.asarray(mask)
+    if mask.shape != ids.shape or mask.dtype.kind not in "iub":
+        raise InputSpecError(
+            f"{source}: '{lm.attention_mask}' must be 0/1 of the ids' shape {list(ids.shape)}, not {_kind(mask)}"
+        )
+    rows = tuple(row[keep.astype(bool)].astype(np.int64) for row, keep in zip(ids, mask))
+    if lm.vocab is not None and any(((row < 0) | (row >= lm.vocab)).any() for row in rows):
+        raise InputSpecError(f"{source}: '{lm.input_ids}' holds ids outside the vocabulary (0 to {lm.vocab - 1})")
+    rows = tuple(row for row in rows if len(row) >= 2)
+    if not rows:
+        raise InputSpecError(f"{source}: no row holds two tokens: there is no next token to score")
+    return TokenText(rows, f"{source} ({len(rows)} rows)", real=True)
+
+
+def _kind(array: np.ndarray) -> str:
+    return f"{array.dtype}{list(array.shape)}"
+
+
+def random_text(vocab: int, length: int, *, padded: bool) -> TokenText:
+    """``GENERATED_ROWS`` rows of random token ids, ``length`` long or shorter (left-padded rows, cut)."""
+    ids, mask = random_prompts(GENERATED_ROWS, max(length, 2), vocab, padded=padded, seed=1)
+    rows = tuple(row[keep.astype(bool)] for row, keep in zip(ids, mask))
+    return TokenText(rows, f"random token ids ({len(rows)} rows, not real text)", real=False)
+
+
+@dataclass(frozen=True)
+class LLMAccuracy:
+    """AFTER against BEFORE as language models (see the module docstring).
+
+    ``top1_agreement``: fraction of scored positions where both models' most likely next
+    token is the same (teacher forcing: each position sees the real text before it).
+    ``perplexity_*``: exp of the mean negative log-likelihood of the real next token over
+    those positions; ``perplexity_delta`` is after − before. ``exact_match``: fraction of
+    prompts whose ``continuation_tokens`` greedy tokens are all the same in both models;
+    ``prefix_agreement``: mean fraction of each continuation before the first token that
+    differs (1.0 when all match).
+    """
+
+    text: str
+    real_text: bool
+    sequences: int
+    scored_tokens: int
+    top1_agreement: float
+    perplexity_before: float
+    perplexity_after: float
+    perplexity_delta: float
+    prompts: int
+    prompt_tokens: int
+    continuation_tokens: int
+    exact_match: float
+    prefix_agreement: float
+    note: str = ""
+
+
+def measure_llm_accuracy(
+    before: CausalLMSession,
+    after: CausalLMSession,
+    text: TokenText,
+    *,
+    batch: int,
+    prompt_length: int,
+    new_tokens: int,
+) -> LLMAccuracy:
+    """Teacher-forced agreement and perplexity on ``text``, and greedy continuations of its first
+    ``prompt_length`` tokens, ``new_tokens`` long; ``batch`` rows run at a time, left-padded."""
+    padded = before.lm.attention_mask is not None
+    agree = scored = 0
+    nll_before = nll_after = 0.0
+    for ids, mask in _batches(text.rows, batch, padded):
+        expected, actual = before.logits(ids, mask), after.logits(ids, mask)
+        if expected.ndim != 3 or expected.shape[1] != ids.shape[1]:
+            raise InputSpecError(
+                f"{before.path}: the logits hold {expected.shape[1] if expected.ndim == 3 else 1} positions for "
+                f"{ids.shape[1]} tokens: teacher-forced accuracy needs the logits of every position"
+            )
+        # Position t predicts token t + 1; both must be real tokens (not pads).
+        scored_at = (mask[:, :-1] != 0) & (mask[:, 1:] != 0)
+        targets = ids[:, 1:]
+        agree += int(np.sum((expected[:, :-1].argmax(-1) == actual[:, :-1].argmax(-1)) & scored_at))
+        scored += int(scored_at.sum())
+        nll_before += _negative_log_likelihood(expected[:, :-1], targets, scored_at)
+        nll_after += _negative_log_likelihood(actual[:, :-1], targets, scored_at)
+    prompts = [row[:prompt_length] for row in text.rows]
+    steps = max(new_tokens - 1, 0)  # the prefill chooses the first token
+    exact = prefix = 0.0
+    for ids, mask in _batches(prompts, batch, padded):
+        want = before.greedy(ids, mask, steps).tokens
+        got = after.greedy(ids, mask, steps).tokens
+        same = want == got
+        exact += float(same.all(axis=1).sum())
+        first_difference = np.where(same.all(axis=1), same.shape[1], np.argmin(same, axis=1))
+        prefix += float((first_difference / same.shape[1]).sum())
+    ppl_before, ppl_after = float(np.exp(nll_before / scored)), float(np.exp(nll_after / scored))
+    note = (
+        ""
+        if text.real
+        else "random token ids, not real text: the perplexities are no language-modelling figure "
+        "(give held-out text as --inputs FILE.npz holding input_ids, and attention_mask if padded)"
+    )
+    return LLMAccuracy(
+        text=text.source,
+        real_text=text.real,
+        sequences=len(text.rows),
+        scored_tokens=scored,
+        top1_agreement=agree / scored,
+        perplexity_before=ppl_before,
+        perplexity_after=ppl_after,
+        perplexity_delta=ppl_after - ppl_before,
+        prompts=len(prompts),
+        prompt_tokens=max(len(prompt) for prompt in prompts),
+        continuation_tokens=new_tokens,
+        exact_match=exact / len(prompts),
+        prefix_agreement=prefix / len(prompts),
+        note=note,
+    )
+
+
+def _negative_log_likelihood(logits: np.ndarray, targets: np.ndarray, scored: np.ndarray) -> float:
+    """Sum over scored positions of -log softmax(logits)[target], in float64 (float16 logits overflow exp)."""
+    values = logits.astype(np.float64)
+    peak = values.max(axis=-1, keepdims=True)
+    log_total = np.log(np.exp(values - peak).sum(axis=-1)) + peak[..., 0]
+    chosen = np.take_along_axis(values, targets[..., None], axis=-1)[..., 0]
+    return float(np.sum((log_total - chosen)[scored]))
+
+
+def _batches(rows: tuple[np.ndarray, ...] | list[np.ndarray], size: int, padded: bool) -> Iterator[tuple]:
+    """Rows as left-padded batches of at most ``size``; a model without an attention mask cannot skip pads,
+    so it gets batches of rows of one length."""
+    if padded:
+        groups = [list(rows)]
+    else:
+        by_length: dict[int, list[np.ndarray]] = {}
+        for row in rows:
+            by_length.setdefault(len(row), []).append(row)
+        groups = list(by_length.values())
+    for group in groups:
+        for start in range(0, len(group), size):
+            yield left_padded(group[start : start + size])
