@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose_flag(comparison)
     comparison.add_argument("before", help="the original model")
     comparison.add_argument("after", help="the optimized model")
-    comparison.add_argument("--inputs", metavar="FILE.npz", help="inputs, one array per graph input name")
+    comparison.add_argument(
+        "--inputs",
+        metavar="FILE.npz",
+        help="inputs, one array per graph input name; with --generate, input_ids (and attention_mask) alone "
+        "are held-out text, one row per sequence",
+    )
     comparison.add_argument(
         "--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic input dimension (repeatable)"
     )
@@ -274,6 +279,22 @@ def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--profile", action="store_true", help="also profile both models and show time per operator type"
     )
+    group.add_argument(
+        "--generate",
+        action="store_true",
+        help="causal LMs with a KV cache: time generation (time to first token, decode tokens/s) instead of "
+        "one run, and compare them as language models (next-token agreement, perplexity, greedy continuations)",
+    )
+    group.add_argument(
+        "--prompt-length", type=int, default=128, metavar="P", help="with --generate: prompt tokens (default 128)"
+    )
+    group.add_argument(
+        "--new-tokens",
+        type=int,
+        default=32,
+        metavar="N",
+        help="with --generate: decode steps timed, and tokens of each greedy continuation (default 32)",
+    )
     group.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
     group.add_argument("--html", metavar="FILE", help="write the comparison as a self-contained HTML page")
 
@@ -403,6 +424,9 @@ def _compare_settings(args: argparse.Namespace) -> CompareSettings:
         iterations=args.iterations,
         warmup=args.warmup,
         profile=args.profile,
+        generate=args.generate,
+        prompt_length=args.prompt_length,
+        new_tokens=args.new_tokens,
     )
 
 

@@ -207,3 +207,13 @@ def test_optimizer_compare_is_the_comparison_tool_whatever_was_imported_first():
     import optimizer.compare.report  # noqa: F401
 
     assert optimizer.compare.compare is compare and optimizer.compare.report.write_json is write_json
+
+
+def test_a_kv_cache_model_without_generate_is_compared_on_one_run_as_before():
+    # --generate is what turns on generation timing and the language-model accuracy.
+    gpt2 = Path(__file__).parent / "fixtures" / "gpt2_kv_legacy.onnx"
+    settings = CompareSettings(threads=1, time_budget=1.0, iterations=3, warmup=0)
+    result = compare(gpt2, gpt2, settings=settings, dims={"sequence": 4, "past_sequence": 4})
+    (cpu,) = result.providers
+    assert [batch.batch for batch in cpu.batches] == [1] and not cpu.generation and cpu.llm_accuracy is None
+    assert cpu.accuracy[0].name == "logits" and cpu.accuracy[0].exact

@@ -3,6 +3,9 @@
 Both models see the same inputs, the same EP, threads and optimization level
 (ORT_ENABLE_ALL), and are timed interleaved in one process; the latency ratio
 comes with a paired-bootstrap confidence interval (``optimizer.compare.stats``).
+With ``generate``, a causal LM with a KV cache is timed generating instead (time to
+first token, decode tokens/s: ``optimizer.compare.generation_timing``) and its
+accuracy is measured as a language model too (``optimizer.llm_accuracy``).
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.accuracy import OutputAccuracy, compare_accuracy
+from optimizer.compare.generation_timing import GenerationResult, time_generation
 from optimizer.compare.memory import MemoryUsage, measure_session_memory, query_gpu
 from optimizer.compare.profiling import time_per_op_type
 from optimizer.compare.stats import LatencySummary, RatioEstimate, paired_ratio
 from optimizer.compare.timing import (
+    EP_PROVIDERS,
     ExecutionProvider,
     TimedSession,
     TimingPlan,
@@ -34,17 +39,22 @@ from optimizer.compare.timing import (
     time_interleaved,
 )
 from optimizer.errors import InputSpecError, OptionError
+from optimizer.generation import CausalLM, CausalLMSession, recognise_causal_lm
 from optimizer.inputs import (
+    MAX_INPUT_BYTES,
+    _read_npz,  # the hardened .npz reader: held-out text is read before any input is checked
     as_arrays,
     batch_dims,
     check_inputs,
     dims_from_inputs,
+    format_bytes,
     load_inputs,
     make_inputs,
     nan_note,
     refuse_oversized,
     runtime_inputs,
 )
+from optimizer.llm_accuracy import LLMAccuracy, TokenText, measure_llm_accuracy, random_text, text_from_arrays
 from optimizer.model_io import load_model, model_file_bytes
 from optimizer.pipeline import count_nodes
 from optimizer.runtime import import_onnxruntime
@@ -92,6 +102,8 @@ class ProviderResult:
     memory_after: MemoryUsage | None = None
     profile_before_ms: dict[str, float] = field(default_factory=dict)
     profile_after_ms: dict[str, float] = field(default_factory=dict)
+    generation: list[GenerationResult] = field(default_factory=list)
+    llm_accuracy: LLMAccuracy | None = None
 
 
 @dataclass
@@ -118,7 +130,9 @@ class CompareSettings:
     string too, as on the command line), ``batches`` at least one positive integer,
     ``threads`` a positive integer or None (the cores this process may use),
     ``iterations`` at least 1, ``warmup`` 0 or more, ``time_budget`` a positive, finite
-    number of seconds.
+    number of seconds. ``generate`` times a causal LM generating (``prompt_length``
+    tokens of prompt, ``new_tokens`` decode steps; both positive) instead of one run, and
+    adds its accuracy as a language model.
     """
 
     eps: Sequence[str] = ("cpu",)
@@ -128,6 +142,9 @@ class CompareSettings:
     iterations: int = 200
     warmup: int = 10
     profile: bool = False
+    generate: bool = False
+    prompt_length: int = 128
+    new_tokens: int = 32
 
     def __post_init__(self) -> None:
         eps = [name for name in self.eps.split(",") if name.strip()] if isinstance(self.eps, str) else self.eps
@@ -161,7 +178,22 @@ class CompareSettings:
             raise OptionError(f"--time-budget {budget}: expected a positive, finite number of seconds")
         if not isinstance(self.profile, bool):
             raise OptionError(f"--profile (profile={self.profile!r}): expected True or False")
-        for name in ("threads", "iterations", "warmup"):
+        if not isinstance(self.generate, bool):
+            raise OptionError(f"--generate (generate={self.generate!r}): expected True or False")
+        if _integer(self.prompt_length) is None or self.prompt_length < 1:
+            raise OptionError(f"--prompt-length {self.prompt_length}: expected a positive number of tokens")
+        if _integer(self.new_tokens) is None or self.new_tokens < 1:
+            raise OptionError(f"--new-tokens {self.new_tokens}: expected a positive number of tokens")
+        if self.generate:
+            # The token ids of the longest generation, in int64; the cache is the model's to allocate.
+            token_bytes = max(self.batches) * (self.prompt_length + self.new_tokens) * 8
+            if token_bytes > MAX_INPUT_BYTES:
+                raise OptionError(
+                    f"--prompt-length {self.prompt_length} --new-tokens {self.new_tokens} at --batch "
+                    f"{max(self.batches)}: the token ids alone take {format_bytes(token_bytes)}, more than "
+                    f"graphopt's limit of {format_bytes(MAX_INPUT_BYTES)}"
+                )
+        for name in ("threads", "iterations", "warmup", "prompt_length", "new_tokens"):
             value = getattr(self, name)
             object.__setattr__(self, name, None if value is None else int(value))
         object.__setattr__(self, "time_budget", float(budget))
@@ -190,12 +222,23 @@ def compare(
     as for verification, with ``dims`` binding symbolic dims. An EP that is not
     available (e.g. CUDA without onnxruntime-gpu) is reported as skipped, never an
     error. The time budget is shared across EPs and batch sizes.
+
+    With ``settings.generate`` both models must be causal LMs with a KV cache
+    (``InputSpecError`` otherwise, with the reason); they are timed generating rather
+    than on one run, and measured as language models. ``inputs`` that hold only their
+    token ids (and attention mask), rows of held-out text, are the text for that
+    accuracy; the one-step inputs of the per-output accuracy are then generated.
     """
     settings = settings or CompareSettings()
     threads = settings.threads or default_threads()
     before_model, after_model = load_model(before), load_model(after)
     _check_same_signature(before_model, after_model)
     warnings: list[str] = []
+    generation = None
+    if settings.generate:
+        lms = _causal_lms(before, after, before_model, after_model)
+        text, inputs = _held_out_text(inputs, lms[0])
+        generation = _Generation(*lms, text)
     base_inputs = _base_inputs(before_model, inputs, dims, warnings)
     batch_names = batch_dims(before_model)
     _refuse_oversized_batches(before_model, base_inputs, batch_names, settings.batches)
@@ -225,6 +268,7 @@ def compare(
                 _score_outputs(before_model),
                 warnings,
                 progress,
+                generation,
             )
         )
     return ComparisonReport(
@@ -248,11 +292,18 @@ def _measure_provider(
     score_outputs: frozenset[str],
     warnings: list[str],
     progress: Progress | None,
+    generation: _Generation | None = None,
 ) -> ProviderResult:
     result = ProviderResult(ep.name, True)
     base_batch = _batch_of(base_inputs, batch_names)
     measured = False
-    for batch in settings.batches:
+    if generation is not None:
+        session_before = TimedSession(before, ep.name, base_inputs, threads)
+        session_after = TimedSession(after, ep.name, base_inputs, threads)
+        result.accuracy = _accuracy(session_before.outputs(), session_after.outputs(), score_outputs, warnings)
+        del session_before, session_after
+        _measure_generation(result, before, after, ep, generation, settings, plan, threads, warnings, progress)
+    for batch in settings.batches if generation is None else ():
         if batch != base_batch and not batch_names:
             warnings.append(f"{ep.name}: batch {batch} skipped: the model has no symbolic batch axis")
             continue
@@ -292,6 +343,98 @@ def _measure_provider(
         result.profile_before_ms = _profile(before, ep.name, first_inputs, threads)
         result.profile_after_ms = _profile(after, ep.name, first_inputs, threads)
     return result
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """What ``generate`` needs: both models' layouts as causal LMs, and the user's held-out text if any."""
+
+    before: CausalLM
+    after: CausalLM
+    text: TokenText | None
+
+
+def _causal_lms(
+    before_path: str | os.PathLike, after_path: str | os.PathLike, before: ir.Model, after: ir.Model
+) -> tuple[CausalLM, CausalLM]:
+    """Both models as causal LMs with a KV cache, fed alike; ``InputSpecError`` with the reason otherwise."""
+    found = []
+    for path, model in ((before_path, before), (after_path, after)):
+        lm = recognise_causal_lm(model)
+        if isinstance(lm, str):
+            raise InputSpecError(f"--generate needs a causal LM with a KV cache: {path}: {lm}")
+        found.append(lm)
+    if found[0].signature() != found[1].signature():
+        raise InputSpecError(
+            f"--generate: AFTER's token ids, mask, positions, logits or cache are not BEFORE's "
+            f"({found[1].signature()} vs {found[0].signature()})"
+        )
+    return found[0], found[1]
+
+
+def _held_out_text(
+    inputs: Mapping[str, np.ndarray] | str | os.PathLike | None, lm: CausalLM
+) -> tuple[TokenText | None, Mapping[str, np.ndarray] | str | os.PathLike | None]:
+    """``inputs`` holding only a causal LM's token ids (and mask) are held-out text: ``(text, None)``.
+
+    Any other inputs are one step's inputs, returned as they came: ``(None, inputs)``.
+    """
+    if inputs is None:
+        return None, None
+    if isinstance(inputs, (str, os.PathLike)):
+        source = f"--inputs {inputs}"
+        arrays = _read_npz(Path(inputs), source)
+    else:
+        source = "inputs"
+        arrays = as_arrays(inputs, source)
+    if lm.input_ids in arrays and set(arrays) <= {lm.input_ids, lm.attention_mask}:
+        return text_from_arrays(arrays, lm, source), None
+    return None, inputs
+
+
+def _measure_generation(
+    result: ProviderResult,
+    before: str,
+    after: str,
+    ep: ExecutionProvider,
+    generation: _Generation,
+    settings: CompareSettings,
+    plan: TimingPlan,
+    threads: int,
+    warnings: list[str],
+    progress: Progress | None,
+) -> None:
+    """Generation timing at each batch size, then the language-model accuracy (at the first batch size)."""
+    session_before = CausalLMSession(before, generation.before, EP_PROVIDERS[ep.name], threads)
+    session_after = CausalLMSession(after, generation.after, EP_PROVIDERS[ep.name], threads)
+    session_before.check_cache_pairs()
+    session_after.check_cache_pairs()
+    for batch in settings.batches:
+        label = f"{ep.name} generation batch {batch}"
+        timed = time_generation(
+            session_before,
+            session_after,
+            batch=batch,
+            prompt_length=settings.prompt_length,
+            new_tokens=settings.new_tokens,
+            plan=plan,
+            on_progress=(lambda done, total, label=label: progress(label, done, total)) if progress else None,
+        )
+        for figure, ratio in (("time to first token", timed.ttft_ratio), ("tokens/s", timed.tokens_per_s_ratio)):
+            if not ratio.trustworthy:
+                warnings.append(f"{label}, {figure}: {ratio.warning}")
+        result.generation.append(timed)
+    text = generation.text or random_text(
+        session_before.vocab, settings.prompt_length, padded=generation.before.attention_mask is not None
+    )
+    result.llm_accuracy = measure_llm_accuracy(
+        session_before,
+        session_after,
+        text,
+        batch=settings.batches[0],
+        prompt_length=settings.prompt_length,
+        new_tokens=settings.new_tokens,
+    )
 
 
 def _profile(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int) -> dict[str, float]:

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from optimizer.compare.comparison import BatchResult, ComparisonReport, ProviderResult
+from optimizer.compare.generation_timing import GenerationResult
 from optimizer.model_io import write_atomically
 
 
@@ -36,9 +37,14 @@ def render_comparison(report: ComparisonReport, console: Console | None = None) 
         if not provider.available:
             console.print(f"[yellow]{provider.ep}: skipped[/]: {escape(provider.reason)}", highlight=False)
             continue
-        console.print(_provider_table(provider))
+        if provider.batches:
+            console.print(_provider_table(provider))
+        if provider.generation:
+            console.print(_generation_table(provider))
         if provider.accuracy:  # none when no output could be compared (the warnings say why)
             console.print(_accuracy_table(provider))
+        if provider.llm_accuracy is not None:
+            console.print(_llm_accuracy_table(provider))
         if provider.profile_before_ms:
             console.print(_profile_table(provider))
     for warning in report.warnings:
@@ -79,37 +85,42 @@ def write_html(report: ComparisonReport, path: str | os.PathLike) -> None:
         if not provider.available:
             parts.append(f"<p class='warn'>skipped: {html.escape(provider.reason)}</p>")
             continue
-        parts.append(
-            _html_table(
-                [
-                    "batch",
-                    "runs",
-                    "median ms before",
-                    "median ms after",
-                    "p90 after",
-                    "p99 after",
-                    "after/before",
-                    "95% interval",
-                    "items/s before",
-                    "items/s after",
-                ],
-                [
+        if provider.generation:
+            parts.append(_html_table(_GENERATION_HEADER, [_generation_row(g) for g in provider.generation]))
+        if provider.llm_accuracy is not None:
+            parts.append(_html_table(["language-model accuracy", "value"], _llm_accuracy_rows(provider)))
+        if provider.batches:
+            parts.append(
+                _html_table(
                     [
-                        b.batch,
-                        b.before.runs,
-                        f"{b.before.median_ms:.3f}",
-                        f"{b.after.median_ms:.3f}",
-                        f"{b.after.p90_ms:.3f}",
-                        f"{b.after.p99_ms:.3f}",
-                        f"{b.ratio.ratio:.3f}",
-                        f"{b.ratio.low:.3f}–{b.ratio.high:.3f}",
-                        f"{b.throughput_before:.1f}",
-                        f"{b.throughput_after:.1f}",
-                    ]
-                    for b in provider.batches
-                ],
+                        "batch",
+                        "runs",
+                        "median ms before",
+                        "median ms after",
+                        "p90 after",
+                        "p99 after",
+                        "after/before",
+                        "95% interval",
+                        "items/s before",
+                        "items/s after",
+                    ],
+                    [
+                        [
+                            b.batch,
+                            b.before.runs,
+                            f"{b.before.median_ms:.3f}",
+                            f"{b.after.median_ms:.3f}",
+                            f"{b.after.p90_ms:.3f}",
+                            f"{b.after.p99_ms:.3f}",
+                            f"{b.ratio.ratio:.3f}",
+                            f"{b.ratio.low:.3f}–{b.ratio.high:.3f}",
+                            f"{b.throughput_before:.1f}",
+                            f"{b.throughput_after:.1f}",
+                        ]
+                        for b in provider.batches
+                    ],
+                )
             )
-        )
         parts.append(
             _html_table(
                 ["output", "max abs error", "max rel error", "cosine", "top-1 agreement"],
@@ -165,17 +176,126 @@ def _provider_table(provider: ProviderResult) -> Table:
                 f"[{style}]{ratio.ratio:.3f}[/]" if name == "after" else "",
                 f"{ratio.low:.2f}–{ratio.high:.2f}" if name == "after" else "",
             )
-    if provider.memory_before and provider.memory_after:
-        before, after = provider.memory_before, provider.memory_after
-        table.caption = (
-            f"session memory {_mb(before.session_rss_bytes)} → {_mb(after.session_rss_bytes)} "
-            f"(peak RSS {_mb(before.peak_rss_bytes)} → {_mb(after.peak_rss_bytes)})"
-            + (
-                f", GPU {_mb(before.gpu_bytes)} → {_mb(after.gpu_bytes)}"
-                if before.gpu_bytes is not None and after.gpu_bytes is not None
-                else ""
-            )
+    table.caption = _memory_caption(provider)
+    return table
+
+
+def _memory_caption(provider: ProviderResult) -> str | None:
+    if not (provider.memory_before and provider.memory_after):
+        return None
+    before, after = provider.memory_before, provider.memory_after
+    return (
+        f"session memory {_mb(before.session_rss_bytes)} → {_mb(after.session_rss_bytes)} "
+        f"(peak RSS {_mb(before.peak_rss_bytes)} → {_mb(after.peak_rss_bytes)})"
+        + (
+            f", GPU {_mb(before.gpu_bytes)} → {_mb(after.gpu_bytes)}"
+            if before.gpu_bytes is not None and after.gpu_bytes is not None
+            else ""
         )
+    )
+
+
+_GENERATION_HEADER = [
+    "batch",
+    "runs",
+    "TTFT ms before",
+    "TTFT ms after",
+    "TTFT after/before",
+    "95% interval",
+    "tokens/s before",
+    "tokens/s after",
+    "tokens/s after/before",
+    "95% interval",
+]
+
+
+def _generation_row(g: GenerationResult) -> list[object]:
+    return [
+        g.batch,
+        g.ttft_before.runs,
+        f"{g.ttft_before.median_ms:.3f}",
+        f"{g.ttft_after.median_ms:.3f}",
+        f"{g.ttft_ratio.ratio:.3f}",
+        f"{g.ttft_ratio.low:.3f}–{g.ttft_ratio.high:.3f}",
+        f"{g.tokens_per_s_before:.1f}",
+        f"{g.tokens_per_s_after:.1f}",
+        f"{g.tokens_per_s_ratio.ratio:.3f}",
+        f"{g.tokens_per_s_ratio.low:.3f}–{g.tokens_per_s_ratio.high:.3f}",
+    ]
+
+
+def _generation_table(provider: ProviderResult) -> Table:
+    first = provider.generation[0]
+    runs = ", ".join(str(g.ttft_before.runs) for g in provider.generation)
+    table = Table(
+        title=f"generation on {provider.ep}: {first.prompt_length}-token prompt, {first.new_tokens} new tokens "
+        f"({runs} interleaved pairs)",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
+    )
+    columns = ("batch", "model", "TTFT ms", "TTFT p90", "ms/token", "tokens/s", "TTFT ratio", "95% CI")
+    for column in (*columns, "tokens/s ratio", "95% CI "):
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
+    for g in provider.generation:
+        ttft, rate = g.ttft_ratio, g.tokens_per_s_ratio
+        ttft_style = "green" if ttft.high < 1 else "red" if ttft.low > 1 else "default"
+        rate_style = "green" if rate.low > 1 else "red" if rate.high < 1 else "default"
+        for name, first_token, decode, tokens_per_s in (
+            ("before", g.ttft_before, g.decode_before, g.tokens_per_s_before),
+            ("after", g.ttft_after, g.decode_after, g.tokens_per_s_after),
+        ):
+            after = name == "after"
+            table.add_row(
+                "" if after else str(g.batch),
+                name,
+                f"{first_token.median_ms:.2f}",
+                f"{first_token.p90_ms:.2f}",
+                f"{decode.median_ms / g.new_tokens:.3f}",
+                f"{tokens_per_s:.1f}",
+                f"[{ttft_style}]{ttft.ratio:.3f}[/]" if after else "",
+                f"{ttft.low:.2f}–{ttft.high:.2f}" if after else "",
+                f"[{rate_style}]{rate.ratio:.3f}[/]" if after else "",
+                f"{rate.low:.2f}–{rate.high:.2f}" if after else "",
+            )
+    if not provider.batches:
+        table.caption = _memory_caption(provider)
+    return table
+
+
+def _llm_accuracy_rows(provider: ProviderResult) -> list[list[str]]:
+    llm = provider.llm_accuracy
+    rows = [
+        ["text", llm.text],
+        [f"next-token top-1 agreement ({llm.scored_tokens} tokens, teacher-forced)", f"{llm.top1_agreement:.4f}"],
+        [
+            "perplexity before → after (Δ)",
+            f"{llm.perplexity_before:.4g} → {llm.perplexity_after:.4g} ({llm.perplexity_delta:+.3g})",
+        ],
+        [
+            f"greedy continuations equal ({llm.prompts} prompts, {llm.continuation_tokens} tokens)",
+            f"{llm.exact_match:.3f}",
+        ],
+        ["agreement until the first different token", f"{llm.prefix_agreement:.3f}"],
+    ]
+    if llm.note:
+        rows.append(["note", llm.note])
+    return rows
+
+
+def _llm_accuracy_table(provider: ProviderResult) -> Table:
+    table = Table(
+        title=f"AFTER vs BEFORE as language models on {provider.ep}",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
+    )
+    table.add_column("metric", justify="left")
+    table.add_column("value", justify="right")
+    for metric, value in _llm_accuracy_rows(provider):
+        if metric != "note":
+            table.add_row(escape(metric), escape(value))
+    table.caption = escape(provider.llm_accuracy.note) or None
     return table
 
 

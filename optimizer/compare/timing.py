@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -135,9 +135,16 @@ class TimingPlan:
     min_iterations: int = 10
 
 
+class Timed(Protocol):
+    """Anything ``time_interleaved`` can time: one ``run()`` returns the seconds it took
+    (one inference of a ``TimedSession``, one whole generation of a causal LM)."""
+
+    def run(self) -> float: ...
+
+
 def time_interleaved(
-    before: TimedSession,
-    after: TimedSession,
+    before: Timed,
+    after: Timed,
     plan: TimingPlan,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[float], list[float]]:
