@@ -11,7 +11,10 @@ a padded copy is added (``padded_copy``).
 Outputs at padded positions are not compared (``padded_positions``): with causal
 attention a left-padded query sees no key at all, and what a model returns there is
 not defined (exporters fill such rows with a uniform softmax, fused kernels with
-zeros or the first value).
+zeros or the first value). That includes a decoder's key/value cache at padded
+positions (``present.*``, ``[batch, heads, total_sequence, head_size]``): what later
+layers cache there comes from those undefined rows, and no real token reads it (the
+mask that pads it is extended, not changed, at each step of generation).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import numpy as np
 import onnx_ir as ir
 
 _MASK_NAME = re.compile(r"mask", re.IGNORECASE)
+# Outputs laid out [batch, heads, positions, head_size] whose positions are the mask's.
+_CACHE_NAME = re.compile(r"present|cache|key|value", re.IGNORECASE)
 
 
 def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
@@ -101,7 +106,8 @@ def padded_positions(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> 
 def hide_padded(outputs: Mapping[str, object], padding: np.ndarray | None, reference: Mapping[str, object]) -> dict:
     """``outputs`` with the values at padded positions taken from ``reference`` (so they are not compared).
 
-    Only outputs laid out ``[batch, sequence, ...]`` like the mask are touched.
+    Only outputs laid out ``[batch, sequence, ...]`` like the mask are touched, and a
+    key/value cache named like one (``present.0.key``) laid out ``[batch, heads, sequence, d]``.
     """
     if padding is None:
         return dict(outputs)
@@ -110,8 +116,13 @@ def hide_padded(outputs: Mapping[str, object], padding: np.ndarray | None, refer
         expected = reference.get(name)
         if not isinstance(value, np.ndarray) or not isinstance(expected, np.ndarray):
             continue
-        if value.shape != expected.shape or value.dtype != expected.dtype or value.shape[:2] != padding.shape:
+        if value.shape != expected.shape or value.dtype != expected.dtype:
             continue  # a different shape or dtype is a failure the comparison must still see
-        where = padding.reshape(padding.shape + (1,) * (value.ndim - 2))
+        if value.shape[:2] == padding.shape:
+            where = padding.reshape(padding.shape + (1,) * (value.ndim - 2))
+        elif value.ndim == 4 and (value.shape[0], value.shape[2]) == padding.shape and _CACHE_NAME.search(name):
+            where = padding[:, None, :, None]
+        else:
+            continue
         hidden[name] = np.where(where, expected, value)
     return hidden

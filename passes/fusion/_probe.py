@@ -16,11 +16,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.domains import is_onnx_op
 from optimizer.options import DEFAULT_MAX_SEQUENCE
 from optimizer.runtime import SubgraphError, ancestry
 from passes._utils import constant_array
 
-__all__ = ["DEFAULT_MAX_SEQUENCE", "PADDED_MASK", "long_mask", "probe_lengths"]
+__all__ = ["DEFAULT_MAX_SEQUENCE", "PADDED_MASK", "long_mask", "probe_lengths", "values_only_from"]
 
 # A left- and a right-padded row: positions or masks built from the attention mask
 # show it on one of them.
@@ -156,3 +157,25 @@ def _integral_magnitudes(values: Iterable) -> list[int]:
         if np.isfinite(number) and number == int(number) and abs(number) < 1 << 62:
             found.append(abs(int(number)))
     return found
+
+
+def values_only_from(bias: ir.Value, mask: ir.Value) -> bool:
+    """True if ``bias`` depends on no graph input's values but ``mask``'s: on the others only through shapes.
+
+    The probe feeds made-up values to the other inputs (ones for token ids); a bias that
+    reads their values (``mask & (input_ids != pad)``) would be mistaken for the mask
+    alone. A path through ``Shape``/``Size`` reads only a shape (GPT-2's causal slice
+    reads ``Shape(Gather(wte, input_ids))``).
+    """
+    try:
+        nodes, leaves = ancestry([bias])
+    except SubgraphError:
+        return False
+    tainted = {id(v) for v in leaves if v is not mask and v.const_value is None}
+    inside = {id(node) for node in nodes}
+    for node in bias.graph if bias.graph is not None else ():
+        if id(node) not in inside or is_onnx_op(node, "Shape", "Size"):
+            continue
+        if any(v is not None and id(v) in tainted for v in node.inputs):
+            tainted.update(id(v) for v in node.outputs)
+    return id(bias) not in tainted

@@ -23,6 +23,8 @@ _KERNELS: dict[tuple[str, str], frozenset[str]] = {
     (MS_DOMAIN, "BiasGelu"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "MultiHeadAttention"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "Attention"): frozenset({"cpu", "cuda"}),
+    # CUDA's GroupQueryAttention is float16/bfloat16 only.
+    (MS_DOMAIN, "GroupQueryAttention"): frozenset({"cpu"}),
     (MS_DOMAIN, "RotaryEmbedding"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "EmbedLayerNormalization"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "FusedMatMul"): frozenset({"cpu", "cuda"}),

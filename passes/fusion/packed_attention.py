@@ -46,7 +46,7 @@ import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_op
 from optimizer.errors import RuntimeRefusedError
-from optimizer.runtime import SubgraphError, ancestry, evaluate
+from optimizer.runtime import evaluate
 from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._layout import last_dim, producer, rank, shape_tokens
@@ -58,6 +58,7 @@ from passes.fusion._probe import (
     probe_lengths,
     token_feeds,
     token_inputs_of,
+    values_only_from,
 )
 
 # A second probe, longer and padded differently, so a bias that happens to match the
@@ -228,28 +229,6 @@ def _probe_mask(model: ir.Model, bias: ir.Value, inputs: list[ir.Value], mask: n
     return True if np.array_equal(allowed, np.broadcast_to(causal, wanted)) else None
 
 
-def _values_only_from(bias: ir.Value, mask: ir.Value) -> bool:
-    """True if ``bias`` depends on no graph input's values but ``mask``'s: on the others only through shapes.
-
-    The probe feeds made-up values to the other inputs (ones for token ids); a bias that
-    reads their values (``mask & (input_ids != pad)``) would be mistaken for the mask
-    alone. A path through ``Shape``/``Size`` reads only a shape (GPT-2's causal slice
-    reads ``Shape(Gather(wte, input_ids))``).
-    """
-    try:
-        nodes, leaves = ancestry([bias])
-    except SubgraphError:
-        return False
-    tainted = {id(v) for v in leaves if v is not mask and v.const_value is None}
-    inside = {id(node) for node in nodes}
-    for node in bias.graph if bias.graph is not None else ():
-        if id(node) not in inside or is_onnx_op(node, "Shape", "Size"):
-            continue
-        if any(v is not None and id(v) in tainted for v in node.inputs):
-            tainted.update(id(v) for v in node.outputs)
-    return id(bias) not in tainted
-
-
 def _mask_kind(
     model: ir.Model, bias: ir.Value, max_sequence: int = DEFAULT_MAX_SEQUENCE
 ) -> tuple[ir.Value, bool] | str:
@@ -268,7 +247,7 @@ def _mask_kind(
     masks = [v for v in inputs if is_mask(v)]
     if len(masks) != 1:
         return "it reads no single input named like an attention mask"
-    if not _values_only_from(bias, masks[0]):
+    if not values_only_from(bias, masks[0]):
         return "it reads other inputs' values, not only the mask's"
     kinds = {_probe_mask(model, bias, inputs, mask) for mask in (PADDED_MASK, _LONGER_MASK)}
     if len(kinds) != 1 or kinds & {None, _REFUSED}:

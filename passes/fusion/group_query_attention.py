@@ -1,0 +1,461 @@
+"""Attention fusion, stage 3: decoder attention over a key/value cache into ``com.microsoft.GroupQueryAttention``.
+
+A decoder exported with a cache (the legacy exporter's and Optimum's
+``past_key_values.{i}.key`` → ``present.{i}.key``, the dynamo exporter's, ONNX Runtime
+GenAI's ``past_key_values.{i}.key`` → ``present.{i}.key``) appends each step's keys and
+values to the cache with ``Concat(past, new, axis=2)``, returns the result as the
+present, and attends over it; grouped-query models repeat each cached head for the
+query heads that share it (``Reshape(Expand(Unsqueeze(present, 2)))``). After
+``fuse-attention`` that is::
+
+    present_k = Concat(past_k, Transpose(Reshape(k, [0, 0, kv, d])), axis=2)   (same for v)
+    out = MultiHeadAttention(q, Repeat(present_k), Repeat(present_v), attention_bias)
+
+which becomes one kernel that appends to the cache, repeats no head and returns the
+present itself::
+
+    out, present_k, present_v = GroupQueryAttention(q, k, v, past_k, past_v, seqlens_k,
+                                                    total_sequence_length, attention_bias,
+                                                    query_seqlens, causal=1)
+
+The graph's inputs and outputs keep their names and shapes: a generation loop feeds the
+presents back as pasts exactly as before.
+
+Exactness, and what is proven where:
+
+- The op is told every row holds ``T = past + new`` tokens (``seqlens_k = T - 1``,
+  ``query_seqlens = S`` for every row), so its present is the same concatenation and
+  query ``s`` sits at absolute position ``P + s``. Padding stays where the exporter put
+  it: in the graph's own ``attention_bias``, which the op adds to the scores as before
+  (the cache is not compacted; a left-padded batch works as it did).
+- ``causal=1`` skips keys after each query's position. That is exact only if the bias
+  already masks them, so the bias is evaluated on ONNX Runtime (all-ones and padded
+  masks, prefill and decode shapes, then one decode step at each length
+  ``_probe.probe_lengths`` names up to ``--max-sequence``): every key after the query's
+  position must be at most -1e4 (``exp`` of that is 0 in float32), or the original must
+  refuse that length. A bias with a window, a prefix or no causal part is refused.
+  (ORT's CPU kernel refuses ``causal=0`` with several new tokens per row and a past, so
+  a bidirectional decoder keeps MultiHeadAttention.)
+- The repeated heads: the key read by the attention is ``Reshape(Expand(Unsqueeze(C, 2),
+  [B, kv, r, T, d]), [B, kv·r, T, d])`` over the cache ``C``, which is query head ``h``
+  reading cache head ``h // r``, GroupQueryAttention's grouping. The Expand and Reshape
+  targets are shape arithmetic; they are evaluated on the probe shapes and must be those
+  there. (MultiHeadAttention itself checks at run time that the key has the query's
+  batch, heads and head size, which leaves no other shape for an original that runs.)
+
+Rows differ only where nothing is defined: a query whose every key is masked (left
+padding under the causal mask) gets uniform weights over all keys from the exporter's
+bias and over the keys up to itself from the kernel; verification does not compare
+padded positions, of the logits or of the cache.
+
+Rotary embeddings stay outside the op (``fuse-rotary-embedding``'s RotaryEmbedding):
+GroupQueryAttention's own rotary reads only the first position of each row on a first
+prompt, which is wrong for a left-padded batch.
+
+Refuses (with the reason, counted per MultiHeadAttention) when: the op has a projection
+bias, key padding mask or its own past; key or value is not a cache ``Concat`` on axis 2
+whose first input is a 4-D graph input (possibly repeated per query head); key and value
+differ in repetition or head count; the heads do not divide; the cache's head count or
+head size is not static; there is no attention bias, or it is not provably causal at
+every probed length; or the probes cannot make up an input the bias reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.domains import MS_DOMAIN, is_onnx_op
+from optimizer.errors import RuntimeRefusedError
+from optimizer.runtime import evaluate
+from passes._utils import add_initializer, constant_array, replace_value
+from passes.fusion._base import FusionPass
+from passes.fusion._layout import head_split, producer
+from passes.fusion._probe import (
+    DEFAULT_MAX_SEQUENCE,
+    graph_inputs_of,
+    is_mask,
+    probe_lengths,
+    values_only_from,
+)
+
+# Probe shapes (batch, new tokens, past tokens): a padded prefill, a decode step and a
+# chunk of several new tokens over a past, on two rows padded at opposite ends.
+_PROBES = ((2, 7, 0), (2, 1, 6), (2, 3, 5), (1, 13, 0))
+# The most bias elements the long probes of one bias may evaluate (as pack-qkv's).
+_MAX_PROBED_ELEMENTS = 1 << 27
+# A bias entry at or below this is a masked key: exp(-1e4) underflows to 0 in float32.
+_MASKED = -1e4
+# Where the original graph refuses a probe, no fact is needed there.
+_REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class _Cache:
+    """One side (key or value) of a cached attention: ``present = Concat(past, new, axis=2)``, read repeated."""
+
+    concat: ir.Node
+    past: ir.Value  # a graph input [B, kv, P, d]
+    new: ir.Value  # [B, kv, S, d]
+    read: ir.Value  # what the attention reads: the present, or its per-query-head repetition
+    expand: ir.Node | None  # the repetition's Expand and Reshape, when there is one
+    reshape: ir.Node | None
+
+    @property
+    def present(self) -> ir.Value:
+        return self.concat.outputs[0]
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    node: ir.Node
+    key: _Cache
+    value: _Cache
+    num_heads: int
+    kv_heads: int
+    head_size: int
+    bias: ir.Value
+
+
+def _cache(read: ir.Value) -> _Cache | str:
+    """The cache a MultiHeadAttention key/value reads, through an optional head repetition, or why not."""
+    expand = reshape = None
+    concat = producer(read, "Concat")
+    if concat is None and (reshape := producer(read, "Reshape")) is not None:
+        expand = producer(reshape.inputs[0], "Expand")
+        unsqueeze = producer(expand.inputs[0], "Unsqueeze") if expand is not None else None
+        axes = constant_array(unsqueeze.inputs[1]) if unsqueeze is not None and len(unsqueeze.inputs) > 1 else None
+        if unsqueeze is None or axes is None or axes.reshape(-1).tolist() != [2]:
+            return "its key/value is neither a cache Concat nor one repeated per query head"
+        concat = producer(unsqueeze.inputs[0], "Concat")
+    if concat is None or len(concat.inputs) != 2 or concat.attributes.get_int("axis", 0) not in (2, -2):
+        return "its key/value is not a Concat of a past and new tokens on the sequence axis"
+    past, new = concat.inputs
+    if not past.is_graph_input() or past.shape is None or past.shape.rank() != 4:
+        return "the cache's past is not a 4-D graph input"
+    return _Cache(concat, past, new, read, expand, reshape)
+
+
+def _static(dim) -> int | None:
+    return dim if isinstance(dim, int) else None
+
+
+def _candidate(node: ir.Node) -> _Candidate | str:
+    inputs = list(node.inputs) + [None] * (8 - len(node.inputs))
+    if any(inputs[i] is not None for i in (3, 4, 6, 7)):
+        return "it has a projection bias, key padding mask or past state of its own"
+    if node.attributes.get_int("unidirectional", 0):
+        return "it is unidirectional"
+    key, value = _cache(inputs[1]), _cache(inputs[2])
+    if isinstance(key, str) or isinstance(value, str):
+        return key if isinstance(key, str) else value
+    if (key.expand is None) != (value.expand is None):
+        return "only one of key and value is repeated per query head"
+    kv_heads, head_size = _static(key.past.shape[1]), _static(key.past.shape[3])
+    if kv_heads is None or head_size is None:
+        return "the cache's head count or head size is not static"
+    if (_static(value.past.shape[1]), _static(value.past.shape[3])) != (kv_heads, head_size):
+        return "key and value caches differ in heads or head size"
+    num_heads = node.attributes.get_int("num_heads")
+    if num_heads % kv_heads or (key.expand is None and num_heads != kv_heads):
+        return f"{num_heads} query heads do not group over {kv_heads} cached heads"
+    bias = inputs[5]
+    if bias is None:
+        return "it has no attention bias (no causal mask to prove)"
+    return _Candidate(node, key, value, num_heads, kv_heads, head_size, bias)
+
+
+def _feeds(inputs: Sequence[ir.Value], batch: int, new: int, past: int, mask: np.ndarray) -> dict | str:
+    """Probe values for the graph inputs ``inputs``: the mask, cumulative positions, token ids of one, zero caches."""
+    feeds = {}
+    for value in inputs:
+        shape = value.shape
+        if shape is None:
+            return f"it reads {value.name}, whose shape is unknown"
+        dtype = value.dtype.numpy()
+        if shape.rank() == 4:
+            dims = [_static(d) for d in shape]
+            if dims[1] is None or dims[3] is None:
+                return f"it reads {value.name}, whose head count or head size is not static"
+            feeds[value.name] = np.zeros((batch, dims[1], past, dims[3]), dtype)
+        elif shape.rank() == 2 and is_mask(value):
+            feeds[value.name] = mask.astype(dtype)
+        elif shape.rank() == 2 and "position" in value.name.lower():
+            positions = np.cumsum(mask, axis=1) - 1
+            feeds[value.name] = np.where(mask == 0, 1, positions)[:, -new:].astype(dtype)
+        elif shape.rank() == 2 and value.dtype in (ir.DataType.INT64, ir.DataType.INT32):
+            feeds[value.name] = np.ones((batch, new), dtype)
+        else:
+            return f"it reads {value.name}, which the probes cannot make up"
+    return feeds
+
+
+def _probe_mask(batch: int, total: int) -> np.ndarray:
+    """Row 0 left-padded, the last row right-padded (a quarter each), unless the rows are too short to pad."""
+    mask = np.ones((batch, total), np.int64)
+    if total >= 4:
+        mask[0, : total // 4] = 0
+        mask[-1, total - total // 4 :] = 0
+    return mask
+
+
+def _causal_at(bias: np.ndarray, new: int, past: int) -> bool:
+    """True if the ``[B|1, N|1, S|1, T]`` bias masks every key after its query's position."""
+    total = past + new
+    if bias.ndim != 4 or bias.shape[2] not in (1, new) or bias.shape[3] != total:
+        return False
+    later = np.arange(total)[None, :] > (past + np.arange(new))[:, None]  # [S, T]
+    scores = np.broadcast_to(bias, (*bias.shape[:2], new, total))
+    return bool(np.all(scores[..., later] <= _MASKED))
+
+
+def _repeats(candidate: _Candidate, targets: list[np.ndarray], batch: int, total: int) -> bool:
+    """True if the repetitions' Expand and Reshape targets are ``[B, kv, r, T, d]`` and ``[B, kv*r, T, d]``.
+
+    Broadcasting lets the Expand target say 1 where the cache has the size; the Reshape
+    may copy the batch (0) or infer one dim (-1), but not copy axis 2 (that is ``r``).
+    """
+    group = candidate.num_heads // candidate.kv_heads
+    kv, d = candidate.kv_heads, candidate.head_size
+    for expand, reshape in zip(targets[0::2], targets[1::2], strict=True):
+        e, r = np.asarray(expand).reshape(-1).tolist(), np.asarray(reshape).reshape(-1).tolist()
+        if (
+            len(e) != 5
+            or e[2] != group
+            or any(got not in (want, 1) for got, want in zip(e, (batch, kv, group, total, d), strict=True))
+        ):
+            return False
+        if (
+            len(r) != 4
+            or r[1] != kv * group
+            or r[0] not in (batch, 0, -1)
+            or r[2] not in (total, -1)
+            or r[3] not in (d, -1)
+        ):
+            return False
+    return True
+
+
+class GroupQueryAttentionFusion(FusionPass):
+    """Rewrite MultiHeadAttention over a key/value cache into ``com.microsoft.GroupQueryAttention``.
+
+    See the module docstring for the forms, the proofs and the refusals; each
+    MultiHeadAttention is counted as fused or refused with its reason. ``max_sequence``
+    is the longest sequence the causal mask is proven at (``--max-sequence``).
+    """
+
+    fused_ops = ((MS_DOMAIN, "GroupQueryAttention"),)
+
+    def __init__(self, target: str = "cpu", max_sequence: int = DEFAULT_MAX_SEQUENCE) -> None:
+        super().__init__(target)
+        self.max_sequence = max_sequence
+
+    def fuse(self, model: ir.Model) -> int:
+        candidates = []
+        for node in [n for n in model.graph if n.op_type == "MultiHeadAttention" and n.domain == MS_DOMAIN]:
+            found = _candidate(node)
+            if isinstance(found, str):
+                self.refuse("MultiHeadAttention", found)
+            else:
+                candidates.append(found)
+        if not candidates:
+            return 0
+        proven = self._prove(model, candidates)
+        lengths: dict = {}
+        count = 0
+        for candidate in candidates:
+            reason = proven.get(id(candidate.node))
+            if reason is not None:
+                self.refuse("MultiHeadAttention", reason)
+                continue
+            self._rewrite(model, candidate, count, lengths)
+            self.done("MultiHeadAttention")
+            count += 1
+        if count:
+            model.graph.sort()
+        return count
+
+    def _prove(self, model: ir.Model, candidates: list[_Candidate]) -> dict[int, str]:
+        """Why each candidate (by node id) cannot be fused; absent when its bias and repetition hold at every probe."""
+        reasons: dict[int, str] = {}
+        biases = {id(c.bias): c.bias for c in candidates}
+        bias_reason: dict[int, str] = {}
+        for key, bias in biases.items():
+            inputs = graph_inputs_of([bias])
+            masks = [v for v in inputs or () if is_mask(v)]
+            if inputs is None or len(masks) != 1 or not values_only_from(bias, masks[0]):
+                bias_reason[key] = "its bias reads no single attention mask, or reads other inputs' values"
+                continue
+            probes = [(b, s, p, _probe_mask(b, s + p)) for b, s, p in _PROBES]
+            # At every length the trust rules name: a prefill of that many tokens, and two new
+            # tokens after a past that makes up the rest (the length may be the query's or the keys').
+            lengths = probe_lengths([bias], self.max_sequence)
+            if sum(n * n for n in lengths) > _MAX_PROBED_ELEMENTS:
+                bias_reason[key] = f"its causal mask cannot be probed up to --max-sequence {self.max_sequence}"
+                continue
+            for n in lengths:
+                probes += [(1, n, 0, np.ones((1, n), np.int64)), (1, 2, n - 2, np.ones((1, n), np.int64))]
+            for batch, new, past, mask in probes:
+                found = self._probe_bias(model, bias, inputs, batch, new, past, mask)
+                if found not in (True, _REFUSED):
+                    bias_reason[key] = (
+                        found
+                        if isinstance(found, str)
+                        else f"its bias does not mask every later key at {new} new tokens after {past} (not causal)"
+                    )
+                    break
+        for candidate in candidates:
+            if id(candidate.bias) in bias_reason:
+                reasons[id(candidate.node)] = bias_reason[id(candidate.bias)]
+        remaining = [c for c in candidates if id(c.node) not in reasons]
+        if remaining:
+            self._prove_shapes(model, remaining, reasons)
+        return reasons
+
+    @staticmethod
+    def _probe_bias(model, bias, inputs, batch, new, past, mask) -> bool | str:
+        feeds = _feeds(inputs, batch, new, past, mask)
+        if isinstance(feeds, str):
+            return feeds
+        try:
+            (value,) = evaluate(model, [bias], feeds)
+        except RuntimeRefusedError:
+            return _REFUSED
+        return _causal_at(value, new, past)
+
+    @staticmethod
+    def _prove_shapes(model: ir.Model, candidates: list[_Candidate], reasons: dict[int, str]) -> None:
+        """Evaluate, at two small probe shapes and for all layers at once, each query (it must have the
+        probe's new tokens: the lengths the op is given are computed once, from the first layer) and each
+        repetition's Expand and Reshape targets."""
+        targets = []
+        for c in candidates:
+            targets.append(c.node.inputs[0])
+            if c.key.expand is not None:
+                targets += [n.inputs[1] for n in (c.key.expand, c.key.reshape, c.value.expand, c.value.reshape)]
+        inputs = graph_inputs_of(targets)
+        for batch, new, past in ((2, 5, 0), (1, 1, 6)):
+            mask = np.ones((batch, new + past), np.int64)
+            feeds = None if inputs is None else _feeds(inputs, batch, new, past, mask)
+            try:
+                values = evaluate(model, targets, feeds) if isinstance(feeds, dict) else None
+            except RuntimeRefusedError:
+                values = None
+            position = 0
+            for candidate in candidates:
+                count = 5 if candidate.key.expand is not None else 1
+                found = None if values is None else values[position : position + count]
+                position += count
+                if found is None or found[0].shape[:2] != (batch, new):
+                    reasons.setdefault(id(candidate.node), "its query does not hold the new tokens at the probes")
+                elif count == 5 and not _repeats(candidate, found[1:], batch, new + past):
+                    reasons.setdefault(
+                        id(candidate.node),
+                        "its key/value repetition is not one cached head per group of query heads at the probes",
+                    )
+
+    def _rewrite(self, model: ir.Model, candidate: _Candidate, index: int, lengths: dict) -> None:
+        graph, node = model.graph, candidate.node
+        name = f"GroupQueryAttention_{index}"
+        counter = iter(range(1 << 30))
+
+        def add(op_type: str, inputs, **attributes) -> ir.Value:
+            number = next(counter)
+            made = ir.node(op_type, inputs, attributes, name=f"{name}/{op_type}_{number}")
+            made.outputs[0].name = f"{name}/{op_type}_{number}_output_0"
+            graph.insert_before(node, made)  # the caller sorts the graph afterwards
+            return made.outputs[0]
+
+        query = node.inputs[0]
+        key = self._hidden(graph, candidate.key, candidate, add)
+        value = self._hidden(graph, candidate.value, candidate, add)
+        seqlens, total, query_lengths = self._lengths(graph, candidate, query, add, lengths)
+        attributes = {"num_heads": candidate.num_heads, "kv_num_heads": candidate.kv_heads, "causal": 1}
+        if "scale" in node.attributes:
+            attributes["scale"] = node.attributes.get_float("scale")
+        inputs = [query, key, value, candidate.key.past, candidate.value.past, seqlens, total]
+        inputs += [None, None, None, candidate.bias, None, None, None, None, None, query_lengths]
+        fused = ir.node(
+            "GroupQueryAttention",
+            inputs,
+            attributes,
+            domain=MS_DOMAIN,
+            num_outputs=3,
+            name=f"{name}/GroupQueryAttention",
+        )
+        for output, suffix in zip(fused.outputs, ("output", "present_key", "present_value"), strict=True):
+            output.name = f"{name}/{suffix}"
+        graph.insert_before(node, fused)
+        output = node.outputs[0]
+        fused.outputs[0].shape, fused.outputs[0].type = output.shape, output.type
+        replace_value(output, fused.outputs[0])
+        for side, present in ((candidate.key, fused.outputs[1]), (candidate.value, fused.outputs[2])):
+            present.shape, present.type = side.present.shape, side.present.type
+            # The shapes of the present and of its repetition may feed this layer's own bias (the
+            # exporter's total length, fuse-attention's broadcast target): they are computed from
+            # the past and the new tokens instead, which come before the op.
+            for read, heads in ((side.present, candidate.kv_heads), (side.read, candidate.num_heads)):
+                for user, _ in list(read.uses()):
+                    if is_onnx_op(user, "Shape") and not user.outputs[0].is_graph_output():
+                        replace_value(user.outputs[0], self._cache_shape(graph, side, heads, user, add, lengths))
+            replace_value(side.present, present)
+
+    @staticmethod
+    def _cache_shape(graph: ir.Graph, side: _Cache, heads: int, shape: ir.Node, add, lengths: dict) -> ir.Value:
+        """``[B, heads, P + S, d][start:end]``: the shape of the present (or its repetition) without reading it."""
+        start, end = shape.attributes.get_int("start", 0), shape.attributes.get_int("end", 4)
+        key = (heads, _static(side.past.shape[3]), start, end)
+        if key not in lengths:
+
+            def constant(label: str, values: list[int]) -> ir.Value:
+                return add_initializer(graph, f"GroupQueryAttention/{label}", np.array(values, np.int64))
+
+            parts = [lengths["batch"], constant(f"heads_{heads}", [heads]), lengths["total"]]
+            parts.append(constant(f"head_size_{key[1]}", [key[1]]))
+            whole = add("Concat", parts, axis=0)
+            if (start, end) != (0, 4):
+                whole = add("Slice", [whole, constant(f"start_{start}", [start]), constant(f"end_{end}", [end])])
+            lengths[key] = whole
+        return lengths[key]
+
+    @staticmethod
+    def _hidden(graph: ir.Graph, side: _Cache, candidate: _Candidate, add) -> ir.Value:
+        """The new tokens as ``[B, S, kv*d]``: the head split's input, or the 4-D tensor transposed and merged."""
+        split = head_split(side.new, (0, 2, 1, 3))
+        if split is not None and split.heads in (candidate.kv_heads, None) and split.head_size == candidate.head_size:
+            return split.hidden
+        transposed = add("Transpose", [side.new], perm=[0, 2, 1, 3])
+        width = candidate.kv_heads * candidate.head_size
+        target = add_initializer(graph, f"{side.concat.name}/merged_heads", np.array([0, 0, width], np.int64))
+        return add("Reshape", [transposed, target])
+
+    @staticmethod
+    def _lengths(graph: ir.Graph, candidate: _Candidate, query: ir.Value, add, lengths: dict):
+        """``seqlens_k``, ``total_sequence_length`` and ``query_seqlens``, built once per graph.
+
+        From the first layer's past and query: every layer's past has the same length when the
+        original runs (its present's length must match the one mask-derived bias, proven at the
+        probes to span past + new tokens), and every query holds the new tokens (probed).
+        ``lengths`` also keeps the batch and the total as int64 ``[1]`` for ``_cache_shape``.
+        """
+        if "seqlens" in lengths:
+            return lengths["seqlens"], lengths["total_sequence_length"], lengths["query_seqlens"]
+        int32 = ir.DataType.INT32
+        past = candidate.key.past
+        batch = add("Shape", [past], start=0, end=1)
+        total = add("Add", [add("Shape", [past], start=2, end=3), add("Shape", [query], start=1, end=2)])
+        total32 = add("Cast", [total], to=int32)
+        one = add_initializer(graph, "GroupQueryAttention/one", np.array([1], np.int32))
+        scalar = add_initializer(graph, "GroupQueryAttention/scalar_shape", np.array([], np.int64))
+        new32 = add("Cast", [add("Shape", [query], start=1, end=2)], to=int32)
+        lengths.update(
+            batch=batch,
+            total=total,
+            seqlens=add("Expand", [add("Sub", [total32, one]), batch]),
+            total_sequence_length=add("Reshape", [total32, scalar]),
+            query_seqlens=add("Expand", [new32, batch]),
+        )
+        return lengths["seqlens"], lengths["total_sequence_length"], lengths["query_seqlens"]
