@@ -34,6 +34,7 @@ from optimizer.runtime import calling_onnxruntime, open_session, session_options
 _IDS_NAME = re.compile(r"input_ids|^ids$|tokens", re.IGNORECASE)
 _MASK_NAME = re.compile(r"mask", re.IGNORECASE)
 _POSITION_NAME = re.compile(r"position", re.IGNORECASE)
+_LOGITS_NAME = re.compile(r"logit", re.IGNORECASE)
 _CACHE_WORDS = frozenset({"past", "present", "cache", "kv"})
 _KINDS = {"key": "key", "k": "key", "value": "value", "v": "value"}
 _PAD_ID = 0
@@ -109,7 +110,7 @@ def recognise_causal_lm(model: ir.Model) -> CausalLM | str:
     known = {ids.name} | {v.name for v in (mask, positions) if v is not None}
     if not any(_cache_words(v.name) or (_rank(v) == 4 and _kind(v) == "f") for v in inputs if v.name not in known):
         return "no input is a key/value cache (such as past_key_values.{i}.key/value)"
-    logits = next((v for v in outputs if v.name == "logits"), None) or _pick(outputs, re.compile("logit"), kinds="f")
+    logits = next((v for v in outputs if v.name == "logits"), None) or _pick(outputs, _LOGITS_NAME, kinds="f")
     if logits is None:
         rank3 = [v for v in outputs if _rank(v) == 3 and _kind(v) == "f" and not _cache_words(v.name)]
         logits = rank3[0] if len(rank3) == 1 else None
@@ -382,7 +383,7 @@ class CausalLMSession:
         """One step with the cache bound on the GPU: pasts are the last step's presents, never copied to the host."""
         binding = self.session.io_binding()
         for name, array in feeds.items():
-            binding.bind_cpu_input(name, array)
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for pair, value in zip(self.lm.cache, cache):
             if isinstance(value, np.ndarray):  # the empty cache before the prompt
                 binding.bind_cpu_input(pair.past, value)
@@ -412,8 +413,8 @@ class CausalLMSession:
                 yield
         except RuntimeRefusedError as error:
             raise InvalidModelError(
-                f"{self.path}: ONNX Runtime cannot run it at {total} tokens (past and new; is a position table "
-                f"shorter? try a smaller --prompt-length or --new-tokens): {error.reason}"
+                f"{self.path}: ONNX Runtime cannot run it at {total} tokens, past and new (is its position table "
+                f"shorter? try a smaller --prompt-length or --new-tokens, or shorter text): {error.reason}"
             ) from error
 
     def check_cache_pairs(self) -> None:

@@ -234,7 +234,7 @@ def _generation_table(provider: ProviderResult) -> Table:
         padding=(0, 1),
         pad_edge=False,
     )
-    columns = ("batch", "model", "TTFT ms", "TTFT p90", "ms/token", "tokens/s", "TTFT ratio", "95% CI")
+    columns = ("batch", "model", "TTFT ms", "TTFT p90", "ms/step", "tokens/s", "TTFT ratio", "95% CI")
     for column in (*columns, "tokens/s ratio", "95% CI "):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for g in provider.generation:
