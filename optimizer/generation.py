@@ -8,7 +8,9 @@ key/value they hold (``past_key_values.{i}.key`` → ``present.{i}.key``, as Opt
 and ONNX Runtime GenAI name them; ``past_key_{i}`` → ``present_key_{i}``), and by shape where they do
 not: an input and an output of the same type and rank whose dims agree but for one that grows (a
 past's ``past_sequence`` and a present's ``total_sequence`` or ``past_sequence + sequence``).
-``recognise_causal_lm`` returns the layout, or the reason it is not one.
+``recognise_causal_lm`` returns the layout, or the reason it is not one; a probe step on ONNX
+Runtime (``CausalLMSession.check_cache_pairs``) then finds which present carries each past
+forward, re-pairing caches whose shapes could not tell them apart.
 
 ``CausalLMSession`` steps one such model the way transformers' ``generate`` does: left-padded
 prompts with an attention mask, position ids ``cumsum(mask) - 1`` (pads at 1), presents fed back
@@ -19,6 +21,7 @@ the token ids, mask and positions go up and the logits come down.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -418,11 +421,12 @@ class CausalLMSession:
             ) from error
 
     def check_cache_pairs(self) -> None:
-        """One step after a random cache of two positions: each present must begin with its past.
+        """One step after a random cache of two positions: each past must come back at the start of a present.
 
-        Pairs matched by shape alone could be crossed (every cache of a model often has one
-        shape), and an output that grows but does not carry the past forward is no cache;
-        either is an ``InvalidModelError``.
+        The present that carries a past forward is its pair, whatever names or shapes said:
+        pairs matched by shape alone can be crossed (every cache of a model often has one
+        shape), and are re-paired here (``matched_by`` becomes ``"probe"``). A past that no
+        present carries forward is an ``InvalidModelError``: those outputs are not its cache.
         """
         rng = np.random.default_rng(0)
         cache = [
@@ -432,15 +436,28 @@ class CausalLMSession:
             for pair in self.lm.cache
         ]
         _, present = self.forward(np.ones((1, 1), dtype=np.int64), np.ones((1, 3), dtype=np.int64), cache)
-        for pair, past, value in zip(self.lm.cache, cache, present):
-            array = value if isinstance(value, np.ndarray) else value.numpy()
-            carried = np.take(array, [0, 1], axis=pair.sequence_axis).astype(np.float64)
-            if not np.allclose(carried, past.astype(np.float64), rtol=1e-3, atol=1e-3):
+        arrays = [value if isinstance(value, np.ndarray) else value.numpy() for value in present]
+        pairs = []
+        for pair, past in zip(self.lm.cache, cache):
+            holders = [
+                self.lm.cache[index].present
+                for index, array in enumerate(arrays)
+                if _begins_with(array, past, pair.sequence_axis)
+            ]
+            if len(holders) != 1:
                 raise InvalidModelError(
-                    f"{self.path}: output '{pair.present}' does not begin with input '{pair.past}' after a step, "
-                    f"so they are not a cache pair (matched by {pair.matched_by}); name them like "
-                    "past_key_values.{i}.key and present.{i}.key"
+                    f"{self.path}: {'no output' if not holders else 'more than one output'} begins with cache "
+                    f"input '{pair.past}' after a step: its outputs do not carry the cache forward"
                 )
+            if holders[0] == pair.present:
+                pairs.append(pair)
+            else:
+                pairs.append(dataclasses.replace(pair, present=holders[0], matched_by="probe"))
+        if len({pair.present for pair in pairs}) != len(pairs):
+            raise InvalidModelError(f"{self.path}: two cache inputs come back in one output after a step")
+        if tuple(pairs) != self.lm.cache:
+            self.lm = dataclasses.replace(self.lm, cache=tuple(pairs))
+            self.output_names = [self.lm.logits, *(pair.present for pair in pairs)]
 
     def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Logits at every position of ``ids`` (one step over the whole sequence, empty cache): teacher forcing."""
@@ -468,6 +485,16 @@ class CausalLMSession:
             tokens.append(token)
         decode = time.perf_counter() - started
         return GreedyRun(np.concatenate(tokens, axis=1).astype(np.int64), first, decode)
+
+
+def _begins_with(array: np.ndarray, past: np.ndarray, axis: int) -> bool:
+    """Whether ``array`` holds ``past`` at its first positions along ``axis`` (and is shaped like it elsewhere)."""
+    if array.ndim != past.ndim or array.shape[axis] < past.shape[axis]:
+        return False
+    if any(a != p for index, (a, p) in enumerate(zip(array.shape, past.shape)) if index != axis):
+        return False
+    carried = np.take(array, range(past.shape[axis]), axis=axis).astype(np.float64)
+    return bool(np.allclose(carried, past.astype(np.float64), rtol=1e-3, atol=1e-3))
 
 
 def _last_position(logits: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ no position ids and cache names that say nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -63,16 +62,22 @@ def with_noisy_lm_head(name: str, tmp_path, scale: float) -> str:
     return path
 
 
-def bigram_lm(path: str) -> str:
+def bigram_lm(path: str, carries_cache: bool = True) -> str:
     """A toy causal LM without attention mask or position ids: logits read the current token only,
-    and its cache (named ``state_in``/``state_out``) holds the token embeddings."""
+    and its cache (named ``state_in``/``state_out``) holds the token embeddings (the new ones
+    first, not after the past, without ``carries_cache``)."""
     rng = np.random.default_rng(3)
     graph = helper.make_graph(
         [
             helper.make_node("Gather", ["embedding", "input_ids"], ["embedded"]),
             helper.make_node("MatMul", ["embedded", "head"], ["logits"]),
             helper.make_node("Unsqueeze", ["embedded", "axis"], ["step_state"]),
-            helper.make_node("Concat", ["state_in", "step_state"], ["state_out"], axis=2),
+            helper.make_node(
+                "Concat",
+                ["state_in", "step_state"] if carries_cache else ["step_state", "state_in"],
+                ["state_out"],
+                axis=2,
+            ),
         ],
         "bigram",
         [
@@ -138,16 +143,36 @@ def test_pairs_caches_by_shape_where_names_say_nothing(tmp_path):
     CausalLMSession(path, lm, threads=1).check_cache_pairs()
 
 
-def test_crossed_pairs_are_caught_by_the_probe_step(tmp_path):
-    path = renamed(
-        "llama_kv_legacy", tmp_path, lambda name: name.replace("past_key_values", "in").replace("present", "out")
-    )
+def test_the_probe_step_pairs_what_shapes_cannot_tell_apart(tmp_path):
+    # Cache outputs in another order than their inputs, and names that say nothing: pairing by
+    # shape crosses them; the probe step finds which present carries each past, and the model
+    # generates what the original does.
+    model = ir.load(fixture("llama_kv_legacy"))
+    for value in [*model.graph.inputs, *model.graph.outputs]:
+        value.name = value.name.replace("past_key_values", "in").replace("present", "out")
+    logits, *presents = list(model.graph.outputs)
+    model.graph.outputs.clear()
+    model.graph.outputs.extend([logits, *presents[1::2], *presents[0::2]])  # values first
+    path = str(tmp_path / "reordered.onnx")
+    ir.save(model, path)
     lm = recognise_causal_lm(ir.load(path))
-    key, value, *rest = lm.cache
-    crossed = (dataclasses.replace(key, present=value.present), dataclasses.replace(value, present=key.present))
-    lm = dataclasses.replace(lm, cache=(*crossed, *rest))
-    with pytest.raises(InvalidModelError, match="'out.0.value' does not begin with input 'in.0.key'"):
-        CausalLMSession(path, lm, threads=1).check_cache_pairs()
+    assert (lm.cache[0].past, lm.cache[0].present, lm.cache[0].matched_by) == ("in.0.key", "out.0.value", "shape")
+    reordered = CausalLMSession(path, lm, threads=1)
+    reordered.check_cache_pairs()
+    assert [(pair.past, pair.present) for pair in reordered.lm.cache] == [
+        (f"in.{i}.{kind}", f"out.{i}.{kind}") for i in range(2) for kind in ("key", "value")
+    ]
+    assert {pair.matched_by for pair in reordered.lm.cache} == {"probe"}
+    ids, mask = random_prompts(2, 6, VOCAB, padded=True)
+    original = session(fixture("llama_kv_legacy")).greedy(ids, mask, 4).tokens
+    np.testing.assert_array_equal(reordered.greedy(ids, mask, 4).tokens, original)
+
+
+def test_outputs_that_do_not_carry_the_cache_forward_are_refused(tmp_path):
+    path = bigram_lm(str(tmp_path / "bigram.onnx"), carries_cache=False)
+    bigram = CausalLMSession(path, recognise_causal_lm(ir.load(path)), threads=1)
+    with pytest.raises(InvalidModelError, match="no output begins with cache input 'state_in'"):
+        bigram.check_cache_pairs()
 
 
 @pytest.mark.parametrize(
