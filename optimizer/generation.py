@@ -273,8 +273,8 @@ def _cache_pair(past: ir.Value, present: ir.Value, matched_by: str) -> CachePair
     axis = _growing_axis(past, present)
     if axis is None:
         return (
-            f"cache input '{past.name}' and output '{present.name}' have the same shape: "
-            "a cache that does not grow (a shared, fixed-size buffer) is not supported"
+            f"cache input '{past.name}' has no symbolic dim that output '{present.name}' makes longer: "
+            "a cache of fixed size (a shared buffer, a static export) is not supported"
         )
     shape = []
     for index, dim in enumerate(past.shape):

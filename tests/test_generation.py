@@ -187,6 +187,15 @@ def test_models_without_a_kv_cache_are_refused_with_a_reason(name, reason):
     assert reason in recognise_causal_lm(ir.load(fixture(name)))
 
 
+def test_a_cache_that_does_not_grow_is_refused():
+    # ONNX Runtime GenAI's shared buffers: the present is the past's buffer, of the same size.
+    model = ir.load(fixture("gpt2_kv_legacy"))
+    for value in model.graph.outputs[1:]:
+        value.shape = ir.Shape(["batch", 4, "past_sequence", 16])
+    reason = recognise_causal_lm(model)
+    assert "'past_key_values.0.key' has no symbolic dim that output 'present.0.key' makes longer" in reason
+
+
 # The generation loop
 
 
