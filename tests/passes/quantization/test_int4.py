@@ -338,3 +338,16 @@ def test_cli_quantize_int4_end_to_end_verified(tmp_path):
     record = next(r for r in json.loads(report.read_text())["passes"] if r["name"] == "quantize-int4")
     assert record["status"] == "applied" and "(int4 tolerance)" in record["twin"]
     assert "MatMulNBits" in computed_op_types(ir.load(output))
+
+
+def test_many_layers_rank_sensitivity_by_their_local_int4_error(monkeypatch):
+    # Past _EXHAUSTIVE_LAYERS the budget ranks layers by each one's own int4 output error
+    # (not the int8 estimate of the int8 passes) on sampled input rows.
+    monkeypatch.setattr("passes.quantization.int4._EXHAUSTIVE_LAYERS", 0)
+    monkeypatch.setattr("passes.quantization._base._EXHAUSTIVE_LAYERS", 0)
+    model = mlp(head=True)
+    budget = AccuracyBudget(min_cosine=0.9999)
+    quantization = Int4QuantizationPass(quantize_outputs=True, samples=samples(model, 16), budget=budget)
+    result = quantization(model.clone())
+    assert any("relative int4 error" in note for note in result.notes)
+    assert quantization.kept_float
