@@ -50,8 +50,11 @@ def text_from_arrays(arrays: Mapping[str, np.ndarray], lm: CausalLM, source: str
             f"{source}: '{lm.attention_mask}' must be 0/1 of the ids' shape {list(ids.shape)}, not {_kind(mask)}"
         )
     rows = tuple(row[keep.astype(bool)].astype(np.int64) for row, keep in zip(ids, mask))
-    if lm.vocab is not None and any(((row < 0) | (row >= lm.vocab)).any() for row in rows):
-        raise InputSpecError(f"{source}: '{lm.input_ids}' holds ids outside the vocabulary (0 to {lm.vocab - 1})")
+    # Gather reads negative indices from the end: a negative id would be scored as another token.
+    high = lm.vocab if lm.vocab is not None else np.iinfo(np.int64).max
+    if any(((row < 0) | (row >= high)).any() for row in rows):
+        limit = f"0 to {lm.vocab - 1}" if lm.vocab is not None else "no negative ids"
+        raise InputSpecError(f"{source}: '{lm.input_ids}' holds ids outside the vocabulary ({limit})")
     rows = tuple(row for row in rows if len(row) >= 2)
     if not rows:
         raise InputSpecError(f"{source}: no row holds two tokens: there is no next token to score")

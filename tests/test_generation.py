@@ -360,8 +360,9 @@ def test_generate_on_a_model_without_a_cache_is_one_line(capsys):
     assert "--generate needs a causal LM with a KV cache" in error and "no input is a key/value cache" in error
 
 
-def test_text_with_ids_outside_the_vocabulary_is_refused():
-    ids = np.full((1, 4), VOCAB, dtype=np.int64)
+@pytest.mark.parametrize("token", [VOCAB, -1])
+def test_text_with_ids_outside_the_vocabulary_is_refused(token):
+    ids = np.full((1, 4), token, dtype=np.int64)
     with pytest.raises(InputSpecError, match="outside the vocabulary"):
         compare(
             fixture("gpt2_kv_legacy"),
