@@ -9,15 +9,15 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
+from optimizer.options import INT4_METHODS
 from optimizer.protocol import Twin
 from optimizer.runtime import stream_values
-from passes._layers import Layer, bias_add, excluded, find_layers
+from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.quantization._base import _EXHAUSTIVE_LAYERS, _LOCAL_ROWS, QuantizationPass
 from passes.quantization._blockwise import Int4Weight, pack_nibbles, quantize_gptq, quantize_hqq, quantize_rtn
 from passes.quantization._twin import Int8Twin
 
-INT4_METHODS = ("rtn", "gptq", "hqq")
 # accuracy_level per target: 4 lets the CPU kernel quantize A to int8 per block and
 # multiply in integers (the fast path on x86 and Arm); CUDA's kernel dequantizes to
 # float16/float32 and ignores it, 0 states that.
@@ -50,11 +50,14 @@ class Int4QuantizationPass(QuantizationPass):
       with a note: nothing is fitted to random tokens.
     - With ``embeddings``, each constant float32 ``[rows, width]`` table read only by
       axis-0 ``Gather`` s becomes ``GatherBlockQuantized`` (uint8 data, 4 bits, blocks along
-      the width, always round-to-nearest). A table *tied* to an LM head quantized here
+      the width, rounded to nearest). A table *tied* to an LM head quantized here
       (the head's weight is the table or its transpose, by value) is stored once: the
-      head's packed ``[rows, blocks, block/2]`` weight is the lookup's data too (the
-      scales are two small tensors: the ops want them in different shapes). When the
-      head stays float the table does too (quantizing only the lookup adds a copy).
+      head's packed ``[rows, blocks, block/2]`` weight (and so its values, GPTQ's where
+      GPTQ chose them) is the lookup's data too (the scales are two small tensors: the
+      ops want them in different shapes). When the head stays float the table does too
+      (quantizing only the lookup adds a copy); a head with HQQ's float zero points
+      cannot be shared (GatherBlockQuantized reads uint8 zero points only): refused.
+      Tables under 65,536 values or whose width is not a multiple of the block stay float.
 
     The twin (kind ``"int4"``): the input with each chosen weight replaced by its
     dequantized float32 values, and at accuracy_level 4 each such layer's input
@@ -173,6 +176,7 @@ class Int4QuantizationPass(QuantizationPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._planned, self._applied = {}, {}
+        name_nodes(model.graph)  # the plan names tied heads by node name
         if self.embeddings:
             self._planned = self._plan_tables(model)
         result = super().call(model)
