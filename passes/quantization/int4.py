@@ -66,8 +66,9 @@ class Int4QuantizationPass(QuantizationPass):
     (measured equal to 1e-5 on ONNX Runtime 1.32, x86). Tables are their dequantized values.
 
     Refuses (stays float): non-float32 tensors, non-constant weights, weights that are
-    not 2-D, Gemm with transA/alpha/beta, and the layers ``QuantizationPass`` keeps
-    float (``exclude`` — which also matches Gather names — model outputs, the accuracy budget).
+    not 2-D, Gemm with transA/alpha/beta, packed-QKV com.microsoft ``Attention``, and the
+    layers ``QuantizationPass`` keeps float (``exclude`` — which also matches Gather
+    names — model outputs, the accuracy budget).
     """
 
     kinds = ("matmul", "gemm")
@@ -177,6 +178,10 @@ class Int4QuantizationPass(QuantizationPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._planned, self._applied = {}, {}
         name_nodes(model.graph)  # the plan names tied heads by node name
+        for node in model.graph:
+            if node.domain == MS_DOMAIN and node.op_type == "Attention":
+                # pack-qkv's packed weight has no 4-bit kernel; unpacked, Q, K and V are MatMuls.
+                self.refuse("Attention", "packed QKV weights have no 4-bit form (without pack-qkv they are MatMuls)")
         if self.embeddings:
             self._planned = self._plan_tables(model)
         result = super().call(model)

@@ -25,7 +25,7 @@ from passes.quantization._blockwise import (
 )
 from passes.quantization.int4 import Int4QuantizationPass
 from tests.helpers import FIXTURES, computed_op_types
-from tests.passes.quantization.graphs import mlp, samples, weights
+from tests.passes.quantization.graphs import attention, mlp, samples, weights
 
 
 def _model(nodes, inputs, outputs, initializers) -> ir.Model:
@@ -174,6 +174,12 @@ def test_refusals_near_misses():
         "1 of 2 MatMul stay float: weight has rank 3, not 2",
         "1 of 2 MatMul stay float: weight is not a constant",
     ]
+
+
+def test_packed_qkv_attention_is_named_as_left_float():
+    result = Int4QuantizationPass(quantize_outputs=True)(attention())
+    assert computed_op_types(result.model) == ["Cast", "Attention", "MatMulNBits", "Add"]
+    assert "1 of 1 Attention stay float: packed QKV weights have no 4-bit form" in result.refusals[0]
 
 
 def test_the_model_output_layer_stays_float_unless_asked():
