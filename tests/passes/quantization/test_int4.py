@@ -395,3 +395,15 @@ def test_pretrained_weights_quantize_close_to_float_and_to_their_twin():
             assert twin_distance < 1e-5
         else:  # int8 rounding of each layer's input meets ties that cascade (measured 1.3e-2 vs 0.37 from float)
             assert twin_distance < 0.1 * np.abs(int4_y - float_y[name]).max()
+
+
+def test_the_budget_through_the_api():
+    model = mlp(head=True)
+    feeds = samples(model, 16)
+    unbudgeted = optimize_with_report(model, quantize="int4", quantize_outputs=True, calibration=feeds)[1]
+    reached = next(r for r in unbudgeted.passes if r.name == "quantize-int4").cosine
+    _, report = optimize_with_report(
+        model, quantize="int4", quantize_outputs=True, calibration=feeds, min_cosine=min(1.0, reached + 1e-4)
+    )
+    record = next(r for r in report.passes if r.name == "quantize-int4")
+    assert record.status == "applied" and any("kept float" in note or "most sensitive" in note for note in record.notes)
