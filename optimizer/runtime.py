@@ -298,7 +298,10 @@ def evaluate(model: ir.Model, values: Sequence[ir.Value], feeds: Mapping[str, np
     initializers, inputs = [], []
     for leaf in leaves:
         if leaf.const_value is not None:
-            initializers.append(ir.serde.serialize_tensor(leaf.const_value))
+            tensor = leaf.const_value
+            if isinstance(tensor, ir.ExternalTensor):  # the proto goes to ONNX Runtime as bytes, without a folder
+                tensor = ir.tensor(tensor.numpy(), name=leaf.name)
+            initializers.append(ir.serde.serialize_tensor(tensor))
             initializers[-1].name = leaf.name
         else:
             inputs.append(ir.serde.serialize_value(leaf))
@@ -311,7 +314,13 @@ def evaluate(model: ir.Model, values: Sequence[ir.Value], feeds: Mapping[str, np
     )
     opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
     proto = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
-    session = open_session(proto.SerializeToString(), session_options(), ["CPUExecutionProvider"])
+    if sum(t.ByteSize() for t in initializers) < _IN_MEMORY_LIMIT_BYTES:
+        session = open_session(proto.SerializeToString(), session_options(), ["CPUExecutionProvider"])
+    else:  # past protobuf's 2 GiB: through a folder, the weights as external data
+        with tempfile.TemporaryDirectory(prefix="graphopt-probe-") as folder:
+            path = os.path.join(folder, "probe.onnx")
+            onnx.save_model(proto, path, save_as_external_data=True, location="probe.onnx.data")
+            session = open_session(path, session_options(), ["CPUExecutionProvider"])
     needed = {meta.name for meta in session.get_inputs()}
     with calling_onnxruntime("evaluate the subgraph"):
         return session.run([value.name for value in values], {k: v for k, v in feeds.items() if k in needed})

@@ -6,6 +6,16 @@ the output's root mean square) using per-dtype tolerances; NaNs must be NaN in t
 places, integer, boolean and string outputs must match exactly. Both models run with
 ONNX Runtime's graph optimizations disabled, so the check sees exactly the graph we
 wrote rather than ORT's own rewrite of it.
+
+A deep model can amplify float32 rounding far beyond ``rtol``: a 30-layer language
+model on random tokens and a random cache moves its logits by 0.01 when ONNX Runtime
+merely fuses its RMSNorms at load time (on real text, by 5e-5). So each input set
+also measures the original's own float noise there, ``max |ORT_ENABLE_ALL -
+ORT_DISABLE_ALL|`` per output, and an element may differ by up to
+``NOISE_FACTOR`` times that as well: a rewrite is held to the tolerance, or to the
+rounding the original already shows under ONNX Runtime's own exact rewrites,
+whichever is larger. On inputs where ORT's rewrites change nothing measurable, the
+tolerance alone applies.
 """
 
 from __future__ import annotations
@@ -74,6 +84,14 @@ TWIN_TOLERANCES: dict[str, Tolerance] = {
 # scale off by 2x, rows out of order, one position scaled) is farther, in the rows it
 # touches. Measured margins in docs/benchmarks.md ("Twin tolerances").
 INT8_ROW_EXCESS = 1.25
+
+# How many times the original's own float noise (ORT_ENABLE_ALL against ORT_DISABLE_ALL,
+# on the same input set) an exact rewrite may differ: the two are independent draws of
+# the same rounding amplification, measured within 1.1x of each other on SmolLM2.
+NOISE_FACTOR = 4.0
+# Noise above this fraction of an output's RMS is not rounding but a different answer (an
+# ONNX Runtime optimizer bug on the original): it is capped there.
+NOISE_CAP = 1e-2
 
 # Passes that change numerics on purpose (int8, float16) are held to an accuracy
 # budget instead. Without one from the user, this floor only catches a broken
@@ -156,8 +174,14 @@ def compare_outputs(
     after: Mapping[str, Any],
     tolerances: Mapping[str, Tolerance] | None = None,
     skip: frozenset[str] = frozenset(),
+    noise: Mapping[str, float] | None = None,
 ) -> VerificationResult:
-    """Compare two runs' outputs, name by name, under ``tolerances`` (defaults per dtype)."""
+    """Compare two runs' outputs, name by name, under ``tolerances`` (defaults per dtype).
+
+    ``noise`` gives, per output, the original's own float noise (see the module
+    docstring): an element within ``NOISE_FACTOR`` times it passes too.
+    """
+    noise = noise or {}
     tolerances = DEFAULT_TOLERANCES if tolerances is None else tolerances
     result = VerificationResult()
     for name, expected in before.items():
@@ -166,15 +190,19 @@ def compare_outputs(
         if name not in after:
             result.checks.append(OutputCheck(name, False, math.inf, math.inf, f"output '{name}' is missing"))
             continue
-        result.checks.append(_compare_one(name, expected, after[name], tolerances))
+        result.checks.append(_compare_one(name, expected, after[name], tolerances, NOISE_FACTOR * noise.get(name, 0.0)))
     return result
 
 
-def _compare_one(name: str, expected: Any, actual: Any, tolerances: Mapping[str, Tolerance]) -> OutputCheck:
+def _compare_one(
+    name: str, expected: Any, actual: Any, tolerances: Mapping[str, Tolerance], floor: float = 0.0
+) -> OutputCheck:
     if isinstance(expected, list) or isinstance(actual, list):
         if not isinstance(expected, list) or not isinstance(actual, list) or len(expected) != len(actual):
             return OutputCheck(name, False, math.inf, math.inf, f"output '{name}': sequence length differs")
-        checks = [_compare_one(f"{name}[{i}]", e, a, tolerances) for i, (e, a) in enumerate(zip(expected, actual))]
+        checks = [
+            _compare_one(f"{name}[{i}]", e, a, tolerances, floor) for i, (e, a) in enumerate(zip(expected, actual))
+        ]
         worst = max(checks, key=lambda c: (not c.ok, c.max_abs_error), default=OutputCheck(name, True))
         return OutputCheck(name, worst.ok, worst.max_abs_error, worst.max_rel_error, worst.detail)
     if expected is None or actual is None:
@@ -214,7 +242,7 @@ def _compare_one(name: str, expected: Any, actual: Any, tolerances: Mapping[str,
     # near zero must not demand far more absolute precision than the large ones.
     magnitude = np.abs(np.where(both_finite, e, 0.0))
     scale = float(np.sqrt(np.mean(magnitude**2))) if magnitude.size else 0.0
-    within = diff <= tolerance.atol + tolerance.rtol * np.maximum(magnitude, scale)
+    within = diff <= np.maximum(tolerance.atol + tolerance.rtol * np.maximum(magnitude, scale), floor)
     ok = bool(within.all()) and not nan_mismatch.any() and not inf_mismatch.any()
     if ok:
         return OutputCheck(name, True, max_abs, max_rel)
@@ -225,6 +253,7 @@ def _compare_one(name: str, expected: Any, actual: Any, tolerances: Mapping[str,
         detail = (
             f"output '{name}': max abs error {max_abs:.3g} (max rel {max_rel:.3g}) exceeds "
             f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}"
+            + (f" and the original's own float noise x{NOISE_FACTOR:g} ({floor:.3g})" if floor > 0 else "")
         )
     return OutputCheck(name, False, max_abs, max_rel, detail)
 
@@ -302,6 +331,7 @@ class Verifier:
         self._sample_references: list[dict[str, Any]] | None = None
         self.input_sets: list[dict[str, np.ndarray]] = []
         self.references: list[dict[str, Any]] = []
+        self.noise: list[dict[str, float]] = []
         self.labels: list[str] = []
         self.dropped: list[str] = []
         self.masks = mask_inputs(original, input_sets[0]) if input_sets else []
@@ -311,6 +341,7 @@ class Verifier:
             if index == 0:
                 try:
                     self.references.append(self._run(original, inputs))
+                    self.noise.append(self._float_noise(original, inputs, self.references[-1]))
                 except RuntimeRefusedError as error:
                     if label.startswith("generated") and error.action == "run the model":
                         way_out = "give real inputs with --inputs FILE.npz, or pass --no-verify"
@@ -338,6 +369,7 @@ class Verifier:
             return False
         self.input_sets.append(dict(inputs))
         self.references.append(reference)
+        self.noise.append(self._float_noise(self._original, inputs, reference))
         self.labels.append(label)
         return True
 
@@ -351,9 +383,9 @@ class Verifier:
         worst = VerificationResult()
         try:
             with inference_session(candidate) as session:
-                for inputs, reference in zip(self.input_sets, self.references):
+                for inputs, reference, noise in zip(self.input_sets, self.references, self.noise):
                     outputs = hide_padded(run_session(session, inputs), padded_positions(inputs, self.masks), reference)
-                    result = compare_outputs(reference, outputs, self.tolerances, self.skipped)
+                    result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
                     if not result.ok:
                         return result
                     if result.max_abs_error >= worst.max_abs_error:
@@ -382,9 +414,10 @@ class Verifier:
         worst = VerificationResult(twin_error=0.0)
         try:
             with inference_session(candidate, optimization_level="all") as session:
-                for inputs, label, reference, before in zip(self.input_sets, self.labels, expected, self.references):
+                sets = zip(self.input_sets, self.labels, expected, self.references, self.noise)
+                for inputs, label, reference, before, noise in sets:
                     outputs = hide_padded(run_session(session, inputs), padded_positions(inputs, self.masks), reference)
-                    result = compare_outputs(reference, outputs, tolerances, self.skipped)
+                    result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
                     if not result.ok and twin.kind in ("int8", "int4"):
                         missed = [check.name for check in result.checks if not check.ok]
                         excess = int8_row_excess(reference, outputs, before, missed)
@@ -444,6 +477,29 @@ class Verifier:
     @staticmethod
     def _run(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
         return run_model(model, inputs)
+
+    def _float_noise(
+        self, original: ir.Model, inputs: Mapping[str, np.ndarray], reference: Mapping
+    ) -> dict[str, float]:
+        """Per float output, ``max |ORT_ENABLE_ALL - ORT_DISABLE_ALL|`` of the original on ``inputs`` (padded
+        positions aside); empty where ONNX Runtime's optimized run fails or the outputs are not finite."""
+        try:
+            with inference_session(original, optimization_level="all") as session:
+                optimized = run_session(session, inputs)
+        except RuntimeRefusedError:
+            return {}
+        optimized = hide_padded(optimized, padded_positions(inputs, self.masks), reference)
+        noise = {}
+        for name, expected in reference.items():
+            got = optimized.get(name)
+            if not isinstance(expected, np.ndarray) or not isinstance(got, np.ndarray) or got.shape != expected.shape:
+                continue
+            if expected.dtype.kind != "f" or got.dtype != expected.dtype or not np.isfinite(expected).all():
+                continue
+            if np.isfinite(got).all() and expected.size:
+                rms = float(np.sqrt(np.mean(expected.astype(np.float64) ** 2)))
+                noise[name] = min(float(np.max(np.abs(got.astype(np.float64) - expected))), NOISE_CAP * rms)
+        return noise
 
     def _nondeterministic_outputs(self, original: ir.Model) -> frozenset[str]:
         if not any(

@@ -89,8 +89,6 @@ _PROBES = ((2, 7, 0), (2, 1, 6), (2, 3, 5), (1, 13, 0))
 _MAX_PROBED_ELEMENTS = 1 << 27
 # A bias entry at or below this is a masked key: exp(-1e4) underflows to 0 in float32.
 _MASKED = -1e4
-# Where the original graph refuses a probe, no fact is needed there.
-_REFUSED = "refused"
 
 
 @dataclass(frozen=True)
@@ -118,6 +116,15 @@ class _Candidate:
     kv_heads: int
     head_size: int
     bias: ir.Value
+    # The bias before the Expands that only broadcast it (fuse-attention adds one per layer,
+    # whose target reads that layer's key): shared by every layer, probed once.
+    source: ir.Value
+
+
+def _unexpanded(bias: ir.Value) -> ir.Value:
+    while (expand := producer(bias, "Expand")) is not None:
+        bias = expand.inputs[0]
+    return bias
 
 
 def _cache(read: ir.Value) -> _Cache | str:
@@ -165,7 +172,7 @@ def _candidate(node: ir.Node) -> _Candidate | str:
     bias = inputs[5]
     if bias is None:
         return "it has no attention bias (no causal mask to prove)"
-    return _Candidate(node, key, value, num_heads, kv_heads, head_size, bias)
+    return _Candidate(node, key, value, num_heads, kv_heads, head_size, bias, _unexpanded(bias))
 
 
 def _feeds(inputs: Sequence[ir.Value], batch: int, new: int, past: int, mask: np.ndarray) -> dict | str:
@@ -279,79 +286,75 @@ class GroupQueryAttentionFusion(FusionPass):
         return count
 
     def _prove(self, model: ir.Model, candidates: list[_Candidate]) -> dict[int, str]:
-        """Why each candidate (by node id) cannot be fused; absent when its bias and repetition hold at every probe."""
+        """Why each candidate (by node id) cannot be fused; absent when its bias and shapes hold at every probe.
+
+        Also fills ``self._full``: the ids of bias sources that had the full ``[B|1, 1, S, T]``
+        shape at every probe, which the op can read without the per-layer Expand.
+        """
         reasons: dict[int, str] = {}
-        biases = {id(c.bias): c.bias for c in candidates}
         bias_reason: dict[int, str] = {}
-        for key, bias in biases.items():
-            inputs = graph_inputs_of([bias])
-            masks = [v for v in inputs or () if is_mask(v)]
-            if inputs is None or len(masks) != 1 or not values_only_from(bias, masks[0]):
-                bias_reason[key] = "its bias reads no single attention mask, or reads other inputs' values"
-                continue
-            probes = [(b, s, p, _probe_mask(b, s + p)) for b, s, p in _PROBES]
-            # At every length the trust rules name: a prefill of that many tokens, and two new
-            # tokens after a past that makes up the rest (the length may be the query's or the keys').
-            lengths = probe_lengths([bias], self.max_sequence)
-            if sum(n * n for n in lengths) > _MAX_PROBED_ELEMENTS:
-                bias_reason[key] = f"its causal mask cannot be probed up to --max-sequence {self.max_sequence}"
-                continue
-            for n in lengths:
-                probes += [(1, n, 0, np.ones((1, n), np.int64)), (1, 2, n - 2, np.ones((1, n), np.int64))]
-            for batch, new, past, mask in probes:
-                found = self._probe_bias(model, bias, inputs, batch, new, past, mask)
-                if found not in (True, _REFUSED):
-                    bias_reason[key] = (
-                        found
-                        if isinstance(found, str)
-                        else f"its bias does not mask every later key at {new} new tokens after {past} (not causal)"
-                    )
-                    break
+        self._full: set[int] = set()
+        for key, bias in {id(c.source): c.source for c in candidates}.items():
+            found = self._probe_causal(model, bias)
+            if isinstance(found, str):
+                bias_reason[key] = found
+            elif found:
+                self._full.add(key)
         for candidate in candidates:
-            if id(candidate.bias) in bias_reason:
-                reasons[id(candidate.node)] = bias_reason[id(candidate.bias)]
+            if id(candidate.source) in bias_reason:
+                reasons[id(candidate.node)] = bias_reason[id(candidate.source)]
         remaining = [c for c in candidates if id(c.node) not in reasons]
         if remaining:
             self._prove_shapes(model, remaining, reasons)
         return reasons
 
-    @staticmethod
-    def _probe_bias(model, bias, inputs, batch, new, past, mask) -> bool | str:
-        feeds = _feeds(inputs, batch, new, past, mask)
-        if isinstance(feeds, str):
-            return feeds
-        try:
-            (value,) = evaluate(model, [bias], feeds)
-        except RuntimeRefusedError:
-            return _REFUSED
-        return _causal_at(value, new, past)
+    def _probe_causal(self, model: ir.Model, bias: ir.Value) -> bool | str:
+        """Why ``bias`` is not provably causal, or whether it had the full ``[B|1, 1, S, T]`` shape at every probe."""
+        inputs = graph_inputs_of([bias])
+        masks = [v for v in inputs or () if is_mask(v)]
+        if inputs is None or len(masks) != 1 or not values_only_from(bias, masks[0]):
+            return "its bias reads no single attention mask, or reads other inputs' values"
+        probes = [(b, s, p, _probe_mask(b, s + p)) for b, s, p in _PROBES]
+        # At every length the trust rules name: a prefill of that many tokens, and two new
+        # tokens after a past that makes up the rest (the length may be the query's or the keys').
+        lengths = probe_lengths([bias], self.max_sequence)
+        if sum(n * n for n in lengths) > _MAX_PROBED_ELEMENTS:
+            return f"its causal mask cannot be probed up to --max-sequence {self.max_sequence}"
+        for n in lengths:
+            probes += [(1, n, 0, np.ones((1, n), np.int64)), (1, 2, n - 2, np.ones((1, n), np.int64))]
+        full = True
+        for batch, new, past, mask in probes:
+            feeds = _feeds(inputs, batch, new, past, mask)
+            if isinstance(feeds, str):
+                return feeds
+            try:
+                (value,) = evaluate(model, [bias], feeds)
+            except RuntimeRefusedError:
+                continue  # the original refuses this shape: nothing to keep
+            if not _causal_at(value, new, past):
+                return f"its bias does not mask every later key at {new} new tokens after {past} (not causal)"
+            full = full and value.shape[1:] == (1, new, past + new) and value.shape[0] in (1, batch)
+        return full
 
     @staticmethod
     def _prove_shapes(model: ir.Model, candidates: list[_Candidate], reasons: dict[int, str]) -> None:
-        """Evaluate, at two small probe shapes and for all layers at once, each query (it must have the
-        probe's new tokens: the lengths the op is given are computed once, from the first layer) and each
-        repetition's Expand and Reshape targets."""
-        targets = []
-        for c in candidates:
-            targets.append(c.node.inputs[0])
-            if c.key.expand is not None:
-                targets += [n.inputs[1] for n in (c.key.expand, c.key.reshape, c.value.expand, c.value.reshape)]
+        """Evaluate each repetition's Expand and Reshape targets at two small probe shapes (all layers at once)."""
+        repeated = [c for c in candidates if c.key.expand is not None]
+        if not repeated:
+            return
+        targets = [
+            n.inputs[1] for c in repeated for n in (c.key.expand, c.key.reshape, c.value.expand, c.value.reshape)
+        ]
         inputs = graph_inputs_of(targets)
         for batch, new, past in ((2, 5, 0), (1, 1, 6)):
             mask = np.ones((batch, new + past), np.int64)
             feeds = None if inputs is None else _feeds(inputs, batch, new, past, mask)
             try:
-                values = evaluate(model, targets, feeds) if isinstance(feeds, dict) else None
+                shapes = evaluate(model, targets, feeds) if isinstance(feeds, dict) else None
             except RuntimeRefusedError:
-                values = None
-            position = 0
-            for candidate in candidates:
-                count = 5 if candidate.key.expand is not None else 1
-                found = None if values is None else values[position : position + count]
-                position += count
-                if found is None or found[0].shape[:2] != (batch, new):
-                    reasons.setdefault(id(candidate.node), "its query does not hold the new tokens at the probes")
-                elif count == 5 and not _repeats(candidate, found[1:], batch, new + past):
+                shapes = None
+            for index, candidate in enumerate(repeated):
+                if shapes is None or not _repeats(candidate, shapes[4 * index : 4 * index + 4], batch, new + past):
                     reasons.setdefault(
                         id(candidate.node),
                         "its key/value repetition is not one cached head per group of query heads at the probes",
@@ -372,12 +375,15 @@ class GroupQueryAttentionFusion(FusionPass):
         query = node.inputs[0]
         key = self._hidden(graph, candidate.key, candidate, add)
         value = self._hidden(graph, candidate.value, candidate, add)
-        seqlens, total, query_lengths = self._lengths(graph, candidate, query, add, lengths)
+        layer_lengths = self._lengths(graph, candidate, query, add, lengths)
+        seqlens, total = layer_lengths["seqlens"], layer_lengths["total_sequence_length"]
+        query_lengths = layer_lengths["query_seqlens"]
         attributes = {"num_heads": candidate.num_heads, "kv_num_heads": candidate.kv_heads, "causal": 1}
         if "scale" in node.attributes:
             attributes["scale"] = node.attributes.get_float("scale")
         inputs = [query, key, value, candidate.key.past, candidate.value.past, seqlens, total]
-        inputs += [None, None, None, candidate.bias, None, None, None, None, None, query_lengths]
+        bias = candidate.source if id(candidate.source) in self._full else candidate.bias
+        inputs += [None, None, None, bias, None, None, None, None, None, query_lengths]
         fused = ir.node(
             "GroupQueryAttention",
             inputs,
@@ -400,7 +406,7 @@ class GroupQueryAttentionFusion(FusionPass):
             for read, heads in ((side.present, candidate.kv_heads), (side.read, candidate.num_heads)):
                 for user, _ in list(read.uses()):
                     if is_onnx_op(user, "Shape") and not user.outputs[0].is_graph_output():
-                        replace_value(user.outputs[0], self._cache_shape(graph, side, heads, user, add, lengths))
+                        replace_value(user.outputs[0], self._cache_shape(graph, side, heads, user, add, layer_lengths))
             replace_value(side.present, present)
 
     @staticmethod
@@ -432,30 +438,34 @@ class GroupQueryAttentionFusion(FusionPass):
         target = add_initializer(graph, f"{side.concat.name}/merged_heads", np.array([0, 0, width], np.int64))
         return add("Reshape", [transposed, target])
 
-    @staticmethod
-    def _lengths(graph: ir.Graph, candidate: _Candidate, query: ir.Value, add, lengths: dict):
-        """``seqlens_k``, ``total_sequence_length`` and ``query_seqlens``, built once per graph.
+    def _lengths(self, graph: ir.Graph, candidate: _Candidate, query: ir.Value, add, lengths: dict):
+        """``seqlens_k``, ``total_sequence_length`` and ``query_seqlens`` for one layer, and its batch and total.
 
-        From the first layer's past and query: every layer's past has the same length when the
-        original runs (its present's length must match the one mask-derived bias, proven at the
-        probes to span past + new tokens), and every query holds the new tokens (probed).
-        ``lengths`` also keeps the batch and the total as int64 ``[1]`` for ``_cache_shape``.
+        From the bias when it is read whole (its ``[.., S, T]`` shape is the new tokens and the
+        keys at every probe), once for all the layers that share it; otherwise from the layer's
+        own past and query. (GroupQueryAttention refuses, loudly, a query or cache whose lengths
+        disagree with these.)
         """
-        if "seqlens" in lengths:
-            return lengths["seqlens"], lengths["total_sequence_length"], lengths["query_seqlens"]
-        int32 = ir.DataType.INT32
-        past = candidate.key.past
-        batch = add("Shape", [past], start=0, end=1)
-        total = add("Add", [add("Shape", [past], start=2, end=3), add("Shape", [query], start=1, end=2)])
-        total32 = add("Cast", [total], to=int32)
-        one = add_initializer(graph, "GroupQueryAttention/one", np.array([1], np.int32))
-        scalar = add_initializer(graph, "GroupQueryAttention/scalar_shape", np.array([], np.int64))
-        new32 = add("Cast", [add("Shape", [query], start=1, end=2)], to=int32)
-        lengths.update(
-            batch=batch,
-            total=total,
-            seqlens=add("Expand", [add("Sub", [total32, one]), batch]),
-            total_sequence_length=add("Reshape", [total32, scalar]),
-            query_seqlens=add("Expand", [new32, batch]),
-        )
-        return lengths["seqlens"], lengths["total_sequence_length"], lengths["query_seqlens"]
+        full = id(candidate.source) in self._full
+        key = ("bias", id(candidate.source)) if full else ("layer", id(candidate.node))
+        if key not in lengths:
+            int32 = ir.DataType.INT32
+            past = candidate.key.past
+            batch = add("Shape", [past], start=0, end=1)
+            if full:
+                new = add("Shape", [candidate.source], start=2, end=3)
+                total = add("Shape", [candidate.source], start=3, end=4)
+            else:
+                new = add("Shape", [query], start=1, end=2)
+                total = add("Add", [add("Shape", [past], start=2, end=3), new])
+            total32 = add("Cast", [total], to=int32)
+            one = add_initializer(graph, "GroupQueryAttention/one", np.array([1], np.int32))
+            scalar = add_initializer(graph, "GroupQueryAttention/scalar_shape", np.array([], np.int64))
+            lengths[key] = {
+                "batch": batch,
+                "total": total,
+                "seqlens": add("Expand", [add("Sub", [total32, one]), batch]),
+                "total_sequence_length": add("Reshape", [total32, scalar]),
+                "query_seqlens": add("Expand", [add("Cast", [new], to=int32), batch]),
+            }
+        return lengths[key]
