@@ -65,6 +65,7 @@ import argparse
 import collections
 import re
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -130,9 +131,13 @@ def load_model(gguf_path: Path):
     """Load tokenizer and float32 model (dequantized) from the GGUF; return a plain LlamaForCausalLM."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # Load from a folder that holds only the GGUF: next to files saved by an earlier run (--out's
+    # tokenizer.json / tokenizer_config.json), from_pretrained would read those instead.
+    with tempfile.TemporaryDirectory() as folder:
+        name = gguf_path.name
+        (Path(folder) / name).symlink_to(gguf_path.resolve())
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     # Rebuild without the GGUF quantization_config so nothing quantizer-specific reaches the exporters.
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
@@ -443,6 +448,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--no-dynamo", action="store_true", help="skip the dynamo export")
     parser.add_argument("--no-legacy", action="store_true", help="skip the legacy export")
+    parser.add_argument("--data-only", action="store_true", help="write the GGUF, tokenizer and text sets only")
     parser.add_argument("--threads", type=int, default=2, help="torch / onnxruntime threads (default 2)")
     return parser.parse_args()
 
@@ -463,7 +469,7 @@ def main() -> None:
     exporters = {"legacy": export_legacy, "dynamo": export_dynamo}
     skipped = {"legacy": args.no_legacy, "dynamo": args.no_dynamo}
     for name, export in exporters.items():
-        if skipped[name]:
+        if skipped[name] or args.data_only:
             continue
         path = out_dir / f"smollm2_kv_{name}.onnx"
         start = time.perf_counter()
