@@ -265,6 +265,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--feeds", nargs="*", default=["decode", "prefill"], choices=["decode", "prefill"])
     parser.add_argument(
         "--quantize-slim", action="store_true", help="build int4/int8 from the slim graph (named slim+int4 ...)"
     )
@@ -308,7 +309,8 @@ def main() -> None:
     feeds = timing_feeds(sessions["original"], text["input_ids"])
     results["load_before"] = os.getloadavg()
     results["timing"] = {}
-    for label, inputs in () if args.no_timing else feeds.items():
+    for label in () if args.no_timing else args.feeds:
+        inputs = feeds[label]
         timing = interleaved(sessions, inputs, args.iterations, args.warmup)
         results["timing"][label] = timing
         for name, row in timing.items():
