@@ -26,8 +26,8 @@ import numpy as np
 import onnx_ir as ir
 
 _MASK_NAME = re.compile(r"mask", re.IGNORECASE)
-# Outputs laid out [batch, heads, positions, head_size] whose positions are the mask's.
-_CACHE_NAME = re.compile(r"present|cache|key|value", re.IGNORECASE)
+# Ops whose outputs after the first are a key/value cache with past and new positions.
+_CACHE_OPS = frozenset({"GroupQueryAttention", "MultiHeadAttention", "Attention"})
 
 
 def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
@@ -51,6 +51,42 @@ def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
     return names
 
 
+def cache_outputs(model: ir.Model) -> frozenset[str]:
+    """Graph outputs that are a decoder's key/value cache ``[batch, heads, past + new, head_size]``.
+
+    Decided from the graph, not the name: the output is ``Concat(past, new, axis=2)`` where
+    ``past`` is computed from a 4-D graph input (every exporter's cache update; the dynamo
+    exporter concatenates the input with an empty tensor first), or a fused attention op's
+    present.
+    """
+    names = set()
+    for value in model.graph.outputs:
+        node = value.producer()
+        if node is None:
+            continue
+        if node.op_type == "Concat" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
+            if node.attributes.get_int("axis", 0) in (2, -2) and _from_4d_input(node.inputs[0]):
+                names.add(value.name)
+        elif node.op_type in _CACHE_OPS and node.domain == "com.microsoft" and value is not node.outputs[0]:
+            names.add(value.name)
+    return frozenset(names)
+
+
+def _from_4d_input(value: ir.Value | None) -> bool:
+    """Whether ``value`` is computed from a 4-D graph input (only through ops that keep it 4-D: Concat, Cast...)."""
+    seen = 0
+    while value is not None and seen < 8:
+        if value.is_graph_input():
+            return value.shape is not None and value.shape.rank() == 4
+        node = value.producer()
+        if node is None or node.op_type not in ("Concat", "Identity", "Cast") or not node.inputs:
+            return False
+        # A Concat of the past with an empty tensor: follow the operand that is a graph input, if any.
+        value = next((v for v in node.inputs if v is not None and v.is_graph_input()), node.inputs[0])
+        seen += 1
+    return False
+
+
 def pads_both_ends(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> bool:
     """Whether some mask in ``inputs`` pads the start of a row and some the end of a row."""
     starts = any(np.any(np.asarray(inputs[name])[:, 0] == 0) for name in masks)
@@ -61,8 +97,8 @@ def pads_both_ends(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> bo
 def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple[dict[str, np.ndarray], str]:
     """A copy of ``inputs`` whose masks pad a row's start and a row's end, and a description of what changed.
 
-    With two or more rows the first row is padded on the left (its first quarter) and
-    the last on the right (its final quarter); a single row gets both (an eighth at
+    With two or more rows the last row that keeps a real token is padded on the right
+    (its final quarter) and the first other one on the left (its first quarter); a single row gets both (an eighth at
     each end). At least one position stays unpadded in every row. Other inputs are
     unchanged, so padded positions still hold real tokens, as a padded batch does.
     """
@@ -73,9 +109,14 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
         rows, length = mask.shape
         if rows >= 2:
             left, right = max(1, length // 4), max(1, length // 4)
-            mask[0, :left] = 0
-            mask[-1, length - right :] = 0
-            where = f"row 1's first {left} and row {rows}'s last {right} of {length} positions"
+            # The last row that keeps a real token when its end is padded (a left-padded
+            # prompt may hold only its last one), and the first other row for the start.
+            ends = [r for r in range(rows) if mask[r, : length - right].any()]
+            end_row = ends[-1] if ends else rows - 1
+            start_row = next((r for r in range(rows) if r != end_row and mask[r, left:].any()), 0)
+            mask[start_row, :left] = 0
+            mask[end_row, length - right :] = 0
+            where = f"row {start_row + 1}'s first {left} and row {end_row + 1}'s last {right} of {length} positions"
         elif length >= 3:
             left = right = max(1, length // 8)
             mask[0, :left] = 0
@@ -84,6 +125,10 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
         else:  # two positions: one real token, padding on the right only
             mask[0, -1] = 0
             where = f"the last of {length} positions"
+        # Never a fully padded row where there was a real token: it is compared (``padded_positions``)
+        # but means nothing.
+        emptied = ~mask.any(axis=1) & np.asarray(inputs[name]).any(axis=1)
+        mask[emptied] = np.asarray(inputs[name])[emptied]
         padded[name] = mask
         described.append(f"{name}: {where} padded")
     return padded, ", ".join(described)
@@ -103,11 +148,16 @@ def padded_positions(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> 
     return padding if padding.any() else None
 
 
-def hide_padded(outputs: Mapping[str, object], padding: np.ndarray | None, reference: Mapping[str, object]) -> dict:
+def hide_padded(
+    outputs: Mapping[str, object],
+    padding: np.ndarray | None,
+    reference: Mapping[str, object],
+    caches: frozenset[str] = frozenset(),
+) -> dict:
     """``outputs`` with the values at padded positions taken from ``reference`` (so they are not compared).
 
-    Only outputs laid out ``[batch, sequence, ...]`` like the mask are touched, and a
-    key/value cache named like one (``present.0.key``) laid out ``[batch, heads, sequence, d]``.
+    Only outputs laid out ``[batch, sequence, ...]`` like the mask are touched, and the
+    ``caches`` (``cache_outputs``) laid out ``[batch, heads, sequence, d]``.
     """
     if padding is None:
         return dict(outputs)
@@ -120,7 +170,7 @@ def hide_padded(outputs: Mapping[str, object], padding: np.ndarray | None, refer
             continue  # a different shape or dtype is a failure the comparison must still see
         if value.shape[:2] == padding.shape:
             where = padding.reshape(padding.shape + (1,) * (value.ndim - 2))
-        elif value.ndim == 4 and (value.shape[0], value.shape[2]) == padding.shape and _CACHE_NAME.search(name):
+        elif name in caches and value.ndim == 4 and (value.shape[0], value.shape[2]) == padding.shape:
             where = padding[:, None, :, None]
         else:
             continue

@@ -293,6 +293,15 @@ def evaluate(model: ir.Model, values: Sequence[ir.Value], feeds: Mapping[str, np
     ``SubgraphError`` for values computed through If/Loop/Scan and
     ``RuntimeRefusedError`` when ONNX Runtime cannot run the subgraph.
     """
+    return evaluator(model, values)(feeds)
+
+
+def evaluator(model: ir.Model, values: Sequence[ir.Value]) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
+    """``evaluate`` for many feeds: the subgraph is serialized and loaded once, then run per call.
+
+    Raises like ``evaluate``: ``SubgraphError`` here, ``RuntimeRefusedError`` here (ONNX
+    Runtime cannot load the subgraph) or from a call (it cannot run it on those feeds).
+    """
     nodes, leaves = ancestry(values)
     nodes = _in_topological_order(nodes)
     initializers, inputs = [], []
@@ -322,5 +331,10 @@ def evaluate(model: ir.Model, values: Sequence[ir.Value], feeds: Mapping[str, np
             onnx.save_model(proto, path, save_as_external_data=True, location="probe.onnx.data")
             session = open_session(path, session_options(), ["CPUExecutionProvider"])
     needed = {meta.name for meta in session.get_inputs()}
-    with calling_onnxruntime("evaluate the subgraph"):
-        return session.run([value.name for value in values], {k: v for k, v in feeds.items() if k in needed})
+    names = [value.name for value in values]
+
+    def run(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        with calling_onnxruntime("evaluate the subgraph"):
+            return session.run(names, {k: v for k, v in feeds.items() if k in needed})
+
+    return run

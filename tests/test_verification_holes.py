@@ -342,3 +342,31 @@ def test_a_two_token_row_is_padded_at_its_end_and_says_so():
     padded, how = padded_copy({"attention_mask": np.ones((1, 2), np.int64)}, ["attention_mask"])
     assert padded["attention_mask"].tolist() == [[1, 0]]
     assert how == "attention_mask: the last of 2 positions padded"
+
+
+def test_a_padded_copy_never_empties_a_row():
+    # A left-padded prompt holding only its last token is not padded at its end too: a fully
+    # padded row is still compared, and means nothing.
+    from optimizer.padding import padded_copy
+
+    mask = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 0, 1]])
+    padded = padded_copy({"attention_mask": mask}, ["attention_mask"])[0]["attention_mask"]
+    assert padded.any(axis=1).all()
+    assert (padded[:, 0] == 0).any() and (padded[:, -1] == 0).any()
+
+
+def test_only_outputs_computed_as_a_cache_hide_their_padded_positions():
+    # Decided from the graph (Concat of a 4-D past input on the sequence axis), not from names:
+    # an encoder's cache or an output merely named "value" is still compared everywhere.
+    from optimizer.padding import cache_outputs, hide_padded
+
+    for name in ("gpt2_kv_dynamo", "llama_kv_legacy"):
+        caches = cache_outputs(ir.load(FIXTURES / f"{name}.onnx"))
+        assert caches == {f"present.{i}.{kind}" for i in range(2) for kind in ("key", "value")}
+    assert not cache_outputs(ir.load(FIXTURES / "bert_legacy.onnx"))
+    padding = np.array([[True, False, False]])
+    reference = {"present.0.key": np.zeros((1, 2, 3, 4)), "value": np.zeros((1, 2, 3, 4))}
+    outputs = {name: array + 1 for name, array in reference.items()}
+    hidden = hide_padded(outputs, padding, reference, frozenset({"present.0.key"}))
+    assert (hidden["present.0.key"][:, :, 0] == 0).all() and (hidden["present.0.key"][:, :, 1:] == 1).all()
+    assert (hidden["value"] == 1).all()

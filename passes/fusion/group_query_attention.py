@@ -29,19 +29,26 @@ Exactness, and what is proven where:
   it: in the graph's own ``attention_bias``, which the op adds to the scores as before
   (the cache is not compacted; a left-padded batch works as it did).
 - ``causal=1`` skips keys after each query's position. That is exact only if the bias
-  already masks them, so the bias is evaluated on ONNX Runtime (all-ones and padded
-  masks, prefill and decode shapes, then one decode step at each length
-  ``_probe.probe_lengths`` names up to ``--max-sequence``): every key after the query's
-  position must be at most -1e4 (``exp`` of that is 0 in float32), or the original must
-  refuse that length. A bias with a window, a prefix or no causal part is refused.
-  (ORT's CPU kernel refuses ``causal=0`` with several new tokens per row and a past, so
-  a bidirectional decoder keeps MultiHeadAttention.)
+  already masks them, so the bias is evaluated on ONNX Runtime, on one session: padded
+  prefills, decode steps and chunks over a past on up to three rows; every total length
+  up to 8 as a prefill, a decode step and a two-token chunk; and at each length
+  ``_probe.probe_lengths`` names up to ``--max-sequence`` (and one less) a prefill and a
+  two-token chunk. Every key after the query's position must be at most -1e4 (``exp`` of
+  that is 0 in float32), or the original must refuse that shape. A sliding window or
+  any other extra masking is kept (the bias is still added); a bias with a prefix or
+  without a causal part is refused. (ORT's CPU kernel refuses ``causal=0`` with several
+  new tokens per row and a past, so a bidirectional decoder keeps MultiHeadAttention.)
+  The probes' masks hold 0 (pad) and 1 (attend), the attention mask's contract in every
+  exporter; a model that gives other values a meaning is outside it.
 - The repeated heads: the key read by the attention is ``Reshape(Expand(Unsqueeze(C, 2),
   [B, kv, r, T, d]), [B, kv·r, T, d])`` over the cache ``C``, which is query head ``h``
   reading cache head ``h // r``, GroupQueryAttention's grouping. The Expand and Reshape
-  targets are shape arithmetic; they are evaluated on the probe shapes and must be those
-  there. (MultiHeadAttention itself checks at run time that the key has the query's
-  batch, heads and head size, which leaves no other shape for an original that runs.)
+  targets are shape arithmetic; they are evaluated on the same probes (prefills only up
+  to 256 tokens: those run the whole network) and must be those there.
+- The bias, the query and the new keys must not be computed from the cache's contents;
+  the present's shape, where the bias reads it (a causal table sliced to the keys'
+  length), is recomputed from the past and the query.
+- ONNX Runtime 1.32 or newer (GroupQueryAttention's ``query_seqlens``); older ones decline.
 
 Rows differ only where nothing is defined: a query whose every key is masked (left
 padding under the causal mask) gets uniform weights over all keys from the exporter's
@@ -62,6 +69,7 @@ every probed length; or the probes cannot make up an input the bias reads.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -70,7 +78,7 @@ import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_op
 from optimizer.errors import RuntimeRefusedError
-from optimizer.runtime import evaluate
+from optimizer.runtime import evaluator, import_onnxruntime
 from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._layout import head_split, producer
@@ -83,8 +91,13 @@ from passes.fusion._probe import (
 )
 
 # Probe shapes (batch, new tokens, past tokens): a padded prefill, a decode step and a
-# chunk of several new tokens over a past, on two rows padded at opposite ends.
-_PROBES = ((2, 7, 0), (2, 1, 6), (2, 3, 5), (1, 13, 0))
+# chunk of several new tokens over a past, on rows padded at opposite ends; three rows.
+_PROBES = ((2, 7, 0), (2, 1, 6), (2, 3, 5), (1, 13, 0), (3, 4, 3))
+# Every total length up to this is probed as a prefill, a decode step and a chunk.
+_SHORT = 8
+# Prefills longer than this run the whole network when the repetition is probed: only the
+# decode step and the chunk are probed at longer lengths there.
+_LONGEST_NETWORK_PREFILL = 256
 # The most bias elements the long probes of one bias may evaluate (as pack-qkv's).
 _MAX_PROBED_ELEMENTS = 1 << 27
 # A bias entry at or below this is a masked key: exp(-1e4) underflows to 0 in float32.
@@ -150,6 +163,47 @@ def _static(dim) -> int | None:
     return dim if isinstance(dim, int) else None
 
 
+@functools.cache
+def _kernel_takes_query_lengths() -> bool:
+    """Whether the installed ONNX Runtime's GroupQueryAttention reads ``query_seqlens`` (input 16), which
+    makes several new tokens over a past exact at any batch; older runtimes refuse that or ignore it."""
+    schemas = import_onnxruntime().capi.onnxruntime_pybind11_state.get_all_operator_schema()
+    for schema in schemas:
+        if schema.name == "GroupQueryAttention" and schema.domain == MS_DOMAIN:
+            return any(formal.name == "query_seqlens" for formal in schema.inputs)
+    return False
+
+
+def _cache_values(side: _Cache) -> list[ir.Value]:
+    """The present and every value of its repetition up to what the attention reads."""
+    values = [side.present, side.read]
+    if side.expand is not None:
+        values += [side.expand.inputs[0], side.expand.outputs[0]]
+    return values
+
+
+def _reads_cache(values: list[ir.Value], cache: list[ir.Value]) -> str | None:
+    """``"values"`` if ``values`` are computed from the cache's contents, ``"shape"`` if only from
+    ``Shape`` of it (which the rewrite recomputes), else None."""
+    wanted = {id(v) for v in cache}
+    found, seen, stack = None, set(), [v for v in values if v is not None]
+    while stack:
+        node = stack.pop().producer()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for value in node.inputs:
+            if value is None:
+                continue
+            if id(value) in wanted:
+                if not is_onnx_op(node, "Shape"):
+                    return "values"
+                found = "shape"
+            else:
+                stack.append(value)
+    return found
+
+
 def _candidate(node: ir.Node) -> _Candidate | str:
     inputs = list(node.inputs) + [None] * (8 - len(node.inputs))
     if any(inputs[i] is not None for i in (3, 4, 6, 7)):
@@ -166,12 +220,19 @@ def _candidate(node: ir.Node) -> _Candidate | str:
         return "the cache's head count or head size is not static"
     if (_static(value.past.shape[1]), _static(value.past.shape[3])) != (kv_heads, head_size):
         return "key and value caches differ in heads or head size"
-    num_heads = node.attributes.get_int("num_heads")
+    num_heads = node.attributes.get_int("num_heads", 0)
+    if num_heads <= 0:
+        return "it has no head count"
     if num_heads % kv_heads or (key.expand is None and num_heads != kv_heads):
         return f"{num_heads} query heads do not group over {kv_heads} cached heads"
     bias = inputs[5]
     if bias is None:
         return "it has no attention bias (no causal mask to prove)"
+    cache = _cache_values(key) + _cache_values(value)
+    if _reads_cache([inputs[0], key.new, value.new], cache) is not None:
+        return "its query or new keys/values are computed from its own cache"
+    if _reads_cache([bias], cache) == "values":
+        return "its bias is computed from the cache's contents"
     return _Candidate(node, key, value, num_heads, kv_heads, head_size, bias, _unexpanded(bias))
 
 
@@ -261,6 +322,11 @@ class GroupQueryAttentionFusion(FusionPass):
         self.max_sequence = max_sequence
 
     def fuse(self, model: ir.Model) -> int:
+        if not _kernel_takes_query_lengths():
+            self.decline(
+                "this ONNX Runtime's GroupQueryAttention has no query_seqlens input (ONNX Runtime 1.32 or newer has)"
+            )
+            return 0
         candidates = []
         for node in [n for n in model.graph if n.op_type == "MultiHeadAttention" and n.domain == MS_DOMAIN]:
             found = _candidate(node)
@@ -308,27 +374,47 @@ class GroupQueryAttentionFusion(FusionPass):
             self._prove_shapes(model, remaining, reasons)
         return reasons
 
+    def _probes(self, values: list[ir.Value], prefill_limit: int) -> list[tuple[int, int, int, np.ndarray]] | str:
+        """(batch, new, past, mask) probes for facts about ``values``, or why they cannot be probed.
+
+        ``_PROBES``; every total up to ``_SHORT`` as a prefill, a decode step and a two-token
+        chunk; and at each length ``probe_lengths`` names (and one less: a comparison can
+        change at either side of a constant), a prefill (up to ``prefill_limit``) and a chunk.
+        """
+        probes = [(b, s, p, _probe_mask(b, s + p)) for b, s, p in _PROBES]
+        lengths = set(range(1, _SHORT + 1))
+        for n in probe_lengths(values, self.max_sequence):
+            lengths |= {n - 1, n}
+        if sum(n * n for n in lengths if n <= prefill_limit) > _MAX_PROBED_ELEMENTS:
+            return f"it cannot be probed up to --max-sequence {self.max_sequence}"
+        for n in sorted(lengths):
+            ones = np.ones((1, n), np.int64)
+            if n <= prefill_limit:
+                probes.append((1, n, 0, ones))
+            probes += [(1, 1, n - 1, ones)] if n <= _SHORT else []
+            probes += [(1, 2, n - 2, ones)] if n >= 2 else []
+        return probes
+
     def _probe_causal(self, model: ir.Model, bias: ir.Value) -> bool | str:
         """Why ``bias`` is not provably causal, or whether it had the full ``[B|1, 1, S, T]`` shape at every probe."""
         inputs = graph_inputs_of([bias])
         masks = [v for v in inputs or () if is_mask(v)]
         if inputs is None or len(masks) != 1 or not values_only_from(bias, masks[0]):
             return "its bias reads no single attention mask, or reads other inputs' values"
-        probes = [(b, s, p, _probe_mask(b, s + p)) for b, s, p in _PROBES]
-        # At every length the trust rules name: a prefill of that many tokens, and two new
-        # tokens after a past that makes up the rest (the length may be the query's or the keys').
-        lengths = probe_lengths([bias], self.max_sequence)
-        if sum(n * n for n in lengths) > _MAX_PROBED_ELEMENTS:
-            return f"its causal mask cannot be probed up to --max-sequence {self.max_sequence}"
-        for n in lengths:
-            probes += [(1, n, 0, np.ones((1, n), np.int64)), (1, 2, n - 2, np.ones((1, n), np.int64))]
+        probes = self._probes([bias], self.max_sequence)
+        if isinstance(probes, str):
+            return f"its causal mask: {probes}"
+        try:
+            run = evaluator(model, [bias])
+        except RuntimeRefusedError as error:
+            return f"its bias cannot be evaluated ({error.reason})"
         full = True
         for batch, new, past, mask in probes:
             feeds = _feeds(inputs, batch, new, past, mask)
             if isinstance(feeds, str):
                 return feeds
             try:
-                (value,) = evaluate(model, [bias], feeds)
+                (value,) = run(feeds)
             except RuntimeRefusedError:
                 continue  # the original refuses this shape: nothing to keep
             if not _causal_at(value, new, past):
@@ -336,9 +422,8 @@ class GroupQueryAttentionFusion(FusionPass):
             full = full and value.shape[1:] == (1, new, past + new) and value.shape[0] in (1, batch)
         return full
 
-    @staticmethod
-    def _prove_shapes(model: ir.Model, candidates: list[_Candidate], reasons: dict[int, str]) -> None:
-        """Evaluate each repetition's Expand and Reshape targets at two small probe shapes (all layers at once)."""
+    def _prove_shapes(self, model: ir.Model, candidates: list[_Candidate], reasons: dict[int, str]) -> None:
+        """Evaluate each repetition's Expand and Reshape targets on the probes (all layers in one session)."""
         repeated = [c for c in candidates if c.key.expand is not None]
         if not repeated:
             return
@@ -346,19 +431,30 @@ class GroupQueryAttentionFusion(FusionPass):
             n.inputs[1] for c in repeated for n in (c.key.expand, c.key.reshape, c.value.expand, c.value.reshape)
         ]
         inputs = graph_inputs_of(targets)
-        for batch, new, past in ((2, 5, 0), (1, 1, 6)):
-            mask = np.ones((batch, new + past), np.int64)
-            feeds = None if inputs is None else _feeds(inputs, batch, new, past, mask)
+        probes = self._probes(targets, _LONGEST_NETWORK_PREFILL)
+        try:
+            run = evaluator(model, targets) if inputs is not None and not isinstance(probes, str) else None
+        except RuntimeRefusedError:
+            run = None
+        failed: set[int] = set()
+        for batch, new, past, mask in probes if run is not None else [(0, 0, 0, None)]:
+            feeds = _feeds(inputs, batch, new, past, mask) if run is not None else None
+            if not isinstance(feeds, dict):
+                failed = {id(c.node) for c in repeated}
+                break
             try:
-                shapes = evaluate(model, targets, feeds) if isinstance(feeds, dict) else None
+                shapes = run(feeds)
             except RuntimeRefusedError:
-                shapes = None
+                continue  # the original refuses this shape
             for index, candidate in enumerate(repeated):
-                if shapes is None or not _repeats(candidate, shapes[4 * index : 4 * index + 4], batch, new + past):
-                    reasons.setdefault(
-                        id(candidate.node),
-                        "its key/value repetition is not one cached head per group of query heads at the probes",
-                    )
+                if not _repeats(candidate, shapes[4 * index : 4 * index + 4], batch, new + past):
+                    failed.add(id(candidate.node))
+        for candidate in repeated:
+            if id(candidate.node) in failed:
+                reasons.setdefault(
+                    id(candidate.node),
+                    "its key/value repetition is not one cached head per group of query heads at the probes",
+                )
 
     def _rewrite(self, model: ir.Model, candidate: _Candidate, index: int, lengths: dict) -> None:
         graph, node = model.graph, candidate.node
@@ -446,7 +542,10 @@ class GroupQueryAttentionFusion(FusionPass):
         own past and query. (GroupQueryAttention refuses, loudly, a query or cache whose lengths
         disagree with these.)
         """
-        full = id(candidate.source) in self._full
+        # The bias may read the present's shape (a causal table sliced to the keys' length),
+        # which the rewrite recomputes from these lengths: then they come from the layer.
+        cache = _cache_values(candidate.key) + _cache_values(candidate.value)
+        full = id(candidate.source) in self._full and _reads_cache([candidate.source], cache) is None
         key = ("bias", id(candidate.source)) if full else ("layer", id(candidate.node))
         if key not in lengths:
             int32 = ir.DataType.INT32

@@ -174,3 +174,101 @@ def test_the_default_pipeline_verifies_it_on_a_left_padded_prefill(name):
     )
     (record,) = [r for r in report.passes if r.name == _NAME]
     assert record.status == "applied", report.failures()
+
+
+def _adder(graph: ir.Graph, anchor: ir.Node):
+    def add(op, inputs, **attributes):
+        made = ir.node(op, inputs, attributes)
+        graph.insert_before(anchor, made)
+        return made.outputs[0]
+
+    return add
+
+
+def _wrap_shared_bias(model: ir.Model, build) -> ir.Model:
+    """``model`` with the bias every layer shares (before fuse-attention's per-layer Expands) replaced by
+    ``build(add, bias)``."""
+    model = model.clone()
+    graph = model.graph
+    first = next(n for n in graph if n.op_type == "MultiHeadAttention")
+    source = first.inputs[5]
+    while source.producer() is not None and source.producer().op_type == "Expand":
+        source = source.producer().inputs[0]
+    uses = list(source.uses())
+    wrapped = build(_adder(graph, first), source)
+    for user, index in uses:
+        user.replace_input_with(index, wrapped)
+    graph.sort()
+    return model
+
+
+@pytest.mark.parametrize(
+    ("axis", "compare", "limit", "where"),
+    [(1, "Less", 7, "after 0"), (0, "Greater", 2, "4 new tokens after 3")],
+    ids=["non-causal-below-7-keys", "non-causal-beyond-2-rows"],
+)
+def test_a_mask_non_causal_only_at_short_lengths_or_big_batches_is_refused(staged, axis, compare, limit, where):
+    # Causal everywhere but below 7 keys (or beyond 2 rows): the probes cover every total up
+    # to 8 and three rows.
+    def build(add, bias):
+        mask = next(v for v in staged["llama_kv_legacy"].graph.inputs if v.name == "attention_mask")
+        mask = next(v for v in bias.graph.inputs if v.name == mask.name)
+        size = add("Shape", [mask], start=axis, end=axis + 1)
+        bound = add_initializer(bias.graph, "bound", np.array([limit], np.int64))
+        zero = add_initializer(bias.graph, "open", np.array(0.0, np.float32))
+        return add("Where", [add(compare, [size, bound]), zero, bias])
+
+    fused, result = _fused(_wrap_shared_bias(staged["llama_kv_legacy"], build))
+    assert "GroupQueryAttention" not in {n.op_type for n in fused.graph}
+    assert any("not causal" in r and where in r for r in result.refusals), result.refusals
+
+
+def test_a_bias_sliced_to_the_presents_length_is_fused_without_a_cycle(staged):
+    # GPT-2's legacy attention slices its causal table by the key length read off the present
+    # (key.size(-2) after the cache concat): the present's shape is recomputed from the past and
+    # the query, not from the bias that reads it.
+    model = staged["llama_kv_legacy"].clone()
+    graph = model.graph
+    first = next(n for n in graph if n.op_type == "MultiHeadAttention")
+    shared = first.inputs[5]
+    while shared.producer().op_type == "Expand":
+        shared = shared.producer().inputs[0]
+    end = add_initializer(graph, "end", np.array([1 << 62], np.int64))
+    axes = add_initializer(graph, "axis_3", np.array([3], np.int64))
+    for index, node in enumerate([n for n in graph if n.op_type == "MultiHeadAttention"]):
+        present = next(v for v in graph.outputs if v.name == f"present.{index}.key")
+        add = _adder(graph, node)
+        start = add("Neg", [add("Shape", [present], start=2, end=3)])
+        node.replace_input_with(5, add("Slice", [shared, start, end, axes]))
+    graph.sort()
+    fused, result = _fused(model)
+    assert Counter(n.op_type for n in fused.graph)["GroupQueryAttention"] == 2, result.refusals
+    for feed in _feeds("llama_kv_legacy"):
+        _same_where_real(model, fused, feed)
+
+
+def test_a_repetition_that_tiles_heads_past_a_length_is_refused(staged):
+    # At batch 1 beyond 8 keys the Expand target becomes [2, kv, 1, T, d], which the Reshape to
+    # [1, 2 * kv, T, d] turns into the tiled order (query head h reads cache head h % kv) where
+    # GroupQueryAttention interleaves (h // 2): the targets are probed at the bias's lengths.
+    model = staged["llama_kv_legacy"].clone()
+    graph = model.graph
+    for side in ("key", "value"):
+        present = next(v for v in graph.outputs if v.name == f"present.0.{side}")
+        unsqueeze = next(u for u, _ in present.uses() if u.op_type == "Unsqueeze")
+        expand = next(u for u, _ in unsqueeze.outputs[0].uses() if u.op_type == "Expand")
+        add = _adder(graph, expand)
+        shape = add("Shape", [present])
+
+        def dim(i, add=add, shape=shape):
+            return add("Gather", [shape, add_initializer(graph, f"index_{i}", np.array([i], np.int64))], axis=0)
+
+        two = add_initializer(graph, "two", np.array([2], np.int64))
+        one = add_initializer(graph, "one", np.array([1], np.int64))
+        tiled = add("Concat", [two, dim(1), one, dim(2), dim(3)], axis=0)
+        eight = add_initializer(graph, "eight", np.array([8], np.int64))
+        expand.replace_input_with(1, add("Where", [add("Greater", [dim(2), eight]), tiled, expand.inputs[1]]))
+    graph.sort()
+    fused, result = _fused(model)
+    assert Counter(n.op_type for n in fused.graph)["GroupQueryAttention"] == 1, result.refusals
+    assert any("repetition is not one cached head" in r for r in result.refusals), result.refusals
