@@ -165,6 +165,14 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
         help="with --quantize int4: no zero points (range [-8, 7] x scale) instead of one per block",
     )
     group.add_argument(
+        "--int4-accuracy-level",
+        type=int,
+        choices=(0, 4),
+        metavar="L",
+        help="with --quantize int4: MatMulNBits' accuracy_level, 4 (int8 input, faster; default on cpu) or 0 "
+        "(float; default on cuda)",
+    )
+    group.add_argument(
         "--calibration",
         metavar="FILE.npz",
         help="sample inputs, many samples along axis 0: calibrate ranges, search the budget, measure accuracy",

@@ -28,6 +28,8 @@ QUANTIZE_MODES = ("dynamic", "static", "int4")
 # Weight-only int4 (--quantize int4): MatMulNBits' block sizes (powers of two, at least 16) and rounding methods.
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
 INT4_METHODS = ("rtn", "gptq", "hqq")
+# MatMulNBits' accuracy_level values graphopt writes (and its twin models): 0 float, 4 int8 input.
+INT4_ACCURACY_LEVELS = (0, 4)
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 IMPORTANCE_KINDS = ("magnitude", "activation")
 # Longest sequence a fusion that bakes a table (rotary cos/sin) supports by default.
@@ -66,6 +68,7 @@ class Options:
     block_size: int = field(default=32, metadata=_flag("--block-size", metavar="N"))
     int4_method: str = field(default="rtn", metadata=_flag("--int4-method", metavar="METHOD"))
     symmetric: bool = field(default=False, metadata=_flag("--symmetric"))
+    int4_accuracy_level: int | None = field(default=None, metadata=_flag("--int4-accuracy-level", metavar="L"))
     # Accuracy budget of the approximate passes.
     min_cosine: float | None = field(default=None, metadata=_flag("--min-cosine", metavar="X"))
     max_error: float | None = field(default=None, metadata=_flag("--max-error", metavar="X"))
@@ -88,6 +91,7 @@ class Options:
             object.__setattr__(self, name, _real(getattr(self, name)))
         object.__setattr__(self, "max_sequence", _integer(self.max_sequence))
         object.__setattr__(self, "block_size", _integer(self.block_size))
+        object.__setattr__(self, "int4_accuracy_level", _integer(self.int4_accuracy_level))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(f.default, bool) and not isinstance(value, bool):
@@ -103,6 +107,9 @@ class Options:
             raise OptionError(
                 f"--block-size {self.block_size}: expected one of {', '.join(map(str, INT4_BLOCK_SIZES))}"
             )
+        level = self.int4_accuracy_level
+        if level is not None and (isinstance(level, bool) or level not in INT4_ACCURACY_LEVELS):
+            raise OptionError(f"--int4-accuracy-level {level}: expected 0 (float) or 4 (int8 input)")
         _check_choice("--calibration-method", self.calibration_method, CALIBRATION_METHODS)
         _check_choice("--importance", self.importance, IMPORTANCE_KINDS, optional=True)
         for name in ("prune_ffn", "prune_heads", "prune_channels"):

@@ -21,7 +21,7 @@ from optimizer.protocol import PassContext, PassSpec, Request
 BOTH = frozenset(TARGETS)
 _INT8 = ("per_channel", "full_range_weights", "exclude", "quantize_outputs", "smooth")
 _PRUNING = ("importance", "global_ranking", "repair")
-_INT4 = ("block_size", "int4_method", "symmetric", "exclude", "quantize_outputs")
+_INT4 = ("block_size", "int4_method", "symmetric", "int4_accuracy_level", "exclude", "quantize_outputs")
 _NOT_WITH_FP16 = ("convert-float16",)
 _PRUNERS = ("prune-ffn", "prune-heads", "prune-channels")
 
@@ -54,6 +54,7 @@ def _int4(context: PassContext) -> dict[str, Any]:
         "method": options.int4_method,
         "symmetric": options.symmetric,
         "target": options.target,
+        "accuracy_level": options.int4_accuracy_level,
         "exclude": options.exclude,
         "quantize_outputs": options.quantize_outputs,
         "budget": context.budget,

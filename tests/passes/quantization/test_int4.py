@@ -336,6 +336,8 @@ def test_options_are_checked_once():
         Options(quantize="int4", block_size=48)
     with pytest.raises(OptionError, match="--int4-method awq"):
         Options(quantize="int4", int4_method="awq")
+    with pytest.raises(OptionError, match="--int4-accuracy-level 2: expected 0"):
+        Options(quantize="int4", int4_accuracy_level=2)
 
 
 def test_int4_options_without_int4_are_refused():
