@@ -12,7 +12,9 @@ model on random tokens and a random cache moves its logits by 0.01 when ONNX Run
 merely fuses its RMSNorms at load time (on real text, by 5e-5). So each input set
 also measures the original's own float noise there: per row of each output (its last
 axis: one token's logits, one cached position's head), ``max |ORT_ENABLE_ALL -
-ORT_DISABLE_ALL|``, capped at ``NOISE_CAP`` of the output's RMS. An element may
+ORT_DISABLE_ALL|`` (at least the median row's: where rounding cascades, which row
+it hits hardest varies from one rewrite to the next), capped at ``NOISE_CAP`` of the
+output's RMS. An element may
 differ by up to ``NOISE_FACTOR`` times its row's noise as well: a rewrite is held to
 the tolerance, or to the rounding the original already shows at that token under
 ONNX Runtime's own exact rewrites, whichever is larger. Per row, so that one
@@ -513,6 +515,11 @@ class Verifier:
             if np.isfinite(got).all() and expected.size and expected.ndim:
                 rms = float(np.sqrt(np.mean(expected.astype(np.float64) ** 2)))
                 rows = np.max(np.abs(got.astype(np.float64) - expected), axis=-1)
+                # A row is not held below the typical row: where rounding cascades, the row it
+                # happens to hit hardest differs from one rewrite to the next (on SmolLM2's
+                # generated inputs a fused RMSNorm's row error is up to 4.7x ORT's in that row,
+                # 3.4x its row or the median row, whichever is larger).
+                rows = np.maximum(rows, np.median(rows))
                 noise[name] = np.minimum(rows, NOISE_CAP * rms)
         return noise
 
