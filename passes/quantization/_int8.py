@@ -17,6 +17,14 @@ import numpy as np
 # products in int16 (vpmaddubsw), which saturates for full-range int8 weights.
 REDUCED_RANGE_MAX = 63
 FULL_RANGE_MAX = 127
+# Per-row activations: symmetric int8 in [-127, 127], one scale per row (max|x_row| / 127),
+# stored shifted by this zero point as uint8 so the kernels stay U8S8 (ONNX Runtime's S8S8
+# MatMulIntegerToFloat measured 10x slower than U8S8 on x86) and the zero point is one scalar,
+# which is all MatMulIntegerToFloat accepts. The smallest normal float32 floors the scale of
+# an all-zero row.
+ROW_LEVELS = 127
+ROW_ZERO_POINT = 128
+ROW_SCALE_FLOOR = np.finfo(np.float32).tiny
 
 
 @dataclass(frozen=True)

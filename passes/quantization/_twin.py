@@ -27,6 +27,7 @@ from onnxscript import version_converter
 
 from passes._layers import Layer, find_layers
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
+from passes.quantization._int8 import ROW_LEVELS, ROW_SCALE_FLOOR
 
 # DynamicQuantizeLinear's first opset; older models' twins are converted to the oldest
 # opset onnxscript's version converter targets.
@@ -67,6 +68,19 @@ class Int8Twin:
         """
         layer.node.replace_input_with(0, self._qdq(layer.activation, layer.node, scale, zero_point))
 
+    def quantize_input_rows(self, layer: Layer) -> None:
+        """Route the layer's data input through symmetric int8 rounding with one scale per row.
+
+        ``scale = max(max|x_row| / 127, float32's smallest normal)``; the input becomes
+        ``Round(x / scale) * scale``: what ``MatMulIntegerToFloat`` computes from the
+        per-row values and ``[..., 1]`` scales the dynamic pass stores (as uint8 + 128).
+        """
+        value = layer.activation
+        key = f"{value.name}\0rows"
+        if key not in self._dequantized:
+            self._dequantized[key] = self._row_rounded(value, layer.node)
+        layer.node.replace_input_with(0, self._dequantized[key])
+
     def quantize_output(self, node: ir.Node, scale: np.floating, zero_point: np.uint8) -> None:
         """Route every user of ``node``'s first output through one quantize-dequantize pair (a requantized output)."""
         output = node.outputs[0]
@@ -97,6 +111,35 @@ class Int8Twin:
         """The twin, with the float weights it replaced removed."""
         remove_dead_nodes(self.model)
         return self.model
+
+    def _row_rounded(self, value: ir.Value, before: ir.Node) -> ir.Value:
+        graph = self.model.graph
+        name = value.name
+
+        def constant(suffix: str, number, dtype) -> ir.Value:
+            return add_initializer(graph, f"{name}.twin_{suffix}", np.array(number, dtype=dtype))
+
+        if self.model.opset_imports.get("", self.model.opset_imports.get("ai.onnx", 1)) >= 18:
+            axes = [constant("row_axes", [-1], np.int64)]
+            attributes = [ir.AttrInt64("keepdims", 1)]
+        else:
+            axes, attributes = [], [ir.AttrInt64s("axes", [-1]), ir.AttrInt64("keepdims", 1)]
+        magnitude = ir.Node("", "Abs", [value])
+        peak = ir.Node("", "ReduceMax", [magnitude.outputs[0], *axes], attributes=attributes)
+        step = ir.Node("", "Div", [peak.outputs[0], constant("row_levels", ROW_LEVELS, np.float32)])
+        scale = ir.Node("", "Max", [step.outputs[0], constant("row_floor", ROW_SCALE_FLOOR, np.float32)])
+        divided = ir.Node("", "Div", [value, scale.outputs[0]])
+        rounded = ir.Node("", "Round", [divided.outputs[0]])
+        dequantized = ir.Node("", "Mul", [rounded.outputs[0], scale.outputs[0]])
+        nodes = [magnitude, peak, step, scale, divided, rounded, dequantized]
+        for index, node in enumerate(nodes):
+            node.name = f"{name}_twin_row_{index}"
+        result = dequantized.outputs[0]
+        result.name = f"{name}.twin_row_dequantized"
+        result.shape, result.type = value.shape, value.type
+        graph.insert_before(before, nodes)
+        self._sources[id(result)] = value
+        return result
 
     def _qdq(self, value: ir.Value, before: ir.Node, scale, zero_point) -> ir.Value:
         if value.name in self._dequantized:

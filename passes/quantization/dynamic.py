@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -17,7 +18,13 @@ from passes._layers import Layer, bias_add
 from passes._utils import add_initializer, replace_value
 from passes.quantization._attention import folded_weights, replace_with_qattention
 from passes.quantization._base import QuantizationPass
-from passes.quantization._int8 import claimed_weight, quantize_weight
+from passes.quantization._int8 import (
+    ROW_LEVELS,
+    ROW_SCALE_FLOOR,
+    ROW_ZERO_POINT,
+    claimed_weight,
+    quantize_weight,
+)
 from passes.quantization._twin import Int8Twin
 
 
@@ -37,6 +44,16 @@ class DynamicQuantizationPass(QuantizationPass):
     integer kernels compute) with the dequantized int8 weight as a float constant, the
     bias unchanged (the kernels add it in float), an Attention's ``scale`` folded.
 
+    With ``activation_scale="row"`` a MatMul/Gemm's input gets one scale per row (per
+    token) instead of one per tensor: symmetric int8 at ``max|x_row| / 127``, computed by
+    plain ops (``Abs``, ``ReduceMax``, ``Div``, ``Round``) and stored as uint8 shifted by
+    128, then com.microsoft ``MatMulIntegerToFloat`` with a ``[..., rows, 1]`` activation
+    scale (ONNX Runtime multiplies the scales into the integer product elementwise). A
+    decoder's few tokens with massive activations (SmolLM2-135M: one token 2,000x the
+    median at a down projection's input) then no longer set every token's step. Its twin
+    reads the input through the same per-row rounding written as float ops. Packed-QKV
+    ``Attention`` keeps a per-tensor scale (``QAttention`` takes a scalar).
+
     Refuses (layer stays float): non-float32 tensors, non-constant weights, Gemm with
     transA/alpha/beta, Attention with past/attention_bias/rotary inputs. Conv is not
     handled: ONNX Runtime's ConvInteger measured many times slower than float Conv on
@@ -47,28 +64,37 @@ class DynamicQuantizationPass(QuantizationPass):
     kinds = ("matmul", "gemm", "attention")
     twin_inputs = "through DynamicQuantizeLinear"
 
-    def __init__(self, **options) -> None:
+    def __init__(self, *, activation_scale: Literal["tensor", "row"] = "tensor", **options) -> None:
         super().__init__(**options)
-        self._shared: dict[str, tuple[ir.Value, ...] | None] = {}
+        if activation_scale not in ("tensor", "row"):
+            raise ValueError(f"activation_scale {activation_scale!r}: expected 'tensor' or 'row'")
+        self.activation_scale = activation_scale
+        if activation_scale == "row":
+            self.twin_inputs = "through per-row symmetric int8 (max|row| / 127)"
+        self._shared: dict[tuple[str, str], tuple[ir.Value, ...] | None] = {}
 
     def begin(self, layers: Sequence[Layer]) -> None:
         # Activations read by several layers (Q/K/V or gate/up projections of one norm
-        # output) are quantized once: DynamicQuantizeLinear + one MatMulIntegerToFloat each.
-        readers = Counter(layer.activation.name for layer in layers)
-        self._shared = {name: None for name, count in readers.items() if count > 1}
+        # output) are quantized once: one quantizer + one MatMulIntegerToFloat each.
+        readers = Counter(self._activation_key(layer) for layer in layers)
+        self._shared = {key: None for key, count in readers.items() if count > 1 or key[1] == "row"}
 
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
-        activation = self._quantized_activation(graph, layer) if layer.activation.name in self._shared else None
+        key = self._activation_key(layer)
+        activation = self._quantized_activation(graph, layer, key) if key in self._shared else None
         if layer.kind == "attention":
             activation = activation or _quantize_input(graph, layer)
             replace_with_qattention(
                 graph, layer, activation, per_channel=self.per_channel, reduce_range=self.reduce_range
             )
         else:
-            _quantize_matmul(graph, layer, self.per_channel, self.reduce_range, activation)
+            _quantize_matmul(graph, layer, self.per_channel, self.reduce_range, activation, key[1] == "row")
 
     def twin_layer(self, twin: Int8Twin, layer: Layer) -> None:
-        twin.quantize_input(layer)
+        if self._activation_key(layer)[1] == "row":
+            twin.quantize_input_rows(layer)
+        else:
+            twin.quantize_input(layer)
         axis = 1 if self.per_channel else None
         if layer.kind == "attention":
             weight, bias = folded_weights(layer)
@@ -85,11 +111,16 @@ class DynamicQuantizationPass(QuantizationPass):
                 ),
             )
 
-    def _quantized_activation(self, graph: ir.Graph, layer: Layer) -> tuple[ir.Value, ...]:
-        name = layer.activation.name
-        if self._shared[name] is None:
-            self._shared[name] = _quantize_input(graph, layer)
-        return self._shared[name]
+    def _activation_key(self, layer: Layer) -> tuple[str, str]:
+        """The layer's input and how it is quantized: per row, or per tensor (always for QAttention)."""
+        scale = "tensor" if layer.kind == "attention" else self.activation_scale
+        return layer.activation.name, scale
+
+    def _quantized_activation(self, graph: ir.Graph, layer: Layer, key: tuple[str, str]) -> tuple[ir.Value, ...]:
+        if self._shared[key] is None:
+            quantize = _quantize_input_rows if key[1] == "row" else _quantize_input
+            self._shared[key] = quantize(graph, layer)
+        return self._shared[key]
 
 
 def _quantize_matmul(
@@ -98,16 +129,22 @@ def _quantize_matmul(
     per_channel: bool,
     reduce_range: bool,
     activation: tuple[ir.Value, ...] | None,
+    per_row: bool = False,
 ) -> None:
-    """DynamicQuantizeMatMul, or MatMulIntegerToFloat on an already quantized ``activation``."""
+    """DynamicQuantizeMatMul, or MatMulIntegerToFloat on an already quantized ``activation``
+    (``per_row``: its scale has one value per row)."""
     node = layer.node
     quantized = quantize_weight(layer.weight, 1 if per_channel else None, reduce_range=reduce_range)
     prefix = node.name
     weight = add_initializer(graph, f"{prefix}.weight_int8", quantized.values)
     scale = add_initializer(graph, f"{prefix}.weight_scale", quantized.scale)
     zero_point = add_initializer(graph, f"{prefix}.weight_zero_point", quantized.zero_point)
+    # ONNX Runtime 1.32's MatMulIntegerToFloat adds a bias input wrongly when the activation
+    # scale has one value per row (off by up to a third of the output on a small MLP), so with
+    # per-row scales the bias stays a separate Add: a following one is left in place, a Gemm's
+    # own bias gets one.
     result, bias = node.outputs[0], layer.bias
-    if bias is None and (following := bias_add(layer)) is not None:
+    if bias is None and not per_row and (following := bias_add(layer)) is not None:
         bias, add, _ = following
         result = add.outputs[0]
     bias = add_initializer(graph, f"{prefix}.bias", bias.astype(np.float32)) if bias is not None else None
@@ -115,13 +152,17 @@ def _quantize_matmul(
         inputs, op_type = [layer.activation, weight, scale, zero_point, bias], "DynamicQuantizeMatMul"
     else:
         values, activation_scale, activation_zero_point = activation
-        inputs = [values, weight, activation_scale, scale, activation_zero_point, zero_point, bias]
+        inputs = [values, weight, activation_scale, scale, activation_zero_point, zero_point]
+        inputs.append(None if per_row else bias)
         op_type = "MatMulIntegerToFloat"
     while inputs[-1] is None:
         inputs.pop()
     fused = ir.Node(MS_DOMAIN, op_type, inputs, name=f"{prefix}_int8")
-    graph.insert_before(node, fused)
-    replace_value(result, fused.outputs[0], inherit=True)
+    added = [fused]
+    if per_row and bias is not None:
+        added.append(ir.Node("", "Add", [fused.outputs[0], bias], name=f"{prefix}_bias"))
+    graph.insert_before(node, added)
+    replace_value(result, added[-1].outputs[0], inherit=True)
 
 
 def _quantize_input(graph: ir.Graph, layer: Layer) -> tuple[ir.Value, ...]:
@@ -136,3 +177,42 @@ def _quantize_input(graph: ir.Graph, layer: Layer) -> tuple[ir.Value, ...]:
     else:
         graph.insert_before(layer.node, quantize)
     return tuple(quantize.outputs)
+
+
+def _quantize_input_rows(graph: ir.Graph, layer: Layer) -> tuple[ir.Value, ...]:
+    """Symmetric int8 per row of the layer's input, stored as uint8 + 128: (values, ``[..., 1]`` scales, 128)."""
+    source = layer.activation
+    prefix = source.name
+    opset = graph.opset_imports.get("", 1)
+    magnitude = ir.Node("", "Abs", [source], name=f"{prefix}_row_abs")
+    if opset >= 18:  # ReduceMax's axes became an input at opset 18
+        axes = add_initializer(graph, f"{prefix}.row_axes", np.array([-1], dtype=np.int64))
+        peak = ir.Node("", "ReduceMax", [magnitude.outputs[0], axes], attributes=[ir.AttrInt64("keepdims", 1)])
+    else:
+        peak = ir.Node(
+            "",
+            "ReduceMax",
+            [magnitude.outputs[0]],
+            attributes=[ir.AttrInt64s("axes", [-1]), ir.AttrInt64("keepdims", 1)],
+        )
+    peak.name = f"{prefix}_row_peak"
+    levels = add_initializer(graph, f"{prefix}.row_levels", np.array(ROW_LEVELS, dtype=np.float32))
+    floor = add_initializer(graph, f"{prefix}.row_scale_floor", np.array(ROW_SCALE_FLOOR, dtype=np.float32))
+    shift = add_initializer(graph, f"{prefix}.row_shift", np.array(ROW_ZERO_POINT, dtype=np.float32))
+    zero_point = add_initializer(graph, f"{prefix}.row_zero_point", np.array(ROW_ZERO_POINT, dtype=np.uint8))
+    step = ir.Node("", "Div", [peak.outputs[0], levels], name=f"{prefix}_row_step")
+    scale = ir.Node("", "Max", [step.outputs[0], floor], name=f"{prefix}_row_scale")
+    scaled = ir.Node("", "Div", [source, scale.outputs[0]], name=f"{prefix}_row_divide")
+    rounded = ir.Node("", "Round", [scaled.outputs[0]], name=f"{prefix}_row_round")
+    shifted = ir.Node("", "Add", [rounded.outputs[0], shift], name=f"{prefix}_row_shift")
+    values = ir.Node(
+        "", "Cast", [shifted.outputs[0]], attributes=[ir.AttrInt64("to", ir.DataType.UINT8)], name=f"{prefix}_row_cast"
+    )
+    nodes = [magnitude, peak, step, scale, scaled, rounded, shifted, values]
+    values.outputs[0].name, scale.outputs[0].name = f"{prefix}.row_quantized", f"{prefix}.row_scale"
+    producer = source.producer()
+    if producer is not None and producer.graph is graph:
+        graph.insert_after(producer, nodes)
+    else:
+        graph.insert_before(layer.node, nodes)
+    return values.outputs[0], scale.outputs[0], zero_point

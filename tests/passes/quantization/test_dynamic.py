@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 from passes.quantization.dynamic import DynamicQuantizationPass
-from tests.helpers import computed_op_types
+from tests.helpers import computed_op_types, run
 from tests.passes.quantization.conftest import drift
 from tests.passes.quantization.graphs import attention, convnet, mlp, samples
 
@@ -95,3 +96,54 @@ def test_projections_of_one_activation_share_its_quantization():
     ops = computed_op_types(after)
     assert ops.count("DynamicQuantizeLinear") == 1 and ops.count("MatMulIntegerToFloat") == 2
     assert drift(model, after, _x(4)).cosine > 0.999
+
+
+def _massive_token(model, count: int = 4):
+    """Samples where one token of each sequence is 500x the others (a decoder's attention-sink token)."""
+    feeds = samples(model, count)
+    feeds["x"][:, 0] *= 500.0
+    return feeds
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_per_row_activation_scales_become_matmul_integer_to_float(opset):
+    model = mlp(head=False)
+    model.opset_imports[""] = opset
+    if opset < 18:  # no ops whose signature changed; the test graph is valid at 17 too
+        model = ir.from_proto(ir.to_proto(model))
+    quantization = DynamicQuantizationPass(activation_scale="row", quantize_outputs=True)
+    after = quantization(model.clone()).model
+    ops = computed_op_types(after)
+    assert ops.count("MatMulIntegerToFloat") == 2 and "DynamicQuantizeMatMul" not in ops
+    assert "DynamicQuantizeLinear" not in ops and ops.count("ReduceMax") == 2
+    feeds = _massive_token(model)
+    per_tensor = DynamicQuantizationPass(quantize_outputs=True)(model.clone()).model
+    # one 500x token sets a per-tensor step that rounds every other token's values to a few
+    # levels; per row, the other tokens keep their own step
+    exact = run(model, feeds)["h"][:, 1:]
+    by_rows, by_tensor = (run(m, feeds)["h"][:, 1:] for m in (after, per_tensor))
+    assert np.abs(by_rows - exact).max() < np.abs(by_tensor - exact).max() / 10
+    assert drift(model, after, samples(model, 4)).cosine > 0.999
+
+
+def test_per_row_quantizes_an_input_read_by_several_layers_once():
+    from tests.passes.quantization.test_smoothing import _pre_norm_block, _x
+
+    model = _pre_norm_block()
+    after = DynamicQuantizationPass(activation_scale="row", quantize_outputs=True)(model.clone()).model
+    ops = computed_op_types(after)
+    assert ops.count("MatMulIntegerToFloat") == 3 and ops.count("ReduceMax") == 2  # norm output, q+k sum
+    assert drift(model, after, _x(4)).cosine > 0.999
+
+
+def test_per_row_leaves_packed_attention_per_tensor():
+    model = attention()
+    after = DynamicQuantizationPass(activation_scale="row")(model.clone()).model
+    ops = computed_op_types(after)
+    assert "QAttention" in ops and "DynamicQuantizeLinear" in ops
+    assert drift(model, after, samples(model, 3, S=7)).cosine > 0.999
+
+
+def test_an_unknown_activation_scale_is_refused():
+    with pytest.raises(ValueError, match="activation_scale"):
+        DynamicQuantizationPass(activation_scale="channel")

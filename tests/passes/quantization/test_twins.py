@@ -73,6 +73,37 @@ def test_int8_results_compute_their_twin_and_a_doubled_scale_does_not(case, mode
     assert not matches_twin(_scaled(result.model, f"{layer}.weight_scale"), twin, feeds)
 
 
+@pytest.mark.parametrize("case", ["matmul", "gemm-transB", "attention", "shared-input"])
+def test_per_row_int8_results_compute_their_twin_and_a_doubled_scale_does_not(case):
+    model, calibration, feeds, layer = _int8_cases()[case]
+    result = DynamicQuantizationPass(samples=calibration, activation_scale="row", quantize_outputs=True)(model.clone())
+    twin = result.twin
+    assert not set(computed_op_types(twin.model)) & INTEGER_OPS
+    ops = computed_op_types(twin.model)
+    assert "ReduceMax" in ops and ("DynamicQuantizeLinear" in ops) == (case == "attention")  # QAttention: per tensor
+    assert matches_twin(result.model, twin, feeds)
+    assert not matches_twin(_scaled(result.model, f"{layer}.weight_scale"), twin, feeds)
+    if case != "attention":
+        # the per-row rounding is what the twin claims: a per-tensor result does not match it
+        per_tensor = DynamicQuantizationPass(samples=calibration, quantize_outputs=True)(model.clone()).model
+        # rows of very different sizes: one per-tensor step cannot serve them all
+        axis = 0 if case == "gemm-transB" else 1
+        spread = {}
+        for name, array in feeds.items():
+            shape = [1] * array.ndim
+            shape[axis] = -1
+            spread[name] = (array * np.geomspace(0.01, 100, array.shape[axis]).reshape(shape)).astype(np.float32)
+        assert not matches_twin(per_tensor, twin, spread)
+        assert matches_twin(result.model, twin, spread)
+
+
+def test_per_row_twin_of_an_opset_17_model():
+    model = ir.from_proto(ir.to_proto(mlp(head=False)))
+    model.opset_imports[""] = 17
+    result = DynamicQuantizationPass(activation_scale="row", quantize_outputs=True)(model)
+    assert matches_twin(result.model, result.twin, samples(mlp(head=False), 4, seed=5))
+
+
 def test_the_twin_is_built_from_the_input_not_from_the_rewrite():
     model = mlp(head=False)
     result = DynamicQuantizationPass()(model.clone())
