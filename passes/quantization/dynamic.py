@@ -14,8 +14,10 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN
-from passes._layers import Layer, bias_add
+from optimizer.runtime import stream_values
+from passes._layers import Layer, bias_add, find_layers
 from passes._utils import add_initializer, replace_value
+from passes.quantization import _base
 from passes.quantization._attention import folded_weights, replace_with_qattention
 from passes.quantization._base import QuantizationPass
 from passes.quantization._int8 import (
@@ -110,6 +112,22 @@ class DynamicQuantizationPass(QuantizationPass):
                     layer.weight, quantize_weight(layer.weight, axis, reduce_range=self.reduce_range), layer.name
                 ),
             )
+
+    def _sensitivity(self, model: ir.Model, layers: list[Layer], batches, reference) -> dict[str, float]:
+        # Beyond _base._EXHAUSTIVE_LAYERS the base class ranks layers by a local estimate with one
+        # scale per tensor; per row that ranks first the layers per-row scales already fix
+        # (a decoder's down projections), so the estimate here rounds each row as the kernel does.
+        if self.activation_scale != "row" or len(layers) <= _base._EXHAUSTIVE_LAYERS:
+            return super()._sensitivity(model, layers, batches, reference)
+        current = {layer.name: layer for layer in find_layers(model.graph, self.kinds)[0]}  # weights after smoothing
+        scores = _row_local_errors(
+            model, [current.get(layer.name, layer) for layer in layers], batches, self.per_channel, self.reduce_range
+        )
+        self.note(
+            f"sensitivity of {len(layers)} layers estimated locally (relative error of each layer's output, "
+            "int8 weights and per-row int8 inputs)"
+        )
+        return scores
 
     def _activation_key(self, layer: Layer) -> tuple[str, str]:
         """The layer's input and how it is quantized: per row, or per tensor (always for QAttention)."""
@@ -216,3 +234,34 @@ def _quantize_input_rows(graph: ir.Graph, layer: Layer) -> tuple[ir.Value, ...]:
     else:
         graph.insert_before(layer.node, nodes)
     return values.outputs[0], scale.outputs[0], zero_point
+
+
+def _row_local_errors(
+    model: ir.Model, layers: Sequence[Layer], batches, per_channel: bool, reduce_range: bool
+) -> dict[str, float]:
+    """Relative error of each layer's output on sampled input rows, each row rounded to int8 at its own scale.
+
+    Packed-QKV ``Attention`` layers (per-tensor even here) are estimated with one scale for the sample.
+    """
+    names = list(dict.fromkeys(layer.activation.name for layer in layers))
+    rng = np.random.default_rng(0)
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    share = max(1, _base._LOCAL_ROWS // max(len(batches), 1))
+    for run in stream_values(model, names, batches):
+        for name, array in run.items():
+            flat = np.asarray(array, dtype=np.float32).reshape(-1, np.shape(array)[-1])
+            rows[name].append(flat[rng.choice(len(flat), min(share, len(flat)), replace=False)])
+    errors = {}
+    for layer in layers:
+        x = np.concatenate(rows[layer.activation.name]).astype(np.float64)
+        if layer.kind == "attention":
+            peak = np.full((len(x), 1), np.abs(x).max())
+        else:
+            peak = np.abs(x).max(axis=1, keepdims=True)
+        scale = np.maximum(peak / ROW_LEVELS, ROW_SCALE_FLOOR)
+        rounded = np.rint(x / scale) * scale
+        weight = quantize_weight(layer.weight, 1 if per_channel else None, reduce_range=reduce_range)
+        exact = x @ layer.weight.astype(np.float64)
+        approximate = rounded @ weight.dequantize().astype(np.float64)
+        errors[layer.name] = float(np.linalg.norm(approximate - exact) / max(np.linalg.norm(exact), 1e-30))
+    return errors
