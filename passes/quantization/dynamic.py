@@ -93,11 +93,13 @@ class DynamicQuantizationPass(QuantizationPass):
             _quantize_matmul(graph, layer, self.per_channel, self.reduce_range, activation, key[1] == "row")
 
     def twin_layer(self, twin: Int8Twin, layer: Layer) -> None:
-        if self._activation_key(layer)[1] == "row":
-            twin.quantize_input_rows(layer)
-        else:
-            twin.quantize_input(layer)
         axis = 1 if self.per_channel else None
+        if self._activation_key(layer)[1] == "row":
+            quantized = quantize_weight(layer.weight, axis, reduce_range=self.reduce_range)
+            claimed_weight(layer.weight, quantized, layer.name)
+            twin.quantize_layer_rows(layer, quantized)
+            return
+        twin.quantize_input(layer)
         if layer.kind == "attention":
             weight, bias = folded_weights(layer)
             twin.set_weight(

@@ -81,6 +81,9 @@ def test_per_row_int8_results_compute_their_twin_and_a_doubled_scale_does_not(ca
     assert not set(computed_op_types(twin.model)) & INTEGER_OPS
     ops = computed_op_types(twin.model)
     assert "ReduceMax" in ops and ("DynamicQuantizeLinear" in ops) == (case == "attention")  # QAttention: per tensor
+    # integer sums first, then the scales: associated as the kernel does, so no rounding tie flips downstream
+    weight = twin.model.graph.node("out_proj" if case == "attention" else layer).inputs[1].const_value.numpy()
+    np.testing.assert_array_equal(weight, np.rint(weight))
     assert matches_twin(result.model, twin, feeds)
     assert not matches_twin(_scaled(result.model, f"{layer}.weight_scale"), twin, feeds)
     if case != "attention":
