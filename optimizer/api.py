@@ -12,6 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.errors import InputSpecError, OptionError, OutputPathError, PassSelectionError
+from optimizer.generation import with_model_cache
 from optimizer.inputs import (
     alternate_binding,
     as_arrays,
@@ -260,8 +261,8 @@ def _verification_inputs(
         arrays, label = check_inputs(as_arrays(inputs, "inputs"), model, "inputs"), "the given inputs"
     else:
         refuse_oversized(model, verification_bindings(model, dims), what="generated verification inputs")
-        primary = make_inputs(model, dims)
-        return [primary], [f"generated ({_shapes(model, primary)})"]
+        primary, how = _model_cache(model, make_inputs(model, dims), seed=0)
+        return [primary], [f"generated ({_shapes(model, primary)}){how}"]
     note = nan_note(arrays)
     if note:
         label += f" ({note}: outputs they reach are NaN in both models, and compare as equal)"
@@ -279,16 +280,23 @@ def _add_second_binding(model: ir.Model, verifier: Verifier, dims: Mapping[str, 
         if alternate is None:
             return
         try:
-            inputs = make_inputs(model, alternate, seed=1)
+            inputs, how = _model_cache(model, make_inputs(model, alternate, seed=1), seed=1)
         except InputSpecError:
             continue
-        label = f"generated, second binding ({_shapes(model, inputs)})"
+        label = f"generated, second binding ({_shapes(model, inputs)}){how}"
         masks = mask_inputs(model, inputs)
         if masks and not pads_both_ends(inputs, masks):
             inputs, how = padded_copy(inputs, masks)
             label += f", {how}"
         if verifier.add_input_set(inputs, label, report_drop=not longer):
             return
+
+
+def _model_cache(model: ir.Model, inputs: dict[str, np.ndarray], seed: int) -> tuple[dict[str, np.ndarray], str]:
+    """Generated inputs of a decoder with a cache, their past replaced by the model's own cache of a
+    prefill of random tokens (``generation.with_model_cache``), and the words that say so."""
+    cached = with_model_cache(model, inputs, seed=seed)
+    return (inputs, "") if cached is None else (cached, ", the cache the model builds from random tokens")
 
 
 def _ensure_padding(model: ir.Model, verifier: Verifier) -> None:
