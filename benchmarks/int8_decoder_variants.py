@@ -47,6 +47,12 @@ VARIANTS = {
     "row_w8_smooth03": {"activation_scale": "row", "reduce_range": False, "smooth_alpha": 0.3},
     "row_w8_smooth": {"activation_scale": "row", "reduce_range": False, "smooth_alpha": 0.5},
     "row_w8_smooth07": {"activation_scale": "row", "reduce_range": False, "smooth_alpha": 0.7},
+    "row_w8_smooth_head": {
+        "activation_scale": "row",
+        "reduce_range": False,
+        "smooth_alpha": 0.5,
+        "quantize_outputs": True,
+    },
     "row_w8_smooth_b998": {
         "activation_scale": "row",
         "reduce_range": False,
