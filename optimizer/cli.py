@@ -227,6 +227,13 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
         metavar="ALPHA",
         help="SmoothQuant: migrate activation outliers into the weights after each norm (0.5 is typical)",
     )
+    group.add_argument(
+        "--activation-scale",
+        choices=("tensor", "row"),
+        default="tensor",
+        help="--quantize dynamic: one activation scale per tensor (default) or per row (token): "
+        "decoders with outlier tokens keep far more accuracy, a little slower",
+    )
     group.add_argument("--fp16", action="store_true", help="convert to float16 (for --target cuda)")
     group.add_argument(
         "--keep-io-types",

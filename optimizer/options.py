@@ -31,6 +31,7 @@ INT4_METHODS = ("rtn", "gptq", "hqq")
 # MatMulNBits' accuracy_level values graphopt writes (and its twin models): 0 float, 4 int8 input.
 INT4_ACCURACY_LEVELS = (0, 4)
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+ACTIVATION_SCALES = ("tensor", "row")
 IMPORTANCE_KINDS = ("magnitude", "activation")
 # Longest sequence a fusion that bakes a table (rotary cos/sin) supports by default.
 DEFAULT_MAX_SEQUENCE = 4096
@@ -65,6 +66,7 @@ class Options:
     quantize_outputs: bool = field(default=False, metadata=_flag("--quantize-outputs"))
     calibration_method: str = field(default="percentile", metadata=_flag("--calibration-method", metavar="METHOD"))
     smooth: float | None = field(default=None, metadata=_flag("--smooth", metavar="ALPHA"))
+    activation_scale: str = field(default="tensor", metadata=_flag("--activation-scale", metavar="tensor|row"))
     block_size: int = field(default=32, metadata=_flag("--block-size", metavar="N"))
     int4_method: str = field(default="rtn", metadata=_flag("--int4-method", metavar="METHOD"))
     symmetric: bool = field(default=False, metadata=_flag("--symmetric"))
@@ -111,6 +113,7 @@ class Options:
         if level is not None and (isinstance(level, bool) or level not in INT4_ACCURACY_LEVELS):
             raise OptionError(f"--int4-accuracy-level {level}: expected 0 (float) or 4 (int8 input)")
         _check_choice("--calibration-method", self.calibration_method, CALIBRATION_METHODS)
+        _check_choice("--activation-scale", self.activation_scale, ACTIVATION_SCALES)
         _check_choice("--importance", self.importance, IMPORTANCE_KINDS, optional=True)
         for name in ("prune_ffn", "prune_heads", "prune_channels"):
             ratio = getattr(self, name)

@@ -255,3 +255,10 @@ def test_repair_true_is_described_by_its_keyword():
     assert Options(repair=True).describe("repair") == "repair=True"
     with pytest.raises(PassSelectionError, match="^repair=True needs --prune-ffn R"):
         resolve(None, Options(repair=True))
+
+
+def test_activation_scale_is_a_checked_choice_that_needs_dynamic_int8():
+    with pytest.raises(OptionError, match="--activation-scale"):
+        Options(activation_scale="column")
+    with pytest.raises(PassSelectionError, match="needs --quantize dynamic"):
+        optimize_with_report(ir.load(FIXTURES / "gpt2_legacy.onnx"), activation_scale="row")
