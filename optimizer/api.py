@@ -12,7 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.errors import InputSpecError, OptionError, OutputPathError, PassSelectionError
-from optimizer.generation import with_model_cache
+from optimizer.generation import recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
     alternate_binding,
     as_arrays,
@@ -296,7 +296,12 @@ def _model_cache(model: ir.Model, inputs: dict[str, np.ndarray], seed: int) -> t
     """Generated inputs of a decoder with a cache, their past replaced by the model's own cache of a
     prefill of random tokens (``generation.with_model_cache``), and the words that say so."""
     cached = with_model_cache(model, inputs, seed=seed)
-    return (inputs, "") if cached is None else (cached, ", the cache the model builds from random tokens")
+    if cached is not None:
+        return cached, ", the cache the model builds from random tokens"
+    layout = recognise_causal_lm(model)
+    if not isinstance(layout, str) and any(np.size(inputs.get(pair.past, ())) for pair in layout.cache):
+        return inputs, ", a random N(0, 1) cache (the model's own could not be built for it)"
+    return inputs, ""
 
 
 def _ensure_padding(model: ir.Model, verifier: Verifier) -> None:

@@ -502,10 +502,16 @@ def _last_position(logits: np.ndarray) -> np.ndarray:
     return logits[:, -1] if logits.ndim == 3 else logits
 
 
+# The longest past built by a prefill (its attention scores grow with the square of it);
+# longer ones stay random numbers.
+MAX_MODEL_CACHE = 1024
+
+
 def with_model_cache(model: ir.Model, inputs: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray] | None:
     """``inputs`` (generated: a decode step over a cache of random numbers) with each past replaced by
     what ``model`` itself caches after a prefill of random tokens of that length; None when ``model``
-    is no causal LM with a cache, the past is empty, or the model refuses the prefill.
+    is no causal LM with a cache whose pairs are matched by name, the past is empty or longer than
+    ``MAX_MODEL_CACHE``, or the model refuses the prefill (a position table shorter than the past).
 
     A deep decoder fed an N(0, 1) cache it could never produce amplifies float rounding ten
     times more than on its own cache (SmolLM2-135M: ONNX Runtime's load-time rewrites move the
@@ -515,10 +521,12 @@ def with_model_cache(model: ir.Model, inputs: Mapping[str, np.ndarray], seed: in
     layout = recognise_causal_lm(model)
     if isinstance(layout, str) or not layout.cache or any(p.past not in inputs for p in layout.cache):
         return None
+    if any(pair.matched_by != "name" for pair in layout.cache):
+        return None  # pairs matched by shape alone may be crossed: a cache fed to the wrong input
     first = layout.cache[0]
     past = np.asarray(inputs[first.past]).shape[first.sequence_axis]
     ids = np.asarray(inputs[layout.input_ids])
-    if past == 0 or ids.ndim != 2:
+    if past == 0 or past > MAX_MODEL_CACHE or ids.ndim != 2 or ids.size == 0:
         return None
     batch = ids.shape[0]
     rng = np.random.default_rng(seed)
