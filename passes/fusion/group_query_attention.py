@@ -148,7 +148,8 @@ def _cache(read: ir.Value) -> _Cache | str:
         expand = producer(reshape.inputs[0], "Expand")
         unsqueeze = producer(expand.inputs[0], "Unsqueeze") if expand is not None else None
         axes = constant_array(unsqueeze.inputs[1]) if unsqueeze is not None and len(unsqueeze.inputs) > 1 else None
-        if unsqueeze is None or axes is None or axes.reshape(-1).tolist() != [2]:
+        # Axis 2 of the 5-D result, however it is written (-3 counts from the end).
+        if unsqueeze is None or axes is None or [int(a) % 5 for a in axes.reshape(-1)] != [2]:
             return "its key/value is neither a cache Concat nor one repeated per query head"
         concat = producer(unsqueeze.inputs[0], "Concat")
     if concat is None or len(concat.inputs) != 2 or concat.attributes.get_int("axis", 0) not in (2, -2):

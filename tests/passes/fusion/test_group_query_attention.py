@@ -272,3 +272,22 @@ def test_a_repetition_that_tiles_heads_past_a_length_is_refused(staged):
     fused, result = _fused(model)
     assert Counter(n.op_type for n in fused.graph)["GroupQueryAttention"] == 1, result.refusals
     assert any("repetition is not one cached head" in r for r in result.refusals), result.refusals
+
+
+@pytest.mark.parametrize("name", ["llama_kv_dynamo", "llama_kv_legacy"])
+def test_it_still_fires_when_the_cache_axes_are_spelled_the_other_way(staged, name):
+    # Metamorphic: the cache Concat on axis 2 instead of -2, and the head repetition's Unsqueeze on
+    # axis -3 instead of 2, compute the same thing; the rewrite must fire and stay exact.
+    model = staged[name].clone()
+    graph = model.graph
+    for node in graph:
+        if node.op_type == "Concat" and node.attributes.get_int("axis", 0) == -2:
+            node.attributes["axis"] = ir.AttrInt64("axis", 2)
+        if node.op_type == "Unsqueeze" and any(u.op_type == "Expand" for u, _ in node.outputs[0].uses()):
+            axes = node.inputs[1].const_value.numpy()
+            if axes.reshape(-1).tolist() == [2]:
+                node.replace_input_with(1, add_initializer(graph, "axis_minus_3", np.array([-3], np.int64)))
+    fused, result = _fused(model)
+    assert Counter(n.op_type for n in fused.graph)["GroupQueryAttention"] == 2, result.refusals
+    for feed in _feeds(name):
+        _same_where_real(staged[name], fused, feed)
