@@ -248,6 +248,22 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         return drift.max_error
 
 
+def sample_layer_inputs(
+    model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]], rows: int = _LOCAL_ROWS
+) -> dict[str, np.ndarray]:
+    """Up to ``rows`` rows ``[rows, K]`` of each layer's input on the batches (a seeded random subset of
+    each batch's rows), by tensor name: one streamed run of ``model``."""
+    names = list(dict.fromkeys(layer.activation.name for layer in layers))
+    rng = np.random.default_rng(0)
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    share = max(1, rows // max(len(batches), 1))
+    for run in stream_values(model, names, batches):
+        for name, array in run.items():
+            flat = np.asarray(array, dtype=np.float32).reshape(-1, np.shape(array)[-1])
+            collected[name].append(flat[rng.choice(len(flat), min(share, len(flat)), replace=False)])
+    return {name: np.concatenate(parts) for name, parts in collected.items()}
+
+
 def _local_errors(
     model: ir.Model, layers: Sequence[Layer], batches, per_channel: bool, reduce_range: bool
 ) -> dict[str, float]:
@@ -257,17 +273,10 @@ def _local_errors(
     tensor); the int8 arithmetic is then simulated in numpy: per-tensor uint8 input,
     int8 weights as the pass would store them.
     """
-    names = list(dict.fromkeys(layer.activation.name for layer in layers))
-    rng = np.random.default_rng(0)
-    rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    share = max(1, _LOCAL_ROWS // max(len(batches), 1))
-    for run in stream_values(model, names, batches):
-        for name, array in run.items():
-            flat = np.asarray(array, dtype=np.float32).reshape(-1, np.shape(array)[-1])
-            rows[name].append(flat[rng.choice(len(flat), min(share, len(flat)), replace=False)])
+    rows = sample_layer_inputs(model, layers, batches)
     errors = {}
     for layer in layers:
-        x = np.concatenate(rows[layer.activation.name]).astype(np.float64)
+        x = rows[layer.activation.name].astype(np.float64)
         scale, zero_point = activation_parameters(x.min(), x.max())
         x_int8 = (np.clip(np.rint(x / scale) + float(zero_point), 0, 255) - float(zero_point)) * float(scale)
         weight = quantize_weight(layer.weight, 1 if per_channel else None, reduce_range=reduce_range)

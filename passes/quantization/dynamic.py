@@ -14,7 +14,6 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN
-from optimizer.runtime import stream_values
 from passes._layers import Layer, bias_add, find_layers
 from passes._utils import add_initializer, replace_value
 from passes.quantization import _base
@@ -243,17 +242,10 @@ def _row_local_errors(
 
     Packed-QKV ``Attention`` layers (per-tensor even here) are estimated with one scale for the sample.
     """
-    names = list(dict.fromkeys(layer.activation.name for layer in layers))
-    rng = np.random.default_rng(0)
-    rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    share = max(1, _base._LOCAL_ROWS // max(len(batches), 1))
-    for run in stream_values(model, names, batches):
-        for name, array in run.items():
-            flat = np.asarray(array, dtype=np.float32).reshape(-1, np.shape(array)[-1])
-            rows[name].append(flat[rng.choice(len(flat), min(share, len(flat)), replace=False)])
+    rows = _base.sample_layer_inputs(model, layers, batches)
     errors = {}
     for layer in layers:
-        x = np.concatenate(rows[layer.activation.name]).astype(np.float64)
+        x = rows[layer.activation.name].astype(np.float64)
         if layer.kind == "attention":
             peak = np.full((len(x), 1), np.abs(x).max())
         else:

@@ -11,10 +11,9 @@ from optimizer.accuracy import AccuracyBudget
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from optimizer.options import INT4_METHODS
 from optimizer.protocol import Twin
-from optimizer.runtime import stream_values
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
-from passes.quantization._base import _EXHAUSTIVE_LAYERS, _LOCAL_ROWS, QuantizationPass
+from passes.quantization._base import _EXHAUSTIVE_LAYERS, QuantizationPass, sample_layer_inputs
 from passes.quantization._blockwise import Int4Weight, pack_nibbles, quantize_gptq, quantize_hqq, quantize_rtn
 from passes.quantization._twin import Int8Twin
 
@@ -118,7 +117,7 @@ class Int4QuantizationPass(QuantizationPass):
             self.note("GPTQ needs calibration samples (--calibration); round-to-nearest used")
             self._method = "rtn"
             return
-        self._hessian_inputs = _layer_inputs(model, layers, batches)
+        self._hessian_inputs = sample_layer_inputs(model, layers, batches, rows=_GPTQ_ROWS)
         rows = min(len(x) for x in self._hessian_inputs.values()) if self._hessian_inputs else 0
         self.note(f"GPTQ on {rows} calibration rows per layer input (inputs from the float model)")
 
@@ -272,7 +271,7 @@ class Int4QuantizationPass(QuantizationPass):
     def _sensitivity(self, model: ir.Model, layers: list[Layer], batches, reference) -> dict[str, float]:
         if len(layers) <= _EXHAUSTIVE_LAYERS:
             return super()._sensitivity(model, layers, batches, reference)
-        inputs = _layer_inputs(model, layers, batches, rows=_LOCAL_ROWS)
+        inputs = sample_layer_inputs(model, layers, batches)
         scores = {}
         for layer in layers:
             x = inputs[layer.activation.name].astype(np.float64)
@@ -364,21 +363,6 @@ def _table_inputs(
     if weight.zero_points is not None:
         parameters.append(add_initializer(graph, f"{name}.zero_points", pack_nibbles(weight.zero_points, pad=8)))
     return parameters, weight, False
-
-
-def _layer_inputs(
-    model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]], rows: int = _GPTQ_ROWS
-) -> dict[str, np.ndarray]:
-    """Up to ``rows`` rows ``[rows, K]`` of each layer's input on the batches (a seeded random subset)."""
-    names = list(dict.fromkeys(layer.activation.name for layer in layers))
-    rng = np.random.default_rng(0)
-    collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    share = max(1, rows // max(len(batches), 1))
-    for run in stream_values(model, names, batches):
-        for name, array in run.items():
-            flat = np.asarray(array, dtype=np.float32).reshape(-1, np.shape(array)[-1])
-            collected[name].append(flat[rng.choice(len(flat), min(share, len(flat)), replace=False)])
-    return {name: np.concatenate(parts) for name, parts in collected.items()}
 
 
 def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int) -> None:
