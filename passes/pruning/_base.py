@@ -27,6 +27,7 @@ from optimizer.inputs import split_samples
 from optimizer.protocol import Twin
 from optimizer.runtime import collect_values, run_batches
 from passes._layers import name_nodes
+from passes._least_squares import fit_toward_prior
 from passes._pass import GraphoptPass
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.pruning._groups import ChannelGroup
@@ -337,12 +338,7 @@ def _repair(graph: ir.Graph, group: ChannelGroup, rows: np.ndarray, kept: list[i
     channels = cut.indices(kept, group.size, group.unit)
     design = np.concatenate([x[:, channels], np.ones((len(x), 1))], axis=1)
     prior = np.concatenate([weight[channels], bias[None, :]])
-    held_out = np.arange(len(x)) % 5 == 4
-    strength = min(
-        _STRENGTHS,
-        key=lambda s: _fit_error(design[~held_out], target[~held_out], prior, s, design[held_out], target[held_out]),
-    )
-    solution = _fit(design, target, prior, strength)
+    solution = fit_toward_prior(design, target, prior)
     fitted = np.zeros_like(weight)
     fitted[channels] = solution[:-1]  # the removed rows are cut by ``apply`` right after
     new_weight = (fitted.T if cut.axis == 1 else fitted).astype(np.float32)
@@ -350,26 +346,6 @@ def _repair(graph: ir.Graph, group: ChannelGroup, rows: np.ndarray, kept: list[i
     new_bias = solution[-1].astype(np.float32)
     set_bias(new_bias)
     return new_weight, (new_bias.astype(np.float64) - bias).astype(np.float32)
-
-
-# Candidate regularization strengths, relative to the mean diagonal of XᵀX.
-_STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
-
-
-def _fit(design: np.ndarray, target: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:
-    """``argmin |design θ - target|² + λ |θ - prior|²`` over the weight rows (the bias row is free)."""
-    gram = design.T @ design
-    size = len(gram) - 1
-    penalty = strength * np.trace(gram[:size, :size]) / max(size, 1)
-    gram[np.arange(size), np.arange(size)] += penalty
-    rhs = design.T @ target
-    rhs[:size] += penalty * prior[:size]
-    return np.linalg.solve(gram, rhs)
-
-
-def _fit_error(design, target, prior, strength, check_design, check_target) -> float:
-    solution = _fit(design, target, prior, strength)
-    return float(((check_design @ solution - check_target) ** 2).sum())
 
 
 def _bias(graph: ir.Graph, consumer: ir.Node):
