@@ -212,9 +212,10 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--full-range-weights",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="8-bit instead of 7-bit int8 weights: more accurate on CPUs with VNNI/AMX or ARM, "
-        "wrong results from saturation on x86 CPUs without VNNI",
+        "wrong results from saturation on x86 CPUs without VNNI (default: chosen for this CPU, printed as a note)",
     )
     group.add_argument(
         "--quantize-outputs",

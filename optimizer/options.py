@@ -61,7 +61,8 @@ class Options:
     fp16: bool = field(default=False, metadata=_flag("--fp16"))
     keep_io_types: bool = field(default=True, metadata=_flag("--no-keep-io-types"))
     per_channel: bool = field(default=True, metadata=_flag("--per-tensor"))
-    full_range_weights: bool = field(default=False, metadata=_flag("--full-range-weights"))
+    # None: decided by this CPU's int8 features (optimizer.cpu_features); True/False as asked.
+    full_range_weights: bool | None = field(default=None, metadata=_flag("--full-range-weights"))
     exclude: tuple[str, ...] = field(default=(), metadata=_flag("--exclude", metavar="PATTERN"))
     quantize_outputs: bool = field(default=False, metadata=_flag("--quantize-outputs"))
     calibration_method: str = field(default="percentile", metadata=_flag("--calibration-method", metavar="METHOD"))
@@ -98,6 +99,10 @@ class Options:
             value = getattr(self, f.name)
             if isinstance(f.default, bool) and not isinstance(value, bool):
                 raise OptionError(f"{f.metadata['flag']} ({f.name}={value!r}): expected True or False")
+        if self.full_range_weights is not None and not isinstance(self.full_range_weights, bool):
+            raise OptionError(
+                f"--full-range-weights (full_range_weights={self.full_range_weights!r}): expected True, False or None"
+            )
         if self.repair is not None and not isinstance(self.repair, bool):
             raise OptionError(f"--no-repair (repair={self.repair!r}): expected True, False or None")
         if self.tolerances is not None and not self.verify:

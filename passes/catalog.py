@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from optimizer.cpu_features import int8_weight_range
 from optimizer.options import TARGETS
 from optimizer.protocol import PassContext, PassSpec, Request
 
@@ -35,9 +36,11 @@ def _pass(path: str) -> Any:
 def _int8(context: PassContext) -> dict[str, Any]:
     """Keyword arguments shared by the int8 passes."""
     options = context.options
+    weights = int8_weight_range(options.full_range_weights)
     return {
         "per_channel": options.per_channel,
-        "reduce_range": not options.full_range_weights,
+        "reduce_range": weights.reduce_range,
+        "weight_range_note": weights.note,
         "exclude": options.exclude,
         "quantize_outputs": options.quantize_outputs,
         "budget": context.budget,

@@ -68,10 +68,13 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         budget: AccuracyBudget | None = None,
         samples: Mapping[str, np.ndarray] | None = None,
         smooth_alpha: float | None = None,
+        weight_range_note: str | None = None,
     ) -> None:
         super().__init__()
         self.per_channel = per_channel
         self.reduce_range = reduce_range
+        # Why the weights are 7- or 8-bit (optimizer.cpu_features), shown once layers are quantized.
+        self.weight_range_note = weight_range_note
         self.exclude = tuple(exclude)
         self.quantize_outputs = quantize_outputs
         self.budget = budget if budget is not None and (budget.min_cosine, budget.max_error) != (None, None) else None
@@ -114,6 +117,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 chosen.append(layer)
         if not chosen:
             return self.result(model, modified=False)
+        if self.weight_range_note:
+            self.note(self.weight_range_note)
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
         self._float = model.clone() if batches else None
         norms: list[str] = []
@@ -153,6 +158,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
         """The float model the quantized layers named ``names`` claim to compute, built on ``source``."""
+        float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
         twin = Int8Twin(source)
         for layer in twin.layers(self.kinds, names):
             self.twin_layer(twin, layer)
@@ -160,7 +166,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         description = (
             f"{base} with {len(names)} layers' weights int8-dequantized and inputs {self.twin_inputs}, in float32"
         )
-        return Twin(twin.finish(), "int8", description)
+        return Twin(twin.finish(), "int8", description, checkpoints=twin.checkpoints, source=float_source)
 
     def _trial(self, model: ir.Model, names: Sequence[str], batches, reference) -> Drift:
         trial = model.clone()
