@@ -2,19 +2,30 @@
 
 Each model is measured in a child process of its own, so one model's allocations
 cannot hide in the other's peak. In the child, Python, numpy and ONNX Runtime are
-imported and the inputs loaded; then, on Linux, the peak-RSS counter (``VmHWM``) is
-reset to the current RSS through ``/proc/self/clear_refs`` so import-time spikes do
-not count; the session is created and run once and the peak is read again. We
-report the peak and its growth over the resident memory just before the session. On CUDA the
-child also reports how much device memory the GPU's ``memory.used`` grew by
-(from ``nvidia-smi``), which is what the session and its arena took.
+imported and the inputs loaded; then the session is created and run once and the
+process's peak resident memory is read. We report the peak and its growth over the
+resident memory just before the session. How the peak is read depends on what the
+platform offers, and ``MemoryUsage.method`` says which was used:
+
+- Linux: the peak-RSS counter (``VmHWM``) is first reset to the current RSS through
+  ``/proc/self/clear_refs``, so import-time spikes do not count (``linux-vmhwm-reset``);
+  where the kernel refuses the reset, the peak includes them (``linux-vmhwm``);
+- macOS and other Unix: ``getrusage``'s ``ru_maxrss``, which cannot be reset
+  (``rusage-maxrss``): the baseline is the peak so far, so the session's growth is a
+  lower bound;
+- Windows: the process's ``PeakWorkingSetSize`` and ``WorkingSetSize`` from
+  ``GetProcessMemoryInfo`` (``windows-working-set``), which cannot be reset either.
+
+Nothing here is imported at module level that a platform lacks (``resource`` is
+Unix-only), so ``import optimizer`` works everywhere. On CUDA the child also reports
+how much device memory the GPU's ``memory.used`` grew by (from ``nvidia-smi``), which
+is what the session and its arena took.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -27,12 +38,18 @@ import numpy as np
 
 @dataclass(frozen=True)
 class MemoryUsage:
-    """Memory one model needs on one EP, in bytes (``gpu_bytes`` None off CUDA)."""
+    """Memory one model needs on one EP, in bytes (``gpu_bytes`` None off CUDA).
+
+    ``method`` names how the peak was read (see the module docstring); ``resettable``
+    says whether import-time spikes were excluded from it.
+    """
 
     peak_rss_bytes: int
     baseline_rss_bytes: int
     session_rss_bytes: int
     gpu_bytes: int | None = None
+    method: str = "linux-vmhwm-reset"
+    resettable: bool = True
 
 
 def measure_session_memory(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int) -> MemoryUsage:
@@ -79,24 +96,72 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
-def _reset_peak_rss() -> int:
-    """Reset the peak-RSS counter where the OS allows it; return the current RSS in bytes."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")
-    except OSError:
-        pass
-    current = _status_kib("VmRSS")
-    return current * 1024 if current is not None else _peak_rss_bytes()
+class _RssReader:
+    """The process's current and peak resident memory, read the best way this platform offers."""
+
+    def __init__(self) -> None:
+        if _status_kib("VmHWM") is not None:
+            self.method, self.resettable = "linux-vmhwm", False
+        elif sys.platform == "win32":
+            self.method, self.resettable = "windows-working-set", False
+        else:
+            self.method, self.resettable = "rusage-maxrss", False
+
+    def reset(self) -> int:
+        """Reset the peak where the OS allows it; return the current RSS in bytes (the peak so far where
+        the current RSS cannot be read)."""
+        if self.method == "linux-vmhwm":
+            try:
+                with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+                    handle.write("5")
+                self.method, self.resettable = "linux-vmhwm-reset", True
+            except OSError:
+                pass
+            current = _status_kib("VmRSS")
+            if current is not None:
+                return current * 1024
+        if self.method == "windows-working-set":
+            return _windows_memory()[1]
+        return self.peak()
+
+    def peak(self) -> int:
+        """The peak resident memory in bytes (since the reset, where there was one)."""
+        if self.method.startswith("linux-vmhwm"):
+            return (_status_kib("VmHWM") or 0) * 1024
+        if self.method == "windows-working-set":
+            return _windows_memory()[0]
+        import resource  # Unix only
+
+        # ru_maxrss: KiB on Linux and the BSDs, bytes on macOS.
+        scale = 1 if sys.platform == "darwin" else 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def _peak_rss_bytes() -> int:
-    peak = _status_kib("VmHWM")
-    if peak is not None:
-        return peak * 1024
-    # ru_maxrss: KiB on Linux, bytes on macOS; it cannot be reset.
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+def _windows_memory() -> tuple[int, int]:
+    """(peak, current) working set of this process, from psapi's GetProcessMemoryInfo."""
+    import ctypes
+    from ctypes import wintypes
+
+    class Counters(ctypes.Structure):
+        _fields_ = [
+            ("cb", wintypes.DWORD),
+            ("PageFaultCount", wintypes.DWORD),
+            ("PeakWorkingSetSize", ctypes.c_size_t),
+            ("WorkingSetSize", ctypes.c_size_t),
+            ("QuotaPeakPagedPoolUsage", ctypes.c_size_t),
+            ("QuotaPagedPoolUsage", ctypes.c_size_t),
+            ("QuotaPeakNonPagedPoolUsage", ctypes.c_size_t),
+            ("QuotaNonPagedPoolUsage", ctypes.c_size_t),
+            ("PagefileUsage", ctypes.c_size_t),
+            ("PeakPagefileUsage", ctypes.c_size_t),
+        ]
+
+    counters = Counters()
+    counters.cb = ctypes.sizeof(Counters)
+    process = ctypes.windll.kernel32.GetCurrentProcess()
+    if not ctypes.windll.psapi.GetProcessMemoryInfo(process, ctypes.byref(counters), counters.cb):
+        raise OSError("GetProcessMemoryInfo failed")
+    return int(counters.PeakWorkingSetSize), int(counters.WorkingSetSize)
 
 
 def _probe(path: str, feeds_path: str, ep: str, threads: int) -> MemoryUsage:
@@ -104,14 +169,15 @@ def _probe(path: str, feeds_path: str, ep: str, threads: int) -> MemoryUsage:
 
     with np.load(feeds_path) as archive:
         inputs = {name: archive[name] for name in archive.files}
-    baseline = _reset_peak_rss()
+    reader = _RssReader()
+    baseline = reader.reset()
     gpu_before = _gpu_memory_used() if ep == "cuda" else None
     session = TimedSession(path, ep, inputs, threads)
     session.run()
-    peak = _peak_rss_bytes()
+    peak = reader.peak()
     gpu_after = _gpu_memory_used() if ep == "cuda" else None
     gpu = gpu_after - gpu_before if gpu_before is not None and gpu_after is not None else None
-    return MemoryUsage(peak, baseline, peak - baseline, gpu)
+    return MemoryUsage(peak, baseline, max(0, peak - baseline), gpu, reader.method, reader.resettable)
 
 
 if __name__ == "__main__":
