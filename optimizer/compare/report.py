@@ -1,8 +1,7 @@
-"""Rendering a ComparisonReport: a rich table, JSON, and a self-contained HTML page."""
+"""Rendering a ComparisonReport: a rich table, JSON, and (through ``optimizer.compare.html``) an HTML page."""
 
 from __future__ import annotations
 
-import html
 import json
 import os
 from pathlib import Path
@@ -13,9 +12,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from optimizer.compare.comparison import BatchResult, ComparisonReport, ProviderResult
+from optimizer.compare.comparison import ComparisonReport, ProviderResult
 from optimizer.compare.generation_timing import GenerationResult
 from optimizer.model_io import write_atomically
+from optimizer.report import PipelineReport
 
 
 def render_comparison(report: ComparisonReport, console: Console | None = None) -> None:
@@ -57,95 +57,14 @@ def write_json(report: ComparisonReport, path: str | os.PathLike) -> None:
     write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"), "comparison")
 
 
-def write_html(report: ComparisonReport, path: str | os.PathLike) -> None:
-    """Write a single self-contained HTML page (atomically): the tables and a latency plot per EP (inline SVG)."""
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>graphopt comparison</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
-        "th:first-child,td:first-child{text-align:left}.warn{color:#a60}</style></head><body>",
-        "<h1>graphopt: before / after</h1>",
-        _html_table(
-            ["", "file", "size", "nodes", "parameters"],
-            [
-                [
-                    "BEFORE",
-                    report.before.path,
-                    _mb(report.before.file_bytes),
-                    report.before.nodes,
-                    report.before.parameters,
-                ],
-                ["AFTER", report.after.path, _mb(report.after.file_bytes), report.after.nodes, report.after.parameters],
-            ],
-        ),
-        _html_table(["setting", "value"], [[key, value] for key, value in report.environment.items()]),
-    ]
-    for provider in report.providers:
-        parts.append(f"<h2>{html.escape(provider.ep)}</h2>")
-        if not provider.available:
-            parts.append(f"<p class='warn'>skipped: {html.escape(provider.reason)}</p>")
-            continue
-        if provider.generation:
-            parts.append(_html_table(_GENERATION_HEADER, [_generation_row(g) for g in provider.generation]))
-        if provider.llm_accuracy is not None:
-            parts.append(_html_table(["language-model accuracy", "value"], _llm_accuracy_rows(provider)))
-        if provider.batches:
-            parts.append(
-                _html_table(
-                    [
-                        "batch",
-                        "runs",
-                        "median ms before",
-                        "median ms after",
-                        "p90 after",
-                        "p99 after",
-                        "after/before",
-                        "95% interval",
-                        "items/s before",
-                        "items/s after",
-                    ],
-                    [
-                        [
-                            b.batch,
-                            b.before.runs,
-                            f"{b.before.median_ms:.3f}",
-                            f"{b.after.median_ms:.3f}",
-                            f"{b.after.p90_ms:.3f}",
-                            f"{b.after.p99_ms:.3f}",
-                            f"{b.ratio.ratio:.3f}",
-                            f"{b.ratio.low:.3f}–{b.ratio.high:.3f}",
-                            f"{b.throughput_before:.1f}",
-                            f"{b.throughput_after:.1f}",
-                        ]
-                        for b in provider.batches
-                    ],
-                )
-            )
-        parts.append(
-            _html_table(
-                ["output", "max abs error", "max rel error", "cosine", "top-1 agreement"],
-                [
-                    [
-                        a.name,
-                        f"{a.max_abs_error:.3g}",
-                        f"{a.max_rel_error:.3g}",
-                        _opt(a.cosine, ".6f"),
-                        _opt(a.top1_agreement, ".3f"),
-                    ]
-                    for a in provider.accuracy
-                ],
-            )
-        )
-        if provider.memory_before and provider.memory_after:
-            parts.append(_html_table(["memory", "before", "after"], _memory_rows(provider)))
-        for batch in provider.batches:
-            parts.append(f"<h3>latency distribution, batch {batch.batch}</h3>" + _latency_svg(batch))
-        if provider.profile_before_ms:
-            parts.append(_html_table(["op type", "ms/run before", "ms/run after"], _profile_rows(provider)))
-    for warning in report.warnings:
-        parts.append(f"<p class='warn'>warning: {html.escape(warning)}</p>")
-    parts.append("</body></html>")
-    page = "\n".join(parts)
+def write_html(report: ComparisonReport, path: str | os.PathLike, pipeline: PipelineReport | None = None) -> None:
+    """Write the comparison as one self-contained HTML page (atomically; see ``optimizer.compare.html``).
+
+    ``pipeline``, the report of the ``optimize`` run that made AFTER, adds the pass table.
+    """
+    from optimizer.compare.html import render_html  # it builds on this module's rows
+
+    page = render_html(report, pipeline)
     write_atomically(path, lambda temporary: Path(temporary).write_text(page, encoding="utf-8"), "comparison")
 
 
@@ -345,49 +264,6 @@ def _memory_rows(provider: ProviderResult) -> list[list[str]]:
     if before.gpu_bytes is not None and after.gpu_bytes is not None:
         rows.append(["GPU memory", _mb(before.gpu_bytes), _mb(after.gpu_bytes)])
     return rows
-
-
-def _latency_svg(batch: BatchResult, width: int = 640, height: int = 220) -> str:
-    """Overlaid histograms of the two models' run times, as inline SVG (no plotting library needed)."""
-    samples = {"before": np.asarray(batch.samples_before_ms), "after": np.asarray(batch.samples_after_ms)}
-    everything = np.concatenate(list(samples.values()))
-    if everything.size == 0:
-        return ""
-    low, high = np.percentile(everything, [0.5, 99.5])
-    high = high if high > low else low + 1e-3
-    edges = np.linspace(low, high, 41)
-    counts = {name: np.histogram(np.clip(values, low, high), edges)[0] for name, values in samples.items()}
-    peak = max(int(c.max()) for c in counts.values()) or 1
-    left, bottom, plot_w, plot_h = 40, height - 30, width - 60, height - 50
-    colors = {"before": "#4477aa", "after": "#ee6677"}
-    shapes = []
-    for name, count in counts.items():
-        bar_w = plot_w / len(count)
-        for index, value in enumerate(count):
-            bar_h = plot_h * value / peak
-            shapes.append(
-                f"<rect x='{left + index * bar_w:.1f}' y='{bottom - bar_h:.1f}' width='{bar_w:.1f}' "
-                f"height='{bar_h:.1f}' fill='{colors[name]}' fill-opacity='0.5'/>"
-            )
-        median = float(np.median(samples[name]))
-        x = left + plot_w * (min(max(median, low), high) - low) / (high - low)
-        shapes.append(
-            f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{bottom - plot_h}' y2='{bottom}' "
-            f"stroke='{colors[name]}' stroke-width='2'/>"
-        )
-    labels = [
-        f"<text x='{left}' y='{height - 10}' font-size='11'>{low:.3f} ms</text>",
-        f"<text x='{left + plot_w}' y='{height - 10}' font-size='11' text-anchor='end'>{high:.3f} ms</text>",
-        f"<text x='{left + 5}' y='15' font-size='12' fill='{colors['before']}'>before (median line)</text>",
-        f"<text x='{left + 160}' y='15' font-size='12' fill='{colors['after']}'>after (median line)</text>",
-    ]
-    return f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>{''.join(shapes + labels)}</svg>"
-
-
-def _html_table(header: list[str], rows: list[list[object]]) -> str:
-    head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _opt(value: float | None, spec: str) -> str:
