@@ -1,8 +1,11 @@
-"""The ``graphopt`` command line: ``optimize``, ``compare``, ``passes`` and ``demo``.
+"""The ``graphopt`` command line: ``optimize``, ``compare``, ``make-inputs``, ``passes`` and ``demo``.
 
 User mistakes print one line (``graphopt: error: ...``) and exit 2; SIGINT and
 SIGTERM print one line and exit 130 and 143, with temporary files removed; a
-traceback means a bug in graphopt.
+traceback means a bug in graphopt. ``--strict``, ``--max-ratio`` and ``--min-cosine``
+end a run that fails them with codes of their own (``optimizer.exit_codes``). Progress
+goes to stderr (``optimizer.console``), the report to stdout. No flag is ignored: one
+that would do nothing in the command it is given to is an error.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import logging
+import math
 import re
 import signal
 import sys
@@ -18,9 +21,10 @@ import threading
 import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from optimizer.errors import GraphoptError, InputSpecError, Interrupted
+from optimizer import exit_codes
+from optimizer.errors import GraphoptError, InputSpecError, Interrupted, OptionError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -34,36 +38,73 @@ if TYPE_CHECKING:
 
 EXAMPLE_MODEL = Path(__file__).resolve().parents[1] / "examples" / "encoder.onnx"
 
+# Subcommands that read --config and write --print-config.
+_CONFIGURABLE = ("optimize", "demo", "compare")
+# Argparse dests that are not ``Options`` fields of the same name.
+_OPTION_OF_DEST = {"no_verify": "verify", "dim": "dims", "tolerance": "tolerances"}
+
 
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, with a mistake on the command line reported like every other: one line, exit 2."""
 
     def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"graphopt: error: {message} (see {self.prog} --help)\n")
+        self.exit(exit_codes.USAGE, f"graphopt: error: {message} (see {self.prog} --help)\n")
+
+
+class _OldSpelling(argparse.Action):
+    """A flag's former spelling: still sets the flag's value, and the CLI prints one line saying what replaced it."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, replacement: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        setattr(namespace, self.dest, values)
+        spellings = dict(getattr(namespace, "_spellings", None) or {})
+        spellings[self.dest] = (option_string, self.replacement)
+        namespace._spellings = spellings
+
+
+class _PrintVersion(argparse.Action):
+    """``--version``: one line, unwrapped (argparse's own version action wraps it at the terminal's width)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        print(_version())
+        parser.exit(exit_codes.OK)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every subcommand."""
+    """The argument parser for every subcommand (``parser.commands`` maps each name to its parser)."""
     from optimizer.options import TARGETS
 
     parser = _OneLineParser(prog="graphopt", description="Optimize ONNX models for ONNX Runtime, verified.")
+    parser.add_argument("--version", action=_PrintVersion, help="print graphopt's version and its libraries', and exit")
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log what passes do (and tracebacks of failed passes)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: graphopt's decisions (what passes left alone and why, failed passes' tracebacks); "
+        "-vv: the libraries' logs too",
     )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress and no report; errors only")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     optimize = commands.add_parser("optimize", help="optimize a model and write the result")
-    _add_verbose_flag(optimize)
-    optimize.add_argument("model", help="input .onnx file (never modified)")
-    optimize.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
+    _add_run_flags(optimize)
+    optimize.add_argument("model", nargs="?", help="input .onnx file (never modified)")
+    optimize.add_argument("-o", "--output", help="output .onnx file (written atomically)")
     _add_pipeline_flags(optimize)
 
     comparison = commands.add_parser(
         "compare", help="compare two models' latency, throughput, memory, size and accuracy"
     )
-    _add_verbose_flag(comparison)
-    comparison.add_argument("before", help="the original model")
-    comparison.add_argument("after", help="the optimized model")
+    _add_run_flags(comparison)
+    comparison.add_argument("before", nargs="?", help="the original model")
+    comparison.add_argument("after", nargs="?", help="the optimized model")
     comparison.add_argument(
         "--inputs",
         metavar="FILE.npz",
@@ -73,24 +114,70 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument(
         "--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic input dimension (repeatable)"
     )
-    _add_compare_flags(comparison)
+    _add_compare_flags(comparison, on_optimize=False)
+
+    skeleton = commands.add_parser(
+        "make-inputs", help="write an .npz of inputs for a model: the names, dtypes and shapes --inputs expects"
+    )
+    _add_verbosity_flags(skeleton)
+    skeleton.add_argument("model", help="the .onnx model")
+    skeleton.add_argument("-o", "--output", required=True, metavar="FILE.npz", help="the .npz to write")
+    skeleton.add_argument(
+        "--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic input dimension (repeatable)"
+    )
 
     listing = commands.add_parser("passes", help="list the registered passes")
+    _add_verbosity_flags(listing)
     listing.add_argument(
         "--target", choices=TARGETS, default="cpu", help="mark the passes in this target's default pipeline"
     )
 
     demo = commands.add_parser("demo", help="optimize the example transformer encoder shipped in examples/")
-    _add_verbose_flag(demo)
+    _add_run_flags(demo)
     demo.add_argument("-o", "--output", default="build/demo/encoder.optimized.onnx", help="where to write the result")
     _add_pipeline_flags(demo)
+    parser.commands = {"optimize": optimize, "compare": comparison, "make-inputs": skeleton, "passes": listing}
+    parser.commands["demo"] = demo
     return parser
 
 
-def _add_verbose_flag(parser: argparse.ArgumentParser) -> None:
-    # Accepted after the subcommand too (``graphopt optimize ... -v``); SUPPRESS keeps the
-    # top-level value when the subcommand's flag is not given.
-    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+def _version() -> str:
+    """``graphopt 0.1.0 (onnx 1.18.0, onnx-ir 1.1.0, ..., Python 3.11.7)``, read without importing them."""
+    from importlib import metadata
+
+    def installed(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    parts = [
+        f"{name} {version}"
+        for name in ("onnx", "onnx-ir", "onnxscript", "onnxruntime", "onnxruntime-gpu")
+        if (version := installed(name))
+    ]
+    parts.append(f"Python {sys.version.split()[0]}")
+    return f"graphopt {installed('graphopt') or '(not installed)'} ({', '.join(parts)})"
+
+
+def _add_verbosity_flags(parser: argparse.ArgumentParser) -> None:
+    # Accepted after the subcommand too (``graphopt optimize ... -v``), added to the top-level count.
+    parser.add_argument(
+        "-v", "--verbose", dest="sub_verbose", action="count", default=0, help="as `graphopt -v` (repeatable)"
+    )
+    parser.add_argument("-q", "--quiet", dest="sub_quiet", action="store_true", help="as `graphopt -q`")
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    _add_verbosity_flags(parser)
+    parser.add_argument(
+        "--config", metavar="FILE.toml", help="read the settings from a TOML file; flags given here override them"
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print this command line's settings as a --config file and stop",
+    )
 
 
 def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
@@ -127,11 +214,20 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     _add_precision_flags(parser)
     _add_pruning_flags(parser)
     parser.add_argument("--no-verify", action="store_true", help="do not check each pass's result on ONNX Runtime")
-    parser.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"exit {exit_codes.STRICT_FAILED} when a pass asked for by name (--passes) or by flag "
+        "(--quantize, --prune-ffn, ...) is rolled back or fails",
+    )
+    parser.add_argument(
+        "--pipeline-json", metavar="FILE.json", help="also write the pipeline report (what each pass did) as JSON"
+    )
+    parser.add_argument("--report", dest="pipeline_json", action=_OldSpelling, replacement="--pipeline-json")
     parser.add_argument(
         "--compare", action="store_true", help="then compare the input and the result (see `graphopt compare`)"
     )
-    _add_compare_flags(parser)
+    _add_compare_flags(parser, on_optimize=True)
 
 
 def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
@@ -272,8 +368,9 @@ def _add_pruning_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("comparison")
+def _add_compare_flags(parser: argparse.ArgumentParser, *, on_optimize: bool) -> None:
+    title = "comparison (with --compare)" if on_optimize else "comparison"
+    group = parser.add_argument_group(title)
     group.add_argument(
         "--ep", default="cpu", help="execution providers to measure, comma-separated: cpu,cuda (default cpu)"
     )
@@ -311,12 +408,40 @@ def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="with --generate: decode steps timed, and tokens of each greedy continuation (default 32)",
     )
-    group.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    group.add_argument(
+        "--max-ratio",
+        type=float,
+        metavar="R",
+        help=f"exit {exit_codes.SLOWER} when AFTER's latency is above R x BEFORE's "
+        "(the upper end of the ratio's 95%% interval)",
+    )
+    if on_optimize:
+        # --min-cosine is the accuracy budget of the approximate passes here.
+        group.add_argument(
+            "--compare-min-cosine",
+            dest="gate_min_cosine",
+            type=float,
+            metavar="X",
+            help=f"exit {exit_codes.LESS_ACCURATE} when an output of the result has a cosine similarity "
+            "below X to the input model's (as `compare --min-cosine`)",
+        )
+        group.add_argument("--compare-json", dest="json", metavar="FILE", help="write the comparison as JSON")
+        group.add_argument("--json", dest="json", action=_OldSpelling, replacement="--compare-json")
+    else:
+        group.add_argument(
+            "--min-cosine",
+            dest="gate_min_cosine",
+            type=float,
+            metavar="X",
+            help=f"exit {exit_codes.LESS_ACCURATE} when an output of AFTER has a cosine similarity below X to BEFORE's",
+        )
+        group.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
     group.add_argument("--html", metavar="FILE", help="write the comparison as a self-contained HTML page")
+    parser.compare_dests = frozenset(action.dest for action in group._group_actions)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``graphopt`` console script; returns the exit code.
+    """Entry point of the ``graphopt`` console script; returns the exit code (``optimizer.exit_codes``).
 
     SIGINT and SIGTERM unwind the program (temporary folders and staged output files
     are removed on the way), print one line and return 130 or 143.
@@ -337,18 +462,77 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     from rich.console import Console
 
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(name)s: %(message)s")
+    from optimizer.console import logging_for
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.verbose += getattr(args, "sub_verbose", 0)
+    args.quiet = args.quiet or getattr(args, "sub_quiet", False)
+    if args.verbose and args.quiet:
+        raise OptionError("-v and -q: choose one")
+    for old, new in (getattr(args, "_spellings", None) or {}).values():
+        print(f"graphopt: warning: {old} is now {new}; {old} will be removed", file=sys.stderr)
+    if args.command in _CONFIGURABLE:
+        if args.command == "demo":
+            args.model = str(EXAMPLE_MODEL)
+        _apply_config(args, argv, parser.commands[args.command])
+        if args.print_config:
+            from optimizer.config import dump_config
+
+            sys.stdout.write(dump_config(args, parser.commands[args.command]))
+            return exit_codes.OK
     # Off a terminal (logs, CI), rich would wrap tables at 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=120)
-    if args.command == "passes":
-        return _list_passes(console, args.target)
+    errors = Console(stderr=True)
+    with logging_for(args.verbose, errors):
+        if args.command == "passes":
+            return _list_passes(console, args.target)
+        if args.command == "make-inputs":
+            return _make_inputs(console, args)
+        if args.command == "compare":
+            return _finish(_compare(console, errors, args, args.before, args.after))
+        if args.command == "demo":
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        return _finish(_optimize(console, errors, args))
+
+
+def _apply_config(args: argparse.Namespace, argv: list[str] | None, parser: argparse.ArgumentParser) -> None:
+    """Fill in ``args`` from ``--config`` where the command line gave no flag; ``args.given``: the dests set either way.
+
+    A config value equal to the flag's default counts as not given, so a printed config
+    (which holds only settings away from the defaults) and a hand-written one that
+    spells a default out refuse the same things.
+    """
+    given = _flags_given(argv)
+    if args.config:
+        from optimizer.config import load_config
+
+        for dest, value in load_config(args.config, parser).items():
+            if dest not in given:
+                setattr(args, dest, value)
+                if value != parser.get_default(dest):
+                    given.add(dest)
+    args.given = given
+    if args.print_config:
+        return
     if args.command == "compare":
-        return _compare(console, args, args.before, args.after)
-    if args.command == "demo":
-        args.model = str(EXAMPLE_MODEL)
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    return _optimize(console, args)
+        for name in ("before", "after"):
+            if getattr(args, name) is None:
+                raise OptionError(f"compare: give the {name.upper()} model (or `{name} = ...` in --config)")
+    elif args.model is None:
+        raise OptionError("optimize: give the model to optimize (or `model = ...` in --config)")
+    elif args.output is None:
+        raise OptionError("optimize: give -o FILE.onnx for the result (or `output = ...` in --config)")
+
+
+def _flags_given(argv: list[str] | None) -> set[str]:
+    """The argparse dests the command line itself sets (not by default)."""
+    parser = build_parser()
+    for each in (parser, *parser.commands.values()):
+        for action in each._actions:  # argparse keeps no public list of a parser's arguments
+            action.default = argparse.SUPPRESS
+    given = set(vars(parser.parse_args(argv)))
+    return given - {"command", "_spellings", "sub_verbose", "sub_quiet", "verbose", "quiet"}
 
 
 @contextlib.contextmanager
@@ -379,14 +563,20 @@ def _signals_unwind() -> Iterator[None]:
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
-def _optimize(console: Console, args: argparse.Namespace) -> int:
+def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> list[tuple[int, list[str]]]:
+    """Optimize, write the result and its reports, compare if asked; the gates that failed, with their codes."""
     from optimizer.api import optimize_with_report
+    from optimizer.console import progress_sink
+    from optimizer.gates import requested_passes, strict_failures
     from optimizer.model_io import check_paths, write_atomically
+    from optimizer.progress import reporting_to, task
     from optimizer.report import render_table
 
-    writes = {"-o": args.output, "--report": args.report}
+    options = options_from_args(args)
+    _refuse_ignored_flags(args, options)
+    writes = {"-o": args.output, _spelled(args, "pipeline_json", "--pipeline-json"): args.pipeline_json}
     if args.compare:
-        writes.update({"--json": args.json, "--html": args.html})
+        writes.update({_spelled(args, "json", "--compare-json"): args.json, "--html": args.html})
         _compare_settings(args)  # bad comparison flags must not cost the optimization first
     # Every output path is checked before any work: a report into a missing folder, or over a file
     # graphopt reads, must not cost the run (nor leave the model written and the report not).
@@ -395,21 +585,28 @@ def _optimize(console: Console, args: argparse.Namespace) -> int:
         [("the --inputs file", args.inputs), ("the --calibration file", args.calibration)],
         models=[("the input model", args.model)],
     )
-    _, report = optimize_with_report(
-        args.model,
-        args.passes,  # comma-separated, split by the API
-        output=args.output,
-        inputs=args.inputs,
-        calibration=args.calibration,
-        options=options_from_args(args),
-    )
-    render_table(report, console, verbose=args.verbose)
-    console.print(f"wrote {report.output}", highlight=False, soft_wrap=True, markup=False)
-    if args.report:
-        write_atomically(args.report, report.write_json, "report")
+    names = _split(args.passes, "--passes") if args.passes is not None else None
+    requested = requested_passes(names, options) if args.strict else set()
+    with progress_sink(errors, args.quiet) as sink, reporting_to(sink), task(f"optimizing {Path(args.model).name}"):
+        _, report = optimize_with_report(
+            args.model,
+            args.passes,  # comma-separated, split by the API
+            output=args.output,
+            inputs=args.inputs,
+            calibration=args.calibration,
+            options=options,
+        )
+    if not args.quiet:
+        render_table(report, console, verbose=args.verbose > 0)
+        console.print(f"wrote {report.output}", highlight=False, soft_wrap=True, markup=False)
+    if args.pipeline_json:
+        write_atomically(args.pipeline_json, report.write_json, "report")
+    failed = []
+    if lines := strict_failures(report, requested):
+        failed.append((exit_codes.STRICT_FAILED, lines))
     if args.compare:
-        return _compare(console, args, args.model, report.output)
-    return 0
+        failed += _compare(console, errors, args, args.model, report.output)
+    return failed
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -428,12 +625,72 @@ def options_from_args(args: argparse.Namespace) -> Options:
     return Options.build(**values)
 
 
+def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> None:
+    """A flag that would do nothing in this command line is an error, not silently dropped.
+
+    - comparison flags without ``--compare``;
+    - an option flag given explicitly, even at its default value, that no pass in the
+      pipeline reads (``--calibration-method percentile`` without ``--quantize static``;
+      the registry refuses the same for values away from the default).
+    """
+    from optimizer.registry import all_passes, resolve
+
+    given = getattr(args, "given", set())
+    parser_compare = {dest for dest in given if dest in _compare_dests()}
+    if parser_compare and not args.compare:
+        flags = ", ".join(sorted(_flag_of_dest(dest) for dest in parser_compare))
+        raise OptionError(f"{flags}: comparison flags do nothing without --compare (add it, or run `graphopt compare`)")
+    names = _split(args.passes, "--passes") if args.passes is not None else None
+    read = set().union(*(spec.options_read for spec in resolve(names, options)))
+    readers: dict[str, list[str]] = {}
+    for spec in all_passes():
+        for option in spec.options_read:
+            readers.setdefault(option, []).append(spec.how_to_ask())
+    for dest in sorted(given):
+        option = _OPTION_OF_DEST.get(dest, dest)
+        if option in readers and option not in read:
+            asks = " or ".join(dict.fromkeys(readers[option]))
+            raise OptionError(f"{_flag_of_dest(dest)} does nothing here: it needs {asks}")
+
+
+def _compare_dests() -> frozenset[str]:
+    return build_parser().commands["optimize"].compare_dests
+
+
+def _flag_of_dest(dest: str) -> str:
+    """The flag a user types for ``dest`` (the first long one)."""
+    for action in build_parser().commands["optimize"]._actions:
+        if action.dest == dest and action.option_strings and not isinstance(action, _OldSpelling):
+            return next((flag for flag in action.option_strings if flag.startswith("--")), action.option_strings[0])
+    return dest
+
+
+def _spelled(args: argparse.Namespace, dest: str, flag: str) -> str:
+    """How the user spelled the flag of ``dest`` (its old name, if they used that), for messages."""
+    return (getattr(args, "_spellings", None) or {}).get(dest, (flag,))[0]
+
+
 def _compare_settings(args: argparse.Namespace) -> CompareSettings:
     """The comparison flags, checked (refused in one line before any work)."""
     from optimizer.compare.comparison import CompareSettings
+    from optimizer.compare.timing import EP_PROVIDERS
 
+    given = getattr(args, "given", set())
+    if not args.generate and given & {"prompt_length", "new_tokens"}:
+        flags = " and ".join(_flag_of_dest(dest) for dest in sorted(given & {"new_tokens", "prompt_length"}))
+        raise OptionError(f"{flags}: only with --generate (they set what generation times)")
+    eps = _split(args.ep, "--ep")
+    for name in eps:
+        if name not in EP_PROVIDERS:
+            raise OptionError(f"--ep {name}: unknown execution provider (choose from {', '.join(EP_PROVIDERS)})")
+    if args.max_ratio is not None and not (math.isfinite(args.max_ratio) and args.max_ratio > 0):
+        raise OptionError(f"--max-ratio {args.max_ratio}: expected a positive ratio of AFTER's latency to BEFORE's")
+    cosine = args.gate_min_cosine
+    if cosine is not None and not (-1.0 <= cosine <= 1.0):
+        flag = "--compare-min-cosine" if args.command != "compare" else "--min-cosine"
+        raise OptionError(f"{flag} {cosine}: a cosine similarity is between -1 and 1")
     return CompareSettings(
-        eps=_split(args.ep, "--ep"),
+        eps=eps,
         batches=[_positive_int(item, "--batch") for item in _split(args.batch, "--batch")],
         threads=args.threads,
         time_budget=args.time_budget,
@@ -446,44 +703,86 @@ def _compare_settings(args: argparse.Namespace) -> CompareSettings:
     )
 
 
-def _compare(console: Console, args: argparse.Namespace, before: str, after: str) -> int:
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
+def _compare(
+    console: Console, errors: Console, args: argparse.Namespace, before: str, after: str
+) -> list[tuple[int, list[str]]]:
+    """Compare, print and write the comparison; the gates (``--max-ratio``, ``--min-cosine``) that failed."""
     from optimizer.compare.comparison import compare
     from optimizer.compare.report import render_comparison, write_html, write_json
+    from optimizer.console import progress_sink
+    from optimizer.gates import accuracy_failures, slower_failures
     from optimizer.inputs import parse_dim_flags
     from optimizer.model_io import check_paths
+    from optimizer.progress import reporting_to, task
 
     check_paths(
-        {"--json": args.json, "--html": args.html},
+        {_spelled(args, "json", "--json"): args.json, "--html": args.html},
         [("the --inputs file", args.inputs)],
         models=[("the BEFORE model", before), ("the AFTER model", after)],
     )
     settings = _compare_settings(args)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        tasks: dict[str, object] = {}
-
-        def advance(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = progress.add_task(f"timing {label}", total=total)
-            progress.update(tasks[label], completed=done)
-
-        report = compare(
-            before, after, settings=settings, inputs=args.inputs, dims=parse_dim_flags(args.dim), progress=advance
-        )
-    render_comparison(report, console)
+    # Verification inputs on ``optimize`` are comparison inputs here only when the command is ``compare``.
+    inputs = args.inputs if args.command == "compare" else None
+    with progress_sink(errors, args.quiet) as sink, reporting_to(sink), task("comparing BEFORE and AFTER"):
+        with _timing_progress(sink) as advance:
+            report = compare(
+                before, after, settings=settings, inputs=inputs, dims=parse_dim_flags(args.dim), progress=advance
+            )
+    if not args.quiet:
+        render_comparison(report, console)
     if args.json:
         write_json(report, args.json)
     if args.html:
         write_html(report, args.html)
-    return 0
+    failed = []
+    if args.gate_min_cosine is not None and (lines := accuracy_failures(report, args.gate_min_cosine)):
+        failed.append((exit_codes.LESS_ACCURATE, lines))
+    if args.max_ratio is not None and (lines := slower_failures(report, args.max_ratio)):
+        failed.append((exit_codes.SLOWER, lines))
+    return failed
+
+
+@contextlib.contextmanager
+def _timing_progress(sink: Any) -> Iterator[Any]:
+    """``compare``'s ``progress(label, done, total)`` callback, as tasks of ``sink`` (one per label, in turn)."""
+    if sink is None:
+        yield None
+        return
+    current: list[Any] = []  # [label, key] of the open task
+
+    def advance(label: str, done: int, total: int) -> None:
+        if current and current[0] != label:
+            sink.stop(current.pop())
+            current.clear()
+        if not current:
+            current[:] = [label, sink.start(f"timing {label}", total)]
+        sink.update(current[1], done)
+
+    try:
+        yield advance
+    finally:
+        if current:
+            sink.stop(current[1])
+
+
+def _finish(failed: list[tuple[int, list[str]]]) -> int:
+    """Print every failed gate's lines; the exit code of the first in ``exit_codes.GATE_ORDER`` (0 if none failed)."""
+    for _, lines in failed:
+        for line in lines:
+            print(f"graphopt: {line}", file=sys.stderr)
+    codes = {code for code, _ in failed}
+    return next((code for code in exit_codes.GATE_ORDER if code in codes), exit_codes.OK)
+
+
+def _make_inputs(console: Console, args: argparse.Namespace) -> int:
+    from optimizer.inputs import parse_dim_flags, write_input_skeleton
+    from optimizer.model_io import check_paths
+
+    check_paths({"-o": args.output}, models=[("the model", args.model)])
+    summary = write_input_skeleton(args.model, args.output, parse_dim_flags(args.dim))
+    if not args.quiet:
+        console.print(summary, highlight=False, soft_wrap=True, markup=False)
+    return exit_codes.OK
 
 
 def _split(text: str, flag: str) -> list[str]:
@@ -506,7 +805,7 @@ def _list_passes(console: Console, target: str) -> int:
     for spec in all_passes():
         marker = "default" if target in spec.default_for else "opt-in "
         console.print(f"{spec.name:34} {marker}  {spec.summary}", highlight=False, soft_wrap=True)
-    return 0
+    return exit_codes.OK
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Each pass runs on a clone of the current model (clones share weight tensors, so
 this is cheap). If the pass raises, or its result fails verification, the clone is
-dropped and the pipeline goes on from the model as it was before that pass.
+dropped and the pipeline goes on from the model as it was before that pass. Each
+pass, and each verification, is a task of ``optimizer.progress`` (``pass 3/12 NAME``),
+shown by whoever installed a sink (the CLI) and silent otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import onnx_ir as ir
 
 from optimizer.errors import RuntimeRefusedError, one_line
 from optimizer.model_io import model_graphs
+from optimizer.progress import task
 from optimizer.protocol import NotedResult, PassContext, PassSpec
 from optimizer.report import (
     STATUS_APPLIED,
@@ -122,8 +125,9 @@ def run_pipeline(
             default = verifier.budget == DEFAULT_APPROXIMATION_FLOOR
             report.accuracy_budget = verifier.budget.describe() + (" (default floor)" if default else "")
     nodes = report.nodes_before
-    for spec in specs:
-        current, record = _run_one(current, nodes, spec, context, verifier)
+    for index, spec in enumerate(specs, 1):
+        with task(f"pass {index}/{len(specs)} {spec.name}"):
+            current, record = _run_one(current, nodes, spec, context, verifier)
         report.passes.append(record)
         nodes = record.nodes_after
     report.nodes_after = nodes
@@ -149,7 +153,8 @@ def _run_one(
         if verifier is None:
             record.status = STATUS_APPLIED
             return candidate, record
-        verdict = _check_approximate(verifier, candidate, result) if spec.approximate else verifier.check(candidate)
+        with task("verifying on ONNX Runtime"):
+            verdict = _check_approximate(verifier, candidate, result) if spec.approximate else verifier.check(candidate)
         if verdict.ok and spec.approximate:
             # Later exact passes keep this result's outputs, not the original's.
             verifier.rebase(candidate)
@@ -179,6 +184,11 @@ def _run_one(
                 f", past it only where integer rounding took the other side of a tie "
                 f"(no token row farther from the input than {verdict.twin_row_excess:.2f}x its twin)"
             )
+        if verdict.twin_segments is not None:
+            record.twin += (
+                f"; checked segment by segment ({verdict.twin_segments} segments between the quantized layers' "
+                f"inputs, each fed its twin's values), because end to end it {verdict.twin_end_to_end}"
+            )
     if not verdict.ok:
         logger.warning("pass %s rolled back: %s", spec.name, verdict.first_failure)
         record.status, record.nodes_after, record.detail = STATUS_ROLLED_BACK, nodes_before, verdict.first_failure
@@ -199,4 +209,5 @@ def _check_approximate(verifier: Verifier, candidate: ir.Model, result: ir.passe
         return exact
     verdict = verifier.check_approximation(candidate)
     verdict.twin_error, verdict.twin_row_excess = exact.twin_error, exact.twin_row_excess
+    verdict.twin_segments, verdict.twin_end_to_end = exact.twin_segments, exact.twin_end_to_end
     return verdict

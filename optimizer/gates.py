@@ -1,0 +1,94 @@
+"""Checks that end a run with a non-zero exit code, for CI: ``--strict``, ``--max-ratio``, ``--min-cosine``.
+
+Each check returns the lines that say what failed (empty when it passed); the CLI
+prints them and exits with the code of ``optimizer.exit_codes``. A gate that has
+nothing to judge (every execution provider skipped, no float output) fails: a CI job
+must not pass on a measurement that did not happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from optimizer.compare.comparison import ComparisonReport
+from optimizer.options import Options
+from optimizer.registry import resolve
+from optimizer.report import PipelineReport
+
+
+def requested_passes(names: Iterable[str] | None, options: Options) -> set[str]:
+    """The passes the user asked for: named in ``--passes`` (``+NAME`` too), or added by an option's flag."""
+    asked = {name.strip().removeprefix("+") for name in names or () if name.strip()}
+    for spec in resolve(list(names) if names is not None else None, options):
+        if spec.requested_by is not None and spec.requested_by.asked(options):
+            asked.add(spec.name)
+    return asked
+
+
+def strict_failures(report: PipelineReport, requested: set[str]) -> list[str]:
+    """``--strict``: each pass in ``requested`` that was rolled back or failed, with the reason."""
+    return [
+        f"--strict: {record.name} was {record.status}: {record.detail}"
+        for record in report.failures()
+        if record.name in requested
+    ]
+
+
+def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
+    """``--max-ratio R``: each measurement whose AFTER/BEFORE latency ratio's interval reaches above R.
+
+    One-run timing uses the latency ratio; ``--generate`` uses time to first token and
+    the decode step time (the inverse of the tokens/s ratio, whose low end bounds it).
+    """
+    failures, measured = [], 0
+    for provider in report.providers:
+        if not provider.available:
+            continue
+        for batch in provider.batches:
+            measured += 1
+            high = batch.ratio.high
+            if high > max_ratio:
+                failures.append(
+                    f"--max-ratio {max_ratio:g}: {provider.ep} batch {batch.batch}: AFTER takes "
+                    f"{batch.ratio.ratio:.2f}x BEFORE's time (95 % interval up to {high:.2f}x)"
+                )
+        for timed in provider.generation:
+            measured += 1
+            figures = (
+                ("time to first token", timed.ttft_ratio.ratio, timed.ttft_ratio.high),
+                ("decode step time", 1.0 / timed.tokens_per_s_ratio.ratio, 1.0 / timed.tokens_per_s_ratio.low),
+            )
+            for figure, ratio, high in figures:
+                if high > max_ratio:
+                    failures.append(
+                        f"--max-ratio {max_ratio:g}: {provider.ep} generation batch {timed.batch}, {figure}: "
+                        f"AFTER {ratio:.2f}x BEFORE (95 % interval up to {high:.2f}x)"
+                    )
+    if not measured:
+        return [f"--max-ratio {max_ratio:g}: no latency was measured (every execution provider was skipped)"]
+    return failures
+
+
+def accuracy_failures(report: ComparisonReport, min_cosine: float) -> list[str]:
+    """``--min-cosine X``: each float output of AFTER whose cosine similarity to BEFORE's is below X.
+
+    Outputs that are not float (token ids, masks) have no cosine; they must be exactly
+    equal instead.
+    """
+    failures, measured = [], 0
+    for provider in report.providers:
+        for output in provider.accuracy if provider.available else ():
+            measured += 1
+            if output.cosine is None:
+                if not output.exact:
+                    failures.append(
+                        f"--min-cosine {min_cosine:g}: {provider.ep}: output '{output.name}' ({output.dtype}) "
+                        "differs and has no cosine similarity"
+                    )
+            elif not output.cosine >= min_cosine:  # NaN fails too
+                failures.append(
+                    f"--min-cosine {min_cosine:g}: {provider.ep}: output '{output.name}' has cosine {output.cosine:.6f}"
+                )
+    if not measured:
+        return [f"--min-cosine {min_cosine:g}: no accuracy was measured (every execution provider was skipped)"]
+    return failures
