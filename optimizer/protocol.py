@@ -69,11 +69,21 @@ class Twin:
       kernel quantizes its input to int8 per block, that too: the same ties as int8).
     - ``description``: what the twin is, for the report ("the input with 96 FFN units
       zeroed and the repaired weights in place").
+    - ``checkpoints``: names of float tensors, present in the result, the twin and the
+      float model they approximate, where the approximation starts (the activations an
+      int8 or int4 layer quantizes at run time). Where integer rounding at ties cascades
+      through a deep model past the end-to-end tolerance, the result is checked segment by
+      segment instead: each segment between checkpoints is fed the twin's values and held
+      to the twin at the same tolerance (``Verifier.check_twin``).
+    - ``source``: the float model the twin approximates, where that is not the pass's
+      input (SmoothQuant rescaled it first); None means the pass's input.
     """
 
     model: ir.Model
     kind: str
     description: str
+    checkpoints: tuple[str, ...] = ()
+    source: ir.Model | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in TWIN_KINDS:

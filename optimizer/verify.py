@@ -39,7 +39,7 @@ from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedEr
 from optimizer.inputs import split_samples
 from optimizer.padding import cache_outputs, hide_padded, mask_inputs, padded_positions
 from optimizer.protocol import Twin
-from optimizer.runtime import inference_session, run_batches, run_model, run_session
+from optimizer.runtime import inference_session, run_batches, run_model, run_session, value_collector
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,10 @@ class VerificationResult:
     # int8: set when a difference past the elementwise tolerance was accepted as rounding at
     # ties (``INT8_ROW_EXCESS``): the result's distance from the input over its twin's, worst row.
     twin_row_excess: float | None = None
+    # Set when the twin check ran segment by segment (``Twin.checkpoints``): how many segments,
+    # and why the end-to-end check did not suffice.
+    twin_segments: int | None = None
+    twin_end_to_end: str = ""
 
     @property
     def ok(self) -> bool:
@@ -298,6 +302,93 @@ def int8_row_excess(
     return worst
 
 
+def _within_row_excess(
+    result: VerificationResult,
+    reference: Mapping[str, Any],
+    outputs: Mapping[str, Any],
+    before: Mapping[str, Any],
+    worst: VerificationResult,
+) -> VerificationResult:
+    """``result``, passed if every output it missed is within ``INT8_ROW_EXCESS`` of its twin
+    (``int8_row_excess``); the excess accepted is recorded on ``worst``."""
+    missed = [check.name for check in result.checks if not check.ok]
+    excess = int8_row_excess(reference, outputs, before, missed)
+    logger.debug("int8 twin check: row excess %s", excess)
+    if excess is None or excess > INT8_ROW_EXCESS:
+        return result
+    worst.twin_row_excess = max(worst.twin_row_excess or 0.0, excess)
+    return VerificationResult(checks=[OutputCheck(c.name, True, c.max_abs_error) for c in result.checks])
+
+
+# The suffix of a checkpoint's computed value, exposed as an output of a cut model (``_cut_at``).
+_COMPUTED = "::graphopt_computed"
+
+
+def _computed(name: str) -> str:
+    return name + _COMPUTED
+
+
+def _segment_failure(result: VerificationResult) -> str:
+    failure = result.first_failure
+    return failure.replace(_COMPUTED, " (the segment ending at this activation)")
+
+
+def _segment_checkpoints(candidate: ir.Model, twin: Twin, base: ir.Model) -> list[str]:
+    """The twin's checkpoints that all three models compute as float node outputs (none a
+    graph output), where cutting ``candidate`` keeps its kernels (not the float side of a
+    DQ → op → Q unit), in the candidate's graph order."""
+    held = [frozenset(v.name for node in model.graph for v in node.outputs) for model in (twin.model, base)]
+    wanted = set(twin.checkpoints)
+    names = []
+    for node in candidate.graph:
+        for value in node.outputs:
+            if value.name not in wanted or value.is_graph_output() or not all(value.name in h for h in held):
+                continue
+            if value.dtype is not None and value.dtype not in _FLOATS:
+                continue
+            if not _inside_qdq_unit(value):
+                names.append(value.name)
+    return names
+
+
+_FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+def _inside_qdq_unit(value: ir.Value) -> bool:
+    """Whether ``value`` is the float output of an op that reads a DequantizeLinear and feeds a
+    QuantizeLinear: ORT fuses such a unit into one integer kernel, which a cut there would undo."""
+    producer = value.producer()
+    reads_dq = producer is not None and any(
+        v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
+        for v in producer.inputs
+    )
+    feeds_q = any(user.op_type == "QuantizeLinear" for user, _ in value.uses())
+    return reads_dq and feeds_q
+
+
+def _cut_at(model: ir.Model, names: Sequence[str], examples: Mapping[str, np.ndarray] | None = None) -> ir.Model:
+    """A copy of ``model`` where each named tensor is a graph input to the nodes that read it,
+    and the value its producer computes is a graph output named ``_computed(name)``.
+
+    A tensor whose type the graph does not record takes its dtype and rank from ``examples``
+    (every dimension symbolic).
+    """
+    cut = model.clone()
+    produced = {v.name: v for node in cut.graph for v in node.outputs}
+    for name in names:
+        computed = produced[name]
+        if computed.type is None or computed.shape is None:
+            example = examples[name]
+            computed.dtype = ir.DataType.from_numpy(example.dtype)
+            computed.shape = ir.Shape([f"{name}_d{axis}" for axis in range(example.ndim)])
+        fed = ir.Value(name=name, type=computed.type, shape=computed.shape)
+        computed.name = _computed(name)
+        computed.replace_all_uses_with(fed)
+        cut.graph.inputs.append(fed)
+        cut.graph.outputs.append(computed)
+    return cut
+
+
 def _dtype_key(dtype: np.dtype) -> str:
     # ml_dtypes' bfloat16 reports its name as 'bfloat16'; numpy's own floats by name.
     return str(dtype.name)
@@ -337,6 +428,7 @@ class Verifier:
         self.tolerances = dict(DEFAULT_TOLERANCES if tolerances is None else tolerances)
         self.budget = budget if budget is not None and budget != AccuracyBudget() else DEFAULT_APPROXIMATION_FLOOR
         self._original = original
+        self._base = original  # the model the next pass runs on: what its twin approximates
         self._samples = samples
         self._samples_generated = samples_generated
         self._sample_batch = sample_batch
@@ -418,10 +510,7 @@ class Verifier:
         claim, a scale off by 2x, a kernel that saturates, a shape baked in — is a
         failure at near-float tolerance, whatever the accuracy budget allows.
         """
-        kind = TWIN_TOLERANCES[twin.kind]
-        tolerances = {
-            dtype: Tolerance(max(t.rtol, kind.rtol), max(t.atol, kind.atol)) for dtype, t in self.tolerances.items()
-        }
+        tolerances = self._twin_tolerances(twin)
         try:
             expected = [run_model(twin.model, inputs) for inputs in self.input_sets]
         except RuntimeRefusedError as error:
@@ -436,21 +525,79 @@ class Verifier:
                     )
                     result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
                     if not result.ok and twin.kind in ("int8", "int4"):
-                        missed = [check.name for check in result.checks if not check.ok]
-                        excess = int8_row_excess(reference, outputs, before, missed)
-                        logger.debug("int8 twin check on %s: row excess %s", label, excess)
-                        if excess is not None and excess <= INT8_ROW_EXCESS:
-                            worst.twin_row_excess = max(worst.twin_row_excess or 0.0, excess)
-                            result = VerificationResult(
-                                checks=[OutputCheck(c.name, True, c.max_abs_error) for c in result.checks]
-                            )
+                        result = _within_row_excess(result, reference, outputs, before, worst)
                     if not result.ok:
-                        return VerificationResult(
-                            error=f"differs from its twin ({twin.description}) on {label}: {result.first_failure}"
-                        )
+                        failure = f"differs from its twin ({twin.description}) on {label}: {result.first_failure}"
+                        if twin.kind in ("int8", "int4") and twin.checkpoints:
+                            missed = f"missed it on {label}: {result.first_failure}"
+                            return self._check_twin_by_segment(candidate, twin, failure, missed)
+                        return VerificationResult(error=failure)
                     worst.twin_error = max(worst.twin_error, result.max_abs_error)
         except RuntimeRefusedError as error:  # the rewrite is unusable
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
+        return worst
+
+    def _twin_tolerances(self, twin: Twin) -> dict[str, Tolerance]:
+        kind = TWIN_TOLERANCES[twin.kind]
+        return {
+            dtype: Tolerance(max(t.rtol, kind.rtol), max(t.atol, kind.atol)) for dtype, t in self.tolerances.items()
+        }
+
+    def _check_twin_by_segment(
+        self, candidate: ir.Model, twin: Twin, end_to_end: str, missed: str = ""
+    ) -> VerificationResult:
+        """Hold ``candidate`` to ``twin`` one segment at a time, between the twin's checkpoints.
+
+        End to end, an integer kernel that rounds one activation to the other side of a tie
+        shifts everything after it, and through thirty layers that shift can outgrow any
+        tolerance a wrong scale would not also pass. Cut at the checkpoints (the activations
+        the quantized layers read) instead: the twin runs whole and gives its value at each
+        checkpoint; the result and the float model it approximates run with every checkpoint
+        fed that value, and their own value there (computed from the previous checkpoints'
+        fed values) and at the outputs is compared with the twin's. Each segment then carries
+        at most its own layers' ties — the same tolerance and row-excess rule, with no cascade —
+        while every node of the result is still compared, on every input set. A checkpoint is
+        skipped where cutting would change the result's kernels (the output of a QDQ node unit
+        ORT fuses into an integer op) or where the three models do not all hold it.
+        """
+        base = twin.source if twin.source is not None else self._base
+        names = _segment_checkpoints(candidate, twin, base)
+        if not names:
+            return VerificationResult(error=end_to_end)
+        tolerances = self._twin_tolerances(twin)
+        outputs_of_twin = [v.name for v in twin.model.graph.outputs]
+        try:
+            with value_collector(twin.model, [*names, *outputs_of_twin]) as run_twin:
+                examples = run_twin(self.input_sets[0])
+                names = [name for name in names if examples[name].dtype.kind == "f"]
+                worst = VerificationResult(
+                    twin_error=0.0, twin_segments=len(names) + 1, twin_end_to_end=missed or end_to_end
+                )
+                cut_result, cut_base = _cut_at(candidate, names, examples), _cut_at(base, names, examples)
+                with (
+                    inference_session(cut_result, optimization_level="all") as result_session,
+                    inference_session(cut_base) as base_session,
+                ):
+                    for index, (inputs, label, noise) in enumerate(zip(self.input_sets, self.labels, self.noise)):
+                        values = examples if index == 0 else run_twin(inputs)
+                        feeds = {**inputs, **{name: values[name] for name in names}}
+                        reference = {name: values[name] for name in outputs_of_twin}
+                        reference.update({_computed(name): values[name] for name in names})
+                        padding = padded_positions(inputs, self.masks)
+                        outputs = hide_padded(run_session(result_session, feeds), padding, reference, self.caches)
+                        result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
+                        if not result.ok:
+                            before = run_session(base_session, feeds)
+                            result = _within_row_excess(result, reference, outputs, before, worst)
+                        if not result.ok:
+                            return VerificationResult(
+                                error=f"differs from its twin ({twin.description}) on {label}, checked segment by "
+                                f"segment between {len(names)} quantized activations: {_segment_failure(result)}"
+                            )
+                        worst.twin_error = max(worst.twin_error, result.max_abs_error)
+                        del values
+        except RuntimeRefusedError as error:
+            return VerificationResult(error=f"{end_to_end}; segment by segment, ONNX Runtime refused: {error.reason}")
         return worst
 
     def rebase(self, accepted: ir.Model) -> None:
@@ -461,6 +608,7 @@ class Verifier:
         still measured against the original.
         """
         self.references = [self._run(accepted, inputs) for inputs in self.input_sets]
+        self._base = accepted
 
     def check_approximation(self, candidate: ir.Model) -> VerificationResult:
         """Run ``candidate`` on the samples (or input sets) and hold its drift from the original to the budget.

@@ -51,11 +51,21 @@ class Int8Twin:
         self.model = model
         self._dequantized: dict[str, ir.Value] = {}
         self._sources: dict[int, ir.Value] = {}
+        self._checkpoints: dict[str, None] = {}
 
     def layers(self, kinds: Iterable[str], names: Iterable[str]) -> list[Layer]:
         """The twin's layers named ``names`` (of the given kinds), in graph order."""
         wanted = set(names)
-        return [layer for layer in find_layers(self.model.graph, kinds)[0] if layer.name in wanted]
+        layers = [layer for layer in find_layers(self.model.graph, kinds)[0] if layer.name in wanted]
+        for layer in layers:
+            if layer.activation is not None and layer.activation.name:
+                self._checkpoints[layer.activation.name] = None
+        return layers
+
+    @property
+    def checkpoints(self) -> tuple[str, ...]:
+        """The float activations the twin's layers read, in graph order (``optimizer.protocol.Twin.checkpoints``)."""
+        return tuple(self._checkpoints)
 
     def quantize_input(
         self, layer: Layer, scale: np.floating | None = None, zero_point: np.integer | None = None

@@ -251,6 +251,7 @@ class Int4QuantizationPass(QuantizationPass):
             _quantize_input_blocks(twin.model, layer, self.block_size)
 
     def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
+        float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
         twin = Int8Twin(source)
         levels = set()
         for layer in twin.layers(self.kinds, names):
@@ -266,7 +267,7 @@ class Int4QuantizationPass(QuantizationPass):
         inputs = " and inputs int8 per block (accuracy_level 4)" if 4 in levels else ""
         tables = f", {len(self._applied)} embedding tables dequantized" if self._applied else ""
         description = f"the input with {len(names)} layers' weights int4-dequantized{inputs}{tables}, in float32"
-        return Twin(twin.finish(), "int4", description)
+        return Twin(twin.finish(), "int4", description, checkpoints=twin.checkpoints, source=float_source)
 
     def _sensitivity(self, model: ir.Model, layers: list[Layer], batches, reference) -> dict[str, float]:
         if len(layers) <= _EXHAUSTIVE_LAYERS:
