@@ -57,6 +57,7 @@ from optimizer.inputs import (
 from optimizer.llm_accuracy import LLMAccuracy, TokenText, measure_llm_accuracy, random_text, text_from_arrays
 from optimizer.model_io import load_model, model_file_bytes
 from optimizer.pipeline import count_nodes
+from optimizer.progress import task, track
 from optimizer.runtime import import_onnxruntime
 
 SCHEMA = "graphopt.comparison-report/1"
@@ -337,8 +338,9 @@ def _measure_provider(
             )
         )
     first_inputs = _with_batch(base_inputs, settings.batches[0], base_batch) if batch_names else base_inputs
-    result.memory_before = measure_session_memory(before, ep.name, first_inputs, threads)
-    result.memory_after = measure_session_memory(after, ep.name, first_inputs, threads)
+    with task(f"{ep.name}: memory of BEFORE, then AFTER"):
+        result.memory_before = measure_session_memory(before, ep.name, first_inputs, threads)
+        result.memory_after = measure_session_memory(after, ep.name, first_inputs, threads)
     if settings.profile:
         result.profile_before_ms = _profile(before, ep.name, first_inputs, threads)
         result.profile_after_ms = _profile(after, ep.name, first_inputs, threads)
@@ -440,7 +442,7 @@ def _measure_generation(
 def _profile(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="graphopt-profile-") as folder:
         session = TimedSession(path, ep, inputs, threads, profile_prefix=os.path.join(folder, "trace"))
-        for _ in range(_PROFILE_RUNS):
+        for _ in track(range(_PROFILE_RUNS), f"profiling {Path(path).name}"):
             session.run()
         return time_per_op_type(session.end_profiling(), _PROFILE_RUNS)
 

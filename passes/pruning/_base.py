@@ -24,6 +24,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.inputs import split_samples
+from optimizer.progress import track
 from optimizer.protocol import Twin
 from optimizer.runtime import collect_values, run_batches
 from passes._layers import name_nodes
@@ -228,7 +229,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         # Positions before any cut: realizing a group may insert nodes (a Reshape target's Concat).
         positions = {id(node): index for index, node in enumerate(model.graph)}
         removals = []
-        for group in groups:
+        for group in track(groups, "pruning: re-fitting each layer" if repair else "pruning: each layer"):
             units = kept[group.name]
             if len(units) == group.size:
                 continue
@@ -251,7 +252,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         if self.budget.met(output_drift(reference, run_batches(trial, batches))):
             self.note(f"budget {self.budget.describe()}: met at the largest ratio asked, {high:.2f}")
             return high
-        for _ in range(_SEARCH_STEPS):
+        for _ in track(range(_SEARCH_STEPS), "pruning: bisection over the ratio"):
             middle = (low + high) / 2
             trial = model.clone()
             self._prune(trial, scores, inputs, middle)

@@ -21,6 +21,7 @@ rewritten, by different code than ``quantize_layer``.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.domains import MS_DOMAIN
 from optimizer.inputs import split_samples
+from optimizer.progress import task, track
 from optimizer.protocol import Twin
 from optimizer.runtime import run_batches, stream_values
 from passes._layers import Layer, excluded, feeds_graph_output, find_layers, name_nodes
@@ -218,7 +220,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             return drift if self.budget.met(drift) else None
 
         if len(names) <= _EXHAUSTIVE_LAYERS:
-            for count in range(1, len(names)):
+            for count in track(range(1, len(names)), "budget: most sensitive layers kept float"):
                 if (drift := attempt(count)) is not None:
                     return count, drift
             return None
@@ -226,19 +228,22 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if (drift := attempt(high)) is None:
             return None
         best = (high, drift)
-        while high - low > 1:
-            middle = (low + high) // 2
-            if (drift := attempt(middle)) is not None:
-                high, best = middle, (middle, drift)
-            else:
-                low = middle
+        with task("budget: bisection over layers kept float", total=math.ceil(math.log2(high - low))) as step:
+            while high - low > 1:
+                middle = (low + high) // 2
+                if (drift := attempt(middle)) is not None:
+                    high, best = middle, (middle, drift)
+                else:
+                    low = middle
+                step.advance()
         return best
 
     def _sensitivity(self, model: ir.Model, layers: list[Layer], batches, reference) -> dict[str, float]:
         """Each layer's sensitivity: the model's drift with that layer alone int8 (a local estimate
         for matmul-like layers when there are more than ``_EXHAUSTIVE_LAYERS``)."""
         if len(layers) <= _EXHAUSTIVE_LAYERS:
-            return {layer.name: self._cost(self._trial(model, [layer.name], batches, reference)) for layer in layers}
+            alone = track(layers, "sensitivity: each layer alone quantized")
+            return {layer.name: self._cost(self._trial(model, [layer.name], batches, reference)) for layer in alone}
         local = [layer for layer in layers if layer.kind != "conv"]
         scores = _local_errors(model, local, batches, self.per_channel, self.reduce_range)
         for layer in layers:
@@ -281,7 +286,7 @@ def _local_errors(
     """
     rows = sample_layer_inputs(model, layers, batches)
     errors = {}
-    for layer in layers:
+    for layer in track(layers, "sensitivity: local int8 error per layer"):
         x = rows[layer.activation.name].astype(np.float64)
         scale, zero_point = activation_parameters(x.min(), x.max())
         x_int8 = (np.clip(np.rint(x / scale) + float(zero_point), 0, 255) - float(zero_point)) * float(scale)

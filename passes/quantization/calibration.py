@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.progress import track
 from optimizer.runtime import value_collector
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -98,7 +99,7 @@ def channel_peaks(
     """Each named tensor's largest magnitude per channel (last axis) over the batches: SmoothQuant's statistic."""
     peaks: dict[str, np.ndarray] = {}
     with value_collector(model, names) as run:
-        for batch in batches:
+        for batch in track(batches, "SmoothQuant: channel peaks per batch"):
             for name, array in run(batch).items():
                 array = np.abs(np.asarray(array, dtype=np.float32))
                 peak = array.reshape(-1, array.shape[-1]).max(axis=0)
@@ -113,7 +114,7 @@ class _Stream:
         self.run, self.batches = run, batches
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return (self.run(batch) for batch in self.batches)
+        return (self.run(batch) for batch in track(self.batches, "calibration batches"))
 
 
 def _finite(array: np.ndarray) -> np.ndarray:
