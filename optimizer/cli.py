@@ -54,6 +54,8 @@ class _OneLineParser(argparse.ArgumentParser):
 class _OldSpelling(argparse.Action):
     """A flag's former spelling: still sets the flag's value, and the CLI prints one line saying what replaced it."""
 
+    old_spelling = True  # not a --config key (optimizer.config)
+
     def __init__(self, option_strings: list[str], dest: str, *, replacement: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
         self.replacement = replacement
@@ -638,7 +640,7 @@ def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> None:
     given = getattr(args, "given", set())
     parser_compare = {dest for dest in given if dest in _compare_dests()}
     if parser_compare and not args.compare:
-        flags = ", ".join(sorted(_flag_of_dest(dest) for dest in parser_compare))
+        flags = ", ".join(sorted(_spelled(args, dest, _flag_of_dest(dest)) for dest in parser_compare))
         raise OptionError(f"{flags}: comparison flags do nothing without --compare (add it, or run `graphopt compare`)")
     names = _split(args.passes, "--passes") if args.passes is not None else None
     read = set().union(*(spec.options_read for spec in resolve(names, options)))
@@ -721,8 +723,7 @@ def _compare(
         models=[("the BEFORE model", before), ("the AFTER model", after)],
     )
     settings = _compare_settings(args)
-    # Verification inputs on ``optimize`` are comparison inputs here only when the command is ``compare``.
-    inputs = args.inputs if args.command == "compare" else None
+    inputs = args.inputs  # on ``optimize --compare``: the verification inputs, compared on too
     with progress_sink(errors, args.quiet) as sink, reporting_to(sink), task("comparing BEFORE and AFTER"):
         with _timing_progress(sink) as advance:
             report = compare(

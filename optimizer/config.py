@@ -44,7 +44,7 @@ def config_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     """Every key a config file for ``parser``'s subcommand may hold, and the argparse action it sets."""
     keys: dict[str, argparse.Action] = {}
     for action in parser._actions:  # argparse keeps no public list of a parser's arguments
-        if action.dest in NOT_CONFIGURABLE or getattr(action, "deprecated", False):
+        if action.dest in NOT_CONFIGURABLE or getattr(action, "old_spelling", False):
             continue
         if not action.option_strings:
             keys[action.dest] = action
@@ -92,7 +92,8 @@ def load_config(path: str | os.PathLike, parser: argparse.ArgumentParser) -> dic
 
 
 def _value(source: str, key: str, action: argparse.Action, value: Any) -> Any:
-    where = f"{source}: {key} = {_toml(value) if _tomlable(value) else value!r}"
+    shown = _toml(value) if _tomlable(value) else repr(value)
+    where = f"{source}: {key} = {shown}"
     if isinstance(action, argparse.BooleanOptionalAction):
         return _bool(where, value)
     if action.nargs == 0:  # a switch: store_true, store_false, store_const

@@ -28,7 +28,7 @@ def requested_passes(names: Iterable[str] | None, options: Options) -> set[str]:
 def strict_failures(report: PipelineReport, requested: set[str]) -> list[str]:
     """``--strict``: each pass in ``requested`` that was rolled back or failed, with the reason."""
     return [
-        f"--strict: {record.name} was {record.status}: {record.detail}"
+        f"--strict: {record.name}, asked for, {record.status}: {record.detail}"
         for record in report.failures()
         if record.name in requested
     ]

@@ -1,0 +1,119 @@
+"""Progress: the protocol passes report to (optimizer.progress) and what the CLI shows (optimizer.console)."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from optimizer import exit_codes
+from optimizer.console import LinesSink
+from optimizer.progress import reporting_to, task, track
+from tests._cli_models import run_cli, save_matmul_model
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def start(self, description, total):
+        self.events.append(("start", description, total))
+        return len(self.events)
+
+    def update(self, key, completed, description=None):
+        self.events.append(("update", key, completed, description))
+
+    def stop(self, key):
+        self.events.append(("stop", key))
+
+
+def test_without_a_sink_work_is_silent_and_loops_unchanged():
+    items = [1, 2, 3]
+    assert track(items, "steps") is items
+    with task("a step", total=2) as step:
+        step.advance()
+        step.describe("renamed")
+    assert step.completed == 1
+
+
+def test_a_sink_sees_tasks_counts_and_their_end_even_on_error():
+    recorder = _Recorder()
+    with reporting_to(recorder):
+        assert list(track([10, 20], "items")) == [10, 20]
+        try:
+            with task("fails", total=3) as step:
+                step.advance(2)
+                raise ValueError
+        except ValueError:
+            pass
+    assert recorder.events == [
+        ("start", "items", 2),
+        ("update", 1, 1, None),
+        ("update", 1, 2, None),
+        ("stop", 1),
+        ("start", "fails", 3),
+        ("update", 5, 2, None),
+        ("stop", 5),
+    ]
+    # The sink is gone after the block.
+    assert track([1], "after") == [1]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_lines_sink_prints_passes_and_an_occasional_count():
+    stream, clock = io.StringIO(), _Clock()
+    sink = LinesSink(stream, interval=10.0, clock=clock)
+    run = sink.start("optimizing m.onnx", None)
+    assert stream.getvalue() == ""  # the run's line waits for a line under it
+    one = sink.start("pass 1/2 quantize-dynamic", None)
+    loop = sink.start("calibration batches", 100)
+    for done in range(1, 101):
+        clock.now += 0.25  # a batch every quarter second: one line per 10 s, not one per batch
+        sink.update(loop, done)
+    sink.stop(loop)
+    sink.stop(one)
+    sink.stop(run)
+    lines = stream.getvalue().splitlines()
+    assert lines[:2] == ["graphopt: optimizing m.onnx", "graphopt:   pass 1/2 quantize-dynamic"]
+    counts = [line for line in lines if "calibration batches" in line]
+    assert counts[0] == "graphopt:     calibration batches 40/100, 10 s"
+    assert counts[-1] == "graphopt:     calibration batches 100/100, 25 s, done"
+    assert len(counts) == 3  # at 10 s, 20 s, and the end
+
+
+def test_optimize_off_a_terminal_prints_plain_pass_lines(tmp_path, capsys):
+    model = save_matmul_model(tmp_path / "m.onnx")
+    code, out, err = run_cli(["optimize", model, "-o", tmp_path / "o.onnx"], capsys)
+    assert code == exit_codes.OK
+    lines = err.splitlines()
+    assert lines[0] == "graphopt: optimizing m.onnx"
+    assert re.fullmatch(r"graphopt:   pass 1/\d+ remove-identity", lines[1])
+    assert all(line.startswith("graphopt:   pass ") for line in lines[1:]), err
+    assert "\x1b[" not in err  # no terminal control codes in a log
+    assert "wrote" in out
+
+
+def test_quiet_prints_nothing(tmp_path, capsys):
+    model = save_matmul_model(tmp_path / "m.onnx")
+    command = ["optimize", model, "-o", tmp_path / "o.onnx"]
+    for argv in (["-q", *command], [*command, "-q"]):
+        code, out, err = run_cli(argv, capsys)
+        assert code == exit_codes.OK
+        assert (out, err) == ("", "")
+    quick = ["--time-budget", "0.2", "--iterations", "3", "--warmup", "0"]
+    code, out, err = run_cli(["compare", model, model, *quick, "--quiet"], capsys)
+    assert code == exit_codes.OK and (out, err) == ("", "")
+
+
+def test_compare_off_a_terminal_shows_its_timing(tmp_path, capsys):
+    model = save_matmul_model(tmp_path / "m.onnx")
+    quick = ["--time-budget", "0.2", "--iterations", "3", "--warmup", "0"]
+    code, _, err = run_cli(["compare", model, model, *quick], capsys)
+    assert code == exit_codes.OK
+    assert "graphopt: comparing BEFORE and AFTER\ngraphopt:   timing cpu batch 1\n" in err
