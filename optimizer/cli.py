@@ -517,14 +517,13 @@ def _apply_config(args: argparse.Namespace, argv: list[str] | None, parser: argp
     args.given = given
     if args.print_config:
         return
-    if args.command == "compare":
-        for name in ("before", "after"):
-            if getattr(args, name) is None:
-                raise OptionError(f"compare: give the {name.upper()} model (or `{name} = ...` in --config)")
-    elif args.model is None:
-        raise OptionError("optimize: give the model to optimize (or `model = ...` in --config)")
-    elif args.output is None:
-        raise OptionError("optimize: give -o FILE.onnx for the result (or `output = ...` in --config)")
+    # Arguments argparse cannot require, since a config file may give them: refused as argparse would.
+    required = ("before", "after") if args.command == "compare" else ("model", "output")
+    missing = [name for name in required if getattr(args, name) is None]
+    if missing:
+        named = ", ".join("-o/--output" if name == "output" else name for name in missing)
+        keys = " and ".join(f"`{name} = ...`" for name in missing)
+        parser.error(f"the following arguments are required: {named} (or {keys} in --config)")
 
 
 def _flags_given(argv: list[str] | None) -> set[str]:

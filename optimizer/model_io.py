@@ -394,7 +394,14 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], object], wh
 # --- output paths ------------------------------------------------------------------------
 
 # What each output flag writes, for messages.
-_ROLES = {"-o": "output", "--report": "report", "--json": "comparison", "--html": "comparison"}
+_ROLES = {
+    "-o": "output",
+    "--pipeline-json": "report",
+    "--report": "report",  # the old spelling of --pipeline-json
+    "--compare-json": "comparison",
+    "--json": "comparison",
+    "--html": "comparison",
+}
 
 PathLike = str | os.PathLike
 
@@ -407,7 +414,7 @@ def check_paths(
 ) -> None:
     """Refuse output paths graphopt cannot write safely, before any work starts (``OutputPathError``).
 
-    ``writes`` maps each output flag (``-o``, ``--report``, ``--json``, ``--html``) to
+    ``writes`` maps each output flag (``-o``, ``--pipeline-json``, ``--compare-json``, ``--html``) to
     its path; ``-o`` is the model, whose weights may go beside it under the names
     ``save_model`` gives. ``reads`` are (what, path) of the files read; ``models`` are
     model files read, whose external data files are read too. Each output must name a

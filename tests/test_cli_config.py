@@ -114,9 +114,12 @@ def test_missing_config_and_missing_model(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(["optimize", "--config", "absent.toml"], capsys)
     assert code == exit_codes.USAGE and "--config absent.toml: no such file" in err
-    (tmp_path / "recipe.toml").write_text('quantize = "dynamic"\n')
-    code, _, err = run_cli(["optimize", "--config", "recipe.toml"], capsys)
-    assert code == exit_codes.USAGE and "give the model to optimize (or `model = ...` in --config)" in err
+    (tmp_path / "recipe.toml").write_text('quantize = "dynamic"\noutput = "o.onnx"\n')
+    with pytest.raises(SystemExit) as stop:  # as argparse refuses a missing argument
+        run_cli(["optimize", "--config", "recipe.toml"], capsys)
+    assert stop.value.code == exit_codes.USAGE
+    err = capsys.readouterr().err
+    assert "graphopt: error: the following arguments are required: model (or `model = ...` in --config)" in err
 
 
 def test_every_optimize_flag_is_a_config_key():

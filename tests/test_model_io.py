@@ -287,7 +287,7 @@ def test_cli_optimizes_model_over_2gb_with_verification(big_model, tmp_path):
                 os.fspath(big_model),
                 "-o",
                 os.fspath(output),
-                "--report",
+                "--pipeline-json",
                 os.fspath(report),
             ],
             cwd=REPO_ROOT,

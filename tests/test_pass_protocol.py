@@ -59,7 +59,7 @@ def test_a_fusion_near_miss_reaches_the_report_the_json_and_the_verbose_table(tm
     ir.save(model, path)
     np.savez(inputs, **_feeds())
     command = ["optimize", str(path), "-o", str(tmp_path / "o.onnx"), "--passes", "+fuse-layer-norm"]
-    command += ["--inputs", str(inputs), "--report", str(tmp_path / "r.json")]
+    command += ["--inputs", str(inputs), "--pipeline-json", str(tmp_path / "r.json")]
     assert main(command) == 0
     quiet = capsys.readouterr().out
     assert REFUSAL not in quiet and re.search(r"-v shows \d+ more lines? on what passes left alone, and why", quiet)

@@ -54,7 +54,7 @@ def test_cli_prunes_with_calibration_and_reports_the_trade_off(tmp_path, capsys)
     np.savez(calibration, **calibration_samples(ir.load(EXAMPLE_MODEL), 16))
     output, report = tmp_path / "pruned.onnx", tmp_path / "report.json"
     command = ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--prune-ffn", "0.3", "--prune-heads", "0.25"]
-    assert main([*command, "--calibration", str(calibration), "--report", str(report)]) == 0
+    assert main([*command, "--calibration", str(calibration), "--pipeline-json", str(report)]) == 0
     printed = capsys.readouterr().out
     assert "prune-ffn: ratio 0.30" in printed and "without repair" in printed
     data = json.loads(report.read_text())
@@ -86,7 +86,7 @@ def test_resnets_prune_channels_inside_blocks_and_leave_residual_ties(name):
 def test_cli_prune_pass_named_and_flagged_runs_once(tmp_path, capsys):
     output, report = tmp_path / "p.onnx", tmp_path / "r.json"
     command = ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--passes", "+prune-ffn", "--prune-ffn", "0.25"]
-    assert main([*command, "--report", str(report)]) == 0
+    assert main([*command, "--pipeline-json", str(report)]) == 0
     assert [r["name"] for r in json.loads(report.read_text())["passes"]].count("prune-ffn") == 1
     assert main(["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--passes", "+prune-heads"]) == 2
     assert "prune-heads needs its ratio: --prune-heads R" in capsys.readouterr().err

@@ -85,7 +85,7 @@ def test_cli_quantize_with_calibration_budget_and_report(tmp_path, capsys):
     output, report = tmp_path / "int8.onnx", tmp_path / "report.json"
     code = main(
         ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--quantize", "dynamic", "--calibration", str(calibration)]
-        + ["--min-cosine", "0.999", "--report", str(report)]
+        + ["--min-cosine", "0.999", "--pipeline-json", str(report)]
     )
     assert code == 0
     printed = capsys.readouterr().out
@@ -133,7 +133,7 @@ def test_cli_fp16_for_cuda(tmp_path, keep_io_types):
     output, report = tmp_path / "fp16.onnx", tmp_path / "report.json"
     flags = [] if keep_io_types else ["--no-keep-io-types"]
     command = ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--target", "cuda", "--fp16", *flags]
-    assert main([*command, "--report", str(report)]) == 0
+    assert main([*command, "--pipeline-json", str(report)]) == 0
     record = next(r for r in json.loads(report.read_text())["passes"] if r["name"] == "convert-float16")
     assert record["status"] == "applied", record["detail"]  # verified, float16 inputs included
     model = ir.load(output)
