@@ -18,12 +18,22 @@ from passes._utils import add_initializer, constant_array
 from passes.quantization import calibration
 from passes.quantization._attention import folded_weights, replace_with_qattention
 from passes.quantization._base import QuantizationPass
-from passes.quantization._int8 import activation_parameters, claimed_weight, quantize_bias, quantize_weight
+from passes.quantization._int8 import (
+    FULL_RANGE_MAX,
+    REDUCED_RANGE_MAX,
+    QuantizedWeight,
+    activation_parameters,
+    claimed_weight,
+    quantize_bias,
+    quantize_weight,
+)
 from passes.quantization._twin import Int8Twin
 
 _QDQ_OPSET = 13
 # The oldest opset onnxscript's version converter targets.
 _CONVERTED_OPSET = 18
+# A bias stored as int32 keeps this much headroom below int32's largest value.
+_BIAS_LIMIT = 2.0**30
 
 
 class StaticQuantizationPass(QuantizationPass):
@@ -41,7 +51,8 @@ class StaticQuantizationPass(QuantizationPass):
     The twin (kind ``"int8"``): the same steps in float — each layer's input through
     ``QuantizeLinear`` → ``DequantizeLinear`` at its calibrated scale, the dequantized
     int8 weight as a float constant, the bias replaced by its int32 value times its scale,
-    a Conv's output through its pair, an Attention's ``scale`` folded and bias float.
+    a Conv's output (or its Relu/Clip's, the activation kept) and each requantized
+    residual Add's output through its pair, an Attention's ``scale`` folded and bias float.
 
     Ranges come from ``samples`` with ``method`` (minmax, percentile, entropy; see
     ``calibration``). Refuses (stays float) as ``DynamicQuantizationPass`` does, and
@@ -75,7 +86,9 @@ class StaticQuantizationPass(QuantizationPass):
 
     def prepare(self, model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]]) -> None:
         names = [layer.activation.name for layer in layers]
-        names += [layer.node.outputs[0].name for layer in layers if layer.kind == "conv"]
+        tails = [_output_tail(model.graph, layer.node) for layer in layers if layer.kind == "conv"]
+        names += [tail.outputs[0].name for tail in tails if tail is not None]
+        names += _residual_add_candidates(model.graph, names)
         self.ranges = calibration.calibrate(model, list(dict.fromkeys(names)), batches, self.method)
         self.note(f"calibrated {len(self.ranges)} activations ({self.method}) on {_count(batches)} samples")
 
@@ -99,6 +112,8 @@ class StaticQuantizationPass(QuantizationPass):
         axis = 0 if layer.kind == "conv" or transposed else 1
         stored = layer.weight.T if transposed else layer.weight
         quantized = quantize_weight(stored, axis if self.per_channel else None, reduce_range=self.reduce_range)
+        activation_scale = constant_array(activation.producer().inputs[1])
+        quantized = _fit_bias(quantized, stored, _bias_values(layer), activation_scale, self.reduce_range)
         prefix = node.name
         inputs = [
             add_initializer(graph, f"{prefix}.weight_int8", quantized.values),
@@ -110,7 +125,6 @@ class StaticQuantizationPass(QuantizationPass):
         dequantize.outputs[0].name = f"{prefix}.weight_dequantized"
         graph.insert_before(node, dequantize)
         node.replace_input_with(1, dequantize.outputs[0])
-        activation_scale = constant_array(activation.producer().inputs[1])
         self._quantize_bias(graph, layer, activation_scale * quantized.scale)
         if layer.kind == "conv":
             self._quantize_output(graph, node)
@@ -130,6 +144,7 @@ class StaticQuantizationPass(QuantizationPass):
             node.attributes.pop("scale", None)
             return
         quantized = quantize_weight(layer.weight, axis, reduce_range=self.reduce_range)
+        quantized = _fit_bias(quantized, layer.weight, _bias_values(layer), np.float32(scale), self.reduce_range)
         twin.set_weight(layer, claimed_weight(layer.weight, quantized, layer.name))
         if layer.bias is not None:
             bias, user, slot = layer.bias, node, 2
@@ -142,8 +157,28 @@ class StaticQuantizationPass(QuantizationPass):
             values = quantize_bias(bias, bias_scale)
             if values is not None:
                 twin.set_input(user, slot, values.astype(np.float32) * bias_scale)
-        if layer.kind == "conv" and _requantized_output(twin.model.graph, node):
-            twin.quantize_output(node, *activation_parameters(*self.ranges[node.outputs[0].name]))
+        tail = _output_tail(twin.model.graph, node) if layer.kind == "conv" else None
+        if tail is not None:
+            twin.quantize_output(tail, *activation_parameters(*self.ranges[tail.outputs[0].name]))
+            self._twin_residual_adds(twin)
+
+    def _twin_residual_adds(self, twin: Int8Twin) -> None:
+        """Requantize, in the twin, every calibrated Add whose inputs are all dequantized sides of pairs."""
+        graph = twin.model.graph
+        changed = True
+        while changed:
+            changed = False
+            for node in list(graph):
+                output = node.outputs[0] if node.outputs else None
+                if (
+                    node.op_type == "Add"
+                    and output.name in self.ranges
+                    and all(value is not None and twin.source(value) is not value for value in node.inputs)
+                    and not _twin_requantized(twin, output)
+                    and _requantized_output(graph, node)
+                ):
+                    twin.quantize_output(node, *activation_parameters(*self.ranges[output.name]))
+                    changed = True
 
     def _quantize_bias(self, graph: ir.Graph, layer: Layer, scale: np.ndarray) -> None:
         """Store the bias as int32 at ``activation scale * weight scale``, behind a DequantizeLinear.
@@ -205,15 +240,132 @@ class StaticQuantizationPass(QuantizationPass):
         return dequantize.outputs[0]
 
     def _quantize_output(self, graph: ir.Graph, node: ir.Node) -> None:
-        """Route a Conv's users through a QDQ pair of its output: what lets ORT form QLinearConv."""
-        if not _requantized_output(graph, node):
+        """Route a Conv's users through a QDQ pair of its output (after its Relu/Clip): what lets ORT
+        form QLinearConv; then requantize the residual Adds this completes."""
+        tail = _output_tail(graph, node)
+        if tail is None:
             return
+        self._requantize(graph, tail)
+        self._quantize_residual_adds(graph, tail.outputs[0])
+
+    def _requantize(self, graph: ir.Graph, node: ir.Node) -> ir.Value:
         output = node.outputs[0]
         users = list(output.uses())
         first_user = min((user for user, _ in users), key=_position(graph))
         dequantized = self._qdq(graph, output, first_user)
         for user, index in users:
             user.replace_input_with(index, dequantized)
+        return dequantized
+
+    def _quantize_residual_adds(self, graph: ir.Graph, value: ir.Value) -> None:
+        """Requantize each Add reading ``value`` (requantized) whose other input is requantized too.
+
+        Then ONNX Runtime runs it as QLinearAdd. An Add whose other input is not (yet)
+        int8 is left for the layer that quantizes that input to complete.
+        """
+        dequantized = self._quantized_values.get(value.name)
+        if dequantized is None:
+            return
+        produced = {id(v) for v in self._quantized_values.values()}
+        for user, _ in list(dequantized.uses()):
+            if (
+                user.op_type == "Add"
+                and user.outputs[0].name in self.ranges
+                and user.outputs[0].name not in self._quantized_values
+                and all(v is not None and id(v) in produced for v in user.inputs)
+                and _requantized_output(graph, user)
+            ):
+                self._requantize(graph, user)
+                self._quantize_residual_adds(graph, user.outputs[0])
+
+
+def _output_tail(graph: ir.Graph, node: ir.Node) -> ir.Node | None:
+    """The node whose output carries a quantized Conv's requantized result, or None when it stays float.
+
+    The Conv's only user when that is a ``Relu`` or a ``Clip`` with a constant minimum of 0
+    (ONNX Runtime folds either into the following QuantizeLinear when its uint8 zero
+    point is 0, which a calibrated range starting at 0 gives); otherwise the Conv.
+    """
+    if not _requantized_output(graph, node):
+        return None
+    users = list(node.outputs[0].uses())
+    if len(users) == 1 and not node.outputs[0].is_graph_output():
+        user, index = users[0]
+        if index == 0 and _is_zero_floored_activation(user) and _requantized_output(graph, user):
+            return user
+    return node
+
+
+def _is_zero_floored_activation(node: ir.Node) -> bool:
+    """Relu, or Clip whose minimum is the constant 0 and whose maximum is a positive constant (ReLU6)."""
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type == "Relu":
+        return True
+    if node.op_type != "Clip" or len(node.inputs) != 3 or any(v is None for v in node.inputs[1:]):
+        return False
+    low, high = (constant_array(v) for v in node.inputs[1:])
+    return low is not None and high is not None and np.ndim(low) == 0 and low == 0 and np.ndim(high) == 0 and high > 0
+
+
+def _residual_add_candidates(graph: ir.Graph, int8_names: Sequence[str]) -> list[str]:
+    """Outputs of the Adds (in graph order) whose inputs are all int8 tensors or earlier such Adds."""
+    known = set(int8_names)
+    found = []
+    for node in graph:
+        if node.op_type == "Add" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
+            if all(v is not None and v.name in known for v in node.inputs) and _requantized_output(graph, node):
+                known.add(node.outputs[0].name)
+                found.append(node.outputs[0].name)
+    return found
+
+
+def _bias_values(layer: Layer) -> np.ndarray | None:
+    """The layer's bias (its own, or a MatMul's following Add), or None."""
+    if layer.bias is not None:
+        return np.asarray(layer.bias, dtype=np.float32)
+    following = bias_add(layer)
+    return None if following is None else np.asarray(following[0], dtype=np.float32)
+
+
+def _fit_bias(
+    quantized: QuantizedWeight, stored: np.ndarray, bias: np.ndarray | None, activation_scale, reduce_range: bool
+) -> QuantizedWeight:
+    """``quantized`` with each output channel's scale raised where its bias would not fit int32.
+
+    The bias is stored as ``round(bias / (activation scale x weight scale))``; a channel whose
+    weights are all but zero (a BatchNorm-folded dead channel: peaks of 1e-9) gets a scale so
+    small that a bias of 0.1 overflows int32. Raising that channel's scale until
+    ``|bias| / scale`` is at most 2**30 keeps the bias int32 (what lets ONNX Runtime form its
+    integer kernel) and rounds the channel's tiny weights to zero or near it.
+    """
+    if bias is None:
+        return quantized
+    needed = np.abs(np.asarray(bias, dtype=np.float64)) / (float(np.asarray(activation_scale)) * _BIAS_LIMIT)
+    scale = np.asarray(quantized.scale, dtype=np.float64)
+    if quantized.axis is None:
+        needed = needed.max(initial=0.0)
+    if np.all(scale >= needed):
+        return quantized
+    raised = np.maximum(scale, needed).astype(np.float32)
+    limit = REDUCED_RANGE_MAX if reduce_range else FULL_RANGE_MAX
+    if quantized.axis is None:
+        values = np.clip(np.rint(stored / raised), -limit, limit).astype(np.int8)
+        return QuantizedWeight(values, raised.reshape(()), None)
+    shape = [1] * np.ndim(stored)
+    shape[quantized.axis] = -1
+    values = np.clip(np.rint(stored / raised.reshape(shape)), -limit, limit).astype(np.int8)
+    return QuantizedWeight(values, raised, quantized.axis)
+
+
+def _twin_requantized(twin: Int8Twin, value: ir.Value) -> bool:
+    """Whether ``value`` already goes through a twin quantize-dequantize pair."""
+    return any(
+        twin.source(dequantize.outputs[0]) is value
+        for quantize, _ in value.uses()
+        if quantize.op_type == "QuantizeLinear"
+        for dequantize, _ in quantize.outputs[0].uses()
+    )
 
 
 def _requantized_output(graph: ir.Graph, node: ir.Node) -> bool:
