@@ -157,7 +157,8 @@ def dump_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> st
     ]
     keys = config_keys(parser)
     titles = {id(action): group.title for group in parser._action_groups for action in group._group_actions}
-    group = None
+    # The run's own settings first, then each argument group's under its title.
+    sections: dict[str | None, list[str]] = {None: []}
     for key, action in keys.items():
         value = getattr(args, action.dest, None)
         if value is None or value is argparse.SUPPRESS or value == parser.get_default(action.dest):
@@ -167,10 +168,12 @@ def dump_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> st
                 continue  # another switch of the same option says it, or none is given
             value = True
         title = titles.get(id(action))
-        if title not in (None, "positional arguments", "options") and title != group:
+        title = None if title in ("positional arguments", "options") else title
+        sections.setdefault(title, []).append(f"{key} = {_toml_value(key, value)}")
+    for title, section in sections.items():
+        if title is not None and section:
             lines += ["", f"# {title}"]
-            group = title
-        lines.append(f"{key} = {_toml_value(key, value)}")
+        lines += section
     return "\n".join(lines) + "\n"
 
 
