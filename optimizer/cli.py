@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from optimizer.compare.comparison import CompareSettings
     from optimizer.options import Options
+    from optimizer.report import PipelineReport
 
 # The rest of graphopt (onnx, ONNX Runtime, rich: over a second of imports) is imported
 # inside the functions that use it, after ``main`` has installed its signal handlers, so
@@ -215,6 +216,7 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     )
     _add_precision_flags(parser)
     _add_pruning_flags(parser)
+    _add_lowrank_flags(parser)
     parser.add_argument("--no-verify", action="store_true", help="do not check each pass's result on ONNX Runtime")
     parser.add_argument(
         "--strict",
@@ -339,6 +341,18 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="with --fp16: keep float graph inputs and outputs float32 (default; --no-keep-io-types: float16)",
+    )
+
+
+def _add_lowrank_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("low-rank factorization (after pruning, before quantization)")
+    group.add_argument(
+        "--lowrank",
+        type=float,
+        metavar="R",
+        help="factorize large MatMul weights W into U·V, removing this fraction of each one's parameters, where "
+        "measured faster on this machine (with --min-cosine/--max-error: at most R, ranks chosen per layer); "
+        "--importance magnitude: plain SVD; --no-repair: V not re-fitted",
     )
 
 
@@ -606,7 +620,7 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
     if lines := strict_failures(report, requested):
         failed.append((exit_codes.STRICT_FAILED, lines))
     if args.compare:
-        failed += _compare(console, errors, args, args.model, report.output)
+        failed += _compare(console, errors, args, args.model, report.output, pipeline=report)
     return failed
 
 
@@ -705,9 +719,17 @@ def _compare_settings(args: argparse.Namespace) -> CompareSettings:
 
 
 def _compare(
-    console: Console, errors: Console, args: argparse.Namespace, before: str, after: str
+    console: Console,
+    errors: Console,
+    args: argparse.Namespace,
+    before: str,
+    after: str,
+    pipeline: PipelineReport | None = None,
 ) -> list[tuple[int, list[str]]]:
-    """Compare, print and write the comparison; the gates (``--max-ratio``, ``--min-cosine``) that failed."""
+    """Compare, print and write the comparison; the gates (``--max-ratio``, ``--min-cosine``) that failed.
+
+    ``pipeline``, on ``optimize --compare``, puts the pass table in the ``--html`` page.
+    """
     from optimizer.compare.comparison import compare
     from optimizer.compare.report import render_comparison, write_html, write_json
     from optimizer.console import progress_sink
@@ -733,7 +755,7 @@ def _compare(
     if args.json:
         write_json(report, args.json)
     if args.html:
-        write_html(report, args.html)
+        write_html(report, args.html, pipeline)
     failed = []
     if args.gate_min_cosine is not None and (lines := accuracy_failures(report, args.gate_min_cosine)):
         failed.append((exit_codes.LESS_ACCURATE, lines))

@@ -234,3 +234,20 @@ def test_page_renders_in_a_headless_browser(tmp_path):
     assert latency_card["y"] + latency_card["height"] <= 800, "the latency figure and its warning are on screen"
     assert svg_count == 4 and svg_box["width"] > 100 and svg_box["height"] > 100
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_optimize_compare_html_carries_the_pass_table(tmp_path):
+    from optimizer.cli import EXAMPLE_MODEL, main
+
+    page_path = tmp_path / "report.html"
+    output = tmp_path / "encoder.int8.onnx"
+    quick = ["--threads", "1", "--iterations", "10", "--warmup", "1", "--time-budget", "1"]
+    code = main(
+        ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--quantize", "dynamic", "--compare", "--html"]
+        + [str(page_path), "-q", *quick]
+    )
+    assert code == 0
+    page = page_path.read_text(encoding="utf-8")
+    table = page[page.index("What the optimizer did") :]
+    assert "<td class='text'>quantize-dynamic</td>" in table and "<td class='text'>fold-constants</td>" in table
+    assert page.index("id='verdict'") < page.index("What the optimizer did")
