@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,6 +42,61 @@ def import_onnxruntime() -> Any:
         ) from error
     onnxruntime.set_default_logger_severity(3)
     return onnxruntime
+
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None when ONNX Runtime can run a session on CUDA here; otherwise why not, in one line.
+
+    ``get_available_providers()`` lists the providers compiled into the installed build:
+    onnxruntime-gpu lists CUDA on a machine with no GPU, no driver or no CUDA libraries, and
+    a session asking for it then falls back to the CPU or raises. So past that list, a
+    one-node session is opened on CUDA and must keep CUDA among its providers (the probe is
+    cached: the answer does not change while the process runs).
+    """
+    ort = import_onnxruntime()
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        return "onnxruntime-gpu is not installed (pip install 'graphopt[gpu]')"
+    return _probe_cuda()
+
+
+@functools.cache
+def _probe_cuda() -> str | None:
+    ort = import_onnxruntime()
+    # onnxruntime-gpu from PyPI finds CUDA and cuDNN in the nvidia-* wheels only once they are
+    # preloaded (ORT >= 1.21); it prints, rather than raises, what it could not load.
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.suppress(OSError, RuntimeError):
+                preload()
+    node = onnx.helper.make_node("Add", ["x", "x"], ["y"])
+    value = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [node], "cuda_probe", [value("x", onnx.TensorProto.FLOAT, [1])], [value("y", onnx.TensorProto.FLOAT, [1])]
+    )
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)], ir_version=8)
+    # A CUDA EP that cannot start logs an error and the session falls back to the CPU: the
+    # answer is in the session's providers, so ORT's own log would only repeat it.
+    ort.set_default_logger_severity(4)
+    try:
+        with calling_onnxruntime("start CUDA"):
+            session = ort.InferenceSession(
+                proto.SerializeToString(), session_options(), providers=[CUDA_PROVIDER, "CPUExecutionProvider"]
+            )
+            session.run(None, {"x": np.ones(1, np.float32)})
+    except RuntimeRefusedError as error:
+        return f"onnxruntime-gpu is installed but CUDA did not start: {error.reason}"
+    finally:
+        ort.set_default_logger_severity(3)
+    if CUDA_PROVIDER not in session.get_providers():
+        return (
+            "onnxruntime-gpu is installed but no GPU is usable (ONNX Runtime fell back to the CPU: "
+            "no NVIDIA GPU or driver, or CUDA/cuDNN libraries it cannot load)"
+        )
+    return None
 
 
 @functools.cache

@@ -18,7 +18,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
-from optimizer.runtime import calling_onnxruntime, import_onnxruntime, open_session, session_options
+from optimizer.runtime import (
+    calling_onnxruntime,
+    cuda_unavailable_reason,
+    import_onnxruntime,
+    open_session,
+    session_options,
+)
 
 EP_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -36,7 +42,11 @@ class ExecutionProvider:
 
 
 def resolve_execution_providers(names: list[str]) -> list[ExecutionProvider]:
-    """Check each requested EP (``cpu``, ``cuda``) against the installed onnxruntime and GPU."""
+    """Check each requested EP (``cpu``, ``cuda``) against the installed onnxruntime and GPU.
+
+    CUDA counts as available only where a session really runs on it
+    (``optimizer.runtime.cuda_unavailable_reason``), not merely where it is compiled in.
+    """
     ort = import_onnxruntime()
     available = set(ort.get_available_providers())
     result = []
@@ -44,15 +54,10 @@ def resolve_execution_providers(names: list[str]) -> list[ExecutionProvider]:
         if name not in EP_PROVIDERS:
             raise InputSpecError(f"--ep {name}: unknown execution provider (choose from {', '.join(EP_PROVIDERS)})")
         provider = EP_PROVIDERS[name][0]
-        if provider not in available:
-            reason = (
-                "onnxruntime-gpu is not installed (pip install 'graphopt[gpu]')"
-                if name == "cuda"
-                else f"{provider} is not available"
-            )
-            result.append(ExecutionProvider(name, False, reason))
-        else:
-            result.append(ExecutionProvider(name, True))
+        reason = cuda_unavailable_reason() if name == "cuda" else None
+        if reason is None and provider not in available:
+            reason = f"{provider} is not available"
+        result.append(ExecutionProvider(name, reason is None, reason or ""))
     return result
 
 
@@ -79,7 +84,11 @@ class TimedSession:
         names = [meta.name for meta in self.session.get_inputs()]
         self.feeds = {name: inputs[name] for name in names}
         self.output_names = [meta.name for meta in self.session.get_outputs()]
-        self._binding = self._bind_on_device() if ep == "cuda" else None
+        if ep == "cuda":
+            with self._running():  # copying the inputs onto the device is where a bad GPU state shows
+                self._binding = self._bind_on_device()
+        else:
+            self._binding = None
 
     def _bind_on_device(self) -> Any:
         ort = import_onnxruntime()
