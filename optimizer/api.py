@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -14,6 +14,7 @@ import onnx_ir as ir
 from optimizer.errors import InputSpecError, OptionError, OutputPathError, PassSelectionError
 from optimizer.generation import recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
+    SampleData,
     alternate_binding,
     as_arrays,
     batch_dims,
@@ -23,6 +24,7 @@ from optimizer.inputs import (
     load_inputs,
     make_inputs,
     nan_note,
+    open_samples,
     refuse_oversized,
     verification_bindings,
 )
@@ -49,6 +51,9 @@ _KEYWORDS = ("passes", "output", "inputs", "calibration", "options")
 
 ModelLike = TypeVar("ModelLike", bound=str | os.PathLike | onnx.ModelProto | ir.Model)
 InputsLike = Union[Mapping[str, np.ndarray], str, os.PathLike, None]  # noqa: UP007
+# Calibration data: an .npz file, a folder of .npz files or of one .npy per input, a mapping of
+# arrays, an iterable of feed dicts or a CalibrationDataReader (optimizer.inputs.open_samples).
+DataLike = Union[InputsLike, Iterable[Mapping[str, np.ndarray]], Any]  # noqa: UP007
 
 
 def optimize(
@@ -57,7 +62,7 @@ def optimize(
     *,
     output: str | os.PathLike | None = None,
     inputs: InputsLike = None,
-    calibration: InputsLike = None,
+    calibration: DataLike = None,
     options: Options | Mapping[str, Any] | None = None,
     **option_values: Any,
 ) -> ModelLike:
@@ -81,8 +86,12 @@ def optimize(
     when omitted, with symbolic dims bound by ``dims``) and rolled back if its outputs
     diverge beyond ``tolerances``. Approximate passes (quantization, pruning, float16)
     are held to the accuracy budget (``min_cosine``/``max_error``; default a cosine
-    floor of 0.9) on ``calibration`` (a dict of arrays or an .npz path, many samples
-    along axis 0), which they also use to calibrate, rank and search the budget.
+    floor of 0.9) on ``calibration`` (many samples along axis 0: an .npz path, a folder
+    of .npz files or of one .npy per input, a dict of arrays, any iterable of feed dicts
+    or an ``onnxruntime.quantization.CalibrationDataReader``; read batch by batch, see
+    ``optimizer.inputs.open_samples``), which they also use to calibrate, rank and search
+    the budget. Integer arrays of another width are cast where no value changes, and a
+    missing ``token_type_ids`` is zeros, each with a warning in the report.
     """
     result, _ = optimize_with_report(
         model, passes, output=output, inputs=inputs, calibration=calibration, options=options, **option_values
@@ -96,7 +105,7 @@ def optimize_with_report(
     *,
     output: str | os.PathLike | None = None,
     inputs: InputsLike = None,
-    calibration: InputsLike = None,
+    calibration: DataLike = None,
     options: Options | Mapping[str, Any] | None = None,
     **option_values: Any,
 ) -> tuple[ModelLike, PipelineReport]:
@@ -119,9 +128,10 @@ def optimize_with_report(
         raise OutputPathError("optimize(path): give output= for the optimized model")
     if input_path is not None:
         _check_output_path(output, input_path, ir_model, inputs, calibration)
-    samples, warning = _samples(ir_model, calibration, options.dims) if approximate else (None, None)
+    notes: list[str] = []
+    samples, warning = _samples(ir_model, calibration, options.dims, notes) if approximate else (None, None)
     if options.verify:
-        input_sets, labels = _verification_inputs(ir_model, inputs, options.dims)
+        input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, notes)
         bound = dims_from_inputs(ir_model, input_sets[0])
         # Shape-specialized candidates take samples only at the bound batch size.
         batch = min((bound[name] for name in batch_dims(ir_model) if name in bound), default=None)
@@ -145,6 +155,9 @@ def optimize_with_report(
     optimized, report = run_pipeline(ir_model, specs, context=context, verifier=verifier, label=label)
     if warning:
         report.warnings.append(warning)
+    report.warnings.extend(notes)
+    if isinstance(samples, SampleData):
+        report.warnings.extend(f"{samples.source}: {note}" for note in samples.notes if note not in notes)
     if verifier is not None and inputs is not None and (note := nan_note(verifier.inputs)):
         report.warnings.append(f"--inputs: {note}: outputs they reach are NaN in both models and count as equal")
     if input_path is not None:
@@ -211,17 +224,20 @@ _GENERATED_SAMPLES = 16
 
 
 def _samples(
-    model: ir.Model, calibration: InputsLike, dims: Mapping[str, int] | None
-) -> tuple[dict[str, np.ndarray], str | None]:
+    model: ir.Model, calibration: DataLike, dims: Mapping[str, int] | None, notes: list[str]
+) -> tuple[dict[str, np.ndarray] | SampleData, str | None]:
     """Sample inputs for approximate passes: the user's calibration data, else generated (with a warning).
 
-    Generated samples past ``MAX_INPUT_BYTES`` are refused before they are drawn.
+    Data already in memory as one mapping (an .npz file, a dict) is checked and kept as arrays;
+    folders and iterables stay ``SampleData``, read batch by batch by each pass. Generated
+    samples past ``MAX_INPUT_BYTES`` are refused before they are drawn.
     """
     if calibration is not None:
-        if isinstance(calibration, (str, os.PathLike)):
-            samples = load_inputs(calibration, model, flag="--calibration")
-        else:
-            samples = check_inputs(as_arrays(calibration, "calibration"), model, "calibration")
+        data = open_samples(calibration, model, flag="--calibration")
+        if not data.in_memory:
+            return data, None
+        samples = data.first()
+        notes.extend(f"{data.source}: {note}" for note in data.notes)
         if any(array.ndim and len(array) == 0 for array in samples.values()):
             raise InputSpecError("--calibration: the arrays hold no samples (axis 0 is empty)")
         return samples, None
@@ -247,7 +263,7 @@ def _samples(
 
 
 def _verification_inputs(
-    model: ir.Model, inputs: InputsLike, dims: Mapping[str, int] | None
+    model: ir.Model, inputs: InputsLike, dims: Mapping[str, int] | None, notes: list[str]
 ) -> tuple[list[dict[str, np.ndarray]], list[str]]:
     """The first verification input set and where it came from: the user's inputs, or generated.
 
@@ -255,14 +271,16 @@ def _verification_inputs(
     generates (this one, a padded copy, the second binding) are counted against
     ``MAX_INPUT_BYTES``.
     """
+    mended: list[str] = []
     if isinstance(inputs, (str, os.PathLike)):
-        arrays, label = load_inputs(inputs, model), f"--inputs {inputs}"
+        arrays, label = load_inputs(inputs, model, notes=mended), f"--inputs {inputs}"
     elif inputs is not None:
-        arrays, label = check_inputs(as_arrays(inputs, "inputs"), model, "inputs"), "the given inputs"
+        arrays, label = check_inputs(as_arrays(inputs, "inputs"), model, "inputs", mended), "the given inputs"
     else:
         refuse_oversized(model, verification_bindings(model, dims), what="generated verification inputs")
         primary, how = _model_cache(model, make_inputs(model, dims), seed=0)
         return [primary], [f"generated ({_shapes(model, primary)}){how}"]
+    notes.extend(f"{label}: {note}" for note in mended)
     note = nan_note(arrays)
     if note:
         label += f" ({note}: outputs they reach are NaN in both models, and compare as equal)"

@@ -31,6 +31,14 @@ no default value; an input with a default value (an initializer) keeps it, and a
 given for it is refused rather than silently dropped, since graphopt runs models with
 their own defaults. An input that is all NaN, or inputs that are all empty, are refused:
 nothing can be verified on them. ``nan_note`` describes inputs that are partly NaN.
+
+Calibration and evaluation data come in the forms users hold them (``open_samples``,
+``SampleData``): an .npz file, a folder of .npz files, a folder with one .npy per input,
+a mapping of arrays, any iterable of feed dicts or a ``CalibrationDataReader``; folders
+and iterables are read chunk by chunk, never all at once. Integer arrays of another width
+are cast where every value fits, and a missing token type ids input is zeros, each with
+a note (``check_inputs``). ``write_input_skeleton`` writes a model's inputs as an .npz
+template (``graphopt make-inputs``).
 """
 
 from __future__ import annotations
@@ -39,9 +47,10 @@ import logging
 import math
 import os
 import re
+import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -243,16 +252,45 @@ def parse_dim_flags(flags: list[str] | None) -> dict[str, int]:
     return dims
 
 
-def load_inputs(path: str | os.PathLike, model: ir.Model, *, flag: str = "--inputs") -> dict[str, np.ndarray]:
-    """Read inputs from an .npz file whose keys are the graph's input names (``flag`` names it in errors).
+def load_inputs(
+    path: str | os.PathLike, model: ir.Model, *, flag: str = "--inputs", notes: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Read one input set: an .npz file whose keys are the graph's input names, or a folder with one
+    .npy file per input (file stem = input name); ``flag`` names it in errors.
 
     The file is read as a zip of .npy arrays, never unpickled. Anything else (an empty,
     truncated or corrupt file, a member that is no .npy array, object arrays, arrays that
     declare more than ``MAX_INPUT_BYTES``) is an ``InputSpecError`` in one line; then
-    ``check_inputs`` checks the arrays against the model.
+    ``check_inputs`` checks the arrays against the model (mending casts and token type
+    ids, with ``notes``). A folder of .npz files is many input sets: ``open_samples`` reads it.
     """
     source = f"{flag} {path}"
-    return check_inputs(_read_npz(Path(path), source), model, source)
+    if Path(path).is_dir():
+        return check_inputs(_read_input_folder(Path(path), source), model, source, notes)
+    return check_inputs(_read_npz(Path(path), source), model, source, notes)
+
+
+def _read_input_folder(path: Path, source: str) -> dict[str, np.ndarray]:
+    """One input set from a folder of .npy files, loaded (within ``MAX_INPUT_BYTES``)."""
+    try:
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".npz", ".npy"))
+    except OSError as error:
+        raise InputSpecError(f"{source}: cannot read the folder ({error.strerror or one_line(error)})") from error
+    if not files:
+        raise InputSpecError(f"{source}: is a folder, not a .npz file, and holds no .npy file per input")
+    if any(p.suffix == ".npz" for p in files):
+        raise InputSpecError(
+            f"{source}: a folder of .npz files is many input sets (which --calibration and compare take); "
+            "give one input set: an .npz file or a folder with one .npy per input"
+        )
+    arrays = _read_npy_folder(files, source)
+    total = sum(a.nbytes for a in arrays.values())
+    if total > MAX_INPUT_BYTES:
+        raise InputSpecError(
+            f"{source}: its arrays take {format_bytes(total)}, more than graphopt's limit of "
+            f"{format_bytes(MAX_INPUT_BYTES)}: give fewer or smaller samples"
+        )
+    return {name: np.array(a) for name, a in arrays.items()}
 
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -365,13 +403,22 @@ def as_arrays(values: Any, source: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def check_inputs(arrays: Mapping[str, np.ndarray], model: ir.Model, source: str) -> dict[str, np.ndarray]:
+def check_inputs(
+    arrays: Mapping[str, np.ndarray], model: ir.Model, source: str, notes: list[str] | None = None
+) -> dict[str, np.ndarray]:
     """Check that ``arrays`` has every graph input with the right dtype and rank; return them in input order.
 
     Refused, naming ``source``: a missing input, a value that is not an array, a wrong
     dtype or rank, a value for an input that has a default value (an initializer: graphopt
     runs models with their own defaults, so the value would be dropped), a float input
     that is all NaN, and inputs that are all empty (nothing to verify on).
+
+    With ``notes`` (a list the caller shows), two mistakes are mended instead, each with
+    a note: an integer (or boolean) array of another width is cast when every value
+    survives the cast (int32 token ids for an int64 input; a cast that would change a value
+    is refused in one line, and floats are never cast), and
+    a missing input that is safe to zero (``zero_fillable``: token type / segment ids) is
+    filled with zeros of the shape the other inputs give its dims.
     """
     defaults = [value.name for value in model.graph.inputs if value.name in model.graph.initializers]
     overridden = next((name for name in defaults if name in arrays), None)
@@ -382,25 +429,109 @@ def check_inputs(arrays: Mapping[str, np.ndarray], model: ir.Model, source: str)
         )
     required = [value.name for value in runtime_inputs(model)]
     missing = [name for name in required if name not in arrays]
-    if missing:
+    fillable = [v for v in runtime_inputs(model) if v.name in missing and notes is not None and zero_fillable(v)]
+    if len(fillable) < len(missing):
+        first = next(name for name in missing if name not in {v.name for v in fillable})
         raise InputSpecError(
-            f"{source}: no array for graph input '{missing[0]}' (keys must be the input names: {', '.join(required)})"
+            f"{source}: no array for graph input '{first}' (keys must be the input names: {', '.join(required)})"
         )
+    checked: dict[str, np.ndarray] = {}
     for value in runtime_inputs(model):
+        if value.name in missing:
+            continue
         array = arrays[value.name]
         if not isinstance(array, np.ndarray):
             raise InputSpecError(f"{source}: '{value.name}' is a {type(array).__name__}, not an array")
         if value.dtype is not None and value.dtype != ir.DataType.STRING and array.dtype != value.dtype.numpy():
-            raise InputSpecError(f"{source}: '{value.name}' is {array.dtype}, the model expects {value.dtype.numpy()}")
+            if notes is None:
+                raise InputSpecError(
+                    f"{source}: '{value.name}' is {array.dtype}, the model expects {value.dtype.numpy()}"
+                )
+            array = _cast_exactly(array, value, source, notes)
         if value.shape is not None and len(value.shape) != array.ndim:
             raise InputSpecError(
                 f"{source}: '{value.name}' has rank {array.ndim}, the model expects {len(value.shape)}"
             )
         if array.dtype.kind in "fc" and array.size and np.isnan(array).all():
             raise InputSpecError(f"{source}: '{value.name}' is all NaN: nothing can be checked on it")
-    if required and all(arrays[name].size == 0 for name in required):
+        checked[value.name] = array
+    for value in fillable:
+        checked[value.name] = _zeros_for(value, model, checked, source)
+        _add_note(notes, f"'{value.name}' missing: filled with zeros ({_ZERO_FILL_MEANING})")
+    if required and all(checked[name].size == 0 for name in required):
         raise InputSpecError(f"{source}: every array is empty: there are no samples to check anything on")
-    return {name: arrays[name] for name in required}
+    return {name: checked[name] for name in required}
+
+
+# Inputs that may be left out of user data and filled with zeros. Zero is the value a
+# tokenizer itself writes for them when it encodes one sentence (segment A), so a model
+# fed zeros computes what it computes on such text. Nothing else is zero-filled: a zero
+# attention mask hides every token, zero token ids are one repeated token, zero position
+# ids put every token at one position, and a zero float input is no sample at all.
+_ZERO_SAFE_NAME = re.compile(r"token_type|segment_id|type_ids", re.IGNORECASE)
+_ZERO_FILL_MEANING = "token type 0: one segment, as a tokenizer writes for a single sentence"
+
+
+def zero_fillable(value: ir.Value) -> bool:
+    """Whether a graph input may be left out of user data and filled with zeros: an integer tensor
+    named like token type or segment ids (see ``_ZERO_SAFE_NAME`` for why only these)."""
+    dtype = value.dtype
+    return (
+        isinstance(value.type, ir.TensorType)
+        and dtype is not None
+        and dtype.is_integer()
+        and _ZERO_SAFE_NAME.search(value.name) is not None
+    )
+
+
+def _zeros_for(value: ir.Value, model: ir.Model, given: Mapping[str, np.ndarray], source: str) -> np.ndarray:
+    """Zeros of ``value``'s shape, its symbolic dims sized as ``given`` binds them."""
+    bound = dims_from_inputs(model, given)
+    shape = []
+    for dim in value.shape if value.shape is not None else [None]:
+        if isinstance(dim, int) and dim >= 0:
+            shape.append(dim)
+        elif isinstance(dim, ir.SymbolicDim) and dim.value in bound:
+            shape.append(bound[dim.value])
+        else:
+            raise InputSpecError(
+                f"{source}: no array for graph input '{value.name}', and its shape cannot be told from the other "
+                "inputs to fill it with zeros: give it"
+            )
+    return np.zeros(shape, dtype=value.dtype.numpy())
+
+
+def _cast_exactly(array: np.ndarray, value: ir.Value, source: str, notes: list[str]) -> np.ndarray:
+    """``array`` cast to ``value``'s dtype, with a note, if every value survives the cast; else ``InputSpecError``."""
+    target = np.dtype(value.dtype.numpy())
+    refused = f"{source}: '{value.name}' is {array.dtype}, the model expects {target}"
+    # Integers and booleans only: a float array cast to another width (float64 data for a
+    # float32 input) changes values almost always, and a float holding ids is a mistake upstream.
+    if array.dtype.kind not in "biu" or target.kind not in "biu":
+        raise InputSpecError(refused)
+    if target.kind == "b":
+        outside = (array != 0) & (array != 1)
+    elif array.dtype.kind == "b" or not array.size:
+        outside = np.zeros(array.shape, bool)
+    else:  # compared as Python ints: uint64 and int64 do not fit in one numpy dtype
+        low, high = int(np.iinfo(target).min), int(np.iinfo(target).max)
+        outside = (array < low) if int(array.min()) < low else np.zeros(array.shape, bool)
+        if int(array.max()) > high:
+            outside = outside | (array > high)
+    if outside.any():
+        was = array.ravel()[int(np.argmax(outside.ravel()))].item()
+        raise InputSpecError(
+            f"{refused}, and {was} does not fit in {target.name}: convert it yourself (.astype({target.name})) "
+            "if that is what you mean"
+        )
+    cast = array.astype(target)
+    _add_note(notes, f"'{value.name}' {array.dtype} cast to {target.name} (every value kept)")
+    return cast
+
+
+def _add_note(notes: list[str] | None, note: str) -> None:
+    if notes is not None and note not in notes:
+        notes.append(note)
 
 
 def nan_note(arrays: Mapping[str, Any]) -> str | None:
@@ -901,13 +1032,14 @@ SAMPLE_BATCH = 16
 
 
 def split_samples(
-    samples: Mapping[str, np.ndarray], size: int = SAMPLE_BATCH, model: ir.Model | None = None
-) -> list[dict[str, np.ndarray]]:
+    samples: Mapping[str, np.ndarray] | SampleData, size: int = SAMPLE_BATCH, model: ir.Model | None = None
+) -> Sequence[dict[str, np.ndarray]]:
     """Cut inputs holding many samples along axis 0 (calibration data) into batches of at most ``size``.
 
     With ``model``, a graph input whose first dim is a fixed number sets the batch size
     instead (a model built for batch 1 is fed one sample at a time). Scalars are passed
-    whole to every batch.
+    whole to every batch. ``SampleData`` (a folder, an iterable of feed dicts) gives a
+    sequence that reads its batches from disk each time it is iterated, never all at once.
     """
     if model is not None:
         fixed = [
@@ -916,9 +1048,396 @@ def split_samples(
             if v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int)
         ]
         size = min([d for d in fixed if d > 0], default=size)
+    if isinstance(samples, SampleData):
+        return samples.batches(size)
     arrays = {name: np.asarray(array) for name, array in samples.items()}
     count = min((len(array) for array in arrays.values() if array.ndim), default=1)
     return [
         {name: array[start : start + size] if array.ndim else array for name, array in arrays.items()}
         for start in range(0, count, size)
     ]
+
+
+# --- sample data the way users hold it ----------------------------------------------------
+
+# A chunk is one unit the source reads at a time: one .npz file, or one feed dict of an
+# iterable. Its plan entry says how many samples it holds (axis 0) and the shape of one
+# sample of each input, so batches can be counted without reading any data.
+_Chunk = tuple[int, dict[str, tuple[int, ...]]]
+
+
+class SampleData:
+    """Sample inputs (calibration or evaluation data) read chunk by chunk, never all at once.
+
+    Built by ``open_samples`` from what users hold: an .npz file, a folder of .npz files
+    (sorted by name; each holds one or more samples along axis 0), a folder with one .npy
+    file per input (file stem = input name; memory-mapped), a mapping of arrays, any
+    iterable of feed dicts, or an ``onnxruntime.quantization.CalibrationDataReader``.
+    Iterables that can be read only once (generators, data readers) are written to a
+    temporary folder of .npz files as they are read, so that the passes, which read the
+    samples several times (ranges, then the budget search), read them from disk.
+
+    Every chunk is checked against the model as it is read (``check_inputs``: lossless
+    casts and zero-filled token type ids, each said once in ``notes``). ``batches(size)``
+    regroups the chunks into batches of ``size`` samples (a shape change starts a new
+    batch); ``count`` is the number of samples, ``describe()`` where they came from.
+    """
+
+    def __init__(
+        self,
+        model: ir.Model,
+        source: str,
+        read: Callable[[int], dict[str, np.ndarray]],
+        plan: list[_Chunk],
+        *,
+        keep: Any = None,
+        unit: str = "chunks",
+        label: Callable[[int], str] | None = None,
+    ) -> None:
+        self._model, self.source, self._read = model, source, read
+        # Inputs that decide whether two chunks join: what check_inputs keeps, less what it may fill.
+        self._joined_on = frozenset(v.name for v in runtime_inputs(model) if not zero_fillable(v))
+        self._plan = [(rows, self.signature(shapes)) for rows, shapes in plan]
+        self._keep = keep  # a temporary folder that must live as long as this object
+        self._unit = unit
+        self._label = label or (lambda index: source if len(plan) == 1 else f"{source} ({unit[:-1]} {index + 1})")
+        # True when the samples are one mapping of arrays already in memory (an .npz file, a dict).
+        self.in_memory = False
+        self.notes: list[str] = []
+        self.count = sum(rows for rows, _ in plan)
+
+    def signature(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple:
+        """What two chunks must share to be joined along axis 0: each input's shape past axis 0.
+
+        Dtypes are not compared (checked chunks have the model's), nor inputs that may be
+        zero-filled (their shapes follow the others').
+        """
+        return tuple(
+            sorted((name, len(shape), tuple(shape[1:])) for name, shape in shapes.items() if name in self._joined_on)
+        )
+
+    def describe(self) -> str:
+        """``--calibration data/ (240 samples in 15 files)``: the source and its size."""
+        chunks = f" in {len(self._plan)} {self._unit}" if len(self._plan) > 1 else ""
+        return f"{self.source} ({self.count} samples{chunks})"
+
+    def validate(self) -> SampleData:
+        """Check every chunk against the model now (one read of the data), so that a chunk that does not fit
+        is a user error before any work, not a failure in the middle of a pass; returns ``self``."""
+        for _ in self.chunks():
+            pass
+        if self.count == 0:
+            raise InputSpecError(f"{self.source}: the arrays hold no samples (axis 0 is empty)")
+        return self
+
+    def chunks(self) -> Iterator[dict[str, np.ndarray]]:
+        """The chunks as stored, checked against the model, one at a time."""
+        for index in range(len(self._plan)):
+            yield check_inputs(self._read(index), self._model, self._label(index), self.notes)
+
+    def batches(self, size: int = SAMPLE_BATCH) -> _Batches:
+        """The samples in batches of at most ``size``, as a re-iterable, sized sequence."""
+        return _Batches(self, size)
+
+    def first(self) -> dict[str, np.ndarray]:
+        """The first chunk (checked): what a single-run consumer (the timing of compare) uses."""
+        return next(self.chunks())
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self.batches())
+
+
+class _Batches(Sequence):
+    """``SampleData`` in batches of at most ``size`` samples; each iteration reads the chunks again."""
+
+    def __init__(self, data: SampleData, size: int) -> None:
+        self._data, self._size = data, max(1, int(size))
+        self._count = _count_batches(data._plan, self._size)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:  # rarely used: a sequential read to ``index``
+        if not -self._count <= index < self._count:
+            raise IndexError(index)
+        index %= self._count
+        return next(batch for i, batch in enumerate(self) if i == index)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        held: list[dict[str, np.ndarray]] = []
+        signature = None
+        rows = 0
+        for chunk in self._data.chunks():
+            chunk_signature = self._data.signature(_shapes(chunk))
+            if held and chunk_signature != signature:
+                yield from _cut(_join(held), self._size)
+                held, rows = [], 0
+            held.append(chunk)
+            signature = chunk_signature
+            rows += _rows(chunk)
+            if rows >= self._size:
+                joined = _join(held)
+                whole = (rows // self._size) * self._size
+                yield from _cut(_take(joined, 0, whole), self._size)
+                held = [_take(joined, whole, rows)] if rows > whole else []
+                rows -= whole
+        if held:
+            yield from _cut(_join(held), self._size)
+
+
+def _rows(arrays: Mapping[str, np.ndarray]) -> int:
+    return min((len(a) for a in arrays.values() if np.ndim(a)), default=1)
+
+
+def _shapes(arrays: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(np.shape(a)) for name, a in arrays.items()}
+
+
+def _take(arrays: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    return {name: a[start:stop] if np.ndim(a) else a for name, a in arrays.items()}
+
+
+def _join(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(chunks) == 1:
+        return chunks[0]
+    return {name: np.concatenate([c[name] for c in chunks]) if np.ndim(a) else a for name, a in chunks[0].items()}
+
+
+def _cut(arrays: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+    count = _rows(arrays)
+    for start in range(0, count, size):
+        # Copies: a memory-mapped .npy slice must not keep the file's pages, nor be written through.
+        yield {name: np.array(a) for name, a in _take(arrays, start, start + size).items()}
+
+
+def _count_batches(plan: list[_Chunk], size: int) -> int:
+    """How many batches ``_Batches.__iter__`` yields for ``plan`` (the same grouping, without data)."""
+    count, rows, signature = 0, 0, None
+    for chunk_rows, chunk_signature in plan:
+        if rows and chunk_signature != signature:
+            count += -(-rows // size)
+            rows = 0
+        signature = chunk_signature
+        rows += chunk_rows
+        count += rows // size
+        rows %= size
+    return count + (-(-rows // size) if rows else 0)
+
+
+def open_samples(data: Any, model: ir.Model, *, flag: str = "--calibration") -> SampleData:
+    """Sample inputs from any form users hold them in (see ``SampleData``), every chunk checked once here.
+
+    ``flag`` names the data in errors and notes. A path is a file (.npz) or a folder
+    (.npz files, or one .npy per input); anything else must be a mapping of arrays, an
+    iterable of feed dicts, or an object with ``get_next()`` (a ``CalibrationDataReader``).
+    Errors (an empty folder, a folder mixing .npz and .npy, a chunk that does not fit the
+    model, an iterable that yields no dict) are ``InputSpecError`` in one line.
+    """
+    if isinstance(data, SampleData):
+        return data
+    return _open_samples(data, model, flag).validate()
+
+
+def _open_samples(data: Any, model: ir.Model, flag: str) -> SampleData:
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        source = f"{flag} {path}"
+        if path.is_dir():
+            return _open_folder(path, model, source)
+        arrays = _read_npz(path, source)
+        return _in_memory(model, source, arrays)
+    name = flag.lstrip("-")  # data given in Python is named as the keyword argument
+    if isinstance(data, Mapping):
+        return _in_memory(model, name, as_arrays(data, name))
+    expected = f"{name}: expected a mapping of input names to arrays, or an .npz path, not {type(data).__name__}"
+    also = "a folder of .npz or .npy files, an iterable of mappings or a CalibrationDataReader"
+    if callable(getattr(data, "get_next", None)):
+        return _spool(model, f"{name} ({type(data).__name__})", iter(data.get_next, None), expected)
+    if isinstance(data, Iterable) and not isinstance(data, (str, bytes, np.ndarray)):
+        if isinstance(data, Sequence):  # held by the caller already: read in place
+            source = f"{name} ({len(data)} feed dicts)"
+            items = [_feed(item, index, expected) for index, item in enumerate(data)]
+            if not items:
+                raise InputSpecError(f"{name}: an empty {type(data).__name__}: there are no samples")
+            plan = [(_rows(a), _shapes(a)) for a in items]
+            return SampleData(model, source, items.__getitem__, plan, unit="feed dicts")
+        return _spool(model, f"{name} ({type(data).__name__})", iter(data), expected)
+    raise InputSpecError(f"{expected} (nor {also})")
+
+
+def _feed(item: Any, index: int, expected: str) -> dict[str, np.ndarray]:
+    """One feed dict of an iterable, as arrays; ``expected`` (the iterable's refusal) when it is no mapping."""
+    if not isinstance(item, Mapping):
+        raise InputSpecError(f"{expected} of mappings (item {index + 1} is a {type(item).__name__})")
+    return as_arrays(item, f"{expected.split(':')[0]} item {index + 1}")
+
+
+def _in_memory(model: ir.Model, source: str, arrays: dict[str, np.ndarray]) -> SampleData:
+    data = SampleData(model, source, lambda index: arrays, [(_rows(arrays), _shapes(arrays))])
+    data.in_memory = True
+    return data
+
+
+def _open_folder(path: Path, model: ir.Model, source: str) -> SampleData:
+    try:
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".npz", ".npy"))
+    except OSError as error:
+        raise InputSpecError(f"{source}: cannot read the folder ({error.strerror or one_line(error)})") from error
+    kinds = {p.suffix for p in files}
+    if not files:
+        raise InputSpecError(f"{source}: the folder holds no .npz or .npy files")
+    if len(kinds) > 1:
+        raise InputSpecError(
+            f"{source}: the folder mixes .npz and .npy files: give .npz files (each one or more samples) "
+            "or one .npy per input (file name = input name), not both"
+        )
+    if kinds == {".npy"}:
+        arrays = _read_npy_folder(files, source)
+        # Chunks of _NPY_CHUNK samples, sliced from the memory maps: only those pages are read.
+        rows = _rows(arrays)
+        starts = range(0, max(rows, 1), _NPY_CHUNK)
+        plan = [(min(rows, start + _NPY_CHUNK) - start, _shapes(arrays)) for start in starts]
+        return SampleData(
+            model,
+            source,
+            lambda index: _take(arrays, starts[index], starts[index] + _NPY_CHUNK),
+            plan,
+            label=lambda index: f"{source} (samples {starts[index]} to {starts[index] + plan[index][0] - 1})",
+        )
+    plan = [_npz_plan(file, f"{source}: {file.name}") for file in files]
+    return SampleData(
+        model,
+        source,
+        lambda index: _read_npz(files[index], f"{source}: {files[index].name}"),
+        plan,
+        unit="files",
+        label=lambda index: f"{source}: {files[index].name}",
+    )
+
+
+# Samples read at a time from a folder of .npy files.
+_NPY_CHUNK = 256
+
+
+def _read_npy_folder(files: list[Path], source: str) -> dict[str, np.ndarray]:
+    """One memory-mapped array per .npy file, named by the file's stem: nothing is read until sliced."""
+    arrays = {}
+    for file in files:
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+        except ValueError as error:  # object arrays, a bad header
+            raise InputSpecError(
+                f"{source}: {file.name} is not a numeric .npy array (graphopt does not unpickle objects)"
+            ) from error
+        except OSError as error:
+            raise InputSpecError(f"{source}: cannot read {file.name} ({error.strerror or one_line(error)})") from error
+        arrays[file.stem] = array
+    return arrays
+
+
+def _npz_plan(path: Path, source: str) -> _Chunk:
+    """(samples, signature) of one .npz file, from its .npy headers alone."""
+    unreadable = f"{source}: not a readable .npz file"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            shapes = {}
+            for info in archive.infolist():
+                name, _, _ = _member_header(archive, info, unreadable)
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    reader = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = reader(member)
+                shapes[name] = (shape, dtype)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as error:
+        raise InputSpecError(f"{unreadable} ({one_line(error)})") from error
+    rows = min((shape[0] for shape, _ in shapes.values() if shape), default=1)
+    return rows, {name: tuple(shape) for name, (shape, _) in shapes.items()}
+
+
+def _spool(model: ir.Model, source: str, items: Iterator[Any], expected: str) -> SampleData:
+    """Read a one-shot iterable of feed dicts once, writing each to a temporary .npz file."""
+    folder = tempfile.TemporaryDirectory(prefix="graphopt-samples-")
+    files, plan = [], []
+    for index, item in enumerate(items):
+        arrays = _feed(item, index, expected)
+        if not arrays:
+            raise InputSpecError(f"{source}: item {index + 1} holds no arrays")
+        file = Path(folder.name) / f"{index:08d}.npz"
+        np.savez(file, **arrays)
+        files.append(file)
+        plan.append((_rows(arrays), _shapes(arrays)))
+    if not files:
+        folder.cleanup()
+        raise InputSpecError(f"{source}: it yielded no feed dicts: there are no samples")
+    return SampleData(
+        model, source, lambda index: _read_npz(files[index], source), plan, keep=folder, unit="feed dicts"
+    )
+
+
+# --- a skeleton of a model's inputs -------------------------------------------------------
+
+_TOKEN_IDS = re.compile(r"input_ids|token_ids|^ids$|tokens|decoder_input_ids", re.IGNORECASE)
+# Token ids in the skeleton: small, valid ids (most vocabularies keep their special tokens
+# below 1000, so 1000 + i is an ordinary word piece where the table is that large).
+_SKELETON_FIRST_ID = 1000
+
+
+def write_input_skeleton(
+    model_path: str | os.PathLike, out_path: str | os.PathLike, dims: Mapping[str, int] | None = None
+) -> str:
+    """Write an .npz with one correctly named, typed and shaped array per input of the model; return a summary line.
+
+    Symbolic dims come from ``dims``, else the defaults of verification (batch-like 1,
+    others 128). Token ids are small valid ids (inside the embedding table they index),
+    attention masks ones, position ids 0, 1, 2..., token type ids zeros, inputs read as
+    sizes or axes the values verification finds ONNX Runtime accepts, other numbers
+    zeros. The file is a template to overwrite with real data: it runs, but says nothing
+    about accuracy. Raises ``InputSpecError`` where generation does (an input of no shape).
+    """
+    from optimizer.model_io import load_model, write_atomically
+
+    model = load_model(model_path)
+    bound = bind_dims(model, dims)
+    arrays = make_inputs(model, bound)
+    described = []
+    for value in runtime_inputs(model):
+        array = arrays[value.name]
+        if isinstance(array, list):
+            raise InputSpecError(
+                f"input '{value.name}' is a sequence, which an .npz file cannot hold: give such inputs in Python"
+            )
+        arrays[value.name], what = _skeleton_value(value, np.asarray(array))
+        a = arrays[value.name]
+        described.append(f"{value.name} {a.dtype}[{', '.join(str(d) for d in a.shape)}]{what}")
+    write_atomically(out_path, lambda path: _savez(path, arrays), "input skeleton")
+    shown = ", ".join(f"{name}={size}" for name, size in bound.items())
+    return f"wrote {out_path}: {'; '.join(described)}" + (f" ({shown})" if shown else "")
+
+
+def _savez(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    # numpy.savez appends .npz to a name without it; write through a handle to keep the temporary name.
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _skeleton_value(value: ir.Value, generated: np.ndarray) -> tuple[np.ndarray, str]:
+    """A skeleton's value for one input, and the words saying what it holds."""
+    if _value_uses(value) or generated.dtype.kind not in "biuf":
+        return generated, ""  # read as sizes or axes: the value verification found ORT accepts
+    if zero_fillable(value):
+        return np.zeros_like(generated), " zeros"
+    if _MASK_NAME.search(value.name):
+        return np.ones_like(generated), " ones"
+    if generated.dtype.kind in "iu" and _POSITION_NAME.search(value.name):
+        return generated, " positions"
+    if generated.dtype.kind in "iu" and (_TOKEN_IDS.search(value.name) or _index_range(value)):
+        table = _index_range(value)
+        low = _SKELETON_FIRST_ID if table is None or table > 2 * _SKELETON_FIRST_ID else 0
+        span = max(1, min(table or 1 << 15, low + 64) - low)
+        ids = low + np.arange(generated.size) % span
+        return ids.reshape(generated.shape).astype(generated.dtype), f" token ids {ids.min()}..{ids.max()}"
+    return np.zeros_like(generated), " zeros"

@@ -1,0 +1,231 @@
+"""Calibration and evaluation data the way users hold it: .npz, folders, iterables, data readers;
+lossless casts, zero-filled token type ids, and the input skeleton."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from optimizer.api import optimize_with_report
+from optimizer.cli import EXAMPLE_MODEL, main
+from optimizer.compare.comparison import CompareSettings, compare
+from optimizer.errors import InputSpecError
+from optimizer.inputs import (
+    check_inputs,
+    load_inputs,
+    make_inputs,
+    open_samples,
+    split_samples,
+    write_input_skeleton,
+    zero_fillable,
+)
+
+QUICK = CompareSettings(time_budget=1.0, iterations=5, warmup=1, threads=1)
+
+
+@pytest.fixture(scope="module")
+def model() -> ir.Model:
+    return ir.load(EXAMPLE_MODEL)
+
+
+@pytest.fixture(scope="module")
+def samples(model) -> dict[str, np.ndarray]:
+    return make_inputs(model, {"batch": 20, "sequence": 12}, seed=5)
+
+
+def _npz_folder(folder: Path, samples, rows: int = 3, drop=(), dtype=None) -> Path:
+    folder.mkdir()
+    count = len(samples["input_ids"])
+    for index, start in enumerate(range(0, count, rows)):
+        arrays = {k: v[start : start + rows] for k, v in samples.items() if k not in drop}
+        if dtype is not None:
+            arrays = {k: v.astype(dtype) for k, v in arrays.items()}
+        np.savez(folder / f"part{index:03d}.npz", **arrays)
+    return folder
+
+
+def _all(batches) -> dict[str, np.ndarray]:
+    batches = list(batches)
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+
+
+def test_a_folder_of_npz_files_is_read_file_by_file_and_regrouped_into_batches(tmp_path, model, samples):
+    data = open_samples(_npz_folder(tmp_path / "cal", samples), model)
+    assert data.count == 20 and not data.in_memory
+    assert "20 samples in 7 files" in data.describe()
+    batches = split_samples(data, 8)
+    assert len(batches) == 3 and [len(b["input_ids"]) for b in batches] == [8, 8, 4]
+    # the same samples, in order, on every iteration
+    for _ in range(2):
+        for name, array in _all(batches).items():
+            np.testing.assert_array_equal(array, samples[name])
+
+
+def test_chunks_of_another_sequence_length_start_a_new_batch(tmp_path, model, samples):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    np.savez(folder / "a.npz", **{k: v[:5] for k, v in samples.items()})
+    np.savez(folder / "b.npz", **{k: v[5:10, :7] for k, v in samples.items()})
+    batches = split_samples(open_samples(folder, model), 4)
+    shapes = [b["input_ids"].shape for b in batches]
+    assert shapes == [(4, 12), (1, 12), (4, 7), (1, 7)]
+    assert len(batches) == len(shapes)
+
+
+def test_a_folder_with_one_npy_per_input_is_memory_mapped_and_read_in_chunks(tmp_path, model, samples, monkeypatch):
+    from optimizer import inputs
+
+    monkeypatch.setattr(inputs, "_NPY_CHUNK", 6)
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    for name, array in samples.items():
+        np.save(folder / f"{name}.npy", array)
+    data = open_samples(folder, model)
+    assert data.count == 20 and len(data._plan) == 4
+    read = [chunk["input_ids"].shape[0] for chunk in data.chunks()]
+    assert read == [6, 6, 6, 2]  # never the whole file at once
+    for name, array in _all(split_samples(data, 16)).items():
+        np.testing.assert_array_equal(array, samples[name])
+    # the same folder is one verification input set
+    loaded = load_inputs(folder, model)
+    np.testing.assert_array_equal(loaded["attention_mask"], samples["attention_mask"])
+
+
+def test_iterables_and_data_readers_are_read_once_and_replayed_from_disk(model, samples):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{k: v[i : i + 5] for k, v in samples.items()} for i in range(0, 20, 5)])
+            self.calls = 0
+
+        def get_next(self):
+            self.calls += 1
+            return next(self.items, None)
+
+    reader = Reader()
+    generated = ({k: v[i : i + 4] for k, v in samples.items()} for i in range(0, 20, 4))
+    for data in (open_samples(reader, model), open_samples(generated, model)):
+        assert data.count == 20
+        first, second = _all(split_samples(data, 16)), _all(split_samples(data, 16))
+        for name in samples:
+            np.testing.assert_array_equal(first[name], samples[name])
+            np.testing.assert_array_equal(second[name], samples[name])
+    assert reader.calls == 5  # four feed dicts and the None that ends them, read once
+    listed = open_samples([{k: v[:2] for k, v in samples.items()}] * 3, model)
+    assert listed.count == 6 and "feed dicts" in listed.describe()
+
+
+def test_integer_arrays_are_cast_where_no_value_changes(model, samples):
+    notes: list[str] = []
+    narrow = {k: v.astype(np.int32) for k, v in samples.items()}
+    checked = check_inputs(narrow, model, "--calibration x", notes)
+    assert all(array.dtype == np.int64 for array in checked.values())
+    assert "'input_ids' int32 cast to int64 (every value kept)" in notes
+    # booleans are 0 and 1; floats are never cast (float64 data for a float32 input loses digits)
+    booleans = {**samples, "attention_mask": samples["attention_mask"] > 0}
+    assert check_inputs(booleans, model, "x", [])["attention_mask"].dtype == np.int64
+    with pytest.raises(InputSpecError, match="'input_ids' is float64, the model expects int64$"):
+        check_inputs({**samples, "input_ids": samples["input_ids"].astype(np.float64)}, model, "x", [])
+    # without a list for the notes nothing is mended: the API of old callers is unchanged
+    with pytest.raises(InputSpecError, match="'input_ids' is int32, the model expects int64$"):
+        check_inputs(narrow, model, "--inputs x")
+
+
+def test_a_cast_that_would_change_a_value_is_one_line(model, samples):
+    ids = samples["input_ids"].astype(np.uint64)
+    ids[0, 0] = 2**63  # past int64
+    with pytest.raises(InputSpecError) as error:
+        check_inputs({**samples, "input_ids": ids}, model, "--calibration x", [])
+    message = str(error.value)
+    assert "\n" not in message and "9223372036854775808 does not fit in int64" in message
+    assert message.startswith("--calibration x: 'input_ids' is uint64, the model expects int64, and 9223")
+    assert message.endswith("convert it yourself (.astype(int64)) if that is what you mean")
+
+
+def test_only_token_type_ids_are_filled_with_zeros(model, samples):
+    notes: list[str] = []
+    given = {k: v for k, v in samples.items() if k != "token_type_ids"}
+    checked = check_inputs(given, model, "x", notes)
+    assert checked["token_type_ids"].shape == samples["input_ids"].shape and not checked["token_type_ids"].any()
+    assert any("'token_type_ids' missing: filled with zeros" in note for note in notes)
+    assert [v.name for v in model.graph.inputs if zero_fillable(v)] == ["token_type_ids"]
+    # a missing mask is not: zeros would hide every token
+    with pytest.raises(InputSpecError, match="no array for graph input 'attention_mask'"):
+        check_inputs({k: v for k, v in samples.items() if k != "attention_mask"}, model, "x", [])
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda folder: None, "holds no .npz or .npy files"),
+        (lambda folder: (np.save(folder / "a.npy", np.ones(2)), np.savez(folder / "b.npz", a=np.ones(2))), "mixes"),
+    ],
+)
+def test_folders_that_are_not_sample_data_are_one_line(tmp_path, model, make, message):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    make(folder)
+    with pytest.raises(InputSpecError, match=message):
+        open_samples(folder, model)
+
+
+def test_a_bad_chunk_is_refused_before_any_work(tmp_path, model, samples):
+    folder = _npz_folder(tmp_path / "cal", samples)
+    np.savez(folder / "zz_last.npz", input_ids=samples["input_ids"][:2])  # no mask
+    with pytest.raises(InputSpecError, match=r"cal: zz_last.npz: no array for graph input 'attention_mask'"):
+        open_samples(folder, model)
+
+
+def test_a_folder_of_npz_files_is_not_one_verification_set(tmp_path, model, samples):
+    with pytest.raises(InputSpecError, match="a folder of .npz files is many input sets"):
+        load_inputs(_npz_folder(tmp_path / "cal", samples), model)
+
+
+def test_optimize_calibrates_on_a_folder_and_reports_what_it_mended(tmp_path, samples):
+    folder = _npz_folder(tmp_path / "cal", samples, rows=4, drop=("token_type_ids",), dtype=np.int32)
+    _, report = optimize_with_report(
+        EXAMPLE_MODEL, ["+quantize-static"], output=tmp_path / "int8.onnx", calibration=folder
+    )
+    record = next(r for r in report.passes if r.name == "quantize-static")
+    assert record.status == "applied", record.detail
+    assert any("on 20 samples" in note for note in record.notes), record.notes
+    assert any("int32 cast to int64" in warning for warning in report.warnings)
+    assert any("'token_type_ids' missing: filled with zeros" in warning for warning in report.warnings)
+
+
+def test_cli_takes_a_calibration_folder(tmp_path, samples, capsys):
+    folder = _npz_folder(tmp_path / "cal", samples, rows=5)
+    command = ["optimize", str(EXAMPLE_MODEL), "-o", str(tmp_path / "o.onnx"), "--quantize", "static"]
+    assert main([*command, "--calibration", str(folder)]) == 0
+    assert "applied" in capsys.readouterr().out
+
+
+def test_skeleton_round_trip(tmp_path, model):
+    path = tmp_path / "inputs.npz"
+    summary = write_input_skeleton(EXAMPLE_MODEL, path, {"batch": 2, "sequence": 16})
+    assert "\n" not in summary and str(path) in summary
+    assert "attention_mask int64[2, 16] ones" in summary and "token_type_ids int64[2, 16] zeros" in summary
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    assert sorted(arrays) == sorted(v.name for v in model.graph.inputs)
+    assert (arrays["attention_mask"] == 1).all() and not arrays["token_type_ids"].any()
+    vocabulary = model.graph.initializers[
+        next(n.inputs[0].name for n in model.graph if n.op_type == "Gather" and n.inputs[1].name == "input_ids")
+    ].shape[0]
+    assert 0 <= arrays["input_ids"].min() and arrays["input_ids"].max() < vocabulary
+    # optimize verifies and calibrates on it, and compare measures on it
+    output = tmp_path / "int8.onnx"
+    _, report = optimize_with_report(EXAMPLE_MODEL, ["+quantize-dynamic"], output=output, inputs=path, calibration=path)
+    assert report.input_sets[0] == f"--inputs {path}"
+    assert next(r for r in report.passes if r.name == "quantize-dynamic").status == "applied"
+    comparison = compare(EXAMPLE_MODEL, output, settings=QUICK, inputs=path)
+    assert comparison.providers[0].accuracy
+
+
+def test_skeleton_defaults_bind_every_symbolic_dim(tmp_path):
+    summary = write_input_skeleton(EXAMPLE_MODEL, tmp_path / "s.npz", None)
+    assert "(batch=1, sequence=128)" in summary
