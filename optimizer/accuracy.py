@@ -14,12 +14,17 @@ _SCORE_NAME = re.compile(r"logit|score|prob|class", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class OutputAccuracy:
-    """How far one output of AFTER is from BEFORE.
+    """How far one output of AFTER is from BEFORE, over every sample compared.
 
-    ``cosine`` is set for float outputs; ``top1_agreement`` (fraction of rows whose
-    argmax over the last axis agrees) for outputs that look like class scores or
-    logits: named like ``logits``/``scores``/``probs`` or produced by a Softmax,
-    float, with a last axis of at least 2 classes.
+    ``max_rel_error`` is relative to each element's magnitude, floored at the output's
+    root mean square (``floored_magnitude``, as verification holds elements), so that a
+    value that happens to be near zero does not report a huge relative error when the
+    output as a whole is close. ``cosine`` is set for float outputs (over all values);
+    ``top1_agreement`` (fraction of rows whose argmax over the last axis agrees) for
+    outputs that look like class scores or logits: named like
+    ``logits``/``scores``/``probs`` or produced by a Softmax, float, with a last axis of
+    at least 2 classes. ``shape`` is the first batch's; ``samples`` counts the rows
+    (along axis 0) compared, over all batches.
     """
 
     name: str
@@ -30,6 +35,19 @@ class OutputAccuracy:
     cosine: float | None = None
     top1_agreement: float | None = None
     exact: bool = False
+    samples: int = 1
+
+
+def floored_magnitude(values: np.ndarray) -> np.ndarray:
+    """``max(|x|, rms(x))`` elementwise: the magnitude an element's error is measured against.
+
+    A deep model's float rounding error scales with its activations, so an element near
+    zero must not demand far more absolute precision than the large ones (verification's
+    tolerance and the comparison's relative error both use this).
+    """
+    magnitude = np.abs(values)
+    scale = float(np.sqrt(np.mean(magnitude**2))) if magnitude.size else 0.0
+    return np.maximum(magnitude, scale)
 
 
 def output_accuracy(name: str, before: Any, after: Any, *, scores: bool | None = None) -> OutputAccuracy:
@@ -37,32 +55,107 @@ def output_accuracy(name: str, before: Any, after: Any, *, scores: bool | None =
 
     ``scores`` says whether the output holds class scores; None guesses from the name.
     """
-    expected, actual = np.asarray(before), np.asarray(after)
-    if expected.shape != actual.shape:
-        raise ValueError(f"output '{name}': shape {actual.shape} differs from {expected.shape}")
-    exact = bool(np.array_equal(expected, actual, equal_nan=expected.dtype.kind == "f"))
-    if expected.dtype.kind not in "fiub" or expected.size == 0:
-        return OutputAccuracy(
+    accumulator = AccuracyAccumulator()
+    accumulator.add({name: before}, {name: after}, frozenset({name}) if scores else frozenset(), guess=scores is None)
+    return accumulator.results()[0]
+
+
+class AccuracyAccumulator:
+    """``OutputAccuracy`` of each output over many batches, one batch at a time (nothing is kept but sums).
+
+    Each ``add`` compares one batch's outputs; ``results()`` gives the accuracy over all of
+    them: the largest errors, the cosine over all values (sums of products, so it equals
+    the cosine of the outputs concatenated), top-1 agreement over all rows.
+    """
+
+    def __init__(self) -> None:
+        self._stats: dict[str, dict[str, Any]] = {}
+
+    def add(
+        self,
+        before: Mapping[str, Any],
+        after: Mapping[str, Any],
+        score_outputs: frozenset[str] = frozenset(),
+        *,
+        guess: bool = True,
+    ) -> None:
+        """Compare one batch: outputs of the same shape, by name (``ValueError`` for a shape mismatch).
+
+        ``score_outputs`` names outputs known to hold class scores; with ``guess`` others are judged by name.
+        """
+        for name, expected in before.items():
+            self._add_one(name, np.asarray(expected), np.asarray(after[name]), name in score_outputs, guess)
+
+    def _add_one(self, name: str, expected: np.ndarray, actual: np.ndarray, scores: bool, guess: bool) -> None:
+        if expected.shape != actual.shape:
+            raise ValueError(f"output '{name}': shape {actual.shape} differs from {expected.shape}")
+        stats = self._stats.setdefault(
             name,
-            str(expected.dtype),
-            list(expected.shape),
-            0.0 if exact else np.inf,
-            0.0 if exact else np.inf,
-            exact=exact,
+            {
+                "dtype": str(expected.dtype),
+                "shape": list(expected.shape),
+                "max_abs": 0.0,
+                "max_rel": 0.0,
+                "dot": 0.0,
+                "xx": 0.0,
+                "yy": 0.0,
+                "cosine": expected.dtype.kind == "f",
+                "same_values": True,
+                "agree": 0,
+                "rows": 0,
+                "top1": (scores or (guess and _SCORE_NAME.search(name) is not None)) and expected.shape[-1:] >= (2,),
+                "exact": True,
+                "samples": 0,
+                "values": 0,
+            },
         )
-    e, a = expected.astype(np.float64), actual.astype(np.float64)
-    finite = np.isfinite(e) & np.isfinite(a)
-    diff = np.abs(np.where(finite, a, 0.0) - np.where(finite, e, 0.0))
-    rel = diff / np.maximum(np.abs(np.where(finite, e, 0.0)), 1e-12)
-    max_abs, max_rel = float(diff.max()), float(rel.max())
-    if not finite.all() and not np.array_equal(np.isfinite(e), np.isfinite(a)):
-        max_abs = max_rel = float("inf")
-    cosine = top1 = None
-    if expected.dtype.kind == "f":
-        cosine = _cosine(np.where(finite, e, 0.0).ravel(), np.where(finite, a, 0.0).ravel())
-        if (_SCORE_NAME.search(name) is not None if scores is None else scores) and expected.shape[-1:] >= (2,):
-            top1 = float(np.mean(np.argmax(e, axis=-1) == np.argmax(a, axis=-1)))
-    return OutputAccuracy(name, str(expected.dtype), list(expected.shape), max_abs, max_rel, cosine, top1, exact)
+        stats["samples"] += int(expected.shape[0]) if expected.ndim else 1
+        exact = bool(np.array_equal(expected, actual, equal_nan=expected.dtype.kind == "f"))
+        stats["exact"] &= exact
+        if expected.dtype.kind not in "fiub" or expected.size == 0:
+            if not exact:
+                stats["max_abs"] = stats["max_rel"] = np.inf
+            return
+        e, a = expected.astype(np.float64), actual.astype(np.float64)
+        finite = np.isfinite(e) & np.isfinite(a)
+        e0, a0 = np.where(finite, e, 0.0), np.where(finite, a, 0.0)
+        diff = np.abs(a0 - e0)
+        rel = diff / np.maximum(floored_magnitude(e0), np.finfo(np.float64).tiny)
+        max_abs, max_rel = float(diff.max()), float(rel.max())
+        if not finite.all() and not np.array_equal(np.isfinite(e), np.isfinite(a)):
+            max_abs = max_rel = float("inf")
+        stats["values"] += expected.size
+        stats["max_abs"] = max(stats["max_abs"], max_abs)
+        stats["max_rel"] = max(stats["max_rel"], max_rel)
+        if stats["cosine"]:
+            x, y = e0.ravel(), a0.ravel()
+            stats["dot"] += float(np.dot(x, y))
+            stats["xx"] += float(np.dot(x, x))
+            stats["yy"] += float(np.dot(y, y))
+            stats["same_values"] &= bool(np.array_equal(x, y))
+            if stats["top1"]:
+                stats["agree"] += int(np.sum(np.argmax(e, axis=-1) == np.argmax(a, axis=-1)))
+                stats["rows"] += int(np.prod(expected.shape[:-1]))
+
+    def results(self) -> list[OutputAccuracy]:
+        """Each output's accuracy over every batch added, in the order first seen."""
+        results = []
+        for name, stats in self._stats.items():
+            cosine = top1 = None
+            if stats["cosine"] and stats["values"]:
+                norms = np.sqrt(stats["xx"]) * np.sqrt(stats["yy"])
+                cosine = float(stats["dot"] / norms) if norms else (1.0 if stats["same_values"] else 0.0)
+                if stats["top1"] and stats["rows"]:
+                    top1 = stats["agree"] / stats["rows"]
+            exact = stats["exact"]
+            max_abs = 0.0 if exact else stats["max_abs"]
+            max_rel = 0.0 if exact else stats["max_rel"]
+            results.append(
+                OutputAccuracy(
+                    name, stats["dtype"], stats["shape"], max_abs, max_rel, cosine, top1, exact, stats["samples"]
+                )
+            )
+        return results
 
 
 def compare_accuracy(
@@ -76,10 +169,9 @@ def compare_accuracy(
     missing = [name for name in before if name not in after]
     if missing:
         raise ValueError(f"AFTER has no output named '{missing[0]}'")
-    return [
-        output_accuracy(name, before[name], after[name], scores=True if name in score_outputs else None)
-        for name in before
-    ]
+    accumulator = AccuracyAccumulator()
+    accumulator.add(before, after, score_outputs)
+    return accumulator.results()
 
 
 def _cosine(x: np.ndarray, y: np.ndarray) -> float:

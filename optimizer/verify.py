@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.accuracy import AccuracyBudget, Drift, output_drift
+from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, output_drift
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import split_samples
 from optimizer.padding import cache_outputs, hide_padded, mask_inputs, padded_positions
@@ -242,19 +242,17 @@ def _compare_one(
     inf_mismatch = ~np.isnan(e) & ~np.isnan(a) & ~both_finite & (e != a)
     diff = np.abs(np.where(both_finite, a, 0.0) - np.where(both_finite, e, 0.0))
     max_abs = float(diff.max()) if diff.size else 0.0
-    rel = diff / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
+    # Relative to each element, but never to less than the tensor's RMS (floored_magnitude):
+    # logits that happen to be near zero must not demand far more precision than the large ones.
+    magnitude = floored_magnitude(np.where(both_finite, e, 0.0))
+    rel = diff / np.maximum(magnitude, np.finfo(np.float64).tiny)
     max_rel = float(np.where(both_finite, rel, 0.0).max()) if diff.size else 0.0
-    # Relative to each element, but never to less than the tensor's RMS: a deep model's
-    # float32 rounding error scales with its activations, so logits that happen to be
-    # near zero must not demand far more absolute precision than the large ones.
-    magnitude = np.abs(np.where(both_finite, e, 0.0))
-    scale = float(np.sqrt(np.mean(magnitude**2))) if magnitude.size else 0.0
     floor = np.asarray(floor, np.float64)
     if floor.ndim and floor.shape == diff.shape[:-1]:
         floor = floor[..., None]  # one floor per row
     elif floor.ndim:
         floor = np.float64(0.0)  # measured on another shape: not this output's noise
-    within = diff <= np.maximum(tolerance.atol + tolerance.rtol * np.maximum(magnitude, scale), floor)
+    within = diff <= np.maximum(tolerance.atol + tolerance.rtol * magnitude, floor)
     ok = bool(within.all()) and not nan_mismatch.any() and not inf_mismatch.any()
     if ok:
         return OutputCheck(name, True, max_abs, max_rel)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optimizer.accuracy import compare_accuracy, output_accuracy
+from optimizer.accuracy import AccuracyAccumulator, compare_accuracy, output_accuracy
 
 
 def test_identical_outputs():
@@ -20,7 +20,8 @@ def test_errors_and_cosine_of_a_known_perturbation():
     y = np.array([[4.0, 3.0]], np.float32)
     result = output_accuracy("embedding", x, y)
     assert result.max_abs_error == pytest.approx(1.0)
-    assert result.max_rel_error == pytest.approx(1 / 3)
+    # relative to max(|x|, rms(x)): 1 / max(3, sqrt(12.5)), not 1 / 3
+    assert result.max_rel_error == pytest.approx(1 / np.sqrt(12.5))
     assert result.cosine == pytest.approx(24 / 25)
 
 
@@ -46,3 +47,29 @@ def test_integer_outputs_are_compared_exactly():
 def test_missing_output_is_an_error():
     with pytest.raises(ValueError, match="no output named 'b'"):
         compare_accuracy({"a": np.zeros(1), "b": np.zeros(1)}, {"a": np.zeros(1)})
+
+
+def test_relative_error_is_floored_at_the_outputs_rms():
+    # A logit near zero moved by rounding: relative to itself it is 100x off, to the output it is not.
+    before = np.array([[10.0, -8.0, 0.001, 6.0]], np.float32)
+    after = before + np.float32(0.1)
+    result = output_accuracy("hidden", before, after)
+    assert result.cosine > 0.999
+    rms = np.sqrt(np.mean(before.astype(np.float64) ** 2))
+    assert result.max_rel_error == pytest.approx(0.1 / rms, rel=1e-4)
+    assert result.max_rel_error < 0.02
+
+
+def test_accumulated_accuracy_equals_the_accuracy_of_the_concatenated_outputs():
+    rng = np.random.default_rng(1)
+    before = rng.standard_normal((12, 5)).astype(np.float32)
+    after = before + rng.standard_normal((12, 5)).astype(np.float32) * 0.1
+    accumulator = AccuracyAccumulator()
+    for start in range(0, 12, 5):
+        accumulator.add({"logits": before[start : start + 5]}, {"logits": after[start : start + 5]})
+    (merged,) = accumulator.results()
+    whole = output_accuracy("logits", before, after)
+    assert merged.samples == 12 and merged.shape == [5, 5]
+    assert merged.cosine == pytest.approx(whole.cosine, rel=1e-12)
+    assert merged.top1_agreement == pytest.approx(whole.top1_agreement)
+    assert merged.max_abs_error == pytest.approx(whole.max_abs_error)
