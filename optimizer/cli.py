@@ -732,10 +732,16 @@ def _compare(
     )
     settings = _compare_settings(args)
     inputs = args.inputs  # on ``optimize --compare``: the verification inputs, compared on too
-    with progress_sink(errors, args.quiet) as sink, reporting_to(sink), task("comparing BEFORE and AFTER"):
-        with _timing_progress(sink) as advance:
+    with progress_sink(errors, args.quiet) as sink:
+        watched = _ComparisonProgress(sink) if sink is not None else None
+        with reporting_to(watched), task("comparing BEFORE and AFTER"):
             report = compare(
-                before, after, settings=settings, inputs=inputs, dims=parse_dim_flags(args.dim), progress=advance
+                before,
+                after,
+                settings=settings,
+                inputs=inputs,
+                dims=parse_dim_flags(args.dim),
+                progress=watched.timed if watched is not None else None,
             )
     if not args.quiet:
         render_comparison(report, console)
@@ -751,27 +757,42 @@ def _compare(
     return failed
 
 
-@contextlib.contextmanager
-def _timing_progress(sink: Any) -> Iterator[Any]:
-    """``compare``'s ``progress(label, done, total)`` callback, as tasks of ``sink`` (one per label, in turn)."""
-    if sink is None:
-        yield None
-        return
-    current: list[Any] = []  # [label, key] of the open task
+class _ComparisonProgress:
+    """A sink in front of ``sink`` that also takes ``compare``'s ``progress(label, done, total)`` callback.
 
-    def advance(label: str, done: int, total: int) -> None:
-        if current and current[0] != label:
-            sink.stop(current.pop())
-            current.clear()
-        if not current:
-            current[:] = [label, sink.start(f"timing {label}", total)]
-        sink.update(current[1], done)
+    Each timing label becomes a task of its own (``timing cpu batch 1``), ended when its
+    runs are done, when the next label comes, or when another step (a memory probe)
+    starts: the time budget may end a timing loop before its last run is counted.
+    """
 
-    try:
-        yield advance
-    finally:
-        if current:
-            sink.stop(current[1])
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self._timing: tuple[str, Any] | None = None
+
+    def start(self, description: str, total: int | None) -> Any:
+        self.end_timing()
+        return self.sink.start(description, total)
+
+    def update(self, key: Any, completed: int, description: str | None = None) -> None:
+        self.sink.update(key, completed, description)
+
+    def stop(self, key: Any) -> None:
+        self.end_timing()
+        self.sink.stop(key)
+
+    def timed(self, label: str, done: int, total: int) -> None:
+        if self._timing is not None and self._timing[0] != label:
+            self.end_timing()
+        if self._timing is None:
+            self._timing = (label, self.sink.start(f"timing {label}", total))
+        self.sink.update(self._timing[1], done)
+        if done >= total:
+            self.end_timing()
+
+    def end_timing(self) -> None:
+        if self._timing is not None:
+            self.sink.stop(self._timing[1])
+            self._timing = None
 
 
 def _finish(failed: list[tuple[int, list[str]]]) -> int:

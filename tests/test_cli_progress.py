@@ -117,3 +117,5 @@ def test_compare_off_a_terminal_shows_its_timing(tmp_path, capsys):
     code, _, err = run_cli(["compare", model, model, *quick], capsys)
     assert code == exit_codes.OK
     assert "graphopt: comparing BEFORE and AFTER\ngraphopt:   timing cpu batch 1\n" in err
+    # The timing task ends before the memory probes start: they are a step of their own, not under it.
+    assert "\ngraphopt:   cpu: memory of BEFORE, then AFTER\n" in err
