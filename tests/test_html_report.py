@@ -114,7 +114,7 @@ def test_verdict_is_one_line_with_ratio_interval_accuracy_and_sizes():
 
 @pytest.mark.parametrize(
     ("max_abs", "expected"),
-    [(0.0, "outputs bit-identical"), (3e-5, "outputs identical to 1e-4"), (0.03, "outputs differ: cosine ≥")],
+    [(0.0, "outputs bit-identical"), (3e-5, "outputs identical to 1e-4"), (0.03, "cosine ≥ 0.99999990 (max |Δ| 0.03)")],
 )
 def test_verdict_says_how_close_the_outputs_are(max_abs, expected):
     assert expected in verdict(_report(max_abs=max_abs))
@@ -139,6 +139,7 @@ def test_noisy_timing_marks_the_verdict_and_explains_beside_the_plot():
     page = render_html(report)
     verdict_line = page[page.index("<h1") : page.index("</h1>")]
     assert "href='#card-latency'" in verdict_line, "an untrustworthy ratio is flagged in the verdict"
+    assert "seg concern'>AFTER" in verdict_line and "seg good" not in verdict_line.split(",")[0], "and not green"
     section = page[page.index("<h3>latency, batch 1</h3>") :]
     assert section.index(first.ratio.warning.split(";")[0].replace("–", "–")) < section.index("<svg")
 

@@ -49,7 +49,7 @@ _BEFORE_COLOR, _AFTER_COLOR = "#3b6fb6", "#e0703a"
 _STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1d232b;background:#fff}
 main{max-width:76em;margin:0 auto;padding:1.2em 2em 3em}
-h1{font-size:1.55em;margin:.2em 0 .1em;line-height:1.3}
+h1{font-size:1.4em;margin:.2em 0 .1em;line-height:1.3}
 h2{font-size:1.2em;margin:2em 0 .4em;border-bottom:1px solid #dde2e8;padding-bottom:.2em}
 h3{font-size:1em;margin:1.4em 0 .3em}
 .files{color:#5a6573;font-size:.9em;margin:0 0 .8em;overflow-wrap:anywhere}
@@ -185,6 +185,8 @@ def _segments(report: ComparisonReport, headline: _Headline) -> list[_Segment]:
 
 
 def _ratio_css(ratio: RatioEstimate, *, lower_is_better: bool) -> str:
+    if not ratio.trustworthy:  # no colour says "faster" or "slower" when the interval cannot be trusted
+        return "concern"
     better = ratio.high < 1 if lower_is_better else ratio.low > 1
     worse = ratio.low > 1 if lower_is_better else ratio.high < 1
     return "good" if better else "bad" if worse else "flat"
@@ -209,13 +211,21 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
     if math.isfinite(worst_abs) and worst_abs <= _ROUNDING_ABS:
         bound = 10.0 ** math.ceil(math.log10(worst_abs))
         return _Segment(f"outputs identical to {bound:.0e}".replace("e-0", "e-"), "good", "accuracy", warned)
-    words = [f"max |Δ| {worst_abs:.3g}"]
     if cosines:
-        words.insert(0, f"cosine ≥ {min(cosines):.5f}")
+        text = f"cosine ≥ {_cosine(min(cosines))} (max |Δ| {worst_abs:.3g})"
+    else:
+        text = f"outputs within {worst_abs:.3g}"
     if top1:
-        words.append(f"top-1 agreement {min(top1):.3f}")
+        text += f", top-1 agreement {min(top1):.3f}"
     concern = not math.isfinite(worst_abs) or (cosines and min(cosines) < _CONCERN_COSINE)
-    return _Segment("outputs differ: " + ", ".join(words), "concern" if concern else "flat", "accuracy", warned)
+    return _Segment(text, "concern" if concern else "flat", "accuracy", warned)
+
+
+def _cosine(value: float) -> str:
+    """Enough digits to tell the cosine from 1 (0.99999990, not 1.00000), never fewer than five."""
+    gap = 1.0 - value
+    digits = 5 if gap <= 0 else min(9, max(5, round(-math.log10(gap)) + 1))
+    return f"{value:.{digits}f}"
 
 
 def _accuracy_warnings_of(provider: ProviderResult) -> list[str]:
