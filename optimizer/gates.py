@@ -8,6 +8,7 @@ must not pass on a measurement that did not happen.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from optimizer.compare.comparison import ComparisonReport
@@ -56,7 +57,7 @@ def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
             measured += 1
             figures = (
                 ("time to first token", timed.ttft_ratio.ratio, timed.ttft_ratio.high),
-                ("decode step time", 1.0 / timed.tokens_per_s_ratio.ratio, 1.0 / timed.tokens_per_s_ratio.low),
+                ("decode step time", _inverse(timed.tokens_per_s_ratio.ratio), _inverse(timed.tokens_per_s_ratio.low)),
             )
             for figure, ratio, high in figures:
                 if high > max_ratio:
@@ -67,6 +68,10 @@ def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
     if not measured:
         return [f"--max-ratio {max_ratio:g}: no latency was measured (every execution provider was skipped)"]
     return failures
+
+
+def _inverse(ratio: float) -> float:
+    return 1.0 / ratio if ratio > 0 else math.inf
 
 
 def accuracy_failures(report: ComparisonReport, min_cosine: float) -> list[str]:

@@ -102,13 +102,14 @@ def test_verbose_after_the_subcommand(model, tmp_path, capsys, monkeypatch):
     assert logging.getLogger("optimizer").level == logging.NOTSET
 
 
-def test_verbose_keeps_the_libraries_at_warning(model, tmp_path, capsys):
-    from optimizer import cli
+def test_verbose_keeps_the_libraries_at_warning():
+    from rich.console import Console
+
     from optimizer.console import logging_for
 
     levels = {}
     for verbosity in (0, 1, 2):
-        with logging_for(verbosity, cli_console()):
+        with logging_for(verbosity, Console(stderr=True)):
             levels[verbosity] = (
                 logging.getLogger("optimizer").getEffectiveLevel(),
                 logging.getLogger("onnxscript.rewriter").getEffectiveLevel(),
@@ -116,10 +117,3 @@ def test_verbose_keeps_the_libraries_at_warning(model, tmp_path, capsys):
     assert levels[0] == (logging.ERROR, logging.ERROR)
     assert levels[1] == (logging.INFO, logging.WARNING)
     assert levels[2] == (logging.DEBUG, logging.INFO)
-    assert cli is not None
-
-
-def cli_console():
-    from rich.console import Console
-
-    return Console(stderr=True)

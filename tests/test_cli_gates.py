@@ -1,0 +1,60 @@
+"""The gates' verdicts on made-up comparisons (optimizer.gates): which figure each one reads, and when it fails."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from optimizer.compare.stats import RatioEstimate
+from optimizer.gates import accuracy_failures, slower_failures
+
+
+def _ratio(ratio: float, low: float, high: float) -> RatioEstimate:
+    return RatioEstimate(ratio, low, high, 0.95, True)
+
+
+def _report(*providers) -> SimpleNamespace:
+    return SimpleNamespace(providers=list(providers))
+
+
+def _provider(ep="cpu", available=True, batches=(), generation=(), accuracy=()) -> SimpleNamespace:
+    return SimpleNamespace(
+        ep=ep, available=available, batches=list(batches), generation=list(generation), accuracy=list(accuracy)
+    )
+
+
+def test_max_ratio_reads_the_upper_end_of_the_interval():
+    batch = SimpleNamespace(batch=1, ratio=_ratio(0.9, 0.8, 1.02))
+    report = _report(_provider(batches=[batch]))
+    assert slower_failures(report, 1.05) == []
+    (line,) = slower_failures(report, 1.0)  # the median is faster, the interval is not
+    assert "cpu batch 1: AFTER takes 0.90x BEFORE's time (95 % interval up to 1.02x)" in line
+
+
+def test_max_ratio_on_generation_reads_first_token_and_decode_time():
+    timed = SimpleNamespace(batch=2, ttft_ratio=_ratio(0.8, 0.7, 0.9), tokens_per_s_ratio=_ratio(1.1, 0.8, 1.3))
+    report = _report(_provider(generation=[timed]))
+    # tokens/s could be as low as 0.8x: a decode step up to 1.25x as long.
+    (line,) = slower_failures(report, 1.2)
+    assert "generation batch 2, decode step time: AFTER 0.91x BEFORE (95 % interval up to 1.25x)" in line
+    assert slower_failures(report, 1.3) == []
+
+
+def test_a_gate_with_nothing_measured_fails():
+    skipped = _report(_provider(ep="cuda", available=False))
+    assert "no latency was measured" in slower_failures(skipped, 2.0)[0]
+    assert "no accuracy was measured" in accuracy_failures(skipped, 0.9)[0]
+
+
+def test_min_cosine_reads_float_outputs_and_needs_other_outputs_equal():
+    outputs = [
+        SimpleNamespace(name="logits", dtype="float32", cosine=0.995, exact=False),
+        SimpleNamespace(name="ids", dtype="int64", cosine=None, exact=True),
+    ]
+    report = _report(_provider(accuracy=outputs))
+    assert accuracy_failures(report, 0.99) == []
+    (line,) = accuracy_failures(report, 0.999)
+    assert "output 'logits' has cosine 0.995000" in line
+    outputs[1].exact = False
+    assert any("'ids' (int64) differs" in line for line in accuracy_failures(report, 0.99))
+    outputs[0].cosine = float("nan")
+    assert len(accuracy_failures(report, 0.99)) == 2
