@@ -1,0 +1,464 @@
+"""The CUDA path end to end, on a machine with an NVIDIA GPU, in under 8 minutes: a markdown table.
+
+What it runs, each step in its own process with its own timeout (a step that fails, times
+out or cannot run is a row saying so; the script itself does not stop):
+
+1. ``graphopt optimize --target cuda`` then ``graphopt compare --ep cuda`` (IO binding:
+   inputs and outputs stay on the GPU, each run synchronized) on the example encoder and
+   two exported fixtures, BERT and a Llama decoder with a KV cache;
+2. ``--fp16`` (``--target cuda --fp16``) against the float32 original on the example and
+   BERT: accuracy and speed;
+3. the fusion ablation (``benchmarks/fusion_ablation.py --ep cuda``) for the fusions in
+   the ``cuda`` default pipeline, each alone over the cleanup passes.
+
+Before anything it preloads CUDA's libraries (``onnxruntime.preload_dlls()``) and prints
+the Python, onnxruntime and onnx versions, the providers, the GPU's name and driver, and
+whether a session really runs on CUDA (``optimizer.runtime.cuda_unavailable_reason``);
+when it does not, every step is a skipped row and the exit code is 2. The table goes to
+stdout and ``OUT/gpu_check.md`` (for docs/benchmarks.md), each comparison's JSON and HTML
+beside it. Exit code: 0 when every step ran, 1 when one failed or timed out.
+
+Usage, from the repository root (``benchmarks/gpu_check.sh`` installs onnxruntime-gpu from
+the parts ``../shared/tools/fetch_ort_gpu.sh`` leaves in ``.gpu/`` and sets the path)::
+
+    PYTHONPATH=$PWD/.gpu/site:$PWD python benchmarks/gpu_check.py [--out build/gpu_check]
+    python benchmarks/gpu_check.py --ep cpu --models example --steps compare   # a dry run on the CPU
+    python benchmarks/gpu_check.py --plan                                      # print the commands only
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.metadata
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "example": ROOT / "examples" / "encoder.onnx",
+    "bert_legacy": ROOT / "tests" / "fixtures" / "bert_legacy.onnx",
+    "llama_kv_legacy": ROOT / "tests" / "fixtures" / "llama_kv_legacy.onnx",
+}
+FP16_MODELS = ("example", "bert_legacy")
+ABLATION_MODELS = ("bert_legacy", "llama_kv_legacy")
+STEPS = ("compare", "fp16", "ablation")
+# The whole check must fit a lent GPU's 8 minutes with the machine's start-up around it.
+DEFAULT_BUDGET_S = 450.0
+OPTIMIZE_TIMEOUT_S = 120.0
+COMPARE_TIMEOUT_S = 120.0
+ABLATION_TIMEOUT_S = 180.0
+# Below this many seconds left, a step is not started: it could not finish.
+MIN_STEP_S = 5.0
+
+STATUS_OK, STATUS_FAILED, STATUS_TIMED_OUT, STATUS_SKIPPED = "ok", "failed", "timed out", "skipped"
+
+
+@dataclass
+class StepResult:
+    """One step's outcome: ``status`` is ok, failed, timed out or skipped; ``detail`` says what went wrong."""
+
+    name: str
+    status: str
+    seconds: float = 0.0
+    detail: str = ""
+    stdout: str = ""
+
+
+@dataclass
+class Step:
+    """A command to run, with its own timeout, and the files it should leave."""
+
+    name: str
+    command: list[str]
+    timeout: float
+    produces: list[Path] = field(default_factory=list)
+    needs: list[str] = field(default_factory=list)  # names of steps that must have succeeded first
+
+
+class Runner:
+    """Runs steps one after another within a total budget; never raises for a step that goes wrong."""
+
+    def __init__(self, budget_s: float, env: dict[str, str], skip_reason: str | None = None) -> None:
+        self.deadline = time.monotonic() + budget_s
+        self.env, self.skip_reason = env, skip_reason
+        self.results: dict[str, StepResult] = {}
+
+    def run(self, step: Step) -> StepResult:
+        """Run ``step`` (or skip it, saying why) and record its result."""
+        result = self._run(step)
+        self.results[step.name] = result
+        print(f"[{result.status}] {step.name} ({result.seconds:.0f} s){': ' + result.detail if result.detail else ''}")
+        return result
+
+    def _run(self, step: Step) -> StepResult:
+        if self.skip_reason is not None:
+            return StepResult(step.name, STATUS_SKIPPED, detail=self.skip_reason)
+        failed = [name for name in step.needs if self.results.get(name, StepResult(name, "")).status != STATUS_OK]
+        if failed:
+            return StepResult(step.name, STATUS_SKIPPED, detail=f"needs {failed[0]}, which did not succeed")
+        left = self.deadline - time.monotonic()
+        if left < MIN_STEP_S:
+            return StepResult(step.name, STATUS_SKIPPED, detail="out of the check's time budget")
+        timeout = min(step.timeout, left)
+        started = time.monotonic()
+        try:
+            done = subprocess.run(
+                step.command, capture_output=True, text=True, timeout=timeout, env=self.env, cwd=ROOT, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return StepResult(
+                step.name, STATUS_TIMED_OUT, time.monotonic() - started, f"timed out after {timeout:.0f} s"
+            )
+        except OSError as error:  # the program itself is missing
+            return StepResult(step.name, STATUS_FAILED, time.monotonic() - started, f"could not start: {error}")
+        seconds = time.monotonic() - started
+        if done.returncode != 0:
+            return StepResult(
+                step.name, STATUS_FAILED, seconds, f"exit {done.returncode}: {last_line(done.stderr or done.stdout)}"
+            )
+        missing = [path.name for path in step.produces if not path.exists()]
+        if missing:
+            return StepResult(step.name, STATUS_FAILED, seconds, f"wrote no {missing[0]}", done.stdout)
+        return StepResult(step.name, STATUS_OK, seconds, stdout=done.stdout)
+
+
+def last_line(text: str, limit: int = 200) -> str:
+    """The last non-empty line of a process's output (where a one-line error or a traceback's cause is)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    line = lines[-1] if lines else "no output"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def graphopt(*arguments: str) -> list[str]:
+    """The command line of ``graphopt`` run with this interpreter."""
+    return [sys.executable, "-m", "optimizer.cli", *arguments]
+
+
+def default_cuda_fusions() -> list[str]:
+    """The fusions in the ``cuda`` default pipeline, in pipeline order."""
+    from optimizer.registry import all_passes
+
+    return [s.name for s in all_passes() if "cuda" in s.default_for and s.name.startswith(("fuse-", "pack-"))]
+
+
+def plan(args: argparse.Namespace, out: Path) -> list[Step]:
+    """The steps the arguments ask for, in the order they run."""
+    timing = ["--time-budget", str(args.time_budget), "--iterations", str(args.iterations)]
+    timing += ["--threads", str(args.threads)] if args.threads else []
+    steps: list[Step] = []
+
+    def optimized(name: str, suffix: str, flags: Sequence[str]) -> Path:
+        path = out / f"{name}.{suffix}.onnx"
+        steps.append(
+            Step(
+                f"optimize {name} {suffix}",
+                graphopt("optimize", str(MODELS[name]), "-o", str(path), "--target", "cuda", "-q", *flags),
+                OPTIMIZE_TIMEOUT_S,
+                [path],
+            )
+        )
+        return path
+
+    def compared(name: str, suffix: str, after: Path) -> None:
+        stem = out / f"{name}.{suffix}"
+        steps.append(
+            Step(
+                f"compare {name} {suffix}",
+                graphopt(
+                    "compare",
+                    str(MODELS[name]),
+                    str(after),
+                    "--ep",
+                    args.ep,
+                    "--json",
+                    f"{stem}.json",
+                    "--html",
+                    f"{stem}.html",
+                    *timing,
+                ),
+                COMPARE_TIMEOUT_S,
+                [Path(f"{stem}.json")],
+                needs=[f"optimize {name} {suffix}"],
+            )
+        )
+
+    if "compare" in args.steps:
+        for name in args.models:
+            compared(name, "default", optimized(name, "default", []))
+    if "fp16" in args.steps:
+        for name in (m for m in args.models if m in FP16_MODELS):
+            compared(name, "fp16", optimized(name, "fp16", ["--fp16"]))
+    if "ablation" in args.steps:
+        fusions = ",".join(default_cuda_fusions())
+        for name in (m for m in args.models if m in ABLATION_MODELS):
+            # fusion_ablation writes its variants beside the model: a copy in OUT keeps the fixtures clean.
+            copy = out / "ablation" / f"{name}.onnx"
+            ablation_timing = ["--time-budget", str(args.time_budget), "--iterations", str(args.iterations)]
+            ablation_timing += ["--threads", str(args.threads or 1)]
+            steps.append(
+                Step(
+                    f"ablation {name}",
+                    [sys.executable, str(ROOT / "benchmarks" / "fusion_ablation.py"), str(copy), "--fusions", fusions]
+                    + ["--ep", args.ep, *ablation_timing],
+                    ABLATION_TIMEOUT_S,
+                )
+            )
+    return steps
+
+
+def environment(ep: str) -> tuple[dict[str, str], str | None]:
+    """Versions, providers and the GPU, printed first; and why ``ep`` cannot run here (None if it can)."""
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    try:
+        import onnxruntime
+    except ImportError as error:
+        return info, f"onnxruntime is not importable: {error}"
+    preload = getattr(onnxruntime, "preload_dlls", None)
+    if preload is not None and ep == "cuda":
+        # CUDA and cuDNN from the nvidia-* wheels (PyTorch's) are found only once preloaded.
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed), contextlib.suppress(OSError, RuntimeError):
+            preload()
+        info["preload_dlls"] = last_line(printed.getvalue(), 120) if printed.getvalue().strip() else "done"
+    info["onnxruntime"] = f"{onnxruntime.__version__} ({getattr(onnxruntime, '__file__', '?')})"
+    info["providers"] = ", ".join(onnxruntime.get_available_providers())
+    for distribution in ("onnx", "onnx-ir", "onnxscript", "numpy", "torch"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            info[distribution] = importlib.metadata.version(distribution)
+    info["gpu"] = gpu_name()
+    missing = [m for m in ("onnx", "onnx_ir", "onnxscript", "numpy", "rich") if _absent(m)]
+    if missing:
+        return info, f"graphopt's dependencies are missing: {', '.join(missing)}"
+    if ep != "cuda":
+        return info, None
+    from optimizer.runtime import cuda_unavailable_reason
+
+    reason = cuda_unavailable_reason()
+    info["cuda session"] = reason or "runs on CUDAExecutionProvider"
+    return info, reason
+
+
+def _absent(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return True
+    return False
+
+
+def gpu_name() -> str:
+    """The GPU's name, driver and memory from nvidia-smi, or why there is none."""
+    if shutil.which("nvidia-smi") is None:
+        return "none (no nvidia-smi)"
+    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+    try:
+        done = subprocess.run(query, capture_output=True, text=True, timeout=20, check=False)
+    except subprocess.TimeoutExpired:
+        return "unknown (nvidia-smi timed out)"
+    return last_line(done.stdout) if done.returncode == 0 else f"none (nvidia-smi: {last_line(done.stderr)})"
+
+
+@dataclass
+class CompareRow:
+    """One comparison's figures as the table shows them."""
+
+    model: str
+    variant: str
+    status: str
+    before_ms: float | None = None
+    after_ms: float | None = None
+    ratio: tuple[float, float, float] | None = None
+    cosine: float | None = None
+    max_abs: float | None = None
+    note: str = ""
+
+
+def compare_row(model: str, variant: str, path: Path, result: StepResult | None, ep: str) -> CompareRow:
+    """A table row from ``graphopt compare``'s JSON, or the step's failure."""
+    if result is None or result.status != STATUS_OK:
+        why = "not run" if result is None else f"{result.status}: {result.detail}"
+        return CompareRow(model, variant, why)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    provider = next((p for p in data["providers"] if p["ep"] == ep), None)
+    if provider is None or not provider["available"]:
+        return CompareRow(model, variant, f"skipped: {provider['reason'] if provider else ep + ' not measured'}")
+    row = CompareRow(model, variant, STATUS_OK)
+    if provider["batches"]:
+        first = provider["batches"][0]
+        row.before_ms, row.after_ms = first["before"]["median_ms"], first["after"]["median_ms"]
+        ratio = first["ratio"]
+        row.ratio = (ratio["ratio"], ratio["low"], ratio["high"])
+        if not ratio.get("trustworthy", True):
+            row.note = ratio.get("warning", "")
+    accuracy = provider["accuracy"]
+    cosines = [item["cosine"] for item in accuracy if item.get("cosine") is not None]
+    row.cosine = min(cosines) if cosines else None
+    row.max_abs = max((item["max_abs_error"] for item in accuracy), default=None)
+    notes = [w for w in data.get("warnings", []) if not w.startswith(f"{ep} batch ")]
+    row.note = "; ".join(filter(None, [row.note, *notes]))
+    return row
+
+
+def ablation_rows(model: str, result: StepResult | None) -> list[tuple[str, str, str]]:
+    """(model, fusion, ratio or what happened) rows from fusion_ablation's JSON line."""
+    if result is None or result.status != STATUS_OK:
+        why = "not run" if result is None else f"{result.status}: {result.detail}"
+        return [(model, "—", why)]
+    rows = []
+    for line in result.stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        for fusion, value in json.loads(line)["ratio_vs_cleanup"].items():
+            shown = value if isinstance(value, str) else f"{value[0]:.3f} [{value[1]:.3f}–{value[2]:.3f}]"
+            rows.append((model, fusion, shown))
+    return rows or [(model, "—", "no result line")]
+
+
+def render_markdown(
+    info: dict[str, str],
+    ep: str,
+    compares: Sequence[CompareRow],
+    ablations: Sequence[tuple[str, str, str]],
+    steps: Sequence[StepResult],
+    command: str,
+) -> str:
+    """The check as markdown: where it ran, the comparisons, the ablation, and every step's status."""
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    lines = [
+        f"### CUDA check ({today}, `{command}`)",
+        "",
+        f"EP `{ep}`; GPU: {info.get('gpu', '?')}; onnxruntime {info.get('onnxruntime', '?')}; "
+        f"providers: {info.get('providers', '?')}; Python {info.get('python', '?')}"
+        + (f"; CUDA session: {info['cuda session']}" if "cuda session" in info else "")
+        + (f"; **cannot run here: {info['cannot run']}**" if "cannot run" in info else ""),
+        "",
+    ]
+    if compares:
+        lines += [
+            "| model | pipeline | BEFORE ms | AFTER ms | AFTER/BEFORE [95% CI] | min cosine | max abs | note |",
+            "| --- | --- | ---: | ---: | --- | ---: | ---: | --- |",
+        ]
+        for row in compares:
+            if row.status != STATUS_OK:
+                lines.append(f"| {row.model} | {row.variant} | — | — | {_cell(row.status)} | — | — | |")
+                continue
+            ratio = f"{row.ratio[0]:.3f} [{row.ratio[1]:.3f}–{row.ratio[2]:.3f}]" if row.ratio else "—"
+            lines.append(
+                f"| {row.model} | {row.variant} | {_num(row.before_ms, '.3f')} | {_num(row.after_ms, '.3f')} | "
+                f"{ratio} | {_num(row.cosine, '.6f')} | {_num(row.max_abs, '.2e')} | {_cell(row.note)} |"
+            )
+        lines.append("")
+    if ablations:
+        lines += [
+            f"Fusion ablation on `{ep}` (each default fusion alone over the cleanup passes; "
+            "AFTER/BEFORE = fused / cleanup only):",
+            "",
+            "| model | fusion | AFTER/BEFORE [95% CI] |",
+            "| --- | --- | --- |",
+        ]
+        lines += [f"| {model} | {fusion} | {_cell(value)} |" for model, fusion, value in ablations]
+        lines.append("")
+    lines += ["| step | status | seconds | detail |", "| --- | --- | ---: | --- |"]
+    lines += [f"| {s.name} | {s.status} | {s.seconds:.0f} | {_cell(s.detail)} |" for s in steps]
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; unknown model or step names are refused by argparse in one line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ep", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run of the same steps")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "gpu_check", help="folder for models and tables")
+    parser.add_argument("--models", type=_names(MODELS), default=list(MODELS), help="comma-separated; default: all")
+    parser.add_argument("--steps", type=_names(STEPS), default=list(STEPS), help="compare,fp16,ablation (default)")
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds for the whole check")
+    parser.add_argument("--time-budget", type=float, default=8.0, help="compare's --time-budget per comparison")
+    parser.add_argument("--iterations", type=int, default=200, help="compare's --iterations (interleaved pairs)")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: ORT's; the ablation uses 1)")
+    parser.add_argument("--plan", action="store_true", help="print the commands and exit")
+    args = parser.parse_args(argv)
+    if args.budget <= 0 or args.time_budget <= 0 or args.iterations < 1:
+        parser.error("--budget, --time-budget and --iterations must be positive")
+    return args
+
+
+def _names(allowed: Sequence[str]):
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in names if name not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"{unknown[0] if unknown else text!r}: choose from {', '.join(allowed)}")
+        return names
+
+    return parse
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the check; 0 when every step ran, 1 when one failed or timed out, 2 when the EP cannot run here."""
+    args = parse_args(argv)
+    out = args.out.resolve()
+    steps = plan(args, out)
+    if args.plan:
+        for step in steps:
+            print(f"{step.name} (timeout {step.timeout:.0f} s): {' '.join(step.command)}")
+        return 0
+    info, reason = environment(args.ep)
+    for key, value in info.items():
+        print(f"{key}: {value}")
+    if reason:
+        info["cannot run"] = reason
+        print(f"{args.ep} cannot run here: {reason}")
+    out.mkdir(parents=True, exist_ok=True)
+    if "ablation" in args.steps:
+        (out / "ablation").mkdir(exist_ok=True)
+        for name in (m for m in args.models if m in ABLATION_MODELS):
+            shutil.copyfile(MODELS[name], out / "ablation" / f"{name}.onnx")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH", ""), str(ROOT)]))
+    runner = Runner(args.budget, env, f"{args.ep} cannot run here (see above the tables)" if reason else None)
+    for step in steps:
+        runner.run(step)
+    results = runner.results
+    compares = [
+        compare_row(model, variant, out / f"{model}.{variant}.json", results.get(f"compare {model} {variant}"), args.ep)
+        for variant, models in (("default", args.models), ("fp16", [m for m in args.models if m in FP16_MODELS]))
+        if ("compare" if variant == "default" else "fp16") in args.steps
+        for model in models
+    ]
+    ablations = [
+        row
+        for model in args.models
+        if model in ABLATION_MODELS and "ablation" in args.steps
+        for row in ablation_rows(model, results.get(f"ablation {model}"))
+    ]
+    command = " ".join(["python benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)])
+    table = render_markdown(info, args.ep, compares, ablations, list(results.values()), command)
+    (out / "gpu_check.md").write_text(table, encoding="utf-8")
+    print()
+    print(table)
+    print(f"wrote {out / 'gpu_check.md'}")
+    if reason:
+        return 2
+    return 1 if any(r.status in (STATUS_FAILED, STATUS_TIMED_OUT) for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

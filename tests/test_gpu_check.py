@@ -1,0 +1,156 @@
+"""benchmarks/gpu_check.py without a GPU: its arguments, plan, step runner, tables, and a dry run on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("gpu_check", None)
+
+
+def test_arguments(gpu_check, capsys):
+    args = gpu_check.parse_args([])
+    assert args.ep == "cuda" and args.models == list(gpu_check.MODELS) and args.steps == list(gpu_check.STEPS)
+    args = gpu_check.parse_args(["--ep", "cpu", "--models", "example,bert_legacy", "--steps", "fp16"])
+    assert args.models == ["example", "bert_legacy"] and args.steps == ["fp16"]
+    for bad in (["--models", "resnet"], ["--steps", "compare,speed"], ["--budget", "0"]):
+        with pytest.raises(SystemExit) as stopped:
+            gpu_check.parse_args(bad)
+        assert stopped.value.code == 2
+    assert "resnet" in capsys.readouterr().err
+
+
+def test_plan_runs_the_cuda_path(gpu_check, tmp_path):
+    steps = gpu_check.plan(gpu_check.parse_args([]), tmp_path)
+    names = [step.name for step in steps]
+    assert names[:2] == ["optimize example default", "compare example default"]
+    assert {"compare bert_legacy fp16", "ablation bert_legacy", "ablation llama_kv_legacy"} <= set(names)
+    compare = steps[1]
+    assert compare.needs == ["optimize example default"]
+    assert compare.command[compare.command.index("--ep") + 1] == "cuda"
+    fp16 = next(step for step in steps if step.name == "optimize example fp16")
+    assert "--fp16" in fp16.command and fp16.command[fp16.command.index("--target") + 1] == "cuda"
+    ablation = next(step for step in steps if step.name == "ablation llama_kv_legacy")
+    fusions = ablation.command[ablation.command.index("--fusions") + 1].split(",")
+    assert fusions == gpu_check.default_cuda_fusions() and "fuse-attention" in fusions
+    assert all(step.timeout <= 180 for step in steps)
+
+
+def test_a_failed_step_is_a_row_not_a_crash(gpu_check):
+    runner = gpu_check.Runner(60, {})
+    python = sys.executable
+    failed = runner.run(gpu_check.Step("fails", [python, "-c", "import sys; sys.exit('boom: no GPU')"], 30))
+    slow = runner.run(gpu_check.Step("slow", [python, "-c", "import time; time.sleep(30)"], 0.5))
+    after = runner.run(gpu_check.Step("after", [python, "-c", "pass"], 30, needs=["fails"]))
+    missing = runner.run(gpu_check.Step("missing", [python, "-c", "pass"], 30, [Path("/nonexistent/x.json")]))
+    ok = runner.run(gpu_check.Step("ok", [python, "-c", "print('hi')"], 30))
+    assert (failed.status, failed.detail) == ("failed", "exit 1: boom: no GPU")
+    assert slow.status == "timed out" and slow.seconds < 10
+    assert after.status == "skipped" and "needs fails" in after.detail
+    assert missing.status == "failed" and "x.json" in missing.detail
+    assert ok.status == "ok" and ok.stdout == "hi\n"
+    spent = gpu_check.Runner(0, {})
+    assert spent.run(gpu_check.Step("late", [python, "-c", "pass"], 30)).status == "skipped"
+
+
+def _comparison(ep: str, available: bool = True) -> dict:
+    batch = {
+        "before": {"median_ms": 2.0},
+        "after": {"median_ms": 1.5},
+        "ratio": {"ratio": 0.75, "low": 0.7, "high": 0.8, "trustworthy": True, "warning": ""},
+    }
+    accuracy = [{"max_abs_error": 3e-4, "cosine": 0.99999}, {"max_abs_error": 1e-3, "cosine": None}]
+    provider = {"ep": ep, "available": available, "reason": "" if available else "no GPU is usable"}
+    provider.update(batches=[batch] if available else [], accuracy=accuracy if available else [])
+    return {"providers": [provider], "warnings": ["output 'y' is float16[1] in AFTER, float32[1] in BEFORE"]}
+
+
+def test_tables(gpu_check, tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(_comparison("cuda")))
+    ok = gpu_check.StepResult("compare", "ok")
+    row = gpu_check.compare_row("bert_legacy", "fp16", path, ok, "cuda")
+    assert (row.before_ms, row.after_ms, row.ratio, row.cosine, row.max_abs) == (
+        2.0,
+        1.5,
+        (0.75, 0.7, 0.8),
+        0.99999,
+        1e-3,
+    )
+    assert "float16[1] in AFTER" in row.note
+    path.write_text(json.dumps(_comparison("cuda", available=False)))
+    assert gpu_check.compare_row("x", "default", path, ok, "cuda").status == "skipped: no GPU is usable"
+    timed_out = gpu_check.StepResult("compare", "timed out", 120, "timed out after 120 s")
+    assert gpu_check.compare_row("x", "default", path, timed_out, "cuda").status == "timed out: timed out after 120 s"
+    line = json.dumps({"model": "bert", "ratio_vs_cleanup": {"fuse-rms-norm": "no change", "pack-qkv": [0.9, 0.8, 1]}})
+    ablations = gpu_check.ablation_rows("bert", gpu_check.StepResult("ablation", "ok", stdout=f"noise\n{line}\n"))
+    assert ablations == [("bert", "fuse-rms-norm", "no change"), ("bert", "pack-qkv", "0.900 [0.800–1.000]")]
+    table = gpu_check.render_markdown(
+        {"gpu": "NVIDIA H200, 580.1, 143771 MiB", "onnxruntime": "1.31.1"},
+        "cuda",
+        [row, gpu_check.CompareRow("llama", "default", "failed: exit 2: x | y")],
+        ablations,
+        [ok, timed_out],
+        "python benchmarks/gpu_check.py",
+    )
+    assert "NVIDIA H200" in table and "| bert_legacy | fp16 | 2.000 | 1.500 | 0.750 [0.700–0.800] | 0.999990 |" in table
+    assert "failed: exit 2: x \\| y" in table and "| compare | timed out | 120 | timed out after 120 s |" in table
+    for block in table.split("\n\n"):
+        rows = [line for line in block.splitlines() if line.startswith("|")]
+        assert len({line.replace("\\|", "").count("|") for line in rows}) <= 1, "every row has the header's cells"
+
+
+def test_without_cuda_every_step_is_a_skipped_row(gpu_check, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "environment", lambda ep: ({"gpu": "none"}, "no GPU is usable"))
+    code = gpu_check.main(["--out", str(tmp_path)])
+    assert code == 2
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "cannot run here: no GPU is usable" in table
+    assert table.count("| skipped |") == len(gpu_check.plan(gpu_check.parse_args([]), tmp_path))
+    assert "Traceback" not in capsys.readouterr().out
+
+
+def test_dry_run_on_the_cpu(gpu_check, tmp_path):
+    """The same steps on the CPU EP: optimize --target cuda, then compare (a tiny timing budget)."""
+    code = gpu_check.main(
+        ["--ep", "cpu", "--models", "example", "--steps", "compare", "--out", str(tmp_path)]
+        + ["--time-budget", "1", "--iterations", "10", "--threads", "1"]
+    )
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert code == 0, table
+    row = next(line for line in table.splitlines() if line.startswith("| example | default |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert float(cells[2]) > 0 and float(cells[3]) > 0 and "[" in cells[4] and float(cells[5]) > 0.9999
+    assert (tmp_path / "example.default.html").exists()
+
+
+def test_shell_wrapper_puts_the_gpu_site_first(tmp_path):
+    import os
+    import subprocess
+
+    wrapper = SCRIPT.with_suffix(".sh")
+    env = {**os.environ, "PYTHON": sys.executable}
+    probe = "import os, sys; print(os.environ['PYTHONPATH'].split(os.pathsep)[0])"
+    done = subprocess.run(["bash", str(wrapper), "--plan"], capture_output=True, text=True, env=env, check=True)
+    assert "compare example default" in done.stdout and "--ep cuda" in done.stdout
+    # The path the check runs with: .gpu/site first, then the repository (a copy, so the probe stays out of it).
+    script = wrapper.read_text().replace('exec "$python" benchmarks/gpu_check.py "$@"', f'exec "$python" -c "{probe}"')
+    (tmp_path / "benchmarks").mkdir()
+    copy = tmp_path / "benchmarks" / "gpu_check.sh"
+    copy.write_text(script)
+    first = subprocess.run(["bash", str(copy)], capture_output=True, text=True, env=env, check=True).stdout
+    assert first.strip() == str(tmp_path / ".gpu" / "site")
