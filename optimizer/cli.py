@@ -216,6 +216,7 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     )
     _add_precision_flags(parser)
     _add_pruning_flags(parser)
+    _add_lowrank_flags(parser)
     parser.add_argument("--no-verify", action="store_true", help="do not check each pass's result on ONNX Runtime")
     parser.add_argument(
         "--strict",
@@ -340,6 +341,18 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="with --fp16: keep float graph inputs and outputs float32 (default; --no-keep-io-types: float16)",
+    )
+
+
+def _add_lowrank_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("low-rank factorization (after pruning, before quantization)")
+    group.add_argument(
+        "--lowrank",
+        type=float,
+        metavar="R",
+        help="factorize large MatMul weights W into U·V, removing this fraction of each one's parameters, where "
+        "measured faster on this machine (with --min-cosine/--max-error: at most R, ranks chosen per layer); "
+        "--importance magnitude: plain SVD; --no-repair: V not re-fitted",
     )
 
 

@@ -82,6 +82,8 @@ class Options:
     importance: str | None = field(default=None, metadata=_flag("--importance", metavar="KIND"))
     global_ranking: bool = field(default=False, metadata=_flag("--global-ranking"))
     repair: bool | None = field(default=None, metadata=_flag("--no-repair"))
+    # Low-rank factorization.
+    lowrank: float | None = field(default=None, metadata=_flag("--lowrank", metavar="R"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", _patterns(self.exclude))
@@ -90,7 +92,7 @@ class Options:
             raise OptionError(f"--dim: expected a mapping of dim names to sizes, not {dims!r}")
         object.__setattr__(self, "dims", {name: _integer(size) for name, size in dims.items()})
         object.__setattr__(self, "tolerances", _tolerances(self.tolerances))
-        for name in ("prune_ffn", "prune_heads", "prune_channels", "smooth", "min_cosine", "max_error"):
+        for name in ("prune_ffn", "prune_heads", "prune_channels", "lowrank", "smooth", "min_cosine", "max_error"):
             object.__setattr__(self, name, _real(getattr(self, name)))
         object.__setattr__(self, "max_sequence", _integer(self.max_sequence))
         object.__setattr__(self, "block_size", _integer(self.block_size))
@@ -126,6 +128,11 @@ class Options:
                 raise OptionError(
                     f"{flag_of(name)} {ratio}: expected a fraction of units to remove, above 0 and below 1"
                 )
+        if self.lowrank is not None and not (_is_number(self.lowrank) and 0.0 < self.lowrank < 1.0):
+            raise OptionError(
+                f"--lowrank {self.lowrank}: expected a fraction of each layer's parameters to remove, "
+                "above 0 and below 1"
+            )
         if self.smooth is not None and not (_is_number(self.smooth) and 0.0 < self.smooth < 1.0):
             raise OptionError(f"--smooth {self.smooth}: expected a migration strength between 0 and 1, e.g. 0.5")
         if self.min_cosine is not None and not (_is_number(self.min_cosine) and -1.0 <= self.min_cosine <= 1.0):

@@ -1,0 +1,544 @@
+"""Low-rank factorization: a MatMul/Gemm/Attention with a constant weight ``W [k, n]`` becomes ``(x · U) · V``.
+
+``U [k, r]`` and ``V [r, n]`` hold ``r (k + n)`` parameters instead of ``k n``. The
+rank is what ``ratio`` leaves: ``--lowrank 0.5`` removes half of each factorized
+layer's parameters. The original node stays and reads the new ``MatMul(x, U)`` and
+``V`` in place of ``x`` and ``W`` (a Gemm keeps its bias and ``transB``; a
+com.microsoft Attention with packed QKV weights takes the ``r``-wide input, which its
+kernel accepts), so everything after it is untouched.
+
+How the factors are chosen:
+
+- **Activation-aware** (with calibration data, the default): the error that matters
+  is the layer's output error ``|x (W - U V)|`` over the inputs the layer actually
+  sees, not ``|W - U V|``. With ``C = XᵀX / N`` (regularized: ``_RIDGE`` of its mean
+  diagonal) and its Cholesky factor ``C = L Lᵀ``, the best rank-``r`` ``U V`` in that
+  metric is the truncated SVD of ``Lᵀ W`` mapped back by ``L⁻ᵀ`` (SVD-LLM; ASVD's
+  diagonal scaling is the special case of a diagonal ``C``). Without data, or with
+  ``importance="magnitude"``, plain SVD of ``W``, and a note says so.
+- **Repair** (with calibration data): ``V`` and a bias change are re-fitted by least
+  squares to the original layer's output on the samples, with ``U`` fixed — the same
+  regularized solve as pruning's repair (``passes._least_squares``). The re-fit is kept
+  only where it lowers the error on held-out calibration rows (by 2 %).
+- **Rank selection with a budget** (``--min-cosine``/``--max-error``): ``ratio`` is then
+  the most that may be removed. Each layer's sensitivity is its spectrum in the
+  activation metric: the smallest rank whose relative output error on the samples is at
+  most ``ε``. One ``ε`` for the whole model is bisected (on log scale) so the model meets
+  the budget; layers that would need a rank that no longer pays stay whole.
+
+A layer is left whole (a counted refusal with the reason) when its weight is not a
+constant float32 2-D matrix, it is too small to pay (``_MIN_PARAMETERS``), the rank
+would not save ``_MIN_SAVING`` of its parameters, its weight is also read by something
+that is not a layer of the same orientation (an embedding Gather: the weight would stay
+beside its factors), or the factorized layer is not measured faster on the target EP at
+the rows it will run (``passes.factorization._timing``: a per-shape timing cache on this
+machine). A weight read by several layers (tied) is factorized once: its covariance is
+pooled over every reader's inputs, and the readers share ``U`` and ``V``.
+
+Every result carries its twin (``optimizer.protocol.Twin``, float32): the input with
+each factorized weight replaced by the product ``U V`` and each bias change added after
+its layer, built from the pass's decisions, not from the rewritten graph.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.accuracy import AccuracyBudget, Drift, output_drift
+from optimizer.inputs import split_samples
+from optimizer.protocol import Twin
+from optimizer.runtime import run_batches
+from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes
+from passes._least_squares import fit_toward_prior
+from passes._pass import GraphoptPass
+from passes._utils import add_initializer, constant_array, remove_dead_nodes
+from passes.factorization._timing import MeasuredSpeed, parameter_limit
+from passes.pruning._base import parameter_count
+from passes.quantization._base import sample_layer_inputs
+
+IMPORTANCE = ("magnitude", "activation")
+# Below this many weight entries a second kernel launch costs more than the multiply-adds saved.
+_MIN_PARAMETERS = 16384
+# A factorization must remove at least this fraction of a layer's parameters to be worth a second MatMul.
+_MIN_SAVING = 0.1
+# Regularization of the input covariance, relative to its mean diagonal: directions the samples never
+# visited still count a little, so the factors do not overfit a few hundred rows (and C stays definite).
+_RIDGE = 1e-2
+# Rows of each layer's input sampled for the covariance and the repair.
+_SAMPLE_ROWS = 1024
+# The repair is kept where it lowers the held-out squared error below this fraction of the unrepaired
+# one: a re-fit that only moves rounding noise is not worth a new bias Add.
+_REPAIR_GAIN = 0.98
+# Factors this close to the layer (relative output error on held-out rows) are exact up to float32 rounding.
+_EXACT = 1e-5
+# Bisection steps of the budget search over the per-layer error ε.
+_SEARCH_STEPS = 8
+# Row counts timed when the layer's rows are not fixed by the bound dims: one decoded token, one prompt.
+DEFAULT_ROWS = (1, 128)
+
+SpeedCheck = Callable[[int, int, int], int]
+
+
+class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
+    """Factorize large constant-weight MatMul/Gemm/Attention layers into two thinner MatMuls (see the module docstring).
+
+    After a run, ``ranks`` maps each factorized weight to ``(rank, k, n)`` and ``drift``
+    is the accuracy on the samples (when there are any).
+
+    ``speed`` (injectable for tests) is the per-shape timing cache, a
+    ``MeasuredSpeed`` for ``target`` by default; ``rows``, the row counts each layer is
+    timed at, comes from ``dims`` where they fix the layer's input shape, else
+    ``DEFAULT_ROWS``.
+    """
+
+    left_as = "left whole"
+
+    def __init__(
+        self,
+        ratio: float,
+        *,
+        importance: str | None = None,
+        repair: bool | None = None,
+        samples: Mapping[str, np.ndarray] | None = None,
+        samples_generated: bool = False,
+        budget: AccuracyBudget | None = None,
+        target: str = "cpu",
+        dims: Mapping[str, int] | None = None,
+        exclude: Sequence[str] = (),
+        speed: MeasuredSpeed | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < ratio < 1.0:
+            raise ValueError(f"low-rank ratio {ratio}: expected a fraction of parameters in (0, 1)")
+        if importance not in (None, *IMPORTANCE):
+            raise ValueError(f"unknown importance {importance!r} (choose from {', '.join(IMPORTANCE)})")
+        self.unfit: str | None = None
+        self.samples_generated = samples_generated and samples is not None
+        if self.samples_generated:
+            asked = [f"--importance {importance}"] if importance == "activation" else []
+            asked += ["repair=True"] if repair else []
+            if asked:
+                self.unfit = (
+                    f"{' and '.join(asked)} needs --calibration data: the samples are generated random inputs, "
+                    "and whitening or re-fitting factors on them fits noise (give real samples, or leave both "
+                    "to their defaults for plain SVD without repair)"
+                )
+            importance, repair = "magnitude", False
+        real = samples is not None and not self.samples_generated
+        self.ratio = ratio
+        self.activation_aware = real and importance != "magnitude"
+        self.repair = real and repair is not False
+        self.samples = samples
+        self.budget = budget if budget is not None and budget != AccuracyBudget() else None
+        self.target = target
+        self.dims = dict(dims or {})
+        self.exclude = tuple(exclude)
+        self.speed = speed
+        self.ranks: dict[str, tuple[int, int, int]] = {}
+        self.drift: Drift | None = None
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.ranks, self.drift = {}, None
+        if self.unfit is not None:
+            self.decline(self.unfit)
+            return self.result(model, modified=False)
+        if self.ratio < _MIN_SAVING:
+            self.decline(f"--lowrank {self.ratio:g} removes less than {_MIN_SAVING:.0%}: not worth a second MatMul")
+            return self.result(model, modified=False)
+        name_nodes(model.graph)
+        groups = self._candidates(model.graph)
+        if not groups:
+            return self.result(model, modified=False)
+        batches = split_samples(self.samples, model=model) if self.samples is not None else []
+        rows: dict[str, np.ndarray] = {}
+        if batches and (self.activation_aware or self.repair):
+            layers = [layer for group in groups for layer in group.layers]
+            rows = sample_layer_inputs(model, layers, batches, _SAMPLE_ROWS)
+        for group in groups:
+            group.decompose(rows, self.activation_aware, searched=self.budget is not None and bool(batches))
+        if not self.activation_aware:
+            self.note(
+                "plain SVD of the weights (no --calibration data, or --importance magnitude): "
+                "not activation-aware, give calibration data to factor in the metric of the layers' inputs"
+            )
+        reference = run_batches(model, batches) if batches else None
+        ranks = {group.key: group.floor for group in groups}
+        if self.budget is not None and not batches:
+            self.note("no sample inputs: the budget was not searched")
+        if self.budget is not None and batches:
+            ranks = self._search(model, groups, rows, batches, reference)
+            if not any(rank is not None for rank in ranks.values()):
+                self.note(f"no ranks meet {self.budget.describe()}: nothing factorized")
+                return self.result(model, modified=False)
+        source = model.clone()
+        before = parameter_count(model)
+        decisions = self._factorize(model, groups, ranks, rows, repair=self.repair)
+        self._report(decisions)
+        summary = f"{len(decisions)} weights factorized, parameters {before:,} → {parameter_count(model):,}"
+        if reference is not None:
+            self.drift = output_drift(reference, run_batches(model, batches))
+            summary += f"; {self.drift}" + (" after repair" if self.repair else "")
+            summary += " on generated inputs" if self.samples_generated else ""
+        self.note(summary)
+        if self.repair and reference is not None:
+            unrepaired = source.clone()
+            self._factorize(unrepaired, groups, ranks, rows, repair=False)
+            self.note(f"without repair: {output_drift(reference, run_batches(unrepaired, batches))}")
+        return self.result(model, modified=True, twin=self._twin(source, decisions))
+
+    # -- which layers ---------------------------------------------------------------------------------
+
+    def _candidates(self, graph: ir.Graph) -> list[_Group]:
+        """The weights worth factorizing at ``ratio``, grouped by weight (tied readers together)."""
+        layers, refused = find_layers(graph, ("matmul", "gemm", "attention"))
+        for node, reason in refused.items():
+            self.refuse(node.op_type, reason)
+        by_weight: dict[int, list[Layer]] = {}
+        for layer in layers:
+            by_weight.setdefault(id(layer.node.inputs[1]), []).append(layer)
+        groups = []
+        for readers in by_weight.values():
+            group_or_reason = self._group(readers)
+            if isinstance(group_or_reason, str):
+                for layer in readers:
+                    self.refuse(layer.node.op_type, group_or_reason)
+            else:
+                groups.append(group_or_reason)
+        return groups
+
+    def _group(self, readers: list[Layer]) -> _Group | str:
+        first = readers[0]
+        weight_value = first.node.inputs[1]
+        k, n = first.weight.shape
+        if any(excluded(layer, self.exclude) for layer in readers):
+            return "matched by an exclude pattern"
+        layer_uses = {(id(layer.node), 1) for layer in readers}
+        other = [user for user, index in weight_value.uses() if (id(user), index) not in layer_uses]
+        if other or weight_value.is_graph_output():
+            what = other[0].op_type if other else "a graph output"
+            return f"its weight is also read by {what}: the weight would stay beside its factors"
+        if len({_transposed(layer.node) for layer in readers}) > 1:
+            return "its weight is read transposed by some layers and not by others"
+        if k * n < _MIN_PARAMETERS:
+            return f"too small to pay ({k}×{n} < {_MIN_PARAMETERS:,} weights)"
+        floor = int(math.floor((1.0 - self.ratio) * k * n / (k + n)))
+        if floor < 1:
+            return f"--lowrank {self.ratio:g} leaves no rank for {k}×{n}"
+        pays = min(parameter_limit(k, n), int(math.floor((1.0 - _MIN_SAVING) * k * n / (k + n))))
+        timed = self._rows(readers)
+        speed = self.speed if self.speed is not None else MeasuredSpeed(self.target)
+        self.speed = speed
+        for m in timed:
+            fastest = speed.break_even(k, n, m)
+            if floor > fastest:
+                ratio = speed.ratio(k, n, floor, m)
+                return (
+                    f"rank {floor} of {k}×{n} measured no faster on {self.target} at {m} row{'s' if m > 1 else ''} "
+                    f"({ratio:.2f}x the whole MatMul; faster only up to rank {fastest})"
+                )
+            pays = min(pays, fastest)
+        key = weight_value.name or first.name
+        return _Group(readers, key, [layer.activation.name for layer in readers], floor, pays, timed)
+
+    def _rows(self, readers: list[Layer]) -> tuple[int, ...]:
+        """The row counts the layers run at: fixed by their input shapes and ``dims``, else ``DEFAULT_ROWS``."""
+        counts = set()
+        for layer in readers:
+            shape = layer.activation.shape
+            if shape is None or len(shape) < 2:
+                return DEFAULT_ROWS
+            count = 1
+            for dim in list(shape)[:-1]:
+                size = dim if isinstance(dim, int) else self.dims.get(str(dim))
+                if size is None:
+                    return DEFAULT_ROWS
+                count *= size
+            counts.add(count)
+        return tuple(sorted(counts))
+
+    # -- ranks ----------------------------------------------------------------------------------------
+
+    def _search(self, model, groups: list[_Group], rows, batches, reference) -> dict[str, int | None]:
+        """Ranks that meet the budget: each layer's smallest rank within one error ε, ε bisected (log scale)."""
+        ranks = {group.key: group.floor for group in groups}
+        drift = self._trial(model, groups, ranks, rows, batches, reference)
+        if self.budget.met(drift):
+            self.note(f"budget {self.budget.describe()}: met at the largest ratio asked, {self.ratio:g}")
+            return ranks
+        high = max(group.error(group.floor) for group in groups)  # every layer at the floor: not met
+        low = high * 1e-4
+        best: dict[str, int | None] = {group.key: None for group in groups}
+        best_error = 0.0
+        for _ in range(_SEARCH_STEPS):
+            middle = math.sqrt(low * high)
+            trial = {group.key: group.rank_within(middle) for group in groups}
+            if not any(rank is not None for rank in trial.values()):
+                low = middle
+                continue
+            drift = self._trial(model, groups, trial, rows, batches, reference)
+            if self.budget.met(drift):
+                low, best, best_error = middle, trial, middle
+            else:
+                high = middle
+        kept = sum(rank is not None for rank in best.values())
+        self.note(
+            f"budget {self.budget.describe()}: per-layer output error up to {best_error:.3g} "
+            f"({kept} of {len(groups)} weights factorized, ranks by each layer's spectrum)"
+        )
+        for group in groups:
+            if best[group.key] is None:
+                for layer in group.layers:
+                    self.refuse(layer.node.op_type, "kept whole to meet the accuracy budget")
+        return best
+
+    def _trial(self, model, groups, ranks, rows, batches, reference) -> Drift:
+        trial = model.clone()
+        self._factorize(trial, groups, ranks, rows, repair=self.repair)
+        return output_drift(reference, run_batches(trial, batches))
+
+    # -- the rewrite ----------------------------------------------------------------------------------
+
+    def _factorize(
+        self, model: ir.Model, groups: list[_Group], ranks: Mapping[str, int | None], rows, *, repair: bool
+    ) -> list[_Decision]:
+        """Rewrite each group at its rank in ``model``; what was decided, per group."""
+        graph = model.graph
+        decisions = []
+        for group in groups:
+            rank = ranks.get(group.key)
+            if rank is None:
+                continue
+            u, v = group.factors(rank)
+            change = None
+            if repair and rows:
+                v, change = group.repair(u, v, rows)
+            decision = _Decision(group, rank, u, v, change)
+            _rewrite(graph, decision)
+            decisions.append(decision)
+        remove_dead_nodes(model)  # the factorized weights, and biases replaced by repaired ones
+        return decisions
+
+    def _twin(self, source: ir.Model, decisions: list[_Decision]) -> Twin:
+        """``source`` with each factorized weight replaced by ``U V`` and each bias change added after its layer.
+
+        Built on the pass's input from the declared factors, without the rewrite: a
+        realization that wires the factors wrongly (swapped, transposed, the bias on
+        the wrong side) computes something else than this.
+        """
+        graph = source.graph
+        for decision in decisions:
+            product = (decision.u.astype(np.float64) @ decision.v.astype(np.float64)).astype(np.float32)
+            for layer in decision.group.layers:
+                node = graph.node(layer.name)
+                weight = product.T if _transposed(node) else product
+                node.replace_input_with(1, add_initializer(graph, f"{node.inputs[1].name}.low_rank", weight))
+                if decision.bias_change is None:
+                    continue
+                if layer.kind == "attention":  # the QKV bias is inside the node
+                    bias = (_constant(node.inputs[2]) + decision.bias_change).astype(np.float32)
+                    node.replace_input_with(2, add_initializer(graph, f"{node.name}.twin_bias", bias))
+                else:
+                    _add_after(graph, node, decision.bias_change)
+        weights = sum(len(d.group.layers) for d in decisions)
+        description = f"the input with {len(decisions)} weights ({weights} layers) replaced by their low-rank products"
+        if any(d.bias_change is not None for d in decisions):
+            description += ", repaired bias changes added"
+        return Twin(source, "float32", description)
+
+    def _report(self, decisions: list[_Decision]) -> None:
+        """One note per (shape, rank): the layers, their parameters and the measured speed."""
+        lines: dict[tuple[int, int, int], list[str]] = {}
+        timed: dict[tuple[int, int, int], tuple[int, ...]] = {}
+        for decision in decisions:
+            for layer in decision.group.layers:
+                self.done(layer.node.op_type)
+            k, n = decision.group.shape
+            key = (k, n, decision.rank)
+            lines.setdefault(key, []).extend(layer.name for layer in decision.group.layers)
+            timed[key] = decision.group.rows
+            self.ranks[decision.group.key] = (decision.rank, k, n)
+        for (k, n, rank), names in lines.items():
+            speeds = ", ".join(
+                f"{self.speed.ratio(k, n, rank, m):.2f}x at {m} row{'s' if m > 1 else ''}" for m in timed[(k, n, rank)]
+            )
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            self.note(
+                f"rank {rank} of {k}×{n}: {k * n:,} → {rank * (k + n):,} parameters each, "
+                f"measured {speeds} of the whole MatMul on {self.target}; {len(names)} layers: {shown}"
+            )
+
+
+@dataclass
+class _Group:
+    """The layers reading one weight, and its decomposition in the metric of their pooled inputs."""
+
+    # The layers' nodes are those of the pass's input, which the rewrite changes: names are taken first.
+    layers: list[Layer]
+    key: str  # the weight's name
+    activations: list[str]  # each layer's input tensor
+    floor: int  # the rank at ``ratio``
+    cap: int  # the largest rank that still pays (parameters and measured speed)
+    rows: tuple[int, ...]  # the row counts it was timed at
+    # The decomposition: W ≈ left[:, :r] @ right[:r] with left = L⁻ᵀ P √S and right = √S Qᵀ.
+    left: np.ndarray | None = None
+    right: np.ndarray | None = None
+    spectrum: np.ndarray | None = None  # squared singular values in the activation metric, all of them
+    _repairs: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.layers[0].weight.shape
+
+    def decompose(self, rows: Mapping[str, np.ndarray], activation_aware: bool, *, searched: bool) -> None:
+        """The SVD of the weight in the metric of the pooled input rows (or plain): kept up to ``cap`` when
+        ranks are searched, else up to ``floor`` (the factors of a large model's every layer at full rank
+        would not fit in memory)."""
+        weight = self.layers[0].weight.astype(np.float64)
+        k = weight.shape[0]
+        lower = None
+        if activation_aware:
+            x = np.concatenate([rows[name] for name in self.activations]).astype(np.float64)
+            covariance = x.T @ x / len(x)
+            covariance[np.diag_indices(k)] += _RIDGE * max(float(np.trace(covariance)) / k, 1e-12)
+            lower = np.linalg.cholesky(covariance)
+        whitened = lower.T @ weight if lower is not None else weight
+        p, s, qt = np.linalg.svd(whitened, full_matrices=False)
+        keep = self.cap if searched else self.floor
+        root = np.sqrt(s[:keep])
+        left = p[:, :keep] * root
+        if lower is not None:
+            left = np.linalg.solve(lower.T, left)  # L⁻ᵀ P √S (a triangular system)
+        self.left = left.astype(np.float32)
+        self.right = (root[:, None] * qt[:keep]).astype(np.float32)
+        self.spectrum = s**2
+
+    def error(self, rank: int) -> float:
+        """Relative output error of the rank-``rank`` truncation on the samples (in the activation metric)."""
+        total = float(self.spectrum.sum())
+        return math.sqrt(float(self.spectrum[rank:].sum()) / total) if total > 0 else 0.0
+
+    def rank_within(self, tolerance: float) -> int | None:
+        """The smallest rank (at least ``floor``) with error at most ``tolerance``; None if above ``cap``."""
+        tail = np.sqrt(np.maximum(np.cumsum(self.spectrum[::-1])[::-1], 0.0) / max(self.spectrum.sum(), 1e-300))
+        # tail[r] is the error of keeping r ranks.
+        fits = np.nonzero(np.append(tail, 0.0) <= tolerance)[0]
+        rank = max(self.floor, int(fits[0]) if len(fits) else len(tail))
+        return rank if rank <= self.cap else None
+
+    def factors(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.ascontiguousarray(self.left[:, :rank]), np.ascontiguousarray(self.right[:rank])
+
+    def repair(
+        self, u: np.ndarray, v: np.ndarray, rows: Mapping[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``V`` and a bias change re-fitted to ``x W`` on the samples with ``U`` fixed, if that helps on held-out rows.
+
+        Every reader's rows count (tied weights share ``V`` and the bias change).
+        Without any reader's rows, the factors stay as they are.
+        """
+        rank = u.shape[1]
+        if rank in self._repairs:
+            return self._repairs[rank]
+        present = [rows[name] for name in self.activations if name in rows]
+        if not present:
+            return v, None
+        x = np.concatenate(present).astype(np.float64)
+        target = x @ self.layers[0].weight.astype(np.float64)
+        design = np.concatenate([x @ u.astype(np.float64), np.ones((len(x), 1))], axis=1)
+        prior = np.concatenate([v.astype(np.float64), np.zeros((1, v.shape[1]))])
+        held_out = np.arange(len(x)) % 5 == 4
+        fitted = fit_toward_prior(design[~held_out], target[~held_out], prior)
+        error = float(((design[held_out] @ fitted - target[held_out]) ** 2).sum())
+        unrepaired = float(((design[held_out] @ prior - target[held_out]) ** 2).sum())
+        exact = unrepaired <= _EXACT**2 * float((target[held_out] ** 2).sum())
+        if exact or not error < _REPAIR_GAIN * unrepaired:
+            self._repairs[rank] = (v, None)
+        else:
+            solution = fit_toward_prior(design, target, prior)
+            self._repairs[rank] = (solution[:-1].astype(np.float32), solution[-1].astype(np.float32))
+        return self._repairs[rank]
+
+
+@dataclass
+class _Decision:
+    """One weight factorized: its group, rank, factors and the bias change its readers get (None: none)."""
+
+    group: _Group
+    rank: int
+    u: np.ndarray
+    v: np.ndarray
+    bias_change: np.ndarray | None
+
+
+def _rewrite(graph: ir.Graph, decision: _Decision) -> None:
+    """Each reader reads ``MatMul(x, U)`` and ``V`` in place of ``x`` and ``W``; bias changes go into its bias."""
+    group = decision.group
+    transposed = _transposed(graph.node(group.layers[0].name))
+    u = add_initializer(graph, f"{group.key}.U", decision.u)
+    v = add_initializer(graph, f"{group.key}.V", decision.v.T.copy() if transposed else decision.v)
+    for layer in group.layers:
+        node = graph.node(layer.name)
+        narrow = ir.Node("", "MatMul", [node.inputs[0], u], name=f"{node.name}_low_rank")
+        narrow.outputs[0].name = f"{node.name}.low_rank"
+        narrow.outputs[0].type = node.inputs[0].type
+        graph.insert_before(node, narrow)
+        node.replace_input_with(0, narrow.outputs[0])
+        node.replace_input_with(1, v)
+        if decision.bias_change is not None:
+            _store_bias(graph, node, layer, decision.bias_change)
+
+
+def _store_bias(graph: ir.Graph, node: ir.Node, layer: Layer, change: np.ndarray) -> None:
+    """Add ``change`` to the layer's bias: a Gemm's C, an Attention's QKV bias, the Add after a MatMul, or a new Add."""
+    kind, weight = layer.kind, layer.weight
+    if kind in ("gemm", "attention"):
+        slot = 2
+        current = _constant(node.inputs[slot]) if len(node.inputs) > slot else None
+        if len(node.inputs) <= slot:
+            node.resize_inputs(slot + 1)
+        total = change if current is None else current.reshape(-1) + change
+        node.replace_input_with(slot, add_initializer(graph, f"{node.name}.repaired_bias", total.astype(np.float32)))
+        return
+    found = bias_add(Layer(node, "matmul", weight, None))
+    if found is not None:
+        bias, add, index = found
+        shape = add.inputs[index].shape
+        total = (bias + change).astype(np.float32).reshape(list(shape) if shape is not None else (-1,))
+        add.replace_input_with(index, add_initializer(graph, f"{add.name}.repaired_bias", total))
+        return
+    _add_after(graph, node, change)
+
+
+def _add_after(graph: ir.Graph, node: ir.Node, value: np.ndarray) -> None:
+    """Add the constant ``value`` to ``node``'s output, for everything that reads it (graph outputs keep their name)."""
+    output = node.outputs[0]
+    bias = add_initializer(graph, f"{node.name}.bias_change", value.astype(np.float32))
+    add = ir.Node("", "Add", [output, bias], name=f"{node.name}_bias_change")
+    graph.insert_after(node, add)
+    result = add.outputs[0]
+    result.type, result.shape = output.type, output.shape
+    for user, index in list(output.uses()):
+        if user is not add:
+            user.replace_input_with(index, result)
+    if output.is_graph_output():
+        outputs = graph.outputs
+        outputs[[v is output for v in outputs].index(True)] = result
+        result.name, output.name = output.name, f"{output.name}.before_bias_change"
+    else:
+        result.name = f"{output.name}.bias_changed"
+
+
+def _constant(value: ir.Value | None) -> np.ndarray:
+    array = constant_array(value)
+    if array is None:
+        raise ValueError(f"{value.name if value is not None else 'a missing input'} is not a constant")
+    return array.astype(np.float64)
+
+
+def _transposed(node: ir.Node) -> bool:
+    return node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0))

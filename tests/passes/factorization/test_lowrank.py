@@ -1,0 +1,243 @@
+"""factorize-lowrank: exact on rank-deficient weights, activation-aware and repaired on data, budgeted, tied
+weights factorized once, readable refusals, composition with pruning and int8; nothing here times anything
+(the timing cache is replaced by ``FakeSpeed``, or given a fake ``measure``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from optimizer.accuracy import AccuracyBudget, output_drift
+from optimizer.api import optimize_with_report
+from optimizer.errors import OptionError
+from optimizer.runtime import run_batches, run_model
+from passes.factorization import lowrank
+from passes.factorization._timing import MeasuredSpeed, parameter_limit
+from passes.factorization.lowrank import LowRankFactorizationPass
+from passes.pruning._base import parameter_count
+from tests.passes.factorization import graphs
+from tests.passes.factorization.graphs import FakeSpeed
+from tests.passes.pruning.twins import assert_differs_from_twin, assert_matches_twin, replace_weight
+
+K = 128
+
+
+def _outputs(model: ir.Model, x: np.ndarray) -> np.ndarray:
+    return run_model(model, {"x": x})["y"].astype(np.float64)
+
+
+def _relative_error(model: ir.Model, original: ir.Model, x: np.ndarray) -> float:
+    expected = _outputs(original, x)
+    return float(np.linalg.norm(_outputs(model, x) - expected) / np.linalg.norm(expected))
+
+
+def _factorize(model: ir.Model, ratio: float, **options):
+    options.setdefault("speed", FakeSpeed())
+    return LowRankFactorizationPass(ratio, **options)(model)
+
+
+@pytest.mark.parametrize("with_data", [False, True])
+def test_rank_deficient_weights_factorize_with_no_error(with_data):
+    """A rank-16 weight at rank 38 (ratio 0.5) is reproduced exactly, with or without data."""
+    model = graphs.projections(rank=16)
+    original = model.clone()
+    x = graphs.inputs(K)
+    samples = {"x": x} if with_data else None
+    result = _factorize(model, 0.5, samples=samples)
+    ops = [node.op_type for node in result.model.graph]
+    assert ops == ["MatMul", "MatMul", "Add", "Relu", "MatMul", "MatMul"]
+    assert "up" not in result.model.graph.initializers and "down" not in result.model.graph.initializers
+    assert parameter_count(result.model) < parameter_count(original) / 2 + 200  # the bias stays
+    np.testing.assert_allclose(_outputs(result.model, x), _outputs(original, x), rtol=1e-4, atol=1e-5)
+    assert_matches_twin(result, {"x": x}, {"x": graphs.inputs(K, seed=5, shape=(2, 3))})
+    assert any(note.startswith("rank 38 of 128×192: 24,576 → 12,160 parameters") for note in result.notes)
+    assert any("plain SVD" in note for note in result.notes) != with_data
+
+
+def test_gemm_with_transposed_weight_and_bias_factorizes_exactly():
+    model = graphs.gemm(rank=8)
+    original = model.clone()
+    x = graphs.inputs(K, shape=(6,))
+    result = _factorize(model, 0.5, samples={"x": graphs.inputs(K, shape=(64,))})
+    gemm = next(node for node in result.model.graph if node.op_type == "Gemm")
+    assert gemm.attributes.get_int("transB") == 1 and gemm.inputs[0].producer().op_type == "MatMul"
+    np.testing.assert_allclose(_outputs(result.model, x), _outputs(original, x), rtol=1e-4, atol=1e-4)
+    assert_matches_twin(result, {"x": x})
+
+
+def test_a_wrongly_wired_realization_differs_from_the_twin():
+    model = graphs.projections()
+    x = graphs.inputs(K)
+    result = _factorize(model, 0.5, samples={"x": x})
+    wrong = replace_weight(result.model, "up_proj", lambda v: v[::-1].copy())  # V's rows swapped
+    assert_differs_from_twin(wrong, result, {"x": x})
+
+
+def test_activation_aware_beats_plain_svd_on_held_out_rows():
+    """Whitening by the input covariance spends the rank where the inputs are: lower output error on new rows."""
+    model = graphs.projections()
+    calibration, held_out = graphs.inputs(K, count=32), graphs.inputs(K, seed=11)
+    errors = {}
+    for importance in ("magnitude", "activation"):
+        result = _factorize(model.clone(), 0.7, samples={"x": calibration}, importance=importance, repair=False)
+        errors[importance] = _relative_error(result.model, model, held_out)
+    assert errors["activation"] < 0.7 * errors["magnitude"], errors
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "activation"])
+@pytest.mark.parametrize("ratio", [0.3, 0.85])
+@pytest.mark.parametrize("count", [2, 32])
+def test_repair_is_never_worse_than_no_repair_on_held_out_rows(importance, ratio, count):
+    """The re-fit of V and the bias is kept only where it helps on held-out calibration rows: on new rows
+    it is never worse than the factors alone, with few samples (2 sequences) or more."""
+    model = graphs.projections()
+    calibration, held_out = graphs.inputs(K, count=count, seed=1), graphs.inputs(K, count=16, seed=12)
+    errors = {}
+    for repair in (False, True):
+        result = _factorize(model.clone(), ratio, samples={"x": calibration}, importance=importance, repair=repair)
+        errors[repair] = _relative_error(result.model, model, held_out)
+    assert errors[True] <= errors[False] * 1.001, errors
+
+
+def test_repair_reports_what_it_bought():
+    model = graphs.projections()
+    x = graphs.inputs(K, count=32)
+    result = _factorize(model, 0.7, samples={"x": x}, importance="magnitude")
+    assert any(note.startswith("without repair: cosine") for note in result.notes)
+    assert any("after repair" in note for note in result.notes)
+    assert_matches_twin(result, {"x": x})
+
+
+@pytest.mark.parametrize("min_cosine", [0.995, 0.9995])
+def test_budget_is_met_with_ranks_chosen_per_layer(min_cosine):
+    model = graphs.projections()
+    original = model.clone()
+    x = graphs.inputs(K, count=32)
+    budget = AccuracyBudget(min_cosine=min_cosine)
+    reference = run_batches(original, [{"x": x}])
+    unbudgeted = _factorize(model.clone(), 0.9, samples={"x": x})
+    assert not budget.met(output_drift(reference, run_batches(unbudgeted.model, [{"x": x}])))
+    result = _factorize(model, 0.9, samples={"x": x}, budget=budget)
+    drift = output_drift(reference, run_batches(result.model, [{"x": x}]))
+    assert result.modified and budget.met(drift), drift
+    assert any(note.startswith(f"budget --min-cosine {min_cosine:g}: per-layer output error") for note in result.notes)
+    assert_matches_twin(result, {"x": x})
+    assert parameter_count(original) > parameter_count(result.model) > parameter_count(unbudgeted.model)
+
+
+def test_a_budget_nothing_meets_leaves_the_model_whole():
+    model = graphs.projections()
+    result = _factorize(model, 0.9, samples={"x": graphs.inputs(K)}, budget=AccuracyBudget(max_error=0.0))
+    assert not result.modified
+    assert any("kept whole to meet the accuracy budget" in refusal for refusal in result.refusals)
+
+
+def test_tied_weight_is_factorized_once_and_saved_once(tmp_path):
+    model = graphs.tied()
+    original = model.clone()
+    x = graphs.inputs(K)
+    result = _factorize(model, 0.5, samples={"x": x})
+    initializers = list(result.model.graph.initializers)
+    assert initializers == ["w.U", "w.V"], initializers
+    matmuls = [node for node in result.model.graph if node.op_type == "MatMul"]
+    assert len(matmuls) == 4 and {node.inputs[1].name for node in matmuls} == {"w.U", "w.V"}
+    assert any("2 layers: first, second" in note for note in result.notes)
+    assert_matches_twin(result, {"x": x})
+    path = tmp_path / "tied.onnx"
+    ir.save(result.model, path)
+    saved = ir.load(path)
+    assert sorted(saved.graph.initializers) == ["w.U", "w.V"]
+    k, r = K, 32  # rank at ratio 0.5 of 128×128
+    assert parameter_count(saved) == 2 * k * r < parameter_count(original)
+
+
+def test_weight_also_read_by_an_embedding_gather_is_refused_with_the_reason():
+    model = graphs.tied(gather=True)
+    result = _factorize(model, 0.5)
+    assert not result.modified
+    assert "1 of 1 MatMul left whole: its weight is also read by Gather: the weight would stay beside its factors" in (
+        result.refusals
+    )
+
+
+def test_near_misses_do_not_fire():
+    computed = _factorize(graphs.not_constant(), 0.5)
+    assert not computed.modified and "1 of 1 MatMul left whole: weight is not a constant" in computed.refusals
+    small = _factorize(graphs.projections(k=64, n=96), 0.5)
+    assert not small.modified
+    for shape in ("64×96", "96×64"):
+        assert f"1 of 2 MatMul left whole: too small to pay ({shape} < 16,384 weights)" in small.refusals
+    slower = _factorize(graphs.projections(), 0.5, speed=FakeSpeed(break_even=20))
+    assert not slower.modified
+    assert any("rank 38 of 128×192 measured no faster on cpu at 1 row (" in r for r in slower.refusals)
+    assert any("faster only up to rank 20" in r for r in slower.refusals)
+    tiny_ratio = _factorize(graphs.projections(), 0.05)
+    assert not tiny_ratio.modified and "removes less than 10%" in tiny_ratio.refusals[0]
+
+
+def test_layers_are_timed_at_the_rows_the_dims_fix():
+    speed = FakeSpeed()
+    _factorize(graphs.projections(), 0.5, dims={"B": 1, "S": 64}, speed=speed)
+    # up_proj reads the graph input [B, S, 128]; down_proj's input has no shape in this graph: both defaults.
+    assert {m for k, n, m in speed.asked if (k, n) == (K, 192)} == {64}
+    assert {m for k, n, m in speed.asked if (k, n) == (192, K)} == set(lowrank.DEFAULT_ROWS)
+    default = FakeSpeed()
+    _factorize(graphs.projections(), 0.5, speed=default)
+    assert {m for _, _, m in default.asked} == set(lowrank.DEFAULT_ROWS)
+
+
+def test_generated_samples_fit_nothing():
+    x = graphs.inputs(K)
+    asked = _factorize(graphs.projections(), 0.5, samples={"x": x}, samples_generated=True, importance="activation")
+    assert not asked.modified and "needs --calibration data" in asked.refusals[0]
+    plain = _factorize(graphs.projections(), 0.5, samples={"x": x}, samples_generated=True)
+    assert plain.modified and any("plain SVD" in note for note in plain.notes)
+    assert any(note.endswith("on generated inputs") for note in plain.notes)
+
+
+def test_timing_cache_bisects_the_break_even_rank_and_keeps_it(tmp_path):
+    calls = []
+
+    def measure(k, n, r, m):
+        calls.append(r)
+        return 0.5 if r <= 40 else 1.2
+
+    speed = MeasuredSpeed("cpu", 2, path=tmp_path / "cache.json", measure=measure)
+    found = speed.break_even(128, 192, 1)
+    assert 40 - max(1, parameter_limit(128, 192) // 32) < found <= 40
+    assert speed.timed == len(calls) <= 8
+    again = MeasuredSpeed("cpu", 2, path=tmp_path / "cache.json", measure=measure)
+    assert again.break_even(128, 192, 1) == found and again.timed == 0
+    assert again.ratio(128, 192, 1, 1) == 0.5 and again.timed == 0
+    assert MeasuredSpeed("cpu", 4, path=tmp_path / "cache.json", measure=lambda *a: 2.0).break_even(128, 192, 1) == 0
+
+
+def test_pipeline_prunes_then_factorizes_then_quantizes(monkeypatch):
+    """prune-ffn → factorize-lowrank → quantize-dynamic on one FFN block: the factors quantize like any MatMul."""
+    from tests.passes.pruning.graphs import ffn
+
+    monkeypatch.setattr(lowrank, "MeasuredSpeed", lambda target: FakeSpeed())
+    model = ffn(hidden=128, inner=256)
+    rng = np.random.default_rng(0)
+    calibration = {"x": (rng.standard_normal((16, 12, 128)) * 0.5).astype(np.float32)}
+    result, report = optimize_with_report(
+        model, prune_ffn=0.25, lowrank=0.4, quantize="dynamic", calibration=calibration, raise_errors=True
+    )
+    records = {record.name: record for record in report.passes}
+    names = [record.name for record in report.passes]
+    assert names.index("prune-ffn") < names.index("factorize-lowrank") < names.index("quantize-dynamic")
+    for name in ("prune-ffn", "factorize-lowrank", "quantize-dynamic"):
+        assert records[name].status == "applied", (name, records[name].detail, records[name].refusals)
+    assert any(note.startswith("rank ") for note in records["factorize-lowrank"].notes)
+    ops = [node.op_type for node in result.graph]
+    assert ops.count("DynamicQuantizeMatMul") >= 4  # both factors of up and down
+    # Random weights have no low-rank structure to find (trained ones do): the loss is what rank 0.6 keeps.
+    assert records["factorize-lowrank"].cosine > 0.85
+
+
+def test_option_checks():
+    with pytest.raises(OptionError, match="--lowrank 1.5: expected a fraction of each layer's parameters"):
+        optimize_with_report(graphs.projections(), lowrank=1.5)
+    with pytest.raises(ValueError, match="low-rank ratio"):
+        LowRankFactorizationPass(0.0)
