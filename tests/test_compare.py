@@ -218,3 +218,99 @@ def test_a_kv_cache_model_without_generate_is_compared_on_one_run_as_before():
     (cpu,) = result.providers
     assert [batch.batch for batch in cpu.batches] == [1] and not cpu.generation and cpu.llm_accuracy is None
     assert cpu.accuracy[0].name == "logits" and cpu.accuracy[0].exact
+
+
+# --- what compare says: accuracy on the user's data, parameters of quantized models, models in memory ----
+
+FAST = CompareSettings(eps=("cpu",), batches=(1,), threads=1, time_budget=0.5, iterations=5, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def quantized_examples(tmp_path_factory) -> dict[str, Path]:
+    from optimizer.inputs import make_inputs
+
+    folder = tmp_path_factory.mktemp("quantized")
+    original = ir.load(EXAMPLE)
+    calibration = make_inputs(original, {"batch": 16, "sequence": 12}, seed=3)
+    models = {}
+    for name, options in {
+        "dynamic": {"quantize": "dynamic", "quantize_embeddings": True},
+        "static": {"quantize": "static"},
+        "int4": {"quantize": "int4"},
+    }.items():
+        models[name] = optimizer.optimize(EXAMPLE, output=folder / f"{name}.onnx", calibration=calibration, **options)
+    return {name: Path(path) for name, path in models.items()}
+
+
+@pytest.mark.parametrize(
+    ("name", "ops"),
+    [
+        ("dynamic", {"DynamicQuantizeMatMul", "QAttention"}),
+        ("static", {"DequantizeLinear", "QAttention"}),
+        ("int4", {"MatMulNBits", "GatherBlockQuantized"}),
+    ],
+)
+def test_quantized_models_have_the_parameters_of_their_float_original(quantized_examples, name, ops):
+    from optimizer.compare.comparison import count_parameters
+
+    quantized = ir.load(quantized_examples[name])
+    assert ops <= {node.op_type for node in quantized.graph}, "the quantized ops this test is about are there"
+    # int8 and int4 weights counted at their logical size; scales and zero points are not weights
+    assert count_parameters(quantized) == count_parameters(ir.load(EXAMPLE))
+
+
+def test_a_float_model_counts_its_float_weights_only():
+    from optimizer.compare.comparison import count_parameters
+
+    model = parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 3] x) => (float[2, 4] y)
+        <float[3, 4] w = {1,2,3,4,5,6,7,8,9,10,11,12}, float eps = {1}, int64[2] shape = {2, 4}>
+        { m = MatMul(x, w)  y = Reshape(m, shape) }
+        """
+    )
+    assert count_parameters(model) == 12
+
+
+def test_accuracy_is_measured_on_every_sample_of_the_inputs(quantized_examples, tmp_path):
+    from optimizer.inputs import make_inputs
+
+    samples = make_inputs(ir.load(EXAMPLE), {"batch": 40, "sequence": 10}, seed=7)
+    folder = tmp_path / "held_out"
+    folder.mkdir()
+    for index in range(4):
+        np.savez(folder / f"{index}.npz", **{k: v[index * 10 : (index + 1) * 10] for k, v in samples.items()})
+    for given, label in ((samples, "inputs (40 samples)"), (folder, "(40 samples in 4 files)")):
+        report = compare(EXAMPLE, quantized_examples["dynamic"], settings=FAST, inputs=given)
+        cpu = report.providers[0]
+        (accuracy,) = cpu.accuracy
+        assert accuracy.samples == 40 and label in cpu.accuracy_data
+        assert 0.99 < accuracy.cosine < 1.0
+        # floored at the output's RMS: int8 rounding is a small fraction of it, whatever a value's own size
+        assert accuracy.max_rel_error < 0.2
+
+
+def test_without_inputs_the_calibration_samples_are_measured_and_said_to_be(quantized_examples):
+    from optimizer.inputs import make_inputs
+
+    calibration = make_inputs(ir.load(EXAMPLE), {"batch": 16, "sequence": 12}, seed=3)
+    report = compare(EXAMPLE, quantized_examples["static"], settings=FAST, calibration=calibration)
+    assert report.providers[0].accuracy[0].samples == 16
+    assert any("the samples the approximate passes were fitted to" in w for w in report.warnings)
+    generated = compare(EXAMPLE, quantized_examples["static"], settings=FAST)
+    assert generated.providers[0].accuracy_data.startswith("generated inputs (1 sample, one run)")
+
+
+def test_compare_takes_what_optimize_takes(optimized_example):
+    import onnx
+
+    proto = onnx.load(EXAMPLE)
+    report = compare(proto, ir.load(optimized_example), settings=FAST, dims={"sequence": 8})
+    assert report.before.path == "main_graph (onnx ModelProto)"
+    assert report.after.path.endswith("(onnx_ir Model)")
+    assert report.before.file_bytes > 0 and report.before.parameters == report.after.parameters
+    assert report.providers[0].accuracy[0].cosine > 0.99999
+    assert report.providers[0].memory_after.peak_rss_bytes > 0
+    with pytest.raises(TypeError, match="compare\\(\\) takes a path, onnx.ModelProto or onnx_ir.Model, not int"):
+        compare(3, optimized_example, settings=FAST)

@@ -6,16 +6,22 @@ comes with a paired-bootstrap confidence interval (``optimizer.compare.stats``).
 With ``generate``, a causal LM with a KV cache is timed generating instead (time to
 first token, decode tokens/s: ``optimizer.compare.generation_timing``) and its
 accuracy is measured as a language model too (``optimizer.llm_accuracy``).
+
+Accuracy is measured on every sample of the user's data (``inputs``, else
+``calibration``: ``optimize --compare``'s calibration samples), batch by batch, and the
+report says which data it was (``ProviderResult.accuracy_data``); without data, on the
+generated inputs, which says little about a quantized model on real data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
 import platform
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from optimizer.accuracy import OutputAccuracy, compare_accuracy
+from optimizer import cpu_features
+from optimizer.accuracy import AccuracyAccumulator, OutputAccuracy
 from optimizer.compare.generation_timing import GenerationResult, time_generation
 from optimizer.compare.memory import MemoryUsage, measure_session_memory, query_gpu
 from optimizer.compare.profiling import time_per_op_type
@@ -42,20 +49,21 @@ from optimizer.errors import InputSpecError, OptionError
 from optimizer.generation import CausalLM, CausalLMSession, recognise_causal_lm
 from optimizer.inputs import (
     MAX_INPUT_BYTES,
+    SampleData,
     _read_npz,  # the hardened .npz reader: held-out text is read before any input is checked
     as_arrays,
     batch_dims,
-    check_inputs,
     dims_from_inputs,
     format_bytes,
-    load_inputs,
     make_inputs,
     nan_note,
+    open_samples,
     refuse_oversized,
     runtime_inputs,
+    split_samples,
 )
 from optimizer.llm_accuracy import LLMAccuracy, TokenText, measure_llm_accuracy, random_text, text_from_arrays
-from optimizer.model_io import load_model, model_file_bytes
+from optimizer.model_io import load_model, model_file_bytes, save_model
 from optimizer.pipeline import count_nodes
 from optimizer.progress import task, track
 from optimizer.runtime import import_onnxruntime
@@ -68,7 +76,12 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class ModelSummary:
-    """Static facts about one model file (``parameters``: elements of float weights with more than one element)."""
+    """Static facts about one model file.
+
+    ``parameters`` counts the elements of its weights (``count_parameters``): float
+    tensors and int8/int4 ones, packed weights at their logical size, quantization
+    scales and zero points left out. ``path`` is the file, or what the model was given as.
+    """
 
     path: str
     file_bytes: int
@@ -105,6 +118,8 @@ class ProviderResult:
     profile_after_ms: dict[str, float] = field(default_factory=dict)
     generation: list[GenerationResult] = field(default_factory=list)
     llm_accuracy: LLMAccuracy | None = None
+    # Which data ``accuracy`` was measured on, and on how many samples.
+    accuracy_data: str = ""
 
 
 @dataclass
@@ -207,20 +222,33 @@ def _integer(value: Any) -> int | None:
     return None
 
 
+ModelLike = str | os.PathLike | onnx.ModelProto | ir.Model
+
+
 def compare(
-    before: str | os.PathLike,
-    after: str | os.PathLike,
+    before: ModelLike,
+    after: ModelLike,
     *,
     settings: CompareSettings | None = None,
-    inputs: Mapping[str, np.ndarray] | str | os.PathLike | None = None,
+    inputs: Any = None,
     dims: Mapping[str, int] | None = None,
     progress: Progress | None = None,
+    calibration: Any = None,
 ) -> ComparisonReport:
     """Measure BEFORE and AFTER side by side on each requested EP.
 
-    ``inputs`` (a dict or an .npz path) is used as given at its own batch size;
-    other batch sizes tile or cut it along axis 0. Without it, inputs are generated
-    as for verification, with ``dims`` binding symbolic dims. An EP that is not
+    ``before`` and ``after`` are what ``optimizer.optimize`` takes: a path, an
+    ``onnx.ModelProto`` or an ``onnx_ir.Model`` (written to a temporary folder to be
+    timed, since ONNX Runtime's sessions and the memory probe read files).
+
+    ``inputs`` is data in any form ``optimizer.inputs.open_samples`` reads (an .npz
+    path, a folder of .npz files or of one .npy per input, a dict of arrays, an
+    iterable of feed dicts, a ``CalibrationDataReader``). Its first chunk (the whole
+    of an .npz or a dict) is timed at its own batch size; other batch sizes tile or cut
+    it along axis 0. Accuracy is measured on all its samples, batch by batch. Without
+    ``inputs``, inputs are generated as for verification, with ``dims`` binding symbolic
+    dims, and accuracy is measured on ``calibration`` (same forms) when given: the
+    samples the approximate passes were fitted to, which the report says. An EP that is not
     available (e.g. CUDA without onnxruntime-gpu) is reported as skipped, never an
     error. The time budget is shared across EPs and batch sizes.
 
@@ -230,6 +258,40 @@ def compare(
     token ids (and attention mask), rows of held-out text, are the text for that
     accuracy; the one-step inputs of the per-output accuracy are then generated.
     """
+    with _model_files(before, after) as ((before_path, before_label), (after_path, after_label)):
+        report = _compare(before_path, after_path, settings, inputs, dims, progress, calibration)
+    report.before.path, report.after.path = before_label, after_label
+    return report
+
+
+@contextlib.contextmanager
+def _model_files(*models: ModelLike) -> Iterator[list[tuple[str, str]]]:
+    """``(path, label)`` of each model: a path as given, an in-memory model written to a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="graphopt-compare-") as folder:
+        files = []
+        for index, model in enumerate(models):
+            if isinstance(model, (str, os.PathLike)):
+                files.append((str(model), str(Path(model))))
+                continue
+            if not isinstance(model, (onnx.ModelProto, ir.Model)):
+                raise TypeError(f"compare() takes a path, onnx.ModelProto or onnx_ir.Model, not {type(model).__name__}")
+            from optimizer.api import _to_ir  # the API's checks of an in-memory model (external data, onnx's checker)
+
+            converted, label, _ = _to_ir(model)
+            path = save_model(converted, Path(folder) / f"{('before', 'after')[index]}.onnx")
+            files.append((str(path), f"{label} ({type(model).__module__.split('.')[0]} {type(model).__name__})"))
+        yield files
+
+
+def _compare(
+    before: str,
+    after: str,
+    settings: CompareSettings | None,
+    inputs: Any,
+    dims: Mapping[str, int] | None,
+    progress: Progress | None,
+    calibration: Any,
+) -> ComparisonReport:
     settings = settings or CompareSettings()
     threads = settings.threads or default_threads()
     before_model, after_model = load_model(before), load_model(after)
@@ -240,7 +302,16 @@ def compare(
         lms = _causal_lms(before, after, before_model, after_model)
         text, inputs = _held_out_text(inputs, lms[0])
         generation = _Generation(*lms, text)
-    base_inputs = _base_inputs(before_model, inputs, dims, warnings)
+    base_inputs, data = _base_inputs(before_model, inputs, dims, warnings)
+    if data is None and calibration is not None:
+        data = open_samples(calibration, before_model, flag="--calibration")
+        warnings.append(
+            f"accuracy measured on {data.describe()}: the samples the approximate passes were fitted to, "
+            "so expect less on other data (give held-out --inputs)"
+        )
+    if data is not None:
+        warnings.extend(f"{data.source}: {note}" for note in data.notes)
+    accuracy_batches = split_samples(data, model=before_model) if data is not None else None
     batch_names = batch_dims(before_model)
     _refuse_oversized_batches(before_model, base_inputs, batch_names, settings.batches)
     providers = resolve_execution_providers(list(settings.eps))
@@ -270,8 +341,19 @@ def compare(
                 warnings,
                 progress,
                 generation,
+                data,
+                accuracy_batches,
             )
         )
+    for result in results:
+        for usage in (result.memory_before, result.memory_after):
+            if usage is not None and not usage.resettable:
+                shown = (
+                    f"{result.ep}: memory read with {usage.method}, which cannot be reset on this platform: "
+                    "the peak includes Python's and ONNX Runtime's imports, and the session's growth is a lower bound"
+                )
+                if shown not in warnings:
+                    warnings.append(shown)
     return ComparisonReport(
         environment=_environment(threads),
         before=_summarize(before, before_model),
@@ -294,14 +376,20 @@ def _measure_provider(
     warnings: list[str],
     progress: Progress | None,
     generation: _Generation | None = None,
+    data: SampleData | None = None,
+    accuracy_batches: Sequence[dict[str, np.ndarray]] | None = None,
 ) -> ProviderResult:
     result = ProviderResult(ep.name, True)
+    if data is not None:
+        result.accuracy = _accuracy_on_data(before, after, ep, accuracy_batches, threads, score_outputs, warnings)
+        result.accuracy_data = data.describe()
     base_batch = _batch_of(base_inputs, batch_names)
-    measured = False
-    if generation is not None:
+    measured = data is not None
+    if generation is not None and not measured:
         session_before = TimedSession(before, ep.name, base_inputs, threads)
         session_after = TimedSession(after, ep.name, base_inputs, threads)
         result.accuracy = _accuracy(session_before.outputs(), session_after.outputs(), score_outputs, warnings)
+        result.accuracy_data = f"generated inputs ({_batch_of(base_inputs, batch_names)} samples, one run)"
         del session_before, session_after
         _measure_generation(result, before, after, ep, generation, settings, plan, threads, warnings, progress)
     for batch in settings.batches if generation is None else ():
@@ -313,6 +401,10 @@ def _measure_provider(
         session_after = TimedSession(after, ep.name, inputs, threads)
         if not measured:
             result.accuracy = _accuracy(session_before.outputs(), session_after.outputs(), score_outputs, warnings)
+            result.accuracy_data = (
+                f"generated inputs ({batch} sample{'s' if batch > 1 else ''}, one run): random values say little "
+                "about accuracy on real data; give --inputs"
+            )
             measured = True
         label = f"{ep.name} batch {batch}"
         times_before, times_after = time_interleaved(
@@ -449,25 +541,47 @@ def _profile(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int)
 
 def _base_inputs(
     model: ir.Model,
-    inputs: Mapping[str, np.ndarray] | str | os.PathLike | None,
+    inputs: Any,
     dims: Mapping[str, int] | None,
     warnings: list[str],
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], SampleData | None]:
+    """The inputs timed (the user's first chunk, else generated) and the user's data, if any."""
     if inputs is None:
         refuse_oversized(
             model,
             [dims],
             ways_out="bind smaller sizes with --dim NAME=SIZE, or give real inputs with --inputs FILE.npz",
         )
-        return make_inputs(model, dims)
-    if isinstance(inputs, (str, os.PathLike)):
-        arrays, source = load_inputs(inputs, model), f"--inputs {inputs}"
-    else:
-        arrays, source = check_inputs(as_arrays(inputs, "inputs"), model, "inputs"), "inputs"
+        return make_inputs(model, dims), None
+    data = open_samples(inputs, model, flag="--inputs")
+    arrays = data.first()
     note = nan_note(arrays)
     if note:
-        warnings.append(f"{source}: {note}: outputs it reaches are NaN in both models and left out of the accuracy")
-    return arrays
+        warnings.append(
+            f"{data.source}: {note}: outputs it reaches are NaN in both models and left out of the accuracy"
+        )
+    return arrays, data
+
+
+def _accuracy_on_data(
+    before: str,
+    after: str,
+    ep: ExecutionProvider,
+    batches: Sequence[dict[str, np.ndarray]],
+    threads: int,
+    score_outputs: frozenset[str],
+    warnings: list[str],
+) -> list[OutputAccuracy]:
+    """Accuracy over every batch (sessions of their own, at full optimization, as timed)."""
+    accumulator = AccuracyAccumulator()
+    sessions = None
+    for batch in batches:
+        if sessions is None:
+            sessions = TimedSession(before, ep.name, batch, threads), TimedSession(after, ep.name, batch, threads)
+        for session in sessions:  # these sessions only compute outputs: their feeds may change
+            session.feeds = {name: batch[name] for name in session.feeds}
+        _accumulate(sessions[0].outputs(), sessions[1].outputs(), score_outputs, warnings, accumulator)
+    return accumulator.results()
 
 
 def _refuse_oversized_batches(
@@ -484,7 +598,20 @@ def _refuse_oversized_batches(
 def _accuracy(
     before: Mapping[str, Any], after: Mapping[str, Any], score_outputs: frozenset[str], warnings: list[str]
 ) -> list[OutputAccuracy]:
-    """Accuracy of the outputs both models give alike; a warning for each output whose shape or type differs.
+    """Accuracy of the outputs both models give alike (one run); see ``_accumulate``."""
+    accumulator = AccuracyAccumulator()
+    _accumulate(before, after, score_outputs, warnings, accumulator)
+    return accumulator.results()
+
+
+def _accumulate(
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    score_outputs: frozenset[str],
+    warnings: list[str],
+    accumulator: AccuracyAccumulator,
+) -> None:
+    """Add one run's outputs to ``accumulator``; a warning for each output whose shape or type differs.
 
     Outputs of another shape, or of another kind (numbers against strings), are not
     compared; numbers of another dtype (float16 against float32) are, with a warning.
@@ -507,7 +634,7 @@ def _accuracy(
             shown += ": its accuracy is not compared"
         if shown not in warnings:
             warnings.append(shown)
-    return compare_accuracy(comparable, after, score_outputs)
+    accumulator.add(comparable, after, score_outputs)
 
 
 def _describe(value: Any) -> str:
@@ -565,14 +692,101 @@ def _score_outputs(model: ir.Model) -> frozenset[str]:
 
 
 def _summarize(path: str | os.PathLike, model: ir.Model) -> ModelSummary:
-    # Parameters are float weights; single-element constants (scales, epsilons) are not.
-    sizes = (
-        int(np.prod(value.shape.numpy()))
-        for value in model.graph.initializers.values()
-        if value.shape is not None and value.dtype is not None and value.dtype.is_floating_point()
-    )
-    parameters = sum(size for size in sizes if size > 1)
-    return ModelSummary(str(Path(path)), model_file_bytes(path), count_nodes(model), parameters)
+    return ModelSummary(str(Path(path)), model_file_bytes(path), count_nodes(model), count_parameters(model))
+
+
+# Inputs of quantized ops that hold quantization parameters (scales, zero points, group
+# indices), not weights: (domain-free op type) -> input indices. A tensor read only there
+# is no parameter.
+_QUANTIZATION_PARAMETERS: dict[str, frozenset[int]] = {
+    "QuantizeLinear": frozenset({1, 2}),
+    "DequantizeLinear": frozenset({1, 2}),
+    "DynamicQuantizeMatMul": frozenset({2, 3}),
+    "MatMulIntegerToFloat": frozenset({2, 3, 4, 5}),
+    "MatMulInteger": frozenset({2, 3}),
+    "ConvInteger": frozenset({2, 3}),
+    "QLinearMatMul": frozenset({1, 2, 4, 5, 6, 7}),
+    "QLinearConv": frozenset({1, 2, 4, 5, 6, 7}),
+    "QAttention": frozenset({3, 4, 6, 7}),
+    "MatMulNBits": frozenset({2, 3, 4}),
+    "GatherBlockQuantized": frozenset({2, 3}),
+}
+_WEIGHT_TYPES = frozenset(
+    {
+        ir.DataType.FLOAT,
+        ir.DataType.FLOAT16,
+        ir.DataType.BFLOAT16,
+        ir.DataType.DOUBLE,
+        ir.DataType.INT8,
+        ir.DataType.UINT8,
+        ir.DataType.INT4,
+        ir.DataType.UINT4,
+    }
+)
+
+
+def count_parameters(model: ir.Model) -> int:
+    """Elements of the model's weights, at their logical size, whatever their precision.
+
+    Counted: initializers of float, int8/uint8 or int4/uint4 type with more than one
+    element (single-element constants are scales and epsilons), and int32 biases that a
+    DequantizeLinear widens (static int8). MatMulNBits' packed 4-bit weights count as
+    its ``N * K`` weights, GatherBlockQuantized's packed table as two 4-bit values per
+    byte; quantization scales, zero points and group indices (by where the quantized ops
+    read them, ``_QUANTIZATION_PARAMETERS``, and int8 embedding tables' row scales) are not
+    weights and are left out. So an int8 or int4 model has the parameters of its float original.
+    """
+    total = 0
+    for value in model.graph.initializers.values():
+        if value.shape is None or value.dtype is None:
+            continue
+        size = math.prod(value.shape.numpy())
+        uses = list(value.uses())
+        if uses and all(_is_quantization_parameter(node, index) for node, index in uses):
+            continue
+        if uses and all(_is_row_scale_lookup(node, index) for node, index in uses):
+            continue
+        packed = [(node, index) for node, index in uses if node.op_type in ("MatMulNBits", "GatherBlockQuantized")]
+        if packed:
+            total += _logical_size(*packed[0], size, value.dtype)
+            continue
+        widened_bias = value.dtype == ir.DataType.INT32 and any(
+            node.op_type == "DequantizeLinear" and index == 0 for node, index in uses
+        )
+        if (value.dtype in _WEIGHT_TYPES or widened_bias) and size > 1:
+            total += size
+    return total
+
+
+def _is_quantization_parameter(node: ir.Node, index: int) -> bool:
+    return index in _QUANTIZATION_PARAMETERS.get(node.op_type, frozenset())
+
+
+def _is_row_scale_lookup(node: ir.Node, index: int) -> bool:
+    """Whether ``node`` looks up rows of an int8 table's scales: ``Gather(scales, ids)`` multiplied
+    with ``Cast(Gather(int8 table, ids))``, as quantize-embeddings writes a table."""
+    if node.op_type != "Gather" or index != 0:
+        return False
+    for user, _ in node.outputs[0].uses():
+        if user.op_type != "Mul":
+            continue
+        for operand in user.inputs:
+            cast = operand.producer() if operand is not None else None
+            rows = cast.inputs[0].producer() if cast is not None and cast.op_type == "Cast" else None
+            if rows is not None and rows.op_type == "Gather" and rows.inputs[0] is not None:
+                if rows.inputs[0].dtype in (ir.DataType.INT8, ir.DataType.UINT8) and rows.inputs[0].is_initializer():
+                    return True
+    return False
+
+
+def _logical_size(node: ir.Node, index: int, size: int, dtype: ir.DataType) -> int:
+    """The weights a packed 4-bit tensor holds (its bytes hold two values each)."""
+    if node.op_type == "MatMulNBits" and index == 1:
+        n, k = node.attributes.get_int("N", 0), node.attributes.get_int("K", 0)
+        return n * k if n and k else size * 8 // node.attributes.get_int("bits", 4)
+    if dtype in (ir.DataType.UINT8, ir.DataType.INT8) and node.attributes.get_int("bits", 4) == 4:
+        return size * 2  # GatherBlockQuantized's uint8 data: two 4-bit values a byte
+    return size
 
 
 def _environment(threads: int) -> dict[str, Any]:
@@ -583,6 +797,7 @@ def _environment(threads: int) -> dict[str, Any]:
         "graph_optimization_level": "ORT_ENABLE_ALL",
         "intra_op_threads": threads,
         "cpu": _cpu_name(),
+        "cpu_features": cpu_features.detect().describe(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -591,11 +806,11 @@ def _environment(threads: int) -> dict[str, Any]:
 
 
 def _cpu_name() -> str:
+    """The CPU's brand string (archspec reads it the platform's way), else what ``platform`` says."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        from archspec.cpu import brand_string
+
+        name = brand_string()
+    except (ImportError, OSError, ValueError):
+        name = None
+    return name or platform.processor() or platform.machine()
