@@ -110,9 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("after", nargs="?", help="the optimized model")
     comparison.add_argument(
         "--inputs",
-        metavar="FILE.npz",
-        help="inputs, one array per graph input name; with --generate, input_ids (and attention_mask) alone "
-        "are held-out text, one row per sequence",
+        metavar="DATA",
+        help="inputs: an .npz (one array per graph input name), a folder of .npz files or one with an .npy per "
+        "input; timed on the first file, accuracy over every sample; with --generate, input_ids (and "
+        "attention_mask) alone are held-out text, one row per sequence",
     )
     comparison.add_argument(
         "--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic input dimension (repeatable)"
@@ -194,7 +195,11 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target", choices=TARGETS, default="cpu", help="execution provider the result is for (default cpu)"
     )
-    parser.add_argument("--inputs", metavar="FILE.npz", help="verification inputs: one array per graph input name")
+    parser.add_argument(
+        "--inputs",
+        metavar="DATA",
+        help="verification inputs: an .npz with one array per graph input name, or a folder with one .npy per input",
+    )
     parser.add_argument(
         "--dim", action="append", metavar="NAME=VALUE", help="bind a symbolic input dimension (repeatable)"
     )
@@ -274,8 +279,9 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--calibration",
-        metavar="FILE.npz",
-        help="sample inputs, many samples along axis 0: calibrate ranges, search the budget, measure accuracy",
+        metavar="DATA",
+        help="sample inputs, many along axis 0 (an .npz, a folder of .npz files or one with an .npy per input, "
+        "read a batch at a time): calibrate ranges, search the budget, measure accuracy",
     )
     group.add_argument(
         "--calibration-method",
@@ -755,6 +761,8 @@ def _compare(
                 inputs=inputs,
                 dims=parse_dim_flags(args.dim),
                 progress=watched.timed if watched is not None else None,
+                # optimize --compare without --inputs: accuracy over the --calibration samples (said so)
+                calibration=getattr(args, "calibration", None),
             )
     if not args.quiet:
         render_comparison(report, console)

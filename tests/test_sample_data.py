@@ -229,3 +229,18 @@ def test_skeleton_round_trip(tmp_path, model):
 def test_skeleton_defaults_bind_every_symbolic_dim(tmp_path):
     summary = write_input_skeleton(EXAMPLE_MODEL, tmp_path / "s.npz", None)
     assert "(batch=1, sequence=128)" in summary
+
+
+def test_optimize_compare_measures_accuracy_on_the_calibration_folder(tmp_path, samples, capsys):
+    folder = _npz_folder(tmp_path / "cal", samples, rows=5)
+    report = tmp_path / "comparison.json"
+    command = ["optimize", str(EXAMPLE_MODEL), "-o", str(tmp_path / "o.onnx"), "--quantize", "dynamic"]
+    command += ["--calibration", str(folder), "--compare", "--threads", "1", "--time-budget", "0.5"]
+    command += ["--iterations", "5", "--warmup", "1", "--json", str(report)]
+    assert main(command) == 0
+    import json
+
+    provider = json.loads(report.read_text())["providers"][0]
+    assert "(20 samples in 4 files)" in provider["accuracy_data"]
+    assert provider["accuracy"][0]["samples"] == 20
+    assert "the samples the approximate passes were fitted to" in capsys.readouterr().out
