@@ -165,6 +165,8 @@ def measure(args: argparse.Namespace) -> list[Result]:
             # Scaled like a trained projection (std 1/sqrt(k)); the values do not change timings.
             weight = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
             for phase, batch, sequence in ACTIVATIONS[model_name]:
+                if phase not in args.phases:
+                    continue
                 rows = batch * sequence
                 x = rng.standard_normal((rows, k)).astype(np.float32)
                 reference = x.astype(np.float64) @ weight.astype(np.float64)
@@ -210,6 +212,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--time-budget", type=float, default=3.0, help="seconds per comparison (default 3)")
     parser.add_argument("--iterations", type=int, default=200, help="interleaved pairs at most (default 200)")
+    parser.add_argument("--phases", nargs="+", default=["decode", "prefill"], help="decode, prefill or both")
     parser.add_argument("--only", help="measure only projections whose 'model projection' contains this")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
