@@ -130,8 +130,13 @@ def _format_error(value: float | None) -> str:
 
 
 def _format_bytes(count: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1024 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count} B"
+    return format_size(count)
+
+
+def format_size(nbytes: int | None) -> str:
+    """A size in MB of 2^20 bytes: the one unit graphopt's reports give file sizes, weights and memory in
+    (``4.1 MB``; ``0.0123 MB`` below a tenth, ``1,234.5 MB`` past a thousand); ``—`` for None."""
+    if nbytes is None:
+        return "—"
+    megabytes = nbytes / (1 << 20)
+    return f"{megabytes:,.1f} MB" if megabytes >= 0.1 or megabytes == 0 else f"{megabytes:.3g} MB"

@@ -15,7 +15,7 @@ from rich.table import Table
 from optimizer.compare.comparison import ComparisonReport, ProviderResult
 from optimizer.compare.generation_timing import GenerationResult
 from optimizer.model_io import write_atomically
-from optimizer.report import PipelineReport
+from optimizer.report import PipelineReport, format_size
 
 
 def render_comparison(report: ComparisonReport, console: Console | None = None) -> None:
@@ -222,6 +222,7 @@ def _accuracy_table(provider: ProviderResult) -> Table:
     table = Table(
         title=f"accuracy of AFTER vs BEFORE on {provider.ep}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False
     )
+    table.caption = f"on {provider.accuracy_data}" if provider.accuracy_data else None
     for column in ("output", "max abs", "max rel", "cosine", "top-1"):
         table.add_column(column, justify="right" if column != "output" else "left", no_wrap=True)
     for item in provider.accuracy:
@@ -271,7 +272,7 @@ def _opt(value: float | None, spec: str) -> str:
 
 
 def _mb(count: int | None) -> str:
-    return "—" if count is None else f"{count / (1 << 20):.1f} MB"
+    return format_size(count)  # one unit in every report (optimizer.report.format_size)
 
 
 def _json_default(value: object) -> object:
