@@ -144,6 +144,18 @@ def test_noisy_timing_marks_the_verdict_and_explains_beside_the_plot():
     assert section.index(first.ratio.warning.split(";")[0].replace("–", "–")) < section.index("<svg")
 
 
+def test_verdict_leads_with_a_batch_size_whose_interval_can_be_trusted():
+    report = _report(noisy=True, warnings=["cpu batch 1: paired run ratios vary by 80% (noisy machine?)"])
+    calm = _report().providers[0].batches[1]
+    report.providers[0].batches[1] = calm
+    assert not report.providers[0].batches[0].ratio.trustworthy and calm.ratio.trustworthy
+    assert verdict(report).startswith(f"AFTER {calm.ratio.ratio:.2f}× latency [{calm.ratio.low:.2f}–")
+    page = render_html(report)
+    assert "latency on cpu at batch 8" in page
+    card = page[page.index("id='card-latency'") : page.index("id='card-accuracy'")]
+    assert "batch 1: " in card and "noisy machine" in card
+
+
 def test_pass_table_shows_rollbacks_with_reason_and_layers_kept_float():
     page = render_html(_report(), _pipeline())
     table = page[page.index("What the optimizer did") :]

@@ -53,7 +53,7 @@ h1{font-size:1.4em;margin:.2em 0 .1em;line-height:1.3}
 h2{font-size:1.2em;margin:2em 0 .4em;border-bottom:1px solid #dde2e8;padding-bottom:.2em}
 h3{font-size:1em;margin:1.4em 0 .3em}
 .files{color:#5a6573;font-size:.9em;margin:0 0 .8em;overflow-wrap:anywhere}
-.verdict .seg{white-space:nowrap}.verdict .where{font-size:.6em;color:#5a6573;font-weight:400}
+.verdict .seg{white-space:nowrap}
 .good{color:#17803d}.bad{color:#b42318}.flat{color:#4b5563}.concern{color:#a15c00}
 .mark{color:#a15c00;font-size:.7em;vertical-align:super;text-decoration:none}
 .cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}
@@ -64,10 +64,11 @@ h3{font-size:1em;margin:1.4em 0 .3em}
 .warn{color:#8a4b00;background:#fff6e5;border-left:3px solid #e8a33d;padding:.25em .5em;margin:.35em 0;font-size:.88em}
 table{border-collapse:collapse;margin:.6em 0 1em;font-size:.92em}
 td,th{border:1px solid #dde2e8;padding:.25em .6em;text-align:right;vertical-align:top}
-th{background:#f4f6f8}
+.passes td{white-space:nowrap}
+th{background:#f4f6f8;white-space:nowrap}
 th:first-child,td:first-child,td.text,th.text{text-align:left}
 tr.rolled td{background:#fff6e5}tr.failed td{background:#fdecea}
-td.why{text-align:left;max-width:38em;font-size:.9em}
+td.why{text-align:left;max-width:38em;font-size:.9em;white-space:normal}
 .status-applied{color:#17803d}.status-unchanged{color:#6b7280}
 .status-rolled{color:#a15c00;font-weight:600}.status-failed{color:#b42318;font-weight:600}
 details{margin:.3em 0}summary{cursor:pointer;color:#3b4a5c}
@@ -91,7 +92,7 @@ def render_html(report: ComparisonReport, pipeline: PipelineReport | None = None
         f"<title>{html.escape(verdict(report))}</title>",
         f"<style>{_STYLE}</style></head><body><main>",
         _verdict_html(report, headline),
-        _files_line(report),
+        _files_line(report, headline),
         _cards(report, headline, consumed),
     ]
     if pipeline is not None:
@@ -114,7 +115,8 @@ def verdict(report: ComparisonReport) -> str:
 
 @dataclass
 class _Headline:
-    """The figure the verdict leads with: the first EP that was measured, at its first batch size."""
+    """The figure the verdict leads with: the first EP that was measured, at its first batch size whose
+    interval can be trusted (the first batch size when none can)."""
 
     provider: ProviderResult | None
     batch: BatchResult | None = None
@@ -126,7 +128,8 @@ def _headline(report: ComparisonReport) -> _Headline:
     skipped = [p for p in report.providers if not p.available]
     for provider in report.providers:
         if provider.available and provider.batches:
-            return _Headline(provider, batch=provider.batches[0], skipped=skipped)
+            batch = next((b for b in provider.batches if b.ratio.trustworthy), provider.batches[0])
+            return _Headline(provider, batch=batch, skipped=skipped)
         if provider.available and provider.generation:
             return _Headline(provider, generation=provider.generation[0], skipped=skipped)
     measured = next((p for p in report.providers if p.available), None)
@@ -240,16 +243,16 @@ def _verdict_html(report: ComparisonReport, headline: _Headline) -> str:
     for segment in _segments(report, headline):
         mark = f"<a class='mark' href='#card-{segment.anchor}' title='see the warning'>⚠</a>" if segment.warned else ""
         pieces.append(f"<span class='seg {segment.css}'>{html.escape(segment.text)}{mark}</span>")
+    return f"<h1 id='verdict' class='verdict'>{', '.join(pieces)}</h1>"
+
+
+def _files_line(report: ComparisonReport, headline: _Headline) -> str:
     where = ""
     if headline.provider is not None and (headline.batch or headline.generation):
         batch = headline.batch.batch if headline.batch else headline.generation.batch
-        where = f" <span class='where'>({html.escape(headline.provider.ep)}, batch {batch})</span>"
-    return f"<h1 id='verdict' class='verdict'>{', '.join(pieces)}{where}</h1>"
-
-
-def _files_line(report: ComparisonReport) -> str:
+        where = f"latency on {html.escape(headline.provider.ep)} at batch {batch}; "
     return (
-        f"<p class='files'>BEFORE <code>{html.escape(report.before.path)}</code> → "
+        f"<p class='files'>{where}BEFORE <code>{html.escape(report.before.path)}</code> → "
         f"AFTER <code>{html.escape(report.after.path)}</code></p>"
     )
 
@@ -289,7 +292,7 @@ def _latency_card(report: ComparisonReport, headline: _Headline, consumed: set[s
             f"median of {batch.before.runs} interleaved pairs; ratio {batch.ratio.ratio:.3f}, "
             f"95% interval {batch.ratio.low:.3f}–{batch.ratio.high:.3f}"
         )
-        for other in provider.batches[1:]:
+        for other in (b for b in provider.batches if b is not batch):
             lines.append(
                 f"batch {other.batch}: {other.ratio.ratio:.3f}× [{other.ratio.low:.3f}–{other.ratio.high:.3f}]"
             )
@@ -413,7 +416,7 @@ def _pipeline_section(pipeline: PipelineReport) -> str:
             f"<p class='sub'>approximate passes verified against the accuracy budget: "
             f"{html.escape(pipeline.accuracy_budget)}</p>"
         )
-    parts.append(f"<table><tr>{head}</tr>{''.join(rows)}</table>")
+    parts.append(f"<table class='passes'><tr>{head}</tr>{''.join(rows)}</table>")
     if pipeline.input_sets:
         items = "".join(f"<li>{html.escape(s)}</li>" for s in pipeline.input_sets)
         parts.append(f"<details><summary>verification inputs</summary><ul>{items}</ul></details>")
@@ -619,10 +622,7 @@ def _histogram_svg(samples_before: Sequence[float], samples_after: Sequence[floa
     shapes += _x_ticks(x_ticks, x_of, top + plot_h)
     shapes += _y_ticks(y_ticks, y_of, left, lambda t: f"{int(t)}")
     shapes.append(_axis_title(left + plot_w / 2, height - 6, axis))
-    shapes.append(
-        f"<text x='12' y='{top + plot_h / 2:.0f}' font-size='11' text-anchor='middle' fill='#4b5563' "
-        f"transform='rotate(-90 12 {top + plot_h / 2:.0f})'>runs</text>"
-    )
+    shapes.append(_y_title(top + plot_h / 2, "runs"))
     notes = [
         f"{name}: {above} run{'s' if above != 1 else ''} above {high:.3g} ms (up to {worst:.3g}) not drawn"
         for name, (above, worst) in clipped.items()
@@ -667,7 +667,8 @@ def _strip_svg(samples_before: Sequence[float], samples_after: Sequence[float], 
     shapes += _y_ticks(y_ticks, y_of, left, lambda t: _tick_label(t, y_ticks))
     x_ticks = [t for t in _nice_ticks(0, runs - 1, 8) if t == int(t)] if runs > 1 else [0]
     shapes += _x_ticks(x_ticks, x_of, top + plot_h, lambda t: str(int(t) + 1))
-    shapes.append(_axis_title(left + plot_w / 2, height - 4, f"run (interleaved pair) → ; y: {axis}, clipped"))
+    shapes.append(_axis_title(left + plot_w / 2, height - 4, "run (interleaved pair)"))
+    shapes.append(_y_title(top + plot_h / 2, axis.replace(" (ms)", ", ms")))
     svg = (
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
         f"aria-label='run times in order'>{''.join(shapes)}</svg>"
@@ -715,6 +716,13 @@ def _y_ticks(ticks: Sequence[float], y_of, left: float, label) -> list[str]:
 def _axis_title(x: float, y: float, text: str) -> str:
     return (
         f"<text x='{x:.0f}' y='{y:.0f}' font-size='11' text-anchor='middle' fill='#4b5563'>{html.escape(text)}</text>"
+    )
+
+
+def _y_title(y: float, text: str) -> str:
+    return (
+        f"<text x='12' y='{y:.0f}' font-size='11' text-anchor='middle' fill='#4b5563' "
+        f"transform='rotate(-90 12 {y:.0f})'>{html.escape(text)}</text>"
     )
 
 
