@@ -12,3 +12,20 @@ from tests.helpers import EXPORTED_MODELS, FIXTURES
 def exported_model(request) -> tuple[str, ir.Model]:
     """Each exported transformer fixture as (name, model)."""
     return request.param, ir.load(FIXTURES / f"{request.param}.onnx")
+
+
+@pytest.fixture(autouse=True)
+def _no_layer_timing(monkeypatch, tmp_path):
+    """Tests time nothing: the int8 budget's per-layer timing (``passes.quantization._layer_speed``) is
+    replaced by a fixed cost model (multiply-adds; int8 half of float, per-row 0.6, weight-only 1.2,
+    int4 0.8) and its cache goes to a temporary folder."""
+    from passes.quantization import _layer_speed
+
+    def modelled(self, shape, builders):
+        flops = shape.rows * shape.k * shape.n * 1e-9
+        factors = {"DynamicQuantizeMatMul": 0.5, "per-row quantizer + MatMulIntegerToFloat": 0.6}
+        factors["DequantizeLinear + MatMul"] = 1.2
+        return {form: flops * factors.get(form, 1.0 if form == _layer_speed.FLOAT else 0.8) for form in builders}
+
+    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path / "graphopt-cache"))
+    monkeypatch.setattr(_layer_speed.LayerSpeeds, "_time", modelled)

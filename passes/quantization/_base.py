@@ -5,10 +5,19 @@ layer (``quantize_layer``); this base decides *which* layers to rewrite:
 
 - layers matching an ``exclude`` glob, and layers whose result is a graph output
   (an LM head or classifier: int8 error there reaches the answer undamped), stay float;
-- with an accuracy budget and sample inputs, each remaining layer's sensitivity is
-  measured (quantize it alone, compare the model's outputs with the float ones),
-  and the most sensitive layers are kept float one by one, greedily, until the
-  whole quantized model meets the budget.
+- with an accuracy budget and sample inputs, the search buys accuracy where it costs
+  least latency. Each layer has *schemes*: the pass's default, cheaper fixes a subclass
+  offers (``alternatives``: per-row activation scales, SmoothQuant for that layer,
+  8-bit weights, int8 weights with float activations, int8 under int4), and float.
+  Each scheme's accuracy cost is measured per layer (that layer alone in that scheme,
+  the rest float; a local estimate beyond ``_EXHAUSTIVE_LAYERS``) and its latency is
+  measured on this machine at the layer's shape (``_layer_speed``, cached per machine).
+  A greedy path then takes, step by step, the change with the most accuracy gained per
+  second of latency given back (a change that costs nothing comes first), and the
+  shortest prefix of that path whose whole model meets the budget is chosen (prefixes
+  tried in order for few layers, by bisection for many). The configurations measured
+  on the way are the *frontier* (``frontier``, and one note each), so a user can pick
+  another point.
 
 Every modified result carries its twin (``optimizer.protocol.Twin``, kind ``"int8"``):
 the input, after SmoothQuant's rescaling where it ran (an exact float rewrite, so the
@@ -22,7 +31,8 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
@@ -37,7 +47,8 @@ from passes._layers import Layer, excluded, feeds_graph_output, find_layers, nam
 from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
 from passes.quantization import smoothing
-from passes.quantization._int8 import activation_parameters, quantize_weight
+from passes.quantization._int8 import ROW_LEVELS, ROW_SCALE_FLOOR, activation_parameters, quantize_weight
+from passes.quantization._layer_speed import FLOAT, LayerShape, LayerSpeeds, one_layer_model
 from passes.quantization._twin import Int8Twin
 
 # Up to this many layers, each layer's sensitivity is measured on the whole model and the
@@ -45,12 +56,61 @@ from passes.quantization._twin import Int8Twin
 _EXHAUSTIVE_LAYERS = 24
 # Rows of each layer's input kept for the local sensitivity estimate.
 _LOCAL_ROWS = 1024
+# SmoothQuant's migration strength when the budget offers it for one layer.
+_LAYER_SMOOTH_ALPHA = 0.5
+# What each scheme is called in notes.
+SCHEME_LABELS = {
+    "float": "float",
+    "int8": "int8",
+    "int4": "int4",
+    "row": "per-row activation scales",
+    "smooth": "SmoothQuant",
+    "w8": "8-bit weights",
+    "weight-only": "int8 weights via DequantizeLinear (MatMulNBits 8-bit in ONNX Runtime)",
+}
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One configuration the budget search measured: the layers not in the pass's default scheme, with
+    the scheme each got (``"float"`` for kept float), the whole model's drift on the samples, and the
+    estimated time of the quantizable layers (the sum of their measured one-layer times), in seconds."""
+
+    changes: tuple[tuple[str, str], ...]
+    drift: Drift
+    seconds: float
+
+    def describe(self, float_seconds: float, default_seconds: float, measured: bool) -> str:
+        """``2 float (a, b), 1 per-row activation scales (c): cosine 0.9961, ..., layers 4.2 ms (...)``."""
+        groups: dict[str, list[str]] = {}
+        for name, scheme in self.changes:
+            groups.setdefault(scheme, []).append(name)
+        parts = []
+        for scheme, names in groups.items():
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            parts.append(f"{len(names)} {SCHEME_LABELS.get(scheme, scheme)} ({shown})")
+        what = "; ".join(parts) or "every layer in the default scheme"
+        saving = float_seconds - default_seconds
+        kept = (float_seconds - self.seconds) / saving if saving > 0 else 1.0
+        if measured:
+            cost = (
+                f"layers {self.seconds * 1e3:.3g} ms (float {float_seconds * 1e3:.3g}, "
+                f"default {default_seconds * 1e3:.3g}: {kept:.0%} of the saving kept)"
+            )
+        else:
+            cost = f"{round(self.seconds)} layers' worth of latency given back"
+        return f"{what}: {self.drift}, {cost}"
 
 
 class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
-    """Base of the int8 passes. After a run, ``quantized`` and ``kept_float`` name the layers and
-    ``drift`` is the measured accuracy (when samples were given); the result's notes say it in words
-    and its refusals say why layers stayed float.
+    """Base of the int8 passes. After a run, ``quantized`` and ``kept_float`` name the layers,
+    ``schemes`` says how each quantized layer was written where the budget chose other than the
+    default, ``frontier`` holds the configurations the budget search measured and ``drift`` the
+    accuracy reached (when samples were given); the result's notes say it in words and its
+    refusals say why layers stayed float.
+
+    ``layer_speeds`` times the layers for the budget (by default on this machine, cached per
+    shape in the user's cache folder; tests inject a measurement).
     """
 
     kinds: tuple[str, ...] = ()
@@ -59,6 +119,11 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     precision = "int8"
     # How the twin quantizes each layer's input, for its description.
     twin_inputs = ""
+    # The scheme every chosen layer gets unless the budget picks another.
+    default_scheme = "int8"
+    # Whether the budget times this pass's layers: a lone MatMul rewritten by ``_apply`` must
+    # stand for the layer's kernel (passes that calibrate first, or Conv, count layers instead).
+    measures_speed = False
 
     def __init__(
         self,
@@ -70,6 +135,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         budget: AccuracyBudget | None = None,
         samples: Mapping[str, np.ndarray] | None = None,
         smooth_alpha: float | None = None,
+        layer_speeds: LayerSpeeds | None = None,
         weight_range_note: str | None = None,
     ) -> None:
         super().__init__()
@@ -82,14 +148,18 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.budget = budget if budget is not None and (budget.min_cosine, budget.max_error) != (None, None) else None
         self.samples = samples
         self.smooth_alpha = smooth_alpha
+        self.layer_speeds = layer_speeds
         self.quantized: list[str] = []
         self.kept_float: list[str] = []
+        self.schemes: dict[str, str] = {}
+        self.frontier: list[FrontierPoint] = []
         self.drift: Drift | None = None
         self._float: ir.Model | None = None
+        self._batches: Sequence[Mapping[str, np.ndarray]] = []
 
     @abc.abstractmethod
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
-        """Rewrite one layer of ``graph`` into its int8 form."""
+        """Rewrite one layer of ``graph`` into its reduced form (``scheme(layer)`` says which)."""
 
     @abc.abstractmethod
     def twin_layer(self, twin: Int8Twin, layer: Layer) -> None:
@@ -101,8 +171,24 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     def prepare(self, model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]]) -> None:  # noqa: B027
         """Hook run once before any rewrite, on the float model (static quantization calibrates here)."""
 
+    def scheme(self, layer: Layer) -> str:
+        """How ``layer`` is written: the pass's default unless the budget chose an alternative."""
+        return self.schemes.get(layer.name, self.default_scheme)
+
+    def alternatives(self, layer: Layer) -> tuple[str, ...]:
+        """Schemes besides the default and float that this pass can write for ``layer`` (keys of
+        ``SCHEME_LABELS``), for the budget to try before it gives the layer up. None here."""
+        return ()
+
+    def speed_form(self, scheme: str) -> str:
+        """The kernel ``scheme`` runs, as timed and cached: schemes that only change values
+        (SmoothQuant's rescaled weights, 8-bit instead of 7-bit weights) run the default's."""
+        if scheme in ("smooth", "w8"):
+            scheme = self.default_scheme
+        return f"{type(self).__name__} {scheme}"
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.quantized, self.kept_float, self.drift = [], [], None
+        self.quantized, self.kept_float, self.drift, self.schemes, self.frontier = [], [], None, {}, []
         name_nodes(model.graph)
         layers, refused = find_layers(model.graph, self.kinds)
         for node, reason in refused.items():
@@ -122,6 +208,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if self.weight_range_note:
             self.note(self.weight_range_note)
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
+        self._batches = batches
         self._float = model.clone() if batches else None
         norms: list[str] = []
         if self.smooth_alpha is not None and batches:
@@ -132,12 +219,15 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if self.budget is not None and batches:
             chosen = self._fit_budget(model, chosen, batches)
             if not chosen:
+                self._float, self._batches = None, []
                 return self.result(model, modified=False)
         elif self.budget is not None:
             self.note("no sample inputs: the accuracy budget was not searched")
+        names = [layer.name for layer in chosen]
+        norms += self._smooth_layers(model, names)  # SmoothQuant the budget chose for single layers
         source = model.clone()  # shares the weights' tensors; the twin replaces the quantized ones
-        self._apply(model, [layer.name for layer in chosen])
-        self.quantized = [layer.name for layer in chosen]
+        self._apply(model, names)
+        self.quantized = names
         twin = self._twin(source, self.quantized, smoothed=bool(norms))
         for layer in chosen:
             self.done(layer.node.op_type)
@@ -145,11 +235,11 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self.drift = output_drift(run_batches(self._float, batches), run_batches(model, batches))
         if self.drift is not None:
             self.note(f"{len(self.quantized)} layers {self.precision}, {len(self.kept_float)} float: {self.drift}")
-        self._float = None
+        self._float, self._batches = None, []
         return self.result(model, modified=True, twin=twin)
 
     def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
-        """Quantize the named layers of ``model`` in place."""
+        """Quantize the named layers of ``model`` in place, each in its ``scheme``."""
         wanted = set(names)
         layers = [layer for layer in find_layers(model.graph, self.kinds)[0] if layer.name in wanted]
         self.begin(layers)
@@ -158,9 +248,22 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         model.opset_imports.setdefault(MS_DOMAIN, 1)
         remove_dead_nodes(model)
 
+    def _smooth_layers(self, model: ir.Model, names: Sequence[str]) -> list[str]:
+        """SmoothQuant (exact float rescaling) at the inputs of the named layers whose scheme is ``"smooth"``.
+
+        Every layer reading the same input is rescaled with them (smoothing changes the
+        norm they all read); those keep their own schemes. Returns the norms smoothed.
+        """
+        wanted = {name for name in names if self.schemes.get(name) == "smooth"}
+        if not wanted or not self._batches:
+            return []
+        layers = find_layers(model.graph, self.kinds)[0]
+        inputs = {layer.activation.name for layer in layers if layer.name in wanted}
+        readers = [layer for layer in layers if layer.activation.name in inputs]
+        return smoothing.smooth(model, readers, self._batches, _LAYER_SMOOTH_ALPHA)
+
     def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
         """The float model the quantized layers named ``names`` claim to compute, built on ``source``."""
-        float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
         twin = Int8Twin(source)
         for layer in twin.layers(self.kinds, names):
             self.twin_layer(twin, layer)
@@ -168,87 +271,208 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         description = (
             f"{base} with {len(names)} layers' weights int8-dequantized and inputs {self.twin_inputs}, in float32"
         )
-        return Twin(twin.finish(), "int8", description, checkpoints=twin.checkpoints, source=float_source)
+        return Twin(twin.finish(), "int8", description)
 
-    def _trial(self, model: ir.Model, names: Sequence[str], batches, reference) -> Drift:
+    def _trial(self, model: ir.Model, schemes: Mapping[str, str], batches, reference) -> Drift:
+        """The drift of ``model`` with each layer named in ``schemes`` written in its scheme (the rest float)."""
         trial = model.clone()
-        self._apply(trial, names)
+        saved, self.schemes = self.schemes, dict(schemes)
+        try:
+            names = [name for name, scheme in schemes.items() if scheme != FLOAT]
+            self._smooth_layers(trial, names)
+            self._apply(trial, names)
+        finally:
+            self.schemes = saved
         return output_drift(reference, run_batches(trial, batches))
 
+    # -- the budget ------------------------------------------------------------------------
+
     def _fit_budget(self, model: ir.Model, layers: list[Layer], batches) -> list[Layer]:
-        """The layers to quantize so the model meets the budget: all, minus the most sensitive ones."""
+        """The layers to quantize, and the scheme of each, so the model meets the budget at the least latency."""
         reference = run_batches(self._float, batches)
-        names = [layer.name for layer in layers]
-        drift = self._trial(model, names, batches, reference)
+        default = {layer.name: self.default_scheme for layer in layers}
+        drift = self._trial(model, default, batches, reference)
         if self.budget.met(drift):
             self.drift = drift
             self.note(f"budget {self.budget.describe()} met with every layer {self.precision}")
             return layers
-        sensitivity = self._sensitivity(model, layers, batches, reference)
-        ranked = sorted(names, key=lambda name: sensitivity[name], reverse=True)
-        found = self._fewest_float(model, names, ranked, batches, reference)
+        options = {layer.name: (self.default_scheme, *self.alternatives(layer), FLOAT) for layer in layers}
+        times, measured = self._layer_times(model, layers, batches, options)
+        errors = self._scheme_errors(model, layers, options, batches, reference)
+        path = greedy_path(default, errors, times)
+
+        def total(schemes: Mapping[str, str]) -> float:
+            return sum(times[name][scheme] for name, scheme in schemes.items())
+
+        def state(count: int) -> dict[str, str]:
+            schemes = dict(default)
+            schemes.update(path[:count])
+            return schemes
+
+        points = {0: FrontierPoint((), drift, total(default))}
+
+        def attempt(count: int) -> bool:
+            schemes = state(count)
+            if all(scheme == FLOAT for scheme in schemes.values()):
+                return False
+            point_drift = self._trial(model, schemes, batches, reference)
+            changes = tuple((name, scheme) for name, scheme in schemes.items() if scheme != default[name])
+            points[count] = FrontierPoint(changes, point_drift, total(schemes))
+            return self.budget.met(point_drift)
+
+        # The path ends with every layer float once float is the last change left: no point to try.
+        usable = len(path) - 1 if path and all(scheme == FLOAT for scheme in state(len(path)).values()) else len(path)
+        found = _shortest_prefix(attempt, usable, exhaustive=len(layers) <= _EXHAUSTIVE_LAYERS)
+        self.frontier = [points[count] for count in sorted(points)]
+        float_seconds, default_seconds = total(dict.fromkeys(default, FLOAT)), total(default)
+        described = self.budget.describe()
         if found is None:
-            self.kept_float.extend(names)
+            self.kept_float.extend(default)
             for layer in layers:
                 self.refuse(layer.node.op_type, f"the accuracy budget cannot be met with any layer {self.precision}")
-            described = self.budget.describe()
+            self._note_frontier(float_seconds, default_seconds, measured)
             self.note(f"budget {described} cannot be met with any {self.precision} layer; model left float")
             return []
-        count, self.drift = found
-        keep = set(ranked[:count])
-        self.kept_float.extend(ranked[:count])
+        schemes = state(found)
+        self.drift = points[found].drift
+        self.schemes = {name: scheme for name, scheme in schemes.items() if scheme != FLOAT}
+        floated = [name for name, scheme in schemes.items() if scheme == FLOAT]
+        self.kept_float.extend(floated)
         for layer in layers:
-            if layer.name in keep:
-                self.refuse(layer.node.op_type, "kept float to meet the accuracy budget (most sensitive)")
-        shown = ", ".join(ranked[:count][:12]) + (f" and {count - 12} more" if count > 12 else "")
-        self.note(f"budget {self.budget.describe()} met keeping the {count} most sensitive layers float: {shown}")
-        return [layer for layer in layers if layer.name not in keep]
+            if layer.name in floated:
+                self.refuse(layer.node.op_type, "kept float to meet the accuracy budget")
+        self._note_frontier(float_seconds, default_seconds, measured)
+        changed = points[found].describe(float_seconds, default_seconds, measured)
+        self.note(f"budget {described} met with {len(points[found].changes)} layers changed: {changed}")
+        return [layer for layer in layers if layer.name not in floated]
 
-    def _fewest_float(self, model, names, ranked, batches, reference) -> tuple[int, Drift] | None:
-        """The smallest count of most-sensitive layers to keep float so the model meets the budget.
+    def _note_frontier(self, float_seconds: float, default_seconds: float, measured: bool) -> None:
+        for index, point in enumerate(self.frontier):
+            described = point.describe(float_seconds, default_seconds, measured)
+            self.note(f"frontier {index + 1}/{len(self.frontier)}: {described}")
 
-        One at a time for small models; for many layers, bisection over the count
-        (assuming that keeping more layers float never hurts).
+    def _scheme_errors(
+        self, model: ir.Model, layers: list[Layer], options: Mapping[str, Sequence[str]], batches, reference
+    ) -> dict[str, dict[str, float]]:
+        """Each layer's accuracy cost in each of its schemes (float costs nothing).
+
+        Up to ``_EXHAUSTIVE_LAYERS`` layers: the model's drift with that layer alone in that
+        scheme. Beyond: the default's cost from ``_sensitivity`` and the alternatives' from
+        ``_local_alternative_errors`` (a scheme with no local estimate is not offered).
         """
-
-        def attempt(count: int) -> Drift | None:
-            keep = set(ranked[:count])
-            remaining = [name for name in names if name not in keep]
-            if not remaining:
-                return None
-            drift = self._trial(model, remaining, batches, reference)
-            return drift if self.budget.met(drift) else None
-
-        if len(names) <= _EXHAUSTIVE_LAYERS:
-            for count in track(range(1, len(names)), "budget: most sensitive layers kept float"):
-                if (drift := attempt(count)) is not None:
-                    return count, drift
-            return None
-        low, high, best = 0, len(names) - 1, None  # attempt(low) fails; search (low, high]
-        if (drift := attempt(high)) is None:
-            return None
-        best = (high, drift)
-        with task("budget: bisection over layers kept float", total=math.ceil(math.log2(high - low))) as step:
-            while high - low > 1:
-                middle = (low + high) // 2
-                if (drift := attempt(middle)) is not None:
-                    high, best = middle, (middle, drift)
+        sensitivity = self._sensitivity(model, layers, batches, reference)
+        errors = {layer.name: {self.default_scheme: sensitivity[layer.name], FLOAT: 0.0} for layer in layers}
+        alternatives = {
+            name: [scheme for scheme in schemes if scheme not in (self.default_scheme, FLOAT)]
+            for name, schemes in options.items()
+        }
+        if not any(alternatives.values()):
+            return errors
+        if len(layers) <= _EXHAUSTIVE_LAYERS:
+            pairs = [(name, scheme) for name, schemes in alternatives.items() for scheme in schemes]
+            for name, scheme in track(pairs, "budget: each layer alone in each alternative"):
+                errors[name][scheme] = self._cost(self._trial(model, {name: scheme}, batches, reference))
+            tried = sum(len(schemes) for schemes in alternatives.values())
+            self.note(f"budget: {tried} alternatives to float measured layer by layer on the samples")
+            return errors
+        local = self._local_alternative_errors(model, [layer for layer in layers if alternatives[layer.name]], batches)
+        dropped: dict[str, int] = {}
+        for name, schemes in alternatives.items():
+            for scheme in schemes:
+                if scheme in local.get(name, {}):
+                    errors[name][scheme] = local[name][scheme]
                 else:
-                    low = middle
-                step.advance()
-        return best
+                    dropped[scheme] = dropped.get(scheme, 0) + 1
+        for scheme, count in dropped.items():
+            self.note(f"budget: {SCHEME_LABELS.get(scheme, scheme)} not tried on {count} layers (no local estimate)")
+        return errors
+
+    def _local_alternative_errors(
+        self, model: ir.Model, layers: Sequence[Layer], batches
+    ) -> dict[str, dict[str, float]]:
+        """Local estimates (relative error of the layer's output on sampled input rows, as ``_local_errors``)
+        of each layer's alternatives; subclasses whose default is not per-tensor int8 override this."""
+        rows = sample_layer_inputs(model, layers, batches)
+        estimates: dict[str, dict[str, float]] = {}
+        for layer in layers:
+            x = rows[layer.activation.name].astype(np.float64)
+            found = estimates.setdefault(layer.name, {})
+            for scheme in self.alternatives(layer):
+                if scheme in _LOCAL_FORMS:
+                    activation, reduce_range = _LOCAL_FORMS[scheme]
+                    found[scheme] = local_error(
+                        x,
+                        layer,
+                        activation,
+                        self.reduce_range if reduce_range is None else reduce_range,
+                        self.per_channel,
+                    )
+        return estimates
+
+    def _layer_times(
+        self, model: ir.Model, layers: list[Layer], batches, options: Mapping[str, Sequence[str]]
+    ) -> tuple[dict[str, dict[str, float]], bool]:
+        """Seconds of each layer in each of its schemes, and whether they were measured.
+
+        Measured (``measures_speed``): each layer as a one-node model at its weight's ``K x N``
+        and the rows one sample gives it (tokens per sample), in each scheme's kernel.
+        Otherwise every layer counts the same: 1 float, 0 reduced.
+        """
+        unit = {name: {scheme: float(scheme == FLOAT) for scheme in schemes} for name, schemes in options.items()}
+        if not self.measures_speed or any(layer.weight.ndim != 2 for layer in layers):
+            self.note("budget: layer latencies not measured for this pass; every layer kept float costs the same")
+            return unit, False
+        speeds = self.layer_speeds or LayerSpeeds()
+        rows = _rows_per_sample(model, layers, batches)
+        times: dict[str, dict[str, float]] = {}
+        shapes = set()
+        for layer in layers:
+            k, n = layer.weight.shape
+            shape = LayerShape("MatMul", rows[layer.activation.name], int(k), int(n))
+            shapes.add(shape)
+            builders = {
+                self.speed_form(scheme) if scheme != FLOAT else FLOAT: _builder(self, shape, scheme)
+                for scheme in options[layer.name]
+            }
+            seconds = speeds.seconds(shape, builders)
+            times[layer.name] = {
+                scheme: seconds[self.speed_form(scheme) if scheme != FLOAT else FLOAT] for scheme in options[layer.name]
+            }
+        self.note(
+            f"budget: latency of {len(layers)} layers ({len(shapes)} shapes) measured on this machine, "
+            f"{speeds.timed} kernels timed now, the rest read from {speeds.path}"
+        )
+        return times, True
+
+    def _layer_model(self, shape: LayerShape, scheme: str) -> ir.Model:
+        """A one-MatMul model at ``shape`` written in ``scheme`` by this pass's own rewrite."""
+        name = f"speed_probe_{shape.rows}x{shape.k}x{shape.n}"
+        model = one_layer_model(shape, name)
+        if scheme == FLOAT:
+            return model
+        saved, self.schemes = self.schemes, {name: scheme}
+        try:
+            self._apply(model, [name])
+        finally:
+            self.schemes = saved
+        return model
 
     def _sensitivity(self, model: ir.Model, layers: list[Layer], batches, reference) -> dict[str, float]:
-        """Each layer's sensitivity: the model's drift with that layer alone int8 (a local estimate
-        for matmul-like layers when there are more than ``_EXHAUSTIVE_LAYERS``)."""
+        """Each layer's sensitivity in the default scheme: the model's drift with that layer alone reduced
+        (a local estimate for matmul-like layers when there are more than ``_EXHAUSTIVE_LAYERS``)."""
         if len(layers) <= _EXHAUSTIVE_LAYERS:
             alone = track(layers, "sensitivity: each layer alone quantized")
-            return {layer.name: self._cost(self._trial(model, [layer.name], batches, reference)) for layer in alone}
+            return {
+                layer.name: self._cost(self._trial(model, {layer.name: self.default_scheme}, batches, reference))
+                for layer in alone
+            }
         local = [layer for layer in layers if layer.kind != "conv"]
         scores = _local_errors(model, local, batches, self.per_channel, self.reduce_range)
         for layer in layers:
             if layer.kind == "conv":
-                scores[layer.name] = self._cost(self._trial(model, [layer.name], batches, reference))
+                scores[layer.name] = self._cost(
+                    self._trial(model, {layer.name: self.default_scheme}, batches, reference)
+                )
         self.note(f"sensitivity of {len(local)} layers estimated locally (relative int8 error of each layer's output)")
         return scores
 
@@ -257,6 +481,103 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if self.budget.min_cosine is not None:
             return 1.0 - drift.cosine
         return drift.max_error
+
+
+def greedy_path(
+    start: Mapping[str, str], errors: Mapping[str, Mapping[str, float]], times: Mapping[str, Mapping[str, float]]
+) -> list[tuple[str, str]]:
+    """The order in which to change layers' schemes: each step the change with the most accuracy cost
+    removed per second of latency added, from ``start`` until every layer is in its most accurate scheme.
+
+    ``errors[layer][scheme]`` is the accuracy cost of the layer in that scheme (taken as additive
+    over layers), ``times[layer][scheme]`` its seconds. A change that adds no latency comes before
+    any that does (the larger gain first); a change that removes no cost is not taken, so a scheme
+    slower and no more accurate than one already taken never is. Costs measured one layer at a time
+    miss what only layers together lose (each alone may cost nothing), so the path ends by turning
+    the remaining layers float, the costliest first (the cheapest to keep float among equals).
+    """
+    current = dict(start)
+    path = []
+    while True:
+        best, best_key = None, None
+        for name, costs in errors.items():
+            now_error, now_time = costs[current[name]], times[name][current[name]]
+            for scheme, error in costs.items():
+                gain = now_error - error
+                if gain <= 0:
+                    continue
+                added = times[name][scheme] - now_time
+                key = (gain / added if added > 0 else float("inf"), gain, -added)
+                if best_key is None or key > best_key:
+                    best, best_key = (name, scheme), key
+        if best is None:
+            break
+        current[best[0]] = best[1]
+        path.append(best)
+    remaining = [name for name, scheme in current.items() if scheme != FLOAT and FLOAT in errors[name]]
+    remaining.sort(key=lambda name: (-errors[name][current[name]], times[name][FLOAT] - times[name][current[name]]))
+    return path + [(name, FLOAT) for name in remaining]
+
+
+def _shortest_prefix(attempt: Callable[[int], bool], length: int, *, exhaustive: bool) -> int | None:
+    """The smallest count in ``1..length`` for which ``attempt`` holds (``attempt(0)`` is known to fail).
+
+    ``exhaustive``: counts in order. Otherwise bisection, assuming that once a prefix meets the
+    budget every longer one does.
+    """
+    if exhaustive:
+        counts = track(range(1, length + 1), "budget: the search's path, one change at a time")
+        return next((count for count in counts if attempt(count)), None)
+    if length == 0 or not attempt(length):
+        return None
+    low, high = 0, length  # attempt(low) fails, attempt(high) holds
+    with task("budget: bisection over the search's path", total=max(1, math.ceil(math.log2(length)))) as step:
+        while high - low > 1:
+            middle = (low + high) // 2
+            if attempt(middle):
+                high = middle
+            else:
+                low = middle
+            step.advance()
+    return high
+
+
+def _builder(owner: QuantizationPass, shape: LayerShape, scheme: str) -> Callable[[], ir.Model]:
+    return lambda: owner._layer_model(shape, scheme)
+
+
+def _rows_per_sample(model: ir.Model, layers: Sequence[Layer], batches) -> dict[str, int]:
+    """Rows (tokens) of each layer's input per sample on the first batch: what one inference at batch 1 gives it."""
+    names = list(dict.fromkeys(layer.activation.name for layer in layers))
+    batch = batches[0]
+    samples = max((len(array) for array in batch.values() if np.ndim(array)), default=1)
+    rows = {}
+    for run in stream_values(model, names, batches[:1]):
+        for name, array in run.items():
+            count = int(np.prod(np.shape(array)[:-1], dtype=np.int64))
+            rows[name] = max(1, count // samples)
+    return rows
+
+
+# Alternatives estimated locally: (activation rounding, weight reduce_range or None for the pass's own).
+_LOCAL_FORMS = {"row": ("row", None), "w8": ("tensor", False), "weight-only": ("none", None), "int8": ("tensor", None)}
+
+
+def local_error(x: np.ndarray, layer: Layer, activation: str, reduce_range: bool, per_channel: bool) -> float:
+    """Relative error of ``x @ W`` when ``x`` is rounded per ``activation`` (``"tensor"``: uint8 at one
+    scale; ``"row"``: symmetric int8 per row; ``"none"``: exact) and ``W`` is int8."""
+    if activation == "tensor":
+        scale, zero_point = activation_parameters(x.min(), x.max())
+        x_q = (np.clip(np.rint(x / scale) + float(zero_point), 0, 255) - float(zero_point)) * float(scale)
+    elif activation == "row":
+        step = np.maximum(np.abs(x).max(axis=1, keepdims=True) / ROW_LEVELS, ROW_SCALE_FLOOR)
+        x_q = np.rint(x / step) * step
+    else:
+        x_q = x
+    weight = quantize_weight(layer.weight, 1 if per_channel else None, reduce_range=reduce_range)
+    exact = x @ layer.weight.astype(np.float64)
+    approximate = x_q @ weight.dequantize().astype(np.float64)
+    return float(np.linalg.norm(approximate - exact) / max(np.linalg.norm(exact), 1e-30))
 
 
 def sample_layer_inputs(

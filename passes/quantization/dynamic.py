@@ -28,6 +28,22 @@ from passes.quantization._int8 import (
 )
 from passes.quantization._twin import Int8Twin
 
+# ONNX Runtime (1.32, ORT_ENABLE_ALL) fuses DequantizeLinear(int8 weight) -> MatMul into
+# com.microsoft MatMulNBits with bits 8, this block size and accuracy_level 4: the kernel rounds
+# its input to int8 per row and block of 32 along K (its session default), so "weight-only"
+# int8 runs with int8 activations at a scale per 32 values, which its twin claims.
+WEIGHT_ONLY_BLOCK = 32
+# The largest |w_2i| + |w_2i+1| whose pair sum of u8 x s8 products fits int16: 255 * 128 <= 32767.
+SATURATION_FREE_PAIR = 128
+# Producers whose output SmoothQuant can rescale (see passes.quantization.smoothing).
+_SMOOTHABLE_PRODUCERS = (
+    "LayerNormalization",
+    "SimplifiedLayerNormalization",
+    "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "Mul",
+)
+
 
 class DynamicQuantizationPass(QuantizationPass):
     """Rewrite float layers with constant weights into ONNX Runtime's dynamic int8 operators.
@@ -55,6 +71,19 @@ class DynamicQuantizationPass(QuantizationPass):
     reads the input through the same per-row rounding written as float ops. Packed-QKV
     ``Attention`` keeps a per-tensor scale (``QAttention`` takes a scalar).
 
+    Under an accuracy budget a layer may instead be written in an alternative scheme the
+    search found cheaper than float (``QuantizationPass``): ``"row"`` (per-row scales
+    for that layer only), ``"smooth"`` (SmoothQuant at alpha 0.5 on the norm feeding it,
+    offered where a norm's output is read by layers only), ``"w8"`` (8-bit weights for a
+    7-bit pass, offered only where no pair of adjacent int8 weights along K sums past
+    128 in magnitude, so the int16 pair sums of x86 kernels without VNNI cannot saturate
+    on any uint8 input), and ``"weight-only"`` (MatMul only: an int8 weight through
+    ``DequantizeLinear`` into the MatMul, which ONNX Runtime 1.32 fuses into ``MatMulNBits``
+    with 8 bits, rounding the input to int8 per row and block of 32 at accuracy_level 4;
+    its twin is the dequantized weight with the input rounded so, as int4's twin does).
+    Each layer's kernels are timed on this machine for the search
+    (``passes.quantization._layer_speed``).
+
     Refuses (layer stays float): non-float32 tensors, non-constant weights, Gemm with
     transA/alpha/beta, Attention with past/attention_bias/rotary inputs. Conv is not
     handled: ONNX Runtime's ConvInteger measured many times slower than float Conv on
@@ -64,6 +93,7 @@ class DynamicQuantizationPass(QuantizationPass):
 
     kinds = ("matmul", "gemm", "attention")
     twin_inputs = "through DynamicQuantizeLinear"
+    measures_speed = True
 
     def __init__(self, *, activation_scale: Literal["tensor", "row"] = "tensor", **options) -> None:
         super().__init__(**options)
@@ -74,27 +104,58 @@ class DynamicQuantizationPass(QuantizationPass):
             self.twin_inputs = "through per-row symmetric int8 (max|row| / 127)"
         self._shared: dict[tuple[str, str], tuple[ir.Value, ...] | None] = {}
 
+    def alternatives(self, layer: Layer) -> tuple[str, ...]:
+        found = []
+        if layer.kind != "attention" and self.activation_scale == "tensor":
+            found.append("row")
+        if self.smooth_alpha is None and _read_from_norm(layer):
+            found.append("smooth")
+        if self.reduce_range and cannot_saturate(layer.weight, self.per_channel):
+            found.append("w8")
+        if layer.kind == "matmul":
+            found.append("weight-only")
+        return tuple(found)
+
+    def speed_form(self, scheme: str) -> str:
+        if scheme in ("int8", "smooth", "w8"):
+            scheme = self.activation_scale
+        return {
+            "tensor": "DynamicQuantizeMatMul",
+            "row": "per-row quantizer + MatMulIntegerToFloat",
+            "weight-only": "DequantizeLinear + MatMul",
+        }.get(scheme, scheme)
+
     def begin(self, layers: Sequence[Layer]) -> None:
         # Activations read by several layers (Q/K/V or gate/up projections of one norm
         # output) are quantized once: one quantizer + one MatMulIntegerToFloat each.
-        readers = Counter(self._activation_key(layer) for layer in layers)
+        readers = Counter(self._activation_key(layer) for layer in layers if self.scheme(layer) != "weight-only")
         self._shared = {key: None for key, count in readers.items() if count > 1 or key[1] == "row"}
 
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
+        reduce_range = self._reduce_range(layer)
+        if self.scheme(layer) == "weight-only":
+            _dequantized_weight(graph, layer, self.per_channel, reduce_range)
+            return
         key = self._activation_key(layer)
         activation = self._quantized_activation(graph, layer, key) if key in self._shared else None
         if layer.kind == "attention":
             activation = activation or _quantize_input(graph, layer)
-            replace_with_qattention(
-                graph, layer, activation, per_channel=self.per_channel, reduce_range=self.reduce_range
-            )
+            replace_with_qattention(graph, layer, activation, per_channel=self.per_channel, reduce_range=reduce_range)
         else:
-            _quantize_matmul(graph, layer, self.per_channel, self.reduce_range, activation, key[1] == "row")
+            _quantize_matmul(graph, layer, self.per_channel, reduce_range, activation, key[1] == "row")
 
     def twin_layer(self, twin: Int8Twin, layer: Layer) -> None:
         axis = 1 if self.per_channel else None
+        reduce_range = self._reduce_range(layer)
+        if self.scheme(layer) == "weight-only":
+            from passes.quantization.int4 import _quantize_input_blocks  # int4 imports this module
+
+            quantized = quantize_weight(layer.weight, axis, reduce_range=reduce_range)
+            twin.set_weight(layer, claimed_weight(layer.weight, quantized, layer.name))
+            _quantize_input_blocks(twin.model, layer, WEIGHT_ONLY_BLOCK)
+            return
         if self._activation_key(layer)[1] == "row":
-            quantized = quantize_weight(layer.weight, axis, reduce_range=self.reduce_range)
+            quantized = quantize_weight(layer.weight, axis, reduce_range=reduce_range)
             claimed_weight(layer.weight, quantized, layer.name)
             twin.quantize_layer_rows(layer, quantized)
             return
@@ -102,17 +163,16 @@ class DynamicQuantizationPass(QuantizationPass):
         if layer.kind == "attention":
             weight, bias = folded_weights(layer)
             twin.set_weight(
-                layer, claimed_weight(weight, quantize_weight(weight, axis, reduce_range=self.reduce_range), layer.name)
+                layer, claimed_weight(weight, quantize_weight(weight, axis, reduce_range=reduce_range), layer.name)
             )
             twin.set_input(layer.node, 2, bias)
             layer.node.attributes.pop("scale", None)
         else:
-            twin.set_weight(
-                layer,
-                claimed_weight(
-                    layer.weight, quantize_weight(layer.weight, axis, reduce_range=self.reduce_range), layer.name
-                ),
-            )
+            quantized = quantize_weight(layer.weight, axis, reduce_range=reduce_range)
+            twin.set_weight(layer, claimed_weight(layer.weight, quantized, layer.name))
+
+    def _reduce_range(self, layer: Layer) -> bool:
+        return False if self.scheme(layer) == "w8" else self.reduce_range
 
     def _sensitivity(self, model: ir.Model, layers: list[Layer], batches, reference) -> dict[str, float]:
         # Beyond _base._EXHAUSTIVE_LAYERS the base class ranks layers by a local estimate with one
@@ -132,7 +192,10 @@ class DynamicQuantizationPass(QuantizationPass):
 
     def _activation_key(self, layer: Layer) -> tuple[str, str]:
         """The layer's input and how it is quantized: per row, or per tensor (always for QAttention)."""
-        scale = "tensor" if layer.kind == "attention" else self.activation_scale
+        if layer.kind == "attention":
+            scale = "tensor"
+        else:
+            scale = "row" if self.scheme(layer) == "row" else self.activation_scale
         return layer.activation.name, scale
 
     def _quantized_activation(self, graph: ir.Graph, layer: Layer, key: tuple[str, str]) -> tuple[ir.Value, ...]:
@@ -182,6 +245,46 @@ def _quantize_matmul(
         added.append(ir.Node("", "Add", [fused.outputs[0], bias], name=f"{prefix}_bias"))
     graph.insert_before(node, added)
     replace_value(result, added[-1].outputs[0], inherit=True)
+
+
+def _dequantized_weight(graph: ir.Graph, layer: Layer, per_channel: bool, reduce_range: bool) -> None:
+    """Weight-only int8: the MatMul reads its weight from ``DequantizeLinear`` of the int8 values."""
+    node = layer.node
+    quantized = quantize_weight(layer.weight, 1 if per_channel else None, reduce_range=reduce_range)
+    prefix = node.name
+    inputs = [
+        add_initializer(graph, f"{prefix}.weight_int8", quantized.values),
+        add_initializer(graph, f"{prefix}.weight_scale", quantized.scale),
+        add_initializer(graph, f"{prefix}.weight_zero_point", quantized.zero_point),
+    ]
+    attributes = [ir.AttrInt64("axis", 1)] if per_channel else []
+    dequantize = ir.Node("", "DequantizeLinear", inputs, attributes=attributes, name=f"{prefix}_weight_dequantize")
+    dequantize.outputs[0].name = f"{prefix}.weight_dequantized"
+    graph.insert_before(node, dequantize)
+    node.replace_input_with(1, dequantize.outputs[0])
+
+
+def cannot_saturate(weight: np.ndarray, per_channel: bool) -> bool:
+    """Whether 8-bit int8 weights of ``weight`` ``[K, N]`` are safe on x86 kernels without VNNI.
+
+    Those kernels (``vpmaddubsw``) add the u8 x s8 products of adjacent pairs along K in
+    int16: with activations up to 255, a pair is safe while ``|w_2i| + |w_2i+1| <= 128``
+    (``255 * 128 <= 32767``). Checked for every pair, so no input can saturate.
+    """
+    values = np.abs(quantize_weight(weight, 1 if per_channel else None, reduce_range=False).values.astype(np.int32))
+    if len(values) % 2:
+        values = np.concatenate([values, np.zeros((1, values.shape[1]), dtype=np.int32)])
+    return bool((values[0::2] + values[1::2]).max(initial=0) <= SATURATION_FREE_PAIR)
+
+
+def _read_from_norm(layer: Layer) -> bool:
+    """Whether SmoothQuant could rescale this layer's input: it comes from a norm (or a per-channel ``Mul``)
+    and only MatMul-like layers read it (a residual reader would see the rescaled values)."""
+    producer = layer.activation.producer()
+    if producer is None or producer.op_type not in _SMOOTHABLE_PRODUCERS or layer.activation.is_graph_output():
+        return False
+    readers = layer.activation.uses()
+    return all(user.op_type in ("MatMul", "Gemm", "Attention") and index == 0 for user, index in readers)
 
 
 def _quantize_input(graph: ir.Graph, layer: Layer) -> tuple[ir.Value, ...]:

@@ -15,7 +15,10 @@ from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.quantization._base import _EXHAUSTIVE_LAYERS, QuantizationPass, sample_layer_inputs
 from passes.quantization._blockwise import Int4Weight, pack_nibbles, quantize_gptq, quantize_hqq, quantize_rtn
+from passes.quantization._int8 import claimed_weight, quantize_weight
+from passes.quantization._layer_speed import LayerSpeeds
 from passes.quantization._twin import Int8Twin
+from passes.quantization.dynamic import _quantize_matmul
 
 # accuracy_level per target: 4 lets the CPU kernel quantize A to int8 per block and
 # multiply in integers (the fast path on x86 and Arm); CUDA's kernel dequantizes to
@@ -64,6 +67,12 @@ class Int4QuantizationPass(QuantizationPass):
     127, round half to even) in plain ONNX ops — the arithmetic the CPU kernel performs
     (measured equal to 1e-5 on ONNX Runtime 1.32, x86). Tables are their dequantized values.
 
+    Under an accuracy budget a layer can fall back per layer to int8 before float (the
+    scheme ``"int8"``: ``DynamicQuantizeMatMul``, int8 weights per output column at the
+    pass's weight range, uint8 activations per run, as ``DynamicQuantizationPass`` writes
+    it; its twin quantizes the input through ``DynamicQuantizeLinear``), chosen by
+    accuracy gained per latency given back like every int8 budget (``QuantizationPass``).
+
     Refuses (stays float): non-float32 tensors, non-constant weights, weights that are
     not 2-D, Gemm with transA/alpha/beta, packed-QKV com.microsoft ``Attention``, and the
     layers ``QuantizationPass`` keeps float (``exclude`` — which also matches Gather
@@ -72,6 +81,8 @@ class Int4QuantizationPass(QuantizationPass):
 
     kinds = ("matmul", "gemm")
     precision = "int4"
+    default_scheme = "int4"
+    measures_speed = True
 
     def __init__(
         self,
@@ -87,8 +98,15 @@ class Int4QuantizationPass(QuantizationPass):
         budget: AccuracyBudget | None = None,
         samples: Mapping[str, np.ndarray] | None = None,
         samples_generated: bool = False,
+        layer_speeds: LayerSpeeds | None = None,
     ) -> None:
-        super().__init__(exclude=exclude, quantize_outputs=quantize_outputs, budget=budget, samples=samples)
+        super().__init__(
+            exclude=exclude,
+            quantize_outputs=quantize_outputs,
+            budget=budget,
+            samples=samples,
+            layer_speeds=layer_speeds,
+        )
         if method not in INT4_METHODS:
             raise ValueError(f"int4 method {method!r}: expected one of {', '.join(INT4_METHODS)}")
         self.block_size = block_size
@@ -144,7 +162,18 @@ class Int4QuantizationPass(QuantizationPass):
     def begin(self, layers: Sequence[Layer]) -> None:
         self._heads: dict[str, tuple[ir.Value, Int4Weight]] = {}
 
+    def alternatives(self, layer: Layer) -> tuple[str, ...]:
+        return ("int8",)
+
+    def speed_form(self, scheme: str) -> str:
+        if scheme == "int8":
+            return "DynamicQuantizeMatMul"
+        return f"MatMulNBits block {self.block_size} accuracy_level {self.accuracy_level}"
+
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
+        if self.scheme(layer) == "int8":
+            _quantize_matmul(graph, layer, True, self.reduce_range, None)
+            return
         node, weight = layer.node, self.weight(layer)
         prefix = node.name
         packed = add_initializer(graph, f"{prefix}.weight_int4", weight.packed())
@@ -174,7 +203,8 @@ class Int4QuantizationPass(QuantizationPass):
 
     def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
         super()._apply(model, names)
-        self._applied = _quantize_tables(model, self._planned, self._heads, set(names), self.block_size, self.symmetric)
+        int4 = {name for name in names if self.schemes.get(name, "int4") == "int4"}
+        self._applied = _quantize_tables(model, self._planned, self._heads, int4, self.block_size, self.symmetric)
         remove_dead_nodes(model)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -245,6 +275,11 @@ class Int4QuantizationPass(QuantizationPass):
     # -- the twin ------------------------------------------------------------------------
 
     def twin_layer(self, twin: Int8Twin, layer: Layer) -> None:
+        if self.scheme(layer) == "int8":
+            quantized = quantize_weight(layer.weight, 1, reduce_range=self.reduce_range)
+            twin.quantize_input(layer)
+            twin.set_weight(layer, claimed_weight(layer.weight, quantized, layer.name))
+            return
         weight = self.weight(layer)
         twin.set_weight(layer, weight.dequantize())
         if self._level(weight) == 4:
@@ -253,10 +288,13 @@ class Int4QuantizationPass(QuantizationPass):
     def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
         float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
         twin = Int8Twin(source)
-        levels = set()
+        levels, int8 = set(), 0
         for layer in twin.layers(self.kinds, names):
             self.twin_layer(twin, layer)
-            levels.add(self._level(self.weight(layer)))
+            if self.scheme(layer) == "int8":
+                int8 += 1
+            else:
+                levels.add(self._level(self.weight(layer)))
         graph = twin.model.graph
         for name, weight in self._applied.items():
             dequantized = add_initializer(graph, f"{name}.twin", np.ascontiguousarray(weight.dequantize().T))
@@ -266,7 +304,11 @@ class Int4QuantizationPass(QuantizationPass):
                     user.replace_input_with(0, dequantized)
         inputs = " and inputs int8 per block (accuracy_level 4)" if 4 in levels else ""
         tables = f", {len(self._applied)} embedding tables dequantized" if self._applied else ""
-        description = f"the input with {len(names)} layers' weights int4-dequantized{inputs}{tables}, in float32"
+        fallback = (
+            f", {int8} int8 layers' weights int8-dequantized and inputs through DynamicQuantizeLinear" if int8 else ""
+        )
+        layers = f"{len(names) - int8} layers' weights int4-dequantized{inputs}{fallback}"
+        description = f"the input with {layers}{tables}, in float32"
         return Twin(twin.finish(), "int4", description, checkpoints=twin.checkpoints, source=float_source)
 
     def _sensitivity(self, model: ir.Model, layers: list[Layer], batches, reference) -> dict[str, float]:

@@ -64,8 +64,8 @@ def test_the_budget_keeps_exactly_the_sensitive_layer_float():
     assert quantization.kept_float == ["mid"]
     assert quantization.quantized == ["first", "last"]
     assert quantization.drift.cosine >= 0.995
-    assert any("keeping the 1 most sensitive layers float: mid" in note for note in result.notes)
-    assert "1 of 3 MatMul stay float: kept float to meet the accuracy budget (most sensitive)" in result.refusals
+    assert any("met with 1 layers changed: 1 float (mid)" in note for note in result.notes)
+    assert "1 of 3 MatMul stay float: kept float to meet the accuracy budget" in result.refusals
     # held out data agrees
     assert drift(model, after, _samples(32, seed=7)).cosine >= 0.99
 

@@ -408,4 +408,5 @@ def test_the_budget_through_the_api():
         model, quantize="int4", quantize_outputs=True, calibration=feeds, min_cosine=min(1.0, reached + 1e-4)
     )
     record = next(r for r in report.passes if r.name == "quantize-int4")
-    assert record.status == "applied" and any("kept float" in note or "most sensitive" in note for note in record.notes)
+    # the budget changed some layers (to int8 or float) and says so
+    assert record.status == "applied" and any("layers changed" in note for note in record.notes)

@@ -1,0 +1,199 @@
+"""How much faster one layer runs in each reduced-precision form, measured on this machine and cached per shape.
+
+The accuracy budget trades accuracy for latency layer by layer (``QuantizationPass``):
+keeping a layer float gives back that layer's int8 saving, which depends on the
+kernel library, the execution provider, the thread count and the layer's shape
+(a 384x384 projection at 60 rows gains little; a 1536-wide FFN a lot). So it is
+measured, not guessed: the layer alone as a one-node float model, and as each
+rewritten form the pass would write for it (built by the pass itself: the same
+operators), timed interleaved against the float one at ORT_ENABLE_ALL (medians of the
+paired runs), once per (machine, ONNX Runtime version, EP, threads, op, rows x K x N,
+dtype, form). Results live in a JSON file (``$GRAPHOPT_CACHE_DIR``, else
+``$XDG_CACHE_HOME/graphopt``, else ``~/.cache/graphopt``) so the next optimization on
+this machine reads them instead of timing again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.compare.stats import paired_ratio
+from optimizer.compare.timing import EP_PROVIDERS, TimingPlan, default_threads, time_interleaved
+from optimizer.runtime import calling_onnxruntime, import_onnxruntime, open_session, session_options
+
+FLOAT = "float"
+_CACHE_FILE = "layer_speed.json"
+# Short comparisons: a model has a few distinct layer shapes, each timed once per form.
+_PLAN = TimingPlan(warmup=5, iterations=120, time_budget=0.6, min_iterations=20)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """A matrix-multiply layer as the kernels see it: ``x [rows, k] @ W [k, n]``, on ``dtype`` inputs."""
+
+    op: str
+    rows: int
+    k: int
+    n: int
+    dtype: str = "float32"
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.rows}x{self.k}x{self.n} {self.dtype}"
+
+
+# ``measure(shape, builders)``: the median seconds of each form's one-layer model, ``builders`` mapping a
+# form name (``"float"`` among them) to a function building that model. Injectable for tests.
+Measure = Callable[[LayerShape, Mapping[str, Callable[[], ir.Model]]], Mapping[str, float]]
+
+
+def cache_path() -> Path:
+    """Where measured layer times are kept on this machine."""
+    if os.environ.get("GRAPHOPT_CACHE_DIR"):
+        return Path(os.environ["GRAPHOPT_CACHE_DIR"]) / _CACHE_FILE
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "graphopt" / _CACHE_FILE
+
+
+class LayerSpeeds:
+    """Median seconds of one layer in each form, measured once per machine and shape, cached on disk.
+
+    ``seconds(shape, builders)`` returns a time for every form in ``builders``: read from
+    the cache, or measured (``measure``, by default interleaved ONNX Runtime timing of each
+    form against the float layer) and written back. ``timed`` counts the forms measured
+    in this process (0 when everything came from the cache).
+    """
+
+    def __init__(
+        self,
+        target: str = "cpu",
+        threads: int | None = None,
+        *,
+        path: Path | None = None,
+        measure: Measure | None = None,
+    ) -> None:
+        self.target = target
+        self.threads = threads or default_threads()
+        self.path = path or cache_path()
+        self._measure = measure or self._time
+        self._entries: dict[str, float] | None = None
+        self.timed = 0
+
+    def key(self, shape: LayerShape, form: str) -> str:
+        """The cache key of ``form`` at ``shape`` on this machine, runtime, EP and thread count."""
+        ort = import_onnxruntime()
+        return f"{_machine()}|ort {ort.__version__}|{self.target}|{self.threads} threads|{shape}|{form}"
+
+    def seconds(self, shape: LayerShape, builders: Mapping[str, Callable[[], ir.Model]]) -> dict[str, float]:
+        """Median seconds per run of the layer in each form of ``builders`` (``"float"`` must be one)."""
+        if FLOAT not in builders:
+            raise ValueError("the float form is what every other form is timed against")
+        entries = self._read()
+        found = {form: entries.get(self.key(shape, form)) for form in builders}
+        missing = [form for form in builders if found[form] is None and form != FLOAT]
+        if missing or found[FLOAT] is None:
+            # Every form is timed against a float run of its own; a float time already cached
+            # stays the reference and the new forms are scaled to it (their ratio is what was measured).
+            measured = self._measure(shape, {form: builders[form] for form in (FLOAT, *missing)})
+            self.timed += len(missing)
+            scale = 1.0 if found[FLOAT] is None else found[FLOAT] / float(measured[FLOAT])
+            if found[FLOAT] is None:
+                found[FLOAT] = float(measured[FLOAT])
+                self._write(self.key(shape, FLOAT), found[FLOAT])
+            for form in missing:
+                found[form] = float(measured[form]) * scale
+                self._write(self.key(shape, form), found[form])
+        return {form: float(found[form]) for form in builders}
+
+    def _read(self) -> dict[str, float]:
+        if self._entries is None:
+            try:
+                self._entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self._entries = {}
+        return self._entries
+
+    def _write(self, key: str, value: float) -> None:
+        self._read()[key] = value
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:  # another optimization may have added entries meanwhile
+                merged = {**json.loads(self.path.read_text()), **self._entries}
+            except (OSError, ValueError):
+                merged = dict(self._entries)
+            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as file:
+                json.dump(merged, file, indent=0, sort_keys=True)
+            os.replace(file.name, self.path)
+        except OSError:
+            pass  # a read-only home: the measurement still holds for this run
+
+    def _time(self, shape: LayerShape, builders: Mapping[str, Callable[[], ir.Model]]) -> dict[str, float]:
+        """Each form timed interleaved against the float layer; the float time is the median of all its runs."""
+        x = np.random.default_rng(0).standard_normal((shape.rows, shape.k), dtype=np.float32)
+        reference = _Timed(builders[FLOAT](), x, self.target, self.threads)
+        float_times: list[float] = []
+        result = {}
+        for form, build in builders.items():
+            if form == FLOAT:
+                continue
+            before, after = time_interleaved(reference, _Timed(build(), x, self.target, self.threads), _PLAN)
+            float_times.extend(before)
+            result[form] = paired_ratio(before, after).ratio
+        if not float_times:
+            float_times, _ = time_interleaved(reference, reference, _PLAN)
+        float_seconds = float(np.median(float_times))
+        return {FLOAT: float_seconds, **{form: ratio * float_seconds for form, ratio in result.items()}}
+
+
+class _Timed:
+    """One single-layer model at ORT_ENABLE_ALL with sequential execution (as ``graphopt compare`` times)."""
+
+    def __init__(self, model: ir.Model, x: np.ndarray, target: str, threads: int) -> None:
+        options = session_options("all", threads, sequential=True)
+        self.session = open_session(ir.to_proto(model).SerializeToString(), options, EP_PROVIDERS[target])
+        self.feeds = {self.session.get_inputs()[0].name: x}
+
+    def run(self) -> float:
+        with calling_onnxruntime("time one quantized layer"):
+            started = time.perf_counter()
+            self.session.run(None, self.feeds)
+            return time.perf_counter() - started
+
+
+def one_layer_model(shape: LayerShape, name: str, seed: int = 0) -> ir.Model:
+    """``y = x [rows, k] @ W [k, n]`` with seeded normal weights, its MatMul named ``name`` (float32 only)."""
+    if shape.dtype != "float32":
+        raise ValueError(f"layer timing builds float32 layers, not {shape.dtype}")
+    weight = (np.random.default_rng(seed).standard_normal((shape.k, shape.n)) * 0.05).astype(np.float32)
+    x = ir.Value(name=f"{name}.x", shape=ir.Shape([shape.rows, shape.k]), type=ir.TensorType(ir.DataType.FLOAT))
+    graph = ir.Graph([x], [], nodes=[], opset_imports={"": 18, "com.microsoft": 1}, name="layer")
+    w = ir.Value(name=f"{name}.weight", shape=ir.Shape(weight.shape), type=ir.TensorType(ir.DataType.FLOAT))
+    w.const_value = ir.tensor(weight, name=w.name)
+    graph.register_initializer(w)
+    node = ir.Node("", "MatMul", [x, w], name=name)
+    graph.append(node)
+    y = node.outputs[0]
+    y.name, y.type, y.shape = "y", ir.TensorType(ir.DataType.FLOAT), ir.Shape([shape.rows, shape.n])
+    graph.outputs.append(y)
+    return ir.Model(graph, ir_version=9)
+
+
+def _machine() -> str:
+    """The CPU model (what the kernels' speed depends on), from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

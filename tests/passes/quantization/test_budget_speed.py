@@ -1,0 +1,291 @@
+"""The accuracy budget buys speed: changes ranked by accuracy per latency, alternatives before float,
+the frontier reported, per-layer timing cached per machine and shape, int4 falling back to int8.
+
+Nothing here times anything: every per-layer time is an injected measurement.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optimizer.accuracy import AccuracyBudget
+from optimizer.runtime import run_batches
+from passes.quantization._base import FLOAT, greedy_path
+from passes.quantization._layer_speed import LayerShape, LayerSpeeds
+from passes.quantization.dynamic import DynamicQuantizationPass, cannot_saturate
+from passes.quantization.int4 import Int4QuantizationPass
+from tests.passes.quantization.conftest import drift
+from tests.passes.quantization.graphs import weights
+
+# Injected per-layer seconds per multiply-add, by kernel: int8 half of float, per-row a little more,
+# the DequantizeLinear weight (MatMulNBits 8-bit in ORT) slower than float, int4 in between.
+_FACTORS = {
+    "float": 1.0,
+    "DynamicQuantizeMatMul": 0.5,
+    "per-row quantizer + MatMulIntegerToFloat": 0.6,
+    "DequantizeLinear + MatMul": 1.2,
+}
+
+
+def _fake(calls: list | None = None):
+    def measure(shape: LayerShape, builders) -> dict[str, float]:
+        if calls is not None:
+            calls.append((shape, sorted(builders)))
+        work = shape.rows * shape.k * shape.n
+        return {form: work * _FACTORS.get(form, 0.8) for form in builders}
+
+    return measure
+
+
+def _speeds(tmp_path, calls: list | None = None) -> LayerSpeeds:
+    return LayerSpeeds(path=tmp_path / "layer_speed.json", measure=_fake(calls))
+
+
+def _model(nodes, inputs, outputs, initializers) -> ir.Model:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(a, n) for n, a in initializers])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+def _outlier_tokens_chain() -> ir.Model:
+    """``x [B, S, 16]`` → first → second → LayerNorm ``y`` (each token's row normalized, so every token counts)."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
+        helper.make_node("MatMul", ["h", "w2"], ["k"], name="second"),
+        helper.make_node("LayerNormalization", ["k", "gamma"], ["y"], axis=-1, name="norm"),
+    ]
+    init = [
+        ("w1", weights(16, 16, seed=1, scale=0.3)),
+        ("w2", weights(16, 16, seed=2, scale=0.3)),
+        ("gamma", np.ones(16, np.float32)),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 16])
+    return _model(nodes, [x], [y], init)
+
+
+def _outlier_samples(count: int, seed: int) -> dict[str, np.ndarray]:
+    """Token 0 of every sample 1000x the others: one scale per tensor rounds the other tokens to nothing."""
+    x = np.random.default_rng(seed).standard_normal((count, 8, 16)).astype(np.float32)
+    x[:, 0] *= 1000.0
+    return {"x": x}
+
+
+# -- the search's order ------------------------------------------------------------------------
+
+
+def test_at_equal_gain_the_layer_cheaper_to_keep_float_goes_first():
+    start = {"cheap": "int8", "costly": "int8"}
+    errors = {name: {"int8": 0.1, FLOAT: 0.0} for name in start}
+    times = {"cheap": {"int8": 1.0, FLOAT: 2.0}, "costly": {"int8": 4.0, FLOAT: 12.0}}
+    assert greedy_path(start, errors, times) == [("cheap", FLOAT), ("costly", FLOAT)]
+
+
+def test_a_larger_gain_per_second_beats_a_larger_gain():
+    start = {"a": "int8", "b": "int8"}
+    errors = {"a": {"int8": 0.3, FLOAT: 0.0}, "b": {"int8": 0.1, FLOAT: 0.0}}
+    times = {"a": {"int8": 1.0, FLOAT: 11.0}, "b": {"int8": 1.0, FLOAT: 2.0}}  # 0.03/s against 0.1/s
+    assert greedy_path(start, errors, times)[0] == ("b", FLOAT)
+
+
+def test_cheaper_alternatives_come_before_float_and_a_slower_less_accurate_one_never():
+    start = {"layer": "int8"}
+    errors = {"layer": {"int8": 0.2, "row": 0.05, "weight-only": 0.01, "w8": 0.15, FLOAT: 0.0}}
+    times = {"layer": {"int8": 1.0, "row": 1.2, "weight-only": 3.0, "w8": 1.0, FLOAT: 2.0}}
+    # 8-bit weights cost nothing, per-row scales 0.1/0.2 s, float 0.05/0.8 s; weight-only is slower than float
+    assert greedy_path(start, errors, times) == [("layer", "w8"), ("layer", "row"), ("layer", FLOAT)]
+
+
+def test_layers_that_cost_nothing_alone_are_still_on_the_path():
+    start = {"a": "int8", "b": "int8"}
+    errors = {"a": {"int8": 0.0, FLOAT: 0.0}, "b": {"int8": 0.0, FLOAT: 0.0}}
+    times = {"a": {"int8": 1.0, FLOAT: 5.0}, "b": {"int8": 1.0, FLOAT: 2.0}}
+    assert greedy_path(start, errors, times) == [("b", FLOAT), ("a", FLOAT)]
+
+
+# -- the pass ----------------------------------------------------------------------------------
+
+
+def test_per_row_scales_are_chosen_before_float_and_the_frontier_is_reported(tmp_path):
+    model = _outlier_tokens_chain()
+    unbudgeted = DynamicQuantizationPass(quantize_outputs=True)(model.clone()).model
+    assert drift(model, unbudgeted, _outlier_samples(16, seed=7)).cosine < 0.9
+    quantization = DynamicQuantizationPass(
+        quantize_outputs=True,
+        budget=AccuracyBudget(min_cosine=0.999),
+        samples=_outlier_samples(32, seed=0),
+        layer_speeds=_speeds(tmp_path),
+    )
+    result = quantization(model.clone())
+    assert quantization.kept_float == []
+    assert quantization.schemes == {"first": "row", "second": "row"}
+    ops = [node.op_type for node in result.model.graph]
+    assert ops.count("MatMulIntegerToFloat") == 2 and "MatMul" not in ops
+    # held-out samples meet the budget too
+    assert drift(model, result.model, _outlier_samples(16, seed=7)).cosine >= 0.999
+    # the frontier: every configuration measured, from the default to the one chosen, with its latency
+    frontier = quantization.frontier
+    assert len(frontier) >= 2 and frontier[0].changes == () and frontier[0].drift.cosine < 0.9
+    assert frontier[-1].changes == (("first", "row"), ("second", "row")) and frontier[-1].drift.cosine >= 0.999
+    assert frontier[-1].seconds > frontier[0].seconds
+    frontier_notes = [note for note in result.notes if note.startswith("frontier ")]
+    assert len(frontier_notes) == len(frontier)
+    assert "2 per-row activation scales (first, second)" in frontier_notes[-1]
+    assert "of the saving kept" in frontier_notes[-1]
+    assert any("met with 2 layers changed" in note for note in result.notes)
+    # the realization computes what its twin claims
+    batch = [_outlier_samples(4, seed=3)]
+    got, claimed = run_batches(result.model, batch)[0]["y"], run_batches(result.twin.model, batch)[0]["y"]
+    assert np.abs(got - claimed).max() < 1e-3
+
+
+def test_weight_only_and_8_bit_weights_realize_their_twin(tmp_path):
+    model = _outlier_tokens_chain()
+    quantization = DynamicQuantizationPass(quantize_outputs=True, layer_speeds=_speeds(tmp_path))
+    quantization.schemes = {"first": "weight-only", "second": "w8"}
+    copy = model.clone()
+    source = copy.clone()
+    quantization._apply(copy, ["first", "second"])
+    ops = [node.op_type for node in copy.graph]
+    assert ops[:2] == ["DequantizeLinear", "MatMul"] and "DynamicQuantizeMatMul" in ops
+    stored = {value.name: value.const_value.numpy() for value in copy.graph.initializers.values()}
+    assert np.abs(stored["second.weight_int8"]).max() > 63  # 8-bit: past the 7-bit limit
+    twin = quantization._twin(source, ["first", "second"], smoothed=False)
+    feeds = [{"x": np.random.default_rng(1).standard_normal((2, 8, 16)).astype(np.float32)}]
+    got, claimed = run_batches(copy, feeds)[0]["y"], run_batches(twin.model, feeds)[0]["y"]
+    assert np.abs(got - claimed).max() < 1e-3
+
+
+def test_8_bit_weights_are_offered_only_where_no_pair_can_saturate():
+    safe = np.zeros((4, 2), np.float32)
+    safe[0, :] = 1.0  # one peak per pair: 127 + 0
+    assert cannot_saturate(safe, per_channel=True)
+    risky = safe.copy()
+    risky[1, :] = 0.5  # 127 + 64 > 128 in the pair (0, 1)
+    assert not cannot_saturate(risky, per_channel=True)
+    risky_odd = np.zeros((3, 1), np.float32)
+    risky_odd[1:, 0] = 1.0  # rows 1 and 2 are in different pairs
+    assert cannot_saturate(risky_odd, per_channel=True)
+
+
+def test_an_unreachable_budget_still_reports_its_frontier(tmp_path):
+    model = _outlier_tokens_chain()
+    quantization = DynamicQuantizationPass(
+        quantize_outputs=True,
+        budget=AccuracyBudget(min_cosine=1.0),
+        samples=_outlier_samples(16, seed=0),
+        layer_speeds=_speeds(tmp_path),
+    )
+    result = quantization(model.clone())
+    assert not result.modified and "cannot be met" in result.notes[-1]
+    assert len(quantization.frontier) >= 2
+    assert any(note.startswith("frontier ") for note in result.notes)
+
+
+# -- the per-layer timing cache ----------------------------------------------------------------
+
+
+def test_layer_times_are_measured_once_and_read_back(tmp_path):
+    calls: list = []
+    shape = LayerShape("MatMul", 8, 16, 32)
+    builders = {FLOAT: lambda: None, "DynamicQuantizeMatMul": lambda: None}
+    first = _speeds(tmp_path, calls).seconds(shape, builders)
+    assert calls == [(shape, sorted(builders))]
+    assert first == {FLOAT: 8 * 16 * 32, "DynamicQuantizeMatMul": 8 * 16 * 32 * 0.5}
+    # a new process on the same machine reads the file instead of timing
+    again = _speeds(tmp_path, calls)
+    assert again.seconds(shape, builders) == first and again.timed == 0 and len(calls) == 1
+    keys = json.loads((tmp_path / "layer_speed.json").read_text())
+    key = again.key(shape, "DynamicQuantizeMatMul")
+    assert key in keys
+    import onnxruntime
+
+    for part in (f"ort {onnxruntime.__version__}", "cpu", f"{again.threads} threads", "MatMul 8x16x32 float32"):
+        assert part in key
+
+
+def test_the_cache_key_separates_threads_shapes_and_forms(tmp_path):
+    calls: list = []
+    shape = LayerShape("MatMul", 8, 16, 32)
+    builders = {FLOAT: lambda: None, "DynamicQuantizeMatMul": lambda: None}
+    LayerSpeeds(threads=2, path=tmp_path / "c.json", measure=_fake(calls)).seconds(shape, builders)
+    LayerSpeeds(threads=1, path=tmp_path / "c.json", measure=_fake(calls)).seconds(shape, builders)
+    LayerSpeeds(threads=1, path=tmp_path / "c.json", measure=_fake(calls)).seconds(
+        LayerShape("MatMul", 9, 16, 32), builders
+    )
+    assert len(calls) == 3
+    # a form not cached yet is timed against the float layer again and scaled to the cached float time
+    speeds = LayerSpeeds(threads=1, path=tmp_path / "c.json", measure=_fake(calls))
+    more = speeds.seconds(shape, {**builders, "DequantizeLinear + MatMul": lambda: None})
+    assert calls[-1] == (shape, sorted([FLOAT, "DequantizeLinear + MatMul"])) and speeds.timed == 1
+    assert more["DequantizeLinear + MatMul"] == pytest.approx(8 * 16 * 32 * 1.2)
+
+
+def test_the_pass_times_each_shape_once_and_uses_the_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path / "cache"))
+    model = _outlier_tokens_chain()
+    quantization = DynamicQuantizationPass(
+        quantize_outputs=True, budget=AccuracyBudget(min_cosine=0.999), samples=_outlier_samples(16, seed=0)
+    )
+    quantization(model.clone())
+    cached = json.loads((tmp_path / "cache" / "layer_speed.json").read_text())
+    # both layers are 8 rows (tokens per sample) x 16 x 16: one shape, each form timed once
+    assert {key.split("|")[-2] for key in cached} == {"MatMul 8x16x16 float32"}
+    assert {key.split("|")[-1] for key in cached} == {
+        FLOAT,
+        "DynamicQuantizeMatMul",
+        "per-row quantizer + MatMulIntegerToFloat",
+        "DequantizeLinear + MatMul",
+    }
+
+
+# -- int4 under a budget -----------------------------------------------------------------------
+
+
+def _wide_chain() -> ir.Model:
+    """``x [B, 64]`` → a → b → c ``y``: weights wide enough for 4-bit blocks of 32; b's rows carry one
+    channel of a 100x larger input, which 4-bit blocks round badly and int8 columns keep."""
+    wa, wb, wc = weights(64, 64, seed=1, scale=0.3), weights(64, 64, seed=2, scale=0.3), weights(64, 64, seed=3)
+    wa[:, 0] *= 100.0
+    wb[0, :] /= 100.0
+    nodes = [
+        helper.make_node("MatMul", ["x", "wa"], ["h"], name="a"),
+        helper.make_node("MatMul", ["h", "wb"], ["k"], name="b"),
+        helper.make_node("MatMul", ["k", "wc"], ["y"], name="c"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 64])
+    return _model(nodes, [x], [y], [("wa", wa), ("wb", wb), ("wc", wc)])
+
+
+def test_int4_falls_back_to_int8_per_layer_before_float(tmp_path):
+    model = _wide_chain()
+    feeds = {"x": np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)}
+    plain = Int4QuantizationPass(quantize_outputs=True, embeddings=False)(model.clone()).model
+    reached = drift(model, plain, feeds).cosine
+    quantization = Int4QuantizationPass(
+        quantize_outputs=True,
+        embeddings=False,
+        budget=AccuracyBudget(min_cosine=min(0.9999, 1 - (1 - reached) / 4)),
+        samples=feeds,
+        layer_speeds=_speeds(tmp_path),
+    )
+    result = quantization(model.clone())
+    assert result.modified and "int8" in quantization.schemes.values()
+    assert quantization.kept_float == [] or set(quantization.kept_float) < {"a", "b", "c"}
+    ops = [node.op_type for node in result.model.graph]
+    assert "DynamicQuantizeMatMul" in ops
+    assert ops.count("DynamicQuantizeMatMul") == list(quantization.schemes.values()).count("int8")
+    assert ops.count("MatMulNBits") == list(quantization.schemes.values()).count("int4")
+    assert "int8 layers' weights int8-dequantized" in result.twin.description
+    held_out = {"x": np.random.default_rng(5).standard_normal((16, 64)).astype(np.float32)}
+    assert drift(model, result.model, held_out).cosine > reached
+    got, claimed = run_batches(result.model, [held_out])[0]["y"], run_batches(result.twin.model, [held_out])[0]["y"]
+    assert np.abs(got - claimed).max() < 1e-2 * np.abs(claimed).max()
