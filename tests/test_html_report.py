@@ -264,3 +264,61 @@ def test_optimize_compare_html_carries_the_pass_table(tmp_path):
     table = page[page.index("What the optimizer did") :]
     assert "<td class='text'>quantize-dynamic</td>" in table and "<td class='text'>fold-constants</td>" in table
     assert page.index("id='verdict'") < page.index("What the optimizer did")
+
+
+def test_generation_report_leads_with_time_to_first_token_and_tokens_per_second():
+    from optimizer.compare.generation_timing import GenerationResult
+    from optimizer.llm_accuracy import LLMAccuracy
+
+    rng = np.random.default_rng(1)
+    ttft_before, ttft_after = 20 + rng.random(30), 15 + rng.random(30)
+    decode_before, decode_after = 100 + rng.random(30), 80 + rng.random(30)
+    generation = GenerationResult(
+        1,
+        128,
+        32,
+        LatencySummary.of(ttft_before / 1000),
+        LatencySummary.of(ttft_after / 1000),
+        paired_ratio(ttft_before, ttft_after),
+        LatencySummary.of(decode_before / 1000),
+        LatencySummary.of(decode_after / 1000),
+        320.0,
+        400.0,
+        paired_ratio(1 / decode_before, 1 / decode_after),
+        ttft_before.tolist(),
+        ttft_after.tolist(),
+        decode_before.tolist(),
+        decode_after.tolist(),
+    )
+    llm = LLMAccuracy("random tokens", False, 4, 500, 0.982, 10.1, 10.3, 0.2, 4, 128, 32, 0.75, 0.9, "not real text")
+    report = _report()
+    report.providers[0] = ProviderResult("cpu", True, generation=[generation], llm_accuracy=llm)
+    line = verdict(report)
+    assert line.startswith("AFTER 0.") and "× time to first token [" in line and "× tokens/s [" in line
+    assert "next-token top-1 agreement 0.982" in line
+    page = render_html(report)
+    assert "time to first token (ms)" in page and "decode steps, ms" in page
+    accuracy_card = page[page.index("id='card-accuracy'") : page.index("id='card-size'")]
+    assert "not real text" in accuracy_card
+
+
+def test_nothing_timed_says_why_in_the_verdict():
+    report = _report()
+    report.providers = [report.providers[1]]  # only CUDA, skipped
+    line = verdict(report)
+    assert line.startswith("not timed: cuda skipped (onnxruntime-gpu is not installed")
+    assert "id='card-latency'" in render_html(report)
+
+
+def test_a_second_eps_warnings_open_its_own_section():
+    report = _report()
+    second = _report(noisy=True).providers[0]
+    second.ep = "cuda"
+    report.providers[1] = second
+    noisy = f"cuda batch 1: {second.batches[0].ratio.warning}"
+    report.warnings = [noisy, "cuda: batch 8 skipped: the model has no symbolic batch axis"]
+    page = render_html(report)
+    cuda = page[page.index("<h2 id='ep-cuda'>") :]
+    assert "no symbolic batch axis" in cuda and f"⚠ {noisy}" not in cuda, "a ratio's warning shows above its plot only"
+    assert cuda.count(second.batches[0].ratio.warning) == len(second.batches)
+    assert "Other warnings" not in page

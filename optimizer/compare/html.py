@@ -98,7 +98,7 @@ def render_html(report: ComparisonReport, pipeline: PipelineReport | None = None
     if pipeline is not None:
         parts.append(_pipeline_section(pipeline))
     for provider in report.providers:
-        parts.append(_provider_section(provider, consumed))
+        parts.append(_provider_section(provider, report.warnings, consumed))
     remaining = [w for w in report.warnings if w not in consumed]
     if remaining:
         parts.append("<h2>Other warnings</h2>" + "".join(_warn(w) for w in remaining))
@@ -423,11 +423,18 @@ def _pipeline_section(pipeline: PipelineReport) -> str:
     return "".join(parts)
 
 
-def _provider_section(provider: ProviderResult, consumed: set[str]) -> str:
+def _provider_section(provider: ProviderResult, warnings: Sequence[str], consumed: set[str]) -> str:
+    """One EP's evidence; its timing warnings not shown in a card open it (a ratio's own, above its plot)."""
     parts = [f"<h2 id='ep-{html.escape(provider.ep)}'>{html.escape(provider.ep)}</h2>"]
     if not provider.available:
         parts.append(_warn(f"skipped: {provider.reason}"))
         return "".join(parts)
+    ratios = [b.ratio for b in provider.batches]
+    ratios += [r for g in provider.generation for r in (g.ttft_ratio, g.tokens_per_s_ratio)]
+    plotted = [r.warning for r in ratios if r.warning]
+    for warning in _latency_warnings(provider, [w for w in warnings if w not in consumed], consumed):
+        if not any(warning.endswith(shown) for shown in plotted):
+            parts.append(_warn(warning))
     for batch in provider.batches:
         parts.append(f"<h3>latency, batch {batch.batch}</h3>")
         if not batch.ratio.trustworthy:
