@@ -34,6 +34,7 @@ import datetime
 import importlib.metadata
 import io
 import json
+import math
 import os
 import platform
 import shutil
@@ -310,19 +311,42 @@ def compare_row(model: str, variant: str, path: Path, result: StepResult | None,
     return row
 
 
-def ablation_rows(model: str, result: StepResult | None) -> list[tuple[str, str, str]]:
-    """(model, fusion, ratio or what happened) rows from fusion_ablation's JSON line."""
-    if result is None or result.status != STATUS_OK:
-        why = "not run" if result is None else f"{result.status}: {result.detail}"
-        return [(model, "—", why)]
-    rows = []
-    for line in result.stdout.splitlines():
-        if not line.startswith("{"):
-            continue
-        for fusion, value in json.loads(line)["ratio_vs_cleanup"].items():
-            shown = value if isinstance(value, str) else f"{value[0]:.3f} [{value[1]:.3f}–{value[2]:.3f}]"
-            rows.append((model, fusion, shown))
-    return rows or [(model, "—", "no result line")]
+def ablation_rows(
+    model: str, result: StepResult | None, folder: Path | None = None, fusions: Sequence[str] = ()
+) -> list[tuple[str, str, str]]:
+    """(model, fusion, ratio or what happened) rows from fusion_ablation's JSON line.
+
+    fusion_ablation prints its line only when a model is done; a run cut short by its
+    timeout still left each finished fusion's variant and comparison JSON in ``folder``,
+    and those fusions are reported from there.
+    """
+    if result is not None and result.status == STATUS_OK:
+        rows = []
+        for line in result.stdout.splitlines():
+            if not line.startswith("{"):
+                continue
+            for fusion, value in json.loads(line)["ratio_vs_cleanup"].items():
+                shown = value if isinstance(value, str) else f"{value[0]:.3f} [{value[1]:.3f}–{value[2]:.3f}]"
+                rows.append((model, fusion, shown))
+        return rows or [(model, "—", "no result line")]
+    why = "not run" if result is None else f"{result.status}: {result.detail}"
+    rows = [(model, fusion, shown) for fusion in fusions if (shown := _finished(folder, model, fusion))]
+    return rows + [(model, "others" if rows else "—", why)]
+
+
+def _finished(folder: Path | None, model: str, fusion: str) -> str:
+    """What fusion_ablation left for one fusion before it was stopped ('' if nothing usable)."""
+    if folder is None:
+        return ""
+    variant, comparison = folder / f"{model}.{fusion}.onnx", folder / f"{model}.{fusion}.json"
+    if comparison.exists():
+        with contextlib.suppress(ValueError, KeyError, IndexError):
+            ratio = json.loads(comparison.read_text(encoding="utf-8"))["providers"][0]["batches"][0]["ratio"]
+            return f"{ratio['ratio']:.3f} [{ratio['low']:.3f}–{ratio['high']:.3f}]"
+    cleanup = folder / f"{model}.cleanup.onnx"
+    if variant.exists() and cleanup.exists() and variant.read_bytes() == cleanup.read_bytes():
+        return "no change"
+    return ""
 
 
 def render_markdown(
@@ -356,7 +380,7 @@ def render_markdown(
             ratio = f"{row.ratio[0]:.3f} [{row.ratio[1]:.3f}–{row.ratio[2]:.3f}]" if row.ratio else "—"
             lines.append(
                 f"| {row.model} | {row.variant} | {_num(row.before_ms, '.3f')} | {_num(row.after_ms, '.3f')} | "
-                f"{ratio} | {_num(row.cosine, '.6f')} | {_num(row.max_abs, '.2e')} | {_cell(row.note)} |"
+                f"{ratio} | {_cosine(row.cosine)} | {_num(row.max_abs, '.2e')} | {_cell(row.note)} |"
             )
         lines.append("")
     if ablations:
@@ -372,6 +396,15 @@ def render_markdown(
     lines += ["| step | status | seconds | detail |", "| --- | --- | ---: | --- |"]
     lines += [f"| {s.name} | {s.status} | {s.seconds:.0f} | {_cell(s.detail)} |" for s in steps]
     return "\n".join(lines) + "\n"
+
+
+def _cosine(value: float | None) -> str:
+    """Enough digits to tell the cosine from 1 (0.99999962, not 1.000000)."""
+    if value is None:
+        return "—"
+    gap = 1.0 - value
+    digits = 6 if gap <= 0 else min(10, max(6, round(-math.log10(gap)) + 2))
+    return f"{value:.{digits}f}"
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -447,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         row
         for model in args.models
         if model in ABLATION_MODELS and "ablation" in args.steps
-        for row in ablation_rows(model, results.get(f"ablation {model}"))
+        for row in ablation_rows(model, results.get(f"ablation {model}"), out / "ablation", default_cuda_fusions())
     ]
     command = " ".join(["python benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)])
     table = render_markdown(info, args.ep, compares, ablations, list(results.values()), command)

@@ -99,6 +99,19 @@ def test_tables(gpu_check, tmp_path):
     line = json.dumps({"model": "bert", "ratio_vs_cleanup": {"fuse-rms-norm": "no change", "pack-qkv": [0.9, 0.8, 1]}})
     ablations = gpu_check.ablation_rows("bert", gpu_check.StepResult("ablation", "ok", stdout=f"noise\n{line}\n"))
     assert ablations == [("bert", "fuse-rms-norm", "no change"), ("bert", "pack-qkv", "0.900 [0.800–1.000]")]
+    # A run cut short by its timeout: the fusions it finished are read from the files it left.
+    folder = tmp_path / "ablation"
+    folder.mkdir()
+    (folder / "m.cleanup.onnx").write_bytes(b"cleanup")
+    (folder / "m.fuse-rms-norm.onnx").write_bytes(b"cleanup")
+    (folder / "m.fuse-attention.json").write_text(json.dumps(_comparison("cuda")))
+    stopped = gpu_check.StepResult("ablation m", "timed out", 180, "timed out after 180 s")
+    fusions = ["fuse-rms-norm", "fuse-attention", "pack-qkv"]
+    assert gpu_check.ablation_rows("m", stopped, folder, fusions) == [
+        ("m", "fuse-rms-norm", "no change"),
+        ("m", "fuse-attention", "0.750 [0.700–0.800]"),
+        ("m", "others", "timed out: timed out after 180 s"),
+    ]
     table = gpu_check.render_markdown(
         {"gpu": "NVIDIA H200, 580.1, 143771 MiB", "onnxruntime": "1.31.1"},
         "cuda",
@@ -107,7 +120,9 @@ def test_tables(gpu_check, tmp_path):
         [ok, timed_out],
         "python benchmarks/gpu_check.py",
     )
-    assert "NVIDIA H200" in table and "| bert_legacy | fp16 | 2.000 | 1.500 | 0.750 [0.700–0.800] | 0.999990 |" in table
+    assert (
+        "NVIDIA H200" in table and "| bert_legacy | fp16 | 2.000 | 1.500 | 0.750 [0.700–0.800] | 0.9999900 |" in table
+    )
     assert "failed: exit 2: x \\| y" in table and "| compare | timed out | 120 | timed out after 120 s |" in table
     for block in table.split("\n\n"):
         rows = [line for line in block.splitlines() if line.startswith("|")]
