@@ -24,7 +24,7 @@ from optimizer.api import optimize_with_report
 from optimizer.inputs import make_inputs
 from optimizer.report import STATUS_APPLIED
 from optimizer.runtime import run_model
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, calibration_samples
 
 VOCAB, HIDDEN, FFN, LAYERS = 1024, 64, 128, 2
 BATCH, SEQUENCE = 8, 12
@@ -307,15 +307,61 @@ KV_VOCAB, KV_HIDDEN = 256, 64
 
 
 @pytest.mark.parametrize("name", ["gpt2_kv_dynamo", "gpt2_kv_legacy"])
-@pytest.mark.parametrize("mode", ["dynamic", "static", "int4", "prune-ffn", "prune-heads"])
+@pytest.mark.parametrize("mode", ["dynamic", "static", "int4", "prune-ffn"])
 def test_exported_gpt2_ties_gain_no_copy(name, mode, tmp_path):
     model = ir.load(FIXTURES / f"{name}.onnx")
     before = len(table_copies(stored_tensors(FIXTURES / f"{name}.onnx"), KV_VOCAB, KV_HIDDEN))
     assert before == (1 if name.endswith("dynamo") else 2)  # the legacy export holds wte and wte.T
-    options = {**MODES.get(mode, {}), **({"prune_heads": 0.25} if mode == "prune-heads" else {})}
+    options = MODES[mode]
     calibration = make_inputs(model, {"batch": 8, "sequence": 6, "past_sequence": 4}, seed=3)
     output = tmp_path / "model.onnx"
     _, report = optimize_with_report(FIXTURES / f"{name}.onnx", output=output, calibration=calibration, **options)
     assert not report.failures(), [(r.name, r.status, r.detail) for r in report.failures()]
     after = table_copies(stored_tensors(output), KV_VOCAB, KV_HIDDEN)
     assert len(after) <= before, [(a.dtype, a.shape) for a in after]
+
+
+def with_tied_head(name: str, spelling: str) -> ir.Model:
+    """An exported base model with an LM head tied to its token table added as a second output.
+
+    The KV fixtures' attention (GroupQueryAttention after fusion) is not head-pruned, so
+    head pruning is tested on the encoder-style exports whose attention it prunes.
+    """
+    model = ir.load(FIXTURES / f"{name}.onnx")
+    graph = model.graph
+    table = next(v for v in graph.initializers.values() if v.name.endswith(("wte.weight", "embed_tokens.weight")))
+    if spelling == "dynamo":
+        transpose = ir.node("Transpose", [table], {"perm": [1, 0]}, name="lm_head_transpose")
+        graph.append(transpose)
+        weight = transpose.outputs[0]
+    else:
+        weight = ir.Value(name="lm_head.weight", const_value=ir.tensor(table.const_value.numpy().T.copy()))
+        weight.shape, weight.type = ir.Shape(weight.const_value.shape), ir.TensorType(ir.DataType.FLOAT)
+        graph.register_initializer(weight)
+    head = ir.node("MatMul", [graph.outputs[0], weight], name="lm_head")
+    graph.append(head)
+    head.outputs[0].name = "logits"
+    head.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+    head.outputs[0].shape = ir.Shape(["batch", "sequence", table.shape[0]])
+    graph.outputs.append(head.outputs[0])
+    return model
+
+
+@pytest.mark.parametrize(("name", "spelling"), [("llama_dynamo", "dynamo"), ("gpt2_legacy", "legacy")])
+def test_head_pruning_keeps_a_tied_table_single(name, spelling, tmp_path):
+    model = with_tied_head(name, spelling)
+    rows, width = model.graph.initializers[
+        next(n for n in model.graph.initializers if n.endswith(("wte.weight", "embed_tokens.weight")))
+    ].shape.numpy()
+    ir.save(model, tmp_path / "original.onnx")
+    before = len(table_copies(stored_tensors(tmp_path / "original.onnx"), rows, width))
+    assert before == (1 if spelling == "dynamo" else 2)
+    output, report = optimize_file(
+        model, tmp_path / "run", prune_heads=0.25, prune_ffn=0.25, calibration=calibration_samples(model)
+    )
+    records = {r.name: r for r in report.passes}
+    assert records["prune-heads"].status == records["prune-ffn"].status == STATUS_APPLIED
+    after = table_copies(stored_tensors(output), rows, width)
+    assert len(after) <= before, [(a.dtype, a.shape) for a in after]
+    if spelling == "dynamo":
+        assert len(after) == 1
