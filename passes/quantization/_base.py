@@ -243,7 +243,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         wanted = set(names)
         layers = [layer for layer in find_layers(model.graph, self.kinds)[0] if layer.name in wanted]
         self.begin(layers)
-        for layer in layers:
+        for layer in track(layers, "quantizing each layer"):  # GPTQ and HQQ take seconds a layer
             self.quantize_layer(model.graph, layer)
         model.opset_imports.setdefault(MS_DOMAIN, 1)
         remove_dead_nodes(model)

@@ -10,6 +10,7 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from optimizer.options import INT4_METHODS
+from optimizer.progress import track
 from optimizer.protocol import Twin
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
@@ -316,7 +317,7 @@ class Int4QuantizationPass(QuantizationPass):
             return super()._sensitivity(model, layers, batches, reference)
         inputs = sample_layer_inputs(model, layers, batches)
         scores = {}
-        for layer in layers:
+        for layer in track(layers, "sensitivity: local int4 error per layer"):
             x = inputs[layer.activation.name].astype(np.float64)
             exact = x @ layer.weight.astype(np.float64)
             error = x @ self.weight(layer).dequantize().astype(np.float64) - exact
