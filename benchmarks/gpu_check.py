@@ -3,6 +3,7 @@
 What it runs, each step in its own process with its own timeout (a step that fails, times
 out or cannot run is a row saying so; the script itself does not stop):
 
+0. the tests that run on CUDA when it is there (``pytest tests/test_generation.py -k on_the_gpu``);
 1. ``graphopt optimize --target cuda`` then ``graphopt compare --ep cuda`` (IO binding:
    inputs and outputs stay on the GPU, each run synchronized) on the example encoder and
    two exported fixtures, BERT and a Llama decoder with a KV cache;
@@ -53,7 +54,9 @@ MODELS = {
 }
 FP16_MODELS = ("example", "bert_legacy")
 ABLATION_MODELS = ("bert_legacy", "llama_kv_legacy")
-STEPS = ("compare", "fp16", "ablation")
+STEPS = ("tests", "compare", "fp16", "ablation")
+# The tests that run on CUDA when it is there (the KV cache kept on the device while generating).
+CUDA_TESTS = ["tests/test_generation.py", "-k", "on_the_gpu"]
 # The whole check must fit a lent GPU's 8 minutes with the machine's start-up around it.
 DEFAULT_BUDGET_S = 450.0
 OPTIMIZE_TIMEOUT_S = 120.0
@@ -85,6 +88,7 @@ class Step:
     timeout: float
     produces: list[Path] = field(default_factory=list)
     needs: list[str] = field(default_factory=list)  # names of steps that must have succeeded first
+    summary: bool = False  # when it succeeds, its last line of output is the row's detail
 
 
 class Runner:
@@ -131,7 +135,7 @@ class Runner:
         missing = [path.name for path in step.produces if not path.exists()]
         if missing:
             return StepResult(step.name, STATUS_FAILED, seconds, f"wrote no {missing[0]}", done.stdout)
-        return StepResult(step.name, STATUS_OK, seconds, stdout=done.stdout)
+        return StepResult(step.name, STATUS_OK, seconds, last_line(done.stdout) if step.summary else "", done.stdout)
 
 
 def last_line(text: str, limit: int = 200) -> str:
@@ -194,6 +198,9 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
             )
         )
 
+    if "tests" in args.steps:
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *CUDA_TESTS]
+        steps.append(Step("pytest on CUDA", command, COMPARE_TIMEOUT_S, summary=True))
     if "compare" in args.steps:
         for name in args.models:
             compared(name, "default", optimized(name, "default", []))
@@ -421,7 +428,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ep", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run of the same steps")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "gpu_check", help="folder for models and tables")
     parser.add_argument("--models", type=_names(MODELS), default=list(MODELS), help="comma-separated; default: all")
-    parser.add_argument("--steps", type=_names(STEPS), default=list(STEPS), help="compare,fp16,ablation (default)")
+    parser.add_argument("--steps", type=_names(STEPS), default=list(STEPS), help=f"{','.join(STEPS)} (default)")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds for the whole check")
     parser.add_argument("--time-budget", type=float, default=8.0, help="compare's --time-budget per comparison")
     parser.add_argument("--iterations", type=int, default=200, help="compare's --iterations (interleaved pairs)")

@@ -20,7 +20,7 @@ from optimizer.compare.comparison import CompareSettings, compare
 from optimizer.errors import InputSpecError, InvalidModelError, OptionError
 from optimizer.generation import CausalLMSession, random_prompts, recognise_causal_lm
 from optimizer.llm_accuracy import measure_llm_accuracy, random_text
-from optimizer.runtime import import_onnxruntime
+from optimizer.runtime import cuda_unavailable_reason
 from tests.helpers import FIXTURES
 
 KV_FIXTURES = {"gpt2_kv_legacy": 4, "gpt2_kv_dynamo": 4, "llama_kv_legacy": 2, "llama_kv_dynamo": 2}
@@ -238,9 +238,7 @@ def test_a_position_table_too_short_is_one_line_naming_the_length():
         gpt2.greedy(ids, mask, steps=1)
 
 
-@pytest.mark.skipif(
-    "CUDAExecutionProvider" not in import_onnxruntime().get_available_providers(), reason="needs onnxruntime-gpu"
-)
+@pytest.mark.skipif(cuda_unavailable_reason() is not None, reason=f"needs CUDA: {cuda_unavailable_reason()}")
 def test_the_cache_stays_on_the_gpu_and_generates_what_the_cpu_generates():
     path = fixture("llama_kv_dynamo")
     lm = recognise_causal_lm(ir.load(path))

@@ -37,9 +37,9 @@ def test_arguments(gpu_check, capsys):
 def test_plan_runs_the_cuda_path(gpu_check, tmp_path):
     steps = gpu_check.plan(gpu_check.parse_args([]), tmp_path)
     names = [step.name for step in steps]
-    assert names[:2] == ["optimize example default", "compare example default"]
+    assert names[:3] == ["pytest on CUDA", "optimize example default", "compare example default"]
     assert {"compare bert_legacy fp16", "ablation bert_legacy", "ablation llama_kv_legacy"} <= set(names)
-    compare = steps[1]
+    compare = steps[2]
     assert compare.needs == ["optimize example default"]
     assert compare.command[compare.command.index("--ep") + 1] == "cuda"
     fp16 = next(step for step in steps if step.name == "optimize example fp16")
@@ -58,11 +58,13 @@ def test_a_failed_step_is_a_row_not_a_crash(gpu_check):
     after = runner.run(gpu_check.Step("after", [python, "-c", "pass"], 30, needs=["fails"]))
     missing = runner.run(gpu_check.Step("missing", [python, "-c", "pass"], 30, [Path("/nonexistent/x.json")]))
     ok = runner.run(gpu_check.Step("ok", [python, "-c", "print('hi')"], 30))
+    summary = runner.run(gpu_check.Step("tests", [python, "-c", "print('1 passed in 3s')"], 30, summary=True))
     assert (failed.status, failed.detail) == ("failed", "exit 1: boom: no GPU")
     assert slow.status == "timed out" and slow.seconds < 10
     assert after.status == "skipped" and "needs fails" in after.detail
     assert missing.status == "failed" and "x.json" in missing.detail
-    assert ok.status == "ok" and ok.stdout == "hi\n"
+    assert ok.status == "ok" and ok.stdout == "hi\n" and ok.detail == ""
+    assert summary.detail == "1 passed in 3s"
     spent = gpu_check.Runner(0, {})
     assert spent.run(gpu_check.Step("late", [python, "-c", "pass"], 30)).status == "skipped"
 
