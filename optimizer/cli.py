@@ -667,9 +667,10 @@ def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> None:
     for spec in all_passes():
         for option in spec.options_read:
             readers.setdefault(option, []).append(spec.how_to_ask())
+    changed = set(options.changed())  # the registry refuses these, in the API's words
     for dest in sorted(given):
         option = _OPTION_OF_DEST.get(dest, dest)
-        if option in readers and option not in read:
+        if option in readers and option not in read and option not in changed:
             asks = " or ".join(dict.fromkeys(readers[option]))
             raise OptionError(f"{_flag_of_dest(dest)} does nothing here: it needs {asks}")
 

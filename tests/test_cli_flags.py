@@ -36,6 +36,8 @@ def _one_error(code: int, err: str, message: str) -> None:
         (["--block-size", "32"], "--block-size does nothing here: it needs --quantize int4"),
         (["--per-channel"], "--per-channel does nothing here: it needs"),
         (["--keep-io-types"], "--keep-io-types does nothing here: it needs --fp16"),
+        # Away from its default the registry refuses it, in the words the Python API uses.
+        (["--no-repair"], "--no-repair (repair=False) needs --prune-ffn R"),
         (["-v", "-q"], "-v and -q: choose one"),
     ],
 )
