@@ -60,7 +60,10 @@ class StaticQuantizationPass(QuantizationPass):
     """
 
     kinds = ("matmul", "gemm", "conv", "attention")
-    twin_inputs = "at their calibrated scales, biases int32-dequantized"
+    twin_inputs = (
+        "at their calibrated scales, biases int32-dequantized, Conv outputs (after a Relu/ReLU6) and residual Adds"
+        " requantized"
+    )
 
     def __init__(self, *, method: str = "percentile", **options) -> None:
         super().__init__(**options)
