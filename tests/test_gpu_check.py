@@ -155,19 +155,57 @@ def test_dry_run_on_the_cpu(gpu_check, tmp_path):
     assert (tmp_path / "example.default.html").exists()
 
 
-def test_shell_wrapper_puts_the_gpu_site_first(tmp_path):
+def _wheel(folder: Path, name: str, module: str) -> Path:
+    """A minimal pure-Python wheel holding ``module/__init__.py`` (pip installs it offline)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    path = folder / f"{name}-0.1-py3-none-any.whl"
+    info = f"{name}-0.1.dist-info"
+    files = {
+        f"{module}/__init__.py": b"MARK = 1\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for file, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{file},sha256={digest},{len(data)}")
+    record.append(f"{info}/RECORD,,")
+    with zipfile.ZipFile(path, "w") as archive:
+        for file, data in files.items():
+            archive.writestr(file, data)
+        archive.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+def test_shell_wrapper_installs_what_gpu_holds_and_puts_it_first(tmp_path):
+    """The wrapper in a copy of the layout: onnxruntime-gpu from its parts, dependency wheels, then the path."""
     import os
     import subprocess
 
     wrapper = SCRIPT.with_suffix(".sh")
     env = {**os.environ, "PYTHON": sys.executable}
-    probe = "import os, sys; print(os.environ['PYTHONPATH'].split(os.pathsep)[0])"
     done = subprocess.run(["bash", str(wrapper), "--plan"], capture_output=True, text=True, env=env, check=True)
     assert "compare example default" in done.stdout and "--ep cuda" in done.stdout
-    # The path the check runs with: .gpu/site first, then the repository (a copy, so the probe stays out of it).
+
+    gpu = tmp_path / ".gpu"
+    (gpu / "wheels").mkdir(parents=True)
+    runtime = _wheel(gpu, "onnxruntime_gpu", "onnxruntime")
+    (gpu / "WHEEL_NAME").write_text(runtime.name + "\n")
+    data = runtime.read_bytes()  # split in two parts, as fetch_ort_gpu.sh leaves it
+    (gpu / "ort.part-0").write_bytes(data[: len(data) // 2])
+    (gpu / "ort.part-1").write_bytes(data[len(data) // 2 :])
+    runtime.unlink()
+    _wheel(gpu / "wheels", "fake_dependency", "fake_dependency")
+    probe = "import os, onnxruntime, fake_dependency; print(os.environ['PYTHONPATH'].split(os.pathsep)[0])"
     script = wrapper.read_text().replace('exec "$python" benchmarks/gpu_check.py "$@"', f'exec "$python" -c "{probe}"')
     (tmp_path / "benchmarks").mkdir()
     copy = tmp_path / "benchmarks" / "gpu_check.sh"
     copy.write_text(script)
-    first = subprocess.run(["bash", str(copy)], capture_output=True, text=True, env=env, check=True).stdout
-    assert first.strip() == str(tmp_path / ".gpu" / "site")
+    for _ in range(2):  # the second run finds both installed
+        done = subprocess.run(["bash", str(copy)], capture_output=True, text=True, env=env, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == str(gpu / "site")
+    assert (gpu / "site" / "onnxruntime" / "__init__.py").exists() and not list(gpu.glob("*.whl"))
