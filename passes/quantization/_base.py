@@ -264,6 +264,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
         """The float model the quantized layers named ``names`` claim to compute, built on ``source``."""
+        float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
         twin = Int8Twin(source)
         for layer in twin.layers(self.kinds, names):
             self.twin_layer(twin, layer)
@@ -271,7 +272,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         description = (
             f"{base} with {len(names)} layers' weights int8-dequantized and inputs {self.twin_inputs}, in float32"
         )
-        return Twin(twin.finish(), "int8", description)
+        return Twin(twin.finish(), "int8", description, checkpoints=twin.checkpoints, source=float_source)
 
     def _trial(self, model: ir.Model, schemes: Mapping[str, str], batches, reference) -> Drift:
         """The drift of ``model`` with each layer named in ``schemes`` written in its scheme (the rest float)."""
