@@ -63,15 +63,25 @@ def cuda_unavailable_reason() -> str | None:
 
 
 @functools.cache
-def _probe_cuda() -> str | None:
+def preload_cuda_libraries() -> None:
+    """Let onnxruntime-gpu find CUDA and cuDNN in the nvidia-* wheels (PyTorch's): once per process.
+
+    ORT (1.21 and later) finds them only once ``onnxruntime.preload_dlls()`` has loaded them;
+    it prints, rather than raises, what it could not load, and does nothing in a CPU build.
+    Every process that opens a CUDA session calls this first (compare's memory probe is a
+    child process of its own).
+    """
     ort = import_onnxruntime()
-    # onnxruntime-gpu from PyPI finds CUDA and cuDNN in the nvidia-* wheels only once they are
-    # preloaded (ORT >= 1.21); it prints, rather than raises, what it could not load.
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:
-        with contextlib.redirect_stdout(io.StringIO()):
-            with contextlib.suppress(OSError, RuntimeError):
-                preload()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(OSError, RuntimeError):
+            preload()
+
+
+@functools.cache
+def _probe_cuda() -> str | None:
+    ort = import_onnxruntime()
+    preload_cuda_libraries()
     node = onnx.helper.make_node("Add", ["x", "x"], ["y"])
     value = onnx.helper.make_tensor_value_info
     graph = onnx.helper.make_graph(

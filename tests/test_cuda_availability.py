@@ -113,3 +113,16 @@ def test_compare_on_cuda_without_a_gpu_is_a_skip_not_a_traceback(gpu_build, tmp_
     assert "cuda: skipped" in captured.out and "no GPU is usable" in captured.out
     assert code == 0
     assert '"available": false' in json_path.read_text()
+
+
+def test_a_timed_session_that_fell_back_to_the_cpu_is_not_timed_as_cuda(gpu_build):
+    from optimizer.compare.timing import TimedSession
+    from optimizer.errors import InvalidModelError
+    from optimizer.inputs import make_inputs
+    from optimizer.model_io import load_model
+
+    gpu_build("falls back")
+    inputs = make_inputs(load_model(EXAMPLE), {"sequence": 8})
+    with pytest.raises(InvalidModelError, match="ran it on the CPU, not on cuda"):
+        TimedSession(str(EXAMPLE), "cuda", inputs, 1)
+    assert TimedSession(str(EXAMPLE), "cpu", inputs, 1).run() > 0

@@ -23,6 +23,7 @@ from optimizer.runtime import (
     cuda_unavailable_reason,
     import_onnxruntime,
     open_session,
+    preload_cuda_libraries,
     session_options,
 )
 
@@ -77,10 +78,17 @@ class TimedSession:
     ) -> None:
         self.ep, self.path = ep, path
         options = session_options("all", threads, sequential=True, profile_prefix=profile_prefix)
+        if ep == "cuda":
+            preload_cuda_libraries()
         try:
             self.session = open_session(path, options, EP_PROVIDERS[ep])
         except RuntimeRefusedError as error:
             raise InvalidModelError(f"{path}: ONNX Runtime cannot load it on {ep}: {error.reason}") from error
+        if EP_PROVIDERS[ep][0] not in self.session.get_providers():
+            # ORT falls back to the CPU when an EP cannot start: timing that as CUDA would be a lie.
+            raise InvalidModelError(
+                f"{path}: ONNX Runtime ran it on the CPU, not on {ep} ({EP_PROVIDERS[ep][0]} did not start)"
+            )
         names = [meta.name for meta in self.session.get_inputs()]
         self.feeds = {name: inputs[name] for name in names}
         self.output_names = [meta.name for meta in self.session.get_outputs()]
