@@ -19,8 +19,9 @@ when it does not, every step is a skipped row and the exit code is 2. The table 
 stdout and ``OUT/gpu_check.md`` (for docs/benchmarks.md), each comparison's JSON and HTML
 beside it. Exit code: 0 when every step ran, 1 when one failed or timed out.
 
-Usage, from the repository root (``benchmarks/gpu_check.sh`` installs onnxruntime-gpu from
-the parts ``../shared/tools/fetch_ort_gpu.sh`` leaves in ``.gpu/`` and sets the path)::
+Usage, from the repository root (``benchmarks/gpu_check.sh --prepare`` puts onnxruntime-gpu
+and graphopt's dependencies for Python 3.12 in ``.gpu/`` where the registry can be reached;
+``benchmarks/gpu_check.sh`` installs them on the GPU machine, sets the path and runs this)::
 
     PYTHONPATH=$PWD/.gpu/site:$PWD python benchmarks/gpu_check.py [--out build/gpu_check]
     python benchmarks/gpu_check.py --ep cpu --models example --steps compare   # a dry run on the CPU
