@@ -166,6 +166,7 @@ class LinesSink:
                     continue
                 innermost = max(self._open)
                 self._open[innermost].reported = True
+                self._open[innermost].shown = True  # the run's own line would only repeat it
                 self._write(f"{self._state(self._open[innermost])} (still running)")
 
     def _write(self, text: str) -> None:

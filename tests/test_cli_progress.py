@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 
 from optimizer import exit_codes
 from optimizer.console import LinesSink
@@ -119,3 +120,16 @@ def test_compare_off_a_terminal_shows_its_timing(tmp_path, capsys):
     assert "graphopt: comparing BEFORE and AFTER\ngraphopt:   timing cpu batch 1\n" in err
     # The timing task ends before the memory probes start: they are a step of their own, not under it.
     assert "\ngraphopt:   cpu: memory of BEFORE, then AFTER\n" in err
+
+
+def test_lines_sink_heartbeat_names_the_innermost_step():
+    # The heartbeat runs on the real clock, in its own thread: wait for it (a few 0.05 s intervals).
+    stream = io.StringIO()
+    with LinesSink(stream, interval=0.05) as sink:
+        run = sink.start("optimizing m.onnx", None)
+        deadline = time.monotonic() + 10
+        while "still running" not in stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sink.stop(run)
+    first = stream.getvalue().splitlines()[0]
+    assert first.startswith("graphopt: optimizing m.onnx, ") and first.endswith("(still running)")
