@@ -1157,7 +1157,10 @@ class _Batches(Sequence):
     def __len__(self) -> int:
         return self._count
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:  # rarely used: a sequential read to ``index``
+    def __getitem__(self, index: int | slice) -> Any:  # rarely used: a sequential read up to ``index``
+        if isinstance(index, slice):
+            wanted = range(*index.indices(self._count))
+            return [batch for i, batch in enumerate(self) if i in wanted]
         if not -self._count <= index < self._count:
             raise IndexError(index)
         index %= self._count
@@ -1436,8 +1439,10 @@ def _skeleton_value(value: ir.Value, generated: np.ndarray) -> tuple[np.ndarray,
         return generated, " positions"
     if generated.dtype.kind in "iu" and (_TOKEN_IDS.search(value.name) or _index_range(value)):
         table = _index_range(value)
-        low = _SKELETON_FIRST_ID if table is None or table > 2 * _SKELETON_FIRST_ID else 0
-        span = max(1, min(table or 1 << 15, low + 64) - low)
+        # Past the special tokens where the table is known to be large; from 0 where it is
+        # small or unknown (a fused EmbedLayerNormalization reads ids no Gather shows).
+        low = _SKELETON_FIRST_ID if table is not None and table > 2 * _SKELETON_FIRST_ID else 0
+        span = max(1, min(table or 64, low + 64) - low)
         ids = low + np.arange(generated.size) % span
         return ids.reshape(generated.shape).astype(generated.dtype), f" token ids {ids.min()}..{ids.max()}"
     return np.zeros_like(generated), " zeros"

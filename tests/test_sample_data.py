@@ -244,3 +244,13 @@ def test_optimize_compare_measures_accuracy_on_the_calibration_folder(tmp_path, 
     assert "(20 samples in 4 files)" in provider["accuracy_data"]
     assert provider["accuracy"][0]["samples"] == 20
     assert "the samples the approximate passes were fitted to" in capsys.readouterr().out
+
+
+def test_batches_index_and_slice_like_a_list(model, samples):
+    batches = split_samples(open_samples([samples, samples], model), 8)
+    listed = list(batches)
+    assert len(batches) == len(listed) == 5
+    np.testing.assert_array_equal(batches[-1]["input_ids"], listed[-1]["input_ids"])
+    assert [b["input_ids"].shape[0] for b in batches[1:3]] == [8, 8]
+    with pytest.raises(IndexError):
+        batches[5]
