@@ -575,7 +575,7 @@ def _accuracy_on_data(
     """Accuracy over every batch (sessions of their own, at full optimization, as timed)."""
     accumulator = AccuracyAccumulator()
     sessions = None
-    for batch in batches:
+    for batch in track(batches, f"{ep.name}: accuracy on each batch of the data"):
         if sessions is None:
             sessions = TimedSession(before, ep.name, batch, threads), TimedSession(after, ep.name, batch, threads)
         for session in sessions:  # these sessions only compute outputs: their feeds may change
@@ -796,21 +796,10 @@ def _environment(threads: int) -> dict[str, Any]:
         "onnx": onnx.__version__,
         "graph_optimization_level": "ORT_ENABLE_ALL",
         "intra_op_threads": threads,
-        "cpu": _cpu_name(),
+        "cpu": cpu_features.cpu_name(),
         "cpu_features": cpu_features.detect().describe(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "gpu": query_gpu("name"),
     }
-
-
-def _cpu_name() -> str:
-    """The CPU's brand string (archspec reads it the platform's way), else what ``platform`` says."""
-    try:
-        from archspec.cpu import brand_string
-
-        name = brand_string()
-    except (ImportError, OSError, ValueError):
-        name = None
-    return name or platform.processor() or platform.machine()
