@@ -71,7 +71,8 @@ CONFLICTS = [
     (
         {"importance": "magnitude"},
         ["--importance", "magnitude"],
-        "--importance magnitude (importance='magnitude') needs --prune-ffn R or --prune-heads R or --prune-channels R",
+        # (the end of the message: the pruning passes' list grows)
+        "or --prune-channels R or --lowrank R",
     ),
     (
         {"per_channel": False},

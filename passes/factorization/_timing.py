@@ -24,15 +24,15 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.compare.stats import paired_ratio
-from optimizer.compare.timing import EP_PROVIDERS, TimingPlan, default_threads, time_interleaved
 from optimizer.runtime import calling_onnxruntime, import_onnxruntime, open_session, session_options
 
 # The factorized layer counts as faster when its median time is at most this fraction of the whole
 # layer's: a 5 % margin, so timing noise on a busy machine does not turn a tie into a rewrite.
 FASTER_BELOW = 0.95
-# Each comparison: short, because a bisection makes about seven of them per shape and row count.
-_PLAN = TimingPlan(warmup=5, iterations=100, time_budget=0.4, min_iterations=15)
+# Each comparison is short, because a bisection makes about seven of them per shape and row count:
+# warm-up runs, then interleaved pairs until the budget (seconds) is spent, at least _MIN_PAIRS.
+_WARMUP, _MAX_PAIRS, _MIN_PAIRS, _BUDGET = 5, 100, 15, 0.4
+_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 _CACHE_FILE = "lowrank_timing.json"
 
 Measure = Callable[[int, int, int, int], float]
@@ -68,7 +68,7 @@ class MeasuredSpeed:
         measure: Measure | None = None,
     ) -> None:
         self.target = target
-        self.threads = threads or default_threads()
+        self.threads = threads or _cores()
         self.path = path or cache_path()
         self._measure = measure or self._time
         self._entries: dict[str, float] | None = None
@@ -142,12 +142,9 @@ class MeasuredSpeed:
         x = rng.standard_normal((m, k), dtype=np.float32)
         whole = _matmul_chain([rng.standard_normal((k, n), dtype=np.float32)], m)
         factors = [rng.standard_normal((k, r), dtype=np.float32), rng.standard_normal((r, n), dtype=np.float32)]
-        before, after = (
-            _Timed(whole, x, self.target, self.threads),
-            _Timed(_matmul_chain(factors, m), x, self.target, self.threads),
-        )
-        times_before, times_after = time_interleaved(before, after, _PLAN)
-        return paired_ratio(times_before, times_after).ratio
+        before = _Timed(whole, x, self.target, self.threads)
+        after = _Timed(_matmul_chain(factors, m), x, self.target, self.threads)
+        return _interleaved_ratio(before, after)
 
 
 class _Timed:
@@ -155,7 +152,7 @@ class _Timed:
 
     def __init__(self, model: bytes, x: np.ndarray, target: str, threads: int) -> None:
         options = session_options("all", threads, sequential=True)
-        self.session = open_session(model, options, EP_PROVIDERS[target])
+        self.session = open_session(model, options, _PROVIDERS[target])
         self.feeds = {"x": x}
 
     def run(self) -> float:
@@ -163,6 +160,26 @@ class _Timed:
             started = time.perf_counter()
             self.session.run(None, self.feeds)
             return time.perf_counter() - started
+
+
+def _interleaved_ratio(before: _Timed, after: _Timed) -> float:
+    """Median time of ``after`` over ``before``, run alternately (A B, B A, ...) so drift hits both alike.
+
+    (``graphopt compare`` does the same with more runs and a confidence interval; a pass may not
+    depend on the comparison code, and a bisection needs many short answers.)
+    """
+    for _ in range(_WARMUP):
+        before.run()
+        after.run()
+    times: tuple[list[float], list[float]] = ([], [])
+    deadline = time.perf_counter() + _BUDGET
+    for index in range(_MAX_PAIRS):
+        first, second = (0, 1) if index % 2 == 0 else (1, 0)
+        for which in (first, second):
+            times[which].append((before, after)[which].run())
+        if index + 1 >= _MIN_PAIRS and time.perf_counter() > deadline:
+            break
+    return float(np.median(times[1]) / np.median(times[0]))
 
 
 def _matmul_chain(weights: list[np.ndarray], m: int) -> bytes:
@@ -181,6 +198,14 @@ def _matmul_chain(weights: list[np.ndarray], m: int) -> bytes:
         current.shape = ir.Shape([m, weight.shape[1]])
     graph.outputs.append(current)
     return ir.to_proto(ir.Model(graph, ir_version=9)).SerializeToString()
+
+
+def _cores() -> int:
+    """The cores this process may use (ONNX Runtime's default thread count follows them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _machine() -> str:
