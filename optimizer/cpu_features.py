@@ -103,6 +103,20 @@ def detect() -> CpuFeatures:
     return CpuFeatures(arch, found)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's brand string (``Intel(R) Xeon(R) ...``) on every platform, else the machine's name."""
+    try:
+        from archspec.cpu import brand_string
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            name = brand_string()
+    except (ImportError, OSError, ValueError):
+        name = None
+    return name or platform.processor() or platform.machine() or "unknown CPU"
+
+
 def int8_weight_range(full_range_weights: bool | None, features: CpuFeatures | None = None) -> WeightRange:
     """7-bit or 8-bit int8 weights: as asked (True/False), or from the CPU's features when None.
 

@@ -10,6 +10,7 @@ import onnx_ir as ir
 import pytest
 
 import optimizer
+from optimizer import cpu_features
 from optimizer.cli import main
 from optimizer.compare.comparison import SCHEMA, CompareSettings, compare
 from optimizer.compare.report import write_html, write_json
@@ -52,7 +53,7 @@ def test_report_has_every_figure(report):
     env = report.environment
     assert env["onnxruntime"] == import_onnxruntime().__version__
     assert env["graph_optimization_level"] == "ORT_ENABLE_ALL" and env["intra_op_threads"] == 1
-    assert env["cpu"]
+    assert env["cpu"] == cpu_features.cpu_name() and env["cpu_features"] == cpu_features.detect().describe()
 
 
 def test_json_schema(report, tmp_path):
