@@ -1415,7 +1415,8 @@ def write_input_skeleton(
             )
         arrays[value.name], what = _skeleton_value(value, np.asarray(array))
         a = arrays[value.name]
-        described.append(f"{value.name} {a.dtype}[{', '.join(str(d) for d in a.shape)}]{what}")
+        kind = "string" if a.dtype.kind in "UO" else a.dtype.name
+        described.append(f"{value.name} {kind}[{', '.join(str(d) for d in a.shape)}]{what}")
     write_atomically(out_path, lambda path: _savez(path, arrays), "input skeleton")
     shown = ", ".join(f"{name}={size}" for name, size in bound.items())
     return f"wrote {out_path}: {'; '.join(described)}" + (f" ({shown})" if shown else "")
@@ -1429,6 +1430,8 @@ def _savez(path: str, arrays: Mapping[str, np.ndarray]) -> None:
 
 def _skeleton_value(value: ir.Value, generated: np.ndarray) -> tuple[np.ndarray, str]:
     """A skeleton's value for one input, and the words saying what it holds."""
+    if generated.dtype.kind == "O":  # strings: an .npz holds them as unicode, not pickled objects
+        return generated.astype(str), " words"
     if _value_uses(value) or generated.dtype.kind not in "biuf":
         return generated, ""  # read as sizes or axes: the value verification found ORT accepts
     if zero_fillable(value):

@@ -254,3 +254,23 @@ def test_batches_index_and_slice_like_a_list(model, samples):
     assert [b["input_ids"].shape[0] for b in batches[1:3]] == [8, 8]
     with pytest.raises(IndexError):
         batches[5]
+
+
+def test_a_skeleton_holds_strings_as_unicode_not_pickles(tmp_path):
+    import onnx
+
+    from tests.helpers import parse_model
+
+    model = parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (string[batch, 3] words, float[batch, 2] x) => (string[batch, 3] same, float[batch, 2] y)
+        { same = Identity(words)  y = Identity(x) }
+        """
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(ir.to_proto(model), path)
+    summary = write_input_skeleton(path, tmp_path / "s.npz", {"batch": 2})
+    assert "words string[2, 3] words; x float32[2, 2] zeros" in summary
+    loaded = load_inputs(tmp_path / "s.npz", model)  # refuses pickled object arrays
+    assert loaded["words"].dtype.kind == "U" and loaded["x"].shape == (2, 2)
