@@ -107,6 +107,26 @@ def channel_peaks(
     return peaks
 
 
+def channel_means(
+    model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]], axis: int = 1
+) -> dict[str, np.ndarray]:
+    """Each named tensor's mean per channel (``axis``; 1 for NCHW activations) over every sample of the batches.
+
+    The statistic of bias correction: a layer's int8 weight error times its input's mean is
+    the shift of the layer's mean output, which the bias can take back.
+    """
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    with value_collector(model, names) as run:
+        for batch in batches:
+            for name, array in run(batch).items():
+                array = np.moveaxis(np.asarray(array, dtype=np.float64), axis, 0)
+                flat = array.reshape(array.shape[0], -1)
+                sums[name] = sums.get(name, 0.0) + flat.sum(axis=1)
+                counts[name] = counts.get(name, 0) + flat.shape[1]
+    return {name: (sums[name] / counts[name]).astype(np.float32) for name in sums}
+
+
 class _Stream:
     """Re-iterable: each iteration runs the model on every batch again."""
 

@@ -197,3 +197,32 @@ def test_a_dead_channel_with_a_bias_gets_a_larger_weight_scale_and_keeps_an_int3
 
 def _requantized(add: ir.Node) -> bool:
     return collections.Counter(user.op_type for user, _ in add.outputs[0].uses()) == {"QuantizeLinear": 1}
+
+
+def test_a_conv_bias_takes_back_the_int8_weights_mean_error_on_its_calibrated_input():
+    model = mobile_net()
+    samples = _images(32, 0)
+    samples["x"] += np.linspace(0.5, 2.0, 3, dtype=np.float32).reshape(1, 3, 1, 1)  # inputs with nonzero means
+    result = StaticQuantizationPass(samples=samples, method="minmax")(model.clone())
+    graph = result.model.graph
+    weight = graph.initializers["stem.weight_int8"].const_value.numpy().astype(np.float64)
+    weight *= graph.initializers["stem.weight_scale"].const_value.numpy().reshape(-1, 1, 1, 1)
+    original = model.graph.initializers["ws"].const_value.numpy().astype(np.float64)
+    bias = model.graph.initializers["bs"].const_value.numpy().astype(np.float64)
+    # the stem reads the model input: E[x] per channel is the samples' own mean
+    shift = (weight - original).sum(axis=(2, 3)) @ samples["x"].astype(np.float64).mean(axis=(0, 2, 3))
+    stored = graph.initializers["stem.bias_int32"].const_value.numpy().astype(np.float64)
+    step = graph.initializers["stem.bias_scale"].const_value.numpy().astype(np.float64)
+    assert np.abs(stored * step - (bias - shift)).max() <= 0.51 * step.max()
+    assert np.abs(shift).max() > 2 * step.max()  # the correction is more than the bias's own rounding
+    assert compare_twin(result, samples)
+
+
+def compare_twin(result, feeds: dict[str, np.ndarray]) -> bool:
+    """The result at ORT_ENABLE_ALL computes its twin as written, at the int8 tolerance."""
+    with inference_session(result.twin.model, optimization_level="disable_all") as session:
+        expected = run_session(session, feeds)
+    with inference_session(result.model, optimization_level="all") as session:
+        actual = run_session(session, feeds)
+    tolerance = TWIN_TOLERANCES["int8"]
+    return compare_outputs(expected, actual, {"float32": tolerance, "float16": tolerance}).ok
