@@ -13,10 +13,11 @@ Each pass module is imported only when its pass is built, so reading the catalog
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any
 
 from optimizer.cpu_features import int8_weight_range
-from optimizer.options import TARGETS
+from optimizer.options import TARGETS, flag_of
 from optimizer.protocol import PassContext, PassSpec, Request
 
 BOTH = frozenset(TARGETS)
@@ -26,7 +27,7 @@ _INT4 = ("block_size", "int4_method", "symmetric", "int4_accuracy_level", "exclu
 _NOT_WITH_FP16 = ("convert-float16",)
 # Passes that shrink the float model: precision changes run after them.
 _LOWRANK = ("factorize-lowrank",)
-_PRUNERS = ("prune-ffn", "prune-heads", "prune-channels")
+_PRUNERS = ("prune-ffn", "prune-heads", "prune-ffn-heads", "prune-channels")
 
 
 def _pass(path: str) -> Any:
@@ -68,6 +69,30 @@ def _int4(context: PassContext) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Alone(Request):
+    """Asked by ``option`` while ``unless`` is not set: ``--prune-ffn`` alone (with ``--prune-heads`` too,
+    prune-ffn-heads cuts both at once)."""
+
+    unless: str = ""
+
+    def asked(self, options: Any) -> bool:
+        return super().asked(options) and getattr(options, self.unless) is None
+
+
+@dataclass(frozen=True)
+class _Together(Request):
+    """Asked by ``option`` and ``also`` both set: ``--prune-ffn R --prune-heads R``."""
+
+    also: str = ""
+
+    def asked(self, options: Any) -> bool:
+        return super().asked(options) and getattr(options, self.also) is not None
+
+    def describe(self) -> str:
+        return f"{super().describe()} with {flag_of(self.also)}"
+
+
 def _pruning(context: PassContext, ratio: float | None) -> dict[str, Any]:
     """A pruning pass's arguments: its ratio, importance, ranking, repair, samples and budget."""
     options = context.options
@@ -106,8 +131,9 @@ CATALOG: tuple[PassSpec, ...] = (
     PassSpec("fuse-conv-affine", lambda c: _pass("passes.fusion.conv_affine:ConvAffineFusion")(c.target), "Per-channel constant Mul/Add after a Conv folded into its weights and bias."),
     PassSpec("fuse-matmul-add", lambda c: _pass("passes.fusion.matmul:MatMulAddFusion")(c.target), "2-D MatMul + bias Add into Gemm (onnxscript); ORT does this at load time."),
     PassSpec("fuse-matmul-transpose", lambda c: _pass("passes.fusion.matmul:FusedMatMulFusion")(c.target), "Transposes and constant scaling folded into FusedMatMul (onnxscript); ORT does this at load time."),
-    PassSpec("prune-ffn", lambda c: _pass("passes.pruning.ffn:FfnPruningPass")(**_pruning(c, c.options.prune_ffn)), "Remove the least important FFN neurons (up/gate columns, down rows), re-fitting the down projection on samples (--prune-ffn R).", approximate=True, requested_by=Request("prune_ffn"), needs="prune_ffn", reads=_PRUNING),
-    PassSpec("prune-heads", lambda c: _pass("passes.pruning.heads:HeadPruningPass")(**_pruning(c, c.options.prune_heads)), "Remove the least important heads of fused Attention/MultiHeadAttention, re-fitting the output projection on samples (--prune-heads R).", approximate=True, requested_by=Request("prune_heads"), needs="prune_heads", reads=_PRUNING, after=("fuse-attention",)),
+    PassSpec("prune-ffn", lambda c: _pass("passes.pruning.ffn:FfnPruningPass")(**_pruning(c, c.options.prune_ffn)), "Remove the least important FFN neurons (up/gate columns, down rows), re-fitting the down projection on samples (--prune-ffn R).", approximate=True, requested_by=_Alone("prune_ffn", unless="prune_heads"), needs="prune_ffn", reads=_PRUNING),
+    PassSpec("prune-heads", lambda c: _pass("passes.pruning.heads:HeadPruningPass")(**_pruning(c, c.options.prune_heads)), "Remove the least important heads of fused Attention/MultiHeadAttention, re-fitting the output projection on samples (--prune-heads R).", approximate=True, requested_by=_Alone("prune_heads", unless="prune_ffn"), needs="prune_heads", reads=_PRUNING, after=("fuse-attention",)),
+    PassSpec("prune-ffn-heads", lambda c: _pass("passes.pruning.combined:FfnHeadPruningPass")(c.options.prune_ffn, c.options.prune_heads, **{k: v for k, v in _pruning(c, None).items() if k not in ("ratio", "ranking")}), "--prune-ffn R with --prune-heads R: FFN neurons and heads in one cut, ranked across layers by their effect on the outputs, each ratio a total over the layers, then the projections re-fitted layer by layer on the cut model.", approximate=True, requested_by=_Together("prune_ffn", also="prune_heads"), needs="prune_ffn", reads=(*_PRUNING, "prune_heads"), excludes=("prune-ffn", "prune-heads"), after=("fuse-attention",)),
     PassSpec("prune-channels", lambda c: _pass("passes.pruning.channels:ChannelPruningPass")(**_pruning(c, c.options.prune_channels)), "Remove the least important Conv output channels (through BatchNorm, activations, depthwise Convs) and the next Conv's inputs (--prune-channels R).", approximate=True, requested_by=Request("prune_channels"), needs="prune_channels", reads=_PRUNING),
     PassSpec("factorize-lowrank", lambda c: _pass("passes.factorization.lowrank:LowRankFactorizationPass")(c.options.lowrank, importance=c.options.importance, repair=c.options.repair, samples=c.samples, samples_generated=c.samples_generated, budget=c.budget, target=c.target, dims=c.options.dims), "Large constant-weight MatMul/Gemm/Attention projections W (k×n) into x·U·V (U k×r, V r×n): activation-aware SVD, V re-fitted on samples, only where measured faster on this machine (--lowrank R removes R of each layer's parameters).", approximate=True, requested_by=Request("lowrank"), needs="lowrank", reads=("importance", "repair"), after=_PRUNERS),
     PassSpec("quantize-dynamic", lambda c: _pass("passes.quantization.dynamic:DynamicQuantizationPass")(activation_scale=c.options.activation_scale, **_int8(c)), "int8 weights, activations quantized at run time: MatMul/Gemm into DynamicQuantizeMatMul, Attention into QAttention (--quantize dynamic).", approximate=True, requested_by=Request("quantize", "dynamic"), reads=(*_INT8, "activation_scale"), excludes=(*_NOT_WITH_FP16, "quantize-static"), after=(*_PRUNERS, *_LOWRANK)),

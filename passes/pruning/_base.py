@@ -1,10 +1,24 @@
 """The shared driver of the pruning passes: importance, which units go, repair, the budget search, the twin.
 
 A subclass finds its groups (``find_groups``); this base ranks each group's units,
-removes the least important ``ratio`` of them, and — with calibration data — re-fits
-each group's consumer (the layer reading the removed channels) by least squares so
-that its output on the samples changes as little as possible: the kept channels'
-weights absorb what the removed ones did, and their mean goes into the bias.
+removes the least important ``ratio`` of them (per layer, or ranked across all groups:
+``ranking="global"``), and — with calibration data — re-fits each group's consumer (the
+layer reading the removed channels) by least squares so that its output changes as
+little as possible: the kept channels' weights absorb what the removed ones did, and
+their mean goes into the bias.
+
+The repair runs after the whole cut, layer by layer in graph order: each consumer is
+fitted on its inputs in the model whose earlier layers are already cut and repaired,
+toward its output in the original model, so a layer also absorbs what the cuts before
+it changed. Its statistics are streamed over every calibration row (``_refit``), so all
+the data is used at the cost of one model run per repaired layer.
+
+With calibration data and global ranking, units are ranked by their estimated effect on
+the model's outputs: a unit's local effect (the energy it sends through its consumer)
+times its group's measured gain (how far the model's outputs move when the group's
+weakest units are cut, per unit of local effect removed). A pass may prune several kinds
+at once (``ratio`` per kind: FFN neurons and heads in one cut); each kind's ratio is then
+a total over its groups.
 
 Every pruned result comes with its twin (``optimizer.protocol.Twin``): the input model
 with the removed units' consumer rows zeroed and the repaired weights in place, built
@@ -16,7 +30,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,15 +40,19 @@ from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.inputs import split_samples
 from optimizer.progress import track
 from optimizer.protocol import Twin
-from optimizer.runtime import collect_values, run_batches
+from optimizer.runtime import run_batches, stream_values, value_collector
 from passes._layers import name_nodes
-from passes._least_squares import fit_toward_prior
 from passes._pass import GraphoptPass
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.pruning._groups import ChannelGroup
+from passes.pruning._refit import GramFit, channel_rows
 
 IMPORTANCE = ("magnitude", "activation")
 _SEARCH_STEPS = 6
+# What one unit of each kind of group is called in notes.
+UNIT_NAMES = {"ffn": "neurons", "heads": "heads", "channels": "channels"}
+# Calibration batches that measure each group's gain for the global ranking.
+_GAIN_BATCHES = 4
 
 
 def parameter_count(model: ir.Model) -> int:
@@ -61,12 +79,12 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
     consumer_rows = "their consumers' rows"
 
     def units_named(self, group: ChannelGroup) -> int:
-        """How many ``unit_name`` one of the group's units is (for the twin's description)."""
-        return 1
+        """How many of its kind's units one of the group's units is (a grouped-query unit is several heads)."""
+        return max((per_unit for _, per_unit in group.grouped_head_counts), default=1)
 
     def __init__(
         self,
-        ratio: float,
+        ratio: float | Mapping[str, float],
         *,
         importance: str | None = None,
         ranking: str = "layer",
@@ -76,8 +94,10 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         samples_generated: bool = False,
     ) -> None:
         super().__init__()
-        if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"pruning ratio {ratio}: expected a fraction in [0, 1)")
+        ratios = dict(ratio) if isinstance(ratio, Mapping) else {None: ratio}
+        for value in ratios.values():
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"pruning ratio {value}: expected a fraction in [0, 1)")
         self.unfit: str | None = None
         self.samples_generated = samples_generated and samples is not None
         if self.samples_generated:
@@ -95,7 +115,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             raise ValueError(f"unknown importance {importance!r} (choose from {', '.join(IMPORTANCE)})")
         if ranking not in ("layer", "global"):
             raise ValueError(f"unknown ranking {ranking!r} (layer or global)")
-        self.ratio = ratio
+        # Per kind of group ({"ffn": 0.3, "heads": 0.25}), or {None: r} for every group.
+        self.ratios: dict[str | None, float] = ratios
+        self.ratio = max(ratios.values(), default=0.0)
         self.importance = importance if samples is not None else "magnitude"
         self.ranking = ranking
         self.samples = samples
@@ -103,6 +125,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         self.budget = budget if budget is not None and budget != AccuracyBudget() else None
         self.pruned: dict[str, tuple[int, int]] = {}
         self.drift: Drift | None = None
+        self._totals: dict[str, int] = {}  # units of each kind in the model, for the twin's description
 
     @abc.abstractmethod
     def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
@@ -117,42 +140,93 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         groups, refused = self.find_groups(model.graph)
         for name, reason in refused.items():
             self.decline(f"{name} left whole: {reason}")
+        if refused:
+            self.note(f"{len(refused)} of {len(groups) + len(refused)} candidate groups left whole (see refusals)")
         if not groups or self.ratio == 0.0:
             return self.result(model, modified=False)
+        self._totals = {}
+        for group in groups:
+            self._totals[group.kind] = self._totals.get(group.kind, 0) + group.size * self.units_named(group)
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
-        inputs = {}
+        energy, targets = {}, {}
         if batches and (self.importance == "activation" or self.repair):
-            runs = collect_values(model, [g.consumer.inputs[0].name for g in groups], batches)
-            inputs = {g.name: _rows(runs, g.consumer.inputs[0].name, g.channel_axis) for g in groups}
-        scores = {g.name: self._scores(g, inputs.get(g.name)) for g in groups}
+            energy, targets = self._observe(model, groups, batches)
+        scores = {g.name: self._scores(g, energy.get(g.name)) for g in groups}
         reference = run_batches(model, batches) if batches else None
-        ratio = self.ratio
+        comparable = False
+        if self.ranking == "global" and energy and reference is not None:
+            scores = self._output_effect(model, groups, scores, batches, reference)
+            comparable = True
+        scale = 1.0
         if self.budget is not None and not batches:
             self.note("no sample inputs: the budget was not searched")
         if self.budget is not None and batches:
-            ratio = self._search(model, scores, inputs, batches, reference)
-            if ratio == 0.0:
+            scale = self._search(model, scores, comparable, batches, targets, reference)
+            if scale == 0.0:
                 self.note(f"no ratio meets {self.budget.describe()}: nothing pruned")
                 return self.result(model, modified=False)
+        ratios = self._scaled(scale)
         before = parameter_count(model)
-        repairable = self.repair and reference is not None and any(_refittable(g.consumer) for g in groups)
+        repairable = bool(targets) and reference is not None
         source = model.clone()  # the input: the twin and the unrepaired comparison start from it
-        removals = self._prune(model, scores, inputs, ratio, record=True)
+        removals = self._prune(model, scores, ratios, comparable, batches, targets, record=True)
         if reference is not None:
             self.drift = output_drift(reference, run_batches(model, batches))
-        summary = f"ratio {ratio:.2f}: {len(self.pruned)} groups, parameters {before:,} → {parameter_count(model):,}"
+        summary = (
+            f"{_describe_ratios(ratios)}: {len(self.pruned)} groups, parameters {before:,} → {parameter_count(model):,}"
+        )
         if self.drift is not None:
             summary += f"; {self.drift}" + (" after repair" if repairable else "")
             summary += " on generated inputs" if self.samples_generated else ""
         self.note(summary)
+        self.note(self._decisions(groups, removals))
         if self.samples_generated:
             self.note("no --calibration data: ranked by weight magnitude, not re-fitted")
         if repairable:
+            kept_as_is = sum(r.weight is None for r in removals)
+            if kept_as_is:
+                self.note(f"repair: {kept_as_is} of {len(removals)} layers kept their weights (no fit beat them)")
             # The same cut without the repair, so the report shows what the repair bought.
             unrepaired = source.clone()
-            self._prune(unrepaired, scores, inputs, ratio, repair=False)
+            self._prune(unrepaired, scores, ratios, comparable)
             self.note(f"without repair: {output_drift(reference, run_batches(unrepaired, batches))}")
         return self.result(model, modified=True, twin=self._twin(source, removals))
+
+    def _scaled(self, scale: float) -> dict[str | None, float]:
+        return {kind: ratio * scale for kind, ratio in self.ratios.items()}
+
+    def _ratio_of(self, group: ChannelGroup, ratios: Mapping[str | None, float]) -> float:
+        return ratios.get(group.kind, ratios.get(None, 0.0))
+
+    def _decisions(self, groups: list[ChannelGroup], removals: list[_Removal]) -> str:
+        """Per group, the units kept of how many: ``layer.0.ffn 1075/1536``."""
+        cut = {r.group: r for r in removals}
+        parts = [
+            f"{g.name} {g.size - len(cut[g.name].removed) if g.name in cut else g.size}/{g.size}"
+            for g in sorted(groups, key=lambda g: g.name)
+        ]
+        return f"kept per group ({'/'.join(dict.fromkeys(UNIT_NAMES.get(g.kind, 'units') for g in groups))}): " + (
+            ", ".join(parts)
+        )
+
+    def _observe(self, model: ir.Model, groups: list[ChannelGroup], batches) -> tuple[dict, dict]:
+        """One streamed run of the input model: each group's per-channel activation energy, and (for
+        repair) its consumer's output on every calibration row, the target the refit aims at."""
+        names = list(dict.fromkeys(g.consumer.inputs[0].name for g in groups))
+        sums = {g.name: 0.0 for g in groups}
+        counts = dict.fromkeys(sums, 0)
+        targets: dict[str, list[np.ndarray]] = {}
+        linear = {g.name: _linear(model.graph, g.consumer) for g in groups if self.repair and _refittable(g.consumer)}
+        for batch, values in zip(batches, stream_values(model, names, batches)):
+            for g in groups:
+                rows = channel_rows(batch, values[g.consumer.inputs[0].name], g.channel_axis).astype(np.float64)
+                sums[g.name] = sums[g.name] + (rows**2).sum(axis=0)
+                counts[g.name] += len(rows)
+                if g.name in linear:
+                    weight, bias = linear[g.name]
+                    targets.setdefault(g.name, []).append((rows @ weight + bias).astype(np.float32))
+        energy = {name: sums[name] / max(counts[name], 1) for name in sums}
+        return energy, targets
 
     def _twin(self, source: ir.Model, removals: list[_Removal]) -> Twin:
         """``source`` (the pass's input) with the removed units' consumer rows zeroed, the repaired weights in place.
@@ -178,65 +252,121 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             consumer.replace_input_with(1, add_initializer(graph, f"{consumer.inputs[1].name}.twin", weight))
             if removal.bias_change is not None:
                 _add_after(graph, consumer, removal.bias_change)
-        removed = sum(len(r.removed) * r.named for r in removals)
-        total = sum(r.size * r.named for r in removals)
-        description = f"the input with {removed} of {total} {self.unit_name} zeroed in {self.consumer_rows}"
+        counts = []
+        for kind in dict.fromkeys(r.kind for r in removals):
+            removed = sum(len(r.removed) * r.named for r in removals if r.kind == kind)
+            total = self._totals.get(kind, sum(r.size * r.named for r in removals if r.kind == kind))
+            counts.append(f"{removed} of {total} {UNIT_NAMES.get(kind, self.unit_name)}")
+        description = f"the input with {' and '.join(counts)} zeroed in {self.consumer_rows}"
         if any(r.weight is not None for r in removals):
             description += ", repaired weights and biases in place"
         return Twin(source, "float32", description)
 
-    def _scores(self, group: ChannelGroup, rows: np.ndarray | None) -> np.ndarray:
+    def _scores(self, group: ChannelGroup, energy: np.ndarray | None) -> np.ndarray:
         consumer = group.consumer_row_norms()
-        if self.importance == "activation" and rows is not None:
-            energy = (rows.astype(np.float64) ** 2).mean(axis=0)
+        if self.importance == "activation" and energy is not None:
             return np.sqrt(energy.reshape(group.size, group.unit).sum(axis=1)) * consumer
         return group.weight_norms()
 
-    def _kept(self, groups: list[ChannelGroup], scores: dict[str, np.ndarray], ratio: float) -> dict[str, list[int]]:
-        """The units each group keeps: per layer, or ranked across all groups (scores over their group's mean)."""
+    def _output_effect(self, model: ir.Model, groups, scores, batches, reference) -> dict[str, np.ndarray]:
+        """Scores on one scale across groups: each group's local scores times the square root of its gain.
+
+        The gain is measured: cut the group's weakest units alone (its kind's ratio of
+        them), run the model on a few calibration batches and take how far the outputs
+        moved (1 - cosine, the worst output) per unit of local effect removed (the sum of
+        the cut units' squared scores). Both grow with the squared size of the change,
+        so their ratio carries a layer's sensitivity over to its other units.
+        """
+        probe, expected = batches[:_GAIN_BATCHES], reference[:_GAIN_BATCHES]
+        comparable = {}
+        for group in track(groups, "pruning: each layer's effect on the outputs"):
+            local = scores[group.name] ** 2
+            count = min(group.size - 1, max(1, int(math.floor(self._ratio_of(group, self.ratios) * group.size))))
+            weakest = np.argsort(local, kind="stable")[:count]
+            trial = model.clone()
+            twin = next(g for g in self.find_groups(trial.graph)[0] if g.name == group.name)
+            twin.apply(trial.graph, sorted(set(range(group.size)) - {int(u) for u in weakest}))
+            moved = max(1.0 - output_drift(expected, run_batches(trial, probe)).cosine, 1e-12)
+            gain = moved / max(float(local[weakest].sum()), 1e-30)
+            comparable[group.name] = scores[group.name] * math.sqrt(gain)
+        return comparable
+
+    def _kept(
+        self,
+        groups: list[ChannelGroup],
+        scores: dict[str, np.ndarray],
+        ratios: float | Mapping[str | None, float],
+        comparable: bool = False,
+    ) -> dict[str, list[int]]:
+        """The units each group keeps: per layer, or ranked across the groups of each kind.
+
+        Across groups the scores are compared as they are when ``comparable`` (effects on
+        the model's outputs), otherwise each over its group's mean. Each kind removes its
+        ratio of all its units; every group keeps at least one.
+        """
+        ratios = ratios if isinstance(ratios, Mapping) else {None: ratios}
         if self.ranking == "global":
-            pooled = [
-                (score / max(float(scores[g.name].mean()), 1e-30), index, g.name, unit)
-                for index, g in enumerate(groups)
-                for unit, score in enumerate(scores[g.name])
-            ]
-            pooled.sort()
-            remaining = {g.name: g.size for g in groups}
             removed: dict[str, set[int]] = {g.name: set() for g in groups}
-            budget = int(math.floor(ratio * len(pooled) + 1e-9))
-            for _, _, name, unit in pooled:
-                if budget == 0:
-                    break
-                if remaining[name] > 1:  # every group keeps at least one unit
-                    removed[name].add(unit)
-                    remaining[name] -= 1
-                    budget -= 1
+            for kind in dict.fromkeys(g.kind for g in groups):
+                members = [g for g in groups if g.kind == kind]
+                pooled = [
+                    (score / (1.0 if comparable else max(float(scores[g.name].mean()), 1e-30)), index, g.name, unit)
+                    for index, g in enumerate(members)
+                    for unit, score in enumerate(scores[g.name])
+                ]
+                pooled.sort()
+                remaining = {g.name: g.size for g in members}
+                budget = int(math.floor(self._ratio_of(members[0], ratios) * len(pooled) + 1e-9))
+                for _, _, name, unit in pooled:
+                    if budget == 0:
+                        break
+                    if remaining[name] > 1:  # every group keeps at least one unit
+                        removed[name].add(unit)
+                        remaining[name] -= 1
+                        budget -= 1
             return {g.name: [u for u in range(g.size) if u not in removed[g.name]] for g in groups}
         kept = {}
         for g in groups:
-            count = max(1, g.size - int(math.floor(ratio * g.size + 1e-9)))
+            count = max(1, g.size - int(math.floor(self._ratio_of(g, ratios) * g.size + 1e-9)))
             order = np.argsort(-scores[g.name], kind="stable")
             kept[g.name] = sorted(int(u) for u in order[:count])
         return kept
 
     def _prune(
-        self, model: ir.Model, scores, inputs, ratio: float, *, record: bool = False, repair=None
+        self, model: ir.Model, scores, ratios, comparable=False, batches=(), targets=None, *, record: bool = False
     ) -> list[_Removal]:
-        """Cut ``ratio`` of each group's units (re-fitting consumers if ``repair``); what was decided, per group."""
+        """Cut each group to the units ``_kept`` chooses; with ``targets``, repair sequentially.
+
+        Groups are cut in graph order. A group with a target is re-fitted just before its
+        cut, on its consumer's inputs in the model as cut so far (earlier layers cut and
+        repaired), toward that consumer's output in the input model.
+        """
         groups, _ = self.find_groups(model.graph)
-        kept = self._kept(groups, scores, ratio)
-        repair = self.repair if repair is None else repair
+        kept = self._kept(groups, scores, ratios, comparable)
+        targets = targets or {}
         # Positions before any cut: realizing a group may insert nodes (a Reshape target's Concat).
         positions = {id(node): index for index, node in enumerate(model.graph)}
+        groups.sort(key=lambda g: positions[id(g.consumer)])
         removals = []
-        for group in track(groups, "pruning: re-fitting each layer" if repair else "pruning: each layer"):
+        label = "pruning: re-fitting each layer" if targets else "pruning: each layer"
+        for group in track(groups, label):
             units = kept[group.name]
             if len(units) == group.size:
                 continue
             removed = sorted(set(range(group.size)) - set(units))
-            removal = _Removal(positions[id(group.consumer)], group.size, group.unit, removed, self.units_named(group))
-            if repair and group.name in inputs and _refittable(group.consumer):
-                removal.weight, removal.bias_change = _repair(model.graph, group, inputs[group.name], units)
+            removal = _Removal(
+                positions[id(group.consumer)],
+                group.size,
+                group.unit,
+                removed,
+                self.units_named(group),
+                group.name,
+                group.kind,
+            )
+            if group.name in targets:
+                refit = _refit(model, group, units, batches, targets[group.name])
+                if refit is not None:
+                    removal.weight, removal.bias_change = refit
             group.apply(model.graph, units)
             removals.append(removal)
             if record:
@@ -244,25 +374,36 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         remove_dead_nodes(model)
         return removals
 
-    def _search(self, model: ir.Model, scores, inputs, batches, reference) -> float:
-        """The largest ratio up to ``self.ratio`` whose pruned model meets the budget (bisection)."""
-        low, high, best = 0.0, self.ratio, 0.0
+    def _search(self, model: ir.Model, scores, comparable, batches, targets, reference) -> float:
+        """The largest fraction (up to 1) of the ratios asked whose pruned model meets the budget (bisection)."""
+        low, high, best = 0.0, 1.0, 0.0
         trial = model.clone()
-        self._prune(trial, scores, inputs, high)
+        self._prune(trial, scores, self._scaled(high), comparable, batches, targets)
         if self.budget.met(output_drift(reference, run_batches(trial, batches))):
-            self.note(f"budget {self.budget.describe()}: met at the largest ratio asked, {high:.2f}")
+            self.note(f"budget {self.budget.describe()}: met at the largest ratio asked, {self._describe(high)}")
             return high
         for _ in track(range(_SEARCH_STEPS), "pruning: bisection over the ratio"):
             middle = (low + high) / 2
             trial = model.clone()
-            self._prune(trial, scores, inputs, middle)
+            self._prune(trial, scores, self._scaled(middle), comparable, batches, targets)
             drift = output_drift(reference, run_batches(trial, batches))
             if self.budget.met(drift):
                 low = best = middle
             else:
                 high = middle
-        self.note(f"budget {self.budget.describe()}: largest ratio {best:.2f} (of up to {self.ratio:.2f})")
+        asked = _describe_ratios(self.ratios).removeprefix("ratio ")
+        self.note(f"budget {self.budget.describe()}: largest ratio {self._describe(best)} (of up to {asked})")
         return best
+
+    def _describe(self, scale: float) -> str:
+        return _describe_ratios(self._scaled(scale)).removeprefix("ratio ").removeprefix("ratios ")
+
+
+def _describe_ratios(ratios: Mapping[str | None, float]) -> str:
+    """``ratio 0.30``, or per kind: ``ratios ffn 0.30, heads 0.25``."""
+    if list(ratios) == [None]:
+        return f"ratio {ratios[None]:.2f}"
+    return "ratios " + ", ".join(f"{kind} {ratio:.2f}" for kind, ratio in ratios.items())
 
 
 @dataclass
@@ -278,7 +419,9 @@ class _Removal:
     size: int
     unit: int
     removed: list[int]
-    named: int  # how many of the pass's ``unit_name`` one unit is
+    named: int  # how many of its kind's units (``UNIT_NAMES``) one unit is
+    group: str = ""
+    kind: str = ""
     weight: np.ndarray | None = None
     bias_change: np.ndarray | None = None
 
@@ -302,62 +445,103 @@ def _add_after(graph: ir.Graph, node: ir.Node, value: np.ndarray) -> None:
 
 
 def _refittable(consumer: ir.Node) -> bool:
-    """Whether the repair's model ``X W + b`` is what the consumer computes (not a Conv, no scaled Gemm)."""
+    """Whether the repair's model ``X W + b`` is what the consumer computes over its input channels.
+
+    MatMul, an unscaled Gemm, or a 1×1 Conv (group 1, stride 1, no padding): there every
+    output position is the input channels at that position times ``W``. Other Convs
+    mix neighbouring positions, which needs their patches, not their channels.
+    """
+    attributes = consumer.attributes
     if consumer.op_type == "Conv":
-        return False
+        weight = constant_array(consumer.inputs[1])
+        return (
+            weight is not None
+            and all(d == 1 for d in weight.shape[2:])
+            and attributes.get_int("group", 1) == 1
+            and all(v == 1 for v in attributes.get_ints("strides", ()))
+            and not any(attributes.get_ints("pads", ()))
+            and attributes.get_string("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+        )
     if consumer.op_type == "Gemm":
-        attributes = consumer.attributes
         scaled = attributes.get_float("alpha", 1.0) != 1.0 or attributes.get_float("beta", 1.0) != 1.0
         return not scaled and not attributes.get_int("transA", 0)
     return True
 
 
-def _rows(runs: Sequence[Mapping[str, np.ndarray]], name: str, axis: int = -1) -> np.ndarray:
-    """A tensor's values over all samples as rows of its channel ``axis``."""
-    arrays = [np.moveaxis(np.asarray(run[name]), axis, -1) for run in runs]
-    return np.concatenate([array.reshape(-1, array.shape[-1]) for array in arrays])
+def _as_rows_by_outputs(weight: np.ndarray, axis: int) -> np.ndarray:
+    """The consumer's weight as ``[input channels, outputs]`` (a Conv's ``[out, in, 1, 1]`` included)."""
+    weight = weight.reshape(weight.shape[:2]) if weight.ndim > 2 else weight
+    return weight.T if axis == 1 else weight
 
 
-def _repair(graph: ir.Graph, group: ChannelGroup, rows: np.ndarray, kept: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _linear(graph: ir.Graph, consumer: ir.Node) -> tuple[np.ndarray, np.ndarray]:
+    """The consumer as ``X W + b``: ``W`` as ``[input channels, outputs]`` and ``b`` (float64)."""
+    weight = constant_array(consumer.inputs[1]).astype(np.float64)
+    return _as_rows_by_outputs(weight, _input_channel_axis(consumer)), _bias(graph, consumer)[0]
+
+
+def _up_to(model: ir.Model, value: ir.Value) -> ir.Model:
+    """A copy of ``model`` computing only ``value`` (the layers after it are not run)."""
+    probe = model.clone()
+    wanted = next(v for node in probe.graph for v in node.outputs if v.name == value.name)
+    probe.graph.outputs.clear()
+    probe.graph.outputs.append(wanted)
+    remove_dead_nodes(probe)
+    return probe
+
+
+def _refit(
+    model: ir.Model, group: ChannelGroup, kept: list[int], batches, targets: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Re-fit the consumer's weight rows for the kept channels (and its bias) by regularized least squares.
 
-    Writes the new weight (full width: ``apply`` cuts the removed rows next) and bias
-    into the graph and returns them: the weight, and the bias's change.
+    The rows are the consumer's inputs in ``model`` as it is now (the earlier groups cut
+    and repaired), streamed batch by batch; the targets are its outputs in the input
+    model on the same rows. The kept channels plus a constant column are fitted to them,
+    pulled toward the unrepaired weights (``_refit.GramFit``: strength chosen on held-out
+    rows, and no change at all if that fits the held-out rows best).
 
-    The target is the consumer's original output on the samples, ``X W + b``; the kept
-    channels ``X_k`` plus a constant column are fitted to it, pulled toward the unrepaired
-    weights ``W_k`` (not toward zero) with a strength chosen on held-out rows, so a few
-    samples cannot make the fit worse than no repair at all.
+    Writes the new weight (full width: ``apply`` cuts the removed rows next) and bias into
+    the graph and returns them: the weight, and the bias's change; None if the weights stay.
     """
-    consumer = group.consumer
-    cut = group.consumer_cut
-    weight = constant_array(consumer.inputs[1]).astype(np.float64)
-    weight = weight.T if cut.axis == 1 else weight  # [channels, outputs]
+    graph, consumer, cut = model.graph, group.consumer, group.consumer_cut
+    original = constant_array(consumer.inputs[1])
+    axis = _input_channel_axis(consumer)
+    weight = _as_rows_by_outputs(original.astype(np.float64), axis)
     bias, set_bias = _bias(graph, consumer)
-    x = rows.astype(np.float64)
-    target = x @ weight + bias
     channels = cut.indices(kept, group.size, group.unit)
-    design = np.concatenate([x[:, channels], np.ones((len(x), 1))], axis=1)
+    fit = GramFit(len(channels), weight.shape[1])
+    name = consumer.inputs[0].name
+    with value_collector(_up_to(model, consumer.inputs[0]), [name]) as run:
+        for batch, target in zip(batches, targets):
+            rows = channel_rows(batch, run(batch)[name], group.channel_axis)
+            fit.add(rows[:, channels], target)
     prior = np.concatenate([weight[channels], bias[None, :]])
-    solution = fit_toward_prior(design, target, prior)
+    solution, unchanged = fit.solve(prior)
+    if unchanged:
+        return None
     fitted = np.zeros_like(weight)
     fitted[channels] = solution[:-1]  # the removed rows are cut by ``apply`` right after
-    new_weight = (fitted.T if cut.axis == 1 else fitted).astype(np.float32)
+    fitted = fitted.T if axis == 1 else fitted
+    new_weight = fitted.reshape(original.shape).astype(np.float32)
     consumer.replace_input_with(1, add_initializer(graph, f"{consumer.inputs[1].name}.repaired", new_weight))
     new_bias = solution[-1].astype(np.float32)
     set_bias(new_bias)
-    return new_weight, (new_bias.astype(np.float64) - bias).astype(np.float32)
+    change = (new_bias.astype(np.float64) - bias).astype(np.float32)
+    if consumer.op_type == "Conv":
+        change = change.reshape(-1, *([1] * (original.ndim - 2)))  # added after an NCHW output
+    return new_weight, change
 
 
 def _bias(graph: ir.Graph, consumer: ir.Node):
     """The consumer's bias (zeros if none) and a function that stores a new one.
 
-    The bias is a Gemm's C input, or the constant of the Add right after a MatMul;
-    failing both, the new bias gets an Add of its own.
+    The bias is a Gemm's C input or a Conv's B, or the constant of the Add right after a
+    MatMul; failing both, the new bias gets an Add of its own.
     """
     transposed = consumer.op_type == "Gemm" and consumer.attributes.get_int("transB", 0)
-    width = constant_array(consumer.inputs[1]).shape[0 if transposed else 1]
-    if consumer.op_type == "Gemm":
+    width = constant_array(consumer.inputs[1]).shape[0 if transposed or consumer.op_type == "Conv" else 1]
+    if consumer.op_type in ("Gemm", "Conv"):
         has_bias = len(consumer.inputs) > 2 and consumer.inputs[2] is not None
         current = constant_array(consumer.inputs[2]) if has_bias else None
         if not has_bias or (current is not None and current.size == width):

@@ -188,7 +188,8 @@ def outside_reader(region: dict[int, ir.Node], passthrough: set[int], consumer: 
     """Why the region's channels cannot be cut: an output that is a model output or is read outside it.
 
     Only pass-through nodes and the consumer may read the region's values; a ``Shape``
-    reader sees the new width, and whatever it computes follows from it.
+    reader sees the new width, and whatever it computes follows from it. With a ``hint``
+    (Conv channels), a residual ``Add`` reader is named as the residual tie it is.
     """
     for node in region.values():
         for output in node.outputs:
@@ -196,9 +197,19 @@ def outside_reader(region: dict[int, ir.Node], passthrough: set[int], consumer: 
                 continue
             if output.is_graph_output():
                 return f"{node.name} is a model output"
-            for user, _ in output.uses():
-                if user.op_type == "Shape" and is_onnx_domain(user):
-                    continue
-                if id(user) not in passthrough and user is not consumer:
-                    return f"{output.name} is also read by {user.name or user.op_type}{hint}"
+            outside = [
+                user
+                for user, _ in output.uses()
+                if not (user.op_type == "Shape" and is_onnx_domain(user))
+                and id(user) not in passthrough
+                and user is not consumer
+            ]
+            residual = [user for user in outside if user.op_type == "Add"]
+            if residual and hint:
+                return (
+                    f"residual tie: {output.name} is also read by {residual[0].name or 'Add'}, a residual Add "
+                    "outside the block (cutting these channels would change the skip path)"
+                )
+            if outside:
+                return f"{output.name} is also read by {outside[0].name or outside[0].op_type}{hint}"
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
@@ -25,7 +26,8 @@ def channel_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]
 
     A group is found from its consumer, a Conv (``group=1``) with a constant weight:
     walking back from its input through channel-wise ops (activations, pooling,
-    BatchNormalization, per-channel constant Add/Mul) and depthwise Convs must end at
+    BatchNormalization, per-channel constant Add/Mul, zero Pads of H and W) and depthwise
+    Convs must end at
     Convs with constant weights, and no value on the way may be read elsewhere. A
     residual Add that ties these channels to another block's fails that test, so the
     group is left whole.
@@ -79,6 +81,14 @@ def _group(consumer: ir.Node, channels: int) -> ChannelGroup | str | None:
             elif depthwise != 1:
                 return f"{node.name}: a grouped Conv that is not depthwise"
             continue
+        if node.op_type == "Pad" and is_onnx_domain(node):
+            refusal = _spatial_padding(node)
+            if refusal:
+                return refusal
+            region[id(node)] = node
+            passthrough.add(id(node))
+            stack.append(node.inputs[0])
+            continue
         if node.op_type not in _CHANNELWISE or not is_onnx_domain(node):
             return None  # e.g. a Reshape or Concat: channels are not traced through it
         region[id(node)] = node
@@ -94,6 +104,19 @@ def _group(consumer: ir.Node, channels: int) -> ChannelGroup | str | None:
         return refusal
     group.values = [output for node in region.values() for output in node.outputs if output is not None]
     return group if channels >= 2 else None
+
+
+def _spatial_padding(pad: ir.Node) -> str | None:
+    """Why a Pad is not per-channel: it must pad only H and W, with zeros (TF-style "same" padding)."""
+    pads = constant_array(pad.inputs[1]) if len(pad.inputs) > 1 and pad.inputs[1] is not None else None
+    value = constant_array(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] is not None else None
+    axes = pad.inputs[3] if len(pad.inputs) > 3 else None
+    mode = pad.attributes.get_string("mode", "constant")
+    if pads is None or pads.size != 8 or axes is not None or mode != "constant":
+        return f"{pad.name}: a Pad that is not constant padding of an NCHW tensor's four dims"
+    if pads[[0, 1, 4, 5]].any() or (value is not None and np.any(value != 0)):
+        return f"{pad.name}: a Pad of the batch or channel axis, or with a non-zero value"
+    return None
 
 
 def _channel_axis_of(shape: tuple[int, ...], channels: int, batch_norm: bool) -> int | None:

@@ -225,3 +225,117 @@ def convnet(*, dead: tuple[int, ...] = (), depthwise: bool = False, residual: bo
 def images(count: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
     """Normal ``[count, 3, 12, 12]`` images."""
     return {"x": np.random.default_rng(seed).standard_normal((count, 3, 12, 12)).astype(np.float32)}
+
+
+def ffn_stack(scales: tuple[float, ...] = (1.0, 1.0), hidden: int = 16, inner: int = 32) -> ir.Model:
+    """``x`` → one residual FFN block per scale (up + bias → Relu → down + bias, times the scale, + residual) → ``y``.
+
+    Every block has the same kind of weights; a block's scale is how much its output
+    reaches the model output, which a per-layer score cannot see.
+    """
+    nodes, init, last = [], [], "x"
+    for i, scale in enumerate(scales):
+        init += [
+            (f"up{i}", weights(hidden, inner, seed=20 + i, scale=0.3)),
+            (f"up_bias{i}", weights(inner, seed=30 + i)),
+            (f"down{i}", weights(inner, hidden, seed=40 + i, scale=0.3)),
+            (f"down_bias{i}", weights(hidden, seed=50 + i)),
+            (f"scale{i}", np.array(scale, np.float32)),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [last, f"up{i}"], [f"u{i}"], name=f"up_proj{i}"),
+            helper.make_node("Add", [f"u{i}", f"up_bias{i}"], [f"ub{i}"], name=f"up_bias_add{i}"),
+            helper.make_node("Relu", [f"ub{i}"], [f"h{i}"], name=f"relu{i}"),
+            helper.make_node("MatMul", [f"h{i}", f"down{i}"], [f"d{i}"], name=f"down_proj{i}"),
+            helper.make_node("Add", [f"d{i}", f"down_bias{i}"], [f"db{i}"], name=f"down_bias_add{i}"),
+            helper.make_node("Mul", [f"db{i}", f"scale{i}"], [f"s{i}"], name=f"scaled{i}"),
+            helper.make_node("Add", [f"s{i}", last], [f"r{i}"], name=f"residual{i}"),
+        ]
+        last = f"r{i}"
+    nodes.append(helper.make_node("Identity", [last], ["y"], name="out"))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", hidden])]
+    return _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", hidden])], init)
+
+
+def attention_ffn(hidden: int = 16, heads: int = 4, inner: int = 32, layers: int = 2) -> ir.Model:
+    """``x`` → per layer: Q/K/V MatMuls → MultiHeadAttention → output MatMul + residual → FFN (Relu) + residual.
+
+    A small encoder with both kinds of units, for cutting heads and neurons together.
+    """
+    nodes, init, last = [], [], "x"
+    for i in range(layers):
+        seed = 100 * (i + 1)
+        for j, name in enumerate(("wq", "wk", "wv", "wo")):
+            init.append((f"{name}{i}", weights(hidden, hidden, seed=seed + j, scale=0.3)))
+        init += [
+            (f"up{i}", weights(hidden, inner, seed=seed + 5, scale=0.3)),
+            (f"up_bias{i}", weights(inner, seed=seed + 6)),
+            (f"down{i}", weights(inner, hidden, seed=seed + 7, scale=0.3)),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [last, f"wq{i}"], [f"q{i}"], name=f"q_proj{i}"),
+            helper.make_node("MatMul", [last, f"wk{i}"], [f"k{i}"], name=f"k_proj{i}"),
+            helper.make_node("MatMul", [last, f"wv{i}"], [f"v{i}"], name=f"v_proj{i}"),
+            helper.make_node(
+                "MultiHeadAttention",
+                [f"q{i}", f"k{i}", f"v{i}"],
+                [f"a{i}"],
+                domain="com.microsoft",
+                name=f"mha{i}",
+                num_heads=heads,
+            ),
+            helper.make_node("MatMul", [f"a{i}", f"wo{i}"], [f"o{i}"], name=f"out_proj{i}"),
+            helper.make_node("Add", [f"o{i}", last], [f"r{i}"], name=f"attention_residual{i}"),
+            helper.make_node("MatMul", [f"r{i}", f"up{i}"], [f"u{i}"], name=f"up_proj{i}"),
+            helper.make_node("Add", [f"u{i}", f"up_bias{i}"], [f"ub{i}"], name=f"up_bias_add{i}"),
+            helper.make_node("Relu", [f"ub{i}"], [f"h{i}"], name=f"relu{i}"),
+            helper.make_node("MatMul", [f"h{i}", f"down{i}"], [f"d{i}"], name=f"down_proj{i}"),
+            helper.make_node("Add", [f"d{i}", f"r{i}"], [f"f{i}"], name=f"ffn_residual{i}"),
+        ]
+        last = f"f{i}"
+    nodes.append(helper.make_node("Identity", [last], ["y"], name="out"))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", hidden])]
+    return _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", hidden])], init)
+
+
+def inverted_residual(*, dead: tuple[int, ...] = (), channels: int = 8, expand: int = 4) -> ir.Model:
+    """A 3×3 stem Conv + Clip(0, 6) on ``x [B, 3, 12, 12]``, then two MobileNetV2/EfficientNet-Lite
+    inverted-residual blocks of ``channels``.
+
+    Block ``b``: 1×1 expand (+ bias) → Clip(0, 6) → Pad (H, W only: TF "same") → 3×3
+    depthwise (+ bias) → Clip(0, 6) → 1×1 project (+ bias) → residual Add with the
+    block's input → ``y``. The expansion channels are free to cut (only the depthwise
+    Conv and the projection read them); the block outputs are tied to the residual Adds.
+    Expansion channels in ``dead`` (of both blocks) have zero expand filters and bias and
+    zero depthwise filters and bias (Clip(0) = 0), so removing them changes nothing.
+    """
+    wide = channels * expand
+    init = [("low", np.array(0.0, np.float32)), ("high", np.array(6.0, np.float32))]
+    init += [("pads", np.array([0, 0, 0, 0, 0, 0, 2, 2], np.int64)), ("stem", weights(channels, 3, 3, 3, seed=59))]
+    nodes = [
+        helper.make_node("Conv", ["x", "stem"], ["s"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["s", "low", "high"], ["sc"], name="relu6_stem"),
+    ]
+    last = "sc"
+    for b in range(2):
+        seed = 60 + 10 * b
+        ex, exb = weights(wide, channels, 1, 1, seed=seed, scale=0.5), weights(wide, seed=seed + 1)
+        dw, dwb = weights(wide, 1, 3, 3, seed=seed + 2, scale=0.5), weights(wide, seed=seed + 3)
+        pr, prb = weights(channels, wide, 1, 1, seed=seed + 4, scale=0.3), weights(channels, seed=seed + 5)
+        for c in dead:
+            ex[c] = exb[c] = dw[c] = dwb[c] = 0.0
+        init += [(f"ex{b}", ex), (f"exb{b}", exb), (f"dw{b}", dw), (f"dwb{b}", dwb), (f"pr{b}", pr), (f"prb{b}", prb)]
+        nodes += [
+            helper.make_node("Conv", [last, f"ex{b}", f"exb{b}"], [f"e{b}"], name=f"expand{b}"),
+            helper.make_node("Clip", [f"e{b}", "low", "high"], [f"ec{b}"], name=f"relu6_expand{b}"),
+            helper.make_node("Pad", [f"ec{b}", "pads"], [f"p{b}"], name=f"pad{b}"),
+            helper.make_node("Conv", [f"p{b}", f"dw{b}", f"dwb{b}"], [f"d{b}"], name=f"depthwise{b}", group=wide),
+            helper.make_node("Clip", [f"d{b}", "low", "high"], [f"dc{b}"], name=f"relu6_depthwise{b}"),
+            helper.make_node("Conv", [f"dc{b}", f"pr{b}", f"prb{b}"], [f"o{b}"], name=f"project{b}"),
+            helper.make_node("Add", [f"o{b}", last], [f"r{b}"], name=f"residual{b}"),
+        ]
+        last = f"r{b}"
+    nodes.append(helper.make_node("Identity", [last], ["y"], name="out"))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 12, 12])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", channels, 12, 12])]
+    return _model(nodes, inputs, outputs, init)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import onnx_ir as ir
 import pytest
 
 from passes.pruning.channels import ChannelPruningPass, channel_groups
@@ -69,3 +71,57 @@ def test_the_result_computes_its_twin(depthwise):
         return weight
 
     assert_differs_from_twin(replace_weight(result.model, "conv2", zero_a_kept_channel), result, *held_out)
+
+
+def test_inverted_residual_expansion_channels_are_cut_and_residual_ties_refused():
+    """1×1 expand → Clip → Pad → depthwise → Clip → 1×1 project, twice, with residual Adds: the
+    expansion channels go (dead ones first, outputs unchanged), the block outputs stay, named."""
+    from tests.passes.pruning.graphs import inverted_residual
+
+    model = inverted_residual(dead=tuple(range(8)))
+    groups, refused = channel_groups(model.graph)
+    assert sorted(g.name for g in groups) == ["project0", "project1"]
+    assert sorted(refused) == ["expand0", "expand1"]  # the stem's and block 0's outputs feed residual Adds
+    assert refused["expand0"].startswith("residual tie: sc is also read by residual0, a residual Add")
+    assert refused["expand1"].startswith("residual tie: r0 is also read by residual1, a residual Add")
+    pruning = ChannelPruningPass(0.25)
+    result = pruning(model.clone())
+    after = result.model
+    assert pruning.pruned == {"project0": (24, 32), "project1": (24, 32)}
+    assert after.graph.node("expand0").inputs[1].const_value.shape == (24, 8, 1, 1)
+    assert after.graph.node("expand0").inputs[2].const_value.shape == (24,)
+    depthwise = after.graph.node("depthwise0")
+    assert depthwise.attributes.get_int("group") == 24 and depthwise.inputs[1].const_value.shape == (24, 1, 3, 3)
+    assert after.graph.node("project0").inputs[1].const_value.shape == (8, 24, 1, 1)
+    assert after.graph.node("pad0").inputs[1].const_value.numpy().tolist() == [0, 0, 0, 0, 0, 0, 2, 2]
+    assert any("expand1 left whole: residual tie" in refusal for refusal in result.refusals)
+    assert "2 of 4 candidate groups left whole (see refusals)" in result.notes
+    assert any(note.startswith("kept per group (channels): project0 24/32, project1 24/32") for note in result.notes)
+    assert_same_outputs(model, after, images(4, seed=3), rtol=1e-5, atol=1e-5)  # only dead channels went
+
+
+def test_inverted_residual_projection_is_repaired_and_matches_its_twin():
+    from tests.passes.pruning.graphs import inverted_residual
+    from tests.passes.pruning.twins import assert_matches_twin
+
+    model = inverted_residual()
+    rng = np.random.default_rng(1)
+    calibration = {"x": rng.standard_normal((16, 3, 12, 12)).astype(np.float32)}
+    held_out = {"x": rng.standard_normal((8, 3, 12, 12)).astype(np.float32)}
+    plain = ChannelPruningPass(0.5, samples=calibration, repair=False)(model.clone()).model
+    result = ChannelPruningPass(0.5, samples=calibration)(model.clone())
+    assert any(note.startswith("without repair:") for note in result.notes)
+    assert drift(model, result.model, held_out).cosine > drift(model, plain, held_out).cosine
+    assert_matches_twin(result, held_out, {"x": held_out["x"][:2]})
+
+
+def test_a_pad_of_the_channel_axis_is_not_traced():
+    from tests.passes.pruning.graphs import inverted_residual
+
+    model = inverted_residual()
+    pad = model.graph.node("pad0")
+    pad.replace_input_with(1, ir.Value(name="channel_pads", const_value=ir.tensor(np.array([0, 1, 0, 0, 0, 1, 2, 2]))))
+    model.graph.initializers["channel_pads"] = pad.inputs[1]
+    groups, refused = channel_groups(model.graph)
+    assert [g.name for g in groups] == ["project1"]
+    assert "pad0: a Pad of the batch or channel axis" in refused["project0"]

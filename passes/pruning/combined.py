@@ -1,0 +1,59 @@
+"""FFN neurons and attention heads pruned in one cut, ranked together and repaired together."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.accuracy import AccuracyBudget
+from passes.pruning._base import PruningPass
+from passes.pruning._groups import ChannelGroup
+from passes.pruning.ffn import ffn_groups
+from passes.pruning.heads import head_groups
+
+
+class FfnHeadPruningPass(PruningPass):
+    """Remove FFN neurons and attention heads together: ``ffn`` of all FFN neurons and ``heads`` of all
+    heads, each a total over the model's layers, not a share of every layer.
+
+    What is cut per group is what ``FfnPruningPass`` and ``HeadPruningPass`` cut. With
+    calibration data the units are ranked across layers by their estimated effect on the
+    model's outputs (``PruningPass``'s global ranking: local effect times the layer's
+    measured gain), the whole cut is made, and then the consumers (down and output
+    projections) are re-fitted in graph order, each on its inputs in the already-cut model.
+    Without data, units are ranked across layers by weight magnitude relative to their
+    layer's mean and nothing is re-fitted. The twin is the input with the removed units'
+    consumer rows zeroed. Refuses (leaves whole) the groups the two passes refuse.
+    """
+
+    unit_name = "units"
+    consumer_rows = "the down and output projections' rows"
+
+    def __init__(
+        self,
+        ffn: float,
+        heads: float,
+        *,
+        importance: str | None = None,
+        ranking: str = "global",
+        samples: Mapping[str, np.ndarray] | None = None,
+        repair: bool | None = None,
+        budget: AccuracyBudget | None = None,
+        samples_generated: bool = False,
+    ) -> None:
+        super().__init__(
+            {"ffn": ffn, "heads": heads},
+            importance=importance,
+            ranking=ranking,
+            samples=samples,
+            repair=repair,
+            budget=budget,
+            samples_generated=samples_generated,
+        )
+
+    def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
+        ffn, ffn_refused = ffn_groups(graph)
+        heads, heads_refused = head_groups(graph)
+        return [*heads, *ffn], {**heads_refused, **ffn_refused}
