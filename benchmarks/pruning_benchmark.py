@@ -1,16 +1,30 @@
-"""Pruning benchmark: ratio → parameters, file size, CPU latency and accuracy, with and without repair.
+"""Pruning benchmark: what a cut keeps, measured on held-out inputs the way a user sees the model.
 
-For one model with calibration and evaluation inputs (``.npz``, samples along axis 0),
-it writes ``graphopt optimize --prune-ffn R`` / ``--prune-heads R`` results into ``--out``
-for each ratio and each setting — no calibration data (weight magnitude, no repair; or
-graphopt's generated samples), ``--cal-small`` samples (activation importance +
-least-squares repair) and all calibration samples, each with and without repair — and
-measures them against the original: parameters,
-file size, per-output cosine on the evaluation inputs (mean per-sample cosine), and
-latency with ``graphopt compare`` (interleaved, ORT_ENABLE_ALL). Usage::
+For one model with calibration and evaluation inputs (``.npz``, samples along axis 0;
+the evaluation rows must be disjoint from the calibration rows), it writes
+``graphopt optimize`` results into ``--out`` for each cut and each setting, and measures
+them against the original on the evaluation inputs only:
 
-    python benchmarks/pruning_benchmark.py MODEL.onnx --calibration CAL.npz --eval EVAL.npz --out DIR \
-        [--ffn 0.1,0.3,0.5] [--heads 0.25,0.5] [--cal-small 8] [--compare-flag=--dim ...] [--time-budget 20]
+* every float output: the per-sample cosine to the original, **mean and worst sample**
+  (``--output NAME`` picks the outputs to report, e.g. a pooled sentence embedding);
+  a ``[N, classes]`` output also gets its **top-1 agreement** with the original;
+* parameters (every initializer element) relative to the unpruned model;
+* latency against graphopt's unpruned float result with ``graphopt compare``
+  (interleaved, ORT_ENABLE_ALL; ratio of medians and its 95 % interval) for the
+  settings named by ``--time`` (run under ``flock /tmp/graphopt_timing.lock`` on a shared
+  machine).
+
+Cuts: ``--combined 0.3:0.25`` is ``--prune-ffn 0.3 --prune-heads 0.25`` in one run (the
+combined cut), ``--ffn``/``--heads``/``--channels`` single cuts. Settings: no calibration
+data (weight magnitude, no repair), the first ``--cal-small`` calibration samples, and all
+of them, each with and without repair. Usage::
+
+    python benchmarks/pruning_benchmark.py MODEL.onnx --calibration CAL.npz --eval EVAL.npz --out DIR \\
+        [--combined 0.3:0.25] [--ffn 0.3] [--heads 0.25] [--channels 0.25] [--output sentence_embedding] \\
+        [--cal-small 8] [--settings "all samples"] [--time "all samples"] [--compare-flag=--dim ...] \\
+        [--threads 2] [--time-budget 30]
+
+Prints one JSON line per result.
 """
 
 from __future__ import annotations
@@ -28,34 +42,46 @@ from graphopt_compare import add_timing_flags, compare_ratio
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from optimizer.accuracy import output_drift  # noqa: E402
 from optimizer.inputs import split_samples  # noqa: E402
 from passes.pruning._base import parameter_count  # noqa: E402
 
 
-def optimize(model: Path, out: Path, flags: list[str]) -> None:
-    """``graphopt optimize`` with ``flags``."""
+def optimize(model: Path, out: Path, flags: list[str]) -> str:
+    """``graphopt optimize`` with ``flags``; its printed report."""
     command = [sys.executable, "-m", "optimizer.cli", "optimize", str(model), "-o", str(out), *flags]
-    subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
+    return subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO).stdout
 
 
-def per_output_cosine(original: Path, variant: Path, evaluation: dict) -> dict[str, float]:
-    """Mean per-sample cosine of each float output of ``variant`` against ``original``."""
+def outputs_on(path: Path, evaluation: dict[str, np.ndarray], threads: int) -> dict[str, np.ndarray]:
+    """Every output of the model at ``path`` on the evaluation inputs, batches of 16 concatenated."""
     import onnxruntime as ort
 
-    runs = []
-    for path in (original, variant):
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        names = [meta.name for meta in session.get_outputs()]
-        wanted = [meta.name for meta in session.get_inputs()]
-        runs.append(
-            [dict(zip(names, session.run(None, {n: b[n] for n in wanted}))) for b in split_samples(evaluation, 16)]
-        )
-    floats = [name for name, value in runs[0][0].items() if value.dtype.kind == "f"]
-    return {
-        name: round(output_drift([{name: r[name]} for r in runs[0]], [{name: r[name]} for r in runs[1]]).cosine, 4)
-        for name in floats
-    }
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [meta.name for meta in session.get_outputs()]
+    wanted = [meta.name for meta in session.get_inputs()]
+    runs = [dict(zip(names, session.run(None, {n: b[n] for n in wanted}))) for b in split_samples(evaluation, 16)]
+    return {name: np.concatenate([run[name] for run in runs]) for name in names}
+
+
+def accuracy(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], wanted: list[str]) -> dict:
+    """Per float output: mean and worst per-sample cosine; top-1 agreement for a ``[N, classes]`` output.
+
+    A sample of a ``[N, S, H]`` output is its whole ``[S, H]`` block (padding included, as
+    the model computes it); pick pooled outputs with ``--output`` for what a user sees.
+    """
+    result = {}
+    for name, e in expected.items():
+        if (wanted and name not in wanted) or e.dtype.kind != "f":
+            continue
+        x, y = e.reshape(len(e), -1).astype(np.float64), actual[name].reshape(len(e), -1).astype(np.float64)
+        cosine = (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-30)
+        entry = {"cosine_mean": round(float(cosine.mean()), 4), "cosine_worst": round(float(cosine.min()), 4)}
+        if e.ndim == 2 and e.shape[1] > 1:
+            entry["top1_agreement"] = round(float((e.argmax(1) == actual[name].argmax(1)).mean()), 4)
+        result[name] = entry
+    return result
 
 
 def main() -> None:
@@ -64,12 +90,15 @@ def main() -> None:
     parser.add_argument("--calibration", type=Path, required=True)
     parser.add_argument("--eval", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--ffn", default="0.1,0.3,0.5")
-    parser.add_argument("--heads", default="0.25,0.5")
+    parser.add_argument("--combined", default="", help="FFN:HEADS ratio pairs cut in one run, comma-separated")
+    parser.add_argument("--ffn", default="")
+    parser.add_argument("--heads", default="")
+    parser.add_argument("--channels", default="")
+    parser.add_argument("--output", action="append", default=[], help="outputs to report (default: all float)")
     parser.add_argument("--cal-small", type=int, default=8, help="samples in the small calibration setting")
-    parser.add_argument("--compare-flag", action="append", default=[])
-    parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--settings", help="comma-separated setting labels to run (default: all)")
+    parser.add_argument("--time", default="all samples", help="settings to time, comma-separated ('' for none)")
+    parser.add_argument("--compare-flag", action="append", default=[])
     add_timing_flags(parser)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -79,9 +108,9 @@ def main() -> None:
     np.savez(small, **{name: array[: args.cal_small] for name, array in calibration.items()})
     baseline = args.out / "float.onnx"
     optimize(args.model, baseline, [])
+    reference = outputs_on(args.model, evaluation, args.threads)
     settings = {
         "no data (magnitude)": ["--importance", "magnitude", "--no-repair", "--no-verify"],
-        "no data (generated samples)": [],
         f"{args.cal_small} samples, no repair": ["--calibration", str(small), "--no-repair"],
         f"{args.cal_small} samples": ["--calibration", str(small)],
         "all samples, no repair": ["--calibration", str(args.calibration), "--no-repair"],
@@ -89,33 +118,39 @@ def main() -> None:
     }
     if args.settings:
         settings = {label: flags for label, flags in settings.items() if label in args.settings.split(",")}
-    jobs = [("ffn", float(r)) for r in args.ffn.split(",") if r] + [
-        ("heads", float(r)) for r in args.heads.split(",") if r
-    ]
+    jobs = [(f"ffn {f} + heads {h}", ["--prune-ffn", f, "--prune-heads", h]) for f, h in _pairs(args.combined)]
+    for kind in ("ffn", "heads", "channels"):
+        jobs += [(f"{kind} {r}", [f"--prune-{kind}", r]) for r in getattr(args, kind).split(",") if r]
     base_params = parameter_count(ir.load(baseline))
-    for kind, ratio in jobs:
+    timed = set(args.time.split(",")) if args.time else set()
+    for cut, cut_flags in jobs:
         for label, flags in settings.items():
-            path = args.out / f"{kind}-{ratio:g}-{label.replace(' ', '_').replace(',', '')}.onnx"
+            stem = f"{cut}-{label}".replace(" ", "_").replace("+", "").replace(",", "")
+            path = args.out / f"{stem}.onnx"
             try:
-                optimize(args.model, path, [f"--prune-{kind}", str(ratio), *flags])
+                printed = optimize(args.model, path, [*cut_flags, *flags])
             except subprocess.CalledProcessError as failure:
                 print(f"{path.name} failed: {failure.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
                 continue
             row = {
                 "model": args.model.stem,
-                "prune": kind,
-                "ratio": ratio,
+                "cut": cut,
                 "setting": label,
+                "parameters_ratio": round(parameter_count(ir.load(path)) / base_params, 4),
                 "parameters": parameter_count(ir.load(path)),
-                "parameters_unpruned": base_params,
                 "size_mb": round(path.stat().st_size / 2**20, 2),
-                "cosine": per_output_cosine(args.model, path, evaluation),
+                "held_out": accuracy(reference, outputs_on(path, evaluation, args.threads), args.output),
+                "notes": [line.strip() for line in printed.splitlines() if line.startswith("prune-")],
             }
-            if not args.no_latency and label == "all samples":
+            if label in timed:
                 row["latency_vs_unpruned"] = compare_ratio(
                     baseline, path, args.out / f"{path.stem}.compare.json", args, args.compare_flag
                 )
             print(json.dumps(row), flush=True)
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    return [tuple(pair.split(":")) for pair in text.split(",") if pair]
 
 
 if __name__ == "__main__":
