@@ -174,7 +174,9 @@ def main() -> None:
             args.model, p, "--quantize", "static", *cal, *smooth, "--min-cosine", str(args.budget)
         ),
         # the classifier too (ORT's quantize_static quantizes it): a CNN's last Gemm in int8
-        "graphopt-static-outputs": lambda p: graphopt(args.model, p, "--quantize", "static", "--quantize-outputs", *cal),
+        "graphopt-static-outputs": lambda p: graphopt(
+            args.model, p, "--quantize", "static", "--quantize-outputs", *cal
+        ),
     }
     only = set(args.only.split(",")) if args.only else None
     paths: dict[str, Path] = {}
