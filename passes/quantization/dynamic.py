@@ -283,6 +283,12 @@ def _read_from_norm(layer: Layer) -> bool:
     producer = layer.activation.producer()
     if producer is None or producer.op_type not in _SMOOTHABLE_PRODUCERS or layer.activation.is_graph_output():
         return False
+    if producer.op_type == "Mul" and not any(
+        # a norm's scale (a constant vector) or a gated product (one side a MatMul's output): GELU's Mul is neither
+        value is not None and (value.const_value is not None or getattr(value.producer(), "op_type", "") == "MatMul")
+        for value in producer.inputs
+    ):
+        return False
     readers = layer.activation.uses()
     return all(user.op_type in ("MatMul", "Gemm", "Attention") and index == 0 for user, index in readers)
 
