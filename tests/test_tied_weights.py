@@ -268,6 +268,7 @@ SHARED_MODES = {
     "int4": {"quantize": "int4"},
     "int4-gptq": {"quantize": "int4", "int4_method": "gptq"},
     "prune-ffn": {"prune_ffn": 0.25},
+    "prune-ffn-heads": {"prune_ffn": 0.25, "prune_heads": 0.25},  # the combined cut
 }
 GPTQ_PER_LAYER = (
     "GPTQ fits a shared weight to each reading layer's inputs separately, so each layer gets its own packed copy"
@@ -275,6 +276,10 @@ GPTQ_PER_LAYER = (
 PRUNE_PER_LAYER = (
     "prune-ffn cuts and repairs each FFN group on its own: a weight shared by two groups becomes two pruned "
     "copies and the parameter count grows (passes/pruning/ffn.py ffn_groups does not refuse shared weights)"
+)
+COMBINED_PER_LAYER = (
+    "the combined cut (passes/pruning/combined.py, on ffn_groups) also keeps one pruned copy per group: "
+    "90,304 -> 102,720 parameters"
 )
 
 
@@ -288,6 +293,7 @@ PRUNE_PER_LAYER = (
             ("int4", None),
             ("int4-gptq", GPTQ_PER_LAYER),
             ("prune-ffn", PRUNE_PER_LAYER),
+            ("prune-ffn-heads", COMBINED_PER_LAYER),
         ]
     ],
 )
