@@ -59,6 +59,7 @@ import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import InputSpecError, RuntimeRefusedError, one_line
+from optimizer.generation import cache_head_sizes, chunks_only_at_batch_one, longest_cache
 from optimizer.runtime import run_model
 
 logger = logging.getLogger(__name__)
@@ -123,9 +124,12 @@ def bind_dims(model: ir.Model, overrides: Mapping[str, int] | None = None) -> di
         known = ", ".join(names) or "none"
         raise InputSpecError(f"--dim {unknown[0]}: the model has no symbolic dimension of that name (it has: {known})")
     bound = {}
+    fixed = _fixed_dims(model)
     for name in names:
         if name in overrides:
             bound[name] = overrides[name]
+        elif name in fixed:
+            bound[name] = fixed[name]
         elif _BATCH_NAME.search(name):
             bound[name] = DEFAULT_BATCH
         else:
@@ -156,12 +160,16 @@ def cache_length_dims(model: ir.Model) -> dict[str, tuple[str, str]]:
         (symbolic(v, -1) for v in inputs if _IDS_NAME.search(v.name) and v.shape and len(v.shape) == 2), None
     )
     masks = [symbolic(v, -1) for v in inputs if _MASK_NAME.search(v.name) and v.shape and len(v.shape) == 2]
+    fixed = _fixed_dims(model)
     pasts = {
         dim.value
         for v in inputs
         if _PAST_NAME.search(v.name) and v.shape is not None
         for dim in v.shape
-        if isinstance(dim, ir.SymbolicDim) and dim.value and not _BATCH_NAME.search(dim.value)
+        if isinstance(dim, ir.SymbolicDim)
+        and dim.value
+        and not _BATCH_NAME.search(dim.value)
+        and dim.value not in fixed
     }
     if sequence is None or len(pasts) != 1:
         return {}
@@ -169,10 +177,28 @@ def cache_length_dims(model: ir.Model) -> dict[str, tuple[str, str]]:
     return {total: (past, sequence) for total in masks if total and total not in (sequence, past)}
 
 
+def _fixed_dims(model: ir.Model) -> dict[str, int]:
+    """Symbolic input dims that the model reads as one size only: a cache's head size named as a dim
+    (ONNX Runtime GenAI's ``kv_cache_dim``), fixed by the attention that reads the cache."""
+    return cache_head_sizes(model)
+
+
 def _with_cache_lengths(model: ir.Model, bound: dict[str, int], fixed: Mapping[str, int]) -> dict[str, int]:
+    limit = longest_cache(model)
+    rows = max((size for name, size in bound.items() if _BATCH_NAME.search(name)), default=1)
     for total, (past, sequence) in cache_length_dims(model).items():
-        if total not in fixed and past in bound and sequence in bound:
-            bound[total] = bound[past] + bound[sequence]
+        if total in fixed or past not in bound or sequence not in bound:
+            continue
+        if rows > 1 and bound[past] and sequence not in fixed and chunks_only_at_batch_one(model):
+            bound[sequence] = 1  # several rows after a past: one decode step each, as served
+        if limit is not None and bound[past] + bound[sequence] > limit:
+            # A decoder whose rotary tables end at `limit` positions (ONNX Runtime GenAI's) refuses
+            # longer: past and new tokens shrink alike, where the user did not fix them.
+            scale = limit / (bound[past] + bound[sequence])
+            for name in (past, sequence):
+                if name not in fixed:
+                    bound[name] = max(1, int(bound[name] * scale))
+        bound[total] = bound[past] + bound[sequence]
     return bound
 
 
@@ -207,7 +233,8 @@ def alternate_binding(
     defaults = bind_dims(model, overrides)
     bound = dict(defaults)
     bound.update({name: size for name, size in (base or {}).items() if name in bound and name not in overrides})
-    free = [name for name in bound if name not in overrides]
+    fixed = _fixed_dims(model)
+    free = [name for name in bound if name not in overrides and name not in fixed]
     if not free:
         return None
     alternate = dict(bound)
