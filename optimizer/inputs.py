@@ -1096,7 +1096,8 @@ _Chunk = tuple[int, dict[str, tuple[int, ...]]]
 class SampleData:
     """Sample inputs (calibration or evaluation data) read chunk by chunk, never all at once.
 
-    Built by ``open_samples`` from what users hold: an .npz file, a folder of .npz files
+    Built by ``open_samples`` from what users hold: an .npz file (memory-mapped and read
+    in chunks past ``_STREAM_ABOVE`` when stored uncompressed), a folder of .npz files
     (sorted by name; each holds one or more samples along axis 0), a folder with one .npy
     file per input (file stem = input name; memory-mapped), a mapping of arrays, any
     iterable of feed dicts, or an ``onnxruntime.quantization.CalibrationDataReader``.
@@ -1274,8 +1275,7 @@ def _open_samples(data: Any, model: ir.Model, flag: str) -> SampleData:
         source = f"{flag} {path}"
         if path.is_dir():
             return _open_folder(path, model, source)
-        arrays = _read_npz(path, source)
-        return _in_memory(model, source, arrays)
+        return _open_npz(path, model, source)
     name = flag.lstrip("-")  # data given in Python is named as the keyword argument
     if isinstance(data, Mapping):
         return _in_memory(model, name, as_arrays(data, name))
@@ -1322,18 +1322,7 @@ def _open_folder(path: Path, model: ir.Model, source: str) -> SampleData:
             "or one .npy per input (file name = input name), not both"
         )
     if kinds == {".npy"}:
-        arrays = _read_npy_folder(files, source)
-        # Chunks of _NPY_CHUNK samples, sliced from the memory maps: only those pages are read.
-        rows = _rows(arrays)
-        starts = range(0, max(rows, 1), _NPY_CHUNK)
-        plan = [(min(rows, start + _NPY_CHUNK) - start, _shapes(arrays)) for start in starts]
-        return SampleData(
-            model,
-            source,
-            lambda index: _take(arrays, starts[index], starts[index] + _NPY_CHUNK),
-            plan,
-            label=lambda index: f"{source} (samples {starts[index]} to {starts[index] + plan[index][0] - 1})",
-        )
+        return _chunked(model, source, _read_npy_folder(files, source))
     plan = [_npz_plan(file, f"{source}: {file.name}") for file in files]
     return SampleData(
         model,
@@ -1345,8 +1334,74 @@ def _open_folder(path: Path, model: ir.Model, source: str) -> SampleData:
     )
 
 
-# Samples read at a time from a folder of .npy files.
+# Samples read at a time from a folder of .npy files or a large .npz.
 _NPY_CHUNK = 256
+# An .npz file larger than this is memory-mapped and read _NPY_CHUNK samples at a time
+# (when numpy.savez stored its arrays uncompressed, as it does); smaller ones are loaded.
+_STREAM_ABOVE = 256 << 20
+
+
+def _chunked(model: ir.Model, source: str, arrays: dict[str, np.ndarray]) -> SampleData:
+    """Memory-mapped arrays as chunks of ``_NPY_CHUNK`` samples: only the pages of a chunk are read."""
+    rows = _rows(arrays)
+    starts = range(0, max(rows, 1), _NPY_CHUNK)
+    plan = [(min(rows, start + _NPY_CHUNK) - start, _shapes(arrays)) for start in starts]
+    return SampleData(
+        model,
+        source,
+        lambda index: _take(arrays, starts[index], starts[index] + _NPY_CHUNK),
+        plan,
+        label=lambda index: f"{source} (samples {starts[index]} to {starts[index] + plan[index][0] - 1})",
+    )
+
+
+def _open_npz(path: Path, model: ir.Model, source: str) -> SampleData:
+    """One .npz file: loaded when small (or compressed), memory-mapped and chunked when large."""
+    arrays = _memory_map_npz(path, source) if _stored_bytes(path) > _STREAM_ABOVE else None
+    if arrays is None:
+        return _in_memory(model, source, _read_npz(path, source))
+    return _chunked(model, source, arrays)
+
+
+def _stored_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # _read_npz says what is wrong with it
+
+
+def _memory_map_npz(path: Path, source: str) -> dict[str, np.ndarray] | None:
+    """Each array of an uncompressed .npz as a read-only memory map; None if any member is compressed.
+
+    A stored zip member's bytes lie in the file as they are: after its local header
+    (30 bytes, the name and an extra field) and the .npy header come the array's data.
+    """
+    unreadable = f"{source}: not a readable .npz file"
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+            for info in archive.infolist():
+                name, _, _ = _member_header(archive, info, unreadable)
+                if info.compress_type != zipfile.ZIP_STORED:
+                    return None
+                raw.seek(info.header_offset + 26)
+                name_length, extra_length = int.from_bytes(raw.read(2), "little"), int.from_bytes(raw.read(2), "little")
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    reader = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, fortran, dtype = reader(member)
+                    header = member.tell()
+                offset = info.header_offset + 30 + name_length + extra_length + header
+                arrays[name] = np.memmap(
+                    path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
+                )
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError):
+        return None  # _read_npz reads it, or says in one line what is wrong with it
+    return arrays
 
 
 def _read_npy_folder(files: list[Path], source: str) -> dict[str, np.ndarray]:

@@ -274,3 +274,28 @@ def test_a_skeleton_holds_strings_as_unicode_not_pickles(tmp_path):
     assert "words string[2, 3] words; x float32[2, 2] zeros" in summary
     loaded = load_inputs(tmp_path / "s.npz", model)  # refuses pickled object arrays
     assert loaded["words"].dtype.kind == "U" and loaded["x"].shape == (2, 2)
+
+
+def test_a_large_npz_is_memory_mapped_and_read_in_chunks(tmp_path, model, samples, monkeypatch):
+    from optimizer import inputs
+
+    monkeypatch.setattr(inputs, "_STREAM_ABOVE", 0)  # every file counts as large
+    monkeypatch.setattr(inputs, "_NPY_CHUNK", 8)
+    path = tmp_path / "cal.npz"
+    np.savez(path, **samples)
+    data = open_samples(path, model)
+    assert not data.in_memory and data.count == 20
+    chunks = list(data.chunks())
+    assert [len(c["input_ids"]) for c in chunks] == [8, 8, 4]
+    for name, array in _all(split_samples(data, 16)).items():
+        np.testing.assert_array_equal(array, samples[name])
+    # numpy.savez_compressed's members cannot be mapped: the file is loaded as before
+    compressed = tmp_path / "compressed.npz"
+    np.savez_compressed(compressed, **samples)
+    assert open_samples(compressed, model).in_memory
+    # and the passes calibrate on the mapped file like on any other
+    _, report = optimize_with_report(
+        EXAMPLE_MODEL, ["+quantize-static"], output=tmp_path / "int8.onnx", calibration=path
+    )
+    record = next(r for r in report.passes if r.name == "quantize-static")
+    assert record.status == "applied" and any("on 20 samples" in note for note in record.notes), record.notes
