@@ -299,3 +299,12 @@ def test_a_large_npz_is_memory_mapped_and_read_in_chunks(tmp_path, model, sample
     )
     record = next(r for r in report.passes if r.name == "quantize-static")
     assert record.status == "applied" and any("on 20 samples" in note for note in record.notes), record.notes
+
+
+def test_the_api_calibrates_on_a_generator_of_feed_dicts(tmp_path, samples):
+    feeds = ({k: v[i : i + 5] for k, v in samples.items()} for i in range(0, 20, 5))
+    _, report = optimize_with_report(
+        EXAMPLE_MODEL, ["+quantize-static"], output=tmp_path / "int8.onnx", calibration=feeds
+    )
+    record = next(r for r in report.passes if r.name == "quantize-static")
+    assert record.status == "applied" and any("on 20 samples" in note for note in record.notes), record.notes
