@@ -111,6 +111,7 @@ def _memory_caption(provider: ProviderResult) -> str | None:
             if before.gpu_bytes is not None and after.gpu_bytes is not None
             else ""
         )
+        + f"; read as {before.method}"  # how this platform measures a peak (optimizer.compare.memory)
     )
 
 
