@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,9 +230,15 @@ def output_drift(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[st
     outputs, so one damaged output is not hidden by good ones. Comparing nothing is
     an error, not a perfect score.
     """
+    return paired_drift(zip(before, after))
+
+
+def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> Drift:
+    """``output_drift`` over ``(before, after)`` pairs of outputs, read one pair at a time: a stream of
+    runs is never held (only each sample's score is kept)."""
     scores: dict[str, list[float]] = {}
     max_error = 0.0
-    for expected_run, actual_run in zip(before, after):
+    for expected_run, actual_run in runs:
         for name, expected in expected_run.items():
             expected, actual = np.asarray(expected), np.asarray(actual_run[name])
             if expected.size == 0 or expected.dtype.kind not in "fiub":

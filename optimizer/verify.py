@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, output_drift
+from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, output_drift, paired_drift
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
-from optimizer.inputs import split_samples
+from optimizer.inputs import SampleData, split_samples
 from optimizer.padding import cache_outputs, hide_padded, mask_inputs, padded_positions
 from optimizer.protocol import Twin
 from optimizer.runtime import inference_session, run_batches, run_model, run_session, value_collector
@@ -387,6 +387,17 @@ def _cut_at(model: ir.Model, names: Sequence[str], examples: Mapping[str, np.nda
     return cut
 
 
+def _streamed_drift(original: ir.Model, candidate: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> Drift:
+    """The candidate's drift from the original, both run batch by batch side by side (as deployed:
+    ORT's full optimizations): samples streamed from disk (``SampleData``) may be more than memory
+    holds, and so may the outputs of either model on all of them."""
+    with (
+        inference_session(original, optimization_level="all") as reference,
+        inference_session(candidate, optimization_level="all") as session,
+    ):
+        return paired_drift((run_session(reference, batch), run_session(session, batch)) for batch in batches)
+
+
 def _dtype_key(dtype: np.dtype) -> str:
     # ml_dtypes' bfloat16 reports its name as 'bfloat16'; numpy's own floats by name.
     return str(dtype.name)
@@ -616,9 +627,12 @@ class Verifier:
         """
         batches = self._sample_batches()
         try:
-            if self._sample_references is None:
-                self._sample_references = run_batches(self._original, batches)
-            drift = output_drift(self._sample_references, run_batches(candidate, batches))
+            if isinstance(self._samples, SampleData):  # read from disk: neither model's outputs are kept
+                drift = _streamed_drift(self._original, candidate, batches)
+            else:
+                if self._sample_references is None:
+                    self._sample_references = run_batches(self._original, batches)
+                drift = output_drift(self._sample_references, run_batches(candidate, batches))
         except RuntimeRefusedError as error:  # the rewrite is unusable
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
         if self.budget.met(drift):

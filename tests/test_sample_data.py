@@ -308,3 +308,20 @@ def test_the_api_calibrates_on_a_generator_of_feed_dicts(tmp_path, samples):
     )
     record = next(r for r in report.passes if r.name == "quantize-static")
     assert record.status == "applied" and any("on 20 samples" in note for note in record.notes), record.notes
+
+
+def test_the_verifier_streams_sample_data_and_measures_the_same_drift(tmp_path, model, samples):
+    from optimizer.verify import Verifier
+
+    output = tmp_path / "int8.onnx"
+    optimize_with_report(EXAMPLE_MODEL, ["+quantize-dynamic"], output=output, calibration=samples)
+    candidate = ir.load(output)
+    first = {k: v[:2] for k, v in samples.items()}
+    folder = _npz_folder(tmp_path / "cal", samples, rows=3)
+    in_memory = Verifier(model, [first], samples=samples).check_approximation(candidate)
+    streamed_verifier = Verifier(model, [first], samples=open_samples(folder, model))
+    streamed = streamed_verifier.check_approximation(candidate)
+    assert streamed.ok and in_memory.ok
+    assert streamed.drift.cosine == pytest.approx(in_memory.drift.cosine, abs=1e-9)
+    assert streamed.drift.max_error == pytest.approx(in_memory.drift.max_error, abs=1e-9)
+    assert streamed_verifier._sample_references is None  # nothing of the original's outputs kept
