@@ -1,8 +1,8 @@
 """Attention fusion, stage 3: decoder attention over a key/value cache into ``com.microsoft.GroupQueryAttention``.
 
 A decoder exported with a cache (the legacy exporter's and Optimum's
-``past_key_values.{i}.key`` → ``present.{i}.key``, the dynamo exporter's, ONNX Runtime
-GenAI's ``past_key_values.{i}.key`` → ``present.{i}.key``) appends each step's keys and
+``past_key_values.{i}.key`` → ``present.{i}.key``, the dynamo exporter's; ONNX Runtime
+GenAI's model builder writes GroupQueryAttention itself, so nothing is left here) appends each step's keys and
 values to the cache with ``Concat(past, new, axis=2)``, returns the result as the
 present, and attends over it; grouped-query models repeat each cached head for the
 query heads that share it (``Reshape(Expand(Unsqueeze(present, 2)))``). After
@@ -11,8 +11,10 @@ query heads that share it (``Reshape(Expand(Unsqueeze(present, 2)))``). After
     present_k = Concat(past_k, Transpose(Reshape(k, [0, 0, kv, d])), axis=2)   (same for v)
     out = MultiHeadAttention(q, Repeat(present_k), Repeat(present_v), attention_bias)
 
-which becomes one kernel that appends to the cache, repeats no head and returns the
-present itself::
+(Optimum's GPT-2 export reads the key as ``Transpose(Mul(Transpose(present_k), s))``, the
+legacy exporter's SDPA scaling Q and K^T each by a run-time ``s = sqrt(1/sqrt(d))``; since
+``Q (s K)^T = (s Q) K^T``, that one-element ``s`` moves onto the query), which becomes one
+kernel that appends to the cache, repeats no head and returns the present itself::
 
     out, present_k, present_v = GroupQueryAttention(q, k, v, past_k, past_v, seqlens_k,
                                                     total_sequence_length, attention_bias,
@@ -61,7 +63,8 @@ prompt, which is wrong for a left-padded batch.
 
 Refuses (with the reason, counted per MultiHeadAttention) when: the op has a projection
 bias, key padding mask or its own past; key or value is not a cache ``Concat`` on axis 2
-whose first input is a 4-D graph input (possibly repeated per query head); key and value
+whose first input is a 4-D graph input (possibly repeated per query head, the key possibly
+scaled as above); the value is read scaled; key and value
 differ in repetition or head count; the heads do not divide; the cache's head count or
 head size is not static; there is no attention bias, or it is not provably causal at
 every probed length; or the probes cannot make up an input the bias reads.
@@ -81,7 +84,7 @@ from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import evaluator, import_onnxruntime
 from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
-from passes.fusion._layout import head_split, producer
+from passes.fusion._layout import IDENTITY, compose, head_split, perm, producer
 from passes.fusion._probe import (
     DEFAULT_MAX_SEQUENCE,
     graph_inputs_of,
@@ -114,6 +117,7 @@ class _Cache:
     read: ir.Value  # what the attention reads: the present, or its per-query-head repetition
     expand: ir.Node | None  # the repetition's Expand and Reshape, when there is one
     reshape: ir.Node | None
+    scale: ir.Value | None = None  # a one-element factor the attention reads the cache multiplied by
 
     @property
     def present(self) -> ir.Value:
@@ -140,11 +144,38 @@ def _unexpanded(bias: ir.Value) -> ir.Value:
     return bias
 
 
+def _scaled(read: ir.Value) -> tuple[ir.Value, ir.Value | None]:
+    """``(x, s)`` when ``read`` is ``Transpose(Mul(Transpose(x, p), s), q)`` with ``q`` undoing ``p`` and ``s``
+    one element; else ``(read, None)``.
+
+    The legacy exporter's scaled_dot_product_attention (Optimum's GPT-2 export) multiplies both
+    the query and the transposed key by ``sqrt(1 / sqrt(d))``, computed at run time from the
+    query's shape: fuse-attention keeps that factor on its key, between two transposes.
+    """
+    outer = producer(read, "Transpose")
+    mul = producer(outer.inputs[0], "Mul") if outer is not None else None
+    if mul is None or len(mul.inputs) != 2:
+        return read, None
+    for data, factor in ((0, 1), (1, 0)):
+        inner = producer(mul.inputs[data], "Transpose")
+        scale = mul.inputs[factor]
+        if inner is None or scale is None or scale.shape is None or scale.dtype not in (None, inner.inputs[0].dtype):
+            continue
+        if not all(isinstance(dim, int) for dim in scale.shape) or np.prod(list(scale.shape), dtype=int) != 1:
+            continue
+        first, second = perm(inner), perm(outer)
+        if first is not None and second is not None and len(first) == 4 and compose(first, second) == IDENTITY:
+            return inner.inputs[0], scale
+    return read, None
+
+
 def _cache(read: ir.Value) -> _Cache | str:
-    """The cache a MultiHeadAttention key/value reads, through an optional head repetition, or why not."""
+    """The cache a MultiHeadAttention key/value reads, through an optional head repetition and a
+    one-element scale, or why not."""
     expand = reshape = None
-    concat = producer(read, "Concat")
-    if concat is None and (reshape := producer(read, "Reshape")) is not None:
+    scaled, scale = _scaled(read)
+    concat = producer(scaled, "Concat")
+    if concat is None and (reshape := producer(scaled, "Reshape")) is not None:
         expand = producer(reshape.inputs[0], "Expand")
         unsqueeze = producer(expand.inputs[0], "Unsqueeze") if expand is not None else None
         axes = constant_array(unsqueeze.inputs[1]) if unsqueeze is not None and len(unsqueeze.inputs) > 1 else None
@@ -157,7 +188,7 @@ def _cache(read: ir.Value) -> _Cache | str:
     past, new = concat.inputs
     if not past.is_graph_input() or past.shape is None or past.shape.rank() != 4:
         return "the cache's past is not a 4-D graph input"
-    return _Cache(concat, past, new, read, expand, reshape)
+    return _Cache(concat, past, new, read, expand, reshape, scale)
 
 
 def _static(dim) -> int | None:
@@ -216,6 +247,8 @@ def _candidate(node: ir.Node) -> _Candidate | str:
         return key if isinstance(key, str) else value
     if (key.expand is None) != (value.expand is None):
         return "only one of key and value is repeated per query head"
+    if value.scale is not None:
+        return "its value cache is read scaled"
     kv_heads, head_size = _static(key.past.shape[1]), _static(key.past.shape[3])
     if kv_heads is None or head_size is None:
         return "the cache's head count or head size is not static"
@@ -230,8 +263,8 @@ def _candidate(node: ir.Node) -> _Candidate | str:
     if bias is None:
         return "it has no attention bias (no causal mask to prove)"
     cache = _cache_values(key) + _cache_values(value)
-    if _reads_cache([inputs[0], key.new, value.new], cache) is not None:
-        return "its query or new keys/values are computed from its own cache"
+    if _reads_cache([inputs[0], key.new, value.new, key.scale], cache) is not None:
+        return "its query, new keys/values or key scale are computed from its own cache"
     if _reads_cache([bias], cache) == "values":
         return "its bias is computed from the cache's contents"
     return _Candidate(node, key, value, num_heads, kv_heads, head_size, bias, _unexpanded(bias))
@@ -470,6 +503,9 @@ class GroupQueryAttentionFusion(FusionPass):
             return made.outputs[0]
 
         query = node.inputs[0]
+        if candidate.key.scale is not None:
+            # Q (s K)^T = (s Q) K^T: the kernel appends the unscaled keys to the cache.
+            query = add("Mul", [query, candidate.key.scale])
         key = self._hidden(graph, candidate.key, candidate, add)
         value = self._hidden(graph, candidate.value, candidate, add)
         layer_lengths = self._lengths(graph, candidate, query, add, lengths)

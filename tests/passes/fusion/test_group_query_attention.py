@@ -291,3 +291,43 @@ def test_it_still_fires_when_the_cache_axes_are_spelled_the_other_way(staged, na
     assert Counter(n.op_type for n in fused.graph)["GroupQueryAttention"] == 2, result.refusals
     for feed in _feeds(name):
         _same_where_real(staged[name], fused, feed)
+
+
+def _scale_read(model: ir.Model, side: int) -> ir.Model:
+    """Every MultiHeadAttention reading input ``side`` (1: key, 2: value) as
+    ``Transpose(Mul(Transpose(x, (0, 1, 3, 2)), s), (0, 1, 3, 2))`` with ``s = 1.5`` (and its query
+    divided by 1.5 when the key is scaled, so the attention computes the same thing): the layout
+    of the legacy exporter's scaled_dot_product_attention, which scales Q and K^T each by a factor."""
+    model = model.clone()
+    graph = model.graph
+    factor = add_initializer(graph, "key_factor", np.array([1.5], np.float32))
+    for node in [n for n in graph if n.op_type == "MultiHeadAttention"]:
+
+        def add(op, inputs, anchor=node, **attributes):
+            made = ir.node(op, inputs, attributes)
+            graph.insert_before(anchor, made)
+            return made.outputs[0]
+
+        swapped = add("Transpose", [node.inputs[side]], perm=[0, 1, 3, 2])
+        node.replace_input_with(side, add("Transpose", [add("Mul", [swapped, factor])], perm=[0, 1, 3, 2]))
+        if side == 1:
+            node.replace_input_with(0, add("Div", [node.inputs[0], factor]))
+    return model
+
+
+def test_a_key_read_scaled_between_transposes_is_fused_with_the_scale_on_the_query(staged):
+    # Optimum's GPT-2 export reads the cache as Transpose(Mul(Transpose(present), sqrt(1/sqrt(d)))):
+    # Q (s K)^T = (s Q) K^T, so the kernel appends the unscaled keys.
+    model = _scale_read(staged["gpt2_kv_legacy"], side=1)
+    fused, fusion = _fused(model)
+    ops = Counter(node.op_type for node in fused.graph)
+    assert ops["GroupQueryAttention"] == 2 and ops["MultiHeadAttention"] == 0, fusion.refusals
+    for feed in _feeds("gpt2_kv_legacy"):
+        _same_where_real(model, fused, feed)
+
+
+def test_a_value_read_scaled_is_refused(staged):
+    model = _scale_read(staged["gpt2_kv_legacy"], side=2)
+    fused, fusion = _fused(model)
+    assert "GroupQueryAttention" not in {n.op_type for n in fused.graph}
+    assert any("value cache is read scaled" in reason for reason in fusion.refusals), fusion.refusals
