@@ -60,7 +60,8 @@ class StaticQuantizationPass(QuantizationPass):
       so ONNX Runtime drops the activation (ClipQuantFusion, ReluQuantFusion) and one
       ``QLinearConv`` computes Conv + activation + requantization.
     - A residual ``Add`` whose inputs are both such requantized tensors gets a QDQ pair on
-      its output (calibrated), so ONNX Runtime runs ``QLinearAdd`` and the chain of
+      its output (after its Relu/ReLU6 where it has one, as a ResNet block's Add does;
+      calibrated), so ONNX Runtime runs ``QLinearAdd`` and the chain of
       blocks stays in uint8 instead of going through float at every residual.
     - com.microsoft ``Attention`` with packed QKV weights becomes ``QuantizeLinear`` +
       ``QAttention`` with the calibrated input scale.
@@ -193,15 +194,14 @@ class StaticQuantizationPass(QuantizationPass):
         while changed:
             changed = False
             for node in list(graph):
-                output = node.outputs[0] if node.outputs else None
-                if (
-                    node.op_type == "Add"
-                    and output.name in self.ranges
-                    and all(value is not None and twin.source(value) is not value for value in node.inputs)
-                    and not _twin_requantized(twin, output)
-                    and _requantized_output(graph, node)
+                if node.op_type != "Add" or not all(
+                    value is not None and twin.source(value) is not value for value in node.inputs
                 ):
-                    twin.quantize_output(node, *activation_parameters(*self.ranges[output.name]))
+                    continue
+                tail = _output_tail(graph, node)
+                output = tail.outputs[0] if tail is not None else None
+                if output is not None and output.name in self.ranges and not _twin_requantized(twin, output):
+                    twin.quantize_output(tail, *activation_parameters(*self.ranges[output.name]))
                     changed = True
 
     def _corrected_bias(self, layer: Layer, quantized: QuantizedWeight, source: str) -> np.ndarray | None:
@@ -296,7 +296,8 @@ class StaticQuantizationPass(QuantizationPass):
         return dequantized
 
     def _quantize_residual_adds(self, graph: ir.Graph, value: ir.Value) -> None:
-        """Requantize each Add reading ``value`` (requantized) whose other input is requantized too.
+        """Requantize each Add reading ``value`` (requantized) whose other input is requantized too
+        (after the Add's Relu/ReLU6, as for a Conv).
 
         Then ONNX Runtime runs it as QLinearAdd. An Add whose other input is not (yet)
         int8 is left for the layer that quantizes that input to complete.
@@ -306,23 +307,22 @@ class StaticQuantizationPass(QuantizationPass):
             return
         produced = {id(v) for v in self._quantized_values.values()}
         for user, _ in list(dequantized.uses()):
-            if (
-                user.op_type == "Add"
-                and user.outputs[0].name in self.ranges
-                and user.outputs[0].name not in self._quantized_values
-                and all(v is not None and id(v) in produced for v in user.inputs)
-                and _requantized_output(graph, user)
-            ):
-                self._requantize(graph, user)
-                self._quantize_residual_adds(graph, user.outputs[0])
+            if user.op_type != "Add" or not all(v is not None and id(v) in produced for v in user.inputs):
+                continue
+            tail = _output_tail(graph, user)
+            output = tail.outputs[0] if tail is not None else None
+            if output is not None and output.name in self.ranges and output.name not in self._quantized_values:
+                self._requantize(graph, tail)
+                self._quantize_residual_adds(graph, output)
 
 
 def _output_tail(graph: ir.Graph, node: ir.Node) -> ir.Node | None:
-    """The node whose output carries a quantized Conv's requantized result, or None when it stays float.
+    """The node whose output carries a quantized Conv's (or residual Add's) requantized result, or None
+    when it stays float.
 
-    The Conv's only user when that is a ``Relu`` or a ``Clip`` with a constant minimum of 0
+    The node's only user when that is a ``Relu`` or a ``Clip`` with a constant minimum of 0
     (ONNX Runtime folds either into the following QuantizeLinear when its uint8 zero
-    point is 0, which a calibrated range starting at 0 gives); otherwise the Conv.
+    point is 0, which a calibrated range starting at 0 gives); otherwise the node itself.
     """
     if not _requantized_output(graph, node):
         return None
@@ -347,14 +347,16 @@ def _is_zero_floored_activation(node: ir.Node) -> bool:
 
 
 def _residual_add_candidates(graph: ir.Graph, int8_names: Sequence[str]) -> list[str]:
-    """Outputs of the Adds (in graph order) whose inputs are all int8 tensors or earlier such Adds."""
+    """Requantized outputs (the Add's, or its Relu/ReLU6's) of the Adds, in graph order, whose inputs are
+    all int8 tensors or earlier such outputs."""
     known = set(int8_names)
     found = []
     for node in graph:
         if node.op_type == "Add" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
-            if all(v is not None and v.name in known for v in node.inputs) and _requantized_output(graph, node):
-                known.add(node.outputs[0].name)
-                found.append(node.outputs[0].name)
+            tail = _output_tail(graph, node)
+            if tail is not None and all(v is not None and v.name in known for v in node.inputs):
+                known.add(tail.outputs[0].name)
+                found.append(tail.outputs[0].name)
     return found
 
 

@@ -55,11 +55,12 @@ def _block(index: int, source: str, nodes: list, init: list, *, clip_low: float 
     return f"{name}_out"
 
 
-def mobile_net(*, clip_low: float = 0.0, dead_channel: bool = False) -> ir.Model:
+def mobile_net(*, clip_low: float = 0.0, dead_channel: bool = False, relu_after_add: bool = False) -> ir.Model:
     """``x [B, 3, 16, 16]`` → stem Conv + ReLU6 → two inverted-residual blocks → pool → Gemm ``y``.
 
     ``clip_low`` is the first block's expand Clip minimum (0 for ReLU6); ``dead_channel``
-    makes one stem channel's weights 1e-9 with a bias of 0.5 (a folded BatchNorm's dead channel).
+    makes one stem channel's weights 1e-9 with a bias of 0.5 (a folded BatchNorm's dead channel);
+    ``relu_after_add`` puts a Relu after the first residual Add, as ResNet blocks have.
     """
     stem = weights(CHANNELS, 3, 3, 3, seed=9, scale=0.3)
     stem_bias = weights(CHANNELS, seed=10)
@@ -72,6 +73,9 @@ def mobile_net(*, clip_low: float = 0.0, dead_channel: bool = False) -> ir.Model
     ]
     init = [("zero", np.array(0.0, np.float32)), ("six", np.array(6.0, np.float32)), ("ws", stem), ("bs", stem_bias)]
     first = _block(1, "sr", nodes, init, clip_low=clip_low)
+    if relu_after_add:
+        nodes.append(helper.make_node("Relu", [first], ["b1_relu"], name="b1_residual_relu"))
+        first = "b1_relu"
     second = _block(2, first, nodes, init)
     nodes += [
         helper.make_node("GlobalAveragePool", [second], ["pooled"], name="pool"),
@@ -226,3 +230,14 @@ def compare_twin(result, feeds: dict[str, np.ndarray]) -> bool:
         actual = run_session(session, feeds)
     tolerance = TWIN_TOLERANCES["int8"]
     return compare_outputs(expected, actual, {"float32": tolerance, "float16": tolerance}).ok
+
+
+def test_a_relu_after_a_residual_add_is_folded_into_its_requantization_like_a_convs():
+    model = mobile_net(relu_after_add=True)
+    result, _ = _quantized(model)
+    relu = next(node for node in result.model.graph if node.name == "b1_residual_relu")
+    assert relu.inputs[0].producer().op_type == "Add"
+    assert [user.op_type for user, _ in relu.outputs[0].uses()] == ["QuantizeLinear"]
+    ops = ort_op_counts(result.model)
+    assert ops["QLinearAdd"] == 2 and ops["QLinearConv"] == 7 and ops["Relu"] == ops["Add"] == 0
+    assert compare_twin(result, _images(6, 7))
