@@ -45,11 +45,15 @@ def channel_rows(batch: Mapping[str, np.ndarray], array: np.ndarray, channel_axi
 
 
 class GramFit:
-    """``argmin |[x 1] θ - y|² + λ |θ - prior|²`` from streamed rows, λ chosen on every fifth row.
+    """``argmin |[x 1] θ - y|² + λ |θ - prior|²`` from streamed rows, λ chosen on held-out batches.
 
-    The bias row (the constant column's) is not pulled toward its prior. The final fit uses
-    all rows. If the held-out rows are fitted better by the prior itself (no repair) than by
-    any λ, the prior is returned: a repair is never worse than none on rows it did not see.
+    Every fifth batch is held out (whole batches: rows of one sentence or one image are
+    alike, and rows held out beside their neighbours do not show a fit that learnt the
+    calibration samples rather than the layer). The bias row (the constant column's) is
+    not pulled toward its prior. The final fit uses all rows. If the held-out rows are
+    fitted better by the prior itself (no repair) than by any λ, the prior is returned: a
+    repair is never worse than none on batches it did not see. With fewer than five
+    batches nothing can be held out, and the fit takes the middle strength.
     """
 
     def __init__(self, features: int, outputs: int) -> None:
@@ -57,17 +61,18 @@ class GramFit:
         self.gram = [np.zeros((size, size)), np.zeros((size, size))]  # fitted rows, held-out rows
         self.cross = [np.zeros((size, outputs)), np.zeros((size, outputs))]
         self.target_energy = 0.0  # |y|² over the held-out rows
-        self.rows = 0
+        self.batches = 0
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """One batch's rows ``x`` and targets ``y``."""
         design = np.concatenate([x.astype(np.float64), np.ones((len(x), 1))], axis=1)
         y = y.astype(np.float64)
-        held_out = (np.arange(self.rows, self.rows + len(x)) % 5) == 4
-        for part, rows in enumerate((~held_out, held_out)):
-            self.gram[part] += design[rows].T @ design[rows]
-            self.cross[part] += design[rows].T @ y[rows]
-        self.target_energy += float((y[held_out] ** 2).sum())
-        self.rows += len(x)
+        part = 1 if self.batches % 5 == 4 else 0
+        self.gram[part] += design.T @ design
+        self.cross[part] += design.T @ y
+        if part:
+            self.target_energy += float((y**2).sum())
+        self.batches += 1
 
     def solve(self, prior: np.ndarray) -> tuple[np.ndarray, bool]:
         """The fitted ``θ`` (``[features + 1, outputs]``, bias last) and whether it is the prior unchanged."""
@@ -76,6 +81,8 @@ class GramFit:
             gram, cross = self.gram[1], self.cross[1]
             return float(np.sum(theta * (gram @ theta)) - 2 * np.sum(theta * cross) + self.target_energy)
 
+        if self.batches < 5:  # nothing held out: fit on what there is, at the middle strength
+            return _solve(self.gram[0], self.cross[0], prior, STRENGTHS[len(STRENGTHS) // 2]), False
         fitted = min(
             ((strength, _solve(self.gram[0], self.cross[0], prior, strength)) for strength in STRENGTHS),
             key=lambda candidate: error(candidate[1]),
