@@ -14,7 +14,9 @@ forward, re-pairing caches whose shapes could not tell them apart.
 
 ``CausalLMSession`` steps one such model the way transformers' ``generate`` does: left-padded
 prompts with an attention mask, position ids ``cumsum(mask) - 1`` (pads at 1), presents fed back
-as the next step's pasts. On CUDA the cache stays on the device between steps (IO binding); only
+as the next step's pasts. A model that reads the mask only as each row's length (ONNX Runtime
+GenAI's GroupQueryAttention ``seqlens_k``) is given the same prompts right-padded, each row's
+next token read at its own last position. On CUDA the cache stays on the device between steps (IO binding); only
 the token ids, mask and positions go up and the logits come down.
 """
 
@@ -81,6 +83,8 @@ class CausalLM:
     logits: str
     vocab: int | None
     cache: tuple[CachePair, ...]
+    # "right" where the model reads the mask only as each row's length (see ``mask_is_lengths``).
+    padding: str = "left"
 
     @property
     def cache_dtype(self) -> np.dtype:
@@ -153,6 +157,7 @@ def recognise_causal_lm(model: ir.Model) -> CausalLM | str:
         mask_dtype=mask.dtype.numpy() if mask is not None else None,
         position_ids=positions.name if positions is not None else None,
         positions_dtype=positions.dtype.numpy() if positions is not None else None,
+        padding="right" if mask is not None and mask_is_lengths(model, mask) else "left",
         logits=logits.name,
         vocab=vocab,
         cache=tuple(cache),
@@ -265,6 +270,34 @@ def _pair_by_shape(pasts: Sequence[ir.Value], presents: Sequence[ir.Value]) -> l
                 left.remove(present)
                 break
     return pairs
+
+
+def mask_is_lengths(model: ir.Model, mask: ir.Value) -> bool:
+    """Whether the attention mask reaches attention only as each row's length: ``seqlens_k`` of a
+    GroupQueryAttention (input 5), and shapes.
+
+    ONNX Runtime GenAI's decoders feed ``ReduceSum(mask) - 1`` there: the op then takes each
+    row's tokens to start at position 0 of the cache, pads after them (right padding). A
+    left-padded row would be read as its pads followed by its first tokens.
+    """
+    seen, frontier, lengths = set(), [mask], False
+    while frontier:
+        value = frontier.pop()
+        for node, index in value.uses():
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.domain == MS_DOMAIN and node.op_type == "GroupQueryAttention":
+                if index != 5:
+                    return False
+                lengths = True
+            elif node.op_type == "Shape" and not node.domain:
+                continue
+            elif node.domain or node.op_type not in ("ReduceSum", "Sub", "Add", "Cast"):
+                return False  # a mask read position by position (an additive bias, a Where)
+            else:
+                frontier.extend(node.outputs)
+    return lengths
 
 
 def cache_head_sizes(model: ir.Model) -> dict[str, int]:
@@ -544,7 +577,15 @@ class CausalLMSession:
             self.output_names = [self.lm.logits, *(pair.present for pair in pairs)]
 
     def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Logits at every position of ``ids`` (one step over the whole sequence, empty cache): teacher forcing."""
+        """Logits at every position of ``ids`` (one step over the whole sequence, empty cache): teacher forcing.
+
+        ``ids`` and ``mask`` are left-padded; a model that wants right padding gets each row's
+        tokens moved to its start, and its logits moved back.
+        """
+        if self.lm.padding == "right":
+            shifts = -_pads(mask)
+            logits, _ = self.forward(_roll_rows(ids, shifts), _roll_rows(mask, shifts), self.empty_cache(len(ids)))
+            return _roll_rows(logits, -shifts)
         logits, _ = self.forward(ids, mask, self.empty_cache(len(ids)))
         return logits
 
@@ -555,9 +596,13 @@ class CausalLMSession:
         seconds, the ``steps`` steps after it. Every generated token is unmasked.
         """
         cache = self.empty_cache(len(ids))
+        last = None
+        if self.lm.padding == "right":  # rows start at position 0; each row's last token is its own
+            shifts = -_pads(mask)
+            ids, mask, last = _roll_rows(ids, shifts), _roll_rows(mask, shifts), mask.sum(axis=1) - 1
         started = time.perf_counter()
         logits, cache = self.forward(ids, mask, cache)
-        token = _last_position(logits).argmax(-1)[:, None]
+        token = _last_position(logits, last).argmax(-1)[:, None]
         first = time.perf_counter() - started
         tokens = [token]
         ones = np.ones((len(ids), 1), dtype=mask.dtype)
@@ -581,9 +626,24 @@ def _begins_with(array: np.ndarray, past: np.ndarray, axis: int) -> bool:
     return bool(np.allclose(carried, past.astype(np.float64), rtol=1e-3, atol=1e-3))
 
 
-def _last_position(logits: np.ndarray) -> np.ndarray:
-    """The last position's logits ([batch, vocabulary]); models that return only the last position give it as is."""
-    return logits[:, -1] if logits.ndim == 3 else logits
+def _last_position(logits: np.ndarray, last: np.ndarray | None = None) -> np.ndarray:
+    """The last position's logits ([batch, vocabulary]), or each row's position ``last`` (right padding);
+    models that return only the last position give it as is."""
+    if logits.ndim != 3:
+        return logits
+    if last is None or logits.shape[1] == 1:
+        return logits[:, -1]
+    return logits[np.arange(len(logits)), last]
+
+
+def _pads(mask: np.ndarray) -> np.ndarray:
+    """Each left-padded row's count of pads."""
+    return mask.shape[1] - mask.astype(bool).sum(axis=1)
+
+
+def _roll_rows(array: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Each row of ``array`` rolled along axis 1 by its own shift (left padding to right and back)."""
+    return np.stack([np.roll(row, int(shift), axis=0) for row, shift in zip(array, shifts, strict=True)])
 
 
 # The longest past built by a prefill (its attention scores grow with the square of it);

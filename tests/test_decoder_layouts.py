@@ -9,8 +9,8 @@ GenAI's decoder is already fused (GroupQueryAttention with rotary inside, packed
 SkipSimplifiedLayerNormalization); it names its caches' head size ``kv_cache_dim``, has no
 ``position_ids``, reads rotary tables of 128 positions and takes several new tokens over a
 past only at batch 1: graphopt must bind its inputs within that, not refuse or roll back.
-Its GroupQueryAttention places each row's tokens from position 0 (right padding), so its
-greedy tokens are checked on the unpadded prompt only.
+Its GroupQueryAttention reads the mask only as each row's length (tokens from position 0 of
+the cache, pads after them): the generation loop right-pads its prompts.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ LAYOUTS = {
     "llama_kv_legacy": ("llama", ("batch1", "batch2")),
     "llama_kv_dynamo": ("llama", ("batch1", "batch2")),
     "llama_kv_optimum": ("llama", ("batch1", "batch2")),
-    "llama_kv_genai": ("llama", ("batch1",)),
+    "llama_kv_genai": ("llama", ("batch1", "batch2")),
     "gpt2_kv_legacy": ("gpt2", ("batch1", "batch2")),
     "gpt2_kv_dynamo": ("gpt2", ("batch1", "batch2")),
     "gpt2_kv_optimum": ("gpt2", ("batch1", "batch2")),
@@ -110,9 +110,22 @@ def test_genai_caches_head_size_is_read_off_its_attention():
     assert bind_dims(model, {"sequence_length": 3, "past_sequence_length": 5})["total_sequence_length"] == 8
 
 
+def test_genai_decoder_is_fed_right_padded_prompts():
+    lm = recognise_causal_lm(ir.load(FIXTURES / "llama_kv_genai.onnx"))
+    session = CausalLMSession(str(FIXTURES / "llama_kv_genai.onnx"), lm, threads=1)
+    assert lm.padding == "right"
+    run = REFERENCE["llama"]["batch2"]
+    ids, mask = np.array(run["input_ids"]), np.array(run["attention_mask"])
+    # Row 1 (left-padded by 2) gets the logits it gets alone, at its real positions.
+    alone = session.logits(ids[1:, 2:], mask[1:, 2:])
+    np.testing.assert_allclose(session.logits(ids, mask)[1, 2:], alone[0], rtol=1e-5, atol=1e-5)
+
+
 def test_exporters_caches_have_no_such_dims():
-    # The near miss: a decoder whose attention is not yet fused has no dim fixed by it.
+    # The near miss: a decoder whose attention is not yet fused has no dim fixed by it, and reads
+    # its mask position by position (left padding).
     model = ir.load(FIXTURES / "llama_kv_legacy.onnx")
+    assert recognise_causal_lm(model).padding == "left"
     assert cache_head_sizes(model) == {}
     assert longest_cache(model) is None
     assert not chunks_only_at_batch_one(model)
