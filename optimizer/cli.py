@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optimizer import exit_codes
-from optimizer.errors import GraphoptError, InputSpecError, Interrupted, OptionError
+from optimizer.errors import GraphoptError, InputSpecError, Interrupted, OptionError, OutputPathError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -601,6 +601,7 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
         _compare_settings(args)  # bad comparison flags must not cost the optimization first
     # Every output path is checked before any work: a report into a missing folder, or over a file
     # graphopt reads, must not cost the run (nor leave the model written and the report not).
+    _refuse_stdout(writes)
     check_paths(
         writes,
         [("the --inputs file", args.inputs), ("the --calibration file", args.calibration)],
@@ -745,6 +746,7 @@ def _compare(
     from optimizer.model_io import check_paths
     from optimizer.progress import reporting_to, task
 
+    _refuse_stdout({_spelled(args, "json", "--json"): args.json, "--html": args.html})
     check_paths(
         {_spelled(args, "json", "--json"): args.json, "--html": args.html},
         [("the --inputs file", args.inputs)],
@@ -830,11 +832,20 @@ def _make_inputs(console: Console, args: argparse.Namespace) -> int:
     from optimizer.inputs import parse_dim_flags, write_input_skeleton
     from optimizer.model_io import check_paths
 
+    _refuse_stdout({"-o": args.output})
     check_paths({"-o": args.output}, models=[("the model", args.model)])
     summary = write_input_skeleton(args.model, args.output, parse_dim_flags(args.dim))
     if not args.quiet:
         console.print(summary, highlight=False, soft_wrap=True, markup=False)
     return exit_codes.OK
+
+
+def _refuse_stdout(writes: dict[str, str | None]) -> None:
+    """``-`` means stdout to most tools (``--json - | jq``); graphopt writes each output to a file, atomically,
+    so ``-`` is refused in one line rather than written as a file named ``-``."""
+    for flag, path in writes.items():
+        if path == "-":
+            raise OutputPathError(f"{flag} -: graphopt writes this to a file, not to stdout; give a file name")
 
 
 def _split(text: str, flag: str) -> list[str]:
