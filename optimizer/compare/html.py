@@ -40,6 +40,9 @@ from optimizer.report import STATUS_APPLIED, STATUS_FAILED, STATUS_ROLLED_BACK, 
 _ROUNDING_ABS = 1e-4
 # Below this cosine the verdict's accuracy figure is marked as a concern.
 _CONCERN_COSINE = 0.999
+# "Identical to 1e-N" needs the cosine this close to 1 too: an absolute bound says nothing about outputs
+# that are small themselves (probabilities over a large vocabulary), where 1e-5 can be all of the value.
+_IDENTICAL_COSINE = 0.99999
 # The histograms and the run strip show runs up to Q3 + this many interquartile ranges; slower ones are
 # counted, not drawn (Tukey's "far out").
 _FENCE_IQR = 3.0
@@ -206,12 +209,22 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
         return _Segment(f"next-token top-1 agreement {llm.top1_agreement:.3f}", css, "accuracy", warned)
     if not provider.accuracy:
         return None
+    # An infinite error (NaN/Inf where the other model has a number, or non-numeric values that differ) must
+    # lead the verdict: max() and min() skip a NaN unless it comes first, and a cosine over finite values hides it.
+    broken = [
+        item.name
+        for item in provider.accuracy
+        if not math.isfinite(item.max_abs_error) or (item.cosine is not None and math.isnan(item.cosine))
+    ]
+    if broken:
+        names = ", ".join(f"'{name}'" for name in broken)
+        return _Segment(f"{names} differ: NaN/Inf or non-numeric values", "bad", "accuracy", warned)
     worst_abs = max(item.max_abs_error for item in provider.accuracy)
     cosines = [item.cosine for item in provider.accuracy if item.cosine is not None]
     top1 = [item.top1_agreement for item in provider.accuracy if item.top1_agreement is not None]
     if all(item.exact for item in provider.accuracy) or worst_abs == 0:
         return _Segment("outputs bit-identical", "good", "accuracy", warned)
-    if math.isfinite(worst_abs) and worst_abs <= _ROUNDING_ABS:
+    if worst_abs <= _ROUNDING_ABS and min(cosines, default=1.0) >= _IDENTICAL_COSINE and min(top1, default=1.0) == 1:
         bound = 10.0 ** math.ceil(math.log10(worst_abs))
         return _Segment(f"outputs identical to {bound:.0e}".replace("e-0", "e-"), "good", "accuracy", warned)
     if cosines:
