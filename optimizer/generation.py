@@ -35,6 +35,7 @@ import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN
 from optimizer.errors import InvalidModelError, RuntimeRefusedError
+from optimizer.inputs import cache_head_sizes
 from optimizer.runtime import calling_onnxruntime, open_session, run_model, session_options
 
 _IDS_NAME = re.compile(r"input_ids|^ids$|tokens", re.IGNORECASE)
@@ -44,9 +45,6 @@ _LOGITS_NAME = re.compile(r"logit", re.IGNORECASE)
 _CACHE_WORDS = frozenset({"past", "present", "cache", "kv"})
 _KINDS = {"key": "key", "k": "key", "value": "value", "v": "value"}
 _PAD_ID = 0
-# com.microsoft attention ops that read a cache: the input indices of their past key and value.
-_CACHE_READERS = {"GroupQueryAttention": (3, 4), "MultiHeadAttention": (6, 7)}
-_QUERY_SEQLENS = 16  # GroupQueryAttention's input of new tokens per row
 
 
 @dataclass(frozen=True)
@@ -298,78 +296,6 @@ def mask_is_lengths(model: ir.Model, mask: ir.Value) -> bool:
             else:
                 frontier.extend(node.outputs)
     return lengths
-
-
-def cache_head_sizes(model: ir.Model) -> dict[str, int]:
-    """Sizes of the symbolic last dims of cache inputs that the attention reading them fixes: ``{dim: size}``.
-
-    ONNX Runtime GenAI declares its caches ``[batch_size, kv_heads, past_sequence_length,
-    kv_cache_dim]`` (one export for plain and quantized caches), yet the GroupQueryAttention
-    reading them takes only its head size there. That size is read off the op: its query's last
-    dim over the query heads (``num_heads``), or over ``num_heads + 2 * kv_num_heads`` when Q, K
-    and V are packed in the query. A dim read as two sizes, or from an op whose query width is
-    not static, is left out.
-    """
-    sizes: dict[str, set[int]] = {}
-    for value in model.graph.inputs:
-        if value.shape is None or len(value.shape) != 4 or isinstance(value.shape[-1], int):
-            continue
-        name = _dim_text(value.shape[-1])
-        for node, index in value.uses():
-            head = _head_size_read_by(node, index)
-            if name and head is not None:
-                sizes.setdefault(name, set()).add(head)
-    return {name: found.pop() for name, found in sizes.items() if len(found) == 1}
-
-
-def longest_cache(model: ir.Model) -> int | None:
-    """The most positions (past and new together) the model accepts, where a table it reads says so; else None.
-
-    A GroupQueryAttention that applies rotary itself (``do_rotary=1``, as ONNX Runtime GenAI's
-    decoders do) reads its cos/sin caches at every position up to the total length and refuses a
-    longer one: their rows are the limit.
-    """
-    limits = []
-    for node in model.graph.all_nodes():
-        if node.domain != MS_DOMAIN or node.op_type != "GroupQueryAttention":
-            continue
-        if not node.attributes.get_int("do_rotary", 0) or len(node.inputs) < 9:
-            continue
-        for table in node.inputs[7:9]:
-            if table is not None and table.shape is not None and isinstance(table.shape[0], int):
-                limits.append(table.shape[0])
-    return min(limits) if limits else None
-
-
-def chunks_only_at_batch_one(model: ir.Model) -> bool:
-    """Whether the model runs several new tokens over a past only one row at a time.
-
-    ONNX Runtime's GroupQueryAttention without ``query_seqlens`` (input 16; ONNX Runtime GenAI's
-    decoders do not feed it) refuses a batch of more than one row when several new tokens
-    follow a past: a served batch decodes one token a row.
-    """
-    return any(
-        node.domain == MS_DOMAIN
-        and node.op_type == "GroupQueryAttention"
-        and (len(node.inputs) <= _QUERY_SEQLENS or node.inputs[_QUERY_SEQLENS] is None)
-        for node in model.graph.all_nodes()
-    )
-
-
-def _head_size_read_by(node: ir.Node, index: int) -> int | None:
-    """The head size a com.microsoft attention node takes at its past input ``index``, or None."""
-    if node.domain != MS_DOMAIN or index not in _CACHE_READERS.get(node.op_type, ()):
-        return None
-    query = node.inputs[0]
-    if query is None or query.shape is None or len(query.shape) != 3 or not isinstance(query.shape[-1], int):
-        return None
-    heads = node.attributes.get_int("num_heads", 0)
-    packed = len(node.inputs) < 2 or node.inputs[1] is None
-    if packed and node.op_type == "GroupQueryAttention":
-        heads += 2 * node.attributes.get_int("kv_num_heads", 0)
-    elif packed:
-        return None  # MultiHeadAttention packs Q, K and V in a 5-D query, not this one
-    return query.shape[-1] // heads if heads and query.shape[-1] % heads == 0 else None
 
 
 def _cache_pair(

@@ -23,15 +23,15 @@ import onnx_ir as ir
 import pytest
 
 import optimizer
-from optimizer.generation import (
-    CausalLMSession,
+from optimizer.generation import CausalLMSession, recognise_causal_lm, with_model_cache
+from optimizer.inputs import (
+    alternate_binding,
+    bind_dims,
     cache_head_sizes,
     chunks_only_at_batch_one,
     longest_cache,
-    recognise_causal_lm,
-    with_model_cache,
+    make_inputs,
 )
-from optimizer.inputs import alternate_binding, bind_dims, make_inputs
 from optimizer.report import STATUS_APPLIED, STATUS_UNCHANGED
 from tests.helpers import FIXTURES
 
@@ -158,9 +158,17 @@ def test_default_pipeline_verifies_every_layout_without_dropping_inputs(optimize
         assert ops["GroupQueryAttention"] == LAYERS and ops["RotaryEmbedding"] == 2 * LAYERS
     if fixture == "gpt2_kv_optimum":  # its key is read scaled by sqrt(1/sqrt(d)) between transposes
         assert ops["GroupQueryAttention"] == LAYERS and ops["MultiHeadAttention"] == 0
-    if fixture == "llama_kv_genai":  # already fused: kept as GenAI built it
+    records = {record.name: record for record in report.passes}
+    if fixture == "llama_kv_genai":  # already fused: kept as GenAI built it, and the report says so
         assert ops["GroupQueryAttention"] == LAYERS and ops["SkipSimplifiedLayerNormalization"] == 2 * LAYERS
         assert report.nodes_after <= report.nodes_before
+        for name in ("fuse-attention", "fuse-group-query-attention"):
+            assert records[name].notes == [
+                "nothing left to fuse: the graph already holds 2 GroupQueryAttention (fused before this run)"
+            ]
+        assert "4 SkipSimplifiedLayerNormalization" in records["fuse-rms-norm"].notes[0]
+    else:  # fused in this run: no such note
+        assert not [n for n in records["fuse-attention"].notes if n.startswith("nothing left to fuse")]
 
 
 def test_optimized_layout_generates_pytorchs_tokens(optimized):

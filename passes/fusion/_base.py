@@ -23,10 +23,14 @@ class FusionPass(GraphoptPass, ir.passes.InPlacePass):
     implement ``fuse(model) -> int`` (the number of rewrites), recording each candidate
     with ``done(kind)`` or ``refuse(kind, reason)``. The pass refuses, unchanged, when
     the target EP lacks a kernel for one of ``fused_ops``. ``fused_count`` holds the
-    number of rewrites of the last run.
+    number of rewrites of the last run. A run that fuses nothing in a graph already holding
+    ``fused_ops`` or ``already_fused_ops`` (an ONNX Runtime GenAI decoder, graphopt's own
+    output) says so in a note, with the count of each.
     """
 
     fused_ops: tuple[tuple[str, str], ...] = ()
+    # Other ops that already compute what this pass fuses (GroupQueryAttention for attention).
+    already_fused_ops: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, target: str = "cpu") -> None:
         super().__init__()
@@ -48,7 +52,16 @@ class FusionPass(GraphoptPass, ir.passes.InPlacePass):
             if any(domain == MS_DOMAIN for domain, _ in self.fused_ops):
                 model.opset_imports.setdefault(MS_DOMAIN, 1)
             remove_dead_nodes(model)
+        else:
+            self._note_already_fused(model)
         return self.result(model, modified=self.fused_count > 0)
+
+    def _note_already_fused(self, model: ir.Model) -> None:
+        wanted = {(domain or "", op) for domain, op in (*self.fused_ops, *self.already_fused_ops)}
+        found = Counter(node.op_type for node in model.graph.all_nodes() if (node.domain or "", node.op_type) in wanted)
+        if found:
+            held = ", ".join(f"{count} {op}" for op, count in sorted(found.items()))
+            self.note(f"nothing left to fuse: the graph already holds {held} (fused before this run)")
 
 
 class RuleFusionPass(FusionPass):

@@ -569,6 +569,7 @@ class AttentionFusion(FusionPass):
     """
 
     fused_ops = ((MS_DOMAIN, "MultiHeadAttention"),)
+    already_fused_ops = ((MS_DOMAIN, "GroupQueryAttention"), (MS_DOMAIN, "Attention"))
 
     def fuse(self, model: ir.Model) -> int:
         count = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from onnxscript.rewriter import pattern
 
+from optimizer.domains import MS_DOMAIN
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import NORMALIZATION_INVERSES as _INVERSES
 from passes.fusion._checks import divide_by, is_float, last_axis_only, scalar, vector_for_last_dim
@@ -52,6 +53,7 @@ class RmsNormFusion(RuleFusionPass):
     """
 
     fused_ops = (("", "SimplifiedLayerNormalization"),)
+    already_fused_ops = ((MS_DOMAIN, "SkipSimplifiedLayerNormalization"),)
 
     def rule_set(self) -> pattern.RewriteRuleSet:
         rules = [
