@@ -23,6 +23,7 @@ import onnx_ir as ir
 import pytest
 
 import optimizer
+from optimizer.compare.comparison import CompareSettings, compare
 from optimizer.generation import CausalLMSession, recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
     alternate_binding,
@@ -176,7 +177,18 @@ def test_optimized_layout_generates_pytorchs_tokens(optimized):
     assert greedy_tokens(output, fixture) == expected_tokens(fixture)
 
 
-@pytest.mark.parametrize("fixture", ["llama_kv_optimum", "llama_kv_genai"])
+def test_compare_generate_times_and_scores_the_optimized_layout(optimized):
+    fixture, output, _ = optimized
+    quick = dict(threads=1, iterations=3, warmup=1, time_budget=2.0, prompt_length=6, new_tokens=3)
+    report = compare(
+        str(FIXTURES / f"{fixture}.onnx"), str(output), settings=CompareSettings(batches=(1, 2), generate=True, **quick)
+    )
+    (cpu,) = report.providers
+    assert [g.batch for g in cpu.generation] == [1, 2]
+    assert cpu.llm_accuracy.top1_agreement > 0.99 and cpu.llm_accuracy.exact_match == 1.0
+
+
+@pytest.mark.parametrize("fixture", NEW_LAYOUTS)
 def test_int4_quantizes_the_layouts_projections(fixture, tmp_path):
     output = tmp_path / "int4.onnx"
     _, report = optimizer.optimize_with_report(str(FIXTURES / f"{fixture}.onnx"), output=output, quantize="int4")
