@@ -4,6 +4,13 @@ A *layer* is one node whose weight is an initializer or Constant: MatMul and Gem
 (weight ``[K, N]`` after undoing ``transB``), Conv, and com.microsoft Attention with
 packed QKV weights. Each is named (unnamed nodes get a stable name) so ``--exclude``
 patterns, sensitivity reports and the float-kept list can refer to it.
+
+A MatMul or Gemm weight may also be ``Transpose(constant)`` (perm ``[1, 0]``): that is
+how the dynamo exporter spells an LM head tied to the embedding table, and how
+``deduplicate-initializers`` stores a transposed copy. The layer reads the constant
+transposed; ``Layer.source`` is the constant and ``Layer.tied`` the other nodes that
+read it (the embedding ``Gather``), so a pass that would write its own copy of the
+weight can refuse (``tied_weight_reason``) instead of storing the table twice.
 """
 
 from __future__ import annotations
@@ -31,6 +38,15 @@ class Layer:
     kind: str
     weight: np.ndarray
     bias: np.ndarray | None
+    # The constant that holds the weight (the node's input, or the input of the Transpose it
+    # reads), and the nodes other than layers that read that constant too (a tied lookup).
+    source: ir.Value | None = None
+    tied: tuple[ir.Node, ...] = ()
+
+    @property
+    def transposed(self) -> bool:
+        """True if the layer reads its weight through ``Transpose(source)``."""
+        return self.source is not None and self.source is not self.node.inputs[1]
 
     @property
     def name(self) -> str:
@@ -72,7 +88,24 @@ def find_layers(graph: ir.Graph, kinds: Iterable[str]) -> tuple[list[Layer], dic
             refused[node] = found
         else:
             layers.append(found)
+    _find_tied_readers(layers)
     return layers, refused
+
+
+def tied_weight_reason(layer: Layer) -> str | None:
+    """Why rewriting ``layer``'s weight into a new tensor would store it twice, or None.
+
+    A layer whose weight constant is also read by other nodes (an LM head tied to the
+    embedding ``Gather``) keeps that constant alive: a quantized or factorized copy of
+    the weight would sit beside it.
+    """
+    if not layer.tied:
+        return None
+    readers = sorted({node.op_type for node in layer.tied})
+    return (
+        f"its weight is also read by {', '.join(readers)} (a tied table): "
+        "a rewritten copy would be stored beside it, so it stays float and stored once"
+    )
 
 
 def excluded(layer: Layer, patterns: Iterable[str]) -> bool:
@@ -121,11 +154,54 @@ def _float32(value: ir.Value | None) -> bool:
     return value is not None and value.dtype in (ir.DataType.FLOAT, None)
 
 
+def _find_tied_readers(layers: list[Layer]) -> None:
+    """Fill ``Layer.tied``: who else reads each layer's weight constant (not as a layer's weight)."""
+    weight_reads = {(id(layer.node), 1) for layer in layers}
+    for layer in layers:
+        if layer.source is None:
+            continue
+        tied = []
+        for user, index in layer.source.uses():
+            if (id(user), index) in weight_reads:
+                continue
+            transpose_to_layers = _is_matrix_transpose(user) and all(
+                (id(reader), i) in weight_reads for reader, i in user.outputs[0].uses()
+            )
+            if not transpose_to_layers or user.outputs[0].is_graph_output():
+                tied.append(user)
+        if layer.source.is_graph_output():
+            tied.append(layer.node)  # read from outside the graph: never rewritten silently
+        layer.tied = tuple(tied)
+
+
+def _is_matrix_transpose(node: ir.Node) -> bool:
+    if node.op_type != "Transpose" or not is_onnx_domain(node) or len(node.inputs) != 1:
+        return False
+    perm = node.attributes.get_ints("perm", None)
+    return perm is None or list(perm) == [1, 0]
+
+
+def _weight(node: ir.Node, kind: str) -> tuple[np.ndarray | None, ir.Value | None]:
+    """The layer's weight and the constant holding it: the input itself, or a transposed constant."""
+    value = node.inputs[1]
+    weight = constant_array(value)
+    if weight is not None:
+        return weight, value
+    producer = value.producer() if value is not None else None
+    if kind in ("matmul", "gemm") and producer is not None and _is_matrix_transpose(producer):
+        source = producer.inputs[0]
+        transposed = constant_array(source)
+        if transposed is not None and transposed.ndim == 2:
+            # The exporters' tied LM head: MatMul(x, Transpose(table)).
+            return np.ascontiguousarray(transposed.T), source
+    return None, None
+
+
 def _layer(node: ir.Node, kind: str) -> Layer | str:
     inputs = list(node.inputs)
     if len(inputs) < 2 or not _float32(inputs[0]):
         return "input is not float32"
-    weight = constant_array(inputs[1])
+    weight, source = _weight(node, kind)
     if weight is None:
         return "weight is not a constant"
     if weight.dtype != np.float32:
@@ -134,16 +210,20 @@ def _layer(node: ir.Node, kind: str) -> Layer | str:
     if kind == "matmul":
         if weight.ndim != 2:
             return f"weight has rank {weight.ndim}, not 2"
-        return Layer(node, kind, weight, None)
+        return Layer(node, kind, weight, None, source)
     if kind == "gemm":
-        return _gemm(node, weight, bias, inputs)
-    if kind == "conv":
+        found = _gemm(node, weight, bias, inputs)
+    elif kind == "conv":
         if weight.ndim < 3:
             return "weight rank below 3"
         if len(inputs) > 2 and inputs[2] is not None and bias is None:
             return "bias is not a constant"
-        return Layer(node, kind, weight, bias)
-    return _attention(node, weight, bias, inputs)
+        found = Layer(node, kind, weight, bias)
+    else:
+        found = _attention(node, weight, bias, inputs)
+    if isinstance(found, Layer):
+        found.source = source
+    return found
 
 
 def _gemm(node: ir.Node, weight: np.ndarray, bias: np.ndarray | None, inputs: list) -> Layer | str:

@@ -4,7 +4,8 @@ weight read by several layers, is quantized or pruned once and stored once in th
 Exporters spell GPT-2's and Llama's tie two ways (see tests/fixtures/gpt2_kv_*.onnx): the
 dynamo exporter keeps one initializer read by the ``Gather`` and by ``Transpose`` → the
 head's ``MatMul``; the legacy exporter writes the head's weight as a *separate*
-initializer holding the table's transpose, so its file already holds the table twice.
+initializer holding the table's transpose, so its file already holds the table twice
+(``share-transposed-initializers`` rewrites it into the dynamo spelling).
 The models here are built in the test (GPT-2-style: LayerNorm, Gelu MLP with biases;
 Llama-style: RMSNorm, SwiGLU MLP, no biases), each in both spellings, with a table of
 65,536 values (the smallest the int4 pass quantizes), and the saved files are counted:
@@ -41,16 +42,6 @@ MODES = {
 }
 PASS_OF_MODE = {"dynamic": "quantize-dynamic", "static": "quantize-static", "int4": "quantize-int4"}
 PASS_OF_MODE["prune-ffn"] = "prune-ffn"
-
-LEGACY_COPY = (
-    "the legacy exporter writes a tied head's weight as a separate transposed initializer, and no pass "
-    "merges it (deduplicate-initializers compares same-shape tensors only): the table stays stored twice"
-)
-INT8_HEAD_COPY = (
-    "int8 quantizes a tied head's weight into its own int8 tensor while the lookup keeps the float table "
-    "(quantize-embeddings refuses a table an LM head reads): float table + int8 copy"
-)
-
 
 # -- models ------------------------------------------------------------------------------
 
@@ -226,18 +217,7 @@ def test_no_pass_adds_a_copy_of_a_tied_table_and_outputs_verify(optimized, style
         assert cosine(actual, expected) > 0.9
 
 
-def _stored_once_marks(spelling: str, mode: str) -> list[pytest.MarkDecorator]:
-    if spelling == "legacy" and mode in ("float", "prune-ffn"):
-        return [pytest.mark.xfail(strict=True, reason=LEGACY_COPY)]
-    if spelling == "legacy" and mode in ("dynamic", "static"):
-        return [pytest.mark.xfail(strict=True, reason=INT8_HEAD_COPY)]
-    return []
-
-
-@pytest.mark.parametrize(
-    ("style", "spelling", "mode"),
-    [pytest.param(*key, marks=_stored_once_marks(key[1], key[2])) for key in GRID],
-)
+@pytest.mark.parametrize(("style", "spelling", "mode"), GRID)
 def test_a_tied_table_is_stored_once(optimized, style, spelling, mode):
     _, output, report = optimized(style, spelling, mode)
     copies = table_copies(stored_tensors(output), VOCAB, HIDDEN)
@@ -250,14 +230,38 @@ def test_a_tied_table_is_stored_once(optimized, style, spelling, mode):
 
 
 @pytest.mark.parametrize("style", STYLES)
-@pytest.mark.xfail(
-    strict=True,
-    reason="a head that reads Transpose(table) is refused by the quantizers ('weight is not a constant'), "
-    "so the dynamo spelling of a tie keeps its LM head float",
-)
+def test_the_legacy_copy_becomes_a_transpose_of_the_table(optimized, style):
+    model, output, report = optimized(style, "legacy", "float")
+    record = next(r for r in report.passes if r.name == "share-transposed-initializers")
+    assert record.status == STATUS_APPLIED, (record.status, record.detail)
+    graph = ir.load(output).graph
+    head = next(node for node in graph if node.outputs[0].name == "logits")
+    transpose = head.inputs[1].producer()
+    assert transpose.op_type == "Transpose" and transpose.inputs[0].name == "embed.weight"
+    assert "lm_head.weight" not in graph.initializers
+
+
+@pytest.mark.parametrize("style", STYLES)
 def test_the_dynamo_spelling_of_a_tied_head_is_quantized(optimized, style):
-    _, output, _ = optimized(style, "dynamo", "int4")
-    assert "MatMul" not in {node.op_type for node in ir.load(output).graph}
+    # The head reads Transpose(table): int4 packs it once and the lookup reads the packed weight.
+    _, output, report = optimized(style, "dynamo", "int4")
+    ops = {node.op_type for node in ir.load(output).graph}
+    assert "MatMul" not in ops and {"MatMulNBits", "GatherBlockQuantized"} <= ops
+    record = next(r for r in report.passes if r.name == "quantize-int4")
+    assert any("sharing its tied LM head's packed weight" in note for note in record.notes), record.notes
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_keeps_a_tied_head_float_with_a_counted_note(optimized, style, spelling, mode):
+    """int8 would store the head's weight beside the float table the lookup reads: the head stays float."""
+    _, output, report = optimized(style, spelling, mode)
+    graph = ir.load(output).graph
+    head = next(node for node in graph if node.outputs[0].name == "logits")
+    assert head.op_type == "MatMul" and head.inputs[1].producer().op_type == "Transpose"
+    record = next(r for r in report.passes if r.name == PASS_OF_MODE[mode])
+    assert any("(a tied table)" in reason for reason in record.refusals), record.refusals
 
 
 # -- a weight read by several layers -----------------------------------------------------

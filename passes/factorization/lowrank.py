@@ -53,7 +53,7 @@ from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.inputs import split_samples
 from optimizer.protocol import Twin
 from optimizer.runtime import run_batches
-from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes
+from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
 from passes._least_squares import fit_toward_prior
 from passes._pass import GraphoptPass
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
@@ -217,6 +217,9 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         k, n = first.weight.shape
         if any(excluded(layer, self.exclude) for layer in readers):
             return "matched by an exclude pattern"
+        if any(layer.transposed for layer in readers):
+            # Transpose(table): a tied LM head; its factors would sit beside the table.
+            return tied_weight_reason(first) or "its weight is read through a Transpose"
         layer_uses = {(id(layer.node), 1) for layer in readers}
         other = [user for user, index in weight_value.uses() if (id(user), index) not in layer_uses]
         if other or weight_value.is_graph_output():

@@ -43,7 +43,7 @@ from optimizer.inputs import split_samples
 from optimizer.progress import task, track
 from optimizer.protocol import Twin
 from optimizer.runtime import run_batches, stream_values
-from passes._layers import Layer, excluded, feeds_graph_output, find_layers, name_nodes
+from passes._layers import Layer, excluded, feeds_graph_output, find_layers, name_nodes, tied_weight_reason
 from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
 from passes.quantization import smoothing
@@ -175,6 +175,11 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         """How ``layer`` is written: the pass's default unless the budget chose an alternative."""
         return self.schemes.get(layer.name, self.default_scheme)
 
+    def tied_weight_refusal(self, layer: Layer) -> str | None:
+        """Why ``layer`` stays float because its weight is tied (``passes._layers.tied_weight_reason``),
+        or None. A pass that can share the quantized weight with the other readers overrides this."""
+        return tied_weight_reason(layer)
+
     def alternatives(self, layer: Layer) -> tuple[str, ...]:
         """Schemes besides the default and float that this pass can write for ``layer`` (keys of
         ``SCHEME_LABELS``), for the budget to try before it gives the layer up. None here."""
@@ -201,6 +206,9 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             elif not self.quantize_outputs and feeds_graph_output(layer):
                 self.kept_float.append(layer.name)
                 self.refuse(layer.node.op_type, "its result is a model output (--quantize-outputs quantizes it)")
+            elif (tied := self.tied_weight_refusal(layer)) is not None:
+                self.kept_float.append(layer.name)
+                self.refuse(layer.node.op_type, tied)
             else:
                 chosen.append(layer)
         if not chosen:

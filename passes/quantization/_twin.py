@@ -137,9 +137,12 @@ class Int8Twin:
 
     def set_weight(self, layer: Layer, weight: np.ndarray) -> None:
         """Give the layer ``weight`` (in ``Layer.weight``'s layout: ``[K, N]`` for MatMul, Gemm and Attention)."""
+        weight = np.asarray(weight, dtype=np.float32).reshape(layer.weight.shape)
         if layer.kind == "gemm" and layer.node.attributes.get_int("transB", 0):
             weight = weight.T
-        self.set_input(layer.node, 1, weight)
+        # Written as a new initializer: the layer may read its weight through Transpose(table).
+        written = add_initializer(self.model.graph, f"{layer.node.name}.twin_1", np.ascontiguousarray(weight))
+        layer.node.replace_input_with(1, written)
 
     def set_input(self, node: ir.Node, index: int, array: np.ndarray) -> None:
         """Replace a constant input of ``node`` by ``array`` (float32, shaped like the constant it replaces)."""

@@ -166,6 +166,11 @@ class Int4QuantizationPass(QuantizationPass):
     def alternatives(self, layer: Layer) -> tuple[str, ...]:
         return ("int8",)
 
+    def tied_weight_refusal(self, layer: Layer) -> str | None:
+        if layer.name in self._planned.values():
+            return None  # its table reads the head's packed weight (GatherBlockQuantized)
+        return super().tied_weight_refusal(layer)
+
     def speed_form(self, scheme: str) -> str:
         if scheme == "int8":
             return "DynamicQuantizeMatMul"
@@ -260,7 +265,8 @@ class Int4QuantizationPass(QuantizationPass):
                 reason = f"its width {array.shape[1]} is not a multiple of the block size {self.block_size}"
             elif any(
                 (user.op_type != "Gather" or index != 0 or user.attributes.get_int("axis", 0))
-                and not (tied is not None and user is tied.node)
+                # The dynamo exporter's tie: the head reads Transpose(table).
+                and not (tied is not None and user in (tied.node, tied.node.inputs[1].producer()))
                 for user, index in table.uses()
             ):
                 reason = "read by more than row lookups (a fused op, a head not quantized here)"

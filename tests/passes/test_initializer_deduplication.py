@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.inputs import make_inputs
-from passes.initializer_deduplication import DeduplicateInitializersPass
+from passes.initializer_deduplication import DeduplicateInitializersPass, ShareTransposedInitializersPass
 from tests.helpers import assert_same_outputs, op_types
 
 
@@ -82,3 +82,63 @@ def test_exported_models_keep_their_outputs(exported_model):
     after = DeduplicateInitializersPass()(model.clone()).model
     assert op_types(after) == op_types(model)
     assert_same_outputs(model, after, make_inputs(model, {"sequence": 16}))
+
+
+# -- share-transposed-initializers ------------------------------------------------------------
+
+
+def _tied_lookup(head: np.ndarray, head_reader: str = "MatMul") -> ir.Model:
+    """y = Gather(table, ids) @ head, where ``head`` is read by ``head_reader`` ("MatMul" or "Add")."""
+    table = np.random.default_rng(2).standard_normal((64, 32)).astype(np.float32)
+    second = ["x", "head"] if head_reader == "MatMul" else ["head", "head"]
+    nodes = [
+        onnx.helper.make_node("Gather", ["table", "ids"], ["rows"]),
+        onnx.helper.make_node(head_reader, second, ["scores"]),
+        onnx.helper.make_node("Identity", ["rows"], ["embedded"]),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "g",
+        [
+            onnx.helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["N"]),
+            onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 32]),
+        ],
+        [
+            onnx.helper.make_tensor_value_info("embedded", onnx.TensorProto.FLOAT, ["N", 32]),
+            onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, None),
+        ],
+        [onnx.numpy_helper.from_array(table, "table"), onnx.numpy_helper.from_array(head(table), "head")],
+    )
+    return ir.from_proto(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
+
+
+def _lookup_inputs() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {"ids": rng.integers(0, 64, 5), "x": rng.standard_normal((5, 32)).astype(np.float32)}
+
+
+def test_a_transposed_copy_read_as_a_weight_becomes_a_transpose_of_the_table():
+    model = _tied_lookup(lambda table: np.ascontiguousarray(table.T))
+    after = ShareTransposedInitializersPass()(model.clone()).model
+    assert sorted(after.graph.initializers) == ["table"]
+    matmul = next(node for node in after.graph if node.op_type == "MatMul")
+    transpose = matmul.inputs[1].producer()
+    assert transpose.op_type == "Transpose" and transpose.inputs[0].name == "table"
+    assert_same_outputs(model, after, _lookup_inputs(), rtol=0, atol=0)
+
+
+def test_a_copy_off_by_one_value_is_kept():
+    def almost(table: np.ndarray) -> np.ndarray:
+        head = np.ascontiguousarray(table.T)
+        head[3, 5] = np.nextafter(head[3, 5], np.float32(np.inf))
+        return head
+
+    result = ShareTransposedInitializersPass()(_tied_lookup(almost))
+    assert not result.modified
+    assert sorted(result.model.graph.initializers) == ["head", "table"]
+
+
+def test_a_transposed_copy_read_by_other_ops_is_kept():
+    # An Add reads it: no reader would see through a Transpose, so both stay.
+    result = ShareTransposedInitializersPass()(_tied_lookup(lambda table: np.ascontiguousarray(table.T), "Add"))
+    assert not result.modified
