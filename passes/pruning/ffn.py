@@ -39,7 +39,9 @@ def ffn_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
         if weight is None or weight.ndim != 2 or node.inputs[0].producer() is None:
             continue
         found = _group(node, weight)
-        if isinstance(found, ChannelGroup):
+        if isinstance(found, ChannelGroup) and (shared := _shared_weight(found)):
+            refused[node.name or node.op_type] = shared
+        elif isinstance(found, ChannelGroup):
             groups.append(found)
         elif found:
             refused[node.name or node.op_type] = found
@@ -97,6 +99,25 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
     return group
 
 
+def _shared_weight(group: ChannelGroup) -> str | None:
+    """Why the group's cut constants are read outside its cuts (a weight shared by several layers), or None.
+
+    Cutting one reader's copy would store a pruned copy beside the full one, and each
+    group sharing it would keep its own: more parameters, not fewer (ALBERT-style sharing).
+    """
+    cuts = [group.consumer_cut, *group.producers, *group.vectors]
+    slots = {(id(cut.node), cut.slot) for cut in cuts}
+    for cut in cuts:
+        value = cut.node.inputs[cut.slot]
+        readers = {id(user) for user, index in value.uses() if (id(user), index) not in slots}
+        if readers:
+            return (
+                f"its weight {value.name} is also read by {len(readers)} other node(s) (shared by several layers): "
+                "pruning would store a pruned copy beside it"
+            )
+    return None
+
+
 def _last_axis(shape: tuple[int, ...], channels: int) -> int | None:
     """-1 for a constant of one value per channel on the last axis (``[N]``, ``[1, 1, N]``)."""
     return -1 if shape[-1:] == (channels,) and np.prod(shape) == channels else None
@@ -136,8 +157,9 @@ class FfnPruningPass(PruningPass):
     down-projection row) or, with calibration data, activation (RMS of the neuron's
     activation times that row). With calibration data the down projection is re-fitted
     (see ``PruningPass``). The twin is the input with the removed neurons' down-projection
-    rows zeroed. Refuses a group whose hidden values are also read outside it (named in
-    the refusals).
+    rows zeroed. Refuses a group whose hidden values are also read outside it, and one
+    whose weights other layers also read (a pruned copy would sit beside the shared
+    weight), named in the refusals.
     """
 
     unit_name = "neurons"

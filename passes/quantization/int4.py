@@ -130,6 +130,8 @@ class Int4QuantizationPass(QuantizationPass):
 
     def prepare(self, model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]]) -> None:
         self._weights, self._hessian_inputs, self._method = {}, {}, self.method
+        self._shared_readers: dict[str, tuple[str, ...]] = {}
+        self._shared_inputs: dict[str, list[str]] = {}
         if self.method != "gptq":
             return
         if not batches or self.samples_generated:
@@ -139,14 +141,27 @@ class Int4QuantizationPass(QuantizationPass):
         self._hessian_inputs = sample_layer_inputs(model, layers, batches, rows=_GPTQ_ROWS)
         rows = min(len(x) for x in self._hessian_inputs.values()) if self._hessian_inputs else 0
         self.note(f"GPTQ on {rows} calibration rows per layer input (inputs from the float model)")
+        # A weight several layers read (cross-layer sharing) is fitted once, to all their inputs.
+        readers: dict[tuple[int, bool], list[Layer]] = {}
+        for layer in layers:
+            readers.setdefault((id(layer.source), layer.transposed), []).append(layer)
+        shared = [group for group in readers.values() if len(group) > 1]
+        for group in shared:
+            for layer in group:
+                self._shared_readers[layer.name] = tuple(reader.name for reader in group)
+                self._shared_inputs[layer.name] = [reader.activation.name for reader in group]
+        if shared:
+            self.note(f"{len(shared)} shared weights fitted once by GPTQ, to the inputs of all their readers")
 
     def weight(self, layer: Layer) -> Int4Weight:
         """The 4-bit values chosen for ``layer`` (computed once per run, shared by the rewrite and the twin)."""
         if layer.name not in self._weights:
-            if self._method == "gptq" and layer.activation.name in self._hessian_inputs:
-                chosen = quantize_gptq(
-                    layer.weight, self._hessian_inputs[layer.activation.name], self.block_size, symmetric=self.symmetric
-                )
+            names = self._shared_inputs.get(layer.name, [layer.activation.name])
+            if self._method == "gptq" and all(name in self._hessian_inputs for name in names):
+                inputs = np.concatenate([self._hessian_inputs[name] for name in names])
+                chosen = quantize_gptq(layer.weight, inputs, self.block_size, symmetric=self.symmetric)
+                for reader in self._shared_readers.get(layer.name, ()):
+                    self._weights[reader] = chosen  # one packed weight for every reader
             elif self._method == "hqq":
                 chosen = quantize_hqq(layer.weight, self.block_size)
             else:
