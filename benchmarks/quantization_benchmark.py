@@ -6,7 +6,8 @@ e.g. from ``benchmarks/data_sources/make_quantization_data.py``), it writes into
 * ``float.onnx``: graphopt's default (float) pipeline: the fused model every variant starts from;
 * ``graphopt-*.onnx``: ``graphopt optimize --quantize dynamic|static`` (per channel, per tensor,
   with an accuracy budget ``--min-cosine``);
-* ``ort-*.onnx``: ``onnxruntime.quantization.quantize_dynamic`` (per channel off/on) and
+* ``ort-*.onnx``: ``onnxruntime.quantization.quantize_dynamic`` (per channel off/on, and per channel
+  with ``reduce_range``) and
   ``quantize_static`` (QDQ, per channel, the same calibration data; also after ``quant_pre_process``,
   with and without ``reduce_range``), run on ``float.onnx``, and its QDQ recipe on the original
   export (``ort-static-qdq-original``);
@@ -67,6 +68,10 @@ def ort_variants(fused: Path, calibration: dict, out: Path, original: Path | Non
         path = out / f"ort-dynamic{'-per-channel' if per_channel else ''}.onnx"
         quantize_dynamic(str(fused), str(path), weight_type=QuantType.QInt8, per_channel=per_channel)
         paths[path.stem] = path
+    # Its best documented setting on x86 CPUs without VNNI: 7-bit weights so the int16 pair sums cannot saturate.
+    path = out / "ort-dynamic-per-channel-reduce-range.onnx"
+    quantize_dynamic(str(fused), str(path), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+    paths[path.stem] = path
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
