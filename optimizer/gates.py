@@ -78,13 +78,19 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float) -> list[str]:
     """``--min-cosine X``: each float output of AFTER whose cosine similarity to BEFORE's is below X.
 
     Outputs that are not float (token ids, masks) have no cosine; they must be exactly
-    equal instead.
+    equal instead. An output whose error is infinite (NaN or Inf where BEFORE has a
+    number) fails whatever its cosine, which is taken over the values both left finite.
     """
     failures, measured = [], 0
     for provider in report.providers:
         for output in provider.accuracy if provider.available else ():
             measured += 1
-            if output.cosine is None:
+            if output.cosine is not None and not math.isfinite(output.max_abs_error):
+                failures.append(
+                    f"--min-cosine {min_cosine:g}: {provider.ep}: output '{output.name}' differs without bound "
+                    "(NaN or Inf where BEFORE has a number)"
+                )
+            elif output.cosine is None:
                 if not output.exact:
                     failures.append(
                         f"--min-cosine {min_cosine:g}: {provider.ep}: output '{output.name}' ({output.dtype}) "

@@ -47,8 +47,8 @@ def test_a_gate_with_nothing_measured_fails():
 
 def test_min_cosine_reads_float_outputs_and_needs_other_outputs_equal():
     outputs = [
-        SimpleNamespace(name="logits", dtype="float32", cosine=0.995, exact=False),
-        SimpleNamespace(name="ids", dtype="int64", cosine=None, exact=True),
+        SimpleNamespace(name="logits", dtype="float32", cosine=0.995, exact=False, max_abs_error=0.01),
+        SimpleNamespace(name="ids", dtype="int64", cosine=None, exact=True, max_abs_error=0.0),
     ]
     report = _report(_provider(accuracy=outputs))
     assert accuracy_failures(report, 0.99) == []

@@ -73,3 +73,72 @@ def test_verdict_names_a_nan_output_instead_of_hiding_it():
 def test_verdict_still_says_identical_for_rounding():
     report = _with_accuracy(OutputAccuracy("a", "float32", [1, 4], 3e-6, 1e-6, 0.9999999999))
     assert "outputs identical to 1e-5" in verdict(report)
+
+
+def _save_unary_model(path, op: str):
+    """``y = op(x)``, ``x: float32[batch, 8]``: ``Sqrt`` of generated N(0, 1) inputs is NaN where ``Relu`` is 0."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x"], ["y"])],
+        op.lower(),
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    return path
+
+
+def test_min_cosine_fails_an_after_that_turns_numbers_into_nan(tmp_path, capsys):
+    # The cosine is taken over the positions both models left finite, so it alone passed a model that is NaN
+    # on half its outputs (cosine 0.97 >= 0.9: exit 0).
+    before = _save_unary_model(tmp_path / "relu.onnx", "Relu")
+    after = _save_unary_model(tmp_path / "sqrt.onnx", "Sqrt")
+    quick = ["--time-budget", "0.2", "--iterations", "5", "--warmup", "0"]
+    code, _, err = run_cli(["compare", before, after, *quick, "--min-cosine", "0.5", "-q"], capsys)
+    assert code == exit_codes.LESS_ACCURATE, err
+    assert "--min-cosine 0.5: cpu: output 'y' differs without bound" in err
+
+
+def test_comparison_json_is_strict_json(tmp_path):
+    # Python writes NaN and Infinity, which are not JSON: jq, JavaScript and Go refuse the whole file.
+    import json
+
+    from optimizer.compare.report import write_json
+
+    report = _with_accuracy(OutputAccuracy("y", "float32", [1, 8], math.inf, math.inf, math.nan))
+    write_json(report, tmp_path / "c.json")
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    data = json.loads((tmp_path / "c.json").read_text(), parse_constant=refuse)
+    (output,) = data["providers"][0]["accuracy"]
+    assert output["max_abs_error"] == "inf" and output["cosine"] == "nan"
+    assert isinstance(data["providers"][0]["batches"][0]["ratio"]["ratio"], float)
+
+
+def test_gpu_check_reads_a_comparison_whose_outputs_went_nan(tmp_path, monkeypatch):
+    # float16 on CUDA is where an output overflows: the check must still write its row (it crashed on
+    # NaN in min()/round() before, and on the JSON strings write_json now uses).
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from optimizer.compare.report import write_json
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_for_review", script)
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check_for_review", gpu_check)  # dataclasses look their module up
+    spec.loader.exec_module(gpu_check)
+    report = _with_accuracy(
+        OutputAccuracy("a", "float32", [1, 8], 1e-3, 1e-3, 0.9999),
+        OutputAccuracy("y", "float16", [1, 8], math.inf, math.inf, math.nan),
+    )
+    write_json(report, tmp_path / "c.json")
+    row = gpu_check.compare_row("example", "fp16", tmp_path / "c.json", gpu_check.StepResult("compare", "ok"), "cpu")
+    assert math.isnan(row.cosine) and row.max_abs == math.inf
+    table = gpu_check.render_markdown({}, "cpu", [row], [], [], "gpu_check.py")
+    assert "| nan | inf |" in table
