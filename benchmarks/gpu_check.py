@@ -43,7 +43,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -311,9 +311,10 @@ def compare_row(model: str, variant: str, path: Path, result: StepResult | None,
         if not ratio.get("trustworthy", True):
             row.note = ratio.get("warning", "")
     accuracy = provider["accuracy"]
-    cosines = [item["cosine"] for item in accuracy if item.get("cosine") is not None]
-    row.cosine = min(cosines) if cosines else None
-    row.max_abs = max((item["max_abs_error"] for item in accuracy), default=None)
+    # The JSON spells NaN and Inf as strings ("nan", "inf"); min() and max() would skip a NaN that is not first.
+    cosines = [float(item["cosine"]) for item in accuracy if item.get("cosine") is not None]
+    row.cosine = _worst(cosines, min)
+    row.max_abs = _worst([float(item["max_abs_error"]) for item in accuracy], max)
     notes = [w for w in data.get("warnings", []) if not w.startswith(f"{ep} batch ")]
     row.note = "; ".join(filter(None, [row.note, *notes]))
     return row
@@ -406,10 +407,19 @@ def render_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _worst(values: list[float], pick: Callable[[list[float]], float]) -> float | None:
+    """``pick(values)``, NaN if any value is NaN, None if there are none."""
+    if not values:
+        return None
+    return math.nan if any(math.isnan(value) for value in values) else pick(values)
+
+
 def _cosine(value: float | None) -> str:
     """Enough digits to tell the cosine from 1 (0.99999962, not 1.000000)."""
     if value is None:
         return "—"
+    if not math.isfinite(value):
+        return str(value)
     gap = 1.0 - value
     digits = 6 if gap <= 0 else min(10, max(6, round(-math.log10(gap)) + 2))
     return f"{value:.{digits}f}"
