@@ -30,10 +30,11 @@ A layer is left whole (a counted refusal with the reason) when its weight is not
 constant float32 2-D matrix, it is too small to pay (``_MIN_PARAMETERS``), the rank
 would not save ``_MIN_SAVING`` of its parameters, its weight is also read by something
 that is not a layer of the same orientation (an embedding Gather: the weight would stay
-beside its factors), or the factorized layer is not measured faster on the target EP at
-the rows it will run (``passes.factorization._timing``: a per-shape timing cache on this
-machine). A weight read by several layers (tied) is factorized once: its covariance is
-pooled over every reader's inputs, and the readers share ``U`` and ``V``.
+beside its factors) or read through a ``Transpose`` (a tied LM head), or the factorized
+layer is not measured faster on the target EP at the rows it will run
+(``passes.factorization._timing``: a per-shape timing cache on this machine). A weight
+read by several layers (tied) is factorized once: its covariance is pooled over every
+reader's inputs, and the readers share ``U`` and ``V``.
 
 Every result carries its twin (``optimizer.protocol.Twin``, float32): the input with
 each factorized weight replaced by the product ``U V`` and each bias change added after

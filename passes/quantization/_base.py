@@ -107,7 +107,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     ``schemes`` says how each quantized layer was written where the budget chose other than the
     default, ``frontier`` holds the configurations the budget search measured and ``drift`` the
     accuracy reached (when samples were given); the result's notes say it in words and its
-    refusals say why layers stayed float.
+    refusals say why layers stayed float. A layer whose weight constant other nodes also read
+    (an LM head tied to the embedding ``Gather``, through ``Transpose(table)``) stays float
+    unless the pass shares its quantized weight with them (``tied_weight_refusal``): a
+    quantized copy beside the float table would store it twice.
 
     ``layer_speeds`` times the layers for the budget (by default on this machine, cached per
     shape in the user's cache folder; tests inject a measurement).

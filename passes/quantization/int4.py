@@ -50,11 +50,13 @@ class Int4QuantizationPass(QuantizationPass):
       on the calibration samples (every layer's inputs from one run of the *float*
       model, not re-collected layer after layer), ``"hqq"`` data-free half-quadratic
       zero points. GPTQ on generated samples (no --calibration) falls back to RTN
-      with a note: nothing is fitted to random tokens.
+      with a note: nothing is fitted to random tokens. A weight several layers read is
+      fitted once, to all their inputs, so they keep one packed weight.
     - With ``embeddings``, each constant float32 ``[rows, width]`` table read only by
       axis-0 ``Gather`` s becomes ``GatherBlockQuantized`` (uint8 data, 4 bits, blocks along
       the width, rounded to nearest). A table *tied* to an LM head quantized here
-      (the head's weight is the table or its transpose, by value) is stored once: the
+      (the head's weight is the table's transpose, by value or as ``Transpose(table)``;
+      ``share-transposed-initializers`` turns the first into the second) is stored once: the
       head's packed ``[rows, blocks, block/2]`` weight (and so its values, GPTQ's where
       GPTQ chose them) is the lookup's data too (the scales are two small tensors: the
       ops want them in different shapes). When the head stays float the table does too
