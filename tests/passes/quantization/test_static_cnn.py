@@ -241,3 +241,26 @@ def test_a_relu_after_a_residual_add_is_folded_into_its_requantization_like_a_co
     ops = ort_op_counts(result.model)
     assert ops["QLinearAdd"] == 2 and ops["QLinearConv"] == 7 and ops["Relu"] == ops["Add"] == 0
     assert compare_twin(result, _images(6, 7))
+
+
+def test_through_the_pipeline_a_pad_before_the_depthwise_conv_is_folded_and_nothing_float_is_left_between():
+    from optimizer.api import optimize_with_report
+
+    model = mobile_net()
+    # the legacy exporter's spelling of padding="same": an explicit zero Pad, the Conv unpadded
+    graph = model.graph
+    depthwise = next(node for node in graph if node.name == "b1_depthwise")
+    pads = ir.Value(name="dw_pads", const_value=ir.tensor(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)))
+    graph.register_initializer(pads)
+    depthwise.inputs[0].shape = ir.Shape(["B", EXPANDED, 16, 16])  # exporters record it; the fold needs the rank
+    pad = ir.Node("", "Pad", [depthwise.inputs[0], pads], name="b1_pad")
+    pad.outputs[0].name, pad.outputs[0].type = "b1_padded", depthwise.inputs[0].type
+    pad.outputs[0].shape = ir.Shape(["B", EXPANDED, 18, 18])
+    graph.insert_before(depthwise, pad)
+    depthwise.replace_input_with(0, pad.outputs[0])
+    depthwise.attributes["pads"] = ir.AttrInt64s("pads", [0, 0, 0, 0])
+    result, report = optimize_with_report(model, ["+quantize-static"], calibration=_images(32, 0), raise_errors=True)
+    assert next(r for r in report.passes if r.name == "quantize-static").status == "applied"
+    assert "Pad" not in {node.op_type for node in result.graph}
+    ops = ort_op_counts(result)
+    assert ops["QLinearConv"] == 7 and ops["QLinearAdd"] == 2 and ops["Pad"] == ops["Clip"] == ops["Add"] == 0
