@@ -51,8 +51,8 @@ IMPORTANCE = ("magnitude", "activation")
 _SEARCH_STEPS = 6
 # What one unit of each kind of group is called in notes.
 UNIT_NAMES = {"ffn": "neurons", "heads": "heads", "channels": "channels"}
-# Calibration batches that measure each group's gain for the global ranking.
-_GAIN_BATCHES = 4
+# Calibration samples (at least) that measure each group's gain for the global ranking.
+_GAIN_SAMPLES = 64
 
 
 def parameter_count(model: ir.Model) -> int:
@@ -272,12 +272,14 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         """Scores on one scale across groups: each group's local scores times the square root of its gain.
 
         The gain is measured: cut the group's weakest units alone (its kind's ratio of
-        them), run the model on a few calibration batches and take how far the outputs
+        them), run the model on the first ``_GAIN_SAMPLES`` calibration samples and take how far the outputs
         moved (1 - cosine, the worst output) per unit of local effect removed (the sum of
         the cut units' squared scores). Both grow with the squared size of the change,
         so their ratio carries a layer's sensitivity over to its other units.
         """
-        probe, expected = batches[:_GAIN_BATCHES], reference[:_GAIN_BATCHES]
+        per_batch = max(len(next((a for a in batches[0].values() if np.ndim(a)), [0])), 1)
+        count = -(-_GAIN_SAMPLES // per_batch)
+        probe, expected = batches[:count], reference[:count]
         comparable = {}
         for group in track(groups, "pruning: each layer's effect on the outputs"):
             local = scores[group.name] ** 2
