@@ -169,8 +169,6 @@ def _find_tied_readers(layers: list[Layer]) -> None:
             )
             if not transpose_to_layers or user.outputs[0].is_graph_output():
                 tied.append(user)
-        if layer.source.is_graph_output():
-            tied.append(layer.node)  # read from outside the graph: never rewritten silently
         layer.tied = tuple(tied)
 
 

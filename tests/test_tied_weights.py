@@ -25,6 +25,7 @@ from optimizer.api import optimize_with_report
 from optimizer.inputs import make_inputs
 from optimizer.report import STATUS_APPLIED
 from optimizer.runtime import run_model
+from passes._layers import find_layers, tied_weight_reason
 from tests.helpers import FIXTURES, calibration_samples
 
 VOCAB, HIDDEN, FFN, LAYERS = 1024, 64, 128, 2
@@ -359,3 +360,37 @@ def test_head_pruning_keeps_a_tied_table_single(name, spelling, tmp_path):
     assert len(after) <= before, [(a.dtype, a.shape) for a in after]
     if spelling == "dynamo":
         assert len(after) == 1
+
+
+# -- how layers see a weight read through Transpose (passes/_layers.py) ------------------
+
+
+def test_a_layer_reads_a_transposed_constant_and_knows_its_other_readers():
+    model = tied_lm("gpt2", "dynamo")
+    layers, refused = find_layers(model.graph, ("matmul",))
+    assert not refused, refused
+    head = next(layer for layer in layers if layer.node.outputs[0].name == "logits")
+    table = model.graph.initializers["embed.weight"]
+    assert head.transposed and head.source is table
+    np.testing.assert_array_equal(head.weight, table.const_value.numpy().T)
+    assert [node.op_type for node in head.tied] == ["Gather"]
+    assert "(a tied table)" in tied_weight_reason(head)
+    mlp = [layer for layer in layers if layer is not head]
+    assert len(mlp) == 4 and all(not layer.transposed and not layer.tied for layer in mlp)
+    assert all(tied_weight_reason(layer) is None for layer in mlp)
+
+
+def test_a_transposed_constant_read_only_by_layers_is_not_tied():
+    # Two heads reading one matrix through one Transpose: nothing else keeps it float.
+    model = tied_lm("gpt2", "dynamo")
+    graph = model.graph
+    gather = next(node for node in graph if node.op_type == "Gather")
+    head = next(node for node in graph if node.outputs[0].name == "logits")
+    second = ir.node("MatMul", [head.inputs[0], head.inputs[1]], name="second_head")
+    graph.append(second)
+    graph.outputs.append(second.outputs[0])
+    other_table = ir.Value(name="other_table", const_value=ir.tensor(np.zeros((VOCAB, HIDDEN), np.float32)))
+    gather.replace_input_with(0, other_table)
+    layers, _ = find_layers(graph, ("matmul",))
+    heads = [layer for layer in layers if layer.transposed]
+    assert len(heads) == 2 and all(not layer.tied for layer in heads)
