@@ -75,7 +75,7 @@ class _PrintVersion(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
-        print(_version())
+        print(_version(), flush=True)  # a closed pipe raises here, in main, not at the interpreter's exit
         parser.exit(exit_codes.OK)
 
 
@@ -475,6 +475,11 @@ def main(argv: list[str] | None = None) -> int:
             except GraphoptError as error:
                 print(f"graphopt: error: {error}", file=sys.stderr)
                 return error.exit_code
+            except BrokenPipeError:  # --version or --print-config into `| head -0`: nothing is left to print
+                from optimizer.console import silence_stdout
+
+                silence_stdout()
+                return exit_codes.SIGPIPE
         except (Interrupted, KeyboardInterrupt) as stop:  # also while the error above is printed
             signum = getattr(stop, "signum", signal.SIGINT)
             print(f"graphopt: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
@@ -484,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     from rich.console import Console
 
-    from optimizer.console import logging_for
+    from optimizer.console import ReportConsole, logging_for
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -502,9 +507,10 @@ def _main(argv: list[str] | None) -> int:
             from optimizer.config import dump_config
 
             sys.stdout.write(dump_config(args, parser.commands[args.command]))
+            sys.stdout.flush()  # a closed pipe raises here, in main, not at the interpreter's exit
             return exit_codes.OK
     # Off a terminal (logs, CI), rich would wrap tables at 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=120)
+    console = ReportConsole() if sys.stdout.isatty() else ReportConsole(width=120)
     errors = Console(stderr=True)
     with logging_for(args.verbose, errors):
         if args.command == "passes":

@@ -34,6 +34,29 @@ OWN_LOGGERS = ("optimizer", "passes")
 HEARTBEAT_SECONDS = 10.0
 
 
+class ReportConsole(Console):
+    """The report's console (stdout): when the reader of stdout goes away (``| head``), printing stops, the run goes on.
+
+    rich's own ``Console`` exits with code 1 at the first write into the closed pipe,
+    before the run has written its JSON and HTML reports and judged its gates.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        silence_stdout()
+
+
+def silence_stdout() -> None:
+    """Point stdout at the null device, so that what is still buffered, or printed later, goes nowhere quietly."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
 class _Count(ProgressColumn):
     """``40/128``, or nothing for a task whose count is unknown (a pass)."""
 

@@ -22,6 +22,9 @@ LESS_ACCURATE = 5
 # Interrupted: 128 + the signal's number (``optimizer.errors.Interrupted``).
 SIGINT = 130
 SIGTERM = 143
+# ``--version`` or ``--print-config`` into a pipe whose reader left (``| head -0``), as a tool killed by SIGPIPE.
+# A run that makes files (optimize, compare) goes on instead: its report stops, its files and gates do not.
+SIGPIPE = 141
 
 # In the order a run that fails several gates reports them.
 GATE_ORDER = (STRICT_FAILED, LESS_ACCURATE, SLOWER)

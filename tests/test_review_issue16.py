@@ -142,3 +142,43 @@ def test_gpu_check_reads_a_comparison_whose_outputs_went_nan(tmp_path, monkeypat
     assert math.isnan(row.cosine) and row.max_abs == math.inf
     table = gpu_check.render_markdown({}, "cpu", [row], [], [], "gpu_check.py")
     assert "| nan | inf |" in table
+
+
+def _graphopt_into_a_closed_pipe(argv: list, cwd) -> tuple[int, str]:
+    """Run ``graphopt ARGV`` as ``graphopt ARGV | head -0`` does: its stdout's reader is gone before it prints."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", "import sys; from optimizer.cli import main; sys.exit(main())", *map(str, argv)]
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHONPATH": str(root)}
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    err = process.stderr.read()
+    return process.wait(timeout=300), err
+
+
+def test_a_closed_stdout_still_writes_the_reports_and_judges_the_gates(tmp_path):
+    # `graphopt compare ... --json c.json | head` is common in CI logs: rich exited 1 at the first line of the
+    # table, before the JSON and HTML were written and the gates judged.
+    model = save_matmul_model(tmp_path / "m.onnx")
+    quick = ["--time-budget", "0.2", "--iterations", "5", "--warmup", "0"]
+    code, err = _graphopt_into_a_closed_pipe(
+        ["compare", model, model, *quick, "--json", "c.json", "--html", "c.html", "--min-cosine", "0.99"], tmp_path
+    )
+    assert code == exit_codes.OK, err
+    assert (tmp_path / "c.json").exists() and (tmp_path / "c.html").exists()
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    code, err = _graphopt_into_a_closed_pipe(
+        ["optimize", model, "-o", "o.onnx", "--pipeline-json", "p.json", "--compare", *quick, "--max-ratio", "1e-9"],
+        tmp_path,
+    )
+    assert code == exit_codes.SLOWER, err
+    assert (tmp_path / "o.onnx").exists() and (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["optimize", "m.onnx", "-o", "o.onnx", "--print-config"]])
+def test_printing_into_a_closed_stdout_is_no_traceback(argv, tmp_path):
+    code, err = _graphopt_into_a_closed_pipe(argv, tmp_path)
+    assert code == exit_codes.SIGPIPE, err
+    assert err == "", err
