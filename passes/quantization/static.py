@@ -108,13 +108,30 @@ class StaticQuantizationPass(QuantizationPass):
 
     def prepare(self, model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]]) -> None:
         names = [layer.activation.name for layer in layers]
-        tails = [_output_tail(model.graph, layer.node) for layer in layers if layer.kind == "conv"]
+        convs = [layer.node for layer in layers if layer.kind == "conv"]
+        tails = [_output_tail(model.graph, node) for node in convs]
         names += [tail.outputs[0].name for tail in tails if tail is not None]
-        names += _residual_add_candidates(model.graph, names)
+        adds = _residual_add_candidates(model.graph, names)
+        names += adds
         self.ranges = calibration.calibrate(model, list(dict.fromkeys(names)), batches, self.method)
         conv_inputs = list(dict.fromkeys(layer.activation.name for layer in layers if layer.kind == "conv"))
         self.input_means = calibration.channel_means(model, conv_inputs, batches) if conv_inputs else {}
         self.note(f"calibrated {len(self.ranges)} activations ({self.method}) on {_count(batches)} samples")
+        if convs:
+            folded = sum(tail is not None and tail is not node for tail, node in zip(tails, convs))
+            activations = sum(
+                len(users := list(node.outputs[0].uses())) == 1 and users[0][0].op_type in ("Relu", "Clip")
+                for node in convs
+            )
+            self.note(
+                f"{folded} of {activations} Conv activations (Relu, Clip) folded into the requantization after them"
+                + ("" if folded == activations else "; the others are not Relu or Clip from a constant 0 (ReLU6)")
+            )
+            every_add = sum(node.op_type == "Add" and len(node.inputs) == 2 for node in model.graph)
+            self.note(
+                f"{len(adds)} of {every_add} Adds read two int8 tensors and are requantized with them (QLinearAdd)"
+                + ("" if len(adds) == every_add else "; the others have a float or constant input")
+            )
 
     def begin(self, layers: Sequence[Layer]) -> None:
         self._quantized_values = {}

@@ -264,3 +264,10 @@ def test_through_the_pipeline_a_pad_before_the_depthwise_conv_is_folded_and_noth
     assert "Pad" not in {node.op_type for node in result.graph}
     ops = ort_op_counts(result)
     assert ops["QLinearConv"] == 7 and ops["QLinearAdd"] == 2 and ops["Pad"] == ops["Clip"] == ops["Add"] == 0
+
+
+def test_the_notes_count_the_folded_activations_and_requantized_adds_and_say_why_not():
+    result, _ = _quantized(mobile_net(clip_low=-1.0))
+    folded = "4 of 5 Conv activations (Relu, Clip) folded into the requantization after them; the others are not"
+    assert any(note.startswith(folded) for note in result.notes)
+    assert "2 of 2 Adds read two int8 tensors and are requantized with them (QLinearAdd)" in result.notes
