@@ -125,3 +125,16 @@ def test_a_pad_of_the_channel_axis_is_not_traced():
     groups, refused = channel_groups(model.graph)
     assert [g.name for g in groups] == ["project1"]
     assert "pad0: a Pad of the batch or channel axis" in refused["project0"]
+
+
+def test_wide_conv_groups_keep_a_multiple_of_eight_channels():
+    """ONNX Runtime's blocked Conv layout needs channel counts in multiples of 8: a cut to 45 of
+    64 channels ran slower than no cut, so the kept count is rounded to a multiple of 8."""
+    from tests.passes.pruning.graphs import inverted_residual
+
+    model = inverted_residual(expand=8)  # 64 expansion channels per block
+    rng = np.random.default_rng(1)
+    calibration = {"x": rng.standard_normal((16, 3, 12, 12)).astype(np.float32)}
+    pruning = ChannelPruningPass(0.3, samples=calibration, ranking="global", repair=False)
+    pruning(model.clone())
+    assert pruning.pruned and all(kept % 8 == 0 for kept, _ in pruning.pruned.values())
