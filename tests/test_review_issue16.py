@@ -182,3 +182,16 @@ def test_printing_into_a_closed_stdout_is_no_traceback(argv, tmp_path):
     code, err = _graphopt_into_a_closed_pipe(argv, tmp_path)
     assert code == exit_codes.SIGPIPE, err
     assert err == "", err
+
+
+def test_verdict_marks_accuracy_when_an_output_was_not_compared():
+    # An output whose shape changed is left out of the accuracy (a warning says so in the card); the verdict
+    # still read "outputs identical to 1e-6", green and unmarked, on the outputs that were compared.
+    skipped = "output 'z' is float32[8] in AFTER, float32[1, 8] in BEFORE: its accuracy is not compared"
+    report = _report(warnings=[skipped])
+    page = render_html(report)
+    head = page[page.index("<h1") : page.index("</h1>")]
+    accuracy = head[head.index("outputs identical") - 40 :]
+    assert "seg concern" in accuracy and "href='#card-accuracy'" in accuracy, head
+    report.providers[0].accuracy = []  # no output could be compared
+    assert "outputs not compared" in verdict(report)

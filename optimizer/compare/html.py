@@ -182,6 +182,14 @@ def _segments(report: ComparisonReport, headline: _Headline) -> list[_Segment]:
         why = "; ".join(f"{p.ep} skipped ({p.reason})" for p in headline.skipped) or "no timing"
         segments.append(_Segment(f"not timed: {why}", "concern", "latency", True))
     accuracy = _accuracy_phrase(headline.provider)
+    qualified = _accuracy_report_warnings(report)
+    if accuracy is None and headline.provider is not None and qualified:
+        accuracy = _Segment("outputs not compared", "concern", "accuracy", True)
+    elif accuracy is not None and qualified:
+        # The card's warnings qualify the figure: mark it, and an output left out is no "identical".
+        accuracy.warned = True
+        if any("not compared" in warning for warning in qualified):
+            accuracy.css = "concern"
     if accuracy is not None:
         segments.append(accuracy)
     segments.append(
@@ -344,14 +352,17 @@ def _accuracy_card(report: ComparisonReport, headline: _Headline, consumed: set[
             if item.top1_agreement is not None:
                 detail += f", top-1 {item.top1_agreement:.3f}"
             lines.append(detail)
-    # Warnings about outputs and inputs qualify the accuracy: a dtype change, NaN inputs, outputs not compared.
-    mine = [w for w in report.warnings if w.startswith("output '") or w.startswith("--inputs") or "accuracy" in w]
-    mine = [w for w in mine if w not in consumed]
+    mine = [w for w in _accuracy_report_warnings(report) if w not in consumed]
     consumed.update(mine)
     if provider is not None:
         mine += _accuracy_warnings_of(provider)
     figure = segment.text if segment is not None else "not compared"
     return _card("accuracy", "accuracy of AFTER vs BEFORE", figure, lines, mine)
+
+
+def _accuracy_report_warnings(report: ComparisonReport) -> list[str]:
+    """The warnings that qualify the accuracy: a dtype change, NaN inputs, outputs not compared."""
+    return [w for w in report.warnings if w.startswith("output '") or w.startswith("--inputs") or "accuracy" in w]
 
 
 def _card(anchor: str, label: str, figure: str, lines: Sequence[str], warnings: Sequence[str]) -> str:
