@@ -503,7 +503,8 @@ def greedy_path(
 
     ``errors[layer][scheme]`` is the accuracy cost of the layer in that scheme (taken as additive
     over layers), ``times[layer][scheme]`` its seconds. A change that adds no latency comes before
-    any that does (the larger gain first); a change that removes no cost is not taken, so a scheme
+    any that does (the one saving most latency first, then the larger gain); a change that removes no
+    cost is not taken, so a scheme
     slower and no more accurate than one already taken never is. Costs measured one layer at a time
     miss what only layers together lose (each alone may cost nothing), so the path ends by turning
     the remaining layers float, the costliest first (the cheapest to keep float among equals).
@@ -519,7 +520,9 @@ def greedy_path(
                 if gain <= 0:
                     continue
                 added = times[name][scheme] - now_time
-                key = (gain / added if added > 0 else float("inf"), gain, -added)
+                # Changes that cost no latency first, the fastest of them first (int4 -> int8 before
+                # int4 -> float where int4's kernel is the slowest); then the most gain per second.
+                key = (gain / added, gain, -added) if added > 0 else (float("inf"), -added, gain)
                 if best_key is None or key > best_key:
                     best, best_key = (name, scheme), key
         if best is None:
