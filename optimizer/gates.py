@@ -74,14 +74,20 @@ def _inverse(ratio: float) -> float:
     return 1.0 / ratio if ratio > 0 else math.inf
 
 
+_NOT_COMPARED = ": its accuracy is not compared"
+
+
 def accuracy_failures(report: ComparisonReport, min_cosine: float) -> list[str]:
     """``--min-cosine X``: each float output of AFTER whose cosine similarity to BEFORE's is below X.
 
     Outputs that are not float (token ids, masks) have no cosine; they must be exactly
     equal instead. An output whose error is infinite (NaN or Inf where BEFORE has a
-    number) fails whatever its cosine, which is taken over the values both left finite.
+    number) fails whatever its cosine, which is taken over the values both left finite;
+    so does an output ``compare`` could not compare (another shape or kind in AFTER).
     """
-    failures, measured = [], 0
+    # compare() records an output it left out of the accuracy only as this warning.
+    failures = [f"--min-cosine {min_cosine:g}: {w}" for w in report.warnings if w.endswith(_NOT_COMPARED)]
+    measured = 0
     for provider in report.providers:
         for output in provider.accuracy if provider.available else ():
             measured += 1

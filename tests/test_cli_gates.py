@@ -13,7 +13,7 @@ def _ratio(ratio: float, low: float, high: float) -> RatioEstimate:
 
 
 def _report(*providers) -> SimpleNamespace:
-    return SimpleNamespace(providers=list(providers))
+    return SimpleNamespace(providers=list(providers), warnings=[])
 
 
 def _provider(ep="cpu", available=True, batches=(), generation=(), accuracy=()) -> SimpleNamespace:

@@ -195,3 +195,41 @@ def test_verdict_marks_accuracy_when_an_output_was_not_compared():
     assert "seg concern" in accuracy and "href='#card-accuracy'" in accuracy, head
     report.providers[0].accuracy = []  # no output could be compared
     assert "outputs not compared" in verdict(report)
+
+
+def _save_two_output_model(path, *, flatten_z: bool):
+    """``y = Relu(x)`` and ``z = Relu(x)``; ``flatten_z`` gives ``z`` another shape, ``[batch * 8]``."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Relu", ["x"], ["r"])]
+    initializers = []
+    if flatten_z:
+        nodes.append(helper.make_node("Reshape", ["r", "flat"], ["z"]))
+        initializers.append(numpy_helper.from_array(np.array([-1], np.int64), "flat"))
+    else:
+        nodes.append(helper.make_node("Identity", ["r"], ["z"]))
+    graph = helper.make_graph(
+        nodes,
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n"] if flatten_z else ["batch", 8]),
+        ],
+        initializer=initializers,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    return path
+
+
+def test_min_cosine_fails_when_an_output_could_not_be_compared(tmp_path, capsys):
+    # AFTER's z has another shape, so compare leaves it out of the accuracy (with a warning) and the gate,
+    # reading only the outputs compared, passed on y alone.
+    before = _save_two_output_model(tmp_path / "before.onnx", flatten_z=False)
+    after = _save_two_output_model(tmp_path / "after.onnx", flatten_z=True)
+    quick = ["--time-budget", "0.2", "--iterations", "5", "--warmup", "0"]
+    code, _, err = run_cli(["compare", before, after, *quick, "--min-cosine", "0.99", "-q"], capsys)
+    assert code == exit_codes.LESS_ACCURATE, err
+    assert "--min-cosine 0.99: output 'z' is float32[8] in AFTER, float32[1, 8] in BEFORE: its accuracy is not" in err
