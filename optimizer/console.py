@@ -50,9 +50,13 @@ def silence_stdout() -> None:
     """Point stdout at the null device, so that what is still buffered, or printed later, goes nowhere quietly."""
     import os
 
+    try:
+        stdout = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream with no file behind it (captured, notebook)
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stdout)
     finally:
         os.close(devnull)
 
