@@ -620,7 +620,8 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
             args.model,
             args.passes,  # comma-separated, split by the API
             output=args.output,
-            inputs=args.inputs,
+            # With --no-verify, --compare's --inputs are the comparison's alone (without --compare: refused).
+            inputs=None if args.compare and args.no_verify else args.inputs,
             calibration=args.calibration,
             options=options,
         )

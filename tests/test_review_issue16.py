@@ -233,3 +233,22 @@ def test_min_cosine_fails_when_an_output_could_not_be_compared(tmp_path, capsys)
     code, _, err = run_cli(["compare", before, after, *quick, "--min-cosine", "0.99", "-q"], capsys)
     assert code == exit_codes.LESS_ACCURATE, err
     assert "--min-cosine 0.99: output 'z' is float32[8] in AFTER, float32[1, 8] in BEFORE: its accuracy is not" in err
+
+
+def test_no_verify_compare_takes_inputs_for_the_comparison(tmp_path, capsys):
+    # On optimize --compare, --inputs are also the comparison's data; with --no-verify they are only that,
+    # and the run was refused as if they did nothing.
+    import json
+
+    import numpy as np
+
+    model = save_matmul_model(tmp_path / "m.onnx")
+    np.savez(tmp_path / "held_out.npz", x=np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32))
+    quick = ["--time-budget", "0.2", "--iterations", "5", "--warmup", "0"]
+    command = ["optimize", model, "-o", tmp_path / "o.onnx", "--no-verify", "--inputs", tmp_path / "held_out.npz"]
+    code, _, err = run_cli([*command, "--compare", *quick, "--compare-json", tmp_path / "c.json"], capsys)
+    assert code == exit_codes.OK, err
+    (provider,) = json.loads((tmp_path / "c.json").read_text())["providers"]
+    assert "held_out.npz" in provider["accuracy_data"] and provider["accuracy"][0]["samples"] == 4
+    code, _, err = run_cli(command, capsys)  # without --compare they would do nothing: still refused
+    assert code == exit_codes.USAGE and "--inputs are verification inputs" in err
