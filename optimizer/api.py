@@ -42,7 +42,7 @@ from optimizer.options import Options
 from optimizer.padding import mask_inputs, padded_copy, pads_both_ends
 from optimizer.pipeline import run_pipeline
 from optimizer.protocol import PassContext
-from optimizer.registry import all_passes, resolve
+from optimizer.registry import all_passes, resolve, ways_to_ask
 from optimizer.report import PipelineReport
 from optimizer.verify import Verifier
 
@@ -120,7 +120,7 @@ def optimize_with_report(
         asked = "--importance activation" if options.importance == "activation" else "repair"
         raise OptionError(f"{asked} needs --calibration data: without it pruning ranks by weight magnitude")
     if calibration is not None and not approximate:
-        asks = " or ".join(dict.fromkeys(s.how_to_ask() for s in all_passes() if s.approximate))
+        asks = ways_to_ask(s for s in all_passes() if s.approximate)
         raise PassSelectionError(f"--calibration needs {asks}")
     specializes = any(spec.specializes_shapes for spec in specs)
     ir_model, label, input_path = _to_ir(model)

@@ -662,7 +662,7 @@ def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> None:
       pipeline reads (``--calibration-method percentile`` without ``--quantize static``;
       the registry refuses the same for values away from the default).
     """
-    from optimizer.registry import all_passes, resolve
+    from optimizer.registry import all_passes, resolve, ways_to_ask
 
     given = getattr(args, "given", set())
     parser_compare = {dest for dest in given if dest in _compare_dests()}
@@ -671,15 +671,15 @@ def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> None:
         raise OptionError(f"{flags}: comparison flags do nothing without --compare (add it, or run `graphopt compare`)")
     names = _split(args.passes, "--passes") if args.passes is not None else None
     read = set().union(*(spec.options_read for spec in resolve(names, options)))
-    readers: dict[str, list[str]] = {}
+    readers: dict[str, list[Any]] = {}
     for spec in all_passes():
         for option in spec.options_read:
-            readers.setdefault(option, []).append(spec.how_to_ask())
+            readers.setdefault(option, []).append(spec)
     changed = set(options.changed())  # the registry refuses these, in the API's words
     for dest in sorted(given):
         option = _OPTION_OF_DEST.get(dest, dest)
         if option in readers and option not in read and option not in changed:
-            asks = " or ".join(dict.fromkeys(readers[option]))
+            asks = ways_to_ask(readers[option])
             raise OptionError(f"{_flag_of_dest(dest)} does nothing here: it needs {asks}")
 
 

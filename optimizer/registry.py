@@ -7,7 +7,7 @@ Python API accept and refuse exactly the same requests, with the same words.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from optimizer.errors import PassSelectionError
 from optimizer.options import TARGETS, Options, flag_of
@@ -102,8 +102,15 @@ def _check(specs: list[PassSpec], options: Options, registry: dict[str, PassSpec
             readers.setdefault(option, []).append(spec)
     for option in options.changed():
         if option in readers and option not in read:
-            asks = " or ".join(dict.fromkeys(spec.how_to_ask() for spec in readers[option]))
+            asks = ways_to_ask(readers[option])
             raise PassSelectionError(f"{options.describe(option)} needs {asks}")
+
+
+def ways_to_ask(specs: Iterable[PassSpec]) -> str:
+    """How a user asks for any of ``specs``: ``--prune-ffn R or --quantize dynamic``. A pass asked only
+    by a combination of flags (prune-ffn-heads: both pruning ratios) is reached through its parts."""
+    listed = [spec for spec in specs if getattr(spec.requested_by, "listed", True)]
+    return " or ".join(dict.fromkeys(spec.how_to_ask() for spec in listed))
 
 
 def _asked(spec: PassSpec, options: Options) -> str:

@@ -85,6 +85,7 @@ class _Together(Request):
     """Asked by ``option`` and ``also`` both set: ``--prune-ffn R --prune-heads R``."""
 
     also: str = ""
+    listed = False  # not offered as a way to ask in "needs" messages: its parts are
 
     def asked(self, options: Any) -> bool:
         return super().asked(options) and getattr(options, self.also) is not None
