@@ -23,7 +23,15 @@ from optimizer.protocol import PassContext, PassSpec, Request
 BOTH = frozenset(TARGETS)
 _INT8 = ("per_channel", "full_range_weights", "exclude", "quantize_outputs", "smooth")
 _PRUNING = ("importance", "global_ranking", "repair")
-_INT4 = ("block_size", "int4_method", "symmetric", "int4_accuracy_level", "exclude", "quantize_outputs")
+_INT4 = (
+    "block_size",
+    "int4_method",
+    "symmetric",
+    "int4_accuracy_level",
+    "exclude",
+    "quantize_outputs",
+    "full_range_weights",
+)
 _NOT_WITH_FP16 = ("convert-float16",)
 # Passes that shrink the float model: precision changes run after them.
 _LOWRANK = ("factorize-lowrank",)
@@ -61,6 +69,8 @@ def _int4(context: PassContext) -> dict[str, Any]:
         "symmetric": options.symmetric,
         "target": options.target,
         "accuracy_level": options.int4_accuracy_level,
+        # the weight range of the layers the budget falls back to int8, as for the int8 passes
+        "reduce_range": int8_weight_range(options.full_range_weights).reduce_range,
         "exclude": options.exclude,
         "quantize_outputs": options.quantize_outputs,
         "budget": context.budget,

@@ -245,7 +245,13 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if batches and self.drift is None:
             self.drift = output_drift(run_batches(self._float, batches), run_batches(model, batches))
         if self.drift is not None:
-            self.note(f"{len(self.quantized)} layers {self.precision}, {len(self.kept_float)} float: {self.drift}")
+            counts: dict[str, int] = {}
+            for layer in chosen:
+                scheme = self.scheme(layer)
+                label = self.precision if scheme == self.default_scheme else SCHEME_LABELS.get(scheme, scheme)
+                counts[label] = counts.get(label, 0) + 1
+            reduced = ", ".join(f"{count} layers {label}" for label, count in counts.items())
+            self.note(f"{reduced}, {len(self.kept_float)} float: {self.drift}")
         self._float, self._batches = None, []
         return self.result(model, modified=True, twin=twin)
 

@@ -71,10 +71,11 @@ class Int4QuantizationPass(QuantizationPass):
     (measured equal to 1e-5 on ONNX Runtime 1.32, x86). Tables are their dequantized values.
 
     Under an accuracy budget a layer can fall back per layer to int8 before float (the
-    scheme ``"int8"``: ``DynamicQuantizeMatMul``, int8 weights per output column at the
-    pass's weight range, uint8 activations per run, as ``DynamicQuantizationPass`` writes
-    it; its twin quantizes the input through ``DynamicQuantizeLinear``), chosen by
-    accuracy gained per latency given back like every int8 budget (``QuantizationPass``).
+    scheme ``"int8"``: ``DynamicQuantizeMatMul``, int8 weights per output column, 7-bit
+    with ``reduce_range`` (the CLI chooses it for the CPU as for the int8 passes), uint8
+    activations per run, as ``DynamicQuantizationPass`` writes it; its twin quantizes the
+    input through ``DynamicQuantizeLinear``), chosen by accuracy gained per latency given
+    back like every int8 budget (``QuantizationPass``).
 
     Refuses (stays float): non-float32 tensors, non-constant weights, weights that are
     not 2-D, Gemm with transA/alpha/beta, packed-QKV com.microsoft ``Attention``, and the
@@ -102,8 +103,10 @@ class Int4QuantizationPass(QuantizationPass):
         samples: Mapping[str, np.ndarray] | None = None,
         samples_generated: bool = False,
         layer_speeds: LayerSpeeds | None = None,
+        reduce_range: bool = True,
     ) -> None:
         super().__init__(
+            reduce_range=reduce_range,
             exclude=exclude,
             quantize_outputs=quantize_outputs,
             budget=budget,

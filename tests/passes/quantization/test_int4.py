@@ -262,7 +262,9 @@ def test_the_budget_keeps_the_most_sensitive_layer_float():
     result = quantization(model.clone())
     assert result.modified and quantization.kept_float == ["mid"] and quantization.drift.cosine >= 0.99
     assert any("kept float to meet the accuracy budget" in refusal for refusal in result.refusals)
-    assert any(f"layers int4, {len(quantization.kept_float)} float" in note for note in result.notes)
+    # the summary counts layers by form (the budget may move some to int8, faster than int4 in the tests' cost model)
+    summary = f", {len(quantization.kept_float)} float: {quantization.drift}"
+    assert any(summary in note for note in result.notes)
 
 
 # -- embeddings ------------------------------------------------------------------------------------
