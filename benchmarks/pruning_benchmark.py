@@ -22,7 +22,7 @@ of them, each with and without repair. Usage::
     python benchmarks/pruning_benchmark.py MODEL.onnx --calibration CAL.npz --eval EVAL.npz --out DIR \\
         [--combined 0.3:0.25] [--ffn 0.3] [--heads 0.25] [--channels 0.25] [--output sentence_embedding] \\
         [--cal-small 8] [--settings "all samples"] [--time "all samples"] [--compare-flag=--dim ...] \\
-        [--threads 2] [--time-budget 30]
+        [--flag=--global-ranking] [--threads 2] [--time-budget 30]
 
 Prints one JSON line per result.
 """
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--settings", help="comma-separated setting labels to run (default: all)")
     parser.add_argument("--time", default="all samples", help="settings to time, comma-separated ('' for none)")
     parser.add_argument("--compare-flag", action="append", default=[])
+    parser.add_argument("--flag", action="append", default=[], help="extra optimize flag for every cut")
     add_timing_flags(parser)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +129,7 @@ def main() -> None:
             stem = f"{cut}-{label}".replace(" ", "_").replace("+", "").replace(",", "")
             path = args.out / f"{stem}.onnx"
             try:
-                printed = optimize(args.model, path, [*cut_flags, *flags])
+                printed = optimize(args.model, path, [*cut_flags, *flags, *args.flag])
             except subprocess.CalledProcessError as failure:
                 print(f"{path.name} failed: {failure.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
                 continue
