@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from optimizer.compare.comparison import ComparisonReport
 from optimizer.options import Options
 from optimizer.registry import resolve
-from optimizer.report import PipelineReport
+from optimizer.report import STATUS_FAILED, STATUS_ROLLED_BACK, STATUS_UNCHANGED, PipelineReport
 
 
 def requested_passes(names: Iterable[str] | None, options: Options) -> set[str]:
@@ -27,12 +27,18 @@ def requested_passes(names: Iterable[str] | None, options: Options) -> set[str]:
 
 
 def strict_failures(report: PipelineReport, requested: set[str]) -> list[str]:
-    """``--strict``: each pass in ``requested`` that was rolled back or failed, with the reason."""
-    return [
-        f"--strict: {record.name}, asked for, {record.status}: {record.detail}"
-        for record in report.failures()
-        if record.name in requested
-    ]
+    """``--strict``: each pass in ``requested`` that was rolled back or failed, or changed nothing
+    (an int8 budget no layer could meet leaves the model float: asked for, not done), with the reason."""
+    lines = []
+    for record in report.passes:
+        if record.name not in requested:
+            continue
+        if record.status in (STATUS_ROLLED_BACK, STATUS_FAILED):
+            lines.append(f"--strict: {record.name}, asked for, {record.status}: {record.detail}")
+        elif record.status == STATUS_UNCHANGED:
+            why = record.detail or next(iter([*record.refusals, *record.notes]), "nothing in the model it applies to")
+            lines.append(f"--strict: {record.name}, asked for, changed nothing: {why}")
+    return lines
 
 
 def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -62,14 +65,32 @@ class PipelineReport:
         return {"schema": "graphopt.pipeline-report/1", **asdict(self)}
 
     def write_json(self, path: str | os.PathLike) -> None:
-        """Write the report as JSON."""
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=2)
-            handle.write("\n")
+        """Write the report as strict JSON (``strict_json``), atomically (``model_io.write_atomically``)."""
+        from optimizer.model_io import write_atomically
+
+        text = json.dumps(strict_json(self.to_dict()), indent=2, allow_nan=False) + "\n"
+        write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"), "pipeline report")
 
     def failures(self) -> list[PassRecord]:
         """Passes that were rolled back or raised."""
         return [record for record in self.passes if record.status in (STATUS_ROLLED_BACK, STATUS_FAILED)]
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with each NaN or infinite float as the string ``"nan"``, ``"inf"`` or ``"-inf"``.
+
+    JSON has no NaN or Infinity: Python writes them anyway, and jq, JavaScript and Go then
+    refuse the whole file (a rolled-back pass's max |Δ| is infinite exactly when CI reads it).
+    A string, not ``null``, so that a consumer's ``max_abs_error < 1e-3`` cannot pass on it
+    (jq orders null before every number).
+    """
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
 
 
 def render_table(report: PipelineReport, console: Console | None = None, *, verbose: bool = False) -> None:

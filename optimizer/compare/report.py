@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rich import box
@@ -17,7 +15,7 @@ from rich.table import Table
 from optimizer.compare.comparison import ComparisonReport, ProviderResult
 from optimizer.compare.generation_timing import GenerationResult
 from optimizer.model_io import write_atomically
-from optimizer.report import PipelineReport, format_size
+from optimizer.report import PipelineReport, format_size, strict_json
 
 
 def render_comparison(report: ComparisonReport, console: Console | None = None) -> None:
@@ -55,24 +53,8 @@ def render_comparison(report: ComparisonReport, console: Console | None = None) 
 
 def write_json(report: ComparisonReport, path: str | os.PathLike) -> None:
     """Write every figure of the report as JSON (atomically: see ``optimizer.model_io.write_atomically``)."""
-    text = json.dumps(_strict_json(report.to_dict()), indent=2, default=_json_default, allow_nan=False) + "\n"
+    text = json.dumps(strict_json(report.to_dict()), indent=2, default=_json_default, allow_nan=False) + "\n"
     write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"), "comparison")
-
-
-def _strict_json(value: Any) -> Any:
-    """``value`` with each NaN or infinite float as the string ``"nan"``, ``"inf"`` or ``"-inf"``.
-
-    JSON has no NaN or Infinity: Python writes them anyway, and jq, JavaScript and Go then
-    refuse the whole file. A string, not ``null``, so that a consumer's ``max_abs_error <
-    1e-3`` cannot pass on it (jq orders null before every number).
-    """
-    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
-    if isinstance(value, dict):
-        return {key: _strict_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(item) for item in value]
-    return value
 
 
 def write_html(report: ComparisonReport, path: str | os.PathLike, pipeline: PipelineReport | None = None) -> None:
