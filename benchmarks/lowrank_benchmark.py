@@ -271,6 +271,11 @@ def run_smollm2(args: argparse.Namespace) -> None:
         print(json.dumps(row), file=sys.stderr, flush=True)
         return row
 
+    if args.only_pruning is not None:  # a second process, beside one running the factorizations
+        pruning = FfnPruningPass(args.only_pruning, samples=calibration)
+        measure(f"prune-ffn {args.only_pruning}", pruning, args.out / f"prune_ffn_{args.only_pruning}.onnx")
+        time_all(rows, timings, args)
+        return
     for ratio in args.ratios:
         removed = None
         for name, importance, repair, with_data in _chosen(args.settings):
@@ -313,6 +318,7 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=8)
     parser.add_argument("--settings", nargs="*", help="only these factorization settings (by name)")
     parser.add_argument("--no-pruning", action="store_true", help="skip the pruning comparison")
+    parser.add_argument("--only-pruning", type=float, metavar="R", help="smollm2: only FFN pruning at this ratio")
     parser.add_argument("--no-verify", action="store_true", help="minilm: measure variants verification rolls back")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
