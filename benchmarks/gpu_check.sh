@@ -9,8 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
-# graphopt's dependencies less those a PyTorch install brings (numpy, sympy, packaging, typing_extensions).
-deps=(onnx onnx-ir onnxscript rich markdown-it-py mdurl pygments archspec ml_dtypes protobuf)
+# graphopt's and onnxruntime-gpu's dependencies, and pytest for the CUDA tests, less what a PyTorch install
+# brings (sympy, typing_extensions, filelock...). numpy and packaging are listed: torch does not require them.
+deps=(onnx onnx-ir onnxscript rich markdown-it-py mdurl pygments archspec ml_dtypes protobuf numpy packaging
+  flatbuffers pytest pluggy iniconfig)
 if [ "${1:-}" = "--prepare" ]; then
   bash ../shared/tools/fetch_ort_gpu.sh
   "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
