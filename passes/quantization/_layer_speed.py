@@ -15,11 +15,6 @@ this machine reads them instead of timing again.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import tempfile
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +22,12 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.compare.stats import paired_ratio
-from optimizer.compare.timing import EP_PROVIDERS, TimingPlan, default_threads, time_interleaved
-from optimizer.runtime import calling_onnxruntime, import_onnxruntime, open_session, session_options
+from passes._kernel_timing import OneModel, TimingCache, cache_path, cores, interleaved_times, runtime_key
 
 FLOAT = "float"
 _CACHE_FILE = "layer_speed.json"
 # Short comparisons: a model has a few distinct layer shapes, each timed once per form.
-_PLAN = TimingPlan(warmup=5, iterations=120, time_budget=0.6, min_iterations=20)
+_PLAN = {"warmup": 5, "max_pairs": 120, "min_pairs": 20, "budget": 0.6}
 
 
 @dataclass(frozen=True)
@@ -56,14 +49,6 @@ class LayerShape:
 Measure = Callable[[LayerShape, Mapping[str, Callable[[], ir.Model]]], Mapping[str, float]]
 
 
-def cache_path() -> Path:
-    """Where measured layer times are kept on this machine."""
-    if os.environ.get("GRAPHOPT_CACHE_DIR"):
-        return Path(os.environ["GRAPHOPT_CACHE_DIR"]) / _CACHE_FILE
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "graphopt" / _CACHE_FILE
-
-
 class LayerSpeeds:
     """Median seconds of one layer in each form, measured once per machine and shape, cached on disk.
 
@@ -82,23 +67,21 @@ class LayerSpeeds:
         measure: Measure | None = None,
     ) -> None:
         self.target = target
-        self.threads = threads or default_threads()
-        self.path = path or cache_path()
+        self.threads = threads or cores()
+        self.path = path or cache_path(_CACHE_FILE)
+        self._cache = TimingCache(self.path)
         self._measure = measure or self._time
-        self._entries: dict[str, float] | None = None
         self.timed = 0
 
     def key(self, shape: LayerShape, form: str) -> str:
         """The cache key of ``form`` at ``shape`` on this machine, runtime, EP and thread count."""
-        ort = import_onnxruntime()
-        return f"{_machine()}|ort {ort.__version__}|{self.target}|{self.threads} threads|{shape}|{form}"
+        return f"{runtime_key(self.target, self.threads)}|{shape}|{form}"
 
     def seconds(self, shape: LayerShape, builders: Mapping[str, Callable[[], ir.Model]]) -> dict[str, float]:
         """Median seconds per run of the layer in each form of ``builders`` (``"float"`` must be one)."""
         if FLOAT not in builders:
             raise ValueError("the float form is what every other form is timed against")
-        entries = self._read()
-        found = {form: entries.get(self.key(shape, form)) for form in builders}
+        found = {form: self._cache.get(self.key(shape, form)) for form in builders}
         missing = [form for form in builders if found[form] is None and form != FLOAT]
         if missing or found[FLOAT] is None:
             # Every form is timed against a float run of its own; a float time already cached
@@ -108,65 +91,33 @@ class LayerSpeeds:
             scale = 1.0 if found[FLOAT] is None else found[FLOAT] / float(measured[FLOAT])
             if found[FLOAT] is None:
                 found[FLOAT] = float(measured[FLOAT])
-                self._write(self.key(shape, FLOAT), found[FLOAT])
+                self._cache.put(self.key(shape, FLOAT), found[FLOAT])
             for form in missing:
                 found[form] = float(measured[form]) * scale
-                self._write(self.key(shape, form), found[form])
+                self._cache.put(self.key(shape, form), found[form])
         return {form: float(found[form]) for form in builders}
-
-    def _read(self) -> dict[str, float]:
-        if self._entries is None:
-            try:
-                self._entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self._entries = {}
-        return self._entries
-
-    def _write(self, key: str, value: float) -> None:
-        self._read()[key] = value
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:  # another optimization may have added entries meanwhile
-                merged = {**json.loads(self.path.read_text()), **self._entries}
-            except (OSError, ValueError):
-                merged = dict(self._entries)
-            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as file:
-                json.dump(merged, file, indent=0, sort_keys=True)
-            os.replace(file.name, self.path)
-        except OSError:
-            pass  # a read-only home: the measurement still holds for this run
 
     def _time(self, shape: LayerShape, builders: Mapping[str, Callable[[], ir.Model]]) -> dict[str, float]:
         """Each form timed interleaved against the float layer; the float time is the median of all its runs."""
         x = np.random.default_rng(0).standard_normal((shape.rows, shape.k), dtype=np.float32)
-        reference = _Timed(builders[FLOAT](), x, self.target, self.threads)
+
+        def timed(model: ir.Model) -> OneModel:
+            feeds = {model.graph.inputs[0].name: x}
+            return OneModel(model, feeds, self.target, self.threads, "time one quantized layer")
+
+        reference = timed(builders[FLOAT]())
         float_times: list[float] = []
         result = {}
         for form, build in builders.items():
             if form == FLOAT:
                 continue
-            before, after = time_interleaved(reference, _Timed(build(), x, self.target, self.threads), _PLAN)
+            before, after = interleaved_times(reference, timed(build()), **_PLAN)
             float_times.extend(before)
-            result[form] = paired_ratio(before, after).ratio
+            result[form] = float(np.median(after) / np.median(before))
         if not float_times:
-            float_times, _ = time_interleaved(reference, reference, _PLAN)
+            float_times, _ = interleaved_times(reference, reference, **_PLAN)
         float_seconds = float(np.median(float_times))
         return {FLOAT: float_seconds, **{form: ratio * float_seconds for form, ratio in result.items()}}
-
-
-class _Timed:
-    """One single-layer model at ORT_ENABLE_ALL with sequential execution (as ``graphopt compare`` times)."""
-
-    def __init__(self, model: ir.Model, x: np.ndarray, target: str, threads: int) -> None:
-        options = session_options("all", threads, sequential=True)
-        self.session = open_session(ir.to_proto(model).SerializeToString(), options, EP_PROVIDERS[target])
-        self.feeds = {self.session.get_inputs()[0].name: x}
-
-    def run(self) -> float:
-        with calling_onnxruntime("time one quantized layer"):
-            started = time.perf_counter()
-            self.session.run(None, self.feeds)
-            return time.perf_counter() - started
 
 
 def one_layer_model(shape: LayerShape, name: str, seed: int = 0) -> ir.Model:
@@ -185,15 +136,3 @@ def one_layer_model(shape: LayerShape, name: str, seed: int = 0) -> ir.Model:
     y.name, y.type, y.shape = "y", ir.TensorType(ir.DataType.FLOAT), ir.Shape([shape.rows, shape.n])
     graph.outputs.append(y)
     return ir.Model(graph, ir_version=9)
-
-
-def _machine() -> str:
-    """The CPU model (what the kernels' speed depends on), from /proc/cpuinfo where there is one."""
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

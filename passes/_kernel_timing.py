@@ -1,0 +1,130 @@
+"""Kernel timings a pass decides by, measured on this machine and kept in a small cache per machine.
+
+Some rewrites pay on one machine and not another: a factorized projection, a layer kept
+float under an accuracy budget. Such a pass times tiny one-layer models on ONNX Runtime
+(``OneModel``, ORT_ENABLE_ALL, sequential execution, as ``graphopt compare`` times),
+alternately so that drift hits both alike (``interleaved_times``), and keeps what it
+measured in a JSON file (``TimingCache``: ``$GRAPHOPT_CACHE_DIR``, else
+``$XDG_CACHE_HOME/graphopt``, else ``~/.cache/graphopt``) under a key naming the machine,
+ONNX Runtime's version, the EP and the thread count (``runtime_key``), so the next
+optimization on this machine reads it instead of timing again.
+
+(``graphopt compare`` times whole models the same way with more runs and a confidence
+interval; a pass may not depend on the comparison code, and a pass needs many short answers.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.cpu_features import cpu_name
+from optimizer.runtime import calling_onnxruntime, import_onnxruntime, open_session, session_options
+
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def cores() -> int:
+    """The cores this process may use (ONNX Runtime's default thread count follows them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def runtime_key(target: str, threads: int) -> str:
+    """What a kernel's speed depends on besides its shape: ``CPU model|ort 1.32.0|cpu|2 threads``."""
+    return f"{cpu_name()}|ort {import_onnxruntime().__version__}|{target}|{threads} threads"
+
+
+def cache_path(file_name: str) -> Path:
+    """Where the timing cache ``file_name`` is kept on this machine."""
+    if os.environ.get("GRAPHOPT_CACHE_DIR"):
+        return Path(os.environ["GRAPHOPT_CACHE_DIR"]) / file_name
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "graphopt" / file_name
+
+
+class TimingCache:
+    """Numbers measured on this machine, by key, read once and written back atomically.
+
+    Another optimization may write the same file meanwhile: a write merges what is on disk
+    with what this process measured. A home that cannot be written keeps the numbers for
+    this process only.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[str, float] | None = None
+
+    def get(self, key: str) -> float | None:
+        """The number cached under ``key``, or None."""
+        return self._read().get(key)
+
+    def put(self, key: str, value: float) -> None:
+        """Cache ``value`` under ``key``, in memory and on disk."""
+        self._read()[key] = value
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                merged = {**json.loads(self.path.read_text()), **self._entries}
+            except (OSError, ValueError):
+                merged = dict(self._entries)
+            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as file:
+                json.dump(merged, file, indent=0, sort_keys=True)
+            os.replace(file.name, self.path)
+        except OSError:
+            pass  # a read-only home: the measurement still holds for this run
+
+    def _read(self) -> dict[str, float]:
+        if self._entries is None:
+            try:
+                self._entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self._entries = {}
+        return self._entries
+
+
+class OneModel:
+    """One small model in an ORT session at ORT_ENABLE_ALL with sequential execution; ``run()`` times one run."""
+
+    def __init__(
+        self, model: ir.Model | bytes, feeds: Mapping[str, np.ndarray], target: str, threads: int, what: str
+    ) -> None:
+        serialized = model if isinstance(model, bytes) else ir.to_proto(model).SerializeToString()
+        self.session = open_session(serialized, session_options("all", threads, sequential=True), PROVIDERS[target])
+        self.feeds = dict(feeds)
+        self.what = what
+
+    def run(self) -> float:
+        with calling_onnxruntime(self.what):
+            started = time.perf_counter()
+            self.session.run(None, self.feeds)
+            return time.perf_counter() - started
+
+
+def interleaved_times(
+    before: OneModel, after: OneModel, *, warmup: int, max_pairs: int, min_pairs: int, budget: float
+) -> tuple[list[float], list[float]]:
+    """Seconds of each run of ``before`` and ``after``, run alternately (A B, B A, ...) after
+    ``warmup`` runs each: up to ``max_pairs`` pairs, or fewer once ``budget`` seconds are spent
+    (never fewer than ``min_pairs``)."""
+    for _ in range(warmup):
+        before.run()
+        after.run()
+    times: tuple[list[float], list[float]] = ([], [])
+    deadline = time.perf_counter() + budget
+    for index in range(max_pairs):
+        order = (0, 1) if index % 2 == 0 else (1, 0)
+        for which in order:
+            times[which].append((before, after)[which].run())
+        if index + 1 >= min_pairs and time.perf_counter() > deadline:
+            break
+    return times
