@@ -42,10 +42,11 @@ from optimizer.progress import track
 from optimizer.protocol import Twin
 from optimizer.runtime import run_batches, stream_values, value_collector
 from passes._layers import name_nodes
+from passes._least_squares import GramFit
 from passes._pass import GraphoptPass
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.pruning._groups import ChannelGroup
-from passes.pruning._refit import GramFit, channel_rows
+from passes.pruning._refit import channel_rows
 
 IMPORTANCE = ("magnitude", "activation")
 _SEARCH_STEPS = 6
@@ -522,7 +523,7 @@ def _refit(
     The rows are the consumer's inputs in ``model`` as it is now (the earlier groups cut
     and repaired), streamed batch by batch; the targets are its outputs in the input
     model on the same rows. The kept channels plus a constant column are fitted to them,
-    pulled toward the unrepaired weights (``_refit.GramFit``: strength chosen on held-out
+    pulled toward the unrepaired weights (``_least_squares.GramFit``: strength chosen on held-out
     rows, and no change at all if that fits the held-out rows best).
 
     Writes the new weight (full width: ``apply`` cuts the removed rows next) and bias into
