@@ -273,8 +273,10 @@ def run_smollm2(args: argparse.Namespace) -> None:
 
     if args.only_pruning is not None:  # a second process, beside one running the factorizations
         pruning = FfnPruningPass(args.only_pruning, samples=calibration)
-        measure(f"prune-ffn {args.only_pruning}", pruning, args.out / f"prune_ffn_{args.only_pruning}.onnx")
+        path = args.out / f"prune_ffn_{args.only_pruning}.onnx"
+        measure(f"prune-ffn {args.only_pruning}", pruning, path)
         time_all(rows, timings, args)
+        path.unlink()  # 650 MB
         return
     for ratio in args.ratios:
         removed = None
