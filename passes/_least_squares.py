@@ -4,7 +4,8 @@ A pass that changes a layer (pruning cuts its input channels, low-rank factoriza
 truncates its weight) repairs it by re-fitting the layer's remaining weights (and bias)
 to the original layer's output on calibration samples. With few samples an unregularized
 fit can be worse than no repair at all, so the fit is pulled toward the unrepaired
-weights (not toward zero), with a strength chosen on held-out rows.
+weights (not toward zero), with a strength chosen on held-out batches, and kept only where
+it beats no repair there (``GramFit``: streamed, so no layer's input rows are kept).
 """
 
 from __future__ import annotations
@@ -13,39 +14,6 @@ import numpy as np
 
 # Candidate regularization strengths, relative to the mean diagonal of XᵀX.
 STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
-
-
-def fit_toward_prior(design: np.ndarray, target: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """``argmin |design θ - target|² + λ |θ - prior|²``, λ chosen among ``STRENGTHS`` on held-out rows.
-
-    ``design`` is ``[rows, features + 1]`` whose last column is all ones (the bias);
-    ``prior`` is ``[features + 1, outputs]``, the unrepaired weights with the bias as
-    its last row. The bias row is not pulled toward its prior. Every fifth row is held
-    out to choose λ; the final fit uses all rows.
-    """
-    held_out = np.arange(len(design)) % 5 == 4
-    strength = min(
-        STRENGTHS,
-        key=lambda s: fit_error(design[~held_out], target[~held_out], prior, s, design[held_out], target[held_out]),
-    )
-    return fit(design, target, prior, strength)
-
-
-def fit(design: np.ndarray, target: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:
-    """``argmin |design θ - target|² + λ |θ - prior|²`` over the weight rows (the bias row is free)."""
-    gram = design.T @ design
-    size = len(gram) - 1
-    penalty = strength * np.trace(gram[:size, :size]) / max(size, 1)
-    gram[np.arange(size), np.arange(size)] += penalty
-    rhs = design.T @ target
-    rhs[:size] += penalty * prior[:size]
-    return np.linalg.solve(gram, rhs)
-
-
-def fit_error(design, target, prior, strength, check_design, check_target) -> float:
-    """The squared error on ``check_*`` of the fit to ``design``/``target`` at ``strength``."""
-    solution = fit(design, target, prior, strength)
-    return float(((check_design @ solution - check_target) ** 2).sum())
 
 
 class GramFit:
@@ -78,8 +46,13 @@ class GramFit:
             self.target_energy += float((y**2).sum())
         self.batches += 1
 
-    def solve(self, prior: np.ndarray) -> tuple[np.ndarray, bool]:
-        """The fitted ``θ`` (``[features + 1, outputs]``, bias last) and whether it is the prior unchanged."""
+    def solve(self, prior: np.ndarray, gain: float = 1.0) -> tuple[np.ndarray, bool]:
+        """The fitted ``θ`` (``[features + 1, outputs]``, bias last) and whether it is the prior unchanged.
+
+        ``gain`` below 1 asks more of a repair: it is kept only where its held-out error is
+        below ``gain`` times the prior's (a refit that changes every weight to gain 0.1 % is
+        not worth the risk on data it did not see).
+        """
 
         def error(theta: np.ndarray) -> float:
             gram, cross = self.gram[1], self.cross[1]
@@ -91,7 +64,7 @@ class GramFit:
             ((strength, _solve(self.gram[0], self.cross[0], prior, strength)) for strength in STRENGTHS),
             key=lambda candidate: error(candidate[1]),
         )
-        if error(prior) <= error(fitted[1]):
+        if not error(fitted[1]) < gain * error(prior):
             return prior, True
         return _solve(self.gram[0] + self.gram[1], self.cross[0] + self.cross[1], prior, fitted[0]), False
 

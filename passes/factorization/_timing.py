@@ -13,37 +13,23 @@ kept in a JSON file (``$GRAPHOPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/graphopt``,
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.runtime import calling_onnxruntime, import_onnxruntime, open_session, session_options
+from passes._kernel_timing import OneModel, TimingCache, cache_path, cores, interleaved_times, runtime_key
 
 # The factorized layer counts as faster when its median time is at most this fraction of the whole
 # layer's: a 5 % margin, so timing noise on a busy machine does not turn a tie into a rewrite.
 FASTER_BELOW = 0.95
 # Each comparison is short, because a bisection makes about seven of them per shape and row count:
-# warm-up runs, then interleaved pairs until the budget (seconds) is spent, at least _MIN_PAIRS.
-_WARMUP, _MAX_PAIRS, _MIN_PAIRS, _BUDGET = 5, 100, 15, 0.4
-_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+# warm-up runs, then interleaved pairs until the budget (seconds) is spent, at least min_pairs.
+_PLAN = {"warmup": 5, "max_pairs": 100, "min_pairs": 15, "budget": 0.4}
 _CACHE_FILE = "lowrank_timing.json"
 
 Measure = Callable[[int, int, int, int], float]
-
-
-def cache_path() -> Path:
-    """Where measured break-even ranks are kept on this machine."""
-    if os.environ.get("GRAPHOPT_CACHE_DIR"):
-        return Path(os.environ["GRAPHOPT_CACHE_DIR"]) / _CACHE_FILE
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "graphopt" / _CACHE_FILE
 
 
 def parameter_limit(k: int, n: int) -> int:
@@ -68,16 +54,16 @@ class MeasuredSpeed:
         measure: Measure | None = None,
     ) -> None:
         self.target = target
-        self.threads = threads or _cores()
-        self.path = path or cache_path()
+        self.threads = threads or cores()
+        self.path = path or cache_path(_CACHE_FILE)
+        self._cache = TimingCache(self.path)
         self._measure = measure or self._time
-        self._entries: dict[str, float] | None = None
         self.timed = 0  # comparisons actually run (not read from the cache)
 
     def break_even(self, k: int, n: int, m: int) -> int:
         """The largest rank at which ``[k, n]`` factorized measured faster at ``m`` rows (0: not even rank 1)."""
         key = self._key("break_even", k, n, m)
-        cached = self._read().get(key)
+        cached = self._cache.get(key)
         if cached is not None:
             return int(cached)
         limit = parameter_limit(k, n)
@@ -96,90 +82,33 @@ class MeasuredSpeed:
                 else:
                     high = middle
             found = low
-        self._write(key, found)
+        self._cache.put(key, found)
         return found
 
     def ratio(self, k: int, n: int, r: int, m: int) -> float:
         """Median time of ``x [m, k] @ U [k, r] @ V [r, n]`` over ``x @ W [k, n]``, measured once per machine."""
         key = self._key("ratio", k, n, m, r)
-        cached = self._read().get(key)
+        cached = self._cache.get(key)
         if cached is not None:
             return float(cached)
         value = float(self._measure(k, n, r, m))
         self.timed += 1
-        self._write(key, value)
+        self._cache.put(key, value)
         return value
 
     def _key(self, kind: str, k: int, n: int, m: int, r: int | None = None) -> str:
-        ort = import_onnxruntime()
         shape = f"{k}x{n}" + (f"r{r}" if r is not None else "")
-        return f"{kind}|{_machine()}|ort {ort.__version__}|{self.target}|{self.threads} threads|{shape}|m{m}"
-
-    def _read(self) -> dict[str, float]:
-        if self._entries is None:
-            try:
-                self._entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self._entries = {}
-        return self._entries
-
-    def _write(self, key: str, value: float) -> None:
-        self._read()[key] = value
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:  # another optimization may have added entries meanwhile
-                merged = {**json.loads(self.path.read_text()), **self._entries}
-            except (OSError, ValueError):
-                merged = dict(self._entries)
-            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as file:
-                json.dump(merged, file, indent=0, sort_keys=True)
-            os.replace(file.name, self.path)
-        except OSError:
-            pass  # a read-only home: the measurement still holds for this run
+        return f"{kind}|{runtime_key(self.target, self.threads)}|{shape}|m{m}"
 
     def _time(self, k: int, n: int, r: int, m: int) -> float:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((m, k), dtype=np.float32)
         whole = _matmul_chain([rng.standard_normal((k, n), dtype=np.float32)], m)
         factors = [rng.standard_normal((k, r), dtype=np.float32), rng.standard_normal((r, n), dtype=np.float32)]
-        before = _Timed(whole, x, self.target, self.threads)
-        after = _Timed(_matmul_chain(factors, m), x, self.target, self.threads)
-        return _interleaved_ratio(before, after)
-
-
-class _Timed:
-    """One MatMul chain on one EP, at ORT_ENABLE_ALL with sequential execution (as ``graphopt compare`` times)."""
-
-    def __init__(self, model: bytes, x: np.ndarray, target: str, threads: int) -> None:
-        options = session_options("all", threads, sequential=True)
-        self.session = open_session(model, options, _PROVIDERS[target])
-        self.feeds = {"x": x}
-
-    def run(self) -> float:
-        with calling_onnxruntime("time a factorized MatMul"):
-            started = time.perf_counter()
-            self.session.run(None, self.feeds)
-            return time.perf_counter() - started
-
-
-def _interleaved_ratio(before: _Timed, after: _Timed) -> float:
-    """Median time of ``after`` over ``before``, run alternately (A B, B A, ...) so drift hits both alike.
-
-    (``graphopt compare`` does the same with more runs and a confidence interval; a pass may not
-    depend on the comparison code, and a bisection needs many short answers.)
-    """
-    for _ in range(_WARMUP):
-        before.run()
-        after.run()
-    times: tuple[list[float], list[float]] = ([], [])
-    deadline = time.perf_counter() + _BUDGET
-    for index in range(_MAX_PAIRS):
-        first, second = (0, 1) if index % 2 == 0 else (1, 0)
-        for which in (first, second):
-            times[which].append((before, after)[which].run())
-        if index + 1 >= _MIN_PAIRS and time.perf_counter() > deadline:
-            break
-    return float(np.median(times[1]) / np.median(times[0]))
+        before = OneModel(whole, {"x": x}, self.target, self.threads, "time a factorized MatMul")
+        after = OneModel(_matmul_chain(factors, m), {"x": x}, self.target, self.threads, "time a factorized MatMul")
+        times_before, times_after = interleaved_times(before, after, **_PLAN)
+        return float(np.median(times_after) / np.median(times_before))
 
 
 def _matmul_chain(weights: list[np.ndarray], m: int) -> bytes:
@@ -198,23 +127,3 @@ def _matmul_chain(weights: list[np.ndarray], m: int) -> bytes:
         current.shape = ir.Shape([m, weight.shape[1]])
     graph.outputs.append(current)
     return ir.to_proto(ir.Model(graph, ir_version=9)).SerializeToString()
-
-
-def _cores() -> int:
-    """The cores this process may use (ONNX Runtime's default thread count follows them)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _machine() -> str:
-    """The CPU model (what the kernels' speed depends on), from /proc/cpuinfo where there is one."""
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

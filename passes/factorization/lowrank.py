@@ -55,7 +55,7 @@ from optimizer.inputs import split_samples
 from optimizer.protocol import Twin
 from optimizer.runtime import run_batches
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
-from passes._least_squares import fit_toward_prior
+from passes._least_squares import GramFit
 from passes._pass import GraphoptPass
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.factorization._timing import MeasuredSpeed, parameter_limit
@@ -75,6 +75,8 @@ _SAMPLE_ROWS = 1024
 # The repair is kept where it lowers the held-out squared error below this fraction of the unrepaired
 # one: a re-fit that only moves rounding noise is not worth a new bias Add.
 _REPAIR_GAIN = 0.98
+# Batches the sampled rows are split into for the repair's held-out choice (every fifth is held out).
+_REPAIR_BATCHES = 10
 # Factors this close to the layer (relative output error on held-out rows) are exact up to float32 rounding.
 _EXACT = 1e-5
 # Bisection steps of the budget search over the per-layer error ε.
@@ -453,17 +455,20 @@ class _Group:
             return v, None
         x = np.concatenate(present).astype(np.float64)
         target = x @ self.layers[0].weight.astype(np.float64)
-        design = np.concatenate([x @ u.astype(np.float64), np.ones((len(x), 1))], axis=1)
+        projected = x @ u.astype(np.float64)
         prior = np.concatenate([v.astype(np.float64), np.zeros((1, v.shape[1]))])
-        held_out = np.arange(len(x)) % 5 == 4
-        fitted = fit_toward_prior(design[~held_out], target[~held_out], prior)
-        error = float(((design[held_out] @ fitted - target[held_out]) ** 2).sum())
-        unrepaired = float(((design[held_out] @ prior - target[held_out]) ** 2).sum())
-        exact = unrepaired <= _EXACT**2 * float((target[held_out] ** 2).sum())
-        if exact or not error < _REPAIR_GAIN * unrepaired:
+        unrepaired = float(((projected @ prior[:-1] - target) ** 2).sum())
+        if unrepaired <= _EXACT**2 * float((target**2).sum()):
+            self._repairs[rank] = (v, None)  # exact already (a rank-deficient weight): nothing to repair
+            return self._repairs[rank]
+        # The shared streamed fit (pruning's): chunks of the sampled rows are its batches, one in five held out.
+        fit = GramFit(rank, v.shape[1])
+        for chunk in np.array_split(np.arange(len(x)), _REPAIR_BATCHES):
+            fit.add(projected[chunk], target[chunk])
+        solution, unchanged = fit.solve(prior, gain=_REPAIR_GAIN)
+        if unchanged:
             self._repairs[rank] = (v, None)
         else:
-            solution = fit_toward_prior(design, target, prior)
             self._repairs[rank] = (solution[:-1].astype(np.float32), solution[-1].astype(np.float32))
         return self._repairs[rank]
 
