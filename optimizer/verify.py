@@ -354,8 +354,17 @@ _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 def _inside_qdq_unit(value: ir.Value) -> bool:
     """Whether ``value`` is the float output of an op that reads a DequantizeLinear and feeds a
-    QuantizeLinear: ORT fuses such a unit into one integer kernel, which a cut there would undo."""
+    QuantizeLinear: ORT fuses such a unit into one integer kernel, which a cut there would undo.
+    A Relu or Clip between the op and the QuantizeLinear is looked through: ORT drops it where the
+    quantization already clips there (ReluQuantFusion, ClipQuantFusion) and then fuses the unit."""
     producer = value.producer()
+    while (
+        producer is not None
+        and producer.op_type in ("Relu", "Clip")
+        and producer.inputs[0] is not None
+        and len(producer.inputs[0].uses()) == 1
+    ):
+        producer = producer.inputs[0].producer()
     reads_dq = producer is not None and any(
         v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
         for v in producer.inputs
