@@ -598,6 +598,7 @@ class Verifier:
                 ):
                     for index, (inputs, label, noise) in enumerate(zip(self.input_sets, self.labels, self.noise)):
                         values = examples if index == 0 else run_twin(inputs)
+                        examples = None
                         feeds = {**inputs, **{name: values[name] for name in names}}
                         reference = {name: values[name] for name in outputs_of_twin}
                         reference.update({_computed(name): values[name] for name in names})
@@ -613,7 +614,8 @@ class Verifier:
                                 f"segment between {len(names)} quantized activations: {_segment_failure(result)}"
                             )
                         worst.twin_error = max(worst.twin_error, result.max_abs_error)
-                        del values
+                        # Gone before the next input set's are computed: one set's values in memory at a time.
+                        values = feeds = reference = outputs = before = None
         except RuntimeRefusedError as error:
             return VerificationResult(error=f"{end_to_end}; segment by segment, ONNX Runtime refused: {error.reason}")
         return worst

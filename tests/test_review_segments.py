@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
 from optimizer.runtime import collect_values
-from optimizer.verify import _cut_at, _segment_checkpoints
+from optimizer.verify import Verifier, _cut_at, _segment_checkpoints
 from passes.quantization.static import StaticQuantizationPass
 from tests.passes.quantization.graphs import convnet, mlp, samples
 
@@ -35,3 +38,35 @@ def test_cutting_a_static_result_keeps_every_integer_kernel_it_deploys(build, tm
     deployed = _deployed_ops(result.model, tmp_path / "deployed.onnx")
     assert deployed
     assert _deployed_ops(_cut_at(result.model, names, values), tmp_path / "cut.onnx") == deployed
+
+
+def test_the_segment_check_holds_one_input_sets_values_at_a_time(monkeypatch):
+    # On a large model the checkpoints' values of one input set are most of the memory the check
+    # needs: those of the set before must be gone when the next set's are computed.
+    from contextlib import contextmanager
+
+    import optimizer.verify as verify
+    from passes.quantization.dynamic import DynamicQuantizationPass
+
+    model = mlp(head=False)
+    result = DynamicQuantizationPass(samples=samples(model, 16), quantize_outputs=True)(model.clone())
+    real = verify.value_collector
+    alive: list[weakref.ref] = []
+
+    @contextmanager
+    def tracked(twin_model, names):
+        with real(twin_model, names) as run:
+
+            def run_tracked(inputs):
+                gc.collect()
+                assert not [ref for ref in alive if ref() is not None], "an earlier input set's values are still held"
+                values = run(inputs)
+                alive[:] = [weakref.ref(array) for array in values.values()]
+                return values
+
+            yield run_tracked
+
+    monkeypatch.setattr(verify, "value_collector", tracked)
+    verifier = Verifier(model, [samples(model, 2, seed=seed) for seed in (5, 6, 7)])
+    verdict = verifier._check_twin_by_segment(result.model, result.twin, "end to end: (forced)")
+    assert verdict.ok, verdict.first_failure
