@@ -373,10 +373,22 @@ def _inside_qdq_unit(value: ir.Value) -> bool:
     return reads_dq and feeds_q
 
 
-def _cut_at(model: ir.Model, names: Sequence[str], examples: Mapping[str, np.ndarray] | None = None) -> ir.Model:
+def _own(name: str) -> str:
+    return name + "::graphopt_own"
+
+
+def _cut_at(
+    model: ir.Model,
+    names: Sequence[str],
+    examples: Mapping[str, np.ndarray] | None = None,
+    *,
+    keep_own: bool = False,
+) -> ir.Model:
     """A copy of ``model`` where each named tensor is a graph input to the nodes that read it,
     and the value its producer computes is a graph output named ``_computed(name)``.
 
+    With ``keep_own``, the readers get ``Where(_own(name), computed, fed)`` instead: a boolean
+    input of the tensor's shape marks where the model's own value goes on (padded positions).
     A tensor whose type the graph does not record takes its dtype and rank from ``examples``
     (every dimension symbolic).
     """
@@ -393,7 +405,26 @@ def _cut_at(model: ir.Model, names: Sequence[str], examples: Mapping[str, np.nda
         computed.replace_all_uses_with(fed)
         cut.graph.inputs.append(fed)
         cut.graph.outputs.append(computed)
+        if keep_own:
+            own = ir.Value(name=_own(name), type=ir.TensorType(ir.DataType.BOOL), shape=computed.shape)
+            readers = list(fed.uses())
+            select = ir.Node("", "Where", [own, computed, fed], name=f"{name}::graphopt_select")
+            select.outputs[0].name = f"{name}::graphopt_selected"
+            select.outputs[0].type, select.outputs[0].shape = computed.type, computed.shape
+            for reader, index in readers:
+                reader.replace_input_with(index, select.outputs[0])
+            cut.graph.insert_after(computed.producer(), select)
+            cut.graph.inputs.append(own)
     return cut
+
+
+def _own_positions(value: np.ndarray, padding: np.ndarray | None) -> np.ndarray:
+    """Where a checkpoint of shape ``value.shape`` keeps the model's own value: its padded positions
+    (``[batch, sequence, ...]`` tensors laid out like the mask), nowhere else."""
+    if padding is not None and value.ndim >= 2 and value.shape[:2] == padding.shape:
+        where = padding.reshape(padding.shape + (1,) * (value.ndim - 2))
+        return np.ascontiguousarray(np.broadcast_to(where, value.shape))
+    return np.zeros(value.shape, dtype=bool)
 
 
 def _streamed_drift(original: ir.Model, candidate: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> Drift:
@@ -591,7 +622,12 @@ class Verifier:
                 worst = VerificationResult(
                     twin_error=0.0, twin_segments=len(names) + 1, twin_end_to_end=missed or end_to_end
                 )
-                cut_result, cut_base = _cut_at(candidate, names, examples), _cut_at(base, names, examples)
+                # Padded positions of a checkpoint are not compared (hide_padded), so there the result's
+                # (and the float model's) own values go on, as deployed: where they reach the real tokens
+                # (dynamic int8 takes its range over every position), a later segment shows it.
+                keep_own = bool(self.masks)
+                cut_result = _cut_at(candidate, names, examples, keep_own=keep_own)
+                cut_base = _cut_at(base, names, examples, keep_own=keep_own)
                 with (
                     inference_session(cut_result, optimization_level="all") as result_session,
                     inference_session(cut_base) as base_session,
@@ -599,10 +635,12 @@ class Verifier:
                     for index, (inputs, label, noise) in enumerate(zip(self.input_sets, self.labels, self.noise)):
                         values = examples if index == 0 else run_twin(inputs)
                         examples = None
+                        padding = padded_positions(inputs, self.masks)
                         feeds = {**inputs, **{name: values[name] for name in names}}
+                        if keep_own:
+                            feeds.update({_own(name): _own_positions(values[name], padding) for name in names})
                         reference = {name: values[name] for name in outputs_of_twin}
                         reference.update({_computed(name): values[name] for name in names})
-                        padding = padded_positions(inputs, self.masks)
                         outputs = hide_padded(run_session(result_session, feeds), padding, reference, self.caches)
                         result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
                         if not result.ok:

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import gc
 import weakref
+from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
+from optimizer.inputs import make_inputs
 from optimizer.runtime import collect_values
 from optimizer.verify import Verifier, _cut_at, _segment_checkpoints
+from passes._utils import add_initializer
+from passes.quantization.dynamic import DynamicQuantizationPass
 from passes.quantization.static import StaticQuantizationPass
 from tests.passes.quantization.graphs import convnet, mlp, samples
 
+FIXTURES = Path(__file__).parent / "fixtures"
 # ONNX Runtime's integer kernels: what a static int8 result deploys as.
 _INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat")
 
@@ -46,7 +52,6 @@ def test_the_segment_check_holds_one_input_sets_values_at_a_time(monkeypatch):
     from contextlib import contextmanager
 
     import optimizer.verify as verify
-    from passes.quantization.dynamic import DynamicQuantizationPass
 
     model = mlp(head=False)
     result = DynamicQuantizationPass(samples=samples(model, 16), quantize_outputs=True)(model.clone())
@@ -70,3 +75,40 @@ def test_the_segment_check_holds_one_input_sets_values_at_a_time(monkeypatch):
     verifier = Verifier(model, [samples(model, 2, seed=seed) for seed in (5, 6, 7)])
     verdict = verifier._check_twin_by_segment(result.model, result.twin, "end to end: (forced)")
     assert verdict.ok, verdict.first_failure
+
+
+def _padded_garbage(model: ir.Model, name: str, amount: float = 1000.0) -> ir.Model:
+    """``model`` with ``amount`` added to the tensor ``name`` at the positions its attention mask pads."""
+    model = model.clone()
+    graph = model.graph
+    value = next(v for node in graph for v in node.outputs if v.name == name)
+    mask = next(v for v in graph.inputs if v.name == "attention_mask")
+    cast = ir.node("Cast", [mask], attributes={"to": ir.DataType.FLOAT})
+    padded = ir.node("Sub", [add_initializer(graph, "review_one", np.array(1, np.float32)), cast.outputs[0]])
+    column = ir.node("Unsqueeze", [padded.outputs[0], add_initializer(graph, "review_axis", np.array([-1], np.int64))])
+    garbage = ir.node("Mul", [column.outputs[0], add_initializer(graph, "review_amount", np.array(amount, np.float32))])
+    users = list(value.uses())
+    added = ir.node("Add", [value, garbage.outputs[0]])
+    graph.insert_after(value.producer(), [cast, padded, column, garbage, added])
+    for user, index in users:
+        user.replace_input_with(index, added.outputs[0])
+    value.name, added.outputs[0].name = f"{name}_inner", name
+    return model
+
+
+def test_garbage_at_padded_positions_of_a_checkpoint_that_moves_the_real_tokens_fails():
+    # Dynamic int8 takes its input's range over every position, padded ones too: values written at
+    # padded positions of a quantized layer's input coarsen the real tokens' quantization. The
+    # checkpoint hides its padded positions, so the deployed values there must reach the layer.
+    model = ir.load(FIXTURES / "bert_legacy.onnx")
+    feeds = make_inputs(model, seed=3)
+    feeds["attention_mask"][-1, feeds["attention_mask"].shape[1] // 2 :] = 0
+    calibration = {k: np.concatenate([make_inputs(model, seed=s)[k] for s in (4, 5)]) for k in feeds}
+    result = DynamicQuantizationPass(samples=calibration)(model.clone())
+    verifier = Verifier(model, [feeds])
+    assert verifier.masks == ["attention_mask"]
+    assert verifier._check_twin_by_segment(result.model, result.twin, "end to end: (forced)").ok
+    names = _segment_checkpoints(result.model, result.twin, model)
+    for name in (names[0], names[2]):
+        verdict = verifier.check_twin(_padded_garbage(result.model, name), result.twin)
+        assert not verdict.ok, name
