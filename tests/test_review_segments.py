@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from optimizer.inputs import make_inputs
-from optimizer.runtime import collect_values
+from optimizer.runtime import collect_values, run_model
 from optimizer.verify import Verifier, _cut_at, _segment_checkpoints
 from passes._utils import add_initializer
 from passes.quantization.dynamic import DynamicQuantizationPass
@@ -112,3 +112,31 @@ def test_garbage_at_padded_positions_of_a_checkpoint_that_moves_the_real_tokens_
     for name in (names[0], names[2]):
         verdict = verifier.check_twin(_padded_garbage(result.model, name), result.twin)
         assert not verdict.ok, name
+
+
+def _clustered_sequences(count: int, seed: int, k: int = 128, sequence: int = 32) -> np.ndarray:
+    """``[count, sequence, k]`` rows alike within a sequence (one centre each), unlike across sequences."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(count, 1, k)) * 3.0
+    return (centres + rng.normal(size=(count, sequence, k)) * 0.3).astype(np.float32)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.6])
+def test_low_rank_repair_is_no_worse_than_none_on_sequences_it_did_not_see(ratio):
+    # Rows held out beside rows of the same sequence show a fit that learnt the calibration
+    # sequences, not the layer: the repair must hold out whole sequences.
+    from passes.factorization.lowrank import LowRankFactorizationPass
+    from tests.passes.factorization import graphs
+    from tests.passes.factorization.graphs import FakeSpeed
+
+    model = graphs.projections()
+    calibration, held_out = _clustered_sequences(32, 1), _clustered_sequences(64, 12)
+    expected = run_model(model, {"x": held_out})["y"].astype(np.float64)
+    errors = {}
+    for repair in (False, True):
+        result = LowRankFactorizationPass(
+            ratio, samples={"x": calibration}, importance="magnitude", repair=repair, speed=FakeSpeed()
+        )(model.clone())
+        got = run_model(result.model, {"x": held_out})["y"].astype(np.float64)
+        errors[repair] = float(np.linalg.norm(got - expected) / np.linalg.norm(expected))
+    assert errors[True] <= errors[False] * 1.001, errors

@@ -19,7 +19,8 @@ How the factors are chosen:
 - **Repair** (with calibration data): ``V`` and a bias change are re-fitted by least
   squares to the original layer's output on the samples, with ``U`` fixed — the same
   regularized solve as pruning's repair (``passes._least_squares``). The re-fit is kept
-  only where it lowers the error on held-out calibration rows (by 2 %).
+  only where it lowers the error on held-out calibration samples (whole sequences, by
+  2 %); with fewer than five samples nothing can be held out, and the factors stay as they are.
 - **Rank selection with a budget** (``--min-cosine``/``--max-error``): ``ratio`` is then
   the most that may be removed. Each layer's sensitivity is its spectrum in the
   activation metric: the smallest rank whose relative output error on the samples is at
@@ -53,14 +54,13 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.inputs import split_samples
 from optimizer.protocol import Twin
-from optimizer.runtime import run_batches
+from optimizer.runtime import run_batches, stream_values
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.factorization._timing import MeasuredSpeed, parameter_limit
 from passes.pruning._base import parameter_count
-from passes.quantization._base import sample_layer_inputs
 
 IMPORTANCE = ("magnitude", "activation")
 # Below this many weight entries a second kernel launch costs more than the multiply-adds saved.
@@ -75,7 +75,9 @@ _SAMPLE_ROWS = 1024
 # The repair is kept where it lowers the held-out squared error below this fraction of the unrepaired
 # one: a re-fit that only moves rounding noise is not worth a new bias Add.
 _REPAIR_GAIN = 0.98
-# Batches the sampled rows are split into for the repair's held-out choice (every fifth is held out).
+# Folds of whole samples the sampled rows are split into for the repair's held-out choice (every fifth is
+# held out): rows of one sequence are alike, and rows held out beside their neighbours do not show a fit
+# that learnt the calibration sequences rather than the layer (on clustered sequences it doubled the error).
 _REPAIR_BATCHES = 10
 # Factors this close to the layer (relative output error on held-out rows) are exact up to float32 rounding.
 _EXACT = 1e-5
@@ -161,7 +163,9 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         rows: dict[str, np.ndarray] = {}
         if batches and (self.activation_aware or self.repair):
             layers = [layer for group in groups for layer in group.layers]
-            rows = sample_layer_inputs(model, layers, batches, _SAMPLE_ROWS)
+            rows, origins = _sample_rows(model, layers, batches, _SAMPLE_ROWS)
+            for group in groups:
+                group.origins = origins
         for group in groups:
             group.decompose(rows, self.activation_aware, searched=self.budget is not None and bool(batches))
         if not self.activation_aware:
@@ -394,6 +398,8 @@ class _Group:
     left: np.ndarray | None = None
     right: np.ndarray | None = None
     spectrum: np.ndarray | None = None  # squared singular values in the activation metric, all of them
+    # Per input tensor, the sample (sequence) each sampled row comes from (``_sample_rows``).
+    origins: Mapping[str, np.ndarray] = field(default_factory=dict)
     _repairs: dict = field(default_factory=dict)
 
     @property
@@ -450,10 +456,11 @@ class _Group:
         rank = u.shape[1]
         if rank in self._repairs:
             return self._repairs[rank]
-        present = [rows[name] for name in self.activations if name in rows]
+        present = [name for name in self.activations if name in rows and name in self.origins]
         if not present:
             return v, None
-        x = np.concatenate(present).astype(np.float64)
+        x = np.concatenate([rows[name] for name in present]).astype(np.float64)
+        folds = np.concatenate([self.origins[name] for name in present]) % _REPAIR_BATCHES
         target = x @ self.layers[0].weight.astype(np.float64)
         projected = x @ u.astype(np.float64)
         prior = np.concatenate([v.astype(np.float64), np.zeros((1, v.shape[1]))])
@@ -461,16 +468,47 @@ class _Group:
         if unrepaired <= _EXACT**2 * float((target**2).sum()):
             self._repairs[rank] = (v, None)  # exact already (a rank-deficient weight): nothing to repair
             return self._repairs[rank]
-        # The shared streamed fit (pruning's): chunks of the sampled rows are its batches, one in five held out.
+        # The shared streamed fit (pruning's): folds of whole samples are its batches, one in five held out.
         fit = GramFit(rank, v.shape[1])
-        for chunk in np.array_split(np.arange(len(x)), _REPAIR_BATCHES):
-            fit.add(projected[chunk], target[chunk])
+        for fold in range(_REPAIR_BATCHES):
+            chosen = folds == fold
+            if chosen.any():
+                fit.add(projected[chosen], target[chosen])
+        if fit.batches < 5:  # nothing to hold out: a re-fit could not show it is better than none
+            self._repairs[rank] = (v, None)
+            return self._repairs[rank]
         solution, unchanged = fit.solve(prior, gain=_REPAIR_GAIN)
         if unchanged:
             self._repairs[rank] = (v, None)
         else:
             self._repairs[rank] = (solution[:-1].astype(np.float32), solution[-1].astype(np.float32))
         return self._repairs[rank]
+
+
+def _sample_rows(
+    model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]], rows: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Up to ``rows`` rows ``[rows, K]`` of each layer's input (a seeded random subset of each batch's rows,
+    as ``passes.quantization._base.sample_layer_inputs`` draws them) and, per row, the sample it comes from
+    (its index along the batch axis, counted over all batches; a 2-D input's every row is a sample)."""
+    names = list(dict.fromkeys(layer.activation.name for layer in layers))
+    rng = np.random.default_rng(0)
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    origins: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    seen = dict.fromkeys(names, 0)
+    share = max(1, rows // max(len(batches), 1))
+    for run in stream_values(model, names, batches):
+        for name, array in run.items():
+            flat = np.asarray(array, dtype=np.float32).reshape(-1, np.shape(array)[-1])
+            per_sample = max(1, len(flat) // np.shape(array)[0]) if np.ndim(array) >= 3 and np.shape(array)[0] else 1
+            chosen = rng.choice(len(flat), min(share, len(flat)), replace=False)
+            collected[name].append(flat[chosen])
+            origins[name].append(seen[name] + chosen // per_sample)
+            seen[name] += -(-len(flat) // per_sample)
+    return (
+        {name: np.concatenate(parts) for name, parts in collected.items()},
+        {name: np.concatenate(parts) for name, parts in origins.items()},
+    )
 
 
 @dataclass
