@@ -17,34 +17,41 @@ STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 class GramFit:
-    """``argmin |[x 1] θ - y|² + λ |θ - prior|²`` from streamed rows, λ chosen on held-out batches.
+    """``argmin |[x 1] θ - y|² + λ |θ - prior|²`` from streamed rows, λ chosen on held-out data.
 
     Every fifth batch is held out (whole batches: rows of one sentence or one image are
     alike, and rows held out beside their neighbours do not show a fit that learnt the
-    calibration samples rather than the layer). The bias row (the constant column's) is
-    not pulled toward its prior. The final fit uses all rows. If the held-out rows are
-    fitted better by the prior itself (no repair) than by any λ, the prior is returned: a
-    repair is never worse than none on batches it did not see. With fewer than five
-    batches nothing can be held out, and the fit takes the middle strength.
+    calibration samples rather than the layer). With fewer than five batches there is no
+    whole batch to spare, and every fifth row is held out instead (the better choice than
+    none on a few samples). The bias row (the constant column's) is not pulled toward its
+    prior. The final fit uses all rows. If the held-out rows are fitted better by the prior
+    itself (no repair) than by any λ, the prior is returned: a repair is never worse than
+    none on data it did not see.
     """
 
     def __init__(self, features: int, outputs: int) -> None:
         size = features + 1
-        self.gram = [np.zeros((size, size)), np.zeros((size, size))]  # fitted rows, held-out rows
-        self.cross = [np.zeros((size, outputs)), np.zeros((size, outputs))]
-        self.target_energy = 0.0  # |y|² over the held-out rows
+        # [fitted, held out] by whole batches, and the same split by rows.
+        self.gram = {split: [np.zeros((size, size)), np.zeros((size, size))] for split in ("batch", "row")}
+        self.cross = {split: [np.zeros((size, outputs)), np.zeros((size, outputs))] for split in ("batch", "row")}
+        self.target_energy = {"batch": 0.0, "row": 0.0}  # |y|² over the held-out rows
         self.batches = 0
+        self.rows = 0
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
         """One batch's rows ``x`` and targets ``y``."""
         design = np.concatenate([x.astype(np.float64), np.ones((len(x), 1))], axis=1)
         y = y.astype(np.float64)
-        part = 1 if self.batches % 5 == 4 else 0
-        self.gram[part] += design.T @ design
-        self.cross[part] += design.T @ y
-        if part:
-            self.target_energy += float((y**2).sum())
+        held_rows = (self.rows + np.arange(len(x))) % 5 == 4
+        parts = {"batch": np.full(len(x), self.batches % 5 == 4), "row": held_rows}
+        for split, held in parts.items():
+            for part, rows in ((0, ~held), (1, held)):
+                if rows.any():
+                    self.gram[split][part] += design[rows].T @ design[rows]
+                    self.cross[split][part] += design[rows].T @ y[rows]
+            self.target_energy[split] += float((y[held] ** 2).sum())
         self.batches += 1
+        self.rows += len(x)
 
     def solve(self, prior: np.ndarray, gain: float = 1.0) -> tuple[np.ndarray, bool]:
         """The fitted ``θ`` (``[features + 1, outputs]``, bias last) and whether it is the prior unchanged.
@@ -53,20 +60,22 @@ class GramFit:
         below ``gain`` times the prior's (a refit that changes every weight to gain 0.1 % is
         not worth the risk on data it did not see).
         """
+        split = "batch" if self.batches >= 5 else "row"
+        gram, cross = self.gram[split], self.cross[split]
 
         def error(theta: np.ndarray) -> float:
-            gram, cross = self.gram[1], self.cross[1]
-            return float(np.sum(theta * (gram @ theta)) - 2 * np.sum(theta * cross) + self.target_energy)
+            held = float(np.sum(theta * (gram[1] @ theta)) - 2 * np.sum(theta * cross[1]))
+            return held + self.target_energy[split]
 
-        if self.batches < 5:  # nothing held out: fit on what there is, at the middle strength
-            return _solve(self.gram[0], self.cross[0], prior, STRENGTHS[len(STRENGTHS) // 2]), False
+        if self.rows < 5:  # nothing to hold out: fit on what there is, at the middle strength
+            return _solve(gram[0] + gram[1], cross[0] + cross[1], prior, STRENGTHS[len(STRENGTHS) // 2]), False
         fitted = min(
-            ((strength, _solve(self.gram[0], self.cross[0], prior, strength)) for strength in STRENGTHS),
+            ((strength, _solve(gram[0], cross[0], prior, strength)) for strength in STRENGTHS),
             key=lambda candidate: error(candidate[1]),
         )
         if not error(fitted[1]) < gain * error(prior):
             return prior, True
-        return _solve(self.gram[0] + self.gram[1], self.cross[0] + self.cross[1], prior, fitted[0]), False
+        return _solve(gram[0] + gram[1], cross[0] + cross[1], prior, fitted[0]), False
 
 
 def _solve(gram: np.ndarray, cross: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:
