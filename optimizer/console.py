@@ -29,6 +29,9 @@ from rich.text import Text
 
 # Loggers of graphopt itself; everything else (onnxscript, onnx_ir, onnx) is "the libraries".
 OWN_LOGGERS = ("optimizer", "passes")
+# The libraries whose logs -vv shows: set explicitly, since a library (or an embedding program)
+# may have given its logger a level of its own that the root's would not override.
+LIBRARY_LOGGERS = ("onnxscript", "onnx_ir")
 
 # Off a terminal: the least time between two heartbeat lines of the same run.
 HEARTBEAT_SECONDS = 10.0
@@ -234,7 +237,8 @@ def logging_for(verbosity: int, console: Console) -> Iterator[None]:
     """
     root = logging.getLogger()
     own = [logging.getLogger(name) for name in OWN_LOGGERS]
-    saved = (root.level, [logger.level for logger in own])
+    library = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    saved = (root.level, [logger.level for logger in own], [logger.level for logger in library])
     if console.is_terminal and not console.is_dumb_terminal:
         from rich.logging import RichHandler
 
@@ -246,6 +250,8 @@ def logging_for(verbosity: int, console: Console) -> Iterator[None]:
         verbosity, (logging.INFO, logging.DEBUG)
     )
     root.setLevel(libraries)
+    for logger in library:
+        logger.setLevel(libraries)
     for logger in own:
         logger.setLevel(graphopt)
     root.addHandler(handler)
@@ -254,5 +260,5 @@ def logging_for(verbosity: int, console: Console) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         root.setLevel(saved[0])
-        for logger, level in zip(own, saved[1]):
+        for logger, level in zip([*own, *library], [*saved[1], *saved[2]]):
             logger.setLevel(level)

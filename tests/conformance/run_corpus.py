@@ -125,8 +125,18 @@ def run_corpus(cases: list[CorpusCase] | None = None, mode: str = VERIFIED) -> C
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: expected one of {MODES}")
     import_onnxruntime().set_default_logger_severity(4)  # out-of-scope cases make ORT log errors we expect
-    logging.getLogger("optimizer").setLevel(logging.ERROR)
-    logging.getLogger("onnxscript").setLevel(logging.ERROR)
+    quiet = [logging.getLogger(name) for name in ("optimizer", "onnxscript")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        return _run_cases(cases, mode)
+    finally:  # the rest of a test session logs as before
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+
+
+def _run_cases(cases: list[CorpusCase] | None, mode: str) -> CorpusResult:
     started = time.perf_counter()
     result = CorpusResult(mode=mode)
     for case in cases if cases is not None else iter_corpus_cases():
