@@ -140,3 +140,28 @@ def test_low_rank_repair_is_no_worse_than_none_on_sequences_it_did_not_see(ratio
         got = run_model(result.model, {"x": held_out})["y"].astype(np.float64)
         errors[repair] = float(np.linalg.norm(got - expected) / np.linalg.norm(expected))
     assert errors[True] <= errors[False] * 1.001, errors
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known hole: each segment restarts from the twin's values, so an error under the "
+    "int8 tolerance at every checkpoint never compounds in the check, as it does deployed",
+)
+def test_a_small_gain_error_in_every_checkpoint_producer_fails_segment_by_segment():
+    # Every RMSNorm's gain 0.45 % high: the deployed logits are 4.5 % of their RMS from the twin (the
+    # correct result: 2.1 %) and the end-to-end check fails; each checkpoint alone is within rtol 5e-3.
+    model = ir.load(FIXTURES / "llama_kv_legacy.onnx")
+    feeds = make_inputs(model, seed=3)
+    calibration = {k: np.concatenate([make_inputs(model, seed=s)[k] for s in (4, 5)]) for k in feeds}
+    result = DynamicQuantizationPass(samples=calibration)(model.clone())
+    broken = result.model.clone()
+    produced = {v.name: v for node in broken.graph for v in node.outputs}
+    for name in _segment_checkpoints(result.model, result.twin, model):
+        node = produced[name].producer()
+        gains = [
+            v for v in node.inputs if node.op_type == "Mul" and v.const_value is not None and v.const_value.size > 1
+        ]
+        for gain in gains:
+            gain.const_value = ir.tensor((gain.const_value.numpy() * 1.0045).astype(np.float32), name=gain.name)
+    verdict = Verifier(model, [feeds]).check_twin(broken, result.twin)
+    assert not verdict.ok
