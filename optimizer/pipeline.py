@@ -154,7 +154,11 @@ def _run_one(
             record.status = STATUS_APPLIED
             return candidate, record
         with task("verifying on ONNX Runtime"):
-            verdict = _check_approximate(verifier, candidate, result) if spec.approximate else verifier.check(candidate)
+            verdict = (
+                _check_approximate(verifier, model, candidate, result)
+                if spec.approximate
+                else verifier.check(candidate)
+            )
         if verdict.ok and spec.approximate:
             # Later exact passes keep this result's outputs, not the original's.
             verifier.rebase(candidate)
@@ -197,14 +201,16 @@ def _run_one(
     return candidate, record
 
 
-def _check_approximate(verifier: Verifier, candidate: ir.Model, result: ir.passes.PassResult) -> VerificationResult:
+def _check_approximate(
+    verifier: Verifier, model: ir.Model, candidate: ir.Model, result: ir.passes.PassResult
+) -> VerificationResult:
     """An approximate pass's result against its twin (near-float tolerance), then against the accuracy budget."""
     twin = result.twin if isinstance(result, NotedResult) else None
     if twin is None:
         return VerificationResult(
             error="the pass declares no exact twin to verify its result against (every approximate pass must)"
         )
-    exact = verifier.check_twin(candidate, twin)
+    exact = verifier.check_twin(candidate, twin, base=model)
     if not exact.ok:
         return exact
     verdict = verifier.check_approximation(candidate)

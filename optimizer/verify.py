@@ -550,9 +550,12 @@ class Verifier:
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
         return worst
 
-    def check_twin(self, candidate: ir.Model, twin: Twin) -> VerificationResult:
+    def check_twin(self, candidate: ir.Model, twin: Twin, base: ir.Model | None = None) -> VerificationResult:
         """Run ``candidate`` (as deployed: full ORT optimizations, real integer kernels) and its
         ``twin`` (exactly as written) on every input set, and compare them at the twin's tolerance.
+
+        ``base`` is the pass's input (the float model the twin approximates unless the twin
+        names its own ``source``); by default the last approximate result or the original.
 
         This is what makes an approximate pass checkable: the approximation itself is
         in the twin, so any other difference — a unit removed that the pass did not
@@ -579,7 +582,7 @@ class Verifier:
                         failure = f"differs from its twin ({twin.description}) on {label}: {result.first_failure}"
                         if twin.kind in ("int8", "int4") and twin.checkpoints:
                             missed = f"missed it on {label}: {result.first_failure}"
-                            return self._check_twin_by_segment(candidate, twin, failure, missed)
+                            return self._check_twin_by_segment(candidate, twin, failure, missed, base)
                         return VerificationResult(error=failure)
                     worst.twin_error = max(worst.twin_error, result.max_abs_error)
         except RuntimeRefusedError as error:  # the rewrite is unusable
@@ -593,7 +596,7 @@ class Verifier:
         }
 
     def _check_twin_by_segment(
-        self, candidate: ir.Model, twin: Twin, end_to_end: str, missed: str = ""
+        self, candidate: ir.Model, twin: Twin, end_to_end: str, missed: str = "", base: ir.Model | None = None
     ) -> VerificationResult:
         """Hold ``candidate`` to ``twin`` one segment at a time, between the twin's checkpoints.
 
@@ -609,7 +612,7 @@ class Verifier:
         skipped where cutting would change the result's kernels (the output of a QDQ node unit
         ORT fuses into an integer op) or where the three models do not all hold it.
         """
-        base = twin.source if twin.source is not None else self._base
+        base = twin.source if twin.source is not None else base if base is not None else self._base
         names = _segment_checkpoints(candidate, twin, base)
         if not names:
             return VerificationResult(error=end_to_end)

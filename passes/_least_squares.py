@@ -31,10 +31,13 @@ class GramFit:
 
     def __init__(self, features: int, outputs: int) -> None:
         size = features + 1
-        # [fitted, held out] by whole batches, and the same split by rows.
-        self.gram = {split: [np.zeros((size, size)), np.zeros((size, size))] for split in ("batch", "row")}
-        self.cross = {split: [np.zeros((size, outputs)), np.zeros((size, outputs))] for split in ("batch", "row")}
-        self.target_energy = {"batch": 0.0, "row": 0.0}  # |y|² over the held-out rows
+        # Sums over every row, over the held-out batches, and (only while fewer than five
+        # batches have come: then it is dropped) over the held-out rows; a fitted part is the
+        # total less a held-out one. Three Gram matrices at most, two from the fifth batch on.
+        self.gram_total, self.cross_total = np.zeros((size, size)), np.zeros((size, outputs))
+        self.held: dict[str, list] = {
+            split: [np.zeros((size, size)), np.zeros((size, outputs)), 0.0] for split in ("batch", "row")
+        }
         self.batches = 0
         self.rows = 0
 
@@ -42,16 +45,22 @@ class GramFit:
         """One batch's rows ``x`` and targets ``y``."""
         design = np.concatenate([x.astype(np.float64), np.ones((len(x), 1))], axis=1)
         y = y.astype(np.float64)
-        held_rows = (self.rows + np.arange(len(x))) % 5 == 4
-        parts = {"batch": np.full(len(x), self.batches % 5 == 4), "row": held_rows}
-        for split, held in parts.items():
-            for part, rows in ((0, ~held), (1, held)):
-                if rows.any():
-                    self.gram[split][part] += design[rows].T @ design[rows]
-                    self.cross[split][part] += design[rows].T @ y[rows]
-            self.target_energy[split] += float((y[held] ** 2).sum())
+        self.gram_total += design.T @ design
+        self.cross_total += design.T @ y
+        held_rows = {
+            "batch": np.full(len(x), self.batches % 5 == 4),
+            "row": (self.rows + np.arange(len(x))) % 5 == 4,
+        }
+        for split, held in self.held.items():
+            rows = held_rows[split]
+            if rows.any():
+                held[0] += design[rows].T @ design[rows]
+                held[1] += design[rows].T @ y[rows]
+                held[2] += float((y[rows] ** 2).sum())
         self.batches += 1
         self.rows += len(x)
+        if self.batches == 5:
+            self.held.pop("row", None)  # from now on whole batches are held out
 
     def solve(self, prior: np.ndarray, gain: float = 1.0) -> tuple[np.ndarray, bool]:
         """The fitted ``θ`` (``[features + 1, outputs]``, bias last) and whether it is the prior unchanged.
@@ -60,22 +69,21 @@ class GramFit:
         below ``gain`` times the prior's (a refit that changes every weight to gain 0.1 % is
         not worth the risk on data it did not see).
         """
-        split = "batch" if self.batches >= 5 else "row"
-        gram, cross = self.gram[split], self.cross[split]
+        held_gram, held_cross, held_energy = self.held["batch" if self.batches >= 5 else "row"]
+        fitted_gram, fitted_cross = self.gram_total - held_gram, self.cross_total - held_cross
 
         def error(theta: np.ndarray) -> float:
-            held = float(np.sum(theta * (gram[1] @ theta)) - 2 * np.sum(theta * cross[1]))
-            return held + self.target_energy[split]
+            return float(np.sum(theta * (held_gram @ theta)) - 2 * np.sum(theta * held_cross)) + held_energy
 
         if self.rows < 5:  # nothing to hold out: fit on what there is, at the middle strength
-            return _solve(gram[0] + gram[1], cross[0] + cross[1], prior, STRENGTHS[len(STRENGTHS) // 2]), False
+            return _solve(self.gram_total, self.cross_total, prior, STRENGTHS[len(STRENGTHS) // 2]), False
         fitted = min(
-            ((strength, _solve(gram[0], cross[0], prior, strength)) for strength in STRENGTHS),
+            ((strength, _solve(fitted_gram, fitted_cross, prior, strength)) for strength in STRENGTHS),
             key=lambda candidate: error(candidate[1]),
         )
         if not error(fitted[1]) < gain * error(prior):
             return prior, True
-        return _solve(gram[0] + gram[1], cross[0] + cross[1], prior, fitted[0]), False
+        return _solve(self.gram_total, self.cross_total, prior, fitted[0]), False
 
 
 def _solve(gram: np.ndarray, cross: np.ndarray, prior: np.ndarray, strength: float) -> np.ndarray:
