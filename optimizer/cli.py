@@ -468,10 +468,14 @@ def main(argv: list[str] | None = None) -> int:
     SIGINT and SIGTERM unwind the program (temporary folders and staged output files
     are removed on the way), print one line and return 130 or 143.
     """
+    _RECEIVED.clear()
     with _signals_unwind():
         try:
             try:
-                return _main(argv)
+                code = _main(argv)
+                if _RECEIVED:  # raised where Python ignores exceptions (a weakref or __del__ callback)
+                    raise Interrupted(_RECEIVED[0])
+                return code
             except GraphoptError as error:
                 print(f"graphopt: error: {error}", file=sys.stderr)
                 return error.exit_code
@@ -576,9 +580,16 @@ def _signals_unwind() -> Iterator[None]:
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {signum: signal.getsignal(signum) for signum in signals}
 
-    def unwind(signum: int, frame: object) -> None:
+    def unwind(signum: int, frame: Any) -> None:
+        if _inside_import_machinery(frame) and hasattr(signal, "pthread_kill"):
+            # An exception raised here would be swallowed ("Exception ignored in ... _get_module_lock")
+            # and the run would go on: deliver the signal again once the import lock is released.
+            main = threading.main_thread().ident
+            threading.Timer(0.02, signal.pthread_kill, (main, signum)).start()
+            return
         for each in signals:
             signal.signal(each, signal.SIG_IGN)
+        _RECEIVED.append(signum)
         raise Interrupted(signum)
 
     for signum in signals:
@@ -588,6 +599,16 @@ def _signals_unwind() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+# Signals ``_signals_unwind`` turned into ``Interrupted``: if a callback swallowed the exception
+# anyway, ``main`` still ends the run as interrupted.
+_RECEIVED: list[int] = []
+
+
+def _inside_import_machinery(frame: Any) -> bool:
+    """Whether ``frame`` is importlib's own code (its module-lock callbacks ignore exceptions)."""
+    return frame is not None and frame.f_code.co_filename.startswith("<frozen importlib")
 
 
 def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> list[tuple[int, list[str]]]:
