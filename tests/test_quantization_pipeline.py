@@ -148,7 +148,8 @@ def test_cli_fp16_for_cuda(tmp_path, keep_io_types):
         (["--target", "cuda", "--fp16", "--quantize", "dynamic"], "--quantize dynamic and --fp16 do not combine"),
         (
             ["--calibration", "x.npz"],
-            "--calibration needs --prune-ffn R or --prune-heads R or --prune-channels R or --lowrank R or --quantize dynamic",
+            "--calibration needs --prune-ffn R or --prune-heads R or --prune-channels R or --lowrank R"
+            " or --quantize dynamic",
         ),
         (["--prune-ffn", "1.5"], "--prune-ffn 1.5: expected a fraction"),
         (["--no-repair"], "--no-repair (repair=False) needs --prune-ffn R or --prune-heads R or --prune-channels R"),

@@ -68,8 +68,10 @@ def test_static_conv_chains_are_not_cut_inside_their_integer_units():
     produced = {v.name: v for node in result.model.graph for v in node.outputs}
     for name in names:
         producer = produced[name].producer()
-        reads_dq = any(v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
-                       for v in producer.inputs)
+        reads_dq = any(
+            v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
+            for v in producer.inputs
+        )
         assert not (reads_dq and any(u.op_type == "QuantizeLinear" for u, _ in produced[name].uses()))
 
 
