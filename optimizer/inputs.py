@@ -52,7 +52,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import onnx_ir as ir
@@ -455,13 +455,7 @@ def _member_header(
     name = info.filename[: -len(".npy")]
     with archive.open(info) as member:
         try:
-            version = np.lib.format.read_magic(member)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-            elif version in ((2, 0), (3, 0)):  # 3.0 only differs in allowing UTF-8 field names
-                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-            else:
-                raise ValueError(f"format version {version}")
+            shape, _, dtype = _npy_header(member)
         except ValueError as error:
             raise InputSpecError(f"{unreadable} ('{info.filename}' is not a .npy array)") from error
         header_bytes = member.tell()
@@ -477,6 +471,16 @@ def _member_header(
             f"but holds {info.file_size - header_bytes} bytes of data)"
         )
     return name, info, nbytes
+
+
+def _npy_header(member: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) of the .npy array ``member`` is positioned at; after it, at its data."""
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(member)
+    if version in ((2, 0), (3, 0)):  # 3.0 only differs in allowing UTF-8 field names
+        return np.lib.format.read_array_header_2_0(member)
+    raise ValueError(f"format version {version}")
 
 
 def as_arrays(values: Any, source: str) -> dict[str, np.ndarray]:
@@ -1463,13 +1467,7 @@ def _memory_map_npz(path: Path, source: str) -> dict[str, np.ndarray] | None:
                 raw.seek(info.header_offset + 26)
                 name_length, extra_length = int.from_bytes(raw.read(2), "little"), int.from_bytes(raw.read(2), "little")
                 with archive.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    reader = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shape, fortran, dtype = reader(member)
+                    shape, fortran, dtype = _npy_header(member)
                     header = member.tell()
                 offset = info.header_offset + 30 + name_length + extra_length + header
                 arrays[name] = np.memmap(
@@ -1505,13 +1503,7 @@ def _npz_plan(path: Path, source: str) -> _Chunk:
             for info in archive.infolist():
                 name, _, _ = _member_header(archive, info, unreadable)
                 with archive.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    reader = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shape, _, dtype = reader(member)
+                    shape, _, dtype = _npy_header(member)
                 shapes[name] = (shape, dtype)
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as error:
         raise InputSpecError(f"{unreadable} ({one_line(error)})") from error

@@ -19,8 +19,9 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -128,3 +129,30 @@ def interleaved_times(
         if index + 1 >= min_pairs and time.perf_counter() > deadline:
             break
     return times
+
+
+class MachineTimings:
+    """Base of a pass's timings on this machine: ``target`` EP, ``threads`` (default: the usable
+    cores), a ``TimingCache`` at ``path`` (default: ``cache_path(CACHE_FILE)``), and ``measure``
+    (injectable for tests; default: the subclass's ``_time``). ``timed`` counts measurements
+    actually run in this process (not read from the cache)."""
+
+    CACHE_FILE = "timings.json"
+
+    def __init__(
+        self,
+        target: str = "cpu",
+        threads: int | None = None,
+        *,
+        path: Path | None = None,
+        measure: Callable[..., Any] | None = None,
+    ) -> None:
+        self.target = target
+        self.threads = threads or cores()
+        self.path = path or cache_path(self.CACHE_FILE)
+        self._cache = TimingCache(self.path)
+        self._measure = measure or self._time
+        self.timed = 0
+
+    def _time(self, *args: Any) -> Any:
+        raise NotImplementedError

@@ -107,6 +107,20 @@ class GraphoptPass:
         self._declined: list[str] = []
 
 
+def unfit_on_generated_samples(importance: str | None, repair: bool | None, fitting: str, default: str) -> str | None:
+    """Why ``--importance activation`` or ``repair=True``, asked for explicitly, cannot be honoured
+    when the samples are generated random inputs (``fitting``: what they would fit, e.g. "ranking
+    or re-fitting units"; ``default``: what runs instead); None if neither was asked for."""
+    asked = [f"--importance {importance}"] if importance == "activation" else []
+    asked += ["repair=True"] if repair else []
+    if not asked:
+        return None
+    return (
+        f"{' and '.join(asked)} needs --calibration data: the samples are generated random inputs, "
+        f"and {fitting} on them fits noise (give real samples, or leave both to their defaults for {default})"
+    )
+
+
 def _interface(model: ir.Model) -> tuple[list, list]:
     def describe(values) -> list:
         return [(v.name, v.dtype, None if v.shape is None else list(v.shape)) for v in values]

@@ -13,13 +13,10 @@ kept in a JSON file (``$GRAPHOPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/graphopt``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import numpy as np
 import onnx_ir as ir
 
-from passes._kernel_timing import OneModel, TimingCache, cache_path, cores, interleaved_times, runtime_key
+from passes._kernel_timing import MachineTimings, OneModel, interleaved_times, runtime_key
 
 # The factorized layer counts as faster when its median time is at most this fraction of the whole
 # layer's: a 5 % margin, so timing noise on a busy machine does not turn a tie into a rewrite.
@@ -29,15 +26,13 @@ FASTER_BELOW = 0.95
 _PLAN = {"warmup": 5, "max_pairs": 100, "min_pairs": 15, "budget": 0.4}
 _CACHE_FILE = "lowrank_timing.json"
 
-Measure = Callable[[int, int, int, int], float]
-
 
 def parameter_limit(k: int, n: int) -> int:
     """The largest rank whose two factors hold fewer parameters than ``W [k, n]``: ``r (k + n) < k n``."""
     return (k * n - 1) // (k + n)
 
 
-class MeasuredSpeed:
+class MeasuredSpeed(MachineTimings):
     """Break-even ranks and speed ratios of factorized ``[k, n]`` projections, timed on ``target`` and cached.
 
     ``measure(k, n, r, m)`` (injectable for tests) returns the factorized layer's
@@ -45,20 +40,7 @@ class MeasuredSpeed:
     one-layer models and times them interleaved on ONNX Runtime.
     """
 
-    def __init__(
-        self,
-        target: str = "cpu",
-        threads: int | None = None,
-        *,
-        path: Path | None = None,
-        measure: Measure | None = None,
-    ) -> None:
-        self.target = target
-        self.threads = threads or cores()
-        self.path = path or cache_path(_CACHE_FILE)
-        self._cache = TimingCache(self.path)
-        self._measure = measure or self._time
-        self.timed = 0  # comparisons actually run (not read from the cache)
+    CACHE_FILE = _CACHE_FILE
 
     def break_even(self, k: int, n: int, m: int) -> int:
         """The largest rank at which ``[k, n]`` factorized measured faster at ``m`` rows (0: not even rank 1)."""

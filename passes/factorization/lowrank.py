@@ -57,7 +57,7 @@ from optimizer.protocol import Twin
 from optimizer.runtime import run_batches, stream_values
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
 from passes._least_squares import GramFit
-from passes._pass import GraphoptPass
+from passes._pass import GraphoptPass, unfit_on_generated_samples
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.factorization._timing import MeasuredSpeed, parameter_limit
 from passes.pruning._base import parameter_count
@@ -125,14 +125,9 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.unfit: str | None = None
         self.samples_generated = samples_generated and samples is not None
         if self.samples_generated:
-            asked = [f"--importance {importance}"] if importance == "activation" else []
-            asked += ["repair=True"] if repair else []
-            if asked:
-                self.unfit = (
-                    f"{' and '.join(asked)} needs --calibration data: the samples are generated random inputs, "
-                    "and whitening or re-fitting factors on them fits noise (give real samples, or leave both "
-                    "to their defaults for plain SVD without repair)"
-                )
+            self.unfit = unfit_on_generated_samples(
+                importance, repair, "whitening or re-fitting factors", "plain SVD without repair"
+            )
             importance, repair = "magnitude", False
         real = samples is not None and not self.samples_generated
         self.ratio = ratio

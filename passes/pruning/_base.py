@@ -43,7 +43,7 @@ from optimizer.protocol import Twin
 from optimizer.runtime import run_batches, stream_values, value_collector
 from passes._layers import name_nodes
 from passes._least_squares import GramFit
-from passes._pass import GraphoptPass
+from passes._pass import GraphoptPass, unfit_on_generated_samples
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.pruning._groups import ChannelGroup
 from passes.pruning._refit import channel_rows
@@ -104,14 +104,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         self.unfit: str | None = None
         self.samples_generated = samples_generated and samples is not None
         if self.samples_generated:
-            asked = [f"--importance {importance}"] if importance == "activation" else []
-            asked += ["repair=True"] if repair else []
-            if asked:
-                self.unfit = (
-                    f"{' and '.join(asked)} needs --calibration data: the samples are generated random "
-                    "inputs, and ranking or re-fitting units on them fits noise (give real samples, "
-                    "or leave both to their defaults for magnitude importance without repair)"
-                )
+            self.unfit = unfit_on_generated_samples(
+                importance, repair, "ranking or re-fitting units", "magnitude importance without repair"
+            )
             importance, repair = "magnitude", False
         importance = importance or ("activation" if samples is not None else "magnitude")
         if importance not in IMPORTANCE:

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
-from passes._kernel_timing import OneModel, TimingCache, cache_path, cores, interleaved_times, runtime_key
+from passes._kernel_timing import MachineTimings, OneModel, interleaved_times, runtime_key
 
 FLOAT = "float"
 _CACHE_FILE = "layer_speed.json"
@@ -44,12 +43,7 @@ class LayerShape:
         return f"{self.op} {self.rows}x{self.k}x{self.n} {self.dtype}"
 
 
-# ``measure(shape, builders)``: the median seconds of each form's one-layer model, ``builders`` mapping a
-# form name (``"float"`` among them) to a function building that model. Injectable for tests.
-Measure = Callable[[LayerShape, Mapping[str, Callable[[], ir.Model]]], Mapping[str, float]]
-
-
-class LayerSpeeds:
+class LayerSpeeds(MachineTimings):
     """Median seconds of one layer in each form, measured once per machine and shape, cached on disk.
 
     ``seconds(shape, builders)`` returns a time for every form in ``builders``: read from
@@ -58,20 +52,7 @@ class LayerSpeeds:
     in this process (0 when everything came from the cache).
     """
 
-    def __init__(
-        self,
-        target: str = "cpu",
-        threads: int | None = None,
-        *,
-        path: Path | None = None,
-        measure: Measure | None = None,
-    ) -> None:
-        self.target = target
-        self.threads = threads or cores()
-        self.path = path or cache_path(_CACHE_FILE)
-        self._cache = TimingCache(self.path)
-        self._measure = measure or self._time
-        self.timed = 0
+    CACHE_FILE = _CACHE_FILE
 
     def key(self, shape: LayerShape, form: str) -> str:
         """The cache key of ``form`` at ``shape`` on this machine, runtime, EP and thread count."""

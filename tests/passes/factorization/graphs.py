@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from passes.factorization._timing import parameter_limit
+from tests.passes.pruning.graphs import _model
 
 
 def low_rank(k: int, n: int, rank: int, seed: int) -> np.ndarray:
@@ -23,14 +23,6 @@ def full_rank(k: int, n: int, seed: int, decay: float = 0.97) -> np.ndarray:
     right, _ = np.linalg.qr(rng.standard_normal((n, n)))
     size = min(k, n)
     return (left[:, :size] * decay ** np.arange(size) @ right[:size] / 4).astype(np.float32)
-
-
-def _model(nodes, inputs, outputs, initializers) -> ir.Model:
-    graph = helper.make_graph(nodes, "block", inputs, outputs, [numpy_helper.from_array(a, n) for n, a in initializers])
-    imports = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
-    proto = helper.make_model(graph, opset_imports=imports, ir_version=9)
-    onnx.checker.check_model(proto)
-    return ir.from_proto(proto)
 
 
 def projections(k: int = 128, n: int = 192, *, rank: int | None = None, bias: bool = True) -> ir.Model:
