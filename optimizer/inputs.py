@@ -1165,6 +1165,68 @@ def split_samples(
     ]
 
 
+HOLD_OUT_EVERY = 5
+
+
+def hold_out(
+    batches: Sequence[Mapping[str, np.ndarray]], model: ir.Model | None = None, every: int = HOLD_OUT_EVERY
+) -> tuple[Sequence[dict[str, np.ndarray]], Sequence[dict[str, np.ndarray]]]:
+    """Split batches of samples into the samples a pass may fit to and those held out to check it.
+
+    Every ``every``-th sample (counted over all batches) is held out, whole: rows of one
+    sentence or image are alike, and rows held out beside their neighbours do not show a fit
+    that learnt the calibration samples rather than the layer. Where ``model`` fixes the batch
+    dim, samples cannot be taken out of a batch, and every ``every``-th batch is held out
+    instead. With fewer than ``every`` samples (batches) nothing is held out: the second part
+    is empty. Both parts re-read ``batches`` when iterated (samples read from disk stay there).
+    """
+    whole = model is not None and any(
+        v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int) for v in model.graph.inputs
+    )
+    return _HeldOut(batches, every, whole, held=False), _HeldOut(batches, every, whole, held=True)
+
+
+def _batch_size(batch: Mapping[str, np.ndarray]) -> int:
+    return min((len(array) for array in batch.values() if np.ndim(array)), default=1)
+
+
+class _HeldOut(Sequence):
+    """The samples of ``batches`` that are (``held``) or are not held out by ``hold_out``."""
+
+    def __init__(self, batches: Sequence[Mapping[str, np.ndarray]], every: int, whole: bool, held: bool) -> None:
+        self._batches, self._every, self._whole, self._held = batches, every, whole, held
+        self._samples: int | None = None
+        self._count: int | None = None
+
+    def _size(self, batch: Mapping[str, np.ndarray]) -> int:
+        return 1 if self._whole else _batch_size(batch)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        if self._samples is None:
+            self._samples = sum(self._size(batch) for batch in self._batches)
+        if self._samples < self._every:  # nothing can be held out: every sample is fitted to
+            if not self._held:
+                yield from (dict(batch) for batch in self._batches)
+            return
+        start = 0
+        for batch in self._batches:
+            size = self._size(batch)
+            chosen = ((start + np.arange(size)) % self._every == self._every - 1) == self._held
+            start += size
+            if chosen.all():
+                yield dict(batch)
+            elif chosen.any():
+                yield {name: array[chosen] if np.ndim(array) else array for name, array in batch.items()}
+
+    def __len__(self) -> int:
+        if self._count is None:
+            self._count = sum(1 for _ in self)
+        return self._count
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return list(self)[index]
+
+
 # --- sample data the way users hold it ----------------------------------------------------
 
 # A chunk is one unit the source reads at a time: one .npz file, or one feed dict of an

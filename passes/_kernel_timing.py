@@ -27,7 +27,14 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.cpu_features import cpu_name
-from optimizer.runtime import calling_onnxruntime, import_onnxruntime, open_session, session_options
+from optimizer.errors import RuntimeRefusedError
+from optimizer.runtime import (
+    calling_onnxruntime,
+    cuda_unavailable_reason,
+    import_onnxruntime,
+    open_session,
+    session_options,
+)
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
@@ -99,6 +106,9 @@ class OneModel:
     def __init__(
         self, model: ir.Model | bytes, feeds: Mapping[str, np.ndarray], target: str, threads: int, what: str
     ) -> None:
+        if target == "cuda" and (reason := cuda_unavailable_reason()) is not None:
+            # ORT would run it on the CPU and the figure would be filed under CUDA.
+            raise RuntimeRefusedError("time a kernel on CUDA", reason)
         serialized = model if isinstance(model, bytes) else ir.to_proto(model).SerializeToString()
         self.session = open_session(serialized, session_options("all", threads, sequential=True), PROVIDERS[target])
         self.feeds = dict(feeds)

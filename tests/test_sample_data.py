@@ -15,6 +15,7 @@ from optimizer.compare.comparison import CompareSettings, compare
 from optimizer.errors import InputSpecError
 from optimizer.inputs import (
     check_inputs,
+    hold_out,
     load_inputs,
     make_inputs,
     open_samples,
@@ -325,3 +326,25 @@ def test_the_verifier_streams_sample_data_and_measures_the_same_drift(tmp_path, 
     assert streamed.drift.cosine == pytest.approx(in_memory.drift.cosine, abs=1e-9)
     assert streamed.drift.max_error == pytest.approx(in_memory.drift.max_error, abs=1e-9)
     assert streamed_verifier._sample_references is None  # nothing of the original's outputs kept
+
+
+def test_hold_out_keeps_every_fifth_sample_whole_and_apart(tmp_path, model, samples):
+    """One sample in five is held out (counted over all batches), whole, from a list or a folder read from disk;
+    with fewer than five nothing is held out; a model with a fixed batch dim gives whole batches."""
+    tagged = dict(samples, input_ids=samples["input_ids"].copy())
+    tagged["input_ids"][:, 0] = np.arange(20)  # sample i starts with token i
+    for batches in (
+        split_samples(tagged, 6),
+        open_samples(_npz_folder(tmp_path / "f", tagged, rows=7), model).batches(6),
+    ):
+        fitted, held = hold_out(batches)
+        assert [int(i) for b in held for i in b["input_ids"][:, 0]] == [4, 9, 14, 19]
+        assert sorted(int(i) for b in fitted for i in b["input_ids"][:, 0]) == [i for i in range(20) if i % 5 != 4]
+        assert len(held) == len(list(held)) and all(b["attention_mask"].shape == b["input_ids"].shape for b in held)
+    fitted, held = hold_out(split_samples({k: v[:4] for k, v in tagged.items()}, 2))
+    assert len(held) == 0 and sum(len(b["input_ids"]) for b in fitted) == 4
+    fixed = model.clone()
+    fixed.graph.inputs[0].shape = ir.Shape([2, "sequence"])
+    fitted, held = hold_out(split_samples(tagged, model=fixed), fixed)
+    assert [b["input_ids"][:, 0].tolist() for b in held] == [[8, 9], [18, 19]]  # batches 4 and 9 of 10
+    assert len(fitted) == 8

@@ -9,23 +9,34 @@ kernel accepts), so everything after it is untouched.
 
 How the factors are chosen:
 
+- **Held out first**: one calibration sample in five (whole sequences,
+  ``optimizer.inputs.hold_out``) is kept away from everything below that fits to data;
+  the pass's accuracy figures and its budget search are measured on those samples
+  (factors whitened by a few hundred rows reproduce those rows almost exactly, so a
+  budget checked on them is met by the fit, not by the layer). With fewer than five
+  samples nothing can be held out: with a budget the factors are then plain SVD without
+  repair (nothing fitted to the samples the budget is checked on); without one, the
+  figures say they are measured on the fitted samples.
 - **Activation-aware** (with calibration data, the default): the error that matters
   is the layer's output error ``|x (W - U V)|`` over the inputs the layer actually
-  sees, not ``|W - U V|``. With ``C = XᵀX / N`` (regularized: ``_RIDGE`` of its mean
-  diagonal) and its Cholesky factor ``C = L Lᵀ``, the best rank-``r`` ``U V`` in that
-  metric is the truncated SVD of ``Lᵀ W`` mapped back by ``L⁻ᵀ`` (SVD-LLM; ASVD's
-  diagonal scaling is the special case of a diagonal ``C``). Without data, or with
-  ``importance="magnitude"``, plain SVD of ``W``, and a note says so.
+  sees, not ``|W - U V|``. With ``C = XᵀX / N`` over every unpadded row of the fitted
+  samples, shrunk toward its diagonal by ``k / (k + N)`` (few rows, little trust in
+  their correlations) plus a ``_RIDGE`` of its mean diagonal, and its Cholesky factor
+  ``C = L Lᵀ``, the best rank-``r`` ``U V`` in that metric is the truncated SVD of
+  ``Lᵀ W`` mapped back by ``L⁻ᵀ`` (SVD-LLM; ASVD's diagonal scaling is the special case
+  of a diagonal ``C``). Without data, or with ``importance="magnitude"``, plain SVD of
+  ``W``, and a note says so.
 - **Repair** (with calibration data): ``V`` and a bias change are re-fitted by least
-  squares to the original layer's output on the samples, with ``U`` fixed — the same
-  regularized solve as pruning's repair (``passes._least_squares``). The re-fit is kept
-  only where it lowers the error on held-out calibration samples (whole sequences, by
-  2 %); with fewer than five samples nothing can be held out, and the factors stay as they are.
+  squares to the original layer's output on the fitted samples, with ``U`` fixed — the
+  same regularized solve as pruning's repair (``passes._least_squares``). The re-fit is
+  kept only where it lowers the error on folds of those samples it was not fitted to
+  (whole sequences, by 2 %); with fewer than five samples the factors stay as they are.
 - **Rank selection with a budget** (``--min-cosine``/``--max-error``): ``ratio`` is then
-  the most that may be removed. Each layer's sensitivity is its spectrum in the
-  activation metric: the smallest rank whose relative output error on the samples is at
-  most ``ε``. One ``ε`` for the whole model is bisected (on log scale) so the model meets
-  the budget; layers that would need a rank that no longer pays stay whole.
+  the most that may be removed. Each layer's sensitivity is its spectrum measured on
+  the held-out rows: the smallest rank whose relative output error there is at most
+  ``ε``. One ``ε`` for the whole model is bisected (on log scale) so the model meets the
+  budget on the held-out samples; layers that would need a rank that no longer pays stay
+  whole.
 
 A layer is left whole (a counted refusal with the reason) when its weight is not a
 constant float32 2-D matrix, it is too small to pay (``_MIN_PARAMETERS``), the rank
@@ -33,7 +44,9 @@ would not save ``_MIN_SAVING`` of its parameters, its weight is also read by som
 that is not a layer of the same orientation (an embedding Gather: the weight would stay
 beside its factors) or read through a ``Transpose`` (a tied LM head), or the factorized
 layer is not measured faster on the target EP at the rows it will run
-(``passes.factorization._timing``: a per-shape timing cache on this machine). A weight
+(``passes.factorization._timing``: a per-shape timing cache on this machine; the rank a
+layer gets is timed itself, not inferred from a bisection). With ``target="cuda"`` where
+CUDA cannot run, the pass declines: it cannot time anything there. A weight
 read by several layers (tied) is factorized once: its covariance is pooled over every
 reader's inputs, and the readers share ``U`` and ``V``.
 
@@ -52,14 +65,15 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
-from optimizer.inputs import split_samples
+from optimizer.inputs import HOLD_OUT_EVERY, hold_out, split_samples
+from optimizer.padding import mask_inputs
 from optimizer.protocol import Twin
-from optimizer.runtime import run_batches, stream_values
+from optimizer.runtime import cuda_unavailable_reason, run_batches, stream_values
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, unfit_on_generated_samples
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
-from passes.factorization._timing import MeasuredSpeed, parameter_limit
+from passes.factorization._timing import FASTER_BELOW, MeasuredSpeed, parameter_limit
 from passes.pruning._base import parameter_count
 
 IMPORTANCE = ("magnitude", "activation")
@@ -67,9 +81,9 @@ IMPORTANCE = ("magnitude", "activation")
 _MIN_PARAMETERS = 16384
 # A factorization must remove at least this fraction of a layer's parameters to be worth a second MatMul.
 _MIN_SAVING = 0.1
-# Regularization of the input covariance, relative to its mean diagonal: directions the samples never
-# visited still count a little, so the factors do not overfit a few hundred rows (and C stays definite).
-_RIDGE = 1e-2
+# A ridge on the input covariance (after its shrinkage toward the diagonal, see ``_Group.decompose``),
+# relative to its mean diagonal: a channel the samples never moved still counts a little, and C stays definite.
+_RIDGE = 1e-3
 # Rows of each layer's input sampled for the covariance and the repair.
 _SAMPLE_ROWS = 1024
 # The repair is kept where it lowers the held-out squared error below this fraction of the unrepaired
@@ -141,6 +155,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.speed = speed
         self.ranks: dict[str, tuple[int, int, int]] = {}
         self.drift: Drift | None = None
+        self._searching = False
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.ranks, self.drift = {}, None
@@ -150,48 +165,99 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         if self.ratio < _MIN_SAVING:
             self.decline(f"--lowrank {self.ratio:g} removes less than {_MIN_SAVING:.0%}: not worth a second MatMul")
             return self.result(model, modified=False)
+        if self.target == "cuda" and self.speed is None and (reason := cuda_unavailable_reason()) is not None:
+            self.decline(
+                "--target cuda: a layer is factorized only where it is measured faster on the target, "
+                f"and CUDA cannot be timed here: {reason}"
+            )
+            return self.result(model, modified=False)
+        batches = split_samples(self.samples, model=model) if self.samples is not None else []
+        aware, repair = self.activation_aware, self.repair
+        fitted, checked = hold_out(batches, model) if batches and (aware or repair) else ([], batches)
+        if fitted and not len(checked):
+            if self.budget is not None:
+                # A budget checked on the rows the factors were fitted to is met by fitting them, not the layer
+                # (a few sequences' rows are reproduced almost exactly at ranks near their count).
+                self.note(
+                    f"fewer than {HOLD_OUT_EVERY} calibration samples: none can be held out to check the budget "
+                    "on, so the factors are plain SVD without repair (nothing fitted to the samples the budget "
+                    "is checked on); give more samples for activation-aware, repaired factors"
+                )
+                aware, repair, fitted, checked = False, False, [], batches
+            else:
+                checked = fitted
+        in_sample = bool(fitted) and checked is fitted
+        self._searching = self.budget is not None and bool(batches)
         name_nodes(model.graph)
         groups = self._candidates(model.graph)
         if not groups:
             return self.result(model, modified=False)
-        batches = split_samples(self.samples, model=model) if self.samples is not None else []
-        rows: dict[str, np.ndarray] = {}
-        if batches and (self.activation_aware or self.repair):
-            layers = [layer for group in groups for layer in group.layers]
-            rows, origins = _sample_rows(model, layers, batches, _SAMPLE_ROWS)
-            for group in groups:
-                group.origins = origins
+        layers = [layer for group in groups for layer in group.layers]
+        statistics = _layer_inputs(model, layers, fitted, _SAMPLE_ROWS, covariance=aware) if fitted else None
+        evaluation = None
+        if self._searching:  # the rank search measures each layer's error on rows nothing was fitted to
+            evaluation = _layer_inputs(model, layers, checked, _SAMPLE_ROWS, covariance=False).rows
         for group in groups:
-            group.decompose(rows, self.activation_aware, searched=self.budget is not None and bool(batches))
-        if not self.activation_aware:
+            group.decompose(statistics if aware else None, evaluation, searched=self._searching)
+        rows = statistics.rows if statistics is not None and repair else {}
+        for group in groups:
+            group.origins = statistics.origins if statistics is not None else {}
+        if not aware:
             self.note(
-                "plain SVD of the weights (no --calibration data, or --importance magnitude): "
+                "plain SVD of the weights (no --calibration data, --importance magnitude, or too few samples): "
                 "not activation-aware, give calibration data to factor in the metric of the layers' inputs"
             )
-        reference = run_batches(model, batches) if batches else None
-        ranks = {group.key: group.floor for group in groups}
+        reference = run_batches(model, checked) if len(checked) else None
+        ranks: dict[str, int | None] = {group.key: group.floor for group in groups}
         if self.budget is not None and not batches:
             self.note("no sample inputs: the budget was not searched")
-        if self.budget is not None and batches:
-            ranks = self._search(model, groups, rows, batches, reference)
+        if self._searching:
+            ranks = self._search(model, groups, rows, checked, reference, repair)
             if not any(rank is not None for rank in ranks.values()):
                 self.note(f"no ranks meet {self.budget.describe()}: nothing factorized")
                 return self.result(model, modified=False)
+        ranks = self._confirm_speed(groups, ranks)
+        if not any(rank is not None for rank in ranks.values()):
+            return self.result(model, modified=False)
         source = model.clone()
         before = parameter_count(model)
-        decisions = self._factorize(model, groups, ranks, rows, repair=self.repair)
+        decisions = self._factorize(model, groups, ranks, rows, repair=repair)
         self._report(decisions)
         summary = f"{len(decisions)} weights factorized, parameters {before:,} → {parameter_count(model):,}"
+        where = ""
         if reference is not None:
-            self.drift = output_drift(reference, run_batches(model, batches))
-            summary += f"; {self.drift}" + (" after repair" if self.repair else "")
+            where = _described(checked, in_sample, fitted)
+            self.drift = output_drift(reference, run_batches(model, checked))
+            summary += f"; {self.drift}" + (" after repair" if repair else "") + where
             summary += " on generated inputs" if self.samples_generated else ""
         self.note(summary)
-        if self.repair and reference is not None:
+        if repair and reference is not None:
             unrepaired = source.clone()
             self._factorize(unrepaired, groups, ranks, rows, repair=False)
-            self.note(f"without repair: {output_drift(reference, run_batches(unrepaired, batches))}")
+            self.note(f"without repair: {output_drift(reference, run_batches(unrepaired, checked))}{where}")
         return self.result(model, modified=True, twin=self._twin(source, decisions))
+
+    def _confirm_speed(self, groups: list[_Group], ranks: Mapping[str, int | None]) -> dict[str, int | None]:
+        """The ranks, less those whose factorized layer was not measured faster at every row count it runs at.
+
+        The break-even rank is bisected on the assumption that fewer ranks are faster;
+        kernels do not always agree (and a busy machine blurs a comparison), so the rank a
+        layer gets is timed itself before it is written, and the report shows that figure.
+        """
+        confirmed = dict(ranks)
+        for group in groups:
+            rank = ranks.get(group.key)
+            if rank is None or rank == group.floor:  # the floor was timed in ``_group``
+                continue
+            k, n = group.shape
+            for m in group.rows:
+                ratio = self.speed.ratio(k, n, rank, m)
+                if not ratio <= FASTER_BELOW:
+                    confirmed[group.key] = None
+                    for layer in group.layers:
+                        self.refuse(layer.node.op_type, _slower(rank, k, n, m, ratio, self.target))
+                    break
+        return confirmed
 
     # -- which layers ---------------------------------------------------------------------------------
 
@@ -239,16 +305,13 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         speed = self.speed if self.speed is not None else MeasuredSpeed(self.target)
         self.speed = speed
         for m in timed:
-            fastest = speed.break_even(k, n, m)
-            if floor > fastest:
-                ratio = speed.ratio(k, n, floor, m)
-                return (
-                    f"rank {floor} of {k}×{n} measured no faster on {self.target} at {m} row{'s' if m > 1 else ''} "
-                    f"({ratio:.2f}x the whole MatMul; faster only up to rank {fastest})"
-                )
-            pays = min(pays, fastest)
+            ratio = speed.ratio(k, n, floor, m)
+            if not ratio <= FASTER_BELOW:
+                return _slower(floor, k, n, m, ratio, self.target)
+            if self._searching:  # ranks above the floor are searched up to the largest one that measured faster
+                pays = min(pays, max(speed.break_even(k, n, m), floor))
         key = weight_value.name or first.name
-        return _Group(readers, key, [layer.activation.name for layer in readers], floor, pays, timed)
+        return _Group(readers, key, [layer.activation.name for layer in readers], floor, max(pays, floor), timed)
 
     def _rows(self, readers: list[Layer]) -> tuple[int, ...]:
         """The row counts the layers run at: fixed by their input shapes and ``dims``, else ``DEFAULT_ROWS``."""
@@ -268,10 +331,10 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     # -- ranks ----------------------------------------------------------------------------------------
 
-    def _search(self, model, groups: list[_Group], rows, batches, reference) -> dict[str, int | None]:
+    def _search(self, model, groups: list[_Group], rows, batches, reference, repair) -> dict[str, int | None]:
         """Ranks that meet the budget: each layer's smallest rank within one error ε, ε bisected (log scale)."""
         ranks = {group.key: group.floor for group in groups}
-        drift = self._trial(model, groups, ranks, rows, batches, reference)
+        drift = self._trial(model, groups, ranks, rows, batches, reference, repair)
         if self.budget.met(drift):
             self.note(f"budget {self.budget.describe()}: met at the largest ratio asked, {self.ratio:g}")
             return ranks
@@ -285,7 +348,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
             if not any(rank is not None for rank in trial.values()):
                 low = middle
                 continue
-            drift = self._trial(model, groups, trial, rows, batches, reference)
+            drift = self._trial(model, groups, trial, rows, batches, reference, repair)
             if self.budget.met(drift):
                 low, best, best_error = middle, trial, middle
             else:
@@ -301,9 +364,9 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
                     self.refuse(layer.node.op_type, "kept whole to meet the accuracy budget")
         return best
 
-    def _trial(self, model, groups, ranks, rows, batches, reference) -> Drift:
+    def _trial(self, model, groups, ranks, rows, batches, reference, repair) -> Drift:
         trial = model.clone()
-        self._factorize(trial, groups, ranks, rows, repair=self.repair)
+        self._factorize(trial, groups, ranks, rows, repair=repair)
         return output_drift(reference, run_batches(trial, batches))
 
     # -- the rewrite ----------------------------------------------------------------------------------
@@ -392,7 +455,7 @@ class _Group:
     # The decomposition: W ≈ left[:, :r] @ right[:r] with left = L⁻ᵀ P √S and right = √S Qᵀ.
     left: np.ndarray | None = None
     right: np.ndarray | None = None
-    spectrum: np.ndarray | None = None  # squared singular values in the activation metric, all of them
+    spectrum: np.ndarray | None = None  # each rank component's output energy, all of them (``decompose``)
     # Per input tensor, the sample (sequence) each sampled row comes from (``_sample_rows``).
     origins: Mapping[str, np.ndarray] = field(default_factory=dict)
     _repairs: dict = field(default_factory=dict)
@@ -401,17 +464,30 @@ class _Group:
     def shape(self) -> tuple[int, int]:
         return self.layers[0].weight.shape
 
-    def decompose(self, rows: Mapping[str, np.ndarray], activation_aware: bool, *, searched: bool) -> None:
-        """The SVD of the weight in the metric of the pooled input rows (or plain): kept up to ``cap`` when
-        ranks are searched, else up to ``floor`` (the factors of a large model's every layer at full rank
-        would not fit in memory)."""
+    def decompose(
+        self, statistics: _Inputs | None, evaluation: Mapping[str, np.ndarray] | None, *, searched: bool
+    ) -> None:
+        """The SVD of the weight in the metric of its readers' pooled inputs (``statistics``; None: plain SVD).
+
+        Kept up to ``cap`` when ranks are searched, else up to ``floor`` (the factors of a
+        large model's every layer at full rank would not fit in memory). ``spectrum`` is
+        each rank component's share of the output energy: on the ``evaluation`` rows where
+        given (rows nothing was fitted to: the fit's own rows make every rank look better
+        than it is), else in the fitted metric.
+        """
         weight = self.layers[0].weight.astype(np.float64)
         k = weight.shape[0]
         lower = None
-        if activation_aware:
-            x = np.concatenate([rows[name] for name in self.activations]).astype(np.float64)
-            covariance = x.T @ x / len(x)
-            covariance[np.diag_indices(k)] += _RIDGE * max(float(np.trace(covariance)) / k, 1e-12)
+        if statistics is not None:
+            count = sum(statistics.count[name] for name in self.activations)
+            covariance = sum(statistics.gram[name].astype(np.float64) for name in self.activations) / max(count, 1)
+            # Shrunk toward its diagonal by k / (k + rows): a covariance from fewer rows than dimensions
+            # whitens by the few directions the samples visited and overfits them (held-out output error on
+            # MiniLM at 128 rows: 0.26 shrunk against 0.28 with a ridge alone; as good at 1,600 rows).
+            shrink = k / (k + count)
+            diagonal = np.diag(covariance).copy()
+            covariance *= 1.0 - shrink
+            covariance[np.diag_indices(k)] += shrink * diagonal + _RIDGE * max(float(diagonal.mean()), 1e-12)
             lower = np.linalg.cholesky(covariance)
         whitened = lower.T @ weight if lower is not None else weight
         p, s, qt = np.linalg.svd(whitened, full_matrices=False)
@@ -423,9 +499,15 @@ class _Group:
         self.left = left.astype(np.float32)
         self.right = (root[:, None] * qt[:keep]).astype(np.float32)
         self.spectrum = s**2
+        present = [name for name in self.activations if evaluation is not None and name in evaluation]
+        if present:
+            # x W = x L⁻ᵀ P S Qᵀ with orthonormal rows of Qᵀ: component i carries s_i² |x L⁻ᵀ pᵢ|² of |x W|².
+            x = np.concatenate([evaluation[name] for name in present]).astype(np.float64)
+            z = x @ (np.linalg.solve(lower.T, p) if lower is not None else p)
+            self.spectrum = s**2 * (z**2).sum(axis=0)
 
     def error(self, rank: int) -> float:
-        """Relative output error of the rank-``rank`` truncation on the samples (in the activation metric)."""
+        """Relative output error of the rank-``rank`` truncation (on the evaluation rows, see ``decompose``)."""
         total = float(self.spectrum.sum())
         return math.sqrt(float(self.spectrum[rank:].sum()) / total) if total > 0 else 0.0
 
@@ -480,30 +562,89 @@ class _Group:
         return self._repairs[rank]
 
 
-def _sample_rows(
-    model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]], rows: int
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Up to ``rows`` rows ``[rows, K]`` of each layer's input (a seeded random subset of each batch's rows,
-    as ``passes.quantization._base.sample_layer_inputs`` draws them) and, per row, the sample it comes from
-    (its index along the batch axis, counted over all batches; a 2-D input's every row is a sample)."""
+@dataclass
+class _Inputs:
+    """What a pass knows of its layers' inputs, per input tensor: sampled rows and the sample each comes
+    from, and (with ``covariance``) ``XᵀX`` and the row count over every row."""
+
+    rows: dict[str, np.ndarray]
+    origins: dict[str, np.ndarray]
+    gram: dict[str, np.ndarray]
+    count: dict[str, int]
+
+
+def _layer_inputs(
+    model: ir.Model,
+    layers: Sequence[Layer],
+    batches: Sequence[Mapping[str, np.ndarray]],
+    rows: int,
+    *,
+    covariance: bool,
+) -> _Inputs:
+    """Each layer's input on ``batches``, padded positions left out.
+
+    Up to ``rows`` rows ``[rows, K]`` of each input (a seeded random subset of each batch's
+    rows, as ``passes.quantization._base.sample_layer_inputs`` draws them) and, per row, the
+    sample it comes from (its index along the batch axis, counted over all batches; a 2-D
+    input's every row is a sample); with ``covariance``, ``XᵀX`` (float32) over every row.
+    A row is a padded position where the batch holds a padding mask (``optimizer.padding``)
+    of the input's leading ``[batch, sequence]`` shape and the mask is 0 there.
+    """
     names = list(dict.fromkeys(layer.activation.name for layer in layers))
     rng = np.random.default_rng(0)
     collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
     origins: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    gram: dict[str, np.ndarray] = {}
+    count = dict.fromkeys(names, 0)
     seen = dict.fromkeys(names, 0)
     share = max(1, rows // max(len(batches), 1))
-    for run in stream_values(model, names, batches):
+    masks: list[str] | None = None
+    for batch, run in zip(batches, stream_values(model, names, batches)):
+        if masks is None:
+            masks = mask_inputs(model, batch)
+        mask = np.asarray(batch[masks[0]]) if masks else None
         for name, array in run.items():
-            flat = np.asarray(array, dtype=np.float32).reshape(-1, np.shape(array)[-1])
-            per_sample = max(1, len(flat) // np.shape(array)[0]) if np.ndim(array) >= 3 and np.shape(array)[0] else 1
+            shape = np.shape(array)
+            flat = np.asarray(array, dtype=np.float32).reshape(-1, shape[-1])
+            samples = shape[0] if len(shape) >= 3 and shape[0] else len(flat)
+            sample = np.repeat(np.arange(samples), max(1, len(flat) // samples))[: len(flat)]
+            if mask is not None and len(shape) == 3 and tuple(shape[:2]) == mask.shape:
+                real = mask.reshape(-1) != 0
+                flat, sample = flat[real], sample[real]
+            if covariance:
+                product = flat.T @ flat
+                gram[name] = gram[name] + product if name in gram else product
+                count[name] += len(flat)
             chosen = rng.choice(len(flat), min(share, len(flat)), replace=False)
             collected[name].append(flat[chosen])
-            origins[name].append(seen[name] + chosen // per_sample)
-            seen[name] += -(-len(flat) // per_sample)
-    return (
-        {name: np.concatenate(parts) for name, parts in collected.items()},
-        {name: np.concatenate(parts) for name, parts in origins.items()},
+            origins[name].append(seen[name] + sample[chosen])
+            seen[name] += samples
+    return _Inputs(
+        {name: np.concatenate(parts) for name, parts in collected.items() if parts},
+        {name: np.concatenate(parts) for name, parts in origins.items() if parts},
+        gram,
+        count,
     )
+
+
+def _slower(rank: int, k: int, n: int, m: int, ratio: float, target: str) -> str:
+    """Why a layer stays whole: its factorized form was not measured faster."""
+    return (
+        f"rank {rank} of {k}×{n} measured no faster on {target} at {m} row{'s' if m > 1 else ''} "
+        f"({ratio:.2f}x the whole MatMul)"
+    )
+
+
+def _described(checked: Sequence, in_sample: bool, fitted: Sequence) -> str:
+    """Where the pass's own accuracy figures were measured."""
+    if in_sample:
+        return (
+            f" on the calibration samples the factors were fitted to (fewer than {HOLD_OUT_EVERY}: none held out; "
+            "an optimistic figure)"
+        )
+    if len(fitted):
+        return f" on the held-out calibration samples (one in {HOLD_OUT_EVERY}, not fitted to)"
+    return ""
 
 
 @dataclass

@@ -101,15 +101,22 @@ def inputs(k: int, *, count: int = 16, sequence: int = 12, seed: int = 0, shape:
 
 
 class FakeSpeed:
-    """A timing cache that times nothing: faster up to ``break_even`` (default: wherever parameters shrink)."""
+    """A timing cache that times nothing: faster up to ``break_even`` (default: wherever parameters shrink),
+    slower above it, and slower at each rank in ``slow`` (a kernel the bisection's assumption misses)."""
 
-    def __init__(self, break_even: int | None = None) -> None:
+    def __init__(self, break_even: int | None = None, slow: tuple[int, ...] = ()) -> None:
         self.fixed = break_even
+        self.slow = set(slow)
         self.asked: list[tuple[int, int, int]] = []
+        self.timed: list[tuple[int, int, int, int]] = []
 
     def break_even(self, k: int, n: int, m: int) -> int:
         self.asked.append((k, n, m))
         return parameter_limit(k, n) if self.fixed is None else self.fixed
 
     def ratio(self, k: int, n: int, r: int, m: int) -> float:
+        self.asked.append((k, n, m))
+        self.timed.append((k, n, r, m))
+        if r in self.slow or (self.fixed is not None and r > self.fixed):
+            return 1.3
         return r * (k + n) / (k * n)
