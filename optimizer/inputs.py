@@ -1175,48 +1175,90 @@ def hold_out(
 
     Every ``every``-th sample (counted over all batches) is held out, whole: rows of one
     sentence or image are alike, and rows held out beside their neighbours do not show a fit
-    that learnt the calibration samples rather than the layer. Where ``model`` fixes the batch
-    dim, samples cannot be taken out of a batch, and every ``every``-th batch is held out
-    instead. With fewer than ``every`` samples (batches) nothing is held out: the second part
-    is empty. Both parts re-read ``batches`` when iterated (samples read from disk stay there).
+    that learnt the calibration samples rather than the layer; with two to ``every - 1``
+    samples, the last one. With one sample nothing is held out (the second part is empty).
+    Where ``model`` fixes the batch dim, samples cannot be taken out of a batch, and whole
+    batches are held out instead. Only the inputs that hold samples along axis 0 are cut
+    (``sample_inputs``); the others go whole with every part. Both parts re-read
+    ``batches`` when iterated (samples read from disk stay there).
     """
     whole = model is not None and any(
         v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int) for v in model.graph.inputs
     )
-    return _HeldOut(batches, every, whole, held=False), _HeldOut(batches, every, whole, held=True)
+    sampled = sample_inputs(model) if model is not None else None
+    return (
+        _HeldOut(batches, every, whole, sampled, held=False),
+        _HeldOut(batches, every, whole, sampled, held=True),
+    )
 
 
-def _batch_size(batch: Mapping[str, np.ndarray]) -> int:
-    return min((len(array) for array in batch.values() if np.ndim(array)), default=1)
+def sample_inputs(model: ir.Model) -> frozenset[str] | None:
+    """The inputs of ``model`` that hold samples along axis 0: those whose first dim is its batch dim.
+
+    The batch dim is the symbolic first dim named like one (``batch``, ``N``...), else the
+    one most inputs start with. None where no input's first dim is symbolic (a fixed batch:
+    every input with a dim is cut alike).
+    """
+    firsts = [
+        (v.name, v.shape[0])
+        for v in model.graph.inputs
+        if v.shape is not None and v.shape.rank() and not isinstance(v.shape[0], int)
+    ]
+    names = [str(dim) for _, dim in firsts]
+    if not names:
+        return None
+    named = [name for name in names if _BATCH_NAME.search(name)]
+    batch = named[0] if named else max(dict.fromkeys(names), key=names.count)
+    return frozenset(name for name, dim in firsts if str(dim) == batch)
 
 
 class _HeldOut(Sequence):
     """The samples of ``batches`` that are (``held``) or are not held out by ``hold_out``."""
 
-    def __init__(self, batches: Sequence[Mapping[str, np.ndarray]], every: int, whole: bool, held: bool) -> None:
-        self._batches, self._every, self._whole, self._held = batches, every, whole, held
+    def __init__(
+        self,
+        batches: Sequence[Mapping[str, np.ndarray]],
+        every: int,
+        whole: bool,
+        sampled: frozenset[str] | None,
+        held: bool,
+    ) -> None:
+        self._batches, self._every, self._whole, self._sampled, self._held = batches, every, whole, sampled, held
         self._samples: int | None = None
         self._count: int | None = None
 
+    def _cut(self, name: str, array: Any) -> bool:
+        return bool(np.ndim(array)) and (self._sampled is None or name in self._sampled)
+
     def _size(self, batch: Mapping[str, np.ndarray]) -> int:
-        return 1 if self._whole else _batch_size(batch)
+        if self._whole:
+            return 1
+        return min((len(array) for name, array in batch.items() if self._cut(name, array)), default=1)
+
+    def _chosen(self, start: int, size: int) -> np.ndarray:
+        index = start + np.arange(size)
+        if self._samples >= self._every:
+            held = index % self._every == self._every - 1
+        else:  # two to four samples: the last one
+            held = index == self._samples - 1
+        return held == self._held
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         if self._samples is None:
             self._samples = sum(self._size(batch) for batch in self._batches)
-        if self._samples < self._every:  # nothing can be held out: every sample is fitted to
+        if self._samples < 2:  # nothing can be held out: every sample is fitted to
             if not self._held:
                 yield from (dict(batch) for batch in self._batches)
             return
         start = 0
         for batch in self._batches:
             size = self._size(batch)
-            chosen = ((start + np.arange(size)) % self._every == self._every - 1) == self._held
+            chosen = self._chosen(start, size)
             start += size
             if chosen.all():
                 yield dict(batch)
             elif chosen.any():
-                yield {name: array[chosen] if np.ndim(array) else array for name, array in batch.items()}
+                yield {name: array[chosen] if self._cut(name, array) else array for name, array in batch.items()}
 
     def __len__(self) -> int:
         if self._count is None:

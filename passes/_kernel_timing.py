@@ -15,8 +15,10 @@ interval; a pass may not depend on the comparison code, and a pass needs many sh
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -48,8 +50,24 @@ def cores() -> int:
 
 
 def runtime_key(target: str, threads: int) -> str:
-    """What a kernel's speed depends on besides its shape: ``CPU model|ort 1.32.0|cpu|2 threads``."""
-    return f"{cpu_name()}|ort {import_onnxruntime().__version__}|{target}|{threads} threads"
+    """What a kernel's speed depends on besides its shape: ``CPU model|ort 1.32.0|cpu|2 threads``, and on
+    CUDA the GPU too (``…|cuda on NVIDIA H200|…``; keys of an older graphopt that said only ``cuda`` were
+    timed on the CPU where CUDA could not run, and are no longer read)."""
+    where = f"cuda on {gpu_name()}" if target == "cuda" else target
+    return f"{cpu_name()}|ort {import_onnxruntime().__version__}|{where}|{threads} threads"
+
+
+@functools.cache
+def gpu_name() -> str:
+    """The first NVIDIA GPU's name as ``nvidia-smi`` gives it, or ``unknown GPU``."""
+    try:
+        found = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown GPU"
+    lines = [line.strip() for line in found.stdout.splitlines() if line.strip()]
+    return lines[0] if found.returncode == 0 and lines else "unknown GPU"
 
 
 def cache_path(file_name: str) -> Path:

@@ -342,9 +342,36 @@ def test_hold_out_keeps_every_fifth_sample_whole_and_apart(tmp_path, model, samp
         assert sorted(int(i) for b in fitted for i in b["input_ids"][:, 0]) == [i for i in range(20) if i % 5 != 4]
         assert len(held) == len(list(held)) and all(b["attention_mask"].shape == b["input_ids"].shape for b in held)
     fitted, held = hold_out(split_samples({k: v[:4] for k, v in tagged.items()}, 2))
-    assert len(held) == 0 and sum(len(b["input_ids"]) for b in fitted) == 4
+    assert [b["input_ids"][:, 0].tolist() for b in held] == [[3]] and sum(len(b["input_ids"]) for b in fitted) == 3
+    fitted, held = hold_out(split_samples({k: v[:1] for k, v in tagged.items()}, 2))
+    assert len(held) == 0 and sum(len(b["input_ids"]) for b in fitted) == 1
     fixed = model.clone()
     fixed.graph.inputs[0].shape = ir.Shape([2, "sequence"])
     fitted, held = hold_out(split_samples(tagged, model=fixed), fixed)
     assert [b["input_ids"][:, 0].tolist() for b in held] == [[8, 9], [18, 19]]  # batches 4 and 9 of 10
     assert len(fitted) == 8
+
+
+def test_hold_out_cuts_only_the_inputs_that_hold_samples():
+    """An input that is not batched along axis 0 (a table [S, K] broadcast over the batch) goes whole with
+    every part, however long it is; the batch dim is the one named like it, else the most common first dim."""
+    from onnx import TensorProto, helper
+
+    from optimizer.inputs import sample_inputs
+
+    def model_with(first: str) -> ir.Model:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [first, "S", 4])
+        t = helper.make_tensor_value_info("t", TensorProto.FLOAT, ["S", 4])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [first, "S", 4])
+        graph = helper.make_graph([helper.make_node("Add", ["x", "t"], ["y"])], "g", [x, t], [y])
+        return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+    for first in ("batch", "B", "N"):
+        model = model_with(first)
+        assert sample_inputs(model) == frozenset({"x"})
+        for length in (12, 16):  # shorter than the batch, or just as long
+            x = np.arange(16 * 12 * 4, dtype=np.float32).reshape(16, 12, 4)[:, :length]
+            data = {"x": x, "t": np.ones((length, 4), np.float32)}
+            fitted, held = hold_out(split_samples(data, 16), model)
+            assert [b["x"].shape[0] for b in held] == [3] and [b["x"].shape[0] for b in fitted] == [13]
+            assert all(b["t"].shape == (length, 4) for b in [*held, *fitted])

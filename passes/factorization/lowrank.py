@@ -13,10 +13,10 @@ How the factors are chosen:
   ``optimizer.inputs.hold_out``) is kept away from everything below that fits to data;
   the pass's accuracy figures and its budget search are measured on those samples
   (factors whitened by a few hundred rows reproduce those rows almost exactly, so a
-  budget checked on them is met by the fit, not by the layer). With fewer than five
-  samples nothing can be held out: with a budget the factors are then plain SVD without
-  repair (nothing fitted to the samples the budget is checked on); without one, the
-  figures say they are measured on the fitted samples.
+  budget checked on them is met by the fit, not by the layer). With two to four samples
+  the last one is held out; with a single one nothing can be: with a budget the factors
+  are then plain SVD without repair (nothing fitted to the samples the budget is checked
+  on); without one, the figures say they are measured on the fitted sample.
 - **Activation-aware** (with calibration data, the default): the error that matters
   is the layer's output error ``|x (W - U V)|`` over the inputs the layer actually
   sees, not ``|W - U V|``. With ``C = XᵀX / N`` over every unpadded row of the fitted
@@ -179,9 +179,9 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
                 # A budget checked on the rows the factors were fitted to is met by fitting them, not the layer
                 # (a few sequences' rows are reproduced almost exactly at ranks near their count).
                 self.note(
-                    f"fewer than {HOLD_OUT_EVERY} calibration samples: none can be held out to check the budget "
-                    "on, so the factors are plain SVD without repair (nothing fitted to the samples the budget "
-                    "is checked on); give more samples for activation-aware, repaired factors"
+                    "one calibration sample (batch, where the model fixes its batch size): none can be held out "
+                    "to check the budget on, so the factors are plain SVD without repair (nothing fitted to the "
+                    "samples the budget is checked on); give more samples for activation-aware, repaired factors"
                 )
                 aware, repair, fitted, checked = False, False, [], batches
             else:
@@ -211,12 +211,16 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         ranks: dict[str, int | None] = {group.key: group.floor for group in groups}
         if self.budget is not None and not batches:
             self.note("no sample inputs: the budget was not searched")
+        search_summary = None
         if self._searching:
-            ranks = self._search(model, groups, rows, checked, reference, repair)
+            ranks, search_summary = self._search(model, groups, rows, checked, reference, repair)
             if not any(rank is not None for rank in ranks.values()):
                 self.note(f"no ranks meet {self.budget.describe()}: nothing factorized")
                 return self.result(model, modified=False)
         ranks = self._confirm_speed(groups, ranks)
+        if search_summary is not None:
+            kept = sum(rank is not None for rank in ranks.values())
+            self.note(f"budget {self.budget.describe()}: {search_summary} ({kept} of {len(groups)} weights factorized)")
         if not any(rank is not None for rank in ranks.values()):
             return self.result(model, modified=False)
         source = model.clone()
@@ -225,13 +229,16 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         self._report(decisions)
         summary = f"{len(decisions)} weights factorized, parameters {before:,} → {parameter_count(model):,}"
         where = ""
+        repaired = any(decision.bias_change is not None for decision in decisions)
         if reference is not None:
-            where = _described(checked, in_sample, fitted)
+            where = _described(in_sample, fitted)
             self.drift = output_drift(reference, run_batches(model, checked))
-            summary += f"; {self.drift}" + (" after repair" if repair else "") + where
+            summary += f"; {self.drift}" + (" after repair" if repaired else "") + where
             summary += " on generated inputs" if self.samples_generated else ""
         self.note(summary)
-        if repair and reference is not None:
+        if repair and not repaired:
+            self.note("repair: no re-fit lowered a layer's error on calibration samples it was not fitted to by 2 %")
+        if repaired and reference is not None:
             unrepaired = source.clone()
             self._factorize(unrepaired, groups, ranks, rows, repair=False)
             self.note(f"without repair: {output_drift(reference, run_batches(unrepaired, checked))}{where}")
@@ -331,13 +338,13 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     # -- ranks ----------------------------------------------------------------------------------------
 
-    def _search(self, model, groups: list[_Group], rows, batches, reference, repair) -> dict[str, int | None]:
-        """Ranks that meet the budget: each layer's smallest rank within one error ε, ε bisected (log scale)."""
+    def _search(self, model, groups: list[_Group], rows, batches, reference, repair) -> tuple[dict, str]:
+        """Ranks that meet the budget (each layer's smallest rank within one error ε, ε bisected on log
+        scale), and how they were found, for the report."""
         ranks = {group.key: group.floor for group in groups}
         drift = self._trial(model, groups, ranks, rows, batches, reference, repair)
         if self.budget.met(drift):
-            self.note(f"budget {self.budget.describe()}: met at the largest ratio asked, {self.ratio:g}")
-            return ranks
+            return ranks, f"met at the largest ratio asked, {self.ratio:g}"
         high = max(group.error(group.floor) for group in groups)  # every layer at the floor: not met
         low = high * 1e-4
         best: dict[str, int | None] = {group.key: None for group in groups}
@@ -353,16 +360,11 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
                 low, best, best_error = middle, trial, middle
             else:
                 high = middle
-        kept = sum(rank is not None for rank in best.values())
-        self.note(
-            f"budget {self.budget.describe()}: per-layer output error up to {best_error:.3g} "
-            f"({kept} of {len(groups)} weights factorized, ranks by each layer's spectrum)"
-        )
         for group in groups:
             if best[group.key] is None:
                 for layer in group.layers:
                     self.refuse(layer.node.op_type, "kept whole to meet the accuracy budget")
-        return best
+        return best, f"per-layer output error up to {best_error:.3g}, ranks by each layer's spectrum"
 
     def _trial(self, model, groups, ranks, rows, batches, reference, repair) -> Drift:
         trial = model.clone()
@@ -481,9 +483,9 @@ class _Group:
         if statistics is not None:
             count = sum(statistics.count[name] for name in self.activations)
             covariance = sum(statistics.gram[name].astype(np.float64) for name in self.activations) / max(count, 1)
-            # Shrunk toward its diagonal by k / (k + rows): a covariance from fewer rows than dimensions
-            # whitens by the few directions the samples visited and overfits them (held-out output error on
-            # MiniLM at 128 rows: 0.26 shrunk against 0.28 with a ridge alone; as good at 1,600 rows).
+            # Shrunk toward its diagonal by k / (k + rows): a covariance from few rows whitens by the few
+            # directions the samples visited and overfits them (MiniLM's attention output projection fitted to
+            # 128 rows: held-out output error 0.284 shrunk, 0.329 with a 1 % ridge alone; docs/benchmarks.md).
             shrink = k / (k + count)
             diagonal = np.diag(covariance).copy()
             covariance *= 1.0 - shrink
@@ -588,7 +590,8 @@ def _layer_inputs(
     sample it comes from (its index along the batch axis, counted over all batches; a 2-D
     input's every row is a sample); with ``covariance``, ``XᵀX`` (float32) over every row.
     A row is a padded position where the batch holds a padding mask (``optimizer.padding``)
-    of the input's leading ``[batch, sequence]`` shape and the mask is 0 there.
+    that is 0 there (``_real_rows``: the input's last positions in a decoder with a cache; a
+    flattened ``[batch × sequence, K]`` input's rows, each sequence then one sample).
     """
     names = list(dict.fromkeys(layer.activation.name for layer in layers))
     rng = np.random.default_rng(0)
@@ -608,8 +611,11 @@ def _layer_inputs(
             flat = np.asarray(array, dtype=np.float32).reshape(-1, shape[-1])
             samples = shape[0] if len(shape) >= 3 and shape[0] else len(flat)
             sample = np.repeat(np.arange(samples), max(1, len(flat) // samples))[: len(flat)]
-            if mask is not None and len(shape) == 3 and tuple(shape[:2]) == mask.shape:
-                real = mask.reshape(-1) != 0
+            real = _real_rows(shape, mask)
+            if real is not None:
+                if len(shape) == 2:  # [batch × sequence, K]: the rows of one sequence are one sample
+                    samples = mask.shape[0]
+                    sample = np.repeat(np.arange(samples), mask.shape[1])
                 flat, sample = flat[real], sample[real]
             if covariance:
                 product = flat.T @ flat
@@ -627,6 +633,20 @@ def _layer_inputs(
     )
 
 
+def _real_rows(shape: tuple[int, ...], mask: np.ndarray | None) -> np.ndarray | None:
+    """Which rows of a ``[batch, S, K]`` (or flattened ``[batch × S, K]``) layer input are real tokens under the
+    padding ``mask [batch, T]``: its last ``S`` positions (``T = past + S`` in a decoder with a cache). None where
+    the shapes do not line up that way (every row then counts)."""
+    if mask is None or mask.ndim != 2:
+        return None
+    batch, total = mask.shape
+    if len(shape) == 3 and shape[0] == batch and 0 < shape[1] <= total:
+        return mask[:, total - shape[1] :].reshape(-1) != 0
+    if len(shape) == 2 and total > 1 and shape[0] == batch * total:
+        return mask.reshape(-1) != 0
+    return None
+
+
 def _slower(rank: int, k: int, n: int, m: int, ratio: float, target: str) -> str:
     """Why a layer stays whole: its factorized form was not measured faster."""
     return (
@@ -635,15 +655,12 @@ def _slower(rank: int, k: int, n: int, m: int, ratio: float, target: str) -> str
     )
 
 
-def _described(checked: Sequence, in_sample: bool, fitted: Sequence) -> str:
+def _described(in_sample: bool, fitted: Sequence) -> str:
     """Where the pass's own accuracy figures were measured."""
     if in_sample:
-        return (
-            f" on the calibration samples the factors were fitted to (fewer than {HOLD_OUT_EVERY}: none held out; "
-            "an optimistic figure)"
-        )
+        return " on the one calibration sample the factors were fitted to (none held out: an optimistic figure)"
     if len(fitted):
-        return f" on the held-out calibration samples (one in {HOLD_OUT_EVERY}, not fitted to)"
+        return f" on the held-out calibration samples (one in {HOLD_OUT_EVERY}, at least one; not fitted to)"
     return ""
 
 
