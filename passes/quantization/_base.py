@@ -11,7 +11,9 @@ layer (``quantize_layer``); this base decides *which* layers to rewrite:
   8-bit weights, int8 weights with float activations, int8 under int4), and float.
   Each scheme's accuracy cost is measured per layer (that layer alone in that scheme,
   the rest float; a local estimate beyond ``_EXHAUSTIVE_LAYERS``) and its latency is
-  measured on this machine at the layer's shape (``_layer_speed``, cached per machine).
+  measured on this machine at the layer's shape (``_layer_speed``, cached per machine):
+  at the rows one sample gives it, and for a decoder with a key/value cache as one
+  generation (those rows as a prefill, then ``GENERATED_TOKENS`` one-row steps).
   A greedy path then takes, step by step, the change with the most accuracy gained per
   second of latency given back (a change that costs nothing comes first), and the
   shortest prefix of that path whose whole model meets the budget is chosen (prefixes
@@ -40,6 +42,7 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.domains import MS_DOMAIN
 from optimizer.inputs import split_samples
+from optimizer.padding import cache_outputs
 from optimizer.progress import task, track
 from optimizer.protocol import Twin
 from optimizer.runtime import run_batches, stream_values
@@ -58,6 +61,9 @@ _EXHAUSTIVE_LAYERS = 24
 _LOCAL_ROWS = 1024
 # SmoothQuant's migration strength when the budget offers it for one layer.
 _LAYER_SMOOTH_ALPHA = 0.5
+# Tokens a decoder with a key/value cache is taken to generate after its prompt when the budget weighs
+# its layers' latency (``graphopt compare --generate``'s default --new-tokens).
+GENERATED_TOKENS = 32
 # What each scheme is called in notes.
 SCHEME_LABELS = {
     "float": "float",
@@ -442,22 +448,38 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             return unit, False
         speeds = self.layer_speeds or LayerSpeeds()
         rows = _rows_per_sample(model, layers, batches)
+        # A decoder with a key/value cache spends a generation mostly in one-token steps, where streaming
+        # the weights limits (what int4 is for: 0.18x float at 1 row, 1.3x at 128); its layers are timed as
+        # a generation: the samples' tokens as a prefill, then GENERATED_TOKENS steps of one row.
+        decoder = bool(cache_outputs(model))
         times: dict[str, dict[str, float]] = {}
         shapes = set()
         for layer in layers:
-            k, n = layer.weight.shape
-            shape = LayerShape("MatMul", rows[layer.activation.name], int(k), int(n))
-            shapes.add(shape)
-            builders = {
-                self.speed_form(scheme) if scheme != FLOAT else FLOAT: _builder(self, shape, scheme)
-                for scheme in options[layer.name]
-            }
-            seconds = speeds.seconds(shape, builders)
+            k, n = (int(size) for size in layer.weight.shape)
+            prefill = rows[layer.activation.name]
+            parts = [(LayerShape("MatMul", prefill, k, n), 1)]
+            if decoder and prefill > 1:
+                parts.append((LayerShape("MatMul", 1, k, n), GENERATED_TOKENS))
+            total: dict[str, float] = {}
+            for shape, count in parts:
+                shapes.add(shape)
+                builders = {
+                    self.speed_form(scheme) if scheme != FLOAT else FLOAT: _builder(self, shape, scheme)
+                    for scheme in options[layer.name]
+                }
+                for form, seconds in speeds.seconds(shape, builders).items():
+                    total[form] = total.get(form, 0.0) + count * seconds
             times[layer.name] = {
-                scheme: seconds[self.speed_form(scheme) if scheme != FLOAT else FLOAT] for scheme in options[layer.name]
+                scheme: total[self.speed_form(scheme) if scheme != FLOAT else FLOAT] for scheme in options[layer.name]
             }
+        workload = (
+            f" (a decoder with a key/value cache: timed as a generation, a prefill of the samples' tokens and "
+            f"{GENERATED_TOKENS} one-token steps)"
+            if decoder
+            else ""
+        )
         self.note(
-            f"budget: latency of {len(layers)} layers ({len(shapes)} shapes) measured on this machine, "
+            f"budget: latency of {len(layers)} layers ({len(shapes)} shapes) measured on this machine{workload}, "
             f"{speeds.timed} kernels timed now, the rest read from {speeds.path}"
         )
         return times, True

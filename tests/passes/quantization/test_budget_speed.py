@@ -298,3 +298,34 @@ def test_int4_falls_back_to_int8_per_layer_before_float(tmp_path):
     assert drift(model, result.model, held_out).cosine > reached
     got, claimed = run_batches(result.model, [held_out])[0]["y"], run_batches(result.twin.model, [held_out])[0]["y"]
     assert np.abs(got - claimed).max() < 1e-2 * np.abs(claimed).max()
+
+
+def test_a_decoder_with_a_cache_is_timed_as_a_generation(tmp_path):
+    """A decoder's layers are timed at the prompt's rows and at one row (32 generated tokens): int4 is slower
+    than float on a prompt and far faster per generated token, and the budget must see both."""
+    from tests.helpers import FIXTURES
+    from tests.test_decoder_cache import PAST_NAMES, step_feed
+
+    model = ir.load(FIXTURES / "llama_kv_legacy.onnx")
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(1, 256, (4, 6))
+    samples = step_feed(2, prompt, np.ones((4, 6), np.int64), None)
+    assert set(PAST_NAMES) <= set(samples)
+    calls: list = []
+    quantization = DynamicQuantizationPass(
+        budget=AccuracyBudget(min_cosine=0.9999), samples=samples, layer_speeds=_speeds(tmp_path, calls)
+    )
+    result = quantization(model.clone())
+    timed_rows = {shape.rows for shape, _ in calls}
+    assert timed_rows == {6, 1}, timed_rows
+    assert any(
+        "timed as a generation, a prefill of the samples' tokens and 32 one-token steps" in n for n in result.notes
+    )
+    encoder = _outlier_tokens_chain()
+    calls.clear()
+    DynamicQuantizationPass(
+        budget=AccuracyBudget(min_cosine=0.999),
+        samples=_outlier_samples(4, seed=0),
+        layer_speeds=_speeds(tmp_path, calls),
+    )(encoder)
+    assert {shape.rows for shape, _ in calls} == {8}
