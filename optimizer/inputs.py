@@ -1148,21 +1148,32 @@ def split_samples(
     whole to every batch. ``SampleData`` (a folder, an iterable of feed dicts) gives a
     sequence that reads its batches from disk each time it is iterated, never all at once.
     """
+    sampled = None
     if model is not None:
-        fixed = [
-            v.shape[0]
-            for v in model.graph.inputs
-            if v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int)
-        ]
-        size = min([d for d in fixed if d > 0], default=size)
+        sampled = sample_inputs(model)
+        if sampled is None:  # no symbolic batch dim: a fixed one sets the batch size
+            fixed = [
+                v.shape[0]
+                for v in model.graph.inputs
+                if v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int)
+            ]
+            size = min([d for d in fixed if d > 0], default=size)
     if isinstance(samples, SampleData):
         return samples.batches(size)
     arrays = {name: np.asarray(array) for name, array in samples.items()}
-    count = min((len(array) for array in arrays.values() if array.ndim), default=1)
+
+    def cut(name: str, array: np.ndarray) -> bool:  # inputs beside the samples (a table [S, K]) go whole
+        return bool(array.ndim) and (sampled is None or name in sampled or name not in _input_names(model))
+
+    count = min((len(array) for name, array in arrays.items() if cut(name, array)), default=1)
     return [
-        {name: array[start : start + size] if array.ndim else array for name, array in arrays.items()}
+        {name: array[start : start + size] if cut(name, array) else array for name, array in arrays.items()}
         for start in range(0, count, size)
     ]
+
+
+def _input_names(model: ir.Model | None) -> frozenset[str]:
+    return frozenset(v.name for v in model.graph.inputs) if model is not None else frozenset()
 
 
 HOLD_OUT_EVERY = 5
@@ -1182,9 +1193,7 @@ def hold_out(
     (``sample_inputs``); the others go whole with every part. Both parts re-read
     ``batches`` when iterated (samples read from disk stay there).
     """
-    whole = model is not None and any(
-        v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int) for v in model.graph.inputs
-    )
+    whole = model is not None and fixes_batch(model)
     sampled = sample_inputs(model) if model is not None else None
     return (
         _HeldOut(batches, every, whole, sampled, held=False),
@@ -1195,21 +1204,35 @@ def hold_out(
 def sample_inputs(model: ir.Model) -> frozenset[str] | None:
     """The inputs of ``model`` that hold samples along axis 0: those whose first dim is its batch dim.
 
-    The batch dim is the symbolic first dim named like one (``batch``, ``N``...), else the
-    one most inputs start with. None where no input's first dim is symbolic (a fixed batch:
-    every input with a dim is cut alike).
+    The batch dim is every symbolic first dim named like one (``batch``, ``batch_size``,
+    ``N``...), else (where no input's first dim is fixed) the one most inputs start with
+    (among equals, the one of the input of highest rank: ``x [s0, S, K]`` rather than a
+    table ``t [S, K]``). None where the batch is fixed or no first dim is symbolic: every
+    input with a dim is then cut alike.
     """
     firsts = [
-        (v.name, v.shape[0])
+        (v.name, str(v.shape[0]), v.shape.rank())
         for v in model.graph.inputs
         if v.shape is not None and v.shape.rank() and not isinstance(v.shape[0], int)
     ]
-    names = [str(dim) for _, dim in firsts]
-    if not names:
+    if not firsts:
         return None
-    named = [name for name in names if _BATCH_NAME.search(name)]
-    batch = named[0] if named else max(dict.fromkeys(names), key=names.count)
-    return frozenset(name for name, dim in firsts if str(dim) == batch)
+    named = {dim for _, dim, _ in firsts if _BATCH_NAME.search(dim)}
+    fixed = any(v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int) for v in model.graph.inputs)
+    if not named and fixed:  # x [4, S, K] beside t [S, K]: the batch is the fixed dim
+        return None
+    if not named:
+        counts = {dim: sum(1 for _, d, _ in firsts if d == dim) for _, dim, _ in firsts}
+        ranks = {dim: max(rank for _, d, rank in firsts if d == dim) for _, dim, _ in firsts}
+        named = {max(counts, key=lambda dim: (counts[dim], ranks[dim]))}
+    return frozenset(name for name, dim, _ in firsts if dim in named)
+
+
+def fixes_batch(model: ir.Model) -> bool:
+    """Whether ``model`` fixes its batch size: no input has a symbolic batch dim, and one has a fixed first dim."""
+    return sample_inputs(model) is None and any(
+        v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int) for v in model.graph.inputs
+    )
 
 
 class _HeldOut(Sequence):

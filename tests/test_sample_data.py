@@ -346,7 +346,8 @@ def test_hold_out_keeps_every_fifth_sample_whole_and_apart(tmp_path, model, samp
     fitted, held = hold_out(split_samples({k: v[:1] for k, v in tagged.items()}, 2))
     assert len(held) == 0 and sum(len(b["input_ids"]) for b in fitted) == 1
     fixed = model.clone()
-    fixed.graph.inputs[0].shape = ir.Shape([2, "sequence"])
+    for value in fixed.graph.inputs:
+        value.shape = ir.Shape([2, *list(value.shape)[1:]])
     fitted, held = hold_out(split_samples(tagged, model=fixed), fixed)
     assert [b["input_ids"][:, 0].tolist() for b in held] == [[8, 9], [18, 19]]  # batches 4 and 9 of 10
     assert len(fitted) == 8
@@ -375,3 +376,29 @@ def test_hold_out_cuts_only_the_inputs_that_hold_samples():
             fitted, held = hold_out(split_samples(data, 16), model)
             assert [b["x"].shape[0] for b in held] == [3] and [b["x"].shape[0] for b in fitted] == [13]
             assert all(b["t"].shape == (length, 4) for b in [*held, *fitted])
+
+
+def test_split_samples_and_sample_inputs_find_the_batch_however_it_is_spelled():
+    """Every first dim named like a batch is the batch (``batch`` beside ``batch_size``); unnamed, the most
+    common first dim, the input of highest rank among equals; a table beside the samples is never cut, with
+    more samples than one batch holds."""
+    from onnx import TensorProto, helper
+
+    from optimizer.inputs import sample_inputs
+
+    def model_with(inputs: list[tuple[str, list]]) -> ir.Model:
+        infos = [helper.make_tensor_value_info(name, TensorProto.FLOAT, dims) for name, dims in inputs]
+        nodes = [helper.make_node("Identity", [inputs[0][0]], ["y"])]
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        graph = helper.make_graph(nodes, "g", infos, [y])
+        return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+    assert sample_inputs(model_with([("x", ["batch", "S", 4]), ("e", ["batch_size", "S", 4])])) == {"x", "e"}
+    assert sample_inputs(model_with([("t", ["S", 4]), ("x", ["s0", "S", 4])])) == {"x"}
+    assert sample_inputs(model_with([("x", [4, "S", 8]), ("t", ["S", 8])])) is None  # a fixed batch
+    model = model_with([("x", ["B", "S", 4]), ("t", ["S", 4])])
+    data = {"x": np.zeros((40, 20, 4), np.float32), "t": np.ones((20, 4), np.float32)}
+    batches = split_samples(data, 16, model)
+    assert [len(b["x"]) for b in batches] == [16, 16, 8] and all(b["t"].shape == (20, 4) for b in batches)
+    fitted, held = hold_out(batches, model)
+    assert sum(len(b["x"]) for b in held) == 8 and sum(len(b["x"]) for b in fitted) == 32

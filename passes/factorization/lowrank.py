@@ -65,8 +65,8 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
-from optimizer.inputs import HOLD_OUT_EVERY, hold_out, split_samples
-from optimizer.padding import mask_inputs
+from optimizer.inputs import HOLD_OUT_EVERY, hold_out, sample_inputs, split_samples
+from optimizer.padding import cache_outputs, mask_inputs
 from optimizer.protocol import Twin
 from optimizer.runtime import cuda_unavailable_reason, run_batches, stream_values
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
@@ -236,8 +236,14 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
             summary += f"; {self.drift}" + (" after repair" if repaired else "") + where
             summary += " on generated inputs" if self.samples_generated else ""
         self.note(summary)
-        if repair and not repaired:
+        outcomes = set().union(*(decision.group.repair_outcome for decision in decisions))
+        if repair and not repaired and "tried" in outcomes:
             self.note("repair: no re-fit lowered a layer's error on calibration samples it was not fitted to by 2 %")
+        elif repair and not repaired and "few" in outcomes:
+            self.note(
+                "repair: not tried, fewer than 5 fitted calibration samples (a re-fit must beat the factors on "
+                "samples it was not fitted to)"
+            )
         if repaired and reference is not None:
             unrepaired = source.clone()
             self._factorize(unrepaired, groups, ranks, rows, repair=False)
@@ -461,6 +467,8 @@ class _Group:
     # Per input tensor, the sample (sequence) each sampled row comes from (``_sample_rows``).
     origins: Mapping[str, np.ndarray] = field(default_factory=dict)
     _repairs: dict = field(default_factory=dict)
+    # What the repair found, over the ranks it was asked for: "exact", "few" (samples), "tried".
+    repair_outcome: set = field(default_factory=set)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -545,6 +553,7 @@ class _Group:
         prior = np.concatenate([v.astype(np.float64), np.zeros((1, v.shape[1]))])
         unrepaired = float(((projected @ prior[:-1] - target) ** 2).sum())
         if unrepaired <= _EXACT**2 * float((target**2).sum()):
+            self.repair_outcome.add("exact")
             self._repairs[rank] = (v, None)  # exact already (a rank-deficient weight): nothing to repair
             return self._repairs[rank]
         # The shared streamed fit (pruning's): folds of whole samples are its batches, one in five held out.
@@ -554,8 +563,10 @@ class _Group:
             if chosen.any():
                 fit.add(projected[chosen], target[chosen])
         if fit.batches < 5:  # nothing to hold out: a re-fit could not show it is better than none
+            self.repair_outcome.add("few")
             self._repairs[rank] = (v, None)
             return self._repairs[rank]
+        self.repair_outcome.add("tried")
         solution, unchanged = fit.solve(prior, gain=_REPAIR_GAIN)
         if unchanged:
             self._repairs[rank] = (v, None)
@@ -589,9 +600,9 @@ def _layer_inputs(
     rows, as ``passes.quantization._base.sample_layer_inputs`` draws them) and, per row, the
     sample it comes from (its index along the batch axis, counted over all batches; a 2-D
     input's every row is a sample); with ``covariance``, ``XᵀX`` (float32) over every row.
-    A row is a padded position where the batch holds a padding mask (``optimizer.padding``)
-    that is 0 there (``_real_rows``: the input's last positions in a decoder with a cache; a
-    flattened ``[batch × sequence, K]`` input's rows, each sequence then one sample).
+    A row is a padded position where the batch holds one padding mask (``optimizer.padding``;
+    not an encoder's) that is 0 there (``_real_rows``). A flattened ``[batch × sequence, K]``
+    input's rows are matched to the batch's samples, each sequence one sample.
     """
     names = list(dict.fromkeys(layer.activation.name for layer in layers))
     rng = np.random.default_rng(0)
@@ -601,21 +612,27 @@ def _layer_inputs(
     count = dict.fromkeys(names, 0)
     seen = dict.fromkeys(names, 0)
     share = max(1, rows // max(len(batches), 1))
+    sampled = sample_inputs(model)
+    # A decoder's new positions are its mask's last columns; elsewhere a mask covers the input's own positions
+    # (an encoder's mask read by the decoder of an encoder-decoder is not its padding).
+    cached = bool(cache_outputs(model))
     masks: list[str] | None = None
     for batch, run in zip(batches, stream_values(model, names, batches)):
         if masks is None:
-            masks = mask_inputs(model, batch)
-        mask = np.asarray(batch[masks[0]]) if masks else None
+            masks = [name for name in mask_inputs(model, batch) if "encoder" not in name.lower()]
+        mask = np.asarray(batch[masks[0]]) if len(masks) == 1 else None
+        in_batch = min(
+            (len(a) for key, a in batch.items() if np.ndim(a) and (sampled is None or key in sampled)), default=1
+        )
         for name, array in run.items():
             shape = np.shape(array)
             flat = np.asarray(array, dtype=np.float32).reshape(-1, shape[-1])
             samples = shape[0] if len(shape) >= 3 and shape[0] else len(flat)
+            if len(shape) == 2 and len(flat) > in_batch and len(flat) % in_batch == 0:
+                samples = in_batch  # [batch × sequence, K]: the rows of one sequence are one sample
             sample = np.repeat(np.arange(samples), max(1, len(flat) // samples))[: len(flat)]
-            real = _real_rows(shape, mask)
+            real = _real_rows(shape, mask, cached=cached)
             if real is not None:
-                if len(shape) == 2:  # [batch × sequence, K]: the rows of one sequence are one sample
-                    samples = mask.shape[0]
-                    sample = np.repeat(np.arange(samples), mask.shape[1])
                 flat, sample = flat[real], sample[real]
             if covariance:
                 product = flat.T @ flat
@@ -633,18 +650,20 @@ def _layer_inputs(
     )
 
 
-def _real_rows(shape: tuple[int, ...], mask: np.ndarray | None) -> np.ndarray | None:
+def _real_rows(shape: tuple[int, ...], mask: np.ndarray | None, *, cached: bool = False) -> np.ndarray | None:
     """Which rows of a ``[batch, S, K]`` (or flattened ``[batch × S, K]``) layer input are real tokens under the
-    padding ``mask [batch, T]``: its last ``S`` positions (``T = past + S`` in a decoder with a cache). None where
-    the shapes do not line up that way (every row then counts)."""
+    padding ``mask [batch, T]``: every position where ``S == T``; in a decoder with a key/value cache
+    (``cached``), where ``T = past + S``, its last ``S``. None where the shapes do not line up that way (every
+    row then counts: a pooled ``[batch, 1, K]`` token is not the mask's last position)."""
     if mask is None or mask.ndim != 2:
         return None
     batch, total = mask.shape
-    if len(shape) == 3 and shape[0] == batch and 0 < shape[1] <= total:
-        return mask[:, total - shape[1] :].reshape(-1) != 0
-    if len(shape) == 2 and total > 1 and shape[0] == batch * total:
-        return mask.reshape(-1) != 0
-    return None
+    length = shape[1] if len(shape) == 3 and shape[0] == batch else None
+    if len(shape) == 2 and shape[0] % batch == 0 and shape[0] > batch:
+        length = shape[0] // batch
+    if length is None or not (length == total or (cached and 0 < length < total)):
+        return None
+    return mask[:, total - length :].reshape(-1) != 0
 
 
 def _slower(rank: int, k: int, n: int, m: int, ratio: float, target: str) -> str:
