@@ -364,5 +364,5 @@ def _row_local_errors(
         weight = quantize_weight(layer.weight, 1 if per_channel else None, reduce_range=reduce_range)
         exact = x @ layer.weight.astype(np.float64)
         approximate = rounded @ weight.dequantize().astype(np.float64)
-        errors[layer.name] = float(np.linalg.norm(approximate - exact) / max(np.linalg.norm(exact), 1e-30))
+        errors[layer.name] = _base.output_error(approximate, exact)
     return errors

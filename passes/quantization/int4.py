@@ -14,7 +14,7 @@ from optimizer.progress import track
 from optimizer.protocol import Twin
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
-from passes.quantization._base import _EXHAUSTIVE_LAYERS, QuantizationPass, sample_layer_inputs
+from passes.quantization._base import _EXHAUSTIVE_LAYERS, QuantizationPass, output_error, sample_layer_inputs
 from passes.quantization._blockwise import Int4Weight, pack_nibbles, quantize_gptq, quantize_hqq, quantize_rtn
 from passes.quantization._int8 import claimed_weight, quantize_weight
 from passes.quantization._layer_speed import LayerSpeeds
@@ -346,8 +346,7 @@ class Int4QuantizationPass(QuantizationPass):
         for layer in track(layers, "sensitivity: local int4 error per layer"):
             x = inputs[layer.activation.name].astype(np.float64)
             exact = x @ layer.weight.astype(np.float64)
-            error = x @ self.weight(layer).dequantize().astype(np.float64) - exact
-            scores[layer.name] = float(np.linalg.norm(error) / max(np.linalg.norm(exact), 1e-30))
+            scores[layer.name] = output_error(x @ self.weight(layer).dequantize().astype(np.float64), exact)
         self.note(f"sensitivity of {len(layers)} layers estimated locally (relative int4 error of each layer's output)")
         return scores
 

@@ -329,3 +329,23 @@ def test_a_decoder_with_a_cache_is_timed_as_a_generation(tmp_path):
         layer_speeds=_speeds(tmp_path, calls),
     )(encoder)
     assert {shape.rows for shape, _ in calls} == {8}
+
+
+def test_the_local_estimate_counts_every_token_not_the_massive_one():
+    """One token row 1000x the others (a decoder's first token): a per-tensor int8 scale rounds the other
+    rows to nothing. Measured over the whole output the error is small (the massive row dominates both
+    norms); per row, it is what every other token loses."""
+    from passes._layers import find_layers
+    from passes.quantization._base import local_error, output_error
+
+    model = _outlier_tokens_chain()
+    layers, _ = find_layers(model.graph, ("matmul",))
+    first = next(layer for layer in layers if layer.name == "first")
+    x = _outlier_samples(4, seed=0)["x"].reshape(-1, 16).astype(np.float64)
+    exact = x @ first.weight.astype(np.float64)
+    per_tensor = local_error(x, first, "tensor", False, False)
+    per_row = local_error(x, first, "row", False, False)
+    assert per_tensor > 0.5 > 0.05 > per_row, (per_tensor, per_row)
+    whole = np.linalg.norm(exact * 1.001 - exact) / np.linalg.norm(exact)
+    assert output_error(exact * 1.001, exact) == pytest.approx(whole, rel=1e-6)  # a uniform error is the same
+    assert output_error(np.zeros((3, 4)), np.zeros((3, 4))) == 0.0
