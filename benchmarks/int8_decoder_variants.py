@@ -59,6 +59,10 @@ VARIANTS = {
         "smooth_alpha": 0.5,
         "budget": AccuracyBudget(min_cosine=0.998),
     },
+    # What `--quantize dynamic --min-cosine X` does (8-bit weights on a VNNI CPU): the search picks
+    # each layer's scheme (per-row scales, SmoothQuant for that layer, weight-only, float).
+    "budget_998": {"reduce_range": False, "budget": AccuracyBudget(min_cosine=0.998)},
+    "budget_999": {"reduce_range": False, "budget": AccuracyBudget(min_cosine=0.999)},
 }
 
 

@@ -1162,8 +1162,10 @@ def split_samples(
         return samples.batches(size)
     arrays = {name: np.asarray(array) for name, array in samples.items()}
 
+    known = _shaped_inputs(model)
+
     def cut(name: str, array: np.ndarray) -> bool:  # inputs beside the samples (a table [S, K]) go whole
-        return bool(array.ndim) and (sampled is None or name in sampled or name not in _input_names(model))
+        return bool(array.ndim) and (sampled is None or name in sampled or name not in known)
 
     count = min((len(array) for name, array in arrays.items() if cut(name, array)), default=1)
     return [
@@ -1172,8 +1174,11 @@ def split_samples(
     ]
 
 
-def _input_names(model: ir.Model | None) -> frozenset[str]:
-    return frozenset(v.name for v in model.graph.inputs) if model is not None else frozenset()
+def _shaped_inputs(model: ir.Model | None) -> frozenset[str]:
+    """Inputs whose first dim is known (an input of unknown shape is cut like the samples)."""
+    if model is None:
+        return frozenset()
+    return frozenset(v.name for v in model.graph.inputs if v.shape is not None and v.shape.rank())
 
 
 HOLD_OUT_EVERY = 5
@@ -1195,6 +1200,8 @@ def hold_out(
     """
     whole = model is not None and fixes_batch(model)
     sampled = sample_inputs(model) if model is not None else None
+    if sampled is not None:  # an input of unknown shape is cut like the samples
+        sampled = sampled | (frozenset(v.name for v in model.graph.inputs) - _shaped_inputs(model))
     return (
         _HeldOut(batches, every, whole, sampled, held=False),
         _HeldOut(batches, every, whole, sampled, held=True),
@@ -1202,30 +1209,22 @@ def hold_out(
 
 
 def sample_inputs(model: ir.Model) -> frozenset[str] | None:
-    """The inputs of ``model`` that hold samples along axis 0: those whose first dim is its batch dim.
+    """The inputs of ``model`` that hold samples along axis 0: every input whose first dim is symbolic,
+    except one whose first dim is a later dim of some input (a table ``t [S, K]`` beside ``x [B, S, K]``)
+    unless it is named like a batch (``batch``, ``batch_size``, ``N``...).
 
-    The batch dim is every symbolic first dim named like one (``batch``, ``batch_size``,
-    ``N``...), else (where no input's first dim is fixed) the one most inputs start with
-    (among equals, the one of the input of highest rank: ``x [s0, S, K]`` rather than a
-    table ``t [S, K]``). None where the batch is fixed or no first dim is symbolic: every
-    input with a dim is then cut alike.
+    Exporters spell one batch dim differently per input (``input_ids_dynamic_axes_1``,
+    ``unk__3``): none of those is left out. None where no input's first dim qualifies (a
+    fixed batch, or no shapes): every input with a dim is then cut alike.
     """
-    firsts = [
-        (v.name, str(v.shape[0]), v.shape.rank())
-        for v in model.graph.inputs
-        if v.shape is not None and v.shape.rank() and not isinstance(v.shape[0], int)
-    ]
-    if not firsts:
-        return None
-    named = {dim for _, dim, _ in firsts if _BATCH_NAME.search(dim)}
-    fixed = any(v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int) for v in model.graph.inputs)
-    if not named and fixed:  # x [4, S, K] beside t [S, K]: the batch is the fixed dim
-        return None
-    if not named:
-        counts = {dim: sum(1 for _, d, _ in firsts if d == dim) for _, dim, _ in firsts}
-        ranks = {dim: max(rank for _, d, rank in firsts if d == dim) for _, dim, _ in firsts}
-        named = {max(counts, key=lambda dim: (counts[dim], ranks[dim]))}
-    return frozenset(name for name, dim, _ in firsts if dim in named)
+    shaped = [v for v in model.graph.inputs if v.shape is not None and v.shape.rank()]
+    later = {str(dim) for v in shaped for dim in list(v.shape)[1:] if not isinstance(dim, int)}
+    sampled = frozenset(
+        v.name
+        for v in shaped
+        if not isinstance(v.shape[0], int) and (str(v.shape[0]) not in later or _BATCH_NAME.search(str(v.shape[0])))
+    )
+    return sampled or None
 
 
 def fixes_batch(model: ir.Model) -> bool:

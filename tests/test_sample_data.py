@@ -379,9 +379,9 @@ def test_hold_out_cuts_only_the_inputs_that_hold_samples():
 
 
 def test_split_samples_and_sample_inputs_find_the_batch_however_it_is_spelled():
-    """Every first dim named like a batch is the batch (``batch`` beside ``batch_size``); unnamed, the most
-    common first dim, the input of highest rank among equals; a table beside the samples is never cut, with
-    more samples than one batch holds."""
+    """Every symbolic first dim is a batch dim unless it is a later dim of some input (a table [S, K]),
+    however each input spells it; a table beside the samples is never cut, with more samples than one
+    batch holds."""
     from onnx import TensorProto, helper
 
     from optimizer.inputs import sample_inputs
@@ -395,6 +395,12 @@ def test_split_samples_and_sample_inputs_find_the_batch_however_it_is_spelled():
 
     assert sample_inputs(model_with([("x", ["batch", "S", 4]), ("e", ["batch_size", "S", 4])])) == {"x", "e"}
     assert sample_inputs(model_with([("t", ["S", 4]), ("x", ["s0", "S", 4])])) == {"x"}
+    # One batch spelled per input (the legacy exporter's list-form dynamic axes, tf2onnx's unk__N): all cut.
+    spelled = [("input_ids", ["input_ids_dynamic_axes_1", "s"]), ("mask", ["mask_dynamic_axes_1", "s"])]
+    assert sample_inputs(model_with(spelled)) == {"input_ids", "mask"}
+    model = model_with(spelled)
+    ids = {"input_ids": np.zeros((20, 3), np.int64), "mask": np.ones((20, 3), np.int64)}
+    assert [(len(b["input_ids"]), len(b["mask"])) for b in split_samples(ids, 16, model)] == [(16, 16), (4, 4)]
     assert sample_inputs(model_with([("x", [4, "S", 8]), ("t", ["S", 8])])) is None  # a fixed batch
     model = model_with([("x", ["B", "S", 4]), ("t", ["S", 4])])
     data = {"x": np.zeros((40, 20, 4), np.float32), "t": np.ones((20, 4), np.float32)}

@@ -458,7 +458,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             k, n = (int(size) for size in layer.weight.shape)
             prefill = rows[layer.activation.name]
             parts = [(LayerShape("MatMul", prefill, k, n), 1)]
-            if decoder and prefill > 1:
+            if decoder:  # a layer that reads one row even in the prefill (the last token's head) too
                 parts.append((LayerShape("MatMul", 1, k, n), GENERATED_TOKENS))
             total: dict[str, float] = {}
             for shape, count in parts:
