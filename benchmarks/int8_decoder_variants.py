@@ -59,6 +59,18 @@ VARIANTS = {
         "smooth_alpha": 0.5,
         "budget": AccuracyBudget(min_cosine=0.998),
     },
+    "row_w8_smooth_b996": {
+        "activation_scale": "row",
+        "reduce_range": False,
+        "smooth_alpha": 0.5,
+        "budget": AccuracyBudget(min_cosine=0.996),
+    },
+    "row_w8_smooth_b997": {
+        "activation_scale": "row",
+        "reduce_range": False,
+        "smooth_alpha": 0.5,
+        "budget": AccuracyBudget(min_cosine=0.997),
+    },
     # What `--quantize dynamic --min-cosine X` does (8-bit weights on a VNNI CPU): the search picks
     # each layer's scheme (per-row scales, SmoothQuant for that layer, weight-only, float).
     "budget_998": {"reduce_range": False, "budget": AccuracyBudget(min_cosine=0.998)},
