@@ -71,6 +71,25 @@ VARIANTS = {
         "smooth_alpha": 0.5,
         "budget": AccuracyBudget(min_cosine=0.997),
     },
+    # The MLPs only (75 % of the projections' multiply-adds): --exclude '*self_attn*'.
+    "row_w8_smooth_mlp": {
+        "activation_scale": "row",
+        "reduce_range": False,
+        "smooth_alpha": 0.5,
+        "exclude": ("*self_attn*",),
+    },
+    "row_w8_smooth_no_o": {
+        "activation_scale": "row",
+        "reduce_range": False,
+        "smooth_alpha": 0.5,
+        "exclude": ("*o_proj*",),
+    },
+    "row_w8_smooth_no_qkv": {
+        "activation_scale": "row",
+        "reduce_range": False,
+        "smooth_alpha": 0.5,
+        "exclude": ("*q_proj*", "*k_proj*", "*v_proj*"),
+    },
     # What `--quantize dynamic --min-cosine X` does (8-bit weights on a VNNI CPU): the search picks
     # each layer's scheme (per-row scales, SmoothQuant for that layer, weight-only, float).
     "budget_998": {"reduce_range": False, "budget": AccuracyBudget(min_cosine=0.998)},
