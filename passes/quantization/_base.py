@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.domains import MS_DOMAIN
-from optimizer.inputs import split_samples
+from optimizer.inputs import sample_inputs, split_samples
 from optimizer.padding import cache_outputs
 from optimizer.progress import task, track
 from optimizer.protocol import Twin
@@ -385,7 +386,15 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         ``_local_alternative_errors`` (a scheme with no local estimate is not offered).
         """
         sensitivity = self._sensitivity(model, layers, batches, reference)
-        errors = {layer.name: {self.default_scheme: sensitivity[layer.name], FLOAT: 0.0} for layer in layers}
+        factors = (
+            self._role_factors(model, layers, sensitivity, batches, reference)
+            if len(layers) > _EXHAUSTIVE_LAYERS
+            else {}
+        )
+        errors = {
+            layer.name: {self.default_scheme: sensitivity[layer.name] * factors.get(layer.name, 1.0), FLOAT: 0.0}
+            for layer in layers
+        }
         alternatives = {
             name: [scheme for scheme in schemes if scheme not in (self.default_scheme, FLOAT)]
             for name, schemes in options.items()
@@ -404,12 +413,56 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         for name, schemes in alternatives.items():
             for scheme in schemes:
                 if scheme in local.get(name, {}):
-                    errors[name][scheme] = local[name][scheme]
+                    errors[name][scheme] = local[name][scheme] * factors.get(name, 1.0)
                 else:
                     dropped[scheme] = dropped.get(scheme, 0) + 1
         for scheme, count in dropped.items():
             self.note(f"budget: {SCHEME_LABELS.get(scheme, scheme)} not tried on {count} layers (no local estimate)")
         return errors
+
+    def _role_factors(
+        self, model: ir.Model, layers: list[Layer], local: Mapping[str, float], batches, reference
+    ) -> dict[str, float]:
+        """Per layer, what turns its local estimate into the model's drift: measured per role.
+
+        A role is the layers that play one part in every block (``layers.3/self_attn/q_proj``
+        and its siblings in the other blocks: ``block_role``). Each role is quantized alone,
+        all its blocks together, the rest float, and the model's drift, over the role's summed
+        local estimates, scales its layers' estimates (and their alternatives'). A local
+        estimate sees a layer's own output, not what comes after it: on SmolLM2 per-row int8
+        in the Q/K/V projections alone costs the logits as much cosine (0.9983) as in the
+        five-times-larger MLPs (0.9981), because the softmax amplifies a query's or key's
+        error, and their local errors did not show it. Layers in no role (a head, a stem)
+        get the median factor; convolutions keep their own measured cost. Empty (estimates
+        unscaled) where no role has two layers or there are more roles than
+        ``_EXHAUSTIVE_LAYERS``.
+        """
+        roles: dict[str, list[Layer]] = {}
+        for layer in layers:
+            role = block_role(layer.name) if layer.kind != "conv" else None
+            if role is not None:
+                roles.setdefault(role, []).append(layer)
+        roles = {role: members for role, members in roles.items() if len(members) >= 2}
+        if not roles or len(roles) > _EXHAUSTIVE_LAYERS:
+            return {}
+        factors: dict[str, float] = {}
+        by_role = []
+        for members in track(list(roles.values()), "sensitivity: each role across the blocks"):
+            total = sum(local[member.name] for member in members)
+            trial = {member.name: self.default_scheme for member in members}
+            cost = self._cost(self._trial(model, trial, batches, reference))
+            factor = cost / total if total > 0 else 0.0
+            by_role.append(factor)
+            factors.update(dict.fromkeys((member.name for member in members), factor))
+        median = float(np.median(by_role))
+        for layer in layers:
+            if layer.kind != "conv" and layer.name not in factors:
+                factors[layer.name] = median
+        self.note(
+            f"sensitivity: local estimates scaled by the model's drift with each of {len(roles)} roles "
+            "quantized across its blocks (a role: one layer's part in every block)"
+        )
+        return factors
 
     def _local_alternative_errors(
         self, model: ir.Model, layers: Sequence[Layer], batches
@@ -523,6 +576,16 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         return drift.max_error
 
 
+_BLOCK_INDEX = re.compile(r"((?:^|[/._])(?:layers|layer|h|blocks|block)[._])\d+(?=[/._]|$)")
+
+
+def block_role(name: str) -> str | None:
+    """A layer's part in its block, its name with the block index left out (``.../layers.#/mlp/down_proj``),
+    or None where the name has no block index (``layers.N``, ``layer.N``, ``h.N``, ``blocks.N``)."""
+    role, found = _BLOCK_INDEX.subn(r"\1#", name)
+    return role if found else None
+
+
 def greedy_path(
     start: Mapping[str, str], errors: Mapping[str, Mapping[str, float]], times: Mapping[str, Mapping[str, float]]
 ) -> list[tuple[str, str]]:
@@ -593,7 +656,11 @@ def _rows_per_sample(model: ir.Model, layers: Sequence[Layer], batches) -> dict[
     """Rows (tokens) of each layer's input per sample on the first batch: what one inference at batch 1 gives it."""
     names = list(dict.fromkeys(layer.activation.name for layer in layers))
     batch = batches[0]
-    samples = max((len(array) for array in batch.values() if np.ndim(array)), default=1)
+    sampled = sample_inputs(model)  # a table t [S, K] or a cache_position [S] beside the samples does not count
+    samples = max(
+        (len(array) for name, array in batch.items() if np.ndim(array) and (sampled is None or name in sampled)),
+        default=1,
+    )
     rows = {}
     for run in stream_values(model, names, batches[:1]):
         for name, array in run.items():
@@ -614,14 +681,16 @@ def output_error(approximate: np.ndarray, exact: np.ndarray) -> float:
     activations (a decoder's first token, 1000x the others): an int8 scale set by that row
     rounds every other row to nothing while the whole-output error hardly moves. On SmolLM2
     the whole-output measure ranked layer 11's down projection among the safest to run
-    per-tensor int8, and that layer alone in int8 takes the logits' cosine to 0.87. Rows
-    that are (nearly) zero do not count as infinite: they are floored at 1e-6 of the
-    largest row.
+    per-tensor int8, and that layer alone in int8 takes the logits' cosine to 0.87. A row
+    far smaller than the typical one is measured against a tenth of the median row, so
+    that its rounding cannot outweigh every other row.
     """
     width = exact.shape[-1]
     size = np.linalg.norm(exact.reshape(-1, width), axis=1)
     missed = np.linalg.norm((approximate - exact).reshape(-1, width), axis=1)
-    floor = max(float(size.max(initial=0.0)) * 1e-6, 1e-30)
+    # A row far smaller than the typical one (an attention sink's near-zero values) is held to a tenth of
+    # the median row, so its rounding cannot outweigh every other row.
+    floor = max(0.1 * float(np.median(size)) if len(size) else 0.0, 1e-30)
     return float(np.sqrt(np.mean((missed / np.maximum(size, floor)) ** 2))) if len(size) else 0.0
 
 

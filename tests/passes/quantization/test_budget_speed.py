@@ -321,6 +321,18 @@ def test_a_decoder_with_a_cache_is_timed_as_a_generation(tmp_path):
     assert any(
         "timed as a generation, a prefill of the samples' tokens and 32 one-token steps" in n for n in result.notes
     )
+    # Each layer's time is its prompt's 6 rows once plus one row 32 times (the fake's time is rows x k x n).
+    from optimizer.inputs import split_samples
+    from passes._layers import find_layers
+
+    layers = [layer for layer in find_layers(model.graph, ("matmul",))[0] if layer.weight.ndim == 2][:3]
+    times, measured = quantization._layer_times(
+        model, layers, split_samples(samples, model=model), {layer.name: (FLOAT,) for layer in layers}
+    )
+    assert measured and layers
+    for layer in layers:
+        k, n = layer.weight.shape
+        assert times[layer.name][FLOAT] == pytest.approx((6 + 32) * k * n)
     encoder = _outlier_tokens_chain()
     calls.clear()
     DynamicQuantizationPass(
@@ -349,3 +361,36 @@ def test_the_local_estimate_counts_every_token_not_the_massive_one():
     whole = np.linalg.norm(exact * 1.001 - exact) / np.linalg.norm(exact)
     assert output_error(exact * 1.001, exact) == pytest.approx(whole, rel=1e-6)  # a uniform error is the same
     assert output_error(np.zeros((3, 4)), np.zeros((3, 4))) == 0.0
+
+
+def test_local_estimates_are_scaled_by_each_role_across_the_blocks(monkeypatch):
+    """Beyond 24 layers the search orders layers by local estimates, which see a layer's own output, not what
+    the softmax after a query or key does with its error. Each role (one layer's part in every block) is
+    quantized alone across the blocks; the model's drift over the role's summed local estimates scales them."""
+    from optimizer.accuracy import Drift
+    from passes._layers import find_layers
+    from passes.quantization._base import block_role
+
+    nodes, init, previous = [], [], "x"
+    for block in range(13):  # 26 layers: past the exhaustive search
+        for part in ("q", "up"):
+            name = f"/model/layers.{block}/{part}/MatMul"
+            init.append((f"w{block}{part}", weights(16, 16, seed=block * 2 + (part == "up"), scale=0.2)))
+            nodes.append(helper.make_node("MatMul", [previous, f"w{block}{part}"], [name + "_out"], name=name))
+            previous = name + "_out"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 16])
+    y = helper.make_tensor_value_info(previous, TensorProto.FLOAT, ["B", 16])
+    model = _model(nodes, [x], [y], init)
+    layers = find_layers(model.graph, ("matmul",))[0]
+    assert len(layers) == 26 and block_role(layers[0].name) == "/model/layers.#/q/MatMul"
+    local = {layer.name: (0.01 if "/q/" in layer.name else 0.02) for layer in layers}  # q looks the safer
+    quantization = DynamicQuantizationPass(budget=AccuracyBudget(min_cosine=0.99))
+
+    def trial(model, schemes, batches, reference):  # q alone costs the model 10x what up does
+        return Drift(cosine=0.9 if all("/q/" in name for name in schemes) else 0.99, max_error=0.0)
+
+    monkeypatch.setattr(quantization, "_trial", trial)
+    factors = quantization._role_factors(model, layers, local, [], None)
+    scaled = {name: local[name] * factors[name] for name in local}
+    assert scaled["/model/layers.0/q/MatMul"] == pytest.approx(0.1 / 13)
+    assert scaled["/model/layers.0/up/MatMul"] == pytest.approx(0.01 / 13)
