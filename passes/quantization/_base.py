@@ -386,13 +386,17 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         ``_local_alternative_errors`` (a scheme with no local estimate is not offered).
         """
         sensitivity = self._sensitivity(model, layers, batches, reference)
-        factors = (
-            self._role_factors(model, layers, sensitivity, batches, reference)
+        scale = (
+            self._role_scale(model, layers, sensitivity, batches, reference)
             if len(layers) > _EXHAUSTIVE_LAYERS
-            else {}
+            else None
         )
+
+        def scaled(name: str, value: float) -> float:
+            return scale(name, value) if scale is not None else value
+
         errors = {
-            layer.name: {self.default_scheme: sensitivity[layer.name] * factors.get(layer.name, 1.0), FLOAT: 0.0}
+            layer.name: {self.default_scheme: scaled(layer.name, sensitivity[layer.name]), FLOAT: 0.0}
             for layer in layers
         }
         alternatives = {
@@ -413,28 +417,31 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         for name, schemes in alternatives.items():
             for scheme in schemes:
                 if scheme in local.get(name, {}):
-                    errors[name][scheme] = local[name][scheme] * factors.get(name, 1.0)
+                    errors[name][scheme] = scaled(name, local[name][scheme])
                 else:
                     dropped[scheme] = dropped.get(scheme, 0) + 1
         for scheme, count in dropped.items():
             self.note(f"budget: {SCHEME_LABELS.get(scheme, scheme)} not tried on {count} layers (no local estimate)")
         return errors
 
-    def _role_factors(
+    def _role_scale(
         self, model: ir.Model, layers: list[Layer], local: Mapping[str, float], batches, reference
-    ) -> dict[str, float]:
-        """Per layer, what turns its local estimate into the model's drift: measured per role.
+    ) -> Callable[[str, float], float] | None:
+        """What turns a layer's local estimate into the model's drift, measured per role.
 
         A role is the layers that play one part in every block (``layers.3/self_attn/q_proj``
         and its siblings in the other blocks: ``block_role``). Each role is quantized alone,
-        all its blocks together, the rest float, and the model's drift, over the role's summed
-        local estimates, scales its layers' estimates (and their alternatives'). A local
-        estimate sees a layer's own output, not what comes after it: on SmolLM2 per-row int8
-        in the Q/K/V projections alone costs the logits as much cosine (0.9983) as in the
-        five-times-larger MLPs (0.9981), because the softmax amplifies a query's or key's
-        error, and their local errors did not show it. Layers in no role (a head, a stem)
-        get the median factor; convolutions keep their own measured cost. Empty (estimates
-        unscaled) where no role has two layers or there are more roles than
+        all its blocks together, the rest float; the model's drift over the role's summed
+        local estimates scales its layers' estimates and their alternatives'. A drift in
+        cosine grows with the square of an error (1 - cos ≈ e²/2), a max error with the error
+        itself, so the estimates are squared first for a cosine budget. A local estimate sees
+        a layer's own output, not what comes after it: on SmolLM2 per-row int8 in the Q/K/V
+        projections alone costs the logits as much cosine (0.9983) as in the five-times-larger
+        MLPs (0.9981), because the softmax amplifies a query's or key's error, and their local
+        errors did not show it. Layers in no role (a head, a stem) get the median factor; a
+        role whose estimates are all zero gets its measured drift shared among its layers as a
+        floor; convolutions keep their own measured cost. None (estimates unscaled, and a note
+        says why) where no role has two layers or there are more roles than
         ``_EXHAUSTIVE_LAYERS``.
         """
         roles: dict[str, list[Layer]] = {}
@@ -444,14 +451,24 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 roles.setdefault(role, []).append(layer)
         roles = {role: members for role, members in roles.items() if len(members) >= 2}
         if not roles or len(roles) > _EXHAUSTIVE_LAYERS:
-            return {}
+            why = (
+                "no layer name carries a block index (layers.N, layer.N, h.N, blocks.N)"
+                if not roles
+                else (f"{len(roles)} roles, more than {_EXHAUSTIVE_LAYERS} trials")
+            )
+            self.note(f"sensitivity: local estimates not scaled per role ({why})")
+            return None
+        power = 2.0 if self.budget.min_cosine is not None else 1.0
         factors: dict[str, float] = {}
+        floors: dict[str, float] = {}
         by_role = []
         for members in track(list(roles.values()), "sensitivity: each role across the blocks"):
-            total = sum(local[member.name] for member in members)
+            total = sum(local[member.name] ** power for member in members)
             trial = {member.name: self.default_scheme for member in members}
             cost = self._cost(self._trial(model, trial, batches, reference))
             factor = cost / total if total > 0 else 0.0
+            if total <= 0:
+                floors.update(dict.fromkeys((member.name for member in members), cost / len(members)))
             by_role.append(factor)
             factors.update(dict.fromkeys((member.name for member in members), factor))
         median = float(np.median(by_role))
@@ -462,7 +479,13 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             f"sensitivity: local estimates scaled by the model's drift with each of {len(roles)} roles "
             "quantized across its blocks (a role: one layer's part in every block)"
         )
-        return factors
+
+        def scale(name: str, value: float) -> float:
+            if name not in factors:
+                return value
+            return max(factors[name] * value**power, floors.get(name, 0.0))
+
+        return scale
 
     def _local_alternative_errors(
         self, model: ir.Model, layers: Sequence[Layer], batches
@@ -582,7 +605,7 @@ _BLOCK_INDEX = re.compile(r"((?:^|[/._])(?:layers|layer|h|blocks|block)[._])\d+(
 def block_role(name: str) -> str | None:
     """A layer's part in its block, its name with the block index left out (``.../layers.#/mlp/down_proj``),
     or None where the name has no block index (``layers.N``, ``layer.N``, ``h.N``, ``blocks.N``)."""
-    role, found = _BLOCK_INDEX.subn(r"\1#", name)
+    role, found = _BLOCK_INDEX.subn(r"\1#", name, count=1)  # the outer block (an MLP's own layers.N stays)
     return role if found else None
 
 

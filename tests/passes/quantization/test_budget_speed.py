@@ -390,7 +390,20 @@ def test_local_estimates_are_scaled_by_each_role_across_the_blocks(monkeypatch):
         return Drift(cosine=0.9 if all("/q/" in name for name in schemes) else 0.99, max_error=0.0)
 
     monkeypatch.setattr(quantization, "_trial", trial)
-    factors = quantization._role_factors(model, layers, local, [], None)
-    scaled = {name: local[name] * factors[name] for name in local}
-    assert scaled["/model/layers.0/q/MatMul"] == pytest.approx(0.1 / 13)
-    assert scaled["/model/layers.0/up/MatMul"] == pytest.approx(0.01 / 13)
+    scale = quantization._role_scale(model, layers, local, [], None)
+    # A cosine drift grows with the square of an error: squared estimates, shared in proportion.
+    assert scale("/model/layers.0/q/MatMul", 0.01) == pytest.approx(0.1 / 13)
+    assert scale("/model/layers.0/up/MatMul", 0.02) == pytest.approx(0.01 / 13)
+    assert scale("/model/layers.0/q/MatMul", 0.02) == pytest.approx(4 * 0.1 / 13)  # an alternative, same units
+    assert block_role("/model/layers.3/mlp/layers.0/MatMul") != block_role("/model/layers.3/mlp/layers.2/MatMul")
+    # And the search reads them: _scheme_errors scales what _sensitivity estimated.
+    monkeypatch.setattr(quantization, "_sensitivity", lambda *args: dict(local))
+    default = quantization.default_scheme
+    errors = quantization._scheme_errors(model, layers, {layer.name: (default, FLOAT) for layer in layers}, [], None)
+    assert errors["/model/layers.5/q/MatMul"][default] == pytest.approx(0.1 / 13)
+    assert errors["/model/layers.5/up/MatMul"][default] == pytest.approx(0.01 / 13)
+    # A role whose estimates are all zero still costs what it measured, shared among its layers.
+    zero = dict(local, **{name: 0.0 for name in local if "/q/" in name})
+    assert quantization._role_scale(model, layers, zero, [], None)("/model/layers.0/q/MatMul", 0.0) == pytest.approx(
+        0.1 / 13
+    )
