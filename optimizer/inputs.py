@@ -1148,30 +1148,36 @@ def split_samples(
     whole to every batch. ``SampleData`` (a folder, an iterable of feed dicts) gives a
     sequence that reads its batches from disk each time it is iterated, never all at once.
     """
-    sampled = None
-    if model is not None:
-        sampled = sample_inputs(model)
-        if sampled is None:  # no symbolic batch dim: a fixed one sets the batch size
-            fixed = [
-                v.shape[0]
-                for v in model.graph.inputs
-                if v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int)
-            ]
-            size = min([d for d in fixed if d > 0], default=size)
+    if model is not None and sample_inputs(model) is None:  # no symbolic batch dim: a fixed one sets the size
+        fixed = [
+            v.shape[0]
+            for v in model.graph.inputs
+            if v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int)
+        ]
+        size = min([d for d in fixed if d > 0], default=size)
     if isinstance(samples, SampleData):
         return samples.batches(size)
     arrays = {name: np.asarray(array) for name, array in samples.items()}
-
-    known = _shaped_inputs(model)
-
-    def cut(name: str, array: np.ndarray) -> bool:  # inputs beside the samples (a table [S, K]) go whole
-        return bool(array.ndim) and (sampled is None or name in sampled or name not in known)
-
-    count = min((len(array) for name, array in arrays.items() if cut(name, array)), default=1)
+    cut = holds_samples(model)  # inputs beside the samples (a table [S, K]) go whole
+    count = samples_in(arrays, cut)
     return [
         {name: array[start : start + size] if cut(name, array) else array for name, array in arrays.items()}
         for start in range(0, count, size)
     ]
+
+
+def holds_samples(model: ir.Model | None) -> Callable[[str, Any], bool]:
+    """Whether a batch's array ``name`` holds samples along axis 0, as every splitter of samples cuts
+    them: an input of ``sample_inputs``, an input of unknown shape, or any array with a dim (no model,
+    or a model with a fixed batch)."""
+    sampled = sample_inputs(model) if model is not None else None
+    known = _shaped_inputs(model)
+    return lambda name, array: bool(np.ndim(array)) and (sampled is None or name in sampled or name not in known)
+
+
+def samples_in(batch: Mapping[str, Any], holds: Callable[[str, Any], bool]) -> int:
+    """How many samples ``batch`` holds: the length of its sample-holding arrays (1 when it has none)."""
+    return min((len(array) for name, array in batch.items() if holds(name, array)), default=1)
 
 
 def _shaped_inputs(model: ir.Model | None) -> frozenset[str]:
@@ -1199,13 +1205,8 @@ def hold_out(
     ``batches`` when iterated (samples read from disk stay there).
     """
     whole = model is not None and fixes_batch(model)
-    sampled = sample_inputs(model) if model is not None else None
-    if sampled is not None:  # an input of unknown shape is cut like the samples
-        sampled = sampled | (frozenset(v.name for v in model.graph.inputs) - _shaped_inputs(model))
-    return (
-        _HeldOut(batches, every, whole, sampled, held=False),
-        _HeldOut(batches, every, whole, sampled, held=True),
-    )
+    holds = holds_samples(model)
+    return _HeldOut(batches, every, whole, holds, held=False), _HeldOut(batches, every, whole, holds, held=True)
 
 
 def sample_inputs(model: ir.Model) -> frozenset[str] | None:
@@ -1242,20 +1243,15 @@ class _HeldOut(Sequence):
         batches: Sequence[Mapping[str, np.ndarray]],
         every: int,
         whole: bool,
-        sampled: frozenset[str] | None,
+        holds: Callable[[str, Any], bool],
         held: bool,
     ) -> None:
-        self._batches, self._every, self._whole, self._sampled, self._held = batches, every, whole, sampled, held
+        self._batches, self._every, self._whole, self._holds, self._held = batches, every, whole, holds, held
         self._samples: int | None = None
         self._count: int | None = None
 
-    def _cut(self, name: str, array: Any) -> bool:
-        return bool(np.ndim(array)) and (self._sampled is None or name in self._sampled)
-
     def _size(self, batch: Mapping[str, np.ndarray]) -> int:
-        if self._whole:
-            return 1
-        return min((len(array) for name, array in batch.items() if self._cut(name, array)), default=1)
+        return 1 if self._whole else samples_in(batch, self._holds)
 
     def _chosen(self, start: int, size: int) -> np.ndarray:
         index = start + np.arange(size)
@@ -1265,12 +1261,13 @@ class _HeldOut(Sequence):
             held = index == self._samples - 1
         return held == self._held
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    def _selections(self) -> Iterator[tuple[Mapping[str, np.ndarray], np.ndarray | None]]:
+        """Each batch with a part in this side, and which of its samples (None: all of them)."""
         if self._samples is None:
             self._samples = sum(self._size(batch) for batch in self._batches)
         if self._samples < 2:  # nothing can be held out: every sample is fitted to
             if not self._held:
-                yield from (dict(batch) for batch in self._batches)
+                yield from ((batch, None) for batch in self._batches)
             return
         start = 0
         for batch in self._batches:
@@ -1278,13 +1275,20 @@ class _HeldOut(Sequence):
             chosen = self._chosen(start, size)
             start += size
             if chosen.all():
-                yield dict(batch)
+                yield batch, None
             elif chosen.any():
-                yield {name: array[chosen] if self._cut(name, array) else array for name, array in batch.items()}
+                yield batch, chosen
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for batch, chosen in self._selections():
+            if chosen is None:
+                yield dict(batch)
+            else:
+                yield {name: array[chosen] if self._holds(name, array) else array for name, array in batch.items()}
 
     def __len__(self) -> int:
-        if self._count is None:
-            self._count = sum(1 for _ in self)
+        if self._count is None:  # counted without cutting any array
+            self._count = sum(1 for _ in self._selections())
         return self._count
 
     def __getitem__(self, index: int | slice) -> Any:

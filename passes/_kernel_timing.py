@@ -15,6 +15,7 @@ interval; a pass may not depend on the comparison code, and a pass needs many sh
 
 from __future__ import annotations
 
+import abc
 import functools
 import json
 import os
@@ -159,7 +160,7 @@ def interleaved_times(
     return times
 
 
-class MachineTimings:
+class MachineTimings(abc.ABC):
     """Base of a pass's timings on this machine: ``target`` EP, ``threads`` (default: the usable
     cores), a ``TimingCache`` at ``path`` (default: ``cache_path(CACHE_FILE)``), and ``measure``
     (injectable for tests; default: the subclass's ``_time``). ``timed`` counts measurements
@@ -182,5 +183,6 @@ class MachineTimings:
         self._measure = measure or self._time
         self.timed = 0
 
+    @abc.abstractmethod
     def _time(self, *args: Any) -> Any:
-        raise NotImplementedError
+        """Measure one thing on this machine (each subclass its own kind of timing)."""

@@ -65,10 +65,10 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
-from optimizer.inputs import HOLD_OUT_EVERY, hold_out, sample_inputs, split_samples
+from optimizer.inputs import HOLD_OUT_EVERY, hold_out, holds_samples, samples_in, split_samples
 from optimizer.padding import cache_outputs, mask_inputs
 from optimizer.protocol import Twin
-from optimizer.runtime import cuda_unavailable_reason, run_batches, stream_values
+from optimizer.runtime import cuda_unavailable_reason, run_batches, value_collector
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, unfit_on_generated_samples
@@ -262,15 +262,23 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
             rank = ranks.get(group.key)
             if rank is None or rank == group.floor:  # the floor was timed in ``_group``
                 continue
-            k, n = group.shape
-            for m in group.rows:
-                ratio = self.speed.ratio(k, n, rank, m)
-                if not ratio <= FASTER_BELOW:
-                    confirmed[group.key] = None
-                    for layer in group.layers:
-                        self.refuse(layer.node.op_type, _slower(rank, k, n, m, ratio, self.target))
-                    break
+            slower = self._slower(*group.shape, rank, group.rows)
+            if slower is not None:
+                confirmed[group.key] = None
+                for layer in group.layers:
+                    self.refuse(layer.node.op_type, slower)
         return confirmed
+
+    def _slower(self, k: int, n: int, rank: int, rows: Sequence[int]) -> str | None:
+        """Why ``[k, n]`` at ``rank`` stays whole: the first row count at which it was not measured faster."""
+        for m in rows:
+            ratio = self.speed.ratio(k, n, rank, m)
+            if not ratio <= FASTER_BELOW:
+                return (
+                    f"rank {rank} of {k}×{n} measured no faster on {self.target} at {m} row{'s' if m > 1 else ''} "
+                    f"({ratio:.2f}x the whole MatMul)"
+                )
+        return None
 
     # -- which layers ---------------------------------------------------------------------------------
 
@@ -317,12 +325,11 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         timed = self._rows(readers)
         speed = self.speed if self.speed is not None else MeasuredSpeed(self.target)
         self.speed = speed
-        for m in timed:
-            ratio = speed.ratio(k, n, floor, m)
-            if not ratio <= FASTER_BELOW:
-                return _slower(floor, k, n, m, ratio, self.target)
-            if self._searching:  # ranks above the floor are searched up to the largest one that measured faster
-                pays = min(pays, max(speed.break_even(k, n, m), floor))
+        slower = self._slower(k, n, floor, timed)
+        if slower is not None:
+            return slower
+        if self._searching:  # ranks above the floor are searched up to the largest one that measured faster
+            pays = min([pays, *(max(speed.break_even(k, n, m), floor) for m in timed)])
         key = weight_value.name or first.name
         return _Group(readers, key, [layer.activation.name for layer in readers], floor, max(pays, floor), timed)
 
@@ -612,36 +619,35 @@ def _layer_inputs(
     count = dict.fromkeys(names, 0)
     seen = dict.fromkeys(names, 0)
     share = max(1, rows // max(len(batches), 1))
-    sampled = sample_inputs(model)
+    holds = holds_samples(model)
     # A decoder's new positions are its mask's last columns; elsewhere a mask covers the input's own positions
     # (an encoder's mask read by the decoder of an encoder-decoder is not its padding).
     cached = bool(cache_outputs(model))
     masks: list[str] | None = None
-    for batch, run in zip(batches, stream_values(model, names, batches)):
-        if masks is None:
-            masks = [name for name in mask_inputs(model, batch) if "encoder" not in name.lower()]
-        mask = np.asarray(batch[masks[0]]) if len(masks) == 1 else None
-        in_batch = min(
-            (len(a) for key, a in batch.items() if np.ndim(a) and (sampled is None or key in sampled)), default=1
-        )
-        for name, array in run.items():
-            shape = np.shape(array)
-            flat = np.asarray(array, dtype=np.float32).reshape(-1, shape[-1])
-            samples = shape[0] if len(shape) >= 3 and shape[0] else len(flat)
-            if len(shape) == 2 and len(flat) > in_batch and len(flat) % in_batch == 0:
-                samples = in_batch  # [batch × sequence, K]: the rows of one sequence are one sample
-            sample = np.repeat(np.arange(samples), max(1, len(flat) // samples))[: len(flat)]
-            real = _real_rows(shape, mask, cached=cached)
-            if real is not None:
-                flat, sample = flat[real], sample[real]
-            if covariance:
-                product = flat.T @ flat
-                gram[name] = gram[name] + product if name in gram else product
-                count[name] += len(flat)
-            chosen = rng.choice(len(flat), min(share, len(flat)), replace=False)
-            collected[name].append(flat[chosen])
-            origins[name].append(seen[name] + sample[chosen])
-            seen[name] += samples
+    with value_collector(model, names) as collect:  # each batch read once (samples on disk stay there)
+        for batch in batches:
+            if masks is None:
+                masks = [name for name in mask_inputs(model, batch) if "encoder" not in name.lower()]
+            mask = np.asarray(batch[masks[0]]) if len(masks) == 1 else None
+            in_batch = samples_in(batch, holds)
+            for name, array in collect(batch).items():
+                shape = np.shape(array)
+                flat = np.asarray(array, dtype=np.float32).reshape(-1, shape[-1])
+                samples = shape[0] if len(shape) >= 3 and shape[0] else len(flat)
+                if len(shape) == 2 and len(flat) > in_batch and len(flat) % in_batch == 0:
+                    samples = in_batch  # [batch × sequence, K]: the rows of one sequence are one sample
+                sample = np.repeat(np.arange(samples), max(1, len(flat) // samples))[: len(flat)]
+                real = _real_rows(shape, mask, cached=cached)
+                if real is not None:
+                    flat, sample = flat[real], sample[real]
+                if covariance:
+                    product = flat.T @ flat
+                    gram[name] = gram[name] + product if name in gram else product
+                    count[name] += len(flat)
+                chosen = rng.choice(len(flat), min(share, len(flat)), replace=False)
+                collected[name].append(flat[chosen])
+                origins[name].append(seen[name] + sample[chosen])
+                seen[name] += samples
     return _Inputs(
         {name: np.concatenate(parts) for name, parts in collected.items() if parts},
         {name: np.concatenate(parts) for name, parts in origins.items() if parts},
@@ -664,14 +670,6 @@ def _real_rows(shape: tuple[int, ...], mask: np.ndarray | None, *, cached: bool 
     if length is None or not (length == total or (cached and 0 < length < total)):
         return None
     return mask[:, total - length :].reshape(-1) != 0
-
-
-def _slower(rank: int, k: int, n: int, m: int, ratio: float, target: str) -> str:
-    """Why a layer stays whole: its factorized form was not measured faster."""
-    return (
-        f"rank {rank} of {k}×{n} measured no faster on {target} at {m} row{'s' if m > 1 else ''} "
-        f"({ratio:.2f}x the whole MatMul)"
-    )
 
 
 def _described(in_sample: bool, fitted: Sequence) -> str:

@@ -42,7 +42,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.domains import MS_DOMAIN
-from optimizer.inputs import sample_inputs, split_samples
+from optimizer.inputs import holds_samples, samples_in, split_samples
 from optimizer.padding import cache_outputs
 from optimizer.progress import task, track
 from optimizer.protocol import Twin
@@ -678,12 +678,8 @@ def _builder(owner: QuantizationPass, shape: LayerShape, scheme: str) -> Callabl
 def _rows_per_sample(model: ir.Model, layers: Sequence[Layer], batches) -> dict[str, int]:
     """Rows (tokens) of each layer's input per sample on the first batch: what one inference at batch 1 gives it."""
     names = list(dict.fromkeys(layer.activation.name for layer in layers))
-    batch = batches[0]
-    sampled = sample_inputs(model)  # a table t [S, K] or a cache_position [S] beside the samples does not count
-    samples = max(
-        (len(array) for name, array in batch.items() if np.ndim(array) and (sampled is None or name in sampled)),
-        default=1,
-    )
+    # A table t [S, K] or a cache_position [S] beside the samples does not count.
+    samples = samples_in(batches[0], holds_samples(model))
     rows = {}
     for run in stream_values(model, names, batches[:1]):
         for name, array in run.items():
