@@ -76,6 +76,31 @@ class Int4Weight:
         """``B`` of MatMulNBits: uint8 ``[N, n_blocks, block_size / 2]``, low nibble first."""
         return pack_nibbles(self.values)
 
+    @property
+    def has_offsets(self) -> bool:
+        """True when the zero points are float (HQQ's, or a recovered grid's): ``offsets`` is then not None."""
+        return self.zero_points is not None and self.zero_points.dtype != np.uint8
+
+    def stored(self) -> Int4Weight:
+        """What MatMulNBits stores: float zero points rounded to uint8 ones (``offsets`` holds the rest)."""
+        if not self.has_offsets:
+            return self
+        integer = np.clip(np.rint(self.zero_points), 0, LEVELS - 1).astype(np.uint8)
+        return Int4Weight(self.values, self.scales, integer, self.k, self.block_size)
+
+    def offsets(self) -> np.ndarray | None:
+        """Per block and output column, float32 ``[n_blocks, N]``: what ``stored()`` misses of each weight.
+
+        ``(q - z) * s = (q - round(z)) * s + (round(z) - z) * s``: every weight of a block
+        is off by the same ``(round(z) - z) * s``, so ``x @ W`` is the stored weight's
+        product plus the sum of ``x`` over each block times that offset. None when the
+        zero points are uint8 already (nothing to add).
+        """
+        if not self.has_offsets:
+            return None
+        integer = self.stored().zero_points.astype(np.float32)
+        return np.ascontiguousarray(((integer - self.zero_points) * self.scales).T.astype(np.float32))
+
     def packed_zero_points(self) -> np.ndarray | None:
         """MatMulNBits' zero points: uint8 ``[N, ceil(n_blocks / 2)]`` packed like ``B``; float32
         ``[N, n_blocks]`` as they are when HQQ chose them; None when symmetric."""
@@ -107,6 +132,63 @@ def quantize_rtn(weight: np.ndarray, block_size: int, *, symmetric: bool) -> Int
     scales, zero_points = _parameters(blocks, symmetric)
     values = _round(blocks, scales[..., None], _zero(zero_points)[..., None])
     return Int4Weight(values, scales, zero_points, weight.shape[0], block_size)
+
+
+def recover_grid(weight: np.ndarray, block_size: int) -> Int4Weight | None:
+    """The exact 4-bit blocks of a ``[K, N]`` weight that already lies on a 4-bit grid, else None.
+
+    A model exported from a 4-bit checkpoint (GGUF Q4_0/Q4_1, GPTQ, AWQ), dequantized to
+    float, holds in each block of ``block_size`` values along K at most 16 equally spaced
+    levels. Re-rounding it loses accuracy for nothing (llama.cpp's Q4_1 puts the grid's
+    zero between two levels, where a uint8 zero point cannot follow: RTN moves every
+    weight of a block by up to half a step). Each block's step is ``(max - min) / 15``,
+    or, where that does not fit (not every level used), the smallest gap between its
+    values; every value must sit within 1e-3 of a step from a level, at most 15 steps
+    from the minimum. The zero points are uint8 where every block's zero falls on a
+    level (GPTQ, AWQ, Q4_0), else float (Q4_1: ``Int4Weight.offsets``). None when K is
+    not a multiple of the block (the padding would not lie on the grid) or any block misses.
+    """
+    weight = np.asarray(weight, dtype=np.float32)
+    k, n = weight.shape
+    if k % block_size or weight.size == 0:
+        return None
+    blocks = _blocks(weight, block_size).astype(np.float64)
+    low, high = blocks.min(axis=-1, keepdims=True), blocks.max(axis=-1, keepdims=True)
+    spread = high - low
+    tolerance = 1e-3
+
+    def levels(step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        safe = np.where(step > 0, step, 1.0)
+        q = (blocks - low) / safe
+        fits = (np.abs(q - np.rint(q)).max(axis=-1, keepdims=True) < tolerance) & (q.max(axis=-1, keepdims=True) < 15.5)
+        return q, fits | (spread == 0)
+
+    step = spread / (LEVELS - 1)
+    q, fits = levels(step)
+    if not fits.all():
+        gaps = np.diff(np.sort(blocks, axis=-1), axis=-1)
+        gap = np.where(gaps > tolerance * spread / (LEVELS - 1), gaps, np.inf).min(axis=-1, keepdims=True)
+        gap = np.where(np.isfinite(gap), gap, step)
+        q_gap, fits_gap = levels(gap)
+        use_gap = ~fits & fits_gap
+        step, q, fits = np.where(use_gap, gap, step), np.where(use_gap, q_gap, q), fits | fits_gap
+        if not fits.all():
+            return None
+    # A constant block: one level, its value held by the offset (or a zero point of 0 when it is 0).
+    step = np.where(spread == 0, np.where(low == 0, 1.0, np.abs(low)), step)
+    zero = -low / step
+    # Shift the levels (they use at most 15 steps) toward keeping the zero inside 0..15.
+    top = np.rint(q).max(axis=-1, keepdims=True)
+    shift = np.clip(np.ceil(-zero - tolerance), 0, LEVELS - 1 - top)
+    values = (np.rint(q) + shift).astype(np.uint8)
+    zero = zero + shift
+    scales = step[..., 0].astype(np.float32)
+    integral = np.abs(zero - np.rint(zero)).max() < tolerance and zero.min() > -0.5 and zero.max() < LEVELS - 0.5
+    if integral:
+        zero_points = np.rint(zero[..., 0]).astype(np.uint8)
+    else:
+        zero_points = zero[..., 0].astype(np.float32)
+    return Int4Weight(values, scales, zero_points, k, block_size)
 
 
 def quantize_gptq(

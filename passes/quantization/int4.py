@@ -15,9 +15,16 @@ from optimizer.protocol import Twin
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.quantization._base import _EXHAUSTIVE_LAYERS, QuantizationPass, output_error, sample_layer_inputs
-from passes.quantization._blockwise import Int4Weight, pack_nibbles, quantize_gptq, quantize_hqq, quantize_rtn
+from passes.quantization._blockwise import (
+    Int4Weight,
+    pack_nibbles,
+    quantize_gptq,
+    quantize_hqq,
+    quantize_rtn,
+    recover_grid,
+)
 from passes.quantization._int8 import claimed_weight, quantize_weight
-from passes.quantization._layer_speed import LayerSpeeds
+from passes.quantization._layer_speed import LayerShape, LayerSpeeds
 from passes.quantization._twin import Int8Twin
 from passes.quantization.dynamic import _quantize_matmul
 
@@ -41,10 +48,18 @@ class Int4QuantizationPass(QuantizationPass):
       that is not a multiple of the block is padded with zeros (the kernel's own
       layout). A following ``Add`` of a constant ``[N]`` bias, or Gemm's bias, becomes
       the op's bias input. ``symmetric`` stores no zero points (ONNX Runtime's default
-      8); otherwise one uint8 zero point per block (HQQ: float zero points).
+      8); otherwise one uint8 zero point per block.
+    - Float zero points (HQQ's, or a recovered grid's, below) are stored as their
+      nearest uint8 and the rest is added exactly: ``Add(MatMulNBits(x), MatMul(MatMul(x,
+      P), offsets))``, ``P`` the ``[K, n_blocks]`` 0/1 matrix that sums ``x`` over each
+      block (``Int4Weight.offsets``). ONNX Runtime 1.32's CPU kernel takes float zero
+      points only on a path 65x slower at one row than its int8 path (measured, see
+      docs/benchmarks.md); the two small MatMuls cost about 12 % of a 576x1536 layer.
     - ``accuracy_level`` 4 on CPU (A is quantized to int8 per row and block inside the
-      kernel, then integer dot products), 0 on CUDA; HQQ's float zero points have no
-      int8 path in ONNX Runtime 1.32, so those layers say 0 (what the kernel does anyway).
+      kernel, then integer dot products), 0 on CUDA.
+    - A weight that already lies on a 4-bit grid of ``block_size`` (a model exported
+      from a GGUF, GPTQ or AWQ checkpoint, dequantized) is stored exactly, whatever the
+      method (``recover_grid``): re-rounding it would only add error.
     - The values come from ``method``: ``"rtn"`` round to nearest (ONNX Runtime's own
       packer's choice), ``"gptq"`` GPTQ error compensation against each layer's inputs
       on the calibration samples (every layer's inputs from one run of the *float*
@@ -127,6 +142,9 @@ class Int4QuantizationPass(QuantizationPass):
         self._weights: dict[str, Int4Weight] = {}
         self._method = method
         self._hessian_inputs: dict[str, np.ndarray] = {}
+        self._grids: dict[str, Int4Weight | None] = {}
+        self._time_offsets = False
+        self._forced_offsets = False
         self._planned: dict[str, str | None] = {}
         self._applied: dict[str, Int4Weight] = {}
         self._heads: dict[str, tuple[ir.Value, Int4Weight]] = {}
@@ -137,7 +155,18 @@ class Int4QuantizationPass(QuantizationPass):
         self._weights, self._hessian_inputs, self._method = {}, {}, self.method
         self._shared_readers: dict[str, tuple[str, ...]] = {}
         self._shared_inputs: dict[str, list[str]] = {}
-        if self.method != "gptq":
+        recovered = [layer for layer in layers if self._grid(layer) is not None]
+        if recovered:
+            offsets = sum(1 for layer in recovered if self._grid(layer).has_offsets)
+            self.note(
+                f"{len(recovered)} of {len(layers)} weights already lie on a 4-bit grid of block {self.block_size} "
+                "(a dequantized 4-bit checkpoint): stored exactly, not re-rounded"
+                + (f"; {offsets} with zero points between levels, added back as block offsets" if offsets else "")
+            )
+        # The budget times each layer in the form it will be written: with the offsets' MatMuls when any has them.
+        self._time_offsets = self.method == "hqq" or any(self._grid(layer).has_offsets for layer in recovered)
+        layers = [layer for layer in layers if self._grid(layer) is None]
+        if self.method != "gptq" or not layers:
             return
         if not batches or self.samples_generated:
             self.note("GPTQ needs calibration samples (--calibration); round-to-nearest used")
@@ -162,7 +191,9 @@ class Int4QuantizationPass(QuantizationPass):
         """The 4-bit values chosen for ``layer`` (computed once per run, shared by the rewrite and the twin)."""
         if layer.name not in self._weights:
             names = self._shared_inputs.get(layer.name, [layer.activation.name])
-            if self._method == "gptq" and all(name in self._hessian_inputs for name in names):
+            if (grid := self._grid(layer)) is not None:
+                chosen = grid
+            elif self._method == "gptq" and all(name in self._hessian_inputs for name in names):
                 inputs = np.concatenate([self._hessian_inputs[name] for name in names])
                 chosen = quantize_gptq(layer.weight, inputs, self.block_size, symmetric=self.symmetric)
                 for reader in self._shared_readers.get(layer.name, ()):
@@ -174,9 +205,12 @@ class Int4QuantizationPass(QuantizationPass):
             self._weights[layer.name] = chosen
         return self._weights[layer.name]
 
-    def _level(self, weight: Int4Weight) -> int:
-        float_zero = weight.zero_points is not None and weight.zero_points.dtype != np.uint8
-        return 0 if float_zero else self.accuracy_level
+    def _grid(self, layer: Layer) -> Int4Weight | None:
+        """``layer``'s weight as the exact 4-bit blocks it already is, or None (``recover_grid``), once per weight."""
+        key = layer.source.name if layer.source is not None and layer.source.name else layer.name
+        if key not in self._grids:
+            self._grids[key] = recover_grid(layer.weight, self.block_size)
+        return self._grids[key]
 
     # -- the rewrite ---------------------------------------------------------------------
 
@@ -194,14 +228,27 @@ class Int4QuantizationPass(QuantizationPass):
     def speed_form(self, scheme: str) -> str:
         if scheme == "int8":
             return "DynamicQuantizeMatMul"
-        return f"MatMulNBits block {self.block_size} accuracy_level {self.accuracy_level}"
+        offsets = " + block offsets" if self._time_offsets else ""
+        return f"MatMulNBits block {self.block_size} accuracy_level {self.accuracy_level}{offsets}"
+
+    def _layer_model(self, shape: LayerShape, scheme: str) -> ir.Model:
+        # The probe's random weight lies on no grid: its offsets are written as the layers' will be.
+        saved, self._forced_offsets = self._forced_offsets, self._time_offsets
+        try:
+            return super()._layer_model(shape, scheme)
+        finally:
+            self._forced_offsets = saved
 
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
         if self.scheme(layer) == "int8":
             _quantize_matmul(graph, layer, True, self.reduce_range, None)
             return
-        node, weight = layer.node, self.weight(layer)
+        node, exact = layer.node, self.weight(layer)
+        weight, offsets = exact.stored(), exact.offsets()
+        if offsets is None and self._forced_offsets:
+            offsets = np.zeros((weight.blocks, weight.n), dtype=np.float32)
         prefix = node.name
+        activation = layer.activation
         packed = add_initializer(graph, f"{prefix}.weight_int4", weight.packed())
         inputs = [layer.activation, packed, add_initializer(graph, f"{prefix}.scales", weight.scales.reshape(-1))]
         zero_points = weight.packed_zero_points()
@@ -220,12 +267,16 @@ class Int4QuantizationPass(QuantizationPass):
             ir.AttrInt64("bits", 4),
             ir.AttrInt64("block_size", self.block_size),
         ]
-        if level := self._level(weight):
-            attributes.append(ir.AttrInt64("accuracy_level", level))
+        if self.accuracy_level:
+            attributes.append(ir.AttrInt64("accuracy_level", self.accuracy_level))
         fused = ir.Node(MS_DOMAIN, "MatMulNBits", inputs, attributes=attributes, name=f"{prefix}_int4")
-        graph.insert_before(node, fused)
-        replace_value(result, fused.outputs[0], inherit=True)
-        self._heads[layer.name] = (packed, weight)
+        added, output = [fused], fused.outputs[0]
+        if offsets is not None:
+            added += _block_offsets(graph, activation, output, offsets, weight.k, self.block_size, prefix)
+            output = added[-1].outputs[0]
+        graph.insert_before(node, added)
+        replace_value(result, output, inherit=True)
+        self._heads[layer.name] = (packed, exact)
 
     def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
         super()._apply(model, names)
@@ -234,7 +285,7 @@ class Int4QuantizationPass(QuantizationPass):
         remove_dead_nodes(model)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self._planned, self._applied = {}, {}
+        self._planned, self._applied, self._grids = {}, {}, {}
         name_nodes(model.graph)  # the plan names tied heads by node name
         for node in model.graph:
             if node.domain == MS_DOMAIN and node.op_type == "Attention":
@@ -290,8 +341,11 @@ class Int4QuantizationPass(QuantizationPass):
                 for user, index in table.uses()
             ):
                 reason = "read by more than row lookups (a fused op, a head not quantized here)"
-            elif tied is not None and self.method == "hqq":
-                reason = "tied to an LM head whose HQQ zero points are float, which GatherBlockQuantized cannot read"
+            elif tied is not None and (self.method == "hqq" or ((grid := self._grid(tied)) is not None and grid.has_offsets)):
+                reason = (
+                    "tied to an LM head whose zero points are float (HQQ's, or its grid's), "
+                    "which GatherBlockQuantized cannot read"
+                )
             if reason is not None:
                 refused.add(table.name)
                 self.refuse("embedding tables", reason)
@@ -307,21 +361,39 @@ class Int4QuantizationPass(QuantizationPass):
             twin.quantize_input(layer)
             twin.set_weight(layer, claimed_weight(layer.weight, quantized, layer.name))
             return
-        weight = self.weight(layer)
-        twin.set_weight(layer, weight.dequantize())
-        if self._level(weight) == 4:
+        exact = self.weight(layer)
+        x, offsets = layer.activation, exact.offsets()
+        twin.set_weight(layer, exact.stored().dequantize())
+        if self.accuracy_level == 4:
             _quantize_input_blocks(twin.model, layer, self.block_size)
+        if offsets is not None:
+            # The offsets read the float input, as the rewrite's MatMuls do, after the layer's own product.
+            graph, node = twin.model.graph, layer.node
+            output = node.outputs[0]
+            users = list(output.uses())
+            added = _block_offsets(graph, x, output, offsets, exact.k, self.block_size, f"{node.name}.twin")
+            graph.insert_after(node, added)
+            result = added[-1].outputs[0]
+            result.shape, result.type = output.shape, output.type
+            for user, index in users:
+                user.replace_input_with(index, result)
+            if output.is_graph_output():
+                outputs = graph.outputs
+                position = list(outputs).index(output)
+                result.name, output.name = output.name, f"{output.name}.twin_stored"
+                outputs[position] = result
 
     def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
         float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
         twin = Int8Twin(source)
-        levels, int8 = set(), 0
+        levels, int8, offsets = set(), 0, 0
         for layer in twin.layers(self.kinds, names):
             self.twin_layer(twin, layer)
             if self.scheme(layer) == "int8":
                 int8 += 1
             else:
-                levels.add(self._level(self.weight(layer)))
+                levels.add(self.accuracy_level)
+                offsets += self.weight(layer).has_offsets
         graph = twin.model.graph
         for name, weight in self._applied.items():
             dequantized = add_initializer(graph, f"{name}.twin", np.ascontiguousarray(weight.dequantize().T))
@@ -334,7 +406,8 @@ class Int4QuantizationPass(QuantizationPass):
         fallback = (
             f", {int8} int8 layers' weights int8-dequantized and inputs through DynamicQuantizeLinear" if int8 else ""
         )
-        layers = f"{len(names) - int8} layers' weights int4-dequantized{inputs}{fallback}"
+        shifted = f" ({offsets} as uint8 zero points plus float block offsets)" if offsets else ""
+        layers = f"{len(names) - int8} layers' weights int4-dequantized{shifted}{inputs}{fallback}"
         description = f"the input with {layers}{tables}, in float32"
         return Twin(twin.finish(), "int4", description, checkpoints=twin.checkpoints, source=float_source)
 
@@ -423,7 +496,9 @@ def _table_inputs(
             parameters.append(add_initializer(graph, f"{name}.zero_points", weight.zero_points[..., None]))
         return parameters, weight, True
     array = constant_array(table)
-    weight = quantize_rtn(array.T, block_size, symmetric=symmetric)
+    weight = recover_grid(array.T, block_size)  # a 4-bit checkpoint's table, exactly, where uint8 zero points hold it
+    if weight is None or weight.has_offsets:
+        weight = quantize_rtn(array.T, block_size, symmetric=symmetric)
     rows = array.shape[0]
     parameters = [
         add_initializer(graph, f"{name}.int4", weight.packed().reshape(rows, -1)),
@@ -489,3 +564,27 @@ def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int) -> No
     result = op("Reshape", flat, shape)
     graph.insert_before(node, nodes)
     node.replace_input_with(0, result)
+
+
+def _block_offsets(
+    graph: ir.Graph, x: ir.Value, product: ir.Value, offsets: np.ndarray, k: int, block_size: int, prefix: str
+) -> list[ir.Node]:
+    """``product + (x @ P) @ offsets``: each block's sum of ``x`` times its ``[n_blocks, N]`` offsets (the last node's output).
+
+    ``P`` is ``[K, n_blocks]``, 1 where row k belongs to block k // block_size; one
+    initializer per (graph, K, block size), shared by every layer of that K.
+    """
+    name = f"graphopt.block_sums_{k}x{block_size}"
+    indicator = graph.initializers.get(name)
+    if indicator is None:
+        blocks = offsets.shape[0]
+        matrix = np.zeros((k, blocks), dtype=np.float32)
+        matrix[np.arange(k), np.arange(k) // block_size] = 1.0
+        indicator = add_initializer(graph, name, matrix)
+    table = add_initializer(graph, f"{prefix}.block_offsets", np.ascontiguousarray(offsets, dtype=np.float32))
+    sums = ir.Node("", "MatMul", [x, indicator], name=f"{prefix}_block_sums")
+    correction = ir.Node("", "MatMul", [sums.outputs[0], table], name=f"{prefix}_block_offsets")
+    total = ir.Node("", "Add", [product, correction.outputs[0]], name=f"{prefix}_with_offsets")
+    for node in (sums, correction, total):
+        node.outputs[0].name = f"{node.name}.output"
+    return [sums, correction, total]

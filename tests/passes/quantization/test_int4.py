@@ -22,6 +22,7 @@ from passes.quantization._blockwise import (
     quantize_gptq,
     quantize_hqq,
     quantize_rtn,
+    recover_grid,
     unpack_nibbles,
 )
 from passes.quantization.int4 import Int4QuantizationPass
@@ -136,13 +137,109 @@ def test_accuracy_level_zero_is_float_arithmetic_on_the_dequantized_weights(meth
     assert _closest_to_twin(result, samples(model, 4)) < 1e-5
 
 
-def test_hqq_uses_float_zero_points_and_no_int8_input():
+def test_hqq_float_zero_points_run_as_uint8_plus_block_offsets_at_the_int8_level():
     model = mlp(head=False)
-    result = Int4QuantizationPass(method="hqq")(model.clone())
+    result = Int4QuantizationPass(method="hqq", quantize_outputs=True)(model.clone())
     up = next(node for node in result.model.graph if node.op_type == "MatMulNBits")
-    assert up.inputs[3].const_value.dtype == ir.DataType.FLOAT
-    # ONNX Runtime has no int8 path for float zero points: the layer says accuracy_level 0
-    assert not up.attributes.get_int("accuracy_level", 0)
+    # ONNX Runtime's float zero points have no int8 path (65x slower at one row): uint8 ones plus offsets
+    assert up.inputs[3].const_value.dtype == ir.DataType.UINT8
+    assert up.attributes.get_int("accuracy_level", 0) == 4
+    offsets = [node for node in result.model.graph if node.name.endswith("_block_offsets")]
+    assert len(offsets) == 2
+    assert "float block offsets" in result.twin.description
+    assert _closest_to_twin(result, samples(model, 4)) < 1e-4
+
+
+def test_block_offsets_restore_the_float_zero_points_exactly():
+    weight = weights(64, 24, seed=9)
+    chosen = quantize_hqq(weight, 32)
+    assert chosen.has_offsets and chosen.stored().zero_points.dtype == np.uint8
+    x = np.random.default_rng(1).standard_normal((5, 64))
+    sums = x.reshape(5, 2, 32).sum(axis=-1)
+    restored = x @ chosen.stored().dequantize() + sums @ chosen.offsets()
+    np.testing.assert_allclose(restored, x @ chosen.dequantize(), rtol=1e-5, atol=1e-5)
+
+
+# -- weights already on a 4-bit grid (a dequantized 4-bit checkpoint) -----------------------
+
+
+def _on_grid(k: int, n: int, block_size: int, *, integer_zero: bool, seed: int = 0, levels: int = 16) -> np.ndarray:
+    """A ``[k, n]`` weight as a 4-bit checkpoint dequantizes it: Q4_1 (``d * q + m``) or Q4_0 (``d * (q - 8)``)."""
+    rng = np.random.default_rng(seed)
+    blocks = k // block_size
+    q = rng.integers(0, levels, (n, blocks, block_size)).astype(np.float32)
+    q[..., 0], q[..., 1] = 0, levels - 1  # every block spans its levels, as llama.cpp's min/max writes them
+    d = (rng.random((n, blocks, 1)) * 0.02 + 0.005).astype(np.float32)
+    if integer_zero:
+        values = d * (q - 8)
+    else:
+        m = -(rng.random((n, blocks, 1)) * 0.1 + 0.02).astype(np.float32)
+        values = d * q + m
+    return np.ascontiguousarray(values.reshape(n, k).T.astype(np.float32))
+
+
+@pytest.mark.parametrize("integer_zero", [False, True], ids=["q4_1", "q4_0"])
+def test_a_weight_on_a_4bit_grid_is_recovered_exactly(integer_zero):
+    weight = _on_grid(64, 24, 32, integer_zero=integer_zero)
+    grid = recover_grid(weight, 32)
+    assert grid is not None
+    np.testing.assert_allclose(grid.dequantize(), weight, atol=1e-6)
+    assert grid.has_offsets is not integer_zero
+    # Round to nearest moves a Q4_1 block by up to half a step
+    rtn_error = np.abs(quantize_rtn(weight, 32, symmetric=False).dequantize() - weight).max()
+    assert (rtn_error > 1e-3) is not integer_zero
+
+
+def test_a_grid_with_unused_levels_is_found_by_its_smallest_gap():
+    weight = _on_grid(64, 8, 32, integer_zero=True, levels=11)  # every block spans 10 steps, not 15
+    grid = recover_grid(weight, 32)
+    assert grid is not None and not grid.has_offsets
+    np.testing.assert_allclose(grid.dequantize(), weight, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "weight",
+    [weights(64, 8, seed=3), _on_grid(64, 8, 32, integer_zero=False)[:48], _on_grid(64, 8, 16, integer_zero=False)],
+    ids=["float-trained", "k-not-a-multiple", "a-finer-grid-than-the-block"],
+)
+def test_weights_off_any_4bit_grid_of_the_block_are_not_recovered(weight):
+    assert recover_grid(weight, 32) is None
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+@pytest.mark.parametrize("gemm_trans_b", [False, True], ids=["matmul", "gemm-transB"])
+def test_a_dequantized_q4_1_checkpoint_quantizes_without_loss(method, gemm_trans_b):
+    model = mlp(gemm_trans_b=gemm_trans_b)
+    for value in model.graph.initializers.values():
+        array = value.const_value.numpy()
+        if array.ndim == 2:  # every layer's weight on a Q4_1 grid, in the layout the node reads it
+            kn = array.T if gemm_trans_b and value.name == "w2" else array
+            grid = _on_grid(*kn.shape, 32, integer_zero=False, seed=len(value.name))
+            value.const_value = ir.tensor(grid.T if kn is not array else grid, name=value.name)
+    feeds = samples(model, 4)
+    options = dict(method=method, quantize_outputs=True, target="cuda")  # level 0: float arithmetic
+    if method == "gptq":
+        options["samples"] = feeds
+    result = Int4QuantizationPass(**options)(model.clone())
+    assert any("already lie on a 4-bit grid" in note and "block offsets" in note for note in result.notes)
+    expected = run_model(model, feeds)
+    outputs = run_batches(result.model, [feeds])[0]
+    for name, value in expected.items():
+        np.testing.assert_allclose(outputs[name], value, rtol=1e-4, atol=1e-4)
+    # the twin is the same arithmetic at the CPU's level 4 too
+    level4 = Int4QuantizationPass(method=method, quantize_outputs=True, **({"samples": feeds} if method == "gptq" else {}))
+    assert _closest_to_twin(level4(model.clone()), feeds) < 1e-4
+
+
+def test_a_tied_head_with_block_offsets_leaves_its_table_float():
+    model = _embedding_model(tied=True)
+    grid = _on_grid(64, 1024, 32, integer_zero=False)  # the head's [hidden, vocab]: blocks along hidden
+    model.graph.initializers["table"].const_value = ir.tensor(np.ascontiguousarray(grid.T), name="table")
+    result = Int4QuantizationPass(quantize_outputs=True)(model.clone())
+    assert "GatherBlockQuantized" not in computed_op_types(result.model)
+    assert "MatMulNBits" in computed_op_types(result.model)
+    assert any("zero points are float" in reason for reason in result.refusals)
+    assert _closest_to_twin(result, _ids()) < 1e-3
 
 
 def test_k_not_a_multiple_of_the_block_is_padded():
@@ -412,3 +509,17 @@ def test_the_budget_through_the_api():
     record = next(r for r in report.passes if r.name == "quantize-int4")
     # the budget changed some layers (to int8 or float) and says so
     assert record.status == "applied" and any("layers changed" in note for note in record.notes)
+
+
+@pytest.mark.parametrize("method", ["rtn", "hqq"])
+def test_the_budget_times_a_layer_in_the_form_it_will_be_written(method):
+    from passes.quantization._layer_speed import LayerShape
+
+    model = mlp(head=False)
+    quantizer = Int4QuantizationPass(method=method)
+    quantizer.prepare(model, [], [])
+    probe = quantizer._layer_model(LayerShape("MatMul", 1, 64, 96), "int4")
+    offsets = [node for node in probe.graph if node.name.endswith("_block_offsets")]
+    # HQQ's layers carry block offsets, so the probe does; round to nearest writes none
+    assert bool(offsets) is (method == "hqq")
+    assert ("block offsets" in quantizer.speed_form("int4")) is (method == "hqq")
