@@ -150,6 +150,9 @@ def layer_error(original: ir.Model, quantized: ir.Model, batches: list[dict]) ->
         weight = Int4Weight(
             unpack_nibbles(packed, block), node.inputs[2].const_value.numpy().reshape(n, blocks), zero, k, block
         ).dequantize()
+        offsets = quantized.graph.initializers.get(f"{node.name.removesuffix('_int4')}.block_offsets")
+        if offsets is not None:  # float zero points: uint8 ones plus per-block offsets (int4.py's _block_offsets)
+            weight = weight + np.repeat(offsets.const_value.numpy(), block, axis=0)[:k]
         source = floats[node.name.removesuffix("_int4")]
         exact_weight = source.inputs[1].const_value.numpy()
         if source.op_type == "Gemm" and source.attributes.get_int("transB", 0):
@@ -216,6 +219,7 @@ def main() -> None:
     parser.add_argument("--no-timing", action="store_true", help="skip the latency comparison")
     parser.add_argument("--reuse", action="store_true", help="measure the variants already under --out")
     parser.add_argument("--compare-flag", action="append", default=[], help="extra `graphopt compare` flag")
+    parser.add_argument("--only", action="append", default=[], help="run only the variants whose label has this text")
     parser.add_argument("--synthetic", action="store_true", help="only time the decoder FFN stack (no model needed)")
     add_timing_flags(parser)
     args = parser.parse_args()
@@ -248,6 +252,8 @@ def main() -> None:
     fused = ir.load(float_path)
     twins: list[str] = []
     for label, options in VARIANTS.items():
+        if args.only and not any(text in label for text in args.only):
+            continue
         options = dict(options)
         suffix = ("-sym" if options.get("symmetric") else "") + ("-qkv" if options.pop("passes", None) else "")
         passes = [name for name in default_pass_names() if name != "pack-qkv"] if suffix.endswith("qkv") else None

@@ -195,9 +195,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         ``SCHEME_LABELS``), for the budget to try before it gives the layer up. None here."""
         return ()
 
-    def speed_form(self, scheme: str) -> str:
-        """The kernel ``scheme`` runs, as timed and cached: schemes that only change values
-        (SmoothQuant's rescaled weights, 8-bit instead of 7-bit weights) run the default's."""
+    def speed_form(self, scheme: str, layer: Layer | None = None) -> str:
+        """The kernel ``scheme`` runs (for ``layer``, where its form depends on the layer), as timed and
+        cached: schemes that only change values (SmoothQuant's rescaled weights, 8-bit instead of 7-bit
+        weights) run the default's."""
         if scheme in ("smooth", "w8"):
             scheme = self.default_scheme
         return f"{type(self).__name__} {scheme}"
@@ -540,13 +541,14 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             for shape, count in parts:
                 shapes.add(shape)
                 builders = {
-                    self.speed_form(scheme) if scheme != FLOAT else FLOAT: _builder(self, shape, scheme)
+                    self.speed_form(scheme, layer) if scheme != FLOAT else FLOAT: _builder(self, shape, scheme, layer)
                     for scheme in options[layer.name]
                 }
                 for form, seconds in speeds.seconds(shape, builders).items():
                     total[form] = total.get(form, 0.0) + count * seconds
             times[layer.name] = {
-                scheme: total[self.speed_form(scheme) if scheme != FLOAT else FLOAT] for scheme in options[layer.name]
+                scheme: total[self.speed_form(scheme, layer) if scheme != FLOAT else FLOAT]
+                for scheme in options[layer.name]
             }
         workload = (
             f" (a decoder with a key/value cache: timed as a generation, a prefill of the samples' tokens and "
@@ -560,8 +562,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         )
         return times, True
 
-    def _layer_model(self, shape: LayerShape, scheme: str) -> ir.Model:
-        """A one-MatMul model at ``shape`` written in ``scheme`` by this pass's own rewrite."""
+    def _layer_model(self, shape: LayerShape, scheme: str, layer: Layer | None = None) -> ir.Model:
+        """A one-MatMul model at ``shape`` written in ``scheme`` by this pass's own rewrite (as for ``layer``)."""
         name = f"speed_probe_{shape.rows}x{shape.k}x{shape.n}"
         model = one_layer_model(shape, name)
         if scheme == FLOAT:
@@ -671,8 +673,10 @@ def _shortest_prefix(attempt: Callable[[int], bool], length: int, *, exhaustive:
     return high
 
 
-def _builder(owner: QuantizationPass, shape: LayerShape, scheme: str) -> Callable[[], ir.Model]:
-    return lambda: owner._layer_model(shape, scheme)
+def _builder(
+    owner: QuantizationPass, shape: LayerShape, scheme: str, layer: Layer | None = None
+) -> Callable[[], ir.Model]:
+    return lambda: owner._layer_model(shape, scheme, layer)
 
 
 def _rows_per_sample(model: ir.Model, layers: Sequence[Layer], batches) -> dict[str, int]:

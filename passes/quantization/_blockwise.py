@@ -44,19 +44,30 @@ GPTQ_DAMPING = 0.01
 GPTQ_LAZY_COLUMNS = 128
 # HQQ's solver: l_p norm, initial penalty and its growth, iterations (the reference values).
 HQQ_NORM, HQQ_BETA, HQQ_KAPPA, HQQ_ITERATIONS = 0.7, 10.0, 1.01, 20
+# How far (in steps) a value may sit from its level for a weight to count as already on a grid.
+_GRID_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
 class Int4Weight:
     """A ``[k, N]`` float weight as 4-bit blocks: ``values`` ``[N, n_blocks, block_size]`` in 0..15,
     ``scales`` ``[N, n_blocks]``, ``zero_points`` ``[N, n_blocks]`` (uint8, or float32 from HQQ;
-    None when symmetric: the implicit 8)."""
+    None when symmetric: the implicit 8).
+
+    ``bits`` 8 only for a recovered 8-bit grid (``recover_grid``): values 0..255, the
+    implicit zero point 128, stored one per byte (MatMulNBits' bits=8 layout).
+    """
 
     values: np.ndarray
     scales: np.ndarray
     zero_points: np.ndarray | None
     k: int
     block_size: int
+    bits: int = 4
+
+    @property
+    def levels(self) -> int:
+        return 1 << self.bits
 
     @property
     def n(self) -> int:
@@ -68,13 +79,13 @@ class Int4Weight:
 
     def dequantize(self) -> np.ndarray:
         """The float32 ``[k, N]`` weight these values stand for: ``(q - zero_point) * scale``."""
-        zero = SYMMETRIC_ZERO_POINT if self.zero_points is None else self.zero_points[..., None]
+        zero = self.levels // 2 if self.zero_points is None else self.zero_points[..., None]
         blocks = (self.values.astype(np.float32) - np.float32(zero)) * self.scales[..., None]
         return np.ascontiguousarray(blocks.reshape(self.n, -1)[:, : self.k].T.astype(np.float32))
 
     def packed(self) -> np.ndarray:
-        """``B`` of MatMulNBits: uint8 ``[N, n_blocks, block_size / 2]``, low nibble first."""
-        return pack_nibbles(self.values)
+        """``B`` of MatMulNBits: uint8 ``[N, n_blocks, block_size / 2]``, low nibble first (8 bits: one per byte)."""
+        return np.ascontiguousarray(self.values, dtype=np.uint8) if self.bits == 8 else pack_nibbles(self.values)
 
     @property
     def has_offsets(self) -> bool:
@@ -85,8 +96,8 @@ class Int4Weight:
         """What MatMulNBits stores: float zero points rounded to uint8 ones (``offsets`` holds the rest)."""
         if not self.has_offsets:
             return self
-        integer = np.clip(np.rint(self.zero_points), 0, LEVELS - 1).astype(np.uint8)
-        return Int4Weight(self.values, self.scales, integer, self.k, self.block_size)
+        integer = np.clip(np.rint(self.zero_points), 0, self.levels - 1).astype(np.uint8)
+        return Int4Weight(self.values, self.scales, integer, self.k, self.block_size, self.bits)
 
     def offsets(self) -> np.ndarray | None:
         """Per block and output column, float32 ``[n_blocks, N]``: what ``stored()`` misses of each weight.
@@ -104,7 +115,7 @@ class Int4Weight:
     def packed_zero_points(self) -> np.ndarray | None:
         """MatMulNBits' zero points: uint8 ``[N, ceil(n_blocks / 2)]`` packed like ``B``; float32
         ``[N, n_blocks]`` as they are when HQQ chose them; None when symmetric."""
-        if self.zero_points is None or self.zero_points.dtype != np.uint8:
+        if self.zero_points is None or self.zero_points.dtype != np.uint8 or self.bits == 8:
             return self.zero_points
         # An odd count's unused nibble holds the default zero point, as ONNX Runtime's packer writes it.
         return pack_nibbles(self.zero_points, pad=SYMMETRIC_ZERO_POINT)
@@ -134,61 +145,86 @@ def quantize_rtn(weight: np.ndarray, block_size: int, *, symmetric: bool) -> Int
     return Int4Weight(values, scales, zero_points, weight.shape[0], block_size)
 
 
-def recover_grid(weight: np.ndarray, block_size: int) -> Int4Weight | None:
-    """The exact 4-bit blocks of a ``[K, N]`` weight that already lies on a 4-bit grid, else None.
+def recover_grid(weight: np.ndarray, block_size: int, bits: int = 4) -> Int4Weight | None:
+    """The exact ``bits``-bit blocks of a ``[K, N]`` weight that already lies on such a grid, else None.
 
-    A model exported from a 4-bit checkpoint (GGUF Q4_0/Q4_1, GPTQ, AWQ), dequantized to
-    float, holds in each block of ``block_size`` values along K at most 16 equally spaced
-    levels. Re-rounding it loses accuracy for nothing (llama.cpp's Q4_1 puts the grid's
-    zero between two levels, where a uint8 zero point cannot follow: RTN moves every
-    weight of a block by up to half a step). Each block's step is ``(max - min) / 15``,
-    or, where that does not fit (not every level used), the smallest gap between its
-    values; every value must sit within 1e-3 of a step from a level, at most 15 steps
-    from the minimum. The zero points are uint8 where every block's zero falls on a
-    level (GPTQ, AWQ, Q4_0), else float (Q4_1: ``Int4Weight.offsets``). None when K is
-    not a multiple of the block (the padding would not lie on the grid) or any block misses.
+    A model exported from a quantized checkpoint (GGUF Q4_0/Q4_1/Q8_0, GPTQ, AWQ),
+    dequantized to float, holds in each block of ``block_size`` values along K at most
+    ``2**bits`` equally spaced levels. Re-rounding it loses accuracy for nothing
+    (llama.cpp's Q4_1 puts the grid's zero between two levels, where a uint8 zero point
+    cannot follow: round to nearest moves every weight of a block by up to half a step).
+    A block's step is the first of these that fits: ``(max - min) / (2**bits - 1)``,
+    ``max|w| / (2**(bits-1) - 1)`` and ``max|w| / 2**(bits-1)`` (symmetric grids), the
+    smallest gap between its values; fitting means every value within 1e-3 of a step
+    from a level, all within ``2**bits - 1`` steps of the minimum. The zero points are
+    uint8 where every block's zero falls on a level (GPTQ, AWQ, Q4_0, Q8_0), else float
+    (Q4_1: ``Int4Weight.offsets``). None when K is not a multiple of the block (the
+    padding would not lie on the grid) or any block misses.
     """
     weight = np.asarray(weight, dtype=np.float32)
     k, n = weight.shape
     if k % block_size or weight.size == 0:
         return None
+    # Column chunks of about a million values: a float-trained weight fails in its first chunk, and
+    # the float64 work (sorting included) stays a few tens of MB whatever the layer's size.
+    width = max(1, (1 << 20) // k)
+    parts = []
+    for start in range(0, n, width):
+        part = _grid_blocks(weight[:, start : start + width], block_size, bits)
+        if part is None:
+            return None
+        parts.append(part)
+    values, scales, zero = (np.concatenate(arrays, axis=0) for arrays in zip(*parts))
+    top_level = (1 << bits) - 1
+    tolerance = _GRID_TOLERANCE
+    integral = np.abs(zero - np.rint(zero)).max() < tolerance and zero.min() > -0.5 and zero.max() < top_level + 0.5
+    zero_points = np.rint(zero).astype(np.uint8) if integral else zero.astype(np.float32)
+    return Int4Weight(values, scales, zero_points, k, block_size, bits)
+
+
+def _grid_blocks(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.ndarray, ...] | None:
+    """``recover_grid`` on some columns: their values, scales and float zero points ``[n, blocks]``, or None."""
+    levels_count = 1 << bits
+    top_level = levels_count - 1
     blocks = _blocks(weight, block_size).astype(np.float64)
     low, high = blocks.min(axis=-1, keepdims=True), blocks.max(axis=-1, keepdims=True)
-    spread = high - low
-    tolerance = 1e-3
+    spread, peak = high - low, np.maximum(np.abs(low), np.abs(high))
+    tolerance = _GRID_TOLERANCE
 
-    def levels(step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        safe = np.where(step > 0, step, 1.0)
-        q = (blocks - low) / safe
-        fits = (np.abs(q - np.rint(q)).max(axis=-1, keepdims=True) < tolerance) & (q.max(axis=-1, keepdims=True) < 15.5)
-        return q, fits | (spread == 0)
+    def fits(step: np.ndarray) -> np.ndarray:
+        q = (blocks - low) / np.where(step > 0, step, 1.0)
+        near = np.abs(q - np.rint(q)).max(axis=-1, keepdims=True) < tolerance
+        return (near & (q.max(axis=-1, keepdims=True) < top_level + 0.5) & (step > 0)) | (spread == 0)
 
-    step = spread / (LEVELS - 1)
-    q, fits = levels(step)
-    if not fits.all():
+    def smallest_gap() -> np.ndarray:
         gaps = np.diff(np.sort(blocks, axis=-1), axis=-1)
-        gap = np.where(gaps > tolerance * spread / (LEVELS - 1), gaps, np.inf).min(axis=-1, keepdims=True)
-        gap = np.where(np.isfinite(gap), gap, step)
-        q_gap, fits_gap = levels(gap)
-        use_gap = ~fits & fits_gap
-        step, q, fits = np.where(use_gap, gap, step), np.where(use_gap, q_gap, q), fits | fits_gap
-        if not fits.all():
-            return None
-    # A constant block: one level, its value held by the offset (or a zero point of 0 when it is 0).
-    step = np.where(spread == 0, np.where(low == 0, 1.0, np.abs(low)), step)
-    zero = -low / step
-    # Shift the levels (they use at most 15 steps) toward keeping the zero inside 0..15.
-    top = np.rint(q).max(axis=-1, keepdims=True)
-    shift = np.clip(np.ceil(-zero - tolerance), 0, LEVELS - 1 - top)
-    values = (np.rint(q) + shift).astype(np.uint8)
-    zero = zero + shift
-    scales = step[..., 0].astype(np.float32)
-    integral = np.abs(zero - np.rint(zero)).max() < tolerance and zero.min() > -0.5 and zero.max() < LEVELS - 0.5
-    if integral:
-        zero_points = np.rint(zero[..., 0]).astype(np.uint8)
+        return np.where(gaps > tolerance * spread / top_level, gaps, np.inf).min(axis=-1, keepdims=True)
+
+    candidates = (
+        lambda: spread / top_level,
+        lambda: peak / (levels_count // 2 - 1),
+        lambda: peak / (levels_count // 2),
+        smallest_gap,
+    )
+    step = np.full_like(low, np.nan)
+    for make in candidates:
+        candidate = make()
+        candidate = np.where(np.isfinite(candidate), candidate, 0.0)
+        chosen = np.isnan(step) & fits(candidate)
+        step = np.where(chosen, candidate, step)
+        if not np.isnan(step).any():
+            break
     else:
-        zero_points = zero[..., 0].astype(np.float32)
-    return Int4Weight(values, scales, zero_points, k, block_size)
+        return None
+    # A constant block: one level, its value held by the zero point's offset (0 when it is 0).
+    step = np.where(spread == 0, np.where(low == 0, 1.0, np.abs(low)), step)
+    q = np.rint((blocks - low) / step)
+    zero = -low / step
+    # Shift the levels (they may not use them all) toward keeping the zero inside the range.
+    top = q.max(axis=-1, keepdims=True)
+    shift = np.clip(np.ceil(-zero - tolerance), 0, top_level - top)
+    values = (q + shift).astype(np.uint8)
+    return values, step[..., 0].astype(np.float32), (zero + shift)[..., 0]
 
 
 def quantize_gptq(

@@ -116,7 +116,7 @@ class DynamicQuantizationPass(QuantizationPass):
             found.append("weight-only")
         return tuple(found)
 
-    def speed_form(self, scheme: str) -> str:
+    def speed_form(self, scheme: str, layer: Layer | None = None) -> str:
         if scheme in ("int8", "smooth", "w8"):
             scheme = self.activation_scale
         return {

@@ -142,9 +142,9 @@ class Int4QuantizationPass(QuantizationPass):
         self._weights: dict[str, Int4Weight] = {}
         self._method = method
         self._hessian_inputs: dict[str, np.ndarray] = {}
-        self._grids: dict[str, Int4Weight | None] = {}
-        self._time_offsets = False
-        self._forced_offsets = False
+        self._grids: dict[tuple[str, bool], Int4Weight | None] = {}
+        # While the budget times a probe layer: the (bits, offsets) form of the layer it stands for.
+        self._probe: tuple[int, bool] | None = None
         self._planned: dict[str, str | None] = {}
         self._applied: dict[str, Int4Weight] = {}
         self._heads: dict[str, tuple[ir.Value, Int4Weight]] = {}
@@ -158,13 +158,15 @@ class Int4QuantizationPass(QuantizationPass):
         recovered = [layer for layer in layers if self._grid(layer) is not None]
         if recovered:
             offsets = sum(1 for layer in recovered if self._grid(layer).has_offsets)
+            eight = sum(1 for layer in recovered if self._grid(layer).bits == 8)
             self.note(
-                f"{len(recovered)} of {len(layers)} weights already lie on a 4-bit grid of block {self.block_size} "
-                "(a dequantized 4-bit checkpoint): stored exactly, not re-rounded"
+                f"{len(recovered) - eight} of {len(layers)} weights already lie on a 4-bit grid of block "
+                f"{self.block_size} (a dequantized 4-bit checkpoint): stored exactly, not re-rounded"
+                + (f"; {eight} on an 8-bit grid, kept exact in 8 bits (MatMulNBits bits=8)" if eight else "")
                 + (f"; {offsets} with zero points between levels, added back as block offsets" if offsets else "")
             )
-        # The budget times each layer in the form it will be written: with the offsets' MatMuls when any has them.
-        self._time_offsets = self.method == "hqq" or any(self._grid(layer).has_offsets for layer in recovered)
+        if self.symmetric and any(self._grid(layer).zero_points is not None for layer in recovered):
+            self.note("--symmetric: weights on an asymmetric grid keep their zero points (exact beats symmetric)")
         layers = [layer for layer in layers if self._grid(layer) is None]
         if self.method != "gptq" or not layers:
             return
@@ -207,9 +209,19 @@ class Int4QuantizationPass(QuantizationPass):
 
     def _grid(self, layer: Layer) -> Int4Weight | None:
         """``layer``'s weight as the exact 4-bit blocks it already is, or None (``recover_grid``), once per weight."""
-        key = layer.source.name if layer.source is not None and layer.source.name else layer.name
+        # One constant can be read both ways round (MatMul(x, W) beside Gemm(h, W, transB=1) or
+        # MatMul(h, Transpose(W))): the grid is of the weight as this layer reads it.
+        trans_b = layer.kind == "gemm" and bool(layer.node.attributes.get_int("transB", 0))
+        name = layer.source.name if layer.source is not None and layer.source.name else layer.name
+        key = (name, layer.transposed != trans_b)
         if key not in self._grids:
-            self._grids[key] = recover_grid(layer.weight, self.block_size)
+            grid = recover_grid(layer.weight, self.block_size)
+            if grid is None and self.accuracy_level == 4:
+                # An 8-bit checkpoint's layer (GGUF keeps heads in Q8_0) stays exact in MatMulNBits bits=8, whose
+                # int8-input kernel is fast (1.6 ms against float's 7.2 for SmolLM2's head at one row); at
+                # level 0 its float path is not (131 ms), so there the layer is rounded to 4 bits like any other.
+                grid = recover_grid(layer.weight, self.block_size, bits=8)
+            self._grids[key] = grid
         return self._grids[key]
 
     # -- the rewrite ---------------------------------------------------------------------
@@ -225,28 +237,37 @@ class Int4QuantizationPass(QuantizationPass):
             return None  # its table reads the head's packed weight (GatherBlockQuantized)
         return super().tied_weight_refusal(layer)
 
-    def speed_form(self, scheme: str) -> str:
+    def _form(self, layer: Layer | None) -> tuple[int, bool]:
+        """The (bits, block offsets) ``layer`` is written with (HQQ's form when no layer is named)."""
+        if layer is None:
+            return 4, self.method == "hqq"
+        weight = self.weight(layer)
+        return weight.bits, weight.has_offsets
+
+    def speed_form(self, scheme: str, layer: Layer | None = None) -> str:
         if scheme == "int8":
             return "DynamicQuantizeMatMul"
-        offsets = " + block offsets" if self._time_offsets else ""
-        return f"MatMulNBits block {self.block_size} accuracy_level {self.accuracy_level}{offsets}"
+        bits, offsets = self._form(layer)
+        width = " bits 8" if bits == 8 else ""
+        extra = " + block offsets" if offsets else ""
+        return f"MatMulNBits{width} block {self.block_size} accuracy_level {self.accuracy_level}{extra}"
 
-    def _layer_model(self, shape: LayerShape, scheme: str) -> ir.Model:
-        # The probe's random weight lies on no grid: its offsets are written as the layers' will be.
-        saved, self._forced_offsets = self._forced_offsets, self._time_offsets
+    def _layer_model(self, shape: LayerShape, scheme: str, layer: Layer | None = None) -> ir.Model:
+        # The probe's random weight lies on no grid: it is written in the form the layer will be.
+        saved, self._probe = self._probe, self._form(layer)
         try:
-            return super()._layer_model(shape, scheme)
+            return super()._layer_model(shape, scheme, layer)
         finally:
-            self._forced_offsets = saved
+            self._probe = saved
 
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
         if self.scheme(layer) == "int8":
             _quantize_matmul(graph, layer, True, self.reduce_range, None)
             return
         node, exact = layer.node, self.weight(layer)
+        if self._probe is not None:
+            exact = _probe_weight(exact, *self._probe)
         weight, offsets = exact.stored(), exact.offsets()
-        if offsets is None and self._forced_offsets:
-            offsets = np.zeros((weight.blocks, weight.n), dtype=np.float32)
         prefix = node.name
         activation = layer.activation
         packed = add_initializer(graph, f"{prefix}.weight_int4", weight.packed())
@@ -264,7 +285,7 @@ class Int4QuantizationPass(QuantizationPass):
         attributes = [
             ir.AttrInt64("K", weight.k),
             ir.AttrInt64("N", weight.n),
-            ir.AttrInt64("bits", 4),
+            ir.AttrInt64("bits", weight.bits),
             ir.AttrInt64("block_size", self.block_size),
         ]
         if self.accuracy_level:
@@ -330,6 +351,7 @@ class Int4QuantizationPass(QuantizationPass):
                 (layer for layer in heads.get(array.shape[::-1], []) if np.array_equal(layer.weight.T, array)), None
             )
             reason = None
+            grid = self._grid(tied) if tied is not None else None
             if excluded(Layer(node, "gather", array, None), self.exclude):
                 reason = "matched by --exclude"
             elif array.shape[1] % self.block_size:
@@ -341,11 +363,13 @@ class Int4QuantizationPass(QuantizationPass):
                 for user, index in table.uses()
             ):
                 reason = "read by more than row lookups (a fused op, a head not quantized here)"
-            elif tied is not None and (self.method == "hqq" or ((grid := self._grid(tied)) is not None and grid.has_offsets)):
+            elif tied is not None and (grid.has_offsets if grid is not None else self.method == "hqq"):
                 reason = (
                     "tied to an LM head whose zero points are float (HQQ's, or its grid's), "
                     "which GatherBlockQuantized cannot read"
                 )
+            elif tied is not None and grid is not None and grid.bits == 8:
+                reason = "tied to an LM head kept exact in 8 bits (its checkpoint's grid): lookups do not share it"
             if reason is not None:
                 refused.add(table.name)
                 self.refuse("embedding tables", reason)
@@ -569,18 +593,17 @@ def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int) -> No
 def _block_offsets(
     graph: ir.Graph, x: ir.Value, product: ir.Value, offsets: np.ndarray, k: int, block_size: int, prefix: str
 ) -> list[ir.Node]:
-    """``product + (x @ P) @ offsets``: each block's sum of ``x`` times its ``[n_blocks, N]`` offsets (the last node's output).
+    """``product + (x @ P) @ offsets``: each block's sum of ``x`` times its ``[n_blocks, N]`` offsets (the last output).
 
     ``P`` is ``[K, n_blocks]``, 1 where row k belongs to block k // block_size; one
     initializer per (graph, K, block size), shared by every layer of that K.
     """
     name = f"graphopt.block_sums_{k}x{block_size}"
+    matrix = np.zeros((k, offsets.shape[0]), dtype=np.float32)
+    matrix[np.arange(k), np.arange(k) // block_size] = 1.0
     indicator = graph.initializers.get(name)
-    if indicator is None:
-        blocks = offsets.shape[0]
-        matrix = np.zeros((k, blocks), dtype=np.float32)
-        matrix[np.arange(k), np.arange(k) // block_size] = 1.0
-        indicator = add_initializer(graph, name, matrix)
+    if indicator is None or not np.array_equal(constant_array(indicator), matrix):
+        indicator = add_initializer(graph, name, matrix)  # a foreign tensor of that name gets a suffix
     table = add_initializer(graph, f"{prefix}.block_offsets", np.ascontiguousarray(offsets, dtype=np.float32))
     sums = ir.Node("", "MatMul", [x, indicator], name=f"{prefix}_block_sums")
     correction = ir.Node("", "MatMul", [sums.outputs[0], table], name=f"{prefix}_block_offsets")
@@ -588,3 +611,12 @@ def _block_offsets(
     for node in (sums, correction, total):
         node.outputs[0].name = f"{node.name}.output"
     return [sums, correction, total]
+
+
+def _probe_weight(weight: Int4Weight, bits: int, offsets: bool) -> Int4Weight:
+    """A timing probe's values in the form (``bits``, float zero points or not) of the layer it stands for."""
+    values = weight.values
+    if bits != weight.bits:
+        values = np.random.default_rng(0).integers(0, 1 << bits, weight.values.shape).astype(np.uint8)
+    zero = np.full(weight.scales.shape, (1 << bits) // 2 - 0.25, dtype=np.float32) if offsets else None
+    return Int4Weight(values, weight.scales, zero, weight.k, weight.block_size, bits)

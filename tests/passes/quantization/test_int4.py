@@ -227,7 +227,9 @@ def test_a_dequantized_q4_1_checkpoint_quantizes_without_loss(method, gemm_trans
     for name, value in expected.items():
         np.testing.assert_allclose(outputs[name], value, rtol=1e-4, atol=1e-4)
     # the twin is the same arithmetic at the CPU's level 4 too
-    level4 = Int4QuantizationPass(method=method, quantize_outputs=True, **({"samples": feeds} if method == "gptq" else {}))
+    level4 = Int4QuantizationPass(
+        method=method, quantize_outputs=True, **({"samples": feeds} if method == "gptq" else {})
+    )
     assert _closest_to_twin(level4(model.clone()), feeds) < 1e-4
 
 
@@ -523,3 +525,92 @@ def test_the_budget_times_a_layer_in_the_form_it_will_be_written(method):
     # HQQ's layers carry block offsets, so the probe does; round to nearest writes none
     assert bool(offsets) is (method == "hqq")
     assert ("block offsets" in quantizer.speed_form("int4")) is (method == "hqq")
+
+
+def _on_q8_0_grid(k: int, n: int, seed: int = 0) -> np.ndarray:
+    """A ``[k, n]`` weight as a GGUF Q8_0 tensor dequantizes: ``d * q``, ``q`` in -127..127, ``d = max|w| / 127``."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-127, 128, (n, k // 32, 32)).astype(np.float32)
+    q[..., 0] = 127
+    d = (rng.random((n, k // 32, 1)) * 0.01 + 0.001).astype(np.float32)
+    return np.ascontiguousarray((d * q).reshape(n, k).T.astype(np.float32))
+
+
+def test_an_8bit_grid_is_recovered_and_kept_exact_in_8_bits_at_level_4():
+    weight = _on_q8_0_grid(64, 48)
+    assert recover_grid(weight, 32) is None  # not a 4-bit grid
+    grid = recover_grid(weight, 32, bits=8)
+    assert grid is not None and grid.bits == 8 and not grid.has_offsets
+    np.testing.assert_allclose(grid.dequantize(), weight, atol=1e-6)
+    model = _matmul(weight)
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)}
+    result = Int4QuantizationPass(quantize_outputs=True)(model.clone())
+    node = next(node for node in result.model.graph if node.op_type == "MatMulNBits")
+    assert node.attributes.get_int("bits") == 8 and node.inputs[1].const_value.shape == (48, 2, 32)
+    assert any("8-bit grid, kept exact in 8 bits" in note for note in result.notes)
+    assert _closest_to_twin(result, feeds) < 1e-4
+    np.testing.assert_allclose(run_batches(result.model, [feeds])[0]["y"], feeds["x"] @ weight, rtol=0.02, atol=0.02)
+    # At level 0 (ONNX Runtime's 8-bit float-input path is 18x slower than float) it is rounded to 4 bits instead
+    level0 = Int4QuantizationPass(quantize_outputs=True, target="cuda")(model.clone())
+    node = next(node for node in level0.model.graph if node.op_type == "MatMulNBits")
+    assert node.attributes.get_int("bits") == 4
+
+
+@pytest.mark.parametrize("decoder", ["transpose", "gemm-transB"])
+def test_a_constant_read_both_ways_round_gets_the_grid_of_each_reading(decoder):
+    # A tied autoencoder: W on a grid along its rows for the encoder; the decoder reads W transposed, off any grid
+    grid = _on_grid(64, 64, 32, integer_zero=True, seed=1)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="enc"), helper.make_node("Relu", ["h"], ["r"])]
+    if decoder == "transpose":
+        nodes += [
+            helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0], name="tr"),
+            helper.make_node("MatMul", ["r", "wt"], ["y"], name="dec"),
+        ]
+    else:
+        nodes.append(helper.make_node("Gemm", ["r", "w"], ["y"], name="dec", transB=1))
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 64])],
+        [("w", grid)],
+    )
+    feeds = {"x": np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)}
+    result = Int4QuantizationPass(quantize_outputs=True, target="cuda")(model.clone())
+    assert any(note.startswith("1 of 2 weights already lie on a 4-bit grid") for note in result.notes)
+    expected = run_model(model, feeds)["y"]
+    actual = run_batches(result.model, [feeds])[0]["y"]
+    cosine = float(np.sum(actual * expected) / np.linalg.norm(actual) / np.linalg.norm(expected))
+    assert cosine > 0.99  # the decoder rounded to 4 bits, not given the encoder's grid
+
+
+def test_the_budget_times_each_layer_in_its_own_form():
+    model = mlp(head=False)
+    shapes = {"w1": (32, 64), "w2": (64, 32)}
+    for name, (k, n) in shapes.items():  # up on a Q4_1 grid (offsets), down on a Q8_0 one (8 bits)
+        array = _on_grid(k, n, 32, integer_zero=False) if name == "w1" else _on_q8_0_grid(k, n)
+        model.graph.initializers[name].const_value = ir.tensor(array, name=name)
+    quantizer = Int4QuantizationPass(quantize_outputs=True)
+    from passes._layers import find_layers
+
+    layers = {layer.name: layer for layer in find_layers(model.graph, quantizer.kinds)[0]}
+    quantizer.prepare(model, list(layers.values()), [])
+    assert quantizer.speed_form("int4", layers["up"]).endswith("accuracy_level 4 + block offsets")
+    assert quantizer.speed_form("int4", layers["down"]).startswith("MatMulNBits bits 8 ")
+    from passes.quantization._layer_speed import LayerShape
+
+    probe = quantizer._layer_model(LayerShape("MatMul", 1, 64, 96), "int4", layers["down"])
+    node = next(node for node in probe.graph if node.op_type == "MatMulNBits")
+    assert node.attributes.get_int("bits") == 8
+    assert not any(node.name.endswith("_block_offsets") for node in probe.graph)
+
+
+def test_a_foreign_tensor_named_like_the_block_sums_is_not_reused():
+    model = _matmul(_on_grid(64, 16, 32, integer_zero=False))
+    foreign = np.ones((64, 2), dtype=np.float32)
+    value = ir.Value(name="graphopt.block_sums_64x32", const_value=ir.tensor(foreign, name="graphopt.block_sums_64x32"))
+    value.shape, value.type = ir.Shape([64, 2]), ir.TensorType(ir.DataType.FLOAT)
+    model.graph.register_initializer(value)
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)}
+    expected = run_model(model, feeds)["y"]
+    result = Int4QuantizationPass(quantize_outputs=True, target="cuda")(model.clone())
+    np.testing.assert_allclose(run_batches(result.model, [feeds])[0]["y"], expected, rtol=1e-4, atol=1e-4)
