@@ -70,6 +70,7 @@ SCHEME_LABELS = {
     "float": "float",
     "int8": "int8",
     "int4": "int4",
+    "int4-float-input": "int4 with float inputs (accuracy_level 0)",
     "row": "per-row activation scales",
     "smooth": "SmoothQuant",
     "w8": "8-bit weights",

@@ -10,7 +10,10 @@ mapped to -8 so all 16 levels are used).
 The layout (com.microsoft ``MatMulNBits``, bits=4): ``B`` is uint8 ``[N, n_blocks,
 block_size / 2]``, two values per byte along K, the first in the low nibble;
 ``scales`` ``[N * n_blocks]``; packed zero points uint8 ``[N, ceil(n_blocks / 2)]`` in
-the same nibble order (float zero points ``[N, n_blocks]`` where HQQ chose them). The
+the same nibble order. Float zero points (HQQ's, a recovered Q4_1 grid's) are held here
+as float32 ``[N, n_blocks]`` and written as uint8 ones plus block offsets
+(``Int4Weight.stored`` / ``offsets``); ``bits`` 8 (a recovered 8-bit grid) stores one
+value per byte. The
 round-to-nearest parameters are the ones ONNX Runtime's own packer
 (``onnxruntime.capi._pybind_state.quantize_matmul_4bits``) computes, value for value
 (tests/passes/quantization/test_int4.py compares them); the packing is done here in
@@ -26,6 +29,10 @@ Three ways of choosing the values:
 - ``quantize_hqq``: HQQ (Badri & Shaji, 2023): data-free; each block's zero point
   is refined by half-quadratic splitting to minimize an ``l_p`` (p < 1) weight error,
   which tolerates a few large outliers; the zero points are then float.
+
+And one way of not choosing them: ``recover_grid`` finds a weight that already lies on
+a 4- or 8-bit block grid (a dequantized GGUF, GPTQ or AWQ checkpoint) and returns its
+exact values.
 """
 
 from __future__ import annotations
@@ -113,8 +120,8 @@ class Int4Weight:
         return np.ascontiguousarray(((integer - self.zero_points) * self.scales).T.astype(np.float32))
 
     def packed_zero_points(self) -> np.ndarray | None:
-        """MatMulNBits' zero points: uint8 ``[N, ceil(n_blocks / 2)]`` packed like ``B``; float32
-        ``[N, n_blocks]`` as they are when HQQ chose them; None when symmetric."""
+        """MatMulNBits' zero points: uint8 ``[N, ceil(n_blocks / 2)]`` packed like ``B`` (8 bits: ``[N, n_blocks]``);
+        float32 ``[N, n_blocks]`` as they are when float (write ``stored()``'s instead); None when symmetric."""
         if self.zero_points is None or self.zero_points.dtype != np.uint8 or self.bits == 8:
             return self.zero_points
         # An odd count's unused nibble holds the default zero point, as ONNX Runtime's packer writes it.

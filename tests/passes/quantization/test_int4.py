@@ -614,3 +614,42 @@ def test_a_foreign_tensor_named_like_the_block_sums_is_not_reused():
     expected = run_model(model, feeds)["y"]
     result = Int4QuantizationPass(quantize_outputs=True, target="cuda")(model.clone())
     np.testing.assert_allclose(run_batches(result.model, [feeds])[0]["y"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_budget_gives_a_layer_float_inputs_before_it_gives_it_up(tmp_path):
+    from passes.quantization._layer_speed import LayerSpeeds
+    from passes.quantization.int4 import FLOAT_INPUT
+
+    def measure(shape, builders):  # level 4 fastest, level 0 in between, float slowest (as at one row)
+        costs = {"float": 1.0, "DynamicQuantizeMatMul": 0.5}
+        return {f: shape.k * shape.n * costs.get(f, 0.9 if "accuracy_level 0" in f else 0.4) for f in builders}
+
+    first = weights(32, 32, seed=1, scale=0.3)
+    first[:, 0] *= 1000.0  # the second layer's input has one huge channel: level 4 rounds its block to it
+    second = _on_grid(32, 32, 16, integer_zero=True, seed=2)  # exact in 4 bits: only the input rounding hurts
+    second[0, :] = 0.0  # (a level of the grid) the huge channel itself adds nothing to y
+    model = _model(
+        [
+            helper.make_node("MatMul", ["x", "w_first"], ["h"], name="first"),
+            helper.make_node("MatMul", ["h", "w_second"], ["y"], name="second"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 32])],
+        [("w_first", first), ("w_second", second)],
+    )
+    feeds = {"x": np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)}
+    speeds = LayerSpeeds(path=tmp_path / "speeds.json", measure=measure)
+    everything = Int4QuantizationPass(block_size=16, quantize_outputs=True, samples=feeds, layer_speeds=speeds)
+    everything(model.clone())
+    assert everything.drift.cosine < 0.99
+    budget = AccuracyBudget(min_cosine=0.999)
+    quantization = Int4QuantizationPass(
+        block_size=16, quantize_outputs=True, samples=feeds, budget=budget, layer_speeds=speeds
+    )
+    result = quantization(model.clone())
+    assert quantization.schemes.get("second") == FLOAT_INPUT and not quantization.kept_float
+    assert quantization.drift.cosine >= 0.999
+    second = next(node for node in result.model.graph if node.name == "second_int4")
+    assert second.op_type == "MatMulNBits" and not second.attributes.get_int("accuracy_level", 0)
+    assert any("int4 with float inputs (accuracy_level 0) (second)" in note for note in result.notes)
+    assert _closest_to_twin(result, feeds) < 1e-3
