@@ -55,8 +55,8 @@ class Int4QuantizationPass(QuantizationPass):
       nearest uint8 and the rest is added exactly: ``Add(MatMulNBits(x), MatMul(MatMul(x,
       P), offsets))``, ``P`` the ``[K, n_blocks]`` 0/1 matrix that sums ``x`` over each
       block (``Int4Weight.offsets``). ONNX Runtime 1.32's CPU kernel takes float zero
-      points only on a path 65x slower at one row than its int8 path (measured, see
-      docs/benchmarks.md); the two small MatMuls cost about 12 % of a 576x1536 layer.
+      points only on a path 59-81x slower at one row than its int8 path (measured, see
+      docs/benchmarks.md); the two small MatMuls add 22 % over 100 layers at one row.
     - ``accuracy_level`` 4 on CPU (A is quantized to int8 per row and block inside the
       kernel, then integer dot products), 0 on CUDA.
     - A weight that already lies on a 4-bit grid of ``block_size`` (a model exported
@@ -220,8 +220,8 @@ class Int4QuantizationPass(QuantizationPass):
             grid = recover_grid(layer.weight, self.block_size)
             if grid is None and self.accuracy_level == 4:
                 # An 8-bit checkpoint's layer (GGUF keeps heads in Q8_0) stays exact in MatMulNBits bits=8, whose
-                # int8-input kernel is fast (1.6 ms against float's 7.2 for SmolLM2's head at one row); at
-                # level 0 its float path is not (131 ms), so there the layer is rounded to 4 bits like any other.
+                # int8-input kernel is fast (2.4 ms against float's 9.0 for SmolLM2's head at one row); at
+                # level 0 its float path is not (158 ms), so there the layer is rounded to 4 bits like any other.
                 grid = recover_grid(layer.weight, self.block_size, bits=8)
             self._grids[key] = grid
         return self._grids[key]
@@ -233,7 +233,7 @@ class Int4QuantizationPass(QuantizationPass):
 
     def alternatives(self, layer: Layer) -> tuple[str, ...]:
         # Level 0 is the exact product of the 4-bit weights; at one row still faster than float for
-        # 4 bits (81 against 139 us, 576x1536), not for 8 (131 ms against 7 for SmolLM2's head).
+        # 4 bits (100 against 149 us, 576x1536), not for 8 (158 ms against 9 for SmolLM2's head).
         if self.accuracy_level == 4 and self.weight(layer).bits == 4:
             return (FLOAT_INPUT, "int8")
         return ("int8",)
