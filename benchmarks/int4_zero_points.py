@@ -91,7 +91,7 @@ def chain(offsets: bool, layers: int = 100, size: int = 1024) -> bytes:
     return _model(nodes, inits, size, size, current)
 
 
-def interleaved(models: dict[str, bytes], k: int, threads: int, rounds: int, runs: int) -> dict[str, float]:
+def interleaved(models: dict[str, bytes], k: int, threads: int, rounds: int, runs: int) -> dict[str, list[float]]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
@@ -108,7 +108,18 @@ def interleaved(models: dict[str, bytes], k: int, threads: int, rounds: int, run
             for _ in range(runs):
                 session.run(None, {"A": x})
             times[label].append((time.perf_counter() - start) / runs)
-    return {label: float(np.median(values)) for label, values in times.items()}
+    return times
+
+
+def summary(times: dict[str, list[float]], reference: str) -> dict[str, tuple[float, float, float, float]]:
+    """Per form: median seconds, median ratio to ``reference`` over the rounds, and that ratio's 2.5-97.5 % range."""
+    base = np.asarray(times[reference])
+    rows = {}
+    for label, values in times.items():
+        ratios = np.asarray(values) / base
+        low, high = np.percentile(ratios, [2.5, 97.5])
+        rows[label] = (float(np.median(values)), float(np.median(ratios)), float(low), float(high))
+    return rows
 
 
 def main() -> None:
@@ -118,18 +129,16 @@ def main() -> None:
     args = parser.parse_args()
     print(f"onnxruntime {ort.__version__}, {args.threads} intra-op thread(s), medians of {args.rounds} rounds")
     for k, n, runs in ((576, 1536, 100), (576, 49152, 5)):
-        medians = interleaved(one_layer(k, n), k, args.threads, args.rounds, runs)
-        base = medians["float MatMul"]
-        print(f"\none layer, 1 x {k} x {n}:\n| form | µs | vs float |\n|---|---|---|")
-        for label, seconds in medians.items():
-            print(f"| {label} | {seconds * 1e6:.1f} | {seconds / base:.2f} |")
+        rows = summary(interleaved(one_layer(k, n), k, args.threads, args.rounds, runs), "float MatMul")
+        print(f"\none layer, 1 x {k} x {n}:\n| form | µs | vs float | 95 % of rounds |\n|---|---|---|---|")
+        for label, (seconds, ratio, low, high) in rows.items():
+            print(f"| {label} | {seconds * 1e6:.1f} | {ratio:.2f} | {low:.2f}–{high:.2f} |")
     medians = interleaved(
         {"MatMulNBits": chain(False), "with block offsets": chain(True)}, 1024, args.threads, args.rounds, 5
     )
-    base = medians["MatMulNBits"]
-    print("\n100 layers 1024x1024, 4-bit, level 4, one row:\n| form | ms | ratio |\n|---|---|---|")
-    for label, seconds in medians.items():
-        print(f"| {label} | {seconds * 1e3:.2f} | {seconds / base:.2f} |")
+    print("\n100 layers 1024x1024, 4-bit, level 4, one row:\n| form | ms | ratio | 95 % of rounds |\n|---|---|---|---|")
+    for label, (seconds, ratio, low, high) in summary(medians, "MatMulNBits").items():
+        print(f"| {label} | {seconds * 1e3:.2f} | {ratio:.2f} | {low:.2f}–{high:.2f} |")
 
 
 if __name__ == "__main__":

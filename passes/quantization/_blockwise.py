@@ -185,8 +185,15 @@ def recover_grid(weight: np.ndarray, block_size: int, bits: int = 4) -> Int4Weig
     top_level = (1 << bits) - 1
     tolerance = _GRID_TOLERANCE
     integral = np.abs(zero - np.rint(zero)).max() < tolerance and zero.min() > -0.5 and zero.max() < top_level + 0.5
-    zero_points = np.rint(zero).astype(np.uint8) if integral else zero.astype(np.float32)
-    return Int4Weight(values, scales, zero_points, k, block_size, bits)
+    if not integral:
+        return Int4Weight(values, scales, zero.astype(np.float32), k, block_size, bits)
+    # A symmetric grid (Q4_0, Q8_0) moved so every block's zero is the implicit one: no zero points stored.
+    delta = (1 << (bits - 1)) - np.rint(zero)[..., None]
+    if (values.min(axis=-1, keepdims=True) + delta >= 0).all() and (
+        values.max(axis=-1, keepdims=True) + delta <= top_level
+    ).all():
+        return Int4Weight((values + delta).astype(np.uint8), scales, None, k, block_size, bits)
+    return Int4Weight(values, scales, np.rint(zero).astype(np.uint8), k, block_size, bits)
 
 
 def _grid_blocks(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.ndarray, ...] | None:

@@ -55,8 +55,8 @@ class Int4QuantizationPass(QuantizationPass):
       nearest uint8 and the rest is added exactly: ``Add(MatMulNBits(x), MatMul(MatMul(x,
       P), offsets))``, ``P`` the ``[K, n_blocks]`` 0/1 matrix that sums ``x`` over each
       block (``Int4Weight.offsets``). ONNX Runtime 1.32's CPU kernel takes float zero
-      points only on a path 59-81x slower at one row than its int8 path (measured, see
-      docs/benchmarks.md); the two small MatMuls add 22 % over 100 layers at one row.
+      points only on a path 62-78x slower at one row than its int8 path (measured, see
+      docs/benchmarks.md); the two small MatMuls add 22-30 % over 100 layers at one row.
     - ``accuracy_level`` 4 on CPU (A is quantized to int8 per row and block inside the
       kernel, then integer dot products), 0 on CUDA.
     - A weight that already lies on a 4-bit grid of ``block_size`` (a model exported
@@ -87,12 +87,16 @@ class Int4QuantizationPass(QuantizationPass):
     127, round half to even) in plain ONNX ops — the arithmetic the CPU kernel performs
     (measured equal to 1e-5 on ONNX Runtime 1.32, x86). Tables are their dequantized values.
 
-    Under an accuracy budget a layer can fall back per layer to int8 before float (the
-    scheme ``"int8"``: ``DynamicQuantizeMatMul``, int8 weights per output column, 7-bit
-    with ``reduce_range`` (the CLI chooses it for the CPU as for the int8 passes), uint8
-    activations per run, as ``DynamicQuantizationPass`` writes it; its twin quantizes the
-    input through ``DynamicQuantizeLinear``), chosen by accuracy gained per latency given
-    back like every int8 budget (``QuantizationPass``).
+    Under an accuracy budget a layer can take an alternative before float: at level 4 a
+    4-bit layer can keep float inputs (the scheme ``FLOAT_INPUT``: the same weights at
+    accuracy_level 0, the exact product of its 4-bit weights; its twin does not round the
+    input), and any layer but a tied head can fall back to int8 (the scheme ``"int8"``:
+    ``DynamicQuantizeMatMul``, int8 weights per output column, 7-bit with ``reduce_range``
+    (the CLI chooses it for the CPU as for the int8 passes), uint8 activations per run, as
+    ``DynamicQuantizationPass`` writes it; its twin quantizes the input through
+    ``DynamicQuantizeLinear``), chosen by accuracy gained per latency given back like
+    every int8 budget (``QuantizationPass``), each layer timed in its own form (bits, zero
+    points, offsets, level).
 
     Refuses (stays float): non-float32 tensors, non-constant weights, weights that are
     not 2-D, Gemm with transA/alpha/beta, packed-QKV com.microsoft ``Attention``, and the
@@ -220,8 +224,8 @@ class Int4QuantizationPass(QuantizationPass):
             grid = recover_grid(layer.weight, self.block_size)
             if grid is None and self.accuracy_level == 4:
                 # An 8-bit checkpoint's layer (GGUF keeps heads in Q8_0) stays exact in MatMulNBits bits=8, whose
-                # int8-input kernel is fast (2.4 ms against float's 9.0 for SmolLM2's head at one row); at
-                # level 0 its float path is not (158 ms), so there the layer is rounded to 4 bits like any other.
+                # int8-input kernel is fast (2.0 ms against float's 8.1 for SmolLM2's head at one row); at
+                # level 0 its float path is not (135 ms), so there the layer is rounded to 4 bits like any other.
                 grid = recover_grid(layer.weight, self.block_size, bits=8)
             self._grids[key] = grid
         return self._grids[key]
@@ -233,10 +237,13 @@ class Int4QuantizationPass(QuantizationPass):
 
     def alternatives(self, layer: Layer) -> tuple[str, ...]:
         # Level 0 is the exact product of the 4-bit weights; at one row still faster than float for
-        # 4 bits (100 against 149 us, 576x1536), not for 8 (158 ms against 9 for SmolLM2's head).
+        # 4 bits (87 against 132 us, 576x1536), not for 8 (135 ms against 8 for SmolLM2's head).
+        # A head whose tied table reads its packed weight has no int8 form: its int8 copy would sit
+        # beside the float table (two tensors for one); float keeps one.
+        int8 = () if layer.name in self._planned.values() else ("int8",)
         if self.accuracy_level == 4 and self.weight(layer).bits == 4:
-            return (FLOAT_INPUT, "int8")
-        return ("int8",)
+            return (FLOAT_INPUT, *int8)
+        return int8
 
     def _level(self, layer: Layer) -> int:
         """The accuracy_level ``layer`` is written with: 0 where the budget chose float inputs for it."""
@@ -247,19 +254,19 @@ class Int4QuantizationPass(QuantizationPass):
             return None  # its table reads the head's packed weight (GatherBlockQuantized)
         return super().tied_weight_refusal(layer)
 
-    def _form(self, layer: Layer | None) -> tuple[int, bool]:
-        """The (bits, block offsets) ``layer`` is written with (HQQ's form when no layer is named)."""
+    def _form(self, layer: Layer | None) -> tuple[int, bool, bool]:
+        """The (bits, block offsets, zero points stored) ``layer`` is written with (the method's when none is named)."""
         if layer is None:
-            return 4, self.method == "hqq"
+            return 4, self.method == "hqq", not self.symmetric or self.method == "hqq"
         weight = self.weight(layer)
-        return weight.bits, weight.has_offsets
+        return weight.bits, weight.has_offsets, weight.zero_points is not None
 
     def speed_form(self, scheme: str, layer: Layer | None = None) -> str:
         if scheme == "int8":
             return "DynamicQuantizeMatMul"
-        bits, offsets = self._form(layer)
+        bits, offsets, zero_points = self._form(layer)
         width = " bits 8" if bits == 8 else ""
-        extra = " + block offsets" if offsets else ""
+        extra = (" + block offsets" if offsets else "") + ("" if zero_points else " symmetric")
         level = 0 if scheme == FLOAT_INPUT else self.accuracy_level
         return f"MatMulNBits{width} block {self.block_size} accuracy_level {level}{extra}"
 
@@ -377,10 +384,10 @@ class Int4QuantizationPass(QuantizationPass):
             elif tied is not None and (grid.has_offsets if grid is not None else self.method == "hqq"):
                 reason = (
                     "tied to an LM head whose zero points are float (HQQ's, or its grid's), "
-                    "which GatherBlockQuantized cannot read"
+                    "which GatherBlockQuantized cannot read: the table stays float"
                 )
             elif tied is not None and grid is not None and grid.bits == 8:
-                reason = "tied to an LM head kept exact in 8 bits (its checkpoint's grid): lookups do not share it"
+                reason = "tied to an LM head kept exact in 8 bits (its checkpoint's grid): the table stays float"
             if reason is not None:
                 refused.add(table.name)
                 self.refuse("embedding tables", reason)
@@ -421,13 +428,14 @@ class Int4QuantizationPass(QuantizationPass):
     def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
         float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
         twin = Int8Twin(source)
-        levels, int8, offsets = set(), 0, 0
+        levels: list[int] = []
+        int8, offsets = 0, 0
         for layer in twin.layers(self.kinds, names):
             self.twin_layer(twin, layer)
             if self.scheme(layer) == "int8":
                 int8 += 1
             else:
-                levels.add(self._level(layer))
+                levels.append(self._level(layer))
                 offsets += self.weight(layer).has_offsets
         graph = twin.model.graph
         for name, weight in self._applied.items():
@@ -436,7 +444,11 @@ class Int4QuantizationPass(QuantizationPass):
             for user, index in list(table.uses()):
                 if user.op_type == "Gather" and index == 0:
                     user.replace_input_with(0, dequantized)
-        inputs = " and inputs int8 per block (accuracy_level 4)" if 4 in levels else ""
+        rounded = levels.count(4)
+        if rounded == len(levels):
+            inputs = " and inputs int8 per block (accuracy_level 4)" if rounded else ""
+        else:
+            inputs = f", {rounded} of them with inputs int8 per block (accuracy_level 4)" if rounded else ""
         tables = f", {len(self._applied)} embedding tables dequantized" if self._applied else ""
         fallback = (
             f", {int8} int8 layers' weights int8-dequantized and inputs through DynamicQuantizeLinear" if int8 else ""
@@ -646,17 +658,23 @@ def _block_offsets(
     return [sums, correction, total]
 
 
-def _probe_weight(weight: Int4Weight, bits: int, offsets: bool) -> Int4Weight:
-    """A timing probe's values in the form (``bits``, float zero points or not) of the layer it stands for."""
+def _probe_weight(weight: Int4Weight, bits: int, offsets: bool, zero_points: bool) -> Int4Weight:
+    """A timing probe's values in the form (``bits``, float / uint8 / no zero points) of the layer it stands for."""
     values = weight.values
     if bits != weight.bits:
         values = np.random.default_rng(0).integers(0, 1 << bits, weight.values.shape).astype(np.uint8)
-    zero = np.full(weight.scales.shape, (1 << bits) // 2 - 0.25, dtype=np.float32) if offsets else None
+    middle = (1 << bits) // 2
+    if offsets:
+        zero = np.full(weight.scales.shape, middle - 0.25, dtype=np.float32)
+    else:
+        zero = np.full(weight.scales.shape, middle - 1, dtype=np.uint8) if zero_points else None
     return Int4Weight(values, weight.scales, zero, weight.k, weight.block_size, bits)
 
 
 def _round_input_blocks(x: np.ndarray, block_size: int) -> np.ndarray:
-    """``x [rows, K]`` rounded as MatMulNBits rounds its input at accuracy_level 4 (``_quantize_input_blocks``)."""
+    """``x [rows, K]`` rounded as MatMulNBits rounds its input at accuracy_level 4 (``_quantize_input_blocks``),
+    in float32 as the kernel does (float64 rounds a tie the other way now and then)."""
+    x = np.asarray(x, dtype=np.float32)
     rows, k = x.shape
     padded = -(-k // block_size) * block_size
     blocks = np.pad(x, ((0, 0), (0, padded - k))).reshape(rows, -1, block_size)

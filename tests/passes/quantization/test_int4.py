@@ -141,7 +141,7 @@ def test_hqq_float_zero_points_run_as_uint8_plus_block_offsets_at_the_int8_level
     model = mlp(head=False)
     result = Int4QuantizationPass(method="hqq", quantize_outputs=True)(model.clone())
     up = next(node for node in result.model.graph if node.op_type == "MatMulNBits")
-    # ONNX Runtime's float zero points have no int8 path (59-81x slower at one row): uint8 ones plus offsets
+    # ONNX Runtime's float zero points have no int8 path (62-78x slower at one row): uint8 ones plus offsets
     assert up.inputs[3].const_value.dtype == ir.DataType.UINT8
     assert up.attributes.get_int("accuracy_level", 0) == 4
     offsets = [node for node in result.model.graph if node.name.endswith("_block_offsets")]
@@ -185,6 +185,8 @@ def test_a_weight_on_a_4bit_grid_is_recovered_exactly(integer_zero):
     assert grid is not None
     np.testing.assert_allclose(grid.dequantize(), weight, atol=1e-6)
     assert grid.has_offsets is not integer_zero
+    if integer_zero:  # Q4_0 is symmetric: the implicit zero point 8, none stored
+        assert grid.zero_points is None
     # Round to nearest moves a Q4_1 block by up to half a step
     rtn_error = np.abs(quantize_rtn(weight, 32, symmetric=False).dequantize() - weight).max()
     assert (rtn_error > 1e-3) is not integer_zero
@@ -540,7 +542,7 @@ def test_an_8bit_grid_is_recovered_and_kept_exact_in_8_bits_at_level_4():
     weight = _on_q8_0_grid(64, 48)
     assert recover_grid(weight, 32) is None  # not a 4-bit grid
     grid = recover_grid(weight, 32, bits=8)
-    assert grid is not None and grid.bits == 8 and not grid.has_offsets
+    assert grid is not None and grid.bits == 8 and grid.zero_points is None  # Q8_0: the implicit 128
     np.testing.assert_allclose(grid.dequantize(), weight, atol=1e-6)
     model = _matmul(weight)
     feeds = {"x": np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)}
@@ -653,3 +655,30 @@ def test_the_budget_gives_a_layer_float_inputs_before_it_gives_it_up(tmp_path):
     assert second.op_type == "MatMulNBits" and not second.attributes.get_int("accuracy_level", 0)
     assert any("int4 with float inputs (accuracy_level 0) (second)" in note for note in result.notes)
     assert _closest_to_twin(result, feeds) < 1e-3
+
+
+def test_the_speed_probe_keeps_the_layers_zero_points():
+    from passes._layers import find_layers
+    from passes.quantization._layer_speed import LayerShape
+
+    model = mlp(head=False)
+    for method, symmetric, stored in (("rtn", False, True), ("rtn", True, False)):
+        quantizer = Int4QuantizationPass(method=method, symmetric=symmetric)
+        layers = find_layers(model.graph, quantizer.kinds)[0]
+        quantizer.prepare(model, layers, [])
+        probe = quantizer._layer_model(LayerShape("MatMul", 1, 64, 96), "int4", layers[0])
+        node = next(node for node in probe.graph if node.op_type == "MatMulNBits")
+        assert (len(node.inputs) > 3 and node.inputs[3] is not None) is stored
+        assert quantizer.speed_form("int4", layers[0]).endswith("symmetric") is not stored
+
+
+def test_a_tied_head_is_not_offered_int8():
+    from passes._layers import find_layers
+
+    model = _embedding_model(tied=True)
+    quantizer = Int4QuantizationPass(quantize_outputs=True)
+    quantizer._planned = quantizer._plan_tables(model)
+    layers = find_layers(model.graph, quantizer.kinds)[0]
+    quantizer.prepare(model, layers, [])
+    head = next(layer for layer in layers if layer.name == "lm_head")
+    assert "int8" not in quantizer.alternatives(head)
