@@ -399,7 +399,12 @@ def _add_compare_flags(parser: argparse.ArgumentParser, *, on_optimize: bool) ->
     group.add_argument(
         "--batch", default="1", help="batch sizes, comma-separated (default 1); throughput is reported for each"
     )
-    group.add_argument("--threads", type=int, help="intra-op threads (default: the cores this process may use)")
+    group.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads (default: the cores this process may use); on optimize also those of the kernel "
+        "timings the accuracy budget and --lowrank measure",
+    )
     group.add_argument(
         "--time-budget",
         type=float,
@@ -459,7 +464,8 @@ def _add_compare_flags(parser: argparse.ArgumentParser, *, on_optimize: bool) ->
         )
         group.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
     group.add_argument("--html", metavar="FILE", help="write the comparison as a self-contained HTML page")
-    parser.compare_dests = frozenset(action.dest for action in group._group_actions)
+    # --threads also sets the kernel timings of the passes (budget, --lowrank): not a comparison-only flag.
+    parser.compare_dests = frozenset(action.dest for action in group._group_actions) - {"threads"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -691,7 +697,13 @@ def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> None:
         flags = ", ".join(sorted(_spelled(args, dest, _flag_of_dest(dest)) for dest in parser_compare))
         raise OptionError(f"{flags}: comparison flags do nothing without --compare (add it, or run `graphopt compare`)")
     names = _split(args.passes, "--passes") if args.passes is not None else None
-    read = set().union(*(spec.options_read for spec in resolve(names, options)))
+    specs = resolve(names, options)
+    if "threads" in given and not args.compare and not any(spec.times_kernels for spec in specs):
+        raise OptionError(
+            "--threads does nothing here: it sets the threads of --compare and of the kernel timings of "
+            "--quantize and --lowrank"
+        )
+    read = set().union(*(spec.options_read for spec in specs))
     readers: dict[str, list[Any]] = {}
     for spec in all_passes():
         for option in spec.options_read:

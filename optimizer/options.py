@@ -47,6 +47,9 @@ class Options:
 
     # The run.
     target: str = field(default="cpu", metadata=_flag("--target", metavar="TARGET"))
+    # Intra-op threads of the kernel timings passes make (the budget's layers, --lowrank's ranks)
+    # and of --compare; None: the cores this process may use.
+    threads: int | None = field(default=None, metadata=_flag("--threads", metavar="N"))
     dims: Mapping[str, int] = field(default_factory=dict, metadata=_flag("--dim", metavar="NAME=SIZE"))
     static_shapes: bool = field(default=False, metadata=_flag("--static-shapes"))
     verify: bool = field(default=True, metadata=_flag("--no-verify"))
@@ -97,6 +100,14 @@ class Options:
         object.__setattr__(self, "max_sequence", _integer(self.max_sequence))
         object.__setattr__(self, "block_size", _integer(self.block_size))
         object.__setattr__(self, "int4_accuracy_level", _integer(self.int4_accuracy_level))
+        object.__setattr__(self, "threads", _integer(self.threads))
+        if self.threads is not None and (
+            not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
+        ):
+            raise OptionError(
+                f"--threads {self.threads}: expected a positive number of threads "
+                "(leave it out for the cores this process may use)"
+            )
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(f.default, bool) and not isinstance(value, bool):

@@ -150,6 +150,8 @@ class PassSpec:
       pipeline reads it is an error, not ignored).
     - ``excludes``: passes it does not combine with; ``after``: passes that must run
       before it when both are in the pipeline.
+    - ``times_kernels``: it times kernels on this machine (the quantization budget's
+      layers, low-rank's ranks) at ``Options.threads``.
     """
 
     name: str
@@ -165,6 +167,7 @@ class PassSpec:
     after: tuple[str, ...] = ()
     targets: tuple[str, ...] = TARGETS
     target_reason: str = ""
+    times_kernels: bool = False
 
     def __post_init__(self) -> None:
         unknown = (set(self.default_for) | set(self.targets)) - set(TARGETS)

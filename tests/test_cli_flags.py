@@ -39,6 +39,8 @@ def _one_error(code: int, err: str, message: str) -> None:
         # Away from its default the registry refuses it, in the words the Python API uses.
         (["--no-repair"], "--no-repair (repair=False) needs --prune-ffn R"),
         (["-v", "-q"], "-v and -q: choose one"),
+        (["--threads", "1"], "--threads does nothing here: it sets the threads of --compare and of the kernel"),
+        (["--threads", "0", "--compare"], "--threads 0: expected a positive number of threads"),
     ],
 )
 def test_a_flag_that_would_do_nothing_is_an_error(model, tmp_path, capsys, monkeypatch, flags, message):
@@ -120,3 +122,30 @@ def test_verbose_keeps_the_libraries_at_warning():
     assert levels[0] == (logging.ERROR, logging.ERROR)
     assert levels[1] == (logging.INFO, logging.WARNING)
     assert levels[2] == (logging.DEBUG, logging.INFO)
+
+
+@pytest.mark.parametrize(
+    ("options", "attribute"),
+    [
+        ({"quantize": "dynamic", "min_cosine": 0.99}, "timing_threads"),
+        ({"quantize": "int4", "min_cosine": 0.99}, "timing_threads"),
+        ({"lowrank": 0.25}, "threads"),
+    ],
+)
+def test_threads_reach_the_passes_that_time_kernels(options, attribute):
+    from optimizer.options import Options
+    from optimizer.protocol import PassContext
+    from optimizer.registry import resolve
+
+    context = PassContext(Options(threads=1, **options))
+    timing = [spec for spec in resolve(None, context.options) if spec.times_kernels]
+    assert len(timing) == 1
+    assert getattr(timing[0].factory(context), attribute) == 1
+
+
+def test_threads_with_a_pass_that_times_kernels_needs_no_compare(model, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(
+        ["optimize", model, "-o", tmp_path / "q.onnx", "--quantize", "dynamic", "--threads", "1"], capsys
+    )
+    assert code == 0, err

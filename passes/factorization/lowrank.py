@@ -130,8 +130,10 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         dims: Mapping[str, int] | None = None,
         exclude: Sequence[str] = (),
         speed: MeasuredSpeed | None = None,
+        threads: int | None = None,
     ) -> None:
         super().__init__()
+        self.threads = threads
         if not 0.0 < ratio < 1.0:
             raise ValueError(f"low-rank ratio {ratio}: expected a fraction of parameters in (0, 1)")
         if importance not in (None, *IMPORTANCE):
@@ -323,7 +325,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
             return f"--lowrank {self.ratio:g} leaves no rank for {k}×{n}"
         pays = min(parameter_limit(k, n), int(math.floor((1.0 - _MIN_SAVING) * k * n / (k + n))))
         timed = self._rows(readers)
-        speed = self.speed if self.speed is not None else MeasuredSpeed(self.target)
+        speed = self.speed if self.speed is not None else MeasuredSpeed(self.target, self.threads)
         self.speed = speed
         slower = self._slower(k, n, floor, timed)
         if slower is not None:

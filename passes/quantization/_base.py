@@ -147,6 +147,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         samples: Mapping[str, np.ndarray] | None = None,
         smooth_alpha: float | None = None,
         layer_speeds: LayerSpeeds | None = None,
+        timing_threads: int | None = None,
         weight_range_note: str | None = None,
     ) -> None:
         super().__init__()
@@ -160,6 +161,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.samples = samples
         self.smooth_alpha = smooth_alpha
         self.layer_speeds = layer_speeds
+        self.timing_threads = timing_threads
         self.quantized: list[str] = []
         self.kept_float: list[str] = []
         self.schemes: dict[str, str] = {}
@@ -524,7 +526,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if not self.measures_speed or any(layer.weight.ndim != 2 for layer in layers):
             self.note("budget: layer latencies not measured for this pass; every layer kept float costs the same")
             return unit, False
-        speeds = self.layer_speeds or LayerSpeeds()
+        speeds = self.layer_speeds or LayerSpeeds(threads=self.timing_threads)
         rows = _rows_per_sample(model, layers, batches)
         # A decoder with a key/value cache spends a generation mostly in one-token steps, where streaming
         # the weights limits (what int4 is for: 0.18x float at 1 row, 1.3x at 128); its layers are timed as

@@ -124,6 +124,7 @@ class Int4QuantizationPass(QuantizationPass):
         samples: Mapping[str, np.ndarray] | None = None,
         samples_generated: bool = False,
         layer_speeds: LayerSpeeds | None = None,
+        timing_threads: int | None = None,
         reduce_range: bool = True,
     ) -> None:
         super().__init__(
@@ -133,6 +134,7 @@ class Int4QuantizationPass(QuantizationPass):
             budget=budget,
             samples=samples,
             layer_speeds=layer_speeds,
+            timing_threads=timing_threads,
         )
         if method not in INT4_METHODS:
             raise ValueError(f"int4 method {method!r}: expected one of {', '.join(INT4_METHODS)}")

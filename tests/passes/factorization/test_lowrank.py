@@ -185,7 +185,7 @@ def test_a_rank_the_bisection_thought_fast_is_timed_itself_before_it_is_written(
 def test_target_cuda_without_cuda_times_nothing_and_says_why(monkeypatch):
     monkeypatch.setattr(lowrank, "cuda_unavailable_reason", lambda: "onnxruntime-gpu is not installed")
     measured = []
-    monkeypatch.setattr(lowrank, "MeasuredSpeed", lambda target: measured.append(target))
+    monkeypatch.setattr(lowrank, "MeasuredSpeed", lambda target, threads=None: measured.append(target))
     result = LowRankFactorizationPass(0.5, target="cuda")(graphs.projections())
     assert not result.modified and not measured
     assert result.refusals == [
@@ -344,7 +344,7 @@ def test_pipeline_prunes_then_factorizes_then_quantizes(monkeypatch):
     """prune-ffn → factorize-lowrank → quantize-dynamic on one FFN block: the factors quantize like any MatMul."""
     from tests.passes.pruning.graphs import ffn
 
-    monkeypatch.setattr(lowrank, "MeasuredSpeed", lambda target: FakeSpeed())
+    monkeypatch.setattr(lowrank, "MeasuredSpeed", lambda target, threads=None: FakeSpeed())
     model = ffn(hidden=128, inner=256)
     rng = np.random.default_rng(0)
     calibration = {"x": (rng.standard_normal((16, 12, 128)) * 0.5).astype(np.float32)}
