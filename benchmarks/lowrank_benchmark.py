@@ -99,7 +99,7 @@ def compare(before: Path, after: Path, out: Path, args: argparse.Namespace, dims
     return [round(ratio["ratio"], 3), round(ratio["low"], 3), round(ratio["high"], 3)]
 
 
-def warm_speed_cache(model: ir.Model, ratios: list[float], dims: dict[str, int]) -> None:
+def warm_speed_cache(model: ir.Model, ratios: list[float], dims: dict[str, int], threads: int) -> None:
     """Time the factorized shapes once under the lock (the pass's own candidate search and speed notes, without
     any decomposition), so the variants only read the cache; without the lock when all is cached already."""
 
@@ -108,7 +108,8 @@ def warm_speed_cache(model: ir.Model, ratios: list[float], dims: dict[str, int])
 
     def visit(measure) -> None:
         for ratio in ratios:
-            factorize = LowRankFactorizationPass(ratio, dims=dims, speed=MeasuredSpeed(measure=measure))
+            speed = MeasuredSpeed(threads=threads, measure=measure)
+            factorize = LowRankFactorizationPass(ratio, dims=dims, speed=speed)
             for group in factorize._candidates(model.graph):
                 k, n = group.shape
                 for rows in group.rows:
@@ -173,7 +174,7 @@ def run_minilm(args: argparse.Namespace) -> None:
     base = parameter_count(fused)
     row = {"model": "minilm", "variant": "graphopt float", "parameters": base}
     rows, timings = [row], [("latency_vs_original", Path(args.model), float_path, args.out / "float.json", dims)]
-    warm_speed_cache(fused, args.ratios, dims)
+    warm_speed_cache(fused, args.ratios, dims, args.threads)
     for ratio in args.ratios:
         removed = None
         for name, importance, repair, with_data in _chosen(args.settings):
@@ -187,6 +188,7 @@ def run_minilm(args: argparse.Namespace) -> None:
                 importance=importance,
                 repair=repair if with_data else None,
                 calibration=calibration if with_data else None,
+                threads=args.threads,
             )
             ir.save(model, path)
             record = next(r for r in report.passes if r.name == "factorize-lowrank")
@@ -253,7 +255,7 @@ def run_smollm2(args: argparse.Namespace) -> None:
     )
     rows, timings = [row], [("latency_vs_original", original_path, args.float, args.out / "float.json", dims)]
     print(json.dumps(row), file=sys.stderr, flush=True)
-    warm_speed_cache(ir.load(args.float), args.ratios, {"batch": 1, "sequence": 1})
+    warm_speed_cache(ir.load(args.float), args.ratios, {"batch": 1, "sequence": 1}, args.threads)
 
     def measure(name: str, make, path: Path) -> dict:
         started = time.time()
@@ -287,6 +289,7 @@ def run_smollm2(args: argparse.Namespace) -> None:
                 repair=repair,
                 samples=calibration if with_data else None,
                 dims={"batch": 1, "sequence": 1},
+                threads=args.threads,  # its ranks timed at the threads the comparison runs at
             )
             path = args.out / f"lowrank_{ratio}_{importance}_{repair}.onnx"
             row = measure(f"lowrank {ratio} {name}", factorize, path)

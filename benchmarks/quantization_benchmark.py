@@ -170,13 +170,15 @@ def main() -> None:
     labels = np.load(args.labels) if args.labels else None
     cal = ["--calibration", str(args.calibration)]
     smooth = ["--smooth", args.smooth] if args.smooth else []
+    # The budget times its layers at the threads the comparison runs at.
+    threads = ["--threads", str(args.threads)] if getattr(args, "threads", None) else []
     fused = graphopt(args.model, args.out / "float.onnx")
     variants = {
         "float": fused,
         "graphopt-dynamic": lambda p: graphopt(args.model, p, "--quantize", "dynamic", *cal),
         "graphopt-dynamic-per-tensor": lambda p: graphopt(args.model, p, "--quantize", "dynamic", "--per-tensor", *cal),
         "graphopt-dynamic-budget": lambda p: graphopt(
-            args.model, p, "--quantize", "dynamic", *cal, *smooth, "--min-cosine", str(args.budget)
+            args.model, p, "--quantize", "dynamic", *cal, *smooth, "--min-cosine", str(args.budget), *threads
         ),
         "graphopt-static": lambda p: graphopt(args.model, p, "--quantize", "static", *cal),
         "graphopt-static-budget": lambda p: graphopt(

@@ -402,8 +402,8 @@ def _add_compare_flags(parser: argparse.ArgumentParser, *, on_optimize: bool) ->
     group.add_argument(
         "--threads",
         type=int,
-        help="intra-op threads (default: the cores this process may use); on optimize also those of the kernel "
-        "timings the accuracy budget and --lowrank measure",
+        help="intra-op threads (default: the cores this process may use)"
+        + ("; also those of the kernel timings of --lowrank and of a --quantize budget" if on_optimize else ""),
     )
     group.add_argument(
         "--time-budget",
@@ -698,10 +698,10 @@ def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> None:
         raise OptionError(f"{flags}: comparison flags do nothing without --compare (add it, or run `graphopt compare`)")
     names = _split(args.passes, "--passes") if args.passes is not None else None
     specs = resolve(names, options)
-    if "threads" in given and not args.compare and not any(spec.times_kernels for spec in specs):
+    if "threads" in given and not args.compare and not any(spec.kernels_timed(options) for spec in specs):
         raise OptionError(
             "--threads does nothing here: it sets the threads of --compare and of the kernel timings of "
-            "--quantize and --lowrank"
+            "--lowrank and of a --quantize dynamic|int4 budget (--min-cosine/--max-error)"
         )
     read = set().union(*(spec.options_read for spec in specs))
     readers: dict[str, list[Any]] = {}

@@ -150,8 +150,9 @@ class PassSpec:
       pipeline reads it is an error, not ignored).
     - ``excludes``: passes it does not combine with; ``after``: passes that must run
       before it when both are in the pipeline.
-    - ``times_kernels``: it times kernels on this machine (the quantization budget's
-      layers, low-rank's ranks) at ``Options.threads``.
+    - ``times_kernels``: it times kernels on this machine at ``Options.threads``: True
+      always (low-rank's ranks), ``"budget"`` only under an accuracy budget (the
+      quantization budget's layers); ``kernels_timed`` says whether it does for given options.
     """
 
     name: str
@@ -167,7 +168,7 @@ class PassSpec:
     after: tuple[str, ...] = ()
     targets: tuple[str, ...] = TARGETS
     target_reason: str = ""
-    times_kernels: bool = False
+    times_kernels: bool | str = False
 
     def __post_init__(self) -> None:
         unknown = (set(self.default_for) | set(self.targets)) - set(TARGETS)
@@ -189,6 +190,12 @@ class PassSpec:
         if self.approximate:
             names.update(BUDGET_OPTIONS)
         return frozenset(names)
+
+    def kernels_timed(self, options: Options) -> bool:
+        """Whether this pass times kernels (at ``options.threads``) in a run with ``options``."""
+        if self.times_kernels == "budget":
+            return options.budget is not None
+        return bool(self.times_kernels)
 
     def how_to_ask(self) -> str:
         """How a user adds this pass: its flag if an option asks for it, else ``--passes +NAME``."""

@@ -40,6 +40,7 @@ def _one_error(code: int, err: str, message: str) -> None:
         (["--no-repair"], "--no-repair (repair=False) needs --prune-ffn R"),
         (["-v", "-q"], "-v and -q: choose one"),
         (["--threads", "1"], "--threads does nothing here: it sets the threads of --compare and of the kernel"),
+        (["--quantize", "dynamic", "--threads", "1"], "--threads does nothing here"),  # no budget: nothing timed
         (["--threads", "0", "--compare"], "--threads 0: expected a positive number of threads"),
     ],
 )
@@ -128,6 +129,7 @@ def test_verbose_keeps_the_libraries_at_warning():
     ("options", "attribute"),
     [
         ({"quantize": "dynamic", "min_cosine": 0.99}, "timing_threads"),
+        ({"quantize": "static", "min_cosine": 0.99}, None),  # its budget times nothing
         ({"quantize": "int4", "min_cosine": 0.99}, "timing_threads"),
         ({"lowrank": 0.25}, "threads"),
     ],
@@ -138,14 +140,16 @@ def test_threads_reach_the_passes_that_time_kernels(options, attribute):
     from optimizer.registry import resolve
 
     context = PassContext(Options(threads=1, **options))
-    timing = [spec for spec in resolve(None, context.options) if spec.times_kernels]
+    timing = [spec for spec in resolve(None, context.options) if spec.kernels_timed(context.options)]
+    if attribute is None:
+        assert not timing
+        return
     assert len(timing) == 1
     assert getattr(timing[0].factory(context), attribute) == 1
 
 
 def test_threads_with_a_pass_that_times_kernels_needs_no_compare(model, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(
-        ["optimize", model, "-o", tmp_path / "q.onnx", "--quantize", "dynamic", "--threads", "1"], capsys
-    )
+    flags = ["--quantize", "dynamic", "--min-cosine", "0.5", "--threads", "1"]
+    code, _, err = run_cli(["optimize", model, "-o", tmp_path / "q.onnx", *flags], capsys)
     assert code == 0, err

@@ -110,7 +110,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
     is the accuracy on the samples (when there are any).
 
     ``speed`` (injectable for tests) is the per-shape timing cache, a
-    ``MeasuredSpeed`` for ``target`` by default; ``rows``, the row counts each layer is
+    ``MeasuredSpeed`` for ``target`` at ``threads`` (None: all cores) by default; ``rows``, the row counts each layer is
     timed at, comes from ``dims`` where they fix the layer's input shape, else
     ``DEFAULT_ROWS``.
     """

@@ -121,7 +121,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     quantized copy beside the float table would store it twice.
 
     ``layer_speeds`` times the layers for the budget (by default on this machine, cached per
-    shape in the user's cache folder; tests inject a measurement).
+    shape in the user's cache folder; tests inject a measurement), at ``timing_threads``
+    intra-op threads (None: all cores).
     """
 
     kinds: tuple[str, ...] = ()
