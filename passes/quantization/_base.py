@@ -46,7 +46,7 @@ from optimizer.inputs import holds_samples, samples_in, split_samples
 from optimizer.padding import cache_outputs
 from optimizer.progress import task, track
 from optimizer.protocol import Twin
-from optimizer.runtime import run_batches, stream_values
+from optimizer.runtime import cuda_unavailable_reason, run_batches, stream_values
 from passes._layers import Layer, excluded, feeds_graph_output, find_layers, name_nodes, tied_weight_reason
 from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
@@ -163,6 +163,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.smooth_alpha = smooth_alpha
         self.layer_speeds = layer_speeds
         self.timing_threads = timing_threads
+        # The device the budget's layer timings run on (a pass with a --target sets it).
+        self.timing_target = "cpu"
         self.quantized: list[str] = []
         self.kept_float: list[str] = []
         self.schemes: dict[str, str] = {}
@@ -527,7 +529,15 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if not self.measures_speed or any(layer.weight.ndim != 2 for layer in layers):
             self.note("budget: layer latencies not measured for this pass; every layer kept float costs the same")
             return unit, False
-        speeds = self.layer_speeds or LayerSpeeds(threads=self.timing_threads)
+        target = self.timing_target
+        if self.layer_speeds is None and target == "cuda" and (reason := cuda_unavailable_reason()) is not None:
+            # Timed on the CPU they would rank layers for the wrong device (and be filed under CUDA).
+            self.note(
+                f"budget: layer latencies not measured: --target cuda and {reason}; "
+                "every layer kept float costs the same"
+            )
+            return unit, False
+        speeds = self.layer_speeds or LayerSpeeds(target, threads=self.timing_threads)
         rows = _rows_per_sample(model, layers, batches)
         # A decoder with a key/value cache spends a generation mostly in one-token steps, where streaming
         # the weights limits (what int4 is for: 0.18x float at 1 row, 1.3x at 128); its layers are timed as

@@ -142,6 +142,7 @@ class Int4QuantizationPass(QuantizationPass):
         self.method = method
         self.symmetric = symmetric
         self.accuracy_level = ACCURACY_LEVELS[target] if accuracy_level is None else accuracy_level
+        self.timing_target = target
         if self.accuracy_level not in (0, 4):
             # Levels 1-3 (float32, float16, bfloat16 compute) have no twin written here.
             raise ValueError(f"accuracy_level {self.accuracy_level}: expected 0 (float) or 4 (int8 input)")

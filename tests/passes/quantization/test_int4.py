@@ -682,3 +682,21 @@ def test_a_tied_head_is_not_offered_int8():
     quantizer.prepare(model, layers, [])
     head = next(layer for layer in layers if layer.name == "lm_head")
     assert "int8" not in quantizer.alternatives(head)
+
+
+def test_a_cuda_budget_without_cuda_does_not_time_layers_on_the_cpu(monkeypatch):
+    from passes.quantization import _base
+
+    monkeypatch.setattr(_base, "cuda_unavailable_reason", lambda: "onnxruntime-gpu is not installed")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a CUDA budget timed its layers on the CPU")
+
+    monkeypatch.setattr(_base, "LayerSpeeds", refuse)
+    model = mlp()
+    feeds = samples(model, 8)
+    quantizer = Int4QuantizationPass(
+        target="cuda", quantize_outputs=True, samples=feeds, budget=AccuracyBudget(min_cosine=0.9999)
+    )
+    result = quantizer(model.clone())
+    assert any("--target cuda and onnxruntime-gpu is not installed" in note for note in result.notes)
