@@ -104,6 +104,11 @@ def _check(specs: list[PassSpec], options: Options, registry: dict[str, PassSpec
         if option in readers and option not in read:
             asks = ways_to_ask(readers[option])
             raise PassSelectionError(f"{options.describe(option)} needs {asks}")
+    if options.threads is not None and not any(spec.kernels_timed(options) for spec in specs):
+        raise PassSelectionError(
+            f"{options.describe('threads')} does nothing here: it sets the threads of the kernel timings of "
+            "--lowrank and of a --quantize dynamic|int4 budget (--min-cosine/--max-error)"
+        )
 
 
 def ways_to_ask(specs: Iterable[PassSpec]) -> str:

@@ -135,15 +135,17 @@ def test_verbose_keeps_the_libraries_at_warning():
     ],
 )
 def test_threads_reach_the_passes_that_time_kernels(options, attribute):
+    from optimizer.errors import PassSelectionError
     from optimizer.options import Options
     from optimizer.protocol import PassContext
     from optimizer.registry import resolve
 
     context = PassContext(Options(threads=1, **options))
-    timing = [spec for spec in resolve(None, context.options) if spec.kernels_timed(context.options)]
-    if attribute is None:
-        assert not timing
+    if attribute is None:  # nothing times kernels: the registry refuses threads, as for any unused option
+        with pytest.raises(PassSelectionError, match="does nothing here"):
+            resolve(None, context.options)
         return
+    timing = [spec for spec in resolve(None, context.options) if spec.kernels_timed(context.options)]
     assert len(timing) == 1
     assert getattr(timing[0].factory(context), attribute) == 1
 
@@ -152,4 +154,19 @@ def test_threads_with_a_pass_that_times_kernels_needs_no_compare(model, tmp_path
     monkeypatch.chdir(tmp_path)
     flags = ["--quantize", "dynamic", "--min-cosine", "0.5", "--threads", "1"]
     code, _, err = run_cli(["optimize", model, "-o", tmp_path / "q.onnx", *flags], capsys)
+    assert code == 0, err
+
+
+def test_the_api_refuses_threads_that_nothing_uses(model):
+    from optimizer.api import optimize
+    from optimizer.errors import PassSelectionError
+
+    with pytest.raises(PassSelectionError, match="--threads 2 \\(threads=2\\) does nothing here"):
+        optimize(model, threads=2)
+
+
+def test_threads_for_compare_alone_still_run(model, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--compare", "--threads", "1", "--time-budget", "0.2", "--iterations", "3", "--warmup", "0"]
+    code, _, err = run_cli(["optimize", model, "-o", tmp_path / "o.onnx", *flags], capsys)
     assert code == 0, err
