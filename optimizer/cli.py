@@ -626,10 +626,7 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
     from optimizer.progress import reporting_to, task
     from optimizer.report import render_table
 
-    options = options_from_args(args)
-    _refuse_ignored_flags(args, options)
-    if options.threads is not None and not any(spec.kernels_timed(options) for spec in _pipeline_specs(args, options)):
-        options = dataclasses.replace(options, threads=None)  # --compare's alone (CompareSettings)
+    options = _refuse_ignored_flags(args, options_from_args(args))
     writes = {"-o": args.output, _spelled(args, "pipeline_json", "--pipeline-json"): args.pipeline_json}
     if args.compare:
         writes.update({_spelled(args, "json", "--compare-json"): args.json, "--html": args.html})
@@ -683,27 +680,34 @@ def options_from_args(args: argparse.Namespace) -> Options:
     return Options.build(**values)
 
 
-def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> None:
+def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> Options:
     """A flag that would do nothing in this command line is an error, not silently dropped.
 
     - comparison flags without ``--compare``;
+    - ``--threads`` without ``--compare`` or a pass that times kernels;
     - an option flag given explicitly, even at its default value, that no pass in the
       pipeline reads (``--calibration-method percentile`` without ``--quantize static``;
       the registry refuses the same for values away from the default).
+
+    Returns ``options`` for the pipeline: without ``threads`` where only ``--compare`` uses them.
     """
-    from optimizer.registry import all_passes, ways_to_ask
+    from optimizer.registry import all_passes, kernel_timing_passes, resolve, ways_to_ask
 
     given = getattr(args, "given", set())
     parser_compare = {dest for dest in given if dest in _compare_dests()}
     if parser_compare and not args.compare:
         flags = ", ".join(sorted(_spelled(args, dest, _flag_of_dest(dest)) for dest in parser_compare))
         raise OptionError(f"{flags}: comparison flags do nothing without --compare (add it, or run `graphopt compare`)")
-    specs = _pipeline_specs(args, options)
-    if "threads" in given and not args.compare and not any(spec.kernels_timed(options) for spec in specs):
-        raise OptionError(
-            "--threads does nothing here: it sets the threads of --compare and of the kernel timings of "
-            "--lowrank and of a --quantize dynamic|int4 budget (--min-cosine/--max-error)"
-        )
+    # Resolved without threads: the registry refuses threads no pass uses, and --compare may use them.
+    names = _split(args.passes, "--passes") if args.passes is not None else None
+    specs = resolve(names, dataclasses.replace(options, threads=None))
+    if not any(spec.kernels_timed(options) for spec in specs):
+        if "threads" in given and not args.compare:
+            raise OptionError(
+                "--threads does nothing here: it sets the threads of --compare and of the kernel timings of "
+                f"{kernel_timing_passes()}"
+            )
+        options = dataclasses.replace(options, threads=None)  # --compare's alone (CompareSettings)
     read = set().union(*(spec.options_read for spec in specs))
     readers: dict[str, list[Any]] = {}
     for spec in all_passes():
@@ -715,15 +719,7 @@ def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> None:
         if option in readers and option not in read and option not in changed:
             asks = ways_to_ask(readers[option])
             raise OptionError(f"{_flag_of_dest(dest)} does nothing here: it needs {asks}")
-
-
-def _pipeline_specs(args: argparse.Namespace, options: Options) -> list[Any]:
-    """The passes the command line's ``--passes`` and options select."""
-    from optimizer.registry import resolve
-
-    # Resolved without --threads: the registry refuses threads no pass uses, and here --compare may use them.
-    names = _split(args.passes, "--passes") if args.passes is not None else None
-    return resolve(names, dataclasses.replace(options, threads=None))
+    return options
 
 
 def _compare_dests() -> frozenset[str]:

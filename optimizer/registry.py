@@ -107,8 +107,15 @@ def _check(specs: list[PassSpec], options: Options, registry: dict[str, PassSpec
     if options.threads is not None and not any(spec.kernels_timed(options) for spec in specs):
         raise PassSelectionError(
             f"{options.describe('threads')} does nothing here: it sets the threads of the kernel timings of "
-            "--lowrank and of a --quantize dynamic|int4 budget (--min-cosine/--max-error)"
+            f"{kernel_timing_passes()}"
         )
+
+
+def kernel_timing_passes() -> str:
+    """How a user asks for a pass that times kernels (what ``threads`` sets): ``--lowrank R or ...``."""
+    specs = [spec for spec in all_passes() if spec.times_kernels]
+    budgeted = " (some only under --min-cosine/--max-error)" if any(s.times_kernels == "budget" for s in specs) else ""
+    return ways_to_ask(specs) + budgeted
 
 
 def ways_to_ask(specs: Iterable[PassSpec]) -> str:

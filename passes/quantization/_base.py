@@ -121,8 +121,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     quantized copy beside the float table would store it twice.
 
     ``layer_speeds`` times the layers for the budget (by default on this machine, cached per
-    shape in the user's cache folder; tests inject a measurement), at ``timing_threads``
-    intra-op threads (None: all cores).
+    shape in the user's cache folder; tests inject a measurement), on ``timing_target``'s
+    device at ``timing_threads`` intra-op threads (None: all cores).
     """
 
     kinds: tuple[str, ...] = ()
@@ -149,6 +149,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         smooth_alpha: float | None = None,
         layer_speeds: LayerSpeeds | None = None,
         timing_threads: int | None = None,
+        timing_target: str = "cpu",
         weight_range_note: str | None = None,
     ) -> None:
         super().__init__()
@@ -163,8 +164,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.smooth_alpha = smooth_alpha
         self.layer_speeds = layer_speeds
         self.timing_threads = timing_threads
-        # The device the budget's layer timings run on (a pass with a --target sets it).
-        self.timing_target = "cpu"
+        self.timing_target = timing_target
         self.quantized: list[str] = []
         self.kept_float: list[str] = []
         self.schemes: dict[str, str] = {}
@@ -393,15 +393,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         ``_local_alternative_errors`` (a scheme with no local estimate is not offered).
         """
         sensitivity = self._sensitivity(model, layers, batches, reference)
-        scale = (
-            self._role_scale(model, layers, sensitivity, batches, reference)
-            if len(layers) > _EXHAUSTIVE_LAYERS
-            else None
-        )
-
-        def scaled(name: str, value: float) -> float:
-            return scale(name, value) if scale is not None else value
-
+        if len(layers) > _EXHAUSTIVE_LAYERS:
+            scaled = self._role_scale(model, layers, sensitivity, batches, reference)
+        else:
+            scaled = _unscaled
         errors = {
             layer.name: {self.default_scheme: scaled(layer.name, sensitivity[layer.name]), FLOAT: 0.0}
             for layer in layers
@@ -433,7 +428,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     def _role_scale(
         self, model: ir.Model, layers: list[Layer], local: Mapping[str, float], batches, reference
-    ) -> Callable[[str, float], float] | None:
+    ) -> Callable[[str, float], float]:
         """What turns a layer's local estimate into the model's drift, measured per role.
 
         A role is the layers that play one part in every block (``layers.3/self_attn/q_proj``
@@ -447,7 +442,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         MLPs (0.9981), because the softmax amplifies a query's or key's error, and their local
         errors did not show it. Layers in no role (a head, a stem) get the median factor; a
         role whose estimates are all zero gets its measured drift shared among its layers as a
-        floor; convolutions keep their own measured cost. None (estimates unscaled, and a note
+        floor; convolutions keep their own measured cost. Estimates stay as they are (and a note
         says why) where no role has two layers or there are more roles than
         ``_EXHAUSTIVE_LAYERS``.
         """
@@ -464,7 +459,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 else (f"{len(roles)} roles, more than {_EXHAUSTIVE_LAYERS} trials")
             )
             self.note(f"sensitivity: local estimates not scaled per role ({why})")
-            return None
+            return _unscaled
         power = 2.0 if self.budget.min_cosine is not None else 1.0
         factors: dict[str, float] = {}
         floors: dict[str, float] = {}
@@ -498,23 +493,25 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self, model: ir.Model, layers: Sequence[Layer], batches
     ) -> dict[str, dict[str, float]]:
         """Local estimates (relative error of the layer's output on sampled input rows, as ``_local_errors``)
-        of each layer's alternatives; subclasses whose default is not per-tensor int8 override this."""
+        of each layer's alternatives (``_local_alternative_error``), from one run of the model."""
         rows = sample_layer_inputs(model, layers, batches)
         estimates: dict[str, dict[str, float]] = {}
         for layer in layers:
             x = rows[layer.activation.name].astype(np.float64)
             found = estimates.setdefault(layer.name, {})
             for scheme in self.alternatives(layer):
-                if scheme in _LOCAL_FORMS:
-                    activation, reduce_range = _LOCAL_FORMS[scheme]
-                    found[scheme] = local_error(
-                        x,
-                        layer,
-                        activation,
-                        self.reduce_range if reduce_range is None else reduce_range,
-                        self.per_channel,
-                    )
+                if (error := self._local_alternative_error(x, layer, scheme)) is not None:
+                    found[scheme] = error
         return estimates
+
+    def _local_alternative_error(self, x: np.ndarray, layer: Layer, scheme: str) -> float | None:
+        """``layer``'s local estimate in the alternative ``scheme`` on its input rows ``x`` (None: none);
+        a subclass with schemes of its own adds theirs."""
+        if scheme not in _LOCAL_FORMS:
+            return None
+        activation, reduce_range = _LOCAL_FORMS[scheme]
+        reduce_range = self.reduce_range if reduce_range is None else reduce_range
+        return local_error(x, layer, activation, reduce_range, self.per_channel)
 
     def _layer_times(
         self, model: ir.Model, layers: list[Layer], batches, options: Mapping[str, Sequence[str]]
@@ -552,18 +549,15 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             if decoder:  # a layer that reads one row even in the prefill (the last token's head) too
                 parts.append((LayerShape("MatMul", 1, k, n), GENERATED_TOKENS))
             total: dict[str, float] = {}
+            forms = {
+                scheme: self.speed_form(scheme, layer) if scheme != FLOAT else FLOAT for scheme in options[layer.name]
+            }
             for shape, count in parts:
                 shapes.add(shape)
-                builders = {
-                    self.speed_form(scheme, layer) if scheme != FLOAT else FLOAT: _builder(self, shape, scheme, layer)
-                    for scheme in options[layer.name]
-                }
+                builders = {form: _builder(self, shape, scheme, layer) for scheme, form in forms.items()}
                 for form, seconds in speeds.seconds(shape, builders).items():
                     total[form] = total.get(form, 0.0) + count * seconds
-            times[layer.name] = {
-                scheme: total[self.speed_form(scheme, layer) if scheme != FLOAT else FLOAT]
-                for scheme in options[layer.name]
-            }
+            times[layer.name] = {scheme: total[form] for scheme, form in forms.items()}
         workload = (
             f" (a decoder with a key/value cache: timed as a generation, a prefill of the samples' tokens and "
             f"{GENERATED_TOKENS} one-token steps)"
@@ -613,6 +607,11 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if self.budget.min_cosine is not None:
             return 1.0 - drift.cosine
         return drift.max_error
+
+
+def _unscaled(name: str, value: float) -> float:
+    """A local estimate as it is (no role scaled it)."""
+    return value
 
 
 _BLOCK_INDEX = re.compile(r"((?:^|[/._])(?:layers|layer|h|blocks|block)[._])\d+(?=[/._]|$)")
@@ -725,8 +724,6 @@ def output_error(approximate: np.ndarray, exact: np.ndarray) -> float:
     width = exact.shape[-1]
     size = np.linalg.norm(exact.reshape(-1, width), axis=1)
     missed = np.linalg.norm((approximate - exact).reshape(-1, width), axis=1)
-    # A row far smaller than the typical one (an attention sink's near-zero values) is held to a tenth of
-    # the median row, so its rounding cannot outweigh every other row.
     floor = max(0.1 * float(np.median(size)) if len(size) else 0.0, 1e-30)
     return float(np.sqrt(np.mean((missed / np.maximum(size, floor)) ** 2))) if len(size) else 0.0
 

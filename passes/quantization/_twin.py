@@ -19,7 +19,7 @@ rounded to float16, computing in float32 (``float16_twin``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -101,7 +101,6 @@ class Int8Twin:
         self.set_weight(layer, weight.values.astype(np.float32))
         graph = self.model.graph
         output = node.outputs[0]
-        users = list(output.uses())
         weight_scale = add_initializer(graph, f"{node.name}.twin_weight_scale", weight.scale.astype(np.float32))
         product = ir.Node("", "Mul", [scale, weight_scale], name=f"{node.name}_twin_scales")
         scaled = ir.Node("", "Mul", [output, product.outputs[0]], name=f"{node.name}_twin_scaled")
@@ -110,15 +109,24 @@ class Int8Twin:
             bias = node.inputs[2]
             node.replace_input_with(2, None)
             added.append(ir.Node("", "Add", [scaled.outputs[0], bias], name=f"{node.name}_twin_bias"))
+        self.follow_output(node, added, "twin_integer_sum")
+
+    def follow_output(self, node: ir.Node, added: Sequence[ir.Node], suffix: str) -> None:
+        """Insert ``added`` (which read ``node``'s first output) after ``node``, the last one's output standing
+        for that output from then on: for every other user, and as the graph output under its name (the
+        first output is renamed with ``suffix``)."""
+        output = node.outputs[0]
+        ours = {id(made) for made in added}
+        users = [(user, index) for user, index in output.uses() if id(user) not in ours]
         result = added[-1].outputs[0]
         result.shape, result.type = output.shape, output.type
-        graph.insert_after(node, added)
+        self.model.graph.insert_after(node, added)
         for user, index in users:
             user.replace_input_with(index, result)
         if output.is_graph_output():
             outputs = self.model.graph.outputs
             position = list(outputs).index(output)
-            result.name, output.name = output.name, f"{output.name}.twin_integer_sum"
+            result.name, output.name = output.name, f"{output.name}.{suffix}"
             outputs[position] = result
 
     def quantize_output(self, node: ir.Node, scale: np.floating, zero_point: np.uint8) -> None:

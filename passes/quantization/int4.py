@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -135,6 +136,7 @@ class Int4QuantizationPass(QuantizationPass):
             samples=samples,
             layer_speeds=layer_speeds,
             timing_threads=timing_threads,
+            timing_target=target,
         )
         if method not in INT4_METHODS:
             raise ValueError(f"int4 method {method!r}: expected one of {', '.join(INT4_METHODS)}")
@@ -142,7 +144,6 @@ class Int4QuantizationPass(QuantizationPass):
         self.method = method
         self.symmetric = symmetric
         self.accuracy_level = ACCURACY_LEVELS[target] if accuracy_level is None else accuracy_level
-        self.timing_target = target
         if self.accuracy_level not in (0, 4):
             # Levels 1-3 (float32, float16, bfloat16 compute) have no twin written here.
             raise ValueError(f"accuracy_level {self.accuracy_level}: expected 0 (float) or 4 (int8 input)")
@@ -292,7 +293,7 @@ class Int4QuantizationPass(QuantizationPass):
         prefix = node.name
         activation = layer.activation
         packed = add_initializer(graph, f"{prefix}.weight_int4", weight.packed())
-        inputs = [layer.activation, packed, add_initializer(graph, f"{prefix}.scales", weight.scales.reshape(-1))]
+        inputs = [activation, packed, add_initializer(graph, f"{prefix}.scales", weight.scales.reshape(-1))]
         zero_points = weight.packed_zero_points()
         inputs.append(add_initializer(graph, f"{prefix}.zero_points", zero_points) if zero_points is not None else None)
         result, bias = node.outputs[0], layer.bias
@@ -413,20 +414,10 @@ class Int4QuantizationPass(QuantizationPass):
             _quantize_input_blocks(twin.model, layer, self.block_size)
         if offsets is not None:
             # The offsets read the float input, as the rewrite's MatMuls do, after the layer's own product.
-            graph, node = twin.model.graph, layer.node
-            output = node.outputs[0]
-            users = list(output.uses())
-            added = _block_offsets(graph, x, output, offsets, exact.k, self.block_size, f"{node.name}.twin")
-            graph.insert_after(node, added)
-            result = added[-1].outputs[0]
-            result.shape, result.type = output.shape, output.type
-            for user, index in users:
-                user.replace_input_with(index, result)
-            if output.is_graph_output():
-                outputs = graph.outputs
-                position = list(outputs).index(output)
-                result.name, output.name = output.name, f"{output.name}.twin_stored"
-                outputs[position] = result
+            node = layer.node
+            prefix = f"{node.name}.twin"
+            added = _block_offsets(twin.model.graph, x, node.outputs[0], offsets, exact.k, self.block_size, prefix)
+            twin.follow_output(node, added, "twin_stored")
 
     def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
         float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
@@ -468,12 +459,7 @@ class Int4QuantizationPass(QuantizationPass):
         scores = {}
         for layer in track(layers, "sensitivity: local int4 error per layer"):
             x = inputs[layer.activation.name].astype(np.float64)
-            if self.accuracy_level == 4:
-                x_used = _round_input_blocks(x, self.block_size)  # the kernel's int8 rounding of the input
-            else:
-                x_used = x
-            exact = x @ layer.weight.astype(np.float64)
-            scores[layer.name] = output_error(x_used @ self.weight(layer).dequantize().astype(np.float64), exact)
+            scores[layer.name] = self._local_error(x, layer, rounded_input=self.accuracy_level == 4)
         inputs_rounded = ", its input rounded to int8 per block as at accuracy_level 4" if self.accuracy_level else ""
         self.note(
             f"sensitivity of {len(layers)} layers estimated locally "
@@ -481,19 +467,17 @@ class Int4QuantizationPass(QuantizationPass):
         )
         return scores
 
-    def _local_alternative_errors(
-        self, model: ir.Model, layers: Sequence[Layer], batches
-    ) -> dict[str, dict[str, float]]:
-        estimates = super()._local_alternative_errors(model, layers, batches)
-        wanted = [layer for layer in layers if FLOAT_INPUT in self.alternatives(layer)]
-        if wanted:
-            inputs = sample_layer_inputs(model, wanted, batches)
-            for layer in wanted:
-                x = inputs[layer.activation.name].astype(np.float64)
-                exact = x @ layer.weight.astype(np.float64)
-                error = output_error(x @ self.weight(layer).dequantize().astype(np.float64), exact)
-                estimates.setdefault(layer.name, {})[FLOAT_INPUT] = error
-        return estimates
+    def _local_alternative_error(self, x: np.ndarray, layer: Layer, scheme: str) -> float | None:
+        if scheme == FLOAT_INPUT:
+            return self._local_error(x, layer, rounded_input=False)
+        return super()._local_alternative_error(x, layer, scheme)
+
+    def _local_error(self, x: np.ndarray, layer: Layer, *, rounded_input: bool) -> float:
+        """Relative error (``output_error``) of ``layer``'s output on input rows ``x`` with its 4-bit weight,
+        the input rounded to int8 per block as the kernel does at accuracy_level 4 where ``rounded_input``."""
+        exact = x @ layer.weight.astype(np.float64)
+        used = _round_input_blocks(x, self.block_size) if rounded_input else x
+        return output_error(used @ self.weight(layer).dequantize().astype(np.float64), exact)
 
 
 def _quantize_tables(
@@ -647,8 +631,7 @@ def _block_offsets(
     initializer per (graph, K, block size), shared by every layer of that K.
     """
     name = f"graphopt.block_sums_{k}x{block_size}"
-    matrix = np.zeros((k, offsets.shape[0]), dtype=np.float32)
-    matrix[np.arange(k), np.arange(k) // block_size] = 1.0
+    matrix = _block_sums_matrix(k, block_size)
     indicator = graph.initializers.get(name)
     if indicator is None or not np.array_equal(constant_array(indicator), matrix):
         indicator = add_initializer(graph, name, matrix)  # a foreign tensor of that name gets a suffix
@@ -659,6 +642,15 @@ def _block_offsets(
     for node in (sums, correction, total):
         node.outputs[0].name = f"{node.name}.output"
     return [sums, correction, total]
+
+
+@functools.lru_cache(maxsize=16)
+def _block_sums_matrix(k: int, block_size: int) -> np.ndarray:
+    """``P`` ``[K, n_blocks]``: 1 where row k belongs to block k // block_size (read-only, one per shape)."""
+    matrix = np.zeros((k, -(-k // block_size)), dtype=np.float32)
+    matrix[np.arange(k), np.arange(k) // block_size] = 1.0
+    matrix.flags.writeable = False
+    return matrix
 
 
 def _probe_weight(weight: Int4Weight, bits: int, offsets: bool, zero_points: bool) -> Int4Weight:
