@@ -157,7 +157,7 @@ def _run_one(
             verdict = (
                 _check_approximate(verifier, model, candidate, result)
                 if spec.approximate
-                else verifier.check(candidate)
+                else verifier.check(candidate, base=model)
             )
         if verdict.ok and spec.approximate:
             # Later exact passes keep this result's outputs, not the original's.
@@ -193,6 +193,14 @@ def _run_one(
                 f"; checked segment by segment ({verdict.twin_segments} segments between the quantized layers' "
                 f"inputs, each fed its twin's values), because end to end it {verdict.twin_end_to_end}"
             )
+    if verdict.segments is not None and verdict.ok:
+        record.max_abs_error = verdict.end_to_end_error  # the table's column is the distance end to end
+        record.notes.append(
+            f"verified segment by segment: end to end it missed {verdict.end_to_end}; cut around the "
+            f"{verdict.segments_nodes} nodes it added ({verdict.segments} segments, each fed the pass input's "
+            f"values), every segment and output is within the float tolerance "
+            f"(max |Δ| {verdict.max_abs_error:.2e} segment by segment)"
+        )
     if not verdict.ok:
         logger.warning("pass %s rolled back: %s", spec.name, verdict.first_failure)
         record.status, record.nodes_after, record.detail = STATUS_ROLLED_BACK, nodes_before, verdict.first_failure
