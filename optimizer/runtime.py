@@ -273,7 +273,13 @@ def value_collector(model: ir.Model, names: Sequence[str]) -> Iterator[Callable[
     missing = [name for name in names if name not in values]
     if missing:
         raise KeyError(f"no tensor named {missing[0]!r} in the model")
-    probe.graph.outputs.extend(values[name] for name in dict.fromkeys(names) if name not in existing)
+    for name in dict.fromkeys(names):
+        if name not in existing:
+            # Exposed as an output, an intermediate's recorded shape would be enforced, and after a
+            # rewrite it may be stale: its dtype is enough.
+            if values[name].producer() is not None:
+                values[name].shape = None
+            probe.graph.outputs.append(values[name])
     with inference_session(probe) as session:
 
         def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,14 @@ from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedEr
 from optimizer.inputs import SampleData, split_samples
 from optimizer.padding import cache_outputs, hide_padded, mask_inputs, padded_positions
 from optimizer.protocol import Twin
-from optimizer.runtime import inference_session, run_batches, run_model, run_session, value_collector
+from optimizer.runtime import (
+    collect_values,
+    inference_session,
+    run_batches,
+    run_model,
+    run_session,
+    value_collector,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,11 +197,14 @@ def compare_outputs(
     tolerances: Mapping[str, Tolerance] | None = None,
     skip: frozenset[str] = frozenset(),
     noise: Mapping[str, np.ndarray] | None = None,
+    inner: frozenset[str] = frozenset(),
 ) -> VerificationResult:
     """Compare two runs' outputs, name by name, under ``tolerances`` (defaults per dtype).
 
     ``noise`` gives, per output, the original's own float noise per row (see the module
-    docstring): an element within ``NOISE_FACTOR`` times its row's passes too.
+    docstring): an element within ``NOISE_FACTOR`` times its row's passes too. ``inner``
+    names tensors inside the model (a segment check's cuts), whose elements are measured
+    against ``_inner_magnitude``.
     """
     noise = noise or {}
     tolerances = DEFAULT_TOLERANCES if tolerances is None else tolerances
@@ -205,12 +215,44 @@ def compare_outputs(
         if name not in after:
             result.checks.append(OutputCheck(name, False, math.inf, math.inf, f"output '{name}' is missing"))
             continue
-        result.checks.append(_compare_one(name, expected, after[name], tolerances, NOISE_FACTOR * noise.get(name, 0.0)))
+        floor = NOISE_FACTOR * noise.get(name, 0.0)
+        magnitude = _inner_magnitude if name in inner else floored_magnitude
+        result.checks.append(_compare_one(name, expected, after[name], tolerances, floor, magnitude))
     return result
 
 
+# A tensor's typical elements, for the floor of ``_inner_magnitude``: those within ORDINARY_SPAN times
+# its ORDINARY_PERCENTILE-th percentile nonzero magnitude.
+ORDINARY_PERCENTILE, ORDINARY_SPAN = 10, 100.0
+
+
+def _inner_magnitude(values: np.ndarray) -> np.ndarray:
+    """``floored_magnitude`` with the floor taken over a tensor's typical elements only.
+
+    Masked attention scores hold the mask's fill (-1e4, -1e9, finfo.min) at the masked positions:
+    their RMS is the fill's, and as a floor it would excuse any change to the unmasked scores. The
+    floor is instead the RMS of the elements within ``ORDINARY_SPAN`` times the tensor's
+    ``ORDINARY_PERCENTILE``-th percentile nonzero magnitude: the fill is left out unless it fills
+    90 % of the tensor; on a tensor without such outliers (a Gaussian's span reaches 12 sigma)
+    it is the RMS, as for an output.
+    """
+    magnitude = np.abs(values)
+    nonzero = magnitude[magnitude > 0]
+    if not nonzero.size:
+        return magnitude
+    typical = float(np.percentile(nonzero, ORDINARY_PERCENTILE)) * ORDINARY_SPAN
+    ordinary = nonzero[nonzero <= typical]
+    scale = float(np.sqrt(np.mean(ordinary.astype(np.float64) ** 2)))
+    return np.maximum(magnitude, scale)
+
+
 def _compare_one(
-    name: str, expected: Any, actual: Any, tolerances: Mapping[str, Tolerance], floor: Any = 0.0
+    name: str,
+    expected: Any,
+    actual: Any,
+    tolerances: Mapping[str, Tolerance],
+    floor: Any = 0.0,
+    magnitude_of: Callable[[np.ndarray], np.ndarray] = floored_magnitude,
 ) -> OutputCheck:
     if isinstance(expected, list) or isinstance(actual, list):
         if not isinstance(expected, list) or not isinstance(actual, list) or len(expected) != len(actual):
@@ -250,7 +292,7 @@ def _compare_one(
     max_abs = float(diff.max()) if diff.size else 0.0
     # Relative to each element, but never to less than the tensor's RMS (floored_magnitude):
     # logits that happen to be near zero must not demand far more precision than the large ones.
-    magnitude = floored_magnitude(np.where(both_finite, e, 0.0))
+    magnitude = magnitude_of(np.where(both_finite, e, 0.0))
     rel = diff / np.maximum(magnitude, np.finfo(np.float64).tiny)
     max_rel = float(np.where(both_finite, rel, 0.0).max()) if diff.size else 0.0
     floor = np.asarray(floor, np.float64)
@@ -422,14 +464,14 @@ def _cut_at(
 
     With ``keep_own``, the readers get ``Where(_own(name), computed, fed)`` instead: a boolean
     input of the tensor's shape marks where the model's own value goes on (padded positions).
-    A tensor whose type the graph does not record takes its dtype and rank from ``examples``
-    (every dimension symbolic).
+    A tensor in ``examples`` takes its dtype and rank from there (every dimension symbolic): a
+    shape the graph records for an intermediate may be stale, and as an input's it would be enforced.
     """
     cut = model.clone()
     produced = {v.name: v for node in cut.graph for v in node.outputs}
     for name in names:
         computed = produced[name]
-        if computed.type is None or computed.shape is None:
+        if examples is not None and name in examples:
             example = examples[name]
             computed.dtype = ir.DataType.from_numpy(example.dtype)
             computed.shape = ir.Shape([f"{name}_d{axis}" for axis in range(example.ndim)])
@@ -565,11 +607,11 @@ class Verifier:
         """The primary input set."""
         return self.input_sets[0]
 
-    def check(self, candidate: ir.Model, base: ir.Model | None = None) -> VerificationResult:
+    def check(self, candidate: ir.Model, *, by_segment: bool = False) -> VerificationResult:
         """Run ``candidate`` on every input set and compare it with the original's outputs.
 
-        With ``base`` (the pass's input), a result that misses end to end is checked again
-        segment by segment around the nodes the pass added (``_check_exact_by_segment``).
+        With ``by_segment``, a result that misses end to end is checked again segment by
+        segment around every node it has that the original lacks (``_check_exact_by_segment``).
         """
         worst = VerificationResult()
         try:
@@ -580,8 +622,8 @@ class Verifier:
                     )
                     result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
                     if not result.ok:
-                        if base is not None and not result.error:
-                            return self._check_exact_by_segment(candidate, base, result, f"on {label}")
+                        if by_segment and not result.error:
+                            return self._check_exact_by_segment(candidate, result, f"on {label}")
                         return result
                     if result.max_abs_error >= worst.max_abs_error:
                         worst = result
@@ -701,24 +743,29 @@ class Verifier:
         return worst
 
     def _check_exact_by_segment(
-        self, candidate: ir.Model, base: ir.Model, missed: VerificationResult, where: str
+        self, candidate: ir.Model, missed: VerificationResult, where: str
     ) -> VerificationResult:
-        """Check an exact rewrite that missed end to end once more, cut around the nodes it added.
+        """Check an exact rewrite that missed end to end once more, cut around what differs from the original.
 
         Float rounding that a fused kernel does in another order is amplified by every
         later layer of a deep model: on SmolLM2's dynamo export a fused attention moves
         layer 12's cached values 1.5e-4 where ONNX Runtime's own load-time rewrites move
-        them 4e-5, with every layer exact. So ``base`` (the pass's input) runs whole and
-        gives its values at every input and output of the nodes the pass added that both
-        models compute under the same name; ``candidate`` runs with each of those tensors
-        fed ``base``'s value, and what it computes there and at the graph outputs is held
-        to ``base``'s at the float tolerance (outputs: also ``NOISE_FACTOR`` times the
-        original's noise). Every node is still compared, each rewritten region from exact
-        inputs, so a wrong rewrite fails its segment; what this does not see is an error
-        under the tolerance in every region that only adds up through the layers (the
-        known limit of the twin's segment check, too). Without such tensors the end-to-end
-        failure stands.
+        them 4e-5, with every layer exact. So the original (or the last approximate
+        pass's result, which exact passes are held to) runs whole and gives its values at
+        every input and output of each node ``candidate`` has that it lacks — this pass's
+        rewrites and every earlier one's — that both compute under the same name (and at
+        the outputs of those nodes' readers, where a fused node's output has a new name);
+        ``candidate`` runs with each of those tensors fed the original's value, and what
+        it computes there and at the graph outputs is held to the original's at the float
+        tolerance (outputs: also ``NOISE_FACTOR`` times its noise). Each rewritten region
+        thus starts from the original's values and is compared with the original's, and
+        every node is still compared, so a wrong rewrite fails its segment, and rewrites
+        each within the tolerance of their input do not add up unseen. What this does not
+        see is an error under the tolerance in every region that only compounds through
+        the layers (the known limit of the twin's segment check, too). Without such
+        tensors the end-to-end failure stands.
         """
+        base = self._base
         added = _added_nodes(candidate, base)
         names = _rewrite_boundaries(candidate, added, base)
         if not names:
@@ -727,7 +774,15 @@ class Verifier:
         try:
             with value_collector(base, [*names, *outputs_of_base]) as run_base:
                 examples = run_base(self.input_sets[0])
-                names = [name for name in names if examples[name].dtype.kind == "f"]
+                # A name both graphs use for tensors of other shapes (a rewrite reused it) is no place to cut.
+                own = collect_values(candidate, names, [self.input_sets[0]])[0]
+                names = [
+                    name
+                    for name in names
+                    if examples[name].dtype.kind == "f"
+                    and (own[name].dtype, own[name].shape) == (examples[name].dtype, examples[name].shape)
+                ]
+                own = None
                 if not names:
                     return missed
                 worst = VerificationResult(
@@ -748,11 +803,12 @@ class Verifier:
                         reference = {name: values[name] for name in outputs_of_base}
                         reference.update({_computed(name): values[name] for name in names})
                         outputs = hide_padded(run_session(session, feeds), padding, reference, self.caches)
-                        result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
+                        inner = frozenset(_computed(name) for name in names)
+                        result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise, inner)
                         if not result.ok:
                             result.error = (
                                 f"{missed.first_failure}; checked again segment by segment around the "
-                                f"{len(added)} nodes it added ({len(names)} cuts), on {label}: "
+                                f"{len(added)} nodes the original lacks ({len(names)} cuts), on {label}: "
                                 f"{_segment_failure(result)}"
                             )
                             return result

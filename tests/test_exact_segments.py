@@ -81,7 +81,7 @@ def test_the_exact_split_misses_end_to_end_and_passes_segment_by_segment():
     verifier = Verifier(original, [_inputs()])
     # The premise: end to end, rounding amplified through the chain is past the tolerance.
     assert not verifier.check(candidate).ok
-    verdict = verifier.check(candidate, base=original)
+    verdict = verifier.check(candidate, by_segment=True)
     assert verdict.ok, verdict.first_failure
     # Cut at each layer's input (but the graph input), its product and the product's reader (the Mul).
     assert verdict.segments == LAYERS * 3 and verdict.segments_nodes == LAYERS * 3
@@ -93,7 +93,7 @@ def test_a_rewrite_wrong_in_one_layer_fails_its_segment(layer):
     weights = _weights()
     original = _chain(weights)
     broken = _split_everywhere(weights, wrong_layer=layer, factor=1.001)
-    verdict = Verifier(original, [_inputs()]).check(broken, base=original)
+    verdict = Verifier(original, [_inputs()]).check(broken, by_segment=True)
     assert not verdict.ok
     assert "segment by segment" in verdict.first_failure
     assert f"product{layer}" in verdict.first_failure or layer == LAYERS - 1
@@ -106,7 +106,7 @@ def test_a_change_between_the_rewritten_regions_fails_too():
     # An untouched node changed on the side: Tanh -> Sigmoid in one layer (no node added there).
     node = next(n for n in candidate.graph if n.name == "tanh5")
     node.op_type = "Sigmoid"
-    verdict = Verifier(original, [_inputs()]).check(candidate, base=original)
+    verdict = Verifier(original, [_inputs()]).check(candidate, by_segment=True)
     assert not verdict.ok
 
 
@@ -120,7 +120,7 @@ def test_without_a_cut_the_end_to_end_failure_stands():
         for value in node.outputs:
             if not value.is_graph_output():
                 value.name += "_renamed"
-    verdict = verifier.check(renamed, base=original)
+    verdict = verifier.check(renamed, by_segment=True)
     assert not verdict.ok and "segment by segment" not in verdict.first_failure
 
 
