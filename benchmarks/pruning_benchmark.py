@@ -53,7 +53,8 @@ def optimize(model: Path, out: Path, flags: list[str]) -> str:
 
 
 def outputs_on(path: Path, evaluation: dict[str, np.ndarray], threads: int) -> dict[str, np.ndarray]:
-    """Every output of the model at ``path`` on the evaluation inputs, batches of 16 concatenated."""
+    """Every output of the model at ``path`` on the evaluation inputs, batches of 16 (or the model's fixed
+    batch size) concatenated."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -61,7 +62,8 @@ def outputs_on(path: Path, evaluation: dict[str, np.ndarray], threads: int) -> d
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [meta.name for meta in session.get_outputs()]
     wanted = [meta.name for meta in session.get_inputs()]
-    runs = [dict(zip(names, session.run(None, {n: b[n] for n in wanted}))) for b in split_samples(evaluation, 16)]
+    batches = split_samples(evaluation, 16, ir.load(path))
+    runs = [dict(zip(names, session.run(None, {n: b[n] for n in wanted}))) for b in batches]
     return {name: np.concatenate([run[name] for run in runs]) for name in names}
 
 

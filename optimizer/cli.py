@@ -309,7 +309,9 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="PATTERN",
         default=[],
-        help="keep layers whose node name or op type matches this glob in float (repeatable)",
+        help="keep layers whose node name or op type matches this glob in float (repeatable); with "
+        "--prune-channels, leave whole the channel groups whose consumer matches (--exclude Conv: only the "
+        "classifier head)",
     )
     group.add_argument(
         "--quantize-embeddings",
@@ -380,6 +382,13 @@ def _add_pruning_flags(parser: argparse.ArgumentParser) -> None:
         "--global-ranking",
         action="store_true",
         help="rank units across all layers (each layer's scores relative to its mean) instead of per layer",
+    )
+    group.add_argument(
+        "--channel-cost",
+        choices=("channels", "parameters", "macs"),
+        default="channels",
+        help="what --prune-channels R counts: channels (default), or the share of the groups' parameters or "
+        "multiply-adds; with --global-ranking channels go by effect per parameter or multiply-add",
     )
     group.add_argument(
         "--no-repair",

@@ -33,6 +33,8 @@ INT4_ACCURACY_LEVELS = (0, 4)
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 ACTIVATION_SCALES = ("tensor", "row")
 IMPORTANCE_KINDS = ("magnitude", "activation")
+# What --prune-channels R counts (passes.pruning.channels.COSTS).
+CHANNEL_COSTS = ("channels", "parameters", "macs")
 # Longest sequence a fusion that bakes a table (rotary cos/sin) supports by default.
 DEFAULT_MAX_SEQUENCE = 4096
 
@@ -84,6 +86,7 @@ class Options:
     prune_channels: float | None = field(default=None, metadata=_flag("--prune-channels", metavar="R"))
     importance: str | None = field(default=None, metadata=_flag("--importance", metavar="KIND"))
     global_ranking: bool = field(default=False, metadata=_flag("--global-ranking"))
+    channel_cost: str = field(default="channels", metadata=_flag("--channel-cost", metavar="COST"))
     repair: bool | None = field(default=None, metadata=_flag("--no-repair"))
     # Low-rank factorization.
     lowrank: float | None = field(default=None, metadata=_flag("--lowrank", metavar="R"))
@@ -133,6 +136,7 @@ class Options:
         _check_choice("--calibration-method", self.calibration_method, CALIBRATION_METHODS)
         _check_choice("--activation-scale", self.activation_scale, ACTIVATION_SCALES)
         _check_choice("--importance", self.importance, IMPORTANCE_KINDS, optional=True)
+        _check_choice("--channel-cost", self.channel_cost, CHANNEL_COSTS)
         for name in ("prune_ffn", "prune_heads", "prune_channels"):
             ratio = getattr(self, name)
             if ratio is not None and not (_is_number(ratio) and 0.0 < ratio < 1.0):

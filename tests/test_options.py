@@ -66,7 +66,7 @@ CONFLICTS = [
     (
         {"exclude": ("*attn*",)},
         ["--exclude", "*attn*"],
-        "--exclude *attn* (exclude=('*attn*',)) needs --quantize dynamic or --quantize static",
+        "--exclude *attn* (exclude=('*attn*',)) needs --prune-channels R or --quantize dynamic or --quantize static",
     ),
     (
         {"importance": "magnitude"},

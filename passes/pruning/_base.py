@@ -129,6 +129,14 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
     def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
         """The groups this pass prunes, and the reasons other candidates were left whole."""
 
+    def unit_cost(self, group: ChannelGroup) -> float | None:
+        """What removing one of ``group``'s units saves, for the global ranking (None: every unit counts one).
+
+        With costs, the global ranking removes units by their score squared (their effect)
+        per cost, until the ratio of the groups' total cost is removed.
+        """
+        return None
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.pruned, self.drift = {}, None
         if self.unfit is not None:
@@ -302,28 +310,34 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 
         Across groups the scores are compared as they are when ``comparable`` (effects on
         the model's outputs), otherwise each over its group's mean. Each kind removes its
-        ratio of all its units; every group keeps at least one.
+        ratio of all its units (of their total cost, with ``unit_cost``); every group keeps at least one.
         """
         ratios = ratios if isinstance(ratios, Mapping) else {None: ratios}
         if self.ranking == "global":
             removed: dict[str, set[int]] = {g.name: set() for g in groups}
             for kind in dict.fromkeys(g.kind for g in groups):
                 members = [g for g in groups if g.kind == kind]
-                pooled = [
-                    (score / (1.0 if comparable else max(float(scores[g.name].mean()), 1e-30)), index, g.name, unit)
-                    for index, g in enumerate(members)
-                    for unit, score in enumerate(scores[g.name])
-                ]
+                costs = {g.name: self.unit_cost(g) for g in members}
+                if any(cost is None for cost in costs.values()):
+                    costs = dict.fromkeys(costs, 1.0)
+                weighted = any(cost != 1.0 for cost in costs.values())
+                pooled = []
+                for index, g in enumerate(members):
+                    relative = scores[g.name] / (1.0 if comparable else max(float(scores[g.name].mean()), 1e-30))
+                    # Effect (the score squared) per cost; with unit costs the plain score orders the same.
+                    keys = relative**2 / costs[g.name] if weighted else relative
+                    pooled += [(float(key), index, g.name, unit) for unit, key in enumerate(keys)]
                 pooled.sort()
                 remaining = {g.name: g.size for g in members}
-                budget = int(math.floor(self._ratio_of(members[0], ratios) * len(pooled) + 1e-9))
+                budget = self._ratio_of(members[0], ratios) * sum(costs[g.name] * g.size for g in members)
+                budget = math.floor(budget + 1e-9) if not weighted else budget
                 for _, _, name, unit in pooled:
-                    if budget == 0:
+                    if budget <= 0:
                         break
                     if remaining[name] > 1:  # every group keeps at least one unit
                         removed[name].add(unit)
                         remaining[name] -= 1
-                        budget -= 1
+                        budget -= costs[name]
             kept = {g.name: [u for u in range(g.size) if u not in removed[g.name]] for g in groups}
         else:
             kept = {}

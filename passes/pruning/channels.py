@@ -1,7 +1,11 @@
-"""Conv channel groups: output channels, through BatchNorm, activations and depthwise Convs, to the next Conv."""
+"""Conv channel groups: output channels, through BatchNorm, activations and depthwise Convs, to the next Conv
+(or, past a global pooling, to the classifier's Gemm/MatMul)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
 from functools import partial
 
 import numpy as np
@@ -12,6 +16,8 @@ from passes._utils import constant_array
 from passes.pruning._base import PruningPass
 from passes.pruning._groups import ChannelGroup, Cut, outside_reader, trace_operands
 
+# What the ratio of a channel cut counts (ChannelPruningPass's ``cost``).
+COSTS = ("channels", "parameters", "macs")
 # Ops that keep each channel of an NCHW tensor to itself.
 _CHANNELWISE = frozenset(
     {
@@ -31,15 +37,28 @@ def channel_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]
     Convs with constant weights, and no value on the way may be read elsewhere. A
     residual Add that ties these channels to another block's fails that test, so the
     group is left whole.
+
+    A classifier head is a group too: a Gemm (``transA=0``, constant weight) or MatMul
+    (constant 2-D weight) reading ``[N, C]`` from a global pooling over H and W
+    (GlobalAveragePool, GlobalMaxPool, or ReduceMean/ReduceMax over axes 2 and 3), through
+    a Flatten (``axis=1``), a Squeeze of H and W or a Reshape to ``[N, C]``. Behind the
+    pooling the walk is the one above: the channels of the last Conv before it
+    (EfficientNet's and MobileNet's 1×1 "head" Conv) are cut with the classifier's weight
+    rows that read them, which hold most of the head's parameters for little compute.
     """
     groups, refused = [], {}
     for node in graph:
-        if node.op_type != "Conv" or not is_onnx_domain(node) or node.attributes.get_int("group", 1) != 1:
+        if not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None or node.inputs[0].producer() is None:
             continue
-        weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
-        if weight is None or weight.ndim < 3 or node.inputs[0].producer() is None:
+        if node.op_type == "Conv" and node.attributes.get_int("group", 1) == 1:
+            weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+            if weight is None or weight.ndim < 3:
+                continue
+            found = _group(node, weight.shape[1], node.inputs[0], [])
+        elif node.op_type in ("Gemm", "MatMul"):
+            found = _classifier_group(node)
+        else:
             continue
-        found = _group(node, weight.shape[1])
         if isinstance(found, ChannelGroup):
             groups.append(found)
         elif found:
@@ -47,12 +66,87 @@ def channel_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]
     return groups, refused
 
 
-def _group(consumer: ir.Node, channels: int) -> ChannelGroup | str | None:
+def _classifier_group(consumer: ir.Node) -> ChannelGroup | str | None:
+    """The group of a Gemm/MatMul reading globally pooled channels; None if its input is not such a pooling."""
+    weight = constant_array(consumer.inputs[1]) if len(consumer.inputs) > 1 else None
+    if weight is None or weight.ndim != 2:
+        return None
+    if consumer.op_type == "Gemm" and consumer.attributes.get_int("transA", 0):
+        return None
+    transposed = consumer.op_type == "Gemm" and consumer.attributes.get_int("transB", 0)
+    channels = weight.shape[1] if transposed else weight.shape[0]
+    route, shape_constants = [], []
+    value = consumer.inputs[0]
+    node = value.producer()
+    # From [N, C] back to the pooled [N, C, 1, 1]: one Flatten, Squeeze or Reshape.
+    if node is not None and is_onnx_domain(node) and node.op_type in ("Flatten", "Squeeze", "Reshape"):
+        refusal = _flattening(node, channels, shape_constants)
+        if refusal is not None:
+            return refusal or None
+        route.append(node)
+        value = node.inputs[0]
+        node = value.producer()
+    if node is None or not is_onnx_domain(node) or not _global_pooling(node):
+        return None  # not a classifier over pooled channels (a flattened feature map mixes positions)
+    route.append(node)
+    found = _group(consumer, channels, node.inputs[0], route)
+    if isinstance(found, ChannelGroup):
+        found.shape_constants.extend(shape_constants)
+    return found
+
+
+def _flattening(node: ir.Node, channels: int, shape_constants: list) -> str | None:
+    """Why ``node`` is not a flattening of pooled ``[N, C, 1, 1]`` to ``[N, C]`` ("" when it is none at all).
+
+    A Reshape whose target names the channel count (``[-1, C]``) is recorded in
+    ``shape_constants`` so the cut updates it; ``[N, -1]`` needs no update.
+    """
+    if node.op_type == "Flatten":
+        return None if node.attributes.get_int("axis", 1) == 1 else ""
+    if node.op_type == "Squeeze":
+        axes = _axes(node)
+        return None if axes is not None and sorted(a % 4 for a in axes) == [2, 3] else ""
+    target = constant_array(node.inputs[1])
+    if target is None or target.ndim != 1 or target.size != 2:
+        return ""
+    if node.attributes.get_int("allowzero", 0) and 0 in target:
+        return ""  # a literal 0 dim
+    if target[1] == channels and target[0] != channels:
+        shape_constants.append((node, node, 1))
+        return None
+    return None if target[1] == -1 and target[0] != -1 else ""
+
+
+def _global_pooling(node: ir.Node) -> bool:
+    """Whether ``node`` pools an NCHW tensor over H and W only (so each channel stays itself)."""
+    if node.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
+        return True
+    if node.op_type not in ("ReduceMean", "ReduceMax"):
+        return False
+    axes = _axes(node)
+    shape = node.inputs[0].shape
+    rank = shape.rank() if shape is not None else None
+    if axes is None or (rank is None and any(a < 0 for a in axes)):
+        return False
+    return sorted(a % (rank or 4) for a in axes) == [2, 3] and rank in (None, 4)
+
+
+def _axes(node: ir.Node) -> list[int] | None:
+    """The constant ``axes`` of a Squeeze or Reduce op (an input since opsets 13/18, an attribute before)."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = constant_array(node.inputs[1])
+        return None if axes is None else [int(a) for a in np.ravel(axes)]
+    attribute = node.attributes.get("axes")
+    return None if attribute is None else [int(a) for a in attribute.value]
+
+
+def _group(consumer: ir.Node, channels: int, start: ir.Value, route: list[ir.Node]) -> ChannelGroup | str | None:
+    """The group ``consumer`` reads from ``start`` (``route``: the nodes between them, which carry the channels)."""
     group = ChannelGroup("channels", consumer.name or "", channels, 1, consumer, channel_axis=1)
-    region: dict[int, ir.Node] = {}
     # Nodes that carry the channels from input to output; producers only emit them.
-    passthrough: set[int] = set()
-    stack, seen = [consumer.inputs[0]], set()
+    region: dict[int, ir.Node] = {id(node): node for node in route}
+    passthrough: set[int] = set(region)
+    stack, seen = [start], set()
     while stack:
         value = stack.pop()
         if id(value) in seen:
@@ -119,6 +213,15 @@ def _spatial_padding(pad: ir.Node) -> str | None:
     return None
 
 
+def _output_positions(node: ir.Node) -> int | None:
+    """Positions per image a Conv/Gemm/MatMul computes each output channel at (H × W; 1 for ``[N, C]``)."""
+    shape = node.outputs[0].shape
+    if shape is None:
+        return None
+    inner = list(shape)[2:] if node.op_type == "Conv" else list(shape)[1:-1]
+    return math.prod(inner) if all(isinstance(d, int) for d in inner) else None
+
+
 def _channel_axis_of(shape: tuple[int, ...], channels: int, batch_norm: bool) -> int | None:
     """The axis of a per-channel constant (``[C]`` for BatchNorm, ``[C, 1, 1]``/``[1, C, 1, 1]`` broadcast)."""
     if batch_norm:
@@ -131,18 +234,76 @@ def _channel_axis_of(shape: tuple[int, ...], channels: int, batch_norm: bool) ->
 class ChannelPruningPass(PruningPass):
     """Remove the least important Conv output channels: producer filters and biases, BatchNorm and other
     per-channel constants, depthwise Convs on the way (their filters and ``group``), and the
-    consuming Conv's input channels.
+    consuming Conv's input channels — or, for the channels a classifier reads after a global
+    pooling, its Gemm/MatMul weight rows (and the Flatten/Reshape between them).
 
     Importance is weight magnitude or, with calibration data, activation (RMS per channel
-    of the consumer's input). No least-squares repair: re-fitting a Conv needs its patches,
-    not its channels. The twin is the input with the removed channels' input filters of
-    the consuming Conv zeroed (whatever an activation makes of a removed channel, only
-    that Conv reads it). Refuses groups tied to other blocks by residual Adds, and Convs
-    whose input comes through ops that move channels (Reshape, Concat, Split).
+    of the consumer's input). With calibration data the consumer is re-fitted by least
+    squares where its output is its input channels times a matrix: a 1×1 Conv (stride 1,
+    no padding) or the classifier's Gemm/MatMul (one row per image, after the pooling);
+    a 3×3 Conv is not (re-fitting it needs its patches, not its channels). The twin is the
+    input with the removed channels' rows of the consumer's weight zeroed (whatever an
+    activation makes of a removed channel, only that consumer reads it). Refuses groups
+    tied to other blocks by residual Adds, and Convs whose input comes through ops that
+    move channels (Reshape, Concat, Split).
     """
 
     unit_name = "channels"
-    consumer_rows = "the next Convs' input filters"
+    consumer_rows = "the next layers' weights (Conv input filters, classifier rows)"
+
+    def __init__(self, ratio: float, *, cost: str = "channels", exclude: Iterable[str] = (), **options) -> None:
+        """``cost``: what the ratio counts and, with ``ranking="global"``, what a channel's effect is weighed
+        against (``COSTS``): ``channels`` (each counts one), ``parameters`` or ``macs`` (the
+        weight elements, or multiply-adds per image, that removing the channel saves: the
+        ratio is then that share of the groups' parameters or multiply-adds, and channels go
+        by effect per parameter or per multiply-add).
+
+        ``exclude``: glob patterns; a group whose consumer's node name or op type matches one
+        is left whole (``exclude=["Conv"]`` cuts only the classifier head's channels)."""
+        if cost not in COSTS:
+            raise ValueError(f"unknown channel cost {cost!r} (choose from {', '.join(COSTS)})")
+        super().__init__(ratio, **options)
+        self.cost = cost
+        self.exclude = tuple(exclude)
+        self._unknown_positions: str | None = None
 
     def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
-        return channel_groups(graph)
+        groups, refused = channel_groups(graph)
+        kept = []
+        for group in groups:
+            node = group.consumer
+            pattern = next(
+                (p for p in self.exclude if fnmatchcase(node.name or "", p) or fnmatchcase(node.op_type, p)), None
+            )
+            if pattern is None:
+                kept.append(group)
+            else:
+                refused[group.name] = f"excluded: its consumer {node.name} ({node.op_type}) matches {pattern!r}"
+        return kept, refused
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self._unknown_positions = None
+        result = super().call(model)
+        if self._unknown_positions is not None and self.ranking == "global":
+            self.note(f"cost macs: {self._unknown_positions} has no static spatial shape; ranked by channel counts")
+        return result
+
+    def unit_cost(self, group: ChannelGroup) -> float | None:
+        if self.cost == "channels":
+            return None
+        total = 0.0
+        for cut in [*group.producers, *group.vectors, group.consumer_cut]:
+            array = constant_array(cut.node.inputs[cut.slot])
+            axis = cut.axis % array.ndim
+            if array.shape[axis] == 1:  # broadcast: nothing cut
+                continue
+            per_unit = array.size / array.shape[axis] * group.unit
+            if self.cost == "parameters":
+                total += per_unit
+            elif cut.slot == 1:  # a weight: each element is a multiply-add at every output position
+                positions = _output_positions(cut.node)
+                if positions is None:
+                    self._unknown_positions = cut.node.name
+                    return None
+                total += per_unit * positions
+        return total

@@ -339,3 +339,53 @@ def inverted_residual(*, dead: tuple[int, ...] = (), channels: int = 8, expand: 
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 12, 12])]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", channels, 12, 12])]
     return _model(nodes, inputs, outputs, init)
+
+
+def classifier_head(*, dead: tuple[int, ...] = (), pooling: str = "GlobalAveragePool", flatten: str = "Flatten"):
+    """``x [B, 3, 8, 8]`` → 3×3 Conv (16 ch, stride 2) → Clip(0, 6) → 1×1 Conv (32 ch) → Clip(0, 6) →
+    global pooling → flattening → Gemm (``transB``, 10 classes) → ``y`` (EfficientNet-Lite's head, small).
+
+    ``pooling``: GlobalAveragePool, or ReduceMean over H and W with ``keepdims`` (``ReduceMean``),
+    or over the channel axis (``ReduceMeanChannels``: not a group). ``flatten``: Flatten,
+    ``Reshape`` to ``[-1, 32]``, ``ReshapeBatch`` to ``[B, -1]`` (as a constant ``[1, -1]``), or
+    ``Spatial`` (no pooling at all: the Gemm reads the flattened 4×4 map, which is not a group).
+    Head channels in ``dead`` have zero 1×1 filters and bias (Clip(0) = 0) and zero Gemm rows.
+    """
+    init = [("low", np.array(0.0, np.float32)), ("high", np.array(6.0, np.float32))]
+    head, head_bias = weights(32, 16, 1, 1, seed=80, scale=0.4), weights(32, seed=81) + 0.5
+    classes = weights(10, 32 * 16 if flatten == "Spatial" else 32, seed=82, scale=0.3)
+    for c in dead:
+        head[c] = head_bias[c] = 0.0
+        classes[:, c] = 0.0
+    init += [("stem", weights(16, 3, 3, 3, seed=83, scale=0.5)), ("stem_bias", weights(16, seed=84))]
+    init += [("head", head), ("head_bias", head_bias), ("fc", classes), ("fc_bias", weights(10, seed=85))]
+    nodes = [
+        helper.make_node("Conv", ["x", "stem", "stem_bias"], ["s"], name="stem", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Clip", ["s", "low", "high"], ["sc"], name="relu6_stem"),
+        helper.make_node("Conv", ["sc", "head", "head_bias"], ["h"], name="head"),
+        helper.make_node("Clip", ["h", "low", "high"], ["hc"], name="relu6_head"),
+    ]
+    pooled = "hc"
+    if flatten != "Spatial":
+        pooled = "pooled"
+        if pooling == "GlobalAveragePool":
+            nodes.append(helper.make_node("GlobalAveragePool", ["hc"], ["pooled"], name="pool"))
+        else:
+            init.append(("axes", np.array([2, 3] if pooling == "ReduceMean" else [1], np.int64)))
+            nodes.append(helper.make_node("ReduceMean", ["hc", "axes"], ["pooled"], name="pool", keepdims=1))
+    if flatten in ("Flatten", "Spatial"):
+        nodes.append(helper.make_node("Flatten", [pooled], ["flat"], name="flatten", axis=1))
+    else:
+        init.append(("target", np.array([-1, 32] if flatten == "Reshape" else [1, -1], np.int64)))
+        nodes.append(helper.make_node("Reshape", [pooled, "target"], ["flat"], name="flatten"))
+    nodes.append(helper.make_node("Gemm", ["flat", "fc", "fc_bias"], ["y"], name="classifier", transB=1))
+    batch = 1 if flatten == "ReshapeBatch" else "B"
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])]
+    model = _model(nodes, inputs, outputs, init)
+    return ir.from_proto(onnx.shape_inference.infer_shapes(ir.to_proto(model)))
+
+
+def head_images(count: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    """Normal ``[count, 3, 8, 8]`` images."""
+    return {"x": np.random.default_rng(seed).standard_normal((count, 3, 8, 8)).astype(np.float32)}

@@ -60,7 +60,9 @@ def test_the_result_computes_its_twin(depthwise):
     result = ChannelPruningPass(0.5, samples=images(16, seed=1))(model.clone())
     held_out = images(seed=4), images(2, seed=5)
     assert_matches_twin(result, *held_out)
-    assert result.twin.description == "the input with 4 of 8 channels zeroed in the next Convs' input filters"
+    assert result.twin.description == (
+        "the input with 4 of 8 channels zeroed in the next layers' weights (Conv input filters, classifier rows)"
+    )
     twin = result.twin.model.graph
     assert constant_array(twin.node("conv1").inputs[1]).shape == (8, 3, 3, 3)
     filters = constant_array(twin.node("conv2").inputs[1])
@@ -138,3 +140,106 @@ def test_wide_conv_groups_keep_a_multiple_of_eight_channels():
     pruning = ChannelPruningPass(0.3, samples=calibration, ranking="global", repair=False)
     pruning(model.clone())
     assert pruning.pruned and all(kept % 8 == 0 for kept, _ in pruning.pruned.values())
+
+
+@pytest.mark.parametrize(
+    ("pooling", "flatten"),
+    [("GlobalAveragePool", "Flatten"), ("ReduceMean", "Reshape"), ("GlobalAveragePool", "ReshapeBatch")],
+)
+def test_classifier_head_channels_are_cut_with_the_gemm_rows(pooling, flatten):
+    """The 1×1 head Conv's channels reach the Gemm through a global pooling and a Flatten/Reshape:
+    they are one group, cut in the Conv's filters and bias and the Gemm's weight rows; dead ones go first."""
+    from tests.passes.pruning.graphs import classifier_head, head_images
+
+    model = classifier_head(dead=tuple(range(0, 32, 4)), pooling=pooling, flatten=flatten)
+    groups, refused = channel_groups(model.graph)
+    assert sorted(g.name for g in groups) == ["classifier", "head"] and not refused
+    pruning = ChannelPruningPass(0.25)
+    after = pruning(model.clone()).model
+    assert pruning.pruned == {"classifier": (24, 32), "head": (12, 16)}
+    assert after.graph.node("head").inputs[1].const_value.shape == (24, 12, 1, 1)
+    assert after.graph.node("classifier").inputs[1].const_value.shape == (10, 24)
+    target = after.graph.node("flatten").inputs[1] if flatten != "Flatten" else None
+    if flatten == "Reshape":
+        assert target.const_value.numpy().tolist() == [-1, 24]
+    count = 1 if flatten == "ReshapeBatch" else 4
+    only_dead = ChannelPruningPass(0.25)
+    only_dead.find_groups = lambda graph: ([g for g in channel_groups(graph)[0] if g.name == "classifier"], {})
+    head_only = only_dead(model.clone()).model
+    assert_same_outputs(model, head_only, head_images(count, seed=3), rtol=1e-5, atol=1e-5)
+    assert_same_outputs(model, head_only, head_images(count, seed=4), rtol=1e-5, atol=1e-5)
+    assert 0.5 < drift(model, after, head_images(count, seed=3)).cosine < 1.0
+
+
+@pytest.mark.parametrize(("pooling", "flatten"), [("ReduceMeanChannels", "Flatten"), ("GlobalAveragePool", "Spatial")])
+def test_a_classifier_without_a_global_pooling_over_h_and_w_is_not_a_group(pooling, flatten):
+    """A mean over the channels, or a flattened feature map (channels mixed with positions), is not a group."""
+    from tests.passes.pruning.graphs import classifier_head
+
+    groups, refused = channel_groups(classifier_head(pooling=pooling, flatten=flatten).graph)
+    assert [g.name for g in groups] == ["head"] and not refused
+
+
+def test_the_classifier_is_repaired_on_pooled_rows_and_matches_its_twin():
+    from tests.passes.pruning.graphs import classifier_head, head_images
+    from tests.passes.pruning.twins import assert_matches_twin
+
+    model = classifier_head()
+    calibration, held_out = head_images(64, seed=1), head_images(32, seed=2)
+    plain = ChannelPruningPass(0.4, samples=calibration, repair=False)(model.clone()).model
+    result = ChannelPruningPass(0.4, samples=calibration)(model.clone())
+    assert result.model.graph.node("classifier").inputs[1].const_value.shape == (10, 16)
+    assert drift(model, result.model, held_out).cosine > drift(model, plain, held_out).cosine
+    assert_matches_twin(result, held_out, head_images(2, seed=5))
+
+
+def test_unit_costs_count_parameters_and_multiply_adds():
+    """A head channel: 16 filter weights + 1 bias + 10 Gemm weights = 27 parameters; 16 multiply-adds at
+    each of 4×4 positions plus 10 in the Gemm = 266. A stem channel: 27 + 1 + 32 parameters; 27 at
+    4×4 positions and 32 at the head Conv's 4×4 = 944 multiply-adds."""
+    from tests.passes.pruning.graphs import classifier_head
+
+    model = classifier_head()
+    groups = {g.name: g for g in channel_groups(model.graph)[0]}
+    assert ChannelPruningPass(0.2).unit_cost(groups["head"]) is None
+    assert ChannelPruningPass(0.2, cost="parameters").unit_cost(groups["classifier"]) == 27
+    assert ChannelPruningPass(0.2, cost="macs").unit_cost(groups["classifier"]) == 266
+    assert ChannelPruningPass(0.2, cost="parameters").unit_cost(groups["head"]) == 60
+    assert ChannelPruningPass(0.2, cost="macs").unit_cost(groups["head"]) == 944
+    with pytest.raises(ValueError, match="unknown channel cost"):
+        ChannelPruningPass(0.2, cost="flops")
+
+
+def test_a_global_cut_by_multiply_adds_removes_that_share_of_them(monkeypatch):
+    """With ``cost="macs"`` the ratio is a share of the groups' multiply-adds, not of their channels: the
+    stem's channels (944 each) and the head's (266) are weighed by effect per multiply-add."""
+    import passes.pruning._base as base
+    from tests.passes.pruning.graphs import classifier_head, head_images
+
+    monkeypatch.setattr(base, "CHANNEL_MULTIPLE", 1)  # exact counts: no rounding to NCHWc blocks
+    model = classifier_head()
+    calibration = head_images(16, seed=1)
+    costs = {"head": 944, "classifier": 266}
+    total = sum(costs[g.name] * g.size for g in channel_groups(model.graph)[0])
+    removed = {}
+    for cost in ("channels", "macs"):
+        pruning = ChannelPruningPass(0.4, samples=calibration, ranking="global", repair=False, cost=cost)
+        pruning(model.clone())
+        removed[cost] = sum((size - kept) * costs[name] for name, (kept, size) in pruning.pruned.items()) / total
+        channels = sum(size - kept for kept, size in pruning.pruned.values())
+        if cost == "channels":
+            assert channels == int(0.4 * 48)
+    assert 0.4 <= removed["macs"] < 0.4 + 944 / total and removed["macs"] != removed["channels"]
+
+
+def test_excluded_consumers_leave_their_groups_whole():
+    """``exclude=["Conv"]`` leaves every group a Conv reads whole and cuts only the classifier head's."""
+    from tests.passes.pruning.graphs import classifier_head
+
+    pruning = ChannelPruningPass(0.25, exclude=["Conv"])
+    result = pruning(classifier_head())
+    assert pruning.pruned == {"classifier": (24, 32)}
+    assert "head left whole: excluded: its consumer head (Conv) matches 'Conv'" in result.refusals
+    by_name = ChannelPruningPass(0.25, exclude=["class*"])
+    by_name(classifier_head())
+    assert by_name.pruned == {"head": (12, 16)}
