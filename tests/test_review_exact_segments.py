@@ -1,6 +1,8 @@
-"""Review of the exact segment check (``Verifier.check`` with a ``base``, commit f72d61e): what it lets through.
+"""Review of the exact segment check (``Verifier.check(candidate, by_segment=True)``): what it lets through.
 
-Each test here is a wrong or correct exact pass for which the fallback's verdict is wrong:
+Each test here is a wrong or correct exact pass for which the fallback's verdict is wrong.
+
+First review (f72d61e; fixed in fdf1498, kept as regressions):
 
 - A cut at an attention's masked scores (``scores * scale + mask`` with the exporters' fill,
   ``finfo(float32).min`` or -1e9) is compared at a tolerance relative to that tensor's RMS, which
@@ -12,6 +14,22 @@ Each test here is a wrong or correct exact pass for which the fallback's verdict
   back, however exact.
 - Each pass verified segment by segment is held to its own input, not to the original: passes
   that are each within the tolerance add up past it, and the result is reported verified.
+
+Second review (fdf1498: cuts around every node the original lacks, ``_inner_magnitude``):
+
+- ``_inner_magnitude`` takes its floor over the *nonzero* elements: an additive mask is zeros
+  where it attends and the fill elsewhere, so the fill is all its nonzero elements and sets the
+  floor. A rewritten mask that hides each token from itself with -1e9 (the model fills
+  ``finfo.min``), or puts a -0.9 bias on it (the model fills -1e4), is verified.
+- Where the fill is over 90 % of the masked scores (a decode step against a static cache, a
+  sliding window), it sets the floor again: a wrong attention scale next to it is verified.
+- Every cut is held to the tolerance relative to its own magnitude and the next segment is fed
+  the original's value, so what the next op makes of an error under that tolerance is never
+  seen: timestep angles 5e-5 off (a diffusion model's ``sin(t * freqs)``, t up to 999) move
+  the output by 3 % of its RMS, and are verified.
+- A correct rewrite is rolled back when it keeps a tensor's name for another meaning of the
+  same shape (a gain folded into the MatMul before it, its output keeping the MatMul's name):
+  the cut there compares the two meanings.
 """
 
 from __future__ import annotations
@@ -25,7 +43,7 @@ from optimizer.pipeline import _run_one
 from optimizer.protocol import PassContext, PassSpec
 from optimizer.runtime import run_model
 from optimizer.verify import DEFAULT_TOLERANCES, Verifier
-from tests.test_exact_segments import _chain, _inputs, _SplitPass, _weights
+from tests.test_exact_segments import GAIN, _chain, _inputs, _SplitPass, _weights
 
 SEQUENCE, WIDTH = 6, 8
 _FLOAT = ir.DataType.FLOAT
@@ -182,3 +200,213 @@ def test_exact_passes_each_within_the_tolerance_do_not_add_up_past_it():
     # Before f72d61e every exact pass was held to the original: the second nudge (1.2x rtol) was rolled back.
     end_to_end = Verifier(original, [inputs]).check(model)
     assert end_to_end.ok, f"{statuses}, each within {step:.1e} of its input; the result: {end_to_end.first_failure}"
+
+
+# Second review (fdf1498).
+
+_MINUS_MAX = float(np.finfo(np.float32).min)
+
+
+class _Graph:
+    """A small float graph built node by node (names given, so that two builds share them)."""
+
+    def __init__(self, inputs: dict[str, list], arrays: dict[str, np.ndarray]) -> None:
+        self.inputs = [ir.Value(name=n, type=ir.TensorType(_FLOAT), shape=ir.Shape(s)) for n, s in inputs.items()]
+        self.weights = {name: ir.Value(name=name, const_value=ir.tensor(array)) for name, array in arrays.items()}
+        self.graph = ir.Graph(
+            self.inputs, [], nodes=[], initializers=list(self.weights.values()), opset_imports={"": 18}
+        )
+
+    def __getitem__(self, name: str) -> ir.Value:
+        return next(v for v in self.inputs if v.name == name) if name not in self.weights else self.weights[name]
+
+    def node(self, op: str, inputs: list[ir.Value], output: str, name: str, **attributes) -> ir.Value:
+        created = ir.Node("", op, inputs, attributes=[ir.Attr(k, *v) for k, v in attributes.items()], name=name)
+        created.outputs[0].name = output
+        self.graph.append(created)
+        return created.outputs[0]
+
+    def model(self, output: ir.Value, shape: list) -> ir.Model:
+        output.type, output.shape = ir.TensorType(_FLOAT), ir.Shape(shape)
+        self.graph.outputs.append(output)
+        return ir.Model(self.graph, ir_version=10)
+
+
+def _attention_with_built_mask(fill: float, own_position: float | None = None) -> ir.Model:
+    """One causal head whose mask the graph computes, ``Where(causal, 0, fill)`` (a node output both models
+    have, as in the exporters' graphs). With ``own_position``, a new node builds the mask instead, the same
+    but for ``own_position`` on the diagonal: each token's own key is hidden (or biased) where it was not."""
+    rng = np.random.default_rng(0)
+    causal = np.tril(np.ones((SEQUENCE, SEQUENCE), bool))
+    rebuilt = np.where(causal, 0, fill).astype(np.float32)
+    if own_position is not None:
+        np.fill_diagonal(rebuilt, own_position)
+    g = _Graph(
+        {"x": ["batch", SEQUENCE, WIDTH]},
+        {
+            "wq": rng.standard_normal((WIDTH, WIDTH)).astype(np.float32),
+            "wk": rng.standard_normal((WIDTH, WIDTH)).astype(np.float32),
+            "wv": rng.standard_normal((WIDTH, WIDTH)).astype(np.float32),
+            "scale": np.array(1 / np.sqrt(WIDTH), np.float32),
+            "causal": causal,
+            "zero": np.array(0, np.float32),
+            "fill": np.array(fill, np.float32),
+            "rebuilt": rebuilt,
+        },
+    )
+    x = g["x"]
+    q, k, v = (g.node("MatMul", [x, g[f"w{n}"]], n, f"project_{n}") for n in "qkv")
+    kt = g.node("Transpose", [k], "k_t", "transpose_k", perm=(ir.AttributeType.INTS, [0, 2, 1]))
+    scaled = g.node("Mul", [g.node("MatMul", [q, kt], "scores", "q_k"), g["scale"]], "scaled", "scale")
+    if own_position is None:
+        mask = g.node("Where", [g["causal"], g["zero"], g["fill"]], "mask", "build_mask")
+    else:
+        mask = g.node("Identity", [g["rebuilt"]], "mask", "build_mask_rewritten")
+    masked = g.node("Add", [scaled, mask], "masked", "add_mask")
+    probs = g.node("Softmax", [masked], "probs", "softmax", axis=(ir.AttributeType.INT, -1))
+    return g.model(g.node("MatMul", [probs, v], "y", "p_v"), ["batch", SEQUENCE, WIDTH])
+
+
+def _apply(original: ir.Model, spec: PassSpec, inputs: dict[str, np.ndarray]):
+    verifier = Verifier(original, [inputs])
+    return _run_one(original, len(list(original.graph)), spec, PassContext(Options()), verifier)
+
+
+@pytest.mark.parametrize(
+    ("fill", "own_position"),
+    [(_MINUS_MAX, -1e9), (-1e9, -5e4), (-1e4, -0.9)],
+    ids=["finfo-min-hidden-by-minus-1e9", "minus-1e9-hidden-by-minus-5e4", "minus-1e4-biased-by-minus-0.9"],
+)
+def test_a_rewritten_mask_wrong_where_it_attends_is_rolled_back(fill, own_position):
+    # The mask's cut is a 0/fill tensor: its nonzero elements are all fill, so _inner_magnitude's floor is
+    # |fill| and every attended position may move by 1e-4 |fill|, then the Add is fed the original's mask.
+    original = _attention_with_built_mask(fill)
+    inputs = _attention_inputs()
+    before = run_model(original, inputs)["y"]
+    after = run_model(_attention_with_built_mask(fill, own_position), inputs)["y"]
+    assert np.abs(after - before).max() > 0.5 * np.sqrt(np.mean(before**2))  # 70 % to 170 % of its RMS
+    rewrite = _Rewrite(lambda: _attention_with_built_mask(fill, own_position))
+    result, record = _apply(original, PassSpec("rebuild-causal-mask", lambda context: rewrite, "test"), inputs)
+    assert record.status == "rolled back" and result is original, (
+        f"a mask that hides each token from itself was {record.status}: {record.notes}"
+    )
+
+
+CACHE, VALID = 64, 5  # a static cache of 64 positions, 5 of them written: 59 of 64 keys masked
+
+
+def _decode_step(fill: float, factor: float | None = None) -> ir.Model:
+    """One query against a static key/value cache whose unwritten positions the mask fills with ``fill``
+    (92 % of the scores). With ``factor``, a new Mul with a new output name scales the scores by
+    ``factor / sqrt(WIDTH)`` instead of ``1 / sqrt(WIDTH)``."""
+    mask = np.full((1, CACHE), fill, np.float32)
+    mask[:, :VALID] = 0
+    g = _Graph(
+        {"x": ["batch", 1, WIDTH], "cache": ["batch", CACHE, WIDTH]},
+        {
+            "wq": np.random.default_rng(0).standard_normal((WIDTH, WIDTH)).astype(np.float32),
+            "scale": np.array(1 / np.sqrt(WIDTH), np.float32),
+            "scale_fused": np.array((factor or 1) / np.sqrt(WIDTH), np.float32),
+            "mask": mask,
+        },
+    )
+    q = g.node("MatMul", [g["x"], g["wq"]], "q", "project_q")
+    kt = g.node("Transpose", [g["cache"]], "k_t", "transpose_k", perm=(ir.AttributeType.INTS, [0, 2, 1]))
+    scores = g.node("MatMul", [q, kt], "scores", "q_k")
+    if factor is None:
+        scaled = g.node("Mul", [scores, g["scale"]], "scaled", "scale")
+    else:
+        scaled = g.node("Mul", [scores, g["scale_fused"]], "scaled_fused", "scale_fused")
+    masked = g.node("Add", [scaled, g["mask"]], "masked", "add_mask")
+    probs = g.node("Softmax", [masked], "probs", "softmax", axis=(ir.AttributeType.INT, -1))
+    return g.model(g.node("MatMul", [probs, g["cache"]], "y", "p_v"), ["batch", 1, WIDTH])
+
+
+@pytest.mark.parametrize("factor", [2.0, 0.5])
+@pytest.mark.parametrize("fill", [_MINUS_MAX, -1e9], ids=["finfo-min", "minus-1e9"])
+def test_a_wrong_attention_scale_next_to_a_mask_filling_most_keys_is_rolled_back(fill, factor):
+    # Above 90 % fill the 10th-percentile nonzero magnitude is the fill's, so the floor is again |fill|.
+    original = _decode_step(fill)
+    rng = np.random.default_rng(1)
+    inputs = {
+        "x": rng.standard_normal((2, 1, WIDTH)).astype(np.float32),
+        "cache": rng.standard_normal((2, CACHE, WIDTH)).astype(np.float32),
+    }
+    before, after = run_model(original, inputs)["y"], run_model(_decode_step(fill, factor), inputs)["y"]
+    assert np.abs(after - before).max() > 0.2 * np.sqrt(np.mean(before**2))  # 31 % and 58 % of its RMS
+    rewrite = _Rewrite(lambda: _decode_step(fill, factor))
+    result, record = _apply(original, PassSpec("fold-attention-scale", lambda context: rewrite, "test"), inputs)
+    assert record.status == "rolled back" and result is original, f"{record.status}: {record.notes}"
+
+
+HALF = 16
+
+
+def _timestep_embedding(error: float | None = None) -> ir.Model:
+    """A diffusion model's timestep embedding, ``[sin(t * freqs), cos(t * freqs)] @ W``. With ``error``,
+    a new node computes the angles from frequencies ``error`` (relative) off, under the same name."""
+    freqs = np.exp(-np.log(10000.0) * np.arange(HALF) / HALF).astype(np.float32)[None]
+    g = _Graph(
+        {"timestep": ["batch", 1]},
+        {
+            "freqs": freqs,
+            "freqs_folded": (freqs.astype(np.float64) * (1 + (error or 0))).astype(np.float32),
+            "w": (np.random.default_rng(0).standard_normal((2 * HALF, WIDTH)) / 4).astype(np.float32),
+        },
+    )
+    if error is None:
+        angle = g.node("Mul", [g["timestep"], g["freqs"]], "angle", "scale_timesteps")
+    else:
+        angle = g.node("Mul", [g["timestep"], g["freqs_folded"]], "angle", "scale_timesteps_folded")
+    sin, cos = g.node("Sin", [angle], "sin", "sin"), g.node("Cos", [angle], "cos", "cos")
+    embedding = g.node("Concat", [sin, cos], "embedding", "concat", axis=(ir.AttributeType.INT, -1))
+    return g.model(g.node("MatMul", [embedding, g["w"]], "y", "project"), ["batch", WIDTH])
+
+
+def test_an_error_under_a_cuts_tolerance_that_the_next_op_amplifies_is_rolled_back():
+    # The angle cut is within 1e-4 of each angle; Sin and Cos then read the original's angles, so the
+    # 0.05 rad the wrong frequencies cost at t = 999 is never seen. End to end the output is 3 % off.
+    original, wrong = _timestep_embedding(), _timestep_embedding(5e-5)
+    inputs = {"timestep": np.array([[999.0], [981.0], [500.0], [20.0]], np.float32)}
+    before, after = run_model(original, inputs)["y"], run_model(wrong, inputs)["y"]
+    assert np.abs(after - before).max() > 0.02 * np.sqrt(np.mean(before**2))
+    rewrite = _Rewrite(lambda: _timestep_embedding(5e-5))
+    result, record = _apply(original, PassSpec("fold-timestep-frequencies", lambda context: rewrite, "test"), inputs)
+    assert record.status == "rolled back" and result is original, f"{record.status}: {record.notes}"
+
+
+class _FoldGain(ir.passes.InPlacePass):
+    """Fold layer 5's gain into its (split) MatMuls' weights, the Tanh reading their sum directly. The sum
+    keeps its name, ``product5``, now meaning ``GAIN * h4 @ W5``; ``rename`` gives it the Mul's instead."""
+
+    def __init__(self, rename: bool) -> None:
+        super().__init__()
+        self.rename = rename
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        for tag in "ab":
+            weight = graph.initializers[f"w5{tag}"]
+            weight.const_value = ir.tensor((weight.const_value.numpy() * GAIN).astype(np.float32))
+        scale = next(node for node in graph if node.name == "scale5")
+        product, scaled = scale.inputs[0], scale.outputs[0]
+        scaled.replace_all_uses_with(product)
+        graph.remove(scale, safe=True)
+        if self.rename:
+            product.name = "scaled5"
+        return ir.passes.PassResult(model, modified=True)
+
+
+@pytest.mark.parametrize("rename", [False, True], ids=["keeps-the-matmul-name", "takes-the-mul-name"])
+def test_a_correct_fold_that_keeps_a_tensor_name_for_another_meaning_is_kept(rename):
+    weights = _weights()
+    original = _chain(weights)
+    verifier = Verifier(original, [_inputs()])
+    context = PassContext(Options())
+    split = PassSpec("split-matmuls", lambda c: _SplitPass(weights), "test")
+    model, first = _run_one(original, len(list(original.graph)), split, context, verifier)
+    assert first.status == "applied"
+    fold = PassSpec("fold-gain", lambda c: _FoldGain(rename), "test")
+    result, record = _run_one(model, first.nodes_after, fold, context, verifier)
+    # The fold moves h23 by under 1e-4 from the original; the cut at product5 compares GAIN * product with product.
+    assert record.status == "applied", f"a correct fold was rolled back: {record.detail}"
