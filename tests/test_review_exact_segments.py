@@ -30,6 +30,9 @@ Second review (fdf1498: cuts around every node the original lacks, ``_inner_magn
 - A correct rewrite is rolled back when it keeps a tensor's name for another meaning of the
   same shape (a gain folded into the MatMul before it, its output keeping the MatMul's name):
   the cut there compares the two meanings.
+- Cuts around earlier passes' nodes are held to the original too, so an earlier pass verified end to
+  end whose change no output sees (a mask rebuilt with -1e9 for ``finfo.min``: the same softmax)
+  rolls back every later exact pass that misses end to end, blamed on the mask.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from optimizer.pipeline import _run_one
 from optimizer.protocol import PassContext, PassSpec
 from optimizer.runtime import run_model
 from optimizer.verify import DEFAULT_TOLERANCES, Verifier
-from tests.test_exact_segments import GAIN, _chain, _inputs, _SplitPass, _weights
+from tests.test_exact_segments import GAIN, _chain, _inputs, _split_everywhere, _SplitPass, _weights
 
 SEQUENCE, WIDTH = 6, 8
 _FLOAT = ir.DataType.FLOAT
@@ -410,3 +413,49 @@ def test_a_correct_fold_that_keeps_a_tensor_name_for_another_meaning_is_kept(ren
     result, record = _run_one(model, first.nodes_after, fold, context, verifier)
     # The fold moves h23 by under 1e-4 from the original; the cut at product5 compares GAIN * product with product.
     assert record.status == "applied", f"a correct fold was rolled back: {record.detail}"
+
+
+def _chain_beside_attention(split: bool, mask_fill: float) -> ir.Model:
+    """Two independent branches: the chaotic chain of ``tests/test_exact_segments`` (``split``: rewritten
+    exactly) and the attention head above, whose mask ``Where(causal, 0, finfo.min)`` is, for any other
+    ``mask_fill``, rebuilt by a new node with that fill (the same softmax: a correct rewrite)."""
+    weights = _weights()
+    model = _split_everywhere(weights) if split else _chain(weights)
+    head = (
+        _attention_with_built_mask(_MINUS_MAX)
+        if mask_fill == _MINUS_MAX
+        else _attention_with_built_mask(mask_fill, own_position=0.0)
+    )
+    graph, moved = model.graph, head.graph
+    tokens = moved.inputs.pop(0)
+    tokens.name = "tokens"
+    graph.inputs.append(tokens)
+    output = moved.outputs.pop(0)
+    for value in list(moved.initializers.values()):
+        moved.initializers.pop(value.name)
+        graph.register_initializer(value)
+    for node in list(moved):
+        moved.remove(node)
+        graph.append(node)
+    graph.outputs.append(output)
+    return model
+
+
+def test_an_earlier_pass_that_changes_what_no_output_sees_does_not_roll_back_later_ones():
+    # fdf1498 cuts around every node the original lacks, earlier passes' too, and holds each cut to the
+    # original's value. A mask rebuilt with -1e9 for finfo.min is exact end to end (the same softmax) and
+    # verified; from then on its cut differs by 3.4e38 and every later exact pass that misses end to end
+    # (here the chain's split, applied without it) is rolled back, blamed on the mask.
+    original = _chain_beside_attention(split=False, mask_fill=_MINUS_MAX)
+    inputs = {**_inputs(), "tokens": _attention_inputs()["x"]}
+    verifier = Verifier(original, [inputs])
+    context = PassContext(Options())
+    rebuild = _Rewrite(lambda: _chain_beside_attention(split=False, mask_fill=-1e9))
+    spec = PassSpec("rebuild-causal-mask", lambda c: rebuild, "test")
+    model, first = _run_one(original, len(list(original.graph)), spec, context, verifier)
+    assert first.status == "applied" and not first.notes  # verified end to end
+    split = _Rewrite(lambda: _chain_beside_attention(split=True, mask_fill=-1e9))
+    result, record = _run_one(
+        model, first.nodes_after, PassSpec("split-matmuls", lambda c: split, "test"), context, verifier
+    )
+    assert record.status == "applied", f"a correct pass was rolled back for an earlier one's mask: {record.detail}"
