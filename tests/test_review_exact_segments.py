@@ -33,6 +33,8 @@ Second review (fdf1498: cuts around every node the original lacks, ``_inner_magn
 - Cuts around earlier passes' nodes are held to the original too, so an earlier pass verified end to
   end whose change no output sees (a mask rebuilt with -1e9 for ``finfo.min``: the same softmax)
   rolls back every later exact pass that misses end to end, blamed on the mask.
+- A sequence (its type unrecorded) beside a rewritten node is taken for a cut and crashes the check
+  (``examples[name].dtype`` on a list): a correct pass is reported failed.
 """
 
 from __future__ import annotations
@@ -459,3 +461,33 @@ def test_an_earlier_pass_that_changes_what_no_output_sees_does_not_roll_back_lat
         model, first.nodes_after, PassSpec("split-matmuls", lambda c: split, "test"), context, verifier
     )
     assert record.status == "applied", f"a correct pass was rolled back for an earlier one's mask: {record.detail}"
+
+
+def _with_sequence_round_trip(model: ir.Model, concat_name: str) -> ir.Model:
+    """``model`` with ``h5`` split into a sequence of rows and concatenated back before layer 6 reads it
+    (an identity; the sequence's type left unrecorded, as a pass that builds nodes may leave it)."""
+    graph = model.graph
+    h5 = next(v for node in graph for v in node.outputs if v.name == "h5")
+    readers = list(h5.uses())
+    split = ir.Node("", "SplitToSequence", [h5], attributes=[ir.AttrInt64("axis", 0)], name="rows5")
+    concat = ir.Node(
+        "", "ConcatFromSequence", [split.outputs[0]], attributes=[ir.AttrInt64("axis", 0)], name=concat_name
+    )
+    split.outputs[0].name, concat.outputs[0].name = "rows5", "joined5"
+    for reader, index in readers:
+        reader.replace_input_with(index, concat.outputs[0])
+    graph.insert_after(h5.producer(), [split, concat])
+    return model
+
+
+def test_a_sequence_next_to_a_rewrite_does_not_crash_the_segment_check():
+    # A rewritten node reading a sequence makes that sequence a cut (its dtype unrecorded, so not refused
+    # as non-float); ONNX Runtime returns it as a list, and `examples[name].dtype` raises AttributeError:
+    # the correct split below is reported "failed", and with --raise-errors the run stops.
+    weights = _weights()
+    original = _with_sequence_round_trip(_chain(weights), "join5")
+    verifier = Verifier(original, [_inputs()])
+    rewrite = _Rewrite(lambda: _with_sequence_round_trip(_split_everywhere(weights), "join5_rewritten"))
+    spec = PassSpec("split-matmuls", lambda c: rewrite, "test")
+    result, record = _run_one(original, len(list(original.graph)), spec, PassContext(Options()), verifier)
+    assert record.status == "applied", f"{record.status}: {record.detail}"
