@@ -283,10 +283,7 @@ class ChannelPruningPass(PruningPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._unknown_positions = None
-        result = super().call(model)
-        if self._unknown_positions is not None and self.ranking == "global":
-            self.note(f"cost macs: {self._unknown_positions} has no static spatial shape; ranked by channel counts")
-        return result
+        return super().call(model)
 
     def unit_cost(self, group: ChannelGroup) -> float | None:
         if self.cost == "channels":
@@ -303,7 +300,9 @@ class ChannelPruningPass(PruningPass):
             elif cut.slot == 1:  # a weight: each element is a multiply-add at every output position
                 positions = _output_positions(cut.node)
                 if positions is None:
-                    self._unknown_positions = cut.node.name
+                    if self._unknown_positions is None:
+                        self._unknown_positions = cut.node.name
+                        self.note(f"cost macs: {cut.node.name} has no static output shape; ranked by channel counts")
                     return None
                 total += per_unit * positions
         return total

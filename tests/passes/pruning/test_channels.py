@@ -243,3 +243,17 @@ def test_excluded_consumers_leave_their_groups_whole():
     by_name = ChannelPruningPass(0.25, exclude=["class*"])
     by_name(classifier_head())
     assert by_name.pruned == {"head": (12, 16)}
+
+
+def test_multiply_adds_without_declared_shapes_fall_back_to_channel_counts():
+    from tests.passes.pruning.graphs import classifier_head, head_images
+
+    model = classifier_head()
+    for node in model.graph:
+        for output in node.outputs:
+            if not output.is_graph_output():
+                output.shape = None
+    pruning = ChannelPruningPass(0.25, samples=head_images(8, seed=1), ranking="global", cost="macs", repair=False)
+    result = pruning(model)
+    assert any(note.startswith("cost macs: ") and "ranked by channel counts" in note for note in result.notes)
+    assert sum(size - kept for kept, size in pruning.pruned.values()) >= 8
