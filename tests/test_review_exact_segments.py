@@ -504,3 +504,75 @@ def test_a_sequence_next_to_a_rewrite_does_not_crash_the_segment_check():
     spec = PassSpec("split-matmuls", lambda c: rewrite, "test")
     result, record = _run_one(original, len(list(original.graph)), spec, PassContext(Options()), verifier)
     assert record.status == "applied", f"{record.status}: {record.detail}"
+
+
+# Third review (4ea1d00: SEGMENT_CAP, CUT_MAGNITUDE, each cut fed the result's own values too).
+#
+# - CUT_MAGNITUDE is checked on the original's values only. A mask whose fill is under 1e3 (Swin's
+#   shifted-window mask fills -100) is a cut, and a correct rewrite that rebuilds it with the fill its
+#   fused kernel or convention uses (-1e4, -1e9: the same softmax) makes that cut differ by the fill: the
+#   pass is verified end to end, and from then on every exact pass that misses end to end is rolled back
+#   (blamed on the mask), or the same pass, on a deep model, is. README: "an attention mask's fill is never
+#   a cut" does not hold below 1e3, and the filter never looks at the result's values.
+
+_SWIN_FILL = -100.0
+
+
+def _chain_beside_head(split: bool, head: ir.Model) -> ir.Model:
+    """The chaotic chain of ``tests/test_exact_segments`` (``split``: rewritten exactly) beside ``head``,
+    an independent attention head on its own input ``tokens``."""
+    weights = _weights()
+    model = _split_everywhere(weights) if split else _chain(weights)
+    graph, moved = model.graph, head.graph
+    tokens = moved.inputs.pop(0)
+    tokens.name = "tokens"
+    graph.inputs.append(tokens)
+    output = moved.outputs.pop(0)
+    for value in list(moved.initializers.values()):
+        moved.initializers.pop(value.name)
+        graph.register_initializer(value)
+    for node in list(moved):
+        moved.remove(node)
+        graph.append(node)
+    graph.outputs.append(output)
+    return model
+
+
+@pytest.mark.parametrize("new_fill", [-1e4, -1e9, _MINUS_MAX], ids=["minus-1e4", "minus-1e9", "finfo-min"])
+def test_a_mask_rebuilt_from_a_fill_under_1e3_does_not_roll_back_later_passes(new_fill):
+    # The original's mask fills -100 (Swin): ordinary, so it is a cut. The rebuilt mask fills new_fill: the
+    # same probabilities (exp(-100) is under float32's smallest normal), verified end to end. The later split
+    # misses end to end and is checked by segment around every node the original lacks, the mask's too:
+    # there the result's mask is new_fill where the original's is -100, and the split is rolled back.
+    original = _chain_beside_head(split=False, head=_attention_with_built_mask(_SWIN_FILL))
+    rebuilt = _attention_with_built_mask(new_fill, own_position=0.0)
+    inputs = {**_inputs(), "tokens": _attention_inputs()["x"]}
+    np.testing.assert_array_equal(  # the premise: the same attention
+        run_model(_attention_with_built_mask(_SWIN_FILL), {"x": inputs["tokens"]})["y"],
+        run_model(rebuilt, {"x": inputs["tokens"]})["y"],
+    )
+    verifier = Verifier(original, [inputs])
+    context = PassContext(Options())
+    rebuild = _Rewrite(lambda: _chain_beside_head(False, _attention_with_built_mask(new_fill, own_position=0.0)))
+    model, first = _run_one(
+        original,
+        len(list(original.graph)),
+        PassSpec("canonicalize-masks", lambda c: rebuild, "test"),
+        context,
+        verifier,
+    )
+    assert first.status == "applied" and not first.notes  # verified end to end
+    split = _Rewrite(lambda: _chain_beside_head(True, _attention_with_built_mask(new_fill, own_position=0.0)))
+    result, record = _run_one(
+        model, first.nodes_after, PassSpec("split-matmuls", lambda c: split, "test"), context, verifier
+    )
+    assert record.status == "applied", f"a correct pass was rolled back for an earlier one's mask: {record.detail}"
+
+
+def test_a_correct_pass_that_rebuilds_a_fill_under_1e3_and_misses_end_to_end_is_kept():
+    # The same in one pass (an attention fusion that writes its kernel's fill on a deep model).
+    original = _chain_beside_head(split=False, head=_attention_with_built_mask(_SWIN_FILL))
+    inputs = {**_inputs(), "tokens": _attention_inputs()["x"]}
+    fused = _Rewrite(lambda: _chain_beside_head(True, _attention_with_built_mask(-1e4, own_position=0.0)))
+    result, record = _apply(original, PassSpec("fuse-attention", lambda c: fused, "test"), inputs)
+    assert record.status == "applied", f"{record.status}: {record.detail}"
