@@ -633,6 +633,11 @@ def _half_chain(weights: list[np.ndarray], split: bool) -> ir.Model:
     return ir.Model(graph, ir_version=10)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented limit (README Verification): a model with float16/bfloat16 outputs that misses end to end "
+    "is rolled back, never checked by segment (a 1 % cap says nothing at those dtypes' own tolerances)",
+)
 def test_an_exact_rewrite_of_a_deep_float16_model_is_checked_by_segment():
     weights = _half_weights()
     original, split = _half_chain(weights, split=False), _half_chain(weights, split=True)
