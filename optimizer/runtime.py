@@ -246,6 +246,18 @@ def run_session(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any
     return dict(zip(output_names, results))
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give this process (Linux ``MemAvailable``); None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def run_model(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Outputs of ``model`` on one input set, exactly as written (graph optimizations off)."""
     with inference_session(model) as session:

@@ -161,3 +161,25 @@ def test_the_pipeline_keeps_a_segment_verified_rewrite_and_says_so(wrong):
         assert record.status == "applied", record.detail
         assert any("verified segment by segment" in note for note in record.notes)
         np.testing.assert_allclose(run_model(result, _inputs())["h23"], run_model(original, _inputs())["h23"], atol=1)
+
+
+def test_a_segment_check_that_would_not_fit_in_memory_is_not_started(monkeypatch):
+    weights = _weights()
+    original, candidate = _chain(weights), _split_everywhere(weights)
+    verifier = Verifier(original, [_inputs()])
+    monkeypatch.setattr("optimizer.verify.available_memory", lambda: 1024)
+    verdict = verifier.check(candidate, by_segment=True)
+    assert not verdict.ok
+    assert "not checked segment by segment" in verdict.first_failure and "GB available" in verdict.first_failure
+    monkeypatch.setattr("optimizer.verify.available_memory", lambda: None)  # unknown: checked
+    assert verifier.check(candidate, by_segment=True).ok
+
+
+def test_available_memory_is_read_where_the_system_says():
+    from optimizer.runtime import available_memory
+
+    memory = available_memory()
+    if __import__("os").path.exists("/proc/meminfo"):
+        assert isinstance(memory, int) and memory > 0
+    else:
+        assert memory is None
