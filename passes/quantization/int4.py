@@ -13,7 +13,7 @@ from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from optimizer.options import INT4_METHODS
 from optimizer.progress import track
 from optimizer.protocol import Twin
-from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes
+from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.quantization._base import _EXHAUSTIVE_LAYERS, QuantizationPass, output_error, sample_layer_inputs
 from passes.quantization._blockwise import (
@@ -389,6 +389,11 @@ class Int4QuantizationPass(QuantizationPass):
                 reason = (
                     "tied to an LM head whose zero points are float (HQQ's, or its grid's), "
                     "which GatherBlockQuantized cannot read: the table stays float"
+                )
+            elif tied is not None and grid is not None and grid.bits == 8 and tied_weight_reason(tied) is not None:
+                reason = (
+                    "tied to an LM head that reads this same tensor, on an 8-bit grid (its checkpoint's) that "
+                    "no 4-bit form both kernels read keeps exact: the table and the head stay float, stored once"
                 )
             elif tied is not None and grid is not None and grid.bits == 8:
                 reason = "tied to an LM head kept exact in 8 bits (its checkpoint's grid): the table stays float"

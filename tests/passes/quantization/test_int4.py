@@ -700,3 +700,17 @@ def test_a_cuda_budget_without_cuda_does_not_time_layers_on_the_cpu(monkeypatch)
     )
     result = quantizer(model.clone())
     assert any("--target cuda and onnxruntime-gpu is not installed" in note for note in result.notes)
+
+
+def test_a_table_shared_with_its_head_on_an_8bit_grid_says_both_stay_float():
+    # The head reads the table itself (Gemm transB=1, as the dynamo export after share-transposed-initializers):
+    # the head is refused as tied, so the table's note must not claim the head is kept in 8 bits.
+    model = _embedding_model(tied=True)
+    model.graph.initializers["table"].const_value = ir.tensor(
+        np.ascontiguousarray(_on_q8_0_grid(64, 1024).T), name="table"
+    )
+    result = Int4QuantizationPass(quantize_outputs=True)(model.clone())
+    assert "GatherBlockQuantized" not in computed_op_types(result.model)
+    assert not any(node.name.startswith("lm_head") and node.op_type == "MatMulNBits" for node in result.model.graph)
+    assert any("the table and the head stay float, stored once" in reason for reason in result.refusals)
+    assert not any("kept exact in 8 bits (its checkpoint's grid)" in reason for reason in result.refusals)
