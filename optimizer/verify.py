@@ -486,6 +486,24 @@ def _cut_at(
     return cut
 
 
+def _segment_feeds(
+    inputs: Mapping[str, np.ndarray],
+    values: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    outputs: Sequence[str],
+    padding: np.ndarray | None,
+    keep_own: bool,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A cut model's feeds (``inputs`` and each cut's value from ``values``, and with ``keep_own`` where
+    the model's own value goes on) and what it must compute (``values`` at the ``outputs`` and the cuts)."""
+    feeds = {**inputs, **{name: values[name] for name in names}}
+    if keep_own:
+        feeds.update({_own(name): _own_positions(values[name], padding) for name in names})
+    reference = {name: values[name] for name in outputs}
+    reference.update({_computed(name): values[name] for name in names})
+    return feeds, reference
+
+
 def _own_positions(value: np.ndarray, padding: np.ndarray | None) -> np.ndarray:
     """Where a checkpoint of shape ``value.shape`` keeps the model's own value: its padded positions
     (``[batch, sequence, ...]`` tensors laid out like the mask), nowhere else."""
@@ -736,11 +754,7 @@ class Verifier:
                         values = examples if index == 0 else run_twin(inputs)
                         examples = None
                         padding = padded_positions(inputs, self.masks)
-                        feeds = {**inputs, **{name: values[name] for name in names}}
-                        if keep_own:
-                            feeds.update({_own(name): _own_positions(values[name], padding) for name in names})
-                        reference = {name: values[name] for name in outputs_of_twin}
-                        reference.update({_computed(name): values[name] for name in names})
+                        feeds, reference = _segment_feeds(inputs, values, names, outputs_of_twin, padding, keep_own)
                         outputs = hide_padded(run_session(result_session, feeds), padding, reference, self.caches)
                         result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
                         if not result.ok:
@@ -795,12 +809,11 @@ class Verifier:
                 # Cut only at float arrays, finite and below CUT_MAGNITUDE on every input set, of the same
                 # shape in both graphs on the first (a name a rewrite reused for another shape is no place).
                 # The candidate's values too: a pass may rebuild a mask of fill -100 with its own kernel's fill.
-                for own in stream_values(candidate, names, self.input_sets[1:]):
-                    names = [name for name in names if _ordinary(own[name])]
                 held = 0  # bytes of the cuts' values on the largest input set
-                for inputs in self.input_sets[1:]:
+                others = self.input_sets[1:]
+                for inputs, own in zip(others, stream_values(candidate, names, others)):
                     values = run_base(inputs)
-                    names = [name for name in names if _ordinary(values[name])]
+                    names = [name for name in names if _ordinary(own[name]) and _ordinary(values[name])]
                     held = max(held, sum(values[name].nbytes for name in names))
                 examples = run_base(self.input_sets[0])
                 own = collect_values(candidate, names, [self.input_sets[0]])[0]
@@ -835,11 +848,7 @@ class Verifier:
                         values = examples if index == 0 else run_base(inputs)
                         examples = None
                         padding = padded_positions(inputs, self.masks)
-                        feeds = {**inputs, **{name: values[name] for name in names}}
-                        if keep_own:
-                            feeds.update({_own(name): _own_positions(values[name], padding) for name in names})
-                        reference = {name: values[name] for name in outputs_of_base}
-                        reference.update({_computed(name): values[name] for name in names})
+                        feeds, reference = _segment_feeds(inputs, values, names, outputs_of_base, padding, keep_own)
                         outputs = hide_padded(run_session(session, feeds), padding, reference, self.caches)
                         result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
                         if result.ok:

@@ -22,11 +22,19 @@ def _weights(seed: int = 0) -> list[np.ndarray]:
     return [(rng.standard_normal((WIDTH, WIDTH)) / np.sqrt(WIDTH)).astype(np.float32) for _ in range(LAYERS)]
 
 
-def _chain(weights: list[np.ndarray], split: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> ir.Model:
-    """``h = tanh(GAIN * h @ W_i)``, LAYERS times: chaotic, so a last-bit difference in one layer grows
-    through the rest. Layers in ``split`` compute ``h @ A + h @ B`` (new nodes) under the same tensor name."""
-    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["batch", WIDTH]))
-    gain = ir.Value(name="gain", const_value=ir.tensor(np.array(GAIN, np.float32)))
+def _chain(
+    weights: list[np.ndarray],
+    split: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    *,
+    gain: float = GAIN,
+    activation: str = "Tanh",
+) -> ir.Model:
+    """``h = tanh(GAIN * h @ W_i)`` (or another ``activation`` and ``gain``), one layer per weight, in the
+    weights' dtype: chaotic, so a last-bit difference in one layer grows through the rest. Layers in
+    ``split`` compute ``h @ A + h @ B`` (new nodes) under the same tensor name."""
+    dtype, width = ir.DataType.from_numpy(weights[0].dtype), weights[0].shape[0]
+    x = ir.Value(name="x", type=ir.TensorType(dtype), shape=ir.Shape(["batch", width]))
+    gain = ir.Value(name="gain", const_value=ir.tensor(np.array(gain, weights[0].dtype)))
     graph = ir.Graph([x], [], nodes=[], initializers=[gain], opset_imports={"": 18}, name="chain")
     h = x
     for i, weight in enumerate(weights):
@@ -46,12 +54,12 @@ def _chain(weights: list[np.ndarray], split: dict[int, tuple[np.ndarray, np.ndar
         graph.append(product)
         product.outputs[0].name = f"product{i}"
         scaled = ir.Node("", "Mul", [product.outputs[0], gain], name=f"scale{i}")
-        act = ir.Node("", "Tanh", [scaled.outputs[0]], name=f"tanh{i}")
+        act = ir.Node("", activation, [scaled.outputs[0]], name=f"{activation.lower()}{i}")
         graph.extend([scaled, act])
         scaled.outputs[0].name, act.outputs[0].name = f"scaled{i}", f"h{i}"
         h = act.outputs[0]
     graph.outputs.append(h)
-    h.type, h.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(["batch", WIDTH])
+    h.type, h.shape = ir.TensorType(dtype), ir.Shape(["batch", width])
     return ir.Model(graph, ir_version=10)
 
 

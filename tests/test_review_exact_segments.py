@@ -434,26 +434,12 @@ def _chain_beside_attention(split: bool, mask_fill: float) -> ir.Model:
     """Two independent branches: the chaotic chain of ``tests/test_exact_segments`` (``split``: rewritten
     exactly) and the attention head above, whose mask ``Where(causal, 0, finfo.min)`` is, for any other
     ``mask_fill``, rebuilt by a new node with that fill (the same softmax: a correct rewrite)."""
-    weights = _weights()
-    model = _split_everywhere(weights) if split else _chain(weights)
     head = (
         _attention_with_built_mask(_MINUS_MAX)
         if mask_fill == _MINUS_MAX
         else _attention_with_built_mask(mask_fill, own_position=0.0)
     )
-    graph, moved = model.graph, head.graph
-    tokens = moved.inputs.pop(0)
-    tokens.name = "tokens"
-    graph.inputs.append(tokens)
-    output = moved.outputs.pop(0)
-    for value in list(moved.initializers.values()):
-        moved.initializers.pop(value.name)
-        graph.register_initializer(value)
-    for node in list(moved):
-        moved.remove(node)
-        graph.append(node)
-    graph.outputs.append(output)
-    return model
+    return _chain_beside_head(split, head)
 
 
 def test_an_earlier_pass_that_changes_what_no_output_sees_does_not_roll_back_later_ones():
@@ -586,7 +572,6 @@ def test_a_correct_pass_that_rebuilds_a_fill_under_1e3_and_misses_end_to_end_is_
 #   its tolerance; for float16 it is 1x).
 
 HALF_LAYERS, HALF_GAIN, HALF_WIDTH = 32, 2.0, 32
-_HALF = ir.DataType.FLOAT16
 
 
 def _half_weights() -> list[np.ndarray]:
@@ -600,37 +585,13 @@ def _half_weights() -> list[np.ndarray]:
 def _half_chain(weights: list[np.ndarray], split: bool) -> ir.Model:
     """``h = sin(HALF_GAIN * h @ W_i)`` in float16 (chaotic: a last-bit difference grows through the layers).
     With ``split``, each layer computes ``h @ A + h @ B`` (new nodes, ``A + B == W`` exactly) under the same name."""
-    x = ir.Value(name="x", type=ir.TensorType(_HALF), shape=ir.Shape(["batch", HALF_WIDTH]))
-    gain = ir.Value(name="gain", const_value=ir.tensor(np.array(HALF_GAIN, np.float16)))
-    graph = ir.Graph([x], [], nodes=[], initializers=[gain], opset_imports={"": 18}, name="half_chain")
-    h = x
-    for i, weight in enumerate(weights):
-        if split:
-            coarse = (np.round(weight.astype(np.float32) * 8) / 8).astype(np.float16)
-            fine = (weight - coarse).astype(np.float16)
-            np.testing.assert_array_equal((fine + coarse).astype(np.float16), weight)
-            parts = []
-            for tag, part in zip("ab", (fine, coarse)):
-                w = ir.Value(name=f"w{i}{tag}", const_value=ir.tensor(part))
-                graph.register_initializer(w)
-                node = ir.Node("", "MatMul", [h, w], name=f"mm{i}{tag}")
-                graph.append(node)
-                parts.append(node.outputs[0])
-            product = ir.Node("", "Add", parts, name=f"sum{i}")
-        else:
-            w = ir.Value(name=f"w{i}", const_value=ir.tensor(weight))
-            graph.register_initializer(w)
-            product = ir.Node("", "MatMul", [h, w], name=f"mm{i}")
-        graph.append(product)
-        product.outputs[0].name = f"product{i}"
-        scaled = ir.Node("", "Mul", [product.outputs[0], gain], name=f"scale{i}")
-        act = ir.Node("", "Sin", [scaled.outputs[0]], name=f"sin{i}")
-        graph.extend([scaled, act])
-        scaled.outputs[0].name, act.outputs[0].name = f"scaled{i}", f"h{i}"
-        h = act.outputs[0]
-    graph.outputs.append(h)
-    h.type, h.shape = ir.TensorType(_HALF), ir.Shape(["batch", HALF_WIDTH])
-    return ir.Model(graph, ir_version=10)
+    parts = {}
+    for i, weight in enumerate(weights if split else ()):
+        coarse = (np.round(weight.astype(np.float32) * 8) / 8).astype(np.float16)
+        fine = (weight - coarse).astype(np.float16)
+        np.testing.assert_array_equal((fine + coarse).astype(np.float16), weight)
+        parts[i] = (fine, coarse)
+    return _chain(weights, parts, gain=HALF_GAIN, activation="Sin")
 
 
 @pytest.mark.xfail(
