@@ -278,6 +278,14 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
         "(float; default on cuda)",
     )
     group.add_argument(
+        "--int4-outlier-channels",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --quantize int4 at accuracy_level 4: keep the K largest channels of each layer's input "
+        "(max |x| on the samples) out of the kernel's int8 rounding, added back exactly in float (default 0)",
+    )
+    group.add_argument(
         "--calibration",
         metavar="DATA",
         help="sample inputs, many along axis 0 (an .npz, a folder of .npz files or one with an .npy per input, "

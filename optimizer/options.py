@@ -77,6 +77,7 @@ class Options:
     int4_method: str = field(default="rtn", metadata=_flag("--int4-method", metavar="METHOD"))
     symmetric: bool = field(default=False, metadata=_flag("--symmetric"))
     int4_accuracy_level: int | None = field(default=None, metadata=_flag("--int4-accuracy-level", metavar="L"))
+    int4_outlier_channels: int = field(default=0, metadata=_flag("--int4-outlier-channels", metavar="K"))
     # Accuracy budget of the approximate passes.
     min_cosine: float | None = field(default=None, metadata=_flag("--min-cosine", metavar="X"))
     max_error: float | None = field(default=None, metadata=_flag("--max-error", metavar="X"))
@@ -103,6 +104,7 @@ class Options:
         object.__setattr__(self, "max_sequence", _integer(self.max_sequence))
         object.__setattr__(self, "block_size", _integer(self.block_size))
         object.__setattr__(self, "int4_accuracy_level", _integer(self.int4_accuracy_level))
+        object.__setattr__(self, "int4_outlier_channels", _integer(self.int4_outlier_channels))
         object.__setattr__(self, "threads", _integer(self.threads))
         if self.threads is not None and (
             not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
@@ -133,6 +135,14 @@ class Options:
         level = self.int4_accuracy_level
         if level is not None and (isinstance(level, bool) or level not in INT4_ACCURACY_LEVELS):
             raise OptionError(f"--int4-accuracy-level {level}: expected 0 (float) or 4 (int8 input)")
+        outliers = self.int4_outlier_channels
+        if isinstance(outliers, bool) or not isinstance(outliers, int) or outliers < 0:
+            raise OptionError(f"--int4-outlier-channels {outliers}: expected a count of channels, 0 or more")
+        if outliers and (level == 0 or (level is None and self.target == "cuda")):
+            raise OptionError(
+                f"--int4-outlier-channels {outliers}: only accuracy_level 4 (the CPU's) rounds the input to int8; "
+                "at level 0 there is no rounding to take the channels out of"
+            )
         _check_choice("--calibration-method", self.calibration_method, CALIBRATION_METHODS)
         _check_choice("--activation-scale", self.activation_scale, ACTIVATION_SCALES)
         _check_choice("--importance", self.importance, IMPORTANCE_KINDS, optional=True)

@@ -28,6 +28,7 @@ _INT4 = (
     "int4_method",
     "symmetric",
     "int4_accuracy_level",
+    "int4_outlier_channels",
     "exclude",
     "quantize_outputs",
     "full_range_weights",
@@ -70,6 +71,7 @@ def _int4(context: PassContext) -> dict[str, Any]:
         "symmetric": options.symmetric,
         "target": options.target,
         "accuracy_level": options.int4_accuracy_level,
+        "outlier_channels": options.int4_outlier_channels,
         # the weight range of the layers the budget falls back to int8, as for the int8 passes
         "reduce_range": int8_weight_range(options.full_range_weights).reduce_range,
         "exclude": options.exclude,

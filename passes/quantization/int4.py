@@ -26,6 +26,7 @@ from passes.quantization._blockwise import (
 )
 from passes.quantization._int8 import claimed_weight, quantize_weight
 from passes.quantization._layer_speed import LayerShape, LayerSpeeds
+from passes.quantization._outliers import OutlierChannels, choose_outlier_channels
 from passes.quantization._twin import Int8Twin
 from passes.quantization.dynamic import _quantize_matmul
 
@@ -127,6 +128,7 @@ class Int4QuantizationPass(QuantizationPass):
         layer_speeds: LayerSpeeds | None = None,
         timing_threads: int | None = None,
         reduce_range: bool = True,
+        outlier_channels: int = 0,
     ) -> None:
         super().__init__(
             reduce_range=reduce_range,
@@ -147,14 +149,22 @@ class Int4QuantizationPass(QuantizationPass):
         if self.accuracy_level not in (0, 4):
             # Levels 1-3 (float32, float16, bfloat16 compute) have no twin written here.
             raise ValueError(f"accuracy_level {self.accuracy_level}: expected 0 (float) or 4 (int8 input)")
+        if outlier_channels < 0 or (outlier_channels and self.accuracy_level != 4):
+            raise ValueError(
+                f"outlier_channels {outlier_channels}: expected 0, or a positive count at accuracy_level 4 "
+                "(the int8 rounding of the input they are taken out of)"
+            )
+        self.outlier_channels = outlier_channels
+        self._outliers: dict[str, OutlierChannels] = {}
+        self._masks: dict[str, ir.Value] = {}
         self.embeddings = embeddings
         self.samples_generated = samples_generated
         self._weights: dict[str, Int4Weight] = {}
         self._method = method
         self._hessian_inputs: dict[str, np.ndarray] = {}
         self._grids: dict[tuple[str, bool], Int4Weight | None] = {}
-        # While the budget times a probe layer: the (bits, offsets) form of the layer it stands for.
-        self._probe: tuple[int, bool] | None = None
+        # While the budget times a probe layer: the (bits, offsets, zero points, split) form of the layer it stands for.
+        self._probe: tuple[int, bool, bool, bool] | None = None
         self._planned: dict[str, str | None] = {}
         self._applied: dict[str, Int4Weight] = {}
         self._heads: dict[str, tuple[ir.Value, Int4Weight]] = {}
@@ -165,6 +175,7 @@ class Int4QuantizationPass(QuantizationPass):
         self._weights, self._hessian_inputs, self._method = {}, {}, self.method
         self._shared_readers: dict[str, tuple[str, ...]] = {}
         self._shared_inputs: dict[str, list[str]] = {}
+        self._outliers = self._choose_outliers(model, layers, batches) if self.outlier_channels else {}
         recovered = [layer for layer in layers if self._grid(layer) is not None]
         if recovered:
             offsets = sum(1 for layer in recovered if self._grid(layer).has_offsets)
@@ -198,6 +209,36 @@ class Int4QuantizationPass(QuantizationPass):
                 self._shared_inputs[layer.name] = [reader.activation.name for reader in group]
         if shared:
             self.note(f"{len(shared)} shared weights fitted once by GPTQ, to the inputs of all their readers")
+
+    def _choose_outliers(self, model: ir.Model, layers: Sequence[Layer], batches) -> dict[str, OutlierChannels]:
+        """The outlier channels of every chosen layer's input (``choose_outlier_channels``), noted."""
+        if not batches:
+            self.note(f"--int4-outlier-channels {self.outlier_channels}: no sample inputs, no channels chosen")
+            return {}
+        names = [layer.activation.name for layer in layers]
+        chosen = choose_outlier_channels(model, names, batches, self.outlier_channels)
+        if chosen:
+            ratios = sorted(channels.ratio for channels in chosen.values())
+            source = (
+                "generated samples (--calibration chooses them on real data)"
+                if self.samples_generated
+                else ("the calibration samples")
+            )
+            self.note(
+                f"the {self.outlier_channels} largest channels of {len(chosen)} layer inputs (the largest "
+                f"{ratios[0]:.1f}-{ratios[-1]:.1f}x its input's median channel, max |x| on {source}) kept "
+                "float beside the int8 rounding of accuracy_level 4: zeroed before MatMulNBits, added back exactly"
+            )
+        return chosen
+
+    def _split(self, layer: Layer) -> OutlierChannels | None:
+        """The channels of ``layer``'s input kept out of the kernel's int8 rounding, or None (not rounded,
+        none chosen, or the int8 fallback)."""
+        if self.scheme(layer) == "int8" or self._level(layer) != 4:
+            return None
+        if self._probe is not None:  # a timing probe: any channels stand for the layer's
+            return OutlierChannels(np.arange(self.outlier_channels), 0.0) if self._probe[3] else None
+        return self._outliers.get(layer.activation.name)
 
     def weight(self, layer: Layer) -> Int4Weight:
         """The 4-bit values chosen for ``layer`` (computed once per run, shared by the rewrite and the twin)."""
@@ -238,6 +279,7 @@ class Int4QuantizationPass(QuantizationPass):
 
     def begin(self, layers: Sequence[Layer]) -> None:
         self._heads: dict[str, tuple[ir.Value, Int4Weight]] = {}
+        self._masks = {}  # per graph: each input's outliers are zeroed once, for all its readers
 
     def alternatives(self, layer: Layer) -> tuple[str, ...]:
         # Level 0 is the exact product of the 4-bit weights; at one row still faster than float for
@@ -258,20 +300,24 @@ class Int4QuantizationPass(QuantizationPass):
             return None  # its table reads the head's packed weight (GatherBlockQuantized)
         return super().tied_weight_refusal(layer)
 
-    def _form(self, layer: Layer | None) -> tuple[int, bool, bool]:
-        """The (bits, block offsets, zero points stored) ``layer`` is written with (the method's when none is named)."""
+    def _form(self, layer: Layer | None) -> tuple[int, bool, bool, bool]:
+        """The (bits, block offsets, zero points stored, outlier channels split) ``layer`` is written with
+        at the default scheme (the method's when none is named)."""
         if layer is None:
-            return 4, self.method == "hqq", not self.symmetric or self.method == "hqq"
+            return 4, self.method == "hqq", not self.symmetric or self.method == "hqq", self.outlier_channels > 0
         weight = self.weight(layer)
-        return weight.bits, weight.has_offsets, weight.zero_points is not None
+        split = layer.activation.name in self._outliers
+        return weight.bits, weight.has_offsets, weight.zero_points is not None, split
 
     def speed_form(self, scheme: str, layer: Layer | None = None) -> str:
         if scheme == "int8":
             return "DynamicQuantizeMatMul"
-        bits, offsets, zero_points = self._form(layer)
+        bits, offsets, zero_points, split = self._form(layer)
         width = " bits 8" if bits == 8 else ""
-        extra = (" + block offsets" if offsets else "") + ("" if zero_points else " symmetric")
         level = 0 if scheme == FLOAT_INPUT else self.accuracy_level
+        extra = (" + block offsets" if offsets else "") + ("" if zero_points else " symmetric")
+        if split and level == 4:
+            extra += f" + {self.outlier_channels} outlier channels float"
         return f"MatMulNBits{width} block {self.block_size} accuracy_level {level}{extra}"
 
     def _layer_model(self, shape: LayerShape, scheme: str, layer: Layer | None = None) -> ir.Model:
@@ -288,12 +334,14 @@ class Int4QuantizationPass(QuantizationPass):
             return
         node, exact = layer.node, self.weight(layer)
         if self._probe is not None:
-            exact = _probe_weight(exact, *self._probe)
+            exact = _probe_weight(exact, *self._probe[:3])
         weight, offsets = exact.stored(), exact.offsets()
         prefix = node.name
         activation = layer.activation
+        split = self._split(layer)
         packed = add_initializer(graph, f"{prefix}.weight_int4", weight.packed())
-        inputs = [activation, packed, add_initializer(graph, f"{prefix}.scales", weight.scales.reshape(-1))]
+        source = activation if split is None else self._zeroed(graph, activation, split, weight.k)
+        inputs = [source, packed, add_initializer(graph, f"{prefix}.scales", weight.scales.reshape(-1))]
         zero_points = weight.packed_zero_points()
         inputs.append(add_initializer(graph, f"{prefix}.zero_points", zero_points) if zero_points is not None else None)
         result, bias = node.outputs[0], layer.bias
@@ -314,12 +362,25 @@ class Int4QuantizationPass(QuantizationPass):
             attributes.append(ir.AttrInt64("accuracy_level", level))
         fused = ir.Node(MS_DOMAIN, "MatMulNBits", inputs, attributes=attributes, name=f"{prefix}_int4")
         added, output = [fused], fused.outputs[0]
-        if offsets is not None:
-            added += _block_offsets(graph, activation, output, offsets, weight.k, self.block_size, prefix)
+        if offsets is not None or split is not None:
+            added += _added_back(graph, activation, output, exact, split, prefix)
             output = added[-1].outputs[0]
         graph.insert_before(node, added)
         replace_value(result, output, inherit=True)
         self._heads[layer.name] = (packed, exact)
+
+    def _zeroed(self, graph: ir.Graph, x: ir.Value, split: OutlierChannels, width: int) -> ir.Value:
+        """``x`` (``width`` channels) with its outlier channels zeroed (``Mul(x, mask)`` right after ``x`` is
+        made), once per graph for all its readers."""
+        if x.name not in self._masks:
+            mul = _zero_channels(graph, x, split, width, x.name)
+            producer = x.producer()
+            if producer is not None:
+                graph.insert_after(producer, mul)
+            else:
+                graph.insert_before(next(iter(graph)), mul)
+            self._masks[x.name] = mul.outputs[0]
+        return self._masks[x.name]
 
     def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
         super()._apply(model, names)
@@ -413,23 +474,29 @@ class Int4QuantizationPass(QuantizationPass):
             twin.set_weight(layer, claimed_weight(layer.weight, quantized, layer.name))
             return
         exact = self.weight(layer)
-        x, offsets = layer.activation, exact.offsets()
+        x, node, split = layer.activation, layer.node, self._split(layer)
+        prefix = f"{node.name}.twin"
         twin.set_weight(layer, exact.stored().dequantize())
         if self._level(layer) == 4:
-            _quantize_input_blocks(twin.model, layer, self.block_size)
-        if offsets is not None:
-            # The offsets read the float input, as the rewrite's MatMuls do, after the layer's own product.
-            node = layer.node
-            prefix = f"{node.name}.twin"
-            added = _block_offsets(twin.model.graph, x, node.outputs[0], offsets, exact.k, self.block_size, prefix)
+            source = x
+            if split is not None:
+                zeroed = _zero_channels(twin.model.graph, x, split, exact.k, prefix)
+                twin.model.graph.insert_before(node, zeroed)
+                source = zeroed.outputs[0]
+            _quantize_input_blocks(twin.model, layer, self.block_size, source)
+        if exact.has_offsets or split is not None:
+            # The offsets and outlier channels read the float input, as the rewrite's MatMuls do,
+            # after the layer's own product.
+            added = _added_back(twin.model.graph, x, node.outputs[0], exact, split, prefix)
             twin.follow_output(node, added, "twin_stored")
 
     def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
         float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
         twin = Int8Twin(source)
         levels: list[int] = []
-        int8, offsets = 0, 0
+        int8, offsets, split = 0, 0, 0
         for layer in twin.layers(self.kinds, names):
+            split += self._split(layer) is not None  # before twin_layer reroutes the layer's input
             self.twin_layer(twin, layer)
             if self.scheme(layer) == "int8":
                 int8 += 1
@@ -448,6 +515,9 @@ class Int4QuantizationPass(QuantizationPass):
             inputs = " and inputs int8 per block (accuracy_level 4)" if rounded else ""
         else:
             inputs = f", {rounded} of them with inputs int8 per block (accuracy_level 4)" if rounded else ""
+        if split:
+            kept = self.outlier_channels
+            inputs += f" ({split} with {kept} outlier input channels zeroed there, added back in float)"
         tables = f", {len(self._applied)} embedding tables dequantized" if self._applied else ""
         fallback = (
             f", {int8} int8 layers' weights int8-dequantized and inputs through DynamicQuantizeLinear" if int8 else ""
@@ -481,7 +551,15 @@ class Int4QuantizationPass(QuantizationPass):
         """Relative error (``output_error``) of ``layer``'s output on input rows ``x`` with its 4-bit weight,
         the input rounded to int8 per block as the kernel does at accuracy_level 4 where ``rounded_input``."""
         exact = x @ layer.weight.astype(np.float64)
-        used = _round_input_blocks(x, self.block_size) if rounded_input else x
+        used = x
+        if rounded_input:
+            split = self._outliers.get(layer.activation.name)
+            kept = x.copy()
+            if split is not None:
+                kept[:, split.indices] = 0.0
+            used = _round_input_blocks(kept, self.block_size).astype(np.float64)
+            if split is not None:
+                used[:, split.indices] = x[:, split.indices]
         return output_error(used @ self.weight(layer).dequantize().astype(np.float64), exact)
 
 
@@ -570,8 +648,9 @@ def _table_inputs(
     return parameters, weight, False
 
 
-def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int) -> None:
-    """Route ``layer``'s input through int8 per row and per block of ``block_size`` along K, in float ops.
+def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int, source: ir.Value | None = None) -> None:
+    """Route ``layer``'s input (or ``source``, what the layer reads instead) through int8 per row and per
+    block of ``block_size`` along K, in float ops.
 
     What MatMulNBits does with A at accuracy_level 4: each row's K values, padded with
     zeros to whole blocks, are cut into blocks; a block is scaled by its largest
@@ -595,7 +674,7 @@ def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int) -> No
         return made.outputs[0]
 
     nodes: list[ir.Node] = []
-    source = layer.activation
+    source = layer.activation if source is None else source
     shape = op("Shape", source)
     rows = op("Reshape", source, constant("rows", np.array([-1, k], dtype=np.int64)))
     if padded != k:
@@ -627,26 +706,55 @@ def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int) -> No
     node.replace_input_with(0, result)
 
 
-def _block_offsets(
-    graph: ir.Graph, x: ir.Value, product: ir.Value, offsets: np.ndarray, k: int, block_size: int, prefix: str
+def _added_back(
+    graph: ir.Graph, x: ir.Value, product: ir.Value, weight: Int4Weight, split: OutlierChannels | None, prefix: str
 ) -> list[ir.Node]:
-    """``product + (x @ P) @ offsets``: each block's sum of ``x`` times its ``[n_blocks, N]`` offsets (the last output).
+    """What MatMulNBits' ``product`` misses of ``x @ weight``, added exactly in float (the last node's output).
 
-    ``P`` is ``[K, n_blocks]``, 1 where row k belongs to block k // block_size; one
-    initializer per (graph, K, block size), shared by every layer of that K.
+    - Block offsets (float zero points, ``Int4Weight.offsets``): ``product + (x @ P) @ offsets``,
+      ``P`` the ``[K, n_blocks]`` matrix summing ``x`` over each block.
+    - Outlier channels (``split``: zeroed in the kernel's input): with offsets, ``P`` has their rows
+      zeroed and one one-hot column each, and ``offsets`` one row each of the exact weight (one
+      MatMul pair does both); without, ``product + Gather(x, channels) @ weight[channels]``.
+
+    ``P`` is one initializer per (graph, K, block size, channels), shared by every layer that reads it.
     """
-    name = f"graphopt.block_sums_{k}x{block_size}"
-    matrix = _block_sums_matrix(k, block_size)
-    indicator = graph.initializers.get(name)
-    if indicator is None or not np.array_equal(constant_array(indicator), matrix):
-        indicator = add_initializer(graph, name, matrix)  # a foreign tensor of that name gets a suffix
-    table = add_initializer(graph, f"{prefix}.block_offsets", np.ascontiguousarray(offsets, dtype=np.float32))
-    sums = ir.Node("", "MatMul", [x, indicator], name=f"{prefix}_block_sums")
-    correction = ir.Node("", "MatMul", [sums.outputs[0], table], name=f"{prefix}_block_offsets")
-    total = ir.Node("", "Add", [product, correction.outputs[0]], name=f"{prefix}_with_offsets")
-    for node in (sums, correction, total):
+    k, block_size, offsets = weight.k, weight.block_size, weight.offsets()
+    if offsets is None:
+        channels = add_initializer(graph, f"{prefix}.outlier_channels", split.indices.astype(np.int64))
+        rows = add_initializer(graph, f"{prefix}.outlier_rows", weight.dequantize()[split.indices])
+        gather = ir.Node("", "Gather", [x, channels], attributes=[ir.AttrInt64("axis", -1)], name=f"{prefix}_outliers")
+        correction = ir.Node("", "MatMul", [gather.outputs[0], rows], name=f"{prefix}_outlier_product")
+        total = ir.Node("", "Add", [product, correction.outputs[0]], name=f"{prefix}_with_outliers")
+        added = [gather, correction, total]
+    else:
+        matrix, name = _block_sums_matrix(k, block_size), f"graphopt.block_sums_{k}x{block_size}"
+        if split is not None:
+            onehot = np.zeros((k, len(split.indices)), dtype=np.float32)
+            onehot[split.indices, np.arange(len(split.indices))] = 1.0
+            matrix = np.concatenate([matrix * split.mask(k)[:, None], onehot], axis=1)
+            offsets = np.concatenate([offsets, weight.dequantize()[split.indices]])
+            name += "_outliers_" + "_".join(map(str, split.indices))
+        indicator = graph.initializers.get(name)
+        if indicator is None or not np.array_equal(constant_array(indicator), matrix):
+            indicator = add_initializer(graph, name, matrix)  # a foreign tensor of that name gets a suffix
+        table = add_initializer(graph, f"{prefix}.block_offsets", np.ascontiguousarray(offsets, dtype=np.float32))
+        sums = ir.Node("", "MatMul", [x, indicator], name=f"{prefix}_block_sums")
+        correction = ir.Node("", "MatMul", [sums.outputs[0], table], name=f"{prefix}_block_offsets")
+        total = ir.Node("", "Add", [product, correction.outputs[0]], name=f"{prefix}_with_offsets")
+        added = [sums, correction, total]
+    for node in added:
         node.outputs[0].name = f"{node.name}.output"
-    return [sums, correction, total]
+    return added
+
+
+def _zero_channels(graph: ir.Graph, x: ir.Value, split: OutlierChannels, width: int, prefix: str) -> ir.Node:
+    """``Mul(x, mask)``, ``mask`` 0 at ``split``'s channels of ``width`` (not inserted: the caller places it)."""
+    mask = add_initializer(graph, f"{prefix}.outlier_mask", split.mask(width))
+    node = ir.Node("", "Mul", [x, mask], name=f"{prefix}_outliers_zeroed")
+    node.outputs[0].name = f"{node.name}.output"
+    node.outputs[0].type, node.outputs[0].shape = x.type, x.shape
+    return node
 
 
 @functools.lru_cache(maxsize=16)

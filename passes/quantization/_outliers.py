@@ -1,0 +1,59 @@
+"""Outlier input channels: the few channels of a layer's input that dwarf the rest, found on sample inputs.
+
+At accuracy_level 4 ``MatMulNBits`` rounds each input row to int8 per block of
+``block_size`` channels, scaled by the block's largest magnitude. A decoder's residual
+stream has a few channels 10-30x the median (massive activations); in their blocks the
+other channels keep only a few of the 255 levels. ``--int4-outlier-channels K`` takes
+the K largest channels of each such input out of the rounding (zeroed before the kernel,
+added back exactly in float); this module chooses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.runtime import stream_values
+
+
+@dataclass(frozen=True)
+class OutlierChannels:
+    """The channels of one input taken out of the rounding: ``indices`` (ascending), and the largest
+    channel's max |x| over the median channel's (how far out they are)."""
+
+    indices: np.ndarray
+    ratio: float
+
+    def mask(self, width: int) -> np.ndarray:
+        """float32 ``[width]``: 0 at the outlier channels, 1 elsewhere (what the kernel's input is multiplied by)."""
+        mask = np.ones(width, dtype=np.float32)
+        mask[self.indices] = 0.0
+        return mask
+
+
+def choose_outlier_channels(
+    model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]], count: int
+) -> dict[str, OutlierChannels]:
+    """The ``count`` channels of largest max |x| of each named float tensor (last axis) over every
+    row of ``batches``, from one streamed run of ``model``; tensors of ``count`` channels or fewer
+    are left out (nothing would be left to round)."""
+    peaks: dict[str, np.ndarray] = {}
+    for run in stream_values(model, list(dict.fromkeys(names)), batches):
+        for name, array in run.items():
+            array = np.asarray(array)
+            if array.ndim == 0 or not np.issubdtype(array.dtype, np.floating):
+                continue
+            peak = np.abs(array.reshape(-1, array.shape[-1])).max(axis=0).astype(np.float64)
+            peaks[name] = peak if name not in peaks else np.maximum(peaks[name], peak)
+    chosen = {}
+    for name, peak in peaks.items():
+        if peak.size <= count or not np.all(np.isfinite(peak)):
+            continue
+        indices = np.sort(np.argsort(-peak, kind="stable")[:count]).astype(np.int64)
+        median = float(np.median(peak))
+        ratio = float(peak.max() / median) if median > 0 else float("inf")
+        chosen[name] = OutlierChannels(indices, ratio)
+    return chosen

@@ -1,0 +1,197 @@
+"""quantize-int4 --int4-outlier-channels: the largest input channels kept out of the level-4 int8 rounding."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optimizer.api import optimize_with_report
+from optimizer.cli import main
+from optimizer.errors import OptionError
+from optimizer.options import Options
+from optimizer.runtime import run_batches, run_model
+from passes._layers import find_layers
+from passes.quantization._layer_speed import LayerShape
+from passes.quantization._outliers import choose_outlier_channels
+from passes.quantization.int4 import Int4QuantizationPass
+from tests.helpers import FIXTURES, computed_op_types
+
+K, N = 64, 48
+
+
+def _norm_and_two_readers(outliers=(3, 40), gain: float = 30.0, *, head_bias: bool = False) -> ir.Model:
+    """``h = x * g`` (``g`` 1 but ``gain`` at the ``outliers`` channels: a norm with massive activations),
+    read by two projections (q and k of one norm) whose sum is ``y``."""
+    rng = np.random.default_rng(7)
+    scale = np.ones(K, np.float32)
+    scale[list(outliers)] = gain
+    w1, w2 = ((rng.standard_normal((K, N)) * 0.1).astype(np.float32) for _ in range(2))
+    nodes = [
+        helper.make_node("Mul", ["x", "gain"], ["h"], name="norm"),
+        helper.make_node("MatMul", ["h", "w1"], ["q"], name="q_proj"),
+        helper.make_node("MatMul", ["h", "w2"], ["k"], name="k_proj"),
+    ]
+    initializers = [("gain", scale), ("w1", w1), ("w2", w2)]
+    if head_bias:
+        nodes.append(helper.make_node("Add", ["k", "b"], ["kb"], name="k_bias"))
+        initializers.append(("b", (rng.standard_normal(N) * 0.1).astype(np.float32)))
+    nodes.append(helper.make_node("Add", ["q", "kb" if head_bias else "k"], ["y"], name="sum"))
+    graph = helper.make_graph(
+        nodes,
+        "outliers",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", N])],
+        [numpy_helper.from_array(a, n) for n, a in initializers],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+def _x(seed: int, batch: int = 4) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(seed).standard_normal((batch, 8, K)).astype(np.float32)}
+
+
+def _int4(model: ir.Model, **options):
+    options.setdefault("samples", _x(1))
+    return Int4QuantizationPass(quantize_outputs=True, **options)(model.clone())
+
+
+@pytest.mark.parametrize("method", ["rtn", "hqq"])
+def test_outlier_channels_leave_the_rounding_and_come_back_exactly(method):
+    model = _norm_and_two_readers()
+    feeds = _x(2)
+    split = _int4(model, method=method, outlier_channels=2)
+    plain = _int4(model, method=method)
+    exact_inputs = _int4(model, method=method, accuracy_level=0)  # the same 4-bit weights, float inputs
+    ops = computed_op_types(split.model)
+    # one zeroing Mul for both readers (beside the norm's own Mul), each MatMulNBits reads it
+    assert ops.count("Mul") == 2 and ops.count("MatMulNBits") == 2
+    zeroed = {node.inputs[0].name for node in split.model.graph if node.op_type == "MatMulNBits"}
+    assert len(zeroed) == 1 and next(iter(zeroed)) != "h"
+    if method == "rtn":  # no offsets: a Gather of the two channels and a MatMul of their exact rows
+        assert ops.count("Gather") == 2
+    else:  # offsets: the block sums matrix carries the channels as one-hot columns, nothing more
+        assert "Gather" not in ops and ops.count("MatMul") == 4
+    # the realization matches its twin, and the twin says what it claims
+    out = run_batches(split.model, [feeds])[0]["y"]
+    assert np.abs(out - run_model(split.twin.model, feeds)["y"]).max() < 1e-4
+    assert "2 with 2 outlier input channels zeroed" in split.twin.description
+    # what the split is for: the int8 rounding of the input costs far less (its error against
+    # the float-input product of the same weights)
+    reference = run_batches(exact_inputs.model, [feeds])[0]["y"]
+    unsplit = run_batches(plain.model, [feeds])[0]["y"]
+    assert np.abs(out - reference).max() < 0.5 * np.abs(unsplit - reference).max()
+
+
+def test_the_channels_are_the_largest_on_the_samples_wherever_they_sit():
+    # Metamorphic: move the massive channels, the same rewrite picks them up where they are.
+    for outliers in [(3, 40), (0, 63), (17, 18)]:
+        model = _norm_and_two_readers(outliers)
+        chosen = choose_outlier_channels(model, ["h"], [_x(1)], 2)
+        assert chosen["h"].indices.tolist() == sorted(outliers)
+        assert chosen["h"].ratio > 10
+        result = _int4(model, outlier_channels=2)
+        mask = next(
+            node.inputs[1].const_value.numpy()
+            for node in result.model.graph
+            if node.op_type == "Mul" and node.name.endswith("_outliers_zeroed")
+        )
+        assert np.flatnonzero(mask == 0).tolist() == sorted(outliers)
+        feeds = _x(3)
+        out = run_batches(result.model, [feeds])[0]["y"]
+        assert np.abs(out - run_model(result.twin.model, feeds)["y"]).max() < 1e-4
+
+
+def test_a_bias_and_the_split_both_reach_the_output():
+    model = _norm_and_two_readers(head_bias=True)
+    feeds = _x(2)
+    split = _int4(model, outlier_channels=2, accuracy_level=4)
+    level0 = _int4(model, accuracy_level=0)
+    out, reference = (run_batches(r.model, [feeds])[0]["y"] for r in (split, level0))
+    # a lost bias (0.1 scale) or a lost outlier product (30x channels) would be far past this
+    assert np.abs(out - reference).max() < 0.05
+
+
+def test_without_samples_no_channels_are_chosen_and_it_says_so():
+    result = Int4QuantizationPass(quantize_outputs=True, outlier_channels=2)(_norm_and_two_readers().clone())
+    assert result.modified
+    assert not any(node.name.endswith("_outliers_zeroed") for node in result.model.graph)
+    assert any("no sample inputs, no channels chosen" in note for note in result.notes)
+
+
+def test_the_budget_times_the_split_form():
+    model = _norm_and_two_readers()
+    quantizer = Int4QuantizationPass(outlier_channels=4)
+    quantizer.prepare(model, [], [])
+    assert "4 outlier channels float" in quantizer.speed_form("int4")
+    # float inputs (level 0) round nothing: that alternative has no split
+    assert "outlier" not in quantizer.speed_form("int4-float-input")
+    probe = quantizer._layer_model(LayerShape("MatMul", 1, 64, 96), "int4")
+    assert any(node.name.endswith("_outliers_zeroed") for node in probe.graph)
+    assert any(node.op_type == "Gather" for node in probe.graph)
+    float_input = quantizer._layer_model(LayerShape("MatMul", 1, 64, 96), "int4-float-input")
+    assert not any(node.name.endswith("_outliers_zeroed") for node in float_input.graph)
+
+
+def test_under_a_budget_the_split_and_the_alternatives_verify():
+    model = _norm_and_two_readers()
+    calibration = _x(1, batch=8)
+    _, report = optimize_with_report(
+        model,
+        quantize="int4",
+        quantize_outputs=True,
+        int4_outlier_channels=2,
+        calibration=calibration,
+        min_cosine=0.997,  # between every layer split int4 (0.996) and one layer float (0.998)
+    )
+    record = next(r for r in report.passes if r.name == "quantize-int4")
+    assert record.status == "applied", record.detail
+    assert any("2 largest channels of 1 layer inputs" in note for note in record.notes)
+    assert any(note.startswith("frontier 2/") for note in record.notes)
+
+
+def test_options_are_checked():
+    with pytest.raises(OptionError, match="--int4-outlier-channels -1: expected a count"):
+        Options(quantize="int4", int4_outlier_channels=-1)
+    with pytest.raises(OptionError, match="only accuracy_level 4"):
+        Options(quantize="int4", int4_outlier_channels=4, int4_accuracy_level=0)
+    with pytest.raises(OptionError, match="only accuracy_level 4"):
+        Options(quantize="int4", int4_outlier_channels=4, target="cuda")
+    with pytest.raises(ValueError, match="outlier_channels 2: expected 0, or a positive count at accuracy_level 4"):
+        Int4QuantizationPass(outlier_channels=2, target="cuda")
+
+
+def test_cli_on_a_decoder_with_a_kv_cache(tmp_path):
+    output, report = tmp_path / "int4.onnx", tmp_path / "report.json"
+    source = FIXTURES / "llama_kv_legacy.onnx"
+    before = source.read_bytes()
+    command = ["optimize", str(source), "-o", str(output), "--quantize", "int4", "--block-size", "16"]
+    assert main([*command, "--int4-outlier-channels", "2", "--report", str(report)]) == 0
+    assert source.read_bytes() == before
+    record = next(r for r in json.loads(report.read_text())["passes"] if r["name"] == "quantize-int4")
+    assert record["status"] == "applied", record
+    assert any("largest channels of" in note and "generated samples" in note for note in record["notes"])
+    result = ir.load(output)
+    assert any(node.name.endswith("_outliers_zeroed") for node in result.graph)
+
+
+def test_the_local_sensitivity_estimate_models_the_split():
+    # Past _EXHAUSTIVE_LAYERS the budget ranks layers by a numpy model of each one's error:
+    # with the split it must be the split's error (smaller), or the budget misjudges every layer.
+    model = _norm_and_two_readers()
+    rows = _x(1)["x"].reshape(-1, K).astype(np.float64) * model.graph.initializers["gain"].const_value.numpy()
+    errors = {}
+    for count in (0, 2):
+        quantizer = Int4QuantizationPass(outlier_channels=count, samples=_x(1))
+        layers = find_layers(model.graph, ("matmul",))[0]
+        quantizer.prepare(model, layers, [_x(1)])
+        errors[count] = quantizer._local_error(rows, layers[0], rounded_input=True)
+        float_input = quantizer._local_error(rows, layers[0], rounded_input=False)
+    # (the 4-bit weights' own error, the same in all three, is most of each)
+    assert float_input <= errors[2] and errors[2] - float_input < 0.5 * (errors[0] - float_input)
