@@ -38,6 +38,9 @@ ACCURACY_LEVELS = {"cpu": 4, "cuda": 0}
 FLOAT_INPUT = "int4-float-input"
 # Tables smaller than this stay float: the saving is not worth the op.
 _MIN_TABLE_ELEMENTS = 1 << 16
+# --int4-outlier-channels leaves an input whole whose largest channel is under this many times its
+# median channel: the rounding of its blocks would gain under a bit.
+MIN_OUTLIER_RATIO = 2.0
 # Rows of each layer's input GPTQ accumulates its Hessian from, at most.
 _GPTQ_ROWS = 8192
 
@@ -155,8 +158,10 @@ class Int4QuantizationPass(QuantizationPass):
                 "(the int8 rounding of the input they are taken out of)"
             )
         self.outlier_channels = outlier_channels
+        # The chosen layers' outlier channels, by layer name (a layer's input may be renamed by the rewrite).
         self._outliers: dict[str, OutlierChannels] = {}
-        self._masks: dict[str, ir.Value] = {}
+        # Per graph: the values each input's readers share (its zeroed copy; its block sums and outlier channels).
+        self._shared: dict[tuple, ir.Value] = {}
         self.embeddings = embeddings
         self.samples_generated = samples_generated
         self._weights: dict[str, Int4Weight] = {}
@@ -211,25 +216,32 @@ class Int4QuantizationPass(QuantizationPass):
             self.note(f"{len(shared)} shared weights fitted once by GPTQ, to the inputs of all their readers")
 
     def _choose_outliers(self, model: ir.Model, layers: Sequence[Layer], batches) -> dict[str, OutlierChannels]:
-        """The outlier channels of every chosen layer's input (``choose_outlier_channels``), noted."""
+        """Each chosen layer's outlier channels (``choose_outlier_channels``) by layer name; refusals noted."""
+        flag = f"--int4-outlier-channels {self.outlier_channels}"
         if not batches:
-            self.note(f"--int4-outlier-channels {self.outlier_channels}: no sample inputs, no channels chosen")
+            self.note(f"{flag}: no sample inputs, no channels chosen")
             return {}
         names = [layer.activation.name for layer in layers]
-        chosen = choose_outlier_channels(model, names, batches, self.outlier_channels)
-        if chosen:
-            ratios = sorted(channels.ratio for channels in chosen.values())
-            source = (
-                "generated samples (--calibration chooses them on real data)"
-                if self.samples_generated
-                else ("the calibration samples")
-            )
+        found = choose_outlier_channels(model, names, batches, self.outlier_channels)
+        narrow = len(set(names) - set(found))
+        chosen = {name: channels for name, channels in found.items() if channels.ratio >= MIN_OUTLIER_RATIO}
+        flat = len(found) - len(chosen)
+        if narrow or flat:
             self.note(
-                f"the {self.outlier_channels} largest channels of {len(chosen)} layer inputs (the largest "
-                f"{ratios[0]:.1f}-{ratios[-1]:.1f}x its input's median channel, max |x| on {source}) kept "
-                "float beside the int8 rounding of accuracy_level 4: zeroed before MatMulNBits, added back exactly"
+                f"{flag}: "
+                + ", ".join(
+                    part
+                    for part in (
+                        f"{narrow} layer inputs not wider than {self.outlier_channels} channels" if narrow else "",
+                        f"{flat} whose largest channel is under {MIN_OUTLIER_RATIO:g}x the median (under a bit to gain)"
+                        if flat
+                        else "",
+                    )
+                    if part
+                )
+                + " keep every channel in the rounding"
             )
-        return chosen
+        return {layer.name: chosen[layer.activation.name] for layer in layers if layer.activation.name in chosen}
 
     def _split(self, layer: Layer) -> OutlierChannels | None:
         """The channels of ``layer``'s input kept out of the kernel's int8 rounding, or None (not rounded,
@@ -238,7 +250,7 @@ class Int4QuantizationPass(QuantizationPass):
             return None
         if self._probe is not None:  # a timing probe: any channels stand for the layer's
             return OutlierChannels(np.arange(self.outlier_channels), 0.0) if self._probe[3] else None
-        return self._outliers.get(layer.activation.name)
+        return self._outliers.get(layer.name)
 
     def weight(self, layer: Layer) -> Int4Weight:
         """The 4-bit values chosen for ``layer`` (computed once per run, shared by the rewrite and the twin)."""
@@ -279,7 +291,7 @@ class Int4QuantizationPass(QuantizationPass):
 
     def begin(self, layers: Sequence[Layer]) -> None:
         self._heads: dict[str, tuple[ir.Value, Int4Weight]] = {}
-        self._masks = {}  # per graph: each input's outliers are zeroed once, for all its readers
+        self._shared = {}
 
     def alternatives(self, layer: Layer) -> tuple[str, ...]:
         # Level 0 is the exact product of the 4-bit weights; at one row still faster than float for
@@ -306,7 +318,7 @@ class Int4QuantizationPass(QuantizationPass):
         if layer is None:
             return 4, self.method == "hqq", not self.symmetric or self.method == "hqq", self.outlier_channels > 0
         weight = self.weight(layer)
-        split = layer.activation.name in self._outliers
+        split = layer.name in self._outliers
         return weight.bits, weight.has_offsets, weight.zero_points is not None, split
 
     def speed_form(self, scheme: str, layer: Layer | None = None) -> str:
@@ -363,24 +375,43 @@ class Int4QuantizationPass(QuantizationPass):
         fused = ir.Node(MS_DOMAIN, "MatMulNBits", inputs, attributes=attributes, name=f"{prefix}_int4")
         added, output = [fused], fused.outputs[0]
         if offsets is not None or split is not None:
-            added += _added_back(graph, activation, output, exact, split, prefix)
+            extra = self._shared_value(
+                graph,
+                (id(activation), "extra", offsets is not None, split is not None),
+                activation,
+                lambda: _extra_inputs(graph, activation, weight.k, self.block_size, offsets is not None, split),
+            )
+            table = _correction_table(exact, split)
+            added += _corrected(graph, extra, output, table, prefix, offsets=offsets is not None)
             output = added[-1].outputs[0]
         graph.insert_before(node, added)
         replace_value(result, output, inherit=True)
         self._heads[layer.name] = (packed, exact)
 
     def _zeroed(self, graph: ir.Graph, x: ir.Value, split: OutlierChannels, width: int) -> ir.Value:
-        """``x`` (``width`` channels) with its outlier channels zeroed (``Mul(x, mask)`` right after ``x`` is
-        made), once per graph for all its readers."""
-        if x.name not in self._masks:
-            mul = _zero_channels(graph, x, split, width, x.name)
+        """``x`` (``width`` channels) with its outlier channels zeroed, once per graph for all its readers."""
+        return self._shared_value(graph, (id(x), "zeroed"), x, lambda: [_zero_channels(graph, x, split, width)])
+
+    def _shared_value(self, graph: ir.Graph, key: tuple, x: ir.Value, build) -> ir.Value:
+        """The last output of the nodes ``build()`` makes from ``x``, inserted right after ``x`` is computed,
+        once per graph and ``key`` (the readers of one input share them), under node names ``graph`` lacks."""
+        if key not in self._shared:
+            nodes = build()
+            taken = {node.name for node in graph}
+            for node in nodes:
+                base, suffix = f"{x.name}_{node.name}", 0
+                while (name := base if not suffix else f"{base}_{suffix}") in taken:
+                    suffix += 1
+                node.name = name
+                node.outputs[0].name = f"{name}.output"
+                taken.add(name)
             producer = x.producer()
             if producer is not None:
-                graph.insert_after(producer, mul)
+                graph.insert_after(producer, nodes)
             else:
-                graph.insert_before(next(iter(graph)), mul)
-            self._masks[x.name] = mul.outputs[0]
-        return self._masks[x.name]
+                graph.insert_before(next(iter(graph)), nodes)
+            self._shared[key] = nodes[-1].outputs[0]
+        return self._shared[key]
 
     def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
         super()._apply(model, names)
@@ -476,27 +507,40 @@ class Int4QuantizationPass(QuantizationPass):
         exact = self.weight(layer)
         x, node, split = layer.activation, layer.node, self._split(layer)
         prefix = f"{node.name}.twin"
+        graph = twin.model.graph
         twin.set_weight(layer, exact.stored().dequantize())
         if self._level(layer) == 4:
             source = x
             if split is not None:
-                zeroed = _zero_channels(twin.model.graph, x, split, exact.k, prefix)
-                twin.model.graph.insert_before(node, zeroed)
+                zeroed = _zero_channels(graph, x, split, exact.k)
+                zeroed.name = f"{prefix}_outliers_zeroed"
+                zeroed.outputs[0].name = f"{zeroed.name}.output"
+                graph.insert_before(node, zeroed)
                 source = zeroed.outputs[0]
             _quantize_input_blocks(twin.model, layer, self.block_size, source)
         if exact.has_offsets or split is not None:
-            # The offsets and outlier channels read the float input, as the rewrite's MatMuls do,
+            # The block offsets and outlier channels read the float input, as the rewrite's MatMuls do,
             # after the layer's own product.
-            added = _added_back(twin.model.graph, x, node.outputs[0], exact, split, prefix)
-            twin.follow_output(node, added, "twin_stored")
+            extra = _extra_inputs(graph, x, exact.k, self.block_size, exact.has_offsets, split)
+            for index, made in enumerate(extra):
+                made.name = f"{prefix}_{made.name}_{index}"
+                made.outputs[0].name = f"{made.name}.output"
+            table = _correction_table(exact, split)
+            corrected = _corrected(
+                graph, extra[-1].outputs[0], node.outputs[0], table, prefix, offsets=exact.has_offsets
+            )
+            twin.follow_output(node, [*extra, *corrected], "twin_stored")
 
     def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
         float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
         twin = Int8Twin(source)
         levels: list[int] = []
         int8, offsets, split = 0, 0, 0
+        split_inputs: dict[str, OutlierChannels] = {}
         for layer in twin.layers(self.kinds, names):
-            split += self._split(layer) is not None  # before twin_layer reroutes the layer's input
+            if (channels := self._split(layer)) is not None:  # before twin_layer reroutes the layer's input
+                split += 1
+                split_inputs[layer.activation.name] = channels
             self.twin_layer(twin, layer)
             if self.scheme(layer) == "int8":
                 int8 += 1
@@ -515,6 +559,19 @@ class Int4QuantizationPass(QuantizationPass):
             inputs = " and inputs int8 per block (accuracy_level 4)" if rounded else ""
         else:
             inputs = f", {rounded} of them with inputs int8 per block (accuracy_level 4)" if rounded else ""
+        if split_inputs:
+            ratios = sorted(channels.ratio for channels in split_inputs.values())
+            samples = (
+                "generated samples (--calibration chooses them on real data)"
+                if self.samples_generated
+                else "calibration samples"
+            )
+            self.note(
+                f"the {self.outlier_channels} largest channels of {len(split_inputs)} layer inputs (read by {split} "
+                f"layers; the largest {ratios[0]:.1f}-{ratios[-1]:.1f}x its input's median channel, max |x| on the "
+                f"{samples}) "
+                "kept float beside the int8 rounding of accuracy_level 4: zeroed before MatMulNBits, added back exactly"
+            )
         if split:
             kept = self.outlier_channels
             inputs += f" ({split} with {kept} outlier input channels zeroed there, added back in float)"
@@ -553,7 +610,7 @@ class Int4QuantizationPass(QuantizationPass):
         exact = x @ layer.weight.astype(np.float64)
         used = x
         if rounded_input:
-            split = self._outliers.get(layer.activation.name)
+            split = self._outliers.get(layer.name)
             kept = x.copy()
             if split is not None:
                 kept[:, split.indices] = 0.0
@@ -706,53 +763,60 @@ def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int, sourc
     node.replace_input_with(0, result)
 
 
-def _added_back(
-    graph: ir.Graph, x: ir.Value, product: ir.Value, weight: Int4Weight, split: OutlierChannels | None, prefix: str
+def _extra_inputs(
+    graph: ir.Graph, x: ir.Value, k: int, block_size: int, offsets: bool, split: OutlierChannels | None
 ) -> list[ir.Node]:
-    """What MatMulNBits' ``product`` misses of ``x @ weight``, added exactly in float (the last node's output).
-
-    - Block offsets (float zero points, ``Int4Weight.offsets``): ``product + (x @ P) @ offsets``,
-      ``P`` the ``[K, n_blocks]`` matrix summing ``x`` over each block.
-    - Outlier channels (``split``: zeroed in the kernel's input): with offsets, ``P`` has their rows
-      zeroed and one one-hot column each, and ``offsets`` one row each of the exact weight (one
-      MatMul pair does both); without, ``product + Gather(x, channels) @ weight[channels]``.
-
-    ``P`` is one initializer per (graph, K, block size, channels), shared by every layer that reads it.
-    """
-    k, block_size, offsets = weight.k, weight.block_size, weight.offsets()
-    if offsets is None:
-        channels = add_initializer(graph, f"{prefix}.outlier_channels", split.indices.astype(np.int64))
-        rows = add_initializer(graph, f"{prefix}.outlier_rows", weight.dequantize()[split.indices])
-        gather = ir.Node("", "Gather", [x, channels], attributes=[ir.AttrInt64("axis", -1)], name=f"{prefix}_outliers")
-        correction = ir.Node("", "MatMul", [gather.outputs[0], rows], name=f"{prefix}_outlier_product")
-        total = ir.Node("", "Add", [product, correction.outputs[0]], name=f"{prefix}_with_outliers")
-        added = [gather, correction, total]
-    else:
-        matrix, name = _block_sums_matrix(k, block_size), f"graphopt.block_sums_{k}x{block_size}"
-        if split is not None:
-            onehot = np.zeros((k, len(split.indices)), dtype=np.float32)
-            onehot[split.indices, np.arange(len(split.indices))] = 1.0
-            matrix = np.concatenate([matrix * split.mask(k)[:, None], onehot], axis=1)
-            offsets = np.concatenate([offsets, weight.dequantize()[split.indices]])
-            name += "_outliers_" + "_".join(map(str, split.indices))
+    """What a layer's exact float correction reads of ``x`` (the last node's output, not inserted):
+    with ``offsets`` the sum of ``x`` over each block (``x @ P``, ``P`` the ``[K, n_blocks]`` 0/1
+    matrix, one initializer per graph, K and block size), then ``split``'s channels (``Gather``),
+    side by side along the last axis."""
+    nodes = []
+    if offsets:
+        name = f"graphopt.block_sums_{k}x{block_size}"
+        matrix = _block_sums_matrix(k, block_size)
         indicator = graph.initializers.get(name)
         if indicator is None or not np.array_equal(constant_array(indicator), matrix):
             indicator = add_initializer(graph, name, matrix)  # a foreign tensor of that name gets a suffix
-        table = add_initializer(graph, f"{prefix}.block_offsets", np.ascontiguousarray(offsets, dtype=np.float32))
-        sums = ir.Node("", "MatMul", [x, indicator], name=f"{prefix}_block_sums")
-        correction = ir.Node("", "MatMul", [sums.outputs[0], table], name=f"{prefix}_block_offsets")
-        total = ir.Node("", "Add", [product, correction.outputs[0]], name=f"{prefix}_with_offsets")
-        added = [sums, correction, total]
-    for node in added:
+        nodes.append(ir.Node("", "MatMul", [x, indicator], name="block_sums"))
+    if split is not None:
+        channels = add_initializer(graph, f"{x.name}.outlier_channels", split.indices.astype(np.int64))
+        nodes.append(ir.Node("", "Gather", [x, channels], attributes=[ir.AttrInt64("axis", -1)], name="outliers"))
+    if len(nodes) == 2:
+        parts = [node.outputs[0] for node in nodes]
+        nodes.append(ir.Node("", "Concat", parts, attributes=[ir.AttrInt64("axis", -1)], name="sums_and_outliers"))
+    for node in nodes:
+        node.outputs[0].name = f"{x.name}_{node.name}.output"
+    return nodes
+
+
+def _correction_table(weight: Int4Weight, split: OutlierChannels | None) -> np.ndarray:
+    """The ``[n_blocks (+ channels), N]`` matrix ``_extra_inputs``' output is multiplied by: the block offsets
+    (``Int4Weight.offsets``: what uint8 zero points miss of float ones), then the stored weight's rows
+    of ``split``'s channels (zeroed in the kernel's input; their block sums already carry the offsets)."""
+    parts = [] if weight.offsets() is None else [weight.offsets()]
+    if split is not None:
+        parts.append(weight.stored().dequantize()[split.indices])
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+def _corrected(
+    graph: ir.Graph, extra: ir.Value, product: ir.Value, table: np.ndarray, prefix: str, *, offsets: bool
+) -> list[ir.Node]:
+    """``product + extra @ table`` (the last node's output), ``table`` a new initializer (named for the
+    block ``offsets`` it starts with, or for the outlier rows that are all it holds)."""
+    kind = "block_offsets" if offsets else "outlier_rows"
+    weights = add_initializer(graph, f"{prefix}.{kind}", table)
+    correction = ir.Node("", "MatMul", [extra, weights], name=f"{prefix}_{kind}")
+    total = ir.Node("", "Add", [product, correction.outputs[0]], name=f"{prefix}_with_{kind.split('_')[0]}")
+    for node in (correction, total):
         node.outputs[0].name = f"{node.name}.output"
-    return added
+    return [correction, total]
 
 
-def _zero_channels(graph: ir.Graph, x: ir.Value, split: OutlierChannels, width: int, prefix: str) -> ir.Node:
-    """``Mul(x, mask)``, ``mask`` 0 at ``split``'s channels of ``width`` (not inserted: the caller places it)."""
-    mask = add_initializer(graph, f"{prefix}.outlier_mask", split.mask(width))
-    node = ir.Node("", "Mul", [x, mask], name=f"{prefix}_outliers_zeroed")
-    node.outputs[0].name = f"{node.name}.output"
+def _zero_channels(graph: ir.Graph, x: ir.Value, split: OutlierChannels, width: int) -> ir.Node:
+    """``Mul(x, mask)``, ``mask`` 0 at ``split``'s channels of ``width`` (not inserted, named by the caller)."""
+    mask = add_initializer(graph, f"{x.name}.outlier_mask", split.mask(width))
+    node = ir.Node("", "Mul", [x, mask], name="outliers_zeroed")
     node.outputs[0].type, node.outputs[0].shape = x.type, x.shape
     return node
 
