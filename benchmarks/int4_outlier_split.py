@@ -1,4 +1,8 @@
-"""Outlier channels split out of MatMulNBits' level-4 input rounding: a measurement, not a pass (issue 14).
+"""Outlier channels split out of MatMulNBits' level-4 input rounding, by graph surgery (issue 14).
+
+The experiment that preceded ``--int4-outlier-channels`` (``passes/quantization/int4.py``), kept
+to reproduce its tables; the pass writes the split differently (the channels through a ``Gather``
+beside the shared block sums, not one-hot columns in a per-input copy of them).
 
 Each chosen input ``x`` of the int4 model's ``MatMulNBits`` layers gets its top-k channels (by
 calibration max |x|) zeroed before the kernel (``Mul(x, mask)``) and added back exactly in float:
