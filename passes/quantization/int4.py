@@ -59,9 +59,16 @@ class Int4QuantizationPass(QuantizationPass):
     - Float zero points (HQQ's, or a recovered grid's, below) are stored as their
       nearest uint8 and the rest is added exactly: ``Add(MatMulNBits(x), MatMul(MatMul(x,
       P), offsets))``, ``P`` the ``[K, n_blocks]`` 0/1 matrix that sums ``x`` over each
-      block (``Int4Weight.offsets``). ONNX Runtime 1.32's CPU kernel takes float zero
-      points only on a path 62-78x slower at one row than its int8 path (measured, see
-      docs/benchmarks.md); the two small MatMuls add 22-30 % over 100 layers at one row.
+      block (``Int4Weight.offsets``); ``MatMul(x, P)`` once per input, shared by the layers
+      that read it. ONNX Runtime 1.32's CPU kernel takes float zero points only on a path
+      62-78x slower at one row than its int8 path (measured, see docs/benchmarks.md); the
+      small MatMuls added 22-30 % over 100 layers at one row (each layer summing its own input).
+    - ``outlier_channels`` K > 0 (accuracy_level 4): the K channels of largest max |x| on
+      the samples of each layer's input (``_outliers.choose_outlier_channels``; inputs under
+      ``MIN_OUTLIER_RATIO`` x their median channel stay whole) are zeroed before the kernel
+      (one ``Mul`` per input, so its int8 rounding per block is not set by them) and added
+      back exactly: ``Gather(x, channels)`` beside the block sums, times the stored weight's
+      rows in the same correction MatMul. Without samples none are chosen (a note says so).
     - ``accuracy_level`` 4 on CPU (A is quantized to int8 per row and block inside the
       kernel, then integer dot products), 0 on CUDA.
     - A weight that already lies on a 4-bit grid of ``block_size`` (a model exported
