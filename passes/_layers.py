@@ -25,6 +25,10 @@ import onnx_ir as ir
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes._utils import constant_array
 
+# Constants named so are a pass's own exact float arithmetic beside a reduced layer (int4's block
+# offsets and outlier channels): never a layer to reduce again, or a second run would round them.
+EXACT_CORRECTION_PREFIX = "graphopt.exact."
+
 
 @dataclass
 class Layer:
@@ -202,6 +206,8 @@ def _layer(node: ir.Node, kind: str) -> Layer | str:
     weight, source = _weight(node, kind)
     if weight is None:
         return "weight is not a constant"
+    if source is not None and (source.name or "").startswith(EXACT_CORRECTION_PREFIX):
+        return "graphopt's own exact float correction beside a quantized layer (block offsets, outlier channels)"
     if weight.dtype != np.float32:
         return "weight is not float32"
     bias = constant_array(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else None

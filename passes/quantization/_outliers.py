@@ -36,10 +36,10 @@ class OutlierChannels:
 
 def choose_outlier_channels(
     model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]], count: int
-) -> dict[str, OutlierChannels]:
+) -> tuple[dict[str, OutlierChannels], dict[str, str]]:
     """The ``count`` channels of largest max |x| of each named float tensor (last axis) over every
-    row of ``batches``, from one streamed run of ``model``; tensors of ``count`` channels or fewer
-    are left out (nothing would be left to round)."""
+    row of ``batches``, from one streamed run of ``model``; and why the others were left out
+    (``count`` channels or fewer: nothing would be left to round; a value that is not finite)."""
     peaks: dict[str, np.ndarray] = {}
     for run in stream_values(model, list(dict.fromkeys(names)), batches):
         for name, array in run.items():
@@ -48,12 +48,18 @@ def choose_outlier_channels(
                 continue
             peak = np.abs(array.reshape(-1, array.shape[-1])).max(axis=0).astype(np.float64)
             peaks[name] = peak if name not in peaks else np.maximum(peaks[name], peak)
-    chosen = {}
-    for name, peak in peaks.items():
-        if peak.size <= count or not np.all(np.isfinite(peak)):
-            continue
-        indices = np.sort(np.argsort(-peak, kind="stable")[:count]).astype(np.int64)
-        median = float(np.median(peak))
-        ratio = float(peak.max() / median) if median > 0 else float("inf")
-        chosen[name] = OutlierChannels(indices, ratio)
-    return chosen
+    chosen, left_out = {}, {}
+    for name in dict.fromkeys(names):
+        peak = peaks.get(name)
+        if peak is None:
+            left_out[name] = "not a float tensor"
+        elif peak.size <= count:
+            left_out[name] = f"not wider than {count} channels"
+        elif not np.all(np.isfinite(peak)):
+            left_out[name] = "not finite on the samples"
+        else:
+            indices = np.sort(np.argsort(-peak, kind="stable")[:count]).astype(np.int64)
+            median = float(np.median(peak))
+            ratio = float(peak.max() / median) if median > 0 else float("inf")
+            chosen[name] = OutlierChannels(indices, ratio)
+    return chosen, left_out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -13,7 +14,15 @@ from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from optimizer.options import INT4_METHODS
 from optimizer.progress import track
 from optimizer.protocol import Twin
-from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
+from passes._layers import (
+    EXACT_CORRECTION_PREFIX,
+    Layer,
+    bias_add,
+    excluded,
+    find_layers,
+    name_nodes,
+    tied_weight_reason,
+)
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.quantization._base import _EXHAUSTIVE_LAYERS, QuantizationPass, output_error, sample_layer_inputs
 from passes.quantization._blockwise import (
@@ -229,25 +238,14 @@ class Int4QuantizationPass(QuantizationPass):
             self.note(f"{flag}: no sample inputs, no channels chosen")
             return {}
         names = [layer.activation.name for layer in layers]
-        found = choose_outlier_channels(model, names, batches, self.outlier_channels)
-        narrow = len(set(names) - set(found))
+        found, left_out = choose_outlier_channels(model, names, batches, self.outlier_channels)
         chosen = {name: channels for name, channels in found.items() if channels.ratio >= MIN_OUTLIER_RATIO}
-        flat = len(found) - len(chosen)
-        if narrow or flat:
-            self.note(
-                f"{flag}: "
-                + ", ".join(
-                    part
-                    for part in (
-                        f"{narrow} layer inputs not wider than {self.outlier_channels} channels" if narrow else "",
-                        f"{flat} whose largest channel is under {MIN_OUTLIER_RATIO:g}x the median (under a bit to gain)"
-                        if flat
-                        else "",
-                    )
-                    if part
-                )
-                + " keep every channel in the rounding"
-            )
+        reasons = Counter(left_out.values())
+        if flat := len(found) - len(chosen):
+            reasons[f"largest channel under {MIN_OUTLIER_RATIO:g}x the median (under a bit to gain)"] = flat
+        if reasons:
+            whole = "; ".join(f"{count} {reason}" for reason, count in reasons.items())
+            self.note(f"{flag}: layer inputs that keep every channel in the rounding: {whole}")
         return {layer.name: chosen[layer.activation.name] for layer in layers if layer.activation.name in chosen}
 
     def _split(self, layer: Layer) -> OutlierChannels | None:
@@ -359,7 +357,7 @@ class Int4QuantizationPass(QuantizationPass):
         activation = layer.activation
         split = self._split(layer)
         packed = add_initializer(graph, f"{prefix}.weight_int4", weight.packed())
-        source = activation if split is None else self._zeroed(graph, activation, split, weight.k)
+        source = activation if split is None else self._zeroed(graph, node, activation, split, weight.k)
         inputs = [source, packed, add_initializer(graph, f"{prefix}.scales", weight.scales.reshape(-1))]
         zero_points = weight.packed_zero_points()
         inputs.append(add_initializer(graph, f"{prefix}.zero_points", zero_points) if zero_points is not None else None)
@@ -382,12 +380,7 @@ class Int4QuantizationPass(QuantizationPass):
         fused = ir.Node(MS_DOMAIN, "MatMulNBits", inputs, attributes=attributes, name=f"{prefix}_int4")
         added, output = [fused], fused.outputs[0]
         if offsets is not None or split is not None:
-            extra = self._shared_value(
-                graph,
-                (id(activation), "extra", offsets is not None, split is not None),
-                activation,
-                lambda: _extra_inputs(graph, activation, weight.k, self.block_size, offsets is not None, split),
-            )
+            extra = self._extra(graph, node, activation, weight.k, offsets is not None, split)
             table = _correction_table(exact, split)
             added += _corrected(graph, extra, output, table, prefix, offsets=offsets is not None)
             output = added[-1].outputs[0]
@@ -395,29 +388,39 @@ class Int4QuantizationPass(QuantizationPass):
         replace_value(result, output, inherit=True)
         self._heads[layer.name] = (packed, exact)
 
-    def _zeroed(self, graph: ir.Graph, x: ir.Value, split: OutlierChannels, width: int) -> ir.Value:
+    def _zeroed(self, graph: ir.Graph, reader: ir.Node, x: ir.Value, split: OutlierChannels, width: int) -> ir.Value:
         """``x`` (``width`` channels) with its outlier channels zeroed, once per graph for all its readers."""
-        return self._shared_value(graph, (id(x), "zeroed"), x, lambda: [_zero_channels(graph, x, split, width)])
+        return self._shared_value(graph, (id(x), "zeroed"), reader, x, lambda: _zero_channels(graph, x, split, width))
 
-    def _shared_value(self, graph: ir.Graph, key: tuple, x: ir.Value, build) -> ir.Value:
-        """The last output of the nodes ``build()`` makes from ``x``, inserted right after ``x`` is computed,
-        once per graph and ``key`` (the readers of one input share them), under node names ``graph`` lacks."""
+    def _extra(
+        self, graph: ir.Graph, reader: ir.Node, x: ir.Value, k: int, offsets: bool, split: OutlierChannels | None
+    ) -> ir.Value:
+        """What ``_extra_inputs`` computes, each part once per graph for all readers of ``x``."""
+        parts = []
+        if offsets:
+            block = self.block_size
+            parts.append(self._shared_value(graph, (id(x), "sums"), reader, x, lambda: _block_sums(graph, x, k, block)))
+        if split is not None:
+            gather = lambda: _outlier_columns(graph, x, split)  # noqa: E731
+            parts.append(self._shared_value(graph, (id(x), "outliers"), reader, x, gather))
+        if len(parts) == 1:
+            return parts[0]
+        return self._shared_value(graph, (id(x), "both"), reader, x, lambda: _side_by_side(parts))
+
+    def _shared_value(self, graph: ir.Graph, key: tuple, reader: ir.Node, x: ir.Value, build) -> ir.Value:
+        """The output of the node ``build()`` makes from ``x``, once per graph and ``key`` (the readers of one
+        input share it), inserted before ``reader`` (layers are rewritten in graph order, so before every
+        later reader too) under a node name ``graph`` lacks."""
         if key not in self._shared:
-            nodes = build()
-            taken = {node.name for node in graph}
-            for node in nodes:
-                base, suffix = f"{x.name}_{node.name}", 0
-                while (name := base if not suffix else f"{base}_{suffix}") in taken:
-                    suffix += 1
-                node.name = name
-                node.outputs[0].name = f"{name}.output"
-                taken.add(name)
-            producer = x.producer()
-            if producer is not None:
-                graph.insert_after(producer, nodes)
-            else:
-                graph.insert_before(next(iter(graph)), nodes)
-            self._shared[key] = nodes[-1].outputs[0]
+            node = build()
+            taken = {existing.name for existing in graph}
+            base, suffix = f"{x.name}_{node.name}", 0
+            while (name := base if not suffix else f"{base}_{suffix}") in taken:
+                suffix += 1
+            node.name = name
+            node.outputs[0].name = f"{name}.output"
+            graph.insert_before(reader, node)
+            self._shared[key] = node.outputs[0]
         return self._shared[key]
 
     def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
@@ -773,27 +776,44 @@ def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int, sourc
 def _extra_inputs(
     graph: ir.Graph, x: ir.Value, k: int, block_size: int, offsets: bool, split: OutlierChannels | None
 ) -> list[ir.Node]:
-    """What a layer's exact float correction reads of ``x`` (the last node's output, not inserted):
-    with ``offsets`` the sum of ``x`` over each block (``x @ P``, ``P`` the ``[K, n_blocks]`` 0/1
-    matrix, one initializer per graph, K and block size), then ``split``'s channels (``Gather``),
-    side by side along the last axis."""
-    nodes = []
-    if offsets:
-        name = f"graphopt.block_sums_{k}x{block_size}"
-        matrix = _block_sums_matrix(k, block_size)
-        indicator = graph.initializers.get(name)
-        if indicator is None or not np.array_equal(constant_array(indicator), matrix):
-            indicator = add_initializer(graph, name, matrix)  # a foreign tensor of that name gets a suffix
-        nodes.append(ir.Node("", "MatMul", [x, indicator], name="block_sums"))
+    """What a layer's exact float correction reads of ``x`` (the last node's output; not inserted):
+    with ``offsets`` its block sums (``_block_sums``), then ``split``'s channels (``_outlier_columns``),
+    side by side along the last axis (``_side_by_side``)."""
+    nodes = [_block_sums(graph, x, k, block_size)] if offsets else []
     if split is not None:
-        channels = add_initializer(graph, f"{x.name}.outlier_channels", split.indices.astype(np.int64))
-        nodes.append(ir.Node("", "Gather", [x, channels], attributes=[ir.AttrInt64("axis", -1)], name="outliers"))
+        nodes.append(_outlier_columns(graph, x, split))
     if len(nodes) == 2:
-        parts = [node.outputs[0] for node in nodes]
-        nodes.append(ir.Node("", "Concat", parts, attributes=[ir.AttrInt64("axis", -1)], name="sums_and_outliers"))
-    for node in nodes:
-        node.outputs[0].name = f"{x.name}_{node.name}.output"
+        nodes.append(_side_by_side([node.outputs[0] for node in nodes]))
     return nodes
+
+
+def _block_sums(graph: ir.Graph, x: ir.Value, k: int, block_size: int) -> ir.Node:
+    """``x @ P``, ``P`` the ``[K, n_blocks]`` 0/1 matrix summing ``x`` over each block (one initializer per
+    graph, K and block size)."""
+    name = f"{EXACT_CORRECTION_PREFIX}block_sums_{k}x{block_size}"
+    matrix = _block_sums_matrix(k, block_size)
+    indicator = graph.initializers.get(name)
+    if indicator is None or not np.array_equal(constant_array(indicator), matrix):
+        indicator = add_initializer(graph, name, matrix)  # a foreign tensor of that name gets a suffix
+    return _named(ir.Node("", "MatMul", [x, indicator], name="block_sums"), x)
+
+
+def _outlier_columns(graph: ir.Graph, x: ir.Value, split: OutlierChannels) -> ir.Node:
+    """``Gather(x, channels, axis=-1)``: the outlier channels of ``x``, ``[..., count]``."""
+    channels = add_initializer(graph, f"{x.name}.outlier_channels", split.indices.astype(np.int64))
+    return _named(ir.Node("", "Gather", [x, channels], attributes=[ir.AttrInt64("axis", -1)], name="outliers"), x)
+
+
+def _side_by_side(parts: Sequence[ir.Value]) -> ir.Node:
+    """``Concat(parts, axis=-1)``."""
+    node = ir.Node("", "Concat", list(parts), attributes=[ir.AttrInt64("axis", -1)], name="sums_and_outliers")
+    node.outputs[0].name = f"{parts[0].name}.{node.name}"
+    return node
+
+
+def _named(node: ir.Node, x: ir.Value) -> ir.Node:
+    node.outputs[0].name = f"{x.name}_{node.name}.output"
+    return node
 
 
 def _correction_table(weight: Int4Weight, split: OutlierChannels | None) -> np.ndarray:
@@ -812,7 +832,7 @@ def _corrected(
     """``product + extra @ table`` (the last node's output), ``table`` a new initializer (named for the
     block ``offsets`` it starts with, or for the outlier rows that are all it holds)."""
     kind = "block_offsets" if offsets else "outlier_rows"
-    weights = add_initializer(graph, f"{prefix}.{kind}", table)
+    weights = add_initializer(graph, f"{EXACT_CORRECTION_PREFIX}{prefix}.{kind}", table)
     correction = ir.Node("", "MatMul", [extra, weights], name=f"{prefix}_{kind}")
     total = ir.Node("", "Add", [product, correction.outputs[0]], name=f"{prefix}_with_{kind.split('_')[0]}")
     for node in (correction, total):

@@ -94,7 +94,8 @@ def test_the_channels_are_the_largest_on_the_samples_wherever_they_sit():
     # Metamorphic: move the massive channels, the same rewrite picks them up where they are.
     for outliers in [(3, 40), (0, 63), (17, 18)]:
         model = _norm_and_two_readers(outliers)
-        chosen = choose_outlier_channels(model, ["h"], [_x(1)], 2)
+        chosen, left_out = choose_outlier_channels(model, ["h"], [_x(1)], 2)
+        assert not left_out
         assert chosen["h"].indices.tolist() == sorted(outliers)
         assert chosen["h"].ratio > 10
         result = _int4(model, outlier_channels=2)
@@ -248,6 +249,39 @@ def test_a_second_run_names_its_nodes_apart_from_the_first():
     assert np.abs(out - run_model(second.twin.model, feeds)["y"]).max() < 1e-3
 
 
+@pytest.mark.parametrize("method", ["rtn", "hqq"])
+def test_a_second_run_leaves_the_first_runs_exact_corrections_float(method):
+    # The block sums, offsets and outlier rows are MatMuls with constant weights: a second run
+    # rounded them to 4 bits (and its twin agreed), losing the split (a second hostile review).
+    model = _norm_and_two_readers()
+    once = _int4(model, method=method, outlier_channels=2)
+    first = _int4(model, method=method, outlier_channels=2, exclude=["q_proj"])
+    twice = _int4(first.model, method=method, outlier_channels=2)
+    assert computed_op_types(twice.model).count("MatMulNBits") == 2
+    feeds = _x(2)
+    out_once, out_twice = (run_batches(r.model, [feeds])[0]["y"] for r in (once, twice))
+    assert np.abs(out_twice - out_once).max() < 1e-3 * np.abs(out_once).max()
+
+
+def test_readers_that_differ_still_share_what_they_have_in_common():
+    # One reader with block offsets (HQQ) and one without (float inputs at level 0 have no split
+    # either): the block sums and the outlier Gather are each made once for the input.
+    model = _norm_and_two_readers()
+    quantization = Int4QuantizationPass(method="hqq", outlier_channels=2)
+    quantization.prepare(model, find_layers(model.graph, ("matmul",))[0], [_x(1)])
+    quantization.schemes = {"q_proj": "int4-float-input"}
+    result, names = model.clone(), ["q_proj", "k_proj"]
+    quantization._apply(result, names)
+    ops = computed_op_types(result)
+    assert ops.count("Gather") == 1 and ops.count("MatMulNBits") == 2
+    sums = [node for node in result.graph if node.name.startswith("h_block_sums")]
+    assert len(sums) == 1
+    twin = quantization._twin(model.clone(), names, smoothed=False)
+    feeds = _x(2)
+    out = run_batches(result, [feeds])[0]["y"]
+    assert np.abs(out - run_model(twin.model, feeds)["y"]).max() < 1e-3
+
+
 def test_the_note_counts_what_the_budget_left_split():
     model = _norm_and_two_readers()
     calibration = _x(1, batch=8)
@@ -270,13 +304,19 @@ def test_inputs_without_outliers_or_too_narrow_stay_whole_and_it_says_so():
     assert not any(node.name.endswith("_outliers_zeroed") for node in flat.model.graph)
     assert any("under 2x the median" in note for note in flat.notes)
     narrow = _int4(_norm_and_two_readers(), outlier_channels=K)
-    assert any(f"not wider than {K} channels" in note for note in narrow.notes)
+    assert any(f"1 not wider than {K} channels" in note for note in narrow.notes)  # one input, two readers
+    # not-finite samples are named as such, not as narrow
+    samples = _x(1)
+    samples["x"][0, 0, 7] = np.inf
+    infinite = _int4(_norm_and_two_readers(), outlier_channels=2, samples=samples)
+    notes = " ".join(infinite.notes)
+    assert "not finite on the samples" in notes and "not wider" not in notes
 
 
 def test_one_block_sums_matrix_per_width_whatever_the_channels():
     # Each input's outlier channels come through a Gather: the block sums matrix stays one per (K, block).
     result = _int4(_norm_and_two_readers(), method="hqq", outlier_channels=2)
-    sums = [name for name in result.model.graph.initializers if name.startswith("graphopt.block_sums")]
+    sums = [name for name in result.model.graph.initializers if name.startswith("graphopt.exact.block_sums")]
     assert len(sums) == 1
     ops = computed_op_types(result.model)
     # one block sums MatMul, one Gather and one Concat for the input both layers read
