@@ -141,18 +141,21 @@ def test_the_budget_times_the_split_form():
     assert not any(node.name.endswith("_outliers_zeroed") for node in float_input.graph)
 
 
-def test_under_a_budget_the_split_and_the_alternatives_verify():
-    model = _norm_and_two_readers()
-    calibration = _x(1, batch=8)
+def _budgeted_record():
+    """quantize-int4's report record with the split under a budget that puts one of the two readers float."""
     _, report = optimize_with_report(
-        model,
+        _norm_and_two_readers(),
         quantize="int4",
         quantize_outputs=True,
         int4_outlier_channels=2,
-        calibration=calibration,
+        calibration=_x(1, batch=8),
         min_cosine=0.997,  # between every layer split int4 (0.996) and one layer float (0.998)
     )
-    record = next(r for r in report.passes if r.name == "quantize-int4")
+    return next(r for r in report.passes if r.name == "quantize-int4")
+
+
+def test_under_a_budget_the_split_and_the_alternatives_verify():
+    record = _budgeted_record()
     assert record.status == "applied", record.detail
     assert any("2 largest channels of 1 layer inputs" in note for note in record.notes)
     assert any(note.startswith("frontier 2/") for note in record.notes)
@@ -283,17 +286,7 @@ def test_readers_that_differ_still_share_what_they_have_in_common():
 
 
 def test_the_note_counts_what_the_budget_left_split():
-    model = _norm_and_two_readers()
-    calibration = _x(1, batch=8)
-    _, report = optimize_with_report(
-        model,
-        quantize="int4",
-        quantize_outputs=True,
-        int4_outlier_channels=2,
-        calibration=calibration,
-        min_cosine=0.997,
-    )
-    record = next(r for r in report.passes if r.name == "quantize-int4")
+    record = _budgeted_record()
     assert record.status == "applied"
     # one of the two readers went float: one input split, read by one layer
     assert any("of 1 layer inputs (read by 1 layers" in note for note in record.notes), record.notes
