@@ -21,7 +21,6 @@ from passes._layers import (
     excluded,
     find_layers,
     name_nodes,
-    tied_weight_reason,
 )
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.quantization._base import _EXHAUSTIVE_LAYERS, QuantizationPass, output_error, sample_layer_inputs
@@ -97,9 +96,11 @@ class Int4QuantizationPass(QuantizationPass):
       ``share-transposed-initializers`` turns the first into the second) is stored once: the
       head's packed ``[rows, blocks, block/2]`` weight (and so its values, GPTQ's where
       GPTQ chose them) is the lookup's data too (the scales are two small tensors: the
-      ops want them in different shapes). When the head stays float the table does too
-      (quantizing only the lookup adds a copy); a head with HQQ's float zero points
-      cannot be shared (GatherBlockQuantized reads uint8 zero points only): refused.
+      ops want them in different shapes); a head kept exact on its 8-bit grid (GGUF's
+      Q8_0) shares its ``[rows, blocks, block]`` bytes the same way, the lookup with
+      ``bits=8``. When the head stays float the table does too (quantizing only the
+      lookup adds a copy); a head with float zero points (HQQ's, a Q4_1 grid's block
+      offsets) cannot be shared (GatherBlockQuantized reads uint8 zero points only): refused.
       Tables under 65,536 values or whose width is not a multiple of the block stay float.
 
     The twin (kind ``"int4"``): the input with each chosen weight replaced by its
@@ -448,9 +449,11 @@ class Int4QuantizationPass(QuantizationPass):
                     self.refuse("embedding tables", reason)
             if self._applied:
                 shared = sum(1 for name in self._applied if self._planned[name])
+                eight = sum(1 for weight in self._applied.values() if weight.bits == 8)
                 self.note(
                     f"{len(self._applied)} embedding tables int4 (GatherBlockQuantized)"
                     + (f", {shared} sharing its tied LM head's packed weight" if shared else "")
+                    + (f" ({eight} in 8 bits, as the head's grid)" if eight else "")
                 )
             result = self.result(model, modified=True, twin=result.twin)
         return result
@@ -492,13 +495,6 @@ class Int4QuantizationPass(QuantizationPass):
                     "tied to an LM head whose zero points are float (HQQ's, or its grid's), "
                     "which GatherBlockQuantized cannot read: the table stays float"
                 )
-            elif tied is not None and grid is not None and grid.bits == 8 and tied_weight_reason(tied) is not None:
-                reason = (
-                    "tied to an LM head that reads this same tensor, on an 8-bit grid (its checkpoint's) that "
-                    "no 4-bit form both kernels read keeps exact: the table and the head stay float, stored once"
-                )
-            elif tied is not None and grid is not None and grid.bits == 8:
-                reason = "tied to an LM head kept exact in 8 bits (its checkpoint's grid): the table stays float"
             if reason is not None:
                 refused.add(table.name)
                 self.refuse("embedding tables", reason)
@@ -642,7 +638,8 @@ def _quantize_tables(
 
     An untied table is stored as uint8 ``[rows, width/2]`` blocked along its last axis.
     A table tied to a head quantized in this run reads the head's packed weight
-    ``[rows, blocks, block/2]`` (quantize_axis 2) and its lookups are reshaped back to
+    ``[rows, blocks, block/2]`` (``[rows, blocks, block]`` and ``bits=8`` for a head on an
+    8-bit grid; quantize_axis 2) and its lookups are reshaped back to
     ``[ids..., width]``; a tied table whose head is float stays float.
     """
     graph = model.graph
@@ -662,7 +659,7 @@ def _quantize_tables(
         parameters, weight, blocked = done[table.name]
         prefix = node.name or table.name
         attributes = [
-            ir.AttrInt64("bits", 4),
+            ir.AttrInt64("bits", weight.bits),  # 8 where the head it shares is on an 8-bit grid
             ir.AttrInt64("block_size", block_size),
             ir.AttrInt64("gather_axis", 0),
             ir.AttrInt64("quantize_axis", 2 if blocked else 1),

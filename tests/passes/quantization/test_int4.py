@@ -702,15 +702,36 @@ def test_a_cuda_budget_without_cuda_does_not_time_layers_on_the_cpu(monkeypatch)
     assert any("--target cuda and onnxruntime-gpu is not installed" in note for note in result.notes)
 
 
-def test_a_table_shared_with_its_head_on_an_8bit_grid_says_both_stay_float():
-    # The head reads the table itself (Gemm transB=1, as the dynamo export after share-transposed-initializers):
-    # the head is refused as tied, so the table's note must not claim the head is kept in 8 bits.
-    model = _embedding_model(tied=True)
-    model.graph.initializers["table"].const_value = ir.tensor(
-        np.ascontiguousarray(_on_q8_0_grid(64, 1024).T), name="table"
-    )
+@pytest.mark.parametrize("spelling", ["head reads the table", "head holds a copy"])
+def test_a_table_tied_to_a_head_on_an_8bit_grid_shares_the_heads_8bit_bytes(spelling):
+    # GGUF keeps a tied head in Q8_0: the head stays exact in 8 bits and the table's lookups read the same
+    # [vocab, blocks, block] bytes (GatherBlockQuantized bits=8), whether the head reads the table itself
+    # (Gemm transB=1, the dynamo export after share-transposed-initializers) or a copy (the legacy export).
+    table = np.ascontiguousarray(_on_q8_0_grid(64, 1024).T)
+    model = _embedding_model(tied=spelling == "head reads the table")
+    model.graph.initializers["table"].const_value = ir.tensor(table, name="table")
+    if spelling == "head holds a copy":
+        model.graph.initializers["head"].const_value = ir.tensor(np.ascontiguousarray(table.T), name="head")
     result = Int4QuantizationPass(quantize_outputs=True)(model.clone())
-    assert "GatherBlockQuantized" not in computed_op_types(result.model)
-    assert not any(node.name.startswith("lm_head") and node.op_type == "MatMulNBits" for node in result.model.graph)
-    assert any("the table and the head stay float, stored once" in reason for reason in result.refusals)
-    assert not any("kept exact in 8 bits (its checkpoint's grid)" in reason for reason in result.refusals)
+    lookup = next(node for node in result.model.graph if node.op_type == "GatherBlockQuantized")
+    head = next(
+        node for node in result.model.graph if node.name.startswith("lm_head") and node.op_type == "MatMulNBits"
+    )
+    assert head.attributes.get_int("bits") == 8 and lookup.attributes.get_int("bits") == 8
+    assert lookup.inputs[0] is head.inputs[1] and lookup.inputs[0].const_value.shape == (1024, 2, 32)
+    floats = [value.const_value for value in result.model.graph.initializers.values() if value.const_value is not None]
+    assert not any(t.dtype == ir.DataType.FLOAT and t.size >= table.size for t in floats)  # no float copy is left
+    assert any("sharing its tied LM head's packed weight (1 in 8 bits" in note for note in result.notes)
+    assert _closest_to_twin(result, _ids()) < 1e-4
+    # The lookups are exact: the rows the model reads are the table's
+    probe = result.model.clone()
+    gathered = next(node for node in probe.graph if node.op_type == "GatherBlockQuantized").outputs[0]
+    rows = next(user for user, _ in gathered.uses()).outputs[0]  # the reshape back to [ids..., width]
+    probe.graph.outputs.append(rows)
+    ids = _ids()["ids"]
+    looked_up = run_batches(probe, [_ids()])[0][rows.name]
+    np.testing.assert_allclose(looked_up, table[ids], rtol=0, atol=1e-6)
+    # The head float (not --quantize-outputs): the table stays float with it, and says why
+    float_head = Int4QuantizationPass()(model.clone())
+    assert "GatherBlockQuantized" not in computed_op_types(float_head.model)
+    assert any("tied to the LM head" in reason for reason in float_head.refusals)
