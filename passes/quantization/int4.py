@@ -450,10 +450,10 @@ class Int4QuantizationPass(QuantizationPass):
             if self._applied:
                 shared = sum(1 for name in self._applied if self._planned[name])
                 eight = sum(1 for weight in self._applied.values() if weight.bits == 8)
+                widths = f"{len(self._applied) - eight} int4" + (f", {eight} 8-bit (the head's grid)" if eight else "")
                 self.note(
-                    f"{len(self._applied)} embedding tables int4 (GatherBlockQuantized)"
+                    f"{len(self._applied)} embedding tables in GatherBlockQuantized ({widths})"
                     + (f", {shared} sharing its tied LM head's packed weight" if shared else "")
-                    + (f" ({eight} in 8 bits, as the head's grid)" if eight else "")
                 )
             result = self.result(model, modified=True, twin=result.twin)
         return result
@@ -688,16 +688,19 @@ def _table_inputs(
     block_size: int,
     symmetric: bool,
 ) -> tuple[list[ir.Value], Int4Weight, bool]:
-    """GatherBlockQuantized's data, scales and zero points for ``table``; its values; whether blocked (tied)."""
+    """GatherBlockQuantized's data, scales and zero points for ``table``; its values; whether blocked (tied).
+
+    Zero points are always written, the symmetric ones too (8, or 128 at 8 bits): ONNX Runtime's CPU
+    lookup defaults to those for uint8 data, but its CUDA lookup took 0 (onnxruntime issue #31692),
+    which would shift every row by 8 (128) steps.
+    """
     name = table.name
     if head is not None:
         data, weight = head
         scales = add_initializer(graph, f"{name}.scales", weight.scales[..., None])
-        parameters = [data, scales]
-        if weight.zero_points is not None:
-            # Packed along the last axis like the data; a last axis of one block holds one nibble per byte.
-            parameters.append(add_initializer(graph, f"{name}.zero_points", weight.zero_points[..., None]))
-        return parameters, weight, True
+        # Packed along the last axis like the data; a last axis of one block holds one nibble per byte.
+        zero_points = _zero_points(weight)[..., None]
+        return [data, scales, add_initializer(graph, f"{name}.zero_points", zero_points)], weight, True
     array = constant_array(table)
     weight = recover_grid(array.T, block_size)  # a 4-bit checkpoint's table, exactly, where uint8 zero points hold it
     if weight is None or weight.has_offsets:
@@ -707,9 +710,15 @@ def _table_inputs(
         add_initializer(graph, f"{name}.int4", weight.packed().reshape(rows, -1)),
         add_initializer(graph, f"{name}.scales", weight.scales),
     ]
-    if weight.zero_points is not None:
-        parameters.append(add_initializer(graph, f"{name}.zero_points", pack_nibbles(weight.zero_points, pad=8)))
+    parameters.append(add_initializer(graph, f"{name}.zero_points", pack_nibbles(_zero_points(weight), pad=8)))
     return parameters, weight, False
+
+
+def _zero_points(weight: Int4Weight) -> np.ndarray:
+    """``weight``'s uint8 zero points per row and block, the implicit middle level where it stores none."""
+    if weight.zero_points is not None:
+        return weight.zero_points
+    return np.full(weight.scales.shape, weight.levels // 2, dtype=np.uint8)
 
 
 def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int, source: ir.Value | None = None) -> None:

@@ -403,6 +403,11 @@ def test_embedding_table_becomes_gather_block_quantized():
     assert computed_op_types(result.model)[0] == "GatherBlockQuantized"
     data = next(node for node in result.model.graph if node.op_type == "GatherBlockQuantized").inputs[0]
     assert data.const_value.shape == (1024, 32) and data.const_value.dtype == ir.DataType.UINT8
+    # symmetric, yet its zero points (8) are written: the CUDA lookup's default was 0 (ORT #31692)
+    symmetric = Int4QuantizationPass(symmetric=True)(model.clone())
+    lookup = next(node for node in symmetric.model.graph if node.op_type == "GatherBlockQuantized")
+    assert (lookup.inputs[3].const_value.numpy() == 0x88).all()
+    assert _closest_to_twin(symmetric, _ids()) < 1e-4
     assert "1 embedding tables dequantized" in result.twin.description
     assert _closest_to_twin(result, _ids()) < 1e-4
     kept = Int4QuantizationPass(exclude=["embed"])(model.clone())
@@ -702,6 +707,25 @@ def test_a_cuda_budget_without_cuda_does_not_time_layers_on_the_cpu(monkeypatch)
     assert any("--target cuda and onnxruntime-gpu is not installed" in note for note in result.notes)
 
 
+def test_a_tied_head_on_an_asymmetric_8bit_grid_shares_its_zero_points_too():
+    rng = np.random.default_rng(3)
+    q = rng.integers(0, 256, (1024, 2, 32)).astype(np.float32)
+    q[..., 0], q[..., 1] = 0, 255  # every block spans the grid, so its step is (max - min) / 255
+    zero = rng.integers(1, 255, (1024, 2, 1)).astype(np.float32)
+    step = (rng.random((1024, 2, 1)) * 0.01 + 0.001).astype(np.float32)
+    table = np.ascontiguousarray(((q - zero) * step).reshape(1024, 64).astype(np.float32))
+    model = _embedding_model(tied=True)
+    model.graph.initializers["table"].const_value = ir.tensor(table, name="table")
+    result = Int4QuantizationPass(quantize_outputs=True)(model.clone())
+    lookup = next(node for node in result.model.graph if node.op_type == "GatherBlockQuantized")
+    head = next(
+        node for node in result.model.graph if node.name.startswith("lm_head") and node.op_type == "MatMulNBits"
+    )
+    assert lookup.attributes.get_int("bits") == 8 and lookup.inputs[0] is head.inputs[1]
+    np.testing.assert_array_equal(lookup.inputs[3].const_value.numpy(), zero.astype(np.uint8))
+    assert _closest_to_twin(result, _ids()) < 1e-4
+
+
 @pytest.mark.parametrize("spelling", ["head reads the table", "head holds a copy"])
 def test_a_table_tied_to_a_head_on_an_8bit_grid_shares_the_heads_8bit_bytes(spelling):
     # GGUF keeps a tied head in Q8_0: the head stays exact in 8 bits and the table's lookups read the same
@@ -721,7 +745,10 @@ def test_a_table_tied_to_a_head_on_an_8bit_grid_shares_the_heads_8bit_bytes(spel
     assert lookup.inputs[0] is head.inputs[1] and lookup.inputs[0].const_value.shape == (1024, 2, 32)
     floats = [value.const_value for value in result.model.graph.initializers.values() if value.const_value is not None]
     assert not any(t.dtype == ir.DataType.FLOAT and t.size >= table.size for t in floats)  # no float copy is left
-    assert any("sharing its tied LM head's packed weight (1 in 8 bits" in note for note in result.notes)
+    assert any("1 embedding tables in GatherBlockQuantized (0 int4, 1 8-bit" in note for note in result.notes)
+    # The zero points are written out (128), not left to the lookup's default, which CUDA got wrong (ORT #31692)
+    assert lookup.inputs[3].const_value.shape == (1024, 2, 1)
+    assert (lookup.inputs[3].const_value.numpy() == 128).all()
     assert _closest_to_twin(result, _ids()) < 1e-4
     # The lookups are exact: the rows the model reads are the table's
     probe = result.model.clone()
