@@ -1,7 +1,8 @@
 """Pruning benchmark: what a cut keeps, measured on held-out inputs the way a user sees the model.
 
 For one model with calibration and evaluation inputs (``.npz``, samples along axis 0;
-the evaluation rows must be disjoint from the calibration rows), it writes
+the evaluation rows must be disjoint from the calibration rows; ``--eval`` may be given
+more than once, each set then reported apart under its file's stem), it writes
 ``graphopt optimize`` results into ``--out`` for each cut and each setting, and measures
 them against the original on the evaluation inputs only:
 
@@ -90,7 +91,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path)
     parser.add_argument("--calibration", type=Path, required=True)
-    parser.add_argument("--eval", type=Path, required=True)
+    parser.add_argument(
+        "--eval", type=Path, action="append", required=True, help="held-out inputs; repeat for several sets"
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--combined", default="", help="FFN:HEADS ratio pairs cut in one run, comma-separated")
     parser.add_argument("--ffn", default="")
@@ -105,13 +108,13 @@ def main() -> None:
     add_timing_flags(parser)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    evaluation = dict(np.load(args.eval))
+    evaluations = {path.stem: dict(np.load(path)) for path in args.eval}
     calibration = dict(np.load(args.calibration))
     small = args.out / "calibration_small.npz"
     np.savez(small, **{name: array[: args.cal_small] for name, array in calibration.items()})
     baseline = args.out / "float.onnx"
     optimize(args.model, baseline, [])
-    reference = outputs_on(args.model, evaluation, args.threads)
+    references = {stem: outputs_on(args.model, inputs, args.threads) for stem, inputs in evaluations.items()}
     settings = {
         "no data (magnitude)": ["--importance", "magnitude", "--no-repair", "--no-verify"],
         f"{args.cal_small} samples, no repair": ["--calibration", str(small), "--no-repair"],
@@ -142,7 +145,7 @@ def main() -> None:
                 "parameters_ratio": round(parameter_count(ir.load(path)) / base_params, 4),
                 "parameters": parameter_count(ir.load(path)),
                 "size_mb": round(path.stat().st_size / 2**20, 2),
-                "held_out": accuracy(reference, outputs_on(path, evaluation, args.threads), args.output),
+                "held_out": _held_out(path, evaluations, references, args),
                 "notes": [line.strip() for line in printed.splitlines() if line.startswith("prune-")],
             }
             if label in timed:
@@ -150,6 +153,15 @@ def main() -> None:
                     baseline, path, args.out / f"{path.stem}.compare.json", args, args.compare_flag
                 )
             print(json.dumps(row), flush=True)
+
+
+def _held_out(path: Path, evaluations: dict, references: dict, args: argparse.Namespace) -> dict:
+    """``accuracy`` on the one evaluation set, or per set (by file stem) when ``--eval`` names several."""
+    scores = {
+        stem: accuracy(references[stem], outputs_on(path, inputs, args.threads), args.output)
+        for stem, inputs in evaluations.items()
+    }
+    return next(iter(scores.values())) if len(scores) == 1 else scores
 
 
 def _pairs(text: str) -> list[tuple[str, str]]:
