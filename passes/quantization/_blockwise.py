@@ -119,6 +119,13 @@ class Int4Weight:
         integer = self.stored().zero_points.astype(np.float32)
         return np.ascontiguousarray(((integer - self.zero_points) * self.scales).T.astype(np.float32))
 
+    def explicit_zero_points(self) -> np.ndarray:
+        """uint8 ``[N, n_blocks]`` zero points, the implicit middle level (8, or 128 at 8 bits) where none are
+        stored (for ops whose default differs between providers); only for uint8 zero points, not float ones."""
+        if self.zero_points is not None:
+            return self.zero_points
+        return np.full(self.scales.shape, self.levels // 2, dtype=np.uint8)
+
     def packed_zero_points(self) -> np.ndarray | None:
         """MatMulNBits' zero points: uint8 ``[N, ceil(n_blocks / 2)]`` packed like ``B`` (8 bits: ``[N, n_blocks]``);
         float32 ``[N, n_blocks]`` as they are when float (write ``stored()``'s instead); None when symmetric."""

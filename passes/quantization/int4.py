@@ -699,7 +699,7 @@ def _table_inputs(
         data, weight = head
         scales = add_initializer(graph, f"{name}.scales", weight.scales[..., None])
         # Packed along the last axis like the data; a last axis of one block holds one nibble per byte.
-        zero_points = _zero_points(weight)[..., None]
+        zero_points = weight.explicit_zero_points()[..., None]
         return [data, scales, add_initializer(graph, f"{name}.zero_points", zero_points)], weight, True
     array = constant_array(table)
     weight = recover_grid(array.T, block_size)  # a 4-bit checkpoint's table, exactly, where uint8 zero points hold it
@@ -710,15 +710,8 @@ def _table_inputs(
         add_initializer(graph, f"{name}.int4", weight.packed().reshape(rows, -1)),
         add_initializer(graph, f"{name}.scales", weight.scales),
     ]
-    parameters.append(add_initializer(graph, f"{name}.zero_points", pack_nibbles(_zero_points(weight), pad=8)))
+    parameters.append(add_initializer(graph, f"{name}.zero_points", pack_nibbles(weight.explicit_zero_points(), pad=8)))
     return parameters, weight, False
-
-
-def _zero_points(weight: Int4Weight) -> np.ndarray:
-    """``weight``'s uint8 zero points per row and block, the implicit middle level where it stores none."""
-    if weight.zero_points is not None:
-        return weight.zero_points
-    return np.full(weight.scales.shape, weight.levels // 2, dtype=np.uint8)
 
 
 def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int, source: ir.Value | None = None) -> None:
