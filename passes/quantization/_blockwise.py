@@ -53,6 +53,9 @@ GPTQ_LAZY_COLUMNS = 128
 HQQ_NORM, HQQ_BETA, HQQ_KAPPA, HQQ_ITERATIONS = 0.7, 10.0, 1.01, 20
 # How far (in steps) a value may sit from its level for a weight to count as already on a grid.
 _GRID_TOLERANCE = 1e-3
+# How far (relative to its block's largest magnitude) a value may sit from its level: float32 rounding of
+# a dequantized checkpoint is ~1e-7; a step that fits a sparse block by accident within 1e-3 steps is not.
+_GRID_EXACTNESS = 1e-5
 
 
 @dataclass(frozen=True)
@@ -169,11 +172,14 @@ def recover_grid(weight: np.ndarray, block_size: int, bits: int = 4) -> Int4Weig
     cannot follow: round to nearest moves every weight of a block by up to half a step).
     A block's step is the first of these that fits: ``(max - min) / (2**bits - 1)``,
     ``max|w| / (2**(bits-1) - 1)`` and ``max|w| / 2**(bits-1)`` (symmetric grids), the
-    smallest gap between its values; fitting means every value within 1e-3 of a step
-    from a level, all within ``2**bits - 1`` steps of the minimum. The zero points are
-    uint8 where every block's zero falls on a level (GPTQ, AWQ, Q4_0, Q8_0), else float
-    (Q4_1: ``Int4Weight.offsets``). None when K is not a multiple of the block (the
-    padding would not lie on the grid) or any block misses.
+    smallest gap between its values, and at 4 bits ``(max - min) / m`` for ``m`` from 14
+    down to 1 (a block that skips levels unevenly, e.g. half of a checkpoint's block read
+    at block size 16). Fitting means every value within 1e-3 of a step from a level and
+    rebuilt from it to 1e-5 of the block's largest magnitude (float32 rounding, not a step
+    that fits a sparse block by accident), all within ``2**bits - 1`` steps of the
+    minimum. The zero points are uint8 where every block's zero falls on a level (GPTQ,
+    AWQ, Q4_0, Q8_0), else float (Q4_1: ``Int4Weight.offsets``). None when K is not a
+    multiple of the block (the padding would not lie on the grid) or any block misses.
     """
     weight = np.asarray(weight, dtype=np.float32)
     k, n = weight.shape
@@ -214,12 +220,14 @@ def _grid_blocks(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.nda
 
     def fits(step: np.ndarray) -> np.ndarray:
         q = (blocks - low) / np.where(step > 0, step, 1.0)
-        near = np.abs(q - np.rint(q)).max(axis=-1, keepdims=True) < tolerance
+        near = _on_levels(blocks, low, step, peak, q)
         return (near & (q.max(axis=-1, keepdims=True) < top_level + 0.5) & (step > 0)) | (spread == 0)
 
+    gaps = np.diff(np.sort(blocks, axis=-1), axis=-1)
+    distinct_gaps = gaps > tolerance * spread / top_level
+
     def smallest_gap() -> np.ndarray:
-        gaps = np.diff(np.sort(blocks, axis=-1), axis=-1)
-        return np.where(gaps > tolerance * spread / top_level, gaps, np.inf).min(axis=-1, keepdims=True)
+        return np.where(distinct_gaps, gaps, np.inf).min(axis=-1, keepdims=True)
 
     candidates = (
         lambda: spread / top_level,
@@ -236,7 +244,21 @@ def _grid_blocks(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.nda
         if not np.isnan(step).any():
             break
     else:
-        return None
+        # A grid's block spans m <= top_level steps; one whose values skip levels unevenly (half of a
+        # Q4_1 block read at block_size 16) is found only by trying each spread / m. At 4 bits only (15
+        # tries), never for a block with more distinct values than levels, and on a sample of the blocks
+        # left first, so a float-trained weight is refused about as fast as before.
+        if bits > 4 or (distinct_gaps.sum(axis=-1) + 1 > levels_count).any():
+            return None
+        left = np.flatnonzero(np.isnan(step))
+        flat = (blocks.reshape(-1, blocks.shape[-1]), low.reshape(-1, 1), spread.reshape(-1, 1))
+        if np.isnan(_step_by_span(*(a[left[:64]] for a in flat), top_level)).any():
+            return None
+        found = _step_by_span(*(a[left] for a in flat), top_level)
+        if np.isnan(found).any():
+            return None
+        step = step.copy()
+        step.reshape(-1)[left] = found[:, 0]
     # A constant block: one level, its value held by the zero point's offset (0 when it is 0).
     step = np.where(spread == 0, np.where(low == 0, 1.0, np.abs(low)), step)
     q = np.rint((blocks - low) / step)
@@ -246,6 +268,31 @@ def _grid_blocks(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.nda
     shift = np.clip(np.ceil(-zero - tolerance), 0, top_level - top)
     values = (q + shift).astype(np.uint8)
     return values, step[..., 0].astype(np.float32), (zero + shift)[..., 0]
+
+
+def _on_levels(blocks: np.ndarray, low: np.ndarray, step: np.ndarray, peak: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Per block: every value within ``_GRID_TOLERANCE`` steps of a level ``low + i * step`` (``q`` is
+    ``(blocks - low) / step``) and rebuilt from it to ``_GRID_EXACTNESS`` of the block's ``peak``."""
+    levels = np.rint(q)
+    near = np.abs(q - levels).max(axis=-1, keepdims=True) < _GRID_TOLERANCE
+    if not near.any():
+        return near
+    rebuilt = np.abs(low + levels * step - blocks).max(axis=-1, keepdims=True)
+    return near & (rebuilt <= _GRID_EXACTNESS * peak)
+
+
+def _step_by_span(blocks: np.ndarray, low: np.ndarray, spread: np.ndarray, top_level: int) -> np.ndarray:
+    """The largest ``spread / m`` (m < ``top_level``) that puts every value of each ``[rows, block]`` block on a
+    level, per block ``[rows, 1]``; NaN where none does."""
+    step = np.full_like(low, np.nan)
+    for m in range(top_level - 1, 0, -1):
+        candidate = spread / m
+        q = (blocks - low) / np.where(candidate > 0, candidate, 1.0)
+        near = _on_levels(blocks, low, candidate, np.abs(blocks).max(axis=-1, keepdims=True), q)
+        step = np.where(np.isnan(step) & near & (candidate > 0), candidate, step)
+        if not np.isnan(step).any():
+            break
+    return step
 
 
 def quantize_gptq(

@@ -199,6 +199,25 @@ def test_a_grid_with_unused_levels_is_found_by_its_smallest_gap():
     np.testing.assert_allclose(grid.dequantize(), weight, atol=1e-6)
 
 
+@pytest.mark.parametrize("levels", [16, 5], ids=["all-levels", "five-levels"])
+def test_a_checkpoints_grid_read_at_a_finer_block_is_recovered_exactly(levels):
+    # Half of a Q4_1 block of 32 need not span its levels or use them evenly (q in {0, 2, 5, 13}: no step
+    # from the range, the peak or the smallest gap fits); a step that fits such a sparse half only to
+    # within the tolerance would move its weights.
+    weight = _on_grid(256, 48, 32, integer_zero=False, levels=levels, seed=5)
+    weight[:16, 0] = weight[0, 0] + np.float32(0.0113) * np.array([0, 2, 5, 13] * 4, np.float32)
+    grid = recover_grid(weight, 16)
+    assert grid is not None
+    np.testing.assert_allclose(grid.dequantize(), weight, rtol=0, atol=1e-6)
+
+
+def test_a_weight_within_the_tolerance_of_a_grid_but_off_it_is_not_recovered():
+    # Steps of 0.1 from -0.7 fit these to 5e-4 steps (within the tolerance) but miss two by 5e-5, far more
+    # than a dequantized checkpoint's float32 rounding: storing them on that grid would move them.
+    weight = np.array([-0.7, -0.59995, -0.29995, 0.1] * 4, np.float32)[:, None]
+    assert recover_grid(weight, 16) is None
+
+
 @pytest.mark.parametrize(
     "weight",
     [weights(64, 8, seed=3), _on_grid(64, 8, 32, integer_zero=False)[:48], _on_grid(64, 8, 16, integer_zero=False)],
