@@ -174,9 +174,10 @@ def recover_grid(weight: np.ndarray, block_size: int, bits: int = 4) -> Int4Weig
     ``max|w| / (2**(bits-1) - 1)`` and ``max|w| / 2**(bits-1)`` (symmetric grids), the
     smallest gap between its values, and at 4 bits ``(max - min) / m`` for ``m`` from 14
     down to 1 (a block that skips levels unevenly, e.g. half of a checkpoint's block read
-    at block size 16). Fitting means every value within 1e-3 of a step from a level and
-    rebuilt from it to 1e-5 of the block's largest magnitude (float32 rounding, not a step
-    that fits a sparse block by accident), all within ``2**bits - 1`` steps of the
+    at block size 16), each step made ``(max - min) / n`` for the whole number ``n`` of
+    steps it spans. Fitting means every value within 1e-3 of a step from a level and
+    rebuilt from it to 1e-5 of the block's largest magnitude (a step that fits a sparse
+    block only by accident misses that), all within ``2**bits - 1`` steps of the
     minimum. The zero points are uint8 where every block's zero falls on a level (GPTQ,
     AWQ, Q4_0, Q8_0), else float (Q4_1: ``Int4Weight.offsets``). None when K is not a
     multiple of the block (the padding would not lie on the grid) or any block misses.
@@ -218,16 +219,30 @@ def _grid_blocks(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.nda
     spread, peak = high - low, np.maximum(np.abs(low), np.abs(high))
     tolerance = _GRID_TOLERANCE
 
-    def fits(step: np.ndarray) -> np.ndarray:
+    def fit(step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which blocks ``step`` fits, and per block the step remade as ``spread / n`` for the whole number n
+        of steps it spans (without the rounding a peak or a gap between two float32 values carries)."""
         q = (blocks - low) / np.where(step > 0, step, 1.0)
-        near = _on_levels(blocks, low, step, peak, q)
-        return (near & (q.max(axis=-1, keepdims=True) < top_level + 0.5) & (step > 0)) | (spread == 0)
+        levels = np.rint(q)
+        spans = levels.max(axis=-1, keepdims=True)  # q is 0 at each block's minimum
+        near = (np.abs(q - levels).max(axis=-1, keepdims=True) < tolerance) & (spans <= top_level) & (step > 0)
+        if not near.any():
+            return near | (spread == 0), step
+        exact = np.where(near & (spans >= 1), spread / np.maximum(spans, 1.0), step)
+        rebuilt = np.abs(low + levels * exact - blocks).max(axis=-1, keepdims=True)
+        return (near & (rebuilt <= _GRID_EXACTNESS * peak)) | (spread == 0), exact
 
-    gaps = np.diff(np.sort(blocks, axis=-1), axis=-1)
-    distinct_gaps = gaps > tolerance * spread / top_level
+    sorted_gaps: list[np.ndarray] = []
+
+    def distinct_gaps() -> tuple[np.ndarray, np.ndarray]:
+        """The gaps between each block's sorted values, and which of them separate two levels (sorted once)."""
+        if not sorted_gaps:
+            sorted_gaps.append(np.diff(np.sort(blocks, axis=-1), axis=-1))
+        return sorted_gaps[0], sorted_gaps[0] > tolerance * spread / top_level
 
     def smallest_gap() -> np.ndarray:
-        return np.where(distinct_gaps, gaps, np.inf).min(axis=-1, keepdims=True)
+        gaps, distinct = distinct_gaps()
+        return np.where(distinct, gaps, np.inf).min(axis=-1, keepdims=True)
 
     candidates = (
         lambda: spread / top_level,
@@ -239,8 +254,8 @@ def _grid_blocks(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.nda
     for make in candidates:
         candidate = make()
         candidate = np.where(np.isfinite(candidate), candidate, 0.0)
-        chosen = np.isnan(step) & fits(candidate)
-        step = np.where(chosen, candidate, step)
+        fitted, exact = fit(candidate)
+        step = np.where(np.isnan(step) & fitted, exact, step)
         if not np.isnan(step).any():
             break
     else:
@@ -248,7 +263,7 @@ def _grid_blocks(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.nda
         # Q4_1 block read at block_size 16) is found only by trying each spread / m. At 4 bits only (15
         # tries), never for a block with more distinct values than levels, and on a sample of the blocks
         # left first, so a float-trained weight is refused about as fast as before.
-        if bits > 4 or (distinct_gaps.sum(axis=-1) + 1 > levels_count).any():
+        if bits > 4 or (distinct_gaps()[1].sum(axis=-1) + 1 > levels_count).any():
             return None
         left = np.flatnonzero(np.isnan(step))
         flat = (blocks.reshape(-1, blocks.shape[-1]), low.reshape(-1, 1), spread.reshape(-1, 1))
@@ -282,8 +297,8 @@ def _on_levels(blocks: np.ndarray, low: np.ndarray, step: np.ndarray, peak: np.n
 
 
 def _step_by_span(blocks: np.ndarray, low: np.ndarray, spread: np.ndarray, top_level: int) -> np.ndarray:
-    """The largest ``spread / m`` (m < ``top_level``) that puts every value of each ``[rows, block]`` block on a
-    level, per block ``[rows, 1]``; NaN where none does."""
+    """The first ``spread / m``, m from ``top_level - 1`` down to 1, that puts every value of each ``[rows, block]``
+    block on a level, per block ``[rows, 1]``; NaN where none does."""
     step = np.full_like(low, np.nan)
     for m in range(top_level - 1, 0, -1):
         candidate = spread / m

@@ -211,6 +211,26 @@ def test_a_checkpoints_grid_read_at_a_finer_block_is_recovered_exactly(levels):
     np.testing.assert_allclose(grid.dequantize(), weight, rtol=0, atol=1e-6)
 
 
+# 128 of an 8-bit grid's levels: the smallest gap between two float32 values is a step off by an ulp,
+# which 127 steps make larger than float rounding.
+_HALF_AN_8BIT_GRID = np.float32(0.001) * (np.arange(70, 198, dtype=np.float32) - np.float32(128))
+# Half a Q4_1 block far from zero: the same for the gap between two values near -10.
+_A_4BIT_BLOCK_FAR_FROM_ZERO = np.float32(0.012791554) * np.array(
+    [7, 11, 6, 0, 4, 10, 8, 13, 0, 14, 9, 1, 13, 3, 5, 2], np.float32
+) - np.float32(10.0)
+
+
+@pytest.mark.parametrize(
+    "weight, block_size, bits",
+    [(_HALF_AN_8BIT_GRID[:, None], 128, 8), (_A_4BIT_BLOCK_FAR_FROM_ZERO[:, None], 16, 4)],
+    ids=["8bit-half-the-levels", "4bit-far-from-zero"],
+)
+def test_a_step_found_from_two_values_is_made_exact_from_the_blocks_span(weight, block_size, bits):
+    grid = recover_grid(weight, block_size, bits=bits)
+    assert grid is not None
+    np.testing.assert_allclose(grid.dequantize(), weight, rtol=0, atol=1e-7 * np.abs(weight).max())
+
+
 def test_a_weight_within_the_tolerance_of_a_grid_but_off_it_is_not_recovered():
     # Steps of 0.1 from -0.7 fit these to 5e-4 steps (within the tolerance) but miss two by 5e-5, far more
     # than a dequantized checkpoint's float32 rounding: storing them on that grid would move them.
