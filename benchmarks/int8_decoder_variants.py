@@ -90,10 +90,18 @@ VARIANTS = {
         "smooth_alpha": 0.5,
         "exclude": ("*q_proj*", "*k_proj*", "*v_proj*"),
     },
+    # On x86 without VNNI 8-bit weights saturate the U8S8 kernels: the same points with 7-bit weights.
+    "row_w7_smooth_no_qkv": {
+        "activation_scale": "row",
+        "smooth_alpha": 0.5,
+        "exclude": ("*q_proj*", "*k_proj*", "*v_proj*"),
+    },
+    "row_w7_smooth_b998": {"activation_scale": "row", "smooth_alpha": 0.5, "budget": AccuracyBudget(min_cosine=0.998)},
     # What `--quantize dynamic --min-cosine X` does (8-bit weights on a VNNI CPU): the search picks
     # each layer's scheme (per-row scales, SmoothQuant for that layer, weight-only, float).
     "budget_998": {"reduce_range": False, "budget": AccuracyBudget(min_cosine=0.998)},
     "budget_999": {"reduce_range": False, "budget": AccuracyBudget(min_cosine=0.999)},
+    "budget_998_w7": {"budget": AccuracyBudget(min_cosine=0.998)},  # the same on a CPU without VNNI
 }
 
 
