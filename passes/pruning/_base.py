@@ -53,7 +53,7 @@ _SEARCH_STEPS = 6
 # What one unit of each kind of group is called in notes.
 UNIT_NAMES = {"ffn": "neurons", "heads": "heads", "channels": "channels"}
 # Conv channel groups keep a multiple of this many channels (ORT's NCHWc block on AVX2/AVX-512 is 8/16);
-# groups narrower than four of them (at least 16 wide) a multiple of NARROW_CHANNEL_MULTIPLE.
+# groups whose width is not such a multiple of at least 32, a multiple of NARROW_CHANNEL_MULTIPLE.
 CHANNEL_MULTIPLE = 8
 NARROW_CHANNEL_MULTIPLE = 4
 # Calibration samples (at least) that measure each group's gain for the global ranking.
@@ -418,9 +418,10 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 
 def _aligned(group: ChannelGroup, kept: list[int], scores: np.ndarray) -> list[int]:
     """``kept``, for a Conv channel group, rounded to the nearest multiple of the group's alignment (the
-    strongest units first): ``CHANNEL_MULTIPLE`` for groups that are a multiple of it and at least four
-    of it wide, else ``NARROW_CHANNEL_MULTIPLE`` likewise (16, 20, 24, 28 channels); other widths
-    unchanged (too narrow to round without cutting all or nothing).
+    strongest units first; a tie keeps more): ``CHANNEL_MULTIPLE`` for groups whose width is a multiple
+    of it and at least four of it (32, 40, …), else ``NARROW_CHANNEL_MULTIPLE`` likewise (16–28, 36,
+    44, …); other widths unchanged (12, 1050, …: too narrow to round without cutting all or nothing,
+    or no multiple divides them).
 
     ONNX Runtime's CPU Convs run in a blocked layout (NCHWc, 8 channels a block on AVX2)
     only when the channel counts are multiples of the block: EfficientNet-Lite0 with 25 %
@@ -432,7 +433,7 @@ def _aligned(group: ChannelGroup, kept: list[int], scores: np.ndarray) -> list[i
     multiple = _alignment(group)
     if multiple is None or len(kept) == group.size:
         return kept
-    count = max(multiple, int(round(len(kept) / multiple)) * multiple)
+    count = max(multiple, math.floor(len(kept) / multiple + 0.5) * multiple)
     if count == len(kept):
         return kept
     order = np.argsort(-scores, kind="stable")

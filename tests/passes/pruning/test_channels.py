@@ -156,6 +156,21 @@ def test_narrow_conv_groups_keep_a_multiple_of_four_channels():
 
 
 @pytest.mark.parametrize(
+    ("width", "multiple"), [(8, None), (12, None), (16, 4), (28, 4), (32, 8), (36, 4), (40, 8), (1050, None)]
+)
+def test_the_kept_count_is_aligned_to_the_largest_multiple_the_width_allows(width, multiple):
+    from passes.pruning._base import _aligned, _alignment
+    from passes.pruning._groups import ChannelGroup
+
+    group = ChannelGroup("channels", "g", width, 1, None, channel_axis=1)
+    assert _alignment(group) == multiple
+    scores = np.arange(width, dtype=np.float64)
+    kept = list(range(width // 2 + 2, width))  # 6 of 16: a tie between 4 and 8 keeps 8
+    expected = len(kept) if multiple is None else max(multiple, (len(kept) + multiple // 2) // multiple * multiple)
+    assert len(_aligned(group, kept, scores)) == expected
+
+
+@pytest.mark.parametrize(
     ("pooling", "flatten"),
     [("GlobalAveragePool", "Flatten"), ("ReduceMean", "Reshape"), ("GlobalAveragePool", "ReshapeBatch")],
 )
@@ -201,7 +216,7 @@ def test_the_classifier_is_repaired_on_pooled_rows_and_matches_its_twin():
     calibration, held_out = head_images(64, seed=1), head_images(32, seed=2)
     plain = ChannelPruningPass(0.4, samples=calibration, repair=False)(model.clone()).model
     result = ChannelPruningPass(0.4, samples=calibration)(model.clone())
-    assert result.model.graph.node("classifier").inputs[1].const_value.shape == (10, 16)
+    assert result.model.graph.node("classifier").inputs[1].const_value.shape == (10, 24)  # 20 of 32: a tie, 24
     assert drift(model, result.model, held_out).cosine > drift(model, plain, held_out).cosine
     assert_matches_twin(result, held_out, head_images(2, seed=5))
 
