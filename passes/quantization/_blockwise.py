@@ -37,6 +37,7 @@ exact values.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -219,26 +220,11 @@ def _grid_blocks(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.nda
     spread, peak = high - low, np.maximum(np.abs(low), np.abs(high))
     tolerance = _GRID_TOLERANCE
 
-    def fit(step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Which blocks ``step`` fits, and per block the step remade as ``spread / n`` for the whole number n
-        of steps it spans (without the rounding a peak or a gap between two float32 values carries)."""
-        q = (blocks - low) / np.where(step > 0, step, 1.0)
-        levels = np.rint(q)
-        spans = levels.max(axis=-1, keepdims=True)  # q is 0 at each block's minimum
-        near = (np.abs(q - levels).max(axis=-1, keepdims=True) < tolerance) & (spans <= top_level) & (step > 0)
-        if not near.any():
-            return near | (spread == 0), step
-        exact = np.where(near & (spans >= 1), spread / np.maximum(spans, 1.0), step)
-        rebuilt = np.abs(low + levels * exact - blocks).max(axis=-1, keepdims=True)
-        return (near & (rebuilt <= _GRID_EXACTNESS * peak)) | (spread == 0), exact
-
-    sorted_gaps: list[np.ndarray] = []
-
+    @functools.cache
     def distinct_gaps() -> tuple[np.ndarray, np.ndarray]:
         """The gaps between each block's sorted values, and which of them separate two levels (sorted once)."""
-        if not sorted_gaps:
-            sorted_gaps.append(np.diff(np.sort(blocks, axis=-1), axis=-1))
-        return sorted_gaps[0], sorted_gaps[0] > tolerance * spread / top_level
+        gaps = np.diff(np.sort(blocks, axis=-1), axis=-1)
+        return gaps, gaps > tolerance * spread / top_level
 
     def smallest_gap() -> np.ndarray:
         gaps, distinct = distinct_gaps()
@@ -254,7 +240,7 @@ def _grid_blocks(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.nda
     for make in candidates:
         candidate = make()
         candidate = np.where(np.isfinite(candidate), candidate, 0.0)
-        fitted, exact = fit(candidate)
+        fitted, exact = _fit_step(blocks, low, spread, peak, candidate, top_level)
         step = np.where(np.isnan(step) & fitted, exact, step)
         if not np.isnan(step).any():
             break
@@ -266,7 +252,7 @@ def _grid_blocks(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.nda
         if bits > 4 or (distinct_gaps()[1].sum(axis=-1) + 1 > levels_count).any():
             return None
         left = np.flatnonzero(np.isnan(step))
-        flat = (blocks.reshape(-1, blocks.shape[-1]), low.reshape(-1, 1), spread.reshape(-1, 1))
+        flat = (blocks.reshape(-1, blocks.shape[-1]), low.reshape(-1, 1), spread.reshape(-1, 1), peak.reshape(-1, 1))
         if np.isnan(_step_by_span(*(a[left[:64]] for a in flat), top_level)).any():
             return None
         found = _step_by_span(*(a[left] for a in flat), top_level)
@@ -285,26 +271,33 @@ def _grid_blocks(weight: np.ndarray, block_size: int, bits: int) -> tuple[np.nda
     return values, step[..., 0].astype(np.float32), (zero + shift)[..., 0]
 
 
-def _on_levels(blocks: np.ndarray, low: np.ndarray, step: np.ndarray, peak: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Per block: every value within ``_GRID_TOLERANCE`` steps of a level ``low + i * step`` (``q`` is
-    ``(blocks - low) / step``) and rebuilt from it to ``_GRID_EXACTNESS`` of the block's ``peak``."""
+def _fit_step(
+    blocks: np.ndarray, low: np.ndarray, spread: np.ndarray, peak: np.ndarray, step: np.ndarray, top_level: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which blocks ``step`` fits (every value within ``_GRID_TOLERANCE`` steps of a level ``low + i * step``,
+    ``i <= top_level``, and rebuilt from it to ``_GRID_EXACTNESS`` of the block's ``peak``), and per block the
+    step remade as ``spread / n`` for the whole number n of steps it spans (without the rounding a peak or a
+    gap between two float32 values carries)."""
+    q = (blocks - low) / np.where(step > 0, step, 1.0)
     levels = np.rint(q)
-    near = np.abs(q - levels).max(axis=-1, keepdims=True) < _GRID_TOLERANCE
+    spans = levels.max(axis=-1, keepdims=True)  # q is 0 at each block's minimum
+    near = (np.abs(q - levels).max(axis=-1, keepdims=True) < _GRID_TOLERANCE) & (spans <= top_level) & (step > 0)
     if not near.any():
-        return near
-    rebuilt = np.abs(low + levels * step - blocks).max(axis=-1, keepdims=True)
-    return near & (rebuilt <= _GRID_EXACTNESS * peak)
+        return near | (spread == 0), step
+    exact = np.where(near & (spans >= 1), spread / np.maximum(spans, 1.0), step)
+    rebuilt = np.abs(low + levels * exact - blocks).max(axis=-1, keepdims=True)
+    return (near & (rebuilt <= _GRID_EXACTNESS * peak)) | (spread == 0), exact
 
 
-def _step_by_span(blocks: np.ndarray, low: np.ndarray, spread: np.ndarray, top_level: int) -> np.ndarray:
-    """The first ``spread / m``, m from ``top_level - 1`` down to 1, that puts every value of each ``[rows, block]``
-    block on a level, per block ``[rows, 1]``; NaN where none does."""
+def _step_by_span(
+    blocks: np.ndarray, low: np.ndarray, spread: np.ndarray, peak: np.ndarray, top_level: int
+) -> np.ndarray:
+    """The first ``spread / m``, m from ``top_level - 1`` down to 1, that ``_fit_step`` accepts for each
+    ``[rows, block]`` block, per block ``[rows, 1]``; NaN where none does."""
     step = np.full_like(low, np.nan)
     for m in range(top_level - 1, 0, -1):
-        candidate = spread / m
-        q = (blocks - low) / np.where(candidate > 0, candidate, 1.0)
-        near = _on_levels(blocks, low, candidate, np.abs(blocks).max(axis=-1, keepdims=True), q)
-        step = np.where(np.isnan(step) & near & (candidate > 0), candidate, step)
+        fitted, exact = _fit_step(blocks, low, spread, peak, spread / m, top_level)
+        step = np.where(np.isnan(step) & fitted, exact, step)
         if not np.isnan(step).any():
             break
     return step
