@@ -10,8 +10,10 @@ their mean goes into the bias.
 The repair runs after the whole cut, layer by layer in graph order: each consumer is
 fitted on its inputs in the model whose earlier layers are already cut and repaired,
 toward its output in the original model, so a layer also absorbs what the cuts before
-it changed. Its statistics are streamed over every calibration row (``_refit``), so all
-the data is used at the cost of one model run per repaired layer.
+it changed; a layer whose output goes into a residual Add is fitted toward the original
+sum less what the skip path carries in the cut model, so it also makes up for the part
+of the skip's drift its kept inputs can predict. Its statistics are streamed over every
+calibration row (``_refit``), so all the data is used at the cost of one model run per repaired layer.
 
 With calibration data and global ranking, units are ranked by their estimated effect on
 the model's outputs: a unit's local effect (the energy it sends through its consumer)
@@ -37,6 +39,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
+from optimizer.domains import is_onnx_domain
 from optimizer.inputs import split_samples
 from optimizer.progress import track
 from optimizer.protocol import Twin
@@ -141,6 +144,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.pruned, self.drift = {}, None
+        self._skips: dict[str, str] = {}  # group → the residual skip its refit subtracts (``_observe``)
         if self.unfit is not None:
             self.decline(self.unfit)
             return self.result(model, modified=False)
@@ -220,19 +224,25 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
     def _observe(self, model: ir.Model, groups: list[ChannelGroup], batches) -> tuple[dict, dict]:
         """One streamed run of the input model: each group's per-channel activation energy, and (for
         repair) its consumer's output on every calibration row, the target the refit aims at."""
-        names = list(dict.fromkeys(g.consumer.inputs[0].name for g in groups))
         sums = {g.name: 0.0 for g in groups}
         counts = dict.fromkeys(sums, 0)
         targets: dict[str, list[np.ndarray]] = {}
         linear = {g.name: _linear(model.graph, g.consumer) for g in groups if self.repair and _refittable(g.consumer)}
-        for batch, values in zip(batches, stream_values(model, names, batches)):
+        skips = {name: _residual_skip(g.consumer) for g in groups if (name := g.name) in linear}
+        skips = {name: skip for name, skip in skips.items() if skip is not None}
+        names = [g.consumer.inputs[0].name for g in groups] + [skip.name for skip in skips.values()]
+        for batch, values in zip(batches, stream_values(model, list(dict.fromkeys(names)), batches)):
             for g in groups:
                 rows = channel_rows(batch, values[g.consumer.inputs[0].name], g.channel_axis).astype(np.float64)
                 sums[g.name] = sums[g.name] + (rows**2).sum(axis=0)
                 counts[g.name] += len(rows)
                 if g.name in linear:
                     weight, bias = linear[g.name]
-                    targets.setdefault(g.name, []).append((rows @ weight + bias).astype(np.float32))
+                    target = rows @ weight + bias
+                    if g.name in skips:
+                        target += _skip_rows(batch, values[skips[g.name].name], g.channel_axis, target.shape)
+                    targets.setdefault(g.name, []).append(target.astype(np.float32))
+        self._skips = {name: skip.name for name, skip in skips.items()}
         energy = {name: sums[name] / max(counts[name], 1) for name in sums}
         return energy, targets
 
@@ -381,7 +391,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 group.kind,
             )
             if group.name in targets:
-                refit = _refit(model, group, units, batches, targets[group.name])
+                refit = _refit(model, group, units, batches, targets[group.name], self._skips.get(group.name))
                 if refit is not None:
                     removal.weight, removal.bias_change = refit
             group.apply(model.graph, units)
@@ -532,26 +542,57 @@ def _linear(graph: ir.Graph, consumer: ir.Node) -> tuple[np.ndarray, np.ndarray]
     return _as_rows_by_outputs(weight, _input_channel_axis(consumer)), _bias(graph, consumer)[0]
 
 
-def _up_to(model: ir.Model, value: ir.Value) -> ir.Model:
-    """A copy of ``model`` computing only ``value`` (the layers after it are not run)."""
+def _up_to(model: ir.Model, *names: str) -> ir.Model:
+    """A copy of ``model`` computing only the values ``names`` (the layers after them are not run)."""
     probe = model.clone()
-    wanted = next(v for node in probe.graph for v in node.outputs if v.name == value.name)
+    produced = {v.name: v for node in probe.graph for v in node.outputs}
     probe.graph.outputs.clear()
-    probe.graph.outputs.append(wanted)
+    probe.graph.outputs.extend(produced[name] for name in dict.fromkeys(names) if name in produced)
     remove_dead_nodes(probe)
     return probe
 
 
+def _residual_skip(consumer: ir.Node) -> ir.Value | None:
+    """The other operand of the residual Add the consumer's output (past a constant bias Add) flows into.
+
+    The refit then aims at the residual sum: the consumer also absorbs how far the skip
+    path has moved in the model cut so far (``_refit``). None where the output is not
+    read by exactly one such Add.
+    """
+    output = consumer.outputs[0]
+    for _ in range(2):
+        users = list(output.uses())
+        if len(users) != 1 or output.is_graph_output():
+            return None
+        add, index = users[0].node, users[0].idx
+        if add.op_type != "Add" or not is_onnx_domain(add) or len(add.inputs) != 2:
+            return None
+        other = add.inputs[1 - index]
+        if other is None:
+            return None
+        if constant_array(other) is None:
+            return other if other.producer() is not None else None  # a graph input does not drift
+        output = add.outputs[0]  # a bias: the residual Add, if any, comes next
+    return None
+
+
+def _skip_rows(batch, skip: np.ndarray, channel_axis: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The skip tensor as the rows the targets are in; zeros where it broadcasts into them (not a per-row skip)."""
+    rows = channel_rows(batch, skip, channel_axis).astype(np.float64) if np.ndim(skip) >= 2 else None
+    return rows if rows is not None and rows.shape == shape else np.zeros(shape)
+
+
 def _refit(
-    model: ir.Model, group: ChannelGroup, kept: list[int], batches, targets: list[np.ndarray]
+    model: ir.Model, group: ChannelGroup, kept: list[int], batches, targets: list[np.ndarray], skip: str | None = None
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Re-fit the consumer's weight rows for the kept channels (and its bias) by regularized least squares.
 
     The rows are the consumer's inputs in ``model`` as it is now (the earlier groups cut
     and repaired), streamed batch by batch; the targets are its outputs in the input
-    model on the same rows. The kept channels plus a constant column are fitted to them,
-    pulled toward the unrepaired weights (``_least_squares.GramFit``: strength chosen on held-out
-    rows, and no change at all if that fits the held-out rows best).
+    model on the same rows, or, with ``skip`` (``_residual_skip``), the input model's
+    residual sums less that skip value in ``model``. The kept channels plus a constant column
+    are fitted to them, pulled toward the unrepaired weights (``_least_squares.GramFit``:
+    strength chosen on held-out rows, and no change at all if that fits the held-out rows best).
 
     Writes the new weight (full width: ``apply`` cuts the removed rows next) and bias into
     the graph and returns them: the weight, and the bias's change; None if the weights stay.
@@ -564,9 +605,13 @@ def _refit(
     channels = cut.indices(kept, group.size, group.unit)
     fit = GramFit(len(channels), weight.shape[1])
     name = consumer.inputs[0].name
-    with value_collector(_up_to(model, consumer.inputs[0]), [name]) as run:
+    names = [name] if skip is None else [name, skip]
+    with value_collector(_up_to(model, *names), names) as run:
         for batch, target in zip(batches, targets):
-            rows = channel_rows(batch, run(batch)[name], group.channel_axis)
+            values = run(batch)
+            rows = channel_rows(batch, values[name], group.channel_axis)
+            if skip is not None:  # the target is the residual sum: what the skip path now carries is subtracted
+                target = target - _skip_rows(batch, values[skip], group.channel_axis, target.shape)
             fit.add(rows[:, channels], target)
     prior = np.concatenate([weight[channels], bias[None, :]])
     solution, unchanged = fit.solve(prior)

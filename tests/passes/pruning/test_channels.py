@@ -286,3 +286,40 @@ def test_multiply_adds_without_declared_shapes_fall_back_to_channel_counts():
     result = pruning(model)
     assert any(note.startswith("cost macs: ") and "ranked by channel counts" in note for note in result.notes)
     assert sum(size - kept for kept, size in pruning.pruned.values()) >= 8
+
+
+def test_a_residual_blocks_refit_also_absorbs_the_drift_of_its_skip_path(monkeypatch):
+    """Block 1's skip is block 0's output, which block 0's cut moved (left unrepaired here, as a cut whose
+    consumer is no 1×1 Conv would be): block 1's projection is fitted toward the original residual sum
+    less what the skip now carries, so it makes up for part of both cuts."""
+    from passes.pruning import _base
+    from tests.passes.pruning.graphs import inverted_residual
+    from tests.passes.pruning.twins import assert_matches_twin
+
+    model = inverted_residual()
+    project0, project1 = (model.graph.node(name) for name in ("project0", "project1"))
+    assert _base._residual_skip(project0).name == "sc" and _base._residual_skip(project1).name == "r0"
+    refittable = _base._refittable
+    monkeypatch.setattr(_base, "_refittable", lambda consumer: refittable(consumer) and consumer.name != "project0")
+    rng = np.random.default_rng(7)
+    calibration = {"x": rng.standard_normal((48, 3, 12, 12)).astype(np.float32)}
+    held_out = {"x": rng.standard_normal((16, 3, 12, 12)).astype(np.float32)}
+    result = ChannelPruningPass(0.5, samples=calibration)(model.clone())
+    monkeypatch.setattr(_base, "_residual_skip", lambda consumer: None)
+    projection_only = ChannelPruningPass(0.5, samples=calibration)(model.clone()).model
+    with_skip, without = drift(model, result.model, held_out), drift(model, projection_only, held_out)
+    assert 1 - with_skip.cosine < 0.9 * (1 - without.cosine)  # 0.0120 against 0.0144
+    assert_matches_twin(result, held_out, {"x": held_out["x"][:2]})
+
+
+def test_only_an_add_of_a_computed_value_after_the_bias_is_a_residual_skip():
+    from passes.pruning._base import _residual_skip
+    from tests.passes.pruning.graphs import attention_ffn, ffn_stack
+
+    graph = attention_ffn().graph
+    assert _residual_skip(graph.node("out_proj0")) is None  # x, a graph input, does not drift
+    assert _residual_skip(graph.node("out_proj1")).name == "f0"
+    assert _residual_skip(graph.node("down_proj1")).name == "r1"
+    stack = ffn_stack().graph
+    assert _residual_skip(stack.node("down_proj1")) is None  # a Mul by the block's scale comes between
+    assert _residual_skip(stack.node("up_proj0")) is None  # its bias Add feeds a Relu
