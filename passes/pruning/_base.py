@@ -223,7 +223,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 
     def _observe(self, model: ir.Model, groups: list[ChannelGroup], batches) -> tuple[dict, dict]:
         """One streamed run of the input model: each group's per-channel activation energy, and (for
-        repair) its consumer's output on every calibration row, the target the refit aims at."""
+        repair) the target the refit aims at on every calibration row: its consumer's output, or
+        where that output goes into a residual Add (``_residual_skip``), the residual sum."""
         sums = {g.name: 0.0 for g in groups}
         counts = dict.fromkeys(sums, 0)
         targets: dict[str, list[np.ndarray]] = {}
@@ -240,7 +241,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                     weight, bias = linear[g.name]
                     target = rows @ weight + bias
                     if g.name in skips:
-                        target += _skip_rows(batch, values[skips[g.name].name], g.channel_axis, target.shape)
+                        skip, inputs = values[skips[g.name].name], values[g.consumer.inputs[0].name]
+                        target += _skip_rows(batch, skip, inputs, g.channel_axis, target.shape)
                     targets.setdefault(g.name, []).append(target.astype(np.float32))
         self._skips = {name: skip.name for name, skip in skips.items()}
         energy = {name: sums[name] / max(counts[name], 1) for name in sums}
@@ -366,7 +368,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 
         Groups are cut in graph order. A group with a target is re-fitted just before its
         cut, on its consumer's inputs in the model as cut so far (earlier layers cut and
-        repaired), toward that consumer's output in the input model.
+        repaired), toward that consumer's output in the input model (or, before a residual Add,
+        toward the input model's sum less what the skip carries in the model as cut so far).
         """
         groups, _ = self.find_groups(model.graph)
         kept = self._kept(groups, scores, ratios, comparable)
@@ -553,7 +556,7 @@ def _up_to(model: ir.Model, *names: str) -> ir.Model:
 
 
 def _residual_skip(consumer: ir.Node) -> ir.Value | None:
-    """The other operand of the residual Add the consumer's output (past a constant bias Add) flows into.
+    """The other operand of the residual Add the consumer's output flows into (past one Add of a constant: a bias).
 
     The refit then aims at the residual sum: the consumer also absorbs how far the skip
     path has moved in the model cut so far (``_refit``). None where the output is not
@@ -576,10 +579,20 @@ def _residual_skip(consumer: ir.Node) -> ir.Value | None:
     return None
 
 
-def _skip_rows(batch, skip: np.ndarray, channel_axis: int, shape: tuple[int, ...]) -> np.ndarray:
-    """The skip tensor as the rows the targets are in; zeros where it broadcasts into them (not a per-row skip)."""
-    rows = channel_rows(batch, skip, channel_axis).astype(np.float64) if np.ndim(skip) >= 2 else None
-    return rows if rows is not None and rows.shape == shape else np.zeros(shape)
+def _skip_rows(batch, skip: np.ndarray, inputs: np.ndarray, channel_axis: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The skip tensor as the rows the targets (``shape``) are in; zeros where it broadcasts into them.
+
+    A skip is taken row for row only where it has the consumer's ``inputs``' shape but for the
+    channel axis (same batch, positions or tokens); a broadcast one keeps the old target.
+    """
+    skip, inputs = np.asarray(skip), np.asarray(inputs)
+    if skip.ndim != inputs.ndim or skip.ndim < 2:
+        return np.zeros(shape)
+    axis = channel_axis % skip.ndim
+    if np.delete(skip.shape, axis).tolist() != np.delete(inputs.shape, axis).tolist():
+        return np.zeros(shape)
+    rows = channel_rows(batch, skip, channel_axis).astype(np.float64)
+    return rows if rows.shape == shape else np.zeros(shape)
 
 
 def _refit(
@@ -605,13 +618,18 @@ def _refit(
     channels = cut.indices(kept, group.size, group.unit)
     fit = GramFit(len(channels), weight.shape[1])
     name = consumer.inputs[0].name
+    if skip is not None:
+        # The skip as the residual Add reads it now: an earlier refit may have put a new bias Add
+        # after the layer that computes it (a parallel branch), and the sum carries that bias.
+        current = _residual_skip(consumer)
+        skip = current.name if current is not None else skip
     names = [name] if skip is None else [name, skip]
     with value_collector(_up_to(model, *names), names) as run:
         for batch, target in zip(batches, targets):
             values = run(batch)
             rows = channel_rows(batch, values[name], group.channel_axis)
             if skip is not None:  # the target is the residual sum: what the skip path now carries is subtracted
-                target = target - _skip_rows(batch, values[skip], group.channel_axis, target.shape)
+                target = target - _skip_rows(batch, values[skip], values[name], group.channel_axis, target.shape)
             fit.add(rows[:, channels], target)
     prior = np.concatenate([weight[channels], bias[None, :]])
     solution, unchanged = fit.solve(prior)

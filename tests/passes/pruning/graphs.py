@@ -389,3 +389,36 @@ def classifier_head(*, dead: tuple[int, ...] = (), pooling: str = "GlobalAverage
 def head_images(count: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
     """Normal ``[count, 3, 8, 8]`` images."""
     return {"x": np.random.default_rng(seed).standard_normal((count, 3, 8, 8)).astype(np.float32)}
+
+
+def parallel_ffn(hidden: int = 16, inner: int = 32) -> ir.Model:
+    """Two FFN branches of ``x`` summed, then the residual (GPT-J's parallel block): branch 0's down
+    projection has no bias, branch 1's has one; ``y = x + down0(relu(up0 x)) + down1(relu(up1 x)) + b1``.
+
+    Each down projection's residual skip is the other branch: branch 1's is branch 0's output,
+    which gets a bias ``Add`` of its own when branch 0 is repaired.
+    """
+    init = [
+        ("up0", weights(hidden, inner, seed=140, scale=0.3)),
+        ("up_bias0", weights(inner, seed=141)),
+        ("down0", weights(inner, hidden, seed=142, scale=0.3)),
+        ("up1", weights(hidden, inner, seed=143, scale=0.3)),
+        ("up_bias1", weights(inner, seed=144)),
+        ("down1", weights(inner, hidden, seed=145, scale=0.3)),
+        ("down_bias1", weights(hidden, seed=146)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "up0"], ["u0"], name="up_proj0"),
+        helper.make_node("Add", ["u0", "up_bias0"], ["ub0"], name="up_bias_add0"),
+        helper.make_node("Relu", ["ub0"], ["h0"], name="relu0"),
+        helper.make_node("MatMul", ["h0", "down0"], ["d0"], name="down_proj0"),
+        helper.make_node("MatMul", ["x", "up1"], ["u1"], name="up_proj1"),
+        helper.make_node("Add", ["u1", "up_bias1"], ["ub1"], name="up_bias_add1"),
+        helper.make_node("Relu", ["ub1"], ["h1"], name="relu1"),
+        helper.make_node("MatMul", ["h1", "down1"], ["d1"], name="down_proj1"),
+        helper.make_node("Add", ["d1", "down_bias1"], ["db1"], name="down_bias_add1"),
+        helper.make_node("Add", ["d0", "db1"], ["s"], name="branch_sum"),
+        helper.make_node("Add", ["s", "x"], ["y"], name="residual"),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", hidden])]
+    return _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", hidden])], init)

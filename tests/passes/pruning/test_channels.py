@@ -323,3 +323,16 @@ def test_only_an_add_of_a_computed_value_after_the_bias_is_a_residual_skip():
     stack = ffn_stack().graph
     assert _residual_skip(stack.node("down_proj1")) is None  # a Mul by the block's scale comes between
     assert _residual_skip(stack.node("up_proj0")) is None  # its bias Add feeds a Relu
+
+
+def test_a_skip_that_broadcasts_keeps_the_old_target():
+    """Only a skip of the consumer's shape (but for channels) is taken row for row: a ``[1, C, H, W]`` skip of
+    a batch of two would line up with the rows by count alone where the positions are subsampled."""
+    from passes.pruning._base import _skip_rows
+
+    inputs = np.ones((2, 6, 4, 4), np.float32)
+    same = np.arange(2 * 3 * 16, dtype=np.float32).reshape(2, 3, 4, 4)
+    rows = _skip_rows({}, same, inputs, 1, (32, 3))
+    assert np.array_equal(rows, np.moveaxis(same, 1, -1).reshape(-1, 3))
+    assert not _skip_rows({}, same[:1], inputs, 1, (32, 3)).any()
+    assert not _skip_rows({}, same[..., :1], inputs, 1, (32, 3)).any()

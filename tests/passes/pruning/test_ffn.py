@@ -192,3 +192,24 @@ def test_fitting_generated_samples_when_asked_is_refused(importance, repair):
     assert len(result.refusals) == 1 and "needs --calibration data" in result.refusals[0]
     assert ("--importance activation" in result.refusals[0]) == (importance == "activation")
     assert ("repair=True" in result.refusals[0]) == bool(repair)
+
+
+def test_a_skip_that_an_earlier_repair_gave_a_bias_is_read_with_it():
+    """Parallel branches: branch 0's repair inserts a bias Add after its bias-less down projection, and
+    branch 1's refit must subtract the skip as the sum now reads it (with that bias), or the block
+    output ends up off by the bias on every row (the bias fitted twice)."""
+    from optimizer.runtime import run_batches
+    from passes.pruning._base import _residual_skip
+    from tests.passes.pruning.graphs import parallel_ffn
+
+    model = parallel_ffn()
+    graph = model.graph
+    assert _residual_skip(graph.node("down_proj0")).name == "db1"
+    assert _residual_skip(graph.node("down_proj1")).name == "d0"
+    rng = np.random.default_rng(0)
+    calibration = {"x": rng.standard_normal((64, 8, 16)).astype(np.float32)}
+    result = FfnPruningPass(0.5, samples=calibration)(model.clone())
+    assert result.model.graph.node("down_proj0_repaired_bias") is not None  # the bias Add the skip now passes
+    error = run_batches(result.model, [calibration])[0]["y"] - run_batches(model, [calibration])[0]["y"]
+    # Branch 1's bias is fitted last, unregularized: the block's mean error on its rows is zero.
+    assert np.abs(error.mean(axis=(0, 1))).max() < 1e-4
