@@ -116,8 +116,9 @@ def optimize_with_report(
         raise OptionError("--inputs are verification inputs: they do nothing with --no-verify (verify=False)")
     approximate = any(spec.approximate for spec in specs)
     prunes = any(spec.name.startswith("prune-") for spec in specs)
-    if prunes and calibration is None and (options.importance == "activation" or options.repair is True):
-        asked = "--importance activation" if options.importance == "activation" else "repair"
+    data_ranked = options.importance in ("activation", "reconstruction")
+    if prunes and calibration is None and (data_ranked or options.repair is True):
+        asked = f"--importance {options.importance}" if data_ranked else "repair"
         raise OptionError(f"{asked} needs --calibration data: without it pruning ranks by weight magnitude")
     if calibration is not None and not approximate:
         asks = ways_to_ask(s for s in all_passes() if s.approximate)

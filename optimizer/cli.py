@@ -383,8 +383,9 @@ def _add_pruning_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--importance",
-        choices=("magnitude", "activation"),
-        help="rank units by weight magnitude or by activation on --calibration (default: activation with data)",
+        choices=("magnitude", "activation", "reconstruction"),
+        help="rank units by weight magnitude, by activation on --calibration (default with data), or by "
+        "reconstruction: the output error each costs once the kept units are re-fitted to make up for it",
     )
     group.add_argument(
         "--global-ranking",

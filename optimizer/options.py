@@ -32,7 +32,7 @@ INT4_METHODS = ("rtn", "gptq", "hqq")
 INT4_ACCURACY_LEVELS = (0, 4)
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 ACTIVATION_SCALES = ("tensor", "row")
-IMPORTANCE_KINDS = ("magnitude", "activation")
+IMPORTANCE_KINDS = ("magnitude", "activation", "reconstruction")
 # What --prune-channels R counts (passes.pruning.channels.COSTS).
 CHANNEL_COSTS = ("channels", "parameters", "macs")
 # Longest sequence a fusion that bakes a table (rotary cos/sin) supports by default.

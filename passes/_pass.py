@@ -108,10 +108,10 @@ class GraphoptPass:
 
 
 def unfit_on_generated_samples(importance: str | None, repair: bool | None, fitting: str, default: str) -> str | None:
-    """Why ``--importance activation`` or ``repair=True``, asked for explicitly, cannot be honoured
-    when the samples are generated random inputs (``fitting``: what they would fit, e.g. "ranking
+    """Why ``--importance activation`` (or ``reconstruction``) or ``repair=True``, asked for explicitly, cannot be
+    honoured when the samples are generated random inputs (``fitting``: what they would fit, e.g. "ranking
     or re-fitting units"; ``default``: what runs instead); None if neither was asked for."""
-    asked = [f"--importance {importance}"] if importance == "activation" else []
+    asked = [f"--importance {importance}"] if importance in ("activation", "reconstruction") else []
     asked += ["repair=True"] if repair else []
     if not asked:
         return None

@@ -76,7 +76,9 @@ from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.factorization._timing import FASTER_BELOW, MeasuredSpeed, parameter_limit
 from passes.pruning._base import parameter_count
 
-IMPORTANCE = ("magnitude", "activation")
+# "reconstruction" (pruning's compensated ranking) is activation-aware here: the whitened SVD is already
+# the reconstruction-optimal factorization.
+IMPORTANCE = ("magnitude", "activation", "reconstruction")
 # Below this many weight entries a second kernel launch costs more than the multiply-adds saved.
 _MIN_PARAMETERS = 16384
 # A factorization must remove at least this fraction of a layer's parameters to be worth a second MatMul.

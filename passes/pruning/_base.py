@@ -49,9 +49,10 @@ from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, unfit_on_generated_samples
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.pruning._groups import ChannelGroup
+from passes.pruning._reconstruction import removal_scores
 from passes.pruning._refit import channel_rows
 
-IMPORTANCE = ("magnitude", "activation")
+IMPORTANCE = ("magnitude", "activation", "reconstruction")
 _SEARCH_STEPS = 6
 # What one unit of each kind of group is called in notes.
 UNIT_NAMES = {"ffn": "neurons", "heads": "heads", "channels": "channels"}
@@ -145,6 +146,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.pruned, self.drift = {}, None
         self._skips: dict[str, str] = {}  # group → the residual skip its refit subtracts (``_observe``)
+        self._grams: dict[str, tuple[np.ndarray, int]] = {}  # group → its consumer's input moments, rows
         if self.unfit is not None:
             self.decline(self.unfit)
             return self.result(model, modified=False)
@@ -161,7 +163,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             self._totals[group.kind] = self._totals.get(group.kind, 0) + group.size * self.units_named(group)
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
         energy, targets = {}, {}
-        if batches and (self.importance == "activation" or self.repair):
+        if batches and (self.importance != "magnitude" or self.repair):
             energy, targets = self._observe(model, groups, batches)
         scores = {g.name: self._scores(g, energy.get(g.name)) for g in groups}
         reference = run_batches(model, batches) if batches else None
@@ -227,6 +229,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         where that output goes into a residual Add (``_residual_skip``), the residual sum."""
         sums = {g.name: 0.0 for g in groups}
         counts = dict.fromkeys(sums, 0)
+        grams = dict.fromkeys(sums, 0.0) if self.importance == "reconstruction" else {}
         targets: dict[str, list[np.ndarray]] = {}
         linear = {g.name: _linear(model.graph, g.consumer) for g in groups if self.repair and _refittable(g.consumer)}
         skips = {name: _residual_skip(g.consumer) for g in groups if (name := g.name) in linear}
@@ -237,6 +240,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 rows = channel_rows(batch, values[g.consumer.inputs[0].name], g.channel_axis).astype(np.float64)
                 sums[g.name] = sums[g.name] + (rows**2).sum(axis=0)
                 counts[g.name] += len(rows)
+                if g.name in grams:
+                    grams[g.name] = grams[g.name] + rows.T @ rows
                 if g.name in linear:
                     weight, bias = linear[g.name]
                     target = rows @ weight + bias
@@ -245,6 +250,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                         target += _skip_rows(batch, skip, inputs, g.channel_axis, target.shape)
                     targets.setdefault(g.name, []).append(target.astype(np.float32))
         self._skips = {name: skip.name for name, skip in skips.items()}
+        self._grams = {name: (gram / max(counts[name], 1), counts[name]) for name, gram in grams.items()}
         energy = {name: sums[name] / max(counts[name], 1) for name in sums}
         return energy, targets
 
@@ -284,7 +290,18 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 
     def _scores(self, group: ChannelGroup, energy: np.ndarray | None) -> np.ndarray:
         consumer = group.consumer_row_norms()
-        if self.importance == "activation" and energy is not None:
+        gram, rows = self._grams.get(group.name, (None, 0))
+        if gram is not None and rows >= len(gram):
+            weight = _as_rows_by_outputs(constant_array(group.consumer.inputs[1]), _input_channel_axis(group.consumer))
+            cut = group.consumer_cut
+            units = [cut.indices([u], group.size, group.unit) for u in range(group.size)]
+            return removal_scores(weight, gram, units)
+        if gram is not None:
+            self.note(
+                f"importance reconstruction: {group.name} has {rows} calibration rows for {len(gram)} inputs;"
+                " ranked by activation"
+            )
+        if self.importance in ("activation", "reconstruction") and energy is not None:
             return np.sqrt(energy.reshape(group.size, group.unit).sum(axis=1)) * consumer
         return group.weight_norms()
 

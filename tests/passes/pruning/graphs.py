@@ -21,18 +21,28 @@ def _model(nodes, inputs, outputs, initializers) -> ir.Model:
 
 
 def ffn(
-    hidden: int = 16, inner: int = 32, *, dead: tuple[int, ...] = (), gated: bool = False, tap: bool = False
+    hidden: int = 16,
+    inner: int = 32,
+    *,
+    dead: tuple[int, ...] = (),
+    gated: bool = False,
+    tap: bool = False,
+    copies: tuple[tuple[int, int], ...] = (),
 ) -> ir.Model:
     """``x`` → up (+ bias) → erf-GELU (or SiLU(gate) * up) → down (+ bias) → residual Add → ``y``.
 
     Neurons in ``dead`` have zero up (and gate) columns, zero up bias and zero down
-    rows: removing them cannot change the output. ``tap`` also makes the hidden
+    rows: removing them cannot change the output. For each ``(a, b)`` in ``copies``, neuron
+    ``b`` computes what neuron ``a`` does (same up and gate columns and bias; its own down
+    row): either can go if the other's down row takes both. ``tap`` also makes the hidden
     activation a second graph output, which forbids cutting it.
     """
     up, bias, down = weights(hidden, inner, seed=1), weights(inner, seed=2), weights(inner, hidden, seed=3)
     gate = weights(hidden, inner, seed=4)
     for j in dead:
         up[:, j] = bias[j] = down[j, :] = gate[:, j] = 0.0
+    for a, b in copies:
+        up[:, b], bias[b], gate[:, b] = up[:, a], bias[a], gate[:, a]
     init = [("up", up), ("up_bias", bias), ("down", down), ("down_bias", weights(hidden, seed=5))]
     nodes = [
         helper.make_node("MatMul", ["x", "up"], ["u"], name="up_proj"),
