@@ -49,7 +49,7 @@ from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, unfit_on_generated_samples
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.pruning._groups import ChannelGroup
-from passes.pruning._reconstruction import removal_scores
+from passes.pruning._reconstruction import MAX_INPUTS, removal_scores
 from passes.pruning._refit import channel_rows
 
 IMPORTANCE = ("magnitude", "activation", "reconstruction")
@@ -146,7 +146,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.pruned, self.drift = {}, None
         self._skips: dict[str, str] = {}  # group → the residual skip its refit subtracts (``_observe``)
-        self._grams: dict[str, tuple[np.ndarray, int]] = {}  # group → its consumer's input moments, rows
+        self._grams: dict[str, tuple[np.ndarray, int]] = {}  # group → its consumer's input covariance, rows
+        self._uncompensated: dict[str, np.ndarray] = {}  # group → activation scores, where reconstruction ranks
         if self.unfit is not None:
             self.decline(self.unfit)
             return self.result(model, modified=False)
@@ -229,7 +230,14 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         where that output goes into a residual Add (``_residual_skip``), the residual sum."""
         sums = {g.name: 0.0 for g in groups}
         counts = dict.fromkeys(sums, 0)
-        grams = dict.fromkeys(sums, 0.0) if self.importance == "reconstruction" else {}
+        grams, means = {}, {}
+        if self.importance == "reconstruction":
+            for g in groups:
+                refusal = self._reconstruction_refusal(g)
+                if refusal:
+                    self.note(f"importance reconstruction: {g.name} {refusal}; ranked by activation")
+                else:
+                    grams[g.name], means[g.name] = 0.0, 0.0
         targets: dict[str, list[np.ndarray]] = {}
         linear = {g.name: _linear(model.graph, g.consumer) for g in groups if self.repair and _refittable(g.consumer)}
         skips = {name: _residual_skip(g.consumer) for g in groups if (name := g.name) in linear}
@@ -242,6 +250,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 counts[g.name] += len(rows)
                 if g.name in grams:
                     grams[g.name] = grams[g.name] + rows.T @ rows
+                    means[g.name] = means[g.name] + rows.sum(axis=0)
                 if g.name in linear:
                     weight, bias = linear[g.name]
                     target = rows @ weight + bias
@@ -250,9 +259,26 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                         target += _skip_rows(batch, skip, inputs, g.channel_axis, target.shape)
                     targets.setdefault(g.name, []).append(target.astype(np.float32))
         self._skips = {name: skip.name for name, skip in skips.items()}
-        self._grams = {name: (gram / max(counts[name], 1), counts[name]) for name, gram in grams.items()}
+        for name, gram in grams.items():
+            # The repair fits a bias, so what a unit costs is over its inputs' covariance: a constant
+            # channel costs nothing (the bias takes it), however large.
+            mean = means[name] / max(counts[name], 1)
+            self._grams[name] = (gram / max(counts[name], 1) - np.outer(mean, mean), counts[name])
         energy = {name: sums[name] / max(counts[name], 1) for name in sums}
         return energy, targets
+
+    def _reconstruction_refusal(self, group: ChannelGroup) -> str | None:
+        """Why ``group`` is not ranked by reconstruction (its cost assumes the repair's re-fit), or None."""
+        if not self.repair:
+            return "is not repaired (--no-repair), so nothing makes up for a removed unit"
+        if not _refittable(group.consumer):
+            return (
+                f"is read by a {group.consumer.op_type} the repair does not re-fit (it re-fits MatMul, unscaled"
+                " Gemm and 1×1 Conv of stride 1 without padding)"
+            )
+        if group.size * group.unit > MAX_INPUTS:
+            return f"has {group.size * group.unit} inputs (more than {MAX_INPUTS})"
+        return None
 
     def _twin(self, source: ir.Model, removals: list[_Removal]) -> Twin:
         """``source`` (the pass's input) with the removed units' consumer rows zeroed, the repaired weights in place.
@@ -290,17 +316,23 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 
     def _scores(self, group: ChannelGroup, energy: np.ndarray | None) -> np.ndarray:
         consumer = group.consumer_row_norms()
-        gram, rows = self._grams.get(group.name, (None, 0))
-        if gram is not None and rows >= len(gram):
-            weight = _as_rows_by_outputs(constant_array(group.consumer.inputs[1]), _input_channel_axis(group.consumer))
-            cut = group.consumer_cut
-            units = [cut.indices([u], group.size, group.unit) for u in range(group.size)]
-            return removal_scores(weight, gram, units)
+        gram, rows = self._grams.pop(group.name, (None, 0))
         if gram is not None:
-            self.note(
-                f"importance reconstruction: {group.name} has {rows} calibration rows for {len(gram)} inputs;"
-                " ranked by activation"
-            )
+            weight = _as_rows_by_outputs(constant_array(group.consumer.inputs[1]), _input_channel_axis(group.consumer))
+            if rows < len(gram):
+                refusal = f"has {rows} calibration rows for {len(gram)} inputs"
+            elif not (np.isfinite(gram).all() and np.isfinite(weight).all()):
+                refusal = "has non-finite inputs or weights"
+            else:
+                cut = group.consumer_cut
+                units = [cut.indices([u], group.size, group.unit) for u in range(group.size)]
+                # The global ranking's gain is measured by cutting units without compensation:
+                # it is taken per unit of their uncompensated effect (``_output_effect``).
+                if energy is not None:
+                    self._uncompensated[group.name] = np.sqrt(energy.reshape(group.size, group.unit).sum(axis=1))
+                    self._uncompensated[group.name] *= consumer
+                return removal_scores(weight, gram, units)
+            self.note(f"importance reconstruction: {group.name} {refusal}; ranked by activation")
         if self.importance in ("activation", "reconstruction") and energy is not None:
             return np.sqrt(energy.reshape(group.size, group.unit).sum(axis=1)) * consumer
         return group.weight_norms()
@@ -311,8 +343,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         The gain is measured: cut the group's weakest units alone (its kind's ratio of
         them), run the model on the first ``_GAIN_SAMPLES`` calibration samples and take how far the outputs
         moved (1 - cosine, the worst output) per unit of local effect removed (the sum of
-        the cut units' squared scores). Both grow with the squared size of the change,
-        so their ratio carries a layer's sensitivity over to its other units.
+        the cut units' squared scores; ranked by reconstruction, of their activation scores,
+        since the trial cut is not compensated). Both grow with the squared size of the
+        change, so their ratio carries a layer's sensitivity over to its other units.
         """
         per_batch = max(len(next((a for a in batches[0].values() if np.ndim(a)), [0])), 1)
         count = -(-_GAIN_SAMPLES // per_batch)
@@ -320,13 +353,14 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         comparable = {}
         for group in track(groups, "pruning: each layer's effect on the outputs"):
             local = scores[group.name] ** 2
+            effect = self._uncompensated.get(group.name, scores[group.name]) ** 2
             count = min(group.size - 1, max(1, int(math.floor(self._ratio_of(group, self.ratios) * group.size))))
             weakest = np.argsort(local, kind="stable")[:count]
             trial = model.clone()
             twin = next(g for g in self.find_groups(trial.graph)[0] if g.name == group.name)
             twin.apply(trial.graph, sorted(set(range(group.size)) - {int(u) for u in weakest}))
             moved = max(1.0 - output_drift(expected, run_batches(trial, probe)).cosine, 1e-12)
-            gain = moved / max(float(local[weakest].sum()), 1e-30)
+            gain = moved / max(float(effect[weakest].sum()), 1e-30)
             comparable[group.name] = scores[group.name] * math.sqrt(gain)
         return comparable
 

@@ -22,6 +22,12 @@ import numpy as np
 # H is damped by this share of its mean diagonal, as GPTQ and SparseGPT do: without it a
 # channel that is nearly a combination of others makes H^-1 blow up on calibration noise.
 DAMPING = 0.01
+# Units go in at most this many rounds (the cheapest 1/STEPS of the layer's units at once, each
+# round's joint removal exact): one at a time costs a pass over H^-1 per unit, 66 s for 1,536.
+STEPS = 128
+# Layers with more inputs are ranked by activation: the elimination is cubic in them (1,536: 5 s,
+# 4,096: 40 s on 2 cores), and H^-1 alone is n² float64 (8,192: 512 MB).
+MAX_INPUTS = 2048
 
 
 def removal_scores(weight: np.ndarray, gram: np.ndarray, units: Sequence[np.ndarray]) -> np.ndarray:
@@ -30,9 +36,11 @@ def removal_scores(weight: np.ndarray, gram: np.ndarray, units: Sequence[np.ndar
     ``weight``: the consumer as ``[input channels, outputs]``; ``gram``: its inputs' second
     moments ``[input channels, input channels]`` (mean over rows); ``units``: each unit's
     input channel indices. The scores rise in removal order (a running maximum, so the
-    ``k`` lowest are the first ``k`` removed) and are on the activation score's scale
+    ``k`` lowest are the first ``k`` removed; ties are parted by the last bit) and are on
+    the activation score's scale
     (both are the square root of an output energy); the unit left last gets twice the
-    largest cost.
+    largest cost. Layers of more than ``STEPS`` units remove the cheapest ``1/STEPS`` of
+    them per round (jointly, exactly; ordered within the round by their own costs).
     """
     weight = np.array(weight, dtype=np.float64)
     gram = np.array(gram, dtype=np.float64)
@@ -40,40 +48,56 @@ def removal_scores(weight: np.ndarray, gram: np.ndarray, units: Sequence[np.ndar
     damping = DAMPING * float(diagonal.mean()) if diagonal.mean() > 0 else 1e-12
     inverse = np.linalg.inv(gram + damping * np.eye(len(gram)))
     inverse = (inverse + inverse.T) / 2
+    # The matrices shrink to the channels still in: ``position`` maps a channel to its row now.
+    position = np.arange(len(gram))
     alive = list(range(len(units)))
     costs = np.zeros(len(units))
     single = all(len(channels) == 1 for channels in units)
-    order, reached = [], 0.0
+    per_round = max(1, -(-len(units) // STEPS))
+    reached, order = 0.0, []
     while len(alive) > 1:
         if single:
-            rows = np.array([units[u][0] for u in alive])
+            rows = position[np.array([units[u][0] for u in alive])]
             candidates = (weight[rows] ** 2).sum(axis=1) / np.maximum(np.diag(inverse)[rows], 1e-300)
         else:
-            candidates = np.array([_block_cost(weight, inverse, units[u]) for u in alive])
-        pick = int(np.argmin(candidates))
-        unit = alive.pop(pick)
-        reached = max(reached, float(candidates[pick]))
-        costs[unit] = reached
-        order.append(unit)
-        _remove(weight, inverse, units[unit])
+            candidates = np.array([_block_cost(weight, inverse, position[units[u]]) for u in alive])
+        picks = np.argsort(candidates, kind="stable")[: min(per_round, len(alive) - 1)]
+        for pick in picks:
+            reached = max(reached, float(candidates[pick]))
+            costs[alive[pick]] = reached
+            order.append(alive[pick])
+        removed = np.concatenate([units[alive[pick]] for pick in picks])
+        weight, inverse = _remove(weight, inverse, position[removed])
+        still = position >= 0
+        still[removed] = False
+        position = np.where(still, np.cumsum(still) - 1, -1)
+        gone = set(picks.tolist())
+        alive = [unit for index, unit in enumerate(alive) if index not in gone]
     costs[alive[0]] = 2 * reached if reached > 0 else 1.0
-    return np.sqrt(costs)
+    scores = np.sqrt(costs)
+    # The running maximum ties units; a score just above the one before keeps the removal order
+    # wherever the scores are sorted (a stable sort would otherwise order ties by index).
+    previous = -np.inf
+    for unit in [*order, alive[0]]:
+        scores[unit] = max(scores[unit], np.nextafter(previous, np.inf))
+        previous = scores[unit]
+    return scores
 
 
-def _block_cost(weight: np.ndarray, inverse: np.ndarray, channels: np.ndarray) -> float:
-    block = inverse[np.ix_(channels, channels)]
-    rows = weight[channels]
-    return float(np.sum(rows * np.linalg.solve(block, rows)))
+def _block_cost(weight: np.ndarray, inverse: np.ndarray, rows: np.ndarray) -> float:
+    block = inverse[np.ix_(rows, rows)]
+    return float(np.sum(weight[rows] * np.linalg.solve(block, weight[rows])))
 
 
-def _remove(weight: np.ndarray, inverse: np.ndarray, channels: np.ndarray) -> None:
-    """Remove ``channels``: compensate ``weight`` through the others and downdate ``inverse`` (in place)."""
-    block = inverse[np.ix_(channels, channels)]
-    columns = inverse[:, channels]
-    solved = np.linalg.solve(block, np.concatenate([weight[channels], columns.T], axis=1))
+def _remove(weight: np.ndarray, inverse: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``weight`` compensated through the other rows for removing ``rows``, and ``inverse`` downdated,
+    both without ``rows``."""
+    kept = np.ones(len(inverse), bool)
+    kept[rows] = False
+    block = inverse[np.ix_(rows, rows)]
+    columns = inverse[np.ix_(kept, rows)]
+    solved = np.linalg.solve(block, np.concatenate([weight[rows], columns.T], axis=1))
     outputs = weight.shape[1]
-    weight -= columns @ solved[:, :outputs]
-    inverse -= columns @ solved[:, outputs:]
-    weight[channels] = 0.0
-    inverse[channels, :] = 0.0
-    inverse[:, channels] = 0.0
+    weight = weight[kept] - columns @ solved[:, :outputs]
+    inverse = inverse[np.ix_(kept, kept)] - columns @ solved[:, outputs:]
+    return weight, inverse
