@@ -385,7 +385,8 @@ def _add_pruning_flags(parser: argparse.ArgumentParser) -> None:
         "--importance",
         choices=("magnitude", "activation", "reconstruction"),
         help="rank units by weight magnitude, by activation on --calibration (default with data), or by "
-        "reconstruction: the output error each costs once the kept units are re-fitted to make up for it",
+        "reconstruction: the output error each costs once the repair re-fits the kept units to make up for it "
+        "(layers the repair does not re-fit: by activation); for --lowrank, reconstruction is activation",
     )
     group.add_argument(
         "--global-ranking",

@@ -75,10 +75,17 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
     name the groups left whole, with the reason, and its twin is the input with the removed
     units zeroed where the consumers read them (and the repaired weights in place).
 
+    ``importance``: ``magnitude`` (weights only), ``activation`` (RMS of each unit's
+    activation on the samples times its consumer rows; the default with samples), or
+    ``reconstruction`` (the output error its removal costs once the repair re-fits the kept
+    units: ``_reconstruction.removal_scores`` over the inputs' covariance; layers the repair
+    does not re-fit, and those of more than ``MAX_INPUTS`` inputs or fewer rows than inputs,
+    by activation, with a note).
+
     ``samples_generated``: the samples are generated random inputs, not calibration data.
     They still measure drift (and drive the budget search), but nothing is fitted to them:
     importance is weight magnitude and the consumers are not re-fitted. Asking for
-    ``importance="activation"`` or ``repair=True`` on generated samples is refused (the
+    ``importance="activation"`` (or ``"reconstruction"``) or ``repair=True`` on generated samples is refused (the
     model is left whole, with the reason): ranking and re-fitting to random tokens is not
     what either option promises, and measured worse than magnitude for heads.
     """

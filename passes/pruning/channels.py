@@ -238,8 +238,9 @@ class ChannelPruningPass(PruningPass):
     pooling, its Gemm/MatMul weight rows (and the Flatten/Reshape between them).
 
     Importance is weight magnitude or, with calibration data, activation (RMS per channel
-    of the consumer's input). With calibration data the consumer is re-fitted by least
-    squares where its output is its input channels times a matrix: a 1×1 Conv (stride 1,
+    of the consumer's input) or reconstruction (``PruningPass``; where the consumer is
+    re-fitted). With calibration data the consumer is re-fitted by least squares where its
+    output is its input channels times a matrix: a 1×1 Conv (stride 1,
     no padding) or the classifier's Gemm/MatMul (one row per image, after the pooling);
     a 3×3 Conv is not (re-fitting it needs its patches, not its channels). The twin is the
     input with the removed channels' rows of the consumer's weight zeroed (whatever an

@@ -155,7 +155,8 @@ class FfnPruningPass(PruningPass):
 
     Importance is weight magnitude (L2 of the neuron's producer columns times its
     down-projection row) or, with calibration data, activation (RMS of the neuron's
-    activation times that row). With calibration data the down projection is re-fitted
+    activation times that row) or reconstruction (its cost after the re-fit, ``PruningPass``).
+    With calibration data the down projection is re-fitted
     (see ``PruningPass``). The twin is the input with the removed neurons' down-projection
     rows zeroed. Refuses a group whose hidden values are also read outside it, and one
     whose weights other layers also read (a pruned copy would sit beside the shared
