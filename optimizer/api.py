@@ -38,7 +38,7 @@ from optimizer.model_io import (
     load_model,
     save_model,
 )
-from optimizer.options import Options
+from optimizer.options import DATA_IMPORTANCE_KINDS, Options
 from optimizer.padding import mask_inputs, padded_copy, pads_both_ends
 from optimizer.pipeline import run_pipeline
 from optimizer.protocol import PassContext
@@ -116,7 +116,7 @@ def optimize_with_report(
         raise OptionError("--inputs are verification inputs: they do nothing with --no-verify (verify=False)")
     approximate = any(spec.approximate for spec in specs)
     prunes = any(spec.name.startswith("prune-") for spec in specs)
-    data_ranked = options.importance in ("activation", "reconstruction")
+    data_ranked = options.importance in DATA_IMPORTANCE_KINDS
     if prunes and calibration is None and (data_ranked or options.repair is True):
         asked = f"--importance {options.importance}" if data_ranked else "repair"
         raise OptionError(f"{asked} needs --calibration data: without it pruning ranks by weight magnitude")

@@ -373,6 +373,8 @@ def _add_lowrank_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_pruning_flags(parser: argparse.ArgumentParser) -> None:
+    from optimizer.options import IMPORTANCE_KINDS
+
     group = parser.add_argument_group("structured pruning (runs after fusion, before quantization)")
     group.add_argument("--prune-ffn", type=float, metavar="R", help="remove this fraction of each FFN's neurons")
     group.add_argument(
@@ -383,7 +385,7 @@ def _add_pruning_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--importance",
-        choices=("magnitude", "activation", "reconstruction"),
+        choices=IMPORTANCE_KINDS,
         help="rank units by weight magnitude, by activation on --calibration (default with data), or by "
         "reconstruction: the output error each costs once the repair re-fits the kept units to make up for it "
         "(layers the repair does not re-fit: by activation); for --lowrank, reconstruction is activation",

@@ -32,7 +32,9 @@ INT4_METHODS = ("rtn", "gptq", "hqq")
 INT4_ACCURACY_LEVELS = (0, 4)
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 ACTIVATION_SCALES = ("tensor", "row")
-IMPORTANCE_KINDS = ("magnitude", "activation", "reconstruction")
+# Importance kinds that rank on calibration data (refused without it).
+DATA_IMPORTANCE_KINDS = ("activation", "reconstruction")
+IMPORTANCE_KINDS = ("magnitude", *DATA_IMPORTANCE_KINDS)
 # What --prune-channels R counts (passes.pruning.channels.COSTS).
 CHANNEL_COSTS = ("channels", "parameters", "macs")
 # Longest sequence a fusion that bakes a table (rotary cos/sin) supports by default.

@@ -23,6 +23,7 @@ from collections import Counter
 
 import onnx_ir as ir
 
+from optimizer.options import DATA_IMPORTANCE_KINDS
 from optimizer.protocol import NotedResult, Twin
 
 
@@ -111,7 +112,7 @@ def unfit_on_generated_samples(importance: str | None, repair: bool | None, fitt
     """Why ``--importance activation`` (or ``reconstruction``) or ``repair=True``, asked for explicitly, cannot be
     honoured when the samples are generated random inputs (``fitting``: what they would fit, e.g. "ranking
     or re-fitting units"; ``default``: what runs instead); None if neither was asked for."""
-    asked = [f"--importance {importance}"] if importance in ("activation", "reconstruction") else []
+    asked = [f"--importance {importance}"] if importance in DATA_IMPORTANCE_KINDS else []
     asked += ["repair=True"] if repair else []
     if not asked:
         return None

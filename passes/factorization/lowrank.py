@@ -66,6 +66,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.inputs import HOLD_OUT_EVERY, hold_out, holds_samples, samples_in, split_samples
+from optimizer.options import IMPORTANCE_KINDS
 from optimizer.padding import cache_outputs, mask_inputs
 from optimizer.protocol import Twin
 from optimizer.runtime import cuda_unavailable_reason, run_batches, value_collector
@@ -78,7 +79,7 @@ from passes.pruning._base import parameter_count
 
 # "reconstruction" (pruning's compensated ranking) is activation-aware here: the whitened SVD is already
 # the reconstruction-optimal factorization.
-IMPORTANCE = ("magnitude", "activation", "reconstruction")
+IMPORTANCE = IMPORTANCE_KINDS
 # Below this many weight entries a second kernel launch costs more than the multiply-adds saved.
 _MIN_PARAMETERS = 16384
 # A factorization must remove at least this fraction of a layer's parameters to be worth a second MatMul.

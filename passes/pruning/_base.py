@@ -41,6 +41,7 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.domains import is_onnx_domain
 from optimizer.inputs import split_samples
+from optimizer.options import IMPORTANCE_KINDS
 from optimizer.progress import track
 from optimizer.protocol import Twin
 from optimizer.runtime import run_batches, stream_values, value_collector
@@ -52,7 +53,7 @@ from passes.pruning._groups import ChannelGroup
 from passes.pruning._reconstruction import MAX_INPUTS, removal_scores
 from passes.pruning._refit import channel_rows
 
-IMPORTANCE = ("magnitude", "activation", "reconstruction")
+IMPORTANCE = IMPORTANCE_KINDS
 _SEARCH_STEPS = 6
 # What one unit of each kind of group is called in notes.
 UNIT_NAMES = {"ffn": "neurons", "heads": "heads", "channels": "channels"}
@@ -323,6 +324,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 
     def _scores(self, group: ChannelGroup, energy: np.ndarray | None) -> np.ndarray:
         consumer = group.consumer_row_norms()
+        activation = None if energy is None else np.sqrt(energy.reshape(group.size, group.unit).sum(axis=1)) * consumer
         gram, rows = self._grams.pop(group.name, (None, 0))
         if gram is not None:
             weight = _as_rows_by_outputs(constant_array(group.consumer.inputs[1]), _input_channel_axis(group.consumer))
@@ -335,13 +337,12 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 units = [cut.indices([u], group.size, group.unit) for u in range(group.size)]
                 # The global ranking's gain is measured by cutting units without compensation:
                 # it is taken per unit of their uncompensated effect (``_output_effect``).
-                if energy is not None:
-                    self._uncompensated[group.name] = np.sqrt(energy.reshape(group.size, group.unit).sum(axis=1))
-                    self._uncompensated[group.name] *= consumer
+                if activation is not None:
+                    self._uncompensated[group.name] = activation
                 return removal_scores(weight, gram, units)
             self.note(f"importance reconstruction: {group.name} {refusal}; ranked by activation")
-        if self.importance in ("activation", "reconstruction") and energy is not None:
-            return np.sqrt(energy.reshape(group.size, group.unit).sum(axis=1)) * consumer
+        if self.importance != "magnitude" and activation is not None:
+            return activation
         return group.weight_norms()
 
     def _output_effect(self, model: ir.Model, groups, scores, batches, reference) -> dict[str, np.ndarray]:
