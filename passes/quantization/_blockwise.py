@@ -123,6 +123,17 @@ class Int4Weight:
         integer = self.stored().zero_points.astype(np.float32)
         return np.ascontiguousarray(((integer - self.zero_points) * self.scales).T.astype(np.float32))
 
+    def split(self, block_size: int) -> Int4Weight:
+        """The same weight in blocks of ``block_size``, a divisor of this block size: each part keeps its block's
+        scale and zero point, so the values are exactly those of this grid."""
+        parts = self.block_size // block_size
+        if parts * block_size != self.block_size:
+            raise ValueError(f"a block of {self.block_size} does not split into blocks of {block_size}")
+        values = self.values.reshape(self.n, self.blocks * parts, block_size)
+        scales = np.repeat(self.scales, parts, axis=1)
+        zero_points = None if self.zero_points is None else np.repeat(self.zero_points, parts, axis=1)
+        return Int4Weight(values, scales, zero_points, self.k, block_size, self.bits)
+
     def explicit_zero_points(self) -> np.ndarray:
         """uint8 ``[N, n_blocks]`` zero points, the implicit middle level (8, or 128 at 8 bits) where none are
         stored (for ops whose default differs between providers); only for uint8 zero points, not float ones."""
@@ -182,7 +193,26 @@ def recover_grid(weight: np.ndarray, block_size: int, bits: int = 4) -> Int4Weig
     minimum. The zero points are uint8 where every block's zero falls on a level (GPTQ,
     AWQ, Q4_0, Q8_0), else float (Q4_1: ``Int4Weight.offsets``). None when K is not a
     multiple of the block (the padding would not lie on the grid) or any block misses.
+
+    A grid of a coarser block is one of every finer block too (each part keeps its
+    block's step and zero), and a part need not reveal its step (half of a Q8_0 block
+    holds a few of 255 levels): when the blocks of ``block_size`` miss, the blocks of
+    twice, four and eight times that size are tried and split.
     """
+    grid = _recover_grid(weight, block_size, bits)
+    coarser = block_size
+    while grid is None and coarser < 8 * block_size:
+        coarser *= 2
+        # Tried on a few columns first, so a float-trained weight costs little more than one attempt.
+        if _recover_grid(weight[:, :8], coarser, bits) is None:
+            continue
+        found = _recover_grid(weight, coarser, bits)
+        grid = None if found is None else found.split(block_size)
+    return grid
+
+
+def _recover_grid(weight: np.ndarray, block_size: int, bits: int) -> Int4Weight | None:
+    """``recover_grid`` at exactly ``block_size``."""
     weight = np.asarray(weight, dtype=np.float32)
     k, n = weight.shape
     if k % block_size or weight.size == 0:

@@ -17,6 +17,7 @@ from optimizer.cli import main
 from optimizer.errors import OptionError, PassSelectionError
 from optimizer.options import Options
 from optimizer.runtime import run_batches, run_model
+from passes.quantization import _blockwise
 from passes.quantization._blockwise import (
     pack_nibbles,
     quantize_gptq,
@@ -148,6 +149,34 @@ def test_hqq_float_zero_points_run_as_uint8_plus_block_offsets_at_the_int8_level
     assert len(offsets) == 2
     assert "float block offsets" in result.twin.description
     assert _closest_to_twin(result, samples(model, 4)) < 1e-4
+
+
+def test_an_8bit_grid_read_at_a_finer_block_is_recovered_from_its_own_blocks():
+    # Half of a Q8_0 block of 32 holds a few of 255 levels and reveals no step (here q in {0, 2, 5, 13}); the
+    # blocks of 32 do, and each of their halves keeps the block's step.
+    weight = _on_q8_0_grid(64, 48, seed=3)
+    weight[16:32, 0] = weight[0, 0] / np.float32(127) * np.array([0, 2, 5, 13] * 4, np.float32)
+    assert _blockwise._recover_grid(weight, 16, 8) is None
+    grid = recover_grid(weight, 16, bits=8)
+    assert grid is not None and grid.block_size == 16 and grid.bits == 8 and grid.scales.shape == (48, 4)
+    np.testing.assert_array_equal(grid.dequantize(), recover_grid(weight, 32, bits=8).dequantize())
+    np.testing.assert_allclose(grid.dequantize(), weight, rtol=0, atol=1e-6)  # float32 rounding of d * q
+    result = Int4QuantizationPass(quantize_outputs=True, block_size=16)(_matmul(weight))
+    node = next(node for node in result.model.graph if node.op_type == "MatMulNBits")
+    assert node.attributes.get_int("bits") == 8 and node.attributes.get_int("block_size") == 16
+    assert any("8-bit grid, kept exact in 8 bits" in note for note in result.notes)
+
+
+def test_a_split_grid_keeps_each_blocks_scale_and_zero_point():
+    weight = _on_grid(64, 8, 32, integer_zero=False, seed=2)
+    grid = recover_grid(weight, 32)
+    halves = grid.split(16)
+    assert halves.block_size == 16 and halves.blocks == 4 and halves.has_offsets
+    np.testing.assert_array_equal(halves.scales[:, ::2], grid.scales)
+    np.testing.assert_array_equal(halves.zero_points[:, 1::2], grid.zero_points)
+    np.testing.assert_array_equal(halves.dequantize(), grid.dequantize())
+    with pytest.raises(ValueError, match="does not split"):
+        grid.split(24)
 
 
 def test_block_offsets_restore_the_float_zero_points_exactly():
