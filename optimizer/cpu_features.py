@@ -117,6 +117,32 @@ def cpu_name() -> str:
     return name or platform.processor() or platform.machine() or "unknown CPU"
 
 
+@functools.lru_cache(maxsize=1)
+def microarchitecture() -> str:
+    """archspec's name for this CPU's microarchitecture (``zen5``, ``icelake``, or a level such as
+    ``x86_64_v4`` for a CPU its database does not know), else ``unknown``."""
+    try:
+        from archspec.cpu import host
+    except ImportError:
+        return "unknown"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return host().name
+    except (ValueError, KeyError, AssertionError, OSError):
+        return "unknown"
+
+
+def cpu_identity() -> str:
+    """What a kernel's speed on this CPU depends on, for timing caches: the brand string, the
+    microarchitecture and the int8 features (``AMD EPYC (x86_64_v4; x86: AVX2, AVX-512 VNNI)``).
+
+    A cloud VM's brand string alone can name CPUs of different generations alike (``AMD EPYC``
+    for an AVX2-only Zen 2 and an AVX-512 VNNI Zen 5), whose int8 kernels differ several-fold.
+    """
+    return f"{cpu_name()} ({microarchitecture()}; {detect().describe()})"
+
+
 def int8_weight_range(full_range_weights: bool | None, features: CpuFeatures | None = None) -> WeightRange:
     """7-bit or 8-bit int8 weights: as asked (True/False), or from the CPU's features when None.
 

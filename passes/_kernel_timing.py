@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.cpu_features import cpu_name
+from optimizer.cpu_features import cpu_identity
 from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import (
     calling_onnxruntime,
@@ -51,11 +51,12 @@ def cores() -> int:
 
 
 def runtime_key(target: str, threads: int) -> str:
-    """What a kernel's speed depends on besides its shape: ``CPU model|ort 1.32.0|cpu|2 threads``, and on
-    CUDA the GPU too (``…|cuda on NVIDIA H200|…``; keys of an older graphopt that said only ``cuda`` were
-    timed on the CPU where CUDA could not run, and are no longer read)."""
+    """What a kernel's speed depends on besides its shape: ``CPU|ort 1.32.0|cpu|2 threads``, the CPU named by
+    its brand string, microarchitecture and int8 features (``cpu_identity``: a brand string alone names
+    different generations alike), and on CUDA the GPU too (``…|cuda on NVIDIA H200|…``). Keys of an older
+    graphopt (the brand string alone, or only ``cuda``) are no longer read: those layers are timed again."""
     where = f"cuda on {gpu_name()}" if target == "cuda" else target
-    return f"{cpu_name()}|ort {import_onnxruntime().__version__}|{where}|{threads} threads"
+    return f"{cpu_identity()}|ort {import_onnxruntime().__version__}|{where}|{threads} threads"
 
 
 @functools.cache

@@ -118,3 +118,23 @@ def test_on_a_cpu_without_vnni_saturating_8_bit_weights_are_rolled_back():
     _, report = optimize_with_report(original, ["+quantize-dynamic"], calibration=calibration, full_range_weights=True)
     record = next(r for r in report.passes if r.name == "quantize-dynamic")
     assert record.status == "rolled back" and "differs from its twin" in record.detail, record.detail
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [((AVX2, "x86_64_v3"), (AVX512_VNNI, "x86_64_v4")), ((AVX2, "zen2"), (AVX2, "zen3"))],
+    ids=["int8-features", "microarchitecture"],
+)
+def test_kernel_timings_of_two_cpus_with_one_brand_string_are_kept_apart(monkeypatch, first, second):
+    # Cloud VMs name an AVX2-only Zen 2 and an AVX-512 VNNI Zen 5 both "AMD EPYC"; a layer timed on one
+    # must not decide for the other (their int8 kernels differ several-fold).
+    from passes import _kernel_timing
+
+    monkeypatch.setattr(cpu_features, "cpu_name", lambda: "AMD EPYC")
+    keys = []
+    for features, microarchitecture in (first, second):
+        monkeypatch.setattr(cpu_features, "detect", lambda features=features: features)
+        monkeypatch.setattr(cpu_features, "microarchitecture", lambda name=microarchitecture: name)
+        keys.append(_kernel_timing.runtime_key("cpu", 2))
+        assert keys[-1].startswith(f"AMD EPYC ({microarchitecture}; {features.describe()})|ort ")
+    assert keys[0] != keys[1]
