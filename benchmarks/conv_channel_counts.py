@@ -60,6 +60,8 @@ def main() -> None:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
+    # Interleaved sessions: an idle one's spinning threads would slow the next (optimizer.runtime.TIMING_CONFIG).
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     sessions = {c: ort.InferenceSession(block(c), options, providers=["CPUExecutionProvider"]) for c in args.counts}
     x = np.random.default_rng(1).standard_normal((1, 32, 112, 112)).astype(np.float32)
     for session in sessions.values():

@@ -95,6 +95,8 @@ def interleaved(models: dict[str, bytes], k: int, threads: int, rounds: int, run
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    # Interleaved sessions: an idle one's spinning threads would slow the next (optimizer.runtime.TIMING_CONFIG).
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     sessions = {
         label: ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"]) for label, blob in models.items()
     }

@@ -164,6 +164,15 @@ def has_external_tensors(model: ir.Model) -> bool:
     return any(isinstance(value.const_value, ir.ExternalTensor) for value in model.graph.initializers.values())
 
 
+# Sessions timed against each other alternate run by run. ONNX Runtime's intra-op threads keep
+# spinning for a while after a run returns, and the idle session's spinning threads then take
+# the cores from the other session's run: on 2 cores (AMD EPYC, 2026-12-01) that doubled
+# MiniLM's run time (8.3 -> 16.2 ms) and moved its int8/float ratio from 0.41 to 0.48, and made
+# a float 60x384x1536 MatMul 0.28 ms instead of 0.16 (one-layer timings 1.7x off). Stopping the
+# spin when a run returns keeps spinning inside each run, as a deployed session has it.
+TIMING_CONFIG = {"session.force_spinning_stop": "1"}
+
+
 def session_options(
     optimization_level: str = "disable_all",
     intra_op_threads: int = 0,
@@ -173,8 +182,9 @@ def session_options(
 ) -> Any:
     """``onnxruntime.SessionOptions`` at ``optimization_level`` (one of ``OPTIMIZATION_LEVELS``).
 
-    ``sequential`` pins one inter-op thread and sequential execution (for timing);
-    ``profile_prefix`` turns on ORT's profiler, writing its trace there.
+    ``sequential`` pins one inter-op thread and sequential execution and stops the intra-op threads
+    spinning when a run returns (for timing, ``TIMING_CONFIG``); ``profile_prefix`` turns on ORT's
+    profiler, writing its trace there.
     """
     ort = import_onnxruntime()
     options = ort.SessionOptions()
@@ -192,6 +202,8 @@ def session_options(
     if sequential:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        for key, value in TIMING_CONFIG.items():
+            options.add_session_config_entry(key, value)
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
