@@ -90,6 +90,13 @@ VARIANTS = {
         "smooth_alpha": 0.5,
         "exclude": ("*q_proj*", "*k_proj*", "*v_proj*"),
     },
+    # The key and value projections float (what the role-scaled budget kept float on the Xeon), queries int8.
+    "row_w8_smooth_no_kv": {
+        "activation_scale": "row",
+        "reduce_range": False,
+        "smooth_alpha": 0.5,
+        "exclude": ("*k_proj*", "*v_proj*"),
+    },
     # On x86 without VNNI 8-bit weights saturate the U8S8 kernels: the same points with 7-bit weights.
     "row_w7_smooth_no_qkv": {
         "activation_scale": "row",

@@ -52,7 +52,7 @@ from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
 from passes.quantization import smoothing
 from passes.quantization._int8 import ROW_LEVELS, ROW_SCALE_FLOOR, activation_parameters, quantize_weight
-from passes.quantization._layer_speed import FLOAT, LayerShape, LayerSpeeds, one_layer_model
+from passes.quantization._layer_speed import FLOAT, LayerShape, LayerSpeeds, one_layer_model, probe_names
 from passes.quantization._twin import Int8Twin
 
 # Up to this many layers, each layer's sensitivity is measured on the whole model and the
@@ -571,14 +571,15 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         return times, True
 
     def _layer_model(self, shape: LayerShape, scheme: str, layer: Layer | None = None) -> ir.Model:
-        """A one-MatMul model at ``shape`` written in ``scheme`` by this pass's own rewrite (as for ``layer``)."""
-        name = f"speed_probe_{shape.rows}x{shape.k}x{shape.n}"
-        model = one_layer_model(shape, name)
+        """The timing probe at ``shape`` (``one_layer_model``: copies of one MatMul) written in ``scheme`` by this
+        pass's own rewrite (as for ``layer``)."""
+        model = one_layer_model(shape)
         if scheme == FLOAT:
             return model
-        saved, self.schemes = self.schemes, {name: scheme}
+        names = probe_names(shape)
+        saved, self.schemes = self.schemes, dict.fromkeys(names, scheme)
         try:
-            self._apply(model, [name])
+            self._apply(model, names)
         finally:
             self.schemes = saved
         return model

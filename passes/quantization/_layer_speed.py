@@ -25,6 +25,16 @@ from passes._kernel_timing import MachineTimings, OneModel, interleaved_times, r
 
 FLOAT = "float"
 _CACHE_FILE = "layer_speed.json"
+# One probe run holds copies of the layer, each with its own weight and input, until their float
+# weights reach STREAMED_BYTES (past a server CPU's last-level cache per core, as a model's layers
+# stream their weights) or MAX_COPIES: at one row a lone layer's run is mostly the call's fixed
+# cost (a Python call, waking the intra-op threads: 10-30 us against a 576x576 MatMul's 4 us), and
+# its weight sits in cache, which a deployed decoder's does not.
+STREAMED_BYTES = 64 << 20
+MAX_COPIES = 64
+# Part of every key: what a timing means changed (copies per run; threads stop spinning when a
+# run returns), so timings cached by an older graphopt are measured again.
+_METHOD = "streamed copies, spin stopped"
 # Short comparisons: a model has a few distinct layer shapes, each timed once per form.
 _PLAN = {"warmup": 5, "max_pairs": 120, "min_pairs": 20, "budget": 0.6}
 
@@ -56,7 +66,7 @@ class LayerSpeeds(MachineTimings):
 
     def key(self, shape: LayerShape, form: str) -> str:
         """The cache key of ``form`` at ``shape`` on this machine, runtime, EP and thread count."""
-        return f"{runtime_key(self.target, self.threads)}|{shape}|{form}"
+        return f"{runtime_key(self.target, self.threads)}|{_METHOD}|{shape}|{form}"
 
     def seconds(self, shape: LayerShape, builders: Mapping[str, Callable[[], ir.Model]]) -> dict[str, float]:
         """Median seconds per run of the layer in each form of ``builders`` (``"float"`` must be one)."""
@@ -81,9 +91,10 @@ class LayerSpeeds(MachineTimings):
     def _time(self, shape: LayerShape, builders: Mapping[str, Callable[[], ir.Model]]) -> dict[str, float]:
         """Each form timed interleaved against the float layer; the float time is the median of all its runs."""
         x = np.random.default_rng(0).standard_normal((shape.rows, shape.k), dtype=np.float32)
+        copies = probe_copies(shape)
 
         def timed(model: ir.Model) -> OneModel:
-            feeds = {model.graph.inputs[0].name: x}
+            feeds = {value.name: x for value in model.graph.inputs}
             return OneModel(model, feeds, self.target, self.threads, "time one quantized layer")
 
         reference = timed(builders[FLOAT]())
@@ -97,23 +108,39 @@ class LayerSpeeds(MachineTimings):
             result[form] = float(np.median(after) / np.median(before))
         if not float_times:
             float_times, _ = interleaved_times(reference, reference, **_PLAN)
-        float_seconds = float(np.median(float_times))
+        float_seconds = float(np.median(float_times)) / copies
         return {FLOAT: float_seconds, **{form: ratio * float_seconds for form, ratio in result.items()}}
 
 
-def one_layer_model(shape: LayerShape, name: str, seed: int = 0) -> ir.Model:
-    """``y = x [rows, k] @ W [k, n]`` with seeded normal weights, its MatMul named ``name`` (float32 only)."""
+def probe_copies(shape: LayerShape) -> int:
+    """How many copies of a layer one timing run holds (``STREAMED_BYTES``, ``MAX_COPIES``)."""
+    weight_bytes = 4 * shape.k * shape.n
+    return int(min(MAX_COPIES, max(1, -(-STREAMED_BYTES // weight_bytes))))
+
+
+def probe_names(shape: LayerShape) -> list[str]:
+    """The MatMul names of ``one_layer_model(shape)``: one per copy."""
+    return [f"speed_probe_{shape.rows}x{shape.k}x{shape.n}_{index}" for index in range(probe_copies(shape))]
+
+
+def one_layer_model(shape: LayerShape, seed: int = 0) -> ir.Model:
+    """``y_i = x_i [rows, k] @ W_i [k, n]`` for each of ``probe_copies(shape)`` copies, with seeded normal weights
+    of their own, the MatMuls named ``probe_names(shape)`` (float32 only)."""
     if shape.dtype != "float32":
         raise ValueError(f"layer timing builds float32 layers, not {shape.dtype}")
-    weight = (np.random.default_rng(seed).standard_normal((shape.k, shape.n)) * 0.05).astype(np.float32)
-    x = ir.Value(name=f"{name}.x", shape=ir.Shape([shape.rows, shape.k]), type=ir.TensorType(ir.DataType.FLOAT))
-    graph = ir.Graph([x], [], nodes=[], opset_imports={"": 18, "com.microsoft": 1}, name="layer")
-    w = ir.Value(name=f"{name}.weight", shape=ir.Shape(weight.shape), type=ir.TensorType(ir.DataType.FLOAT))
-    w.const_value = ir.tensor(weight, name=w.name)
-    graph.register_initializer(w)
-    node = ir.Node("", "MatMul", [x, w], name=name)
-    graph.append(node)
-    y = node.outputs[0]
-    y.name, y.type, y.shape = "y", ir.TensorType(ir.DataType.FLOAT), ir.Shape([shape.rows, shape.n])
-    graph.outputs.append(y)
+    graph = ir.Graph([], [], nodes=[], opset_imports={"": 18, "com.microsoft": 1}, name="layer")
+    for index, name in enumerate(probe_names(shape)):
+        rng = np.random.default_rng(seed + index)
+        weight = (rng.standard_normal((shape.k, shape.n)) * 0.05).astype(np.float32)
+        x = ir.Value(name=f"{name}.x", shape=ir.Shape([shape.rows, shape.k]), type=ir.TensorType(ir.DataType.FLOAT))
+        graph.inputs.append(x)
+        w = ir.Value(name=f"{name}.weight", shape=ir.Shape(weight.shape), type=ir.TensorType(ir.DataType.FLOAT))
+        w.const_value = ir.tensor(weight, name=w.name)
+        graph.register_initializer(w)
+        node = ir.Node("", "MatMul", [x, w], name=name)
+        graph.append(node)
+        y = node.outputs[0]
+        y.name, y.type = f"{name}.y", ir.TensorType(ir.DataType.FLOAT)
+        y.shape = ir.Shape([shape.rows, shape.n])
+        graph.outputs.append(y)
     return ir.Model(graph, ir_version=9)

@@ -23,6 +23,8 @@ from passes.quantization.int4 import Int4QuantizationPass
 from tests.passes.quantization.conftest import drift
 from tests.passes.quantization.graphs import weights
 
+_REAL_TIME = LayerSpeeds._time  # the conftest replaces it by a cost model in every test
+
 # Injected per-layer seconds per multiply-add, by kernel: int8 half of float, per-row a little more,
 # the DequantizeLinear weight (MatMulNBits 8-bit in ORT) slower than float, int4 in between.
 _FACTORS = {
@@ -414,3 +416,72 @@ def test_local_estimates_are_scaled_by_each_role_across_the_blocks(monkeypatch):
     assert quantization._role_scale(model, layers, zero, [], None)("/model/layers.0/q/MatMul", 0.0) == pytest.approx(
         0.1 / 13
     )
+
+
+@pytest.mark.parametrize(
+    ("shape", "copies"),
+    [
+        (LayerShape("MatMul", 1, 576, 576), 51),
+        (LayerShape("MatMul", 1, 64, 96), 64),
+        (LayerShape("MatMul", 1, 576, 49152), 1),
+    ],
+    ids=["decoder-projection", "tiny", "lm-head"],
+)
+def test_a_probe_holds_copies_until_their_weights_stream(shape, copies):
+    # One row of a lone 576x576 layer is mostly the call's fixed cost and a weight in cache; copies with
+    # weights of their own, past the last-level cache, are what a decoder's step streams.
+    from passes.quantization import _layer_speed
+
+    assert _layer_speed.probe_copies(shape) == copies
+    probe = _layer_speed.one_layer_model(shape)
+    assert len(probe.graph.inputs) == len(probe.graph.outputs) == copies
+    assert len({value.name for value in probe.graph.initializers.values()}) == copies
+    first, *rest = (init.const_value.numpy() for init in probe.graph.initializers.values())
+    assert all(not np.array_equal(first, other) for other in rest[:3])  # a weight of its own each
+
+
+@pytest.mark.parametrize(
+    ("quantizer", "op"),
+    [(DynamicQuantizationPass(), "DynamicQuantizeMatMul"), (Int4QuantizationPass(), "MatMulNBits")],
+    ids=["dynamic", "int4"],
+)
+def test_every_copy_in_a_probe_is_rewritten_in_the_form_timed(quantizer, op):
+    from tests.passes.quantization.graphs import mlp
+
+    quantizer.prepare(mlp(head=False), [], [])
+    shape = LayerShape("MatMul", 4, 64, 96)
+    probe = quantizer._layer_model(shape, "int8" if op == "DynamicQuantizeMatMul" else "int4")
+    written = [node for node in probe.graph if node.op_type == op]
+    assert len(written) == len(probe.graph.inputs) == 64
+    assert not [node for node in probe.graph if node.op_type == "MatMul"]
+
+
+def test_a_probes_time_is_per_copy(monkeypatch, tmp_path):
+    # The conftest models every timing; here the real one runs (tiny layers, a short plan): the float time
+    # it returns is one copy's, not the whole probe's.
+    from passes.quantization import _layer_speed
+
+    monkeypatch.setattr(_layer_speed.LayerSpeeds, "_time", _REAL_TIME)
+    monkeypatch.setattr(_layer_speed, "_PLAN", {"warmup": 1, "max_pairs": 5, "min_pairs": 3, "budget": 0.0})
+    monkeypatch.setattr(_layer_speed, "MAX_COPIES", 8)
+    shape = LayerShape("MatMul", 2, 32, 48)
+    seen = []
+    real_pairs = _layer_speed.interleaved_times
+
+    def pairs(before, after, **plan):
+        seen.append(len(before.feeds))
+        return [0.08] * 3, [0.04] * 3  # seconds of one run of all 8 copies
+
+    monkeypatch.setattr(_layer_speed, "interleaved_times", pairs)
+    quantizer = DynamicQuantizationPass()
+    speeds = LayerSpeeds(threads=1, path=tmp_path / "c.json")
+    times = speeds.seconds(
+        shape,
+        {
+            FLOAT: lambda: quantizer._layer_model(shape, FLOAT),
+            "DynamicQuantizeMatMul": lambda: quantizer._layer_model(shape, "int8"),
+        },
+    )
+    assert seen == [8] and real_pairs is not pairs
+    assert times[FLOAT] == pytest.approx(0.01) and times["DynamicQuantizeMatMul"] == pytest.approx(0.005)
+    assert "streamed copies" in speeds.key(shape, FLOAT)
