@@ -260,6 +260,8 @@ class Int4QuantizationPass(QuantizationPass):
 
     def weight(self, layer: Layer) -> Int4Weight:
         """The 4-bit values chosen for ``layer`` (computed once per run, shared by the rewrite and the twin)."""
+        if self._probe is not None:  # a timing probe's copies: only the form counts (``_probe_weight``)
+            return quantize_rtn(layer.weight, self.block_size, symmetric=self.symmetric)
         if layer.name not in self._weights:
             names = self._shared_inputs.get(layer.name, [layer.activation.name])
             if (grid := self._grid(layer)) is not None:
