@@ -52,7 +52,7 @@ from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
 from passes.quantization import smoothing
 from passes.quantization._int8 import ROW_LEVELS, ROW_SCALE_FLOOR, activation_parameters, quantize_weight
-from passes.quantization._layer_speed import FLOAT, LayerShape, LayerSpeeds, one_layer_model, probe_names
+from passes.quantization._layer_speed import FLOAT, LayerShape, LayerSpeeds, layer_probe, probe_names
 from passes.quantization._twin import Int8Twin
 
 # Up to this many layers, each layer's sensitivity is measured on the whole model and the
@@ -133,8 +133,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     twin_inputs = ""
     # The scheme every chosen layer gets unless the budget picks another.
     default_scheme = "int8"
-    # Whether the budget times this pass's layers: a lone MatMul rewritten by ``_apply`` must
-    # stand for the layer's kernel (passes that calibrate first, or Conv, count layers instead).
+    # Whether the budget times this pass's layers: copies of a MatMul rewritten by ``_apply``
+    # (``layer_probe``) must stand for the layer's kernel (passes that calibrate first, or Conv, count layers instead).
     measures_speed = False
 
     def __init__(
@@ -518,7 +518,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     ) -> tuple[dict[str, dict[str, float]], bool]:
         """Seconds of each layer in each of its schemes, and whether they were measured.
 
-        Measured (``measures_speed``): each layer as a one-node model at its weight's ``K x N``
+        Measured (``measures_speed``): each layer as a probe (``layer_probe``) at its weight's ``K x N``
         and the rows one sample gives it (tokens per sample), in each scheme's kernel.
         Otherwise every layer counts the same: 1 float, 0 reduced.
         """
@@ -571,9 +571,9 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         return times, True
 
     def _layer_model(self, shape: LayerShape, scheme: str, layer: Layer | None = None) -> ir.Model:
-        """The timing probe at ``shape`` (``one_layer_model``: copies of one MatMul) written in ``scheme`` by this
+        """The timing probe at ``shape`` (``layer_probe``: copies of one MatMul) written in ``scheme`` by this
         pass's own rewrite (as for ``layer``)."""
-        model = one_layer_model(shape)
+        model = layer_probe(shape)
         if scheme == FLOAT:
             return model
         names = probe_names(shape)

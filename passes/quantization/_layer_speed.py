@@ -4,9 +4,9 @@ The accuracy budget trades accuracy for latency layer by layer (``QuantizationPa
 keeping a layer float gives back that layer's int8 saving, which depends on the
 kernel library, the execution provider, the thread count and the layer's shape
 (a 384x384 projection at 60 rows gains little; a 1536-wide FFN a lot). So it is
-measured, not guessed: the layer alone as a one-node float model, and as each
-rewritten form the pass would write for it (built by the pass itself: the same
-operators), timed interleaved against the float one at ORT_ENABLE_ALL (medians of the
+measured, not guessed: a probe model of copies of the layer (``layer_probe``), float,
+and in each rewritten form the pass would write for it (built by the pass itself: the
+same operators), timed interleaved against the float one at ORT_ENABLE_ALL (medians of the
 paired runs), once per (machine, ONNX Runtime version, EP, threads, op, rows x K x N,
 dtype, form). Results live in a JSON file (``$GRAPHOPT_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/graphopt``, else ``~/.cache/graphopt``) so the next optimization on
@@ -26,12 +26,16 @@ from passes._kernel_timing import MachineTimings, OneModel, interleaved_times, r
 FLOAT = "float"
 _CACHE_FILE = "layer_speed.json"
 # One probe run holds copies of the layer, each with its own weight and input, until their float
-# weights reach STREAMED_BYTES (past a server CPU's last-level cache per core, as a model's layers
-# stream their weights) or MAX_COPIES: at one row a lone layer's run is mostly the call's fixed
-# cost (a Python call, waking the intra-op threads: 10-30 us against a 576x576 MatMul's 4 us), and
-# its weight sits in cache, which a deployed decoder's does not.
+# weights reach STREAMED_BYTES (past a server CPU's last-level cache, as a model's layers stream
+# their weights) or MAX_COPIES: at one row a lone layer's run is mostly the call's fixed cost (a
+# Python call, waking the intra-op threads: 10-30 us against a 576x576 MatMul's 4 us), and its
+# weight sits in cache, which a deployed decoder's does not. A layer whose own work already
+# reaches PROBE_MACS multiply-adds (a prefill, an encoder) needs no copies: they would only
+# multiply the probe's time and memory (1500x384x1536: 29 copies took 7.75x the time, 5x the
+# memory, for the same per-layer figures within 8 %).
 STREAMED_BYTES = 64 << 20
 MAX_COPIES = 64
+PROBE_MACS = 1 << 26
 # Part of every key: what a timing means changed (copies per run; threads stop spinning when a
 # run returns), so timings cached by an older graphopt are measured again.
 _METHOD = "streamed copies, spin stopped"
@@ -94,6 +98,8 @@ class LayerSpeeds(MachineTimings):
         copies = probe_copies(shape)
 
         def timed(model: ir.Model) -> OneModel:
+            if len(model.graph.inputs) != copies:  # the time is divided by the copies
+                raise ValueError(f"a probe at {shape} holds {copies} copies, not {len(model.graph.inputs)}")
             feeds = {value.name: x for value in model.graph.inputs}
             return OneModel(model, feeds, self.target, self.threads, "time one quantized layer")
 
@@ -113,17 +119,19 @@ class LayerSpeeds(MachineTimings):
 
 
 def probe_copies(shape: LayerShape) -> int:
-    """How many copies of a layer one timing run holds (``STREAMED_BYTES``, ``MAX_COPIES``)."""
+    """How many copies of a layer one timing run holds (``STREAMED_BYTES``, ``MAX_COPIES``, ``PROBE_MACS``)."""
     weight_bytes = 4 * shape.k * shape.n
-    return int(min(MAX_COPIES, max(1, -(-STREAMED_BYTES // weight_bytes))))
+    by_bytes = -(-STREAMED_BYTES // weight_bytes)
+    by_work = -(-PROBE_MACS // (shape.rows * shape.k * shape.n))
+    return int(max(1, min(MAX_COPIES, by_bytes, by_work)))
 
 
 def probe_names(shape: LayerShape) -> list[str]:
-    """The MatMul names of ``one_layer_model(shape)``: one per copy."""
+    """The MatMul names of ``layer_probe(shape)``: one per copy."""
     return [f"speed_probe_{shape.rows}x{shape.k}x{shape.n}_{index}" for index in range(probe_copies(shape))]
 
 
-def one_layer_model(shape: LayerShape, seed: int = 0) -> ir.Model:
+def layer_probe(shape: LayerShape, seed: int = 0) -> ir.Model:
     """``y_i = x_i [rows, k] @ W_i [k, n]`` for each of ``probe_copies(shape)`` copies, with seeded normal weights
     of their own, the MatMuls named ``probe_names(shape)`` (float32 only)."""
     if shape.dtype != "float32":

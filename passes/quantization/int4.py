@@ -861,8 +861,9 @@ def _block_sums_matrix(k: int, block_size: int) -> np.ndarray:
 def _probe_weight(weight: Int4Weight, bits: int, offsets: bool, zero_points: bool) -> Int4Weight:
     """A timing probe's values in the form (``bits``, float / uint8 / no zero points) of the layer it stands for."""
     values = weight.values
-    if bits != weight.bits:
-        values = np.random.default_rng(0).integers(0, 1 << bits, weight.values.shape).astype(np.uint8)
+    if bits != weight.bits:  # seeded by the copy's own values: each copy of a probe reads a weight of its own
+        seed = int(weight.values.sum(dtype=np.int64))
+        values = np.random.default_rng(seed).integers(0, 1 << bits, weight.values.shape).astype(np.uint8)
     middle = (1 << bits) // 2
     if offsets:
         zero = np.full(weight.scales.shape, middle - 0.25, dtype=np.float32)

@@ -424,20 +424,38 @@ def test_local_estimates_are_scaled_by_each_role_across_the_blocks(monkeypatch):
         (LayerShape("MatMul", 1, 576, 576), 51),
         (LayerShape("MatMul", 1, 64, 96), 64),
         (LayerShape("MatMul", 1, 576, 49152), 1),
+        (LayerShape("MatMul", 60, 384, 1536), 2),
+        (LayerShape("MatMul", 1500, 384, 1536), 1),
     ],
-    ids=["decoder-projection", "tiny", "lm-head"],
+    ids=["decoder-projection", "tiny", "lm-head", "encoder", "long-prefill"],
 )
 def test_a_probe_holds_copies_until_their_weights_stream(shape, copies):
     # One row of a lone 576x576 layer is mostly the call's fixed cost and a weight in cache; copies with
-    # weights of their own, past the last-level cache, are what a decoder's step streams.
+    # weights of their own, past the last-level cache, are what a decoder's step streams. A layer with
+    # work enough of its own (a prefill) gets none: they would only multiply the probe's time and memory.
     from passes.quantization import _layer_speed
 
     assert _layer_speed.probe_copies(shape) == copies
-    probe = _layer_speed.one_layer_model(shape)
+    probe = _layer_speed.layer_probe(shape)
     assert len(probe.graph.inputs) == len(probe.graph.outputs) == copies
     assert len({value.name for value in probe.graph.initializers.values()}) == copies
     first, *rest = (init.const_value.numpy() for init in probe.graph.initializers.values())
     assert all(not np.array_equal(first, other) for other in rest[:3])  # a weight of its own each
+
+
+def test_an_int4_probe_leaves_the_layers_weights_alone():
+    # A probe's copies are rounded to nearest whatever the method (only their form is timed), and neither
+    # their values nor their grids are kept where the real layers' chosen weights live.
+    from tests.passes.quantization.graphs import mlp
+
+    quantizer = Int4QuantizationPass(method="hqq")
+    quantizer.prepare(mlp(head=False), [], [])
+    weights_before, grids_before = dict(quantizer._weights), dict(quantizer._grids)
+    probe = quantizer._layer_model(LayerShape("MatMul", 1, 64, 96), "int4")
+    assert quantizer._weights == weights_before and quantizer._grids == grids_before
+    assert quantizer._probe is None
+    packed = [init for init in probe.graph.initializers.values() if init.name.endswith(".weight_int4")]
+    assert len(packed) == 64
 
 
 @pytest.mark.parametrize(
@@ -457,16 +475,14 @@ def test_every_copy_in_a_probe_is_rewritten_in_the_form_timed(quantizer, op):
 
 
 def test_a_probes_time_is_per_copy(monkeypatch, tmp_path):
-    # The conftest models every timing; here the real one runs (tiny layers, a short plan): the float time
-    # it returns is one copy's, not the whole probe's.
+    # The conftest models every timing; here LayerSpeeds' own ``_time`` runs on real probes with the
+    # interleaved runs' seconds given: what it returns is one copy's time, not the whole probe's.
     from passes.quantization import _layer_speed
 
     monkeypatch.setattr(_layer_speed.LayerSpeeds, "_time", _REAL_TIME)
-    monkeypatch.setattr(_layer_speed, "_PLAN", {"warmup": 1, "max_pairs": 5, "min_pairs": 3, "budget": 0.0})
     monkeypatch.setattr(_layer_speed, "MAX_COPIES", 8)
     shape = LayerShape("MatMul", 2, 32, 48)
     seen = []
-    real_pairs = _layer_speed.interleaved_times
 
     def pairs(before, after, **plan):
         seen.append(len(before.feeds))
@@ -482,6 +498,6 @@ def test_a_probes_time_is_per_copy(monkeypatch, tmp_path):
             "DynamicQuantizeMatMul": lambda: quantizer._layer_model(shape, "int8"),
         },
     )
-    assert seen == [8] and real_pairs is not pairs
+    assert seen == [8]
     assert times[FLOAT] == pytest.approx(0.01) and times["DynamicQuantizeMatMul"] == pytest.approx(0.005)
     assert "streamed copies" in speeds.key(shape, FLOAT)
