@@ -104,6 +104,14 @@ VARIANTS = {
         "exclude": ("*q_proj*", "*k_proj*", "*v_proj*"),
     },
     "row_w7_smooth_b998": {"activation_scale": "row", "smooth_alpha": 0.5, "budget": AccuracyBudget(min_cosine=0.998)},
+    # The same budget timing the layers as a prefill alone (--budget-decode-steps 0), not as a generation.
+    "row_w8_smooth_b998_prefill": {
+        "activation_scale": "row",
+        "reduce_range": False,
+        "smooth_alpha": 0.5,
+        "budget": AccuracyBudget(min_cosine=0.998),
+        "decode_steps": 0,
+    },
     # What `--quantize dynamic --min-cosine X` does (8-bit weights on a VNNI CPU): the search picks
     # each layer's scheme (per-row scales, SmoothQuant for that layer, weight-only, float).
     "budget_998": {"reduce_range": False, "budget": AccuracyBudget(min_cosine=0.998)},

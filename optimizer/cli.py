@@ -303,6 +303,13 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-error", type=float, metavar="X", help="accuracy budget: keep sensitive layers float until max |Δ| <= X"
     )
+    group.add_argument(
+        "--budget-decode-steps",
+        type=int,
+        metavar="N",
+        help="a budget times a decoder with a key/value cache as a prefill of the calibration tokens and N "
+        "one-token steps (default 32; 0: the prefill alone, for long prompts)",
+    )
     channel = group.add_mutually_exclusive_group()
     channel.add_argument(
         "--per-channel",

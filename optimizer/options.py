@@ -37,6 +37,8 @@ DATA_IMPORTANCE_KINDS = ("activation", "reconstruction")
 IMPORTANCE_KINDS = ("magnitude", *DATA_IMPORTANCE_KINDS)
 # What --prune-channels R counts (passes.pruning.channels.COSTS).
 CHANNEL_COSTS = ("channels", "parameters", "macs")
+# One-token steps a budget times after a decoder's prefill unless --budget-decode-steps says otherwise.
+DEFAULT_BUDGET_DECODE_STEPS = 32
 # Longest sequence a fusion that bakes a table (rotary cos/sin) supports by default.
 DEFAULT_MAX_SEQUENCE = 4096
 
@@ -83,6 +85,9 @@ class Options:
     # Accuracy budget of the approximate passes.
     min_cosine: float | None = field(default=None, metadata=_flag("--min-cosine", metavar="X"))
     max_error: float | None = field(default=None, metadata=_flag("--max-error", metavar="X"))
+    # One-token steps after the samples' prefill that a budget times a decoder with a key/value cache
+    # as (None: DEFAULT_BUDGET_DECODE_STEPS; 0: the prefill alone).
+    budget_decode_steps: int | None = field(default=None, metadata=_flag("--budget-decode-steps", metavar="N"))
     # Structured pruning.
     prune_ffn: float | None = field(default=None, metadata=_flag("--prune-ffn", metavar="R"))
     prune_heads: float | None = field(default=None, metadata=_flag("--prune-heads", metavar="R"))
@@ -108,6 +113,13 @@ class Options:
         object.__setattr__(self, "int4_accuracy_level", _integer(self.int4_accuracy_level))
         object.__setattr__(self, "int4_outlier_channels", _integer(self.int4_outlier_channels))
         object.__setattr__(self, "threads", _integer(self.threads))
+        object.__setattr__(self, "budget_decode_steps", _integer(self.budget_decode_steps))
+        steps = self.budget_decode_steps
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
+            raise OptionError(
+                f"--budget-decode-steps {steps}: expected a count of one-token steps, 0 or more "
+                "(0 times a decoder's prefill alone)"
+            )
         if self.threads is not None and (
             not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
         ):

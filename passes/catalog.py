@@ -59,6 +59,7 @@ def _int8(context: PassContext) -> dict[str, Any]:
         "samples": context.samples,
         "smooth_alpha": options.smooth,
         "timing_threads": options.threads,
+        "decode_steps": options.budget_decode_steps,
     }
 
 
@@ -80,6 +81,7 @@ def _int4(context: PassContext) -> dict[str, Any]:
         "samples": context.samples,
         "samples_generated": context.samples_generated,
         "timing_threads": options.threads,
+        "decode_steps": options.budget_decode_steps,
     }
 
 

@@ -42,6 +42,9 @@ def _one_error(code: int, err: str, message: str) -> None:
         (["--threads", "1"], "--threads does nothing here: it sets the threads of --compare and of the kernel"),
         (["--quantize", "dynamic", "--threads", "1"], "--threads does nothing here"),  # no budget: nothing timed
         (["--threads", "0", "--compare"], "--threads 0: expected a positive number of threads"),
+        (["--budget-decode-steps", "0"], "--budget-decode-steps 0 (budget_decode_steps=0) does nothing here: it"),
+        (["--quantize", "dynamic", "--budget-decode-steps", "4"], "does nothing here: it sets how an accuracy budget"),
+        (["--quantize", "dynamic", "--min-cosine", "0.9", "--budget-decode-steps", "-1"], "0 or more"),
     ],
 )
 def test_a_flag_that_would_do_nothing_is_an_error(model, tmp_path, capsys, monkeypatch, flags, message):

@@ -43,6 +43,7 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.domains import MS_DOMAIN
 from optimizer.inputs import holds_samples, samples_in, split_samples
+from optimizer.options import DEFAULT_BUDGET_DECODE_STEPS
 from optimizer.padding import cache_outputs
 from optimizer.progress import task, track
 from optimizer.protocol import Twin
@@ -64,7 +65,7 @@ _LOCAL_ROWS = 1024
 _LAYER_SMOOTH_ALPHA = 0.5
 # Tokens a decoder with a key/value cache is taken to generate after its prompt when the budget weighs
 # its layers' latency (``graphopt compare --generate``'s default --new-tokens).
-GENERATED_TOKENS = 32
+GENERATED_TOKENS = DEFAULT_BUDGET_DECODE_STEPS  # --budget-decode-steps unless given
 # What each scheme is called in notes.
 SCHEME_LABELS = {
     "float": "float",
@@ -122,7 +123,9 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     ``layer_speeds`` times the layers for the budget (by default on this machine, cached per
     shape in the user's cache folder; tests inject a measurement), on ``timing_target``'s
-    device at ``timing_threads`` intra-op threads (None: all cores).
+    device at ``timing_threads`` intra-op threads (None: all cores). A decoder with a
+    key/value cache is timed as a generation: the samples' tokens as a prefill, then
+    ``decode_steps`` one-token steps (None: ``GENERATED_TOKENS``; 0: the prefill alone).
     """
 
     kinds: tuple[str, ...] = ()
@@ -151,6 +154,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         timing_threads: int | None = None,
         timing_target: str = "cpu",
         weight_range_note: str | None = None,
+        decode_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.per_channel = per_channel
@@ -165,6 +169,9 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.layer_speeds = layer_speeds
         self.timing_threads = timing_threads
         self.timing_target = timing_target
+        if decode_steps is not None and decode_steps < 0:
+            raise ValueError(f"decode_steps {decode_steps}: expected 0 or more")
+        self.decode_steps = decode_steps
         self.quantized: list[str] = []
         self.kept_float: list[str] = []
         self.schemes: dict[str, str] = {}
@@ -539,15 +546,21 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         # A decoder with a key/value cache spends a generation mostly in one-token steps, where streaming
         # the weights limits (what int4 is for: 0.18x float at 1 row, 1.3x at 128); its layers are timed as
         # a generation: the samples' tokens as a prefill, then GENERATED_TOKENS steps of one row.
+        steps = GENERATED_TOKENS if self.decode_steps is None else self.decode_steps
         decoder = bool(cache_outputs(model))
+        if not decoder and self.decode_steps is not None:
+            self.note(
+                f"budget: --budget-decode-steps {self.decode_steps} does nothing here: the model has no "
+                "key/value cache, so its layers are timed at the samples' rows"
+            )
         times: dict[str, dict[str, float]] = {}
         shapes = set()
         for layer in layers:
             k, n = (int(size) for size in layer.weight.shape)
             prefill = rows[layer.activation.name]
             parts = [(LayerShape("MatMul", prefill, k, n), 1)]
-            if decoder:  # a layer that reads one row even in the prefill (the last token's head) too
-                parts.append((LayerShape("MatMul", 1, k, n), GENERATED_TOKENS))
+            if decoder and steps:  # a layer that reads one row even in the prefill (the last token's head) too
+                parts.append((LayerShape("MatMul", 1, k, n), steps))
             total: dict[str, float] = {}
             forms = {
                 scheme: self.speed_form(scheme, layer) if scheme != FLOAT else FLOAT for scheme in options[layer.name]
@@ -558,12 +571,15 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 for form, seconds in speeds.seconds(shape, builders).items():
                     total[form] = total.get(form, 0.0) + count * seconds
             times[layer.name] = {scheme: total[form] for scheme, form in forms.items()}
-        workload = (
-            f" (a decoder with a key/value cache: timed as a generation, a prefill of the samples' tokens and "
-            f"{GENERATED_TOKENS} one-token steps)"
-            if decoder
-            else ""
-        )
+        if decoder and steps:
+            workload = (
+                f" (a decoder with a key/value cache: timed as a generation, a prefill of the samples' tokens and "
+                f"{steps} one-token steps)"
+            )
+        elif decoder:
+            workload = " (a decoder with a key/value cache: timed as a prefill of the samples' tokens alone)"
+        else:
+            workload = ""
         self.note(
             f"budget: latency of {len(layers)} layers ({len(shapes)} shapes) measured on this machine{workload}, "
             f"{speeds.timed} kernels timed now, the rest read from {speeds.path}"

@@ -149,8 +149,10 @@ class Int4QuantizationPass(QuantizationPass):
         timing_threads: int | None = None,
         reduce_range: bool = True,
         outlier_channels: int = 0,
+        decode_steps: int | None = None,
     ) -> None:
         super().__init__(
+            decode_steps=decode_steps,
             reduce_range=reduce_range,
             exclude=exclude,
             quantize_outputs=quantize_outputs,

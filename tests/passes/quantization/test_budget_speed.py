@@ -501,3 +501,46 @@ def test_a_probes_time_is_per_copy(monkeypatch, tmp_path):
     assert seen == [8]
     assert times[FLOAT] == pytest.approx(0.01) and times["DynamicQuantizeMatMul"] == pytest.approx(0.005)
     assert "streamed copies" in speeds.key(shape, FLOAT)
+
+
+@pytest.mark.parametrize(("steps", "rows"), [(0, {6}), (4, {6, 1})], ids=["prefill-alone", "four-steps"])
+def test_the_decode_steps_a_decoders_budget_times_are_the_users_choice(tmp_path, steps, rows):
+    # A long-prompt workload (retrieval, classification) is a prefill: weights-only int8 or int4 that pay at one
+    # row cost it, so the budget can time the prefill alone (--budget-decode-steps 0) or any number of steps.
+    from optimizer.inputs import split_samples
+    from passes._layers import find_layers
+    from tests.helpers import FIXTURES
+    from tests.test_decoder_cache import step_feed
+
+    model = ir.load(FIXTURES / "llama_kv_legacy.onnx")
+    samples = step_feed(2, np.random.default_rng(0).integers(1, 256, (4, 6)), np.ones((4, 6), np.int64), None)
+    calls: list = []
+    quantization = DynamicQuantizationPass(
+        budget=AccuracyBudget(min_cosine=0.9999),
+        samples=samples,
+        layer_speeds=_speeds(tmp_path, calls),
+        decode_steps=steps,
+    )
+    result = quantization(model.clone())
+    assert {shape.rows for shape, _ in calls} == rows
+    expected = "timed as a prefill of the samples' tokens alone" if steps == 0 else "and 4 one-token steps"
+    assert any(expected in note for note in result.notes)
+    layers = [layer for layer in find_layers(model.graph, ("matmul",))[0] if layer.weight.ndim == 2][:2]
+    times, _ = quantization._layer_times(
+        model, layers, split_samples(samples, model=model), {layer.name: (FLOAT,) for layer in layers}
+    )
+    for layer in layers:
+        k, n = layer.weight.shape
+        assert times[layer.name][FLOAT] == pytest.approx((6 + steps) * k * n)
+
+
+def test_decode_steps_on_a_model_without_a_cache_say_they_do_nothing(tmp_path):
+    calls: list = []
+    result = DynamicQuantizationPass(
+        budget=AccuracyBudget(min_cosine=0.999),
+        samples=_outlier_samples(4, seed=0),
+        layer_speeds=_speeds(tmp_path, calls),
+        decode_steps=0,
+    )(_outlier_tokens_chain())
+    assert {shape.rows for shape, _ in calls} == {8}
+    assert any("--budget-decode-steps 0 does nothing here: the model has no key/value cache" in n for n in result.notes)
