@@ -112,6 +112,20 @@ VARIANTS = {
         "budget": AccuracyBudget(min_cosine=0.998),
         "decode_steps": 0,
     },
+    "row_w8_smooth_b9985_prefill": {
+        "activation_scale": "row",
+        "reduce_range": False,
+        "smooth_alpha": 0.5,
+        "budget": AccuracyBudget(min_cosine=0.9985),
+        "decode_steps": 0,
+    },
+    "row_w8_smooth_b999_prefill": {
+        "activation_scale": "row",
+        "reduce_range": False,
+        "smooth_alpha": 0.5,
+        "budget": AccuracyBudget(min_cosine=0.999),
+        "decode_steps": 0,
+    },
     # What `--quantize dynamic --min-cosine X` does (8-bit weights on a VNNI CPU): the search picks
     # each layer's scheme (per-row scales, SmoothQuant for that layer, weight-only, float).
     "budget_998": {"reduce_range": False, "budget": AccuracyBudget(min_cosine=0.998)},
