@@ -106,9 +106,10 @@ def _check(specs: list[PassSpec], options: Options, registry: dict[str, PassSpec
             raise PassSelectionError(f"{options.describe(option)} needs {asks}")
     budgeted = [spec for spec in specs if spec.times_kernels == "budget" and spec.kernels_timed(options)]
     if options.budget_decode_steps is not None and not budgeted:
+        timed = ways_to_ask(spec for spec in all_passes() if spec.times_kernels == "budget")
         raise PassSelectionError(
             f"{options.describe('budget_decode_steps')} does nothing here: it sets how an accuracy budget "
-            "(--min-cosine/--max-error) of --quantize dynamic or --quantize int4 times a decoder's layers"
+            f"(--min-cosine/--max-error) of {timed} times a decoder's layers"
         )
     if options.threads is not None and not any(spec.kernels_timed(options) for spec in specs):
         raise PassSelectionError(

@@ -169,8 +169,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.layer_speeds = layer_speeds
         self.timing_threads = timing_threads
         self.timing_target = timing_target
-        if decode_steps is not None and decode_steps < 0:
-            raise ValueError(f"decode_steps {decode_steps}: expected 0 or more")
+        if decode_steps is not None and (
+            not isinstance(decode_steps, int) or isinstance(decode_steps, bool) or decode_steps < 0
+        ):
+            raise ValueError(f"decode_steps {decode_steps!r}: expected a whole number of steps, 0 or more")
         self.decode_steps = decode_steps
         self.quantized: list[str] = []
         self.kept_float: list[str] = []
@@ -329,11 +331,19 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     def _fit_budget(self, model: ir.Model, layers: list[Layer], batches) -> list[Layer]:
         """The layers to quantize, and the scheme of each, so the model meets the budget at the least latency."""
         reference = run_batches(self._float, batches)
+        if self.decode_steps is not None and not cache_outputs(model):
+            self.note(
+                f"budget: --budget-decode-steps {self.decode_steps} does nothing here: the model has no "
+                "key/value cache, so its layers are timed at the samples' rows"
+            )
         default = {layer.name: self.default_scheme for layer in layers}
         drift = self._trial(model, default, batches, reference)
         if self.budget.met(drift):
             self.drift = drift
-            self.note(f"budget {self.budget.describe()} met with every layer {self.precision}")
+            met = f"budget {self.budget.describe()} met with every layer {self.precision}"
+            if self.decode_steps is not None and cache_outputs(model):
+                met += f" (no layer timed: --budget-decode-steps {self.decode_steps} changed nothing)"
+            self.note(met)
             return layers
         options = {layer.name: (self.default_scheme, *self.alternatives(layer), FLOAT) for layer in layers}
         times, measured = self._layer_times(model, layers, batches, options)
@@ -548,11 +558,6 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         # a generation: the samples' tokens as a prefill, then GENERATED_TOKENS steps of one row.
         steps = GENERATED_TOKENS if self.decode_steps is None else self.decode_steps
         decoder = bool(cache_outputs(model))
-        if not decoder and self.decode_steps is not None:
-            self.note(
-                f"budget: --budget-decode-steps {self.decode_steps} does nothing here: the model has no "
-                "key/value cache, so its layers are timed at the samples' rows"
-            )
         times: dict[str, dict[str, float]] = {}
         shapes = set()
         for layer in layers:

@@ -544,3 +544,18 @@ def test_decode_steps_on_a_model_without_a_cache_say_they_do_nothing(tmp_path):
     )(_outlier_tokens_chain())
     assert {shape.rows for shape, _ in calls} == {8}
     assert any("--budget-decode-steps 0 does nothing here: the model has no key/value cache" in n for n in result.notes)
+    # Said too where the budget is met at once and nothing is timed
+    calls.clear()
+    met = DynamicQuantizationPass(
+        budget=AccuracyBudget(min_cosine=0.5),
+        samples=_outlier_samples(4, seed=0),
+        layer_speeds=_speeds(tmp_path, calls),
+        decode_steps=3,
+    )(_outlier_tokens_chain())
+    assert not calls and any("--budget-decode-steps 3 does nothing here" in note for note in met.notes)
+
+
+@pytest.mark.parametrize("steps", [True, 2.5, "3", -1])
+def test_the_pass_refuses_decode_steps_that_are_not_a_count(steps):
+    with pytest.raises(ValueError, match="expected a whole number of steps"):
+        DynamicQuantizationPass(decode_steps=steps)
