@@ -54,6 +54,8 @@ def test_report_has_every_figure(report):
     assert env["onnxruntime"] == import_onnxruntime().__version__
     assert env["graph_optimization_level"] == "ORT_ENABLE_ALL" and env["intra_op_threads"] == 1
     assert env["cpu"] == cpu_features.cpu_name() and env["cpu_features"] == cpu_features.detect().describe()
+    assert env["cpu_microarchitecture"] == cpu_features.microarchitecture()
+    assert "stop spinning when a run returns" in env["timing"]
 
 
 def test_json_schema(report, tmp_path):

@@ -797,7 +797,11 @@ def _environment(threads: int) -> dict[str, Any]:
         "graph_optimization_level": "ORT_ENABLE_ALL",
         "intra_op_threads": threads,
         "cpu": cpu_features.cpu_name(),
+        # a brand string alone can name CPU generations alike ("AMD EPYC": Zen 2 and Zen 5 VMs)
+        "cpu_microarchitecture": cpu_features.microarchitecture(),
         "cpu_features": cpu_features.detect().describe(),
+        # how the two sessions were timed (optimizer.runtime.TIMING_CONFIG)
+        "timing": "alternating run by run; intra-op threads stop spinning when a run returns",
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

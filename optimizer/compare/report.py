@@ -30,7 +30,9 @@ def render_comparison(report: ComparisonReport, console: Console | None = None) 
     console.print(
         f"onnxruntime {env['onnxruntime']}, {env['graph_optimization_level']}, "
         f"{env['intra_op_threads']} intra-op threads, "
-        f"CPU {env['cpu']}" + (f", GPU {env['gpu']}" if env.get("gpu") else ""),
+        f"CPU {env['cpu']}"
+        + (f" ({env['cpu_microarchitecture']}; {env['cpu_features']})" if env.get("cpu_microarchitecture") else "")
+        + (f", GPU {env['gpu']}" if env.get("gpu") else ""),
         highlight=False,
     )
     for provider in report.providers:
