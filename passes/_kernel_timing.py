@@ -121,7 +121,12 @@ class TimingCache:
 
 
 class OneModel:
-    """One small model in an ORT session at ORT_ENABLE_ALL with sequential execution; ``run()`` times one run."""
+    """One small model in an ORT session at ORT_ENABLE_ALL with sequential execution; ``run()`` times one run.
+
+    On the CPU its inputs and outputs are bound once (IO binding, outputs written into buffers
+    kept from a first run), so a run times the kernels, not the wrapping of each output in a new
+    array (about 1.3 us an output: a probe of 64 one-row layers has 64).
+    """
 
     def __init__(
         self, model: ir.Model | bytes, feeds: Mapping[str, np.ndarray], target: str, threads: int, what: str
@@ -133,9 +138,26 @@ class OneModel:
         self.session = open_session(serialized, session_options("all", threads, sequential=True), PROVIDERS[target])
         self.feeds = dict(feeds)
         self.what = what
+        self._binding = self._bound() if target == "cpu" else None
+
+    def _bound(self) -> Any:
+        """The session's inputs bound to the feeds and its outputs to buffers of a first run's shapes."""
+        ort = import_onnxruntime()
+        with calling_onnxruntime(self.what):
+            outputs = self.session.run(None, self.feeds)
+            binding = self.session.io_binding()
+            for name, array in self.feeds.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(array))
+            for meta, value in zip(self.session.get_outputs(), outputs):
+                binding.bind_ortvalue_output(meta.name, ort.OrtValue.ortvalue_from_numpy(np.empty_like(value)))
+        return binding
 
     def run(self) -> float:
         with calling_onnxruntime(self.what):
+            if self._binding is not None:
+                started = time.perf_counter()
+                self.session.run_with_iobinding(self._binding)
+                return time.perf_counter() - started
             started = time.perf_counter()
             self.session.run(None, self.feeds)
             return time.perf_counter() - started

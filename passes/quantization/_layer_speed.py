@@ -38,7 +38,7 @@ MAX_COPIES = 64
 PROBE_MACS = 1 << 26
 # Part of every key: what a timing means changed (copies per run; threads stop spinning when a
 # run returns), so timings cached by an older graphopt are measured again.
-_METHOD = "streamed copies, spin stopped"
+_METHOD = "streamed copies, spin stopped, outputs bound"
 # Short comparisons: a model has a few distinct layer shapes, each timed once per form.
 _PLAN = {"warmup": 5, "max_pairs": 120, "min_pairs": 20, "budget": 0.6}
 
