@@ -115,14 +115,12 @@ class Options:
         object.__setattr__(self, "threads", _integer(self.threads))
         object.__setattr__(self, "budget_decode_steps", _integer(self.budget_decode_steps))
         steps = self.budget_decode_steps
-        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
+        if steps is not None and not _is_count(steps, 0):
             raise OptionError(
                 f"--budget-decode-steps {steps}: expected a count of one-token steps, 0 or more "
                 "(0 times a decoder's prefill alone)"
             )
-        if self.threads is not None and (
-            not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
-        ):
+        if self.threads is not None and not _is_count(self.threads, 1):
             raise OptionError(
                 f"--threads {self.threads}: expected a positive number of threads "
                 "(leave it out for the cores this process may use)"
@@ -150,7 +148,7 @@ class Options:
         if level is not None and (isinstance(level, bool) or level not in INT4_ACCURACY_LEVELS):
             raise OptionError(f"--int4-accuracy-level {level}: expected 0 (float) or 4 (int8 input)")
         outliers = self.int4_outlier_channels
-        if isinstance(outliers, bool) or not isinstance(outliers, int) or outliers < 0:
+        if not _is_count(outliers, 0):
             raise OptionError(f"--int4-outlier-channels {outliers}: expected a count of channels, 0 or more")
         if outliers and (level == 0 or (level is None and self.target == "cuda")):
             raise OptionError(
@@ -275,6 +273,11 @@ def _real(value: Any) -> Any:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def _is_count(value: Any, least: int) -> bool:
+    """Whether ``value`` is a whole number (not a bool) of at least ``least``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def _integer(value: Any) -> Any:

@@ -50,13 +50,19 @@ def cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# How ``OneModel`` times (threads stop spinning when a run returns; outputs bound once), part of every
+# key: timings cached by a graphopt that timed otherwise are measured again.
+TIMING_METHOD = "spin stopped, outputs bound"
+
+
 def runtime_key(target: str, threads: int) -> str:
     """What a kernel's speed depends on besides its shape: ``CPU|ort 1.32.0|cpu|2 threads``, the CPU named by
     its brand string, microarchitecture and int8 features (``cpu_identity``: a brand string alone names
     different generations alike), and on CUDA the GPU too (``…|cuda on NVIDIA H200|…``). Keys of an older
-    graphopt (the brand string alone, or only ``cuda``) are no longer read: those layers are timed again."""
+    graphopt (the brand string alone, or only ``cuda``, or another ``TIMING_METHOD``) are no longer read:
+    those layers are timed again."""
     where = f"cuda on {gpu_name()}" if target == "cuda" else target
-    return f"{cpu_identity()}|ort {import_onnxruntime().__version__}|{where}|{threads} threads"
+    return f"{cpu_identity()}|ort {import_onnxruntime().__version__}|{TIMING_METHOD}|{where}|{threads} threads"
 
 
 @functools.cache

@@ -80,9 +80,7 @@ class MeasuredSpeed(MachineTimings):
 
     def _key(self, kind: str, k: int, n: int, m: int, r: int | None = None) -> str:
         shape = f"{k}x{n}" + (f"r{r}" if r is not None else "")
-        # "spin stopped": timed since sessions stop their threads spinning when a run returns; older keys are
-        # not read (alternating sessions with spinning threads timed a float MatMul up to 1.7x slow).
-        return f"{kind}|{runtime_key(self.target, self.threads)}|spin stopped, outputs bound|{shape}|m{m}"
+        return f"{kind}|{runtime_key(self.target, self.threads)}|{shape}|m{m}"
 
     def _time(self, k: int, n: int, r: int, m: int) -> float:
         rng = np.random.default_rng(0)

@@ -331,7 +331,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     def _fit_budget(self, model: ir.Model, layers: list[Layer], batches) -> list[Layer]:
         """The layers to quantize, and the scheme of each, so the model meets the budget at the least latency."""
         reference = run_batches(self._float, batches)
-        if self.decode_steps is not None and not cache_outputs(model):
+        decoder = bool(cache_outputs(model))
+        if self.decode_steps is not None and not decoder:
             self.note(
                 f"budget: --budget-decode-steps {self.decode_steps} does nothing here: the model has no "
                 "key/value cache, so its layers are timed at the samples' rows"
@@ -341,7 +342,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if self.budget.met(drift):
             self.drift = drift
             met = f"budget {self.budget.describe()} met with every layer {self.precision}"
-            if self.decode_steps is not None and cache_outputs(model):
+            if self.decode_steps is not None and decoder:
                 met += f" (no layer timed: --budget-decode-steps {self.decode_steps} changed nothing)"
             self.note(met)
             return layers

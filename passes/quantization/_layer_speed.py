@@ -36,9 +36,9 @@ _CACHE_FILE = "layer_speed.json"
 STREAMED_BYTES = 64 << 20
 MAX_COPIES = 64
 PROBE_MACS = 1 << 26
-# Part of every key: what a timing means changed (copies per run; threads stop spinning when a
-# run returns), so timings cached by an older graphopt are measured again.
-_METHOD = "streamed copies, spin stopped, outputs bound"
+# Part of every key beside ``runtime_key``'s timing method: a probe of copies times what a lone layer
+# did not, so timings cached by an older graphopt are measured again.
+_METHOD = "streamed copies"
 # Short comparisons: a model has a few distinct layer shapes, each timed once per form.
 _PLAN = {"warmup": 5, "max_pairs": 120, "min_pairs": 20, "budget": 0.6}
 

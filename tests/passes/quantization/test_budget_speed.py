@@ -536,22 +536,21 @@ def test_the_decode_steps_a_decoders_budget_times_are_the_users_choice(tmp_path,
 
 def test_decode_steps_on_a_model_without_a_cache_say_they_do_nothing(tmp_path):
     calls: list = []
-    result = DynamicQuantizationPass(
-        budget=AccuracyBudget(min_cosine=0.999),
-        samples=_outlier_samples(4, seed=0),
-        layer_speeds=_speeds(tmp_path, calls),
-        decode_steps=0,
-    )(_outlier_tokens_chain())
+
+    def quantized(min_cosine: float, steps: int):
+        return DynamicQuantizationPass(
+            budget=AccuracyBudget(min_cosine=min_cosine),
+            samples=_outlier_samples(4, seed=0),
+            layer_speeds=_speeds(tmp_path, calls),
+            decode_steps=steps,
+        )(_outlier_tokens_chain())
+
+    result = quantized(0.999, 0)
     assert {shape.rows for shape, _ in calls} == {8}
     assert any("--budget-decode-steps 0 does nothing here: the model has no key/value cache" in n for n in result.notes)
     # Said too where the budget is met at once and nothing is timed
     calls.clear()
-    met = DynamicQuantizationPass(
-        budget=AccuracyBudget(min_cosine=0.5),
-        samples=_outlier_samples(4, seed=0),
-        layer_speeds=_speeds(tmp_path, calls),
-        decode_steps=3,
-    )(_outlier_tokens_chain())
+    met = quantized(0.5, 3)
     assert not calls and any("--budget-decode-steps 3 does nothing here" in note for note in met.notes)
 
 
