@@ -160,6 +160,7 @@ CATALOG: tuple[PassSpec, ...] = (
     PassSpec("quantize-embeddings", lambda c: _pass("passes.quantization.embedding:EmbeddingQuantizationPass")(), "Embedding tables (constant Gather tables) to int8 with one scale per row, a quarter of the size (--quantize-embeddings).", approximate=True, requested_by=Request("quantize_embeddings", True), excludes=_NOT_WITH_FP16),
     PassSpec("convert-float16", lambda c: _pass("passes.quantization.float16:Float16Pass")(keep_io_types=c.options.keep_io_types), "Float16 weights and compute, norm reductions and softmax kept float32, graph I/O types kept (--fp16, --target cuda).", approximate=True, requested_by=Request("fp16", True), reads=("keep_io_types",), after=_PRUNERS, targets=("cuda",), target_reason="ONNX Runtime's CPU kernels are float32"),
     PassSpec("deduplicate-initializers", lambda c: _pass("passes.initializer_deduplication:DeduplicateInitializersPass")(), "Merge initializers with identical contents.", default_for=BOTH),
+    PassSpec("merge-matmul-nbits", lambda c: _pass("passes.fusion.matmul_nbits_merge:MatMulNBitsMergeFusion")(c.target), "MatMulNBits reading one input (Q/K/V, gate/up) into one over their columns, then Split; their exact float corrections merged too.", default_for=frozenset({"cpu"}), after=("quantize-int4",)),
     PassSpec("remove-unused", lambda c: _pass("passes.cleanup:RemoveUnusedPass")(), "Remove dead nodes, unused initializers, functions and opsets (onnx-ir).", default_for=BOTH),
 )
 # fmt: on

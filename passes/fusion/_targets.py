@@ -28,6 +28,7 @@ _KERNELS: dict[tuple[str, str], frozenset[str]] = {
     (MS_DOMAIN, "RotaryEmbedding"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "EmbedLayerNormalization"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "FusedMatMul"): frozenset({"cpu", "cuda"}),
+    (MS_DOMAIN, "MatMulNBits"): frozenset({"cpu", "cuda"}),
 }
 
 

@@ -1,0 +1,234 @@
+"""Sibling ``MatMulNBits`` that read one input into one ``MatMulNBits`` over their columns, then ``Split``.
+
+A decoder layer's Q, K and V projections read one norm, as do its MLP's gate and up
+projections. Quantized to 4 bits (``quantize-int4``, or ONNX Runtime's own
+``matmul_nbits_quantizer``) they are separate ``com.microsoft.MatMulNBits``; at one token
+per step each is a small kernel call, and at ``accuracy_level`` 4 each quantizes the same
+input to int8 again. This pass writes them as one::
+
+    y_q, y_k, y_v = Split(MatMulNBits(x, [B_q; B_k; B_v], [s_q; s_k; s_v], [z_q; z_k; z_v], bias=[b_q; b_k; b_v]),
+                          [N_q, N_k, N_v], axis=-1)
+
+The kernel's blocks run along K, one column at a time, so a column's arithmetic does
+not depend on its neighbours: concatenating along N computes each column as before
+(measured bit-identical on SmolLM2's int4 decoder, 121 merged groups). Missing zero
+points are written as the kernel's default (``2^(bits-1)``), a missing bias as zeros.
+
+``quantize-int4`` writes the exact float corrections of a layer (block offsets, outlier
+channels) as ``Add(MatMulNBits(x), MatMul(c, T))``, ``c`` read off ``x`` once for all its
+readers; when every member of a group is corrected that way from the same ``c``, the
+corrections merge as well: ``Add(MatMulNBits(x), MatMul(c, [T_q | T_k | T_v]))`` before the
+``Split``.
+
+Measured on SmolLM2-135M's int4 decode step (``docs/benchmarks.md``, *Sibling
+MatMulNBits merged*), so it runs by default on the CPU target; not measured on CUDA, where
+it is opt-in (``--passes +merge-matmul-nbits``).
+
+Refuses (counted, with the reason) a group member whose packed weight, scales, zero
+points or bias are not constants, whose packed weight another node also reads (a tied
+embedding table's ``GatherBlockQuantized``, a layer sharing the weight: the pass runs after
+``deduplicate-initializers`` so that such sharing is visible), that has ``g_idx``, or whose zero points are
+float beside uint8 ones; members that differ in ``K``, ``bits``, ``block_size`` or
+``accuracy_level`` form separate groups.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.domains import MS_DOMAIN
+from passes._utils import add_initializer, constant_array, replace_value
+from passes.fusion._base import FusionPass
+
+_KIND = "MatMulNBits"
+# Inputs of MatMulNBits: A, B, scales, zero_points, g_idx, bias.
+_B, _SCALES, _ZERO_POINTS, _G_IDX, _BIAS = 1, 2, 3, 4, 5
+
+
+@dataclass
+class _Member:
+    node: ir.Node
+    n: int
+    weight: np.ndarray  # [N, blocks, blob] uint8
+    scales: np.ndarray  # [N, blocks]
+    zero_points: np.ndarray | None  # uint8 [N, packed bytes] or float [N, blocks]
+    bias: np.ndarray | None  # [N]
+
+
+@dataclass
+class _Correction:
+    add: ir.Node
+    matmul: ir.Node
+    table: np.ndarray  # [r, N]
+
+
+class MatMulNBitsMergeFusion(FusionPass):
+    """Merge ``com.microsoft.MatMulNBits`` nodes reading the same input, with equal ``K``, ``bits``,
+    ``block_size`` and ``accuracy_level``, into one over their concatenated columns followed by ``Split``
+    (their exact ``Add(_, MatMul(c, T))`` corrections merged too when they share ``c``)."""
+
+    fused_ops = ((MS_DOMAIN, "MatMulNBits"),)
+
+    def fuse(self, model: ir.Model) -> int:
+        groups: dict[tuple, list[ir.Node]] = defaultdict(list)
+        for node in model.graph:
+            if node.domain == MS_DOMAIN and node.op_type == "MatMulNBits" and node.inputs[0] is not None:
+                attributes = tuple(sorted((key, attr.value) for key, attr in node.attributes.items() if key != "N"))
+                groups[(id(node.inputs[0]), attributes)].append(node)
+        merged = 0
+        for nodes in groups.values():
+            if len(nodes) < 2:
+                continue
+            members = []
+            for node in nodes:
+                member = _member(node)
+                if isinstance(member, str):
+                    self.refuse(_KIND, member)
+                else:
+                    members.append(member)
+            if len({member.zero_points.dtype == np.uint8 for member in members if member.zero_points is not None}) > 1:
+                for _ in members:
+                    self.refuse(_KIND, "float zero points beside uint8 ones on the same input")
+                continue
+            if len(members) < 2:
+                continue
+            self._merge(model.graph, members)
+            merged += 1
+            for _ in members:
+                self.done(_KIND)
+        if merged:
+            model.graph.sort()  # a correction's input may be computed after the group's first member
+        return merged
+
+    def _note_already_fused(self, model: ir.Model) -> None:
+        """Nothing to say: MatMulNBits without a sibling are this pass's normal input, not its earlier output."""
+
+    def _merge(self, graph: ir.Graph, members: list[_Member]) -> None:
+        first = members[0].node
+        x = first.inputs[0]
+        bits = first.attributes.get_int("bits", 4)
+        sizes = [member.n for member in members]
+        name = f"{first.name}_merged"
+        weight = np.concatenate([member.weight for member in members])
+        scales = np.concatenate([member.scales for member in members])
+        inputs: list[ir.Value | None] = [
+            x,
+            add_initializer(graph, f"{name}.weight", weight),
+            add_initializer(graph, f"{name}.scales", scales.reshape(-1).astype(members[0].scales.dtype)),
+        ]
+        present = [member.zero_points for member in members if member.zero_points is not None]
+        if present:
+            width = present[0].shape[1]
+            default = _default_zero_points(present[0].dtype, bits, width)
+            zero_points = np.concatenate(
+                [
+                    member.zero_points if member.zero_points is not None else np.tile(default, (member.n, 1))
+                    for member in members
+                ]
+            )
+            inputs.append(add_initializer(graph, f"{name}.zero_points", zero_points.reshape(-1)))
+        else:
+            inputs.append(None)
+        if any(member.bias is not None for member in members):
+            dtype = next(member.bias.dtype for member in members if member.bias is not None)
+            bias = np.concatenate(
+                [member.bias if member.bias is not None else np.zeros(member.n, dtype) for member in members]
+            )
+            inputs += [None, add_initializer(graph, f"{name}.bias", bias)]
+        while inputs[-1] is None:
+            inputs.pop()
+        attributes = [
+            ir.AttrInt64("N", int(sum(sizes))) if key == "N" else ir.Attr(key, attr.type, attr.value)
+            for key, attr in first.attributes.items()
+        ]
+        product = ir.Node(MS_DOMAIN, "MatMulNBits", inputs, attributes=attributes, name=name)
+        product.outputs[0].name = f"{name}.output"
+        added = [product]
+        result = product.outputs[0]
+        corrections = [_correction(member.node) for member in members]
+        shared = corrections[0].matmul.inputs[0] if corrections[0] is not None else None
+        if all(c is not None and c.matmul.inputs[0] is shared for c in corrections):
+            table = np.concatenate([c.table for c in corrections], axis=1)
+            matmul = ir.Node(
+                "", "MatMul", [shared, add_initializer(graph, f"{name}.correction", table)], name=f"{name}_correction"
+            )
+            total = ir.Node("", "Add", [result, matmul.outputs[0]], name=f"{name}_corrected")
+            matmul.outputs[0].name, total.outputs[0].name = f"{matmul.name}.output", f"{total.name}.output"
+            added += [matmul, total]
+            result = total.outputs[0]
+            olds = [c.add.outputs[0] for c in corrections]
+        else:
+            olds = [member.node.outputs[0] for member in members]
+        split = ir.Node(
+            "",
+            "Split",
+            [result, add_initializer(graph, f"{name}.sizes", np.array(sizes, dtype=np.int64))],
+            attributes=[ir.AttrInt64("axis", -1)],
+            num_outputs=len(members),
+            name=f"{name}_split",
+        )
+        added.append(split)
+        graph.insert_before(first, added)
+        for old, new in zip(olds, split.outputs):
+            replace_value(old, new, inherit=True)
+
+
+def _member(node: ir.Node) -> _Member | str:
+    """``node``'s constant parts, or why it cannot be merged."""
+    inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
+    if inputs[_G_IDX] is not None:
+        return "it has g_idx (act-order), whose column order a merged weight would have to share"
+    weight, scales = constant_array(inputs[_B]), constant_array(inputs[_SCALES])
+    if weight is None or scales is None:
+        return "its packed weight or scales are not constants"
+    if len(inputs[_B].uses()) > 1:
+        return "its packed weight is read by another node too (a tied table, a layer sharing it): merging would copy it"
+    n = node.attributes.get_int("N", 0)
+    if weight.ndim != 3 or weight.shape[0] != n or scales.size % n:
+        return "its packed weight or scales do not have N rows"
+    zero_points = bias = None
+    if inputs[_ZERO_POINTS] is not None:
+        zero_points = constant_array(inputs[_ZERO_POINTS])
+        if zero_points is None or zero_points.size % n:
+            return "its zero points are not a constant with N rows"
+        zero_points = zero_points.reshape(n, -1)
+    if inputs[_BIAS] is not None:
+        bias = constant_array(inputs[_BIAS])
+        if bias is None or bias.shape != (n,):
+            return "its bias is not a constant of N values"
+    return _Member(node, n, weight, scales.reshape(n, -1), zero_points, bias)
+
+
+def _correction(node: ir.Node) -> _Correction | None:
+    """``Add(node, MatMul(c, T))``, the only reader of ``node``'s output, with ``T`` a constant ``[r, N]``."""
+    users = node.outputs[0].uses()
+    if len(users) != 1 or node.outputs[0].is_graph_output():
+        return None
+    add = users[0].node
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.inputs) != 2:
+        return None
+    other = add.inputs[1 - users[0].idx]
+    matmul = other.producer() if other is not None else None
+    if matmul is None or matmul.op_type != "MatMul" or matmul.domain not in ("", "ai.onnx"):
+        return None
+    table = constant_array(matmul.inputs[1])
+    n = node.attributes.get_int("N", 0)
+    if table is None or table.ndim != 2 or table.shape[1] != n or len(other.uses()) != 1 or other.is_graph_output():
+        return None
+    if add.outputs[0].shape is not None and node.outputs[0].shape is not None:
+        if len(add.outputs[0].shape) != len(node.outputs[0].shape):
+            return None  # the correction broadcasts the product to another rank
+    return _Correction(add, matmul, table)
+
+
+def _default_zero_points(dtype: np.dtype, bits: int, width: int) -> np.ndarray:
+    """One column's zero points when a member stores none: ``2^(bits-1)``, packed as the others are."""
+    middle = 1 << (bits - 1)
+    if dtype != np.uint8:
+        return np.full(width, middle, dtype=dtype)
+    packed = sum(middle << (bits * slot) for slot in range(8 // bits))  # 8 // bits values per byte
+    return np.full(width, packed, dtype=np.uint8)
