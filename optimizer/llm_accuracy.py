@@ -18,6 +18,7 @@ import numpy as np
 
 from optimizer.errors import InputSpecError
 from optimizer.generation import CausalLM, CausalLMSession, left_padded, random_prompts
+from optimizer.progress import track
 
 # Random token rows scored when the user gives no text: a few rows keep it cheap on real models.
 GENERATED_ROWS = 4
@@ -115,7 +116,8 @@ def measure_llm_accuracy(
     padded = before.lm.attention_mask is not None
     agree = scored = 0
     nll_before = nll_after = 0.0
-    for ids, mask in _batches(text.rows, batch, padded):
+    batches = -(-len(text.rows) // batch)
+    for ids, mask in track(_batches(text.rows, batch, padded), "accuracy: teacher-forced next tokens", batches):
         expected, actual = before.logits(ids, mask), after.logits(ids, mask)
         if expected.ndim != 3 or expected.shape[1] != ids.shape[1]:
             raise InputSpecError(
@@ -132,7 +134,7 @@ def measure_llm_accuracy(
     prompts = [row[:prompt_length] for row in text.rows]
     steps = max(new_tokens - 1, 0)  # the prefill chooses the first token
     exact = prefix = 0.0
-    for ids, mask in _batches(prompts, batch, padded):
+    for ids, mask in track(_batches(prompts, batch, padded), "accuracy: greedy continuations", batches):
         want = before.greedy(ids, mask, steps).tokens
         got = after.greedy(ids, mask, steps).tokens
         same = want == got

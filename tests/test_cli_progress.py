@@ -133,3 +133,19 @@ def test_lines_sink_heartbeat_names_the_innermost_step():
         sink.stop(run)
     first = stream.getvalue().splitlines()[0]
     assert first.startswith("graphopt: optimizing m.onnx, ") and first.endswith("(still running)")
+
+
+def test_timing_stopped_by_its_time_budget_reports_the_step_done():
+    # Stopped early by the budget, the last count must end the step: a watcher that waits for
+    # done == total would otherwise show "timing ... 12/200 (still running)" through later steps.
+    from optimizer.compare.timing import TimingPlan, time_interleaved
+
+    class Instant:
+        def run(self) -> float:
+            return 0.0
+
+    seen: list[tuple[int, int]] = []
+    plan = TimingPlan(warmup=0, iterations=200, time_budget=0.0, min_iterations=12)
+    before, _ = time_interleaved(Instant(), Instant(), plan, lambda done, total: seen.append((done, total)))
+    assert len(before) == 12
+    assert seen[-1] == (12, 12) and seen[-2] == (12, 200)

@@ -187,5 +187,7 @@ def time_interleaved(
         if on_progress is not None:
             on_progress(index + 1, plan.iterations)
         if index + 1 >= plan.min_iterations and time.perf_counter() > deadline:
+            if on_progress is not None:  # the time budget ended it: the step is done, not still running
+                on_progress(index + 1, index + 1)
             break
     return times_before, times_after
