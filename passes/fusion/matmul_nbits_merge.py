@@ -77,8 +77,7 @@ class MatMulNBitsMergeFusion(FusionPass):
         groups: dict[tuple, list[ir.Node]] = defaultdict(list)
         for node in model.graph:
             if node.domain == MS_DOMAIN and node.op_type == "MatMulNBits" and node.inputs[0] is not None:
-                attributes = tuple(sorted((key, attr.value) for key, attr in node.attributes.items() if key != "N"))
-                groups[(id(node.inputs[0]), attributes)].append(node)
+                groups[(id(node.inputs[0]), _attribute_key(node))].append(node)
         merged = 0
         for nodes in groups.values():
             if len(nodes) < 2:
@@ -90,16 +89,22 @@ class MatMulNBitsMergeFusion(FusionPass):
                     self.refuse(_KIND, member)
                 else:
                     members.append(member)
-            if len({member.zero_points.dtype == np.uint8 for member in members if member.zero_points is not None}) > 1:
-                for _ in members:
-                    self.refuse(_KIND, "float zero points beside uint8 ones on the same input")
-                continue
-            if len(members) < 2:
-                continue
-            self._merge(model.graph, members)
-            merged += 1
-            for _ in members:
-                self.done(_KIND)
+            # Float zero points take ONNX Runtime's float path; a member without any would join it.
+            float_zero = [m for m in members if m.zero_points is not None and m.zero_points.dtype != np.uint8]
+            uint8_or_none = [m for m in members if m not in float_zero]
+            for part in (uint8_or_none, float_zero):
+                if len(part) == 1 and len(members) > 1:
+                    self.refuse(
+                        _KIND,
+                        "the other readers of its input cannot join it (float zero points beside uint8 "
+                        "or none, or refused above)",
+                    )
+                if len(part) < 2:
+                    continue
+                self._merge(model, part)
+                merged += 1
+                for _ in part:
+                    self.done(_KIND)
         if merged:
             model.graph.sort()  # a correction's input may be computed after the group's first member
         return merged
@@ -107,12 +112,13 @@ class MatMulNBitsMergeFusion(FusionPass):
     def _note_already_fused(self, model: ir.Model) -> None:
         """Nothing to say: MatMulNBits without a sibling are this pass's normal input, not its earlier output."""
 
-    def _merge(self, graph: ir.Graph, members: list[_Member]) -> None:
+    def _merge(self, model: ir.Model, members: list[_Member]) -> None:
+        graph = model.graph
         first = members[0].node
         x = first.inputs[0]
         bits = first.attributes.get_int("bits", 4)
         sizes = [member.n for member in members]
-        name = f"{first.name}_merged"
+        name = _unused_name(graph, f"{first.name or 'MatMulNBits'}_merged")
         weight = np.concatenate([member.weight for member in members])
         scales = np.concatenate([member.scales for member in members])
         inputs: list[ir.Value | None] = [
@@ -146,7 +152,7 @@ class MatMulNBitsMergeFusion(FusionPass):
             for key, attr in first.attributes.items()
         ]
         product = ir.Node(MS_DOMAIN, "MatMulNBits", inputs, attributes=attributes, name=name)
-        product.outputs[0].name = f"{name}.output"
+        product.outputs[0].name = _unused_name(graph, f"{name}.output", values=True)
         added = [product]
         result = product.outputs[0]
         corrections = [_correction(member.node) for member in members]
@@ -157,24 +163,55 @@ class MatMulNBitsMergeFusion(FusionPass):
                 "", "MatMul", [shared, add_initializer(graph, f"{name}.correction", table)], name=f"{name}_correction"
             )
             total = ir.Node("", "Add", [result, matmul.outputs[0]], name=f"{name}_corrected")
-            matmul.outputs[0].name, total.outputs[0].name = f"{matmul.name}.output", f"{total.name}.output"
+            for node in (matmul, total):
+                node.name = _unused_name(graph, node.name)
+                node.outputs[0].name = _unused_name(graph, f"{node.name}.output", values=True)
             added += [matmul, total]
             result = total.outputs[0]
             olds = [c.add.outputs[0] for c in corrections]
         else:
             olds = [member.node.outputs[0] for member in members]
-        split = ir.Node(
-            "",
-            "Split",
-            [result, add_initializer(graph, f"{name}.sizes", np.array(sizes, dtype=np.int64))],
-            attributes=[ir.AttrInt64("axis", -1)],
-            num_outputs=len(members),
-            name=f"{name}_split",
-        )
+        split = _split(model, result, sizes, _unused_name(graph, f"{name}_split"))
         added.append(split)
         graph.insert_before(first, added)
         for old, new in zip(olds, split.outputs):
             replace_value(old, new, inherit=True)
+
+
+def _split(model: ir.Model, value: ir.Value, sizes: list[int], name: str) -> ir.Node:
+    """``Split(value, sizes, axis=-1)``: sizes as an input from opset 13, as the attribute before it."""
+    opset = model.opset_imports.get("")
+    if opset is None:  # a graph of contrib ops only: Split needs the default domain
+        model.opset_imports[""] = opset = 13
+    if opset >= 13:
+        sizes_value = add_initializer(model.graph, f"{name}.sizes", np.array(sizes, dtype=np.int64))
+        inputs, attributes = [value, sizes_value], [ir.AttrInt64("axis", -1)]
+    else:
+        inputs, attributes = [value], [ir.AttrInt64("axis", -1), ir.AttrInt64s("split", sizes)]
+    return ir.Node("", "Split", inputs, attributes=attributes, num_outputs=len(sizes), name=name)
+
+
+def _unused_name(graph: ir.Graph, base: str, *, values: bool = False) -> str:
+    """``base``, or ``base_1``, ``base_2`` ...: the first that no node (``values``: no value) of ``graph`` has."""
+    if values:
+        taken = {value.name for value in graph.inputs} | set(graph.initializers)
+        taken |= {output.name for node in graph for output in node.outputs}
+    else:
+        taken = {node.name for node in graph}
+    name, suffix = base, 0
+    while name in taken:
+        suffix += 1
+        name = f"{base}_{suffix}"
+    return name
+
+
+# Attribute defaults of MatMulNBits: a node that states one groups with a node that leaves it out.
+_DEFAULTS = {"bits": 4, "accuracy_level": 0, "weight_prepacked": 0}
+
+
+def _attribute_key(node: ir.Node) -> tuple:
+    values = {**_DEFAULTS, **{key: attr.value for key, attr in node.attributes.items() if key != "N"}}
+    return tuple(sorted((key, tuple(v) if isinstance(v, list) else v) for key, v in values.items()))
 
 
 def _member(node: ir.Node) -> _Member | str:
@@ -182,14 +219,24 @@ def _member(node: ir.Node) -> _Member | str:
     inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
     if inputs[_G_IDX] is not None:
         return "it has g_idx (act-order), whose column order a merged weight would have to share"
+    if node.attributes.get_int("weight_prepacked", 0):
+        return "its weight is prepacked in a kernel's own layout (weight_prepacked)"
+    parts = [inputs[_B], inputs[_SCALES], inputs[_ZERO_POINTS], inputs[_BIAS]]
+    for value in parts:
+        if value is None:
+            continue
+        if value.is_graph_input() or value.is_graph_output():
+            return f"{value.name!r} is a graph input or output: the merged copy would not follow it"
+        if len(value.uses()) > 1 and value is not inputs[_BIAS]:  # a bias (N floats) is small beside its weight
+            return f"{value.name!r} is read by another node too (a tied table, a shared layer): merging would copy it"
     weight, scales = constant_array(inputs[_B]), constant_array(inputs[_SCALES])
     if weight is None or scales is None:
         return "its packed weight or scales are not constants"
-    if len(inputs[_B].uses()) > 1:
-        return "its packed weight is read by another node too (a tied table, a layer sharing it): merging would copy it"
-    n = node.attributes.get_int("N", 0)
-    if weight.ndim != 3 or weight.shape[0] != n or scales.size % n:
-        return "its packed weight or scales do not have N rows"
+    n, k = node.attributes.get_int("N", 0), node.attributes.get_int("K", 0)
+    bits, block = node.attributes.get_int("bits", 4), node.attributes.get_int("block_size", 0)
+    blocks = -(-k // block) if block > 0 else 0
+    if n <= 0 or blocks <= 0 or weight.shape != (n, blocks, block * bits // 8) or scales.size != n * blocks:
+        return "its packed weight or scales do not have the [N, K / block, block * bits / 8] layout"
     zero_points = bias = None
     if inputs[_ZERO_POINTS] is not None:
         zero_points = constant_array(inputs[_ZERO_POINTS])
@@ -209,13 +256,18 @@ def _correction(node: ir.Node) -> _Correction | None:
     if len(users) != 1 or node.outputs[0].is_graph_output():
         return None
     add = users[0].node
-    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.inputs) != 2:
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.inputs) != 2 or add.graph is not node.graph:
         return None
     other = add.inputs[1 - users[0].idx]
     matmul = other.producer() if other is not None else None
     if matmul is None or matmul.op_type != "MatMul" or matmul.domain not in ("", "ai.onnx"):
         return None
-    table = constant_array(matmul.inputs[1])
+    if matmul.graph is not node.graph or matmul.inputs[0] is None or matmul.inputs[1] is None:
+        return None
+    held = matmul.inputs[1]
+    if len(held.uses()) > 1 or held.is_graph_input() or held.is_graph_output():
+        return None  # a table other nodes read would be copied
+    table = constant_array(held)
     n = node.attributes.get_int("N", 0)
     if table is None or table.ndim != 2 or table.shape[1] != n or len(other.uses()) != 1 or other.is_graph_output():
         return None

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from optimizer.api import optimize_with_report
 from optimizer.options import Options
 from optimizer.runtime import run_model
+from passes._utils import add_initializer, constant_array
 from passes.fusion.matmul_nbits_merge import MatMulNBitsMergeFusion
 from passes.quantization._blockwise import quantize_hqq, quantize_rtn
 from passes.quantization.int4 import Int4QuantizationPass
@@ -39,7 +40,9 @@ def _projections(widths=(32, 16, 16), hidden: int = K) -> ir.Model:
     return ir.from_proto(proto)
 
 
-def _nbits(hidden: int, columns: list[dict], *, shared_weight: bool = False) -> ir.Model:
+def _nbits(
+    hidden: int, columns: list[dict], *, shared_weight: bool = False, opset: int = 18, named: bool = True
+) -> ir.Model:
     """Hand-written MatMulNBits over ``x``: each dict gives ``n``, ``block`` and optionally ``zero_points``
     (``"uint8"`` / ``"float"``), ``bias``, ``level``, ``correction`` (a constant table multiplied by
     ``c = x @ P``, added to the product, either operand order: ``"left"`` / ``"right"``)."""
@@ -75,7 +78,14 @@ def _nbits(hidden: int, columns: list[dict], *, shared_weight: bool = False) -> 
         if spec.get("level"):
             attributes["accuracy_level"] = spec["level"]
         nodes.append(
-            helper.make_node("MatMulNBits", inputs, [product], domain="com.microsoft", name=f"nb{index}", **attributes)
+            helper.make_node(
+                "MatMulNBits",
+                inputs,
+                [product],
+                domain="com.microsoft",
+                name=f"nb{index}" if named else "",
+                **attributes,
+            )
         )
         if spec.get("correction"):
             initializers.append(numpy_helper.from_array(weights(4, n, seed=70 + index), f"T{index}"))
@@ -93,7 +103,7 @@ def _nbits(hidden: int, columns: list[dict], *, shared_weight: bool = False) -> 
         outputs,
         initializers,
     )
-    imports = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    imports = [helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)]
     return ir.from_proto(helper.make_model(graph, opset_imports=imports, ir_version=9))
 
 
@@ -208,3 +218,58 @@ def test_the_default_cpu_pipeline_merges_after_quantize_int4():
     actual = run_model(optimized, feeds)
     for name in expected:
         np.testing.assert_allclose(actual[name], expected[name], rtol=1e-6, atol=1e-6)
+
+
+def test_before_opset_13_the_split_sizes_are_an_attribute():
+    model = _nbits(K, [{"n": 32}, {"n": 16}], opset=12)
+    merged = MatMulNBitsMergeFusion()(model.clone()).model
+    split = next(node for node in merged.graph if node.op_type == "Split")
+    assert len(split.inputs) == 1 and list(split.attributes["split"].value) == [32, 16]
+    onnx.checker.check_model(ir.to_proto(merged))
+    _assert_identical(model, merged, _feeds())
+
+
+def test_unnamed_groups_get_names_of_their_own():
+    model = _nbits(K, [{"n": 32}, {"n": 16}], named=False)
+    extra = ir.Value(name="x2", shape=ir.Shape(["B", "S", K]), type=model.graph.inputs[0].type)
+    model.graph.inputs.append(extra)
+    for node in [node for node in model.graph if node.op_type == "MatMulNBits"]:  # a second unnamed group on x2
+        copies = [add_initializer(model.graph, f"{v.name}_copy", constant_array(v)) for v in node.inputs[1:]]
+        again = ir.Node(node.domain, node.op_type, [extra, *copies], attributes=list(node.attributes.values()))
+        model.graph.append(again)
+        again.outputs[0].name = f"{node.outputs[0].name}_again"
+        model.graph.outputs.append(again.outputs[0])
+    merged = MatMulNBitsMergeFusion()(model.clone()).model
+    assert computed_op_types(merged).count("MatMulNBits") == 2 and computed_op_types(merged).count("Split") == 2
+    names = [node.name for node in merged.graph if node.op_type in ("MatMulNBits", "Split")]
+    values = [output.name for node in merged.graph for output in node.outputs]
+    assert len(set(names)) == len(names) and len(set(values)) == len(values)
+    feeds = {**_feeds(), "x2": _feeds()["x"] * 0.5}
+    _assert_identical(model, merged, feeds)
+
+
+def test_a_weight_that_is_also_a_graph_input_is_refused():
+    model = _nbits(K, [{"n": 32}, {"n": 16}, {"n": 16}])
+    model.graph.inputs.append(model.graph.initializers["B0"])  # overridable at run time, as some exporters write
+    fusion = MatMulNBitsMergeFusion()
+    merged = fusion(model.clone())
+    assert len(_nbits_nodes(merged.model)) == 2
+    assert any("graph input or output" in line for line in fusion._tally.lines())
+
+
+def test_members_without_zero_points_do_not_join_float_zero_points():
+    # A float zero point takes ONNX Runtime's float path: a member filled with 8.0 would change its arithmetic.
+    model = _nbits(K, [{"n": 32, "zero_points": "float"}, {"n": 16}, {"n": 24, "zero_points": "uint8"}])
+    merged = MatMulNBitsMergeFusion()(model.clone()).model
+    nodes = _nbits_nodes(merged)
+    assert len(nodes) == 2 and sorted(node.attributes.get_int("N") for node in nodes) == [32, 40]
+    _assert_identical(model, merged, _feeds())
+
+
+def test_a_graph_of_contrib_ops_only_gets_the_default_domain_for_its_split():
+    model = _nbits(K, [{"n": 32}, {"n": 16}])
+    model.graph.remove(next(node for node in model.graph if node.op_type == "MatMul"), safe=True)
+    del model.opset_imports[""]
+    merged = MatMulNBitsMergeFusion()(model.clone()).model
+    assert merged.opset_imports[""] >= 13
+    onnx.checker.check_model(ir.to_proto(merged))
