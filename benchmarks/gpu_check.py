@@ -10,7 +10,10 @@ out or cannot run is a row saying so; the script itself does not stop):
 2. ``--fp16`` (``--target cuda --fp16``) against the float32 original on the example and
    BERT: accuracy and speed;
 3. the fusion ablation (``benchmarks/fusion_ablation.py --ep cuda``) for the fusions in
-   the ``cuda`` default pipeline, each alone over the cleanup passes.
+   the ``cuda`` default pipeline, each alone over the cleanup passes;
+4. ``--quantize int4 --quantize-outputs`` on the Llama decoder (``MatMulNBits`` at
+   accuracy_level 0 on CUDA), without and with ``merge-matmul-nbits`` (opt-in on CUDA until
+   this row says whether it pays there), each against the float32 original.
 
 Before anything it preloads CUDA's libraries (``onnxruntime.preload_dlls()``) and prints
 the Python, onnxruntime and onnx versions, the providers, the GPU's name and driver, and
@@ -55,7 +58,13 @@ MODELS = {
 }
 FP16_MODELS = ("example", "bert_legacy")
 ABLATION_MODELS = ("bert_legacy", "llama_kv_legacy")
-STEPS = ("tests", "compare", "fp16", "ablation")
+STEPS = ("tests", "compare", "fp16", "ablation", "int4")
+INT4_MODELS = ("llama_kv_legacy",)
+# int4 variants: the flags each adds to --target cuda.
+INT4_VARIANTS = {
+    "int4": ["--quantize", "int4", "--quantize-outputs"],
+    "int4-merged": ["--quantize", "int4", "--quantize-outputs", "--passes", "+merge-matmul-nbits"],
+}
 # The tests that run on CUDA when it is there (the KV cache kept on the device while generating).
 CUDA_TESTS = ["tests/test_generation.py", "-k", "on_the_gpu"]
 # The whole check must fit a lent GPU's 8 minutes with the machine's start-up around it.
@@ -223,6 +232,10 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
                     ABLATION_TIMEOUT_S,
                 )
             )
+    if "int4" in args.steps:
+        for name in (m for m in args.models if m in INT4_MODELS):
+            for variant, flags in INT4_VARIANTS.items():
+                compared(name, variant, optimized(name, variant, flags))
     return steps
 
 
@@ -490,8 +503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = runner.results
     compares = [
         compare_row(model, variant, out / f"{model}.{variant}.json", results.get(f"compare {model} {variant}"), args.ep)
-        for variant, models in (("default", args.models), ("fp16", [m for m in args.models if m in FP16_MODELS]))
-        if ("compare" if variant == "default" else "fp16") in args.steps
+        for variant, models, step in (
+            ("default", args.models, "compare"),
+            ("fp16", [m for m in args.models if m in FP16_MODELS], "fp16"),
+            *((variant, [m for m in args.models if m in INT4_MODELS], "int4") for variant in INT4_VARIANTS),
+        )
+        if step in args.steps
         for model in models
     ]
     ablations = [

@@ -48,6 +48,14 @@ def test_plan_runs_the_cuda_path(gpu_check, tmp_path):
     fusions = ablation.command[ablation.command.index("--fusions") + 1].split(",")
     assert fusions == gpu_check.default_cuda_fusions() and "fuse-attention" in fusions
     assert all(step.timeout <= 180 for step in steps)
+    merged = next(step for step in steps if step.name == "optimize llama_kv_legacy int4-merged")
+    assert merged.command[merged.command.index("--passes") + 1] == "+merge-matmul-nbits"
+    assert names[-4:] == [
+        "optimize llama_kv_legacy int4",
+        "compare llama_kv_legacy int4",
+        "optimize llama_kv_legacy int4-merged",
+        "compare llama_kv_legacy int4-merged",
+    ]
 
 
 def test_a_failed_step_is_a_row_not_a_crash(gpu_check):
@@ -209,3 +217,17 @@ def test_shell_wrapper_installs_what_gpu_holds_and_puts_it_first(tmp_path):
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == str(gpu / "site")
     assert (gpu / "site" / "onnxruntime" / "__init__.py").exists() and not list(gpu.glob("*.whl"))
+
+
+def test_dry_run_of_the_int4_rows_on_the_cpu(gpu_check, tmp_path):
+    """The int4 step's two variants end to end on the CPU EP: both rows in the table."""
+    code = gpu_check.main(
+        ["--ep", "cpu", "--models", "llama_kv_legacy", "--steps", "int4", "--out", str(tmp_path)]
+        + ["--time-budget", "1", "--iterations", "10", "--threads", "1"]
+    )
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert code == 0, table
+    for variant in ("int4", "int4-merged"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| llama_kv_legacy | {variant} |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert float(cells[2]) > 0 and float(cells[3]) > 0, row
