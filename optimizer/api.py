@@ -35,6 +35,7 @@ from optimizer.model_io import (
     check_model_proto,
     check_paths,
     external_data_files,
+    import_contrib_domain,
     load_model,
     save_model,
 )
@@ -203,7 +204,9 @@ def _to_ir(model: object) -> tuple[ir.Model, str, Path | None]:
         # them; work on a copy so the caller's proto stays as it was.
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        return ir.from_proto(copy), model.graph.name or "model", None
+        converted = ir.from_proto(copy)
+        import_contrib_domain(converted)
+        return converted, model.graph.name or "model", None
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         return load_model(path), path.name, path

@@ -99,6 +99,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     check_external_data(proto, path.parent, str(path))
     check_model_proto(proto, str(path))
     model = ir.serde.deserialize_model(proto)
+    import_contrib_domain(model)
     ir.external_data.set_base_dir(model.graph, path.parent.absolute())
     anchor_external_data(model)
     return model
@@ -240,7 +241,8 @@ def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto:
     attributes) hold zeros.
     """
     external, contrib = _has_external_tensors(proto), _uses_ort_onnx_domain_ops(proto)
-    if not external and not contrib:
+    unimported = _uses_unimported_contrib_domain(proto)
+    if not external and not contrib and not unimported:
         return proto
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
@@ -264,9 +266,30 @@ def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto:
         for node in _all_nodes(copy):
             if node.domain in ONNX_DOMAINS and node.op_type in ORT_ONNX_DOMAIN_OPS:
                 node.domain = MS_DOMAIN
-        if not any(opset.domain == MS_DOMAIN for opset in copy.opset_import):
-            copy.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    if (contrib or unimported) and not any(opset.domain == MS_DOMAIN for opset in copy.opset_import):
+        copy.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     return copy
+
+
+def _uses_unimported_contrib_domain(proto: onnx.ModelProto) -> bool:
+    """Whether nodes use ``com.microsoft`` while the model imports no opset of it (see ``import_contrib_domain``)."""
+    if any(opset.domain == MS_DOMAIN for opset in proto.opset_import):
+        return False
+    return any(node.domain == MS_DOMAIN for node in _all_nodes(proto))
+
+
+def import_contrib_domain(model: ir.Model) -> None:
+    """Import ``com.microsoft`` (version 1) into ``model`` when its nodes use that domain without an import.
+
+    ONNX Runtime's own ``matmul_nbits_quantizer`` writes such files (MatMulNBits into a model
+    whose only import is the default domain), and ONNX Runtime runs them: its contrib ops are
+    all registered at version 1 of the domain. graphopt reads them the same way, and the
+    models it writes carry the import.
+    """
+    if MS_DOMAIN not in model.opset_imports and any(
+        node.domain == MS_DOMAIN for node in ir.traversal.RecursiveGraphIterator(model.graph)
+    ):
+        model.opset_imports[MS_DOMAIN] = 1
 
 
 # --- saving ------------------------------------------------------------------------------

@@ -344,3 +344,38 @@ def test_external_tensors_in_attributes_and_subgraphs_are_read_from_the_models_f
     session = ort.InferenceSession(os.fspath(output), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(session.run(None, {"x": x, "cond": np.array(True)})[0], x + 1)
     np.testing.assert_array_equal(session.run(None, {"x": x, "cond": np.array(False)})[0], x - np.arange(256))
+
+
+def _nbits_without_its_domain() -> onnx.ModelProto:
+    """``y = MatMulNBits(x)`` in a model importing only the default domain, as ONNX Runtime's own
+    ``matmul_nbits_quantizer`` writes it (ONNX Runtime runs it: its contrib ops are version 1)."""
+    weight = np.random.default_rng(0).integers(0, 256, (8, 1, 16), dtype=np.uint8)
+    node = helper.make_node(
+        "MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", K=32, N=8, bits=4, block_size=32
+    )
+    graph = helper.make_graph(
+        [node],
+        "nbits",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.full(8, 0.1, np.float32), "s")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_contrib_ops_without_their_domain_import_are_read_as_onnx_runtime_reads_them(tmp_path):
+    proto = _nbits_without_its_domain()
+    path = tmp_path / "ort_quantized.onnx"
+    onnx.save(proto, path)
+    before = path.read_bytes()
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # ONNX Runtime accepts it
+    model = load_model(path)
+    assert model.opset_imports["com.microsoft"] == 1
+    saved = save_model(model, tmp_path / "out.onnx")
+    onnx.checker.check_model(onnx.load(saved))
+    assert path.read_bytes() == before  # the input is never modified
+
+    from optimizer.api import optimize
+
+    result = optimize(proto)  # the API's in-memory proto too
+    assert result.opset_import and any(opset.domain == "com.microsoft" for opset in result.opset_import)
