@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from optimizer.domains import MS_DOMAIN
 from optimizer.errors import InputSpecError, OptionError, OutputPathError, PassSelectionError
 from optimizer.generation import recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
@@ -195,6 +196,11 @@ def _to_ir(model: object) -> tuple[ir.Model, str, Path | None]:
             # A copy (sharing the tensors) whose external tensors carry their checked paths.
             model = model.clone()
             anchor_external_data(model)
+        if MS_DOMAIN not in model.opset_imports and any(
+            node.domain == MS_DOMAIN for node in ir.traversal.RecursiveGraphIterator(model.graph)
+        ):
+            model = model.clone()  # the caller's model keeps its imports as they were
+            import_contrib_domain(model)
         return model, model.graph.name or "model", None
     if isinstance(model, onnx.ModelProto):
         # A proto's external data is where onnx-ir reads it: relative to the working directory.

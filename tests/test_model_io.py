@@ -379,3 +379,7 @@ def test_contrib_ops_without_their_domain_import_are_read_as_onnx_runtime_reads_
 
     result = optimize(proto)  # the API's in-memory proto too
     assert result.opset_import and any(opset.domain == "com.microsoft" for opset in result.opset_import)
+    given = ir.from_proto(proto)  # and an onnx-ir model, which stays as the caller gave it
+    result = optimize(given)
+    assert result.opset_imports["com.microsoft"] == 1 and "com.microsoft" not in given.opset_imports
+    onnx.checker.check_model(ir.to_proto(result))
