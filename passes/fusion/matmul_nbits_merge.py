@@ -49,7 +49,7 @@ _KIND = "MatMulNBits"
 _B, _SCALES, _ZERO_POINTS, _G_IDX, _BIAS = 1, 2, 3, 4, 5
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: its arrays have no truth value
 class _Member:
     node: ir.Node
     n: int
