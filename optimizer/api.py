@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from optimizer.domains import MS_DOMAIN
 from optimizer.errors import InputSpecError, OptionError, OutputPathError, PassSelectionError
 from optimizer.generation import recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
@@ -37,6 +36,7 @@ from optimizer.model_io import (
     check_paths,
     external_data_files,
     import_contrib_domain,
+    lacks_contrib_import,
     load_model,
     save_model,
 )
@@ -196,9 +196,7 @@ def _to_ir(model: object) -> tuple[ir.Model, str, Path | None]:
             # A copy (sharing the tensors) whose external tensors carry their checked paths.
             model = model.clone()
             anchor_external_data(model)
-        if MS_DOMAIN not in model.opset_imports and any(
-            node.domain == MS_DOMAIN for node in ir.traversal.RecursiveGraphIterator(model.graph)
-        ):
+        if lacks_contrib_import(model):
             model = model.clone()  # the caller's model keeps its imports as they were
             import_contrib_domain(model)
         return model, model.graph.name or "model", None

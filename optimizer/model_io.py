@@ -286,10 +286,15 @@ def import_contrib_domain(model: ir.Model) -> None:
     all registered at version 1 of the domain. graphopt reads them the same way, and the
     models it writes carry the import.
     """
-    if MS_DOMAIN not in model.opset_imports and any(
-        node.domain == MS_DOMAIN for node in ir.traversal.RecursiveGraphIterator(model.graph)
-    ):
+    if lacks_contrib_import(model):
         model.opset_imports[MS_DOMAIN] = 1
+
+
+def lacks_contrib_import(model: ir.Model) -> bool:
+    """Whether ``model``'s nodes use ``com.microsoft`` while it imports no opset of it."""
+    return MS_DOMAIN not in model.opset_imports and any(
+        node.domain == MS_DOMAIN for node in ir.traversal.RecursiveGraphIterator(model.graph)
+    )
 
 
 # --- saving ------------------------------------------------------------------------------

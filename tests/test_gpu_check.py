@@ -149,16 +149,26 @@ def test_without_cuda_every_step_is_a_skipped_row(gpu_check, tmp_path, monkeypat
     assert "Traceback" not in capsys.readouterr().out
 
 
-def test_dry_run_on_the_cpu(gpu_check, tmp_path):
-    """The same steps on the CPU EP: optimize --target cuda, then compare (a tiny timing budget)."""
+def _dry_run(gpu_check, tmp_path: Path, model: str, step: str) -> str:
+    """The check's table for one model and step on the CPU EP (a tiny timing budget); it must exit 0."""
     code = gpu_check.main(
-        ["--ep", "cpu", "--models", "example", "--steps", "compare", "--out", str(tmp_path)]
+        ["--ep", "cpu", "--models", model, "--steps", step, "--out", str(tmp_path)]
         + ["--time-budget", "1", "--iterations", "10", "--threads", "1"]
     )
     table = (tmp_path / "gpu_check.md").read_text()
     assert code == 0, table
-    row = next(line for line in table.splitlines() if line.startswith("| example | default |"))
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    return table
+
+
+def _cells(table: str, model: str, variant: str) -> list[str]:
+    """The cells of the comparison row of ``model`` and ``variant``."""
+    row = next(line for line in table.splitlines() if line.startswith(f"| {model} | {variant} |"))
+    return [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def test_dry_run_on_the_cpu(gpu_check, tmp_path):
+    """The same steps on the CPU EP: optimize --target cuda, then compare (a tiny timing budget)."""
+    cells = _cells(_dry_run(gpu_check, tmp_path, "example", "compare"), "example", "default")
     assert float(cells[2]) > 0 and float(cells[3]) > 0 and "[" in cells[4] and float(cells[5]) > 0.9999
     assert (tmp_path / "example.default.html").exists()
 
@@ -221,13 +231,7 @@ def test_shell_wrapper_installs_what_gpu_holds_and_puts_it_first(tmp_path):
 
 def test_dry_run_of_the_int4_rows_on_the_cpu(gpu_check, tmp_path):
     """The int4 step's two variants end to end on the CPU EP: both rows in the table."""
-    code = gpu_check.main(
-        ["--ep", "cpu", "--models", "llama_kv_legacy", "--steps", "int4", "--out", str(tmp_path)]
-        + ["--time-budget", "1", "--iterations", "10", "--threads", "1"]
-    )
-    table = (tmp_path / "gpu_check.md").read_text()
-    assert code == 0, table
+    table = _dry_run(gpu_check, tmp_path, "llama_kv_legacy", "int4")
     for variant in ("int4", "int4-merged"):
-        row = next(line for line in table.splitlines() if line.startswith(f"| llama_kv_legacy | {variant} |"))
-        cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert float(cells[2]) > 0 and float(cells[3]) > 0, row
+        cells = _cells(table, "llama_kv_legacy", variant)
+        assert float(cells[2]) > 0 and float(cells[3]) > 0, cells
