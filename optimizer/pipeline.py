@@ -196,11 +196,15 @@ def _run_one(
     if verdict.segments is not None and verdict.ok:
         record.max_abs_error = verdict.end_to_end_error  # the table's column is the distance end to end
         record.notes.append(
-            f"verified segment by segment: end to end it missed {verdict.end_to_end}; cut around the "
+            ("with its rounding kernels at level 0, " if verdict.rounding else "")
+            + f"verified segment by segment: end to end it missed {verdict.end_to_end}; cut around the "
             f"{verdict.segments_nodes} nodes the original lacks ({verdict.segments} segments, each fed the "
             f"original's values), every segment and output is within the float tolerance "
             f"(max |Δ| {verdict.max_abs_error:.2e} segment by segment)"
         )
+    if verdict.rounding and verdict.ok:
+        record.max_abs_error = verdict.rounding_error  # as written, the model that ships
+        record.notes.append(f"verified with its rounding kernels at level 0: {verdict.rounding}")
     if not verdict.ok:
         logger.warning("pass %s rolled back: %s", spec.name, verdict.first_failure)
         record.status, record.nodes_after, record.detail = STATUS_ROLLED_BACK, nodes_before, verdict.first_failure

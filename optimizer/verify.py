@@ -37,6 +37,7 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, output_drift, paired_drift
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import SampleData, split_samples
+from optimizer.kernel_rounding import at_level_zero, level_signature, rounding_kernels
 from optimizer.padding import cache_outputs, hide_padded, mask_inputs, padded_positions
 from optimizer.protocol import Twin
 from optimizer.runtime import (
@@ -153,6 +154,10 @@ class VerificationResult:
     segments_nodes: int = 0
     end_to_end: str = ""
     end_to_end_error: float = 0.0
+    # Set when an exact pass's result was verified with the model's rounding kernels at accuracy_level 0
+    # (``Verifier._check_at_level_zero``): why, and its largest difference as written.
+    rounding: str = ""
+    rounding_error: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -386,6 +391,34 @@ def _segment_checkpoints(candidate: ir.Model, twin: Twin, base: ir.Model) -> lis
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
+def _rounding_excess(
+    exact: np.ndarray, result: np.ndarray, original: np.ndarray, tolerance: Tolerance
+) -> tuple[float, float] | str:
+    """The RMS distances of ``result`` and ``original`` (both as written) from ``exact`` (the original with its
+    rounding kernels at level 0), or why ``result`` rounds worse: it must be non-finite exactly where
+    ``exact`` is, and finite wherever both others are, and within ``INT8_ROW_EXCESS`` times the original's
+    distance plus ``tolerance`` at the output's RMS (over the positions where all three are finite)."""
+    finite = np.isfinite(exact)
+    special = ~finite
+    if not np.array_equal(result[special], exact[special], equal_nan=True):
+        return "is not NaN or infinite where the original is at accuracy_level 0"
+    counted = finite & np.isfinite(original)
+    if not np.isfinite(result[counted]).all():
+        return "is NaN or infinite where the original is finite"
+    if not counted.any():
+        return 0.0, 0.0
+    e = exact[counted].astype(np.float64)
+    distance = float(np.sqrt(np.mean((result[counted].astype(np.float64) - e) ** 2)))
+    own = float(np.sqrt(np.mean((original[counted].astype(np.float64) - e) ** 2)))
+    allowed = INT8_ROW_EXCESS * own + tolerance.atol + tolerance.rtol * float(np.sqrt(np.mean(e**2)))
+    if distance > allowed:
+        return (
+            f"is {distance:.3g} (RMS) from that, where the original's is {own:.3g}: the rewrite makes the kernels' "
+            f"int8 rounding worse (at most {INT8_ROW_EXCESS:g}x allowed)"
+        )
+    return distance, own
+
+
 def _ordinary(value: Any) -> bool:
     """A float array, finite, every element below ``CUT_MAGNITUDE`` in magnitude: a tensor a segment may start at."""
     if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
@@ -568,6 +601,8 @@ class Verifier:
         self._samples_generated = samples_generated
         self._sample_batch = sample_batch
         self._sample_references: list[dict[str, Any]] | None = None
+        # The base at accuracy_level 0 (``_check_at_level_zero``): made on first use, until the next rebase.
+        self._level_zero: Verifier | None = None
         self.input_sets: list[dict[str, np.ndarray]] = []
         self.references: list[dict[str, Any]] = []
         self.noise: list[dict[str, float]] = []
@@ -611,6 +646,7 @@ class Verifier:
         self.references.append(reference)
         self.noise.append(self._float_noise(self._original, inputs, reference))
         self.labels.append(label)
+        self._level_zero = None  # built on the sets there were
         return True
 
     @property
@@ -623,7 +659,95 @@ class Verifier:
 
         With ``by_segment``, a result that misses end to end is checked again segment by
         segment around every node it has that the original lacks (``_check_exact_by_segment``).
+        A result of a model whose MatMulNBits round their inputs (``accuracy_level`` above 0)
+        that misses by a finite amount is checked once more as ``_check_at_level_zero`` says.
         """
+        result = self._check_as_written(candidate, by_segment=by_segment)
+        if result.ok or not self._rounding_may_explain(candidate, result):
+            return result
+        return self._check_at_level_zero(candidate, result, by_segment=by_segment)
+
+    def _rounding_may_explain(self, candidate: ir.Model, missed: VerificationResult) -> bool:
+        """Whether ``missed`` may be the base's rounding kernels amplifying float rounding: the base has
+        such kernels, the candidate gives its kernels the same work at the same levels, it runs, and
+        every output it missed by is of the right shape and dtype, finite where the reference is."""
+        if missed.error.startswith("ONNX Runtime cannot run") or rounding_kernels(self._base) == 0:
+            return False
+        if any(not check.ok and not math.isfinite(check.max_abs_error) for check in missed.checks):
+            return False
+        expected = level_signature(self._base)
+        return expected is not None and level_signature(candidate) == expected
+
+    def _check_at_level_zero(
+        self, candidate: ir.Model, missed: VerificationResult, *, by_segment: bool
+    ) -> VerificationResult:
+        """Check an exact rewrite of a model with rounding kernels (``optimizer.kernel_rounding``) twice.
+
+        With every MatMulNBits of the base and the result at ``accuracy_level`` 0, float
+        arithmetic on the same weights, the result is held to everything ``check`` holds a
+        float model to (tolerance, float noise, segments): a wrong rewrite fails there. As
+        written, the result's rounding error — each float output's RMS distance from the
+        base at level 0 — may be at most ``INT8_ROW_EXCESS`` times the base's own (plus the
+        float tolerance at the output's RMS): a rewrite may round some activations the other
+        way, as any one-ulp change does, but not make the kernels' int8 rounding worse (an
+        offset added before a kernel and taken off after is exact in float and ruins its
+        int8 range). The rewrite must leave every kernel column's level, block size and
+        weights as they were (``level_signature``): the level-0 check cannot see them change.
+        """
+        levels = sorted({column[0] for column in level_signature(self._base) or () if column[0]})
+        spelled = "accuracy_level " + "/".join(str(level) for level in levels)
+        try:
+            with inference_session(candidate) as session:
+                written = [run_session(session, inputs) for inputs in self.input_sets]
+            with at_level_zero(self._base, candidate):
+                if self._level_zero is None:
+                    self._level_zero = Verifier(self._base, self.input_sets, self.tolerances, labels=self.labels)
+                result = self._level_zero.check(candidate, by_segment=by_segment)
+        except (RuntimeRefusedError, InvalidModelError) as error:
+            missed.error = f"{missed.first_failure}; with its MatMulNBits at accuracy_level 0, not checkable: {error}"
+            return missed
+        if not result.ok:
+            result.error = (
+                f"{missed.first_failure}; with its MatMulNBits at accuracy_level 0 (float arithmetic) too: "
+                f"{result.first_failure}"
+            )
+            return result
+        worst_distance, worst_excess = 0.0, 0.0
+        sets = zip(self.input_sets, self.labels, written, self.references, self._level_zero.references)
+        for inputs, label, outputs, as_written, exact in sets:
+            padding = padded_positions(inputs, self.masks)
+            outputs = hide_padded(outputs, padding, exact, self.caches)
+            as_written = hide_padded(as_written, padding, exact, self.caches)
+            for name, reference in exact.items():
+                mine, theirs = outputs.get(name), as_written.get(name)
+                if not isinstance(reference, np.ndarray) or reference.dtype.kind != "f" or not reference.size:
+                    continue  # integer outputs: held exact at level 0 above
+                if not isinstance(mine, np.ndarray) or not isinstance(theirs, np.ndarray):
+                    continue
+                if mine.shape != reference.shape or theirs.shape != reference.shape:
+                    continue  # a shape the level-0 check above has compared
+                tolerance = self.tolerances.get(_dtype_key(reference.dtype), DEFAULT_TOLERANCES["float32"])
+                excess = _rounding_excess(reference, mine, theirs, tolerance)
+                if isinstance(excess, str):
+                    result.error = (
+                        f"{missed.first_failure}; exact with its MatMulNBits at accuracy_level 0, but as written "
+                        f"({spelled}) its output '{name}' on {label} {excess}"
+                    )
+                    return result
+                distance, own = excess
+                both = np.isfinite(mine) & np.isfinite(theirs)
+                moved = np.abs(mine.astype(np.float64) - theirs.astype(np.float64))[both]
+                worst_distance = max(worst_distance, float(moved.max()) if moved.size else 0.0)
+                worst_excess = max(worst_excess, distance / own if own > 0 else 0.0)
+        result.rounding = (
+            f"its MatMulNBits round their inputs to int8 ({spelled}), so a one-ulp change flips whole steps: with "
+            f"them at accuracy_level 0 (float arithmetic on the same weights) it is within the float tolerance, and "
+            f"as written its distance from that is at most {worst_excess:.2f}x the original's"
+        )
+        result.rounding_error = worst_distance
+        return result
+
+    def _check_as_written(self, candidate: ir.Model, *, by_segment: bool) -> VerificationResult:
         worst, missed = VerificationResult(), None
         try:
             with inference_session(candidate) as session:
@@ -881,6 +1005,7 @@ class Verifier:
         """
         self.references = [self._run(accepted, inputs) for inputs in self.input_sets]
         self._base = accepted
+        self._level_zero = None
 
     def check_approximation(self, candidate: ir.Model) -> VerificationResult:
         """Run ``candidate`` on the samples (or input sets) and hold its drift from the original to the budget.

@@ -23,7 +23,7 @@ import onnx
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
-from optimizer.domains import is_onnx_domain
+from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
 
@@ -45,7 +45,8 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
     larger than ``output_size_limit`` elements; rewrites into operators spelled for a
     later opset than the model imports (onnxscript writes ``Split(x, split)`` and
     ``Unsqueeze(x, axes)`` for sequence ops even at opset 11). Nodes left without users
-    are removed.
+    are removed. Shapes it infers along the way are kept on the values (the fusions read
+    them), ``MatMulNBits``' too, which onnx's inference skips (``_infer_matmul_nbits``).
     """
 
     left_as = "left unfolded"
@@ -84,6 +85,11 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
         super().__init__(**kwargs)
         self._refuse = refuse
 
+    def _do_inference(self, node: ir.Node) -> None:
+        if _infer_matmul_nbits(node):
+            return
+        super()._do_inference(node)
+
     def replace_node(
         self, node: ir.Node, replacement: _constant_folding.Replacement, root: ir.Graph | ir.Function
     ) -> None:
@@ -97,6 +103,27 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
                     self.visit_attribute(attr)
                 return
         super().replace_node(node, replacement, root)
+
+
+def _infer_matmul_nbits(node: ir.Node) -> bool:
+    """Give a ``MatMulNBits`` output its type and shape (``A``'s, last axis ``N``); True if it is one.
+
+    onnx has no schema for ONNX Runtime's contrib ops, so the folder's inference stops at
+    them, and with it every shape after: on a model quantized by ``matmul_nbits_quantizer``
+    no head split behind a projection has a known rank, and the rotary and attention
+    fusions cannot match. A shape already known is kept.
+    """
+    if node.op_type != "MatMulNBits" or node.domain != MS_DOMAIN or not node.inputs or not node.outputs:
+        return False
+    source, output = node.inputs[0], node.outputs[0]
+    columns = node.attributes.get_int("N", 0)
+    if source is None or source.type is None or source.shape is None or len(source.shape) < 1 or columns <= 0:
+        return True
+    if output.type is None:
+        output.type = source.type
+    if output.shape is None:
+        output.shape = ir.Shape([*source.shape[:-1], columns])
+    return True
 
 
 def _not_at_opset(node: ir.Node, opsets: Mapping[str, int]) -> str | None:

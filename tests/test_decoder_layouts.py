@@ -19,6 +19,7 @@ import json
 from collections import Counter
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
@@ -197,3 +198,28 @@ def test_int4_quantizes_the_layouts_projections(fixture, tmp_path):
     assert Counter(node.op_type for node in ir.load(output).graph)["MatMulNBits"] >= 4 * LAYERS
     tokens = greedy_tokens(output, fixture)["batch1"]
     assert len(tokens[0]) == STEPS + 1  # generates; int4 may pick other tokens on random weights
+
+
+def _quantized_by_onnx_runtime(fixture: str, path) -> None:
+    """``fixture`` through ONNX Runtime's own int4 quantizer (RTN, block 32, accuracy_level 4), saved at ``path``."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4)
+    quantizer = MatMulNBitsQuantizer(onnx.load(FIXTURES / f"{fixture}.onnx"), algo_config=config)
+    quantizer.process()
+    onnx.save(quantizer.model.model, path)
+
+
+@pytest.mark.parametrize("fixture", ["llama_kv_legacy", "gpt2_kv_legacy"])
+def test_onnx_runtimes_int4_output_fuses_as_the_float_export_does(fixture, tmp_path):
+    """Metamorphic: the same decoder with its projections already MatMulNBits (shapes must be carried
+    through them for the head splits to be seen) fuses into the same attention and rotary nodes."""
+    source, output = tmp_path / "ort_int4.onnx", tmp_path / "optimized.onnx"
+    _quantized_by_onnx_runtime(fixture, source)
+    _, report = optimizer.optimize_with_report(str(source), output=output)
+    assert all(record.status in (STATUS_APPLIED, STATUS_UNCHANGED) for record in report.passes), report.failures()
+    ops = Counter(node.op_type for node in ir.load(output).graph)
+    assert ops["GroupQueryAttention"] == LAYERS and ops["MatMulNBits"] >= 1  # its quantizer leaves Gemm alone
+    if fixture.startswith("llama"):
+        assert ops["RotaryEmbedding"] == 2 * LAYERS and ops["SimplifiedLayerNormalization"] >= 1
+    assert greedy_tokens(output, fixture) == greedy_tokens(source, fixture)
