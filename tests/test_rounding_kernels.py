@@ -26,7 +26,12 @@ def _weights(block: int = 32, scale_factor: float = 1.0) -> tuple[np.ndarray, np
 
 
 def _nbits(
-    level: int | None = 4, block: int = 32, scale_factor: float = 1.0, offset: float = 0.0, nudge: float = 0.0
+    level: int | None = 4,
+    block: int = 32,
+    scale_factor: float = 1.0,
+    offset: float = 0.0,
+    nudge: float = 0.0,
+    offset_last_row_only: bool = False,
 ) -> ir.Model:
     """x [ROWS, K] -> MatMulNBits(4-bit) -> y [ROWS, N]. With ``offset``, x + offset goes in and
     offset times each column's weight sum comes off after: the same in float, a wider int8 range.
@@ -47,8 +52,10 @@ def _nbits(
         nodes[0].input[0], nodes[0].output[0] = "shifted", "y_shifted"
         nodes.insert(0, helper.make_node("Add", ["x", "offset"], ["shifted"]))
         nodes.append(helper.make_node("Sub", ["y_shifted", "taken_off"], ["y"]))
-        initializers.append(numpy_helper.from_array(np.float32(offset), "offset"))
-        taken_off = (np.float64(offset) * weights.astype(np.float64).sum(axis=1)).astype(np.float32)
+        rows = np.zeros((ROWS, 1)) if offset_last_row_only else np.ones((ROWS, 1))
+        rows[-1] = 1.0
+        initializers.append(numpy_helper.from_array((offset * rows).astype(np.float32), "offset"))
+        taken_off = (offset * rows * weights.astype(np.float64).sum(axis=1)[None, :]).astype(np.float32)
         initializers.append(numpy_helper.from_array(taken_off, "taken_off"))
     graph = helper.make_graph(
         nodes,
@@ -144,6 +151,14 @@ def test_an_offset_that_is_exact_in_float_but_widens_the_int8_range_is_refused()
     result = Verifier(_nbits(4), _inputs()).check(_nbits(4, offset=4.0), by_segment=True)
     assert not result.ok
     assert "makes the kernels' int8 rounding worse" in result.first_failure
+
+
+def test_an_offset_on_one_token_row_is_refused_though_the_whole_output_hides_it():
+    candidate = _nbits(4, offset=8.0, offset_last_row_only=True)
+    assert Verifier(_nbits(0), _inputs()).check(_nbits(0, offset=8.0, offset_last_row_only=True)).ok
+    result = Verifier(_nbits(4), _inputs()).check(candidate, by_segment=True)
+    assert not result.ok
+    assert f"in row {ROWS - 1}" in result.first_failure and "rounding worse there" in result.first_failure
 
 
 def test_a_wrong_rewrite_fails_at_level_zero():
