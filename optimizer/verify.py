@@ -724,6 +724,13 @@ class Verifier:
             with at_level_zero(self._base, candidate):
                 if self._level_zero is None:
                     self._level_zero = Verifier(self._base, self.input_sets, self.tolerances, labels=self.labels)
+                failing = len(self.input_sets) - len(self._level_zero.input_sets)
+                if failing:
+                    missed.error = (
+                        f"{missed.first_failure}; with its MatMulNBits at accuracy_level 0, not checkable: the "
+                        f"original fails on {failing} input set(s) there"
+                    )
+                    return missed
                 result = self._level_zero.check(candidate, by_segment=by_segment)
         except (RuntimeRefusedError, InvalidModelError) as error:
             missed.error = f"{missed.first_failure}; with its MatMulNBits at accuracy_level 0, not checkable: {error}"
