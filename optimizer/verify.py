@@ -771,8 +771,9 @@ class Verifier:
                 worst_distance = max(worst_distance, float(moved.max()) if moved.size else 0.0)
                 worst_excess = max(worst_excess, distance / own if own > 0 else 0.0)
         result.rounding = (
-            f"its MatMulNBits round their inputs to int8 ({spelled}), so a one-ulp change flips whole steps: with "
-            f"them at accuracy_level 0 (float arithmetic on the same weights) it is within the float tolerance, and "
+            f"its MatMulNBits round their inputs ({spelled}; at 4, to int8), so a one-ulp change can flip whole "
+            f"steps: with them at accuracy_level 0 (float arithmetic on the same weights) it is within the float "
+            f"tolerance, and "
             f"as written its distance from that is at most {worst_excess:.2f}x the original's"
         )
         result.rounding_error = worst_distance
