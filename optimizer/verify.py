@@ -411,6 +411,9 @@ def _rounding_excess(
     counted = finite & np.isfinite(original)
     if not np.isfinite(result[counted]).all():
         return "is NaN or infinite where the original is finite"
+    overflowed = finite & ~np.isfinite(original)  # the original's own rounding overflowed here: as it did, or finite
+    if not (np.isfinite(result[overflowed]) | (result[overflowed] == original[overflowed])).all():
+        return "is NaN or infinite where the original is finite at accuracy_level 0 and not the same as written"
     if not counted.any():
         return 0.0, 0.0
     e = np.where(counted, exact, 0).astype(np.float64)

@@ -144,6 +144,13 @@ def test_a_rounding_error_counts_only_where_finite_and_non_finite_values_must_st
     nan_instead = original.copy()
     nan_instead[0, 0] = np.nan
     assert "NaN or infinite where the original is finite" in _rounding_excess(exact, nan_instead, original, tolerance)
+    overflowed = original.copy()
+    overflowed[0, 1] = np.inf  # the original as written overflowed where level 0 did not
+    assert not isinstance(_rounding_excess(exact, overflowed, overflowed, tolerance), str)
+    assert not isinstance(_rounding_excess(exact, original, overflowed, tolerance), str)  # finite there: fine
+    flipped = overflowed.copy()
+    flipped[0, 1] = -np.inf
+    assert "not the same as written" in _rounding_excess(exact, flipped, overflowed, tolerance)
 
 
 def test_an_offset_that_is_exact_in_float_but_widens_the_int8_range_is_refused():
