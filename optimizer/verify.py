@@ -685,16 +685,19 @@ class Verifier:
         A result of a model whose MatMulNBits round their inputs (``accuracy_level`` above 0)
         that misses by a finite amount is checked once more as ``_check_at_level_zero`` says.
         """
-        result = self._check_as_written(candidate, by_segment=by_segment)
-        if result.ok or not self._rounding_may_explain(candidate, result):
+        # The result's raw outputs as written, kept where the level-0 check may need them again.
+        written: list[dict[str, Any]] | None = [] if rounding_kernels(self._base) else None
+        result = self._check_as_written(candidate, by_segment=by_segment, written=written)
+        if result.ok or written is None or not self._rounding_may_explain(candidate, result):
             return result
-        return self._check_at_level_zero(candidate, result, by_segment=by_segment)
+        return self._check_at_level_zero(candidate, result, by_segment=by_segment, written=written)
 
     def _rounding_may_explain(self, candidate: ir.Model, missed: VerificationResult) -> bool:
         """Whether ``missed`` may be the base's rounding kernels amplifying float rounding: the base has
-        such kernels, the candidate gives its kernels the same work at the same levels, it runs, and
-        every output it missed by is of the right shape and dtype, finite where the reference is."""
-        if missed.error.startswith("ONNX Runtime cannot run") or rounding_kernels(self._base) == 0:
+        such kernels (``check`` asks only then), the candidate gives its kernels the same work at the
+        same levels, it runs, and every output it missed by is of the right shape and dtype, finite
+        where the reference is."""
+        if missed.error.startswith("ONNX Runtime cannot run"):
             return False
         if any(not check.ok and not math.isfinite(check.max_abs_error) for check in missed.checks):
             return False
@@ -704,7 +707,7 @@ class Verifier:
         return expected is not None and level_signature(candidate) == expected
 
     def _check_at_level_zero(
-        self, candidate: ir.Model, missed: VerificationResult, *, by_segment: bool
+        self, candidate: ir.Model, missed: VerificationResult, *, by_segment: bool, written: list[dict[str, Any]]
     ) -> VerificationResult:
         """Check an exact rewrite of a model with rounding kernels (``optimizer.kernel_rounding``) twice.
 
@@ -718,12 +721,15 @@ class Verifier:
         offset added before a kernel and taken off after is exact in float and ruins its
         int8 range). The rewrite must leave every kernel column's level, block size and
         weights as they were (``level_signature``): the level-0 check cannot see them change.
+        ``written``: the result's raw outputs on the first input sets, as ``_check_as_written`` ran
+        them (the rest are run here).
         """
         levels = sorted({column[0] for column in self._base_signature[0] or () if column[0]})
         spelled = "accuracy_level " + "/".join(str(level) for level in levels)
         try:
-            with inference_session(candidate) as session:
-                written = [run_session(session, inputs) for inputs in self.input_sets]
+            if len(written) < len(self.input_sets):
+                with inference_session(candidate) as session:
+                    written += [run_session(session, inputs) for inputs in self.input_sets[len(written) :]]
             with at_level_zero(self._base, candidate):
                 if self._level_zero is None:
                     self._level_zero = Verifier(self._base, self.input_sets, self.tolerances, labels=self.labels)
@@ -782,14 +788,19 @@ class Verifier:
         result.rounding_error = worst_distance
         return result
 
-    def _check_as_written(self, candidate: ir.Model, *, by_segment: bool) -> VerificationResult:
+    def _check_as_written(
+        self, candidate: ir.Model, *, by_segment: bool, written: list[dict[str, Any]] | None = None
+    ) -> VerificationResult:
+        """``check`` without the level-0 check; each input set's raw outputs are appended to ``written``
+        as they are run, when given."""
         worst, missed = VerificationResult(), None
         try:
             with inference_session(candidate) as session:
                 for inputs, label, reference, noise in zip(self.input_sets, self.labels, self.references, self.noise):
-                    outputs = hide_padded(
-                        run_session(session, inputs), padded_positions(inputs, self.masks), reference, self.caches
-                    )
+                    raw = run_session(session, inputs)
+                    if written is not None:
+                        written.append(raw)
+                    outputs = hide_padded(raw, padded_positions(inputs, self.masks), reference, self.caches)
                     result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
                     if not result.ok:
                         if not (by_segment and not result.error and self._within_segment_cap(session)):

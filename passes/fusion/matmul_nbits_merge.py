@@ -78,7 +78,7 @@ class MatMulNBitsMergeFusion(FusionPass):
         for node in model.graph:
             if node.domain == MS_DOMAIN and node.op_type == "MatMulNBits" and node.inputs[0] is not None:
                 groups[(id(node.inputs[0]), _attribute_key(node))].append(node)
-        merged = 0
+        merged, names = 0, _Names(model.graph)
         for nodes in groups.values():
             if len(nodes) < 2:
                 continue
@@ -101,7 +101,7 @@ class MatMulNBitsMergeFusion(FusionPass):
                     )
                 if len(part) < 2:
                     continue
-                self._merge(model, part)
+                self._merge(model, part, names)
                 merged += 1
                 for _ in part:
                     self.done(_KIND)
@@ -112,13 +112,13 @@ class MatMulNBitsMergeFusion(FusionPass):
     def _note_already_fused(self, model: ir.Model) -> None:
         """Nothing to say: MatMulNBits without a sibling are this pass's normal input, not its earlier output."""
 
-    def _merge(self, model: ir.Model, members: list[_Member]) -> None:
+    def _merge(self, model: ir.Model, members: list[_Member], names: _Names) -> None:
         graph = model.graph
         first = members[0].node
         x = first.inputs[0]
         bits = first.attributes.get_int("bits", 4)
         sizes = [member.n for member in members]
-        name = _unused_name(graph, f"{first.name or 'MatMulNBits'}_merged")
+        name = names.fresh(f"{first.name or 'MatMulNBits'}_merged")
         weight = np.concatenate([member.weight for member in members])
         scales = np.concatenate([member.scales for member in members])
         inputs: list[ir.Value | None] = [
@@ -152,7 +152,7 @@ class MatMulNBitsMergeFusion(FusionPass):
             for key, attr in first.attributes.items()
         ]
         product = ir.Node(MS_DOMAIN, "MatMulNBits", inputs, attributes=attributes, name=name)
-        product.outputs[0].name = _unused_name(graph, f"{name}.output", values=True)
+        product.outputs[0].name = names.fresh(f"{name}.output", values=True)
         added = [product]
         result = product.outputs[0]
         corrections = [_correction(member.node) for member in members]
@@ -164,14 +164,14 @@ class MatMulNBitsMergeFusion(FusionPass):
             )
             total = ir.Node("", "Add", [result, matmul.outputs[0]], name=f"{name}_corrected")
             for node in (matmul, total):
-                node.name = _unused_name(graph, node.name)
-                node.outputs[0].name = _unused_name(graph, f"{node.name}.output", values=True)
+                node.name = names.fresh(node.name)
+                node.outputs[0].name = names.fresh(f"{node.name}.output", values=True)
             added += [matmul, total]
             result = total.outputs[0]
             olds = [c.add.outputs[0] for c in corrections]
         else:
             olds = [member.node.outputs[0] for member in members]
-        split = _split(model, result, sizes, _unused_name(graph, f"{name}_split"))
+        split = _split(model, result, sizes, names.fresh(f"{name}_split"))
         added.append(split)
         graph.insert_before(first, added)
         for old, new in zip(olds, split.outputs):
@@ -191,18 +191,24 @@ def _split(model: ir.Model, value: ir.Value, sizes: list[int], name: str) -> ir.
     return ir.Node("", "Split", inputs, attributes=attributes, num_outputs=len(sizes), name=name)
 
 
-def _unused_name(graph: ir.Graph, base: str, *, values: bool = False) -> str:
-    """``base``, or ``base_1``, ``base_2`` ...: the first that no node (``values``: no value) of ``graph`` has."""
-    if values:
-        taken = {value.name for value in graph.inputs} | set(graph.initializers)
-        taken |= {output.name for node in graph for output in node.outputs}
-    else:
-        taken = {node.name for node in graph}
-    name, suffix = base, 0
-    while name in taken:
-        suffix += 1
-        name = f"{base}_{suffix}"
-    return name
+class _Names:
+    """Names no node (or, with ``values``, no value or initializer) of ``graph`` has: ``base``, or
+    ``base_1``, ``base_2`` ...; each is taken once issued. Read off the graph once per pass."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self._graph = graph
+        self._nodes = {node.name for node in graph}
+        self._values = {value.name for value in graph.inputs}
+        self._values |= {output.name for node in graph for output in node.outputs}
+
+    def fresh(self, base: str, *, values: bool = False) -> str:
+        taken = self._values if values else self._nodes
+        name, suffix = base, 0
+        while name in taken or (values and name in self._graph.initializers):
+            suffix += 1
+            name = f"{base}_{suffix}"
+        taken.add(name)
+        return name
 
 
 # Attribute defaults of MatMulNBits: a node that states one groups with a node that leaves it out.
