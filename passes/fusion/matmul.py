@@ -23,7 +23,11 @@ from passes.fusion._base import RuleFusionPass
 
 
 class MatMulAddFusion(RuleFusionPass):
-    """Rewrite ``MatMul`` (2-D, optionally with transposed operands) + bias ``Add`` into ``Gemm``."""
+    """Rewrite ``MatMul`` (2-D, optionally with transposed operands) + bias ``Add`` into ``Gemm``.
+
+    Refuses (onnxscript's checks, reported as near-miss reasons) operands that are not
+    both 2-D or whose rank is unknown.
+    """
 
     fused_ops = (("", "Gemm"),)
 
@@ -32,7 +36,12 @@ class MatMulAddFusion(RuleFusionPass):
 
 
 class FusedMatMulFusion(RuleFusionPass):
-    """Fold operand transposes and constant scaling of a ``MatMul`` into ``com.microsoft.FusedMatMul``."""
+    """Fold operand transposes and constant scaling of a ``MatMul`` into ``com.microsoft.FusedMatMul``.
+
+    Refuses (onnxscript's checks, reported as near-miss reasons) a ``Transpose`` that
+    does not swap the last two axes only (or, on the 2-D rule, an operand that is not
+    2-D), and a scale that is not a constant scalar.
+    """
 
     fused_ops = ((MS_DOMAIN, "FusedMatMul"),)
 

@@ -69,7 +69,12 @@ class _Correction:
 class MatMulNBitsMergeFusion(FusionPass):
     """Merge ``com.microsoft.MatMulNBits`` nodes reading the same input, with equal ``K``, ``bits``,
     ``block_size`` and ``accuracy_level``, into one over their concatenated columns followed by ``Split``
-    (their exact ``Add(_, MatMul(c, T))`` corrections merged too when they share ``c``)."""
+    (their exact ``Add(_, MatMul(c, T))`` corrections merged too when they share ``c``).
+
+    Refuses (counted, with the reason) members with non-constant weights, scales, zero
+    points or bias, a packed weight another node also reads, ``g_idx``, or float zero
+    points beside uint8 ones (see the module docstring).
+    """
 
     fused_ops = ((MS_DOMAIN, "MatMulNBits"),)
 
