@@ -49,7 +49,8 @@ def test_every_flag_of_every_command_is_in_the_readme_usage_block_and_no_other()
     usage, parser = _usage_block(), _parser_flags()
     compare_flags = usage["compare"] - {"--config", "--print-config", "--json", "--html", "--min-cosine", "--max-ratio"}
     for command in ("optimize", "compare", "make-inputs", "passes"):
-        documented = usage[command] | (compare_flags if command == "optimize" else set())  # "--compare [comparison flags]"
+        # optimize's "--compare [comparison flags]" takes compare's timing flags.
+        documented = usage[command] | (compare_flags if command == "optimize" else set())
         # A flag is documented when one of its spellings is; a --no-x beside a documented --x is its default's name.
         missing = [
             spellings
