@@ -132,7 +132,7 @@ class OutputCheck:
 
 @dataclass
 class VerificationResult:
-    """The outcome of comparing every output; ``first_failure`` names the first that diverged.
+    """The outcome of comparing every output; ``first_failure`` names the one that diverged most.
 
     ``twin_error``: for an approximate pass, the largest difference between its result and its twin.
     """
@@ -171,12 +171,16 @@ class VerificationResult:
 
     @property
     def first_failure(self) -> str:
+        """Why it failed: ``error``, or the failing output with the largest difference (the one the report's
+        max |Δ| shows when that output decides it), with how many others failed too."""
         if self.error:
             return self.error
-        for check in self.checks:
-            if not check.ok:
-                return check.detail
-        return ""
+        failed = [check for check in self.checks if not check.ok]
+        if not failed:
+            return ""
+        worst = max(failed, key=lambda check: check.max_abs_error)
+        others = len(failed) - 1
+        return worst.detail + (f" (and {others} other output{'s' if others > 1 else ''})" if others else "")
 
 
 def parse_tolerance_flags(flags: list[str] | None) -> dict[str, Tolerance]:

@@ -12,9 +12,11 @@ from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from onnx import helper, numpy_helper
 
 import optimizer
 from optimizer.inputs import cache_length_dims, make_inputs
@@ -154,3 +156,55 @@ def test_generated_positions_of_a_decode_step_start_after_the_cache():
     inputs = make_inputs(model, {"sequence": 3, "past_sequence": 5})
     assert inputs["position_ids"].tolist() == [[5, 6, 7]]
     assert inputs["attention_mask"].shape == (1, 8)
+
+
+def _counting_positions_on_from_the_mask(tmp_path) -> str:
+    """The Llama KV fixture without its ``position_ids`` input: positions ``Range(T - S, T)`` from the mask's
+    length ``T`` and the ids' ``S``, as a decoder that counts on from its past computes them."""
+    proto = onnx.load(FIXTURES / "llama_kv_legacy.onnx")
+    graph = proto.graph
+    graph.input.remove(next(value for value in graph.input if value.name == "position_ids"))
+    constants = [
+        numpy_helper.from_array(np.array([1], np.int64), "positions/axis"),
+        numpy_helper.from_array(np.array([0], np.int64), "positions/zero_axis"),
+        numpy_helper.from_array(np.array(1, np.int64), "positions/one"),
+    ]
+    nodes = [
+        helper.make_node("Shape", ["attention_mask"], ["positions/mask_shape"]),
+        helper.make_node("Gather", ["positions/mask_shape", "positions/axis"], ["positions/total"], axis=0),
+        helper.make_node("Shape", ["input_ids"], ["positions/ids_shape"]),
+        helper.make_node("Gather", ["positions/ids_shape", "positions/axis"], ["positions/new"], axis=0),
+        helper.make_node("Sub", ["positions/total", "positions/new"], ["positions/past"]),
+        helper.make_node("Squeeze", ["positions/past", "positions/zero_axis"], ["positions/start"]),
+        helper.make_node("Squeeze", ["positions/total", "positions/zero_axis"], ["positions/stop"]),
+        helper.make_node("Range", ["positions/start", "positions/stop", "positions/one"], ["positions/range"]),
+        helper.make_node("Unsqueeze", ["positions/range", "positions/zero_axis"], ["position_ids"]),
+    ]
+    graph.initializer.extend(constants)
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+    onnx.checker.check_model(proto)
+    path = tmp_path / "llama_kv_no_position_ids.onnx"
+    onnx.save(proto, path)
+    return str(path)
+
+
+def test_a_decoder_counting_positions_on_from_the_mask_length_fuses_rotary_and_generates_the_same_tokens(tmp_path):
+    source = _counting_positions_on_from_the_mask(tmp_path)
+    output = tmp_path / "optimized.onnx"
+    _, report = optimizer.optimize_with_report(source, output=output)
+    assert all(record.status in (STATUS_APPLIED, STATUS_UNCHANGED) for record in report.passes), report.failures()
+    ops = Counter(node.op_type for node in ir.load(output).graph)
+    assert ops["RotaryEmbedding"] == 2 * LAYERS and ops["GroupQueryAttention"] == LAYERS
+
+    def without_positions(path: str) -> Step:
+        step = session_step(path)
+        return lambda feed: step({name: value for name, value in feed.items() if name != "position_ids"})
+
+    for batch in (1, 2):
+        ids, mask = prompts(batch)
+        want_tokens, want_logits = greedy(without_positions(source), KV_FIXTURES["llama_kv_legacy"], ids, mask)
+        got_tokens, got_logits = greedy(without_positions(str(output)), KV_FIXTURES["llama_kv_legacy"], ids, mask)
+        np.testing.assert_array_equal(got_tokens, want_tokens)
+        for got, want in zip(got_logits, want_logits, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

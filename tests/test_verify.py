@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from optimizer.errors import InputSpecError
-from optimizer.verify import DEFAULT_TOLERANCES, Tolerance, compare_outputs, parse_tolerance_flags
+from optimizer.verify import (
+    DEFAULT_TOLERANCES,
+    OutputCheck,
+    Tolerance,
+    VerificationResult,
+    compare_outputs,
+    parse_tolerance_flags,
+)
 
 
 def _check(expected, actual, tolerances=None):
@@ -87,3 +94,17 @@ def test_a_noise_floor_of_another_shape_is_ignored():
     before = {"y": np.ones((2, 3), np.float32)}
     after = {"y": before["y"] + 0.1}
     assert not compare_outputs(before, after, noise={"y": np.ones(5)}).ok
+
+
+def test_the_failure_named_is_the_output_with_the_largest_difference_the_one_the_report_shows():
+    # A review: the rollback line named the first failing output (logits, 0.0206) while the table showed the
+    # largest difference (a present, 1.33); a reader could not tell which decided it.
+    result = VerificationResult(
+        checks=[
+            OutputCheck("logits", False, 0.0206, 0.01, "output 'logits': max abs error 0.0206"),
+            OutputCheck("present.0.key", True, 0.5, 1e-6),
+            OutputCheck("present.1.key", False, 1.33, 0.2, "output 'present.1.key': max abs error 1.33"),
+        ]
+    )
+    assert result.max_abs_error == 1.33
+    assert result.first_failure == "output 'present.1.key': max abs error 1.33 (and 1 other output)"

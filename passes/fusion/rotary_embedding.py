@@ -14,7 +14,10 @@ The cos/sin tables are not matched structurally: the subgraph computing them is
 evaluated on ONNX Runtime (only its ancestors, cheap) for ``cache_length``
 positions to build the caches, then checked to prove that row ``s`` always uses
 position ``s`` — or, when the model takes a ``position_ids`` input, position
-``position_ids[b, s]``, which the fused op then reads. Sequences longer than
+``position_ids[b, s]``, which the fused op then reads; or, with no ``position_ids``,
+position ``T - S + s`` for a mask of ``T`` tokens over ``S`` new ones (a decoder that
+counts positions on from its past by the mask's length), which the fused op reads as
+its ``[1]`` position offset, computed in the graph. Sequences longer than
 ``cache_length`` (``--max-sequence``, default 4096) are not supported by the fused
 model.
 
@@ -28,11 +31,16 @@ of each integer the subgraph holds (the length a switch compares with), and
 the original must refuse that length (ONNX Runtime fails, or cos/sin are not ``S``
 long: a table sliced past its end). Each probe is ``S × d`` numbers, so all are cheap.
 
+Without ``position_ids``, the tables are also evaluated with a mask longer than the
+ids (1 new token after 6, 3 after 4: a past), where they must be the rows of the token
+index or all those of ``T - S + s``.
+
 Refuses when: the rotation is partial or interleaved; x is not a float32 head split;
 the cos/sin subgraph reads anything but ``[batch, sequence]`` integer inputs (token
 ids, the attention mask, position ids) or contains an If/Loop/Scan; its values are
-not ``[c, c]`` halves of a position table; positions depend on the attention mask; or
-at some probed length cos/sin are not the caches' rows.
+not ``[c, c]`` halves of a position table; positions depend on the attention mask's
+values, or (without ``position_ids``) on its length in any other way than counting on
+from a past; or at some probed length cos/sin are not the caches' rows.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from passes.fusion._layout import head_split, last_dim, producer
 from passes.fusion._probe import (
     DEFAULT_MAX_SEQUENCE,
     PADDED_MASK,
+    is_mask,
     long_mask,
     probe_lengths,
     token_feeds,
@@ -202,17 +211,21 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         wrong = _check_rows(model, [cos, sin], inputs, positions, caches, self.cache_length)
         if wrong is not None:
             return wrong
+        past = None if positions is not None else _counts_on_from_past(model, [cos, sin], inputs, caches)
+        if isinstance(past, str):
+            return past
+        if positions is not None and positions.dtype != ir.DataType.INT64:
+            return "position_ids are not int64"
         cos_cache, sin_cache = caches
         graph = model.graph
         cos_value = add_initializer(graph, "rotary_cos_cache", cos_cache.astype(table_cos.dtype))
         sin_value = add_initializer(graph, "rotary_sin_cache", sin_cache.astype(table_sin.dtype))
-        position_value = (
-            positions
-            if positions is not None
-            else add_initializer(graph, "rotary_position_offset", np.zeros(1, dtype=np.int64))
-        )
-        if position_value.dtype != ir.DataType.INT64:
-            return "position_ids are not int64"
+        if positions is not None:
+            position_value = positions
+        elif past is not None:
+            position_value = _past_length(graph, *past)
+        else:
+            position_value = add_initializer(graph, "rotary_position_offset", np.zeros(1, dtype=np.int64))
         return cos_value, sin_value, position_value
 
 
@@ -265,6 +278,61 @@ def _check_rows(
                     "(the tables change with the sequence length)"
                 )
     return None
+
+
+# (new tokens, past tokens) of the probes that tell the token index from positions counted on from a past.
+_PAST_PROBES = ((1, 6), (3, 4))
+
+
+def _counts_on_from_past(
+    model: ir.Model, tables: list[ir.Value], inputs: list[ir.Value], caches: tuple[np.ndarray, np.ndarray]
+) -> tuple[ir.Value, ir.Value] | str | None:
+    """Without ``position_ids``: ``(mask, ids)`` when cos/sin take position ``T - S + s`` for a mask of ``T``
+    tokens over ``S`` ids, None when they take the token index ``s``, or why neither.
+
+    The other probes feed a mask as long as the ids, where the two agree. Lengths the
+    original refuses (its tables need ``T == S``) are skipped: it runs no such step either.
+    """
+    masks = [value for value in inputs if is_mask(value)]
+    others = [value for value in inputs if not is_mask(value)]
+    if len(masks) != 1 or not others:
+        return None  # the subgraph reads no mask, or no input whose length is the new tokens'
+    modes = set()
+    for new, past in _PAST_PROBES:
+        if new + past > len(caches[0]):
+            continue
+        feeds = token_feeds(inputs, np.ones((1, new)), {masks[0].name: np.ones((1, new + past))})
+        try:
+            found = evaluate(model, tables, feeds)
+        except RuntimeRefusedError:
+            continue
+        for probe, cache in zip(found, caches):
+            halves = _halves(probe, cache.shape[-1])
+            if halves is None or halves.shape[:2] != (1, new):
+                return f"cos/sin of {new} new tokens after {past} past ones have an unexpected shape"
+            if np.allclose(halves[0], cache[np.arange(new)], atol=1e-6):
+                modes.add("index")
+            elif np.allclose(halves[0], cache[past + np.arange(new)], atol=1e-6):
+                modes.add("past")
+            else:
+                modes.add("other")
+    if modes <= {"index"}:
+        return None
+    if modes == {"past"}:
+        return masks[0], others[0]
+    return "rotary positions follow neither the token index nor the mask's length past the ids"
+
+
+def _past_length(graph: ir.Graph, mask: ir.Value, ids: ir.Value) -> ir.Value:
+    """``[T - S]`` (int64): the mask's length less the ids', computed at the start of ``graph``."""
+    second = add_initializer(graph, "rotary_sequence_axis", np.array([1], dtype=np.int64))
+    nodes = [ir.node("Shape", [mask]), ir.node("Shape", [ids])]
+    nodes += [ir.node("Gather", [node.outputs[0], second], {"axis": 0}) for node in nodes]
+    nodes.append(ir.node("Sub", [nodes[2].outputs[0], nodes[3].outputs[0]]))
+    graph.insert_before(next(iter(graph)), nodes)
+    offset = nodes[-1].outputs[0]
+    offset.dtype, offset.shape = ir.DataType.INT64, ir.Shape([1])
+    return offset
 
 
 def _halves(table: np.ndarray, half: int) -> np.ndarray | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from passes.fusion.rotary_embedding import RotaryEmbeddingFusion
@@ -31,8 +32,14 @@ def _rotary_model(
     positions_from_mask: bool = False,
     switched: bool = False,
     position_input: bool = False,
+    past_shift: int | None = None,
+    past_factor: int = 1,
 ) -> ir.Model:
     """``rotate(h)`` for h [B, S, HEADS*HEAD_SIZE], positions 0..S-1 (or cumsum(mask) - 1, or a ``position_ids`` input).
+
+    ``past_shift``: an ``ids`` [B, S] input beside a mask [B, T] over past and new tokens,
+    positions ``past_factor * (T - S) + past_shift + s`` (factor 1, shift 0: counted on from
+    the past, as a decoder without ``position_ids`` does).
 
     ``switched``: the angles are a ``[TABLE_ROWS, d/2]`` table sliced to ``S``, the short
     one up to SWITCH_AT tokens and the long one past it (as LongRoPE switches its factors
@@ -69,6 +76,23 @@ def _rotary_model(
             helper.make_node("Cast", ["position_ids"], ["positions_2d"], to=TensorProto.FLOAT),
             helper.make_node("Unsqueeze", ["positions_2d", "axes_last"], ["positions"]),  # [B, S, 1]
             helper.make_node("MatMul", ["positions", "inv_freq"], ["freqs"]),  # [B, S, d/2]
+        ]
+    elif past_shift is not None:
+        consts["shift"] = np.array(past_shift, np.int64)
+        consts["factor"] = np.array(past_factor, np.int64)
+        nodes += [
+            helper.make_node("Gather", ["mask_shape", "one"], ["total"], axis=0),
+            helper.make_node("Shape", ["ids"], ["ids_shape"]),
+            helper.make_node("Gather", ["ids_shape", "one"], ["new"], axis=0),
+            helper.make_node("Sub", ["total", "new"], ["past_tokens"]),
+            helper.make_node("Mul", ["past_tokens", "factor"], ["past"]),
+            helper.make_node("Add", ["past", "shift"], ["start"]),
+            helper.make_node("Add", ["start", "new"], ["stop"]),
+            helper.make_node("Range", ["start", "stop", "one"], ["range"]),
+            helper.make_node("Cast", ["range"], ["range_f"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["range_f", "axes_last"], ["positions"]),  # [S, 1]
+            helper.make_node("MatMul", ["positions", "inv_freq"], ["freqs_2d"]),  # [S, d/2]
+            helper.make_node("Unsqueeze", ["freqs_2d", "lo_start"], ["freqs"]),  # [1, S, d/2]
         ]
     elif positions_from_mask:
         nodes += [
@@ -108,8 +132,9 @@ def _rotary_model(
         "rotary",
         [
             helper.make_tensor_value_info("h", TensorProto.FLOAT, ["B", "S", HEADS * HEAD_SIZE]),
-            helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", "S"]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", "S" if past_shift is None else "T"]),
             *([helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["B", "S"])] if position_input else []),
+            *([helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "S"])] if past_shift is not None else []),
         ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", HEADS, "S", HEAD_SIZE])],
         [numpy_helper.from_array(array, name) for name, array in consts.items()],
@@ -185,3 +210,31 @@ def test_position_ids_are_read_at_every_probed_length():
     feeds = _inputs(sequence=300)
     feeds["position_ids"] = np.arange(300)[None].repeat(2, 0) + np.array([[0], [700]])  # the second row offset
     assert_same_outputs(model, after, feeds, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_positions_counted_on_from_a_past_by_the_mask_length_are_read_as_an_offset(shift):
+    # No position_ids: positions T - S + s for a mask of T tokens over S new ones (a decode step's);
+    # with a constant shift the caches hold the shifted rows.
+    model = _rotary_model(past_shift=shift)
+    fusion = RotaryEmbeddingFusion(cache_length=64)
+    after = fusion(model.clone()).model
+    assert fusion.fused_count == 1
+    (rotary,) = [n for n in after.graph if n.op_type == "RotaryEmbedding"]
+    assert rotary.inputs[1].shape == ir.Shape([1]) and rotary.inputs[1].name not in ("mask", "ids")
+    for new, past in ((6, 0), (1, 9), (3, 20)):
+        feeds = _inputs(sequence=new)
+        feeds["mask"] = np.ones((2, new + past), np.int64)
+        feeds["ids"] = np.ones((2, new), np.int64)
+        assert_same_outputs(model, after, feeds, rtol=1e-5, atol=1e-5)
+
+
+def test_positions_that_depend_on_the_past_length_in_another_way_are_left_alone():
+    # 2 (T - S) + s: the token index without a past, neither it nor counted on with one.
+    model = _rotary_model(past_shift=0, past_factor=2)
+    result = RotaryEmbeddingFusion(cache_length=64)(model.clone())
+    assert not result.modified
+    assert result.refusals == [
+        "1 near match at Add left unfused: rotary positions follow neither the token index nor the mask's length "
+        "past the ids"
+    ]
