@@ -136,6 +136,7 @@ def optimize_with_report(
     if options.verify:
         input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, notes)
         bound = dims_from_inputs(ir_model, input_sets[0])
+        _refuse_dims_unlike_inputs(options.dims, bound, inputs)
         # Shape-specialized candidates take samples only at the bound batch size.
         batch = min((bound[name] for name in batch_dims(ir_model) if name in bound), default=None)
         verifier = Verifier(
@@ -268,6 +269,19 @@ def _samples(
         "which says little about accuracy on real data"
     )
     return make_inputs(model, bound, seed=2), warning
+
+
+def _refuse_dims_unlike_inputs(dims: Mapping[str, int] | None, bound: Mapping[str, int], inputs: InputsLike) -> None:
+    """Refuse ``--dim`` sizes the given verification inputs contradict: the inputs bind the dims (and
+    ``--static-shapes`` fixes them there), so a different ``--dim`` would be silently dropped."""
+    if inputs is None or not dims:
+        return
+    unlike = [name for name, size in dims.items() if name in bound and bound[name] != size]
+    if unlike:
+        asked = " ".join(f"{name}={dims[name]}" for name in unlike)
+        given = ", ".join(f"{name}={bound[name]}" for name in unlike)
+        where = f"--inputs {inputs}" if isinstance(inputs, (str, os.PathLike)) else "the given inputs"
+        raise InputSpecError(f"--dim {asked}: {where} have {given}; drop --dim or give inputs of that size")
 
 
 def _verification_inputs(

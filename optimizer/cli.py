@@ -41,6 +41,8 @@ EXAMPLE_MODEL = Path(__file__).resolve().parents[1] / "examples" / "encoder.onnx
 
 # Subcommands that read --config and write --print-config.
 _CONFIGURABLE = ("optimize", "demo", "compare")
+# Where ``graphopt demo`` writes unless given -o: its folder is made if missing.
+DEMO_OUTPUT = "build/demo/encoder.optimized.onnx"
 # Argparse dests that are not ``Options`` fields of the same name.
 _OPTION_OF_DEST = {"no_verify": "verify", "dim": "dims", "tolerance": "tolerances"}
 
@@ -138,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="optimize the example transformer encoder shipped in examples/")
     _add_run_flags(demo)
-    demo.add_argument("-o", "--output", default="build/demo/encoder.optimized.onnx", help="where to write the result")
+    demo.add_argument("-o", "--output", default=DEMO_OUTPUT, help="where to write the result")
     _add_pipeline_flags(demo)
     parser.commands = {"optimize": optimize, "compare": comparison, "make-inputs": skeleton, "passes": listing}
     parser.commands["demo"] = demo
@@ -535,7 +537,10 @@ def _main(argv: list[str] | None) -> int:
     args.quiet = args.quiet or getattr(args, "sub_quiet", False)
     if args.verbose and args.quiet:
         raise OptionError("-v and -q: choose one")
+    words = sys.argv[1:] if argv is None else argv
     for old, new in (getattr(args, "_spellings", None) or {}).values():
+        if any(word == new or word.startswith(new + "=") for word in words):
+            raise OptionError(f"{old} and {new}: the old and the new name of one flag; give {new} once")
         print(f"graphopt: warning: {old} is now {new}; {old} will be removed", file=sys.stderr)
     if args.command in _CONFIGURABLE:
         if args.command == "demo":
@@ -557,9 +562,20 @@ def _main(argv: list[str] | None) -> int:
             return _make_inputs(console, args)
         if args.command == "compare":
             return _finish(_compare(console, errors, args, args.before, args.after))
-        if args.command == "demo":
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        if args.command == "demo" and args.output == DEMO_OUTPUT:
+            _make_demo_folder()
         return _finish(_optimize(console, errors, args))
+
+
+def _make_demo_folder() -> None:
+    """The default demo output's folder, made if missing (a given ``-o``'s folder must exist, as for ``optimize``)."""
+    from optimizer.errors import OutputPathError
+
+    try:
+        Path(DEMO_OUTPUT).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        folder = Path(DEMO_OUTPUT).parent
+        raise OutputPathError(f"{folder}: cannot make the demo's folder ({error.strerror or error})") from error
 
 
 def _apply_config(args: argparse.Namespace, argv: list[str] | None, parser: argparse.ArgumentParser) -> None:
@@ -664,9 +680,20 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
     _refuse_stdout(writes)
     check_paths(
         writes,
-        [("the --inputs file", args.inputs), ("the --calibration file", args.calibration)],
+        [
+            ("the --inputs file", args.inputs),
+            ("the --calibration file", args.calibration),
+            ("the --config file", args.config),
+        ],
         models=[("the input model", args.model)],
     )
+    if args.compare and (args.generate or args.no_verify):
+        # What the comparison would refuse must not cost the optimization and its written model first.
+        from optimizer.compare.comparison import check_before_optimizing
+
+        check_before_optimizing(
+            args.model, _compare_settings(args), args.inputs if args.no_verify or args.generate else None, options.dims
+        )
     names = _split(args.passes, "--passes") if args.passes is not None else None
     requested = requested_passes(names, options) if args.strict else set()
     with progress_sink(errors, args.quiet) as sink, reporting_to(sink), task(f"optimizing {Path(args.model).name}"):
@@ -823,7 +850,7 @@ def _compare(
     _refuse_stdout({_spelled(args, "json", "--json"): args.json, "--html": args.html})
     check_paths(
         {_spelled(args, "json", "--json"): args.json, "--html": args.html},
-        [("the --inputs file", args.inputs)],
+        [("the --inputs file", args.inputs), ("the --config file", args.config)],
         models=[("the BEFORE model", before), ("the AFTER model", after)],
     )
     settings = _compare_settings(args)
@@ -848,7 +875,11 @@ def _compare(
     if args.html:
         write_html(report, args.html, pipeline)
     failed = []
-    if args.gate_min_cosine is not None and (lines := accuracy_failures(report, args.gate_min_cosine)):
+    if args.gate_min_cosine is not None and (
+        lines := accuracy_failures(
+            report, args.gate_min_cosine, "--min-cosine" if args.command == "compare" else "--compare-min-cosine"
+        )
+    ):
         failed.append((exit_codes.LESS_ACCURATE, lines))
     if args.max_ratio is not None and (lines := slower_failures(report, args.max_ratio)):
         failed.append((exit_codes.SLOWER, lines))

@@ -63,6 +63,8 @@ def load_config(path: str | os.PathLike, parser: argparse.ArgumentParser) -> dic
         import tomli as tomllib  # type: ignore[no-redef]
 
     source = Path(path)
+    if source.exists() and not source.is_file() and not source.is_dir():
+        raise ConfigError(f"--config {path}: not a regular file (a pipe or a device, which could block); give a file")
     try:
         with open(source, "rb") as handle:
             table = tomllib.load(handle)

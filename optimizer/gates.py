@@ -56,7 +56,7 @@ def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
             high = batch.ratio.high
             if high > max_ratio:
                 failures.append(
-                    f"--max-ratio {max_ratio:g}: {provider.ep} batch {batch.batch}: AFTER takes "
+                    f"--max-ratio {max_ratio:.12g}: {provider.ep} batch {batch.batch}: AFTER takes "
                     f"{batch.ratio.ratio:.2f}x BEFORE's time (95 % interval up to {high:.2f}x)"
                 )
         for timed in provider.generation:
@@ -68,11 +68,11 @@ def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
             for figure, ratio, high in figures:
                 if high > max_ratio:
                     failures.append(
-                        f"--max-ratio {max_ratio:g}: {provider.ep} generation batch {timed.batch}, {figure}: "
+                        f"--max-ratio {max_ratio:.12g}: {provider.ep} generation batch {timed.batch}, {figure}: "
                         f"AFTER {ratio:.2f}x BEFORE (95 % interval up to {high:.2f}x)"
                     )
     if not measured:
-        return [f"--max-ratio {max_ratio:g}: no latency was measured (every execution provider was skipped)"]
+        return [f"--max-ratio {max_ratio:.12g}: no latency was measured (every execution provider was skipped)"]
     return failures
 
 
@@ -83,35 +83,35 @@ def _inverse(ratio: float) -> float:
 _NOT_COMPARED = ": its accuracy is not compared"
 
 
-def accuracy_failures(report: ComparisonReport, min_cosine: float) -> list[str]:
+def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "--min-cosine") -> list[str]:
     """``--min-cosine X``: each float output of AFTER whose cosine similarity to BEFORE's is below X.
 
     Outputs that are not float (token ids, masks) have no cosine; they must be exactly
     equal instead. An output whose error is infinite (NaN or Inf where BEFORE has a
     number) fails whatever its cosine, which is taken over the values both left finite;
     so does an output ``compare`` could not compare (another shape or kind in AFTER).
+    ``flag`` names the gate as the user gave it (``--compare-min-cosine`` on ``optimize``).
     """
+    gate = f"{flag} {min_cosine:.12g}"  # as given: 0.99999999 is not 1
     # compare() records an output it left out of the accuracy only as this warning.
-    failures = [f"--min-cosine {min_cosine:g}: {w}" for w in report.warnings if w.endswith(_NOT_COMPARED)]
+    failures = [f"{gate}: {w}" for w in report.warnings if w.endswith(_NOT_COMPARED)]
     measured = 0
     for provider in report.providers:
         for output in provider.accuracy if provider.available else ():
             measured += 1
             if output.cosine is not None and not math.isfinite(output.max_abs_error):
                 failures.append(
-                    f"--min-cosine {min_cosine:g}: {provider.ep}: output '{output.name}' differs without bound "
+                    f"{gate}: {provider.ep}: output '{output.name}' differs without bound "
                     "(NaN or Inf where BEFORE has a number)"
                 )
             elif output.cosine is None:
                 if not output.exact:
                     failures.append(
-                        f"--min-cosine {min_cosine:g}: {provider.ep}: output '{output.name}' ({output.dtype}) "
+                        f"{gate}: {provider.ep}: output '{output.name}' ({output.dtype}) "
                         "differs and has no cosine similarity"
                     )
             elif not output.cosine >= min_cosine:  # NaN fails too
-                failures.append(
-                    f"--min-cosine {min_cosine:g}: {provider.ep}: output '{output.name}' has cosine {output.cosine:.6f}"
-                )
-    if not measured:
-        return [f"--min-cosine {min_cosine:g}: no accuracy was measured (every execution provider was skipped)"]
+                failures.append(f"{gate}: {provider.ep}: output '{output.name}' has cosine {output.cosine:.6f}")
+    if not measured and not failures:
+        return [f"{gate}: no accuracy was measured (every execution provider was skipped)"]
     return failures

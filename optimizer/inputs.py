@@ -64,6 +64,8 @@ from optimizer.runtime import run_model
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 1
+# The files a data folder (--inputs, --calibration) is read from.
+DATA_FOLDER_SUFFIXES = (".npz", ".npy")
 DEFAULT_SEQUENCE = 128
 
 _BATCH_NAME = re.compile(r"batch|^n$|^b$|^N$", re.IGNORECASE)
@@ -376,7 +378,7 @@ def load_inputs(
 def _read_input_folder(path: Path, source: str) -> dict[str, np.ndarray]:
     """One input set from a folder of .npy files, loaded (within ``MAX_INPUT_BYTES``)."""
     try:
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".npz", ".npy"))
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_FOLDER_SUFFIXES)
     except OSError as error:
         raise InputSpecError(f"{source}: cannot read the folder ({error.strerror or one_line(error)})") from error
     if not files:
@@ -525,7 +527,8 @@ def check_inputs(
     survives the cast (int32 token ids for an int64 input; a cast that would change a value
     is refused in one line, and floats are never cast), and
     a missing input that is safe to zero (``zero_fillable``: token type / segment ids) is
-    filled with zeros of the shape the other inputs give its dims.
+    filled with zeros of the shape the other inputs give its dims. Arrays that match no
+    graph input (a misspelt name) are noted as ignored.
     """
     defaults = [value.name for value in model.graph.inputs if value.name in model.graph.initializers]
     overridden = next((name for name in defaults if name in arrays), None)
@@ -565,6 +568,10 @@ def check_inputs(
     for value in fillable:
         checked[value.name] = _zeros_for(value, model, checked, source)
         _add_note(notes, f"'{value.name}' missing: filled with zeros ({_ZERO_FILL_MEANING})")
+    unused = [name for name in arrays if name not in required and name not in defaults]
+    if unused and notes is not None:
+        names = ", ".join(f"'{name}'" for name in unused)
+        _add_note(notes, f"{names} {'matches' if len(unused) == 1 else 'match'} no graph input: ignored")
     if required and all(checked[name].size == 0 for name in required):
         raise InputSpecError(f"{source}: every array is empty: there are no samples to check anything on")
     return {name: checked[name] for name in required}
@@ -1520,7 +1527,7 @@ def _in_memory(model: ir.Model, source: str, arrays: dict[str, np.ndarray]) -> S
 
 def _open_folder(path: Path, model: ir.Model, source: str) -> SampleData:
     try:
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".npz", ".npy"))
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_FOLDER_SUFFIXES)
     except OSError as error:
         raise InputSpecError(f"{source}: cannot read the folder ({error.strerror or one_line(error)})") from error
     kinds = {p.suffix for p in files}
@@ -1650,7 +1657,7 @@ def _spool(model: ir.Model, source: str, items: Iterator[Any], expected: str) ->
         if not arrays:
             raise InputSpecError(f"{source}: item {index + 1} holds no arrays")
         file = Path(folder.name) / f"{index:08d}.npz"
-        np.savez(file, **arrays)
+        save_npz(file, arrays)
         files.append(file)
         plan.append((_rows(arrays), _shapes(arrays)))
     if not files:
@@ -1705,7 +1712,20 @@ def write_input_skeleton(
 def _savez(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     # numpy.savez appends .npz to a name without it; write through a handle to keep the temporary name.
     with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
+        save_npz(handle, arrays)
+
+
+def save_npz(file: str | os.PathLike | Any, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` as ``numpy.savez`` does (one uncompressed ``NAME.npy`` per array), under any names.
+
+    ``numpy.savez(file, **arrays)`` takes the names as keywords, so a graph input named
+    ``file`` raises and one named ``allow_pickle`` is taken for numpy's own argument (an
+    empty archive). Arrays of Python objects are refused, as ``numpy.load`` would refuse them.
+    """
+    with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", mode="w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
 
 
 def _skeleton_value(value: ir.Value, generated: np.ndarray) -> tuple[np.ndarray, str]:

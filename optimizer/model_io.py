@@ -48,12 +48,14 @@ import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, ONNX_DOMAINS
 from optimizer.errors import (
+    InputSpecError,
     InvalidModelError,
     ModelFileError,
     OutputPathError,
     UnsupportedModelError,
     one_line,
 )
+from optimizer.inputs import DATA_FOLDER_SUFFIXES
 from optimizer.runtime import has_external_tensors, weight_bytes
 
 # Domains whose operators we can check: ONNX, ONNX-ML, and ONNX Runtime's contrib
@@ -448,13 +450,17 @@ def check_paths(
     model files read, whose external data files are read too. Each output must name a
     file (no trailing ``/``, not a folder, not a device or pipe) in an existing folder
     we may write to; no two outputs may be the same file, no output any file read,
-    however spelled (relative, absolute, ``..``, a symlink, a hard link), and no file
+    however spelled (relative, absolute, ``..``, a symlink, a hard link), nor a ``.npz`` or
+    ``.npy`` file in a data folder read (which reads every such file in it), and no file
     read may bear a name ``-o``'s weights could take.
     """
     given = {flag: path for flag, path in writes.items() if path is not None}
     for flag, path in given.items():
         _check_writable(flag, path)
     read = [(what, Path(path)) for what, path in reads if path is not None]
+    for what, file in read:
+        if file.exists() and not file.is_file() and not file.is_dir():
+            raise InputSpecError(f"{file}: {what} is not a regular file (a pipe or a device, which could block)")
     models = [(what, Path(path)) for what, path in models if path is not None]
     output = Path(given["-o"]) if "-o" in given else None
     claimed = _data_name_pattern(output.name) if output is not None else None
@@ -477,6 +483,15 @@ def check_paths(
             if file.exists() and places[flag] == _place(file):
                 raise OutputPathError(
                     f"{path}: the {_ROLES.get(flag, 'output')} would overwrite {what}; choose another {flag}"
+                )
+            if (
+                file.is_dir()
+                and Path(path).suffix in DATA_FOLDER_SUFFIXES
+                and _place(Path(path).absolute().parent) == _place(file)
+            ):
+                raise OutputPathError(
+                    f"{path}: the {_ROLES.get(flag, 'output')} would write into {what.replace(' file', ' folder')}, "
+                    f"which reads every {'/'.join(DATA_FOLDER_SUFFIXES)} file there; choose another {flag}"
                 )
     if output is None:
         return

@@ -117,6 +117,19 @@ def excluded(layer: Layer, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(layer.name, p) or fnmatch.fnmatchcase(layer.node.op_type, p) for p in patterns)
 
 
+def unmatched_patterns(graph: ir.Graph, patterns: Iterable[str]) -> list[str]:
+    """The ``--exclude`` globs that match no node name or op type of ``graph`` (a typo keeps nothing float)."""
+    nodes = list(graph)
+    return [
+        pattern
+        for pattern in patterns
+        if not any(
+            fnmatch.fnmatchcase(node.name or "", pattern) or fnmatch.fnmatchcase(node.op_type, pattern)
+            for node in nodes
+        )
+    ]
+
+
 def feeds_graph_output(layer: Layer) -> bool:
     """True if the layer's result (after a bias Add, if any) is a graph output: an LM head or classifier."""
     output = layer.node.outputs[0]

@@ -264,6 +264,22 @@ def compare(
     return report
 
 
+def check_before_optimizing(
+    before: str | os.PathLike, settings: CompareSettings, inputs: Any, dims: Mapping[str, int] | None
+) -> None:
+    """Refuse (``InputSpecError``) what ``compare`` would refuse about BEFORE and ``inputs`` alone, before an
+    ``optimize --compare`` writes its model: ``--generate`` on a model that is no causal LM with a cache, and
+    ``inputs`` BEFORE cannot take (with verification on, the optimization checks them itself)."""
+    model = load_model(before)
+    if settings.generate:
+        lm = recognise_causal_lm(model)
+        if isinstance(lm, str):
+            raise InputSpecError(f"--generate needs a causal LM with a KV cache: {before}: {lm}")
+        _, inputs = _held_out_text(inputs, lm)
+    if inputs is not None:
+        _base_inputs(model, inputs, dims, [])
+
+
 @contextlib.contextmanager
 def _model_files(*models: ModelLike) -> Iterator[list[tuple[str, str]]]:
     """``(path, label)`` of each model: a path as given, an in-memory model written to a temporary folder."""

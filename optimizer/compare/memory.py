@@ -32,8 +32,12 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from optimizer.errors import GraphoptError
+from optimizer.inputs import save_npz
 
 
 @dataclass(frozen=True)
@@ -56,13 +60,25 @@ def measure_session_memory(path: str, ep: str, inputs: Mapping[str, np.ndarray],
     """Create and run ``path`` once on ``ep`` in a child process and return its memory use."""
     with tempfile.TemporaryDirectory(prefix="graphopt-memory-") as folder:
         feeds = os.path.join(folder, "inputs.npz")
-        np.savez(feeds, **inputs)
-        command = [sys.executable, "-m", "optimizer.compare.memory", path, feeds, ep, str(threads)]
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        save_npz(feeds, inputs)
+        completed = subprocess.run(
+            [*_child_command(), path, feeds, ep, str(threads)], capture_output=True, text=True, check=False
+        )
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"memory probe failed for {path}: {last}")
+        raise GraphoptError(f"memory probe failed for {path}: {last}")
     return MemoryUsage(**json.loads(completed.stdout.strip().splitlines()[-1]))
+
+
+def _child_command() -> list[str]:
+    """``python -m optimizer.compare.memory`` with graphopt's own folder first on ``sys.path``, not the working
+    folder (``-m`` puts the working folder first: an ``onnxruntime/`` or ``numpy/`` there would be imported)."""
+    root = os.fspath(Path(__file__).resolve().parents[2])
+    launcher = (
+        f"import runpy, sys; sys.path[0] = {root!r}; "
+        "runpy.run_module('optimizer.compare.memory', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", launcher]
 
 
 def query_gpu(field: str) -> str | None:

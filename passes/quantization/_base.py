@@ -48,7 +48,15 @@ from optimizer.padding import cache_outputs
 from optimizer.progress import task, track
 from optimizer.protocol import Twin
 from optimizer.runtime import cuda_unavailable_reason, run_batches, stream_values
-from passes._layers import Layer, excluded, feeds_graph_output, find_layers, name_nodes, tied_weight_reason
+from passes._layers import (
+    Layer,
+    excluded,
+    feeds_graph_output,
+    find_layers,
+    name_nodes,
+    tied_weight_reason,
+    unmatched_patterns,
+)
 from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
 from passes.quantization import smoothing
@@ -224,6 +232,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         layers, refused = find_layers(model.graph, self.kinds)
         for node, reason in refused.items():
             self.refuse(node.op_type, reason)
+        for pattern in unmatched_patterns(model.graph, self.exclude):
+            self.note(f"--exclude '{pattern}' matches no node name or op type of the graph: it keeps nothing float")
         chosen = []
         for layer in layers:
             if excluded(layer, self.exclude):
