@@ -107,6 +107,7 @@ class AccuracyAccumulator:
                 "exact": True,
                 "samples": 0,
                 "values": 0,
+                "compared": 0,
             },
         )
         stats["samples"] += int(expected.shape[0]) if expected.ndim else 1
@@ -122,9 +123,12 @@ class AccuracyAccumulator:
         diff = np.abs(a0 - e0)
         rel = diff / np.maximum(floored_magnitude(e0), np.finfo(np.float64).tiny)
         max_abs, max_rel = float(diff.max()), float(rel.max())
-        if not finite.all() and not np.array_equal(np.isfinite(e), np.isfinite(a)):
+        # Where either is not finite, both must be the same: NaN and NaN, or one infinity.
+        unequal = ~finite & ~((np.isnan(e) & np.isnan(a)) | (e == a))
+        if unequal.any():
             max_abs = max_rel = float("inf")
         stats["values"] += expected.size
+        stats["compared"] += int(finite.sum())
         stats["max_abs"] = max(stats["max_abs"], max_abs)
         stats["max_rel"] = max(stats["max_rel"], max_rel)
         if stats["cosine"]:
@@ -142,7 +146,8 @@ class AccuracyAccumulator:
         results = []
         for name, stats in self._stats.items():
             cosine = top1 = None
-            if stats["cosine"] and stats["values"]:
+            # A cosine of one number is +-1, and of no number (all NaN or Inf) nothing: neither is reported.
+            if stats["cosine"] and stats["compared"] > 1:
                 norms = np.sqrt(stats["xx"]) * np.sqrt(stats["yy"])
                 cosine = float(stats["dot"] / norms) if norms else (1.0 if stats["same_values"] else 0.0)
                 if stats["top1"] and stats["rows"]:

@@ -42,7 +42,9 @@ def strict_failures(report: PipelineReport, requested: set[str]) -> list[str]:
 
 
 def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
-    """``--max-ratio R``: each measurement whose AFTER/BEFORE latency ratio's interval reaches above R.
+    """``--max-ratio R``: each measurement whose AFTER/BEFORE latency ratio's interval reaches above R, or that
+    cannot be trusted (``RatioEstimate.trustworthy``: under 10 pairs, a wide interval, noisy pairs): a gate
+    does not pass on a measurement its own report flags.
 
     One-run timing uses the latency ratio; ``--generate`` uses time to first token and
     the decode step time (the inverse of the tokens/s ratio, whose low end bounds it).
@@ -54,7 +56,13 @@ def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
         for batch in provider.batches:
             measured += 1
             high = batch.ratio.high
-            if high > max_ratio:
+            if not batch.ratio.trustworthy:
+                failures.append(
+                    f"--max-ratio {max_ratio:.12g}: {provider.ep} batch {batch.batch}: the ratio "
+                    f"{batch.ratio.ratio:.2f}x cannot be trusted ({batch.ratio.warning}): give more --time-budget "
+                    "or --iterations"
+                )
+            elif high > max_ratio:
                 failures.append(
                     f"--max-ratio {max_ratio:.12g}: {provider.ep} batch {batch.batch}: AFTER takes "
                     f"{batch.ratio.ratio:.2f}x BEFORE's time (95 % interval up to {high:.2f}x)"
@@ -65,7 +73,14 @@ def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
                 ("time to first token", timed.ttft_ratio.ratio, timed.ttft_ratio.high),
                 ("decode step time", _inverse(timed.tokens_per_s_ratio.ratio), _inverse(timed.tokens_per_s_ratio.low)),
             )
-            for figure, ratio, high in figures:
+            trusted = (timed.ttft_ratio, timed.tokens_per_s_ratio)
+            for estimate in trusted:
+                if not estimate.trustworthy:
+                    failures.append(
+                        f"--max-ratio {max_ratio:.12g}: {provider.ep} generation batch {timed.batch}: a ratio cannot "
+                        f"be trusted ({estimate.warning}): give more --time-budget or --iterations"
+                    )
+            for figure, ratio, high in figures if all(estimate.trustworthy for estimate in trusted) else ():
                 if high > max_ratio:
                     failures.append(
                         f"--max-ratio {max_ratio:.12g}: {provider.ep} generation batch {timed.batch}, {figure}: "
@@ -89,7 +104,9 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
     Outputs that are not float (token ids, masks) have no cosine; they must be exactly
     equal instead. An output whose error is infinite (NaN or Inf where BEFORE has a
     number) fails whatever its cosine, which is taken over the values both left finite;
-    so does an output ``compare`` could not compare (another shape or kind in AFTER).
+    so does an output ``compare`` could not compare (another shape or kind in AFTER). A float
+    output of one value has no cosine; its relative error may be at most ``sqrt(2 (1 - X))``,
+    what a cosine of X allows a vector.
     ``flag`` names the gate as the user gave it (``--compare-min-cosine`` on ``optimize``).
     """
     gate = f"{flag} {min_cosine:.12g}"  # as given: 0.99999999 is not 1
@@ -104,6 +121,15 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
                     f"{gate}: {provider.ep}: output '{output.name}' differs without bound "
                     "(NaN or Inf where BEFORE has a number)"
                 )
+            elif output.cosine is None and output.dtype.startswith(("float", "bfloat")) and not output.exact:
+                # One number has no cosine (it is +-1): its relative error is held to what the cosine allows
+                # a vector (cosine ~ 1 - r^2 / 2 for a relative RMS error r).
+                allowed = math.sqrt(2.0 * max(0.0, 1.0 - min_cosine))
+                if not output.max_rel_error <= allowed:
+                    failures.append(
+                        f"{gate}: {provider.ep}: output '{output.name}' is one value (no cosine): relative error "
+                        f"{output.max_rel_error:.3g} is above the {allowed:.3g} a cosine of {min_cosine:.12g} allows"
+                    )
             elif output.cosine is None:
                 if not output.exact:
                     failures.append(

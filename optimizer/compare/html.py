@@ -230,8 +230,10 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
     worst_abs = max(item.max_abs_error for item in provider.accuracy)
     cosines = [item.cosine for item in provider.accuracy if item.cosine is not None]
     top1 = [item.top1_agreement for item in provider.accuracy if item.top1_agreement is not None]
-    if all(item.exact for item in provider.accuracy) or worst_abs == 0:
+    if all(item.exact for item in provider.accuracy):
         return _Segment("outputs bit-identical", "good", "accuracy", warned)
+    if worst_abs == 0:
+        return _Segment("outputs equal in value", "good", "accuracy", warned)
     if worst_abs <= _ROUNDING_ABS and min(cosines, default=1.0) >= _IDENTICAL_COSINE and min(top1, default=1.0) == 1:
         bound = 10.0 ** math.ceil(math.log10(worst_abs))
         return _Segment(f"outputs identical to {bound:.0e}".replace("e-0", "e-"), "good", "accuracy", warned)

@@ -82,7 +82,10 @@ def _provider_table(provider: ProviderResult) -> Table:
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for batch in provider.batches:
         ratio = batch.ratio
-        style = "green" if ratio.high < 1 else "red" if ratio.low > 1 else "default"
+        # No colour says "faster" or "slower" where the interval cannot be trusted (as on the HTML page).
+        style = (
+            "default" if not ratio.trustworthy else "green" if ratio.high < 1 else "red" if ratio.low > 1 else "default"
+        )
         for name, summary, throughput in (
             ("before", batch.before, batch.throughput_before),
             ("after", batch.after, batch.throughput_after),
@@ -230,7 +233,7 @@ def _accuracy_table(provider: ProviderResult) -> Table:
         table.add_column(column, justify="right" if column != "output" else "left", no_wrap=True)
     for item in provider.accuracy:
         table.add_row(
-            item.name,
+            escape(item.name),
             f"{item.max_abs_error:.3g}",
             f"{item.max_rel_error:.3g}",
             _opt(item.cosine, ".6f"),
@@ -244,7 +247,7 @@ def _profile_table(provider: ProviderResult) -> Table:
     for column in ("op type", "before", "after"):
         table.add_column(column, justify="right" if column != "op type" else "left")
     for row in _profile_rows(provider):
-        table.add_row(*[str(cell) for cell in row])
+        table.add_row(*[escape(str(cell)) for cell in row])
     return table
 
 

@@ -1,0 +1,74 @@
+"""A hostile review of ``graphopt compare`` (2026-12-01): each case gave a wrong verdict, a gate that passed,
+or a traceback before."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from optimizer.accuracy import compare_accuracy
+from optimizer.compare.stats import RatioEstimate
+from optimizer.gates import accuracy_failures, slower_failures
+from tests._cli_models import run_cli
+
+
+def _provider(**fields) -> SimpleNamespace:
+    return SimpleNamespace(**{"ep": "cpu", "available": True, "batches": [], "generation": [], "accuracy": [], **fields})
+
+
+def test_non_finite_values_that_differ_are_an_unbounded_error():
+    # -inf against NaN (a fused kernel's NaN where the original masked with -inf), +inf against -inf.
+    for expected, actual in ((-np.inf, np.nan), (np.inf, -np.inf), (np.nan, np.inf)):
+        before = {"y": np.array([[1.0, 2.0, expected]], np.float32)}
+        after = {"y": np.array([[1.0, 2.0, actual]], np.float32)}
+        (result,) = compare_accuracy(before, after)
+        assert result.max_abs_error == np.inf and not result.exact
+        report = SimpleNamespace(providers=[_provider(accuracy=[result])], warnings=[])
+        assert accuracy_failures(report, 0.999), (expected, actual)
+    same = {"y": np.array([[1.0, np.nan, -np.inf]], np.float32)}
+    (result,) = compare_accuracy(same, {"y": same["y"].copy()})
+    assert result.exact and result.max_abs_error == 0
+
+
+def test_an_output_all_nan_in_after_has_no_cosine():
+    (result,) = compare_accuracy({"y": np.ones((1, 4), np.float32)}, {"y": np.full((1, 4), np.nan, np.float32)})
+    assert result.cosine is None and result.max_abs_error == np.inf
+
+
+def test_a_single_value_output_is_held_to_its_relative_error():
+    # The cosine of one number is +-1: a 13 % error passed --min-cosine 0.9999.
+    (result,) = compare_accuracy({"y": np.array([1.0], np.float32)}, {"y": np.array([1.13], np.float32)})
+    assert result.cosine is None
+    report = SimpleNamespace(providers=[_provider(accuracy=[result])], warnings=[])
+    (line,) = accuracy_failures(report, 0.9999)
+    assert "output 'y' is one value (no cosine): relative error 0.13" in line
+    (close,) = compare_accuracy({"y": np.array([1.0], np.float32)}, {"y": np.array([1.0001], np.float32)})
+    assert accuracy_failures(SimpleNamespace(providers=[_provider(accuracy=[close])], warnings=[]), 0.9999) == []
+
+
+def test_the_latency_gate_does_not_pass_on_a_ratio_its_report_flags():
+    # One timed pair gave a zero-width "interval" of 0.78 and passed --max-ratio 0.9.
+    untrusted = RatioEstimate(0.78, 0.78, 0.78, 0.95, False, "only 1 paired runs")
+    report = SimpleNamespace(providers=[_provider(batches=[SimpleNamespace(batch=1, ratio=untrusted)])], warnings=[])
+    (line,) = slower_failures(report, 0.9)
+    assert "cannot be trusted (only 1 paired runs)" in line
+    timed = SimpleNamespace(batch=1, ttft_ratio=untrusted, tokens_per_s_ratio=RatioEstimate(1.2, 1.1, 1.3, 0.95, True))
+    report = SimpleNamespace(providers=[_provider(generation=[timed])], warnings=[])
+    assert any("cannot be trusted" in line for line in slower_failures(report, 2.0))
+
+
+def test_output_names_with_rich_markup_are_printed_as_they_are(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y[/b]"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y[/b]", TensorProto.FLOAT, [1, 4])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), "m.onnx")
+    code, out, err = run_cli(["compare", "m.onnx", "m.onnx", "--time-budget", "0.5", "--iterations", "3"], capsys)
+    assert code == 0, err
+    assert "y[/b]" in out
