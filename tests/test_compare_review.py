@@ -16,7 +16,9 @@ from tests._cli_models import run_cli
 
 
 def _provider(**fields) -> SimpleNamespace:
-    return SimpleNamespace(**{"ep": "cpu", "available": True, "batches": [], "generation": [], "accuracy": [], **fields})
+    return SimpleNamespace(
+        **{"ep": "cpu", "available": True, "batches": [], "generation": [], "accuracy": [], **fields}
+    )
 
 
 def test_non_finite_values_that_differ_are_an_unbounded_error():

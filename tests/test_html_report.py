@@ -114,7 +114,11 @@ def test_verdict_is_one_line_with_ratio_interval_accuracy_and_sizes():
 
 @pytest.mark.parametrize(
     ("max_abs", "expected"),
-    [(0.0, "outputs equal in value"), (3e-5, "outputs identical to 1e-4"), (0.03, "cosine ≥ 0.99999990 (max |Δ| 0.03)")],
+    [
+        (0.0, "outputs equal in value"),
+        (3e-5, "outputs identical to 1e-4"),
+        (0.03, "cosine ≥ 0.99999990 (max |Δ| 0.03)"),
+    ],
 )
 def test_verdict_says_how_close_the_outputs_are(max_abs, expected):
     assert expected in verdict(_report(max_abs=max_abs))
