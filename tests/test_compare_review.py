@@ -3,6 +3,8 @@ or a traceback before."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -74,3 +76,48 @@ def test_output_names_with_rich_markup_are_printed_as_they_are(tmp_path, monkeyp
     code, out, err = run_cli(["compare", "m.onnx", "m.onnx", "--time-budget", "0.5", "--iterations", "3"], capsys)
     assert code == 0, err
     assert "y[/b]" in out
+
+
+def _single_input_model(path: str, dims: list) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+
+
+def test_the_batch_is_what_the_inputs_hold_not_what_a_dim_is_named(tmp_path, monkeypatch, capsys):
+    # A fixed batch of 2 was timed and reported as batch 1; a tf2onnx 'unk__0' batch held 128 rows as "batch 1".
+    monkeypatch.chdir(tmp_path)
+    _single_input_model("fixed.onnx", [2, 4])
+    _single_input_model("unk.onnx", ["unk__0", 4])
+    code, out, err = run_cli(["compare", "fixed.onnx", "fixed.onnx", "--time-budget", "1", "--json", "f.json"], capsys)
+    assert code == 0, err
+    report = json.loads(Path("f.json").read_text())
+    assert [batch["batch"] for batch in report["providers"][0]["batches"]] == [2]
+    assert any("the model's batch is fixed at 2" in warning for warning in report["warnings"])
+    argv = ["compare", "unk.onnx", "unk.onnx", "--time-budget", "1", "--batch", "1,8", "--json", "u.json"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    report = json.loads(Path("u.json").read_text())
+    assert [batch["batch"] for batch in report["providers"][0]["batches"]] == [1, 8]
+
+
+def test_inputs_of_another_type_or_a_dim_the_inputs_contradict_are_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _single_input_model("float.onnx", ["batch", 4])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), "half.onnx")
+    code, _, err = run_cli(["compare", "float.onnx", "half.onnx", "--time-budget", "0.5"], capsys)
+    assert code == 2 and "AFTER's input 'x' is float16, BEFORE's float32" in err
+    np.savez("in.npz", x=np.ones((3, 4), np.float32))
+    argv = ["compare", "float.onnx", "float.onnx", "--inputs", "in.npz", "--dim", "batch=7", "--time-budget", "0.5"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "--dim batch=7: the --inputs have batch=3" in err

@@ -20,6 +20,7 @@ import math
 import numbers
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -244,8 +245,9 @@ def compare(
     ``inputs`` is data in any form ``optimizer.inputs.open_samples`` reads (an .npz
     path, a folder of .npz files or of one .npy per input, a dict of arrays, an
     iterable of feed dicts, a ``CalibrationDataReader``). Its first chunk (the whole
-    of an .npz or a dict) is timed at its own batch size; other batch sizes tile or cut
-    it along axis 0. Accuracy is measured on all its samples, batch by batch. Without
+    of an .npz or a dict) is tiled or cut along axis 0 to each of ``settings.batches``
+    (a model without a batch axis is timed at the batch its inputs hold).
+    Accuracy is measured on all its samples, batch by batch. Without
     ``inputs``, inputs are generated as for verification, with ``dims`` binding symbolic
     dims, and accuracy is measured on ``calibration`` (same forms) when given: the
     samples the approximate passes were fitted to, which the report says. An EP that is not
@@ -319,6 +321,14 @@ def _compare(
         text, inputs = _held_out_text(inputs, lms[0])
         generation = _Generation(*lms, text)
     base_inputs, data = _base_inputs(before_model, inputs, dims, warnings)
+    if inputs is not None and dims:
+        held = dims_from_inputs(before_model, base_inputs)
+        unlike = [name for name, size in dims.items() if name in held and held[name] != size]
+        if unlike:
+            raise InputSpecError(
+                f"--dim {' '.join(f'{name}={dims[name]}' for name in unlike)}: the --inputs have "
+                f"{', '.join(f'{name}={held[name]}' for name in unlike)}; drop --dim or give inputs of that size"
+            )
     if data is None and calibration is not None:
         data = open_samples(calibration, before_model, flag="--calibration")
         warnings.append(
@@ -328,7 +338,7 @@ def _compare(
     if data is not None:
         warnings.extend(f"{data.source}: {note}" for note in data.notes)
     accuracy_batches = split_samples(data, model=before_model) if data is not None else None
-    batch_names = batch_dims(before_model)
+    batch_names = _batch_axes(before_model)
     _refuse_oversized_batches(before_model, base_inputs, batch_names, settings.batches)
     providers = resolve_execution_providers(list(settings.eps))
     runnable = [ep for ep in providers if ep.available]
@@ -408,7 +418,14 @@ def _measure_provider(
         result.accuracy_data = f"generated inputs ({_batch_of(base_inputs, batch_names)} samples, one run)"
         del session_before, session_after
         _measure_generation(result, before, after, ep, generation, settings, plan, threads, warnings, progress)
-    for batch in settings.batches if generation is None else ():
+    batches = list(settings.batches)
+    if generation is None and not batch_names and base_batch not in batches:
+        warnings.append(
+            f"{ep.name}: the model's batch is fixed at {base_batch}: timed at {base_batch} "
+            f"(--batch {','.join(map(str, batches))} does not apply)"
+        )
+        batches = [base_batch]
+    for batch in batches if generation is None else ():
         if batch != base_batch and not batch_names:
             warnings.append(f"{ep.name}: batch {batch} skipped: the model has no symbolic batch axis")
             continue
@@ -664,11 +681,34 @@ def _describe(value: Any) -> str:
     return f"{kind}[{', '.join(str(d) for d in array.shape)}]"
 
 
+# A leading dim named like these is a length, not a batch, whatever its place.
+_NOT_A_BATCH = re.compile(r"seq|len|token|time|step|position|past|total", re.IGNORECASE)
+
+
+def _batch_axes(model: ir.Model) -> list[str]:
+    """The symbolic dims compare tiles along: those named like a batch (``batch_dims``), else one symbolic
+    dim every input of rank 1 or more leads with (an exporter's ``unk__0`` or ``N``)."""
+    named = batch_dims(model)
+    if named:
+        return named
+    leading = set()
+    for value in runtime_inputs(model):
+        if value.shape is None:
+            return []
+        if len(value.shape):
+            dim = value.shape[0]
+            leading.add(dim.value if isinstance(dim, ir.SymbolicDim) and dim.value else None)
+    only = next(iter(leading)) if len(leading) == 1 else None
+    return [only] if only is not None and not _NOT_A_BATCH.search(only) else []
+
+
 def _batch_of(inputs: Mapping[str, np.ndarray], batch_names: list[str]) -> int:
-    if not batch_names:
-        return 1
-    first = next((array for array in inputs.values() if np.ndim(array) > 0), None)
-    return int(first.shape[0]) if first is not None else 1
+    """The rows the inputs hold: their shared leading size (a fixed-shape model's batch too), else 1."""
+    leading = {int(array.shape[0]) for array in inputs.values() if np.ndim(array) > 0}
+    if batch_names or len(leading) == 1:
+        first = next((array for array in inputs.values() if np.ndim(array) > 0), None)
+        return int(first.shape[0]) if first is not None else 1
+    return 1
 
 
 def _with_batch(inputs: Mapping[str, np.ndarray], batch: int, current: int) -> dict[str, np.ndarray]:
@@ -692,10 +732,25 @@ def _check_same_signature(before: ir.Model, after: ir.Model) -> None:
         raise InputSpecError(
             f"the models take different inputs ({', '.join(names_before)} vs {', '.join(names_after)})"
         )
+    types_after = {value.name: value.dtype for value in runtime_inputs(after)}
+    for value in runtime_inputs(before):
+        if value.dtype is not None and types_after[value.name] is not None and types_after[value.name] != value.dtype:
+            raise InputSpecError(
+                f"AFTER's input '{value.name}' is {_dtype_name(types_after[value.name])}, BEFORE's "
+                f"{_dtype_name(value.dtype)}: one feed cannot run both (keep the input types, e.g. --fp16 without "
+                "--no-keep-io-types)"
+            )
     outputs_before = [value.name for value in before.graph.outputs]
     missing = [name for name in outputs_before if name not in {value.name for value in after.graph.outputs}]
     if missing:
         raise InputSpecError(f"AFTER has no output named '{missing[0]}'")
+
+
+def _dtype_name(dtype: ir.DataType) -> str:
+    try:
+        return np.dtype(dtype.numpy()).name
+    except (TypeError, ValueError):
+        return dtype.name.lower()
 
 
 def _score_outputs(model: ir.Model) -> frozenset[str]:
