@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable
 
 from optimizer.compare.comparison import ComparisonReport
+from optimizer.compare.stats import MIN_PAIRS
 from optimizer.options import Options
 from optimizer.registry import resolve
 from optimizer.report import STATUS_FAILED, STATUS_ROLLED_BACK, STATUS_UNCHANGED, PipelineReport
@@ -43,8 +44,8 @@ def strict_failures(report: PipelineReport, requested: set[str]) -> list[str]:
 
 def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
     """``--max-ratio R``: each measurement whose AFTER/BEFORE latency ratio's interval reaches above R, or that
-    cannot be trusted (``RatioEstimate.trustworthy``: under 10 pairs, a wide interval, noisy pairs): a gate
-    does not pass on a measurement its own report flags.
+    rests on fewer than ``MIN_PAIRS`` timed pairs (whose interval means little: one pair gives a zero-width
+    one). Noise widens the interval, and its upper end is what is judged.
 
     One-run timing uses the latency ratio; ``--generate`` uses time to first token and
     the decode step time (the inverse of the tokens/s ratio, whose low end bounds it).
@@ -56,11 +57,11 @@ def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
         for batch in provider.batches:
             measured += 1
             high = batch.ratio.high
-            if not batch.ratio.trustworthy:
+            if batch.after.runs < MIN_PAIRS:
                 failures.append(
-                    f"--max-ratio {max_ratio:.12g}: {provider.ep} batch {batch.batch}: the ratio "
-                    f"{batch.ratio.ratio:.2f}x cannot be trusted ({batch.ratio.warning}): give more --time-budget "
-                    "or --iterations"
+                    f"--max-ratio {max_ratio:.12g}: {provider.ep} batch {batch.batch}: {batch.after.runs} timed "
+                    f"pair{'s' if batch.after.runs != 1 else ''}, too few to judge (at least {MIN_PAIRS}): give more "
+                    "--time-budget or --iterations"
                 )
             elif high > max_ratio:
                 failures.append(
@@ -73,14 +74,14 @@ def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
                 ("time to first token", timed.ttft_ratio.ratio, timed.ttft_ratio.high),
                 ("decode step time", _inverse(timed.tokens_per_s_ratio.ratio), _inverse(timed.tokens_per_s_ratio.low)),
             )
-            trusted = (timed.ttft_ratio, timed.tokens_per_s_ratio)
-            for estimate in trusted:
-                if not estimate.trustworthy:
-                    failures.append(
-                        f"--max-ratio {max_ratio:.12g}: {provider.ep} generation batch {timed.batch}: a ratio cannot "
-                        f"be trusted ({estimate.warning}): give more --time-budget or --iterations"
-                    )
-            for figure, ratio, high in figures if all(estimate.trustworthy for estimate in trusted) else ():
+            runs = min(timed.ttft_after.runs, timed.decode_after.runs)
+            if runs < MIN_PAIRS:
+                failures.append(
+                    f"--max-ratio {max_ratio:.12g}: {provider.ep} generation batch {timed.batch}: {runs} timed "
+                    f"generation{'s' if runs != 1 else ''}, too few to judge (at least {MIN_PAIRS}): give more "
+                    "--time-budget or --iterations"
+                )
+            for figure, ratio, high in figures if runs >= MIN_PAIRS else ():
                 if high > max_ratio:
                     failures.append(
                         f"--max-ratio {max_ratio:.12g}: {provider.ep} generation batch {timed.batch}, {figure}: "

@@ -9,7 +9,7 @@ from optimizer.errors import GraphoptError
 from tests._cli_models import make_pass_fail, run_cli, save_matmul_model
 
 # Compare as little as possible: these tests check the verdict, never a speed.
-QUICK = ["--time-budget", "0.2", "--iterations", "5", "--warmup", "0"]
+QUICK = ["--time-budget", "0.2", "--iterations", "10", "--warmup", "0"]  # 10 pairs: the fewest --max-ratio judges
 
 
 def test_codes_are_distinct_and_usage_is_graphopterror_code():

@@ -23,7 +23,7 @@ def _provider(ep="cpu", available=True, batches=(), generation=(), accuracy=()) 
 
 
 def test_max_ratio_reads_the_upper_end_of_the_interval():
-    batch = SimpleNamespace(batch=1, ratio=_ratio(0.9, 0.8, 1.02))
+    batch = SimpleNamespace(batch=1, ratio=_ratio(0.9, 0.8, 1.02), after=SimpleNamespace(runs=50))
     report = _report(_provider(batches=[batch]))
     assert slower_failures(report, 1.05) == []
     (line,) = slower_failures(report, 1.0)  # the median is faster, the interval is not
@@ -31,7 +31,13 @@ def test_max_ratio_reads_the_upper_end_of_the_interval():
 
 
 def test_max_ratio_on_generation_reads_first_token_and_decode_time():
-    timed = SimpleNamespace(batch=2, ttft_ratio=_ratio(0.8, 0.7, 0.9), tokens_per_s_ratio=_ratio(1.1, 0.8, 1.3))
+    timed = SimpleNamespace(
+        batch=2,
+        ttft_ratio=_ratio(0.8, 0.7, 0.9),
+        tokens_per_s_ratio=_ratio(1.1, 0.8, 1.3),
+        ttft_after=SimpleNamespace(runs=50),
+        decode_after=SimpleNamespace(runs=50),
+    )
     report = _report(_provider(generation=[timed]))
     # tokens/s could be as low as 0.8x: a decode step up to 1.25x as long.
     (line,) = slower_failures(report, 1.2)

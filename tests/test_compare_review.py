@@ -53,15 +53,23 @@ def test_a_single_value_output_is_held_to_its_relative_error():
     assert accuracy_failures(SimpleNamespace(providers=[_provider(accuracy=[close])], warnings=[]), 0.9999) == []
 
 
-def test_the_latency_gate_does_not_pass_on_a_ratio_its_report_flags():
+def test_the_latency_gate_does_not_pass_on_too_few_pairs():
     # One timed pair gave a zero-width "interval" of 0.78 and passed --max-ratio 0.9.
-    untrusted = RatioEstimate(0.78, 0.78, 0.78, 0.95, False, "only 1 paired runs")
-    report = SimpleNamespace(providers=[_provider(batches=[SimpleNamespace(batch=1, ratio=untrusted)])], warnings=[])
+    one_pair = RatioEstimate(0.78, 0.78, 0.78, 0.95, False, "only 1 paired runs")
+    batch = SimpleNamespace(batch=1, ratio=one_pair, after=SimpleNamespace(runs=1))
+    report = SimpleNamespace(providers=[_provider(batches=[batch])], warnings=[])
     (line,) = slower_failures(report, 0.9)
-    assert "cannot be trusted (only 1 paired runs)" in line
-    timed = SimpleNamespace(batch=1, ttft_ratio=untrusted, tokens_per_s_ratio=RatioEstimate(1.2, 1.1, 1.3, 0.95, True))
+    assert "1 timed pair, too few to judge (at least 10)" in line
+    timed = SimpleNamespace(
+        batch=1,
+        ttft_ratio=one_pair,
+        tokens_per_s_ratio=RatioEstimate(1.2, 1.1, 1.3, 0.95, True),
+        ttft_after=SimpleNamespace(runs=3),
+        decode_after=SimpleNamespace(runs=3),
+    )
     report = SimpleNamespace(providers=[_provider(generation=[timed])], warnings=[])
-    assert any("cannot be trusted" in line for line in slower_failures(report, 2.0))
+    (line,) = slower_failures(report, 2.0)
+    assert "3 timed generations, too few to judge" in line
 
 
 def test_output_names_with_rich_markup_are_printed_as_they_are(tmp_path, monkeypatch, capsys):

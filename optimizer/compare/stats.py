@@ -16,6 +16,8 @@ import numpy as np
 # noise that pairing cannot cancel is large; the report warns. Drift that hits both
 # models of a pair alike does not count, which is the point of interleaving.
 NOISY_SPREAD = 0.5
+# Fewer paired runs than this: the bootstrap interval means little (one pair gives a zero-width one).
+MIN_PAIRS = 10
 # A confidence interval wider than this (upper / lower) is flagged as untrustworthy.
 WIDE_INTERVAL = 1.2
 
@@ -89,7 +91,7 @@ def paired_ratio(
     tail = (1.0 - confidence) / 2.0
     low, high = (float(v) for v in np.quantile(ratios, [tail, 1.0 - tail]))
     warnings = []
-    if a.size < 10:
+    if a.size < MIN_PAIRS:
         warnings.append(f"only {a.size} paired runs")
     if low > 0 and high / low > WIDE_INTERVAL:
         warnings.append(f"the {confidence:.0%} interval {low:.2f}–{high:.2f} is too wide to trust the ratio")
