@@ -666,6 +666,7 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
     from optimizer.api import optimize_with_report
     from optimizer.console import progress_sink
     from optimizer.gates import requested_passes, strict_failures
+    from optimizer.inputs import refuse_unreadable_data
     from optimizer.model_io import check_paths, write_atomically
     from optimizer.progress import reporting_to, task
     from optimizer.report import render_table
@@ -678,6 +679,8 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
     # Every output path is checked before any work: a report into a missing folder, or over a file
     # graphopt reads, must not cost the run (nor leave the model written and the report not).
     _refuse_stdout(writes)
+    refuse_unreadable_data(args.inputs, "--inputs")
+    refuse_unreadable_data(args.calibration, "--calibration")
     check_paths(
         writes,
         [
@@ -843,11 +846,12 @@ def _compare(
     from optimizer.compare.report import render_comparison, write_html, write_json
     from optimizer.console import progress_sink
     from optimizer.gates import accuracy_failures, slower_failures
-    from optimizer.inputs import parse_dim_flags
+    from optimizer.inputs import parse_dim_flags, refuse_unreadable_data
     from optimizer.model_io import check_paths
     from optimizer.progress import reporting_to, task
 
     _refuse_stdout({_spelled(args, "json", "--json"): args.json, "--html": args.html})
+    refuse_unreadable_data(args.inputs, "--inputs")
     check_paths(
         {_spelled(args, "json", "--json"): args.json, "--html": args.html},
         [("the --inputs file", args.inputs), ("the --config file", args.config)],

@@ -55,6 +55,21 @@ def config_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return keys
 
 
+def _read_text(source: Path) -> str:
+    """The file's text. Opened without blocking, then read as usual: a named pipe no one writes to reads
+    as empty instead of hanging, while ``<(cat recipe.toml)`` and ``/dev/null`` read as they are."""
+    descriptor = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(descriptor, True)
+        with os.fdopen(descriptor, "rb") as handle:
+            descriptor = -1
+            return handle.read().decode("utf-8")
+    finally:
+        if descriptor >= 0:
+            os.close(descriptor)
+
+
 def load_config(path: str | os.PathLike, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The argparse values (``{dest: value}``) of the config file at ``path`` for ``parser``'s subcommand."""
     try:
@@ -63,11 +78,8 @@ def load_config(path: str | os.PathLike, parser: argparse.ArgumentParser) -> dic
         import tomli as tomllib  # type: ignore[no-redef]
 
     source = Path(path)
-    if source.exists() and not source.is_file() and not source.is_dir():
-        raise ConfigError(f"--config {path}: not a regular file (a pipe or a device, which could block); give a file")
     try:
-        with open(source, "rb") as handle:
-            table = tomllib.load(handle)
+        table = tomllib.loads(_read_text(source))
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file") from None
     except IsADirectoryError:

@@ -117,12 +117,13 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
     for provider in report.providers:
         for output in provider.accuracy if provider.available else ():
             measured += 1
-            if output.cosine is not None and not math.isfinite(output.max_abs_error):
+            floating = output.dtype.startswith(("float", "bfloat"))
+            if floating and not math.isfinite(output.max_abs_error):
                 failures.append(
                     f"{gate}: {provider.ep}: output '{output.name}' differs without bound "
-                    "(NaN or Inf where BEFORE has a number)"
+                    "(NaN or Inf where BEFORE has a number, or another NaN or Inf)"
                 )
-            elif output.cosine is None and output.dtype.startswith(("float", "bfloat")) and not output.exact:
+            elif output.cosine is None and floating and not output.exact:
                 # One number has no cosine (it is +-1): its relative error is held to what the cosine allows
                 # a vector (cosine ~ 1 - r^2 / 2 for a relative RMS error r).
                 allowed = math.sqrt(2.0 * max(0.0, 1.0 - min_cosine))

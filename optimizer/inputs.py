@@ -512,6 +512,13 @@ def as_arrays(values: Any, source: str) -> dict[str, np.ndarray]:
     return arrays
 
 
+def refuse_unreadable_data(path: str | os.PathLike | None, flag: str) -> None:
+    """Refuse a data path (``--inputs``, ``--calibration``) that is a pipe or a device: an .npz is a zip
+    archive, read by seeking, and a pipe with no writer would block the run before it starts."""
+    if path is not None and Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
+        raise InputSpecError(f"{flag} {path}: not a regular file or folder (a pipe or a device); give an .npz file")
+
+
 def check_inputs(
     arrays: Mapping[str, np.ndarray], model: ir.Model, source: str, notes: list[str] | None = None
 ) -> dict[str, np.ndarray]:

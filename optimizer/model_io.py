@@ -48,7 +48,6 @@ import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, ONNX_DOMAINS
 from optimizer.errors import (
-    InputSpecError,
     InvalidModelError,
     ModelFileError,
     OutputPathError,
@@ -458,9 +457,6 @@ def check_paths(
     for flag, path in given.items():
         _check_writable(flag, path)
     read = [(what, Path(path)) for what, path in reads if path is not None]
-    for what, file in read:
-        if file.exists() and not file.is_file() and not file.is_dir():
-            raise InputSpecError(f"{file}: {what} is not a regular file (a pipe or a device, which could block)")
     models = [(what, Path(path)) for what, path in models if path is not None]
     output = Path(given["-o"]) if "-o" in given else None
     claimed = _data_name_pattern(output.name) if output is not None else None

@@ -171,14 +171,14 @@ class VerificationResult:
 
     @property
     def first_failure(self) -> str:
-        """Why it failed: ``error``, or the failing output with the largest difference (the one the report's
-        max |Δ| shows when that output decides it), with how many others failed too."""
+        """Why it failed: ``error``, or the failing output furthest off relative to its values (a small output
+        badly wrong before a large one just past its tolerance), with how many others failed too."""
         if self.error:
             return self.error
         failed = [check for check in self.checks if not check.ok]
         if not failed:
             return ""
-        worst = max(failed, key=lambda check: check.max_abs_error)
+        worst = max(failed, key=lambda check: (check.max_rel_error, check.max_abs_error))
         others = len(failed) - 1
         return worst.detail + (f" (and {others} other output{'s' if others > 1 else ''})" if others else "")
 

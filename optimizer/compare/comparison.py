@@ -20,7 +20,6 @@ import math
 import numbers
 import os
 import platform
-import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -271,7 +270,8 @@ def check_before_optimizing(
 ) -> None:
     """Refuse (``InputSpecError``) what ``compare`` would refuse about BEFORE and ``inputs`` alone, before an
     ``optimize --compare`` writes its model: ``--generate`` on a model that is no causal LM with a cache, and
-    ``inputs`` BEFORE cannot take (with verification on, the optimization checks them itself)."""
+    ``inputs`` BEFORE cannot take or a ``--dim`` they contradict (with verification on, the optimization
+    checks them itself)."""
     model = load_model(before)
     if settings.generate:
         lm = recognise_causal_lm(model)
@@ -279,7 +279,18 @@ def check_before_optimizing(
             raise InputSpecError(f"--generate needs a causal LM with a KV cache: {before}: {lm}")
         _, inputs = _held_out_text(inputs, lm)
     if inputs is not None:
-        _base_inputs(model, inputs, dims, [])
+        _refuse_dims_unlike(model, _base_inputs(model, inputs, dims, [])[0], dims)
+
+
+def _refuse_dims_unlike(model: ir.Model, inputs: Mapping[str, np.ndarray], dims: Mapping[str, int] | None) -> None:
+    """Refuse ``--dim`` sizes the given inputs contradict (they bind the dims: the flag would be ignored)."""
+    held = dims_from_inputs(model, inputs)
+    unlike = [name for name, size in (dims or {}).items() if name in held and held[name] != size]
+    if unlike:
+        raise InputSpecError(
+            f"--dim {' '.join(f'{name}={dims[name]}' for name in unlike)}: the --inputs have "
+            f"{', '.join(f'{name}={held[name]}' for name in unlike)}; drop --dim or give inputs of that size"
+        )
 
 
 @contextlib.contextmanager
@@ -321,14 +332,8 @@ def _compare(
         text, inputs = _held_out_text(inputs, lms[0])
         generation = _Generation(*lms, text)
     base_inputs, data = _base_inputs(before_model, inputs, dims, warnings)
-    if inputs is not None and dims:
-        held = dims_from_inputs(before_model, base_inputs)
-        unlike = [name for name, size in dims.items() if name in held and held[name] != size]
-        if unlike:
-            raise InputSpecError(
-                f"--dim {' '.join(f'{name}={dims[name]}' for name in unlike)}: the --inputs have "
-                f"{', '.join(f'{name}={held[name]}' for name in unlike)}; drop --dim or give inputs of that size"
-            )
+    if inputs is not None:
+        _refuse_dims_unlike(before_model, base_inputs, dims)
     if data is None and calibration is not None:
         data = open_samples(calibration, before_model, flag="--calibration")
         warnings.append(
@@ -338,7 +343,7 @@ def _compare(
     if data is not None:
         warnings.extend(f"{data.source}: {note}" for note in data.notes)
     accuracy_batches = split_samples(data, model=before_model) if data is not None else None
-    batch_names = _batch_axes(before_model)
+    batch_names = batch_dims(before_model)
     _refuse_oversized_batches(before_model, base_inputs, batch_names, settings.batches)
     providers = resolve_execution_providers(list(settings.eps))
     runnable = [ep for ep in providers if ep.available]
@@ -359,6 +364,7 @@ def _compare(
                 str(after),
                 ep,
                 base_inputs,
+                _batch_of(before_model, base_inputs, batch_names),
                 batch_names,
                 settings,
                 plan,
@@ -394,6 +400,7 @@ def _measure_provider(
     after: str,
     ep: ExecutionProvider,
     base_inputs: dict[str, np.ndarray],
+    base_batch: int,
     batch_names: list[str],
     settings: CompareSettings,
     plan: TimingPlan,
@@ -409,19 +416,18 @@ def _measure_provider(
     if data is not None:
         result.accuracy = _accuracy_on_data(before, after, ep, accuracy_batches, threads, score_outputs, warnings)
         result.accuracy_data = data.describe()
-    base_batch = _batch_of(base_inputs, batch_names)
     measured = data is not None
     if generation is not None and not measured:
         session_before = TimedSession(before, ep.name, base_inputs, threads)
         session_after = TimedSession(after, ep.name, base_inputs, threads)
         result.accuracy = _accuracy(session_before.outputs(), session_after.outputs(), score_outputs, warnings)
-        result.accuracy_data = f"generated inputs ({_batch_of(base_inputs, batch_names)} samples, one run)"
+        result.accuracy_data = f"generated inputs ({base_batch} samples, one run)"
         del session_before, session_after
         _measure_generation(result, before, after, ep, generation, settings, plan, threads, warnings, progress)
     batches = list(settings.batches)
     if generation is None and not batch_names and base_batch not in batches:
         warnings.append(
-            f"{ep.name}: the model's batch is fixed at {base_batch}: timed at {base_batch} "
+            f"{ep.name}: the model has no symbolic batch axis: timed at the {base_batch} rows its inputs hold "
             f"(--batch {','.join(map(str, batches))} does not apply)"
         )
         batches = [base_batch]
@@ -622,7 +628,7 @@ def _refuse_oversized_batches(
 ) -> None:
     """``InputSpecError`` if the inputs tiled to the largest batch would take more than ``MAX_INPUT_BYTES``."""
     largest = max(batches)
-    if not batch_names or largest <= _batch_of(inputs, batch_names):
+    if not batch_names or largest <= _batch_of(model, inputs, batch_names):
         return
     dims = {**dims_from_inputs(model, inputs), **{name: largest for name in batch_names}}
     refuse_oversized(model, [dims], what=f"inputs at --batch {largest}", ways_out="choose a smaller --batch")
@@ -681,34 +687,17 @@ def _describe(value: Any) -> str:
     return f"{kind}[{', '.join(str(d) for d in array.shape)}]"
 
 
-# A leading dim named like these is a length, not a batch, whatever its place.
-_NOT_A_BATCH = re.compile(r"seq|len|token|time|step|position|past|total", re.IGNORECASE)
-
-
-def _batch_axes(model: ir.Model) -> list[str]:
-    """The symbolic dims compare tiles along: those named like a batch (``batch_dims``), else one symbolic
-    dim every input of rank 1 or more leads with (an exporter's ``unk__0`` or ``N``)."""
-    named = batch_dims(model)
-    if named:
-        return named
-    leading = set()
-    for value in runtime_inputs(model):
-        if value.shape is None:
-            return []
-        if len(value.shape):
-            dim = value.shape[0]
-            leading.add(dim.value if isinstance(dim, ir.SymbolicDim) and dim.value else None)
-    only = next(iter(leading)) if len(leading) == 1 else None
-    return [only] if only is not None and not _NOT_A_BATCH.search(only) else []
-
-
-def _batch_of(inputs: Mapping[str, np.ndarray], batch_names: list[str]) -> int:
-    """The rows the inputs hold: their shared leading size (a fixed-shape model's batch too), else 1."""
-    leading = {int(array.shape[0]) for array in inputs.values() if np.ndim(array) > 0}
-    if batch_names or len(leading) == 1:
-        first = next((array for array in inputs.values() if np.ndim(array) > 0), None)
-        return int(first.shape[0]) if first is not None else 1
-    return 1
+def _batch_of(model: ir.Model, inputs: Mapping[str, np.ndarray], batch_names: list[str]) -> int:
+    """The rows the inputs hold: the batch dim's size where the model has one, else the leading size of its
+    input of highest rank (a fixed ``[2, 4]`` beside a ``[3]`` scale: 2), else 1."""
+    if batch_names:
+        bound = dims_from_inputs(model, inputs)
+        if batch_names[0] in bound:
+            return int(bound[batch_names[0]])
+    shaped = [array for array in inputs.values() if np.ndim(array) > 0]
+    if not shaped:
+        return 1
+    return int(max(shaped, key=np.ndim).shape[0])
 
 
 def _with_batch(inputs: Mapping[str, np.ndarray], batch: int, current: int) -> dict[str, np.ndarray]:

@@ -31,9 +31,10 @@ of each integer the subgraph holds (the length a switch compares with), and
 the original must refuse that length (ONNX Runtime fails, or cos/sin are not ``S``
 long: a table sliced past its end). Each probe is ``S × d`` numbers, so all are cheap.
 
-Without ``position_ids``, the tables are also evaluated with a mask longer than the
-ids (1 new token after 6, 3 after 4: a past), where they must be the rows of the token
-index or all those of ``T - S + s``.
+Without ``position_ids``, the tables are also evaluated with each input in turn longer
+than the others (1 new token after 6, 3 after 4, and one after each length
+``probe_lengths`` names: a past), where they must be the rows of the token index, or
+all those of ``T - S + s`` for one input (the mask, whatever its name).
 
 Refuses when: the rotation is partial or interleaved; x is not a float32 head split;
 the cos/sin subgraph reads anything but ``[batch, sequence]`` integer inputs (token
@@ -59,7 +60,6 @@ from passes.fusion._layout import head_split, last_dim, producer
 from passes.fusion._probe import (
     DEFAULT_MAX_SEQUENCE,
     PADDED_MASK,
-    is_mask,
     long_mask,
     probe_lengths,
     token_feeds,
@@ -211,7 +211,11 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         wrong = _check_rows(model, [cos, sin], inputs, positions, caches, self.cache_length)
         if wrong is not None:
             return wrong
-        past = None if positions is not None else _counts_on_from_past(model, [cos, sin], inputs, caches)
+        past = (
+            None
+            if positions is not None
+            else _counts_on_from_past(model, [cos, sin], inputs, caches, self.cache_length)
+        )
         if isinstance(past, str):
             return past
         if positions is not None and positions.dtype != ir.DataType.INT64:
@@ -280,51 +284,66 @@ def _check_rows(
     return None
 
 
-# (new tokens, past tokens) of the probes that tell the token index from positions counted on from a past.
+# (new tokens, past tokens) of the probes that tell the token index from positions counted on from a past;
+# a one-token step is probed at every past ``probe_lengths`` names too (a clamp at 16 shows from 17).
 _PAST_PROBES = ((1, 6), (3, 4))
 
 
 def _counts_on_from_past(
-    model: ir.Model, tables: list[ir.Value], inputs: list[ir.Value], caches: tuple[np.ndarray, np.ndarray]
+    model: ir.Model,
+    tables: list[ir.Value],
+    inputs: list[ir.Value],
+    caches: tuple[np.ndarray, np.ndarray],
+    cache_length: int,
 ) -> tuple[ir.Value, ir.Value] | str | None:
-    """Without ``position_ids``: ``(mask, ids)`` when cos/sin take position ``T - S + s`` for a mask of ``T``
-    tokens over ``S`` ids, None when they take the token index ``s``, or why neither.
+    """Without ``position_ids``: ``(longer, ids)`` when cos/sin take position ``T - S + s`` for one input
+    ``T`` long over the others' ``S`` (a mask over past and new tokens), None when they take the token
+    index ``s`` however long any input is, or why neither.
 
-    The other probes feed a mask as long as the ids, where the two agree. Lengths the
-    original refuses (its tables need ``T == S``) are skipped: it runs no such step either.
+    Each input is made longer than the others in turn (by the pasts of ``_PAST_PROBES`` and
+    each length ``probe_lengths`` names), whatever its name. Lengths the original refuses
+    are skipped: it runs no such step either. The other probes feed inputs of one length,
+    where the two readings agree.
     """
-    masks = [value for value in inputs if is_mask(value)]
-    others = [value for value in inputs if not is_mask(value)]
-    if len(masks) != 1 or not others:
-        return None  # the subgraph reads no mask, or no input whose length is the new tokens'
-    modes = set()
-    for new, past in _PAST_PROBES:
-        if new + past > len(caches[0]):
+    rows = len(caches[0])
+    shapes = list(_PAST_PROBES) + [(1, length - 1) for length in probe_lengths(tables, cache_length) if length > 1]
+    shapes = [(new, past) for new, past in shapes if new + past <= rows]
+    longer = None
+    for candidate in inputs:
+        modes = set()
+        for new, past in shapes:
+            feeds = token_feeds(inputs, np.ones((1, new)), {candidate.name: np.ones((1, new + past))})
+            try:
+                found = evaluate(model, tables, feeds)
+            except RuntimeRefusedError:
+                continue
+            for probe, cache in zip(found, caches):
+                halves = _halves(probe, cache.shape[-1])
+                if halves is not None and halves.shape[:2] == (1, new + past):
+                    break  # this input's length is the new tokens': making it longer is no past
+                if halves is None or halves.shape[:2] != (1, new):
+                    return f"cos/sin of {new} new tokens after {past} past ones have an unexpected shape"
+                if np.allclose(halves[0], cache[np.arange(new)], atol=1e-6):
+                    modes.add("index")
+                elif np.allclose(halves[0], cache[past + np.arange(new)], atol=1e-6):
+                    modes.add("past")
+                else:
+                    modes.add("other")
+        if modes <= {"index"}:
             continue
-        feeds = token_feeds(inputs, np.ones((1, new)), {masks[0].name: np.ones((1, new + past))})
-        try:
-            found = evaluate(model, tables, feeds)
-        except RuntimeRefusedError:
-            continue
-        for probe, cache in zip(found, caches):
-            halves = _halves(probe, cache.shape[-1])
-            if halves is None or halves.shape[:2] != (1, new):
-                return f"cos/sin of {new} new tokens after {past} past ones have an unexpected shape"
-            if np.allclose(halves[0], cache[np.arange(new)], atol=1e-6):
-                modes.add("index")
-            elif np.allclose(halves[0], cache[past + np.arange(new)], atol=1e-6):
-                modes.add("past")
-            else:
-                modes.add("other")
-    if modes <= {"index"}:
+        if modes != {"past"} or longer is not None:
+            return "rotary positions follow neither the token index nor one input's length past the others'"
+        longer = candidate
+    if longer is None:
         return None
-    if modes == {"past"}:
-        return masks[0], others[0]
-    return "rotary positions follow neither the token index nor the mask's length past the ids"
+    others = [value for value in inputs if value is not longer]
+    if not others:
+        return "rotary positions count on from a past, and no input gives the new tokens' length"
+    return longer, others[0]
 
 
 def _past_length(graph: ir.Graph, mask: ir.Value, ids: ir.Value) -> ir.Value:
-    """``[T - S]`` (int64): the mask's length less the ids', computed at the start of ``graph``."""
+    """``[T - S]`` (int64): the longer input's (the mask's) length less the ids', computed at the start of ``graph``."""
     second = add_initializer(graph, "rotary_sequence_axis", np.array([1], dtype=np.int64))
     nodes = [ir.node("Shape", [mask]), ir.node("Shape", [ids])]
     nodes += [ir.node("Gather", [node.outputs[0], second], {"axis": 0}) for node in nodes]

@@ -34,12 +34,13 @@ def _rotary_model(
     position_input: bool = False,
     past_shift: int | None = None,
     past_factor: int = 1,
+    past_clamp: int | None = None,
 ) -> ir.Model:
     """``rotate(h)`` for h [B, S, HEADS*HEAD_SIZE], positions 0..S-1 (or cumsum(mask) - 1, or a ``position_ids`` input).
 
     ``past_shift``: an ``ids`` [B, S] input beside a mask [B, T] over past and new tokens,
     positions ``past_factor * (T - S) + past_shift + s`` (factor 1, shift 0: counted on from
-    the past, as a decoder without ``position_ids`` does).
+    the past, as a decoder without ``position_ids`` does); ``past_clamp``: the past counted up to it only.
 
     ``switched``: the angles are a ``[TABLE_ROWS, d/2]`` table sliced to ``S``, the short
     one up to SWITCH_AT tokens and the long one past it (as LongRoPE switches its factors
@@ -80,11 +81,13 @@ def _rotary_model(
     elif past_shift is not None:
         consts["shift"] = np.array(past_shift, np.int64)
         consts["factor"] = np.array(past_factor, np.int64)
+        consts["clamp"] = np.array(past_clamp if past_clamp is not None else np.iinfo(np.int64).max, np.int64)
         nodes += [
             helper.make_node("Gather", ["mask_shape", "one"], ["total"], axis=0),
             helper.make_node("Shape", ["ids"], ["ids_shape"]),
             helper.make_node("Gather", ["ids_shape", "one"], ["new"], axis=0),
-            helper.make_node("Sub", ["total", "new"], ["past_tokens"]),
+            helper.make_node("Sub", ["total", "new"], ["past_counted"]),
+            helper.make_node("Min", ["past_counted", "clamp"], ["past_tokens"]),
             helper.make_node("Mul", ["past_tokens", "factor"], ["past"]),
             helper.make_node("Add", ["past", "shift"], ["start"]),
             helper.make_node("Add", ["start", "new"], ["stop"]),
@@ -235,6 +238,32 @@ def test_positions_that_depend_on_the_past_length_in_another_way_are_left_alone(
     result = RotaryEmbeddingFusion(cache_length=64)(model.clone())
     assert not result.modified
     assert result.refusals == [
-        "1 near match at Add left unfused: rotary positions follow neither the token index nor the mask's length "
-        "past the ids"
+        "1 near match at Add left unfused: rotary positions follow neither the token index nor one input's length "
+        "past the others'"
     ]
+
+
+def test_a_past_counted_only_up_to_a_constant_is_left_alone():
+    # Min(T - S, 16) + s: the same as counting on at pasts of 6 and 4, not from 17 on (a review's case).
+    model = _rotary_model(past_shift=0, past_clamp=16)
+    result = RotaryEmbeddingFusion(cache_length=64)(model.clone())
+    assert not result.modified and "nor one input's length past the others'" in result.refusals[0]
+
+
+def test_a_mask_not_named_like_one_still_gives_the_offset():
+    # The [B, T] input named 'valid_tokens': each input is made longer in turn, whatever its name.
+    proto = ir.to_proto(_rotary_model(past_shift=0))
+    for value in proto.graph.input:
+        value.name = "valid_tokens" if value.name == "mask" else value.name
+    for node in proto.graph.node:
+        node.input[:] = ["valid_tokens" if name == "mask" else name for name in node.input]
+    model = ir.from_proto(proto)
+    fusion = RotaryEmbeddingFusion(cache_length=64)
+    after = fusion(model.clone()).model
+    assert fusion.fused_count == 1
+    for new, past in ((6, 0), (1, 9), (3, 20)):
+        feeds = _inputs(sequence=new)
+        del feeds["mask"]
+        feeds["valid_tokens"] = np.ones((2, new + past), np.int64)
+        feeds["ids"] = np.ones((2, new), np.int64)
+        assert_same_outputs(model, after, feeds, rtol=1e-5, atol=1e-5)
