@@ -26,6 +26,7 @@ from optimizer.inputs import (
     nan_note,
     open_samples,
     refuse_oversized,
+    refuse_unreadable_data,
     verification_bindings,
 )
 from optimizer.model_io import (
@@ -129,6 +130,9 @@ def optimize_with_report(
     ir_model, label, input_path = _to_ir(model)
     if input_path is not None and output is None:
         raise OutputPathError("optimize(path): give output= for the optimized model")
+    for data, flag in ((inputs, "--inputs"), (calibration, "--calibration")):
+        if isinstance(data, (str, os.PathLike)):
+            refuse_unreadable_data(data, flag)
     if input_path is not None:
         _check_output_path(output, input_path, ir_model, inputs, calibration)
     notes: list[str] = []

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,18 +57,29 @@ def config_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 def _read_text(source: Path) -> str:
-    """The file's text. Opened without blocking, then read as usual: a named pipe no one writes to reads
-    as empty instead of hanging, while ``<(cat recipe.toml)`` and ``/dev/null`` read as they are."""
+    """The file's text, at most ``MAX_CONFIG_BYTES``. Opened without blocking, then read as usual: a named
+    pipe no one writes to is refused instead of hanging, while ``<(cat recipe.toml)`` and ``/dev/null``
+    read as they are."""
     descriptor = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
+        pipe = stat.S_ISFIFO(os.fstat(descriptor).st_mode)
         if hasattr(os, "set_blocking"):
             os.set_blocking(descriptor, True)
         with os.fdopen(descriptor, "rb") as handle:
             descriptor = -1
-            return handle.read().decode("utf-8")
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     finally:
         if descriptor >= 0:
             os.close(descriptor)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--config {source}: longer than {MAX_CONFIG_BYTES // 1024} KiB: not a config file")
+    if pipe and not data:
+        raise ConfigError(f"--config {source}: a pipe that gave nothing (no one writing to it yet?)")
+    return data.decode("utf-8")
+
+
+# A config file is a few lines; past this it is not one (/dev/zero would be read without end).
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def load_config(path: str | os.PathLike, parser: argparse.ArgumentParser) -> dict[str, Any]:

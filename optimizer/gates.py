@@ -121,7 +121,7 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
             if floating and not math.isfinite(output.max_abs_error):
                 failures.append(
                     f"{gate}: {provider.ep}: output '{output.name}' differs without bound "
-                    "(NaN or Inf where BEFORE has a number, or another NaN or Inf)"
+                    "(NaN or Inf where the other has a number, or another NaN or Inf)"
                 )
             elif output.cosine is None and floating and not output.exact:
                 # One number has no cosine (it is +-1): its relative error is held to what the cosine allows

@@ -178,7 +178,15 @@ class VerificationResult:
         failed = [check for check in self.checks if not check.ok]
         if not failed:
             return ""
-        worst = max(failed, key=lambda check: (check.max_rel_error, check.max_abs_error))
+        # An unbounded failure (NaN/Inf in other places, an exact output that differs) first, then the furthest off.
+        worst = max(
+            failed,
+            key=lambda check: (
+                math.isinf(check.max_abs_error) or math.isinf(check.max_rel_error),
+                check.max_rel_error,
+                check.max_abs_error,
+            ),
+        )
         others = len(failed) - 1
         return worst.detail + (f" (and {others} other output{'s' if others > 1 else ''})" if others else "")
 

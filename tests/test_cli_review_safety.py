@@ -128,9 +128,20 @@ def test_messages_a_review_found_missing_or_misleading(model, tmp_path, monkeypa
     for flag in ("--inputs", "--calibration"):
         code, _, err = run_cli(["optimize", "m.onnx", "-o", "o2.onnx", "--quantize", "dynamic", flag, "fifo"], capsys)
         assert code == 2 and "not a regular file or folder" in err, flag
-    # A config read from a pipe no one writes to is empty, not a hang (nor is <(cat recipe.toml) refused).
+    # A config from a pipe no one writes to is refused, not a hang; /dev/null is an empty config; /dev/zero
+    # is no config (it was read without end).
     code, _, err = run_cli(["optimize", "m.onnx", "-o", "o3.onnx", "--config", "fifo"], capsys)
+    assert code == 2 and "a pipe that gave nothing" in err
+    code, _, err = run_cli(["optimize", "m.onnx", "-o", "o3.onnx", "--config", "/dev/null"], capsys)
     assert code == 0, err
+    code, _, err = run_cli(["optimize", "m.onnx", "-o", "o4.onnx", "--config", "/dev/zero"], capsys)
+    assert code == 2 and "not a config file" in err
+    # The Python API refuses such data too (it hung).
+    from optimizer.api import optimize
+    from optimizer.errors import InputSpecError
+
+    with pytest.raises(InputSpecError, match="not a regular file or folder"):
+        optimize("m.onnx", output="o5.onnx", inputs="fifo")
 
 
 def test_an_accuracy_gate_names_what_failed_when_an_output_could_not_be_compared(tmp_path, monkeypatch, capsys):

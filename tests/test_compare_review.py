@@ -117,7 +117,9 @@ def test_the_batch_is_what_the_inputs_hold_not_what_a_dim_is_named(tmp_path, mon
     assert code == 0, err
     report = json.loads(Path("f.json").read_text())
     assert [batch["batch"] for batch in report["providers"][0]["batches"]] == [2]
-    assert any("no symbolic batch axis: timed at the 2 rows its inputs hold" in w for w in report["warnings"])
+    assert any(
+        "named like a batch (batch, N, ...): timed at the 2 rows its inputs hold" in w for w in report["warnings"]
+    )
 
 
 def test_inputs_of_another_type_or_a_dim_the_inputs_contradict_are_refused_in_one_line(tmp_path, monkeypatch, capsys):

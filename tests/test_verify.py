@@ -118,3 +118,14 @@ def test_a_small_output_badly_wrong_is_named_before_a_large_one_just_past_its_to
         ]
     )
     assert result.first_failure.startswith("output 'probabilities'")
+
+
+def test_an_unbounded_failure_is_named_before_a_bounded_one():
+    # An integer output that differs (exact match required) has max_rel 0 but is broken: named first.
+    result = VerificationResult(
+        checks=[
+            OutputCheck("logits", False, 0.02, 0.01, "output 'logits': max abs error 0.02"),
+            OutputCheck("token_ids", False, float("inf"), 0.0, "output 'token_ids': values differ"),
+        ]
+    )
+    assert result.first_failure.startswith("output 'token_ids'")

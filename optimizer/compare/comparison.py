@@ -59,6 +59,7 @@ from optimizer.inputs import (
     nan_note,
     open_samples,
     refuse_oversized,
+    refuse_unreadable_data,
     runtime_inputs,
     split_samples,
 )
@@ -259,6 +260,9 @@ def compare(
     token ids (and attention mask), rows of held-out text, are the text for that
     accuracy; the one-step inputs of the per-output accuracy are then generated.
     """
+    for data, flag in ((inputs, "--inputs"), (calibration, "--calibration")):
+        if isinstance(data, (str, os.PathLike)):
+            refuse_unreadable_data(data, flag)
     with _model_files(before, after) as ((before_path, before_label), (after_path, after_label)):
         report = _compare(before_path, after_path, settings, inputs, dims, progress, calibration)
     report.before.path, report.after.path = before_label, after_label
@@ -427,13 +431,13 @@ def _measure_provider(
     batches = list(settings.batches)
     if generation is None and not batch_names and base_batch not in batches:
         warnings.append(
-            f"{ep.name}: the model has no symbolic batch axis: timed at the {base_batch} rows its inputs hold "
-            f"(--batch {','.join(map(str, batches))} does not apply)"
+            f"{ep.name}: no input dim is named like a batch (batch, N, ...): timed at the {base_batch} rows its "
+            f"inputs hold (--batch {','.join(map(str, batches))} does not apply)"
         )
         batches = [base_batch]
     for batch in batches if generation is None else ():
         if batch != base_batch and not batch_names:
-            warnings.append(f"{ep.name}: batch {batch} skipped: the model has no symbolic batch axis")
+            warnings.append(f"{ep.name}: batch {batch} skipped: no input dim is named like a batch")
             continue
         inputs = _with_batch(base_inputs, batch, base_batch)
         session_before = TimedSession(before, ep.name, inputs, threads)

@@ -285,7 +285,8 @@ def _check_rows(
 
 
 # (new tokens, past tokens) of the probes that tell the token index from positions counted on from a past;
-# a one-token step is probed at every past ``probe_lengths`` names too (a clamp at 16 shows from 17).
+# a one-token step is probed after a past of each length ``probe_lengths`` names and one less (a clamp of
+# the past at 16 shows at a past of 17).
 _PAST_PROBES = ((1, 6), (3, 4))
 
 
@@ -301,12 +302,14 @@ def _counts_on_from_past(
     index ``s`` however long any input is, or why neither.
 
     Each input is made longer than the others in turn (by the pasts of ``_PAST_PROBES`` and
-    each length ``probe_lengths`` names), whatever its name. Lengths the original refuses
-    are skipped: it runs no such step either. The other probes feed inputs of one length,
+    each length ``probe_lengths`` names and one less), whatever its name. Shapes the original
+    refuses, or where its tables could not multiply the new tokens' query, are skipped: it
+    runs no such step either. The other probes feed inputs of one length,
     where the two readings agree.
     """
     rows = len(caches[0])
-    shapes = list(_PAST_PROBES) + [(1, length - 1) for length in probe_lengths(tables, cache_length) if length > 1]
+    lengths = probe_lengths(tables, cache_length)
+    shapes = list(_PAST_PROBES) + sorted({(1, past) for length in lengths for past in (length - 1, length)})
     shapes = [(new, past) for new, past in shapes if new + past <= rows]
     longer = None
     for candidate in inputs:
@@ -319,10 +322,11 @@ def _counts_on_from_past(
                 continue
             for probe, cache in zip(found, caches):
                 halves = _halves(probe, cache.shape[-1])
-                if halves is not None and halves.shape[:2] == (1, new + past):
-                    break  # this input's length is the new tokens': making it longer is no past
                 if halves is None or halves.shape[:2] != (1, new):
-                    return f"cos/sin of {new} new tokens after {past} past ones have an unexpected shape"
+                    # This input's length is the new tokens' (the tables follow it), or the tables cannot
+                    # multiply a query of ``new`` tokens (a table sliced at a negative past comes out
+                    # empty): the original runs no such step.
+                    break
                 if np.allclose(halves[0], cache[np.arange(new)], atol=1e-6):
                     modes.add("index")
                 elif np.allclose(halves[0], cache[past + np.arange(new)], atol=1e-6):

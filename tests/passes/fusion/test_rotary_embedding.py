@@ -35,12 +35,14 @@ def _rotary_model(
     past_shift: int | None = None,
     past_factor: int = 1,
     past_clamp: int | None = None,
+    past_slice: bool = False,
 ) -> ir.Model:
     """``rotate(h)`` for h [B, S, HEADS*HEAD_SIZE], positions 0..S-1 (or cumsum(mask) - 1, or a ``position_ids`` input).
 
     ``past_shift``: an ``ids`` [B, S] input beside a mask [B, T] over past and new tokens,
     positions ``past_factor * (T - S) + past_shift + s`` (factor 1, shift 0: counted on from
-    the past, as a decoder without ``position_ids`` does); ``past_clamp``: the past counted up to it only.
+    the past, as a decoder without ``position_ids`` does); ``past_clamp``: the past counted up to it only;
+    ``past_slice``: the rows ``T - S .. T`` sliced off a ``[TABLE_ROWS, d/2]`` angle table (Falcon's form).
 
     ``switched``: the angles are a ``[TABLE_ROWS, d/2]`` table sliced to ``S``, the short
     one up to SWITCH_AT tokens and the long one past it (as LongRoPE switches its factors
@@ -91,12 +93,22 @@ def _rotary_model(
             helper.make_node("Mul", ["past_tokens", "factor"], ["past"]),
             helper.make_node("Add", ["past", "shift"], ["start"]),
             helper.make_node("Add", ["start", "new"], ["stop"]),
-            helper.make_node("Range", ["start", "stop", "one"], ["range"]),
-            helper.make_node("Cast", ["range"], ["range_f"], to=TensorProto.FLOAT),
-            helper.make_node("Unsqueeze", ["range_f", "axes_last"], ["positions"]),  # [S, 1]
-            helper.make_node("MatMul", ["positions", "inv_freq"], ["freqs_2d"]),  # [S, d/2]
-            helper.make_node("Unsqueeze", ["freqs_2d", "lo_start"], ["freqs"]),  # [1, S, d/2]
         ]
+        if past_slice:
+            consts["angles"] = np.arange(TABLE_ROWS, dtype=np.float32)[:, None] * inv_freq
+            nodes += [
+                helper.make_node("Unsqueeze", ["start", "lo_start"], ["start_1d"]),
+                helper.make_node("Unsqueeze", ["stop", "lo_start"], ["stop_1d"]),
+                helper.make_node("Slice", ["angles", "start_1d", "stop_1d", "lo_start"], ["freqs_2d"]),
+            ]
+        else:
+            nodes += [
+                helper.make_node("Range", ["start", "stop", "one"], ["range"]),
+                helper.make_node("Cast", ["range"], ["range_f"], to=TensorProto.FLOAT),
+                helper.make_node("Unsqueeze", ["range_f", "axes_last"], ["positions"]),  # [S, 1]
+                helper.make_node("MatMul", ["positions", "inv_freq"], ["freqs_2d"]),  # [S, d/2]
+            ]
+        nodes.append(helper.make_node("Unsqueeze", ["freqs_2d", "lo_start"], ["freqs"]))  # [1, S, d/2]
     elif positions_from_mask:
         nodes += [
             helper.make_node("Cast", ["mask"], ["mask_f"], to=TensorProto.FLOAT),
@@ -215,11 +227,12 @@ def test_position_ids_are_read_at_every_probed_length():
     assert_same_outputs(model, after, feeds, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shift", [0, 1])
-def test_positions_counted_on_from_a_past_by_the_mask_length_are_read_as_an_offset(shift):
+@pytest.mark.parametrize(("shift", "sliced"), [(0, False), (1, False), (0, True)])
+def test_positions_counted_on_from_a_past_by_the_mask_length_are_read_as_an_offset(shift, sliced):
     # No position_ids: positions T - S + s for a mask of T tokens over S new ones (a decode step's);
-    # with a constant shift the caches hold the shifted rows.
-    model = _rotary_model(past_shift=shift)
+    # with a constant shift the caches hold the shifted rows; sliced off a table, a longer ids input
+    # slices at a negative past, which the original cannot run either (a review's case, once refused).
+    model = _rotary_model(past_shift=shift, past_slice=sliced)
     fusion = RotaryEmbeddingFusion(cache_length=64)
     after = fusion(model.clone()).model
     assert fusion.fused_count == 1
