@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from optimizer.domains import is_onnx_domain
 from optimizer.errors import InputSpecError, OptionError, OutputPathError, PassSelectionError
 from optimizer.generation import recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
@@ -39,6 +40,7 @@ from optimizer.model_io import (
     import_contrib_domain,
     lacks_contrib_import,
     load_model,
+    model_graphs,
     save_model,
 )
 from optimizer.options import DATA_IMPORTANCE_KINDS, Options
@@ -177,6 +179,19 @@ def optimize_with_report(
     return optimized, report
 
 
+def _own_constant_tensors(model: ir.Model) -> ir.Model:
+    """``model`` with each ``Constant`` node's tensor replaced by a tensor object of its own (same values)."""
+    for graph in model_graphs(model):
+        for node in graph:
+            if node.op_type != "Constant" or not is_onnx_domain(node):
+                continue
+            for name, attribute in list(node.attributes.items()):
+                if attribute.type == ir.AttributeType.TENSOR and attribute.value is not None:
+                    tensor = attribute.value
+                    node.attributes[name] = ir.AttrTensor(name, ir.tensor(tensor.numpy(), name=tensor.name))
+    return model
+
+
 def _pass_names(passes: Sequence[str] | str | None) -> list[str] | None:
     """``passes`` as a list of names; a string is comma-separated, as on the command line."""
     if passes is None:
@@ -204,6 +219,9 @@ def _to_ir(model: object) -> tuple[ir.Model, str, Path | None]:
         if lacks_contrib_import(model):
             model = model.clone()  # the caller's model keeps its imports as they were
             import_contrib_domain(model)
+        # A clone shares its tensors with the caller's model, and lifting a Constant names its tensor:
+        # the Constants get tensors of their own, so the caller's model stays as it was.
+        model = _own_constant_tensors(model.clone())
         return model, model.graph.name or "model", None
     if isinstance(model, onnx.ModelProto):
         # A proto's external data is where onnx-ir reads it: relative to the working directory.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,8 +61,12 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
       input's aligned dimension (they become 1).
     Refuses, with the reason in its refusals, when ONNX Runtime's symbolic shape inference
     fails on the model or is not installed; leaves every other shape computation
-    as it was. Assumes, as ORT's inference does with ``auto_merge``, that two
-    symbolic dims broadcast against each other are equal rather than one being 1.
+    as it was. ORT's inference (with ``auto_merge``) takes two symbolic dims broadcast
+    against each other as equal; where both are the graph inputs' own dims (``n`` against
+    ``m``: either may be 1 at run time) no equality through them is used, so an ``Expand``
+    to ``Shape(y)`` beside ``Add(x, y)`` keeps its computed target. A merge with a computed
+    dim (a mask's ``total`` against ``past + sequence``) is kept: a decoder's shape
+    arithmetic rests on it.
     """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -228,7 +233,16 @@ def _symbolic_shapes(model: ir.Model) -> dict[str, tuple[Symbol, ...]] | str:
     if SymbolicShapeInference is None:
         return "onnxruntime's symbolic shape inference is not installed"
     proto = _shapes_only_proto(model)
-    inference = SymbolicShapeInference(int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0)
+    inputs = {
+        dim.dim_param
+        for value in proto.graph.input
+        for dim in value.type.tensor_type.shape.dim
+        if value.type.HasField("tensor_type") and dim.dim_param
+    }
+    inference = _broadcast_recording(SymbolicShapeInference)(
+        int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0
+    )
+    inference.input_symbols, inference.broadcast_merged = inputs, set()
     try:
         inference._preprocess(proto)
         while inference.run_:
@@ -236,15 +250,48 @@ def _symbolic_shapes(model: ir.Model) -> dict[str, tuple[Symbol, ...]] | str:
         known = dict(inference.known_vi_)
     except Exception as error:  # the tool raises assorted errors on graphs it cannot follow
         return f"symbolic shape inference failed ({one_line(error, 200)})"
+    # Symbols merged by a broadcast of two input dims, and what the inference merged them into: unproven.
+    merges = getattr(inference, "suggested_merge_", {}) or {}
+    unproven = set(inference.broadcast_merged)
+    unproven |= {str(merges[symbol]) for symbol in inference.broadcast_merged if symbol in merges}
     shapes = {}
     for name, info in known.items():
         tensor_type = info.type.tensor_type
         if not tensor_type.HasField("shape"):
             continue
         shapes[name] = tuple(
-            dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None) for dim in tensor_type.shape.dim
+            dim.dim_value
+            if dim.HasField("dim_value")
+            else (dim.dim_param if dim.dim_param and dim.dim_param not in unproven else None)
+            for dim in tensor_type.shape.dim
         )
     return shapes
+
+
+def _broadcast_recording(base: type) -> type:
+    """``base`` (ORT's ``SymbolicShapeInference``) recording, in ``broadcast_merged``, the input dims it
+    merges because they broadcast against each other (where one of them may be 1).
+
+    The tool merges symbols in two kinds of places: where an op requires them equal (a
+    Concat's other axes, a MatMul's inner dims: a valid model has them equal) and where
+    an elementwise op broadcasts them (``_broadcast_shapes``, ``_check_merged_dims`` with
+    ``allow_broadcast``, and the auto-merge of ONNX's own inference result in ``_infer_impl``).
+    Only the second kind is recorded.
+    """
+
+    class BroadcastRecording(base):
+        def _add_suggested_merge(self, symbols, apply=False):  # noqa: ANN001, ANN202 (ORT's own signature)
+            frame = sys._getframe(1)
+            caller = frame.f_code.co_name
+            broadcast = caller in ("_broadcast_shapes", "_infer_impl") or (
+                caller == "_check_merged_dims" and frame.f_locals.get("allow_broadcast", False)
+            )
+            named = {str(symbol) for symbol in symbols if isinstance(symbol, str)}
+            if broadcast and len(named) > 1 and named <= self.input_symbols:
+                self.broadcast_merged.update(named)
+            return super()._add_suggested_merge(symbols, apply=apply)
+
+    return BroadcastRecording
 
 
 @functools.cache

@@ -50,6 +50,10 @@ class RmsNormFusion(RuleFusionPass):
 
     Refuses a match whose mean is not over the last axis alone or whose epsilon or
     scale is not a constant of the right shape.
+
+    ONNX Runtime registers ``SimplifiedLayerNormalization`` in the default ONNX domain,
+    where onnx's checker has no such op: the result runs on ONNX Runtime (and graphopt
+    reads it) but fails ``onnx.checker.check_model``.
     """
 
     fused_ops = (("", "SimplifiedLayerNormalization"),)

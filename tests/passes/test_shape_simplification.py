@@ -127,6 +127,22 @@ def test_expand_keeps_input_dims_with_one():
     assert_same_outputs(model, result.model, inputs)
 
 
+def test_two_input_dims_that_only_broadcast_are_not_taken_as_equal():
+    # A review: n and m broadcast in Add (one may be 1), and ORT's inference merges them; the Expand to
+    # Shape(y) was rewritten to [1, 4], keeping x's own n = 1 where the original expands to m = 3.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[n, 4] x, float[m, 4] y) => (float[s, 4] total, float[e, 4] expanded) {
+          total = Add(x, y)
+          shape = Shape(y)
+          expanded = Expand(x, shape)
+        }""")
+    result = ShapeSimplificationPass()(model.clone())
+    assert not result.modified
+    inputs = {"x": np.arange(4, dtype=np.float32).reshape(1, 4), "y": np.ones((3, 4), np.float32)}
+    assert_same_outputs(model, result.model, inputs)
+
+
 def test_exported_models_lose_their_shape_chains(exported_model):
     name, model = exported_model
     folded = FoldConstantsPass()(model.clone()).model
