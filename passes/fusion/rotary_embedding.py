@@ -172,9 +172,12 @@ class RotaryEmbeddingFusion(RuleFusionPass):
     commute = True
     fused_ops = ((MS_DOMAIN, "RotaryEmbedding"),)
 
-    def __init__(self, target: str = "cpu", cache_length: int = DEFAULT_CACHE_LENGTH) -> None:
+    def __init__(
+        self, target: str = "cpu", cache_length: int = DEFAULT_CACHE_LENGTH, *, max_sequence: int | None = None
+    ) -> None:
         super().__init__(target)
-        self.cache_length = cache_length
+        # ``max_sequence`` is the name the other length-probing fusions take (``--max-sequence``).
+        self.cache_length = cache_length if max_sequence is None else max_sequence
         self._tables: dict[tuple[int, int], tuple | str] = {}
 
     def rule_set(self) -> pattern.RewriteRuleSet:

@@ -280,3 +280,8 @@ def test_a_mask_not_named_like_one_still_gives_the_offset():
         feeds["valid_tokens"] = np.ones((2, new + past), np.int64)
         feeds["ids"] = np.ones((2, new), np.int64)
         assert_same_outputs(model, after, feeds, rtol=1e-5, atol=1e-5)
+
+
+def test_the_cache_length_is_also_taken_as_max_sequence_like_the_other_fusions():
+    assert RotaryEmbeddingFusion("cpu", max_sequence=8192).cache_length == 8192
+    assert RotaryEmbeddingFusion(cache_length=64).cache_length == 64
