@@ -26,6 +26,7 @@ from optimizer.inputs import (
     make_inputs,
     nan_note,
     open_samples,
+    refuse_dims_unlike,
     refuse_oversized,
     refuse_unreadable_data,
     verification_bindings,
@@ -132,9 +133,8 @@ def optimize_with_report(
     ir_model, label, input_path = _to_ir(model)
     if input_path is not None and output is None:
         raise OutputPathError("optimize(path): give output= for the optimized model")
-    for data, flag in ((inputs, "--inputs"), (calibration, "--calibration")):
-        if isinstance(data, (str, os.PathLike)):
-            refuse_unreadable_data(data, flag)
+    refuse_unreadable_data(inputs, "--inputs")
+    refuse_unreadable_data(calibration, "--calibration")
     if input_path is not None:
         _check_output_path(output, input_path, ir_model, inputs, calibration)
     notes: list[str] = []
@@ -142,7 +142,9 @@ def optimize_with_report(
     if options.verify:
         input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, notes)
         bound = dims_from_inputs(ir_model, input_sets[0])
-        _refuse_dims_unlike_inputs(options.dims, bound, inputs)
+        if inputs is not None:
+            where = f"--inputs {inputs}" if isinstance(inputs, (str, os.PathLike)) else "the given inputs"
+            refuse_dims_unlike(options.dims, bound, where)
         # Shape-specialized candidates take samples only at the bound batch size.
         batch = min((bound[name] for name in batch_dims(ir_model) if name in bound), default=None)
         verifier = Verifier(
@@ -291,19 +293,6 @@ def _samples(
         "which says little about accuracy on real data"
     )
     return make_inputs(model, bound, seed=2), warning
-
-
-def _refuse_dims_unlike_inputs(dims: Mapping[str, int] | None, bound: Mapping[str, int], inputs: InputsLike) -> None:
-    """Refuse ``--dim`` sizes the given verification inputs contradict: the inputs bind the dims (and
-    ``--static-shapes`` fixes them there), so a different ``--dim`` would be silently dropped."""
-    if inputs is None or not dims:
-        return
-    unlike = [name for name, size in dims.items() if name in bound and bound[name] != size]
-    if unlike:
-        asked = " ".join(f"{name}={dims[name]}" for name in unlike)
-        given = ", ".join(f"{name}={bound[name]}" for name in unlike)
-        where = f"--inputs {inputs}" if isinstance(inputs, (str, os.PathLike)) else "the given inputs"
-        raise InputSpecError(f"--dim {asked}: {where} have {given}; drop --dim or give inputs of that size")
 
 
 def _verification_inputs(

@@ -694,9 +694,7 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
         # What the comparison would refuse must not cost the optimization and its written model first.
         from optimizer.compare.comparison import check_before_optimizing
 
-        check_before_optimizing(
-            args.model, _compare_settings(args), args.inputs if args.no_verify or args.generate else None, options.dims
-        )
+        check_before_optimizing(args.model, _compare_settings(args), args.inputs, options.dims)
     names = _split(args.passes, "--passes") if args.passes is not None else None
     requested = requested_passes(names, options) if args.strict else set()
     with progress_sink(errors, args.quiet) as sink, reporting_to(sink), task(f"optimizing {Path(args.model).name}"):
@@ -846,12 +844,11 @@ def _compare(
     from optimizer.compare.report import render_comparison, write_html, write_json
     from optimizer.console import progress_sink
     from optimizer.gates import accuracy_failures, slower_failures
-    from optimizer.inputs import parse_dim_flags, refuse_unreadable_data
+    from optimizer.inputs import parse_dim_flags
     from optimizer.model_io import check_paths
     from optimizer.progress import reporting_to, task
 
     _refuse_stdout({_spelled(args, "json", "--json"): args.json, "--html": args.html})
-    refuse_unreadable_data(args.inputs, "--inputs")
     check_paths(
         {_spelled(args, "json", "--json"): args.json, "--html": args.html},
         [("the --inputs file", args.inputs), ("the --config file", args.config)],

@@ -512,11 +512,25 @@ def as_arrays(values: Any, source: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def refuse_unreadable_data(path: str | os.PathLike | None, flag: str) -> None:
-    """Refuse a data path (``--inputs``, ``--calibration``) that is a pipe or a device: an .npz is a zip
-    archive, read by seeking, and a pipe with no writer would block the run before it starts."""
-    if path is not None and Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
-        raise InputSpecError(f"{flag} {path}: not a regular file or folder (a pipe or a device); give an .npz file")
+def refuse_unreadable_data(data: Any, flag: str) -> None:
+    """Refuse data (``--inputs``, ``--calibration``) given as a path to a pipe or a device: an .npz is a zip
+    archive, read by seeking, and a pipe with no writer would block the run before it starts. Data in any
+    other form (arrays, an iterable, None) is left to its reader."""
+    if not isinstance(data, (str, os.PathLike)):
+        return
+    path = Path(data)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise InputSpecError(f"{flag} {data}: not a regular file or folder (a pipe or a device); give an .npz file")
+
+
+def refuse_dims_unlike(dims: Mapping[str, int] | None, held: Mapping[str, int], where: str) -> None:
+    """Refuse ``--dim`` sizes that the given inputs, which hold the dims ``held``, contradict: the inputs
+    bind the dims, so a different ``--dim`` would be silently dropped. ``where`` names the inputs."""
+    unlike = [name for name, size in (dims or {}).items() if name in held and held[name] != size]
+    if unlike:
+        asked = " ".join(f"{name}={dims[name]}" for name in unlike)
+        given = ", ".join(f"{name}={held[name]}" for name in unlike)
+        raise InputSpecError(f"--dim {asked}: {where} have {given}; drop --dim or give inputs of that size")
 
 
 def check_inputs(

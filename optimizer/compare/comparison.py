@@ -58,6 +58,7 @@ from optimizer.inputs import (
     make_inputs,
     nan_note,
     open_samples,
+    refuse_dims_unlike,
     refuse_oversized,
     refuse_unreadable_data,
     runtime_inputs,
@@ -260,9 +261,8 @@ def compare(
     token ids (and attention mask), rows of held-out text, are the text for that
     accuracy; the one-step inputs of the per-output accuracy are then generated.
     """
-    for data, flag in ((inputs, "--inputs"), (calibration, "--calibration")):
-        if isinstance(data, (str, os.PathLike)):
-            refuse_unreadable_data(data, flag)
+    refuse_unreadable_data(inputs, "--inputs")
+    refuse_unreadable_data(calibration, "--calibration")
     with _model_files(before, after) as ((before_path, before_label), (after_path, after_label)):
         report = _compare(before_path, after_path, settings, inputs, dims, progress, calibration)
     report.before.path, report.after.path = before_label, after_label
@@ -283,18 +283,7 @@ def check_before_optimizing(
             raise InputSpecError(f"--generate needs a causal LM with a KV cache: {before}: {lm}")
         _, inputs = _held_out_text(inputs, lm)
     if inputs is not None:
-        _refuse_dims_unlike(model, _base_inputs(model, inputs, dims, [])[0], dims)
-
-
-def _refuse_dims_unlike(model: ir.Model, inputs: Mapping[str, np.ndarray], dims: Mapping[str, int] | None) -> None:
-    """Refuse ``--dim`` sizes the given inputs contradict (they bind the dims: the flag would be ignored)."""
-    held = dims_from_inputs(model, inputs)
-    unlike = [name for name, size in (dims or {}).items() if name in held and held[name] != size]
-    if unlike:
-        raise InputSpecError(
-            f"--dim {' '.join(f'{name}={dims[name]}' for name in unlike)}: the --inputs have "
-            f"{', '.join(f'{name}={held[name]}' for name in unlike)}; drop --dim or give inputs of that size"
-        )
+        refuse_dims_unlike(dims, dims_from_inputs(model, _base_inputs(model, inputs, dims, [])[0]), "the --inputs")
 
 
 @contextlib.contextmanager
@@ -337,7 +326,7 @@ def _compare(
         generation = _Generation(*lms, text)
     base_inputs, data = _base_inputs(before_model, inputs, dims, warnings)
     if inputs is not None:
-        _refuse_dims_unlike(before_model, base_inputs, dims)
+        refuse_dims_unlike(dims, dims_from_inputs(before_model, base_inputs), "the --inputs")
     if data is None and calibration is not None:
         data = open_samples(calibration, before_model, flag="--calibration")
         warnings.append(

@@ -33,7 +33,7 @@ long: a table sliced past its end). Each probe is ``S × d`` numbers, so all are
 
 Without ``position_ids``, the tables are also evaluated with each input in turn longer
 than the others (1 new token after 6, 3 after 4, and one after each length
-``probe_lengths`` names: a past), where they must be the rows of the token index, or
+``probe_lengths`` names and one less: a past), where they must be the rows of the token index, or
 all those of ``T - S + s`` for one input (the mask, whatever its name).
 
 Refuses when: the rotation is partial or interleaved; x is not a float32 head split;
@@ -335,7 +335,7 @@ def _counts_on_from_past(
                 elif np.allclose(halves[0], cache[past + np.arange(new)], atol=1e-6):
                     modes.add("past")
                 else:
-                    modes.add("other")
+                    return "rotary positions follow neither the token index nor one input's length past the others'"
         if modes <= {"index"}:
             continue
         if modes != {"past"} or longer is not None:
