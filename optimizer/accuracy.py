@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from typing import Any
 import numpy as np
 
 _SCORE_NAME = re.compile(r"logit|score|prob|class", re.IGNORECASE)
+# Magnitudes whose float64 squares neither overflow nor lose precision to underflow.
+_SQUARES_SAFE = (1e-140, 1e140)
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,24 @@ def floored_magnitude(values: np.ndarray) -> np.ndarray:
     tolerance and the comparison's relative error both use this).
     """
     magnitude = np.abs(values)
-    scale = float(np.sqrt(np.mean(magnitude**2))) if magnitude.size else 0.0
-    return np.maximum(magnitude, scale)
+    return np.maximum(magnitude, _root_mean_square(magnitude))
+
+
+def _root_mean_square(magnitude: np.ndarray) -> float:
+    """The RMS of non-negative values, without the squares overflowing (float64 past 1e154, float32 past 1e19:
+    an infinite RMS would make every error relative to it zero) or vanishing."""
+    peak = float(magnitude.max()) if magnitude.size else 0.0
+    if peak == 0.0 or not math.isfinite(peak):
+        return peak
+    if _SQUARES_SAFE[0] < peak < _SQUARES_SAFE[1]:
+        return float(np.sqrt(np.mean(magnitude.astype(np.float64) ** 2)))
+    unit = _power_of_two_above(peak)  # exact scaling: the ratios are the values' own
+    return unit * float(np.sqrt(np.mean((magnitude.astype(np.float64) / unit) ** 2)))
+
+
+def _power_of_two_above(value: float) -> float:
+    """The smallest power of two at least ``value`` (> 0)."""
+    return math.ldexp(1.0, math.frexp(value)[1])
 
 
 def output_accuracy(name: str, before: Any, after: Any, *, scores: bool | None = None) -> OutputAccuracy:
@@ -99,6 +118,7 @@ class AccuracyAccumulator:
                 "dot": 0.0,
                 "xx": 0.0,
                 "yy": 0.0,
+                "unit": 0.0,
                 "cosine": expected.dtype.kind == "f",
                 "same_values": True,
                 "agree": 0,
@@ -111,7 +131,10 @@ class AccuracyAccumulator:
             },
         )
         stats["samples"] += int(expected.shape[0]) if expected.ndim else 1
-        exact = bool(np.array_equal(expected, actual, equal_nan=expected.dtype.kind == "f"))
+        # Bit-identical means the same dtype too: float16 values equal to float32 ones are "equal in value".
+        exact = expected.dtype == actual.dtype and bool(
+            np.array_equal(expected, actual, equal_nan=expected.dtype.kind == "f")
+        )
         stats["exact"] &= exact
         if expected.dtype.kind not in "fiub" or expected.size == 0:
             if not exact:
@@ -120,7 +143,7 @@ class AccuracyAccumulator:
         e, a = expected.astype(np.float64), actual.astype(np.float64)
         finite = np.isfinite(e) & np.isfinite(a)
         e0, a0 = np.where(finite, e, 0.0), np.where(finite, a, 0.0)
-        diff = np.abs(a0 - e0)
+        diff = _integer_difference(expected, actual) if _integers(expected, actual) else np.abs(a0 - e0)
         rel = diff / np.maximum(floored_magnitude(e0), np.finfo(np.float64).tiny)
         max_abs, max_rel = float(diff.max()), float(rel.max())
         # Where either is not finite, both must be the same: NaN and NaN, or one infinity.
@@ -133,6 +156,16 @@ class AccuracyAccumulator:
         stats["max_rel"] = max(stats["max_rel"], max_rel)
         if stats["cosine"]:
             x, y = e0.ravel(), a0.ravel()
+            # The sums are kept in units of a power of two at least every value seen, so that values past
+            # 1e154 do not overflow them (an infinite norm made identical outputs' cosine NaN).
+            peak = max(float(np.abs(x).max()), float(np.abs(y).max()))
+            if peak > stats["unit"]:
+                unit = _power_of_two_above(peak)
+                for key in ("dot", "xx", "yy"):
+                    stats[key] *= (stats["unit"] / unit) ** 2
+                stats["unit"] = unit
+            if stats["unit"]:
+                x, y = x / stats["unit"], y / stats["unit"]
             stats["dot"] += float(np.dot(x, y))
             stats["xx"] += float(np.dot(x, x))
             stats["yy"] += float(np.dot(y, y))
@@ -161,6 +194,22 @@ class AccuracyAccumulator:
                 )
             )
         return results
+
+
+def _integers(expected: np.ndarray, actual: np.ndarray) -> bool:
+    return expected.dtype.kind in "iub" and actual.dtype.kind in "iub"
+
+
+def _integer_difference(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """``|actual - expected|`` of integer (or bool) arrays, as float64, computed in integers: through float64
+    values past 2**53 that differ by one would read as equal, and in int64 the difference may overflow."""
+    e, a = (array.astype(np.int64) if array.dtype.kind == "b" else array for array in (expected, actual))
+    if e.dtype.kind != a.dtype.kind or e.dtype.kind == "u":
+        wide = [array.astype(object) for array in (e, a)]  # uint64 beside int64: exact in Python integers
+        return np.abs(wide[1] - wide[0]).astype(np.float64)
+    high, low = np.maximum(e, a).astype(np.int64), np.minimum(e, a).astype(np.int64)
+    # The true difference lies in [0, 2**64): unsigned subtraction modulo 2**64 gives it exactly.
+    return (high.view(np.uint64) - low.view(np.uint64)).astype(np.float64)
 
 
 def compare_accuracy(

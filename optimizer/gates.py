@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from optimizer.compare.comparison import ComparisonReport
+from optimizer.compare.comparison import NOT_COMPARED, ComparisonReport
 from optimizer.compare.stats import MIN_PAIRS
 from optimizer.options import Options
 from optimizer.registry import resolve
@@ -96,9 +96,6 @@ def _inverse(ratio: float) -> float:
     return 1.0 / ratio if ratio > 0 else math.inf
 
 
-_NOT_COMPARED = ": its accuracy is not compared"
-
-
 def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "--min-cosine") -> list[str]:
     """``--min-cosine X``: each float output of AFTER whose cosine similarity to BEFORE's is below X.
 
@@ -112,7 +109,7 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
     """
     gate = f"{flag} {min_cosine:.12g}"  # as given: 0.99999999 is not 1
     # compare() records an output it left out of the accuracy only as this warning.
-    failures = [f"{gate}: {w}" for w in report.warnings if w.endswith(_NOT_COMPARED)]
+    failures = [f"{gate}: {w}" for w in report.warnings if w.endswith(NOT_COMPARED)]
     measured = 0
     for provider in report.providers:
         for output in provider.accuracy if provider.available else ():

@@ -524,6 +524,9 @@ def _check_writable(flag: str, path: PathLike) -> None:
             f"{path}: not a regular file (a device, a pipe or a socket), which graphopt would replace; "
             f"give a file path for the {role}"
         )
+    if stream := _standard_stream(path):
+        # /dev/stdout of `graphopt ... >> log`: the atomic rename would replace the log with the output.
+        raise OutputPathError(f"{path}: is this process's {stream}; give a file path for the {role}")
     folder = path.absolute().parent
     if not folder.is_dir():
         raise OutputPathError(f"{folder}: {role} folder does not exist")
@@ -535,6 +538,19 @@ def _check_writable(flag: str, path: PathLike) -> None:
             raise OutputPathError(f"{path}: a link into {target.parent}, where graphopt cannot write")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputPathError(f"{folder}: cannot write here (permission denied)")
+
+
+def _standard_stream(path: Path) -> str | None:
+    """ "standard output" (or input, error) when ``path`` is the file this process's stream is, else None."""
+    place = _place(path)
+    for descriptor, name in ((1, "standard output"), (2, "standard error"), (0, "standard input")):
+        try:
+            status = os.fstat(descriptor)
+        except OSError:  # closed
+            continue
+        if place == (status.st_dev, status.st_ino):
+            return name
+    return None
 
 
 def _place(path: Path) -> object:

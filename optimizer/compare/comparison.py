@@ -75,6 +75,9 @@ _PROFILE_RUNS = 20
 
 Progress = Callable[[str, int, int], None]
 
+# Ends the warning for an output whose accuracy is left out (another shape or kind in AFTER).
+NOT_COMPARED = ": its accuracy is not compared"
+
 
 @dataclass
 class ModelSummary:
@@ -663,7 +666,7 @@ def _accumulate(
         if e is not None and e.shape == a.shape and numeric:
             comparable[name] = expected
         else:
-            shown += ": its accuracy is not compared"
+            shown += NOT_COMPARED
         if shown not in warnings:
             warnings.append(shown)
     accumulator.add(comparable, after, score_outputs)

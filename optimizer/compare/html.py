@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from optimizer.compare.comparison import BatchResult, ComparisonReport, ProviderResult
+from optimizer.compare.comparison import NOT_COMPARED, BatchResult, ComparisonReport, ProviderResult
 from optimizer.compare.generation_timing import GenerationResult
 from optimizer.compare.report import (
     _GENERATION_HEADER,
@@ -38,8 +38,15 @@ from optimizer.report import STATUS_APPLIED, STATUS_FAILED, STATUS_ROLLED_BACK, 
 
 # Outputs within this of BEFORE are float rounding, not a change: the verdict says "identical to 1e-N".
 _ROUNDING_ABS = 1e-4
-# Below this cosine the verdict's accuracy figure is marked as a concern.
+# ... and within this relative to each element (floored at the output's RMS): a cosine and an absolute bound
+# both miss an output scaled by 500 whose values are small, and a one-value output has no cosine.
+_ROUNDING_REL = 1e-3
+# Below this cosine the verdict's accuracy figure is marked as a concern; for outputs without a cosine (one
+# value, integers), past this relative error.
 _CONCERN_COSINE = 0.999
+_CONCERN_REL = 0.045  # the relative error a cosine of 0.999 allows: sqrt(2 (1 - 0.999))
+# Past this relative error (floored at the output's RMS) an element is off by more than its output's size.
+_SCALED_REL = 1.0
 # "Identical to 1e-N" needs the cosine this close to 1 too: an absolute bound says nothing about outputs
 # that are small themselves (probabilities over a large vocabulary), where 1e-5 can be all of the value.
 _IDENTICAL_COSINE = 0.99999
@@ -181,21 +188,29 @@ def _segments(report: ComparisonReport, headline: _Headline) -> list[_Segment]:
     else:
         why = "; ".join(f"{p.ep} skipped ({p.reason})" for p in headline.skipped) or "no timing"
         segments.append(_Segment(f"not timed: {why}", "concern", "latency", True))
-    accuracy = _accuracy_phrase(headline.provider)
-    qualified = _accuracy_report_warnings(report)
-    if accuracy is None and headline.provider is not None and qualified:
-        accuracy = _Segment("outputs not compared", "concern", "accuracy", True)
-    elif accuracy is not None and qualified:
-        # The card's warnings qualify the figure: mark it, and an output left out is no "identical".
-        accuracy.warned = True
-        if any("not compared" in warning for warning in qualified):
-            accuracy.css = "concern"
+    accuracy = _qualified_accuracy(report, headline.provider)
     if accuracy is not None:
         segments.append(accuracy)
     segments.append(
         _Segment(f"{_mb(report.before.file_bytes)} → {_mb(report.after.file_bytes)}", "flat", "size", False)
     )
     return segments
+
+
+def _qualified_accuracy(report: ComparisonReport, provider: ProviderResult | None) -> _Segment | None:
+    """``_accuracy_phrase`` qualified by the report's warnings: marked, and where an output was left out (another
+    shape or kind in AFTER) the figure says so instead of calling every output "identical"."""
+    accuracy = _accuracy_phrase(provider)
+    qualified = _accuracy_report_warnings(report)
+    if accuracy is None and provider is not None and qualified:
+        return _Segment("outputs not compared", "concern", "accuracy", True)
+    if accuracy is not None and qualified:
+        accuracy.warned = True
+        if left_out := sum(1 for warning in qualified if warning.endswith(NOT_COMPARED)):
+            accuracy.css = "concern"
+            others = accuracy.text.removeprefix("outputs ")
+            accuracy.text = f"{left_out} output{'s' if left_out > 1 else ''} not compared; the others {others}"
+    return accuracy
 
 
 def _ratio_css(ratio: RatioEstimate, *, lower_is_better: bool) -> str:
@@ -234,16 +249,37 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
         return _Segment("outputs bit-identical", "good", "accuracy", warned)
     if worst_abs == 0:
         return _Segment("outputs equal in value", "good", "accuracy", warned)
-    if worst_abs <= _ROUNDING_ABS and min(cosines, default=1.0) >= _IDENTICAL_COSINE and min(top1, default=1.0) == 1:
+    worst_rel = max(item.max_rel_error for item in provider.accuracy)
+    # Integer or bool outputs that differ at all (class ids, masks) hold other answers, not rounding.
+    integers_differ = any(
+        np.dtype(item.dtype).kind in "iub" and not item.exact and item.max_abs_error > 0 for item in provider.accuracy
+    )
+    if (
+        worst_abs <= _ROUNDING_ABS
+        and worst_rel <= _ROUNDING_REL
+        and not integers_differ
+        and min(cosines, default=1.0) >= _IDENTICAL_COSINE
+        and min(top1, default=1.0) == 1
+    ):
         bound = 10.0 ** math.ceil(math.log10(worst_abs))
         return _Segment(f"outputs identical to {bound:.0e}".replace("e-0", "e-"), "good", "accuracy", warned)
     if cosines:
         text = f"cosine ≥ {_cosine(min(cosines))} (max |Δ| {worst_abs:.3g})"
     else:
         text = f"outputs within {worst_abs:.3g}"
+    # Errors as large as the values themselves (an output scaled by 500 keeps its cosine): said, and a concern.
+    scaled = worst_rel > _SCALED_REL
+    if scaled:
+        text += f", max rel {worst_rel:.3g}"
     if top1:
         text += f", top-1 agreement {min(top1):.3f}"
-    concern = not math.isfinite(worst_abs) or (cosines and min(cosines) < _CONCERN_COSINE)
+    concern = (
+        not math.isfinite(worst_abs)
+        or integers_differ
+        or scaled
+        or bool(cosines and min(cosines) < _CONCERN_COSINE)
+        or any(item.cosine is None and item.max_rel_error > _CONCERN_REL for item in provider.accuracy)
+    )
     return _Segment(text, "concern" if concern else "flat", "accuracy", warned)
 
 
@@ -344,7 +380,7 @@ def _latency_warnings(provider: ProviderResult, warnings: Sequence[str], consume
 
 def _accuracy_card(report: ComparisonReport, headline: _Headline, consumed: set[str]) -> str:
     provider = headline.provider
-    segment = _accuracy_phrase(provider)
+    segment = _qualified_accuracy(report, provider)
     lines = []
     if provider is not None:
         for item in provider.accuracy:

@@ -60,7 +60,8 @@ def measure_session_memory(path: str, ep: str, inputs: Mapping[str, np.ndarray],
     """Create and run ``path`` once on ``ep`` in a child process and return its memory use."""
     with tempfile.TemporaryDirectory(prefix="graphopt-memory-") as folder:
         feeds = os.path.join(folder, "inputs.npz")
-        save_npz(feeds, inputs)
+        # Strings travel as unicode (an .npz holds no Python objects) and are objects again in the child.
+        save_npz(feeds, {name: _unicode(array) for name, array in inputs.items()})
         completed = subprocess.run(
             [*_child_command(), path, feeds, ep, str(threads)], capture_output=True, text=True, check=False
         )
@@ -68,6 +69,15 @@ def measure_session_memory(path: str, ep: str, inputs: Mapping[str, np.ndarray],
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
         raise GraphoptError(f"memory probe failed for {path}: {last}")
     return MemoryUsage(**json.loads(completed.stdout.strip().splitlines()[-1]))
+
+
+def _unicode(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    return array.astype(str) if array.dtype.kind == "O" else array
+
+
+def _objects(array: np.ndarray) -> np.ndarray:
+    return array.astype(object) if array.dtype.kind == "U" else array
 
 
 def _child_command() -> list[str]:
@@ -184,7 +194,7 @@ def _probe(path: str, feeds_path: str, ep: str, threads: int) -> MemoryUsage:
     from optimizer.compare.timing import TimedSession
 
     with np.load(feeds_path) as archive:
-        inputs = {name: archive[name] for name in archive.files}
+        inputs = {name: _objects(archive[name]) for name in archive.files}
     reader = _RssReader()
     baseline = reader.reset()
     gpu_before = _gpu_memory_used() if ep == "cuda" else None

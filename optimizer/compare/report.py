@@ -14,6 +14,7 @@ from rich.table import Table
 
 from optimizer.compare.comparison import ComparisonReport, ProviderResult
 from optimizer.compare.generation_timing import GenerationResult
+from optimizer.compare.stats import RatioEstimate
 from optimizer.model_io import write_atomically
 from optimizer.report import PipelineReport, format_size, strict_json
 
@@ -82,10 +83,7 @@ def _provider_table(provider: ProviderResult) -> Table:
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for batch in provider.batches:
         ratio = batch.ratio
-        # No colour says "faster" or "slower" where the interval cannot be trusted (as on the HTML page).
-        style = (
-            "default" if not ratio.trustworthy else "green" if ratio.high < 1 else "red" if ratio.low > 1 else "default"
-        )
+        style = _ratio_style(ratio, lower_is_better=True)
         for name, summary, throughput in (
             ("before", batch.before, batch.throughput_before),
             ("after", batch.after, batch.throughput_after),
@@ -102,6 +100,16 @@ def _provider_table(provider: ProviderResult) -> Table:
             )
     table.caption = _memory_caption(provider)
     return table
+
+
+def _ratio_style(ratio: RatioEstimate, *, lower_is_better: bool) -> str:
+    """Green where the whole interval says better, red where it says worse; no colour says "faster" or
+    "slower" where the interval cannot be trusted (as on the HTML page)."""
+    if not ratio.trustworthy:
+        return "default"
+    better = ratio.high < 1 if lower_is_better else ratio.low > 1
+    worse = ratio.low > 1 if lower_is_better else ratio.high < 1
+    return "green" if better else "red" if worse else "default"
 
 
 def _memory_caption(provider: ProviderResult) -> str | None:
@@ -164,8 +172,8 @@ def _generation_table(provider: ProviderResult) -> Table:
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for g in provider.generation:
         ttft, rate = g.ttft_ratio, g.tokens_per_s_ratio
-        ttft_style = "green" if ttft.high < 1 else "red" if ttft.low > 1 else "default"
-        rate_style = "green" if rate.low > 1 else "red" if rate.high < 1 else "default"
+        ttft_style = _ratio_style(ttft, lower_is_better=True)
+        rate_style = _ratio_style(rate, lower_is_better=False)
         for name, first_token, decode, tokens_per_s in (
             ("before", g.ttft_before, g.decode_before, g.tokens_per_s_before),
             ("after", g.ttft_after, g.decode_after, g.tokens_per_s_after),
@@ -228,9 +236,11 @@ def _accuracy_table(provider: ProviderResult) -> Table:
     table = Table(
         title=f"accuracy of AFTER vs BEFORE on {provider.ep}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False
     )
-    table.caption = f"on {provider.accuracy_data}" if provider.accuracy_data else None
-    for column in ("output", "max abs", "max rel", "cosine", "top-1"):
-        table.add_column(column, justify="right" if column != "output" else "left", no_wrap=True)
+    table.caption = escape(f"on {provider.accuracy_data}") if provider.accuracy_data else None
+    # A long output name folds onto more lines; the figures never shrink to fit it.
+    table.add_column("output", justify="left", overflow="fold")
+    for column in ("max abs", "max rel", "cosine", "top-1"):
+        table.add_column(column, justify="right", no_wrap=True)
     for item in provider.accuracy:
         table.add_row(
             escape(item.name),
