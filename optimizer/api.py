@@ -21,6 +21,7 @@ from optimizer.inputs import (
     batch_dims,
     bind_dims,
     check_inputs,
+    constant_inputs_note,
     dims_from_inputs,
     load_inputs,
     make_inputs,
@@ -29,6 +30,7 @@ from optimizer.inputs import (
     refuse_dims_unlike,
     refuse_oversized,
     refuse_unreadable_data,
+    split_samples,
     verification_bindings,
 )
 from optimizer.model_io import (
@@ -138,7 +140,8 @@ def optimize_with_report(
     if input_path is not None:
         _check_output_path(output, input_path, ir_model, inputs, calibration)
     notes: list[str] = []
-    samples, warning = _samples(ir_model, calibration, options.dims, notes) if approximate else (None, None)
+    asked = [spec for spec in specs if spec.approximate]
+    samples, warning = _samples(ir_model, calibration, options.dims, notes, asked) if approximate else (None, None)
     if options.verify:
         input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, notes)
         bound = dims_from_inputs(ir_model, input_sets[0])
@@ -257,7 +260,11 @@ _GENERATED_SAMPLES = 16
 
 
 def _samples(
-    model: ir.Model, calibration: DataLike, dims: Mapping[str, int] | None, notes: list[str]
+    model: ir.Model,
+    calibration: DataLike,
+    dims: Mapping[str, int] | None,
+    notes: list[str],
+    asked: Sequence[Any] = (),
 ) -> tuple[dict[str, np.ndarray] | SampleData, str | None]:
     """Sample inputs for approximate passes: the user's calibration data, else generated (with a warning).
 
@@ -267,6 +274,7 @@ def _samples(
     """
     if calibration is not None:
         data = open_samples(calibration, model, flag="--calibration")
+        _refuse_unrunnable_samples(model, data)
         if not data.in_memory:
             return data, None
         samples = data.first()
@@ -276,8 +284,12 @@ def _samples(
         return samples, None
     batch = batch_dims(model)
     if not batch:
+        flags = ways_to_ask(asked).split(" or ")
+        needs = (
+            f"{', '.join(flags)} {'needs' if len(flags) == 1 else 'need'}" if flags[0] else "approximate passes need"
+        )
         raise InputSpecError(
-            "quantization needs sample inputs and the model has no batch dimension to generate them on: "
+            f"{needs} sample inputs and the model has no batch dimension to generate them on: "
             "give --calibration FILE.npz"
         )
     bound = dict(dims or {})
@@ -295,12 +307,32 @@ def _samples(
     return make_inputs(model, bound, seed=2), warning
 
 
+def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:
+    """``InputSpecError`` when the original model cannot run on the first samples: arrays that disagree with
+    each other (16 rows of ids beside 8 of mask, a mask of another length, ids past the vocabulary) would
+    otherwise fail inside a pass, whose rollback would blame its own result."""
+    from optimizer.errors import RuntimeRefusedError
+    from optimizer.runtime import inference_session, run_session
+
+    first = next(iter(split_samples(data, model=model)))  # the first batch the passes will run
+    try:
+        with inference_session(model) as session:
+            run_session(session, first)
+    except RuntimeRefusedError as error:
+        if error.action != "run the model":
+            return  # a model ONNX Runtime cannot load is the verifier's to report, not the data's
+        raise InputSpecError(
+            f"{data.source}: the original model cannot run on these samples ({error.reason})"
+        ) from error
+
+
 def _verification_inputs(
     model: ir.Model, inputs: InputsLike, dims: Mapping[str, int] | None, notes: list[str]
 ) -> tuple[list[dict[str, np.ndarray]], list[str]]:
     """The first verification input set and where it came from: the user's inputs, or generated.
 
-    A label notes inputs that are partly NaN. Before generating, the sets verification
+    Inputs that each hold one value repeated get a generated set of the same shapes beside
+    them (``constant_inputs_note``). A label notes inputs that are partly NaN. Before generating, the sets verification
     generates (this one, a padded copy, the second binding) are counted against
     ``MAX_INPUT_BYTES``.
     """
@@ -317,6 +349,12 @@ def _verification_inputs(
     note = nan_note(arrays)
     if note:
         label += f" ({note}: outputs they reach are NaN in both models, and compare as equal)"
+    if constant := constant_inputs_note(arrays):
+        # Such inputs prove little (a wrong Relu -> Identity passes on zeros): verified on random values of the
+        # same shapes too, which a fixed-shape model would otherwise never see.
+        notes.append(f"{label}: {constant}; verified on generated values of the same shapes too")
+        generated = make_inputs(model, {**dims_from_inputs(model, arrays), **(dims or {})}, seed=1)
+        return [arrays, generated], [label, f"generated ({_shapes(model, generated)}), beside {label}"]
     return [arrays], [label]
 
 

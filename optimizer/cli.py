@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optimizer import exit_codes
-from optimizer.errors import GraphoptError, InputSpecError, Interrupted, OptionError, OutputPathError
+from optimizer.errors import GraphoptError, InputSpecError, Interrupted, OptionError, OutputPathError, one_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -328,7 +328,7 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="keep layers whose node name or op type matches this glob in float (repeatable); with "
         "--prune-channels, leave whole the channel groups whose consumer matches (--exclude Conv: only the "
-        "classifier head)",
+        "classifier head); with --lowrank, leave such layers unfactorized",
     )
     group.add_argument(
         "--quantize-embeddings",
@@ -515,6 +515,14 @@ def main(argv: list[str] | None = None) -> int:
             except GraphoptError as error:
                 print(f"graphopt: error: {error}", file=sys.stderr)
                 return error.exit_code
+            except MemoryError as error:  # numpy's allocation of sizes --dim or the inputs asked for
+                detail = f" ({one_line(error, 160)})" if str(error) else ""
+                print(
+                    f"graphopt: error: out of memory{detail}; bind smaller sizes with --dim NAME=SIZE or give "
+                    "smaller --inputs",
+                    file=sys.stderr,
+                )
+                return exit_codes.USAGE
             except BrokenPipeError:  # --version or --print-config into `| head -0`: nothing is left to print
                 from optimizer.console import silence_stdout
 

@@ -353,6 +353,8 @@ def parse_dim_flags(flags: list[str] | None) -> dict[str, int]:
             raise InputSpecError(f"--dim {flag}: expected NAME=VALUE with a positive integer VALUE")
         if int(value) > MAX_DIM:
             raise InputSpecError(f"--dim {flag}: larger than an ONNX dimension can be (2^63 - 1)")
+        if name.strip() in dims and dims[name.strip()] != int(value):
+            raise InputSpecError(f"--dim {name.strip()} given twice ({dims[name.strip()]} and {int(value)}): give one")
         dims[name.strip()] = int(value)
     return dims
 
@@ -585,6 +587,10 @@ def check_inputs(
             )
         if array.dtype.kind in "fc" and array.size and np.isnan(array).all():
             raise InputSpecError(f"{source}: '{value.name}' is all NaN: nothing can be checked on it")
+        if value.dtype == ir.DataType.STRING and (array.dtype.kind not in "OUS" or array.dtype.itemsize == 0):
+            shown = "strings of no length" if array.dtype.kind in "US" else str(array.dtype)
+            raise InputSpecError(f"{source}: '{value.name}' is {shown}, the model expects strings")
+        _refuse_other_fixed_dims(value, array, source)
         checked[value.name] = array
     for value in fillable:
         checked[value.name] = _zeros_for(value, model, checked, source)
@@ -593,9 +599,41 @@ def check_inputs(
     if unused and notes is not None:
         names = ", ".join(f"'{name}'" for name in unused)
         _add_note(notes, f"{names} {'matches' if len(unused) == 1 else 'match'} no graph input: ignored")
-    if required and all(checked[name].size == 0 for name in required):
+    shaped = [checked[name] for name in required if name in checked and checked[name].ndim]
+    if shaped and all(array.size == 0 for array in shaped):
         raise InputSpecError(f"{source}: every array is empty: there are no samples to check anything on")
+    bound = dims_from_inputs(model, checked)
+    if empty := next((name for name in batch_dims(model) if bound.get(name) == 0), None):
+        # A model written or verified at batch 0 checks nothing (and --static-shapes would fix it there).
+        raise InputSpecError(f"{source}: the inputs have {empty}=0: there are no samples to check anything on")
     return {name: checked[name] for name in required}
+
+
+def _refuse_other_fixed_dims(value: ir.Value, array: np.ndarray, source: str) -> None:
+    """``InputSpecError`` where ``array`` differs from a size ``value`` fixes past axis 0 (ONNX Runtime refuses such
+    inputs; axis 0 may hold many samples, each run one at a time)."""
+    for axis, dim in enumerate(value.shape or ()):
+        if axis and isinstance(dim, int) and dim >= 0 and array.shape[axis] != dim:
+            raise InputSpecError(
+                f"{source}: '{value.name}' has {array.shape[axis]} on axis {axis}, where the model fixes {dim}"
+            )
+
+
+def constant_inputs_note(arrays: Mapping[str, np.ndarray]) -> str | None:
+    """A note when every numeric input holds one value repeated (``make-inputs``' zeros, a placeholder): a rewrite
+    wrong wherever other values go can pass verification on them."""
+    numeric = [np.asarray(a) for a in arrays.values() if np.asarray(a).dtype.kind in "biuf" and np.size(a) > 1]
+    if not numeric or any(_varies(array) for array in numeric):
+        return None
+    return (
+        "every input holds one value repeated (zeros from make-inputs?): a rewrite that is wrong for other "
+        "values could pass verification on them alone"
+    )
+
+
+def _varies(array: np.ndarray) -> bool:
+    flat = array.reshape(-1)
+    return bool(np.any(flat != flat[0])) and not (array.dtype.kind == "f" and np.isnan(flat).all())
 
 
 # Inputs that may be left out of user data and filled with zeros. Zero is the value a
@@ -1399,7 +1437,9 @@ class SampleData:
     def chunks(self) -> Iterator[dict[str, np.ndarray]]:
         """The chunks as stored, checked against the model, one at a time."""
         for index in range(len(self._plan)):
-            yield check_inputs(self._read(index), self._model, self._label(index), self.notes)
+            chunk = check_inputs(self._read(index), self._model, self._label(index), self.notes)
+            _refuse_unequal_samples(chunk, holds_samples(self._model), self._label(index))
+            yield chunk
 
     def batches(self, size: int = SAMPLE_BATCH) -> _Batches:
         """The samples in batches of at most ``size``, as a re-iterable, sized sequence."""
@@ -1452,6 +1492,21 @@ class _Batches(Sequence):
                 rows -= whole
         if held:
             yield from _cut(_join(held), self._size)
+
+
+def _refuse_unequal_samples(arrays: Mapping[str, np.ndarray], holds: Callable[[str, Any], bool], source: str) -> None:
+    """``InputSpecError`` when the arrays that hold samples (``holds_samples``) hold different numbers of them along
+    axis 0: they would be cut to the fewest, or one row broadcast over the others' many, without a word."""
+    counts = {name: len(array) for name, array in arrays.items() if holds(name, array)}
+    if len(set(counts.values())) > 1:
+        (first, most), (second, fewest) = (
+            max(counts.items(), key=lambda i: i[1]),
+            min(counts.items(), key=lambda i: i[1]),
+        )
+        raise InputSpecError(
+            f"{source}: '{first}' holds {most} samples along axis 0 and '{second}' {fewest}; every array holds "
+            "one entry per sample along axis 0"
+        )
 
 
 def _rows(arrays: Mapping[str, np.ndarray]) -> int:
@@ -1642,12 +1697,18 @@ def _read_npy_folder(files: list[Path], source: str) -> dict[str, np.ndarray]:
     for file in files:
         try:
             array = np.load(file, mmap_mode="r", allow_pickle=False)
-        except ValueError as error:  # object arrays, a bad header
+        except (ValueError, EOFError) as error:  # object arrays, a bad or missing header (an empty file)
             raise InputSpecError(
-                f"{source}: {file.name} is not a numeric .npy array (graphopt does not unpickle objects)"
+                f"{source}: {file.name} is not a readable .npy array ({one_line(error, 120)}; "
+                "graphopt does not unpickle objects)"
             ) from error
         except OSError as error:
             raise InputSpecError(f"{source}: cannot read {file.name} ({error.strerror or one_line(error)})") from error
+        if not isinstance(array, np.ndarray):  # np.load gives an .npz archive for a zip named .npy
+            close = getattr(array, "close", None)
+            if close is not None:
+                close()
+            raise InputSpecError(f"{source}: {file.name} is an .npz archive, not one .npy array; rename it .npz")
         arrays[file.stem] = array
     return arrays
 

@@ -163,21 +163,23 @@ class Options:
             ratio = getattr(self, name)
             if ratio is not None and not (_is_number(ratio) and 0.0 < ratio < 1.0):
                 raise OptionError(
-                    f"{flag_of(name)} {ratio}: expected a fraction of units to remove, above 0 and below 1"
+                    f"{flag_of(name)} {_shown(ratio)}: expected a fraction of units to remove, above 0 and below 1"
                 )
         if self.lowrank is not None and not (_is_number(self.lowrank) and 0.0 < self.lowrank < 1.0):
             raise OptionError(
-                f"--lowrank {self.lowrank}: expected a fraction of each layer's parameters to remove, "
+                f"--lowrank {_shown(self.lowrank)}: expected a fraction of each layer's parameters to remove, "
                 "above 0 and below 1"
             )
         if self.smooth is not None and not (_is_number(self.smooth) and 0.0 < self.smooth < 1.0):
-            raise OptionError(f"--smooth {self.smooth}: expected a migration strength between 0 and 1, e.g. 0.5")
+            raise OptionError(f"--smooth {_shown(self.smooth)}: expected a migration strength between 0 and 1, e.g. 0.5")
         if self.min_cosine is not None and not (_is_number(self.min_cosine) and -1.0 <= self.min_cosine <= 1.0):
-            raise OptionError(f"--min-cosine {self.min_cosine}: a cosine similarity is between -1 and 1")
+            raise OptionError(f"--min-cosine {_shown(self.min_cosine)}: a cosine similarity is between -1 and 1")
         if self.max_error is not None and not (_is_number(self.max_error) and self.max_error >= 0):
-            raise OptionError(f"--max-error {self.max_error}: expected a non-negative error")
+            raise OptionError(f"--max-error {_shown(self.max_error)}: expected a non-negative error")
         if isinstance(self.max_sequence, bool) or not isinstance(self.max_sequence, int) or self.max_sequence < 1:
-            raise OptionError(f"--max-sequence {self.max_sequence}: expected a positive number of tokens")
+            raise OptionError(f"--max-sequence {_shown(self.max_sequence)}: expected a positive number of tokens")
+        if self.max_sequence > MAX_DIM:
+            raise OptionError(f"--max-sequence {self.max_sequence}: larger than an ONNX dimension can be (2^63 - 1)")
         for name, value in self.dims.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise OptionError(f"--dim {name}={value}: expected a positive integer size")
@@ -262,6 +264,12 @@ _REPLACED = {
     "budget": "the accuracy budget is min_cosine=... or max_error=...",
     "strict": "raise_errors=True re-raises a pass's exception",
 }
+
+
+def _shown(value: Any) -> str:
+    """A value as an error shows it: a number as it is, anything else as Python writes it (``'0.3'``, a string,
+    not the fraction it looks like)."""
+    return str(value) if _is_number(value) else repr(value)
 
 
 def _is_number(value: Any) -> bool:

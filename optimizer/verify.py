@@ -658,6 +658,13 @@ class Verifier:
                         raise InvalidModelError(
                             f"ONNX Runtime cannot run the input model on generated inputs ({error.reason}); {way_out}"
                         ) from error
+                    if error.action == "run the model" and label.startswith(("--inputs", "the given inputs")):
+                        # The user's arrays are as likely at fault as the model (an id past the table, a size
+                        # the model fixes otherwise): name them.
+                        raise InvalidModelError(
+                            f"ONNX Runtime cannot run the input model on {label} ({error.reason}); check those "
+                            "inputs against the model, or pass --no-verify"
+                        ) from error
                     raise InvalidModelError(
                         f"ONNX Runtime cannot run the input model ({error.reason}); fix the model or pass --no-verify"
                     ) from error

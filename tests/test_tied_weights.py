@@ -353,7 +353,8 @@ def test_head_pruning_keeps_a_tied_table_single(name, spelling, tmp_path):
     ir.save(model, tmp_path / "original.onnx")
     before = len(table_copies(stored_tensors(tmp_path / "original.onnx"), rows, width))
     assert before == (1 if spelling == "dynamo" else 2)
-    output, report = optimize_file(model, tmp_path / "run", prune_heads=0.25, calibration=calibration_samples(model))
+    # 0.5: of the Llama fixture's 2 key/value heads a quarter rounds to none, and a cut of nothing proves nothing.
+    output, report = optimize_file(model, tmp_path / "run", prune_heads=0.5, calibration=calibration_samples(model))
     record = next(r for r in report.passes if r.name == "prune-heads")
     assert record.status == STATUS_APPLIED, (record.status, record.detail, record.refusals)
     after = table_copies(stored_tensors(output), rows, width)

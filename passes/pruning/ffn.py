@@ -38,6 +38,9 @@ def ffn_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
         weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
         if weight is None or weight.ndim != 2 or node.inputs[0].producer() is None:
             continue
+        if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+            refused[node.name or node.op_type] = "a Gemm with transA reads its input transposed: no last-axis channels"
+            continue
         found = _group(node, weight)
         if isinstance(found, ChannelGroup) and (shared := _shared_weight(found)):
             refused[node.name or node.op_type] = shared
@@ -110,6 +113,8 @@ def _shared_weight(group: ChannelGroup) -> str | None:
     for cut in cuts:
         value = cut.node.inputs[cut.slot]
         readers = {id(user) for user, index in value.uses() if (id(user), index) not in slots}
+        if value.is_graph_output():
+            return f"its weight {value.name} is also a graph output: pruning would store a pruned copy beside it"
         if readers:
             return (
                 f"its weight {value.name} is also read by {len(readers)} other node(s) (shared by several layers): "
