@@ -65,8 +65,9 @@ def _root_mean_square(magnitude: np.ndarray) -> float:
 
 
 def _power_of_two_above(value: float) -> float:
-    """The smallest power of two at least ``value`` (> 0)."""
-    return math.ldexp(1.0, math.frexp(value)[1])
+    """The smallest power of two at least ``value`` (> 0, finite), or 2**1023 past it (values up to float64's
+    largest then scale to at most 2)."""
+    return math.ldexp(1.0, min(math.frexp(value)[1], 1023))
 
 
 def output_accuracy(name: str, before: Any, after: Any, *, scores: bool | None = None) -> OutputAccuracy:

@@ -23,6 +23,7 @@ from optimizer.inputs import (
     check_inputs,
     constant_inputs_note,
     dims_from_inputs,
+    fixed_batch_size,
     load_inputs,
     make_inputs,
     nan_note,
@@ -314,6 +315,11 @@ def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:
     from optimizer.errors import RuntimeRefusedError
     from optimizer.runtime import inference_session, run_session
 
+    size = fixed_batch_size(model)
+    if size is not None and data.count % size:
+        raise InputSpecError(
+            f"{data.source}: {data.count} samples, and the model fixes its batch at {size}: give a multiple of {size}"
+        )
     first = next(iter(split_samples(data, model=model)))  # the first batch the passes will run
     try:
         with inference_session(model) as session:
@@ -321,8 +327,10 @@ def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:
     except RuntimeRefusedError as error:
         if error.action != "run the model":
             return  # a model ONNX Runtime cannot load is the verifier's to report, not the data's
+        # The data or the model (one that fails on every input): both are named.
         raise InputSpecError(
-            f"{data.source}: the original model cannot run on these samples ({error.reason})"
+            f"ONNX Runtime cannot run the original model on the first samples of {data.source} ({error.reason}); "
+            "check them against the model"
         ) from error
 
 

@@ -587,9 +587,10 @@ def check_inputs(
             )
         if array.dtype.kind in "fc" and array.size and np.isnan(array).all():
             raise InputSpecError(f"{source}: '{value.name}' is all NaN: nothing can be checked on it")
-        if value.dtype == ir.DataType.STRING and (array.dtype.kind not in "OUS" or array.dtype.itemsize == 0):
-            shown = "strings of no length" if array.dtype.kind in "US" else str(array.dtype)
-            raise InputSpecError(f"{source}: '{value.name}' is {shown}, the model expects strings")
+        if value.dtype == ir.DataType.STRING and (array.dtype.kind not in "OU" or array.dtype.itemsize == 0):
+            # numpy bytes ('S') reach ONNX Runtime as one run of bytes: b"Hello", b"WORLD" read "HelloWORLD".
+            shown = {"S": "bytes (numpy 'S'; give str)", "U": "strings of no length"}.get(array.dtype.kind)
+            raise InputSpecError(f"{source}: '{value.name}' is {shown or array.dtype}, the model expects strings")
         _refuse_other_fixed_dims(value, array, source)
         checked[value.name] = array
     for value in fillable:
@@ -620,20 +621,30 @@ def _refuse_other_fixed_dims(value: ir.Value, array: np.ndarray, source: str) ->
 
 
 def constant_inputs_note(arrays: Mapping[str, np.ndarray]) -> str | None:
-    """A note when every numeric input holds one value repeated (``make-inputs``' zeros, a placeholder): a rewrite
-    wrong wherever other values go can pass verification on them."""
-    numeric = [np.asarray(a) for a in arrays.values() if np.asarray(a).dtype.kind in "biuf" and np.size(a) > 1]
-    if not numeric or any(_varies(array) for array in numeric):
+    """A note naming the float inputs (masks aside) that hold one value repeated (``make-inputs``' zeros, a past of
+    zeros, a placeholder), or None: a rewrite wrong wherever other values go could pass verification on them, even
+    beside token ids that vary."""
+    constant = [
+        name
+        for name, array in arrays.items()
+        if np.asarray(array).dtype.kind == "f"
+        and np.size(array) > 1
+        and not _MASK_NAME.search(name)
+        and not _varies(np.asarray(array))
+    ]
+    if not constant:
         return None
+    more = f" and {len(constant) - 3} more" if len(constant) > 3 else ""
+    names = ", ".join(f"'{name}'" for name in constant[:3]) + more
     return (
-        "every input holds one value repeated (zeros from make-inputs?): a rewrite that is wrong for other "
-        "values could pass verification on them alone"
+        f"{names} {'holds' if len(constant) == 1 else 'hold'} one value repeated (zeros from make-inputs?): "
+        "a rewrite that is wrong for other values could pass verification on them alone"
     )
 
 
 def _varies(array: np.ndarray) -> bool:
     flat = array.reshape(-1)
-    return bool(np.any(flat != flat[0])) and not (array.dtype.kind == "f" and np.isnan(flat).all())
+    return bool(np.any(flat != flat[0]))
 
 
 # Inputs that may be left out of user data and filled with zeros. Zero is the value a
@@ -1214,13 +1225,8 @@ def split_samples(
     whole to every batch. ``SampleData`` (a folder, an iterable of feed dicts) gives a
     sequence that reads its batches from disk each time it is iterated, never all at once.
     """
-    if model is not None and sample_inputs(model) is None:  # no symbolic batch dim: a fixed one sets the size
-        fixed = [
-            v.shape[0]
-            for v in model.graph.inputs
-            if v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int)
-        ]
-        size = min([d for d in fixed if d > 0], default=size)
+    if model is not None and (fixed := fixed_batch_size(model)) is not None:
+        size = fixed
     if isinstance(samples, SampleData):
         return samples.batches(size)
     arrays = {name: np.asarray(array) for name, array in samples.items()}
@@ -1230,6 +1236,15 @@ def split_samples(
         {name: array[start : start + size] if cut(name, array) else array for name, array in arrays.items()}
         for start in range(0, count, size)
     ]
+
+
+def fixed_batch_size(model: ir.Model) -> int | None:
+    """The batch a model without a symbolic batch dim fixes (the smallest fixed first dim of its inputs), or None:
+    calibration samples are fed that many at a time."""
+    if sample_inputs(model) is not None:
+        return None
+    fixed = [v.shape[0] for v in model.graph.inputs if v.shape is not None and v.shape.rank()]
+    return min([d for d in fixed if isinstance(d, int) and d > 0], default=None)
 
 
 def holds_samples(model: ir.Model | None) -> Callable[[str, Any], bool]:
@@ -1438,7 +1453,7 @@ class SampleData:
         """The chunks as stored, checked against the model, one at a time."""
         for index in range(len(self._plan)):
             chunk = check_inputs(self._read(index), self._model, self._label(index), self.notes)
-            _refuse_unequal_samples(chunk, holds_samples(self._model), self._label(index))
+            _refuse_unequal_samples(chunk, self._model, self._label(index))
             yield chunk
 
     def batches(self, size: int = SAMPLE_BATCH) -> _Batches:
@@ -1494,19 +1509,35 @@ class _Batches(Sequence):
             yield from _cut(_join(held), self._size)
 
 
-def _refuse_unequal_samples(arrays: Mapping[str, np.ndarray], holds: Callable[[str, Any], bool], source: str) -> None:
-    """``InputSpecError`` when the arrays that hold samples (``holds_samples``) hold different numbers of them along
-    axis 0: they would be cut to the fewest, or one row broadcast over the others' many, without a word."""
-    counts = {name: len(array) for name, array in arrays.items() if holds(name, array)}
-    if len(set(counts.values())) > 1:
-        (first, most), (second, fewest) = (
-            max(counts.items(), key=lambda i: i[1]),
-            min(counts.items(), key=lambda i: i[1]),
-        )
-        raise InputSpecError(
-            f"{source}: '{first}' holds {most} samples along axis 0 and '{second}' {fewest}; every array holds "
-            "one entry per sample along axis 0"
-        )
+def _refuse_unequal_samples(arrays: Mapping[str, np.ndarray], model: ir.Model, source: str) -> None:
+    """``InputSpecError`` when arrays that hold samples (``holds_samples``) along one batch dim hold different
+    numbers of them: they would be cut to the fewest, or one row broadcast over the others' many, without a
+    word. Inputs whose first dims the model names differently may differ (a CLIP export's text and image
+    batches); exporters that name one batch differently per input are checked by running the model."""
+    holds = holds_samples(model)
+    by_dim: dict[str | None, dict[str, int]] = {}
+    for name, array in arrays.items():
+        if holds(name, array):
+            by_dim.setdefault(_first_dim_name(model, name), {})[name] = len(array)
+    for counts in by_dim.values():
+        if len(set(counts.values())) > 1:
+            (first, most), (second, fewest) = (
+                max(counts.items(), key=lambda i: i[1]),
+                min(counts.items(), key=lambda i: i[1]),
+            )
+            raise InputSpecError(
+                f"{source}: '{first}' holds {most} samples along axis 0 and '{second}' {fewest}; every array "
+                "holds one entry per sample along axis 0"
+            )
+
+
+def _first_dim_name(model: ir.Model, name: str) -> str | None:
+    """The symbolic name of graph input ``name``'s first dim, or None (fixed, unnamed or unknown)."""
+    value = next((v for v in model.graph.inputs if v.name == name), None)
+    if value is None or value.shape is None or not value.shape.rank():
+        return None
+    dim = value.shape[0]
+    return dim.value if isinstance(dim, ir.SymbolicDim) else None
 
 
 def _rows(arrays: Mapping[str, np.ndarray]) -> int:

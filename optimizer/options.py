@@ -171,7 +171,9 @@ class Options:
                 "above 0 and below 1"
             )
         if self.smooth is not None and not (_is_number(self.smooth) and 0.0 < self.smooth < 1.0):
-            raise OptionError(f"--smooth {_shown(self.smooth)}: expected a migration strength between 0 and 1, e.g. 0.5")
+            raise OptionError(
+                f"--smooth {_shown(self.smooth)}: expected a migration strength between 0 and 1, e.g. 0.5"
+            )
         if self.min_cosine is not None and not (_is_number(self.min_cosine) and -1.0 <= self.min_cosine <= 1.0):
             raise OptionError(f"--min-cosine {_shown(self.min_cosine)}: a cosine similarity is between -1 and 1")
         if self.max_error is not None and not (_is_number(self.max_error) and self.max_error >= 0):

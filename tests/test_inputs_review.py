@@ -74,7 +74,7 @@ def test_inputs_of_one_repeated_value_are_verified_beside_generated_ones(tmp_pat
     monkeypatch.setattr(registry, "all_passes", lambda: list(specs))
     code, out, err = run_cli(["optimize", "m.onnx", "-o", "o.onnx", "--inputs", "zeros.npz"], capsys)
     assert code == 0, err
-    assert "every input holds one value repeated" in out + err
+    assert "'x' holds one value repeated" in out + err
     assert [node.op_type for node in onnx.load("o.onnx").graph.node] == ["Relu"]
 
 
@@ -116,7 +116,7 @@ def test_calibration_the_original_cannot_run_on_is_the_data_s_fault(tmp_path, mo
     np.savez("cal.npz", ids=np.full((8, 4), 100, np.int64))
     argv = ["optimize", "m.onnx", "-o", "o.onnx", "--quantize", "dynamic", "--calibration", "cal.npz"]
     code, _, err = run_cli(argv, capsys)
-    assert code == 2 and "--calibration cal.npz: the original model cannot run on these samples" in err
+    assert code == 2 and "cannot run the original model on the first samples of --calibration cal.npz" in err
     assert "Traceback" not in err and not Path("o.onnx").exists()
 
 
@@ -145,7 +145,7 @@ def test_sizes_the_model_fixes_and_strings_are_checked(tmp_path):
         load_inputs(tmp_path / "floats.npz", strings)
     # 236 bytes declaring ten million strings of no length: ONNX Runtime read memory it did not own.
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "|S0", "fortran_order": False, "shape": (10_000_000,)})
+    np.lib.format.write_array_header_1_0(header, {"descr": "<U0", "fortran_order": False, "shape": (10_000_000,)})
     with zipfile.ZipFile(tmp_path / "none.npz", "w") as archive:
         archive.writestr("s.npy", header.getvalue())
     with pytest.raises(InputSpecError, match="'s' is strings of no length"):
@@ -184,3 +184,50 @@ def test_a_dim_given_twice_with_two_sizes_is_refused():
     with pytest.raises(InputSpecError, match="--dim batch given twice"):
         parse_dim_flags(["batch=2", "batch=5"])
     assert parse_dim_flags(["batch=2", "batch=2"]) == {"batch": 2}
+
+
+def test_a_float_input_of_zeros_beside_varying_ids_is_noted():
+    from optimizer.inputs import constant_inputs_note
+
+    note = constant_inputs_note({"ids": np.arange(8).reshape(1, 8), "x": np.zeros((1, 8), np.float32)})
+    assert note is not None and "'x' holds one value repeated" in note
+    assert (
+        constant_inputs_note({"ids": np.zeros((1, 8), np.int64), "attention_mask": np.ones((1, 8), np.float32)}) is None
+    )
+
+
+def test_calibration_for_a_fixed_batch_is_a_multiple_of_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _relu("m.onnx", [4, 8])
+    np.savez("cal.npz", x=np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32))
+    argv = ["optimize", "m.onnx", "-o", "o.onnx", "--quantize", "dynamic", "--calibration", "cal.npz"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "6 samples, and the model fixes its batch at 4: give a multiple of 4" in err
+
+
+def test_inputs_with_two_batch_dims_may_hold_different_counts(tmp_path):
+    # A CLIP export's texts and images: its own batch dim each.
+    _save(
+        tmp_path / "clip.onnx",
+        [helper.make_node("ReduceMean", ["t"], ["a"]), helper.make_node("ReduceMean", ["i"], ["b"])],
+        [
+            helper.make_tensor_value_info("t", TensorProto.FLOAT, ["text_batch_size", 4]),
+            helper.make_tensor_value_info("i", TensorProto.FLOAT, ["image_batch_size", 4]),
+        ],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 1]) for name in ("a", "b")],
+    )
+    data = {"t": np.ones((5, 4), np.float32), "i": np.ones((20, 4), np.float32)}
+    assert open_samples(data, ir.load(tmp_path / "clip.onnx")).count == 5
+
+
+def test_bytes_for_a_string_input_are_refused(tmp_path):
+    # ONNX Runtime reads numpy bytes as one run: [b"Hello", b"WORLD"] became "HelloWORLD".
+    _save(
+        tmp_path / "s.onnx",
+        [helper.make_node("Identity", ["s"], ["t"])],
+        [helper.make_tensor_value_info("s", TensorProto.STRING, ["n"])],
+        [helper.make_tensor_value_info("t", TensorProto.STRING, ["n"])],
+    )
+    np.savez(tmp_path / "bytes.npz", s=np.array([b"Hello", b"WORLD"]))
+    with pytest.raises(InputSpecError, match=r"'s' is bytes \(numpy 'S'; give str\)"):
+        load_inputs(tmp_path / "bytes.npz", ir.load(tmp_path / "s.onnx"))

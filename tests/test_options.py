@@ -66,7 +66,8 @@ CONFLICTS = [
     (
         {"exclude": ("*attn*",)},
         ["--exclude", "*attn*"],
-        "--exclude *attn* (exclude=('*attn*',)) needs --prune-channels R or --quantize dynamic or --quantize static",
+        "--exclude *attn* (exclude=('*attn*',)) needs --prune-channels R or --lowrank R or --quantize dynamic or "
+        "--quantize static",
     ),
     (
         {"importance": "magnitude"},

@@ -81,7 +81,7 @@ def test_the_budget_is_checked_on_samples_the_repair_did_not_fit(tmp_path):
     )
     entry = next(record for record in report.passes if record.name == "prune-ffn")
     notes = " ".join(entry.notes)
-    assert "budget checked on held-out samples" in notes and "on the held-out samples" in notes
+    assert "on held-out samples, which ranking and repair do not see" in notes and "on the held-out samples" in notes
     # The held-out samples are every fifth; with one sample none is held out.
     held = {"x": samples["x"][4::5]}
     pruned = FfnPruningPass(0.5, samples=samples, budget=AccuracyBudget(min_cosine=0.99))

@@ -194,3 +194,31 @@ def test_an_output_path_that_is_standard_output_is_refused(tmp_path):
     assert completed.returncode == 2, completed.stderr
     assert "is this process's standard output" in completed.stderr
     assert log.read_text().startswith("earlier lines\n")
+
+
+def test_values_near_the_largest_float64_are_compared():
+    # The unit for sums past 2**1023 overflowed math.ldexp: OverflowError in compare and in verification.
+    values = np.array([[1.7e308, -1.0, 3.0]])
+    assert np.isfinite(floored_magnitude(values)).all()
+    (result,) = compare_accuracy({"y": values}, {"y": values.copy()})
+    assert result.exact and abs(result.cosine - 1) < 1e-12
+
+
+def test_an_output_doubled_is_a_concern():
+    # Every element 100 % off kept its cosine and read grey: "max rel 1" was under the bar of 1.
+    before = np.array([[0.1, 0.2, 0.3, 0.4]], np.float32)
+    (result,) = compare_accuracy({"probs": before}, {"probs": before * 2})
+    text, css = _verdict([result])
+    assert css == "concern" and "max rel 1" in text
+
+
+def test_an_output_turned_nan_stays_red_beside_one_left_out():
+    from optimizer.compare.html import _qualified_accuracy
+
+    (nan,) = compare_accuracy({"y1": np.ones((1, 4), np.float32)}, {"y1": np.full((1, 4), np.nan, np.float32)})
+    provider = SimpleNamespace(llm_accuracy=None, accuracy=[nan])
+    report = SimpleNamespace(
+        warnings=["output 'y2' is float32[4] in AFTER, float32[1, 4] in BEFORE: its accuracy is not compared"]
+    )
+    segment = _qualified_accuracy(report, provider)
+    assert segment.css == "bad" and segment.text.startswith("1 output not compared; of the others: 'y1' differ")

@@ -45,8 +45,9 @@ _ROUNDING_REL = 1e-3
 # value, integers), past this relative error.
 _CONCERN_COSINE = 0.999
 _CONCERN_REL = 0.045  # the relative error a cosine of 0.999 allows: sqrt(2 (1 - 0.999))
-# Past this relative error (floored at the output's RMS) an element is off by more than its output's size.
-_SCALED_REL = 1.0
+# Past this relative error (floored at the output's RMS) an element is off by half its size or more: an output
+# doubled by a rewrite keeps its cosine (a review's "probs", every element 100 % off, read grey and calm).
+_SCALED_REL = 0.5
 # "Identical to 1e-N" needs the cosine this close to 1 too: an absolute bound says nothing about outputs
 # that are small themselves (probabilities over a large vocabulary), where 1e-5 can be all of the value.
 _IDENTICAL_COSINE = 0.99999
@@ -207,9 +208,12 @@ def _qualified_accuracy(report: ComparisonReport, provider: ProviderResult | Non
     if accuracy is not None and qualified:
         accuracy.warned = True
         if left_out := sum(1 for warning in qualified if warning.endswith(NOT_COMPARED)):
-            accuracy.css = "concern"
-            others = accuracy.text.removeprefix("outputs ")
-            accuracy.text = f"{left_out} output{'s' if left_out > 1 else ''} not compared; the others {others}"
+            accuracy.css = "bad" if accuracy.css == "bad" else "concern"  # NaN/Inf stays red
+            lead = f"{left_out} output{'s' if left_out > 1 else ''} not compared"
+            if accuracy.text.startswith("outputs "):
+                accuracy.text = f"{lead}; the others {accuracy.text.removeprefix('outputs ')}"
+            else:
+                accuracy.text = f"{lead}; of the others: {accuracy.text}"
     return accuracy
 
 

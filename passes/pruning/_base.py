@@ -40,7 +40,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, output_drift
 from optimizer.domains import is_onnx_domain
-from optimizer.inputs import HOLD_OUT_EVERY, hold_out, split_samples
+from optimizer.inputs import fixes_batch, hold_out, split_samples
 from optimizer.options import IMPORTANCE_KINDS
 from optimizer.progress import track
 from optimizer.protocol import Twin
@@ -479,19 +479,20 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 
     def _checked_samples(self, model: ir.Model, batches) -> tuple[Sequence, tuple]:
         """The samples the budget is checked on, and (with a budget and two samples or more) ``(fitted,)``: the
-        samples ranking and repair may use, one in five held out of them (``optimizer.inputs.hold_out``, as for
-        factorize-lowrank). A repair fitted to the very rows the budget is checked on meets it by the fit: on
-        20 samples a 0.99 budget was met at cosine 0.990 and missed on new samples (0.975)."""
+        samples ranking and repair may use, some held out of them (``optimizer.inputs.hold_out``, as for
+        factorize-lowrank: one in five, with two to four the last, whole batches where the model fixes its
+        batch). A repair fitted to the very rows the budget is checked on meets it by the fit: on 20 samples a
+        0.99 budget was met at cosine 0.990 and missed on new samples (0.975). ``self._checked_on`` says which
+        for the budget's note."""
+        self._checked_on = ""
         if self.budget is None or not batches:
             return batches, ()
         fitted, held = hold_out(batches, model)
         if len(held) == 0:
-            self.note("one calibration sample: the budget is checked on the sample ranking and repair fit")
+            whole = "batch (the model fixes its batch size)" if fixes_batch(model) else "sample"
+            self._checked_on = f" on the one calibration {whole}, which ranking and repair fit too"
             return batches, ()
-        self.note(
-            f"budget checked on held-out samples (one in {HOLD_OUT_EVERY}, or the last of fewer), "
-            "not used for ranking or repair"
-        )
+        self._checked_on = " on held-out samples, which ranking and repair do not see"
         return held, (fitted,)
 
     def _search(self, model: ir.Model, scores, comparable, batches, targets, checked, reference) -> float:
@@ -501,7 +502,10 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         trial = model.clone()
         self._prune(trial, scores, self._scaled(high), comparable, batches, targets)
         if self.budget.met(output_drift(reference, run_batches(trial, checked))):
-            self.note(f"budget {self.budget.describe()}: met at the largest ratio asked, {self._describe(high)}")
+            self.note(
+                f"budget {self.budget.describe()}{self._checked_on}: met at the largest ratio asked, "
+                f"{self._describe(high)}"
+            )
             return high
         for _ in track(range(_SEARCH_STEPS), "pruning: bisection over the ratio"):
             middle = (low + high) / 2
@@ -513,7 +517,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             else:
                 high = middle
         asked = _describe_ratios(self.ratios).removeprefix("ratio ")
-        self.note(f"budget {self.budget.describe()}: largest ratio {self._describe(best)} (of up to {asked})")
+        budget = f"budget {self.budget.describe()}{self._checked_on}"
+        self.note(f"{budget}: largest ratio {self._describe(best)} (of up to {asked})")
         return best
 
     def _describe(self, scale: float) -> str:
