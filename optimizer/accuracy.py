@@ -276,7 +276,12 @@ class Drift:
         return f"cosine {self.cosine:.4f}, max |Δ| {self.max_error:.3g}"
 
 
-def output_drift(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]) -> Drift:
+def output_drift(
+    before: Sequence[Mapping[str, Any]],
+    after: Sequence[Mapping[str, Any]],
+    batches: Sequence[Mapping[str, Any]] | None = None,
+    model: Any = None,
+) -> Drift:
     """Compare runs of two models on the same batches of inputs (one mapping of outputs per batch).
 
     Each float output's cosine is taken per sample (row along axis 0, flattened) and
@@ -285,7 +290,12 @@ def output_drift(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[st
     outputs, so one damaged output is not hidden by good ones. Comparing nothing is
     an error, not a perfect score.
     """
-    return paired_drift(zip(before, after))
+    pairs = zip(before, after)
+    if batches is not None and model is not None:
+        from optimizer.padding import unpadded
+
+        pairs = unpadded(model, batches, pairs)
+    return paired_drift(pairs)
 
 
 def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> Drift:

@@ -20,7 +20,7 @@ mask that pads it is extended, not changed, at each step of generation).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -179,3 +179,41 @@ def hide_padded(
         where = where & (np.isfinite(value) | ~np.isfinite(expected))
         hidden[name] = np.where(where, expected, value)
     return hidden
+
+
+def unpadded(
+    model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]], runs: Iterable[tuple[Mapping, Mapping]]
+) -> Iterator[tuple[dict, dict]]:
+    """Each ``(before, after)`` pair of outputs, run on the matching batch of ``batches``, with the values at
+    the positions the batch's padding mask hides (``padded_positions``) set to zero in both: what a model
+    returns there is undefined, and an accuracy budget counting it holds real tokens to noise. Outputs laid out
+    ``[batch, sequence, ...]`` and the caches (``cache_outputs``) only; a NaN or Inf ``after`` has where
+    ``before`` does not is kept, as in ``hide_padded``."""
+    caches = cache_outputs(model)
+    for batch, (before, after) in zip(batches, runs):
+        padding = padded_positions(batch, mask_inputs(model, batch))
+        if padding is None:
+            yield dict(before), dict(after)
+            continue
+        zeroed_before, zeroed_after = dict(before), dict(after)
+        for name, expected in before.items():
+            actual = after.get(name)
+            where = _padded_where(name, expected, actual, padding, caches)
+            if where is None:
+                continue
+            zeroed_before[name] = np.where(where, 0, expected)
+            zeroed_after[name] = np.where(where & (np.isfinite(actual) | ~np.isfinite(expected)), 0, actual)
+        yield zeroed_before, zeroed_after
+
+
+def _padded_where(name: str, expected, actual, padding: np.ndarray, caches: frozenset[str]) -> np.ndarray | None:
+    """Where ``padding`` hides values of one float output pair of the same shape, broadcastable; else None."""
+    if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
+        return None
+    if expected.shape != actual.shape or expected.dtype.kind != "f" or expected.ndim < 2:
+        return None
+    if expected.shape[:2] == padding.shape:
+        return padding.reshape(padding.shape + (1,) * (expected.ndim - 2))
+    if name in caches and expected.ndim == 4 and (expected.shape[0], expected.shape[2]) == padding.shape:
+        return padding[:, None, :, None]
+    return None

@@ -38,7 +38,7 @@ from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, output_
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import SampleData, split_samples
 from optimizer.kernel_rounding import at_level_zero, level_signature, rounding_kernels
-from optimizer.padding import cache_outputs, hide_padded, mask_inputs, padded_positions
+from optimizer.padding import cache_outputs, hide_padded, mask_inputs, padded_positions, unpadded
 from optimizer.protocol import Twin
 from optimizer.runtime import (
     available_memory,
@@ -588,7 +588,12 @@ def _streamed_drift(original: ir.Model, candidate: ir.Model, batches: Sequence[M
         inference_session(original, optimization_level="all") as reference,
         inference_session(candidate, optimization_level="all") as session,
     ):
-        return paired_drift((run_session(reference, batch), run_session(session, batch)) for batch in batches)
+
+        def pairs():  # each batch read once: its padding is taken out of both runs (optimizer.padding.unpadded)
+            for batch in batches:
+                yield from unpadded(original, [batch], [(run_session(reference, batch), run_session(session, batch))])
+
+        return paired_drift(pairs())
 
 
 def _dtype_key(dtype: np.dtype) -> str:
@@ -1085,7 +1090,7 @@ class Verifier:
             else:
                 if self._sample_references is None:
                     self._sample_references = run_batches(self._original, batches)
-                drift = output_drift(self._sample_references, run_batches(candidate, batches))
+                drift = output_drift(self._sample_references, run_batches(candidate, batches), batches, self._original)
         except RuntimeRefusedError as error:  # the rewrite is unusable
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
         if self.budget.met(drift):

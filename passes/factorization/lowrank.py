@@ -237,7 +237,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         repaired = any(decision.bias_change is not None for decision in decisions)
         if reference is not None:
             where = _described(in_sample, fitted)
-            self.drift = output_drift(reference, run_batches(model, checked))
+            self.drift = output_drift(reference, run_batches(model, checked), checked, model)
             summary += f"; {self.drift}" + (" after repair" if repaired else "") + where
             summary += " on generated inputs" if self.samples_generated else ""
         self.note(summary)
@@ -252,7 +252,8 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         if repaired and reference is not None:
             unrepaired = source.clone()
             self._factorize(unrepaired, groups, ranks, rows, repair=False)
-            self.note(f"without repair: {output_drift(reference, run_batches(unrepaired, checked))}{where}")
+            unrepaired_drift = output_drift(reference, run_batches(unrepaired, checked), checked, unrepaired)
+            self.note(f"without repair: {unrepaired_drift}{where}")
         return self.result(model, modified=True, twin=self._twin(source, decisions))
 
     def _confirm_speed(self, groups: list[_Group], ranks: Mapping[str, int | None]) -> dict[str, int | None]:
@@ -387,7 +388,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
     def _trial(self, model, groups, ranks, rows, batches, reference, repair) -> Drift:
         trial = model.clone()
         self._factorize(trial, groups, ranks, rows, repair=repair)
-        return output_drift(reference, run_batches(trial, batches))
+        return output_drift(reference, run_batches(trial, batches), batches, trial)
 
     # -- the rewrite ----------------------------------------------------------------------------------
 

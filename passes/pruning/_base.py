@@ -207,7 +207,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             )
             return self.result(model, modified=False)
         if reference is not None:
-            self.drift = output_drift(reference, run_batches(model, batches))
+            self.drift = output_drift(reference, run_batches(model, batches), batches, model)
         summary = (
             f"{_describe_ratios(ratios)}: {len(self.pruned)} groups, parameters {before:,} → {parameter_count(model):,}"
         )
@@ -226,7 +226,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             # The same cut without the repair, so the report shows what the repair bought.
             unrepaired = source.clone()
             self._prune(unrepaired, scores, ratios, comparable)
-            self.note(f"without repair: {output_drift(reference, run_batches(unrepaired, batches))}")
+            self.note(
+                f"without repair: {output_drift(reference, run_batches(unrepaired, batches), batches, unrepaired)}"
+            )
         return self.result(model, modified=True, twin=self._twin(source, removals))
 
     def _scaled(self, scale: float) -> dict[str | None, float]:
@@ -381,7 +383,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             trial = model.clone()
             twin = next(g for g in self.find_groups(trial.graph)[0] if g.name == group.name)
             twin.apply(trial.graph, sorted(set(range(group.size)) - {int(u) for u in weakest}))
-            moved = max(1.0 - output_drift(expected, run_batches(trial, probe)).cosine, 1e-12)
+            moved = max(1.0 - output_drift(expected, run_batches(trial, probe), probe, trial).cosine, 1e-12)
             gain = moved / max(float(effect[weakest].sum()), 1e-30)
             comparable[group.name] = scores[group.name] * math.sqrt(gain)
         return comparable
@@ -501,7 +503,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         low, high, best = 0.0, 1.0, 0.0
         trial = model.clone()
         self._prune(trial, scores, self._scaled(high), comparable, batches, targets)
-        if self.budget.met(output_drift(reference, run_batches(trial, checked))):
+        if self.budget.met(output_drift(reference, run_batches(trial, checked), checked, trial)):
             self.note(
                 f"budget {self.budget.describe()}{self._checked_on}: met at the largest ratio asked, "
                 f"{self._describe(high)}"
@@ -511,7 +513,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             middle = (low + high) / 2
             trial = model.clone()
             self._prune(trial, scores, self._scaled(middle), comparable, batches, targets)
-            drift = output_drift(reference, run_batches(trial, checked))
+            drift = output_drift(reference, run_batches(trial, checked), checked, trial)
             if self.budget.met(drift):
                 low = best = middle
             else:

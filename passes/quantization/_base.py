@@ -276,7 +276,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         for layer in chosen:
             self.done(layer.node.op_type)
         if batches and self.drift is None:
-            self.drift = output_drift(run_batches(self._float, batches), run_batches(model, batches))
+            self.drift = output_drift(run_batches(self._float, batches), run_batches(model, batches), batches, model)
         if self.drift is not None:
             counts: dict[str, int] = {}
             for layer in chosen:
@@ -334,7 +334,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self._apply(trial, names)
         finally:
             self.schemes = saved
-        return output_drift(reference, run_batches(trial, batches))
+        return output_drift(reference, run_batches(trial, batches), batches, trial)
 
     # -- the budget ------------------------------------------------------------------------
 
