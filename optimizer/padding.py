@@ -156,7 +156,8 @@ def hide_padded(
 ) -> dict:
     """``outputs`` with the values at padded positions taken from ``reference`` (so they are not compared).
 
-    Only outputs laid out ``[batch, sequence, ...]`` like the mask are touched, and the
+    Only outputs laid out ``[batch, sequence, ...]`` like the mask, with three dims or more (a pooled
+    ``[batch, 128]`` beside a 128-token mask is no sequence: its columns would be hidden), are touched, and the
     ``caches`` (``cache_outputs``) laid out ``[batch, heads, sequence, d]``.
     """
     if padding is None:
@@ -168,7 +169,7 @@ def hide_padded(
             continue
         if value.shape != expected.shape or value.dtype != expected.dtype:
             continue  # a different shape or dtype is a failure the comparison must still see
-        if value.shape[:2] == padding.shape:
+        if value.ndim >= 3 and value.shape[:2] == padding.shape:  # a [batch, 384] embedding is no sequence
             where = padding.reshape(padding.shape + (1,) * (value.ndim - 2))
         elif name in caches and value.ndim == 4 and (value.shape[0], value.shape[2]) == padding.shape:
             where = padding[:, None, :, None]
@@ -186,34 +187,64 @@ def unpadded(
 ) -> Iterator[tuple[dict, dict]]:
     """Each ``(before, after)`` pair of outputs, run on the matching batch of ``batches``, with the values at
     the positions the batch's padding mask hides (``padded_positions``) set to zero in both: what a model
-    returns there is undefined, and an accuracy budget counting it holds real tokens to noise. Outputs laid out
-    ``[batch, sequence, ...]`` and the caches (``cache_outputs``) only; a NaN or Inf ``after`` has where
-    ``before`` does not is kept, as in ``hide_padded``."""
-    caches = cache_outputs(model)
+    returns there is undefined, and an accuracy budget counting it holds real tokens to noise.
+
+    Stricter than verification's ``hide_padded``, since a budget is the only check of an approximate pass's
+    accuracy: only an integer mask counts (a float 0/1 ``mask`` may be an imputation model's "missing"
+    flags, the very values it exists to fill), and only outputs whose second dim the model names as the
+    mask's sequence dim (``[batch, sequence, ...]``, three dims or more: a ``[batch, 384]`` embedding beside
+    a 384-token mask is no sequence), and caches whose third dim it names so. A NaN or Inf ``after`` has
+    where ``before`` does not is kept, as in ``hide_padded``."""
+    masks, sequence = _integer_masks(model)
+    laid_out = _sequence_outputs(model, sequence) if sequence else {}
     for batch, (before, after) in zip(batches, runs):
-        padding = padded_positions(batch, mask_inputs(model, batch))
-        if padding is None:
+        padding = padded_positions(batch, [name for name in mask_inputs(model, batch) if name in masks])
+        if padding is None or not laid_out:
             yield dict(before), dict(after)
             continue
         zeroed_before, zeroed_after = dict(before), dict(after)
-        for name, expected in before.items():
-            actual = after.get(name)
-            where = _padded_where(name, expected, actual, padding, caches)
-            if where is None:
+        for name, axis in laid_out.items():
+            expected, actual = before.get(name), after.get(name)
+            if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
                 continue
+            if expected.shape != actual.shape or expected.dtype.kind != "f":
+                continue
+            if (expected.shape[0], expected.shape[axis]) != padding.shape:
+                continue
+            shape = [1] * expected.ndim
+            shape[0], shape[axis] = padding.shape
+            where = padding.reshape(shape)
             zeroed_before[name] = np.where(where, 0, expected)
             zeroed_after[name] = np.where(where & (np.isfinite(actual) | ~np.isfinite(expected)), 0, actual)
         yield zeroed_before, zeroed_after
 
 
-def _padded_where(name: str, expected, actual, padding: np.ndarray, caches: frozenset[str]) -> np.ndarray | None:
-    """Where ``padding`` hides values of one float output pair of the same shape, broadcastable; else None."""
-    if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
-        return None
-    if expected.shape != actual.shape or expected.dtype.kind != "f" or expected.ndim < 2:
-        return None
-    if expected.shape[:2] == padding.shape:
-        return padding.reshape(padding.shape + (1,) * (expected.ndim - 2))
-    if name in caches and expected.ndim == 4 and (expected.shape[0], expected.shape[2]) == padding.shape:
-        return padding[:, None, :, None]
-    return None
+def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
+    """The integer ``[batch, sequence]`` inputs named like a mask, and the symbolic name of their second dim
+    (None unless they all share one)."""
+    names, dims = set(), set()
+    for value in model.graph.inputs:
+        shape = value.shape
+        if not _MASK_NAME.search(value.name) or value.dtype is None or not value.dtype.is_integer():
+            continue
+        if shape is None or shape.rank() != 2 or not isinstance(shape[1], ir.SymbolicDim) or not shape[1].value:
+            continue
+        names.add(value.name)
+        dims.add(shape[1].value)
+    return frozenset(names), (dims.pop() if len(dims) == 1 else None)
+
+
+def _sequence_outputs(model: ir.Model, sequence: str) -> dict[str, int]:
+    """Outputs laid out along ``sequence`` by name: ``[batch, sequence, ...]`` (axis 1, three dims or more), and
+    the caches ``[batch, heads, sequence, head_size]`` (axis 2)."""
+    caches = cache_outputs(model)
+    laid_out = {}
+    for value in model.graph.outputs:
+        shape = value.shape
+        if shape is None or shape.rank() < 3:
+            continue
+        axis = 2 if value.name in caches and shape.rank() == 4 else 1
+        dim = shape[axis]
+        if isinstance(dim, ir.SymbolicDim) and dim.value == sequence:
+            laid_out[value.name] = axis
+    return laid_out
