@@ -39,6 +39,8 @@ class OutputAccuracy:
     top1_agreement: float | None = None
     exact: bool = False
     samples: int = 1
+    # AFTER's norm over BEFORE's (float outputs with a cosine): a cosine does not see an output scaled by 2.
+    norm_ratio: float | None = None
 
 
 def floored_magnitude(values: np.ndarray) -> np.ndarray:
@@ -179,11 +181,15 @@ class AccuracyAccumulator:
         """Each output's accuracy over every batch added, in the order first seen."""
         results = []
         for name, stats in self._stats.items():
-            cosine = top1 = None
+            cosine = top1 = norm_ratio = None
             # A cosine of one number is +-1, and of no number (all NaN or Inf) nothing: neither is reported.
             if stats["cosine"] and stats["compared"] > 1:
                 norms = np.sqrt(stats["xx"]) * np.sqrt(stats["yy"])
                 cosine = float(stats["dot"] / norms) if norms else (1.0 if stats["same_values"] else 0.0)
+                if stats["xx"]:
+                    norm_ratio = float(np.sqrt(stats["yy"] / stats["xx"]))
+                else:
+                    norm_ratio = 1.0 if not stats["yy"] else math.inf
                 if stats["top1"] and stats["rows"]:
                     top1 = stats["agree"] / stats["rows"]
             exact = stats["exact"]
@@ -191,7 +197,16 @@ class AccuracyAccumulator:
             max_rel = 0.0 if exact else stats["max_rel"]
             results.append(
                 OutputAccuracy(
-                    name, stats["dtype"], stats["shape"], max_abs, max_rel, cosine, top1, exact, stats["samples"]
+                    name,
+                    stats["dtype"],
+                    stats["shape"],
+                    max_abs,
+                    max_rel,
+                    cosine,
+                    top1,
+                    exact,
+                    stats["samples"],
+                    norm_ratio,
                 )
             )
         return results

@@ -96,6 +96,11 @@ def _inverse(ratio: float) -> float:
     return 1.0 / ratio if ratio > 0 else math.inf
 
 
+def _allowed(min_cosine: float) -> float:
+    """The relative error a cosine of ``min_cosine`` allows a vector (cosine ~ 1 - r^2 / 2)."""
+    return math.sqrt(2.0 * max(0.0, 1.0 - min_cosine))
+
+
 def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "--min-cosine") -> list[str]:
     """``--min-cosine X``: each float output of AFTER whose cosine similarity to BEFORE's is below X.
 
@@ -104,7 +109,8 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
     number) fails whatever its cosine, which is taken over the values both left finite;
     so does an output ``compare`` could not compare (another shape or kind in AFTER). A float
     output of one value has no cosine; its relative error may be at most ``sqrt(2 (1 - X))``,
-    what a cosine of X allows a vector.
+    what a cosine of X allows a vector, and a float output's norm may differ from BEFORE's by as
+    much relatively (a cosine does not see an output scaled by 2).
     ``flag`` names the gate as the user gave it (``--compare-min-cosine`` on ``optimize``).
     """
     gate = f"{flag} {min_cosine:.12g}"  # as given: 0.99999999 is not 1
@@ -123,7 +129,7 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
             elif output.cosine is None and floating and not output.exact:
                 # One number has no cosine (it is +-1): its relative error is held to what the cosine allows
                 # a vector (cosine ~ 1 - r^2 / 2 for a relative RMS error r).
-                allowed = math.sqrt(2.0 * max(0.0, 1.0 - min_cosine))
+                allowed = _allowed(min_cosine)
                 if not output.max_rel_error <= allowed:
                     failures.append(
                         f"{gate}: {provider.ep}: output '{output.name}' is one value (no cosine): relative error "
@@ -137,6 +143,15 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
                     )
             elif not output.cosine >= min_cosine:  # NaN fails too
                 failures.append(f"{gate}: {provider.ep}: output '{output.name}' has cosine {output.cosine:.6f}")
+            elif (ratio := getattr(output, "norm_ratio", None)) is not None and not abs(ratio - 1) <= _allowed(
+                min_cosine
+            ):
+                # A cosine does not see scale: an output doubled has cosine 1. Its norm is held to the relative
+                # error the cosine allows a vector, as one value is.
+                failures.append(
+                    f"{gate}: {provider.ep}: output '{output.name}' is scaled: its norm is {ratio:.6g} "
+                    f"times BEFORE's, beyond the {_allowed(min_cosine):.3g} a cosine of {min_cosine:.12g} allows"
+                )
     if not measured and not failures:
         return [f"{gate}: no accuracy was measured (every execution provider was skipped)"]
     return failures

@@ -140,6 +140,11 @@ class Options:
         _check_choice("--target", self.target, TARGETS)
         _check_choice("--quantize", self.quantize, QUANTIZE_MODES, optional=True)
         _check_choice("--int4-method", self.int4_method, INT4_METHODS)
+        if self.symmetric is True and self.int4_method == "hqq":
+            raise OptionError(
+                "--symmetric with --int4-method hqq: HQQ fits each block's zero point (a float one, stored as a uint8 "
+                "zero point and block offsets), so its blocks cannot be symmetric; choose one"
+            )
         if isinstance(self.block_size, bool) or self.block_size not in INT4_BLOCK_SIZES:
             raise OptionError(
                 f"--block-size {self.block_size}: expected one of {', '.join(map(str, INT4_BLOCK_SIZES))}"

@@ -222,3 +222,38 @@ def test_an_output_turned_nan_stays_red_beside_one_left_out():
     )
     segment = _qualified_accuracy(report, provider)
     assert segment.css == "bad" and segment.text.startswith("1 output not compared; of the others: 'y1' differ")
+
+
+def test_the_cosine_gate_sees_an_output_scaled():
+    # A cosine does not see scale: every output doubled passed --min-cosine 0.9999 with exit 0.
+    before = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
+    (doubled,) = compare_accuracy({"y": before}, {"y": before * 2})
+    assert doubled.cosine > 0.9999 and abs(doubled.norm_ratio - 2) < 1e-6
+    provider = SimpleNamespace(ep="cpu", available=True, accuracy=[doubled])
+    (line,) = accuracy_failures(SimpleNamespace(providers=[provider], warnings=[]), 0.9999)
+    assert "output 'y' is scaled: its norm is 2 times BEFORE's" in line
+    (close,) = compare_accuracy({"y": before}, {"y": before * 1.001})
+    provider = SimpleNamespace(ep="cpu", available=True, accuracy=[close])
+    assert accuracy_failures(SimpleNamespace(providers=[provider], warnings=[]), 0.9999) == []
+
+
+def test_strict_names_the_budget_that_cannot_be_met(tmp_path, monkeypatch, capsys):
+    # The first refusal was shown ("its result is a model output"), not the budget no layer could meet.
+    from tests._cli_models import save_matmul_model
+
+    monkeypatch.chdir(tmp_path)
+    save_matmul_model(tmp_path / "m.onnx")
+    argv = ["optimize", "m.onnx", "-o", "o.onnx", "--quantize", "dynamic", "--max-error", "1e-9", "--strict"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 3, err
+    assert "changed nothing: budget --max-error 1e-09 cannot be met with any int8 layer" in err
+
+
+def test_symmetric_hqq_is_refused():
+    import pytest
+
+    from optimizer.errors import OptionError
+    from optimizer.options import Options
+
+    with pytest.raises(OptionError, match="--symmetric with --int4-method hqq"):
+        Options(quantize="int4", int4_method="hqq", symmetric=True)

@@ -391,7 +391,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             for layer in layers:
                 self.refuse(layer.node.op_type, f"the accuracy budget cannot be met with any layer {self.precision}")
             self._note_frontier(float_seconds, default_seconds, measured)
-            self.note(f"budget {described} cannot be met with any {self.precision} layer; model left float")
+            unmet = f"budget {described} cannot be met with any {self.precision} layer; model left float"
+            self.note(unmet)
+            # A decline leads the pass's reasons: --strict names it, not a model-output layer refused earlier.
+            self.decline(unmet)
             return []
         schemes = state(found)
         self.drift = points[found].drift

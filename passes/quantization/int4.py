@@ -164,6 +164,8 @@ class Int4QuantizationPass(QuantizationPass):
         )
         if method not in INT4_METHODS:
             raise ValueError(f"int4 method {method!r}: expected one of {', '.join(INT4_METHODS)}")
+        if symmetric and method == "hqq":
+            raise ValueError("symmetric with method 'hqq': HQQ fits each block's zero point; choose one")
         self.block_size = block_size
         self.method = method
         self.symmetric = symmetric
