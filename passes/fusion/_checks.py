@@ -55,14 +55,44 @@ def vector_for_last_dim(value: ir.Value, data: ir.Value) -> bool:
     return True
 
 
-# How a normalization divides by its root: ``x / r``, ``x * Reciprocal(r)`` or ``x * (1 / r)``.
-# The products are spelled in both operand orders (neither operand is constant).
-NORMALIZATION_INVERSES = ("div", "reciprocal", "one_over", "reciprocal_swapped", "one_over_swapped")
+# How a normalization divides by the root of ``s`` (its variance plus epsilon): ``x / Sqrt(s)``,
+# ``x * Reciprocal(Sqrt(s))``, ``x * (1 / Sqrt(s))``, or TF's ``x * Pow(s, -0.5)``. The products are spelled
+# in both operand orders (neither operand is constant).
+NORMALIZATION_INVERSES = (
+    "div",
+    "reciprocal",
+    "one_over",
+    "reciprocal_swapped",
+    "one_over_swapped",
+    "pow_half",
+    "pow_half_swapped",
+)
 
 
-def divide_by(op, x, root, inverse: str):
-    """Pattern for ``x / root`` in the form named by ``inverse`` (one of NORMALIZATION_INVERSES)."""
-    if inverse == "div":
-        return op.Div(x, root)
-    inverse_root = op.Reciprocal(root) if inverse.startswith("reciprocal") else op.Div(1.0, root)
+def divide_by_root(op, x, total, inverse: str, root_exponent):
+    """Pattern for ``x / sqrt(total)`` in the form named by ``inverse`` (one of NORMALIZATION_INVERSES);
+    ``root_exponent`` is the pattern variable of ``Pow(total, -0.5)``'s exponent (``root_exponent_fails``
+    checks it), unused by the other forms."""
+    if inverse.startswith("pow_half"):
+        inverse_root = op.Pow(total, root_exponent)
+    else:
+        root = op.Sqrt(total)
+        if inverse == "div":
+            return op.Div(x, root)
+        inverse_root = op.Reciprocal(root) if inverse.startswith("reciprocal") else op.Div(1.0, root)
     return op.Mul(inverse_root, x) if inverse.endswith("_swapped") else op.Mul(x, inverse_root)
+
+
+def square_of(op, x, by_pow: bool, exponent):
+    """Pattern for ``x^2`` as ``Pow(x, exponent)`` (``exponent`` a pattern variable: a scalar, a ``[1]``
+    tensor or an integer 2, as exporters store it; ``exponent_fails`` checks it) or ``Mul(x, x)``."""
+    return op.Pow(x, exponent) if by_pow else op.Mul(x, x)
+
+
+def exponent_fails(exponent: ir.Value | None, root_exponent: ir.Value | None) -> str | None:
+    """Why the matched exponents are not a square and an inverse square root, or None (either may be absent)."""
+    if exponent is not None and scalar(exponent) != 2.0:
+        return "the square's exponent is not a constant 2"
+    if root_exponent is not None and scalar(root_exponent) != -0.5:
+        return "the inverse root's exponent is not a constant -0.5"
+    return None

@@ -1,8 +1,9 @@
 """LayerNorm fusion: the decomposed mean/variance form into ``LayerNormalization``.
 
 Matches ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * gamma [+ beta]`` over
-the last axis (the square as ``Pow(d, 2)`` or ``Mul(d, d)``, the division as ``Div``
-or ``Mul`` by its inverse), as older exporters and hand-written models emit it,
+the last axis (the square as ``Pow(d, 2)``, its exponent a scalar or a ``[1]`` tensor, or
+``Mul(d, d)``; the division as ``Div`` or ``Mul`` by its inverse, ``Reciprocal``, ``1 / r`` or
+TF's ``Pow(variance + eps, -0.5)``), as older exporters and hand-written models emit it,
 and rewrites it into one ONNX ``LayerNormalization`` (opset 17+, implemented by
 every ONNX Runtime EP).
 """
@@ -13,7 +14,15 @@ from onnxscript.rewriter import pattern
 
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import NORMALIZATION_INVERSES as _INVERSES
-from passes.fusion._checks import divide_by, is_float, last_axis_only, scalar, vector_for_last_dim
+from passes.fusion._checks import (
+    divide_by_root,
+    exponent_fails,
+    is_float,
+    last_axis_only,
+    scalar,
+    square_of,
+    vector_for_last_dim,
+)
 
 
 class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
@@ -23,20 +32,23 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         self._inverse = inverse
         self._with_bias = with_bias
 
-    def pattern(self, op, x, gamma, beta, epsilon):
+    def pattern(self, op, x, gamma, beta, epsilon, exponent, root_exponent):
         mean = op.ReduceMean(x, _allow_other_inputs=True, _outputs=["mean"])
         centered = op.Sub(x, mean)
-        square = op.Pow(centered, 2.0) if self._square_by_pow else op.Mul(centered, centered)
+        square = square_of(op, centered, self._square_by_pow, exponent)
         variance = op.ReduceMean(square, _allow_other_inputs=True, _outputs=["variance"])
-        std = op.Sqrt(op.Add(variance, epsilon))
-        normalized = divide_by(op, centered, std, self._inverse)
+        normalized = divide_by_root(op, centered, op.Add(variance, epsilon), self._inverse, root_exponent)
         scaled = op.Mul(normalized, gamma)
         return op.Add(scaled, beta) if self._with_bias else scaled
 
-    def check(self, context, x, gamma, epsilon, mean, variance, beta=None, **_) -> pattern.MatchResult:
+    def check(
+        self, context, x, gamma, epsilon, mean, variance, beta=None, exponent=None, root_exponent=None, **_
+    ) -> pattern.MatchResult:
         result = pattern.MatchResult()
         if context.model.opset_imports.get("", 0) < 17:
             return result.fail("LayerNormalization needs opset 17 or newer")
+        if reason := exponent_fails(exponent, root_exponent):
+            return result.fail(reason)
         if not is_float(x):
             return result.fail("input is not a float tensor")
         if not (last_axis_only(mean.producer(), x) and last_axis_only(variance.producer(), x)):

@@ -1,7 +1,8 @@
 """RMSNorm fusion: ``x / sqrt(mean(x^2) + eps) * gamma`` into ``SimplifiedLayerNormalization``.
 
-Matches the form Llama-style models export (``Pow(x, 2)`` or ``Mul(x, x)``, mean over
-the last axis, ``Div`` by the root or ``Mul`` by its inverse, then the scale)
+Matches the form Llama-style models export (``Pow(x, 2)``, its exponent a scalar or a ``[1]``
+tensor, or ``Mul(x, x)``; mean over the last axis; ``Div`` by the root or ``Mul`` by its inverse,
+``Pow(mean + eps, -0.5)`` included; then the scale)
 and rewrites it into ONNX Runtime's ``SimplifiedLayerNormalization`` — a contrib op
 ORT registers in the ONNX domain on its CPU and CUDA EPs.
 """
@@ -13,7 +14,15 @@ from onnxscript.rewriter import pattern
 from optimizer.domains import MS_DOMAIN
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import NORMALIZATION_INVERSES as _INVERSES
-from passes.fusion._checks import divide_by, is_float, last_axis_only, scalar, vector_for_last_dim
+from passes.fusion._checks import (
+    divide_by_root,
+    exponent_fails,
+    is_float,
+    last_axis_only,
+    scalar,
+    square_of,
+    vector_for_last_dim,
+)
 
 
 class _DecomposedRmsNorm(pattern.RewriteRuleClassBase):
@@ -22,15 +31,18 @@ class _DecomposedRmsNorm(pattern.RewriteRuleClassBase):
         self._square_by_pow = square_by_pow
         self._inverse = inverse
 
-    def pattern(self, op, x, gamma, epsilon):
-        square = op.Pow(x, 2.0) if self._square_by_pow else op.Mul(x, x)
+    def pattern(self, op, x, gamma, epsilon, exponent, root_exponent):
+        square = square_of(op, x, self._square_by_pow, exponent)
         mean_square = op.ReduceMean(square, _allow_other_inputs=True, _outputs=["mean_square"])
-        root = op.Sqrt(op.Add(mean_square, epsilon))
-        normalized = divide_by(op, x, root, self._inverse)
+        normalized = divide_by_root(op, x, op.Add(mean_square, epsilon), self._inverse, root_exponent)
         return op.Mul(normalized, gamma)
 
-    def check(self, context, x, gamma, epsilon, mean_square, **_) -> pattern.MatchResult:
+    def check(
+        self, context, x, gamma, epsilon, mean_square, exponent=None, root_exponent=None, **_
+    ) -> pattern.MatchResult:
         result = pattern.MatchResult()
+        if reason := exponent_fails(exponent, root_exponent):
+            return result.fail(reason)
         if not is_float(x):
             return result.fail("input is not a float tensor")
         if not last_axis_only(mean_square.producer(), x):

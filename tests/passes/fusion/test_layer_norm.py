@@ -67,3 +67,27 @@ def test_epsilon_that_is_a_graph_input_is_left_alone():
     )
     result = LayerNormFusion()(parse_model(text))
     assert not result.modified
+
+
+def test_exporters_other_spellings_of_the_square_and_the_root_fuse():
+    # A review: a [1]-shaped exponent (Paddle stores scalars so) and TF's Pow(variance + eps, -0.5) were left
+    # unfused without a word.
+    base = _LAYER_NORM.format(opset=18, axis=-1)
+    one_element = base.replace("two = Constant<value = float {2.0}>()", "two = Constant<value = float[1] {2.0}>()")
+    tf_root = base.replace("std = Sqrt(v)", "half = Constant<value = float {-0.5}>()\n      inv = Pow(v, half)")
+    tf_root = tf_root.replace("n = Div(d, std)", "n = Mul(d, inv)")
+    for text in (one_element, tf_root):
+        model = parse_model(text)
+        after = LayerNormFusion()(model.clone()).model
+        assert computed_op_types(after) == ["LayerNormalization"], text
+        assert_same_outputs(model, after, _inputs(), rtol=1e-4, atol=1e-5)
+
+
+def test_other_exponents_are_left_alone():
+    base = _LAYER_NORM.format(opset=18, axis=-1)
+    cube = base.replace("two = Constant<value = float {2.0}>()", "two = Constant<value = float {3.0}>()")
+    quarter_root = base.replace("std = Sqrt(v)", "q = Constant<value = float {-0.25}>()\n      inv = Pow(v, q)")
+    quarter_root = quarter_root.replace("n = Div(d, std)", "n = Mul(d, inv)")
+    for text in (cube, quarter_root):
+        result = LayerNormFusion()(parse_model(text))
+        assert not result.modified and "LayerNormalization" not in op_types(result.model), text

@@ -51,3 +51,25 @@ def test_rms_norm_without_a_constant_scale_is_left_alone():
     text = text.replace("(float[N, 5, 8] x)", "(float[N, 5, 8] x, float[8] gamma)")
     text = text.replace("gamma = Constant<value = float[8] {1.0, 0.5, 2.0, 1.5, 0.8, 1.2, 0.9, 1.1}>()", "")
     assert not RmsNormFusion()(parse_model(text)).modified
+
+
+def test_a_one_element_exponent_fuses():
+    # Exporters that store scalars as [1] tensors (Paddle) wrote Pow(x, [2.0]): unfused before a review.
+    text = _PREAMBLE.format(axis=-1, inverse=_INVERSES["div"])
+    text = text.replace("two = Constant<value = float {2.0}>()", "two = Constant<value = float[1] {2.0}>()")
+    model = parse_model(text)
+    after = RmsNormFusion()(model.clone()).model
+    assert computed_op_types(after) == ["SimplifiedLayerNormalization"]
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    assert_same_outputs(model, after, {"x": x}, rtol=1e-4, atol=1e-5)
+
+
+def test_tf_s_inverse_root_fuses():
+    # Pow(mean + eps, -0.5), unfused before a review.
+    text = _PREAMBLE.format(axis=-1, inverse="half = Constant<value = float {-0.5}>()\n      i = Pow(v, half)")
+    text = text.replace("r = Sqrt(v)\n", "").replace("y = Mul(gamma, n)", "n = Mul(i, x)\n      y = Mul(gamma, n)")
+    model = parse_model(text)
+    after = RmsNormFusion()(model.clone()).model
+    assert computed_op_types(after) == ["SimplifiedLayerNormalization"]
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    assert_same_outputs(model, after, {"x": x}, rtol=1e-4, atol=1e-5)
