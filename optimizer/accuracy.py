@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from optimizer.padding import unpadded
+
 _SCORE_NAME = re.compile(r"logit|score|prob|class", re.IGNORECASE)
-# Magnitudes whose float64 squares neither overflow nor lose precision to underflow.
-_SQUARES_SAFE = (1e-140, 1e140)
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,7 @@ def _root_mean_square(magnitude: np.ndarray) -> float:
     peak = float(magnitude.max()) if magnitude.size else 0.0
     if peak == 0.0 or not math.isfinite(peak):
         return peak
-    if _SQUARES_SAFE[0] < peak < _SQUARES_SAFE[1]:
-        return float(np.sqrt(np.mean(magnitude.astype(np.float64) ** 2)))
-    unit = _power_of_two_above(peak)  # exact scaling: the ratios are the values' own
+    unit = _power_of_two_above(peak)  # a power of two scales exactly: the same RMS, never out of range
     return unit * float(np.sqrt(np.mean((magnitude.astype(np.float64) / unit) ** 2)))
 
 
@@ -307,8 +305,6 @@ def output_drift(
     """
     pairs = zip(before, after)
     if batches is not None and model is not None:
-        from optimizer.padding import unpadded
-
         pairs = unpadded(model, batches, pairs)
     return paired_drift(pairs)
 

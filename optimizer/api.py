@@ -12,7 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
-from optimizer.errors import InputSpecError, OptionError, OutputPathError, PassSelectionError
+from optimizer.errors import InputSpecError, OptionError, OutputPathError, PassSelectionError, RuntimeRefusedError
 from optimizer.generation import recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
     SampleData,
@@ -312,7 +312,6 @@ def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:
     """``InputSpecError`` when the original model cannot run on the first samples: arrays that disagree with
     each other (16 rows of ids beside 8 of mask, a mask of another length, ids past the vocabulary) would
     otherwise fail inside a pass, whose rollback would blame its own result."""
-    from optimizer.errors import RuntimeRefusedError
     from optimizer.runtime import inference_session, run_session
 
     size = fixed_batch_size(model)

@@ -1451,9 +1451,10 @@ class SampleData:
 
     def chunks(self) -> Iterator[dict[str, np.ndarray]]:
         """The chunks as stored, checked against the model, one at a time."""
+        holds, first_dims = holds_samples(self._model), _first_dim_names(self._model)
         for index in range(len(self._plan)):
             chunk = check_inputs(self._read(index), self._model, self._label(index), self.notes)
-            _refuse_unequal_samples(chunk, self._model, self._label(index))
+            _refuse_unequal_samples(chunk, holds, first_dims, self._label(index))
             yield chunk
 
     def batches(self, size: int = SAMPLE_BATCH) -> _Batches:
@@ -1509,16 +1510,21 @@ class _Batches(Sequence):
             yield from _cut(_join(held), self._size)
 
 
-def _refuse_unequal_samples(arrays: Mapping[str, np.ndarray], model: ir.Model, source: str) -> None:
-    """``InputSpecError`` when arrays that hold samples (``holds_samples``) along one batch dim hold different
-    numbers of them: they would be cut to the fewest, or one row broadcast over the others' many, without a
-    word. Inputs whose first dims the model names differently may differ (a CLIP export's text and image
-    batches); exporters that name one batch differently per input are checked by running the model."""
-    holds = holds_samples(model)
+def _refuse_unequal_samples(
+    arrays: Mapping[str, np.ndarray],
+    holds: Callable[[str, Any], bool],
+    first_dims: Mapping[str, str],
+    source: str,
+) -> None:
+    """``InputSpecError`` when arrays that hold samples (``holds``, ``holds_samples``) along one batch dim (their
+    input's first dim by name, ``first_dims``) hold different numbers of them: they would be cut to the fewest,
+    or one row broadcast over the others' many, without a word. Inputs whose first dims the model names
+    differently may differ (a CLIP export's text and image batches); exporters that name one batch differently
+    per input are checked by running the model."""
     by_dim: dict[str | None, dict[str, int]] = {}
     for name, array in arrays.items():
         if holds(name, array):
-            by_dim.setdefault(_first_dim_name(model, name), {})[name] = len(array)
+            by_dim.setdefault(first_dims.get(name), {})[name] = len(array)
     for counts in by_dim.values():
         if len(set(counts.values())) > 1:
             (first, most), (second, fewest) = (
@@ -1531,13 +1537,16 @@ def _refuse_unequal_samples(arrays: Mapping[str, np.ndarray], model: ir.Model, s
             )
 
 
-def _first_dim_name(model: ir.Model, name: str) -> str | None:
-    """The symbolic name of graph input ``name``'s first dim, or None (fixed, unnamed or unknown)."""
-    value = next((v for v in model.graph.inputs if v.name == name), None)
-    if value is None or value.shape is None or not value.shape.rank():
-        return None
-    dim = value.shape[0]
-    return dim.value if isinstance(dim, ir.SymbolicDim) else None
+def _first_dim_names(model: ir.Model) -> dict[str, str]:
+    """Each graph input whose first dim is symbolic and named, with that name."""
+    return {
+        value.name: value.shape[0].value
+        for value in model.graph.inputs
+        if value.shape is not None
+        and value.shape.rank()
+        and isinstance(value.shape[0], ir.SymbolicDim)
+        and value.shape[0].value
+    }
 
 
 def _rows(arrays: Mapping[str, np.ndarray]) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from optimizer.accuracy import Drift, output_drift
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import RuntimeMissingError, RuntimeRefusedError, one_line
 
@@ -274,6 +275,12 @@ def run_model(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, An
     """Outputs of ``model`` on one input set, exactly as written (graph optimizations off)."""
     with inference_session(model) as session:
         return run_session(session, inputs)
+
+
+def drift_of(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping]) -> Drift:
+    """``model``'s drift from ``reference`` (the outputs another model gave on ``batches``), run with
+    ``run_batches``; positions the batches' padding masks hide are left out (``optimizer.padding.unpadded``)."""
+    return output_drift(reference, run_batches(model, batches), batches, model)
 
 
 def run_batches(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:

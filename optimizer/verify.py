@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, output_drift, paired_drift
+from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, paired_drift
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import SampleData, split_samples
 from optimizer.kernel_rounding import at_level_zero, level_signature, rounding_kernels
@@ -43,6 +43,7 @@ from optimizer.protocol import Twin
 from optimizer.runtime import (
     available_memory,
     collect_values,
+    drift_of,
     inference_session,
     run_batches,
     run_model,
@@ -1090,7 +1091,7 @@ class Verifier:
             else:
                 if self._sample_references is None:
                     self._sample_references = run_batches(self._original, batches)
-                drift = output_drift(self._sample_references, run_batches(candidate, batches), batches, self._original)
+                drift = drift_of(candidate, batches, self._sample_references)
         except RuntimeRefusedError as error:  # the rewrite is unusable
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
         if self.budget.met(drift):

@@ -86,9 +86,10 @@ def test_the_budget_is_checked_on_samples_the_repair_did_not_fit(tmp_path):
     held = {"x": samples["x"][4::5]}
     pruned = FfnPruningPass(0.5, samples=samples, budget=AccuracyBudget(min_cosine=0.99))
     model = ir.load(tmp_path / "m.onnx")
-    assert pruned._checked_samples(model, [samples])[0][0]["x"].tolist() == held["x"].tolist()
+    assert pruned._fitted_and_checked(model, [samples])[1][0]["x"].tolist() == held["x"].tolist()
     one = FfnPruningPass(0.5, samples=samples, budget=AccuracyBudget(min_cosine=0.99))
-    assert one._checked_samples(model, [{"x": samples["x"][:1]}])[1] == ()
+    fitted, checked = one._fitted_and_checked(model, [{"x": samples["x"][:1]}])
+    assert checked is fitted  # nothing held out
 
 
 def test_errors_name_what_was_asked(tmp_path):

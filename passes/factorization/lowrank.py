@@ -64,12 +64,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.accuracy import AccuracyBudget, Drift, output_drift
+from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.inputs import HOLD_OUT_EVERY, hold_out, holds_samples, samples_in, split_samples
 from optimizer.options import IMPORTANCE_KINDS
 from optimizer.padding import cache_outputs, mask_inputs
 from optimizer.protocol import Twin
-from optimizer.runtime import cuda_unavailable_reason, run_batches, value_collector
+from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, value_collector
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, unfit_on_generated_samples
@@ -237,7 +237,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         repaired = any(decision.bias_change is not None for decision in decisions)
         if reference is not None:
             where = _described(in_sample, fitted)
-            self.drift = output_drift(reference, run_batches(model, checked), checked, model)
+            self.drift = drift_of(model, checked, reference)
             summary += f"; {self.drift}" + (" after repair" if repaired else "") + where
             summary += " on generated inputs" if self.samples_generated else ""
         self.note(summary)
@@ -252,7 +252,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         if repaired and reference is not None:
             unrepaired = source.clone()
             self._factorize(unrepaired, groups, ranks, rows, repair=False)
-            unrepaired_drift = output_drift(reference, run_batches(unrepaired, checked), checked, unrepaired)
+            unrepaired_drift = drift_of(unrepaired, checked, reference)
             self.note(f"without repair: {unrepaired_drift}{where}")
         return self.result(model, modified=True, twin=self._twin(source, decisions))
 
@@ -388,7 +388,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
     def _trial(self, model, groups, ranks, rows, batches, reference, repair) -> Drift:
         trial = model.clone()
         self._factorize(trial, groups, ranks, rows, repair=repair)
-        return output_drift(reference, run_batches(trial, batches), batches, trial)
+        return drift_of(trial, batches, reference)
 
     # -- the rewrite ----------------------------------------------------------------------------------
 

@@ -38,13 +38,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.accuracy import AccuracyBudget, Drift, output_drift
+from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import is_onnx_domain
 from optimizer.inputs import fixes_batch, hold_out, split_samples
 from optimizer.options import IMPORTANCE_KINDS
 from optimizer.progress import track
 from optimizer.protocol import Twin
-from optimizer.runtime import run_batches, stream_values, value_collector
+from optimizer.runtime import drift_of, run_batches, stream_values, value_collector
 from passes._layers import name_nodes
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, unfit_on_generated_samples
@@ -171,9 +171,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         for group in groups:
             self._totals[group.kind] = self._totals.get(group.kind, 0) + group.size * self.units_named(group)
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
-        checked, held_out = self._checked_samples(model, batches)
-        if held_out:
-            batches = held_out[0]  # ranking and repair fit only the samples the budget is not checked on
+        # Ranking and repair fit only the samples the budget is not checked on.
+        batches, checked = self._fitted_and_checked(model, batches)
+        held_out = checked is not batches
         energy, targets = {}, {}
         if batches and (self.importance != "magnitude" or self.repair):
             energy, targets = self._observe(model, groups, batches)
@@ -207,7 +207,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             )
             return self.result(model, modified=False)
         if reference is not None:
-            self.drift = output_drift(reference, run_batches(model, batches), batches, model)
+            self.drift = drift_of(model, batches, reference)
         summary = (
             f"{_describe_ratios(ratios)}: {len(self.pruned)} groups, parameters {before:,} → {parameter_count(model):,}"
         )
@@ -226,9 +226,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             # The same cut without the repair, so the report shows what the repair bought.
             unrepaired = source.clone()
             self._prune(unrepaired, scores, ratios, comparable)
-            self.note(
-                f"without repair: {output_drift(reference, run_batches(unrepaired, batches), batches, unrepaired)}"
-            )
+            self.note(f"without repair: {drift_of(unrepaired, batches, reference)}")
         return self.result(model, modified=True, twin=self._twin(source, removals))
 
     def _scaled(self, scale: float) -> dict[str | None, float]:
@@ -383,7 +381,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             trial = model.clone()
             twin = next(g for g in self.find_groups(trial.graph)[0] if g.name == group.name)
             twin.apply(trial.graph, sorted(set(range(group.size)) - {int(u) for u in weakest}))
-            moved = max(1.0 - output_drift(expected, run_batches(trial, probe), probe, trial).cosine, 1e-12)
+            moved = max(1.0 - drift_of(trial, probe, expected).cosine, 1e-12)
             gain = moved / max(float(effect[weakest].sum()), 1e-30)
             comparable[group.name] = scores[group.name] * math.sqrt(gain)
         return comparable
@@ -479,23 +477,23 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         remove_dead_nodes(model)
         return removals
 
-    def _checked_samples(self, model: ir.Model, batches) -> tuple[Sequence, tuple]:
-        """The samples the budget is checked on, and (with a budget and two samples or more) ``(fitted,)``: the
-        samples ranking and repair may use, some held out of them (``optimizer.inputs.hold_out``, as for
-        factorize-lowrank: one in five, with two to four the last, whole batches where the model fixes its
-        batch). A repair fitted to the very rows the budget is checked on meets it by the fit: on 20 samples a
+    def _fitted_and_checked(self, model: ir.Model, batches) -> tuple[Sequence, Sequence]:
+        """The samples ranking and repair may use, and those the budget is checked on: with a budget and two
+        samples or more, some held out of the first (``optimizer.inputs.hold_out``, as for factorize-lowrank:
+        one in five, with two to four the last, whole batches where the model fixes its batch); else the same
+        samples for both. A repair fitted to the very rows the budget is checked on meets it by the fit: on 20 samples a
         0.99 budget was met at cosine 0.990 and missed on new samples (0.975). ``self._checked_on`` says which
         for the budget's note."""
         self._checked_on = ""
         if self.budget is None or not batches:
-            return batches, ()
+            return batches, batches
         fitted, held = hold_out(batches, model)
         if len(held) == 0:
             whole = "batch (the model fixes its batch size)" if fixes_batch(model) else "sample"
             self._checked_on = f" on the one calibration {whole}, which ranking and repair fit too"
-            return batches, ()
+            return batches, batches
         self._checked_on = " on held-out samples, which ranking and repair do not see"
-        return held, (fitted,)
+        return fitted, held
 
     def _search(self, model: ir.Model, scores, comparable, batches, targets, checked, reference) -> float:
         """The largest fraction (up to 1) of the ratios asked whose pruned model meets the budget on ``checked``
@@ -503,7 +501,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         low, high, best = 0.0, 1.0, 0.0
         trial = model.clone()
         self._prune(trial, scores, self._scaled(high), comparable, batches, targets)
-        if self.budget.met(output_drift(reference, run_batches(trial, checked), checked, trial)):
+        if self.budget.met(drift_of(trial, checked, reference)):
             self.note(
                 f"budget {self.budget.describe()}{self._checked_on}: met at the largest ratio asked, "
                 f"{self._describe(high)}"
@@ -513,7 +511,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             middle = (low + high) / 2
             trial = model.clone()
             self._prune(trial, scores, self._scaled(middle), comparable, batches, targets)
-            drift = output_drift(reference, run_batches(trial, checked), checked, trial)
+            drift = drift_of(trial, checked, reference)
             if self.budget.met(drift):
                 low = best = middle
             else:

@@ -40,14 +40,14 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.accuracy import AccuracyBudget, Drift, output_drift
+from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import MS_DOMAIN
 from optimizer.inputs import holds_samples, samples_in, split_samples
 from optimizer.options import DEFAULT_BUDGET_DECODE_STEPS
 from optimizer.padding import cache_outputs
 from optimizer.progress import task, track
 from optimizer.protocol import Twin
-from optimizer.runtime import cuda_unavailable_reason, run_batches, stream_values
+from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, stream_values
 from passes._layers import (
     Layer,
     excluded,
@@ -276,7 +276,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         for layer in chosen:
             self.done(layer.node.op_type)
         if batches and self.drift is None:
-            self.drift = output_drift(run_batches(self._float, batches), run_batches(model, batches), batches, model)
+            self.drift = drift_of(model, batches, run_batches(self._float, batches))
         if self.drift is not None:
             counts: dict[str, int] = {}
             for layer in chosen:
@@ -334,7 +334,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self._apply(trial, names)
         finally:
             self.schemes = saved
-        return output_drift(reference, run_batches(trial, batches), batches, trial)
+        return drift_of(trial, batches, reference)
 
     # -- the budget ------------------------------------------------------------------------
 
