@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from optimizer.padding import unpadded
-
 _SCORE_NAME = re.compile(r"logit|score|prob|class", re.IGNORECASE)
 
 
@@ -305,6 +303,9 @@ def output_drift(
     """
     pairs = zip(before, after)
     if batches is not None and model is not None:
+        # Imported here: a pass used alone in another PassManager loads no more of graphopt than it needs.
+        from optimizer.padding import unpadded
+
         pairs = unpadded(model, batches, pairs)
     return paired_drift(pairs)
 
