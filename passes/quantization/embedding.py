@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
 from optimizer.protocol import Twin
 from passes._pass import GraphoptPass
+from passes._layers import Layer, excluded, unmatched_patterns
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.quantization._int8 import quantize_weight
 
@@ -21,8 +24,10 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     row, so each looked-up row is exact to half a step of its own range.
 
     Refuses (leaves float) tables read by anything but row Gathers (an LM head tied to
-    the embeddings, a fused EmbedLayerNormalization), Gathers on another axis, and
-    tables under 65,536 values. Its notes say how many bytes it saved.
+    the embeddings, a fused EmbedLayerNormalization), Gathers on another axis,
+    tables under 65,536 values, and tables one of whose lookups an ``exclude`` glob
+    (``--exclude``) matches by node name or op type (``Gather``). Its notes say how many
+    bytes it saved.
 
     The twin (kind ``"float32"``): the input with each such table replaced by its
     dequantized int8 rows, the same float arithmetic otherwise. Where the input already
@@ -34,10 +39,17 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     left_as = "stay float"
 
+    def __init__(self, exclude: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.exclude = tuple(exclude)
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         source = model.clone()  # shares the tables' tensors; the twin replaces the quantized ones
         graph = model.graph
-        refused: set[str] = set()
+        for pattern in unmatched_patterns(graph, self.exclude):
+            self.note(f"--exclude '{pattern}' matches no node name or op type of the graph: it keeps nothing float")
+        kept = self._excluded_tables(graph)
+        refused: set[str] = set(kept)
         saved, tables = 0, {}
         for node in list(graph):
             if node.op_type != "Gather" or not is_onnx_domain(node) or node.attributes.get_int("axis", 0):
@@ -45,6 +57,8 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             table = node.inputs[0]
             array = constant_array(table)
             if array is None or array.dtype != np.float32 or array.ndim != 2 or array.size < _MIN_ELEMENTS:
+                continue
+            if table.name in kept:
                 continue
             if any(
                 user.op_type != "Gather" or index != 0 or user.attributes.get_int("axis", 0)
@@ -77,6 +91,21 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         remove_dead_nodes(model)
         self.note(f"{len(tables)} embedding tables int8 (per row), {saved / 2**20:.1f} MB smaller")
         return self.result(model, modified=True, twin=_twin(source, list(tables)))
+
+    def _excluded_tables(self, graph: ir.Graph) -> set[str]:
+        """Tables one of whose row lookups ``exclude`` matches (each refused once, with the reason)."""
+        kept: set[str] = set()
+        for node in graph if self.exclude else ():
+            if node.op_type != "Gather" or not is_onnx_domain(node):
+                continue
+            table = node.inputs[0]
+            array = constant_array(table)
+            if array is None or table.name in kept:
+                continue
+            if excluded(Layer(node, "gather", array, None), self.exclude):
+                kept.add(table.name)
+                self.refuse("embedding tables", "matched by --exclude")
+        return kept
 
 
 def _twin(source: ir.Model, names: list[str]) -> Twin:

@@ -60,3 +60,23 @@ def test_a_table_also_gathered_along_another_axis_stays_float():
     columns.attributes["axis"] = ir.AttrInt64("axis", 1)
     model.graph.append(columns)
     assert not EmbeddingQuantizationPass()(model).modified
+
+
+def test_exclude_keeps_a_table_float_by_lookup_name_or_op_type():
+    for pattern in ("look*", "Gather"):
+        result = EmbeddingQuantizationPass(exclude=(pattern,))(_lookup())
+        assert not result.modified
+        assert result.refusals == ["1 of 1 embedding tables stay float: matched by --exclude"]
+    unmatched = EmbeddingQuantizationPass(exclude=("nothing*",))(_lookup())
+    assert unmatched.modified
+    assert any("'nothing*' matches no node name" in line for line in unmatched.notes)
+
+
+def test_exclude_reaches_quantize_embeddings_from_the_command_line(tmp_path):
+    from optimizer.cli import main
+
+    source = tmp_path / "lookup.onnx"
+    onnx.save(ir.to_proto(_lookup()), source)
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(source), "-o", str(out), "--quantize-embeddings", "--exclude", "lookup", "-q"]) == 0
+    assert [node.op_type for node in onnx.load(out).graph.node] == ["Gather"]
