@@ -557,6 +557,8 @@ def _main(argv: list[str] | None) -> int:
         if args.print_config:
             from optimizer.config import dump_config
 
+            _refuse_bad_flags(args)  # a recipe printed from a command line that would be refused must not run
+
             sys.stdout.write(dump_config(args, parser.commands[args.command]))
             sys.stdout.flush()  # a closed pipe raises here, in main, not at the interpreter's exit
             return exit_codes.OK
@@ -726,6 +728,19 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
     if args.compare:
         failed += _compare(console, errors, args, args.model, report.output, pipeline=report)
     return failed
+
+
+def _refuse_bad_flags(args: argparse.Namespace) -> None:
+    """The checks of flags alone (no file read) that ``optimize``/``demo`` or ``compare`` make before any work."""
+    from optimizer.inputs import parse_dim_flags
+
+    if args.command == "compare":
+        _compare_settings(args)
+        parse_dim_flags(args.dim)
+        return
+    _refuse_ignored_flags(args, options_from_args(args))
+    if args.compare:
+        _compare_settings(args)
 
 
 def options_from_args(args: argparse.Namespace) -> Options:

@@ -2,8 +2,9 @@
 
 Each check returns the lines that say what failed (empty when it passed); the CLI
 prints them and exits with the code of ``optimizer.exit_codes``. A gate that has
-nothing to judge (every execution provider skipped, no float output) fails: a CI job
-must not pass on a measurement that did not happen.
+nothing to judge (every execution provider skipped, no float output) fails, and so
+does each execution provider the comparison was asked for and skipped (``--ep
+cuda,cpu`` without a GPU): a CI job must not pass on a measurement that did not happen.
 """
 
 from __future__ import annotations
@@ -89,7 +90,17 @@ def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
                     )
     if not measured:
         return [f"--max-ratio {max_ratio:.12g}: no latency was measured (every execution provider was skipped)"]
-    return failures
+    return skipped_failures(report, f"--max-ratio {max_ratio:.12g}", "latency") + failures
+
+
+def skipped_failures(report: ComparisonReport, gate: str, judged: str) -> list[str]:
+    """One line per execution provider the comparison was asked for and skipped: the gate did not judge it."""
+    return [
+        f"{gate}: {provider.ep} was skipped ({provider.reason}): its {judged} is not judged; "
+        f"drop it from --ep to gate on the others"
+        for provider in report.providers
+        if not provider.available
+    ]
 
 
 def _inverse(ratio: float) -> float:
@@ -154,4 +165,4 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
                 )
     if not measured and not failures:
         return [f"{gate}: no accuracy was measured (every execution provider was skipped)"]
-    return failures
+    return (skipped_failures(report, gate, "accuracy") if measured else []) + failures

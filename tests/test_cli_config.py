@@ -56,6 +56,23 @@ def test_print_config_round_trips(argv, tmp_path, capsys, monkeypatch):
         assert options_from_args(from_file) == options_from_args(args)
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["optimize", "m.onnx", "-o", "o.onnx", "--dim", "batch=1", "--dim", "batch=2"], "--dim batch given twice"),
+        (["optimize", "m.onnx", "-o", "o.onnx", "--time-budget", "20"], "do nothing without --compare"),
+        (["optimize", "m.onnx", "-o", "o.onnx", "--calibration-method", "percentile"], "does nothing here"),
+        (["compare", "a.onnx", "b.onnx", "--ep", "tpu"], "--ep tpu: unknown execution provider"),
+    ],
+)
+def test_print_config_refuses_what_the_command_line_would(argv, message, capsys):
+    # It printed a recipe of the refused line (the second --dim, or the flag dropped) that then ran.
+    code, printed, err = run_cli([*argv, "--print-config"], capsys)
+    assert code == exit_codes.USAGE and printed == ""
+    assert message in err
+    assert run_cli(argv, capsys)[0] == exit_codes.USAGE
+
+
 def test_printed_config_is_readable(capsys):
     code, printed, _ = run_cli(
         ["optimize", "m.onnx", "-o", "o.onnx", "--dim", "batch=2", "--passes", "fold-constants,fuse-gelu",

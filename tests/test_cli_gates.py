@@ -16,9 +16,14 @@ def _report(*providers) -> SimpleNamespace:
     return SimpleNamespace(providers=list(providers), warnings=[])
 
 
-def _provider(ep="cpu", available=True, batches=(), generation=(), accuracy=()) -> SimpleNamespace:
+def _provider(ep="cpu", available=True, batches=(), generation=(), accuracy=(), reason="") -> SimpleNamespace:
     return SimpleNamespace(
-        ep=ep, available=available, batches=list(batches), generation=list(generation), accuracy=list(accuracy)
+        ep=ep,
+        available=available,
+        batches=list(batches),
+        generation=list(generation),
+        accuracy=list(accuracy),
+        reason=reason,
     )
 
 
@@ -49,6 +54,22 @@ def test_a_gate_with_nothing_measured_fails():
     skipped = _report(_provider(ep="cuda", available=False))
     assert "no latency was measured" in slower_failures(skipped, 2.0)[0]
     assert "no accuracy was measured" in accuracy_failures(skipped, 0.9)[0]
+
+
+def test_an_execution_provider_asked_for_and_skipped_fails_the_gates_judged_on_the_others():
+    # --ep cuda,cpu on a machine without a GPU: the gates judged the CPU alone and exited 0.
+    batch = SimpleNamespace(batch=1, ratio=_ratio(0.5, 0.4, 0.6), after=SimpleNamespace(runs=50))
+    good = SimpleNamespace(name="y", dtype="float32", cosine=1.0, exact=True, max_abs_error=0.0, norm_ratio=1.0)
+    report = _report(
+        _provider(ep="cuda", available=False, reason="onnxruntime-gpu is not installed"),
+        _provider(batches=[batch], accuracy=[good]),
+    )
+    (slow,) = slower_failures(report, 1.0)
+    assert slow.startswith("--max-ratio 1: cuda was skipped (onnxruntime-gpu is not installed): its latency")
+    (accurate,) = accuracy_failures(report, 0.99)
+    assert accurate.startswith("--min-cosine 0.99: cuda was skipped (onnxruntime-gpu is not installed)")
+    measured_alone = _report(_provider(batches=[batch], accuracy=[good]))
+    assert slower_failures(measured_alone, 1.0) == [] and accuracy_failures(measured_alone, 0.99) == []
 
 
 def test_min_cosine_reads_float_outputs_and_needs_other_outputs_equal():
