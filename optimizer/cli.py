@@ -677,7 +677,7 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
     from optimizer.console import progress_sink
     from optimizer.gates import requested_passes, strict_failures
     from optimizer.inputs import refuse_unreadable_data
-    from optimizer.model_io import check_paths, write_atomically
+    from optimizer.model_io import check_paths, refuse_data_onnxruntime_will_not_open, write_atomically
     from optimizer.progress import reporting_to, task
     from optimizer.report import render_table
 
@@ -700,6 +700,8 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
         ],
         models=[("the input model", args.model)],
     )
+    if args.compare:
+        refuse_data_onnxruntime_will_not_open(args.model, args.model)
     if args.compare and (args.generate or args.no_verify):
         # What the comparison would refuse must not cost the optimization and its written model first.
         from optimizer.compare.comparison import check_before_optimizing
@@ -868,7 +870,7 @@ def _compare(
     from optimizer.console import progress_sink
     from optimizer.gates import accuracy_failures, slower_failures
     from optimizer.inputs import parse_dim_flags
-    from optimizer.model_io import check_paths
+    from optimizer.model_io import check_paths, refuse_data_onnxruntime_will_not_open
     from optimizer.progress import reporting_to, task
 
     _refuse_stdout({_spelled(args, "json", "--json"): args.json, "--html": args.html})
@@ -877,6 +879,8 @@ def _compare(
         [("the --inputs file", args.inputs), ("the --config file", args.config)],
         models=[("the BEFORE model", before), ("the AFTER model", after)],
     )
+    for model in (before, after):
+        refuse_data_onnxruntime_will_not_open(model, model)
     settings = _compare_settings(args)
     inputs = args.inputs  # on ``optimize --compare``: the verification inputs, compared on too
     with progress_sink(errors, args.quiet) as sink:

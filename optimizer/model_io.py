@@ -573,6 +573,38 @@ def _model_files(path: Path, what: str) -> list[tuple[str, Path]]:
     return files
 
 
+def refuse_data_onnxruntime_will_not_open(path: str | os.PathLike, label: str) -> None:
+    """Raise ``ModelFileError`` if ONNX Runtime would refuse ``path``'s external data as outside its folder.
+
+    graphopt reads a data file linked from elsewhere (the folder and its links are the
+    user's), but ONNX Runtime 1.24 and later open a model from its path only where each
+    data file, links resolved, lies under the model's folder or under the folder of the
+    model file's own target (a Hugging Face cache links both into ``blobs/``). A
+    comparison opens its models from their paths, so this is checked before any work
+    (``optimize --compare`` would otherwise optimize, write, and then fail). Unreadable
+    files are left to ``load_model``.
+    """
+    from optimizer.runtime import import_onnxruntime
+
+    version = tuple(int(part) for part in re.findall(r"\d+", import_onnxruntime().__version__)[:2])
+    if version < (1, 24):
+        return
+    path = Path(path)
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except _PROTO_READ_ERRORS:
+        return
+    folders = {os.path.realpath(path.absolute().parent), os.path.dirname(os.path.realpath(path))}
+    for location in sorted(_external_locations(proto)):
+        target = os.path.realpath(path.parent / location)
+        if not any(os.path.commonpath([target, folder]) == folder for folder in folders):
+            raise ModelFileError(
+                f"{label}: its external data '{location}' links to {target}, outside the model's folder, and ONNX "
+                "Runtime (1.24 and later) refuses to open such a model for the comparison; copy the data file beside "
+                "the model, or link the model file into the data's folder too"
+            )
+
+
 def model_file_bytes(path: str | os.PathLike) -> int:
     """Size of a model file plus the external data files it references."""
     path = Path(path)

@@ -383,3 +383,37 @@ def test_contrib_ops_without_their_domain_import_are_read_as_onnx_runtime_reads_
     result = optimize(given)
     assert result.opset_imports["com.microsoft"] == 1 and "com.microsoft" not in given.opset_imports
     onnx.checker.check_model(ir.to_proto(result))
+
+
+def test_compare_refuses_before_any_work_a_data_link_onnx_runtime_will_not_open(tmp_path, capsys):
+    # graphopt reads a data file linked from another folder; ONNX Runtime (1.24+) does not, so
+    # `optimize --compare` optimized, wrote the model, and then failed opening the input for timing.
+    from tests._cli_models import run_cli
+
+    real = tmp_path / "real"
+    real.mkdir()
+    _save_with_external_data(real / "model.onnx", "model.data")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    shutil.copy(real / "model.onnx", linked / "model.onnx")
+    (linked / "model.data").symlink_to(real / "model.data")
+    output = tmp_path / "out.onnx"
+    code, _, err = run_cli(
+        ["optimize", linked / "model.onnx", "-o", output, "--compare", "--time-budget", "0.2"], capsys
+    )
+    assert code == 2 and "links to" in err and "outside the model's folder" in err
+    assert not output.exists()
+    code, _, err = run_cli(["compare", linked / "model.onnx", real / "model.onnx", "--time-budget", "0.2"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "copy the data file beside the model" in err
+    # A Hugging Face cache links the model file too, into the data's folder: ONNX Runtime opens it.
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
+    blobs.mkdir()
+    snapshot.mkdir()
+    shutil.copy(real / "model.onnx", blobs / "a1")
+    shutil.copy(real / "model.data", blobs / "model.data")
+    (snapshot / "model.onnx").symlink_to(blobs / "a1")
+    (snapshot / "model.data").symlink_to(blobs / "model.data")
+    model_io.refuse_data_onnxruntime_will_not_open(snapshot / "model.onnx", "m")
+    assert ort.InferenceSession(str(snapshot / "model.onnx"), providers=["CPUExecutionProvider"])
+    # Without --compare nothing opens the input from its path: the linked model optimizes.
+    assert run_cli(["optimize", linked / "model.onnx", "-o", output, "-q"], capsys)[0] == 0

@@ -9,8 +9,8 @@ import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
 from optimizer.protocol import Twin
-from passes._pass import GraphoptPass
 from passes._layers import Layer, excluded, unmatched_patterns
+from passes._pass import GraphoptPass
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.quantization._int8 import quantize_weight
 
