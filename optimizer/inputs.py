@@ -1249,9 +1249,14 @@ def fixed_batch_size(model: ir.Model) -> int | None:
 
 def holds_samples(model: ir.Model | None) -> Callable[[str, Any], bool]:
     """Whether a batch's array ``name`` holds samples along axis 0, as every splitter of samples cuts
-    them: an input of ``sample_inputs``, an input of unknown shape, or any array with a dim (no model,
-    or a model with a fixed batch)."""
+    them: an input of ``sample_inputs``, an input of unknown shape, any array with a dim where there is
+    no model, and in a model with a fixed batch each input whose first dim is that batch size (an
+    input ``s [K]`` beside ``x [1, K]`` goes whole with every batch)."""
     sampled = sample_inputs(model) if model is not None else None
+    if sampled is None and model is not None and (size := fixed_batch_size(model)) is not None:
+        sampled = frozenset(
+            v.name for v in model.graph.inputs if v.shape is not None and v.shape.rank() and v.shape[0] == size
+        )
     known = _shaped_inputs(model)
     return lambda name, array: bool(np.ndim(array)) and (sampled is None or name in sampled or name not in known)
 
@@ -1492,22 +1497,23 @@ class _Batches(Sequence):
         held: list[dict[str, np.ndarray]] = []
         signature = None
         rows = 0
+        holds = holds_samples(self._data._model)  # inputs beside the samples (a table [S, K]) go whole
         for chunk in self._data.chunks():
             chunk_signature = self._data.signature(_shapes(chunk))
             if held and chunk_signature != signature:
-                yield from _cut(_join(held), self._size)
+                yield from _cut(_join(held, holds), self._size, holds)
                 held, rows = [], 0
             held.append(chunk)
             signature = chunk_signature
-            rows += _rows(chunk)
+            rows += _rows(chunk, holds)
             if rows >= self._size:
-                joined = _join(held)
+                joined = _join(held, holds)
                 whole = (rows // self._size) * self._size
-                yield from _cut(_take(joined, 0, whole), self._size)
-                held = [_take(joined, whole, rows)] if rows > whole else []
+                yield from _cut(_take(joined, 0, whole, holds), self._size, holds)
+                held = [_take(joined, whole, rows, holds)] if rows > whole else []
                 rows -= whole
         if held:
-            yield from _cut(_join(held), self._size)
+            yield from _cut(_join(held, holds), self._size, holds)
 
 
 def _refuse_unequal_samples(
@@ -1549,29 +1555,43 @@ def _first_dim_names(model: ir.Model) -> dict[str, str]:
     }
 
 
-def _rows(arrays: Mapping[str, np.ndarray]) -> int:
-    return min((len(a) for a in arrays.values() if np.ndim(a)), default=1)
+def _rows(arrays: Mapping[str, np.ndarray], holds: Callable[[str, Any], bool] | None = None) -> int:
+    """Samples in ``arrays``: the length of those that hold samples (``holds``; by default any with a dim)."""
+    holds = holds or _any_dim
+    return min((len(a) for name, a in arrays.items() if holds(name, a)), default=1)
+
+
+def _any_dim(name: str, array: Any) -> bool:
+    return bool(np.ndim(array))
 
 
 def _shapes(arrays: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     return {name: tuple(np.shape(a)) for name, a in arrays.items()}
 
 
-def _take(arrays: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
-    return {name: a[start:stop] if np.ndim(a) else a for name, a in arrays.items()}
+def _take(
+    arrays: Mapping[str, np.ndarray], start: int, stop: int, holds: Callable[[str, Any], bool] | None = None
+) -> dict[str, np.ndarray]:
+    holds = holds or _any_dim
+    return {name: a[start:stop] if holds(name, a) else a for name, a in arrays.items()}
 
 
-def _join(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _join(
+    chunks: list[dict[str, np.ndarray]], holds: Callable[[str, Any], bool] | None = None
+) -> dict[str, np.ndarray]:
     if len(chunks) == 1:
         return chunks[0]
-    return {name: np.concatenate([c[name] for c in chunks]) if np.ndim(a) else a for name, a in chunks[0].items()}
+    holds = holds or _any_dim
+    return {name: np.concatenate([c[name] for c in chunks]) if holds(name, a) else a for name, a in chunks[0].items()}
 
 
-def _cut(arrays: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
-    count = _rows(arrays)
+def _cut(
+    arrays: dict[str, np.ndarray], size: int, holds: Callable[[str, Any], bool] | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    count = _rows(arrays, holds)
     for start in range(0, count, size):
         # Copies: a memory-mapped .npy slice must not keep the file's pages, nor be written through.
-        yield {name: np.array(a) for name, a in _take(arrays, start, start + size).items()}
+        yield {name: np.array(a) for name, a in _take(arrays, start, start + size, holds).items()}
 
 
 def _count_batches(plan: list[_Chunk], size: int) -> int:
@@ -1622,7 +1642,7 @@ def _open_samples(data: Any, model: ir.Model, flag: str) -> SampleData:
             items = [_feed(item, index, expected) for index, item in enumerate(data)]
             if not items:
                 raise InputSpecError(f"{name}: an empty {type(data).__name__}: there are no samples")
-            plan = [(_rows(a), _shapes(a)) for a in items]
+            plan = [(_rows(a, holds_samples(model)), _shapes(a)) for a in items]
             return SampleData(model, source, items.__getitem__, plan, unit="feed dicts")
         return _spool(model, f"{name} ({type(data).__name__})", iter(data), expected)
     raise InputSpecError(f"{expected} (nor {also})")
@@ -1636,7 +1656,7 @@ def _feed(item: Any, index: int, expected: str) -> dict[str, np.ndarray]:
 
 
 def _in_memory(model: ir.Model, source: str, arrays: dict[str, np.ndarray]) -> SampleData:
-    data = SampleData(model, source, lambda index: arrays, [(_rows(arrays), _shapes(arrays))])
+    data = SampleData(model, source, lambda index: arrays, [(_rows(arrays, holds_samples(model)), _shapes(arrays))])
     data.in_memory = True
     return data
 
@@ -1656,7 +1676,7 @@ def _open_folder(path: Path, model: ir.Model, source: str) -> SampleData:
         )
     if kinds == {".npy"}:
         return _chunked(model, source, _read_npy_folder(files, source))
-    plan = [_npz_plan(file, f"{source}: {file.name}") for file in files]
+    plan = [_npz_plan(file, f"{source}: {file.name}", holds_samples(model)) for file in files]
     return SampleData(
         model,
         source,
@@ -1676,13 +1696,14 @@ _STREAM_ABOVE = 256 << 20
 
 def _chunked(model: ir.Model, source: str, arrays: dict[str, np.ndarray]) -> SampleData:
     """Memory-mapped arrays as chunks of ``_NPY_CHUNK`` samples: only the pages of a chunk are read."""
-    rows = _rows(arrays)
+    holds = holds_samples(model)
+    rows = _rows(arrays, holds)
     starts = range(0, max(rows, 1), _NPY_CHUNK)
     plan = [(min(rows, start + _NPY_CHUNK) - start, _shapes(arrays)) for start in starts]
     return SampleData(
         model,
         source,
-        lambda index: _take(arrays, starts[index], starts[index] + _NPY_CHUNK),
+        lambda index: _take(arrays, starts[index], starts[index] + _NPY_CHUNK, holds),
         plan,
         label=lambda index: f"{source} (samples {starts[index]} to {starts[index] + plan[index][0] - 1})",
     )
@@ -1753,7 +1774,7 @@ def _read_npy_folder(files: list[Path], source: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _npz_plan(path: Path, source: str) -> _Chunk:
+def _npz_plan(path: Path, source: str, holds: Callable[[str, Any], bool]) -> _Chunk:
     """(samples, signature) of one .npz file, from its .npy headers alone."""
     unreadable = f"{source}: not a readable .npz file"
     try:
@@ -1766,7 +1787,8 @@ def _npz_plan(path: Path, source: str) -> _Chunk:
                 shapes[name] = (shape, dtype)
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as error:
         raise InputSpecError(f"{unreadable} ({one_line(error)})") from error
-    rows = min((shape[0] for shape, _ in shapes.values() if shape), default=1)
+    # A zero-byte array of each shape: ``holds`` reads only names and ranks.
+    rows = _rows({name: np.broadcast_to(np.float32(0), tuple(shape)) for name, (shape, _) in shapes.items()}, holds)
     return rows, {name: tuple(shape) for name, (shape, _) in shapes.items()}
 
 
@@ -1781,7 +1803,7 @@ def _spool(model: ir.Model, source: str, items: Iterator[Any], expected: str) ->
         file = Path(folder.name) / f"{index:08d}.npz"
         save_npz(file, arrays)
         files.append(file)
-        plan.append((_rows(arrays), _shapes(arrays)))
+        plan.append((_rows(arrays, holds_samples(model)), _shapes(arrays)))
     if not files:
         folder.cleanup()
         raise InputSpecError(f"{source}: it yielded no feed dicts: there are no samples")

@@ -231,3 +231,42 @@ def test_bytes_for_a_string_input_are_refused(tmp_path):
     np.savez(tmp_path / "bytes.npz", s=np.array([b"Hello", b"WORLD"]))
     with pytest.raises(InputSpecError, match=r"'s' is bytes \(numpy 'S'; give str\)"):
         load_inputs(tmp_path / "bytes.npz", ir.load(tmp_path / "s.onnx"))
+
+
+@pytest.mark.parametrize("form", ["npz", "npy folder", "npz folder"])
+def test_a_fixed_batch_model_calibrates_with_an_input_beside_its_samples(tmp_path, monkeypatch, capsys, form):
+    # x [1, K] beside s [K]: with no symbolic dim every array was cut as samples (s into 64 "samples").
+    monkeypatch.chdir(tmp_path)
+    k = 16
+    _save(
+        "m.onnx",
+        [helper.make_node("Add", ["x", "s"], ["xs"]), helper.make_node("MatMul", ["xs", "W"], ["y"])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, [k]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, k])],
+        [numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, k)).astype(np.float32), "W")],
+    )
+    rng = np.random.default_rng(1)
+    x, s = rng.standard_normal((6, k)).astype(np.float32), rng.standard_normal(k).astype(np.float32)
+    if form == "npz":
+        np.savez("cal.npz", x=x, s=s)
+        source = "cal.npz"
+    elif form == "npy folder":
+        Path("cal").mkdir()
+        np.save("cal/x.npy", x)
+        np.save("cal/s.npy", s)
+        source = "cal"
+    else:
+        Path("cal").mkdir()
+        np.savez("cal/a.npz", x=x[:4], s=s)
+        np.savez("cal/b.npz", x=x[4:], s=s)
+        source = "cal"
+    data = open_samples(source, ir.load("m.onnx"))
+    assert data.count == 6
+    assert [batch["s"].shape for batch in data.batches(1)] == [(k,)] * 6
+    argv = ["optimize", "m.onnx", "-o", "o.onnx", "--quantize", "dynamic", "--quantize-outputs", "--calibration", source]
+    code, _, err = run_cli([*argv, "-q"], capsys)
+    assert code == 0, err
+    assert "DynamicQuantizeMatMul" in [node.op_type for node in onnx.load("o.onnx").graph.node]
