@@ -73,11 +73,18 @@ def linear_rule_set(
     matcher checks), and a multi-output pattern's other output nodes are looked for
     among the readers of the tensors they share with the first (``_SiblingMatcher``).
 
-    With ``trace``, every match whose ``check`` fails while rewriting is logged to it
-    (onnxscript logs only when the rule set is run in its tracing mode, which rewrites
-    nothing): a round that rewrites nothing has then traced the graph as it is.
+    Unlike onnxscript's, the rule set deletes no unused node or initializer itself: a
+    caller whose rules fired calls ``remove_dead_nodes``. With ``trace``, every match
+    whose ``check`` fails while rewriting is logged to it (onnxscript logs only when the
+    rule set is run in its tracing mode, which rewrites nothing): a round that rewrites
+    nothing has then traced the graph as it is.
     """
-    return pattern.RewriteRuleSet([_LinearRule(rule, trace) for rule in rules])
+    rule_set = pattern.RewriteRuleSet([_LinearRule(rule, trace) for rule in rules])
+    # onnxscript then deletes every unused node and initializer of the model, even where no rule
+    # fired, so a pass reporting modified=False had changed the model; the callers delete what
+    # their own rewrites left dead (``remove_dead_nodes``) when they report a change.
+    rule_set.remove_unused_nodes = False
+    return rule_set
 
 
 class _LinearRule(pattern.RewriteRule):

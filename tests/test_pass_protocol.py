@@ -243,3 +243,26 @@ def test_verbose_works_after_the_subcommand_too(tmp_path, capsys):
     command = ["optimize", str(path), "-o", str(tmp_path / "o.onnx"), "--passes", "+fuse-layer-norm"]
     assert main([*command, "--inputs", str(inputs), "-v"]) == 0
     assert f"fuse-layer-norm: {REFUSAL}" in capsys.readouterr().out
+
+
+def test_a_pass_that_reports_no_change_leaves_the_model_as_it_was():
+    # onnxscript's rule sets delete every unused node and initializer after a round, even one where
+    # nothing fired: simplify-ops and every fusion reported modified=False on a model they had changed.
+    from optimizer.registry import all_passes
+
+    model = parse_model(
+        """
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[2, 4] x) => (float[2, 4] y) <float[3] unused = {1.0, 2.0, 3.0}> {
+            dead = Relu (x)
+            y = Abs (x)
+        }
+        """
+    )
+    for spec in all_passes():
+        if spec.approximate or spec.needs or not spec.name.startswith(("fuse-", "simplify-")):
+            continue
+        result = spec.factory(PassContext(Options()))(model.clone())
+        if not result.modified:
+            assert "unused" in result.model.graph.initializers, spec.name
+            assert [node.op_type for node in result.model.graph] == ["Relu", "Abs"], spec.name
