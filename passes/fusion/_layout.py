@@ -189,8 +189,14 @@ def rank(value: ir.Value | None, depth: int = 0) -> int | None:
     if node.op_type == "Transpose" and perm(node) is not None:
         return len(perm(node))
     if node.op_type == "Reshape" and is_onnx_domain(node):
-        tokens = shape_tokens(node.inputs[1])
+        tokens = _target_tokens(node.inputs[1])  # the length, even where an entry is unreadable (B * N)
         return len(tokens) if tokens is not None else None
+    if node.op_type in ("Unsqueeze", "Squeeze") and is_onnx_domain(node):
+        axes = _axes(node)
+        data = rank(node.inputs[0], depth + 1)
+        if axes is None or data is None:
+            return None
+        return data + len(axes) if node.op_type == "Unsqueeze" else data - len(axes)
     if node.op_type in _SAME_RANK | {"Transpose"} and is_onnx_domain(node):
         return rank(node.inputs[0], depth + 1)
     matmul = (node.op_type == "MatMul" and is_onnx_domain(node)) or node.op_type == "FusedMatMul"
@@ -199,6 +205,16 @@ def rank(value: ir.Value | None, depth: int = 0) -> int | None:
         if None in ranks or not ranks or (matmul and min(ranks) < 2):
             return None
         return max(ranks)
+    return None
+
+
+def _axes(node: ir.Node) -> list[int] | None:
+    """An Unsqueeze's or Squeeze's constant axes (input or, before opset 13, attribute)."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        array = constant_array(node.inputs[1])
+        return [int(a) for a in array.reshape(-1)] if array is not None else None
+    if "axes" in node.attributes:
+        return list(node.attributes["axes"].as_ints())
     return None
 
 
@@ -519,3 +535,220 @@ def trace_heads(value: ir.Value, *, scales: bool = True, limit: int = 32) -> Tra
     if not four_d and rank(current) != 4:
         return None
     return Traced(current, order, factor, None)
+
+
+# -- Symbolic dims: proving what a Reshape keeps when its target is shape arithmetic -------------------------
+
+# A dim as ``coefficient * product of named dims`` (names sorted): ``(2, ("batch",))`` is 2 * batch.
+Dim = tuple[int, tuple[str, ...]]
+_ONE: Dim = (1, ())
+_COPY, _INFER = (0, ()), (-1, ())  # Reshape target entries: copy the input's dim, infer from the rest
+_DEPTH = 48
+
+
+def _product(dims) -> Dim | None:
+    total = _ONE
+    for dim in dims:
+        if dim is None:
+            return None
+        total = (total[0] * dim[0], tuple(sorted(total[1] + dim[1])))
+    return total
+
+
+def _quotient(dividend: Dim | None, divisor: Dim | None) -> Dim | None:
+    """``dividend / divisor`` where it divides exactly as a product of named dims, else None."""
+    if dividend is None or divisor is None or divisor[0] <= 0 or dividend[0] % divisor[0]:
+        return None
+    names = list(dividend[1])
+    for name in divisor[1]:
+        if name not in names:
+            return None
+        names.remove(name)
+    return dividend[0] // divisor[0], tuple(names)
+
+
+def symbolic_dim(value: ir.Value | None, axis: int, memo: dict | None = None, depth: int = 0) -> Dim | None:
+    """``value``'s dim ``axis`` as a product of named dims, or None where the graph does not tell.
+
+    A recorded static size or named dim (an exporter's or shape inference's ``batch``)
+    is taken as is; otherwise the size is traced through the ops producing it:
+    Transposes, Reshapes (a target entry that is shape arithmetic on other tensors'
+    dims, including products such as ``batch * heads``; 0 copies the input's dim; -1 is
+    the input's size over the other entries), matrix products, element-wise and
+    broadcasting ops (in a valid graph a dim not known to be 1 is the broadcast size).
+    Two values with equal ``symbolic_dim`` have the same size at every input size.
+    """
+    memo = {} if memo is None else memo
+    if value is None or depth > _DEPTH:
+        return None
+    value_rank = rank(value)
+    if value_rank is None or not -value_rank <= axis < value_rank:
+        return None
+    axis %= value_rank
+    key = (id(value), axis)
+    if key not in memo:
+        memo[key] = None  # a cycle (none in a valid graph) reads as unknown
+        memo[key] = _symbolic_dim(value, axis, value_rank, memo, depth)
+    return memo[key]
+
+
+def _symbolic_dim(value: ir.Value, axis: int, value_rank: int, memo: dict, depth: int) -> Dim | None:
+    recorded = value.shape[axis] if value.shape is not None else None
+    if isinstance(recorded, int):
+        return (recorded, ())
+    name = getattr(recorded, "value", None)
+    if isinstance(name, str) and not name.startswith("unk__"):  # onnx's inference names unknown dims unk__N
+        return _ONE[0], (name,)
+    traced = _traced_symbolic_dim(value, axis, value_rank, memo, depth + 1)
+    if traced is None and isinstance(name, str):
+        return _ONE[0], (name,)
+    return traced
+
+
+def _traced_symbolic_dim(value: ir.Value, axis: int, value_rank: int, memo: dict, depth: int) -> Dim | None:
+    node = value.producer()
+    if node is None or not (is_onnx_domain(node) or node.op_type == "FusedMatMul"):
+        return None
+    op, data = node.op_type, node.inputs[0]
+    if op == "Transpose":
+        order = perm(node) or tuple(reversed(range(value_rank)))
+        return symbolic_dim(data, order[axis], memo, depth)
+    if op == "Reshape":
+        entries = symbolic_shape(node.inputs[1], memo, depth)
+        if entries is None or len(entries) != value_rank:
+            return None
+        copies = not node.attributes.get_int("allowzero", 0)
+        entries = [symbolic_dim(data, i, memo, depth) if e == _COPY and copies else e for i, e in enumerate(entries)]
+        if entries[axis] != _INFER:
+            return entries[axis] if entries[axis] is None or entries[axis][0] > 0 else None
+        data_rank = rank(data)
+        if data_rank is None or entries.count(_INFER) != 1:
+            return None
+        total = _product(symbolic_dim(data, i, memo, depth) for i in range(data_rank))
+        return _quotient(total, _product(e for i, e in enumerate(entries) if i != axis))
+    if op in ("MatMul", "FusedMatMul") and not any(
+        node.attributes.get_int(name, 0) for name in ("transA", "transB", "transBatchA", "transBatchB")
+    ):
+        a, b = node.inputs[:2]
+        if axis == value_rank - 1:
+            return symbolic_dim(b, -1, memo, depth)
+        if axis == value_rank - 2:
+            return symbolic_dim(a, -2, memo, depth)
+        return _broadcast([a, b], axis, value_rank, memo, depth)
+    if op in _SAME_RANK:
+        return symbolic_dim(data, axis, memo, depth)
+    if op in _BROADCASTING:
+        return _broadcast(list(node.inputs), axis, value_rank, memo, depth)
+    return None
+
+
+def _broadcast(operands: list, axis: int, out_rank: int, memo: dict, depth: int) -> Dim | None:
+    """The broadcast size of ``axis`` (right-aligned): the operands' size that is not 1."""
+    sizes = []
+    for operand in operands:
+        operand_rank = rank(operand)
+        if operand_rank is None:
+            sizes.append(None)
+        elif axis - (out_rank - operand_rank) >= 0:
+            sizes.append(symbolic_dim(operand, axis - (out_rank - operand_rank), memo, depth))
+    full = {size for size in sizes if size is not None and size != _ONE}
+    if len(full) == 1:
+        return full.pop()  # in a valid graph an unknown operand size is 1 or this one
+    return _ONE if not full and None not in sizes else None
+
+
+def symbolic_shape(value: ir.Value | None, memo: dict | None = None, depth: int = 0) -> list[Dim | None] | None:
+    """The entries of a 1-D int64 shape tensor as ``symbolic_dim`` products (None for an unreadable entry).
+
+    Follows ``Shape``, ``Concat``, ``Gather``, ``Slice``, ``Unsqueeze``/``Squeeze``/``Cast``
+    and ``Mul``/``Div`` (the legacy export's ``batch * num_heads``). None if even the
+    length is unknown.
+    """
+    memo = {} if memo is None else memo
+    if value is None or depth > _DEPTH:
+        return None
+    array = constant_array(value)
+    if array is not None:
+        return [(int(v), ()) for v in array.reshape(-1)] if array.ndim <= 1 and array.dtype.kind in "iu" else None
+    node = value.producer()
+    if node is None or not is_onnx_domain(node):
+        return None
+    op, depth = node.op_type, depth + 1
+    if op == "Shape":
+        source_rank = rank(node.inputs[0])
+        if source_rank is None:
+            return None
+        axes = range(source_rank)[node.attributes.get_int("start", 0) : node.attributes.get_int("end", source_rank)]
+        return [symbolic_dim(node.inputs[0], axis, memo, depth) for axis in axes]
+    if op == "Concat":
+        entries: list = []
+        for part in node.inputs:
+            found = symbolic_shape(part, memo, depth)
+            if found is None:
+                length = static_dim(part, 0) if rank(part) == 1 else None
+                if length is None:
+                    return None
+                found = [None] * length
+            entries += found
+        return entries
+    if op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+        return symbolic_shape(node.inputs[0], memo, depth)
+    data = symbolic_shape(node.inputs[0], memo, depth)
+    if data is None:
+        return None
+    if op == "Gather":
+        index = constant_array(node.inputs[1])
+        if index is None or index.ndim > 1:
+            return None
+        if not all(-len(data) <= i < len(data) for i in index.flat):
+            return None
+        return [data[int(i)] for i in index.reshape(-1)]
+    if op == "Slice":
+        bounds = [constant_array(v) for v in node.inputs[1:3]]
+        if any(b is None or b.size != 1 for b in bounds):
+            return None
+        extra = [constant_array(v) for v in node.inputs[3:] if v is not None]
+        if any(e is None or e.size != 1 or int(e.reshape(())) not in (0, 1) for e in extra):
+            return None
+        start, end = (int(b.reshape(())) for b in bounds)
+        end = min(end, len(data)) if end < _INT64_MAX else len(data)
+        return data[max(start, -len(data)) : end]
+    if op in ("Mul", "Div") and len(node.inputs) == 2:
+        other = symbolic_shape(node.inputs[1], memo, depth)
+        if other is None or 1 not in (len(data), len(other)) and len(data) != len(other):
+            return None
+        length = max(len(data), len(other))
+        data, other = (d * length if len(d) == 1 else d for d in (data, other))
+        if op == "Mul":
+            return [_product([a, b]) for a, b in zip(data, other)]
+        return [_quotient(a, b) for a, b in zip(data, other)]
+    return None
+
+
+def merged_heads(value: ir.Value, *, scales: bool = True) -> tuple[ir.Value, tuple[int, ...], float] | None:
+    """``(u, p, f)`` when the 3-D ``value`` is ``Transpose(u, p) * f`` with its two leading axes merged.
+
+    Hugging Face's eager BART-family attention batches heads for ``torch.bmm``:
+    ``Reshape(Transpose(Reshape(x, [B, S, N, d]), (0, 2, 1, 3)), [B * N, -1, d])``, and
+    the key then ``Transpose(·, (0, 2, 1))``. The Reshape must provably keep the 4-D
+    tensor's last two dims (``symbolic_dim``), which makes its leading entry ``B * N``
+    and its rows ``(b, n)`` in that order. Transposes after it must keep the merged axis
+    first; scalar scales (with ``scales``) are collected in ``f``.
+    """
+    value, factor = _scaled_source(value, scales)
+    order = (0, 1, 2)
+    while (transpose := producer(value, "Transpose")) is not None:
+        p = perm(transpose)
+        if p is None or len(p) != 3 or p[0] != 0:
+            return None
+        order = compose(p, order)
+        value, f = _scaled_source(transpose.inputs[0], scales)
+        factor *= f
+    reshape = producer(value, "Reshape")
+    if reshape is None or rank(reshape.inputs[0]) != 4 or rank(value) != 3:
+        return None
+    source, memo = reshape.inputs[0], {}
+    kept = [(symbolic_dim(value, axis, memo), symbolic_dim(source, axis + 1, memo)) for axis in (1, 2)]
+    if any(mine is None or mine != theirs for mine, theirs in kept):
+        return None
+    return source, (0, 1, 1 + order[1], 1 + order[2]), factor

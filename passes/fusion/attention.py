@@ -1,7 +1,8 @@
 """Attention fusion, stage 1: scaled dot-product attention into ``com.microsoft.MultiHeadAttention``.
 
-Anchored on each ``Softmax`` over the last axis of a 4-D float32 tensor, it recognises
-what the subgraph computes, not one exporter's spelling of it:
+Anchored on each ``Softmax`` over the last axis of a 4-D float32 tensor (or of 3-D scores
+``[B*N, S, T]``, below), it recognises what the subgraph computes, not one exporter's
+spelling of it:
 
     logits = Q @ K^T, scaled and masked in any order      (MatMul, or FusedMatMul with transB)
     probs  = Softmax(logits)
@@ -12,9 +13,10 @@ what the subgraph computes, not one exporter's spelling of it:
   transposes, or on the 3-D projection before the head split) and FusedMatMul's
   ``alpha`` multiply into the op's ``scale``. A scale applied after a mask scales the
   mask too, so the mask is multiplied by it.
-- Masks: additive biases (several are summed) and ``Where(cond, scores, fill)`` (or
-  ``Where(cond, fill, scores)``) with a constant scalar fill of -inf or a large negative
-  number, which becomes the bias ``Where(cond, 0, fill)``. The op's ``attention_bias`` is
+- Masks: additive biases (several are summed; ``scores - bias`` adds the negated bias,
+  the ``scores - 10000 * (1 - mask)`` of early TF ports) and ``Where(cond, scores, fill)``
+  (or ``Where(cond, fill, scores)``) with a constant scalar fill of -inf or a large
+  negative number, which becomes the bias ``Where(cond, 0, fill)``. The op's ``attention_bias`` is
   4-D ``[B|1, N|1, S, T]``: a lower-rank bias is unsqueezed (broadcasting is
   right-aligned), and one that may broadcast in the last two axes is expanded.
 - Layouts: Q, K^T and V are traced back through Transposes (composing permutations),
@@ -24,22 +26,40 @@ what the subgraph computes, not one exporter's spelling of it:
   tensor; any other (rotary output, repeated KV heads, a cached key) as a ``[B, N, T, d]``
   key/value, with one Transpose where its layout needs it, and the query is flattened
   to 3-D.
+- Heads batched for ``torch.bmm`` (Hugging Face's eager BART-family attention): Q, K and V
+  viewed as ``[B*N, S, d]`` (``_layout.merged_heads``: a Reshape of a 4-D tensor that
+  provably keeps its last two dims, so its rows are ``(b, n)``), the 3-D scores viewed as
+  ``[B, N, S, T]`` to add the mask and back to ``[B*N, S, T]`` for the Softmax, the output
+  viewed as ``[B, N, S, dv]``. It is the same attention when Q, K and V were merged from
+  the same ``(B, N)`` and every view splits the rows into those same axes and keeps S and
+  T; the dims are compared as products of named dims (``_layout.symbolic_dim``, which
+  reads the legacy export's ``Mul(batch, heads)``), not as one exporter's literal target.
 - Output: Transposes composing to ``(0, 2, 1, 3)`` and a Reshape merging the last two
   axes are replaced by the op's 3-D output; otherwise the output is split back into
   ``[B, N, S, dv]``.
+- Shapes the exporter did not record (legacy exports record none) are inferred for the
+  match and taken back afterwards (``_inferred_shapes``), so a refused graph is left as it
+  was and a fused one gains no shapes but its rewrite's.
 
 Packing the projections into ``Attention`` and reading a plain padding mask as the op's
 mask input is stage 2 (``packed_attention``), a pass verified on its own.
 
 Refuses (with the reason, counted per Softmax) when: Softmax is not over the last axis of
-a 4-D float32 tensor; its input is not Q @ K^T under scalar scales, biases and Where masks;
-a Where mask's fill is not -inf or large negative; the scores or probabilities have other
-users; the probabilities do not feed one MatMul (or plain FusedMatMul) with V; the product
-transposes Q or the batch axes; a bias has unknown rank; Q, K or V is not known to be 4-D;
-the head count cannot be derived or the scale is not a positive number; K/V have
-another head count than Q (multi-query attention by broadcasting); or K and V go in as
-per-head tensors whose head sizes differ or are not both known (ORT's kernel needs one
-shape for both; FlexAttention allows a wider value).
+a 4-D (or batched 3-D) float32 tensor; its input is not Q @ K^T under scalar scales, biases,
+Where masks and views of the batched scores; the scores are subtracted from another term
+(softmax of their negation); a Where mask's fill is not -inf or large negative; the scores
+or probabilities have other users; batched and per-head operands are mixed; a batched
+operand is not a 4-D per-head tensor with its batch and head axes merged; Q, K and V are
+not known to be merged from the same batch and heads; a view of the batched scores changes
+S or T or splits the rows into other axes (``[N, B, S, T]``); a mask added to the batched
+``[B*N, S, T]`` scores has a leading axis of its own; the batched output is not split back
+into ``[B, N, S, dv]`` the same way; the probabilities do not feed one MatMul (or plain
+FusedMatMul) with V; the product transposes Q or the batch axes; a bias has unknown rank
+(even after shape inference); Q, K or V is not known to be 4-D; the head count cannot be
+derived or the scale is not a positive number; K/V have another head count than Q
+(multi-query attention by broadcasting); or K and V go in as per-head tensors whose head
+sizes differ or are not both known (ORT's kernel needs one shape for both; FlexAttention
+allows a wider value).
 
 The mask is decided by no evaluation here: ``attention_bias`` is the graph's own bias,
 exact at every length. Reading it as a padding or causal mask (``mask_index``,
@@ -65,6 +85,7 @@ from optimizer.domains import MS_DOMAIN, is_onnx_domain, is_onnx_op
 from passes._utils import add_initializer, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._checks import is_float, scalar
+from passes.fusion._inferred_shapes import inferred_shapes, lacks_shapes
 from passes.fusion._layout import (
     IDENTITY,
     HeadSplit,
@@ -74,11 +95,13 @@ from passes.fusion._layout import (
     head_split,
     keeps_shape,
     last_dim,
+    merged_heads,
     rank,
     same_dim,
     scalar_factor,
     shape_tokens,
     static_dim,
+    symbolic_dim,
     trace_heads,
     traced_dim,
 )
@@ -96,6 +119,7 @@ class _Bias:
 
     value: ir.Value  # the bias, or the Where condition
     factor: float  # the scales applied after it
+    at: ir.Value  # the masked scores: the output of the Add, Sub or Where applying it
     fill: float | None = None  # a Where mask: the fill, and whether the scores are its true branch
     scores_if_true: bool = True
 
@@ -110,6 +134,7 @@ class _Logits:
     key_transposed: bool  # the product's second operand is K^T (FusedMatMul transB=1 reads K itself)
     biases: list[_Bias] = field(default_factory=list)
     chain: list[ir.Value] = field(default_factory=list)  # the values from the product to the Softmax
+    regroups: list[ir.Node] = field(default_factory=list)  # Reshapes on the way ([B*N, S, T] <-> [B, N, S, T])
 
 
 @dataclass
@@ -122,6 +147,8 @@ class _Attention:
     probs_matmul: ir.Node
     scale: float
     guarded: bool  # the SDPA guard Where(IsNaN(p), 0, p) sits between the Softmax and the product with V
+    output: ir.Value  # the [B, N, S, dv] output: the product with V, or the split of a batched one
+    heads: int | None = None  # the head count a batched [B*N, ...] layout states
 
 
 def _single_user(value: ir.Value) -> ir.Node | None:
@@ -133,20 +160,20 @@ def _single_user(value: ir.Value) -> ir.Node | None:
 
 def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
     """Walk from the Softmax input back to ``Q @ K^T`` through scales, biases and Where masks."""
-    factor, biases, chain = 1.0, [], []
+    factor, biases, chain, regroups = 1.0, [], [], []
     while depth < 8:
         chain.append(value)
         node = value.producer()
         if node is None:
             break
         if is_onnx_op(node, "MatMul"):
-            return _Logits(node, factor, True, biases, chain)
+            return _Logits(node, factor, True, biases, chain, regroups)
         if node.op_type == "FusedMatMul" and node.domain == MS_DOMAIN:
             attrs = node.attributes
             if attrs.get_int("transA", 0) or attrs.get_int("transBatchA", 0) or attrs.get_int("transBatchB", 0):
                 return "Q @ K^T transposes Q or the batch axes (FusedMatMul transA/transBatch)"
             alpha = attrs.get_float("alpha", 1.0)
-            return _Logits(node, factor * alpha, not attrs.get_int("transB", 0), biases, chain)
+            return _Logits(node, factor * alpha, not attrs.get_int("transB", 0), biases, chain, regroups)
         step = scalar_factor(node)
         if step is not None:
             value, factor = step[0], factor * step[1]
@@ -161,10 +188,30 @@ def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
                 found.scale *= factor
                 for bias in found.biases:
                     bias.factor *= factor
-                found.biases += [*biases, _Bias(node.inputs[1 - side], factor)]
+                found.biases += [*biases, _Bias(node.inputs[1 - side], factor, node.outputs[0])]
                 found.chain = [*chain, *found.chain]
+                found.regroups += regroups
                 return found
             return min(reasons, key=lambda r: r == _NOT_LOGITS)  # a specific reason over the generic one
+        if is_onnx_op(node, "Sub") and len(node.inputs) == 2:
+            # scores - bias (BERT-era TF exports: scores - 10000 * (1 - mask)) adds the negated bias.
+            found = _logits(node.inputs[0], depth + 1)
+            if isinstance(found, str):
+                negated = _logits(node.inputs[1], depth + 1)
+                return _NEGATED if not isinstance(negated, str) else found
+            found.scale *= factor
+            for bias in found.biases:
+                bias.factor *= factor
+            found.biases += [*biases, _Bias(node.inputs[1], -factor, node.outputs[0])]
+            found.chain = [*chain, *found.chain]
+            found.regroups += regroups
+            return found
+        if is_onnx_op(node, "Reshape"):
+            # Batched attention views [B*N, S, T] as [B, N, S, T] to add the mask (checked in _batched).
+            regroups.append(node)
+            value = node.inputs[0]
+            depth += 1
+            continue
         if is_onnx_op(node, "Where"):
             cond, on_true, on_false = node.inputs
             fills = scalar(on_true), scalar(on_false)
@@ -173,7 +220,7 @@ def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
             fill = fills[1] if fills[0] is None else fills[0]
             if not fill < 0:
                 return _NOT_MASKED
-            biases.append(_Bias(cond, factor, fill, scores_if_true=fills[0] is None))
+            biases.append(_Bias(cond, factor, node.outputs[0], fill, scores_if_true=fills[0] is None))
             value = on_true if fills[0] is None else on_false
             depth += 1
             continue
@@ -183,6 +230,7 @@ def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
 
 _NOT_FLOAT = "the scores are not float32 (the fused ops' CPU kernels)"
 _NOT_LOGITS = "Softmax input is not Q @ K^T under scalar scales, biases and Where masks"
+_NEGATED = "the scores are subtracted from another term (softmax of their negation)"
 _NOT_MASKED = "a Where on the scores does not mask: its fill, times the scales after it, is above -1e4"
 
 
@@ -217,12 +265,94 @@ def _probs_consumer(softmax: ir.Node) -> ir.Node | str:
     return wrong
 
 
+def _operand(value: ir.Value, *, scales: bool = True) -> tuple[Traced, ir.Value] | None:
+    """``value`` traced as a 4-D per-head operand, and the 4-D tensor whose leading axes are its batch and heads.
+
+    A 3-D operand must be such a tensor with its two leading axes merged (``merged_heads``).
+    """
+    if rank(value) != 3:
+        traced = trace_heads(value, scales=scales)
+        return (traced, value) if traced is not None else None
+    merged = merged_heads(value, scales=scales)
+    if merged is None:
+        return None
+    source, order, factor = merged
+    traced = trace_heads(source, scales=scales)
+    if traced is None:
+        return None
+    return Traced(traced.source, compose(traced.perm, order), traced.scale * factor, traced.split), source
+
+
+def _same_dims(a: ir.Value, b: ir.Value, axes_a, axes_b, memo: dict) -> bool:
+    dims = [symbolic_dim(a, axis, memo) for axis in axes_a], [symbolic_dim(b, axis, memo) for axis in axes_b]
+    return None not in dims[0] and dims[0] == dims[1]
+
+
+def _scores_operand(value: ir.Value, on_path: set[int]) -> ir.Value:
+    """The scores ``value`` is computed from before masks and scales: Q @ K^T or a Reshape of it.
+
+    Their shape is the scores' (a mask broadcasts to them), and unlike the masked sum's
+    it is not lost where shape inference cannot broadcast two unknown dims.
+    """
+    while (node := value.producer()) is not None and not is_onnx_op(node, "Reshape") and id(value) in on_path:
+        operand = next((v for v in node.inputs if v is not None and id(v) in on_path), None)
+        if operand is None:
+            break
+        value = operand
+    return value
+
+
+def _batched(logits: _Logits, probs_matmul: ir.Node, views: list[ir.Value]) -> tuple[ir.Value, int | None] | str:
+    """Check attention computed on ``[B*N, S, *]`` tensors; return its ``[B, N, S, dv]`` output and head count.
+
+    Q @ K^T on merged ``[B*N, S, d]`` tensors is Q @ K^T on ``[B, N, S, d]`` with its
+    leading axes merged when Q, K and V were merged from the same ``(B, N)``. Every
+    Reshape between the product and the Softmax must keep the last two axes (S, T) and
+    split the merged axis into those same ``(B, N)`` (so a ``[B, 1, 1, T]`` mask meets
+    the rows it masks), and the product with V must be split back the same way.
+    """
+    memo: dict = {}
+    leading = [tuple(symbolic_dim(view, axis, memo) for axis in (0, 1)) for view in views]
+    if any(None in dims for dims in leading) or len(set(leading)) != 1:
+        return "query, key and value are not known to be batched over the same batch and heads"
+    lead = leading[0]
+    on_path = {id(v) for v in (logits.product.outputs[0], *logits.chain)}
+    for reshape in logits.regroups:
+        data, out = _scores_operand(reshape.inputs[0], on_path), reshape.outputs[0]
+        ranks = rank(data), rank(out)
+        if ranks not in ((3, 4), (4, 3), (3, 3), (4, 4)) or not _same_dims(data, out, (-2, -1), (-2, -1), memo):
+            return "a Reshape between Q @ K^T and the Softmax changes the query or key axis"
+        if ranks == (4, 4) and not _same_dims(data, out, (0, 1), (0, 1), memo):
+            return "a Reshape between Q @ K^T and the Softmax changes the batch or head axis"
+        if ranks == (3, 4) and tuple(symbolic_dim(out, axis, memo) for axis in (0, 1)) != lead:
+            return "the [B*N, S, T] scores are split into other leading axes than the heads were merged from"
+    for bias in logits.biases:
+        at = rank(bias.at)
+        if at is None:
+            return "a mask is added to scores of unknown rank"
+        if at == 3 and bias.rank() == 3:  # [B*N | 1, S, T]: not one of the [B, N, S, T] masks the op takes
+            return "a mask is added to the [B*N, S, T] scores with a batch axis of its own"
+    output = probs_matmul.outputs[0]
+    if rank(output) == 3:
+        split = _single_user(output)
+        if split is None or not is_onnx_op(split, "Reshape") or split.inputs[0] is not output:
+            return "the [B*N, S, d] output is not split back into [B, N, S, d]"
+        output = split.outputs[0]
+        if rank(output) != 4 or not _same_dims(split.inputs[0], output, (-2, -1), (-2, -1), memo):
+            return "the [B*N, S, d] output is not split back into [B, N, S, d]"
+        if tuple(symbolic_dim(output, axis, memo) for axis in (0, 1)) != lead:
+            return "the [B*N, S, d] output is split into other leading axes than the heads were merged from"
+    heads = lead[1][0] if not lead[1][1] else None
+    return output, heads
+
+
 def _match(softmax: ir.Node, opset: int) -> _Attention | str:
     """Recognise the attention around ``softmax``, or say why not."""
     axis = softmax.attributes.get_int("axis", -1 if opset >= 13 else 1)
     scores = softmax.inputs[0]
-    not_last_axis = "Softmax is not over the last axis of a 4-D tensor"
-    if rank(scores) not in (4, None) or axis not in (-1, 3):
+    not_last_axis = "Softmax is not over the last axis of a 4-D tensor (or of batched [B*N, S, T] scores)"
+    last = (-1, 2) if rank(scores) == 3 else (-1, 3) if rank(scores) in (4, None) else ()
+    if axis not in last:
         return not_last_axis
     if not is_float(scores):
         return _NOT_FLOAT
@@ -242,24 +372,34 @@ def _match(softmax: ir.Node, opset: int) -> _Attention | str:
     # Where the scores' shape is not recorded, their rank is the product's (4, checked below) or a bias's.
     if any(bias.rank() > 4 for bias in logits.biases):
         return not_last_axis
-    query = trace_heads(logits.product.inputs[0])
+    operands = (*logits.product.inputs[:2], probs_matmul.inputs[1])
+    batched = logits.regroups or 3 in (rank(scores), *map(rank, operands))
+    if batched and (rank(operands[0]) != rank(operands[1]) or rank(operands[2]) != rank(probs_matmul.inputs[0])):
+        return "Q @ K^T or the product with V mixes batched [B*N, S, d] and per-head [B, N, S, d] operands"
+    query = _operand(operands[0])
     if query is None:
-        return "the query is not known to be a 4-D per-head tensor"
-    key = trace_heads(logits.product.inputs[1])
+        return "the query is not known to be a 4-D per-head tensor or one batched as [B*N, S, d]"
+    key = _operand(operands[1])
     if key is None:
-        return "the key is not known to be a 4-D per-head tensor"
+        return "the key is not known to be a 4-D per-head tensor or one batched as [B*N, S, d]"
+    value = _operand(operands[2], scales=False)
+    if value is None:
+        return "the value is not known to be a 4-D per-head tensor or one batched as [B*N, S, d]"
+    (query, q_view), (key, k_view), (value, v_view) = query, key, value
+    output, heads = probs_matmul.outputs[0], None
+    if batched:
+        found = _batched(logits, probs_matmul, [q_view, k_view, v_view])
+        if isinstance(found, str):
+            return found
+        output, heads = found
     if logits.key_transposed:
         key = Traced(key.source, compose(key.perm, _SWAP_LAST), key.scale, key.split)
-    value = trace_heads(probs_matmul.inputs[1], scales=False)
-    if value is None:
-        return "the value is not known to be a 4-D per-head tensor"
     # Intermediate values often carry no type; the ops producing Q, K and V tell.
-    operands = (*logits.product.inputs[:2], probs_matmul.inputs[1])
     if any(element_type(v) not in (ir.DataType.FLOAT, None) for v in operands):
         return _NOT_FLOAT
     scale = logits.scale * query.scale * key.scale
     guarded = probs_matmul.inputs[0] is not softmax.outputs[0]
-    return _Attention(softmax, logits, query, key, value, probs_matmul, scale, guarded)
+    return _Attention(softmax, logits, query, key, value, probs_matmul, scale, guarded, output, heads)
 
 
 def _head_count(split: HeadSplit) -> int | None:
@@ -311,7 +451,9 @@ def _heads(match: _Attention) -> int | None:
     if heads is None and match.query.perm == IDENTITY:
         split = _split_behind_elementwise(match.query.source)
         heads = _head_count(split) if split is not None else None
-    return heads or static_dim(match.softmax.inputs[0], 1)
+    if rank(match.softmax.inputs[0]) == 3:  # batched [B*N, S, T] scores: the head count their split states
+        return heads or match.heads
+    return heads or match.heads or static_dim(match.softmax.inputs[0], 1)
 
 
 def _kv_mismatch(match: _Attention, num_heads: int) -> str | None:
@@ -485,7 +627,7 @@ def _merged_output(match: _Attention, known: list[int | None]) -> ir.Value | Non
     sequence (0, -1, a shape read from the tensor or the static size). ``known`` gives the
     static ``[B, N, S, dv]`` sizes the output's shape may not carry.
     """
-    value, order = match.probs_matmul.outputs[0], IDENTITY
+    value, order = match.output, IDENTITY
     for _ in range(8):
         user = _single_user(value)
         if user is None or not is_onnx_domain(user):
@@ -555,8 +697,22 @@ def _rewrite(model: ir.Model, match: _Attention, num_heads: int, index: int, cac
         replace_value(merged, fused)
         return adapters
     split = build.node("Reshape", [fused, build.ints("split_heads", [0, 0, num_heads, -1])])
-    replace_value(match.probs_matmul.outputs[0], build.node("Transpose", [split], perm=list(_TO_HEADS)))
+    replace_value(match.output, build.node("Transpose", [split], perm=list(_TO_HEADS)))
     return [*adapters, _SPLIT_BACK]
+
+
+def _candidate(softmax: ir.Node, opset: int) -> tuple[_Attention, int] | str:
+    """The attention around ``softmax`` and its head count, or why it is not fused."""
+    match = _match(softmax, opset)
+    if isinstance(match, str):
+        return match
+    heads = _heads(match)
+    if heads is None:
+        return "the head count cannot be derived"
+    if not math.isfinite(match.scale) or match.scale <= 0:
+        return "the scale is not a positive finite number"
+    mismatch = _kv_mismatch(match, heads)
+    return mismatch if mismatch is not None else (match, heads)
 
 
 class AttentionFusion(FusionPass):
@@ -572,27 +728,25 @@ class AttentionFusion(FusionPass):
     already_fused_ops = ((MS_DOMAIN, "GroupQueryAttention"), (MS_DOMAIN, "Attention"))
 
     def fuse(self, model: ir.Model) -> int:
-        count = 0
         opset = model.opset_imports.get("", 0)
+        softmaxes = [n for n in model.graph if is_onnx_op(n, "Softmax")]
+        # Shapes the exporter did not record are inferred only where a candidate needs them,
+        # and taken back afterwards (``_inferred_shapes``).
+        if any(isinstance(_candidate(s, opset), str) for s in softmaxes) and lacks_shapes(model):
+            with inferred_shapes(model):
+                return self._fuse(model, softmaxes, opset)
+        return self._fuse(model, softmaxes, opset)
+
+    def _fuse(self, model: ir.Model, softmaxes: list[ir.Node], opset: int) -> int:
+        count = 0
         cache: dict = {}
         adapters: Counter[str] = Counter()
-        for softmax in [n for n in model.graph if is_onnx_op(n, "Softmax")]:
-            match = _match(softmax, opset)
-            if isinstance(match, str):
-                self.refuse("Softmax", match)
+        for softmax in softmaxes:
+            candidate = _candidate(softmax, opset)
+            if isinstance(candidate, str):
+                self.refuse("Softmax", candidate)
                 continue
-            heads = _heads(match)
-            if heads is None:
-                self.refuse("Softmax", "the head count cannot be derived")
-                continue
-            if not math.isfinite(match.scale) or match.scale <= 0:
-                self.refuse("Softmax", "the scale is not a positive finite number")
-                continue
-            mismatch = _kv_mismatch(match, heads)
-            if mismatch is not None:
-                self.refuse("Softmax", mismatch)
-                continue
-            adapters.update(_rewrite(model, match, heads, count, cache))
+            adapters.update(_rewrite(model, *candidate, count, cache))
             self.done("Softmax")
             count += 1
         # Not refusals, but why a rewrite is not the plainest form: each adapter costs a kernel.

@@ -510,3 +510,108 @@ def static_targets(model: ir.Model, batch: int = BATCH, seq: int = SEQ) -> ir.Mo
         node.attributes["allowzero"] = ir.AttrInt64("allowzero", 1)
     ir.passes.common.ShapeInferencePass()(model)
     return model
+
+
+def without_value_info(model: ir.Model) -> ir.Model:
+    """A copy with no shape or type on any intermediate value, as the legacy exporter writes graphs."""
+    proto = ir.to_proto(model)
+    del proto.graph.value_info[:]
+    return ir.from_proto(proto)
+
+
+def batched_attention_model(
+    *, merge: str = "heads", scores_split: str = "batch_heads", mask: str | None = "add", infer: bool = False
+) -> ir.Model:
+    """Self-attention on heads merged into the batch axis, as Hugging Face's eager BART-family code writes it.
+
+    Q (scaled on its 3-D projection), K and V are split into heads, transposed to
+    ``[B, N, S, d]`` and viewed as ``[B*N, S, d]`` (target ``[B * N, -1, d]``, ``B * N``
+    computed from ``Shape(x)``) for ``torch.bmm``; the scores are viewed as ``[B, N, S,
+    T]`` to add the ``(1 - mask) * -10000`` bias ``[B, 1, 1, T]`` ("add"; "sub" subtracts
+    ``(1 - mask) * 10000``; None: no mask and no views) and back as ``[B*N, S, T]`` for the
+    Softmax; the output ``[B*N, S, d]`` is viewed as ``[B, N, S, d]``, transposed and merged.
+    Near misses: ``merge="positions"`` views the ``[B, S, N, d]`` split (not transposed) as
+    ``[B*N, S, d]``, mixing heads and positions; ``scores_split="heads_batch"`` views the
+    scores as ``[N, B, S, T]``, so the mask meets rows of other sequences. ``infer``
+    records every shape (onnx's inference); otherwise only the inputs' and outputs'.
+    """
+    rng = np.random.default_rng(0)
+    ints = lambda *v: np.array(v, np.int64)  # noqa: E731
+    weights: dict[str, np.ndarray] = {
+        "scaling": np.array(HEAD_SIZE**-0.5, np.float32),
+        "split_shape": ints(0, 0, HEADS, HEAD_SIZE),
+        "heads": ints(HEADS),
+        "minus_one": ints(-1),
+        "head_size": ints(HEAD_SIZE),
+        "axis_0": ints(0),
+        "axis_1": ints(1),
+        "merge_shape": ints(0, 0, -1),
+    }
+    nodes = [
+        helper.make_node("Shape", ["x"], ["x_shape"]),
+        helper.make_node("Gather", ["x_shape", "axis_0"], ["batch"], axis=0),
+        helper.make_node("Gather", ["x_shape", "axis_1"], ["seq"], axis=0),
+        helper.make_node("Mul", ["batch", "heads"], ["batch_heads"]),
+        helper.make_node("Concat", ["batch_heads", "minus_one", "head_size"], ["bmm_shape"], axis=0),
+    ]
+    for name in "qkv":
+        weights[f"w{name}"] = (rng.standard_normal((HIDDEN, HIDDEN)) * 0.5).astype(np.float32)
+        weights[f"b{name}"] = (rng.standard_normal(HIDDEN) * 0.1).astype(np.float32)
+        nodes += [
+            helper.make_node("MatMul", ["x", f"w{name}"], [f"{name}_mm"]),
+            helper.make_node("Add", [f"{name}_mm", f"b{name}"], [f"{name}_proj"]),
+        ]
+    nodes.append(helper.make_node("Mul", ["q_proj", "scaling"], ["q_scaled"]))
+    for name in "qkv":
+        source = "q_scaled" if name == "q" else f"{name}_proj"
+        nodes.append(helper.make_node("Reshape", [source, "split_shape"], [f"{name}_split"]))
+        if merge == "heads":
+            nodes.append(helper.make_node("Transpose", [f"{name}_split"], [f"{name}_heads"], perm=[0, 2, 1, 3]))
+            nodes.append(helper.make_node("Reshape", [f"{name}_heads", "bmm_shape"], [f"{name}_3d"]))
+        else:  # [B, S, N, d] viewed as [B*N, S, d]: rows mix heads and positions
+            nodes.append(helper.make_node("Reshape", [f"{name}_split", "bmm_shape"], [f"{name}_3d"]))
+    nodes += [
+        helper.make_node("Transpose", ["k_3d"], ["k_3d_t"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q_3d", "k_3d_t"], ["scores"]),
+        helper.make_node("Shape", ["k_3d"], ["k_shape"]),
+        helper.make_node("Gather", ["k_shape", "axis_1"], ["keys"], axis=0),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", HIDDEN])]
+    logits = "scores"
+    if mask is not None:
+        inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "S"]))
+        weights["one"], weights["mask_axes"] = np.array(1.0, np.float32), ints(1, 2)
+        weights["filler"] = np.array(10000.0 if mask == "sub" else -10000.0, np.float32)
+        first, second = ("batch", "heads") if scores_split == "batch_heads" else ("heads", "batch")
+        nodes += [
+            helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+            helper.make_node("Sub", ["one", "mask_f"], ["inverted"]),
+            helper.make_node("Mul", ["inverted", "filler"], ["mask_2d"]),
+            helper.make_node("Unsqueeze", ["mask_2d", "mask_axes"], ["mask_bias"]),
+            helper.make_node("Concat", [first, second, "seq", "keys"], ["scores_4d_shape"], axis=0),
+            helper.make_node("Reshape", ["scores", "scores_4d_shape"], ["scores_4d"]),
+            helper.make_node("Sub" if mask == "sub" else "Add", ["scores_4d", "mask_bias"], ["masked_4d"]),
+            helper.make_node("Concat", ["batch_heads", "seq", "keys"], ["scores_3d_shape"], axis=0),
+            helper.make_node("Reshape", ["masked_4d", "scores_3d_shape"], ["masked"]),
+        ]
+        logits = "masked"
+    nodes += [
+        helper.make_node("Softmax", [logits], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "v_3d"], ["context_3d"]),
+        helper.make_node("Concat", ["batch", "heads", "seq", "head_size"], ["context_4d_shape"], axis=0),
+        helper.make_node("Reshape", ["context_3d", "context_4d_shape"], ["context"]),
+        helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["context_t", "merge_shape"], ["y_out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "batched_attention",
+        inputs,
+        [helper.make_tensor_value_info("y_out", TensorProto.FLOAT, ["B", "S", HIDDEN])],
+        [numpy_helper.from_array(array, name) for name, array in weights.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    if infer:
+        proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    return ir.from_proto(proto)

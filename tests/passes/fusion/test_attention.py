@@ -215,7 +215,10 @@ def _without_intermediate_types(model: ir.Model) -> ir.Model:
 
 
 REFUSALS = {
-    "softmax axis": (lambda: attention_model(softmax_axis=2), "Softmax is not over the last axis of a 4-D tensor"),
+    "softmax axis": (
+        lambda: attention_model(softmax_axis=2),
+        "Softmax is not over the last axis of a 4-D tensor (or of batched [B*N, S, T] scores)",
+    ),
     "float64": (lambda: attention_model(dtype=np.float64), "the scores are not float32 (the fused ops' CPU kernels)"),
     "float64 inputs, no shapes": (
         lambda: _without_intermediate_types(attention_model(dtype=np.float64)),
@@ -237,15 +240,19 @@ REFUSALS = {
     "mask rank": (_unknown_rank_mask, "a mask bias has unknown rank"),
     "3-D query": (
         lambda: _sdpa_model([HEADS, "S", 4], ["B", HEADS, "S", 4], ["B", HEADS, "S", 4]),
-        "the query is not known to be a 4-D per-head tensor",
+        "Q @ K^T or the product with V mixes batched [B*N, S, d] and per-head [B, N, S, d] operands",
     ),
     "3-D key": (
         lambda: _sdpa_model(["B", HEADS, "S", 4], [HEADS, "S", 4], ["B", HEADS, "S", 4]),
-        "the key is not known to be a 4-D per-head tensor",
+        "Q @ K^T or the product with V mixes batched [B*N, S, d] and per-head [B, N, S, d] operands",
     ),
     "3-D value": (
         lambda: _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "S", 4], [HEADS, "S", 4]),
-        "the value is not known to be a 4-D per-head tensor",
+        "Q @ K^T or the product with V mixes batched [B*N, S, d] and per-head [B, N, S, d] operands",
+    ),
+    "3-D, not merged heads": (
+        lambda: _sdpa_model([HEADS, "S", 4], [HEADS, "S", 4], [HEADS, "S", 4]),
+        "the query is not known to be a 4-D per-head tensor or one batched as [B*N, S, d]",
     ),
     "heads unknown": (
         lambda: _sdpa_model(["B", "N", "S", 4], ["B", "N", "S", 4], ["B", "N", "S", 4]),
