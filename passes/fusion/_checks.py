@@ -1,9 +1,12 @@
-"""Small checks shared by fusion rules: constant scalars, reduction axes, 1-D parameters."""
+"""Small checks shared by fusion rules: constant scalars, reduction axes, 1-D parameters, and the
+unit scale of a normalization that has none."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
+from optimizer.domains import is_onnx_op
 from passes._utils import constant_array
 
 
@@ -53,6 +56,28 @@ def vector_for_last_dim(value: ir.Value, data: ir.Value) -> bool:
     if data.shape is not None and data.shape.rank() and isinstance(data.shape[-1], int):
         return array.shape[0] == data.shape[-1]
     return True
+
+
+def static_last_dim(value: ir.Value) -> int | None:
+    """The size of ``value``'s last dim if the graph records it as a number, else None."""
+    if value.shape is None or not value.shape.rank() or not isinstance(value.shape[-1], int):
+        return None
+    return value.shape[-1]
+
+
+def unit_scale(op, data: ir.Value) -> ir.Value:
+    """A constant float32 vector of ones as long as ``data``'s last dim (check ``static_last_dim`` first): the
+    scale of a fused normalization whose decomposed form had none (ONNX Runtime's kernels require one)."""
+    return op.Constant(value=ir.tensor(np.ones(static_last_dim(data), dtype=np.float32)))
+
+
+def centered_by_own_mean(value: ir.Value) -> bool:
+    """True if ``value`` is ``a - ReduceMean(a)`` over ``a``'s last axis: a LayerNorm's centered input."""
+    node = value.producer()
+    if not is_onnx_op(node, "Sub") or node.inputs[1] is None:
+        return False
+    mean = node.inputs[1].producer()
+    return is_onnx_op(mean, "ReduceMean") and mean.inputs[0] is node.inputs[0] and last_axis_only(mean, node.inputs[0])
 
 
 # How a normalization divides by the root of ``s`` (its variance plus epsilon): ``x / Sqrt(s)``,

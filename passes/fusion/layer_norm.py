@@ -1,11 +1,13 @@
 """LayerNorm fusion: the decomposed mean/variance form into ``LayerNormalization``.
 
-Matches ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * gamma [+ beta]`` over
+Matches ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) [* gamma [+ beta]]`` over
 the last axis (the square as ``Pow(d, 2)``, its exponent a scalar or a ``[1]`` tensor, or
 ``Mul(d, d)``; the division as ``Div`` or ``Mul`` by its inverse, ``Reciprocal``, ``1 / r`` or
 TF's ``Pow(variance + eps, -0.5)``), as older exporters and hand-written models emit it,
 and rewrites it into one ONNX ``LayerNormalization`` (opset 17+, implemented by
-every ONNX Runtime EP).
+every ONNX Runtime EP). A norm without ``gamma`` and ``beta`` (``elementwise_affine=False``,
+or one whose scale is not a constant vector and so stays a ``Mul`` after it) is fused
+with a scale of ones and no bias.
 """
 
 from __future__ import annotations
@@ -21,16 +23,22 @@ from passes.fusion._checks import (
     last_axis_only,
     scalar,
     square_of,
+    static_last_dim,
+    unit_scale,
     vector_for_last_dim,
 )
 
+# What follows the normalization: ``* gamma + beta``, ``* gamma``, or nothing. Longest first: the
+# shorter rules match inside the longer forms.
+_AFFINES = ("scale_bias", "scale", "none")
+
 
 class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
-    def __init__(self, *, square_by_pow: bool, inverse: str, with_bias: bool) -> None:
-        super().__init__(name=f"LayerNorm(pow={square_by_pow}, inverse={inverse}, bias={with_bias})")
+    def __init__(self, *, square_by_pow: bool, inverse: str, affine: str) -> None:
+        super().__init__(name=f"LayerNorm(pow={square_by_pow}, inverse={inverse}, affine={affine})")
         self._square_by_pow = square_by_pow
         self._inverse = inverse
-        self._with_bias = with_bias
+        self._affine = affine
 
     def pattern(self, op, x, gamma, beta, epsilon, exponent, root_exponent):
         mean = op.ReduceMean(x, _allow_other_inputs=True, _outputs=["mean"])
@@ -38,11 +46,23 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         square = square_of(op, centered, self._square_by_pow, exponent)
         variance = op.ReduceMean(square, _allow_other_inputs=True, _outputs=["variance"])
         normalized = divide_by_root(op, centered, op.Add(variance, epsilon), self._inverse, root_exponent)
+        if self._affine == "none":
+            return normalized
         scaled = op.Mul(normalized, gamma)
-        return op.Add(scaled, beta) if self._with_bias else scaled
+        return op.Add(scaled, beta) if self._affine == "scale_bias" else scaled
 
     def check(
-        self, context, x, gamma, epsilon, mean, variance, beta=None, exponent=None, root_exponent=None, **_
+        self,
+        context,
+        x,
+        epsilon,
+        mean,
+        variance,
+        gamma=None,
+        beta=None,
+        exponent=None,
+        root_exponent=None,
+        **_,
     ) -> pattern.MatchResult:
         result = pattern.MatchResult()
         if context.model.opset_imports.get("", 0) < 17:
@@ -55,35 +75,44 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
             return result.fail("a mean is not over the last axis alone")
         if scalar(epsilon) is None:
             return result.fail("epsilon is not a constant scalar")
-        if not vector_for_last_dim(gamma, x):
+        if self._affine != "none" and not vector_for_last_dim(gamma, x):
             return result.fail("scale is not a constant vector over the last axis")
-        if self._with_bias and not vector_for_last_dim(beta, x):
+        if self._affine == "scale_bias" and not vector_for_last_dim(beta, x):
             return result.fail("bias is not a constant vector over the last axis")
+        if self._affine == "none" and static_last_dim(x) is None:
+            return result.fail("no scale, and the last dim has no static size to build a scale of ones for")
         return result
 
-    def rewrite(self, op, x, gamma, epsilon, beta=None, **_):
-        inputs = [x, gamma] + ([beta] if self._with_bias else [])
+    def rewrite(self, op, x, epsilon, gamma=None, beta=None, **_):
+        if self._affine == "none":
+            inputs = [x, unit_scale(op, x)]  # the bias is optional; the scale is not
+        else:
+            inputs = [x, gamma] + ([beta] if self._affine == "scale_bias" else [])
         return op.LayerNormalization(*inputs, axis=-1, epsilon=scalar(epsilon), stash_type=1)
 
 
 class LayerNormFusion(RuleFusionPass):
     """Rewrite decomposed LayerNorm subgraphs into ``LayerNormalization``.
 
-    Refuses a match whose reductions are not over the last axis alone, whose epsilon,
-    scale or bias is not a constant of the right shape, or in a model below opset 17.
+    Matches the spellings listed in the module docstring, with a constant scale and bias,
+    a constant scale alone, or neither (then the fused op gets a scale of ones and no bias;
+    a scale or bias that is not a constant vector stays a ``Mul``/``Add`` after it).
+    Refuses a match whose reductions are not over the last axis alone, whose epsilon is
+    not a constant scalar, whose square or root exponent is not 2 or -0.5, in a model
+    below opset 17, or, without a scale, whose last dim has no static size.
     """
 
     fused_ops = (("", "LayerNormalization"),)
 
     def rule_set(self) -> list[pattern.RewriteRuleSet]:
-        # With-bias rules first: the bias-less rule matches at the Mul, before the Add is visited.
+        # One rule set per affine form, longest first: the shorter forms match inside the longer.
         return [
             pattern.RewriteRuleSet(
                 [
-                    _DecomposedLayerNorm.rule(square_by_pow=pow_, inverse=inv, with_bias=bias)
+                    _DecomposedLayerNorm.rule(square_by_pow=pow_, inverse=inv, affine=affine)
                     for pow_ in (True, False)
                     for inv in _INVERSES
                 ]
             )
-            for bias in (True, False)
+            for affine in _AFFINES
         ]

@@ -91,3 +91,40 @@ def test_other_exponents_are_left_alone():
     for text in (cube, quarter_root):
         result = LayerNormFusion()(parse_model(text))
         assert not result.modified and "LayerNormalization" not in op_types(result.model), text
+
+
+def _without_affine(text: str) -> str:
+    return text.replace("      s = Mul(gamma, n)\n      y = Add(s, beta)\n", "").replace(
+        "n = Div(d, std)", "y = Div(d, std)"
+    )
+
+
+def test_layer_norm_without_scale_and_bias_fuses_with_a_scale_of_ones():
+    # elementwise_affine=False ends at the division: unfused before a review.
+    for opset in (17, 18):
+        text = _without_affine(_LAYER_NORM.format(opset=opset, axis=-1))
+        if opset == 17:  # the axes as an attribute, as ReduceMean had them before opset 18
+            text = text.replace("ReduceMean<keepdims = 1>(x, axes)", "ReduceMean<keepdims = 1, axes = [-1]>(x)")
+            text = text.replace("ReduceMean<keepdims = 1>(sq, axes)", "ReduceMean<keepdims = 1, axes = [-1]>(sq)")
+        model = parse_model(text)
+        after = LayerNormFusion()(model.clone()).model
+        assert computed_op_types(after) == ["LayerNormalization"], opset
+        (norm,) = [n for n in after.graph if n.op_type == "LayerNormalization"]
+        assert len(norm.inputs) == 2  # no bias
+        np.testing.assert_array_equal(norm.inputs[1].const_value.numpy(), np.ones(8, np.float32))
+        assert_same_outputs(model, after, _inputs(), rtol=1e-4, atol=1e-5)
+
+
+def test_layer_norm_without_scale_needs_a_static_last_dim():
+    text = _without_affine(_LAYER_NORM.format(opset=18, axis=-1)).replace("5, 8]", "5, D]")
+    result = LayerNormFusion()(parse_model(text))
+    assert not result.modified
+    assert result.refusals == [
+        "1 near match at Div left unfused: no scale, and the last dim has no static size to build a scale of ones for"
+    ]
+
+
+def test_layer_norm_without_scale_over_another_axis_is_left_alone():
+    result = LayerNormFusion()(parse_model(_without_affine(_LAYER_NORM.format(opset=18, axis=1))))
+    assert not result.modified
+    assert result.refusals == ["1 near match at Div left unfused: a mean is not over the last axis alone"]

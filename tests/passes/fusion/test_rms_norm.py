@@ -46,13 +46,6 @@ def test_mean_over_another_axis_is_left_alone():
     assert result.refusals == ["1 near match at Mul left unfused: the mean is not over the last axis alone"]
 
 
-def test_rms_norm_without_a_constant_scale_is_left_alone():
-    text = _PREAMBLE.format(axis=-1, inverse=_INVERSES["div"])
-    text = text.replace("(float[N, 5, 8] x)", "(float[N, 5, 8] x, float[8] gamma)")
-    text = text.replace("gamma = Constant<value = float[8] {1.0, 0.5, 2.0, 1.5, 0.8, 1.2, 0.9, 1.1}>()", "")
-    assert not RmsNormFusion()(parse_model(text)).modified
-
-
 def test_a_one_element_exponent_fuses():
     # Exporters that store scalars as [1] tensors (Paddle) wrote Pow(x, [2.0]): unfused before a review.
     text = _PREAMBLE.format(axis=-1, inverse=_INVERSES["div"])
@@ -73,3 +66,92 @@ def test_tf_s_inverse_root_fuses():
     assert computed_op_types(after) == ["SimplifiedLayerNormalization"]
     x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
     assert_same_outputs(model, after, {"x": x}, rtol=1e-4, atol=1e-5)
+
+
+def _x():
+    return {"x": np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)}
+
+
+def _without_scale(text: str) -> str:
+    return text.replace("      y = Mul(gamma, n)\n", "").replace("n = Div(x, r)", "y = Div(x, r)")
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_rms_norm_without_a_scale_fuses_with_a_scale_of_ones(opset):
+    # OLMo-style norms (elementwise_affine=False) end at the division: unfused before a review.
+    text = _without_scale(_PREAMBLE.format(axis=-1, inverse=_INVERSES["div"]))
+    if opset == 13:  # the axes as an attribute, as ReduceMean had them before opset 18
+        text = text.replace('"" : 18', '"" : 13').replace(
+            "ReduceMean<keepdims = 1>(sq, axes)", "ReduceMean<keepdims = 1, axes = [-1]>(sq)"
+        )
+    model = parse_model(text)
+    after = RmsNormFusion()(model.clone()).model
+    assert computed_op_types(after) == ["SimplifiedLayerNormalization"]
+    (norm,) = [n for n in after.graph if n.op_type == "SimplifiedLayerNormalization"]
+    np.testing.assert_array_equal(norm.inputs[1].const_value.numpy(), np.ones(8, np.float32))
+    assert_same_outputs(model, after, _x(), rtol=1e-4, atol=1e-5)
+
+
+def test_rms_norm_without_a_scale_needs_a_static_last_dim():
+    text = _without_scale(_PREAMBLE.format(axis=-1, inverse=_INVERSES["div"])).replace("5, 8]", "5, D]")
+    result = RmsNormFusion()(parse_model(text))
+    assert not result.modified
+    assert result.refusals == [
+        "1 near match at Div left unfused: no scale, and the last dim has no static size to build a scale of ones for"
+    ]
+
+
+def test_rms_norm_without_a_scale_over_another_axis_is_left_alone():
+    result = RmsNormFusion()(parse_model(_without_scale(_PREAMBLE.format(axis=1, inverse=_INVERSES["div"]))))
+    assert not result.modified
+    assert result.refusals == ["1 near match at Div left unfused: the mean is not over the last axis alone"]
+
+
+def test_a_scale_that_is_not_a_constant_stays_a_mul_after_the_fused_norm():
+    text = _PREAMBLE.format(axis=-1, inverse=_INVERSES["div"])
+    text = text.replace("(float[N, 5, 8] x)", "(float[N, 5, 8] x, float[8] gamma)")
+    text = text.replace("gamma = Constant<value = float[8] {1.0, 0.5, 2.0, 1.5, 0.8, 1.2, 0.9, 1.1}>()", "")
+    model = parse_model(text)
+    after = RmsNormFusion()(model.clone()).model
+    assert computed_op_types(after) == ["SimplifiedLayerNormalization", "Mul"]
+    inputs = {**_x(), "gamma": np.linspace(0.5, 2.0, 8, dtype=np.float32)}
+    assert_same_outputs(model, after, inputs, rtol=1e-4, atol=1e-5)
+
+
+def test_a_decomposed_layer_norm_is_left_to_fuse_layer_norm():
+    # RMS(x - mean(x)) is a LayerNorm. It was fused into Sub + SimplifiedLayerNormalization + Add (fuse-rms-norm is
+    # in the default pipeline, fuse-layer-norm is not), which ONNX Runtime's own LayerNorm fusion no longer sees.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[N, 5, 8] x) => (float[N, 5, 8] y) {
+          axes = Constant<value = int64[1] {-1}>()
+          eps = Constant<value = float {1e-5}>()
+          two = Constant<value = float {2.0}>()
+          gamma = Constant<value = float[8] {1.0, 0.5, 2.0, 1.5, 0.8, 1.2, 0.9, 1.1}>()
+          mean = ReduceMean<keepdims = 1>(x, axes)
+          d = Sub(x, mean)
+          sq = Pow(d, two)
+          var = ReduceMean<keepdims = 1>(sq, axes)
+          v = Add(var, eps)
+          std = Sqrt(v)
+          n = Div(d, std)
+          y = Mul(n, gamma)
+        }""")
+    result = RmsNormFusion()(model)
+    assert not result.modified
+    assert result.refusals == [
+        "1 near match at Mul left unfused: the input is centered by its own mean: a LayerNorm, left to fuse-layer-norm"
+    ]
+
+
+def test_gemma_s_one_plus_weight_fuses_after_constant_folding():
+    # Gemma scales by (1 + w); fold-constants, ahead of fuse-rms-norm in the default pipeline, makes it one vector.
+    from passes.constant_folding import FoldConstantsPass
+
+    text = _PREAMBLE.format(axis=-1, inverse=_INVERSES["div"]).replace(
+        "y = Mul(gamma, n)", "g1 = Add(one, gamma)\n      y = Mul(n, g1)"
+    )
+    model = parse_model(text)
+    after = RmsNormFusion()(FoldConstantsPass()(model.clone()).model).model
+    assert computed_op_types(after) == ["SimplifiedLayerNormalization"]
+    assert_same_outputs(model, after, _x(), rtol=1e-4, atol=1e-5)
