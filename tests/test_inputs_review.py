@@ -266,7 +266,17 @@ def test_a_fixed_batch_model_calibrates_with_an_input_beside_its_samples(tmp_pat
     data = open_samples(source, ir.load("m.onnx"))
     assert data.count == 6
     assert [batch["s"].shape for batch in data.batches(1)] == [(k,)] * 6
-    argv = ["optimize", "m.onnx", "-o", "o.onnx", "--quantize", "dynamic", "--quantize-outputs", "--calibration", source]
+    argv = [
+        "optimize",
+        "m.onnx",
+        "-o",
+        "o.onnx",
+        "--quantize",
+        "dynamic",
+        "--quantize-outputs",
+        "--calibration",
+        source,
+    ]
     code, _, err = run_cli([*argv, "-q"], capsys)
     assert code == 0, err
     assert "DynamicQuantizeMatMul" in [node.op_type for node in onnx.load("o.onnx").graph.node]
