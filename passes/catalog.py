@@ -137,7 +137,7 @@ CATALOG: tuple[PassSpec, ...] = (
     PassSpec("share-transposed-initializers", lambda c: _pass("passes.initializer_deduplication:ShareTransposedInitializersPass")(), "Store an initializer that holds another's transpose as Transpose(other): the legacy export's tied LM head.", default_for=BOTH),
     PassSpec("fuse-layer-norm", lambda c: _pass("passes.fusion.layer_norm:LayerNormFusion")(c.target), "Decomposed LayerNorm into LayerNormalization (opset 17+)."),
     PassSpec("fuse-rms-norm", lambda c: _pass("passes.fusion.rms_norm:RmsNormFusion")(c.target), "Decomposed RMSNorm into SimplifiedLayerNormalization.", default_for=BOTH),
-    PassSpec("fuse-gelu", lambda c: _pass("passes.fusion.gelu:GeluFusion")(c.target), "Erf/tanh GELU formulas into Gelu/FastGelu."),
+    PassSpec("fuse-gelu", lambda c: _pass("passes.fusion.gelu:GeluFusion")(c.target), "Erf/tanh/sigmoid GELU formulas, recognised by what they compute, into Gelu/FastGelu/QuickGelu."),
     PassSpec("fuse-bias-gelu", lambda c: _pass("passes.fusion.bias_gelu:BiasGeluFusion")(c.target), "Bias Add + Gelu/FastGelu into BiasGelu/FastGelu with bias.", after=("fuse-gelu",)),
     PassSpec("fuse-embed-layer-norm", lambda c: _pass("passes.fusion.embed_layer_norm:EmbedLayerNormFusion")(c.target, c.options.max_sequence), "BERT word/position/segment embedding lookups + LayerNorm into EmbedLayerNormalization.", reads=("max_sequence",)),
     PassSpec("fuse-skip-layer-norm", lambda c: _pass("passes.fusion.skip_layer_norm:SkipLayerNormFusion")(c.target), "Residual Add (+ bias) + LayerNormalization into SkipLayerNormalization.", after=("fuse-layer-norm",)),

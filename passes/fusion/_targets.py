@@ -20,6 +20,7 @@ _KERNELS: dict[tuple[str, str], frozenset[str]] = {
     (MS_DOMAIN, "SkipSimplifiedLayerNormalization"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "Gelu"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "FastGelu"): frozenset({"cpu", "cuda"}),
+    (MS_DOMAIN, "QuickGelu"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "BiasGelu"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "MultiHeadAttention"): frozenset({"cpu", "cuda"}),
     (MS_DOMAIN, "Attention"): frozenset({"cpu", "cuda"}),
