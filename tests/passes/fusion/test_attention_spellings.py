@@ -138,3 +138,15 @@ def test_exported_bart_family_bmm_attention_fuses(fixture):
         feeds = {"input_ids": rng.integers(3, 100, (2, seq)), "attention_mask": mask}
         assert_same_outputs(model, fused, feeds, rtol=1e-4, atol=1e-5)
         assert_same_outputs(model, packed, feeds, rtol=1e-4, atol=1e-5)
+
+
+def test_a_mask_with_its_own_batch_axis_on_the_batched_scores_is_refused():
+    # A [B*N, S, T] bias on the merged scores is none of the [B|1, N|1, S, T] biases the op takes.
+    model = batched_attention_model(mask=None, infer=True)
+    (softmax,) = [n for n in model.graph if n.op_type == "Softmax"]
+    bias = ir.Value(name="bias_3d", shape=ir.Shape(["BN", "S", "S"]), type=ir.TensorType(ir.DataType.FLOAT))
+    model.graph.inputs.append(bias)
+    add = ir.node("Add", [softmax.inputs[0], bias], name="biased")
+    model.graph.insert_before(softmax, add)
+    softmax.replace_input_with(0, add.outputs[0])
+    _refuses(model, "a mask is added to the [B*N, S, T] scores with a batch axis of its own")
