@@ -159,19 +159,22 @@ def _integral_magnitudes(values: Iterable) -> list[int]:
     return found
 
 
-def values_only_from(bias: ir.Value, mask: ir.Value) -> bool:
-    """True if ``bias`` depends on no graph input's values but ``mask``'s: on the others only through shapes.
+def values_only_from(bias: ir.Value, *allowed: ir.Value) -> bool:
+    """True if ``bias`` depends on no graph input's values but those of ``allowed`` (a mask, position ids):
+    on the others only through shapes.
 
     The probe feeds made-up values to the other inputs (ones for token ids); a bias that
-    reads their values (``mask & (input_ids != pad)``) would be mistaken for the mask
-    alone. A path through ``Shape``/``Size`` reads only a shape (GPT-2's causal slice
-    reads ``Shape(Gather(wte, input_ids))``).
+    reads their values (``mask & (input_ids != pad)``, rotary positions counted from
+    ``input_ids != pad``) would be mistaken for what the allowed inputs alone compute. A
+    path through ``Shape``/``Size`` reads only a shape (GPT-2's causal slice reads
+    ``Shape(Gather(wte, input_ids))``).
     """
     try:
         nodes, leaves = ancestry([bias])
     except SubgraphError:
         return False
-    tainted = {id(v) for v in leaves if v is not mask and v.const_value is None}
+    kept = {id(v) for v in allowed}
+    tainted = {id(v) for v in leaves if id(v) not in kept and v.const_value is None}
     inside = {id(node) for node in nodes}
     for node in bias.graph if bias.graph is not None else ():
         if id(node) not in inside or is_onnx_op(node, "Shape", "Size"):

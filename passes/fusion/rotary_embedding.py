@@ -64,6 +64,7 @@ from passes.fusion._probe import (
     probe_lengths,
     token_feeds,
     token_inputs_of,
+    values_only_from,
 )
 
 DEFAULT_CACHE_LENGTH = DEFAULT_MAX_SEQUENCE
@@ -199,6 +200,12 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         if inputs is None:
             return "cos/sin read something other than [batch, sequence] ids, or an If/Loop/Scan"
         positions = next((v for v in inputs if "position" in (v.name or "")), None)
+        # The probes feed ones for token ids: tables that read their values (positions counted from
+        # ``input_ids != pad``) would pass every probe and differ on real padded rows.
+        allowed = [positions] if positions is not None else []
+        if not all(values_only_from(table, *allowed) for table in (cos, sin)):
+            other = " other than position_ids" if positions is not None else ""
+            return f"cos/sin read the values of an input{other} (token ids?), not only its shape"
         half = head_size // 2
         table_positions = {positions.name: np.arange(self.cache_length)[None]} if positions is not None else {}
         try:

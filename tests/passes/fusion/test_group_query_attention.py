@@ -331,3 +331,16 @@ def test_a_value_read_scaled_is_refused(staged):
     fused, fusion = _fused(model)
     assert "GroupQueryAttention" not in {n.op_type for n in fused.graph}
     assert any("value cache is read scaled" in reason for reason in fusion.refusals), fusion.refusals
+
+
+def test_a_head_size_the_kernel_refuses_is_refused_with_the_reason(staged):
+    # ONNX Runtime's GroupQueryAttention fails every call unless the head size is a multiple of 8 (a review's
+    # Llama with head size 12: rolled back, and under --no-verify a model that never runs). The declared
+    # cache shape is what the pass reads; here it says 12.
+    model = staged["llama_kv_legacy"].clone()
+    for value in model.graph.inputs:
+        if value.name.startswith("past_key_values") and value.shape is not None:
+            value.shape = ir.Shape([*list(value.shape)[:3], 12])
+    _, result = _fused(model)
+    assert not result.modified
+    assert any("head size 12 is not a multiple of 8" in line for line in result.refusals)

@@ -285,3 +285,66 @@ def test_a_mask_not_named_like_one_still_gives_the_offset():
 def test_the_cache_length_is_also_taken_as_max_sequence_like_the_other_fusions():
     assert RotaryEmbeddingFusion("cpu", max_sequence=8192).cache_length == 8192
     assert RotaryEmbeddingFusion(cache_length=64).cache_length == 64
+
+
+def _positions_from_token_ids_model() -> ir.Model:
+    """Rotary over positions ``max(cumsum(input_ids != 0) - 1, 0)`` (pad-aware, fairseq style): they read
+    the token ids' values, which the probes feed as ones."""
+    heads, size = 2, 8
+    inv = (1.0 / 10000 ** (np.arange(0, size, 2) / size)).astype(np.float32).reshape(1, -1)
+    consts = {
+        "emb": np.random.default_rng(0).standard_normal((1000, heads * size)).astype(np.float32),
+        "inv": inv,
+        "pad": np.array(0, np.int64),
+        "one": np.array(1, np.int64),
+        "one_f": np.array(1.0, np.float32),
+        "zero_f": np.array(0.0, np.float32),
+        "ax1": np.array([1], np.int64),
+        "axl": np.array([-1], np.int64),
+        "hs": np.array([0, 0, heads, size], np.int64),
+        "s0": np.array([0], np.int64),
+        "mid": np.array([size // 2], np.int64),
+        "end": np.array([size], np.int64),
+    }
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["h"]),
+        helper.make_node("Equal", ["input_ids", "pad"], ["is_pad"]),
+        helper.make_node("Not", ["is_pad"], ["real"]),
+        helper.make_node("Cast", ["real"], ["real_f"], to=TensorProto.FLOAT),
+        helper.make_node("CumSum", ["real_f", "one"], ["cum"]),
+        helper.make_node("Sub", ["cum", "one_f"], ["pm1"]),
+        helper.make_node("Max", ["pm1", "zero_f"], ["pos2"]),
+        helper.make_node("Unsqueeze", ["pos2", "axl"], ["pos"]),
+        helper.make_node("MatMul", ["pos", "inv"], ["fr"]),
+        helper.make_node("Concat", ["fr", "fr"], ["tab"], axis=-1),
+        helper.make_node("Cos", ["tab"], ["cos3"]),
+        helper.make_node("Sin", ["tab"], ["sin3"]),
+        helper.make_node("Unsqueeze", ["cos3", "ax1"], ["cos"]),
+        helper.make_node("Unsqueeze", ["sin3", "ax1"], ["sin"]),
+        helper.make_node("Reshape", ["h", "hs"], ["sp"]),
+        helper.make_node("Transpose", ["sp"], ["x"], perm=[0, 2, 1, 3]),
+        helper.make_node("Slice", ["x", "s0", "mid", "axl"], ["lo"]),
+        helper.make_node("Slice", ["x", "mid", "end", "axl"], ["hi"]),
+        helper.make_node("Neg", ["hi"], ["nhi"]),
+        helper.make_node("Concat", ["nhi", "lo"], ["rot"], axis=-1),
+        helper.make_node("Mul", ["x", "cos"], ["a"]),
+        helper.make_node("Mul", ["rot", "sin"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "rope_from_ids",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", heads, "sequence", size])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    return ir.from_proto(proto)
+
+
+def test_positions_read_from_token_id_values_are_left_alone():
+    # A review's model: fused and verified (random ids from 1000 are almost never the pad id 0), while a
+    # left-padded row differed by 5.2. The probes feed ones for token ids, so their values must not be read.
+    result = RotaryEmbeddingFusion(cache_length=64)(_positions_from_token_ids_model())
+    assert not result.modified
+    assert any("read the values of an input (token ids?)" in line for line in result.refusals)
