@@ -172,6 +172,14 @@ def optimize_with_report(
     if warning:
         report.warnings.append(warning)
     report.warnings.extend(notes)
+    if overridable := [v.name for v in ir_model.graph.inputs if v.const_value is not None]:
+        shown = ", ".join(f"'{name}'" for name in overridable[:3]) + (", ..." if len(overridable) > 3 else "")
+        report.warnings.append(
+            f"graph inputs with a default value a caller may override (initializers: {shown}; "
+            f"{len(overridable)} in all) are inputs to every pass, as to ONNX Runtime: what reads them is left "
+            "unfolded, unfused and unquantized; remove them from the graph inputs (onnxruntime's "
+            "tools/python/remove_initializer_from_input.py) if nothing overrides them"
+        )
     if isinstance(samples, SampleData):
         report.warnings.extend(f"{samples.source}: {note}" for note in samples.notes if note not in notes)
     if verifier is not None and inputs is not None and (note := nan_note(verifier.inputs)):

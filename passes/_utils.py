@@ -12,8 +12,12 @@ from onnxscript.rewriter import _basics, _matcher, _pattern_ir, _rewrite_rule, p
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value's contents if it is an initializer or a Constant node's output, else None."""
-    if value is None:
+    """The value's contents if it is an initializer or a Constant node's output, else None.
+
+    An initializer that is also a graph input is a default a caller may override (ONNX
+    Runtime treats it so, and onnxscript's folder leaves it): None, not a constant.
+    """
+    if value is None or value.is_graph_input():
         return None
     tensor = ir.convenience.get_const_tensor(value)
     if tensor is None:

@@ -450,3 +450,46 @@ def test_a_decoder_is_verified_on_the_cache_it_builds_itself():
             value.name = value.name.replace("past_key_values.", "past_").replace("present.", "out_").replace(".", "_")
     assert all(pair.matched_by == "shape" for pair in recognise_causal_lm(renamed).cache)
     assert with_model_cache(renamed, {v.name: inputs[k] for k, v in zip(inputs, renamed.graph.inputs)}) is None
+
+
+def test_an_initializer_that_is_also_a_graph_input_is_no_constant_to_the_passes(tmp_path):
+    # A review: 0.5 * x * (1 + erf(x / s)) with `s` an initializer listed as a graph input (a default a caller
+    # may override, as old exporters wrote every weight) was fused into Gelu with s = sqrt(2) baked in;
+    # verification never fed `s`, and a caller feeding it got answers off by up to 24.
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from optimizer.api import optimize_with_report
+    from tests.helpers import run
+
+    nodes = [
+        helper.make_node("Div", ["x", "s"], ["a"]),
+        helper.make_node("Erf", ["a"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["e1"]),
+        helper.make_node("Mul", ["x", "e1"], ["m"]),
+        helper.make_node("Mul", ["m", "half"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gelu_with_a_default",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [
+            numpy_helper.from_array(np.array(np.sqrt(2.0), np.float32), "s"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+            numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        ],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    model = ir.load(path)
+    assert constant_array(model.graph.initializers["s"]) is None
+    assert constant_array(model.graph.initializers["one"]) is not None
+    optimized, report = optimize_with_report(model, "+fuse-gelu")
+    assert "Gelu" not in {node.op_type for node in optimized.graph}
+    assert any("default value a caller may override (initializers: 's'" in w for w in report.warnings)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32), "s": np.float32(0.5)}
+    np.testing.assert_allclose(run(optimized, feeds)["y"], run(model, feeds)["y"], rtol=1e-6)
