@@ -60,6 +60,7 @@ from passes.fusion._layout import head_split, last_dim, producer
 from passes.fusion._probe import (
     DEFAULT_MAX_SEQUENCE,
     PADDED_MASK,
+    graph_inputs_of,
     long_mask,
     probe_lengths,
     token_feeds,
@@ -198,7 +199,15 @@ class RotaryEmbeddingFusion(RuleFusionPass):
     def _build_tables(self, model: ir.Model, cos: ir.Value, sin: ir.Value, head_size: int):
         inputs = token_inputs_of([cos, sin])
         if inputs is None:
-            return "cos/sin read something other than [batch, sequence] ids, or an If/Loop/Scan"
+            read = graph_inputs_of([cos, sin])
+            if read is None:
+                return "cos/sin are computed through an If/Loop/Scan"
+            others = ", ".join(
+                f"'{v.name}'"
+                for v in read
+                if v.dtype not in (ir.DataType.INT64, ir.DataType.INT32) or v.shape is None or v.shape.rank() != 2
+            )
+            return f"cos/sin read {others}, not only [batch, sequence] ids (a cache's length is not probed)"
         positions = next((v for v in inputs if "position" in (v.name or "")), None)
         # The probes feed ones for token ids: tables that read their values (positions counted from
         # ``input_ids != pad``) would pass every probe and differ on real padded rows.
