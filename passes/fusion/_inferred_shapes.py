@@ -52,8 +52,11 @@ def inferred_shapes(model: ir.Model) -> Iterator[int]:
 
     A recorded shape keeps its sizes and names; only its unknown dims are filled. Yields
     the number of values whose shape was filled in. Values the block creates keep what it
-    gives them; values it removes are restored too (harmlessly).
+    gives them; values it removes are restored too (harmlessly). A graph output the block
+    replaced is declared as the one it replaced was: a rewrite copies the shape of the
+    value it replaces, an inferred one while the block runs.
     """
+    outputs = list(model.graph.outputs)
     missing = {value.name: value for value in _values(model.graph) if _incomplete(value)}
     filled: list[tuple[ir.Value, ir.Shape | None, bool]] = []
     if missing:
@@ -86,3 +89,7 @@ def inferred_shapes(model: ir.Model) -> Iterator[int]:
             value.shape = recorded
             if typed:
                 value.type = None
+        if len(model.graph.outputs) == len(outputs):
+            for new, old in zip(model.graph.outputs, outputs):
+                if new is not old:
+                    new.shape, new.type = old.shape, old.type

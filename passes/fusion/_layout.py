@@ -47,6 +47,7 @@ class HeadSplit:
     split: ir.Value  # [batch, seq, heads, head_size], the Reshape's output
     heads: int | None
     head_size: int
+    scale: float = 1.0  # a scalar scale between ``hidden`` and the Reshape: ``split`` is ``hidden * scale`` split
 
 
 def head_split(value: ir.Value, expected_perm: tuple[int, ...]) -> HeadSplit | None:
@@ -476,8 +477,10 @@ def keeps_shape(reshape: ir.Node, known: tuple[int | None, ...] = ()) -> bool:
 class Traced:
     """Where a 4-D per-head operand comes from: it is ``Transpose(source, perm) * scale``.
 
-    ``split`` is set when ``source`` is a head split's output (then ``split.hidden`` is
-    the 3-D tensor it splits, with any scalar scale on it moved into ``scale``).
+    ``split`` is set when ``source`` is a head split's output; then ``split.hidden`` is
+    the 3-D tensor it splits before any scalar scale on it (``split.scale``, already
+    inside ``source``), so the operand is also the split of ``hidden`` times
+    ``scale * split.scale`` (``hidden_scale``).
     """
 
     source: ir.Value
@@ -488,6 +491,10 @@ class Traced:
     def canonical(self, wanted: tuple[int, ...] = (0, 2, 1, 3)) -> bool:
         """True if the operand is the head split's output transposed by ``wanted`` (so the 3-D hidden stands for it)."""
         return self.split is not None and self.perm == wanted
+
+    def hidden_scale(self) -> float:
+        """The scalar the operand is of the head split of ``split.hidden`` (not of ``source``)."""
+        return self.scale * (self.split.scale if self.split is not None else 1.0)
 
 
 def trace_heads(value: ir.Value, *, scales: bool = True, limit: int = 32) -> Traced | None:
@@ -522,8 +529,10 @@ def trace_heads(value: ir.Value, *, scales: bool = True, limit: int = 32) -> Tra
             break
         split = split_heads(node)
         if split is not None:
+            # A scale on the projection (BART's ``q_proj(x) * scaling``) is inside ``current``: kept apart from
+            # ``factor`` so that the op, given ``current`` or ``hidden``, applies it exactly once.
             hidden, f = _scaled_source(split.hidden, scales)
-            return Traced(current, order, factor * f, HeadSplit(hidden, split.split, split.heads, split.head_size))
+            return Traced(current, order, factor, HeadSplit(hidden, split.split, split.heads, split.head_size, f))
         found = relayout(node, scales=scales)
         if found is not None:
             current, order, factor, four_d = found[0], compose(found[1], order), factor * found[2], True

@@ -397,7 +397,10 @@ def _match(softmax: ir.Node, opset: int) -> _Attention | str:
     # Intermediate values often carry no type; the ops producing Q, K and V tell.
     if any(element_type(v) not in (ir.DataType.FLOAT, None) for v in operands):
         return _NOT_FLOAT
-    scale = logits.scale * query.scale * key.scale
+    # The op's scale is relative to the tensors it is given (``_query_input``, ``_key_value_inputs``): a scale on
+    # the projection is inside a head split's output but not inside the projection before it.
+    query_scale = query.hidden_scale() if query.canonical() else query.scale
+    scale = logits.scale * query_scale * (key.hidden_scale() if _kv_as_hidden(key, value) else key.scale)
     guarded = probs_matmul.inputs[0] is not softmax.outputs[0]
     return _Attention(softmax, logits, query, key, value, probs_matmul, scale, guarded, output, heads)
 
@@ -522,12 +525,17 @@ def _query_input(build: _Builder, query: Traced) -> ir.Value:
     return build.node("Reshape", [per_token, build.ints("merge_heads", [0, 0, -1])])
 
 
+def _kv_as_hidden(key: Traced, value: Traced) -> bool:
+    """True if the op reads key and value as the 3-D tensors their head splits split."""
+    return key.canonical() and value.canonical()
+
+
 def _key_value_inputs(build: _Builder, key: Traced, value: Traced, adapters: list[str]) -> tuple[ir.Value, ir.Value]:
     """3-D key and value when both are plain head splits, else both ``[B, N, T, d]``.
 
     A Transpose it needs is named in ``adapters``.
     """
-    if key.canonical() and value.canonical():
+    if _kv_as_hidden(key, value):
         return key.split.hidden, value.split.hidden
     if key.perm != IDENTITY or value.perm != IDENTITY:
         adapters.append(_KV_TRANSPOSED)
@@ -697,7 +705,10 @@ def _rewrite(model: ir.Model, match: _Attention, num_heads: int, index: int, cac
         replace_value(merged, fused)
         return adapters
     split = build.node("Reshape", [fused, build.ints("split_heads", [0, 0, num_heads, -1])])
-    replace_value(match.output, build.node("Transpose", [split], perm=list(_TO_HEADS)))
+    per_head = build.node("Transpose", [split], perm=list(_TO_HEADS))
+    if match.output.is_graph_output():  # it takes the output's place and declaration
+        per_head.shape, per_head.type = match.output.shape, match.output.type
+    replace_value(match.output, per_head)
     return [*adapters, _SPLIT_BACK]
 
 

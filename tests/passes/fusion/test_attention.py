@@ -109,6 +109,73 @@ def test_per_head_inputs_go_in_as_bnsh_key_value_and_the_output_is_split_back():
     assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
 
 
+def _projection_scaled_model(layout: str) -> ir.Model:
+    """Self-attention with ``0.5 ** 0.5`` on the 3-D query and key projections (BART's ``q_proj(x) * scaling``).
+
+    ``layout``: "heads_first" transposes every head split to ``[N, B, S, d]`` (batch fixed at
+    1), so Q, K and V reach the op as per-head tensors, not as their projections;
+    "value_per_head" keeps the usual ``[B, N, S, d]`` but passes V through a Relu, so K
+    reaches the op per-head beside it.
+    """
+    rng = np.random.default_rng(3)
+    weights = {f"w{n}": (rng.standard_normal((HEADS * 4, HEADS * 4)) * 0.5).astype(np.float32) for n in "qkv"}
+    weights["half_root"] = np.array(0.5**0.5, np.float32)
+    weights["split"], weights["merge"] = np.array([0, 0, HEADS, 4], np.int64), np.array([0, 0, -1], np.int64)
+    to_heads, back = ([2, 0, 1, 3], [1, 2, 0, 3]) if layout == "heads_first" else ([0, 2, 1, 3], [0, 2, 1, 3])
+    nodes = []
+    for name in "qkv":
+        nodes.append(helper.make_node("MatMul", ["x", f"w{name}"], [f"{name}_proj"]))
+        projection = f"{name}_proj"
+        if name != "v":
+            nodes.append(helper.make_node("Mul", [projection, "half_root"], [f"{name}_scaled"]))
+            projection = f"{name}_scaled"
+        nodes.append(helper.make_node("Reshape", [projection, "split"], [f"{name}_split"]))
+        nodes.append(helper.make_node("Transpose", [f"{name}_split"], [f"{name}_heads"], perm=to_heads))
+    value = "v_heads"
+    if layout == "value_per_head":
+        nodes.append(helper.make_node("Relu", ["v_heads"], ["v_relu"]))
+        value = "v_relu"
+    nodes += [
+        helper.make_node("Transpose", ["k_heads"], ["k_t"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q_heads", "k_t"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", value], ["context"]),
+        helper.make_node("Transpose", ["context"], ["context_t"], perm=back),
+        helper.make_node("Reshape", ["context_t", "merge"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "projection_scaled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "S", HEADS * 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "S", HEADS * 4])],
+        [numpy_helper.from_array(array, name) for name, array in weights.items()],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    ir.passes.common.ShapeInferencePass()(model)
+    return model
+
+
+@pytest.mark.parametrize("layout", ["heads_first", "value_per_head"])
+def test_a_scale_on_a_projection_is_applied_once_where_its_head_split_goes_in_per_head(layout):
+    # The scale sits inside the head split's output: the op is given that output, so its
+    # scale must not repeat the factor (it did: outputs off by 0.8, rolled back by verification).
+    model = _projection_scaled_model(layout)
+    fusion = AttentionFusion()
+    after = fusion(model.clone()).model
+    assert fusion.fused_count == 1, fusion.refusals
+    (mha,) = [n for n in after.graph if n.op_type == "MultiHeadAttention"]
+    if layout == "heads_first":  # both factors are inside the per-head query and key
+        assert mha.inputs[0].producer().op_type == "Reshape" and mha.inputs[1].producer().op_type == "Transpose"
+        assert mha.attributes.get_float("scale") == pytest.approx(1.0)
+    else:  # the query goes in as its unscaled projection, the key per-head with its factor inside
+        assert mha.inputs[0].name == "q_proj" and mha.inputs[1].producer().inputs[0].name == "k_split"
+        assert mha.attributes.get_float("scale") == pytest.approx(0.5**0.5)
+    rng = np.random.default_rng(4)
+    for seq in (5, 9):
+        feeds = {"x": rng.standard_normal((1, seq, HEADS * 4)).astype(np.float32)}
+        assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("mask", ["window_table", "window_range"])
 def test_a_sliding_window_mask_is_the_ops_bias_at_every_length(mask):
     # The op's attention_bias is the graph's own mask: no kind is decided here, so none can be wrong past the window.

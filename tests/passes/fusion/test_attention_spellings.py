@@ -72,6 +72,15 @@ def test_a_graph_without_recorded_shapes_fuses(mask):
     assert all(v.shape is None for v in inner)
 
 
+def test_a_fused_graph_output_keeps_its_declared_shape():
+    # The op's output becomes the graph output: it takes the shape declared there, not the one inferred for the match.
+    model = batched_attention_model()  # fused only with shapes inferred
+    model.graph.outputs[0].shape = ir.Shape([None, None, None])
+    after = _fuses(model)
+    assert list(after.graph.outputs[0].shape) == [None, None, None]
+    assert after.graph.outputs[0].dtype == ir.DataType.FLOAT
+
+
 def test_a_refused_graph_without_recorded_shapes_is_left_as_it_was():
     _refuses(
         without_value_info(attention_model(softmax_axis=2, mask="input")),
