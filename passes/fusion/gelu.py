@@ -15,20 +15,28 @@ tanh       sqrt(2/pi) * (x + 0.044715*x^3)         0.5*x + 0.5*x*A       ``FastG
 sigmoid    1.702*x                                 x*A                   ``QuickGelu(alpha=1.702)``
 =========  ======================================  ====================  =========================
 
+A term GELU lacks (``4e-8*x^5``) must be absent: exactly zero, or cancelled to within
+float32 rounding of the products summed into it (``c*x^3 - c*x^3``), from products no larger
+than a hundred times GELU's largest coefficient (``(x + 1e8) - 1e8`` rounds x in float32).
+An argument that is GELU's negated is taken with the activation's symmetry: ``erf(-u) =
+-erf(u)``, ``tanh(-u) = -tanh(u)``, ``sigmoid(-u) = 1 - sigmoid(u)``.
+
 So every association and distribution of the products matches: ``0.5*x*(1 + erf(x/sqrt(2)))``
-in any order, ``x*0.5 + x*0.5*erf(..)``, ``x*(0.5 + 0.5*erf(..))``, GPT-2's ``x + 0.044715*x^3``
-(the cube as ``Pow`` or ``x*x*x``), HF's ``FastGELUActivation``
-``x*0.7978845608*(1 + 0.044715*x*x)``, the distributed ``s*x + s*0.044715*x^3``, and CLIP's
-QuickGELU ``x*sigmoid(1.702*x)``. ``x*sigmoid(x)`` (SiLU) is not a GELU and is left alone
-without a word. ONNX's own ``Gelu`` (opset 20) is rewritten into the contrib op too, so
-bias+GELU fusion sees one form.
+in any order, ``x*0.5 + x*0.5*erf(..)``, ``x*(0.5 + 0.5*erf(..))``, TF's and JAX's
+``x*(1 - erf(-x/sqrt(2)))/2``, GPT-2's ``x + 0.044715*x^3`` (the cube as ``Pow`` or
+``x*x*x``), HF's ``FastGELUActivation`` ``x*0.7978845608*(1 + 0.044715*x*x)``, the
+distributed ``s*x + s*0.044715*x^3``, and CLIP's QuickGELU ``x*sigmoid(1.702*x)``.
+``x*sigmoid(x)`` (SiLU) is not a GELU and is left alone without a word. ONNX's own ``Gelu``
+(opset 20) is rewritten into the contrib op too, so bias+GELU fusion sees one form.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_op
@@ -37,8 +45,19 @@ from passes.fusion._base import FusionPass
 from passes.fusion._checks import is_float
 from passes.fusion._targets import unsupported_ops
 
-# A polynomial in x and the activation A: (power of x, power of A) -> coefficient.
-_Poly = dict[tuple[int, int], float]
+
+class _Term(NamedTuple):
+    """One coefficient of a polynomial, and the sum of the magnitudes of the products added into it."""
+
+    value: float
+    # How much rounding the value can carry: c*x^3 - c*x^3 has value 0 and size 2|c|.
+    size: float
+
+
+# A polynomial in x and the activation A: (power of x, power of A) -> term.
+_Poly = dict[tuple[int, int], _Term]
+# GELU's coefficients, exact.
+_Coefficients = dict[tuple[int, int], float]
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 # Exporters store the constants as float32 (0.7978846 for sqrt(2/pi)): 1e-5 relative takes
@@ -47,6 +66,14 @@ _REL_TOL = 1e-5
 # A near miss, reported with its coefficients: the right terms, each within this of GELU's.
 # Farther off is another function (SiLU's sigmoid(x), a bare erf), not worth a word.
 _NEAR_MISS_TOL = 0.05
+# A term GELU lacks counts as absent if it cancels to within this of its size: a float32
+# constant carries 6e-8 of rounding, so about sixteen roundings. A tolerance against GELU's
+# coefficients instead would take 4e-8*x^5, which is 0.4 at |x| = 25 and no rounding.
+_CANCELLED = 1e-6
+# ... and if its size is at most this times GELU's largest coefficient: the rounding of a larger
+# cancelled product ((x + 1e8) - 1e8) is no longer small beside GELU's terms when float32 computes it.
+_CANCELLED_SIZE = 100.0
+_LARGE_CANCELLATION = "after large terms cancel, which float32 rounds first"
 
 _ARITHMETIC = ("Add", "Sub", "Mul", "Div", "Neg", "Pow")
 # GELU's subgraph has about ten nodes; a walk longer than this is some other computation.
@@ -56,25 +83,33 @@ _MAX_POWER = 8
 
 @dataclass(frozen=True)
 class _Form:
-    """One GELU approximation: the activation node, its argument in x, the output in x and A, the fused op."""
+    """One GELU approximation: the activation node, its argument in x, the output in x and A, the fused op.
+
+    ``reflection`` is A(-u) written in A(u), for an argument that is GELU's negated.
+    """
 
     kind: str
-    argument: _Poly
-    output: _Poly
+    argument: _Coefficients
+    output: _Coefficients
     fused: str
+    reflection: _Coefficients
     attributes: tuple[tuple[str, float], ...] = ()
 
 
 _HALF_X_TIMES_ONE_PLUS_A = {(1, 0): 0.5, (1, 1): 0.5}
+_ODD = {(0, 1): -1.0}
 _FORMS = {
-    "Erf": _Form("erf GELU", {(1, 0): 1 / math.sqrt(2.0)}, _HALF_X_TIMES_ONE_PLUS_A, "Gelu"),
+    "Erf": _Form("erf GELU", {(1, 0): 1 / math.sqrt(2.0)}, _HALF_X_TIMES_ONE_PLUS_A, "Gelu", _ODD),
     "Tanh": _Form(
         "tanh GELU",
         {(1, 0): _SQRT_2_OVER_PI, (3, 0): _SQRT_2_OVER_PI * 0.044715},
         _HALF_X_TIMES_ONE_PLUS_A,
         "FastGelu",
+        _ODD,
     ),
-    "Sigmoid": _Form("QuickGELU", {(1, 0): 1.702}, {(1, 1): 1.0}, "QuickGelu", (("alpha", 1.702),)),
+    "Sigmoid": _Form(
+        "QuickGELU", {(1, 0): 1.702}, {(1, 1): 1.0}, "QuickGelu", {(0, 0): 1.0, (0, 1): -1.0}, (("alpha", 1.702),)
+    ),
 }
 
 
@@ -88,13 +123,18 @@ class _Match:
 class GeluFusion(FusionPass):
     """Rewrite GELU formulas into ``Gelu`` (erf), ``FastGelu`` (tanh) and ``QuickGelu`` (sigmoid), all com.microsoft.
 
-    Matches what the module docstring lists, in any association of the products. Refuses,
-    with a reason, a formula whose activation argument has GELU's terms but coefficients
-    off by more than 1e-5 relative (``0.0447`` for ``0.044715``), one whose argument is
-    GELU's but whose output is not (``0.6*x*(1 + erf(..))``), one whose intermediate
-    values have users outside it, a non-float input, a one-element constant of higher
-    rank than the input (it would broadcast the output), ``QuickGelu`` on a target
-    without its kernel, and an ONNX ``Gelu`` with an unknown ``approximate``.
+    Matches what the module docstring lists, in any association of the products, and with
+    the argument negated. Refuses, with a reason, a formula whose activation argument has
+    GELU's terms but coefficients off by more than 1e-5 relative (``0.0447`` for
+    ``0.044715``), one whose argument is GELU's but whose output is not
+    (``0.6*x*(1 + erf(..))``) or reads a tensor other than the argument's, one whose
+    intermediate values have users outside it, an input or constant known not to be
+    float32, a one-element constant of higher rank than the input (it would broadcast the
+    output), terms that cancel only from products too large for float32 to cancel them, a
+    constant or ``Pow`` exponent that is NaN or infinite, ``QuickGelu`` on a target without
+    its kernel, and an ONNX ``Gelu`` with an unknown ``approximate``. A term GELU lacks that
+    has not cancelled (``4e-8*x^5``) is kept: added after the formula, the formula is fused
+    and the term stays; inside it, the output is refused with its polynomial quoted.
     """
 
     fused_ops = ((MS_DOMAIN, "Gelu"), (MS_DOMAIN, "FastGelu"))
@@ -139,29 +179,52 @@ def _recognise(activation: ir.Node) -> _Match | str | None:
     """The GELU around ``activation``; why a near miss is not one; or None if it is no GELU at all."""
     form = _FORMS[activation.op_type]
     argument = activation.inputs[0]
-    near_miss = None
-    # x is where the argument's variable operands lead; the nearest value whose polynomial is GELU's
-    # argument (a value before x, such as the MatMul ahead of a bias Add, is no x: the bias shows).
+    # Why candidates whose argument is GELU's (or would be, but for a NaN or a large cancellation) failed,
+    # and why arguments were near misses: the farthest candidate's, whose polynomial covers the most.
+    reasons: list[str] = []
+    near_misses: list[str] = []
+    # x is where the argument's variable operands lead: the nearest value whose polynomial is GELU's argument
+    # and after which the output is GELU's (a value before x, such as the MatMul ahead of a bias Add, is no x:
+    # the bias shows; a value after it, such as x*1 when the output reads x, leaves the output no polynomial).
     for x in _values_below(argument):
-        inner = _Polynomials(x, None)
+        inner = _Polynomials(x)
         polynomial = inner.of(argument)
         if polynomial is None:
+            reasons += [inner.refusal] if inner.refusal else []
             continue
-        if not _close(polynomial, form.argument, _REL_TOL):
-            if _close(polynomial, form.argument, _NEAR_MISS_TOL):
-                near_miss = f"the argument is {_show(polynomial)}, GELU's is {_show(form.argument)}"
+        sign = _sign(polynomial, form.argument, _REL_TOL)
+        if sign is None:
+            near = _sign(polynomial, form.argument, _NEAR_MISS_TOL)
+            if _sign(polynomial, form.argument, _REL_TOL, cancelled_size=math.inf) is not None:
+                reasons.append(f"the argument is GELU's only {_LARGE_CANCELLATION}")
+            elif near is not None and not (is_float(x) and inner.float32):
+                # float16 and float64 constants round GELU's differently: the dtype is the reason.
+                near_misses.append("input is not float32")
+            elif near is not None:
+                expected = {key: near * c for key, c in form.argument.items()}
+                near_misses.append(f"the argument is {_show(polynomial)}, GELU's is {_show(expected)}")
             continue
-        return _output_of(activation, x, inner, form)
-    return near_miss
+        found = _output_of(activation, x, inner, form, sign)
+        if isinstance(found, _Match):
+            return found
+        reasons.append(found)
+    return (reasons or near_misses or [None])[-1]
 
 
-def _output_of(activation: ir.Node, x: ir.Value, inner: _Polynomials, form: _Form) -> _Match | str:
-    """The last value after ``activation`` that is GELU's output polynomial, checked; or why there is none."""
+def _output_of(activation: ir.Node, x: ir.Value, inner: _Polynomials, form: _Form, sign: int) -> _Match | str:
+    """The last value after ``activation`` that is GELU's output polynomial, checked; or why there is none.
+
+    ``sign`` is -1 where the argument is GELU's negated: A is then written with the form's reflection.
+    """
     name = activation.op_type.lower()
-    found = None
-    for output in reversed(_values_after(activation.outputs[0])):
-        outer = _Polynomials(x, activation.outputs[0])
+    written_as = {(0, 1): 1.0} if sign > 0 else form.reflection
+    found = refusal = foreign = None
+    outputs = _values_after(activation.outputs[0])
+    for output in reversed(outputs):
+        outer = _Polynomials(x, activation.outputs[0], written_as)
         polynomial = outer.of(output)
+        refusal = refusal or outer.refusal
+        foreign = foreign or outer.foreign
         if polynomial is None:
             continue
         if not _close(polynomial, form.output, _REL_TOL):
@@ -169,74 +232,114 @@ def _output_of(activation: ir.Node, x: ir.Value, inner: _Polynomials, form: _For
             continue
         if reason := _escapes(inner.nodes | outer.nodes | {activation}, output):
             return reason
-        if not is_float(x):
+        if not (is_float(x) and inner.float32 and outer.float32):
             return "input is not float32"
         if _broadcasts(inner.constants + outer.constants, x):
             return "a one-element constant has more dims than the input: the output's shape would change"
         return _Match(x, output, form)
+    # The farthest polynomial that reads x says what the output is; one that does not (1 + erf(..)) says
+    # less than the tensor that the next node reads in x's stead.
+    if found is not None and _close(found, form.output, _REL_TOL, cancelled_size=math.inf):
+        return f"the output is GELU's only {_LARGE_CANCELLATION}"
+    if found is not None and any(i for i, _ in found):
+        return f"the output is {_show(found, name)}, GELU's is {_show(form.output, name)}"
+    if refusal is not None:
+        return refusal
+    if foreign is not None:
+        return f"the argument is GELU's of {x.name!r}, but the output reads {foreign.name!r}"
+    if not outputs and len(activation.outputs[0].uses()) > 1:
+        return f"the {name}'s output has more than one user"
     if found is None:
         return f"the argument is GELU's, but nothing after the {name} is a polynomial in x and {name}"
     return f"the output is {_show(found, name)}, GELU's is {_show(form.output, name)}"
 
 
 class _Polynomials:
-    """Values as polynomials in ``x`` and ``activation`` (None: x alone), with the nodes and constants they took."""
+    """Values as polynomials in ``x`` and ``activation`` (None: x alone), with the nodes and constants they took.
 
-    def __init__(self, x: ir.Value, activation: ir.Value | None) -> None:
+    ``activation`` is written as ``written_as`` (A, or the form's reflection). Where a value is no
+    polynomial, ``refusal`` says why if that is worth a word (a NaN constant), and ``foreign`` holds
+    the first tensor met that is neither x, the activation nor computed by arithmetic from constants.
+    """
+
+    def __init__(
+        self, x: ir.Value, activation: ir.Value | None = None, written_as: _Coefficients | None = None
+    ) -> None:
         self._x = x
         self._activation = activation
+        self._written_as = {key: _Term(c, abs(c)) for key, c in (written_as or {(0, 1): 1.0}).items()}
         self._memo: dict[int, _Poly | None] = {}
         self.nodes: set[ir.Node] = set()
         self.constants: list[ir.Value] = []
+        self.refusal: str | None = None
+        self.foreign: ir.Value | None = None
+        # False once an operand is a constant known to be other than float32 (x's dtype may be unknown).
+        self.float32 = True
 
     def of(self, value: ir.Value | None) -> _Poly | None:
         if value is None:
             return None
         if value is self._x:
-            return {(1, 0): 1.0}
+            return {(1, 0): _Term(1.0, 1.0)}
         if value is self._activation:
-            return {(0, 1): 1.0}
+            return self._written_as
         if id(value) not in self._memo:
-            self._memo[id(value)] = self._compute(value)
+            polynomial = self._compute(value)
+            # Float64 overflows only past 1e308 (about eight float32 maxima multiplied); inf - inf would be NaN.
+            if polynomial is not None and not all(math.isfinite(term.size) for term in polynomial.values()):
+                self.refusal = self.refusal or "the polynomial's coefficients overflow float64"
+                polynomial = None
+            self._memo[id(value)] = polynomial
         return self._memo[id(value)]
 
     def _compute(self, value: ir.Value) -> _Poly | None:
         number = self._constant(value)
         if number is not None:
-            return {(0, 0): number}
+            return {(0, 0): _Term(number, abs(number))} if self._finite(number, "a constant") else None
         node = value.producer()
-        if not is_onnx_op(node, *_ARITHMETIC) or len(self.nodes) >= _MAX_NODES:
+        if not is_onnx_op(node, *_ARITHMETIC):
+            self.foreign = self.foreign or value
+            return None
+        if len(self.nodes) >= _MAX_NODES:
             return None
         self.nodes.add(node)
         if node.op_type == "Pow":
-            exponent = self._constant(node.inputs[1])
+            exponent = self._constant(node.inputs[1], exponent=True)
+            if exponent is not None and not self._finite(exponent, "a Pow's exponent"):
+                return None
             base = self.of(node.inputs[0])
-            if base is None or exponent is None or exponent != int(exponent) or not 1 <= exponent <= 4:
+            if base is None or exponent not in (1.0, 2.0, 3.0, 4.0):
                 return None
             return _power(base, int(exponent))
         operands = [self.of(v) for v in node.inputs]
         if any(p is None for p in operands):
             return None
         if node.op_type == "Neg":
-            return {k: -c for k, c in operands[0].items()}
+            return _negated(operands[0])
         first, second = operands
         if node.op_type == "Add":
             return _sum(first, second)
         if node.op_type == "Sub":
-            return _sum(first, {k: -c for k, c in second.items()})
+            return _sum(first, _negated(second))
         if node.op_type == "Mul":
             return _product(first, second)
-        divisor = second.get((0, 0), 0.0)  # Div: by a constant only
-        if set(second) != {(0, 0)} or divisor == 0.0:
+        divisor = second[0, 0].value if set(second) == {(0, 0)} else 0.0  # Div: by a constant only
+        if divisor == 0.0:
             return None
-        return {k: c / divisor for k, c in first.items()}
+        return {key: _Term(term.value / divisor, term.size / abs(divisor)) for key, term in first.items()}
 
-    def _constant(self, value: ir.Value | None) -> float | None:
+    def _constant(self, value: ir.Value | None, exponent: bool = False) -> float | None:
         array = constant_array(value)
         if array is None or array.size != 1:
             return None
         self.constants.append(value)
+        self.float32 = self.float32 and (exponent or array.dtype == np.float32)
         return float(array.reshape(()))
+
+    def _finite(self, number: float, what: str) -> bool:
+        if not math.isfinite(number):
+            self.refusal = self.refusal or f"{what} is {number}"
+        return math.isfinite(number)
 
 
 def _values_below(value: ir.Value) -> list[ir.Value]:
@@ -289,10 +392,15 @@ def _rewrite(graph: ir.Graph, match: _Match) -> None:
     replace_value(match.output, fused.outputs[0], inherit=True)
 
 
+def _negated(polynomial: _Poly) -> _Poly:
+    return {key: _Term(-term.value, term.size) for key, term in polynomial.items()}
+
+
 def _sum(first: _Poly, second: _Poly) -> _Poly:
     total = dict(first)
-    for key, coefficient in second.items():
-        total[key] = total.get(key, 0.0) + coefficient
+    for key, term in second.items():
+        value, size = total.get(key, (0.0, 0.0))
+        total[key] = _Term(value + term.value, size + term.size)
     return total
 
 
@@ -302,7 +410,8 @@ def _product(first: _Poly, second: _Poly) -> _Poly | None:
         for (k, m), b in second.items():
             if i + k > _MAX_POWER or j + m > _MAX_POWER:
                 return None
-            result[i + k, j + m] = result.get((i + k, j + m), 0.0) + a * b
+            value, size = result.get((i + k, j + m), (0.0, 0.0))
+            result[i + k, j + m] = _Term(value + a.value * b.value, size + a.size * b.size)
     return result
 
 
@@ -313,23 +422,38 @@ def _power(base: _Poly, exponent: int) -> _Poly | None:
     return result
 
 
-def _close(polynomial: _Poly, expected: _Poly, rel_tol: float) -> bool:
-    """True if the polynomials have the same terms, each coefficient within ``rel_tol`` (a term that cancels to
-    within rounding counts as absent)."""
+def _sign(
+    polynomial: _Poly, expected: _Coefficients, rel_tol: float, cancelled_size: float = _CANCELLED_SIZE
+) -> int | None:
+    """1 if the polynomial is ``expected`` (see ``_close``), -1 if it is ``expected`` negated, else None."""
+    for sign in (1, -1):
+        if _close(polynomial, {key: sign * c for key, c in expected.items()}, rel_tol, cancelled_size):
+            return sign
+    return None
+
+
+def _close(polynomial: _Poly, expected: _Coefficients, rel_tol: float, cancelled_size: float = _CANCELLED_SIZE) -> bool:
+    """True if the polynomial has ``expected``'s terms, each within ``rel_tol``, and every other term cancelled
+    from products of at most ``cancelled_size`` times ``expected``'s largest coefficient."""
     scale = max(abs(c) for c in expected.values())
-    return all(
-        math.isclose(polynomial.get(key, 0.0), expected.get(key, 0.0), rel_tol=rel_tol, abs_tol=1e-7 * scale)
-        for key in polynomial.keys() | expected.keys()
-    )
+    for key in polynomial.keys() | expected.keys():
+        term = polynomial.get(key, _Term(0.0, 0.0))
+        if key in expected:
+            if not math.isclose(term.value, expected[key], rel_tol=rel_tol):
+                return False
+        elif abs(term.value) > _CANCELLED * term.size or term.size > cancelled_size * scale:
+            return False
+    return True
 
 
-def _show(polynomial: _Poly, activation: str = "") -> str:
+def _show(polynomial: _Poly | _Coefficients, activation: str = "") -> str:
     """``0.797885*x + 0.0356774*x^3``: the polynomial as a report reads it."""
     terms = []
     for (i, j), coefficient in sorted(polynomial.items(), key=lambda item: (item[0][1], item[0][0])):
-        if coefficient == 0.0:
+        value = coefficient.value if isinstance(coefficient, _Term) else coefficient
+        if value == 0.0:
             continue
-        factors = [f"{coefficient:.6g}"]
+        factors = [f"{value:.6g}"]
         factors += [f"x^{i}" if i > 1 else "x"] if i else []
         factors += [f"{activation}(..)" + (f"^{j}" if j > 1 else "")] if j else []
         terms.append("*".join(factors))

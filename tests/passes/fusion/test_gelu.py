@@ -120,11 +120,58 @@ _SPELLINGS = {
       y = Mul(c, b)""",
         "Gelu",
     ),
+    # TF's and JAX's erfc form, x * erfc(-x/sqrt(2)) / 2 with erfc written 1 - erf: erf is odd.
+    "erf-of-minus-x": (
+        """
+      rsqrt2 = Constant<value = float {0.70710678}>()
+      one = Constant<value = float {1.0}>()
+      two = Constant<value = float {2.0}>()
+      n = Neg(x)
+      a = Mul(n, rsqrt2)
+      e = Erf(a)
+      b = Sub(one, e)
+      c = Mul(x, b)
+      y = Div(c, two)""",
+        "Gelu",
+    ),
+    # 0.5*x*(1 - tanh(-s*(x + 0.044715*x^3))): tanh is odd.
+    "tanh-of-minus-argument": (
+        """
+      half = Constant<value = float {0.5}>()
+      three = Constant<value = float {3.0}>()
+      k = Constant<value = float {0.044715}>()
+      s = Constant<value = float {-0.7978846}>()
+      one = Constant<value = float {1.0}>()
+      h = Mul(x, half)
+      p = Pow(x, three)
+      q = Mul(p, k)
+      r = Add(x, q)
+      t = Mul(r, s)
+      u = Tanh(t)
+      v = Sub(one, u)
+      y = Mul(h, v)""",
+        "FastGelu",
+    ),
+    # erf((x*1)/sqrt(2)) with the output reading x: x*1 matches the argument first, x is tried next.
+    "erf-of-x-times-one": (
+        """
+      unit = Constant<value = float {1.0}>()
+      sqrt2 = Constant<value = float {1.4142135}>()
+      one = Constant<value = float {1.0}>()
+      half = Constant<value = float {0.5}>()
+      t = Mul(x, unit)
+      a = Div(t, sqrt2)
+      e = Erf(a)
+      b = Add(e, one)
+      c = Mul(x, b)
+      y = Mul(c, half)""",
+        "Gelu",
+    ),
 }
 
 
-def _x():
-    return {"x": np.linspace(-6, 6, 64, dtype=np.float32).reshape(4, 16)}
+def _x(scale: float = 1.0):
+    return {"x": np.linspace(-6 * scale, 6 * scale, 64, dtype=np.float32).reshape(4, 16)}
 
 
 def _fused(text: str, **kwargs) -> tuple:
@@ -147,7 +194,107 @@ def test_other_spellings_of_gelu_are_fused(spelling):
     model, result = _fused(_HEADER.format(body=body))
     assert computed_op_types(result.model) == [fused]
     assert result.refusals == []
+    # At ten times the inputs too: a term the fused op drops would show there (x^3 grows a thousandfold).
+    for scale in (1.0, 10.0):
+        assert_same_outputs(model, result.model, _x(scale), rtol=1e-4, atol=1e-5)
+
+
+def test_a_term_gelu_lacks_that_cancels_to_rounding_is_absent():
+    # 0.1*0.3*x^3 - 0.03*x^3 is zero but for float32's rounding of the constants. Compared at the usual scale
+    # only: at ten times it the original's own float32 rounding of the cancelled 0.03*x^3 is 1e-3.
+    body = """
+      sqrt2 = Constant<value = float {1.4142135}>()
+      one = Constant<value = float {1.0}>()
+      half = Constant<value = float {0.5}>()
+      three = Constant<value = float {3.0}>()
+      k1 = Constant<value = float {0.1}>()
+      k2 = Constant<value = float {0.3}>()
+      k12 = Constant<value = float {0.03}>()
+      a = Div(x, sqrt2)
+      e = Erf(a)
+      b = Add(e, one)
+      c = Mul(x, b)
+      g = Mul(c, half)
+      p = Pow(x, three)
+      p1 = Mul(p, k1)
+      p2 = Mul(p1, k2)
+      p3 = Mul(p, k12)
+      d = Sub(p2, p3)
+      y = Add(g, d)"""
+    model, result = _fused(_HEADER.format(body=body))
+    assert computed_op_types(result.model) == ["Gelu"]
     assert_same_outputs(model, result.model, _x(), rtol=1e-4, atol=1e-5)
+
+
+# GELU plus a term it lacks, with a coefficient far below GELU's: 4e-8*x^5 is 31 at x = 60.
+_ERF_GELU_THEN = """
+      sqrt2 = Constant<value = float {{1.4142135}}>()
+      one = Constant<value = float {{1.0}}>()
+      half = Constant<value = float {{0.5}}>()
+      a = Div(x, sqrt2)
+      e = Erf(a)
+      b = Add(e, one)
+      c = Mul(x, b)
+      g = Mul(c, half)
+      power = Constant<value = float {{{power}}}>()
+      tiny = Constant<value = float {{4e-8}}>()
+      p = Pow(x, power)
+      {term}
+      y = Add(g, t)"""
+_TINY_TERMS = {
+    "x^5-after-erf-gelu": (
+        _ERF_GELU_THEN.format(power=4.0, term="p5 = Mul(p, x)\n      t = Mul(p5, tiny)"),
+        ["Gelu", "Pow", "Mul", "Mul", "Add"],
+    ),
+    "x^3-after-erf-gelu": (_ERF_GELU_THEN.format(power=3.0, term="t = Mul(p, tiny)"), ["Gelu", "Pow", "Mul", "Add"]),
+    # Inside the parentheses: no value is GELU, nothing may be fused.
+    "x^4-inside-erf-gelu": (
+        """
+      sqrt2 = Constant<value = float {1.4142135}>()
+      one = Constant<value = float {1.0}>()
+      half = Constant<value = float {0.5}>()
+      four = Constant<value = float {4.0}>()
+      tiny = Constant<value = float {8e-8}>()
+      p = Pow(x, four)
+      t = Mul(p, tiny)
+      a = Div(x, sqrt2)
+      e = Erf(a)
+      b = Add(e, one)
+      bt = Add(b, t)
+      c = Mul(x, bt)
+      y = Mul(c, half)""",
+        "the output is 0.5*x + 4e-08*x^5 + 0.5*x*erf(..), GELU's is 0.5*x + 0.5*x*erf(..)",
+    ),
+    "x^5-inside-quick-gelu": (
+        """
+      k = Constant<value = float {1.702}>()
+      four = Constant<value = float {4.0}>()
+      tiny = Constant<value = float {9e-8}>()
+      p = Pow(x, four)
+      t = Mul(p, tiny)
+      a = Mul(x, k)
+      s = Sigmoid(a)
+      st = Add(s, t)
+      y = Mul(x, st)""",
+        "the output is 9e-08*x^5 + 1*x*sigmoid(..), GELU's is 1*x*sigmoid(..)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(_TINY_TERMS))
+def test_a_small_term_gelu_lacks_is_kept(case, monkeypatch):
+    # Before, any term below 1e-7 of GELU's largest coefficient passed for absent, whatever its power of x:
+    # the fused model dropped it, unseen at the usual scale (verification missed it) and 31 off at x = 60.
+    monkeypatch.setitem(_targets._KERNELS, (MS_DOMAIN, "QuickGelu"), frozenset({"cpu", "cuda"}))
+    body, expected = _TINY_TERMS[case]
+    model, result = _fused(_HEADER.format(body=body))
+    if isinstance(expected, str):
+        assert not result.modified
+        assert len(result.refusals) == 1 and result.refusals[0].endswith(expected), result.refusals
+    else:
+        assert computed_op_types(result.model) == expected
+    for scale in (1.0, 10.0):
+        assert_same_outputs(model, result.model, _x(scale), rtol=1e-4, atol=1e-5)
 
 
 def test_gelu_of_a_biased_and_scaled_input_takes_that_input():
@@ -230,3 +377,104 @@ def test_a_constant_that_would_broadcast_the_output_is_refused():
     _, result = _fused(text)
     assert not result.modified
     assert "more dims than the input" in result.refusals[0]
+
+
+def test_quick_gelu_of_a_negated_argument_is_fused(monkeypatch):
+    # sigmoid(-u) = 1 - sigmoid(u): x - x*sigmoid(-1.702*x) is x*sigmoid(1.702*x).
+    monkeypatch.setitem(_targets._KERNELS, (MS_DOMAIN, "QuickGelu"), frozenset({"cpu", "cuda"}))
+    body = """
+      k = Constant<value = float {-1.702}>()
+      a = Mul(x, k)
+      s = Sigmoid(a)
+      xs = Mul(x, s)
+      y = Sub(x, xs)"""
+    model, result = _fused(_HEADER.format(body=body))
+    assert computed_op_types(result.model) == ["QuickGelu"]
+    for scale in (1.0, 10.0):
+        assert_same_outputs(model, result.model, _x(scale), rtol=1e-4, atol=1e-5)
+
+
+_POW_IN_ARGUMENT = """
+      sqrt2 = Constant<value = float {{1.4142135}}>()
+      one = Constant<value = float {{1.0}}>()
+      half = Constant<value = float {{0.5}}>()
+      zero = Constant<value = float {{0.0}}>()
+      exponent = Constant<value = float {{{exponent}}}>()
+      p = Pow(x, exponent)
+      z = Mul(p, zero)
+      d = Div(x, sqrt2)
+      a = Add(d, z)
+      e = Erf(a)
+      b = Add(e, one)
+      c = Mul(x, b)
+      y = Mul(c, half)"""
+
+
+@pytest.mark.parametrize("exponent", ["nan", "inf"])
+def test_a_pow_with_a_non_finite_exponent_is_refused_with_a_reason(exponent):
+    # It raised in int(exponent) before, and the pass failed with every GELU of the model left unfused.
+    _, result = _fused(_HEADER.format(body=_POW_IN_ARGUMENT.format(exponent=exponent)))
+    assert not result.modified
+    assert result.refusals == [f"1 of 1 erf GELU left unfused: a Pow's exponent is {exponent}"]
+
+
+def test_a_pow_with_a_nan_exponent_after_a_gelu_leaves_the_gelu_fused():
+    body = _ERF_GELU_THEN.format(power="nan", term="t = Mul(p, tiny)")
+    model, result = _fused(_HEADER.format(body=body))
+    assert computed_op_types(result.model) == ["Gelu", "Pow", "Mul", "Add"]
+    assert_same_outputs(model, result.model, _x(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_float16_gelu_is_refused_for_its_dtype():
+    # float16's 1/sqrt(2) is 1e-4 off GELU's: the dtype, not a near-miss constant, is the reason.
+    text = _HEADER.format(body=_ERF.format(half=0.5)).replace("float", "float16")
+    for number in ("1.4142135", "1.0", "0.5"):  # ONNX's text gives a float16 by its bits
+        text = text.replace("{" + number + "}", f"{{{np.float16(number).view(np.uint16)}}}")
+    _, result = _fused(text)
+    assert not result.modified
+    assert result.refusals == ["1 of 1 erf GELU left unfused: input is not float32"]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            _ERF.format(half=0.5).replace("a = Div(x, sqrt2)", "a = Div(z, sqrt2)"),
+            "the argument is GELU's of 'z', but the output reads 'x'",
+        ),
+        (
+            _ERF.format(half=0.5).replace(
+                "a = Div(x, sqrt2)",
+                "big = Constant<value = float {1e8}>()\n      xb = Add(x, big)\n      xc = Sub(xb, big)\n"
+                "      a = Div(xc, sqrt2)",
+            ),
+            "the argument is GELU's only after large terms cancel, which float32 rounds first",
+        ),
+    ],
+    ids=["argument-of-another-tensor", "large-cancellation-in-argument"],
+)
+def test_refusals_name_the_real_reason(body, reason):
+    # Before, both quoted the polynomial of the first value after the erf: "the output is 1 + 1*erf(..)".
+    text = _HEADER.format(body=body).replace("(float[N, 16] x)", "(float[N, 16] x, float[N, 16] z)")
+    _, result = _fused(text)
+    assert not result.modified
+    assert result.refusals == [f"1 of 1 erf GELU left unfused: {reason}"]
+
+
+def test_a_gelu_on_float64_constants_is_refused_where_the_input_dtype_is_unknown():
+    # x is a Cast's output with no recorded type: the constants' dtype says it is not float32 (ONNX Runtime's
+    # Gelu has no float64 kernel).
+    body = """
+      xd = Cast<to = 11>(x)
+      sqrt2 = Constant<value = double {1.4142135623730951}>()
+      one = Constant<value = double {1.0}>()
+      half = Constant<value = double {0.5}>()
+      a = Div(xd, sqrt2)
+      e = Erf(a)
+      b = Add(e, one)
+      c = Mul(xd, b)
+      g = Mul(c, half)
+      y = Cast<to = 1>(g)"""
+    _, result = _fused(_HEADER.format(body=body))
+    assert not result.modified
+    assert result.refusals == ["1 of 1 erf GELU left unfused: input is not float32"]
