@@ -8,7 +8,10 @@ head split, ``x = Transpose(Reshape(h, [0, 0, N, d]), (0, 2, 1, 3))``::
 
 and rewrites it into ``RotaryEmbedding(h, position_ids, cos_cache, sin_cache)`` on the
 3-D projection ``h`` followed by a fresh head split, so the attention fusion can
-hand the 3-D result straight to MultiHeadAttention.
+hand the 3-D result straight to MultiHeadAttention. A 4-D ``[B, N, S, d]`` tensor that is
+no head split (Qwen3 normalizes each head between its split and its rotary) is rotated as
+it is, RotaryEmbedding reading a 4-D input as ``[B, N, S, d]``; that layout is proved by
+cos and sin being ``[B or 1, 1, S, d]`` tables (``_per_head_size``).
 
 The cos/sin tables are not matched structurally: the subgraph computing them is
 evaluated on ONNX Runtime (only its ancestors, cheap) for ``cache_length``
@@ -36,7 +39,8 @@ than the others (1 new token after 6, 3 after 4, and one after each length
 ``probe_lengths`` names and one less: a past), where they must be the rows of the token index, or
 all those of ``T - S + s`` for one input (the mask, whatever its name).
 
-Refuses when: the rotation is partial or interleaved; x is not a float32 head split;
+Refuses when: the rotation is partial or interleaved; x is not float32, or neither a head
+split nor a 4-D tensor of static head size with ``[B or 1, 1, S, d]`` cos/sin;
 the cos/sin subgraph reads anything but ``[batch, sequence]`` integer inputs (token
 ids, the attention mask, position ids) or contains an If/Loop/Scan; its values are
 not ``[c, c]`` halves of a position table; positions depend on the attention mask's
@@ -120,6 +124,26 @@ def _bound(value: ir.Value | None, data: ir.Value, head_size: int) -> int | None
     return None
 
 
+def _per_head_size(x: ir.Value, cos: ir.Value, sin: ir.Value) -> int | str:
+    """The head size of ``x`` if it is a ``[B, N, S, d]`` per-head tensor that is no head split (Qwen3 normalizes
+    each head before its rotary), or why not.
+
+    RotaryEmbedding reads a 4-D input as ``[B, N, S, d]``. The layout is proved by cos and sin:
+    ``[B or 1, 1, S, d]`` tables broadcast over axis 1 and run along axis 2, so wherever the
+    original multiplies them with ``x`` (the tables' rows are checked at every probed length),
+    ``x``'s axis 2 is the sequence. A ``[B, S, N, d]`` tensor rotated before its transpose has
+    ``[B, S, 1, d]`` tables, and is refused.
+    """
+    if x.shape is None or x.shape.rank() != 4 or not isinstance(x.shape[3], int):
+        return "x is not a head split of a 3-D projection, nor a 4-D tensor of static head size"
+    for table in (cos, sin):
+        if table.shape is None or table.shape.rank() != 4 or table.shape[1] != 1 or table.shape[3] != x.shape[3]:
+            return (
+                "x is a 4-D tensor, but cos/sin are not [B or 1, 1, S, d] tables (the layout [B, N, S, d] is unproved)"
+            )
+    return x.shape[3]
+
+
 class _RotateHalf(pattern.RewriteRuleClassBase):
     def __init__(self, fusion: RotaryEmbeddingFusion) -> None:
         super().__init__(name="RotaryEmbedding")
@@ -135,13 +159,16 @@ class _RotateHalf(pattern.RewriteRuleClassBase):
         result = pattern.MatchResult()
         split = head_split(x, (0, 2, 1, 3))
         if split is None:
-            return result.fail("x is not a head split of a 3-D projection")
-        d = split.head_size
+            d = _per_head_size(x, cos, sin)
+            if isinstance(d, str):
+                return result.fail(d)
+        else:
+            d = split.head_size
         if rotated.producer().attributes.get_int("axis", 0) not in (-1, 3):
             return result.fail("rotate_half does not concatenate on the last axis")
         if _slice_bounds(lo.producer(), d) != (0, d // 2) or _slice_bounds(hi.producer(), d) != (d // 2, d):
             return result.fail("not a full, non-interleaved rotate_half")
-        if split.heads is None and (last_dim(split.hidden) is None or last_dim(split.hidden) % d):
+        if split is not None and split.heads is None and (last_dim(split.hidden) is None or last_dim(split.hidden) % d):
             return result.fail("the head count is unknown")
         if not is_float(x):
             return result.fail("x is not float32")
@@ -152,6 +179,12 @@ class _RotateHalf(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, x, cos, sin, **_):
         split = head_split(x, (0, 2, 1, 3))
+        if split is None:  # a [B, N, S, d] tensor (normalized per head, as Qwen3's q_norm/k_norm): rotated as it is
+            d = _per_head_size(x, cos, sin)
+            cos_cache, sin_cache, position_ids = self._fusion.tables(None, cos, sin, d)
+            rotated = op.RotaryEmbedding(x, position_ids, cos_cache, sin_cache, interleaved=0, _domain=MS_DOMAIN)
+            rotated.shape, rotated.type = x.shape, x.type
+            return rotated
         d = split.head_size
         heads = split.heads or last_dim(split.hidden) // d
         cos_cache, sin_cache, position_ids = self._fusion.tables(None, cos, sin, d)

@@ -348,3 +348,69 @@ def test_positions_read_from_token_id_values_are_left_alone():
     result = RotaryEmbeddingFusion(cache_length=64)(_positions_from_token_ids_model())
     assert not result.modified
     assert any("read the values of an input (token ids?)" in line for line in result.refusals)
+
+
+def _per_head_rotary_model(sequence_first: bool = False) -> ir.Model:
+    """Rotary on a 4-D per-head tensor that is no head split (Qwen3 normalizes each head first):
+    ``x [B, N, S, d]`` with ``[B, 1, S, d]`` tables from ``position_ids``; ``sequence_first``: ``x [B, S, N, d]``
+    with ``[B, S, 1, d]`` tables (rotated before the transpose), a layout RotaryEmbedding cannot read."""
+    heads, size = 3, 8
+    inv = (1.0 / 10000 ** (np.arange(0, size, 2) / size)).astype(np.float32)
+    consts = {
+        "inv": inv.reshape(1, 1, -1),
+        "table_axis": np.array([2 if sequence_first else 1], np.int64),
+        "axl": np.array([-1], np.int64),
+        "s0": np.array([0], np.int64),
+        "mid": np.array([size // 2], np.int64),
+        "end": np.array([size], np.int64),
+    }
+    nodes = [
+        helper.make_node("Cast", ["position_ids"], ["pos_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["pos_f", "axl"], ["pos"]),
+        helper.make_node("Mul", ["pos", "inv"], ["fr"]),
+        helper.make_node("Concat", ["fr", "fr"], ["tab"], axis=-1),
+        helper.make_node("Cos", ["tab"], ["cos3"]),
+        helper.make_node("Sin", ["tab"], ["sin3"]),
+        helper.make_node("Unsqueeze", ["cos3", "table_axis"], ["cos"]),
+        helper.make_node("Unsqueeze", ["sin3", "table_axis"], ["sin"]),
+        helper.make_node("Slice", ["x", "s0", "mid", "axl"], ["lo"]),
+        helper.make_node("Slice", ["x", "mid", "end", "axl"], ["hi"]),
+        helper.make_node("Neg", ["hi"], ["nhi"]),
+        helper.make_node("Concat", ["nhi", "lo"], ["rot"], axis=-1),
+        helper.make_node("Mul", ["x", "cos"], ["a"]),
+        helper.make_node("Mul", ["rot", "sin"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["y"]),
+    ]
+    layout = ["batch", "sequence", heads, size] if sequence_first else ["batch", heads, "sequence", size]
+    graph = helper.make_graph(
+        nodes,
+        "per_head_rotary",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, layout),
+            helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, layout)],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    return ir.from_proto(proto)
+
+
+def test_a_per_head_tensor_that_is_no_head_split_is_rotated_as_it_is():
+    # A review: Qwen3's q_norm/k_norm sit between the head split and the rotary, which was left unfused
+    # ("x is not a head split"); RotaryEmbedding reads a 4-D [B, N, S, d] input itself.
+    model = _per_head_rotary_model()
+    result = RotaryEmbeddingFusion(cache_length=64)(model.clone())
+    assert result.modified and op_types(result.model).count("RotaryEmbedding") == 1
+    rng = np.random.default_rng(0)
+    for sequence in (5, 9):
+        positions = np.stack([np.arange(sequence), np.arange(sequence) + 3])
+        feeds = {"x": rng.standard_normal((2, 3, sequence, 8)).astype(np.float32), "position_ids": positions}
+        assert_same_outputs(model, result.model, feeds, rtol=1e-5, atol=1e-5)
+
+
+def test_a_4d_tensor_rotated_before_its_transpose_is_left_alone():
+    # x [B, S, N, d] with [B, S, 1, d] tables: RotaryEmbedding would read axis 1 as the heads.
+    result = RotaryEmbeddingFusion(cache_length=64)(_per_head_rotary_model(sequence_first=True))
+    assert not result.modified
+    assert any("[B or 1, 1, S, d]" in line for line in result.refusals)
