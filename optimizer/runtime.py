@@ -364,7 +364,7 @@ def ancestry(values: Sequence[ir.Value]) -> tuple[list[ir.Node], list[ir.Value]]
     return list(nodes.values()), list(leaves.values())
 
 
-def _in_topological_order(nodes: Sequence[ir.Node]) -> list[ir.Node]:
+def in_topological_order(nodes: Sequence[ir.Node]) -> list[ir.Node]:
     """``nodes`` ordered so each comes after the ones among them it reads (a depth-first walk
     over ``nodes`` only: ordering by position in the whole graph made each probe cost the graph's size)."""
     members = {id(node) for node in nodes}
@@ -406,7 +406,7 @@ def evaluator(model: ir.Model, values: Sequence[ir.Value]) -> Callable[[Mapping[
     Runtime cannot load the subgraph) or from a call (it cannot run it on those feeds).
     """
     nodes, leaves = ancestry(values)
-    nodes = _in_topological_order(nodes)
+    nodes = in_topological_order(nodes)
     initializers, inputs = [], []
     for leaf in leaves:
         if leaf.const_value is not None:

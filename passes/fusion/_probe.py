@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from optimizer.domains import is_onnx_op
 from optimizer.options import DEFAULT_MAX_SEQUENCE
-from optimizer.runtime import SubgraphError, ancestry
+from optimizer.runtime import SubgraphError, ancestry, in_topological_order
 from passes._utils import constant_array
 
 __all__ = ["DEFAULT_MAX_SEQUENCE", "PADDED_MASK", "long_mask", "probe_lengths", "values_only_from"]
@@ -175,9 +175,9 @@ def values_only_from(bias: ir.Value, *allowed: ir.Value) -> bool:
         return False
     kept = {id(v) for v in allowed}
     tainted = {id(v) for v in leaves if id(v) not in kept and v.const_value is None}
-    inside = {id(node) for node in nodes}
-    for node in bias.graph if bias.graph is not None else ():
-        if id(node) not in inside or is_onnx_op(node, "Shape", "Size"):
+    # The ancestors alone, in order: walking the whole graph made each check cost its size.
+    for node in in_topological_order(nodes):
+        if is_onnx_op(node, "Shape", "Size"):
             continue
         if any(v is not None and id(v) in tainted for v in node.inputs):
             tainted.update(id(v) for v in node.outputs)
