@@ -24,6 +24,7 @@ from optimizer.inputs import (
     constant_inputs_note,
     dims_from_inputs,
     fixed_batch_size,
+    is_batch_dim,
     load_inputs,
     make_inputs,
     nan_note,
@@ -144,7 +145,7 @@ def optimize_with_report(
     asked = [spec for spec in specs if spec.approximate]
     samples, warning = _samples(ir_model, calibration, options.dims, notes, asked) if approximate else (None, None)
     if options.verify:
-        input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, notes)
+        input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, notes, options.max_sequence)
         bound = dims_from_inputs(ir_model, input_sets[0])
         if inputs is not None:
             where = f"--inputs {inputs}" if isinstance(inputs, (str, os.PathLike)) else "the given inputs"
@@ -162,7 +163,7 @@ def optimize_with_report(
             samples_generated=warning is not None,
         )
         if not specializes:
-            _add_second_binding(ir_model, verifier, options.dims)
+            _add_second_binding(ir_model, verifier, options.dims, options.max_sequence)
         _ensure_padding(ir_model, verifier)
     else:
         verifier = None
@@ -342,14 +343,19 @@ def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:
 
 
 def _verification_inputs(
-    model: ir.Model, inputs: InputsLike, dims: Mapping[str, int] | None, notes: list[str]
+    model: ir.Model,
+    inputs: InputsLike,
+    dims: Mapping[str, int] | None,
+    notes: list[str],
+    max_positions: int | None = None,
 ) -> tuple[list[dict[str, np.ndarray]], list[str]]:
     """The first verification input set and where it came from: the user's inputs, or generated.
 
     Inputs that each hold one value repeated get a generated set of the same shapes beside
     them (``constant_inputs_note``). A label notes inputs that are partly NaN. Before generating, the sets verification
     generates (this one, a padded copy, the second binding) are counted against
-    ``MAX_INPUT_BYTES``.
+    ``MAX_INPUT_BYTES``. Generated token counts stay within ``max_positions`` (``--max-sequence``:
+    the fused model's rotary caches end there).
     """
     mended: list[str] = []
     if isinstance(inputs, (str, os.PathLike)):
@@ -357,8 +363,9 @@ def _verification_inputs(
     elif inputs is not None:
         arrays, label = check_inputs(as_arrays(inputs, "inputs"), model, "inputs", mended), "the given inputs"
     else:
-        refuse_oversized(model, verification_bindings(model, dims), what="generated verification inputs")
-        primary, how = _model_cache(model, make_inputs(model, dims), seed=0)
+        refuse_oversized(model, verification_bindings(model, dims, max_positions), what="generated verification inputs")
+        first = bind_dims(model, dims, max_positions=max_positions)
+        primary, how = _model_cache(model, make_inputs(model, first), seed=0)
         return [primary], [f"generated ({_shapes(model, primary)}){how}"]
     notes.extend(f"{label}: {note}" for note in mended)
     note = nan_note(arrays)
@@ -373,16 +380,21 @@ def _verification_inputs(
     return [arrays], [label]
 
 
-def _add_second_binding(model: ir.Model, verifier: Verifier, dims: Mapping[str, int] | None) -> None:
+def _add_second_binding(
+    model: ir.Model, verifier: Verifier, dims: Mapping[str, int] | None, max_positions: int | None = None
+) -> None:
     """Verify at a second binding of the dims not fixed by ``dims`` too: a rewrite that bakes one
     shape in fails there. Longer sequences first (twice the default plus one: past sliding
     windows the default length does not reach), else shorter (half) if the original cannot
-    run that long; padded at both ends."""
+    run that long; padded at both ends. Token counts stay within ``max_positions``; where that
+    leaves the longer binding's lengths those of the first, the shorter one is taken."""
     first = dims_from_inputs(model, verifier.inputs)
     for longer in (True, False):
-        alternate = alternate_binding(model, dims, longer=longer, base=first)
+        alternate = alternate_binding(model, dims, longer=longer, base=first, max_positions=max_positions)
         if alternate is None:
             return
+        if longer and all(alternate.get(name) == size for name, size in first.items() if not is_batch_dim(name)):
+            continue  # capped at max_positions: no new length to verify at
         try:
             inputs, how = _model_cache(model, make_inputs(model, alternate, seed=1), seed=1)
         except InputSpecError:

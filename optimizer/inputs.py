@@ -113,10 +113,14 @@ def symbolic_dims(model: ir.Model) -> list[str]:
     return names
 
 
-def bind_dims(model: ir.Model, overrides: Mapping[str, int] | None = None) -> dict[str, int]:
+def bind_dims(
+    model: ir.Model, overrides: Mapping[str, int] | None = None, *, max_positions: int | None = None
+) -> dict[str, int]:
     """Map every named symbolic input dimension to a size: ``overrides`` first, then defaults.
 
-    Raises ``InputSpecError`` for an override naming a dim the model does not have.
+    ``max_positions`` (``--max-sequence``: the fused model's rotary caches end there) bounds
+    the token sequence dims the overrides leave free, and a decoder's past and new tokens
+    together. Raises ``InputSpecError`` for an override naming a dim the model does not have.
     """
     overrides = dict(overrides or {})
     names = symbolic_dims(model)
@@ -135,7 +139,7 @@ def bind_dims(model: ir.Model, overrides: Mapping[str, int] | None = None) -> di
             bound[name] = DEFAULT_BATCH
         else:
             bound[name] = DEFAULT_SEQUENCE
-    return _with_cache_lengths(model, bound, overrides)
+    return _with_cache_lengths(model, bound, overrides, max_positions)
 
 
 _PAST_NAME = re.compile(r"past|cache", re.IGNORECASE)
@@ -224,6 +228,22 @@ def longest_cache(model: ir.Model) -> int | None:
     return min(limits) if limits else None
 
 
+def is_batch_dim(name: str) -> bool:
+    """Whether a symbolic dim is named like a batch (``batch``, ``batch_size``, ``N``...)."""
+    return bool(_BATCH_NAME.search(name))
+
+
+def _token_sequence_dims(model: ir.Model) -> set[str]:
+    """The symbolic dims along axis 1 of the 2-D integer inputs (token ids, masks, positions): token counts."""
+    names = set()
+    for value in runtime_inputs(model):
+        shape = value.shape
+        if value.dtype in (ir.DataType.INT64, ir.DataType.INT32) and shape is not None and len(shape) == 2:
+            if isinstance(shape[1], ir.SymbolicDim) and shape[1].value:
+                names.add(shape[1].value)
+    return names
+
+
 def chunks_only_at_batch_one(model: ir.Model) -> bool:
     """Whether the model runs several new tokens over a past only one row at a time.
 
@@ -261,8 +281,15 @@ def _fixed_dims(model: ir.Model) -> dict[str, int]:
     return cache_head_sizes(model)
 
 
-def _with_cache_lengths(model: ir.Model, bound: dict[str, int], fixed: Mapping[str, int]) -> dict[str, int]:
+def _with_cache_lengths(
+    model: ir.Model, bound: dict[str, int], fixed: Mapping[str, int], max_positions: int | None = None
+) -> dict[str, int]:
     limit = longest_cache(model)
+    if max_positions is not None:
+        limit = max_positions if limit is None else min(limit, max_positions)
+        for name in _token_sequence_dims(model):
+            if name in bound and name not in fixed:
+                bound[name] = min(bound[name], max_positions)
     rows = max((size for name, size in bound.items() if _BATCH_NAME.search(name)), default=1)
     for total, (past, sequence) in cache_length_dims(model).items():
         if total in fixed or past not in bound or sequence not in bound:
@@ -299,16 +326,18 @@ def alternate_binding(
     *,
     longer: bool = False,
     base: Mapping[str, int] | None = None,
+    max_positions: int | None = None,
 ) -> dict[str, int] | None:
     """A second binding that changes every dim not fixed by ``overrides``, or None if there is none.
 
     From ``base`` (the sizes of the first verification set; the defaults where it does
     not say), batch-like dims grow by one; others go to about half, which stays inside
     position tables sized for the default, or with ``longer`` to twice the larger of
-    ``base`` and the default, plus one (past a sliding window or a table of that size).
+    ``base`` and the default, plus one (past a sliding window or a table of that size);
+    token counts stay within ``max_positions`` (``bind_dims``).
     """
     overrides = dict(overrides or {})
-    defaults = bind_dims(model, overrides)
+    defaults = bind_dims(model, overrides, max_positions=max_positions)
     bound = dict(defaults)
     bound.update({name: size for name, size in (base or {}).items() if name in bound and name not in overrides})
     fixed = _fixed_dims(model)
@@ -323,16 +352,19 @@ def alternate_binding(
             alternate[name] = 2 * max(bound[name], defaults[name]) + 1
         else:
             alternate[name] = bound[name] // 2 + 1
-    return _with_cache_lengths(model, alternate, overrides)
+    return _with_cache_lengths(model, alternate, overrides, max_positions)
 
 
-def verification_bindings(model: ir.Model, dims: Mapping[str, int] | None = None) -> list[Mapping[str, int] | None]:
+def verification_bindings(
+    model: ir.Model, dims: Mapping[str, int] | None = None, max_positions: int | None = None
+) -> list[Mapping[str, int] | None]:
     """The bindings of the input sets verification generates: the first (twice, for the padded
     copy, when an input looks like a mask) and the second, longer one (see ``alternate_binding``)."""
-    bindings: list[Mapping[str, int] | None] = [dims]
+    first = bind_dims(model, dims, max_positions=max_positions)
+    bindings: list[Mapping[str, int] | None] = [first]
     if any(_MASK_NAME.search(value.name) for value in runtime_inputs(model)):
-        bindings.append(dims)
-    alternate = alternate_binding(model, dims, longer=True)
+        bindings.append(first)
+    alternate = alternate_binding(model, dims, longer=True, max_positions=max_positions)
     if alternate is not None:
         bindings.append(alternate)
     return bindings

@@ -271,7 +271,7 @@ def test_input_bytes_counts_a_binding_without_generating_it():
 def test_verification_counts_the_padded_copy_and_the_longer_binding():
     bindings = verification_bindings(ir.load(BERT), {"sequence": 16})
     # attention_mask makes a padded copy of the first set; the second binding grows the batch only.
-    assert bindings == [{"sequence": 16}, {"sequence": 16}, {"batch": 2, "sequence": 16}]
+    assert bindings == [{"batch": 1, "sequence": 16}, {"batch": 1, "sequence": 16}, {"batch": 2, "sequence": 16}]
 
 
 @pytest.mark.parametrize(
@@ -280,3 +280,32 @@ def test_verification_counts_the_padded_copy_and_the_longer_binding():
 )
 def test_sizes_are_shown_in_binary_units(nbytes, shown):
     assert format_bytes(nbytes) == shown
+
+
+def test_verification_bindings_stay_within_max_sequence():
+    # --max-sequence 32 on a decoder with rotary: the fused model's caches end at 32 positions, and
+    # verification at 128 + 128 (then 257 + 257) tokens rolled every correct rotary fusion back.
+    from optimizer.inputs import alternate_binding, bind_dims
+
+    model = ir.load(FIXTURES / "llama_kv_legacy.onnx")
+    free = bind_dims(model)
+    assert free["total_sequence"] == free["past_sequence"] + free["sequence"] > 32
+    first = bind_dims(model, max_positions=32)
+    assert first["total_sequence"] == first["past_sequence"] + first["sequence"] <= 32
+    second = alternate_binding(model, longer=True, base=first, max_positions=32)
+    assert second["total_sequence"] == second["past_sequence"] + second["sequence"] <= 32
+    fixed = bind_dims(model, {"sequence": 40}, max_positions=32)
+    assert fixed["sequence"] == 40  # what the user binds stays bound
+
+
+def test_a_decoder_optimized_for_a_short_max_sequence_keeps_its_rotary_fusion():
+    import optimizer
+
+    model = ir.load(FIXTURES / "llama_kv_legacy.onnx")
+    _, report = optimizer.optimize_with_report(model, max_sequence=32)
+    statuses = {record.name: record.status for record in report.passes}
+    assert statuses["fuse-rotary-embedding"] == "applied"
+    assert statuses["fuse-group-query-attention"] == "applied"
+    assert all(
+        sum(shape[1] for name, shape in inputs.items() if name == "attention_mask") <= 32 for inputs in report.inputs
+    )
