@@ -255,7 +255,11 @@ class RotaryEmbeddingFusion(RuleFusionPass):
                 model, [cos, sin], token_feeds(inputs, np.ones((1, self.cache_length)), table_positions)
             )
         except RuntimeRefusedError as error:
-            return f"cos/sin could not be evaluated: {error}"
+            # Most often a position table shorter than the caches asked for: the model itself ends there.
+            return (
+                f"cos/sin could not be evaluated at {self.cache_length} positions (--max-sequence; a position "
+                f"table shorter than that? give --max-sequence up to its rows): {error}"
+            )
         cos_cache, sin_cache = _halves(table_cos, half), _halves(table_sin, half)
         if cos_cache is None or sin_cache is None:
             return "cos/sin are not two equal halves of a [positions, d/2] table"

@@ -414,3 +414,51 @@ def test_a_4d_tensor_rotated_before_its_transpose_is_left_alone():
     result = RotaryEmbeddingFusion(cache_length=64)(_per_head_rotary_model(sequence_first=True))
     assert not result.modified
     assert any("[B or 1, 1, S, d]" in line for line in result.refusals)
+
+
+def test_a_position_table_shorter_than_the_caches_names_max_sequence():
+    # A 16-row cos/sin table gathered by position_ids: at the default 64 cache rows here the table ends;
+    # the refusal said only ONNX Runtime's Gather error.
+    heads, size, rows = 2, 8, 16
+    inv = (1.0 / 10000 ** (np.arange(0, size, 2) / size)).astype(np.float32)
+    angles = np.arange(rows)[:, None] * inv[None]
+    table = np.concatenate([angles, angles], axis=-1)
+    consts = {
+        "cos_table": np.cos(table).astype(np.float32),
+        "sin_table": np.sin(table).astype(np.float32),
+        "ax1": np.array([1], np.int64),
+        "axl": np.array([-1], np.int64),
+        "s0": np.array([0], np.int64),
+        "mid": np.array([size // 2], np.int64),
+        "end": np.array([size], np.int64),
+    }
+    nodes = [
+        helper.make_node("Gather", ["cos_table", "position_ids"], ["cos3"]),
+        helper.make_node("Gather", ["sin_table", "position_ids"], ["sin3"]),
+        helper.make_node("Unsqueeze", ["cos3", "ax1"], ["cos"]),
+        helper.make_node("Unsqueeze", ["sin3", "ax1"], ["sin"]),
+        helper.make_node("Slice", ["x", "s0", "mid", "axl"], ["lo"]),
+        helper.make_node("Slice", ["x", "mid", "end", "axl"], ["hi"]),
+        helper.make_node("Neg", ["hi"], ["nhi"]),
+        helper.make_node("Concat", ["nhi", "lo"], ["rot"], axis=-1),
+        helper.make_node("Mul", ["x", "cos"], ["a"]),
+        helper.make_node("Mul", ["rot", "sin"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["y"]),
+    ]
+    layout = ["batch", heads, "sequence", size]
+    graph = helper.make_graph(
+        nodes,
+        "table_rotary",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, layout),
+            helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, layout)],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    model = ir.from_proto(proto)
+    result = RotaryEmbeddingFusion(cache_length=64)(model.clone())
+    assert not result.modified
+    assert any("at 64 positions (--max-sequence" in line for line in result.refusals)
+    assert RotaryEmbeddingFusion(cache_length=16)(model.clone()).modified
