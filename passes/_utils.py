@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -23,6 +24,21 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     if tensor is None:
         return None
     return tensor.numpy()
+
+
+@contextlib.contextmanager
+def overridable_inputs_hidden(model: ir.Model) -> Iterator[None]:
+    """While the block runs, the initializers that are also graph inputs (defaults a caller may override)
+    show no value, so rules written against ``const_value`` (onnxscript's ``x * 1`` no-op removal) leave
+    them alone; their values are back afterwards."""
+    hidden = [(value, value.const_value) for value in model.graph.inputs if value.const_value is not None]
+    for value, _ in hidden:
+        value.const_value = None
+    try:
+        yield
+    finally:
+        for value, tensor in hidden:
+            value.const_value = tensor
 
 
 def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Value:

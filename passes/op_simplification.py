@@ -18,7 +18,7 @@ import onnx_ir as ir
 from onnxscript import rewriter
 
 from passes._pass import GraphoptPass
-from passes._utils import linear_rule_set, remove_dead_nodes
+from passes._utils import linear_rule_set, overridable_inputs_hidden, remove_dead_nodes
 from passes.cleanup import LiftConstantsPass, RemoveIdentityPass
 
 
@@ -28,7 +28,8 @@ class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
 
     Each rule checks its own preconditions (constant operands, matching shapes and
     dtypes, inference-mode BatchNormalization, ...) and leaves non-matching nodes
-    alone.
+    alone. An initializer that is also a graph input (a default a caller may override)
+    is no constant operand here.
     """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -36,7 +37,8 @@ class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
         # (Paddle's) keep every weight in a Constant node, so lift those first.
         lifted = _has_constant_batchnorm_weights(model) and LiftConstantsPass()(model).modified
         rules = linear_rule_set(rewriter._DEFAULT_REWRITE_RULES)
-        modified = rewriter.RewritePass(rules)(model).modified or lifted
+        with overridable_inputs_hidden(model):  # a default a caller may override is no constant
+            modified = rewriter.RewritePass(rules)(model).modified or lifted
         if modified:
             RemoveIdentityPass()(model)
             remove_dead_nodes(model)

@@ -493,3 +493,31 @@ def test_an_initializer_that_is_also_a_graph_input_is_no_constant_to_the_passes(
     assert any("default value a caller may override (initializers: 's'" in w for w in report.warnings)
     feeds = {"x": np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32), "s": np.float32(0.5)}
     np.testing.assert_allclose(run(optimized, feeds)["y"], run(model, feeds)["y"], rtol=1e-6)
+
+
+@pytest.mark.parametrize(("op", "neutral"), [("Mul", 1.0), ("Div", 1.0), ("Add", 0.0), ("Sub", 0.0)])
+def test_simplify_ops_keeps_a_no_op_whose_operand_a_caller_may_override(tmp_path, op, neutral):
+    # A review: x * k with k = 1 an initializer listed as a graph input was removed by onnxscript's no-op
+    # rules; a caller feeding k = 3 got x.
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node(op, ["r", "k"], ["y"])],
+        "overridable",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8]),
+            helper.make_tensor_value_info("k", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [numpy_helper.from_array(np.array(neutral, np.float32), "k")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), path)
+    import onnxruntime as ort
+
+    out = tmp_path / "out.onnx"
+    optimizer.optimize(str(path), output=str(out))
+    feeds = {"x": np.arange(16, dtype=np.float32).reshape(2, 8), "k": np.array(3.0, np.float32)}
+    before, after = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (path, out))
+    np.testing.assert_allclose(after.run(None, feeds)[0], before.run(None, feeds)[0])
