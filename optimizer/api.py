@@ -24,7 +24,6 @@ from optimizer.inputs import (
     constant_inputs_note,
     dims_from_inputs,
     fixed_batch_size,
-    is_batch_dim,
     load_inputs,
     make_inputs,
     nan_note,
@@ -386,15 +385,15 @@ def _add_second_binding(
     """Verify at a second binding of the dims not fixed by ``dims`` too: a rewrite that bakes one
     shape in fails there. Longer sequences first (twice the default plus one: past sliding
     windows the default length does not reach), else shorter (half) if the original cannot
-    run that long; padded at both ends. Token counts stay within ``max_positions``; where that
-    leaves the longer binding's lengths those of the first, the shorter one is taken."""
+    run that long; padded at both ends. Lengths stay within ``max_positions``; where that leaves
+    one of the longer binding's lengths that of the first, the shorter binding is taken."""
     first = dims_from_inputs(model, verifier.inputs)
     for longer in (True, False):
         alternate = alternate_binding(model, dims, longer=longer, base=first, max_positions=max_positions)
         if alternate is None:
             return
-        if longer and all(alternate.get(name) == size for name, size in first.items() if not is_batch_dim(name)):
-            continue  # capped at max_positions: no new length to verify at
+        if longer and max_positions is not None and _cap_undid_a_change(model, dims, first, alternate):
+            continue  # capped at max_positions: a length left as the first's, where a baked-in one would pass
         try:
             inputs, how = _model_cache(model, make_inputs(model, alternate, seed=1), seed=1)
         except InputSpecError:
@@ -406,6 +405,15 @@ def _add_second_binding(
             label += f", {how}"
         if verifier.add_input_set(inputs, label, report_drop=not longer):
             return
+
+
+def _cap_undid_a_change(
+    model: ir.Model, dims: Mapping[str, int] | None, first: Mapping[str, int], capped: Mapping[str, int]
+) -> bool:
+    """Whether ``--max-sequence`` left a dim of the longer binding as the first binding has it, where the
+    binding without the cap changes it."""
+    free = alternate_binding(model, dims, longer=True, base=first)
+    return free is not None and any(free.get(name) != size and capped.get(name) == size for name, size in first.items())
 
 
 def _model_cache(model: ir.Model, inputs: dict[str, np.ndarray], seed: int) -> tuple[dict[str, np.ndarray], str]:

@@ -119,8 +119,8 @@ def bind_dims(
     """Map every named symbolic input dimension to a size: ``overrides`` first, then defaults.
 
     ``max_positions`` (``--max-sequence``: the fused model's rotary caches end there) bounds
-    the token sequence dims the overrides leave free, and a decoder's past and new tokens
-    together. Raises ``InputSpecError`` for an override naming a dim the model does not have.
+    every dim the overrides leave free that is not named like a batch, and a decoder's past
+    and new tokens together. Raises ``InputSpecError`` for an override naming a dim the model does not have.
     """
     overrides = dict(overrides or {})
     names = symbolic_dims(model)
@@ -228,22 +228,6 @@ def longest_cache(model: ir.Model) -> int | None:
     return min(limits) if limits else None
 
 
-def is_batch_dim(name: str) -> bool:
-    """Whether a symbolic dim is named like a batch (``batch``, ``batch_size``, ``N``...)."""
-    return bool(_BATCH_NAME.search(name))
-
-
-def _token_sequence_dims(model: ir.Model) -> set[str]:
-    """The symbolic dims along axis 1 of the 2-D integer inputs (token ids, masks, positions): token counts."""
-    names = set()
-    for value in runtime_inputs(model):
-        shape = value.shape
-        if value.dtype in (ir.DataType.INT64, ir.DataType.INT32) and shape is not None and len(shape) == 2:
-            if isinstance(shape[1], ir.SymbolicDim) and shape[1].value:
-                names.add(shape[1].value)
-    return names
-
-
 def chunks_only_at_batch_one(model: ir.Model) -> bool:
     """Whether the model runs several new tokens over a past only one row at a time.
 
@@ -287,8 +271,10 @@ def _with_cache_lengths(
     limit = longest_cache(model)
     if max_positions is not None:
         limit = max_positions if limit is None else min(limit, max_positions)
-        for name in _token_sequence_dims(model):
-            if name in bound and name not in fixed:
+        # Every length, not only the token ids': exporters name one sequence differently per input
+        # (``inputs_embeds_dynamic_axes_1`` beside ``attention_mask_dynamic_axes_1``), which must stay equal.
+        for name in bound:
+            if name not in fixed and not _BATCH_NAME.search(name):
                 bound[name] = min(bound[name], max_positions)
     rows = max((size for name, size in bound.items() if _BATCH_NAME.search(name)), default=1)
     for total, (past, sequence) in cache_length_dims(model).items():

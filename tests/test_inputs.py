@@ -309,3 +309,26 @@ def test_a_decoder_optimized_for_a_short_max_sequence_keeps_its_rotary_fusion():
     assert all(
         sum(shape[1] for name, shape in inputs.items() if name == "attention_mask") <= 32 for inputs in report.inputs
     )
+
+
+def test_under_max_sequence_every_length_stays_equal_and_the_second_binding_still_changes_it():
+    # A review: a legacy export names one sequence per input (embeds' and mask's); only the mask's was
+    # capped, so the model could not run, and a float input's own length kept the longer binding while
+    # the token length stayed: a rewrite baking the length in passed.
+    import optimizer
+
+    model = parse_model(
+        """
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[batch, embeds_len, 4] embeds, int64[batch, mask_len] attention_mask) => (float[batch, embeds_len, 4] y)
+        <int64[1] axis = {-1}> {
+            mask = Cast <to = 1> (attention_mask)
+            column = Unsqueeze (mask, axis)
+            y = Mul (embeds, column)
+        }
+        """
+    )
+    _, report = optimizer.optimize_with_report(model, max_sequence=32)
+    lengths = [(inputs["embeds"][1], inputs["attention_mask"][1]) for inputs in report.inputs]
+    assert all(embeds == mask <= 32 for embeds, mask in lengths)
+    assert len({embeds for embeds, _ in lengths}) > 1  # the second binding is another length
