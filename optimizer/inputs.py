@@ -1257,12 +1257,20 @@ def split_samples(
 
 
 def fixed_batch_size(model: ir.Model) -> int | None:
-    """The batch a model without a symbolic batch dim fixes (the smallest fixed first dim of its inputs), or None:
-    calibration samples are fed that many at a time."""
+    """The batch a model without a symbolic batch dim fixes, or None: calibration samples are fed that many at
+    a time. It is the first dim of its input of highest rank (the smallest, among several): a one-element input
+    ``s [1]`` beside ``x [2, K]`` is no batch of 1, as ``compare`` reads a model without a batch dim."""
     if sample_inputs(model) is not None:
         return None
-    fixed = [v.shape[0] for v in model.graph.inputs if v.shape is not None and v.shape.rank()]
-    return min([d for d in fixed if isinstance(d, int) and d > 0], default=None)
+    fixed = [
+        (v.shape.rank(), v.shape[0])
+        for v in model.graph.inputs
+        if v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int) and v.shape[0] > 0
+    ]
+    if not fixed:
+        return None
+    rank = max(r for r, _ in fixed)
+    return min(d for r, d in fixed if r == rank)
 
 
 def holds_samples(model: ir.Model | None) -> Callable[[str, Any], bool]:

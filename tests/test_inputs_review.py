@@ -280,3 +280,27 @@ def test_a_fixed_batch_model_calibrates_with_an_input_beside_its_samples(tmp_pat
     code, _, err = run_cli([*argv, "-q"], capsys)
     assert code == 0, err
     assert "DynamicQuantizeMatMul" in [node.op_type for node in onnx.load("o.onnx").graph.node]
+
+
+def test_a_one_element_input_beside_a_fixed_batch_is_no_batch_of_one(tmp_path, monkeypatch, capsys):
+    # x [2, K] beside s [1]: the smallest fixed first dim (1) was taken as the batch, s cut as the samples.
+    from optimizer.inputs import fixed_batch_size
+
+    monkeypatch.chdir(tmp_path)
+    k = 8
+    _save(
+        "m.onnx",
+        [helper.make_node("Add", ["x", "s"], ["xs"]), helper.make_node("MatMul", ["xs", "W"], ["y"])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, k]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, k])],
+        [numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, k)).astype(np.float32), "W")],
+    )
+    assert fixed_batch_size(ir.load("m.onnx")) == 2
+    rng = np.random.default_rng(1)
+    np.savez("cal.npz", x=rng.standard_normal((8, k)).astype(np.float32), s=np.ones(1, np.float32))
+    argv = ["optimize", "m.onnx", "-o", "o.onnx", "--quantize", "dynamic", "--quantize-outputs", "--calibration"]
+    code, _, err = run_cli([*argv, "cal.npz", "-q"], capsys)
+    assert code == 0, err
