@@ -50,7 +50,7 @@ from optimizer.model_io import (
 from optimizer.options import DATA_IMPORTANCE_KINDS, Options
 from optimizer.padding import mask_inputs, padded_copy, pads_both_ends
 from optimizer.pipeline import run_pipeline
-from optimizer.protocol import PassContext
+from optimizer.protocol import PassContext, PassSpec
 from optimizer.registry import all_passes, resolve, ways_to_ask
 from optimizer.report import PipelineReport
 from optimizer.verify import Verifier
@@ -120,18 +120,8 @@ def optimize_with_report(
 ) -> tuple[ModelLike, PipelineReport]:
     """Like ``optimize``, and also return the ``PipelineReport`` of what each pass did."""
     options = Options.build(options, _also=_KEYWORDS, **option_values)
-    specs = resolve(_pass_names(passes), options)
-    if inputs is not None and not options.verify:
-        raise OptionError("--inputs are verification inputs: they do nothing with --no-verify (verify=False)")
+    specs = refuse_conflicts(passes, options, inputs is not None, calibration is not None)
     approximate = any(spec.approximate for spec in specs)
-    prunes = any(spec.name.startswith("prune-") for spec in specs)
-    data_ranked = options.importance in DATA_IMPORTANCE_KINDS
-    if prunes and calibration is None and (data_ranked or options.repair is True):
-        asked = f"--importance {options.importance}" if data_ranked else "repair"
-        raise OptionError(f"{asked} needs --calibration data: without it pruning ranks by weight magnitude")
-    if calibration is not None and not approximate:
-        asks = ways_to_ask(s for s in all_passes() if s.approximate)
-        raise PassSelectionError(f"--calibration needs {asks}")
     specializes = any(spec.specializes_shapes for spec in specs)
     ir_model, label, input_path = _to_ir(model)
     if input_path is not None and output is None:
@@ -339,6 +329,26 @@ def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:
             f"ONNX Runtime cannot run the original model on the first samples of {data.source} ({error.reason}); "
             "check them against the model"
         ) from error
+
+
+def refuse_conflicts(
+    passes: Sequence[str] | str | None, options: Options, has_inputs: bool, has_calibration: bool
+) -> list[PassSpec]:
+    """The pipeline's passes; ``OptionError``/``PassSelectionError`` for requests that cannot go together,
+    decided on the request alone (no file is read: ``--print-config`` refuses the same)."""
+    specs = resolve(_pass_names(passes), options)
+    if has_inputs and not options.verify:
+        raise OptionError("--inputs are verification inputs: they do nothing with --no-verify (verify=False)")
+    approximate = any(spec.approximate for spec in specs)
+    prunes = any(spec.name.startswith("prune-") for spec in specs)
+    data_ranked = options.importance in DATA_IMPORTANCE_KINDS
+    if prunes and not has_calibration and (data_ranked or options.repair is True):
+        asked = f"--importance {options.importance}" if data_ranked else "repair"
+        raise OptionError(f"{asked} needs --calibration data: without it pruning ranks by weight magnitude")
+    if has_calibration and not approximate:
+        asks = ways_to_ask(s for s in all_passes() if s.approximate)
+        raise PassSelectionError(f"--calibration needs {asks}")
+    return specs
 
 
 def _verification_inputs(

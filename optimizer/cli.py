@@ -734,15 +734,24 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
 
 def _refuse_bad_flags(args: argparse.Namespace) -> None:
     """The checks of flags alone (no file read) that ``optimize``/``demo`` or ``compare`` make before any work."""
+    from optimizer.api import refuse_conflicts
     from optimizer.inputs import parse_dim_flags
 
     if args.command == "compare":
+        _refuse_stdout({_spelled(args, "json", "--json"): args.json, "--html": args.html})
         _compare_settings(args)
         parse_dim_flags(args.dim)
         return
-    _refuse_ignored_flags(args, options_from_args(args))
+    writes = {"-o": args.output, _spelled(args, "pipeline_json", "--pipeline-json"): args.pipeline_json}
+    if args.compare:
+        writes.update({_spelled(args, "json", "--compare-json"): args.json, "--html": args.html})
+    _refuse_stdout(writes)
+    options = _refuse_ignored_flags(args, options_from_args(args))
     if args.compare:
         _compare_settings(args)
+    # With --no-verify, --compare's --inputs are the comparison's alone (as _optimize passes them).
+    has_inputs = args.inputs is not None and not (args.compare and args.no_verify)
+    refuse_conflicts(args.passes, options, has_inputs, args.calibration is not None)
 
 
 def options_from_args(args: argparse.Namespace) -> Options:

@@ -63,6 +63,15 @@ def test_print_config_round_trips(argv, tmp_path, capsys, monkeypatch):
         (["optimize", "m.onnx", "-o", "o.onnx", "--time-budget", "20"], "do nothing without --compare"),
         (["optimize", "m.onnx", "-o", "o.onnx", "--calibration-method", "percentile"], "does nothing here"),
         (["compare", "a.onnx", "b.onnx", "--ep", "tpu"], "--ep tpu: unknown execution provider"),
+        # A review's: refused by the run on flags alone, printed by --print-config.
+        (["optimize", "m.onnx", "-o", "-"], "-o -: graphopt writes this to a file"),
+        (["optimize", "m.onnx", "-o", "o.onnx", "--inputs", "i.npz", "--no-verify"], "do nothing with --no-verify"),
+        (["optimize", "m.onnx", "-o", "o.onnx", "--calibration", "c.npz"], "--calibration needs"),
+        (
+            ["optimize", "m.onnx", "-o", "o.onnx", "--prune-ffn", "0.5", "--importance", "activation"],
+            "needs --calibration",
+        ),
+        (["compare", "a.onnx", "b.onnx", "--json", "-"], "--json -: graphopt writes this to a file"),
     ],
 )
 def test_print_config_refuses_what_the_command_line_would(argv, message, capsys):
