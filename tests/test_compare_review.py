@@ -138,3 +138,30 @@ def test_inputs_of_another_type_or_a_dim_the_inputs_contradict_are_refused_in_on
     argv = ["compare", "float.onnx", "float.onnx", "--inputs", "in.npz", "--dim", "batch=7", "--time-budget", "0.5"]
     code, _, err = run_cli(argv, capsys)
     assert code == 2 and "--dim batch=7: the --inputs have batch=3" in err
+
+
+def test_compare_runs_a_fixed_batch_model_on_inputs_holding_several_batches(tmp_path, monkeypatch, capsys):
+    # A review: --inputs of 12 samples for a model fixed at batch 4 failed with ONNX Runtime's raw error
+    # (the timing fed all 12 rows); now it is timed on the first batch of 4 and scored on all three.
+    from onnx import numpy_helper
+
+    monkeypatch.chdir(tmp_path)
+    weight = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), "m.onnx")
+    rng = np.random.default_rng(1)
+    np.savez("i12.npz", x=rng.standard_normal((12, 8)).astype(np.float32))
+    np.savez("i10.npz", x=rng.standard_normal((10, 8)).astype(np.float32))
+    quick = ["--time-budget", "0.3", "--iterations", "12", "--warmup", "1", "--threads", "1"]
+    code, _, err = run_cli(["compare", "m.onnx", "m.onnx", "--inputs", "i12.npz", *quick, "--json", "r.json"], capsys)
+    assert code == 0, err
+    report = json.loads(Path("r.json").read_text())
+    assert report["providers"][0]["accuracy"]
+    code, _, err = run_cli(["compare", "m.onnx", "m.onnx", "--inputs", "i10.npz", *quick], capsys)
+    assert code == 2 and "10 samples, and the model fixes its batch at 4: give a multiple of 4" in err

@@ -54,6 +54,7 @@ from optimizer.inputs import (
     as_arrays,
     batch_dims,
     dims_from_inputs,
+    fixed_batch_size,
     format_bytes,
     make_inputs,
     nan_note,
@@ -590,6 +591,14 @@ def _base_inputs(
         return make_inputs(model, dims), None
     data = open_samples(inputs, model, flag="--inputs")
     arrays = data.first()
+    if (size := fixed_batch_size(model)) is not None:
+        # A model that fixes its batch runs that many samples at a time: timed on the first such batch.
+        if data.count % size:
+            raise InputSpecError(
+                f"{data.source}: {data.count} samples, and the model fixes its batch at {size}: "
+                f"give a multiple of {size}"
+            )
+        arrays = next(iter(split_samples(data, model=model)))
     note = nan_note(arrays)
     if note:
         warnings.append(
