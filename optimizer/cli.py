@@ -682,9 +682,8 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
     from optimizer.report import render_table
 
     options = _refuse_ignored_flags(args, options_from_args(args))
-    writes = {"-o": args.output, _spelled(args, "pipeline_json", "--pipeline-json"): args.pipeline_json}
+    writes = _optimize_writes(args)
     if args.compare:
-        writes.update({_spelled(args, "json", "--compare-json"): args.json, "--html": args.html})
         _compare_settings(args)  # bad comparison flags must not cost the optimization first
     # Every output path is checked before any work: a report into a missing folder, or over a file
     # graphopt reads, must not cost the run (nor leave the model written and the report not).
@@ -714,8 +713,7 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
             args.model,
             args.passes,  # comma-separated, split by the API
             output=args.output,
-            # With --no-verify, --compare's --inputs are the comparison's alone (without --compare: refused).
-            inputs=None if args.compare and args.no_verify else args.inputs,
+            inputs=_verification_inputs(args),
             calibration=args.calibration,
             options=options,
         )
@@ -738,20 +736,34 @@ def _refuse_bad_flags(args: argparse.Namespace) -> None:
     from optimizer.inputs import parse_dim_flags
 
     if args.command == "compare":
-        _refuse_stdout({_spelled(args, "json", "--json"): args.json, "--html": args.html})
+        _refuse_stdout(_compare_writes(args))
         _compare_settings(args)
         parse_dim_flags(args.dim)
         return
-    writes = {"-o": args.output, _spelled(args, "pipeline_json", "--pipeline-json"): args.pipeline_json}
-    if args.compare:
-        writes.update({_spelled(args, "json", "--compare-json"): args.json, "--html": args.html})
-    _refuse_stdout(writes)
+    _refuse_stdout(_optimize_writes(args))
     options = _refuse_ignored_flags(args, options_from_args(args))
     if args.compare:
         _compare_settings(args)
-    # With --no-verify, --compare's --inputs are the comparison's alone (as _optimize passes them).
-    has_inputs = args.inputs is not None and not (args.compare and args.no_verify)
-    refuse_conflicts(args.passes, options, has_inputs, args.calibration is not None)
+    refuse_conflicts(args.passes, options, _verification_inputs(args) is not None, args.calibration is not None)
+
+
+def _optimize_writes(args: argparse.Namespace) -> dict[str, str | None]:
+    """The files ``optimize``/``demo`` write, by the flag that names each (the comparison's with ``--compare``)."""
+    writes = {"-o": args.output, _spelled(args, "pipeline_json", "--pipeline-json"): args.pipeline_json}
+    if args.compare:
+        writes.update({_spelled(args, "json", "--compare-json"): args.json, "--html": args.html})
+    return writes
+
+
+def _compare_writes(args: argparse.Namespace) -> dict[str, str | None]:
+    """The reports a comparison writes, by the flag that names each."""
+    return {_spelled(args, "json", "--json"): args.json, "--html": args.html}
+
+
+def _verification_inputs(args: argparse.Namespace) -> str | None:
+    """``--inputs`` as the optimization's verification inputs: with ``--compare --no-verify`` they are the
+    comparison's alone (without ``--compare``, ``--no-verify`` refuses them)."""
+    return None if args.compare and args.no_verify else args.inputs
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -882,9 +894,9 @@ def _compare(
     from optimizer.model_io import check_paths, refuse_data_onnxruntime_will_not_open
     from optimizer.progress import reporting_to, task
 
-    _refuse_stdout({_spelled(args, "json", "--json"): args.json, "--html": args.html})
+    _refuse_stdout(_compare_writes(args))
     check_paths(
-        {_spelled(args, "json", "--json"): args.json, "--html": args.html},
+        _compare_writes(args),
         [("the --inputs file", args.inputs), ("the --config file", args.config)],
         models=[("the BEFORE model", before), ("the AFTER model", after)],
     )

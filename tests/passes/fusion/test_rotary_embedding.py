@@ -287,6 +287,24 @@ def test_the_cache_length_is_also_taken_as_max_sequence_like_the_other_fusions()
     assert RotaryEmbeddingFusion(cache_length=64).cache_length == 64
 
 
+def _rotate_half_bounds(size: int) -> dict[str, np.ndarray]:
+    """The Slice bounds ``_rotated_nodes`` reads (with ``axl``, the last axis)."""
+    return {"s0": np.array([0], np.int64), "mid": np.array([size // 2], np.int64), "end": np.array([size], np.int64)}
+
+
+def _rotated_nodes() -> list[onnx.NodeProto]:
+    """``y = x * cos + rotate_half(x) * sin`` (Hugging Face's rotate_half), over ``x``, ``cos`` and ``sin``."""
+    return [
+        helper.make_node("Slice", ["x", "s0", "mid", "axl"], ["lo"]),
+        helper.make_node("Slice", ["x", "mid", "end", "axl"], ["hi"]),
+        helper.make_node("Neg", ["hi"], ["nhi"]),
+        helper.make_node("Concat", ["nhi", "lo"], ["rot"], axis=-1),
+        helper.make_node("Mul", ["x", "cos"], ["a"]),
+        helper.make_node("Mul", ["rot", "sin"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["y"]),
+    ]
+
+
 def _positions_from_token_ids_model() -> ir.Model:
     """Rotary over positions ``max(cumsum(input_ids != 0) - 1, 0)`` (pad-aware, fairseq style): they read
     the token ids' values, which the probes feed as ones."""
@@ -302,9 +320,7 @@ def _positions_from_token_ids_model() -> ir.Model:
         "ax1": np.array([1], np.int64),
         "axl": np.array([-1], np.int64),
         "hs": np.array([0, 0, heads, size], np.int64),
-        "s0": np.array([0], np.int64),
-        "mid": np.array([size // 2], np.int64),
-        "end": np.array([size], np.int64),
+        **_rotate_half_bounds(size),
     }
     nodes = [
         helper.make_node("Gather", ["emb", "input_ids"], ["h"]),
@@ -323,13 +339,7 @@ def _positions_from_token_ids_model() -> ir.Model:
         helper.make_node("Unsqueeze", ["sin3", "ax1"], ["sin"]),
         helper.make_node("Reshape", ["h", "hs"], ["sp"]),
         helper.make_node("Transpose", ["sp"], ["x"], perm=[0, 2, 1, 3]),
-        helper.make_node("Slice", ["x", "s0", "mid", "axl"], ["lo"]),
-        helper.make_node("Slice", ["x", "mid", "end", "axl"], ["hi"]),
-        helper.make_node("Neg", ["hi"], ["nhi"]),
-        helper.make_node("Concat", ["nhi", "lo"], ["rot"], axis=-1),
-        helper.make_node("Mul", ["x", "cos"], ["a"]),
-        helper.make_node("Mul", ["rot", "sin"], ["b"]),
-        helper.make_node("Add", ["a", "b"], ["y"]),
+        *_rotated_nodes(),
     ]
     graph = helper.make_graph(
         nodes,
@@ -360,9 +370,7 @@ def _per_head_rotary_model(sequence_first: bool = False) -> ir.Model:
         "inv": inv.reshape(1, 1, -1),
         "table_axis": np.array([2 if sequence_first else 1], np.int64),
         "axl": np.array([-1], np.int64),
-        "s0": np.array([0], np.int64),
-        "mid": np.array([size // 2], np.int64),
-        "end": np.array([size], np.int64),
+        **_rotate_half_bounds(size),
     }
     nodes = [
         helper.make_node("Cast", ["position_ids"], ["pos_f"], to=TensorProto.FLOAT),
@@ -373,13 +381,7 @@ def _per_head_rotary_model(sequence_first: bool = False) -> ir.Model:
         helper.make_node("Sin", ["tab"], ["sin3"]),
         helper.make_node("Unsqueeze", ["cos3", "table_axis"], ["cos"]),
         helper.make_node("Unsqueeze", ["sin3", "table_axis"], ["sin"]),
-        helper.make_node("Slice", ["x", "s0", "mid", "axl"], ["lo"]),
-        helper.make_node("Slice", ["x", "mid", "end", "axl"], ["hi"]),
-        helper.make_node("Neg", ["hi"], ["nhi"]),
-        helper.make_node("Concat", ["nhi", "lo"], ["rot"], axis=-1),
-        helper.make_node("Mul", ["x", "cos"], ["a"]),
-        helper.make_node("Mul", ["rot", "sin"], ["b"]),
-        helper.make_node("Add", ["a", "b"], ["y"]),
+        *_rotated_nodes(),
     ]
     layout = ["batch", "sequence", heads, size] if sequence_first else ["batch", heads, "sequence", size]
     graph = helper.make_graph(
@@ -428,22 +430,14 @@ def test_a_position_table_shorter_than_the_caches_names_max_sequence():
         "sin_table": np.sin(table).astype(np.float32),
         "ax1": np.array([1], np.int64),
         "axl": np.array([-1], np.int64),
-        "s0": np.array([0], np.int64),
-        "mid": np.array([size // 2], np.int64),
-        "end": np.array([size], np.int64),
+        **_rotate_half_bounds(size),
     }
     nodes = [
         helper.make_node("Gather", ["cos_table", "position_ids"], ["cos3"]),
         helper.make_node("Gather", ["sin_table", "position_ids"], ["sin3"]),
         helper.make_node("Unsqueeze", ["cos3", "ax1"], ["cos"]),
         helper.make_node("Unsqueeze", ["sin3", "ax1"], ["sin"]),
-        helper.make_node("Slice", ["x", "s0", "mid", "axl"], ["lo"]),
-        helper.make_node("Slice", ["x", "mid", "end", "axl"], ["hi"]),
-        helper.make_node("Neg", ["hi"], ["nhi"]),
-        helper.make_node("Concat", ["nhi", "lo"], ["rot"], axis=-1),
-        helper.make_node("Mul", ["x", "cos"], ["a"]),
-        helper.make_node("Mul", ["rot", "sin"], ["b"]),
-        helper.make_node("Add", ["a", "b"], ["y"]),
+        *_rotated_nodes(),
     ]
     layout = ["batch", heads, "sequence", size]
     graph = helper.make_graph(
