@@ -148,21 +148,67 @@ def padded_positions(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> 
     return padding if padding.any() else None
 
 
+def new_token_outputs(model: ir.Model) -> frozenset[str]:
+    """Outputs of a decoder with a past laid out ``[batch, new tokens, ...]`` (its logits) while its mask covers
+    ``past + new`` positions.
+
+    Decided from the declared shapes: the model has cache outputs (``cache_outputs``), its integer mask inputs
+    share one symbolic length, a 2-D integer input not named like a mask (the token ids) has another, and the
+    output (three dims or more, no cache) names its second dim as the token ids do. A rank-3 output whose
+    second dim the model does not name so (a pooled or per-layer output of the same run-time length) is not
+    one.
+    """
+    if not cache_outputs(model):
+        return frozenset()
+    masks, total = _integer_masks(model)
+    if not masks or total is None:
+        return frozenset()
+    token_lengths = set()
+    for value in model.graph.inputs:
+        shape = value.shape
+        if value.name in masks or _MASK_NAME.search(value.name) or value.dtype is None:
+            continue
+        if not value.dtype.is_integer() or shape is None or shape.rank() != 2:
+            continue
+        if isinstance(shape[1], ir.SymbolicDim) and shape[1].value and shape[1].value != total:
+            token_lengths.add(shape[1].value)
+    if len(token_lengths) != 1:
+        return frozenset()
+    (new,) = token_lengths
+    caches = cache_outputs(model)
+    names = set()
+    for value in model.graph.outputs:
+        shape = value.shape
+        if value.name in caches or shape is None or shape.rank() < 3:
+            continue
+        if isinstance(shape[1], ir.SymbolicDim) and shape[1].value == new:
+            names.add(value.name)
+    return frozenset(names)
+
+
 def hide_padded(
     outputs: Mapping[str, object],
     padding: np.ndarray | None,
     reference: Mapping[str, object],
     caches: frozenset[str] = frozenset(),
+    new_tokens: frozenset[str] = frozenset(),
 ) -> dict:
     """``outputs`` with the values at padded positions taken from ``reference`` (so they are not compared).
 
     Only outputs laid out ``[batch, sequence, ...]`` like the mask, with three dims or more (a pooled
-    ``[batch, 128]`` beside a 128-token mask is no sequence: its columns would be hidden), are touched, and the
-    ``caches`` (``cache_outputs``) laid out ``[batch, heads, sequence, d]``.
+    ``[batch, 128]`` beside a 128-token mask is no sequence: its columns would be hidden), are touched, the
+    ``caches`` (``cache_outputs``) laid out ``[batch, heads, sequence, d]``, and a decoder's ``new_tokens``
+    outputs (``new_token_outputs``: ``[batch, new, ...]`` over a past) on the mask's last ``new`` positions,
+    where a cache in ``outputs`` is as long as the mask (so the mask is ``past + new``).
     """
     if padding is None:
         return dict(outputs)
     hidden = dict(outputs)
+    total = padding.shape[1]
+    mask_is_cache_length = any(
+        isinstance(outputs.get(name), np.ndarray) and outputs[name].ndim == 4 and outputs[name].shape[2] == total
+        for name in caches
+    )
     for name, value in outputs.items():
         expected = reference.get(name)
         if not isinstance(value, np.ndarray) or not isinstance(expected, np.ndarray):
@@ -173,6 +219,18 @@ def hide_padded(
             where = padding.reshape(padding.shape + (1,) * (value.ndim - 2))
         elif name in caches and value.ndim == 4 and (value.shape[0], value.shape[2]) == padding.shape:
             where = padding[:, None, :, None]
+        elif (
+            name in new_tokens
+            and mask_is_cache_length
+            and value.ndim >= 3
+            and value.shape[0] == padding.shape[0]
+            and 0 < value.shape[1] < total
+        ):
+            # Over a past the new tokens are the mask's last positions. A right-padded query whose
+            # window (a sliding window shorter than the padding) holds only padded keys sees none,
+            # and what a kernel returns there is undefined, as in a prefill.
+            tail = padding[:, total - value.shape[1] :]
+            where = tail.reshape(tail.shape + (1,) * (value.ndim - 2))
         else:
             continue
         # A NaN or Inf the reference does not have is never hidden: a cache slot left unwritten

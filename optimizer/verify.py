@@ -38,7 +38,14 @@ from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, paired_
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import SampleData, split_samples
 from optimizer.kernel_rounding import at_level_zero, level_signature, rounding_kernels
-from optimizer.padding import cache_outputs, hide_padded, mask_inputs, padded_positions, unpadded
+from optimizer.padding import (
+    cache_outputs,
+    hide_padded,
+    mask_inputs,
+    new_token_outputs,
+    padded_positions,
+    unpadded,
+)
 from optimizer.protocol import Twin
 from optimizer.runtime import (
     available_memory,
@@ -651,6 +658,7 @@ class Verifier:
         self.dropped: list[str] = []
         self.masks = mask_inputs(original, input_sets[0]) if input_sets else []
         self.caches = cache_outputs(original)
+        self.new_tokens = new_token_outputs(original)
         labels = list(labels or [])
         for index, inputs in enumerate(input_sets):
             label = labels[index] if index < len(labels) else f"input set {index + 1}"
@@ -779,8 +787,8 @@ class Verifier:
         sets = zip(self.input_sets, self.labels, written, self.references, self._level_zero.references)
         for inputs, label, outputs, as_written, exact in sets:
             padding = padded_positions(inputs, self.masks)
-            outputs = hide_padded(outputs, padding, exact, self.caches)
-            as_written = hide_padded(as_written, padding, exact, self.caches)
+            outputs = hide_padded(outputs, padding, exact, self.caches, self.new_tokens)
+            as_written = hide_padded(as_written, padding, exact, self.caches, self.new_tokens)
             for name, reference in exact.items():
                 if name in self.skipped:
                     continue
@@ -825,7 +833,9 @@ class Verifier:
                     raw = run_session(session, inputs)
                     if written is not None:
                         written.append(raw)
-                    outputs = hide_padded(raw, padded_positions(inputs, self.masks), reference, self.caches)
+                    outputs = hide_padded(
+                        raw, padded_positions(inputs, self.masks), reference, self.caches, self.new_tokens
+                    )
                     result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
                     if not result.ok:
                         if not (by_segment and not result.error and self._within_segment_cap(session)):
@@ -855,7 +865,7 @@ class Verifier:
         cap = {dtype: Tolerance(max(t.rtol, SEGMENT_CAP), t.atol) for dtype, t in self.tolerances.items()}
         for inputs, reference in zip(self.input_sets, self.references):
             padding = padded_positions(inputs, self.masks)
-            outputs = hide_padded(run_session(session, inputs), padding, reference, self.caches)
+            outputs = hide_padded(run_session(session, inputs), padding, reference, self.caches, self.new_tokens)
             if not compare_outputs(reference, outputs, cap, self.skipped).ok:
                 return False
         return True
@@ -883,7 +893,11 @@ class Verifier:
                 sets = zip(self.input_sets, self.labels, expected, self.references, self.noise)
                 for inputs, label, reference, before, noise in sets:
                     outputs = hide_padded(
-                        run_session(session, inputs), padded_positions(inputs, self.masks), reference, self.caches
+                        run_session(session, inputs),
+                        padded_positions(inputs, self.masks),
+                        reference,
+                        self.caches,
+                        self.new_tokens,
                     )
                     result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
                     if not result.ok and twin.kind in ("int8", "int4"):
@@ -950,7 +964,9 @@ class Verifier:
                         examples = None
                         padding = padded_positions(inputs, self.masks)
                         feeds, reference = _segment_feeds(inputs, values, names, outputs_of_twin, padding, keep_own)
-                        outputs = hide_padded(run_session(result_session, feeds), padding, reference, self.caches)
+                        outputs = hide_padded(
+                            run_session(result_session, feeds), padding, reference, self.caches, self.new_tokens
+                        )
                         result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
                         if not result.ok:
                             before = run_session(base_session, feeds)
@@ -1044,13 +1060,17 @@ class Verifier:
                         examples = None
                         padding = padded_positions(inputs, self.masks)
                         feeds, reference = _segment_feeds(inputs, values, names, outputs_of_base, padding, keep_own)
-                        outputs = hide_padded(run_session(session, feeds), padding, reference, self.caches)
+                        outputs = hide_padded(
+                            run_session(session, feeds), padding, reference, self.caches, self.new_tokens
+                        )
                         result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
                         if result.ok:
                             # Again, each cut fed what the result computed there: an error under the tolerance
                             # at a cut that the next ops amplify (a Sin of large angles) shows one segment on.
                             feeds.update({name: outputs[_computed(name)] for name in names})
-                            outputs = hide_padded(run_session(session, feeds), padding, reference, self.caches)
+                            outputs = hide_padded(
+                                run_session(session, feeds), padding, reference, self.caches, self.new_tokens
+                            )
                             result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
                         if not result.ok:
                             result.error = (
@@ -1124,7 +1144,9 @@ class Verifier:
                 optimized = run_session(session, inputs)
         except RuntimeRefusedError:
             return {}
-        optimized = hide_padded(optimized, padded_positions(inputs, self.masks), reference, self.caches)
+        optimized = hide_padded(
+            optimized, padded_positions(inputs, self.masks), reference, self.caches, self.new_tokens
+        )
         noise = {}
         for name, expected in reference.items():
             got = optimized.get(name)

@@ -521,3 +521,72 @@ def test_simplify_ops_keeps_a_no_op_whose_operand_a_caller_may_override(tmp_path
     feeds = {"x": np.arange(16, dtype=np.float32).reshape(2, 8), "k": np.array(3.0, np.float32)}
     before, after = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (path, out))
     np.testing.assert_allclose(after.run(None, feeds)[0], before.run(None, feeds)[0])
+
+
+def test_over_a_past_the_logits_of_padded_new_tokens_are_not_compared():
+    # A decoder's logits are [batch, new, vocab] while its mask is [batch, past + new]: the new tokens are
+    # the mask's tail. A right-padded new token whose sliding window holds only padding sees no key, and
+    # a fused kernel returns something else there than the exporter's uniform softmax: a correct
+    # GroupQueryAttention with a 6-token window was rolled back.
+    from optimizer.padding import hide_padded, new_token_outputs
+
+    for name in ("gpt2_kv_dynamo", "llama_kv_legacy", "llama_kv_optimum", "gpt2_kv_legacy"):
+        assert new_token_outputs(ir.load(FIXTURES / f"{name}.onnx")) == {"logits"}, name
+    assert not new_token_outputs(ir.load(FIXTURES / "llama_legacy.onnx"))  # no past: the mask is the sequence
+    assert not new_token_outputs(ir.load(BERT))
+    padding = np.array([[False, False, False, True, True], [False] * 5])  # past 3, new 2: row 1's new padded
+    reference = {"logits": np.zeros((2, 2, 4)), "hidden": np.zeros((2, 2, 4)), "present.0.key": np.zeros((2, 1, 5, 2))}
+    outputs = {name: array + 1 for name, array in reference.items()}
+    caches, new = frozenset({"present.0.key"}), frozenset({"logits"})
+    hidden = hide_padded(outputs, padding, reference, caches, new)
+    assert (hidden["logits"][0] == 0).all() and (hidden["logits"][1] == 1).all()
+    assert (hidden["hidden"] == 1).all()  # not named as the token ids' length: compared everywhere
+    # Without a cache as long as the mask, the mask is not known to be past + new: nothing is aligned.
+    shorter = dict(outputs, **{"present.0.key": np.ones((2, 1, 4, 2))})
+    assert (
+        hide_padded(shorter, padding, dict(reference, **{"present.0.key": np.zeros((2, 1, 4, 2))}), caches, new)[
+            "logits"
+        ]
+        == 1
+    ).all()
+
+
+def _logits_plus_one_where(padded: bool) -> ir.Model:
+    """The Llama KV fixture whose logits gain 1 at the new tokens its mask pads (``padded``) or keeps."""
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(FIXTURES / "llama_kv_legacy.onnx")
+    producer = next(node for node in proto.graph.node if "logits" in node.output)
+    producer.output[list(producer.output).index("logits")] = "logits_raw"
+    proto.graph.node.extend(
+        [
+            helper.make_node("Shape", ["input_ids"], ["new"], start=1, end=2),
+            helper.make_node("Neg", ["new"], ["from_end"]),
+            helper.make_node("Constant", [], ["end"], value_ints=[2**62]),
+            helper.make_node("Constant", [], ["axis"], value_ints=[1]),
+            helper.make_node("Slice", ["attention_mask", "from_end", "end", "axis"], ["tail"]),
+            helper.make_node("Cast", ["tail"], ["kept"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Constant", [], ["one"], value_float=1.0),
+            helper.make_node("Sub", ["one", "kept"], ["padded"]),
+            helper.make_node("Constant", [], ["last"], value_ints=[-1]),
+            helper.make_node("Unsqueeze", ["padded" if padded else "kept", "last"], ["where"]),
+            helper.make_node("Add", ["logits_raw", "where"], ["logits"]),
+        ]
+    )
+    return ir.from_proto(proto)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_a_decoder_step_is_judged_on_its_real_new_tokens_only(padded):
+    from optimizer.inputs import make_inputs
+    from optimizer.verify import Verifier
+
+    model = ir.load(FIXTURES / "llama_kv_legacy.onnx")
+    inputs = make_inputs(model, {"batch": 2, "sequence": 3, "past_sequence": 5})
+    mask = np.ones((2, 8), dtype=np.int64)
+    mask[1, -2:] = 0  # row 2's last two new tokens padded on the right
+    mask[0, :2] = 0  # row 1's start padded on the left
+    inputs["attention_mask"] = mask
+    verifier = Verifier(model, [inputs], labels=["given"])
+    assert verifier.check(_logits_plus_one_where(padded)).ok is padded
