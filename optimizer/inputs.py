@@ -285,10 +285,13 @@ def _with_cache_lengths(
         if limit is not None and bound[past] + bound[sequence] > limit:
             # A decoder whose rotary tables end at `limit` positions (ONNX Runtime GenAI's) refuses
             # longer: past and new tokens shrink alike, where the user did not fix them.
+            # At least one new token; the past takes what is left, down to none (a prefill): a past of
+            # one beside one new token would pass `--max-sequence 1`.
             scale = limit / (bound[past] + bound[sequence])
-            for name in (past, sequence):
-                if name not in fixed:
-                    bound[name] = max(1, int(bound[name] * scale))
+            if sequence not in fixed:
+                bound[sequence] = max(1, int(bound[sequence] * scale))
+            if past not in fixed:
+                bound[past] = min(bound[past], max(0, limit - bound[sequence]))
         bound[total] = bound[past] + bound[sequence]
     return bound
 

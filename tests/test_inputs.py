@@ -296,6 +296,13 @@ def test_verification_bindings_stay_within_max_sequence():
     assert second["total_sequence"] == second["past_sequence"] + second["sequence"] <= 32
     fixed = bind_dims(model, {"sequence": 40}, max_positions=32)
     assert fixed["sequence"] == 40  # what the user binds stays bound
+    # The smallest caps: at least one new token, the past takes the rest, down to none.
+    for limit, past in ((1, 0), (2, 1), (3, 2)):
+        for binding in (
+            bind_dims(model, max_positions=limit),
+            alternate_binding(model, longer=True, max_positions=limit),
+        ):
+            assert (binding["past_sequence"], binding["sequence"], binding["total_sequence"]) == (past, 1, limit)
 
 
 def test_a_decoder_optimized_for_a_short_max_sequence_keeps_its_rotary_fusion():
