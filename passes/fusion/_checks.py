@@ -3,11 +3,14 @@ unit scale of a normalization that has none."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_op
 from passes._utils import constant_array
+from passes.fusion._inferred_shapes import inferred_shapes, lacks_shapes
 
 
 def scalar(value: ir.Value | None) -> float | None:
@@ -63,6 +66,29 @@ def static_last_dim(value: ir.Value) -> int | None:
     if value.shape is None or not value.shape.rank() or not isinstance(value.shape[-1], int):
         return None
     return value.shape[-1]
+
+
+# The refusal of a norm without a scale whose last dim is unknown: the scale of ones needs its length.
+NO_STATIC_SIZE = "no scale, and the last dim has no static size to build a scale of ones for"
+
+
+def fuse_with_inferred_last_dims(fusion, model: ir.Model, fuse: Callable[[ir.Model], int]) -> int:
+    """``fuse(model)``, run again with the missing shapes inferred if it refused a norm for ``NO_STATIC_SIZE``.
+
+    A norm's input whose shape the exporter did not record (the legacy exporter records none
+    of the intermediate values') has its last dim inferred by ONNX shape inference for the
+    second run only (``_inferred_shapes``: on a clone, taken back afterwards), so a model
+    needing no inference pays none. The second run traces the whole graph again: its
+    refusals replace the first's.
+    """
+    declined = fusion._state()[2]
+    before = len(declined)
+    count = fuse(model)
+    if not any(reason.endswith(NO_STATIC_SIZE) for reason in declined[before:]) or not lacks_shapes(model):
+        return count
+    del declined[before:]
+    with inferred_shapes(model):
+        return count + fuse(model)
 
 
 def unit_scale(op, data: ir.Value) -> ir.Value:

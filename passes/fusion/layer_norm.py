@@ -12,13 +12,15 @@ with a scale of ones and no bias.
 
 from __future__ import annotations
 
+import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from passes.fusion._base import RuleFusionPass
-from passes.fusion._checks import NORMALIZATION_INVERSES as _INVERSES
 from passes.fusion._checks import (
+    NO_STATIC_SIZE,
     divide_by_root,
     exponent_fails,
+    fuse_with_inferred_last_dims,
     is_float,
     last_axis_only,
     scalar,
@@ -27,6 +29,7 @@ from passes.fusion._checks import (
     unit_scale,
     vector_for_last_dim,
 )
+from passes.fusion._checks import NORMALIZATION_INVERSES as _INVERSES
 
 # What follows the normalization: ``* gamma + beta``, ``* gamma``, or nothing. Longest first: the
 # shorter rules match inside the longer forms.
@@ -80,7 +83,7 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         if self._affine == "scale_bias" and not vector_for_last_dim(beta, x):
             return result.fail("bias is not a constant vector over the last axis")
         if self._affine == "none" and static_last_dim(x) is None:
-            return result.fail("no scale, and the last dim has no static size to build a scale of ones for")
+            return result.fail(NO_STATIC_SIZE)
         return result
 
     def rewrite(self, op, x, epsilon, gamma=None, beta=None, **_):
@@ -99,10 +102,15 @@ class LayerNormFusion(RuleFusionPass):
     a scale or bias that is not a constant vector stays a ``Mul``/``Add`` after it).
     Refuses a match whose reductions are not over the last axis alone, whose epsilon is
     not a constant scalar, whose square or root exponent is not 2 or -0.5, in a model
-    below opset 17, or, without a scale, whose last dim has no static size.
+    below opset 17, or, without a scale, whose last dim has no static size, neither
+    recorded nor inferred by ONNX shape inference (which runs only when a norm needs it).
     """
 
     fused_ops = (("", "LayerNormalization"),)
+
+    def fuse(self, model: ir.Model) -> int:
+        # The scale of ones needs the last dim: inferred where the graph does not record it.
+        return fuse_with_inferred_last_dims(self, model, super().fuse)
 
     def rule_set(self) -> list[pattern.RewriteRuleSet]:
         # One rule set per affine form, longest first: the shorter forms match inside the longer.

@@ -18,11 +18,12 @@ from onnxscript.rewriter import pattern
 
 from optimizer.domains import MS_DOMAIN, is_onnx_op
 from passes.fusion._base import RuleFusionPass
-from passes.fusion._checks import NORMALIZATION_INVERSES as _INVERSES
 from passes.fusion._checks import (
+    NO_STATIC_SIZE,
     centered_by_own_mean,
     divide_by_root,
     exponent_fails,
+    fuse_with_inferred_last_dims,
     is_float,
     last_axis_only,
     scalar,
@@ -31,6 +32,7 @@ from passes.fusion._checks import (
     unit_scale,
     vector_for_last_dim,
 )
+from passes.fusion._checks import NORMALIZATION_INVERSES as _INVERSES
 
 
 class _DecomposedRmsNorm(pattern.RewriteRuleClassBase):
@@ -68,7 +70,7 @@ class _DecomposedRmsNorm(pattern.RewriteRuleClassBase):
             if _scaled_by_a_vector(context.root.outputs[0], x):
                 return result.fail("the norm is scaled by a constant vector, which the scaled rule fuses with it")
             if static_last_dim(x) is None:
-                return result.fail("no scale, and the last dim has no static size to build a scale of ones for")
+                return result.fail(NO_STATIC_SIZE)
         return result
 
     def rewrite(self, op, x, epsilon, gamma=None, **_):
@@ -85,7 +87,8 @@ class RmsNormFusion(RuleFusionPass):
     the last axis alone, whose epsilon is not a constant scalar, whose square or root
     exponent is not 2 or -0.5, whose input is ``x - mean(x)`` (a LayerNorm: left whole
     for ``fuse-layer-norm`` and ONNX Runtime's own LayerNorm fusion), or, without a
-    scale, whose last dim has no static size.
+    scale, whose last dim has no static size, neither recorded nor inferred by ONNX shape
+    inference (which runs only when a norm needs it).
 
     ONNX Runtime registers ``SimplifiedLayerNormalization`` in the default ONNX domain,
     where onnx's checker has no such op: the result runs on ONNX Runtime (and graphopt
@@ -94,6 +97,10 @@ class RmsNormFusion(RuleFusionPass):
 
     fused_ops = (("", "SimplifiedLayerNormalization"),)
     already_fused_ops = ((MS_DOMAIN, "SkipSimplifiedLayerNormalization"),)
+
+    def fuse(self, model: ir.Model) -> int:
+        # The scale of ones needs the last dim: inferred where the graph does not record it.
+        return fuse_with_inferred_last_dims(self, model, super().fuse)
 
     def rule_set(self) -> pattern.RewriteRuleSet:
         rules = [

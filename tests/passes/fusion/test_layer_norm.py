@@ -128,3 +128,20 @@ def test_layer_norm_without_scale_over_another_axis_is_left_alone():
     result = LayerNormFusion()(parse_model(_without_affine(_LAYER_NORM.format(opset=18, axis=1))))
     assert not result.modified
     assert result.refusals == ["1 near match at Div left unfused: a mean is not over the last axis alone"]
+
+
+def test_layer_norm_without_scale_of_an_unrecorded_shape_takes_the_inferred_last_dim():
+    # Refused before ("no static size"): the input is 3 * z, whose shape the graph does not record (the legacy
+    # exporter records none). Shape inference gives the last dim, 8; the inferred shapes are taken back.
+    text = _without_affine(_LAYER_NORM.format(opset=18, axis=-1)).replace(
+        "g (float[N, 5, 8] x)", "g (float[N, 5, 8] z)"
+    )
+    text = text.replace("{\n", "{\n      three = Constant<value = float {3.0}>()\n      x = Mul(z, three)\n", 1)
+    model = parse_model(text)
+    result = LayerNormFusion()(model.clone())
+    assert computed_op_types(result.model) == ["Mul", "LayerNormalization"]
+    assert result.refusals == []
+    (norm,) = [n for n in result.model.graph if n.op_type == "LayerNormalization"]
+    np.testing.assert_array_equal(norm.inputs[1].const_value.numpy(), np.ones(8, np.float32))
+    assert norm.inputs[0].shape is None
+    assert_same_outputs(model, result.model, {"z": _inputs()["x"]}, rtol=1e-4, atol=1e-5)

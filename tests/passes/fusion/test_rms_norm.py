@@ -155,3 +155,32 @@ def test_gemma_s_one_plus_weight_fuses_after_constant_folding():
     after = RmsNormFusion()(FoldConstantsPass()(model.clone()).model).model
     assert computed_op_types(after) == ["SimplifiedLayerNormalization"]
     assert_same_outputs(model, after, _x(), rtol=1e-4, atol=1e-5)
+
+
+def _of_an_unrecorded_value(text: str) -> str:
+    """The norm's input is ``3 * z``, a value whose shape the graph does not record (no value_info)."""
+    text = text.replace("g (float[N, 5, 8] x)", "g (float[N, 5, 8] z)")
+    return text.replace("{\n", "{\n      three = Constant<value = float {3.0}>()\n      x = Mul(z, three)\n", 1)
+
+
+def test_rms_norm_without_a_scale_of_an_unrecorded_shape_takes_the_inferred_last_dim():
+    # Refused before ("no static size"): the legacy exporter records no intermediate shape. Shape inference
+    # gives the last dim, 8, for the scale of ones; the inferred shapes are taken back afterwards.
+    model = parse_model(_of_an_unrecorded_value(_without_scale(_PREAMBLE.format(axis=-1, inverse=_INVERSES["div"]))))
+    assert next(n for n in model.graph if n.op_type == "Mul").outputs[0].shape is None
+    result = RmsNormFusion()(model.clone())
+    assert computed_op_types(result.model) == ["Mul", "SimplifiedLayerNormalization"]
+    assert result.refusals == []
+    (norm,) = [n for n in result.model.graph if n.op_type == "SimplifiedLayerNormalization"]
+    np.testing.assert_array_equal(norm.inputs[1].const_value.numpy(), np.ones(8, np.float32))
+    assert norm.inputs[0].shape is None
+    assert_same_outputs(model, result.model, {"z": _x()["x"]}, rtol=1e-4, atol=1e-5)
+
+
+def test_rms_norm_without_a_scale_of_an_unrecorded_symbolic_last_dim_is_refused():
+    text = _of_an_unrecorded_value(_without_scale(_PREAMBLE.format(axis=-1, inverse=_INVERSES["div"])))
+    result = RmsNormFusion()(parse_model(text.replace("5, 8]", "5, D]")))
+    assert not result.modified
+    assert result.refusals == [
+        "1 near match at Div left unfused: no scale, and the last dim has no static size to build a scale of ones for"
+    ]
