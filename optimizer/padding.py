@@ -251,30 +251,47 @@ def unpadded(
     accuracy: only an integer mask counts (a float 0/1 ``mask`` may be an imputation model's "missing"
     flags, the very values it exists to fill), and only outputs whose second dim the model names as the
     mask's sequence dim (``[batch, sequence, ...]``, three dims or more: a ``[batch, 384]`` embedding beside
-    a 384-token mask is no sequence), and caches whose third dim it names so. A NaN or Inf ``after`` has
+    a 384-token mask is no sequence), caches whose third dim it names so, and a decoder's ``new_token_outputs``
+    on the mask's last positions (where a cache is as long as the mask). A NaN or Inf ``after`` has
     where ``before`` does not is kept, as in ``hide_padded``."""
     masks, sequence = _integer_masks(model)
     laid_out = _sequence_outputs(model, sequence) if sequence else {}
+    caches, new_tokens = cache_outputs(model), new_token_outputs(model) - set(laid_out)
     for batch, (before, after) in zip(batches, runs):
         padding = padded_positions(batch, [name for name in mask_inputs(model, batch) if name in masks])
-        if padding is None or not laid_out:
+        if padding is None or not (laid_out or new_tokens):
             yield dict(before), dict(after)
             continue
         zeroed_before, zeroed_after = dict(before), dict(after)
-        for name, axis in laid_out.items():
+        # A decoder's logits over a past: the mask's last positions, where a cache is as long as the mask.
+        tail = {}
+        if any(_sequence_length(before.get(name), 2) == padding.shape[1] for name in caches):
+            tail = {name: 1 for name in new_tokens}
+        for name, axis in {**laid_out, **tail}.items():
             expected, actual = before.get(name), after.get(name)
             if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
                 continue
-            if expected.shape != actual.shape or expected.dtype.kind != "f":
+            if expected.shape != actual.shape or expected.dtype.kind != "f" or expected.ndim < 2:
                 continue
-            if (expected.shape[0], expected.shape[axis]) != padding.shape:
+            if name in tail:
+                if expected.shape[0] != padding.shape[0] or not 0 < expected.shape[1] <= padding.shape[1]:
+                    continue
+                positions = padding[:, padding.shape[1] - expected.shape[1] :]
+            elif (expected.shape[0], expected.shape[axis]) == padding.shape:
+                positions = padding
+            else:
                 continue
             shape = [1] * expected.ndim
-            shape[0], shape[axis] = padding.shape
-            where = padding.reshape(shape)
+            shape[0], shape[axis] = positions.shape
+            where = positions.reshape(shape)
             zeroed_before[name] = np.where(where, 0, expected)
             zeroed_after[name] = np.where(where & (np.isfinite(actual) | ~np.isfinite(expected)), 0, actual)
         yield zeroed_before, zeroed_after
+
+
+def _sequence_length(value: object, axis: int) -> int | None:
+    """``value``'s size along ``axis`` if it is a 4-D array (a cache), else None."""
+    return value.shape[axis] if isinstance(value, np.ndarray) and value.ndim == 4 else None
 
 
 def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:

@@ -96,3 +96,27 @@ def test_verification_hides_padding_only_in_sequences():
     assert hide_padded({"y": np.zeros((2, 8), np.float32)}, padding, pooled)["y"].sum() == 0
     sequence = {"y": np.ones((2, 8, 3), np.float32)}
     assert hide_padded({"y": np.zeros((2, 8, 3), np.float32)}, padding, sequence)["y"].sum() == 2 * 2 * 3
+
+
+def test_a_decoders_logits_over_a_past_leave_out_the_new_tokens_its_mask_pads():
+    # logits [batch, new, vocab] beside a mask [batch, past + new]: the new tokens are the mask's tail.
+    from tests.helpers import FIXTURES
+
+    model = ir.load(FIXTURES / "llama_kv_legacy.onnx")
+    rng = np.random.default_rng(2)
+    mask = np.ones((2, 7), np.int64)
+    mask[0, -2:] = 0  # row 0's last two new tokens padded (past 4, new 3)
+    batch = {"attention_mask": mask}
+    logits = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    present = {f"present.{i}.{k}": np.zeros((2, 2, 7, 16), np.float32) for i in range(2) for k in ("key", "value")}
+    wrong = logits.copy()
+    wrong[0, -2:] = 50.0  # only where the mask pads
+    before, after = {"logits": logits, **present}, {"logits": wrong, **present}
+    assert output_drift([before], [after]).cosine < 0.9
+    assert output_drift([before], [after], [batch], model).cosine == 1.0
+    wrong[1, 0] += 1.0  # a real token still counts
+    assert output_drift([before], [after], [batch], model).cosine < 1.0
+    # A cache not as long as the mask: the mask is not known to be past + new, so all is counted.
+    wrong[1, 0] -= 1.0
+    short = {name: array[:, :, :6] for name, array in present.items()}
+    assert output_drift([dict(before, **short)], [dict(after, **short)], [batch], model).cosine < 0.9
