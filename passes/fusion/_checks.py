@@ -21,6 +21,47 @@ def scalar(value: ir.Value | None) -> float | None:
     return float(array.reshape(()))
 
 
+# Elementwise ops a constant subgraph may be evaluated through, with numpy's float semantics (IEEE, as ONNX
+# Runtime's): the root of a constant (``Sqrt(2)``, unfolded where fold-constants did not run), its inverse.
+_FOLDABLE = {
+    "Sqrt": np.sqrt,
+    "Reciprocal": np.reciprocal,
+    "Neg": np.negative,
+    "Identity": lambda a: a,
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Div": np.divide,
+    "Pow": np.power,
+}
+# A constant subgraph deeper than this, or a tensor larger, is left to fold-constants.
+_FOLD_DEPTH = 8
+_FOLD_SIZE = 1 << 16
+
+
+def folded_constant(value: ir.Value | None, depth: int = _FOLD_DEPTH) -> np.ndarray | None:
+    """``constant_array(value)``, or the value of the float elementwise subgraph computing it from constants.
+
+    Every operand must itself be a constant in ``constant_array``'s sense (an initializer that is
+    also a graph input is not: a caller may override it), and a float tensor, except ``Pow``'s
+    exponent; the result has the first operand's dtype, as ONNX's ops give.
+    """
+    array = constant_array(value)
+    if array is not None or value is None or depth == 0:
+        return array
+    node = value.producer()
+    if not is_onnx_op(node, *_FOLDABLE) or len(node.outputs) != 1 or None in node.inputs:
+        return None
+    operands = [folded_constant(operand, depth - 1) for operand in node.inputs]
+    if any(a is None or a.size > _FOLD_SIZE for a in operands):
+        return None
+    floats = operands[:1] if node.op_type == "Pow" else operands
+    if not all(a.dtype.kind == "f" for a in floats) or len({a.dtype for a in floats}) != 1:
+        return None
+    with np.errstate(all="ignore"):
+        return np.asarray(_FOLDABLE[node.op_type](*operands)).astype(operands[0].dtype)
+
+
 def is_float(value: ir.Value) -> bool:
     """False if the value is known to be anything but float32, the type every fused op has CPU and CUDA kernels for.
 

@@ -4,8 +4,10 @@ What a subgraph computes is recognised, not how it is spelled. Each ``Erf``, ``T
 ``Sigmoid`` node is a candidate activation ``A``. Its argument must be a polynomial in some
 tensor ``x``, and a value after it a polynomial in ``x`` and ``A``, both built with ``Add``,
 ``Sub``, ``Mul``, ``Neg``, ``Div`` by a constant and ``Pow`` to a whole power, from constants
-of one element (a scalar or a ``[1]`` tensor). Their coefficients must be GELU's, to 1e-5
-relative:
+of one value: a scalar or a ``[1]`` tensor, a tensor whose every element is that value (0.5
+stored per channel; its dims must not stretch x's), or one computed from such constants by
+elementwise ops that ``fold-constants`` has not folded (``Sqrt(2)``; an initializer that is
+also a graph input is no constant). Their coefficients must be GELU's, to 1e-5 relative:
 
 =========  ======================================  ====================  =========================
 A          argument                                output                fused into
@@ -40,9 +42,9 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_op
-from passes._utils import constant_array, replace_value
+from passes._utils import replace_value
 from passes.fusion._base import FusionPass
-from passes.fusion._checks import is_float
+from passes.fusion._checks import folded_constant, is_float
 from passes.fusion._targets import unsupported_ops
 
 
@@ -79,6 +81,8 @@ _ARITHMETIC = ("Add", "Sub", "Mul", "Div", "Neg", "Pow")
 # GELU's subgraph has about ten nodes; a walk longer than this is some other computation.
 _MAX_NODES = 24
 _MAX_POWER = 8
+# A constant of many elements all one number is read as that number up to this size (a per-channel 0.5).
+_MAX_UNIFORM = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -129,10 +133,11 @@ class GeluFusion(FusionPass):
     ``0.044715``), one whose argument is GELU's but whose output is not
     (``0.6*x*(1 + erf(..))``) or reads a tensor other than the argument's, one whose
     intermediate values have users outside it, an input or constant known not to be
-    float32, a one-element constant of higher rank than the input (it would broadcast the
-    output), terms that cancel only from products too large for float32 to cancel them, a
-    constant or ``Pow`` exponent that is NaN or infinite, ``QuickGelu`` on a target without
-    its kernel, and an ONNX ``Gelu`` with an unknown ``approximate``. A term GELU lacks that
+    float32, a constant of higher rank than the input or with a dim over 1 where the input's
+    is not known to be that size (it would broadcast the output), terms that cancel only
+    from products too large for float32 to cancel them, a constant or ``Pow`` exponent
+    that is NaN or infinite, ``QuickGelu`` on a target without its kernel, and an ONNX
+    ``Gelu`` with an unknown ``approximate``. A term GELU lacks that
     has not cancelled (``4e-8*x^5``) is kept: added after the formula, the formula is fused
     and the term stays; inside it, the output is refused with its polynomial quoted.
     """
@@ -234,8 +239,8 @@ def _output_of(activation: ir.Node, x: ir.Value, inner: _Polynomials, form: _For
             return reason
         if not (is_float(x) and inner.float32 and outer.float32):
             return "input is not float32"
-        if _broadcasts(inner.constants + outer.constants, x):
-            return "a one-element constant has more dims than the input: the output's shape would change"
+        if reason := _broadcasts(inner.constants + outer.constants, x):
+            return reason
         return _Match(x, output, form)
     # The farthest polynomial that reads x says what the output is; one that does not (1 + erf(..)) says
     # less than the tensor that the next node reads in x's stead.
@@ -329,12 +334,16 @@ class _Polynomials:
         return {key: _Term(term.value / divisor, term.size / abs(divisor)) for key, term in first.items()}
 
     def _constant(self, value: ir.Value | None, exponent: bool = False) -> float | None:
-        array = constant_array(value)
-        if array is None or array.size != 1:
+        array = folded_constant(value)
+        if array is None or array.size == 0 or array.size > _MAX_UNIFORM:
+            return None
+        number = array.reshape(-1)[0]
+        # A tensor whose every element is one number (0.5 stored per channel) is that number, broadcast.
+        if array.size > 1 and not (np.all(array == number) or np.all(np.isnan(array))):
             return None
         self.constants.append(value)
         self.float32 = self.float32 and (exponent or array.dtype == np.float32)
-        return float(array.reshape(()))
+        return float(number)
 
     def _finite(self, number: float, what: str) -> bool:
         if not math.isfinite(number):
@@ -349,7 +358,7 @@ def _values_below(value: ir.Value) -> list[ir.Value]:
         node = found[-1].producer()
         if not is_onnx_op(node, *_ARITHMETIC):
             break
-        operand = next((v for v in node.inputs if v is not None and constant_array(v) is None), None)
+        operand = next((v for v in node.inputs if v is not None and folded_constant(v) is None), None)
         if operand is None:
             break
         found.append(operand)
@@ -460,7 +469,21 @@ def _show(polynomial: _Poly | _Coefficients, activation: str = "") -> str:
     return " + ".join(terms) or "0"
 
 
-def _broadcasts(constants: list[ir.Value], x: ir.Value) -> bool:
-    """True if a constant has more dims than ``x`` (or any, where ``x``'s rank is unknown)."""
-    rank = max((constant_array(value).ndim for value in constants), default=0)
-    return rank > 0 and (x.shape is None or rank > x.shape.rank())
+def _broadcasts(constants: list[ir.Value], x: ir.Value) -> str | None:
+    """Why a constant would give the output a shape other than ``x``'s, or None.
+
+    One with more dims than ``x`` (or any, where ``x``'s rank is unknown) adds dims; a dim over 1
+    stretches ``x``'s where that is not known to be the same size.
+    """
+    shapes = [folded_constant(value).shape for value in constants]
+    rank = max((len(shape) for shape in shapes), default=0)
+    if rank > 0 and (x.shape is None or rank > x.shape.rank()):
+        return "a constant has more dims than the input: the output's shape would change"
+    for shape in shapes:
+        for axis, size in enumerate(shape, start=x.shape.rank() - len(shape) if shape else 0):
+            if size != 1 and x.shape[axis] != size:
+                return (
+                    f"a constant of shape {list(shape)} may stretch the input's shape {x.shape}: "
+                    "the output's would change"
+                )
+    return None

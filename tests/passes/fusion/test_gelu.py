@@ -478,3 +478,67 @@ def test_a_gelu_on_float64_constants_is_refused_where_the_input_dtype_is_unknown
     _, result = _fused(_HEADER.format(body=body))
     assert not result.modified
     assert result.refusals == ["1 of 1 erf GELU left unfused: input is not float32"]
+
+
+_HALVES = ", ".join(["0.5"] * 16)
+_ONES = ", ".join(["1.0"] * 16)
+
+
+def test_constants_stored_per_channel_with_one_value_are_that_value():
+    # 0.5 and 1.0 stored as [16] vectors, every element the same: left unfused before ("the output is 1*x + ...").
+    body = _ERF.format(half=0.5)
+    body = body.replace("half = Constant<value = float {0.5}>()", f"half = Constant<value = float[16] {{{_HALVES}}}>()")
+    body = body.replace("one = Constant<value = float {1.0}>()", f"one = Constant<value = float[16] {{{_ONES}}}>()")
+    model, result = _fused(_HEADER.format(body=body))
+    assert computed_op_types(result.model) == ["Gelu"]
+    assert result.refusals == []
+    for scale in (1.0, 10.0):
+        assert_same_outputs(model, result.model, _x(scale), rtol=1e-4, atol=1e-5)
+
+
+def test_a_per_channel_constant_with_one_value_off_is_no_gelu():
+    halves = ", ".join(["0.5"] * 15 + ["0.6"])
+    body = _ERF.format(half=0.5).replace(
+        "half = Constant<value = float {0.5}>()", f"half = Constant<value = float[16] {{{halves}}}>()"
+    )
+    _, result = _fused(_HEADER.format(body=body))
+    assert not result.modified
+
+
+def test_a_per_channel_constant_that_may_stretch_the_input_is_refused():
+    # x's last dim is N: at N = 1 the [16] constant stretches the output to 16 wide, which Gelu(x) would not.
+    body = _ERF.format(half=0.5).replace(
+        "half = Constant<value = float {0.5}>()", f"half = Constant<value = float[16] {{{_HALVES}}}>()"
+    )
+    text = _HEADER.format(body=body).replace("float[N, 16] x", "float[4, N] x")
+    text = text.replace("float[N, 16] y", "float[4, 16] y")
+    _, result = _fused(text)
+    assert not result.modified
+    assert result.refusals == [
+        "1 of 1 erf GELU left unfused: a constant of shape [16] may stretch the input's shape [4,N]: "
+        "the output's would change"
+    ]
+
+
+_SQRT_NODE = _ERF.format(half=0.5).replace(
+    "sqrt2 = Constant<value = float {1.4142135}>()", "two = Constant<value = float {2.0}>()\n      sqrt2 = Sqrt(two)"
+)
+
+
+def test_the_root_of_a_constant_left_unfolded_is_evaluated():
+    # x / Sqrt(2), where fold-constants did not run first: left unfused before (the Sqrt was no constant).
+    model, result = _fused(_HEADER.format(body=_SQRT_NODE))
+    assert computed_op_types(result.model) == ["Gelu"]
+    assert result.refusals == []
+    for scale in (1.0, 10.0):
+        assert_same_outputs(model, result.model, _x(scale), rtol=1e-4, atol=1e-5)
+
+
+def test_the_root_of_an_overridable_initializer_is_no_constant():
+    # An initializer that is also a graph input is a default the caller may override: x / Sqrt(two) is no GELU.
+    text = _HEADER.format(body=_SQRT_NODE.replace("two = Constant<value = float {2.0}>()\n      ", ""))
+    text = text.replace("(float[N, 16] x)", "(float[N, 16] x, float two)").replace(
+        "(float[N, 16] y) {", "(float[N, 16] y) <float two = {2.0}> {"
+    )
+    _, result = _fused(text)
+    assert not result.modified
