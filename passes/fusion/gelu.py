@@ -28,6 +28,10 @@ in any order, ``x*0.5 + x*0.5*erf(..)``, ``x*(0.5 + 0.5*erf(..))``, TF's and JAX
 ``x*(1 - erf(-x/sqrt(2)))/2``, GPT-2's ``x + 0.044715*x^3`` (the cube as ``Pow`` or
 ``x*x*x``), HF's ``FastGELUActivation`` ``x*0.7978845608*(1 + 0.044715*x*x)``, the
 distributed ``s*x + s*0.044715*x^3``, and CLIP's QuickGELU ``x*sigmoid(1.702*x)``.
+A node of the formula whose value other nodes read too (``x^3`` read after the GELU, one
+``x / sqrt(2)`` read by two GELUs) stays for them beside the fused op, which computes that
+value again (a note counts the nodes still there once every GELU is fused); a formula whose
+activation would have to stay is refused: the fused op would compute it twice.
 ``x*sigmoid(x)`` (SiLU) is not a GELU and is left alone without a word. ONNX's own ``Gelu``
 (opset 20) is rewritten into the contrib op too, so bias+GELU fusion sees one form.
 """
@@ -122,6 +126,9 @@ class _Match:
     x: ir.Value
     output: ir.Value
     form: _Form
+    # The formula's nodes: those that go with the rewrite, and those kept because other nodes read their values.
+    removed: frozenset[ir.Node] = frozenset()
+    kept: frozenset[ir.Node] = frozenset()
 
 
 class GeluFusion(FusionPass):
@@ -132,7 +139,7 @@ class GeluFusion(FusionPass):
     GELU's terms but coefficients off by more than 1e-5 relative (``0.0447`` for
     ``0.044715``), one whose argument is GELU's but whose output is not
     (``0.6*x*(1 + erf(..))``) or reads a tensor other than the argument's, one whose
-    intermediate values have users outside it, an input or constant known not to be
+    activation (or a value computed from it) other nodes read, an input or constant known not to be
     float32, a constant of higher rank than the input or with a dim over 1 where the input's
     is not known to be that size (it would broadcast the output), terms that cancel only
     from products too large for float32 to cancel them, a constant or ``Pow`` exponent
@@ -149,6 +156,7 @@ class GeluFusion(FusionPass):
     def fuse(self, model: ir.Model) -> int:
         graph = model.graph
         count = 0
+        kept: list[frozenset[ir.Node]] = []
         for node in [n for n in graph if is_onnx_op(n, "Erf", "Tanh", "Sigmoid", "Gelu")]:
             if node.op_type == "Gelu":
                 found = _onnx_gelu(node)
@@ -163,7 +171,24 @@ class GeluFusion(FusionPass):
                 _rewrite(graph, found)
                 self.done(kind)
                 count += 1
+                kept += [found.kept] if found.kept else []
+        self._note_kept(graph, kept)
         return count
+
+    def _note_kept(self, graph: ir.Graph, kept: list[frozenset[ir.Node]]) -> None:
+        """Say which fused formulas left nodes of theirs in place, for the values other nodes read.
+
+        Counted at the end: a node another fused formula read too (``x / sqrt(2)`` of two GELUs) is gone by then.
+        """
+        # A node is still in the graph if it has not been removed, or read by what stays.
+        remaining = [{node for node in nodes if node.graph is graph} for nodes in kept]
+        remaining = [nodes for nodes in remaining if nodes]
+        if remaining:
+            total = len(set().union(*remaining))
+            self.note(
+                f"{len(remaining)} GELU fused beside {total} node(s) of their formula kept for other readers "
+                "of their values (the fused op computes those values again)"
+            )
 
     def _quick_gelu_missing(self) -> str | None:
         missing = unsupported_ops(((MS_DOMAIN, "QuickGelu"),), self.target)
@@ -235,13 +260,15 @@ def _output_of(activation: ir.Node, x: ir.Value, inner: _Polynomials, form: _For
         if not _close(polynomial, form.output, _REL_TOL):
             found = found or polynomial
             continue
-        if reason := _escapes(inner.nodes | outer.nodes | {activation}, output):
-            return reason
+        nodes = inner.nodes | outer.nodes | {activation}
+        kept = _kept(nodes, output)
+        if activation in kept:
+            return _activation_read_elsewhere(activation, nodes, output)
         if not (is_float(x) and inner.float32 and outer.float32):
             return "input is not float32"
         if reason := _broadcasts(inner.constants + outer.constants, x):
             return reason
-        return _Match(x, output, form)
+        return _Match(x, output, form, frozenset(nodes - kept), frozenset(kept))
     # The farthest polynomial that reads x says what the output is; one that does not (1 + erf(..)) says
     # less than the tensor that the next node reads in x's stead.
     if found is not None and _close(found, form.output, _REL_TOL, cancelled_size=math.inf):
@@ -380,17 +407,30 @@ def _values_after(value: ir.Value) -> list[ir.Value]:
     return found
 
 
-def _escapes(nodes: set[ir.Node], output: ir.Value) -> str | None:
-    """Why the nodes cannot all go (a value other than ``output`` is used outside them), or None."""
-    for node in nodes:
-        for value in node.outputs:
-            if value is output:
-                continue
-            if value.is_graph_output():
-                return "an intermediate value is a graph output"
-            if any(use.node not in nodes for use in value.uses()):
-                return "an intermediate value has other users"
-    return None
+def _read_outside(value: ir.Value, nodes: set[ir.Node]) -> bool:
+    return value.is_graph_output() or any(use.node not in nodes for use in value.uses())
+
+
+def _kept(nodes: set[ir.Node], output: ir.Value) -> set[ir.Node]:
+    """The nodes that must stay beside the fused op: those computing a value other than ``output`` that is
+    read outside ``nodes`` (or is a graph output), and those of ``nodes`` that they are computed from."""
+    stack = [node for node in nodes if any(v is not output and _read_outside(v, nodes) for v in node.outputs)]
+    kept: set[ir.Node] = set()
+    while stack:
+        node = stack.pop()
+        if node not in kept:
+            kept.add(node)
+            stack += [v.producer() for v in node.inputs if v is not None and v.producer() in nodes]
+    return kept
+
+
+def _activation_read_elsewhere(activation: ir.Node, nodes: set[ir.Node], output: ir.Value) -> str:
+    """Why a formula whose activation must stay is refused: the fused op would compute it a second time."""
+    name = activation.op_type.lower()
+    if _read_outside(activation.outputs[0], nodes):
+        where = "a graph output" if activation.outputs[0].is_graph_output() else "read outside the formula"
+        return f"the {name}'s output is {where}: the fused op would compute the {name} again"
+    return f"a value computed from the {name} is read outside the formula: the fused op would compute the {name} again"
 
 
 def _rewrite(graph: ir.Graph, match: _Match) -> None:
@@ -399,6 +439,8 @@ def _rewrite(graph: ir.Graph, match: _Match) -> None:
     fused = ir.Node(MS_DOMAIN, form.fused, [match.x], attributes)
     graph.insert_after(match.output.producer(), fused)
     replace_value(match.output, fused.outputs[0], inherit=True)
+    # Now, not at the pass's end: a later formula sharing a kept node sees only the readers still there.
+    graph.remove(match.removed, safe=True)
 
 
 def _negated(polynomial: _Poly) -> _Poly:
