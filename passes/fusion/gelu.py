@@ -14,8 +14,13 @@ A          argument                                output                fused i
 =========  ======================================  ====================  =========================
 erf        x / sqrt(2)                             0.5*x + 0.5*x*A       ``Gelu``
 tanh       sqrt(2/pi) * (x + 0.044715*x^3)         0.5*x + 0.5*x*A       ``FastGelu``
-sigmoid    1.702*x                                 x*A                   ``QuickGelu(alpha=1.702)``
+sigmoid    2*sqrt(2/pi) * (x + 0.044715*x^3)       x*A                   ``FastGelu``
+sigmoid    alpha*x, alpha not 1 (CLIP: 1.702)      x*A                   ``QuickGelu(alpha)``
 =========  ======================================  ====================  =========================
+
+(The tanh GELU written with a sigmoid: ``0.5*(1 + tanh(u)) = sigmoid(2u)``. ONNX Runtime's
+``QuickGelu`` computes ``x*sigmoid(alpha*x)`` for its ``alpha`` attribute, checked against numpy
+on its CPU kernel for 0.3, 1.5, 2.5 and -1.5.)
 
 A term GELU lacks (``4e-8*x^5``) must be absent: exactly zero, or cancelled to within
 float32 rounding of the products summed into it (``c*x^3 - c*x^3``), from products no larger
@@ -38,6 +43,7 @@ activation would have to stay is refused: the fused op would compute it twice.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -93,7 +99,8 @@ _MAX_UNIFORM = 1 << 16
 class _Form:
     """One GELU approximation: the activation node, its argument in x, the output in x and A, the fused op.
 
-    ``reflection`` is A(-u) written in A(u), for an argument that is GELU's negated.
+    ``reflection`` is A(-u) written in A(u), for an argument that is GELU's negated. A form with
+    ``free_alpha`` takes any argument ``alpha*x`` (``argument`` is a placeholder) and fuses with that alpha.
     """
 
     kind: str
@@ -102,21 +109,28 @@ class _Form:
     fused: str
     reflection: _Coefficients
     attributes: tuple[tuple[str, float], ...] = ()
+    free_alpha: bool = False
 
 
 _HALF_X_TIMES_ONE_PLUS_A = {(1, 0): 0.5, (1, 1): 0.5}
 _ODD = {(0, 1): -1.0}
+_SIGMOID_REFLECTION = {(0, 0): 1.0, (0, 1): -1.0}
+_TANH_ARGUMENT = {(1, 0): _SQRT_2_OVER_PI, (3, 0): _SQRT_2_OVER_PI * 0.044715}
+# The forms each activation may be part of, tried in this order.
 _FORMS = {
-    "Erf": _Form("erf GELU", {(1, 0): 1 / math.sqrt(2.0)}, _HALF_X_TIMES_ONE_PLUS_A, "Gelu", _ODD),
-    "Tanh": _Form(
-        "tanh GELU",
-        {(1, 0): _SQRT_2_OVER_PI, (3, 0): _SQRT_2_OVER_PI * 0.044715},
-        _HALF_X_TIMES_ONE_PLUS_A,
-        "FastGelu",
-        _ODD,
-    ),
-    "Sigmoid": _Form(
-        "QuickGELU", {(1, 0): 1.702}, {(1, 1): 1.0}, "QuickGelu", {(0, 0): 1.0, (0, 1): -1.0}, (("alpha", 1.702),)
+    "Erf": (_Form("erf GELU", {(1, 0): 1 / math.sqrt(2.0)}, _HALF_X_TIMES_ONE_PLUS_A, "Gelu", _ODD),),
+    "Tanh": (_Form("tanh GELU", _TANH_ARGUMENT, _HALF_X_TIMES_ONE_PLUS_A, "FastGelu", _ODD),),
+    "Sigmoid": (
+        # x*sigmoid(alpha*x), CLIP's alpha 1.702 or another: ONNX Runtime's kernel takes alpha as an attribute.
+        _Form("QuickGELU", {(1, 0): 1.702}, {(1, 1): 1.0}, "QuickGelu", _SIGMOID_REFLECTION, free_alpha=True),
+        # The tanh GELU written with a sigmoid: 0.5*(1 + tanh(u)) = sigmoid(2u), so x*sigmoid(2u) is FastGelu.
+        _Form(
+            "tanh GELU as a sigmoid",
+            {key: 2.0 * c for key, c in _TANH_ARGUMENT.items()},
+            {(1, 1): 1.0},
+            "FastGelu",
+            _SIGMOID_REFLECTION,
+        ),
     ),
 }
 
@@ -133,6 +147,9 @@ class _Match:
 
 class GeluFusion(FusionPass):
     """Rewrite GELU formulas into ``Gelu`` (erf), ``FastGelu`` (tanh) and ``QuickGelu`` (sigmoid), all com.microsoft.
+
+    ``FastGelu`` also takes the tanh GELU written as ``x*sigmoid(2u)``; ``QuickGelu`` takes
+    ``x*sigmoid(alpha*x)`` with its alpha, for any alpha but 1 (SiLU is left alone).
 
     Matches what the module docstring lists, in any association of the products, and with
     the argument negated. Refuses, with a reason, a formula whose activation argument has
@@ -160,16 +177,18 @@ class GeluFusion(FusionPass):
         for node in [n for n in graph if is_onnx_op(n, "Erf", "Tanh", "Sigmoid", "Gelu")]:
             if node.op_type == "Gelu":
                 found = _onnx_gelu(node)
+                found = _Refusal("ONNX Gelu", found) if isinstance(found, str) else found
             else:
                 found = _recognise(node)
-                if isinstance(found, _Match) and found.form.fused == "QuickGelu":
-                    found = self._quick_gelu_missing() or found
-            kind = "ONNX Gelu" if node.op_type == "Gelu" else _FORMS[node.op_type].kind
-            if isinstance(found, str):
+                if isinstance(found, _Match) and found.form.fused == "QuickGelu" and self._quick_gelu_missing():
+                    found = _Refusal(found.form.kind, self._quick_gelu_missing())
+            kind = found.form.kind if isinstance(found, _Match) else None
+            if isinstance(found, _Refusal):
+                kind, found = found
                 self.refuse(kind, found)
             elif found is not None:
                 _rewrite(graph, found)
-                self.done(kind)
+                self.done("ONNX Gelu" if node.op_type == "Gelu" else kind)
                 count += 1
                 kept += [found.kept] if found.kept else []
         self._note_kept(graph, kept)
@@ -201,18 +220,23 @@ def _onnx_gelu(node: ir.Node) -> _Match | str:
         return f"unknown approximation {approximate!r}"
     if not is_float(node.inputs[0]):
         return "input is not float32"
-    form = _FORMS["Tanh" if approximate == "tanh" else "Erf"]
+    (form,) = _FORMS["Tanh" if approximate == "tanh" else "Erf"]
     return _Match(node.inputs[0], node.outputs[0], form)
 
 
-def _recognise(activation: ir.Node) -> _Match | str | None:
+class _Refusal(NamedTuple):
+    kind: str
+    reason: str
+
+
+def _recognise(activation: ir.Node) -> _Match | _Refusal | None:
     """The GELU around ``activation``; why a near miss is not one; or None if it is no GELU at all."""
-    form = _FORMS[activation.op_type]
+    forms = _FORMS[activation.op_type]
     argument = activation.inputs[0]
     # Why candidates whose argument is GELU's (or would be, but for a NaN or a large cancellation) failed,
     # and why arguments were near misses: the farthest candidate's, whose polynomial covers the most.
-    reasons: list[str] = []
-    near_misses: list[str] = []
+    reasons: list[_Refusal] = []
+    near_misses: list[_Refusal] = []
     # x is where the argument's variable operands lead: the nearest value whose polynomial is GELU's argument
     # and after which the output is GELU's (a value before x, such as the MatMul ahead of a bias Add, is no x:
     # the bias shows; a value after it, such as x*1 when the output reads x, leaves the output no polynomial).
@@ -220,25 +244,59 @@ def _recognise(activation: ir.Node) -> _Match | str | None:
         inner = _Polynomials(x)
         polynomial = inner.of(argument)
         if polynomial is None:
-            reasons += [inner.refusal] if inner.refusal else []
+            reasons += [_Refusal(forms[0].kind, inner.refusal)] if inner.refusal else []
             continue
-        sign = _sign(polynomial, form.argument, _REL_TOL)
-        if sign is None:
-            near = _sign(polynomial, form.argument, _NEAR_MISS_TOL)
-            if _sign(polynomial, form.argument, _REL_TOL, cancelled_size=math.inf) is not None:
-                reasons.append(f"the argument is GELU's only {_LARGE_CANCELLATION}")
-            elif near is not None and not (is_float(x) and inner.float32):
-                # float16 and float64 constants round GELU's differently: the dtype is the reason.
-                near_misses.append("input is not float32")
-            elif near is not None:
-                expected = {key: near * c for key, c in form.argument.items()}
-                near_misses.append(f"the argument is {_show(polynomial)}, GELU's is {_show(expected)}")
-            continue
-        found = _output_of(activation, x, inner, form, sign)
-        if isinstance(found, _Match):
-            return found
-        reasons.append(found)
+        for form in forms:
+            candidates = _instances(polynomial, form, _REL_TOL)
+            if not candidates:
+                near = _instances(polynomial, form, _NEAR_MISS_TOL) if not form.free_alpha else []
+                if _instances(polynomial, form, _REL_TOL, cancelled_size=math.inf):
+                    reasons.append(_Refusal(form.kind, f"the argument is GELU's only {_LARGE_CANCELLATION}"))
+                elif near and not (is_float(x) and inner.float32):
+                    # float16 and float64 constants round GELU's differently: the dtype is the reason.
+                    near_misses.append(_Refusal(form.kind, "input is not float32"))
+                elif near:
+                    expected = {key: near[0][1] * c for key, c in form.argument.items()}
+                    shown = f"the argument is {_show(polynomial)}, GELU's is {_show(expected)}"
+                    near_misses.append(_Refusal(form.kind, shown))
+            failures = []
+            for instance, sign in candidates:
+                found = _output_of(activation, x, inner, instance, sign)
+                if isinstance(found, _Match):
+                    return found
+                failures.append(_Refusal(form.kind, found))
+            # The likelier reading's. Any tensor times a sigmoid of it scaled is x*sigmoid(alpha*x) for some alpha
+            # (a gate): only one near CLIP's alpha is worth a word.
+            if failures and (not form.free_alpha or _near_clips_alpha(candidates[0][0])):
+                reasons += failures[:1]
     return (reasons or near_misses or [None])[-1]
+
+
+def _near_clips_alpha(form: _Form) -> bool:
+    return math.isclose(abs(form.argument[1, 0]), 1.702, rel_tol=_NEAR_MISS_TOL)
+
+
+def _instances(
+    polynomial: _Poly, form: _Form, rel_tol: float, cancelled_size: float = _CANCELLED_SIZE
+) -> list[tuple[_Form, int]]:
+    """The forms the argument ``polynomial`` fits, each with its sign (see ``_sign``), the likelier first.
+
+    A ``free_alpha`` form fits ``alpha*x`` for any alpha that float32 holds but 1 (SiLU, x*sigmoid(x), is
+    no GELU), as itself with that alpha, or as GELU's negated with alpha negated.
+    """
+    if not form.free_alpha:
+        sign = _sign(polynomial, form.argument, rel_tol, cancelled_size)
+        return [] if sign is None else [(form, sign)]
+    alpha = polynomial.get((1, 0), _Term(0.0, 0.0)).value
+    if alpha == 0.0 or not np.isfinite(np.float32(alpha)) or math.isclose(abs(alpha), 1.0, rel_tol=_REL_TOL):
+        return []
+    if not _close(polynomial, {(1, 0): alpha}, rel_tol, cancelled_size):
+        return []
+    found = [
+        (dataclasses.replace(form, argument={(1, 0): sign * alpha}, attributes=(("alpha", sign * alpha),)), sign)
+        for sign in (1, -1)
+    ]
+    return found if alpha > 0 else found[::-1]
 
 
 def _output_of(activation: ir.Node, x: ir.Value, inner: _Polynomials, form: _Form, sign: int) -> _Match | str:

@@ -8,7 +8,7 @@ import pytest
 from optimizer.domains import MS_DOMAIN
 from passes.fusion import _targets
 from passes.fusion.gelu import GeluFusion
-from tests.helpers import assert_same_outputs, computed_op_types, parse_model
+from tests.helpers import assert_same_outputs, computed_op_types, parse_model, run
 
 _HEADER = """
     <ir_version: 9, opset_import: ["" : 18]>
@@ -579,3 +579,53 @@ def test_two_gelus_sharing_their_argument_are_both_fused():
     assert result.refusals == [] and result.notes == []
     for scale in (1.0, 10.0):
         assert_same_outputs(model, result.model, _x(scale), rtol=1e-4, atol=1e-5)
+
+
+_SIGMOID_TANH = """
+      s = Constant<value = float {{{s}}}>()
+      k = Constant<value = float {{0.044715}}>()
+      three = Constant<value = float {{3.0}}>()
+      p = Pow(x, three)
+      q = Mul(p, k)
+      r = Add(x, q)
+      t = Mul(r, s)
+      u = Sigmoid(t)
+      y = Mul(x, u)"""
+
+
+def test_the_tanh_gelu_written_with_a_sigmoid_is_fast_gelu():
+    # 0.5*(1 + tanh(u)) = sigmoid(2u): x*sigmoid(2*sqrt(2/pi)*(x + 0.044715*x^3)) was left unfused before.
+    model, result = _fused(_HEADER.format(body=_SIGMOID_TANH.format(s=1.5957691)))
+    assert computed_op_types(result.model) == ["FastGelu"]
+    assert result.refusals == []
+    for scale in (1.0, 10.0):
+        assert_same_outputs(model, result.model, _x(scale), rtol=1e-4, atol=1e-5)
+
+
+def test_the_tanh_gelu_written_with_a_sigmoid_with_a_constant_off_is_refused():
+    _, result = _fused(_HEADER.format(body=_SIGMOID_TANH.format(s=1.59)))
+    assert not result.modified
+    assert result.refusals == [
+        "1 of 1 tanh GELU as a sigmoid left unfused: the argument is 1.59*x + 0.0710968*x^3, "
+        "GELU's is 1.59577*x + 0.0713548*x^3"
+    ]
+
+
+@pytest.mark.parametrize(("constant", "alpha"), [(1.5, 1.5), (2.5, 2.5), (-1.5, -1.5)])
+def test_quick_gelu_with_another_alpha_is_fused_with_that_alpha(constant, alpha, monkeypatch):
+    # x*sigmoid(alpha*x) for an alpha other than CLIP's 1.702 was left unfused; ONNX Runtime's QuickGelu
+    # computes it with its alpha attribute (checked on its CPU kernel against numpy for these alphas).
+    monkeypatch.setitem(_targets._KERNELS, (MS_DOMAIN, "QuickGelu"), frozenset({"cpu", "cuda"}))
+    model, result = _fused(_HEADER.format(body=_QUICK.replace("{1.702}", f"{{{constant}}}")))
+    (node,) = [n for n in result.model.graph if n.op_type != "Constant"]
+    assert (node.domain, node.op_type) == ("com.microsoft", "QuickGelu")
+    assert node.attributes["alpha"].as_float() == pytest.approx(alpha)
+    x = _x(10.0)["x"].astype(np.float64)
+    np.testing.assert_allclose(run(result.model, _x(10.0))["y"], x / (1 + np.exp(-alpha * x)), rtol=1e-5, atol=1e-6)
+    for scale in (1.0, 10.0):
+        assert_same_outputs(model, result.model, _x(scale), rtol=1e-5, atol=1e-6)
+
+
+def test_silu_with_its_one_as_a_constant_is_left_alone():
+    _, result = _fused(_HEADER.format(body=_QUICK.replace("{1.702}", "{1.0}")))
+    assert not result.modified and result.refusals == []
