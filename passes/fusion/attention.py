@@ -34,6 +34,12 @@ spelling of it:
   the same ``(B, N)`` and every view splits the rows into those same axes and keeps S and
   T; the dims are compared as products of named dims (``_layout.symbolic_dim``, which
   reads the legacy export's ``Mul(batch, heads)``), not as one exporter's literal target.
+- Soft cap (Gemma 2): ``c * tanh(s / c)`` (or ``tanh(s * (1/c)) * c``; a bare ``tanh(s)``
+  is ``c = 1``) on the scaled scores, ahead of every mask, ``c`` one positive constant
+  scalar on both sides. MultiHeadAttention has no cap, so this pass refuses it with the
+  reason; ``stage_soft_capped`` builds the same MultiHeadAttention, unread, for
+  ``fuse-group-query-attention``, whose op takes ``softcap`` (scale, cap, then the bias: the
+  order Hugging Face's Gemma 2 eager attention computes).
 - Output: Transposes composing to ``(0, 2, 1, 3)`` and a Reshape merging the last two
   axes are replaced by the op's 3-D output; otherwise the output is split back into
   ``[B, N, S, dv]``.
@@ -46,7 +52,10 @@ mask input is stage 2 (``packed_attention``), a pass verified on its own.
 
 Refuses (with the reason, counted per Softmax) when: Softmax is not over the last axis of
 a 4-D (or batched 3-D) float32 tensor; its input is not Q @ K^T under scalar scales, biases,
-Where masks and views of the batched scores; the scores are subtracted from another term
+Where masks and views of the batched scores; the scores are soft-capped (always: see
+above), or go through a Tanh that is not one cap ``c * tanh(s / c)`` (two constants, ``c``
+not a constant, a mask or scale inside the cap, a scale after it, two caps); the scores
+are subtracted from another term
 (softmax of their negation); a Where mask's fill is not -inf or large negative; the scores
 or probabilities have other users; batched and per-head operands are mixed; a batched
 operand is not a 4-D per-head tensor with its batch and head axes merged; Q, K and V are
@@ -96,6 +105,7 @@ from passes.fusion._layout import (
     keeps_shape,
     last_dim,
     merged_heads,
+    producer,
     rank,
     same_dim,
     scalar_factor,
@@ -135,6 +145,8 @@ class _Logits:
     biases: list[_Bias] = field(default_factory=list)
     chain: list[ir.Value] = field(default_factory=list)  # the values from the product to the Softmax
     regroups: list[ir.Node] = field(default_factory=list)  # Reshapes on the way ([B*N, S, T] <-> [B, N, S, T])
+    # The c of a soft cap c * tanh(s / c) between the scaled product and every mask (Gemma 2), or None.
+    softcap: float | None = None
 
 
 @dataclass
@@ -158,26 +170,77 @@ def _single_user(value: ir.Value) -> ir.Node | None:
     return uses[0][0]
 
 
+def _soft_cap(node: ir.Node) -> tuple[ir.Value, float, list[ir.Value]] | str | None:
+    """``(s, c, values)`` when ``node`` is Gemma 2's soft cap ``c * tanh(s / c)`` (or ``tanh(s * (1/c)) * c``),
+    ``values`` the Tanh's and the division's outputs; a reason when it multiplies a Tanh but is not
+    one; None when it multiplies no Tanh.
+
+    ``c`` must be one constant positive scalar on both sides (within float32 rounding of
+    ``1/c``): ``c2 * tanh(s / c1)`` is not the cap the fused op computes. A bare ``tanh(s)``
+    is the cap ``c = 1`` (constant folding removes ``s / 1`` and ``* 1``).
+    """
+    if is_onnx_op(node, "Tanh") and node.inputs[0] is not None:
+        return node.inputs[0], 1.0, []
+    if not is_onnx_op(node, "Mul") or len(node.inputs) != 2:
+        return None
+    tanh = next((p for v in node.inputs if (p := producer(v, "Tanh")) is not None), None)
+    if tanh is None:
+        return None
+    outer = scalar_factor(node)
+    if outer is None or outer[0] is not tanh.outputs[0]:
+        return "the scores are soft-capped (c * tanh(s / c)) by a c that is not a constant scalar"
+    inner_node = tanh.inputs[0].producer() if tanh.inputs[0] is not None else None
+    inner = scalar_factor(inner_node) if inner_node is not None else None
+    if inner is None:
+        return "the scores go through tanh, but not divided by a constant c (no soft cap c * tanh(s / c))"
+    cap, inverse = outer[1], inner[1]
+    if not (math.isfinite(cap) and cap > 0):
+        return f"the scores' soft cap c = {cap:g} is not a positive finite number"
+    if abs(cap * inverse - 1.0) > 4 * float(np.finfo(np.float32).eps):
+        return f"the scores are divided by {1 / inverse:g} inside tanh but multiplied by {cap:g} (not one soft cap c)"
+    return inner[0], cap, [tanh.outputs[0], inner_node.outputs[0]]
+
+
 def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
-    """Walk from the Softmax input back to ``Q @ K^T`` through scales, biases and Where masks."""
+    """Walk from the Softmax input back to ``Q @ K^T`` through scales, biases, Where masks and a soft cap.
+
+    A soft cap must sit between the scaled product and every mask, with nothing scaling its
+    result: ``softmax(c * tanh(scale * Q @ K^T / c) + bias)``, the order GroupQueryAttention
+    computes (Hugging Face's Gemma 2 caps after its scaling and before the mask).
+    """
     factor, biases, chain, regroups = 1.0, [], [], []
+    softcap = None
     while depth < 8:
         chain.append(value)
         node = value.producer()
         if node is None:
             break
         if is_onnx_op(node, "MatMul"):
-            return _Logits(node, factor, True, biases, chain, regroups)
+            return _Logits(node, factor, True, biases, chain, regroups, softcap)
         if node.op_type == "FusedMatMul" and node.domain == MS_DOMAIN:
             attrs = node.attributes
             if attrs.get_int("transA", 0) or attrs.get_int("transBatchA", 0) or attrs.get_int("transBatchB", 0):
                 return "Q @ K^T transposes Q or the batch axes (FusedMatMul transA/transBatch)"
             alpha = attrs.get_float("alpha", 1.0)
-            return _Logits(node, factor * alpha, not attrs.get_int("transB", 0), biases, chain, regroups)
+            return _Logits(node, factor * alpha, not attrs.get_int("transB", 0), biases, chain, regroups, softcap)
+        cap = _soft_cap(node)
+        if isinstance(cap, str):
+            return cap
+        if cap is not None:
+            if softcap is not None:
+                return _TWO_CAPS
+            if factor != 1.0:
+                return _SCALED_CAP
+            value, softcap = cap[0], cap[1]
+            chain += cap[2]
+            depth += 2
+            continue
         step = scalar_factor(node)
         if step is not None:
             value, factor = step[0], factor * step[1]
             continue
+        if softcap is not None and node.op_type in ("Add", "Sub", "Where") and is_onnx_domain(node):
+            return _MASK_IN_CAP
         if is_onnx_op(node, "Add") and len(node.inputs) == 2:
             reasons = []
             for side in (0, 1):
@@ -185,6 +248,8 @@ def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
                 if isinstance(found, str):
                     reasons.append(found)
                     continue
+                if found.softcap is not None and factor != 1.0:
+                    return _SCALED_CAP
                 found.scale *= factor
                 for bias in found.biases:
                     bias.factor *= factor
@@ -199,6 +264,8 @@ def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
             if isinstance(found, str):
                 negated = _logits(node.inputs[1], depth + 1)
                 return _NEGATED if not isinstance(negated, str) else found
+            if found.softcap is not None and factor != 1.0:
+                return _SCALED_CAP
             found.scale *= factor
             for bias in found.biases:
                 bias.factor *= factor
@@ -232,6 +299,13 @@ _NOT_FLOAT = "the scores are not float32 (the fused ops' CPU kernels)"
 _NOT_LOGITS = "Softmax input is not Q @ K^T under scalar scales, biases and Where masks"
 _NEGATED = "the scores are subtracted from another term (softmax of their negation)"
 _NOT_MASKED = "a Where on the scores does not mask: its fill, times the scales after it, is above -1e4"
+_SCALED_CAP = "the soft-capped scores are scaled after the cap (not c * tanh(s / c) with one c)"
+_TWO_CAPS = "the scores are soft-capped twice"
+_MASK_IN_CAP = "a mask is applied to the scores before their soft cap (the fused op caps first, then masks)"
+_CAPPED = (
+    "its scores are soft-capped (c * tanh(s / c), c = {cap:g}), which MultiHeadAttention cannot compute: "
+    "fuse-group-query-attention fuses it over a key/value cache"
+)
 
 
 def _probs_consumer(softmax: ir.Node) -> ir.Node | str:
@@ -487,6 +561,8 @@ class _Builder:
 
     def __init__(self, graph: ir.Graph, anchor: ir.Node, name: str, opset: int) -> None:
         self.graph, self.anchor, self.name, self.opset, self.count = graph, anchor, name, opset, 0
+        self.nodes: list[ir.Node] = []  # what it added, for a staged rewrite that is taken back
+        self.initializers: list[ir.Value] = []
 
     def node(self, op_type: str, inputs, domain: str = "", **attributes) -> ir.Value:
         self.count += 1
@@ -494,10 +570,13 @@ class _Builder:
         node.name = f"{self.name}/{op_type}_{self.count}"
         node.outputs[0].name = f"{node.name}_output_0"
         self.graph.insert_before(self.anchor, node)
+        self.nodes.append(node)
         return node.outputs[0]
 
     def constant(self, name: str, array: np.ndarray) -> ir.Value:
-        return add_initializer(self.graph, f"{self.name}/{name}", array)
+        value = add_initializer(self.graph, f"{self.name}/{name}", array)
+        self.initializers.append(value)
+        return value
 
     def ints(self, name: str, values: list[int]) -> ir.Value:
         return self.constant(name, np.array(values, dtype=np.int64))
@@ -691,6 +770,14 @@ _SPLIT_BACK = "the output split back into [B, N, S, d] (Reshape + Transpose): th
 def _rewrite(model: ir.Model, match: _Attention, num_heads: int, index: int, cache: dict) -> list[str]:
     """Replace the attention by MultiHeadAttention; return the adapters it needed (see ``_FLATTENED`` ...)."""
     build = _Builder(model.graph, match.probs_matmul, f"MultiHeadAttention_{index}", model.opset_imports.get("", 0))
+    adapters, original, replacement = _build(build, match, num_heads, cache)
+    replace_value(original, replacement)
+    return adapters
+
+
+def _build(build: _Builder, match: _Attention, num_heads: int, cache: dict) -> tuple[list[str], ir.Value, ir.Value]:
+    """Add the MultiHeadAttention computing the attention's output; return the adapters it needed, the
+    value it computes and the value computing it (not yet read by the graph)."""
     adapters = []
     if not match.query.canonical():
         adapters.append(_FLATTENED)
@@ -702,18 +789,20 @@ def _rewrite(model: ir.Model, match: _Attention, num_heads: int, index: int, cac
     merged = _merged_output(match, _output_dims(match, query, num_heads))
     if merged is not None:
         fused.shape, fused.type = merged.shape, merged.type
-        replace_value(merged, fused)
-        return adapters
+        return adapters, merged, fused
     split = build.node("Reshape", [fused, build.ints("split_heads", [0, 0, num_heads, -1])])
     per_head = build.node("Transpose", [split], perm=list(_TO_HEADS))
     if match.output.is_graph_output():  # it takes the output's place and declaration
         per_head.shape, per_head.type = match.output.shape, match.output.type
-    replace_value(match.output, per_head)
-    return [*adapters, _SPLIT_BACK]
+    return [*adapters, _SPLIT_BACK], match.output, per_head
 
 
-def _candidate(softmax: ir.Node, opset: int) -> tuple[_Attention, int] | str:
-    """The attention around ``softmax`` and its head count, or why it is not fused."""
+def _candidate(softmax: ir.Node, opset: int, *, capped: bool = False) -> tuple[_Attention, int] | str:
+    """The attention around ``softmax`` and its head count, or why it is not fused.
+
+    A soft-capped attention is refused unless ``capped`` (MultiHeadAttention has no cap;
+    the staging for GroupQueryAttention asks for one).
+    """
     match = _match(softmax, opset)
     if isinstance(match, str):
         return match
@@ -723,7 +812,93 @@ def _candidate(softmax: ir.Node, opset: int) -> tuple[_Attention, int] | str:
     if not math.isfinite(match.scale) or match.scale <= 0:
         return "the scale is not a positive finite number"
     mismatch = _kv_mismatch(match, heads)
-    return mismatch if mismatch is not None else (match, heads)
+    if mismatch is not None:
+        return mismatch
+    if match.logits.softcap is not None and not capped:
+        return _CAPPED.format(cap=match.logits.softcap)
+    return match, heads
+
+
+@dataclass
+class StagedAttention:
+    """A soft-capped attention built as MultiHeadAttention that the graph does not read yet.
+
+    ``node`` computes ``c * tanh(scale * Q @ K^T / c)`` without the cap: it stands for the
+    attention only together with ``softcap``, for a rewrite into an op that applies it
+    (``connect`` then points the graph at it). ``nodes`` and ``initializers`` are what the
+    staging added; ``take_back_staged`` removes those left unread.
+    """
+
+    node: ir.Node
+    softcap: float
+    original: ir.Value
+    replacement: ir.Value
+    nodes: list[ir.Node]
+    initializers: list[ir.Value]
+
+    def connect(self) -> None:
+        """Point the readers of the attention's output at the staged value."""
+        replace_value(self.original, self.replacement)
+
+
+def _has_tanh(softmax: ir.Node) -> bool:
+    """True if a Tanh is among the few producers before the Softmax (where a soft cap sits)."""
+    frontier = [softmax.inputs[0]]
+    for _ in range(4):
+        nodes = [v.producer() for v in frontier if v is not None and v.producer() is not None]
+        if any(is_onnx_op(n, "Tanh") for n in nodes):
+            return True
+        frontier = [v for n in nodes for v in n.inputs]
+    return False
+
+
+def stage_soft_capped(model: ir.Model) -> list[StagedAttention]:
+    """Build a MultiHeadAttention (unread, ``StagedAttention``) for each soft-capped attention fuse-attention
+    would fuse but for its cap; each with its own cap.
+
+    The match is fuse-attention's, with the same refusals; a cap that is not provably one
+    ``c * tanh(s / c)`` ahead of every mask is not staged. Shapes the exporter left off are
+    inferred for the match and taken back as in ``AttentionFusion``.
+    """
+    opset = model.opset_imports.get("", 0)
+    softmaxes = [n for n in model.graph if is_onnx_op(n, "Softmax") and _has_tanh(n)]
+    if not softmaxes:
+        return []
+    if lacks_shapes(model):
+        with inferred_shapes(model):
+            return _stage(model, softmaxes, opset)
+    return _stage(model, softmaxes, opset)
+
+
+def _stage(model: ir.Model, softmaxes: list[ir.Node], opset: int) -> list[StagedAttention]:
+    staged, cache = [], {}
+    for softmax in softmaxes:
+        candidate = _candidate(softmax, opset, capped=True)
+        if isinstance(candidate, str) or candidate[0].logits.softcap is None:
+            continue
+        match, heads = candidate
+        build = _Builder(model.graph, match.probs_matmul, f"SoftCappedAttention_{len(staged)}", opset)
+        _, original, replacement = _build(build, match, heads, cache)
+        fused = next(n for n in build.nodes if n.op_type == "MultiHeadAttention")
+        staged.append(
+            StagedAttention(fused, match.logits.softcap, original, replacement, build.nodes, build.initializers)
+        )
+    return staged
+
+
+def take_back_staged(model: ir.Model, staged: list[StagedAttention]) -> None:
+    """Remove what the staging added that nothing reads (the stagings not connected, and their shared mask)."""
+    nodes = [node for s in staged for node in s.nodes]
+    removed = True
+    while removed:
+        removed = False
+        for node in reversed(nodes):
+            if node.graph is not None and not any(o.uses() or o.is_graph_output() for o in node.outputs):
+                model.graph.remove(node, safe=True)
+                removed = True
+    for value in {id(v): v for s in staged for v in s.initializers}.values():
+        if not value.uses() and value.name in model.graph.initializers:
+            del model.graph.initializers[value.name]
 
 
 class AttentionFusion(FusionPass):

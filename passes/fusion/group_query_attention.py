@@ -23,6 +23,14 @@ kernel that appends to the cache, repeats no head and returns the present itself
 The graph's inputs and outputs keep their names and shapes: a generation loop feeds the
 presents back as pasts exactly as before.
 
+Soft-capped attention (Gemma 2: ``softmax(c * tanh(scale * Q K^T / c) + mask)``) has no
+MultiHeadAttention, so fuse-attention leaves it; this pass stages it as one (fuse-attention's
+match, ``attention.stage_soft_capped``: the cap must be one constant ``c`` on both sides,
+ahead of every mask, with nothing scaling it after), applies the same proofs and refusals,
+and gives the op ``softcap=c``. ONNX Runtime's kernel scales, caps, then adds
+``attention_bias`` (checked against numpy on 1.32's CPU kernel), the order of Hugging
+Face's eager Gemma 2. A staging that is refused is taken back: the graph is left as it was.
+
 Exactness, and what is proven where:
 
 - The op is told every row holds ``T = past + new`` tokens (``seqlens_k = T - 1``,
@@ -64,7 +72,7 @@ Rotary embeddings stay outside the op (``fuse-rotary-embedding``'s RotaryEmbeddi
 GroupQueryAttention's own rotary reads only the first position of each row on a first
 prompt, which is wrong for a left-padded batch.
 
-Refuses (with the reason, counted per MultiHeadAttention) when: the op has a projection
+Refuses (with the reason, counted per MultiHeadAttention or soft-capped attention) when: the op has a projection
 bias, key padding mask or its own past; key or value is not a cache ``Concat`` on axis 2
 whose first input is a 4-D graph input (possibly repeated per query head, the key possibly
 scaled as above); the value is read scaled; key and value
@@ -96,6 +104,7 @@ from passes.fusion._probe import (
     probe_lengths,
     values_only_from,
 )
+from passes.fusion.attention import stage_soft_capped, take_back_staged
 
 # Probe shapes (batch, new tokens, past tokens): a padded prefill, a decode step and a
 # chunk of several new tokens over a past, on rows padded at opposite ends; three rows.
@@ -140,6 +149,7 @@ class _Candidate:
     # The bias before the Expands that only broadcast it (fuse-attention adds one per layer,
     # whose target reads that layer's key): shared by every layer, probed once.
     source: ir.Value
+    softcap: float = 0.0  # a staged soft-capped attention's c (0: none)
 
 
 def _unexpanded(bias: ir.Value) -> ir.Value:
@@ -240,7 +250,7 @@ def _reads_cache(values: list[ir.Value], cache: list[ir.Value]) -> str | None:
     return found
 
 
-def _candidate(node: ir.Node) -> _Candidate | str:
+def _candidate(node: ir.Node, softcap: float = 0.0) -> _Candidate | str:
     inputs = list(node.inputs) + [None] * (8 - len(node.inputs))
     if any(inputs[i] is not None for i in (3, 4, 6, 7)):
         return "it has a projection bias, key padding mask or past state of its own"
@@ -274,7 +284,7 @@ def _candidate(node: ir.Node) -> _Candidate | str:
         return "its query, new keys/values or key scale are computed from its own cache"
     if _reads_cache([bias], cache) == "values":
         return "its bias is computed from the cache's contents"
-    return _Candidate(node, key, value, num_heads, kv_heads, head_size, bias, _unexpanded(bias))
+    return _Candidate(node, key, value, num_heads, kv_heads, head_size, bias, _unexpanded(bias), softcap)
 
 
 def _feeds(inputs: Sequence[ir.Value], batch: int, new: int, past: int, mask: np.ndarray) -> dict | str:
@@ -349,7 +359,8 @@ def _repeats(candidate: _Candidate, targets: list[np.ndarray], batch: int, total
 
 
 class GroupQueryAttentionFusion(FusionPass):
-    """Rewrite MultiHeadAttention over a key/value cache into ``com.microsoft.GroupQueryAttention``.
+    """Rewrite MultiHeadAttention (or soft-capped attention) over a key/value cache into
+    ``com.microsoft.GroupQueryAttention``.
 
     See the module docstring for the forms, the proofs and the refusals; each
     MultiHeadAttention is counted as fused or refused with its reason. ``max_sequence``
@@ -368,11 +379,25 @@ class GroupQueryAttentionFusion(FusionPass):
                 "this ONNX Runtime's GroupQueryAttention has no query_seqlens input (ONNX Runtime 1.32 or newer has)"
             )
             return 0
+        imported = MS_DOMAIN in model.opset_imports
+        model.opset_imports.setdefault(MS_DOMAIN, 1)  # the staged MultiHeadAttention's
+        staged = {id(s.node): s for s in stage_soft_capped(model)}
+        try:
+            count = self._fuse(model, staged)
+        finally:
+            take_back_staged(model, list(staged.values()))
+            if not imported and not any(n.domain == MS_DOMAIN for n in model.graph.all_nodes()):
+                del model.opset_imports[MS_DOMAIN]
+        return count
+
+    def _fuse(self, model: ir.Model, staged: dict) -> int:
         candidates = []
         for node in [n for n in model.graph if n.op_type == "MultiHeadAttention" and n.domain == MS_DOMAIN]:
-            found = _candidate(node)
+            cap = staged.get(id(node))
+            kind = "soft-capped attention" if cap is not None else "MultiHeadAttention"
+            found = _candidate(node, cap.softcap if cap is not None else 0.0)
             if isinstance(found, str):
-                self.refuse("MultiHeadAttention", found)
+                self.refuse(kind, found)
             else:
                 candidates.append(found)
         if not candidates:
@@ -381,12 +406,16 @@ class GroupQueryAttentionFusion(FusionPass):
         lengths: dict = {}
         count = 0
         for candidate in candidates:
+            cap = staged.get(id(candidate.node))
+            kind = "soft-capped attention" if cap is not None else "MultiHeadAttention"
             reason = proven.get(id(candidate.node))
             if reason is not None:
-                self.refuse("MultiHeadAttention", reason)
+                self.refuse(kind, reason)
                 continue
+            if cap is not None:
+                cap.connect()
             self._rewrite(model, candidate, count, lengths)
-            self.done("MultiHeadAttention")
+            self.done(kind)
             count += 1
         if count:
             model.graph.sort()
@@ -521,6 +550,8 @@ class GroupQueryAttentionFusion(FusionPass):
         attributes = {"num_heads": candidate.num_heads, "kv_num_heads": candidate.kv_heads, "causal": 1}
         if "scale" in node.attributes:
             attributes["scale"] = node.attributes.get_float("scale")
+        if candidate.softcap:
+            attributes["softcap"] = candidate.softcap
         inputs = [query, key, value, candidate.key.past, candidate.value.past, seqlens, total]
         bias = candidate.source if id(candidate.source) in self._full else candidate.bias
         inputs += [None, None, None, bias, None, None, None, None, None, query_lengths]

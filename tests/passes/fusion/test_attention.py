@@ -220,13 +220,16 @@ def _const(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
-def _tanh_on_scores() -> ir.Model:
-    model = attention_model()
-    softmax = next(n for n in model.graph if n.op_type == "Softmax")
-    tanh = ir.node("Tanh", [softmax.inputs[0]], name="tanh")
-    model.graph.insert_before(softmax, tanh)
-    softmax.replace_input_with(0, tanh.outputs[0])
-    return model
+def _on_scores(op_type: str):
+    def build() -> ir.Model:
+        model = attention_model()
+        softmax = next(n for n in model.graph if n.op_type == "Softmax")
+        node = ir.node(op_type, [softmax.inputs[0]], name=op_type.lower())
+        model.graph.insert_before(softmax, node)
+        softmax.replace_input_with(0, node.outputs[0])
+        return model
+
+    return build
 
 
 def _weak_where_fill() -> ir.Model:
@@ -291,7 +294,12 @@ REFUSALS = {
         lambda: _without_intermediate_types(attention_model(dtype=np.float64)),
         "the scores are not float32 (the fused ops' CPU kernels)",
     ),
-    "not logits": (_tanh_on_scores, "Softmax input is not Q @ K^T under scalar scales, biases and Where masks"),
+    "not logits": (_on_scores("Abs"), "Softmax input is not Q @ K^T under scalar scales, biases and Where masks"),
+    # A bare tanh is the soft cap c = 1, here after the mask: the fused op caps first.
+    "masked, then capped": (
+        _on_scores("Tanh"),
+        "a mask is applied to the scores before their soft cap (the fused op caps first, then masks)",
+    ),
     "where fill": (
         _weak_where_fill,
         "a Where on the scores does not mask: its fill, times the scales after it, is above -1e4",

@@ -1,0 +1,188 @@
+"""Soft-capped attention (Gemma 2's ``c * tanh(s / c)`` before the mask) into GroupQueryAttention's ``softcap``.
+
+The Llama KV-cache fixture as the default pipeline leaves it before ``fuse-attention``,
+with a soft cap written between its scaled ``Q @ K^T`` and its mask in every layer, the
+place Hugging Face's Gemma 2 eager attention puts it and the order ONNX Runtime's kernel
+applies it (scale, cap, bias, softmax). MultiHeadAttention has no cap: fuse-attention
+must refuse it with the reason, and fuse-group-query-attention fuse it with ``softcap``.
+Near-misses change the cap so that it is no longer one ``c`` applied before every mask.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import optimizer
+from optimizer.registry import default_pass_names
+from passes._utils import add_initializer
+from passes.fusion.attention import AttentionFusion
+from passes.fusion.group_query_attention import GroupQueryAttentionFusion
+from tests.helpers import FIXTURES, run
+from tests.test_decoder_cache import KV_FIXTURES, decode_feed, prompts, step_feed
+
+_FIXTURE = "llama_kv_legacy"
+# Small enough that tanh saturates on the fixture's scores: without the cap the logits differ.
+_CAP = 0.05
+
+
+@pytest.fixture(scope="module")
+def before_attention() -> ir.Model:
+    names = default_pass_names("cpu")
+    return optimizer.optimize(
+        ir.load(FIXTURES / f"{_FIXTURE}.onnx"), names[: names.index("fuse-attention")], verify=False
+    )
+
+
+def _capped(model: ir.Model, divide=_CAP, multiply=_CAP, *, spelling="Div", inside_mask=False) -> ir.Model:
+    """``model`` with ``multiply * tanh(scores / divide)`` on every layer's scores (``divide``/``multiply``
+    a number, or a value name to read: a graph input); with ``inside_mask`` the mask is added first."""
+    model = model.clone()
+    graph = model.graph
+
+    def constant(name: str, c) -> ir.Value:
+        if isinstance(c, str):
+            found = next((v for v in graph.inputs if v.name == c), None)
+            if found is None:
+                found = ir.Value(name=c, shape=ir.Shape([]), type=ir.TensorType(ir.DataType.FLOAT))
+                graph.inputs.append(found)
+            return found
+        return add_initializer(graph, name, np.array(c, np.float32))
+
+    for index, softmax in enumerate([n for n in graph if n.op_type == "Softmax"]):
+        masked = softmax.inputs[0].producer()
+        assert masked.op_type == "Add" and masked.inputs[0].producer().op_type == "MatMul"
+        scores = masked.outputs[0] if inside_mask else masked.inputs[0]
+
+        def add(op, inputs, _anchor=softmax if inside_mask else masked):
+            node = ir.node(op, inputs)
+            graph.insert_before(_anchor, node)
+            return node.outputs[0]
+
+        if spelling == "Tanh":  # c = 1 once constant folding has removed s / 1 and * 1
+            capped = add("Tanh", [scores])
+        else:
+            if spelling == "Div":
+                inner = add("Div", [scores, constant(f"cap_in_{index}", divide)])
+            else:
+                inner = add("Mul", [scores, constant(f"cap_in_{index}", 1.0 / divide)])
+            capped = add("Mul", [add("Tanh", [inner]), constant(f"cap_out_{index}", multiply)])
+        if inside_mask:
+            softmax.replace_input_with(0, capped)
+        else:
+            masked.replace_input_with(0, capped)
+    return model
+
+
+def _feeds() -> list[dict[str, np.ndarray]]:
+    """A left-padded prefill of three rows, a decode step over a padded past, and a two-token chunk."""
+    kv = KV_FIXTURES[_FIXTURE]
+    ids, mask = prompts(3)
+    chunk = decode_feed(kv)
+    for name in ("input_ids", "position_ids"):
+        chunk[name] = np.concatenate([chunk[name], chunk[name] + (name == "position_ids")], axis=1)
+    chunk["attention_mask"] = np.concatenate([chunk["attention_mask"], chunk["attention_mask"][:, -1:]], axis=1)
+    return [step_feed(kv, ids, mask, None), decode_feed(kv), chunk]
+
+
+def _real(feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outputs with padded positions zeroed (undefined under a fully masked query row)."""
+    mask = feed["attention_mask"].astype(bool)
+    new = feed["input_ids"].shape[1]
+    return {
+        name: np.where(mask[:, -new:, None] if name == "logits" else mask[:, None, :, None], value, 0)
+        for name, value in outputs.items()
+    }
+
+
+def _fused(model: ir.Model) -> tuple[ir.Model, ir.passes.PassResult, ir.passes.PassResult]:
+    attention = AttentionFusion()(model.clone())
+    gqa = GroupQueryAttentionFusion()(attention.model)
+    return gqa.model, attention, gqa
+
+
+@pytest.mark.parametrize("spelling", ["Div", "Mul"])
+def test_a_soft_cap_before_the_mask_becomes_group_query_attentions_softcap(before_attention, spelling):
+    model = _capped(before_attention, spelling=spelling)
+    fused, attention, gqa = _fused(model)
+    # MultiHeadAttention has no cap: fuse-attention leaves the layers, saying why.
+    assert not attention.modified
+    assert any("soft-capped (c * tanh(s / c), c = 0.05)" in r for r in attention.refusals), attention.refusals
+    ops = Counter(node.op_type for node in fused.graph)
+    assert ops["GroupQueryAttention"] == 2, gqa.refusals
+    assert ops["MultiHeadAttention"] == ops["Tanh"] == ops["Softmax"] == 0
+    for node in (n for n in fused.graph if n.op_type == "GroupQueryAttention"):
+        assert node.attributes.get_float("softcap") == pytest.approx(_CAP)
+    assert [v.name for v in fused.graph.inputs] == [v.name for v in model.graph.inputs]
+    assert [v.name for v in fused.graph.outputs] == [v.name for v in model.graph.outputs]
+    for feed in _feeds():
+        expected, actual = _real(feed, run(model, feed)), _real(feed, run(fused, feed))
+        uncapped = _real(feed, run(before_attention, feed))
+        # The cap matters on these scores, so a fusion dropping it would be caught here.
+        assert np.abs(uncapped["logits"] - expected["logits"]).max() > 1e-2, np.abs(
+            uncapped["logits"] - expected["logits"]
+        ).max()
+        for name, want in expected.items():
+            np.testing.assert_allclose(actual[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_a_bare_tanh_on_the_scores_is_the_cap_one(before_attention):
+    model = _capped(before_attention, spelling="Tanh")
+    fused, _, gqa = _fused(model)
+    caps = [n.attributes.get_float("softcap") for n in fused.graph if n.op_type == "GroupQueryAttention"]
+    assert caps == [1.0, 1.0], gqa.refusals
+    for feed in _feeds():
+        expected, actual = _real(feed, run(model, feed)), _real(feed, run(fused, feed))
+        for name, want in expected.items():
+            np.testing.assert_allclose(actual[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def _refused(model: ir.Model) -> tuple[list[str], list[str]]:
+    fused, attention, gqa = _fused(model)
+    ops = {n.op_type for n in fused.graph}
+    assert not ({"GroupQueryAttention", "MultiHeadAttention"} & ops) and "Tanh" in ops
+    assert not gqa.modified
+    # A refused staging leaves the graph as it found it.
+    assert len(list(fused.graph)) == len(list(model.graph))
+    assert set(fused.graph.initializers) == set(model.graph.initializers)
+    assert set(fused.opset_imports) == set(model.opset_imports)
+    return attention.refusals, gqa.refusals
+
+
+def test_a_cap_dividing_by_one_c_and_multiplying_by_another_is_refused(before_attention):
+    attention, _ = _refused(_capped(before_attention, divide=0.5, multiply=0.6))
+    assert any("divided by 0.5 inside tanh but multiplied by 0.6" in r for r in attention), attention
+
+
+def test_a_cap_read_from_a_graph_input_is_refused(before_attention):
+    attention, _ = _refused(_capped(before_attention, divide="softcap", multiply="softcap"))
+    assert any("not a constant scalar" in r for r in attention), attention
+
+
+def test_a_cap_applied_after_the_mask_is_refused(before_attention):
+    # softmax(c * tanh((s + mask) / c)): the kernel caps the scores and adds the mask after.
+    attention, _ = _refused(_capped(before_attention, inside_mask=True))
+    assert any("mask is applied to the scores before their soft cap" in r for r in attention), attention
+
+
+def test_the_default_pipeline_verifies_the_capped_fusion(before_attention):
+    model = _capped(before_attention)
+    ids, mask = prompts(3)
+    optimized, report = optimizer.optimize_with_report(model, inputs=step_feed(KV_FIXTURES[_FIXTURE], ids, mask, None))
+    (record,) = [r for r in report.passes if r.name == "fuse-group-query-attention"]
+    assert record.status == "applied", report.failures()
+    assert sum(n.op_type == "GroupQueryAttention" for n in optimized.graph) == 2
+
+
+def test_a_capped_attention_without_a_cache_is_refused_and_left_as_it_was():
+    # No cache to append to: GroupQueryAttention refuses, and what was staged for it is taken back.
+    names = default_pass_names("cpu")
+    model = optimizer.optimize(
+        ir.load(FIXTURES / "llama_legacy.onnx"), names[: names.index("fuse-attention")], verify=False
+    )
+    attention, gqa = _refused(_capped(model))
+    assert any("soft-capped (c * tanh(s / c)" in r for r in attention), attention
+    assert any("soft-capped attention left unfused: its key/value is not a Concat" in r for r in gqa), gqa
