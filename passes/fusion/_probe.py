@@ -21,7 +21,7 @@ from optimizer.options import DEFAULT_MAX_SEQUENCE
 from optimizer.runtime import SubgraphError, ancestry, in_topological_order
 from passes._utils import constant_array
 
-__all__ = ["DEFAULT_MAX_SEQUENCE", "PADDED_MASK", "long_mask", "probe_lengths", "values_only_from"]
+__all__ = ["DEFAULT_MAX_SEQUENCE", "PADDED_MASK", "dims_read", "long_mask", "probe_lengths", "values_only_from"]
 
 # A left- and a right-padded row: positions or masks built from the attention mask
 # show it on one of them.
@@ -182,3 +182,43 @@ def values_only_from(bias: ir.Value, *allowed: ir.Value) -> bool:
         if any(v is not None and id(v) in tainted for v in node.inputs):
             tainted.update(id(v) for v in node.outputs)
     return id(bias) not in tainted
+
+
+def dims_read(values: Sequence[ir.Value], source: ir.Value) -> set[int] | None:
+    """The axes of ``source`` whose sizes ``values`` are computed from, if they read ``source`` only
+    through ``Shape`` and only those axes of its shape; else None (values or an unknown part of the shape read).
+
+    A ``Shape`` over one axis (``start``/``end``), or a whole or partial ``Shape`` whose every
+    reader among the ancestors is a ``Gather`` of constant indices on axis 0, reads those axes:
+    a decoder's positions counted on from ``Shape(past_key)[2]`` read the past's length, nothing else.
+    """
+    rank = source.shape.rank() if source.shape is not None else None
+    try:
+        nodes = {id(node) for node in ancestry(values)[0]}
+    except SubgraphError:
+        return None
+    if rank is None:
+        return None
+    axes: set[int] = set()
+    for user, _ in source.uses():
+        if id(user) not in nodes:
+            continue
+        if not is_onnx_op(user, "Shape"):
+            return None
+        start, end = (user.attributes.get_int(name, default) for name, default in (("start", 0), ("end", rank)))
+        start, end = (max(0, min(rank, bound + rank if bound < 0 else bound)) for bound in (start, end))
+        if end - start == 1:
+            axes.add(start)
+            continue
+        for reader, _ in user.outputs[0].uses():
+            if id(reader) not in nodes:
+                continue
+            index = constant_array(reader.inputs[1]) if is_onnx_op(reader, "Gather") else None
+            if index is None or reader.attributes.get_int("axis", 0) != 0 or index.dtype.kind not in "iu":
+                return None
+            for entry in index.reshape(-1).tolist():
+                entry = entry + (end - start) if entry < 0 else entry
+                if not 0 <= entry < end - start:
+                    return None
+                axes.add(start + entry)
+    return axes

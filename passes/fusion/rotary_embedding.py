@@ -13,6 +13,15 @@ no head split (Qwen3 normalizes each head between its split and its rotary) is r
 it is, RotaryEmbedding reading a 4-D input as ``[B, N, S, d]``; that layout is proved by
 cos and sin being ``[B or 1, 1, S, d]`` tables (``_per_head_size``).
 
+The rotated channels may be a leading slice of the head, joined back to the rest::
+
+    y = Concat(rotate(x[..., :r]), x[..., r:], axis=-1)     # r = cos.shape[-1] or a constant
+
+(Phi3's legacy export slices at ``Shape(cos)[3]``, read as the tables' static last dim,
+and StableLM's partial rotary at a constant). Both slices must be of the same ``x``, the
+second the rest of the head; ``r = d`` is the full rotation, ``r < d`` fuses with
+``rotary_embedding_dim = r`` (ONNX Runtime passes the other channels through).
+
 The cos/sin tables are not matched structurally: the subgraph computing them is
 evaluated on ONNX Runtime (only its ancestors, cheap) for ``cache_length``
 positions to build the caches, then checked to prove that row ``s`` always uses
@@ -20,9 +29,12 @@ position ``s`` — or, when the model takes a ``position_ids`` input, position
 ``position_ids[b, s]``, which the fused op then reads; or, with no ``position_ids``,
 position ``T - S + s`` for a mask of ``T`` tokens over ``S`` new ones (a decoder that
 counts positions on from its past by the mask's length), which the fused op reads as
-its ``[1]`` position offset, computed in the graph. Sequences longer than
-``cache_length`` (``--max-sequence``, default 4096) are not supported by the fused
-model.
+its ``[1]`` position offset, computed in the graph; or position ``P + s`` for a cache read
+only for its length ``P`` on one symbolic axis (Hugging Face's ``cache_position`` of a decoder
+exported without ``position_ids``: ``Shape(past_key)[2] + arange(S)``), which the fused op reads
+as its offset, ``Shape(past_key, start=2, end=3)``. Sequences longer than ``cache_length``
+(``--max-sequence``, default 4096; past and new tokens together) are not supported by the
+fused model.
 
 One check is not enough: the caches are the tables at ``cache_length`` tokens, and
 a subgraph may read other rows at other lengths (LongRoPE switches from its short to
@@ -37,15 +49,22 @@ long: a table sliced past its end). Each probe is ``S × d`` numbers, so all are
 Without ``position_ids``, the tables are also evaluated with each input in turn longer
 than the others (1 new token after 6, 3 after 4, and one after each length
 ``probe_lengths`` names and one less: a past), where they must be the rows of the token index, or
-all those of ``T - S + s`` for one input (the mask, whatever its name).
+all those of ``T - S + s`` for one input (the mask, whatever its name). With a cache read for
+its length, they are evaluated after pasts of the same lengths (and a padded batch after 5),
+where they must be the rows of ``P + s``; that the cache is read through ``Shape`` on that
+axis alone is checked on the graph (``_probe.dims_read``), so its other dims, made up in the
+probes, cannot change the positions.
 
-Refuses when: the rotation is partial or interleaved; x is not float32, or neither a head
+Refuses when: the rotation is interleaved, or partial in any other way than the leading
+slice joined back to the rest of the head; x is not float32, or neither a head
 split nor a 4-D tensor of static head size with ``[B or 1, 1, S, d]`` cos/sin;
 the cos/sin subgraph reads anything but ``[batch, sequence]`` integer inputs (token
-ids, the attention mask, position ids) or contains an If/Loop/Scan; its values are
+ids, the attention mask, position ids) and the length of one cache (one symbolic axis of
+it, through ``Shape`` alone), reads a cache's length beside ``position_ids`` or the mask,
+or contains an If/Loop/Scan; its values are
 not ``[c, c]`` halves of a position table; positions depend on the attention mask's
-values, or (without ``position_ids``) on its length in any other way than counting on
-from a past; or at some probed length cos/sin are not the caches' rows.
+values, or (without ``position_ids``) on its length or the cache's in any other way than
+counting on from a past; or at some probed length cos/sin are not the caches' rows.
 """
 
 from __future__ import annotations
@@ -56,7 +75,7 @@ from onnxscript.rewriter import pattern
 
 from optimizer.domains import MS_DOMAIN
 from optimizer.errors import RuntimeRefusedError
-from optimizer.runtime import evaluate
+from optimizer.runtime import evaluate, evaluator
 from passes._utils import add_initializer, constant_array
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import is_float
@@ -64,19 +83,16 @@ from passes.fusion._layout import head_split, last_dim, producer
 from passes.fusion._probe import (
     DEFAULT_MAX_SEQUENCE,
     PADDED_MASK,
+    dims_read,
     graph_inputs_of,
+    is_mask,
     long_mask,
     probe_lengths,
     token_feeds,
-    token_inputs_of,
     values_only_from,
 )
 
 DEFAULT_CACHE_LENGTH = DEFAULT_MAX_SEQUENCE
-
-
-def _slice_bounds(node: ir.Node, head_size: int) -> tuple[int, int] | None:
-    return _slice_bounds_of(node, node.inputs[0], head_size)
 
 
 def _slice_bounds_of(node: ir.Node, data: ir.Value, head_size: int) -> tuple[int, int] | None:
@@ -113,18 +129,19 @@ def _bound(value: ir.Value | None, data: ir.Value, head_size: int) -> int | None
     if gather is not None and producer(gather.inputs[0], "Shape") is not None:
         index = constant_array(gather.inputs[1])
         shape_node = producer(gather.inputs[0], "Shape")
-        if (
-            index is not None
-            and index.size == 1
-            and int(index.reshape(())) in (3, -1)
-            and not shape_node.attributes
-            and shape_node.inputs[0] is data
-        ):
+        if index is None or index.size != 1 or shape_node.attributes or gather.attributes.get_int("axis", 0) != 0:
+            return None
+        index = int(index.reshape(()))
+        if index in (3, -1) and shape_node.inputs[0] is data:
             return head_size
+        # Phi3's legacy export slices the rotated part to ``cos.shape[-1]``: a dim shape inference knows.
+        shape = shape_node.inputs[0].shape
+        if shape is not None and -shape.rank() <= index < shape.rank() and isinstance(shape[index], int):
+            return shape[index]
     return None
 
 
-def _per_head_size(x: ir.Value, cos: ir.Value, sin: ir.Value) -> int | str:
+def _per_head_size(x: ir.Value, cos: ir.Value, sin: ir.Value, rotary_dim: int | None = None) -> int | str:
     """The head size of ``x`` if it is a ``[B, N, S, d]`` per-head tensor that is no head split (Qwen3 normalizes
     each head before its rotary), or why not.
 
@@ -132,16 +149,80 @@ def _per_head_size(x: ir.Value, cos: ir.Value, sin: ir.Value) -> int | str:
     ``[B or 1, 1, S, d]`` tables broadcast over axis 1 and run along axis 2, so wherever the
     original multiplies them with ``x`` (the tables' rows are checked at every probed length),
     ``x``'s axis 2 is the sequence. A ``[B, S, N, d]`` tensor rotated before its transpose has
-    ``[B, S, 1, d]`` tables, and is refused.
+    ``[B, S, 1, d]`` tables, and is refused. Under a partial rotation the tables are ``rotary_dim`` wide.
     """
     if x.shape is None or x.shape.rank() != 4 or not isinstance(x.shape[3], int):
         return "x is not a head split of a 3-D projection, nor a 4-D tensor of static head size"
+    width = x.shape[3] if rotary_dim is None else rotary_dim
     for table in (cos, sin):
-        if table.shape is None or table.shape.rank() != 4 or table.shape[1] != 1 or table.shape[3] != x.shape[3]:
+        if table.shape is None or table.shape.rank() != 4 or table.shape[1] != 1 or table.shape[3] != width:
             return (
                 "x is a 4-D tensor, but cos/sin are not [B or 1, 1, S, d] tables (the layout [B, N, S, d] is unproved)"
             )
     return x.shape[3]
+
+
+def _head_size(x: ir.Value, cos: ir.Value, sin: ir.Value, rotary_dim: int | None = None) -> int | str:
+    """The head size of ``x``, a head split or a ``[B, N, S, d]`` per-head tensor, or why neither."""
+    split = head_split(x, (0, 2, 1, 3))
+    if split is None:
+        return _per_head_size(x, cos, sin, rotary_dim)
+    if split.heads is None and (last_dim(split.hidden) is None or last_dim(split.hidden) % split.head_size):
+        return "the head count is unknown"
+    return split.head_size
+
+
+def _check_rotation(
+    fusion: RotaryEmbeddingFusion, context, x, cos, sin, lo, hi, rotated, rotary_dim: int
+) -> pattern.MatchResult:
+    """The checks both rules share: ``rotated`` is rotate_half of ``rotary_dim`` channels, cos/sin their tables."""
+    result = pattern.MatchResult()
+    if rotated.producer().attributes.get_int("axis", 0) not in (-1, 3):
+        return result.fail("rotate_half does not concatenate on the last axis")
+    data = lo.producer().inputs[0]
+    half = rotary_dim // 2
+    if _slice_bounds_of(lo.producer(), data, rotary_dim) != (0, half) or _slice_bounds_of(
+        hi.producer(), data, rotary_dim
+    ) != (half, rotary_dim):
+        return result.fail("not a full, non-interleaved rotate_half")
+    if not is_float(x):
+        return result.fail("x is not float32")
+    tables = fusion.tables(context.model, cos, sin, rotary_dim)
+    if isinstance(tables, str):
+        return result.fail(tables)
+    return result
+
+
+def _rotary(op, fusion: RotaryEmbeddingFusion, x, cos, sin, rotary_dim: int | None = None):
+    """``RotaryEmbedding`` of ``x`` (on its 3-D projection when ``x`` is a head split), ``rotary_dim``
+    channels of each head rotated (all when None), the rest passed through."""
+    split = head_split(x, (0, 2, 1, 3))
+    d = split.head_size if split is not None else _per_head_size(x, cos, sin, rotary_dim)
+    width = d if rotary_dim is None else rotary_dim
+    cos_cache, sin_cache, position_ids = fusion.tables(None, cos, sin, width)
+    # ONNX Runtime needs num_heads with rotary_embedding_dim, whatever the input's rank.
+    partial = {} if width == d else {"rotary_embedding_dim": width}
+    if split is None:  # a [B, N, S, d] tensor (normalized per head, as Qwen3's q_norm/k_norm): rotated as it is
+        heads = {"num_heads": x.shape[1]} if partial else {}
+        rotated = op.RotaryEmbedding(
+            x, position_ids, cos_cache, sin_cache, interleaved=0, **heads, **partial, _domain=MS_DOMAIN
+        )
+        rotated.shape, rotated.type = x.shape, x.type
+        return rotated
+    heads = split.heads or last_dim(split.hidden) // d
+    rotated = op.RotaryEmbedding(
+        split.hidden,
+        position_ids,
+        cos_cache,
+        sin_cache,
+        interleaved=0,
+        num_heads=heads,
+        **partial,
+        _domain=MS_DOMAIN,
+    )
+    rotated.shape, rotated.type = split.hidden.shape, split.hidden.type
+    heads_split = op.Reshape(rotated, op.Constant(value=ir.tensor(np.array([0, 0, heads, d], dtype=np.int64))))
+    return op.Transpose(heads_split, perm=[0, 2, 1, 3])
 
 
 class _RotateHalf(pattern.RewriteRuleClassBase):
@@ -156,44 +237,80 @@ class _RotateHalf(pattern.RewriteRuleClassBase):
         return op.Add(op.Mul(x, cos), op.Mul(rotated, sin))
 
     def check(self, context, x, cos, sin, lo, hi, rotated, **_) -> pattern.MatchResult:
-        result = pattern.MatchResult()
-        split = head_split(x, (0, 2, 1, 3))
-        if split is None:
-            d = _per_head_size(x, cos, sin)
-            if isinstance(d, str):
-                return result.fail(d)
-        else:
-            d = split.head_size
-        if rotated.producer().attributes.get_int("axis", 0) not in (-1, 3):
-            return result.fail("rotate_half does not concatenate on the last axis")
-        if _slice_bounds(lo.producer(), d) != (0, d // 2) or _slice_bounds(hi.producer(), d) != (d // 2, d):
-            return result.fail("not a full, non-interleaved rotate_half")
-        if split is not None and split.heads is None and (last_dim(split.hidden) is None or last_dim(split.hidden) % d):
-            return result.fail("the head count is unknown")
-        if not is_float(x):
-            return result.fail("x is not float32")
-        tables = self._fusion.tables(context.model, cos, sin, d)
-        if isinstance(tables, str):
-            return result.fail(tables)
-        return result
+        d = _head_size(x, cos, sin)
+        if isinstance(d, str):
+            return pattern.MatchResult().fail(d)
+        return _check_rotation(self._fusion, context, x, cos, sin, lo, hi, rotated, d)
 
     def rewrite(self, op, x, cos, sin, **_):
-        split = head_split(x, (0, 2, 1, 3))
-        if split is None:  # a [B, N, S, d] tensor (normalized per head, as Qwen3's q_norm/k_norm): rotated as it is
-            d = _per_head_size(x, cos, sin)
-            cos_cache, sin_cache, position_ids = self._fusion.tables(None, cos, sin, d)
-            rotated = op.RotaryEmbedding(x, position_ids, cos_cache, sin_cache, interleaved=0, _domain=MS_DOMAIN)
-            rotated.shape, rotated.type = x.shape, x.type
-            return rotated
+        return _rotary(op, self._fusion, x, cos, sin)
+
+
+class _PartialRotateHalf(pattern.RewriteRuleClassBase):
+    """``Concat(rotate(x[..., :r]), x[..., r:])``: the first ``r`` channels of each head rotated, the rest
+    passed through (Phi3 and StableLM slice to ``cos.shape[-1]``, all of the head or part of it)."""
+
+    def __init__(self, fusion: RotaryEmbeddingFusion) -> None:
+        super().__init__(name="PartialRotaryEmbedding")
+        self._fusion = fusion
+
+    def pattern(self, op, x_rot, x_pass, cos, sin, lo_start, lo_end, lo_axes, hi_start, hi_end, hi_axes):
+        # x_rot and x_pass are inputs, their Slices of x checked in ``check``: the legacy export reads
+        # Shape(x_rot) for rotate_half's bounds, a use outside the pattern that would stop the match.
+        lo = op.Slice(x_rot, lo_start, lo_end, lo_axes, _allow_other_inputs=True, _outputs=["lo"])
+        hi = op.Slice(x_rot, hi_start, hi_end, hi_axes, _allow_other_inputs=True, _outputs=["hi"])
+        rotated = op.Concat(op.Neg(hi), lo, _allow_other_attributes=True, _outputs=["rotated"])
+        embedded = op.Add(op.Mul(x_rot, cos), op.Mul(rotated, sin))
+        return op.Concat(embedded, x_pass, _allow_other_attributes=True, _outputs=["joined"])
+
+    def check(self, context, x_rot, x_pass, cos, sin, lo, hi, rotated, joined, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if joined.producer().attributes.get_int("axis", 0) not in (-1, 3):
+            return result.fail("the rotated and passed channels are not concatenated on the last axis")
+        x = _sliced(x_rot, x_pass)
+        if x is None:
+            return result.fail("the rotated and passed channels are not two Slices of one tensor")
+        widths = _rotated_width(x, x_rot)
+        if isinstance(widths, str):
+            return result.fail(widths)
+        d, rotary_dim = widths
+        checked = _head_size(x, cos, sin, rotary_dim)
+        if isinstance(checked, str):
+            return result.fail(checked)
+        if _slice_bounds_of(x_pass.producer(), x, d) != (rotary_dim, d):
+            return result.fail("the channels passed through are not the rest of the head")
+        if rotary_dim < d and head_split(x, (0, 2, 1, 3)) is None and not isinstance(x.shape[1], int):
+            return result.fail("a partial rotation of a 4-D tensor of unknown head count")
+        return _check_rotation(self._fusion, context, x, cos, sin, lo, hi, rotated, rotary_dim)
+
+    def rewrite(self, op, x_rot, x_pass, cos, sin, **_):
+        x = _sliced(x_rot, x_pass)
+        return _rotary(op, self._fusion, x, cos, sin, _rotated_width(x, x_rot)[1])
+
+
+def _sliced(x_rot: ir.Value, x_pass: ir.Value) -> ir.Value | None:
+    """The tensor both ``x_rot`` and ``x_pass`` are Slices of, or None."""
+    nodes = [producer(value, "Slice") for value in (x_rot, x_pass)]
+    if None in nodes or nodes[0].inputs[0] is not nodes[1].inputs[0]:
+        return None
+    return nodes[0].inputs[0]
+
+
+def _rotated_width(x: ir.Value, x_rot: ir.Value) -> tuple[int, int] | str:
+    """``(d, r)``: ``x``'s head size and the ``r`` leading channels ``x_rot`` slices off it, or why not."""
+    split = head_split(x, (0, 2, 1, 3))
+    if split is not None:
         d = split.head_size
-        heads = split.heads or last_dim(split.hidden) // d
-        cos_cache, sin_cache, position_ids = self._fusion.tables(None, cos, sin, d)
-        rotated = op.RotaryEmbedding(
-            split.hidden, position_ids, cos_cache, sin_cache, interleaved=0, num_heads=heads, _domain=MS_DOMAIN
-        )
-        rotated.shape, rotated.type = split.hidden.shape, split.hidden.type
-        heads_split = op.Reshape(rotated, op.Constant(value=ir.tensor(np.array([0, 0, heads, d], dtype=np.int64))))
-        return op.Transpose(heads_split, perm=[0, 2, 1, 3])
+    elif x.shape is not None and x.shape.rank() == 4 and isinstance(x.shape[3], int):
+        d = x.shape[3]
+    else:
+        return "x is not a head split of a 3-D projection, nor a 4-D tensor of static head size"
+    bounds = _slice_bounds_of(x_rot.producer(), x, d)
+    if bounds is None or bounds[0] != 0:
+        return "the rotated channels are no leading slice of the head"
+    if not 0 < bounds[1] <= d or bounds[1] % 2:
+        return f"a rotation of {bounds[1]} of {d} channels"
+    return d, bounds[1]
 
 
 class RotaryEmbeddingFusion(RuleFusionPass):
@@ -217,7 +334,11 @@ class RotaryEmbeddingFusion(RuleFusionPass):
 
     def rule_set(self) -> pattern.RewriteRuleSet:
         self._tables = {}
-        return pattern.RewriteRuleSet([_RotateHalf.rule(self)])
+        # The partial form holds the full one: it goes first, so its x is not refused as no head split.
+        return [
+            pattern.RewriteRuleSet([_PartialRotateHalf.rule(self)]),
+            pattern.RewriteRuleSet([_RotateHalf.rule(self)]),
+        ]
 
     def tables(self, model: ir.Model | None, cos: ir.Value, sin: ir.Value, head_size: int):
         """``(cos_cache, sin_cache, position_ids)`` values for this cos/sin pair, or why there are none.
@@ -230,18 +351,18 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         return self._tables[key]
 
     def _build_tables(self, model: ir.Model, cos: ir.Value, sin: ir.Value, head_size: int):
-        inputs = token_inputs_of([cos, sin])
-        if inputs is None:
-            read = graph_inputs_of([cos, sin])
-            if read is None:
-                return "cos/sin are computed through an If/Loop/Scan"
-            others = ", ".join(
-                f"'{v.name}'"
-                for v in read
-                if v.dtype not in (ir.DataType.INT64, ir.DataType.INT32) or v.shape is None or v.shape.rank() != 2
-            )
-            return f"cos/sin read {others}, not only [batch, sequence] ids (a cache's length is not probed)"
+        read = graph_inputs_of([cos, sin])
+        if read is None:
+            return "cos/sin are computed through an If/Loop/Scan"
+        inputs = [v for v in read if _is_token_input(v)]
+        others = [v for v in read if not _is_token_input(v)]
+        past = _past_length_read([cos, sin], others) if others else None
+        if isinstance(past, str):
+            return past
         positions = next((v for v in inputs if "position" in (v.name or "")), None)
+        if past is not None and (positions is not None or any(is_mask(v) for v in inputs)):
+            reader = "position_ids" if positions is not None else "the mask"
+            return f"cos/sin read a cache's length and {reader}: which gives the positions is unproved"
         # The probes feed ones for token ids: tables that read their values (positions counted from
         # ``input_ids != pad``) would pass every probe and differ on real padded rows.
         allowed = [positions] if positions is not None else []
@@ -250,9 +371,13 @@ class RotaryEmbeddingFusion(RuleFusionPass):
             return f"cos/sin read the values of an input{other} (token ids?), not only its shape"
         half = head_size // 2
         table_positions = {positions.name: np.arange(self.cache_length)[None]} if positions is not None else {}
+        # A cache read for its length is empty in the probes that take positions from the token index.
+        no_past = _past_feeds(past, 0)
         try:
             table_cos, table_sin = evaluate(
-                model, [cos, sin], token_feeds(inputs, np.ones((1, self.cache_length)), table_positions)
+                model,
+                [cos, sin],
+                token_feeds(inputs, np.ones((1, self.cache_length)), table_positions) | no_past,
             )
         except RuntimeRefusedError as error:
             # Most often a position table shorter than the caches asked for: the model itself ends there.
@@ -264,16 +389,22 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         if cos_cache is None or sin_cache is None:
             return "cos/sin are not two equal halves of a [positions, d/2] table"
         caches = cos_cache[0], sin_cache[0]
-        wrong = _check_rows(model, [cos, sin], inputs, positions, caches, self.cache_length)
+        wrong = _check_rows(model, [cos, sin], inputs, positions, caches, self.cache_length, no_past)
         if wrong is not None:
             return wrong
-        past = (
-            None
-            if positions is not None
-            else _counts_on_from_past(model, [cos, sin], inputs, caches, self.cache_length)
-        )
-        if isinstance(past, str):
-            return past
+        if past is not None:
+            wrong = _counts_on_from_cache(model, [cos, sin], inputs, past, caches, self.cache_length)
+            if wrong is not None:
+                return wrong
+            counted = None
+        else:
+            counted = (
+                None
+                if positions is not None
+                else _counts_on_from_past(model, [cos, sin], inputs, caches, self.cache_length)
+            )
+        if isinstance(counted, str):
+            return counted
         if positions is not None and positions.dtype != ir.DataType.INT64:
             return "position_ids are not int64"
         cos_cache, sin_cache = caches
@@ -283,10 +414,44 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         if positions is not None:
             position_value = positions
         elif past is not None:
-            position_value = _past_length(graph, *past)
+            position_value = _cache_offset(graph, *past)
+        elif counted is not None:
+            position_value = _past_length(graph, *counted)
         else:
             position_value = add_initializer(graph, "rotary_position_offset", np.zeros(1, dtype=np.int64))
         return cos_value, sin_value, position_value
+
+
+def _is_token_input(value: ir.Value) -> bool:
+    """A ``[batch, sequence]`` integer input: token ids, the attention mask, position ids."""
+    return value.dtype in (ir.DataType.INT64, ir.DataType.INT32) and value.shape is not None and value.shape.rank() == 2
+
+
+def _past_length_read(tables: list[ir.Value], others: list[ir.Value]) -> tuple[ir.Value, int] | str:
+    """``(past, axis)`` when cos/sin read, beside token inputs, one input ``past`` and only its size on one
+    symbolic ``axis`` (a decoder without ``position_ids`` counting on from ``Shape(past_key)[2]``), or why not."""
+    names = ", ".join(f"'{v.name}'" for v in others)
+    refusal = f"cos/sin read {names}, not only [batch, sequence] ids or one dim of a cache's shape"
+    if len(others) != 1:
+        return refusal
+    (past,) = others
+    axes = dims_read(tables, past)
+    if axes is None or len(axes) != 1:
+        return refusal
+    (axis,) = axes
+    if isinstance(past.shape[axis], int):
+        return f"cos/sin read the fixed dim {axis} of '{past.name}', no cache's length"
+    return past, axis
+
+
+def _past_feeds(past: tuple[ir.Value, int] | None, length: int) -> dict[str, np.ndarray]:
+    """A probe value for the cache read for its length: ``length`` long on that axis (the only one read), 1 or
+    its fixed size on the others."""
+    if past is None:
+        return {}
+    value, axis = past
+    shape = [length if i == axis else (dim if isinstance(dim, int) else 1) for i, dim in enumerate(value.shape)]
+    return {value.name: np.zeros(shape, dtype=value.dtype.numpy())}
 
 
 def _check_rows(
@@ -296,6 +461,7 @@ def _check_rows(
     positions: ir.Value | None,
     caches: tuple[np.ndarray, np.ndarray],
     cache_length: int,
+    fixed: dict[str, np.ndarray],
 ) -> str | None:
     """Why cos/sin are not the caches' rows for their positions at every probed length, or None.
 
@@ -310,7 +476,7 @@ def _check_rows(
         probes.append((long_mask(length), rng.integers(0, rows, (1, length))))
     for index, (mask, drawn) in enumerate(probes):
         batch, seq = mask.shape
-        feeds = token_feeds(inputs, mask, {positions.name: drawn} if positions is not None else None)
+        feeds = token_feeds(inputs, mask, {positions.name: drawn} if positions is not None else None) | fixed
         wanted = drawn if positions is not None else np.arange(seq)[None].repeat(batch, 0)
         try:
             found = evaluate(model, tables, feeds)
@@ -400,6 +566,64 @@ def _counts_on_from_past(
     if not others:
         return "rotary positions count on from a past, and no input gives the new tokens' length"
     return longer, others[0]
+
+
+def _counts_on_from_cache(
+    model: ir.Model,
+    tables: list[ir.Value],
+    inputs: list[ir.Value],
+    past: tuple[ir.Value, int],
+    caches: tuple[np.ndarray, np.ndarray],
+    cache_length: int,
+) -> str | None:
+    """Why cos/sin do not take position ``P + s`` for a cache ``P`` long on the axis they read, or None.
+
+    Probed at the pasts of ``_PAST_PROBES``, one token after each length ``probe_lengths``
+    names and one less, and a padded batch after a past of 5 (Hugging Face's ``cache_position``
+    ignores padding). Shapes the original refuses, or where its tables could not multiply the
+    new tokens' query, are skipped: it runs no such step either.
+    """
+    rows = len(caches[0])
+    lengths = probe_lengths(tables, cache_length)
+    shapes = list(_PAST_PROBES) + sorted({(1, past) for length in lengths for past in (length - 1, length)})
+    probes = [(np.ones((1, new)), past_length) for new, past_length in shapes if new + past_length <= rows]
+    if PADDED_MASK.shape[1] + 5 <= rows:
+        probes.append((PADDED_MASK, 5))
+    run = evaluator(model, tables)
+    counted = False
+    for mask, past_length in probes:
+        batch, new = mask.shape
+        try:
+            found = run(token_feeds(inputs, mask) | _past_feeds(past, past_length))
+        except RuntimeRefusedError:
+            continue
+        for probe, cache in zip(found, caches):
+            halves = _halves(probe, cache.shape[-1])
+            if halves is None or halves.shape[0] not in (1, batch) or halves.shape[1] != new:
+                if probe.ndim >= 2 and probe.shape[-2] not in (1, new):
+                    break  # cos/sin cannot multiply the new tokens' query: the original runs no such step
+                return f"cos/sin after a past of {past_length} have an unexpected shape"
+            wanted = cache[past_length + np.arange(new)]
+            if not np.allclose(np.broadcast_to(halves, (batch, new, halves.shape[-1])), wanted, atol=1e-6):
+                value, axis = past
+                return (
+                    f"rotary positions are not counted on from the length of '{value.name}' (its dim {axis}) "
+                    f"after a past of {past_length}"
+                )
+        else:
+            counted = True
+    if not counted:
+        return "cos/sin could not be evaluated after any past: positions counted on from a cache are unproved"
+    return None
+
+
+def _cache_offset(graph: ir.Graph, past: ir.Value, axis: int) -> ir.Value:
+    """``[P]`` (int64): the cache's length on ``axis``, computed at the start of ``graph``."""
+    node = ir.node("Shape", [past], {"start": axis, "end": axis + 1})
+    graph.insert_before(next(iter(graph)), [node])
+    offset = node.outputs[0]
+    offset.dtype, offset.shape = ir.DataType.INT64, ir.Shape([1])
+    return offset
 
 
 def _past_length(graph: ir.Graph, mask: ir.Value, ids: ir.Value) -> ir.Value:
