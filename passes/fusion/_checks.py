@@ -35,7 +35,7 @@ _FOLDABLE = {
     "Pow": np.power,
 }
 # A constant subgraph deeper than this, or a tensor larger, is left to fold-constants.
-_FOLD_DEPTH = 8
+_FOLD_DEPTH = 4
 _FOLD_SIZE = 1 << 16
 
 
@@ -52,9 +52,16 @@ def folded_constant(value: ir.Value | None, depth: int = _FOLD_DEPTH) -> np.ndar
     node = value.producer()
     if not is_onnx_op(node, *_FOLDABLE) or len(node.outputs) != 1 or None in node.inputs:
         return None
-    operands = [folded_constant(operand, depth - 1) for operand in node.inputs]
-    if any(a is None or a.size > _FOLD_SIZE for a in operands):
+    # A graph input among the operands refuses at once; then each operand in turn, stopping at the first that
+    # is no constant (a formula's arithmetic chain would otherwise be walked down at each of its values).
+    if any(operand.producer() is None and constant_array(operand) is None for operand in node.inputs):
         return None
+    operands = []
+    for operand in node.inputs:
+        array = folded_constant(operand, depth - 1)
+        if array is None or array.size > _FOLD_SIZE:
+            return None
+        operands.append(array)
     floats = operands[:1] if node.op_type == "Pow" else operands
     if not all(a.dtype.kind == "f" for a in floats) or len({a.dtype for a in floats}) != 1:
         return None

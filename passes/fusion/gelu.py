@@ -52,7 +52,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_op
-from passes._utils import replace_value
+from passes._utils import constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._checks import folded_constant, is_float
 from passes.fusion._targets import unsupported_ops
@@ -88,6 +88,8 @@ _CANCELLED_SIZE = 100.0
 _LARGE_CANCELLATION = "after large terms cancel, which float32 rounds first"
 
 _ARITHMETIC = ("Add", "Sub", "Mul", "Div", "Neg", "Pow")
+# Ops of a constant subgraph evaluated where fold-constants has not run (``Sqrt(2)``).
+_FOLDED = ("Sqrt", "Reciprocal", "Identity")
 # GELU's subgraph has about ten nodes; a walk longer than this is some other computation.
 _MAX_NODES = 24
 _MAX_POWER = 8
@@ -419,7 +421,7 @@ class _Polynomials:
         return {key: _Term(term.value / divisor, term.size / abs(divisor)) for key, term in first.items()}
 
     def _constant(self, value: ir.Value | None, exponent: bool = False) -> float | None:
-        array = folded_constant(value)
+        array = _constant_array(value)
         if array is None or array.size == 0 or array.size > _MAX_UNIFORM:
             return None
         number = array.reshape(-1)[0]
@@ -436,6 +438,17 @@ class _Polynomials:
         return math.isfinite(number)
 
 
+def _constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's contents if it is a constant, or a constant's root, inverse or copy left unfolded.
+
+    Arithmetic on constants needs no evaluating: its polynomial is a constant. Only those ops are
+    evaluated (``folded_constant``), so a formula's chain is not walked down again at each value.
+    """
+    if value is not None and is_onnx_op(value.producer(), *_FOLDED):
+        return folded_constant(value)
+    return constant_array(value)
+
+
 def _values_below(value: ir.Value) -> list[ir.Value]:
     """``value`` and what it is computed from along its first non-constant operands, nearest first."""
     found = [value]
@@ -443,7 +456,7 @@ def _values_below(value: ir.Value) -> list[ir.Value]:
         node = found[-1].producer()
         if not is_onnx_op(node, *_ARITHMETIC):
             break
-        operand = next((v for v in node.inputs if v is not None and folded_constant(v) is None), None)
+        operand = next((v for v in node.inputs if v is not None and _constant_array(v) is None), None)
         if operand is None:
             break
         found.append(operand)
@@ -575,7 +588,7 @@ def _broadcasts(constants: list[ir.Value], x: ir.Value) -> str | None:
     One with more dims than ``x`` (or any, where ``x``'s rank is unknown) adds dims; a dim over 1
     stretches ``x``'s where that is not known to be the same size.
     """
-    shapes = [folded_constant(value).shape for value in constants]
+    shapes = [_constant_array(value).shape for value in constants]
     rank = max((len(shape) for shape in shapes), default=0)
     if rank > 0 and (x.shape is None or rank > x.shape.rank()):
         return "a constant has more dims than the input: the output's shape would change"
