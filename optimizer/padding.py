@@ -19,6 +19,7 @@ mask that pads it is extended, not changed, at each step of generation).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
@@ -148,42 +149,111 @@ def padded_positions(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> 
     return padding if padding.any() else None
 
 
-def new_token_outputs(model: ir.Model) -> frozenset[str]:
-    """Outputs of a decoder with a past laid out ``[batch, new tokens, ...]`` (its logits) while its mask covers
-    ``past + new`` positions.
+@dataclasses.dataclass(frozen=True)
+class NewTokens:
+    """A decoder's outputs laid out ``[batch, new tokens, ...]`` (its logits) beside a mask of ``past + new``
+    positions, and the inputs that say, per input set, how long the past and the new tokens are."""
 
-    Decided from the declared shapes: the model has cache outputs (``cache_outputs``), its integer mask inputs
-    share one symbolic length, a 2-D integer input not named like a mask (the token ids) has another, and the
-    output (three dims or more, no cache) names its second dim as the token ids do. A rank-3 output whose
-    second dim the model does not name so (a pooled or per-layer output of the same run-time length) is not
-    one.
+    outputs: frozenset[str]
+    pasts: tuple[str, ...]
+    token_ids: tuple[str, ...]
+
+    def past_length(self, inputs: Mapping[str, np.ndarray], padding: np.ndarray | None) -> int | None:
+        """The past's length in ``inputs`` where the mask (``padding``'s width) is exactly past + new tokens,
+        so the new tokens are its last positions; None otherwise (a static buffer longer than both)."""
+        if padding is None:
+            return None
+        pasts = {np.shape(inputs[name])[2] for name in self.pasts if np.ndim(inputs.get(name)) == 4}
+        news = {np.shape(inputs[name])[1] for name in self.token_ids if np.ndim(inputs.get(name)) == 2}
+        if len(pasts) != 1 or len(news) != 1:
+            return None
+        (past,), (new,) = pasts, news
+        return past if past + new == padding.shape[1] else None
+
+
+def new_token_outputs(model: ir.Model) -> NewTokens | None:
+    """The outputs of a decoder with a past laid out ``[batch, new tokens, ...]`` (its logits) while its mask
+    covers ``past + new`` positions; None where the graph does not say so.
+
+    Decided from the graph, then checked per input set (``NewTokens.past_length``):
+    - the model has cache outputs (``cache_outputs``), computed from 4-D past inputs whose third dim has
+      one name (``past``);
+    - its integer mask inputs share one length, and a 2-D integer input not named like a mask (the token
+      ids) has another (``new``);
+    - the mask's length is the caches' (the same name, or ``past + new``), or the caches are declared
+      ``past + new`` and the mask's length names no other input (an encoder's mask beside its hidden
+      states is another sequence);
+    - no ``GroupQueryAttention`` reads the mask already: it takes each row's tokens to end where the
+      row's ones end, not at the mask's end;
+    - the output (three dims or more, no cache) names its second dim as the token ids do.
     """
-    if not cache_outputs(model):
-        return frozenset()
+    caches = cache_outputs(model)
+    if not caches or any(
+        node.op_type == "GroupQueryAttention" and node.domain == "com.microsoft" for node in model.graph.all_nodes()
+    ):
+        return None
     masks, total = _integer_masks(model)
     if not masks or total is None:
-        return frozenset()
-    token_lengths = set()
+        return None
+    token_ids, token_lengths = [], set()
     for value in model.graph.inputs:
         shape = value.shape
-        if value.name in masks or _MASK_NAME.search(value.name) or value.dtype is None:
+        if _MASK_NAME.search(value.name) or value.dtype is None or not value.dtype.is_integer():
             continue
-        if not value.dtype.is_integer() or shape is None or shape.rank() != 2:
+        if shape is None or shape.rank() != 2:
             continue
         if isinstance(shape[1], ir.SymbolicDim) and shape[1].value and shape[1].value != total:
+            token_ids.append(value.name)
             token_lengths.add(shape[1].value)
     if len(token_lengths) != 1:
-        return frozenset()
+        return None
     (new,) = token_lengths
-    caches = cache_outputs(model)
-    names = set()
-    for value in model.graph.outputs:
-        shape = value.shape
-        if value.name in caches or shape is None or shape.rank() < 3:
-            continue
-        if isinstance(shape[1], ir.SymbolicDim) and shape[1].value == new:
-            names.add(value.name)
-    return frozenset(names)
+    outputs = {value.name: value for value in model.graph.outputs}
+    pasts = [_past_input(outputs[name]) for name in sorted(caches)]
+    past_names = {_dim_name(value, 2) for value in pasts if value is not None}
+    if None in pasts or len(past_names) != 1 or None in past_names:
+        return None
+    (past,) = past_names
+    summed = f"{past} + {new}"
+    cache_lengths = {_dim_name(outputs[name], 2) for name in caches}
+    elsewhere = any(
+        value.name not in masks and value.shape is not None and any(_dim_value(dim) == total for dim in value.shape)
+        for value in model.graph.inputs
+    )
+    if not (total in cache_lengths or total == summed or (cache_lengths == {summed} and not elsewhere)):
+        return None
+    names = frozenset(
+        name
+        for name, value in outputs.items()
+        if name not in caches and value.shape is not None and value.shape.rank() >= 3 and _dim_name(value, 1) == new
+    )
+    if not names:
+        return None
+    return NewTokens(names, tuple(sorted(value.name for value in pasts)), tuple(token_ids))
+
+
+def _past_input(value: ir.Value) -> ir.Value | None:
+    """The 4-D graph input a cache output ``Concat(past, new)`` extends, or None."""
+    node = value.producer()
+    if node is None or node.op_type != "Concat" or not node.inputs:
+        return None
+    value, seen = node.inputs[0], 0
+    while value is not None and not value.is_graph_input() and seen < 8:
+        producer = value.producer()
+        if producer is None or producer.op_type not in ("Concat", "Identity", "Cast") or not producer.inputs:
+            return None
+        value = next((v for v in producer.inputs if v is not None and v.is_graph_input()), producer.inputs[0])
+        seen += 1
+    return value if value is not None and value.is_graph_input() else None
+
+
+def _dim_name(value: ir.Value, axis: int) -> str | None:
+    shape = value.shape
+    return _dim_value(shape[axis]) if shape is not None and shape.rank() > axis else None
+
+
+def _dim_value(dim: object) -> str | None:
+    return dim.value if isinstance(dim, ir.SymbolicDim) and dim.value else None
 
 
 def hide_padded(
@@ -192,39 +262,38 @@ def hide_padded(
     reference: Mapping[str, object],
     caches: frozenset[str] = frozenset(),
     new_tokens: frozenset[str] = frozenset(),
+    past: int | None = None,
 ) -> dict:
     """``outputs`` with the values at padded positions taken from ``reference`` (so they are not compared).
 
     Only outputs laid out ``[batch, sequence, ...]`` like the mask, with three dims or more (a pooled
     ``[batch, 128]`` beside a 128-token mask is no sequence: its columns would be hidden), are touched, the
     ``caches`` (``cache_outputs``) laid out ``[batch, heads, sequence, d]``, and a decoder's ``new_tokens``
-    outputs (``new_token_outputs``: ``[batch, new, ...]`` over a past) on the mask's last ``new`` positions,
-    where a cache in ``outputs`` is as long as the mask (so the mask is ``past + new``).
+    outputs (``NewTokens.outputs``: ``[batch, new, ...]``) on the mask's last ``new`` positions, where the
+    mask is ``past`` (``NewTokens.past_length``) plus the new tokens.
     """
     if padding is None:
         return dict(outputs)
     hidden = dict(outputs)
     total = padding.shape[1]
-    mask_is_cache_length = any(
-        isinstance(outputs.get(name), np.ndarray) and outputs[name].ndim == 4 and outputs[name].shape[2] == total
-        for name in caches
-    )
     for name, value in outputs.items():
         expected = reference.get(name)
         if not isinstance(value, np.ndarray) or not isinstance(expected, np.ndarray):
             continue
         if value.shape != expected.shape or value.dtype != expected.dtype:
             continue  # a different shape or dtype is a failure the comparison must still see
-        if value.ndim >= 3 and value.shape[:2] == padding.shape:  # a [batch, 384] embedding is no sequence
-            where = padding.reshape(padding.shape + (1,) * (value.ndim - 2))
-        elif name in caches and value.ndim == 4 and (value.shape[0], value.shape[2]) == padding.shape:
+        if name in caches:  # before the sequence rule: a cache's heads may number as many as the positions
+            if value.ndim != 4 or (value.shape[0], value.shape[2]) != padding.shape:
+                continue
             where = padding[:, None, :, None]
+        elif value.ndim >= 3 and value.shape[:2] == padding.shape:  # a [batch, 384] embedding is no sequence
+            where = padding.reshape(padding.shape + (1,) * (value.ndim - 2))
         elif (
             name in new_tokens
-            and mask_is_cache_length
+            and past is not None
             and value.ndim >= 3
             and value.shape[0] == padding.shape[0]
-            and 0 < value.shape[1] < total
+            and 0 < value.shape[1] == total - past
         ):
             # Over a past the new tokens are the mask's last positions. A right-padded query whose
             # window (a sliding window shorter than the padding) holds only padded keys sees none,
@@ -252,21 +321,20 @@ def unpadded(
     flags, the very values it exists to fill), and only outputs whose second dim the model names as the
     mask's sequence dim (``[batch, sequence, ...]``, three dims or more: a ``[batch, 384]`` embedding beside
     a 384-token mask is no sequence), caches whose third dim it names so, and a decoder's ``new_token_outputs``
-    on the mask's last positions (where a cache is as long as the mask). A NaN or Inf ``after`` has
+    on the mask's last positions (where the batch's mask is past plus new tokens). A NaN or Inf ``after`` has
     where ``before`` does not is kept, as in ``hide_padded``."""
     masks, sequence = _integer_masks(model)
     laid_out = _sequence_outputs(model, sequence) if sequence else {}
-    caches, new_tokens = cache_outputs(model), new_token_outputs(model) - set(laid_out)
+    new_tokens = new_token_outputs(model)
     for batch, (before, after) in zip(batches, runs):
         padding = padded_positions(batch, [name for name in mask_inputs(model, batch) if name in masks])
         if padding is None or not (laid_out or new_tokens):
             yield dict(before), dict(after)
             continue
         zeroed_before, zeroed_after = dict(before), dict(after)
-        # A decoder's logits over a past: the mask's last positions, where a cache is as long as the mask.
-        tail = {}
-        if any(_sequence_length(before.get(name), 2) == padding.shape[1] for name in caches):
-            tail = {name: 1 for name in new_tokens}
+        # A decoder's logits: the mask's last positions, where the batch's mask is its past plus new tokens.
+        past = new_tokens.past_length(batch, padding) if new_tokens is not None else None
+        tail = {name: 1 for name in new_tokens.outputs if name not in laid_out} if past is not None else {}
         for name, axis in {**laid_out, **tail}.items():
             expected, actual = before.get(name), after.get(name)
             if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
@@ -274,9 +342,9 @@ def unpadded(
             if expected.shape != actual.shape or expected.dtype.kind != "f" or expected.ndim < 2:
                 continue
             if name in tail:
-                if expected.shape[0] != padding.shape[0] or not 0 < expected.shape[1] <= padding.shape[1]:
+                if expected.shape[0] != padding.shape[0] or expected.shape[1] != padding.shape[1] - past:
                     continue
-                positions = padding[:, padding.shape[1] - expected.shape[1] :]
+                positions = padding[:, past:]
             elif (expected.shape[0], expected.shape[axis]) == padding.shape:
                 positions = padding
             else:
@@ -287,11 +355,6 @@ def unpadded(
             zeroed_before[name] = np.where(where, 0, expected)
             zeroed_after[name] = np.where(where & (np.isfinite(actual) | ~np.isfinite(expected)), 0, actual)
         yield zeroed_before, zeroed_after
-
-
-def _sequence_length(value: object, axis: int) -> int | None:
-    """``value``'s size along ``axis`` if it is a 4-D array (a cache), else None."""
-    return value.shape[axis] if isinstance(value, np.ndarray) and value.ndim == 4 else None
 
 
 def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:

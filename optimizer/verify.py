@@ -710,6 +710,17 @@ class Verifier:
         """The primary input set."""
         return self.input_sets[0]
 
+    def _hide_padded(
+        self, outputs: Mapping[str, Any], inputs: Mapping[str, np.ndarray], reference: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """``outputs`` of a run on ``inputs`` with their values at the positions the inputs' masks pad taken
+        from ``reference`` (``optimizer.padding.hide_padded``)."""
+        padding = padded_positions(inputs, self.masks)
+        if self.new_tokens is None:
+            return hide_padded(outputs, padding, reference, self.caches)
+        past = self.new_tokens.past_length(inputs, padding)
+        return hide_padded(outputs, padding, reference, self.caches, self.new_tokens.outputs, past)
+
     def check(self, candidate: ir.Model, *, by_segment: bool = False) -> VerificationResult:
         """Run ``candidate`` on every input set and compare it with the original's outputs.
 
@@ -786,9 +797,8 @@ class Verifier:
         worst_distance, worst_excess = 0.0, 0.0
         sets = zip(self.input_sets, self.labels, written, self.references, self._level_zero.references)
         for inputs, label, outputs, as_written, exact in sets:
-            padding = padded_positions(inputs, self.masks)
-            outputs = hide_padded(outputs, padding, exact, self.caches, self.new_tokens)
-            as_written = hide_padded(as_written, padding, exact, self.caches, self.new_tokens)
+            outputs = self._hide_padded(outputs, inputs, exact)
+            as_written = self._hide_padded(as_written, inputs, exact)
             for name, reference in exact.items():
                 if name in self.skipped:
                     continue
@@ -833,9 +843,7 @@ class Verifier:
                     raw = run_session(session, inputs)
                     if written is not None:
                         written.append(raw)
-                    outputs = hide_padded(
-                        raw, padded_positions(inputs, self.masks), reference, self.caches, self.new_tokens
-                    )
+                    outputs = self._hide_padded(raw, inputs, reference)
                     result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
                     if not result.ok:
                         if not (by_segment and not result.error and self._within_segment_cap(session)):
@@ -864,8 +872,7 @@ class Verifier:
             return False
         cap = {dtype: Tolerance(max(t.rtol, SEGMENT_CAP), t.atol) for dtype, t in self.tolerances.items()}
         for inputs, reference in zip(self.input_sets, self.references):
-            padding = padded_positions(inputs, self.masks)
-            outputs = hide_padded(run_session(session, inputs), padding, reference, self.caches, self.new_tokens)
+            outputs = self._hide_padded(run_session(session, inputs), inputs, reference)
             if not compare_outputs(reference, outputs, cap, self.skipped).ok:
                 return False
         return True
@@ -892,13 +899,7 @@ class Verifier:
             with inference_session(candidate, optimization_level="all") as session:
                 sets = zip(self.input_sets, self.labels, expected, self.references, self.noise)
                 for inputs, label, reference, before, noise in sets:
-                    outputs = hide_padded(
-                        run_session(session, inputs),
-                        padded_positions(inputs, self.masks),
-                        reference,
-                        self.caches,
-                        self.new_tokens,
-                    )
+                    outputs = self._hide_padded(run_session(session, inputs), inputs, reference)
                     result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
                     if not result.ok and twin.kind in ("int8", "int4"):
                         result = _within_row_excess(result, reference, outputs, before, worst)
@@ -964,9 +965,7 @@ class Verifier:
                         examples = None
                         padding = padded_positions(inputs, self.masks)
                         feeds, reference = _segment_feeds(inputs, values, names, outputs_of_twin, padding, keep_own)
-                        outputs = hide_padded(
-                            run_session(result_session, feeds), padding, reference, self.caches, self.new_tokens
-                        )
+                        outputs = self._hide_padded(run_session(result_session, feeds), inputs, reference)
                         result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
                         if not result.ok:
                             before = run_session(base_session, feeds)
@@ -1060,17 +1059,13 @@ class Verifier:
                         examples = None
                         padding = padded_positions(inputs, self.masks)
                         feeds, reference = _segment_feeds(inputs, values, names, outputs_of_base, padding, keep_own)
-                        outputs = hide_padded(
-                            run_session(session, feeds), padding, reference, self.caches, self.new_tokens
-                        )
+                        outputs = self._hide_padded(run_session(session, feeds), inputs, reference)
                         result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
                         if result.ok:
                             # Again, each cut fed what the result computed there: an error under the tolerance
                             # at a cut that the next ops amplify (a Sin of large angles) shows one segment on.
                             feeds.update({name: outputs[_computed(name)] for name in names})
-                            outputs = hide_padded(
-                                run_session(session, feeds), padding, reference, self.caches, self.new_tokens
-                            )
+                            outputs = self._hide_padded(run_session(session, feeds), inputs, reference)
                             result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
                         if not result.ok:
                             result.error = (
@@ -1144,9 +1139,7 @@ class Verifier:
                 optimized = run_session(session, inputs)
         except RuntimeRefusedError:
             return {}
-        optimized = hide_padded(
-            optimized, padded_positions(inputs, self.masks), reference, self.caches, self.new_tokens
-        )
+        optimized = self._hide_padded(optimized, inputs, reference)
         noise = {}
         for name, expected in reference.items():
             got = optimized.get(name)

@@ -106,7 +106,14 @@ def test_a_decoders_logits_over_a_past_leave_out_the_new_tokens_its_mask_pads():
     rng = np.random.default_rng(2)
     mask = np.ones((2, 7), np.int64)
     mask[0, -2:] = 0  # row 0's last two new tokens padded (past 4, new 3)
-    batch = {"attention_mask": mask}
+    batch = {
+        "attention_mask": mask,
+        "input_ids": np.zeros((2, 3), np.int64),
+        "position_ids": np.zeros((2, 3), np.int64),
+    }
+    batch.update(
+        {f"past_key_values.{i}.{k}": np.zeros((2, 2, 4, 16), np.float32) for i in range(2) for k in ("key", "value")}
+    )
     logits = rng.standard_normal((2, 3, 8)).astype(np.float32)
     present = {f"present.{i}.{k}": np.zeros((2, 2, 7, 16), np.float32) for i in range(2) for k in ("key", "value")}
     wrong = logits.copy()
@@ -116,7 +123,7 @@ def test_a_decoders_logits_over_a_past_leave_out_the_new_tokens_its_mask_pads():
     assert output_drift([before], [after], [batch], model).cosine == 1.0
     wrong[1, 0] += 1.0  # a real token still counts
     assert output_drift([before], [after], [batch], model).cosine < 1.0
-    # A cache not as long as the mask: the mask is not known to be past + new, so all is counted.
+    # A past as long as the mask (a static buffer): the mask is not past + new, so all is counted.
     wrong[1, 0] -= 1.0
-    short = {name: array[:, :, :6] for name, array in present.items()}
-    assert output_drift([dict(before, **short)], [dict(after, **short)], [batch], model).cosine < 0.9
+    static = dict(batch, **{name: np.zeros((2, 2, 7, 16), np.float32) for name in batch if name.startswith("past")})
+    assert output_drift([before], [after], [static], model).cosine < 0.9
