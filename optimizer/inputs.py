@@ -139,7 +139,8 @@ def bind_dims(
             bound[name] = DEFAULT_BATCH
         else:
             bound[name] = DEFAULT_SEQUENCE
-    return _with_cache_lengths(model, bound, overrides, max_positions)
+    # The dims the model reads at one size only stay too: `--max-sequence 8` shrank GenAI's `kv_cache_dim`.
+    return _with_cache_lengths(model, bound, {**fixed, **overrides}, max_positions)
 
 
 _PAST_NAME = re.compile(r"past|cache", re.IGNORECASE)
@@ -341,7 +342,7 @@ def alternate_binding(
             alternate[name] = 2 * max(bound[name], defaults[name]) + 1
         else:
             alternate[name] = bound[name] // 2 + 1
-    return _with_cache_lengths(model, alternate, overrides, max_positions)
+    return _with_cache_lengths(model, alternate, {**fixed, **overrides}, max_positions)
 
 
 def verification_bindings(

@@ -296,6 +296,11 @@ def test_verification_bindings_stay_within_max_sequence():
     assert second["total_sequence"] == second["past_sequence"] + second["sequence"] <= 32
     fixed = bind_dims(model, {"sequence": 40}, max_positions=32)
     assert fixed["sequence"] == 40  # what the user binds stays bound
+    # A dim the model reads at one size only (GenAI's head size `kv_cache_dim`, 16) is no length to cap.
+    genai = ir.load(FIXTURES / "llama_kv_genai.onnx")
+    for binding in (bind_dims(genai, max_positions=8), alternate_binding(genai, longer=True, max_positions=8)):
+        assert binding["kv_cache_dim"] == 16
+        assert binding["total_sequence_length"] == binding["past_sequence_length"] + binding["sequence_length"] <= 8
     # The smallest caps: at least one new token, the past takes the rest, down to none.
     for limit, past in ((1, 0), (2, 1), (3, 2)):
         for binding in (
