@@ -63,10 +63,9 @@ Exactness, and what is proven where:
 Rows differ only where nothing is defined: a query whose every key is masked (left
 padding under the causal mask) gets uniform weights over all keys from the exporter's
 bias and over the keys up to itself from the kernel. Verification does not compare
-padded positions of the cache, nor of the logits where the mask is as long as they are
-(a prefill without a past); over a past it compares every logit, so a sliding window
-shorter than the verifier's 128 padded tokens rolls a correct fusion back (a review's
-6-token window: 0.38 at right-padded queries whose whole window is padding).
+padded positions of the cache, nor of the logits at padded tokens (over a past, the
+mask's last positions: a right-padded query whose whole sliding window is padding sees
+no key either, 0.38 apart in a review's 6-token window, and is not compared).
 
 Rotary embeddings stay outside the op (``fuse-rotary-embedding``'s RotaryEmbedding):
 GroupQueryAttention's own rotary reads only the first position of each row on a first
