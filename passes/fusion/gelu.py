@@ -590,7 +590,11 @@ def _broadcasts(constants: list[ir.Value], x: ir.Value) -> str | None:
     """
     shapes = [_constant_array(value).shape for value in constants]
     rank = max((len(shape) for shape in shapes), default=0)
-    if rank > 0 and (x.shape is None or rank > x.shape.rank()):
+    if rank > 0 and x.shape is None:
+        return "the input's rank is unknown: a constant with dims could change the output's shape"
+    if rank == 0:
+        return None
+    if rank > x.shape.rank():
         return "a constant has more dims than the input: the output's shape would change"
     for shape in shapes:
         for axis, size in enumerate(shape, start=x.shape.rank() - len(shape) if shape else 0):

@@ -629,3 +629,17 @@ def test_quick_gelu_with_another_alpha_is_fused_with_that_alpha(constant, alpha,
 def test_silu_with_its_one_as_a_constant_is_left_alone():
     _, result = _fused(_HEADER.format(body=_QUICK.replace("{1.702}", "{1.0}")))
     assert not result.modified and result.refusals == []
+
+
+def test_a_per_channel_constant_on_an_input_of_unknown_rank_is_refused():
+    # Relu's output has no recorded shape: a [16] constant could add a dim or stretch one, which Gelu would not.
+    body = _ERF.format(half=0.5).replace(
+        "half = Constant<value = float {0.5}>()", f"half = Constant<value = float[16] {{{_HALVES}}}>()"
+    )
+    body = "      r = Relu(x)\n" + body.replace("(x, ", "(r, ")
+    _, result = _fused(_HEADER.format(body=body))
+    assert not result.modified
+    assert result.refusals == [
+        "1 of 1 erf GELU left unfused: the input's rank is unknown: "
+        "a constant with dims could change the output's shape"
+    ]
