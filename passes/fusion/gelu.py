@@ -14,13 +14,14 @@ A          argument                                output                fused i
 =========  ======================================  ====================  =========================
 erf        x / sqrt(2)                             0.5*x + 0.5*x*A       ``Gelu``
 tanh       sqrt(2/pi) * (x + 0.044715*x^3)         0.5*x + 0.5*x*A       ``FastGelu``
+tanh       c*x, c not 1/2 (CLIP: 0.851)            0.5*x + 0.5*x*A       ``QuickGelu(alpha=2c)``
 sigmoid    2*sqrt(2/pi) * (x + 0.044715*x^3)       x*A                   ``FastGelu``
 sigmoid    alpha*x, alpha not 1 (CLIP: 1.702)      x*A                   ``QuickGelu(alpha)``
 =========  ======================================  ====================  =========================
 
-(The tanh GELU written with a sigmoid: ``0.5*(1 + tanh(u)) = sigmoid(2u)``. ONNX Runtime's
-``QuickGelu`` computes ``x*sigmoid(alpha*x)`` for its ``alpha`` attribute, checked against numpy
-on its CPU kernel for 0.3, 1.5, 2.5 and -1.5.)
+(The tanh GELU written with a sigmoid, and QuickGELU with a tanh: ``0.5*(1 + tanh(u)) =
+sigmoid(2u)``. ONNX Runtime's ``QuickGelu`` computes ``x*sigmoid(alpha*x)`` for its ``alpha``
+attribute, checked against numpy on its CPU kernel for 0.3, 1.5, 2.5 and -1.5.)
 
 A term GELU lacks (``4e-8*x^5``) must be absent: exactly zero, or cancelled to within
 float32 rounding of the products summed into it (``c*x^3 - c*x^3``), from products no larger
@@ -102,7 +103,8 @@ class _Form:
     """One GELU approximation: the activation node, its argument in x, the output in x and A, the fused op.
 
     ``reflection`` is A(-u) written in A(u), for an argument that is GELU's negated. A form with
-    ``free_alpha`` takes any argument ``alpha*x`` (``argument`` is a placeholder) and fuses with that alpha.
+    ``alpha_per_argument`` takes any argument ``c*x`` (``argument`` is a placeholder) and fuses with alpha
+    ``alpha_per_argument * c``.
     """
 
     kind: str
@@ -111,7 +113,7 @@ class _Form:
     fused: str
     reflection: _Coefficients
     attributes: tuple[tuple[str, float], ...] = ()
-    free_alpha: bool = False
+    alpha_per_argument: float | None = None
 
 
 _HALF_X_TIMES_ONE_PLUS_A = {(1, 0): 0.5, (1, 1): 0.5}
@@ -121,10 +123,16 @@ _TANH_ARGUMENT = {(1, 0): _SQRT_2_OVER_PI, (3, 0): _SQRT_2_OVER_PI * 0.044715}
 # The forms each activation may be part of, tried in this order.
 _FORMS = {
     "Erf": (_Form("erf GELU", {(1, 0): 1 / math.sqrt(2.0)}, _HALF_X_TIMES_ONE_PLUS_A, "Gelu", _ODD),),
-    "Tanh": (_Form("tanh GELU", _TANH_ARGUMENT, _HALF_X_TIMES_ONE_PLUS_A, "FastGelu", _ODD),),
+    "Tanh": (
+        _Form("tanh GELU", _TANH_ARGUMENT, _HALF_X_TIMES_ONE_PLUS_A, "FastGelu", _ODD),
+        # QuickGELU written with a tanh: 0.5*x*(1 + tanh(c*x)) = x*sigmoid(2c*x).
+        _Form(
+            "QuickGELU as a tanh", {(1, 0): 0.851}, _HALF_X_TIMES_ONE_PLUS_A, "QuickGelu", _ODD, alpha_per_argument=2.0
+        ),
+    ),
     "Sigmoid": (
         # x*sigmoid(alpha*x), CLIP's alpha 1.702 or another: ONNX Runtime's kernel takes alpha as an attribute.
-        _Form("QuickGELU", {(1, 0): 1.702}, {(1, 1): 1.0}, "QuickGelu", _SIGMOID_REFLECTION, free_alpha=True),
+        _Form("QuickGELU", {(1, 0): 1.702}, {(1, 1): 1.0}, "QuickGelu", _SIGMOID_REFLECTION, alpha_per_argument=1.0),
         # The tanh GELU written with a sigmoid: 0.5*(1 + tanh(u)) = sigmoid(2u), so x*sigmoid(2u) is FastGelu.
         _Form(
             "tanh GELU as a sigmoid",
@@ -151,7 +159,8 @@ class GeluFusion(FusionPass):
     """Rewrite GELU formulas into ``Gelu`` (erf), ``FastGelu`` (tanh) and ``QuickGelu`` (sigmoid), all com.microsoft.
 
     ``FastGelu`` also takes the tanh GELU written as ``x*sigmoid(2u)``; ``QuickGelu`` takes
-    ``x*sigmoid(alpha*x)`` with its alpha, for any alpha but 1 (SiLU is left alone).
+    ``x*sigmoid(alpha*x)`` and ``0.5*x*(1 + tanh(alpha*x/2))`` with that alpha, for any alpha
+    but 1 (SiLU is left alone).
 
     Matches what the module docstring lists, in any association of the products, and with
     the argument negated. Refuses, with a reason, a formula whose activation argument has
@@ -251,7 +260,7 @@ def _recognise(activation: ir.Node) -> _Match | _Refusal | None:
         for form in forms:
             candidates = _instances(polynomial, form, _REL_TOL)
             if not candidates:
-                near = _instances(polynomial, form, _NEAR_MISS_TOL) if not form.free_alpha else []
+                near = _instances(polynomial, form, _NEAR_MISS_TOL) if form.alpha_per_argument is None else []
                 if _instances(polynomial, form, _REL_TOL, cancelled_size=math.inf):
                     reasons.append(_Refusal(form.kind, f"the argument is GELU's only {_LARGE_CANCELLATION}"))
                 elif near and not (is_float(x) and inner.float32):
@@ -269,13 +278,13 @@ def _recognise(activation: ir.Node) -> _Match | _Refusal | None:
                 failures.append(_Refusal(form.kind, found))
             # The likelier reading's. Any tensor times a sigmoid of it scaled is x*sigmoid(alpha*x) for some alpha
             # (a gate): only one near CLIP's alpha is worth a word.
-            if failures and (not form.free_alpha or _near_clips_alpha(candidates[0][0])):
+            if failures and (form.alpha_per_argument is None or _near_clips_alpha(candidates[0][0])):
                 reasons += failures[:1]
     return (reasons or near_misses or [None])[-1]
 
 
 def _near_clips_alpha(form: _Form) -> bool:
-    return math.isclose(abs(form.argument[1, 0]), 1.702, rel_tol=_NEAR_MISS_TOL)
+    return math.isclose(abs(dict(form.attributes)["alpha"]), 1.702, rel_tol=_NEAR_MISS_TOL)
 
 
 def _instances(
@@ -283,22 +292,23 @@ def _instances(
 ) -> list[tuple[_Form, int]]:
     """The forms the argument ``polynomial`` fits, each with its sign (see ``_sign``), the likelier first.
 
-    A ``free_alpha`` form fits ``alpha*x`` for any alpha that float32 holds but 1 (SiLU, x*sigmoid(x), is
-    no GELU), as itself with that alpha, or as GELU's negated with alpha negated.
+    A form with ``alpha_per_argument`` fits ``c*x`` for any c whose alpha float32 holds but 1 (SiLU,
+    x*sigmoid(x), is no GELU), as itself with that alpha, or as GELU's negated with alpha negated.
     """
-    if not form.free_alpha:
+    if form.alpha_per_argument is None:
         sign = _sign(polynomial, form.argument, rel_tol, cancelled_size)
         return [] if sign is None else [(form, sign)]
-    alpha = polynomial.get((1, 0), _Term(0.0, 0.0)).value
-    if alpha == 0.0 or not np.isfinite(np.float32(alpha)) or math.isclose(abs(alpha), 1.0, rel_tol=_REL_TOL):
+    c = polynomial.get((1, 0), _Term(0.0, 0.0)).value
+    alpha = form.alpha_per_argument * c
+    if c == 0.0 or not np.isfinite(np.float32(alpha)) or math.isclose(abs(alpha), 1.0, rel_tol=_REL_TOL):
         return []
-    if not _close(polynomial, {(1, 0): alpha}, rel_tol, cancelled_size):
+    if not _close(polynomial, {(1, 0): c}, rel_tol, cancelled_size):
         return []
     found = [
-        (dataclasses.replace(form, argument={(1, 0): sign * alpha}, attributes=(("alpha", sign * alpha),)), sign)
+        (dataclasses.replace(form, argument={(1, 0): sign * c}, attributes=(("alpha", sign * alpha),)), sign)
         for sign in (1, -1)
     ]
-    return found if alpha > 0 else found[::-1]
+    return found if c > 0 else found[::-1]
 
 
 def _output_of(activation: ir.Node, x: ir.Value, inner: _Polynomials, form: _Form, sign: int) -> _Match | str:

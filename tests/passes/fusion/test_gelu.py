@@ -643,3 +643,24 @@ def test_a_per_channel_constant_on_an_input_of_unknown_rank_is_refused():
         "1 of 1 erf GELU left unfused: the input's rank is unknown: "
         "a constant with dims could change the output's shape"
     ]
+
+
+def test_quick_gelu_written_with_a_tanh_is_fused(monkeypatch):
+    # 0.5*x*(1 + tanh(0.851*x)) = x*sigmoid(1.702*x): left unfused before.
+    monkeypatch.setitem(_targets._KERNELS, (MS_DOMAIN, "QuickGelu"), frozenset({"cpu", "cuda"}))
+    body = """
+      c = Constant<value = float {0.851}>()
+      one = Constant<value = float {1.0}>()
+      half = Constant<value = float {0.5}>()
+      a = Mul(x, c)
+      t = Tanh(a)
+      b = Add(t, one)
+      h = Mul(x, half)
+      y = Mul(h, b)"""
+    model, result = _fused(_HEADER.format(body=body))
+    (node,) = [n for n in result.model.graph if n.op_type != "Constant"]
+    assert (node.domain, node.op_type) == ("com.microsoft", "QuickGelu")
+    assert node.attributes["alpha"].as_float() == pytest.approx(1.702)
+    assert result.refusals == []
+    for scale in (1.0, 10.0):
+        assert_same_outputs(model, result.model, _x(scale), rtol=1e-4, atol=1e-5)
