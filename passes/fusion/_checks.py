@@ -10,7 +10,6 @@ import onnx_ir as ir
 
 from optimizer.domains import is_onnx_op
 from passes._utils import constant_array
-from passes.fusion._inferred_shapes import inferred_shapes, lacks_shapes
 
 
 def scalar(value: ir.Value | None) -> float | None:
@@ -129,6 +128,9 @@ def fuse_with_inferred_last_dims(fusion, model: ir.Model, fuse: Callable[[ir.Mod
     needing no inference pays none. The second run traces the whole graph again: its
     refusals replace the first's.
     """
+    # Imported here: a norm pass imported alone loads it only when a norm needs a shape inferred.
+    from passes.fusion._inferred_shapes import inferred_shapes, lacks_shapes
+
     declined = fusion._state()[2]
     before = len(declined)
     count = fuse(model)
