@@ -132,7 +132,18 @@ class _LinearRule(pattern.RewriteRule):
         if self._root_op is not None and not self._root_op.matches(node.op_type):
             return None
         tracer = self._trace if tracer is None else tracer
-        return super().try_rewrite(model, graph_or_function, node, verbose=verbose, tracer=tracer)
+        delta = super().try_rewrite(model, graph_or_function, node, verbose=verbose, tracer=tracer)
+        if isinstance(delta, _rewrite_rule.ReplacementSubgraph) and isinstance(graph_or_function, ir.Graph):
+            # onnxscript 0.7 names a rule's new initializer after its input (Flatten's ``x/shape``) and
+            # skips registering one whose name is taken: a second Flatten of the same tensor then read
+            # an initializer missing from the saved model. Each gets a free name here.
+            taken = graph_or_function.initializers
+            for value in delta.new_initializers:
+                base, suffix = value.name, 0
+                while value.name in taken and taken[value.name] is not value:
+                    suffix += 1
+                    value.name = f"{base}_{suffix}"
+        return delta
 
     def commute(self) -> list[pattern.RewriteRule]:
         return [_LinearRule(rule, self._trace) for rule in super().commute()]

@@ -27,6 +27,24 @@ def test_no_ops_are_removed_without_leaving_identities():
     assert_same_outputs(model, after, {"x": np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)})
 
 
+def test_two_rewrites_naming_a_new_initializer_alike_both_keep_theirs():
+    # A review: Gemma 2's legacy export flattens the mask twice; onnxscript's Flatten rule names its new
+    # shape initializer after the input and registers only the first, so the second Reshape read a
+    # tensor missing from the saved model (ONNX Runtime refused the file; --no-verify wrote it).
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 3, 4] x) => (float[N, 12] y, float[N, 12] z) {
+          y = Flatten<axis = 1>(x)
+          f = Flatten<axis = 1>(x)
+          z = Relu(f)
+        }""")
+    after = SimplifyOpsPass()(model.clone()).model
+    assert op_types(after).count("Reshape") == 2
+    assert all(node.inputs[1].is_initializer() for node in after.graph if node.op_type == "Reshape")
+    onnx.checker.check_model(ir.to_proto(after), full_check=True)
+    assert_same_outputs(model, after, {"x": np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4)})
+
+
 def _conv_bn(bn_scale: np.ndarray) -> ir.Model:
     rng = np.random.default_rng(0)
     weights = {
