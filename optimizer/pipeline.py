@@ -136,6 +136,18 @@ def run_pipeline(
     return current, report
 
 
+def undefined_input(model: ir.Model) -> str | None:
+    """The first node input of ``model`` (subgraphs too) that no node, graph input or initializer defines, said
+    in words; None when every input is defined. A rewrite that lost an initializer writes a file ONNX Runtime
+    refuses to load."""
+    for node in model.graph.all_nodes():
+        for value in node.inputs:
+            if value is None or value.producer() is not None or value.is_graph_input() or value.is_initializer():
+                continue
+            return f"{node.op_type} node {node.name or '(unnamed)'} reads {value.name!r}, which nothing defines"
+    return None
+
+
 def _run_one(
     model: ir.Model, nodes_before: int, spec: PassSpec, context: PassContext, verifier: Verifier | None
 ) -> tuple[ir.Model, PassRecord]:
@@ -150,6 +162,12 @@ def _run_one(
             return model, record
         candidate = result.model
         record.nodes_after = count_nodes(candidate)
+        undefined = undefined_input(candidate)
+        if undefined is not None:
+            # Checked with or without verification: under --no-verify nothing else stops the file.
+            record.status, record.nodes_after = STATUS_FAILED, nodes_before
+            record.detail = f"the result is no valid graph: {undefined}; kept the model as it was"
+            return model, record
         if verifier is None:
             record.status = STATUS_APPLIED
             return candidate, record

@@ -114,6 +114,28 @@ def test_without_verifier_wrong_answers_go_through():
     assert "Sigmoid" in op_types(optimized)
 
 
+class _DanglingInputPass(ir.passes.InPlacePass):
+    """Makes Relu read a tensor no node, input or initializer defines (a lost initializer)."""
+
+    def call(self, model):
+        for node in model.graph:
+            if node.op_type == "Relu":
+                node.replace_input_with(0, ir.Value(name="lost", const_value=ir.tensor(np.zeros((3, 4), np.float32))))
+        return ir.passes.PassResult(model, modified=True)
+
+
+@pytest.mark.parametrize("verified", [True, False])
+def test_a_result_reading_an_undefined_tensor_fails_even_without_verification(verified):
+    # A review: onnxscript's Flatten rule lost an initializer and --no-verify wrote a file ONNX Runtime refused;
+    # every later pass then failed on it. A graph that reads what nothing defines is never kept.
+    model = parse_model(MODEL)
+    verifier = _verifier(model) if verified else None
+    optimized, report = run_pipeline(model, [_spec("dangling", _DanglingInputPass)], verifier=verifier)
+    assert report.passes[0].status == STATUS_FAILED
+    assert "Relu node" in report.passes[0].detail and "'lost', which nothing defines" in report.passes[0].detail
+    assert [value.name for node in optimized.graph for value in node.inputs] == ["x", "a", "b", "x"]
+
+
 def test_unchanged_pass_reports_unchanged():
     model = parse_model("""
         <ir_version: 9, opset_import: ["" : 17]>
