@@ -304,7 +304,7 @@ _TWO_CAPS = "the scores are soft-capped twice"
 _MASK_IN_CAP = "a mask is applied to the scores before their soft cap (the fused op caps first, then masks)"
 _CAPPED = (
     "its scores are soft-capped (c * tanh(s / c), c = {cap:g}), which MultiHeadAttention cannot compute: "
-    "fuse-group-query-attention fuses it over a key/value cache"
+    "GroupQueryAttention can, over a key/value cache (fuse-group-query-attention, on the CPU target)"
 )
 
 
@@ -842,13 +842,18 @@ class StagedAttention:
 
 
 def _has_tanh(softmax: ir.Node) -> bool:
-    """True if a Tanh is among the few producers before the Softmax (where a soft cap sits)."""
-    frontier = [softmax.inputs[0]]
-    for _ in range(4):
+    """True if a Tanh is among the Softmax's producers back to the scores' MatMul (where a soft cap sits).
+
+    Only a hint of which Softmaxes to stage: ``_candidate`` proves the cap. Masks, views of batched
+    heads and NaN guards between the cap and the Softmax are a few nodes each, hence the depth.
+    """
+    frontier, seen = [softmax.inputs[0]], set()
+    for _ in range(12):
         nodes = [v.producer() for v in frontier if v is not None and v.producer() is not None]
+        nodes = [n for n in nodes if id(n) not in seen and not seen.add(id(n))]
         if any(is_onnx_op(n, "Tanh") for n in nodes):
             return True
-        frontier = [v for n in nodes for v in n.inputs]
+        frontier = [v for n in nodes if not is_onnx_op(n, "MatMul") for v in n.inputs]
     return False
 
 
