@@ -53,8 +53,8 @@ mask input is stage 2 (``packed_attention``), a pass verified on its own.
 Refuses (with the reason, counted per Softmax) when: Softmax is not over the last axis of
 a 4-D (or batched 3-D) float32 tensor; its input is not Q @ K^T under scalar scales, biases,
 Where masks and views of the batched scores; the scores are soft-capped (always: see
-above), or go through a Tanh that is not one cap ``c * tanh(s / c)`` (two constants, ``c``
-not a constant, a mask or scale inside the cap, a scale after it, two caps); the scores
+above), or go through a Tanh that is not one cap ``c * tanh(f * s)`` (``c`` not a positive
+constant scalar, a mask inside the cap, a scale after it, two caps); the scores
 are subtracted from another term
 (softmax of their negation); a Where mask's fill is not -inf or large negative; the scores
 or probabilities have other users; batched and per-head operands are mixed; a batched
@@ -171,34 +171,31 @@ def _single_user(value: ir.Value) -> ir.Node | None:
 
 
 def _soft_cap(node: ir.Node) -> tuple[ir.Value, float, list[ir.Value]] | str | None:
-    """``(s, c, values)`` when ``node`` is Gemma 2's soft cap ``c * tanh(s / c)`` (or ``tanh(s * (1/c)) * c``),
-    ``values`` the Tanh's and the division's outputs; a reason when it multiplies a Tanh but is not
-    one; None when it multiplies no Tanh.
+    """``(x, c, values)`` when ``node`` is a soft cap ``c * tanh(x)`` (Gemma 2's ``c * tanh(s / c)``, also
+    ``tanh(x) * c`` and ``tanh(x) / (1/c)``), ``values`` the Tanh's output; a reason when it scales a Tanh
+    by no positive constant scalar; None when it scales no Tanh.
 
-    ``c`` must be one constant positive scalar on both sides (within float32 rounding of
-    ``1/c``): ``c2 * tanh(s / c1)`` is not the cap the fused op computes. A bare ``tanh(s)``
-    is the cap ``c = 1`` (constant folding removes ``s / 1`` and ``* 1``).
+    Any ``c * tanh(f * s)`` is the fused op's cap ``c`` at scale ``c * f``, since
+    ``c * tanh(f * s) = c * tanh((c * f) * s / c)``: the factors inside the Tanh (Gemma 2's ``1/c``,
+    or that merged with the attention scale into one constant) are the walk's to collect, from
+    ``c``. A bare ``tanh(s)`` is the cap ``c = 1``.
     """
     if is_onnx_op(node, "Tanh") and node.inputs[0] is not None:
         return node.inputs[0], 1.0, []
-    if not is_onnx_op(node, "Mul") or len(node.inputs) != 2:
+    if node.op_type not in ("Mul", "Div") or not is_onnx_domain(node) or len(node.inputs) != 2:
         return None
-    tanh = next((p for v in node.inputs if (p := producer(v, "Tanh")) is not None), None)
-    if tanh is None:
+    if producer(node.inputs[0], "Tanh") is None and not (
+        node.op_type == "Mul" and producer(node.inputs[1], "Tanh") is not None
+    ):
         return None
     outer = scalar_factor(node)
-    if outer is None or outer[0] is not tanh.outputs[0]:
+    tanh = outer[0].producer() if outer is not None else None
+    if outer is None or tanh is None or not is_onnx_op(tanh, "Tanh") or tanh.inputs[0] is None:
         return "the scores are soft-capped (c * tanh(s / c)) by a c that is not a constant scalar"
-    inner_node = tanh.inputs[0].producer() if tanh.inputs[0] is not None else None
-    inner = scalar_factor(inner_node) if inner_node is not None else None
-    if inner is None:
-        return "the scores go through tanh, but not divided by a constant c (no soft cap c * tanh(s / c))"
-    cap, inverse = outer[1], inner[1]
+    cap = outer[1]
     if not (math.isfinite(cap) and cap > 0):
         return f"the scores' soft cap c = {cap:g} is not a positive finite number"
-    if abs(cap * inverse - 1.0) > 4 * float(np.finfo(np.float32).eps):
-        return f"the scores are divided by {1 / inverse:g} inside tanh but multiplied by {cap:g} (not one soft cap c)"
-    return inner[0], cap, [tanh.outputs[0], inner_node.outputs[0]]
+    return tanh.inputs[0], cap, [tanh.outputs[0]]
 
 
 def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
@@ -231,9 +228,10 @@ def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
                 return _TWO_CAPS
             if factor != 1.0:
                 return _SCALED_CAP
-            value, softcap = cap[0], cap[1]
+            # The scale below the cap is c times the factors inside it (``_soft_cap``).
+            value, softcap, factor = cap[0], cap[1], cap[1]
             chain += cap[2]
-            depth += 2
+            depth += 1
             continue
         step = scalar_factor(node)
         if step is not None:
