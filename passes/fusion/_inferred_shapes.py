@@ -13,7 +13,8 @@ a pass that rewrote nothing leaves the model exactly as it found it (an honest
 Inference runs on a clone that owns its types (weights are shared, not serialized:
 onnx-ir's ``ShapeInferencePass`` drops initializers over 1 KB while it calls onnx), and
 only values with no shape or no type at all are filled; recorded shapes are never
-overwritten. If inference fails on the graph (onnx-ir's pass then leaves it
+overwritten. An initializer that is also a graph input is inferred from as an input (its
+declared shape, not its value): a caller may override it. If inference fails on the graph (onnx-ir's pass then leaves it
 unchanged), nothing is filled.
 """
 
@@ -65,6 +66,12 @@ def inferred_shapes(model: ir.Model) -> Iterator[int]:
             # onnx-ir's clone shares type objects; the inference pass may set a dtype on them.
             if value.type is not None:
                 value.type = ir.TensorType(value.dtype) if isinstance(value.type, ir.TensorType) else value.type
+        # An initializer that is also a graph input is a default a caller may override: inferring from its
+        # value (a Reshape's target shape) would bake the default into the fusion.
+        for value in copy.graph.inputs:
+            if value.name in copy.graph.initializers:
+                del copy.graph.initializers[value.name]
+                value.const_value = None
         ir.passes.common.ShapeInferencePass(strict_mode=False)(copy)
         for twin in _values(copy.graph):
             value = missing.get(twin.name)

@@ -184,3 +184,23 @@ def test_rms_norm_without_a_scale_of_an_unrecorded_symbolic_last_dim_is_refused(
     assert result.refusals == [
         "1 near match at Div left unfused: no scale, and the last dim has no static size to build a scale of ones for"
     ]
+
+
+def test_rms_norm_without_a_scale_does_not_infer_its_width_from_an_overridable_default():
+    # A review: the norm's input is Reshape(x, s) with s an initializer that is also a graph input; shape
+    # inference read its default [2, 3, -1], a scale of 4 ones was fused, and a caller passing s = [2, 2, -1]
+    # got ONNX Runtime's error where the original ran.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[2, 12] x, int64[3] s) => (float y) <int64[3] s = {2, 3, -1}, float eps = {1e-5}> {
+          axes = Constant<value = int64[1] {-1}>()
+          h = Reshape(x, s)
+          x2 = Mul(h, h)
+          ms = ReduceMean<keepdims = 1>(x2, axes)
+          e = Add(ms, eps)
+          r = Sqrt(e)
+          y = Div(h, r)
+        }""")
+    result = RmsNormFusion()(model.clone())
+    assert not result.modified
+    assert any("no static size" in refusal for refusal in result.refusals), result.refusals
