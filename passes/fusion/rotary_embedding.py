@@ -11,7 +11,10 @@ and rewrites it into ``RotaryEmbedding(h, position_ids, cos_cache, sin_cache)`` 
 hand the 3-D result straight to MultiHeadAttention. A 4-D ``[B, N, S, d]`` tensor that is
 no head split (Qwen3 normalizes each head between its split and its rotary) is rotated as
 it is, RotaryEmbedding reading a 4-D input as ``[B, N, S, d]``; that layout is proved by
-cos and sin being ``[B or 1, 1, S, d]`` tables (``_per_head_size``).
+cos and sin being ``[B or 1, 1, S, d]`` tables (``_per_head_size``). Its head size ``d`` (and head
+count, which a partial rotation needs) is the shape's, or one the graph proves (``_static_dim``):
+GPT-NeoX slices query and key off each ``[B, N, S, 3d]`` head of its packed projection at
+``(Shape(qkv)[-1] + 2) / 3``, sized by the head split's constant ``3d`` and the projection's ``N * 3d``.
 
 The rotated channels may be a leading slice of the head, joined back to the rest::
 
@@ -119,12 +122,13 @@ def _bound(value: ir.Value | None, data: ir.Value, head_size: int) -> int | None
     node = value.producer() if value is not None else None
     if node is not None and node.op_type == "Unsqueeze":
         return _bound(node.inputs[0], data, head_size)
-    div = producer(value, "Div")
-    if div is not None:
-        numerator, denominator = _bound(div.inputs[0], data, head_size), constant_array(div.inputs[1])
-        if numerator is None or denominator is None or denominator.size != 1:
+    node = next((producer(value, op) for op in _BOUND_ARITHMETIC if producer(value, op) is not None), None)
+    if node is not None:
+        # GPT-NeoX's legacy export slices the query off its packed head at ``(Shape(qkv)[-1] + 2) / 3``.
+        left, right = (_bound(operand, data, head_size) for operand in node.inputs[:2])
+        if left is None or right is None or left < 0 or right < 0 or (node.op_type == "Div" and right == 0):
             return None
-        return numerator // int(denominator.reshape(()))
+        return _BOUND_ARITHMETIC[node.op_type](left, right)
     gather = producer(value, "Gather")
     if gather is not None and producer(gather.inputs[0], "Shape") is not None:
         index = constant_array(gather.inputs[1])
@@ -141,6 +145,52 @@ def _bound(value: ir.Value | None, data: ir.Value, head_size: int) -> int | None
     return None
 
 
+# Integer arithmetic on non-negative Slice bounds (ONNX's integer Div truncates, as ``//`` does here).
+_BOUND_ARITHMETIC = {
+    "Add": lambda a, b: a + b,
+    "Sub": lambda a, b: a - b,
+    "Mul": lambda a, b: a * b,
+    "Div": lambda a, b: a // b,
+}
+
+
+def _static_dim(value: ir.Value, axis: int, depth: int = 0) -> int | None:
+    """The static size of axis 1 (heads) or 3 (head size) of a ``[B, N, S, d]`` tensor, from its shape or
+    the graph: a head split's Reshape constants (heads from the projection's width when the Reshape infers
+    them), or a Slice of the last axis of such a tensor at bounds the graph computes from those sizes.
+
+    GPT-NeoX's legacy export splits its packed projection into ``[B, N, S, 3d]`` heads and slices the
+    query, key and value off each at ``Shape(qkv)[-1]`` arithmetic: shape inference leaves every dim
+    unknown, but each is fixed by the Reshape's constant ``3d`` and the projection's ``N * 3d``.
+    """
+    shape = value.shape
+    if shape is None or shape.rank() != 4 or depth > 8 or axis not in (1, 3, -1):
+        return None
+    axis %= 4
+    if isinstance(shape[axis], int):
+        return shape[axis]
+    split = head_split(value, (0, 2, 1, 3))
+    if split is not None:
+        if axis == 3:
+            return split.head_size
+        width = last_dim(split.hidden)
+        if split.heads is None and width is not None and width % split.head_size == 0:
+            return width // split.head_size
+        return split.heads
+    node = producer(value, "Slice")
+    if node is None:
+        return None
+    data = node.inputs[0]
+    if axis == 1:
+        # The Slice is over the last axis alone (checked with its bounds below) and keeps the heads.
+        return _static_dim(data, 1, depth + 1) if _static_dim(value, 3, depth) is not None else None
+    size = _static_dim(data, 3, depth + 1)
+    bounds = _slice_bounds_of(node, data, size) if size is not None else None
+    if bounds is None or not 0 <= bounds[0] <= bounds[1]:
+        return None
+    return bounds[1] - bounds[0]
+
+
 def _per_head_size(x: ir.Value, cos: ir.Value, sin: ir.Value, rotary_dim: int | None = None) -> int | str:
     """The head size of ``x`` if it is a ``[B, N, S, d]`` per-head tensor that is no head split (Qwen3 normalizes
     each head before its rotary), or why not.
@@ -151,15 +201,16 @@ def _per_head_size(x: ir.Value, cos: ir.Value, sin: ir.Value, rotary_dim: int | 
     ``x``'s axis 2 is the sequence. A ``[B, S, N, d]`` tensor rotated before its transpose has
     ``[B, S, 1, d]`` tables, and is refused. Under a partial rotation the tables are ``rotary_dim`` wide.
     """
-    if x.shape is None or x.shape.rank() != 4 or not isinstance(x.shape[3], int):
+    d = _static_dim(x, 3)
+    if d is None:
         return "x is not a head split of a 3-D projection, nor a 4-D tensor of static head size"
-    width = x.shape[3] if rotary_dim is None else rotary_dim
+    width = d if rotary_dim is None else rotary_dim
     for table in (cos, sin):
         if table.shape is None or table.shape.rank() != 4 or table.shape[1] != 1 or table.shape[3] != width:
             return (
                 "x is a 4-D tensor, but cos/sin are not [B or 1, 1, S, d] tables (the layout [B, N, S, d] is unproved)"
             )
-    return x.shape[3]
+    return d
 
 
 def _head_size(x: ir.Value, cos: ir.Value, sin: ir.Value, rotary_dim: int | None = None) -> int | str:
@@ -203,7 +254,7 @@ def _rotary(op, fusion: RotaryEmbeddingFusion, x, cos, sin, rotary_dim: int | No
     # ONNX Runtime needs num_heads with rotary_embedding_dim, whatever the input's rank.
     partial = {} if width == d else {"rotary_embedding_dim": width}
     if split is None:  # a [B, N, S, d] tensor (normalized per head, as Qwen3's q_norm/k_norm): rotated as it is
-        heads = {"num_heads": x.shape[1]} if partial else {}
+        heads = {"num_heads": _static_dim(x, 1)} if partial else {}
         rotated = op.RotaryEmbedding(
             x, position_ids, cos_cache, sin_cache, interleaved=0, **heads, **partial, _domain=MS_DOMAIN
         )
@@ -279,7 +330,7 @@ class _PartialRotateHalf(pattern.RewriteRuleClassBase):
             return result.fail(checked)
         if _slice_bounds_of(x_pass.producer(), x, d) != (rotary_dim, d):
             return result.fail("the channels passed through are not the rest of the head")
-        if rotary_dim < d and head_split(x, (0, 2, 1, 3)) is None and not isinstance(x.shape[1], int):
+        if rotary_dim < d and head_split(x, (0, 2, 1, 3)) is None and _static_dim(x, 1) is None:
             return result.fail("a partial rotation of a 4-D tensor of unknown head count")
         return _check_rotation(self._fusion, context, x, cos, sin, lo, hi, rotated, rotary_dim)
 
@@ -301,8 +352,8 @@ def _rotated_width(x: ir.Value, x_rot: ir.Value) -> tuple[int, int] | str:
     split = head_split(x, (0, 2, 1, 3))
     if split is not None:
         d = split.head_size
-    elif x.shape is not None and x.shape.rank() == 4 and isinstance(x.shape[3], int):
-        d = x.shape[3]
+    elif _static_dim(x, 3) is not None:
+        d = _static_dim(x, 3)
     else:
         return "x is not a head split of a 3-D projection, nor a 4-D tensor of static head size"
     bounds = _slice_bounds_of(x_rot.producer(), x, d)
