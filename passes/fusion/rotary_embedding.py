@@ -25,6 +25,16 @@ and StableLM's partial rotary at a constant). Both slices must be of the same ``
 second the rest of the head; ``r = d`` is the full rotation, ``r < d`` fuses with
 ``rotary_embedding_dim = r`` (ONNX Runtime passes the other channels through).
 
+GPT-J's interleaved rotation is fused with ``interleaved=1``: it rotates the heads before their
+transpose, ``x = Reshape(h, [0, 0, N, d])`` (``[B, S, N, d]``), pairing channels ``2i`` and ``2i + 1``::
+
+    rotate_every_two(t) = Reshape(Concat(Unsqueeze(-t[..., 1::2], -1), Unsqueeze(t[..., ::2], -1), -1), [0, 0, N, r])
+    y = Concat(t * cos + rotate_every_two(t) * sin, x[..., r:])    # t = x[..., :r]; or y = that sum, t = x
+
+into ``Reshape(RotaryEmbedding(h, ..., interleaved=1, num_heads=N), [0, 0, N, d])`` (with
+``rotary_embedding_dim = r`` when ``r < d``). Its cos/sin are ``[B or 1, S, 1, r]`` tables whose columns
+come in equal pairs (``repeat_interleave``); the caches are every other column.
+
 The cos/sin tables are not matched structurally: the subgraph computing them is
 evaluated on ONNX Runtime (only its ancestors, cheap) for ``cache_length``
 positions to build the caches, then checked to prove that row ``s`` always uses
@@ -58,9 +68,12 @@ where they must be the rows of ``P + s``; that the cache is read through ``Shape
 axis alone is checked on the graph (``_probe.dims_read``), so its other dims, made up in the
 probes, cannot change the positions.
 
-Refuses when: the rotation is interleaved, or partial in any other way than the leading
-slice joined back to the rest of the head; x is not float32, or neither a head
-split nor a 4-D tensor of static head size with ``[B or 1, 1, S, d]`` cos/sin;
+Refuses when: the rotation is partial in any other way than the leading slice joined back
+to the rest of the head; x is not float32, or neither a head split nor a 4-D tensor of
+static head size with ``[B or 1, 1, S, d]`` cos/sin; an interleaved rotation is of anything
+but ``Reshape(h, [0, 0, N, d])`` (after the heads' transpose, as Cohere rotates), its pairs are not
+``(-t[..., 1::2], t[..., ::2])`` stacked on a new last axis and flattened back, or its cos/sin
+columns do not come in equal pairs;
 the cos/sin subgraph reads anything but ``[batch, sequence]`` integer inputs (token
 ids, the attention mask, position ids) and the length of one cache (one symbolic axis of
 it, through ``Shape`` alone), reads a cache's length beside ``position_ids`` or the mask,
@@ -364,6 +377,138 @@ def _rotated_width(x: ir.Value, x_rot: ir.Value) -> tuple[int, int] | str:
     return d, bounds[1]
 
 
+def _sequence_first_split(x: ir.Value) -> tuple[ir.Value, int, int] | None:
+    """``(hidden, heads, d)`` when ``x = Reshape(hidden, [0, 0, N or -1, d])``: a ``[B, S, N, d]`` view of the
+    ``[B, S, N * d]`` projection (GPT-J rotates its heads before their transpose), else None."""
+    reshape = producer(x, "Reshape")
+    target = constant_array(reshape.inputs[1]) if reshape is not None else None
+    if target is None or target.shape != (4,) or reshape.attributes.get_int("allowzero", 0):
+        return None
+    hidden = reshape.inputs[0]
+    batch, seq, heads, d = (int(t) for t in target)
+    if batch != 0 or seq != 0 or d <= 0 or hidden.shape is None or hidden.shape.rank() != 3:
+        return None
+    width = last_dim(hidden)
+    if heads == -1 and width is not None and width % d == 0:
+        heads = width // d
+    if heads <= 0 or (width is not None and width != heads * d):
+        return None
+    return hidden, heads, d
+
+
+def _strided_bounds(node: ir.Node, width: int) -> tuple[int, int, int] | None:
+    """``(start, end, step)`` of a constant Slice over the last axis of a tensor ``width`` wide."""
+    values = [node.inputs[i] if i < len(node.inputs) else None for i in range(1, 5)]
+    arrays = [constant_array(v) if v is not None else np.array([1]) for v in values]
+    if any(a is None or a.size != 1 for a in arrays):
+        return None
+    start, end, axis, step = (int(a.reshape(())) for a in arrays)
+    if axis not in (-1, 3) or start < 0 or end < 0:
+        return None
+    return start, min(end, width), step
+
+
+def _last_axis(value: ir.Value | None, rank: int) -> bool:
+    """True if ``value`` is the constant ``[-1]`` or ``[rank - 1]`` (an Unsqueeze's axes)."""
+    array = constant_array(value)
+    return array is not None and array.size == 1 and int(array.reshape(())) in (-1, rank - 1)
+
+
+class _RotateEveryTwo(pattern.RewriteRuleClassBase):
+    """GPT-J's interleaved rotation, before the heads' transpose::
+
+        x = Reshape(h, [0, 0, N, d])                                   # [B, S, N, d]
+        rotate_every_two(t) = Reshape(Concat(Unsqueeze(-t[..., 1::2], -1), Unsqueeze(t[..., ::2], -1), -1),
+                                      [0, 0, N, r])                    # (-t1, t0, -t3, t2, ...)
+        y = Concat(t * cos + rotate_every_two(t) * sin, x[..., r:])    # t = x[..., :r]; or t = x, y = the sum
+
+    into ``Reshape(RotaryEmbedding(h, ..., interleaved=1), [0, 0, N, d])``; cos/sin are ``[B or 1, S, 1, r]``
+    tables whose columns come in equal pairs (``repeat_interleave``).
+    """
+
+    def __init__(self, fusion: RotaryEmbeddingFusion, *, partial: bool) -> None:
+        super().__init__(name="InterleavedRotaryEmbedding" if partial else "InterleavedFullRotaryEmbedding")
+        self._fusion = fusion
+        self._partial = partial
+
+    def pattern(self, op, x_rot, x_pass, cos, sin, even_start, even_end, even_axes, odd_start, odd_end, odd_axes):
+        even = op.Slice(x_rot, even_start, even_end, even_axes, _allow_other_inputs=True, _outputs=["even"])
+        odd = op.Slice(x_rot, odd_start, odd_end, odd_axes, _allow_other_inputs=True, _outputs=["odd"])
+        # The axes are inputs from opset 13 on, checked in ``check``.
+        negated = op.Unsqueeze(op.Neg(odd), _allow_other_inputs=True, _outputs=["negated"])
+        unsqueezed = op.Unsqueeze(even, _allow_other_inputs=True, _outputs=["unsqueezed"])
+        stacked = op.Concat(negated, unsqueezed, _allow_other_attributes=True, _outputs=["stacked"])
+        rotated = op.Reshape(stacked, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["rotated"])
+        embedded = op.Add(op.Mul(x_rot, cos), op.Mul(rotated, sin))
+        if not self._partial:
+            return embedded
+        return op.Concat(embedded, x_pass, _allow_other_attributes=True, _outputs=["joined"])
+
+    def _widths(self, x_rot, x_pass) -> tuple[ir.Value, ir.Value, int, int, int] | str:
+        """``(x, hidden, heads, d, r)``, or why ``x_rot`` is no rotated part of a sequence-first head split."""
+        x = _sliced(x_rot, x_pass) if self._partial else x_rot
+        if x is None:
+            return "the rotated and passed channels are not two Slices of one tensor"
+        split = _sequence_first_split(x)
+        if split is None:
+            return "x of an interleaved rotation is not Reshape(h, [0, 0, N, d]) of a 3-D projection"
+        hidden, heads, d = split
+        if not self._partial:
+            return x, hidden, heads, d, d
+        rotated, passed = (_strided_bounds(v.producer(), d) for v in (x_rot, x_pass))
+        if rotated is None or passed is None or rotated[0] != 0 or rotated[2] != 1:
+            return "the rotated channels are no leading slice of the head"
+        r = rotated[1]
+        if passed != (r, d, 1):
+            return "the channels passed through are not the rest of the head"
+        return x, hidden, heads, d, r
+
+    def check(self, context, x_rot, x_pass=None, cos=None, sin=None, **values) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        joined = values.get("joined")
+        if joined is not None and joined.producer().attributes.get_int("axis", 0) not in (-1, 3):
+            return result.fail("the rotated and passed channels are not concatenated on the last axis")
+        widths = self._widths(x_rot, x_pass)
+        if isinstance(widths, str):
+            return result.fail(widths)
+        x, _, heads, d, r = widths
+        if not 0 < r <= d or r % 2:
+            return result.fail(f"an interleaved rotation of {r} of {d} channels")
+        if _strided_bounds(values["even"].producer(), r) != (0, r, 2) or _strided_bounds(
+            values["odd"].producer(), r
+        ) != (1, r, 2):
+            return result.fail("not rotate_every_two: the pairs are not x[..., ::2] and x[..., 1::2]")
+        negated, unsqueezed, stacked = (values[name].producer() for name in ("negated", "unsqueezed", "stacked"))
+        if not all(len(node.inputs) == 2 and _last_axis(node.inputs[1], 5) for node in (negated, unsqueezed)):
+            return result.fail("rotate_every_two's pairs are not stacked on a new last axis")
+        if stacked.attributes.get_int("axis", 0) not in (-1, 4):
+            return result.fail("rotate_every_two's pairs are not stacked on a new last axis")
+        reshape = values["rotated"].producer()
+        target = constant_array(reshape.inputs[1])
+        if target is None or target.shape != (4,) or reshape.attributes.get_int("allowzero", 0):
+            return result.fail("rotate_every_two's pairs are not flattened back by a constant Reshape")
+        first, second, third, last = (int(t) for t in target)
+        # [B, S, N, r/2, 2] back to [B, S, N, r]: B and S copied, then N and r (one of them may be inferred).
+        if (first, second) != (0, 0) or not ((third in (0, heads) and last in (r, -1)) or (third, last) == (-1, r)):
+            return result.fail("rotate_every_two's pairs are not flattened back into the head")
+        if not is_float(x):
+            return result.fail("x is not float32")
+        tables = self._fusion.tables(context.model, cos, sin, r, interleaved=True)
+        if isinstance(tables, str):
+            return result.fail(tables)
+        return result
+
+    def rewrite(self, op, x_rot, x_pass=None, cos=None, sin=None, **_):
+        _, hidden, heads, d, r = self._widths(x_rot, x_pass)
+        cos_cache, sin_cache, position_ids = self._fusion.tables(None, cos, sin, r, interleaved=True)
+        partial = {} if r == d else {"rotary_embedding_dim": r}
+        rotated = op.RotaryEmbedding(
+            hidden, position_ids, cos_cache, sin_cache, interleaved=1, num_heads=heads, **partial, _domain=MS_DOMAIN
+        )
+        rotated.shape, rotated.type = hidden.shape, hidden.type
+        return op.Reshape(rotated, op.Constant(value=ir.tensor(np.array([0, 0, heads, d], dtype=np.int64))))
+
+
 class RotaryEmbeddingFusion(RuleFusionPass):
     """Rewrite Hugging Face rotary position embeddings into ``com.microsoft.RotaryEmbedding``.
 
@@ -389,19 +534,23 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         return [
             pattern.RewriteRuleSet([_PartialRotateHalf.rule(self)]),
             pattern.RewriteRuleSet([_RotateHalf.rule(self)]),
+            pattern.RewriteRuleSet([_RotateEveryTwo.rule(self, partial=True)]),
+            pattern.RewriteRuleSet([_RotateEveryTwo.rule(self, partial=False)]),
         ]
 
-    def tables(self, model: ir.Model | None, cos: ir.Value, sin: ir.Value, head_size: int):
+    def tables(
+        self, model: ir.Model | None, cos: ir.Value, sin: ir.Value, head_size: int, *, interleaved: bool = False
+    ):
         """``(cos_cache, sin_cache, position_ids)`` values for this cos/sin pair, or why there are none.
 
         Computed once per pair (on the first call, which passes the model) and cached.
         """
         key = (id(cos), id(sin))
         if key not in self._tables:
-            self._tables[key] = self._build_tables(model, cos, sin, head_size)
+            self._tables[key] = self._build_tables(model, cos, sin, head_size, interleaved)
         return self._tables[key]
 
-    def _build_tables(self, model: ir.Model, cos: ir.Value, sin: ir.Value, head_size: int):
+    def _build_tables(self, model: ir.Model, cos: ir.Value, sin: ir.Value, head_size: int, interleaved: bool):
         read = graph_inputs_of([cos, sin])
         if read is None:
             return "cos/sin are computed through an If/Loop/Scan"
@@ -436,15 +585,17 @@ class RotaryEmbeddingFusion(RuleFusionPass):
                 f"cos/sin could not be evaluated at {self.cache_length} positions (--max-sequence; a position "
                 f"table shorter than that? give --max-sequence up to its rows): {error}"
             )
-        cos_cache, sin_cache = _halves(table_cos, half), _halves(table_sin, half)
+        cos_cache, sin_cache = _halves(table_cos, half, interleaved), _halves(table_sin, half, interleaved)
         if cos_cache is None or sin_cache is None:
+            if interleaved:
+                return "cos/sin are not [B or 1, S, 1, d] tables of a [positions, d/2] table's columns each repeated"
             return "cos/sin are not two equal halves of a [positions, d/2] table"
         caches = cos_cache[0], sin_cache[0]
-        wrong = _check_rows(model, [cos, sin], inputs, positions, caches, self.cache_length, no_past)
+        wrong = _check_rows(model, [cos, sin], inputs, positions, caches, self.cache_length, no_past, interleaved)
         if wrong is not None:
             return wrong
         if past is not None:
-            wrong = _counts_on_from_cache(model, [cos, sin], inputs, past, caches, self.cache_length)
+            wrong = _counts_on_from_cache(model, [cos, sin], inputs, past, caches, self.cache_length, interleaved)
             if wrong is not None:
                 return wrong
             counted = None
@@ -452,7 +603,7 @@ class RotaryEmbeddingFusion(RuleFusionPass):
             counted = (
                 None
                 if positions is not None
-                else _counts_on_from_past(model, [cos, sin], inputs, caches, self.cache_length)
+                else _counts_on_from_past(model, [cos, sin], inputs, caches, self.cache_length, interleaved)
             )
         if isinstance(counted, str):
             return counted
@@ -513,6 +664,7 @@ def _check_rows(
     caches: tuple[np.ndarray, np.ndarray],
     cache_length: int,
     fixed: dict[str, np.ndarray],
+    interleaved: bool = False,
 ) -> str | None:
     """Why cos/sin are not the caches' rows for their positions at every probed length, or None.
 
@@ -536,7 +688,7 @@ def _check_rows(
                 return f"cos/sin could not be evaluated: {error}"
             continue  # the original refuses this length
         for probe, cache in zip(found, caches):
-            halves = _halves(probe, cache.shape[-1])
+            halves = _halves(probe, cache.shape[-1], interleaved)
             if halves is None or halves.shape[0] not in (1, batch) or halves.shape[1] != seq:
                 if index and probe.ndim >= 2 and probe.shape[-2] not in (1, seq):
                     break  # cos/sin cannot multiply the [B, N, S, d] query: the original refuses this length
@@ -569,6 +721,7 @@ def _counts_on_from_past(
     inputs: list[ir.Value],
     caches: tuple[np.ndarray, np.ndarray],
     cache_length: int,
+    interleaved: bool = False,
 ) -> tuple[ir.Value, ir.Value] | str | None:
     """Without ``position_ids``: ``(longer, ids)`` when cos/sin take position ``T - S + s`` for one input
     ``T`` long over the others' ``S`` (a mask over past and new tokens), None when they take the token
@@ -594,7 +747,7 @@ def _counts_on_from_past(
             except RuntimeRefusedError:
                 continue
             for probe, cache in zip(found, caches):
-                halves = _halves(probe, cache.shape[-1])
+                halves = _halves(probe, cache.shape[-1], interleaved)
                 if halves is None or halves.shape[:2] != (1, new):
                     # This input's length is the new tokens' (the tables follow it), or the tables cannot
                     # multiply a query of ``new`` tokens (a table sliced at a negative past comes out
@@ -626,6 +779,7 @@ def _counts_on_from_cache(
     past: tuple[ir.Value, int],
     caches: tuple[np.ndarray, np.ndarray],
     cache_length: int,
+    interleaved: bool = False,
 ) -> str | None:
     """Why cos/sin do not take position ``P + s`` for a cache ``P`` long on the axis they read, or None.
 
@@ -649,7 +803,7 @@ def _counts_on_from_cache(
         except RuntimeRefusedError:
             continue
         for probe, cache in zip(found, caches):
-            halves = _halves(probe, cache.shape[-1])
+            halves = _halves(probe, cache.shape[-1], interleaved)
             if halves is None or halves.shape[0] not in (1, batch) or halves.shape[1] != new:
                 if probe.ndim >= 2 and probe.shape[-2] not in (1, new):
                     break  # cos/sin cannot multiply the new tokens' query: the original runs no such step
@@ -689,8 +843,15 @@ def _past_length(graph: ir.Graph, mask: ir.Value, ids: ir.Value) -> ir.Value:
     return offset
 
 
-def _halves(table: np.ndarray, half: int) -> np.ndarray | None:
-    """``[B, S, half]`` from a ``[B, 1, S, 2*half]`` (or ``[B, S, 2*half]``) table whose halves are equal."""
+def _halves(table: np.ndarray, half: int, interleaved: bool = False) -> np.ndarray | None:
+    """``[B, S, half]`` from a ``[B, 1, S, 2*half]`` (or ``[B, S, 2*half]``) table whose halves are equal, or
+    (``interleaved``) from a ``[B, S, 1, 2*half]`` table whose columns come in equal pairs (GPT-J's
+    ``repeat_interleave(sincos, 2)``, multiplying a ``[B, S, N, 2*half]`` tensor)."""
+    if interleaved:
+        if table.ndim != 4 or table.shape[2] != 1 or table.shape[-1] != 2 * half:
+            return None
+        table = table[:, :, 0]
+        return table[..., 0::2] if np.array_equal(table[..., 0::2], table[..., 1::2]) else None
     if table.ndim == 4 and table.shape[1] == 1:
         table = table[:, 0]
     if table.ndim != 3 or table.shape[-1] != 2 * half:

@@ -1,0 +1,147 @@
+"""fuse-rotary-embedding on GPT-J's interleaved rotation: ``rotate_every_two`` of the heads before their
+transpose, all of the head or its leading ``rotary_dim`` channels, with ``repeat_interleave``'d cos/sin."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from passes.fusion.rotary_embedding import RotaryEmbeddingFusion
+from tests.helpers import assert_same_outputs
+
+HEADS, HEAD_SIZE, POSITIONS = 2, 8, 64
+END = np.iinfo(np.int64).max
+
+
+def _gptj_model(width: int, *, tables: str = "interleaved", negated: str = "odd") -> ir.Model:
+    """GPT-J's spelling over a ``position_ids`` input::
+
+        sin, cos = Split(Gather(sincos, position_ids))              # [B, S, r/2] each
+        cos = Reshape(Tile(Unsqueeze(cos, [2, 4]), [1, 1, 1, 1, 2]), [0, 0, 1, -1])    # repeat_interleave
+        x = Reshape(h, [0, 0, -1, d])                               # [B, S, N, d]
+        t = x[..., :r]                                              # or x itself, r = d
+        rotated = Reshape(Concat(Unsqueeze(-t[..., 1::2], -1), Unsqueeze(t[..., ::2], -1), -1), [0, 0, N, -1])
+        y = Concat(t * cos + rotated * sin, x[..., r:])
+
+    ``tables="halves"`` builds cos/sin as Concat(c, c) instead (a near miss: not the pairs the rotation
+    reads); ``negated="even"`` stacks ``(-t[..., ::2], t[..., 1::2])`` instead (a near miss: no rotation).
+    """
+    half = width // 2
+    inv_freq = 1.0 / 10000 ** (np.arange(0, width, 2) / width)
+    angles = np.arange(POSITIONS)[:, None] * inv_freq[None]
+    consts = {
+        "sincos": np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32),
+        "halves": np.array([half, half], np.int64),
+        "pairs_axes": np.array([2, 4], np.int64),
+        "repeats": np.array([1, 1, 1, 1, 2], np.int64),
+        "table_shape": np.array([0, 0, 1, -1], np.int64),
+        "axis2": np.array([2], np.int64),
+        "heads_shape": np.array([0, 0, -1, HEAD_SIZE], np.int64),
+        "flat_shape": np.array([0, 0, HEADS, -1], np.int64),
+        "zero1": np.array([0], np.int64),
+        "one1": np.array([1], np.int64),
+        "two1": np.array([2], np.int64),
+        "width": np.array([width], np.int64),
+        "last": np.array([3], np.int64),
+        "minus1": np.array([-1], np.int64),
+        "end": np.array([END], np.int64),
+    }
+    nodes = [
+        helper.make_node("Gather", ["sincos", "position_ids"], ["gathered"], axis=0),
+        helper.make_node("Split", ["gathered", "halves"], ["sin_half", "cos_half"], axis=-1),
+    ]
+    for name in ("sin", "cos"):
+        if tables == "interleaved":
+            nodes += [
+                helper.make_node("Unsqueeze", [f"{name}_half", "pairs_axes"], [f"{name}_5d"]),
+                helper.make_node("Tile", [f"{name}_5d", "repeats"], [f"{name}_tiled"]),
+                helper.make_node("Reshape", [f"{name}_tiled", "table_shape"], [name]),
+            ]
+        else:
+            nodes += [
+                helper.make_node("Concat", [f"{name}_half", f"{name}_half"], [f"{name}_3d"], axis=-1),
+                helper.make_node("Unsqueeze", [f"{name}_3d", "axis2"], [name]),
+            ]
+    nodes.append(helper.make_node("Reshape", ["h", "heads_shape"], ["x"]))
+    rotated_part = "x"
+    if width < HEAD_SIZE:
+        rotated_part = "x_rot"
+        nodes += [
+            helper.make_node("Slice", ["x", "zero1", "width", "last", "one1"], ["x_rot"]),
+            helper.make_node("Slice", ["x", "width", "end", "last", "one1"], ["x_pass"]),
+        ]
+    nodes += [
+        helper.make_node("Slice", [rotated_part, "zero1", "end", "last", "two1"], ["even"]),
+        helper.make_node("Slice", [rotated_part, "one1", "end", "last", "two1"], ["odd"]),
+        helper.make_node("Neg", [negated], ["negated"]),
+        helper.make_node("Unsqueeze", ["negated", "minus1"], ["first_5d"]),
+        helper.make_node("Unsqueeze", ["even" if negated == "odd" else "odd", "minus1"], ["second_5d"]),
+        helper.make_node("Concat", ["first_5d", "second_5d"], ["stacked"], axis=-1),
+        helper.make_node("Reshape", ["stacked", "flat_shape"], ["rotated"]),
+        helper.make_node("Mul", [rotated_part, "cos"], ["x_cos"]),
+        helper.make_node("Mul", ["rotated", "sin"], ["rot_sin"]),
+        helper.make_node("Add", ["x_cos", "rot_sin"], ["embedded" if width < HEAD_SIZE else "y"]),
+    ]
+    if width < HEAD_SIZE:
+        nodes.append(helper.make_node("Concat", ["embedded", "x_pass"], ["y"], axis=-1))
+    inputs = [
+        helper.make_tensor_value_info("h", TensorProto.FLOAT, ["B", "S", HEADS * HEAD_SIZE]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["B", "S"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gptj",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a, name) for name, a in consts.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+def _feeds(sequence: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(sequence)
+    positions = np.stack([np.arange(sequence), np.arange(sequence) + 7])
+    return {"h": rng.standard_normal((2, sequence, HEADS * HEAD_SIZE)).astype(np.float32), "position_ids": positions}
+
+
+@pytest.mark.parametrize("width", [HEAD_SIZE // 2, HEAD_SIZE])
+def test_gptj_interleaved_rotation_is_fused_with_interleaved_set(width):
+    # Once never matched (the docstring said interleaved was refused, and no refusal was noted).
+    model = _gptj_model(width)
+    fusion = RotaryEmbeddingFusion(cache_length=POSITIONS)
+    after = fusion(model.clone()).model
+    assert fusion.fused_count == 1
+    (rotary,) = [n for n in after.graph if n.op_type == "RotaryEmbedding"]
+    assert rotary.inputs[0].name == "h" and rotary.inputs[1].name == "position_ids"
+    assert rotary.attributes.get_int("interleaved") == 1
+    assert rotary.attributes.get_int("num_heads") == HEADS
+    assert rotary.attributes.get_int("rotary_embedding_dim", 0) == (0 if width == HEAD_SIZE else width)
+    assert rotary.inputs[2].const_value.shape == (POSITIONS, width // 2)
+    assert not {"Neg", "Tile", "Split"} & {n.op_type for n in after.graph}
+    for sequence in (1, 6, 13):
+        assert_same_outputs(model, after, _feeds(sequence), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        (
+            {"tables": "halves"},
+            "cos/sin are not [B or 1, S, 1, d] tables of a [positions, d/2] table's columns each repeated",
+        ),
+        ({"negated": "even"}, "not rotate_every_two: the pairs are not x[..., ::2] and x[..., 1::2]"),
+    ],
+)
+def test_an_interleaved_rotation_with_other_tables_or_pairs_is_left_alone(options, reason):
+    # cos/sin repeated as two halves pair channel 2i with position frequency i mod r/2: no interleaved
+    # RotaryEmbedding computes that; nor (-x[2i], x[2i + 1]), which negates instead of rotating.
+    model = _gptj_model(HEAD_SIZE // 2, **options)
+    result = RotaryEmbeddingFusion(cache_length=POSITIONS)(model.clone())
+    assert not result.modified
+    assert result.refusals == [f"1 near match at Concat left unfused: {reason}"]
