@@ -1,4 +1,4 @@
-"""Rotary embedding fusion: ``x * cos + rotate_half(x) * sin`` into ``com.microsoft.RotaryEmbedding``.
+"""Rotary embedding fusion: ``x * cos + rotate_half(x) * sin`` (or ``rotate_every_two``) into RotaryEmbedding.
 
 Matches the Hugging Face (non-interleaved) form on per-head tensors that come from a
 head split, ``x = Transpose(Reshape(h, [0, 0, N, d]), (0, 2, 1, 3))``::
@@ -25,15 +25,18 @@ and StableLM's partial rotary at a constant). Both slices must be of the same ``
 second the rest of the head; ``r = d`` is the full rotation, ``r < d`` fuses with
 ``rotary_embedding_dim = r`` (ONNX Runtime passes the other channels through).
 
-GPT-J's interleaved rotation is fused with ``interleaved=1``: it rotates the heads before their
-transpose, ``x = Reshape(h, [0, 0, N, d])`` (``[B, S, N, d]``), pairing channels ``2i`` and ``2i + 1``::
+An interleaved rotation, pairing channels ``2i`` and ``2i + 1``, is fused with ``interleaved=1``: GPT-J's,
+of the heads before their transpose, ``x = Reshape(h, [0, 0, N, d])`` (``[B, S, N, d]``), and Cohere's,
+after it (a head split, ``[B, N, S, d]``)::
 
-    rotate_every_two(t) = Reshape(Concat(Unsqueeze(-t[..., 1::2], -1), Unsqueeze(t[..., ::2], -1), -1), [0, 0, N, r])
+    rotate_every_two(t) = Reshape(Concat(Unsqueeze(-t[..., 1::2], -1), Unsqueeze(t[..., ::2], -1), -1),
+                                  [0, 0, N, r] or [0, N, 0, r])   # (-t1, t0, -t3, t2, ...); -1 may infer one
     y = Concat(t * cos + rotate_every_two(t) * sin, x[..., r:])    # t = x[..., :r]; or y = that sum, t = x
 
-into ``Reshape(RotaryEmbedding(h, ..., interleaved=1, num_heads=N), [0, 0, N, d])`` (with
-``rotary_embedding_dim = r`` when ``r < d``). Its cos/sin are ``[B or 1, S, 1, r]`` tables whose columns
-come in equal pairs (``repeat_interleave``); the caches are every other column.
+into ``RotaryEmbedding(h, ..., interleaved=1, num_heads=N)`` (with ``rotary_embedding_dim = r`` when
+``r < d``) split back into heads as ``x`` was. Its cos/sin are ``[B or 1, S, 1, r]`` (after the
+transpose ``[B or 1, 1, S, r]``) tables whose columns come in equal pairs (``repeat_interleave``);
+the caches are every other column.
 
 The cos/sin tables are not matched structurally: the subgraph computing them is
 evaluated on ONNX Runtime (only its ancestors, cheap) for ``cache_length``
@@ -70,10 +73,10 @@ probes, cannot change the positions.
 
 Refuses when: the rotation is partial in any other way than the leading slice joined back
 to the rest of the head; x is not float32, or neither a head split nor a 4-D tensor of
-static head size with ``[B or 1, 1, S, d]`` cos/sin; an interleaved rotation is of anything
-but ``Reshape(h, [0, 0, N, d])`` (after the heads' transpose, as Cohere rotates), its pairs are not
-``(-t[..., 1::2], t[..., ::2])`` stacked on a new last axis and flattened back, or its cos/sin
-columns do not come in equal pairs;
+static head size with ``[B or 1, 1, S, d]`` cos/sin; an interleaved rotation is of no head split of
+a 3-D projection (before or after its transpose), its pairs are not ``(-t[..., 1::2], t[..., ::2])``
+stacked on a new last axis and flattened back into x's layout, or its cos/sin are not tables of
+that layout whose columns come in equal pairs;
 the cos/sin subgraph reads anything but ``[batch, sequence]`` integer inputs (token
 ids, the attention mask, position ids) and the length of one cache (one symbolic axis of
 it, through ``Shape`` alone), reads a cache's length beside ``position_ids`` or the mask,
@@ -84,6 +87,8 @@ counting on from a past; or at some probed length cos/sin are not the caches' ro
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
@@ -414,16 +419,29 @@ def _last_axis(value: ir.Value | None, rank: int) -> bool:
     return array is not None and array.size == 1 and int(array.reshape(())) in (-1, rank - 1)
 
 
-class _RotateEveryTwo(pattern.RewriteRuleClassBase):
-    """GPT-J's interleaved rotation, before the heads' transpose::
+@dataclass(frozen=True)
+class _InterleavedHeads:
+    """Where the tensor an interleaved rotation rotates comes from: ``hidden`` split into ``heads`` of ``d``,
+    its heads on axis ``heads_axis`` (2: ``[B, S, N, d]``, GPT-J; 1: ``[B, N, S, d]`` after the transpose,
+    Cohere), ``r`` leading channels of each rotated."""
 
-        x = Reshape(h, [0, 0, N, d])                                   # [B, S, N, d]
+    hidden: ir.Value
+    heads: int
+    d: int
+    r: int
+    heads_axis: int
+
+
+class _RotateEveryTwo(pattern.RewriteRuleClassBase):
+    """An interleaved rotation (GPT-J's, before the heads' transpose; Cohere's, after it)::
+
+        x = Reshape(h, [0, 0, N, d])  or  Transpose(Reshape(h, [0, 0, N, d]), (0, 2, 1, 3))
         rotate_every_two(t) = Reshape(Concat(Unsqueeze(-t[..., 1::2], -1), Unsqueeze(t[..., ::2], -1), -1),
-                                      [0, 0, N, r])                    # (-t1, t0, -t3, t2, ...)
+                                      x's dims, r last)            # (-t1, t0, -t3, t2, ...)
         y = Concat(t * cos + rotate_every_two(t) * sin, x[..., r:])    # t = x[..., :r]; or t = x, y = the sum
 
-    into ``Reshape(RotaryEmbedding(h, ..., interleaved=1), [0, 0, N, d])``; cos/sin are ``[B or 1, S, 1, r]``
-    tables whose columns come in equal pairs (``repeat_interleave``).
+    into ``RotaryEmbedding(h, ..., interleaved=1)`` split back as ``x`` was; cos/sin are ``[B or 1, S, 1, r]``
+    (``[B or 1, 1, S, r]`` after the transpose) tables whose columns come in equal pairs (``repeat_interleave``).
     """
 
     def __init__(self, fusion: RotaryEmbeddingFusion, *, partial: bool) -> None:
@@ -444,36 +462,46 @@ class _RotateEveryTwo(pattern.RewriteRuleClassBase):
             return embedded
         return op.Concat(embedded, x_pass, _allow_other_attributes=True, _outputs=["joined"])
 
-    def _widths(self, x_rot, x_pass) -> tuple[ir.Value, ir.Value, int, int, int] | str:
-        """``(x, hidden, heads, d, r)``, or why ``x_rot`` is no rotated part of a sequence-first head split."""
+    def _heads(self, x_rot, x_pass) -> tuple[ir.Value, _InterleavedHeads] | str:
+        """``x`` and where its heads come from, or why ``x_rot`` is no rotated part of a head split."""
         x = _sliced(x_rot, x_pass) if self._partial else x_rot
         if x is None:
             return "the rotated and passed channels are not two Slices of one tensor"
-        split = _sequence_first_split(x)
+        split, heads_axis = _sequence_first_split(x), 2
         if split is None:
-            return "x of an interleaved rotation is not Reshape(h, [0, 0, N, d]) of a 3-D projection"
+            heads_first = head_split(x, (0, 2, 1, 3))
+            width = last_dim(heads_first.hidden) if heads_first is not None else None
+            heads = heads_first.heads if heads_first is not None else None
+            if heads is None and width is not None and width % heads_first.head_size == 0:
+                heads = width // heads_first.head_size
+            if heads is None:
+                return (
+                    "x of an interleaved rotation is no head split of a 3-D projection (before or after its transpose)"
+                )
+            split, heads_axis = (heads_first.hidden, heads, heads_first.head_size), 1
         hidden, heads, d = split
         if not self._partial:
-            return x, hidden, heads, d, d
+            return x, _InterleavedHeads(hidden, heads, d, d, heads_axis)
         rotated, passed = (_strided_bounds(v.producer(), d) for v in (x_rot, x_pass))
         if rotated is None or passed is None or rotated[0] != 0 or rotated[2] != 1:
             return "the rotated channels are no leading slice of the head"
         r = rotated[1]
         if passed != (r, d, 1):
             return "the channels passed through are not the rest of the head"
-        return x, hidden, heads, d, r
+        return x, _InterleavedHeads(hidden, heads, d, r, heads_axis)
 
     def check(self, context, x_rot, x_pass=None, cos=None, sin=None, **values) -> pattern.MatchResult:
         result = pattern.MatchResult()
         joined = values.get("joined")
         if joined is not None and joined.producer().attributes.get_int("axis", 0) not in (-1, 3):
             return result.fail("the rotated and passed channels are not concatenated on the last axis")
-        widths = self._widths(x_rot, x_pass)
-        if isinstance(widths, str):
-            return result.fail(widths)
-        x, _, heads, d, r = widths
-        if not 0 < r <= d or r % 2:
-            return result.fail(f"an interleaved rotation of {r} of {d} channels")
+        found = self._heads(x_rot, x_pass)
+        if isinstance(found, str):
+            return result.fail(found)
+        x, heads = found
+        r = heads.r
+        if not 0 < r <= heads.d or r % 2:
+            return result.fail(f"an interleaved rotation of {r} of {heads.d} channels")
         if _strided_bounds(values["even"].producer(), r) != (0, r, 2) or _strided_bounds(
             values["odd"].producer(), r
         ) != (1, r, 2):
@@ -483,30 +511,51 @@ class _RotateEveryTwo(pattern.RewriteRuleClassBase):
             return result.fail("rotate_every_two's pairs are not stacked on a new last axis")
         if stacked.attributes.get_int("axis", 0) not in (-1, 4):
             return result.fail("rotate_every_two's pairs are not stacked on a new last axis")
-        reshape = values["rotated"].producer()
-        target = constant_array(reshape.inputs[1])
-        if target is None or target.shape != (4,) or reshape.attributes.get_int("allowzero", 0):
-            return result.fail("rotate_every_two's pairs are not flattened back by a constant Reshape")
-        first, second, third, last = (int(t) for t in target)
-        # [B, S, N, r/2, 2] back to [B, S, N, r]: B and S copied, then N and r (one of them may be inferred).
-        if (first, second) != (0, 0) or not ((third in (0, heads) and last in (r, -1)) or (third, last) == (-1, r)):
+        if not _flattens_pairs(values["rotated"].producer(), heads):
             return result.fail("rotate_every_two's pairs are not flattened back into the head")
         if not is_float(x):
             return result.fail("x is not float32")
-        tables = self._fusion.tables(context.model, cos, sin, r, interleaved=True)
+        tables = self._fusion.tables(context.model, cos, sin, r, interleaved=heads.heads_axis)
         if isinstance(tables, str):
             return result.fail(tables)
         return result
 
     def rewrite(self, op, x_rot, x_pass=None, cos=None, sin=None, **_):
-        _, hidden, heads, d, r = self._widths(x_rot, x_pass)
-        cos_cache, sin_cache, position_ids = self._fusion.tables(None, cos, sin, r, interleaved=True)
-        partial = {} if r == d else {"rotary_embedding_dim": r}
+        _, heads = self._heads(x_rot, x_pass)
+        cos_cache, sin_cache, position_ids = self._fusion.tables(None, cos, sin, heads.r, interleaved=heads.heads_axis)
+        partial = {} if heads.r == heads.d else {"rotary_embedding_dim": heads.r}
+        hidden = heads.hidden
         rotated = op.RotaryEmbedding(
-            hidden, position_ids, cos_cache, sin_cache, interleaved=1, num_heads=heads, **partial, _domain=MS_DOMAIN
+            hidden,
+            position_ids,
+            cos_cache,
+            sin_cache,
+            interleaved=1,
+            num_heads=heads.heads,
+            **partial,
+            _domain=MS_DOMAIN,
         )
         rotated.shape, rotated.type = hidden.shape, hidden.type
-        return op.Reshape(rotated, op.Constant(value=ir.tensor(np.array([0, 0, heads, d], dtype=np.int64))))
+        split = op.Reshape(rotated, op.Constant(value=ir.tensor(np.array([0, 0, heads.heads, heads.d], np.int64))))
+        return split if heads.heads_axis == 2 else op.Transpose(split, perm=[0, 2, 1, 3])
+
+
+def _flattens_pairs(reshape: ir.Node, heads: _InterleavedHeads) -> bool:
+    """True if ``reshape`` flattens the stacked ``[..., r/2, 2]`` pairs back into ``x``'s 4-D layout: a constant
+    target that copies (0) or states each of x's first three axes (only the heads' is static), ``r`` or -1
+    last; one of them inferred (-1) when ``r`` is stated."""
+    target = constant_array(reshape.inputs[1])
+    if target is None or target.shape != (4,) or reshape.attributes.get_int("allowzero", 0):
+        return False
+    *leading, last = (int(t) for t in target)
+    stated = all(t == 0 or (axis == heads.heads_axis and t == heads.heads) for axis, t in enumerate(leading))
+    if last == -1:
+        return stated
+    inferred = [axis for axis, t in enumerate(leading) if t == -1]
+    rest_stated = all(
+        t == 0 or (axis == heads.heads_axis and t == heads.heads) for axis, t in enumerate(leading) if t != -1
+    )
+    return last == heads.r and len(inferred) <= 1 and rest_stated
 
 
 class RotaryEmbeddingFusion(RuleFusionPass):
@@ -538,19 +587,19 @@ class RotaryEmbeddingFusion(RuleFusionPass):
             pattern.RewriteRuleSet([_RotateEveryTwo.rule(self, partial=False)]),
         ]
 
-    def tables(
-        self, model: ir.Model | None, cos: ir.Value, sin: ir.Value, head_size: int, *, interleaved: bool = False
-    ):
+    def tables(self, model: ir.Model | None, cos: ir.Value, sin: ir.Value, head_size: int, *, interleaved: int = 0):
         """``(cos_cache, sin_cache, position_ids)`` values for this cos/sin pair, or why there are none.
 
+        ``interleaved`` is 0 for tables of two equal halves, else the axis (1 or 2) over which
+        ``[B or 1, ·, ·, d]`` tables of equal column pairs broadcast: the heads' axis of the rotated tensor.
         Computed once per pair (on the first call, which passes the model) and cached.
         """
-        key = (id(cos), id(sin))
+        key = (id(cos), id(sin), interleaved)
         if key not in self._tables:
             self._tables[key] = self._build_tables(model, cos, sin, head_size, interleaved)
         return self._tables[key]
 
-    def _build_tables(self, model: ir.Model, cos: ir.Value, sin: ir.Value, head_size: int, interleaved: bool):
+    def _build_tables(self, model: ir.Model, cos: ir.Value, sin: ir.Value, head_size: int, interleaved: int):
         read = graph_inputs_of([cos, sin])
         if read is None:
             return "cos/sin are computed through an If/Loop/Scan"
@@ -588,7 +637,8 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         cos_cache, sin_cache = _halves(table_cos, half, interleaved), _halves(table_sin, half, interleaved)
         if cos_cache is None or sin_cache is None:
             if interleaved:
-                return "cos/sin are not [B or 1, S, 1, d] tables of a [positions, d/2] table's columns each repeated"
+                layout = "[B or 1, S, 1, d]" if interleaved == 2 else "[B or 1, 1, S, d]"
+                return f"cos/sin are not {layout} tables of a [positions, d/2] table's columns each repeated"
             return "cos/sin are not two equal halves of a [positions, d/2] table"
         caches = cos_cache[0], sin_cache[0]
         wrong = _check_rows(model, [cos, sin], inputs, positions, caches, self.cache_length, no_past, interleaved)
@@ -664,7 +714,7 @@ def _check_rows(
     caches: tuple[np.ndarray, np.ndarray],
     cache_length: int,
     fixed: dict[str, np.ndarray],
-    interleaved: bool = False,
+    interleaved: int = 0,
 ) -> str | None:
     """Why cos/sin are not the caches' rows for their positions at every probed length, or None.
 
@@ -721,7 +771,7 @@ def _counts_on_from_past(
     inputs: list[ir.Value],
     caches: tuple[np.ndarray, np.ndarray],
     cache_length: int,
-    interleaved: bool = False,
+    interleaved: int = 0,
 ) -> tuple[ir.Value, ir.Value] | str | None:
     """Without ``position_ids``: ``(longer, ids)`` when cos/sin take position ``T - S + s`` for one input
     ``T`` long over the others' ``S`` (a mask over past and new tokens), None when they take the token
@@ -779,7 +829,7 @@ def _counts_on_from_cache(
     past: tuple[ir.Value, int],
     caches: tuple[np.ndarray, np.ndarray],
     cache_length: int,
-    interleaved: bool = False,
+    interleaved: int = 0,
 ) -> str | None:
     """Why cos/sin do not take position ``P + s`` for a cache ``P`` long on the axis they read, or None.
 
@@ -843,14 +893,15 @@ def _past_length(graph: ir.Graph, mask: ir.Value, ids: ir.Value) -> ir.Value:
     return offset
 
 
-def _halves(table: np.ndarray, half: int, interleaved: bool = False) -> np.ndarray | None:
+def _halves(table: np.ndarray, half: int, interleaved: int = 0) -> np.ndarray | None:
     """``[B, S, half]`` from a ``[B, 1, S, 2*half]`` (or ``[B, S, 2*half]``) table whose halves are equal, or
-    (``interleaved``) from a ``[B, S, 1, 2*half]`` table whose columns come in equal pairs (GPT-J's
-    ``repeat_interleave(sincos, 2)``, multiplying a ``[B, S, N, 2*half]`` tensor)."""
+    (``interleaved`` the axis of 1: 2 for GPT-J's ``[B, S, 1, 2*half]``, multiplying ``[B, S, N, 2*half]``
+    heads, 1 for Cohere's ``[B, 1, S, 2*half]``) from a table whose columns come in equal pairs
+    (``repeat_interleave``)."""
     if interleaved:
-        if table.ndim != 4 or table.shape[2] != 1 or table.shape[-1] != 2 * half:
+        if table.ndim != 4 or table.shape[interleaved] != 1 or table.shape[-1] != 2 * half:
             return None
-        table = table[:, :, 0]
+        table = table[:, 0] if interleaved == 1 else table[:, :, 0]
         return table[..., 0::2] if np.array_equal(table[..., 0::2], table[..., 1::2]) else None
     if table.ndim == 4 and table.shape[1] == 1:
         table = table[:, 0]

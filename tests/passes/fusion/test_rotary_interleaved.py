@@ -1,5 +1,6 @@
-"""fuse-rotary-embedding on GPT-J's interleaved rotation: ``rotate_every_two`` of the heads before their
-transpose, all of the head or its leading ``rotary_dim`` channels, with ``repeat_interleave``'d cos/sin."""
+"""fuse-rotary-embedding on interleaved rotations: ``rotate_every_two`` of the heads before their transpose
+(GPT-J) or after it (Cohere), all of the head or its leading ``rotary_dim`` channels, with
+``repeat_interleave``'d cos/sin."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ HEADS, HEAD_SIZE, POSITIONS = 2, 8, 64
 END = np.iinfo(np.int64).max
 
 
-def _gptj_model(width: int, *, tables: str = "interleaved", negated: str = "odd") -> ir.Model:
+def _gptj_model(
+    width: int, *, tables: str = "interleaved", negated: str = "odd", heads_first: bool = False
+) -> ir.Model:
     """GPT-J's spelling over a ``position_ids`` input::
 
         sin, cos = Split(Gather(sincos, position_ids))              # [B, S, r/2] each
@@ -28,6 +31,8 @@ def _gptj_model(width: int, *, tables: str = "interleaved", negated: str = "odd"
 
     ``tables="halves"`` builds cos/sin as Concat(c, c) instead (a near miss: not the pairs the rotation
     reads); ``negated="even"`` stacks ``(-t[..., ::2], t[..., 1::2])`` instead (a near miss: no rotation).
+    ``heads_first`` rotates after the heads' transpose, as Cohere does: ``x = Transpose(Reshape(h, ...))``
+    (``[B, N, S, d]``), cos/sin ``[B, 1, S, r]``, the pairs flattened by ``[0, N, 0, -1]``.
     """
     half = width // 2
     inv_freq = 1.0 / 10000 ** (np.arange(0, width, 2) / width)
@@ -35,12 +40,12 @@ def _gptj_model(width: int, *, tables: str = "interleaved", negated: str = "odd"
     consts = {
         "sincos": np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32),
         "halves": np.array([half, half], np.int64),
-        "pairs_axes": np.array([2, 4], np.int64),
+        "pairs_axes": np.array([1, 4] if heads_first else [2, 4], np.int64),
         "repeats": np.array([1, 1, 1, 1, 2], np.int64),
-        "table_shape": np.array([0, 0, 1, -1], np.int64),
+        "table_shape": np.array([0, 1, 0, -1] if heads_first else [0, 0, 1, -1], np.int64),
         "axis2": np.array([2], np.int64),
         "heads_shape": np.array([0, 0, -1, HEAD_SIZE], np.int64),
-        "flat_shape": np.array([0, 0, HEADS, -1], np.int64),
+        "flat_shape": np.array([0, HEADS, 0, -1] if heads_first else [0, 0, HEADS, -1], np.int64),
         "zero1": np.array([0], np.int64),
         "one1": np.array([1], np.int64),
         "two1": np.array([2], np.int64),
@@ -65,7 +70,13 @@ def _gptj_model(width: int, *, tables: str = "interleaved", negated: str = "odd"
                 helper.make_node("Concat", [f"{name}_half", f"{name}_half"], [f"{name}_3d"], axis=-1),
                 helper.make_node("Unsqueeze", [f"{name}_3d", "axis2"], [name]),
             ]
-    nodes.append(helper.make_node("Reshape", ["h", "heads_shape"], ["x"]))
+    if heads_first:
+        nodes += [
+            helper.make_node("Reshape", ["h", "heads_shape"], ["split"]),
+            helper.make_node("Transpose", ["split"], ["x"], perm=[0, 2, 1, 3]),
+        ]
+    else:
+        nodes.append(helper.make_node("Reshape", ["h", "heads_shape"], ["x"]))
     rotated_part = "x"
     if width < HEAD_SIZE:
         rotated_part = "x_rot"
@@ -110,10 +121,12 @@ def _feeds(sequence: int) -> dict[str, np.ndarray]:
     return {"h": rng.standard_normal((2, sequence, HEADS * HEAD_SIZE)).astype(np.float32), "position_ids": positions}
 
 
+@pytest.mark.parametrize("heads_first", [False, True])
 @pytest.mark.parametrize("width", [HEAD_SIZE // 2, HEAD_SIZE])
-def test_gptj_interleaved_rotation_is_fused_with_interleaved_set(width):
-    # Once never matched (the docstring said interleaved was refused, and no refusal was noted).
-    model = _gptj_model(width)
+def test_an_interleaved_rotation_is_fused_with_interleaved_set(width, heads_first):
+    # GPT-J's (heads_first=False) and Cohere's: once never matched (the docstring said interleaved was
+    # refused, and no refusal was noted).
+    model = _gptj_model(width, heads_first=heads_first)
     fusion = RotaryEmbeddingFusion(cache_length=POSITIONS)
     after = fusion(model.clone()).model
     assert fusion.fused_count == 1
@@ -124,6 +137,7 @@ def test_gptj_interleaved_rotation_is_fused_with_interleaved_set(width):
     assert rotary.attributes.get_int("rotary_embedding_dim", 0) == (0 if width == HEAD_SIZE else width)
     assert rotary.inputs[2].const_value.shape == (POSITIONS, width // 2)
     assert not {"Neg", "Tile", "Split"} & {n.op_type for n in after.graph}
+    assert after.graph.outputs[0].producer().op_type == ("Transpose" if heads_first else "Reshape")
     for sequence in (1, 6, 13):
         assert_same_outputs(model, after, _feeds(sequence), rtol=1e-5, atol=1e-5)
 
