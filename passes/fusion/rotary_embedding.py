@@ -133,10 +133,11 @@ def _slice_bounds_of(node: ir.Node, data: ir.Value, head_size: int) -> tuple[int
 
 
 def _bound(value: ir.Value | None, data: ir.Value, head_size: int) -> int | None:
-    """A Slice bound: a constant, or the legacy exporter's ``Shape(data)[3] / 2`` (data's last dim = head_size)."""
+    """A Slice bound: a constant, or the legacy exporter's ``Shape(data)[3] / 2`` (data's last dim = head_size),
+    or integer arithmetic on those."""
     array = constant_array(value)
     if array is not None:
-        return int(array.reshape(())) if array.size == 1 else None
+        return int(array.reshape(())) if array.size == 1 and array.dtype.kind in "iu" else None
     node = value.producer() if value is not None else None
     if node is not None and node.op_type == "Unsqueeze":
         return _bound(node.inputs[0], data, head_size)
