@@ -23,9 +23,10 @@ sigmoid    alpha*x, alpha not 1 (CLIP: 1.702)      x*A                   ``Quick
 sigmoid(2u)``. ONNX Runtime's ``QuickGelu`` computes ``x*sigmoid(alpha*x)`` for its ``alpha``
 attribute, checked against numpy on its CPU kernel for 0.3, 1.5, 2.5 and -1.5.)
 
-A term GELU lacks (``4e-8*x^5``) must be absent: exactly zero, or cancelled to within
-float32 rounding of the products summed into it (``c*x^3 - c*x^3``), from products no larger
-than a hundred times GELU's largest coefficient (``(x + 1e8) - 1e8`` rounds x in float32).
+A term GELU lacks (``4e-8*x^5``) must be absent: exactly zero when the products summed into it
+are computed exactly on the constants' stored values (``c*x^3 - c*x^3`` is; ``(0.04 + 4e-8)*x^5
+- 0.04*x^5`` is not, though it is within float32 rounding of its products), from products no
+larger than a hundred times GELU's largest coefficient (``(x + 1e8) - 1e8`` rounds x in float32).
 An argument that is GELU's negated is taken with the activation's symmetry: ``erf(-u) =
 -erf(u)``, ``tanh(-u) = -tanh(u)``, ``sigmoid(-u) = 1 - sigmoid(u)``.
 
@@ -47,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
@@ -65,6 +67,9 @@ class _Term(NamedTuple):
     value: float
     # How much rounding the value can carry: c*x^3 - c*x^3 has value 0 and size 2|c|.
     size: float
+    # The coefficient in exact arithmetic on the constants' stored values (None: too long a fraction to
+    # carry, ``_MAX_EXACT_BITS``): a term GELU lacks must be 0 here.
+    exact: Fraction | None = Fraction(0)
 
 
 # A polynomial in x and the activation A: (power of x, power of A) -> term.
@@ -79,13 +84,15 @@ _REL_TOL = 1e-5
 # A near miss, reported with its coefficients: the right terms, each within this of GELU's.
 # Farther off is another function (SiLU's sigmoid(x), a bare erf), not worth a word.
 _NEAR_MISS_TOL = 0.05
-# A term GELU lacks counts as absent if it cancels to within this of its size: a float32
-# constant carries 6e-8 of rounding, so about sixteen roundings. A tolerance against GELU's
-# coefficients instead would take 4e-8*x^5, which is 0.4 at |x| = 25 and no rounding.
-_CANCELLED = 1e-6
+# A term GELU lacks counts as absent if it is exactly zero on the constants' stored values (``Fraction``
+# arithmetic): ``c*x^3 - c*x^3`` is, ``(0.04 + 4e-8)*x^5 - 0.04*x^5`` is not (-3.25 at x = -37.7, where
+# a tolerance of float32 rounding took it for cancelled) ...
 # ... and if its size is at most this times GELU's largest coefficient: the rounding of a larger
 # cancelled product ((x + 1e8) - 1e8) is no longer small beside GELU's terms when float32 computes it.
 _CANCELLED_SIZE = 100.0
+# Exact coefficients longer than this (numerator and denominator bits) are no longer carried: GELU's
+# own need a few hundred; a chain of twenty products of one constant would need thousands, and time.
+_MAX_EXACT_BITS = 1024
 _LARGE_CANCELLATION = "after large terms cancel, which float32 rounds first"
 
 _ARITHMETIC = ("Add", "Sub", "Mul", "Div", "Neg", "Pow")
@@ -257,7 +264,13 @@ def _recognise(activation: ir.Node) -> _Match | _Refusal | None:
         if polynomial is None:
             reasons += [_Refusal(forms[0].kind, inner.refusal)] if inner.refusal else []
             continue
+        # The output multiplies x by the activation, so x has a reader besides the argument's chain. Every
+        # value of a chain of scalings (x * k * k ...) is some c*x, and without this each would be tried
+        # as a QuickGELU's x, its output walked for each.
+        read_once = len({use.node for use in x.uses()}) == 1 and not x.is_graph_output()
         for form in forms:
+            if form.alpha_per_argument is not None and read_once:
+                continue
             candidates = _instances(polynomial, form, _REL_TOL)
             if not candidates:
                 near = _instances(polynomial, form, _NEAR_MISS_TOL) if form.alpha_per_argument is None else []
@@ -318,25 +331,30 @@ def _output_of(activation: ir.Node, x: ir.Value, inner: _Polynomials, form: _For
     """
     name = activation.op_type.lower()
     written_as = {(0, 1): 1.0} if sign > 0 else form.reflection
-    found = refusal = foreign = None
+    found = None
     outputs = _values_after(activation.outputs[0])
-    for output in reversed(outputs):
-        outer = _Polynomials(x, activation.outputs[0], written_as)
+    # Each output is computed from the one before it, so one walk serves them all: what it has taken when
+    # it reaches an output (nodes, constants) is what that output takes. Walked afresh per output, a long
+    # chain after every Tanh of a model cost its length squared.
+    outer = _Polynomials(x, activation.outputs[0], written_as)
+    walked = []
+    for output in outputs:
         polynomial = outer.of(output)
-        refusal = refusal or outer.refusal
-        foreign = foreign or outer.foreign
+        walked.append((output, polynomial, frozenset(outer.nodes), list(outer.constants), outer.float32))
+    refusal, foreign = outer.refusal, outer.foreign
+    for output, polynomial, taken, constants, float32 in reversed(walked):
         if polynomial is None:
             continue
         if not _close(polynomial, form.output, _REL_TOL):
             found = found or polynomial
             continue
-        nodes = inner.nodes | outer.nodes | {activation}
+        nodes = inner.nodes | taken | {activation}
         kept = _kept(nodes, output)
         if activation in kept:
             return _activation_read_elsewhere(activation, nodes, output)
-        if not (is_float(x) and inner.float32 and outer.float32):
+        if not (is_float(x) and inner.float32 and float32):
             return "input is not float32"
-        if reason := _broadcasts(inner.constants + outer.constants, x):
+        if reason := _broadcasts(inner.constants + constants, x):
             return reason
         return _Match(x, output, form, frozenset(nodes - kept), frozenset(kept))
     # The farthest polynomial that reads x says what the output is; one that does not (1 + erf(..)) says
@@ -369,7 +387,7 @@ class _Polynomials:
     ) -> None:
         self._x = x
         self._activation = activation
-        self._written_as = {key: _Term(c, abs(c)) for key, c in (written_as or {(0, 1): 1.0}).items()}
+        self._written_as = {key: _exactly(c) for key, c in (written_as or {(0, 1): 1.0}).items()}
         self._memo: dict[int, _Poly | None] = {}
         self.nodes: set[ir.Node] = set()
         self.constants: list[ir.Value] = []
@@ -382,7 +400,7 @@ class _Polynomials:
         if value is None:
             return None
         if value is self._x:
-            return {(1, 0): _Term(1.0, 1.0)}
+            return {(1, 0): _exactly(1.0)}
         if value is self._activation:
             return self._written_as
         if id(value) not in self._memo:
@@ -397,7 +415,7 @@ class _Polynomials:
     def _compute(self, value: ir.Value) -> _Poly | None:
         number = self._constant(value)
         if number is not None:
-            return {(0, 0): _Term(number, abs(number))} if self._finite(number, "a constant") else None
+            return {(0, 0): _exactly(number)} if self._finite(number, "a constant") else None
         node = value.producer()
         if not is_onnx_op(node, *_ARITHMETIC):
             self.foreign = self.foreign or value
@@ -425,10 +443,17 @@ class _Polynomials:
             return _sum(first, _negated(second))
         if node.op_type == "Mul":
             return _product(first, second)
-        divisor = second[0, 0].value if set(second) == {(0, 0)} else 0.0  # Div: by a constant only
-        if divisor == 0.0:
+        divisor = second[0, 0] if set(second) == {(0, 0)} else None  # Div: by a constant only
+        if divisor is None or divisor.value == 0.0:
             return None
-        return {key: _Term(term.value / divisor, term.size / abs(divisor)) for key, term in first.items()}
+        return {
+            key: _Term(
+                term.value / divisor.value,
+                term.size / abs(divisor.value),
+                None if term.exact is None or divisor.exact is None else _carried(term.exact / divisor.exact),
+            )
+            for key, term in first.items()
+        }
 
     def _constant(self, value: ir.Value | None, exponent: bool = False) -> float | None:
         array = _constant_array(value)
@@ -524,15 +549,32 @@ def _rewrite(graph: ir.Graph, match: _Match) -> None:
     graph.remove(match.removed, safe=True)
 
 
+def _exactly(number: float) -> _Term:
+    """A constant term: ``number`` as stored (a float32 constant is exact as a float, and as a fraction)."""
+    return _Term(number, abs(number), Fraction(number))
+
+
+def _carried(exact: Fraction | None) -> Fraction | None:
+    """``exact``, or None once its numerator and denominator are too long to carry on cheaply (a long chain of
+    products of constants): such a term can no longer be shown to cancel, and a term GELU lacks then refuses."""
+    if exact is None or exact.numerator.bit_length() + exact.denominator.bit_length() > _MAX_EXACT_BITS:
+        return None
+    return exact
+
+
 def _negated(polynomial: _Poly) -> _Poly:
-    return {key: _Term(-term.value, term.size) for key, term in polynomial.items()}
+    return {
+        key: _Term(-term.value, term.size, None if term.exact is None else -term.exact)
+        for key, term in polynomial.items()
+    }
 
 
 def _sum(first: _Poly, second: _Poly) -> _Poly:
     total = dict(first)
     for key, term in second.items():
-        value, size = total.get(key, (0.0, 0.0))
-        total[key] = _Term(value + term.value, size + term.size)
+        value, size, exact = total.get(key, _Term(0.0, 0.0))
+        both = None if exact is None or term.exact is None else _carried(exact + term.exact)
+        total[key] = _Term(value + term.value, size + term.size, both)
     return total
 
 
@@ -542,8 +584,10 @@ def _product(first: _Poly, second: _Poly) -> _Poly | None:
         for (k, m), b in second.items():
             if i + k > _MAX_POWER or j + m > _MAX_POWER:
                 return None
-            value, size = result.get((i + k, j + m), (0.0, 0.0))
-            result[i + k, j + m] = _Term(value + a.value * b.value, size + a.size * b.size)
+            value, size, exact = result.get((i + k, j + m), _Term(0.0, 0.0))
+            known = None not in (exact, a.exact, b.exact)
+            product = _carried(exact + a.exact * b.exact) if known else None
+            result[i + k, j + m] = _Term(value + a.value * b.value, size + a.size * b.size, product)
     return result
 
 
@@ -573,7 +617,7 @@ def _close(polynomial: _Poly, expected: _Coefficients, rel_tol: float, cancelled
         if key in expected:
             if not math.isclose(term.value, expected[key], rel_tol=rel_tol):
                 return False
-        elif abs(term.value) > _CANCELLED * term.size or term.size > cancelled_size * scale:
+        elif term.exact is None or term.exact != 0 or term.size > cancelled_size * scale:
             return False
     return True
 

@@ -199,17 +199,14 @@ def test_other_spellings_of_gelu_are_fused(spelling):
         assert_same_outputs(model, result.model, _x(scale), rtol=1e-4, atol=1e-5)
 
 
-def test_a_term_gelu_lacks_that_cancels_to_rounding_is_absent():
-    # 0.1*0.3*x^3 - 0.03*x^3 is zero but for float32's rounding of the constants. Compared at the usual scale
-    # only: at ten times it the original's own float32 rounding of the cancelled 0.03*x^3 is 1e-3.
-    body = """
-      sqrt2 = Constant<value = float {1.4142135}>()
-      one = Constant<value = float {1.0}>()
-      half = Constant<value = float {0.5}>()
-      three = Constant<value = float {3.0}>()
-      k1 = Constant<value = float {0.1}>()
-      k2 = Constant<value = float {0.3}>()
-      k12 = Constant<value = float {0.03}>()
+_NEAR_CANCELLED = """
+      sqrt2 = Constant<value = float {{1.4142135}}>()
+      one = Constant<value = float {{1.0}}>()
+      half = Constant<value = float {{0.5}}>()
+      three = Constant<value = float {{3.0}}>()
+      k1 = Constant<value = float {{{k1}}}>()
+      k2 = Constant<value = float {{{k2}}}>()
+      k12 = Constant<value = float {{{k12}}}>()
       a = Div(x, sqrt2)
       e = Erf(a)
       b = Add(e, one)
@@ -221,9 +218,42 @@ def test_a_term_gelu_lacks_that_cancels_to_rounding_is_absent():
       p3 = Mul(p, k12)
       d = Sub(p2, p3)
       y = Add(g, d)"""
-    model, result = _fused(_HEADER.format(body=body))
+
+
+def test_a_term_gelu_lacks_is_absent_only_if_it_cancels_exactly():
+    # c*x^3 - c*x^3 is no term. A review: (0.04 + 4e-8)*x^5 - 0.04*x^5, within float32 rounding of its
+    # products, passed for cancelled, and the fused model dropped a term worth -3.25 at x = -37.7 (verified).
+    # Now a term must be zero on the constants' stored values: 0.1 * 0.3 - 0.03 in float32 is not.
+    model, result = _fused(_HEADER.format(body=_NEAR_CANCELLED.format(k1=1.0, k2=0.03, k12=0.03)))
     assert computed_op_types(result.model) == ["Gelu"]
     assert_same_outputs(model, result.model, _x(), rtol=1e-4, atol=1e-5)
+    for k1, k2, k12 in ((0.1, 0.3, 0.03), (1.0, 0.04000004, 0.04)):
+        model, result = _fused(_HEADER.format(body=_NEAR_CANCELLED.format(k1=k1, k2=k2, k12=k12)))
+        # GELU is fused, and the x^3 terms stay beside it.
+        assert computed_op_types(result.model) == ["Gelu", "Pow", "Mul", "Mul", "Mul", "Sub", "Add"], (k1, k2)
+        assert_same_outputs(model, result.model, _x(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_quick_gelu_beside_a_term_that_nearly_cancels_keeps_it(monkeypatch):
+    monkeypatch.setitem(_targets._KERNELS, (MS_DOMAIN, "QuickGelu"), frozenset({"cpu", "cuda"}))
+    body = """
+      k = Constant<value = float {1.702}>()
+      five = Constant<value = float {5.0}>()
+      c1 = Constant<value = float {0.05000004}>()
+      c2 = Constant<value = float {0.05}>()
+      a = Mul(x, k)
+      s = Sigmoid(a)
+      q = Mul(x, s)
+      p = Pow(x, five)
+      p1 = Mul(p, c1)
+      p2 = Mul(p, c2)
+      d = Sub(p1, p2)
+      y = Add(q, d)"""
+    model, result = _fused(_HEADER.format(body=body))
+    assert "Sub" in computed_op_types(result.model)  # the near-cancelled x^5 term stays, after or unfused
+    for scale in (1.0, 40.0):
+        x = _x(scale)
+        assert_same_outputs(model, result.model, x, rtol=1e-4, atol=1e-3 * scale**5 * 1e-6 + 1e-5)
 
 
 # GELU plus a term it lacks, with a coefficient far below GELU's: 4e-8*x^5 is 31 at x = 60.
