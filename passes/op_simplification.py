@@ -6,16 +6,20 @@ cast chains, collapsible Slices, ``Max/Min`` into ``Clip``, Relu/Clip chains,
 ``Pad`` into ``Conv``, ``BatchNormalization`` folded into the preceding ``Conv``/
 ``ConvTranspose``/``Gemm`` weights, redundant ``ScatterND``, optional empty biases.
 On dynamo exports they remove 20–30 % more nodes than constant folding alone (see
-docs/benchmarks.md), so we use them as they are, matched in linear time
+docs/benchmarks.md), so we use them, matched in linear time
 (``passes._utils.linear_rule_set``): onnxscript 0.7 matches its ``SlicesSplit`` rule (two
 Slices of one tensor into a Split) by walking the whole graph at every node it visits,
-168 s at 20,000 nodes (docs/upstream/onnxscript_quadratic.md).
+168 s at 20,000 nodes (docs/upstream/onnxscript_quadratic.md). Its no-op rules are replaced by
+exact ones: onnxscript matches ``x + 0`` and ``x * 1`` within ``abs_tol=1e-8, rel_tol=1e-5``,
+so it removed a LayerNorm's ``+ 1e-12`` (0/0 = NaN on a constant row) and ``x * 1.000005``.
 """
 
 from __future__ import annotations
 
 import onnx_ir as ir
 from onnxscript import rewriter
+from onnxscript.rewriter import _pattern_ir, pattern
+from onnxscript.rewriter.rules.common import _no_op
 
 from passes._pass import GraphoptPass
 from passes._utils import linear_rule_set, overridable_inputs_hidden, remove_dead_nodes
@@ -36,13 +40,44 @@ class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
         # onnxscript's BatchNorm rule needs the Conv weights as initializers; some exporters
         # (Paddle's) keep every weight in a Constant node, so lift those first.
         lifted = _has_constant_batchnorm_weights(model) and LiftConstantsPass()(model).modified
-        rules = linear_rule_set(rewriter._DEFAULT_REWRITE_RULES)
+        rules = linear_rule_set(_RULES)
         with overridable_inputs_hidden(model):  # a default a caller may override is no constant
             modified = rewriter.RewritePass(rules)(model).modified or lifted
         if modified:
             RemoveIdentityPass()(model)
             remove_dead_nodes(model)
         return ir.passes.PassResult(model, modified=modified)
+
+
+def _exactly(number: int) -> _pattern_ir.Constant:
+    """A constant pattern that matches ``number`` only, not a constant within onnxscript's default tolerance."""
+    return _pattern_ir.Constant(number, rel_tol=0.0, abs_tol=0.0)
+
+
+def _exact_no_op_rules() -> list[pattern.RewriteRule]:
+    """``x * 1``, ``x + 0`` (either order), ``x - 0`` and ``x / 1`` into ``Identity(x)``, for those exact values."""
+    rules = [
+        pattern.RewriteRule(lambda op, x: op.Mul(x, _exactly(1)), _no_op.identity),
+        pattern.RewriteRule(lambda op, x: op.Add(x, _exactly(0)), _no_op.identity),
+    ]
+    rules = [commuted for rule in rules for commuted in rule.commute()]
+    rules += [
+        pattern.RewriteRule(lambda op, x: op.Sub(x, _exactly(0)), _no_op.identity),
+        pattern.RewriteRule(lambda op, x: op.Div(x, _exactly(1)), _no_op.identity),
+    ]
+    return rules
+
+
+# onnxscript's own no-op rules for those four ops (its Dropout ones stay).
+_TOLERANT = frozenset(
+    id(rule)
+    for rule in _no_op.rules.rules
+    if str(rule._target_pattern.output_nodes[0].op) in ("Mul", "Add", "Sub", "Div")
+)
+_RULES = (
+    *_exact_no_op_rules(),
+    *(rule for rule in rewriter._DEFAULT_REWRITE_RULES if id(rule) not in _TOLERANT),
+)
 
 
 def _has_constant_batchnorm_weights(model: ir.Model) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
+import pytest
 
 from optimizer.inputs import make_inputs
 from passes.constant_folding import FoldConstantsPass
@@ -25,6 +26,21 @@ def test_no_ops_are_removed_without_leaving_identities():
     after = SimplifyOpsPass()(model.clone()).model
     assert op_types(after) == ["Relu"]
     assert_same_outputs(model, after, {"x": np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)})
+
+
+@pytest.mark.parametrize(
+    ("op", "constant"), [("Add", "1e-12"), ("Add", "1e-9"), ("Sub", "1e-9"), ("Mul", "1.000005"), ("Div", "1.000001")]
+)
+def test_an_operation_by_a_constant_near_its_neutral_element_is_no_no_op(op, constant):
+    # A review: onnxscript matches x + 0 and x * 1 within abs_tol 1e-8 and rel_tol 1e-5, so a LayerNorm's
+    # variance + 1e-12 was removed, and a constant row then normalized to 0/0 = NaN (verified: random rows).
+    model = parse_model(f"""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] y) {{
+          k = Constant<value = float {{{constant}}}>()
+          y = {op}(x, k)
+        }}""")
+    assert op_types(SimplifyOpsPass()(model.clone()).model) == ["Constant", op]
 
 
 def test_two_rewrites_naming_a_new_initializer_alike_both_keep_theirs():
