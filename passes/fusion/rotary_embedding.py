@@ -145,9 +145,13 @@ def _bound(value: ir.Value | None, data: ir.Value, head_size: int) -> int | None
     if node is not None:
         # GPT-NeoX's legacy export slices the query off its packed head at ``(Shape(qkv)[-1] + 2) / 3``.
         left, right = (_bound(operand, data, head_size) for operand in node.inputs[:2])
-        if left is None or right is None or left < 0 or right < 0 or (node.op_type == "Div" and right == 0):
+        if left is None or right is None or not (0 <= left < _BOUND_LIMIT and 0 <= right < _BOUND_LIMIT):
             return None
-        return _BOUND_ARITHMETIC[node.op_type](left, right)
+        if node.op_type == "Div" and right == 0:
+            return None
+        result = _BOUND_ARITHMETIC[node.op_type](left, right)
+        # ONNX Runtime's int64 arithmetic wraps where Python's does not: only results far from it are read.
+        return result if 0 <= result < _BOUND_LIMIT else None
     gather = producer(value, "Gather")
     if gather is not None and producer(gather.inputs[0], "Shape") is not None:
         index = constant_array(gather.inputs[1])
@@ -164,6 +168,9 @@ def _bound(value: ir.Value | None, data: ir.Value, head_size: int) -> int | None
     return None
 
 
+# Integer arithmetic on non-negative Slice bounds (ONNX's integer Div truncates, as ``//`` does here), on
+# operands and results below 2**31: a review's INT64_MAX - 1 plus a dim wrapped negative in ONNX Runtime.
+_BOUND_LIMIT = 2**31
 # Integer arithmetic on non-negative Slice bounds (ONNX's integer Div truncates, as ``//`` does here).
 _BOUND_ARITHMETIC = {
     "Add": lambda a, b: a + b,

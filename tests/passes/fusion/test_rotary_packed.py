@@ -141,3 +141,30 @@ def test_a_slice_bound_computed_from_an_unknown_dim_is_no_head_size():
         "2 near matches at Concat left unfused: x is not a head split of a 3-D projection, "
         "nor a 4-D tensor of static head size"
     ]
+
+
+def test_a_slice_bound_that_wraps_in_int64_is_not_read_as_the_rest_of_the_head():
+    # A review: the pass-through slice's end written as Shape(q)[3] + (INT64_MAX - 1) wraps negative in ONNX
+    # Runtime (an empty slice), where Python's integers read it as past the head's end, clamped to "the rest".
+    proto = ir.to_proto(_packed_rotary_model(HEAD_SIZE // 4))
+    big = numpy_helper.from_array(np.array(np.iinfo(np.int64).max - 1, np.int64), "big")
+    zero = numpy_helper.from_array(np.array([0], np.int64), "zero_axis")
+    three = numpy_helper.from_array(np.array(3, np.int64), "last_axis")
+    proto.graph.initializer.extend([big, zero, three])
+    wrapped = [
+        helper.make_node("Shape", ["q"], ["q_shape_wrapped"]),
+        helper.make_node("Gather", ["q_shape_wrapped", "last_axis"], ["q_width_wrapped"], axis=0),
+        helper.make_node("Add", ["q_width_wrapped", "big"], ["q_end_wrapped"]),
+        helper.make_node("Unsqueeze", ["q_end_wrapped", "zero_axis"], ["q_ends_wrapped"]),
+    ]
+    nodes = list(proto.graph.node)
+    at = next(i for i, node in enumerate(nodes) if node.output[0] == "q_pass")
+    nodes[at].input[2] = "q_ends_wrapped"
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes[:at] + wrapped + nodes[at:])
+    del proto.graph.value_info[:]
+    proto = onnx.shape_inference.infer_shapes(proto)
+    model = ir.from_proto(proto)
+    after = RotaryEmbeddingFusion(cache_length=64)(model.clone()).model
+    for sequence in (1, 6):
+        assert_same_outputs(model, after, _feeds(sequence), rtol=1e-5, atol=1e-5)
