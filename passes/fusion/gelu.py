@@ -258,18 +258,22 @@ def _recognise(activation: ir.Node) -> _Match | _Refusal | None:
     # x is where the argument's variable operands lead: the nearest value whose polynomial is GELU's argument
     # and after which the output is GELU's (a value before x, such as the MatMul ahead of a bias Add, is no x:
     # the bias shows; a value after it, such as x*1 when the output reads x, leaves the output no polynomial).
-    for x in _values_below(argument):
+    below = _values_below(argument)
+    for index, x in enumerate(below):
         inner = _Polynomials(x)
         polynomial = inner.of(argument)
         if polynomial is None:
             reasons += [_Refusal(forms[0].kind, inner.refusal)] if inner.refusal else []
             continue
-        # The output multiplies x by the activation, so x has a reader besides the argument's chain. Every
-        # value of a chain of scalings (x * k * k ...) is some c*x, and without this each would be tried
-        # as a QuickGELU's x, its output walked for each.
-        read_once = len({use.node for use in x.uses()}) == 1 and not x.is_graph_output()
+        # The output multiplies x by the activation, so it reads x or a value between x and the argument
+        # outside the argument's chain. Every value of a chain of scalings (x * k * k ...) is some c*x, and
+        # without this each would be tried as a QuickGELU's x, its output walked for each.
+        unread = not any(
+            _read_beside_chain(value, below[position - 1] if position else None, activation)
+            for position, value in enumerate(below[: index + 1])
+        )
         for form in forms:
-            if form.alpha_per_argument is not None and read_once:
+            if form.alpha_per_argument is not None and unread:
                 continue
             candidates = _instances(polynomial, form, _REL_TOL)
             if not candidates:
@@ -294,6 +298,13 @@ def _recognise(activation: ir.Node) -> _Match | _Refusal | None:
             if failures and (form.alpha_per_argument is None or _near_clips_alpha(candidates[0][0])):
                 reasons += failures[:1]
     return (reasons or near_misses or [None])[-1]
+
+
+def _read_beside_chain(value: ir.Value, above: ir.Value | None, activation: ir.Node) -> bool:
+    """True if ``value`` is read by a node other than the next one up the argument's chain (``above``'s
+    producer, or the activation for the argument itself), or is a graph output."""
+    chain = activation if above is None else above.producer()
+    return value.is_graph_output() or any(use.node is not chain for use in value.uses())
 
 
 def _near_clips_alpha(form: _Form) -> bool:

@@ -694,3 +694,36 @@ def test_quick_gelu_written_with_a_tanh_is_fused(monkeypatch):
     assert result.refusals == []
     for scale in (1.0, 10.0):
         assert_same_outputs(model, result.model, _x(scale), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # s * sigmoid(s) / 1.702 with s = 1.702 * x: x is read once, by the argument's chain; the output reads s.
+        """
+      k = Constant<value = float {1.702}>()
+      s = Mul(x, k)
+      g = Sigmoid(s)
+      p = Mul(s, g)
+      y = Div(p, k)""",
+        # The tanh spelling: (s / 1.702) * (1 + tanh(s)) with s = 0.851 * x.
+        """
+      half_k = Constant<value = float {0.851}>()
+      k = Constant<value = float {1.702}>()
+      one = Constant<value = float {1.0}>()
+      s = Mul(x, half_k)
+      t = Tanh(s)
+      t1 = Add(t, one)
+      p = Mul(s, t1)
+      y = Div(p, k)""",
+    ],
+)
+def test_a_quick_gelu_whose_output_reads_its_scaled_argument_is_fused(body, monkeypatch):
+    # A review: this stop's first guard against trying every value of a chain of scalings as x skipped an x
+    # read once, and these (x read only by the argument's chain, the output reading the scaled value) were
+    # left unfused.
+    monkeypatch.setitem(_targets._KERNELS, (MS_DOMAIN, "QuickGelu"), frozenset({"cpu", "cuda"}))
+    model, result = _fused(_HEADER.format(body=body))
+    assert computed_op_types(result.model) == ["QuickGelu"], result.refusals
+    for scale in (1.0, 10.0):
+        assert_same_outputs(model, result.model, _x(scale), rtol=1e-4, atol=1e-5)
