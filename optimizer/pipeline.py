@@ -137,14 +137,24 @@ def run_pipeline(
 
 
 def undefined_input(model: ir.Model) -> str | None:
-    """The first node input of ``model`` (subgraphs too) that no node, graph input or initializer defines, said
-    in words; None when every input is defined. A rewrite that lost an initializer writes a file ONNX Runtime
-    refuses to load."""
-    for node in model.graph.all_nodes():
+    """The first node input or graph output of ``model`` (its subgraphs' too) that no node of the model, graph
+    input or initializer defines, said in words; None when all are defined. A rewrite that lost an initializer,
+    or removed a node whose output is still read, writes a file ONNX Runtime refuses to load."""
+    ordered = list(model.graph.all_nodes())
+    nodes = set(ordered)
+
+    def defined(value: ir.Value) -> bool:
+        return value.producer() in nodes or value.is_graph_input() or value.is_initializer()
+
+    for node in ordered:
         for value in node.inputs:
-            if value is None or value.producer() is not None or value.is_graph_input() or value.is_initializer():
-                continue
-            return f"{node.op_type} node {node.name or '(unnamed)'} reads {value.name!r}, which nothing defines"
+            if value is not None and not defined(value):
+                return f"{node.op_type} node {node.name or '(unnamed)'} reads {value.name!r}, which nothing defines"
+    subgraphs = [attr.value for n in ordered for attr in n.attributes.values() if attr.type == ir.AttributeType.GRAPH]
+    for graph in (model.graph, *subgraphs):
+        for value in graph.outputs:
+            if not defined(value):
+                return f"the graph output {value.name!r} is computed by no node"
     return None
 
 

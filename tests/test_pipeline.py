@@ -124,6 +124,23 @@ class _DanglingInputPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=True)
 
 
+class _RemovedProducerPass(ir.passes.InPlacePass):
+    """Removes the Relu while the Add still reads its output (a producer dropped, its readers not rewired)."""
+
+    def call(self, model):
+        model.graph.remove(next(node for node in model.graph if node.op_type == "Relu"), safe=False)
+        return ir.passes.PassResult(model, modified=True)
+
+
+def test_a_result_whose_removed_node_is_still_read_fails():
+    # A review: a detached node still reports itself as its output's producer.
+    model = parse_model(MODEL)
+    optimized, report = run_pipeline(model, [_spec("removed", _RemovedProducerPass)], verifier=None)
+    assert report.passes[0].status == STATUS_FAILED
+    assert "Add node" in report.passes[0].detail and "'b', which nothing defines" in report.passes[0].detail
+    assert op_types(optimized) == ["Identity", "Relu", "Add"]
+
+
 @pytest.mark.parametrize("verified", [True, False])
 def test_a_result_reading_an_undefined_tensor_fails_even_without_verification(verified):
     # A review: onnxscript's Flatten rule lost an initializer and --no-verify wrote a file ONNX Runtime refused;
