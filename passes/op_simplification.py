@@ -12,6 +12,8 @@ Slices of one tensor into a Split) by walking the whole graph at every node it v
 168 s at 20,000 nodes (docs/upstream/onnxscript_quadratic.md). Its no-op rules are replaced by
 exact ones: onnxscript matches ``x + 0`` and ``x * 1`` within ``abs_tol=1e-8, rel_tol=1e-5``,
 so it removed a LayerNorm's ``+ 1e-12`` (0/0 = NaN on a constant row) and ``x * 1.000005``.
+``x + 0`` is still removed although it turns ``-0.0`` into ``+0.0`` (as onnxscript's rule does): a
+sign of zero only a division by it would show.
 """
 
 from __future__ import annotations
