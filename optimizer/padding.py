@@ -75,17 +75,23 @@ def cache_outputs(model: ir.Model) -> frozenset[str]:
 
 def _from_4d_input(value: ir.Value | None) -> bool:
     """Whether ``value`` is computed from a 4-D graph input (only through ops that keep it 4-D: Concat, Cast...)."""
+    source = _graph_input_behind(value)
+    return source is not None and source.shape is not None and source.shape.rank() == 4
+
+
+def _graph_input_behind(value: ir.Value | None) -> ir.Value | None:
+    """The graph input ``value`` is, or is computed from through Concat, Identity and Cast (following the
+    operand that is a graph input, else the first: a Concat of the past with an empty tensor); None if none."""
     seen = 0
     while value is not None and seen < 8:
         if value.is_graph_input():
-            return value.shape is not None and value.shape.rank() == 4
+            return value
         node = value.producer()
         if node is None or node.op_type not in ("Concat", "Identity", "Cast") or not node.inputs:
-            return False
-        # A Concat of the past with an empty tensor: follow the operand that is a graph input, if any.
+            return None
         value = next((v for v in node.inputs if v is not None and v.is_graph_input()), node.inputs[0])
         seen += 1
-    return False
+    return None
 
 
 def pads_both_ends(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> bool:
@@ -233,18 +239,11 @@ def new_token_outputs(model: ir.Model) -> NewTokens | None:
 
 
 def _past_input(value: ir.Value) -> ir.Value | None:
-    """The 4-D graph input a cache output ``Concat(past, new)`` extends, or None."""
+    """The graph input a cache output ``Concat(past, new)`` extends, or None."""
     node = value.producer()
     if node is None or node.op_type != "Concat" or not node.inputs:
         return None
-    value, seen = node.inputs[0], 0
-    while value is not None and not value.is_graph_input() and seen < 8:
-        producer = value.producer()
-        if producer is None or producer.op_type not in ("Concat", "Identity", "Cast") or not producer.inputs:
-            return None
-        value = next((v for v in producer.inputs if v is not None and v.is_graph_input()), producer.inputs[0])
-        seen += 1
-    return value if value is not None and value.is_graph_input() else None
+    return _graph_input_behind(node.inputs[0])
 
 
 def _dim_name(value: ir.Value, axis: int) -> str | None:

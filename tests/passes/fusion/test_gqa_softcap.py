@@ -125,6 +125,17 @@ def _fused(model: ir.Model) -> tuple[ir.Model, ir.passes.PassResult, ir.passes.P
     return gqa.model, attention, gqa
 
 
+def _assert_fused_with_cap(model: ir.Model, cap: float) -> None:
+    """Both layers of ``model`` fuse into GroupQueryAttention with ``softcap=cap``, outputs as before on real tokens."""
+    fused, _, gqa = _fused(model)
+    caps = [n.attributes.get_float("softcap") for n in fused.graph if n.op_type == "GroupQueryAttention"]
+    assert caps == pytest.approx([cap, cap]), gqa.refusals
+    for feed in _feeds():
+        expected, actual = _real(feed, run(model, feed)), _real(feed, run(fused, feed))
+        for name, want in expected.items():
+            np.testing.assert_allclose(actual[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("spelling", ["Div", "Mul"])
 def test_a_soft_cap_before_the_mask_becomes_group_query_attentions_softcap(before_attention, spelling):
     model = _capped(before_attention, spelling=spelling)
@@ -152,26 +163,14 @@ def test_a_soft_cap_before_the_mask_becomes_group_query_attentions_softcap(befor
 
 def test_a_bare_tanh_on_the_scores_is_the_cap_one(before_attention):
     model = _capped(before_attention, spelling="Tanh")
-    fused, _, gqa = _fused(model)
-    caps = [n.attributes.get_float("softcap") for n in fused.graph if n.op_type == "GroupQueryAttention"]
-    assert caps == [1.0, 1.0], gqa.refusals
-    for feed in _feeds():
-        expected, actual = _real(feed, run(model, feed)), _real(feed, run(fused, feed))
-        for name, want in expected.items():
-            np.testing.assert_allclose(actual[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
+    _assert_fused_with_cap(model, 1.0)
 
 
 def test_a_cap_several_masks_before_the_softmax_is_found(before_attention):
     # A review: only the four producers nearest the Softmax were searched for the cap's Tanh, so with two
     # Where masks after the additive one nothing was staged and nothing said why.
     model = _capped(before_attention, wheres=2)
-    fused, _, gqa = _fused(model)
-    caps = [n.attributes.get_float("softcap") for n in fused.graph if n.op_type == "GroupQueryAttention"]
-    assert caps == pytest.approx([_CAP, _CAP]), gqa.refusals
-    for feed in _feeds():
-        expected, actual = _real(feed, run(model, feed)), _real(feed, run(fused, feed))
-        for name, want in expected.items():
-            np.testing.assert_allclose(actual[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
+    _assert_fused_with_cap(model, _CAP)
 
 
 def _refused(model: ir.Model) -> tuple[list[str], list[str]]:
@@ -192,13 +191,7 @@ def test_a_cap_dividing_by_one_constant_and_multiplying_by_another_is_a_cap_at_a
     # c2 * tanh(s / c1) = c2 * tanh((c2 / c1) * s / c2): the cap c2 at c2 / c1 times the scale. A review found
     # it refused, and so ONNX Runtime's own optimized Gemma 2, whose FusedMatMul holds scale / c.
     model = _capped(before_attention, divide=divide, multiply=multiply)
-    fused, _, gqa = _fused(model)
-    caps = [n.attributes.get_float("softcap") for n in fused.graph if n.op_type == "GroupQueryAttention"]
-    assert caps == pytest.approx([multiply, multiply]), gqa.refusals
-    for feed in _feeds():
-        expected, actual = _real(feed, run(model, feed)), _real(feed, run(fused, feed))
-        for name, want in expected.items():
-            np.testing.assert_allclose(actual[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
+    _assert_fused_with_cap(model, multiply)
 
 
 def test_a_negative_cap_is_refused(before_attention):
