@@ -2,7 +2,8 @@
 
 These wrap onnx-ir's common passes, which do the job on our models (tested in
 ``tests/passes/test_cleanup.py`` on hand-built graphs and exported transformers);
-graphopt adds only the bundling and the registry names.
+graphopt adds the bundling, the registry names, and the fixes each class's docstring
+names (unused initializers of bodies, Identity guards).
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ class RemoveUnusedPass(GraphoptPass, ir.passes.InPlacePass):
 
     Rewrites: a node whose outputs are neither used nor graph outputs is deleted
     (repeatedly, in subgraphs too); initializers that are not used, not graph inputs
-    and not graph outputs are deleted; model-local functions never called and opset
-    imports no node uses are dropped. Never changes the graph's inputs or outputs.
+    and not graph outputs are deleted, in the main graph and in every ``Loop``/``If``/
+    ``Scan`` body (a body's initializer read only by a graph nested in that body is
+    used); model-local functions never called and opset imports no node uses are
+    dropped. Never changes the inputs or outputs of the graph or of any body.
+
+    onnx-ir 1.1's ``RemoveUnusedNodesPass`` (which onnxscript's ``remove_unused_nodes``
+    calls) deletes unused initializers of the main graph only; ONNX Runtime warns at
+    load about each one left in a body, so those are removed here.
     """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -31,6 +38,7 @@ class RemoveUnusedPass(GraphoptPass, ir.passes.InPlacePass):
             common_passes.RemoveUnusedOpsetsPass(),
         ):
             modified = inner(model).modified or modified
+        modified = _remove_unused_body_initializers(model) or modified
         return ir.passes.PassResult(model, modified=modified)
 
 
@@ -75,6 +83,34 @@ class EliminateCommonSubexpressionsPass(GraphoptPass, common_passes.CommonSubexp
     this pass each distinct computation exists once. Refuses non-deterministic ops
     (random generators) and nodes with subgraphs.
     """
+
+
+def _remove_unused_body_initializers(model: ir.Model) -> bool:
+    """Delete initializers of subgraphs (in the main graph and in functions) that nothing reads; True if any.
+
+    A value's uses include nodes of graphs nested in its own, so a body initializer
+    read only inside a nested body is kept. Run after the dead nodes are gone, so an
+    initializer read only by a removed node counts as unused.
+    """
+    removed = False
+    roots = (model.graph, *model.functions.values())
+    for node in (node for root in roots for node in ir.traversal.RecursiveGraphIterator(root)):
+        for attribute in node.attributes.values():
+            if attribute.is_ref():
+                continue
+            if attribute.type == ir.AttributeType.GRAPH:
+                bodies = [attribute.as_graph()]
+            elif attribute.type == ir.AttributeType.GRAPHS:
+                bodies = list(attribute.as_graphs())
+            else:
+                continue
+            for body in bodies:
+                signature = frozenset((*body.inputs, *body.outputs))
+                for name, value in list(body.initializers.items()):
+                    if not value.uses() and value not in signature:
+                        del body.initializers[name]
+                        removed = True
+    return removed
 
 
 def _from_outer_scope(value: ir.Value, graph: ir.Graph) -> bool:

@@ -143,3 +143,53 @@ def test_constants_become_initializers():
     assert op_types(after) == ["Add"]
     assert after.graph.initializers["bias"].const_value.numpy().tolist() == [1.0, 2.0, 3.0, 4.0]
     assert_same_outputs(model, after, X)
+
+
+def test_unused_initializers_of_bodies_are_removed_and_read_ones_kept():
+    # onnx-ir's dead code pass removes only the main graph's; ORT warns about each one
+    # left in a body. ``nested_only`` is read only inside the If nested in the Loop body,
+    # ``dead_reader`` only by a dead node, and ``w_out`` is a branch's output itself.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (int64 n, bool cond, float[2] x) => (float[2] y, float[2] z) <float[2] outer_dead = {0.0, 0.0}> {
+          y = Loop(n, , x) <body = body (int64 i, bool c_in, float[2] x_in) => (bool c_out, float[2] x_out)
+              <float[2] used = {1.0, 2.0}, float[2] unused = {5.0, 6.0}, float[2] nested_only = {3.0, 4.0},
+               float[2] dead_reader = {7.0, 8.0}> {
+            c_out = Identity(c_in)
+            dead = Mul(x_in, dead_reader)
+            inner = If(c_in) <
+              then_branch = then_g () => (float[2] a) { a = Add(x_in, nested_only) },
+              else_branch = else_g () => (float[2] b) { b = Neg(x_in) }
+            >
+            x_out = Add(inner, used)
+          }>
+          z = If(cond) <
+            then_branch = then_z () => (float[2] w_out) <float[2] w_out = {9.0, 9.0}> { },
+            else_branch = else_z () => (float[2] v) { v = Neg(x) }
+          >
+        }""")
+    result = RemoveUnusedPass()(model.clone())
+    assert result.modified
+    loop, branch = result.model.graph
+    body = loop.attributes["body"].as_graph()
+    assert sorted(body.initializers) == ["nested_only", "used"]
+    assert [node.op_type for node in body] == ["Identity", "If", "Add"]
+    assert list(branch.attributes["then_branch"].as_graph().initializers) == ["w_out"]
+    assert not result.model.graph.initializers
+    for cond in (True, False):
+        inputs = {"n": np.array(3), "cond": np.array(cond), "x": np.arange(2, dtype=np.float32)}
+        assert_same_outputs(model, result.model, inputs)
+
+
+def test_a_model_whose_bodies_have_nothing_unused_is_unchanged():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (bool cond, float[2] x) => (float[2] z) {
+          z = If(cond) <
+            then_branch = then_z () => (float[2] a) <float[2] w = {9.0, 9.0}> { a = Add(x, w) },
+            else_branch = else_z () => (float[2] v) { v = Neg(x) }
+          >
+        }""")
+    result = RemoveUnusedPass()(model.clone())
+    assert not result.modified
+    assert list(result.model.graph.node(0).attributes["then_branch"].as_graph().initializers) == ["w"]
