@@ -137,21 +137,47 @@ def run_pipeline(
 
 
 def undefined_input(model: ir.Model) -> str | None:
-    """The first node input or graph output of ``model`` (its subgraphs' too) that no node of the model, graph
-    input or initializer defines, said in words; None when all are defined. A rewrite that lost an initializer,
-    or removed a node whose output is still read, writes a file ONNX Runtime refuses to load."""
-    ordered = list(model.graph.all_nodes())
+    """The first node input or graph output of ``model`` (its subgraphs' and model-local functions' too) that
+    nothing in scope defines, said in words; None when all are defined. In the main graph a value is defined by
+    one of its nodes (subgraphs' included), inputs or initializers; in a function by one of the function's nodes
+    or inputs (or an input or initializer of a subgraph in it). A rewrite that lost an initializer, or removed a
+    node whose output is still read, writes a file ONNX Runtime refuses to load."""
+    problem = _undefined_in(model.graph)
+    if problem is not None:
+        return problem
+    for function in model.functions.values():
+        problem = _undefined_in(function)
+        if problem is not None:
+            name = f"{function.domain}.{function.name}" if function.domain else function.name
+            return f"in function {name}, {problem}"
+    return None
+
+
+def _undefined_in(root: ir.Graph | ir.Function) -> str | None:
+    """``undefined_input`` for one graph or function and the subgraphs in it."""
+    ordered = list(ir.traversal.RecursiveGraphIterator(root))
     nodes = set(ordered)
+    subgraphs = [
+        graph
+        for node in ordered
+        for attr in node.attributes.values()
+        if not attr.is_ref() and attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+        for graph in ([attr.value] if attr.type == ir.AttributeType.GRAPH else attr.value)
+    ]
+    main = root.graph if isinstance(root, ir.Function) else root
+    graphs = {main, *subgraphs}
 
     def defined(value: ir.Value) -> bool:
-        return value.producer() in nodes or value.is_graph_input() or value.is_initializer()
+        if value.producer() in nodes:
+            return True
+        # A function's input is its own graph's; another function's, or the main graph's, is out of scope.
+        return (value.is_graph_input() or value.is_initializer()) and value.graph in graphs
 
     for node in ordered:
         for value in node.inputs:
             if value is not None and not defined(value):
                 return f"{node.op_type} node {node.name or '(unnamed)'} reads {value.name!r}, which nothing defines"
-    subgraphs = [attr.value for n in ordered for attr in n.attributes.values() if attr.type == ir.AttributeType.GRAPH]
-    for graph in (model.graph, *subgraphs):
+    for graph in (main, *subgraphs):
         for value in graph.outputs:
             if not defined(value):
                 return f"the graph output {value.name!r} is computed by no node"

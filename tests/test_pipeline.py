@@ -196,3 +196,72 @@ def test_a_rolled_back_pass_cannot_retype_the_model_it_was_given():
     assert report.passes[0].status == STATUS_FAILED
     assert model.graph.inputs[0].dtype == ir.DataType.FLOAT
     assert optimized.graph.inputs[0].dtype == ir.DataType.FLOAT
+
+
+FUNCTION_MODEL = """
+    <ir_version: 9, opset_import: ["" : 17, "local" : 1]>
+    g (float[N, 4] x, bool cond) => (float[N, 4] y) {
+      y = local.Block(x, cond)
+    }
+    <domain: "local", opset_import: ["" : 17]>
+    Block (a, c) => (b) {
+      top = Constant<value = float {2.0}>()
+      clipped = Clip(a, , top)
+      branch = If(c) <
+        then_branch = then_g () => (float[N, 4] t) { t = Relu(a) },
+        else_branch = else_g () => (float[N, 4] e) { e = Neg(clipped) }
+      >
+      b = Add(branch, a)
+    }"""
+
+
+class _FunctionReadsPass(ir.passes.InPlacePass):
+    """Makes the function's Add read ``source(model)`` instead of the If's output; a correct choice when None."""
+
+    source = None
+
+    def call(self, model):
+        function = next(iter(model.functions.values()))
+        add = next(node for node in function if node.op_type == "Add")
+        source = self.source(model) if self.source else None
+        if source is not None:
+            add.replace_input_with(0, source)
+        add.name = "renamed"  # a change that keeps the function valid
+        return ir.passes.PassResult(model, modified=True)
+
+
+class _FunctionReadsLostInitializerPass(_FunctionReadsPass):
+    source = staticmethod(lambda model: ir.Value(name="lost", const_value=ir.tensor(np.zeros(4, np.float32))))
+
+
+class _FunctionReadsGraphInputPass(_FunctionReadsPass):
+    source = staticmethod(lambda model: model.graph.inputs[0])  # the caller's x: out of the function's scope
+
+
+def _function_inputs(model):
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    return [{"x": x, "cond": np.array(True)}, {"x": x, "cond": np.array(False)}]
+
+
+@pytest.mark.parametrize(
+    ("pass_class", "read"),
+    [(_FunctionReadsLostInitializerPass, "'lost'"), (_FunctionReadsGraphInputPass, "'x'")],
+)
+def test_a_function_body_reading_what_it_does_not_define_fails(pass_class, read):
+    # A review: only the main graph and its subgraphs were checked, so a function body reading a lost initializer
+    # (or its caller's tensor, which a function cannot see) was written to a file ONNX Runtime refuses.
+    model = parse_model(FUNCTION_MODEL)
+    optimized, report = run_pipeline(model, [_spec("dangling", pass_class)], verifier=None)
+    assert report.passes[0].status == STATUS_FAILED
+    assert f"in function local.Block, Add node renamed reads {read}, which nothing defines" in report.passes[0].detail
+    assert all(node.name != "renamed" for node in optimized.functions[("local", "Block", "")])
+
+
+def test_a_function_reading_its_inputs_an_optional_gap_and_its_body_values_passes():
+    # No false alarm: the function reads its own inputs (in a branch too), has an empty optional input (Clip's min),
+    # and reads the outputs of its earlier nodes.
+    model = parse_model(FUNCTION_MODEL)
+    verifier = Verifier(model, _function_inputs(model))
+    optimized, report = run_pipeline(model, [_spec("rename", _FunctionReadsPass)], verifier=verifier)
+    assert report.passes[0].status == STATUS_APPLIED, report.passes[0].detail
+    assert any(node.name == "renamed" for node in optimized.functions[("local", "Block", "")])
