@@ -16,15 +16,28 @@ only values with no shape or no type at all are filled; recorded shapes are neve
 overwritten. An initializer that is also a graph input is inferred from as an input (its
 declared shape, not its value): a caller may override it. If inference fails on the graph (onnx-ir's pass then leaves it
 unchanged), nothing is filled.
+
+ONNX shape inference stops at an operator it has no schema for: ONNX Runtime's contrib ops
+(``SimplifiedLayerNormalization``, which ORT registers in the ONNX domain, and the
+``com.microsoft`` ops) get no output shape, and nor does anything computed from them, so a
+fusion after an earlier one (an unscaled RMSNorm after a fused scaled one, an attention after
+a fused norm or rotary embedding) would see no shapes at all. In the clone, each contrib op
+whose output shapes are a fixed function of its inputs stands in as ONNX ops that give
+exactly those (``_STAND_INS``: an ``Identity`` of the input whose shape and type an output
+keeps, a ``Cast`` of it where the output takes another input's type, EmbedLayerNormalization's
+table ``Gather``); an op not listed, or one with an output that has no rule in use, stays
+unknown, as do its consumers. No dim is ever guessed.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import onnx_ir as ir
 import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
+
+from optimizer.domains import MS_DOMAIN, ONNX_DOMAINS
 
 
 def _values(graph: ir.Graph) -> Iterator[ir.Value]:
@@ -32,6 +45,86 @@ def _values(graph: ir.Graph) -> Iterator[ir.Value]:
     yield from graph.initializers.values()
     for node in graph:
         yield from node.outputs
+
+
+def _element_type(value: ir.Value) -> ir.DataType | None:
+    """``value``'s element type where the graph states it: a recorded type or a constant's."""
+    if value.type is not None and value.dtype is not None:
+        return value.dtype
+    if value.const_value is not None:
+        return value.const_value.dtype
+    node = value.producer()
+    if node is not None and node.op_type == "Constant" and node.domain in ONNX_DOMAINS:
+        attribute = node.attributes.get("value")
+        if attribute is not None and attribute.type == ir.AttributeType.TENSOR:
+            return attribute.value.dtype
+    return None
+
+
+def _input(node: ir.Node, index: int) -> ir.Value | None:
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def _like_input(node: ir.Node) -> ir.Node | None:
+    """Input 0's shape and type: the rule of every output listed with it below."""
+    return ir.node("Identity", [node.inputs[0]])
+
+
+def _like_input_typed_as_scale(node: ir.Node) -> ir.Node | None:
+    """Input 0's shape in input 1's type: SimplifiedLayerNormalization's Y (type V, the scale's; X is T)."""
+    scale = _input(node, 1)
+    dtype = None if scale is None else _element_type(scale)
+    return None if dtype is None else ir.node("Cast", [node.inputs[0]], {"to": dtype})
+
+
+def _embedded(node: ir.Node) -> ir.Node | None:
+    """EmbedLayerNormalization's output and embedding_sum: ``input_ids``' [B, S] and the word table's
+    hidden size, in its type, which is what gathering the table's rows at the ids gives."""
+    table = _input(node, 2)
+    return None if table is None else ir.node("Gather", [table, node.inputs[0]], {"axis": 0})
+
+
+# Contrib ops graphopt fuses into, by (domain, op type): for each output whose shape and type are a fixed
+# function of the inputs, ONNX ops computing a value of exactly that shape and type. ONNX Runtime's kernels
+# allocate these outputs so (its schemas' inference says the same). The types are the schemas': one type T
+# for all inputs and outputs of each op, except SimplifiedLayerNormalization's Y (the scale's type V). Not
+# covered, so a node reading them stays unknown: the norms' mean and inv_std_var ([.., 1], float),
+# EmbedLayerNormalization's mask_index, and every output of the attention ops (MultiHeadAttention's, for
+# one, takes its hidden size from the value's dims or the key's, by their ranks).
+_SKIP_NORM = {0: _like_input, 3: _like_input}  # output and input_skip_bias_sum
+_STAND_INS: dict[tuple[str, str], dict[int, Callable[[ir.Node], ir.Node | None]]] = {
+    **{(domain, "SimplifiedLayerNormalization"): {0: _like_input_typed_as_scale} for domain in ONNX_DOMAINS},
+    (MS_DOMAIN, "SkipSimplifiedLayerNormalization"): _SKIP_NORM,
+    (MS_DOMAIN, "SkipLayerNormalization"): _SKIP_NORM,
+    (MS_DOMAIN, "Gelu"): {0: _like_input},
+    (MS_DOMAIN, "FastGelu"): {0: _like_input},  # its optional bias is a vector over the last axis
+    (MS_DOMAIN, "QuickGelu"): {0: _like_input},
+    (MS_DOMAIN, "BiasGelu"): {0: _like_input},  # likewise its bias
+    (MS_DOMAIN, "RotaryEmbedding"): {0: _like_input},
+    (MS_DOMAIN, "EmbedLayerNormalization"): {0: _embedded, 2: _embedded},
+}
+
+
+def _stand_in_for_contrib_ops(graph: ir.Graph) -> None:
+    """Replace each contrib op of ``_STAND_INS`` by ONNX ops giving its outputs' exact shapes and types.
+
+    Only the clone is edited. Each output that is read becomes its stand-in's output, under
+    its own name, so what inference gives it is read back by name (an output nothing reads is
+    dropped). A node is left as it is where input 0 is absent, where a stand-in cannot be
+    built (a type it needs is not stated), or where an output with no rule is read.
+    """
+    for node in list(graph):
+        rule = _STAND_INS.get((node.domain, node.op_type))
+        if rule is None or not node.inputs or node.inputs[0] is None:
+            continue
+        read = {index: out for index, out in enumerate(node.outputs) if out.uses() or out.is_graph_output()}
+        if not read or any(index not in rule for index in read):
+            continue
+        stand_ins = [rule[index](node) for index in read]
+        if all(stand_in is not None for stand_in in stand_ins):
+            ir.convenience.replace_nodes_and_values(
+                graph, node, [node], stand_ins, list(read.values()), [n.outputs[0] for n in stand_ins]
+            )
 
 
 def _unknown(dim) -> bool:
@@ -72,6 +165,7 @@ def inferred_shapes(model: ir.Model) -> Iterator[int]:
             if value.name in copy.graph.initializers:
                 del copy.graph.initializers[value.name]
                 value.const_value = None
+        _stand_in_for_contrib_ops(copy.graph)
         ir.passes.common.ShapeInferencePass(strict_mode=False)(copy)
         for twin in _values(copy.graph):
             value = missing.get(twin.name)
