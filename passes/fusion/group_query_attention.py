@@ -50,12 +50,19 @@ Exactness, and what is proven where:
   without a causal part is refused. (ORT's CPU kernel refuses ``causal=0`` with several
   new tokens per row and a past, so a bidirectional decoder keeps MultiHeadAttention.)
   The probes' masks hold 0 (pad) and 1 (attend), the attention mask's contract in every
-  exporter; a model that gives other values a meaning is outside it.
+  exporter; a model that gives other values a meaning is outside it. Where the graph's
+  inputs fix sizes (``--static-shapes``: ``input_ids [1, 128]``, ``attention_mask [1, 256]``, the
+  pasts ``[1, kv, 128, d]``), ONNX Runtime refuses every other size before running a node, so
+  the probes are moved to those sizes, each with a mask unpadded, padded at both ends, at the
+  left and at the right (``_pinned_sizes``); inputs that disagree on a size are refused.
 - The repeated heads: the key read by the attention is ``Reshape(Expand(Unsqueeze(C, 2),
   [B, kv, r, T, d]), [B, kv·r, T, d])`` over the cache ``C``, which is query head ``h``
   reading cache head ``h // r``, GroupQueryAttention's grouping. The Expand and Reshape
   targets are shape arithmetic; they are evaluated on the same probes (prefills only up
-  to 256 tokens: those run the whole network) and must be those there.
+  to 256 tokens: those run the whole network) and must be those there. A batched
+  ``Q @ K^T`` (the dynamo export's bmm once ``--static-shapes`` folds its views) reads the
+  repetition as ``Transpose(Reshape(Transpose(Reshape(E, [B*N, T, d]), (0, 2, 1)), [B, N, d, T]),
+  (0, 1, 3, 2))``, which is ``Reshape(E, [B, N, T, d])`` when those two targets are those at every probe.
 - The bias, the query and the new keys must not be computed from the cache's contents;
   the present's shape, where the bias reads it (a causal table sliced to the keys'
   length), is recomputed from the past and the query.
@@ -79,7 +86,8 @@ scaled as above); the value is read scaled; key and value
 differ in repetition or head count; the heads do not divide; the cache's head count or
 head size is not static, or the head size is not a multiple of 8 (the kernel's
 requirement); there is no attention bias, or it is not provably causal at
-every probed length; or the probes cannot make up an input the bias reads.
+every probed length; the inputs' static dims disagree on a size; or the probes cannot make
+up an input the bias reads.
 """
 
 from __future__ import annotations
@@ -131,6 +139,9 @@ class _Cache:
     expand: ir.Node | None  # the repetition's Expand and Reshape, when there is one
     reshape: ir.Node | None
     scale: ir.Value | None = None  # a one-element factor the attention reads the cache multiplied by
+    # The Reshape that splits a batched [B*N, d, T] view back into [B, N, d, T] (``_batched_view``), when the
+    # repetition is read through one; ``reshape`` is then the view's [B*N, T, d] merge.
+    split: ir.Node | None = None
 
     @property
     def present(self) -> ir.Value:
@@ -183,13 +194,36 @@ def _scaled(read: ir.Value) -> tuple[ir.Value, ir.Value | None]:
     return read, None
 
 
+def _batched_view(read: ir.Value) -> tuple[ir.Node, ir.Node] | None:
+    """``(merge, split)`` when ``read`` is ``Transpose(split(Transpose(merge(x), (0, 2, 1))), (0, 1, 3, 2))``.
+
+    A batched ``Q @ K^T`` (the dynamo export's bmm, once ``--static-shapes`` has folded its
+    views) merges the repeated keys into ``[B*N, T, d]``, transposes that to ``[B*N, d, T]``
+    and splits it into ``[B, N, d, T]``; fuse-attention reads the key as that transposed
+    back. When ``merge``'s target is ``[B*N, T, d]`` and ``split``'s ``[B, N, d, T]`` (proven on
+    the probes, ``_repeats``), that is ``Reshape(x, [B, N, T, d])``: the row ``b*N + n`` the merge
+    makes is the split's ``(b, n)``, and the two transposes of the last two axes cancel.
+    """
+    outer = producer(read, "Transpose")
+    split = producer(outer.inputs[0], "Reshape") if outer is not None else None
+    inner = producer(split.inputs[0], "Transpose") if split is not None else None
+    merge = producer(inner.inputs[0], "Reshape") if inner is not None else None
+    if merge is None or perm(outer) != (0, 1, 3, 2) or perm(inner) != (0, 2, 1):
+        return None
+    return merge, split
+
+
 def _cache(read: ir.Value) -> _Cache | str:
-    """The cache a MultiHeadAttention key/value reads, through an optional head repetition and a
-    one-element scale, or why not."""
-    expand = reshape = None
+    """The cache a MultiHeadAttention key/value reads, through an optional head repetition (possibly
+    viewed batched, ``_batched_view``) and a one-element scale, or why not."""
+    expand = reshape = split = None
     scaled, scale = _scaled(read)
     concat = producer(scaled, "Concat")
-    if concat is None and (reshape := producer(scaled, "Reshape")) is not None:
+    if concat is None and (view := _batched_view(scaled)) is not None:
+        reshape, split = view
+    elif concat is None:
+        reshape = producer(scaled, "Reshape")
+    if reshape is not None:
         expand = producer(reshape.inputs[0], "Expand")
         unsqueeze = producer(expand.inputs[0], "Unsqueeze") if expand is not None else None
         axes = constant_array(unsqueeze.inputs[1]) if unsqueeze is not None and len(unsqueeze.inputs) > 1 else None
@@ -202,7 +236,7 @@ def _cache(read: ir.Value) -> _Cache | str:
     past, new = concat.inputs
     if not past.is_graph_input() or past.shape is None or past.shape.rank() != 4:
         return "the cache's past is not a 4-D graph input"
-    return _Cache(concat, past, new, read, expand, reshape, scale)
+    return _Cache(concat, past, new, read, expand, reshape, scale, split)
 
 
 def _static(dim) -> int | None:
@@ -312,6 +346,84 @@ def _feeds(inputs: Sequence[ir.Value], batch: int, new: int, past: int, mask: np
     return feeds
 
 
+@dataclass(frozen=True)
+class _Pinned:
+    """The batch, new-token, past and total sizes the graph's static input dims fix (None: free)."""
+
+    batch: int | None = None
+    new: int | None = None
+    past: int | None = None
+    total: int | None = None
+
+
+def _pinned_sizes(model: ir.Model, candidates: list[_Candidate]) -> _Pinned | str:
+    """What the static dims of the graph's inputs fix of every call's sizes, or why no call fits them.
+
+    ``--static-shapes`` (or an export with fixed sizes) declares ``input_ids: [1, 128]``,
+    ``attention_mask: [1, 256]``, ``past_key_values.*: [1, kv, 128, d]``: ONNX Runtime refuses
+    any other feed before running a node, so the original and the rewrite both accept only
+    those sizes, and a fact probed there holds wherever either runs (the shape arithmetic is
+    folded into constants that hold at those sizes only, which probes at other lengths
+    would contradict). The roles are the probes' own (``_feeds``): a candidate's past is
+    ``[B, kv, P, d]``, the mask ``[B, P + S]``, the token ids and positions ``[B, S]``; an input of
+    any other role fixes nothing.
+    """
+    pasts = {id(side.past) for c in candidates for side in (c.key, c.value)}
+    found: dict[str, set[int]] = {"batch": set(), "new": set(), "past": set(), "total": set()}
+    for value in model.graph.inputs:
+        if value.shape is None:
+            continue
+        name = (value.name or "").lower()
+        if id(value) in pasts:
+            roles = {0: "batch", 2: "past"}
+        elif value.shape.rank() == 2 and is_mask(value):
+            roles = {0: "batch", 1: "total"}
+        elif value.shape.rank() == 2 and (name.endswith("input_ids") or name.endswith("position_ids")):
+            roles = {0: "batch", 1: "new"}
+        else:
+            continue
+        for axis, role in roles.items():
+            if isinstance(value.shape[axis], int):
+                found[role].add(value.shape[axis])
+    if any(len(sizes) > 1 for sizes in found.values()):
+        return "its inputs' static dims disagree on the batch or the sequence lengths"
+    sizes = {role: next(iter(found[role]), None) for role in found}
+    new, past, total = sizes["new"], sizes["past"], sizes["total"]
+    if total is not None and (new, past).count(None) == 1:
+        new, past = (total - past, past) if new is None else (new, total - new)
+    if (new is not None and new < 1) or (past is not None and past < 0):
+        return "its inputs' static dims leave no sequence length a call can have"
+    if None not in (new, past, total) and new + past != total:
+        return "its inputs' static dims disagree on the batch or the sequence lengths"
+    return _Pinned(sizes["batch"], new, past, total)
+
+
+def _fitted(probes: list[tuple[int, int, int, np.ndarray]], pinned: _Pinned) -> list[tuple[int, int, int, np.ndarray]]:
+    """``probes`` moved to the sizes the graph's static dims fix, each size with every probe mask it can have."""
+    if pinned == _Pinned():
+        return probes
+    sizes: dict[tuple[int, int, int], None] = {}
+    for batch, new, past, _ in probes:
+        batch = pinned.batch if pinned.batch is not None else batch
+        new = pinned.new if pinned.new is not None else new
+        past = pinned.past if pinned.past is not None else past
+        if pinned.total is not None and pinned.new is None:  # neither the past nor the new tokens fixed
+            new = min(new, pinned.total)
+            past = pinned.total - new
+        if new >= 1 and past >= 0:
+            sizes[(batch, new, past)] = None
+    return [(b, s, p, mask) for b, s, p in sizes for mask in _probe_masks(b, s + p)]
+
+
+def _probe_masks(batch: int, total: int) -> list[np.ndarray]:
+    """No padding, ``_probe_mask``'s, and one row padded on the left only and on the right only."""
+    masks = [np.ones((batch, total), np.int64), _probe_mask(batch, total)]
+    if total >= 4:
+        for row in (_probe_mask(2, total)[:1], _probe_mask(2, total)[1:]):
+            masks.append(np.repeat(row, batch, axis=0))
+    return masks
+
+
 def _probe_mask(batch: int, total: int) -> np.ndarray:
     """Row 0 left-padded, the last row right-padded (a quarter each), unless the rows are too short to pad."""
     mask = np.ones((batch, total), np.int64)
@@ -332,30 +444,38 @@ def _causal_at(bias: np.ndarray, new: int, past: int) -> bool:
 
 
 def _repeats(candidate: _Candidate, targets: list[np.ndarray], batch: int, total: int) -> bool:
-    """True if the repetitions' Expand and Reshape targets are ``[B, kv, r, T, d]`` and ``[B, kv*r, T, d]``.
+    """True if one side's repetition targets are ``[B, kv, r, T, d]`` (the Expand) and ``[B, kv*r, T, d]`` (the
+    Reshape), or, read through a batched view, ``[B*kv*r, T, d]`` and ``[B, kv*r, d, T]`` (its merge and split).
 
     Broadcasting lets the Expand target say 1 where the cache has the size; the Reshape
-    may copy the batch (0) or infer one dim (-1), but not copy axis 2 (that is ``r``).
+    may copy the batch (0) or infer one dim (-1), but not copy axis 2 (that is ``r``). The
+    view's targets may infer one dim, but copy none (a copied axis is not the one they name).
     """
     group = candidate.num_heads // candidate.kv_heads
-    kv, d = candidate.kv_heads, candidate.head_size
-    for expand, reshape in zip(targets[0::2], targets[1::2], strict=True):
-        e, r = np.asarray(expand).reshape(-1).tolist(), np.asarray(reshape).reshape(-1).tolist()
-        if (
-            len(e) != 5
-            or e[2] != group
-            or any(got not in (want, 1) for got, want in zip(e, (batch, kv, group, total, d), strict=True))
-        ):
-            return False
-        if (
-            len(r) != 4
-            or r[1] != kv * group
-            or r[0] not in (batch, 0, -1)
-            or r[2] not in (total, -1)
-            or r[3] not in (d, -1)
-        ):
-            return False
-    return True
+    kv, d, heads = candidate.kv_heads, candidate.head_size, candidate.num_heads
+    e, *views = (np.asarray(t).reshape(-1).tolist() for t in targets)
+    if (
+        len(e) != 5
+        or e[2] != group
+        or any(got not in (want, 1) for got, want in zip(e, (batch, kv, group, total, d), strict=True))
+    ):
+        return False
+    if len(views) == 2:
+        split = views[1]
+        inferred = (batch * heads, total, d), (batch, heads, d, total)
+        return (
+            all(
+                len(got) == len(want)
+                and got.count(-1) <= 1
+                and all(g in (w, -1) for g, w in zip(got, want, strict=True))
+                for got, want in zip(views, inferred, strict=True)
+            )
+            and split[1] == heads
+        )
+    (r,) = views
+    return not (
+        len(r) != 4 or r[1] != heads or r[0] not in (batch, 0, -1) or r[2] not in (total, -1) or r[3] not in (d, -1)
+    )
 
 
 class GroupQueryAttentionFusion(FusionPass):
@@ -430,6 +550,10 @@ class GroupQueryAttentionFusion(FusionPass):
         reasons: dict[int, str] = {}
         bias_reason: dict[int, str] = {}
         self._full: set[int] = set()
+        pinned = _pinned_sizes(model, candidates)
+        if isinstance(pinned, str):
+            return {id(c.node): pinned for c in candidates}
+        self._pinned = pinned
         for key, bias in {id(c.source): c.source for c in candidates}.items():
             found = self._probe_causal(model, bias)
             if isinstance(found, str):
@@ -463,7 +587,7 @@ class GroupQueryAttentionFusion(FusionPass):
                 probes.append((1, n, 0, ones))
             probes += [(1, 1, n - 1, ones)] if n <= _SHORT else []
             probes += [(1, 2, n - 2, ones)] if n >= 2 else []
-        return probes
+        return _fitted(probes, self._pinned)
 
     def _probe_causal(self, model: ir.Model, bias: ir.Value) -> bool | str:
         """Why ``bias`` is not provably causal, or whether it had the full ``[B|1, 1, S, T]`` shape at every probe."""
@@ -497,9 +621,10 @@ class GroupQueryAttentionFusion(FusionPass):
         repeated = [c for c in candidates if c.key.expand is not None]
         if not repeated:
             return
-        targets = [
-            n.inputs[1] for c in repeated for n in (c.key.expand, c.key.reshape, c.value.expand, c.value.reshape)
-        ]
+        sides = [side for c in repeated for side in (c.key, c.value)]
+        nodes = [[n for n in (side.expand, side.reshape, side.split) if n is not None] for side in sides]
+        starts = np.cumsum([0] + [len(n) for n in nodes]).tolist()
+        targets = [node.inputs[1] for side in nodes for node in side]
         inputs = graph_inputs_of(targets)
         probes = self._probes(targets, _LONGEST_NETWORK_PREFILL)
         try:
@@ -516,8 +641,9 @@ class GroupQueryAttentionFusion(FusionPass):
                 shapes = run(feeds)
             except RuntimeRefusedError:
                 continue  # the original refuses this shape
-            for index, candidate in enumerate(repeated):
-                if not _repeats(candidate, shapes[4 * index : 4 * index + 4], batch, new + past):
+            for index in range(len(sides)):
+                candidate = repeated[index // 2]
+                if not _repeats(candidate, shapes[starts[index] : starts[index + 1]], batch, new + past):
                     failed.add(id(candidate.node))
         for candidate in repeated:
             if id(candidate.node) in failed:
