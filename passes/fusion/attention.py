@@ -35,9 +35,11 @@ spelling of it:
   T; the dims are compared as products of named dims (``_layout.symbolic_dim``, which
   reads the legacy export's ``Mul(batch, heads)``), not as one exporter's literal target.
 - Soft cap (Gemma 2): ``c * tanh(s / c)`` (or ``tanh(s * (1/c)) * c``; a bare ``tanh(s)``
-  is ``c = 1``) on the scaled scores, ahead of every mask, ``c`` one positive constant
-  scalar on both sides. MultiHeadAttention has no cap, so this pass refuses it with the
-  reason; ``stage_soft_capped`` builds the same MultiHeadAttention, unread, for
+  is ``c = 1``) on the scaled scores, ahead of every mask: any ``c * tanh(f * s)``, ``c`` a
+  nonzero constant scalar, is the cap ``|c|`` at scale ``c * f`` (a negative ``c`` on both
+  sides is the positive cap, ``tanh`` being odd; a negative scale is refused).
+  MultiHeadAttention has no cap, so this pass refuses it with the reason;
+  ``stage_soft_capped`` builds the same MultiHeadAttention, unread, for
   ``fuse-group-query-attention``, whose op takes ``softcap`` (scale, cap, then the bias: the
   order Hugging Face's Gemma 2 eager attention computes).
 - Output: Transposes composing to ``(0, 2, 1, 3)`` and a Reshape merging the last two
@@ -53,10 +55,10 @@ mask input is stage 2 (``packed_attention``), a pass verified on its own.
 Refuses (with the reason, counted per Softmax) when: Softmax is not over the last axis of
 a 4-D (or batched 3-D) float32 tensor; its input is not Q @ K^T under scalar scales, biases,
 Where masks and views of the batched scores; the scores are soft-capped (always: see
-above), or go through a Tanh that is not one cap ``c * tanh(f * s)`` (``c`` not a positive
-constant scalar, a mask inside the cap, a scale after it, two caps); the scores
-are subtracted from another term
-(softmax of their negation); a Where mask's fill is not -inf or large negative; the scores
+above), or go through a Tanh that is not one cap ``c * tanh(f * s)`` (``c`` not a nonzero
+constant scalar, ``c * f`` not positive, a mask inside the cap, a scale after it, two
+caps); the scores are subtracted from another term (softmax of their negation); a Where
+mask's fill is not -inf or large negative; the scores
 or probabilities have other users; batched and per-head operands are mixed; a batched
 operand is not a 4-D per-head tensor with its batch and head axes merged; Q, K and V are
 not known to be merged from the same batch and heads; a view of the batched scores changes
@@ -173,12 +175,13 @@ def _single_user(value: ir.Value) -> ir.Node | None:
 def _soft_cap(node: ir.Node) -> tuple[ir.Value, float, list[ir.Value]] | str | None:
     """``(x, c, values)`` when ``node`` is a soft cap ``c * tanh(x)`` (Gemma 2's ``c * tanh(s / c)``, also
     ``tanh(x) * c`` and ``tanh(x) / (1/c)``), ``values`` the Tanh's output; a reason when it scales a Tanh
-    by no positive constant scalar; None when it scales no Tanh.
+    by no nonzero finite constant scalar; None when it scales no Tanh.
 
-    Any ``c * tanh(f * s)`` is the fused op's cap ``c`` at scale ``c * f``, since
-    ``c * tanh(f * s) = c * tanh((c * f) * s / c)``: the factors inside the Tanh (Gemma 2's ``1/c``,
-    or that merged with the attention scale into one constant) are the walk's to collect, from
-    ``c``. A bare ``tanh(s)`` is the cap ``c = 1``.
+    Any ``c * tanh(f * s)`` is the fused op's cap ``|c|`` at scale ``c * f``, since
+    ``c * tanh(f * s) = |c| * tanh((c * f) * s / |c|)`` (for ``c < 0``, ``tanh`` is odd:
+    ``c * tanh(f * s) = |c| * tanh(-f * s)``): the factors inside the Tanh (Gemma 2's ``1/c``, or
+    that merged with the attention scale into one constant) are the walk's to collect, from
+    ``c``, and a negative scale is refused with the others. A bare ``tanh(s)`` is the cap ``c = 1``.
     """
     if is_onnx_op(node, "Tanh") and node.inputs[0] is not None:
         return node.inputs[0], 1.0, []
@@ -193,8 +196,8 @@ def _soft_cap(node: ir.Node) -> tuple[ir.Value, float, list[ir.Value]] | str | N
     if outer is None or tanh is None or not is_onnx_op(tanh, "Tanh") or tanh.inputs[0] is None:
         return "the scores are soft-capped (c * tanh(s / c)) by a c that is not a constant scalar"
     cap = outer[1]
-    if not (math.isfinite(cap) and cap > 0):
-        return f"the scores' soft cap c = {cap:g} is not a positive finite number"
+    if not (math.isfinite(cap) and cap != 0):
+        return f"the scores' soft cap c = {cap:g} is not a nonzero finite number"
     return tanh.inputs[0], cap, [tanh.outputs[0]]
 
 
@@ -228,8 +231,8 @@ def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
                 return _TWO_CAPS
             if factor != 1.0:
                 return _SCALED_CAP
-            # The scale below the cap is c times the factors inside it (``_soft_cap``).
-            value, softcap, factor = cap[0], cap[1], cap[1]
+            # The cap is |c|, the scale below it c times the factors inside it (``_soft_cap``).
+            value, softcap, factor = cap[0], abs(cap[1]), cap[1]
             chain += cap[2]
             depth += 1
             continue

@@ -25,10 +25,11 @@ presents back as pasts exactly as before.
 
 Soft-capped attention (Gemma 2: ``softmax(c * tanh(scale * Q K^T / c) + mask)``) has no
 MultiHeadAttention, so fuse-attention leaves it; this pass stages it as one (fuse-attention's
-match, ``attention.stage_soft_capped``: the cap must be ``c * tanh(f * s)``, ``c`` a positive
+match, ``attention.stage_soft_capped``: the cap must be ``c * tanh(f * s)``, ``c`` a nonzero
 constant, ahead of every mask, with nothing scaling it after; the op's scale is then
-``c * f``), applies the same proofs and refusals,
-and gives the op ``softcap=c``. ONNX Runtime's kernel scales, caps, then adds
+``c * f``, which must be positive: a negative ``c`` on both sides, ``-c * tanh(s / -c)``, is the
+cap ``|c|`` since ``tanh`` is odd), applies the same proofs and refusals,
+and gives the op ``softcap=|c|``. ONNX Runtime's kernel scales, caps, then adds
 ``attention_bias`` (checked against numpy on 1.32's CPU kernel), the order of Hugging
 Face's eager Gemma 2. A staging that is refused is taken back: the graph is left as it was.
 

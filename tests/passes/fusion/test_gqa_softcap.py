@@ -194,9 +194,24 @@ def test_a_cap_dividing_by_one_constant_and_multiplying_by_another_is_a_cap_at_a
     _assert_fused_with_cap(model, multiply)
 
 
-def test_a_negative_cap_is_refused(before_attention):
-    attention, _ = _refused(_capped(before_attention, divide=-0.05, multiply=-0.05))
-    assert any("is not a positive finite number" in r for r in attention), attention
+def test_a_cap_negative_on_both_sides_is_the_positive_cap(before_attention):
+    # (-c) * tanh(s / (-c)) = c * tanh(s / c), tanh being odd: the cap |c| at scale c * f = (-c) * (1 / -c) = 1.
+    model = _capped(before_attention, divide=-_CAP, multiply=-_CAP)
+    _assert_fused_with_cap(model, _CAP)
+    # Only the cap's magnitude is the op's: spelled once with Mul by 1/(-c), the same.
+    _assert_fused_with_cap(_capped(before_attention, divide=-_CAP, multiply=-_CAP, spelling="Mul"), _CAP)
+
+
+@pytest.mark.parametrize(("divide", "multiply"), [(_CAP, -_CAP), (-_CAP, _CAP)])
+def test_a_cap_negative_on_one_side_is_refused(before_attention, divide, multiply):
+    # c * tanh(s / c') with c * (1/c') < 0 is the cap |c| at a negative scale: refused with the scale's reason.
+    attention, _ = _refused(_capped(before_attention, divide=divide, multiply=multiply))
+    assert any("scale is not a positive finite number" in r for r in attention), attention
+
+
+def test_a_cap_of_zero_is_refused(before_attention):
+    attention, _ = _refused(_capped(before_attention, divide=_CAP, multiply=0.0))
+    assert any("is not a nonzero finite number" in r for r in attention), attention
 
 
 def test_a_cap_read_from_a_graph_input_is_refused(before_attention):
