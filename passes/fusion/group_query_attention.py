@@ -366,20 +366,25 @@ def _pinned_sizes(model: ir.Model, candidates: list[_Candidate]) -> _Pinned | st
     those sizes, and a fact probed there holds wherever either runs (the shape arithmetic is
     folded into constants that hold at those sizes only, which probes at other lengths
     would contradict). The roles are the probes' own (``_feeds``): a candidate's past is
-    ``[B, kv, P, d]``, the mask ``[B, P + S]``, the token ids and positions ``[B, S]``; an input of
-    any other role fixes nothing.
+    ``[B, kv, P, d]``, the one mask a candidate's bias reads ``[B, P + S]``, the token ids and
+    positions (``input_ids``, ``position_ids``, or with ``decoder_`` before them) ``[B, S]``; an
+    input of any other role (an encoder's mask or ids) fixes nothing.
     """
     pasts = {id(side.past) for c in candidates for side in (c.key, c.value)}
+    masks = set()
+    for candidate in candidates:
+        read = [v for v in graph_inputs_of([candidate.source]) or () if is_mask(v)]
+        masks |= {id(read[0])} if len(read) == 1 else set()
     found: dict[str, set[int]] = {"batch": set(), "new": set(), "past": set(), "total": set()}
     for value in model.graph.inputs:
         if value.shape is None:
             continue
-        name = (value.name or "").lower()
+        name = (value.name or "").lower().removeprefix("decoder_")
         if id(value) in pasts:
             roles = {0: "batch", 2: "past"}
-        elif value.shape.rank() == 2 and is_mask(value):
+        elif id(value) in masks and value.shape.rank() == 2:
             roles = {0: "batch", 1: "total"}
-        elif value.shape.rank() == 2 and (name.endswith("input_ids") or name.endswith("position_ids")):
+        elif value.shape.rank() == 2 and name in ("input_ids", "position_ids"):
             roles = {0: "batch", 1: "new"}
         else:
             continue

@@ -206,3 +206,13 @@ def test_static_dims_that_no_call_can_have_are_refused(static):
     fused, fusion = _fused(model)
     assert "GroupQueryAttention" not in {n.op_type for n in fused.graph}
     assert any("static dims disagree" in r for r in fusion.refusals), fusion.refusals
+
+
+def test_an_encoders_static_mask_and_ids_fix_no_size(static):
+    # A decoder with cross-attention inputs: their lengths are the encoder's, not the cache's.
+    model = static["llama_kv_legacy"].clone()
+    for name in ("encoder_attention_mask", "encoder_input_ids"):
+        encoder = ir.Value(name=name, shape=ir.Shape([_BATCH, 11]), type=ir.TensorType(ir.DataType.INT64))
+        model.graph.inputs.append(encoder)
+    fused, fusion = _fused(model)
+    assert Counter(n.op_type for n in fused.graph)["GroupQueryAttention"] == 2, fusion.refusals
