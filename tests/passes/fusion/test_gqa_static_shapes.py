@@ -216,3 +216,10 @@ def test_an_encoders_static_mask_and_ids_fix_no_size(static):
         model.graph.inputs.append(encoder)
     fused, fusion = _fused(model)
     assert Counter(n.op_type for n in fused.graph)["GroupQueryAttention"] == 2, fusion.refusals
+
+
+@pytest.mark.parametrize("name", ["llama_kv_legacy", "llama_kv_dynamo"])
+def test_the_static_shapes_pipeline_fuses_and_verifies_it(name):
+    _, report = optimizer.optimize_with_report(ir.load(FIXTURES / f"{name}.onnx"), static_shapes=True, dims=_DIMS)
+    (record,) = [r for r in report.passes if r.name == _NAME]
+    assert record.status == "applied", (record.status, report.failures())
