@@ -45,8 +45,11 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
     larger than ``output_size_limit`` elements; rewrites into operators spelled for a
     later opset than the model imports (onnxscript writes ``Split(x, split)`` and
     ``Unsqueeze(x, axes)`` for sequence ops even at opset 11). Nodes left without users
-    are removed. Shapes it infers along the way are kept on the values (the fusions read
-    them), ``MatMulNBits``' too, which onnx's inference skips (``_infer_matmul_nbits``).
+    are removed. When it folds something, the shapes it inferred along the way are kept
+    on the values (the fusions read them), ``MatMulNBits``' too, which onnx's inference
+    skips (``_infer_matmul_nbits``). When it folds nothing, it takes them back (with the
+    types and constant values the folder recorded) and reports ``modified=False``: the
+    model is as it was given, as the flag says (onnxscript's folder fills them in either way).
     """
 
     left_as = "left unfolded"
@@ -68,10 +71,13 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
             output_size_limit=self.output_size_limit,
             should_fold=_small_constant_of_shape,
         )
+        recorded = _recorded_facts(model)
         with _hide_scalar_split_shapes(model):
             modified = folder(model).modified
         if modified:
             remove_dead_nodes(model)
+        else:
+            _restore_facts(recorded)
         return self.result(model, modified)
 
 
@@ -103,6 +109,47 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
                     self.visit_attribute(attr)
                 return
         super().replace_node(node, replacement, root)
+
+
+_Facts = list[tuple[ir.Value, "ir.TypeProtocol | None", "ir.DataType | None", "ir.Shape | None", object]]
+
+
+def _recorded_facts(model: ir.Model) -> _Facts:
+    """Each value's type (and its element type, which ``value.dtype = ...`` writes into the type object in place),
+    shape and constant value, in every graph, subgraph and function of ``model``."""
+    facts: _Facts = []
+
+    def record(graph: ir.Graph) -> None:
+        outputs = (value for node in graph for value in node.outputs)
+        for value in (*graph.inputs, *graph.initializers.values(), *outputs):
+            value_type = value.type
+            dtype = value_type.dtype if value_type is not None else None
+            facts.append((value, value_type, dtype, value.shape, value.const_value))
+        for node in graph:
+            for attribute in node.attributes.values() if node.attributes else ():
+                if attribute.is_ref():
+                    continue
+                if attribute.type == ir.AttributeType.GRAPH:
+                    record(attribute.as_graph())
+                elif attribute.type == ir.AttributeType.GRAPHS:
+                    for subgraph in attribute.as_graphs():
+                        record(subgraph)
+
+    record(model.graph)
+    for function in model.functions.values():
+        record(function.graph)
+    return facts
+
+
+def _restore_facts(facts: _Facts) -> None:
+    """Put back what ``_recorded_facts`` recorded."""
+    for value, value_type, dtype, shape, const_value in facts:
+        if value.const_value is not const_value:
+            value.const_value = const_value
+        value.type = value_type
+        if value_type is not None and value_type.dtype != dtype:
+            value_type.dtype = dtype
+        value.shape = shape
 
 
 def _infer_matmul_nbits(node: ir.Node) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from optimizer.inputs import make_inputs
 from passes.constant_folding import FoldConstantsPass
@@ -163,3 +164,43 @@ def test_sequence_rewrites_fold_where_the_opset_has_their_spelling():
     after = FoldConstantsPass()(model.clone()).model
     assert "SplitToSequence" not in op_types(after) and "Split" in op_types(after)
     assert_same_outputs(model, after, _SPLIT_INPUTS)
+
+
+# Nothing here folds (no node has only constant inputs), but onnxscript's folder infers every intermediate shape,
+# in the If's branches and in the function too, and records the Constant's value on its output.
+_NOTHING_TO_FOLD = """
+    <ir_version: 9, opset_import: ["" : 17, "local" : 1]>
+    g (float[N, 4] x, bool cond) => (float[N, 4] y) {
+      two = Constant<value = float {2.0}>()
+      a = Relu(x)
+      b = Mul(a, two)
+      c = If(cond) <
+        then_branch = then_g () => (float[N, 4] t) { t1 = Neg(b) t = Abs(t1) },
+        else_branch = else_g () => (float[N, 4] e) { e = Abs(b) }
+      >
+      y = local.Twice(c)
+    }
+    <domain: "local", opset_import: ["" : 17]>
+    Twice (v) => (w) { w = Add(v, v) }"""
+
+
+def test_folding_nothing_leaves_the_model_as_it_was_given():
+    # A review: the pass reported modified=False but left the inferred shapes (value_info) in the model, so a
+    # caller trusting the flag (onnx-ir's PassManager, or a pipeline that keeps the model it was given in
+    # place) had a changed model it was told was unchanged.
+    model = parse_model(_NOTHING_TO_FOLD)
+    before = ir.to_proto(model).SerializeToString()
+    result = FoldConstantsPass()(model)
+    assert not result.modified
+    assert ir.to_proto(result.model).SerializeToString() == before
+    then_branch = next(node for node in model.graph if node.op_type == "If").attributes["then_branch"].as_graph()
+    assert [node.outputs[0].shape for node in model.graph][:3] == [None, None, None]
+    assert then_branch.node(0).outputs[0].shape is None
+
+
+def test_inferred_shapes_stay_when_something_folds():
+    # The fusions after this pass read them.
+    model = parse_model(_NOTHING_TO_FOLD.replace("b = Mul(a, two)", "three = Add(two, two)\n      b = Mul(a, three)"))
+    result = FoldConstantsPass()(model)
+    assert result.modified
+    assert str(next(node for node in model.graph if node.op_type == "Relu").outputs[0].shape) == "[N,4]"
