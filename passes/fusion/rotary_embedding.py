@@ -42,7 +42,9 @@ The cos/sin tables are not matched structurally: the subgraph computing them is
 evaluated on ONNX Runtime (only its ancestors, cheap) for ``cache_length``
 positions to build the caches, then checked to prove that row ``s`` always uses
 position ``s`` — or, when the model takes a ``position_ids`` input, position
-``position_ids[b, s]``, which the fused op then reads; or, with no ``position_ids``,
+``position_ids[b, s]``, which the fused op then reads expanded to ``[B, S]``, the rotated tensor's batch
+and sequence (the original broadcasts a ``[1, S]`` or ``[B, 1]`` ``position_ids``, ONNX Runtime's op
+takes ``[B, S]`` alone; cos/sin of such positions are probed to be the broadcast rows); or, with no ``position_ids``,
 position ``T - S + s`` for a mask of ``T`` tokens over ``S`` new ones (a decoder that
 counts positions on from its past by the mask's length), which the fused op reads as
 its ``[1]`` position offset, computed in the graph; or position ``P + s`` for a cache read
@@ -50,7 +52,10 @@ only for its length ``P`` on one symbolic axis (Hugging Face's ``cache_position`
 exported without ``position_ids``: ``Shape(past_key)[2] + arange(S)``), which the fused op reads
 as its offset, ``Shape(past_key, start=2, end=3)``. Sequences longer than ``cache_length``
 (``--max-sequence``, default 4096; past and new tokens together) are not supported by the
-fused model.
+fused model. Where the original cannot evaluate cos/sin at ``cache_length`` positions (GPT-J
+gathers them from its ``n_positions``-row table), the caches end at the most positions it
+evaluates, one more refused (found by bisection, at least 16), and a note says so: the fused op
+refuses positions past its caches, where the original refuses them too.
 
 One check is not enough: the caches are the tables at ``cache_length`` tokens, and
 a subgraph may read other rows at other lengths (LongRoPE switches from its short to
@@ -81,7 +86,8 @@ the cos/sin subgraph reads anything but ``[batch, sequence]`` integer inputs (to
 ids, the attention mask, position ids) and the length of one cache (one symbolic axis of
 it, through ``Shape`` alone), reads a cache's length beside ``position_ids`` or the mask,
 or contains an If/Loop/Scan; its values are
-not ``[c, c]`` halves of a position table; positions depend on the attention mask's
+not ``[c, c]`` halves of a position table, or cannot be evaluated at 16 positions; those of a ``[1, S]`` or
+``[B, 1]`` ``position_ids`` are not the rows of the positions broadcast; positions depend on the attention mask's
 values, or (without ``position_ids``) on its length or the cache's in any other way than
 counting on from a past; or at some probed length cos/sin are not the caches' rows.
 """
@@ -277,6 +283,7 @@ def _rotary(op, fusion: RotaryEmbeddingFusion, x, cos, sin, rotary_dim: int | No
     d = split.head_size if split is not None else _per_head_size(x, cos, sin, rotary_dim)
     width = d if rotary_dim is None else rotary_dim
     cos_cache, sin_cache, position_ids = fusion.tables(None, cos, sin, width)
+    position_ids = fusion.positions_for(position_ids, split.hidden if split is not None else x)
     # ONNX Runtime needs num_heads with rotary_embedding_dim, whatever the input's rank.
     partial = {} if width == d else {"rotary_embedding_dim": width}
     if split is None:  # a [B, N, S, d] tensor (normalized per head, as Qwen3's q_norm/k_norm): rotated as it is
@@ -533,6 +540,7 @@ class _RotateEveryTwo(pattern.RewriteRuleClassBase):
         cos_cache, sin_cache, position_ids = self._fusion.tables(None, cos, sin, heads.r, interleaved=heads.heads_axis)
         partial = {} if heads.r == heads.d else {"rotary_embedding_dim": heads.r}
         hidden = heads.hidden
+        position_ids = self._fusion.positions_for(position_ids, hidden)
         rotated = op.RotaryEmbedding(
             hidden,
             position_ids,
@@ -584,9 +592,11 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         # ``max_sequence`` is the name the other length-probing fusions take (``--max-sequence``).
         self.cache_length = cache_length if max_sequence is None else max_sequence
         self._tables: dict[tuple[int, int], tuple | str] = {}
+        self._expanded: dict[tuple[int, int], ir.Value] = {}
+        self._graph: ir.Graph | None = None
 
     def rule_set(self) -> pattern.RewriteRuleSet:
-        self._tables = {}
+        self._tables, self._expanded = {}, {}
         # The partial form holds the full one: it goes first, so its x is not refused as no head split.
         return [
             pattern.RewriteRuleSet([_PartialRotateHalf.rule(self)]),
@@ -604,8 +614,32 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         """
         key = (id(cos), id(sin), interleaved)
         if key not in self._tables:
+            self._graph = model.graph
             self._tables[key] = self._build_tables(model, cos, sin, head_size, interleaved)
         return self._tables[key]
+
+    def positions_for(self, positions: ir.Value, rotated: ir.Value) -> ir.Value:
+        """What the fused op reads as ``position_ids`` for ``rotated`` (its 3-D ``[B, S, H]`` or 4-D ``[B, N, S, d]``
+        input): the ``position_ids`` input expanded to ``[B, S]``, or ``positions`` as they are (an offset).
+
+        The original broadcasts a ``[1, S]`` (or ``[B, 1]``) ``position_ids`` over the batch (or sequence);
+        ONNX Runtime's RotaryEmbedding wants exactly ``[B, S]`` or a ``[1]`` offset, and fails otherwise.
+        ``_check_rows`` proved that the tables of broadcast positions are the broadcast rows, so
+        ``Expand(position_ids, [B, S])`` of ``rotated``'s shape gives the op the original's positions. The
+        shape is read off the input of the projection when ``rotated`` is one (shared by the query and key),
+        and the Expand is left out when both shapes are static and equal.
+        """
+        if not positions.is_graph_input() or positions.shape is None or positions.shape.rank() != 2:
+            return positions
+        source = _projection_input(rotated)
+        sequence_axis = 1 if source.shape.rank() == 3 else 2
+        wanted = [source.shape[0], source.shape[sequence_axis]]
+        if all(isinstance(dim, int) for dim in wanted) and list(positions.shape) == wanted:
+            return positions
+        key = (id(positions), id(source))
+        if key not in self._expanded:
+            self._expanded[key] = _expanded_positions(self._graph, positions, source, sequence_axis)
+        return self._expanded[key]
 
     def _build_tables(self, model: ir.Model, cos: ir.Value, sin: ir.Value, head_size: int, interleaved: int):
         read = graph_inputs_of([cos, sin])
@@ -627,20 +661,31 @@ class RotaryEmbeddingFusion(RuleFusionPass):
             other = " other than position_ids" if positions is not None else ""
             return f"cos/sin read the values of an input{other} (token ids?), not only its shape"
         half = head_size // 2
-        table_positions = {positions.name: np.arange(self.cache_length)[None]} if positions is not None else {}
+        cache_length = self.cache_length
+        table_positions = {positions.name: np.arange(cache_length)[None]} if positions is not None else {}
         # A cache read for its length is empty in the probes that take positions from the token index.
         no_past = _past_feeds(past, 0)
         try:
             table_cos, table_sin = evaluate(
                 model,
                 [cos, sin],
-                token_feeds(inputs, np.ones((1, self.cache_length)), table_positions) | no_past,
+                token_feeds(inputs, np.ones((1, cache_length)), table_positions) | no_past,
             )
         except RuntimeRefusedError as error:
-            # Most often a position table shorter than the caches asked for: the model itself ends there.
-            return (
-                f"cos/sin could not be evaluated at {self.cache_length} positions (--max-sequence; a position "
-                f"table shorter than that? give --max-sequence up to its rows): {error}"
+            # Most often a position table shorter than the caches asked for (GPT-J's ``embed_positions``):
+            # the original itself ends there, and so do the caches.
+            found = _longest_tables(model, [cos, sin], inputs, positions, cache_length, no_past)
+            if found is None:
+                shorter = f" nor at {_SHORTEST_TABLE}" if _SHORTEST_TABLE < cache_length else ""
+                return (
+                    f"cos/sin could not be evaluated at {cache_length} positions (--max-sequence){shorter} (a "
+                    f"position table shorter than that? give --max-sequence up to its rows): {error}"
+                )
+            cache_length, (table_cos, table_sin) = found
+            self.note(
+                f"rotary caches end at {cache_length} positions, where cos/sin's tables end (the original "
+                f"refuses position {cache_length}); the fused model takes no longer sequences, as with "
+                f"--max-sequence {cache_length}"
             )
         cos_cache, sin_cache = _halves(table_cos, half, interleaved), _halves(table_sin, half, interleaved)
         if cos_cache is None or sin_cache is None:
@@ -649,11 +694,11 @@ class RotaryEmbeddingFusion(RuleFusionPass):
                 return f"cos/sin are not {layout} tables of a [positions, d/2] table's columns each repeated"
             return "cos/sin are not two equal halves of a [positions, d/2] table"
         caches = cos_cache[0], sin_cache[0]
-        wrong = _check_rows(model, [cos, sin], inputs, positions, caches, self.cache_length, no_past, interleaved)
+        wrong = _check_rows(model, [cos, sin], inputs, positions, caches, cache_length, no_past, interleaved)
         if wrong is not None:
             return wrong
         if past is not None:
-            wrong = _counts_on_from_cache(model, [cos, sin], inputs, past, caches, self.cache_length, interleaved)
+            wrong = _counts_on_from_cache(model, [cos, sin], inputs, past, caches, cache_length, interleaved)
             if wrong is not None:
                 return wrong
             counted = None
@@ -661,7 +706,7 @@ class RotaryEmbeddingFusion(RuleFusionPass):
             counted = (
                 None
                 if positions is not None
-                else _counts_on_from_past(model, [cos, sin], inputs, caches, self.cache_length, interleaved)
+                else _counts_on_from_past(model, [cos, sin], inputs, caches, cache_length, interleaved)
             )
         if isinstance(counted, str):
             return counted
@@ -682,9 +727,91 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         return cos_value, sin_value, position_value
 
 
+# Caches shorter than this are not built: the tables the original refuses at fewer positions are no table's end.
+_SHORTEST_TABLE = 16
+
+
+def _longest_tables(
+    model: ir.Model,
+    tables: list[ir.Value],
+    inputs: list[ir.Value],
+    positions: ir.Value | None,
+    cache_length: int,
+    fixed: dict[str, np.ndarray],
+) -> tuple[int, list[np.ndarray]] | None:
+    """``(L, cos/sin)`` for the most positions ``L < cache_length`` at which the original evaluates cos/sin, one
+    more refused (a position table of ``L`` rows), or None when it refuses ``_SHORTEST_TABLE`` already.
+
+    The fused op refuses positions past its caches (ONNX Runtime checks each), where the original refuses
+    position ``L``: the caches end where the model does, as ``--max-sequence L`` would end them. The rows
+    below ``L`` are checked at every probed length like any caches' (``_check_rows``).
+    """
+    run = evaluator(model, tables)
+
+    def tables_at(length: int) -> list[np.ndarray] | None:
+        overrides = {positions.name: np.arange(length)[None]} if positions is not None else {}
+        try:
+            return run(token_feeds(inputs, np.ones((1, length)), overrides) | fixed)
+        except RuntimeRefusedError:
+            return None
+
+    if _SHORTEST_TABLE >= cache_length or tables_at(_SHORTEST_TABLE) is None:
+        return None
+    low, high = _SHORTEST_TABLE, cache_length  # evaluated at low, refused at high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if tables_at(middle) is None:
+            high = middle
+        else:
+            low = middle
+    return low, tables_at(low)
+
+
 def _is_token_input(value: ir.Value) -> bool:
     """A ``[batch, sequence]`` integer input: token ids, the attention mask, position ids."""
     return value.dtype in (ir.DataType.INT64, ir.DataType.INT32) and value.shape is not None and value.shape.rank() == 2
+
+
+def _projection_input(value: ir.Value) -> ir.Value:
+    """``A`` when ``value = A @ W [+ b]`` for a 3-D ``A``, a constant 2-D ``W`` (and 1-D ``b``): its batch and
+    sequence are ``value``'s. Else ``value``."""
+    node = producer(value, "Add")
+    if node is not None:
+        for operand, other in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
+            bias = constant_array(other)
+            if bias is not None and bias.ndim == 1 and producer(operand, "MatMul") is not None:
+                value = operand
+                break
+        else:
+            return value
+    node = producer(value, "MatMul")
+    if node is None:
+        return value
+    weight, source = constant_array(node.inputs[1]), node.inputs[0]
+    if weight is None or weight.ndim != 2 or source.shape is None or source.shape.rank() != 3:
+        return value
+    return source
+
+
+def _expanded_positions(graph: ir.Graph, positions: ir.Value, source: ir.Value, sequence_axis: int) -> ir.Value:
+    """``Expand(positions, [B, S])`` of ``source``'s batch (axis 0) and sequence (``sequence_axis``), computed
+    right after ``source`` (at the start of ``graph`` when it is an input)."""
+    if sequence_axis == 1:
+        nodes = [ir.node("Shape", [source], {"start": 0, "end": 2})]
+    else:
+        axes = add_initializer(graph, "rotary_batch_sequence_axes", np.array([0, sequence_axis], dtype=np.int64))
+        nodes = [ir.node("Shape", [source])]
+        nodes.append(ir.node("Gather", [nodes[0].outputs[0], axes], {"axis": 0}))
+    nodes.append(ir.node("Expand", [positions, nodes[-1].outputs[0]]))
+    anchor = source.producer()
+    if anchor is None or anchor.graph is not graph:
+        graph.insert_before(next(iter(graph)), nodes)
+    else:
+        graph.insert_after(anchor, nodes)
+    expanded = nodes[-1].outputs[0]
+    expanded.dtype = positions.dtype
+    expanded.shape = ir.Shape([source.shape[0], source.shape[sequence_axis]])
+    return expanded
 
 
 def _past_length_read(tables: list[ir.Value], others: list[ir.Value]) -> tuple[ir.Value, int] | str:
@@ -763,6 +890,47 @@ def _check_rows(
                 return (
                     f"cos/sin at {seq} tokens are not the cache's rows for their positions "
                     "(the tables change with the sequence length)"
+                )
+    if positions is None:
+        return None
+    return _check_broadcast_rows(model, tables, inputs, positions, caches, fixed, interleaved)
+
+
+def _check_broadcast_rows(
+    model: ir.Model,
+    tables: list[ir.Value],
+    inputs: list[ir.Value],
+    positions: ir.Value,
+    caches: tuple[np.ndarray, np.ndarray],
+    fixed: dict[str, np.ndarray],
+    interleaved: int,
+) -> str | None:
+    """Why cos/sin of a ``[1, S]`` or ``[B, 1]`` ``position_ids`` (which the original broadcasts over the batch
+    or the sequence) are not the rows of the positions broadcast to ``[B, S]``, or None.
+
+    The fused op reads ``Expand(position_ids, [B, S])`` (ONNX Runtime's kernel refuses any other shape than
+    ``[B, S]``); where the original refuses such a shape, or its tables would not broadcast over ``[B, S]``,
+    it runs no such batch, and the probe is skipped.
+    """
+    rng = np.random.default_rng(1)
+    batch, seq = PADDED_MASK.shape
+    rows = len(caches[0])
+    for shape in ((1, seq), (batch, 1)):
+        drawn = rng.integers(0, min(seq * 3, rows), shape)
+        feeds = token_feeds(inputs, PADDED_MASK, {positions.name: drawn}) | fixed
+        try:
+            found = evaluate(model, tables, feeds)
+        except RuntimeRefusedError:
+            continue
+        wanted = np.broadcast_to(drawn, (batch, seq))
+        for probe, cache in zip(found, caches):
+            halves = _halves(probe, cache.shape[-1], interleaved)
+            if halves is None or halves.shape[0] not in (1, batch) or halves.shape[1] not in (1, seq):
+                break
+            if not np.allclose(np.broadcast_to(halves, (batch, seq, halves.shape[-1])), cache[wanted], atol=1e-6):
+                return (
+                    f"cos/sin of position_ids shaped {list(shape)} (broadcast by the original) are not the "
+                    f"cache's rows for the broadcast positions"
                 )
     return None
 

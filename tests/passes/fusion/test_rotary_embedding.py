@@ -221,7 +221,8 @@ def test_position_ids_are_read_at_every_probed_length():
     after = fusion(model.clone()).model
     assert fusion.fused_count == 1
     (rotary,) = [n for n in after.graph if n.op_type == "RotaryEmbedding"]
-    assert rotary.inputs[1].name == "position_ids"
+    expand = rotary.inputs[1].producer()  # position_ids expanded to [B, S] (a [1, S] fed for a batch)
+    assert expand.op_type == "Expand" and expand.inputs[0].name == "position_ids"
     feeds = _inputs(sequence=300)
     feeds["position_ids"] = np.arange(300)[None].repeat(2, 0) + np.array([[0], [700]])  # the second row offset
     assert_same_outputs(model, after, feeds, rtol=1e-5, atol=1e-5)
@@ -418,10 +419,9 @@ def test_a_4d_tensor_rotated_before_its_transpose_is_left_alone():
     assert any("[B or 1, 1, S, d]" in line for line in result.refusals)
 
 
-def test_a_position_table_shorter_than_the_caches_names_max_sequence():
-    # A 16-row cos/sin table gathered by position_ids: at the default 64 cache rows here the table ends;
-    # the refusal said only ONNX Runtime's Gather error.
-    heads, size, rows = 2, 8, 16
+def _position_table_model(rows: int) -> ir.Model:
+    """cos/sin Gathered from a ``[rows, d]`` table by ``position_ids`` (GPT-J's ``embed_positions``), x [B, 2, S, 8]."""
+    heads, size = 2, 8
     inv = (1.0 / 10000 ** (np.arange(0, size, 2) / size)).astype(np.float32)
     angles = np.arange(rows)[:, None] * inv[None]
     table = np.concatenate([angles, angles], axis=-1)
@@ -451,8 +451,32 @@ def test_a_position_table_shorter_than_the_caches_names_max_sequence():
         [numpy_helper.from_array(v, k) for k, v in consts.items()],
     )
     proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
-    model = ir.from_proto(proto)
+    return ir.from_proto(proto)
+
+
+def test_caches_end_where_a_position_table_shorter_than_max_sequence_ends():
+    # GPT-J gathers cos/sin from its n_positions-row table: at the default --max-sequence they could not
+    # be evaluated and the rotary was refused. The original refuses position 20 and on, as the fused op does.
+    model = _position_table_model(rows=20)
+    result = RotaryEmbeddingFusion(cache_length=64)(model.clone())
+    assert result.modified and op_types(result.model).count("RotaryEmbedding") == 1
+    assert result.notes == [
+        "rotary caches end at 20 positions, where cos/sin's tables end (the original refuses position 20); "
+        "the fused model takes no longer sequences, as with --max-sequence 20"
+    ]
+    (rotary,) = [n for n in result.model.graph if n.op_type == "RotaryEmbedding"]
+    assert rotary.inputs[2].const_value.shape == (20, 4)
+    rng = np.random.default_rng(0)
+    for sequence in (5, 20):
+        positions = np.stack([np.arange(sequence), np.arange(sequence)[::-1]])
+        feeds = {"x": rng.standard_normal((2, 2, sequence, 8)).astype(np.float32), "position_ids": positions}
+        assert_same_outputs(model, result.model, feeds, rtol=1e-5, atol=1e-5)
+
+
+def test_a_position_table_too_short_for_caches_names_max_sequence():
+    # An 8-row table: shorter than any cache built on a guess; the refusal names --max-sequence.
+    model = _position_table_model(rows=8)
     result = RotaryEmbeddingFusion(cache_length=64)(model.clone())
     assert not result.modified
-    assert any("at 64 positions (--max-sequence" in line for line in result.refusals)
-    assert RotaryEmbeddingFusion(cache_length=16)(model.clone()).modified
+    assert any("at 64 positions (--max-sequence) nor at 16" in line for line in result.refusals)
+    assert RotaryEmbeddingFusion(cache_length=8)(model.clone()).modified

@@ -131,7 +131,8 @@ def test_an_interleaved_rotation_is_fused_with_interleaved_set(width, heads_firs
     after = fusion(model.clone()).model
     assert fusion.fused_count == 1
     (rotary,) = [n for n in after.graph if n.op_type == "RotaryEmbedding"]
-    assert rotary.inputs[0].name == "h" and rotary.inputs[1].name == "position_ids"
+    # position_ids expanded to [B, S]: the original broadcasts a [1, S] fed for a batch, ONNX Runtime's op does not.
+    assert rotary.inputs[0].name == "h" and rotary.inputs[1].producer().inputs[0].name == "position_ids"
     assert rotary.attributes.get_int("interleaved") == 1
     assert rotary.attributes.get_int("num_heads") == HEADS
     assert rotary.attributes.get_int("rotary_embedding_dim", 0) == (0 if width == HEAD_SIZE else width)
@@ -140,6 +141,9 @@ def test_an_interleaved_rotation_is_fused_with_interleaved_set(width, heads_firs
     assert after.graph.outputs[0].producer().op_type == ("Transpose" if heads_first else "Reshape")
     for sequence in (1, 6, 13):
         assert_same_outputs(model, after, _feeds(sequence), rtol=1e-5, atol=1e-5)
+    feeds = _feeds(6)
+    feeds["position_ids"] = feeds["position_ids"][1:]  # [1, S] for 2 rows: the fused op once refused it
+    assert_same_outputs(model, after, feeds, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -124,12 +124,15 @@ def test_query_and_key_sliced_off_a_packed_projection_are_rotated_as_they_are(wi
     rotaries = [n for n in after.graph if n.op_type == "RotaryEmbedding"]
     assert sorted(n.inputs[0].name for n in rotaries) == ["k", "q"]
     for rotary in rotaries:
-        assert rotary.inputs[1].name == "position_ids"
+        assert rotary.inputs[1].producer().inputs[0].name == "position_ids"  # expanded to [B, S]
         assert rotary.attributes.get_int("rotary_embedding_dim", 0) == (0 if width == HEAD_SIZE else width)
         assert rotary.attributes.get_int("num_heads", 0) == (0 if width == HEAD_SIZE else HEADS)
     assert not {"Cos", "Sin", "Neg"} & {n.op_type for n in after.graph}
     for sequence in (1, 6, 13):
         assert_same_outputs(model, after, _feeds(sequence), rtol=1e-5, atol=1e-5)
+    feeds = _feeds(6)
+    feeds["position_ids"] = feeds["position_ids"][1:]  # [1, S] for 2 rows: the fused op once refused it
+    assert_same_outputs(model, after, feeds, rtol=1e-5, atol=1e-5)
 
 
 def test_a_slice_bound_computed_from_an_unknown_dim_is_no_head_size():
