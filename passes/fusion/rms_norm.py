@@ -88,7 +88,8 @@ class RmsNormFusion(RuleFusionPass):
     exponent is not 2 or -0.5, whose input is ``x - mean(x)`` (a LayerNorm: left whole
     for ``fuse-layer-norm`` and ONNX Runtime's own LayerNorm fusion), or, without a
     scale, whose last dim has no static size, neither recorded nor inferred by ONNX shape
-    inference (which runs only when a norm needs it).
+    inference (which runs only when a norm needs it, and gets through the norms fused before
+    it and the other contrib ops whose output shapes are known exactly: ``_inferred_shapes``).
 
     ONNX Runtime registers ``SimplifiedLayerNormalization`` in the default ONNX domain,
     where onnx's checker has no such op: the result runs on ONNX Runtime (and graphopt
