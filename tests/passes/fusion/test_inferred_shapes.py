@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
 from passes.fusion._inferred_shapes import inferred_shapes
+from passes.fusion.attention import AttentionFusion
 from passes.fusion.layer_norm import LayerNormFusion
 from passes.fusion.rms_norm import RmsNormFusion
 from tests.helpers import assert_same_outputs, computed_op_types, parse_model
+from tests.passes.fusion._attention_graphs import HIDDEN, batched_attention_model, model_inputs
 
 _NO_STATIC_SIZE = "no scale, and the last dim has no static size to build a scale of ones for"
 
@@ -183,3 +186,27 @@ def test_embed_layer_norm_s_output_is_the_ids_shape_by_the_word_table_s_width():
         assert e.dtype == ir.DataType.FLOAT
         assert e.shape == ir.Shape(["B", "S", 16])
     assert e.shape is None and e.type is None
+
+
+@pytest.mark.parametrize("producer", ["SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"])
+def test_an_attention_after_a_fused_norm_is_fused_with_the_shapes_inferred_through_it(producer):
+    # The attention's heads are merged into the batch axis (B * N from Shape(x)): fused only with shapes
+    # inferred. With x = a norm fused before (as fuse-rms-norm does ahead of fuse-attention in the default
+    # pipeline), inference stopped at the norm and the attention was refused.
+    proto = ir.to_proto(batched_attention_model())
+    for node in proto.graph.node:
+        node.input[:] = ["normed" if name == "x" else name for name in node.input]
+    gamma = (0.5 + np.arange(HIDDEN) / HIDDEN).astype(np.float32)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(gamma, "gamma"))
+    if producer == "SimplifiedLayerNormalization":
+        norm = onnx.helper.make_node(producer, ["x", "gamma"], ["normed"], axis=-1, epsilon=1e-5)
+    else:
+        norm = onnx.helper.make_node(producer, ["x", "x", "gamma"], ["normed"], domain="com.microsoft")
+        proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    proto.graph.node.insert(0, norm)
+    model = ir.from_proto(proto)
+    fusion = AttentionFusion()
+    after = fusion(model.clone()).model
+    assert fusion.fused_count == 1, fusion.refusals
+    assert "Softmax" not in computed_op_types(after)
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
