@@ -46,7 +46,10 @@ activation would have to stay is refused: the fused op would compute it twice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import NamedTuple
@@ -61,15 +64,45 @@ from passes.fusion._checks import folded_constant, is_float
 from passes.fusion._targets import unsupported_ops
 
 
+class _Exact:
+    """A coefficient in exact arithmetic on the constants' stored values, worked out when first asked for.
+
+    None: too long a fraction to carry (``_MAX_EXACT_BITS``). Only a term GELU lacks is asked
+    for (``_close``): GELU's own terms, and every candidate x of a chain of scalings, never pay
+    for ``Fraction`` arithmetic (which made trying the values below a Tanh cost 6x).
+    """
+
+    __slots__ = ("_work", "_operands", "_value")
+
+    def __init__(self, work: Callable[..., Fraction | None] | None = None, *operands: object) -> None:
+        self._work = work
+        self._operands = operands
+        self._value: Fraction | None = None
+
+    @classmethod
+    def known(cls, value: Fraction) -> _Exact:
+        exact = cls()
+        exact._value = value
+        return exact
+
+    def __call__(self) -> Fraction | None:
+        if self._work is not None:
+            self._value = self._work(*self._operands)
+            self._work, self._operands = None, ()
+        return self._value
+
+
+_EXACT_ZERO = _Exact.known(Fraction(0))
+
+
 class _Term(NamedTuple):
     """One coefficient of a polynomial, and the sum of the magnitudes of the products added into it."""
 
     value: float
     # How much rounding the value can carry: c*x^3 - c*x^3 has value 0 and size 2|c|.
     size: float
-    # The coefficient in exact arithmetic on the constants' stored values (None: too long a fraction to
-    # carry, ``_MAX_EXACT_BITS``): a term GELU lacks must be 0 here.
-    exact: Fraction | None = Fraction(0)
+    # The coefficient in exact arithmetic on the constants' stored values: a term GELU lacks must be 0 here.
+    exact: _Exact = _EXACT_ZERO
 
 
 # A polynomial in x and the activation A: (power of x, power of A) -> term.
@@ -192,12 +225,13 @@ class GeluFusion(FusionPass):
         graph = model.graph
         count = 0
         kept: list[frozenset[ir.Node]] = []
+        known = _KnownConstants()
         for node in [n for n in graph if is_onnx_op(n, "Erf", "Tanh", "Sigmoid", "Gelu")]:
             if node.op_type == "Gelu":
                 found = _onnx_gelu(node)
                 found = _Refusal("ONNX Gelu", found) if isinstance(found, str) else found
             else:
-                found = _recognise(node)
+                found = _recognise(node, known)
                 if isinstance(found, _Match) and found.form.fused == "QuickGelu" and self._quick_gelu_missing():
                     found = _Refusal(found.form.kind, self._quick_gelu_missing())
             kind = found.form.kind if isinstance(found, _Match) else None
@@ -244,10 +278,11 @@ def _onnx_gelu(node: ir.Node) -> _Match | str:
 
 class _Refusal(NamedTuple):
     kind: str
-    reason: str
+    # A candidate's reason is worked out only if it is the one reported (``_recognise``).
+    reason: str | Callable[[], _Match | str]
 
 
-def _recognise(activation: ir.Node) -> _Match | _Refusal | None:
+def _recognise(activation: ir.Node, known: _KnownConstants) -> _Match | _Refusal | None:
     """The GELU around ``activation``; why a near miss is not one; or None if it is no GELU at all."""
     forms = _FORMS[activation.op_type]
     argument = activation.inputs[0]
@@ -258,22 +293,29 @@ def _recognise(activation: ir.Node) -> _Match | _Refusal | None:
     # x is where the argument's variable operands lead: the nearest value whose polynomial is GELU's argument
     # and after which the output is GELU's (a value before x, such as the MatMul ahead of a bias Add, is no x:
     # the bias shows; a value after it, such as x*1 when the output reads x, leaves the output no polynomial).
-    below = _values_below(argument)
+    below = _values_below(argument, known)
+    after = _values_after(activation.outputs[0])
+    # Every form's output has an x*A term, which only a product of the activation's chain with a tensor can
+    # give: without one no output is GELU's, for any x, and a candidate's output is walked only to say why
+    # (once, for the reason reported). A Tanh whose chain only adds is otherwise walked for each x below it.
+    multiplied = _multiplies_activation(activation.outputs[0], after, known)
+    unread = True
     for index, x in enumerate(below):
-        inner = _Polynomials(x)
+        # The output multiplies x by the activation, so it reads x or a value between x and the argument
+        # outside the argument's chain. Every value of a chain of scalings (x * k * k ...) is some c*x, and
+        # without this each would be tried as a QuickGELU's x, its output walked for each.
+        unread = unread and not _read_beside_chain(x, below[index - 1] if index else None, activation)
+        inner = _Polynomials(known, x)
         polynomial = inner.of(argument)
         if polynomial is None:
             reasons += [_Refusal(forms[0].kind, inner.refusal)] if inner.refusal else []
             continue
-        # The output multiplies x by the activation, so it reads x or a value between x and the argument
-        # outside the argument's chain. Every value of a chain of scalings (x * k * k ...) is some c*x, and
-        # without this each would be tried as a QuickGELU's x, its output walked for each.
-        unread = not any(
-            _read_beside_chain(value, below[position - 1] if position else None, activation)
-            for position, value in enumerate(below[: index + 1])
-        )
         for form in forms:
-            if form.alpha_per_argument is not None and unread:
+            # A QuickGELU tried where no product follows its activation could only be reported, and that only
+            # near CLIP's alpha (below): a chain of scalings before a Tanh that is only added to is not tried.
+            if form.alpha_per_argument is not None and (
+                unread or not (multiplied or _near_clips_alpha(form, polynomial))
+            ):
                 continue
             candidates = _instances(polynomial, form, _REL_TOL)
             if not candidates:
@@ -289,15 +331,46 @@ def _recognise(activation: ir.Node) -> _Match | _Refusal | None:
                     near_misses.append(_Refusal(form.kind, shown))
             failures = []
             for instance, sign in candidates:
-                found = _output_of(activation, x, inner, instance, sign)
+                walk = functools.partial(_output_of, activation, x, inner, instance, sign, after)
+                if not multiplied:
+                    failures.append(_Refusal(form.kind, walk))
+                    continue
+                found = walk()
                 if isinstance(found, _Match):
                     return found
                 failures.append(_Refusal(form.kind, found))
             # The likelier reading's. Any tensor times a sigmoid of it scaled is x*sigmoid(alpha*x) for some alpha
             # (a gate): only one near CLIP's alpha is worth a word.
-            if failures and (form.alpha_per_argument is None or _near_clips_alpha(candidates[0][0])):
+            if failures and (form.alpha_per_argument is None or _near_clips_alpha(form, polynomial)):
                 reasons += failures[:1]
-    return (reasons or near_misses or [None])[-1]
+    refusal = (reasons or near_misses or [None])[-1]
+    if refusal is not None and callable(refusal.reason):
+        reason = refusal.reason()
+        if isinstance(reason, _Match):
+            raise AssertionError(f"a GELU output without a product of its {activation.op_type}: {reason}")
+        refusal = _Refusal(refusal.kind, reason)
+    return refusal
+
+
+def _multiplies_activation(activation: ir.Value, after: list[ir.Value], known: _KnownConstants) -> bool:
+    """False if no value of ``after`` (the activation's chain, see ``_values_after``) can hold a term in x*A.
+
+    Only the chain's values are computed from A (each is its next node's only input read from A), so the
+    other operand of a chain node is free of A. ``Add``, ``Sub``, ``Neg``, and ``Mul`` or ``Div`` by a
+    constant keep a value ``c*A + f(x)``; only a ``Mul`` by a tensor, or a power of the chain (``Pow``,
+    ``Mul(v, v)``), multiplies A by x. ``Div`` by a non-constant is no polynomial.
+    """
+    previous = activation
+    for value in after:
+        node = value.producer()
+        if node.op_type == "Pow":
+            return True
+        if node.op_type == "Mul":
+            other = [operand for operand in node.inputs if operand is not previous]
+            if len(other) != 1 or known.array(other[0]) is None:
+                return True
+        previous = value
+    return False
 
 
 def _read_beside_chain(value: ir.Value, above: ir.Value | None, activation: ir.Node) -> bool:
@@ -307,8 +380,10 @@ def _read_beside_chain(value: ir.Value, above: ir.Value | None, activation: ir.N
     return value.is_graph_output() or any(use.node is not chain for use in value.uses())
 
 
-def _near_clips_alpha(form: _Form) -> bool:
-    return math.isclose(abs(dict(form.attributes)["alpha"]), 1.702, rel_tol=_NEAR_MISS_TOL)
+def _near_clips_alpha(form: _Form, argument: _Poly) -> bool:
+    """True if ``form`` (one with ``alpha_per_argument``) would take the argument ``c*x`` with an alpha near 1.702."""
+    c = argument.get((1, 0), _Term(0.0, 0.0)).value
+    return math.isclose(abs(form.alpha_per_argument * c), 1.702, rel_tol=_NEAR_MISS_TOL)
 
 
 def _instances(
@@ -335,19 +410,21 @@ def _instances(
     return found if c > 0 else found[::-1]
 
 
-def _output_of(activation: ir.Node, x: ir.Value, inner: _Polynomials, form: _Form, sign: int) -> _Match | str:
-    """The last value after ``activation`` that is GELU's output polynomial, checked; or why there is none.
+def _output_of(
+    activation: ir.Node, x: ir.Value, inner: _Polynomials, form: _Form, sign: int, outputs: list[ir.Value]
+) -> _Match | str:
+    """The last of ``outputs`` (``_values_after`` the activation) that is GELU's output polynomial, checked; or
+    why there is none.
 
     ``sign`` is -1 where the argument is GELU's negated: A is then written with the form's reflection.
     """
     name = activation.op_type.lower()
     written_as = {(0, 1): 1.0} if sign > 0 else form.reflection
     found = None
-    outputs = _values_after(activation.outputs[0])
     # Each output is computed from the one before it, so one walk serves them all: what it has taken when
     # it reaches an output (nodes, constants) is what that output takes. Walked afresh per output, a long
     # chain after every Tanh of a model cost its length squared.
-    outer = _Polynomials(x, activation.outputs[0], written_as)
+    outer = _Polynomials(inner.known, x, activation.outputs[0], written_as, inner)
     walked = []
     for output in outputs:
         polynomial = outer.of(output)
@@ -394,12 +471,23 @@ class _Polynomials:
     """
 
     def __init__(
-        self, x: ir.Value, activation: ir.Value | None = None, written_as: _Coefficients | None = None
+        self,
+        known: _KnownConstants,
+        x: ir.Value,
+        activation: ir.Value | None = None,
+        written_as: _Coefficients | None = None,
+        argument: _Polynomials | None = None,
     ) -> None:
+        self.known = known
         self._x = x
         self._activation = activation
         self._written_as = {key: _exactly(c) for key, c in (written_as or {(0, 1): 1.0}).items()}
-        self._memo: dict[int, _Poly | None] = {}
+        # The polynomials the argument's walk in the same x found (no value of it is computed from the activation):
+        # their nodes and constants are the argument's, already the formula's. An output reading the argument
+        # (a Tanh after a chain of scalings, multiplied by its argument) is otherwise walked down it again.
+        self._memo: dict[int, _Poly | None] = (
+            {key: found for key, found in argument._memo.items() if found is not None} if argument else {}
+        )
         self.nodes: set[ir.Node] = set()
         self.constants: list[ir.Value] = []
         self.refusal: str | None = None
@@ -461,27 +549,56 @@ class _Polynomials:
             key: _Term(
                 term.value / divisor.value,
                 term.size / abs(divisor.value),
-                None if term.exact is None or divisor.exact is None else _carried(term.exact / divisor.exact),
+                _Exact(_combined, operator.truediv, term.exact, divisor.exact),
             )
             for key, term in first.items()
         }
 
     def _constant(self, value: ir.Value | None, exponent: bool = False) -> float | None:
-        array = _constant_array(value)
-        if array is None or array.size == 0 or array.size > _MAX_UNIFORM:
+        found = self.known.number(value)
+        if found is None:
             return None
-        number = array.reshape(-1)[0]
-        # A tensor whose every element is one number (0.5 stored per channel) is that number, broadcast.
-        if array.size > 1 and not (np.all(array == number) or np.all(np.isnan(array))):
-            return None
+        number, float32 = found
         self.constants.append(value)
-        self.float32 = self.float32 and (exponent or array.dtype == np.float32)
-        return float(number)
+        self.float32 = self.float32 and (exponent or float32)
+        return number
 
     def _finite(self, number: float, what: str) -> bool:
         if not math.isfinite(number):
             self.refusal = self.refusal or f"{what} is {number}"
         return math.isfinite(number)
+
+
+class _KnownConstants:
+    """The constants of one pass run, each read once: the values below an activation are walked again for each
+    candidate x (and once more for each output), and would read each constant's tensor again each time."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[ir.Value, np.ndarray | None] = {}
+        self._numbers: dict[ir.Value, tuple[float, bool] | None] = {}
+
+    def array(self, value: ir.Value | None) -> np.ndarray | None:
+        """``_constant_array(value)``."""
+        if value is None:
+            return None
+        if value not in self._arrays:
+            self._arrays[value] = _constant_array(value)
+        return self._arrays[value]
+
+    def number(self, value: ir.Value | None) -> tuple[float, bool] | None:
+        """The one number a constant holds, and whether it is stored as float32; None if it is no constant or holds
+        several numbers. A tensor whose every element is one number (0.5 stored per channel) is that number."""
+        if value is None:
+            return None
+        if value not in self._numbers:
+            array = self.array(value)
+            number = None
+            if array is not None and 0 < array.size <= _MAX_UNIFORM:
+                first = array.reshape(-1)[0]
+                if array.size == 1 or np.all(array == first) or np.all(np.isnan(array)):
+                    number = (float(first), array.dtype == np.float32)
+            self._numbers[value] = number
+        return self._numbers[value]
 
 
 def _constant_array(value: ir.Value | None) -> np.ndarray | None:
@@ -495,14 +612,14 @@ def _constant_array(value: ir.Value | None) -> np.ndarray | None:
     return constant_array(value)
 
 
-def _values_below(value: ir.Value) -> list[ir.Value]:
+def _values_below(value: ir.Value, known: _KnownConstants) -> list[ir.Value]:
     """``value`` and what it is computed from along its first non-constant operands, nearest first."""
     found = [value]
     while len(found) < _MAX_NODES:
         node = found[-1].producer()
         if not is_onnx_op(node, *_ARITHMETIC):
             break
-        operand = next((v for v in node.inputs if v is not None and _constant_array(v) is None), None)
+        operand = next((v for v in node.inputs if v is not None and known.array(v) is None), None)
         if operand is None:
             break
         found.append(operand)
@@ -560,9 +677,10 @@ def _rewrite(graph: ir.Graph, match: _Match) -> None:
     graph.remove(match.removed, safe=True)
 
 
+@functools.lru_cache(maxsize=1024)
 def _exactly(number: float) -> _Term:
     """A constant term: ``number`` as stored (a float32 constant is exact as a float, and as a fraction)."""
-    return _Term(number, abs(number), Fraction(number))
+    return _Term(number, abs(number), _Exact.known(Fraction(number)))
 
 
 def _carried(exact: Fraction | None) -> Fraction | None:
@@ -573,9 +691,28 @@ def _carried(exact: Fraction | None) -> Fraction | None:
     return exact
 
 
+def _combined(operation: Callable[..., Fraction], *operands: _Exact) -> Fraction | None:
+    """``operation`` on the operands' exact values, carried (``_carried``); None if one of them is."""
+    values = [operand() for operand in operands]
+    if any(value is None for value in values) or (operation is operator.truediv and values[1] == 0):
+        return None
+    return _carried(operation(*values))
+
+
+def _sum_of_products(pairs: list[tuple[_Term, _Term]]) -> Fraction | None:
+    """The exact sum of the pairs' products, each partial sum carried (``_carried``), in the order given."""
+    total: Fraction | None = Fraction(0)
+    for a, b in pairs:
+        first, second = a.exact(), b.exact()
+        if total is None or first is None or second is None:
+            return None
+        total = _carried(total + first * second)
+    return total
+
+
 def _negated(polynomial: _Poly) -> _Poly:
     return {
-        key: _Term(-term.value, term.size, None if term.exact is None else -term.exact)
+        key: _Term(-term.value, term.size, _Exact(_combined, operator.neg, term.exact))
         for key, term in polynomial.items()
     }
 
@@ -584,21 +721,25 @@ def _sum(first: _Poly, second: _Poly) -> _Poly:
     total = dict(first)
     for key, term in second.items():
         value, size, exact = total.get(key, _Term(0.0, 0.0))
-        both = None if exact is None or term.exact is None else _carried(exact + term.exact)
+        both = _Exact(_combined, operator.add, exact, term.exact)
         total[key] = _Term(value + term.value, size + term.size, both)
     return total
 
 
 def _product(first: _Poly, second: _Poly) -> _Poly | None:
-    result: _Poly = {}
+    pairs: dict[tuple[int, int], list[tuple[_Term, _Term]]] = {}
     for (i, j), a in first.items():
         for (k, m), b in second.items():
             if i + k > _MAX_POWER or j + m > _MAX_POWER:
                 return None
-            value, size, exact = result.get((i + k, j + m), _Term(0.0, 0.0))
-            known = None not in (exact, a.exact, b.exact)
-            product = _carried(exact + a.exact * b.exact) if known else None
-            result[i + k, j + m] = _Term(value + a.value * b.value, size + a.size * b.size, product)
+            pairs.setdefault((i + k, j + m), []).append((a, b))
+    result: _Poly = {}
+    for key, products in pairs.items():
+        value = size = 0.0
+        for a, b in products:
+            value += a.value * b.value
+            size += a.size * b.size
+        result[key] = _Term(value, size, _Exact(_sum_of_products, products))
     return result
 
 
@@ -628,7 +769,8 @@ def _close(polynomial: _Poly, expected: _Coefficients, rel_tol: float, cancelled
         if key in expected:
             if not math.isclose(term.value, expected[key], rel_tol=rel_tol):
                 return False
-        elif term.exact is None or term.exact != 0 or term.size > cancelled_size * scale:
+        # The size first: it is at hand, the exact value may have to be worked out.
+        elif term.size > cancelled_size * scale or term.exact() != 0:
             return False
     return True
 
