@@ -36,7 +36,9 @@ after it (a head split, ``[B, N, S, d]``)::
 into ``RotaryEmbedding(h, ..., interleaved=1, num_heads=N)`` (with ``rotary_embedding_dim = r`` when
 ``r < d``) split back into heads as ``x`` was. Its cos/sin are ``[B or 1, S, 1, r]`` (after the
 transpose ``[B or 1, 1, S, r]``) tables whose columns come in equal pairs (``repeat_interleave``);
-the caches are every other column.
+the caches are every other column. A 4-D ``[B, N, S, d]`` tensor of static head count and size that is
+no head split (Cohere with ``use_qk_norm`` normalizes each head between its split and its transpose)
+is rotated as it is, as the rotate_half form's, its layout proved by ``[B or 1, 1, S, r]`` tables.
 
 The cos/sin tables are not matched structurally: the subgraph computing them is
 evaluated on ONNX Runtime (only its ancestors, cheap) for ``cache_length``
@@ -79,9 +81,9 @@ probes, cannot change the positions.
 Refuses when: the rotation is partial in any other way than the leading slice joined back
 to the rest of the head; x is not float32, or neither a head split nor a 4-D tensor of
 static head size with ``[B or 1, 1, S, d]`` cos/sin; an interleaved rotation is of no head split of
-a 3-D projection (before or after its transpose), its pairs are not ``(-t[..., 1::2], t[..., ::2])``
-stacked on a new last axis and flattened back into x's layout, or its cos/sin are not tables of
-that layout whose columns come in equal pairs;
+a 3-D projection (before or after its transpose) nor of such a 4-D tensor, its pairs are not
+``(-t[..., 1::2], t[..., ::2])`` stacked on a new last axis and flattened back into x's layout, or its
+cos/sin are not tables of that layout whose columns come in equal pairs;
 the cos/sin subgraph reads anything but ``[batch, sequence]`` integer inputs (token
 ids, the attention mask, position ids) and the length of one cache (one symbolic axis of
 it, through ``Shape`` alone), reads a cache's length beside ``position_ids`` or the mask,
@@ -438,13 +440,15 @@ def _last_axis(value: ir.Value | None, rank: int) -> bool:
 class _InterleavedHeads:
     """Where the tensor an interleaved rotation rotates comes from: ``hidden`` split into ``heads`` of ``d``,
     its heads on axis ``heads_axis`` (2: ``[B, S, N, d]``, GPT-J; 1: ``[B, N, S, d]`` after the transpose,
-    Cohere), ``r`` leading channels of each rotated."""
+    Cohere), ``r`` leading channels of each rotated; or (``per_head``) ``hidden`` is the 4-D ``[B, N, S, d]``
+    tensor rotated itself, no head split (Cohere's heads normalized first, ``use_qk_norm``)."""
 
     hidden: ir.Value
     heads: int
     d: int
     r: int
     heads_axis: int
+    per_head: bool = False
 
 
 class _RotateEveryTwo(pattern.RewriteRuleClassBase):
@@ -457,6 +461,8 @@ class _RotateEveryTwo(pattern.RewriteRuleClassBase):
 
     into ``RotaryEmbedding(h, ..., interleaved=1)`` split back as ``x`` was; cos/sin are ``[B or 1, S, 1, r]``
     (``[B or 1, 1, S, r]`` after the transpose) tables whose columns come in equal pairs (``repeat_interleave``).
+    An ``x`` that is no head split but a ``[B, N, S, d]`` tensor of static head count and size with
+    ``[B or 1, 1, S, r]`` tables (Cohere's heads normalized first) is rotated as it is.
     """
 
     def __init__(self, fusion: RotaryEmbeddingFusion, *, partial: bool) -> None:
@@ -477,40 +483,51 @@ class _RotateEveryTwo(pattern.RewriteRuleClassBase):
             return embedded
         return op.Concat(embedded, x_pass, _allow_other_attributes=True, _outputs=["joined"])
 
-    def _heads(self, x_rot, x_pass) -> tuple[ir.Value, _InterleavedHeads] | str:
-        """``x`` and where its heads come from, or why ``x_rot`` is no rotated part of a head split."""
+    def _heads(self, x_rot, x_pass, cos, sin) -> tuple[ir.Value, _InterleavedHeads] | str:
+        """``x`` and where its heads come from, or why ``x_rot`` is no rotated part of a head split, nor of a
+        ``[B, N, S, d]`` per-head tensor."""
         x = _sliced(x_rot, x_pass) if self._partial else x_rot
         if x is None:
             return "the rotated and passed channels are not two Slices of one tensor"
-        split, heads_axis = _sequence_first_split(x), 2
+        split, heads_axis, per_head = _sequence_first_split(x), 2, False
         if split is None:
             heads_first = head_split(x, (0, 2, 1, 3))
             width = last_dim(heads_first.hidden) if heads_first is not None else None
             heads = heads_first.heads if heads_first is not None else None
             if heads is None and width is not None and width % heads_first.head_size == 0:
                 heads = width // heads_first.head_size
-            if heads is None:
+            if heads is not None:
+                split, heads_axis = (heads_first.hidden, heads, heads_first.head_size), 1
+            elif heads_first is None and _static_dim(x, 1) is not None and _static_dim(x, 3) is not None:
+                # Cohere's use_qk_norm normalizes each head between its split and its transpose: x is rotated
+                # as it is, its layout proved by the tables (checked below, once the rotated width is known).
+                split, heads_axis, per_head = (x, _static_dim(x, 1), _static_dim(x, 3)), 1, True
+            else:
                 return (
-                    "x of an interleaved rotation is no head split of a 3-D projection (before or after its transpose)"
+                    "x of an interleaved rotation is no head split of a 3-D projection (before or after its "
+                    "transpose), nor a 4-D tensor of static head count and size"
                 )
-            split, heads_axis = (heads_first.hidden, heads, heads_first.head_size), 1
         hidden, heads, d = split
-        if not self._partial:
-            return x, _InterleavedHeads(hidden, heads, d, d, heads_axis)
-        rotated, passed = (_strided_bounds(v.producer(), d) for v in (x_rot, x_pass))
-        if rotated is None or passed is None or rotated[0] != 0 or rotated[2] != 1:
-            return "the rotated channels are no leading slice of the head"
-        r = rotated[1]
-        if passed != (r, d, 1):
-            return "the channels passed through are not the rest of the head"
-        return x, _InterleavedHeads(hidden, heads, d, r, heads_axis)
+        r = d
+        if self._partial:
+            rotated, passed = (_strided_bounds(v.producer(), d) for v in (x_rot, x_pass))
+            if rotated is None or passed is None or rotated[0] != 0 or rotated[2] != 1:
+                return "the rotated channels are no leading slice of the head"
+            r = rotated[1]
+            if passed != (r, d, 1):
+                return "the channels passed through are not the rest of the head"
+        if per_head:
+            checked = _per_head_size(x, cos, sin, r)
+            if isinstance(checked, str):
+                return checked
+        return x, _InterleavedHeads(hidden, heads, d, r, heads_axis, per_head)
 
     def check(self, context, x_rot, x_pass=None, cos=None, sin=None, **values) -> pattern.MatchResult:
         result = pattern.MatchResult()
         joined = values.get("joined")
         if joined is not None and joined.producer().attributes.get_int("axis", 0) not in (-1, 3):
             return result.fail("the rotated and passed channels are not concatenated on the last axis")
-        found = self._heads(x_rot, x_pass)
+        found = self._heads(x_rot, x_pass, cos, sin)
         if isinstance(found, str):
             return result.fail(found)
         x, heads = found
@@ -536,11 +553,18 @@ class _RotateEveryTwo(pattern.RewriteRuleClassBase):
         return result
 
     def rewrite(self, op, x_rot, x_pass=None, cos=None, sin=None, **_):
-        _, heads = self._heads(x_rot, x_pass)
+        _, heads = self._heads(x_rot, x_pass, cos, sin)
         cos_cache, sin_cache, position_ids = self._fusion.tables(None, cos, sin, heads.r, interleaved=heads.heads_axis)
         partial = {} if heads.r == heads.d else {"rotary_embedding_dim": heads.r}
         hidden = heads.hidden
         position_ids = self._fusion.positions_for(position_ids, hidden)
+        if heads.per_head:  # a [B, N, S, d] tensor, rotated as it is (num_heads only with a partial rotation)
+            count = {"num_heads": heads.heads} if partial else {}
+            rotated = op.RotaryEmbedding(
+                hidden, position_ids, cos_cache, sin_cache, interleaved=1, **count, **partial, _domain=MS_DOMAIN
+            )
+            rotated.shape, rotated.type = hidden.shape, hidden.type
+            return rotated
         rotated = op.RotaryEmbedding(
             hidden,
             position_ids,

@@ -18,7 +18,7 @@ END = np.iinfo(np.int64).max
 
 
 def _gptj_model(
-    width: int, *, tables: str = "interleaved", negated: str = "odd", heads_first: bool = False
+    width: int, *, tables: str = "interleaved", negated: str = "odd", heads_first: bool = False, scaled: bool = False
 ) -> ir.Model:
     """GPT-J's spelling over a ``position_ids`` input::
 
@@ -32,7 +32,9 @@ def _gptj_model(
     ``tables="halves"`` builds cos/sin as Concat(c, c) instead (a near miss: not the pairs the rotation
     reads); ``negated="even"`` stacks ``(-t[..., ::2], t[..., 1::2])`` instead (a near miss: no rotation).
     ``heads_first`` rotates after the heads' transpose, as Cohere does: ``x = Transpose(Reshape(h, ...))``
-    (``[B, N, S, d]``), cos/sin ``[B, 1, S, r]``, the pairs flattened by ``[0, N, 0, -1]``.
+    (``[B, N, S, d]``), cos/sin ``[B, 1, S, r]``, the pairs flattened by ``[0, N, 0, -1]``; ``scaled`` then
+    scales each head by its own weights between the split and the transpose (as Cohere's ``use_qk_norm``
+    normalizes them), so ``x`` is no head split.
     """
     half = width // 2
     inv_freq = 1.0 / 10000 ** (np.arange(0, width, 2) / width)
@@ -71,10 +73,15 @@ def _gptj_model(
                 helper.make_node("Unsqueeze", [f"{name}_3d", "axis2"], [name]),
             ]
     if heads_first:
-        nodes += [
-            helper.make_node("Reshape", ["h", "heads_shape"], ["split"]),
-            helper.make_node("Transpose", ["split"], ["x"], perm=[0, 2, 1, 3]),
-        ]
+        nodes.append(helper.make_node("Reshape", ["h", "heads_shape"], ["split"]))
+        if scaled:
+            consts["head_scale"] = np.linspace(0.5, 1.5, HEADS * HEAD_SIZE, dtype=np.float32).reshape(HEADS, HEAD_SIZE)
+            nodes.append(helper.make_node("Mul", ["split", "head_scale"], ["scaled"]))
+        nodes.append(helper.make_node("Transpose", ["scaled" if scaled else "split"], ["x"], perm=[0, 2, 1, 3]))
+    elif scaled:  # [B, S, N, d] heads scaled before their transpose: rotated there, no split either
+        consts["head_scale"] = np.linspace(0.5, 1.5, HEADS * HEAD_SIZE, dtype=np.float32).reshape(HEADS, HEAD_SIZE)
+        nodes.append(helper.make_node("Reshape", ["h", "heads_shape"], ["split"]))
+        nodes.append(helper.make_node("Mul", ["split", "head_scale"], ["x"]))
     else:
         nodes.append(helper.make_node("Reshape", ["h", "heads_shape"], ["x"]))
     rotated_part = "x"
@@ -163,3 +170,31 @@ def test_an_interleaved_rotation_with_other_tables_or_pairs_is_left_alone(option
     result = RotaryEmbeddingFusion(cache_length=POSITIONS)(model.clone())
     assert not result.modified
     assert result.refusals == [f"1 near match at Concat left unfused: {reason}"]
+
+
+@pytest.mark.parametrize("width", [HEAD_SIZE // 2, HEAD_SIZE])
+def test_an_interleaved_rotation_of_heads_scaled_after_their_split_is_fused_as_it_is(width):
+    # Cohere with use_qk_norm normalizes each head between its split and its transpose: x is no head split,
+    # and was left unfused ("x of an interleaved rotation is no head split ..."). RotaryEmbedding reads the
+    # [B, N, S, d] tensor itself, its layout proved by the [B or 1, 1, S, r] tables.
+    model = _gptj_model(width, heads_first=True, scaled=True)
+    result = RotaryEmbeddingFusion(cache_length=POSITIONS)(model.clone())
+    assert result.modified, result.refusals
+    after = result.model
+    (rotary,) = [n for n in after.graph if n.op_type == "RotaryEmbedding"]
+    assert rotary.inputs[0].name == "x" and rotary.attributes.get_int("interleaved") == 1
+    assert rotary.attributes.get_int("rotary_embedding_dim", 0) == (0 if width == HEAD_SIZE else width)
+    assert rotary.attributes.get_int("num_heads", 0) == (0 if width == HEAD_SIZE else HEADS)
+    assert not {"Neg", "Tile", "Split"} & {n.op_type for n in after.graph}
+    for sequence in (1, 6, 13):
+        assert_same_outputs(model, after, _feeds(sequence), rtol=1e-5, atol=1e-5)
+    feeds = _feeds(6)
+    feeds["position_ids"] = feeds["position_ids"][1:]  # [1, S] for 2 rows
+    assert_same_outputs(model, after, feeds, rtol=1e-5, atol=1e-5)
+
+
+def test_an_interleaved_rotation_of_scaled_heads_before_their_transpose_is_left_alone():
+    # x [B, S, N, d] with [B, S, 1, r] tables: RotaryEmbedding would read its axis 1 as the heads.
+    result = RotaryEmbeddingFusion(cache_length=POSITIONS)(_gptj_model(HEAD_SIZE, scaled=True))
+    assert not result.modified
+    assert any("nor a 4-D tensor of static head count and size" in line for line in result.refusals)
