@@ -86,11 +86,12 @@ def _embedded(node: ir.Node) -> ir.Node | None:
 
 # Contrib ops graphopt fuses into, by (domain, op type): for each output whose shape and type are a fixed
 # function of the inputs, ONNX ops computing a value of exactly that shape and type. ONNX Runtime's kernels
-# allocate these outputs so (its schemas' inference says the same). The types are the schemas': one type T
-# for all inputs and outputs of each op, except SimplifiedLayerNormalization's Y (the scale's type V). Not
-# covered, so a node reading them stays unknown: the norms' mean and inv_std_var ([.., 1], float),
-# EmbedLayerNormalization's mask_index, and every output of the attention ops (MultiHeadAttention's, for
-# one, takes its hidden size from the value's dims or the key's, by their ranks).
+# allocate these outputs so (its schemas' inference says the same). The types are the schemas': each output
+# listed is of its op's type T, the type of input 0 (of the word table for EmbedLayerNormalization), except
+# SimplifiedLayerNormalization's Y, of the scale's type V. Not covered, so a node reading them stays
+# unknown: the norms' mean and inv_std_var ([.., 1], float), EmbedLayerNormalization's mask_index, and every
+# output of the attention ops (MultiHeadAttention's, for one, takes its hidden size from the value's dims or
+# the key's, by their ranks).
 _SKIP_NORM = {0: _like_input, 3: _like_input}  # output and input_skip_bias_sum
 _STAND_INS: dict[tuple[str, str], dict[int, Callable[[ir.Node], ir.Node | None]]] = {
     **{(domain, "SimplifiedLayerNormalization"): {0: _like_input_typed_as_scale} for domain in ONNX_DOMAINS},
