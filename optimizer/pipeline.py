@@ -154,33 +154,41 @@ def undefined_input(model: ir.Model) -> str | None:
 
 
 def _undefined_in(root: ir.Graph | ir.Function) -> str | None:
-    """``undefined_input`` for one graph or function and the subgraphs in it."""
-    ordered = list(ir.traversal.RecursiveGraphIterator(root))
-    nodes = set(ordered)
-    subgraphs = [
-        graph
-        for node in ordered
-        for attr in node.attributes.values()
-        if not attr.is_ref() and attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-        for graph in ([attr.value] if attr.type == ir.AttributeType.GRAPH else attr.value)
-    ]
-    main = root.graph if isinstance(root, ir.Function) else root
-    graphs = {main, *subgraphs}
+    """``undefined_input`` for one graph or function and the subgraphs in it, scope by scope."""
+    if isinstance(root, ir.Function):
+        # A function holds no initializers (saving drops any put on its graph): only its inputs and nodes define.
+        return _undefined_in_scope(root.graph, (set(root.inputs),), with_initializers=False)
+    return _undefined_in_scope(root, (), with_initializers=True)
 
-    def defined(value: ir.Value) -> bool:
-        if value.producer() in nodes:
-            return True
-        # A function's input is its own graph's; another function's, or the main graph's, is out of scope.
-        return (value.is_graph_input() or value.is_initializer()) and value.graph in graphs
 
-    for node in ordered:
+def _undefined_in_scope(graph: ir.Graph, outer: tuple[set[ir.Value], ...], *, with_initializers: bool) -> str | None:
+    """The first read in ``graph`` (or a subgraph of it) of a value neither ``graph`` nor a scope around it
+    defines. A subgraph sees its own values and those of the graphs around it, never a sibling's or a nested
+    graph's."""
+    own = set(graph.inputs)
+    if with_initializers:
+        own.update(graph.initializers.values())
+    for node in graph:
+        own.update(node.outputs)
+    scopes = (own, *outer)
+
+    def visible(value: ir.Value) -> bool:
+        return any(value in scope for scope in scopes)
+
+    for node in graph:
         for value in node.inputs:
-            if value is not None and not defined(value):
+            if value is not None and not visible(value):
                 return f"{node.op_type} node {node.name or '(unnamed)'} reads {value.name!r}, which nothing defines"
-    for graph in (main, *subgraphs):
-        for value in graph.outputs:
-            if not defined(value):
-                return f"the graph output {value.name!r} is computed by no node"
+        for attr in node.attributes.values():
+            if attr.is_ref() or attr.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+                continue
+            for subgraph in [attr.value] if attr.type == ir.AttributeType.GRAPH else attr.value:
+                problem = _undefined_in_scope(subgraph, scopes, with_initializers=True)
+                if problem is not None:
+                    return problem
+    for value in graph.outputs:
+        if not visible(value):
+            return f"the graph output {value.name!r} is computed by no node"
     return None
 
 

@@ -9,7 +9,7 @@ import onnx_ir as ir
 import pytest
 
 from optimizer.options import Options
-from optimizer.pipeline import count_nodes, run_pipeline
+from optimizer.pipeline import count_nodes, run_pipeline, undefined_input
 from optimizer.protocol import PassContext, PassSpec
 from optimizer.report import STATUS_APPLIED, STATUS_FAILED, STATUS_ROLLED_BACK, STATUS_UNCHANGED
 from optimizer.verify import Verifier
@@ -265,3 +265,49 @@ def test_a_function_reading_its_inputs_an_optional_gap_and_its_body_values_passe
     optimized, report = run_pipeline(model, [_spec("rename", _FunctionReadsPass)], verifier=verifier)
     assert report.passes[0].status == STATUS_APPLIED, report.passes[0].detail
     assert any(node.name == "renamed" for node in optimized.functions[("local", "Block", "")])
+
+
+BRANCH_MODEL = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x, bool c) => (float[2] y) {
+      y = If(c) <
+        then_branch = then_g () => (float[2] t) { k = Constant<value = float[2] {5.0, 5.0}>() t = Add(x, k) },
+        else_branch = else_g () => (float[2] e) { e = Neg(x) }
+      >
+    }"""
+
+
+def _then_value(model):
+    return model.graph.node(0).attributes["then_branch"].as_graph().node(1).outputs[0]
+
+
+def _main_reads_then_value(model):
+    reader = ir.node("Mul", [model.graph.node(0).outputs[0], _then_value(model)], name="outer")
+    model.graph.append(reader)
+    model.graph.outputs[0] = reader.outputs[0]
+
+
+def _else_reads_then_value(model):
+    else_graph = model.graph.node(0).attributes["else_branch"].as_graph()
+    else_graph.node(0).replace_input_with(0, _then_value(model))
+
+
+@pytest.mark.parametrize("read", [_main_reads_then_value, _else_reads_then_value])
+def test_a_read_of_a_value_defined_in_another_scope_is_undefined(read):
+    # A review: every value of the graph and its subgraphs counted as defined everywhere in it, so a main-graph
+    # node reading a branch's value, or one branch reading its sibling's, passed and ONNX Runtime refused the file.
+    model = parse_model(BRANCH_MODEL)
+    assert undefined_input(model) is None
+    read(model)
+    assert "reads 't', which nothing defines" in undefined_input(model)
+
+
+def test_an_initializer_put_on_a_function_graph_is_undefined():
+    # A function holds no initializers: serialization drops them, so its node reads nothing.
+    model = parse_model(FUNCTION_MODEL)
+    function = model.functions[("local", "Block", "")]
+    weight = ir.Value(name="w", const_value=ir.tensor(np.ones(4, np.float32)))
+    function.graph.register_initializer(weight)
+    add = next(node for node in function if node.op_type == "Add")
+    add.replace_input_with(1, weight)
+    assert undefined_input(model) == "in function local.Block, Add node (unnamed) reads 'w', which nothing defines"
