@@ -5,9 +5,13 @@ What a subgraph computes is recognised, not how it is spelled. Each ``Erf``, ``T
 tensor ``x``, and a value after it a polynomial in ``x`` and ``A``, both built with ``Add``,
 ``Sub``, ``Mul``, ``Neg``, ``Div`` by a constant and ``Pow`` to a whole power, from constants
 of one value: a scalar or a ``[1]`` tensor, a tensor whose every element is that value (0.5
-stored per channel; its dims must not stretch x's), or one computed from such constants by
-elementwise ops that ``fold-constants`` has not folded (``Sqrt(2)``; an initializer that is
-also a graph input is no constant). Their coefficients must be GELU's, to 1e-5 relative:
+stored per channel), or one computed from such constants by elementwise ops that
+``fold-constants`` has not folded (``Sqrt(2)``; an initializer that is also a graph input is
+no constant). A constant with dims must neither add dims to x's nor stretch them: x's rank
+must be known and at least the constant's (or the output's recorded rank above every
+constant's, which makes it x's), and a dim over 1 must be x's size there. Where x's shape is
+not recorded, such a formula is tried again with the graph's shapes inferred for it (and
+taken back). Their coefficients must be GELU's, to 1e-5 relative:
 
 =========  ======================================  ====================  =========================
 A          argument                                output                fused into
@@ -45,6 +49,7 @@ activation would have to stay is refused: the fused op would compute it twice.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -127,6 +132,9 @@ _CANCELLED_SIZE = 100.0
 # own need a few hundred; a chain of twenty products of one constant would need thousands, and time.
 _MAX_EXACT_BITS = 1024
 _LARGE_CANCELLATION = "after large terms cancel, which float32 rounds first"
+# Refusals for x's shape not recorded: tried again with ONNX shape inference, run for those formulas only.
+_UNKNOWN_RANK = "the input's rank is unknown: a constant with dims could change the output's shape"
+_UNKNOWN_DIMS = "may stretch the input's dims, which are unknown"
 
 _ARITHMETIC = ("Add", "Sub", "Mul", "Div", "Neg", "Pow")
 # Ops of a constant subgraph evaluated where fold-constants has not run (``Sqrt(2)``).
@@ -208,8 +216,9 @@ class GeluFusion(FusionPass):
     ``0.044715``), one whose argument is GELU's but whose output is not
     (``0.6*x*(1 + erf(..))``) or reads a tensor other than the argument's, one whose
     activation (or a value computed from it) other nodes read, an input or constant known not to be
-    float32, a constant of higher rank than the input or with a dim over 1 where the input's
-    is not known to be that size (it would broadcast the output), terms that cancel only
+    float32, a constant of higher rank than the input (or with dims, where neither the input's
+    rank, inferred too, nor a higher rank of the output says it) or with a dim over 1 where the
+    input's is not known to be that size (it would broadcast the output), terms that cancel only
     from products too large for float32 to cancel them, a constant or ``Pow`` exponent
     that is NaN or infinite, ``QuickGelu`` on a target without its kernel, and an ONNX
     ``Gelu`` with an unknown ``approximate``. A term GELU lacks that
@@ -226,24 +235,60 @@ class GeluFusion(FusionPass):
         count = 0
         kept: list[frozenset[ir.Node]] = []
         known = _KnownConstants()
+        unknown_rank: list[ir.Node] = []
         for node in [n for n in graph if is_onnx_op(n, "Erf", "Tanh", "Sigmoid", "Gelu")]:
-            if node.op_type == "Gelu":
-                found = _onnx_gelu(node)
-                found = _Refusal("ONNX Gelu", found) if isinstance(found, str) else found
-            else:
-                found = _recognise(node, known)
-                if isinstance(found, _Match) and found.form.fused == "QuickGelu" and self._quick_gelu_missing():
-                    found = _Refusal(found.form.kind, self._quick_gelu_missing())
-            kind = found.form.kind if isinstance(found, _Match) else None
-            if isinstance(found, _Refusal):
-                kind, found = found
-                self.refuse(kind, found)
-            elif found is not None:
-                _rewrite(graph, found)
-                self.done("ONNX Gelu" if node.op_type == "Gelu" else kind)
-                count += 1
-                kept += [found.kept] if found.kept else []
+            found = self._found(node, known)
+            if isinstance(found, _Refusal) and (found.reason == _UNKNOWN_RANK or _UNKNOWN_DIMS in found.reason):
+                unknown_rank.append(node)
+                continue
+            count += self._record(graph, node, found, kept)
+        if unknown_rank:
+            count += self._fuse_with_inferred_shapes(model, unknown_rank, known, kept)
         self._note_kept(graph, kept)
+        return count
+
+    def _found(self, node: ir.Node, known: _KnownConstants) -> _Match | _Refusal | None:
+        if node.op_type == "Gelu":
+            found = _onnx_gelu(node)
+            return _Refusal("ONNX Gelu", found) if isinstance(found, str) else found
+        found = _recognise(node, known)
+        if isinstance(found, _Match) and found.form.fused == "QuickGelu" and self._quick_gelu_missing():
+            return _Refusal(found.form.kind, self._quick_gelu_missing())
+        return found
+
+    def _record(
+        self, graph: ir.Graph, node: ir.Node, found: _Match | _Refusal | None, kept: list[frozenset[ir.Node]]
+    ) -> int:
+        """Rewrite a match, or count a refusal; the number of rewrites (0 or 1)."""
+        if isinstance(found, _Refusal):
+            self.refuse(*found)
+            return 0
+        if found is None:
+            return 0
+        _rewrite(graph, found)
+        self.done("ONNX Gelu" if node.op_type == "Gelu" else found.form.kind)
+        kept += [found.kept] if found.kept else []
+        return 1
+
+    def _fuse_with_inferred_shapes(
+        self, model: ir.Model, activations: list[ir.Node], known: _KnownConstants, kept: list[frozenset[ir.Node]]
+    ) -> int:
+        """Try again the formulas refused for x's unknown rank, with the graph's missing shapes inferred.
+
+        The exporter may not record intermediate shapes (the legacy exporter records none): a
+        ``[1]`` constant on a MatMul's output would otherwise be refused. The shapes are inferred
+        only here, and taken back afterwards (``_inferred_shapes``); a model that needs none pays nothing.
+        """
+        # Imported here: a graph with no such formula never loads shape inference.
+        from passes.fusion._inferred_shapes import inferred_shapes, lacks_shapes
+
+        graph = model.graph
+        count = 0
+        with inferred_shapes(model) if lacks_shapes(model) else contextlib.nullcontext():
+            for node in activations:
+                # A later rewrite may have taken this activation into its own formula.
+                if node.graph is graph:
+                    count += self._record(graph, node, self._found(node, known), kept)
         return count
 
     def _note_kept(self, graph: ir.Graph, kept: list[frozenset[ir.Node]]) -> None:
@@ -442,7 +487,7 @@ def _output_of(
             return _activation_read_elsewhere(activation, nodes, output)
         if not (is_float(x) and inner.float32 and float32):
             return "input is not float32"
-        if reason := _broadcasts(inner.constants + constants, x):
+        if reason := _broadcasts(inner.constants + constants, x, output):
             return reason
         return _Match(x, output, form, frozenset(nodes - kept), frozenset(kept))
     # The farthest polynomial that reads x says what the output is; one that does not (1 + erf(..)) says
@@ -789,22 +834,30 @@ def _show(polynomial: _Poly | _Coefficients, activation: str = "") -> str:
     return " + ".join(terms) or "0"
 
 
-def _broadcasts(constants: list[ir.Value], x: ir.Value) -> str | None:
-    """Why a constant would give the output a shape other than ``x``'s, or None.
+def _broadcasts(constants: list[ir.Value], x: ir.Value, output: ir.Value) -> str | None:
+    """Why a constant would give ``output`` a shape other than ``x``'s, or None.
 
-    One with more dims than ``x`` (or any, where ``x``'s rank is unknown) adds dims; a dim over 1
-    stretches ``x``'s where that is not known to be the same size.
+    One with more dims than ``x`` adds dims; a dim over 1 stretches ``x``'s where that is not
+    known to be the same size. Where ``x``'s rank is unknown, ``output``'s recorded rank says it if
+    it is above every constant's: ``output`` is ``x`` broadcast with them all (the formula's ops are
+    elementwise, its constants all read on the way to ``output``), so its rank is the largest of theirs and x's.
     """
     shapes = [_constant_array(value).shape for value in constants]
     rank = max((len(shape) for shape in shapes), default=0)
-    if rank > 0 and x.shape is None:
-        return "the input's rank is unknown: a constant with dims could change the output's shape"
     if rank == 0:
         return None
-    if rank > x.shape.rank():
+    if x.shape is not None:
+        x_rank = x.shape.rank()
+    elif output.shape is not None and output.shape.rank() > rank:
+        x_rank = output.shape.rank()
+    else:
+        return _UNKNOWN_RANK
+    if rank > x_rank:
         return "a constant has more dims than the input: the output's shape would change"
     for shape in shapes:
-        for axis, size in enumerate(shape, start=x.shape.rank() - len(shape) if shape else 0):
+        for axis, size in enumerate(shape, start=x_rank - len(shape)):
+            if size != 1 and x.shape is None:
+                return f"a constant of shape {list(shape)} {_UNKNOWN_DIMS}: the output's would change"
             if size != 1 and x.shape[axis] != size:
                 return (
                     f"a constant of shape {list(shape)} may stretch the input's shape {x.shape}: "

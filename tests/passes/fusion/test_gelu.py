@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 from optimizer.domains import MS_DOMAIN
@@ -661,17 +662,31 @@ def test_silu_with_its_one_as_a_constant_is_left_alone():
     assert not result.modified and result.refusals == []
 
 
-def test_a_per_channel_constant_on_an_input_of_unknown_rank_is_refused():
-    # Relu's output has no recorded shape: a [16] constant could add a dim or stretch one, which Gelu would not.
+def test_a_per_channel_constant_on_an_input_of_unrecorded_shape_is_fused_with_the_inferred_shape():
+    # Relu's output has no recorded shape; inferred, it is [N, 16]: a [16] constant stretches none of it.
+    # Refused before ('the input's rank is unknown').
     body = _ERF.format(half=0.5).replace(
         "half = Constant<value = float {0.5}>()", f"half = Constant<value = float[16] {{{_HALVES}}}>()"
     )
     body = "      r = Relu(x)\n" + body.replace("(x, ", "(r, ")
-    _, result = _fused(_HEADER.format(body=body))
+    model, result = _fused(_HEADER.format(body=body))
+    assert computed_op_types(result.model) == ["Relu", "Gelu"], result.refusals
+    assert_same_outputs(model, result.model, _x(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_per_channel_constant_on_an_input_of_unknown_shape_is_refused():
+    # x is declared without a shape: the [16] constant could add a dim or stretch one, which Gelu would not. The
+    # rank-2 output says x is rank 2, not that its last dim is 16 (1 would be stretched).
+    body = _ERF.format(half=0.5).replace(
+        "half = Constant<value = float {0.5}>()", f"half = Constant<value = float[16] {{{_HALVES}}}>()"
+    )
+    model = parse_model(_HEADER.format(body=body))
+    model.graph.inputs[0].shape = None
+    result = GeluFusion()(model)
     assert not result.modified
     assert result.refusals == [
-        "1 of 1 erf GELU left unfused: the input's rank is unknown: "
-        "a constant with dims could change the output's shape"
+        "1 of 1 erf GELU left unfused: a constant of shape [16] may stretch the input's dims, which are unknown: "
+        "the output's would change"
     ]
 
 
@@ -727,3 +742,50 @@ def test_a_quick_gelu_whose_output_reads_its_scaled_argument_is_fused(body, monk
     assert computed_op_types(result.model) == ["QuickGelu"], result.refusals
     for scale in (1.0, 10.0):
         assert_same_outputs(model, result.model, _x(scale), rtol=1e-4, atol=1e-5)
+
+
+def _one_element_half(shape: str, relu: bool = True) -> str:
+    """The erf GELU with its 0.5 stored as a one-element tensor of ``shape`` (``[1]``, ``[1, 1]``); with ``relu``
+    its x is Relu's output, whose shape the graph does not record."""
+    body = _ERF.format(half=0.5).replace(
+        "half = Constant<value = float {0.5}>()", f"half = Constant<value = float{shape} {{0.5}}>()"
+    )
+    return "      r = Relu(x)\n" + body.replace("(x, ", "(r, ") if relu else body
+
+
+@pytest.mark.parametrize("shape", ["[1]", "[1, 1]"])
+def test_a_one_element_constant_with_dims_on_an_input_of_unrecorded_shape_is_fused(shape):
+    # Relu's output has no recorded shape; inferred, it is [N, 16]: a [1] or [1, 1] constant leaves it as it is.
+    # Refused before ('the input's rank is unknown').
+    model, result = _fused(_HEADER.format(body=_one_element_half(shape)))
+    assert computed_op_types(result.model) == ["Relu", "Gelu"], result.refusals
+    relu = next(node for node in result.model.graph if node.op_type == "Relu")
+    assert relu.outputs[0].shape is None  # inferred for the match, taken back after it
+    assert_same_outputs(model, result.model, _x(), rtol=1e-4, atol=1e-5)
+
+
+def _on_input_of_unknown_rank(shape: str, output: str | None) -> ir.Model:
+    """``_one_element_half(shape)`` on the graph input x, declared without a shape, and y declared ``output``."""
+    model = parse_model(_HEADER.format(body=_one_element_half(shape, relu=False)))
+    model.graph.inputs[0].shape = None
+    model.graph.outputs[0].shape = None if output is None else ir.Shape(output.split())
+    return model
+
+
+def test_a_one_element_constant_on_an_input_of_unknown_rank_is_fused_where_the_output_rank_is_larger():
+    # x's rank is unknown, but the output x*[1] is declared rank 2: x has rank 2, and x*[1] has x's shape.
+    model = _on_input_of_unknown_rank("[1]", "N 16")
+    result = GeluFusion()(model.clone())
+    assert computed_op_types(result.model) == ["Gelu"], result.refusals
+    assert_same_outputs(model, result.model, _x(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("shape", "output"), [("[1, 1]", "N 16"), ("[1]", "N"), ("[1]", None)])
+def test_a_one_element_constant_on_an_input_of_unknown_rank_is_refused_where_it_may_add_dims(shape, output):
+    # x*[1, 1] is rank 2 for x of rank 0, 1 or 2: a rank-2 output does not say that x has its shape.
+    result = GeluFusion()(_on_input_of_unknown_rank(shape, output).clone())
+    assert not result.modified
+    assert result.refusals == [
+        "1 of 1 erf GELU left unfused: the input's rank is unknown: "
+        "a constant with dims could change the output's shape"
+    ]
