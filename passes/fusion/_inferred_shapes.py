@@ -21,12 +21,12 @@ ONNX shape inference stops at an operator it has no schema for: ONNX Runtime's c
 (``SimplifiedLayerNormalization``, which ORT registers in the ONNX domain, and the
 ``com.microsoft`` ops) get no output shape, and nor does anything computed from them, so a
 fusion after an earlier one (an unscaled RMSNorm after a fused scaled one, an attention after
-a fused norm or rotary embedding) would see no shapes at all. In the clone, each contrib op
-whose output shapes are a fixed function of its inputs stands in as ONNX ops that give
-exactly those (``_STAND_INS``: an ``Identity`` of the input whose shape and type an output
-keeps, a ``Cast`` of it where the output takes another input's type, EmbedLayerNormalization's
-table ``Gather``); an op not listed, or one with an output that has no rule in use, stays
-unknown, as do its consumers. No dim is ever guessed.
+a fused norm or rotary embedding) would see no shapes at all. In the clone, each output of
+a contrib op whose shape is a fixed function of the op's inputs is read from a stand-in
+that ONNX knows, of exactly that shape and type (``_STAND_INS``: an ``Identity`` of the
+input whose shape and type the output keeps, a ``Cast`` of it where the output takes
+another input's type, EmbedLayerNormalization's table ``Gather``); an op not listed, and
+an output with no rule, stays unknown, as do their consumers. No dim is ever guessed.
 """
 
 from __future__ import annotations
@@ -77,6 +77,12 @@ def _like_input_typed_as_scale(node: ir.Node) -> ir.Node | None:
     return None if dtype is None else ir.node("Cast", [node.inputs[0]], {"to": dtype})
 
 
+def _query_with_key(node: ir.Node) -> ir.Node | None:
+    """GroupQueryAttention's output with a separate key: the query's [B, S, num_heads * head_size] and type
+    (a packed query, without a key, holds the key's and value's heads too)."""
+    return _like_input(node) if _input(node, 1) is not None else None
+
+
 def _embedded(node: ir.Node) -> ir.Node | None:
     """EmbedLayerNormalization's output and embedding_sum: ``input_ids``' [B, S] and the word table's
     hidden size, in its type, which is what gathering the table's rows at the ids gives."""
@@ -88,10 +94,10 @@ def _embedded(node: ir.Node) -> ir.Node | None:
 # function of the inputs, ONNX ops computing a value of exactly that shape and type. ONNX Runtime's kernels
 # allocate these outputs so (its schemas' inference says the same). The types are the schemas': each output
 # listed is of its op's type T, the type of input 0 (of the word table for EmbedLayerNormalization), except
-# SimplifiedLayerNormalization's Y, of the scale's type V. Not covered, so a node reading them stays
-# unknown: the norms' mean and inv_std_var ([.., 1], float), EmbedLayerNormalization's mask_index, and every
-# output of the attention ops (MultiHeadAttention's, for one, takes its hidden size from the value's dims or
-# the key's, by their ranks).
+# SimplifiedLayerNormalization's Y, of the scale's type V. Not covered, so they stay unknown (or as
+# recorded): the norms' mean and inv_std_var ([.., 1], float), EmbedLayerNormalization's mask_index,
+# GroupQueryAttention's caches (their length depends on the buffer), and MultiHeadAttention's outputs (the
+# output's hidden size is the value's, read from its dims by its rank, not the query's).
 _SKIP_NORM = {0: _like_input, 3: _like_input}  # output and input_skip_bias_sum
 _STAND_INS: dict[tuple[str, str], dict[int, Callable[[ir.Node], ir.Node | None]]] = {
     **{(domain, "SimplifiedLayerNormalization"): {0: _like_input_typed_as_scale} for domain in ONNX_DOMAINS},
@@ -103,29 +109,40 @@ _STAND_INS: dict[tuple[str, str], dict[int, Callable[[ir.Node], ir.Node | None]]
     (MS_DOMAIN, "BiasGelu"): {0: _like_input},  # likewise its bias
     (MS_DOMAIN, "RotaryEmbedding"): {0: _like_input},
     (MS_DOMAIN, "EmbedLayerNormalization"): {0: _embedded, 2: _embedded},
+    (MS_DOMAIN, "GroupQueryAttention"): {0: _query_with_key},
 }
 
 
 def _stand_in_for_contrib_ops(graph: ir.Graph) -> None:
-    """Replace each contrib op of ``_STAND_INS`` by ONNX ops giving its outputs' exact shapes and types.
+    """Give each read output of a contrib op of ``_STAND_INS`` a stand-in of its exact shape and type.
 
-    Only the clone is edited. Each output that is read becomes its stand-in's output, under
-    its own name, so what inference gives it is read back by name (an output nothing reads is
-    dropped). A node is left as it is where input 0 is absent, where a stand-in cannot be
-    built (a type it needs is not stated), or where an output with no rule is read.
+    Only the clone is edited. The output's readers read the stand-in's output instead, which
+    takes the output's name (so what inference gives it is read back by name); the op keeps
+    the output under another name, read by none, and its other outputs as they were. An
+    output stays as it is where its op has no input 0, it has no rule, or its stand-in
+    cannot be built (a type the rule needs is not stated).
     """
+    taken = {value.name for value in _values(graph)}
     for node in list(graph):
         rule = _STAND_INS.get((node.domain, node.op_type))
         if rule is None or not node.inputs or node.inputs[0] is None:
             continue
-        read = {index: out for index, out in enumerate(node.outputs) if out.uses() or out.is_graph_output()}
-        if not read or any(index not in rule for index in read):
-            continue
-        stand_ins = [rule[index](node) for index in read]
-        if all(stand_in is not None for stand_in in stand_ins):
-            ir.convenience.replace_nodes_and_values(
-                graph, node, [node], stand_ins, list(read.values()), [n.outputs[0] for n in stand_ins]
-            )
+        for index, out in enumerate(node.outputs):
+            if index not in rule or not (out.uses() or out.is_graph_output()):
+                continue
+            stand_in = rule[index](node)
+            if stand_in is None:
+                continue
+            graph.insert_before(node, stand_in)
+            new = stand_in.outputs[0]
+            new.type, new.shape = out.type, out.shape
+            out.replace_all_uses_with(new, replace_graph_outputs=True)
+            name, suffix = out.name, 0
+            while f"{name}/stood_in{suffix or ''}" in taken:
+                suffix += 1
+            out.name = f"{name}/stood_in{suffix or ''}"
+            taken.add(out.name)
+            new.name = name
 
 
 def _unknown(dim) -> bool:

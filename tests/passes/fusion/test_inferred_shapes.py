@@ -121,21 +121,10 @@ def test_an_unscaled_layer_norm_after_a_skip_norm_takes_the_inferred_last_dim():
     assert_same_outputs(model, result.model, _feeds(model), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "producer",
-    [
-        # An op with no rule here stays unknown, and so does everything computed from it.
-        "a = com.microsoft.FusedMatMul<alpha = 1.0>(x, sq)",
-        # A skip norm's inv_std_var ([.., 1]) has no rule: the node stays unknown when it is read.
-        "a, _m, v, _sum = com.microsoft.SkipSimplifiedLayerNormalization(x, x, w)\n          va = Add(v, x)",
-    ],
-)
-def test_a_contrib_op_without_an_exact_rule_leaves_the_norm_refused(producer):
-    text = (
-        "sq = Constant<value = float[12, 12] {" + ", ".join(["0.1"] * 144) + "}>()\n          " + producer
-        if "FusedMatMul" in producer
-        else producer
-    )
+def test_a_contrib_op_without_a_rule_leaves_the_norm_refused():
+    # An op with no rule here stays unknown, and so does everything computed from it.
+    sq = "sq = Constant<value = float[12, 12] {" + ", ".join(["0.1"] * 144) + "}>()"
+    text = f"{sq}\n          a = com.microsoft.FusedMatMul<alpha = 1.0>(x, sq)"
     result = RmsNormFusion()(_model(text))
     assert not result.modified
     assert result.refusals == [f"1 near match at Div left unfused: {_NO_STATIC_SIZE}"]
@@ -210,3 +199,35 @@ def test_an_attention_after_a_fused_norm_is_fused_with_the_shapes_inferred_throu
     assert fusion.fused_count == 1, fusion.refusals
     assert "Softmax" not in computed_op_types(after)
     assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
+
+
+def test_a_skip_norm_s_inv_std_var_stays_unknown_where_its_output_is_inferred():
+    # inv_std_var ([.., 1], float) has no rule: it stays unknown, read or not, and the output is inferred.
+    model = _model("a, _m, v, _sum = com.microsoft.SkipSimplifiedLayerNormalization(x, x, w)\n          va = Add(v, x)")
+    values = {v.name: v for n in model.graph for v in n.outputs}
+    with inferred_shapes(model):
+        assert values["a"].shape == ir.Shape([2, 12])
+        assert values["h"].shape == ir.Shape([2, 3, 4])
+        assert values["v"].shape is None and values["va"].shape is None
+    assert values["a"].shape is None and values["h"].shape is None
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["separate key", "packed query"])
+def test_group_query_attention_s_output_is_the_query_s_shape_where_the_key_is_separate(packed):
+    # A packed query [B, S, (N + 2 kv) d] holds the key's and value's heads: the output's width is not its.
+    # The caches' length depends on the buffer: they stay as declared.
+    key_value = ", , " if packed else ", k, v"
+    model = parse_model(f"""
+        <ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1]>
+        g (float[B, S, 32] q, float[B, S, 16] k, float[B, S, 16] v, float[B, 2, P, 8] past_key,
+           float[B, 2, P, 8] past_value, int32[B] seqlens_k, int32 total)
+            => (float y, float[B, 2, T, 8] present_key, float[B, 2, T, 8] present_value) {{
+          o, present_key, present_value = com.microsoft.GroupQueryAttention<num_heads = 4, kv_num_heads = 2>
+              (q{key_value}, past_key, past_value, seqlens_k, total)
+          y = Relu(o)
+        }}""")
+    (o, present_key, _) = next(n for n in model.graph if n.op_type == "GroupQueryAttention").outputs
+    with inferred_shapes(model):
+        assert o.shape == (None if packed else ir.Shape(["B", "S", 32]))
+        assert present_key.shape == ir.Shape(["B", 2, "T", 8])
+    assert o.shape is None
