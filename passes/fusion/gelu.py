@@ -344,6 +344,8 @@ def _recognise(activation: ir.Node, known: _KnownConstants) -> _Match | _Refusal
     # give: without one no output is GELU's, for any x, and a candidate's output is walked only to say why
     # (once, for the reason reported). A Tanh whose chain only adds is otherwise walked for each x below it.
     multiplied = _multiplies_activation(activation.outputs[0], after, known)
+    # The output polynomials the last QuickGELU candidate's walk found, by form and sign (see _ScaledOutputs).
+    scalings: dict[tuple[str, int], _ScaledOutputs] = {}
     unread = True
     for index, x in enumerate(below):
         # The output multiplies x by the activation, so it reads x or a value between x and the argument
@@ -377,13 +379,17 @@ def _recognise(activation: ir.Node, known: _KnownConstants) -> _Match | _Refusal
             failures = []
             for instance, sign in candidates:
                 walk = functools.partial(_output_of, activation, x, inner, instance, sign, after)
-                if not multiplied:
+                scaled = scalings.get((form.kind, sign)) if form.alpha_per_argument is not None else None
+                if not multiplied or (scaled is not None and scaled.misses(polynomial, form)):
                     failures.append(_Refusal(form.kind, walk))
                     continue
-                found = walk()
+                polynomials: list[_Poly | None] = []
+                found = walk(polynomials)
                 if isinstance(found, _Match):
                     return found
                 failures.append(_Refusal(form.kind, found))
+                if form.alpha_per_argument is not None:
+                    scalings[form.kind, sign] = _ScaledOutputs(polynomial, polynomials)
             # The likelier reading's. Any tensor times a sigmoid of it scaled is x*sigmoid(alpha*x) for some alpha
             # (a gate): only one near CLIP's alpha is worth a word.
             if failures and (form.alpha_per_argument is None or _near_clips_alpha(form, polynomial)):
@@ -455,11 +461,51 @@ def _instances(
     return found if c > 0 else found[::-1]
 
 
+class _ScaledOutputs:
+    """The output polynomials a QuickGELU candidate's walk found, to rule out the candidates below it unwalked.
+
+    A QuickGELU candidate's argument is ``c*x``. Below a candidate x' whose argument is ``c'*x'``, each
+    candidate x (its argument ``c*x``) has ``x' = (c/c')*x`` exactly: every path from the argument to x
+    passes x' (the argument is a polynomial in x'). So each output's polynomial in x is its polynomial in
+    x' with x' replaced by ``(c/c')*x``, its x*A coefficient that of x' times ``c/c'``. Where that is
+    far from the form's (1e-3 relative, a hundred times the match's 1e-5 and far above float64's rounding
+    of a coefficient whose products are no larger than a thousand times it) for every output, no output
+    is GELU's in x, and x is not walked: a Tanh after twenty scalings multiplied by the last is otherwise
+    walked for each of them.
+    """
+
+    def __init__(self, argument: _Poly, outputs: list[_Poly | None]) -> None:
+        self._c = argument[1, 0].value
+        self._outputs = outputs
+
+    def misses(self, argument: _Poly, form: _Form) -> bool:
+        """True if no output can be ``form``'s in the x whose argument is ``argument`` (some ``c*x``)."""
+        if not self._outputs or any(polynomial is None for polynomial in self._outputs):
+            return False
+        ratio = argument[1, 0].value / self._c
+        expected = form.output[1, 1]
+        for polynomial in self._outputs:
+            term = polynomial.get((1, 1))
+            if term is None:
+                continue  # no x*A term in x', none in x
+            if term.size * abs(ratio) > 1e3 * abs(expected):
+                return False
+            if math.isclose(term.value * ratio, expected, rel_tol=1e-3):
+                return False
+        return True
+
+
 def _output_of(
-    activation: ir.Node, x: ir.Value, inner: _Polynomials, form: _Form, sign: int, outputs: list[ir.Value]
+    activation: ir.Node,
+    x: ir.Value,
+    inner: _Polynomials,
+    form: _Form,
+    sign: int,
+    outputs: list[ir.Value],
+    polynomials: list[_Poly | None] | None = None,
 ) -> _Match | str:
     """The last of ``outputs`` (``_values_after`` the activation) that is GELU's output polynomial, checked; or
-    why there is none.
+    why there is none. ``polynomials``, if given, receives each output's polynomial (None where it is none).
 
     ``sign`` is -1 where the argument is GELU's negated: A is then written with the form's reflection.
     """
@@ -474,6 +520,8 @@ def _output_of(
     for output in outputs:
         polynomial = outer.of(output)
         walked.append((output, polynomial, frozenset(outer.nodes), list(outer.constants), outer.float32))
+    if polynomials is not None:
+        polynomials += [polynomial for _, polynomial, *_ in walked]
     refusal, foreign = outer.refusal, outer.foreign
     for output, polynomial, taken, constants, float32 in reversed(walked):
         if polynomial is None:

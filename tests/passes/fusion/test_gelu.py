@@ -731,6 +731,18 @@ def test_quick_gelu_written_with_a_tanh_is_fused(monkeypatch):
       t1 = Add(t, one)
       p = Mul(s, t1)
       y = Div(p, k)""",
+        # The same with s = (2 * x) * 0.4255: 2x, whose walk the one of s rules out unwalked, is no x; x is.
+        """
+      two = Constant<value = float {2.0}>()
+      quarter_k = Constant<value = float {0.4255}>()
+      k = Constant<value = float {1.702}>()
+      one = Constant<value = float {1.0}>()
+      d = Mul(x, two)
+      s = Mul(d, quarter_k)
+      t = Tanh(s)
+      t1 = Add(t, one)
+      p = Mul(s, t1)
+      y = Div(p, k)""",
     ],
 )
 def test_a_quick_gelu_whose_output_reads_its_scaled_argument_is_fused(body, monkeypatch):
