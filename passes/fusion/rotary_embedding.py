@@ -656,6 +656,9 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         if not positions.is_graph_input() or positions.shape is None or positions.shape.rank() != 2:
             return positions
         source = _projection_input(rotated)
+        anchor = source.producer()
+        if anchor is not None and anchor.graph is not self._graph:
+            return positions  # computed in a function or subgraph: no Expand of the main graph can read it
         sequence_axis = 1 if source.shape.rank() == 3 else 2
         wanted = [source.shape[0], source.shape[sequence_axis]]
         if all(isinstance(dim, int) for dim in wanted) and list(positions.shape) == wanted:
@@ -828,7 +831,7 @@ def _expanded_positions(graph: ir.Graph, positions: ir.Value, source: ir.Value, 
         nodes.append(ir.node("Gather", [nodes[0].outputs[0], axes], {"axis": 0}))
     nodes.append(ir.node("Expand", [positions, nodes[-1].outputs[0]]))
     anchor = source.producer()
-    if anchor is None or anchor.graph is not graph:
+    if anchor is None:  # a graph input
         graph.insert_before(next(iter(graph)), nodes)
     else:
         graph.insert_after(anchor, nodes)
