@@ -59,6 +59,12 @@ gathers them from its ``n_positions``-row table), the caches end at the most pos
 evaluates, one more refused (found by bisection, at least 16), and a note says so: the fused op
 refuses positions past its caches, where the original refuses them too.
 
+Under ``--static-shapes`` (every input cos/sin read has static dims, ``position_ids: [1, 128]``), ONNX
+Runtime refuses any other shape before running a node, but the values of ``position_ids`` stay free: the
+caches are evaluated ``S`` positions at a time (positions ``k*S .. k*S + S - 1`` in the ``k``-th run, up to
+``cache_length``, or to where the original refuses one, found by bisection within that run), then cos/sin of
+positions drawn at random below their end (on all-ones and left-padded masks) must be the caches' rows.
+
 One check is not enough: the caches are the tables at ``cache_length`` tokens, and
 a subgraph may read other rows at other lengths (LongRoPE switches from its short to
 its long factors past a length). So the tables are checked on a padded batch of 2 × 7
@@ -87,7 +93,8 @@ cos/sin are not tables of that layout whose columns come in equal pairs;
 the cos/sin subgraph reads anything but ``[batch, sequence]`` integer inputs (token
 ids, the attention mask, position ids) and the length of one cache (one symbolic axis of
 it, through ``Shape`` alone), reads a cache's length beside ``position_ids`` or the mask,
-or contains an If/Loop/Scan; its values are
+or contains an If/Loop/Scan; reads inputs of static shape but no ``position_ids`` (positions fixed by
+the shapes); its values are
 not ``[c, c]`` halves of a position table, or cannot be evaluated at 16 positions; those of a ``[1, S]`` or
 ``[B, 1]`` ``position_ids`` are not the rows of the positions broadcast; positions depend on the attention mask's
 values, or (without ``position_ids``) on its length or the cache's in any other way than
@@ -688,6 +695,9 @@ class RotaryEmbeddingFusion(RuleFusionPass):
             other = " other than position_ids" if positions is not None else ""
             return f"cos/sin read the values of an input{other} (token ids?), not only its shape"
         half = head_size // 2
+        pinned = _pinned_shapes(inputs)
+        if pinned is not None:
+            return self._pinned_tables(model, cos, sin, inputs, positions, pinned, half, interleaved)
         cache_length = self.cache_length
         table_positions = {positions.name: np.arange(cache_length)[None]} if positions is not None else {}
         # A cache read for its length is empty in the probes that take positions from the token index.
@@ -739,10 +749,15 @@ class RotaryEmbeddingFusion(RuleFusionPass):
             return counted
         if positions is not None and positions.dtype != ir.DataType.INT64:
             return "position_ids are not int64"
+        return self._caches(model, caches, table_cos.dtype, positions, past, counted)
+
+    def _caches(self, model: ir.Model, caches, dtype, positions, past, counted):
+        """The initializers of ``caches`` and what the fused op reads as positions: ``positions`` (the
+        ``position_ids`` input), a cache's length, the mask's past length, or offset 0."""
         cos_cache, sin_cache = caches
         graph = model.graph
-        cos_value = add_initializer(graph, "rotary_cos_cache", cos_cache.astype(table_cos.dtype))
-        sin_value = add_initializer(graph, "rotary_sin_cache", sin_cache.astype(table_sin.dtype))
+        cos_value = add_initializer(graph, "rotary_cos_cache", cos_cache.astype(dtype))
+        sin_value = add_initializer(graph, "rotary_sin_cache", sin_cache.astype(dtype))
         if positions is not None:
             position_value = positions
         elif past is not None:
@@ -752,6 +767,128 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         else:
             position_value = add_initializer(graph, "rotary_position_offset", np.zeros(1, dtype=np.int64))
         return cos_value, sin_value, position_value
+
+    def _pinned_tables(
+        self,
+        model: ir.Model,
+        cos: ir.Value,
+        sin: ir.Value,
+        inputs: list[ir.Value],
+        positions: ir.Value | None,
+        pinned: dict[str, tuple[int, ...]],
+        half: int,
+        interleaved: int,
+    ):
+        """``_build_tables`` where every input cos/sin read has static dims (``--static-shapes``), or why not.
+
+        ONNX Runtime refuses any other shape than the declared one before running a node, so the
+        original (and the rewrite) runs at those shapes alone; but the values of ``position_ids`` stay
+        free, so the caches still cover ``cache_length`` positions: they are evaluated ``S`` at a time,
+        positions ``k*S .. k*S + S - 1`` in the ``k``-th run, and where the original refuses a run (a
+        position table shorter than that, GPT-J's), they end at its last position it evaluates (found by
+        bisection within that run, the other positions 0), one more refused. Then cos/sin of positions
+        drawn at random below that, on all-ones and padded masks, must be the caches' rows.
+        """
+        if positions is None:
+            return "cos/sin read inputs of static shape but no position_ids (positions fixed by the shapes)"
+        if positions.dtype != ir.DataType.INT64:
+            return "position_ids are not int64"
+        try:
+            run = evaluator(model, [cos, sin])
+        except RuntimeRefusedError as error:
+            return f"cos/sin could not be evaluated: {error}"
+        batch, seq = pinned[positions.name]
+        masks = _pinned_masks(inputs, pinned)
+
+        def tables_at(values: np.ndarray, mask: int = 0) -> list[np.ndarray] | None:
+            feeds = {v.name: masks[mask][v.name] for v in inputs if v is not positions}
+            feeds[positions.name] = np.broadcast_to(values, (batch, seq)).astype(np.int64)
+            try:
+                return run(feeds)
+            except RuntimeRefusedError:
+                return None
+
+        cache_length, rows, dtype = self.cache_length, [[], []], None
+        for start in range(0, self.cache_length, seq):
+            count = min(seq, self.cache_length - start)
+            values = _chunk(start, count, seq)
+            found = tables_at(values)
+            if found is None:
+                # The original refuses one of these positions: its table ends in this run.
+                low, high = 0, count  # evaluated with low of them, refused with high
+                while high - low > 1:
+                    middle = (low + high) // 2
+                    if tables_at(_chunk(start, middle, seq)) is None:
+                        high = middle
+                    else:
+                        low = middle
+                cache_length, count = start + low, low
+                found = tables_at(_chunk(start, low, seq)) if low else None
+                if cache_length < _SHORTEST_TABLE or (low and found is None):
+                    return (
+                        f"cos/sin could not be evaluated at {_SHORTEST_TABLE} positions through the static "
+                        f"{list(pinned[positions.name])} position_ids"
+                    )
+            if found is not None:
+                for index, table in enumerate(found):
+                    halved = _halves(table, half, interleaved)
+                    if halved is None or halved.shape[1] != seq:
+                        return "cos/sin of the static position_ids are not tables of their positions' rows"
+                    rows[index].append(halved[0, :count])
+                    dtype = table.dtype
+            if cache_length < self.cache_length:
+                self.note(
+                    f"rotary caches end at {cache_length} positions, where cos/sin's tables end (the original "
+                    f"refuses position {cache_length}); the fused model takes no later positions, as with "
+                    f"--max-sequence {cache_length}"
+                )
+                break
+        caches = tuple(np.concatenate(parts) for parts in rows)
+        rng = np.random.default_rng(0)
+        for mask in range(len(masks)):
+            for draw in range(2):
+                drawn = rng.integers(0, cache_length, (batch, seq))
+                if draw and cache_length >= seq:
+                    drawn[:, :] = cache_length - 1 - np.arange(seq)  # the last rows, descending
+                found = tables_at(drawn, mask)
+                if found is None:
+                    return "cos/sin could not be evaluated at positions below the caches' end"
+                for probe, cache in zip(found, caches):
+                    halved = _halves(probe, cache.shape[-1], interleaved)
+                    if halved is None or halved.shape[0] not in (1, batch) or halved.shape[1] != seq:
+                        return "cos/sin of the static position_ids have an unexpected shape"
+                    if not np.allclose(np.broadcast_to(halved, (batch, seq, half)), cache[drawn], atol=1e-6):
+                        return "cos/sin of the static position_ids are not the caches' rows for their positions"
+        return self._caches(model, caches, dtype, positions, None, None)
+
+
+def _pinned_shapes(inputs: list[ir.Value]) -> dict[str, tuple[int, ...]] | None:
+    """Each input's shape when every one has static dims (``--static-shapes``), else None."""
+    shapes = {v.name: tuple(v.shape) for v in inputs}
+    if not inputs or not all(isinstance(dim, int) for shape in shapes.values() for dim in shape):
+        return None
+    return shapes
+
+
+def _pinned_masks(inputs: list[ir.Value], pinned: dict[str, tuple[int, ...]]) -> list[dict[str, np.ndarray]]:
+    """Feeds for the inputs of static shape other than the positions: ones, then masks padded on the left."""
+    feeds = []
+    for padded in (False, True):
+        feed = {}
+        for value in inputs:
+            array = np.ones(pinned[value.name])
+            if padded and is_mask(value) and array.shape[-1] >= 4:
+                array[:, : array.shape[-1] // 4] = 0
+            feed[value.name] = array.astype(value.dtype.numpy())
+        feeds.append(feed)
+    return feeds if any(is_mask(v) for v in inputs) else feeds[:1]
+
+
+def _chunk(start: int, count: int, length: int) -> np.ndarray:
+    """``[1, length]`` positions ``start .. start + count - 1``, then 0 (a position every table holds)."""
+    values = np.zeros((1, length), np.int64)
+    values[0, :count] = start + np.arange(count)
+    return values
 
 
 # Caches shorter than this are not built: the tables the original refuses at fewer positions are no table's end.
