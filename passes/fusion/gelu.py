@@ -398,7 +398,8 @@ def _recognise(activation: ir.Node, known: _KnownConstants) -> _Match | _Refusal
     if refusal is not None and callable(refusal.reason):
         reason = refusal.reason()
         if isinstance(reason, _Match):
-            raise AssertionError(f"a GELU output without a product of its {activation.op_type}: {reason}")
+            # A candidate is left unwalked only where no output can be GELU's (no product, or _ScaledOutputs).
+            raise AssertionError(f"a candidate ruled out unwalked is a GELU: {reason}")
         refusal = _Refusal(refusal.kind, reason)
     return refusal
 
