@@ -46,16 +46,19 @@ Exactness, and what is proven where:
   up to 8 as a prefill, a decode step and a two-token chunk; and at each length
   ``_probe.probe_lengths`` names up to ``--max-sequence`` (and one less) a prefill and a
   two-token chunk. Every key after the query's position must be at most -1e4 (``exp`` of
-  that is 0 in float32), or the original must refuse that shape. A sliding window or
+  that is 0 in float32), or the original must refuse that shape: refusals are read so only
+  past the longest probe that ran (a fixed mask buffer); a probe refused at a shorter length,
+  or every probe refused, proves nothing and the attention is refused. A sliding window or
   any other extra masking is kept (the bias is still added); a bias with a prefix or
   without a causal part is refused. (ORT's CPU kernel refuses ``causal=0`` with several
   new tokens per row and a past, so a bidirectional decoder keeps MultiHeadAttention.)
   The probes' masks hold 0 (pad) and 1 (attend), the attention mask's contract in every
-  exporter; a model that gives other values a meaning is outside it. Where the graph's
-  inputs fix sizes (``--static-shapes``: ``input_ids [1, 128]``, ``attention_mask [1, 256]``, the
-  pasts ``[1, kv, 128, d]``), ONNX Runtime refuses every other size before running a node, so
+  exporter; a model that gives other values a meaning is outside it. Where the cache's
+  pasts and the mask the bias reads fix sizes (``--static-shapes``: ``attention_mask [1, 256]``,
+  the pasts ``[1, kv, 128, d]``), ONNX Runtime refuses every other size before running a node, so
   the probes are moved to those sizes, each with a mask unpadded, padded at both ends, at the
-  left and at the right (``_pinned_sizes``); inputs that disagree on a size are refused.
+  left and at the right (``_pinned_sizes``); inputs that disagree on a size are refused. Other
+  inputs' static dims (``input_ids``, known by name only) fix nothing.
 - The repeated heads: the key read by the attention is ``Reshape(Expand(Unsqueeze(C, 2),
   [B, kv, r, T, d]), [B, kv·r, T, d])`` over the cache ``C``, which is query head ``h``
   reading cache head ``h // r``, GroupQueryAttention's grouping. The Expand and Reshape
@@ -347,6 +350,28 @@ def _feeds(inputs: Sequence[ir.Value], batch: int, new: int, past: int, mask: np
     return feeds
 
 
+def _unexplained_refusal(ran: list[int], refused: list[tuple[int, int]]) -> str | None:
+    """Why the probes ONNX Runtime refused cannot be read as sizes the graph itself refuses; None when they can.
+
+    ``ran`` holds the total lengths of the probes that ran, ``refused`` the (new, past) of
+    those refused. The probes make their feeds up by role (``_feeds``), so a refusal may be
+    a wrong guess (ids of another length, a 4-D input that is no cache) rather than the
+    graph's limit, and a fact "proved" on no probe, or beside sizes never run, is no proof.
+    A graph that refuses long sequences (a fixed mask or position buffer) runs every
+    shorter probe: only refusals longer than every probe that ran are read as its limit.
+    """
+    if refused and not ran:
+        return "ONNX Runtime refused every probe (the probes cannot make up inputs this graph accepts)"
+    longest = max(ran, default=0)
+    for new, past in refused:
+        if new + past <= longest:
+            return (
+                f"ONNX Runtime refused its probe of {new} new tokens after {past} but ran longer ones "
+                "(the probes cannot tell which sizes this graph accepts)"
+            )
+    return None
+
+
 @dataclass(frozen=True)
 class _Pinned:
     """The batch, new-token, past and total sizes the graph's static input dims fix (None: free)."""
@@ -365,10 +390,11 @@ def _pinned_sizes(model: ir.Model, candidates: list[_Candidate]) -> _Pinned | st
     any other feed before running a node, so the original and the rewrite both accept only
     those sizes, and a fact probed there holds wherever either runs (the shape arithmetic is
     folded into constants that hold at those sizes only, which probes at other lengths
-    would contradict). The roles are the probes' own (``_feeds``): a candidate's past is
-    ``[B, kv, P, d]``, the one mask a candidate's bias reads ``[B, P + S]``, the token ids and
-    positions (``input_ids``, ``position_ids``, or with ``decoder_`` before them) ``[B, S]``; an
-    input of any other role (an encoder's mask or ids) fixes nothing.
+    would contradict). Only inputs whose role the graph's structure proves fix a size: a
+    candidate's past is ``[B, kv, P, d]`` and the one mask a candidate's bias reads
+    ``[B, P + S]``. Token ids or positions are known by name only, which proves nothing (an
+    encoder's ``input_ids``, or ids beside the real token input): their static dims fix no
+    size, and a probe they refuse is read by ``_unexplained_refusal``.
     """
     pasts = {id(side.past) for c in candidates for side in (c.key, c.value)}
     masks = set()
@@ -379,13 +405,10 @@ def _pinned_sizes(model: ir.Model, candidates: list[_Candidate]) -> _Pinned | st
     for value in model.graph.inputs:
         if value.shape is None:
             continue
-        name = (value.name or "").lower().removeprefix("decoder_")
         if id(value) in pasts:
             roles = {0: "batch", 2: "past"}
         elif id(value) in masks and value.shape.rank() == 2:
             roles = {0: "batch", 1: "total"}
-        elif value.shape.rank() == 2 and name in ("input_ids", "position_ids"):
-            roles = {0: "batch", 1: "new"}
         else:
             continue
         for axis, role in roles.items():
@@ -608,7 +631,7 @@ class GroupQueryAttentionFusion(FusionPass):
             run = evaluator(model, [bias])
         except RuntimeRefusedError as error:
             return f"its bias cannot be evaluated ({error.reason})"
-        full = True
+        full, ran, refused = True, [], []
         for batch, new, past, mask in probes:
             feeds = _feeds(inputs, batch, new, past, mask)
             if isinstance(feeds, str):
@@ -616,11 +639,14 @@ class GroupQueryAttentionFusion(FusionPass):
             try:
                 (value,) = run(feeds)
             except RuntimeRefusedError:
-                continue  # the original refuses this shape: nothing to keep
+                refused.append((new, past))  # the original refuses this shape, if _unexplained_refusal allows
+                continue
+            ran.append(new + past)
             if not _causal_at(value, new, past):
                 return f"its bias does not mask every later key at {new} new tokens after {past} (not causal)"
             full = full and value.shape[1:] == (1, new, past + new) and value.shape[0] in (1, batch)
-        return full
+        unexplained = _unexplained_refusal(ran, refused)
+        return f"its causal mask: {unexplained}" if unexplained else full
 
     def _prove_shapes(self, model: ir.Model, candidates: list[_Candidate], reasons: dict[int, str]) -> None:
         """Evaluate each repetition's Expand and Reshape targets on the probes (all layers in one session)."""
@@ -638,6 +664,7 @@ class GroupQueryAttentionFusion(FusionPass):
         except RuntimeRefusedError:
             run = None
         failed: set[int] = set()
+        ran, refused = [], []
         for batch, new, past, mask in probes if run is not None else [(0, 0, 0, None)]:
             feeds = _feeds(inputs, batch, new, past, mask) if run is not None else None
             if not isinstance(feeds, dict):
@@ -646,13 +673,18 @@ class GroupQueryAttentionFusion(FusionPass):
             try:
                 shapes = run(feeds)
             except RuntimeRefusedError:
-                continue  # the original refuses this shape
+                refused.append((new, past))  # the original refuses this shape, if _unexplained_refusal allows
+                continue
+            ran.append(new + past)
             for index in range(len(sides)):
                 candidate = repeated[index // 2]
                 if not _repeats(candidate, shapes[starts[index] : starts[index + 1]], batch, new + past):
                     failed.add(id(candidate.node))
+        unexplained = _unexplained_refusal(ran, refused)
         for candidate in repeated:
-            if id(candidate.node) in failed:
+            if unexplained is not None:
+                reasons.setdefault(id(candidate.node), f"its key/value repetition: {unexplained}")
+            elif id(candidate.node) in failed:
                 reasons.setdefault(
                     id(candidate.node),
                     "its key/value repetition is not one cached head per group of query heads at the probes",

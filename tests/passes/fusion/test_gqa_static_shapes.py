@@ -205,7 +205,8 @@ def test_static_dims_that_no_call_can_have_are_refused(static):
     mask.shape = ir.Shape([_BATCH, _NEW + _PAST + 1])  # 9 keys, but 5 cached and 3 new tokens
     fused, fusion = _fused(model)
     assert "GroupQueryAttention" not in {n.op_type for n in fused.graph}
-    assert any("static dims disagree" in r for r in fusion.refusals), fusion.refusals
+    # The pasts and mask fix 4 new tokens; input_ids' 3 (known by name only) fixes nothing, so every probe is refused.
+    assert any("refused every probe" in r for r in fusion.refusals), fusion.refusals
 
 
 def test_an_encoders_static_mask_and_ids_fix_no_size(static):
@@ -223,3 +224,27 @@ def test_the_static_shapes_pipeline_fuses_and_verifies_it(name):
     _, report = optimizer.optimize_with_report(ir.load(FIXTURES / f"{name}.onnx"), static_shapes=True, dims=_DIMS)
     (record,) = [r for r in report.passes if r.name == _NAME]
     assert record.status == "applied", (record.status, report.failures())
+
+
+def test_static_ids_known_by_name_only_fix_no_size():
+    # A review: a static `decoder_input_ids` (or `input_ids`) beside the real token input pinned the probes to its
+    # length, so a bias open at longer lengths was fused. Only the pasts and the bias's mask fix sizes.
+    model = _staged("llama_kv_legacy", {"batch": _BATCH, "past_sequence": _PAST}).clone()
+    extra = ir.Value(name="decoder_input_ids", shape=ir.Shape([_BATCH, _NEW]), type=ir.TensorType(ir.DataType.INT64))
+    model.graph.inputs.append(extra)
+    model = _wrap_bias(model, _open_where("Greater", 1, _NEW + _PAST))
+    fused, fusion = _fused(model)
+    assert "GroupQueryAttention" not in {n.op_type for n in fused.graph}
+    assert any("not causal" in r for r in fusion.refusals), fusion.refusals
+
+
+def test_a_graph_that_refuses_every_probe_is_not_fused():
+    # A review: a probe ONNX Runtime refused counted as "the original refuses this size", so token ids declared
+    # [3, 9] (no probe has that batch and length) made every probe refused, and a bidirectional bias was fused.
+    model = _staged("llama_kv_legacy", {}).clone()
+    ids = next(v for v in model.graph.inputs if v.name == "input_ids")
+    ids.shape = ir.Shape([3, 9])
+    model = _wrap_bias(model, _open_where("Greater", 1, 0))
+    fused, fusion = _fused(model)
+    assert "GroupQueryAttention" not in {n.op_type for n in fused.graph}
+    assert any("refused every probe" in r for r in fusion.refusals), fusion.refusals
