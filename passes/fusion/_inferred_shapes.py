@@ -24,9 +24,10 @@ fusion after an earlier one (an unscaled RMSNorm after a fused scaled one, an at
 a fused norm or rotary embedding) would see no shapes at all. In the clone, each output of
 a contrib op whose shape is a fixed function of the op's inputs is read from a stand-in
 that ONNX knows, of exactly that shape and type (``_STAND_INS``: an ``Identity`` of the
-input whose shape and type the output keeps, a ``Cast`` of it where the output takes
+input whose shape and type the output keeps, a ``CastLike`` of it where the output takes
 another input's type, EmbedLayerNormalization's table ``Gather``); an op not listed, and
-an output with no rule, stays unknown, as do their consumers. No dim is ever guessed.
+an output with no rule, stays unknown, as do their consumers. No dim is ever guessed, and no
+stand-in passes values on (ONNX's data propagation would read a norm of a shape as the shape).
 """
 
 from __future__ import annotations
@@ -71,10 +72,21 @@ def _like_input(node: ir.Node) -> ir.Node | None:
 
 
 def _like_input_typed_as_scale(node: ir.Node) -> ir.Node | None:
-    """Input 0's shape in input 1's type: SimplifiedLayerNormalization's Y (type V, the scale's; X is T)."""
+    """Input 0's shape in input 1's type: SimplifiedLayerNormalization's Y (type V, the scale's; X is T).
+
+    An ``Identity`` where the two types are one, else ``CastLike`` (opset 15 on). Never ``Cast``:
+    ONNX's data propagation carries values through it, so a norm of a shape computed in
+    float would pass for that shape itself (a review: a Reshape's target read so was wrong).
+    """
     scale = _input(node, 1)
     dtype = None if scale is None else _element_type(scale)
-    return None if dtype is None else ir.node("Cast", [node.inputs[0]], {"to": dtype})
+    if dtype is None:
+        return None
+    if _element_type(node.inputs[0]) == dtype:
+        return _like_input(node)
+    graph = node.graph
+    opset = graph.opset_imports.get("", 0) if graph is not None else 0
+    return ir.node("CastLike", [node.inputs[0], scale]) if opset >= 15 else None
 
 
 def _query_with_key(node: ir.Node) -> ir.Node | None:
