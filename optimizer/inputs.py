@@ -3,7 +3,9 @@
 Generated inputs follow what a transformer or CNN expects: symbolic dimensions are
 bound by name (``--dim NAME=VALUE``; batch-like dims default to 1, every other
 symbolic dim to 128), token-id-like integer inputs stay inside the embedding table
-they index, attention masks are ones (with two or more rows, the last row's final
+they index (a Constant node's too), a decoder's positions count on from its past and,
+where ``position_ids`` index a table (GPT-2's ``wpe``, GPT-J's rotary sin/cos rows), past and
+new tokens together stay within its rows, attention masks are ones (with two or more rows, the last row's final
 quarter is padding, so verification exercises masking), and floats are standard
 normal. Strings are short words; a sequence holds ``SEQUENCE_LENGTH`` generated
 tensors; an optional input is given (not empty).
@@ -215,9 +217,15 @@ def longest_cache(model: ir.Model) -> int | None:
 
     A GroupQueryAttention that applies rotary itself (``do_rotary=1``, as ONNX Runtime GenAI's
     decoders do) reads its cos/sin caches at every position up to the total length and refuses a
-    longer one: their rows are the limit.
+    longer one: their rows are the limit. So are the rows of a table a ``position_ids`` input
+    indexes (GPT-J gathers its rotary's sin/cos from ``n_positions`` rows): a decode step's positions
+    count on from its past (``_offset_positions_past_the_cache``), and past the table the model fails.
     """
-    limits = []
+    limits = [
+        rows
+        for value in runtime_inputs(model)
+        if _POSITION_NAME.search(value.name) and (rows := _index_range(value)) is not None
+    ]
     for node in model.graph.all_nodes():
         if node.domain != MS_DOMAIN or node.op_type != "GroupQueryAttention":
             continue
@@ -284,8 +292,8 @@ def _with_cache_lengths(
         if rows > 1 and bound[past] and sequence not in fixed and chunks_only_at_batch_one(model):
             bound[sequence] = 1  # several rows after a past: one decode step each, as served
         if limit is not None and bound[past] + bound[sequence] > limit:
-            # A decoder whose rotary tables end at `limit` positions (ONNX Runtime GenAI's) refuses
-            # longer: past and new tokens shrink alike, where the user did not fix them.
+            # A decoder whose rotary or position tables end at `limit` positions (ONNX Runtime GenAI's,
+            # GPT-J's) refuses longer: past and new tokens shrink alike, where the user did not fix them.
             # At least one new token; the past takes what is left, down to none (a prefill): a past of
             # one beside one new token would pass `--max-sequence 1`.
             scale = limit / (bound[past] + bound[sequence])
@@ -324,7 +332,9 @@ def alternate_binding(
     not say), batch-like dims grow by one; others go to about half, which stays inside
     position tables sized for the default, or with ``longer`` to twice the larger of
     ``base`` and the default, plus one (past a sliding window or a table of that size);
-    token counts stay within ``max_positions`` (``bind_dims``).
+    token counts stay within ``max_positions`` (``bind_dims``) and the tables that bound a decoder's
+    past and new tokens (``longest_cache``); where those leave a longer length as the first's, the
+    binding is the shorter one.
     """
     overrides = dict(overrides or {})
     defaults = bind_dims(model, overrides, max_positions=max_positions)
@@ -342,7 +352,12 @@ def alternate_binding(
             alternate[name] = 2 * max(bound[name], defaults[name]) + 1
         else:
             alternate[name] = bound[name] // 2 + 1
-    return _with_cache_lengths(model, alternate, {**fixed, **overrides}, max_positions)
+    alternate = _with_cache_lengths(model, alternate, {**fixed, **overrides}, max_positions)
+    if longer and any(alternate[name] == bound[name] for name in free if not _BATCH_NAME.search(name)):
+        # A table the model reads (GPT-2's 128-row wpe) left a length as the first binding's, where a
+        # rewrite baking that length in would pass: the shorter binding changes it.
+        return alternate_binding(model, overrides, base=base, max_positions=max_positions)
+    return alternate
 
 
 def verification_bindings(
@@ -943,25 +958,88 @@ def _padding_mask(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 
 def _index_range(value: ir.Value) -> int | None:
-    """Smallest table size among the Gathers this value indexes into, if any."""
+    """Smallest table size among the Gathers (and GatherNDs) this value indexes into, if any.
+
+    The table's size is its recorded shape's, or a constant's (an initializer, a ``Constant`` node's
+    tensor, through a ``Transpose``, ``Cast`` or ``Identity``: GPT-J's legacy export inlines its
+    ``embed_positions`` as a Constant with no shape recorded). A GatherND is read where the value,
+    given a last axis of 1 (``Unsqueeze(-1)``, GPT-J's dynamo export) and led into a last-axis Concat
+    first (or none), indexes the first axis after ``batch_dims``.
+    """
     sizes = []
-    frontier, seen = [value], set()
+    frontier, seen = [(value, False)], set()
     while frontier:
-        current = frontier.pop()
-        if current in seen:
+        current, unit_last = frontier.pop()
+        if (current, unit_last) in seen:
             continue
-        seen.add(current)
+        seen.add((current, unit_last))
         for node, index in current.uses():
-            if node.op_type == "Gather" and is_onnx_domain(node) and index == 1:
-                table = node.inputs[0]
-                if table is None or table.shape is None or len(table.shape) == 0:
+            if not is_onnx_domain(node):
+                continue
+            if node.op_type == "Gather" and index == 1:
+                table = _table_shape(node.inputs[0])
+                if not table:
                     continue
-                axis = node.attributes.get_int("axis", 0) % len(table.shape)
-                if isinstance(table.shape[axis], int):
-                    sizes.append(table.shape[axis])
+                axis = node.attributes.get_int("axis", 0) % len(table)
+                if isinstance(table[axis], int):
+                    sizes.append(table[axis])
+            elif node.op_type == "GatherND" and index == 1 and unit_last:
+                table = _table_shape(node.inputs[0])
+                axis = node.attributes.get_int("batch_dims", 0)
+                if table and axis < len(table) and isinstance(table[axis], int):
+                    sizes.append(table[axis])
+            elif node.op_type == "Unsqueeze" and index == 0:
+                axes = _constant_ints(node.inputs[1] if len(node.inputs) > 1 else None)
+                frontier.extend((out, axes == [-1] or unit_last) for out in node.outputs)
+            elif node.op_type == "Concat" and index == 0 and unit_last:
+                if node.attributes.get_int("axis", 0) == -1:
+                    frontier.extend((out, True) for out in node.outputs)
             elif node.op_type in _INDEX_PRESERVING_OPS and index == 0:
-                frontier.extend(node.outputs)
+                keeps = node.op_type in ("Cast", "Identity") and unit_last
+                frontier.extend((out, keeps) for out in node.outputs)
     return min(sizes) if sizes else None
+
+
+def _table_shape(value: ir.Value | None) -> tuple | None:
+    """``value``'s shape where it is recorded, or a constant's it is (see ``_index_range``), else None."""
+    if value is None:
+        return None
+    if value.shape is not None:
+        return tuple(value.shape)
+    if value.const_value is not None:
+        return tuple(value.const_value.shape)
+    node = value.producer()
+    if node is None or not is_onnx_domain(node):
+        return None
+    if node.op_type == "Constant":
+        if "value" in node.attributes:
+            return tuple(node.attributes["value"].as_tensor().shape)
+        for name in ("value_ints", "value_floats"):
+            if name in node.attributes:
+                return (len(node.attributes[name].value),)
+        return None
+    if node.op_type in ("Cast", "Identity"):
+        return _table_shape(node.inputs[0])
+    if node.op_type == "Transpose":
+        inner = _table_shape(node.inputs[0])
+        if inner is None:
+            return None
+        perm = node.attributes.get_ints("perm", list(reversed(range(len(inner)))))
+        return tuple(inner[axis] for axis in perm) if sorted(perm) == list(range(len(inner))) else None
+    return None
+
+
+def _constant_ints(value: ir.Value | None) -> list[int] | None:
+    """The integers of a constant (an initializer or a ``Constant`` node's tensor), else None."""
+    if value is None:
+        return None
+    tensor = value.const_value
+    node = value.producer()
+    if tensor is None and node is not None and node.op_type == "Constant" and "value" in node.attributes:
+        tensor = node.attributes["value"].as_tensor()
+    if tensor is None or tensor.dtype not in (ir.DataType.INT64, ir.DataType.INT32):
+        return None
+    return [int(v) for v in tensor.numpy().reshape(-1)]
 
 
 # --- inputs whose values are read as sizes, axes, counts or parameters -------------------

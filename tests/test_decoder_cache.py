@@ -137,16 +137,21 @@ def test_optimized_model_generates_the_same_tokens(optimized, batch):
 def test_generated_inputs_give_the_mask_the_past_plus_new_length(name):
     # The mask spans the cache and the new tokens: generated inputs bind its length dim to
     # past + sequence (128 + 128 by default, 257 + 257 at the second binding), so a KV-cache
-    # model is verified without --inputs.
+    # model is verified without --inputs. GPT-2's position_ids index its 128-row wpe: past and new
+    # tokens together stay within it (64 + 64; the second binding, which cannot be longer, 33 + 33), the
+    # positions counting on from the past.
     model = ir.load(FIXTURES / f"{name}.onnx")
     assert cache_length_dims(model) == {"total_sequence": ("past_sequence", "sequence")}
     _, report = optimizer.optimize_with_report(model)
-    # The past is what the model itself caches for 128 random tokens, not N(0, 1) numbers.
+    new, second = (64, 33) if name.startswith("gpt2") else (128, 257)
+    # The past is what the model itself caches for random tokens, not N(0, 1) numbers.
     assert report.input_sets[0] == (
-        "generated (batch=1, sequence=128, total_sequence=256, past_sequence=128), "
+        f"generated (batch=1, sequence={new}, total_sequence={2 * new}, past_sequence={new}), "
         "the cache the model builds from random tokens"
     )
-    assert report.input_sets[1].startswith("generated, second binding (batch=2, sequence=257, total_sequence=514")
+    assert report.input_sets[1].startswith(
+        f"generated, second binding (batch=2, sequence={second}, total_sequence={2 * second}"
+    )
     assert all(record.status in ("applied", "unchanged") for record in report.passes)
 
 
