@@ -624,10 +624,11 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         self.cache_length = cache_length if max_sequence is None else max_sequence
         self._tables: dict[tuple[int, int], tuple | str] = {}
         self._expanded: dict[tuple[int, int], ir.Value] = {}
+        self._noted: set[str] = set()
         self._graph: ir.Graph | None = None
 
     def rule_set(self) -> pattern.RewriteRuleSet:
-        self._tables, self._expanded = {}, {}
+        self._tables, self._expanded, self._noted = {}, {}, set()
         # The partial form holds the full one: it goes first, so its x is not refused as no head split.
         return [
             pattern.RewriteRuleSet([_PartialRotateHalf.rule(self)]),
@@ -648,6 +649,12 @@ class RotaryEmbeddingFusion(RuleFusionPass):
             self._graph = model.graph
             self._tables[key] = self._build_tables(model, cos, sin, head_size, interleaved)
         return self._tables[key]
+
+    def _note_once(self, text: str) -> None:
+        """A note, once however many cos/sin pairs give it (the dynamo export computes one per layer)."""
+        if text not in self._noted:
+            self._noted.add(text)
+            self.note(text)
 
     def positions_for(self, positions: ir.Value, rotated: ir.Value) -> ir.Value:
         """What the fused op reads as ``position_ids`` for ``rotated`` (its 3-D ``[B, S, H]`` or 4-D ``[B, N, S, d]``
@@ -719,7 +726,7 @@ class RotaryEmbeddingFusion(RuleFusionPass):
                     f"position table shorter than that? give --max-sequence up to its rows): {error}"
                 )
             cache_length, (table_cos, table_sin) = found
-            self.note(
+            self._note_once(
                 f"rotary caches end at {cache_length} positions, where cos/sin's tables end (the original "
                 f"refuses position {cache_length}); the fused model takes no longer sequences, as with "
                 f"--max-sequence {cache_length}"
@@ -837,7 +844,7 @@ class RotaryEmbeddingFusion(RuleFusionPass):
                     rows[index].append(halved[0, :count])
                     dtype = table.dtype
             if cache_length < self.cache_length:
-                self.note(
+                self._note_once(
                     f"rotary caches end at {cache_length} positions, where cos/sin's tables end (the original "
                     f"refuses position {cache_length}); the fused model takes no later positions, as with "
                     f"--max-sequence {cache_length}"

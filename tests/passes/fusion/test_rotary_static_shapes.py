@@ -9,6 +9,7 @@ ends), then checked at positions drawn below their end.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
@@ -102,3 +103,19 @@ def test_the_static_shapes_pipeline_fuses_the_rotary_of_both_llama_exports(name)
             feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
     bound = BindDimsPass({"batch": 1, "sequence": 128, "past_sequence": 128, "total_sequence": 256})(model).model
     assert_same_outputs(bound, after, feeds, rtol=1e-3, atol=1e-4)
+
+
+def test_caches_ending_at_a_table_are_noted_once_however_many_pairs_read_it():
+    # GPT-J's dynamo export gathers cos/sin once per layer: the same note came once per pair.
+    proto = ir.serde.serialize_model(_position_table_model(rows=20))
+    renamed = {name: f"{name}_2" for name in ("cos3", "sin3", "cos", "sin", "lo", "hi", "nhi", "rot", "a", "b", "y")}
+    for node in list(proto.graph.node):
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.input[:] = [renamed.get(name, name) for name in node.input]
+        copy.output[:] = [renamed.get(name, name) for name in node.output]
+        proto.graph.node.append(copy)
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("y_2", onnx.TensorProto.FLOAT, None))
+    result = RotaryEmbeddingFusion(cache_length=64)(ir.from_proto(onnx.shape_inference.infer_shapes(proto)))
+    assert op_types(result.model).count("RotaryEmbedding") == 2
+    assert [note[:40] for note in result.notes] == ["rotary caches end at 20 positions, where"]
