@@ -20,13 +20,15 @@ from tests.helpers import FIXTURES, assert_same_outputs, op_types
 HEADS, HEAD_SIZE, HIDDEN = 2, 8, 12
 
 
-def _decoder_rotary(*, per_head: bool = False, batch_shift: bool = False) -> ir.Model:
+def _decoder_rotary(*, per_head: bool = False, batch_shift: bool = False, shift_times: str = "") -> ir.Model:
     """``rotate_half`` of the query and key projections of ``hidden`` [B, S, HIDDEN], positions from ``position_ids``.
 
     ``per_head``: each head is scaled by a per-head Mul between the split and the rotary (a 4-D tensor that is
     no head split, as Qwen3's normalized heads). ``batch_shift``: the angles are of
     ``position_ids + Shape(position_ids)[0] - Shape(input_ids)[0]``: the same on ``[B, S]`` positions, one less on
     ``[1, S]`` positions fed for 2 rows (a near miss: the broadcast positions are not the ones rotated).
+    ``shift_times`` multiplies that shift by ``B - 2`` (``"batch"``: zero at 2 rows, not at 3) or by
+    ``Shape(position_ids)[1] - S`` (``"sequence"``: zero unless both dims broadcast, ``[1, 1]``).
     """
     rng = np.random.default_rng(0)
     width = HEADS * HEAD_SIZE
@@ -54,8 +56,21 @@ def _decoder_rotary(*, per_head: bool = False, batch_shift: bool = False) -> ir.
             helper.make_node("Shape", ["position_ids"], ["positions_shape"], start=0, end=1),
             helper.make_node("Shape", ["input_ids"], ["ids_shape"], start=0, end=1),
             helper.make_node("Sub", ["positions_shape", "ids_shape"], ["shift"]),
-            helper.make_node("Add", ["position_ids", "shift"], ["shifted"]),
         ]
+        if shift_times == "batch":
+            consts["two"] = np.array([2], np.int64)
+            nodes += [
+                helper.make_node("Sub", ["ids_shape", "two"], ["factor"]),
+                helper.make_node("Mul", ["shift", "factor"], ["shift_by"]),
+            ]
+        elif shift_times == "sequence":
+            nodes += [
+                helper.make_node("Shape", ["position_ids"], ["positions_length"], start=1, end=2),
+                helper.make_node("Shape", ["input_ids"], ["ids_length"], start=1, end=2),
+                helper.make_node("Sub", ["positions_length", "ids_length"], ["factor"]),
+                helper.make_node("Mul", ["shift", "factor"], ["shift_by"]),
+            ]
+        nodes.append(helper.make_node("Add", ["position_ids", "shift_by" if shift_times else "shift"], ["shifted"]))
     nodes += [
         helper.make_node("Cast", [positions], ["positions_f"], to=TensorProto.FLOAT),
         helper.make_node("Unsqueeze", ["positions_f", "axes_last"], ["positions_3d"]),
@@ -134,7 +149,19 @@ def test_tables_that_change_when_position_ids_are_broadcast_are_left_alone():
     # expanding the input would rotate by other positions than the original's, so it is refused.
     result = RotaryEmbeddingFusion(cache_length=64)(_decoder_rotary(batch_shift=True))
     assert not result.modified
-    assert any("position_ids shaped [1, 7] (broadcast by the original)" in line for line in result.refusals)
+    assert any("(broadcast by the original) are not the cache's rows" in line for line in result.refusals)
+
+
+@pytest.mark.parametrize("shift_times", ["batch", "sequence"])
+def test_tables_that_change_when_position_ids_are_broadcast_at_another_size_are_left_alone(shift_times):
+    # A review: probed at one batch (2) and with [1, S] and [B, 1] only, tables shifted by (B_p - B)(B - 2) or
+    # (B_p - B)(S_p - S) matched the broadcast rows, and [1, S] ids for 3 rows (or [1, 1] ids) were rotated by
+    # other positions than the original's, verified (the verifier feeds [B, S] ids only).
+    result = RotaryEmbeddingFusion(cache_length=64)(_decoder_rotary(batch_shift=True, shift_times=shift_times))
+    assert not result.modified
+    assert any("(broadcast by the original) are not the cache's rows" in line for line in result.refusals), (
+        result.refusals
+    )
 
 
 @pytest.mark.parametrize("name", ["llama_kv_legacy", "llama_kv_dynamo"])
