@@ -625,6 +625,7 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         self._tables: dict[tuple[int, int], tuple | str] = {}
         self._expanded: dict[tuple[int, int], ir.Value] = {}
         self._noted: set[str] = set()
+        self._ending: str | None = None  # the note of the caches being built ending early
         self._graph: ir.Graph | None = None
 
     def rule_set(self) -> pattern.RewriteRuleSet:
@@ -647,7 +648,10 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         key = (id(cos), id(sin), interleaved)
         if key not in self._tables:
             self._graph = model.graph
+            self._ending = None
             self._tables[key] = self._build_tables(model, cos, sin, head_size, interleaved)
+            if self._ending is not None and not isinstance(self._tables[key], str):
+                self._note_once(self._ending)  # only for caches built: a refused pair ends nothing
         return self._tables[key]
 
     def _note_once(self, text: str) -> None:
@@ -726,7 +730,7 @@ class RotaryEmbeddingFusion(RuleFusionPass):
                     f"position table shorter than that? give --max-sequence up to its rows): {error}"
                 )
             cache_length, (table_cos, table_sin) = found
-            self._note_once(
+            self._ending = (
                 f"rotary caches end at {cache_length} positions, where cos/sin's tables end (the original "
                 f"refuses position {cache_length}); the fused model takes no longer sequences, as with "
                 f"--max-sequence {cache_length}"
@@ -844,12 +848,19 @@ class RotaryEmbeddingFusion(RuleFusionPass):
                     rows[index].append(halved[0, :count])
                     dtype = table.dtype
             if cache_length < self.cache_length:
-                self._note_once(
+                self._ending = (
                     f"rotary caches end at {cache_length} positions, where cos/sin's tables end (the original "
                     f"refuses position {cache_length}); the fused model takes no later positions, as with "
                     f"--max-sequence {cache_length}"
                 )
                 break
+        if seq > cache_length:
+            # ONNX Runtime's RotaryEmbedding refuses a sequence longer than its caches: at the one shape the
+            # graph takes, the fused model would run nothing.
+            return (
+                f"the static position_ids hold {seq} positions, more than the {cache_length} the caches cover "
+                "(--max-sequence, or where the tables end)"
+            )
         caches = tuple(np.concatenate(parts) for parts in rows)
         rng = np.random.default_rng(0)
         for mask in range(len(masks)):

@@ -119,3 +119,29 @@ def test_caches_ending_at_a_table_are_noted_once_however_many_pairs_read_it():
     result = RotaryEmbeddingFusion(cache_length=64)(ir.from_proto(onnx.shape_inference.infer_shapes(proto)))
     assert op_types(result.model).count("RotaryEmbedding") == 2
     assert [note[:40] for note in result.notes] == ["rotary caches end at 20 positions, where"]
+
+
+def test_a_static_sequence_longer_than_the_caches_is_refused():
+    # A review: 40 static positions over 32-row caches fused, and ONNX Runtime's RotaryEmbedding then refused
+    # every call ("Updating cos_cache and sin_cache ... is not currently supported"): the graph takes no other shape.
+    model = _static(_decoder_rotary(), sequence=40)
+    result = RotaryEmbeddingFusion(cache_length=32)(model)
+    assert not result.modified
+    assert any("hold 40 positions, more than the 32 the caches cover" in line for line in result.refusals), (
+        result.refusals
+    )
+
+
+def test_caches_of_a_refused_pair_are_not_noted_as_ending():
+    # A review: the "caches end at 20 positions" note was printed for a pair then refused, so nothing was fused.
+    model = _position_table_model(rows=20)
+    graph = model.graph
+    gather = next(n for n in graph if n.op_type == "Gather")
+    positions = gather.inputs[1]
+    smallest = ir.node("ReduceMin", [positions], {"keepdims": 1})
+    shifted = ir.node("Add", [positions, smallest.outputs[0]])
+    graph.insert_before(gather, [smallest, shifted])
+    gather.replace_input_with(1, shifted.outputs[0])
+    result = RotaryEmbeddingFusion(cache_length=64)(_static(model, sequence=6))
+    assert not result.modified, result.notes
+    assert not any(line.startswith("rotary caches end") for line in result.notes)
