@@ -68,8 +68,8 @@ FAMILIES = {
     "gptj": ("GPTJConfig", "GPTJForCausalLM", {"rotary_dim": 8, "num_key_value_heads": 4}, "sdpa"),
     "cohere": ("CohereConfig", "CohereForCausalLM", {}, "sdpa"),
 }
-# graphopt options per family: GPT-J's rotary tables end at its 128 positions, so the fused caches can too.
-OPTIONS = {"gptj": {"max_sequence": 128}}
+# graphopt options per family (none needed since GPT-J's caches end with its 128-position table by themselves).
+OPTIONS: dict[str, dict] = {}
 EXPORTERS = ("legacy", "dynamo")
 PROMPTS = (1, 3, 9, 17, 40)
 STEPS = 12
