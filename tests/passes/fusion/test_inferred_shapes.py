@@ -260,3 +260,23 @@ def test_a_contrib_op_passes_on_no_values(op):
     reshaped = next(n for n in model.graph if n.op_type == "Reshape").outputs[0]
     with inferred_shapes(model):
         assert reshaped.shape is None or [d if isinstance(d, int) else None for d in reshaped.shape] != [4, 6]
+
+
+@pytest.mark.parametrize(("to", "exact"), [(3, False), (9, False), (1, False), (6, True), (11, True)])
+def test_a_shape_is_read_through_a_cast_only_where_the_cast_keeps_its_sizes(to, exact):
+    # A review: ONNX's data propagation reads a shape through any Cast unchanged, so an Expand to a shape cast to
+    # int8 (257 wraps to 1) or bool (every size 1) was inferred [2, 7, 257] where ONNX Runtime computes [2, 7, 1].
+    model = parse_model(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 7, 257] a, float[1] b) => (float y) {{
+      s = Shape(a)
+      n = Cast<to = {to}>(s)
+      i = Cast<to = 7>(n)
+      c = Expand(b, i)
+      y = Relu(c)
+    }}""")
+    expanded = next(n for n in model.graph if n.op_type == "Expand").outputs[0]
+    with inferred_shapes(model):
+        dims = None if expanded.shape is None else [d if isinstance(d, int) else None for d in expanded.shape]
+        assert (dims == [2, 7, 257]) == exact, dims
+    assert expanded.shape is None
