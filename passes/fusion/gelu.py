@@ -31,6 +31,10 @@ A term GELU lacks (``4e-8*x^5``) must be absent: exactly zero when the products 
 are computed exactly on the constants' stored values (``c*x^3 - c*x^3`` is; ``(0.04 + 4e-8)*x^5
 - 0.04*x^5`` is not, though it is within float32 rounding of its products), from products no
 larger than a hundred times GELU's largest coefficient (``(x + 1e8) - 1e8`` rounds x in float32).
+A term GELU needs must be no small difference of large products either: ``x*a*b - x*d`` with ``a*b - d``
+= 1/sqrt(2) from products of 1e6 is GELU's argument in exact arithmetic, but float32 rounds each product
+by more than the difference can bear. Its products may add up to about 7 times the coefficient (where
+float32's rounding of them stays within the 1e-5 the coefficient is matched to).
 An argument that is GELU's negated is taken with the activation's symmetry: ``erf(-u) =
 -erf(u)``, ``tanh(-u) = -tanh(u)``, ``sigmoid(-u) = 1 - sigmoid(u)``.
 
@@ -141,6 +145,13 @@ _ARITHMETIC = ("Add", "Sub", "Mul", "Div", "Neg", "Pow")
 _FOLDED = ("Sqrt", "Reciprocal", "Identity")
 # GELU's subgraph has about ten nodes; a walk longer than this is some other computation.
 _MAX_NODES = 24
+# A term GELU needs must not be the small difference of large products either (x*a*b - x*d, a*b - d =
+# 0.7071 from products of 1e6): float32 rounds each product by up to 2^-24 of it at each of the formula's
+# at most _MAX_NODES ops, so it computes a coefficient to within its products' size times 24 * 2^-24. That
+# is within the 1e-5 the coefficient is matched to where the size is at most this times the coefficient
+# (about 7; a formula without cancellation has 1).
+_NEEDED_SIZE = _REL_TOL / (_MAX_NODES * 2.0**-24)
+_SMALL_DIFFERENCE = "coefficient is the small difference of large products: float32 does not compute it"
 _MAX_POWER = 8
 # A constant of many elements all one number is read as that number up to this size (a per-channel 0.5).
 _MAX_UNIFORM = 1 << 16
@@ -219,7 +230,8 @@ class GeluFusion(FusionPass):
     float32, a constant of higher rank than the input (or with dims, where neither the input's
     rank, inferred too, nor a higher rank of the output says it) or with a dim over 1 where the
     input's is not known to be that size (it would broadcast the output), terms that cancel only
-    from products too large for float32 to cancel them, a constant or ``Pow`` exponent
+    from products too large for float32 to cancel them, a coefficient GELU needs that is the small
+    difference of large products (``x*a*b - x*d``), a constant or ``Pow`` exponent
     that is NaN or infinite, ``QuickGelu`` on a target without its kernel, and an ONNX
     ``Gelu`` with an unknown ``approximate``. A term GELU lacks that
     has not cancelled (``4e-8*x^5``) is kept: added after the formula, the formula is fused
@@ -368,7 +380,10 @@ def _recognise(activation: ir.Node, known: _KnownConstants) -> _Match | _Refusal
             if not candidates:
                 near = _instances(polynomial, form, _NEAR_MISS_TOL) if form.alpha_per_argument is None else []
                 if _instances(polynomial, form, _REL_TOL, cancelled_size=math.inf):
-                    reasons.append(_Refusal(form.kind, f"the argument is GELU's only {_LARGE_CANCELLATION}"))
+                    needed = _small_difference(polynomial, form.argument)
+                    reason = f"the argument is GELU's only {_LARGE_CANCELLATION}"
+                    reason = f"the argument's {needed} {_SMALL_DIFFERENCE}" if needed else reason
+                    reasons.append(_Refusal(form.kind, reason))
                 elif near and not (is_float(x) and inner.float32):
                     # float16 and float64 constants round GELU's differently: the dtype is the reason.
                     near_misses.append(_Refusal(form.kind, "input is not float32"))
@@ -542,7 +557,12 @@ def _output_of(
     # The farthest polynomial that reads x says what the output is; one that does not (1 + erf(..)) says
     # less than the tensor that the next node reads in x's stead.
     if found is not None and _close(found, form.output, _REL_TOL, cancelled_size=math.inf):
-        return f"the output is GELU's only {_LARGE_CANCELLATION}"
+        needed = _small_difference(found, form.output, name)
+        return (
+            f"the output's {needed} {_SMALL_DIFFERENCE}"
+            if needed
+            else f"the output is GELU's only {_LARGE_CANCELLATION}"
+        )
     if found is not None and any(i for i, _ in found):
         return f"the output is {_show(found, name)}, GELU's is {_show(form.output, name)}"
     if refusal is not None:
@@ -855,18 +875,31 @@ def _sign(
 
 
 def _close(polynomial: _Poly, expected: _Coefficients, rel_tol: float, cancelled_size: float = _CANCELLED_SIZE) -> bool:
-    """True if the polynomial has ``expected``'s terms, each within ``rel_tol``, and every other term cancelled
-    from products of at most ``cancelled_size`` times ``expected``'s largest coefficient."""
+    """True if the polynomial has ``expected``'s terms, each within ``rel_tol`` and from products of at most
+    ``_NEEDED_SIZE`` times it, and every other term cancelled from products of at most ``cancelled_size`` times
+    ``expected``'s largest coefficient. An infinite ``cancelled_size`` takes any cancellation (to say why not)."""
     scale = max(abs(c) for c in expected.values())
     for key in polynomial.keys() | expected.keys():
         term = polynomial.get(key, _Term(0.0, 0.0))
         if key in expected:
             if not math.isclose(term.value, expected[key], rel_tol=rel_tol):
                 return False
+            if math.isfinite(cancelled_size) and term.size > _NEEDED_SIZE * abs(term.value):
+                return False
         # The size first: it is at hand, the exact value may have to be worked out.
         elif term.size > cancelled_size * scale or term.exact() != 0:
             return False
     return True
+
+
+def _small_difference(polynomial: _Poly, expected: _Coefficients, activation: str = "") -> str | None:
+    """The first of ``expected``'s terms that the polynomial computes as the small difference of large products
+    (see ``_NEEDED_SIZE``), shown as ``x`` or ``x*erf(..)``; None if there is none."""
+    for key in sorted(expected, key=lambda key: (key[1], key[0])):
+        term = polynomial.get(key)
+        if term is not None and term.size > _NEEDED_SIZE * abs(term.value):
+            return _show({key: 1.0}, activation).removeprefix("1*")
+    return None
 
 
 def _show(polynomial: _Poly | _Coefficients, activation: str = "") -> str:
