@@ -73,6 +73,8 @@ DEFAULT_SEQUENCE = 128
 _BATCH_NAME = re.compile(r"batch|^n$|^b$|^N$", re.IGNORECASE)
 _MASK_NAME = re.compile(r"mask", re.IGNORECASE)
 _POSITION_NAME = re.compile(r"position", re.IGNORECASE)
+# The position ids a decoder's rotary or position table reads (not a relative-position bucket input).
+_POSITION_IDS_NAME = re.compile(r"position_ids$", re.IGNORECASE)
 
 # Ops that carry integer indices through unchanged, on the way to the Gather that
 # uses them (exporters add casts and reshapes between token ids and embeddings).
@@ -224,7 +226,7 @@ def longest_cache(model: ir.Model) -> int | None:
     limits = [
         rows
         for value in runtime_inputs(model)
-        if _POSITION_NAME.search(value.name) and (rows := _index_range(value)) is not None
+        if _POSITION_IDS_NAME.search(value.name) and (rows := _index_range(value)) is not None
     ]
     for node in model.graph.all_nodes():
         if node.domain != MS_DOMAIN or node.op_type != "GroupQueryAttention":

@@ -100,3 +100,25 @@ def test_the_second_binding_still_changes_every_length_within_the_table():
     second = alternate_binding(model, longer=True, base=first)
     assert second["past_sequence"] + second["sequence"] == second["total_sequence"] <= ROWS
     assert all(second[name] != first[name] for name in first)
+
+
+def test_a_relative_position_input_does_not_bound_the_cache():
+    # A review: any input named like "position" bounded past + new by the table it indexes, so a 4-row
+    # relative-position bucket input cut the verification's bindings to 2 + 2 tokens. Only position_ids do.
+    from onnx import parser
+
+    from optimizer.inputs import longest_cache
+
+    proto = parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (int64[batch, sequence] input_ids, int64[batch, sequence] position_ids,
+       int64[batch, sequence] relative_position) => (float[batch, sequence, 8] out) {
+      e = Gather(E, input_ids)
+      p = Gather(P, position_ids)
+      r = Gather(R, relative_position)
+      s = Add(e, p)
+      out = Add(s, r)
+    }""")
+    for name, rows in (("E", 100), ("P", 1000), ("R", 4)):
+        proto.graph.initializer.append(numpy_helper.from_array(np.zeros((rows, 8), np.float32), name))
+    assert longest_cache(ir.from_proto(proto)) == 1000
