@@ -129,52 +129,53 @@ _STAND_INS: dict[tuple[str, str], dict[int, Callable[[ir.Node], ir.Node | None]]
 # Casts that keep every size a shape can hold (below 2**31): ONNX's data propagation carries a shape's values
 # through any Cast unchanged, which is right only for these.
 _EXACT_SIZE_TYPES = frozenset({ir.DataType.INT64, ir.DataType.INT32, ir.DataType.UINT64, ir.DataType.UINT32,
-                               ir.DataType.DOUBLE})  # fmt: skip
+                               ir.DataType.DOUBLE, ir.DataType.STRING})  # fmt: skip
 
 
-def _hide_lossy_casts(graph: ir.Graph) -> bool:
+def _hide_lossy_casts(model: ir.Model) -> bool:
     """Keep ONNX's data propagation from reading a shape through a Cast that changes it; whether it may run.
 
     A shape cast to int8 wraps 257 to 1, to bool makes every size 1, to float loses sizes past 2**24;
     ONNX's propagation reads the same shape after each (a review: an ``Expand`` to such a shape was inferred
     ``[2, 7, 257]`` where ONNX Runtime computes ``[2, 7, 1]``, and a GELU fused on it changed the output's
-    shape). In the clone each such Cast becomes ``CastLike`` to a constant of its type (opset 15 on), which
-    ONNX infers the same type and shape of, and propagates no values through; below opset 15 there is no
-    such op, and propagation is turned off (False).
+    shape). In the clone each such Cast, in the main graph, its subgraphs and the model's functions, becomes
+    ``CastLike`` to a ``Constant`` of its type (opset 15 on), which ONNX infers the same type and shape of,
+    and propagates no values through; below opset 15 there is no such op, and propagation is turned off
+    (False). A Cast to a string keeps every size (its text reads back the same).
     """
+    roots: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+    nodes = [node for root in roots for node in ir.traversal.RecursiveGraphIterator(root)]
     lossy = [
         node
-        for node in graph
+        for node in nodes
         if node.op_type == "Cast" and node.domain in ONNX_DOMAINS
         and ir.DataType(node.attributes.get_int("to", 0)) not in _EXACT_SIZE_TYPES
     ]  # fmt: skip
     if not lossy:
         return True
-    if graph.opset_imports.get("", 0) < 15:
+    if any(root.opset_imports.get("", 0) < 15 for root in roots):
         return False
-    taken = {value.name for value in _values(graph)}
+    taken = {value.name for node in nodes for value in (*node.inputs, *node.outputs) if value is not None}
     for index, node in enumerate(lossy):
         dtype = ir.DataType(node.attributes.get_int("to", 0))
         try:
-            zero = np.zeros((), dtype.numpy())
-        except (TypeError, ValueError):  # no numpy type (strings, 4-bit): no constant to cast like
+            zero = ir.tensor(np.zeros((), dtype.numpy()))
+        except (TypeError, ValueError):  # no numpy type: no constant to cast like
             return False
-        name = f"_inferred_shapes_cast_like_{index}"
+        like = ir.node("Constant", [], {"value": zero})
+        cast_like = ir.node("CastLike", [node.inputs[0], like.outputs[0]])
+        node.graph.insert_before(node, [like, cast_like])
+        name = f"_inferred_shapes_like_{index}"
         while name in taken:
             name += "_"
-        like = ir.Value(name=name, const_value=ir.tensor(zero))
-        like.shape, like.type = ir.Shape([]), ir.TensorType(dtype)
-        graph.register_initializer(like)
-        cast_like = ir.node("CastLike", [node.inputs[0], like])
-        graph.insert_before(node, cast_like)
-        out = node.outputs[0]
-        made = cast_like.outputs[0]
+        like.outputs[0].name = name
+        out, made = node.outputs[0], cast_like.outputs[0]
         made.type, made.shape = out.type, out.shape
         out.replace_all_uses_with(made, replace_graph_outputs=True)
         name = out.name
         out.name = None
         made.name = name
-        graph.remove(node, safe=True)
+        node.graph.remove(node, safe=True)
     return True
 
 
@@ -249,7 +250,7 @@ def inferred_shapes(model: ir.Model) -> Iterator[int]:
                 del copy.graph.initializers[value.name]
                 value.const_value = None
         _stand_in_for_contrib_ops(copy.graph)
-        propagate = _hide_lossy_casts(copy.graph)
+        propagate = _hide_lossy_casts(copy)
         ir.passes.common.ShapeInferencePass(strict_mode=False, data_prop=propagate)(copy)
         for twin in _values(copy.graph):
             value = missing.get(twin.name)
