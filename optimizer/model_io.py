@@ -756,6 +756,8 @@ def model_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
         yield graph
         for node in graph:
             for attribute in node.attributes.values():
+                if attribute.is_ref():  # a function's reference to its caller's attribute holds no graph
+                    continue
                 if attribute.type == ir.AttributeType.GRAPH:
                     yield from with_subgraphs(attribute.value)
                 elif attribute.type == ir.AttributeType.GRAPHS:

@@ -12,6 +12,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from optimizer.domains import is_onnx_domain
+from optimizer.model_io import model_graphs
 from passes._pass import GraphoptPass
 
 
@@ -93,23 +94,14 @@ def _remove_unused_body_initializers(model: ir.Model) -> bool:
     initializer read only by a removed node counts as unused.
     """
     removed = False
-    roots = (model.graph, *model.functions.values())
-    for node in (node for root in roots for node in ir.traversal.RecursiveGraphIterator(root)):
-        for attribute in node.attributes.values():
-            if attribute.is_ref():
-                continue
-            if attribute.type == ir.AttributeType.GRAPH:
-                bodies = [attribute.as_graph()]
-            elif attribute.type == ir.AttributeType.GRAPHS:
-                bodies = list(attribute.as_graphs())
-            else:
-                continue
-            for body in bodies:
-                signature = frozenset((*body.inputs, *body.outputs))
-                for name, value in list(body.initializers.items()):
-                    if not value.uses() and value not in signature:
-                        del body.initializers[name]
-                        removed = True
+    for body in model_graphs(model):
+        if body is model.graph or isinstance(body, ir.Function):  # functions hold no initializers
+            continue
+        signature = frozenset((*body.inputs, *body.outputs))
+        for name, value in list(body.initializers.items()):
+            if not value.uses() and value not in signature:
+                del body.initializers[name]
+                removed = True
     return removed
 
 

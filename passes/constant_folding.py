@@ -24,6 +24,7 @@ import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
+from optimizer.model_io import model_graphs
 from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
 
@@ -118,26 +119,13 @@ def _recorded_facts(model: ir.Model) -> _Facts:
     """Each value's type (and its element type, which ``value.dtype = ...`` writes into the type object in place),
     shape and constant value, in every graph, subgraph and function of ``model``."""
     facts: _Facts = []
-
-    def record(graph: ir.Graph) -> None:
+    for graph in model_graphs(model):
+        graph = graph.graph if isinstance(graph, ir.Function) else graph
         outputs = (value for node in graph for value in node.outputs)
         for value in (*graph.inputs, *graph.initializers.values(), *outputs):
             value_type = value.type
             dtype = value_type.dtype if value_type is not None else None
             facts.append((value, value_type, dtype, value.shape, value.const_value))
-        for node in graph:
-            for attribute in node.attributes.values() if node.attributes else ():
-                if attribute.is_ref():
-                    continue
-                if attribute.type == ir.AttributeType.GRAPH:
-                    record(attribute.as_graph())
-                elif attribute.type == ir.AttributeType.GRAPHS:
-                    for subgraph in attribute.as_graphs():
-                        record(subgraph)
-
-    record(model.graph)
-    for function in model.functions.values():
-        record(function.graph)
     return facts
 
 

@@ -30,6 +30,14 @@ def parse_model(text: str) -> ir.Model:
     return ir.from_proto(proto)
 
 
+def inferred_model(graph: onnx.GraphProto, opset: int = 18) -> ir.Model:
+    """An onnx-ir model of ``graph`` with its shapes inferred (strictly) and checked by onnx's checker."""
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
 def run(model: ir.Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Outputs of ``model`` on ONNX Runtime (CPU, graph optimizations off)."""
     return run_model(model, inputs)

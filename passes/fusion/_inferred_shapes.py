@@ -169,12 +169,7 @@ def _hide_lossy_casts(model: ir.Model) -> bool:
         while name in taken:
             name += "_"
         like.outputs[0].name = name
-        out, made = node.outputs[0], cast_like.outputs[0]
-        made.type, made.shape = out.type, out.shape
-        out.replace_all_uses_with(made, replace_graph_outputs=True)
-        name = out.name
-        out.name = None
-        made.name = name
+        _take_over(node.outputs[0], cast_like.outputs[0], taken)
         node.graph.remove(node, safe=True)
     return True
 
@@ -200,15 +195,20 @@ def _stand_in_for_contrib_ops(graph: ir.Graph) -> None:
             if stand_in is None:
                 continue
             graph.insert_before(node, stand_in)
-            new = stand_in.outputs[0]
-            new.type, new.shape = out.type, out.shape
-            out.replace_all_uses_with(new, replace_graph_outputs=True)
-            name, suffix = out.name, 0
-            while f"{name}/stood_in{suffix or ''}" in taken:
-                suffix += 1
-            out.name = f"{name}/stood_in{suffix or ''}"
-            taken.add(out.name)
-            new.name = name
+            _take_over(out, stand_in.outputs[0], taken)
+
+
+def _take_over(out: ir.Value, new: ir.Value, taken: set[str]) -> None:
+    """``new`` takes ``out``'s type, shape, readers and name (so what inference gives it is read back by
+    name); ``out`` keeps a name no other value has."""
+    new.type, new.shape = out.type, out.shape
+    out.replace_all_uses_with(new, replace_graph_outputs=True)
+    name, suffix = out.name, 0
+    while f"{name}/stood_in{suffix or ''}" in taken:
+        suffix += 1
+    out.name = f"{name}/stood_in{suffix or ''}"
+    taken.add(out.name)
+    new.name = name
 
 
 def _unknown(dim) -> bool:

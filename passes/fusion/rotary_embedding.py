@@ -1098,14 +1098,26 @@ def _check_broadcast_rows(
     review's) agree with the broadcast rows at one size and not at another.
     """
     rng = np.random.default_rng(1)
+    rows = len(caches[0])
     for mask in _BROADCAST_MASKS:
         batch, seq = mask.shape
         for shape in sorted({(1, seq), (batch, 1), (1, 1)} - {(batch, seq)}):
-            if _broadcast_rows_differ(model, tables, inputs, positions, caches, fixed, interleaved, mask, shape, rng):
-                return (
-                    f"cos/sin of position_ids shaped {list(shape)} (broadcast by the original) are not the "
-                    f"cache's rows for the broadcast positions at batch {batch}, {seq} tokens"
-                )
+            drawn = rng.integers(0, min(max(seq, 7) * 3, rows), shape)
+            feeds = token_feeds(inputs, mask, {positions.name: drawn}) | fixed
+            try:
+                found = evaluate(model, tables, feeds)
+            except RuntimeRefusedError:
+                continue
+            wanted = np.broadcast_to(drawn, (batch, seq))
+            for probe, cache in zip(found, caches):
+                halves = _halves(probe, cache.shape[-1], interleaved)
+                if halves is None or halves.shape[0] not in (1, batch) or halves.shape[1] not in (1, seq):
+                    break
+                if not np.allclose(np.broadcast_to(halves, (batch, seq, halves.shape[-1])), cache[wanted], atol=1e-6):
+                    return (
+                        f"cos/sin of position_ids shaped {list(shape)} (broadcast by the original) are not the "
+                        f"cache's rows for the broadcast positions at batch {batch}, {seq} tokens"
+                    )
     return None
 
 
@@ -1117,38 +1129,6 @@ _BROADCAST_MASKS = (
     np.ones((2, 1), np.int64),
     np.ones((4, 3), np.int64),
 )
-
-
-def _broadcast_rows_differ(
-    model: ir.Model,
-    tables: list[ir.Value],
-    inputs: list[ir.Value],
-    positions: ir.Value,
-    caches: tuple[np.ndarray, np.ndarray],
-    fixed: dict[str, np.ndarray],
-    interleaved: int,
-    mask: np.ndarray,
-    shape: tuple[int, int],
-    rng: np.random.Generator,
-) -> bool:
-    """True if cos/sin of ``position_ids`` drawn in ``shape`` beside tokens shaped like ``mask`` are not the
-    cache's rows of those positions broadcast to the mask's shape (False where the original refuses it)."""
-    batch, seq = mask.shape
-    rows = len(caches[0])
-    drawn = rng.integers(0, min(max(seq, 7) * 3, rows), shape)
-    feeds = token_feeds(inputs, mask, {positions.name: drawn}) | fixed
-    try:
-        found = evaluate(model, tables, feeds)
-    except RuntimeRefusedError:
-        return False
-    wanted = np.broadcast_to(drawn, (batch, seq))
-    for probe, cache in zip(found, caches):
-        halves = _halves(probe, cache.shape[-1], interleaved)
-        if halves is None or halves.shape[0] not in (1, batch) or halves.shape[1] not in (1, seq):
-            return False
-        if not np.allclose(np.broadcast_to(halves, (batch, seq, halves.shape[-1])), cache[wanted], atol=1e-6):
-            return True
-    return False
 
 
 # (new tokens, past tokens) of the probes that tell the token index from positions counted on from a past;

@@ -21,7 +21,8 @@ from optimizer.registry import default_pass_names
 from passes._utils import add_initializer
 from passes.dim_binding import BindDimsPass
 from passes.fusion.group_query_attention import GroupQueryAttentionFusion
-from tests.helpers import FIXTURES, run
+from tests.helpers import FIXTURES
+from tests.passes.fusion.test_group_query_attention import _same_where_real
 
 _NAME = "fuse-group-query-attention"
 _BATCH, _NEW, _PAST = 2, 3, 5
@@ -77,19 +78,6 @@ def _feeds(kv_heads: int) -> list[dict[str, np.ndarray]]:
                 feed[f"past_key_values.{layer}.{kind}"] = rng.standard_normal(shape).astype(np.float32)
         feeds.append(feed)
     return feeds
-
-
-def _same_where_real(before: ir.Model, after: ir.Model, feed: dict[str, np.ndarray]) -> None:
-    """Same logits and cache at every real (unpadded) position."""
-    expected, actual = run(before, feed), run(after, feed)
-    mask = feed["attention_mask"].astype(bool)
-    for name, want in expected.items():
-        got = actual[name]
-        assert got.shape == want.shape, name
-        real = mask[:, -_NEW:, None] if name == "logits" else mask[:, None, :, None]
-        np.testing.assert_allclose(
-            *np.broadcast_arrays(np.where(real, got, 0), np.where(real, want, 0)), rtol=1e-4, atol=1e-5, err_msg=name
-        )
 
 
 @pytest.mark.parametrize("name", sorted(_KV_HEADS))

@@ -5,13 +5,12 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from passes.fusion.rotary_embedding import RotaryEmbeddingFusion
-from tests.helpers import assert_same_outputs
+from tests.helpers import assert_same_outputs, inferred_model
 
 HEADS, HEAD_SIZE, POSITIONS = 2, 8, 64
 END = np.iinfo(np.int64).max
@@ -116,10 +115,7 @@ def _gptj_model(
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(a, name) for name, a in consts.items()],
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    onnx.checker.check_model(proto)
-    return ir.from_proto(proto)
+    return inferred_model(graph)
 
 
 def _feeds(sequence: int) -> dict[str, np.ndarray]:

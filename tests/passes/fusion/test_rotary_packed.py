@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from passes.fusion.rotary_embedding import RotaryEmbeddingFusion
-from tests.helpers import assert_same_outputs
+from tests.helpers import assert_same_outputs, inferred_model
 
 HEADS, HEAD_SIZE = 2, 8
 END = np.iinfo(np.int64).max
@@ -96,10 +96,7 @@ def _packed_rotary_model(width: int, *, size_axis: int = -1) -> ir.Model:
     graph = helper.make_graph(
         nodes, "neox", inputs, outputs, [numpy_helper.from_array(a, name) for name, a in consts.items()]
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    onnx.checker.check_model(proto)
-    return ir.from_proto(proto)
+    return inferred_model(graph)
 
 
 def _feeds(sequence: int) -> dict[str, np.ndarray]:

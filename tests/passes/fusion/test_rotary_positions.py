@@ -8,14 +8,13 @@ batch_size") where the original ran. The fused op reads them expanded to ``[B, S
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer import optimize
 from passes.fusion.rotary_embedding import RotaryEmbeddingFusion
-from tests.helpers import FIXTURES, assert_same_outputs, op_types
+from tests.helpers import FIXTURES, assert_same_outputs, inferred_model, op_types
 
 HEADS, HEAD_SIZE, HIDDEN = 2, 8, 12
 
@@ -112,10 +111,7 @@ def _decoder_rotary(*, per_head: bool = False, batch_shift: bool = False, shift_
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("q", "k")],
         [numpy_helper.from_array(array, name) for name, array in consts.items()],
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    onnx.checker.check_model(proto)
-    return ir.from_proto(proto)
+    return inferred_model(graph)
 
 
 def _feeds(positions: np.ndarray, batch: int = 2, sequence: int = 5) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from passes.fusion._probe import dims_read
 from passes.fusion.rotary_embedding import RotaryEmbeddingFusion
-from tests.helpers import assert_same_outputs, op_types
+from tests.helpers import assert_same_outputs, inferred_model, op_types
 
 HEADS, HEAD_SIZE, KV = 2, 8, 2
 END = np.iinfo(np.int64).max
@@ -30,11 +30,8 @@ def _model(nodes, inputs, consts, output_shape) -> ir.Model:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, output_shape)],
         [numpy_helper.from_array(array, name) for name, array in consts.items()],
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    # As the pipeline's own shape inference leaves it: cos's last dim is static.
-    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    onnx.checker.check_model(proto)
-    return ir.from_proto(proto)
+    # Shapes inferred, as the pipeline's own shape inference leaves them: cos's last dim is static.
+    return inferred_model(graph)
 
 
 def _tables_from(positions: str, width: int) -> list[onnx.NodeProto]:

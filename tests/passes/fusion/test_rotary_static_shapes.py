@@ -34,6 +34,15 @@ def _hidden_feeds(positions: np.ndarray) -> dict[str, np.ndarray]:
     return {"hidden": hidden, "position_ids": positions.astype(np.int64)}
 
 
+def _shift_by_smallest(node: ir.Node, index: int) -> None:
+    """``node`` reads ``positions + ReduceMin(positions)`` as its input ``index`` (a near miss of a table read)."""
+    positions = node.inputs[index]
+    smallest = ir.node("ReduceMin", [positions], {"keepdims": 1})
+    shifted = ir.node("Add", [positions, smallest.outputs[0]])
+    node.graph.insert_before(node, [smallest, shifted])
+    node.replace_input_with(index, shifted.outputs[0])
+
+
 def test_static_position_ids_take_every_position_below_the_caches_end():
     model = _static(_decoder_rotary())
     assert list(model.graph.inputs[1].shape) == [_BATCH, _SEQUENCE]
@@ -67,13 +76,7 @@ def test_tables_that_read_other_positions_of_the_run_are_left_alone():
     # Angles of position_ids + min(position_ids): each run of consecutive positions shifts its own rows
     # (row p of run k is p + 5k), which the caches built run by run would hide; drawn positions show it.
     model = _decoder_rotary()
-    graph = model.graph
-    cast = next(n for n in graph if n.op_type == "Cast")
-    positions = cast.inputs[0]
-    smallest = ir.node("ReduceMin", [positions], {"keepdims": 1})
-    shifted = ir.node("Add", [positions, smallest.outputs[0]])
-    graph.insert_before(cast, [smallest, shifted])
-    cast.replace_input_with(0, shifted.outputs[0])
+    _shift_by_smallest(next(n for n in model.graph if n.op_type == "Cast"), 0)
     model = _static(model)
     assert run(model, _hidden_feeds(np.zeros((_BATCH, _SEQUENCE))))  # the near miss runs
     result = RotaryEmbeddingFusion(cache_length=64)(model)
@@ -135,13 +138,7 @@ def test_a_static_sequence_longer_than_the_caches_is_refused():
 def test_caches_of_a_refused_pair_are_not_noted_as_ending():
     # A review: the "caches end at 20 positions" note was printed for a pair then refused, so nothing was fused.
     model = _position_table_model(rows=20)
-    graph = model.graph
-    gather = next(n for n in graph if n.op_type == "Gather")
-    positions = gather.inputs[1]
-    smallest = ir.node("ReduceMin", [positions], {"keepdims": 1})
-    shifted = ir.node("Add", [positions, smallest.outputs[0]])
-    graph.insert_before(gather, [smallest, shifted])
-    gather.replace_input_with(1, shifted.outputs[0])
+    _shift_by_smallest(next(n for n in model.graph if n.op_type == "Gather"), 1)  # the cos table's only
     result = RotaryEmbeddingFusion(cache_length=64)(_static(model, sequence=6))
     assert not result.modified, result.notes
     assert not any(line.startswith("rotary caches end") for line in result.notes)
