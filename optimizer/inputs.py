@@ -1008,17 +1008,10 @@ def _table_shape(value: ir.Value | None) -> tuple | None:
         return None
     if value.shape is not None:
         return tuple(value.shape)
-    if value.const_value is not None:
-        return tuple(value.const_value.shape)
+    if (tensor := ir.convenience.get_const_tensor(value)) is not None:  # an initializer or a Constant node's
+        return tuple(tensor.shape)
     node = value.producer()
     if node is None or not is_onnx_domain(node):
-        return None
-    if node.op_type == "Constant":
-        if "value" in node.attributes:
-            return tuple(node.attributes["value"].as_tensor().shape)
-        for name in ("value_ints", "value_floats"):
-            if name in node.attributes:
-                return (len(node.attributes[name].value),)
         return None
     if node.op_type in ("Cast", "Identity"):
         return _table_shape(node.inputs[0])
@@ -1033,12 +1026,7 @@ def _table_shape(value: ir.Value | None) -> tuple | None:
 
 def _constant_ints(value: ir.Value | None) -> list[int] | None:
     """The integers of a constant (an initializer or a ``Constant`` node's tensor), else None."""
-    if value is None:
-        return None
-    tensor = value.const_value
-    node = value.producer()
-    if tensor is None and node is not None and node.op_type == "Constant" and "value" in node.attributes:
-        tensor = node.attributes["value"].as_tensor()
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
     if tensor is None or tensor.dtype not in (ir.DataType.INT64, ir.DataType.INT32):
         return None
     return [int(v) for v in tensor.numpy().reshape(-1)]
