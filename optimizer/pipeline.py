@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from copy import deepcopy
+from typing import NamedTuple
 
 import onnx_ir as ir
 
@@ -137,11 +138,14 @@ def run_pipeline(
 
 
 def undefined_input(model: ir.Model) -> str | None:
-    """The first node input or graph output of ``model`` (its subgraphs' and model-local functions' too) that
-    nothing in scope defines, said in words; None when all are defined. In the main graph a value is defined by
-    one of its nodes (subgraphs' included), inputs or initializers; in a function by one of the function's nodes
-    or inputs (or an input or initializer of a subgraph in it). A rewrite that lost an initializer, or removed a
-    node whose output is still read, writes a file ONNX Runtime refuses to load."""
+    """The first node input or graph output of ``model`` (its subgraphs' and model-local functions' too) that is
+    not defined where it is read, said in words; None when all are. A node may read a value defined before it: in
+    the main graph by an input, an initializer or an earlier node; in a function by an input or an earlier node;
+    in a subgraph by its own inputs, initializers and earlier nodes, or by what is defined in the graphs around
+    it before the node that holds the subgraph (onnx.checker's rule: values defined after that node, or by it,
+    are out of scope). A graph output may be any value of its graph or of the graphs around it. A rewrite that
+    lost an initializer, removed a node whose output is still read, or put a node before what it reads writes a
+    file onnx.checker rejects; ONNX Runtime refuses it too, except in the main graph, which it sorts itself."""
     problem = _undefined_in(model.graph)
     if problem is not None:
         return problem
@@ -153,43 +157,69 @@ def undefined_input(model: ir.Model) -> str | None:
     return None
 
 
+class _Scope(NamedTuple):
+    """A graph being checked: what is defined in it so far, and (while a subgraph of it is checked) the node
+    holding that subgraph."""
+
+    graph: ir.Graph
+    defined: set[ir.Value]
+    holder: ir.Node | None = None
+
+
 def _undefined_in(root: ir.Graph | ir.Function) -> str | None:
     """``undefined_input`` for one graph or function and the subgraphs in it, scope by scope."""
     if isinstance(root, ir.Function):
         # A function holds no initializers (saving drops any put on its graph): only its inputs and nodes define.
-        return _undefined_in_scope(root.graph, (set(root.inputs),), with_initializers=False)
-    return _undefined_in_scope(root, (), with_initializers=True)
+        return _undefined_in_scope(root.graph, (), set(root.inputs))
+    return _undefined_in_scope(root, (), {*root.inputs, *root.initializers.values()})
 
 
-def _undefined_in_scope(graph: ir.Graph, outer: tuple[set[ir.Value], ...], *, with_initializers: bool) -> str | None:
-    """The first read in ``graph`` (or a subgraph of it) of a value neither ``graph`` nor a scope around it
-    defines. A subgraph sees its own values and those of the graphs around it, never a sibling's or a nested
-    graph's."""
-    own = set(graph.inputs)
-    if with_initializers:
-        own.update(graph.initializers.values())
-    for node in graph:
-        own.update(node.outputs)
-    scopes = (own, *outer)
-
-    def visible(value: ir.Value) -> bool:
-        return any(value in scope for scope in scopes)
-
+def _undefined_in_scope(graph: ir.Graph, outer: tuple[_Scope, ...], defined: set[ir.Value]) -> str | None:
+    """The first read in ``graph`` (or a subgraph of it) of a value that neither ``graph`` nor a scope around it
+    has defined by then (``defined``: what ``graph`` defines before its first node). A subgraph sees its own
+    values and those the graphs around it define before the node that holds it, never a sibling's or a nested
+    graph's. One walk: each graph's nodes are visited once, in order."""
+    scopes = (_Scope(graph, defined), *outer)
     for node in graph:
         for value in node.inputs:
-            if value is not None and not visible(value):
-                return f"{node.op_type} node {node.name or '(unnamed)'} reads {value.name!r}, which nothing defines"
+            if value is not None and not any(value in scope.defined for scope in scopes):
+                return _read_too_early(node, value, scopes)
         for attr in node.attributes.values():
             if attr.is_ref() or attr.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
                 continue
+            inner = (_Scope(graph, defined, node), *outer)
             for subgraph in [attr.value] if attr.type == ir.AttributeType.GRAPH else attr.value:
-                problem = _undefined_in_scope(subgraph, scopes, with_initializers=True)
+                own = {*subgraph.inputs, *subgraph.initializers.values()}
+                problem = _undefined_in_scope(subgraph, inner, own)
                 if problem is not None:
                     return problem
+        defined.update(node.outputs)
     for value in graph.outputs:
-        if not visible(value):
+        if not any(value in scope.defined for scope in scopes):
             return f"the graph output {value.name!r} is computed by no node"
     return None
+
+
+def _read_too_early(node: ir.Node, value: ir.Value, scopes: tuple[_Scope, ...]) -> str:
+    """Why ``node`` may not read ``value``, which no scope in ``scopes`` has defined by then."""
+    reader = f"{node.op_type} node {node.name or '(unnamed)'}"
+    producer = value.producer()
+    if producer is node:
+        return f"{reader} reads its own output {value.name!r}"
+    if producer is not None:
+        writer = f"{producer.op_type} node {producer.name or '(unnamed)'}"
+        if producer.graph is scopes[0].graph:
+            return f"{reader} reads {value.name!r} before {writer} defines it (the nodes are out of order)"
+        for scope in scopes[1:]:
+            if producer.graph is scope.graph and scope.holder is not None:
+                holder = f"{scope.holder.op_type} node {scope.holder.name or '(unnamed)'}"
+                if producer is scope.holder:
+                    return f"{reader} reads {value.name!r}, an output of the {holder} that holds its subgraph"
+                return (
+                    f"{reader} reads {value.name!r}, which {writer} defines only after the {holder} that holds "
+                    "its subgraph (a subgraph sees the outer values defined before that node)"
+                )
+    return f"{reader} reads {value.name!r}, which nothing defines"
 
 
 def _run_one(
