@@ -3,7 +3,8 @@
 Generated inputs follow what a transformer or CNN expects: symbolic dimensions are
 bound by name (``--dim NAME=VALUE``; batch-like dims default to 1, every other
 symbolic dim to 128), token-id-like integer inputs stay inside the embedding table
-they index (a Constant node's too), a decoder's positions count on from its past and,
+they index (a Constant node's too; each component of a ``GatherND``'s index tuple within
+the table axis it indexes), a decoder's positions count on from its past (never below 0) and,
 where ``position_ids`` index a table (GPT-2's ``wpe``, GPT-J's rotary sin/cos rows), past and
 new tokens together stay within its rows, attention masks are ones (with two or more rows, the last row's final
 quarter is padding, so verification exercises masking), and floats are standard
@@ -932,14 +933,13 @@ def _generate_tensor(model: ir.Model, value: ir.Value, shape: tuple[int, ...], r
     if dtype.is_integer():
         if _MASK_NAME.search(value.name):
             return _padding_mask(shape, numpy_dtype)
-        table = _index_range(value)
-        high = table or _DEFAULT_INT_HIGH
         if _POSITION_NAME.search(value.name) and shape:
-            # Positions count up, within the position table when there is one (rotary
+            # Positions count up from 0, within the position table when there is one (rotary
             # positions read no table: 0, 1, 2, ... as a tokenizer's would).
+            table = _index_range(value)
             positions = np.arange(shape[-1]) % table if table else np.arange(shape[-1])
             return np.broadcast_to(positions, shape).astype(numpy_dtype)
-        return rng.integers(0, high, size=shape).astype(numpy_dtype)
+        return rng.integers(0, _index_highs(value, shape), size=shape).astype(numpy_dtype)
     if dtype.is_floating_point():
         if _MASK_NAME.search(value.name):
             return _padding_mask(shape, numpy_dtype)
@@ -960,46 +960,146 @@ def _padding_mask(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 
 def _index_range(value: ir.Value) -> int | None:
-    """Smallest table size among the Gathers (and GatherNDs) this value indexes into, if any.
+    """The smallest table size any element of ``value`` indexes into, if any (see ``_index_bounds``)."""
+    whole, components = _index_bounds(value)
+    bounds = [bound for bound in (whole, *components.values()) if bound is not None]
+    return min(bounds) if bounds else None
 
-    The table's size is its recorded shape's, or a constant's (an initializer, a ``Constant`` node's
-    tensor, through a ``Transpose``, ``Cast`` or ``Identity``: GPT-J's legacy export inlines its
-    ``embed_positions`` as a Constant with no shape recorded). A GatherND is read where the value,
-    given a last axis of 1 (``Unsqueeze(-1)``, GPT-J's dynamo export) and led into a last-axis Concat
-    first (or none), indexes the first axis after ``batch_dims``.
+
+def _index_highs(value: ir.Value, shape: tuple[int, ...]) -> int | np.ndarray:
+    """The exclusive upper bound to generate integer ``value`` of ``shape`` under.
+
+    The table size its elements index (``_index_bounds``), or, where ``value`` is a ``GatherND``
+    index tuple itself (its last axis the tuple's components), one bound per position along that
+    last axis, to broadcast against it; ``_DEFAULT_INT_HIGH`` where no table (or an empty one) bounds it.
     """
-    sizes = []
-    frontier, seen = [(value, False)], set()
+    whole, components = _index_bounds(value)
+    if not components or not shape:
+        return _index_range(value) or _DEFAULT_INT_HIGH
+    highs = []
+    for component in range(shape[-1]):
+        bounds = [bound for bound in (whole, components.get(component)) if bound is not None]
+        highs.append(min(bounds) if bounds else 0)
+    return np.array([high or _DEFAULT_INT_HIGH for high in highs])
+
+
+# How the elements of the value ``_index_bounds`` follows sit in the value reached: ("axis", offset):
+# position j along the followed value's last axis is position offset + j along this one's; ("range", low,
+# high): each element is at some position in [low, high) along this one's last axis (high None: unknown).
+_IndexPlace = tuple[str, int] | tuple[str, int, int | None]
+
+
+def _index_bounds(value: ir.Value) -> tuple[int | None, dict[int, int]]:
+    """The table sizes ``value``'s elements index: one bounding every element, and one per position along its last axis.
+
+    A ``Gather`` reads every element as an index into the table's ``axis``: its size bounds them all.
+    A ``GatherND`` reads its indices' last axis as a tuple, component k indexing the table's axis
+    ``batch_dims + k``. ``value`` is followed to both through ``Cast``/``Identity`` (which keep its last
+    axis), ``Unsqueeze`` (a new last axis puts every element at component 0; GPT-J's dynamo export),
+    a last-axis ``Concat`` (the components of the inputs before it shift it on; where their widths are
+    unknown, it may sit at any component) and the other index-preserving ops (which move elements to
+    positions unknown). So an input that is an index tuple itself has its component j bounded by the
+    table's axis ``batch_dims + j``; one whose elements may sit at several components, by the smallest
+    of those axes. Where one input indexes several tables, each bound is the smallest met: a bound on
+    every element (a Gather's) also bounds each component. Negative indices, which ONNX allows down
+    to ``-size``, are not generated, so the bound is the size. A table's size is its recorded shape's,
+    or a constant's (an initializer, a ``Constant`` node's tensor, through a ``Transpose``, ``Cast`` or
+    ``Identity``: GPT-J's legacy export inlines its ``embed_positions`` as a Constant with no shape
+    recorded); a dim that is not a number bounds nothing.
+    """
+    whole: list[int] = []
+    components: dict[int, int] = {}
+    frontier: list[tuple[ir.Value, _IndexPlace]] = [(value, ("axis", 0))]
+    seen: set[tuple[ir.Value, _IndexPlace]] = set()
     while frontier:
-        current, unit_last = frontier.pop()
-        if (current, unit_last) in seen:
+        current, place = frontier.pop()
+        if (current, place) in seen:
             continue
-        seen.add((current, unit_last))
+        seen.add((current, place))
         for node, index in current.uses():
             if not is_onnx_domain(node):
                 continue
             if node.op_type == "Gather" and index == 1:
                 table = _table_shape(node.inputs[0])
+                if table and isinstance(size := table[node.attributes.get_int("axis", 0) % len(table)], int):
+                    whole.append(size)
+            elif node.op_type == "GatherND" and index == 1:
+                table = _table_shape(node.inputs[0])
                 if not table:
                     continue
-                axis = node.attributes.get_int("axis", 0) % len(table)
-                if isinstance(table[axis], int):
-                    sizes.append(table[axis])
-            elif node.op_type == "GatherND" and index == 1 and unit_last:
-                table = _table_shape(node.inputs[0])
-                axis = node.attributes.get_int("batch_dims", 0)
-                if table and axis < len(table) and isinstance(table[axis], int):
-                    sizes.append(table[axis])
+                first = node.attributes.get_int("batch_dims", 0)  # the table axis component 0 indexes
+                width = _last_dim(current)  # the components of the tuple; the table's axes left where unknown
+                end = len(table) if width is None else min(len(table), first + width)
+                if place[0] == "axis":
+                    for component in range(end - first - place[1]):
+                        if isinstance(size := table[first + place[1] + component], int):
+                            components[component] = min(size, components.get(component, size))
+                else:
+                    if place[2] is not None:
+                        end = min(end, first + place[2])
+                    sizes = [size for size in table[first + place[1] : end] if isinstance(size, int)]
+                    if sizes:
+                        whole.append(min(sizes))
             elif node.op_type == "Unsqueeze" and index == 0:
                 axes = _constant_ints(node.inputs[1] if len(node.inputs) > 1 else None)
-                frontier.extend((out, axes == [-1] or unit_last) for out in node.outputs)
-            elif node.op_type == "Concat" and index == 0 and unit_last:
-                if node.attributes.get_int("axis", 0) == -1:
-                    frontier.extend((out, True) for out in node.outputs)
+                rank = _rank(current)
+                if axes is not None and (-1 in axes or (rank is not None and rank + len(axes) - 1 in axes)):
+                    kept = ("range", 0, 1)  # a new last axis of one: every element is component 0
+                elif axes is not None and rank is not None:
+                    kept = place  # the last axis stays last
+                else:
+                    kept = ("range", 0, None)
+                frontier.extend((out, kept) for out in node.outputs)
+            elif node.op_type == "Concat":
+                rank = _rank(current)
+                axis = node.attributes.get_int("axis", 0)
+                if axis == -1 or (rank is not None and axis == rank - 1):
+                    widths = [_last_dim(before) for before in node.inputs[:index]]
+                    if None in widths:
+                        kept = ("range", 0, None)
+                    elif place[0] == "axis":
+                        kept = ("axis", place[1] + sum(widths))
+                    else:
+                        high = None if place[2] is None else place[2] + sum(widths)
+                        kept = ("range", place[1] + sum(widths), high)
+                elif axis < -1 or (rank and axis % rank != rank - 1):
+                    kept = place  # joined along another axis: the last keeps its components
+                else:
+                    kept = ("range", 0, None)
+                frontier.extend((out, kept) for out in node.outputs)
             elif node.op_type in _INDEX_PRESERVING_OPS and index == 0:
-                keeps = node.op_type in ("Cast", "Identity") and unit_last
-                frontier.extend((out, keeps) for out in node.outputs)
-    return min(sizes) if sizes else None
+                kept = place if node.op_type in ("Cast", "Identity") else ("range", 0, None)
+                frontier.extend((out, kept) for out in node.outputs)
+    width = _last_dim(value)  # a tuple is no wider than the input: a table's further axes bound nothing of it
+    return (min(whole) if whole else None), {j: size for j, size in components.items() if width is None or j < width}
+
+
+def _rank(value: ir.Value) -> int | None:
+    """``value``'s rank where its shape is recorded, or where it is an ``Unsqueeze`` of one that is."""
+    if value.shape is not None:
+        return len(value.shape)
+    node = value.producer()
+    if node is not None and is_onnx_domain(node) and node.op_type == "Unsqueeze" and len(node.inputs) > 1:
+        axes = _constant_ints(node.inputs[1])
+        inner = _rank(node.inputs[0]) if node.inputs[0] is not None else None
+        if axes is not None and inner is not None:
+            return inner + len(axes)
+    return None
+
+
+def _last_dim(value: ir.Value | None) -> int | None:
+    """The size of ``value``'s last axis, where recorded or where an ``Unsqueeze(-1)`` made it 1; else None."""
+    if value is None:
+        return None
+    if value.shape is not None:
+        last = value.shape[-1] if len(value.shape) else None
+        return last if isinstance(last, int) else None
+    node = value.producer()
+    if node is not None and is_onnx_domain(node) and node.op_type == "Unsqueeze" and len(node.inputs) > 1:
+        axes = _constant_ints(node.inputs[1])
+        if axes is not None and -1 in axes:
+            return 1
+    return None
 
 
 def _table_shape(value: ir.Value | None) -> tuple | None:
