@@ -11,6 +11,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import _basics, _matcher, _pattern_ir, _rewrite_rule, pattern
 
+from optimizer.model_io import model_graphs
+
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
     """The value's contents if it is an initializer or a Constant node's output, else None.
@@ -73,12 +75,44 @@ def replace_value(old: ir.Value, new: ir.Value, *, inherit: bool = False) -> Non
     old.replace_all_uses_with(new, replace_graph_outputs=True)
 
 
-def remove_dead_nodes(model: ir.Model) -> None:
-    """Delete the nodes and initializers a rewrite left without users (onnx-ir's dead code pass).
+def remove_dead_nodes(model: ir.Model) -> bool:
+    """Delete the nodes and initializers a rewrite left without users, in every graph; True if any.
+
+    Nodes whose outputs nothing reads (and that are no graph output) go from the main graph,
+    every ``Loop``/``If``/``Scan`` body and every model-local function (onnx-ir's dead code
+    pass); then initializers nothing in the model reads go from the main graph and from every
+    body, in the main graph and in functions. onnx-ir 1.1 deletes the main graph's only, and
+    keeps one read only inside the body of a node it deleted; ONNX Runtime warns at load about
+    each left in a body. An initializer read only inside a graph nested in its own is used and
+    stays; graph inputs and outputs always stay. A function's own graph holds no initializers
+    (ONNX has none; saving drops any put there).
 
     Passes call this so their own row in the report shows what they removed.
     """
-    common_passes.RemoveUnusedNodesPass()(model)
+    modified = common_passes.RemoveUnusedNodesPass()(model).modified
+    return _remove_unused_initializers(model) or modified
+
+
+def _remove_unused_initializers(model: ir.Model) -> bool:
+    """Delete the initializers of the main graph and of its and the functions' subgraphs that no node of the
+    model reads; True if any.
+
+    A use counts only from a node in a graph of the model: a deleted ``If``/``Loop`` leaves the nodes of its
+    bodies reading what they read. Run after the dead nodes are gone, so an initializer read only by a removed
+    node counts as unused.
+    """
+    graphs = list(model_graphs(model))
+    live = {id(graph.graph if isinstance(graph, ir.Function) else graph) for graph in graphs}
+    removed = False
+    for graph in graphs:
+        if isinstance(graph, ir.Function):  # functions hold no initializers
+            continue
+        signature = frozenset((*graph.inputs, *graph.outputs))
+        for name, value in list(graph.initializers.items()):
+            if value not in signature and not any(id(use.node.graph) in live for use in value.uses()):
+                del graph.initializers[name]
+                removed = True
+    return removed
 
 
 def linear_rule_set(

@@ -12,8 +12,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from optimizer.domains import is_onnx_domain
-from optimizer.model_io import model_graphs
 from passes._pass import GraphoptPass
+from passes._utils import remove_dead_nodes
 
 
 class RemoveUnusedPass(GraphoptPass, ir.passes.InPlacePass):
@@ -23,23 +23,21 @@ class RemoveUnusedPass(GraphoptPass, ir.passes.InPlacePass):
     (repeatedly, in subgraphs too); initializers that are not used, not graph inputs
     and not graph outputs are deleted, in the main graph and in every ``Loop``/``If``/
     ``Scan`` body (a body's initializer read only by a graph nested in that body is
-    used); model-local functions never called and opset imports no node uses are
-    dropped. Never changes the inputs or outputs of the graph or of any body.
+    used; one read only inside the body of a deleted node is not); model-local functions
+    never called and opset imports no node uses are dropped. Never changes the inputs or
+    outputs of the graph or of any body.
 
     onnx-ir 1.1's ``RemoveUnusedNodesPass`` (which onnxscript's ``remove_unused_nodes``
-    calls) deletes unused initializers of the main graph only; ONNX Runtime warns at
-    load about each one left in a body, so those are removed here.
+    calls) deletes unused initializers of the main graph only, and keeps one read only
+    inside a deleted node's body; ONNX Runtime warns at load about each one left in a
+    body, so those are removed here, by ``passes._utils.remove_dead_nodes`` (which the
+    passes call after their rewrites too).
     """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        modified = False
-        for inner in (
-            common_passes.RemoveUnusedNodesPass(),
-            common_passes.RemoveUnusedFunctionsPass(),
-            common_passes.RemoveUnusedOpsetsPass(),
-        ):
+        modified = remove_dead_nodes(model)
+        for inner in (common_passes.RemoveUnusedFunctionsPass(), common_passes.RemoveUnusedOpsetsPass()):
             modified = inner(model).modified or modified
-        modified = _remove_unused_body_initializers(model) or modified
         return ir.passes.PassResult(model, modified=modified)
 
 
@@ -84,25 +82,6 @@ class EliminateCommonSubexpressionsPass(GraphoptPass, common_passes.CommonSubexp
     this pass each distinct computation exists once. Refuses non-deterministic ops
     (random generators) and nodes with subgraphs.
     """
-
-
-def _remove_unused_body_initializers(model: ir.Model) -> bool:
-    """Delete initializers of subgraphs (in the main graph and in functions) that nothing reads; True if any.
-
-    A value's uses include nodes of graphs nested in its own, so a body initializer
-    read only inside a nested body is kept. Run after the dead nodes are gone, so an
-    initializer read only by a removed node counts as unused.
-    """
-    removed = False
-    for body in model_graphs(model):
-        if body is model.graph or isinstance(body, ir.Function):  # functions hold no initializers
-            continue
-        signature = frozenset((*body.inputs, *body.outputs))
-        for name, value in list(body.initializers.items()):
-            if not value.uses() and value not in signature:
-                del body.initializers[name]
-                removed = True
-    return removed
 
 
 def _from_outer_scope(value: ir.Value, graph: ir.Graph) -> bool:

@@ -182,7 +182,7 @@ print(result.modified, sum(node.op_type == "SimplifiedLayerNormalization" for no
         check=True,
     ).stdout.splitlines()
     count, *modules, has_rich, has_ort = output[0].split()
-    assert int(count) <= 16, modules
+    assert int(count) <= 17, modules
     assert not {"passes.catalog", "optimizer.registry", "optimizer.api", "optimizer.cli"} & set(modules)
     assert (has_rich, has_ort) == ("False", "False")
     modified, fused = output[1].split()
