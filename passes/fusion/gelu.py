@@ -8,10 +8,11 @@ of one value: a scalar or a ``[1]`` tensor, a tensor whose every element is that
 stored per channel), or one computed from such constants by elementwise ops that
 ``fold-constants`` has not folded (``Sqrt(2)``; an initializer that is also a graph input is
 no constant). A constant with dims must neither add dims to x's nor stretch them: x's rank
-must be known and at least the constant's (or the output's recorded rank above every
-constant's, which makes it x's), and a dim over 1 must be x's size there. Where x's shape is
-not recorded, such a formula is tried again with the graph's shapes inferred for it (and
-taken back). Their coefficients must be GELU's, to 1e-5 relative:
+must be known and at least the constant's, and a dim over 1 must be x's size there. x's shape is
+read only where it holds whatever ONNX Runtime is fed: a graph input's declared shape (checked
+when fed, but for a declared rank 0), or what ONNX shape inference derives from those and the
+graph; never a shape recorded on another value (``value_info``, a graph output's declaration),
+which nothing checks. Their coefficients must be GELU's, to 1e-5 relative:
 
 =========  ======================================  ====================  =========================
 A          argument                                output                fused into
@@ -53,7 +54,6 @@ activation would have to stay is refused: the fused op would compute it twice.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -136,9 +136,7 @@ _CANCELLED_SIZE = 100.0
 # own need a few hundred; a chain of twenty products of one constant would need thousands, and time.
 _MAX_EXACT_BITS = 1024
 _LARGE_CANCELLATION = "after large terms cancel, which float32 rounds first"
-# Refusals for x's shape not recorded: tried again with ONNX shape inference, run for those formulas only.
-_UNKNOWN_RANK = "the input's rank is unknown: a constant with dims could change the output's shape"
-_UNKNOWN_DIMS = "may stretch the input's dims, which are unknown"
+_UNKNOWN_RANK = "the input's rank does not follow from the graph inputs' shapes: a constant with dims could change it"
 
 _ARITHMETIC = ("Add", "Sub", "Mul", "Div", "Neg", "Pow")
 # Ops of a constant subgraph evaluated where fold-constants has not run (``Sqrt(2)``).
@@ -227,9 +225,9 @@ class GeluFusion(FusionPass):
     ``0.044715``), one whose argument is GELU's but whose output is not
     (``0.6*x*(1 + erf(..))``) or reads a tensor other than the argument's, one whose
     activation (or a value computed from it) other nodes read, an input or constant known not to be
-    float32, a constant of higher rank than the input (or with dims, where neither the input's
-    rank, inferred too, nor a higher rank of the output says it) or with a dim over 1 where the
-    input's is not known to be that size (it would broadcast the output), terms that cancel only
+    float32, a constant of higher rank than the input (or with dims, where the input's rank does
+    not follow from the graph inputs' declared shapes) or with a dim over 1 where the input's dim
+    is not known from them to be that size (it would broadcast the output), terms that cancel only
     from products too large for float32 to cancel them, a coefficient GELU needs that is the small
     difference of large products (``x*a*b - x*d``), a constant or ``Pow`` exponent
     that is NaN or infinite, ``QuickGelu`` on a target without its kernel, and an ONNX
@@ -247,23 +245,17 @@ class GeluFusion(FusionPass):
         count = 0
         kept: list[frozenset[ir.Node]] = []
         known = _KnownConstants()
-        unknown_rank: list[ir.Node] = []
+        shapes = _RunTimeShapes(model)
         for node in [n for n in graph if is_onnx_op(n, "Erf", "Tanh", "Sigmoid", "Gelu")]:
-            found = self._found(node, known)
-            if isinstance(found, _Refusal) and (found.reason == _UNKNOWN_RANK or _UNKNOWN_DIMS in found.reason):
-                unknown_rank.append(node)
-                continue
-            count += self._record(graph, node, found, kept)
-        if unknown_rank:
-            count += self._fuse_with_inferred_shapes(model, unknown_rank, known, kept)
+            count += self._record(graph, node, self._found(node, known, shapes), kept)
         self._note_kept(graph, kept)
         return count
 
-    def _found(self, node: ir.Node, known: _KnownConstants) -> _Match | _Refusal | None:
+    def _found(self, node: ir.Node, known: _KnownConstants, shapes: _RunTimeShapes) -> _Match | _Refusal | None:
         if node.op_type == "Gelu":
             found = _onnx_gelu(node)
             return _Refusal("ONNX Gelu", found) if isinstance(found, str) else found
-        found = _recognise(node, known)
+        found = _recognise(node, known, shapes)
         if isinstance(found, _Match) and found.form.fused == "QuickGelu" and self._quick_gelu_missing():
             return _Refusal(found.form.kind, self._quick_gelu_missing())
         return found
@@ -281,27 +273,6 @@ class GeluFusion(FusionPass):
         self.done("ONNX Gelu" if node.op_type == "Gelu" else found.form.kind)
         kept += [found.kept] if found.kept else []
         return 1
-
-    def _fuse_with_inferred_shapes(
-        self, model: ir.Model, activations: list[ir.Node], known: _KnownConstants, kept: list[frozenset[ir.Node]]
-    ) -> int:
-        """Try again the formulas refused for x's unknown rank, with the graph's missing shapes inferred.
-
-        The exporter may not record intermediate shapes (the legacy exporter records none): a
-        ``[1]`` constant on a MatMul's output would otherwise be refused. The shapes are inferred
-        only here, and taken back afterwards (``_inferred_shapes``); a model that needs none pays nothing.
-        """
-        # Imported here: a graph with no such formula never loads shape inference.
-        from passes.fusion._inferred_shapes import inferred_shapes, lacks_shapes
-
-        graph = model.graph
-        count = 0
-        with inferred_shapes(model) if lacks_shapes(model) else contextlib.nullcontext():
-            for node in activations:
-                # A later rewrite may have taken this activation into its own formula.
-                if node.graph is graph:
-                    count += self._record(graph, node, self._found(node, known), kept)
-        return count
 
     def _note_kept(self, graph: ir.Graph, kept: list[frozenset[ir.Node]]) -> None:
         """Say which fused formulas left nodes of theirs in place, for the values other nodes read.
@@ -339,7 +310,7 @@ class _Refusal(NamedTuple):
     reason: str | Callable[[], _Match | str]
 
 
-def _recognise(activation: ir.Node, known: _KnownConstants) -> _Match | _Refusal | None:
+def _recognise(activation: ir.Node, known: _KnownConstants, shapes: _RunTimeShapes) -> _Match | _Refusal | None:
     """The GELU around ``activation``; why a near miss is not one; or None if it is no GELU at all."""
     forms = _FORMS[activation.op_type]
     argument = activation.inputs[0]
@@ -393,7 +364,7 @@ def _recognise(activation: ir.Node, known: _KnownConstants) -> _Match | _Refusal
                     near_misses.append(_Refusal(form.kind, shown))
             failures = []
             for instance, sign in candidates:
-                walk = functools.partial(_output_of, activation, x, inner, instance, sign, after)
+                walk = functools.partial(_output_of, activation, x, inner, instance, sign, after, shapes)
                 scaled = scalings.get((form.kind, sign)) if form.alpha_per_argument is not None else None
                 if not multiplied or (scaled is not None and scaled.misses(polynomial, form)):
                     failures.append(_Refusal(form.kind, walk))
@@ -518,6 +489,7 @@ def _output_of(
     form: _Form,
     sign: int,
     outputs: list[ir.Value],
+    shapes: _RunTimeShapes,
     polynomials: list[_Poly | None] | None = None,
 ) -> _Match | str:
     """The last of ``outputs`` (``_values_after`` the activation) that is GELU's output polynomial, checked; or
@@ -551,7 +523,7 @@ def _output_of(
             return _activation_read_elsewhere(activation, nodes, output)
         if not (is_float(x) and inner.float32 and float32):
             return "input is not float32"
-        if reason := _broadcasts(inner.constants + constants, x, output):
+        if reason := _broadcasts(inner.constants + constants, x, shapes):
             return reason
         return _Match(x, output, form, frozenset(nodes - kept), frozenset(kept))
     # The farthest polynomial that reads x says what the output is; one that does not (1 + erf(..)) says
@@ -916,33 +888,82 @@ def _show(polynomial: _Poly | _Coefficients, activation: str = "") -> str:
     return " + ".join(terms) or "0"
 
 
-def _broadcasts(constants: list[ir.Value], x: ir.Value, output: ir.Value) -> str | None:
-    """Why a constant would give ``output`` a shape other than ``x``'s, or None.
+def _broadcasts(constants: list[ir.Value], x: ir.Value, shapes: _RunTimeShapes) -> str | None:
+    """Why a constant would give the output a shape other than ``x``'s, or None.
 
     One with more dims than ``x`` adds dims; a dim over 1 stretches ``x``'s where that is not
-    known to be the same size. Where ``x``'s rank is unknown, ``output``'s recorded rank says it if
-    it is above every constant's: ``output`` is ``x`` broadcast with them all (the formula's ops are
-    elementwise, its constants all read on the way to ``output``), so its rank is the largest of theirs and x's.
+    known to be the same size. ``x``'s shape is the one that holds at run time (``_RunTimeShapes``):
+    where its rank is unknown, any constant with dims is refused. (A graph output's declared rank
+    once stood in for it: ONNX Runtime does not check it, and a ``[1, 1]`` constant fused on an ``x``
+    of rank 1 under an output declared ``[a, b, c]`` changed the output's shape; a review.)
     """
-    shapes = [_constant_array(value).shape for value in constants]
-    rank = max((len(shape) for shape in shapes), default=0)
+    arrays = [_constant_array(value).shape for value in constants]
+    rank = max((len(shape) for shape in arrays), default=0)
     if rank == 0:
         return None
-    if x.shape is not None:
-        x_rank = x.shape.rank()
-    elif output.shape is not None and output.shape.rank() > rank:
-        x_rank = output.shape.rank()
-    else:
+    shape = shapes.of(x)
+    if shape is None:
         return _UNKNOWN_RANK
-    if rank > x_rank:
+    if rank > shape.rank():
         return "a constant has more dims than the input: the output's shape would change"
-    for shape in shapes:
-        for axis, size in enumerate(shape, start=x_rank - len(shape)):
-            if size != 1 and x.shape is None:
-                return f"a constant of shape {list(shape)} {_UNKNOWN_DIMS}: the output's would change"
-            if size != 1 and x.shape[axis] != size:
+    for constant in arrays:
+        for axis, size in enumerate(constant, start=shape.rank() - len(constant)):
+            if size != 1 and shape[axis] != size:
                 return (
-                    f"a constant of shape {list(shape)} may stretch the input's shape {x.shape}: "
+                    f"a constant of shape {list(constant)} may stretch the input's shape {shape}: "
                     "the output's would change"
                 )
     return None
+
+
+class _RunTimeShapes:
+    """Shapes of the main graph's values that hold whatever ONNX Runtime is fed, for one pass run.
+
+    A graph input's declared shape does: ONNX Runtime refuses a feed of another rank or another
+    size where a dim is fixed (and an overridable initializer that does not fit it), but for a
+    declared rank 0, which it runs with a tensor of any rank. Any other value's is what ONNX
+    shape inference derives from those declarations and the graph alone, on a clone with every
+    other recorded shape removed: a shape written on a value (``value_info``, a graph output's
+    declaration) is an exporter's or a user's word that ONNX Runtime does not check (a graph
+    output declared ``[a, b, c]`` and computed ``[5]`` only logs a warning). Inference runs
+    through ``_inferred_shapes`` (contrib ops stood in for, lossy Casts hidden from data
+    propagation), once per run and only if a value other than an input is asked for; values
+    fused later keep their names and their shapes, so what it found still holds.
+    """
+
+    def __init__(self, model: ir.Model) -> None:
+        self._model = model
+        self._inferred: dict[str, ir.Shape] | None = None
+
+    def of(self, value: ir.Value) -> ir.Shape | None:
+        """``value``'s shape as it holds at run time; None where its rank is not known so."""
+        if value.is_graph_input():
+            return _checked(value)
+        if self._inferred is None:
+            self._inferred = _inferred_from_inputs(self._model)
+        return self._inferred.get(value.name) if value.name else None
+
+
+def _checked(value: ir.Value) -> ir.Shape | None:
+    """A graph input's declared shape where ONNX Runtime checks a feed against it: of rank 1 or more."""
+    return value.shape if value.shape is not None and value.shape.rank() > 0 else None
+
+
+def _inferred_from_inputs(model: ir.Model) -> dict[str, ir.Shape]:
+    """The main graph's shapes, by name, as ONNX shape inference derives them from what ONNX Runtime checks."""
+    # Imported here: a graph whose GELU constants are all scalars never loads shape inference.
+    from passes.fusion._inferred_shapes import inferred_shapes
+
+    copy = model.clone()
+    # A GELU fused earlier in this run is in the graph before the pass imports its domain (``FusionPass.call``):
+    # ONNX's inference fails on an op of a domain not imported, and nothing would be inferred.
+    copy.opset_imports.setdefault(MS_DOMAIN, 1)
+    graph = copy.graph
+    values = [*graph.inputs, *graph.initializers.values(), *(out for node in graph for out in node.outputs)]
+    for value in values:
+        if value.is_graph_input():
+            value.shape = _checked(value)
+        else:
+            value.shape = value.const_value.shape if value.const_value is not None else None
+    with inferred_shapes(copy):
+        return {value.name: value.shape for value in values if value.name and value.shape is not None}

@@ -751,9 +751,15 @@ def test_a_per_channel_constant_on_an_input_of_unrecorded_shape_is_fused_with_th
     assert_same_outputs(model, result.model, _x(), rtol=1e-4, atol=1e-5)
 
 
+_UNKNOWN_RANK = (
+    "1 of 1 erf GELU left unfused: the input's rank does not follow from the graph inputs' shapes: "
+    "a constant with dims could change it"
+)
+
+
 def test_a_per_channel_constant_on_an_input_of_unknown_shape_is_refused():
     # x is declared without a shape: the [16] constant could add a dim or stretch one, which Gelu would not. The
-    # rank-2 output says x is rank 2, not that its last dim is 16 (1 would be stretched).
+    # output's declared [N, 16] is no word on x's: ONNX Runtime does not check it.
     body = _ERF.format(half=0.5).replace(
         "half = Constant<value = float {0.5}>()", f"half = Constant<value = float[16] {{{_HALVES}}}>()"
     )
@@ -761,10 +767,7 @@ def test_a_per_channel_constant_on_an_input_of_unknown_shape_is_refused():
     model.graph.inputs[0].shape = None
     result = GeluFusion()(model)
     assert not result.modified
-    assert result.refusals == [
-        "1 of 1 erf GELU left unfused: a constant of shape [16] may stretch the input's dims, which are unknown: "
-        "the output's would change"
-    ]
+    assert result.refusals == [_UNKNOWN_RANK]
 
 
 def test_quick_gelu_written_with_a_tanh_is_fused(monkeypatch):
@@ -861,20 +864,127 @@ def _on_input_of_unknown_rank(shape: str, output: str | None) -> ir.Model:
     return model
 
 
-def test_a_one_element_constant_on_an_input_of_unknown_rank_is_fused_where_the_output_rank_is_larger():
-    # x's rank is unknown, but the output x*[1] is declared rank 2: x has rank 2, and x*[1] has x's shape.
-    model = _on_input_of_unknown_rank("[1]", "N 16")
+@pytest.mark.parametrize(
+    ("shape", "output"), [("[1]", "N 16"), ("[1, 1]", "a b c"), ("[1, 1]", "N 16"), ("[1]", "N"), ("[1]", None)]
+)
+def test_a_one_element_constant_on_an_input_of_unknown_rank_is_refused_whatever_the_output_is_declared(shape, output):
+    # x*[1] is rank 1 for x of rank 0: a declared rank-2 (or rank-3) output would say x has its rank, but ONNX
+    # Runtime runs the model however the output's declaration reads. The first two were fused before (x's rank
+    # read from the output's).
+    result = GeluFusion()(_on_input_of_unknown_rank(shape, output).clone())
+    assert not result.modified
+    assert result.refusals == [_UNKNOWN_RANK]
+
+
+def _reshaped(target: str, output: str) -> ir.Model:
+    """The erf GELU with a [1, 1] 0.5 on x = Reshape(v, target), ``target`` an int64 graph input declared
+    ``target``, and y declared ``output`` (a type and shape)."""
+    body = _one_element_half("[1, 1]", relu=False).replace("(x, ", "(r, ")
+    return parse_model(f"""
+    <ir_version: 9, opset_import: ["" : 18]>
+    g (float[6] v, {target} target) => ({output} y) {{
+      r = Reshape(v, target)
+{body}
+    }}""")
+
+
+def _same_on(model: ir.Model, result, feeds: list[dict[str, np.ndarray]]) -> None:
+    """ONNX Runtime gives y the same shape and values before and after on each of ``feeds``."""
+    for feed in feeds:
+        expected, actual = run(model, feed)["y"], run(result.model, feed)["y"]
+        assert actual.shape == expected.shape, feed
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+def _targets_of_rank(*ranks: int) -> list[dict[str, np.ndarray]]:
+    v = np.linspace(-3, 3, 6, dtype=np.float32)
+    return [{"v": v, "target": np.array([1] * (rank - 1) + [6], np.int64)} for rank in ranks]
+
+
+def test_a_declared_output_rank_does_not_stand_in_for_the_input_rank():
+    # A review: y declared [p, q, r], x a Reshape to a target of any length. Fused before (x's rank read as 3 from
+    # y's), the fused model gave [6] where the original gives [1, 6] (x of rank 1), under --no-verify.
+    model = _reshaped("int64[K]", "float[p, q, r]")
     result = GeluFusion()(model.clone())
-    assert computed_op_types(result.model) == ["Gelu"], result.refusals
+    assert result.refusals == [_UNKNOWN_RANK]
+    _same_on(model, result, _targets_of_rank(1, 2, 3))
+
+
+def test_a_reshape_to_a_target_of_declared_length_is_fused_with_its_inferred_rank():
+    # The target input is declared [3]: ONNX Runtime checks that when it is fed, so x is rank 3 on every run.
+    model = _reshaped("int64[3]", "float")
+    result = GeluFusion()(model.clone())
+    assert computed_op_types(result.model) == ["Reshape", "Gelu"], result.refusals
+    _same_on(model, result, _targets_of_rank(3))
+
+
+def _relu_recorded_as(dims: str, input_shape: str) -> ir.Model:
+    """``_one_element_half("[1, 1]")`` on x = Relu(x') of a graph input declared ``input_shape``, Relu's
+    output recorded (as a value_info would) with ``dims``."""
+    text = _HEADER.format(body=_one_element_half("[1, 1]")).replace("float[N, 16] x", f"float{input_shape} x")
+    model = parse_model(text.replace("=> (float[N, 16] y)", "=> (float y)"))
+    relu = next(node for node in model.graph if node.op_type == "Relu")
+    relu.outputs[0].shape = ir.Shape(dims.split())
+    return model
+
+
+def test_a_recorded_shape_of_the_input_does_not_stand_in_for_its_inferred_one():
+    # Relu's output recorded rank 3, computed rank 1: fused before (x*[1, 1] then [1, 5], Gelu(x) [5]).
+    model = _relu_recorded_as("p q r", "[N]")
+    result = GeluFusion()(model.clone())
+    assert result.refusals == [
+        "1 of 1 erf GELU left unfused: a constant has more dims than the input: the output's shape would change"
+    ]
+    _same_on(model, result, [{"x": np.linspace(-3, 3, 5, dtype=np.float32)}])
+
+
+def test_a_recorded_shape_of_the_input_below_its_inferred_rank_does_not_refuse():
+    # Relu's output recorded rank 1, inferred [N, 16] from the input: refused before ('more dims than the input').
+    model = _relu_recorded_as("p", "[N, 16]")
+    result = GeluFusion()(model.clone())
+    assert computed_op_types(result.model) == ["Relu", "Gelu"], result.refusals
     assert_same_outputs(model, result.model, _x(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(("shape", "output"), [("[1, 1]", "N 16"), ("[1]", "N"), ("[1]", None)])
-def test_a_one_element_constant_on_an_input_of_unknown_rank_is_refused_where_it_may_add_dims(shape, output):
-    # x*[1, 1] is rank 2 for x of rank 0, 1 or 2: a rank-2 output does not say that x has its shape.
-    result = GeluFusion()(_on_input_of_unknown_rank(shape, output).clone())
-    assert not result.modified
-    assert result.refusals == [
-        "1 of 1 erf GELU left unfused: the input's rank is unknown: "
-        "a constant with dims could change the output's shape"
-    ]
+def test_a_declared_rank_0_input_is_no_fact_for_shape_inference():
+    # ONNX Runtime runs a tensor of any rank fed for an input declared rank 0 (it checks ranks from 1 up). Inferred
+    # from that declaration, x here is rank 3 (3 - rank(v) ones); fed [2, 5], it is [1], and the fused Gelu(x) was
+    # [1] where x*[1, 1] is [1, 1].
+    body = _one_element_half("[1, 1]", relu=False).replace("(x, ", "(filled, ")
+    model = parse_model(f"""
+    <ir_version: 9, opset_import: ["" : 18]>
+    g (float v) => (float y) {{
+      s = Shape(v)
+      n = Shape(s)
+      zero = Constant<value = int64[1] {{0}}>()
+      three = Constant<value = int64[1] {{3}}>()
+      end = Sub(three, n)
+      ones = Constant<value = int64[3] {{1, 1, 1}}>()
+      dims = Slice(ones, zero, end)
+      filled = ConstantOfShape<value = float[1] {{0.3}}>(dims)
+{body}
+    }}""")
+    result = GeluFusion()(model.clone())
+    assert result.refusals == [_UNKNOWN_RANK]
+    _same_on(model, result, [{"v": np.ones(shape, np.float32)} for shape in ([], [5], [2, 5])])
+
+
+def test_a_gelu_that_needs_inferred_shapes_is_fused_after_one_that_did_not():
+    # The first GELU (on the input, whose declared shape is checked) is fused before the second asks for inferred
+    # shapes: the graph then holds a com.microsoft Gelu, its domain not imported until the pass ends. ONNX's
+    # inference failed on it, and the second was refused ('the input's rank is unknown').
+    gelu = """
+      d{i} = Div({x}, sqrt2)
+      e{i} = Erf(d{i})
+      b{i} = Add(e{i}, one)
+      m{i} = Mul({x}, b{i})
+      {y} = Mul(m{i}, half)"""
+    body = """
+      sqrt2 = Constant<value = float {{1.4142135}}>()
+      one = Constant<value = float {{1.0}}>()
+      half = Constant<value = float[1, 1] {{0.5}}>()"""
+    body += gelu.format(i=1, x="x", y="z") + "\n      r = Relu(z)" + gelu.format(i=2, x="r", y="y")
+    model = parse_model(_HEADER.format(body=body.replace("{{", "{").replace("}}", "}")))
+    result = GeluFusion()(model.clone())
+    assert computed_op_types(result.model) == ["Gelu", "Relu", "Gelu"], result.refusals
+    assert_same_outputs(model, result.model, _x(), rtol=1e-4, atol=1e-5)
