@@ -57,7 +57,7 @@ def _shared_square_weight(width: int = 64) -> onnx.ModelProto:
     reason="Int4QuantizationPass.prepare groups GPTQ's shared weights by (id(layer.source), layer.transposed), "
     "which ignores Gemm's transB: MatMul(x, W) and Gemm(a, W, transB=1) are fitted once, to W, and the Gemm "
     "gets W's 4-bit values instead of W.T's; the twin reads the same self.weight(layer), so it verifies "
-    "(max |delta| from the twin 1.8e-7, cosine 0.979 passes the 0.9 floor) while the output is 0.99 off "
+    "(max |delta| from the twin 1.8e-7, cosine 0.979 passes the 0.9 floor) while the output is 1.0-1.5 off "
     "(RTN: 0.05). _grid's key already accounts for transB",
 )
 def test_gptq_gives_a_weight_read_through_gemm_trans_b_its_own_orientation():
