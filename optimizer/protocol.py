@@ -46,7 +46,7 @@ class NotedResult(ir.passes.PassResult):
 
 
 # How close an approximate pass's result must be to its twin; keys of ``optimizer.verify.TWIN_TOLERANCES``.
-TWIN_KINDS = ("float32", "float16", "int8", "int4")
+TWIN_KINDS = ("float32", "float16", "int8", "int4", "int4-float")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,10 @@ class Twin:
       kernels may round an activation differently at a tie, one step at most);
       ``"float16"`` (float16 weights in float32 arithmetic: the result rounds every
       activation to float16 too); ``"int4"`` (4-bit weights dequantized, and where the
-      kernel quantizes its input to int8 per block, that too: the same ties as int8).
+      kernel quantizes its input to int8 per block, that too: the same ties as int8);
+      ``"int4-float"`` (4-bit weights dequantized where no kernel of the result rounds an
+      activation: every layer at accuracy_level 0, so no tie can flip and no row may pass
+      by the int8 row rule).
     - ``description``: what the twin is, for the report ("the input with 96 FFN units
       zeroed and the repaired weights in place").
     - ``checkpoints``: names of float tensors, present in the result, the twin and the

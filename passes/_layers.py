@@ -254,8 +254,12 @@ def _gemm(node: ir.Node, weight: np.ndarray, bias: np.ndarray | None, inputs: li
     if len(inputs) > 2 and inputs[2] is not None:
         if bias is None:
             return "bias is not a constant"
-        if bias.size != weight.shape[1]:
-            return "bias is not one value per output feature"
+        columns = weight.shape[1]
+        if bias.size == 1:
+            bias = np.full(columns, bias.reshape(-1)[0], dtype=bias.dtype)
+        elif bias.ndim > 2 or bias.shape[-1] != columns or bias.size != columns:
+            # C of shape [M, 1] or [M, N] adds per row or per element: not a bias of the output features.
+            return f"bias of shape {list(bias.shape)} is not one value per output feature"
         bias = bias.reshape(-1)
     return Layer(node, "gemm", np.ascontiguousarray(weight), bias)
 

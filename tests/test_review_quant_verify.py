@@ -1,7 +1,7 @@
 """Review of the quantized rewrites' verification: models graphopt writes wrong while its report says verified.
 
-Each test is a strict xfail for a hole found in review (reproductions under /tmp/rev_q/ at the
-time); it passes once the hole is closed, and its reason says where the fault lies.
+Each test is a hole found in review (each failed before its fix); its docstring says where the
+fault was.
 """
 
 from __future__ import annotations
@@ -51,16 +51,13 @@ def _shared_square_weight(width: int = 64) -> onnx.ModelProto:
     return _proto(nodes, [x], [y], [("W", weight)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Int4QuantizationPass.prepare groups GPTQ's shared weights by (id(layer.source), layer.transposed), "
-    "which ignores Gemm's transB: MatMul(x, W) and Gemm(a, W, transB=1) are fitted once, to W, and the Gemm "
-    "gets W's 4-bit values instead of W.T's; the twin reads the same self.weight(layer), so it verifies "
-    "(max |delta| from the twin 1.8e-7, cosine 0.979 passes the 0.9 floor) while the output is 1.0-1.5 off "
-    "(RTN: 0.05). _grid's key already accounts for transB",
-)
 def test_gptq_gives_a_weight_read_through_gemm_trans_b_its_own_orientation():
+    """Found in review (fixed since): Int4QuantizationPass.prepare groups GPTQ's shared weights by
+    (id(layer.source), layer.transposed), which ignores Gemm's transB: MatMul(x, W) and Gemm(a, W, transB=1)
+    are fitted once, to W, and the Gemm gets W's 4-bit values instead of W.T's; the twin reads the same
+    self.weight(layer), so it verifies (max |delta| from the twin 1.8e-7, cosine 0.979 passes the 0.9 floor)
+    while the output is 1.0-1.5 off (RTN: 0.05). _grid's key already accounts for transB
+    """
     model = _shared_square_weight()
     rng = np.random.default_rng(1)
     calibration = {"x": rng.standard_normal((64, 64)).astype(np.float32)}
@@ -73,13 +70,11 @@ def test_gptq_gives_a_weight_read_through_gemm_trans_b_its_own_orientation():
         assert _max_difference(result, model, held_out) < 0.25
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the same grouping with a non-square W [64, 32]: quantize_gptq's inputs of widths 64 and 32 are "
-    "concatenated, and the pass fails with a ValueError instead of fitting each orientation on its own",
-)
 def test_gptq_fits_a_non_square_weight_read_both_ways_round():
+    """Found in review (fixed since): the same grouping with a non-square W [64, 32]: quantize_gptq's inputs of
+    widths 64 and 32 are concatenated, and the pass fails with a ValueError instead of fitting each
+    orientation on its own
+    """
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((64, 32)) * 0.05).astype(np.float32)
     nodes = [
@@ -96,16 +91,13 @@ def test_gptq_fits_a_non_square_weight_read_both_ways_round():
     assert _pass(report, "quantize-int4").status == "applied"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="quantize_gptq zeroes the weights of an input channel the calibration rows never excite "
-    "(rows[:, dead] = 0, the reference GPTQ's choice); the int4 twin is built from those values and the "
-    "budget is measured on the same calibration rows, so the pass verifies, while on the generated "
-    "verification inputs (channel live) the output is 1.1 off on a tanh (RTN: 0.2). Unlike int8's "
-    "claimed_weight, nothing holds an int4 claim to the float weight it stands for",
-)
 def test_gptq_keeps_the_weights_of_a_channel_calibration_leaves_at_zero():
+    """Found in review (fixed since): quantize_gptq zeroes the weights of an input channel the calibration rows
+    never excite (rows[:, dead] = 0, the reference GPTQ's choice); the int4 twin is built from those values
+    and the budget is measured on the same calibration rows, so the pass verifies, while on the generated
+    verification inputs (channel live) the output is 1.1 off on a tanh (RTN: 0.2). Unlike int8's
+    claimed_weight, nothing holds an int4 claim to the float weight it stands for
+    """
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((64, 64)) * 0.1).astype(np.float32)
     inputs = rng.standard_normal((256, 64)).astype(np.float32)
@@ -131,15 +123,12 @@ def _two_layers(width: int = 256) -> onnx.ModelProto:
     return _proto(nodes, [x], [y], [("W1", w1), ("W2", w2)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Verifier.check_twin applies the int8 row-excess rule to every 'int4' twin, at accuracy_level 0 "
-    "too, where MatMulNBits is float arithmetic and no integer kernel rounds a tie: a realization whose "
-    "every scale is 3 % high (not what its twin claims) is accepted as 'integer rounding took the other "
-    "side of a tie (no token row farther from the input than 1.24x its twin)'",
-)
 def test_an_int4_realization_off_its_twin_at_accuracy_level_0_is_rolled_back(monkeypatch):
+    """Found in review (fixed since): Verifier.check_twin applies the int8 row-excess rule to every 'int4'
+    twin, at accuracy_level 0 too, where MatMulNBits is float arithmetic and no integer kernel rounds a tie:
+    a realization whose every scale is 3 % high (not what its twin claims) is accepted as 'integer rounding
+    took the other side of a tie (no token row farther from the input than 1.24x its twin)'
+    """
     original = int4.Int4QuantizationPass.quantize_layer
 
     def scales_three_percent_high(self, graph, layer):
@@ -156,15 +145,13 @@ def test_an_int4_realization_off_its_twin_at_accuracy_level_0_is_rolled_back(mon
     assert _pass(report, "quantize-int4").status == "rolled back"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="passes/_layers.py _gemm takes any C of N values for a per-column bias: a C of shape [N, 1] "
-    "(M == N rows) adds C[i] to row i, and quantize-int4 (like quantize-dynamic and quantize-static) "
-    "writes it as MatMulNBits' bias, added to column j; verification rolls it back (the twin keeps the "
-    "Gemm's C), --no-verify ships it 7.9 off",
-)
-def test_a_gemm_row_bias_is_not_written_as_a_column_bias_under_no_verify():
+@pytest.mark.parametrize("mode", ["int4", "dynamic", "static"])
+def test_a_gemm_row_bias_is_not_written_as_a_column_bias_under_no_verify(mode):
+    """Found in review (fixed since): passes/_layers.py _gemm takes any C of N values for a per-column bias: a
+    C of shape [N, 1] (M == N rows) adds C[i] to row i, and quantize-int4 (like quantize-dynamic and
+    quantize-static) writes it as MatMulNBits' bias, added to column j; verification rolls it back (the twin
+    keeps the Gemm's C), --no-verify ships it 7.9 off
+    """
     rng = np.random.default_rng(0)
     rows = columns = depth = 64
     weight = (rng.standard_normal((depth, columns)) * 0.1).astype(np.float32)
@@ -173,21 +160,36 @@ def test_a_gemm_row_bias_is_not_written_as_a_column_bias_under_no_verify():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, depth])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, columns])
     model = _proto(nodes, [x], [y], [("W", weight), ("C", row_bias)])
-    calibration = {"x": rng.standard_normal((4 * rows, depth)).astype(np.float32)}
-    result, _ = optimize_with_report(model, quantize="int4", calibration=calibration, verify=False)
+    calibration = {"x": rng.standard_normal((rows, depth)).astype(np.float32)}
+    result, _ = optimize_with_report(model, quantize=mode, calibration=calibration, verify=False)
     feeds = {"x": rng.standard_normal((rows, depth)).astype(np.float32)}
     # int4's own error here is about 0.1; a bias added to the wrong axis moves outputs by up to 7.9.
     assert _max_difference(result, model, feeds) < 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="merge-matmul-nbits writes the merged exact correction as '<node>_merged.correction', without "
-    "passes._layers.EXACT_CORRECTION_PREFIX, so a second --quantize run (int8 or int4) takes MatMul(c, table) "
-    "for a layer and rounds graphopt's own float block offsets (claimed by its twin, so verified)",
-)
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1)])
+def test_a_gemm_scalar_bias_is_quantized_as_one_value_per_output_feature(shape):
+    """A Gemm's C of one value broadcasts to every output: a bias of the output features, quantized and verified."""
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((64, 32)) * 0.1).astype(np.float32)
+    bias = np.full(shape, 0.75, dtype=np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "W", "C"], ["g"], name="proj"), helper.make_node("Relu", ["g"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])
+    model = _proto(nodes, [x], [y], [("W", weight), ("C", bias)])
+    result, report = optimize_with_report(model, quantize="dynamic")
+    assert _pass(report, "quantize-dynamic").status == "applied", _pass(report, "quantize-dynamic").detail
+    assert any(node.op_type == "DynamicQuantizeMatMul" or node.op_type == "MatMulInteger" for node in result.graph.node)
+    feeds = {"x": rng.standard_normal((8, 64)).astype(np.float32)}
+    assert _max_difference(result, model, feeds) < 0.05
+
+
 def test_a_second_run_leaves_merged_exact_corrections_float():
+    """Found in review (fixed since): merge-matmul-nbits writes the merged exact correction as
+    '<node>_merged.correction', without passes._layers.EXACT_CORRECTION_PREFIX, so a second --quantize run
+    (int8 or int4) takes MatMul(c, table) for a layer and rounds graphopt's own float block offsets (claimed
+    by its twin, so verified)
+    """
     rng = np.random.default_rng(0)
     width = 256
     names = ["Wq", "Wk", "Wo"]

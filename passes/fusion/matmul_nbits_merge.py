@@ -41,6 +41,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN
+from passes._layers import EXACT_CORRECTION_PREFIX
 from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
 
@@ -164,9 +165,9 @@ class MatMulNBitsMergeFusion(FusionPass):
         shared = corrections[0].matmul.inputs[0] if corrections[0] is not None else None
         if all(c is not None and c.matmul.inputs[0] is shared for c in corrections):
             table = np.concatenate([c.table for c in corrections], axis=1)
-            matmul = ir.Node(
-                "", "MatMul", [shared, add_initializer(graph, f"{name}.correction", table)], name=f"{name}_correction"
-            )
+            # Named as int4's own exact corrections are, so a later quantization run leaves it float.
+            exact = add_initializer(graph, f"{EXACT_CORRECTION_PREFIX}{name}.correction", table)
+            matmul = ir.Node("", "MatMul", [shared, exact], name=f"{name}_correction")
             total = ir.Node("", "Add", [result, matmul.outputs[0]], name=f"{name}_corrected")
             for node in (matmul, total):
                 node.name = names.fresh(node.name)

@@ -352,11 +352,13 @@ def quantize_gptq(
     k, n = weight.shape
     x = np.asarray(inputs, dtype=np.float64).reshape(-1, k)
     hessian = 2.0 * (x.T @ x) / max(len(x), 1)
+    # An input channel the calibration rows never excite has no error to trade: with a unit diagonal
+    # and no off-diagonal terms its weights are rounded to nearest and nothing moves into or out of
+    # them. (The reference GPTQ zeroes them instead, which is wrong wherever the channel is live.)
     dead = np.diag(hessian) == 0
     hessian[dead, dead] = 1.0
-    # Rows are output columns (GPTQ's [out, in] view); a dead input never contributes.
+    # Rows are output columns (GPTQ's [out, in] view).
     rows = weight.T.copy()
-    rows[:, dead] = 0.0
     hessian[np.diag_indices(k)] += damping * np.mean(np.diag(hessian))
     # Upper Cholesky factor of the inverse Hessian: row i holds the update weights of column i.
     inverse = np.linalg.cholesky(np.linalg.inv(hessian)).T

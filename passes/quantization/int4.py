@@ -225,9 +225,9 @@ class Int4QuantizationPass(QuantizationPass):
         rows = min(len(x) for x in self._hessian_inputs.values()) if self._hessian_inputs else 0
         self.note(f"GPTQ on {rows} calibration rows per layer input (inputs from the float model)")
         # A weight several layers read (cross-layer sharing) is fitted once, to all their inputs.
-        readers: dict[tuple[int, bool], list[Layer]] = {}
+        readers: dict[tuple[str, bool], list[Layer]] = {}
         for layer in layers:
-            readers.setdefault((id(layer.source), layer.transposed), []).append(layer)
+            readers.setdefault(_orientation(layer), []).append(layer)
         shared = [group for group in readers.values() if len(group) > 1]
         for group in shared:
             for layer in group:
@@ -283,12 +283,9 @@ class Int4QuantizationPass(QuantizationPass):
         return self._weights[layer.name]
 
     def _grid(self, layer: Layer) -> Int4Weight | None:
-        """``layer``'s weight as the exact 4-bit blocks it already is, or None (``recover_grid``), once per weight."""
-        # One constant can be read both ways round (MatMul(x, W) beside Gemm(h, W, transB=1) or
-        # MatMul(h, Transpose(W))): the grid is of the weight as this layer reads it.
-        trans_b = layer.kind == "gemm" and bool(layer.node.attributes.get_int("transB", 0))
-        name = layer.source.name if layer.source is not None and layer.source.name else layer.name
-        key = (name, layer.transposed != trans_b)
+        """``layer``'s weight as the exact 4-bit blocks it already is, or None (``recover_grid``), once per
+        weight as this layer reads it (``_orientation``)."""
+        key = _orientation(layer)
         if key not in self._grids:
             grid = recover_grid(layer.weight, self.block_size)
             if grid is None and self.accuracy_level == 4:
@@ -594,7 +591,9 @@ class Int4QuantizationPass(QuantizationPass):
         shifted = f" ({offsets} as uint8 zero points plus float block offsets)" if offsets else ""
         layers = f"{len(names) - int8} layers' weights int4-dequantized{shifted}{inputs}{fallback}"
         description = f"the input with {layers}{tables}, in float32"
-        return Twin(twin.finish(), "int4", description, checkpoints=twin.checkpoints, source=float_source)
+        # Only an integer kernel (level 4, or the int8 fallback) can round a tie the other way.
+        kind = "int4" if rounded or int8 else "int4-float"
+        return Twin(twin.finish(), kind, description, checkpoints=twin.checkpoints, source=float_source)
 
     def _sensitivity(self, model: ir.Model, layers: list[Layer], batches, reference) -> dict[str, float]:
         if len(layers) <= _EXHAUSTIVE_LAYERS:
@@ -630,6 +629,18 @@ class Int4QuantizationPass(QuantizationPass):
             if split is not None:
                 used[:, split.indices] = x[:, split.indices]
         return output_error(used @ self.weight(layer).dequantize().astype(np.float64), exact)
+
+
+def _orientation(layer: Layer) -> tuple[str, bool]:
+    """The constant ``layer`` reads its weight from, and whether it reads it transposed.
+
+    One constant can be read both ways round (``MatMul(x, W)`` beside ``Gemm(h, W, transB=1)`` or
+    ``MatMul(h, Transpose(W))``): layers share 4-bit values (a recovered grid, one GPTQ fit) only
+    where they read the constant the same way round.
+    """
+    trans_b = layer.kind == "gemm" and bool(layer.node.attributes.get_int("transB", 0))
+    name = layer.source.name if layer.source is not None and layer.source.name else layer.name
+    return name, layer.transposed != trans_b
 
 
 def _quantize_tables(
