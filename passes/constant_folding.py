@@ -23,10 +23,11 @@ import onnx
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
-from optimizer.domains import MS_DOMAIN, is_onnx_domain
+from optimizer.domains import is_onnx_domain
 from optimizer.model_io import model_graphs
 from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
+from passes.fusion._inferred_shapes import infer_contrib_outputs
 
 # onnxscript's defaults: do not evaluate ops on inputs over 8192 elements, nor store
 # folded results over 512*512 elements; larger constants are weights, whose folding
@@ -47,8 +48,9 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
     later opset than the model imports (onnxscript writes ``Split(x, split)`` and
     ``Unsqueeze(x, axes)`` for sequence ops even at opset 11). Nodes left without users
     are removed. When it folds something, the shapes it inferred along the way are kept
-    on the values (the fusions read them), ``MatMulNBits``' too, which onnx's inference
-    skips (``_infer_matmul_nbits``). When it folds nothing, it takes them back (with the
+    on the values (the fusions read them), those of the contrib ops graphopt writes
+    (``MatMulNBits``, the fused ops) too, which onnx's inference skips
+    (``_inferred_shapes.infer_contrib_outputs``). When it folds nothing, it takes them back (with the
     types and constant values the folder recorded) and reports ``modified=False``: the
     model is as it was given, as the flag says (onnxscript's folder fills them in either way).
     """
@@ -93,7 +95,9 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
         self._refuse = refuse
 
     def _do_inference(self, node: ir.Node) -> None:
-        if _infer_matmul_nbits(node):
+        # onnx has no schema for ONNX Runtime's contrib ops: without this, inference stops at a MatMulNBits
+        # (a model quantized by matmul_nbits_quantizer), and no head split behind a projection has a rank.
+        if infer_contrib_outputs(node, self._opset_imports):
             return
         super()._do_inference(node)
 
@@ -138,27 +142,6 @@ def _restore_facts(facts: _Facts) -> None:
         if value_type is not None and value_type.dtype != dtype:
             value_type.dtype = dtype
         value.shape = shape
-
-
-def _infer_matmul_nbits(node: ir.Node) -> bool:
-    """Give a ``MatMulNBits`` output its type and shape (``A``'s, last axis ``N``); True if it is one.
-
-    onnx has no schema for ONNX Runtime's contrib ops, so the folder's inference stops at
-    them, and with it every shape after: on a model quantized by ``matmul_nbits_quantizer``
-    no head split behind a projection has a known rank, and the rotary and attention
-    fusions cannot match. A shape already known is kept.
-    """
-    if node.op_type != "MatMulNBits" or node.domain != MS_DOMAIN or not node.inputs or not node.outputs:
-        return False
-    source, output = node.inputs[0], node.outputs[0]
-    columns = node.attributes.get_int("N", 0)
-    if source is None or source.type is None or source.shape is None or len(source.shape) < 1 or columns <= 0:
-        return True
-    if output.type is None:
-        output.type = source.type
-    if output.shape is None:
-        output.shape = ir.Shape([*source.shape[:-1], columns])
-    return True
 
 
 def _not_at_opset(node: ir.Node, opsets: Mapping[str, int]) -> str | None:

@@ -21,13 +21,18 @@ ONNX shape inference stops at an operator it has no schema for: ONNX Runtime's c
 (``SimplifiedLayerNormalization``, which ORT registers in the ONNX domain, and the
 ``com.microsoft`` ops) get no output shape, and nor does anything computed from them, so a
 fusion after an earlier one (an unscaled RMSNorm after a fused scaled one, an attention after
-a fused norm or rotary embedding) would see no shapes at all. In the clone, each output of
-a contrib op whose shape is a fixed function of the op's inputs is read from a stand-in
-that ONNX knows, of exactly that shape and type (``_STAND_INS``: an ``Identity`` of the
-input whose shape and type the output keeps, a ``CastLike`` of it where the output takes
-another input's type, EmbedLayerNormalization's table ``Gather``); an op not listed, and
-an output with no rule, stays unknown, as do their consumers. No dim is ever guessed, and no
-stand-in passes values on (ONNX's data propagation would read a norm of a shape as the shape).
+a fused norm or rotary embedding, a head split after an int4 ``MatMulNBits`` projection) would
+see no shapes at all. In the clone, each output of a contrib op whose shape is a fixed function
+of the op's inputs is read from a stand-in that ONNX knows, of exactly that shape and type
+(``_STAND_INS``: an ``Identity`` of the input whose shape and type the output keeps, a
+``CastLike`` of it where the output takes another input's type, EmbedLayerNormalization's table
+``Gather``, a ``MatMul`` against a zero weight of the op's logical shape for MatMulNBits,
+FusedMatMul and Attention, a ``Gather`` from a zero table for GatherBlockQuantized, an
+``Expand`` to the shape MultiHeadAttention's output takes); an op not listed, and an output with
+no rule, stays unknown, as do their consumers. No dim is ever guessed, and no stand-in passes
+values on (ONNX's data propagation would read a norm of a shape as the shape; ``MatMul``,
+``Expand`` and ``ConstantOfShape`` carry none). ``infer_contrib_outputs`` runs the same rules
+on one node, for the constant folder's node-by-node inference.
 """
 
 from __future__ import annotations
@@ -103,16 +108,200 @@ def _embedded(node: ir.Node) -> ir.Node | None:
     return None if table is None else ir.node("Gather", [table, node.inputs[0]], {"axis": 0})
 
 
-# Contrib ops graphopt fuses into, by (domain, op type): for each output whose shape and type are a fixed
+def _opset(node: ir.Node) -> int:
+    graph = node.graph
+    return graph.opset_imports.get("", 0) if graph is not None else 0
+
+
+def _ints(values: list[int]) -> ir.Node:
+    return ir.node("Constant", [], {"value": ir.tensor(np.array(values, np.int64))})
+
+
+def _zeros_of_shape(dims: list[int], dtype: ir.DataType) -> list[ir.Node]:
+    """A tensor of ``dims`` in ``dtype`` (``ConstantOfShape``: ONNX's data propagation passes on no values of it)."""
+    shape = _ints(dims)
+    zero = ir.tensor(np.zeros(1, dtype.numpy()))
+    return [shape, ir.node("ConstantOfShape", [shape.outputs[0]], {"value": zero})]
+
+
+def _static_dims(value: ir.Value) -> list[int] | None:
+    """``value``'s dims where every one is a known size: a constant's, or a recorded shape's."""
+    shape = value.const_value.shape if value.const_value is not None else value.shape
+    if shape is None or not all(isinstance(dim, int) for dim in shape):
+        return None
+    return [int(dim) for dim in shape]
+
+
+def _matmul_nbits(node: ir.Node) -> list[ir.Node] | None:
+    """MatMulNBits' Y: ``A @ W`` for a ``[K, N]`` weight in the type of A (and of the scales): A's shape with its
+    last dim N, which ONNX Runtime's kernel computes with MatMul's rule against ``[K, N]`` (a 1-D A gives
+    ``[N]``; an A whose last dim is not K is refused)."""
+    scales = _input(node, 2)
+    dtype = None if scales is None else _element_type(scales)
+    k, n = node.attributes.get_int("K", 0), node.attributes.get_int("N", 0)
+    if dtype is None or k <= 0 or n <= 0:
+        return None
+    weight = _zeros_of_shape([k, n], dtype)
+    return [*weight, ir.node("MatMul", [node.inputs[0], weight[-1].outputs[0]])]
+
+
+def _last_two_swapped(value: ir.Value) -> tuple[list[ir.Node], ir.Value]:
+    """A value of ``value``'s type with its last two dims swapped, whatever its rank (2 or more; a lower one gets
+    no shape): ``[.., m, k]`` -> ``[.., k, 1] * [.., 1, m]``, each factor a sum over the axis it drops."""
+    last, third = _ints([-1]), _ints([-3])
+    column = ir.node("Unsqueeze", [value, last.outputs[0]])  # [.., m, k, 1]
+    column_sum = ir.node("ReduceSum", [column.outputs[0], third.outputs[0]], {"keepdims": 0})  # [.., k, 1]
+    row = ir.node("Unsqueeze", [value, third.outputs[0]])  # [.., 1, m, k]
+    row_sum = ir.node("ReduceSum", [row.outputs[0], last.outputs[0]], {"keepdims": 0})  # [.., 1, m]
+    product = ir.node("Mul", [column_sum.outputs[0], row_sum.outputs[0]])
+    return [last, third, column, column_sum, row, row_sum, product], product.outputs[0]
+
+
+def _fused_matmul(node: ir.Node) -> list[ir.Node] | None:
+    """FusedMatMul's Y: ``MatMul`` of the operands transposed as its attributes say (alpha only scales).
+
+    ONNX Runtime moves a ``transBatch`` operand's first axis behind its other batch axes
+    (``[b0, b1.., m, k]`` -> ``[b1.., b0, m, k]``), then swaps the last two axes of a ``trans`` one; it refuses
+    ``transBatch`` unless both operands have one rank of at least 3, so that case needs both ranks recorded
+    (a ``Transpose``), while ``trans`` alone takes any rank (ONNX ops of negative axes). Below opset 13 (axes
+    as attributes) there is no stand-in.
+    """
+    operands = [node.inputs[0], _input(node, 1)]
+    if operands[1] is None or _opset(node) < 13:
+        return None
+    batch = [node.attributes.get_int("transBatchA", 0), node.attributes.get_int("transBatchB", 0)]
+    last = [node.attributes.get_int("transA", 0), node.attributes.get_int("transB", 0)]
+    ranks = {None if v.shape is None else v.shape.rank() for v in operands}
+    if any(batch) and (len(ranks) != 1 or None in ranks or min(ranks) < 3):
+        return None
+    nodes: list[ir.Node] = []
+    for index, value in enumerate(operands):
+        if batch[index]:
+            rank = value.shape.rank()
+            perm = [*range(1, rank - 1), 0, rank - 1]
+            if last[index]:
+                perm[-2:] = perm[-1], perm[-2]
+            nodes.append(ir.node("Transpose", [value], {"perm": perm}))
+            operands[index] = nodes[-1].outputs[0]
+        elif last[index]:
+            swapped, operands[index] = _last_two_swapped(value)
+            nodes.extend(swapped)
+    return [*nodes, ir.node("MatMul", operands)]
+
+
+def _dims(value: ir.Value, start: int, end: int | None = None) -> ir.Node:
+    attributes = {"start": start} if end is None else {"start": start, "end": end}
+    return ir.node("Shape", [value], attributes)
+
+
+def _expanded_to(dims: list[ir.Node], like: ir.Value) -> list[ir.Node]:
+    """A tensor in ``like``'s type whose shape is the concatenation of ``dims``' (shape-valued) outputs:
+    ``Expand`` of a zero cast like ``like`` to the shape ONNX's data propagation computes (it carries no
+    values through ``Expand``)."""
+    concat = ir.node("Concat", [part.outputs[0] for part in dims], {"axis": 0})
+    zero = ir.node("Constant", [], {"value": ir.tensor(np.zeros((), np.float32))})
+    typed = ir.node("CastLike", [zero.outputs[0], like])
+    return [concat, zero, typed, ir.node("Expand", [typed.outputs[0], concat.outputs[0]])]
+
+
+def _multi_head_attention(node: ir.Node) -> list[ir.Node] | None:
+    """MultiHeadAttention's output: ``[B, S, v_hidden]`` in the query's type, B and S the query's first dims.
+
+    v_hidden is the value's: its last dim where it is ``[B, L, v_hidden]``, N * H_v where it is ``[B, N, L,
+    H_v]``. Either rank is read without knowing which: the value's dims between the first and the last two
+    (``[]`` or ``[N]``), with a 1 after them, give the factor (1 or N) of its last dim. Read by ONNX's data
+    propagation, so there is none below opset 15 (``Shape`` without start and end). The packed forms (no
+    value: a packed KV key or QKV query) have none either: ONNX Runtime's CPU kernel refuses them, so no run
+    checked a rule for them.
+    """
+    query, value = node.inputs[0], _input(node, 2)
+    if value is None or _opset(node) < 15:
+        return None
+    batch_and_sequence, middle, one, first = _dims(query, 0, 2), _dims(value, 1, -2), _ints([1]), _ints([0])
+    padded = ir.node("Concat", [middle.outputs[0], one.outputs[0]], {"axis": 0})
+    factor = ir.node("Gather", [padded.outputs[0], first.outputs[0]], {"axis": 0})
+    width = _dims(value, -1)
+    hidden = ir.node("Mul", [factor.outputs[0], width.outputs[0]])
+    nodes = [batch_and_sequence, middle, one, first, padded, factor, width, hidden]
+    return [*nodes, *_expanded_to([batch_and_sequence, hidden], query)]
+
+
+def _attention(node: ir.Node) -> list[ir.Node] | None:
+    """Attention's output: ``[B, S, v_hidden]`` in the input's type, ``input @ W`` for a ``[hidden_in,
+    v_hidden]`` weight; v_hidden is ``qkv_hidden_sizes``' last, else a third of the weights' width (both
+    static, or no stand-in). QAttention's likewise (no ``qkv_hidden_sizes``), in the type of its
+    ``input_scale`` (input 3), its integer input cast like it."""
+    quantized = node.op_type == "QAttention"
+    weights, typed_as = _input(node, 1), _input(node, 3 if quantized else 1)
+    dims = None if weights is None else _static_dims(weights)
+    dtype = None if typed_as is None else _element_type(typed_as)
+    if dims is None or len(dims) != 2 or dtype is None or (quantized and _opset(node) < 15):
+        return None
+    sizes = [] if quantized else node.attributes.get_ints("qkv_hidden_sizes", [])
+    if sizes:
+        width = sizes[2] if len(sizes) == 3 and sum(sizes) == dims[1] else 0
+    else:
+        width = dims[1] // 3 if dims[1] % 3 == 0 else 0
+    if width <= 0:
+        return None
+    cast = [ir.node("CastLike", [node.inputs[0], typed_as])] if quantized else []
+    source = cast[0].outputs[0] if cast else node.inputs[0]
+    weight = _zeros_of_shape([dims[0], width], dtype)
+    return [*cast, *weight, ir.node("MatMul", [source, weight[-1].outputs[0]])]
+
+
+def _integer_matmul(node: ir.Node) -> list[ir.Node] | None:
+    """DynamicQuantizeMatMul's and MatMulIntegerToFloat's Y: ``A @ B`` (B static) in the float type of input 2
+    (b_scale, a_scale: the output's type T1, T3), A cast like it (opset 15 on)."""
+    b, scale = _input(node, 1), _input(node, 2)
+    dims = None if b is None else _static_dims(b)
+    dtype = None if scale is None else _element_type(scale)
+    if dims is None or len(dims) < 2 or dtype is None or _opset(node) < 15:
+        return None
+    cast = ir.node("CastLike", [node.inputs[0], scale])
+    weight = _zeros_of_shape(dims, dtype)
+    return [cast, *weight, ir.node("MatMul", [cast.outputs[0], weight[-1].outputs[0]])]
+
+
+# GatherBlockQuantized's data types whose dims are the table's (uint8 packs 8 / bits values along the last axis).
+_LOGICAL_TABLE_TYPES = frozenset({ir.DataType.INT4, ir.DataType.UINT4})
+
+
+def _gather_block_quantized(node: ir.Node) -> list[ir.Node] | None:
+    """GatherBlockQuantized's output: ``Gather`` of a zero table of the data's logical dims, in the scales'
+    type, at the indices along ``gather_axis``. uint8 data of ``bits`` < 8 packs ``8 / bits`` values along its
+    last axis (ONNX Runtime's rule: ``gather_axis`` is 0 then, and not the quantize axis); int4/uint4 data has
+    the table's dims; other data types (FP8/FP4) have no stand-in."""
+    data, indices, scales = node.inputs[0], _input(node, 1), _input(node, 2)
+    dims = _static_dims(data)
+    dtype = None if scales is None else _element_type(scales)
+    kind = _element_type(data)
+    if indices is None or dims is None or not dims or dtype is None or kind is None:
+        return None
+    axis = node.attributes.get_int("gather_axis", 0)
+    if kind == ir.DataType.UINT8:
+        bits = node.attributes.get_int("bits", 4)
+        if bits not in (2, 4, 8) or (bits < 8 and axis != 0):
+            return None
+        dims[-1] *= 8 // bits
+    elif kind not in _LOGICAL_TABLE_TYPES:
+        return None
+    table = _zeros_of_shape(dims, dtype)
+    return [*table, ir.node("Gather", [table[-1].outputs[0], indices], {"axis": axis})]
+
+
+# Contrib ops graphopt writes, by (domain, op type): for each output whose shape and type are a fixed
 # function of the inputs, ONNX ops computing a value of exactly that shape and type. ONNX Runtime's kernels
-# allocate these outputs so (its schemas' inference says the same). The types are the schemas': each output
-# listed is of its op's type T, the type of input 0 (of the word table for EmbedLayerNormalization), except
-# SimplifiedLayerNormalization's Y, of the scale's type V. Not covered, so they stay unknown (or as
-# recorded): the norms' mean and inv_std_var ([.., 1], float), EmbedLayerNormalization's mask_index,
-# GroupQueryAttention's caches (their length depends on the buffer), and MultiHeadAttention's outputs (the
-# output's hidden size is the value's, read from its dims by its rank, not the query's).
+# allocate these outputs so (each rule was checked against its outputs, symbolic and concrete dims). The types
+# are the schemas': each output listed is of its op's type T, the type of input 0 (of the word table for
+# EmbedLayerNormalization), except SimplifiedLayerNormalization's Y, of the scale's type V, and
+# GatherBlockQuantized's, of the scales' type. Not covered, so they stay unknown (or as recorded): the norms'
+# mean and inv_std_var ([.., 1], float), EmbedLayerNormalization's mask_index, GroupQueryAttention's caches
+# (their length depends on the buffer), and MultiHeadAttention's present_key/present_value and qk and
+# (Q)Attention's present (graphopt writes none of them). The integer ops' outputs take a scale's float type.
 _SKIP_NORM = {0: _like_input, 3: _like_input}  # output and input_skip_bias_sum
-_STAND_INS: dict[tuple[str, str], dict[int, Callable[[ir.Node], ir.Node | None]]] = {
+_StandIn = Callable[[ir.Node], "ir.Node | list[ir.Node] | None"]
+_STAND_INS: dict[tuple[str, str], dict[int, _StandIn]] = {
     **{(domain, "SimplifiedLayerNormalization"): {0: _like_input_typed_as_scale} for domain in ONNX_DOMAINS},
     (MS_DOMAIN, "SkipSimplifiedLayerNormalization"): _SKIP_NORM,
     (MS_DOMAIN, "SkipLayerNormalization"): _SKIP_NORM,
@@ -123,6 +312,14 @@ _STAND_INS: dict[tuple[str, str], dict[int, Callable[[ir.Node], ir.Node | None]]
     (MS_DOMAIN, "RotaryEmbedding"): {0: _like_input},
     (MS_DOMAIN, "EmbedLayerNormalization"): {0: _embedded, 2: _embedded},
     (MS_DOMAIN, "GroupQueryAttention"): {0: _query_with_key},
+    (MS_DOMAIN, "MultiHeadAttention"): {0: _multi_head_attention},
+    (MS_DOMAIN, "Attention"): {0: _attention},
+    (MS_DOMAIN, "FusedMatMul"): {0: _fused_matmul},
+    (MS_DOMAIN, "MatMulNBits"): {0: _matmul_nbits},
+    (MS_DOMAIN, "GatherBlockQuantized"): {0: _gather_block_quantized},
+    (MS_DOMAIN, "QAttention"): {0: _attention},
+    (MS_DOMAIN, "DynamicQuantizeMatMul"): {0: _integer_matmul},
+    (MS_DOMAIN, "MatMulIntegerToFloat"): {0: _integer_matmul},
 }
 
 
@@ -194,8 +391,98 @@ def _stand_in_for_contrib_ops(graph: ir.Graph) -> None:
             stand_in = rule[index](node)
             if stand_in is None:
                 continue
-            graph.insert_before(node, stand_in)
-            _take_over(out, stand_in.outputs[0], taken)
+            nodes = stand_in if isinstance(stand_in, list) else [stand_in]
+            graph.insert_before(node, nodes)
+            for helper in nodes[:-1]:
+                _name_helper(helper.outputs[0], taken)
+            _take_over(out, nodes[-1].outputs[0], taken)
+
+
+def infer_contrib_outputs(node: ir.Node, opset_imports: dict[str, int]) -> bool:
+    """Give ``node``'s outputs the types and shapes their stand-ins get from the inputs' present ones; whether
+    ``node`` is an op of ``_STAND_INS``.
+
+    For a pass that infers node by node (the constant folder, whose ONNX inference stops at a contrib op):
+    the same rules as ``inferred_shapes``, run by ONNX on a graph of the node alone, its inputs declared as
+    they are now (no values). A type or shape already known is kept.
+    """
+    if (node.domain, node.op_type) not in _STAND_INS:
+        return False
+    declared = tuple(None if value is None else (_element_type(value), _dims_of(value)) for value in node.inputs)
+    attributes = tuple(sorted((name, repr(attr.value)) for name, attr in node.attributes.items()))
+    key = (node.domain, node.op_type, attributes, declared, tuple(sorted(opset_imports.items())), len(node.outputs))
+    if key not in _STOOD_IN:
+        if len(_STOOD_IN) >= 4096:
+            _STOOD_IN.clear()
+        _STOOD_IN[key] = _stood_in_outputs(node, declared, opset_imports)
+    for out, facts in zip(node.outputs, _STOOD_IN[key]):
+        if facts is None:
+            continue
+        dtype, dims = facts
+        if out.type is None:
+            out.type = ir.TensorType(dtype)
+        if out.shape is None and dims is not None:
+            out.shape = ir.Shape(dims)
+    return True
+
+
+_Dims = tuple[int | str | None, ...] | None
+# What the stand-ins gave each output, by the op, its attributes and its inputs' types and shapes: a model's
+# layers repeat them, and one ONNX run per node would cost a few milliseconds each.
+_STOOD_IN: dict[tuple, list[tuple[ir.DataType, _Dims] | None]] = {}
+
+
+def _dims_of(value: ir.Value) -> _Dims:
+    shape = value.const_value.shape if value.const_value is not None else value.shape
+    if shape is None:
+        return None
+    return tuple(dim if isinstance(dim, int) else dim.value for dim in shape)
+
+
+def _stood_in_outputs(
+    node: ir.Node, declared: tuple[tuple[ir.DataType | None, _Dims] | None, ...], opset_imports: dict[str, int]
+) -> list[tuple[ir.DataType, _Dims] | None]:
+    """The type and dims ONNX infers for each output of ``node``'s stand-ins, its inputs ``declared`` (type,
+    dims); None for an output with none."""
+    inputs: list[ir.Value | None] = []
+    for index, facts in enumerate(declared):
+        if facts is None:
+            inputs.append(None)
+            continue
+        dtype, dims = facts
+        value = ir.Value(name=f"input_{index}", type=None if dtype is None else ir.TensorType(dtype))
+        value.shape = None if dims is None else ir.Shape(list(dims))
+        inputs.append(value)
+    twin = ir.Node(node.domain, node.op_type, inputs, list(node.attributes.values()), num_outputs=len(node.outputs))
+    for index, out in enumerate(twin.outputs):
+        out.name = f"output_{index}"
+    graph = ir.Graph(
+        [value for value in inputs if value is not None], list(twin.outputs), nodes=[twin], opset_imports=opset_imports
+    )
+    _stand_in_for_contrib_ops(graph)
+    ir.passes.common.ShapeInferencePass(strict_mode=False, data_prop=True)(ir.Model(graph, ir_version=10))
+    # A dim named by none of the inputs is one ONNX made up for this graph alone ("unk__0"): another
+    # node's would have the same name, so it is left unknown.
+    names = {dim for facts in declared if facts is not None and facts[1] is not None for dim in facts[1]}
+    results: list[tuple[ir.DataType, _Dims] | None] = []
+    for inferred in graph.outputs:
+        if inferred.type is None or inferred.dtype is None or inferred.producer() is twin:  # no rule or stand-in
+            results.append(None)
+            continue
+        dims = None
+        if inferred.shape is not None:
+            dims = tuple(dim if isinstance(dim, int) or dim.value in names else None for dim in inferred.shape)
+        results.append((inferred.dtype, dims))
+    return results
+
+
+def _name_helper(value: ir.Value, taken: set[str]) -> None:
+    """A name no other value has, for a value a stand-in computes on its way."""
+    index = len(taken)
+    while f"_inferred_shapes_{index}" in taken:
+        index += 1
+    value.name = f"_inferred_shapes_{index}"
+    taken.add(value.name)
 
 
 def _take_over(out: ir.Value, new: ir.Value, taken: set[str]) -> None:

@@ -124,7 +124,7 @@ def test_an_unscaled_layer_norm_after_a_skip_norm_takes_the_inferred_last_dim():
 def test_a_contrib_op_without_a_rule_leaves_the_norm_refused():
     # An op with no rule here stays unknown, and so does everything computed from it.
     sq = "sq = Constant<value = float[12, 12] {" + ", ".join(["0.1"] * 144) + "}>()"
-    text = f"{sq}\n          a = com.microsoft.FusedMatMul<alpha = 1.0>(x, sq)"
+    text = f"{sq}\n          a = com.microsoft.Inverse(sq)"
     result = RmsNormFusion()(_model(text))
     assert not result.modified
     assert result.refusals == [f"1 near match at Div left unfused: {_NO_STATIC_SIZE}"]
