@@ -143,7 +143,7 @@ def undefined_input(model: ir.Model) -> str | None:
     the main graph by an input, an initializer or an earlier node; in a function by an input or an earlier node;
     in a subgraph by its own inputs, initializers and earlier nodes, or by what is defined in the graphs around
     it before the node that holds the subgraph (onnx.checker's rule: values defined after that node, or by it,
-    are out of scope). A graph output may be any value of its graph or of the graphs around it. A rewrite that
+    are out of scope). A graph output must be an input, initializer or node output of its own graph. A rewrite that
     lost an initializer, removed a node whose output is still read, or put a node before what it reads writes a
     file onnx.checker rejects; ONNX Runtime refuses it too, except in the main graph, which it sorts itself."""
     problem = _undefined_in(model.graph)
@@ -195,7 +195,10 @@ def _undefined_in_scope(graph: ir.Graph, outer: tuple[_Scope, ...], defined: set
                     return problem
         defined.update(node.outputs)
     for value in graph.outputs:
-        if not any(value in scope.defined for scope in scopes):
+        # An output is the graph's own value: onnx.checker and ONNX Runtime refuse a subgraph returning an outer one.
+        if value not in defined:
+            if any(value in scope.defined for scope in outer):
+                return f"the subgraph output {value.name!r} is a value of the graph around it, not one of its own"
             return f"the graph output {value.name!r} is computed by no node"
     return None
 

@@ -28,13 +28,10 @@ BRANCH_COPIES_OUTER = """
     }"""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="undefined_input lets a subgraph output be a value of the graphs around it (its docstring says so); "
-    "onnx.checker ('Graph output ... is not an output of any node in graph') and ONNX Runtime ('Subgraph output "
-    "... is not produced by any node') reject it, so under --no-verify such a result is written",
-)
 def test_a_branch_returning_an_outer_value_fails_without_verification():
+    """Found in review (fixed since): undefined_input let a subgraph output be a value of the graphs around
+    it; onnx.checker ('Graph output ... is not an output of any node in graph') and ONNX Runtime ('Subgraph
+    output ... is not produced by any node') reject it, so under --no-verify such a result was written."""
     # onnx-ir 1.1's own IdentityEliminationPass (graphopt's remove-identity guards against exactly this) makes the
     # then-branch return the outer Relu's value, renamed 'a': a file onnx.checker rejects.
     result = parse_model(BRANCH_COPIES_OUTER)
