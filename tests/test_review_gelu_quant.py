@@ -171,3 +171,30 @@ def test_static_quantization_takes_a_gemm_with_a_one_value_c(c_shape):
     record = next(r for r in report.passes if r.name == "quantize-static")
     assert record.status == "applied", record.detail
     assert "QuantizeLinear" in [node.op_type for node in result.graph.node]
+
+
+_NEGATIVE_DIM_HEAD = """<ir_version: 9, opset_import: ["" : 18]>
+g (float[4] a) => (float y) {
+  s = Shape(a)
+  ones = Constant<value = int64[3] {1, 1, 1}>()
+  three = Constant<value = int64[1] {3}>()
+  k = Slice(ones, s, three)
+  c = ConstantOfShape<value = float[1] {0.3}>(k)
+  x = Relu(c)"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a graph input's dim declared -1 (tf2onnx's 'any'; onnx.checker accepts it) is not checked by ONNX "
+    "Runtime, but _RunTimeShapes takes the declaration as checked and ONNX's data propagation reads Shape(a) as "
+    "[-1]: Slice(ones3, Shape(a), 3) is inferred [1] (rank 1), so a [1] 0.5 is fused; on len(a) >= 3 ONNX Runtime "
+    "gives x of rank 0 and the fused output () instead of (1,), and the pipeline reports fuse-gelu verified",
+)
+def test_gelu_does_not_take_a_negative_input_dim_as_checked():
+    """Found in review (5265fa6 and before): wrong and verified."""
+    model = _gelu_after(_NEGATIVE_DIM_HEAD, [1])
+    model.graph.inputs[0].shape = ir.Shape([-1])
+    result, _ = optimize_with_report(ir.to_proto(model), passes="fuse-gelu")
+    for length in (1, 5):
+        feed = {"a": np.ones(length, np.float32)}
+        assert run(ir.from_proto(result), feed)["y"].shape == run(model, feed)["y"].shape, length
