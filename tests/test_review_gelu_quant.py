@@ -2,7 +2,7 @@
 
 Each test is a hole found in review, marked strict xfail until fixed; its docstring says where the fault is.
 Reproduction scripts: /tmp/rev_gq/ (if_verified.py, misc_gelu.py, unnamed_dim.py, dp_nonzero.py,
-static_scalar_c.py).
+slice_input_start.py, neg_dim.py, neg_dim_end.py, static_scalar_c.py; run with the venv's python from /tmp/rev_gq).
 """
 
 from __future__ import annotations
