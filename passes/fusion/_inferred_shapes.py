@@ -33,6 +33,11 @@ no rule, stays unknown, as do their consumers. No dim is ever guessed, and no st
 values on (ONNX's data propagation would read a norm of a shape as the shape; ``MatMul``,
 ``Expand`` and ``ConstantOfShape`` carry none). ``infer_contrib_outputs`` runs the same rules
 on one node, for the constant folder's node-by-node inference.
+
+Where ONNX's data propagation (shape arithmetic on ``Shape`` outputs and constants) would read
+a shape wrong, the clone hides the values from it: through a ``Cast`` that can change a size
+(``_hide_lossy_casts``), and out of a ``Slice`` whose start is not a constant, which ONNX reads
+as 0 (``_hide_computed_slice_starts``; a named dim, NonZero's count or an input's value alike).
 """
 
 from __future__ import annotations
@@ -371,6 +376,53 @@ def _hide_lossy_casts(model: ir.Model) -> bool:
     return True
 
 
+def _is_constant(value: ir.Value) -> bool:
+    if value.const_value is not None:
+        return True
+    node = value.producer()
+    return node is not None and node.op_type == "Constant" and node.domain in ONNX_DOMAINS
+
+
+def _hide_computed_slice_starts(model: ir.Model) -> None:
+    """Keep ONNX's data propagation from reading a Slice start it does not know as 0.
+
+    ONNX's Slice data propagator (onnx 1.23) reads any start it cannot, a graph input's as well as a size
+    that is not a number (named ``S`` or anonymous, as NonZero's count), as 0, and propagates the values (or,
+    where it does not know its input's, as many unknown values) of that slice: ``Slice([1, 1, 1],
+    Shape(NonZero(a))[1:2], [3])`` is propagated as ``[1, 1, 1]`` whatever the count, a ``ConstantOfShape``
+    of it inferred ``[1, 1, 1]``, and a GELU fused on that changed the output's rank (a review). Naming the
+    dims does not help: a declared ``S`` reads as 0 too, and so does an unknown start of a Slice of an input
+    whose values are unknown (its values' count is then taken as known). An unknown end or step propagates
+    nothing, an unknown axis of a 1-D input is 0 wherever the model is valid, and the other propagating ops
+    (Add, Sub, Mul, Gather, Concat, Squeeze, Unsqueeze, Cast, Shape, Size) read no unknown as a number (each
+    checked with named, anonymous and unfed values). In the clone, the readers of each Slice whose
+    ``starts`` is not a constant (in the main graph, its subgraphs and the model's functions) read it
+    through ``Where(true, sliced, sliced)``: the same values, type and shape, through which ONNX propagates
+    no values. The Slice's own shape, which its shape inference reads from constant starts only, is kept.
+    """
+    roots: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+    nodes = [node for root in roots for node in ir.traversal.RecursiveGraphIterator(root)]
+    computed = [
+        node
+        for node in nodes
+        if node.op_type == "Slice" and node.domain in ONNX_DOMAINS and node.outputs[0].uses()
+        and len(node.inputs) > 1 and node.inputs[1] is not None and not _is_constant(node.inputs[1])
+    ]  # fmt: skip
+    if not computed:
+        return
+    taken = {value.name for node in nodes for value in (*node.inputs, *node.outputs) if value is not None}
+    for node in computed:
+        sliced = node.outputs[0]
+        readers = list(sliced.uses())
+        true = ir.node("Constant", [], {"value": ir.tensor(np.array(True))})
+        opaque = ir.node("Where", [true.outputs[0], sliced, sliced])
+        node.graph.insert_after(node, [true, opaque])
+        _name_helper(true.outputs[0], taken)
+        _name_helper(opaque.outputs[0], taken)
+        for reader, index in readers:
+            reader.replace_input_with(index, opaque.outputs[0])
+
+
 def _stand_in_for_contrib_ops(graph: ir.Graph) -> None:
     """Give each read output of a contrib op of ``_STAND_INS`` a stand-in of its exact shape and type.
 
@@ -538,6 +590,8 @@ def inferred_shapes(model: ir.Model) -> Iterator[int]:
                 value.const_value = None
         _stand_in_for_contrib_ops(copy.graph)
         propagate = _hide_lossy_casts(copy)
+        if propagate:
+            _hide_computed_slice_starts(copy)
         ir.passes.common.ShapeInferencePass(strict_mode=False, data_prop=propagate)(copy)
         for twin in _values(copy.graph):
             value = missing.get(twin.name)
