@@ -153,9 +153,11 @@ class Int8Twin:
         layer.node.replace_input_with(1, written)
 
     def set_input(self, node: ir.Node, index: int, array: np.ndarray) -> None:
-        """Replace a constant input of ``node`` by ``array`` (float32, shaped like the constant it replaces)."""
+        """Replace a constant input of ``node`` by ``array`` (float32, shaped like the constant it replaces, or
+        ``[N]`` where that was one value broadcast to every output feature: a Gemm's one-value C)."""
         old = constant_array(node.inputs[index])
-        array = np.ascontiguousarray(np.asarray(array, dtype=np.float32).reshape(old.shape))
+        array = np.asarray(array, dtype=np.float32)
+        array = np.ascontiguousarray(array.reshape(old.shape) if array.size == old.size else array.reshape(-1))
         node.replace_input_with(index, add_initializer(self.model.graph, f"{node.name}.twin_{index}", array))
 
     def finish(self) -> ir.Model:
