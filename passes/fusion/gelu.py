@@ -67,6 +67,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_op
+from optimizer.model_io import model_graphs
 from passes._utils import constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._checks import folded_constant, is_float
@@ -945,8 +946,15 @@ class _RunTimeShapes:
 
 
 def _checked(value: ir.Value) -> ir.Shape | None:
-    """A graph input's declared shape where ONNX Runtime checks a feed against it: of rank 1 or more."""
-    return value.shape if value.shape is not None and value.shape.rank() > 0 else None
+    """A graph input's declared shape where ONNX Runtime checks a feed against it: of rank 1 or more, a dim
+    declared negative (tf2onnx's -1 for "any", which ONNX Runtime takes as any size) named afresh instead."""
+    if value.shape is None or value.shape.rank() == 0:
+        return None
+    dims = [
+        ir.SymbolicDim(f"_unchecked_{value.name}_{axis}") if isinstance(dim, int) and dim < 0 else dim
+        for axis, dim in enumerate(value.shape)
+    ]
+    return ir.Shape(dims)
 
 
 def _inferred_from_inputs(model: ir.Model) -> dict[str, ir.Shape]:
@@ -964,6 +972,18 @@ def _inferred_from_inputs(model: ir.Model) -> dict[str, ir.Shape]:
         if value.is_graph_input():
             value.shape = _checked(value)
         else:
+            value.shape = value.const_value.shape if value.const_value is not None else None
+    # Subgraphs' and functions' recorded shapes are unchecked words too (an If branch's declared output shape
+    # becomes the If's output shape in ONNX's inference; a Loop's carried values change shape between
+    # iterations), as are their inputs' but for a constant's.
+    for inner in model_graphs(copy):
+        if inner is graph:
+            continue
+        body = inner.graph if isinstance(inner, ir.Function) else inner
+        own = [*body.inputs, *(out for node in body for out in node.outputs)]
+        if isinstance(inner, ir.Graph):
+            own += list(inner.initializers.values())
+        for value in own:
             value.shape = value.const_value.shape if value.const_value is not None else None
     with inferred_shapes(copy):
         return {value.name: value.shape for value in values if value.name and value.shape is not None}
