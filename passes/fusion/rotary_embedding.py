@@ -314,8 +314,18 @@ def _rotary(op, fusion: RotaryEmbeddingFusion, x, cos, sin, rotary_dim: int | No
         _domain=MS_DOMAIN,
     )
     rotated.shape, rotated.type = split.hidden.shape, split.hidden.type
-    heads_split = op.Reshape(rotated, op.Constant(value=ir.tensor(np.array([0, 0, heads, d], dtype=np.int64))))
+    heads_split = op.Reshape(rotated, _heads_split_shape(op, heads, d))
     return op.Transpose(heads_split, perm=[0, 2, 1, 3])
+
+
+def _heads_split_shape(op, heads: int, d: int) -> ir.Value:
+    """The ``[0, 0, heads, d]`` target splitting the rotated ``[B, S, N*d]`` into heads, as an initializer.
+
+    An initializer, not a ``Constant`` node: the pipeline turns Constants into initializers and merges
+    equal computations before the fusions run, and deduplicates initializers after them, so a Constant
+    per layer would be left for the next run to merge and lift.
+    """
+    return op.initializer(ir.tensor(np.array([0, 0, heads, d], dtype=np.int64)), name="rotary_heads_split_shape")
 
 
 class _RotateHalf(pattern.RewriteRuleClassBase):
@@ -583,7 +593,7 @@ class _RotateEveryTwo(pattern.RewriteRuleClassBase):
             _domain=MS_DOMAIN,
         )
         rotated.shape, rotated.type = hidden.shape, hidden.type
-        split = op.Reshape(rotated, op.Constant(value=ir.tensor(np.array([0, 0, heads.heads, heads.d], np.int64))))
+        split = op.Reshape(rotated, _heads_split_shape(op, heads.heads, heads.d))
         return split if heads.heads_axis == 2 else op.Transpose(split, perm=[0, 2, 1, 3])
 
 

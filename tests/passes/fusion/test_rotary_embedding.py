@@ -480,3 +480,17 @@ def test_a_position_table_too_short_for_caches_names_max_sequence():
     assert not result.modified
     assert any("at 64 positions (--max-sequence) nor at 16" in line for line in result.refusals)
     assert RotaryEmbeddingFusion(cache_length=8)(model.clone()).modified
+
+
+def test_the_heads_split_target_is_an_initializer_not_a_constant_node():
+    # The pipeline lifts Constant nodes and merges equal computations before the fusions and deduplicates
+    # initializers after them: a Constant per layer was left for a second run to merge and lift.
+    model = _rotary_model()
+    after = RotaryEmbeddingFusion(cache_length=64)(model.clone()).model
+    assert "Constant" not in op_types(after)
+    (split,) = [
+        n for n in after.graph if n.op_type == "Reshape" and n.inputs[0].producer().op_type == "RotaryEmbedding"
+    ]
+    assert split.inputs[1].is_initializer()
+    assert split.inputs[1].const_value.numpy().tolist() == [0, 0, HEADS, HEAD_SIZE]
+    assert_same_outputs(model, after, _inputs(), rtol=1e-5, atol=1e-5)

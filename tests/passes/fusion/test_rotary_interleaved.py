@@ -194,3 +194,15 @@ def test_an_interleaved_rotation_of_scaled_heads_before_their_transpose_is_left_
     result = RotaryEmbeddingFusion(cache_length=POSITIONS)(_gptj_model(HEAD_SIZE, scaled=True))
     assert not result.modified
     assert any("nor a 4-D tensor of static head count and size" in line for line in result.refusals)
+
+
+def test_the_interleaved_heads_split_target_is_an_initializer_not_a_constant_node():
+    # As for rotate_half (test_rotary_embedding): a Constant per layer was left for a second run to lift.
+    model = _gptj_model(HEAD_SIZE)
+    after = RotaryEmbeddingFusion(cache_length=POSITIONS)(model.clone()).model
+    assert "Constant" not in {n.op_type for n in after.graph}
+    (split,) = [
+        n for n in after.graph if n.op_type == "Reshape" and n.inputs[0].producer().op_type == "RotaryEmbedding"
+    ]
+    assert split.inputs[1].is_initializer()
+    assert_same_outputs(model, after, _feeds(6), rtol=1e-5, atol=1e-5)
