@@ -18,7 +18,10 @@ spelling of it:
   (or ``Where(cond, fill, scores)``) with a constant scalar fill of -inf or a large
   negative number, which becomes the bias ``Where(cond, 0, fill)``. The op's ``attention_bias`` is
   4-D ``[B|1, N|1, S, T]``: a lower-rank bias is unsqueezed (broadcasting is
-  right-aligned), and one that may broadcast in the last two axes is expanded.
+  right-aligned), and one that may broadcast in the last two axes is expanded. Its dims
+  are read from ONNX's shape inference and, where that leaves them open (a ``Range``'s
+  length: the legacy causal mask), from ONNX Runtime's symbolic inference as simplify-shapes
+  reads it, so no Expand is written that the next run's simplify-shapes would prove a no-op.
 - Layouts: Q, K^T and V are traced back through Transposes (composing permutations),
   Reshapes that keep the shape, the SDPA export's relayout of the key through 3-D and a
   head split ``[B, S, N*d] -> [B, S, N, d]`` (``_layout.trace_heads``). An operand that
@@ -117,6 +120,7 @@ from passes.fusion._layout import (
     trace_heads,
     traced_dim,
 )
+from passes.shape_simplification import _symbolic_shapes
 
 # Scores filled with at most this much are masked out: exp(-1e4) underflows to 0 in float32
 # next to any unmasked score, so Where(cond, s, fill) and s + Where(cond, 0, fill) agree.
@@ -634,6 +638,50 @@ def _full_size(dim, along) -> bool:
     return name is not None and name == getattr(along, "value", None)
 
 
+class _SymbolicShapes:
+    """ORT's symbolic shapes of the model (``shape_simplification._symbolic_shapes``), inferred once, at the first
+    mask whose dims ONNX's inference leaves open; empty where the inference fails.
+
+    ONNX's inference (``_inferred_shapes``) gives a ``Range``'s length a fresh symbol, so the legacy
+    export's causal mask, built from ``Range(0, Shape(x)[1])``, reads ``[?, ?, ?, ?]``; ORT's follows
+    the arithmetic to ``[batch, 1, sequence, sequence]``. simplify-shapes proves the same facts
+    with it, so leaving the Expand in would only hand them to the next run.
+    """
+
+    def __init__(self, model: ir.Model) -> None:
+        self._model, self._shapes = model, None
+
+    def of(self, value: ir.Value) -> tuple | None:
+        if self._shapes is None:
+            shapes = _symbolic_shapes(self._model)
+            self._shapes = shapes if isinstance(shapes, dict) else {}
+        return self._shapes.get(value.name) if value.name else None
+
+
+_SYMBOLIC = "symbolic shapes"  # the rewrite cache's ``_SymbolicShapes``
+
+
+def _full_size_symbolically(match: _Attention, query: ir.Value, key: ir.Value, key_axis: int, shapes) -> bool:
+    """True if ORT's symbolic shapes prove that in S and in T some mask term is full-size: a static size above
+    1, or the symbol of the query's (key's) length. A dim the inference only assumed equal, by
+    broadcasting two input dims against each other, is unknown there (None), so it proves nothing."""
+    query_shape, key_shape = shapes.of(query), shapes.of(key)
+    if query_shape is None or key_shape is None or len(query_shape) < 2 or len(key_shape) <= key_axis:
+        return False
+    lengths = [key_shape[key_axis], query_shape[1]]  # trailing order: keys, then queries
+    trailing = []
+    for bias in match.logits.biases:
+        shape = shapes.of(bias.value)
+        if shape is None:
+            return False
+        trailing.append(list(reversed(shape))[:2] + [None] * (2 - min(len(shape), 2)))
+
+    def full(dim, along) -> bool:
+        return dim > 1 if isinstance(dim, int) else dim is not None and dim == along
+
+    return all(any(full(t[axis], lengths[axis]) for t in trailing) for axis in (0, 1))
+
+
 def _dim_of(value: ir.Value, axis: int):
     shape = value.shape
     return shape[axis] if shape is not None and shape.rank() > axis else None
@@ -698,6 +746,8 @@ def _attention_bias(
     key_axis = 1 if rank(key) == 3 else 2
     lengths = [_dim_of(key, key_axis), _dim_of(query, 1)]  # trailing order: keys, then queries
     if all(any(_full_size(t[axis], lengths[axis]) for t in trailing) for axis in (0, 1)):
+        return total
+    if _full_size_symbolically(match, query, key, key_axis, cache[_SYMBOLIC]):
         return total
     adapters.append(_EXPANDED)
     cache_key = ("expand", id(total), id(query), id(key))
@@ -771,6 +821,7 @@ _SPLIT_BACK = "the output split back into [B, N, S, d] (Reshape + Transpose): th
 def _rewrite(model: ir.Model, match: _Attention, num_heads: int, index: int, cache: dict) -> list[str]:
     """Replace the attention by MultiHeadAttention; return the adapters it needed (see ``_FLATTENED`` ...)."""
     build = _Builder(model.graph, match.probs_matmul, f"MultiHeadAttention_{index}", model.opset_imports.get("", 0))
+    cache.setdefault(_SYMBOLIC, _SymbolicShapes(model))
     adapters, original, replacement = _build(build, match, num_heads, cache)
     replace_value(original, replacement)
     return adapters
@@ -877,7 +928,7 @@ def stage_soft_capped(model: ir.Model) -> list[StagedAttention]:
 
 
 def _stage(model: ir.Model, softmaxes: list[ir.Node], opset: int) -> list[StagedAttention]:
-    staged, cache = [], {}
+    staged, cache = [], {_SYMBOLIC: _SymbolicShapes(model)}
     for softmax in softmaxes:
         candidate = _candidate(softmax, opset, capped=True)
         if isinstance(candidate, str) or candidate[0].logits.softcap is None:
