@@ -1,5 +1,5 @@
 """Review of b732602 (shape stand-ins for MatMulNBits, FusedMatMul, MultiHeadAttention, Attention,
-GatherBlockQuantized and the int8 kernels): strict xfails for what it gets wrong.
+GatherBlockQuantized and the int8 kernels): what it got wrong (fixed since, but the strict xfail left).
 
 Every stand-in's shape and type held against ONNX Runtime 1.32 on the layouts it accepts (FusedMatMul's four
 transposes at ranks 1..5 with broadcast batch dims, MatMulNBits at 2/4/8 bits and K off the block size,
@@ -74,13 +74,12 @@ _OVERRIDDEN = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="b732602: infer_contrib_outputs declares an initializer that is also a graph input by its default's "
-    "shape (_dims_of reads const_value first), so fold-constants folds Shape(y) to the default's dims",
-)
 @pytest.mark.parametrize("name", list(_OVERRIDDEN))
 def test_fold_constants_keeps_a_shape_that_a_caller_s_value_for_a_default_changes(name):
+    """Review finding (fixed since): b732602: infer_contrib_outputs declares an initializer that is also a
+    graph input by its default's shape (_dims_of reads const_value first), so fold-constants folds Shape(y)
+    to the default's dims
+    """
     node, declared, initializers, feeds = _OVERRIDDEN[name]
     proto = _shape_of_a_contrib_output(node, declared, initializers)
     model = ir.from_proto(proto)
@@ -89,12 +88,11 @@ def test_fold_constants_keeps_a_shape_that_a_caller_s_value_for_a_default_change
     assert _ort_output(ir.to_proto(model), feeds).shape == expected.shape
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="b732602: the default pipeline folds Shape(FusedMatMul(a, b)) with b a default a caller may "
-    "override to b's default width; verified (verification never feeds b), and the caller's b then fails",
-)
 def test_a_default_pipeline_run_keeps_a_model_a_caller_feeds_its_own_fused_matmul_weight(tmp_path):
+    """Review finding (fixed since): b732602: the default pipeline folds Shape(FusedMatMul(a, b)) with b a
+    default a caller may override to b's default width; verified (verification never feeds b), and the
+    caller's b then fails
+    """
     import optimizer
 
     nodes = [
@@ -135,12 +133,10 @@ def _inferred_output(node: onnx.NodeProto, declared, initializers) -> list | Non
         return None if out.shape is None else [d if isinstance(d, int) else d.value for d in out.shape]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="b732602 (false refusal): uint8 GatherBlockQuantized's gather_axis is compared with 0 unnormalized; "
-    "ONNX Runtime takes -2 on 2-D data as 0 and gives [B, S, 32]",
-)
 def test_a_packed_lookup_with_a_negative_gather_axis_gets_its_shape():
+    """Review finding (fixed since): b732602 (false refusal): uint8 GatherBlockQuantized's gather_axis is
+    compared with 0 unnormalized; ONNX Runtime takes -2 on 2-D data as 0 and gives [B, S, 32]
+    """
     node = oh.make_node("GatherBlockQuantized", ["d", "ids", "s"], ["y"], domain=_MS, block_size=16, gather_axis=-2)
     initializers = [_ones("d", [8, 16], TensorProto.UINT8, 17), _ones("s", [8, 2])]
     assert _inferred_output(node, [("ids", TensorProto.INT64, ["B", "S"])], initializers) == ["B", "S", 32]

@@ -129,9 +129,17 @@ def _zeros_of_shape(dims: list[int], dtype: ir.DataType) -> list[ir.Node]:
     return [shape, ir.node("ConstantOfShape", [shape.outputs[0]], {"value": zero})]
 
 
+def _shape_of(value: ir.Value) -> ir.Shape | None:
+    """``value``'s shape: a constant's, or a recorded one's. An initializer that is also a graph input is a
+    default a caller may override with a tensor of another shape its declaration allows: its declared shape."""
+    if value.const_value is not None and not value.is_graph_input():
+        return value.const_value.shape
+    return value.shape
+
+
 def _static_dims(value: ir.Value) -> list[int] | None:
     """``value``'s dims where every one is a known size: a constant's, or a recorded shape's."""
-    shape = value.const_value.shape if value.const_value is not None else value.shape
+    shape = _shape_of(value)
     if shape is None or not all(isinstance(dim, int) for dim in shape):
         return None
     return [int(dim) for dim in shape]
@@ -284,6 +292,8 @@ def _gather_block_quantized(node: ir.Node) -> list[ir.Node] | None:
     if indices is None or dims is None or not dims or dtype is None or kind is None:
         return None
     axis = node.attributes.get_int("gather_axis", 0)
+    if -len(dims) <= axis < 0:
+        axis += len(dims)
     if kind == ir.DataType.UINT8:
         bits = node.attributes.get_int("bits", 4)
         if bits not in (2, 4, 8) or (bits < 8 and axis != 0):
@@ -485,7 +495,7 @@ _STOOD_IN: dict[tuple, list[tuple[ir.DataType, _Dims] | None]] = {}
 
 
 def _dims_of(value: ir.Value) -> _Dims:
-    shape = value.const_value.shape if value.const_value is not None else value.shape
+    shape = _shape_of(value)
     if shape is None:
         return None
     return tuple(dim if isinstance(dim, int) else dim.value for dim in shape)
