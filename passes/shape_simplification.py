@@ -220,8 +220,11 @@ def _slice_elements(node: ir.Node) -> list[Element] | None:
     return source[slice(start, end, step)]
 
 
-def _symbolic_shapes(model: ir.Model) -> dict[str, tuple[Symbol, ...]] | str:
+def _symbolic_shapes(model: ir.Model, merged: set[str] | None = None) -> dict[str, tuple[Symbol, ...]] | str:
     """Every value's shape as ints and symbol strings, from ORT's symbolic shape inference; or why not.
+
+    ``merged``, when given, receives every symbol the inference merged with another (either side of
+    each merge, broadcasts and required equalities alike), for a caller that trusts no merge.
 
     We drive the tool's inference loop ourselves instead of calling its
     ``infer_shapes``: that one raises on any value it cannot infer and then saves
@@ -252,6 +255,8 @@ def _symbolic_shapes(model: ir.Model) -> dict[str, tuple[Symbol, ...]] | str:
         return f"symbolic shape inference failed ({one_line(error, 200)})"
     # Symbols merged by a broadcast of two input dims, and what the inference merged them into: unproven.
     merges = getattr(inference, "suggested_merge_", {}) or {}
+    if merged is not None:
+        merged.update(str(symbol) for pair in merges.items() for symbol in pair)
     unproven = set(inference.broadcast_merged)
     unproven |= {str(merges[symbol]) for symbol in inference.broadcast_merged if symbol in merges}
     shapes = {}

@@ -20,8 +20,10 @@ spelling of it:
   4-D ``[B|1, N|1, S, T]``: a lower-rank bias is unsqueezed (broadcasting is
   right-aligned), and one that may broadcast in the last two axes is expanded. Its dims
   are read from ONNX's shape inference and, where that leaves them open (a ``Range``'s
-  length: the legacy causal mask), from ONNX Runtime's symbolic inference as simplify-shapes
-  reads it, so no Expand is written that the next run's simplify-shapes would prove a no-op.
+  length: the legacy causal mask), from ONNX Runtime's symbolic inference (the one simplify-shapes
+  reads), so no Expand is written that a second run's simplify-shapes proves a no-op. A dim that
+  inference merged with another proves nothing here: the merge is its assumption (a broadcast read
+  as equal sizes), and a mask row count of 1 broadcasts in the original.
 - Layouts: Q, K^T and V are traced back through Transposes (composing permutations),
   Reshapes that keep the shape, the SDPA export's relayout of the key through 3-D and a
   head split ``[B, S, N*d] -> [B, S, N, d]`` (``_layout.trace_heads``). An operand that
@@ -653,8 +655,15 @@ class _SymbolicShapes:
 
     def of(self, value: ir.Value) -> tuple | None:
         if self._shapes is None:
-            shapes = _symbolic_shapes(self._model)
-            self._shapes = shapes if isinstance(shapes, dict) else {}
+            merged: set[str] = set()
+            shapes = _symbolic_shapes(self._model, merged)
+            # A symbol the inference merged with another is equal by its assumption (a broadcast it
+            # read as equal sizes), not by the shape arithmetic: it proves nothing here.
+            self._shapes = (
+                {name: tuple(None if d in merged else d for d in shape) for name, shape in shapes.items()}
+                if isinstance(shapes, dict)
+                else {}
+            )
         return self._shapes.get(value.name) if value.name else None
 
 
@@ -663,8 +672,8 @@ _SYMBOLIC = "symbolic shapes"  # the rewrite cache's ``_SymbolicShapes``
 
 def _full_size_symbolically(match: _Attention, query: ir.Value, key: ir.Value, key_axis: int, shapes) -> bool:
     """True if ORT's symbolic shapes prove that in S and in T some mask term is full-size: a static size above
-    1, or the symbol of the query's (key's) length. A dim the inference only assumed equal, by
-    broadcasting two input dims against each other, is unknown there (None), so it proves nothing."""
+    1, or the symbol of the query's (key's) length. A dim the inference merged with another (assumed
+    equal) is unknown there (None), so it proves nothing."""
     query_shape, key_shape = shapes.of(query), shapes.of(key)
     if query_shape is None or key_shape is None or len(query_shape) < 2 or len(key_shape) <= key_axis:
         return False

@@ -538,3 +538,20 @@ def test_a_mask_full_size_only_by_symbolic_inference_is_not_expanded():
     assert not {"Expand", "Shape", "Concat"} & {n.op_type for n in after.graph if n.name.startswith("MultiHead")}
     feeds = model_inputs(model)
     assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
+
+
+def test_a_mask_dim_the_symbolic_inference_only_merged_with_the_query_length_is_expanded():
+    # Mask rows counted by an input value: ORT's inference gives them a symbol of their own and, where the
+    # mask broadcasts against the scores, merges it with S (an assumption, not arithmetic). Fed 1 row,
+    # the original broadcasts it over the queries; the fused op's attention_bias needs the Expand.
+    proto = ir.to_proto(_range_causal_mask_model())
+    proto.graph.input.append(helper.make_tensor_value_info("rows_count", TensorProto.INT64, []))
+    (rows,) = [n for n in proto.graph.node if n.output[0] == "rows"]
+    rows.input[0] = "row_positions"
+    proto.graph.node.insert(0, helper.make_node("Range", ["zero_i", "rows_count", "one_i"], ["row_positions"]))
+    model = ir.from_proto(proto)
+    after, mha = _fused(model)
+    assert mha.inputs[5].producer().op_type == "Expand"
+    for count in (1, 5):
+        feeds = {**model_inputs(model), "rows_count": np.array(count, np.int64)}
+        assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
