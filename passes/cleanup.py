@@ -81,7 +81,51 @@ class EliminateCommonSubexpressionsPass(GraphoptPass, common_passes.CommonSubexp
     Exporters recompute the same ``Shape``/``Gather`` chain for every layer; after
     this pass each distinct computation exists once. Refuses non-deterministic ops
     (random generators) and nodes with subgraphs.
+
+    onnx-ir's CSE compares inputs by identity, and the dynamo exporter writes a scalar
+    initializer per use (``Range(0, n, 1)`` twice reads two ``0``s): small initializers
+    (at most ``_SMALL_INITIALIZER_ELEMENTS`` values) with equal dtype, shape and contents
+    are first merged into one, as deduplicate-initializers does for all of them at the end
+    of the pipeline (which a second run's CSE would otherwise build on). Graph inputs and
+    outputs are never merged.
     """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        merged = False
+        for graph in model.graphs():
+            merged = _merge_small_initializers(graph) or merged
+        result = super().call(model)
+        return ir.passes.PassResult(model, modified=result.modified or merged)
+
+
+# Shape vectors, axes, scalars: cheap to compare, and what per-use exporters repeat.
+_SMALL_INITIALIZER_ELEMENTS = 64
+
+
+def _merge_small_initializers(graph: ir.Graph) -> bool:
+    """Point each use of a small initializer at the first one equal to it (dtype, shape, values); True if any."""
+    kept: dict[tuple, ir.Value] = {}
+    merged = False
+    for value in list(graph.initializers.values()):
+        tensor = value.const_value
+        if (
+            value.is_graph_input()
+            or value.is_graph_output()
+            or tensor is None
+            or tensor.size > _SMALL_INITIALIZER_ELEMENTS
+        ):
+            continue
+        if tensor.dtype == ir.DataType.STRING:
+            continue
+        array = tensor.numpy()
+        key = (tensor.dtype, tuple(tensor.shape.numpy()), array.tobytes())
+        keeper = kept.setdefault(key, value)
+        if keeper is value:
+            continue
+        value.replace_all_uses_with(keeper)
+        del graph.initializers[value.name]
+        merged = True
+    return merged
 
 
 def _from_outer_scope(value: ir.Value, graph: ir.Graph) -> bool:

@@ -273,3 +273,33 @@ def test_remove_dead_nodes_deletes_initializers_read_only_inside_a_deleted_node(
     assert modified
     inputs = {"n": np.array(2), "c": np.array(True), "x": np.arange(2, dtype=np.float32)}
     assert_same_outputs(model, after, inputs)
+
+
+def test_computations_reading_equal_small_initializers_are_merged():
+    # The dynamo exporter writes a scalar per use: Range(0, n, 1) twice reads two 0s and two 1s. onnx-ir's CSE
+    # compares inputs by identity; they were merged only by a second run, after deduplicate-initializers.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (int64 n) => (int64[M] y) <int64 start_a = {0}, int64 step_a = {1}, int64 start_b = {0}, int64 step_b = {1}> {
+          a = Range(start_a, n, step_a)
+          b = Range(start_b, n, step_b)
+          y = Add(a, b)
+        }""")
+    after = EliminateCommonSubexpressionsPass()(model.clone()).model
+    assert op_types(after) == ["Range", "Add"]
+    assert sorted(after.graph.initializers) == ["start_a", "step_a"]
+    assert_same_outputs(model, after, {"n": np.array(5, np.int64)})
+
+
+def test_an_initializer_that_is_a_graph_input_is_not_merged_with_an_equal_one():
+    # A graph input's initializer is a default a caller may override.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[2] x, float[2] bias) => (float[2] y) <float[2] bias = {1.0, 2.0}, float[2] fixed = {1.0, 2.0}> {
+          a = Add(x, bias)
+          b = Add(x, fixed)
+          y = Mul(a, b)
+        }""")
+    after = EliminateCommonSubexpressionsPass()(model.clone()).model
+    assert op_types(after) == ["Add", "Add", "Mul"]
+    assert sorted(after.graph.initializers) == ["bias", "fixed"]
