@@ -19,6 +19,12 @@ trusts that merge, takes it out on a second run once pack-qkv's Attention reads 
 (verification rolls the second run's simplify-shapes back; under --no-verify it stays). Not a regression of
 these commits; it is why the fixed point holds only with verification. Reproduction:
 /tmp/rev_idem/second_run_undoes_expand.py noverify.
+
+The same-named-dims trust is older than these commits: on llama_kv_legacy a second default run (fold-constants,
+simplify-shapes) makes the Expand of ``position_ids`` the rotary fusion wrote a no-op, reading ``position_ids
+[batch, sequence]`` as batch-sized because ``input_ids`` names its dim ``batch`` too; ``position_ids [1, S]``
+with batch 2, which the original broadcasts, is then refused by RotaryEmbedding. Reported verified.
+Reproduction: /tmp/rev_idem/position_ids_one_row.py.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.api import optimize
+from optimizer.inputs import make_inputs
 from passes.fusion.attention import AttentionFusion
 from passes.shape_simplification import ShapeSimplificationPass
-from tests.helpers import assert_same_outputs
+from tests.helpers import FIXTURES, assert_same_outputs
 from tests.passes.fusion._attention_graphs import attention_model, model_inputs
 
 
@@ -151,3 +158,19 @@ def test_simplify_shapes_keeps_the_expand_of_mask_rows_only_merged_with_the_quer
     feeds = model_inputs(model)
     for rows in (feeds["x"].shape[1], 1):
         assert_same_outputs(model, simplified, {**feeds, "rows_count": np.array(rows, np.int64)}, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a second run's simplify-shapes (and fold-constants) reads position_ids [batch, sequence] as batch-sized "
+    "because input_ids' dim has the same name, and drops the Expand the first run's rotary fusion wrote: "
+    "position_ids [1, S] with batch 2, which the original broadcasts, is refused by RotaryEmbedding (verified)",
+)
+def test_a_second_run_keeps_the_broadcast_of_one_row_position_ids():
+    model = ir.load(FIXTURES / "llama_kv_legacy.onnx")
+    once = optimize(model)
+    twice = optimize(once, passes=["simplify-shapes"])
+    feeds = make_inputs(model, {"batch": 2, "sequence": 3, "past_sequence": 4, "total_sequence": 7})
+    feeds["position_ids"] = feeds["position_ids"][:1]
+    assert_same_outputs(model, once, feeds, rtol=1e-4, atol=1e-5)
+    assert_same_outputs(model, twice, feeds, rtol=1e-4, atol=1e-5)
