@@ -24,7 +24,9 @@ The same-named-dims trust is older than these commits: on llama_kv_legacy a seco
 simplify-shapes) makes the Expand of ``position_ids`` the rotary fusion wrote a no-op, reading ``position_ids
 [batch, sequence]`` as batch-sized because ``input_ids`` names its dim ``batch`` too; ``position_ids [1, S]``
 with batch 2, which the original broadcasts, is then refused by RotaryEmbedding. Reported verified.
-Reproduction: /tmp/rev_idem/position_ids_one_row.py.
+Reproduction: /tmp/rev_idem/position_ids_one_row.py. ONNX's inference path of fuse-attention trusts shared
+dim names the same way: a ``mask_bias`` input declared ``[B, 1, S, S]`` (``S`` also x's) is fused without an
+Expand and a ``[B, 1, 1, S]`` mask is refused (the last test here).
 """
 
 from __future__ import annotations
@@ -174,3 +176,22 @@ def test_a_second_run_keeps_the_broadcast_of_one_row_position_ids():
     feeds["position_ids"] = feeds["position_ids"][:1]
     assert_same_outputs(model, once, feeds, rtol=1e-4, atol=1e-5)
     assert_same_outputs(model, twice, feeds, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="older than dbdbd93: ONNX's inference path trusts a mask input declared [B, 1, S, S] (S also x's "
+    "dim name) as full-size; a [B, 1, 1, S] mask, which the original broadcasts, is refused by the fused op",
+)
+def test_a_mask_input_declared_full_size_by_shared_dim_names_keeps_its_expand():
+    proto = ir.to_proto(attention_model(mask="bias"))
+    (mask,) = [value for value in proto.graph.input if value.name == "mask_bias"]
+    rows = mask.type.tensor_type.shape.dim[2]
+    rows.ClearField("dim_value")
+    rows.dim_param = "S"
+    model = ir.from_proto(proto)
+    after = AttentionFusion()(model.clone()).model
+    feeds = model_inputs(model)
+    batch, length = feeds["x"].shape[:2]
+    feeds["mask_bias"] = np.zeros((batch, 1, 1, length), np.float32)
+    assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
