@@ -326,7 +326,9 @@ def _symbolic_shape_inference_class() -> type | None:
 
 
 def _shapes_only_proto(model: ir.Model) -> onnx.ModelProto:
-    """The model as a proto for shape inference: Constants lifted, large weights turned into inputs.
+    """The model as a proto for shape inference: Constants lifted, large weights turned into inputs, and the
+    defaults of overridable inputs (initializers that are also graph inputs) left out, so only their declared
+    shapes are read.
 
     The tool cannot read Constant nodes with ``value_ints``-style attributes, and it
     needs only the shapes of weights: dropping their bytes before serializing keeps
@@ -346,7 +348,10 @@ def _shapes_only_proto(model: ir.Model) -> onnx.ModelProto:
         graph.inputs,
         graph.outputs,
         nodes=graph,
-        initializers=[value for value in graph.initializers.values() if id(value) not in hidden],
+        # An initializer that is also a graph input is a default a caller may override: its value proves nothing.
+        initializers=[
+            value for value in graph.initializers.values() if id(value) not in hidden and not value.is_graph_input()
+        ],
         opset_imports=graph.opset_imports,
         name=graph.name,
     )

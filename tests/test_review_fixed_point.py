@@ -118,12 +118,10 @@ def test_a_mask_sized_by_a_same_named_dim_of_another_input_keeps_its_expand():
         assert_same_outputs(model, after, inputs, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dbdbd93: ORT's symbolic inference reads an overridable default (an initializer that is also a graph "
-    "input) by its value; mask rows it counts lose their Expand and a caller's own count of 1 is refused",
-)
 def test_mask_rows_counted_by_an_overridable_default_keep_their_expand():
+    """Review finding (fixed since): ORT's symbolic inference read an overridable default (an initializer that
+    is also a graph input) by its value; mask rows it counts lost their Expand and a caller's own count of 1
+    was refused."""
     feeds = model_inputs(_causal_mask_from_a_second_input())
     length = feeds["x"].shape[1]
     model = _mask_rows_counted_by_an_overridable_default(length)
