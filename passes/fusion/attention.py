@@ -48,8 +48,9 @@ spelling of it:
   ``fuse-group-query-attention``, whose op takes ``softcap`` (scale, cap, then the bias: the
   order Hugging Face's Gemma 2 eager attention computes).
 - Output: Transposes composing to ``(0, 2, 1, 3)`` and a Reshape merging the last two
-  axes are replaced by the op's 3-D output; otherwise the output is split back into
-  ``[B, N, S, dv]``.
+  axes are replaced by the op's 3-D output; a Reshape flattening batch and sequence too
+  (``[-1, N*dv]``, ``[B*S, N*dv]``: GPT-2's Conv1D ``Gemm`` input) by the same flatten of
+  that output; otherwise the output is split back into ``[B, N, S, dv]``.
 - Shapes the exporter did not record (legacy exports record none) are inferred for the
   match and taken back afterwards (``_inferred_shapes``), so a refused graph is left as it
   was and a fused one gains no shapes but its rewrite's.
@@ -766,13 +767,15 @@ def _attention_bias(
     return cache[cache_key]
 
 
-def _merged_output(match: _Attention, known: list[int | None]) -> ir.Value | None:
-    """The ``[B, S, N*dv]`` value the graph builds from the attention output, if it does.
+def _merged_output(match: _Attention, known: list[int | None]) -> tuple[ir.Value, ir.Value, list[int] | None] | None:
+    """Where the graph merges the attention output's heads: ``(merged, per_token, flat)``, or None.
 
-    Follows single users through Transposes composing to ``(0, 2, 1, 3)`` and Reshapes
-    that keep the shape, to a Reshape merging the last two axes that keeps batch and
-    sequence (0, -1, a shape read from the tensor or the static size). ``known`` gives the
-    static ``[B, N, S, dv]`` sizes the output's shape may not carry.
+    Follows single users through Transposes composing to ``(0, 2, 1, 3)`` (to ``per_token``,
+    ``[B, S, N, dv]``) and Reshapes that keep the shape, to a Reshape merging the last two
+    axes that keeps batch and sequence (0, -1, a shape read from the tensor or the static
+    size; ``flat`` is None), or one flattening batch and sequence too into ``[B*S, N*dv]``
+    (GPT-2's Conv1D ``Gemm`` reads 2-D; ``flat`` is that target, see ``_flattens_heads``).
+    ``known`` gives the static ``[B, N, S, dv]`` sizes the output's shape may not carry.
     """
     value, order = match.output, IDENTITY
     for _ in range(8):
@@ -790,7 +793,12 @@ def _merged_output(match: _Attention, known: list[int | None]) -> ir.Value | Non
         if keeps_shape(user, tuple(known)):
             value = user.outputs[0]
             continue
-        return user.outputs[0] if order == _TO_HEADS and _merges_heads(user, known) else None
+        if order != _TO_HEADS:
+            return None
+        if _merges_heads(user, known):
+            return user.outputs[0], value, None
+        flat = _flattens_heads(user, known)
+        return (user.outputs[0], value, flat) if flat is not None else None
     return None
 
 
@@ -809,6 +817,27 @@ def _merges_heads(reshape: ir.Node, known: list[int | None]) -> bool:
     if tokens[2] == -1:
         return all(kept)
     return tokens[2] == width and sum(kept) + tokens[:2].count(-1) == 2
+
+
+def _flattens_heads(reshape: ir.Node, known: list[int | None]) -> list[int] | None:
+    """The target if ``reshape`` turns ``[B, S, N, dv]`` into ``[B*S, N*dv]``, else None.
+
+    The target is constant: ``[-1, N*dv]``, ``[B*S, N*dv]`` or ``[B*S, -1]``, with ``N*dv``
+    (and ``B*S`` where it is written) the static sizes. The same target on the op's
+    ``[B, S, N*dv]`` output gives the same tensor: the elements are in the same order.
+    """
+    tokens = shape_tokens(reshape.inputs[1])
+    if tokens is None or len(tokens) != 2 or not all(isinstance(t, int) and (t > 0 or t == -1) for t in tokens):
+        return None
+    data = reshape.inputs[0]
+    sizes = [static_dim(data, axis) or known[axis] for axis in range(4)]
+    rows = sizes[0] * sizes[1] if None not in sizes[:2] else None
+    width = sizes[2] * sizes[3] if None not in sizes[2:] else None
+    if tokens[0] == -1:
+        return tokens if width is not None and tokens[1] == width else None
+    if rows is None or tokens[0] != rows:
+        return None
+    return tokens if tokens[1] == -1 or tokens[1] == width else None
 
 
 def _output_dims(match: _Attention, query: ir.Value, num_heads: int) -> list[int | None]:
@@ -847,10 +876,21 @@ def _build(build: _Builder, match: _Attention, num_heads: int, cache: dict) -> t
     bias = _attention_bias(build, match, query, key, cache, adapters)
     inputs = [query, key, value] + ([None, None, bias] if bias is not None else [])
     fused = build.node("MultiHeadAttention", inputs, domain=MS_DOMAIN, num_heads=num_heads, scale=match.scale)
-    merged = _merged_output(match, _output_dims(match, query, num_heads))
-    if merged is not None:
-        fused.shape, fused.type = merged.shape, merged.type
-        return adapters, merged, fused
+    found = _merged_output(match, _output_dims(match, query, num_heads))
+    if found is not None:
+        merged, per_token, flat = found
+        if flat is None:
+            fused.shape, fused.type = merged.shape, merged.type
+            return adapters, merged, fused
+        # The graph's own flatten to [B*S, N*dv], now of the op's [B, S, N*dv] output.
+        fused.type = merged.type
+        if per_token.shape is not None and per_token.shape.rank() == 4:
+            dims = list(per_token.shape)
+            inner = dims[2] * dims[3] if all(isinstance(d, int) for d in dims[2:]) else None
+            fused.shape = ir.Shape([dims[0], dims[1], inner])
+        flattened = build.node("Reshape", [fused, build.ints("flatten_heads", flat)])
+        flattened.shape, flattened.type = merged.shape, merged.type
+        return adapters, merged, flattened
     split = build.node("Reshape", [fused, build.ints("split_heads", [0, 0, num_heads, -1])])
     per_head = build.node("Transpose", [split], perm=list(_TO_HEADS))
     if match.output.is_graph_output():  # it takes the output's place and declaration

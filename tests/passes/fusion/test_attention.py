@@ -11,8 +11,10 @@ from onnx import TensorProto, helper, numpy_helper
 from passes.fusion.attention import AttentionFusion
 from tests.helpers import assert_same_outputs, op_types, run
 from tests.passes.fusion._attention_graphs import (
+    BATCH,
     HEAD_SIZE,
     HEADS,
+    SEQ,
     WINDOW,
     attention_model,
     model_inputs,
@@ -193,6 +195,73 @@ def test_multi_query_attention_by_broadcasting_is_left_alone():
     result = AttentionFusion()(model)
     assert not result.modified
     assert result.refusals == ["1 of 1 Softmax left unfused: the key has 1 heads, the query 2"]
+
+
+def _flattened_output_model(target: list[int], *, static: bool = False) -> ir.Model:
+    """GPT-2's attention (Conv1D projections): the merged heads flattened by ``target`` for the output Gemm.
+
+    ``static`` fixes the input at ``[BATCH, SEQ, HIDDEN]`` (so ``B*S`` is a known size).
+    """
+    proto = ir.to_proto(attention_model(mask=None, projection="conv1d"))
+    graph = proto.graph
+    del graph.value_info[:]
+    merge = next(n for n in graph.node if n.output[0] == "y_out")
+    merge.input[1] = "flat_merge"
+    rng = np.random.default_rng(5)
+    width = target[1] if target[1] > 0 else HEADS * HEAD_SIZE
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(target, np.int64), "flat_merge"),
+            numpy_helper.from_array((rng.standard_normal((width, 3)) * 0.5).astype(np.float32), "w_out"),
+        ]
+    )
+    graph.node.append(helper.make_node("Gemm", ["y_out", "w_out"], ["y"]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
+    if static:
+        for dim, size in zip(graph.input[0].type.tensor_type.shape.dim[:2], (BATCH, SEQ)):
+            dim.dim_value = size
+    model = ir.from_proto(proto)
+    ir.passes.common.ShapeInferencePass()(model)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("target", "static"),
+    [
+        ([-1, HEADS * HEAD_SIZE], False),
+        ([-1, HEADS * HEAD_SIZE], True),
+        ([BATCH * SEQ, HEADS * HEAD_SIZE], True),
+        ([BATCH * SEQ, -1], True),
+    ],
+)
+def test_a_head_merge_that_flattens_batch_and_sequence_is_the_ops_output_flattened(target, static):
+    # GPT-2's Conv1D reads [B*S, N*dv]: the op's [B, S, N*dv] output flattened the same way is that
+    # tensor. It was split back into [B, N, S, d] ahead of the graph's own Transpose + Reshape.
+    model = _flattened_output_model(target, static=static)
+    fusion = AttentionFusion()
+    result = fusion(model.clone())
+    after = result.model
+    assert fusion.fused_count == 1 and result.refusals == []
+    (mha,) = [n for n in after.graph if n.op_type == "MultiHeadAttention"]
+    (flatten,) = [use.node for use in mha.outputs[0].uses()]
+    assert flatten.op_type == "Reshape" and list(flatten.inputs[1].const_value.numpy()) == target
+    assert [use.node.op_type for use in flatten.outputs[0].uses()] == ["Gemm"]
+    assert "Transpose" not in op_types(after)
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", [[-1, HEAD_SIZE], [-1, HEADS * HEAD_SIZE * SEQ]])
+def test_a_2d_reshape_that_does_not_merge_the_heads_gets_the_output_split_back(target):
+    # Rows of one head's d values, or of whole sequences: not [B*S, N*dv]; the fused output goes
+    # back to [B, N, S, d] for the graph's own Transpose and Reshape.
+    model = _flattened_output_model(target)
+    fusion = AttentionFusion()
+    result = fusion(model.clone())
+    after = result.model
+    assert fusion.fused_count == 1
+    assert result.refusals[-1].endswith("the graph does not merge the heads next")
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
 
 
 # -- Every refusal, by a model that triggers it -------------------------------------------------------------
