@@ -1,7 +1,10 @@
 """Review of the lead's fixes cc6f2a4, b48a7ea, 86c9c73, d1c1edc, 5740575 and 6a3deea's Gemm bias rules.
 
-Each test is a hole found in review, marked strict xfail until fixed; its reason says where the fault is.
-Reproduction scripts: /tmp/rev_lead2/ (ir3_ort.py, ir3_quant.py; run with the venv's python).
+Each test is a hole found in review, marked strict xfail until fixed; its reason says where the fault is. None is
+a regression of the reviewed commits: on tests/fixtures (default pipeline, +fuse-gelu, --quantize
+dynamic/static/int4) they change no status, node count or op of 09a1f56's results. Reproduction scripts:
+/tmp/rev_lead2/ (ir3_ort.py, ir3_quant.py, neg_dim_fold.py, neg_dim_expand.py, bias_rank.py; run each with
+PYTHONPATH=<a checkout> and the venv's python).
 """
 
 from __future__ import annotations
