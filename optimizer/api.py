@@ -124,6 +124,7 @@ def optimize_with_report(
     approximate = any(spec.approximate for spec in specs)
     specializes = any(spec.specializes_shapes for spec in specs)
     ir_model, label, input_path = _to_ir(model)
+    unnamed = _unname_negative_dims(ir_model)
     if input_path is not None and output is None:
         raise OutputPathError("optimize(path): give output= for the optimized model")
     refuse_unreadable_data(inputs, "--inputs")
@@ -161,6 +162,12 @@ def optimize_with_report(
     optimized, report = run_pipeline(ir_model, specs, context=context, verifier=verifier, label=label)
     if warning:
         report.warnings.append(warning)
+    if unnamed:
+        shown = ", ".join(f"'{name}'" for name in unnamed[:3]) + (", ..." if len(unnamed) > 3 else "")
+        report.warnings.append(
+            f"dims declared -1 (any size, as Paddle and tf2onnx write it; {shown}) are read and written as unnamed "
+            "dims: ONNX's inference would take -1 for a size"
+        )
     report.warnings.extend(notes)
     if overridable := [v.name for v in ir_model.graph.inputs if v.const_value is not None]:
         shown = ", ".join(f"'{name}'" for name in overridable[:3]) + (", ..." if len(overridable) > 3 else "")
@@ -181,6 +188,26 @@ def optimize_with_report(
     if isinstance(model, onnx.ModelProto):
         return ir.to_proto(optimized), report
     return optimized, report
+
+
+def _unname_negative_dims(model: ir.Model) -> list[str]:
+    """Make every dim declared negative in ``model`` (-1: "any size" to Paddle, tf2onnx and ONNX Runtime, which
+    takes any size there) an unnamed dim; return the names of the values so declared.
+
+    ONNX's shape inference and data propagation read -1 as a size: ``Shape(a)`` of an ``a`` declared ``[-1, 4]``
+    folds to the constant ``[-1, 4]``, and an ``Expand(b, Shape(a))`` of a ``b`` declared alike becomes a no-op
+    that generated inputs, equal in every -1 dim, cannot tell from the original."""
+    changed: list[str] = []
+    for graph in model_graphs(model):
+        body = graph.graph if isinstance(graph, ir.Function) else graph
+        values = [*body.inputs, *body.outputs, *(out for node in body for out in node.outputs)]
+        for value in dict.fromkeys(values):
+            shape = value.shape
+            if shape is None or not any(isinstance(dim, int) and dim < 0 for dim in shape):
+                continue
+            value.shape = ir.Shape([None if isinstance(dim, int) and dim < 0 else dim for dim in shape])
+            changed.append(value.name or "(unnamed)")
+    return changed
 
 
 def _own_constant_tensors(model: ir.Model) -> ir.Model:

@@ -142,7 +142,8 @@ def feeds_graph_output(layer: Layer) -> bool:
 def bias_add(layer: Layer) -> tuple[np.ndarray, ir.Node, int] | None:
     """The bias Add after a MatMul: ``(bias vector [N], the Add node, the bias operand's index)``, or None.
 
-    Only when the Add is the MatMul's one user and adds a constant of N values.
+    Only when the Add is the MatMul's one user and adds a constant of N values, along the last axis, of no more
+    dims than the product has.
     """
     output = layer.node.outputs[0]
     users = list(output.uses())
@@ -154,6 +155,10 @@ def bias_add(layer: Layer) -> tuple[np.ndarray, ir.Node, int] | None:
     bias = constant_array(add.inputs[index])
     columns = layer.weight.shape[1]
     if bias is None or bias.dtype != np.float32 or bias.size != columns or bias.shape[-1:] != (columns,):
+        return None
+    # A bias of more dims than the product adds them to the output ([N] @ W + [1, N] is [1, N]); written as the
+    # kernel's [N] bias they would be lost. The product has the input's rank (a 2-D weight), where it is known.
+    if bias.ndim > 1 and (layer.activation.shape is None or layer.activation.shape.rank() < bias.ndim):
         return None
     return bias.reshape(-1), add, index
 

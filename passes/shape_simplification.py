@@ -236,6 +236,7 @@ def _symbolic_shapes(model: ir.Model, merged: set[str] | None = None) -> dict[st
     if SymbolicShapeInference is None:
         return "onnxruntime's symbolic shape inference is not installed"
     proto = _shapes_only_proto(model)
+    _name_unnamed_input_dims(proto.graph)
     inputs = {
         dim.dim_param
         for value in proto.graph.input
@@ -271,6 +272,23 @@ def _symbolic_shapes(model: ir.Model, merged: set[str] | None = None) -> dict[st
             for dim in tensor_type.shape.dim
         )
     return shapes
+
+
+def _name_unnamed_input_dims(graph: onnx.GraphProto) -> None:
+    """Give each graph input's dim that has no size and no name (or a negative size: -1, "any") a name of its own.
+
+    ORT's inference names such a dim itself, after the inputs are read: a broadcast of two of them (an
+    ``Expand(b, Shape(a))`` of ``a``, ``b`` declared ``[?, 4]``) would then be merged without being counted
+    among the input dims' unproven merges, and the Expand read as a no-op.
+    """
+    for index, value in enumerate(graph.input):
+        if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+            continue
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.dim_param or (dim.HasField("dim_value") and dim.dim_value >= 0):
+                continue
+            dim.Clear()
+            dim.dim_param = f"graphopt_unnamed_{index}_{axis}"
 
 
 def _broadcast_recording(base: type) -> type:

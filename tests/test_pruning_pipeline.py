@@ -26,9 +26,8 @@ def test_exported_models_prune_and_still_run(name):
     assert "prune-ffn" not in records and "prune-heads" not in records  # both flags: one combined cut
     record = records["prune-ffn-heads"]
     assert record.status == "applied", record.detail
-    # heads: every fused attention except GPT-2 dynamo's (its output is re-split into heads
-    # and merged again before the projection) and Llama legacy's (a per-head attention_bias)
-    expect_heads = name not in ("gpt2_dynamo", "llama_legacy")
+    # heads: every fused attention except Llama legacy's (a per-head attention_bias)
+    expect_heads = name != "llama_legacy"
     kinds = next(note for note in record.notes if note.startswith("kept per group"))
     assert kinds.startswith("kept per group (heads/neurons)" if expect_heads else "kept per group (neurons)"), kinds
     unpruned, _ = optimize_with_report(model)  # fusion adds tables (rotary caches): compare like with like

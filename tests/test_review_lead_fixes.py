@@ -97,15 +97,14 @@ def _shape_of_a_product_of_an_any_sized_input(op: str) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=opsets, ir_version=8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cc6f2a4 names a graph input's dim declared -1 afresh in fuse-gelu only: fold-constants still takes "
-    "it as the size -1 (ONNX's inference for MatMul, 09a1f56 and before; b732602's stand-ins for FusedMatMul) and "
-    "folds Shape(a @ W) to [-1, 8] where ONNX Runtime gives [3, 8]: wrong under --no-verify, and with "
-    "verification the whole fold-constants pass is rolled back (every other fold of the model lost)",
-)
 @pytest.mark.parametrize("op", ["MatMul", "FusedMatMul"])
 def test_fold_constants_does_not_fold_an_any_sized_input_dim_as_minus_one(op):
+    """Review finding (fixed since): cc6f2a4 names a graph input's dim declared -1 afresh in fuse-gelu only:
+    fold-constants still takes it as the size -1 (ONNX's inference for MatMul, 09a1f56 and before; b732602's
+    stand-ins for FusedMatMul) and folds Shape(a @ W) to [-1, 8] where ONNX Runtime gives [3, 8]: wrong
+    under --no-verify, and with verification the whole fold-constants pass is rolled back (every other fold
+    of the model lost)
+    """
     model = _shape_of_a_product_of_an_any_sized_input(op)
     result, _ = optimize_with_report(model, passes=["fold-constants"], verify=False)
     feed = {"a": np.ones((3, 4), np.float32)}
@@ -113,14 +112,13 @@ def test_fold_constants_does_not_fold_an_any_sized_input_dim_as_minus_one(op):
     np.testing.assert_array_equal(session.run(["s"], feed)[0], [3, 8])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="as above, and verified: fold-constants folds Shape(a) of an a declared [-1, 4] to the constant "
-    "[-1, 4], then drops Expand(b, [-1, 4]) with b also declared [-1, 4] as a no-op; a feed a [3, 4], b [1, 4] "
-    "gives [1, 4] where the original gives [3, 4]. Verification feeds every -1 dim the same size (no second "
-    "binding: -1 is no named dim), so the default pipeline reports it verified (09a1f56 and before)",
-)
 def test_default_pipeline_keeps_an_expand_to_an_any_sized_input_s_shape():
+    """Review finding (fixed since): as above, and verified: fold-constants folds Shape(a) of an a declared
+    [-1, 4] to the constant [-1, 4], then drops Expand(b, [-1, 4]) with b also declared [-1, 4] as a no-op;
+    a feed a [3, 4], b [1, 4] gives [1, 4] where the original gives [3, 4]. Verification feeds every -1 dim
+    the same size (no second binding: -1 is no named dim), so the default pipeline reports it verified
+    (09a1f56 and before)
+    """
     graph = helper.make_graph(
         [
             helper.make_node("Shape", ["a"], ["sa"]),
@@ -141,15 +139,14 @@ def test_default_pipeline_keeps_an_expand_to_an_any_sized_input_s_shape():
     assert session.run(None, feed)[0].shape == (3, 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="passes/_layers.bias_add takes an Add of a [1, N] constant after MatMul(x, W) as an [N] bias whatever "
-    "x's rank; with x 1-D the original's output is [1, N] (the Add broadcasts a dim in), and every quantizer "
-    "writes an [N] bias: the output becomes [N] under --no-verify (verification rolls the pass back, with a "
-    "'differs from its twin' detail). Older than the reviewed commits (09a1f56 does the same)",
-)
 @pytest.mark.parametrize("quantize", ["dynamic", "static", "int4"])
 def test_quantization_keeps_the_rank_a_row_bias_adds_to_a_vector_product(quantize):
+    """Review finding (fixed since): passes/_layers.bias_add takes an Add of a [1, N] constant after MatMul(x,
+    W) as an [N] bias whatever x's rank; with x 1-D the original's output is [1, N] (the Add broadcasts a
+    dim in), and every quantizer writes an [N] bias: the output becomes [N] under --no-verify (verification
+    rolls the pass back, with a 'differs from its twin' detail). Older than the reviewed commits (09a1f56
+    does the same)
+    """
     k, n = 64, 32
     rng = np.random.default_rng(0)
     initializers = [
