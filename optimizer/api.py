@@ -40,6 +40,7 @@ from optimizer.model_io import (
     check_ir_external_data,
     check_model_proto,
     check_paths,
+    constants_of_old_ir,
     external_data_files,
     import_contrib_domain,
     lacks_contrib_import,
@@ -123,7 +124,8 @@ def optimize_with_report(
     specs = refuse_conflicts(passes, options, inputs is not None, calibration is not None)
     approximate = any(spec.approximate for spec in specs)
     specializes = any(spec.specializes_shapes for spec in specs)
-    ir_model, label, input_path = _to_ir(model)
+    loaded: list[str] = []
+    ir_model, label, input_path = _to_ir(model, warnings=loaded)
     unnamed = _unname_negative_dims(ir_model)
     if input_path is not None and output is None:
         raise OutputPathError("optimize(path): give output= for the optimized model")
@@ -162,6 +164,7 @@ def optimize_with_report(
     optimized, report = run_pipeline(ir_model, specs, context=context, verifier=verifier, label=label)
     if warning:
         report.warnings.append(warning)
+    report.warnings.extend(loaded)
     if unnamed:
         shown = ", ".join(f"'{name}'" for name in unnamed[:3]) + (", ..." if len(unnamed) > 3 else "")
         report.warnings.append(
@@ -239,8 +242,10 @@ def _pass_names(passes: Sequence[str] | str | None) -> list[str] | None:
     return list(passes)
 
 
-def _to_ir(model: object) -> tuple[ir.Model, str, Path | None]:
-    # External data is checked before anything reads it, on every way in (see optimizer.model_io).
+def _to_ir(model: object, *, warnings: list[str] | None = None) -> tuple[ir.Model, str, Path | None]:
+    # External data is checked before anything reads it, on every way in (see optimizer.model_io), and an
+    # IR < 4 model's initializers are taken off its inputs (constants_of_old_ir), each warning added to warnings.
+    warnings = [] if warnings is None else warnings
     if isinstance(model, ir.Model):
         check_ir_external_data(model, "model")
         if external_data_files(model):
@@ -253,6 +258,8 @@ def _to_ir(model: object) -> tuple[ir.Model, str, Path | None]:
         # A clone shares its tensors with the caller's model, and lifting a Constant names its tensor:
         # the Constants get tensors of their own, so the caller's model stays as it was.
         model = _own_constant_tensors(model.clone())
+        if warning := constants_of_old_ir(model):
+            warnings.append(warning)
         return model, model.graph.name or "model", None
     if isinstance(model, onnx.ModelProto):
         # A proto's external data is where onnx-ir reads it: relative to the working directory.
@@ -264,10 +271,12 @@ def _to_ir(model: object) -> tuple[ir.Model, str, Path | None]:
         copy.CopyFrom(model)
         converted = ir.from_proto(copy)
         import_contrib_domain(converted)
+        if warning := constants_of_old_ir(converted):
+            warnings.append(warning)
         return converted, model.graph.name or "model", None
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        return load_model(path), path.name, path
+        return load_model(path, warnings=warnings), path.name, path
     raise TypeError(f"optimize() takes a path, onnx.ModelProto or onnx_ir.Model, not {type(model).__name__}")
 
 

@@ -72,14 +72,16 @@ PAUSE_ENV = "GRAPHOPT_TEST_PAUSE_AT"
 _PROTO_READ_ERRORS = (OSError, google.protobuf.message.DecodeError, RuntimeError, ValueError)
 
 
-def load_model(path: str | os.PathLike) -> ir.Model:
+def load_model(path: str | os.PathLike, *, warnings: list[str] | None = None) -> ir.Model:
     """Load an ONNX file into onnx-ir after validating it.
 
     External data is memory-mapped from beside the file, so models over 2 GB load
     without copying their weights. Raises a ``GraphoptError`` subclass with a
     one-line message for a missing, empty, non-ONNX or truncated file, external data
     outside the model's folder, missing or too short, an opset or domain we cannot
-    check, or a checker failure.
+    check, or a checker failure. A model of IR version < 4 has its initializers taken
+    off its graph inputs (see ``constants_of_old_ir``); the line that says so is
+    appended to ``warnings`` when given.
     """
     path = Path(path)
     if not path.exists():
@@ -103,7 +105,41 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     import_contrib_domain(model)
     ir.external_data.set_base_dir(model.graph, path.parent.absolute())
     anchor_external_data(model)
+    if (warning := constants_of_old_ir(model)) and warnings is not None:
+        warnings.append(warning)
     return model
+
+
+# The first IR version whose initializers may be left off the graph inputs (and whose initializers that are
+# graph inputs are defaults a caller may override, as ONNX Runtime reads them).
+_CONSTANT_INITIALIZERS_IR_VERSION = 4
+
+
+def constants_of_old_ir(model: ir.Model) -> str | None:
+    """Take an IR < 4 ``model``'s initializers off its graph inputs and make it IR version 4; return a warning.
+
+    In place. Under IR < 4 ONNX required every initializer to be listed as a graph input too, and ONNX Runtime
+    (1.32's ``Graph::CanOverrideInitializer`` is ``ir_version >= 4``) reads them as constants: no caller may feed
+    one ("Invalid input name"). Read as IR 4 reads them, each would be a default a caller may override, and
+    nothing that reads one would fold or quantize; left off the inputs at IR 4, the model computes the same in
+    ONNX Runtime, and onnx's checker accepts it at any opset. Only the main graph's inputs are read (a
+    subgraph's inputs are bound by its node). Returns None, changing nothing, for IR 4 and later or a model
+    with no initializer among its inputs.
+    """
+    if model.ir_version >= _CONSTANT_INITIALIZERS_IR_VERSION:
+        return None
+    graph = model.graph
+    constants = [value for value in graph.inputs if value.name in graph.initializers]
+    if not constants:
+        return None
+    for value in constants:
+        graph.inputs.remove(value)
+    old = model.ir_version
+    model.ir_version = _CONSTANT_INITIALIZERS_IR_VERSION
+    return (
+        f"IR version {old}: its {len(constants)} initializers listed as inputs are constants, as ONNX Runtime "
+        f"reads them; written as IR version {_CONSTANT_INITIALIZERS_IR_VERSION}"
+    )
 
 
 def check_model_proto(proto: onnx.ModelProto, label: str) -> None:

@@ -52,24 +52,11 @@ def test_onnx_runtime_takes_an_old_ir_model_s_initializers_as_constants():
         session.run(None, {"x": x, "a": np.zeros(32, np.float32)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="passes/_utils.constant_array (and overridable_inputs_hidden, _inferred_shapes, simplify-shapes' "
-    "_shapes_only_proto since 86c9c73) read every initializer that is also a graph input as a default a caller "
-    "may override, whatever the model's IR version; under IR < 4 ONNX Runtime does not let a caller feed them, "
-    "so an old-IR model's weights are all 'not a constant': Add(a, b) stays unfolded and the report warns of "
-    "overridable inputs 'as to ONNX Runtime' (older than the reviewed commits)",
-)
 def test_fold_constants_folds_an_old_ir_model_s_constant_arithmetic():
     result, _ = optimize_with_report(_old_ir_model(3), passes=["fold-constants"])
     assert sum(node.op_type == "Add" for node in result.graph.node) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="as above: --quantize dynamic leaves an IR 3 model's MatMul float ('weight is not a constant'), where "
-    "the same model at IR 8 (initializers not listed as inputs) is quantized; ONNX Runtime treats both alike",
-)
 def test_dynamic_quantization_quantizes_an_old_ir_model_s_matmul():
     ops = {}
     for ir_version in (8, 3):
