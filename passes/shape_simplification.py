@@ -119,6 +119,8 @@ def _reshape_target(node: ir.Node, shapes: dict[str, tuple[Symbol, ...]]) -> lis
         symbol = _symbol_of(element, shapes)
         if isinstance(symbol, int):
             target.append(symbol)
+        elif _own_dim(element, node, position):
+            target.append(0)  # Shape(data)[position]: a copy by the graph's structure, whatever the symbols
         elif symbol is not None and position < len(data_shape) and data_shape[position] == symbol:
             target.append(0)
         else:
@@ -145,11 +147,18 @@ def _expand_target(node: ir.Node, shapes: dict[str, tuple[Symbol, ...]]) -> list
         symbol = _symbol_of(element, shapes)
         if isinstance(symbol, int):
             target.append(symbol)
+        elif position >= offset and _own_dim(element, node, position - offset):
+            target.append(1)
         elif symbol is not None and position >= offset and data_shape[position - offset] == symbol:
             target.append(1)
         else:
             return None
     return target
+
+
+def _own_dim(element: Element, node: ir.Node, axis: int) -> bool:
+    """Whether ``element`` is ``Shape(data)[axis]`` of ``node``'s own data input: no symbol needs comparing."""
+    return isinstance(element, _DimOf) and element.value is node.inputs[0] and element.axis == axis
 
 
 def _symbol_of(element: Element, shapes: dict[str, tuple[Symbol, ...]]) -> Symbol:
