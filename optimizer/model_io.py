@@ -122,18 +122,23 @@ def constants_of_old_ir(model: ir.Model) -> str | None:
     (1.32's ``Graph::CanOverrideInitializer`` is ``ir_version >= 4``) reads them as constants: no caller may feed
     one ("Invalid input name"). Read as IR 4 reads them, each would be a default a caller may override, and
     nothing that reads one would fold or quantize; left off the inputs at IR 4, the model computes the same in
-    ONNX Runtime, and onnx's checker accepts it at any opset. Only the main graph's inputs are read (a
-    subgraph's inputs are bound by its node). Returns None, changing nothing, for IR 4 and later or a model
-    with no initializer among its inputs.
+    ONNX Runtime, and onnx's checker accepts it at any opset. The rule held for subgraphs too (a Loop body's or
+    If branch's initializers listed among its inputs, past those its node binds): they come off as well, or
+    the IR 4 file fails onnx's full check. Returns None, changing nothing, for IR 4 and later or a model with
+    no initializer among its inputs.
     """
     if model.ir_version >= _CONSTANT_INITIALIZERS_IR_VERSION:
         return None
-    graph = model.graph
-    constants = [value for value in graph.inputs if value.name in graph.initializers]
+    constants = []
+    for graph in model_graphs(model):
+        if not isinstance(graph, ir.Graph):
+            continue  # a function holds no initializers
+        listed = [value for value in graph.inputs if value.name in graph.initializers]
+        for value in listed:
+            graph.inputs.remove(value)
+        constants += listed
     if not constants:
         return None
-    for value in constants:
-        graph.inputs.remove(value)
     old = model.ir_version
     model.ir_version = _CONSTANT_INITIALIZERS_IR_VERSION
     return (

@@ -82,12 +82,10 @@ def _loop_with_body_initializer() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="b3c1197 takes only the main graph's initializers off its inputs: an IR-3 Loop body keeps its initializer "
-    "as a body input and the IR-4 file fails onnx's full check (Graph has 4 inputs but 3 were provided)",
-)
 def test_an_old_ir_loop_body_initializer_leaves_a_model_onnx_accepts(tmp_path):
+    """Review finding (fixed since): b3c1197 took only the main graph's initializers off its inputs: an IR-3 Loop
+    body kept its initializer as a body input and the IR-4 file failed onnx's full check (Graph has 4 inputs but
+    3 were provided)."""
     path, output = tmp_path / "loop.onnx", tmp_path / "out.onnx"
     original = _loop_with_body_initializer()
     onnx.checker.check_model(original, full_check=True)
