@@ -32,7 +32,6 @@ Expand and a ``[B, 1, 1, S]`` mask is refused (the last test here).
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
@@ -43,50 +42,19 @@ from optimizer.inputs import make_inputs
 from passes.fusion.attention import AttentionFusion
 from passes.shape_simplification import ShapeSimplificationPass
 from tests.helpers import FIXTURES, assert_same_outputs
-from tests.passes.fusion._attention_graphs import attention_model, model_inputs
-
-
-def _range_causal_mask(length_of: str) -> onnx.ModelProto:
-    """``attention_model``'s block with a Range-built causal mask ``[L, L]``, L = Shape(length_of)[1]."""
-    proto = ir.to_proto(attention_model(mask="bias"))
-    graph = proto.graph
-    del graph.input[1]  # mask_bias, computed below
-    del graph.value_info[:]
-    consts = {
-        "zero_i": np.array(0, np.int64),
-        "one_i": np.array(1, np.int64),
-        "seq_axis": np.array(1, np.int64),
-        "cols_axes": np.array([0, 1, 2], np.int64),
-        "rows_axes": np.array([0, 1, 3], np.int64),
-        "open": np.array(0, np.float32),
-        "closed": np.array(-1e9, np.float32),
-    }
-    graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in consts.items())
-    mask_nodes = [
-        helper.make_node("Shape", [length_of], ["mask_shape"]),
-        helper.make_node("Gather", ["mask_shape", "seq_axis"], ["length"], axis=0),
-        helper.make_node("Range", ["zero_i", "length", "one_i"], ["positions"]),
-        helper.make_node("Unsqueeze", ["positions", "cols_axes"], ["cols"]),
-        helper.make_node("Unsqueeze", ["positions", "rows_axes"], ["rows"]),
-        helper.make_node("LessOrEqual", ["cols", "rows"], ["visible"]),
-        helper.make_node("Where", ["visible", "open", "closed"], ["mask_bias"]),
-    ]
-    nodes = mask_nodes + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return proto
+from tests.passes.fusion._attention_graphs import attention_model, model_inputs, range_causal_mask
 
 
 def _causal_mask_from_a_second_input() -> ir.Model:
     """The causal mask's length read from ``attention_mask [B, S]``, declared like ``x [B, S, H]``."""
-    proto = _range_causal_mask("attention_mask")
+    proto = range_causal_mask("attention_mask")
     proto.graph.input.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "S"]))
     return ir.from_proto(proto)
 
 
 def _mask_rows_counted_by_an_overridable_default(rows: int) -> ir.Model:
     """The causal mask's rows ``Range(0, rows_count)``, ``rows_count`` an initializer that is also a graph input."""
-    proto = _range_causal_mask("x")
+    proto = range_causal_mask("x")
     proto.graph.input.append(helper.make_tensor_value_info("rows_count", TensorProto.INT64, []))
     proto.graph.initializer.append(numpy_helper.from_array(np.array(rows, np.int64), "rows_count"))
     (unsqueeze,) = [n for n in proto.graph.node if n.output[0] == "rows"]
@@ -136,7 +104,7 @@ def test_mask_rows_counted_by_an_overridable_default_keep_their_expand():
 
 def _mask_rows_counted_by_an_input() -> ir.Model:
     """The causal mask's rows ``Range(0, rows_count)``, ``rows_count`` a plain graph input (a52e566's case)."""
-    proto = _range_causal_mask("x")
+    proto = range_causal_mask("x")
     proto.graph.input.append(helper.make_tensor_value_info("rows_count", TensorProto.INT64, []))
     (unsqueeze,) = [n for n in proto.graph.node if n.output[0] == "rows"]
     unsqueeze.input[0] = "row_positions"

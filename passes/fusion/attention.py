@@ -633,12 +633,18 @@ def _full_size(dim, along) -> bool:
     """True if a bias dim is known not to broadcast: a static size above 1, or the same named dim as ``along``.
 
     ``along`` is the query's (or key's) length. Another symbol may be 1 at run time and
-    broadcast in the original, which the fused op's ``attention_bias`` does not.
+    broadcast in the original, which the fused op's ``attention_bias`` does not. Symbols are onnx-ir's
+    dims or ORT's symbolic inference's strings; None (unknown) proves nothing.
     """
     if isinstance(dim, int):
         return dim > 1
-    name = getattr(dim, "value", None)
-    return name is not None and name == getattr(along, "value", None)
+    name = dim if isinstance(dim, str) else getattr(dim, "value", None)
+    return name is not None and name == (along if isinstance(along, str) else getattr(along, "value", None))
+
+
+def _full_in_both(trailing: list[list], lengths: list) -> bool:
+    """True if in both of the last two axes (keys, then queries) some mask term is full-size (``_full_size``)."""
+    return all(any(_full_size(t[axis], lengths[axis]) for t in trailing) for axis in (0, 1))
 
 
 class _SymbolicShapes:
@@ -685,11 +691,7 @@ def _full_size_symbolically(match: _Attention, query: ir.Value, key: ir.Value, k
         if shape is None:
             return False
         trailing.append(list(reversed(shape))[:2] + [None] * (2 - min(len(shape), 2)))
-
-    def full(dim, along) -> bool:
-        return dim > 1 if isinstance(dim, int) else dim is not None and dim == along
-
-    return all(any(full(t[axis], lengths[axis]) for t in trailing) for axis in (0, 1))
+    return _full_in_both(trailing, lengths)
 
 
 def _dim_of(value: ir.Value, axis: int):
@@ -755,7 +757,7 @@ def _attention_bias(
     # where any term is.
     key_axis = 1 if rank(key) == 3 else 2
     lengths = [_dim_of(key, key_axis), _dim_of(query, 1)]  # trailing order: keys, then queries
-    if all(any(_full_size(t[axis], lengths[axis]) for t in trailing) for axis in (0, 1)):
+    if _full_in_both(trailing, lengths):
         return total
     if _full_size_symbolically(match, query, key, key_axis, cache[_SYMBOLIC]):
         return total

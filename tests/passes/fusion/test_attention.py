@@ -18,6 +18,7 @@ from tests.passes.fusion._attention_graphs import (
     WINDOW,
     attention_model,
     model_inputs,
+    range_causal_mask,
     variant,
 )
 
@@ -562,39 +563,7 @@ def test_onnx_flexattention_with_different_head_sizes_is_left_alone():
 
 
 def _range_causal_mask_model() -> ir.Model:
-    """``attention_model``'s block with the Llama legacy export's causal mask: ``[1, 1, S, S]`` built from two
-    ``Range(0, Shape(x)[1])``, no intermediate shapes recorded.
-
-    ONNX's shape inference gives each Range's length a fresh symbol, so the mask reads ``[1, 1, ?, ?]``;
-    ORT's symbolic inference follows the arithmetic to ``[1, 1, S, S]``.
-    """
-    proto = ir.to_proto(attention_model(mask="bias"))
-    graph = proto.graph
-    del graph.input[1]  # mask_bias, computed below
-    del graph.value_info[:]
-    consts = {
-        "zero_i": np.array(0, np.int64),
-        "one_i": np.array(1, np.int64),
-        "seq_axis": np.array(1, np.int64),
-        "cols_axes": np.array([0, 1, 2], np.int64),
-        "rows_axes": np.array([0, 1, 3], np.int64),
-        "open": np.array(0, np.float32),
-        "closed": np.array(-1e9, np.float32),
-    }
-    graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in consts.items())
-    mask_nodes = [
-        helper.make_node("Shape", ["x"], ["x_shape"]),
-        helper.make_node("Gather", ["x_shape", "seq_axis"], ["length"], axis=0),
-        helper.make_node("Range", ["zero_i", "length", "one_i"], ["positions"]),
-        helper.make_node("Unsqueeze", ["positions", "cols_axes"], ["cols"]),  # [1, 1, 1, S]: keys
-        helper.make_node("Unsqueeze", ["positions", "rows_axes"], ["rows"]),  # [1, 1, S, 1]: queries
-        helper.make_node("LessOrEqual", ["cols", "rows"], ["visible"]),
-        helper.make_node("Where", ["visible", "open", "closed"], ["mask_bias"]),
-    ]
-    nodes = mask_nodes + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return ir.from_proto(proto)
+    return ir.from_proto(range_causal_mask())
 
 
 def test_a_mask_full_size_only_by_symbolic_inference_is_not_expanded():
