@@ -166,14 +166,14 @@ def optimize_with_report(
         report.warnings.append(warning)
     report.warnings.extend(loaded)
     if unnamed:
-        shown = ", ".join(f"'{name}'" for name in unnamed[:3]) + (", ..." if len(unnamed) > 3 else "")
+        shown = _first_names(unnamed)
         report.warnings.append(
             f"dims declared -1 (any size, as Paddle and tf2onnx write it; {shown}) are read and written as unnamed "
             "dims: ONNX's inference would take -1 for a size"
         )
     report.warnings.extend(notes)
     if overridable := [v.name for v in ir_model.graph.inputs if v.const_value is not None]:
-        shown = ", ".join(f"'{name}'" for name in overridable[:3]) + (", ..." if len(overridable) > 3 else "")
+        shown = _first_names(overridable)
         report.warnings.append(
             f"graph inputs with a default value a caller may override (initializers: {shown}; "
             f"{len(overridable)} in all) are inputs to every pass, as to ONNX Runtime: what reads them is left "
@@ -191,6 +191,11 @@ def optimize_with_report(
     if isinstance(model, onnx.ModelProto):
         return ir.to_proto(optimized), report
     return optimized, report
+
+
+def _first_names(names: list[str]) -> str:
+    """The first three of ``names`` quoted, for a warning; "..." where there are more."""
+    return ", ".join(f"'{name}'" for name in names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def _unname_negative_dims(model: ir.Model) -> list[str]:
