@@ -14,6 +14,7 @@ import onnx_ir.passes.common as common_passes
 from optimizer.domains import is_onnx_domain
 from passes._pass import GraphoptPass
 from passes._utils import remove_dead_nodes
+from passes.initializer_deduplication import deduplicate_initializers
 
 
 class RemoveUnusedPass(GraphoptPass, ir.passes.InPlacePass):
@@ -93,39 +94,13 @@ class EliminateCommonSubexpressionsPass(GraphoptPass, common_passes.CommonSubexp
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         merged = False
         for graph in model.graphs():
-            merged = _merge_small_initializers(graph) or merged
+            merged = deduplicate_initializers(graph, max_elements=_SMALL_INITIALIZER_ELEMENTS) or merged
         result = super().call(model)
         return ir.passes.PassResult(model, modified=result.modified or merged)
 
 
 # Shape vectors, axes, scalars: cheap to compare, and what per-use exporters repeat.
 _SMALL_INITIALIZER_ELEMENTS = 64
-
-
-def _merge_small_initializers(graph: ir.Graph) -> bool:
-    """Point each use of a small initializer at the first one equal to it (dtype, shape, values); True if any."""
-    kept: dict[tuple, ir.Value] = {}
-    merged = False
-    for value in list(graph.initializers.values()):
-        tensor = value.const_value
-        if (
-            value.is_graph_input()
-            or value.is_graph_output()
-            or tensor is None
-            or tensor.size > _SMALL_INITIALIZER_ELEMENTS
-        ):
-            continue
-        if tensor.dtype == ir.DataType.STRING:
-            continue
-        array = tensor.numpy()
-        key = (tensor.dtype, tuple(tensor.shape.numpy()), array.tobytes())
-        keeper = kept.setdefault(key, value)
-        if keeper is value:
-            continue
-        value.replace_all_uses_with(keeper)
-        del graph.initializers[value.name]
-        merged = True
-    return merged
 
 
 def _from_outer_scope(value: ir.Value, graph: ir.Graph) -> bool:

@@ -34,7 +34,7 @@ class DeduplicateInitializersPass(GraphoptPass, ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
         for graph in model.graphs():
-            modified = _deduplicate(graph) or modified
+            modified = deduplicate_initializers(graph) or modified
         return ir.passes.PassResult(model, modified=modified)
 
 
@@ -127,11 +127,15 @@ def _replace_by_transpose(graph: ir.Graph, victim: ir.Value, keeper: ir.Value) -
         graph.insert_before(first, transpose)
 
 
-def _deduplicate(graph: ir.Graph) -> bool:
+def deduplicate_initializers(graph: ir.Graph, *, max_elements: int | None = None) -> bool:
+    """Point each use of a duplicate initializer of ``graph`` (of at most ``max_elements`` values, if given) at
+    its first copy and delete the others, as ``DeduplicateInitializersPass`` does; True if any went."""
     canonical: dict[tuple, ir.Value] = {}
     modified = False
     for value in list(graph.initializers.values()):
         if value.is_graph_input() or value.is_graph_output() or value.const_value is None:
+            continue
+        if max_elements is not None and value.const_value.size > max_elements:
             continue
         array = _contiguous(value.const_value)
         # Key on the declared shape: onnx-ir may back a scalar with a 1-element array.
