@@ -1,5 +1,5 @@
 """Review of b732602 (shape stand-ins for MatMulNBits, FusedMatMul, MultiHeadAttention, Attention,
-GatherBlockQuantized and the int8 kernels): what it got wrong (fixed since, but the strict xfail left).
+GatherBlockQuantized and the int8 kernels): what it got wrong (all fixed since).
 
 Every stand-in's shape and type held against ONNX Runtime 1.32 on the layouts it accepts (FusedMatMul's four
 transposes at ranks 1..5 with broadcast batch dims, MatMulNBits at 2/4/8 bits and K off the block size,
@@ -142,12 +142,10 @@ def test_a_packed_lookup_with_a_negative_gather_axis_gets_its_shape():
     assert _inferred_output(node, [("ids", TensorProto.INT64, ["B", "S"])], initializers) == ["B", "S", 32]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="b732602 (false refusal): MultiHeadAttention's v_hidden is 1 * Dv by data propagation, which ONNX "
-    "names afresh (unk__N): the output's last dim is not read as the value's Dv",
-)
 def test_multi_head_attention_s_output_keeps_a_3d_value_s_named_width():
+    """Review finding (fixed since): b732602 (false refusal): MultiHeadAttention's v_hidden is 1 * Dv by data
+    propagation, which ONNX names afresh (unk__N): the output's last dim is not read as the value's Dv
+    """
     node = oh.make_node("MultiHeadAttention", ["q", "k", "v"], ["y"], domain=_MS, num_heads=4)
     declared = [("q", _F, ["B", "S", 32]), ("k", _F, ["B", "L", 32]), ("v", _F, ["B", "L", "Dv"])]
     assert _inferred_output(node, declared, []) == ["B", "S", "Dv"]

@@ -217,26 +217,55 @@ def _expanded_to(dims: list[ir.Node], like: ir.Value) -> list[ir.Node]:
     return [concat, zero, typed, ir.node("Expand", [typed.outputs[0], concat.outputs[0]])]
 
 
+def _product_of(dims: list[ir.Node]) -> list[ir.Node]:
+    """A shape-valued ``[d0 * d1 * ..]`` of the concatenation of ``dims``' (shape-valued) outputs, a named dim
+    kept where the others are 1 or none: ``Shape(Flatten(zeros of those dims, axis=0), start=1)``, after
+    ``dims``.
+
+    ONNX's shape inference multiplies dims as dims (``1 * Dv`` is ``Dv``, ``4 * 8`` is 32), where its data
+    propagation (``Mul`` of two shape values) names every product with a symbol afresh (``unk__N``): a width
+    read so would not be the input's ``Dv``.
+    """
+    concat = ir.node("Concat", [part.outputs[0] for part in dims], {"axis": 0})
+    zero = ir.node("Constant", [], {"value": ir.tensor(np.zeros((), np.float32))})
+    zeros = ir.node("Expand", [zero.outputs[0], concat.outputs[0]])
+    flat = ir.node("Flatten", [zeros.outputs[0]], {"axis": 0})  # [1, product]
+    return [*dims, concat, zero, zeros, flat, _dims(flat.outputs[0], 1)]
+
+
+def _rank(value: ir.Value) -> int | None:
+    shape = _shape_of(value)
+    return None if shape is None else shape.rank()
+
+
 def _multi_head_attention(node: ir.Node) -> list[ir.Node] | None:
     """MultiHeadAttention's output: ``[B, S, v_hidden]`` in the query's type, B and S the query's first dims.
 
-    v_hidden is the value's: its last dim where it is ``[B, L, v_hidden]``, N * H_v where it is ``[B, N, L,
-    H_v]``. Either rank is read without knowing which: the value's dims between the first and the last two
-    (``[]`` or ``[N]``), with a 1 after them, give the factor (1 or N) of its last dim. Read by ONNX's data
-    propagation, so there is none below opset 15 (``Shape`` without start and end). The packed forms (no
-    value: a packed KV key or QKV query) have none either: ONNX Runtime's CPU kernel refuses them, so no run
-    checked a rule for them.
+    v_hidden is the value's: its last dim where it is ``[B, L, v_hidden]`` (the value's own dim, a symbol
+    too), ``num_heads * H_v`` where it is ``[B, N, L, H_v]`` (ONNX Runtime refuses a value whose N is not
+    ``num_heads``). Where the value's rank is not known before inference, ``N * H_v`` of the dims between its
+    first and its last two (``[]`` or ``[N]``) and its last, which is the last dim alone at rank 3. ONNX
+    Runtime takes a query of rank 3 and a key and value of one rank, 3 or 4; where a rank known before
+    inference is another, there is none. Read by ONNX's data propagation, so there is none below opset 15
+    (``Shape`` without start and end). The packed forms (no value: a packed KV key or QKV query) have none
+    either: ONNX Runtime's CPU kernel refuses them, so no run checked a rule for them.
     """
-    query, value = node.inputs[0], _input(node, 2)
-    if value is None or _opset(node) < 15:
+    query, key, value = node.inputs[0], _input(node, 1), _input(node, 2)
+    if key is None or value is None or _opset(node) < 15:
         return None
-    batch_and_sequence, middle, one, first = _dims(query, 0, 2), _dims(value, 1, -2), _ints([1]), _ints([0])
-    padded = ir.node("Concat", [middle.outputs[0], one.outputs[0]], {"axis": 0})
-    factor = ir.node("Gather", [padded.outputs[0], first.outputs[0]], {"axis": 0})
-    width = _dims(value, -1)
-    hidden = ir.node("Mul", [factor.outputs[0], width.outputs[0]])
-    nodes = [batch_and_sequence, middle, one, first, padded, factor, width, hidden]
-    return [*nodes, *_expanded_to([batch_and_sequence, hidden], query)]
+    ranks = {_rank(key), _rank(value)} - {None}
+    if _rank(query) not in (None, 3) or len(ranks) > 1 or not ranks <= {3, 4}:
+        return None
+    heads = node.attributes.get_int("num_heads", 0)
+    if ranks == {4}:
+        if heads <= 0:
+            return None
+        middle = _ints([heads])
+    else:
+        middle = _dims(value, 1, -2)
+    width = _product_of([middle, _dims(value, -1)])
+    batch_and_sequence = _dims(query, 0, 2)
+    return [batch_and_sequence, *width, *_expanded_to([batch_and_sequence, width[-1]], query)]
 
 
 def _attention(node: ir.Node) -> list[ir.Node] | None:
