@@ -28,8 +28,8 @@ of the op's inputs is read from a stand-in that ONNX knows, of exactly that shap
 ``CastLike`` of it where the output takes another input's type, EmbedLayerNormalization's table
 ``Gather``, a ``MatMul`` against a zero weight of the op's logical shape for MatMulNBits,
 FusedMatMul and Attention, a ``Gather`` from a zero table for GatherBlockQuantized, an
-``Expand`` to the shape MultiHeadAttention's output takes); an op not listed, and an output with
-no rule, stays unknown, as do their consumers. No dim is ever guessed, and no stand-in passes
+``Expand`` to the shapes MultiHeadAttention's output and presents take); an op not listed, and an
+output with no rule, stays unknown, as do their consumers. No dim is ever guessed, and no stand-in passes
 values on (ONNX's data propagation would read a norm of a shape as the shape; ``MatMul``,
 ``Expand`` and ``ConstantOfShape`` carry none). ``infer_contrib_outputs`` runs the same rules
 on one node, for the constant folder's node-by-node inference.
@@ -217,6 +217,14 @@ def _expanded_to(dims: list[ir.Node], like: ir.Value) -> list[ir.Node]:
     return [concat, zero, typed, ir.node("Expand", [typed.outputs[0], concat.outputs[0]])]
 
 
+def _zeros_shaped(dims: list[ir.Node]) -> list[ir.Node]:
+    """Float zeros whose shape is the concatenation of ``dims``' (shape-valued) outputs, after ``dims``
+    (``Expand``: ONNX's data propagation carries no values through it)."""
+    concat = ir.node("Concat", [part.outputs[0] for part in dims], {"axis": 0})
+    zero = ir.node("Constant", [], {"value": ir.tensor(np.zeros((), np.float32))})
+    return [*dims, concat, zero, ir.node("Expand", [zero.outputs[0], concat.outputs[0]])]
+
+
 def _product_of(dims: list[ir.Node]) -> list[ir.Node]:
     """A shape-valued ``[d0 * d1 * ..]`` of the concatenation of ``dims``' (shape-valued) outputs, a named dim
     kept where the others are 1 or none: ``Shape(Flatten(zeros of those dims, axis=0), start=1)``, after
@@ -226,16 +234,57 @@ def _product_of(dims: list[ir.Node]) -> list[ir.Node]:
     propagation (``Mul`` of two shape values) names every product with a symbol afresh (``unk__N``): a width
     read so would not be the input's ``Dv``.
     """
-    concat = ir.node("Concat", [part.outputs[0] for part in dims], {"axis": 0})
-    zero = ir.node("Constant", [], {"value": ir.tensor(np.zeros((), np.float32))})
-    zeros = ir.node("Expand", [zero.outputs[0], concat.outputs[0]])
-    flat = ir.node("Flatten", [zeros.outputs[0]], {"axis": 0})  # [1, product]
-    return [*dims, concat, zero, zeros, flat, _dims(flat.outputs[0], 1)]
+    zeros = _zeros_shaped(dims)
+    flat = ir.node("Flatten", [zeros[-1].outputs[0]], {"axis": 0})  # [1, product]
+    return [*zeros, flat, _dims(flat.outputs[0], 1)]
 
 
 def _rank(value: ir.Value) -> int | None:
     shape = _shape_of(value)
     return None if shape is None else shape.rank()
+
+
+_UNKNOWN_RANK = 0
+
+
+def _last_size(value: ir.Value) -> int | None:
+    shape = _shape_of(value)
+    return shape[-1] if shape is not None and shape.rank() and isinstance(shape[-1], int) else None
+
+
+def _unpacked_key_and_value_rank(node: ir.Node) -> int | None:
+    """The rank (3 or 4) of MultiHeadAttention's key and value, ``_UNKNOWN_RANK`` where it is not known before
+    inference; None where ONNX Runtime refuses the layout as far as the ranks and sizes known tell, and below
+    opset 15 (the rules read dims through ``Shape`` with start and end).
+
+    ONNX Runtime refuses a query not of rank 3, a key and value not of one rank, 3 or 4, a past of one of key
+    and value alone or not of rank 4, no ``num_heads``, a 3-D key or value whose width is not a multiple of
+    it, a BNSH key and value of two head sizes, and a query whose width is not the key's (``num_heads * H`` of
+    a BNSH one). The packed forms (no key
+    or no value: a packed KV key or QKV query) get None too: ONNX Runtime's CPU kernel refuses them, so no run
+    checked a rule for them.
+    """
+    query, key, value = node.inputs[0], _input(node, 1), _input(node, 2)
+    pasts = [_input(node, 6), _input(node, 7)]
+    heads = node.attributes.get_int("num_heads", 0)
+    if key is None or value is None or heads <= 0 or _opset(node) < 15 or (pasts[0] is None) != (pasts[1] is None):
+        return None
+    ranks = {_rank(key), _rank(value)} - {None}
+    if _rank(query) not in (None, 3) or len(ranks) > 1 or not ranks <= {3, 4}:
+        return None
+    if any(past is not None and _rank(past) not in (None, 4) for past in pasts):
+        return None
+    rank = ranks.pop() if ranks else _UNKNOWN_RANK
+    query_width, key_width, value_width = _last_size(query), _last_size(key), _last_size(value)
+    if rank == 3 and any(width is not None and width % heads for width in (key_width, value_width)):
+        return None
+    if rank == 4 and None not in (key_width, value_width) and key_width != value_width:
+        return None
+    if rank == 4 and key_width is not None:
+        key_width *= heads
+    if rank != _UNKNOWN_RANK and None not in (query_width, key_width) and query_width != key_width:
+        return None
+    return rank
 
 
 def _multi_head_attention(node: ir.Node) -> list[ir.Node] | None:
@@ -244,51 +293,85 @@ def _multi_head_attention(node: ir.Node) -> list[ir.Node] | None:
     v_hidden is the value's: its last dim where it is ``[B, L, v_hidden]`` (the value's own dim, a symbol
     too), ``num_heads * H_v`` where it is ``[B, N, L, H_v]`` (ONNX Runtime refuses a value whose N is not
     ``num_heads``). Where the value's rank is not known before inference, ``N * H_v`` of the dims between its
-    first and its last two (``[]`` or ``[N]``) and its last, which is the last dim alone at rank 3. ONNX
-    Runtime takes a query of rank 3 and a key and value of one rank, 3 or 4; where a rank known before
-    inference is another, there is none. Read by ONNX's data propagation, so there is none below opset 15
-    (``Shape`` without start and end). The packed forms (no value: a packed KV key or QKV query) have none
-    either: ONNX Runtime's CPU kernel refuses them, so no run checked a rule for them.
+    first and its last two (``[]`` or ``[N]``) and its last, which is the last dim alone at rank 3. None for
+    the layouts ``_unpacked_key_and_value_rank`` refuses.
     """
-    query, key, value = node.inputs[0], _input(node, 1), _input(node, 2)
-    if key is None or value is None or _opset(node) < 15:
+    rank, heads = _unpacked_key_and_value_rank(node), node.attributes.get_int("num_heads", 0)
+    if rank is None:
         return None
-    ranks = {_rank(key), _rank(value)} - {None}
-    if _rank(query) not in (None, 3) or len(ranks) > 1 or not ranks <= {3, 4}:
-        return None
-    heads = node.attributes.get_int("num_heads", 0)
-    if ranks == {4}:
-        if heads <= 0:
-            return None
-        middle = _ints([heads])
-    else:
-        middle = _dims(value, 1, -2)
+    query, value = node.inputs[0], node.inputs[2]
+    middle = _ints([heads]) if rank == 4 else _dims(value, 1, -2)
     width = _product_of([middle, _dims(value, -1)])
     batch_and_sequence = _dims(query, 0, 2)
     return [batch_and_sequence, *width, *_expanded_to([batch_and_sequence, width[-1]], query)]
+
+
+def _multi_head_attention_present(index: int) -> _StandIn:
+    """MultiHeadAttention's present_key (``index`` 1: of the key and past_key) or present_value (2: of the
+    value and past_value): ``[B, num_heads, P + L, H]`` in the query's type, as ONNX Runtime computes it.
+
+    With a past ``[B, num_heads, P, H]`` (ONNX Runtime refuses another N, and a past of one of key and value
+    alone): its B and H, and P + L, L the new key's or value's length (its dim -2 at either rank). Without one:
+    the new key's or value's B, L and H, of ``[B, num_heads, L, H]``, or of ``[B, L, num_heads * H]`` (where
+    the rank is not known before inference, the product of its dims after the first and its last two over
+    num_heads). P + L and a width over num_heads are sizes where what they are computed from are sizes, else
+    unnamed dims. None for the layouts the output has none for, a past not of rank 4, and where
+    ``past_sequence_length`` or ``cache_indirection`` is given (ONNX Runtime then writes into a buffer).
+    """
+
+    def present(node: ir.Node) -> list[ir.Node] | None:
+        rank, heads = _unpacked_key_and_value_rank(node), node.attributes.get_int("num_heads", 0)
+        if rank is None or _input(node, 8) is not None or _input(node, 9) is not None:
+            return None
+        query, new, past = node.inputs[0], node.inputs[index], _input(node, 5 + index)
+        heads_dim, length = _ints([heads]), _dims(new, -2, -1)
+        if past is not None:
+            batch, past_length, head = _dims(past, 0, 1), _dims(past, 2, 3), _dims(past, 3)
+            total = ir.node("Add", [past_length.outputs[0], length.outputs[0]])
+            nodes, sequence = [batch, heads_dim, past_length, length, total, head], total
+        elif rank == 4:
+            batch, head = _dims(new, 0, 1), _dims(new, -1)
+            nodes, sequence = [batch, heads_dim, length, head], length
+        else:
+            batch, split = _dims(new, 0, 1), _ints([heads, -1])
+            zeros = _zeros_shaped([_dims(new, 1, -2), _dims(new, -1)])  # [D] or [N, H]
+            by_head = ir.node("Reshape", [zeros[-1].outputs[0], split.outputs[0]])
+            head = _dims(by_head.outputs[0], 1)
+            nodes, sequence = [batch, heads_dim, length, *zeros, split, by_head, head], length
+        return [*nodes, *_expanded_to([batch, heads_dim, sequence, head], query)]
+
+    return present
 
 
 def _attention(node: ir.Node) -> list[ir.Node] | None:
     """Attention's output: ``[B, S, v_hidden]`` in the input's type, ``input @ W`` for a ``[hidden_in,
     v_hidden]`` weight; v_hidden is ``qkv_hidden_sizes``' last, else a third of the weights' width (both
     static, or no stand-in). QAttention's likewise (no ``qkv_hidden_sizes``), in the type of its
-    ``input_scale`` (input 3), its integer input cast like it."""
+    ``input_scale`` (input 3), its integer input cast like it.
+
+    None where ONNX Runtime refuses the node as far as the sizes known tell: an input whose rank is not 3,
+    no ``num_heads``, hidden sizes that are not multiples of it, ``qkv_hidden_sizes`` not of three elements
+    summing to the weights' width, a query's size not the key's, or, with a past, a key's not the value's."""
     quantized = node.op_type == "QAttention"
     weights, typed_as = _input(node, 1), _input(node, 3 if quantized else 1)
     dims = None if weights is None else _static_dims(weights)
     dtype = None if typed_as is None else _element_type(typed_as)
+    heads = node.attributes.get_int("num_heads", 0)
     if dims is None or len(dims) != 2 or dtype is None or (quantized and _opset(node) < 15):
         return None
-    sizes = [] if quantized else node.attributes.get_ints("qkv_hidden_sizes", [])
-    if sizes:
-        width = sizes[2] if len(sizes) == 3 and sum(sizes) == dims[1] else 0
-    else:
-        width = dims[1] // 3 if dims[1] % 3 == 0 else 0
-    if width <= 0:
+    if _rank(node.inputs[0]) not in (None, 3) or heads <= 0:
+        return None
+    sizes = [] if quantized else list(node.attributes.get_ints("qkv_hidden_sizes", []))
+    if not sizes and dims[1] % 3 == 0:
+        sizes = [dims[1] // 3] * 3
+    past = None if quantized else _input(node, 4)
+    if len(sizes) != 3 or sum(sizes) != dims[1] or sizes[0] != sizes[1] or (past is not None and sizes[1] != sizes[2]):
+        return None
+    if any(size <= 0 or size % heads for size in sizes):
         return None
     cast = [ir.node("CastLike", [node.inputs[0], typed_as])] if quantized else []
     source = cast[0].outputs[0] if cast else node.inputs[0]
-    weight = _zeros_of_shape([dims[0], width], dtype)
+    weight = _zeros_of_shape([dims[0], sizes[2]], dtype)
     return [*cast, *weight, ir.node("MatMul", [source, weight[-1].outputs[0]])]
 
 
@@ -341,8 +424,9 @@ def _gather_block_quantized(node: ir.Node) -> list[ir.Node] | None:
 # EmbedLayerNormalization), except SimplifiedLayerNormalization's Y, of the scale's type V, and
 # GatherBlockQuantized's, of the scales' type. Not covered, so they stay unknown (or as recorded): the norms'
 # mean and inv_std_var ([.., 1], float), EmbedLayerNormalization's mask_index, GroupQueryAttention's caches
-# (their length depends on the buffer), and MultiHeadAttention's present_key/present_value and qk and
-# (Q)Attention's present (graphopt writes none of them). The integer ops' outputs take a scale's float type.
+# (their length depends on the buffer), MultiHeadAttention's qk and presents written into a buffer
+# (past_sequence_length given), and (Q)Attention's present (graphopt writes none of them). The integer ops'
+# outputs take a scale's float type.
 _SKIP_NORM = {0: _like_input, 3: _like_input}  # output and input_skip_bias_sum
 _StandIn = Callable[[ir.Node], "ir.Node | list[ir.Node] | None"]
 _STAND_INS: dict[tuple[str, str], dict[int, _StandIn]] = {
@@ -356,7 +440,11 @@ _STAND_INS: dict[tuple[str, str], dict[int, _StandIn]] = {
     (MS_DOMAIN, "RotaryEmbedding"): {0: _like_input},
     (MS_DOMAIN, "EmbedLayerNormalization"): {0: _embedded, 2: _embedded},
     (MS_DOMAIN, "GroupQueryAttention"): {0: _query_with_key},
-    (MS_DOMAIN, "MultiHeadAttention"): {0: _multi_head_attention},
+    (MS_DOMAIN, "MultiHeadAttention"): {
+        0: _multi_head_attention,
+        1: _multi_head_attention_present(1),
+        2: _multi_head_attention_present(2),
+    },
     (MS_DOMAIN, "Attention"): {0: _attention},
     (MS_DOMAIN, "FusedMatMul"): {0: _fused_matmul},
     (MS_DOMAIN, "MatMulNBits"): {0: _matmul_nbits},
