@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,15 @@ class _DimOf:
 
 
 Element = int | _DimOf | None
+Shapes = dict[str, tuple[Symbol, ...]]
+ShapeOf = Callable[[ir.Value], "tuple[Symbol, ...] | None"]
+
+# A Reshape target element that is the data's own dim at its position: 0 under allowzero=0.
+_COPY = "copy"
+_UNKNOWN_BESIDE_COPY = (
+    "an element neither constant nor the data's own dim, beside a copied one or a 0: where that is 0, the "
+    "original's element may be any size, and a -1 in its place fails or differs"
+)
 
 
 class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
@@ -55,8 +65,10 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
     - a ``Reshape`` whose target is built from ``Shape``/``Gather``/``Slice``/
       ``Unsqueeze``/``Squeeze``/``Reshape``/``Concat``/``Cast``, when each element
       is a constant or provably the input's dimension at the same position (it
-      becomes 0), with at most one element left unknown (it becomes -1).
-      ``allowzero=1`` is dropped when no element is a literal 0;
+      becomes 0), with at most one element left unknown (it becomes -1) and none beside a 0.
+      ``allowzero=1`` is dropped when no element is a literal 0 and a -1 beside a 0 is fixed
+      by the input's other dims (it becomes that size); else the Reshape is refused, with the
+      reason: a 0-sized dim would make the rewrite fail or differ where the original runs;
     - an ``Expand`` whose target elements are constants or provably equal to the
       input's aligned dimension (they become 1).
     Refuses, with the reason in its refusals, when ONNX Runtime's symbolic shape inference
@@ -81,13 +93,10 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
         modified = False
         for node in candidates:
             if node.op_type == "Reshape":
-                target = _reshape_target(node, shapes)
-                if target is not None and node.attributes.get_int("allowzero", 0):
-                    # allowzero=1 reads 0 as a literal size: our 0s mean "copy", so switch to
-                    # allowzero=0, which is equivalent when no element is a literal 0.
-                    if 0 in _constant_elements(node):
-                        continue
-                    node.attributes.pop("allowzero")
+                target = _reshape_rewrite(node, shapes)
+                if isinstance(target, str):
+                    self.refuse("Reshape", target)
+                    continue
             else:
                 target = _expand_target(node, shapes)
             if target is None:
@@ -96,6 +105,7 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
                 model.graph, f"{node.name or node.op_type}_shape", np.array(target, dtype=np.int64)
             )
             node.replace_input_with(1, constant)
+            self.done(node.op_type)
             modified = True
         if modified:
             remove_dead_nodes(model)
@@ -103,41 +113,100 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
 
 
 def _computed_target(node: ir.Node) -> bool:
-    """Whether ``node`` is a Reshape or Expand whose target is computed from shape arithmetic this pass follows."""
+    """Whether ``node`` is a Reshape or Expand whose target is computed from shape arithmetic this pass follows.
+
+    A filter before inference, on the shapes recorded in the graph: the elements are read again from the
+    inferred shapes (``_shape_elements``), since a recorded shape may not hold at run time.
+    """
     if node.op_type not in ("Reshape", "Expand") or not is_onnx_domain(node) or len(node.inputs) < 2:
         return False
-    return constant_array(node.inputs[1]) is None and _shape_elements(node.inputs[1]) is not None
+    return constant_array(node.inputs[1]) is None and _shape_elements(node.inputs[1], _recorded) is not None
 
 
-def _reshape_target(node: ir.Node, shapes: dict[str, tuple[Symbol, ...]]) -> list[int] | None:
-    elements = _shape_elements(node.inputs[1])
+def _recorded(value: ir.Value) -> tuple[Symbol, ...] | None:
+    if value.shape is None:
+        return None
+    return tuple(dim if isinstance(dim, int) else None for dim in value.shape)
+
+
+def _reshape_target(node: ir.Node, shapes: Shapes) -> list[int | str | None] | None:
+    """Each element of ``node``'s target: a size, ``_COPY`` (the data's own dim at that position) or None
+    (unknown, at most one and no -1 beside it); None where that cannot be said."""
+    elements = _shape_elements(node.inputs[1], _inferred(shapes))
     data_shape = shapes.get(node.inputs[0].name)
     if elements is None or data_shape is None:
         return None
-    target: list[int | None] = []
+    target: list[int | str | None] = []
     for position, element in enumerate(elements):
         symbol = _symbol_of(element, shapes)
         if isinstance(symbol, int):
             target.append(symbol)
         elif _own_dim(element, node, position):
-            target.append(0)  # Shape(data)[position]: a copy by the graph's structure, whatever the symbols
+            target.append(_COPY)  # Shape(data)[position]: a copy by the graph's structure, whatever the symbols
         elif symbol is not None and position < len(data_shape) and data_shape[position] == symbol:
-            target.append(0)
+            target.append(_COPY)
         else:
             target.append(None)
     unknown = target.count(None)
     if unknown > 1 or (unknown == 1 and -1 in target):
         return None
-    return [-1 if item is None else item for item in target]
+    return target
 
 
-def _constant_elements(node: ir.Node) -> list[int]:
-    elements = _shape_elements(node.inputs[1]) or []
-    return [element for element in elements if isinstance(element, int)]
+def _reshape_rewrite(node: ir.Node, shapes: Shapes) -> list[int] | str | None:
+    """The constant target for ``node`` (dropping its ``allowzero=1`` where it copies a dim); why not where the
+    elements are proven but no constant target computes the same; None where they are not proven.
+
+    A copy (0) and a -1 differ from the original's values where a copied dim is 0 (a zero-sized batch):
+    there, ONNX Runtime fails to infer a -1 under allowzero=0, and under allowzero=1 infers it as the product
+    of the data's sizes other than 0 over the target's. So an element neither constant nor a copy, which the
+    original may give any size where a copied dim is 0, is refused beside a copy or a 0; and under allowzero=1
+    (which reads 0 as a literal size: the rewrite switches to allowzero=0, the same where no element is a
+    literal 0), a -1 beside a copy becomes the size the data's other dims fix for it, or is refused.
+    """
+    target = _reshape_target(node, shapes)
+    if target is None:
+        return None
+    allowzero = node.attributes.get_int("allowzero", 0)
+    if not allowzero:
+        target = [_COPY if item == 0 else item for item in target]  # a 0 copies under allowzero=0
+    copies = _COPY in target
+    if None in target and (copies or 0 in target):
+        return _UNKNOWN_BESIDE_COPY
+    if allowzero and copies and -1 in target:
+        size = _fixed_size(target, shapes[node.inputs[0].name])
+        if size is not None:
+            target = [size if item == -1 else item for item in target]
+    if allowzero and copies:
+        if 0 in target:
+            return "allowzero=1 and a literal 0 beside a dim the rewrite would copy"
+        if -1 in target:
+            return (
+                "allowzero=1 and a -1 the data's dims do not fix, beside a dim the rewrite would copy (0): at a "
+                "0-sized dim ONNX Runtime infers that -1 only under allowzero=1"
+            )
+        node.attributes.pop("allowzero")
+    return [0 if item == _COPY else -1 if item is None else item for item in target]
 
 
-def _expand_target(node: ir.Node, shapes: dict[str, tuple[Symbol, ...]]) -> list[int] | None:
-    elements = _shape_elements(node.inputs[1])
+def _fixed_size(target: list[int | str | None], data_shape: tuple[Symbol, ...]) -> int | None:
+    """The size the ``-1`` (or unknown element) of ``target`` takes whatever the run-time dims, or None where
+    they decide it.
+
+    The data's dims at the positions not copied, divided by the target's sizes: where all are sizes over 0,
+    the copied dims cancel out, also when one of them is 0 (where ONNX Runtime's allowzero=1 Reshape
+    infers a -1 from the sizes other than 0, and its allowzero=0 one fails).
+    """
+    rest = [dim for position, dim in enumerate(data_shape) if position >= len(target) or target[position] != _COPY]
+    sizes = [item for item in target if isinstance(item, int) and item != -1]  # _COPY and None are no sizes
+    if not all(isinstance(dim, int) and dim > 0 for dim in rest) or not all(size > 0 for size in sizes):
+        return None
+    total, part = int(np.prod(rest, dtype=np.int64)), int(np.prod(sizes, dtype=np.int64))
+    return total // part if total % part == 0 else None
+
+
+def _expand_target(node: ir.Node, shapes: Shapes) -> list[int] | None:
+    elements = _shape_elements(node.inputs[1], _inferred(shapes))
     data_shape = shapes.get(node.inputs[0].name)
     if elements is None or data_shape is None:
         return None
@@ -161,7 +230,7 @@ def _own_dim(element: Element, node: ir.Node, axis: int) -> bool:
     return isinstance(element, _DimOf) and element.value is node.inputs[0] and element.axis == axis
 
 
-def _symbol_of(element: Element, shapes: dict[str, tuple[Symbol, ...]]) -> Symbol:
+def _symbol_of(element: Element, shapes: Shapes) -> Symbol:
     if element is None or isinstance(element, int):
         return element
     shape = shapes.get(element.value.name)
@@ -170,8 +239,16 @@ def _symbol_of(element: Element, shapes: dict[str, tuple[Symbol, ...]]) -> Symbo
     return shape[element.axis]
 
 
-def _shape_elements(value: ir.Value | None) -> list[Element] | None:
-    """The elements of a 1-D int64 shape tensor, traced back through shape arithmetic."""
+def _inferred(shapes: Shapes) -> ShapeOf:
+    return lambda value: shapes.get(value.name) if value.name else None
+
+
+def _shape_elements(value: ir.Value | None, shape_of: ShapeOf) -> list[Element] | None:
+    """The elements of a 1-D int64 shape tensor, traced back through shape arithmetic.
+
+    A ``Shape``'s elements are read from ``shape_of`` its input: its rank says which axes ``start`` and
+    ``end`` select.
+    """
     if value is None:
         return None
     array = constant_array(value)
@@ -182,7 +259,7 @@ def _shape_elements(value: ir.Value | None) -> list[Element] | None:
         return None
     inputs = node.inputs
     if node.op_type == "Shape":
-        shape = inputs[0].shape
+        shape = shape_of(inputs[0])
         if shape is None:
             return None
         rank = len(shape)
@@ -191,33 +268,35 @@ def _shape_elements(value: ir.Value | None) -> list[Element] | None:
         axes = range(rank)[slice(start, end)]
         return [shape[axis] if isinstance(shape[axis], int) else _DimOf(inputs[0], axis) for axis in axes]
     if node.op_type in ("Identity", "Unsqueeze", "Squeeze"):
-        return _shape_elements(inputs[0])
+        return _shape_elements(inputs[0], shape_of)
     if node.op_type == "Reshape":
         # The dynamo exporter turns a scalar dim into a 1-D one with Reshape(d, [-1]).
         target = constant_array(inputs[1])
-        source = _shape_elements(inputs[0])
+        source = _shape_elements(inputs[0], shape_of)
         if target is not None and target.size == 1 and source is not None and len(source) == 1:
             return source
         return None
     if node.op_type == "Cast" and node.attributes.get_int("to") == ir.DataType.INT64:
-        return _shape_elements(inputs[0])
+        return _shape_elements(inputs[0], shape_of)
     if node.op_type == "Concat" and node.attributes.get_int("axis", 0) in (0, -1):
-        parts = [_shape_elements(part) for part in inputs]
+        parts = [_shape_elements(part, shape_of) for part in inputs]
         if any(part is None for part in parts):
             return None
         return [element for part in parts for element in part]
     if node.op_type == "Gather" and node.attributes.get_int("axis", 0) == 0:
-        source, indices = _shape_elements(inputs[0]), constant_array(inputs[1])
+        source, indices = _shape_elements(inputs[0], shape_of), constant_array(inputs[1])
         if source is None or indices is None or indices.ndim > 1:
             return None
+        if any(not -len(source) <= int(index) < len(source) for index in indices.reshape(-1)):
+            return None  # fails at run time (or the shape read is not the one that holds)
         return [source[int(index)] for index in indices.reshape(-1)]
     if node.op_type == "Slice":
-        return _slice_elements(node)
+        return _slice_elements(node, shape_of)
     return None
 
 
-def _slice_elements(node: ir.Node) -> list[Element] | None:
-    source = _shape_elements(node.inputs[0])
+def _slice_elements(node: ir.Node, shape_of: ShapeOf) -> list[Element] | None:
+    source = _shape_elements(node.inputs[0], shape_of)
     bounds = [constant_array(value) for value in node.inputs[1:5]]
     bounds += [None] * (4 - len(bounds))
     if source is None or bounds[0] is None or bounds[1] is None:

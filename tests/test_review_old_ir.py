@@ -17,13 +17,13 @@ Findings, each a strict xfail below:
   are taken off, so an IR-3 Loop body or If branch keeps its initializer as an input and the IR-4 file fails
   onnx's full check ("Graph has 4 inputs but 3 were provided") where the IR-3 file passed. ORT 1.32 still runs it,
   with the same outputs (loop.py, subgraph.py).
-- older than both commits, low: simplify-shapes reads ``Shape(x, start=-1)``'s axes from x's recorded rank; a
-  value_info that lies about it (rank 1 for a [2, 3] x; onnx's full check refuses such a model, ORT runs it) makes
-  ``Reshape(x, Concat(Shape(x, start=-1), [-1]))`` a copy: [2, 3] where the original gives [3, 2] (rank_lie.py;
-  3e4a367~1 the same through the symbols).
-- older than both commits, very low: a Reshape with ``allowzero=1`` whose target is ``[Shape(x)[0], -1]`` loses
-  ``allowzero``; at a zero-sized x [0, 3, 4] the original runs ([0, 12]) and the rewrite fails in ORT (``-1``
-  beside a copied 0; own_dim_cases.py).
+- older than both commits, low (fixed since): simplify-shapes reads ``Shape(x, start=-1)``'s axes from x's recorded
+  rank; a value_info that lies about it (rank 1 for a [2, 3] x; onnx's full check refuses such a model, ORT runs it)
+  makes ``Reshape(x, Concat(Shape(x, start=-1), [-1]))`` a copy: [2, 3] where the original gives [3, 2]
+  (rank_lie.py; 3e4a367~1 the same through the symbols).
+- older than both commits, very low (fixed since): a Reshape with ``allowzero=1`` whose target is ``[Shape(x)[0],
+  -1]`` loses ``allowzero``; at a zero-sized x [0, 3, 4] the original runs ([0, 12]) and the rewrite fails in ORT
+  (``-1`` beside a copied 0; own_dim_cases.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.api import optimize_with_report
@@ -98,12 +97,10 @@ def test_an_old_ir_loop_body_initializer_leaves_a_model_onnx_accepts(tmp_path):
     onnx.checker.check_model(written, full_check=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="older than 3e4a367: simplify-shapes reads Shape(x, start=-1)'s axes from x's recorded rank; a value_info "
-    "that lies (rank 1 for a [2, 3] x) turns Reshape(x, [Shape(x, start=-1), -1]) into a copy",
-)
 def test_a_shape_with_negative_start_is_read_at_the_run_time_rank():
+    """Review finding (fixed since): older than 3e4a367, simplify-shapes read Shape(x, start=-1)'s axes from x's
+    recorded rank; a value_info that lies (rank 1 for a [2, 3] x) turned Reshape(x, [Shape(x, start=-1), -1])
+    into a copy. The axes are now read at the rank ONNX Runtime's symbolic inference derives from the inputs."""
     nodes = [
         helper.make_node("Identity", ["x0"], ["x"]),
         helper.make_node("Shape", ["x"], ["s"], start=-1),
@@ -126,12 +123,10 @@ def test_a_shape_with_negative_start_is_read_at_the_run_time_rank():
     np.testing.assert_array_equal(_run(ir.to_proto(result.model), feeds), expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="older than 3e4a367: an allowzero=1 Reshape to [Shape(x)[0], -1] loses allowzero; at a zero-sized x "
-    "[0, 3, 4] the original gives [0, 12] in ORT and the rewrite fails",
-)
 def test_an_allowzero_reshape_of_its_own_dim_keeps_a_zero_sized_batch():
+    """Review finding (fixed since): older than 3e4a367, an allowzero=1 Reshape to [Shape(x)[0], -1] lost allowzero;
+    at a zero-sized x [0, 3, 4] the original gives [0, 12] in ORT and the rewrite failed. Such a -1, which x's dims
+    do not fix, is now refused beside a copied dim."""
     nodes = [
         helper.make_node("Shape", ["x"], ["s"]),
         helper.make_node("Gather", ["s", "i0"], ["d0"]),

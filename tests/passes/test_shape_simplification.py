@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.inputs import make_inputs
 from passes.constant_folding import FoldConstantsPass
 from passes.shape_simplification import ShapeSimplificationPass
-from tests.helpers import assert_same_outputs, op_types, parse_model
+from tests.helpers import assert_same_outputs, op_types, parse_model, run
 
 # The attention head split a legacy export emits: [B, S, 64] -> [B, S, 4, 16], with B
 # and S read from another tensor (the hidden states) at run time.
@@ -160,3 +162,139 @@ def _computed_reshape_targets(model: ir.Model) -> int:
         for node in model.graph
         if node.op_type == "Reshape" and ir.convenience.get_const_tensor(node.inputs[1]) is None
     )
+
+
+def _reshape_of_own_dims(shape: list, elements: list[str], allowzero: int) -> onnx.ModelProto:
+    """``Reshape(x, Concat(...))`` of an x declared ``shape``; each element ``"d<axis>"`` is ``Shape(x)[axis]``,
+    anything else a constant."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"])]
+    initializers, parts = [], []
+    for index, element in enumerate(elements):
+        name = f"e{index}"
+        if element.startswith("d"):
+            initializers.append(numpy_helper.from_array(np.array([int(element[1:])], np.int64), f"i{index}"))
+            nodes.append(helper.make_node("Gather", ["s", f"i{index}"], [name], axis=0))
+        else:
+            initializers.append(numpy_helper.from_array(np.array([int(element)], np.int64), name))
+        parts.append(name)
+    nodes += [
+        helper.make_node("Concat", parts, ["t"], axis=0),
+        helper.make_node("Reshape", ["x", "t"], ["y"], allowzero=allowzero),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _outputs_or_error(model: onnx.ModelProto, x: np.ndarray):
+    try:
+        return run(ir.from_proto(model), {"x": x})["y"]
+    except Exception as error:  # noqa: BLE001 (ONNX Runtime's own failure is the value compared)
+        return type(error).__name__
+
+
+def _same_at(model: onnx.ModelProto, result: ir.Model, shapes: list[tuple[int, ...]]) -> None:
+    for shape in shapes:
+        x = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+        expected, actual = _outputs_or_error(model, x), _outputs_or_error(ir.to_proto(result), x)
+        assert not isinstance(expected, str), (shape, expected)
+        assert not isinstance(actual, str), (shape, actual)
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_an_allowzero_minus_one_the_dims_fix_becomes_their_size():
+    # The dynamo exporter's head split: view(B, S, -1, 16) with allowzero=1. At B = 0, ONNX Runtime infers the
+    # -1 as 4 (from the sizes other than 0); [0, 0, -1, 16] under allowzero=0 failed there.
+    model = _reshape_of_own_dims(["b", "s", 64], ["d0", "d1", "-1", "16"], allowzero=1)
+    result = ShapeSimplificationPass()(ir.from_proto(model))
+    reshape = next(node for node in result.model.graph if node.op_type == "Reshape")
+    assert reshape.inputs[1].const_value.numpy().tolist() == [0, 0, 4, 16]
+    assert reshape.attributes.get_int("allowzero", 0) == 0
+    _same_at(model, result.model, [(2, 3, 64), (0, 3, 64), (2, 0, 64), (0, 0, 64)])
+
+
+def test_an_allowzero_minus_one_the_dims_do_not_fix_is_refused_beside_a_copy():
+    # view(-1, S) of an x [B, S] with allowzero=1: at S = 0 the original gives [B, 0] (and [1, 0] at B = S = 0);
+    # [-1, 0] under allowzero=0 fails there and [0, 0] differs at B = S = 0.
+    model = _reshape_of_own_dims(["b", "s"], ["-1", "d1"], allowzero=1)
+    result = ShapeSimplificationPass()(ir.from_proto(model))
+    assert not result.modified
+    assert any("allowzero=1 and a -1" in line for line in result.refusals)
+    _same_at(model, result.model, [(2, 3), (2, 0), (0, 0)])
+
+
+@pytest.mark.parametrize("allowzero", [0, 1])
+def test_an_unknown_element_beside_a_copy_is_refused(allowzero):
+    # [Shape(x)[0], Shape(y)[0]] of an x [b, 4] and a y [n]: at b = 0 the original takes any n (a [0, 7]
+    # output), where a -1 in its place fails.
+    model = _reshape_of_own_dims(["b", 4], ["d0", "7"], allowzero=allowzero)
+    graph = model.graph
+    graph.input.append(helper.make_tensor_value_info("n", TensorProto.FLOAT, ["m"]))
+    graph.node.insert(0, helper.make_node("Shape", ["n"], ["sn"]))
+    concat = next(node for node in graph.node if node.op_type == "Concat")
+    concat.input[1] = "sn"
+    result = ShapeSimplificationPass()(ir.from_proto(model))
+    assert not result.modified
+    assert any("neither constant nor the data's own dim" in line for line in result.refusals)
+    x, n = np.zeros((0, 4), np.float32), np.zeros(7, np.float32)
+    assert run(result.model, {"x": x, "n": n})["y"].shape == (0, 7)
+
+
+def test_a_shape_read_at_a_recorded_rank_that_lies_is_read_at_the_inferred_one():
+    # x's value_info says [5, 3]; ONNX Runtime runs it at [2, 3] (it checks only the graph's inputs). Shape(x)[0]
+    # was read as the recorded 5, a constant: the target became [5, -1].
+    nodes = [
+        helper.make_node("Identity", ["x0"], ["x"]),
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "i0"], ["d0"], axis=0),
+        helper.make_node("Concat", ["d0", "m1"], ["t"], axis=0),
+        helper.make_node("Reshape", ["x", "t"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x0", TensorProto.FLOAT, ["a", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(np.array([0], np.int64), "i0"),
+            numpy_helper.from_array(np.array([-1], np.int64), "m1"),
+        ],
+        value_info=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    result = ShapeSimplificationPass()(ir.from_proto(model))
+    reshape = next(node for node in result.model.graph if node.op_type == "Reshape")
+    assert reshape.inputs[1].const_value.numpy().tolist() == [0, -1]
+    x0 = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(run(result.model, {"x0": x0})["y"], x0)
+
+
+def test_a_gather_past_the_recorded_rank_leaves_the_pass_standing():
+    # x's value_info says rank 1; Shape(x)[1] read at that rank raised IndexError inside the pass.
+    nodes = [
+        helper.make_node("Identity", ["x0"], ["x"]),
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "i1"], ["d1"], axis=0),
+        helper.make_node("Concat", ["m1", "d1"], ["t"], axis=0),
+        helper.make_node("Reshape", ["x", "t"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x0", TensorProto.FLOAT, ["a", "b"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(np.array([1], np.int64), "i1"),
+            numpy_helper.from_array(np.array([-1], np.int64), "m1"),
+        ],
+        value_info=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    result = ShapeSimplificationPass()(ir.from_proto(model))
+    x0 = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(run(result.model, {"x0": x0})["y"], x0)
