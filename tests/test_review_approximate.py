@@ -19,10 +19,16 @@ What held (tried, no fault found):
 - A value of the FFN hidden layer read inside an If branch counts as a reader (onnx-ir
   records the subgraph's use): the group is refused.
 - Two nodes with one name: ONNX Runtime refuses the input model, a one-line error.
+- A weight tied between an FFN's up and down projections (x @ W → Relu → Gemm(·, W, transB=1)) is cut
+  consistently: the result matches its twin exactly, with and without repair (its size is a finding below).
 - Low-rank: an Add of a per-row constant ``[M, 1]`` after a factorized MatMul is not taken
   for its bias (``bias_add`` checks the last axis), and with repair the result matched its
   twin (2.4e-7); with calibration rows of rank 8 out of 128 (whitening nearly singular) the
   twin error stayed at 2e-8. Float16 weights are left whole (refused, not written float32).
+
+Not tried here: the twin check's float32 tolerance is widened by the original's own float noise
+(``Verifier.noise``, capped at 1 % of an output's RMS), so on a deep model whose ONNX Runtime rewrites are
+noisy a realization off its twin by less than that cap passes; the small fixtures show no such noise.
 """
 
 from __future__ import annotations
@@ -286,3 +292,29 @@ def test_a_bias_the_repair_adds_is_cut_with_the_next_group():
     )
     record = report.passes[-1]
     assert record.status == STATUS_APPLIED, record.detail
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="passes/pruning/ffn.py::_shared_weight counts only readers outside the group's cuts, so a weight tied "
+    "between the up projection and the down projection (x @ W → Relu → Gemm(·, W, transB=1)) is cut twice into "
+    "two copies: 25 % of the neurons removed stores 1,536 weights where the input had 1,024",
+)
+def test_ffn_pruning_of_a_weight_tied_between_up_and_down_does_not_grow_the_model():
+    weight = (np.random.default_rng(0).standard_normal((D, H)) / 4).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["u"], name="encode"),
+        helper.make_node("Relu", ["u"], ["h"], name="relu"),
+        helper.make_node("Gemm", ["h", "W"], ["y"], name="decode", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tied",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", D])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+    before = parameter_count(model)
+    result = FfnPruningPass(0.25)(model)
+    assert not result.modified or parameter_count(result.model) < before, result.notes
