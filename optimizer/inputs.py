@@ -4,7 +4,10 @@ Generated inputs follow what a transformer or CNN expects: symbolic dimensions a
 bound by name (``--dim NAME=VALUE``; batch-like dims default to 1, every other
 symbolic dim to 128), token-id-like integer inputs stay inside the embedding table
 they index (a Constant node's too; each component of a ``GatherND``'s index tuple within
-the table axis it indexes), a decoder's positions count on from its past (never below 0) and,
+the table axis it indexes; through ``Add``/``Sub``/``Mul`` by constants, as torch's legacy export
+flattens ``table[batch, ids]``, every final index; an input whose component no shape tells, under
+the widest axis it may index where ONNX Runtime takes that, else one value with a warning), a
+decoder's positions count on from its past (never below 0) and,
 where ``position_ids`` index a table (GPT-2's ``wpe``, GPT-J's rotary sin/cos rows), past and
 new tokens together stay within its rows, attention masks are ones (with two or more rows, the last row's final
 quarter is padding, so verification exercises masking), and floats are standard
@@ -224,8 +227,9 @@ def longest_cache(model: ir.Model) -> int | None:
     indexes (GPT-J gathers its rotary's sin/cos from ``n_positions`` rows): a decode step's positions
     count on from its past (``_offset_positions_past_the_cache``), and past the table the model fails.
     """
+    # Positions are drawn from the least that stays in the table (``_index_low``): the rows past it are the limit.
     limits = [
-        rows
+        rows - _index_low(value)
         for value in runtime_inputs(model)
         if _POSITION_IDS_NAME.search(value.name) and (rows := _index_range(value)) is not None
     ]
@@ -847,13 +851,48 @@ def make_inputs(model: ir.Model, dims: Mapping[str, int] | None = None, *, seed:
     rng = np.random.default_rng(seed)
     values = runtime_inputs(model)
     shapes = {value.name: _concrete_shape(value, bound) for value in values}
-    inputs = {value.name: _generate(model, value, shapes[value.name], rng) for value in values}
+    inputs = {value.name: _generate(model, value, shapes[value.name], rng, bound) for value in values}
     _offset_positions_past_the_cache(model, inputs, bound)
     rounds = _candidate_rounds(model, inputs, shapes, bound)
     guessed = [value.name for value in values if value.shape is None]  # sequence elements of unknown shape
-    if not rounds and not guessed:
+    if rounds or guessed:
+        inputs = _first_accepted(model, inputs, rounds or [{}], guessed)
+    return _vary_ambiguous_indices(model, inputs, shapes, seed, bound)
+
+
+def _vary_ambiguous_indices(
+    model: ir.Model, inputs: dict[str, Any], shapes: Mapping[str, tuple[int, ...]], seed: int, dims: Mapping[str, int]
+) -> dict[str, Any]:
+    """``inputs``, with the integer inputs generated as one repeated value only because their elements may sit at
+    several components of a ``GatherND`` index tuple, the smallest axis of size 1 (a batch axis; see
+    ``_index_bounds``), drawn again under the widest of those axes: kept where the original model runs on them
+    (ONNX Runtime refuses a ``Gather`` or ``GatherND`` index out of its table), else left as they were, with a
+    warning that verification does not exercise other values of them."""
+    rng = np.random.default_rng([seed, 1])  # its own stream: the first draw stays as it was
+    widened = {}
+    for value in runtime_inputs(model):
+        array = inputs.get(value.name)
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "iu" or array.size < 2 or _varies(array):
+            continue
+        if _MASK_NAME.search(value.name) or _index_bounds(value, dims, widest=True) == _index_bounds(value, dims):
+            continue
+        wider = _generate_tensor(model, value, shapes[value.name], rng, dims, widest=True)
+        if _varies(wider):
+            widened[value.name] = wider
+    if not widened:
         return inputs
-    return _first_accepted(model, inputs, rounds or [{}], guessed)
+    try:
+        run_model(model, {**inputs, **widened})
+    except RuntimeRefusedError as error:
+        logger.warning(
+            "generated %s: one value repeated, since an element may index a table axis of size 1 and ONNX Runtime "
+            "refuses wider values (%s); verification does not exercise other values (pass real inputs with "
+            "--inputs FILE.npz)",
+            _quoted(widened),
+            error.reason,
+        )
+        return inputs
+    return {**inputs, **widened}
 
 
 def _offset_positions_past_the_cache(model: ir.Model, inputs: dict[str, Any], bound: Mapping[str, int]) -> None:
@@ -866,8 +905,8 @@ def _offset_positions_past_the_cache(model: ir.Model, inputs: dict[str, Any], bo
         array = inputs.get(value.name)
         if not _POSITION_NAME.search(value.name) or not isinstance(array, np.ndarray) or array.dtype.kind not in "iu":
             continue
-        table = _index_range(value)
-        if table is None or offset + array.shape[-1] <= table:
+        table = _index_range(value, bound)
+        if table is None or int(array.max(initial=0)) + offset < table:
             inputs[value.name] = (array + offset).astype(array.dtype)
 
 
@@ -908,7 +947,9 @@ def _concrete_shape(value: ir.Value, bound: Mapping[str, int]) -> tuple[int, ...
     return tuple(shape)
 
 
-def _generate(model: ir.Model, value: ir.Value, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
+def _generate(
+    model: ir.Model, value: ir.Value, shape: tuple[int, ...], rng: np.random.Generator, dims: Mapping[str, int]
+) -> Any:
     kind = value.type
     while isinstance(kind, ir.OptionalType):  # given, not empty: that is what exercises the graph
         kind = kind.elem_type
@@ -917,11 +958,21 @@ def _generate(model: ir.Model, value: ir.Value, shape: tuple[int, ...], rng: np.
             raise InputSpecError(
                 f"input '{value.name}' is a sequence of {kind.elem_type}, which graphopt cannot generate; {_WAYS_OUT}"
             )
-        return GeneratedSequence(_generate_tensor(model, value, shape, rng) for _ in range(SEQUENCE_LENGTH))
-    return _generate_tensor(model, value, shape, rng)
+        return GeneratedSequence(_generate_tensor(model, value, shape, rng, dims) for _ in range(SEQUENCE_LENGTH))
+    return _generate_tensor(model, value, shape, rng, dims)
 
 
-def _generate_tensor(model: ir.Model, value: ir.Value, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+def _generate_tensor(
+    model: ir.Model,
+    value: ir.Value,
+    shape: tuple[int, ...],
+    rng: np.random.Generator,
+    dims: Mapping[str, int],
+    *,
+    widest: bool = False,
+) -> np.ndarray:
+    """One generated tensor at the binding ``dims`` (see the module docstring); ``widest``: indices under
+    ``_index_bounds(widest=True)``."""
     dtype = value.dtype
     if dtype == ir.DataType.STRING:
         return rng.choice(_WORDS, size=shape)
@@ -933,13 +984,16 @@ def _generate_tensor(model: ir.Model, value: ir.Value, shape: tuple[int, ...], r
     if dtype.is_integer():
         if _MASK_NAME.search(value.name):
             return _padding_mask(shape, numpy_dtype)
+        low = _index_low(value, dims, widest=widest)
         if _POSITION_NAME.search(value.name) and shape:
-            # Positions count up from 0, within the position table when there is one (rotary
-            # positions read no table: 0, 1, 2, ... as a tokenizer's would).
-            table = _index_range(value)
-            positions = np.arange(shape[-1]) % table if table else np.arange(shape[-1])
+            # Positions count up from 0 (or the least that stays in the table), within the position table
+            # when there is one (rotary positions read no table: 0, 1, 2, ... as a tokenizer's would).
+            table = _index_range(value, dims, widest=widest)
+            span = table - low if table is not None and table > low else None
+            positions = low + (np.arange(shape[-1]) % span if span else np.arange(shape[-1]))
             return np.broadcast_to(positions, shape).astype(numpy_dtype)
-        return rng.integers(0, _index_highs(value, shape), size=shape).astype(numpy_dtype)
+        highs = np.maximum(_index_highs(value, shape, dims, widest=widest), low + 1)
+        return rng.integers(low, highs, size=shape).astype(numpy_dtype)
     if dtype.is_floating_point():
         if _MASK_NAME.search(value.name):
             return _padding_mask(shape, numpy_dtype)
@@ -959,23 +1013,30 @@ def _padding_mask(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return mask
 
 
-def _index_range(value: ir.Value) -> int | None:
+def _index_range(value: ir.Value, dims: Mapping[str, int] | None = None, *, widest: bool = False) -> int | None:
     """The smallest table size any element of ``value`` indexes into, if any (see ``_index_bounds``)."""
-    whole, components = _index_bounds(value)
+    whole, components, _ = _index_bounds(value, dims, widest=widest)
     bounds = [bound for bound in (whole, *components.values()) if bound is not None]
     return min(bounds) if bounds else None
 
 
-def _index_highs(value: ir.Value, shape: tuple[int, ...]) -> int | np.ndarray:
+def _index_low(value: ir.Value, dims: Mapping[str, int] | None = None, *, widest: bool = False) -> int:
+    """The least value to generate for integer ``value``: 0, unless it is offset below a table (``_index_bounds``)."""
+    return _index_bounds(value, dims, widest=widest)[2]
+
+
+def _index_highs(
+    value: ir.Value, shape: tuple[int, ...], dims: Mapping[str, int] | None = None, *, widest: bool = False
+) -> int | np.ndarray:
     """The exclusive upper bound to generate integer ``value`` of ``shape`` under.
 
     The table size its elements index (``_index_bounds``), or, where ``value`` is a ``GatherND``
     index tuple itself (its last axis the tuple's components), one bound per position along that
     last axis, to broadcast against it; ``_DEFAULT_INT_HIGH`` where no table (or an empty one) bounds it.
     """
-    whole, components = _index_bounds(value)
+    whole, components, _ = _index_bounds(value, dims, widest=widest)
     if not components or not shape:
-        return _index_range(value) or _DEFAULT_INT_HIGH
+        return _index_range(value, dims, widest=widest) or _DEFAULT_INT_HIGH
     highs = []
     for component in range(shape[-1]):
         bounds = [bound for bound in (whole, components.get(component)) if bound is not None]
@@ -988,41 +1049,145 @@ def _index_highs(value: ir.Value, shape: tuple[int, ...]) -> int | np.ndarray:
 # high): each element is at some position in [low, high) along this one's last axis (high None: unknown).
 _IndexPlace = tuple[str, int] | tuple[str, int, int | None]
 
+# An affine map of the followed value's elements reaching the value now followed: each element v became
+# scale * v + offset for one (scale, offset) pair of the two arrays broadcast together. Aligned arrays broadcast
+# against the value as ONNX broadcasts (right-aligned), so a constant added to it meets each pair at its own
+# elements; once a Reshape, Concat... moves elements, the pairs are a flat list that any element of a constant
+# may meet.
+_MAX_PAIRS = 4096
+_IDENTITY_MAP = (np.array(1, np.int64), np.array(0, np.int64), True)
+_AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Neg"})
 
-def _index_bounds(value: ir.Value) -> tuple[int | None, dict[int, int]]:
-    """The table sizes ``value``'s elements index: one bounding every element, and one per position along its last axis.
+
+def _pairs(scale: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (scale, offset) pairs as two flat arrays; the corners of their bounding box where there are
+    more than ``_MAX_PAIRS`` (a bound ``_affine_interval`` checks, linear in both, holds on the box where it holds
+    on its corners)."""
+    scale, offset = np.broadcast_arrays(scale, offset)
+    pairs = np.unique(np.stack([scale.reshape(-1), offset.reshape(-1)], axis=1), axis=0)
+    if len(pairs) > _MAX_PAIRS:
+        pairs = np.array(
+            [(a, b) for a in (pairs[:, 0].min(), pairs[:, 0].max()) for b in (pairs[:, 1].min(), pairs[:, 1].max())]
+        )
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _moved(mapping: tuple) -> tuple:
+    """``mapping`` once elements change places: its pairs, no longer aligned with the value."""
+    scale, offset, aligned = mapping
+    return mapping if not aligned and scale.ndim == 1 else (*_pairs(scale, offset), False)
+
+
+def _then_affine(mapping: tuple, node: ir.Node, index: int, dims: Mapping[str, int] | None) -> tuple | None:
+    """``mapping`` followed by ``node`` (Add, Sub, Mul by an integer constant, or Neg) reading the followed value at
+    ``index``; None where the other operand is not a constant (see ``_integer_constant``) or does not broadcast."""
+    scale, offset, aligned = mapping
+    if node.op_type == "Neg":
+        return -scale, -offset, aligned
+    if len(node.inputs) != 2 or (constant := _integer_constant(node.inputs[1 - index], dims)) is None:
+        return None
+    if not aligned:  # any pair may meet any element of the constant
+        scale, offset, constant = scale[:, None], offset[:, None], constant.reshape(1, -1)
+    try:
+        if node.op_type == "Add":
+            scale, offset = np.broadcast_arrays(scale, offset + constant)
+        elif node.op_type == "Mul":
+            scale, offset = scale * constant, offset * constant
+        elif index == 0:  # Sub(v, c)
+            scale, offset = np.broadcast_arrays(scale, offset - constant)
+        else:  # Sub(c, v)
+            scale, offset = np.broadcast_arrays(-scale, constant - offset)
+    except ValueError:  # shapes that do not broadcast: ONNX Runtime refuses the model itself
+        return None
+    if not aligned or max(scale.size, offset.size) > _MAX_PAIRS:
+        return (*_pairs(scale, offset), False)
+    return np.array(scale), np.array(offset), True
+
+
+def _affine_interval(size: int, mapping: tuple) -> tuple[int, int | None]:
+    """The values ``[low, high)`` (``high`` None: no end) that, drawn for the followed value, keep ``mapping``'s image
+    inside a table axis of ``size`` for every pair: in [0, size) where that leaves at least two values to draw, else
+    in ONNX's [-size, size) (a model that negates an index reads rows from the end by design); (0, 0) where none
+    fits. Only values from 0 are drawn; a pair that scales by 0 takes any."""
+
+    def interval(first: int, end: int) -> tuple[int, int | None] | None:
+        low, last = 0, None
+        for a, b in zip(*(part.tolist() for part in _pairs(*mapping[:2]))):
+            if a == 0:
+                if not first <= b < end:
+                    return None
+                continue
+            # first <= a * v + b <= end - 1, solved for v (ceiling and floor divisions by |a|)
+            below, above = (first - b, end - 1 - b) if a > 0 else (b - end + 1, b - first)
+            low, last = max(low, -(-below // abs(a))), (above // abs(a) if last is None else min(last, above // abs(a)))
+        if last is not None and last < low:
+            return None
+        return low, None if last is None else last + 1
+
+    within = interval(0, size)
+    if within is not None and (within[1] is None or within[1] - within[0] >= 2):
+        return within
+    return interval(-size, size) or within or (0, 0)
+
+
+def _index_bounds(
+    value: ir.Value, dims: Mapping[str, int] | None = None, *, widest: bool = False
+) -> tuple[int | None, dict[int, int], int]:
+    """The exclusive bounds ``value``'s elements are drawn under: one for every element, one per position along its
+    last axis, and the least value to draw (0 unless ``value`` is offset below the table; see below).
 
     A ``Gather`` reads every element as an index into the table's ``axis``: its size bounds them all.
     A ``GatherND`` reads its indices' last axis as a tuple, component k indexing the table's axis
     ``batch_dims + k``. ``value`` is followed to both through ``Cast``/``Identity`` (which keep its last
     axis), ``Unsqueeze`` (a new last axis puts every element at component 0; GPT-J's dynamo export),
     a last-axis ``Concat`` (the components of the inputs before it shift it on; where their widths are
-    unknown, it may sit at any component) and the other index-preserving ops (which move elements to
-    positions unknown). So an input that is an index tuple itself has its component j bounded by the
-    table's axis ``batch_dims + j``; one whose elements may sit at several components, by the smallest
-    of those axes. Where one input indexes several tables, each bound is the smallest met: a bound on
-    every element (a Gather's) also bounds each component. Negative indices, which ONNX allows down
-    to ``-size``, are not generated, so the bound is the size. A table's size is its recorded shape's,
-    or a constant's (an initializer, a ``Constant`` node's tensor, through a ``Transpose``, ``Cast`` or
-    ``Identity``: GPT-J's legacy export inlines its ``embed_positions`` as a Constant with no shape
+    unknown, it may sit at any component; widths are read by ``_last_dim``) and the other index-preserving
+    ops (which move elements to positions unknown). So an input that is an index tuple itself has its
+    component j bounded by the table's axis ``batch_dims + j``; one whose elements may sit at several
+    components, by the smallest of those axes (with ``widest``, the largest: a guess that
+    ``_vary_ambiguous_indices`` checks on ONNX Runtime). Where one input indexes several tables, each bound
+    is the smallest met: a bound on every element (a Gather's) also bounds each component.
+
+    ``value`` is followed through ``Add``, ``Sub`` and ``Mul`` by an integer constant and ``Neg`` too (torch's
+    legacy export spells ``table[batch, ids]`` as ``Gather(Flatten(table), ids + Range(0, 2) * 64)``): each
+    element ends as ``scale * v + offset``, for one of the pairs the constants broadcast to it, and is drawn
+    so that every pair keeps it in the table (``_affine_interval``; ``ids - 1`` is drawn from 1). A constant
+    is an initializer, a ``Constant`` node's tensor, or what a few integer ops compute from them, from fixed
+    dims and from the graph inputs' dims as ``dims`` binds them (``_integer_constant``); past an operand that
+    is not one, nothing is followed (and that table bounds nothing). Negative values are not drawn: an index
+    read as drawn is bounded by its axis's size.
+    A table's size is its recorded shape's,
+    or a constant's (an initializer, a ``Constant`` node's tensor, through a ``Transpose``, ``Flatten``, ``Cast``
+    or ``Identity``: GPT-J's legacy export inlines its ``embed_positions`` as a Constant with no shape
     recorded); a dim that is not a number bounds nothing.
     """
     whole: list[int] = []
     components: dict[int, int] = {}
-    frontier: list[tuple[ir.Value, _IndexPlace]] = [(value, ("axis", 0))]
-    seen: set[tuple[ir.Value, _IndexPlace]] = set()
+    lows = [0]
+    frontier: list[tuple[ir.Value, _IndexPlace, tuple]] = [(value, ("axis", 0), _IDENTITY_MAP)]
+    seen: set[tuple] = set()
     while frontier:
-        current, place = frontier.pop()
-        if (current, place) in seen:
+        current, place, mapping = frontier.pop()
+        key = (
+            id(current),
+            place,
+            mapping[2],
+            *(part.shape for part in mapping[:2]),
+            *(part.tobytes() for part in mapping[:2]),
+        )
+        if key in seen:
             continue
-        seen.add((current, place))
+        seen.add(key)
         for node, index in current.uses():
             if not is_onnx_domain(node):
                 continue
             if node.op_type == "Gather" and index == 1:
                 table = _table_shape(node.inputs[0])
                 if table and isinstance(size := table[node.attributes.get_int("axis", 0) % len(table)], int):
-                    whole.append(size)
+                    low, high = _affine_interval(size, mapping)
+                    lows.append(low)
+                    if high is not None:
+                        whole.append(high)
             elif node.op_type == "GatherND" and index == 1:
                 table = _table_shape(node.inputs[0])
                 if not table:
@@ -1032,14 +1197,25 @@ def _index_bounds(value: ir.Value) -> tuple[int | None, dict[int, int]]:
                 end = len(table) if width is None else min(len(table), first + width)
                 if place[0] == "axis":
                     for component in range(end - first - place[1]):
-                        if isinstance(size := table[first + place[1] + component], int):
-                            components[component] = min(size, components.get(component, size))
+                        size = table[first + place[1] + component]
+                        if not isinstance(size, int):
+                            continue
+                        low, high = _affine_interval(size, mapping)
+                        lows.append(low)
+                        if high is not None:
+                            components[component] = min(high, components.get(component, high))
                 else:
                     if place[2] is not None:
                         end = min(end, first + place[2])
                     sizes = [size for size in table[first + place[1] : end] if isinstance(size, int)]
-                    if sizes:
-                        whole.append(min(sizes))
+                    intervals = [_affine_interval(size, mapping) for size in sizes]
+                    if widest and intervals:  # a guess: the widest axis the element may index
+                        intervals = [max(intervals, key=lambda pair: math.inf if pair[1] is None else pair[1])]
+                    lows.extend(low for low, _ in intervals)
+                    if highs := [high for _, high in intervals if high is not None]:
+                        whole.append(min(highs))
+            elif node.op_type in _AFFINE_OPS and (mapped := _then_affine(mapping, node, index, dims)) is not None:
+                frontier.extend((out, place, mapped) for out in node.outputs)
             elif node.op_type == "Unsqueeze" and index == 0:
                 axes = _constant_ints(node.inputs[1] if len(node.inputs) > 1 else None)
                 rank = _rank(current)
@@ -1049,7 +1225,7 @@ def _index_bounds(value: ir.Value) -> tuple[int | None, dict[int, int]]:
                     kept = place  # the last axis stays last
                 else:
                     kept = ("range", 0, None)
-                frontier.extend((out, kept) for out in node.outputs)
+                frontier.extend((out, kept, _moved(mapping)) for out in node.outputs)
             elif node.op_type == "Concat":
                 rank = _rank(current)
                 axis = node.attributes.get_int("axis", 0)
@@ -1066,12 +1242,15 @@ def _index_bounds(value: ir.Value) -> tuple[int | None, dict[int, int]]:
                     kept = place  # joined along another axis: the last keeps its components
                 else:
                     kept = ("range", 0, None)
-                frontier.extend((out, kept) for out in node.outputs)
+                frontier.extend((out, kept, _moved(mapping)) for out in node.outputs)
             elif node.op_type in _INDEX_PRESERVING_OPS and index == 0:
-                kept = place if node.op_type in ("Cast", "Identity") else ("range", 0, None)
-                frontier.extend((out, kept) for out in node.outputs)
+                if node.op_type in ("Cast", "Identity"):
+                    frontier.extend((out, place, mapping) for out in node.outputs)
+                else:
+                    frontier.extend((out, ("range", 0, None), _moved(mapping)) for out in node.outputs)
     width = _last_dim(value)  # a tuple is no wider than the input: a table's further axes bound nothing of it
-    return (min(whole) if whole else None), {j: size for j, size in components.items() if width is None or j < width}
+    components = {j: size for j, size in components.items() if width is None or j < width}
+    return (min(whole) if whole else None), components, max(lows)
 
 
 def _rank(value: ir.Value) -> int | None:
@@ -1087,18 +1266,69 @@ def _rank(value: ir.Value) -> int | None:
     return None
 
 
-def _last_dim(value: ir.Value | None) -> int | None:
-    """The size of ``value``'s last axis, where recorded or where an ``Unsqueeze(-1)`` made it 1; else None."""
-    if value is None:
+def _last_dim(value: ir.Value | None, depth: int = 0) -> int | None:
+    """The size of ``value``'s last axis where it is provable, else None: recorded, a constant's, 1 after an
+    ``Unsqueeze(-1)``, or what ``Cast``/``Identity``/``Neg``, broadcasting ops (``Add``, ``Sub``, ``Mul``, ``Where``),
+    ``Expand`` (its target's last entry, ``_shape_last``) and a last-axis ``Concat`` (the sum) make of their inputs'."""
+    if value is None or depth > _MAX_HOPS:
         return None
     if value.shape is not None:
         last = value.shape[-1] if len(value.shape) else None
         return last if isinstance(last, int) else None
+    if (constant := _integer_constant(value)) is not None:
+        return constant.shape[-1] if constant.ndim else None
     node = value.producer()
-    if node is not None and is_onnx_domain(node) and node.op_type == "Unsqueeze" and len(node.inputs) > 1:
+    if node is None or not is_onnx_domain(node):
+        return None
+    if node.op_type == "Unsqueeze" and len(node.inputs) > 1:
         axes = _constant_ints(node.inputs[1])
-        if axes is not None and -1 in axes:
-            return 1
+        return 1 if axes is not None and -1 in axes else None
+    if node.op_type in ("Cast", "Identity", "Neg"):
+        return _last_dim(node.inputs[0], depth + 1)
+    if node.op_type in ("Add", "Sub", "Mul", "Where"):
+        return _broadcast_last([_width_or_scalar(v, depth + 1) for v in node.inputs])
+    if node.op_type == "Expand" and len(node.inputs) == 2:
+        return _broadcast_last([_width_or_scalar(node.inputs[0], depth + 1), _shape_last(node.inputs[1], depth + 1)])
+    if node.op_type == "Concat" and node.attributes.get_int("axis", 0) == -1:
+        widths = [_last_dim(v, depth + 1) for v in node.inputs]
+        return None if None in widths else sum(widths)
+    return None
+
+
+def _width_or_scalar(value: ir.Value | None, depth: int) -> int | None:
+    """``_last_dim``, or 1 for a value of rank 0 (it broadcasts as a 1 would)."""
+    if value is not None and value.shape is not None and len(value.shape) == 0:
+        return 1
+    constant = _integer_constant(value) if value is not None else None
+    if constant is not None and constant.ndim == 0:
+        return 1
+    return _last_dim(value, depth)
+
+
+def _broadcast_last(widths: list[int | None]) -> int | None:
+    """The last axis ONNX broadcasting makes of axes of these sizes (None: unknown), where provable."""
+    known = {width for width in widths if width is not None and width != 1}
+    if len(known) == 1:
+        return known.pop()  # unknown ones are 1 or this, or the model fails
+    return 1 if not known and None not in widths else None
+
+
+def _shape_last(value: ir.Value | None, depth: int = 0) -> int | None:
+    """The last entry of a 1-D shape tensor, where provable: a constant's, ``Shape(x)``'s (``x``'s last dim), the last
+    input's of a ``Concat``."""
+    if value is None or depth > _MAX_HOPS:
+        return None
+    if (constant := _integer_constant(value)) is not None:
+        return int(constant.reshape(-1)[-1]) if constant.size else None
+    node = value.producer()
+    if node is None or not is_onnx_domain(node):
+        return None
+    if node.op_type == "Shape" and node.attributes.get_int("end", None) is None:
+        return _last_dim(node.inputs[0], depth + 1)
+    if node.op_type == "Concat" and node.inputs:
+        return _shape_last(node.inputs[-1], depth + 1)
+    if node.op_type in ("Cast", "Identity"):
+        return _shape_last(node.inputs[0], depth + 1)
     return None
 
 
@@ -1115,6 +1345,13 @@ def _table_shape(value: ir.Value | None) -> tuple | None:
         return None
     if node.op_type in ("Cast", "Identity"):
         return _table_shape(node.inputs[0])
+    if node.op_type == "Flatten":  # torch's legacy export flattens a table that two indices address
+        inner = _table_shape(node.inputs[0])
+        if inner is None:
+            return None
+        axis = node.attributes.get_int("axis", 1) % (len(inner) + 1) if inner else 0
+        parts = (inner[:axis], inner[axis:])
+        return tuple(math.prod(part) if all(isinstance(d, int) for d in part) else None for part in parts)
     if node.op_type == "Transpose":
         inner = _table_shape(node.inputs[0])
         if inner is None:
@@ -1130,6 +1367,102 @@ def _constant_ints(value: ir.Value | None) -> list[int] | None:
     if tensor is None or tensor.dtype not in (ir.DataType.INT64, ir.DataType.INT32):
         return None
     return [int(v) for v in tensor.numpy().reshape(-1)]
+
+
+def _shape_dims(node: ir.Node, dims: Mapping[str, int] | None = None) -> list | None:
+    """The dims a ``Shape`` node returns, as recorded (numbers or symbols; a graph input's named dims as ``dims``
+    binds them: the generated inputs have those sizes), or None where no shape is recorded."""
+    data = node.inputs[0] if is_onnx_domain(node) and node.inputs else None
+    if data is None or data.shape is None:
+        return None
+    shape = list(data.shape)
+    if dims and data.is_graph_input():
+        shape = [dims.get(dim.value, dim) if isinstance(dim, ir.SymbolicDim) and dim.value else dim for dim in shape]
+    return shape[node.attributes.get_int("start", 0) : node.attributes.get_int("end", len(shape))]
+
+
+def _is_size(dim: Any) -> bool:
+    return isinstance(dim, int) and dim >= 0
+
+
+# Constants ``_integer_constant`` computes stay this small (an offset per batch row, a stride).
+_MAX_CONSTANT = 1 << 16
+_ARITHMETIC = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
+
+
+def _integer_constant(
+    value: ir.Value | None, dims: Mapping[str, int] | None = None, depth: int = 0
+) -> np.ndarray | None:
+    """``value``'s integers (as int64) where constants and fixed dims decide them, else None.
+
+    An integer initializer or ``Constant`` node's tensor, or what ``Add``/``Sub``/``Mul``/``Neg``, ``Cast`` to an
+    integer, ``Identity``, ``Gather``, ``Unsqueeze``, ``Squeeze``, ``Reshape``, ``Concat``, ``Expand`` and ``Range``
+    compute from such, and ``Shape`` of a value whose recorded dims (those sliced) are all numbers or a graph input's
+    dims that ``dims`` binds (``_shape_dims``): torch's legacy
+    export builds a flattened index's row offsets as ``Range(0, Shape(ids)[0]) * rows``. At most ``_MAX_CONSTANT``
+    elements, through at most ``_MAX_HOPS`` ops.
+    """
+    if value is None or depth > _MAX_HOPS:
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is not None:
+        if not tensor.dtype.is_integer() or tensor.size > _MAX_CONSTANT:
+            return None
+        return tensor.numpy().astype(np.int64)
+    node = value.producer()
+    if node is None or not is_onnx_domain(node) or len(node.outputs) != 1:
+        return None
+    if node.op_type == "Shape":
+        sizes = _shape_dims(node, dims)
+        return np.array(sizes, np.int64) if sizes is not None and all(_is_size(d) for d in sizes) else None
+    if node.op_type == "Gather" and len(node.inputs) == 2 and (shape := node.inputs[0]) is not None:
+        producer = shape.producer()
+        sizes = _shape_dims(producer, dims) if producer is not None and producer.op_type == "Shape" else None
+        picks = _integer_constant(node.inputs[1], dims, depth + 1)
+        if sizes is not None and picks is not None and all(-len(sizes) <= pick < len(sizes) for pick in picks.flat):
+            chosen = [sizes[pick] for pick in picks.reshape(-1).tolist()]  # fixed dims of a partly symbolic shape
+            return np.array(chosen, np.int64).reshape(picks.shape) if all(_is_size(d) for d in chosen) else None
+    if node.op_type == "Cast" and not ir.DataType(node.attributes.get_int("to", 0)).is_integer():
+        return None
+    operands = [_integer_constant(v, dims, depth + 1) if v is not None else None for v in node.inputs]
+    if not operands or operands[0] is None:
+        return None
+    data, rest = operands[0], operands[1:]
+    try:
+        if node.op_type in _ARITHMETIC and len(rest) == 1 and rest[0] is not None:
+            result = _ARITHMETIC[node.op_type](data, rest[0])
+        elif node.op_type == "Neg":
+            result = -data
+        elif node.op_type in ("Cast", "Identity"):
+            result = data
+        elif node.op_type == "Gather" and len(rest) == 1 and rest[0] is not None:
+            result = np.take(data, rest[0], axis=node.attributes.get_int("axis", 0))
+        elif node.op_type in ("Unsqueeze", "Squeeze"):
+            axes = rest[0] if rest and rest[0] is not None else node.attributes.get_ints("axes", None)
+            if node.op_type == "Unsqueeze":
+                result = None if axes is None else np.expand_dims(data, tuple(np.reshape(axes, -1).tolist()))
+            else:
+                result = np.squeeze(data, None if axes is None else tuple(np.reshape(axes, -1).tolist()))
+        elif node.op_type == "Reshape" and len(rest) == 1 and rest[0] is not None:
+            target = rest[0].reshape(-1).tolist()
+            if not node.attributes.get_int("allowzero", 0):
+                target = [data.shape[i] if size == 0 else size for i, size in enumerate(target)]
+            result = data.reshape(target)
+        elif node.op_type == "Concat" and None not in rest:
+            result = np.concatenate([data, *rest], axis=node.attributes.get_int("axis", 0))
+        elif node.op_type == "Expand" and len(rest) == 1 and rest[0] is not None:
+            target = np.broadcast_shapes(data.shape, tuple(rest[0].reshape(-1).tolist()))
+            result = np.broadcast_to(data, target) if math.prod(target) <= _MAX_CONSTANT else None
+        elif node.op_type == "Range" and len(rest) == 2 and None not in rest and rest[1].item() != 0:
+            count = max(0, -(-(rest[0].item() - data.item()) // rest[1].item()))
+            result = np.arange(data.item(), rest[0].item(), rest[1].item()) if count <= _MAX_CONSTANT else None
+        else:
+            result = None
+    except (ValueError, IndexError):  # what ONNX Runtime would refuse (numpy's AxisError is both): nothing to read
+        return None
+    if result is None or np.size(result) > _MAX_CONSTANT:
+        return None
+    return np.asarray(result, np.int64)
 
 
 # --- inputs whose values are read as sizes, axes, counts or parameters -------------------
@@ -2087,6 +2420,7 @@ def _skeleton_value(value: ir.Value, generated: np.ndarray) -> tuple[np.ndarray,
         # Past the special tokens where the table is known to be large; from 0 where it is
         # small or unknown (a fused EmbedLayerNormalization reads ids no Gather shows).
         low = _SKELETON_FIRST_ID if table is not None and table > 2 * _SKELETON_FIRST_ID else 0
+        low = max(low, _index_low(value))  # an index offset below its table (ids - 1) starts past 0
         span = max(1, min(table or 64, low + 64) - low)
         ids = low + np.arange(generated.size) % span
         return ids.reshape(generated.shape).astype(generated.dtype), f" token ids {ids.min()}..{ids.max()}"

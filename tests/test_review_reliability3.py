@@ -1,6 +1,7 @@
 """Review of ec70714 (undefined_input checks node order), fbc1399 (remove_dead_nodes deletes body
 initializers) and 8991b36 (GatherND index components bounded per table axis): strict xfails for what
-the review confirmed. Reproduction scripts lived in /tmp/rev_rel/."""
+the review confirmed. Reproduction scripts lived in /tmp/rev_rel/. The two findings about generated index inputs
+are fixed since (tests/test_inputs_index_arithmetic.py covers their neighbours)."""
 
 from __future__ import annotations
 
@@ -57,13 +58,11 @@ POSITIONS_BEHIND_A_BATCH_INDEX = """
     }""".replace("ONES", ", ".join(["1.0"] * 256))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="8991b36: a GatherND tuple component behind an index of unrecorded width (Expand of a constant) may sit at "
-    "any table axis, so position_ids get the smallest, the batch axis of 1: every generated position is 0 and "
-    "verification never exercises positions (no note says so); the old code drew 0..127 and failed at 64",
-)
 def test_positions_behind_a_batch_index_of_unknown_width_still_vary():
+    """Review finding (fixed since): 8991b36 let a GatherND tuple component behind an index of unrecorded width (an
+    Expand of a constant) sit at any table axis, so position_ids got the smallest, the batch axis of 1: every
+    generated position was 0 and verification never exercised positions (no note said so); the code before drew
+    0..127 and failed at 64. The Expand's width is now read from its target (Shape of the Unsqueeze(-1): 1)."""
     proto = onnx.parser.parse_model(POSITIONS_BEHIND_A_BATCH_INDEX)
     onnx.checker.check_model(proto)
     inputs = make_inputs(ir.from_proto(proto))
@@ -81,13 +80,11 @@ FLATTENED_ADVANCED_INDEX = """
     }""".replace("ONES", ", ".join(["1.0"] * 512))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generated index inputs are followed through shape ops only, never through Add/Mul by constants: "
-    "torch's legacy exporter spells table[batch, position_ids] on a [2, 64, 4] table as this flat Gather, the "
-    "positions are drawn 0..127 and the input model fails on graphopt's own inputs (before 8991b36 too)",
-)
 def test_a_flattened_advanced_index_runs_on_generated_inputs():
+    """Review finding (fixed since): generated index inputs were followed through shape ops only, never through
+    Add/Mul by constants: torch's legacy exporter spells table[batch, position_ids] on a [2, 64, 4] table as this
+    flat Gather, the positions were drawn 0..127 and the input model failed on graphopt's own inputs (before
+    8991b36 too). The row offsets 0 and 64 now leave positions below 64."""
     proto = onnx.parser.parse_model(FLATTENED_ADVANCED_INDEX)
     onnx.checker.check_model(proto)
     inputs = make_inputs(ir.from_proto(proto))
