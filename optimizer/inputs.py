@@ -835,7 +835,9 @@ def format_bytes(nbytes: int) -> str:
     return f"{nbytes / 1024**power:.3g} {units[power]}" if power else f"{nbytes} bytes"
 
 
-def make_inputs(model: ir.Model, dims: Mapping[str, int] | None = None, *, seed: int = 0) -> dict[str, Any]:
+def make_inputs(
+    model: ir.Model, dims: Mapping[str, int] | None = None, *, seed: int = 0, notes: list[str] | None = None
+) -> dict[str, Any]:
     """Generate one value per graph input, with symbolic dims bound by ``bind_dims``.
 
     Tensors are arrays, sequences lists of arrays (``GeneratedSequence``), optionals
@@ -844,7 +846,8 @@ def make_inputs(model: ir.Model, dims: Mapping[str, int] | None = None, *, seed:
     the next candidates tried on a refusal. Raises ``InputSpecError`` for an input with
     no type or shape, for inputs that would take more than ``MAX_INPUT_BYTES``, or when
     ONNX Runtime refuses every candidate: pass real inputs with ``--inputs`` or skip
-    verification with ``--no-verify``.
+    verification with ``--no-verify``. An index input that could only be generated as one value
+    repeated (``_vary_ambiguous_indices``) is said in ``notes`` (a list the caller shows) and logged.
     """
     refuse_oversized(model, [dims])
     bound = bind_dims(model, dims)
@@ -857,17 +860,22 @@ def make_inputs(model: ir.Model, dims: Mapping[str, int] | None = None, *, seed:
     guessed = [value.name for value in values if value.shape is None]  # sequence elements of unknown shape
     if rounds or guessed:
         inputs = _first_accepted(model, inputs, rounds or [{}], guessed)
-    return _vary_ambiguous_indices(model, inputs, shapes, seed, bound)
+    return _vary_ambiguous_indices(model, inputs, shapes, seed, bound, notes)
 
 
 def _vary_ambiguous_indices(
-    model: ir.Model, inputs: dict[str, Any], shapes: Mapping[str, tuple[int, ...]], seed: int, dims: Mapping[str, int]
+    model: ir.Model,
+    inputs: dict[str, Any],
+    shapes: Mapping[str, tuple[int, ...]],
+    seed: int,
+    dims: Mapping[str, int],
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """``inputs``, with the integer inputs generated as one repeated value only because their elements may sit at
     several components of a ``GatherND`` index tuple, the smallest axis of size 1 (a batch axis; see
     ``_index_bounds``), drawn again under the widest of those axes: kept where the original model runs on them
     (ONNX Runtime refuses a ``Gather`` or ``GatherND`` index out of its table), else left as they were, with a
-    warning that verification does not exercise other values of them."""
+    note (in ``notes``, and logged) that verification does not exercise other values of them."""
     rng = np.random.default_rng([seed, 1])  # its own stream: the first draw stays as it was
     widened = {}
     for value in runtime_inputs(model):
@@ -884,13 +892,13 @@ def _vary_ambiguous_indices(
     try:
         run_model(model, {**inputs, **widened})
     except RuntimeRefusedError as error:
-        logger.warning(
-            "generated %s: one value repeated, since an element may index a table axis of size 1 and ONNX Runtime "
-            "refuses wider values (%s); verification does not exercise other values (pass real inputs with "
-            "--inputs FILE.npz)",
-            _quoted(widened),
-            error.reason,
+        note = (
+            f"generated {_quoted(widened)}: one value repeated, since an element may index a table axis of size 1 "
+            f"and ONNX Runtime refuses wider values ({error.reason}); verification does not exercise other values "
+            "(pass real inputs with --inputs FILE.npz)"
         )
+        logger.warning("%s", note)
+        _add_note(notes, note)
         return inputs
     return {**inputs, **widened}
 
