@@ -673,7 +673,7 @@ def _compounded_error(
     ends: Sequence[str],
     tolerances: Mapping[str, Tolerance],
 ) -> str:
-    """Why a segment check's result differs from its twin though every segment is within the tolerance,
+    """Why a segment check's result differs from its twin though every segment passes on its own,
     or "": the segments' systematic errors summed along the chain (every checkpoint's, ``axes`` names
     them, then the largest of the outputs ``ends``'s) past ``SYSTEMATIC_BOUND``."""
 
@@ -699,8 +699,8 @@ def _compounded_error(
     where = worst if worst.startswith("output '") else f"'{worst}'"
     largest = chain[worst]
     return (
-        f"each segment is within the tolerance, but their systematic errors (a gain or an offset per channel) add up "
-        f"to {_percent(total)} of the activations' RMS over {len(chain)} segments, past the "
+        f"each segment passes on its own, but their systematic errors (a gain or an offset per channel) add up to "
+        f"{_percent(total)} of the activations' RMS over {len(chain)} segments, past the "
         f"{_percent(SYSTEMATIC_BOUND)} that a correct result's rounding stays far below: deployed, such errors "
         f"compound. The largest, {_percent(largest.share)}, in the segment ending at {where}: a gain of "
         f"{_percent(largest.gain, '+')} and a mean offset of {_percent(largest.offset, '+')} of its RMS"
