@@ -415,7 +415,7 @@ def _verification_inputs(
     else:
         refuse_oversized(model, verification_bindings(model, dims, max_positions), what="generated verification inputs")
         first = bind_dims(model, dims, max_positions=max_positions)
-        primary, how = _model_cache(model, make_inputs(model, first), seed=0)
+        primary, how = _model_cache(model, make_inputs(model, first, notes=notes), seed=0)
         return [primary], [f"generated ({_shapes(model, primary)}){how}"]
     notes.extend(f"{label}: {note}" for note in mended)
     note = nan_note(arrays)

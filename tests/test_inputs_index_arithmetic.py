@@ -221,3 +221,15 @@ def test_positions_that_only_a_constant_fits_are_kept_with_a_warning(caplog):
     (note,) = notes
     assert note.startswith("generated 'position_ids': one value repeated") and "--inputs FILE.npz" in note
     assert [record.getMessage() for record in caplog.records] == notes
+
+
+def test_optimize_reports_positions_that_only_a_constant_fits():
+    # The note reaches the report's warnings, which the CLI prints at its default verbosity (a logged warning alone
+    # does not show there).
+    from optimizer.api import optimize_with_report
+
+    model = _tuple_after("batch = Min(zero, column)", (4, 1, 8))
+    _, report = optimize_with_report(model, ["remove-unused"])
+    assert any("generated 'position_ids': one value repeated" in warning for warning in report.warnings), (
+        report.warnings
+    )
