@@ -203,8 +203,8 @@ def test_a_dropped_input_set_is_a_warning_not_silence(monkeypatch):
 
     real = api.make_inputs
 
-    def failing_second_binding(model, dims=None, *, seed=0):
-        inputs = real(model, dims, seed=seed)
+    def failing_second_binding(model, dims=None, *, seed=0, notes=None):
+        inputs = real(model, dims, seed=seed, notes=notes)
         if seed == 1:  # the second binding: an id past the vocabulary makes the original fail
             inputs["input_ids"] = inputs["input_ids"] + 10**6
         return inputs
