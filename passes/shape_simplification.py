@@ -50,6 +50,10 @@ Element = int | _DimOf | None
 Shapes = dict[str, tuple[Symbol, ...]]
 ShapeOf = Callable[[ir.Value], "tuple[Symbol, ...] | None"]
 
+# The ops _shape_elements follows.
+_FOLLOWED = frozenset(
+    {"Shape", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Cast", "Concat", "Gather", "Slice", "Where"}
+)
 # A Reshape target element that is the data's own dim at its position: 0 under allowzero=0.
 _COPY = "copy"
 _UNKNOWN_BESIDE_COPY = (
@@ -90,15 +94,16 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
         if isinstance(shapes, str):
             self.decline(shapes)
             return self.result(model, modified=False)
+        classes = _DimClasses(model.graph, shapes)
         modified = False
         for node in candidates:
             if node.op_type == "Reshape":
-                target = _reshape_rewrite(node, shapes)
+                target = _reshape_rewrite(node, shapes, classes)
                 if isinstance(target, str):
                     self.refuse("Reshape", target)
                     continue
             else:
-                target = _expand_target(node, shapes)
+                target = _expand_target(node, shapes, classes)
             if target is None:
                 continue
             constant = add_initializer(
@@ -113,23 +118,23 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
 
 
 def _computed_target(node: ir.Node) -> bool:
-    """Whether ``node`` is a Reshape or Expand whose target is computed from shape arithmetic this pass follows.
+    """Whether ``node`` is a Reshape or Expand whose target is computed by an op this pass follows.
 
-    A filter before inference, on the shapes recorded in the graph: the elements are read again from the
-    inferred shapes (``_shape_elements``), since a recorded shape may not hold at run time.
+    A filter before inference: the elements are read once the inferred shapes (which say how many dims each
+    ``Shape`` reads) are known.
     """
     if node.op_type not in ("Reshape", "Expand") or not is_onnx_domain(node) or len(node.inputs) < 2:
         return False
-    return constant_array(node.inputs[1]) is None and _shape_elements(node.inputs[1], _recorded) is not None
+    producer = node.inputs[1].producer() if node.inputs[1] is not None else None
+    return (
+        constant_array(node.inputs[1]) is None
+        and producer is not None
+        and is_onnx_domain(producer)
+        and producer.op_type in _FOLLOWED
+    )
 
 
-def _recorded(value: ir.Value) -> tuple[Symbol, ...] | None:
-    if value.shape is None:
-        return None
-    return tuple(dim if isinstance(dim, int) else None for dim in value.shape)
-
-
-def _reshape_target(node: ir.Node, shapes: Shapes) -> list[int | str | None] | None:
+def _reshape_target(node: ir.Node, shapes: Shapes, classes: _DimClasses) -> list[int | str | None] | None:
     """Each element of ``node``'s target: a size, ``_COPY`` (the data's own dim at that position) or None
     (unknown, at most one and no -1 beside it); None where that cannot be said."""
     elements = _shape_elements(node.inputs[1], _inferred(shapes))
@@ -145,15 +150,50 @@ def _reshape_target(node: ir.Node, shapes: Shapes) -> list[int | str | None] | N
             target.append(_COPY)  # Shape(data)[position]: a copy by the graph's structure, whatever the symbols
         elif symbol is not None and position < len(data_shape) and data_shape[position] == symbol:
             target.append(_COPY)
+        elif isinstance(element, _DimOf) and classes.same(element.value, element.axis, node.inputs[0], position):
+            target.append(_COPY)
         else:
             target.append(None)
+    unknown = target.count(None)
+    if unknown == 1 and -1 in target:
+        target = _copy_fixed_by_output(node, target, data_shape, classes)
     unknown = target.count(None)
     if unknown > 1 or (unknown == 1 and -1 in target):
         return None
     return target
 
 
-def _reshape_rewrite(node: ir.Node, shapes: Shapes) -> list[int] | str | None:
+def _copy_fixed_by_output(
+    node: ir.Node, target: list[int | str | None], data_shape: tuple[Symbol, ...], classes: _DimClasses
+) -> list[int | str | None]:
+    """``target`` with its unknown element a copy where the size the -1 takes is fixed and fixes it.
+
+    An allowzero=0 Reshape fails unless the product of its target's elements other than the -1 is not 0, so
+    where the model runs, copies cancel out: the unknown element times the sizes times the -1's size is the
+    data's dims at the positions not copied. Where the -1's output dim is a known size ``K`` (a later
+    MatMul's weight rows, which the model fails without) and the data's dims not copied, but the unknown's
+    own, multiply to ``K`` times the sizes, the unknown element is the data's dim at its position: BERT's
+    merge of heads ``[Shape(h)[0], Shape(h)[1], -1]`` of a context whose batch the mask broadcast.
+    """
+    if node.attributes.get_int("allowzero", 0) or len(node.outputs[0].uses()) == 0:
+        return target
+    unknown, minus_one = target.index(None), target.index(-1)
+    known = classes.size(node.outputs[0], minus_one)
+    if known is None or unknown >= len(data_shape):
+        return target
+    rest = [
+        dim for position, dim in enumerate(data_shape)
+        if position != unknown and (position >= len(target) or target[position] != _COPY)
+    ]  # fmt: skip
+    sizes = [item for item in target if isinstance(item, int) and item != -1]
+    if not all(isinstance(dim, int) for dim in rest) or 0 in sizes:
+        return target
+    if int(np.prod(rest, dtype=np.int64)) != known * int(np.prod(sizes, dtype=np.int64)):
+        return target
+    return [_COPY if position == unknown else item for position, item in enumerate(target)]
+
+
+def _reshape_rewrite(node: ir.Node, shapes: Shapes, classes: _DimClasses) -> list[int] | str | None:
     """The constant target for ``node`` (dropping its ``allowzero=1`` where it copies a dim); why not where the
     elements are proven but no constant target computes the same; None where they are not proven.
 
@@ -164,7 +204,7 @@ def _reshape_rewrite(node: ir.Node, shapes: Shapes) -> list[int] | str | None:
     (which reads 0 as a literal size: the rewrite switches to allowzero=0, the same where no element is a
     literal 0), a -1 beside a copy becomes the size the data's other dims fix for it, or is refused.
     """
-    target = _reshape_target(node, shapes)
+    target = _reshape_target(node, shapes, classes)
     if target is None:
         return None
     allowzero = node.attributes.get_int("allowzero", 0)
@@ -205,7 +245,7 @@ def _fixed_size(target: list[int | str | None], data_shape: tuple[Symbol, ...]) 
     return total // part if total % part == 0 else None
 
 
-def _expand_target(node: ir.Node, shapes: Shapes) -> list[int] | None:
+def _expand_target(node: ir.Node, shapes: Shapes, classes: _DimClasses) -> list[int] | None:
     elements = _shape_elements(node.inputs[1], _inferred(shapes))
     data_shape = shapes.get(node.inputs[0].name)
     if elements is None or data_shape is None:
@@ -219,6 +259,12 @@ def _expand_target(node: ir.Node, shapes: Shapes) -> list[int] | None:
         elif position >= offset and _own_dim(element, node, position - offset):
             target.append(1)
         elif symbol is not None and position >= offset and data_shape[position - offset] == symbol:
+            target.append(1)
+        elif (
+            position >= offset
+            and isinstance(element, _DimOf)
+            and classes.same(element.value, element.axis, node.inputs[0], position - offset)
+        ):
             target.append(1)
         else:
             return None
@@ -270,11 +316,13 @@ def _shape_elements(value: ir.Value | None, shape_of: ShapeOf) -> list[Element] 
     if node.op_type in ("Identity", "Unsqueeze", "Squeeze"):
         return _shape_elements(inputs[0], shape_of)
     if node.op_type == "Reshape":
-        # The dynamo exporter turns a scalar dim into a 1-D one with Reshape(d, [-1]).
+        # The dynamo exporter turns a scalar dim into a 1-D one with Reshape(d, [-1]); the legacy one reshapes
+        # its expand target to [-1].
         target = constant_array(inputs[1])
         source = _shape_elements(inputs[0], shape_of)
-        if target is not None and target.size == 1 and source is not None and len(source) == 1:
-            return source
+        if target is not None and target.size == 1 and source is not None:
+            if int(target.reshape(-1)[0]) in (-1, len(source)):
+                return source
         return None
     if node.op_type == "Cast" and node.attributes.get_int("to") == ir.DataType.INT64:
         return _shape_elements(inputs[0], shape_of)
@@ -292,7 +340,38 @@ def _shape_elements(value: ir.Value | None, shape_of: ShapeOf) -> list[Element] 
         return [source[int(index)] for index in indices.reshape(-1)]
     if node.op_type == "Slice":
         return _slice_elements(node, shape_of)
+    if node.op_type == "Where" and len(inputs) == 3:
+        return _where_elements(node, shape_of)
     return None
+
+
+def _where_elements(node: ir.Node, shape_of: ShapeOf) -> list[Element] | None:
+    """``Where(Equal(s, c), r, s)`` of a shape ``s`` and constants ``c``, ``r``: the legacy exporter's ``expand``
+    target (``c`` is -1, which a dim never is), element by element."""
+    condition, replacement, source = node.inputs
+    test = condition.producer() if condition is not None else None
+    if test is None or test.op_type != "Equal" or not is_onnx_domain(test) or source not in test.inputs:
+        return None
+    other = test.inputs[1] if test.inputs[0] is source else test.inputs[0]
+    elements = _shape_elements(source, shape_of)
+    compared, replaced = constant_array(other), constant_array(replacement)
+    if elements is None or compared is None or replaced is None:
+        return None
+    compared, replaced = compared.reshape(-1), replaced.reshape(-1)
+    if compared.size not in (1, len(elements)) or replaced.size not in (1, len(elements)):
+        return None
+    result: list[Element] = []
+    for index, element in enumerate(elements):
+        against = int(compared[index % compared.size])
+        if isinstance(element, _DimOf):
+            if against >= 0:
+                return None  # a dim may be any size that is not negative
+            result.append(element)
+        elif element is None:
+            return None
+        else:
+            result.append(int(replaced[index % replaced.size]) if element == against else element)
+    return result
 
 
 def _slice_elements(node: ir.Node, shape_of: ShapeOf) -> list[Element] | None:
@@ -306,6 +385,308 @@ def _slice_elements(node: ir.Node, shape_of: ShapeOf) -> list[Element] | None:
     step = int(bounds[3].reshape(-1)[0]) if bounds[3] is not None else 1
     start, end = int(bounds[0].reshape(-1)[0]), int(bounds[1].reshape(-1)[0])
     return source[slice(start, end, step)]
+
+
+# Ops whose output 0 has input 0's shape, dim for dim.
+_SAME_SHAPE = frozenset(
+    "Abs Acos Acosh Asin Asinh Atan Atanh BatchNormalization BitwiseNot Cast CastLike Ceil Celu Clip Cos Cosh "
+    "CumSum Dropout Elu Erf Exp Floor Gelu GroupNormalization HardSigmoid HardSwish Hardmax Identity "
+    "InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Log LogSoftmax LpNormalization "
+    "MeanVarianceNormalization Mish Neg Not RMSNormalization Reciprocal Relu Round Selu Shrink Sigmoid Sign Sin Sinh "
+    "Softmax Softplus Softsign Sqrt Tan Tanh ThresholdedRelu Trilu".split()
+)
+# Elementwise ops whose inputs broadcast against each other (multidirectionally).
+_BROADCAST = frozenset(
+    "Add And BitShift BitwiseAnd BitwiseOr BitwiseXor Div Equal Greater GreaterOrEqual Less LessOrEqual Max Mean "
+    "Min Mod Mul Or Pow PRelu Sub Sum Where Xor".split()
+)
+# Rounds of the walk over the graph: a broadcast's output joins its inputs' class only once they share one.
+_ROUNDS = 4
+_MOST_ATOMS = 16
+
+_Dim = tuple[str, int]
+
+
+class _DimClasses:
+    """Which dims of the main graph's values are the same size, by how the graph computes them.
+
+    A union-find over (value, axis): an op's output dim joins the input dim it is a copy of (an elementwise
+    op's, a Transpose's, a MatMul's rows and columns, a Gather's, an Unsqueeze's, a Reshape's 0 or its
+    target's element, a ConstantOfShape's, ``Range(0, n, 1)``'s n); a broadcast's output dim (an Expand's
+    too) joins the input dims that are not 1 where all of them are already in one class, or else the
+    broadcast of the same classes seen before, nested ones flattened (broadcasting is max-or-fail with 1 as
+    identity: its result depends only on the set of sizes broadcast, so either side may be 1, but two
+    broadcasts of one set are one size); and, for a node the graph's outputs need, the dims it fails unless
+    equal join (a MatMul's inner dims, a Concat's other axes). Unlike the symbols of ORT's inference, which
+    merges two dims broadcast against each other, no class holds a dim and a broadcast of it with another:
+    each holds dims equal wherever the model runs.
+    """
+
+    def __init__(self, graph: ir.Graph, shapes: Shapes) -> None:
+        self._shapes = shapes
+        self._parent: dict[_Dim, _Dim] = {}
+        self._sizes: dict[_Dim, int] = {}
+        self._joined = 0
+        # A class that is a broadcast of others (by its root): the dims broadcast, first seen first (a class
+        # joined with another has the descriptions of both); and, by their atoms, each broadcast seen this round.
+        self._broadcast_of: dict[_Dim, list[tuple[_Dim, ...]]] = {}
+        self._by_atoms: dict[frozenset[_Dim], _Dim] = {}
+        self._seen: dict[tuple[_Dim, ...], int] = {}
+        self._atoms_of: dict[_Dim, frozenset[_Dim]] = {}  # by the root it had
+        needed = _needed_nodes(graph)
+        nodes = [node for node in graph if is_onnx_domain(node)]
+        for _ in range(_ROUNDS):
+            joined = self._joined
+            self._by_atoms.clear()
+            for node in nodes:
+                self._read(node, node in needed)
+            if self._joined == joined:
+                break
+
+    def same(self, a: ir.Value, i: int, b: ir.Value, j: int) -> bool:
+        """Whether dim ``i`` of ``a`` and dim ``j`` of ``b`` are the same size wherever the model runs."""
+        return bool(a.name and b.name) and self._root((a.name, i)) == self._root((b.name, j))
+
+    def size(self, value: ir.Value, axis: int) -> int | None:
+        """The size dim ``axis`` of ``value`` has wherever the model runs, where one in its class is a size."""
+        if not value.name:
+            return None
+        root = self._root((value.name, axis))
+        return self._sizes.get(root, self._static((value.name, axis)))
+
+    def _root(self, key: _Dim) -> _Dim:
+        parent = self._parent.get(key, key)
+        if parent == key:
+            return key
+        root = self._root(parent)
+        self._parent[key] = root
+        return root
+
+    def _join(self, a: _Dim | None, b: _Dim | None) -> None:
+        if a is None or b is None:
+            return
+        ra, rb = self._root(a), self._root(b)
+        if ra == rb:
+            return
+        sizes = [self._sizes.get(ra), self._sizes.get(rb), self._static(a), self._static(b)]
+        self._parent[rb] = ra
+        self._joined += 1
+        if rb in self._broadcast_of:
+            self._broadcast_of[ra] = sorted(
+                [*self._broadcast_of.get(ra, []), *self._broadcast_of.pop(rb)], key=self._seen.__getitem__
+            )
+        known = [size for size in sizes if size is not None]
+        if known:
+            self._sizes[ra] = known[0]
+
+    def _static(self, key: _Dim) -> int | None:
+        shape = self._shapes.get(key[0])
+        dim = shape[key[1]] if shape is not None and key[1] < len(shape) else None
+        return dim if isinstance(dim, int) else None
+
+    def _rank(self, value: ir.Value | None) -> int | None:
+        if value is None or not value.name or value.name not in self._shapes:
+            return None
+        return len(self._shapes[value.name])
+
+    def _key(self, value: ir.Value | None, axis: int) -> _Dim | None:
+        rank = self._rank(value)
+        if rank is None or not -rank <= axis < rank:
+            return None
+        return (value.name, axis % rank)
+
+    def _read(self, node: ir.Node, needed: bool) -> None:
+        op, inputs, out = node.op_type, node.inputs, node.outputs[0] if node.outputs else None
+        rank = self._rank(out)
+        if rank is None or not inputs:
+            return
+        if op in _SAME_SHAPE:
+            if self._rank(inputs[0]) == rank:
+                for axis in range(rank):
+                    self._join(self._key(out, axis), self._key(inputs[0], axis))
+        elif op in _BROADCAST:
+            self._broadcast(out, [(value, 0) for value in inputs], range(rank))
+        elif op == "MatMul" and len(inputs) == 2:
+            self._matmul(node, needed)
+        elif op == "Transpose":
+            perm = node.attributes.get_ints("perm", list(reversed(range(rank))))
+            for axis, source in enumerate(perm):
+                self._join(self._key(out, axis), self._key(inputs[0], source))
+        elif op in ("Unsqueeze", "Squeeze"):
+            self._squeezed(node, rank)
+        elif op == "Reshape" and len(inputs) == 2:
+            self._reshaped(node, rank)
+        elif op == "Expand" and len(inputs) == 2:
+            elements = _shape_elements(inputs[1], _inferred(self._shapes))
+            if elements is not None and len(elements) <= rank:
+                self._broadcast(out, [(inputs[0], 0), *((element, 0) for element in elements)], range(rank))
+        elif op == "Range" and len(inputs) == 3:
+            # Range(0, n, 1) has n elements: a dim's n is never negative.
+            start, delta = constant_array(inputs[0]), constant_array(inputs[2])
+            limit = _shape_elements(inputs[1], _inferred(self._shapes))
+            if start is not None and delta is not None and start.size == 1 and delta.size == 1:
+                if int(start.reshape(-1)[0]) == 0 and int(delta.reshape(-1)[0]) == 1 and limit and len(limit) == 1:
+                    if isinstance(limit[0], _DimOf):
+                        self._join(self._key(out, 0), self._key(limit[0].value, limit[0].axis))
+        elif op == "ConstantOfShape":
+            elements = _shape_elements(inputs[0], _inferred(self._shapes))
+            for axis, element in enumerate(elements or []):
+                if isinstance(element, _DimOf):
+                    self._join(self._key(out, axis), self._key(element.value, element.axis))
+        elif op == "Gather":
+            self._gather(node, rank)
+        elif op == "Concat" and needed:
+            axis = node.attributes.get_int("axis", 0) % rank
+            for other in range(rank):
+                if other != axis:
+                    for value in inputs:
+                        self._join(self._key(out, other), self._key(value, other))
+
+    def _broadcast(self, out: ir.Value, operands: list[tuple[ir.Value | Element, int]], axes: range) -> None:
+        """Join each of ``out``'s ``axes`` with the operands' dims aligned to it from the right, where those not 1
+        are one class (each operand's last ``dropped`` dims are not broadcast: a MatMul's matrix dims).
+
+        An operand is a value or, for an Expand's target, one element of it (a size, or ``_DimOf``) at the
+        position of the operands after the first: the target's dims, aligned as one operand.
+        """
+        rank = self._rank(out)
+        values = [(operand, dropped) for operand, dropped in operands if isinstance(operand, ir.Value)]
+        elements = [operand for operand, _ in operands if not isinstance(operand, ir.Value)]
+        for axis in axes:
+            keys = []
+            for value, dropped in values:
+                operand_rank = self._rank(value)
+                if operand_rank is None:
+                    return
+                position = axis - (rank - operand_rank)
+                if 0 <= position < operand_rank - dropped and self._static((value.name, position)) != 1:
+                    keys.append((value.name, position))
+            if elements:
+                position = axis - (rank - len(elements))
+                element = elements[position] if position >= 0 else 1
+                if element is None or (isinstance(element, int) and element != 1):
+                    continue  # a size: the output's dim is static (or unknown)
+                if isinstance(element, _DimOf):
+                    key = self._key(element.value, element.axis)
+                    if key is None:
+                        continue
+                    if self._static(key) != 1:
+                        keys.append(key)
+            out_key = self._key(out, axis)
+            if not keys or out_key is None:
+                continue
+            if len({self._root(key) for key in keys}) == 1:
+                self._join(out_key, keys[0])
+                continue
+            # Broadcasting is max-or-fail with 1 as identity: where it runs, its result depends only on the
+            # set of sizes broadcast, so two broadcasts of the same classes (also nested: a mask's length
+            # against a sum of that length and another) are the same size.
+            atoms = frozenset(atom for key in keys for atom in self._atoms(key))
+            known = self._by_atoms.get(atoms)
+            if known is not None:
+                self._join(out_key, known)
+            else:
+                self._by_atoms[atoms] = out_key
+                descriptions = self._broadcast_of.setdefault(self._root(out_key), [])
+                if tuple(keys) not in self._seen:
+                    self._seen[tuple(keys)] = len(self._seen)
+                if tuple(keys) not in descriptions:
+                    descriptions.append(tuple(keys))
+                    descriptions.sort(key=self._seen.__getitem__)
+
+    def _atoms(self, key: _Dim, visiting: frozenset[_Dim] = frozenset()) -> frozenset[_Dim]:
+        """The classes ``key``'s class is a broadcast of (itself, where it is none, or of more than
+        ``_MOST_ATOMS``: a chain of broadcasts of new dims would otherwise take quadratic work)."""
+        root = self._root(key)
+        cached = self._atoms_of.get(root)
+        if cached is not None:
+            # Found before later joins: each atom is a dim of the class it was the root of, which joins only
+            # grow by dims of the same size, so its present root stands for it.
+            return frozenset(self._root(atom) for atom in cached)
+        descriptions = self._broadcast_of.get(root)
+        if not descriptions or root in visiting:
+            return frozenset([root])
+        inner = visiting | {root}
+        atoms = frozenset(atom for operand in descriptions[0] for atom in self._atoms(operand, inner))
+        if len(atoms) > _MOST_ATOMS:
+            atoms = frozenset([root])
+        self._atoms_of[root] = atoms
+        return atoms
+
+    def _reshaped(self, node: ir.Node, rank: int) -> None:
+        """A Reshape's output dim is its target element where allowzero=1; under allowzero=0, where that is 0
+        (a constant's, or a dim's of the class of the data's at that position), the data's."""
+        data, out = node.inputs[0], node.outputs[0]
+        elements = _shape_elements(node.inputs[1], _inferred(self._shapes))
+        if elements is None or len(elements) != rank:
+            return
+        allowzero = node.attributes.get_int("allowzero", 0)
+        for axis, element in enumerate(elements):
+            data_dim = self._key(data, axis)
+            if isinstance(element, _DimOf):
+                dim = self._key(element.value, element.axis)
+                if allowzero or (dim is not None and data_dim is not None and self._root(dim) == self._root(data_dim)):
+                    self._join(self._key(out, axis), dim)
+            elif element == 0 and not allowzero:
+                self._join(self._key(out, axis), data_dim)
+
+    def _matmul(self, node: ir.Node, needed: bool) -> None:
+        a, b = node.inputs
+        out = node.outputs[0]
+        rank, rank_a, rank_b = self._rank(out), self._rank(a), self._rank(b)
+        if rank is None or rank_a is None or rank_b is None:
+            return
+        if needed:
+            self._join(self._key(a, -1), self._key(b, -2 if rank_b > 1 else 0))
+        if rank_a > 1 and rank_b > 1:
+            self._join(self._key(out, -2), self._key(a, -2))
+            self._join(self._key(out, -1), self._key(b, -1))
+            self._broadcast(out, [(a, 2), (b, 2)], range(rank - 2))
+
+    def _squeezed(self, node: ir.Node, rank: int) -> None:
+        source = node.inputs[0]
+        source_rank = self._rank(source)
+        axes = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        if axes is None and node.attributes.get("axes") is not None:
+            axes = np.array(node.attributes.get_ints("axes"))
+        if axes is None or source_rank is None:
+            return
+        if node.op_type == "Unsqueeze":
+            added = {int(axis) % rank for axis in axes.reshape(-1)}
+            kept = [axis for axis in range(rank) if axis not in added]
+            pairs = zip(kept, range(source_rank))
+        else:
+            dropped = {int(axis) % source_rank for axis in axes.reshape(-1)}
+            pairs = zip(range(rank), [axis for axis in range(source_rank) if axis not in dropped])
+        for axis, source_axis in pairs:
+            self._join(self._key(node.outputs[0], axis), self._key(source, source_axis))
+
+    def _gather(self, node: ir.Node, rank: int) -> None:
+        data, indices = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+        data_rank, index_rank = self._rank(data), self._rank(indices)
+        if data_rank is None or index_rank is None or rank != data_rank - 1 + index_rank:
+            return
+        axis = node.attributes.get_int("axis", 0) % data_rank
+        out = node.outputs[0]
+        for position in range(axis):
+            self._join(self._key(out, position), self._key(data, position))
+        for position in range(index_rank):
+            self._join(self._key(out, axis + position), self._key(indices, position))
+        for position in range(axis + 1, data_rank):
+            self._join(self._key(out, position + index_rank - 1), self._key(data, position))
+
+
+def _needed_nodes(graph: ir.Graph) -> set[ir.Node]:
+    """The nodes of ``graph`` its outputs need (whose failure fails the model)."""
+    needed: set[ir.Node] = set()
+    pending = [value.producer() for value in graph.outputs]
+    while pending:
+        node = pending.pop()
+        if node is None or node in needed or node.graph is not graph:
+            continue
+        needed.add(node)
+        pending.extend(value.producer() for value in node.inputs if value is not None)
+    return needed
 
 
 def _symbolic_shapes(model: ir.Model, merged: set[str] | None = None) -> dict[str, tuple[Symbol, ...]] | str:

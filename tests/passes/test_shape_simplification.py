@@ -298,3 +298,125 @@ def test_a_gather_past_the_recorded_rank_leaves_the_pass_standing():
     result = ShapeSimplificationPass()(ir.from_proto(model))
     x0 = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(run(result.model, {"x0": x0})["y"], x0)
+
+
+def _weights(seed: int) -> str:
+    return "{" + ", ".join(f"{v:.3f}" for v in np.random.default_rng(seed).standard_normal(64)) + "}"
+
+
+# a and b declared [?, ?, 8] (unnamed dims): their sum's dims are a broadcast of both, which ORT's inference merges
+# (one symbol for a's, b's and the sum's), so no equality through them was used. PRODUCT is q's computation.
+SUM_OF_UNNAMED = """
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[?, ?, 8] a, float[?, ?, 8] b) => (float[?, ?, 2, 4] y)
+    <float[8, 8] w = WEIGHTS, int64[1] zero = {0}, int64[1] two = {2}, int64[2] heads = {-1, 4}> {
+      s = Add(a, b)
+      PRODUCT
+      shape = Shape(s)
+      first_two = Slice(shape, zero, two)
+      target = Concat<axis = 0>(first_two, heads)
+      y = Reshape(q, target)
+    }"""
+
+
+def _ab(shape_a: tuple[int, ...], shape_b: tuple[int, ...]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    return {
+        "a": rng.standard_normal(shape_a).astype(np.float32),
+        "b": rng.standard_normal(shape_b).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize(
+    "product",
+    [
+        # q = (a + b) @ w keeps the sum's batch and sequence, whatever a's and b's are (either may be 1).
+        "q = MatMul(s, w)",
+        # u = (a + b) + a broadcasts the same dims as the sum: the same sizes.
+        "u = Add(s, a)\n      q = MatMul(u, w)",
+    ],
+)
+def test_a_head_split_after_a_broadcast_of_unnamed_dims_copies_the_broadcast_s_dims(product):
+    model = parse_model(SUM_OF_UNNAMED.replace("WEIGHTS", _weights(4)).replace("PRODUCT", product))
+    result = ShapeSimplificationPass()(model.clone())
+    reshape = next(node for node in result.model.graph if node.op_type == "Reshape")
+    assert reshape.inputs[1].const_value.numpy().tolist() == [0, 0, -1, 4]
+    for shape_a, shape_b in [((2, 3, 8), (2, 3, 8)), ((1, 3, 8), (2, 3, 8)), ((2, 1, 8), (2, 5, 8))]:
+        assert_same_outputs(model, result.model, _ab(shape_a, shape_b))
+
+
+def test_an_expand_to_a_broadcast_s_shape_of_one_of_its_sides_is_kept():
+    # Expand(b, Shape(a + b)): b's dims are not the sum's (b may be 1 where a is 3). The near miss of the above.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[?, 4] a, float[?, 4] b) => (float[?, 4] s, float[?, 4] y) {
+          s = Add(a, b)
+          shape = Shape(s)
+          y = Expand(b, shape)
+        }""")
+    result = ShapeSimplificationPass()(model.clone())
+    assert not result.modified
+    inputs = {"a": np.ones((3, 4), np.float32), "b": np.arange(4, dtype=np.float32)[None]}
+    assert run(result.model, inputs)["y"].shape == (3, 4)
+
+
+# The merge of heads after a mask broadcast the batch: Reshape(d, [Shape(x)[0], Shape(x)[1], -1]) of a d whose
+# batch is x's broadcast against m's. Only the MatMul after it (8 weight rows) fixes the -1 at 8.
+MERGE_AFTER_BROADCAST = """
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[?, ?, 8] x, float[?, 1, 1, 1] m) => (float[?, ?, 8] OUTPUT)
+    <float[8, 8] w = WEIGHTS, int64[4] split = {0, 0, 2, 4}, int64[1] zero = {0}, int64[1] two = {2},
+     int64[1] minus_one = {-1}> {
+      heads = Reshape(x, split)
+      d = Add(heads, m)
+      shape = Shape(x)
+      first_two = Slice(shape, zero, two)
+      target = Concat<axis = 0>(first_two, minus_one)
+      merged = Reshape(d, target)
+      PROJECTION
+    }"""
+
+
+@pytest.mark.parametrize("projected", [True, False])
+def test_a_merge_of_heads_copies_a_broadcast_batch_only_where_a_matmul_fixes_the_minus_one(projected):
+    text = MERGE_AFTER_BROADCAST.replace("WEIGHTS", _weights(6))
+    text = text.replace("OUTPUT", "y" if projected else "merged")
+    model = parse_model(text.replace("PROJECTION", "y = MatMul(merged, w)" if projected else ""))
+    result = ShapeSimplificationPass()(model.clone())
+    merge = next(node for node in result.model.graph if node.outputs[0].name == "merged")
+    target = merge.inputs[1].const_value
+    if projected:
+        # Where the model runs, d's batch times its sequence is x's: the MatMul fails unless the -1 is 8.
+        assert target is not None and target.numpy().tolist() == [0, 0, -1]
+    else:
+        # Without it, m [2, 1, 1, 1] beside x [1, 3, 8] gives a [1, 3, 16] that a copy would not.
+        assert target is None
+        inputs = {"x": np.ones((1, 3, 8), np.float32), "m": np.ones((2, 1, 1, 1), np.float32)}
+        assert run(result.model, inputs)["merged"].shape == (1, 3, 16)
+    rng = np.random.default_rng(7)
+    for batch, sequence in [(2, 3), (1, 5)]:
+        inputs = {
+            "x": rng.standard_normal((batch, sequence, 8)).astype(np.float32),
+            "m": rng.standard_normal((batch, 1, 1, 1)).astype(np.float32),
+        }
+        assert_same_outputs(model, result.model, inputs)
+
+
+def test_the_legacy_exporters_expand_target_is_read_through_its_minus_one_guard():
+    # torch.onnx's legacy expand: Expand(x, Where(Equal(t, -1), 1, t)); a dim is never -1.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[n, 1] x) => (float[n, 4] y)
+        <int64[1] zero = {0}, int64[1] one = {1}, int64[1] four = {4}, int64[2] minus = {-1, -1},
+         int64[2] ones = {1, 1}> {
+          shape = Shape(x)
+          first = Slice(shape, zero, one)
+          t = Concat<axis = 0>(first, four)
+          guard = Equal(t, minus)
+          target = Where(guard, ones, t)
+          y = Expand(x, target)
+        }""")
+    result = ShapeSimplificationPass()(model.clone())
+    assert op_types(result.model) == ["Expand"]
+    assert result.model.graph.node(0).inputs[1].const_value.numpy().tolist() == [1, 4]
+    assert_same_outputs(model, result.model, {"x": np.arange(3, dtype=np.float32).reshape(3, 1)})
