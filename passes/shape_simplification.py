@@ -5,9 +5,10 @@ Exporters build every attention reshape target at run time:
 With symbolic dimensions nothing there is constant, so constant folding leaves it
 alone. But Reshape can say "keep this input dimension" with ``0`` and "infer this
 one" with ``-1``, and Expand keeps an input dimension with ``1``. This pass proves,
-with ONNX Runtime's symbolic shape inference, which target elements equal the
-input's own dimensions, rewrites the target into a constant, and leaves the
-``Shape → Gather → Concat`` chain dead, and removes it.
+with ONNX Runtime's symbolic shape inference and with classes of dims equal by how
+the graph computes them, which target elements equal the input's own dimensions,
+rewrites the target into a constant, and leaves the ``Shape → Gather → Concat``
+chain dead, and removes it.
 
 onnxscript's constant folder does not do this (it only folds fully known shapes),
 nor does onnx's shape inference keep the dimension names needed to prove equality.
@@ -67,22 +68,29 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
 
     Rewrites, in the main graph:
     - a ``Reshape`` whose target is built from ``Shape``/``Gather``/``Slice``/
-      ``Unsqueeze``/``Squeeze``/``Reshape``/``Concat``/``Cast``, when each element
-      is a constant or provably the input's dimension at the same position (it
-      becomes 0), with at most one element left unknown (it becomes -1) and none beside a 0.
-      ``allowzero=1`` is dropped when no element is a literal 0 and a -1 beside a 0 is fixed
-      by the input's other dims (it becomes that size); else the Reshape is refused, with the
-      reason: a 0-sized dim would make the rewrite fail or differ where the original runs;
+      ``Unsqueeze``/``Squeeze``/``Reshape``/``Concat``/``Cast`` (and the legacy exporter's
+      ``Where(Equal(t, -1), 1, t)``), when each element is a constant or provably the input's
+      dimension at the same position (it becomes 0), with at most one element left unknown (it
+      becomes -1) and none beside a 0. ``allowzero=1`` is dropped when no element is a literal 0
+      and a -1 beside a 0 is fixed by the input's other dims (it becomes that size); else the
+      Reshape is refused, with the reason: a 0-sized dim would make the rewrite fail or differ
+      where the original runs;
     - an ``Expand`` whose target elements are constants or provably equal to the
       input's aligned dimension (they become 1).
     Refuses, with the reason in its refusals, when ONNX Runtime's symbolic shape inference
-    fails on the model or is not installed; leaves every other shape computation
-    as it was. ORT's inference (with ``auto_merge``) takes two symbolic dims broadcast
-    against each other as equal; where both are the graph inputs' own dims (``n`` against
-    ``m``: either may be 1 at run time) no equality through them is used, so an ``Expand``
-    to ``Shape(y)`` beside ``Add(x, y)`` keeps its computed target. A merge with a computed
-    dim (a mask's ``total`` against ``past + sequence``) is kept: a decoder's shape
-    arithmetic rests on it.
+    fails on the model or is not installed; leaves every other shape computation as it was.
+
+    Two dims are provably equal where ORT's inference gives them one size or one symbol that
+    no broadcast merged, or where ``_DimClasses`` puts them in one class: the dims an op copies,
+    the same broadcast of the same dims, and, for a node the outputs need, the dims it fails
+    unless equal. ORT's inference (with ``auto_merge``) takes two symbolic dims broadcast against
+    each other as equal; where both are the graph inputs' own dims (``n`` against ``m``, or two
+    unnamed ones: either may be 1 at run time) no equality through those symbols is used, so an
+    ``Expand`` to ``Shape(y)`` beside ``Add(x, y)`` keeps its computed target, while a head split
+    of ``(x + y) @ W`` to ``Shape(x + y)`` is a copy by the classes. A merge with a computed dim
+    (a mask's ``total`` against ``past + sequence``) is kept: a decoder's shape arithmetic rests
+    on it. Ranks and sizes are read from the inference, which reads only what ONNX Runtime
+    checks (the inputs' declared shapes), never from a recorded ``value_info``.
     """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -768,19 +776,29 @@ def _broadcast_recording(base: type) -> type:
     Concat's other axes, a MatMul's inner dims: a valid model has them equal) and where
     an elementwise op broadcasts them (``_broadcast_shapes``, ``_check_merged_dims`` with
     ``allow_broadcast``, and the auto-merge of ONNX's own inference result in ``_infer_impl``).
-    Only the second kind is recorded.
+    Only the second kind is recorded. A broadcast of an input dim against a size is not merged
+    at all: the tool would make the size the input's dim everywhere (``Add(x, y)`` of an x
+    ``[a, 4]`` and a y ``[3, 4]`` read x as ``[3, 4]``, and ``Expand(z, Shape(x))`` became
+    ``Expand(z, [3, 4])``, wrong for an x ``[1, 4]``); the broadcast's output has the size anyway.
     """
 
     class BroadcastRecording(base):
         def _add_suggested_merge(self, symbols, apply=False):  # noqa: ANN001, ANN202 (ORT's own signature)
             frame = sys._getframe(1)
             caller = frame.f_code.co_name
+            # _broadcast_shapes merges a symbol with a size through _merge_symbols and _check_merged_dims.
+            outer = frame.f_back.f_back.f_code.co_name if frame.f_back and frame.f_back.f_back else None
             broadcast = caller in ("_broadcast_shapes", "_infer_impl") or (
-                caller == "_check_merged_dims" and frame.f_locals.get("allow_broadcast", False)
+                caller == "_check_merged_dims"
+                and (frame.f_locals.get("allow_broadcast", False) or outer == "_broadcast_shapes")
             )
             named = {str(symbol) for symbol in symbols if isinstance(symbol, str)}
             if broadcast and len(named) > 1 and named <= self.input_symbols:
                 self.broadcast_merged.update(named)
+            if broadcast and len(named) < len(symbols) and named & self.input_symbols:
+                symbols = [symbol for symbol in symbols if str(symbol) not in self.input_symbols]
+                if len({str(symbol) for symbol in symbols}) < 2:
+                    return None
             return super()._add_suggested_merge(symbols, apply=apply)
 
     return BroadcastRecording

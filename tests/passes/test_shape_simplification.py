@@ -420,3 +420,18 @@ def test_the_legacy_exporters_expand_target_is_read_through_its_minus_one_guard(
     assert op_types(result.model) == ["Expand"]
     assert result.model.graph.node(0).inputs[1].const_value.numpy().tolist() == [1, 4]
     assert_same_outputs(model, result.model, {"x": np.arange(3, dtype=np.float32).reshape(3, 1)})
+
+
+def test_an_input_dim_broadcast_against_a_size_is_not_taken_for_that_size():
+    # ORT's inference merged x's a into y's 3 (Add broadcasts them) and read Shape(x) as [3, 4]: Expand(z, Shape(x))
+    # became Expand(z, [3, 4]), where the original gives [1, 4] for an x [1, 4].
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[a, 4] x, float[3, 4] y, float[1, 4] z) => (float[3, 4] s, float[a, 4] e) {
+          s = Add(x, y)
+          shape = Shape(x)
+          e = Expand(z, shape)
+        }""")
+    result = ShapeSimplificationPass()(model.clone())
+    inputs = {"x": np.ones((1, 4), np.float32), "y": np.ones((3, 4), np.float32), "z": np.ones((1, 4), np.float32)}
+    assert run(result.model, inputs)["e"].shape == (1, 4)
