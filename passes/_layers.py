@@ -16,7 +16,8 @@ weight can refuse (``tied_weight_reason``) instead of storing the table twice.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,13 +155,25 @@ def bias_add(layer: Layer) -> tuple[np.ndarray, ir.Node, int] | None:
         return None
     bias = constant_array(add.inputs[index])
     columns = layer.weight.shape[1]
-    if bias is None or bias.dtype != np.float32 or bias.size != columns or bias.shape[-1:] != (columns,):
-        return None
-    # A bias of more dims than the product adds them to the output ([N] @ W + [1, N] is [1, N]); written as the
-    # kernel's [N] bias they would be lost. The product has the input's rank (a 2-D weight), where it is known.
-    if bias.ndim > 1 and (layer.activation.shape is None or layer.activation.shape.rank() < bias.ndim):
+    # The product has the input's rank (a 2-D weight), where it is known.
+    rank = layer.activation.shape.rank() if layer.activation.shape is not None else None
+    if bias is None or bias.dtype != np.float32 or not is_feature_bias(bias.shape, columns, rank):
         return None
     return bias.reshape(-1), add, index
+
+
+def is_feature_bias(shape: Sequence[int], columns: int, rank: int | None) -> bool:
+    """Whether a constant of ``shape`` added to a product ``[..., columns]`` of ``rank`` dims (None: unknown) is one
+    value per output feature: ``columns`` values along the last axis (``[N]``, ``[1, N]``, ``[1, 1, N]``), of no more
+    dims than the product.
+
+    A constant of ``[M, 1]`` with ``M == N`` adds one value per *row*; one of more dims than the product adds them to
+    the output (``[N] @ W + [1, N]`` is ``[1, N]``): taken for a bias of the features, either would be lost.
+    """
+    shape = tuple(shape)
+    if math.prod(shape) != columns or shape[-1:] != (columns,):
+        return False
+    return len(shape) <= 1 or (rank is not None and rank >= len(shape))
 
 
 def _kind(node: ir.Node) -> str | None:
@@ -262,7 +275,7 @@ def _gemm(node: ir.Node, weight: np.ndarray, bias: np.ndarray | None, inputs: li
         columns = weight.shape[1]
         if bias.size == 1:
             bias = np.full(columns, bias.reshape(-1)[0], dtype=bias.dtype)
-        elif bias.ndim > 2 or bias.shape[-1] != columns or bias.size != columns:
+        elif not is_feature_bias(bias.shape, columns, 2):
             # C of shape [M, 1] or [M, N] adds per row or per element: not a bias of the output features.
             return f"bias of shape {list(bias.shape)} is not one value per output feature"
         bias = bias.reshape(-1)
