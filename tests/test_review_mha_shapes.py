@@ -2,8 +2,8 @@
 (``passes/fusion/_inferred_shapes.py``), which fold-constants and the fusions read (2026-12-02).
 
 The promise under test: a stand-in claims only the shape ONNX Runtime's kernel computes, so no ``Shape`` of a
-contrib output folds to a size the model does not produce. Each strict xfail below is a way that breaks
-today; the reason says where.
+contrib output folds to a size the model does not produce. Each test below was a way that broke it (a strict
+xfail until fixed); its docstring says where.
 
 What held (tried, no fault found):
 
@@ -54,12 +54,6 @@ _F, _I64 = TensorProto.FLOAT, TensorProto.INT64
 _OPSETS = [oh.make_opsetid("", 18), oh.make_opsetid(_MS, 1)]
 _WITH_PAST = ["q", "k", "v", "", "", "", "pk", "pv"]
 
-_NARROW_VALUE = (
-    "577a5d6: MultiHeadAttention's present_value stand-in takes its head size from past_value (dim 3), but "
-    "ONNX Runtime's kernel writes [B, N, P + L, Dv / num_heads] and checks past_value against the key's head "
-    "size: with a value narrower than the key (Dv 16, D 32, 4 heads) it claims 8 where the kernel gives 4"
-)
-
 
 def _present_value_reshaped(value_width: int | str, past_length: int | str = 0) -> onnx.ModelProto:
     """MultiHeadAttention (4 heads, key width 32, a past) whose present_value is reshaped to ``[-1,
@@ -103,9 +97,11 @@ def _names(shape: ir.Shape | None) -> list | None:
     return None if shape is None else [d if isinstance(d, int) else d.value for d in shape]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_NARROW_VALUE)
 @pytest.mark.parametrize("past_length", [0, 3])
 def test_present_value_of_a_value_narrower_than_the_key_after_a_past_is_claimed_as_the_kernel_writes_it(past_length):
+    """Review finding (fixed since): 577a5d6's present_value stand-in took its head size from past_value (dim 3),
+    but ONNX Runtime's kernel writes [B, N, P + L, Dv / num_heads] and checks past_value against the key's head
+    size: with a value narrower than the key (Dv 16, D 32, 4 heads) it claimed 8 where the kernel gives 4."""
     # The kernel's present_value: [2, 4, 7 + P, 4] (16 / 4 heads), whatever past_value's last dim (it must be 8).
     proto = _present_value_reshaped(16, past_length)
     actual = list(run(ir.from_proto(proto), _feeds(16, past_length))["rows"].shape)
@@ -121,8 +117,11 @@ def test_present_value_of_a_value_narrower_than_the_key_after_a_past_is_claimed_
         assert shape is None or shape[-1] in (4, None), shape
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_NARROW_VALUE + "; fold-constants folds the Shape")
 def test_fold_constants_keeps_a_present_value_s_head_size_as_the_kernel_writes_it():
+    """Review finding (fixed since): 577a5d6's present_value stand-in took its head size from past_value (dim 3),
+    but ONNX Runtime's kernel writes [B, N, P + L, Dv / num_heads] and checks past_value against the key's head
+    size: with a value narrower than the key (Dv 16, D 32, 4 heads) it claimed 8 where the kernel gives 4; fold-
+    constants folded the Shape."""
     # Folded, the Reshape target is [-1, 8]: 28 rows where the model gives 56 (under --no-verify the result
     # ships so; verified, the pass is rolled back).
     proto = _present_value_reshaped(16)
@@ -132,10 +131,11 @@ def test_fold_constants_keeps_a_present_value_s_head_size_as_the_kernel_writes_i
     assert run(model, feeds)["rows"].shape == run(ir.from_proto(proto), feeds)["rows"].shape
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason=_NARROW_VALUE + "; a verification binding with Dv = D hides it"
-)
 def test_a_verified_run_keeps_a_present_value_s_head_size_at_another_value_width(tmp_path):
+    """Review finding (fixed since): 577a5d6's present_value stand-in took its head size from past_value (dim 3),
+    but ONNX Runtime's kernel writes [B, N, P + L, Dv / num_heads] and checks past_value against the key's head
+    size: with a value narrower than the key (Dv 16, D 32, 4 heads) it claimed 8 where the kernel gives 4; a
+    verification binding with Dv = D hid it."""
     # Wrong and verified: v is [B, L, Dv]; verified at Dv = 32 (where the claim of 8 happens to hold), the
     # folded [-1, 8] gives 28 rows at Dv = 16 where the input model gives 56. The empty past (P = 0) makes the
     # model's result well defined whatever the kernel reads of a past.
@@ -169,15 +169,11 @@ def _with_float_num_heads(op_type: str) -> ir.Model:
     return ir.from_proto(oh.make_model(graph, opset_imports=_OPSETS, ir_version=10))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="1960fc6/577a5d6: the MultiHeadAttention and Attention stand-ins read num_heads with get_int, which "
-    "raises TypeError on a num_heads of another type; fold-constants then fails (under --no-verify the report "
-    "says 'fold-constants failed: TypeError') where 9ad7016 folded, instead of the stand-in giving no shape",
-)
 @pytest.mark.parametrize("op_type", ["MultiHeadAttention", "Attention"])
 def test_a_num_heads_of_another_type_gets_no_shape_rather_than_an_exception(op_type):
+    """Review finding (fixed since): the MultiHeadAttention and Attention stand-ins read num_heads with get_int,
+    which raised TypeError on a num_heads of another type; fold-constants then failed where 9ad7016 folded, instead
+    of the stand-in giving no shape."""
     # ONNX Runtime refuses the model; a pass given it refuses with a note, as for any layout it cannot read.
     result = FoldConstantsPass()(_with_float_num_heads(op_type))
     assert isinstance(result, ir.passes.PassResult)

@@ -266,7 +266,7 @@ def _unpacked_key_and_value_rank(node: ir.Node) -> int | None:
     """
     query, key, value = node.inputs[0], _input(node, 1), _input(node, 2)
     pasts = [_input(node, 6), _input(node, 7)]
-    heads = node.attributes.get_int("num_heads", 0)
+    heads = _num_heads(node)
     if key is None or value is None or heads <= 0 or _opset(node) < 15 or (pasts[0] is None) != (pasts[1] is None):
         return None
     ranks = {_rank(key), _rank(value)} - {None}
@@ -296,7 +296,7 @@ def _multi_head_attention(node: ir.Node) -> list[ir.Node] | None:
     first and its last two (``[]`` or ``[N]``) and its last, which is the last dim alone at rank 3. None for
     the layouts ``_unpacked_key_and_value_rank`` refuses.
     """
-    rank, heads = _unpacked_key_and_value_rank(node), node.attributes.get_int("num_heads", 0)
+    rank, heads = _unpacked_key_and_value_rank(node), _num_heads(node)
     if rank is None:
         return None
     query, value = node.inputs[0], node.inputs[2]
@@ -306,38 +306,53 @@ def _multi_head_attention(node: ir.Node) -> list[ir.Node] | None:
     return [batch_and_sequence, *width, *_expanded_to([batch_and_sequence, width[-1]], query)]
 
 
+def _num_heads(node: ir.Node) -> int:
+    """The node's ``num_heads``, or 0 where it is missing or not an int (ONNX Runtime refuses the node)."""
+    attribute = node.attributes.get("num_heads")
+    if attribute is None or attribute.type != ir.AttributeType.INT:
+        return 0
+    return attribute.as_int()
+
+
 def _multi_head_attention_present(index: int) -> _StandIn:
     """MultiHeadAttention's present_key (``index`` 1: of the key and past_key) or present_value (2: of the
     value and past_value): ``[B, num_heads, P + L, H]`` in the query's type, as ONNX Runtime computes it.
 
-    With a past ``[B, num_heads, P, H]`` (ONNX Runtime refuses another N, and a past of one of key and value
-    alone): its B and H, and P + L, L the new key's or value's length (its dim -2 at either rank). Without one:
-    the new key's or value's B, L and H, of ``[B, num_heads, L, H]``, or of ``[B, L, num_heads * H]`` (where
-    the rank is not known before inference, the product of its dims after the first and its last two over
-    num_heads). P + L and a width over num_heads are sizes where what they are computed from are sizes, else
-    unnamed dims. None for the layouts the output has none for, a past not of rank 4, and where
-    ``past_sequence_length`` or ``cache_indirection`` is given (ONNX Runtime then writes into a buffer).
+    H is always the new key's or value's head size, of ``[B, num_heads, L, H]`` or of ``[B, L, num_heads * H]``
+    (where the rank is not known before inference, the product of its dims after the first and its last two,
+    over num_heads): ONNX Runtime checks past_value against the key's head size but writes present_value at
+    the value's. With a past ``[B, num_heads, P, H']`` (ONNX Runtime refuses another N, and a past of one of
+    key and value alone): its B, and P + L, L the new key's or value's length (its dim -2 at either rank).
+    Without one: the new key's or value's B and L. P + L and a width over num_heads are sizes where what they
+    are computed from are sizes, else unnamed dims. None for the layouts the output has none for, a past not
+    of rank 4, and where ``past_sequence_length`` or ``cache_indirection`` is given (ONNX Runtime then writes
+    into a buffer).
     """
 
     def present(node: ir.Node) -> list[ir.Node] | None:
-        rank, heads = _unpacked_key_and_value_rank(node), node.attributes.get_int("num_heads", 0)
+        rank, heads = _unpacked_key_and_value_rank(node), _num_heads(node)
         if rank is None or _input(node, 8) is not None or _input(node, 9) is not None:
             return None
         query, new, past = node.inputs[0], node.inputs[index], _input(node, 5 + index)
         heads_dim, length = _ints([heads]), _dims(new, -2, -1)
-        if past is not None:
-            batch, past_length, head = _dims(past, 0, 1), _dims(past, 2, 3), _dims(past, 3)
-            total = ir.node("Add", [past_length.outputs[0], length.outputs[0]])
-            nodes, sequence = [batch, heads_dim, past_length, length, total, head], total
-        elif rank == 4:
-            batch, head = _dims(new, 0, 1), _dims(new, -1)
-            nodes, sequence = [batch, heads_dim, length, head], length
+        # The head size is always the new key's or value's: ONNX Runtime checks past_value against the
+        # key's head size, and writes present_value at the value's (narrower where Dv < the key's width).
+        if rank == 4:
+            head = _dims(new, -1)
+            nodes = [heads_dim, length, head]
         else:
-            batch, split = _dims(new, 0, 1), _ints([heads, -1])
+            split = _ints([heads, -1])
             zeros = _zeros_shaped([_dims(new, 1, -2), _dims(new, -1)])  # [D] or [N, H]
             by_head = ir.node("Reshape", [zeros[-1].outputs[0], split.outputs[0]])
             head = _dims(by_head.outputs[0], 1)
-            nodes, sequence = [batch, heads_dim, length, *zeros, split, by_head, head], length
+            nodes = [heads_dim, length, *zeros, split, by_head, head]
+        if past is not None:
+            batch, past_length = _dims(past, 0, 1), _dims(past, 2, 3)
+            total = ir.node("Add", [past_length.outputs[0], length.outputs[0]])
+            nodes, sequence = [*nodes, batch, past_length, total], total
+        else:
+            batch = _dims(new, 0, 1)
+            nodes, sequence = [*nodes, batch], length
         return [*nodes, *_expanded_to([batch, heads_dim, sequence, head], query)]
 
     return present
@@ -356,7 +371,7 @@ def _attention(node: ir.Node) -> list[ir.Node] | None:
     weights, typed_as = _input(node, 1), _input(node, 3 if quantized else 1)
     dims = None if weights is None else _static_dims(weights)
     dtype = None if typed_as is None else _element_type(typed_as)
-    heads = node.attributes.get_int("num_heads", 0)
+    heads = _num_heads(node)
     if dims is None or len(dims) != 2 or dtype is None or (quantized and _opset(node) < 15):
         return None
     if _rank(node.inputs[0]) not in (None, 3) or heads <= 0:

@@ -151,7 +151,7 @@ _PRESENT_CASES = {
     "a 3-D key and value after a past": (
         _mha(*_WITH_PAST, outputs=_PRESENTS),
         [_Q, ("k", ["B", 7, 32]), ("v", ["B", 7, 32]), ("pk", ["B", 4, 3, "H"]), ("pv", ["B", 4, 3, "H"])],
-        [["B", 4, 10, "H"], ["B", 4, 10, "H"]],
+        [["B", 4, 10, 8], ["B", 4, 10, 8]],  # the new key's and value's head size (the past's must equal it)
     ),
     "BNSH key and value after a past": (
         _mha(*_WITH_PAST, outputs=_PRESENTS),
