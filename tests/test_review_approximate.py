@@ -4,7 +4,8 @@ The promise under test: no pruned or factorized model ships wrong while the repo
 "verified". An approximate result is checked against its twin (the pass's input with its
 declared decisions applied, built without the rewrite), then against the accuracy budget.
 Each strict xfail below is a way that promise, or the matcher's own proof of what it cuts,
-breaks today; the reason says where.
+breaks today; the reason says where. A finding fixed since is a plain test whose docstring
+starts "Review finding (fixed since)".
 
 What held (tried, no fault found):
 
@@ -78,15 +79,15 @@ def _ffn(down: list, extra: list = (), *, rows=("batch", D), out=D, dtype=np.flo
     return ir.from_proto(proto)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="passes/pruning/_base.py::_bias takes any constant of `width` elements after the consumer for its "
-    "per-output bias, whatever its shape: the repair writes its bias into an Add of [M, 1] (or a Gemm's C of "
-    "[M, 1]), one value per row, while the twin adds the change per output column, so the realization computes "
-    "something else (rolled back as 'differs from its twin'; written as is under --no-verify)",
-)
 @pytest.mark.parametrize("spelling", ["matmul_add", "gemm_c"])
 def test_the_repair_keeps_a_per_row_constant_per_row(spelling):
+    """Review finding (fixed since): passes/pruning/_base.py::_bias took any constant of `width` elements after the
+    consumer for its per-output bias, whatever its shape: the repair wrote its bias into an Add of [M, 1] (or a
+    Gemm's C of [M, 1]), one value per row, while the twin adds the change per output column, so the realization
+    computed something else (rolled back as 'differs from its twin'; written as is under --no-verify). Now only a
+    constant that broadcasts along the output's last axis is a bias (``passes._layers.is_feature_bias``, the rule
+    quantization and low-rank use); the repair's bias gets an Add of its own and the per-row constant stays as it was.
+    """
     rows = np.random.default_rng(1).standard_normal((D, 1))
     if spelling == "matmul_add":
         down = [
@@ -101,27 +102,25 @@ def test_the_repair_keeps_a_per_row_constant_per_row(spelling):
     result = FfnPruningPass(0.5, samples=samples)(model)
     assert result.modified and any("after repair" in note for note in result.notes)
     assert_matches_twin(result, {"x": np.random.default_rng(6).standard_normal((D, D)).astype(np.float32)})
+    per_row = [node.inputs[-1] for node in result.model.graph if node.inputs and node.inputs[-1].name == "per_row"]
+    assert per_row and np.array_equal(constant_array(per_row[0]), rows.astype(np.float32))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="passes/pruning/_groups.py::outside_reader exempts the consumer at every input slot, so a Gemm reading "
-    "the hidden layer as A and as its C (h @ W + h) is a group: its C is cut with A and ONNX Runtime refuses the "
-    "result (Invalid bias shape for broadcast) instead of the matcher refusing with a reason",
-)
 def test_a_consumer_reading_the_hidden_layer_as_its_bias_is_left_whole():
+    """Review finding (fixed since): passes/pruning/_groups.py::outside_reader exempted the consumer at every input
+    slot, so a Gemm reading the hidden layer as A and as its C (h @ W + h) was a group: its C was cut with A and ONNX
+    Runtime refused the result (Invalid bias shape for broadcast) instead of the matcher refusing with a reason. Only
+    the consumer's data input (input 0) is exempt now."""
     model = _ffn([helper.make_node("Gemm", ["h", "W2", "h"], ["y"], name="down")], out=H)
     groups, refused = FfnPruningPass(0.5).find_groups(model.graph)
-    assert not groups and "down" in refused
+    assert not groups and refused["down"] == "h is also read by down; its channels cannot be cut"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="passes/pruning/_base.py::_refit writes the repaired weight and bias as float32 whatever the model's "
-    "dtype: on a float16 model with --calibration, MatMul(float16, float32) makes ONNX Runtime refuse the result "
-    "and the cut, which is fine without repair, is rolled back with a type error",
-)
 def test_a_float16_model_is_repaired_in_float16():
+    """Review finding (fixed since): passes/pruning/_base.py::_refit wrote the repaired weight and bias as float32
+    whatever the model's dtype: on a float16 model with --calibration, MatMul(float16, float32) made ONNX Runtime
+    refuse the result and the cut, which is fine without repair, was rolled back with a type error. The repair now
+    writes the weight's own dtype, and (checked here) still does better than no repair."""
     model = _ffn(
         [
             helper.make_node("MatMul", ["h", "W2"], ["d"], name="down"),
@@ -131,11 +130,19 @@ def test_a_float16_model_is_repaired_in_float16():
         dtype=np.float16,
     )
     calibration = {"x": np.random.default_rng(1).standard_normal((64, D)).astype(np.float16)}
-    _, report = optimizer.optimize_with_report(
+    result, report = optimizer.optimize_with_report(
         model, passes=["prune-ffn"], calibration=calibration, prune_ffn=0.25, min_cosine=0.5
     )
     record = report.passes[-1]
     assert record.status == STATUS_APPLIED, record.detail
+    assert {value.const_value.dtype for value in result.graph.initializers.values()} == {ir.DataType.FLOAT16}
+    repaired = next(note for note in record.notes if "after repair" in note)
+    unrepaired = next(note for note in record.notes if note.startswith("without repair:"))
+    assert _cosine(repaired) > _cosine(unrepaired), record.notes
+
+
+def _cosine(note: str) -> float:
+    return float(note.split("cosine ")[1].split(",")[0])
 
 
 def _with_fault(monkeypatch, name: str, fault) -> None:
@@ -221,13 +228,11 @@ def test_a_result_off_its_twin_on_the_calibration_data_is_rolled_back(monkeypatc
     assert "differs from its twin" in record.detail
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="passes/pruning/_groups.py::outside_reader lets any Shape reader of the hidden layer through ('whatever "
-    "it computes follows from it'): a width read by Shape that reaches the output (y / sqrt(width)) changes with "
-    "the cut, which the twin (full width) does not, so the matcher cuts on a guess the twin check then refutes",
-)
 def test_a_shape_reader_whose_width_reaches_the_output_is_no_group():
+    """Review finding (fixed since): passes/pruning/_groups.py::outside_reader let any Shape reader of the hidden
+    layer through ('whatever it computes follows from it'): a width read by Shape that reaches the output
+    (y / sqrt(width)) changes with the cut, which the twin (full width) does not, so the matcher cut on a guess the
+    twin check then refuted. A Shape (or Size) that may pass on the width now leaves the group whole, with a note."""
     model = _ffn(
         [
             helper.make_node("MatMul", ["h", "W2"], ["d"], name="down"),
@@ -241,15 +246,54 @@ def test_a_shape_reader_whose_width_reaches_the_output_is_no_group():
     result = FfnPruningPass(0.5)(model)
     x = np.random.default_rng(3).standard_normal((4, D)).astype(np.float32)
     assert not result.modified or assert_matches_twin(result, {"x": x}) is None
+    assert not result.modified
+    assert "down left whole: h's width is read by width_of_h (Shape): the cut would change what it computes" in (
+        result.refusals
+    )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="passes/pruning/heads.py (and channels.py) lack ffn.py's _shared_weight refusal: two attention layers "
-    "sharing their Q/K/V/O weights (ALBERT-style) each get their own pruned copy, so prune-heads makes the model "
-    "larger (3,136 → 3,680 parameters here) and reports it applied",
+@pytest.mark.parametrize(
+    ("start", "end", "picked", "cut"),
+    [
+        (0, None, 0, True),  # GPT-2's x.size()[:-1]: Shape, then Gather of the batch dim
+        (0, None, -2, True),
+        (0, -1, 0, True),  # a Shape that leaves the width out
+        (0, None, 1, False),  # the width
+        (0, None, -1, False),
+        (-1, None, 0, False),
+    ],
 )
+def test_a_shape_reader_is_let_through_only_where_it_provably_never_passes_on_the_width(start, end, picked, cut):
+    """The hidden layer's shape read by Shape → Gather (a run-time Reshape target for the output, as GPT-2's Conv1D
+    writes it): where the picked dim is not the width, the cut changes nothing it computes and the group is cut."""
+    attributes = {"start": start} if end is None else {"start": start, "end": end}
+    model = _ffn(
+        [
+            helper.make_node("MatMul", ["h", "W2"], ["d"], name="down"),
+            helper.make_node("Constant", [], ["picked"], value=numpy_helper.from_array(np.array([picked]))),
+            helper.make_node("Constant", [], ["last"], value=numpy_helper.from_array(np.array([-1]))),
+            helper.make_node("Shape", ["h"], ["dims"], name="dims_of_h", **attributes),
+            helper.make_node("Gather", ["dims", "picked"], ["dim"], name="pick", axis=0),
+            helper.make_node("Concat", ["dim", "last"], ["target"], name="target", axis=0),
+            helper.make_node("Reshape", ["d", "target"], ["y"], name="reshape"),
+        ],
+        opset=18,
+    )
+    model.graph.node("relu").outputs[0].shape = ir.Shape(["batch", H])  # the rank the exporters record
+    x = np.random.default_rng(3).standard_normal((4, D)).astype(np.float32)
+    result = FfnPruningPass(0.5)(model)
+    assert result.modified == cut, result.refusals
+    if cut:
+        assert_matches_twin(result, {"x": x})
+    else:
+        assert any("width is read by dims_of_h" in reason for reason in result.refusals), result.refusals
+
+
 def test_heads_pruning_leaves_weights_shared_by_several_layers_whole():
+    """Review finding (fixed since): passes/pruning/heads.py (and channels.py) lacked ffn.py's _shared_weight
+    refusal: two attention layers sharing their Q/K/V/O weights (ALBERT-style) each got their own pruned copy, so
+    prune-heads made the model larger (3,136 → 3,680 parameters here) and reported it applied. Every pruning pass
+    now refuses such a group through ``_groups.shared_constant``."""
     model = graphs.attention_ffn()
     nodes = {node.name: node for node in model.graph}
     for projection in ("q_proj", "k_proj", "v_proj", "out_proj"):
@@ -259,16 +303,15 @@ def test_heads_pruning_leaves_weights_shared_by_several_layers_whole():
     before = parameter_count(model)
     result = HeadPruningPass(0.25, samples=graphs.feeds(model, 8))(model)
     assert not result.modified or parameter_count(result.model) < before, result.notes
+    assert not result.modified and len(result.refusals) == 2 and "shared by several layers" in result.refusals[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="passes/pruning/_base.py::_refit gives a consumer without a bias a new one (_bias's insert_add, or a "
-    "Gemm/Conv C/B input), full width, after the groups were found: where that consumer is also the next group's "
-    "producer (a bias-free MLP, x@W0 → Relu → @W1 → Relu → @W2), the next cut slices its columns but not the new "
-    "bias, and ONNX Runtime refuses the result, so a cut that is fine without repair is rolled back",
-)
 def test_a_bias_the_repair_adds_is_cut_with_the_next_group():
+    """Review finding (fixed since): passes/pruning/_base.py::_refit gave a consumer without a bias a new one
+    (_bias's insert_add, or a Gemm/Conv C/B input), full width, after the groups were found: where that consumer is
+    also the next group's producer (a bias-free MLP, x@W0 → Relu → @W1 → Relu → @W2), the next cut sliced its
+    columns but not the new bias, and ONNX Runtime refused the result, so a cut that is fine without repair was
+    rolled back. The groups that cut the consumer's output channels now cut the bias the repair added too."""
     rng = np.random.default_rng(0)
     shapes = {"W0": (D, H), "W1": (H, H), "W2": (H, D)}
     nodes = [
@@ -292,15 +335,14 @@ def test_a_bias_the_repair_adds_is_cut_with_the_next_group():
     )
     record = report.passes[-1]
     assert record.status == STATUS_APPLIED, record.detail
+    assert any("after repair" in note for note in record.notes), record.notes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="passes/pruning/ffn.py::_shared_weight counts only readers outside the group's cuts, so a weight tied "
-    "between the up projection and the down projection (x @ W → Relu → Gemm(·, W, transB=1)) is cut twice into "
-    "two copies: 25 % of the neurons removed stores 1,536 weights where the input had 1,024",
-)
 def test_ffn_pruning_of_a_weight_tied_between_up_and_down_does_not_grow_the_model():
+    """Review finding (fixed since): passes/pruning/ffn.py::_shared_weight counted only readers outside the group's
+    cuts, so a weight tied between the up projection and the down projection (x @ W → Relu → Gemm(·, W, transB=1))
+    was cut twice into two copies: 25 % of the neurons removed stored 1,536 weights where the input had 1,024. A
+    constant two of the group's own cuts read is refused now (``_groups.shared_constant``)."""
     weight = (np.random.default_rng(0).standard_normal((D, H)) / 4).astype(np.float32)
     nodes = [
         helper.make_node("MatMul", ["x", "W"], ["u"], name="encode"),
@@ -318,3 +360,7 @@ def test_ffn_pruning_of_a_weight_tied_between_up_and_down_does_not_grow_the_mode
     before = parameter_count(model)
     result = FfnPruningPass(0.25)(model)
     assert not result.modified or parameter_count(result.model) < before, result.notes
+    assert result.refusals == [
+        "decode left whole: its weight W is read by 2 of the layers it cuts (tied between them): each would keep "
+        "its own pruned copy"
+    ]

@@ -5,7 +5,9 @@ removes the least important ``ratio`` of them (per layer, or ranked across all g
 ``ranking="global"``), and — with calibration data — re-fits each group's consumer (the
 layer reading the removed channels) by least squares so that its output changes as
 little as possible: the kept channels' weights absorb what the removed ones did, and
-their mean goes into the bias.
+their mean goes into the bias. The repaired weight and bias are written in the weight's
+float type (a float16 model stays float16); a bias the repair gives a consumer that had none
+is cut with the consumer's output channels where the next group cuts those (``_cut_added_bias``).
 
 The repair runs after the whole cut, layer by layer in graph order: each consumer is
 fitted on its inputs in the model whose earlier layers are already cut and repaired,
@@ -33,7 +35,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_ir as ir
@@ -45,11 +47,11 @@ from optimizer.options import IMPORTANCE_KINDS
 from optimizer.progress import track
 from optimizer.protocol import Twin
 from optimizer.runtime import drift_of, run_batches, stream_values, value_collector
-from passes._layers import name_nodes
+from passes._layers import is_feature_bias, name_nodes
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, unfit_on_generated_samples
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
-from passes.pruning._groups import ChannelGroup
+from passes.pruning._groups import ChannelGroup, Cut
 from passes.pruning._reconstruction import MAX_INPUTS, removal_scores
 from passes.pruning._refit import channel_rows
 
@@ -452,7 +454,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         groups.sort(key=lambda g: positions[id(g.consumer)])
         removals = []
         label = "pruning: re-fitting each layer" if targets else "pruning: each layer"
-        for group in track(groups, label):
+        for index, group in enumerate(track(groups, label)):
             units = kept[group.name]
             if len(units) == group.size:
                 continue
@@ -469,7 +471,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             if group.name in targets:
                 refit = _refit(model, group, units, batches, targets[group.name], self._skips.get(group.name))
                 if refit is not None:
-                    removal.weight, removal.bias_change = refit
+                    removal.weight, removal.bias_change, added = refit
+                    if added is not None:  # the consumer had no bias: the groups it produces for cut the new one
+                        _cut_added_bias(groups[index + 1 :], group.consumer, *added)
             group.apply(model.graph, units)
             removals.append(removal)
             if record:
@@ -693,7 +697,7 @@ def _skip_rows(batch, skip: np.ndarray, inputs: np.ndarray, channel_axis: int, s
 
 def _refit(
     model: ir.Model, group: ChannelGroup, kept: list[int], batches, targets: list[np.ndarray], skip: str | None = None
-) -> tuple[np.ndarray, np.ndarray] | None:
+) -> tuple[np.ndarray, np.ndarray, tuple[Cut, ir.Value | None] | None] | None:
     """Re-fit the consumer's weight rows for the kept channels (and its bias) by regularized least squares.
 
     The rows are the consumer's inputs in ``model`` as it is now (the earlier groups cut
@@ -704,7 +708,8 @@ def _refit(
     strength chosen on held-out rows, and no change at all if that fits the held-out rows best).
 
     Writes the new weight (full width: ``apply`` cuts the removed rows next) and bias into
-    the graph and returns them: the weight, and the bias's change; None if the weights stay.
+    the graph, in the weight's float type, and returns them: the weight, the bias's change, and
+    where a bias the consumer did not have now lives (``_bias``); None if the weights stay.
     """
     graph, consumer, cut = model.graph, group.consumer, group.consumer_cut
     original = constant_array(consumer.inputs[1])
@@ -734,41 +739,55 @@ def _refit(
     fitted = np.zeros_like(weight)
     fitted[channels] = solution[:-1]  # the removed rows are cut by ``apply`` right after
     fitted = fitted.T if axis == 1 else fitted
-    new_weight = fitted.reshape(original.shape).astype(np.float32)
+    # Written in the model's own float type: a float32 weight in a float16 model is a type error.
+    new_weight = fitted.reshape(original.shape).astype(original.dtype)
     consumer.replace_input_with(1, add_initializer(graph, f"{consumer.inputs[1].name}.repaired", new_weight))
-    new_bias = solution[-1].astype(np.float32)
-    set_bias(new_bias)
-    change = (new_bias.astype(np.float64) - bias).astype(np.float32)
+    new_bias = solution[-1].astype(original.dtype)
+    added = set_bias(new_bias)
+    change = (new_bias.astype(np.float64) - bias).astype(original.dtype)
     if consumer.op_type == "Conv":
         change = change.reshape(-1, *([1] * (original.ndim - 2)))  # added after an NCHW output
-    return new_weight, change
+    return new_weight, change, added
 
 
 def _bias(graph: ir.Graph, consumer: ir.Node):
     """The consumer's bias (zeros if none) and a function that stores a new one.
 
-    The bias is a Gemm's C input or a Conv's B, or the constant of the Add right after a
-    MatMul; failing both, the new bias gets an Add of its own.
+    The bias is a Gemm's C of one value per output (``[N]``, ``[1, N]``) or a Conv's B, or the
+    constant of the Add right after a MatMul (or a Gemm without such a C) when it broadcasts
+    along the output's last axis (``passes._layers.is_feature_bias``: an ``[M, 1]`` constant
+    adds one value per row, whatever ``M``); failing both, the new bias gets an Add of its own.
+
+    The store function returns where a bias it *added* lives: a ``Cut`` of its output channels
+    and the new Add's output (None for a Gemm's or Conv's new input), so the groups that cut the
+    consumer's output channels next cut it too (``_cut_added_bias``); None where it replaced a bias.
     """
+    conv = consumer.op_type == "Conv"
     transposed = consumer.op_type == "Gemm" and consumer.attributes.get_int("transB", 0)
-    width = constant_array(consumer.inputs[1]).shape[0 if transposed or consumer.op_type == "Conv" else 1]
+    width = constant_array(consumer.inputs[1]).shape[0 if transposed or conv else 1]
     if consumer.op_type in ("Gemm", "Conv"):
         has_bias = len(consumer.inputs) > 2 and consumer.inputs[2] is not None
         current = constant_array(consumer.inputs[2]) if has_bias else None
-        if not has_bias or (current is not None and current.size == width):
+        per_output = current is not None and (
+            current.size == width if conv else is_feature_bias(current.shape, width, 2)
+        )
+        if not has_bias or per_output:
 
-            def store_gemm(value: np.ndarray) -> None:
+            def store_gemm(value: np.ndarray) -> tuple[Cut, None] | None:
                 if len(consumer.inputs) < 3:
                     consumer.resize_inputs(3)
                 consumer.replace_input_with(2, add_initializer(graph, f"{consumer.name}.repaired_bias", value))
+                return None if has_bias else (Cut(consumer, 2, 0 if conv else -1), None)
 
             return (np.zeros(width) if current is None else current.reshape(-1).astype(np.float64)), store_gemm
     output = consumer.outputs[0]
     users = list(output.uses())
-    if len(users) == 1 and users[0].node.op_type == "Add" and not output.is_graph_output():
+    if not conv and len(users) == 1 and users[0].node.op_type == "Add" and not output.is_graph_output():
         add, slot = users[0].node, 1 - users[0].idx
         current = constant_array(add.inputs[slot])
-        if current is not None and current.size == width:
+        known = output.shape if output.shape is not None else consumer.inputs[0].shape
+        rank = known.rank() if known is not None else None
+        if current is not None and is_onnx_domain(add) and is_feature_bias(current.shape, width, rank):
 
             def store_add(value: np.ndarray) -> None:
                 new = add_initializer(graph, f"{add.name}.repaired_bias", value.reshape(current.shape))
@@ -776,7 +795,10 @@ def _bias(graph: ir.Graph, consumer: ir.Node):
 
             return current.reshape(-1).astype(np.float64), store_add
 
-    def insert_add(value: np.ndarray) -> None:
+    def insert_add(value: np.ndarray) -> tuple[Cut, ir.Value]:
+        if conv:  # added after an NCHW output
+            rank = output.shape.rank() if output.shape is not None else 4
+            value = value.reshape(-1, *([1] * (rank - 2)))
         add = ir.Node("", "Add", [output, add_initializer(graph, f"{consumer.name}.repaired_bias", value)])
         add.name = f"{consumer.name}_repaired_bias"
         graph.insert_after(consumer, add)
@@ -787,5 +809,21 @@ def _bias(graph: ir.Graph, consumer: ir.Node):
             outputs = graph.outputs
             outputs[[v is output for v in outputs].index(True)] = add.outputs[0]
             add.outputs[0].name, output.name = output.name, f"{output.name}.unbiased"
+        return Cut(add, 1, 0 if conv else -1), add.outputs[0]
 
     return np.zeros(width), insert_add
+
+
+def _cut_added_bias(groups: Sequence[ChannelGroup], node: ir.Node, bias: Cut, value: ir.Value | None) -> None:
+    """Make the groups that cut ``node``'s output channels (``node`` is one of their producers) cut the bias
+    the repair has just given it too, and the new Add's output ``value`` with them.
+
+    The groups were found before the repair added it: without this the next cut leaves a
+    full-width bias on a narrower output (ONNX Runtime refuses the result).
+    """
+    for group in groups:
+        cut = next((c for c in group.producers if c.node is node and c.slot == 1), None)
+        if cut is not None:
+            group.vectors.append(replace(cut, node=bias.node, slot=bias.slot, axis=bias.axis))
+            if value is not None:
+                group.values.append(value)

@@ -184,11 +184,14 @@ def trace_operands(
     return None
 
 
-def outside_reader(region: dict[int, ir.Node], passthrough: set[int], consumer: ir.Node, hint: str) -> str | None:
+def outside_reader(
+    region: dict[int, ir.Node], passthrough: set[int], consumer: ir.Node, hint: str, channel_axis: int = -1
+) -> str | None:
     """Why the region's channels cannot be cut: an output that is a model output or is read outside it.
 
-    Only pass-through nodes and the consumer may read the region's values; a ``Shape``
-    reader sees the new width, and whatever it computes follows from it. With a ``hint``
+    Only pass-through nodes and the consumer's data input (input 0: a consumer reading the
+    channels as its bias too is no group) may read the region's values, and a ``Shape``
+    that provably never passes on the channel count (``width_reader``). With a ``hint``
     (Conv channels), a residual ``Add`` reader is named as the residual tie it is.
     """
     for node in region.values():
@@ -197,12 +200,14 @@ def outside_reader(region: dict[int, ir.Node], passthrough: set[int], consumer: 
                 continue
             if output.is_graph_output():
                 return f"{node.name} is a model output"
+            if (reader := width_reader(output, channel_axis)) is not None:
+                return reader
             outside = [
                 user
-                for user, _ in output.uses()
-                if not (user.op_type == "Shape" and is_onnx_domain(user))
+                for user, index in output.uses()
+                if not (user.op_type in ("Shape", "Size") and is_onnx_domain(user))
                 and id(user) not in passthrough
-                and user is not consumer
+                and not (user is consumer and index == 0)
             ]
             residual = [user for user in outside if user.op_type == "Add"]
             if residual and hint:
@@ -212,4 +217,74 @@ def outside_reader(region: dict[int, ir.Node], passthrough: set[int], consumer: 
                 )
             if outside:
                 return f"{output.name} is also read by {outside[0].name or outside[0].op_type}{hint}"
+    return None
+
+
+def width_reader(value: ir.Value, channel_axis: int) -> str | None:
+    """Why a ``Shape``/``Size`` reader of ``value`` may pass on its channel count, which the cut changes, or None.
+
+    The cut model would compute with the new width where the input computed with the old
+    one (``y / sqrt(width)``), so such a reader leaves the group whole. A ``Shape`` may stay
+    where ``value``'s rank is known and its output either leaves out the channel axis
+    (``start``/``end``) or is read only by ``Gather``s of constant indices that pick other
+    dims (GPT-2's ``x.size()[:-1]``, spelled ``Shape`` → ``Gather(0)``, ``Gather(1)``).
+    """
+    for reader, _ in value.uses():
+        if reader.op_type not in ("Shape", "Size") or not is_onnx_domain(reader):
+            continue
+        refusal = (
+            f"{value.name}'s width is read by {reader.name or reader.op_type} ({reader.op_type}): "
+            "the cut would change what it computes"
+        )
+        if reader.op_type == "Size" or value.shape is None:
+            return refusal
+        rank = value.shape.rank()
+        dims = list(range(rank))[reader.attributes.get_int("start", 0) : reader.attributes.get_int("end", rank)]
+        axis = channel_axis % max(rank, 1)
+        if axis not in dims:
+            continue
+        position, output = dims.index(axis), reader.outputs[0]
+        if output.is_graph_output():
+            return refusal
+        for user, slot in output.uses():
+            indices = constant_array(user.inputs[1]) if user.op_type == "Gather" and len(user.inputs) > 1 else None
+            picked = (
+                indices is not None
+                and is_onnx_domain(user)
+                and slot == 0
+                and user.attributes.get_int("axis", 0) == 0
+                and all(-len(dims) <= int(i) < len(dims) for i in np.ravel(indices))
+            )
+            if not picked or any(int(i) % len(dims) == position for i in np.ravel(indices)):
+                return refusal
+    return None
+
+
+def shared_constant(group: ChannelGroup) -> str | None:
+    """Why cutting ``group`` would store a constant twice (a weight shared by several layers), or None.
+
+    A constant the group cuts that a node outside its cuts also reads (ALBERT's layers sharing
+    their weights, a graph output), or that two of its own cuts read (an autoencoder's weight
+    tied between its up and down projections), keeps a copy per reader: the pruned copies
+    beside the full one make the model larger, not smaller.
+    """
+    cuts = [group.consumer_cut, *group.producers, *group.vectors]
+    slots = {(id(cut.node), cut.slot) for cut in cuts}
+    read_by: dict[int, int] = {}
+    for cut in cuts:
+        value = cut.node.inputs[cut.slot]
+        if value.is_graph_output():
+            return f"its weight {value.name} is also a graph output: pruning would store a pruned copy beside it"
+        readers = {id(user) for user, index in value.uses() if (id(user), index) not in slots}
+        if readers:
+            return (
+                f"its weight {value.name} is also read by {len(readers)} other node(s) (shared by several layers): "
+                "pruning would store a pruned copy beside it"
+            )
+        read_by[id(value)] = read_by.get(id(value), 0) + 1
+        if read_by[id(value)] > 1:
+            return (
+                f"its weight {value.name} is read by {read_by[id(value)]} of the layers it cuts (tied between "
+                "them): each would keep its own pruned copy"
+            )
     return None

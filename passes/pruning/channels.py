@@ -14,7 +14,7 @@ import onnx_ir as ir
 from optimizer.domains import is_onnx_domain
 from passes._utils import constant_array
 from passes.pruning._base import PruningPass
-from passes.pruning._groups import ChannelGroup, Cut, outside_reader, trace_operands
+from passes.pruning._groups import ChannelGroup, Cut, outside_reader, shared_constant, trace_operands
 
 # What the ratio of a channel cut counts (ChannelPruningPass's ``cost``).
 COSTS = ("channels", "parameters", "macs")
@@ -59,7 +59,9 @@ def channel_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]
             found = _classifier_group(node)
         else:
             continue
-        if isinstance(found, ChannelGroup):
+        if isinstance(found, ChannelGroup) and (shared := shared_constant(found)):
+            refused[node.name or node.op_type] = shared
+        elif isinstance(found, ChannelGroup):
             groups.append(found)
         elif found:
             refused[node.name or node.op_type] = found
@@ -193,7 +195,7 @@ def _group(consumer: ir.Node, channels: int, start: ir.Value, route: list[ir.Nod
             return refusal
     if not group.producers:
         return None
-    refusal = outside_reader(region, passthrough, consumer, " (a residual tie?)")
+    refusal = outside_reader(region, passthrough, consumer, " (a residual tie?)", channel_axis=1)
     if refusal:
         return refusal
     group.values = [output for node in region.values() for output in node.outputs if output is not None]
@@ -245,8 +247,10 @@ class ChannelPruningPass(PruningPass):
     a 3×3 Conv is not (re-fitting it needs its patches, not its channels). The twin is the
     input with the removed channels' rows of the consumer's weight zeroed (whatever an
     activation makes of a removed channel, only that consumer reads it). Refuses groups
-    tied to other blocks by residual Adds, and Convs whose input comes through ops that
-    move channels (Reshape, Concat, Split).
+    tied to other blocks by residual Adds, Convs whose input comes through ops that
+    move channels (Reshape, Concat, Split), channels whose count a ``Shape``/``Size`` may
+    pass on (``_groups.width_reader``), and groups whose weights other layers also read
+    (``_groups.shared_constant``: a pruned copy would sit beside the shared weight).
     """
 
     unit_name = "channels"

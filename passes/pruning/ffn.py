@@ -8,7 +8,14 @@ import onnx_ir as ir
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes._utils import constant_array
 from passes.pruning._base import PruningPass
-from passes.pruning._groups import ChannelGroup, Cut, outside_reader, trace_operands, width_last_reshape_target
+from passes.pruning._groups import (
+    ChannelGroup,
+    Cut,
+    outside_reader,
+    shared_constant,
+    trace_operands,
+    width_last_reshape_target,
+)
 
 # Ops that act on each channel independently (their constant operands are scalars or
 # one value per channel). Channels flow through them unchanged.
@@ -42,7 +49,7 @@ def ffn_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
             refused[node.name or node.op_type] = "a Gemm with transA reads its input transposed: no last-axis channels"
             continue
         found = _group(node, weight)
-        if isinstance(found, ChannelGroup) and (shared := _shared_weight(found)):
+        if isinstance(found, ChannelGroup) and (shared := shared_constant(found)):
             refused[node.name or node.op_type] = shared
         elif isinstance(found, ChannelGroup):
             groups.append(found)
@@ -102,27 +109,6 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
     return group
 
 
-def _shared_weight(group: ChannelGroup) -> str | None:
-    """Why the group's cut constants are read outside its cuts (a weight shared by several layers), or None.
-
-    Cutting one reader's copy would store a pruned copy beside the full one, and each
-    group sharing it would keep its own: more parameters, not fewer (ALBERT-style sharing).
-    """
-    cuts = [group.consumer_cut, *group.producers, *group.vectors]
-    slots = {(id(cut.node), cut.slot) for cut in cuts}
-    for cut in cuts:
-        value = cut.node.inputs[cut.slot]
-        readers = {id(user) for user, index in value.uses() if (id(user), index) not in slots}
-        if value.is_graph_output():
-            return f"its weight {value.name} is also a graph output: pruning would store a pruned copy beside it"
-        if readers:
-            return (
-                f"its weight {value.name} is also read by {len(readers)} other node(s) (shared by several layers): "
-                "pruning would store a pruned copy beside it"
-            )
-    return None
-
-
 def _last_axis(shape: tuple[int, ...], channels: int) -> int | None:
     """-1 for a constant of one value per channel on the last axis (``[N]``, ``[1, 1, N]``)."""
     return -1 if shape[-1:] == (channels,) and np.prod(shape) == channels else None
@@ -163,9 +149,11 @@ class FfnPruningPass(PruningPass):
     activation times that row) or reconstruction (its cost after the re-fit, ``PruningPass``).
     With calibration data the down projection is re-fitted
     (see ``PruningPass``). The twin is the input with the removed neurons' down-projection
-    rows zeroed. Refuses a group whose hidden values are also read outside it, and one
-    whose weights other layers also read (a pruned copy would sit beside the shared
-    weight), named in the refusals.
+    rows zeroed. Refuses a group whose hidden values are also read outside it (the down
+    projection reading them as its bias too counts), or by a ``Shape``/``Size`` that may pass
+    on their width (``_groups.width_reader``), and one whose weights other layers also read or
+    that two of its own projections share (a pruned copy would sit beside the shared weight;
+    ``_groups.shared_constant``), named in the refusals.
     """
 
     unit_name = "neurons"

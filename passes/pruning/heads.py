@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 
 import onnx_ir as ir
 
-from optimizer.domains import MS_DOMAIN
+from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes._utils import constant_array
 from passes.pruning._base import PruningPass
-from passes.pruning._groups import ChannelGroup, Cut, width_last_reshape_target
+from passes.pruning._groups import ChannelGroup, Cut, shared_constant, width_last_reshape_target, width_reader
 
 
 def head_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
@@ -33,6 +33,8 @@ def head_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
         if node.domain != MS_DOMAIN or node.op_type not in ("Attention", "MultiHeadAttention"):
             continue
         found = _attention(node) if node.op_type == "Attention" else _multi_head(node)
+        if isinstance(found, ChannelGroup) and (shared := shared_constant(found)):
+            found = shared
         if isinstance(found, str):
             refused[node.name or node.op_type] = found
         else:
@@ -52,8 +54,13 @@ def _output_projection(node: ir.Node, hidden: int) -> tuple[ir.Node, list, list[
     while True:
         if value.is_graph_output():
             return "its output is a model output"
-        # A Shape reader sees the new width, and whatever it computes follows from it.
-        users = [(user, index) for user, index in value.uses() if user.op_type != "Shape"]
+        if (reader := width_reader(value, -1)) is not None:
+            return reader
+        users = [
+            (user, index)
+            for user, index in value.uses()
+            if not (user.op_type in ("Shape", "Size") and is_onnx_domain(user))
+        ]
         if len(users) != 1 or users[0][1] != 0:
             return "its output is read by more than the output projection"
         user = users[0][0]
@@ -256,8 +263,10 @@ class HeadPruningPass(PruningPass):
     ``head_size`` channels of the attention output; with grouped-query attention, a unit is
     a key/value head and the query heads reading it). The twin is the input with the
     removed heads' output-projection rows zeroed. Refuses attention whose output reaches
-    anything but one output projection, and key/value heads repeated other than as the
-    exporters write it.
+    anything but one output projection (or whose width a ``Shape``/``Size`` may pass on,
+    ``_groups.width_reader``), key/value heads repeated other than as the exporters write it,
+    and groups whose weights other layers also read (ALBERT-style sharing: a pruned copy
+    would sit beside the shared weight, ``_groups.shared_constant``).
     """
 
     unit_name = "heads"

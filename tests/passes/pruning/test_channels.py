@@ -9,6 +9,7 @@ import pytest
 from passes.pruning.channels import ChannelPruningPass, channel_groups
 from tests.helpers import assert_same_outputs
 from tests.passes.pruning.graphs import convnet, images
+from tests.passes.pruning.twins import assert_matches_twin
 from tests.passes.quantization.conftest import drift
 
 
@@ -336,3 +337,48 @@ def test_a_skip_that_broadcasts_keeps_the_old_target():
     assert np.array_equal(rows, np.moveaxis(same, 1, -1).reshape(-1, 3))
     assert not _skip_rows({}, same[:1], inputs, 1, (32, 3)).any()
     assert not _skip_rows({}, same[..., :1], inputs, 1, (32, 3)).any()
+
+
+def _pointwise_chain(*, tied: bool = False) -> ir.Model:
+    """``x [B, 3, 12, 12]`` → conv0 (3×3, 8 ch) → Relu → conv1 (1×1, 8 ch) → Relu → conv2 (1×1) → ``y``, no biases.
+
+    ``tied``: conv1 and conv2 read one weight (8 → 8), as a model sharing a layer's weights does.
+    """
+    from onnx import TensorProto, helper
+
+    from tests.passes.pruning.graphs import _model
+    from tests.passes.quantization.graphs import weights
+
+    nodes = [
+        helper.make_node("Conv", ["x", "c0"], ["y0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["y0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "c1"], ["y1"], name="conv1"),
+        helper.make_node("Relu", ["y1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "c1" if tied else "c2"], ["y"], name="conv2"),
+    ]
+    init = [("c0", weights(8, 3, 3, 3, seed=1, scale=0.3)), ("c1", weights(8, 8, 1, 1, seed=2, scale=0.3))]
+    if not tied:
+        init.append(("c2", weights(6, 8, 1, 1, seed=3, scale=0.3)))
+    out = 8 if tied else 6
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 12, 12])]
+    return _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", out, 12, 12])], init)
+
+
+def test_a_bias_the_repair_gives_a_conv_is_cut_with_the_channels_it_produces():
+    """conv1 has no bias: its repair gives it one (8 channels) before conv2's group cuts conv1's output channels,
+    which must cut that bias too (ONNX Runtime refused the full-width B on the narrower filters)."""
+    model = _pointwise_chain()
+    result = ChannelPruningPass(0.25, samples=images(16, seed=1))(model.clone())
+    assert result.modified and any("after repair" in note for note in result.notes), result.notes
+    conv1 = result.model.graph.node("conv1")
+    assert conv1.inputs[1].const_value.shape == (6, 6, 1, 1) and conv1.inputs[2].const_value.shape == (6,)
+    assert_matches_twin(result, images(seed=2))
+
+
+def test_a_conv_weight_shared_by_two_layers_is_left_whole():
+    """conv1 and conv2 share their weight: cutting conv2's input channels and conv1's output channels would store
+    pruned copies beside it (the model grows), so both groups are refused."""
+    groups, refused = channel_groups(_pointwise_chain(tied=True).graph)
+    assert groups == []
+    assert "its weight c1 is also read by 1 other node(s) (shared by several layers)" in refused["conv1"]
+    assert "its weight c1 is read by 2 of the layers it cuts (tied between them)" in refused["conv2"]

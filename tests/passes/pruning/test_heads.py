@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 from passes.pruning.heads import HeadPruningPass, head_groups
 from tests.helpers import assert_same_outputs
 from tests.passes.pruning.graphs import feeds, multi_head_attention, packed_attention
+from tests.passes.pruning.twins import assert_matches_twin
 from tests.passes.quantization.conftest import drift
 
 
@@ -177,3 +179,34 @@ def test_grouped_query_attention_computes_its_twin():
 
     wrong = replace_weight(result.model, consumers[0], swap_query_heads)
     assert_differs_from_twin(wrong, result, *held_out)
+
+
+@pytest.mark.parametrize(("start", "end", "cut"), [(-1, None, False), (0, 2, True)])
+def test_a_shape_reader_of_the_attention_output_is_let_through_only_if_it_never_reads_the_width(start, end, cut):
+    """``y / sqrt(width)`` with the width read by Shape from the attention output: cutting heads would change the
+    width it divides by, which the twin (full width) does not, so the group is left whole with a note. A Shape of
+    the batch and sequence dims only computes the same after the cut."""
+    model = multi_head_attention(rotary=False)
+    graph = model.graph
+    output = graph.node("out_proj").outputs[0]
+    attention_output = graph.node("mha").outputs[0]
+    attention_output.shape = ir.Shape(["B", "S", 16])  # the rank the exporters record
+    bounds = [ir.AttrInt64("start", start)] + ([] if end is None else [ir.AttrInt64("end", end)])
+    shape = ir.Node("", "Shape", [attention_output], attributes=bounds, name="width_of_attention")
+    product = ir.Node("", "ReduceProd", [shape.outputs[0]], attributes=[ir.AttrInt64("keepdims", 0)], name="product")
+    cast = ir.Node("", "Cast", [product.outputs[0]], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT)], name="cast")
+    root = ir.Node("", "Sqrt", [cast.outputs[0]], name="root")
+    scaled = ir.Node("", "Div", [output, root.outputs[0]], name="scaled")
+    for node in (shape, product, cast, root, scaled):
+        graph.append(node)
+    graph.outputs[0] = scaled.outputs[0]
+    output.name, scaled.outputs[0].name = "unscaled", "y"
+    scaled.outputs[0].type, scaled.outputs[0].shape = output.type, output.shape
+    result = HeadPruningPass(0.25)(model.clone())
+    assert result.modified == cut, result.refusals
+    if cut:
+        assert_matches_twin(result, feeds(model))
+    else:
+        assert result.refusals == [
+            "mha left whole: a's width is read by width_of_attention (Shape): the cut would change what it computes"
+        ]
