@@ -57,6 +57,12 @@ _FOLLOWED = frozenset(
 )
 # A Reshape target element that is the data's own dim at its position: 0 under allowzero=0.
 _COPY = "copy"
+_UNPROVEN = {
+    "Reshape": "target elements neither constant nor provably the data's dim at their position: more than one, or "
+    "one beside a -1 (or the target is built by ops this pass does not follow)",
+    "Expand": "a target element is neither a constant nor provably the data's dim at its position "
+    "(or the target is built by ops this pass does not follow)",
+}
 _UNKNOWN_BESIDE_COPY = (
     "an element neither constant nor the data's own dim, beside a copied one or a 0: where that is 0, the "
     "original's element may be any size, and a -1 in its place fails or differs"
@@ -93,6 +99,8 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
     checks (the inputs' declared shapes), never from a recorded ``value_info``.
     """
 
+    left_as = "left computed"
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         candidates = [node for node in model.graph if _computed_target(node)]
         if not candidates:
@@ -113,6 +121,7 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
             else:
                 target = _expand_target(node, shapes, classes)
             if target is None:
+                self.refuse(node.op_type, _UNPROVEN[node.op_type])
                 continue
             constant = add_initializer(
                 model.graph, f"{node.name or node.op_type}_shape", np.array(target, dtype=np.int64)
