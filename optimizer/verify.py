@@ -120,6 +120,10 @@ SYSTEMATIC_BOUND = 1e-3
 # per-channel fit free to explain a sparse tie flip too (2 of n rows' worth of its energy); below
 # it, one gain and one offset are fit over the whole tensor.
 SYSTEMATIC_MIN_ROWS = 32
+# An approximate result is held to its twin on the calibration samples too (their first batches, at
+# most this many): the verification sets are random or the user's few inputs, and a realization
+# wrong only where real data goes (a unit that fires on large inputs alone) passes on them.
+TWIN_SAMPLE_BATCHES = 4
 # Twins whose results round activations in integer kernels: the row-excess rule applies.
 ROUNDING_TWINS = ("int8", "int4")
 # Twins whose results may be checked segment by segment between their checkpoints.
@@ -771,6 +775,7 @@ class Verifier:
         self._samples_generated = samples_generated
         self._sample_batch = sample_batch
         self._sample_references: list[dict[str, Any]] | None = None
+        self._twin_samples: list[tuple[dict[str, np.ndarray], str, dict[str, Any], dict[str, float]]] | None = None
         # The base at accuracy_level 0 (``_check_at_level_zero``): made on first use, until the next rebase.
         self._level_zero: Verifier | None = None
         self._base_signature: tuple[Any] | None = None  # (level_signature of the base,), on first use
@@ -1006,6 +1011,8 @@ class Verifier:
 
         ``base`` is the pass's input (the float model the twin approximates unless the twin
         names its own ``source``); by default the last approximate result or the original.
+        Besides the input sets, the first ``TWIN_SAMPLE_BATCHES`` batches of real calibration
+        samples are compared too (``_twin_sets``).
 
         This is what makes an approximate pass checkable: the approximation itself is
         in the twin, so any other difference — a unit removed that the pass did not
@@ -1013,15 +1020,15 @@ class Verifier:
         failure at near-float tolerance, whatever the accuracy budget allows.
         """
         tolerances = self._twin_tolerances(twin)
+        twin_sets = self._twin_sets()
         try:
-            expected = [run_model(twin.model, inputs) for inputs in self.input_sets]
+            expected = [run_model(twin.model, inputs) for inputs, *_ in twin_sets]
         except RuntimeRefusedError as error:
             return VerificationResult(error=f"its twin ({twin.description}) cannot run: {error.reason}")
         worst = VerificationResult(twin_error=0.0)
         try:
             with inference_session(candidate, optimization_level="all") as session:
-                sets = zip(self.input_sets, self.labels, expected, self.references, self.noise)
-                for inputs, label, reference, before, noise in sets:
+                for (inputs, label, before, noise), reference in zip(twin_sets, expected):
                     outputs = self._hide_padded(run_session(session, inputs), inputs, reference)
                     result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
                     if not result.ok and twin.kind in ROUNDING_TWINS:
@@ -1042,6 +1049,31 @@ class Verifier:
         return {
             dtype: Tolerance(max(t.rtol, kind.rtol), max(t.atol, kind.atol)) for dtype, t in self.tolerances.items()
         }
+
+    def _twin_sets(self) -> list[tuple[dict[str, np.ndarray], str, dict[str, Any], dict[str, float]]]:
+        """The sets ``check_twin`` compares on, each as (inputs, label, the original's outputs, its float
+        noise; after ``rebase``, the outputs of the model it was given): the input sets, then the first
+        ``TWIN_SAMPLE_BATCHES`` batches of the calibration samples where they are real data (generated
+        ones are random inputs like the sets). A batch the models cannot run is left out (the budget's
+        check reports it)."""
+        sets = list(zip(self.input_sets, self.labels, self.references, self.noise))
+        if self._samples is None or self._samples_generated:
+            return sets
+        if self._twin_samples is None:
+            self._twin_samples = []
+            for index, batch in enumerate(self._sample_batches()):
+                if index == TWIN_SAMPLE_BATCHES:
+                    break
+                label = f"calibration samples (batch {index + 1})"
+                try:
+                    original = self._run(self._original, batch)
+                    reference = original if self._base is self._original else self._run(self._base, batch)
+                except RuntimeRefusedError as error:
+                    logger.info("%s left out of the twin check: the model fails on it (%s)", label, error)
+                    continue
+                noise = self._float_noise(self._original, batch, original)
+                self._twin_samples.append((dict(batch), label, reference, noise))
+        return sets + self._twin_samples
 
     def _check_twin_by_segment(
         self, candidate: ir.Model, twin: Twin, end_to_end: str, missed: str = "", base: ir.Model | None = None
@@ -1090,7 +1122,7 @@ class Verifier:
                     inference_session(cut_result, optimization_level="all") as result_session,
                     inference_session(cut_base) as base_session,
                 ):
-                    for index, (inputs, label, noise) in enumerate(zip(self.input_sets, self.labels, self.noise)):
+                    for index, (inputs, label, _, noise) in enumerate(self._twin_sets()):
                         values = examples if index == 0 else run_twin(inputs)
                         examples = None
                         padding = padded_positions(inputs, self.masks)
@@ -1227,7 +1259,7 @@ class Verifier:
         """
         self.references = [self._run(accepted, inputs) for inputs in self.input_sets]
         self._base = accepted
-        self._level_zero = self._base_signature = None
+        self._level_zero = self._base_signature = self._twin_samples = None
 
     def check_approximation(self, candidate: ir.Model) -> VerificationResult:
         """Run ``candidate`` on the samples (or input sets) and hold its drift from the original to the budget.
