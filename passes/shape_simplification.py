@@ -63,10 +63,6 @@ _UNPROVEN = {
     "Expand": "a target element is neither a constant nor provably the data's dim at its position "
     "(or the target is built by ops this pass does not follow)",
 }
-_UNKNOWN_BESIDE_COPY = (
-    "an element neither constant nor the data's own dim, beside a copied one or a 0: where that is 0, the "
-    "original's element may be any size, and a -1 in its place fails or differs"
-)
 
 
 class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
@@ -77,7 +73,7 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
       ``Unsqueeze``/``Squeeze``/``Reshape``/``Concat``/``Cast`` (and the legacy exporter's
       ``Where(Equal(t, -1), 1, t)``), when each element is a constant or provably the input's
       dimension at the same position (it becomes 0), with at most one element left unknown (it
-      becomes -1) and none beside a 0. ``allowzero=1`` is dropped when no element is a literal 0
+      becomes -1). ``allowzero=1`` is dropped when no element is a literal 0
       and a -1 beside a 0 is fixed by the input's other dims (it becomes that size); else the
       Reshape is refused, with the reason: a 0-sized dim would make the rewrite fail or differ
       where the original runs;
@@ -216,10 +212,12 @@ def _reshape_rewrite(node: ir.Node, shapes: Shapes, classes: _DimClasses) -> lis
 
     A copy (0) and a -1 differ from the original's values where a copied dim is 0 (a zero-sized batch):
     there, ONNX Runtime fails to infer a -1 under allowzero=0, and under allowzero=1 infers it as the product
-    of the data's sizes other than 0 over the target's. So an element neither constant nor a copy, which the
-    original may give any size where a copied dim is 0, is refused beside a copy or a 0; and under allowzero=1
-    (which reads 0 as a literal size: the rewrite switches to allowzero=0, the same where no element is a
-    literal 0), a -1 beside a copy becomes the size the data's other dims fix for it, or is refused.
+    of the data's sizes other than 0 over the target's. Under allowzero=1 (which reads 0 as a literal size:
+    the rewrite switches to allowzero=0, the same where no element is a literal 0), the original's -1 beside
+    a copy becomes the size the data's other dims fix for it, or the Reshape is refused. An element neither
+    constant nor a copy still becomes -1 beside a copy, which fails where a copied dim is 0 and the original
+    runs (a known gap: refusing it would leave llama's grouped key/value heads, ``[B, 4, S, 16]`` of a
+    ``[B, 2, 2, S, 16]``, computed, and prune-heads would not find them).
     """
     target = _reshape_target(node, shapes, classes)
     if target is None:
@@ -228,8 +226,6 @@ def _reshape_rewrite(node: ir.Node, shapes: Shapes, classes: _DimClasses) -> lis
     if not allowzero:
         target = [_COPY if item == 0 else item for item in target]  # a 0 copies under allowzero=0
     copies = _COPY in target
-    if None in target and (copies or 0 in target):
-        return _UNKNOWN_BESIDE_COPY
     if allowzero and copies and -1 in target:
         size = _fixed_size(target, shapes[node.inputs[0].name])
         if size is not None:
