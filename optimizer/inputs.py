@@ -83,8 +83,11 @@ _POSITION_IDS_NAME = re.compile(r"position_ids$", re.IGNORECASE)
 # Ops that carry integer indices through unchanged, on the way to the Gather that
 # uses them (exporters add casts and reshapes between token ids and embeddings).
 _INDEX_PRESERVING_OPS = frozenset(
-    {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand", "Transpose"}
+    {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand", "Transpose", "Slice", "Tile"}
 )
+# Ops that move an integer no farther from 0 than it was, by a scalar constant (Div by c >= 1 truncates toward 0;
+# Max/Min with a c >= 0 inside the table): an index within the table before one stays within it after.
+_CONTRACTING_OPS = {"Div": 1, "Max": 0, "Min": 0}
 _DEFAULT_INT_HIGH = 2
 
 # Generated sequences hold this many tensors; a sequence's elements declared without
@@ -228,10 +231,12 @@ def longest_cache(model: ir.Model) -> int | None:
     count on from its past (``_offset_positions_past_the_cache``), and past the table the model fails.
     """
     # Positions are drawn from the least that stays in the table (``_index_low``): the rows past it are the limit.
+    # Read under the widest axis an element may index: a batch axis of 1 beside the positions in a GatherND
+    # tuple is no limit on them (``_vary_ambiguous_indices`` tries the wider draw on ONNX Runtime).
     limits = [
-        rows - _index_low(value)
+        rows - _index_low(value, widest=True)
         for value in runtime_inputs(model)
-        if _POSITION_IDS_NAME.search(value.name) and (rows := _index_range(value)) is not None
+        if _POSITION_IDS_NAME.search(value.name) and (rows := _index_range(value, widest=True)) is not None
     ]
     for node in model.graph.all_nodes():
         if node.domain != MS_DOMAIN or node.op_type != "GroupQueryAttention":
@@ -889,6 +894,7 @@ def _vary_ambiguous_indices(
             widened[value.name] = wider
     if not widened:
         return inputs
+    _offset_positions_past_the_cache(model, widened, dims, widest=True)
     try:
         run_model(model, {**inputs, **widened})
     except RuntimeRefusedError as error:
@@ -903,8 +909,11 @@ def _vary_ambiguous_indices(
     return {**inputs, **widened}
 
 
-def _offset_positions_past_the_cache(model: ir.Model, inputs: dict[str, Any], bound: Mapping[str, int]) -> None:
-    """A decode step's new tokens come after the cached ones: their positions start at the past length."""
+def _offset_positions_past_the_cache(
+    model: ir.Model, inputs: dict[str, Any], bound: Mapping[str, int], *, widest: bool = False
+) -> None:
+    """A decode step's new tokens come after the cached ones: their positions start at the past length
+    (``widest``: for positions drawn under ``_index_bounds(widest=True)``)."""
     pasts = {past for past, _ in cache_length_dims(model).values()}
     if len(pasts) != 1:
         return
@@ -913,7 +922,7 @@ def _offset_positions_past_the_cache(model: ir.Model, inputs: dict[str, Any], bo
         array = inputs.get(value.name)
         if not _POSITION_NAME.search(value.name) or not isinstance(array, np.ndarray) or array.dtype.kind not in "iu":
             continue
-        table = _index_range(value, bound)
+        table = _index_range(value, bound, widest=widest)
         if table is None or int(array.max(initial=0)) + offset < table:
             inputs[value.name] = (array + offset).astype(array.dtype)
 
@@ -1000,8 +1009,9 @@ def _generate_tensor(
             span = table - low if table is not None and table > low else None
             positions = low + (np.arange(shape[-1]) % span if span else np.arange(shape[-1]))
             return np.broadcast_to(positions, shape).astype(numpy_dtype)
-        highs = np.maximum(_index_highs(value, shape, dims, widest=widest), low + 1)
-        return rng.integers(low, highs, size=shape).astype(numpy_dtype)
+        lows = _index_lows(value, shape, dims, widest=widest)
+        highs = np.maximum(_index_highs(value, shape, dims, widest=widest), lows + 1)
+        return rng.integers(lows, highs, size=shape).astype(numpy_dtype)
     if dtype.is_floating_point():
         if _MASK_NAME.search(value.name):
             return _padding_mask(shape, numpy_dtype)
@@ -1023,14 +1033,27 @@ def _padding_mask(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 def _index_range(value: ir.Value, dims: Mapping[str, int] | None = None, *, widest: bool = False) -> int | None:
     """The smallest table size any element of ``value`` indexes into, if any (see ``_index_bounds``)."""
-    whole, components, _ = _index_bounds(value, dims, widest=widest)
+    whole, components, _, _ = _index_bounds(value, dims, widest=widest)
     bounds = [bound for bound in (whole, *components.values()) if bound is not None]
     return min(bounds) if bounds else None
 
 
 def _index_low(value: ir.Value, dims: Mapping[str, int] | None = None, *, widest: bool = False) -> int:
-    """The least value to generate for integer ``value``: 0, unless it is offset below a table (``_index_bounds``)."""
-    return _index_bounds(value, dims, widest=widest)[2]
+    """The least value to generate for every element of integer ``value``: 0, unless it is offset below a table
+    (``_index_bounds``)."""
+    _, _, low, component_lows = _index_bounds(value, dims, widest=widest)
+    return max([low, *component_lows.values()])
+
+
+def _index_lows(
+    value: ir.Value, shape: tuple[int, ...], dims: Mapping[str, int] | None = None, *, widest: bool = False
+) -> int | np.ndarray:
+    """The least value to generate integer ``value`` of ``shape`` from: ``_index_low``, or, where ``value`` is a
+    ``GatherND`` index tuple itself, one per position along its last axis (each component offset on its own)."""
+    _, components, low, component_lows = _index_bounds(value, dims, widest=widest)
+    if not components or not shape:
+        return _index_low(value, dims, widest=widest)
+    return np.array([max(low, component_lows.get(component, 0)) for component in range(shape[-1])])
 
 
 def _index_highs(
@@ -1042,7 +1065,7 @@ def _index_highs(
     index tuple itself (its last axis the tuple's components), one bound per position along that
     last axis, to broadcast against it; ``_DEFAULT_INT_HIGH`` where no table (or an empty one) bounds it.
     """
-    whole, components, _ = _index_bounds(value, dims, widest=widest)
+    whole, components, _, _ = _index_bounds(value, dims, widest=widest)
     if not components or not shape:
         return _index_range(value, dims, widest=widest) or _DEFAULT_INT_HIGH
     highs = []
@@ -1140,18 +1163,21 @@ def _affine_interval(size: int, mapping: tuple) -> tuple[int, int | None]:
 
 def _index_bounds(
     value: ir.Value, dims: Mapping[str, int] | None = None, *, widest: bool = False
-) -> tuple[int | None, dict[int, int], int]:
+) -> tuple[int | None, dict[int, int], int, dict[int, int]]:
     """The exclusive bounds ``value``'s elements are drawn under: one for every element, one per position along its
-    last axis, and the least value to draw (0 unless ``value`` is offset below the table; see below).
+    last axis, the least value to draw for every element (0 unless ``value`` is offset below the table; see
+    below), and the least per position along its last axis (a ``GatherND`` tuple's components, each offset on
+    its own).
 
     A ``Gather`` reads every element as an index into the table's ``axis``: its size bounds them all.
-    A ``GatherND`` reads its indices' last axis as a tuple, component k indexing the table's axis
-    ``batch_dims + k``. ``value`` is followed to both through ``Cast``/``Identity`` (which keep its last
-    axis), ``Unsqueeze`` (a new last axis puts every element at component 0; GPT-J's dynamo export),
-    a last-axis ``Concat`` (the components of the inputs before it shift it on; where their widths are
-    unknown, it may sit at any component; widths are read by ``_last_dim``) and the other index-preserving
-    ops (which move elements to positions unknown). So an input that is an index tuple itself has its
-    component j bounded by the table's axis ``batch_dims + j``; one whose elements may sit at several
+    A ``GatherND`` reads its indices' last axis as a tuple, component k indexing the table's axis ``batch_dims +
+    k``. ``value`` is followed to both through ``Cast``/``Identity`` (which keep its last axis), ``Div`` by a
+    scalar constant of at least 1 and ``Max``/``Min`` with one of at least 0 (which keep an index drawn within
+    the table within it, ``_contracts``), ``Unsqueeze`` (a new last axis puts every element at component 0;
+    GPT-J's dynamo export), a last-axis ``Concat`` (the components of the inputs before it shift it on; where
+    their widths are unknown, it may sit at any component; widths are read by ``_last_dim``) and the other
+    index-preserving ops (which move elements to positions unknown). So an input that is an index tuple itself
+    has its component j bounded by the table's axis ``batch_dims + j``; one whose elements may sit at several
     components, by the smallest of those axes (with ``widest``, the largest: a guess that
     ``_vary_ambiguous_indices`` checks on ONNX Runtime). Where one input indexes several tables, each bound
     is the smallest met: a bound on every element (a Gather's) also bounds each component.
@@ -1172,6 +1198,7 @@ def _index_bounds(
     whole: list[int] = []
     components: dict[int, int] = {}
     lows = [0]
+    component_lows: dict[int, int] = {}
     frontier: list[tuple[ir.Value, _IndexPlace, tuple]] = [(value, ("axis", 0), _IDENTITY_MAP)]
     seen: set[tuple] = set()
     while frontier:
@@ -1190,14 +1217,14 @@ def _index_bounds(
             if not is_onnx_domain(node):
                 continue
             if node.op_type == "Gather" and index == 1:
-                table = _table_shape(node.inputs[0])
+                table = _table_shape(node.inputs[0], dims)
                 if table and isinstance(size := table[node.attributes.get_int("axis", 0) % len(table)], int):
                     low, high = _affine_interval(size, mapping)
                     lows.append(low)
                     if high is not None:
                         whole.append(high)
             elif node.op_type == "GatherND" and index == 1:
-                table = _table_shape(node.inputs[0])
+                table = _table_shape(node.inputs[0], dims)
                 if not table:
                     continue
                 first = node.attributes.get_int("batch_dims", 0)  # the table axis component 0 indexes
@@ -1209,7 +1236,7 @@ def _index_bounds(
                         if not isinstance(size, int):
                             continue
                         low, high = _affine_interval(size, mapping)
-                        lows.append(low)
+                        component_lows[component] = max(low, component_lows.get(component, 0))
                         if high is not None:
                             components[component] = min(high, components.get(component, high))
                 else:
@@ -1251,6 +1278,8 @@ def _index_bounds(
                 else:
                     kept = ("range", 0, None)
                 frontier.extend((out, kept, _moved(mapping)) for out in node.outputs)
+            elif node.op_type in _CONTRACTING_OPS and index == 0 and _contracts(node, dims):
+                frontier.extend((out, place, mapping) for out in node.outputs)
             elif node.op_type in _INDEX_PRESERVING_OPS and index == 0:
                 if node.op_type in ("Cast", "Identity"):
                     frontier.extend((out, place, mapping) for out in node.outputs)
@@ -1258,7 +1287,17 @@ def _index_bounds(
                     frontier.extend((out, ("range", 0, None), _moved(mapping)) for out in node.outputs)
     width = _last_dim(value)  # a tuple is no wider than the input: a table's further axes bound nothing of it
     components = {j: size for j, size in components.items() if width is None or j < width}
-    return (min(whole) if whole else None), components, max(lows)
+    component_lows = {j: low for j, low in component_lows.items() if width is None or j < width}
+    return (min(whole) if whole else None), components, max(lows), component_lows
+
+
+def _contracts(node: ir.Node, dims: Mapping[str, int] | None) -> bool:
+    """Whether ``node`` (``_CONTRACTING_OPS``) reads a scalar integer constant as its second operand, at least the
+    op's least: drawn within the table, its first operand then keeps the result within it (conservatively:
+    ``Div(i, 3)`` could take up to three times the rows)."""
+    if len(node.inputs) != 2 or (constant := _integer_constant(node.inputs[1], dims)) is None or constant.size != 1:
+        return False
+    return int(constant.reshape(())) >= _CONTRACTING_OPS[node.op_type]
 
 
 def _rank(value: ir.Value) -> int | None:
@@ -1340,28 +1379,32 @@ def _shape_last(value: ir.Value | None, depth: int = 0) -> int | None:
     return None
 
 
-def _table_shape(value: ir.Value | None) -> tuple | None:
-    """``value``'s shape where it is recorded, or a constant's it is (see ``_index_range``), else None."""
+def _table_shape(value: ir.Value | None, dims: Mapping[str, int] | None = None) -> tuple | None:
+    """``value``'s shape where it is recorded (named dims as ``dims`` binds them: a cache input that a
+    ``beam_idx`` reorders has the generated batch), or a constant's it is (see ``_index_range``), else None."""
     if value is None:
         return None
     if value.shape is not None:
-        return tuple(value.shape)
+        return tuple(
+            dims.get(dim.value, dim) if dims and isinstance(dim, ir.SymbolicDim) and dim.value else dim
+            for dim in value.shape
+        )
     if (tensor := ir.convenience.get_const_tensor(value)) is not None:  # an initializer or a Constant node's
         return tuple(tensor.shape)
     node = value.producer()
     if node is None or not is_onnx_domain(node):
         return None
     if node.op_type in ("Cast", "Identity"):
-        return _table_shape(node.inputs[0])
+        return _table_shape(node.inputs[0], dims)
     if node.op_type == "Flatten":  # torch's legacy export flattens a table that two indices address
-        inner = _table_shape(node.inputs[0])
+        inner = _table_shape(node.inputs[0], dims)
         if inner is None:
             return None
         axis = node.attributes.get_int("axis", 1) % (len(inner) + 1) if inner else 0
         parts = (inner[:axis], inner[axis:])
         return tuple(math.prod(part) if all(isinstance(d, int) for d in part) else None for part in parts)
     if node.op_type == "Transpose":
-        inner = _table_shape(node.inputs[0])
+        inner = _table_shape(node.inputs[0], dims)
         if inner is None:
             return None
         perm = node.attributes.get_ints("perm", list(reversed(range(len(inner)))))
@@ -1378,13 +1421,14 @@ def _constant_ints(value: ir.Value | None) -> list[int] | None:
 
 
 def _shape_dims(node: ir.Node, dims: Mapping[str, int] | None = None) -> list | None:
-    """The dims a ``Shape`` node returns, as recorded (numbers or symbols; a graph input's named dims as ``dims``
-    binds them: the generated inputs have those sizes), or None where no shape is recorded."""
+    """The dims a ``Shape`` node returns, as recorded (numbers or symbols; named dims as ``dims`` binds them: the
+    generated inputs have those sizes, and shape inference gives an intermediate value the same names where it
+    copies an input's dim), or None where no shape is recorded."""
     data = node.inputs[0] if is_onnx_domain(node) and node.inputs else None
     if data is None or data.shape is None:
         return None
     shape = list(data.shape)
-    if dims and data.is_graph_input():
+    if dims:
         shape = [dims.get(dim.value, dim) if isinstance(dim, ir.SymbolicDim) and dim.value else dim for dim in shape]
     return shape[node.attributes.get_int("start", 0) : node.attributes.get_int("end", len(shape))]
 

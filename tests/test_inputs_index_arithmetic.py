@@ -102,8 +102,8 @@ def test_an_index_through_arithmetic_by_constants_stays_in_its_table(case):
     (values,) = inputs.values()
     assert values.min() == low and values.max() == high - 1  # in the table, and all of what fits it
     run(model, inputs)  # the model runs on its generated inputs
-    whole, components, least = _index_bounds(model.graph.inputs[0])
-    assert least == low
+    whole, components, least, component_lows = _index_bounds(model.graph.inputs[0])
+    assert max([least, *component_lows.values()]) == low
     assert min([whole, *components.values()], key=lambda bound: np.inf if bound is None else bound) == high
 
 
@@ -117,7 +117,7 @@ def test_an_index_scaled_by_zero_everywhere_is_bounded_by_its_other_uses_only():
         {"E": (8, 4), "F": (100, 4)},
         {"zero": 0},
     )
-    assert _index_bounds(model.graph.inputs[0]) == (100, {}, 0)
+    assert _index_bounds(model.graph.inputs[0]) == (100, {}, 0, {})
     inputs = make_inputs(model)
     assert inputs["input_ids"].max() >= 8
     run(model, inputs)
@@ -159,7 +159,7 @@ def test_the_legacy_flat_index_stays_in_each_batch_row_at_every_batch():
         inputs = make_inputs(model, {"batch": batch})
         assert inputs["position_ids"].max() == high - 1
         run(model, inputs)
-    assert _index_bounds(model.graph.inputs[0], {"batch": 2, "S": 128}) == (64, {}, 0)
+    assert _index_bounds(model.graph.inputs[0], {"batch": 2, "S": 128}) == (64, {}, 0, {})
     # A third row would start at 128, past the table: no position fits (the model fails on any), and none is promised.
     assert _index_bounds(model.graph.inputs[0], {"batch": 3, "S": 128})[0] == 0
 
