@@ -123,6 +123,9 @@ SYSTEMATIC_BOUND = 1e-3
 # many channels): fewer leave a fit free to explain a sparse tie flip too (2 of n rows' worth of its
 # energy); one gain and one offset over the whole tensor are always fit.
 SYSTEMATIC_MIN_ROWS = 32
+# Nor where one position's leverage in the fit passes this: a first token 20x the others' values takes
+# ~0.8 of a per-channel fit over 128 rows, which then explains that row's own rounding as a gain.
+SYSTEMATIC_MAX_LEVERAGE = 0.5
 # An approximate result is held to its twin on the calibration samples too (their first batches, at
 # most this many): the verification sets are random or the user's few inputs, and a realization
 # wrong only where real data goes (a unit that fires on large inputs alone) passes on them.
@@ -662,7 +665,8 @@ def _systematic_error(
         fits.append(tuple(a for a in range(t.ndim) if a != channel))
     if channels >= SYSTEMATIC_MIN_ROWS:  # per row, over the channels
         fits.append((channel,))
-    share = max(_fit_excess(t, e, kept, over) for over in [*fits, None])
+    share = max((_fit_excess(t, e, kept, over) for over in fits), default=0.0)
+    share = max(share, _fit_excess(t, e, kept, None, rows_apart=channel if t.ndim else None))
     return _Systematic(
         share=math.sqrt(share / count) / rms,
         gain=float(np.sum(e * t) / energy) if energy > 0 else 0.0,
@@ -670,14 +674,22 @@ def _systematic_error(
     )
 
 
-def _fit_excess(t: np.ndarray, e: np.ndarray, kept: np.ndarray, over: tuple[int, ...] | None) -> float:
+def _fit_excess(
+    t: np.ndarray, e: np.ndarray, kept: np.ndarray, over: tuple[int, ...] | None, rows_apart: int | None = None
+) -> float:
     """The energy of ``e`` that a gain on ``t`` and an offset, fit by least squares over the axes
     ``over`` (``None``: the whole tensor) for each position of the others, explain beyond what they
     would take from a difference with no gain and no offset. Such a difference still gives each fit
-    about sum_i h_i r_i² n / (n - 2) of its energy (r_i: position i's residual after the fit; h_i its
-    leverage, 1/n + (t_i - mean)² / variance: a row of outlying values with a coarse rounding weighs
-    most), with a spread of sqrt(2) times that per group; what counts is the sum over groups past
-    the summed shares and three of their spreads, never below zero."""
+    about sum_i h_i r_i² / (1 - h_i) of its energy (r_i: position i's residual after the fit, which
+    keeps 1 - h_i of its noise; h_i its leverage, 1/n + (t_i - mean)² / variance: a row of outlying
+    values with a coarse rounding weighs most), with a spread of sqrt(2) times that per group; what
+    counts is the sum over groups past the summed shares and three of their spreads, never below
+    zero. A group of fewer than ``SYSTEMATIC_MIN_ROWS`` kept positions (a short prompt padded), or
+    one where a single position has a leverage above ``SYSTEMATIC_MAX_LEVERAGE`` (a first token
+    many times the others), gets no fit: its fit would be that position's own noise. With
+    ``rows_apart`` (the channel axis, for the whole-tensor fit) a row's positions share their noise
+    (one input row's rounding reaches every channel): each row's residuals count together, and its
+    summed leverage is held to the same limit."""
     n = kept.sum(axis=over, keepdims=True)
     safe = np.maximum(n, 1)
     mean_t, mean_e = t.sum(axis=over, keepdims=True) / safe, e.sum(axis=over, keepdims=True) / safe
@@ -685,17 +697,26 @@ def _fit_excess(t: np.ndarray, e: np.ndarray, kept: np.ndarray, over: tuple[int,
     variance = np.sum(centred * centred, axis=over, keepdims=True)
     covariance = np.sum(centred * e, axis=over, keepdims=True)
     fitted = variance > 0
-    gain = np.where(fitted, covariance / np.maximum(variance, 1e-300), 0.0)
-    explained = gain * gain * variance + n * mean_e * mean_e
-    squared = np.where(kept, e - gain * centred - mean_e, 0.0) ** 2  # the residuals, each a position's noise
-    parameters = np.where(fitted, 2, 1)
-    chance = np.sum(squared, axis=over, keepdims=True) / safe + np.where(
-        fitted, np.sum(centred * centred * squared, axis=over, keepdims=True) / np.maximum(variance, 1e-300), 0.0
-    )
-    chance = chance * n / np.maximum(n - parameters, 1)  # a residual keeps (n - p) / n of the noise
-    explained = float(np.sum(explained))
+    inverse = np.where(fitted, 1.0 / np.maximum(variance, 1e-300), 0.0)
+    gain = covariance * inverse
+    leverage = np.where(kept, 1.0 / safe + centred * centred * inverse, 0.0)
+    residual = np.where(kept, e - gain * centred - mean_e, 0.0)
+    if rows_apart is None:
+        weight = leverage
+        terms = leverage * residual * residual
+    else:  # per row: (sum of centred * residual)² / variance + (sum of residual)² / n
+        weight = np.sum(leverage, axis=rows_apart, keepdims=True)
+        terms = np.sum(centred * residual, axis=rows_apart, keepdims=True) ** 2 * inverse
+        terms = terms + np.sum(residual, axis=rows_apart, keepdims=True) ** 2 / safe
+    usable = (n >= SYSTEMATIC_MIN_ROWS) & (np.max(weight, axis=over, keepdims=True) <= SYSTEMATIC_MAX_LEVERAGE)
+    if not usable.any():
+        return 0.0
+    explained = np.where(usable, gain * gain * variance + n * mean_e * mean_e, 0.0)
+    # A residual keeps 1 - h of its noise.
+    noise = terms / np.maximum(1.0 - weight, 1.0 - SYSTEMATIC_MAX_LEVERAGE)
+    chance = np.where(usable, np.sum(noise, axis=over, keepdims=True), 0.0)
     spread = math.sqrt(2 * float(np.sum(chance * chance)))
-    return max(explained - float(np.sum(chance)) - 3 * spread, 0.0)
+    return max(float(np.sum(explained)) - float(np.sum(chance)) - 3 * spread, 0.0)
 
 
 def _rms_apart(a: np.ndarray, b: np.ndarray, hidden: np.ndarray | None) -> float:
