@@ -639,23 +639,22 @@ def _systematic_error(
     expected: np.ndarray, actual: np.ndarray, axis: int, hidden: np.ndarray | None, floor: float
 ) -> _Systematic:
     """The part of ``actual - expected`` that a gain and an offset explain, per channel (along ``axis``,
-    least squares over the rows: every other axis) or per row (over the channels), whichever explains
-    more, as an RMS relative to ``expected``'s (at least ``floor``: a near-zero tensor is held to the
-    absolute tolerance). Each fit's energy counts only beyond what it would take from noise with no
-    gain and no offset: two parameters' share of each fit's residual, plus three standard deviations
-    of that share (``_fit_excess``), so a dense unbiased difference is not called systematic.
-    Positions ``hidden`` marks (padding) and non-finite ones are left out. Fewer than
-    ``SYSTEMATIC_MIN_ROWS`` rows (or channels) give no fit of that kind; one gain and one offset over
-    the whole tensor are always fit too."""
-    t, e = expected.astype(np.float64), actual.astype(np.float64) - expected.astype(np.float64)
+    least squares over the rows: every other axis), per row (over the channels) or over the whole
+    tensor, whichever explains most beyond what it would take from noise with no gain and no offset
+    (``_fit_excess``), as an RMS relative to ``expected``'s (at least ``floor``: a near-zero tensor is
+    held to the absolute tolerance). Positions ``hidden`` marks (padding) and non-finite ones are left
+    out. Fewer than ``SYSTEMATIC_MIN_ROWS`` rows (or channels) give no fit of that kind. Elementwise
+    work is in float32 and every sum in float64: a vocabulary's logits are large."""
+    e = np.subtract(actual, expected, dtype=np.float64).astype(np.float32)
+    t = expected.astype(np.float32)
     kept = np.isfinite(t) & np.isfinite(e)
     if hidden is not None and hidden.shape == kept.shape:
         kept &= ~hidden
     count = int(kept.sum())
     if not count:
         return _Systematic(0.0, 0.0, 0.0)
-    t, e = np.where(kept, t, 0.0), np.where(kept, e, 0.0)
-    energy = float(np.sum(t * t))
+    t, e = np.where(kept, t, np.float32(0)), np.where(kept, e, np.float32(0))
+    energy = float(np.sum(np.square(t), dtype=np.float64))
     rms = max(math.sqrt(energy / count), floor, np.finfo(np.float32).tiny)
     channel = axis % t.ndim if t.ndim else 0
     channels = t.shape[channel] if t.ndim else 1
@@ -669,9 +668,13 @@ def _systematic_error(
     share = max(share, _fit_excess(t, e, kept, None, rows_apart=channel if t.ndim else None))
     return _Systematic(
         share=math.sqrt(share / count) / rms,
-        gain=float(np.sum(e * t) / energy) if energy > 0 else 0.0,
-        offset=float(np.sum(e) / count) / rms,
+        gain=float(np.sum(e * t, dtype=np.float64) / energy) if energy > 0 else 0.0,
+        offset=float(np.sum(e, dtype=np.float64) / count) / rms,
     )
+
+
+def _sum(array: np.ndarray, over: tuple[int, ...] | int | None) -> np.ndarray:
+    return np.sum(array, axis=over, keepdims=True, dtype=np.float64)
 
 
 def _fit_excess(
@@ -689,32 +692,33 @@ def _fit_excess(
     many times the others), gets no fit: its fit would be that position's own noise. With
     ``rows_apart`` (the channel axis, for the whole-tensor fit) a row's positions share their noise
     (one input row's rounding reaches every channel): each row's residuals count together, and its
-    summed leverage is held to the same limit."""
+    summed leverage is held to the same limit. ``t`` and ``e`` are float32, zero where not ``kept``."""
     n = kept.sum(axis=over, keepdims=True)
     safe = np.maximum(n, 1)
-    mean_t, mean_e = t.sum(axis=over, keepdims=True) / safe, e.sum(axis=over, keepdims=True) / safe
-    centred = np.where(kept, t - mean_t, 0.0)
-    variance = np.sum(centred * centred, axis=over, keepdims=True)
-    covariance = np.sum(centred * e, axis=over, keepdims=True)
+    mean_t, mean_e = _sum(t, over) / safe, _sum(e, over) / safe
+    centred = np.where(kept, t - mean_t.astype(np.float32), np.float32(0))
+    variance = _sum(np.square(centred), over)
+    covariance = _sum(centred * e, over)
     fitted = variance > 0
     inverse = np.where(fitted, 1.0 / np.maximum(variance, 1e-300), 0.0)
     gain = covariance * inverse
-    leverage = np.where(kept, 1.0 / safe + centred * centred * inverse, 0.0)
-    residual = np.where(kept, e - gain * centred - mean_e, 0.0)
+    leverage = np.where(
+        kept, (1.0 / safe).astype(np.float32) + np.square(centred) * inverse.astype(np.float32), np.float32(0)
+    )
+    residual = np.where(kept, e - gain.astype(np.float32) * centred - mean_e.astype(np.float32), np.float32(0))
     if rows_apart is None:
         weight = leverage
-        terms = leverage * residual * residual
+        terms = leverage * np.square(residual)
     else:  # per row: (sum of centred * residual)² / variance + (sum of residual)² / n
-        weight = np.sum(leverage, axis=rows_apart, keepdims=True)
-        terms = np.sum(centred * residual, axis=rows_apart, keepdims=True) ** 2 * inverse
-        terms = terms + np.sum(residual, axis=rows_apart, keepdims=True) ** 2 / safe
+        weight = _sum(leverage, rows_apart)
+        terms = _sum(centred * residual, rows_apart) ** 2 * inverse + _sum(residual, rows_apart) ** 2 / safe
     usable = (n >= SYSTEMATIC_MIN_ROWS) & (np.max(weight, axis=over, keepdims=True) <= SYSTEMATIC_MAX_LEVERAGE)
     if not usable.any():
         return 0.0
     explained = np.where(usable, gain * gain * variance + n * mean_e * mean_e, 0.0)
     # A residual keeps 1 - h of its noise.
     noise = terms / np.maximum(1.0 - weight, 1.0 - SYSTEMATIC_MAX_LEVERAGE)
-    chance = np.where(usable, np.sum(noise, axis=over, keepdims=True), 0.0)
+    chance = np.where(usable, _sum(noise, over), 0.0)
     spread = math.sqrt(2 * float(np.sum(chance * chance)))
     return max(float(np.sum(explained)) - float(np.sum(chance)) - 3 * spread, 0.0)
 
