@@ -258,6 +258,8 @@ def _run_one(
             # Later exact passes keep this result's outputs, not the original's.
             verifier.rebase(candidate)
     except RuntimeRefusedError as error:
+        if verifier is not None:  # the pass's own run of the samples may have failed on the data, not its result
+            verifier.refuse_unrunnable_samples()
         record.seconds = time.perf_counter() - started
         record.status, record.nodes_after = STATUS_ROLLED_BACK, nodes_before
         record.detail = f"ONNX Runtime cannot run the result: {error.reason}"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,7 +36,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, paired_drift
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
-from optimizer.inputs import SampleData, split_samples
+from optimizer.inputs import SampleData, holds_samples, samples_in, split_samples
 from optimizer.kernel_rounding import at_level_zero, level_signature, rounding_kernels
 from optimizer.padding import (
     cache_outputs,
@@ -126,10 +126,11 @@ SYSTEMATIC_MIN_ROWS = 32
 # Nor where one position's leverage in the fit passes this: a first token 20x the others' values takes
 # ~0.8 of a per-channel fit over 128 rows, which then explains that row's own rounding as a gain.
 SYSTEMATIC_MAX_LEVERAGE = 0.5
-# An approximate result is held to its twin on the calibration samples too (their first batches, at
-# most this many): the verification sets are random or the user's few inputs, and a realization
-# wrong only where real data goes (a unit that fires on large inputs alone) passes on them.
-TWIN_SAMPLE_BATCHES = 4
+# An approximate result is held to its twin on the calibration samples too (at least this many of
+# them, in batches spread over the data): the verification sets are random or the user's few inputs,
+# and a realization wrong only where real data goes (a unit that fires on large inputs alone) passes
+# on them. Counted in samples, not batches: a model that fixes batch 1 would otherwise see 4 samples.
+TWIN_SAMPLE_ROWS = 64
 # Twins whose results round activations in integer kernels: the row-excess rule applies.
 ROUNDING_TWINS = ("int8", "int4")
 # Twins whose results may be checked segment by segment between their checkpoints.
@@ -723,6 +724,20 @@ def _fit_excess(
     return max(float(np.sum(explained)) - float(np.sum(chance)) - 3 * spread, 0.0)
 
 
+def _spread_batches(batches: Sequence[Mapping[str, Any]], rows: int, holds: Callable[[str, Any], bool]) -> list[int]:
+    """Indices of ``batches`` spread evenly over them (the first and the last among them), as many as hold
+    ``rows`` samples at the first batch's size (``samples_in``), or all of them: samples sorted by source
+    or length would leave the head of the data alone checked."""
+    total = len(batches)
+    if not total:
+        return []
+    size = max(samples_in(batches[0], holds), 1)
+    wanted = min(total, -(-rows // size))
+    if wanted == total:
+        return list(range(total))
+    return sorted({round(i * (total - 1) / max(wanted - 1, 1)) for i in range(wanted)})
+
+
 def _rms_apart(a: np.ndarray, b: np.ndarray, hidden: np.ndarray | None) -> float:
     """The RMS of ``a - b`` over the finite positions ``hidden`` (padding) does not mark."""
     difference = a.astype(np.float64) - b.astype(np.float64)
@@ -860,6 +875,7 @@ class Verifier:
         self._sample_batch = sample_batch
         self._sample_references: list[dict[str, Any]] | None = None
         self._twin_samples: list[tuple[dict[str, np.ndarray], str, dict[str, Any], dict[str, float]]] | None = None
+        self._unrunnable_samples: str | None = None  # ``refuse_unrunnable_samples``: "" once all batches ran
         # The base at accuracy_level 0 (``_check_at_level_zero``): made on first use, until the next rebase.
         self._level_zero: Verifier | None = None
         self._base_signature: tuple[Any] | None = None  # (level_signature of the base,), on first use
@@ -1095,8 +1111,8 @@ class Verifier:
 
         ``base`` is the pass's input (the float model the twin approximates unless the twin
         names its own ``source``); by default the last approximate result or the original.
-        Besides the input sets, the first ``TWIN_SAMPLE_BATCHES`` batches of real calibration
-        samples are compared too (``_twin_sets``).
+        Besides the input sets, batches of real calibration samples spread over them (at least
+        ``TWIN_SAMPLE_ROWS`` samples) are compared too (``_twin_sets``).
 
         This is what makes an approximate pass checkable: the approximation itself is
         in the twin, so any other difference — a unit removed that the pass did not
@@ -1136,18 +1152,19 @@ class Verifier:
 
     def _twin_sets(self) -> list[tuple[dict[str, np.ndarray], str, dict[str, Any], dict[str, float]]]:
         """The sets ``check_twin`` compares on, each as (inputs, label, the original's outputs, its float
-        noise; after ``rebase``, the outputs of the model it was given): the input sets, then the first
-        ``TWIN_SAMPLE_BATCHES`` batches of the calibration samples where they are real data (generated
-        ones are random inputs like the sets). A batch the models cannot run is left out (the budget's
-        check reports it)."""
+        noise; after ``rebase``, the outputs of the model it was given): the input sets, then batches of
+        the calibration samples where they are real data (generated ones are random inputs like the
+        sets), spread evenly over them, enough to hold ``TWIN_SAMPLE_ROWS`` samples (``_spread_batches``).
+        A batch the models cannot run is left out (the budget's check reports it)."""
         sets = list(zip(self.input_sets, self.labels, self.references, self.noise))
         if self._samples is None or self._samples_generated:
             return sets
         if self._twin_samples is None:
             self._twin_samples = []
-            for index, batch in enumerate(self._sample_batches()):
-                if index == TWIN_SAMPLE_BATCHES:
-                    break
+            batches = self._sample_batches()
+            holds = holds_samples(self._original)
+            for index in _spread_batches(batches, TWIN_SAMPLE_ROWS, holds):
+                batch = batches[index]
                 label = f"calibration samples (batch {index + 1})"
                 try:
                     original = self._run(self._original, batch)
@@ -1367,7 +1384,8 @@ class Verifier:
                 if self._sample_references is None:
                     self._sample_references = run_batches(self._original, batches)
                 drift = drift_of(candidate, batches, self._sample_references)
-        except RuntimeRefusedError as error:  # the rewrite is unusable
+        except RuntimeRefusedError as error:  # the rewrite is unusable, unless the data is
+            self.refuse_unrunnable_samples()
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
         if self.budget.met(drift):
             return VerificationResult(drift=drift)
@@ -1377,6 +1395,26 @@ class Verifier:
         return VerificationResult(
             drift=drift, error=f"{drift} misses the accuracy budget ({self.budget.describe()}){hint}"
         )
+
+    def refuse_unrunnable_samples(self) -> None:
+        """``InputSpecError`` when the original model itself fails on a batch of the calibration samples (an
+        id past the vocabulary in a later batch: the first is checked up front), so that a pass or a check
+        that failed on them does not blame its result. Runs the original over every batch once, on demand."""
+        if self._samples is None or self._samples_generated:
+            return
+        if self._unrunnable_samples is None:
+            self._unrunnable_samples = ""
+            for index, batch in enumerate(self._sample_batches()):
+                try:
+                    self._run(self._original, batch)
+                except RuntimeRefusedError as error:
+                    self._unrunnable_samples = f"batch {index + 1}: {error.reason}"
+                    break
+        if self._unrunnable_samples:
+            raise InputSpecError(
+                f"ONNX Runtime cannot run the original model on the calibration samples ({self._unrunnable_samples}); "
+                "check them against the model"
+            )
 
     def _sample_batches(self) -> list[dict[str, np.ndarray]]:
         if self._samples is None:
