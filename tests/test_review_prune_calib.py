@@ -3,9 +3,9 @@
 ``_base._cut_added_bias``, float16 repair) and of the calibration twin check (72b3a7d:
 ``Verifier._twin_sets`` in ``optimizer/verify.py``).
 
-Findings, worst first (both fixed since; 2: the verifier runs the original over every batch when a pass or
-its check fails on the samples, and refuses the data by name. 1: batches spread over the data, at least TWIN_SAMPLE_ROWS = 64
-samples):
+Findings, worst first (both fixed since; 2: the verifier runs the original over every batch when a pass
+or its check fails on the samples, and refuses the data by name. 1: batches spread over the data, at
+least TWIN_SAMPLE_ROWS = 64 samples):
 1. ``_twin_sets`` takes the first ``TWIN_SAMPLE_BATCHES`` (4) *batches* of the calibration samples, in the
    order given. How many samples that is depends on the batch: 64 with a symbolic batch (``SAMPLE_BATCH``
    16), 4 where the model fixes batch 1 or the pipeline specializes it (``--static-shapes --dim batch=1``:
@@ -75,7 +75,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import optimizer
 from optimizer.errors import InputSpecError
