@@ -285,6 +285,12 @@ def _run_one(
                 f", past it only where integer rounding took the other side of a tie "
                 f"(no token row farther from the input than {verdict.twin_row_excess:.2f}x its twin)"
             )
+        if verdict.twin_unrounded:
+            record.twin = (
+                f"{verdict.twin_description}; max |Δ| {verdict.twin_error:.2e} (int4-float tolerance): "
+                "ONNX Runtime runs its MatMulNBits on float inputs here (the same outputs as at accuracy_level 0, "
+                f"bit for bit), not rounded to int8 as its twin with rounding said ({verdict.twin_unrounded})"
+            )
         if verdict.twin_segments is not None:
             record.twin += (
                 f"; checked segment by segment ({verdict.twin_segments} segments between the quantized layers' "

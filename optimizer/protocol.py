@@ -80,6 +80,12 @@ class Twin:
       to the twin at the same tolerance (``Verifier.check_twin``).
     - ``source``: the float model the twin approximates, where that is not the pass's
       input (SmoothQuant rescaled it first); None means the pass's input.
+    - ``unrounded``: for an ``"int4"`` twin whose kernels round their inputs (accuracy_level
+      4), what builds the same twin without that rounding (``"int4-float"``; built only when
+      needed: a twin holds the weights in float32): what the result computes
+      where ONNX Runtime runs its MatMulNBits on float inputs instead (no int8 kernel for
+      that block size or CPU). The verifier holds the result to it only where the result
+      as written computes exactly what it does at level 0 (``Verifier.check_twin``).
     """
 
     model: ir.Model
@@ -87,6 +93,7 @@ class Twin:
     description: str
     checkpoints: tuple[str, ...] = ()
     source: ir.Model | None = None
+    unrounded: Callable[[], Twin] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in TWIN_KINDS:

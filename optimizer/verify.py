@@ -195,6 +195,10 @@ class VerificationResult:
     # and why the end-to-end check did not suffice.
     twin_segments: int | None = None
     twin_end_to_end: str = ""
+    # Set when the result was held to its twin's ``unrounded`` variant (``Verifier._unrounded``): ONNX
+    # Runtime computes its MatMulNBits as at accuracy_level 0; what the rounding twin's check said.
+    twin_unrounded: str = ""
+    twin_description: str = ""  # then the twin it was held to
     # Set when an exact pass's result was checked segment by segment (``Verifier.check`` with a
     # ``base``): how many segments, how many nodes the pass added, and what end to end missed.
     segments: int | None = None
@@ -1138,11 +1142,50 @@ class Verifier:
                         if twin.kind in SEGMENTED_TWINS and twin.checkpoints:
                             missed = f"missed it on {label}: {result.first_failure}"
                             return self._check_twin_by_segment(candidate, twin, failure, missed, base)
-                        return VerificationResult(error=failure)
+                        return self._unrounded(candidate, twin, base, VerificationResult(error=failure))
                     worst.twin_error = max(worst.twin_error, result.max_abs_error)
         except RuntimeRefusedError as error:  # the rewrite is unusable
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
         return worst
+
+    def _unrounded(
+        self, candidate: ir.Model, twin: Twin, base: ir.Model | None, failed: VerificationResult
+    ) -> VerificationResult:
+        """``failed`` (``candidate`` against a twin whose kernels round their inputs to int8), unless ONNX
+        Runtime runs ``candidate``'s MatMulNBits on float inputs: then it is held to ``twin.unrounded``.
+
+        ``accuracy_level`` is a floor: where ONNX Runtime has no int8 kernel (a block size or CPU it lacks),
+        it computes at level 0, more exactly than the rounding twin says, and differs from it by the twin's
+        own rounding. That is decided bit for bit, not by a tolerance: the result as written is run beside
+        itself with every MatMulNBits at level 0 on the first input set, and only where every output is
+        identical is the unrounded twin (``"int4-float"``: no row rule) the one it must match, end to end
+        and segment by segment (its systematic sum)."""
+        if twin.unrounded is None:
+            return failed
+        inputs = self.input_sets[0]
+        try:
+            with inference_session(candidate, optimization_level="all") as session:
+                written = run_session(session, inputs)
+            with at_level_zero(candidate), inference_session(candidate, optimization_level="all") as session:
+                floating = run_session(session, inputs)
+        except RuntimeRefusedError:
+            return failed
+        if written.keys() != floating.keys() or not all(
+            np.array_equal(written[name], floating[name], equal_nan=True) for name in written
+        ):
+            return failed
+        unrounded = twin.unrounded()
+        verdict = self.check_twin(candidate, unrounded, base)
+        if verdict.ok and unrounded.checkpoints:
+            # Segment by segment too, whatever end to end says: the float-input twin's tolerance is the int8
+            # one, wide enough to pass a scale 1 % off in some channels end to end; its systematic sum is not.
+            verdict = self._check_twin_by_segment(
+                candidate, unrounded, "", "passed against the twin without input rounding", base
+            )
+        if not verdict.ok:
+            return failed
+        verdict.twin_unrounded, verdict.twin_description = failed.first_failure, unrounded.description
+        return verdict
 
     def _twin_tolerances(self, twin: Twin) -> dict[str, Tolerance]:
         kind = TWIN_TOLERANCES[twin.kind]
@@ -1235,10 +1278,11 @@ class Verifier:
                             before = run_session(base_session, feeds)
                             result = _within_row_excess(result, reference, outputs, before, worst)
                         if not result.ok:
-                            return VerificationResult(
+                            failed = VerificationResult(
                                 error=f"differs from its twin ({twin.description}) on {label}, checked segment by "
                                 f"segment between {len(names)} quantized activations: {_segment_failure(result)}"
                             )
+                            return self._unrounded(candidate, twin, base, failed)
                         compounded = _compounded_error(reference, outputs, feeds, axes, ends, tolerances)
                         if compounded and twin.kind in ROUNDING_TWINS:
                             # A kernel that rounds less than its twin (ORT picks a more exact accuracy_level
@@ -1248,10 +1292,11 @@ class Verifier:
                             exact = self._hide_padded(before, inputs, reference)
                             compounded = _compounded_error(reference, outputs, feeds, axes, ends, tolerances, exact)
                         if compounded:
-                            return VerificationResult(
+                            failed = VerificationResult(
                                 error=f"differs from its twin ({twin.description}) on {label}, checked segment by "
                                 f"segment between {len(names)} quantized activations: {compounded}"
                             )
+                            return self._unrounded(candidate, twin, base, failed)
                         worst.twin_error = max(worst.twin_error, result.max_abs_error)
                         # Gone before the next input set's are computed: one set's values in memory at a time.
                         values = feeds = reference = outputs = before = None

@@ -140,3 +140,45 @@ def test_the_noise_share_is_taken_out_of_what_a_fit_explains():
     noise = rng.normal(scale=0.003, size=twin.shape)
     assert _systematic_error(twin, twin + noise, -1, None, 5e-4).share < 1e-4
     assert _systematic_error(twin, twin * 1.002 + noise, -1, None, 5e-4).share == pytest.approx(0.002, rel=0.1)
+
+
+def test_a_rounding_result_with_a_wrong_scale_is_not_rescued_by_the_unrounded_twin():
+    # Written and run at level 4 (ORT's int8 kernel here), the result differs from itself at level 0, so
+    # the twin without input rounding is not its reference: a wrong scale still fails against its twin.
+    model, feeds, result = _llama_level4()
+    assert result.twin.unrounded is not None and result.twin.unrounded().kind == "int4-float"
+    broken = result.model.clone()
+    up = next(n for n in broken.graph if n.op_type == "MatMulNBits" and "layers.0/mlp/up_proj" in n.name)
+    scales = up.inputs[2]
+    rows = scales.const_value.numpy().copy().reshape(up.attributes["N"].as_int(), -1)
+    rows[: rows.shape[0] // 4] *= 1.01
+    scales.const_value = ir.tensor(rows.reshape(scales.const_value.shape), name=scales.name)
+    verdict = Verifier(model, [feeds])._check_twin_by_segment(broken, result.twin, "end to end: (forced)")
+    assert not verdict.ok and not verdict.twin_unrounded
+    assert "systematic errors" in verdict.first_failure
+
+
+def test_only_a_twin_that_rounds_inputs_has_an_unrounded_variant():
+    model = ir.load(FIXTURES / "llama_kv_legacy.onnx")
+    feeds = make_inputs(model, seed=3)
+    level0 = Int4QuantizationPass(samples=feeds, accuracy_level=0)(model.clone())
+    assert level0.twin.kind == "int4-float" and level0.twin.unrounded is None
+
+
+def test_the_report_says_when_the_result_was_held_to_the_twin_without_input_rounding(monkeypatch):
+    import optimizer
+    import optimizer.pipeline as pipeline
+    from optimizer.verify import VerificationResult
+
+    def held_unrounded(verifier, model, candidate, result):
+        return VerificationResult(
+            twin_error=1e-6, twin_unrounded="differs from its twin (...) on input set 1", twin_description="the twin"
+        )
+
+    monkeypatch.setattr(pipeline, "_check_approximate", held_unrounded)
+    model = ir.load(FIXTURES / "llama_kv_legacy.onnx")
+    _, report = optimizer.optimize_with_report(model, passes=["quantize-int4"])
+    record = report.passes[-1]
+    assert record.status == "applied"
+    assert record.twin.startswith("the twin; max |Δ| 1.00e-06 (int4-float tolerance): ONNX Runtime runs its")
+    assert "differs from its twin (...) on input set 1" in record.twin

@@ -507,7 +507,7 @@ class Int4QuantizationPass(QuantizationPass):
 
     # -- the twin ------------------------------------------------------------------------
 
-    def twin_layer(self, twin: Int8Twin, layer: Layer) -> None:
+    def twin_layer(self, twin: Int8Twin, layer: Layer, *, rounded_inputs: bool = True) -> None:
         if self.scheme(layer) == "int8":
             quantized = quantize_weight(layer.weight, 1, reduce_range=self.reduce_range)
             twin.quantize_input(layer)
@@ -518,7 +518,7 @@ class Int4QuantizationPass(QuantizationPass):
         prefix = f"{node.name}.twin"
         graph = twin.model.graph
         twin.set_weight(layer, exact.stored().dequantize())
-        if self._level(layer) == 4:
+        if self._level(layer) == 4 and rounded_inputs:
             source = x
             if split is not None:
                 zeroed = _zero_channels(graph, x, split, exact.k)
@@ -540,7 +540,10 @@ class Int4QuantizationPass(QuantizationPass):
             )
             twin.follow_output(node, [*extra, *corrected], "twin_stored")
 
-    def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
+    def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool, rounded_inputs: bool = True) -> Twin:
+        """The twin of the result (see ``Twin``); without ``rounded_inputs``, the same with every int4 layer's
+        input left float (its ``unrounded`` twin)."""
+        spare = source.clone() if rounded_inputs and self.accuracy_level == 4 else None  # Int8Twin writes into it
         float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
         twin = Int8Twin(source)
         levels: list[int] = []
@@ -550,11 +553,11 @@ class Int4QuantizationPass(QuantizationPass):
             if (channels := self._split(layer)) is not None:  # before twin_layer reroutes the layer's input
                 split += 1
                 split_inputs[layer.activation.name] = channels
-            self.twin_layer(twin, layer)
+            self.twin_layer(twin, layer, rounded_inputs=rounded_inputs)
             if self.scheme(layer) == "int8":
                 int8 += 1
             else:
-                levels.append(self._level(layer))
+                levels.append(self._level(layer) if rounded_inputs else 0)
                 offsets += self.weight(layer).has_offsets
         graph = twin.model.graph
         for name, weight in self._applied.items():
@@ -568,7 +571,7 @@ class Int4QuantizationPass(QuantizationPass):
             inputs = " and inputs int8 per block (accuracy_level 4)" if rounded else ""
         else:
             inputs = f", {rounded} of them with inputs int8 per block (accuracy_level 4)" if rounded else ""
-        if split_inputs:
+        if split_inputs and rounded_inputs:
             ratios = sorted(channels.ratio for channels in split_inputs.values())
             samples = (
                 "generated samples (--calibration chooses them on real data)"
@@ -593,7 +596,15 @@ class Int4QuantizationPass(QuantizationPass):
         description = f"the input with {layers}{tables}, in float32"
         # Only an integer kernel (level 4, or the int8 fallback) can round a tie the other way.
         kind = "int4" if rounded or int8 else "int4-float"
-        return Twin(twin.finish(), kind, description, checkpoints=twin.checkpoints, source=float_source)
+        unrounded = None
+        if spare is not None and rounded and not int8:  # int8 layers round in every kernel: nothing to drop
+
+            def unrounded() -> Twin:
+                return self._twin(spare, names, smoothed=smoothed, rounded_inputs=False)
+
+        return Twin(
+            twin.finish(), kind, description, checkpoints=twin.checkpoints, source=float_source, unrounded=unrounded
+        )
 
     def _sensitivity(self, model: ir.Model, layers: list[Layer], batches, reference) -> dict[str, float]:
         if len(layers) <= _EXHAUSTIVE_LAYERS:
