@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,6 +231,8 @@ def _reshape_rewrite(node: ir.Node, shapes: Shapes, classes: _DimClasses) -> lis
         size = _fixed_size(target, shapes[node.inputs[0].name])
         if size is not None:
             target = [size if item == -1 else item for item in target]
+    if allowzero and 0 in target and any(item is None or item == -1 for item in target):
+        return "allowzero=1 and a literal 0 beside an element that would become -1 (ONNX forbids the pair)"
     if allowzero and copies:
         if 0 in target:
             return "allowzero=1 and a literal 0 beside a dim the rewrite would copy"
@@ -396,8 +399,18 @@ def _slice_elements(node: ir.Node, shape_of: ShapeOf) -> list[Element] | None:
     if bounds[2] is not None and list(bounds[2].reshape(-1)) not in ([0], [-1]):
         return None
     step = int(bounds[3].reshape(-1)[0]) if bounds[3] is not None else 1
+    if step == 0:
+        return None
     start, end = int(bounds[0].reshape(-1)[0]), int(bounds[1].reshape(-1)[0])
-    return source[slice(start, end, step)]
+    # ONNX's clamping, not Python's: a negative bound counts from the end, then is clamped to [0, n] (step > 0)
+    # or [0, n - 1] for the start and [-1, n - 1] for the end (step < 0).
+    n = len(source)
+    start, end = start + n if start < 0 else start, end + n if end < 0 else end
+    if step > 0:
+        start, end = min(max(start, 0), n), min(max(end, 0), n)
+    else:
+        start, end = min(max(start, 0), n - 1), min(max(end, -1), n - 1)
+    return [source[index] for index in range(start, end, step)]
 
 
 # Ops whose output 0 has input 0's shape, dim for dim.
@@ -468,11 +481,12 @@ class _DimClasses:
         return self._sizes.get(root, self._static((value.name, axis)))
 
     def _root(self, key: _Dim) -> _Dim:
-        parent = self._parent.get(key, key)
-        if parent == key:
-            return key
-        root = self._root(parent)
-        self._parent[key] = root
+        # Iterative, with path compression: a chain of a thousand elementwise ops joins a thousand deep.
+        root = key
+        while (parent := self._parent.get(root, root)) != root:
+            root = parent
+        while key != root:
+            key, self._parent[key] = self._parent[key], root
         return root
 
     def _join(self, a: _Dim | None, b: _Dim | None) -> None:
@@ -750,10 +764,19 @@ def _symbolic_shapes(model: ir.Model, merged: set[str] | None = None) -> dict[st
         shapes[name] = tuple(
             dim.dim_value
             if dim.HasField("dim_value")
-            else (dim.dim_param if dim.dim_param and dim.dim_param not in unproven else None)
+            else (dim.dim_param if dim.dim_param and not _mentions(dim.dim_param, unproven) else None)
             for dim in tensor_type.shape.dim
         )
     return shapes
+
+
+def _mentions(expression: str, symbols: set[str]) -> bool:
+    """Whether ``expression`` (a dim as ORT's inference writes it: a symbol, or a sum or product of them)
+    is one of ``symbols`` or is built from one: ``2*b`` of an unproven ``b`` is no more proven."""
+    return expression in symbols or any(name in symbols for name in _SYMBOL.findall(expression))
+
+
+_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 
 def _name_unnamed_input_dims(graph: onnx.GraphProto) -> None:
@@ -773,6 +796,16 @@ def _name_unnamed_input_dims(graph: onnx.GraphProto) -> None:
             dim.dim_param = f"graphopt_unnamed_{index}_{axis}"
 
 
+def _int_attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    """An int attribute of an ONNX ``NodeProto``, or ``default``."""
+    return next((attribute.i for attribute in node.attribute if attribute.name == name), default)
+
+
+_SEQUENCE_VALUE_INFO = getattr(onnx.helper, "make_sequence_value_info", None) or getattr(
+    onnx.helper, "make_tensor_sequence_value_info", None
+)
+
+
 def _broadcast_recording(base: type) -> type:
     """``base`` (ORT's ``SymbolicShapeInference``) recording, in ``broadcast_merged``, the input dims it
     merges because they broadcast against each other (where one of them may be 1).
@@ -781,13 +814,31 @@ def _broadcast_recording(base: type) -> type:
     Concat's other axes, a MatMul's inner dims: a valid model has them equal) and where
     an elementwise op broadcasts them (``_broadcast_shapes``, ``_check_merged_dims`` with
     ``allow_broadcast``, and the auto-merge of ONNX's own inference result in ``_infer_impl``).
-    Only the second kind is recorded. A broadcast of an input dim against a size is not merged
-    at all: the tool would make the size the input's dim everywhere (``Add(x, y)`` of an x
+    Only the second kind is recorded. A broadcast of a dim (an input's or a computed one) against a
+    size is not merged at all: the tool would make the size the input's dim everywhere (``Add(x, y)`` of an x
     ``[a, 4]`` and a y ``[3, 4]`` read x as ``[3, 4]``, and ``Expand(z, Shape(x))`` became
     ``Expand(z, [3, 4])``, wrong for an x ``[1, 4]``); the broadcast's output has the size anyway.
     """
 
     class BroadcastRecording(base):
+        def _infer_SplitToSequence(self, node):  # noqa: ANN001, ANN202, N802 (ORT's own signature)
+            # ORT 1.32's handler calls onnx.helper.make_sequence_value_info, which onnx 1.23 renamed
+            # make_tensor_sequence_value_info, and reads a scalar split (the chunk size torch's dynamo GPT-2
+            # exports give) as a list: either failed the whole inference, and the pass declined the graph.
+            # The elements' shape: the input's, with the split axis unknown (chunks may differ: the last is
+            # shorter) or, without a split and keepdims=0, removed.
+            shape = list(self._get_shape(node, 0))
+            axis = _int_attribute(node, "axis", 0) % max(len(shape), 1)
+            if len(node.input) < 2 or not node.input[1]:
+                if not _int_attribute(node, "keepdims", 1):
+                    del shape[axis]
+                else:
+                    shape[axis] = 1
+            elif shape:
+                shape[axis] = None
+            element_type = self.known_vi_[node.input[0]].type.tensor_type.elem_type
+            self.known_vi_[node.output[0]].CopyFrom(_SEQUENCE_VALUE_INFO(node.output[0], element_type, shape))
+
         def _add_suggested_merge(self, symbols, apply=False):  # noqa: ANN001, ANN202 (ORT's own signature)
             frame = sys._getframe(1)
             caller = frame.f_code.co_name
@@ -800,8 +851,9 @@ def _broadcast_recording(base: type) -> type:
             named = {str(symbol) for symbol in symbols if isinstance(symbol, str)}
             if broadcast and len(named) > 1 and named <= self.input_symbols:
                 self.broadcast_merged.update(named)
-            if broadcast and len(named) < len(symbols) and named & self.input_symbols:
-                symbols = [symbol for symbol in symbols if str(symbol) not in self.input_symbols]
+            if broadcast and named and len(named) < len(symbols):
+                # A dim broadcast against a size is not that size (it may be 1), input dim or computed.
+                symbols = [symbol for symbol in symbols if not isinstance(symbol, str)]
                 if len({str(symbol) for symbol in symbols}) < 2:
                     return None
             return super()._add_suggested_merge(symbols, apply=apply)
