@@ -444,3 +444,34 @@ def test_an_input_dim_broadcast_against_a_size_is_not_taken_for_that_size():
     result = ShapeSimplificationPass()(model.clone())
     inputs = {"x": np.ones((1, 4), np.float32), "y": np.ones((3, 4), np.float32), "z": np.ones((1, 4), np.float32)}
     assert run(result.model, inputs)["e"].shape == (1, 4)
+
+
+@pytest.mark.parametrize("split", ["", "two"], ids=["no-split", "scalar-chunk"])
+def test_a_split_to_sequence_does_not_stop_the_inference(split):
+    # ORT 1.32's SplitToSequence handler calls a helper onnx 1.23 no longer has and reads a scalar split as a
+    # list: the inference failed and the pass declined every dynamo GPT-2 export. The Reshape behind the
+    # sequence still becomes a constant target, and the outputs stay the original's.
+    inputs = f"x, {split}" if split else "x"
+    model = parse_model(
+        f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[b, 4, 6] x) => (float[b, 24] y, float[?, ?, ?] z) {{
+            two = Constant<value = int64 {{2}}>()
+            start0 = Constant<value = int64[1] {{0}}>()
+            end1 = Constant<value = int64[1] {{1}}>()
+            width = Constant<value = int64[1] {{24}}>()
+            s = SplitToSequence<axis = 2>({inputs})
+            z = SequenceAt(s, two)
+            shape = Shape(x)
+            batch = Slice(shape, start0, end1)
+            target = Concat<axis = 0>(batch, width)
+            y = Reshape(x, target)
+        }}
+        """
+    )
+    original = model.clone()
+    result = ShapeSimplificationPass()(model)
+    assert result.modified and "Shape" not in op_types(result.model)
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).random((batch, 4, 6), np.float32)
+        assert_same_outputs(original, result.model, {"x": x})
