@@ -1201,6 +1201,10 @@ def _index_bounds(
     component_lows: dict[int, int] = {}
     frontier: list[tuple[ir.Value, _IndexPlace, tuple]] = [(value, ("axis", 0), _IDENTITY_MAP)]
     seen: set[tuple] = set()
+    # Values reached through a Div (``_contracts``): its bound holds only for the index as it reaches the
+    # table, so no affine op after it is followed (Div(i, 2) - 10 is not i - 10). Max/Min pass the drawn
+    # values through unchanged where they are past their constant, so an offset after them still applies.
+    contracted: set[int] = set()
     while frontier:
         current, place, mapping = frontier.pop()
         key = (
@@ -1216,6 +1220,8 @@ def _index_bounds(
         for node, index in current.uses():
             if not is_onnx_domain(node):
                 continue
+            if id(current) in contracted or (node.op_type == "Div" and index == 0):
+                contracted.update(id(out) for out in node.outputs)
             if node.op_type == "Gather" and index == 1:
                 table = _table_shape(node.inputs[0], dims)
                 if table and isinstance(size := table[node.attributes.get_int("axis", 0) % len(table)], int):
@@ -1249,7 +1255,11 @@ def _index_bounds(
                     lows.extend(low for low, _ in intervals)
                     if highs := [high for _, high in intervals if high is not None]:
                         whole.append(min(highs))
-            elif node.op_type in _AFFINE_OPS and (mapped := _then_affine(mapping, node, index, dims)) is not None:
+            elif (
+                node.op_type in _AFFINE_OPS
+                and id(current) not in contracted
+                and (mapped := _then_affine(mapping, node, index, dims)) is not None
+            ):
                 frontier.extend((out, place, mapped) for out in node.outputs)
             elif node.op_type == "Unsqueeze" and index == 0:
                 axes = _constant_ints(node.inputs[1] if len(node.inputs) > 1 else None)

@@ -518,15 +518,18 @@ class Int4QuantizationPass(QuantizationPass):
         prefix = f"{node.name}.twin"
         graph = twin.model.graph
         twin.set_weight(layer, exact.stored().dequantize())
-        if self._level(layer) == 4 and rounded_inputs:
+        if self._level(layer) == 4:
             source = x
-            if split is not None:
+            if split is not None:  # zeroed before the kernel, added back in float below
                 zeroed = _zero_channels(graph, x, split, exact.k)
                 zeroed.name = f"{prefix}_outliers_zeroed"
                 zeroed.outputs[0].name = f"{zeroed.name}.output"
                 graph.insert_before(node, zeroed)
                 source = zeroed.outputs[0]
-            _quantize_input_blocks(twin.model, layer, self.block_size, source)
+            if rounded_inputs:
+                _quantize_input_blocks(twin.model, layer, self.block_size, source)
+            elif source is not x:
+                node.replace_input_with(0, source)
         if exact.has_offsets or split is not None:
             # The block offsets and outlier channels read the float input, as the rewrite's MatMuls do,
             # after the layer's own product.
@@ -600,7 +603,7 @@ class Int4QuantizationPass(QuantizationPass):
         if spare is not None and rounded and not int8:  # int8 layers round in every kernel: nothing to drop
 
             def unrounded() -> Twin:
-                return self._twin(spare, names, smoothed=smoothed, rounded_inputs=False)
+                return self._twin(spare.clone(), names, smoothed=smoothed, rounded_inputs=False)
 
         return Twin(
             twin.finish(), kind, description, checkpoints=twin.checkpoints, source=float_source, unrounded=unrounded
