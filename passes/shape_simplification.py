@@ -236,7 +236,7 @@ def _reshape_rewrite(node: ir.Node, shapes: Shapes, classes: _DimClasses) -> lis
     if allowzero and copies:
         if 0 in target:
             return "allowzero=1 and a literal 0 beside a dim the rewrite would copy"
-        if -1 in target:
+        if -1 in target:  # an unknown element (None) stays, becoming -1: the known gap in the docstring
             return (
                 "allowzero=1 and a -1 the data's dims do not fix, beside a dim the rewrite would copy (0): at a "
                 "0-sized dim ONNX Runtime infers that -1 only under allowzero=1"
@@ -405,6 +405,8 @@ def _slice_elements(node: ir.Node, shape_of: ShapeOf) -> list[Element] | None:
     # ONNX's clamping, not Python's: a negative bound counts from the end, then is clamped to [0, n] (step > 0)
     # or [0, n - 1] for the start and [-1, n - 1] for the end (step < 0).
     n = len(source)
+    if step < 0 and end >= 2**63 - 1:  # ONNX Runtime reads it as "through element 0", as Python's None
+        end = -n - 1
     start, end = start + n if start < 0 else start, end + n if end < 0 else end
     if step > 0:
         start, end = min(max(start, 0), n), min(max(end, 0), n)
@@ -486,7 +488,9 @@ class _DimClasses:
         while (parent := self._parent.get(root, root)) != root:
             root = parent
         while key != root:
-            key, self._parent[key] = self._parent[key], root
+            parent = self._parent[key]
+            self._parent[key] = root
+            key = parent
         return root
 
     def _join(self, a: _Dim | None, b: _Dim | None) -> None:
@@ -773,10 +777,11 @@ def _symbolic_shapes(model: ir.Model, merged: set[str] | None = None) -> dict[st
 def _mentions(expression: str, symbols: set[str]) -> bool:
     """Whether ``expression`` (a dim as ORT's inference writes it: a symbol, or a sum or product of them)
     is one of ``symbols`` or is built from one: ``2*b`` of an unproven ``b`` is no more proven."""
-    return expression in symbols or any(name in symbols for name in _SYMBOL.findall(expression))
-
-
-_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+    if expression in symbols:
+        return True
+    # Whole tokens, whatever characters a name holds (``seq-b`` in ``2*seq-b``): a name is mentioned where no
+    # identifier character touches it on either side.
+    return any(re.search(rf"(?<![\w.]){re.escape(name)}(?![\w.])", expression) for name in symbols)
 
 
 def _name_unnamed_input_dims(graph: onnx.GraphProto) -> None:
@@ -803,6 +808,12 @@ def _int_attribute(node: onnx.NodeProto, name: str, default: int) -> int:
 
 _SEQUENCE_VALUE_INFO = getattr(onnx.helper, "make_sequence_value_info", None) or getattr(
     onnx.helper, "make_tensor_sequence_value_info", None
+)
+
+
+# The symbols ORT's ``_new_symbolic_dim_from_output`` names for ops whose output sizes depend on the data.
+_DATA_DEPENDENT = re.compile(
+    r"(NonZero|Compress|Unique|TopK|SequenceAt|SplitToSequence|ConcatFromSequence|Loop|Scan)\w*_o\d+__d\d+$"
 )
 
 
@@ -849,9 +860,12 @@ def _broadcast_recording(base: type) -> type:
                 and (frame.f_locals.get("allow_broadcast", False) or outer == "_broadcast_shapes")
             )
             named = {str(symbol) for symbol in symbols if isinstance(symbol, str)}
-            if broadcast and len(named) > 1 and named <= self.input_symbols:
+            # A symbol ORT made for a data-dependent size (a NonZero count, a sequence element's dim) proves
+            # nothing when a broadcast merges it: either side may be 1 there.
+            fresh = {name for name in named if _DATA_DEPENDENT.match(name)}
+            if broadcast and len(named) > 1 and (named <= self.input_symbols or fresh):
                 self.broadcast_merged.update(named)
-            if broadcast and named and len(named) < len(symbols):
+            if broadcast and named and any(not isinstance(symbol, str) for symbol in symbols):
                 # A dim broadcast against a size is not that size (it may be 1), input dim or computed.
                 symbols = [symbol for symbol in symbols if not isinstance(symbol, str)]
                 if len({str(symbol) for symbol in symbols}) < 2:
