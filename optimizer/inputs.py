@@ -1288,6 +1288,9 @@ def _index_bounds(
                 else:
                     kept = ("range", 0, None)
                 frontier.extend((out, kept, _moved(mapping)) for out in node.outputs)
+            elif node.op_type == "Where" and index == 2 and _normalizes_negative(node, current, dims):
+                # torch's Where(i < 0, i + n, i): an index drawn non-negative takes the last branch, itself.
+                frontier.extend((out, place, mapping) for out in node.outputs)
             elif node.op_type in _CONTRACTING_OPS and index == 0 and _contracts(node, dims):
                 frontier.extend((out, place, mapping) for out in node.outputs)
             elif node.op_type in _INDEX_PRESERVING_OPS and index == 0:
@@ -1299,6 +1302,18 @@ def _index_bounds(
     components = {j: size for j, size in components.items() if width is None or j < width}
     component_lows = {j: low for j, low in component_lows.items() if width is None or j < width}
     return (min(whole) if whole else None), components, max(lows), component_lows
+
+
+def _normalizes_negative(node: ir.Node, value: ir.Value, dims: Mapping[str, int] | None) -> bool:
+    """Whether ``node`` is ``Where(Less(value, c), _, value)`` with a constant ``c <= 0``: torch's normalization of
+    a negative index (``i + n`` where ``i < 0``), which passes a non-negative ``value`` through unchanged."""
+    condition = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+    if condition is None or condition.op_type != "Less" or not is_onnx_domain(condition):
+        return False
+    if len(condition.inputs) != 2 or condition.inputs[0] is not value:
+        return False
+    limit = _integer_constant(condition.inputs[1], dims)
+    return limit is not None and limit.size == 1 and int(limit.reshape(())) <= 0
 
 
 def _contracts(node: ir.Node, dims: Mapping[str, int] | None) -> bool:

@@ -2,7 +2,7 @@
 ``_then_affine``, ``_affine_interval``, ``_integer_constant``, ``_last_dim`` and ``_vary_ambiguous_indices`` in
 ``optimizer/inputs.py``.
 
-Findings (strict xfails when found; all but the Where case fixed since, worst first):
+Findings (strict xfails when found; all fixed since, worst first):
 - The widest-axis retry (``_vary_ambiguous_indices``) runs after the dims are bound and after a decoder's positions
   are moved past its cache. (a) ``longest_cache`` still reads the narrow bound (``_index_range`` without
   ``widest``): the batch axis of 1 caps the cache, so a KV decoder whose position component is unprovable is
@@ -19,13 +19,14 @@ Findings (strict xfails when found; all but the Where case fixed since, worst fi
 - Not from these commits: a ``Gather`` table that is itself a graph input (a cache reordered by ``beam_idx``)
   has its symbolic dims taken as unknown by ``_table_shape`` although ``dims`` binds them: ``beam_idx`` is drawn
   from {0, 1}, 1 at batch 1 (the input model fails), all 1 at batch 3.
-- (Fixed since, but for ``Where``: ``Slice`` and ``Tile`` are followed as index-preserving, ``Div`` by a scalar >= 1
-  and ``Max``/``Min`` with one >= 0 as contracting; the four findings above too.) Not from these commits but on the
-  paths the brief names: ``*position*`` inputs whose path to a table passes an op the walk does not follow
-  (``Slice``, ``Div``, ``Max``, and torch's negative-index normalisation ``Where(Less(i, 0), Add(i, n), i)``) are
-  drawn 0..S-1 unbounded (no table found: taken as rotary positions), so the input model fails on its own inputs
-  (``graphopt optimize`` stops: "ONNX Runtime cannot run the input model on generated inputs"). A plain integer
-  input on the same paths is drawn in {0, 1} (``_DEFAULT_INT_HIGH``): it runs, but only two token ids.
+- (Fixed since: torch's ``Where(Less(i, 0), Add(i, n), i)`` is read as ``i`` for ``i`` drawn non-negative; ``Slice``
+  and ``Tile`` are followed as index-preserving, ``Div`` by a scalar >= 1 and ``Max``/``Min`` with one >= 0 as
+  contracting; the four findings above too.) Not from these commits but on the paths the brief names: ``*position*``
+  inputs whose path to a table passes an op the walk does not follow (``Slice``, ``Div``, ``Max``, and torch's
+  negative-index normalisation ``Where(Less(i, 0), Add(i, n), i)``) are drawn 0..S-1 unbounded (no table found:
+  taken as rotary positions), so the input model fails on its own inputs (``graphopt optimize`` stops: "ONNX Runtime
+  cannot run the input model on generated inputs"). A plain integer input on the same paths is drawn in {0, 1}
+  (``_DEFAULT_INT_HIGH``): it runs, but only two token ids.
 
 Fixes tried in a worktree (applied since): ``longest_cache`` reading ``_index_range``/``_index_low`` with
 ``widest=True``; ``_vary_ambiguous_indices`` calling ``_offset_positions_past_the_cache`` (given ``widest``) on the
@@ -166,21 +167,7 @@ _UNFOLLOWED = {
 }
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        *(case for case in _UNFOLLOWED if case != "where-negative-normalisation"),
-        pytest.param(
-            "where-negative-normalisation",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="_index_bounds does not follow Where: torch's Where(Less(i, 0), Add(i, n), i) leaves positions "
-                "drawn 0..S-1 unbounded (each branch alone would bound them, but only one reads each element)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("case", list(_UNFOLLOWED))
 def test_positions_through_an_unfollowed_op_stay_in_their_table(case):
     body, constants = _UNFOLLOWED[case]
     model = _model(
@@ -215,3 +202,17 @@ def test_an_off_by_one_position_rewrite_changes_llama_kv_legacy_on_generated_inp
     before, after = run(model, inputs), run(model, shifted)
     name = next(iter(before))
     assert np.abs(before[name] - after[name]).max() > 1e-3
+
+
+def test_a_where_that_is_not_the_negative_index_normalisation_bounds_nothing_through_it():
+    # Near-miss: Where(Less(i, 5), i + 16, i) is not torch's normalisation (i in 0..4 reads i + 16): the Where is
+    # not followed, so the table bounds nothing and plain ids are drawn from {0, 1}, which fit it.
+    model = _model(
+        "(int64[1, 8] ids) => (float[1, 8, 4] y)",
+        "neg = Less(ids, five)\nw = Add(ids, n)\ni = Where(neg, w, ids)\ny = Gather(E, i)",
+        {"E": (64, 4)},
+        {"five": 5, "n": 16},
+    )
+    inputs = make_inputs(model)
+    assert inputs["ids"].max() < 2
+    run(model, inputs)
