@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx import numpy_helper
 
 from optimizer.model_io import check_model_proto
 from optimizer.runtime import run_model
@@ -81,3 +82,25 @@ def calibration_samples(model: ir.Model, count: int = 16, sequence: int = 12) ->
 
     dims = {name: count if name in batch_dims(model) else sequence for name in symbolic_dims(model)}
     return make_inputs(model, dims, seed=3)
+
+
+def index_model(signature: str, body: str, tables: dict, constants: dict | None = None) -> ir.Model:
+    """A model of ONNX text (opset 17), with zero float ``tables`` and int64 ``constants`` as initializers."""
+    proto = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\ng {signature}\n{{\n{body}\n}}')
+    for name, shape in tables.items():
+        proto.graph.initializer.append(numpy_helper.from_array(np.zeros(shape, np.float32), name))
+    for name, value in (constants or {}).items():
+        proto.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+def refusal(model: ir.Model, inputs: dict) -> str | None:
+    """None where ONNX Runtime runs ``model`` on ``inputs``, else its reason (200 characters at most)."""
+    from optimizer.errors import RuntimeRefusedError
+
+    try:
+        run(model, inputs)
+    except RuntimeRefusedError as error:
+        return str(error)[:200]
+    return None

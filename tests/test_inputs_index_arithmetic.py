@@ -16,22 +16,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnx import numpy_helper
 
 from optimizer.inputs import _index_bounds, make_inputs
+from tests.helpers import index_model as _model
 from tests.helpers import run
-
-
-def _model(signature: str, body: str, tables: dict[str, tuple[int, ...]], constants: dict | None = None) -> ir.Model:
-    """A model of ONNX text, with zero float tables and int64 constants as initializers."""
-    proto = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\ng {signature}\n{{\n{body}\n}}')
-    for name, shape in tables.items():
-        proto.graph.initializer.append(numpy_helper.from_array(np.zeros(shape, np.float32), name))
-    for name, value in (constants or {}).items():
-        proto.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
-    onnx.checker.check_model(proto)
-    return ir.from_proto(proto)
-
 
 # name: (signature, body, tables, constants, (least value, exclusive bound) the input is drawn under)
 _ARITHMETIC = {

@@ -63,33 +63,14 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnx import numpy_helper
 
-from optimizer.errors import RuntimeRefusedError
 from optimizer.inputs import make_inputs
+from tests.helpers import index_model as _model
+from tests.helpers import refusal as _refusal
 from tests.helpers import run
 from tests.test_inputs_index_arithmetic import LEGACY_FLAT_INDEX
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def _model(signature: str, body: str, tables: dict, constants: dict | None = None) -> ir.Model:
-    proto = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\ng {signature}\n{{\n{body}\n}}')
-    for name, shape in tables.items():
-        proto.graph.initializer.append(numpy_helper.from_array(np.zeros(shape, np.float32), name))
-    for name, value in (constants or {}).items():
-        proto.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
-    onnx.checker.check_model(proto)
-    return ir.from_proto(proto)
-
-
-def _refusal(model: ir.Model, inputs: dict) -> str | None:
-    """None where ONNX Runtime runs ``model`` on ``inputs``, else its reason."""
-    try:
-        run(model, inputs)
-    except RuntimeRefusedError as error:
-        return str(error)[:200]
-    return None
 
 
 def _decoder(table: tuple[int, ...]) -> ir.Model:
