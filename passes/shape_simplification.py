@@ -811,10 +811,9 @@ _SEQUENCE_VALUE_INFO = getattr(onnx.helper, "make_sequence_value_info", None) or
 )
 
 
-# The symbols ORT's ``_new_symbolic_dim_from_output`` names for ops whose output sizes depend on the data.
-_DATA_DEPENDENT = re.compile(
-    r"(NonZero|Compress|Unique|TopK|SequenceAt|SplitToSequence|ConcatFromSequence|Loop|Scan)\w*_o\d+__d\d+$"
-)
+# The symbols ORT's ``_new_symbolic_dim_from_output`` names for a size it cannot compute (a NonZero count, a
+# sequence element's dim, a Range or Reshape of data values): whatever the op, such a size depends on the data.
+_DATA_DEPENDENT = re.compile(r"\w+_o\d+__d\d+$")
 
 
 def _broadcast_recording(base: type) -> type:
@@ -832,6 +831,12 @@ def _broadcast_recording(base: type) -> type:
     """
 
     class BroadcastRecording(base):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (ORT's own signature)
+            super().__init__(*args, **kwargs)
+            # CastLike passes its values on as Cast does: torch's dynamo exports bound their aranges by
+            # CastLike(Shape(..)[i], c), and without this every such Range got a fresh symbol (now unproven).
+            self.dispatcher_["CastLike"] = lambda node: self._compute_on_sympy_data(node, lambda values: values[0])
+
         def _infer_SplitToSequence(self, node):  # noqa: ANN001, ANN202, N802 (ORT's own signature)
             # ORT 1.32's handler calls onnx.helper.make_sequence_value_info, which onnx 1.23 renamed
             # make_tensor_sequence_value_info, and reads a scalar split (the chunk size torch's dynamo GPT-2
@@ -860,8 +865,8 @@ def _broadcast_recording(base: type) -> type:
                 and (frame.f_locals.get("allow_broadcast", False) or outer == "_broadcast_shapes")
             )
             named = {str(symbol) for symbol in symbols if isinstance(symbol, str)}
-            # A symbol ORT made for a data-dependent size (a NonZero count, a sequence element's dim) proves
-            # nothing when a broadcast merges it: either side may be 1 there.
+            # A symbol ORT made for a size it cannot compute proves nothing when a broadcast merges it:
+            # either side may be 1 there.
             fresh = {name for name in named if _DATA_DEPENDENT.match(name)}
             if broadcast and len(named) > 1 and (named <= self.input_symbols or fresh):
                 self.broadcast_merged.update(named)

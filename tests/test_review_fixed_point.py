@@ -112,11 +112,6 @@ def _mask_rows_counted_by_an_input() -> ir.Model:
     return ir.from_proto(proto)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="simplify-shapes trusts ORT's merge of the mask rows with S (a52e566 left it so): a second run takes "
-    "out the Expand fuse-attention kept, and a 1-row mask the original broadcasts is refused (--no-verify)",
-)
 def test_simplify_shapes_keeps_the_expand_of_mask_rows_only_merged_with_the_query_length():
     # After pack-qkv the Attention op reads x itself, and ORT's inference merges the mask rows with x's S.
     model = _mask_rows_counted_by_an_input()
