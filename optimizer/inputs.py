@@ -1052,7 +1052,7 @@ def _index_lows(
     ``GatherND`` index tuple itself, one per position along its last axis (each component offset on its own)."""
     _, components, low, component_lows = _index_bounds(value, dims, widest=widest)
     if not components or not shape:
-        return _index_low(value, dims, widest=widest)
+        return max([low, *component_lows.values()])  # ``_index_low``, from the bounds already walked
     return np.array([max(low, component_lows.get(component, 0)) for component in range(shape[-1])])
 
 
