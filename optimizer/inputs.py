@@ -1171,16 +1171,17 @@ def _index_bounds(
 
     A ``Gather`` reads every element as an index into the table's ``axis``: its size bounds them all.
     A ``GatherND`` reads its indices' last axis as a tuple, component k indexing the table's axis ``batch_dims +
-    k``. ``value`` is followed to both through ``Cast``/``Identity`` (which keep its last axis), ``Div`` by a
-    scalar constant of at least 1 and ``Max``/``Min`` with one of at least 0 (which keep an index drawn within
-    the table within it, ``_contracts``), ``Unsqueeze`` (a new last axis puts every element at component 0;
-    GPT-J's dynamo export), a last-axis ``Concat`` (the components of the inputs before it shift it on; where
-    their widths are unknown, it may sit at any component; widths are read by ``_last_dim``) and the other
-    index-preserving ops (which move elements to positions unknown). So an input that is an index tuple itself
-    has its component j bounded by the table's axis ``batch_dims + j``; one whose elements may sit at several
-    components, by the smallest of those axes (with ``widest``, the largest: a guess that
-    ``_vary_ambiguous_indices`` checks on ONNX Runtime). Where one input indexes several tables, each bound
-    is the smallest met: a bound on every element (a Gather's) also bounds each component.
+    k``. ``value`` is followed to both through ``Cast``/``Identity`` (which keep its last axis), ``Div`` by a scalar
+    constant of at least 1 (read unchanged, its quotient's bounds are mapped back through it, ``_through_division``;
+    elsewhere it keeps an index drawn within the table within it) and ``Max``/``Min`` with one of at least 0 (which keep
+    an index drawn within the table within it, ``_contracts``), ``Unsqueeze`` (a new last axis puts every element at
+    component 0; GPT-J's dynamo export), a last-axis ``Concat`` (the components of the inputs before it shift it on;
+    where their widths are unknown, it may sit at any component; widths are read by ``_last_dim``) and the other
+    index-preserving ops (which move elements to positions unknown). So an input that is an index tuple itself has its
+    component j bounded by the table's axis ``batch_dims + j``; one whose elements may sit at several components, by the
+    smallest of those axes (with ``widest``, the largest: a guess that ``_vary_ambiguous_indices`` checks on ONNX
+    Runtime). Where one input indexes several tables, each bound is the smallest met: a bound on every element (a
+    Gather's) also bounds each component.
 
     ``value`` is followed through ``Add``, ``Sub`` and ``Mul`` by an integer constant and ``Neg`` too (torch's
     legacy export spells ``table[batch, ids]`` as ``Gather(Flatten(table), ids + Range(0, 2) * 64)``): each
@@ -1201,9 +1202,10 @@ def _index_bounds(
     component_lows: dict[int, int] = {}
     frontier: list[tuple[ir.Value, _IndexPlace, tuple]] = [(value, ("axis", 0), _IDENTITY_MAP)]
     seen: set[tuple] = set()
-    # Values reached through a Div (``_contracts``): its bound holds only for the index as it reaches the
-    # table, so no affine op after it is followed (Div(i, 2) - 10 is not i - 10). Max/Min pass the drawn
-    # values through unchanged where they are past their constant, so an offset after them still applies.
+    # A Div read by the value as drawn is mapped back through (``_through_division``). Values reached through
+    # any other Div (after an offset, or at a shifted component): its bound holds only for the index as it
+    # reaches the table, so no affine op after it is followed (Div(i, 2) - 10 is not i - 10). Max/Min pass the
+    # drawn values through unchanged where they are past their constant, so an offset after them still applies.
     contracted: set[int] = set()
     while frontier:
         current, place, mapping = frontier.pop()
@@ -1219,6 +1221,16 @@ def _index_bounds(
         seen.add(key)
         for node, index in current.uses():
             if not is_onnx_domain(node):
+                continue
+            if (
+                node.op_type == "Div"
+                and index == 0
+                and id(current) not in contracted
+                and place == ("axis", 0)
+                and _is_identity(mapping)
+                and _contracts(node, dims)
+            ):
+                _through_division(node, dims, widest, whole, components, lows, component_lows)
                 continue
             if id(current) in contracted or (node.op_type == "Div" and index == 0):
                 contracted.update(id(out) for out in node.outputs)
@@ -1302,6 +1314,40 @@ def _index_bounds(
     components = {j: size for j, size in components.items() if width is None or j < width}
     component_lows = {j: low for j, low in component_lows.items() if width is None or j < width}
     return (min(whole) if whole else None), components, max(lows), component_lows
+
+
+def _is_identity(mapping: tuple) -> bool:
+    """Whether ``mapping`` leaves every element as drawn (the followed value reaches this one unchanged)."""
+    scale, offset, aligned = mapping
+    return aligned and scale.size == 1 and offset.size == 1 and int(scale) == 1 and int(offset) == 0
+
+
+def _through_division(
+    node: ir.Node,
+    dims: Mapping[str, int] | None,
+    widest: bool,
+    whole: list[int],
+    components: dict[int, int],
+    lows: list[int],
+    component_lows: dict[int, int],
+) -> None:
+    """Add to the bounds ``_index_bounds`` collects those of ``Div(v, c)`` (``c >= 1`` a scalar constant, ``v``
+    the followed value unchanged) mapped back through the division: the quotient's own bounds are followed from
+    the Div's output (an offset or a negation after it included), and a quotient in ``[low, high)`` takes ``v``
+    in ``[c * low, c * high)`` (drawn from 0, ``v // c`` truncates as ONNX's integer Div does). A quotient that
+    may start at 0 keeps ``v`` within the quotient's own bound, as before this mapping: within the table,
+    ``v // c`` stays within it."""
+    divisor = int(_integer_constant(node.inputs[1], dims).reshape(()))
+    high, by_component, low, low_by_component = _index_bounds(node.outputs[0], dims, widest=widest)
+    if low == 0 and not any(low_by_component.values()):
+        divisor = 1
+    lows.append(divisor * low)
+    if high is not None:
+        whole.append(divisor * high)
+    for component, bound in by_component.items():
+        components[component] = min(divisor * bound, components.get(component, divisor * bound))
+    for component, bound in low_by_component.items():
+        component_lows[component] = max(divisor * bound, component_lows.get(component, 0))
 
 
 def _normalizes_negative(node: ir.Node, value: ir.Value, dims: Mapping[str, int] | None) -> bool:

@@ -2,8 +2,8 @@
 (``_spread_batches``, ``Verifier.refuse_unrunnable_samples``) and b32c757 (generated index inputs in
 ``optimizer/inputs.py``: contracting ops, per-component lows, bound Shape dims, Slice/Tile).
 
-Findings, worst first (1 and 2 fixed since as suggested; 3 narrowed: no offset after a Div is followed, so
-the Div-then-offset graphs stay unbounded, a strict xfail):
+Findings, worst first (1 and 2 fixed since as suggested; 3 fixed since: the quotient's bounds are
+mapped back through the division, ``_through_division``):
 1. (6deb0fe) A wrong int4 result is verified. With ``--int4-outlier-channels`` at level 4, ``twin_layer(...,
    rounded_inputs=False)`` skips the whole ``if self._level(layer) == 4 and rounded_inputs`` block, so the
    unrounded twin's layer reads its input *with* the outlier channels, yet ``_extra_inputs``/``_corrected`` still
@@ -86,12 +86,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # -- b32c757: contracting ops -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="an index offset after a Div is not bounded: Div is followed only where nothing offsets it after "
-    "(it moved an interval drawn away from 0 out of the table before)",
-)
 @pytest.mark.parametrize("body", ["i = Sub(h, off)", "i = Sub(off, h)"], ids=["offset", "negated"])
 def test_a_division_before_an_offset_keeps_generated_indices_in_the_table(body):
     model = _model(
