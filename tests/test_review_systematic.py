@@ -182,3 +182,22 @@ def test_the_report_says_when_the_result_was_held_to_the_twin_without_input_roun
     assert record.status == "applied"
     assert record.twin.startswith("the twin; max |Δ| 1.00e-06 (int4-float tolerance): ONNX Runtime runs its")
     assert "differs from its twin (...) on input set 1" in record.twin
+
+
+@pytest.mark.parametrize("factor", [1.01, 1.05])
+def test_a_scale_off_in_one_layer_that_the_row_rule_passes_end_to_end_is_rolled_back(factor):
+    # Lead's finding (README limit until then): at level 4 the row rule, as wide as the rounding's own
+    # distance from the float model, passed layer 0's q_proj with every scale 1-5 % high end to end
+    # (rows 1.03-1.06x the twin's). A result passed only by the row rule is now also checked segment by
+    # segment, where that layer's gain is a systematic error.
+    model, feeds, result = _llama_level4()
+    verifier = Verifier(model, [feeds])
+    correct = verifier.check_twin(result.model, result.twin)
+    assert correct.ok, correct.first_failure
+    broken = result.model.clone()
+    q = next(n for n in broken.graph if n.op_type == "MatMulNBits" and "layers.0/self_attn/q_proj" in n.name)
+    scales = q.inputs[2]
+    scales.const_value = ir.tensor(scales.const_value.numpy() * np.float32(factor), name=scales.name)
+    verdict = verifier.check_twin(broken, result.twin)
+    assert not verdict.ok
+    assert "segment by segment" in verdict.first_failure, verdict.first_failure
