@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -29,6 +28,7 @@ from passes.quantization._blockwise import (
 from passes.quantization.int4 import Int4QuantizationPass
 from tests.helpers import FIXTURES, computed_op_types
 from tests.passes.quantization.graphs import attention, mlp, samples, weights
+from tests.real_models import MINILM_MISSING, minilm_path
 
 
 def _model(nodes, inputs, outputs, initializers) -> ir.Model:
@@ -551,10 +551,10 @@ def test_a_decoder_with_a_kv_cache_quantizes_and_verifies():
     assert "MatMulNBits" in computed_op_types(result)
 
 
-MINILM = Path("/work/models/paraphrase-MiniLM-L3-v2.onnx")
+MINILM = minilm_path()
 
 
-@pytest.mark.skipif(not MINILM.exists(), reason="the pretrained MiniLM is not on this machine")
+@pytest.mark.skipif(MINILM is None, reason=MINILM_MISSING)
 def test_pretrained_weights_quantize_close_to_float_and_to_their_twin():
     # Real weights have outliers random ones lack; benchmarks/int4_methods.py measures them on real sentences.
     model = ir.load(MINILM)
