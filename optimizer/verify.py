@@ -1124,6 +1124,15 @@ class Verifier:
                     worst.twin_error = max(worst.twin_error, result.max_abs_error)
         except RuntimeRefusedError as error:  # the rewrite is unusable
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
+        if twin.unrounded is not None and twin.kind in ROUNDING_TWINS:
+            # With every MatMulNBits at level 0 no tie can flip: the result is float arithmetic on the weights it
+            # stores, and must match the twin without input rounding at its tolerance, no row rule (a block's
+            # scale 30 % off passes the row rule and the segment sum, diluted over the row).
+            unrounded = twin.unrounded()
+            with at_level_zero(candidate):
+                floating = self.check_twin(candidate, unrounded, base)
+            if not floating.ok:
+                return VerificationResult(error=f"with its MatMulNBits at accuracy_level 0, {floating.first_failure}")
         if worst.twin_row_excess is not None and twin.kind in SEGMENTED_TWINS and twin.checkpoints:
             # The row rule is as wide as the rounding's own distance from the float model, so it passes one
             # layer's scales a few % off end to end (q_proj 5 % high on the Llama fixture: rows 1.06x); segment by

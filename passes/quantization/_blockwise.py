@@ -230,6 +230,12 @@ def _recover_grid(weight: np.ndarray, block_size: int, bits: int) -> Int4Weight 
     top_level = (1 << bits) - 1
     tolerance = _GRID_TOLERANCE
     integral = np.abs(zero - np.rint(zero)).max() < tolerance and zero.min() > -0.5 and zero.max() < top_level + 0.5
+    if integral:
+        # A zero point rounded to its level moves every weight of the block by the same amount: only where that
+        # stays within what the values are held to (``_GRID_EXACTNESS`` of the block's largest magnitude).
+        peak = np.abs((values - zero[..., None]) * scales[..., None]).max(axis=-1)
+        moved = np.abs(zero - np.rint(zero)) * scales
+        integral = bool((moved <= _GRID_EXACTNESS * np.maximum(peak, np.finfo(np.float32).tiny)).all())
     if not integral:
         return Int4Weight(values, scales, zero.astype(np.float32), k, block_size, bits)
     # A symmetric grid (Q4_0, Q8_0) moved so every block's zero is the implicit one: no zero points stored.
