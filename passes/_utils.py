@@ -11,6 +11,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import _basics, _matcher, _pattern_ir, _rewrite_rule, pattern
 
+from optimizer.domains import is_onnx_domain
 from optimizer.model_io import model_graphs
 
 
@@ -26,6 +27,24 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     if tensor is None:
         return None
     return tensor.numpy()
+
+
+# Ops that draw random numbers beyond those onnxscript's folder and onnx-ir's CSE already leave alone (Random*,
+# Multinomial): each run draws anew, so one is never folded into a constant nor merged with another.
+_RANDOM_OPS = frozenset({"Bernoulli", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"})
+
+
+def draws_random(node: ir.Node) -> bool:
+    """Whether ``node`` draws random numbers: a random generator, or a ``Dropout`` whose ``training_mode`` is not
+    a constant false (in inference mode it is the identity)."""
+    if not is_onnx_domain(node):
+        return False
+    if node.op_type in _RANDOM_OPS or node.op_type == "Multinomial":
+        return True
+    if node.op_type != "Dropout" or len(node.inputs) < 3 or node.inputs[2] is None:
+        return False
+    mode = ir.convenience.get_const_tensor(node.inputs[2])
+    return mode is None or node.inputs[2].is_graph_input() or bool(mode.numpy().reshape(-1).any())
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import onnx_ir.passes.common as common_passes
 
 from optimizer.domains import is_onnx_domain
 from passes._pass import GraphoptPass
-from passes._utils import remove_dead_nodes
+from passes._utils import draws_random, remove_dead_nodes
 from passes.initializer_deduplication import deduplicate_initializers
 
 
@@ -95,8 +95,20 @@ class EliminateCommonSubexpressionsPass(GraphoptPass, common_passes.CommonSubexp
         merged = False
         for graph in model.graphs():
             merged = deduplicate_initializers(graph, max_elements=_SMALL_INITIALIZER_ELEMENTS) or merged
-        result = super().call(model)
+        # onnx-ir leaves only Random* and Multinomial unmerged: each other draw (Bernoulli, a training-mode Dropout)
+        # gets an attribute no other node has while it runs, so two are never one draw.
+        marked = [node for graph in model.graphs() for node in graph if draws_random(node)]
+        for index, node in enumerate(marked):
+            node.attributes[_DRAW] = ir.AttrInt64(_DRAW, index)
+        try:
+            result = super().call(model)
+        finally:
+            for node in marked:
+                node.attributes.pop(_DRAW, None)
         return ir.passes.PassResult(model, modified=result.modified or merged)
+
+
+_DRAW = "graphopt_draw"
 
 
 # Shape vectors, axes, scalars: cheap to compare, and what per-use exporters repeat.

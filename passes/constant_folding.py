@@ -26,7 +26,7 @@ from onnxscript.optimizer import _constant_folding
 from optimizer.domains import is_onnx_domain
 from optimizer.model_io import model_graphs
 from passes._pass import GraphoptPass
-from passes._utils import remove_dead_nodes
+from passes._utils import draws_random, overridable_inputs_hidden, remove_dead_nodes
 from passes.fusion._inferred_shapes import infer_contrib_outputs
 
 # onnxscript's defaults: do not evaluate ops on inputs over 8192 elements, nor store
@@ -72,10 +72,12 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
             shape_inference=True,
             input_size_limit=self.input_size_limit,
             output_size_limit=self.output_size_limit,
-            should_fold=_small_constant_of_shape,
+            should_fold=_should_fold,
         )
         recorded = _recorded_facts(model)
-        with _hide_scalar_split_shapes(model):
+        # A default a caller may override is no constant: some of onnxscript's evaluators (If, Dropout, Reshape)
+        # read it before the folder's own graph-input check, folded on it and dropped it.
+        with _hide_scalar_split_shapes(model), overridable_inputs_hidden(model):
             modified = folder(model).modified
         if modified:
             remove_dead_nodes(model)
@@ -177,6 +179,14 @@ def _discard(nodes: Sequence[ir.Node]) -> None:
     for node in nodes:
         for index in range(len(node.inputs)):
             node.replace_input_with(index, None)
+
+
+def _should_fold(node: ir.Node) -> bool | None:
+    """Never a node that draws random numbers (``draws_random``: onnxscript folds ``Bernoulli`` and a training-mode
+    ``Dropout`` into one fixed draw); else ``_small_constant_of_shape``."""
+    if draws_random(node):
+        return False
+    return _small_constant_of_shape(node)
 
 
 def _small_constant_of_shape(node: ir.Node) -> bool | None:

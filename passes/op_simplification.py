@@ -18,10 +18,11 @@ sign of zero only a division by it would show.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript import rewriter
 from onnxscript.rewriter import _pattern_ir, pattern
-from onnxscript.rewriter.rules.common import _no_op
+from onnxscript.rewriter.rules.common import _cast_constant_of_shape, _fuse_relus_clips, _no_op, _redundant_scatter_nd
 
 from passes._pass import GraphoptPass
 from passes._utils import linear_rule_set, overridable_inputs_hidden, remove_dead_nodes
@@ -70,6 +71,89 @@ def _exact_no_op_rules() -> list[pattern.RewriteRule]:
     return rules
 
 
+class _ClipRangesMeet:
+    """onnxscript's Relu/Clip chain fusions, refused where the fused Clip would compute something else: where the two
+    ranges do not meet (``Relu(Clip(x, lo, hi < 0))`` is 0, ``Clip(x, 0, hi)`` is ``hi``; two disjoint Clips end at
+    the second's bound, the fused one at the first's) or the input's dtype is unknown (onnxscript reads it)."""
+
+    def check(self, context, **kwargs):
+        result = super().check(context, **kwargs)
+        if not result:
+            return result
+        first = kwargs["out_first_clip"].producer()
+        second = kwargs["out_second_clip"].producer() if kwargs.get("out_second_clip") is not None else None
+        if first.inputs[0] is None or first.inputs[0].dtype is None:
+            return result.fail("the Clip's input dtype is unknown")
+        low, high = self.compute_clip_min_max(first, second)
+        if low is not None and high is not None and bool(np.any(low.numpy() > high.numpy())):
+            return result.fail("the two ranges do not meet: the fused Clip would end at the other bound")
+        return result
+
+
+class _SafeSuccessiveClip(_ClipRangesMeet, _fuse_relus_clips.FuseSuccessiveClip):
+    pass
+
+
+class _SafeSuccessiveClipRelu(_ClipRangesMeet, _fuse_relus_clips.FuseSuccessiveClipRelu):
+    pass
+
+
+class _SafeSuccessiveReluClip(_ClipRangesMeet, _fuse_relus_clips.FuseSuccessiveReluClip):
+    pass
+
+
+class _AssigningScatterAllStatic(_redundant_scatter_nd.ScatterAllStatic):
+    """onnxscript's ``ScatterND`` over every row into its updates, only where it assigns: with a ``reduction``
+    (add, mul, max, min) the result combines data and updates."""
+
+    def pattern(self, op, data, indices, updates):
+        return op.ScatterND(data, indices, updates, _outputs=["scattered"])
+
+    def check(self, context, data, indices, updates, scattered, **kwargs):
+        if scattered.producer().attributes.get_string("reduction", "none") != "none":
+            return rewriter.MatchResult().fail("a ScatterND with a reduction combines data and updates")
+        return super().check(context, data, indices, updates, **kwargs)
+
+
+def _cast_fits(context, scalar, dtype, **_) -> bool:
+    """Whether ``Cast(ConstantOfShape(scalar), to=dtype)`` can be one ConstantOfShape exactly as ONNX Runtime casts:
+    a finite value within an integer type's range (out of it, onnxscript's rewrite raises OverflowError and ONNX
+    Runtime's cast is undefined), any value for a float type."""
+    target = ir.DataType(dtype.as_int())
+    value = scalar.value.numpy().reshape(-1)
+    if value.size != 1:
+        return False
+    if target.is_integer():
+        info = np.iinfo(target.numpy())
+        number = float(value[0]) if value.dtype.kind in "fc" else int(value[0])
+        return bool(np.isfinite(number) and info.min <= number <= info.max)
+    return target.is_floating_point() or target == ir.DataType.BOOL
+
+
+def _cast_unfilled(op, shape, dtype):
+    return op.Cast(op.ConstantOfShape(shape, _outputs=["filled"]), to=dtype)
+
+
+def _unfilled(context, filled, **_) -> bool:
+    """Whether the ConstantOfShape has no ``value`` (zeros): onnxscript's pattern for it matches one with a value
+    too (other attributes are allowed), and replaced ``Cast(ConstantOfShape(value=300))`` by zeros."""
+    return "value" not in filled.producer().attributes
+
+
+_REPLACED = {
+    id(_fuse_relus_clips.successive_clip_rule): _SafeSuccessiveClip().rule(),
+    id(_fuse_relus_clips.successive_clip_relu_rule): _SafeSuccessiveClipRelu().rule(),
+    id(_fuse_relus_clips.successive_relu_clip_rule): _SafeSuccessiveReluClip().rule(),
+    id(_redundant_scatter_nd.no_op_static_scatter_nd_rule): _AssigningScatterAllStatic.rule(),
+    id(_cast_constant_of_shape.cast_constant_of_shape_rule): pattern.RewriteRule(
+        _cast_constant_of_shape.cast_constant_of_shape,
+        _cast_constant_of_shape.fused_cast_constant_of_shape,
+        _cast_fits,
+    ),
+    id(_cast_constant_of_shape.cast_constant_of_shape_without_value_rule): pattern.RewriteRule(
+        _cast_unfilled, _cast_constant_of_shape.fused_cast_constant_of_shape_without_value, _unfilled
+    ),
+}
 # onnxscript's own no-op rules for those four ops (its Dropout ones stay).
 _TOLERANT = frozenset(
     id(rule)
@@ -78,7 +162,7 @@ _TOLERANT = frozenset(
 )
 _RULES = (
     *_exact_no_op_rules(),
-    *(rule for rule in rewriter._DEFAULT_REWRITE_RULES if id(rule) not in _TOLERANT),
+    *(_REPLACED.get(id(rule), rule) for rule in rewriter._DEFAULT_REWRITE_RULES if id(rule) not in _TOLERANT),
 )
 
 

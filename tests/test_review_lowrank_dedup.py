@@ -2,7 +2,11 @@
 ``passes/initializer_deduplication.py``, ``passes/constant_folding.py``, ``passes/cleanup.py``,
 ``passes/op_simplification.py``), run as a user runs them (``optimizer.api``) and compared with ONNX Runtime.
 
-Findings (strict xfails below), worst first:
+Findings (strict xfails when found; all fixed since, each a plain test: simplify-ops replaces onnxscript's Clip chain,
+reducing-ScatterND and Cast(ConstantOfShape) rules by checked ones, and the one for a ConstantOfShape without a value
+matched one with a value too (300 cast to uint8 became 0, found while fixing); fold-constants and
+merge-subexpressions leave every random draw alone (``passes._utils.draws_random``); fold-constants hides
+overridable inputs from the folder), worst first:
 
 - Verification never runs an ``If`` branch its inputs do not take, so a wrong rewrite there ships reported
   applied: onnxscript's ``Relu(Clip(x, lo, hi))`` -> ``Clip(x, max(lo, 0), hi)`` (simplify-ops) is wrong when
@@ -108,12 +112,6 @@ _DROPOUT_WITH_DEFAULT = """
     }"""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="fold-constants folds Dropout on an overridable training_mode's default and deletes the default; "
-    "the verifier then raises KeyError and every fold is rolled back",
-)
 def test_an_overridable_input_is_not_folded_and_the_other_folds_stay():
     model = parse_model(_DROPOUT_WITH_DEFAULT)
     optimized, report = optimize_with_report(model.clone())
@@ -124,11 +122,6 @@ def test_an_overridable_input_is_not_folded_and_the_other_folds_stay():
     assert optimized.graph.initializers["t"].const_value is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="fold-constants (verify=False) drops Dropout and the default of its overridable training_mode input",
-)
 def test_unverified_folding_keeps_an_overridable_input_overridable():
     model = parse_model(_DROPOUT_WITH_DEFAULT)
     optimized, _ = optimize_with_report(model.clone(), verify=False)
@@ -175,12 +168,6 @@ def _if_on_overridable_condition() -> ir.Model:
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="fold-constants inlines If on the default of an overridable condition (onnxscript's If evaluator "
-    "runs before its graph-input guard) and deletes that default",
-)
 def test_an_if_on_an_overridable_condition_is_not_inlined():
     model = _if_on_overridable_condition()
     folded = FoldConstantsPass()(model.clone()).model
@@ -193,12 +180,6 @@ def test_an_if_on_an_overridable_condition_is_not_inlined():
 # -- fold-constants and random ops ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="fold-constants folds Bernoulli and training-mode Dropout (random) into constants; "
-    "onnxscript's non-deterministic list lacks them",
-)
 @pytest.mark.parametrize(
     ("kind", "random"), [("Bernoulli", "r = Bernoulli<dtype = 1>(p)"), ("Dropout", "r = Dropout(p, ratio, train)")]
 )
@@ -214,12 +195,6 @@ def test_random_ops_are_not_folded(kind, random):
     assert kind in _ops(folded), f"{kind} was folded into a constant draw"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a Bernoulli in an If branch the verification inputs never take is frozen into a constant and "
-    "the pass is reported applied",
-)
 def test_a_random_op_in_an_untaken_branch_is_not_frozen():
     p = helper.make_tensor("p", TensorProto.FLOAT, [4], [0.5] * 4)
     then_branch = helper.make_graph(
@@ -252,12 +227,6 @@ def test_a_random_op_in_an_untaken_branch_is_not_frozen():
 # -- merge-subexpressions and random ops ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="merge-subexpressions merges two training-mode Dropouts of one tensor into one draw; onnx-ir's CSE "
-    "lists only the Random* ops and Multinomial as non-deterministic",
-)
 def test_two_training_mode_dropouts_are_not_merged():
     from passes.cleanup import EliminateCommonSubexpressionsPass
 
@@ -289,12 +258,6 @@ def _clip_chain(body: str) -> ir.Model:
     return model
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="simplify-ops fuses Relu(Clip(x, lo, hi < 0)) into Clip(x, 0, hi) (min > max: ORT returns hi, not 0) "
-    "and Clip(Clip(x, lo, hi), lo2 > hi, hi2) into Clip(x, lo2, hi) (returns hi, not lo2)",
-)
 @pytest.mark.parametrize(
     "body", ["m = Clip(x, lo, hi)\n y = Relu(m)", "m = Clip(x, lo, hi)\n y = Clip(m, lo2, hi2)"], ids=["relu", "clip"]
 )
@@ -306,11 +269,6 @@ def test_clip_fusions_keep_disjoint_ranges(body):
     np.testing.assert_array_equal(_run(simplified, {"x": _X})[0], _run(model, {"x": _X})[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a wrong Relu(Clip) fusion in an If branch the verification inputs never take ships reported applied",
-)
 def test_a_wrong_rewrite_in_an_untaken_branch_is_not_shipped_as_verified():
     then_branch = helper.make_graph(
         [helper.make_node("Clip", ["x", "lo", "hi"], ["clipped"]), helper.make_node("Relu", ["clipped"], ["t_out"])],
@@ -339,12 +297,6 @@ def test_a_wrong_rewrite_in_an_untaken_branch_is_not_shipped_as_verified():
     np.testing.assert_array_equal(_run(optimized, large)[0], _run(model, large)[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="simplify-ops raises AttributeError (onnxscript's Clip fusion reads the dtype of an intermediate "
-    "fold-constants took back) and the pipeline reports it failed, every other simplification lost",
-)
 def test_a_clip_chain_of_unknown_dtype_does_not_fail_the_pass():
     model = parse_model("""
         <ir_version: 9, opset_import: ["" : 17]>
@@ -358,12 +310,6 @@ def test_a_clip_chain_of_unknown_dtype_does_not_fail_the_pass():
     assert record.status == "applied", f"simplify-ops {record.status}: {record.detail[-160:]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="simplify-ops replaces ScatterND(data, [[0], [1]], updates, reduction='add') by updates: onnxscript's "
-    "ScatterAllStatic ignores the reduction (the result is data + updates)",
-)
 @pytest.mark.parametrize("reduction", ["add", "mul", "max"])
 def test_a_reducing_scatter_over_every_row_is_not_replaced_by_its_updates(reduction):
     from passes.op_simplification import SimplifyOpsPass
@@ -379,12 +325,6 @@ def test_a_reducing_scatter_over_every_row_is_not_replaced_by_its_updates(reduct
     np.testing.assert_array_equal(_run(simplified, feeds)[0], _run(model, feeds)[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="simplify-ops raises OverflowError fusing Cast(ConstantOfShape(value)) where the value is out of the "
-    "integer type's range (onnxscript builds the new value with ir.tensor); the pass fails, every rewrite lost",
-)
 @pytest.mark.parametrize(("value", "to"), [("-1.0", 2), ("300.0", 3), ("1e10", 6)], ids=["uint8", "int8", "int32"])
 def test_a_constant_of_shape_cast_out_of_range_does_not_fail_the_pass(value, to):
     model = parse_model(f"""
