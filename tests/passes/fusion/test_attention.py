@@ -552,9 +552,9 @@ def test_onnx_flexattention_with_different_head_sizes_is_left_alone():
     import optimizer
     from optimizer.registry import default_pass_names
 
-    (case,) = [
-        c for c in collect_testcases(op_type="FlexAttention") if c.name.endswith("diff_head_sizes_expanded_ver26")
-    ]
+    # Not collect_testcases(op_type=...): onnx imports its case modules once, filtered by the first call's op type,
+    # and every later call (the conformance corpus's, in the same worker) gets that filtered list.
+    (case,) = [c for c in collect_testcases() if c.name.endswith("flexattention_diff_head_sizes_expanded_ver26")]
     names = default_pass_names("cpu")
     prepared = optimizer.optimize(ir.from_proto(case.model), names[: names.index("fuse-attention")], verify=False)
     result = AttentionFusion()(prepared)
