@@ -99,13 +99,15 @@ def last_axis_only(node: ir.Node, data: ir.Value) -> bool:
 
 
 def vector_for_last_dim(value: ir.Value, data: ir.Value) -> bool:
-    """True if ``value`` is a constant 1-D tensor as long as ``data``'s last dim (when that is known)."""
+    """True if ``value`` is a constant 1-D tensor as long as ``data``'s last dim. Where that dim is unknown, any
+    length but 1: a one-element vector broadcasts in the elementwise spelling, while the fused ops (BiasGelu,
+    the norms' scales and biases) need one value per channel, and ONNX Runtime refuses the result."""
     array = constant_array(value)
     if array is None or array.ndim != 1:
         return False
     if data.shape is not None and data.shape.rank() and isinstance(data.shape[-1], int):
         return array.shape[0] == data.shape[-1]
-    return True
+    return array.shape[0] != 1
 
 
 def static_last_dim(value: ir.Value) -> int | None:
