@@ -156,6 +156,7 @@ def optimize_with_report(
         )
         if not specializes:
             _add_second_binding(ir_model, verifier, options.dims, options.max_sequence)
+            _add_prefill(ir_model, verifier)
         _ensure_padding(ir_model, verifier)
     else:
         verifier = None
@@ -456,6 +457,34 @@ def _add_second_binding(
             label += f", {how}"
         if verifier.add_input_set(inputs, label, report_drop=not longer):
             return
+
+
+def _add_prefill(model: ir.Model, verifier: Verifier) -> None:
+    """For a decoder with a key/value cache whose input sets all hold a past, verify on the prefill too: the first
+    set's tokens with every cache empty, as the first step of every generation runs (a rewrite wrong only there
+    passed every set with a past). Not added where the original cannot run an empty cache (a static buffer)."""
+    layout = recognise_causal_lm(model)
+    if isinstance(layout, str) or not layout.cache:
+        return
+    first = verifier.inputs
+    if any(
+        all(pair.past in inputs and np.shape(inputs[pair.past])[pair.sequence_axis] == 0 for pair in layout.cache)
+        for inputs in verifier.input_sets
+    ):
+        return
+    ids = np.asarray(first.get(layout.input_ids))
+    if ids.ndim != 2 or ids.size == 0 or any(pair.past not in first for pair in layout.cache):
+        return
+    batch, sequence = ids.shape
+    prefill = dict(first)
+    prefill.update({pair.past: pair.empty(batch) for pair in layout.cache})
+    if layout.attention_mask is not None:
+        prefill[layout.attention_mask] = np.ones((batch, sequence), layout.mask_dtype)
+    if layout.position_ids is not None:
+        prefill[layout.position_ids] = np.tile(np.arange(sequence), (batch, 1)).astype(layout.positions_dtype)
+    verifier.add_input_set(
+        prefill, f"the prefill: the first set's {sequence} tokens with an empty cache", report_drop=False
+    )
 
 
 def _cap_undid_a_change(

@@ -163,6 +163,14 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
                     f"{gate}: {provider.ep}: output '{output.name}' is scaled: its norm is {ratio:.6g} "
                     f"times BEFORE's, beyond the {_allowed(min_cosine):.3g} a cosine of {min_cosine:.12g} allows"
                 )
+        llm = getattr(provider, "llm_accuracy", None) if provider.available else None
+        if llm is not None and not llm.logits_cosine >= min_cosine:
+            # With --generate the one run above is a step over a cache; the teacher-forced text starts from an
+            # empty one, so a model wrong only at the prefill shows here.
+            failures.append(
+                f"{gate}: {provider.ep}: the teacher-forced logits ({llm.scored_tokens} tokens of {llm.text}) have "
+                f"cosine {llm.logits_cosine:.6f}"
+            )
     if not measured and not failures:
         return [f"{gate}: no accuracy was measured (every execution provider was skipped)"]
     return (skipped_failures(report, gate, "accuracy") if measured else []) + failures

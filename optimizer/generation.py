@@ -101,9 +101,10 @@ class CausalLM:
         """Size of one head in the first cache tensor (its last dim)."""
         return int(self.cache[0].shape[-1])
 
-    def signature(self) -> tuple[Any, ...]:
-        """The names that must agree for two models to be fed alike."""
-        pairs = tuple((pair.past, pair.present) for pair in self.cache)
+    def signature(self, *, presents: bool = True) -> tuple[Any, ...]:
+        """The names that must agree for two models to be fed alike (cache pairs in any order: each is fed by
+        name); without ``presents``, only the cache inputs (before a probe step has paired them)."""
+        pairs = tuple(sorted((pair.past, pair.present if presents else "") for pair in self.cache))
         return (self.input_ids, self.attention_mask, self.position_ids, self.logits, pairs)
 
 
@@ -469,7 +470,8 @@ class CausalLMSession:
         The present that carries a past forward is its pair, whatever names or shapes said:
         pairs matched by shape alone can be crossed (every cache of a model often has one
         shape), and are re-paired here (``matched_by`` becomes ``"probe"``). A past that no
-        present carries forward is an ``InvalidModelError``: those outputs are not its cache.
+        present carries forward, or pairs the names matched that another present carries forward (a loop
+        pairing by name feeds it the wrong cache), is an ``InvalidModelError``.
         """
         rng = np.random.default_rng(0)
         cache = [
@@ -494,6 +496,13 @@ class CausalLMSession:
                 )
             if holders[0] == pair.present:
                 pairs.append(pair)
+            elif pair.matched_by == "name":
+                # A serving loop pairs by name (Optimum, GenAI, transformers): it would feed this past the wrong
+                # present, so the model is not one to re-pair silently.
+                raise InvalidModelError(
+                    f"{self.path}: output '{holders[0]}' carries cache input '{pair.past}' forward after a step, "
+                    f"not '{pair.present}' as their names pair them: a generation loop would feed it the wrong cache"
+                )
             else:
                 pairs.append(dataclasses.replace(pair, present=holders[0], matched_by="probe"))
         if len({pair.present for pair in pairs}) != len(pairs):

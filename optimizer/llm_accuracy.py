@@ -83,7 +83,9 @@ class LLMAccuracy:
     those positions; ``perplexity_delta`` is after − before. ``exact_match``: fraction of
     prompts whose ``continuation_tokens`` greedy tokens are all the same in both models;
     ``prefix_agreement``: mean fraction of each continuation before the first token that
-    differs (1.0 when all match).
+    differs (1.0 when all match). ``logits_cosine``: the cosine similarity of the two models'
+    teacher-forced logits over every scored position (one vector), for ``--min-cosine``: the
+    one-run comparison beside it always runs over a cache, never the prefill.
     """
 
     text: str
@@ -99,6 +101,7 @@ class LLMAccuracy:
     continuation_tokens: int
     exact_match: float
     prefix_agreement: float
+    logits_cosine: float = 1.0
     note: str = ""
 
 
@@ -112,10 +115,16 @@ def measure_llm_accuracy(
     new_tokens: int,
 ) -> LLMAccuracy:
     """Teacher-forced agreement and perplexity on ``text``, and greedy continuations of its first
-    ``prompt_length`` tokens, ``new_tokens`` long; ``batch`` rows run at a time, left-padded."""
-    padded = before.lm.attention_mask is not None
+    ``prompt_length`` tokens, ``new_tokens`` long; ``batch`` rows run at a time, left-padded (rows of one
+    length at a time where the model takes no positions and pads on the left)."""
+    # Padding needs a mask, and positions that skip it: given as position_ids, or counted from the row's start
+    # (right padding). A model with neither may count positions from its cache (transformers' GPT-2 without
+    # position_ids): a left-padded row would be read at shifted positions, so it gets rows of one length.
+    lm = before.lm
+    padded = lm.attention_mask is not None and (lm.position_ids is not None or lm.padding == "right")
     agree = scored = 0
     nll_before = nll_after = 0.0
+    dot = norm_before = norm_after = 0.0
     batches = -(-len(text.rows) // batch)
     for ids, mask in track(_batches(text.rows, batch, padded), "accuracy: teacher-forced next tokens", batches):
         expected, actual = before.logits(ids, mask), after.logits(ids, mask)
@@ -124,6 +133,11 @@ def measure_llm_accuracy(
                 f"{before.path}: the logits hold {expected.shape[1] if expected.ndim == 3 else 1} positions for "
                 f"{ids.shape[1]} tokens: teacher-forced accuracy needs the logits of every position"
             )
+        if actual.shape != expected.shape:
+            raise InputSpecError(
+                f"{after.path}: its logits are {list(actual.shape)} where {before.path}'s are {list(expected.shape)} "
+                "for the same tokens: both models must give logits over one vocabulary at every position"
+            )
         # Position t predicts token t + 1; both must be real tokens (not pads).
         scored_at = (mask[:, :-1] != 0) & (mask[:, 1:] != 0)
         targets = ids[:, 1:]
@@ -131,6 +145,12 @@ def measure_llm_accuracy(
         scored += int(scored_at.sum())
         nll_before += _negative_log_likelihood(expected[:, :-1], targets, scored_at)
         nll_after += _negative_log_likelihood(actual[:, :-1], targets, scored_at)
+        a, b = expected[:, :-1][scored_at].astype(np.float64), actual[:, :-1][scored_at].astype(np.float64)
+        dot, norm_before, norm_after = (
+            dot + float(np.sum(a * b)),
+            norm_before + float(np.sum(a * a)),
+            norm_after + float(np.sum(b * b)),
+        )
     prompts = [row[:prompt_length] for row in text.rows]
     steps = max(new_tokens - 1, 0)  # the prefill chooses the first token
     exact = prefix = 0.0
@@ -162,6 +182,7 @@ def measure_llm_accuracy(
         continuation_tokens=new_tokens,
         exact_match=exact / len(prompts),
         prefix_agreement=prefix / len(prompts),
+        logits_cosine=dot / np.sqrt(norm_before * norm_after) if norm_before and norm_after else float(dot == 0),
         note=note,
     )
 

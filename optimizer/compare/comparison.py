@@ -414,12 +414,13 @@ def _measure_provider(
         result.accuracy = _accuracy_on_data(before, after, ep, accuracy_batches, threads, score_outputs, warnings)
         result.accuracy_data = data.describe()
     measured = data is not None
-    if generation is not None and not measured:
-        session_before = TimedSession(before, ep.name, base_inputs, threads)
-        session_after = TimedSession(after, ep.name, base_inputs, threads)
-        result.accuracy = _accuracy(session_before.outputs(), session_after.outputs(), score_outputs, warnings)
-        result.accuracy_data = f"generated inputs ({base_batch} samples, one run)"
-        del session_before, session_after
+    if generation is not None:
+        if not measured:
+            session_before = TimedSession(before, ep.name, base_inputs, threads)
+            session_after = TimedSession(after, ep.name, base_inputs, threads)
+            result.accuracy = _accuracy(session_before.outputs(), session_after.outputs(), score_outputs, warnings)
+            result.accuracy_data = f"generated inputs ({base_batch} samples, one run)"
+            del session_before, session_after
         _measure_generation(result, before, after, ep, generation, settings, plan, threads, warnings, progress)
     batches = list(settings.batches)
     if generation is None and not batch_names and base_batch not in batches:
@@ -465,7 +466,10 @@ def _measure_provider(
                 samples_after_ms=[t * 1000.0 for t in times_after],
             )
         )
-    first_inputs = _with_batch(base_inputs, settings.batches[0], base_batch) if batch_names else base_inputs
+    # With --generate no batch was timed on these one-step inputs: memory is measured on them as they are (tiled to
+    # --batch, a prefill over a past is what ONNX Runtime's GroupQueryAttention runs only at batch 1).
+    tile = batch_names and generation is None
+    first_inputs = _with_batch(base_inputs, settings.batches[0], base_batch) if tile else base_inputs
     with task(f"{ep.name}: memory of BEFORE, then AFTER"):
         result.memory_before = measure_session_memory(before, ep.name, first_inputs, threads)
         result.memory_after = measure_session_memory(after, ep.name, first_inputs, threads)
@@ -494,12 +498,19 @@ def _causal_lms(
         if isinstance(lm, str):
             raise InputSpecError(f"--generate needs a causal LM with a KV cache: {path}: {lm}")
         found.append(lm)
-    if found[0].signature() != found[1].signature():
+    # Pairs matched by shape alone are paired by a step on ONNX Runtime first (``_same_feeding``).
+    by_name = all(pair.matched_by == "name" for lm in found for pair in lm.cache)
+    _same_feeding(found[0], found[1], presents=by_name)
+    return found[0], found[1]
+
+
+def _same_feeding(before: CausalLM, after: CausalLM, *, presents: bool = True) -> None:
+    """``InputSpecError`` unless both models take and give the same names (cache pairs in any order)."""
+    if before.signature(presents=presents) != after.signature(presents=presents):
         raise InputSpecError(
             f"--generate: AFTER's token ids, mask, positions, logits or cache are not BEFORE's "
-            f"({found[1].signature()} vs {found[0].signature()})"
+            f"({after.signature(presents=presents)} vs {before.signature(presents=presents)})"
         )
-    return found[0], found[1]
 
 
 def _held_out_text(
@@ -512,6 +523,8 @@ def _held_out_text(
     if inputs is None:
         return None, None
     if isinstance(inputs, (str, os.PathLike)):
+        if Path(inputs).is_dir():  # a folder of one step's inputs, as plain compare takes them; text is one .npz
+            return None, inputs
         source = f"--inputs {inputs}"
         arrays = _read_npz(Path(inputs), source)
     else:
@@ -539,6 +552,7 @@ def _measure_generation(
     session_after = CausalLMSession(after, generation.after, EP_PROVIDERS[ep.name], threads)
     session_before.check_cache_pairs()
     session_after.check_cache_pairs()
+    _same_feeding(session_before.lm, session_after.lm)
     for batch in settings.batches:
         label = f"{ep.name} generation batch {batch}"
         timed = time_generation(

@@ -210,6 +210,7 @@ def _llm_accuracy_rows(provider: ProviderResult) -> list[list[str]]:
             f"{llm.exact_match:.3f}",
         ],
         ["agreement until the first different token", f"{llm.prefix_agreement:.3f}"],
+        ["teacher-forced logits cosine (every scored position)", f"{llm.logits_cosine:.6f}"],
     ]
     if llm.note:
         rows.append(["note", llm.note])
