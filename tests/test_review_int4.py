@@ -4,7 +4,7 @@ packing), the tied table's ``GatherBlockQuantized``, and how ``optimizer/verify.
 with the lead's uncommitted row-rule change (``check_twin`` sends a result passed only by the row rule through
 the segment check).
 
-Findings, worst first (strict xfails when found; 1 and 2 fixed since as suggested, a plain test each; 1 only where
+Findings, worst first (strict xfails when found; 1, 2 and 4 fixed since as suggested, a plain test each; 1 only where
 the result has no int8 fallback layer: with one, the twin has no ``unrounded`` variant to check at level 0):
 1. A wrong int4 result is verified at accuracy_level 4. One block of one column written with its scale x1.3
    (``mm1`` of a 4 x 256 MatMul stack; on ``llama_kv_legacy``, layer 0's ``down_proj`` block x1.15, which level
@@ -228,11 +228,6 @@ def test_a_table_tied_to_two_heads_is_stored_once():
     assert not (float_tables and packed), f"float {float_tables} and packed {packed}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="FrontierPoint.describe prints '100% of the saving kept' where int4 is slower than float (no saving)",
-)
 def test_a_frontier_line_does_not_claim_a_saving_where_the_default_is_slower_than_float():
     from passes.quantization._base import FrontierPoint
 

@@ -108,11 +108,14 @@ class FrontierPoint:
             parts.append(f"{len(names)} {SCHEME_LABELS.get(scheme, scheme)} ({shown})")
         what = "; ".join(parts) or "every layer in the default scheme"
         saving = float_seconds - default_seconds
-        kept = (float_seconds - self.seconds) / saving if saving > 0 else 1.0
         if measured:
+            if saving > 0:
+                share = f"{(float_seconds - self.seconds) / saving:.0%} of the saving kept"
+            else:  # the default scheme is no faster than float here: there is no saving to keep
+                share = "the default scheme saves nothing here"
             cost = (
                 f"layers {self.seconds * 1e3:.3g} ms (float {float_seconds * 1e3:.3g}, "
-                f"default {default_seconds * 1e3:.3g}: {kept:.0%} of the saving kept)"
+                f"default {default_seconds * 1e3:.3g}: {share})"
             )
         else:
             cost = f"{round(self.seconds)} layers' worth of latency given back"
