@@ -6,7 +6,10 @@ with the int64 ids cast to the int32 the op takes.
 
 Which lookup is which is decided by what indexes it: the word table by a graph input
 that is not the position source, the segment table by a graph input whose name says
-``token_type``/``segment``, the position table by the rest. Position ids computed in
+``token_type``/``segment``, the position table by the rest; of two computed lookups, one
+whose indices are all 0 at every probed length is the segment lookup of a model exported
+without ``token_type_ids`` (Hugging Face's buffered zeros, sliced and expanded): its row 0
+is added into the position table, and the op gets no segment input. Position ids computed in
 the graph (a slice of the exporter's ``arange`` buffer) must be ``0..S-1`` on every row
 — the op's default — or the match is refused; a ``position_ids`` graph input is passed
 to the op instead.
@@ -34,7 +37,7 @@ import onnx_ir as ir
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import evaluate
-from passes._utils import constant_array, replace_value
+from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._layout import producer
 from passes.fusion._probe import (
@@ -73,10 +76,18 @@ def _is_graph_input(value: ir.Value) -> bool:
 def _classify(model: ir.Model, leaves: list[ir.Node], max_sequence: int) -> dict[str, ir.Node] | str:
     """Name the lookups word/segment/position, checking computed positions by evaluation."""
     roles: dict[str, ir.Node] = {}
+    computed = [gather for gather in leaves if not _is_graph_input(gather.inputs[1])]
+    zeros = None
+    if len(computed) == 2:  # positions and, exported without token_type_ids, a segment lookup of zeros
+        found = [gather for gather in computed if _zeros_at_every_length(model, gather.inputs[1], max_sequence)]
+        if len(found) == 1:
+            zeros = found[0]
     for gather in leaves:
         index = gather.inputs[1]
         name = (index.name or "").lower()
-        if _is_graph_input(index) and any(key in name for key in _SEGMENT_NAMES):
+        if gather is zeros:
+            role = "zero segment"
+        elif _is_graph_input(index) and any(key in name for key in _SEGMENT_NAMES):
             role = "segment"
         elif _is_graph_input(index) and "position" in name:
             role = "position"
@@ -87,6 +98,8 @@ def _classify(model: ir.Model, leaves: list[ir.Node], max_sequence: int) -> dict
         if role in roles:
             return f"two {role} lookups"
         roles[role] = gather
+    if "zero segment" in roles and "segment" in roles:
+        return "two segment lookups"
     if "word" not in roles or "position" not in roles:
         return "no word or no position lookup"
     positions = roles["position"].inputs[1]
@@ -132,6 +145,28 @@ def _probe_positions(model: ir.Model, positions: ir.Value, inputs: list[ir.Value
     if value.ndim >= 1 and value.shape[-1] not in (1, seq):
         return _REFUSED
     return value.ndim == 2 and value.shape[-1] == seq and bool((value == np.arange(seq)).all())
+
+
+def _zeros_at_every_length(model: ir.Model, index: ir.Value, max_sequence: int) -> bool:
+    """Whether the computed lookup indices ``index`` are all 0, ``[1 or B, S]``, at every length the original
+    accepts: on a padded 2 x 7 batch and at each length ``probe_lengths`` names (a buffer of zeros sliced past its
+    extent is refused by the original there, as positions are)."""
+    inputs = token_inputs_of([index])
+    if inputs is None:
+        return False
+    masks = [np.ones_like(PADDED_MASK), PADDED_MASK] + [long_mask(n) for n in probe_lengths([index], max_sequence)]
+    for number, mask in enumerate(masks):
+        try:
+            (value,) = evaluate(model, [index], token_feeds(inputs, mask))
+        except RuntimeRefusedError:
+            if number < 2:
+                return False
+            continue  # the original refuses this length too
+        if value.ndim != 2 or value.shape[-1] != mask.shape[1] or value.shape[0] not in (1, mask.shape[0]):
+            return False
+        if value.dtype.kind not in "iu" or value.any():
+            return False
+    return True
 
 
 def _layer_norm_params(norm: ir.Node) -> tuple[ir.Value, ir.Value, float] | None:
@@ -190,11 +225,16 @@ class EmbedLayerNormFusion(FusionPass):
 
         segment = roles.get("segment")
         position_ids = roles["position"].inputs[1]
+        positions = roles["position"].inputs[0]
+        if "zero segment" in roles:  # every token's segment row is row 0: one constant row to add to each position
+            row = constant_array(roles["zero segment"].inputs[0])[0]
+            table = constant_array(positions)
+            positions = add_initializer(graph, f"{positions.name}_with_segment_0", (table + row).astype(table.dtype))
         inputs = [
             int32(roles["word"].inputs[1]),
             int32(segment.inputs[1]) if segment is not None else None,
             roles["word"].inputs[0],
-            roles["position"].inputs[0],
+            positions,
             segment.inputs[0] if segment is not None else None,
             gamma,
             beta,
