@@ -2,7 +2,7 @@
 user runs them (``optimizer.optimize_with_report``, default pipeline or ``+fuse-...``), each result compared
 with the original on ONNX Runtime at lengths and batches beyond the verifier's own.
 
-Findings (strict xfails when found; 2 and 4 fixed since, plain tests):
+Findings (strict xfails when found; 2, 3 and 4 fixed since, plain tests):
 
 1. A length switch in the rotary tables that the probes do not bracket: ``fuse-rotary-embedding``
    builds its caches at the longest length the original evaluates and checks them at
@@ -230,14 +230,21 @@ def _keras_layer_norm() -> ir.Model:
     return _model(nodes, [x], [y], inits)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="fuse-layer-norm does not match tf2onnx's x*k + (beta - mean*k) spelling"
-)
-def test_the_tf2onnx_layer_norm_spelling_fuses():
+@pytest.mark.parametrize("swapped", [False, True], ids=["as tf2onnx writes it", "operands swapped"])
+def test_the_tf2onnx_layer_norm_spelling_fuses(swapped):
+    model = _keras_layer_norm()
+    if swapped:  # every product and sum with its operands the other way round
+        for node in model.graph:
+            if node.op_type in ("Mul", "Add") and node.inputs[0] is not node.inputs[1]:
+                first, second = node.inputs
+                node.replace_input_with(0, second)
+                node.replace_input_with(1, first)
     fusion = LayerNormFusion()
-    result = fusion(_keras_layer_norm())
+    result = fusion(model.clone())
     assert fusion.fused_count == 1, result.refusals
     assert [t for t in op_types(result.model) if t != "Constant"] == ["LayerNormalization"]
+    x = np.random.default_rng(1).standard_normal((2, 5, 16)).astype(np.float32) * 3 + 1
+    assert_same_outputs(model, result.model, {"x": x}, rtol=1e-4, atol=1e-5)
 
 
 # -- 4. BERT exported without token_type_ids -----------------------------------------------------------------

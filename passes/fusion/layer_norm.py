@@ -3,7 +3,9 @@
 Matches ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) [* gamma [+ beta]]`` over
 the last axis (the square as ``Pow(d, 2)``, its exponent a scalar or a ``[1]`` tensor, or
 ``Mul(d, d)``; the division as ``Div`` or ``Mul`` by its inverse, ``Reciprocal``, ``1 / r`` or
-TF's ``Pow(variance + eps, -0.5)``), as older exporters and hand-written models emit it,
+TF's ``Pow(variance + eps, -0.5)``), as older exporters and hand-written models emit it, and
+tf2onnx's folded form of Keras' norm (``k = gamma / sqrt(variance + eps)``, ``x * k + (beta -
+mean * k)``, products and sums in either order),
 and rewrites it into one ONNX ``LayerNormalization`` (opset 17+, implemented by
 every ONNX Runtime EP). A norm without ``gamma`` and ``beta`` (``elementwise_affine=False``,
 or one whose scale is not a constant vector and so stays a ``Mul`` after it) is fused
@@ -94,6 +96,49 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         return op.LayerNormalization(*inputs, axis=-1, epsilon=scalar(epsilon), stash_type=1)
 
 
+class _FoldedLayerNorm(pattern.RewriteRuleClassBase):
+    """The form tf2onnx writes Keras' ``LayerNormalization`` in (ONNX Runtime's ``FusionLayerNormalizationTF``):
+    ``k = gamma / sqrt(variance + eps)``, then ``x * k + (beta - mean * k)``, which is ``(x - mean) * k + beta``."""
+
+    def __init__(self, *, square_by_pow: bool, inverse: str) -> None:
+        super().__init__(name=f"LayerNorm(folded, pow={square_by_pow}, inverse={inverse})")
+        self._square_by_pow = square_by_pow
+        self._inverse = inverse
+
+    def pattern(self, op, x, gamma, beta, epsilon, exponent, root_exponent):
+        mean = op.ReduceMean(x, _allow_other_inputs=True, _outputs=["mean"])
+        square = square_of(op, op.Sub(x, mean), self._square_by_pow, exponent)
+        variance = op.ReduceMean(square, _allow_other_inputs=True, _outputs=["variance"])
+        total = op.Add(variance, epsilon)
+        if self._inverse == "pow_half":
+            inverse_root = op.Pow(total, root_exponent)
+        elif self._inverse == "reciprocal":
+            inverse_root = op.Reciprocal(op.Sqrt(total))
+        else:
+            inverse_root = op.Div(1.0, op.Sqrt(total))
+        k = op.Mul(inverse_root, gamma)
+        return op.Add(op.Mul(x, k), op.Sub(beta, op.Mul(mean, k)))
+
+    def check(self, context, x, epsilon, mean, variance, gamma, beta, exponent=None, root_exponent=None, **_):
+        result = pattern.MatchResult()
+        if context.model.opset_imports.get("", 0) < 17:
+            return result.fail("LayerNormalization needs opset 17 or newer")
+        if reason := exponent_fails(exponent, root_exponent):
+            return result.fail(reason)
+        if not is_float(x):
+            return result.fail("input is not a float tensor")
+        if not (last_axis_only(mean.producer(), x) and last_axis_only(variance.producer(), x)):
+            return result.fail("a mean is not over the last axis alone")
+        if scalar(epsilon) is None:
+            return result.fail("epsilon is not a constant scalar")
+        if not (vector_for_last_dim(gamma, x) and vector_for_last_dim(beta, x)):
+            return result.fail("scale or bias is not a constant vector over the last axis")
+        return result
+
+    def rewrite(self, op, x, epsilon, gamma, beta, **_):
+        return op.LayerNormalization(x, gamma, beta, axis=-1, epsilon=scalar(epsilon), stash_type=1)
+
+
 class LayerNormFusion(RuleFusionPass):
     """Rewrite decomposed LayerNorm subgraphs into ``LayerNormalization``.
 
@@ -123,4 +168,13 @@ class LayerNormFusion(RuleFusionPass):
                 ]
             )
             for affine in _AFFINES
+        ] + [
+            pattern.RewriteRuleSet(
+                [
+                    _FoldedLayerNorm.rule(square_by_pow=pow_, inverse=inv)
+                    for pow_ in (True, False)
+                    for inv in ("reciprocal", "one_over", "pow_half")
+                ],
+                commute=True,
+            )
         ]
