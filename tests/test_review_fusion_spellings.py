@@ -2,7 +2,8 @@
 user runs them (``optimizer.optimize_with_report``, default pipeline or ``+fuse-...``), each result compared
 with the original on ONNX Runtime at lengths and batches beyond the verifier's own.
 
-Findings (strict xfails when found; 2, 3 and 4 fixed since, plain tests):
+Findings (strict xfails when found; all fixed since, plain tests; 1 by bisecting one-element length comparisons,
+``_probe._condition_switches``):
 
 1. A length switch in the rotary tables that the probes do not bracket: ``fuse-rotary-embedding``
    builds its caches at the longest length the original evaluates and checks them at
@@ -132,11 +133,6 @@ def _rotary_switched_by_arithmetic() -> ir.Model:
     return ir.from_proto(proto)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="rotary caches are checked only at lengths constants name; a switch at 2*S <= 201 is fused, verified, wrong",
-)
 def test_a_rotary_table_switched_at_a_computed_length_is_not_fused_wrong():
     model = _rotary_switched_by_arithmetic()
     fused, report = optimizer.optimize_with_report(model)  # the default pipeline

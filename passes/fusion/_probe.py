@@ -17,8 +17,9 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_op
+from optimizer.errors import RuntimeRefusedError
 from optimizer.options import DEFAULT_MAX_SEQUENCE
-from optimizer.runtime import SubgraphError, ancestry, in_topological_order
+from optimizer.runtime import SubgraphError, ancestry, evaluator, in_topological_order
 from passes._utils import constant_array
 
 __all__ = ["DEFAULT_MAX_SEQUENCE", "PADDED_MASK", "dims_read", "long_mask", "probe_lengths", "values_only_from"]
@@ -89,7 +90,13 @@ def long_mask(length: int) -> np.ndarray:
     return mask
 
 
-def probe_lengths(values: Sequence[ir.Value], max_sequence: int) -> list[int]:
+def probe_lengths(
+    values: Sequence[ir.Value],
+    max_sequence: int,
+    *,
+    model: ir.Model | None = None,
+    inputs: Sequence[ir.Value] | None = None,
+) -> list[int]:
     """The sequence lengths at which a fact decided by evaluating ``values`` must be checked, shortest first.
 
     The subgraphs fusions probe read the sequence length (through shapes), a 0/1 mask,
@@ -115,6 +122,12 @@ def probe_lengths(values: Sequence[ir.Value], max_sequence: int) -> list[int]:
     the word embeddings that ``Shape`` reads). This is not a proof for any graph (one
     could compare the length with a number it computes), but it covers every constant a
     mask, position or rotary subgraph turns on, which a single short probe does not.
+
+    With ``model`` and the token ``inputs`` the values are fed from (``token_feeds``), a
+    length the graph computes a switch at is found too (``_condition_switches``): each
+    one-element comparison among the values read (``2 * S <= 201``, ``Cast(S) <= 100.5``)
+    is evaluated at these lengths, and where it changes between two of them the change is
+    bisected, its last length before and first after added.
     """
     candidates = {max_sequence}
     constants = [constant_array(v) for v in _values_read(values)]
@@ -125,7 +138,63 @@ def probe_lengths(values: Sequence[ir.Value], max_sequence: int) -> list[int]:
         if array.size <= _SMALL_CONSTANT and array.dtype.kind in "iuf":
             edges |= set(_integral_magnitudes(array.reshape(-1)))
         candidates |= {edge + step for edge in edges for step in (0, 1)}
-    return sorted(n for n in candidates if _SHORTEST <= n <= max_sequence)
+    lengths = sorted(n for n in candidates if _SHORTEST <= n <= max_sequence)
+    if model is not None and inputs:
+        lengths = sorted(set(lengths) | set(_condition_switches(model, values, inputs, lengths, max_sequence)))
+    return lengths
+
+
+_COMPARISONS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal"})
+# Evaluations one search may take: each is a run of the (small) condition subgraph.
+_MAX_SWITCH_EVALUATIONS = 96
+
+
+def _condition_switches(
+    model: ir.Model, values: Sequence[ir.Value], inputs: Sequence[ir.Value], lengths: list[int], max_sequence: int
+) -> list[int]:
+    """Lengths on both sides of each change of a one-element comparison the values read, between ``_SHORTEST``
+    and ``max_sequence`` (see ``probe_lengths``). Comparisons of more elements (a mask's) are left to the
+    constants: their shape follows the length."""
+    conditions = [
+        value
+        for value in _values_read(values)
+        if (node := value.producer()) is not None and node.op_type in _COMPARISONS and is_onnx_op(node, node.op_type)
+    ]
+    if not conditions:
+        return []
+    try:
+        run = evaluator(model, conditions)
+    except (SubgraphError, RuntimeRefusedError):
+        return []
+    budget = [_MAX_SWITCH_EVALUATIONS]
+
+    def state(length: int) -> tuple | None:
+        if budget[0] <= 0:
+            return None
+        budget[0] -= 1
+        try:
+            found = run(token_feeds(inputs, long_mask(length)))
+        except RuntimeRefusedError:
+            return None
+        return tuple(bool(np.asarray(x).reshape(-1)[0]) if np.size(x) == 1 else None for x in found)
+
+    points = sorted({_SHORTEST, *lengths, max_sequence})
+    states = [state(n) for n in points]
+    switches: set[int] = set()
+    for (low, low_state), (high, high_state) in zip(zip(points, states), zip(points[1:], states[1:])):
+        if low_state is None or high_state is None or low_state == high_state:
+            continue
+        while high - low > 1:
+            middle = (low + high) // 2
+            middle_state = state(middle)
+            if middle_state is None:
+                break
+            if middle_state == low_state:
+                low = middle
+            else:
+                high = middle
+        switches |= {low, high}
+    return sorted(n for n in switches if _SHORTEST <= n <= max_sequence)
 
 
 def _values_read(values: Sequence[ir.Value]) -> list[ir.Value]:

@@ -254,7 +254,7 @@ def _mask_kind(
         return "it is not what a padding (or causal + padding) mask implies on the probed rows"
     causal = kinds.pop()
     probed = {PADDED_MASK.shape[1], _LONGER_MASK.shape[1]}
-    lengths = [n for n in probe_lengths([bias], max_sequence) if n not in probed]
+    lengths = [n for n in probe_lengths([bias], max_sequence, model=model, inputs=inputs) if n not in probed]
     if sum(n * n for n in lengths) > _MAX_PROBED_ELEMENTS:
         return (
             f"its kind cannot be probed up to --max-sequence {max_sequence} "

@@ -1052,7 +1052,7 @@ def _check_rows(
     rows = len(caches[0])
     batch, seq = PADDED_MASK.shape
     probes = [(PADDED_MASK, rng.integers(0, min(seq * 3, rows), (batch, seq)))]
-    for length in probe_lengths(tables, cache_length):
+    for length in probe_lengths(tables, cache_length, model=model, inputs=inputs):
         probes.append((long_mask(length), rng.integers(0, rows, (1, length))))
     for index, (mask, drawn) in enumerate(probes):
         batch, seq = mask.shape
@@ -1166,7 +1166,7 @@ def _counts_on_from_past(
     where the two readings agree.
     """
     rows = len(caches[0])
-    lengths = probe_lengths(tables, cache_length)
+    lengths = probe_lengths(tables, cache_length, model=model, inputs=inputs)
     shapes = list(_PAST_PROBES) + sorted({(1, past) for length in lengths for past in (length - 1, length)})
     shapes = [(new, past) for new, past in shapes if new + past <= rows]
     longer = None
@@ -1221,7 +1221,7 @@ def _counts_on_from_cache(
     new tokens' query, are skipped: it runs no such step either.
     """
     rows = len(caches[0])
-    lengths = probe_lengths(tables, cache_length)
+    lengths = probe_lengths(tables, cache_length, model=model, inputs=inputs)
     shapes = list(_PAST_PROBES) + sorted({(1, past) for length in lengths for past in (length - 1, length)})
     probes = [(np.ones((1, new)), past_length) for new, past_length in shapes if new + past_length <= rows]
     if PADDED_MASK.shape[1] + 5 <= rows:
