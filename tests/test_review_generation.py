@@ -2,7 +2,7 @@
 ``optimizer/compare/generation_timing.py``), the language-model accuracy (``optimizer/llm_accuracy.py``) and its
 report, JSON and gates (``optimizer/compare/comparison.py``, ``optimizer/gates.py``).
 
-Findings (strict xfails when found; all but the last fixed since, each a plain test), worst first:
+Findings (strict xfails when found; all fixed since, each a plain test), worst first:
 - Next to the target, on the same path (``optimize`` before ``compare``): a wrong decoder verified. The input sets
   verification builds for a KV decoder (``api._verification_inputs``, ``_add_second_binding``, ``_ensure_padding``;
   ``with_model_cache`` returns None for an empty past) all hold a past: 128, and 257 padded. A candidate whose
@@ -443,11 +443,6 @@ def test_generate_takes_a_folder_of_one_step_inputs(tmp_path, capsys):
     assert code == 0, error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="text ids are checked against a declared vocabulary only: undeclared, id 300 of 256 blames positions",
-)
 def test_text_outside_an_undeclared_vocabulary_names_the_vocabulary(tmp_path, capsys):
     proto = onnx.load(fixture("llama_kv_legacy"))
     proto.graph.output[0].type.tensor_type.shape.dim[2].dim_param = "vocabulary"

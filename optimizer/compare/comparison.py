@@ -553,6 +553,13 @@ def _measure_generation(
     session_before.check_cache_pairs()
     session_after.check_cache_pairs()
     _same_feeding(session_before.lm, session_after.lm)
+    if generation.text is not None:  # checked against a declared vocabulary when read; here against the logits'
+        vocab = session_before.vocab
+        if any(int(row.max(initial=0)) >= vocab for row in generation.text.rows):
+            raise InputSpecError(
+                f"{generation.text.source}: '{generation.before.input_ids}' holds ids outside the vocabulary "
+                f"(0 to {vocab - 1}: the logits' last dim)"
+            )
     for batch in settings.batches:
         label = f"{ep.name} generation batch {batch}"
         timed = time_generation(
