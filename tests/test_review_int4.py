@@ -4,7 +4,7 @@ packing), the tied table's ``GatherBlockQuantized``, and how ``optimizer/verify.
 with the lead's uncommitted row-rule change (``check_twin`` sends a result passed only by the row rule through
 the segment check).
 
-Findings, worst first (strict xfails when found; 1, 2 and 4 fixed since as suggested, a plain test each; 1 only where
+Findings, worst first (strict xfails when found; all fixed since, a plain test each (3: the table stays float, stored once); 1 only where
 the result has no int8 fallback layer: with one, the twin has no ``unrounded`` variant to check at level 0):
 1. A wrong int4 result is verified at accuracy_level 4. One block of one column written with its scale x1.3
    (``mm1`` of a 4 x 256 MatMul stack; on ``llama_kv_legacy``, layer 0's ``down_proj`` block x1.15, which level
@@ -212,12 +212,6 @@ def _tied_lm_with_two_heads() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a table tied to two heads is stored twice (float for the second head, int4 for the first head and "
-    "the lookup) while the second head's refusal says it 'stays float and stored once'",
-)
 def test_a_table_tied_to_two_heads_is_stored_once():
     result, report = optimize_with_report(_tied_lm_with_two_heads(), quantize="int4", quantize_outputs=True)
     record = _record(report)

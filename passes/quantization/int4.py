@@ -493,6 +493,11 @@ class Int4QuantizationPass(QuantizationPass):
                 for user, index in table.uses()
             ):
                 reason = "read by more than row lookups (a fused op, a head not quantized here)"
+            elif tied is not None and _shared_beyond(tied):
+                reason = (
+                    "its transposed copy is read by another layer than its tied head (two heads): one packed "
+                    "weight cannot serve both, so the table stays float, stored once"
+                )
             elif tied is not None and (grid.has_offsets if grid is not None else self.method == "hqq"):
                 reason = (
                     "tied to an LM head whose zero points are float (HQQ's, or its grid's), "
@@ -911,3 +916,12 @@ def _round_input_blocks(x: np.ndarray, block_size: int) -> np.ndarray:
     peak = np.abs(blocks).max(axis=-1, keepdims=True)
     rounded = np.rint(blocks * (127.0 / np.maximum(peak, 1e-30))) * (peak / 127.0)
     return rounded.reshape(rows, padded)[:, :k]
+
+
+def _shared_beyond(head: Layer) -> bool:
+    """Whether ``head`` reads its tied table through a ``Transpose`` that another node reads too (a second head)."""
+    weight = head.node.inputs[1]
+    transpose = weight.producer() if weight is not None else None
+    if transpose is None or transpose.op_type != "Transpose":
+        return False
+    return any(user is not head.node for user, _ in weight.uses())
