@@ -22,7 +22,13 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript import rewriter
 from onnxscript.rewriter import _pattern_ir, pattern
-from onnxscript.rewriter.rules.common import _cast_constant_of_shape, _fuse_relus_clips, _no_op, _redundant_scatter_nd
+from onnxscript.rewriter.rules.common import (
+    _cast_constant_of_shape,
+    _fuse_relus_clips,
+    _min_max_to_clip,
+    _no_op,
+    _redundant_scatter_nd,
+)
 
 from passes._pass import GraphoptPass
 from passes._utils import linear_rule_set, overridable_inputs_hidden, remove_dead_nodes
@@ -43,7 +49,7 @@ class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
         # onnxscript's BatchNorm rule needs the Conv weights as initializers; some exporters
         # (Paddle's) keep every weight in a Constant node, so lift those first.
         lifted = _has_constant_batchnorm_weights(model) and LiftConstantsPass()(model).modified
-        rules = linear_rule_set(_RULES)
+        rules = linear_rule_set(_RULES if model.opset_imports.get("", 0) >= 11 else _RULES_BEFORE_11)
         with overridable_inputs_hidden(model):  # a default a caller may override is no constant
             modified = rewriter.RewritePass(rules)(model).modified or lifted
         if modified:
@@ -82,12 +88,42 @@ class _ClipRangesMeet:
             return result
         first = kwargs["out_first_clip"].producer()
         second = kwargs["out_second_clip"].producer() if kwargs.get("out_second_clip") is not None else None
-        if first.inputs[0] is None or first.inputs[0].dtype is None:
-            return result.fail("the Clip's input dtype is unknown")
+        clips = [node for node in (first, second) if node is not None]
+        if any(node.inputs[0] is None or node.inputs[0].dtype is None for node in clips):
+            return result.fail("a Clip's input dtype is unknown")
+        if any(_has_nan(bound) for node in clips for bound in node.inputs[1:]):
+            return result.fail("a bound is NaN")
         low, high = self.compute_clip_min_max(first, second)
         if low is not None and high is not None and bool(np.any(low.numpy() > high.numpy())):
             return result.fail("the two ranges do not meet: the fused Clip would end at the other bound")
         return result
+
+
+def _has_nan(value: ir.Value | None) -> bool:
+    """Whether the constant ``value`` holds a NaN (a Clip or Min/Max bound that no fused Clip computes alike)."""
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    if tensor is None:
+        return False
+    array = tensor.numpy()
+    return array.dtype.kind in "fc" and bool(np.isnan(array).any())
+
+
+class _NoNanBounds:
+    """onnxscript's Min/Max into Clip, refused where a bound is NaN (Min and Max propagate it; Clip does not)."""
+
+    def check(self, context, out1, out2, **kwargs):
+        result = super().check(context, out1, out2, **kwargs)
+        if result and any(_has_nan(v) for node in (out1.producer(), out2.producer()) for v in node.inputs[1:]):
+            return rewriter.MatchResult().fail("a bound is NaN")
+        return result
+
+
+class _SafeMinMaxToClip(_NoNanBounds, _min_max_to_clip.FuseMinMaxToClip):
+    pass
+
+
+class _SafeMaxMinToClip(_NoNanBounds, _min_max_to_clip.FuseMaxMinToClip):
+    pass
 
 
 class _SafeSuccessiveClip(_ClipRangesMeet, _fuse_relus_clips.FuseSuccessiveClip):
@@ -112,7 +148,29 @@ class _AssigningScatterAllStatic(_redundant_scatter_nd.ScatterAllStatic):
     def check(self, context, data, indices, updates, scattered, **kwargs):
         if scattered.producer().attributes.get_string("reduction", "none") != "none":
             return rewriter.MatchResult().fail("a ScatterND with a reduction combines data and updates")
+        if data.shape is None or not data.shape.rank() or not isinstance(data.shape[0], int):
+            return rewriter.MatchResult().fail("the rows of 'data' are not a number")  # onnxscript's range() raised
         return super().check(context, data, indices, updates, **kwargs)
+
+
+# The types ONNX Runtime's ConstantOfShape fills (not float8, int4, strings): a fused one of another type does not load.
+_FILLABLE = frozenset(
+    {
+        ir.DataType.FLOAT,
+        ir.DataType.FLOAT16,
+        ir.DataType.BFLOAT16,
+        ir.DataType.DOUBLE,
+        ir.DataType.BOOL,
+        ir.DataType.INT8,
+        ir.DataType.INT16,
+        ir.DataType.INT32,
+        ir.DataType.INT64,
+        ir.DataType.UINT8,
+        ir.DataType.UINT16,
+        ir.DataType.UINT32,
+        ir.DataType.UINT64,
+    }
+)
 
 
 def _cast_fits(context, scalar, dtype, **_) -> bool:
@@ -120,6 +178,8 @@ def _cast_fits(context, scalar, dtype, **_) -> bool:
     a finite value within an integer type's range (out of it, onnxscript's rewrite raises OverflowError and ONNX
     Runtime's cast is undefined), any value for a float type."""
     target = ir.DataType(dtype.as_int())
+    if target not in _FILLABLE:
+        return False
     value = scalar.value.numpy().reshape(-1)
     if value.size != 1:
         return False
@@ -134,10 +194,11 @@ def _cast_unfilled(op, shape, dtype):
     return op.Cast(op.ConstantOfShape(shape, _outputs=["filled"]), to=dtype)
 
 
-def _unfilled(context, filled, **_) -> bool:
-    """Whether the ConstantOfShape has no ``value`` (zeros): onnxscript's pattern for it matches one with a value
-    too (other attributes are allowed), and replaced ``Cast(ConstantOfShape(value=300))`` by zeros."""
-    return "value" not in filled.producer().attributes
+def _unfilled(context, filled, dtype, **_) -> bool:
+    """Whether the ConstantOfShape has no ``value`` (zeros) and the cast's type is one it fills: onnxscript's pattern
+    for it matches one with a value too (other attributes are allowed), and replaced
+    ``Cast(ConstantOfShape(value=300))`` by zeros."""
+    return "value" not in filled.producer().attributes and ir.DataType(dtype.as_int()) in _FILLABLE
 
 
 _REPLACED = {
@@ -145,6 +206,8 @@ _REPLACED = {
     id(_fuse_relus_clips.successive_clip_relu_rule): _SafeSuccessiveClipRelu().rule(),
     id(_fuse_relus_clips.successive_relu_clip_rule): _SafeSuccessiveReluClip().rule(),
     id(_redundant_scatter_nd.no_op_static_scatter_nd_rule): _AssigningScatterAllStatic.rule(),
+    id(_min_max_to_clip.min_max_rule): _SafeMinMaxToClip().rule(),
+    id(_min_max_to_clip.max_min_rule): _SafeMaxMinToClip().rule(),
     id(_cast_constant_of_shape.cast_constant_of_shape_rule): pattern.RewriteRule(
         _cast_constant_of_shape.cast_constant_of_shape,
         _cast_constant_of_shape.fused_cast_constant_of_shape,
@@ -164,6 +227,9 @@ _RULES = (
     *_exact_no_op_rules(),
     *(_REPLACED.get(id(rule), rule) for rule in rewriter._DEFAULT_REWRITE_RULES if id(rule) not in _TOLERANT),
 )
+# Before opset 11, Clip's bounds and Pad's pads are attributes: the rules written for them as inputs turned
+# Clip(Clip(x, -1, 5), 0, 1) into a bare Clip(x), or wrote a Clip/Pad ONNX Runtime refuses at that opset.
+_RULES_BEFORE_11 = tuple(rule for rule in _RULES if not any(word in (rule.name or "") for word in ("Clip", "Pad")))
 
 
 def _has_constant_batchnorm_weights(model: ir.Model) -> bool:
