@@ -101,8 +101,8 @@ class LLMAccuracy:
     continuation_tokens: int
     exact_match: float
     prefix_agreement: float
-    logits_cosine: float = 1.0
     note: str = ""
+    logits_cosine: float = 1.0
 
 
 def measure_llm_accuracy(
