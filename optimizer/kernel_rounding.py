@@ -43,6 +43,60 @@ def rounding_kernels(model: ir.Model) -> int:
     return sum(1 for node in _kernels(model) if _level(node) != 0)
 
 
+# Nodes that round an activation to integers (or to fewer float bits) in ONNX Runtime: quantizers and the integer
+# kernels they feed, and a MatMulNBits above accuracy_level 1 (level 4 rounds its input to int8 per block).
+_INTEGER_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DynamicQuantizeLinear",
+        "DynamicQuantizeMatMul",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearConcat",
+        "QLinearGlobalAveragePool",
+        "QLinearAveragePool",
+        "QLinearSigmoid",
+        "QLinearLeakyRelu",
+        "QLinearSoftmax",
+        "QAttention",
+        "QGemm",
+        "DynamicQuantizeLSTM",
+    }
+)
+
+
+def rounds(node: ir.Node) -> bool:
+    """Whether ``node`` rounds an activation as ONNX Runtime runs it (``_INTEGER_OPS``, or a MatMulNBits whose
+    accuracy_level asks for fp16, bf16 or int8 inputs)."""
+    if node.op_type == ROUNDING_OP and node.domain == MS_DOMAIN:
+        return _level(node) >= 2
+    return node.op_type in _INTEGER_OPS
+
+
+def outputs_after_rounding(model: ir.Model) -> frozenset[str]:
+    """The graph outputs of ``model`` that some rounding node (``rounds``) is an ancestor of, within the graph
+    (a cut model's fed checkpoints are graph inputs: its segments stop there)."""
+    found = set()
+    for output in model.graph.outputs:
+        stack, seen = [output], set()
+        while stack:
+            value = stack.pop()
+            node = value.producer() if value is not None else None
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if rounds(node):
+                found.add(output.name)
+                break
+            stack.extend(node.inputs)
+    return frozenset(found)
+
+
 def level_signature(model: ir.Model) -> Counter | None:
     """Every output column of every MatMulNBits: its level, bits, block size, K and weights, counted.
 

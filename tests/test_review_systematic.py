@@ -117,7 +117,9 @@ def test_a_result_more_exact_than_its_twin_still_fails_with_a_wrong_scale_in_it(
     scales.const_value = ir.tensor(rows.reshape(array.shape), name=scales.name)
     verdict = Verifier(model, [feeds])._check_twin_by_segment(broken, result.twin, "end to end: (forced)")
     assert not verdict.ok
-    assert "systematic errors" in verdict.first_failure
+    # Caught as a systematic error before; since the row rule excuses only segments a kernel rounds in (none at
+    # level 0), the segment itself misses its tolerance.
+    assert "differs from its twin" in verdict.first_failure
 
 
 def test_a_gain_that_alternates_from_token_to_token_is_systematic_per_row():

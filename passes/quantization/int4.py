@@ -605,7 +605,7 @@ class Int4QuantizationPass(QuantizationPass):
         # Only an integer kernel (level 4, or the int8 fallback) can round a tie the other way.
         kind = "int4" if rounded or int8 else "int4-float"
         unrounded = None
-        if spare is not None and rounded and not int8:  # int8 layers round in every kernel: nothing to drop
+        if spare is not None and rounded:  # int8 layers keep their rounding in it (they round in every kernel)
 
             def unrounded() -> Twin:
                 return self._twin(spare.clone(), names, smoothed=smoothed, rounded_inputs=False)
