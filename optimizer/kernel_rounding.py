@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -78,9 +78,11 @@ def rounds(node: ir.Node) -> bool:
     return node.op_type in _INTEGER_OPS
 
 
-def outputs_after_rounding(model: ir.Model) -> frozenset[str]:
+def outputs_after_rounding(model: ir.Model, skip_input: Callable[[ir.Node, int], bool] | None = None) -> frozenset[str]:
     """The graph outputs of ``model`` that some rounding node (``rounds``) is an ancestor of, within the graph
-    (a cut model's fed checkpoints are graph inputs: its segments stop there)."""
+    (a cut model's fed checkpoints are graph inputs: its segments stop there), not walking the inputs
+    ``skip_input`` names (a cut's select of the model's own value at padded positions leads back into the
+    segment before)."""
     found = set()
     for output in model.graph.outputs:
         stack, seen = [output], set()
@@ -93,7 +95,7 @@ def outputs_after_rounding(model: ir.Model) -> frozenset[str]:
             if rounds(node):
                 found.add(output.name)
                 break
-            stack.extend(node.inputs)
+            stack.extend(v for i, v in enumerate(node.inputs) if skip_input is None or not skip_input(node, i))
     return frozenset(found)
 
 

@@ -423,6 +423,8 @@ def _within_row_excess(
     return VerificationResult(checks=[OutputCheck(c.name, True, c.max_abs_error) for c in result.checks])
 
 
+# The suffix of the node that selects a cut's own value at padded positions (``_cut_at`` with ``keep_own``).
+_SELECT = "::graphopt_select"
 # The suffix of a checkpoint's computed value, exposed as an output of a cut model (``_cut_at``).
 _COMPUTED = "::graphopt_computed"
 
@@ -597,7 +599,7 @@ def _cut_at(
         if keep_own:
             own = ir.Value(name=_own(name), type=ir.TensorType(ir.DataType.BOOL), shape=computed.shape)
             readers = list(fed.uses())
-            select = ir.Node("", "Where", [own, computed, fed], name=f"{name}::graphopt_select")
+            select = ir.Node("", "Where", [own, computed, fed], name=f"{name}{_SELECT}")
             select.outputs[0].name = f"{name}::graphopt_selected"
             select.outputs[0].type, select.outputs[0].shape = computed.type, computed.shape
             for reader, index in readers:
@@ -605,6 +607,12 @@ def _cut_at(
             cut.graph.insert_after(computed.producer(), select)
             cut.graph.inputs.append(own)
     return cut
+
+
+def _selects_own(node: ir.Node, index: int) -> bool:
+    """Whether ``node``'s input ``index`` is a cut's own computed value, selected at padded positions
+    (``_cut_at`` with ``keep_own``): the segment before, not this one."""
+    return index == 1 and node.op_type == "Where" and (node.name or "").endswith(_SELECT)
 
 
 def _segment_feeds(
@@ -1268,7 +1276,7 @@ class Verifier:
                 cut_base = _cut_at(base, names, examples, keep_own=keep_own)
                 # The row rule excuses a segment only where a kernel in it rounds: a 4-bit layer at level 0 beside
                 # an int8 one computes exactly, and a block's scale off there passed the row rule's dilution.
-                rounded = outputs_after_rounding(cut_result)
+                rounded = outputs_after_rounding(cut_result, _selects_own)
                 with (
                     inference_session(cut_result, optimization_level="all") as result_session,
                     inference_session(cut_base) as base_session,
