@@ -4,8 +4,8 @@ packing), the tied table's ``GatherBlockQuantized``, and how ``optimizer/verify.
 with the lead's uncommitted row-rule change (``check_twin`` sends a result passed only by the row rule through
 the segment check).
 
-Findings, worst first (strict xfails when found; all fixed since, a plain test each (3: the table stays float, stored once); 1 only where
-the result has no int8 fallback layer: with one, the twin has no ``unrounded`` variant to check at level 0):
+Findings, worst first (strict xfails when found; all fixed since, a plain test each; 3: the table stays float,
+stored once; 1 also with int8 fallback layers since 988b132, tests/test_review_verify_today.py):
 1. A wrong int4 result is verified at accuracy_level 4. One block of one column written with its scale x1.3
    (``mm1`` of a 4 x 256 MatMul stack; on ``llama_kv_legacy``, layer 0's ``down_proj`` block x1.15, which level
    0 rolls back; its ``q_proj`` block x1.3 passes at both levels, within the tolerance at every output) is
