@@ -38,6 +38,22 @@ from passes.fusion._checks import NORMALIZATION_INVERSES as _INVERSES
 _AFFINES = ("scale_bias", "scale", "none")
 
 
+def _statistics_fail(context, x, epsilon, mean, variance, exponent, root_exponent) -> str | None:
+    """Why a matched norm's statistics are not LayerNormalization's (mean and variance over the last axis, a
+    constant epsilon, a square and an inverse square root), or its model cannot hold the op; None if they are."""
+    if context.model.opset_imports.get("", 0) < 17:
+        return "LayerNormalization needs opset 17 or newer"
+    if reason := exponent_fails(exponent, root_exponent):
+        return reason
+    if not is_float(x):
+        return "input is not a float tensor"
+    if not (last_axis_only(mean.producer(), x) and last_axis_only(variance.producer(), x)):
+        return "a mean is not over the last axis alone"
+    if scalar(epsilon) is None:
+        return "epsilon is not a constant scalar"
+    return None
+
+
 class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
     def __init__(self, *, square_by_pow: bool, inverse: str, affine: str) -> None:
         super().__init__(name=f"LayerNorm(pow={square_by_pow}, inverse={inverse}, affine={affine})")
@@ -70,16 +86,8 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         **_,
     ) -> pattern.MatchResult:
         result = pattern.MatchResult()
-        if context.model.opset_imports.get("", 0) < 17:
-            return result.fail("LayerNormalization needs opset 17 or newer")
-        if reason := exponent_fails(exponent, root_exponent):
+        if reason := _statistics_fail(context, x, epsilon, mean, variance, exponent, root_exponent):
             return result.fail(reason)
-        if not is_float(x):
-            return result.fail("input is not a float tensor")
-        if not (last_axis_only(mean.producer(), x) and last_axis_only(variance.producer(), x)):
-            return result.fail("a mean is not over the last axis alone")
-        if scalar(epsilon) is None:
-            return result.fail("epsilon is not a constant scalar")
         if self._affine != "none" and not vector_for_last_dim(gamma, x):
             return result.fail("scale is not a constant vector over the last axis")
         if self._affine == "scale_bias" and not vector_for_last_dim(beta, x):
@@ -121,16 +129,8 @@ class _FoldedLayerNorm(pattern.RewriteRuleClassBase):
 
     def check(self, context, x, epsilon, mean, variance, gamma, beta, exponent=None, root_exponent=None, **_):
         result = pattern.MatchResult()
-        if context.model.opset_imports.get("", 0) < 17:
-            return result.fail("LayerNormalization needs opset 17 or newer")
-        if reason := exponent_fails(exponent, root_exponent):
+        if reason := _statistics_fail(context, x, epsilon, mean, variance, exponent, root_exponent):
             return result.fail(reason)
-        if not is_float(x):
-            return result.fail("input is not a float tensor")
-        if not (last_axis_only(mean.producer(), x) and last_axis_only(variance.producer(), x)):
-            return result.fail("a mean is not over the last axis alone")
-        if scalar(epsilon) is None:
-            return result.fail("epsilon is not a constant scalar")
         if not (vector_for_last_dim(gamma, x) and vector_for_last_dim(beta, x)):
             return result.fail("scale or bias is not a constant vector over the last axis")
         return result
