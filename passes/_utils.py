@@ -29,9 +29,11 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     return tensor.numpy()
 
 
-# Ops that draw random numbers beyond those onnxscript's folder and onnx-ir's CSE already leave alone (Random*,
-# Multinomial): each run draws anew, so one is never folded into a constant nor merged with another.
-_RANDOM_OPS = frozenset({"Bernoulli", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"})
+# Ops that draw random numbers (onnxscript's folder and onnx-ir's CSE know all but Bernoulli): each run draws anew,
+# so one is never folded into a constant nor merged with another.
+_RANDOM_OPS = frozenset(
+    {"Bernoulli", "Multinomial", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"}
+)
 
 
 def draws_random(node: ir.Node) -> bool:
@@ -39,7 +41,7 @@ def draws_random(node: ir.Node) -> bool:
     a constant false (in inference mode it is the identity)."""
     if not is_onnx_domain(node):
         return False
-    if node.op_type in _RANDOM_OPS or node.op_type == "Multinomial":
+    if node.op_type in _RANDOM_OPS:
         return True
     if node.op_type != "Dropout" or len(node.inputs) < 3 or node.inputs[2] is None:
         return False

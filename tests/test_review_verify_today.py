@@ -63,7 +63,7 @@ import pytest
 from optimizer.api import optimize_with_report
 from passes.quantization import int4
 from tests.helpers import FIXTURES
-from tests.test_review_int4 import _record, _stack
+from tests.test_review_int4 import _record, _stack, _tamper_scales
 
 
 def _tamper_block_with_an_int8_layer(
@@ -71,22 +71,14 @@ def _tamper_block_with_an_int8_layer(
 ) -> None:
     """``layer_name``'s first block written with its scale times ``factor`` (the twin keeps the pass's own values,
     as a packing bug would), and ``int8_layer`` given the int8 scheme as the budget gives a sensitive layer."""
-    written = int4.Int4QuantizationPass.quantize_layer
     scheme = int4.Int4QuantizationPass.scheme
-
-    def quantize_layer(self, graph, layer):
-        written(self, graph, layer)
-        if layer.node.name != layer_name or self._probe is not None or self.scheme(layer) == "int8":
-            return
-        value = graph.initializers[f"{layer.node.name}.scales"]
-        scales = value.const_value.numpy().copy().reshape(layer.weight.shape[1], -1)
-        scales[0, 0] *= np.float32(factor)
-        value.const_value = ir.tensor(scales.reshape(-1), name=value.name)
 
     def int8_scheme(self, layer):
         return "int8" if layer.node.name == int8_layer else scheme(self, layer)
 
-    monkeypatch.setattr(int4.Int4QuantizationPass, "quantize_layer", quantize_layer)
+    _tamper_scales(
+        monkeypatch, layer_name, lambda scales: scales.__setitem__((0, 0), scales[0, 0] * np.float32(factor))
+    )
     monkeypatch.setattr(int4.Int4QuantizationPass, "scheme", int8_scheme)
 
 
