@@ -296,6 +296,11 @@ def _run_one(
                 f"; checked segment by segment ({verdict.twin_segments} segments between the quantized layers' "
                 f"inputs, each fed its twin's values), because end to end it {verdict.twin_end_to_end}"
             )
+        if verdict.twin_layers_probed:
+            record.twin += (
+                f"; each of {verdict.twin_layers_probed} layers also run alone on probe rows that no kernel rounds "
+                "(one input channel at a time): the same weights as its twin's, to float32 rounding"
+            )
     if verdict.segments is not None and verdict.ok:
         record.max_abs_error = verdict.end_to_end_error  # the table's column is the distance end to end
         record.notes.append(
@@ -331,4 +336,5 @@ def _check_approximate(
     verdict = verifier.check_approximation(candidate)
     verdict.twin_error, verdict.twin_row_excess = exact.twin_error, exact.twin_row_excess
     verdict.twin_segments, verdict.twin_end_to_end = exact.twin_segments, exact.twin_end_to_end
+    verdict.twin_layers_probed = exact.twin_layers_probed
     return verdict

@@ -78,6 +78,9 @@ class Twin:
       through a deep model past the end-to-end tolerance, the result is checked segment by
       segment instead: each segment between checkpoints is fed the twin's values and held
       to the twin at the same tolerance (``Verifier.check_twin``).
+    - ``layer_outputs``: (activation, output) names of the quantized MatMul and Gemm layers, held
+      under those names by the result and the twin: each layer is also run alone on probe rows no
+      kernel rounds, and must compute its twin's weights to float32 rounding (``optimizer.layer_probe``).
     - ``source``: the float model the twin approximates, where that is not the pass's
       input (SmoothQuant rescaled it first); None means the pass's input.
     - ``unrounded``: for an ``"int4"`` twin whose kernels round their inputs (accuracy_level
@@ -93,6 +96,7 @@ class Twin:
     description: str
     checkpoints: tuple[str, ...] = ()
     source: ir.Model | None = None
+    layer_outputs: tuple[tuple[str, str], ...] = ()
     unrounded: Callable[[], Twin] | None = None
 
     def __post_init__(self) -> None:

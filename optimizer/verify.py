@@ -38,6 +38,7 @@ from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, paired_
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import SampleData, holds_samples, samples_in, split_samples
 from optimizer.kernel_rounding import at_level_zero, level_signature, outputs_after_rounding, rounding_kernels
+from optimizer.layer_probe import layer_probe_failure
 from optimizer.padding import (
     cache_outputs,
     hide_padded,
@@ -198,6 +199,8 @@ class VerificationResult:
     # Runtime computes its MatMulNBits as at accuracy_level 0; what the rounding twin's check said.
     twin_unrounded: str = ""
     twin_description: str = ""  # then the twin it was held to
+    # How many quantized layers were also run alone on probe rows, exactly as their twins (``optimizer.layer_probe``).
+    twin_layers_probed: int = 0
     # Set when an exact pass's result was checked segment by segment (``Verifier.check`` with a
     # ``base``): how many segments, how many nodes the pass added, and what end to end missed.
     segments: int | None = None
@@ -1100,6 +1103,20 @@ class Verifier:
         return True
 
     def check_twin(self, candidate: ir.Model, twin: Twin, base: ir.Model | None = None) -> VerificationResult:
+        """Each quantized MatMul/Gemm layer of ``candidate`` run alone on probe rows that no kernel rounds against
+        its ``twin``'s (``optimizer.layer_probe``: its weights, exactly), then the whole model against the twin
+        (``_check_twin_outputs``)."""
+        probed = 0
+        if twin.layer_outputs:
+            failure, probed = self._probe_layers(candidate, twin)
+            if failure:
+                return VerificationResult(error=failure)
+        verdict = self._check_twin_outputs(candidate, twin, base)
+        if verdict.ok:
+            verdict.twin_layers_probed = probed
+        return verdict
+
+    def _check_twin_outputs(self, candidate: ir.Model, twin: Twin, base: ir.Model | None = None) -> VerificationResult:
         """Run ``candidate`` (as deployed: full ORT optimizations, real integer kernels) and its
         ``twin`` (exactly as written) on every input set, and compare them at the twin's tolerance.
 
@@ -1142,7 +1159,7 @@ class Verifier:
             # scale 30 % off passes the row rule and the segment sum, diluted over the row).
             unrounded = twin.unrounded()
             with at_level_zero(candidate):
-                floating = self.check_twin(candidate, unrounded, base)
+                floating = self._check_twin_outputs(candidate, unrounded, base)
             if not floating.ok:
                 return VerificationResult(error=f"with its MatMulNBits at accuracy_level 0, {floating.first_failure}")
         if worst.twin_row_excess is not None and twin.kind in SEGMENTED_TWINS and twin.checkpoints:
@@ -1159,6 +1176,21 @@ class Verifier:
                     segmented.twin_row_excess = max(segmented.twin_row_excess or 0.0, worst.twin_row_excess)
                 return segmented
         return worst
+
+    def _probe_layers(self, candidate: ir.Model, twin: Twin) -> tuple[str, int]:
+        """Why a quantized layer of ``candidate`` computes with other weights than its twin's, or "", and how many
+        layers were probed (``optimizer.layer_probe``; the first input set gives each activation's shape)."""
+        inputs = self.input_sets[0]
+        activations = [a for a in dict.fromkeys(activation for activation, _ in twin.layer_outputs) if a not in inputs]
+        try:
+            with value_collector(twin.model, activations) as run_twin:
+                examples = {**inputs, **run_twin(inputs)}
+        except (RuntimeRefusedError, KeyError) as error:
+            logger.info("layers not probed: %s", error)
+            return "", 0
+        failure, probed = layer_probe_failure(candidate, twin.model, twin.layer_outputs, examples)
+        logger.debug("layer probe: %d of %d layers probed", probed, len(twin.layer_outputs))
+        return failure, probed
 
     def _unrounded(
         self, candidate: ir.Model, twin: Twin, base: ir.Model | None, failed: VerificationResult
@@ -1187,7 +1219,7 @@ class Verifier:
         ):
             return failed
         unrounded = twin.unrounded()
-        verdict = self.check_twin(candidate, unrounded, base)
+        verdict = self._check_twin_outputs(candidate, unrounded, base)
         if verdict.ok and unrounded.checkpoints:
             # Segment by segment too, whatever end to end says: the float-input twin's tolerance is the int8
             # one, wide enough to pass a scale 1 % off in some channels end to end; its systematic sum is not.

@@ -14,7 +14,7 @@ from optimizer.errors import InputSpecError
 from optimizer.inputs import make_inputs
 from optimizer.runtime import run_batches, run_model
 from optimizer.verify import DEFAULT_TOLERANCES, compare_outputs
-from tests.helpers import ALL_FIXTURES, FIXTURES, calibration_samples, computed_op_types
+from tests.helpers import ALL_FIXTURES, FIXTURES, calibration_samples, computed_op_types, without_layer_probe
 from tests.passes.quantization.conftest import drift
 
 INT8_OPS = {"DynamicQuantizeMatMul", "QAttention", "QuantizeLinear"}
@@ -251,6 +251,12 @@ def test_a_realization_that_differs_from_its_twin_is_rolled_back(monkeypatch):
             broken.append(layer.name)
 
     monkeypatch.setattr(dynamic, "_quantize_matmul", doubled_scale)
+    _, report = optimize_with_report(ir.load(EXAMPLE_MODEL), quantize="dynamic")
+    record = next(r for r in report.passes if r.name == "quantize-dynamic")
+    assert broken and record.status == "rolled back"
+    assert "uses other weights than its twin's" in record.detail  # the layer alone, on probe rows
+    broken.clear()
+    without_layer_probe(monkeypatch)  # behind it, the whole model against its twin
     _, report = optimize_with_report(ir.load(EXAMPLE_MODEL), quantize="dynamic")
     record = next(r for r in report.passes if r.name == "quantize-dynamic")
     assert broken and record.status == "rolled back"

@@ -69,7 +69,7 @@ from onnx import TensorProto, helper, numpy_helper
 from optimizer.api import optimize_with_report
 from optimizer.runtime import run_model
 from passes.quantization import int4
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, without_layer_probe
 
 
 def _stack(width: int = 256, layers: int = 4, seed: int = 0) -> onnx.ModelProto:
@@ -134,6 +134,7 @@ def test_one_blocks_scale_off_in_a_decoder_is_rolled_back_at_level_4(monkeypatch
 
 
 def test_one_blocks_scale_off_is_rolled_back_at_level_0(monkeypatch):
+    without_layer_probe(monkeypatch)  # the twin check behind it
     _tamper_scales(monkeypatch, "mm1", _scale_block)
     _, report = optimize_with_report(_stack(), quantize="int4", quantize_outputs=True, int4_accuracy_level=0)
     record = _record(report)

@@ -325,7 +325,14 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         description = (
             f"{base} with {len(names)} layers' weights int8-dequantized and inputs {self.twin_inputs}, in float32"
         )
-        return Twin(twin.finish(), "int8", description, checkpoints=twin.checkpoints, source=float_source)
+        return Twin(
+            twin.finish(),
+            "int8",
+            description,
+            checkpoints=twin.checkpoints,
+            layer_outputs=twin.layer_outputs,
+            source=float_source,
+        )
 
     def _trial(self, model: ir.Model, schemes: Mapping[str, str], batches, reference) -> Drift:
         """The drift of ``model`` with each layer named in ``schemes`` written in its scheme (the rest float)."""

@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript import version_converter
 
-from passes._layers import Layer, find_layers
+from passes._layers import Layer, bias_add, find_layers
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.quantization._int8 import ROW_LEVELS, ROW_SCALE_FLOOR, QuantizedWeight
 
@@ -52,6 +52,7 @@ class Int8Twin:
         self._dequantized: dict[str, ir.Value] = {}
         self._sources: dict[int, ir.Value] = {}
         self._checkpoints: dict[str, None] = {}
+        self._layer_outputs: dict[tuple[str, str], None] = {}
 
     def layers(self, kinds: Iterable[str], names: Iterable[str]) -> list[Layer]:
         """The twin's layers named ``names`` (of the given kinds), in graph order."""
@@ -60,12 +61,23 @@ class Int8Twin:
         for layer in layers:
             if layer.activation is not None and layer.activation.name:
                 self._checkpoints[layer.activation.name] = None
+                if _probed(layer):
+                    # A bias Add after the MatMul may be absorbed into the realization's kernel, its output kept.
+                    following = bias_add(layer)
+                    output = following[1].outputs[0] if following is not None else layer.node.outputs[0]
+                    self._layer_outputs[(layer.activation.name, output.name)] = None
         return layers
 
     @property
     def checkpoints(self) -> tuple[str, ...]:
         """The float activations the twin's layers read, in graph order (``optimizer.protocol.Twin.checkpoints``)."""
         return tuple(self._checkpoints)
+
+    @property
+    def layer_outputs(self) -> tuple[tuple[str, str], ...]:
+        """Each MatMul or Gemm layer's (activation, output) names, in graph order, the output after the layer's bias
+        Add where it has one (``optimizer.protocol.Twin.layer_outputs``)."""
+        return tuple(self._layer_outputs)
 
     def quantize_input(
         self, layer: Layer, scale: np.floating | None = None, zero_point: np.integer | None = None
@@ -113,8 +125,8 @@ class Int8Twin:
 
     def follow_output(self, node: ir.Node, added: Sequence[ir.Node], suffix: str) -> None:
         """Insert ``added`` (which read ``node``'s first output) after ``node``, the last one's output standing
-        for that output from then on: for every other user, and as the graph output under its name (the
-        first output is renamed with ``suffix``)."""
+        for that output from then on: for every other user, under its name (the first output is renamed with
+        ``suffix``), and as the graph output."""
         output = node.outputs[0]
         ours = {id(made) for made in added}
         users = [(user, index) for user, index in output.uses() if id(user) not in ours]
@@ -123,11 +135,12 @@ class Int8Twin:
         self.model.graph.insert_after(node, added)
         for user, index in users:
             user.replace_input_with(index, result)
+        name = output.name
+        output.name = f"{name}.{suffix}"
+        result.name = name
         if output.is_graph_output():
             outputs = self.model.graph.outputs
-            position = list(outputs).index(output)
-            result.name, output.name = output.name, f"{output.name}.{suffix}"
-            outputs[position] = result
+            outputs[list(outputs).index(output)] = result
 
     def quantize_output(self, node: ir.Node, scale: np.floating, zero_point: np.uint8) -> None:
         """Route every user of ``node``'s first output through one quantize-dequantize pair (a requantized output)."""
@@ -215,6 +228,15 @@ class Int8Twin:
         self._dequantized[value.name] = dequantize.outputs[0]
         self._sources[id(dequantize.outputs[0])] = value
         return dequantize.outputs[0]
+
+
+def _probed(layer: Layer) -> bool:
+    """Whether ``optimizer.layer_probe`` can feed ``layer`` probe rows: a MatMul or Gemm reading its activation as
+    the left operand, untransposed."""
+    node = layer.node
+    if layer.kind not in ("matmul", "gemm") or node.inputs[0] is not layer.activation:
+        return False
+    return not (layer.kind == "gemm" and node.attributes.get_int("transA", 0))
 
 
 def round_to_float16(array: np.ndarray) -> np.ndarray:

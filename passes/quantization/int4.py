@@ -611,7 +611,13 @@ class Int4QuantizationPass(QuantizationPass):
                 return self._twin(spare.clone(), names, smoothed=smoothed, rounded_inputs=False)
 
         return Twin(
-            twin.finish(), kind, description, checkpoints=twin.checkpoints, source=float_source, unrounded=unrounded
+            twin.finish(),
+            kind,
+            description,
+            checkpoints=twin.checkpoints,
+            layer_outputs=twin.layer_outputs,
+            source=float_source,
+            unrounded=unrounded,
         )
 
     def _sensitivity(self, model: ir.Model, layers: list[Layer], batches, reference) -> dict[str, float]:

@@ -1,0 +1,268 @@
+"""Each quantized layer run alone on probe rows that no kernel rounds: the weights it computes with, against its twin's.
+
+The twin check compares whole models on real inputs, where the kernels' int8 rounding of
+each activation makes the result stray from its twin at ties; the tolerance that forgives
+those strays also forgives a layer whose weights are a few percent off where the error
+acts through a softmax (a query projection's gain changes the attention's temperature,
+no gain or offset of any checkpoint the segment check sums). A layer's weights are
+checked exactly instead: the subgraph that computes the layer's output from its input
+activation is cut out of the result and of its twin, and both are fed rows
+``v·e_i`` and ``-v/2·e_i`` (``e_i`` the unit vectors, ``v`` the activation's largest
+magnitude on the first input set) and one zero row. Every quantization the passes write
+maps such rows onto its grid exactly (per tensor, per row, per block: the one nonzero
+value is the row's or block's maximum, and the range [-v/2, v] puts the uint8 zero point
+at 85, no tie), and each output element is then one weight times one input, so the
+result must give its twin's values to float32 rounding: row ``i`` is ``v`` times the
+``i``-th row of the weight the layer computes with, the zero row its bias. A scale,
+zero point, block offset or packing off anywhere, by any amount past rounding, differs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from optimizer.errors import RuntimeRefusedError
+from optimizer.runtime import inference_session, run_session
+
+logger = logging.getLogger(__name__)
+
+# A probe output element may differ from its twin's by this fraction of its output column's largest magnitude
+# (over the probe rows: one output feature). Correct int8 and int4 results on every fixture and MiniLM stay
+# within 4.2e-7 (float32 rounding of a product of scales, and of the bias added); a block's scale 0.1 % off
+# moves its elements by 1e-3 of their own magnitude.
+PROBE_TOLERANCE = 1e-5
+# The most bytes of layer outputs one probe run computes (each side): a vocabulary's LM head on every input
+# channel at once would be gigabytes.
+PROBE_BYTES = 256 * 2**20
+
+
+def probe_rows(example: np.ndarray, first: int = 0, count: int | None = None) -> np.ndarray | None:
+    """The probe for an activation shaped like ``example`` (``[..., K]``, float): ``[v·I; -v/2·I; 0]`` over its
+    last axis, as ``[1, ..., 2K + 1, K]`` of its rank and dtype, ``v`` its largest finite magnitude (1 if none);
+    None for a scalar or vector (no rows to probe). With ``first`` and ``count``, only the unit rows of channels
+    ``first`` to ``first + count`` (the last ``count`` channels where ``first`` is past them): the same range, so
+    the same quantization, in fewer rows."""
+    if example.ndim < 2 or example.dtype.kind != "f" or example.shape[-1] == 0:
+        return None
+    finite = np.abs(example[np.isfinite(example)])
+    v = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    k = example.shape[-1]
+    count = k if count is None else max(1, min(count, k))
+    first = min(first, k - count)
+    identity = np.eye(k, dtype=np.float64)[first : first + count]
+    rows = np.concatenate([v * identity, -0.5 * v * identity, np.zeros((1, k))]).astype(example.dtype)
+    return rows.reshape((1,) * (example.ndim - 2) + rows.shape)
+
+
+def probe_model(
+    model: ir.Model, pairs: Sequence[tuple[str, str]], examples: Mapping[str, np.ndarray]
+) -> tuple[ir.Model, list[tuple[str, str]]]:
+    """A copy of ``model`` whose inputs are the activations of ``pairs`` (activation, layer output; each typed
+    and ranked as its value in ``examples``) and whose outputs are the layer outputs that depend on those
+    activations and constants alone, with those pairs.
+
+    A layer whose output also reads another graph input (an attention mask, a cache) or is computed inside a
+    subgraph is left out, as is one whose tensors ``model`` does not hold under those names."""
+    probe = model.clone()
+    graph = probe.graph
+    produced = {v.name: v for node in graph for v in node.outputs}
+    inputs = {v.name: v for v in graph.inputs}
+    fed: dict[str, ir.Value] = {}
+    for activation in dict.fromkeys(a for a, _ in pairs):
+        example = examples[activation]
+        if activation in inputs:
+            fed[activation] = inputs[activation]
+        elif activation in produced:
+            computed = produced[activation]
+            value = ir.Value(
+                name=activation,
+                type=ir.TensorType(ir.DataType.from_numpy(example.dtype)),
+                shape=ir.Shape([None] * example.ndim),
+            )
+            computed.name = f"{activation}::graphopt_probe_cut"
+            computed.replace_all_uses_with(value)
+            fed[activation] = value
+    free = {id(v) for v in graph.inputs if v.const_value is None and v.name not in fed}
+    kept, outputs = [], []
+    for activation, output in pairs:
+        value = produced.get(output)  # computed, though another layer's activation cut there (a low-rank pair)
+        if activation not in fed or value is None or value in outputs or value.is_graph_input():
+            continue
+        if _reads_only(value, {id(fed[activation])}, free, {id(v) for v in fed.values()}):
+            kept.append((activation, output))
+            outputs.append(value)
+    for (_, output), value in zip(kept, outputs):
+        value.name = _probed_output(output)
+    graph.outputs.clear()
+    graph.outputs.extend(outputs)
+    graph.inputs.clear()
+    graph.inputs.extend(fed.values())
+    RemoveUnusedNodesPass()(probe)
+    for node in graph:  # shapes recorded for the real inputs' sequence length would be enforced on the probe's
+        for value in node.outputs:
+            value.shape = None
+    used = [value for value in fed.values() if value.uses()]
+    graph.inputs.clear()
+    graph.inputs.extend(used)
+    return probe, kept
+
+
+def _probed_output(name: str) -> str:
+    """A layer output's name in a probe model (distinct from the activation fed there if the next layer reads it)."""
+    return f"{name}::graphopt_probed"
+
+
+def _reads_only(value: ir.Value, own: set[int], free: set[int], activations: set[int]) -> bool:
+    """Whether ``value`` is computed from the activation ``own`` and constants alone: the walk back stops at
+    any activation; it fails at another activation, a free graph input or a node with a subgraph."""
+    stack, seen = [value], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if id(current) in activations:
+            if id(current) not in own:
+                return False
+            continue
+        if id(current) in free:
+            return False
+        node = current.producer()
+        if node is None:
+            continue  # an initializer or constant
+        if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
+            return False
+        stack.extend(v for v in node.inputs if v is not None)
+    return True
+
+
+def layer_probe_failure(
+    candidate: ir.Model,
+    twin: ir.Model,
+    pairs: Sequence[tuple[str, str]],
+    examples: Mapping[str, np.ndarray],
+) -> tuple[str, int]:
+    """Why a layer of ``candidate`` computes with other weights than its ``twin`` says, or "", and how many layers
+    were probed.
+
+    ``pairs`` are (activation, layer output) names held by both models; ``examples`` each activation's value on
+    real inputs (its rank, width and magnitude: ``probe_rows``). Only layers both models compute from their
+    activation and constants alone are probed. The candidate runs as deployed (ORT_ENABLE_ALL), the twin as
+    written, both on the input channels a chunk at a time: at most ``PROBE_BYTES`` of outputs per run."""
+    pairs = [(a, o) for a, o in pairs if a in examples and probe_rows(examples[a]) is not None]
+    if not pairs:
+        return "", 0
+    result_probe, kept = probe_model(candidate, pairs, examples)
+    twin_probe, twin_kept = probe_model(twin, kept, examples)
+    kept = [pair for pair in kept if pair in set(twin_kept)]
+    if not kept:
+        return "", 0
+    names = [_probed_output(output) for _, output in kept]
+    _keep_outputs(result_probe, names)
+    _keep_outputs(twin_probe, names)
+    activations = list(dict.fromkeys(activation for activation, _ in kept))
+    widest = max(examples[activation].shape[-1] for activation in activations)
+    columns = {output: _Columns() for _, output in kept}
+    try:
+        with (
+            inference_session(result_probe, optimization_level="all") as result_session,
+            inference_session(twin_probe) as twin_session,
+        ):
+            first, count = 0, 1  # one channel first: it tells each output's width, and so the chunk
+            while first < widest:
+                feeds = {a: probe_rows(examples[a], first, count) for a in activations}
+                actual, expected = run_session(result_session, feeds), run_session(twin_session, feeds)
+                for activation, output in kept:
+                    name = _probed_output(output)
+                    failure = columns[output].add(expected[name], actual[name])
+                    if failure:
+                        return _failure(output, failure, feeds[activation]), len(kept)
+                if first == 0:
+                    width = sum(expected[name].shape[-1] for name in names)
+                    count = max(1, PROBE_BYTES // (2 * 4 * max(width, 1)))
+                    first = 1
+                else:
+                    first += count
+    except RuntimeRefusedError as error:
+        logger.info("layer probe not run: %s", error.reason)
+        return "", 0
+    for activation, output in kept:
+        failure = columns[output].verdict()
+        if failure:
+            return _failure(output, failure, probe_rows(examples[activation], 0, 1)), len(kept)
+    return "", len(kept)
+
+
+def _failure(output: str, failure: str, rows: np.ndarray) -> str:
+    return (
+        f"the layer computing '{output}' uses other weights than its twin's: fed rows that no quantization rounds "
+        f"(each input channel alone at {float(np.abs(rows).max()):.3g}, and zero), it {failure}: its scales, zero "
+        "points or packing are not the ones the pass claims"
+    )
+
+
+def _keep_outputs(model: ir.Model, names: Sequence[str]) -> None:
+    wanted = set(names)
+    kept = [value for value in model.graph.outputs if value.name in wanted]
+    model.graph.outputs.clear()
+    model.graph.outputs.extend(kept)
+    RemoveUnusedNodesPass()(model)
+    used = [value for value in model.graph.inputs if value.uses()]
+    model.graph.inputs.clear()
+    model.graph.inputs.extend(used)
+
+
+class _Columns:
+    """One probed output's columns over every chunk of probe rows: each column's largest magnitude in the twin's
+    output and largest gap between the two, with the values where that gap is."""
+
+    def __init__(self) -> None:
+        self.peak: np.ndarray | None = None
+        self.gap: np.ndarray | None = None
+        self.at: np.ndarray | None = None  # per column: (actual, expected) where its gap is largest
+
+    def add(self, expected: np.ndarray, actual: np.ndarray) -> str:
+        """Take in one chunk's outputs; what no rounding explains (a shape or dtype apart, NaN or infinity where
+        the other has none) at once, else ""."""
+        if expected.shape != actual.shape or expected.dtype != actual.dtype:
+            return f"is {actual.dtype}{list(actual.shape)} where its twin's is {expected.dtype}{list(expected.shape)}"
+        if expected.ndim == 0 or expected.size == 0:
+            return ""
+        finite = np.isfinite(expected)
+        if not np.array_equal(finite, np.isfinite(actual)):
+            return "is NaN or infinite where its twin's is not (or the other way)"
+        e = np.where(finite, expected, 0).astype(np.float32).reshape(-1, expected.shape[-1])
+        a = np.where(finite, actual, 0).astype(np.float32).reshape(-1, expected.shape[-1])
+        gap = np.abs(a - e)
+        rows = np.argmax(gap, axis=0)
+        width = np.arange(gap.shape[1])
+        chunk_gap, at = gap[rows, width], np.stack([a[rows, width], e[rows, width]], axis=1)
+        peak = np.max(np.abs(e), axis=0)
+        if self.peak is None or self.peak.shape != peak.shape:
+            if self.peak is not None:
+                return f"has {peak.size} columns on some probe rows and {self.peak.size} on others"
+            self.peak, self.gap, self.at = peak, chunk_gap, at
+            return ""
+        np.maximum(self.peak, peak, out=self.peak)
+        larger = chunk_gap > self.gap
+        self.gap[larger], self.at[larger] = chunk_gap[larger], at[larger]
+        return ""
+
+    def verdict(self) -> str:
+        """How the columns differ past ``PROBE_TOLERANCE`` of their peaks, or ""."""
+        if self.peak is None:
+            return ""
+        ratio = self.gap / np.maximum(self.peak, np.finfo(np.float32).tiny)
+        if ratio.max() <= PROBE_TOLERANCE:
+            return ""
+        column = int(np.argmax(ratio))
+        actual, expected = self.at[column]
+        return (
+            f"differs in column {column} by {ratio[column]:.3g} of that column's largest value ({actual:.7g} where "
+            f"the twin gives {expected:.7g}; float32 rounding stays within {PROBE_TOLERANCE:g})"
+        )
