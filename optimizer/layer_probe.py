@@ -15,12 +15,17 @@ at 85, no tie), and each output element is then one weight times one input, so t
 result must give its twin's values to float32 rounding: row ``i`` is ``v`` times the
 ``i``-th row of the weight the layer computes with, the zero row its bias. A scale,
 zero point, block offset or packing off anywhere, by any amount past rounding, differs.
+
+A Conv (static int8 only) is fed its real input from the first input set instead: there the
+activation goes through a ``QuantizeLinear`` at the calibrated scale, the same op in the
+result and the twin, so both convolve the same integers, and each output channel must match
+(the fixtures and PP-OCR's 53 convolutions: bit for bit).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -43,11 +48,11 @@ PROBE_BYTES = 256 * 2**20
 
 def probe_rows(example: np.ndarray, first: int = 0, count: int | None = None) -> np.ndarray | None:
     """The probe for an activation shaped like ``example`` (``[..., K]``, float): ``[v·I; -v/2·I; 0]`` over its
-    last axis, as ``[1, ..., 2K + 1, K]`` of its rank and dtype, ``v`` its largest finite magnitude (1 if none);
-    None for a scalar or vector (no rows to probe). With ``first`` and ``count``, only the unit rows of channels
-    ``first`` to ``first + count`` (the last ``count`` channels where ``first`` is past them): the same range, so
-    the same quantization, in fewer rows."""
-    if example.ndim < 2 or example.dtype.kind != "f" or example.shape[-1] == 0:
+    last axis, as ``[1, ..., 2K + 1, K]`` of its rank (at least 2: a vector's layer gets rows too) and dtype,
+    ``v`` its largest finite magnitude (1 if none); None for a scalar. With ``first`` and ``count``, only the unit
+    rows of channels ``first`` to ``first + count`` (the last ``count`` channels where ``first`` is past them):
+    the same range, so the same quantization, in fewer rows."""
+    if example.ndim < 1 or example.dtype.kind != "f" or example.shape[-1] == 0:
         return None
     finite = np.abs(example[np.isfinite(example)])
     v = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
@@ -59,6 +64,12 @@ def probe_rows(example: np.ndarray, first: int = 0, count: int | None = None) ->
     return rows.reshape((1,) * (example.ndim - 2) + rows.shape)
 
 
+def _zero_row(example: np.ndarray) -> np.ndarray:
+    """One zero row shaped for ``example``'s probe: what an activation whose channels are all probed is fed while
+    a wider one's are (its layer's bias, again)."""
+    return np.zeros((1,) * (max(example.ndim, 2) - 1) + example.shape[-1:], dtype=example.dtype)
+
+
 def probe_model(
     model: ir.Model, pairs: Sequence[tuple[str, str]], examples: Mapping[str, np.ndarray]
 ) -> tuple[ir.Model, list[tuple[str, str]]]:
@@ -67,7 +78,9 @@ def probe_model(
     activations and constants alone, with those pairs.
 
     A layer whose output also reads another graph input (an attention mask, a cache) or is computed inside a
-    subgraph is left out, as is one whose tensors ``model`` does not hold under those names."""
+    subgraph is left out, as is one whose tensors ``model`` does not hold under those names. Every fed value has
+    unknown dims (a graph input's declared ones would refuse the probe's rows), of the example's rank, or 2 for a
+    vector (``probe_rows``)."""
     probe = model.clone()
     graph = probe.graph
     produced = {v.name: v for node in graph for v in node.outputs}
@@ -75,19 +88,18 @@ def probe_model(
     fed: dict[str, ir.Value] = {}
     for activation in dict.fromkeys(a for a, _ in pairs):
         example = examples[activation]
-        if activation in inputs:
-            fed[activation] = inputs[activation]
-        elif activation in produced:
-            computed = produced[activation]
-            value = ir.Value(
-                name=activation,
-                type=ir.TensorType(ir.DataType.from_numpy(example.dtype)),
-                shape=ir.Shape([None] * example.ndim),
-            )
-            computed.name = f"{activation}::graphopt_probe_cut"
-            computed.replace_all_uses_with(value)
-            fed[activation] = value
-    free = {id(v) for v in graph.inputs if v.const_value is None and v.name not in fed}
+        replaced = inputs.get(activation) or produced.get(activation)
+        if replaced is None:
+            continue
+        value = ir.Value(
+            name=activation,
+            type=ir.TensorType(ir.DataType.from_numpy(example.dtype)),
+            shape=ir.Shape([None] * max(example.ndim, 2)),
+        )
+        replaced.name = f"{activation}::graphopt_probe_cut"
+        replaced.replace_all_uses_with(value)
+        fed[activation] = value
+    free = {id(v) for v in graph.inputs if v.const_value is None}
     kept, outputs = [], []
     for activation, output in pairs:
         value = produced.get(output)  # computed, though another layer's activation cut there (a low-rank pair)
@@ -151,58 +163,136 @@ def layer_probe_failure(
     were probed.
 
     ``pairs`` are (activation, layer output) names held by both models; ``examples`` each activation's value on
-    real inputs (its rank, width and magnitude: ``probe_rows``). Only layers both models compute from their
-    activation and constants alone are probed. The candidate runs as deployed (ORT_ENABLE_ALL), the twin as
-    written, both on the input channels a chunk at a time: at most ``PROBE_BYTES`` of outputs per run."""
-    pairs = [(a, o) for a, o in pairs if a in examples and probe_rows(examples[a]) is not None]
+    real inputs. Only layers both models compute from their activation and constants alone are probed. The
+    candidate runs as deployed (ORT_ENABLE_ALL), the twin as written. A MatMul or Gemm is fed probe rows
+    (``probe_rows``), a chunk of input channels at a time, at most ``PROBE_BYTES`` of outputs per run. A Conv
+    (static int8: its input goes through a QuantizeLinear at the calibrated scale, the same op in both models,
+    so the same integers) is fed its real input, and compared per output channel."""
+    convolved = {node.outputs[0].name for node in twin.graph if node.op_type == "Conv"}
+    real = [(a, o) for a, o in pairs if o in convolved and a in examples and examples[a].dtype.kind == "f"]
+    read_by_conv = {a for a, _ in real}
+    rows = [
+        (a, o)
+        for a, o in pairs
+        if o not in convolved and a in examples and a not in read_by_conv and probe_rows(examples[a]) is not None
+    ]
+    probed = 0
+    for probe, group in ((_probe_with_rows, rows), (_probe_with_real_inputs, real)):
+        failure, count = _each_refusal_apart(probe, candidate, twin, group, examples)
+        probed += count
+        if failure:
+            return failure, probed
+    return "", probed
+
+
+def _each_refusal_apart(
+    probe: Callable[..., tuple[str, int]],
+    candidate: ir.Model,
+    twin: ir.Model,
+    pairs: Sequence[tuple[str, str]],
+    examples: Mapping[str, np.ndarray],
+) -> tuple[str, int]:
+    """``probe`` on every pair at once; where ONNX Runtime refuses that, on each activation's pairs alone, so
+    that one layer it cannot run on probe rows leaves the others probed (each refusal logged)."""
+    try:
+        return probe(candidate, twin, pairs, examples)
+    except RuntimeRefusedError as error:
+        groups = list(dict.fromkeys(activation for activation, _ in pairs))
+        if len(groups) == 1:
+            logger.info("layers reading %s not probed: %s", groups[0], error.reason)
+            return "", 0
+    probed = 0
+    for activation in groups:
+        failure, count = _each_refusal_apart(probe, candidate, twin, [p for p in pairs if p[0] == activation], examples)
+        probed += count
+        if failure:
+            return failure, probed
+    return "", probed
+
+
+def _probe_models(
+    candidate: ir.Model, twin: ir.Model, pairs: Sequence[tuple[str, str]], examples: Mapping[str, np.ndarray]
+) -> tuple[ir.Model, ir.Model, list[tuple[str, str]]]:
+    """The probe models of ``candidate`` and ``twin`` (``probe_model``) for the pairs both can probe, and those."""
     if not pairs:
-        return "", 0
+        return candidate, twin, []
     result_probe, kept = probe_model(candidate, pairs, examples)
     twin_probe, twin_kept = probe_model(twin, kept, examples)
     kept = [pair for pair in kept if pair in set(twin_kept)]
-    if not kept:
-        return "", 0
     names = [_probed_output(output) for _, output in kept]
     _keep_outputs(result_probe, names)
     _keep_outputs(twin_probe, names)
+    return result_probe, twin_probe, kept
+
+
+def _probe_with_rows(
+    candidate: ir.Model, twin: ir.Model, pairs: Sequence[tuple[str, str]], examples: Mapping[str, np.ndarray]
+) -> tuple[str, int]:
+    result_probe, twin_probe, kept = _probe_models(candidate, twin, pairs, examples)
+    if not kept:
+        return "", 0
+    names = [_probed_output(output) for _, output in kept]
     activations = list(dict.fromkeys(activation for activation, _ in kept))
     widest = max(examples[activation].shape[-1] for activation in activations)
-    columns = {output: _Columns() for _, output in kept}
-    try:
-        with (
-            inference_session(result_probe, optimization_level="all") as result_session,
-            inference_session(twin_probe) as twin_session,
-        ):
-            first, count = 0, 1  # one channel first: it tells each output's width, and so the chunk
-            while first < widest:
-                feeds = {a: probe_rows(examples[a], first, count) for a in activations}
-                actual, expected = run_session(result_session, feeds), run_session(twin_session, feeds)
-                for activation, output in kept:
-                    name = _probed_output(output)
-                    failure = columns[output].add(expected[name], actual[name])
-                    if failure:
-                        return _failure(output, failure, feeds[activation]), len(kept)
-                if first == 0:
-                    width = sum(expected[name].shape[-1] for name in names)
-                    count = max(1, PROBE_BYTES // (2 * 4 * max(width, 1)))
-                    first = 1
-                else:
-                    first += count
-    except RuntimeRefusedError as error:
-        logger.info("layer probe not run: %s", error.reason)
-        return "", 0
+    columns = {output: _Columns(-1) for _, output in kept}
+    with (
+        inference_session(result_probe, optimization_level="all") as result_session,
+        inference_session(twin_probe) as twin_session,
+    ):
+        first, count = 0, 1  # one channel first: it tells each output's width, and so the chunk
+        while first < widest:
+            feeds = {
+                a: probe_rows(examples[a], first, count) if first < examples[a].shape[-1] else _zero_row(examples[a])
+                for a in activations
+            }
+            actual, expected = run_session(result_session, feeds), run_session(twin_session, feeds)
+            for activation, output in kept:
+                name = _probed_output(output)
+                failure = columns[output].add(expected[name], actual[name])
+                if failure:
+                    return _failure(output, failure, _rows_fed(probe_rows(examples[activation]))), len(kept)
+            if first == 0:
+                width = sum(expected[name].shape[-1] for name in names)
+                count = max(1, PROBE_BYTES // (2 * 4 * max(width, 1)))
+                first = 1
+            else:
+                first += count
     for activation, output in kept:
         failure = columns[output].verdict()
         if failure:
-            return _failure(output, failure, probe_rows(examples[activation], 0, 1)), len(kept)
+            return _failure(output, failure, _rows_fed(probe_rows(examples[activation], 0, 1))), len(kept)
     return "", len(kept)
 
 
-def _failure(output: str, failure: str, rows: np.ndarray) -> str:
+def _probe_with_real_inputs(
+    candidate: ir.Model, twin: ir.Model, pairs: Sequence[tuple[str, str]], examples: Mapping[str, np.ndarray]
+) -> tuple[str, int]:
+    result_probe, twin_probe, kept = _probe_models(candidate, twin, pairs, examples)
+    if not kept:
+        return "", 0
+    feeds = {activation: examples[activation] for activation, _ in kept}
+    with inference_session(result_probe, optimization_level="all") as session:
+        actual = run_session(session, feeds)
+    with inference_session(twin_probe) as session:
+        expected = run_session(session, feeds)
+    fed = "its real input on the first input set (quantized by the same QuantizeLinear in both)"
+    for _, output in kept:
+        name = _probed_output(output)
+        columns = _Columns(1)
+        failure = columns.add(expected[name], actual[name]) or columns.verdict()
+        if failure:
+            return _failure(output, failure.replace("column", "channel"), fed), len(kept)
+    return "", len(kept)
+
+
+def _rows_fed(rows: np.ndarray) -> str:
+    return f"rows that no quantization rounds (each input channel alone at {float(np.abs(rows).max()):.3g}, and zero)"
+
+
+def _failure(output: str, failure: str, fed: str) -> str:
     return (
-        f"the layer computing '{output}' uses other weights than its twin's: fed rows that no quantization rounds "
-        f"(each input channel alone at {float(np.abs(rows).max()):.3g}, and zero), it {failure}: its scales, zero "
-        "points or packing are not the ones the pass claims"
+        f"the layer computing '{output}' uses other weights than its twin's: fed {fed}, it {failure}: its scales, "
+        "zero points or packing are not the ones the pass claims"
     )
 
 
@@ -218,10 +308,12 @@ def _keep_outputs(model: ir.Model, names: Sequence[str]) -> None:
 
 
 class _Columns:
-    """One probed output's columns over every chunk of probe rows: each column's largest magnitude in the twin's
-    output and largest gap between the two, with the values where that gap is."""
+    """One probed output's columns (along ``axis``: a MatMul's last, a Conv's channels) over every chunk of probe
+    rows: each column's largest magnitude in the twin's output and largest gap between the two, with the values
+    where that gap is."""
 
-    def __init__(self) -> None:
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
         self.peak: np.ndarray | None = None
         self.gap: np.ndarray | None = None
         self.at: np.ndarray | None = None  # per column: (actual, expected) where its gap is largest
@@ -236,8 +328,9 @@ class _Columns:
         finite = np.isfinite(expected)
         if not np.array_equal(finite, np.isfinite(actual)):
             return "is NaN or infinite where its twin's is not (or the other way)"
-        e = np.where(finite, expected, 0).astype(np.float32).reshape(-1, expected.shape[-1])
-        a = np.where(finite, actual, 0).astype(np.float32).reshape(-1, expected.shape[-1])
+        axis = self.axis % expected.ndim
+        e = np.moveaxis(np.where(finite, expected, 0).astype(np.float32), axis, -1).reshape(-1, expected.shape[axis])
+        a = np.moveaxis(np.where(finite, actual, 0).astype(np.float32), axis, -1).reshape(-1, expected.shape[axis])
         gap = np.abs(a - e)
         rows = np.argmax(gap, axis=0)
         width = np.arange(gap.shape[1])

@@ -78,9 +78,10 @@ class Twin:
       through a deep model past the end-to-end tolerance, the result is checked segment by
       segment instead: each segment between checkpoints is fed the twin's values and held
       to the twin at the same tolerance (``Verifier.check_twin``).
-    - ``layer_outputs``: (activation, output) names of the quantized MatMul and Gemm layers, held
-      under those names by the result and the twin: each layer is also run alone on probe rows no
-      kernel rounds, and must compute its twin's weights to float32 rounding (``optimizer.layer_probe``).
+    - ``layer_outputs``: (activation, output) names of the quantized MatMul, Gemm and Conv layers,
+      held under those names by the result and the twin: each layer is also run alone (on probe rows
+      no kernel rounds; a Conv on its real input) and must compute its twin's weights to float32
+      rounding (``optimizer.layer_probe``).
     - ``source``: the float model the twin approximates, where that is not the pass's
       input (SmoothQuant rescaled it first); None means the pass's input.
     - ``unrounded``: for an ``"int4"`` twin whose kernels round their inputs (accuracy_level

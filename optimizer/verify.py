@@ -1103,9 +1103,9 @@ class Verifier:
         return True
 
     def check_twin(self, candidate: ir.Model, twin: Twin, base: ir.Model | None = None) -> VerificationResult:
-        """Each quantized MatMul/Gemm layer of ``candidate`` run alone on probe rows that no kernel rounds against
-        its ``twin``'s (``optimizer.layer_probe``: its weights, exactly), then the whole model against the twin
-        (``_check_twin_outputs``)."""
+        """Each quantized MatMul, Gemm or Conv layer of ``candidate`` run alone against its ``twin``'s (on probe rows
+        that no kernel rounds, a Conv on its real input: ``optimizer.layer_probe``, its weights exactly), then the
+        whole model against the twin (``_check_twin_outputs``)."""
         probed = 0
         if twin.layer_outputs:
             failure, probed = self._probe_layers(candidate, twin)

@@ -9,10 +9,10 @@ import pytest
 
 from optimizer import layer_probe
 from optimizer.api import optimize_with_report
-from passes.quantization import dynamic, int4
+from passes.quantization import dynamic, int4, static
 from passes.quantization.dynamic import DynamicQuantizationPass
 from tests.helpers import FIXTURES
-from tests.real_models import MINILM_MISSING, minilm_path, minilm_sentences
+from tests.real_models import MINILM_MISSING, PPOCR_CLS, minilm_path, minilm_sentences, ppocr_lines
 
 LLAMA = "llama_kv_legacy.onnx"
 LLAMA_Q = "/model/model/layers.0/self_attn/q_proj/MatMul"
@@ -33,7 +33,8 @@ def test_probe_rows_put_each_channel_alone_at_the_activations_peak_then_minus_ha
     np.testing.assert_array_equal(rows[0, :3], 3.0 * np.eye(3))
     np.testing.assert_array_equal(rows[0, 3:6], -1.5 * np.eye(3))
     np.testing.assert_array_equal(rows[0, 6], np.zeros(3))
-    assert layer_probe.probe_rows(np.zeros((4,), np.float32)) is None  # no rows
+    assert layer_probe.probe_rows(np.ones((4,), np.float32)).shape == (9, 4)  # a vector's layer: rows too
+    assert layer_probe.probe_rows(np.zeros((), np.float32)) is None
     assert layer_probe.probe_rows(np.zeros((2, 3), np.int64)) is None
     assert layer_probe.probe_rows(np.zeros((2, 3), np.float32))[0, 0] == 1.0  # all zero: unit rows
 
@@ -73,7 +74,7 @@ def test_probe_model_keeps_only_layers_computed_from_their_activation_and_consta
 
 
 def _verdict(*chunks) -> str:
-    columns = layer_probe._Columns()
+    columns = layer_probe._Columns(-1)
     for expected, actual in chunks:
         if failure := columns.add(expected, actual):
             return failure
@@ -170,7 +171,9 @@ def test_every_scheme_written_correctly_is_probed_and_applied(monkeypatch, schem
         ("gpt2_kv_legacy.onnx", {"quantize": "int4", "symmetric": True, "block_size": 128}, 8),
         ("bert_legacy.onnx", {"quantize": "dynamic"}, 6),  # Q/K/V inside QAttention read the mask: not probed
         ("distilbert_dynamo.onnx", {"quantize": "static"}, 6),
-        ("vit_legacy.onnx", {"quantize": "static"}, 6),
+        ("vit_legacy.onnx", {"quantize": "static"}, 7),  # its patch embedding's Conv too
+        ("resnet_legacy.onnx", {"quantize": "static"}, 6),
+        ("resnet_dynamo.onnx", {"quantize": "static"}, 6),
     ],
 )
 def test_correct_results_are_probed_and_applied(fixture, options, probed):
@@ -188,3 +191,30 @@ def test_minilms_real_weights_are_probed_and_applied(quantize):
     record = _record(report)
     assert record.status == "applied", record.detail
     assert "layers also run alone on probe rows" in record.twin, record.twin
+
+
+def test_ppocrs_convolutions_are_probed_on_their_real_inputs_and_applied():
+    _, report = optimize_with_report(ir.load(PPOCR_CLS), quantize="static", calibration=ppocr_lines("calibration"))
+    record = _record(report)
+    assert record.status == "applied", record.detail
+    assert "each of 54 layers also run alone" in record.twin, record.twin  # 53 Conv and the classifier's MatMul
+
+
+def test_one_conv_channels_weight_scale_a_tenth_of_a_percent_off_is_rolled_back(monkeypatch):
+    written = static.StaticQuantizationPass.quantize_layer
+    tampered = []
+
+    def quantize_layer(self, graph, layer):
+        written(self, graph, layer)
+        if layer.kind == "conv" and not tampered:
+            value = graph.initializers[f"{layer.node.name}.weight_scale"]
+            scales = value.const_value.numpy().copy()
+            scales.reshape(-1)[0] *= np.float32(1.001)
+            value.const_value = ir.tensor(scales, name=value.name)
+            tampered.append(layer.node.name)
+
+    monkeypatch.setattr(static.StaticQuantizationPass, "quantize_layer", quantize_layer)
+    _, report = optimize_with_report(ir.load(PPOCR_CLS), quantize="static", calibration=ppocr_lines("calibration"))
+    record = _record(report)
+    assert tampered and record.status == "rolled back", record.twin
+    assert "uses other weights than its twin's" in record.detail and "differs in channel 0" in record.detail

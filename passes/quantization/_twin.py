@@ -75,8 +75,8 @@ class Int8Twin:
 
     @property
     def layer_outputs(self) -> tuple[tuple[str, str], ...]:
-        """Each MatMul or Gemm layer's (activation, output) names, in graph order, the output after the layer's bias
-        Add where it has one (``optimizer.protocol.Twin.layer_outputs``)."""
+        """Each MatMul, Gemm or Conv layer's (activation, output) names, in graph order, the output after a MatMul's
+        bias Add where it has one (``optimizer.protocol.Twin.layer_outputs``)."""
         return tuple(self._layer_outputs)
 
     def quantize_input(
@@ -231,10 +231,10 @@ class Int8Twin:
 
 
 def _probed(layer: Layer) -> bool:
-    """Whether ``optimizer.layer_probe`` can feed ``layer`` probe rows: a MatMul or Gemm reading its activation as
-    the left operand, untransposed."""
+    """Whether ``optimizer.layer_probe`` can probe ``layer``: a MatMul or Gemm reading its activation as the left
+    operand, untransposed (probe rows), or a Conv (its real input, quantized by the same QuantizeLinear)."""
     node = layer.node
-    if layer.kind not in ("matmul", "gemm") or node.inputs[0] is not layer.activation:
+    if layer.kind not in ("matmul", "gemm", "conv") or node.inputs[0] is not layer.activation:
         return False
     return not (layer.kind == "gemm" and node.attributes.get_int("transA", 0))
 
