@@ -7,8 +7,8 @@ acts through a softmax (a query projection's gain changes the attention's temper
 no gain or offset of any checkpoint the segment check sums). A layer's weights are
 checked exactly instead: the subgraph that computes the layer's output from its input
 activation is cut out of the result and of its twin, and both are fed rows
-``v·e_i`` and ``-v/2·e_i`` (``e_i`` the unit vectors, ``v`` the activation's largest
-magnitude on the first input set) and one zero row. Every quantization the passes write
+``v·e_i`` (``e_i`` the unit vectors, ``v`` the activation's largest magnitude on the
+first input set), a row ``-v/2·e_j`` and a zero row. Every quantization the passes write
 maps such rows onto its grid exactly (per tensor, per row, per block: the one nonzero
 value is the row's or block's maximum, and the range [-v/2, v] puts the uint8 zero point
 at 85, no tie), and each output element is then one weight times one input, so the
@@ -47,11 +47,13 @@ PROBE_BYTES = 256 * 2**20
 
 
 def probe_rows(example: np.ndarray, first: int = 0, count: int | None = None) -> np.ndarray | None:
-    """The probe for an activation shaped like ``example`` (``[..., K]``, float): ``[v·I; -v/2·I; 0]`` over its
-    last axis, as ``[1, ..., 2K + 1, K]`` of its rank (at least 2: a vector's layer gets rows too) and dtype,
+    """The probe for an activation shaped like ``example`` (``[..., K]``, float): ``[v·I; -v/2·e_0; 0]`` over its
+    last axis, as ``[1, ..., K + 2, K]`` of its rank (at least 2: a vector's layer gets rows too) and dtype,
     ``v`` its largest finite magnitude (1 if none); None for a scalar. With ``first`` and ``count``, only the unit
-    rows of channels ``first`` to ``first + count`` (the last ``count`` channels where ``first`` is past them):
-    the same range, so the same quantization, in fewer rows."""
+    rows of channels ``first`` to ``first + count`` (the last ``count`` channels where ``first`` is past them),
+    the negative row on channel ``first``: the same range, so the same quantization, in fewer rows. One negative
+    row is enough: it sets a per-tensor zero point for every row beside it, and puts a negative input against
+    every output column."""
     if example.ndim < 1 or example.dtype.kind != "f" or example.shape[-1] == 0:
         return None
     finite = np.abs(example[np.isfinite(example)])
@@ -60,7 +62,7 @@ def probe_rows(example: np.ndarray, first: int = 0, count: int | None = None) ->
     count = k if count is None else max(1, min(count, k))
     first = min(first, k - count)
     identity = np.eye(k, dtype=np.float64)[first : first + count]
-    rows = np.concatenate([v * identity, -0.5 * v * identity, np.zeros((1, k))]).astype(example.dtype)
+    rows = np.concatenate([v * identity, -0.5 * v * identity[:1], np.zeros((1, k))]).astype(example.dtype)
     return rows.reshape((1,) * (example.ndim - 2) + rows.shape)
 
 
@@ -253,7 +255,7 @@ def _probe_with_rows(
                     return _failure(output, failure, _rows_fed(probe_rows(examples[activation]))), len(kept)
             if first == 0:
                 width = sum(expected[name].shape[-1] for name in names)
-                count = max(1, PROBE_BYTES // (2 * 4 * max(width, 1)))
+                count = max(1, PROBE_BYTES // (4 * max(width, 1)))
                 first = 1
             else:
                 first += count

@@ -26,14 +26,17 @@ def _record(report, prefix: str = "quantize"):
 # -- the probe itself ------------------------------------------------------------------------
 
 
-def test_probe_rows_put_each_channel_alone_at_the_activations_peak_then_minus_half_then_zero():
+def test_probe_rows_put_each_channel_alone_at_the_activations_peak_then_one_negative_row_then_zero():
     example = np.array([[[0.5, -3.0, 1.0]], [[2.0, 0.0, 0.25]]], dtype=np.float32)
     rows = layer_probe.probe_rows(example)
-    assert rows.shape == (1, 7, 3) and rows.dtype == np.float32
+    assert rows.shape == (1, 5, 3) and rows.dtype == np.float32
     np.testing.assert_array_equal(rows[0, :3], 3.0 * np.eye(3))
-    np.testing.assert_array_equal(rows[0, 3:6], -1.5 * np.eye(3))
-    np.testing.assert_array_equal(rows[0, 6], np.zeros(3))
-    assert layer_probe.probe_rows(np.ones((4,), np.float32)).shape == (9, 4)  # a vector's layer: rows too
+    np.testing.assert_array_equal(rows[0, 3], [-1.5, 0, 0])
+    np.testing.assert_array_equal(rows[0, 4], np.zeros(3))
+    chunk = layer_probe.probe_rows(example, 1, 1)  # channel 1 alone, its negative row too
+    np.testing.assert_array_equal(chunk[0], [[0, 3.0, 0], [0, -1.5, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(layer_probe.probe_rows(example, 5, 2)[0, 0], [0, 3.0, 0])  # past K: the last 2
+    assert layer_probe.probe_rows(np.ones((4,), np.float32)).shape == (6, 4)  # a vector's layer: rows too
     assert layer_probe.probe_rows(np.zeros((), np.float32)) is None
     assert layer_probe.probe_rows(np.zeros((2, 3), np.int64)) is None
     assert layer_probe.probe_rows(np.zeros((2, 3), np.float32))[0, 0] == 1.0  # all zero: unit rows
