@@ -214,26 +214,26 @@ def _each_refusal_apart(
 
 def _probe_models(
     candidate: ir.Model, twin: ir.Model, pairs: Sequence[tuple[str, str]], examples: Mapping[str, np.ndarray]
-) -> tuple[ir.Model, ir.Model, list[tuple[str, str]]]:
-    """The probe models of ``candidate`` and ``twin`` (``probe_model``) for the pairs both can probe, and those."""
+) -> tuple[ir.Model, ir.Model, list[tuple[str, str]], list[str]]:
+    """The probe models of ``candidate`` and ``twin`` (``probe_model``) for the pairs both can probe, those pairs,
+    and their outputs' names in the probe models."""
     if not pairs:
-        return candidate, twin, []
+        return candidate, twin, [], []
     result_probe, kept = probe_model(candidate, pairs, examples)
     twin_probe, twin_kept = probe_model(twin, kept, examples)
     kept = [pair for pair in kept if pair in set(twin_kept)]
     names = [_probed_output(output) for _, output in kept]
     _keep_outputs(result_probe, names)
     _keep_outputs(twin_probe, names)
-    return result_probe, twin_probe, kept
+    return result_probe, twin_probe, kept, names
 
 
 def _probe_with_rows(
     candidate: ir.Model, twin: ir.Model, pairs: Sequence[tuple[str, str]], examples: Mapping[str, np.ndarray]
 ) -> tuple[str, int]:
-    result_probe, twin_probe, kept = _probe_models(candidate, twin, pairs, examples)
+    result_probe, twin_probe, kept, names = _probe_models(candidate, twin, pairs, examples)
     if not kept:
         return "", 0
-    names = [_probed_output(output) for _, output in kept]
     activations = list(dict.fromkeys(activation for activation, _ in kept))
     widest = max(examples[activation].shape[-1] for activation in activations)
     columns = {output: _Columns(-1) for _, output in kept}
@@ -252,7 +252,7 @@ def _probe_with_rows(
                 name = _probed_output(output)
                 failure = columns[output].add(expected[name], actual[name])
                 if failure:
-                    return _failure(output, failure, _rows_fed(probe_rows(examples[activation]))), len(kept)
+                    return _failure(output, failure, _rows_fed(probe_rows(examples[activation], 0, 1))), len(kept)
             if first == 0:
                 width = sum(expected[name].shape[-1] for name in names)
                 count = max(1, PROBE_BYTES // (4 * max(width, 1)))
@@ -269,7 +269,7 @@ def _probe_with_rows(
 def _probe_with_real_inputs(
     candidate: ir.Model, twin: ir.Model, pairs: Sequence[tuple[str, str]], examples: Mapping[str, np.ndarray]
 ) -> tuple[str, int]:
-    result_probe, twin_probe, kept = _probe_models(candidate, twin, pairs, examples)
+    result_probe, twin_probe, kept, _ = _probe_models(candidate, twin, pairs, examples)
     if not kept:
         return "", 0
     feeds = {activation: examples[activation] for activation, _ in kept}

@@ -116,9 +116,9 @@ def test_a_large_layer_is_probed_a_chunk_of_channels_at_a_time_with_the_same_ver
 # -- through the pipeline --------------------------------------------------------------------
 
 
-def _scale_initializer(monkeypatch, owner, function: str, node_name: str, initializer: str, factor: float) -> None:
-    """After ``owner.function`` writes ``node_name``'s layer, its ``initializer`` times ``factor`` (the twin keeps
-    the pass's own values, as a packing or scale bug would leave them)."""
+def change_initializer(monkeypatch, owner, function: str, node_name: str, initializer: str, change) -> None:
+    """After ``owner.function`` writes ``node_name``'s layer, its ``initializer`` changed by ``change`` (a copy in,
+    an array out); the twin keeps the pass's own values, as a packing or scale bug would leave them."""
     written = getattr(owner, function)
 
     def tampered(*args, **kwargs):
@@ -127,10 +127,15 @@ def _scale_initializer(monkeypatch, owner, function: str, node_name: str, initia
         layer = next(a for a in args if hasattr(a, "node") and hasattr(a, "activation"))
         if layer.node.name == node_name and getattr(args[0], "_probe", None) is None:
             value = graph.initializers[f"{node_name}.{initializer}"]
-            value.const_value = ir.tensor(value.const_value.numpy() * np.float32(factor), name=value.name)
+            value.const_value = ir.tensor(change(value.const_value.numpy().copy()), name=value.name)
         return outcome
 
     monkeypatch.setattr(owner, function, tampered)
+
+
+def _scale_initializer(monkeypatch, owner, function: str, node_name: str, initializer: str, factor: float) -> None:
+    """``change_initializer`` multiplying by ``factor``."""
+    change_initializer(monkeypatch, owner, function, node_name, initializer, lambda array: array * np.float32(factor))
 
 
 @pytest.mark.parametrize("factor", [1.002, 0.995])

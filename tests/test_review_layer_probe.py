@@ -77,7 +77,7 @@ from passes.quantization import dynamic, int4
 from tests.helpers import FIXTURES
 from tests.passes.quantization import graphs
 from tests.passes.quantization.graphs import _model, weights
-from tests.test_layer_probe import _record, _scale_initializer
+from tests.test_layer_probe import _record, _scale_initializer, change_initializer
 
 
 def _fixed_input(model: ir.Model, dims: list) -> ir.Model:
@@ -185,23 +185,6 @@ LLAMA_Q = "/model/model/layers.0/self_attn/q_proj/MatMul"
 _INT4 = {"quantize": "int4", "int4_accuracy_level": 4}
 
 
-def _change_initializer(monkeypatch, owner, function: str, node_name: str, initializer: str, change) -> None:
-    """After ``owner.function`` writes ``node_name``'s layer, its ``initializer`` changed by ``change`` (a copy in,
-    an array out); the twin keeps the pass's own values."""
-    written = getattr(owner, function)
-
-    def tampered(*args, **kwargs):
-        outcome = written(*args, **kwargs)
-        graph = next(a for a in args if isinstance(a, ir.Graph))
-        layer = next(a for a in args if hasattr(a, "node") and hasattr(a, "activation"))
-        if layer.node.name == node_name and getattr(args[0], "_probe", None) is None:
-            value = graph.initializers[f"{node_name}.{initializer}"]
-            value.const_value = ir.tensor(change(value.const_value.numpy().copy()), name=value.name)
-        return outcome
-
-    monkeypatch.setattr(owner, function, tampered)
-
-
 def _swap_first_unequal_nibbles(packed: np.ndarray) -> np.ndarray:
     flat = packed.reshape(-1)
     index = int(np.argmax((flat >> 4) != (flat & 15)))
@@ -227,7 +210,7 @@ def _one_zero_point_up(zero_points: np.ndarray) -> np.ndarray:
 def test_a_q_projs_packing_or_zero_point_off_is_rolled_back_by_the_probe(
     monkeypatch, owner, function, initializer, change, options
 ):
-    _change_initializer(monkeypatch, owner, function, LLAMA_Q, initializer, change)
+    change_initializer(monkeypatch, owner, function, LLAMA_Q, initializer, change)
     _, report = optimize_with_report(ir.load(FIXTURES / "llama_kv_legacy.onnx"), **options)
     record = _record(report)
     assert record.status == "rolled back" and "uses other weights than its twin's" in record.detail, record.detail
