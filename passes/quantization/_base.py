@@ -283,13 +283,17 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if self.drift is not None:
             counts: dict[str, int] = {}
             for layer in chosen:
-                scheme = self.scheme(layer)
-                label = self.precision if scheme == self.default_scheme else SCHEME_LABELS.get(scheme, scheme)
+                label = self.layer_label(layer)
                 counts[label] = counts.get(label, 0) + 1
             reduced = ", ".join(f"{count} layers {label}" for label, count in counts.items())
             self.note(f"{reduced}, {len(self.kept_float)} float: {self.drift}")
         self._float, self._batches = None, []
         return self.result(model, modified=True, twin=twin)
+
+    def layer_label(self, layer: Layer) -> str:
+        """What the summary note calls ``layer``'s precision once quantized ("int8", "int4", "int8 weights only")."""
+        scheme = self.scheme(layer)
+        return self.precision if scheme == self.default_scheme else SCHEME_LABELS.get(scheme, scheme)
 
     def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
         """Quantize the named layers of ``model`` in place, each in its ``scheme``."""

@@ -312,6 +312,12 @@ class Int4QuantizationPass(QuantizationPass):
             return (FLOAT_INPUT, *int8)
         return int8
 
+    def layer_label(self, layer: Layer) -> str:
+        # A layer on an 8-bit checkpoint grid (a GGUF Q8_0 head) is written MatMulNBits bits=8, not 4.
+        if self.scheme(layer) == self.default_scheme and self.weight(layer).bits == 8:
+            return "8-bit (exact grid)"
+        return super().layer_label(layer)
+
     def _level(self, layer: Layer) -> int:
         """The accuracy_level ``layer`` is written with: 0 where the budget chose float inputs for it."""
         return 0 if self.scheme(layer) == FLOAT_INPUT else self.accuracy_level

@@ -631,6 +631,26 @@ def test_an_8bit_grid_is_recovered_and_kept_exact_in_8_bits_at_level_4():
     assert node.attributes.get_int("bits") == 4
 
 
+def test_the_summary_counts_a_layer_kept_exact_in_8_bits_apart_from_the_int4_ones():
+    # SmolLM2's note read "211 layers int4" while its Q8_0 head was written MatMulNBits bits=8.
+    hidden, head = weights(64, 64, seed=3, scale=0.2), _on_q8_0_grid(64, 48)
+    model = _model(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="proj"),
+            helper.make_node("MatMul", ["h", "w2"], ["y"], name="head"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 48])],
+        [("w1", hidden), ("w2", head)],
+    )
+    result = Int4QuantizationPass(quantize_outputs=True, samples=samples(model, 8))(model.clone())
+    bits = sorted(node.attributes.get_int("bits") for node in result.model.graph if node.op_type == "MatMulNBits")
+    assert bits == [4, 8]
+    assert any(note.startswith("1 layers int4, 1 layers 8-bit (exact grid), 0 float") for note in result.notes), (
+        result.notes
+    )
+
+
 @pytest.mark.parametrize("decoder", ["transpose", "gemm-transB"])
 def test_a_constant_read_both_ways_round_gets_the_grid_of_each_reading(decoder):
     # A tied autoencoder: W on a grid along its rows for the encoder; the decoder reads W transposed, off any grid
