@@ -561,7 +561,7 @@ class Int4QuantizationPass(QuantizationPass):
         float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
         twin = Int8Twin(source)
         levels: list[int] = []
-        int8, offsets, split = 0, 0, 0
+        int8, eight, offsets, split = 0, 0, 0, 0
         split_inputs: dict[str, OutlierChannels] = {}
         for layer in twin.layers(self.kinds, names):
             if (channels := self._split(layer)) is not None:  # before twin_layer reroutes the layer's input
@@ -573,6 +573,7 @@ class Int4QuantizationPass(QuantizationPass):
             else:
                 levels.append(self._level(layer) if rounded_inputs else 0)
                 offsets += self.weight(layer).has_offsets
+                eight += self.weight(layer).bits == 8
         graph = twin.model.graph
         for name, weight in self._applied.items():
             dequantized = add_initializer(graph, f"{name}.twin", np.ascontiguousarray(weight.dequantize().T))
@@ -606,7 +607,8 @@ class Int4QuantizationPass(QuantizationPass):
             f", {int8} int8 layers' weights int8-dequantized and inputs through DynamicQuantizeLinear" if int8 else ""
         )
         shifted = f" ({offsets} as uint8 zero points plus float block offsets)" if offsets else ""
-        layers = f"{len(names) - int8} layers' weights int4-dequantized{shifted}{inputs}{fallback}"
+        widths = f" ({eight} of them on an 8-bit grid)" if eight else ""
+        layers = f"{len(names) - int8} layers' weights int4-dequantized{widths}{shifted}{inputs}{fallback}"
         description = f"the input with {layers}{tables}, in float32"
         # Only an integer kernel (level 4, or the int8 fallback) can round a tie the other way.
         kind = "int4" if rounded or int8 else "int4-float"

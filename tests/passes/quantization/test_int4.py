@@ -649,6 +649,7 @@ def test_the_summary_counts_a_layer_kept_exact_in_8_bits_apart_from_the_int4_one
     assert any(note.startswith("1 layers int4, 1 layers 8-bit (exact grid), 0 float") for note in result.notes), (
         result.notes
     )
+    assert "2 layers' weights int4-dequantized (1 of them on an 8-bit grid)" in result.twin.description
 
 
 @pytest.mark.parametrize("decoder", ["transpose", "gemm-transB"])
