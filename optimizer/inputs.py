@@ -357,19 +357,39 @@ def alternate_binding(
     if not free:
         return None
     alternate = dict(bound)
+    batches = _batch_like_dims(model)
     for name in free:
-        if _BATCH_NAME.search(name):
+        if name in batches:
             alternate[name] = bound[name] + 1
         elif longer:
             alternate[name] = 2 * max(bound[name], defaults[name]) + 1
         else:
             alternate[name] = bound[name] // 2 + 1
     alternate = _with_cache_lengths(model, alternate, {**fixed, **overrides}, max_positions)
-    if longer and any(alternate[name] == bound[name] for name in free if not _BATCH_NAME.search(name)):
+    if longer and any(alternate[name] == bound[name] for name in free if name not in batches):
         # A table the model reads (GPT-2's 128-row wpe) left a length as the first binding's, where a
         # rewrite baking that length in would pass: the shorter binding changes it.
         return alternate_binding(model, overrides, base=base, max_positions=max_positions)
     return alternate
+
+
+def _batch_like_dims(model: ir.Model) -> set[str]:
+    """The input dims to treat as a batch: those named like one; where no dim is (Paddle's
+    ``p2o.DynamicDimension.0``, tf2onnx's ``unk__214``), each symbolic dim that leads an input of
+    rank 2 or more and stands nowhere else in any input. A batch grows by one in a second binding,
+    not to a length past the tables: 257 images instead of 2 is gigabytes and minutes."""
+    named = set(batch_dims(model))
+    if named:
+        return named
+    leading: set[str] = set()
+    elsewhere: set[str] = set()
+    for value in runtime_inputs(model):
+        if value.shape is None:
+            continue
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, ir.SymbolicDim) and dim.value:
+                (leading if axis == 0 and len(value.shape) >= 2 else elsewhere).add(dim.value)
+    return leading - elsewhere
 
 
 def verification_bindings(
@@ -1879,7 +1899,10 @@ def split_samples(
     cut = holds_samples(model)  # inputs beside the samples (a table [S, K]) go whole
     count = samples_in(arrays, cut)
     return [
-        {name: array[start : start + size] if cut(name, array) else array for name, array in arrays.items()}
+        {
+            name: _cut_samples(cut, name, array, slice(start, start + size)) if cut(name, array) else array
+            for name, array in arrays.items()
+        }
         for start in range(0, count, size)
     ]
 
@@ -1912,12 +1935,75 @@ def holds_samples(model: ir.Model | None) -> Callable[[str, Any], bool]:
             v.name for v in model.graph.inputs if v.shape is not None and v.shape.rank() and v.shape[0] == size
         )
     known = _shaped_inputs(model)
-    return lambda name, array: bool(np.ndim(array)) and (sampled is None or name in sampled or name not in known)
+    return SampleAxes(
+        lambda name, array: bool(np.ndim(array)) and (sampled is None or name in sampled or name not in known),
+        _later_sample_axes(model, sampled),
+    )
+
+
+class SampleAxes:
+    """Which arrays of a batch hold samples, and along which axis: called as ``holds(name, array)``, it
+    says whether ``array`` holds samples; ``length``, ``take`` and ``axis`` read and cut them. Axis 0
+    but for an input whose batch dim the model puts later (Silero VAD's LSTM ``state [2, batch, 128]``
+    beside ``input [batch, T]``): every cut of the samples cuts it there too."""
+
+    def __init__(self, first: Callable[[str, Any], bool], later: Mapping[str, int] | None = None) -> None:
+        self._first, self._later = first, dict(later or {})
+
+    def __call__(self, name: str, array: Any) -> bool:
+        if name in self._later:
+            return np.ndim(array) > self._later[name]
+        return self._first(name, array)
+
+    def axis(self, name: str) -> int:
+        """The axis ``name`` holds its samples along."""
+        return self._later.get(name, 0)
+
+    def length(self, name: str, array: Any) -> int:
+        """How many samples ``array`` holds."""
+        return int(np.shape(array)[self.axis(name)])
+
+    def take(self, name: str, array: Any, index: Any) -> Any:
+        """The samples ``index`` (a slice or a boolean mask) of ``array``."""
+        return array[(slice(None),) * self.axis(name) + (index,)]
+
+
+def _later_sample_axes(model: ir.Model | None, sampled: frozenset[str] | None) -> dict[str, int]:
+    """Inputs outside ``sampled`` whose one symbolic dim named like the samples' batch (the first dim of a
+    sampled input, named like a batch) stands after axis 0, with that axis."""
+    if model is None or not sampled:
+        return {}
+    inputs = {v.name: v for v in model.graph.inputs if v.shape is not None and v.shape.rank()}
+    batches = {
+        str(inputs[name].shape[0])
+        for name in sampled
+        if name in inputs and _BATCH_NAME.search(str(inputs[name].shape[0]))
+    }
+    later = {}
+    for name, value in inputs.items():
+        if name in sampled:
+            continue
+        axes = [k for k, dim in enumerate(value.shape) if k and not isinstance(dim, int) and str(dim) in batches]
+        if len(axes) == 1:
+            later[name] = axes[0]
+    return later
 
 
 def samples_in(batch: Mapping[str, Any], holds: Callable[[str, Any], bool]) -> int:
     """How many samples ``batch`` holds: the length of its sample-holding arrays (1 when it has none)."""
-    return min((len(array) for name, array in batch.items() if holds(name, array)), default=1)
+    return min((_length(holds, name, array) for name, array in batch.items() if holds(name, array)), default=1)
+
+
+def _length(holds: Callable[[str, Any], bool], name: str, array: Any) -> int:
+    return holds.length(name, array) if isinstance(holds, SampleAxes) else len(array)
+
+
+def _axis(holds: Callable[[str, Any], bool], name: str) -> int:
+    return holds.axis(name) if isinstance(holds, SampleAxes) else 0
+
+
+def _cut_samples(holds: Callable[[str, Any], bool], name: str, array: Any, index: Any) -> Any:
+    return holds.take(name, array, index) if isinstance(holds, SampleAxes) else array[index]
 
 
 def _shaped_inputs(model: ir.Model | None) -> frozenset[str]:
@@ -2024,7 +2110,10 @@ class _HeldOut(Sequence):
             if chosen is None:
                 yield dict(batch)
             else:
-                yield {name: array[chosen] if self._holds(name, array) else array for name, array in batch.items()}
+                yield {
+                    name: _cut_samples(self._holds, name, array, chosen) if self._holds(name, array) else array
+                    for name, array in batch.items()
+                }
 
     def __len__(self) -> int:
         if self._count is None:  # counted without cutting any array
@@ -2184,7 +2273,7 @@ def _refuse_unequal_samples(
     by_dim: dict[str | None, dict[str, int]] = {}
     for name, array in arrays.items():
         if holds(name, array):
-            by_dim.setdefault(first_dims.get(name), {})[name] = len(array)
+            by_dim.setdefault(first_dims.get(name), {})[name] = _length(holds, name, array)
     for counts in by_dim.values():
         if len(set(counts.values())) > 1:
             (first, most), (second, fewest) = (
@@ -2192,14 +2281,15 @@ def _refuse_unequal_samples(
                 min(counts.items(), key=lambda i: i[1]),
             )
             raise InputSpecError(
-                f"{source}: '{first}' holds {most} samples along axis 0 and '{second}' {fewest}; every array "
-                "holds one entry per sample along axis 0"
+                f"{source}: '{first}' holds {most} samples along axis {_axis(holds, first)} and '{second}' "
+                f"{fewest}; every array holds one entry per sample along axis 0 (or where the model puts its batch)"
             )
 
 
 def _first_dim_names(model: ir.Model) -> dict[str, str]:
-    """Each graph input whose first dim is symbolic and named, with that name."""
-    return {
+    """Each graph input whose first dim is symbolic and named, with that name; an input whose batch stands
+    later (``SampleAxes``), with that dim's name."""
+    names = {
         value.name: value.shape[0].value
         for value in model.graph.inputs
         if value.shape is not None
@@ -2207,12 +2297,16 @@ def _first_dim_names(model: ir.Model) -> dict[str, str]:
         and isinstance(value.shape[0], ir.SymbolicDim)
         and value.shape[0].value
     }
+    inputs = {value.name: value for value in model.graph.inputs}
+    for name, axis in _later_sample_axes(model, sample_inputs(model)).items():
+        names[name] = str(inputs[name].shape[axis])
+    return names
 
 
 def _rows(arrays: Mapping[str, np.ndarray], holds: Callable[[str, Any], bool] | None = None) -> int:
     """Samples in ``arrays``: the length of those that hold samples (``holds``; by default any with a dim)."""
     holds = holds or _any_dim
-    return min((len(a) for name, a in arrays.items() if holds(name, a)), default=1)
+    return samples_in(arrays, holds)
 
 
 def _any_dim(name: str, array: Any) -> bool:
@@ -2227,7 +2321,9 @@ def _take(
     arrays: Mapping[str, np.ndarray], start: int, stop: int, holds: Callable[[str, Any], bool] | None = None
 ) -> dict[str, np.ndarray]:
     holds = holds or _any_dim
-    return {name: a[start:stop] if holds(name, a) else a for name, a in arrays.items()}
+    return {
+        name: _cut_samples(holds, name, a, slice(start, stop)) if holds(name, a) else a for name, a in arrays.items()
+    }
 
 
 def _join(
@@ -2236,7 +2332,10 @@ def _join(
     if len(chunks) == 1:
         return chunks[0]
     holds = holds or _any_dim
-    return {name: np.concatenate([c[name] for c in chunks]) if holds(name, a) else a for name, a in chunks[0].items()}
+    return {
+        name: np.concatenate([c[name] for c in chunks], axis=_axis(holds, name)) if holds(name, a) else a
+        for name, a in chunks[0].items()
+    }
 
 
 def _cut(

@@ -546,11 +546,25 @@ def _rewrite_boundaries(candidate: ir.Model, added: Sequence[ir.Node], base: ir.
     return names
 
 
+# The ops ORT's CPU graph optimizer turns into an integer kernel (or runs on the integers, dropping
+# the DQ and Q) when they read a DequantizeLinear and feed a QuantizeLinear (its QDQ selectors).
+# Any other op (HardSwish, HardSigmoid, Tanh, Softplus...) stays a float kernel between its DQ and Q.
+_ORT_QDQ_FUSED_OPS = frozenset(
+    {
+        "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat", "Where",
+        "AveragePool", "GlobalAveragePool", "LeakyRelu", "Sigmoid", "Softmax",
+        "Gather", "GatherElements", "Reshape", "Expand", "Flatten", "Transpose", "MaxPool", "Resize",
+        "Squeeze", "Unsqueeze", "Tile", "Slice", "SpaceToDepth", "DepthToSpace",
+    }
+)  # fmt: skip
+
+
 def _inside_qdq_unit(value: ir.Value) -> bool:
-    """Whether ``value`` is the float output of an op that reads a DequantizeLinear and feeds a
-    QuantizeLinear: ORT fuses such a unit into one integer kernel, which a cut there would undo.
-    A Relu or Clip between the op and the QuantizeLinear is looked through: ORT drops it where the
-    quantization already clips there (ReluQuantFusion, ClipQuantFusion) and then fuses the unit."""
+    """Whether ``value`` is the float output of an op ORT fuses with the DequantizeLinear it reads
+    and the QuantizeLinear it feeds into one integer kernel (``_ORT_QDQ_FUSED_OPS``), which a cut
+    there would undo. A Relu or Clip between the op and the QuantizeLinear is looked through: ORT
+    drops it where the quantization already clips there (ReluQuantFusion, ClipQuantFusion) and then
+    fuses the unit. An op ORT keeps in float between its DQ and Q is no unit: a cut there is exact."""
     producer = value.producer()
     while (
         producer is not None
@@ -559,7 +573,9 @@ def _inside_qdq_unit(value: ir.Value) -> bool:
         and len(producer.inputs[0].uses()) == 1
     ):
         producer = producer.inputs[0].producer()
-    reads_dq = producer is not None and any(
+    if producer is None or producer.domain not in ("", "ai.onnx") or producer.op_type not in _ORT_QDQ_FUSED_OPS:
+        return False
+    reads_dq = any(
         v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
         for v in producer.inputs
     )

@@ -251,6 +251,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             else:
                 chosen.append(layer)
         if not chosen:
+            if not layers and not refused:
+                self.note(_nothing_to_quantize(model, self.kinds))
             return self.result(model, modified=False)
         if self.weight_range_note:
             self.note(self.weight_range_note)
@@ -831,3 +833,25 @@ def _local_errors(
         approximate = x_int8 @ weight.dequantize().astype(np.float64)
         errors[layer.name] = output_error(approximate, exact)
     return errors
+
+
+_KIND_OPS = {"matmul": "MatMul", "gemm": "Gemm", "conv": "Conv", "attention": "Attention (com.microsoft)"}
+
+
+def _nothing_to_quantize(model: ir.Model, kinds: Sequence[str]) -> str:
+    """Why a quantization pass found no layer: the op types it takes, and how many of them stand in
+    subgraphs (a ``Loop`` or ``If`` body, which it does not enter)."""
+    wanted = [_KIND_OPS[kind] for kind in kinds]
+    nested = [
+        node
+        for node in ir.traversal.RecursiveGraphIterator(model.graph)
+        if node.graph is not model.graph and node.op_type in {op.split(" ")[0] for op in wanted}
+    ]
+    takes = ", ".join(wanted[:-1]) + f" or {wanted[-1]}" if len(wanted) > 1 else wanted[0]
+    if nested:
+        owners = ", ".join(sorted({f"'{node.graph.name}'" if node.graph.name else "unnamed" for node in nested})[:3])
+        return (
+            f"no layer to quantize in the main graph (it takes {takes}); {len(nested)} stand in the body of "
+            f"a Loop, If or Scan ({owners}), which it does not enter"
+        )
+    return f"no layer to quantize: the main graph has no {takes} with a constant weight"

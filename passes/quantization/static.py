@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript import version_converter
 
+from optimizer.inputs import holds_samples, samples_in
 from passes._layers import Layer, bias_add
 from passes._utils import add_initializer, constant_array
 from passes.quantization import calibration
@@ -116,7 +117,7 @@ class StaticQuantizationPass(QuantizationPass):
         self.ranges = calibration.calibrate(model, list(dict.fromkeys(names)), batches, self.method)
         conv_inputs = list(dict.fromkeys(layer.activation.name for layer in layers if layer.kind == "conv"))
         self.input_means = calibration.channel_means(model, conv_inputs, batches) if conv_inputs else {}
-        self.note(f"calibrated {len(self.ranges)} activations ({self.method}) on {_count(batches)} samples")
+        self.note(f"calibrated {len(self.ranges)} activations ({self.method}) on {_count(model, batches)} samples")
         if convs:
             folded = sum(tail is not None and tail is not node for tail, node in zip(tails, convs))
             activations = sum(
@@ -439,5 +440,6 @@ def _position(graph: ir.Graph):
     return lambda node: order[id(node)]
 
 
-def _count(batches: Sequence[Mapping[str, np.ndarray]]) -> int:
-    return sum(min((len(a) for a in batch.values() if np.ndim(a)), default=1) for batch in batches)
+def _count(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> int:
+    holds = holds_samples(model)  # a state [2, batch, H] or a table [S, K] beside the samples does not count
+    return sum(samples_in(batch, holds) for batch in batches)
