@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import math
+import os
 import re
 import signal
 import sys
@@ -505,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     are removed on the way), print one line and return 130 or 143.
     """
     _RECEIVED.clear()
+    _usable_standard_streams()
     with _signals_unwind():
         try:
             try:
@@ -528,10 +531,28 @@ def main(argv: list[str] | None = None) -> int:
 
                 silence_stdout()
                 return exit_codes.SIGPIPE
+            except OSError as error:  # a path the system refuses where no check foresaw it (a name over NAME_MAX)
+                where = f"{os.fsdecode(error.filename)}: " if error.filename is not None else ""
+                print(f"graphopt: error: {where}{error.strerror or one_line(error)}", file=sys.stderr)
+                return exit_codes.USAGE
         except (Interrupted, KeyboardInterrupt) as stop:  # also while the error above is printed
             signum = getattr(stop, "signum", signal.SIGINT)
             print(f"graphopt: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
             return 128 + signum
+
+
+def _usable_standard_streams() -> None:
+    """A closed stdout or stderr (``graphopt ... >&-``: Python sets it to None) becomes the null device, as a
+    pipe whose reader left: the run still writes its files and returns its own code. A stream that cannot
+    encode the report's characters (``Δ``, ``→``, box lines into a cp1252 log on Windows) writes ``?``
+    for them instead of stopping the run with a UnicodeEncodeError after the model is written."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 (lives as long as the process)
+        elif isinstance(stream, io.TextIOWrapper):
+            with contextlib.suppress(ValueError, OSError):  # a stream that was closed under us stays as it is
+                stream.reconfigure(errors="replace")
 
 
 def _main(argv: list[str] | None) -> int:
@@ -644,8 +665,12 @@ def _signals_unwind() -> Iterator[None]:
         if _inside_import_machinery(frame) and hasattr(signal, "pthread_kill"):
             # An exception raised here would be swallowed ("Exception ignored in ... _get_module_lock")
             # and the run would go on: deliver the signal again once the import lock is released.
+            # A daemon thread (the run's exit never waits on it) that sends nothing once a signal unwound
+            # the run: a second Ctrl-C here must not reach Python's own handler after main has restored it.
             main = threading.main_thread().ident
-            threading.Timer(0.02, signal.pthread_kill, (main, signum)).start()
+            resend = threading.Timer(0.02, _send_unless_received, (main, signum))
+            resend.daemon = True
+            resend.start()
             return
         for each in signals:
             signal.signal(each, signal.SIG_IGN)
@@ -664,6 +689,11 @@ def _signals_unwind() -> Iterator[None]:
 # Signals ``_signals_unwind`` turned into ``Interrupted``: if a callback swallowed the exception
 # anyway, ``main`` still ends the run as interrupted.
 _RECEIVED: list[int] = []
+
+
+def _send_unless_received(thread: int, signum: int) -> None:
+    if not _RECEIVED:
+        signal.pthread_kill(thread, signum)
 
 
 def _inside_import_machinery(frame: Any) -> bool:
@@ -701,7 +731,7 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
     )
     if args.compare:
         refuse_data_onnxruntime_will_not_open(args.model, args.model)
-    if args.compare and (args.generate or args.no_verify):
+    if args.compare:
         # What the comparison would refuse must not cost the optimization and its written model first.
         from optimizer.compare.comparison import check_before_optimizing
 

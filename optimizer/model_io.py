@@ -28,6 +28,7 @@ path is spelled; ``check_paths`` says so before any work starts.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
@@ -55,7 +56,7 @@ from optimizer.errors import (
     one_line,
 )
 from optimizer.inputs import DATA_FOLDER_SUFFIXES
-from optimizer.runtime import has_external_tensors, weight_bytes
+from optimizer.runtime import has_external_tensors, save_model_file, weight_bytes
 
 # Domains whose operators we can check: ONNX, ONNX-ML, and ONNX Runtime's contrib
 # operators (which our fusions emit and ORT-optimized inputs contain).
@@ -363,13 +364,13 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
     read_places = {_place(Path(file)) for _, file in reads if file is not None and os.path.lexists(file)}
     stale = [file for file in _stale_data_files(path, keep=data_name) if _place(file) not in read_places]
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
+        staging = Path(tempfile.mkdtemp(prefix=f".{data_stem(path.name)}.", suffix=".tmp", dir=folder))
     except OSError as error:
         raise OutputPathError(f"{folder}: cannot write here ({error.strerror or error})") from error
     staged_model = staging / path.name
     placed_data = None
     try:
-        ir.save(model, staged_model, external_data=data_name)
+        save_model_file(model, staged_model, external_data=data_name)
         _pause_for_tests("staged")
         if data_name is not None:
             os.replace(staging / data_name, folder / data_name)
@@ -392,15 +393,32 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
 
 
 def _fresh_data_name(path: Path) -> str:
-    name = f"{path.name}.data"
+    stem = data_stem(path.name)
+    name = f"{stem}.data"
     while os.path.lexists(path.parent / name):
-        name = f"{path.name}.{secrets.token_hex(4)}.data"
+        name = f"{stem}.{secrets.token_hex(4)}.data"
     return name
 
 
+def data_stem(model_name: str) -> str:
+    """The start of the names ``save_model`` gives the weights of a model named ``model_name``: the name,
+    with '_' for what a weights location cannot hold (a '\\' or ':' that ONNX readers take for a folder or
+    a drive, bytes that are not UTF-8, which a model file cannot store), cut to leave room for the suffixes."""
+    stem = "".join(
+        "_" if char in "\\:/" or not char.isprintable() or "\ud800" <= char <= "\udfff" else char for char in model_name
+    )
+    while len(stem.encode()) > _NAME_ROOM:
+        stem = stem[:-1]
+    return stem
+
+
+# Bytes of a name left for graphopt's suffixes (``.<8 hex>.data``, ``.<8 hex>.tmp``) under NAME_MAX (255).
+_NAME_ROOM = 255 - 16
+
+
 def _data_name_pattern(model_name: str) -> re.Pattern[str]:
-    """The names ``save_model`` gives a model's weights: ``NAME.data`` and ``NAME.<8 hex>.data``."""
-    return re.compile(re.escape(model_name) + r"(\.[0-9a-f]{8})?\.data")
+    """The names ``save_model`` gives a model's weights: ``STEM.data`` and ``STEM.<8 hex>.data`` (``data_stem``)."""
+    return re.compile(re.escape(data_stem(model_name)) + r"(\.[0-9a-f]{8})?\.data")
 
 
 def _stale_data_files(path: Path, keep: str | None) -> list[Path]:
@@ -414,8 +432,8 @@ def _stale_data_files(path: Path, keep: str | None) -> list[Path]:
     pattern = _data_name_pattern(path.name)
     candidates = [
         candidate
-        for candidate in path.parent.glob(f"{glob.escape(path.name)}*.data")
-        if pattern.fullmatch(candidate.name) and candidate.name != keep
+        for candidate in path.parent.glob(f"{glob.escape(data_stem(path.name))}*.data")
+        if pattern.fullmatch(candidate.name) and candidate.name != keep and candidate.is_file()
     ]
     if not candidates:
         return []
@@ -428,10 +446,9 @@ def _stale_data_files(path: Path, keep: str | None) -> list[Path]:
 
 
 def _remove(path: Path) -> None:
-    try:
+    """Remove a file graphopt wrote or replaced; one it cannot (gone, or made a folder since) stays."""
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _pause_for_tests(step: str) -> None:
@@ -450,7 +467,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], object], wh
     written through: its target is replaced.
     """
     target = Path(os.path.realpath(path))
-    temporary = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    temporary = target.parent / f".{data_stem(target.name)}.{secrets.token_hex(4)}.tmp"
     try:
         write(os.fspath(temporary))
         os.replace(temporary, target)
@@ -558,6 +575,12 @@ def _check_writable(flag: str, path: PathLike) -> None:
     if text.endswith(("/", os.sep)):
         raise OutputPathError(f"{text}: ends with '/', so names a folder; give a file name for the {role}")
     path = Path(text)
+    for part in path.parts:
+        if len(os.fsencode(part)) > 255:  # NAME_MAX of every file system graphopt writes to
+            raise OutputPathError(
+                f"{text}: '{part[:24]}...' is {len(os.fsencode(part))} bytes, over the 255 a file or folder name "
+                f"may have; give a shorter path for the {role}"
+            )
     if path.is_dir():
         raise OutputPathError(f"{path}: is a folder; give a file name for the {role}")
     if path.exists() and not path.is_file():

@@ -151,13 +151,65 @@ def weight_bytes(model: ir.Model) -> int:
     for value in model.graph.initializers.values():
         tensor = value.const_value
         if tensor is not None:
-            total += tensor.nbytes
+            total += tensor_bytes(tensor)
     for node in model.graph:
         if node.op_type == "Constant" and is_onnx_domain(node):
             attr = node.attributes.get("value")
             if attr is not None and attr.type == ir.AttributeType.TENSOR:
-                total += attr.as_tensor().nbytes
+                total += tensor_bytes(attr.as_tensor())
     return total
+
+
+def tensor_bytes(tensor: ir.TensorProtocol) -> int:
+    """The bytes ``tensor`` holds; for strings (a folded label table is an ``ir.Tensor`` over a numpy
+    array of objects, whose ``nbytes`` raises), the bytes of its UTF-8 strings."""
+    if tensor.dtype != ir.DataType.STRING:
+        return tensor.nbytes
+    return sum(len(item) for item in _string_items(tensor))
+
+
+def _string_items(tensor: ir.TensorProtocol) -> list[bytes]:
+    if isinstance(tensor, ir.StringTensor):
+        return list(tensor.string_data())
+    return [item if isinstance(item, bytes) else str(item).encode() for item in np.asarray(tensor.numpy()).flat]
+
+
+def save_model_file(model: ir.Model, path: str | os.PathLike, external_data: str | None = None) -> None:
+    """``ir.save`` that keeps string tensors inline (``strings_serializable``)."""
+    with strings_serializable(model, external=external_data is not None):
+        ir.save(model, path, external_data=external_data)
+
+
+@contextlib.contextmanager
+def strings_serializable(model: ir.Model, *, external: bool = False) -> Iterator[None]:
+    """While open, every string initializer of ``model`` is an ``ir.StringTensor`` onnx-ir can serialize (a
+    folded label table is an ``ir.Tensor`` over numpy objects, which it cannot); with ``external``, one that
+    ``ir.save`` keeps in the model file: ONNX has no external strings, and onnx-ir 1.1 moves every tensor of
+    256 bytes or more out, then fails on its ``tobytes``."""
+    swapped = []
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is None or tensor.dtype != ir.DataType.STRING or isinstance(tensor, ir.ExternalTensor):
+                continue
+            if not external and isinstance(tensor, (ir.StringTensor, ir.serde.TensorProtoTensor)):
+                continue
+            items = np.array(_string_items(tensor), dtype=object).reshape(tuple(tensor.shape.numpy()))
+            swapped.append((value, tensor))
+            value.const_value = (_InlineStrings if external else ir.StringTensor)(items, name=tensor.name)
+    try:
+        yield
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+
+
+class _InlineStrings(ir.StringTensor):
+    """A string tensor that ``ir.save`` keeps in the model file: it counts as no bytes."""
+
+    @property
+    def nbytes(self) -> int:
+        return 0
 
 
 def has_external_tensors(model: ir.Model) -> bool:
@@ -236,11 +288,13 @@ def inference_session(
     """
     options = session_options(optimization_level, intra_op_threads)
     if weight_bytes(model) < _IN_MEMORY_LIMIT_BYTES and not has_external_tensors(model):
-        yield open_session(ir.to_proto(model).SerializeToString(), options, providers)
+        with strings_serializable(model):
+            proto = ir.to_proto(model)
+        yield open_session(proto.SerializeToString(), options, providers)
         return
     with tempfile.TemporaryDirectory(prefix="graphopt-session-") as folder:
         path = os.path.join(folder, "model.onnx")
-        ir.save(model, path, external_data="model.onnx.data")
+        save_model_file(model, path, external_data="model.onnx.data")
         yield open_session(path, options, providers)
 
 

@@ -16,6 +16,7 @@ generated inputs, which says little about a quantized model on real data.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import numbers
 import os
@@ -55,6 +56,7 @@ from optimizer.inputs import (
     batch_dims,
     dims_from_inputs,
     fixed_batch_size,
+    fixes_batch,
     format_bytes,
     make_inputs,
     nan_note,
@@ -277,9 +279,9 @@ def check_before_optimizing(
     before: str | os.PathLike, settings: CompareSettings, inputs: Any, dims: Mapping[str, int] | None
 ) -> None:
     """Refuse (``InputSpecError``) what ``compare`` would refuse about BEFORE and ``inputs`` alone, before an
-    ``optimize --compare`` writes its model: ``--generate`` on a model that is no causal LM with a cache, and
-    ``inputs`` BEFORE cannot take or a ``--dim`` they contradict (with verification on, the optimization
-    checks them itself)."""
+    ``optimize --compare`` writes its model: ``--generate`` on a model that is no causal LM with a cache,
+    ``inputs`` BEFORE cannot take or a ``--dim`` they contradict, and a ``--batch`` whose inputs would pass
+    the size limit."""
     model = load_model(before)
     if settings.generate:
         lm = recognise_causal_lm(model)
@@ -287,7 +289,13 @@ def check_before_optimizing(
             raise InputSpecError(f"--generate needs a causal LM with a KV cache: {before}: {lm}")
         _, inputs = _held_out_text(inputs, lm)
     if inputs is not None:
-        refuse_dims_unlike(dims, dims_from_inputs(model, _base_inputs(model, inputs, dims, [])[0]), "the --inputs")
+        base = _base_inputs(model, inputs, dims, [])[0]
+        refuse_dims_unlike(dims, dims_from_inputs(model, base), "the --inputs")
+    elif max(settings.batches) > 1 and batch_dims(model):
+        base = make_inputs(model, {**(dims or {}), **dict.fromkeys(batch_dims(model), 1)})
+    else:
+        return
+    _refuse_oversized_batches(model, base, batch_dims(model), settings.batches)
 
 
 @contextlib.contextmanager
@@ -323,12 +331,17 @@ def _compare(
     before_model, after_model = load_model(before), load_model(after)
     _check_same_signature(before_model, after_model)
     warnings: list[str] = []
+    dims, settings = _sizes_after_fixes(before_model, after_model, dims, settings, warnings)
+    # Samples are fed as many at a time as a model that fixes its batch takes (AFTER of --static-shapes).
+    batching_model = before_model
+    if fixed_batch_size(before_model) is None and fixes_batch(after_model):
+        batching_model = after_model
     generation = None
     if settings.generate:
         lms = _causal_lms(before, after, before_model, after_model)
         text, inputs = _held_out_text(inputs, lms[0])
         generation = _Generation(*lms, text)
-    base_inputs, data = _base_inputs(before_model, inputs, dims, warnings)
+    base_inputs, data = _base_inputs(before_model, inputs, dims, warnings, batching_model)
     if inputs is not None:
         refuse_dims_unlike(dims, dims_from_inputs(before_model, base_inputs), "the --inputs")
     if data is None and calibration is not None:
@@ -339,7 +352,7 @@ def _compare(
         )
     if data is not None:
         warnings.extend(f"{data.source}: {note}" for note in data.notes)
-    accuracy_batches = split_samples(data, model=before_model) if data is not None else None
+    accuracy_batches = split_samples(data, model=batching_model) if data is not None else None
     batch_names = batch_dims(before_model)
     _refuse_oversized_batches(before_model, base_inputs, batch_names, settings.batches)
     providers = resolve_execution_providers(list(settings.eps))
@@ -601,8 +614,10 @@ def _base_inputs(
     inputs: Any,
     dims: Mapping[str, int] | None,
     warnings: list[str],
+    batching_model: ir.Model | None = None,
 ) -> tuple[dict[str, np.ndarray], SampleData | None]:
-    """The inputs timed (the user's first chunk, else generated) and the user's data, if any."""
+    """The inputs timed (the user's first chunk, else generated) and the user's data, if any; ``batching_model``
+    (by default ``model``) says how many samples one run takes where it fixes its batch."""
     if inputs is None:
         refuse_oversized(
             model,
@@ -612,14 +627,15 @@ def _base_inputs(
         return make_inputs(model, dims), None
     data = open_samples(inputs, model, flag="--inputs")
     arrays = data.first()
-    if (size := fixed_batch_size(model)) is not None:
+    batching_model = batching_model or model
+    if (size := fixed_batch_size(batching_model)) is not None:
         # A model that fixes its batch runs that many samples at a time: timed on the first such batch.
         if data.count % size:
             raise InputSpecError(
                 f"{data.source}: {data.count} samples, and the model fixes its batch at {size}: "
                 f"give a multiple of {size}"
             )
-        arrays = next(iter(split_samples(data, model=model)))
+        arrays = next(iter(split_samples(data, model=batching_model)))
     note = nan_note(arrays)
     if note:
         warnings.append(
@@ -738,6 +754,44 @@ def _with_batch(inputs: Mapping[str, np.ndarray], batch: int, current: int) -> d
         repeats = -(-batch // current)
         resized[name] = np.concatenate([array] * repeats, axis=0)[:batch]
     return resized
+
+
+def _sizes_after_fixes(
+    before: ir.Model,
+    after: ir.Model,
+    dims: Mapping[str, int] | None,
+    settings: CompareSettings,
+    warnings: list[str],
+) -> tuple[dict[str, int] | None, CompareSettings]:
+    """``dims`` with each symbolic input dim of BEFORE that AFTER fixes to a size (``--static-shapes --dim
+    batch=2``) bound to that size, and ``settings`` timing a batch AFTER fixes at that batch only:
+    both models must run on the same inputs. ``InputSpecError`` where a ``--dim`` contradicts AFTER."""
+    fixed: dict[str, int] = {}
+    shapes_after = {value.name: value.shape for value in runtime_inputs(after)}
+    for value in runtime_inputs(before):
+        shape_after = shapes_after.get(value.name)
+        if value.shape is None or shape_after is None or len(shape_after) != len(value.shape):
+            continue
+        for dim, dim_after in zip(value.shape, shape_after):
+            if isinstance(dim, ir.SymbolicDim) and dim.value and isinstance(dim_after, int):
+                fixed.setdefault(dim.value, dim_after)
+    if not fixed:
+        return (dict(dims) if dims is not None else None), settings
+    for name, size in fixed.items():
+        if dims and name in dims and dims[name] != size:
+            raise InputSpecError(
+                f"--dim {name}={dims[name]}, but AFTER fixes '{name}' at {size}: both models run on the same "
+                f"inputs; give --dim {name}={size} or leave it out"
+            )
+    batch = [fixed[name] for name in batch_dims(before) if name in fixed]
+    if batch and tuple(settings.batches) != (batch[0],):
+        if tuple(settings.batches) != CompareSettings().batches:
+            warnings.append(
+                f"AFTER fixes its batch at {batch[0]}: timed at that batch only (--batch "
+                f"{','.join(map(str, settings.batches))} does not apply)"
+            )
+        settings = dataclasses.replace(settings, batches=(batch[0],))
+    return {**fixed, **(dims or {})}, settings
 
 
 def _check_same_signature(before: ir.Model, after: ir.Model) -> None:

@@ -70,10 +70,10 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
 
         if not any(v.dtype == ir.DataType.FLOAT for v in _values(model.graph)):
             self.decline("no float32 tensors")
-            return self.result(model, modified=False)
+            return self.result(model.clone(), modified=False)  # a functional pass returns a new model
         if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
             self.decline("weights are in external data: not converted")
-            return self.result(model, modified=False)
+            return self.result(model.clone(), modified=False)
         blocked = list(DEFAULT_OP_BLOCK_LIST) + list(self.block_ops)
         model = model.clone()  # a functional pass: the bounds are clamped in a copy
         clamped = _clamp_bounds(model, set(blocked), float16_outputs=not self.keep_io_types)
