@@ -389,7 +389,11 @@ def _batch_like_dims(model: ir.Model) -> set[str]:
         for axis, dim in enumerate(value.shape):
             if isinstance(dim, ir.SymbolicDim) and dim.value:
                 (leading if axis == 0 and len(value.shape) >= 2 else elsewhere).add(dim.value)
-    return leading - elsewhere
+    return {name for name in leading - elsewhere if not _LENGTH_NAME.search(name)}
+
+
+# Dims named like a length (a rank-2 ``[sequence, hidden]`` input without a batch): never taken for a batch.
+_LENGTH_NAME = re.compile(r"seq|length|len$|time|token|position|past|total|width|height", re.IGNORECASE)
 
 
 def verification_bindings(

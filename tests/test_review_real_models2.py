@@ -406,3 +406,15 @@ def test_silero_vad_static_int8_calibrates_its_state_along_axis_1():
     assert record.status == "applied", record.detail
     assert any("on 24 samples" in note for note in record.notes), record.notes
     assert sum(node.op_type == "QuantizeLinear" for node in ir.traversal.RecursiveGraphIterator(model.graph))
+
+
+def test_a_leading_length_is_not_taken_for_a_batch():
+    # [sequence, hidden] with no batch: the length still goes past the tables (2 x 128 + 1), not up by one.
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["sequence_length", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["sequence_length", 16])
+    proto = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    alternate = alternate_binding(ir.from_proto(proto), None, longer=True, base={"sequence_length": 128})
+    assert alternate == {"sequence_length": 257}
