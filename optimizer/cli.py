@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from optimizer import exit_codes
 from optimizer.errors import GraphoptError, InputSpecError, Interrupted, OptionError, OutputPathError, one_line
+from optimizer.streams import FailSafeStream
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -507,8 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     are removed on the way), print one line and return 130 or 143.
     """
     _RECEIVED.clear()
-    _usable_standard_streams()
-    with _signals_unwind():
+    with _usable_standard_streams(), _signals_unwind():
         try:
             try:
                 code = _main(argv)
@@ -541,18 +541,31 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + signum
 
 
-def _usable_standard_streams() -> None:
+@contextlib.contextmanager
+def _usable_standard_streams() -> Iterator[None]:
     """A closed stdout or stderr (``graphopt ... >&-``: Python sets it to None) becomes the null device, as a
     pipe whose reader left: the run still writes its files and returns its own code. A stream that cannot
     encode the report's characters (``Δ``, ``→``, box lines into a cp1252 log on Windows) writes ``?``
-    for them instead of stopping the run with a UnicodeEncodeError after the model is written."""
+    for them instead of stopping the run with a UnicodeEncodeError after the model is written; one whose
+    writes fail (a full disk) stops showing, not the run (``FailSafeStream``). The streams come back as they
+    were when the block ends (``main`` called from Python)."""
+    previous = {name: getattr(sys, name) for name in ("stdout", "stderr")}
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is None:
-            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 (lives as long as the process)
-        elif isinstance(stream, io.TextIOWrapper):
-            with contextlib.suppress(ValueError, OSError):  # a stream that was closed under us stays as it is
-                stream.reconfigure(errors="replace")
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 (kept: output after main goes there)
+        else:
+            if isinstance(stream, io.TextIOWrapper):
+                with contextlib.suppress(ValueError, OSError):  # a stream that was closed under us stays as it is
+                    stream.reconfigure(errors="replace")
+            if not isinstance(stream, FailSafeStream):
+                setattr(sys, name, FailSafeStream(stream, f"standard {'output' if name == 'stdout' else 'error'}"))
+    try:
+        yield
+    finally:
+        for name, stream in previous.items():
+            if stream is not None:
+                setattr(sys, name, stream)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -27,6 +27,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from optimizer.streams import point_at_null_device
+
 # Loggers of graphopt itself; everything else (onnxscript, onnx_ir, onnx) is "the libraries".
 OWN_LOGGERS = ("optimizer", "passes")
 # The libraries whose logs -vv shows: set explicitly, since a library (or an embedding program)
@@ -51,17 +53,7 @@ class ReportConsole(Console):
 
 def silence_stdout() -> None:
     """Point stdout at the null device, so that what is still buffered, or printed later, goes nowhere quietly."""
-    import os
-
-    try:
-        stdout = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # a stream with no file behind it (captured, notebook)
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, stdout)
-    finally:
-        os.close(devnull)
+    point_at_null_device(sys.stdout)
 
 
 class _Count(ProgressColumn):

@@ -357,7 +357,10 @@ def alternate_binding(
     if not free:
         return None
     alternate = dict(bound)
-    batches = _batch_like_dims(model)
+    named = set(batch_dims(model))
+    # A batch only guessed (no dim named like one) is a length in the shorter binding: it halves, where the
+    # original refused the longer one (a 128-row table read by the leading ``frames`` of ``x [frames, 16]``).
+    batches = _batch_like_dims(model) if longer or named else set()
     for name in free:
         if name in batches:
             alternate[name] = bound[name] + 1
@@ -1973,21 +1976,23 @@ class SampleAxes:
 
 
 def _later_sample_axes(model: ir.Model | None, sampled: frozenset[str] | None) -> dict[str, int]:
-    """Inputs outside ``sampled`` whose one symbolic dim named like the samples' batch (the first dim of a
-    sampled input, named like a batch) stands after axis 0, with that axis."""
+    """Inputs outside ``sampled`` with a fixed first dim whose one symbolic dim that is the samples' batch (the
+    first dim of a sampled input; named like a batch under a first dim of 1) stands after axis 0, with that axis."""
     if model is None or not sampled:
         return {}
     inputs = {v.name: v for v in model.graph.inputs if v.shape is not None and v.shape.rank()}
-    batches = {
-        str(inputs[name].shape[0])
-        for name in sampled
-        if name in inputs and _BATCH_NAME.search(str(inputs[name].shape[0]))
-    }
+    batches = {str(inputs[name].shape[0]) for name in sampled if name in inputs}
     later = {}
     for name, value in inputs.items():
-        if name in sampled:
+        if name in sampled or not isinstance(value.shape[0], int):
             continue
-        axes = [k for k, dim in enumerate(value.shape) if k and not isinstance(dim, int) and str(dim) in batches]
+        # Under a first dim of 1 (one LSTM layer's h0 [1, batch, 128]) only a dim named like a batch is one.
+        named = not _stacks_states(value)
+        axes = [
+            k
+            for k, dim in enumerate(value.shape)
+            if k and not isinstance(dim, int) and str(dim) in batches and (not named or _BATCH_NAME.search(str(dim)))
+        ]
         if len(axes) == 1:
             later[name] = axes[0]
     return later
@@ -2049,13 +2054,20 @@ def sample_inputs(model: ir.Model) -> frozenset[str] | None:
     fixed batch, or no shapes): every input with a dim is then cut alike.
     """
     shaped = [v for v in model.graph.inputs if v.shape is not None and v.shape.rank()]
-    later = {str(dim) for v in shaped for dim in list(v.shape)[1:] if not isinstance(dim, int)}
+    later = {str(dim) for v in shaped if not _stacks_states(v) for dim in list(v.shape)[1:] if not isinstance(dim, int)}
     sampled = frozenset(
         v.name
         for v in shaped
         if not isinstance(v.shape[0], int) and (str(v.shape[0]) not in later or _BATCH_NAME.search(str(v.shape[0])))
     )
     return sampled or None
+
+
+def _stacks_states(value: ir.Value) -> bool:
+    """Whether ``value``'s first dim is a fixed count above 1 (an LSTM's stacked states ``[2, s0, 128]``): a
+    symbolic dim after it is the samples' batch put later, not a table's rows (``[1, S]`` beside ``t [S]``
+    is a model that fixes its batch at 1)."""
+    return isinstance(value.shape[0], int) and value.shape[0] > 1
 
 
 def fixes_batch(model: ir.Model) -> bool:

@@ -546,25 +546,28 @@ def _rewrite_boundaries(candidate: ir.Model, added: Sequence[ir.Node], base: ir.
     return names
 
 
-# The ops ORT's CPU graph optimizer turns into an integer kernel (or runs on the integers, dropping
-# the DQ and Q) when they read a DequantizeLinear and feed a QuantizeLinear (its QDQ selectors).
-# Any other op (HardSwish, HardSigmoid, Tanh, Softplus...) stays a float kernel between its DQ and Q.
-_ORT_QDQ_FUSED_OPS = frozenset(
-    {
-        "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat", "Where",
-        "AveragePool", "GlobalAveragePool", "LeakyRelu", "Sigmoid", "Softmax",
-        "Gather", "GatherElements", "Reshape", "Expand", "Flatten", "Transpose", "MaxPool", "Resize",
-        "Squeeze", "Unsqueeze", "Tile", "Slice", "SpaceToDepth", "DepthToSpace",
-    }
+# The ops ORT's CPU graph optimizer (its QDQ selectors, checked against 1.32) runs on the integers when they
+# read DequantizeLinear and feed QuantizeLinear: integer kernels (QLinearConv...), which need every float
+# operand dequantized, and ops whose DQ and Q it drops (same scale and zero point on both sides). Any other op
+# (HardSwish, HardSigmoid, Tanh, ConvTranspose, SpaceToDepth, a linear Resize) stays float between them.
+_ORT_QDQ_KERNEL_OPS = frozenset(
+    {"Conv", "MatMul", "Gemm", "Add", "Mul", "Concat", "Where", "AveragePool", "GlobalAveragePool", "LeakyRelu",
+     "Sigmoid", "Softmax"}
+)  # fmt: skip
+_ORT_QDQ_DROPPED_OPS = frozenset(
+    {"Gather", "GatherElements", "Reshape", "Expand", "Flatten", "Transpose", "MaxPool", "Resize", "Squeeze",
+     "Unsqueeze", "Tile", "Slice", "DepthToSpace", "ReduceMax", "ReduceMin", "Split"}
 )  # fmt: skip
 
 
 def _inside_qdq_unit(value: ir.Value) -> bool:
-    """Whether ``value`` is the float output of an op ORT fuses with the DequantizeLinear it reads
-    and the QuantizeLinear it feeds into one integer kernel (``_ORT_QDQ_FUSED_OPS``), which a cut
-    there would undo. A Relu or Clip between the op and the QuantizeLinear is looked through: ORT
-    drops it where the quantization already clips there (ReluQuantFusion, ClipQuantFusion) and then
-    fuses the unit. An op ORT keeps in float between its DQ and Q is no unit: a cut there is exact."""
+    """Whether ``value`` is the float output of an op ORT runs on the integers with the DequantizeLinear it
+    reads and the QuantizeLinear it feeds (``_ORT_QDQ_KERNEL_OPS`` with every float operand dequantized,
+    ``_ORT_QDQ_DROPPED_OPS`` with the same quantization on both sides), which a cut there would undo. A
+    Relu or Clip between the op and the QuantizeLinear is looked through: ORT drops it where the
+    quantization already clips there (ReluQuantFusion, ClipQuantFusion) and then fuses the unit. An op
+    ORT keeps in float between its DQ and Q is no unit: a cut there is exact."""
+    quantizers = [user for user, _ in value.uses() if user.op_type == "QuantizeLinear"]
     producer = value.producer()
     while (
         producer is not None
@@ -573,14 +576,56 @@ def _inside_qdq_unit(value: ir.Value) -> bool:
         and len(producer.inputs[0].uses()) == 1
     ):
         producer = producer.inputs[0].producer()
-    if producer is None or producer.domain not in ("", "ai.onnx") or producer.op_type not in _ORT_QDQ_FUSED_OPS:
+    if not quantizers or producer is None or producer.domain not in ("", "ai.onnx"):
         return False
-    reads_dq = any(
-        v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
-        for v in producer.inputs
-    )
-    feeds_q = any(user.op_type == "QuantizeLinear" for user, _ in value.uses())
-    return reads_dq and feeds_q
+    if producer.op_type in _ORT_QDQ_KERNEL_OPS:
+        operands = [v for v in producer.inputs if v is not None and _float_operand(v)]
+        return bool(operands) and all(_dequantized(v) is not None for v in operands)
+    if producer.op_type in _ORT_QDQ_DROPPED_OPS:
+        if producer.op_type == "Resize" and _string_attribute(producer, "mode", "nearest") != "nearest":
+            return False
+        dequantize = _dequantized(producer.inputs[0]) if producer.inputs else None
+        return dequantize is not None and any(_same_quantization(dequantize, q) for q in quantizers)
+    return False
+
+
+def _float_operand(value: ir.Value) -> bool:
+    """A float tensor an op computes with (a weight, an activation), not an index, shape or condition."""
+    if value.dtype is not None:
+        return value.dtype in _FLOATS
+    producer = value.producer()
+    return producer is not None and producer.op_type == "DequantizeLinear"
+
+
+def _dequantized(value: ir.Value | None) -> ir.Node | None:
+    producer = value.producer() if value is not None else None
+    return producer if producer is not None and producer.op_type == "DequantizeLinear" else None
+
+
+def _same_quantization(dequantize: ir.Node, quantize: ir.Node) -> bool:
+    """Whether a DequantizeLinear and a QuantizeLinear use the same scale and zero point (constants equal by
+    value; the same tensor; or values not known here, taken as equal, as graphopt's static pass writes them)."""
+    for index in (1, 2):
+        first = dequantize.inputs[index] if len(dequantize.inputs) > index else None
+        second = quantize.inputs[index] if len(quantize.inputs) > index else None
+        if first is second:
+            continue
+        if first is None or second is None:
+            return False
+        a, b = _constant_of(first), _constant_of(second)
+        if a is not None and b is not None and (a.shape != b.shape or not np.array_equal(a, b)):
+            return False
+    return True
+
+
+def _constant_of(value: ir.Value) -> np.ndarray | None:
+    tensor = ir.convenience.get_const_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
+def _string_attribute(node: ir.Node, name: str, default: str) -> str:
+    attribute = node.attributes.get(name)
+    return default if attribute is None else attribute.as_string()
 
 
 def _own(name: str) -> str:

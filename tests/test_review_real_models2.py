@@ -418,3 +418,47 @@ def test_a_leading_length_is_not_taken_for_a_batch():
     )
     alternate = alternate_binding(ir.from_proto(proto), None, longer=True, base={"sequence_length": 128})
     assert alternate == {"sequence_length": 257}
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_one_lstm_layers_state_named_batch_is_cut_along_axis_1(layers):
+    # h0 [1, batch, H] (one layer) is cut like Silero's [2, batch, H]; a table [S] beside ids [1, S] is not.
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8]),
+        helper.make_tensor_value_info("h0", TensorProto.FLOAT, [layers, "batch", 4]),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["h0", "zero"], ["h"], axis=0),
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=1),
+        helper.make_node("Add", ["h", "s"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "lstm_like",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array(0, np.int64), "zero")],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    rng = np.random.default_rng(0)
+    samples = {"x": rng.normal(size=(20, 8)).astype(np.float32), "h0": np.zeros((layers, 20, 4), np.float32)}
+    batches = split_samples(samples, size=8, model=model)
+    assert [b["h0"].shape for b in batches] == [(layers, 8, 4), (layers, 8, 4), (layers, 4, 4)]
+    for batch in batches:
+        run_model(model, batch)
+
+
+def test_a_position_table_beside_a_fixed_batch_of_one_holds_no_samples():
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence"])
+    positions = helper.make_tensor_value_info("cache_position", TensorProto.INT64, ["sequence"])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["input_ids", "cache_position"], ["y"])],
+        "fixed_batch",
+        [ids, positions],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [1, "sequence"])],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    samples = {"input_ids": np.zeros((3, 5), np.int64), "cache_position": np.arange(5, dtype=np.int64)}
+    batches = split_samples(samples, model=model)
+    assert [b["input_ids"].shape for b in batches] == [(1, 5)] * 3
+    assert all(b["cache_position"].shape == (5,) for b in batches)

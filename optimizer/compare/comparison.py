@@ -385,6 +385,7 @@ def _compare(
                 generation,
                 data,
                 accuracy_batches,
+                _batch_axes(before_model, batch_names),
             )
         )
     for result in results:
@@ -421,6 +422,7 @@ def _measure_provider(
     generation: _Generation | None = None,
     data: SampleData | None = None,
     accuracy_batches: Sequence[dict[str, np.ndarray]] | None = None,
+    batch_axes: Mapping[str, int | None] | None = None,
 ) -> ProviderResult:
     result = ProviderResult(ep.name, True)
     if data is not None:
@@ -446,7 +448,7 @@ def _measure_provider(
         if batch != base_batch and not batch_names:
             warnings.append(f"{ep.name}: batch {batch} skipped: no input dim is named like a batch")
             continue
-        inputs = _with_batch(base_inputs, batch, base_batch)
+        inputs = _with_batch(base_inputs, batch, base_batch, batch_axes)
         session_before = TimedSession(before, ep.name, inputs, threads)
         session_after = TimedSession(after, ep.name, inputs, threads)
         if not measured:
@@ -482,7 +484,7 @@ def _measure_provider(
     # With --generate no batch was timed on these one-step inputs: memory is measured on them as they are (tiled to
     # --batch, a prefill over a past is what ONNX Runtime's GroupQueryAttention runs only at batch 1).
     tile = batch_names and generation is None
-    first_inputs = _with_batch(base_inputs, settings.batches[0], base_batch) if tile else base_inputs
+    first_inputs = _with_batch(base_inputs, settings.batches[0], base_batch, batch_axes) if tile else base_inputs
     with task(f"{ep.name}: memory of BEFORE, then AFTER"):
         result.memory_before = measure_session_memory(before, ep.name, first_inputs, threads)
         result.memory_after = measure_session_memory(after, ep.name, first_inputs, threads)
@@ -742,18 +744,36 @@ def _batch_of(model: ir.Model, inputs: Mapping[str, np.ndarray], batch_names: li
     return int(max(shaped, key=np.ndim).shape[0])
 
 
-def _with_batch(inputs: Mapping[str, np.ndarray], batch: int, current: int) -> dict[str, np.ndarray]:
-    """Tile or cut every input along axis 0 from ``current`` rows to ``batch`` rows."""
+def _with_batch(
+    inputs: Mapping[str, np.ndarray], batch: int, current: int, axes: Mapping[str, int | None] | None = None
+) -> dict[str, np.ndarray]:
+    """Tile or cut each input from ``current`` rows to ``batch`` rows along its batch axis (``_batch_axes``;
+    axis 0 for an input not in ``axes``); an input whose axis is None has no batch and stays whole."""
     if batch == current:
         return dict(inputs)
     resized = {}
     for name, array in inputs.items():
-        if np.ndim(array) == 0 or array.shape[0] != current:
+        axis = (axes or {}).get(name, 0)
+        if axis is None or np.ndim(array) <= axis or array.shape[axis] != current:
             resized[name] = array
             continue
         repeats = -(-batch // current)
-        resized[name] = np.concatenate([array] * repeats, axis=0)[:batch]
+        tiled = np.concatenate([array] * repeats, axis=axis)
+        resized[name] = tiled[(slice(None),) * axis + (slice(0, batch),)]
     return resized
+
+
+def _batch_axes(model: ir.Model, batch_names: Sequence[str]) -> dict[str, int | None]:
+    """Where each input of ``model`` that has a dim of ``batch_names`` holds it (a state ``[2, batch, 128]``: 1).
+    The others are left out: tiled along axis 0 where it holds as many rows as the batch."""
+    axes: dict[str, int | None] = {}
+    for value in runtime_inputs(model):
+        if value.shape is None:
+            continue
+        found = [k for k, dim in enumerate(value.shape) if isinstance(dim, ir.SymbolicDim) and dim.value in batch_names]
+        if found:
+            axes[value.name] = found[0]
+    return axes
 
 
 def _sizes_after_fixes(
