@@ -1,6 +1,7 @@
 """A hostile review of d03764c, dfc5f1c, f6603ff (and 8fb35a6) (2026-12-03, session 42).
 
-Each finding is a strict xfail asserting the behaviour the commits (or the README) promise; it fails today.
+Each finding was a strict xfail asserting the behaviour the commits (or the README) promise; all are fixed
+(7d639c1) and are plain tests now.
 
 Findings:
 - ``optimizer/verify.py`` ``_ORT_QDQ_FUSED_OPS`` / ``_inside_qdq_unit`` against ONNX Runtime 1.32's CPU graph
