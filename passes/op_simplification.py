@@ -223,9 +223,17 @@ _TOLERANT = frozenset(
     for rule in _no_op.rules.rules
     if str(rule._target_pattern.output_nodes[0].op) in ("Mul", "Add", "Sub", "Div")
 )
+# onnxscript's MaterializeReshapeShape writes a Reshape's target from the shape the graph *declares* for its output
+# (a stale value_info, ddddocr's output declared [1, 'seqlen'] for a computed [T, 1, 8210]) and sets allowzero=1,
+# an attribute opset 13 and older lack: a wrong model under --no-verify. simplify-shapes proves such targets instead.
+_UNSOUND = frozenset({"MaterializeReshapeShape"})
 _RULES = (
     *_exact_no_op_rules(),
-    *(_REPLACED.get(id(rule), rule) for rule in rewriter._DEFAULT_REWRITE_RULES if id(rule) not in _TOLERANT),
+    *(
+        _REPLACED.get(id(rule), rule)
+        for rule in rewriter._DEFAULT_REWRITE_RULES
+        if id(rule) not in _TOLERANT and rule.name not in _UNSOUND
+    ),
 )
 # Before opset 11, Clip's bounds and Pad's pads are attributes: the rules written for them as inputs turned
 # Clip(Clip(x, -1, 5), 0, 1) into a bare Clip(x), or wrote a Clip/Pad ONNX Runtime refuses at that opset.
