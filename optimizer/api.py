@@ -41,6 +41,7 @@ from optimizer.model_io import (
     check_model_proto,
     check_paths,
     constants_of_old_ir,
+    deserialize,
     external_data_files,
     import_contrib_domain,
     lacks_contrib_import,
@@ -275,7 +276,7 @@ def _to_ir(model: object, *, warnings: list[str] | None = None) -> tuple[ir.Mode
         # them; work on a copy so the caller's proto stays as it was.
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        converted = ir.from_proto(copy)
+        converted = deserialize(copy, "model")
         import_contrib_domain(converted)
         if warning := constants_of_old_ir(converted):
             warnings.append(warning)

@@ -102,7 +102,7 @@ def load_model(path: str | os.PathLike, *, warnings: list[str] | None = None) ->
     _check_looks_like_onnx(proto, str(path))
     check_external_data(proto, path.parent, str(path))
     check_model_proto(proto, str(path))
-    model = ir.serde.deserialize_model(proto)
+    model = deserialize(proto, str(path))
     import_contrib_domain(model)
     ir.external_data.set_base_dir(model.graph, path.parent.absolute())
     anchor_external_data(model)
@@ -146,6 +146,40 @@ def constants_of_old_ir(model: ir.Model) -> str | None:
         f"IR version {old}: its {len(constants)} initializers listed as inputs are constants, as ONNX Runtime "
         f"reads them; written as IR version {_CONSTANT_INITIALIZERS_IR_VERSION}"
     )
+
+
+def deserialize(proto: onnx.ModelProto, label: str) -> ir.Model:
+    """``proto`` as an onnx-ir model; ``UnsupportedModelError`` for what onnx-ir cannot represent (a map type:
+    the ZipMap output of a scikit-learn classifier converted by skl2onnx)."""
+    try:
+        return ir.serde.deserialize_model(proto)
+    except ir.serde.SerdeError as error:
+        cause: BaseException = error
+        while cause.__cause__ is not None or cause.__context__ is not None:  # onnx-ir wraps it once per level
+            cause = cause.__cause__ or cause.__context__
+        if maps := _map_typed_values(proto):
+            raise UnsupportedModelError(
+                f"{label}: '{maps[0]}' is of a map type (a ZipMap output), which onnx-ir, graphopt's graph library, "
+                "cannot hold; convert the classifier without ZipMap (skl2onnx: options={'zipmap': False})"
+            ) from error
+        raise UnsupportedModelError(f"{label}: onnx-ir cannot read this model ({one_line(cause, 160)})") from error
+
+
+def _map_typed_values(proto: onnx.ModelProto) -> list[str]:
+    """Names of the main graph's inputs, outputs and value_info whose type holds a map."""
+
+    def holds_map(kind: onnx.TypeProto) -> bool:
+        which = kind.WhichOneof("value")
+        if which == "map_type":
+            return True
+        if which == "sequence_type":
+            return holds_map(kind.sequence_type.elem_type)
+        if which == "optional_type":
+            return holds_map(kind.optional_type.elem_type)
+        return False
+
+    graph = proto.graph
+    return [v.name for v in (*graph.output, *graph.input, *graph.value_info) if holds_map(v.type)]
 
 
 def check_model_proto(proto: onnx.ModelProto, label: str) -> None:
