@@ -87,6 +87,11 @@ class GraphoptPass:
         """Say why the pass as a whole left the model alone (no kernel on the target, no samples)."""
         self._state()[2].append(reason)
 
+    def said_why(self) -> bool:
+        """Whether a refusal or a decline already says why something was left alone."""
+        _, tally, declined = self._state()
+        return bool(declined or tally.lines())
+
     def result(self, model: ir.Model, modified: bool, twin: Twin | None = None) -> NotedResult:
         """The pass's result with its notes and refusals (declines first, then the counted ones).
 

@@ -259,3 +259,21 @@ def _shared_position(first: _pattern_ir.NodePattern, other: _pattern_ir.NodePatt
     """The first input position of ``first`` holding a pattern value ``other`` reads too, or None."""
     theirs = {id(value) for value in other.inputs if value is not None}
     return next((i for i, value in enumerate(first.inputs) if value is not None and id(value) in theirs), None)
+
+
+def nothing_found_note(model: ir.Model, what: str, looks_for: str, op_types: Iterable[str]) -> str:
+    """Why a pass found nothing to work on: ``"no {what}: {looks_for}"``, and how many nodes of ``op_types``
+    stand in subgraphs (a ``Loop``, ``If`` or ``Scan`` body), which the passes that say this do not enter."""
+    wanted = set(op_types)
+    nested = [
+        node
+        for node in ir.traversal.RecursiveGraphIterator(model.graph)
+        if node.graph is not model.graph and node.op_type in wanted
+    ]
+    if not nested:
+        return f"no {what} in the graph: {looks_for}"
+    owners = ", ".join(sorted({f"'{node.graph.name}'" if node.graph.name else "unnamed" for node in nested})[:3])
+    return (
+        f"no {what} in the main graph ({looks_for}); {len(nested)} {'/'.join(sorted(wanted))} stand in the body of "
+        f"a Loop, If or Scan ({owners}), which it does not enter"
+    )

@@ -73,7 +73,7 @@ from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, va
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, unfit_on_generated_samples
-from passes._utils import add_initializer, constant_array, remove_dead_nodes
+from passes._utils import add_initializer, constant_array, nothing_found_note, remove_dead_nodes
 from passes.factorization._timing import FASTER_BELOW, MeasuredSpeed, parameter_limit
 from passes.pruning._base import parameter_count
 
@@ -196,6 +196,9 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         name_nodes(model.graph)
         groups = self._candidates(model.graph)
         if not groups:
+            if not self.said_why():
+                wanted = "it factors MatMul/Gemm layers with constant 2-D weights"
+                self.note(nothing_found_note(model, "layer to factor", wanted, ("MatMul", "Gemm")))
             return self.result(model, modified=False)
         layers = [layer for group in groups for layer in group.layers]
         statistics = _layer_inputs(model, layers, fitted, _SAMPLE_ROWS, covariance=aware) if fitted else None

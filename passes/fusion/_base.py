@@ -31,6 +31,9 @@ class FusionPass(GraphoptPass, ir.passes.InPlacePass):
     fused_ops: tuple[tuple[str, str], ...] = ()
     # Other ops that already compute what this pass fuses (GroupQueryAttention for attention).
     already_fused_ops: tuple[tuple[str, str], ...] = ()
+    # False where the fused op is also what the pass starts from (fuse-conv-affine writes a Conv and reads one):
+    # holding it says nothing about an earlier run.
+    held_ops_mean_fused: bool = True
 
     def __init__(self, target: str = "cpu") -> None:
         super().__init__()
@@ -57,6 +60,8 @@ class FusionPass(GraphoptPass, ir.passes.InPlacePass):
         return self.result(model, modified=self.fused_count > 0)
 
     def _note_already_fused(self, model: ir.Model) -> None:
+        if not self.held_ops_mean_fused:
+            return
         wanted = {(domain or "", op) for domain, op in (*self.fused_ops, *self.already_fused_ops)}
         found = Counter(node.op_type for node in model.graph.all_nodes() if (node.domain or "", node.op_type) in wanted)
         if found:

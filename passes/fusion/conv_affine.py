@@ -90,6 +90,7 @@ class ConvAffineFusion(RuleFusionPass):
     """
 
     fused_ops = (("", "Conv"),)
+    held_ops_mean_fused = False
 
     def rule_set(self) -> pattern.RewriteRuleSet:
         return pattern.RewriteRuleSet(

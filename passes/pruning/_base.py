@@ -50,7 +50,7 @@ from optimizer.runtime import drift_of, run_batches, stream_values, value_collec
 from passes._layers import is_feature_bias, name_nodes
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, unfit_on_generated_samples
-from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
+from passes._utils import add_initializer, constant_array, nothing_found_note, remove_dead_nodes, replace_value
 from passes.pruning._groups import ChannelGroup, Cut
 from passes.pruning._reconstruction import MAX_INPUTS, removal_scores
 from passes.pruning._refit import channel_rows
@@ -94,6 +94,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
     """
 
     unit_name = "units"
+    # What a group is, for the note when none is found, and the ops that make one (counted in subgraphs).
+    looks_for = "no layer of the kinds it prunes"
+    layer_ops: tuple[str, ...] = ()
     # Where the removed units are zeroed in the twin, for its description.
     consumer_rows = "their consumers' rows"
 
@@ -167,6 +170,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             self.decline(f"{name} left whole: {reason}")
         if refused:
             self.note(f"{len(refused)} of {len(groups) + len(refused)} candidate groups left whole (see refusals)")
+        if not groups and not refused:
+            self.note(nothing_found_note(model, "group to prune", self.looks_for, self.layer_ops))
         if not groups or self.ratio == 0.0:
             return self.result(model, modified=False)
         self._totals = {}

@@ -254,6 +254,8 @@ class ChannelPruningPass(PruningPass):
     """
 
     unit_name = "channels"
+    looks_for = "it looks for a Conv whose output channels reach other Convs (or a pooled Gemm) through per-channel ops"
+    layer_ops = ("Conv",)
     consumer_rows = "the next layers' weights (Conv input filters, classifier rows)"
 
     def __init__(self, ratio: float, *, cost: str = "channels", exclude: Iterable[str] = (), **options) -> None:

@@ -29,6 +29,8 @@ class FfnHeadPruningPass(PruningPass):
     """
 
     unit_name = "units"
+    looks_for = "it looks for FFNs (as prune-ffn) and fused Attention/MultiHeadAttention nodes (as prune-heads)"
+    layer_ops = ("MatMul", "Gemm", "Attention", "MultiHeadAttention")
     consumer_rows = "the down and output projections' rows"
 
     def __init__(

@@ -157,6 +157,11 @@ class FfnPruningPass(PruningPass):
     """
 
     unit_name = "neurons"
+    looks_for = (
+        "it looks for a MatMul/Gemm down projection reading, through Relu/Gelu/SiLU-like activations, bias Adds or a "
+        "gated product, up projections with constant weights (a PRelu between them is not walked)"
+    )
+    layer_ops = ("MatMul", "Gemm")
     consumer_rows = "the down projections' rows"
 
     def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:

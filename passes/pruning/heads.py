@@ -270,6 +270,8 @@ class HeadPruningPass(PruningPass):
     """
 
     unit_name = "heads"
+    looks_for = "it prunes fused Attention/MultiHeadAttention (com.microsoft) nodes, as fuse-attention writes them"
+    layer_ops = ("Attention", "MultiHeadAttention")
     consumer_rows = "the output projections' rows"
 
     def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:

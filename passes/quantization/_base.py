@@ -58,7 +58,7 @@ from passes._layers import (
     unmatched_patterns,
 )
 from passes._pass import GraphoptPass
-from passes._utils import remove_dead_nodes
+from passes._utils import nothing_found_note, remove_dead_nodes
 from passes.quantization import smoothing
 from passes.quantization._int8 import ROW_LEVELS, ROW_SCALE_FLOOR, activation_parameters, quantize_weight
 from passes.quantization._layer_speed import FLOAT, LayerShape, LayerSpeeds, layer_probe, probe_names
@@ -835,23 +835,11 @@ def _local_errors(
     return errors
 
 
-_KIND_OPS = {"matmul": "MatMul", "gemm": "Gemm", "conv": "Conv", "attention": "Attention (com.microsoft)"}
+_KIND_OPS = {"matmul": "MatMul", "gemm": "Gemm", "conv": "Conv", "attention": "Attention"}
 
 
 def _nothing_to_quantize(model: ir.Model, kinds: Sequence[str]) -> str:
-    """Why a quantization pass found no layer: the op types it takes, and how many of them stand in
-    subgraphs (a ``Loop`` or ``If`` body, which it does not enter)."""
+    """Why a quantization pass found no layer (``nothing_found_note``)."""
     wanted = [_KIND_OPS[kind] for kind in kinds]
-    nested = [
-        node
-        for node in ir.traversal.RecursiveGraphIterator(model.graph)
-        if node.graph is not model.graph and node.op_type in {op.split(" ")[0] for op in wanted}
-    ]
     takes = ", ".join(wanted[:-1]) + f" or {wanted[-1]}" if len(wanted) > 1 else wanted[0]
-    if nested:
-        owners = ", ".join(sorted({f"'{node.graph.name}'" if node.graph.name else "unnamed" for node in nested})[:3])
-        return (
-            f"no layer to quantize in the main graph (it takes {takes}); {len(nested)} stand in the body of "
-            f"a Loop, If or Scan ({owners}), which it does not enter"
-        )
-    return f"no layer to quantize: the main graph has no {takes} with a constant weight"
+    return nothing_found_note(model, "layer to quantize", f"it takes a {takes} with a constant weight", wanted)
