@@ -88,6 +88,8 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             op_block_list=blocked,
             disable_shape_infer=_has_contrib_ops(proto),
         )
+        if moved := _casts_into_their_subgraphs(converted):
+            self.note(f"{moved} Casts the converter wrote in the main graph moved into the If/Loop bodies they read")
         result = ir.from_proto(converted)
         result.graph.sort()  # the converter appends the input Casts after their users
         kept = sum(1 for node in result.graph if node.op_type in self.block_ops)
@@ -100,6 +102,56 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             + ("" if self.keep_io_types else ", float16 inputs and outputs"),
         )
         return self.result(result, modified=True, twin=twin)
+
+
+def _casts_into_their_subgraphs(proto: onnx.ModelProto) -> int:
+    """Move each Cast of the main graph that reads a value only a subgraph defines into that subgraph, right
+    after the value's producer; return how many moved. onnxruntime's float16 converter writes the Casts around
+    an op it keeps float32 inside an ``If`` branch (Silero VAD v4's STFT) in the main graph, where what they
+    read does not exist."""
+    main = proto.graph
+    defined = {value.name for value in (*main.input, *main.initializer)} | {o for n in main.node for o in n.output}
+    homes: dict[str, onnx.GraphProto] = {}
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            for attribute in node.attribute:
+                for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                    for name in (*(t.name for t in sub.initializer), *(o for n in sub.node for o in n.output)):
+                        homes.setdefault(name, sub)
+                    visit(sub)
+
+    visit(main)
+    moved = 0
+    while True:
+        index = next(
+            (
+                i
+                for i, node in enumerate(main.node)
+                if node.op_type == "Cast" and node.input[0] not in defined and node.input[0] in homes
+            ),
+            None,
+        )
+        if index is None:
+            return moved
+        stray = onnx.NodeProto()
+        stray.CopyFrom(main.node[index])
+        del main.node[index]
+        sub = homes[stray.input[0]]
+        nodes = [_copy_of(node) for node in sub.node]
+        at = next((i + 1 for i, node in enumerate(nodes) if stray.input[0] in node.output), 0)
+        nodes.insert(at, stray)
+        del sub.node[:]
+        sub.node.extend(nodes)
+        for name in stray.output:
+            homes[name] = sub
+        moved += 1
+
+
+def _copy_of(node: onnx.NodeProto) -> onnx.NodeProto:
+    copied = onnx.NodeProto()
+    copied.CopyFrom(node)
+    return copied
 
 
 def _clamp_bounds(model: ir.Model, blocked: set[str], *, float16_outputs: bool) -> list[str]:
