@@ -1977,22 +1977,19 @@ class SampleAxes:
 
 def _later_sample_axes(model: ir.Model | None, sampled: frozenset[str] | None) -> dict[str, int]:
     """Inputs outside ``sampled`` with a fixed first dim whose one symbolic dim that is the samples' batch (the
-    first dim of a sampled input; named like a batch under a first dim of 1) stands after axis 0, with that axis."""
+    first dim of a sampled input, named like a batch) stands after axis 0, with that axis. An unnamed one is not
+    linked: ``[4, S, 8]`` beside ``t [S, 8]`` is a fixed batch of 4 and a table, as ``[2, s0, 128]`` beside
+    ``input [s0, 512]`` is shaped (a documented limit: name the batch dim, or give one batch of samples)."""
     if model is None or not sampled:
         return {}
     inputs = {v.name: v for v in model.graph.inputs if v.shape is not None and v.shape.rank()}
-    batches = {str(inputs[name].shape[0]) for name in sampled if name in inputs}
+    firsts = {str(inputs[name].shape[0]) for name in sampled if name in inputs}
+    batches = {dim for dim in firsts if _BATCH_NAME.search(dim)}
     later = {}
     for name, value in inputs.items():
         if name in sampled or not isinstance(value.shape[0], int):
             continue
-        # Under a first dim of 1 (one LSTM layer's h0 [1, batch, 128]) only a dim named like a batch is one.
-        named = not _stacks_states(value)
-        axes = [
-            k
-            for k, dim in enumerate(value.shape)
-            if k and not isinstance(dim, int) and str(dim) in batches and (not named or _BATCH_NAME.search(str(dim)))
-        ]
+        axes = [k for k, dim in enumerate(value.shape) if k and not isinstance(dim, int) and str(dim) in batches]
         if len(axes) == 1:
             later[name] = axes[0]
     return later
@@ -2054,20 +2051,13 @@ def sample_inputs(model: ir.Model) -> frozenset[str] | None:
     fixed batch, or no shapes): every input with a dim is then cut alike.
     """
     shaped = [v for v in model.graph.inputs if v.shape is not None and v.shape.rank()]
-    later = {str(dim) for v in shaped if not _stacks_states(v) for dim in list(v.shape)[1:] if not isinstance(dim, int)}
+    later = {str(dim) for v in shaped for dim in list(v.shape)[1:] if not isinstance(dim, int)}
     sampled = frozenset(
         v.name
         for v in shaped
         if not isinstance(v.shape[0], int) and (str(v.shape[0]) not in later or _BATCH_NAME.search(str(v.shape[0])))
     )
     return sampled or None
-
-
-def _stacks_states(value: ir.Value) -> bool:
-    """Whether ``value``'s first dim is a fixed count above 1 (an LSTM's stacked states ``[2, s0, 128]``): a
-    symbolic dim after it is the samples' batch put later, not a table's rows (``[1, S]`` beside ``t [S]``
-    is a model that fixes its batch at 1)."""
-    return isinstance(value.shape[0], int) and value.shape[0] > 1
 
 
 def fixes_batch(model: ir.Model) -> bool:

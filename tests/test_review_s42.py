@@ -239,6 +239,13 @@ def _state_model(dim: str) -> ir.Model:
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="documented limit (README, Calibration data): a batch on axis 1 of a stacked state is linked only when "
+    "named like a batch; unnamed, [2, s0, 128] beside input [s0, 512] is shaped like a fixed batch of 2 beside a "
+    "table [S, K], which must stay whole (tests/test_sample_data.py)",
+)
 @pytest.mark.parametrize("dim", ["s0", "unk__3", "p2o.DynamicDimension.0"])
 def test_a_state_whose_unnamed_batch_is_on_axis_1_counts_its_samples(dim):
     rng = np.random.default_rng(1)
