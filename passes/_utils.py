@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -273,7 +274,10 @@ def nothing_found_note(model: ir.Model, what: str, looks_for: str, op_types: Ite
     if not nested:
         return f"no {what} in the graph: {looks_for}"
     owners = ", ".join(sorted({f"'{node.graph.name}'" if node.graph.name else "unnamed" for node in nested})[:3])
+    counts = Counter(node.op_type for node in nested)
+    found = ", ".join(f"{count} {op}" for op, count in sorted(counts.items()))
+    verb = "stands" if len(nested) == 1 else "stand"
     return (
-        f"no {what} in the main graph ({looks_for}); {len(nested)} {'/'.join(sorted(wanted))} stand in the body of "
-        f"a Loop, If or Scan ({owners}), which it does not enter"
+        f"no {what} in the main graph ({looks_for}); {found} {verb} in the body of a Loop, If or Scan ({owners}), "
+        "which it does not enter"
     )

@@ -30,6 +30,7 @@ class MatMulAddFusion(RuleFusionPass):
     """
 
     fused_ops = (("", "Gemm"),)
+    held_ops_mean_fused = False  # a torch.nn.Linear exports a Gemm itself
 
     def rule_set(self) -> pattern.RewriteRuleSet:
         return _matmul_add_to_gemm.rules
