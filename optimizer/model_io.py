@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import google.protobuf.message
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -151,6 +152,7 @@ def constants_of_old_ir(model: ir.Model) -> str | None:
 def deserialize(proto: onnx.ModelProto, label: str) -> ir.Model:
     """``proto`` as an onnx-ir model; ``UnsupportedModelError`` for what onnx-ir cannot represent (a map type:
     the ZipMap output of a scikit-learn classifier converted by skl2onnx)."""
+    _densify_sparse_initializers(proto)
     try:
         return ir.serde.deserialize_model(proto)
     except ir.serde.SerdeError as error:
@@ -163,6 +165,22 @@ def deserialize(proto: onnx.ModelProto, label: str) -> ir.Model:
                 "cannot hold; convert the classifier without ZipMap (skl2onnx: options={'zipmap': False})"
             ) from error
         raise UnsupportedModelError(f"{label}: onnx-ir cannot read this model ({one_line(cause, 160)})") from error
+
+
+def _densify_sparse_initializers(proto: onnx.ModelProto) -> None:
+    """Turn the main graph's sparse initializers into dense ones, in place: onnx-ir drops them without a word
+    (a clone of the graph then fails on the value nothing defines). The model computes the same."""
+    graph = proto.graph
+    for sparse in graph.sparse_initializer:
+        values = onnx.numpy_helper.to_array(sparse.values)
+        indices = onnx.numpy_helper.to_array(sparse.indices).astype(np.int64)
+        dense = np.zeros(tuple(sparse.dims), dtype=values.dtype)
+        if indices.ndim == 1:
+            dense.reshape(-1)[indices] = values  # linearized indices
+        else:
+            dense[tuple(indices.T)] = values
+        graph.initializer.append(onnx.numpy_helper.from_array(dense, sparse.values.name))
+    del graph.sparse_initializer[:]
 
 
 def _map_typed_values(proto: onnx.ModelProto) -> list[str]:

@@ -170,9 +170,6 @@ def _sparse_initializer_model() -> onnx.ModelProto:
     return model
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="a sparse initializer is dropped by onnx-ir: traceback, not one line"
-)
 def test_a_sparse_initializer_is_kept_or_refused_in_one_line():
     model = _sparse_initializer_model()
     feeds = {"x": np.zeros(4, np.float32)}
