@@ -55,6 +55,7 @@ from optimizer.pipeline import run_pipeline
 from optimizer.protocol import PassContext, PassSpec
 from optimizer.registry import all_passes, resolve, ways_to_ask
 from optimizer.report import PipelineReport
+from optimizer.runtime import strings_serializable
 from optimizer.verify import Verifier
 
 # The API's own keywords, suggested when an unknown option is near one of them.
@@ -191,7 +192,8 @@ def optimize_with_report(
         report.output = str(written)
         return (written if isinstance(model, os.PathLike) else str(written)), report
     if isinstance(model, onnx.ModelProto):
-        return ir.to_proto(optimized), report
+        with strings_serializable(optimized):  # a folded label table is an ir.Tensor over numpy strings
+            return ir.to_proto(optimized), report
     return optimized, report
 
 

@@ -18,8 +18,13 @@ sign of zero only a division by it would show.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
 from onnxscript import rewriter
 from onnxscript.rewriter import _pattern_ir, pattern
 from onnxscript.rewriter.rules.common import (
@@ -30,6 +35,7 @@ from onnxscript.rewriter.rules.common import (
     _redundant_scatter_nd,
 )
 
+from optimizer.runtime import strings_serializable
 from passes._pass import GraphoptPass
 from passes._utils import linear_rule_set, overridable_inputs_hidden, remove_dead_nodes
 from passes.cleanup import LiftConstantsPass, RemoveIdentityPass
@@ -50,12 +56,42 @@ class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
         # (Paddle's) keep every weight in a Constant node, so lift those first.
         lifted = _has_constant_batchnorm_weights(model) and LiftConstantsPass()(model).modified
         rules = linear_rule_set(_RULES if model.opset_imports.get("", 0) >= 11 else _RULES_BEFORE_11)
-        with overridable_inputs_hidden(model):  # a default a caller may override is no constant
+        # A default a caller may override is no constant; a shape the file declares is no fact (the rules read
+        # value shapes: ReshapeReshape, Flatten2Reshape, ExpandIdentity, a SAME Conv's pads).
+        with overridable_inputs_hidden(model), declared_shapes_inferred(model):
             modified = rewriter.RewritePass(rules)(model).modified or lifted
         if modified:
             RemoveIdentityPass()(model)
             remove_dead_nodes(model)
         return ir.passes.PassResult(model, modified=modified)
+
+
+@contextlib.contextmanager
+def declared_shapes_inferred(model: ir.Model) -> Iterator[None]:
+    """While open, every value but the graphs' inputs carries only the shape ONNX's shape inference derives from
+    the inputs, none where it derives none: a shape a file declares (a stale ``value_info``; ddddocr's output
+    declared ``[1, 'seqlen']`` for a computed ``[T, 1, 8210]``) made onnxscript's rules write a wrong target.
+    Afterwards every value gets back its type and shape as declared (none where none was), as the later passes
+    read them."""
+    declared: list[tuple[ir.Value, ir.Shape | None, ir.TypeProtocol | None]] = []
+    for graph in model.graphs():
+        for node in graph:
+            for value in node.outputs:
+                declared.append((value, value.shape, value.type))
+                value.shape = None
+    inputs = list(model.graph.inputs)
+    try:
+        with strings_serializable(model):  # onnx-ir's inference asks every initializer its nbytes
+            ShapeInferencePass(check_type=False, strict_mode=False)(model)
+    except Exception:  # noqa: BLE001 - inference helps the rules, they need none: they then see no shapes
+        logger.debug("simplify-ops: shape inference failed; the rules see no shapes", exc_info=True)
+        model.graph.inputs.clear()  # it turns initializers into inputs while it runs
+        model.graph.inputs.extend(inputs)
+    try:
+        yield
+    finally:
+        for value, shape, kind in declared:
+            value.type, value.shape = kind, shape  # inference read SplitToSequence's output as a tensor
 
 
 def _exactly(number: int) -> _pattern_ir.Constant:
@@ -223,9 +259,10 @@ _TOLERANT = frozenset(
     for rule in _no_op.rules.rules
     if str(rule._target_pattern.output_nodes[0].op) in ("Mul", "Add", "Sub", "Div")
 )
-# onnxscript's MaterializeReshapeShape writes a Reshape's target from the shape the graph *declares* for its output
-# (a stale value_info, ddddocr's output declared [1, 'seqlen'] for a computed [T, 1, 8210]) and sets allowzero=1,
-# an attribute opset 13 and older lack: a wrong model under --no-verify. simplify-shapes proves such targets instead.
+# onnxscript's MaterializeReshapeShape sets allowzero=1, an attribute opset 13 and older lack (ddddocr's torch 1.9
+# export at opset 12): a model ONNX Runtime refuses. simplify-shapes proves such targets instead.
+logger = logging.getLogger(__name__)
+
 _UNSOUND = frozenset({"MaterializeReshapeShape"})
 _RULES = (
     *_exact_no_op_rules(),
