@@ -178,9 +178,6 @@ def test_a_sparse_initializer_is_kept_or_refused_in_one_line():
     np.testing.assert_array_equal(_run(_proto(out), feeds)[0], expected[0])
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="narrow rows pooled up to 64 values: one row far off its twin passes"
-)
 @pytest.mark.parametrize(
     ("shape", "row", "factor"),
     [((1, 22, 6), (0, 3), 2.5), ((64, 1), (7,), 5.0)],
