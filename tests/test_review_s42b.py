@@ -295,16 +295,24 @@ _FP16_CASES = {
     "if_branches_share_a_name": (_if_with_pow_shared_names, [{"x": _X, "k": np.array(1)}, {"x": _X, "k": np.array(0)}]),
     "loop_state_read_by_pow": (_loop_state_pow, [{"x": _X, "k": np.array(3)}]),
     "scan_row_read_by_pow": (_scan_pow, [{"x": _X, "a0": np.zeros(8, np.float32)}]),
-    "pow_in_loop_body_and_in_its_if": (_loop_pow_and_if_pow, [{"x": _X, "k": np.array(3)}]),
+    # Inputs whose powers stay in float16's range (at _X the float32 original reaches 7.7e10: float16 overflows
+    # and verification rightly rolls the conversion back).
+    "pow_in_loop_body_and_in_its_if": (_loop_pow_and_if_pow, [{"x": np.tanh(_X) / 2, "k": np.array(3)}]),
 }
 
 
-@pytest.mark.xfail(
+_CONVERTER_SHADOWING = pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="Casts into subgraphs: stale float16 value_info; body inputs not handled; shared names across branches",
+    reason="known limit: onnxruntime's float16 converter renames by name across scopes, so a Scan body input named "
+    "like the Scan's graph output ('acc') is read as the main graph's output Cast: a cycle, the pass fails (kept)",
 )
-@pytest.mark.parametrize("case", list(_FP16_CASES))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=_CONVERTER_SHADOWING) if c == "scan_row_read_by_pow" else c for c in _FP16_CASES],
+)
 def test_float16_of_a_pow_in_a_subgraph_is_valid_and_applied(case):
     build, feed_sets = _FP16_CASES[case]
     model = build()

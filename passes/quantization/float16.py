@@ -105,25 +105,16 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
 
 
 def _casts_into_their_subgraphs(proto: onnx.ModelProto) -> int:
-    """Move each Cast of the main graph that reads a value only a subgraph defines into that subgraph, right
-    after the value's producer; return how many moved. onnxruntime's float16 converter writes the Casts around
-    an op it keeps float32 inside an ``If`` branch (Silero VAD v4's STFT) in the main graph, where what they
-    read does not exist."""
+    """Move each Cast of the main graph that reads a value only a subgraph defines into that subgraph (into each
+    one, where branches reuse the name), right after the value's producer; return how many were moved.
+    onnxruntime's float16 converter writes the Casts around an op it keeps float32 inside an ``If``, ``Loop`` or
+    ``Scan`` body (Silero VAD v4's STFT) in the main graph, where what they read does not exist. Its float16
+    ``value_info`` for an initializer it kept float32 is dropped too (onnx's full check refuses it)."""
     main = proto.graph
-    defined = {value.name for value in (*main.input, *main.initializer)} | {o for n in main.node for o in n.output}
-    homes: dict[str, onnx.GraphProto] = {}
-
-    def visit(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            for attribute in node.attribute:
-                for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                    for name in (*(t.name for t in sub.initializer), *(o for n in sub.node for o in n.output)):
-                        homes.setdefault(name, sub)
-                    visit(sub)
-
-    visit(main)
     moved = 0
     while True:
+        defined = {value.name for value in (*main.input, *main.initializer)} | {o for n in main.node for o in n.output}
+        homes = _subgraph_homes(main)
         index = next(
             (
                 i
@@ -133,19 +124,55 @@ def _casts_into_their_subgraphs(proto: onnx.ModelProto) -> int:
             None,
         )
         if index is None:
-            return moved
-        stray = onnx.NodeProto()
-        stray.CopyFrom(main.node[index])
+            break
+        stray = _copy_of(main.node[index])
         del main.node[index]
-        sub = homes[stray.input[0]]
-        nodes = [_copy_of(node) for node in sub.node]
-        at = next((i + 1 for i, node in enumerate(nodes) if stray.input[0] in node.output), 0)
-        nodes.insert(at, stray)
-        del sub.node[:]
-        sub.node.extend(nodes)
-        for name in stray.output:
-            homes[name] = sub
+        for sub in homes[stray.input[0]]:
+            nodes = [_copy_of(node) for node in sub.node]
+            at = next((i + 1 for i, node in enumerate(nodes) if stray.input[0] in node.output), 0)
+            nodes.insert(at, _copy_of(stray))
+            del sub.node[:]
+            sub.node.extend(nodes)
         moved += 1
+    if moved:
+        _drop_initializer_value_info(main)
+    return moved
+
+
+def _subgraph_homes(graph: onnx.GraphProto) -> dict[str, list[onnx.GraphProto]]:
+    """Each name a subgraph of ``graph`` (at any depth) defines (its inputs, initializers, node outputs), with
+    the subgraphs that define it."""
+    homes: dict[str, list[onnx.GraphProto]] = {}
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                names = (
+                    *(v.name for v in sub.input),
+                    *(t.name for t in sub.initializer),
+                    *(o for n in sub.node for o in n.output),
+                )
+                for name in dict.fromkeys(names):
+                    homes.setdefault(name, []).append(sub)
+                for name, deeper in _subgraph_homes(sub).items():
+                    homes.setdefault(name, []).extend(deeper)
+    return homes
+
+
+def _drop_initializer_value_info(graph: onnx.GraphProto) -> None:
+    initializers = {tensor.name for tensor in graph.initializer}
+    kept = [_copy_value_info(info) for info in graph.value_info if info.name not in initializers]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                _drop_initializer_value_info(sub)
+
+
+def _copy_value_info(info: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    copied = onnx.ValueInfoProto()
+    copied.CopyFrom(info)
+    return copied
 
 
 def _copy_of(node: onnx.NodeProto) -> onnx.NodeProto:
