@@ -396,20 +396,29 @@ def int8_row_excess(
             return None
         e, a, o = (x.astype(np.float64) for x in (expected, actual, original))
         width = max(1, int(np.prod(e.shape[2:] if e.ndim >= 3 else e.shape[1:] if e.ndim == 2 else e.shape)))
-        strayed = np.sum((a - o).reshape(-1, width) ** 2, axis=1)
-        claimed = np.sum((e - o).reshape(-1, width) ** 2, axis=1)
-        if width < NARROW_ROW_VALUES:
-            claimed = claimed + ONE_STEP_SQUARES * float(np.mean((e - o) ** 2))
+        deviations = ((a - o) ** 2).reshape(-1, width)
+        errors = ((e - o) ** 2).reshape(-1, width)
+        strayed, claimed = deviations.sum(axis=1), errors.sum(axis=1)
         # A row the quantization barely moved is held to a floor, not to zero.
         floor = 1e-3 * float(np.sqrt(np.mean(o**2))) + np.finfo(np.float32).tiny
+        if width < NARROW_ROW_VALUES:
+            # One value of a narrow row may be one step off (see NARROW_ROW_VALUES): its largest deviation, up to
+            # a step, is not counted; a step from the typical rounding error the twin shows (the median of the
+            # nonzero ones: a few far rows do not set it). The whole output is held to the ratio as well.
+            nonzero = errors[errors > 0]
+            step = ONE_STEP_SQUARES * float(np.median(nonzero)) if nonzero.size else 0.0
+            strayed = strayed - np.minimum(deviations.max(axis=1), step)
+            whole = float(np.sum(deviations)) / max(float(np.sum(errors)), floor**2 * deviations.size)
+            worst = max(worst, float(np.sqrt(whole)))
         worst = max(worst, float(np.sqrt(np.max(strayed / np.maximum(claimed, floor**2 * width)))))
     return worst
 
 
 # Rows narrower than this (a detector's [1, anchors, 6] boxes and scores) may also hold one value one quantization
 # step off (a rounding tie flipped the other way upstream), which in 6 values alone made a correct row 1.32x its
-# twin's: such a row is allowed ONE_STEP_SQUARES times the output's mean squared rounding error besides (rounding
-# to a step q errs q^2 / 12 on average, so one whole step is 12 of those). A row far off its twin still fails.
+# twin's: in such a row the largest deviation, up to ONE_STEP_SQUARES times the typical squared rounding error
+# (rounding to a step q errs q^2 / 12 on average, so one whole step is 12 of those), is not counted, and the
+# whole output must stay within the ratio too. A row far off its twin, or an output off everywhere, still fails.
 NARROW_ROW_VALUES = 64
 ONE_STEP_SQUARES = 12.0
 

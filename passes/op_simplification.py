@@ -74,24 +74,31 @@ def declared_shapes_inferred(model: ir.Model) -> Iterator[None]:
     Afterwards every value gets back its type and shape as declared (none where none was), as the later passes
     read them."""
     declared: list[tuple[ir.Value, ir.Shape | None, ir.TypeProtocol | None]] = []
-    for graph in model.graphs():
-        for node in graph:
-            for value in node.outputs:
-                declared.append((value, value.shape, value.type))
-                value.shape = None
-    inputs = list(model.graph.inputs)
+    bodies = [*model.graphs(), *model.functions.values()]
+    # A rule that replaces a graph output copies the replaced value's (inferred) shape: by position they come back.
+    interfaces = [(body, [(value.shape, value.type) for value in body.outputs]) for body in bodies]
+    for body in bodies:
+        # Node outputs; a subgraph's or function's inputs too (a Loop's carried state declared [3, 4] and fed [1, 4]).
+        inputs = body.inputs if body is not model.graph else []
+        for value in [*inputs, *(output for node in body for output in node.outputs)]:
+            declared.append((value, value.shape, value.type))
+            value.shape = None
+    graph_inputs = list(model.graph.inputs)
     try:
         with strings_serializable(model):  # onnx-ir's inference asks every initializer its nbytes
             ShapeInferencePass(check_type=False, strict_mode=False)(model)
     except Exception:  # noqa: BLE001 - inference helps the rules, they need none: they then see no shapes
         logger.debug("simplify-ops: shape inference failed; the rules see no shapes", exc_info=True)
         model.graph.inputs.clear()  # it turns initializers into inputs while it runs
-        model.graph.inputs.extend(inputs)
+        model.graph.inputs.extend(graph_inputs)
     try:
         yield
     finally:
         for value, shape, kind in declared:
             value.type, value.shape = kind, shape  # inference read SplitToSequence's output as a tensor
+        for body, outputs in interfaces:
+            for value, (shape, kind) in zip(body.outputs, outputs):
+                value.type, value.shape = kind, shape
 
 
 def _exactly(number: int) -> _pattern_ir.Constant:
