@@ -1907,7 +1907,7 @@ def split_samples(
     count = samples_in(arrays, cut)
     return [
         {
-            name: _cut_samples(cut, name, array, slice(start, start + size)) if cut(name, array) else array
+            name: cut.take(name, array, slice(start, start + size)) if cut(name, array) else array
             for name, array in arrays.items()
         }
         for start in range(0, count, size)
@@ -1931,7 +1931,7 @@ def fixed_batch_size(model: ir.Model) -> int | None:
     return min(d for r, d in fixed if r == rank)
 
 
-def holds_samples(model: ir.Model | None) -> Callable[[str, Any], bool]:
+def holds_samples(model: ir.Model | None) -> SampleAxes:
     """Whether a batch's array ``name`` holds samples along axis 0, as every splitter of samples cuts
     them: an input of ``sample_inputs``, an input of unknown shape, any array with a dim where there is
     no model, and in a model with a fixed batch each input whose first dim is that batch size (an
@@ -1995,21 +1995,9 @@ def _later_sample_axes(model: ir.Model | None, sampled: frozenset[str] | None) -
     return later
 
 
-def samples_in(batch: Mapping[str, Any], holds: Callable[[str, Any], bool]) -> int:
+def samples_in(batch: Mapping[str, Any], holds: SampleAxes) -> int:
     """How many samples ``batch`` holds: the length of its sample-holding arrays (1 when it has none)."""
-    return min((_length(holds, name, array) for name, array in batch.items() if holds(name, array)), default=1)
-
-
-def _length(holds: Callable[[str, Any], bool], name: str, array: Any) -> int:
-    return holds.length(name, array) if isinstance(holds, SampleAxes) else len(array)
-
-
-def _axis(holds: Callable[[str, Any], bool], name: str) -> int:
-    return holds.axis(name) if isinstance(holds, SampleAxes) else 0
-
-
-def _cut_samples(holds: Callable[[str, Any], bool], name: str, array: Any, index: Any) -> Any:
-    return holds.take(name, array, index) if isinstance(holds, SampleAxes) else array[index]
+    return min((holds.length(name, array) for name, array in batch.items() if holds(name, array)), default=1)
 
 
 def _shaped_inputs(model: ir.Model | None) -> frozenset[str]:
@@ -2075,7 +2063,7 @@ class _HeldOut(Sequence):
         batches: Sequence[Mapping[str, np.ndarray]],
         every: int,
         whole: bool,
-        holds: Callable[[str, Any], bool],
+        holds: SampleAxes,
         held: bool,
     ) -> None:
         self._batches, self._every, self._whole, self._holds, self._held = batches, every, whole, holds, held
@@ -2117,7 +2105,7 @@ class _HeldOut(Sequence):
                 yield dict(batch)
             else:
                 yield {
-                    name: _cut_samples(self._holds, name, array, chosen) if self._holds(name, array) else array
+                    name: self._holds.take(name, array, chosen) if self._holds(name, array) else array
                     for name, array in batch.items()
                 }
 
@@ -2267,7 +2255,7 @@ class _Batches(Sequence):
 
 def _refuse_unequal_samples(
     arrays: Mapping[str, np.ndarray],
-    holds: Callable[[str, Any], bool],
+    holds: SampleAxes,
     first_dims: Mapping[str, str],
     source: str,
 ) -> None:
@@ -2279,7 +2267,7 @@ def _refuse_unequal_samples(
     by_dim: dict[str | None, dict[str, int]] = {}
     for name, array in arrays.items():
         if holds(name, array):
-            by_dim.setdefault(first_dims.get(name), {})[name] = _length(holds, name, array)
+            by_dim.setdefault(first_dims.get(name), {})[name] = holds.length(name, array)
     for counts in by_dim.values():
         if len(set(counts.values())) > 1:
             (first, most), (second, fewest) = (
@@ -2287,7 +2275,7 @@ def _refuse_unequal_samples(
                 min(counts.items(), key=lambda i: i[1]),
             )
             raise InputSpecError(
-                f"{source}: '{first}' holds {most} samples along axis {_axis(holds, first)} and '{second}' "
+                f"{source}: '{first}' holds {most} samples along axis {holds.axis(first)} and '{second}' "
                 f"{fewest}; every array holds one entry per sample along axis 0 (or where the model puts its batch)"
             )
 
@@ -2309,14 +2297,14 @@ def _first_dim_names(model: ir.Model) -> dict[str, str]:
     return names
 
 
-def _rows(arrays: Mapping[str, np.ndarray], holds: Callable[[str, Any], bool] | None = None) -> int:
+def _rows(arrays: Mapping[str, np.ndarray], holds: SampleAxes | None = None) -> int:
     """Samples in ``arrays``: the length of those that hold samples (``holds``; by default any with a dim)."""
     holds = holds or _any_dim
     return samples_in(arrays, holds)
 
 
-def _any_dim(name: str, array: Any) -> bool:
-    return bool(np.ndim(array))
+# Without a model: every array with a dim holds samples, along axis 0.
+_any_dim = SampleAxes(lambda name, array: bool(np.ndim(array)))
 
 
 def _shapes(arrays: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -2324,29 +2312,23 @@ def _shapes(arrays: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def _take(
-    arrays: Mapping[str, np.ndarray], start: int, stop: int, holds: Callable[[str, Any], bool] | None = None
+    arrays: Mapping[str, np.ndarray], start: int, stop: int, holds: SampleAxes | None = None
 ) -> dict[str, np.ndarray]:
     holds = holds or _any_dim
-    return {
-        name: _cut_samples(holds, name, a, slice(start, stop)) if holds(name, a) else a for name, a in arrays.items()
-    }
+    return {name: holds.take(name, a, slice(start, stop)) if holds(name, a) else a for name, a in arrays.items()}
 
 
-def _join(
-    chunks: list[dict[str, np.ndarray]], holds: Callable[[str, Any], bool] | None = None
-) -> dict[str, np.ndarray]:
+def _join(chunks: list[dict[str, np.ndarray]], holds: SampleAxes | None = None) -> dict[str, np.ndarray]:
     if len(chunks) == 1:
         return chunks[0]
     holds = holds or _any_dim
     return {
-        name: np.concatenate([c[name] for c in chunks], axis=_axis(holds, name)) if holds(name, a) else a
+        name: np.concatenate([c[name] for c in chunks], axis=holds.axis(name)) if holds(name, a) else a
         for name, a in chunks[0].items()
     }
 
 
-def _cut(
-    arrays: dict[str, np.ndarray], size: int, holds: Callable[[str, Any], bool] | None = None
-) -> Iterator[dict[str, np.ndarray]]:
+def _cut(arrays: dict[str, np.ndarray], size: int, holds: SampleAxes | None = None) -> Iterator[dict[str, np.ndarray]]:
     count = _rows(arrays, holds)
     for start in range(0, count, size):
         # Copies: a memory-mapped .npy slice must not keep the file's pages, nor be written through.
@@ -2533,7 +2515,7 @@ def _read_npy_folder(files: list[Path], source: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _npz_plan(path: Path, source: str, holds: Callable[[str, Any], bool]) -> _Chunk:
+def _npz_plan(path: Path, source: str, holds: SampleAxes) -> _Chunk:
     """(samples, signature) of one .npz file, from its .npy headers alone."""
     unreadable = f"{source}: not a readable .npz file"
     try:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +62,19 @@ def run_cli(argv: list[object], capsys) -> tuple[int, str, str]:
     code = main([str(arg) for arg in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def run_graphopt(
+    cwd: Path, *argv: object, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """``graphopt ARGV`` run in ``cwd`` as a user runs it (a process of its own), its output as text."""
+    env = {**os.environ, "PYTHONPATH": os.fspath(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "optimizer.cli", *map(str, argv)],
+        cwd=cwd,
+        env=env,
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        timeout=timeout,
+    )

@@ -125,6 +125,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests._cli_models import run_graphopt
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = np.arange(64 * 8, dtype=np.float32).reshape(64, 8) / 100
 BIAS = np.linspace(-1, 1, 8, dtype=np.float32)
@@ -146,19 +148,6 @@ def _affine(path: Path, *, external: bool = True) -> Path:
     else:
         onnx.save(model, os.fspath(path))
     return path
-
-
-def _graphopt(cwd: Path, *argv: object, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``graphopt ARGV`` run in ``cwd`` as a user runs it (a process of its own)."""
-    env = {**os.environ, "PYTHONPATH": os.fspath(REPO_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "optimizer.cli", *map(str, argv)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _one_line_error(done: subprocess.CompletedProcess) -> bool:
@@ -188,13 +177,13 @@ TOO_LONG = "b" * 256  # one byte past NAME_MAX on ext4, xfs, btrfs, tmpfs
     ids=["output", "model", "inputs", "pipeline-json", "compare-json", "make-inputs"],
 )
 def test_a_file_name_too_long_is_one_line(folder, argv):
-    done = _graphopt(folder, *argv)
+    done = run_graphopt(folder, *argv)
     assert "Traceback" not in done.stderr and _one_line_error(done), (done.returncode, done.stderr[-300:])
 
 
 def test_a_report_that_cannot_be_written_is_refused_before_the_model_is_written(folder):
     report = "j" * 245 + ".json"  # a legal name; its temporary twin, 14 bytes longer, is not
-    done = _graphopt(folder, "optimize", "m.onnx", "-o", "out.onnx", "--pipeline-json", report, "-q")
+    done = run_graphopt(folder, "optimize", "m.onnx", "-o", "out.onnx", "--pipeline-json", report, "-q")
     # Written (a shorter temporary name), or refused up front: never the model without its report.
     if done.returncode == 0:
         assert (folder / report).is_file()
@@ -207,17 +196,17 @@ def test_a_report_that_cannot_be_written_is_refused_before_the_model_is_written(
     "name", ["a\\b.onnx", "C:x.onnx", os.fsdecode(b"\xe9t\xe9.onnx")], ids=["backslash", "drive", "latin-1"]
 )
 def test_an_output_graphopt_writes_is_one_it_reads_back(folder, name):
-    done = _graphopt(folder, "optimize", "m.onnx", "-o", name, "-q")
+    done = run_graphopt(folder, "optimize", "m.onnx", "-o", name, "-q")
     if done.returncode == 2:  # refusing such a name up front, in one line, is fine too
         assert _one_line_error(done) and not (folder / name).exists(), done.stderr
         return
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1]
-    again = _graphopt(folder, "optimize", name, "-o", "again.onnx", "-q")
+    again = run_graphopt(folder, "optimize", name, "-o", "again.onnx", "-q")
     assert again.returncode == 0, f"graphopt refuses its own output: {again.stderr.strip()}"
 
 
 def test_static_shapes_at_batch_two_can_be_compared(folder):
-    done = _graphopt(
+    done = run_graphopt(
         folder, "optimize", "m.onnx", "-o", "s.onnx", "--static-shapes", "--dim", "batch=2", "--compare", *QUICK, "-q"
     )
     if done.returncode == 2:  # a comparison that cannot run may be refused, before the model is written
@@ -227,24 +216,25 @@ def test_static_shapes_at_batch_two_can_be_compared(folder):
 
 
 def test_compare_runs_a_model_that_fixes_its_batch_on_inputs_of_that_batch(folder):
-    fixed = _graphopt(folder, "optimize", "m.onnx", "-o", "s.onnx", "--static-shapes", "--dim", "batch=2", "-q")
+    fixed = run_graphopt(folder, "optimize", "m.onnx", "-o", "s.onnx", "--static-shapes", "--dim", "batch=2", "-q")
     assert fixed.returncode == 0, fixed.stderr
     np.savez(folder / "two.npz", x=np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32))
-    done = _graphopt(folder, "compare", "m.onnx", "s.onnx", "--inputs", "two.npz", *QUICK, "-q")
+    done = run_graphopt(folder, "compare", "m.onnx", "s.onnx", "--inputs", "two.npz", *QUICK, "-q")
     assert done.returncode == 0, done.stderr.strip()
 
 
 def test_a_compare_batch_over_the_limit_is_refused_before_the_model_is_written(folder):
-    done = _graphopt(folder, "optimize", "m.onnx", "-o", "out.onnx", "--compare", "--batch", "100000000", *QUICK, "-q")
+    argv = ["optimize", "m.onnx", "-o", "out.onnx", "--compare", "--batch", "100000000", *QUICK, "-q"]
+    done = run_graphopt(folder, *argv)
     assert _one_line_error(done) and "choose a smaller --batch" in done.stderr, done.stderr
     assert not (folder / "out.onnx").exists(), "the comparison mistake cost the optimization and left its model"
 
 
 def test_an_old_weights_name_that_is_now_a_folder_is_no_traceback(folder):
-    assert _graphopt(folder, "optimize", "m.onnx", "-o", "out.onnx", "-q").returncode == 0
+    assert run_graphopt(folder, "optimize", "m.onnx", "-o", "out.onnx", "-q").returncode == 0
     (folder / "out.onnx.data").unlink()
     (folder / "out.onnx.data").mkdir()  # the old out.onnx still names it
-    done = _graphopt(folder, "optimize", "m.onnx", "-o", "out.onnx", "-q")
+    done = run_graphopt(folder, "optimize", "m.onnx", "-o", "out.onnx", "-q")
     assert "Traceback" not in done.stderr, done.stderr[-300:]
     assert done.returncode == 0, done.stderr
 
@@ -277,7 +267,7 @@ def _classifier(path: Path, *, external: bool) -> Path:
 @pytest.mark.parametrize("verify", [True, False], ids=["verified", "no-verify"])
 def test_a_model_with_external_data_and_class_names_is_optimized(tmp_path, verify):
     _classifier(tmp_path / "clf.onnx", external=True)
-    done = _graphopt(tmp_path, "optimize", "clf.onnx", "-o", "out.onnx", "-q", *([] if verify else ["--no-verify"]))
+    done = run_graphopt(tmp_path, "optimize", "clf.onnx", "-o", "out.onnx", "-q", *([] if verify else ["--no-verify"]))
     assert "Traceback" not in done.stderr, done.stderr.strip().splitlines()[-1]
     assert done.returncode == 0, done.stderr
 
@@ -292,7 +282,7 @@ STRING_OUTPUT = """
 
 def test_a_string_constant_output_with_no_verify_is_no_traceback(tmp_path):
     onnx.save(onnx.parser.parse_model(STRING_OUTPUT), os.fspath(tmp_path / "s.onnx"))
-    done = _graphopt(tmp_path, "optimize", "s.onnx", "-o", "out.onnx", "--no-verify", "-q")
+    done = run_graphopt(tmp_path, "optimize", "s.onnx", "-o", "out.onnx", "--no-verify", "-q")
     assert "Traceback" not in done.stderr, done.stderr.strip().splitlines()[-1]
     assert done.returncode == 0, done.stderr
     session = ort.InferenceSession(os.fspath(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
@@ -350,7 +340,7 @@ def test_fp16_declines_rather_than_fails(tmp_path, kind):
     else:
         onnx.save(onnx.parser.parse_model(INTEGER_ONLY), os.fspath(tmp_path / "in.onnx"))
     fp16 = ["--fp16", "--target", "cuda", "--pipeline-json", "r.json", "-q"]
-    done = _graphopt(tmp_path, "optimize", "in.onnx", "-o", "out.onnx", *fp16)
+    done = run_graphopt(tmp_path, "optimize", "in.onnx", "-o", "out.onnx", *fp16)
     assert done.returncode == 0, done.stderr
     (record,) = [p for p in json.loads((tmp_path / "r.json").read_text())["passes"] if p["name"] == "convert-float16"]
     assert record["status"] != "failed", record["detail"]

@@ -51,8 +51,6 @@ inputs*, hostile*, bad_inputs, review_cli_s41, review_real_models2) pass.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +63,7 @@ from onnx import TensorProto, helper, numpy_helper
 from optimizer.api import optimize_with_report
 from optimizer.inputs import open_samples
 from optimizer.verify import _inside_qdq_unit
+from tests._cli_models import run_graphopt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SILERO = REPO_ROOT / "tests" / "fixtures" / "real" / "silero_vad_16k_op15.onnx"
@@ -256,23 +255,10 @@ def test_a_state_whose_unnamed_batch_is_on_axis_1_counts_its_samples(dim):
     assert open_samples(samples, _state_model(dim)).count == 32
 
 
-def _graphopt(cwd: Path, *argv: object, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout: float = 60):
-    env = {**os.environ, "PYTHONPATH": os.fspath(REPO_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "optimizer.cli", *map(str, argv)],
-        cwd=cwd,
-        env=env,
-        stdout=stdout,
-        stderr=stderr,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def test_compare_at_batch_two_tiles_a_state_along_its_batch_axis(tmp_path):
     if not SILERO.is_file():
         pytest.skip("the Silero VAD fixture is not here")
-    done = _graphopt(
+    done = run_graphopt(
         tmp_path, "compare", SILERO, SILERO, "--dim", "sequence=512", "--batch", "2", "--time-budget", "0.2",
         "--iterations", "3", "--warmup", "0",
     )  # fmt: skip
@@ -301,7 +287,7 @@ _FULL = Path("/dev/full")
 def test_a_stdout_on_a_full_disk_keeps_the_run_and_its_exit_code(tmp_path):
     _affine(tmp_path / "m.onnx")
     with open(_FULL, "w") as full:
-        done = _graphopt(tmp_path, "optimize", "m.onnx", "-o", "out.onnx", "--pipeline-json", "p.json", stdout=full)
+        done = run_graphopt(tmp_path, "optimize", "m.onnx", "-o", "out.onnx", "--pipeline-json", "p.json", stdout=full)
     assert (tmp_path / "out.onnx").is_file(), done.stderr[-400:]
     assert (tmp_path / "p.json").is_file() and done.returncode == 0, (done.returncode, done.stderr[-400:])
 
@@ -310,5 +296,5 @@ def test_a_stdout_on_a_full_disk_keeps_the_run_and_its_exit_code(tmp_path):
 def test_a_stderr_on_a_full_disk_is_no_traceback_and_the_model_is_written(tmp_path):
     _affine(tmp_path / "m.onnx")
     with open(_FULL, "w") as full:
-        done = _graphopt(tmp_path, "optimize", "m.onnx", "-o", "out.onnx", stderr=full)
+        done = run_graphopt(tmp_path, "optimize", "m.onnx", "-o", "out.onnx", stderr=full)
     assert done.returncode == 0 and (tmp_path / "out.onnx").is_file(), done.returncode

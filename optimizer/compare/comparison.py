@@ -363,6 +363,7 @@ def _compare(
         iterations=settings.iterations,
         time_budget=settings.time_budget / combos,
     )
+    batch_axes = _batch_axes(before_model, batch_names)
     results = []
     for ep in providers:
         if not ep.available:
@@ -385,7 +386,7 @@ def _compare(
                 generation,
                 data,
                 accuracy_batches,
-                _batch_axes(before_model, batch_names),
+                batch_axes,
             )
         )
     for result in results:

@@ -18,6 +18,8 @@ range first.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -104,6 +106,9 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
         return self.result(result, modified=True, twin=twin)
 
 
+_Message = TypeVar("_Message", onnx.NodeProto, onnx.ValueInfoProto)
+
+
 def _casts_into_their_subgraphs(proto: onnx.ModelProto) -> int:
     """Move each Cast of the main graph that reads a value only a subgraph defines into that subgraph (into each
     one, where branches reuse the name), right after the value's producer; return how many were moved.
@@ -160,7 +165,7 @@ def _subgraph_homes(graph: onnx.GraphProto) -> dict[str, list[onnx.GraphProto]]:
 
 def _drop_initializer_value_info(graph: onnx.GraphProto) -> None:
     initializers = {tensor.name for tensor in graph.initializer}
-    kept = [_copy_value_info(info) for info in graph.value_info if info.name not in initializers]
+    kept = [_copy_of(info) for info in graph.value_info if info.name not in initializers]
     del graph.value_info[:]
     graph.value_info.extend(kept)
     for node in graph.node:
@@ -169,15 +174,9 @@ def _drop_initializer_value_info(graph: onnx.GraphProto) -> None:
                 _drop_initializer_value_info(sub)
 
 
-def _copy_value_info(info: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
-    copied = onnx.ValueInfoProto()
-    copied.CopyFrom(info)
-    return copied
-
-
-def _copy_of(node: onnx.NodeProto) -> onnx.NodeProto:
-    copied = onnx.NodeProto()
-    copied.CopyFrom(node)
+def _copy_of(message: _Message) -> _Message:
+    copied = type(message)()
+    copied.CopyFrom(message)
     return copied
 
 
