@@ -1995,8 +1995,11 @@ def _later_sample_axes(model: ir.Model | None, sampled: frozenset[str] | None) -
     return later
 
 
-def samples_in(batch: Mapping[str, Any], holds: SampleAxes) -> int:
-    """How many samples ``batch`` holds: the length of its sample-holding arrays (1 when it has none)."""
+def samples_in(batch: Mapping[str, Any], holds: SampleAxes | Callable[[str, Any], bool]) -> int:
+    """How many samples ``batch`` holds: the length of its sample-holding arrays (1 when it has none). ``holds`` is
+    ``holds_samples(model)``, or any ``(name, array) -> bool`` for arrays that hold them along axis 0."""
+    if not isinstance(holds, SampleAxes):
+        holds = SampleAxes(holds)
     return min((holds.length(name, array) for name, array in batch.items() if holds(name, array)), default=1)
 
 
