@@ -63,7 +63,8 @@ def minilm() -> ir.Model:
 def test_minilm_default_pipeline_fuses_and_keeps_its_embeddings(minilm, spelling):
     model = minilm if spelling == "as exported" else ir.from_proto(respelled(ir.to_proto(minilm)))
     held_out = minilm_sentences("eval")
-    result, report = optimize_with_report(model, inputs=held_out)
+    # Verified on 16 of the sentences (each check runs them at two lengths), compared on all 64.
+    result, report = optimize_with_report(model, inputs={name: rows[:16] for name, rows in held_out.items()})
     assert all(status != "rolled back" for status in _statuses(report).values()), report.passes
     assert _fused(result) == Counter(MINILM_FUSED), _fused(result)
     before, after = run(minilm, held_out), run(result, held_out)

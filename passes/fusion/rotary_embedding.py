@@ -103,6 +103,7 @@ counting on from a past; or at some probed length cos/sin are not the caches' ro
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass
 
 import numpy as np
@@ -328,10 +329,21 @@ def _heads_split_shape(op, heads: int, d: int) -> ir.Value:
     return op.initializer(ir.tensor(np.array([0, 0, heads, d], dtype=np.int64)), name="rotary_heads_split_shape")
 
 
-class _RotateHalf(pattern.RewriteRuleClassBase):
-    def __init__(self, fusion: RotaryEmbeddingFusion) -> None:
+_RUNNING: contextvars.ContextVar[RotaryEmbeddingFusion] = contextvars.ContextVar("running_rotary_fusion")
+
+
+class _RotaryRule(pattern.RewriteRuleClassBase):
+    """A rule of ``RotaryEmbeddingFusion``: built once and shared, it reads the pass now running (its
+    cos/sin tables) from a context variable, so two runs (threads) never see each other's tables."""
+
+    @property
+    def _fusion(self) -> RotaryEmbeddingFusion:
+        return _RUNNING.get()
+
+
+class _RotateHalf(_RotaryRule):
+    def __init__(self) -> None:
         super().__init__(name="RotaryEmbedding")
-        self._fusion = fusion
 
     def pattern(self, op, x, cos, sin, lo_start, lo_end, lo_axes, hi_start, hi_end, hi_axes):
         lo = op.Slice(x, lo_start, lo_end, lo_axes, _allow_other_inputs=True, _outputs=["lo"])
@@ -349,13 +361,12 @@ class _RotateHalf(pattern.RewriteRuleClassBase):
         return _rotary(op, self._fusion, x, cos, sin)
 
 
-class _PartialRotateHalf(pattern.RewriteRuleClassBase):
+class _PartialRotateHalf(_RotaryRule):
     """``Concat(rotate(x[..., :r]), x[..., r:])``: the first ``r`` channels of each head rotated, the rest
     passed through (Phi3 and StableLM slice to ``cos.shape[-1]``, all of the head or part of it)."""
 
-    def __init__(self, fusion: RotaryEmbeddingFusion) -> None:
+    def __init__(self) -> None:
         super().__init__(name="PartialRotaryEmbedding")
-        self._fusion = fusion
 
     def pattern(self, op, x_rot, x_pass, cos, sin, lo_start, lo_end, lo_axes, hi_start, hi_end, hi_axes):
         # x_rot and x_pass are inputs, their Slices of x checked in ``check``: the legacy export reads
@@ -468,7 +479,7 @@ class _InterleavedHeads:
     per_head: bool = False
 
 
-class _RotateEveryTwo(pattern.RewriteRuleClassBase):
+class _RotateEveryTwo(_RotaryRule):
     """An interleaved rotation (GPT-J's, before the heads' transpose; Cohere's, after it)::
 
         x = Reshape(h, [0, 0, N, d])  or  Transpose(Reshape(h, [0, 0, N, d]), (0, 2, 1, 3))
@@ -482,9 +493,8 @@ class _RotateEveryTwo(pattern.RewriteRuleClassBase):
     ``[B or 1, 1, S, r]`` tables (Cohere's heads normalized first) is rotated as it is.
     """
 
-    def __init__(self, fusion: RotaryEmbeddingFusion, *, partial: bool) -> None:
+    def __init__(self, *, partial: bool) -> None:
         super().__init__(name="InterleavedRotaryEmbedding" if partial else "InterleavedFullRotaryEmbedding")
-        self._fusion = fusion
         self._partial = partial
 
     def pattern(self, op, x_rot, x_pass, cos, sin, even_start, even_end, even_axes, odd_start, odd_end, odd_axes):
@@ -638,14 +648,21 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         self._ending: str | None = None  # the note of the caches being built ending early
         self._graph: ir.Graph | None = None
 
-    def rule_set(self) -> pattern.RewriteRuleSet:
+    def fuse(self, model: ir.Model) -> int:
         self._tables, self._expanded, self._noted = {}, {}, set()
+        running = _RUNNING.set(self)
+        try:
+            return super().fuse(model)
+        finally:
+            _RUNNING.reset(running)
+
+    def rule_set(self) -> pattern.RewriteRuleSet:
         # The partial form holds the full one: it goes first, so its x is not refused as no head split.
         return [
-            pattern.RewriteRuleSet([_PartialRotateHalf.rule(self)]),
-            pattern.RewriteRuleSet([_RotateHalf.rule(self)]),
-            pattern.RewriteRuleSet([_RotateEveryTwo.rule(self, partial=True)]),
-            pattern.RewriteRuleSet([_RotateEveryTwo.rule(self, partial=False)]),
+            pattern.RewriteRuleSet([_PartialRotateHalf.rule()]),
+            pattern.RewriteRuleSet([_RotateHalf.rule()]),
+            pattern.RewriteRuleSet([_RotateEveryTwo.rule(partial=True)]),
+            pattern.RewriteRuleSet([_RotateEveryTwo.rule(partial=False)]),
         ]
 
     def tables(self, model: ir.Model | None, cos: ir.Value, sin: ir.Value, head_size: int, *, interleaved: int = 0):

@@ -180,6 +180,24 @@ def test_rotary_embedding_is_fused():
     assert_same_outputs(model, after, _inputs(padded=True), rtol=1e-5, atol=1e-5)
 
 
+def test_shared_rules_keep_each_runs_tables_apart():
+    # The rules are built once and shared; each run (here two threads, each with its own instance and a
+    # different cache length) reads its own pass's tables, so each fused model gets caches of its length.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fuse(cache_length: int) -> ir.Model:
+        return RotaryEmbeddingFusion(cache_length=cache_length)(_rotary_model()).model
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(fuse, [32, 48] * 3))
+    for cache_length, after in zip([32, 48] * 3, results):
+        (rotary,) = [n for n in after.graph if n.op_type == "RotaryEmbedding"]
+        assert rotary.inputs[2].const_value.shape[0] == cache_length
+        assert_same_outputs(_rotary_model(), after, _inputs(), rtol=1e-5, atol=1e-5)
+    fusion = RotaryEmbeddingFusion()
+    assert fusion._rule_sets() is RotaryEmbeddingFusion(cache_length=8)._rule_sets()
+
+
 def test_partial_rotation_is_left_alone():
     model = _rotary_model(split_at=HEAD_SIZE // 4)
     assert not RotaryEmbeddingFusion(cache_length=64)(model).modified
