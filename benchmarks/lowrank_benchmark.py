@@ -56,9 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from optimizer.accuracy import output_drift  # noqa: E402
 from optimizer.api import optimize_with_report  # noqa: E402
 from optimizer.inputs import split_samples  # noqa: E402
+from optimizer.parameters import count_parameters  # noqa: E402
 from passes.factorization._timing import MeasuredSpeed  # noqa: E402
 from passes.factorization.lowrank import LowRankFactorizationPass  # noqa: E402
-from passes.pruning._base import parameter_count  # noqa: E402
 from passes.pruning.ffn import FfnPruningPass  # noqa: E402
 
 LOCK = "/tmp/graphopt_timing.lock"
@@ -171,7 +171,7 @@ def run_minilm(args: argparse.Namespace) -> None:
     float_path = args.out / "float.onnx"
     fused, _ = optimize_with_report(original, dims=dims)
     ir.save(fused, float_path)
-    base = parameter_count(fused)
+    base = count_parameters(fused)
     row = {"model": "minilm", "variant": "graphopt float", "parameters": base}
     rows, timings = [row], [("latency_vs_original", Path(args.model), float_path, args.out / "float.json", dims)]
     warm_speed_cache(fused, args.ratios, dims, args.threads)
@@ -226,7 +226,7 @@ def run_minilm(args: argparse.Namespace) -> None:
 
 
 def _row(model_name: str, variant: str, record, model: ir.Model, base: int, started: float) -> dict:
-    row = {"model": model_name, "variant": variant, "status": record.status, "parameters": parameter_count(model)}
+    row = {"model": model_name, "variant": variant, "status": record.status, "parameters": count_parameters(model)}
     row["kept"] = round(row["parameters"] / base, 3)
     row["seconds"] = round(time.time() - started)
     if record.status != "applied":
@@ -247,7 +247,7 @@ def run_smollm2(args: argparse.Namespace) -> None:
     ids, mask = held["input_ids"][: args.eval_rows], held["attention_mask"][: args.eval_rows]
     original_path = args.models_dir / "smollm2_kv_legacy.onnx"
     reference = logits_of(session(str(original_path), args.threads), ids, mask)
-    base = parameter_count(ir.load(args.float))
+    base = count_parameters(ir.load(args.float))
     row = {"model": "smollm2", "variant": "graphopt float", "parameters": base}
     top1, perplexity = scores(reference, logits_of(session(str(args.float), args.threads), ids, mask), ids)
     row.update(
@@ -261,7 +261,7 @@ def run_smollm2(args: argparse.Namespace) -> None:
         started = time.time()
         applied = make(ir.load(args.float))
         ir.save(applied.model, path)
-        row = {"model": "smollm2", "variant": name, "parameters": parameter_count(applied.model)}
+        row = {"model": "smollm2", "variant": name, "parameters": count_parameters(applied.model)}
         row["kept"] = round(row["parameters"] / base, 3)
         row["seconds"] = round(time.time() - started)
         row["notes"] = [note for note in applied.notes if not note.startswith("rank ")]

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from optimizer.inputs import split_samples  # noqa: E402
-from passes.pruning._base import parameter_count  # noqa: E402
+from optimizer.parameters import count_parameters  # noqa: E402
 
 
 def optimize(model: Path, out: Path, flags: list[str]) -> str:
@@ -127,7 +127,7 @@ def main() -> None:
     jobs = [(f"ffn {f} + heads {h}", ["--prune-ffn", f, "--prune-heads", h]) for f, h in _pairs(args.combined)]
     for kind in ("ffn", "heads", "channels"):
         jobs += [(f"{kind} {r}", [f"--prune-{kind}", r]) for r in getattr(args, kind).split(",") if r]
-    base_params = parameter_count(ir.load(baseline))
+    base_params = count_parameters(ir.load(baseline))
     timed = set(args.time.split(",")) if args.time else set()
     for cut, cut_flags in jobs:
         for label, flags in settings.items():
@@ -142,8 +142,8 @@ def main() -> None:
                 "model": args.model.stem,
                 "cut": cut,
                 "setting": label,
-                "parameters_ratio": round(parameter_count(ir.load(path)) / base_params, 4),
-                "parameters": parameter_count(ir.load(path)),
+                "parameters_ratio": round(count_parameters(ir.load(path)) / base_params, 4),
+                "parameters": count_parameters(ir.load(path)),
                 "size_mb": round(path.stat().st_size / 2**20, 2),
                 "held_out": _held_out(path, evaluations, references, args),
                 "notes": [line.strip() for line in printed.splitlines() if line.startswith("prune-")],

@@ -48,6 +48,7 @@ from optimizer.model_io import (
     load_model,
     model_graphs,
     save_model,
+    unname_negative_dims,
 )
 from optimizer.options import DATA_IMPORTANCE_KINDS, Options
 from optimizer.padding import mask_inputs, padded_copy, pads_both_ends
@@ -83,7 +84,8 @@ def optimize(
     - a path: the model is loaded, optimized and written to ``output`` (required);
       the output path is returned;
     - an ``onnx.ModelProto``: a new, optimized ``ModelProto`` is returned;
-    - an ``onnx_ir.Model``: a new, optimized ``onnx_ir.Model`` is returned.
+    - an ``onnx_ir.Model``: a new, optimized ``onnx_ir.Model`` is returned
+      (``output=`` with either is an ``OutputPathError``: nothing would be written there).
 
     The argument is never modified. ``passes`` names registered passes (default: the
     target's default pipeline; ``["+NAME", ...]`` adds passes to it). Options are
@@ -128,9 +130,14 @@ def optimize_with_report(
     specializes = any(spec.specializes_shapes for spec in specs)
     loaded: list[str] = []
     ir_model, label, input_path = _to_ir(model, warnings=loaded)
-    unnamed = _unname_negative_dims(ir_model)
+    unnamed = [value.name or "(unnamed)" for value, _ in unname_negative_dims(ir_model)]
     if input_path is not None and output is None:
         raise OutputPathError("optimize(path): give output= for the optimized model")
+    if input_path is None and output is not None:
+        raise OutputPathError(
+            "output= is where a model given as a path is written; a ModelProto or onnx_ir.Model comes back "
+            "optimized: save it yourself (onnx.save, onnx_ir.save), or give the model's path"
+        )
     refuse_unreadable_data(inputs, "--inputs")
     refuse_unreadable_data(calibration, "--calibration")
     if input_path is not None:
@@ -200,26 +207,6 @@ def optimize_with_report(
 def _first_names(names: list[str]) -> str:
     """The first three of ``names`` quoted, for a warning; "..." where there are more."""
     return ", ".join(f"'{name}'" for name in names[:3]) + (", ..." if len(names) > 3 else "")
-
-
-def _unname_negative_dims(model: ir.Model) -> list[str]:
-    """Make every dim declared negative in ``model`` (-1: "any size" to Paddle, tf2onnx and ONNX Runtime, which
-    takes any size there) an unnamed dim; return the names of the values so declared.
-
-    ONNX's shape inference and data propagation read -1 as a size: ``Shape(a)`` of an ``a`` declared ``[-1, 4]``
-    folds to the constant ``[-1, 4]``, and an ``Expand(b, Shape(a))`` of a ``b`` declared alike becomes a no-op
-    that generated inputs, equal in every -1 dim, cannot tell from the original."""
-    changed: list[str] = []
-    for graph in model_graphs(model):
-        body = graph.graph if isinstance(graph, ir.Function) else graph
-        values = [*body.inputs, *body.outputs, *(out for node in body for out in node.outputs)]
-        for value in dict.fromkeys(values):
-            shape = value.shape
-            if shape is None or not any(isinstance(dim, int) and dim < 0 for dim in shape):
-                continue
-            value.shape = ir.Shape([None if isinstance(dim, int) and dim < 0 else dim for dim in shape])
-            changed.append(value.name or "(unnamed)")
-    return changed
 
 
 def _own_constant_tensors(model: ir.Model) -> ir.Model:

@@ -748,7 +748,8 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
         # What the comparison would refuse must not cost the optimization and its written model first.
         from optimizer.compare.comparison import check_before_optimizing
 
-        check_before_optimizing(args.model, _compare_settings(args), args.inputs, options.dims)
+        # Held-out text is the generation comparison's alone; verification generates one step's inputs.
+        args.inputs_are_text = check_before_optimizing(args.model, _compare_settings(args), args.inputs, options.dims)
     names = _split(args.passes, "--passes") if args.passes is not None else None
     requested = requested_passes(names, options) if args.strict else set()
     with progress_sink(errors, args.quiet) as sink, reporting_to(sink), task(f"optimizing {Path(args.model).name}"):
@@ -804,9 +805,11 @@ def _compare_writes(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def _verification_inputs(args: argparse.Namespace) -> str | None:
-    """``--inputs`` as the optimization's verification inputs: with ``--compare --no-verify`` they are the
-    comparison's alone (without ``--compare``, ``--no-verify`` refuses them)."""
-    return None if args.compare and args.no_verify else args.inputs
+    """``--inputs`` as the optimization's verification inputs: with ``--compare --no-verify``, or held-out text
+    with ``--compare --generate``, they are the comparison's alone (without ``--compare``, ``--no-verify``
+    refuses them)."""
+    comparisons_alone = args.no_verify or getattr(args, "inputs_are_text", False)
+    return None if args.compare and comparisons_alone else args.inputs
 
 
 def options_from_args(args: argparse.Namespace) -> Options:

@@ -865,6 +865,26 @@ def _proto_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
         yield from from_nodes(function.node)
 
 
+def unname_negative_dims(model: ir.Model) -> list[tuple[ir.Value, ir.Shape]]:
+    """Make every dim declared negative in ``model`` (-1: "any size" to Paddle, tf2onnx and ONNX Runtime, which
+    takes any size there) an unnamed dim; return each value so declared with its shape as it was.
+
+    ONNX's shape inference and data propagation read -1 as a size: ``Shape(a)`` of an ``a`` declared ``[-1, 4]``
+    folds to the constant ``[-1, 4]``, and an ``Expand(b, Shape(a))`` of a ``b`` declared alike becomes a no-op
+    that generated inputs, equal in every -1 dim, cannot tell from the original."""
+    changed: list[tuple[ir.Value, ir.Shape]] = []
+    for graph in model_graphs(model):
+        body = graph.graph if isinstance(graph, ir.Function) else graph
+        values = [*body.inputs, *body.outputs, *(out for node in body for out in node.outputs)]
+        for value in dict.fromkeys(values):
+            shape = value.shape
+            if shape is None or not any(isinstance(dim, int) and dim < 0 for dim in shape):
+                continue
+            value.shape = ir.Shape([None if isinstance(dim, int) and dim < 0 else dim for dim in shape])
+            changed.append((value, shape))
+    return changed
+
+
 def model_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
     """The main graph, every subgraph, and the model's functions (with their subgraphs)."""
 

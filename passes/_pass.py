@@ -11,18 +11,26 @@ have other users").
 The ``ensures`` it adds hold even when outputs are not verified (``--no-verify``):
 graph inputs and outputs keep their names, element types and static sizes (unless
 the pass declares ``keeps_interface = False``), every operator domain a node uses is
-imported by the model (a contrib op without the ``com.microsoft`` opset is a model
-ONNX Runtime rejects), and the nodes are in topological order (which ONNX Runtime does
-not need, but onnx's checker and every later pass do). A violation raises ``PostconditionError``, which the pipeline
-reports as a failed pass and rolls back.
+imported by the model unless the input already lacked it (a contrib op without the
+``com.microsoft`` opset is a model ONNX Runtime rejects), and the nodes are in
+topological order (which ONNX Runtime does not need, but onnx's checker and every later
+pass do). A violation raises ``PostconditionError``, which the pipeline reports as a
+failed pass and rolls back.
+
+Called as an onnx-ir pass (``__call__``, as any ``PassManager`` does), a pass first reads
+a dim declared negative (tf2onnx's and Paddle's -1, "any size") as unnamed, as graphopt's
+own entry points do before any pass: ONNX's inference takes -1 for a size. A pass that
+changes nothing (or returns a new model) leaves its input's -1 dims as they were.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 
 import onnx_ir as ir
 
+from optimizer.model_io import unname_negative_dims
 from optimizer.options import DATA_IMPORTANCE_KINDS
 from optimizer.protocol import NotedResult, Twin
 
@@ -59,16 +67,29 @@ class GraphoptPass:
     # How a refused candidate is described: "left unfused", "stays float", "left whole".
     left_as: str = "left unfused"
 
+    def __call__(self, model_or_result: ir.Model | ir.passes.PassResult, /) -> ir.passes.PassResult:
+        model = model_or_result.model if isinstance(model_or_result, ir.passes.PassResult) else model_or_result
+        declared = unname_negative_dims(model)
+        try:
+            result = super().__call__(model_or_result)  # type: ignore[misc]
+        except BaseException:
+            _restore_shapes(declared)
+            raise
+        if result.model is not model or not result.modified:
+            _restore_shapes(declared)
+        return result
+
     def requires(self, model: ir.Model) -> None:
         super().requires(model)  # type: ignore[misc]
         self._reset()
         self._interface = _interface(model)
+        self._unimported = {(where, domain) for where, domain, _ in _unimported_domains(model)}
 
     def ensures(self, model: ir.Model) -> None:
         super().ensures(model)  # type: ignore[misc]
         if self.keeps_interface and getattr(self, "_interface", None) is not None:
             _check_interface(self._interface, _interface(model))
-        _check_domains(model)
+        _check_domains(model, already=getattr(self, "_unimported", set()))
         _check_order(model)
 
     def note(self, text: str) -> None:
@@ -166,8 +187,14 @@ def _check_order(model: ir.Model) -> None:
             seen.add(id(node))
 
 
-def _check_domains(model: ir.Model) -> None:
-    """Every node's domain is imported by its graph's model, or by the function it is in, or is a local function's."""
+def _restore_shapes(declared: list[tuple[ir.Value, ir.Shape]]) -> None:
+    for value, shape in declared:
+        value.shape = shape
+
+
+def _unimported_domains(model: ir.Model) -> Iterator[tuple[str, str, ir.Node]]:
+    """``(where, domain, node)`` for each node whose domain neither its model, nor the function it is in, imports
+    (a local function's own domain excepted)."""
     local = {(function.domain, function.name) for function in model.functions.values()}
     scopes = [(model.graph, model.opset_imports, "the model")]
     scopes += [
@@ -177,6 +204,14 @@ def _check_domains(model: ir.Model) -> None:
         for node in ir.traversal.RecursiveGraphIterator(graph):
             domain = "" if node.domain == "ai.onnx" else node.domain
             if domain and domain not in imports and (node.domain, node.op_type) not in local:
-                raise ir.passes.PostconditionError(
-                    f"{node.op_type} {node.name!r} is in domain {domain!r}, which {where} does not import"
-                )
+                yield where, domain, node
+
+
+def _check_domains(model: ir.Model, already: set[tuple[str, str]] = frozenset()) -> None:
+    """Every node's domain is imported where it is used, unless the pass's input already lacked that import there
+    (``already``: ``(where, domain)`` pairs; ONNX Runtime's own quantizer writes ``com.microsoft`` ops without it)."""
+    for where, domain, node in _unimported_domains(model):
+        if (where, domain) not in already:
+            raise ir.passes.PostconditionError(
+                f"{node.op_type} {node.name!r} is in domain {domain!r}, which {where} does not import"
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
@@ -14,6 +15,9 @@ from onnxscript.rewriter import _basics, _matcher, _pattern_ir, _rewrite_rule, p
 
 from optimizer.domains import is_onnx_domain
 from optimizer.model_io import model_graphs
+from optimizer.runtime import strings_serializable
+
+logger = logging.getLogger(__name__)
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
@@ -48,6 +52,97 @@ def draws_random(node: ir.Node) -> bool:
         return False
     mode = ir.convenience.get_const_tensor(node.inputs[2])
     return mode is None or node.inputs[2].is_graph_input() or bool(mode.numpy().reshape(-1).any())
+
+
+@contextlib.contextmanager
+def declared_shapes_inferred(model: ir.Model) -> Iterator[None]:
+    """While open, every value but the graphs' inputs carries only the shape ONNX's shape inference derives from
+    the inputs, none where it derives none: a shape a file declares (a stale ``value_info``; ddddocr's output
+    declared ``[1, 'seqlen']`` for a computed ``[T, 1, 8210]``) made onnxscript's rules write a wrong target.
+    Afterwards every value gets back its type and shape as declared (none where none was), as the later passes
+    read them."""
+    declared, interfaces = _inferred_without_declared(model)
+    try:
+        yield
+    finally:
+        for value, shape, kind in declared:
+            value.type, value.shape = kind, shape  # inference read SplitToSequence's output as a tensor
+        _restore_interfaces(interfaces)
+
+
+@contextlib.contextmanager
+def declared_shapes_checked(model: ir.Model) -> Iterator[None]:
+    """While open, every value but the graphs' inputs carries its declared shape checked against what ONNX's shape
+    inference derives from the inputs (``_checked``): a declared size that inference contradicts (``h`` declared
+    ``[1, 8]``, inferred ``['batch', 8]``: onnxscript's folder folded ``Shape(h)`` to ``[1, 8]``) gives way, a
+    declared dim inference cannot derive (dynamo's value_info) stays. What the rewrite then records stays
+    afterwards; graph outputs get back their declared shapes, by position."""
+    # A dim inference names after an input's is derived; ONNX names the dims it cannot derive unk__N.
+    named = {
+        dim.value
+        for value in model.graph.inputs
+        if value.shape is not None
+        for dim in value.shape.dims
+        if isinstance(dim, ir.SymbolicDim)
+    }
+    declared, interfaces = _inferred_without_declared(model)
+    for value, shape, kind in declared:
+        # Only a declared shape is checked: the rewrite infers the others itself, as without this (ONNX's
+        # whole-model inference names dims unk__N where the folder's own, node by node, keeps an input's name).
+        value.type, value.shape = kind, _checked(shape, value.shape, named - {None})
+    try:
+        yield
+    finally:
+        _restore_interfaces(interfaces)
+
+
+_Declared = list[tuple[ir.Value, "ir.Shape | None", "ir.TypeProtocol | None"]]
+_Interfaces = list[tuple["ir.Graph | ir.Function", list[tuple["ir.Shape | None", "ir.TypeProtocol | None"]]]]
+
+
+def _inferred_without_declared(model: ir.Model) -> tuple[_Declared, _Interfaces]:
+    """Clear the shape of every node output (and subgraph or function input) of ``model``, run ONNX's shape
+    inference, and return what was declared: ``(value, shape, type)``, and each body's outputs' shapes and types."""
+    declared: _Declared = []
+    bodies = [*model.graphs(), *model.functions.values()]
+    # A rewrite that replaces a graph output copies the replaced value's (inferred) shape: by position they come back.
+    interfaces = [(body, [(value.shape, value.type) for value in body.outputs]) for body in bodies]
+    for body in bodies:
+        # Node outputs; a subgraph's or function's inputs too (a Loop's carried state declared [3, 4] and fed [1, 4]).
+        inputs = body.inputs if body is not model.graph else []
+        for value in [*inputs, *(output for node in body for output in node.outputs)]:
+            declared.append((value, value.shape, value.type))
+            value.shape = None
+    graph_inputs = list(model.graph.inputs)
+    try:
+        with strings_serializable(model):  # onnx-ir's inference asks every initializer its nbytes
+            common_passes.ShapeInferencePass(check_type=False, strict_mode=False)(model)
+    except Exception:  # noqa: BLE001 - inference helps the rewrites, they need none: they then see no shapes
+        logger.debug("shape inference failed; the rewrites see no inferred shapes", exc_info=True)
+        model.graph.inputs.clear()  # it turns initializers into inputs while it runs
+        model.graph.inputs.extend(graph_inputs)
+    return declared, interfaces
+
+
+def _restore_interfaces(interfaces: _Interfaces) -> None:
+    for body, outputs in interfaces:
+        for value, (shape, kind) in zip(body.outputs, outputs):
+            value.type, value.shape = kind, shape
+
+
+def _checked(declared: ir.Shape | None, inferred: ir.Shape | None, input_dims: set[str]) -> ir.Shape | None:
+    """``declared`` where ``inferred`` does not contradict it: a size inference derives wins, and so does a dim it
+    names after one of ``input_dims`` where a size was declared (``batch`` against a declared 1); an unknown one
+    keeps the declared dim. No shape where none was declared or the ranks differ."""
+    if declared is None or inferred is None:
+        return declared
+    if len(declared) != len(inferred):
+        return None
+    dims = []
+    for was, found in zip(declared, inferred):
+        proven = isinstance(found, int) or (isinstance(was, int) and found.value in input_dims)
+        dims.append(found if proven else was)
+    return ir.Shape(dims)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from onnxscript.optimizer import _constant_folding
 from optimizer.domains import is_onnx_domain
 from optimizer.model_io import model_graphs
 from passes._pass import GraphoptPass
-from passes._utils import draws_random, overridable_inputs_hidden, remove_dead_nodes
+from passes._utils import declared_shapes_checked, draws_random, overridable_inputs_hidden, remove_dead_nodes
 from passes.fusion._inferred_shapes import infer_contrib_outputs
 
 # onnxscript's defaults: do not evaluate ops on inputs over 8192 elements, nor store
@@ -77,7 +77,13 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
         recorded = _recorded_facts(model)
         # A default a caller may override is no constant: some of onnxscript's evaluators (If, Dropout, Reshape)
         # read it before the folder's own graph-input check, folded on it and dropped it.
-        with _hide_scalar_split_shapes(model), overridable_inputs_hidden(model):
+        # A shape the file declares is no fact where inference contradicts it (a stale value_info folded Shape to a
+        # wrong constant); the folder keeps what it inferred where it folds.
+        with (
+            overridable_inputs_hidden(model),
+            declared_shapes_checked(model),
+            _hide_scalar_split_shapes(model),  # after the inference, which would find them again
+        ):
             modified = folder(model).modified
         if modified:
             remove_dead_nodes(model)

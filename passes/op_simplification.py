@@ -18,13 +18,10 @@ sign of zero only a division by it would show.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 from onnxscript import rewriter
 from onnxscript.rewriter import _pattern_ir, pattern
 from onnxscript.rewriter.rules.common import (
@@ -35,9 +32,8 @@ from onnxscript.rewriter.rules.common import (
     _redundant_scatter_nd,
 )
 
-from optimizer.runtime import strings_serializable
 from passes._pass import GraphoptPass
-from passes._utils import linear_rule_set, overridable_inputs_hidden, remove_dead_nodes
+from passes._utils import declared_shapes_inferred, linear_rule_set, overridable_inputs_hidden, remove_dead_nodes
 from passes.cleanup import LiftConstantsPass, RemoveIdentityPass
 
 
@@ -64,41 +60,6 @@ class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
             RemoveIdentityPass()(model)
             remove_dead_nodes(model)
         return ir.passes.PassResult(model, modified=modified)
-
-
-@contextlib.contextmanager
-def declared_shapes_inferred(model: ir.Model) -> Iterator[None]:
-    """While open, every value but the graphs' inputs carries only the shape ONNX's shape inference derives from
-    the inputs, none where it derives none: a shape a file declares (a stale ``value_info``; ddddocr's output
-    declared ``[1, 'seqlen']`` for a computed ``[T, 1, 8210]``) made onnxscript's rules write a wrong target.
-    Afterwards every value gets back its type and shape as declared (none where none was), as the later passes
-    read them."""
-    declared: list[tuple[ir.Value, ir.Shape | None, ir.TypeProtocol | None]] = []
-    bodies = [*model.graphs(), *model.functions.values()]
-    # A rule that replaces a graph output copies the replaced value's (inferred) shape: by position they come back.
-    interfaces = [(body, [(value.shape, value.type) for value in body.outputs]) for body in bodies]
-    for body in bodies:
-        # Node outputs; a subgraph's or function's inputs too (a Loop's carried state declared [3, 4] and fed [1, 4]).
-        inputs = body.inputs if body is not model.graph else []
-        for value in [*inputs, *(output for node in body for output in node.outputs)]:
-            declared.append((value, value.shape, value.type))
-            value.shape = None
-    graph_inputs = list(model.graph.inputs)
-    try:
-        with strings_serializable(model):  # onnx-ir's inference asks every initializer its nbytes
-            ShapeInferencePass(check_type=False, strict_mode=False)(model)
-    except Exception:  # noqa: BLE001 - inference helps the rules, they need none: they then see no shapes
-        logger.debug("simplify-ops: shape inference failed; the rules see no shapes", exc_info=True)
-        model.graph.inputs.clear()  # it turns initializers into inputs while it runs
-        model.graph.inputs.extend(graph_inputs)
-    try:
-        yield
-    finally:
-        for value, shape, kind in declared:
-            value.type, value.shape = kind, shape  # inference read SplitToSequence's output as a tensor
-        for body, outputs in interfaces:
-            for value, (shape, kind) in zip(body.outputs, outputs):
-                value.type, value.shape = kind, shape
 
 
 def _exactly(number: int) -> _pattern_ir.Constant:

@@ -941,6 +941,13 @@ def _shapes_only_proto(model: ir.Model) -> onnx.ModelProto:
         proto.opset_import.add(domain=domain, version=version)
     ir.serde.serialize_graph_into(proto.graph, view, model_ir_version=model.ir_version)
     proto.functions.extend(ir.serde.serialize_function(function) for function in model.functions.values())
+    # A small weight in external data is written with its bytes: the tool reads values (a Reshape's target)
+    # and cannot follow the location, which onnx-ir keeps absolute or relative to a folder it does not know.
+    for index, initializer in enumerate(proto.graph.initializer):
+        if initializer.data_location == onnx.TensorProto.EXTERNAL:
+            tensor = graph.initializers[initializer.name].const_value
+            in_memory = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=initializer.name)
+            proto.graph.initializer[index].CopyFrom(ir.serde.serialize_tensor(in_memory))
     for value in large:
         tensor = value.const_value
         proto.graph.input.append(

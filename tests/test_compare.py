@@ -255,7 +255,7 @@ def quantized_examples(tmp_path_factory) -> dict[str, Path]:
     ],
 )
 def test_quantized_models_have_the_parameters_of_their_float_original(quantized_examples, name, ops):
-    from optimizer.compare.comparison import count_parameters
+    from optimizer.parameters import count_parameters
 
     quantized = ir.load(quantized_examples[name])
     assert ops <= {node.op_type for node in quantized.graph}, "the quantized ops this test is about are there"
@@ -264,7 +264,7 @@ def test_quantized_models_have_the_parameters_of_their_float_original(quantized_
 
 
 def test_a_float_model_counts_its_float_weights_only():
-    from optimizer.compare.comparison import count_parameters
+    from optimizer.parameters import count_parameters
 
     model = parse_model(
         """

@@ -12,7 +12,7 @@ from optimizer.api import optimize_with_report
 from optimizer.cli import EXAMPLE_MODEL, main
 from optimizer.errors import OptionError
 from optimizer.inputs import make_inputs
-from passes.pruning._base import parameter_count
+from optimizer.parameters import count_parameters as parameter_count
 from tests.helpers import ALL_FIXTURES, EXPORTED_MODELS, FIXTURES, calibration_samples, run
 
 

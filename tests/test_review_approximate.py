@@ -43,9 +43,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import optimizer
+from optimizer.parameters import count_parameters as parameter_count
 from optimizer.report import STATUS_APPLIED, STATUS_ROLLED_BACK
 from passes._utils import add_initializer, constant_array
-from passes.pruning._base import parameter_count
 from passes.pruning.ffn import FfnPruningPass
 from passes.pruning.heads import HeadPruningPass
 from tests.passes.pruning import graphs

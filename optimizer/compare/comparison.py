@@ -69,6 +69,7 @@ from optimizer.inputs import (
 )
 from optimizer.llm_accuracy import LLMAccuracy, TokenText, measure_llm_accuracy, random_text, text_from_arrays
 from optimizer.model_io import load_model, model_file_bytes, save_model
+from optimizer.parameters import count_parameters
 from optimizer.pipeline import count_nodes
 from optimizer.progress import task, track
 from optimizer.runtime import import_onnxruntime
@@ -277,25 +278,28 @@ def compare(
 
 def check_before_optimizing(
     before: str | os.PathLike, settings: CompareSettings, inputs: Any, dims: Mapping[str, int] | None
-) -> None:
+) -> bool:
     """Refuse (``InputSpecError``) what ``compare`` would refuse about BEFORE and ``inputs`` alone, before an
     ``optimize --compare`` writes its model: ``--generate`` on a model that is no causal LM with a cache,
     ``inputs`` BEFORE cannot take or a ``--dim`` they contradict, and a ``--batch`` whose inputs would pass
-    the size limit."""
+    the size limit. True if ``inputs`` are held-out text for ``--generate`` (token ids and a mask): the
+    comparison's alone, no inputs of one step to verify the optimization on."""
     model = load_model(before)
+    text = None
     if settings.generate:
         lm = recognise_causal_lm(model)
         if isinstance(lm, str):
             raise InputSpecError(f"--generate needs a causal LM with a KV cache: {before}: {lm}")
-        _, inputs = _held_out_text(inputs, lm)
+        text, inputs = _held_out_text(inputs, lm)
     if inputs is not None:
         base = _base_inputs(model, inputs, dims, [])[0]
         refuse_dims_unlike(dims, dims_from_inputs(model, base), "the --inputs")
     elif max(settings.batches) > 1 and batch_dims(model):
         base = make_inputs(model, {**(dims or {}), **dict.fromkeys(batch_dims(model), 1)})
     else:
-        return
+        return text is not None
     _refuse_oversized_batches(model, base, batch_dims(model), settings.batches)
+    return text is not None
 
 
 @contextlib.contextmanager
@@ -854,100 +858,6 @@ def _score_outputs(model: ir.Model) -> frozenset[str]:
 
 def _summarize(path: str | os.PathLike, model: ir.Model) -> ModelSummary:
     return ModelSummary(str(Path(path)), model_file_bytes(path), count_nodes(model), count_parameters(model))
-
-
-# Inputs of quantized ops that hold quantization parameters (scales, zero points, group
-# indices), not weights: (domain-free op type) -> input indices. A tensor read only there
-# is no parameter.
-_QUANTIZATION_PARAMETERS: dict[str, frozenset[int]] = {
-    "QuantizeLinear": frozenset({1, 2}),
-    "DequantizeLinear": frozenset({1, 2}),
-    "DynamicQuantizeMatMul": frozenset({2, 3}),
-    "MatMulIntegerToFloat": frozenset({2, 3, 4, 5}),
-    "MatMulInteger": frozenset({2, 3}),
-    "ConvInteger": frozenset({2, 3}),
-    "QLinearMatMul": frozenset({1, 2, 4, 5, 6, 7}),
-    "QLinearConv": frozenset({1, 2, 4, 5, 6, 7}),
-    "QAttention": frozenset({3, 4, 6, 7}),
-    "MatMulNBits": frozenset({2, 3, 4}),
-    "GatherBlockQuantized": frozenset({2, 3}),
-}
-_WEIGHT_TYPES = frozenset(
-    {
-        ir.DataType.FLOAT,
-        ir.DataType.FLOAT16,
-        ir.DataType.BFLOAT16,
-        ir.DataType.DOUBLE,
-        ir.DataType.INT8,
-        ir.DataType.UINT8,
-        ir.DataType.INT4,
-        ir.DataType.UINT4,
-    }
-)
-
-
-def count_parameters(model: ir.Model) -> int:
-    """Elements of the model's weights, at their logical size, whatever their precision.
-
-    Counted: initializers of float, int8/uint8 or int4/uint4 type with more than one
-    element (single-element constants are scales and epsilons), and int32 biases that a
-    DequantizeLinear widens (static int8). MatMulNBits' packed 4-bit weights count as
-    its ``N * K`` weights, GatherBlockQuantized's packed table as two 4-bit values per
-    byte; quantization scales, zero points and group indices (by where the quantized ops
-    read them, ``_QUANTIZATION_PARAMETERS``, and int8 embedding tables' row scales) are not
-    weights and are left out. So an int8 or int4 model has the parameters of its float original.
-    """
-    total = 0
-    for value in model.graph.initializers.values():
-        if value.shape is None or value.dtype is None:
-            continue
-        size = math.prod(value.shape.numpy())
-        uses = list(value.uses())
-        if uses and all(_is_quantization_parameter(node, index) for node, index in uses):
-            continue
-        if uses and all(_is_row_scale_lookup(node, index) for node, index in uses):
-            continue
-        packed = [(node, index) for node, index in uses if node.op_type in ("MatMulNBits", "GatherBlockQuantized")]
-        if packed:
-            total += _logical_size(*packed[0], size, value.dtype)
-            continue
-        widened_bias = value.dtype == ir.DataType.INT32 and any(
-            node.op_type == "DequantizeLinear" and index == 0 for node, index in uses
-        )
-        if (value.dtype in _WEIGHT_TYPES or widened_bias) and size > 1:
-            total += size
-    return total
-
-
-def _is_quantization_parameter(node: ir.Node, index: int) -> bool:
-    return index in _QUANTIZATION_PARAMETERS.get(node.op_type, frozenset())
-
-
-def _is_row_scale_lookup(node: ir.Node, index: int) -> bool:
-    """Whether ``node`` looks up rows of an int8 table's scales: ``Gather(scales, ids)`` multiplied
-    with ``Cast(Gather(int8 table, ids))``, as quantize-embeddings writes a table."""
-    if node.op_type != "Gather" or index != 0:
-        return False
-    for user, _ in node.outputs[0].uses():
-        if user.op_type != "Mul":
-            continue
-        for operand in user.inputs:
-            cast = operand.producer() if operand is not None else None
-            rows = cast.inputs[0].producer() if cast is not None and cast.op_type == "Cast" else None
-            if rows is not None and rows.op_type == "Gather" and rows.inputs[0] is not None:
-                if rows.inputs[0].dtype in (ir.DataType.INT8, ir.DataType.UINT8) and rows.inputs[0].is_initializer():
-                    return True
-    return False
-
-
-def _logical_size(node: ir.Node, index: int, size: int, dtype: ir.DataType) -> int:
-    """The weights a packed 4-bit tensor holds (its bytes hold two values each)."""
-    if node.op_type == "MatMulNBits" and index == 1:
-        n, k = node.attributes.get_int("N", 0), node.attributes.get_int("K", 0)
-        return n * k if n and k else size * 8 // node.attributes.get_int("bits", 4)
-    if dtype in (ir.DataType.UINT8, ir.DataType.INT8) and node.attributes.get_int("bits", 4) == 4:
-        return size * 2  # GatherBlockQuantized's uint8 data: two 4-bit values a byte
-    return size
 
 
 def _environment(threads: int) -> dict[str, Any]:

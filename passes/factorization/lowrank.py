@@ -68,6 +68,7 @@ from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.inputs import HOLD_OUT_EVERY, hold_out, holds_samples, samples_in, split_samples
 from optimizer.options import IMPORTANCE_KINDS
 from optimizer.padding import cache_outputs, mask_inputs
+from optimizer.parameters import count_parameters
 from optimizer.protocol import Twin
 from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, value_collector
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
@@ -75,7 +76,6 @@ from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, unfit_on_generated_samples
 from passes._utils import add_initializer, constant_array, nothing_found_note, remove_dead_nodes
 from passes.factorization._timing import FASTER_BELOW, MeasuredSpeed, parameter_limit
-from passes.pruning._base import parameter_count
 
 # "reconstruction" (pruning's compensated ranking) is activation-aware here: the whitened SVD is already
 # the reconstruction-optimal factorization.
@@ -232,10 +232,10 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         if not any(rank is not None for rank in ranks.values()):
             return self.result(model, modified=False)
         source = model.clone()
-        before = parameter_count(model)
+        before = count_parameters(model)
         decisions = self._factorize(model, groups, ranks, rows, repair=repair)
         self._report(decisions)
-        summary = f"{len(decisions)} weights factorized, parameters {before:,} → {parameter_count(model):,}"
+        summary = f"{len(decisions)} weights factorized, parameters {before:,} → {count_parameters(model):,}"
         where = ""
         repaired = any(decision.bias_change is not None for decision in decisions)
         if reference is not None:

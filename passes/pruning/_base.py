@@ -44,6 +44,7 @@ from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import is_onnx_domain
 from optimizer.inputs import fixes_batch, hold_out, split_samples
 from optimizer.options import IMPORTANCE_KINDS
+from optimizer.parameters import count_parameters
 from optimizer.progress import track
 from optimizer.protocol import Twin
 from optimizer.runtime import drift_of, run_batches, stream_values, value_collector
@@ -65,11 +66,6 @@ CHANNEL_MULTIPLE = 8
 NARROW_CHANNEL_MULTIPLE = 4
 # Calibration samples (at least) that measure each group's gain for the global ranking.
 _GAIN_SAMPLES = 64
-
-
-def parameter_count(model: ir.Model) -> int:
-    """Number of weight elements in the main graph's initializers."""
-    return sum(math.prod(v.const_value.shape.numpy()) for v in model.graph.initializers.values() if v.const_value)
 
 
 class PruningPass(GraphoptPass, ir.passes.InPlacePass):
@@ -200,7 +196,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 self.note(f"no ratio meets {self.budget.describe()}: nothing pruned")
                 return self.result(model, modified=False)
         ratios = self._scaled(scale)
-        before = parameter_count(model)
+        before = count_parameters(model)
         repairable = bool(targets) and reference is not None
         source = model.clone()  # the input: the twin and the unrepaired comparison start from it
         removals = self._prune(model, scores, ratios, comparable, batches, targets, record=True)
@@ -215,9 +211,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             return self.result(model, modified=False)
         if reference is not None:
             self.drift = drift_of(model, batches, reference)
-        summary = (
-            f"{_describe_ratios(ratios)}: {len(self.pruned)} groups, parameters {before:,} → {parameter_count(model):,}"
-        )
+        after = count_parameters(model)
+        summary = f"{_describe_ratios(ratios)}: {len(self.pruned)} groups, parameters {before:,} → {after:,}"
         if self.drift is not None:
             summary += f"; {self.drift}" + (" after repair" if repairable else "")
             summary += " on the held-out samples" if held_out else ""

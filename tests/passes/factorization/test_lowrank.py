@@ -11,11 +11,11 @@ import pytest
 from optimizer.accuracy import AccuracyBudget, output_drift
 from optimizer.api import optimize_with_report
 from optimizer.errors import OptionError
+from optimizer.parameters import count_parameters as parameter_count
 from optimizer.runtime import run_batches, run_model
 from passes.factorization import lowrank
 from passes.factorization._timing import MeasuredSpeed, parameter_limit
 from passes.factorization.lowrank import LowRankFactorizationPass
-from passes.pruning._base import parameter_count
 from tests.passes.factorization import graphs
 from tests.passes.factorization.graphs import FakeSpeed
 from tests.passes.pruning.twins import assert_differs_from_twin, assert_matches_twin, replace_weight
