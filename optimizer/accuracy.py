@@ -270,9 +270,9 @@ class AccuracyBudget:
         """The budget as the command-line flags that set it."""
         parts = []
         if self.min_cosine is not None:
-            parts.append(f"--min-cosine {self.min_cosine:g}")
+            parts.append(f"--min-cosine {float(self.min_cosine)!r}")  # :g showed 0.9999999 as 1
         if self.max_error is not None:
-            parts.append(f"--max-error {self.max_error:g}")
+            parts.append(f"--max-error {float(self.max_error)!r}")
         return " ".join(parts) or "no budget"
 
 

@@ -306,6 +306,7 @@ def _samples(
     if calibration is not None:
         data = open_samples(calibration, model, flag="--calibration")
         _refuse_unrunnable_samples(model, data)
+        _refuse_or_note_repeated(data, notes)
         if not data.in_memory:
             return data, None
         samples = data.first()
@@ -343,6 +344,23 @@ def _samples(
         "give real ones with --calibration FILE.npz",
     )
     return generated, warning
+
+
+def _refuse_or_note_repeated(data: SampleData, notes: list[str]) -> None:
+    """``InputSpecError`` when every input of the calibration samples (masks aside) holds one value repeated
+    (``make-inputs``' template): ranking, repair and the budget would all fit and check that one point, and report
+    it exact. A float input so held beside others that vary is noted."""
+    if data.inputs_seen and len(data.repeated) == len(data.inputs_seen):
+        raise InputSpecError(
+            f"{data.source}: every input holds one value repeated (make-inputs' template?): approximate passes rank, "
+            "fit and check their budget on these samples, and would be exact on them alone; give real samples"
+        )
+    if floats := [name for name, kind in data.repeated.items() if kind in "fc"]:
+        shown = ", ".join(f"'{name}'" for name in floats[:3]) + (", ..." if len(floats) > 3 else "")
+        notes.append(
+            f"{data.source}: {shown} {'holds' if len(floats) == 1 else 'hold'} one value repeated in every sample: "
+            "the passes' fits and budget see no other value there"
+        )
 
 
 def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:

@@ -2169,6 +2169,8 @@ class SampleData:
         self.in_memory = False
         self.notes: list[str] = []
         self.count = sum(rows for rows, _ in plan)
+        self.repeated: dict[str, str] = {}  # found by ``validate``
+        self.inputs_seen: list[str] = []
 
     def signature(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple:
         """What two chunks must share to be joined along axis 0: each input's shape past axis 0.
@@ -2185,13 +2187,33 @@ class SampleData:
         chunks = f" in {len(self._plan)} {self._unit}" if len(self._plan) > 1 else ""
         return f"{self.source} ({self.count} samples{chunks})"
 
-    def validate(self) -> SampleData:
+    def validate(self, *, refuse_nan: bool = False) -> SampleData:
         """Check every chunk against the model now (one read of the data), so that a chunk that does not fit
-        is a user error before any work, not a failure in the middle of a pass; returns ``self``."""
-        for _ in self.chunks():
-            pass
+        is a user error before any work, not a failure in the middle of a pass; returns ``self``.
+
+        Also found on the way: with ``refuse_nan``, a NaN (``InputSpecError``: calibration ranks, fits and checks a
+        budget on these values, and one NaN makes every score it reaches NaN); and ``repeated``, the inputs (masks
+        aside) whose every value is one value repeated, as ``make-inputs``' template holds them, with the kind of
+        their dtype (``"f"``, ``"i"``), beside ``inputs_seen``."""
+        first: dict[str, Any] = {}
+        varying: set[str] = set()
+        for chunk in self.chunks():
+            for name, array in chunk.items():
+                if not isinstance(array, np.ndarray) or not array.size or _MASK_NAME.search(name):
+                    continue
+                if refuse_nan and array.dtype.kind in "fc" and (nan := int(np.count_nonzero(np.isnan(array)))):
+                    raise InputSpecError(
+                        f"{self.source}: '{name}' holds {nan} NaN among {array.size} values: samples are ranked, "
+                        "fitted and checked on, and a NaN spoils every figure it reaches; leave those samples out"
+                    )
+                flat = array.reshape(-1)
+                first.setdefault(name, flat[0])
+                if name not in varying and bool(np.any(flat != first[name])):
+                    varying.add(name)
         if self.count == 0:
             raise InputSpecError(f"{self.source}: the arrays hold no samples (axis 0 is empty)")
+        self.repeated = {name: np.asarray(value).dtype.kind for name, value in first.items() if name not in varying}
+        self.inputs_seen = list(first)
         return self
 
     def chunks(self) -> Iterator[dict[str, np.ndarray]]:
@@ -2363,7 +2385,7 @@ def open_samples(data: Any, model: ir.Model, *, flag: str = "--calibration") -> 
     """
     if isinstance(data, SampleData):
         return data
-    return _open_samples(data, model, flag).validate()
+    return _open_samples(data, model, flag).validate(refuse_nan=flag == "--calibration")
 
 
 def _open_samples(data: Any, model: ir.Model, flag: str) -> SampleData:

@@ -333,7 +333,7 @@ def _check_approximate(
     exact = verifier.check_twin(candidate, twin, base=model)
     if not exact.ok:
         return exact
-    verdict = verifier.check_approximation(candidate)
+    verdict = verifier.check_approximation(candidate, held_out=getattr(result, "fitted_to_samples", False))
     verdict.twin_error, verdict.twin_row_excess = exact.twin_error, exact.twin_row_excess
     verdict.twin_segments, verdict.twin_end_to_end = exact.twin_segments, exact.twin_end_to_end
     verdict.twin_layers_probed = exact.twin_layers_probed

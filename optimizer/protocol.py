@@ -37,12 +37,16 @@ class NotedResult(ir.passes.PassResult):
     ``notes``: what the pass decided (layers kept float, accuracy reached), shown
     under the report's table. ``refusals``: why it left something unchanged,
     counted where they repeat ("2 of 12 Softmax left unfused: the scores have other
-    users"), shown with ``-v`` and always written to the JSON report.
+    users"), shown with ``-v`` and always written to the JSON report. ``fitted_to_samples``:
+    see the field.
     """
 
     notes: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     twin: Twin | None = None
+    # True when the result was fitted (ranked, repaired) to the calibration samples other than those
+    # ``optimizer.inputs.hold_out`` holds out: the accuracy budget is then checked on the held-out ones alone.
+    fitted_to_samples: bool = False
 
 
 # How close an approximate pass's result must be to its twin; keys of ``optimizer.verify.TWIN_TOLERANCES``.

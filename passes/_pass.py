@@ -113,14 +113,21 @@ class GraphoptPass:
         _, tally, declined = self._state()
         return bool(declined or tally.lines())
 
-    def result(self, model: ir.Model, modified: bool, twin: Twin | None = None) -> NotedResult:
+    def result(
+        self, model: ir.Model, modified: bool, twin: Twin | None = None, *, fitted_to_samples: bool = False
+    ) -> NotedResult:
         """The pass's result with its notes and refusals (declines first, then the counted ones).
 
         Approximate passes give the ``twin`` their result claims to compute (see
         ``optimizer.protocol.Twin``); the pipeline rolls back a modified result without one.
+        ``fitted_to_samples``: the result was fitted to the calibration samples but those
+        ``optimizer.inputs.hold_out`` holds out, on which alone the budget is then checked.
         """
         notes, tally, declined = self._state()
-        return NotedResult(model, modified, notes=list(notes), refusals=[*declined, *tally.lines()], twin=twin)
+        refusals = [*declined, *tally.lines()]
+        return NotedResult(
+            model, modified, notes=list(notes), refusals=refusals, twin=twin, fitted_to_samples=fitted_to_samples
+        )
 
     def _state(self) -> tuple[list[str], Tally, list[str]]:
         # ``call`` may be used without ``__call__`` (and so without ``requires``).

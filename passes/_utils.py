@@ -54,6 +54,58 @@ def draws_random(node: ir.Node) -> bool:
     return mode is None or node.inputs[2].is_graph_input() or bool(mode.numpy().reshape(-1).any())
 
 
+_Facts = tuple[
+    list[tuple[ir.Value, "ir.TypeProtocol | None", "ir.DataType | None", "ir.Shape | None", object]],
+    list[tuple[object, "str | None"]],
+]
+
+
+def recorded_facts(model: ir.Model) -> _Facts:
+    """Each value's type (and its element type, which ``value.dtype = ...`` writes into the type object in place),
+    shape and constant value, in every graph, subgraph and function of ``model``; and the names of the tensors of
+    its ``Constant`` nodes and constant values (onnxscript's matching and folding fill all of these in, on a graph
+    they then leave as it was: ``restore_facts`` puts them back)."""
+    values, tensors = [], []
+    for graph in model_graphs(model):
+        graph = graph.graph if isinstance(graph, ir.Function) else graph
+        outputs = (value for node in graph for value in node.outputs)
+        for value in (*graph.inputs, *graph.initializers.values(), *outputs):
+            value_type = value.type
+            dtype = value_type.dtype if value_type is not None else None
+            values.append((value, value_type, dtype, value.shape, value.const_value))
+            if value.const_value is not None:
+                tensors.append((value.const_value, _name_as_given(value.const_value)))
+        for node in graph:
+            for attribute in node.attributes.values():
+                if not attribute.is_ref() and attribute.type == ir.AttributeType.TENSOR:
+                    tensors.append((attribute.value, _name_as_given(attribute.value)))
+    return values, tensors
+
+
+def _name_as_given(tensor: object) -> str | None:
+    """A tensor's name; None for a tensor read from a proto without one (setting "" would write the field)."""
+    if isinstance(tensor, ir.TensorProtoTensor) and not tensor.raw.HasField("name"):
+        return None
+    return tensor.name
+
+
+def restore_facts(facts: _Facts) -> None:
+    """Put back what ``recorded_facts`` recorded."""
+    values, tensors = facts
+    for value, value_type, dtype, shape, const_value in values:
+        if value.const_value is not const_value:
+            value.const_value = const_value
+        value.type = value_type
+        if value_type is not None and value_type.dtype != dtype:
+            value_type.dtype = dtype
+        value.shape = shape
+    for tensor, name in tensors:
+        if name is None and isinstance(tensor, ir.TensorProtoTensor):
+            tensor.raw.ClearField("name")
+        elif tensor.name != name:
+            tensor.name = name
+
+
 @contextlib.contextmanager
 def declared_shapes_inferred(model: ir.Model) -> Iterator[None]:
     """While open, every value but the graphs' inputs carries only the shape ONNX's shape inference derives from
@@ -206,7 +258,11 @@ def remove_dead_nodes(model: ir.Model) -> bool:
 
     Passes call this so their own row in the report shows what they removed.
     """
+    names = [(value, value.name) for graph in model_graphs(model) for node in graph for value in node.outputs]
     modified = common_passes.RemoveUnusedNodesPass()(model).modified
+    # onnx-ir also unnames the unused outputs of the nodes it keeps (an LSTM's states in an If branch), and
+    # says modified=False for that: it is a change (ONNX Runtime then skips them).
+    modified = modified or any(value.name != name for value, name in names)
     return _remove_unused_initializers(model) or modified
 
 

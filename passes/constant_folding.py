@@ -24,9 +24,15 @@ import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
 from optimizer.domains import is_onnx_domain
-from optimizer.model_io import model_graphs
 from passes._pass import GraphoptPass
-from passes._utils import declared_shapes_checked, draws_random, overridable_inputs_hidden, remove_dead_nodes
+from passes._utils import (
+    declared_shapes_checked,
+    draws_random,
+    overridable_inputs_hidden,
+    recorded_facts,
+    remove_dead_nodes,
+    restore_facts,
+)
 from passes.fusion._inferred_shapes import infer_contrib_outputs
 
 # onnxscript's defaults: do not evaluate ops on inputs over 8192 elements, nor store
@@ -74,7 +80,7 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
             output_size_limit=self.output_size_limit,
             should_fold=_should_fold,
         )
-        recorded = _recorded_facts(model)
+        recorded = recorded_facts(model)
         # A default a caller may override is no constant: some of onnxscript's evaluators (If, Dropout, Reshape)
         # read it before the folder's own graph-input check, folded on it and dropped it.
         # A shape the file declares is no fact where inference contradicts it (a stale value_info folded Shape to a
@@ -88,7 +94,7 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
         if modified:
             remove_dead_nodes(model)
         else:
-            _restore_facts(recorded)
+            restore_facts(recorded)
         return self.result(model, modified)
 
 
@@ -122,34 +128,6 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
                     self.visit_attribute(attr)
                 return
         super().replace_node(node, replacement, root)
-
-
-_Facts = list[tuple[ir.Value, "ir.TypeProtocol | None", "ir.DataType | None", "ir.Shape | None", object]]
-
-
-def _recorded_facts(model: ir.Model) -> _Facts:
-    """Each value's type (and its element type, which ``value.dtype = ...`` writes into the type object in place),
-    shape and constant value, in every graph, subgraph and function of ``model``."""
-    facts: _Facts = []
-    for graph in model_graphs(model):
-        graph = graph.graph if isinstance(graph, ir.Function) else graph
-        outputs = (value for node in graph for value in node.outputs)
-        for value in (*graph.inputs, *graph.initializers.values(), *outputs):
-            value_type = value.type
-            dtype = value_type.dtype if value_type is not None else None
-            facts.append((value, value_type, dtype, value.shape, value.const_value))
-    return facts
-
-
-def _restore_facts(facts: _Facts) -> None:
-    """Put back what ``_recorded_facts`` recorded."""
-    for value, value_type, dtype, shape, const_value in facts:
-        if value.const_value is not const_value:
-            value.const_value = const_value
-        value.type = value_type
-        if value_type is not None and value_type.dtype != dtype:
-            value_type.dtype = dtype
-        value.shape = shape
 
 
 def _not_at_opset(node: ir.Node, opsets: Mapping[str, int]) -> str | None:

@@ -76,7 +76,7 @@ def test_verification_rolls_back_an_approximate_pass_that_misses_the_budget(monk
     _, report = optimize_with_report(model, quantize="dynamic", min_cosine=0.9999999)
     record = next(r for r in report.passes if r.name == "quantize-dynamic")
     assert record.status == "rolled back"
-    assert "misses the accuracy budget (--min-cosine 1)" in record.detail
+    assert "misses the accuracy budget (--min-cosine 0.9999999)" in record.detail
 
 
 def test_cli_quantize_with_calibration_budget_and_report(tmp_path, capsys):

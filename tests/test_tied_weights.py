@@ -39,7 +39,9 @@ MODES = {
     "dynamic": {"quantize": "dynamic", "quantize_outputs": True},
     "static": {"quantize": "static", "quantize_outputs": True},
     "int4": {"quantize": "int4", "quantize_outputs": True},
-    "prune-ffn": {"prune_ffn": 0.25},
+    # Random weights: a quarter of the neurons cut keeps 0.72-0.90 cosine on the held-out calibration sample, under
+    # the default floor; what is tested is what the file stores, so the floor is lowered.
+    "prune-ffn": {"prune_ffn": 0.25, "min_cosine": 0.5},
 }
 PASS_OF_MODE = {"dynamic": "quantize-dynamic", "static": "quantize-static", "int4": "quantize-int4"}
 PASS_OF_MODE["prune-ffn"] = "prune-ffn"
@@ -354,7 +356,9 @@ def test_head_pruning_keeps_a_tied_table_single(name, spelling, tmp_path):
     before = len(table_copies(stored_tensors(tmp_path / "original.onnx"), rows, width))
     assert before == (1 if spelling == "dynamo" else 2)
     # 0.5: of the Llama fixture's 2 key/value heads a quarter rounds to none, and a cut of nothing proves nothing.
-    output, report = optimize_file(model, tmp_path / "run", prune_heads=0.5, calibration=calibration_samples(model))
+    output, report = optimize_file(
+        model, tmp_path / "run", prune_heads=0.5, min_cosine=0.5, calibration=calibration_samples(model)
+    )  # random weights: half the heads cut misses the default floor on held-out samples; storage is what is tested
     record = next(r for r in report.passes if r.name == "prune-heads")
     assert record.status == STATUS_APPLIED, (record.status, record.detail, record.refusals)
     after = table_copies(stored_tensors(output), rows, width)

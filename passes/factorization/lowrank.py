@@ -257,7 +257,8 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
             self._factorize(unrepaired, groups, ranks, rows, repair=False)
             unrepaired_drift = drift_of(unrepaired, checked, reference)
             self.note(f"without repair: {unrepaired_drift}{where}")
-        return self.result(model, modified=True, twin=self._twin(source, decisions))
+        held_out = bool(fitted) and not in_sample and (aware or repair)
+        return self.result(model, modified=True, twin=self._twin(source, decisions), fitted_to_samples=held_out)
 
     def _confirm_speed(self, groups: list[_Group], ranks: Mapping[str, int | None]) -> dict[str, int | None]:
         """The ranks, less those whose factorized layer was not measured faster at every row count it runs at.

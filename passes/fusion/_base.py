@@ -10,7 +10,7 @@ from onnxscript.rewriter import _basics, pattern
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes._pass import GraphoptPass
-from passes._utils import linear_rule_set, remove_dead_nodes
+from passes._utils import linear_rule_set, recorded_facts, remove_dead_nodes, restore_facts
 from passes.fusion._targets import unsupported_ops
 
 _MAX_ROUNDS = 8
@@ -50,12 +50,14 @@ class FusionPass(GraphoptPass, ir.passes.InPlacePass):
         if missing:
             self.decline(f"target {self.target} has no kernel for {', '.join(missing)}")
             return self.result(model, modified=False)
+        recorded = recorded_facts(model)
         self.fused_count = self.fuse(model)
         if self.fused_count:
             if any(domain == MS_DOMAIN for domain, _ in self.fused_ops):
                 model.opset_imports.setdefault(MS_DOMAIN, 1)
             remove_dead_nodes(model)
         else:
+            restore_facts(recorded)  # matching filled in Constants' shapes and values: as given, as the flag says
             self._note_already_fused(model)
         return self.result(model, modified=self.fused_count > 0)
 

@@ -187,13 +187,13 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             scores = self._output_effect(model, groups, scores, batches, reference)
             comparable = True
         scale = 1.0
+        checked_reference = reference if not held_out else run_batches(model, checked)
         if self.budget is not None and not batches:
             self.note("no sample inputs: the budget was not searched")
         if self.budget is not None and batches:
-            checked_reference = reference if not held_out else run_batches(model, checked)
             scale = self._search(model, scores, comparable, batches, targets, checked, checked_reference)
             if scale == 0.0:
-                self.note(f"no ratio meets {self.budget.describe()}: nothing pruned")
+                self.decline(f"no cut that removes a unit meets {self.budget.describe()}{self._checked_on}")
                 return self.result(model, modified=False)
         ratios = self._scaled(scale)
         before = count_parameters(model)
@@ -229,7 +229,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             unrepaired = source.clone()
             self._prune(unrepaired, scores, ratios, comparable)
             self.note(f"without repair: {drift_of(unrepaired, batches, reference)}")
-        return self.result(model, modified=True, twin=self._twin(source, removals))
+        return self.result(model, modified=True, twin=self._twin(source, removals), fitted_to_samples=held_out)
 
     def _scaled(self, scale: float) -> dict[str | None, float]:
         return {kind: ratio * scale for kind, ratio in self.ratios.items()}
@@ -482,14 +482,16 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         return removals
 
     def _fitted_and_checked(self, model: ir.Model, batches) -> tuple[Sequence, Sequence]:
-        """The samples ranking and repair may use, and those the budget is checked on: with a budget and two
-        samples or more, some held out of the first (``optimizer.inputs.hold_out``, as for factorize-lowrank:
-        one in five, with two to four the last, whole batches where the model fixes its batch); else the same
-        samples for both. A repair fitted to the very rows the budget is checked on meets it by the fit: on 20 samples a
-        0.99 budget was met at cosine 0.990 and missed on new samples (0.975). ``self._checked_on`` says which
-        for the budget's note."""
+        """The samples ranking and repair may use, and those the budget is checked on: where ranking or repair
+        reads the samples and there are two or more, some held out of the first (``optimizer.inputs.hold_out``,
+        as for factorize-lowrank: one in five, with two to four the last, whole batches where the model fixes its
+        batch); else the same samples for both. A repair fitted to the very rows the budget is checked on meets
+        it by the fit: on 20 samples a 0.99 budget was met at cosine 0.990 and missed on new samples (0.975);
+        the pipeline checks the default floor on the held-out samples too. ``self._checked_on`` says which for
+        the budget's note."""
         self._checked_on = ""
-        if self.budget is None or not batches:
+        fits = self.importance != "magnitude" or self.repair
+        if not batches or not fits:
             return batches, batches
         fitted, held = hold_out(batches, model)
         if len(held) == 0:
@@ -514,9 +516,10 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         for _ in track(range(_SEARCH_STEPS), "pruning: bisection over the ratio"):
             middle = (low + high) / 2
             trial = model.clone()
-            self._prune(trial, scores, self._scaled(middle), comparable, batches, targets)
-            drift = drift_of(trial, checked, reference)
-            if self.budget.met(drift):
+            # A ratio that removes no unit meets any budget: it is no cut that meets this one.
+            if self._prune(trial, scores, self._scaled(middle), comparable, batches, targets) and self.budget.met(
+                drift_of(trial, checked, reference)
+            ):
                 low = best = middle
             else:
                 high = middle

@@ -10,8 +10,8 @@ import onnx_ir as ir
 from optimizer.accuracy import AccuracyBudget
 from passes.pruning._base import PruningPass
 from passes.pruning._groups import ChannelGroup
-from passes.pruning.ffn import ffn_groups
-from passes.pruning.heads import head_groups
+from passes.pruning.ffn import FfnPruningPass, ffn_groups
+from passes.pruning.heads import HeadPruningPass, head_groups
 
 
 class FfnHeadPruningPass(PruningPass):
@@ -54,6 +54,16 @@ class FfnHeadPruningPass(PruningPass):
             budget=budget,
             samples_generated=samples_generated,
         )
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        # A kind asked for and found nowhere is said (the other kind's cut goes on): alone, its pass would say it.
+        for kind, find, looks_for in (
+            ("ffn", ffn_groups, FfnPruningPass.looks_for),
+            ("heads", head_groups, HeadPruningPass.looks_for),
+        ):
+            if self.ratios.get(kind) and not any(find(model.graph)):
+                self.decline(f"--prune-{kind} {self.ratios[kind]:g}: nothing of this kind to prune: {looks_for}")
+        return super().call(model)
 
     def find_groups(self, graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
         ffn, ffn_refused = ffn_groups(graph)

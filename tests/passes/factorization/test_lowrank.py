@@ -346,8 +346,9 @@ def test_pipeline_prunes_then_factorizes_then_quantizes(monkeypatch):
 
     monkeypatch.setattr(lowrank, "MeasuredSpeed", lambda target, threads=None: FakeSpeed())
     model = ffn(hidden=128, inner=256)
-    rng = np.random.default_rng(0)
-    calibration = {"x": (rng.standard_normal((16, 12, 128)) * 0.5).astype(np.float32)}
+    # Correlated activations (a few directions carry most energy): a rank 0.4 factorization holds the default
+    # floor on the held-out samples, as it would not on white noise.
+    calibration = {"x": graphs.inputs(128, count=16)}
     result, report = optimize_with_report(
         model, prune_ffn=0.25, lowrank=0.4, quantize="dynamic", calibration=calibration, raise_errors=True
     )

@@ -74,9 +74,9 @@ def test_a_neurons_copy_is_pruned_and_the_kept_one_takes_its_part():
 
 def test_with_fewer_calibration_rows_than_inputs_a_layer_is_ranked_by_activation():
     model = ffn()
-    few = feeds(model, 2, sequence=6, seed=1)  # 12 token rows for 32 neurons
+    few = feeds(model, 2, sequence=6, seed=1)  # 12 token rows for 32 neurons, one sample held out: 6 fitted
     result = FfnPruningPass(0.25, samples=few, importance="reconstruction")(model.clone())
-    assert "importance reconstruction: down_proj has 12 calibration rows for 32 inputs; ranked by activation" in (
+    assert "importance reconstruction: down_proj has 6 calibration rows for 32 inputs; ranked by activation" in (
         result.notes
     )
 
