@@ -307,6 +307,7 @@ def _samples(
         data = open_samples(calibration, model, flag="--calibration")
         _refuse_unrunnable_samples(model, data)
         _refuse_or_note_repeated(data, notes)
+        _refuse_nan_the_model_does_not_impute(model, data)
         if not data.in_memory:
             return data, None
         samples = data.first()
@@ -361,6 +362,38 @@ def _refuse_or_note_repeated(data: SampleData, notes: list[str]) -> None:
             f"{data.source}: {shown} {'holds' if len(floats) == 1 else 'hold'} one value repeated in every sample: "
             "the passes' fits and budget see no other value there"
         )
+
+
+def _refuse_nan_the_model_does_not_impute(model: ir.Model, data: SampleData) -> None:
+    """``InputSpecError`` when calibration samples hold a NaN the model does not impute at once: the passes rank, fit
+    and check their budget on these samples, and a NaN spoils every figure it reaches (every pruning score NaN, so
+    the cut kept the first units by position; low-rank's SVD failed), even where a later ``Where`` hides it from
+    the outputs. An input read only by ``IsNaN`` and by ``Where`` nodes that choose by ``IsNaN`` of it (converted
+    tabular models fill in missing values so) may hold NaN."""
+    inputs = {value.name: value for value in model.graph.inputs}
+    for name, count in data.nan.items():
+        value = inputs.get(name)
+        if value is not None and _imputed(value):
+            continue
+        raise InputSpecError(
+            f"{data.source}: '{name}' holds {count} NaN, and the model reads them: samples are ranked, fitted and "
+            "checked on, and a NaN spoils every figure it reaches; leave those samples out"
+        )
+
+
+def _imputed(value: ir.Value) -> bool:
+    """Whether every reader of ``value`` is ``IsNaN(value)`` or a ``Where`` choosing by ``IsNaN(value)``."""
+
+    def checks_for_nan(node: ir.Node | None) -> bool:
+        return node is not None and node.op_type == "IsNaN" and node.inputs[0] is value
+
+    for node, index in value.uses():
+        if checks_for_nan(node):
+            continue
+        condition = node.inputs[0].producer() if node.op_type == "Where" and node.inputs[0] is not None else None
+        if index == 0 or not checks_for_nan(condition):
+            return False
+    return bool(value.uses())
 
 
 def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:

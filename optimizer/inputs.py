@@ -89,6 +89,8 @@ _INDEX_PRESERVING_OPS = frozenset(
 # Max/Min with a c >= 0 inside the table): an index within the table before one stays within it after.
 _CONTRACTING_OPS = {"Div": 1, "Max": 0, "Min": 0}
 _DEFAULT_INT_HIGH = 2
+# A Loop's trip count, where an input gives it: its body runs more than once.
+_LOOP_TRIPS = 3
 
 # Generated sequences hold this many tensors; a sequence's elements declared without
 # a shape are 1-D of this length (a guess, so such models are run before use).
@@ -1036,6 +1038,12 @@ def _generate_tensor(
             span = table - low if table is not None and table > low else None
             positions = low + (np.arange(shape[-1]) % span if span else np.arange(shape[-1]))
             return np.broadcast_to(positions, shape).astype(numpy_dtype)
+        if _counts_loop_trips(value):
+            # A Loop's trip count: 0 or 1, as other integers are drawn, would run its body at most once, and a
+            # rewrite wrong from the second trip on would verify. Within a table it also indexes.
+            table = _index_range(value, dims, widest=widest)
+            trips = _LOOP_TRIPS if table is None else max(low, min(_LOOP_TRIPS, table - 1))
+            return np.full(shape, trips, dtype=numpy_dtype)
         lows = _index_lows(value, shape, dims, widest=widest)
         highs = np.maximum(_index_highs(value, shape, dims, widest=widest), lows + 1)
         return rng.integers(lows, highs, size=shape).astype(numpy_dtype)
@@ -1044,6 +1052,22 @@ def _generate_tensor(
             return _padding_mask(shape, numpy_dtype)
         return rng.standard_normal(shape).astype(numpy_dtype)
     raise InputSpecError(f"input '{value.name}' has type {dtype}, which graphopt cannot generate; {_WAYS_OUT}")
+
+
+def _counts_loop_trips(value: ir.Value) -> bool:
+    """Whether ``value`` (or a cast or reshape of it) is a ``Loop``'s trip count ``M``."""
+    seen, frontier = set(), [value]
+    while frontier:
+        current = frontier.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for node, index in current.uses():
+            if node.op_type == "Loop" and index == 0:
+                return True
+            if node.op_type in _INDEX_PRESERVING_OPS and index == 0:
+                frontier.extend(node.outputs)
+    return False
 
 
 def _padding_mask(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -2170,6 +2194,7 @@ class SampleData:
         self.notes: list[str] = []
         self.count = sum(rows for rows, _ in plan)
         self.repeated: dict[str, str] = {}  # found by ``validate``
+        self.nan: dict[str, int] = {}
         self.inputs_seen: list[str] = []
 
     def signature(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple:
@@ -2187,25 +2212,21 @@ class SampleData:
         chunks = f" in {len(self._plan)} {self._unit}" if len(self._plan) > 1 else ""
         return f"{self.source} ({self.count} samples{chunks})"
 
-    def validate(self, *, refuse_nan: bool = False) -> SampleData:
+    def validate(self) -> SampleData:
         """Check every chunk against the model now (one read of the data), so that a chunk that does not fit
         is a user error before any work, not a failure in the middle of a pass; returns ``self``.
 
-        Also found on the way: with ``refuse_nan``, a NaN (``InputSpecError``: calibration ranks, fits and checks a
-        budget on these values, and one NaN makes every score it reaches NaN); and ``repeated``, the inputs (masks
-        aside) whose every value is one value repeated, as ``make-inputs``' template holds them, with the kind of
-        their dtype (``"f"``, ``"i"``), beside ``inputs_seen``."""
+        Also found on the way: ``nan``, the NaN each input (masks aside) holds, by name; and ``repeated``, the
+        inputs (masks aside) whose every value is one value repeated, as ``make-inputs``' template holds them,
+        with the kind of their dtype (``"f"``, ``"i"``), beside ``inputs_seen``."""
         first: dict[str, Any] = {}
         varying: set[str] = set()
         for chunk in self.chunks():
             for name, array in chunk.items():
                 if not isinstance(array, np.ndarray) or not array.size or _MASK_NAME.search(name):
                     continue
-                if refuse_nan and array.dtype.kind in "fc" and (nan := int(np.count_nonzero(np.isnan(array)))):
-                    raise InputSpecError(
-                        f"{self.source}: '{name}' holds {nan} NaN among {array.size} values: samples are ranked, "
-                        "fitted and checked on, and a NaN spoils every figure it reaches; leave those samples out"
-                    )
+                if array.dtype.kind in "fc" and (nan := int(np.count_nonzero(np.isnan(array)))):
+                    self.nan[name] = self.nan.get(name, 0) + nan
                 flat = array.reshape(-1)
                 first.setdefault(name, flat[0])
                 if name not in varying and bool(np.any(flat != first[name])):
@@ -2385,7 +2406,7 @@ def open_samples(data: Any, model: ir.Model, *, flag: str = "--calibration") -> 
     """
     if isinstance(data, SampleData):
         return data
-    return _open_samples(data, model, flag).validate(refuse_nan=flag == "--calibration")
+    return _open_samples(data, model, flag).validate()
 
 
 def _open_samples(data: Any, model: ir.Model, flag: str) -> SampleData:

@@ -55,7 +55,8 @@ def count_parameters(model: ir.Model) -> int:
     quantization scales, zero points and group indices (by where the quantized ops read them,
     ``_QUANTIZATION_PARAMETERS``, and int8 embedding tables' row scales) are not weights and are
     left out, nor are the rotary cos/sin tables a fusion writes (``_POSITION_TABLES``). So an int8
-    or int4 model has the parameters of its float original, and an exact rewrite keeps the count.
+    or int4 model has the parameters of its float original, and lifting Constants into initializers
+    keeps the count (the rotary fusion drops an ``inv_freq`` constant its tables replace).
     """
     total = 0
     for value, shape, dtype in _weights(model):
@@ -86,6 +87,8 @@ def _weights(model: ir.Model) -> Iterator[tuple[ir.Value, tuple[int, ...], ir.Da
                     yield value, tuple(value.shape.numpy()), value.dtype
         for node in graph:
             if node.op_type != "Constant" or not is_onnx_domain(node) or "value" not in node.attributes:
+                continue
+            if node.attributes["value"].is_ref():  # a function's Constant of its caller's attribute: no weight here
                 continue
             tensor = node.attributes["value"].as_tensor()
             yield node.outputs[0], tuple(tensor.shape.numpy()), tensor.dtype

@@ -1545,7 +1545,7 @@ class Verifier:
         batches = self._sample_batches()
         where = ""
         if held_out and self._samples is not None:
-            held = hold_out(batches, self._original)[1]
+            held = hold_out(batches, candidate)[1]  # split as the pass split (its model fixes the batch as the result)
             if len(held):
                 batches, where = held, " on the calibration samples held out of the pass's fit"
         try:

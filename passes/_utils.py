@@ -184,7 +184,7 @@ def _restore_interfaces(interfaces: _Interfaces) -> None:
 
 def _checked(declared: ir.Shape | None, inferred: ir.Shape | None, input_dims: set[str]) -> ir.Shape | None:
     """``declared`` where ``inferred`` does not contradict it: a size inference derives wins, and so does a dim it
-    names after one of ``input_dims`` where a size was declared (``batch`` against a declared 1); an unknown one
+    names after one of ``input_dims`` (``batch`` against a declared 1, or a declared ``seq``); an unknown one
     keeps the declared dim. No shape where none was declared or the ranks differ."""
     if declared is None or inferred is None:
         return declared
@@ -192,7 +192,9 @@ def _checked(declared: ir.Shape | None, inferred: ir.Shape | None, input_dims: s
         return None
     dims = []
     for was, found in zip(declared, inferred):
-        proven = isinstance(found, int) or (isinstance(was, int) and found.value in input_dims)
+        # A dim named after an input's is proven, against a size or another name (onnx.tools.update_model_dims
+        # renames an input's dim and leaves the value_info's old name).
+        proven = isinstance(found, int) or (found.value in input_dims and was != found)
         dims.append(found if proven else was)
     return ir.Shape(dims)
 
@@ -318,13 +320,18 @@ class _LinearRule(pattern.RewriteRule):
     """A copy of an onnxscript rule, tried only at nodes of its root op type, logging to ``trace``."""
 
     def __init__(self, rule: pattern.RewriteRule, trace: _basics.MatchingTracer | None) -> None:
-        # A copy of the rule's state, not a re-built rule: the pattern, check and replacement stay shared.
+        # A copy of the rule's state, not a re-built rule: the pattern, check and replacement stay shared. The
+        # matcher, which holds the match in progress (and the graph it is in), is this copy's own: rules built
+        # once are shared by every run, in any thread, and must not keep a model alive.
         self.__dict__.update(rule.__dict__)
         target = rule._target_pattern
         roots = target.output_nodes
         self._root_op = roots[0].op if len(roots) else None
         if len(roots) > 1 and _SiblingMatcher.applies_to(target):
             self._matcher = _SiblingMatcher(target)
+        else:
+            self._matcher = type(rule._matcher)(target)
+        self._matcher = _NoReferenceMatcher(self._matcher)
         self._trace = trace
 
     def try_rewrite(
@@ -354,6 +361,24 @@ class _LinearRule(pattern.RewriteRule):
 
     def commute(self) -> list[pattern.RewriteRule]:
         return [_LinearRule(rule, self._trace) for rule in super().commute()]
+
+
+class _NoReferenceMatcher:
+    """A matcher that fails a match holding a node whose attribute refers to its function's caller's (``@name``),
+    before any check or rewrite reads it: onnxscript's checks and ours read such an attribute as None (a Cast to
+    int32 and back was taken for no cast at all; a ``ReduceMean<axes=@ax>`` failed the whole fusion pass)."""
+
+    def __init__(self, matcher: _matcher.PatternMatcher) -> None:
+        self._matcher = matcher
+
+    def match(self, *args, **kwargs) -> _basics.MatchResult:
+        result = self._matcher.match(*args, **kwargs)
+        if result and any(a.is_ref() for node in result.nodes for a in node.attributes.values()):
+            return _basics.MatchResult().fail("a matched node reads an attribute of its function's caller (@name)")
+        return result
+
+    def __getattr__(self, name: str):
+        return getattr(self._matcher, name)
 
 
 class _SiblingMatcher(_matcher.SimplePatternMatcher):

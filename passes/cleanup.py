@@ -12,6 +12,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from optimizer.domains import is_onnx_domain
+from optimizer.model_io import model_graphs
 from passes._pass import GraphoptPass
 from passes._utils import draws_random, remove_dead_nodes
 from passes.initializer_deduplication import deduplicate_initializers
@@ -95,11 +96,21 @@ class EliminateCommonSubexpressionsPass(GraphoptPass, common_passes.CommonSubexp
         merged = False
         for graph in model.graphs():
             merged = deduplicate_initializers(graph, max_elements=_SMALL_INITIALIZER_ELEMENTS) or merged
-        # onnx-ir leaves only Random* and Multinomial unmerged: each other draw (Bernoulli, a training-mode Dropout)
-        # gets an attribute no other node has while it runs, so two are never one draw.
-        marked = [node for graph in model.graphs() for node in graph if draws_random(node)]
-        for index, node in enumerate(marked):
-            node.attributes[_DRAW] = ir.AttrInt64(_DRAW, index)
+        # onnx-ir leaves only Random* and Multinomial unmerged: each other draw (Bernoulli, a training-mode Dropout,
+        # a call of a local function that draws) gets an attribute no other node has while it runs, so two are
+        # never one draw. A node that leaves some outputs unnamed gets one saying which: onnx-ir keys nodes on the
+        # number of outputs, and merged LayerNormalization(y, "", "") with (y2, mean, "") into a read of "".
+        drawing = _functions_that_draw(model)
+        marked: list[ir.Node] = []
+        for graph in model_graphs(model):
+            for node in graph:
+                if draws_random(node) or (node.domain, node.op_type, node.overload) in drawing:
+                    node.attributes[_DRAW] = ir.AttrInt64(_DRAW, len(marked))
+                    marked.append(node)
+                elif any(not output.name for output in node.outputs):
+                    named = [int(bool(output.name)) for output in node.outputs]
+                    node.attributes[_DRAW] = ir.AttrInt64s(_DRAW, named)
+                    marked.append(node)
         try:
             result = super().call(model)
         finally:
@@ -109,6 +120,24 @@ class EliminateCommonSubexpressionsPass(GraphoptPass, common_passes.CommonSubexp
 
 
 _DRAW = "graphopt_draw"
+
+
+def _functions_that_draw(model: ir.Model) -> set[tuple[str, str, str]]:
+    """The ``(domain, name, overload)`` of each local function that draws random numbers, itself or in a function it
+    calls."""
+    functions = dict(model.functions)
+    drawing: set[tuple[str, str, str]] = set()
+    changed = True
+    while changed:  # a call of a drawing function draws: to a fixed point over nested calls
+        changed = False
+        for key, function in functions.items():
+            if key in drawing:
+                continue
+            nodes = ir.traversal.RecursiveGraphIterator(function.graph)
+            if any(draws_random(n) or (n.domain, n.op_type, n.overload) in drawing for n in nodes):
+                drawing.add(key)
+                changed = True
+    return drawing
 
 
 # Shape vectors, axes, scalars: cheap to compare, and what per-use exporters repeat.

@@ -115,6 +115,11 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
             return
         super()._do_inference(node)
 
+    def process_node(self, node: ir.Node, is_function: bool) -> _constant_folding.Replacement | None:
+        if _left_whole(node, is_function):
+            return None
+        return super().process_node(node, is_function)
+
     def replace_node(
         self, node: ir.Node, replacement: _constant_folding.Replacement, root: ir.Graph | ir.Function
     ) -> None:
@@ -171,6 +176,28 @@ def _should_fold(node: ir.Node) -> bool | None:
     if draws_random(node):
         return False
     return _small_constant_of_shape(node)
+
+
+def _left_whole(node: ir.Node, in_function: bool) -> bool:
+    """Nodes onnxscript's folder (its evaluators and op-specific rewrites) gets wrong, left as they are:
+
+    - an attribute that refers to the function caller's (``@p``): read as unset, ``Transpose<perm=@p>`` was
+      folded as the default reversal, a LeakyRelu with alpha 0.01;
+    - ``SplitToSequence`` given its splits with ``keepdims=0``: ONNX ignores keepdims there, onnxscript
+      squeezed every piece;
+    - a constant ``If`` in a function whose branches hold initializers: onnxscript moves them into the
+      function, which holds none (the result read an undefined value, and the pass failed).
+    """
+    if any(attribute.is_ref() for attribute in node.attributes.values()):
+        return True
+    if not is_onnx_domain(node):
+        return False
+    if node.op_type == "SplitToSequence" and len(node.inputs) > 1 and node.inputs[1] is not None:
+        return node.attributes.get_int("keepdims", 1) == 0
+    if node.op_type == "If" and in_function:
+        branches = [a.value for a in node.attributes.values() if a.type == ir.AttributeType.GRAPH]
+        return any(branch.initializers for branch in branches)
+    return False
 
 
 def _small_constant_of_shape(node: ir.Node) -> bool | None:

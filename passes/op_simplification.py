@@ -180,7 +180,9 @@ _FILLABLE = frozenset(
 def _cast_fits(context, scalar, dtype, **_) -> bool:
     """Whether ``Cast(ConstantOfShape(scalar), to=dtype)`` can be one ConstantOfShape exactly as ONNX Runtime casts:
     a finite value within an integer type's range (out of it, onnxscript's rewrite raises OverflowError and ONNX
-    Runtime's cast is undefined), any value for a float type."""
+    Runtime's cast is undefined), any value for a float type. Never a type that refers to a function's caller's."""
+    if dtype.is_ref():
+        return False
     target = ir.DataType(dtype.as_int())
     if target not in _FILLABLE:
         return False
@@ -202,6 +204,8 @@ def _unfilled(context, filled, dtype, **_) -> bool:
     """Whether the ConstantOfShape has no ``value`` (zeros) and the cast's type is one it fills: onnxscript's pattern
     for it matches one with a value too (other attributes are allowed), and replaced
     ``Cast(ConstantOfShape(value=300))`` by zeros."""
+    if dtype.is_ref():
+        return False
     return "value" not in filled.producer().attributes and ir.DataType(dtype.as_int()) in _FILLABLE
 
 

@@ -344,3 +344,24 @@ def test_under_max_sequence_every_length_stays_equal_and_the_second_binding_stil
     lengths = [(inputs["embeds"][1], inputs["attention_mask"][1]) for inputs in report.inputs]
     assert all(embeds == mask <= 32 for embeds, mask in lengths)
     assert len({embeds for embeds, _ in lengths}) > 1  # the second binding is another length
+
+
+def test_a_loops_trip_count_runs_its_body_more_than_once():
+    # Drawn as other integers (0 or 1), a trip count ran the body at most once: a rewrite wrong from the second trip
+    # on verified (tests/test_review_s43_subgraphs.py). Through a Cast too.
+    model = parse_model(
+        """
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (int32 n, float[2] x) => (float[2] y) {
+          m = Cast <to = 7> (n)
+          cond = Constant <value = bool {1}> ()
+          y = Loop (m, cond, x) <body = b (int64 i, bool c, float[2] s) => (bool c_out, float[2] s_out) {
+            c_out = Identity (c)
+            s_out = Add (s, s)
+          }>
+        }
+        """
+    )
+    feeds = make_inputs(model)
+    assert feeds["n"] == 3
+    assert run(model, feeds)["y"].tolist() == (feeds["x"] * 8).tolist()
