@@ -368,8 +368,8 @@ def _refuse_nan_the_model_does_not_impute(model: ir.Model, data: SampleData) -> 
     """``InputSpecError`` when calibration samples hold a NaN the model does not impute at once: the passes rank, fit
     and check their budget on these samples, and a NaN spoils every figure it reaches (every pruning score NaN, so
     the cut kept the first units by position; low-rank's SVD failed), even where a later ``Where`` hides it from
-    the outputs. An input read only by ``IsNaN`` and by ``Where`` nodes that choose by ``IsNaN`` of it (converted
-    tabular models fill in missing values so) may hold NaN."""
+    the outputs. An input read only by ``IsNaN`` and by ``Where(IsNaN(x), fill, x)`` (converted tabular models fill
+    in missing values so) may hold NaN."""
     inputs = {value.name: value for value in model.graph.inputs}
     for name, count in data.nan.items():
         value = inputs.get(name)
@@ -382,7 +382,8 @@ def _refuse_nan_the_model_does_not_impute(model: ir.Model, data: SampleData) -> 
 
 
 def _imputed(value: ir.Value) -> bool:
-    """Whether every reader of ``value`` is ``IsNaN(value)`` or a ``Where`` choosing by ``IsNaN(value)``."""
+    """Whether every reader of ``value`` is ``IsNaN(value)`` or a ``Where(IsNaN(value), fill, value)``, which takes
+    ``value`` only where it is no NaN (``Where(IsNaN(value), value, fill)`` takes exactly the NaN)."""
 
     def checks_for_nan(node: ir.Node | None) -> bool:
         return node is not None and node.op_type == "IsNaN" and node.inputs[0] is value
@@ -391,7 +392,7 @@ def _imputed(value: ir.Value) -> bool:
         if checks_for_nan(node):
             continue
         condition = node.inputs[0].producer() if node.op_type == "Where" and node.inputs[0] is not None else None
-        if index == 0 or not checks_for_nan(condition):
+        if index != 2 or node.inputs[1] is value or not checks_for_nan(condition):
             return False
     return bool(value.uses())
 

@@ -144,3 +144,24 @@ def test_a_nan_masked_at_the_outputs_does_not_decide_which_neurons_go():
     got = run_model(ir.from_proto(pruned), fresh)[output]
     # 0.63 of the FFN's output is lost (every live neuron removed); with clean samples, 1e-7.
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected - fresh["x"]) < 1e-3
+
+
+def test_a_where_that_takes_the_nan_itself_is_no_imputation():
+    """``Where(IsNaN(x), x, 0)`` takes x exactly where it is NaN: calibration holding NaN is refused for it, and kept
+    for ``Where(IsNaN(x), 0, x)``."""
+    from optimizer.api import _imputed
+
+    for spelling, imputes in (("Where(isnan, zero, x)", True), ("Where(isnan, x, zero)", False)):
+        model = ir.from_proto(
+            onnx.parser.parse_model(
+                f"""
+                <ir_version: 9, opset_import: ["" : 17]>
+                g (float[N, 4] x) => (float[N, 4] y) {{
+                  isnan = IsNaN (x)
+                  zero = Constant <value = float {{0.0}}> ()
+                  y = {spelling}
+                }}
+                """
+            )
+        )
+        assert _imputed(model.graph.inputs[0]) is imputes, spelling
