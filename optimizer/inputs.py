@@ -1038,11 +1038,13 @@ def _generate_tensor(
             span = table - low if table is not None and table > low else None
             positions = low + (np.arange(shape[-1]) % span if span else np.arange(shape[-1]))
             return np.broadcast_to(positions, shape).astype(numpy_dtype)
-        if _counts_loop_trips(value):
+        loops = _loops_counted_by(value)
+        trips = _trips_allowed(loops, dims) if loops else None
+        if trips is not None:
             # A Loop's trip count: 0 or 1, as other integers are drawn, would run its body at most once, and a
             # rewrite wrong from the second trip on would verify. Within a table it also indexes.
             table = _index_range(value, dims, widest=widest)
-            trips = _LOOP_TRIPS if table is None else max(low, min(_LOOP_TRIPS, table - 1))
+            trips = trips if table is None else max(low, min(trips, table - 1))
             return np.full(shape, trips, dtype=numpy_dtype)
         lows = _index_lows(value, shape, dims, widest=widest)
         highs = np.maximum(_index_highs(value, shape, dims, widest=widest), lows + 1)
@@ -1054,9 +1056,9 @@ def _generate_tensor(
     raise InputSpecError(f"input '{value.name}' has type {dtype}, which graphopt cannot generate; {_WAYS_OUT}")
 
 
-def _counts_loop_trips(value: ir.Value) -> bool:
-    """Whether ``value`` (or a cast or reshape of it) is a ``Loop``'s trip count ``M``."""
-    seen, frontier = set(), [value]
+def _loops_counted_by(value: ir.Value) -> list[ir.Node]:
+    """The ``Loop`` nodes whose trip count ``M`` is ``value`` (or a cast or reshape of it)."""
+    loops, seen, frontier = [], set(), [value]
     while frontier:
         current = frontier.pop()
         if id(current) in seen:
@@ -1064,10 +1066,50 @@ def _counts_loop_trips(value: ir.Value) -> bool:
         seen.add(id(current))
         for node, index in current.uses():
             if node.op_type == "Loop" and index == 0:
-                return True
-            if node.op_type in _INDEX_PRESERVING_OPS and index == 0:
+                loops.append(node)
+            elif node.op_type in _INDEX_PRESERVING_OPS and index == 0:
                 frontier.extend(node.outputs)
-    return False
+    return loops
+
+
+# Ops that read an index (at input 1) along an axis of their data (input 0); SequenceAt reads one of a sequence.
+_INDEXING_OPS = frozenset({"Gather", "GatherElements", "SequenceAt"})
+
+
+def _trips_allowed(loops: list[ir.Node], dims: Mapping[str, int]) -> int | None:
+    """``_LOOP_TRIPS``, or fewer where a body indexes a table by its iteration number (``Gather(x, i)`` with ``x``
+    of 2 rows runs 2 trips); None (draw the count as other integers) where such a table's size is unknown."""
+    trips = _LOOP_TRIPS
+    for loop in loops:
+        body = loop.attributes.get("body")
+        if body is None or body.is_ref() or not body.value.inputs:
+            continue
+        seen, frontier = set(), [body.value.inputs[0]]
+        while frontier:
+            current = frontier.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            for node, index in current.uses():
+                if node.op_type in _INDEX_PRESERVING_OPS and index == 0:
+                    frontier.extend(node.outputs)
+                elif node.op_type in _INDEXING_OPS and index == 1:
+                    size = _indexed_size(node, dims)
+                    if size is None:
+                        return None
+                    trips = min(trips, size)
+    return trips
+
+
+def _indexed_size(node: ir.Node, dims: Mapping[str, int]) -> int | None:
+    """How many entries ``node`` (an ``_INDEXING_OPS`` node) can index, where known."""
+    if node.op_type == "SequenceAt":
+        return SEQUENCE_LENGTH if node.inputs[0] is not None and node.inputs[0].is_graph_input() else None
+    data = node.inputs[0]
+    if data is None or data.shape is None or not data.shape.rank():
+        return None
+    dim = data.shape[node.attributes.get_int("axis", 0)]
+    return dim if isinstance(dim, int) else dims.get(str(dim))
 
 
 def _padding_mask(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

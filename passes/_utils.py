@@ -330,7 +330,8 @@ class _LinearRule(pattern.RewriteRule):
         if len(roots) > 1 and _SiblingMatcher.applies_to(target):
             self._matcher = _SiblingMatcher(target)
         else:
-            self._matcher = type(rule._matcher)(target)
+            inner = rule._matcher._matcher if isinstance(rule._matcher, _NoReferenceMatcher) else rule._matcher
+            self._matcher = type(inner)(target)
         self._matcher = _NoReferenceMatcher(self._matcher)
         self._trace = trace
 
@@ -363,12 +364,18 @@ class _LinearRule(pattern.RewriteRule):
         return [_LinearRule(rule, self._trace) for rule in super().commute()]
 
 
-class _NoReferenceMatcher:
+class _NoReferenceMatcher(_matcher.PatternMatcher):
     """A matcher that fails a match holding a node whose attribute refers to its function's caller's (``@name``),
     before any check or rewrite reads it: onnxscript's checks and ours read such an attribute as None (a Cast to
-    int32 and back was taken for no cast at all; a ``ReduceMean<axes=@ax>`` failed the whole fusion pass)."""
+    int32 and back was taken for no cast at all; a ``ReduceMean<axes=@ax>`` failed the whole fusion pass).
 
-    def __init__(self, matcher: _matcher.PatternMatcher) -> None:
+    Wraps a matcher, or builds onnxscript's simple one from a pattern, as ``RewriteRule.commute`` builds a
+    matcher of the same type for each commuted pattern."""
+
+    def __init__(self, matcher: _matcher.PatternMatcher | _pattern_ir.GraphPattern) -> None:
+        if not isinstance(matcher, _matcher.PatternMatcher):
+            matcher = _matcher.SimplePatternMatcher(matcher)
+        super().__init__(matcher.pattern)
         self._matcher = matcher
 
     def match(self, *args, **kwargs) -> _basics.MatchResult:
@@ -378,6 +385,8 @@ class _NoReferenceMatcher:
         return result
 
     def __getattr__(self, name: str):
+        if name == "_matcher":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self._matcher, name)
 
 
