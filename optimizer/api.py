@@ -357,10 +357,9 @@ def _refuse_or_note_repeated(data: SampleData, notes: list[str]) -> None:
             "fit and check their budget on these samples, and would be exact on them alone; give real samples"
         )
     if floats := [name for name, kind in data.repeated.items() if kind in "fc"]:
-        shown = ", ".join(f"'{name}'" for name in floats[:3]) + (", ..." if len(floats) > 3 else "")
         notes.append(
-            f"{data.source}: {shown} {'holds' if len(floats) == 1 else 'hold'} one value repeated in every sample: "
-            "the passes' fits and budget see no other value there"
+            f"{data.source}: {_first_names(floats)} {'holds' if len(floats) == 1 else 'hold'} one value repeated in "
+            "every sample: the passes' fits and budget see no other value there"
         )
 
 

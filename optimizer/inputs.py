@@ -1056,20 +1056,25 @@ def _generate_tensor(
     raise InputSpecError(f"input '{value.name}' has type {dtype}, which graphopt cannot generate; {_WAYS_OUT}")
 
 
-def _loops_counted_by(value: ir.Value) -> list[ir.Node]:
-    """The ``Loop`` nodes whose trip count ``M`` is ``value`` (or a cast or reshape of it)."""
-    loops, seen, frontier = [], set(), [value]
+def _readers_through_copies(value: ir.Value) -> Iterator[tuple[ir.Node, int]]:
+    """``(node, input index)`` of each reader of ``value``, or of a cast or reshape of it (``_INDEX_PRESERVING_OPS``,
+    followed through rather than yielded)."""
+    seen, frontier = set(), [value]
     while frontier:
         current = frontier.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
         for node, index in current.uses():
-            if node.op_type == "Loop" and index == 0:
-                loops.append(node)
-            elif node.op_type in _INDEX_PRESERVING_OPS and index == 0:
+            if node.op_type in _INDEX_PRESERVING_OPS and index == 0:
                 frontier.extend(node.outputs)
-    return loops
+            else:
+                yield node, index
+
+
+def _loops_counted_by(value: ir.Value) -> list[ir.Node]:
+    """The ``Loop`` nodes whose trip count ``M`` is ``value`` (or a cast or reshape of it)."""
+    return [node for node, index in _readers_through_copies(value) if node.op_type == "Loop" and index == 0]
 
 
 # Ops that read an index (at input 1) along an axis of their data (input 0); SequenceAt reads one of a sequence.
@@ -1084,20 +1089,12 @@ def _trips_allowed(loops: list[ir.Node], dims: Mapping[str, int]) -> int | None:
         body = loop.attributes.get("body")
         if body is None or body.is_ref() or not body.value.inputs:
             continue
-        seen, frontier = set(), [body.value.inputs[0]]
-        while frontier:
-            current = frontier.pop()
-            if id(current) in seen:
-                continue
-            seen.add(id(current))
-            for node, index in current.uses():
-                if node.op_type in _INDEX_PRESERVING_OPS and index == 0:
-                    frontier.extend(node.outputs)
-                elif node.op_type in _INDEXING_OPS and index == 1:
-                    size = _indexed_size(node, dims)
-                    if size is None:
-                        return None
-                    trips = min(trips, size)
+        for node, index in _readers_through_copies(body.value.inputs[0]):
+            if node.op_type in _INDEXING_OPS and index == 1:
+                size = _indexed_size(node, dims)
+                if size is None:
+                    return None
+                trips = min(trips, size)
     return trips
 
 

@@ -135,13 +135,13 @@ def declared_shapes_checked(model: ir.Model) -> Iterator[None]:
         for value in model.graph.inputs
         if value.shape is not None
         for dim in value.shape.dims
-        if isinstance(dim, ir.SymbolicDim)
+        if isinstance(dim, ir.SymbolicDim) and dim.value is not None
     }
     declared, interfaces = _inferred_without_declared(model)
     for value, shape, kind in declared:
         # Only a declared shape is checked: the rewrite infers the others itself, as without this (ONNX's
         # whole-model inference names dims unk__N where the folder's own, node by node, keeps an input's name).
-        value.type, value.shape = kind, _checked(shape, value.shape, named - {None})
+        value.type, value.shape = kind, _checked(shape, value.shape, named)
     try:
         yield
     finally:
