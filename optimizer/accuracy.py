@@ -252,9 +252,10 @@ class AccuracyBudget:
     """How far a reduced-precision model may drift from the float original.
 
     ``min_cosine``: the mean per-sample cosine similarity of every float output (the
-    fraction of agreeing values, for integer outputs) must reach it; ``max_error``: no
-    float output element may differ by more. Either or
-    both may be set; a budget with neither accepts anything.
+    fraction of agreeing values, for integer outputs; for an output of one value per
+    sample, ``1 - r**2 / 2`` of its relative error ``r``) must reach it; ``max_error``: no
+    output element may differ by more (integer ones included: a changed class id differs
+    by at least 1). Either or both may be set; a budget with neither accepts anything.
     """
 
     min_cosine: float | None = None
@@ -297,7 +298,12 @@ def output_drift(
 
     Each float output's cosine is taken per sample (row along axis 0, flattened) and
     averaged over all samples; an integer or boolean output (class ids, token ids)
-    counts by the fraction of its values that agree. The result is the minimum over
+    counts by the fraction of its values that agree, and its largest difference counts in
+    the error. The cosine of a single number is +-1, so an output of one value per sample
+    (a score, a regression; ``[batch, 1]`` or ``[batch]``) is scored over all samples at
+    once by its relative error ``r = |after - before| / |before|`` as ``1 - r**2 / 2``,
+    the cosine an error of that size at right angles would give (the rule of
+    ``compare --min-cosine`` for an output of one value). The result is the minimum over
     outputs, so one damaged output is not hidden by good ones. Comparing nothing is
     an error, not a perfect score.
     """
@@ -314,6 +320,8 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     """``output_drift`` over ``(before, after)`` pairs of outputs, read one pair at a time: a stream of
     runs is never held (only each sample's score is kept)."""
     scores: dict[str, list[float]] = {}
+    # Outputs of one value per sample: squared norms of the originals and of the errors, summed over runs.
+    single: dict[str, list[float]] = {}
     max_error = 0.0
     for expected_run, actual_run in runs:
         for name, expected in expected_run.items():
@@ -322,6 +330,8 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                 continue
             if expected.dtype.kind != "f":
                 scores.setdefault(name, []).extend(np.atleast_1d(expected == actual).astype(float).ravel())
+                if _integers(expected, actual) and expected.shape == actual.shape:
+                    max_error = max(max_error, float(_integer_difference(expected, actual).max()))
                 continue
             e, a = expected.astype(np.float64), actual.astype(np.float64)
             if not np.isfinite(a).all() and not np.array_equal(np.isfinite(a), np.isfinite(e)):
@@ -329,8 +339,18 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
             finite = np.isfinite(e) & np.isfinite(a)
             e, a = np.where(finite, e, 0.0), np.where(finite, a, 0.0)
             max_error = max(max_error, float(np.abs(a - e).max()))
-            rows = (e.reshape(len(e), -1), a.reshape(len(a), -1)) if e.ndim >= 2 else (e[None], a[None])
+            if e.ndim <= 1 or e.size == len(e):
+                sums = single.setdefault(name, [0.0, 0.0])
+                sums[0] += float(np.sum(e * e))
+                sums[1] += float(np.sum((a - e) ** 2))
+                continue
+            rows = (e.reshape(len(e), -1), a.reshape(len(a), -1))
             scores.setdefault(name, []).extend(_cosine(x, y) for x, y in zip(*rows))
+    for name, (expected_square, error_square) in single.items():
+        if expected_square == 0:
+            scores[name] = [1.0 if error_square == 0 else 0.0]
+        else:
+            scores[name] = [max(-1.0, 1.0 - error_square / expected_square / 2)]
     if not scores:
         raise ValueError("no outputs to compare: empty inputs, or only outputs of non-numeric types")
     cosine = min(float(np.mean(values)) for values in scores.values())

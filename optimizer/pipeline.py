@@ -337,4 +337,5 @@ def _check_approximate(
     verdict.twin_error, verdict.twin_row_excess = exact.twin_error, exact.twin_row_excess
     verdict.twin_segments, verdict.twin_end_to_end = exact.twin_segments, exact.twin_end_to_end
     verdict.twin_layers_probed = exact.twin_layers_probed
+    verdict.twin_unrounded, verdict.twin_description = exact.twin_unrounded, exact.twin_description
     return verdict

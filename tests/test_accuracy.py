@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optimizer.accuracy import AccuracyAccumulator, compare_accuracy, output_accuracy
+from optimizer.accuracy import AccuracyAccumulator, AccuracyBudget, compare_accuracy, output_accuracy, paired_drift
 
 
 def test_identical_outputs():
@@ -73,3 +73,23 @@ def test_accumulated_accuracy_equals_the_accuracy_of_the_concatenated_outputs():
     assert merged.cosine == pytest.approx(whole.cosine, rel=1e-12)
     assert merged.top1_agreement == pytest.approx(whole.top1_agreement)
     assert merged.max_abs_error == pytest.approx(whole.max_abs_error)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1,), ()])
+def test_an_output_of_one_value_per_sample_is_scored_by_its_relative_error(shape):
+    """Sample by sample, the cosine of one number is +-1: such an output doubled, run one sample at a time, must
+    not read as cosine 1. Scored over all samples as 1 - r**2 / 2 (r = 1 here: 0.5); equal outputs score 1."""
+    values = np.arange(1.0, 9.0, dtype=np.float32)
+    runs = [({"y": np.full(shape, v, np.float32)}, {"y": np.full(shape, 2 * v, np.float32)}) for v in values]
+    assert paired_drift(runs).cosine == pytest.approx(0.5)
+    assert paired_drift([(run[0], run[0]) for run in runs]).cosine == 1.0
+    near = [({"y": np.full(shape, v, np.float32)}, {"y": np.full(shape, v * 1.001, np.float32)}) for v in values]
+    assert paired_drift(near).cosine == pytest.approx(1 - 0.001**2 / 2)
+
+
+def test_max_error_counts_integer_outputs():
+    """A class id that changed differs by at least 1: --max-error 0 must not accept it."""
+    drift = paired_drift([({"cls": np.array([3, 1, 4])}, {"cls": np.array([3, 2, 4])})])
+    assert drift.max_error == 1.0
+    assert not AccuracyBudget(max_error=0.0).met(drift)
+    assert AccuracyBudget(max_error=0.0).met(paired_drift([({"cls": np.array([3])}, {"cls": np.array([3])})]))

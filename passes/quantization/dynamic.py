@@ -112,7 +112,8 @@ class DynamicQuantizationPass(QuantizationPass):
             found.append("smooth")
         if self.reduce_range and cannot_saturate(layer.weight, self.per_channel):
             found.append("w8")
-        if layer.kind == "matmul":
+        # Per channel, DequantizeLinear's axis needs opset 13.
+        if layer.kind == "matmul" and (not self.per_channel or _opset(layer.node) >= 13):
             found.append("weight-only")
         return tuple(found)
 
@@ -245,6 +246,11 @@ def _quantize_matmul(
         added.append(ir.Node("", "Add", [fused.outputs[0], bias], name=f"{prefix}_bias"))
     graph.insert_before(node, added)
     replace_value(result, added[-1].outputs[0], inherit=True)
+
+
+def _opset(node: ir.Node) -> int:
+    graph = node.graph
+    return graph.opset_imports.get("", 1) if graph is not None else 1
 
 
 def _dequantized_weight(graph: ir.Graph, layer: Layer, per_channel: bool, reduce_range: bool) -> None:

@@ -164,8 +164,11 @@ def _migrate(graph, node, scale_slot, bias_slot, users, activation_peak, alpha) 
 
 
 def _stored_weight(layer: Layer) -> np.ndarray:
-    """The weight as the node stores it (a Gemm with transB keeps it ``[N, K]``)."""
-    return constant_array(layer.node.inputs[1]).astype(np.float32)
+    """The weight as the node reads it (a Gemm with transB reads ``[N, K]``); one read through
+    ``Transpose(table)`` gets its own constant, the transpose done (the table stays as its other readers see it)."""
+    if layer.kind == "gemm" and layer.node.attributes.get_int("transB", 0):
+        return layer.weight.T.astype(np.float32)
+    return layer.weight.astype(np.float32)
 
 
 def _row_scaling(layer: Layer, factors: np.ndarray) -> np.ndarray:
