@@ -720,7 +720,12 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
     from optimizer.console import progress_sink
     from optimizer.gates import requested_passes, strict_failures
     from optimizer.inputs import refuse_unreadable_data
-    from optimizer.model_io import check_paths, refuse_data_onnxruntime_will_not_open, write_atomically
+    from optimizer.model_io import (
+        check_paths,
+        refuse_data_onnxruntime_will_not_open,
+        refuse_path_onnxruntime_cannot_take,
+        write_atomically,
+    )
     from optimizer.progress import reporting_to, task
     from optimizer.report import render_table
 
@@ -744,6 +749,8 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
     )
     if args.compare:
         refuse_data_onnxruntime_will_not_open(args.model, args.model)
+        if args.output is not None:
+            refuse_path_onnxruntime_cannot_take(args.output, f"-o {args.output}")
     if args.compare:
         # What the comparison would refuse must not cost the optimization and its written model first.
         from optimizer.compare.comparison import check_before_optimizing

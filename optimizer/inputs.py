@@ -455,12 +455,23 @@ def load_inputs(
     return check_inputs(_read_npz(Path(path), source), model, source, notes)
 
 
-def _read_input_folder(path: Path, source: str) -> dict[str, np.ndarray]:
-    """One input set from a folder of .npy files, loaded (within ``MAX_INPUT_BYTES``)."""
+def data_folder_files(path: Path, source: str) -> list[Path]:
+    """The ``.npz``/``.npy`` files of a data folder, sorted; one of those names that is not a readable regular file
+    (a link whose target is missing, a folder, a device) is refused: skipping it would drop its samples unsaid."""
     try:
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_FOLDER_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.suffix in DATA_FOLDER_SUFFIXES)
     except OSError as error:
         raise InputSpecError(f"{source}: cannot read the folder ({error.strerror or one_line(error)})") from error
+    for file in files:
+        if not file.is_file():
+            what = "a link whose target is missing" if file.is_symlink() and not file.exists() else "not a regular file"
+            raise InputSpecError(f"{source}: {file.name} is {what}; remove it from the folder or restore it")
+    return files
+
+
+def _read_input_folder(path: Path, source: str) -> dict[str, np.ndarray]:
+    """One input set from a folder of .npy files, loaded (within ``MAX_INPUT_BYTES``)."""
+    files = data_folder_files(path, source)
     if not files:
         raise InputSpecError(f"{source}: is a folder, not a .npz file, and holds no .npy file per input")
     if any(p.suffix == ".npz" for p in files):
@@ -594,13 +605,16 @@ def as_arrays(values: Any, source: str) -> dict[str, np.ndarray]:
 
 def refuse_unreadable_data(data: Any, flag: str) -> None:
     """Refuse data (``--inputs``, ``--calibration``) given as a path to a pipe or a device: an .npz is a zip
-    archive, read by seeking, and a pipe with no writer would block the run before it starts. Data in any
-    other form (arrays, an iterable, None) is left to its reader."""
+    archive, read by seeking, and a pipe with no writer would block the run before it starts; and a data folder
+    with a data file name that is no regular file (``data_folder_files``). Data in any other form (arrays, an
+    iterable, None) is left to its reader."""
     if not isinstance(data, (str, os.PathLike)):
         return
     path = Path(data)
     if path.exists() and not path.is_file() and not path.is_dir():
         raise InputSpecError(f"{flag} {data}: not a regular file or folder (a pipe or a device); give an .npz file")
+    if path.is_dir():
+        data_folder_files(path, f"{flag} {data}")
 
 
 def refuse_dims_unlike(dims: Mapping[str, int] | None, held: Mapping[str, int], where: str) -> None:
@@ -2488,10 +2502,7 @@ def _in_memory(model: ir.Model, source: str, arrays: dict[str, np.ndarray]) -> S
 
 
 def _open_folder(path: Path, model: ir.Model, source: str) -> SampleData:
-    try:
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_FOLDER_SUFFIXES)
-    except OSError as error:
-        raise InputSpecError(f"{source}: cannot read the folder ({error.strerror or one_line(error)})") from error
+    files = data_folder_files(path, source)
     kinds = {p.suffix for p in files}
     if not files:
         raise InputSpecError(f"{source}: the folder holds no .npz or .npy files")

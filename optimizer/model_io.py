@@ -212,6 +212,8 @@ def check_model_proto(proto: onnx.ModelProto, label: str) -> None:
     _check_domains(proto, label)
     _check_input_shapes(proto, label)
     proto = _checkable(proto)
+    if proto is None:  # the checker's copy would be past protobuf's 2 GB, as a large model inline is
+        return
     try:
         if proto.ByteSize() < (1 << 31) - 1:
             onnx.checker.check_model(proto)
@@ -326,19 +328,31 @@ def _has_external_tensors(proto: onnx.ModelProto) -> bool:
     return any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in _proto_tensors(proto))
 
 
-def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto:
+def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto | None:
     """``proto``, or a copy for onnx's checker: no external data, ORT's ONNX-domain contrib ops as com.microsoft.
 
     onnx's checker rejects those contrib ops, and it would stat external data files
     (relative to the working directory for a proto in memory). In the copy, external
     main-graph initializers become graph inputs of the same type and shape, which the
     checker accepts as it would them; other external tensors (in subgraphs, in
-    attributes) hold zeros.
+    attributes) hold zeros. None where those zeros would take the copy past protobuf's
+    2 GB (a model whose weights are in ``Constant`` nodes), which the checker cannot take.
     """
     external, contrib = _has_external_tensors(proto), _uses_ort_onnx_domain_ops(proto)
     unimported = _uses_unimported_contrib_domain(proto)
     if not external and not contrib and not unimported:
         return proto
+
+    def external_bytes(tensors: Iterable[onnx.TensorProto]) -> int:
+        return sum(
+            _tensor_bytes(tensor.data_type, tuple(tensor.dims)) or 0
+            for tensor in tensors
+            if tensor.data_location == onnx.TensorProto.EXTERNAL
+        )
+
+    zeros = external_bytes(_proto_tensors(proto)) - external_bytes(proto.graph.initializer)
+    if zeros + proto.ByteSize() >= (1 << 31) - 1:
+        return None
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     graph = copy.graph
@@ -603,11 +617,10 @@ def check_paths(
         return
     folder = os.path.realpath(output.absolute().parent)
     for flag, path in given.items():
-        if (
-            flag != "-o"
-            and os.path.realpath(Path(path).absolute().parent) == folder
-            and claimed.fullmatch(Path(path).name)
-        ):
+        # A report is written through a link: the link's target must not bear a weights name either.
+        resolved = os.path.realpath(Path(path).absolute())
+        spots = {(os.path.realpath(Path(path).absolute().parent), Path(path).name), os.path.split(resolved)}
+        if flag != "-o" and any(place == folder and claimed.fullmatch(name) for place, name in spots):
             raise OutputPathError(f"{path}: -o {output.name} writes its weights to this name; choose another {flag}")
     for what, file in read:
         if (
@@ -681,6 +694,8 @@ def _place(path: Path) -> object:
 def _model_files(path: Path, what: str) -> list[tuple[str, Path]]:
     """``path`` and the external data files it names (locations outside its folder are left to ``load_model``)."""
     files = [(what, path)]
+    if not _regular_file(path):  # a pipe or a device would block or never end; load_model refuses it
+        return files
     try:
         proto = onnx.load(os.fspath(path), load_external_data=False)
     except _PROTO_READ_ERRORS:
@@ -706,6 +721,9 @@ def refuse_data_onnxruntime_will_not_open(path: str | os.PathLike, label: str) -
     if version < (1, 24):
         return
     path = Path(path)
+    refuse_path_onnxruntime_cannot_take(path, label)
+    if not _regular_file(path):
+        return
     try:
         proto = onnx.load(os.fspath(path), load_external_data=False)
     except _PROTO_READ_ERRORS:
@@ -719,6 +737,25 @@ def refuse_data_onnxruntime_will_not_open(path: str | os.PathLike, label: str) -
                 "Runtime (1.24 and later) refuses to open such a model for the comparison; copy the data file beside "
                 "the model, or link the model file into the data's folder too"
             )
+
+
+def _regular_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file (links followed): one ``onnx.load`` can read without blocking."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def refuse_path_onnxruntime_cannot_take(path: str | os.PathLike, label: str) -> None:
+    """ONNX Runtime's Python API takes a model path as UTF-8 text: a name with other bytes cannot reach it."""
+    try:
+        os.fspath(Path(path).absolute()).encode()
+    except UnicodeEncodeError as error:
+        raise ModelFileError(
+            f"{label}: its path is not UTF-8 text, which ONNX Runtime cannot open for the comparison; "
+            "rename the file or its folder"
+        ) from error
 
 
 def model_file_bytes(path: str | os.PathLike) -> int:

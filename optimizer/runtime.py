@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes import common as common_passes
 
 from optimizer.accuracy import Drift, output_drift
 from optimizer.domains import is_onnx_domain
@@ -175,9 +176,27 @@ def _string_items(tensor: ir.TensorProtocol) -> list[bytes]:
 
 
 def save_model_file(model: ir.Model, path: str | os.PathLike, external_data: str | None = None) -> None:
-    """``ir.save`` that keeps string tensors inline (``strings_serializable``)."""
+    """``ir.save`` that keeps string tensors inline (``strings_serializable``); with ``external_data``, weights in
+    ``Constant`` nodes go there too, lifted to initializers in a copy (``ir.save`` moves only initializers: a
+    model with 2 GB of weights in Constants, as Paddle exports store them, could not be written)."""
+    if external_data is not None and _has_constant_weights(model):
+        model = model.clone()  # shares the tensors
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=_LIFTED_ELEMENTS)(model)
     with strings_serializable(model, external=external_data is not None):
         ir.save(model, path, external_data=external_data)
+
+
+# ir.save moves a tensor to external data from 256 bytes: 64 float32 values.
+_LIFTED_ELEMENTS = 64
+
+
+def _has_constant_weights(model: ir.Model) -> bool:
+    for node in model.graph:
+        if node.op_type == "Constant" and is_onnx_domain(node):
+            attr = node.attributes.get("value")
+            if attr is not None and attr.type == ir.AttributeType.TENSOR and attr.as_tensor().size >= _LIFTED_ELEMENTS:
+                return True
+    return False
 
 
 @contextlib.contextmanager
