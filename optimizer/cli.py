@@ -904,9 +904,11 @@ def _compare_settings(args: argparse.Namespace) -> CompareSettings:
         flags = " and ".join(_flag_of_dest(dest) for dest in sorted(given & {"new_tokens", "prompt_length"}))
         raise OptionError(f"{flags}: only with --generate (they set what generation times)")
     eps = _split(args.ep, "--ep")
-    for name in eps:
+    for index, name in enumerate(eps):
         if name not in EP_PROVIDERS:
             raise OptionError(f"--ep {name}: unknown execution provider (choose from {', '.join(EP_PROVIDERS)})")
+        if name in eps[:index]:
+            raise OptionError(f"--ep {args.ep}: {name} is named twice; each provider is measured once")
     if args.max_ratio is not None and not (math.isfinite(args.max_ratio) and args.max_ratio > 0):
         raise OptionError(f"--max-ratio {args.max_ratio}: expected a positive ratio of AFTER's latency to BEFORE's")
     cosine = args.gate_min_cosine

@@ -127,7 +127,7 @@ def _pruning(context: PassContext, ratio: float | None) -> dict[str, Any]:
 
 # fmt: off
 CATALOG: tuple[PassSpec, ...] = (
-    PassSpec("bind-dims", lambda c: _pass("passes.dim_binding:BindDimsPass")(c.dims), "Fix symbolic input dims to the --dim sizes so all shape arithmetic folds (--static-shapes).", specializes_shapes=True),
+    PassSpec("bind-dims", lambda c: _pass("passes.dim_binding:BindDimsPass")(c.dims), "Fix symbolic input dims to the --dim sizes so all shape arithmetic folds (--static-shapes).", specializes_shapes=True, requested_by=Request("static_shapes")),
     PassSpec("remove-identity", lambda c: _pass("passes.cleanup:RemoveIdentityPass")(), "Remove Identity nodes (onnx-ir).", default_for=BOTH),
     PassSpec("fold-constants", lambda c: _pass("passes.constant_folding:FoldConstantsPass")(), "Fold constant subgraphs and static shape arithmetic (onnxscript).", default_for=BOTH),
     PassSpec("simplify-ops", lambda c: _pass("passes.op_simplification:SimplifyOpsPass")(), "No-op removal, cast/slice chains, Conv+BatchNorm and Pad+Conv folding (onnxscript rewrite rules).", default_for=BOTH),

@@ -85,3 +85,40 @@ def test_min_cosine_reads_float_outputs_and_needs_other_outputs_equal():
     assert any("'ids' (int64) differs" in line for line in accuracy_failures(report, 0.99))
     outputs[0].cosine = float("nan")
     assert len(accuracy_failures(report, 0.99)) == 2
+
+
+def test_static_shapes_counts_for_strict(tmp_path):
+    """bind-dims is asked for by --static-shapes: on a model whose dims are already fixed it changes nothing,
+    which --strict reports (exit 3) as for any pass asked for."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from optimizer.cli import main
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert main(["-q", "optimize", str(path), "-o", str(tmp_path / "o.onnx"), "--static-shapes", "--strict"]) == 3
+
+
+def test_an_execution_provider_named_twice_is_refused(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from optimizer.cli import main
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert main(["-q", "compare", str(path), str(path), "--ep", "cpu,cpu"]) == 2
+    assert "named twice" in capsys.readouterr().err
