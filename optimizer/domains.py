@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import onnx_ir as ir
 
 # The default ONNX operator set is spelled "" or "ai.onnx".
@@ -18,3 +20,8 @@ def is_onnx_domain(node: ir.Node) -> bool:
 def is_onnx_op(node: ir.Node | None, *op_types: str) -> bool:
     """True if ``node`` is a standard ONNX operator of one of ``op_types``."""
     return node is not None and node.op_type in op_types and node.domain in ONNX_DOMAINS
+
+
+def onnx_opset(opset_imports: Mapping[str, int], default: int = 0) -> int:
+    """The default ONNX operator set's version in ``opset_imports`` (imported as ``""`` or ``"ai.onnx"``)."""
+    return opset_imports.get("", opset_imports.get("ai.onnx", default))

@@ -67,8 +67,8 @@ def resolve(names: Sequence[str] | None, options: Options | None = None) -> list
     else:
         chosen = names + [name for name in requested if name not in names]
     specs = [registry[name] for name in chosen]
-    if options.static_shapes:
-        specs = [s for s in registry.values() if s.specializes_shapes and s not in specs] + specs
+    if options.static_shapes:  # first, wherever a list or the request put them
+        specs = [s for s in registry.values() if s.specializes_shapes] + [s for s in specs if not s.specializes_shapes]
     _check(specs, options, registry)
     return specs
 

@@ -13,7 +13,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import _basics, _matcher, _pattern_ir, _rewrite_rule, pattern
 
-from optimizer.domains import is_onnx_domain
+from optimizer.domains import is_onnx_domain, onnx_opset
 from optimizer.model_io import model_graphs
 from optimizer.runtime import strings_serializable
 
@@ -167,13 +167,41 @@ def _inferred_without_declared(model: ir.Model) -> tuple[_Declared, _Interfaces]
             value.shape = None
     graph_inputs = list(model.graph.inputs)
     try:
-        with strings_serializable(model):  # onnx-ir's inference asks every initializer its nbytes
+        # onnx-ir's inference asks every initializer its nbytes
+        with strings_serializable(model), inferred_at_inference_opset(model):
             common_passes.ShapeInferencePass(check_type=False, strict_mode=False)(model)
     except Exception:  # noqa: BLE001 - inference helps the rewrites, they need none: they then see no shapes
         logger.debug("shape inference failed; the rewrites see no inferred shapes", exc_info=True)
         model.graph.inputs.clear()  # it turns initializers into inputs while it runs
         model.graph.inputs.extend(graph_inputs)
     return declared, interfaces
+
+
+def inference_opsets(opset_imports: dict[str, int]) -> dict[str, int]:
+    """The opsets ONNX's shape inference should read a graph of ``opset_imports`` at: 14 for 13.
+
+    ONNX's Reshape-13 inference gives ``Reshape(x, Shape(y))`` no rank (14's gives its rank and dims),
+    so an opset-13 export (torch 1.10 to 1.12's default) had no shapes past its attention mask's
+    Reshape. Every op that changed at 14 computes the same for an opset-13 graph: Reshape's
+    ``allowzero`` defaults to 0, the others gained types or attributes with the old defaults.
+    """
+    if opset_imports.get("", 0) != 13:
+        return dict(opset_imports)
+    return {**opset_imports, "": 14}
+
+
+@contextlib.contextmanager
+def inferred_at_inference_opset(model: ir.Model) -> Iterator[None]:
+    """While open, ``model``'s default opset is ``inference_opsets``'; restored on exit."""
+    was = model.opset_imports.get("")
+    wanted = inference_opsets(dict(model.opset_imports)).get("")
+    if wanted != was:
+        model.opset_imports[""] = wanted
+    try:
+        yield
+    finally:
+        if wanted != was:
+            model.opset_imports[""] = was
 
 
 def _restore_interfaces(interfaces: _Interfaces) -> None:
@@ -228,6 +256,17 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
     )
     graph.register_initializer(value)
     return value
+
+
+def shape_dims(graph: ir.Graph, value: ir.Value, start: int, end: int) -> list[ir.Node]:
+    """Nodes computing ``value``'s dims ``start:end`` as a 1-D int64 tensor (the last node's output), for
+    ``graph``'s opset: ``Shape(start=, end=)`` from opset 15, ``Gather(Shape(value), [start, ..., end - 1])``
+    before it (opset 13 and 14 exports, torch 1.10 to 2.0's defaults, have no ``start``/``end``)."""
+    if onnx_opset(graph.opset_imports, 1) >= 15:
+        return [ir.node("Shape", [value], {"start": start, "end": end})]
+    indices = add_initializer(graph, f"shape_dims_{start}_{end}", np.arange(start, end, dtype=np.int64))
+    shape = ir.node("Shape", [value])
+    return [shape, ir.node("Gather", [shape.outputs[0], indices], {"axis": 0})]
 
 
 def replace_value(old: ir.Value, new: ir.Value, *, inherit: bool = False) -> None:

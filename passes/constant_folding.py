@@ -28,6 +28,7 @@ from passes._pass import GraphoptPass
 from passes._utils import (
     declared_shapes_checked,
     draws_random,
+    inference_opsets,
     overridable_inputs_hidden,
     recorded_facts,
     remove_dead_nodes,
@@ -113,7 +114,15 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
         # (a model quantized by matmul_nbits_quantizer), and no head split behind a projection has a rank.
         if infer_contrib_outputs(node, self._opset_imports):
             return
-        super()._do_inference(node)
+        if node.op_type != "Reshape" or not is_onnx_domain(node):
+            super()._do_inference(node)
+            return
+        # ONNX's Reshape-13 inference gives Reshape(x, Shape(y)) no rank; 14's, the same op, does.
+        opsets, self._opset_imports = self._opset_imports, inference_opsets(self._opset_imports)
+        try:
+            super()._do_inference(node)
+        finally:
+            self._opset_imports = opsets
 
     def process_node(self, node: ir.Node, is_function: bool) -> _constant_folding.Replacement | None:
         if _left_whole(node, is_function):

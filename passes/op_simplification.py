@@ -32,6 +32,7 @@ from onnxscript.rewriter.rules.common import (
     _redundant_scatter_nd,
 )
 
+from optimizer.domains import onnx_opset
 from passes._pass import GraphoptPass
 from passes._utils import declared_shapes_inferred, linear_rule_set, overridable_inputs_hidden, remove_dead_nodes
 from passes.cleanup import LiftConstantsPass, RemoveIdentityPass
@@ -51,7 +52,7 @@ class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
         # onnxscript's BatchNorm rule needs the Conv weights as initializers; some exporters
         # (Paddle's) keep every weight in a Constant node, so lift those first.
         lifted = _has_constant_batchnorm_weights(model) and LiftConstantsPass()(model).modified
-        rules = linear_rule_set(_RULES if model.opset_imports.get("", 0) >= 11 else _RULES_BEFORE_11)
+        rules = linear_rule_set(_RULES if onnx_opset(model.opset_imports, 0) >= 11 else _RULES_BEFORE_11)
         # A default a caller may override is no constant; a shape the file declares is no fact (the rules read
         # value shapes: ReshapeReshape, Flatten2Reshape, ExpandIdentity, a SAME Conv's pads).
         with overridable_inputs_hidden(model), declared_shapes_inferred(model):

@@ -80,22 +80,38 @@ def is_float(value: ir.Value) -> bool:
 
 def last_axis_only(node: ir.Node, data: ir.Value) -> bool:
     """True if a Reduce* ``node`` reduces exactly the last axis of ``data`` and keeps dims."""
+    return last_axis_refusal(node, data, "it") is None
+
+
+# The refusal of a reduction over an axis counted from the front of an input of unknown rank.
+NO_RANK = "its axis is counted from the front, and the input's rank is unknown"
+
+
+def last_axis_refusal(node: ir.Node, data: ir.Value, what: str) -> str | None:
+    """Why a Reduce* ``node`` (called ``what``) does not reduce exactly the last axis of ``data`` keeping dims, or
+    None. Over a positive axis of an input whose rank is unknown (the legacy exporter writes ``mean(2)`` as given
+    and records no shapes), the reason ends with ``NO_RANK``: ``fuse_with_inferred_last_dims`` retries then."""
+    wrong = f"{what} is not over the last axis alone"
     if node.attributes.get_int("keepdims", 1) != 1:
-        return False
+        return wrong
     if len(node.inputs) > 1 and node.inputs[1] is not None:
         axes = constant_array(node.inputs[1])
         if axes is None:
-            return False
+            return wrong
         axes = axes.reshape(-1).tolist()
     else:
         attr = node.attributes.get("axes")
         if attr is None:
-            return False
+            return wrong
         axes = list(attr.as_ints())
     if len(axes) != 1:
-        return False
+        return wrong
+    if axes[0] == -1:
+        return None
     rank = data.shape.rank() if data.shape is not None else None
-    return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)
+    if rank is None:
+        return f"{wrong}: {NO_RANK}" if axes[0] >= 0 else wrong
+    return None if axes[0] == rank - 1 else wrong
 
 
 def vector_for_last_dim(value: ir.Value, data: ir.Value) -> bool:
@@ -122,10 +138,11 @@ NO_STATIC_SIZE = "no scale, and the last dim has no static size to build a scale
 
 
 def fuse_with_inferred_last_dims(fusion, model: ir.Model, fuse: Callable[[ir.Model], int]) -> int:
-    """``fuse(model)``, run again with the missing shapes inferred if it refused a norm for ``NO_STATIC_SIZE``.
+    """``fuse(model)``, run again with the missing shapes inferred if it refused a norm for ``NO_STATIC_SIZE``
+    or ``NO_RANK``.
 
     A norm's input whose shape the exporter did not record (the legacy exporter records none
-    of the intermediate values') has its last dim inferred by ONNX shape inference for the
+    of the intermediate values') has its last dim and rank inferred by ONNX shape inference for the
     second run only (``_inferred_shapes``: on a clone, taken back afterwards), so a model
     needing no inference pays none. The second run traces the whole graph again: its
     refusals replace the first's.
@@ -136,7 +153,7 @@ def fuse_with_inferred_last_dims(fusion, model: ir.Model, fuse: Callable[[ir.Mod
     declined = fusion._state()[2]
     before = len(declined)
     count = fuse(model)
-    if not any(reason.endswith(NO_STATIC_SIZE) for reason in declined[before:]) or not lacks_shapes(model):
+    if not any(reason.endswith((NO_STATIC_SIZE, NO_RANK)) for reason in declined[before:]) or not lacks_shapes(model):
         return count
     del declined[before:]
     with inferred_shapes(model):

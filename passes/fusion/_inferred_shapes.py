@@ -49,7 +49,8 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
 
-from optimizer.domains import MS_DOMAIN, ONNX_DOMAINS
+from optimizer.domains import MS_DOMAIN, ONNX_DOMAINS, onnx_opset
+from passes._utils import inference_opsets
 
 
 def _values(graph: ir.Graph) -> Iterator[ir.Value]:
@@ -96,7 +97,7 @@ def _like_input_typed_as_scale(node: ir.Node) -> ir.Node | None:
     if _element_type(node.inputs[0]) == dtype:
         return _like_input(node)
     graph = node.graph
-    opset = graph.opset_imports.get("", 0) if graph is not None else 0
+    opset = onnx_opset(graph.opset_imports, 0) if graph is not None else 0
     return ir.node("CastLike", [node.inputs[0], scale]) if opset >= 15 else None
 
 
@@ -115,7 +116,7 @@ def _embedded(node: ir.Node) -> ir.Node | None:
 
 def _opset(node: ir.Node) -> int:
     graph = node.graph
-    return graph.opset_imports.get("", 0) if graph is not None else 0
+    return onnx_opset(graph.opset_imports, 0) if graph is not None else 0
 
 
 def _ints(values: list[int]) -> ir.Node:
@@ -497,7 +498,7 @@ def _hide_lossy_casts(model: ir.Model) -> bool:
     ]  # fmt: skip
     if not lossy:
         return True
-    if any(root.opset_imports.get("", 0) < 15 for root in roots):
+    if any(onnx_opset(root.opset_imports, 0) < 15 for root in roots):
         return False
     taken = {value.name for node in nodes for value in (*node.inputs, *node.outputs) if value is not None}
     for index, node in enumerate(lossy):
@@ -651,7 +652,10 @@ def _stood_in_outputs(
     for index, out in enumerate(twin.outputs):
         out.name = f"output_{index}"
     graph = ir.Graph(
-        [value for value in inputs if value is not None], list(twin.outputs), nodes=[twin], opset_imports=opset_imports
+        [value for value in inputs if value is not None],
+        list(twin.outputs),
+        nodes=[twin],
+        opset_imports=inference_opsets(opset_imports),
     )
     _stand_in_for_contrib_ops(graph)
     ir.passes.common.ShapeInferencePass(strict_mode=False, data_prop=True)(ir.Model(graph, ir_version=10))
@@ -730,6 +734,7 @@ def inferred_shapes(model: ir.Model) -> Iterator[int]:
             if value.name in copy.graph.initializers:
                 del copy.graph.initializers[value.name]
                 value.const_value = None
+        copy.opset_imports.update(inference_opsets(dict(copy.opset_imports)))
         _stand_in_for_contrib_ops(copy.graph)
         propagate = _hide_lossy_casts(copy)
         if propagate:

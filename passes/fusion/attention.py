@@ -98,7 +98,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.domains import MS_DOMAIN, is_onnx_domain, is_onnx_op
+from optimizer.domains import MS_DOMAIN, is_onnx_domain, is_onnx_op, onnx_opset
 from passes._utils import add_initializer, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._checks import is_float, scalar
@@ -860,7 +860,7 @@ _SPLIT_BACK = "the output split back into [B, N, S, d] (Reshape + Transpose): th
 
 def _rewrite(model: ir.Model, match: _Attention, num_heads: int, index: int, cache: dict) -> list[str]:
     """Replace the attention by MultiHeadAttention; return the adapters it needed (see ``_FLATTENED`` ...)."""
-    build = _Builder(model.graph, match.probs_matmul, f"MultiHeadAttention_{index}", model.opset_imports.get("", 0))
+    build = _Builder(model.graph, match.probs_matmul, f"MultiHeadAttention_{index}", onnx_opset(model.opset_imports, 0))
     cache.setdefault(_SYMBOLIC, _SymbolicShapes(model))
     adapters, original, replacement = _build(build, match, num_heads, cache)
     replace_value(original, replacement)
@@ -968,7 +968,7 @@ def stage_soft_capped(model: ir.Model) -> list[StagedAttention]:
     ``c * tanh(s / c)`` ahead of every mask is not staged. Shapes the exporter left off are
     inferred for the match and taken back as in ``AttentionFusion``.
     """
-    opset = model.opset_imports.get("", 0)
+    opset = onnx_opset(model.opset_imports, 0)
     softmaxes = [n for n in model.graph if is_onnx_op(n, "Softmax") and _has_tanh(n)]
     if not softmaxes:
         return []
@@ -1022,7 +1022,7 @@ class AttentionFusion(FusionPass):
     already_fused_ops = ((MS_DOMAIN, "GroupQueryAttention"), (MS_DOMAIN, "Attention"))
 
     def fuse(self, model: ir.Model) -> int:
-        opset = model.opset_imports.get("", 0)
+        opset = onnx_opset(model.opset_imports, 0)
         softmaxes = [n for n in model.graph if is_onnx_op(n, "Softmax")]
         # Shapes the exporter did not record are inferred only where a candidate needs them,
         # and taken back afterwards (``_inferred_shapes``).

@@ -103,7 +103,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.domains import MS_DOMAIN, is_onnx_op
+from optimizer.domains import MS_DOMAIN, is_onnx_op, onnx_opset
 from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import evaluator, import_onnxruntime
 from passes._utils import add_initializer, constant_array, replace_value
@@ -789,13 +789,21 @@ class GroupQueryAttentionFusion(FusionPass):
         if key not in lengths:
             int32 = ir.DataType.INT32
             past = candidate.key.past
-            batch = add("Shape", [past], start=0, end=1)
+
+            def dims(value: ir.Value, start: int) -> ir.Value:
+                if onnx_opset(graph.opset_imports, 1) >= 15:
+                    return add("Shape", [value], start=start, end=start + 1)
+                # No Shape(start, end) before opset 15 (torch 1.13 and 2.0 export at 14 by default).
+                index = add_initializer(graph, f"GroupQueryAttention/dim_{start}", np.array([start], np.int64))
+                return add("Gather", [add("Shape", [value]), index], axis=0)
+
+            batch = dims(past, 0)
             if full:
-                new = add("Shape", [candidate.source], start=2, end=3)
-                total = add("Shape", [candidate.source], start=3, end=4)
+                new = dims(candidate.source, 2)
+                total = dims(candidate.source, 3)
             else:
-                new = add("Shape", [query], start=1, end=2)
-                total = add("Add", [add("Shape", [past], start=2, end=3), new])
+                new = dims(query, 1)
+                total = add("Add", [dims(past, 2), new])
             total32 = add("Cast", [total], to=int32)
             one = add_initializer(graph, "GroupQueryAttention/one", np.array([1], np.int32))
             scalar = add_initializer(graph, "GroupQueryAttention/scalar_shape", np.array([], np.int64))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from optimizer.domains import onnx_opset
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import (
     NO_STATIC_SIZE,
@@ -24,7 +25,7 @@ from passes.fusion._checks import (
     exponent_fails,
     fuse_with_inferred_last_dims,
     is_float,
-    last_axis_only,
+    last_axis_refusal,
     scalar,
     square_of,
     static_last_dim,
@@ -41,14 +42,15 @@ _AFFINES = ("scale_bias", "scale", "none")
 def _statistics_fail(context, x, epsilon, mean, variance, exponent, root_exponent) -> str | None:
     """Why a matched norm's statistics are not LayerNormalization's (mean and variance over the last axis, a
     constant epsilon, a square and an inverse square root), or its model cannot hold the op; None if they are."""
-    if context.model.opset_imports.get("", 0) < 17:
+    if onnx_opset(context.model.opset_imports, 0) < 17:
         return "LayerNormalization needs opset 17 or newer"
     if reason := exponent_fails(exponent, root_exponent):
         return reason
     if not is_float(x):
         return "input is not a float tensor"
-    if not (last_axis_only(mean.producer(), x) and last_axis_only(variance.producer(), x)):
-        return "a mean is not over the last axis alone"
+    for reduction in (mean, variance):
+        if reason := last_axis_refusal(reduction.producer(), x, "a mean"):
+            return reason
     if scalar(epsilon) is None:
         return "epsilon is not a constant scalar"
     return None

@@ -25,7 +25,7 @@ from passes.fusion._checks import (
     exponent_fails,
     fuse_with_inferred_last_dims,
     is_float,
-    last_axis_only,
+    last_axis_refusal,
     scalar,
     square_of,
     static_last_dim,
@@ -56,8 +56,8 @@ class _DecomposedRmsNorm(pattern.RewriteRuleClassBase):
             return result.fail(reason)
         if not is_float(x):
             return result.fail("input is not a float tensor")
-        if not last_axis_only(mean_square.producer(), x):
-            return result.fail("the mean is not over the last axis alone")
+        if reason := last_axis_refusal(mean_square.producer(), x, "the mean"):
+            return result.fail(reason)
         if scalar(epsilon) is None:
             return result.fail("epsilon is not a constant scalar")
         # The RMS of x - mean(x) is a LayerNorm: as SimplifiedLayerNormalization after a Sub it would hide

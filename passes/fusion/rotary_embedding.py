@@ -113,7 +113,7 @@ from onnxscript.rewriter import pattern
 from optimizer.domains import MS_DOMAIN
 from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import evaluate, evaluator
-from passes._utils import add_initializer, constant_array
+from passes._utils import add_initializer, constant_array, shape_dims
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import is_float
 from passes.fusion._layout import head_split, last_dim, producer
@@ -1006,7 +1006,7 @@ def _expanded_positions(graph: ir.Graph, positions: ir.Value, source: ir.Value, 
     """``Expand(positions, [B, S])`` of ``source``'s batch (axis 0) and sequence (``sequence_axis``), computed
     right after ``source`` (at the start of ``graph`` when it is an input)."""
     if sequence_axis == 1:
-        nodes = [ir.node("Shape", [source], {"start": 0, "end": 2})]
+        nodes = shape_dims(graph, source, 0, 2)
     else:
         axes = add_initializer(graph, "rotary_batch_sequence_axes", np.array([0, sequence_axis], dtype=np.int64))
         nodes = [ir.node("Shape", [source])]
@@ -1273,9 +1273,9 @@ def _counts_on_from_cache(
 
 def _cache_offset(graph: ir.Graph, past: ir.Value, axis: int) -> ir.Value:
     """``[P]`` (int64): the cache's length on ``axis``, computed at the start of ``graph``."""
-    node = ir.node("Shape", [past], {"start": axis, "end": axis + 1})
-    graph.insert_before(next(iter(graph)), [node])
-    offset = node.outputs[0]
+    nodes = shape_dims(graph, past, axis, axis + 1)
+    graph.insert_before(next(iter(graph)), nodes)
+    offset = nodes[-1].outputs[0]
     offset.dtype, offset.shape = ir.DataType.INT64, ir.Shape([1])
     return offset
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from optimizer.domains import onnx_opset
 from passes._utils import constant_array
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._layout import rank
@@ -80,7 +81,7 @@ class _ExpSoftmax(pattern.RewriteRuleClassBase):
             return result.fail(reason)
         if len(set(axes)) != 1:
             return result.fail("the max and the sum reduce different axes")
-        if context.model.opset_imports.get("", 0) < 13:
+        if onnx_opset(context.model.opset_imports, 0) < 13:
             data_rank = rank(x)
             if not (axes[0] == -1 or (data_rank is not None and axes[0] == data_rank - 1)):
                 return result.fail("below opset 13 Softmax normalizes from its axis on: the axis is not the last")

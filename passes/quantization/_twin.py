@@ -25,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript import version_converter
 
+from optimizer.domains import onnx_opset
 from passes._layers import Layer, bias_add, find_layers
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.quantization._int8 import ROW_LEVELS, ROW_SCALE_FLOOR, QuantizedWeight
@@ -44,7 +45,7 @@ class Int8Twin:
     """
 
     def __init__(self, model: ir.Model) -> None:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        opset = onnx_opset(model.opset_imports, 1)
         if opset < _DYNAMIC_QUANTIZE_OPSET:
             # An exact rewrite of the copy; the realization needs none (its kernels are com.microsoft ops).
             version_converter.convert_version(model, _CONVERTED_OPSET, fallback=True)
@@ -185,7 +186,7 @@ class Int8Twin:
         def constant(suffix: str, number, dtype) -> ir.Value:
             return add_initializer(graph, f"{name}.twin_{suffix}", np.array(number, dtype=dtype))
 
-        if self.model.opset_imports.get("", self.model.opset_imports.get("ai.onnx", 1)) >= 18:
+        if onnx_opset(self.model.opset_imports, 1) >= 18:
             axes = [constant("row_axes", [-1], np.int64)]
             attributes = [ir.AttrInt64("keepdims", 1)]
         else:

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.domains import MS_DOMAIN
+from optimizer.domains import MS_DOMAIN, onnx_opset
 from passes._layers import Layer, bias_add, find_layers
 from passes._utils import add_initializer, replace_value
 from passes.quantization import _base
@@ -250,7 +250,7 @@ def _quantize_matmul(
 
 def _opset(node: ir.Node) -> int:
     graph = node.graph
-    return graph.opset_imports.get("", 1) if graph is not None else 1
+    return onnx_opset(graph.opset_imports, 1) if graph is not None else 1
 
 
 def _dequantized_weight(graph: ir.Graph, layer: Layer, per_channel: bool, reduce_range: bool) -> None:
@@ -317,7 +317,7 @@ def _quantize_input_rows(graph: ir.Graph, layer: Layer) -> tuple[ir.Value, ...]:
     """Symmetric int8 per row of the layer's input, stored as uint8 + 128: (values, ``[..., 1]`` scales, 128)."""
     source = layer.activation
     prefix = source.name
-    opset = graph.opset_imports.get("", 1)
+    opset = onnx_opset(graph.opset_imports, 1)
     magnitude = ir.Node("", "Abs", [source], name=f"{prefix}_row_abs")
     if opset >= 18:  # ReduceMax's axes became an input at opset 18
         axes = add_initializer(graph, f"{prefix}.row_axes", np.array([-1], dtype=np.int64))

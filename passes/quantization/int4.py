@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget
-from optimizer.domains import MS_DOMAIN, is_onnx_domain
+from optimizer.domains import MS_DOMAIN, is_onnx_domain, onnx_opset
 from optimizer.options import INT4_METHODS
 from optimizer.progress import track
 from optimizer.protocol import Twin
@@ -777,7 +777,7 @@ def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int, sourc
     k = layer.weight.shape[0]
     padded = -(-k // block_size) * block_size
     prefix = f"{node.name}.twin_a"
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+    opset = onnx_opset(model.opset_imports, 1)
 
     def constant(suffix: str, array: np.ndarray) -> ir.Value:
         return add_initializer(graph, f"{prefix}_{suffix}", array)

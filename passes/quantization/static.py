@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript import version_converter
 
+from optimizer.domains import onnx_opset
 from optimizer.inputs import holds_samples, samples_in
 from passes._layers import Layer, bias_add
 from passes._utils import add_initializer, constant_array
@@ -98,7 +99,7 @@ class StaticQuantizationPass(QuantizationPass):
         if self.samples is None:
             self.decline("no calibration samples: nothing quantized")
             return self.result(model, modified=False)
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        opset = onnx_opset(model.opset_imports, 1)
         if opset < _QDQ_OPSET:
             # Per-channel DequantizeLinear (its axis attribute) needs opset 13.
             version_converter.convert_version(model, _CONVERTED_OPSET, fallback=True)
