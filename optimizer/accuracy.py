@@ -346,12 +346,14 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                 continue
             rows = (e.reshape(len(e), -1), a.reshape(len(a), -1))
             scores.setdefault(name, []).extend(_cosine(x, y) for x, y in zip(*rows))
+    per_output = {name: float(np.mean(values)) for name, values in scores.items()}
     for name, (expected_square, error_square) in single.items():
         if expected_square == 0:
-            scores[name] = [1.0 if error_square == 0 else 0.0]
+            score = 1.0 if error_square == 0 else 0.0
         else:
-            scores[name] = [max(-1.0, 1.0 - error_square / expected_square / 2)]
-    if not scores:
+            score = max(-1.0, 1.0 - error_square / expected_square / 2)
+        # An output of one value per sample in some batches only ([batch, sequence] at length 1): the worse holds.
+        per_output[name] = min(score, per_output.get(name, score))
+    if not per_output:
         raise ValueError("no outputs to compare: empty inputs, or only outputs of non-numeric types")
-    cosine = min(float(np.mean(values)) for values in scores.values())
-    return Drift(cosine, max_error)
+    return Drift(min(per_output.values()), max_error)

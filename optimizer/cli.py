@@ -750,7 +750,8 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
     if args.compare:
         refuse_data_onnxruntime_will_not_open(args.model, args.model)
         if args.output is not None:
-            refuse_path_onnxruntime_cannot_take(args.output, f"-o {args.output}")
+            # The comparison opens the written model at the absolute path save_model returns.
+            refuse_path_onnxruntime_cannot_take(Path(args.output).absolute(), f"-o {args.output}")
     if args.compare:
         # What the comparison would refuse must not cost the optimization and its written model first.
         from optimizer.compare.comparison import check_before_optimizing

@@ -748,9 +748,10 @@ def _regular_file(path: Path) -> bool:
 
 
 def refuse_path_onnxruntime_cannot_take(path: str | os.PathLike, label: str) -> None:
-    """ONNX Runtime's Python API takes a model path as UTF-8 text: a name with other bytes cannot reach it."""
+    """ONNX Runtime's Python API takes a model path as UTF-8 text: ``path``, as ONNX Runtime will be given it,
+    with other bytes cannot reach it."""
     try:
-        os.fspath(Path(path).absolute()).encode()
+        os.fspath(path).encode()
     except UnicodeEncodeError as error:
         raise ModelFileError(
             f"{label}: its path is not UTF-8 text, which ONNX Runtime cannot open for the comparison; "

@@ -338,7 +338,8 @@ def unpadded(
             expected, actual = before.get(name), after.get(name)
             if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
                 continue
-            if expected.shape != actual.shape or expected.dtype.kind != "f" or expected.ndim < 2:
+            # Integer outputs too (tags, token ids): their values there are as undefined, and count in max_error.
+            if expected.shape != actual.shape or expected.dtype.kind not in "fiub" or expected.ndim < 2:
                 continue
             if name in tail:
                 if expected.shape[0] != padding.shape[0] or expected.shape[1] != padding.shape[1] - past:
@@ -351,8 +352,9 @@ def unpadded(
             shape = [1] * expected.ndim
             shape[0], shape[axis] = positions.shape
             where = positions.reshape(shape)
-            zeroed_before[name] = np.where(where, 0, expected)
-            zeroed_after[name] = np.where(where & (np.isfinite(actual) | ~np.isfinite(expected)), 0, actual)
+            zero = np.zeros((), expected.dtype)
+            zeroed_before[name] = np.where(where, zero, expected)
+            zeroed_after[name] = np.where(where & (np.isfinite(actual) | ~np.isfinite(expected)), zero, actual)
         yield zeroed_before, zeroed_after
 
 
