@@ -14,6 +14,8 @@ import contextlib
 import functools
 import io
 import os
+import secrets
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -191,7 +193,7 @@ _LIFTED_ELEMENTS = 64
 
 
 def _has_constant_weights(model: ir.Model) -> bool:
-    for node in model.graph:
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if node.op_type == "Constant" and is_onnx_domain(node):
             attr = node.attributes.get("value")
             if attr is not None and attr.type == ir.AttributeType.TENSOR and attr.as_tensor().size >= _LIFTED_ELEMENTS:
@@ -311,10 +313,25 @@ def inference_session(
             proto = ir.to_proto(model)
         yield open_session(proto.SerializeToString(), options, providers)
         return
-    with tempfile.TemporaryDirectory(prefix="graphopt-session-") as folder:
+    with temporary_folder("graphopt-session-") as folder:
         path = os.path.join(folder, "model.onnx")
         save_model_file(model, path, external_data="model.onnx.data")
         yield open_session(path, options, providers)
+
+
+@contextlib.contextmanager
+def temporary_folder(prefix: str) -> Iterator[str]:
+    """A new private folder under the temporary directory, removed on exit, however the block ends.
+
+    Not ``tempfile.TemporaryDirectory``: a signal (Ctrl-C) between its ``mkdtemp`` and the registration of its
+    cleanup left the folder behind (seen under load). Here the folder is made inside the ``try`` that removes it.
+    """
+    folder = os.path.join(tempfile.gettempdir(), f"{prefix}{secrets.token_hex(6)}")
+    try:
+        os.mkdir(folder, 0o700)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_session(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -502,7 +519,7 @@ def evaluator(model: ir.Model, values: Sequence[ir.Value]) -> Callable[[Mapping[
     if sum(t.ByteSize() for t in initializers) < _IN_MEMORY_LIMIT_BYTES:
         session = open_session(proto.SerializeToString(), session_options(), ["CPUExecutionProvider"])
     else:  # past protobuf's 2 GiB: through a folder, the weights as external data
-        with tempfile.TemporaryDirectory(prefix="graphopt-probe-") as folder:
+        with temporary_folder("graphopt-probe-") as folder:
             path = os.path.join(folder, "probe.onnx")
             onnx.save_model(proto, path, save_as_external_data=True, location="probe.onnx.data")
             session = open_session(path, session_options(), ["CPUExecutionProvider"])

@@ -21,7 +21,6 @@ import math
 import numbers
 import os
 import platform
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,7 +71,7 @@ from optimizer.model_io import load_model, model_file_bytes, save_model
 from optimizer.parameters import count_parameters
 from optimizer.pipeline import count_nodes
 from optimizer.progress import task, track
-from optimizer.runtime import import_onnxruntime
+from optimizer.runtime import import_onnxruntime, temporary_folder
 
 SCHEMA = "graphopt.comparison-report/1"
 _PROFILE_RUNS = 20
@@ -305,7 +304,7 @@ def check_before_optimizing(
 @contextlib.contextmanager
 def _model_files(*models: ModelLike) -> Iterator[list[tuple[str, str]]]:
     """``(path, label)`` of each model: a path as given, an in-memory model written to a temporary folder."""
-    with tempfile.TemporaryDirectory(prefix="graphopt-compare-") as folder:
+    with temporary_folder("graphopt-compare-") as folder:
         files = []
         for index, model in enumerate(models):
             if isinstance(model, (str, os.PathLike)):
@@ -609,7 +608,7 @@ def _measure_generation(
 
 
 def _profile(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="graphopt-profile-") as folder:
+    with temporary_folder("graphopt-profile-") as folder:
         session = TimedSession(path, ep, inputs, threads, profile_prefix=os.path.join(folder, "trace"))
         for _ in track(range(_PROFILE_RUNS), f"profiling {Path(path).name}"):
             session.run()

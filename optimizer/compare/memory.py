@@ -29,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 
 from optimizer.errors import GraphoptError
 from optimizer.inputs import save_npz
+from optimizer.runtime import temporary_folder
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class MemoryUsage:
 
 def measure_session_memory(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int) -> MemoryUsage:
     """Create and run ``path`` once on ``ep`` in a child process and return its memory use."""
-    with tempfile.TemporaryDirectory(prefix="graphopt-memory-") as folder:
+    with temporary_folder("graphopt-memory-") as folder:
         feeds = os.path.join(folder, "inputs.npz")
         # Strings travel as unicode (an .npz holds no Python objects) and are objects again in the child.
         save_npz(feeds, {name: _unicode(array) for name, array in inputs.items()})
