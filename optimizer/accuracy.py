@@ -283,9 +283,15 @@ class Drift:
 
     cosine: float
     max_error: float
+    # The worst output, where it holds one value per sample (its cosine is 1 - r**2 / 2): its name and ``r``.
+    relative_error: tuple[str, float] | None = None
 
     def __str__(self) -> str:
-        return f"cosine {self.cosine:.4f}, max |Δ| {self.max_error:.3g}"
+        said = f"cosine {self.cosine:.4f}, max |Δ| {self.max_error:.3g}"
+        if self.relative_error is not None:
+            name, error = self.relative_error
+            said += f" ({name}, one value per sample: relative error {error:.3g})"
+        return said
 
 
 def output_drift(
@@ -347,13 +353,18 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
             rows = (e.reshape(len(e), -1), a.reshape(len(a), -1))
             scores.setdefault(name, []).extend(_cosine(x, y) for x, y in zip(*rows))
     per_output = {name: float(np.mean(values)) for name, values in scores.items()}
+    relative: dict[str, float] = {}
     for name, (expected_square, error_square) in single.items():
         if expected_square == 0:
-            score = 1.0 if error_square == 0 else 0.0
+            score, relative[name] = (1.0, 0.0) if error_square == 0 else (0.0, float("inf"))
         else:
-            score = max(-1.0, 1.0 - error_square / expected_square / 2)
+            relative[name] = float(np.sqrt(error_square / expected_square))
+            score = max(-1.0, 1.0 - relative[name] ** 2 / 2)
         # An output of one value per sample in some batches only ([batch, sequence] at length 1): the worse holds.
+        if per_output.get(name, score) < score:  # its per-sample cosines elsewhere are worse
+            del relative[name]
         per_output[name] = min(score, per_output.get(name, score))
     if not per_output:
         raise ValueError("no outputs to compare: empty inputs, or only outputs of non-numeric types")
-    return Drift(min(per_output.values()), max_error)
+    worst = min(per_output, key=per_output.__getitem__)
+    return Drift(per_output[worst], max_error, (worst, relative[worst]) if worst in relative else None)

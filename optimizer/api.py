@@ -41,6 +41,7 @@ from optimizer.model_io import (
     check_model_proto,
     check_paths,
     constants_of_old_ir,
+    default_domain_spelled_empty,
     deserialize,
     external_data_files,
     import_contrib_domain,
@@ -248,9 +249,10 @@ def _to_ir(model: object, *, warnings: list[str] | None = None) -> tuple[ir.Mode
             # A copy (sharing the tensors) whose external tensors carry their checked paths.
             model = model.clone()
             anchor_external_data(model)
-        if lacks_contrib_import(model):
+        if lacks_contrib_import(model) or _spells_default_domain_long(model):
             model = model.clone()  # the caller's model keeps its imports as they were
             import_contrib_domain(model)
+            default_domain_spelled_empty(model)
         # A clone shares its tensors with the caller's model, and lifting a Constant names its tensor:
         # the Constants get tensors of their own, so the caller's model stays as it was.
         model = _own_constant_tensors(model.clone())
@@ -267,6 +269,7 @@ def _to_ir(model: object, *, warnings: list[str] | None = None) -> tuple[ir.Mode
         copy.CopyFrom(model)
         converted = deserialize(copy, "model")
         import_contrib_domain(converted)
+        default_domain_spelled_empty(converted)
         if warning := constants_of_old_ir(converted):
             warnings.append(warning)
         return converted, model.graph.name or "model", None
@@ -577,3 +580,8 @@ def _shapes(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> str:
     if dims:
         return ", ".join(f"{name}={size}" for name, size in dims.items())
     return ", ".join(f"{name} {list(np.shape(array))}" for name, array in list(inputs.items())[:2]) or "no inputs"
+
+
+def _spells_default_domain_long(model: ir.Model) -> bool:
+    """Whether ``model`` or one of its functions imports the default domain as ``"ai.onnx"``."""
+    return any("ai.onnx" in body.opset_imports for body in [model, *model.functions.values()])

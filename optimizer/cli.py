@@ -400,7 +400,8 @@ def _add_pruning_flags(parser: argparse.ArgumentParser) -> None:
         choices=IMPORTANCE_KINDS,
         help="rank units by weight magnitude, by activation on --calibration (default with data), or by "
         "reconstruction: the output error each costs once the repair re-fits the kept units to make up for it "
-        "(layers the repair does not re-fit: by activation); for --lowrank, reconstruction is activation",
+        "(layers the repair does not re-fit: by activation; the default of --prune-ffn with --prune-heads); "
+        "for --lowrank, reconstruction is activation",
     )
     group.add_argument(
         "--global-ranking",

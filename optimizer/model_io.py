@@ -105,6 +105,7 @@ def load_model(path: str | os.PathLike, *, warnings: list[str] | None = None) ->
     check_model_proto(proto, str(path))
     model = deserialize(proto, str(path))
     import_contrib_domain(model)
+    default_domain_spelled_empty(model)
     ir.external_data.set_base_dir(model.graph, path.parent.absolute())
     anchor_external_data(model)
     if (warning := constants_of_old_ir(model)) and warnings is not None:
@@ -397,6 +398,23 @@ def import_contrib_domain(model: ir.Model) -> None:
     """
     if lacks_contrib_import(model):
         model.opset_imports[MS_DOMAIN] = 1
+
+
+def default_domain_spelled_empty(model: ir.Model) -> None:
+    """Import and name the default ONNX domain ``""`` where ``model`` spells it ``"ai.onnx"``; in place.
+
+    Both mean the same operator set, but a rewrite that adds a standard node imports ``""`` beside
+    ``"ai.onnx"`` (onnxscript's rewriter imports it at version 1), and ONNX Runtime then reads every
+    ``""`` node at that version: such passes were rolled back. Spelled one way, nothing can split.
+    """
+    for body in [model, *model.functions.values()]:
+        if "ai.onnx" in body.opset_imports:
+            version = body.opset_imports.pop("ai.onnx")
+            body.opset_imports.setdefault("", version)
+    for graph in model_graphs(model):
+        for node in graph:
+            if node.domain == "ai.onnx":
+                node.domain = ""
 
 
 def lacks_contrib_import(model: ir.Model) -> bool:

@@ -319,6 +319,10 @@ def inference_session(
         yield open_session(path, options, providers)
 
 
+# Names tried before giving up, as tempfile.mkdtemp does (its TMP_MAX).
+_FOLDER_ATTEMPTS = 10000
+
+
 @contextlib.contextmanager
 def temporary_folder(prefix: str) -> Iterator[str]:
     """A new private folder under the temporary directory, removed on exit, however the block ends.
@@ -326,12 +330,22 @@ def temporary_folder(prefix: str) -> Iterator[str]:
     Not ``tempfile.TemporaryDirectory``: a signal (Ctrl-C) between its ``mkdtemp`` and the registration of its
     cleanup left the folder behind (seen under load). Here the folder is made inside the ``try`` that removes it.
     """
-    folder = os.path.join(tempfile.gettempdir(), f"{prefix}{secrets.token_hex(6)}")
+    made = None
     try:
-        os.mkdir(folder, 0o700)
-        yield folder
+        for attempt in range(_FOLDER_ATTEMPTS):
+            folder = os.path.join(tempfile.gettempdir(), f"{prefix}{secrets.token_hex(6)}")
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:  # another's: never removed here
+                if attempt == _FOLDER_ATTEMPTS - 1:
+                    raise
+                continue
+            made = folder
+            break
+        yield made
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def run_session(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -185,23 +185,25 @@ def inference_opsets(opset_imports: dict[str, int]) -> dict[str, int]:
     Reshape. Every op that changed at 14 computes the same for an opset-13 graph: Reshape's
     ``allowzero`` defaults to 0, the others gained types or attributes with the old defaults.
     """
-    if opset_imports.get("", 0) != 13:
+    key = "" if "" in opset_imports else "ai.onnx"
+    if opset_imports.get(key) != 13:
         return dict(opset_imports)
-    return {**opset_imports, "": 14}
+    return {**opset_imports, key: 14}
 
 
 @contextlib.contextmanager
 def inferred_at_inference_opset(model: ir.Model) -> Iterator[None]:
     """While open, ``model``'s default opset is ``inference_opsets``'; restored on exit."""
-    was = model.opset_imports.get("")
-    wanted = inference_opsets(dict(model.opset_imports)).get("")
+    was = dict(model.opset_imports)
+    wanted = inference_opsets(was)
     if wanted != was:
-        model.opset_imports[""] = wanted
+        model.opset_imports.update(wanted)
     try:
         yield
     finally:
         if wanted != was:
-            model.opset_imports[""] = was
+            model.opset_imports.clear()
+            model.opset_imports.update(was)
 
 
 def _restore_interfaces(interfaces: _Interfaces) -> None:

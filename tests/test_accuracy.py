@@ -93,3 +93,12 @@ def test_max_error_counts_integer_outputs():
     assert drift.max_error == 1.0
     assert not AccuracyBudget(max_error=0.0).met(drift)
     assert AccuracyBudget(max_error=0.0).met(paired_drift([({"cls": np.array([3])}, {"cls": np.array([3])})]))
+
+
+def test_the_drift_names_an_output_scored_by_its_relative_error():
+    runs = [({"p": np.array([[v]], np.float32)}, {"p": np.array([[3 * v]], np.float32)}) for v in (1.0, 2.0)]
+    drift = paired_drift(runs)
+    assert drift.relative_error == ("p", pytest.approx(2.0))
+    assert "p, one value per sample: relative error 2" in str(drift)
+    rows = [({"h": np.ones((1, 4), np.float32)}, {"h": np.ones((1, 4), np.float32)})]
+    assert paired_drift(rows).relative_error is None

@@ -417,3 +417,36 @@ def test_compare_refuses_before_any_work_a_data_link_onnx_runtime_will_not_open(
     assert ort.InferenceSession(str(snapshot / "model.onnx"), providers=["CPUExecutionProvider"])
     # Without --compare nothing opens the input from its path: the linked model optimizes.
     assert run_cli(["optimize", linked / "model.onnx", "-o", output, "-q"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_a_default_domain_spelled_ai_onnx_is_read_as_the_empty_spelling(tmp_path, in_memory):
+    """A model importing "ai.onnx" (the same operator set as "") is read with "" everywhere: a rewrite adding a
+    standard node imported "" at version 1 beside it, ONNX Runtime read every "" node at opset 1, and the
+    pass was rolled back."""
+    from optimizer.api import optimize_with_report
+
+    nodes = [
+        helper.make_node("Cast", ["x"], ["c"], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", ["c"], ["d"], to=TensorProto.FLOAT),
+        helper.make_node("Relu", ["d"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx", 17)])
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path)
+    if in_memory:
+        optimized, report = optimize_with_report(ir.from_proto(proto))
+    else:
+        _, report = optimize_with_report(path, output=tmp_path / "out.onnx")
+        optimized = ir.load(tmp_path / "out.onnx")
+    assert [(p.name, p.status) for p in report.passes if p.status not in ("applied", "unchanged")] == []
+    assert dict(optimized.opset_imports).get("") == 17 and "ai.onnx" not in optimized.opset_imports
+    assert {node.domain for node in optimized.graph} <= {""}
+    if not in_memory:
+        assert onnx.load(path) == proto  # the input file is never modified

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.domains import MS_DOMAIN
+from optimizer.domains import MS_DOMAIN, onnx_opset
 from passes._layers import EXACT_CORRECTION_PREFIX
 from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
@@ -186,9 +186,9 @@ class MatMulNBitsMergeFusion(FusionPass):
 
 def _split(model: ir.Model, value: ir.Value, sizes: list[int], name: str) -> ir.Node:
     """``Split(value, sizes, axis=-1)``: sizes as an input from opset 13, as the attribute before it."""
-    opset = model.opset_imports.get("")
-    if opset is None:  # a graph of contrib ops only: Split needs the default domain
-        model.opset_imports[""] = opset = 13
+    if "" not in model.opset_imports and "ai.onnx" not in model.opset_imports:
+        model.opset_imports[""] = 13  # a graph of contrib ops only: Split needs the default domain
+    opset = onnx_opset(model.opset_imports)
     if opset >= 13:
         sizes_value = add_initializer(model.graph, f"{name}.sizes", np.array(sizes, dtype=np.int64))
         inputs, attributes = [value, sizes_value], [ir.AttrInt64("axis", -1)]

@@ -75,7 +75,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
     units zeroed where the consumers read them (and the repaired weights in place).
 
     ``importance``: ``magnitude`` (weights only), ``activation`` (RMS of each unit's
-    activation on the samples times its consumer rows; the default with samples), or
+    activation on the samples times its consumer rows; with samples, the default of a pass whose
+    ``default_importance`` says so), or
     ``reconstruction`` (the output error its removal costs once the repair re-fits the kept
     units: ``_reconstruction.removal_scores`` over the inputs' covariance; layers the repair
     does not re-fit, and those of more than ``MAX_INPUTS`` inputs or fewer rows than inputs,
@@ -90,6 +91,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
     """
 
     unit_name = "units"
+    # The importance with calibration data and the repair on, when none is asked for.
+    default_importance = "activation"
     # What a group is, for the note when none is found, and the ops that make one (counted in subgraphs).
     looks_for = "no layer of the kinds it prunes"
     layer_ops: tuple[str, ...] = ()
@@ -123,7 +126,10 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 importance, repair, "ranking or re-fitting units", "magnitude importance without repair"
             )
             importance, repair = "magnitude", False
-        importance = importance or ("activation" if samples is not None else "magnitude")
+        if importance is None and samples is not None:
+            # Reconstruction ranks for the repair; without it a layer would be ranked by activation anyway.
+            importance = self.default_importance if repair is None or repair else "activation"
+        importance = importance or "magnitude"
         if importance not in IMPORTANCE:
             raise ValueError(f"unknown importance {importance!r} (choose from {', '.join(IMPORTANCE)})")
         if ranking not in ("layer", "global"):

@@ -21,7 +21,8 @@ class FfnHeadPruningPass(PruningPass):
     What is cut per group is what ``FfnPruningPass`` and ``HeadPruningPass`` cut. With
     calibration data the units are ranked across layers by their estimated effect on the
     model's outputs (``PruningPass``'s global ranking: local effect times the layer's
-    measured gain), the whole cut is made, and then the consumers (down and output
+    measured gain; by default the effect left once the repair re-fits the kept units,
+    ``importance="reconstruction"``), the whole cut is made, and then the consumers (down and output
     projections) are re-fitted in graph order, each on its inputs in the already-cut model.
     Without data, units are ranked across layers by weight magnitude relative to their
     layer's mean and nothing is re-fitted. The twin is the input with the removed units'
@@ -29,6 +30,9 @@ class FfnHeadPruningPass(PruningPass):
     """
 
     unit_name = "units"
+    # Measured on MiniLM's combined cut (FFN 30 %, heads 25 %, 308 sentences fitted, 128 held out): worst
+    # held-out sentence 0.919 against activation's 0.892, mean 0.976 against 0.972 (docs/benchmarks.md).
+    default_importance = "reconstruction"
     looks_for = "it looks for FFNs (as prune-ffn) and fused Attention/MultiHeadAttention nodes (as prune-heads)"
     layer_ops = ("MatMul", "Gemm", "Attention", "MultiHeadAttention")
     consumer_rows = "the down and output projections' rows"

@@ -80,3 +80,17 @@ def test_without_data_the_combined_cut_ranks_by_magnitude():
     removed = {name: total - kept for name, (kept, total) in pruning.pruned.items()}
     assert sum(v for k, v in removed.items() if k.startswith("mha")) == 4
     assert np.isfinite(drift(model, result.model, feeds(model, 4, seed=3)).cosine)
+
+
+def test_with_data_the_combined_cut_ranks_by_reconstruction_unless_nothing_is_repaired():
+    """The combined cut's default importance is reconstruction (measured better on MiniLM's held-out sentences);
+    without the repair it would rank by activation anyway, so that is its default then. Other passes keep
+    activation."""
+    model = attention_ffn(layers=2)
+    calibration = feeds(model, 32, seed=1)
+    assert FfnHeadPruningPass(0.5, 0.25, samples=calibration).importance == "reconstruction"
+    assert FfnHeadPruningPass(0.5, 0.25, samples=calibration, repair=False).importance == "activation"
+    assert FfnHeadPruningPass(0.5, 0.25, samples=calibration, importance="activation").importance == "activation"
+    assert FfnPruningPass(0.5, samples=calibration).importance == "activation"
+    result = FfnHeadPruningPass(0.5, 0.25, samples=calibration)(model.clone())
+    assert result.modified
