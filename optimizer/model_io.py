@@ -406,11 +406,15 @@ def default_domain_spelled_empty(model: ir.Model) -> None:
     Both mean the same operator set, but a rewrite that adds a standard node imports ``""`` beside
     ``"ai.onnx"`` (onnxscript's rewriter imports it at version 1), and ONNX Runtime then reads every
     ``""`` node at that version: such passes were rolled back. Spelled one way, nothing can split.
+    A model importing both keeps the version listed later, the one ONNX Runtime runs it at.
     """
     for body in [model, *model.functions.values()]:
         if "ai.onnx" in body.opset_imports:
-            version = body.opset_imports.pop("ai.onnx")
-            body.opset_imports.setdefault("", version)
+            # Both imported: ONNX Runtime reads the one listed later (onnx's checker the first), and so does graphopt.
+            spellings = [key for key in body.opset_imports if key in ONNX_DOMAINS]
+            version = body.opset_imports[spellings[-1]]
+            del body.opset_imports["ai.onnx"]
+            body.opset_imports[""] = version
     for graph in model_graphs(model):
         for node in graph:
             if node.domain == "ai.onnx":

@@ -16,6 +16,7 @@ import io
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -319,6 +320,19 @@ def inference_session(
         yield open_session(path, options, providers)
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while open (where the platform can), delivered on exit."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 # Names tried before giving up, as tempfile.mkdtemp does (its TMP_MAX).
 _FOLDER_ATTEMPTS = 10000
 
@@ -335,12 +349,13 @@ def temporary_folder(prefix: str) -> Iterator[str]:
         for attempt in range(_FOLDER_ATTEMPTS):
             folder = os.path.join(tempfile.gettempdir(), f"{prefix}{secrets.token_hex(6)}")
             try:
-                os.mkdir(folder, 0o700)
+                with _signals_held():  # a Ctrl-C between the mkdir and `made` would leave the folder
+                    os.mkdir(folder, 0o700)
+                    made = folder
             except FileExistsError:  # another's: never removed here
                 if attempt == _FOLDER_ATTEMPTS - 1:
                     raise
                 continue
-            made = folder
             break
         yield made
     finally:
