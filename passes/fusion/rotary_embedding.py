@@ -698,6 +698,12 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         shape is read off the input of the projection when ``rotated`` is one (shared by the query and key),
         and the Expand is left out when both shapes are static and equal.
         """
+        if positions.is_graph_input():
+            self._note_once(
+                f"{positions.name} index the fused op's cos/sin tables: ONNX Runtime refuses a negative position "
+                "(a padded one left at cumsum(mask) - 1 = -1) or one past the tables, where the original computed "
+                "any; give padded positions one in range (transformers' generate gives 1)"
+            )
         if not positions.is_graph_input() or positions.shape is None or positions.shape.rank() != 2:
             return positions
         source = _projection_input(rotated)

@@ -478,10 +478,11 @@ def test_caches_end_where_a_position_table_shorter_than_max_sequence_ends():
     model = _position_table_model(rows=20)
     result = RotaryEmbeddingFusion(cache_length=64)(model.clone())
     assert result.modified and op_types(result.model).count("RotaryEmbedding") == 1
-    assert result.notes == [
+    assert result.notes[0] == (
         "rotary caches end at 20 positions, where cos/sin's tables end (the original refuses position 20); "
         "the fused model takes no longer sequences, as with --max-sequence 20"
-    ]
+    )
+    assert len(result.notes) == 2 and "refuses a negative position" in result.notes[1]
     (rotary,) = [n for n in result.model.graph if n.op_type == "RotaryEmbedding"]
     assert rotary.inputs[2].const_value.shape == (20, 4)
     rng = np.random.default_rng(0)

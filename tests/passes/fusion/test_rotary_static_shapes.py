@@ -121,7 +121,10 @@ def test_caches_ending_at_a_table_are_noted_once_however_many_pairs_read_it():
     proto.graph.output.append(onnx.helper.make_tensor_value_info("y_2", onnx.TensorProto.FLOAT, None))
     result = RotaryEmbeddingFusion(cache_length=64)(ir.from_proto(onnx.shape_inference.infer_shapes(proto)))
     assert op_types(result.model).count("RotaryEmbedding") == 2
-    assert [note[:40] for note in result.notes] == ["rotary caches end at 20 positions, where"]
+    assert [note[:40] for note in result.notes] == [
+        "rotary caches end at 20 positions, where",
+        "position_ids index the fused op's cos/si",
+    ]
 
 
 def test_a_static_sequence_longer_than_the_caches_is_refused():
