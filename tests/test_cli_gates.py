@@ -87,38 +87,34 @@ def test_min_cosine_reads_float_outputs_and_needs_other_outputs_equal():
     assert len(accuracy_failures(report, 0.99)) == 2
 
 
+def _relu_model(tmp_path) -> str:
+    """A fixed-shape ``y = Relu(x)`` saved in ``tmp_path``; its path."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return str(path)
+
+
 def test_static_shapes_counts_for_strict(tmp_path):
     """bind-dims is asked for by --static-shapes: on a model whose dims are already fixed it changes nothing,
     which --strict reports (exit 3) as for any pass asked for."""
-    import onnx
-    from onnx import TensorProto, helper
-
     from optimizer.cli import main
 
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
-    )
-    path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    assert main(["-q", "optimize", str(path), "-o", str(tmp_path / "o.onnx"), "--static-shapes", "--strict"]) == 3
+    path = _relu_model(tmp_path)
+    assert main(["-q", "optimize", path, "-o", str(tmp_path / "o.onnx"), "--static-shapes", "--strict"]) == 3
 
 
 def test_an_execution_provider_named_twice_is_refused(tmp_path, capsys):
-    import onnx
-    from onnx import TensorProto, helper
-
     from optimizer.cli import main
 
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
-    )
-    path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    assert main(["-q", "compare", str(path), str(path), "--ep", "cpu,cpu"]) == 2
+    path = _relu_model(tmp_path)
+    assert main(["-q", "compare", path, path, "--ep", "cpu,cpu"]) == 2
     assert "named twice" in capsys.readouterr().err
