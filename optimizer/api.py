@@ -167,6 +167,7 @@ def optimize_with_report(
         if not specializes:
             _add_second_binding(ir_model, verifier, options.dims, options.max_sequence)
             _add_prefill(ir_model, verifier)
+            _add_decode_step(ir_model, verifier)
         _ensure_padding(ir_model, verifier)
     else:
         verifier = None
@@ -541,6 +542,76 @@ def _add_prefill(model: ir.Model, verifier: Verifier) -> None:
         prefill[layout.position_ids] = np.tile(np.arange(sequence), (batch, 1)).astype(layout.positions_dtype)
     verifier.add_input_set(
         prefill, f"the prefill: the first set's {sequence} tokens with an empty cache", report_drop=False
+    )
+
+
+def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
+    """For a decoder with a key/value cache whose input sets hold no single-token step after a past, verify on one
+    too: the first set with a past cut to its first new token (mask to the past plus that token, the same
+    positions), as every step after the prefill runs. A rewrite wrong only at one new token (a squeeze of the
+    sequence axis, a mask broadcast that one column hides) passed every set of many. Other inputs sized by the
+    new tokens or by the total are cut alike; the set is not added where the original refuses it."""
+    layout = recognise_causal_lm(model)
+    if isinstance(layout, str) or not layout.cache:
+        return
+
+    def past_length(inputs: Mapping[str, np.ndarray]) -> int | None:
+        lengths = {np.shape(inputs[pair.past])[pair.sequence_axis] for pair in layout.cache if pair.past in inputs}
+        return lengths.pop() if len(lengths) == 1 else None
+
+    def new_tokens(inputs: Mapping[str, np.ndarray]) -> int | None:
+        ids = np.asarray(inputs.get(layout.input_ids))
+        return ids.shape[1] if ids.ndim == 2 else None
+
+    with_past = [(index, inputs) for index, inputs in enumerate(verifier.input_sets) if past_length(inputs)]
+    if not with_past or any(new_tokens(inputs) == 1 for _, inputs in with_past):
+        return
+    index, first = with_past[0]
+    past, sequence = past_length(first), new_tokens(first)
+    if past is None or sequence is None or any(pair.past not in first for pair in layout.cache):
+        return
+    by_name = {value.name: value for value in model.graph.inputs}
+
+    def dim_name(name: str | None) -> str | None:
+        value = by_name.get(name) if name is not None else None
+        if value is None or value.shape is None or len(value.shape) != 2:
+            return None
+        return getattr(value.shape[1], "value", None) if isinstance(value.shape[1], ir.SymbolicDim) else None
+
+    # The roles first (exporters name one length differently per input), then any other input by dim name.
+    cuts = {
+        layout.input_ids: (sequence, 1),
+        layout.position_ids: (sequence, 1),
+        layout.attention_mask: (past + sequence, past + 1),
+    }
+    by_dim = {dim_name(layout.input_ids): (sequence, 1), dim_name(layout.attention_mask): (past + sequence, past + 1)}
+    by_dim.pop(None, None)
+    step = dict(first)
+    for name, array in first.items():
+        value = by_name.get(name)
+        if name not in by_name or any(name == pair.past for pair in layout.cache) or not isinstance(array, np.ndarray):
+            continue
+        if name in cuts:
+            if array.ndim != 2:
+                if name == layout.attention_mask:
+                    return  # a mask of lengths, not of positions: no step to cut from it
+                continue
+            axes = {1: cuts[name]}
+        elif value.shape is None or array.ndim != len(value.shape):
+            continue
+        else:
+            axes = {
+                axis: by_dim[dim.value]
+                for axis, dim in enumerate(value.shape)
+                if isinstance(dim, ir.SymbolicDim) and dim.value in by_dim
+            }
+        for axis, (length, kept) in axes.items():
+            if array.shape[axis] != length:
+                return  # not sized as its role says: no step to cut from this set
+            array = np.take(array, np.arange(kept), axis=axis)
+        step[name] = array
+    verifier.add_input_set(
+        step, f"a decode step: set {index + 1}'s past of {past} with its first new token", report_drop=False
     )
 
 

@@ -211,6 +211,8 @@ class VerificationResult:
     # (``Verifier._check_at_level_zero``): why, and its largest difference as written.
     rounding: str = ""
     rounding_error: float = 0.0
+    # The label of the input set an exact check failed on, where there were several (``Verifier.labels``).
+    input_set: str = ""
 
     @property
     def ok(self) -> bool:
@@ -241,7 +243,8 @@ class VerificationResult:
             ),
         )
         others = len(failed) - 1
-        return worst.detail + (f" (and {others} other output{'s' if others > 1 else ''})" if others else "")
+        where = f", on {self.input_set}" if self.input_set else ""
+        return worst.detail + (f" (and {others} other output{'s' if others > 1 else ''})" if others else "") + where
 
 
 def parse_tolerance_flags(flags: list[str] | None) -> dict[str, Tolerance]:
@@ -1151,6 +1154,8 @@ class Verifier:
                     outputs = self._hide_padded(raw, inputs, reference)
                     result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
                     if not result.ok:
+                        if len(self.input_sets) > 1:
+                            result.input_set = label
                         if not (by_segment and not result.error and self._within_segment_cap(session)):
                             return result
                         missed = (result, f"on {label}")

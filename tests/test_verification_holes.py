@@ -674,3 +674,61 @@ def test_a_rewrite_ignoring_the_mask_over_a_past_is_rolled_back(monkeypatch, max
     options = {"max_sequence": max_sequence} if max_sequence else {}
     _, report = optimizer.optimize_with_report(model, passes=["fuse-rotary-embedding"], **options)
     assert report.passes[-1].name == "ignore-mask" and report.passes[-1].status == STATUS_ROLLED_BACK
+
+
+class _WrongAtOneTokenPass(ir.passes.InPlacePass):
+    """An exact-looking pass whose result scales the logits by 1.5 where one new token is fed: right at every
+    prefill and every chunk of several tokens, wrong at each decode step of a generation."""
+
+    def call(self, model):
+        graph = model.graph
+        ids = next(value for value in graph.inputs if value.name == "input_ids")
+        logits = graph.outputs[0]
+        index = add_initializer(graph, "sequence_axis", np.array([1], np.int64))
+        one = add_initializer(graph, "one_token", np.array([1], np.int64))
+        half = add_initializer(graph, "half", np.array([0.5], np.float32))
+        shape = ir.node("Shape", [ids])
+        length = ir.node("Gather", [shape.outputs[0], index], {"axis": 0})
+        single = ir.node("Equal", [length.outputs[0], one])
+        as_float = ir.node("Cast", [single.outputs[0]], {"to": ir.DataType.FLOAT})
+        extra = ir.node("Mul", [as_float.outputs[0], half])
+        gain = ir.node("Add", [extra.outputs[0], add_initializer(graph, "unit", np.array([1.0], np.float32))])
+        scaled = ir.node("Mul", [logits, gain.outputs[0]])
+        graph.extend([shape, length, single, as_float, extra, gain, scaled])
+        result = scaled.outputs[0]
+        result.dtype, result.shape = logits.dtype, logits.shape
+        graph.outputs[0] = result
+        result.name, logits.name = logits.name, logits.name + ".inner"
+        return ir.passes.PassResult(model, True)
+
+
+@pytest.mark.parametrize("fixture", ["llama_kv_legacy", "gpt2_kv_dynamo", "llama_kv_optimum"])
+def test_a_rewrite_wrong_only_at_a_decode_step_is_rolled_back(monkeypatch, fixture):
+    # Every set verification fed a decoder held several new tokens (after a past, or the prefill's), so a
+    # rewrite wrong only where one token is fed, each step of a generation after the first, was verified.
+    _with_mutant(monkeypatch, "wrong-at-one-token", _WrongAtOneTokenPass, approximate=False)
+    _, report = optimizer.optimize_with_report(ir.load(FIXTURES / f"{fixture}.onnx"), passes=["remove-identity"])
+    record = report.passes[-1]
+    assert record.status == STATUS_ROLLED_BACK, record.detail
+    assert "a decode step: set 1's past of" in record.detail
+    assert any(label.startswith("a decode step: ") for label in report.input_sets)
+
+
+def test_a_decode_step_is_cut_from_the_users_own_set_with_a_past():
+    model = ir.load(FIXTURES / "llama_kv_legacy.onnx")
+    from optimizer.generation import recognise_causal_lm
+
+    layout = recognise_causal_lm(model)
+    rng = np.random.default_rng(0)
+    batch, past, new = 2, 5, 3
+    given = {
+        layout.input_ids: rng.integers(0, 100, (batch, new)).astype(layout.ids_dtype),
+        layout.attention_mask: np.ones((batch, past + new), layout.mask_dtype),
+    }
+    if layout.position_ids is not None:
+        given[layout.position_ids] = np.tile(np.arange(past, past + new), (batch, 1)).astype(layout.positions_dtype)
+    for pair in layout.cache:
+        shape = [batch if axis == 0 else past if axis == pair.sequence_axis else d for axis, d in enumerate(pair.shape)]
+        given[pair.past] = rng.standard_normal(shape).astype(pair.dtype)
+    _, report = optimizer.optimize_with_report(model, passes=["remove-identity"], inputs=given)
+    assert f"a decode step: set 1's past of {past} with its first new token" in report.input_sets

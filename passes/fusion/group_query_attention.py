@@ -103,10 +103,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.domains import MS_DOMAIN, is_onnx_op, onnx_opset
+from optimizer.domains import MS_DOMAIN, is_onnx_op
 from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import evaluator, import_onnxruntime
-from passes._utils import add_initializer, constant_array, replace_value
+from passes._utils import add_initializer, constant_array, replace_value, shape_dims
 from passes.fusion._base import FusionPass
 from passes.fusion._layout import IDENTITY, compose, head_split, perm, producer
 from passes.fusion._probe import (
@@ -791,11 +791,9 @@ class GroupQueryAttentionFusion(FusionPass):
             past = candidate.key.past
 
             def dims(value: ir.Value, start: int) -> ir.Value:
-                if onnx_opset(graph.opset_imports, 1) >= 15:
-                    return add("Shape", [value], start=start, end=start + 1)
-                # No Shape(start, end) before opset 15 (torch 1.13 and 2.0 export at 14 by default).
-                index = add_initializer(graph, f"GroupQueryAttention/dim_{start}", np.array([start], np.int64))
-                return add("Gather", [add("Shape", [value]), index], axis=0)
+                made = shape_dims(graph, value, start, start + 1)
+                graph.insert_before(candidate.node, made)  # the caller sorts the graph afterwards
+                return made[-1].outputs[0]
 
             batch = dims(past, 0)
             if full:
