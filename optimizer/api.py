@@ -52,7 +52,7 @@ from optimizer.model_io import (
     unname_negative_dims,
 )
 from optimizer.options import DATA_IMPORTANCE_KINDS, Options
-from optimizer.padding import mask_inputs, padded_copy, pads_both_ends
+from optimizer.padding import mask_inputs, padded_copy, padded_positions, pads_both_ends
 from optimizer.pipeline import run_pipeline
 from optimizer.protocol import PassContext, PassSpec
 from optimizer.registry import all_passes, resolve, ways_to_ask
@@ -145,7 +145,11 @@ def optimize_with_report(
         _check_output_path(output, input_path, ir_model, inputs, calibration)
     notes: list[str] = []
     asked = [spec for spec in specs if spec.approximate]
-    samples, warning = _samples(ir_model, calibration, options.dims, notes, asked) if approximate else (None, None)
+    # Under --static-shapes the passes run on the model bound to one batch, and take the samples that many at a time.
+    static_batch = _bound_batch(ir_model, options.dims) if specializes else None
+    samples, warning = (
+        _samples(ir_model, calibration, options.dims, notes, asked, static_batch) if approximate else (None, None)
+    )
     if options.verify:
         input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, notes, options.max_sequence)
         bound = dims_from_inputs(ir_model, input_sets[0])
@@ -300,6 +304,7 @@ def _samples(
     dims: Mapping[str, int] | None,
     notes: list[str],
     asked: Sequence[Any] = (),
+    static_batch: int | None = None,
 ) -> tuple[dict[str, np.ndarray] | SampleData, str | None]:
     """Sample inputs for approximate passes: the user's calibration data, else generated (with a warning).
 
@@ -309,7 +314,7 @@ def _samples(
     """
     if calibration is not None:
         data = open_samples(calibration, model, flag="--calibration")
-        _refuse_unrunnable_samples(model, data)
+        _refuse_unrunnable_samples(model, data, static_batch)
         _refuse_or_note_repeated(data, notes)
         _refuse_nan_the_model_does_not_impute(model, data)
         if not data.in_memory:
@@ -400,16 +405,27 @@ def _imputed(value: ir.Value) -> bool:
     return bool(value.uses())
 
 
-def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:
+def _bound_batch(model: ir.Model, dims: Mapping[str, int] | None) -> int | None:
+    """The batch size ``--static-shapes`` fixes: the smallest bound batch dim (as the verifier's samples are
+    batched), None where the model has none or it is 1."""
+    bound = bind_dims(model, dims)
+    size = min((bound[name] for name in batch_dims(model) if name in bound), default=None)
+    return size if size is not None and size > 1 else None
+
+
+def _refuse_unrunnable_samples(model: ir.Model, data: Any, static_batch: int | None = None) -> None:
     """``InputSpecError`` when the original model cannot run on the first samples: arrays that disagree with
     each other (16 rows of ids beside 8 of mask, a mask of another length, ids past the vocabulary) would
-    otherwise fail inside a pass, whose rollback would blame its own result."""
+    otherwise fail inside a pass, whose rollback would blame its own result. So too a count of samples that is
+    no multiple of the batch the model (or ``--static-shapes``, ``static_batch``) fixes: the last batch would
+    not fill it."""
 
     size = fixed_batch_size(model)
+    fixer = "the model fixes its batch"
+    if size is None and static_batch is not None:
+        size, fixer = static_batch, "--static-shapes fixes the batch"
     if size is not None and data.count % size:
-        raise InputSpecError(
-            f"{data.source}: {data.count} samples, and the model fixes its batch at {size}: give a multiple of {size}"
-        )
+        raise InputSpecError(f"{data.source}: {data.count} samples, and {fixer} at {size}: give a multiple of {size}")
     first = next(iter(split_samples(data, model=model)))  # the first batch the passes will run
     _refuse_unrunnable_batch(model, first, f"the first samples of {data.source}", "check them against the model")
 
@@ -547,29 +563,54 @@ def _add_prefill(model: ir.Model, verifier: Verifier) -> None:
 
 def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
     """For a decoder with a key/value cache whose input sets hold no single-token step after a past, verify on one
-    too: the first set with a past cut to its first new token (mask to the past plus that token, the same
-    positions), as every step after the prefill runs. A rewrite wrong only at one new token (a squeeze of the
-    sequence axis, a mask broadcast that one column hides) passed every set of many. Other inputs sized by the
-    new tokens or by the total are cut alike; the set is not added where the original refuses it."""
+    too: a set with a past cut to its first new token (mask to the past plus that token, the same positions), as
+    every step after the prefill runs. A rewrite wrong only at one new token (a squeeze of the sequence axis, a
+    mask dropped on a one-row query) passed every set of many. The step is cut from the first set whose step pads
+    some of its past (generated inputs: the padded second binding), so that a mask dropped there shows, else from
+    the first set with a past; never with a row whose every position is padded (such a row is compared, and its
+    values are undefined). Other inputs sized by the new tokens or by the total are cut alike; the set is not
+    added where the original refuses it."""
     layout = recognise_causal_lm(model)
     if isinstance(layout, str) or not layout.cache:
         return
-
-    def past_length(inputs: Mapping[str, np.ndarray]) -> int | None:
-        lengths = {np.shape(inputs[pair.past])[pair.sequence_axis] for pair in layout.cache if pair.past in inputs}
-        return lengths.pop() if len(lengths) == 1 else None
 
     def new_tokens(inputs: Mapping[str, np.ndarray]) -> int | None:
         ids = np.asarray(inputs.get(layout.input_ids))
         return ids.shape[1] if ids.ndim == 2 else None
 
-    with_past = [(index, inputs) for index, inputs in enumerate(verifier.input_sets) if past_length(inputs)]
-    if not with_past or any(new_tokens(inputs) == 1 for _, inputs in with_past):
-        return
-    index, first = with_past[0]
-    past, sequence = past_length(first), new_tokens(first)
-    if past is None or sequence is None or any(pair.past not in first for pair in layout.cache):
-        return
+    steps = []
+    for index, inputs in enumerate(verifier.input_sets):
+        past = _past_length(layout, inputs)
+        if not past:
+            continue
+        if new_tokens(inputs) == 1:
+            return  # a step of one token is verified already
+        step = _decode_step(model, layout, inputs, past, new_tokens(inputs))
+        if step is not None:
+            steps.append((index, past, step))
+    masks = mask_inputs(model, verifier.inputs)
+    usable = [(index, past, step) for index, past, step in steps if not _wholly_padded_row(step, masks)]
+    padded = [(index, past, step) for index, past, step in usable if padded_positions(step, masks) is not None]
+    for index, past, step in padded[:1] or usable[:1]:
+        label = f"a decode step: set {index + 1}'s past of {past} with its first new token"
+        verifier.add_input_set(step, label, report_drop=False)
+
+
+def _past_length(layout: Any, inputs: Mapping[str, np.ndarray]) -> int | None:
+    """The length of every past in ``inputs`` where they agree and all are there, else None."""
+    if any(pair.past not in inputs for pair in layout.cache):
+        return None
+    lengths = {np.shape(inputs[pair.past])[pair.sequence_axis] for pair in layout.cache}
+    return lengths.pop() if len(lengths) == 1 else None
+
+
+def _decode_step(
+    model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray], past: int, sequence: int | None
+) -> dict[str, np.ndarray] | None:
+    """``inputs`` cut to their first new token after a past of ``past``; None where an input is not sized as its
+    role says."""
+    if sequence is None:
+        return None
     by_name = {value.name: value for value in model.graph.inputs}
 
     def dim_name(name: str | None) -> str | None:
@@ -586,15 +627,16 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
     }
     by_dim = {dim_name(layout.input_ids): (sequence, 1), dim_name(layout.attention_mask): (past + sequence, past + 1)}
     by_dim.pop(None, None)
-    step = dict(first)
-    for name, array in first.items():
+    pasts = {pair.past for pair in layout.cache}
+    step = dict(inputs)
+    for name, array in inputs.items():
         value = by_name.get(name)
-        if name not in by_name or any(name == pair.past for pair in layout.cache) or not isinstance(array, np.ndarray):
+        if value is None or name in pasts or not isinstance(array, np.ndarray):
             continue
         if name in cuts:
             if array.ndim != 2:
                 if name == layout.attention_mask:
-                    return  # a mask of lengths, not of positions: no step to cut from it
+                    return None  # a mask of lengths, not of positions: no step to cut from it
                 continue
             axes = {1: cuts[name]}
         elif value.shape is None or array.ndim != len(value.shape):
@@ -607,12 +649,19 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
             }
         for axis, (length, kept) in axes.items():
             if array.shape[axis] != length:
-                return  # not sized as its role says: no step to cut from this set
+                return None  # not sized as its role says
             array = np.take(array, np.arange(kept), axis=axis)
         step[name] = array
-    verifier.add_input_set(
-        step, f"a decode step: set {index + 1}'s past of {past} with its first new token", report_drop=False
-    )
+    return step
+
+
+def _wholly_padded_row(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> bool:
+    """Whether a row of ``inputs`` is padded at every position by its masks."""
+    shaped = [np.asarray(inputs[name]) for name in masks if name in inputs and np.ndim(inputs[name]) == 2]
+    if not shaped:
+        return False
+    same = [mask == 0 for mask in shaped if mask.shape == shaped[0].shape]
+    return bool(np.logical_and.reduce(same).all(axis=1).any())
 
 
 def _cap_undid_a_change(

@@ -49,6 +49,7 @@ template (``graphopt make-inputs``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -2095,10 +2096,12 @@ def hold_out(
 ) -> tuple[Sequence[dict[str, np.ndarray]], Sequence[dict[str, np.ndarray]]]:
     """Split batches of samples into the samples a pass may fit to and those held out to check it.
 
-    Every ``every``-th sample (counted over all batches) is held out, whole: rows of one
+    Every ``every``-th distinct sample (counted over all batches) is held out, whole: rows of one
     sentence or image are alike, and rows held out beside their neighbours do not show a fit
     that learnt the calibration samples rather than the layer; with two to ``every - 1``
-    samples, the last one. With one sample nothing is held out (the second part is empty).
+    distinct samples, the last one. Copies of a sample (byte for byte, with what is fed beside
+    it) go with it: a held-out copy of a fitted sample would vouch for the fit. With one
+    distinct sample nothing is held out (the second part is empty).
     Where ``model`` fixes the batch dim, samples cannot be taken out of a batch, and whole
     batches are held out instead. Only the inputs that hold samples along axis 0 are cut
     (``sample_inputs``); the others go whole with every part. Both parts re-read
@@ -2106,7 +2109,8 @@ def hold_out(
     """
     whole = model is not None and fixes_batch(model)
     holds = holds_samples(model)
-    return _HeldOut(batches, every, whole, holds, held=False), _HeldOut(batches, every, whole, holds, held=True)
+    split = _Split(batches, every, whole, holds)
+    return _HeldOut(split, held=False), _HeldOut(split, held=True)
 
 
 def sample_inputs(model: ir.Model) -> frozenset[str] | None:
@@ -2135,45 +2139,58 @@ def fixes_batch(model: ir.Model) -> bool:
     )
 
 
+class _Split:
+    """Which samples of each batch ``hold_out`` holds out: worked out once, on first use, for both sides."""
+
+    def __init__(self, batches: Sequence[Mapping[str, np.ndarray]], every: int, whole: bool, holds: SampleAxes) -> None:
+        self.batches, self.holds, self._every, self._whole = batches, holds, every, whole
+        self._held: list[np.ndarray] | None = None
+
+    def held(self) -> list[np.ndarray]:
+        """Per batch, which of its samples are held out."""
+        if self._held is None:
+            keys = [self._sample_keys(batch) for batch in self.batches]
+            distinct: dict[bytes, int] = {}
+            for batch_keys in keys:
+                for key in batch_keys:
+                    distinct.setdefault(key, len(distinct))
+            count = len(distinct)
+            if count < 2:  # nothing can be held out: every sample is fitted to
+                held = set()
+            elif count >= self._every:
+                held = {index for index in range(count) if index % self._every == self._every - 1}
+            else:  # two to four distinct samples: the last one
+                held = {count - 1}
+            self._held = [np.array([distinct[key] in held for key in batch_keys], bool) for batch_keys in keys]
+        return self._held
+
+    def _sample_keys(self, batch: Mapping[str, np.ndarray]) -> list[bytes]:
+        """One digest per sample of ``batch`` (one for the batch where samples are whole batches): its arrays'
+        bytes, with the arrays fed beside it whole."""
+        size = 1 if self._whole else samples_in(batch, self.holds)
+        digests = [hashlib.blake2b(digest_size=16) for _ in range(size)]
+        for name in sorted(batch):
+            array = np.asarray(batch[name])
+            cut = not self._whole and self.holds(name, batch[name])
+            for index, digest in enumerate(digests):
+                part = self.holds.take(name, array, slice(index, index + 1)) if cut else array
+                digest.update(f"{name}|{part.dtype}|{part.shape}|".encode())
+                digest.update(np.ascontiguousarray(part).tobytes())
+        return [digest.digest() for digest in digests]
+
+
 class _HeldOut(Sequence):
-    """The samples of ``batches`` that are (``held``) or are not held out by ``hold_out``."""
+    """The samples of a ``_Split``'s batches that are (``held``) or are not held out by ``hold_out``."""
 
-    def __init__(
-        self,
-        batches: Sequence[Mapping[str, np.ndarray]],
-        every: int,
-        whole: bool,
-        holds: SampleAxes,
-        held: bool,
-    ) -> None:
-        self._batches, self._every, self._whole, self._holds, self._held = batches, every, whole, holds, held
-        self._samples: int | None = None
+    def __init__(self, split: _Split, held: bool) -> None:
+        self._split, self._held = split, held
+        self._holds = split.holds
         self._count: int | None = None
-
-    def _size(self, batch: Mapping[str, np.ndarray]) -> int:
-        return 1 if self._whole else samples_in(batch, self._holds)
-
-    def _chosen(self, start: int, size: int) -> np.ndarray:
-        index = start + np.arange(size)
-        if self._samples >= self._every:
-            held = index % self._every == self._every - 1
-        else:  # two to four samples: the last one
-            held = index == self._samples - 1
-        return held == self._held
 
     def _selections(self) -> Iterator[tuple[Mapping[str, np.ndarray], np.ndarray | None]]:
         """Each batch with a part in this side, and which of its samples (None: all of them)."""
-        if self._samples is None:
-            self._samples = sum(self._size(batch) for batch in self._batches)
-        if self._samples < 2:  # nothing can be held out: every sample is fitted to
-            if not self._held:
-                yield from ((batch, None) for batch in self._batches)
-            return
-        start = 0
-        for batch in self._batches:
-            size = self._size(batch)
-            chosen = self._chosen(start, size)
-            start += size
+        for batch, held in zip(self._split.batches, self._split.held()):
+            chosen = held == self._held
             if chosen.all():
                 yield batch, None
             elif chosen.any():

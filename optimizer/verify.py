@@ -25,6 +25,7 @@ where ORT's rewrites change nothing measurable, the tolerance alone applies.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -1144,10 +1145,11 @@ class Verifier:
     ) -> VerificationResult:
         """``check`` without the level-0 check; each input set's raw outputs are appended to ``written``
         as they are run, when given."""
-        worst, missed = VerificationResult(), None
+        worst, missed, running = VerificationResult(), None, ""
         try:
             with inference_session(candidate) as session:
                 for inputs, label, reference, noise in zip(self.input_sets, self.labels, self.references, self.noise):
+                    running = label if len(self.input_sets) > 1 else ""
                     raw = run_session(session, inputs)
                     if written is not None:
                         written.append(raw)
@@ -1163,7 +1165,8 @@ class Verifier:
                     if result.max_abs_error >= worst.max_abs_error:
                         worst = result
         except RuntimeRefusedError as error:  # the rewrite is unusable
-            return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
+            where = f" (on {running})" if running else ""
+            return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}{where}")
         if missed is not None:  # after the session above is closed: the segment check holds much more
             return self._check_exact_by_segment(candidate, *missed)
         return worst
@@ -1495,7 +1498,7 @@ class Verifier:
                 worst = VerificationResult(
                     segments=len(names) + 1,
                     segments_nodes=len(added),
-                    end_to_end=f"{where}: {missed.first_failure}",
+                    end_to_end=f"{where}: {dataclasses.replace(missed, input_set='').first_failure}",
                     end_to_end_error=missed.max_abs_error,
                 )
                 keep_own = bool(self.masks)

@@ -710,7 +710,7 @@ def test_a_rewrite_wrong_only_at_a_decode_step_is_rolled_back(monkeypatch, fixtu
     _, report = optimizer.optimize_with_report(ir.load(FIXTURES / f"{fixture}.onnx"), passes=["remove-identity"])
     record = report.passes[-1]
     assert record.status == STATUS_ROLLED_BACK, record.detail
-    assert "a decode step: set 1's past of" in record.detail
+    assert "a decode step: set " in record.detail
     assert any(label.startswith("a decode step: ") for label in report.input_sets)
 
 
@@ -725,6 +725,7 @@ def test_a_decode_step_is_cut_from_the_users_own_set_with_a_past():
         layout.input_ids: rng.integers(0, 100, (batch, new)).astype(layout.ids_dtype),
         layout.attention_mask: np.ones((batch, past + new), layout.mask_dtype),
     }
+    given[layout.attention_mask][0, :2] = 0  # row 1 left-padded: the step from this set pads some of its past
     if layout.position_ids is not None:
         given[layout.position_ids] = np.tile(np.arange(past, past + new), (batch, 1)).astype(layout.positions_dtype)
     for pair in layout.cache:

@@ -222,6 +222,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         if self.drift is not None:
             summary += f"; {self.drift}" + (" after repair" if repairable else "")
             summary += " on the held-out samples" if held_out else ""
+            if not held_out and self._checked_on:  # one sample: nothing could be held out of the fit
+                summary += f"{self._checked_on} (an optimistic figure: give more samples to hold some out)"
             summary += " on generated inputs" if self.samples_generated else ""
         self.note(summary)
         self.note(self._decisions(groups, removals))

@@ -27,6 +27,13 @@ _CHANNELWISE = frozenset(
 )  # fmt: skip
 
 
+# Ops that move, join or split channels: a Conv reading through one is refused, named (not silently skipped).
+_MOVES_CHANNELS = frozenset(
+    {"Reshape", "Concat", "Split", "Transpose", "Slice", "Gather", "Flatten", "Squeeze", "Unsqueeze", "DepthToSpace",
+     "SpaceToDepth", "Tile", "Expand"}
+)  # fmt: skip
+
+
 def channel_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
     """Conv channel groups of ``graph``, and why other Convs' inputs were not groups.
 
@@ -186,7 +193,9 @@ def _group(consumer: ir.Node, channels: int, start: ir.Value, route: list[ir.Nod
             stack.append(node.inputs[0])
             continue
         if node.op_type not in _CHANNELWISE or not is_onnx_domain(node):
-            return None  # e.g. a Reshape or Concat: channels are not traced through it
+            if group.producers or node.op_type in _MOVES_CHANNELS:
+                return f"its input channels come through {node.op_type} ({node.name}), which the walk does not trace"
+            return None  # not channels a Conv made (e.g. a Resize of the image)
         region[id(node)] = node
         passthrough.add(id(node))
         axis_of = partial(_channel_axis_of, channels=channels, batch_norm=node.op_type == "BatchNormalization")

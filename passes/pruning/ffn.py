@@ -23,7 +23,7 @@ _ELEMENTWISE = frozenset(
     {
         "Relu", "Gelu", "Sigmoid", "Tanh", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Softplus", "Softsign",
         "Elu", "Selu", "LeakyRelu", "HardSigmoid", "HardSwish", "Mish", "Clip", "Identity",
-        "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min",
+        "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Cast",
     }
 )  # fmt: skip
 _CONTRIB_ELEMENTWISE = frozenset({"Gelu", "FastGelu", "BiasGelu", "QuickGelu"})
@@ -92,6 +92,11 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
             stack.append(producer.inputs[0])
             continue
         if not _elementwise(producer):
+            if group.producers or any(
+                value is not None and value.producer() is not None and _projection(value.producer(), channels)
+                for value in producer.inputs
+            ):  # an FFN, with an op between its projections that the walk does not trace: named, not skipped
+                return f"{producer.op_type} ({producer.name}) between it and its up projections is not traced"
             return None  # not an FFN (e.g. attention output, a reshape of heads)
         region[id(producer)] = producer
         passthrough.add(id(producer))
