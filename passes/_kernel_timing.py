@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import functools
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -107,10 +108,7 @@ class TimingCache:
         self._read()[key] = value
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                merged = {**json.loads(self.path.read_text()), **self._entries}
-            except (OSError, ValueError):
-                merged = dict(self._entries)
+            merged = {**self._load(), **self._entries}
             with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as file:
                 json.dump(merged, file, indent=0, sort_keys=True)
             os.replace(file.name, self.path)
@@ -119,11 +117,27 @@ class TimingCache:
 
     def _read(self) -> dict[str, float]:
         if self._entries is None:
-            try:
-                self._entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self._entries = {}
+            self._entries = self._load()
         return self._entries
+
+    def _load(self) -> dict[str, float]:
+        """The file's entries that are measurements: a positive finite number under a text key. Anything else (a
+        file of another shape, a NaN, a negative time, text) is left out, measured again and overwritten."""
+        try:
+            stored = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(stored, dict):
+            return {}
+        return {
+            key: value
+            for key, value in stored.items()
+            if isinstance(key, str)
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0
+        }
 
 
 class OneModel:

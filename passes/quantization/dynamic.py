@@ -106,7 +106,8 @@ class DynamicQuantizationPass(QuantizationPass):
 
     def alternatives(self, layer: Layer) -> tuple[str, ...]:
         found = []
-        if layer.kind != "attention" and self.activation_scale == "tensor":
+        # Per-row scales are written with QuantizeLinear, which needs opset 10.
+        if layer.kind != "attention" and self.activation_scale == "tensor" and _opset(layer.node) >= 10:
             found.append("row")
         if self.smooth_alpha is None and _read_from_norm(layer):
             found.append("smooth")
@@ -130,7 +131,10 @@ class DynamicQuantizationPass(QuantizationPass):
         # Activations read by several layers (Q/K/V or gate/up projections of one norm
         # output) are quantized once: one quantizer + one MatMulIntegerToFloat each.
         readers = Counter(self._activation_key(layer) for layer in layers if self.scheme(layer) != "weight-only")
-        self._shared = {key: None for key, count in readers.items() if count > 1 or key[1] == "row"}
+        # A shared per-tensor quantizer is DynamicQuantizeLinear, which needs opset 11: below it each layer
+        # quantizes its own input (DynamicQuantizeMatMul).
+        shares = not layers or _opset(layers[0].node) >= 11
+        self._shared = {key: None for key, count in readers.items() if (count > 1 and shares) or key[1] == "row"}
 
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
         reduce_range = self._reduce_range(layer)
