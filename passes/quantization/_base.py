@@ -42,7 +42,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import MS_DOMAIN
-from optimizer.inputs import holds_samples, samples_in, split_samples
+from optimizer.inputs import hold_out, holds_samples, samples_in, split_samples
 from optimizer.options import DEFAULT_BUDGET_DECODE_STEPS
 from optimizer.padding import cache_outputs
 from optimizer.progress import task, track
@@ -257,6 +257,16 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if self.weight_range_note:
             self.note(self.weight_range_note)
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
+        # With a budget, its search stops on samples held out of the ranges, SmoothQuant and the layers'
+        # ranking (``optimizer.inputs.hold_out``, as pruning's), and the pipeline checks it there too: a
+        # search stopped on the rows it ranked by meets the budget by the search.
+        checked, held_out = batches, False
+        if self.budget is not None and batches:
+            fitted, held = hold_out(batches, model)
+            if len(held):
+                batches, checked, held_out = fitted, held, True
+            else:
+                self.note("budget: one calibration sample, searched and checked on it (nothing could be held out)")
         self._batches = batches
         self._float = model.clone() if batches else None
         norms: list[str] = []
@@ -266,7 +276,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self.note(f"SmoothQuant (alpha {self.smooth_alpha:g}) on {len(norms)} norms: {shown or 'none'}")
         self.prepare(model, chosen, batches)
         if self.budget is not None and batches:
-            chosen = self._fit_budget(model, chosen, batches)
+            chosen = self._fit_budget(model, chosen, batches, checked)
             if not chosen:
                 self._float, self._batches = None, []
                 return self.result(model, modified=False)
@@ -281,16 +291,17 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         for layer in chosen:
             self.done(layer.node.op_type)
         if batches and self.drift is None:
-            self.drift = drift_of(model, batches, run_batches(self._float, batches))
+            self.drift = drift_of(model, checked, run_batches(self._float, checked))
         if self.drift is not None:
             counts: dict[str, int] = {}
             for layer in chosen:
                 label = self.layer_label(layer)
                 counts[label] = counts.get(label, 0) + 1
             reduced = ", ".join(f"{count} layers {label}" for label, count in counts.items())
-            self.note(f"{reduced}, {len(self.kept_float)} float: {self.drift}")
+            held = " on the held-out samples" if held_out else ""
+            self.note(f"{reduced}, {len(self.kept_float)} float: {self.drift}{held}")
         self._float, self._batches = None, []
-        return self.result(model, modified=True, twin=twin)
+        return self.result(model, modified=True, twin=twin, fitted_to_samples=held_out)
 
     def layer_label(self, layer: Layer) -> str:
         """What the summary note calls ``layer``'s precision once quantized ("int8", "int4", "int8 weights only")."""
@@ -354,9 +365,15 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     # -- the budget ------------------------------------------------------------------------
 
-    def _fit_budget(self, model: ir.Model, layers: list[Layer], batches) -> list[Layer]:
-        """The layers to quantize, and the scheme of each, so the model meets the budget at the least latency."""
+    def _fit_budget(self, model: ir.Model, layers: list[Layer], batches, checked=None) -> list[Layer]:
+        """The layers to quantize, and the scheme of each, so the model meets the budget at the least latency:
+        layers ranked on ``batches``, the budget checked on ``checked`` (the held-out samples; else ``batches``)."""
         reference = run_batches(self._float, batches)
+        if checked is None or checked is batches:
+            checked, checked_reference, where = batches, reference, ""
+        else:
+            checked_reference = run_batches(self._float, checked)
+            where = " on held-out samples (which ranges and ranking do not see)"
         decoder = bool(cache_outputs(model))
         if self.decode_steps is not None and not decoder:
             self.note(
@@ -364,10 +381,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 "key/value cache, so its layers are timed at the samples' rows"
             )
         default = {layer.name: self.default_scheme for layer in layers}
-        drift = self._trial(model, default, batches, reference)
+        drift = self._trial(model, default, checked, checked_reference)
         if self.budget.met(drift):
             self.drift = drift
-            met = f"budget {self.budget.describe()} met with every layer {self.precision}"
+            met = f"budget {self.budget.describe()} met{where} with every layer {self.precision}"
             if self.decode_steps is not None and decoder:
                 met += f" (no layer timed: --budget-decode-steps {self.decode_steps} changed nothing)"
             self.note(met)
@@ -391,7 +408,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             schemes = state(count)
             if all(scheme == FLOAT for scheme in schemes.values()):
                 return False
-            point_drift = self._trial(model, schemes, batches, reference)
+            point_drift = self._trial(model, schemes, checked, checked_reference)
             changes = tuple((name, scheme) for name, scheme in schemes.items() if scheme != default[name])
             points[count] = FrontierPoint(changes, point_drift, total(schemes))
             return self.budget.met(point_drift)
@@ -407,7 +424,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             for layer in layers:
                 self.refuse(layer.node.op_type, f"the accuracy budget cannot be met with any layer {self.precision}")
             self._note_frontier(float_seconds, default_seconds, measured)
-            unmet = f"budget {described} cannot be met with any {self.precision} layer; model left float"
+            unmet = f"budget {described} cannot be met{where} with any {self.precision} layer; model left float"
             self.note(unmet)
             # A decline leads the pass's reasons: --strict names it, not a model-output layer refused earlier.
             self.decline(unmet)
@@ -422,7 +439,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 self.refuse(layer.node.op_type, "kept float to meet the accuracy budget")
         self._note_frontier(float_seconds, default_seconds, measured)
         changed = points[found].describe(float_seconds, default_seconds, measured)
-        self.note(f"budget {described} met with {len(points[found].changes)} layers changed: {changed}")
+        self.note(f"budget {described} met{where} with {len(points[found].changes)} layers changed: {changed}")
         return [layer for layer in layers if layer.name not in floated]
 
     def _note_frontier(self, float_seconds: float, default_seconds: float, measured: bool) -> None:

@@ -464,7 +464,7 @@ class Int4QuantizationPass(QuantizationPass):
                     f"{len(self._applied)} embedding tables in GatherBlockQuantized ({widths})"
                     + (f", {shared} sharing its tied LM head's packed weight" if shared else "")
                 )
-            result = self.result(model, modified=True, twin=result.twin)
+            result = self.result(model, modified=True, twin=result.twin, fitted_to_samples=result.fitted_to_samples)
         return result
 
     def _plan_tables(self, model: ir.Model) -> dict[str, str | None]:

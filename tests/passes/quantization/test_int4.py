@@ -14,8 +14,9 @@ from optimizer.accuracy import AccuracyBudget
 from optimizer.api import optimize_with_report
 from optimizer.cli import main
 from optimizer.errors import OptionError, PassSelectionError
+from optimizer.inputs import hold_out
 from optimizer.options import Options
-from optimizer.runtime import run_batches, run_model
+from optimizer.runtime import drift_of, run_batches, run_model
 from passes.quantization import _blockwise
 from passes.quantization._blockwise import (
     pack_nibbles,
@@ -429,8 +430,12 @@ def test_the_budget_keeps_the_most_sensitive_layer_float():
     budget = AccuracyBudget(min_cosine=0.99)
     quantization = Int4QuantizationPass(block_size=16, quantize_outputs=True, samples=feeds, budget=budget)
     result = quantization(model.clone())
-    assert result.modified and quantization.kept_float == ["mid"] and quantization.drift.cosine >= 0.99
-    assert any("kept float to meet the accuracy budget" in refusal for refusal in result.refusals)
+    # mid leaves int4: kept float, or int8 where that meets the budget on the held-out rows (the tests' cost model
+    # times int8 faster than float)
+    assert result.modified and quantization.drift.cosine >= 0.99 and result.fitted_to_samples
+    assert "mid" in quantization.kept_float or quantization.schemes.get("mid") == "int8", quantization.schemes
+    if "mid" in quantization.kept_float:
+        assert any("kept float to meet the accuracy budget" in refusal for refusal in result.refusals)
     # the summary counts layers by form (the budget may move some to int8, faster than int4 in the tests' cost model)
     summary = f", {len(quantization.kept_float)} float: {quantization.drift}"
     assert any(summary in note for note in result.notes)
@@ -578,8 +583,11 @@ def test_pretrained_weights_quantize_close_to_float_and_to_their_twin():
 def test_the_budget_through_the_api():
     model = mlp(head=True)
     feeds = samples(model, 16)
-    unbudgeted = optimize_with_report(model, quantize="int4", quantize_outputs=True, calibration=feeds)[1]
-    reached = next(r for r in unbudgeted.passes if r.name == "quantize-int4").cosine
+    unbudgeted = optimize_with_report(model, quantize="int4", quantize_outputs=True, calibration=feeds)[0]
+    # The budget is checked on the samples held out of the search (every fifth): just past what every layer in
+    # int4 reaches there.
+    held = list(hold_out([feeds], model)[1])
+    reached = drift_of(unbudgeted, held, run_batches(model, held)).cosine
     _, report = optimize_with_report(
         model, quantize="int4", quantize_outputs=True, calibration=feeds, min_cosine=min(1.0, reached + 1e-4)
     )
