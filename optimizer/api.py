@@ -24,6 +24,7 @@ from optimizer.inputs import (
     constant_inputs_note,
     dims_from_inputs,
     fixed_batch_size,
+    holds_samples,
     load_inputs,
     make_inputs,
     nan_note,
@@ -31,6 +32,7 @@ from optimizer.inputs import (
     refuse_dims_unlike,
     refuse_oversized,
     refuse_unreadable_data,
+    samples_in,
     split_samples,
     verification_bindings,
 )
@@ -52,7 +54,7 @@ from optimizer.model_io import (
     unname_negative_dims,
 )
 from optimizer.options import DATA_IMPORTANCE_KINDS, Options
-from optimizer.padding import mask_inputs, padded_copy, padded_positions, pads_both_ends
+from optimizer.padding import mask_inputs, padded_copy, pads_both_ends
 from optimizer.pipeline import run_pipeline
 from optimizer.protocol import PassContext, PassSpec
 from optimizer.registry import all_passes, resolve, ways_to_ask
@@ -145,14 +147,12 @@ def optimize_with_report(
         _check_output_path(output, input_path, ir_model, inputs, calibration)
     notes: list[str] = []
     asked = [spec for spec in specs if spec.approximate]
-    # Under --static-shapes the passes run on the model bound to one batch, and take the samples that many at a time.
-    static_batch = _bound_batch(ir_model, options.dims) if specializes else None
-    samples, warning = (
-        _samples(ir_model, calibration, options.dims, notes, asked, static_batch) if approximate else (None, None)
-    )
+    samples, warning = _samples(ir_model, calibration, options.dims, notes, asked) if approximate else (None, None)
     if options.verify:
         input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, notes, options.max_sequence)
         bound = dims_from_inputs(ir_model, input_sets[0])
+        if specializes and warning is None:
+            _refuse_partial_static_batch(ir_model, samples, bound)
         if inputs is not None:
             where = f"--inputs {inputs}" if isinstance(inputs, (str, os.PathLike)) else "the given inputs"
             refuse_dims_unlike(options.dims, bound, where)
@@ -176,6 +176,8 @@ def optimize_with_report(
     else:
         verifier = None
         bound = bind_dims(ir_model, options.dims)
+        if specializes and warning is None:
+            _refuse_partial_static_batch(ir_model, samples, bound)
     context = PassContext(options=options, dims=bound, samples=samples, samples_generated=warning is not None)
     optimized, report = run_pipeline(ir_model, specs, context=context, verifier=verifier, label=label)
     if warning:
@@ -304,7 +306,6 @@ def _samples(
     dims: Mapping[str, int] | None,
     notes: list[str],
     asked: Sequence[Any] = (),
-    static_batch: int | None = None,
 ) -> tuple[dict[str, np.ndarray] | SampleData, str | None]:
     """Sample inputs for approximate passes: the user's calibration data, else generated (with a warning).
 
@@ -314,7 +315,7 @@ def _samples(
     """
     if calibration is not None:
         data = open_samples(calibration, model, flag="--calibration")
-        _refuse_unrunnable_samples(model, data, static_batch)
+        _refuse_unrunnable_samples(model, data)
         _refuse_or_note_repeated(data, notes)
         _refuse_nan_the_model_does_not_impute(model, data)
         if not data.in_memory:
@@ -405,27 +406,36 @@ def _imputed(value: ir.Value) -> bool:
     return bool(value.uses())
 
 
-def _bound_batch(model: ir.Model, dims: Mapping[str, int] | None) -> int | None:
-    """The batch size ``--static-shapes`` fixes: the smallest bound batch dim (as the verifier's samples are
-    batched), None where the model has none or it is 1."""
-    bound = bind_dims(model, dims)
+def _refuse_partial_static_batch(model: ir.Model, samples: Any, bound: Mapping[str, int]) -> None:
+    """``InputSpecError`` when ``--static-shapes`` binds a batch (``bound``: from ``--dim`` or the given inputs, as
+    the passes get it) that the calibration count does not fill: the passes take the samples that many at a time,
+    and a last batch short of it would fail inside a pass, whose rollback would blame its own result."""
+    if samples is None:
+        return
     size = min((bound[name] for name in batch_dims(model) if name in bound), default=None)
-    return size if size is not None and size > 1 else None
+    if size is None or size < 2:
+        return
+    if isinstance(samples, SampleData):
+        count, source = samples.count, samples.source
+    else:
+        count, source = samples_in(samples, holds_samples(model)), "--calibration"
+    if count % size:
+        raise InputSpecError(
+            f"{source}: {count} samples, and --static-shapes fixes the batch at {size}: give a multiple of {size}"
+        )
 
 
-def _refuse_unrunnable_samples(model: ir.Model, data: Any, static_batch: int | None = None) -> None:
+def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:
     """``InputSpecError`` when the original model cannot run on the first samples: arrays that disagree with
     each other (16 rows of ids beside 8 of mask, a mask of another length, ids past the vocabulary) would
     otherwise fail inside a pass, whose rollback would blame its own result. So too a count of samples that is
-    no multiple of the batch the model (or ``--static-shapes``, ``static_batch``) fixes: the last batch would
-    not fill it."""
+    no multiple of the batch the model fixes: the last batch would not fill it."""
 
     size = fixed_batch_size(model)
-    fixer = "the model fixes its batch"
-    if size is None and static_batch is not None:
-        size, fixer = static_batch, "--static-shapes fixes the batch"
     if size is not None and data.count % size:
-        raise InputSpecError(f"{data.source}: {data.count} samples, and {fixer} at {size}: give a multiple of {size}")
+        raise InputSpecError(
+            f"{data.source}: {data.count} samples, and the model fixes its batch at {size}: give a multiple of {size}"
+        )
     first = next(iter(split_samples(data, model=model)))  # the first batch the passes will run
     _refuse_unrunnable_batch(model, first, f"the first samples of {data.source}", "check them against the model")
 
@@ -566,10 +576,11 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
     too: a set with a past cut to its first new token (mask to the past plus that token, the same positions), as
     every step after the prefill runs. A rewrite wrong only at one new token (a squeeze of the sequence axis, a
     mask dropped on a one-row query) passed every set of many. The step is cut from the first set whose step pads
-    some of its past (generated inputs: the padded second binding), so that a mask dropped there shows, else from
-    the first set with a past; never with a row whose every position is padded (such a row is compared, and its
-    values are undefined). Other inputs sized by the new tokens or by the total are cut alike; the set is not
-    added where the original refuses it."""
+    part of the past of a row whose new token is real (generated inputs: the padded second binding), so that a
+    mask dropped there shows, else, where no set is a one-token step already, from the first set with a past;
+    never with a row whose every position is padded (such a row is compared, and its values are undefined). A
+    given one-token step that pads a past makes it needless. Other inputs sized by the new tokens or by the total
+    are cut alike; the set is not added where the original refuses it."""
     layout = recognise_causal_lm(model)
     if isinstance(layout, str) or not layout.cache:
         return
@@ -578,22 +589,40 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
         ids = np.asarray(inputs.get(layout.input_ids))
         return ids.shape[1] if ids.ndim == 2 else None
 
-    steps = []
+    masks = mask_inputs(model, verifier.inputs)
+    given, steps = [], []
     for index, inputs in enumerate(verifier.input_sets):
         past = _past_length(layout, inputs)
         if not past:
             continue
         if new_tokens(inputs) == 1:
-            return  # a step of one token is verified already
-        step = _decode_step(model, layout, inputs, past, new_tokens(inputs))
-        if step is not None:
-            steps.append((index, past, step))
-    masks = mask_inputs(model, verifier.inputs)
-    usable = [(index, past, step) for index, past, step in steps if not _wholly_padded_row(step, masks)]
-    padded = [(index, past, step) for index, past, step in usable if padded_positions(step, masks) is not None]
-    for index, past, step in padded[:1] or usable[:1]:
+            given.append(inputs)
+        elif (step := _decode_step(model, layout, inputs, past, new_tokens(inputs))) is not None:
+            if not _wholly_padded_row(step, masks):
+                steps.append((index, past, step))
+    if any(_pads_a_past(inputs, masks, _past_length(layout, inputs)) for inputs in given):
+        return  # a step that pads part of its past is verified already
+    padded = [(index, past, step) for index, past, step in steps if _pads_a_past(step, masks, past)]
+    for index, past, step in padded[:1] or ([] if given else steps[:1]):
         label = f"a decode step: set {index + 1}'s past of {past} with its first new token"
         verifier.add_input_set(step, label, report_drop=False)
+
+
+def _pads_a_past(inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: int | None) -> bool:
+    """Whether ``inputs`` (a decode step) pad part of the past of a row whose new token is real: where a mask
+    dropped at one token changes what is compared (a padded new token's outputs are hidden anyway)."""
+    padding = _padding(inputs, masks)
+    if padding is None or past is None or padding.shape[1] != past + 1:
+        return False
+    return bool((padding[:, :past].any(axis=1) & ~padding[:, past]).any())
+
+
+def _padding(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> np.ndarray | None:
+    """``[batch, positions]``: True where every 2-D mask of the first one's shape pads; None without one."""
+    shaped = [np.asarray(inputs[name]) for name in masks if name in inputs and np.ndim(inputs[name]) == 2]
+    if not shaped:
+        return None
+    return np.logical_and.reduce([mask == 0 for mask in shaped if mask.shape == shaped[0].shape])
 
 
 def _past_length(layout: Any, inputs: Mapping[str, np.ndarray]) -> int | None:
@@ -657,11 +686,8 @@ def _decode_step(
 
 def _wholly_padded_row(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> bool:
     """Whether a row of ``inputs`` is padded at every position by its masks."""
-    shaped = [np.asarray(inputs[name]) for name in masks if name in inputs and np.ndim(inputs[name]) == 2]
-    if not shaped:
-        return False
-    same = [mask == 0 for mask in shaped if mask.shape == shaped[0].shape]
-    return bool(np.logical_and.reduce(same).all(axis=1).any())
+    padding = _padding(inputs, masks)
+    return padding is not None and bool(padding.all(axis=1).any())
 
 
 def _cap_undid_a_change(

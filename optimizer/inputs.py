@@ -2277,6 +2277,17 @@ class SampleData:
             sorted((name, len(shape), tuple(shape[1:])) for name, shape in shapes.items() if name in self._joined_on)
         )
 
+    def chunk_signature(self, chunk: Mapping[str, np.ndarray]) -> tuple:
+        """``signature`` of the chunk's shapes, with the values of the inputs it feeds whole beside its samples."""
+        holds = holds_samples(self._model)
+        whole = hashlib.blake2b(digest_size=16)
+        for name in sorted(chunk):
+            array = chunk[name]
+            if name in self._joined_on and isinstance(array, np.ndarray) and not holds(name, array):
+                whole.update(f"{name}|{array.dtype}|{array.shape}|".encode())
+                whole.update(np.ascontiguousarray(array).tobytes())
+        return (*self.signature(_shapes(chunk)), ("whole", whole.digest()))
+
     def describe(self) -> str:
         """``--calibration data/ (240 samples in 15 files)``: the source and its size."""
         chunks = f" in {len(self._plan)} {self._unit}" if len(self._plan) > 1 else ""
@@ -2291,7 +2302,9 @@ class SampleData:
         with the kind of their dtype (``"f"``, ``"i"``), beside ``inputs_seen``."""
         first: dict[str, Any] = {}
         varying: set[str] = set()
-        for chunk in self.chunks():
+        for index, chunk in enumerate(self.chunks()):
+            # Chunks that feed a whole input (a table beside the samples) different values never join in one batch.
+            self._plan[index] = (self._plan[index][0], self.chunk_signature(chunk))
             for name, array in chunk.items():
                 if not isinstance(array, np.ndarray) or not array.size or _MASK_NAME.search(name):
                     continue
@@ -2352,7 +2365,7 @@ class _Batches(Sequence):
         rows = 0
         holds = holds_samples(self._data._model)  # inputs beside the samples (a table [S, K]) go whole
         for chunk in self._data.chunks():
-            chunk_signature = self._data.signature(_shapes(chunk))
+            chunk_signature = self._data.chunk_signature(chunk)
             if held and chunk_signature != signature:
                 yield from _cut(_join(held, holds), self._size, holds)
                 held, rows = [], 0

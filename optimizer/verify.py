@@ -1224,10 +1224,11 @@ class Verifier:
             expected = [run_model(twin.model, inputs) for inputs, *_ in twin_sets]
         except RuntimeRefusedError as error:
             return VerificationResult(error=f"its twin ({twin.description}) cannot run: {error.reason}")
-        worst = VerificationResult(twin_error=0.0)
+        worst, running = VerificationResult(twin_error=0.0), ""
         try:
             with inference_session(candidate, optimization_level="all") as session:
                 for (inputs, label, before, noise), reference in zip(twin_sets, expected):
+                    running = label if len(twin_sets) > 1 else ""
                     outputs = self._hide_padded(run_session(session, inputs), inputs, reference)
                     result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
                     if not result.ok and twin.kind in ROUNDING_TWINS:
@@ -1240,7 +1241,8 @@ class Verifier:
                         return self._unrounded(candidate, twin, base, VerificationResult(error=failure))
                     worst.twin_error = max(worst.twin_error, result.max_abs_error)
         except RuntimeRefusedError as error:  # the rewrite is unusable
-            return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
+            where = f" (on {running})" if running else ""
+            return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}{where}")
         if twin.unrounded is not None and twin.kind in ROUNDING_TWINS:
             # With every MatMulNBits at level 0 no tie can flip: the result is float arithmetic on the weights it
             # stores, and must match the twin without input rounding at its tolerance, no row rule (a block's

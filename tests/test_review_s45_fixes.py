@@ -121,11 +121,6 @@ def _mask_mutant_status(monkeypatch, fixture: str, inputs: dict) -> tuple[str, s
 # -- 1. the step is cut from a set that pads only its new token ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the step is cut from a set whose step pads only the (hidden) new token, not its past: a mask dropped at "
-    "one token is applied",
-)
 @pytest.mark.parametrize("fixture", ["llama_kv_legacy", "gpt2_kv_dynamo"])
 def test_right_padded_user_inputs_still_catch_a_mask_dropped_at_one_token(monkeypatch, fixture):
     model = ir.load(FIXTURES / f"{fixture}.onnx")
@@ -145,10 +140,6 @@ def test_right_padding_of_part_of_the_new_tokens_catches_it(monkeypatch):
 # -- 2. a user's own unpadded one-token step stops the padded one ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a given unpadded one-token step returns early: no padded step is cut from the padded second binding",
-)
 def test_a_users_unpadded_one_token_step_still_gets_a_padded_step(monkeypatch):
     model = ir.load(LLAMA)
     status, detail = _mask_mutant_status(monkeypatch, "llama_kv_legacy", _given(model, batch=1, past=6, new=1))
@@ -171,11 +162,6 @@ def test_static_shapes_batch_from_dims_is_checked_up_front():
         _bert_static(dims={"batch": 4})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_bound_batch reads --dims only: inputs of batch 4 bind the passes' batch, and 6 samples roll prune-ffn "
-    "back ('ONNX Runtime cannot run the result')",
-)
 def test_static_shapes_batch_from_the_inputs_is_checked_up_front():
     model = ir.load(BERT)
     inputs = make_inputs(model, {**bind_dims(model), "batch": 4, "sequence": 16}, seed=0)
@@ -186,20 +172,12 @@ def test_static_shapes_batch_from_the_inputs_is_checked_up_front():
 # -- 4. FFN walk: projections beside a norm or attention named as refused FFNs --------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an attention out_proj reading MultiHeadAttention(q, k, v MatMuls) is named as a refused FFN",
-)
 def test_prune_ffn_on_gptneo_does_not_name_the_attention_output_projections():
     _, report = optimizer.optimize_with_report(ir.load(FIXTURES / "gptneo_legacy.onnx"), prune_ffn=0.3)
     record = next(record for record in report.passes if record.name == "prune-ffn")
     assert not [refusal for refusal in record.refusals if "out_proj" in refusal], record.refusals
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="q/k/v, gate/up and lm_head reading ORT's SkipSimplifiedLayerNormalization are named as refused FFNs",
-)
 def test_projections_after_a_fused_skip_norm_are_not_named_as_ffns():
     groups, refused = ffn_groups(ir.load(FIXTURES / "llama_kv_genai.onnx").graph)
     assert len(groups) == 2
@@ -255,18 +233,12 @@ def _transposed_image_cnn() -> ir.Model:
     return ir.from_proto(model)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the first Conv of a tf2onnx CNN (the image through a Transpose) is named as a refused group"
-)
 def test_a_conv_reading_the_transposed_image_is_not_named():
     groups, refused = channel_groups(_transposed_image_cnn().graph)
     assert len(groups) == 1
     assert not refused, refused
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Silero's STFT Conv (an Unsqueeze of the padded audio) is named as a refused group"
-)
 def test_silero_stft_conv_is_not_named():
     _, refused = channel_groups(ir.load(SILERO_VAD).graph)
     assert "/model/stft/Conv" not in refused, refused
@@ -284,9 +256,6 @@ class _ApproximateRefusedAtOneToken(ir.passes.InPlacePass):
         return NotedResult(model, True, twin=Twin(twin, "float32", "the input unchanged"))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="_check_twin_outputs' RuntimeRefusedError does not name the set (the exact check's does)"
-)
 def test_a_twin_checked_result_refused_at_the_decode_step_names_it(monkeypatch):
     _with_mutant(monkeypatch, "refused-approximate", _ApproximateRefusedAtOneToken, approximate=True)
     _, report = optimizer.optimize_with_report(ir.load(LLAMA), passes=["remove-identity"])
@@ -311,11 +280,6 @@ def _with_a_whole_input() -> ir.Model:
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="(pre-existing) chunks are batched by shape only: five of six fed-whole values are dropped, and hold_out "
-    "sees one distinct sample",
-)
 def test_streamed_chunks_differing_only_in_a_whole_input_keep_it(tmp_path):
     model = _with_a_whole_input()
     for index in range(6):

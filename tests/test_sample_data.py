@@ -403,7 +403,10 @@ def test_split_samples_and_sample_inputs_find_the_batch_however_it_is_spelled():
     assert [(len(b["input_ids"]), len(b["mask"])) for b in split_samples(ids, 16, model)] == [(16, 16), (4, 4)]
     assert sample_inputs(model_with([("x", [4, "S", 8]), ("t", ["S", 8])])) is None  # a fixed batch
     model = model_with([("x", ["B", "S", 4]), ("t", ["S", 4])])
-    data = {"x": np.zeros((40, 20, 4), np.float32), "t": np.ones((20, 4), np.float32)}
+    data = {
+        "x": np.random.default_rng(0).standard_normal((40, 20, 4)).astype(np.float32),
+        "t": np.ones((20, 4), np.float32),
+    }
     batches = split_samples(data, 16, model)
     assert [len(b["x"]) for b in batches] == [16, 16, 8] and all(b["t"].shape == (20, 4) for b in batches)
     fitted, held = hold_out(batches, model)

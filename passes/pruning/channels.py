@@ -193,7 +193,7 @@ def _group(consumer: ir.Node, channels: int, start: ir.Value, route: list[ir.Nod
             stack.append(node.inputs[0])
             continue
         if node.op_type not in _CHANNELWISE or not is_onnx_domain(node):
-            if group.producers or node.op_type in _MOVES_CHANNELS:
+            if group.producers or (node.op_type in _MOVES_CHANNELS and _reaches_a_conv(node)):
                 return f"its input channels come through {node.op_type} ({node.name}), which the walk does not trace"
             return None  # not channels a Conv made (e.g. a Resize of the image)
         region[id(node)] = node
@@ -209,6 +209,26 @@ def _group(consumer: ir.Node, channels: int, start: ir.Value, route: list[ir.Nod
         return refusal
     group.values = [output for node in region.values() for output in node.outputs if output is not None]
     return group if channels >= 2 else None
+
+
+def _reaches_a_conv(node: ir.Node, depth: int = 8) -> bool:
+    """Whether channels ``node`` moves were made by a Conv: one reached walking back through channel-wise and
+    channel-moving ops (a Concat of two branches' activations), not the image (a Transpose of NHWC input)."""
+    stack, seen = [(node, 0)], set()
+    while stack:
+        current, steps = stack.pop()
+        if id(current) in seen or steps > depth:
+            continue
+        seen.add(id(current))
+        for value in current.inputs:
+            producer = value.producer() if value is not None else None
+            if producer is None or not is_onnx_domain(producer):
+                continue
+            if producer.op_type == "Conv":
+                return True
+            if producer.op_type in _CHANNELWISE or producer.op_type in _MOVES_CHANNELS or producer.op_type == "Pad":
+                stack.append((producer, steps + 1))
+    return False
 
 
 def _spatial_padding(pad: ir.Node) -> str | None:

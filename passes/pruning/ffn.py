@@ -92,9 +92,11 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
             stack.append(producer.inputs[0])
             continue
         if not _elementwise(producer):
-            if group.producers or any(
-                value is not None and value.producer() is not None and _projection(value.producer(), channels)
-                for value in producer.inputs
+            computed = [value for value in producer.inputs if value is not None and value.const_value is None]
+            if group.producers or (
+                len(computed) == 1
+                and computed[0].producer() is not None
+                and _projection(computed[0].producer(), channels) is not None
             ):  # an FFN, with an op between its projections that the walk does not trace: named, not skipped
                 return f"{producer.op_type} ({producer.name}) between it and its up projections is not traced"
             return None  # not an FFN (e.g. attention output, a reshape of heads)
