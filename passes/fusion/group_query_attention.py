@@ -468,8 +468,9 @@ def _causal_at(bias: np.ndarray, new: int, past: int) -> bool:
     if bias.ndim != 4 or bias.shape[2] not in (1, new) or bias.shape[3] != total:
         return False
     later = np.arange(total)[None, :] > (past + np.arange(new))[:, None]  # [S, T]
-    scores = np.broadcast_to(bias, (*bias.shape[:2], new, total))
-    return bool(np.all(scores[..., later] <= _MASKED))
+    # The largest score over batch and heads first ([S|1, T]): indexing the broadcast [B, N, S, T] copied it all.
+    rows = np.broadcast_to(bias.max(axis=(0, 1)), (new, total))
+    return bool(np.where(later, rows, -np.inf).max(initial=-np.inf) <= _MASKED)
 
 
 def _repeats(candidate: _Candidate, targets: list[np.ndarray], batch: int, total: int) -> bool:
