@@ -50,6 +50,7 @@ template (``graphopt make-inputs``).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -2212,6 +2213,14 @@ class _HeldOut(Sequence):
         return self._count
 
     def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, int) and index >= 0:  # read up to it: one batch in memory at a time
+            for position, batch in enumerate(self):
+                if position == index:
+                    return batch
+            raise IndexError(index)
+        if isinstance(index, slice) and all(bound is None or bound >= 0 for bound in (index.start, index.stop)):
+            if index.stop is not None and (index.step or 1) > 0:
+                return list(itertools.islice(self, index.start, index.stop, index.step))
         return list(self)[index]
 
 

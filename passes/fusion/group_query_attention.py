@@ -467,6 +467,8 @@ def _causal_at(bias: np.ndarray, new: int, past: int) -> bool:
     total = past + new
     if bias.ndim != 4 or bias.shape[2] not in (1, new) or bias.shape[3] != total:
         return False
+    if bias.size == 0:
+        return True  # no score to leave unmasked
     later = np.arange(total)[None, :] > (past + np.arange(new))[:, None]  # [S, T]
     # The largest score over batch and heads first ([S|1, T]): indexing the broadcast [B, N, S, T] copied it all.
     rows = np.broadcast_to(bias.max(axis=(0, 1)), (new, total))

@@ -42,7 +42,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import MS_DOMAIN
-from optimizer.inputs import hold_out, holds_samples, samples_in, split_samples
+from optimizer.inputs import fixes_batch, hold_out, holds_samples, samples_in, split_samples
 from optimizer.options import DEFAULT_BUDGET_DECODE_STEPS
 from optimizer.padding import cache_outputs
 from optimizer.progress import task, track
@@ -266,7 +266,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             if len(held):
                 batches, checked, held_out = fitted, held, True
             else:
-                self.note("budget: one calibration sample, searched and checked on it (nothing could be held out)")
+                whole = "batch (the model fixes its batch size)" if fixes_batch(model) else "sample"
+                self.note(f"budget: one calibration {whole}, searched and checked on it (nothing could be held out)")
         self._batches = batches
         self._float = model.clone() if batches else None
         norms: list[str] = []
