@@ -151,11 +151,11 @@ def optimize_with_report(
     if options.verify:
         input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, notes, options.max_sequence)
         bound = dims_from_inputs(ir_model, input_sets[0])
-        if specializes and warning is None:
-            _refuse_partial_static_batch(ir_model, samples, bound)
         if inputs is not None:
             where = f"--inputs {inputs}" if isinstance(inputs, (str, os.PathLike)) else "the given inputs"
             refuse_dims_unlike(options.dims, bound, where)
+        if specializes:
+            samples = _fill_static_batch(ir_model, samples, bound, generated=warning is not None, notes=notes)
         # Shape-specialized candidates take samples only at the bound batch size.
         batch = min((bound[name] for name in batch_dims(ir_model) if name in bound), default=None)
         verifier = Verifier(
@@ -171,13 +171,14 @@ def optimize_with_report(
         if not specializes:
             _add_second_binding(ir_model, verifier, options.dims, options.max_sequence)
             _add_prefill(ir_model, verifier)
-            _add_decode_step(ir_model, verifier)
         _ensure_padding(ir_model, verifier)
+        if not specializes:  # after the padded copy: with every dim fixed, the step is cut from it
+            _add_decode_step(ir_model, verifier)
     else:
         verifier = None
         bound = bind_dims(ir_model, options.dims)
-        if specializes and warning is None:
-            _refuse_partial_static_batch(ir_model, samples, bound)
+        if specializes:
+            samples = _fill_static_batch(ir_model, samples, bound, generated=warning is not None, notes=notes)
     context = PassContext(options=options, dims=bound, samples=samples, samples_generated=warning is not None)
     optimized, report = run_pipeline(ir_model, specs, context=context, verifier=verifier, label=label)
     if warning:
@@ -406,23 +407,33 @@ def _imputed(value: ir.Value) -> bool:
     return bool(value.uses())
 
 
-def _refuse_partial_static_batch(model: ir.Model, samples: Any, bound: Mapping[str, int]) -> None:
-    """``InputSpecError`` when ``--static-shapes`` binds a batch (``bound``: from ``--dim`` or the given inputs, as
-    the passes get it) that the calibration count does not fill: the passes take the samples that many at a time,
-    and a last batch short of it would fail inside a pass, whose rollback would blame its own result."""
+def _fill_static_batch(
+    model: ir.Model, samples: Any, bound: Mapping[str, int], *, generated: bool, notes: list[str]
+) -> Any:
+    """``samples`` as ``--static-shapes``' batch (``bound``: from ``--dim`` or the given inputs, as the passes get
+    it) takes them, that many at a time: calibration whose count is no multiple of it is refused
+    (``InputSpecError``: a last batch short of it would fail inside a pass, whose rollback would blame its own
+    result); generated samples are cut, or repeated, to a multiple of it."""
     if samples is None:
-        return
+        return samples
     size = min((bound[name] for name in batch_dims(model) if name in bound), default=None)
     if size is None or size < 2:
-        return
+        return samples
     if isinstance(samples, SampleData):
         count, source = samples.count, samples.source
     else:
-        count, source = samples_in(samples, holds_samples(model)), "--calibration"
-    if count % size:
+        count, source = samples_in(samples, holds_samples(model)), "calibration"
+    if not count % size:
+        return samples
+    if not generated:
         raise InputSpecError(
             f"{source}: {count} samples, and --static-shapes fixes the batch at {size}: give a multiple of {size}"
         )
+    holds = holds_samples(model)
+    wanted = max(size, count - count % size)
+    rows = np.resize(np.arange(count), wanted)
+    notes.append(f"generated calibration samples: {wanted}, a multiple of the batch --static-shapes fixes ({size})")
+    return {name: holds.take(name, array, rows) if holds(name, array) else array for name, array in samples.items()}
 
 
 def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:

@@ -765,9 +765,18 @@ def zero_fillable(value: ir.Value) -> bool:
 def _zeros_for(value: ir.Value, model: ir.Model, given: Mapping[str, np.ndarray], source: str) -> np.ndarray:
     """Zeros of ``value``'s shape, its symbolic dims sized as ``given`` binds them."""
     bound = dims_from_inputs(model, given)
+    # A fixed batch the given arrays hold several of (calibration for a model that fixes its batch): as many rows.
+    shapes = {v.name: v.shape for v in model.graph.inputs if v.shape is not None and v.shape.rank()}
+    rows = {
+        np.shape(array)[0]
+        for name, array in given.items()
+        if name in shapes and np.ndim(array) and isinstance(shapes[name][0], int)
+    }
     shape = []
-    for dim in value.shape if value.shape is not None else [None]:
-        if isinstance(dim, int) and dim >= 0:
+    for axis, dim in enumerate(value.shape if value.shape is not None else [None]):
+        if axis == 0 and isinstance(dim, int) and dim > 0 and len(rows) == 1 and min(rows) % dim == 0:
+            shape.append(min(rows))
+        elif isinstance(dim, int) and dim >= 0:
             shape.append(dim)
         elif isinstance(dim, ir.SymbolicDim) and dim.value in bound:
             shape.append(bound[dim.value])
