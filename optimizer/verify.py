@@ -36,6 +36,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, paired_drift
+from optimizer.domains import is_onnx_domain
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import SampleData, hold_out, holds_samples, samples_in, split_samples
 from optimizer.kernel_rounding import at_level_zero, level_signature, outputs_after_rounding, rounding_kernels
@@ -147,6 +148,10 @@ SEGMENTED_TWINS = ("int8", "int4", "int4-float")
 # scale off by 2x, rows out of order, one position scaled) is farther, in the rows it
 # touches. Measured margins in docs/benchmarks.md ("Twin tolerances").
 INT8_ROW_EXCESS = 1.25
+# Where no checkpoint can be cut (every activation fused into an integer kernel) the segment check cannot
+# take the ties' cascade apart: a result that is its twin with ONNX Runtime's rewrites off may then stray this
+# far as written, row by row (``Verifier._check_integer_end_to_end``).
+UNCUT_ROW_EXCESS = 2.0
 
 # How many times the original's own float noise (ORT_ENABLE_ALL against ORT_DISABLE_ALL,
 # on the same input set) an exact rewrite may differ: the two are independent draws of
@@ -1378,6 +1383,9 @@ class Verifier:
         base = twin.source if twin.source is not None else base if base is not None else self._base
         names = _segment_checkpoints(candidate, twin, base)
         if not names:
+            if twin.kind == "int8" and all(is_onnx_domain(node) for node in candidate.graph.all_nodes()):
+                # QDQ alone (its integer ops are ONNX Runtime's fusions): proven with its rewrites off.
+                return self._check_integer_end_to_end(candidate, twin, end_to_end or missed)
             return VerificationResult(error=end_to_end)
         tolerances = self._twin_tolerances(twin)
         outputs_of_twin = [v.name for v in twin.model.graph.outputs]
@@ -1431,6 +1439,47 @@ class Verifier:
                         values = feeds = reference = outputs = before = None
         except RuntimeRefusedError as error:
             return VerificationResult(error=f"{end_to_end}; segment by segment, ONNX Runtime refused: {error.reason}")
+        return worst
+
+    def _check_integer_end_to_end(self, candidate: ir.Model, twin: Twin, end_to_end: str) -> VerificationResult:
+        """An int8 result with no checkpoint to cut at (ONNX Runtime fuses every activation into an integer
+        kernel, a CNN's QLinearConv chain), that missed the row rule end to end: passed if, with ONNX Runtime's
+        rewrites off (its QDQ nodes then compute in float, as the twin says), it is the twin at the twin's
+        tolerance on every set, and as written no row strays past ``UNCUT_ROW_EXCESS`` times its twin's
+        distance from the pass's input. The first proves the graph is what the pass claims; the second bounds
+        what the integer kernels add (ties rounded the other way, through every later layer: EfficientNet-Lite0's
+        rows up to 1.35x; a kernel that saturates is far past it)."""
+        tolerances = self._twin_tolerances(twin)
+        worst = VerificationResult(twin_error=0.0)
+        try:
+            with (
+                inference_session(candidate) as unfused,
+                inference_session(candidate, optimization_level="all") as fused,
+                inference_session(twin.model) as twin_session,
+            ):
+                for inputs, label, before, noise in self._twin_sets():
+                    reference = self._hide_padded(run_session(twin_session, inputs), inputs, before)
+                    floating = self._hide_padded(run_session(unfused, inputs), inputs, reference)
+                    exact = compare_outputs(reference, floating, tolerances, self.skipped, noise)
+                    if not exact.ok:
+                        return VerificationResult(
+                            error=f"{end_to_end}; with ONNX Runtime's rewrites off (its QDQ nodes in float) it is "
+                            f"not its twin either, on {label}: {exact.first_failure}"
+                        )
+                    outputs = self._hide_padded(run_session(fused, inputs), inputs, reference)
+                    written = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
+                    missed = [check.name for check in written.checks]
+                    excess = int8_row_excess(reference, outputs, before, missed)
+                    if excess is None or excess > UNCUT_ROW_EXCESS:
+                        shown = "differs in kind" if excess is None else f"a row {excess:.2f}x its twin's distance"
+                        return VerificationResult(
+                            error=f"{end_to_end}; its integer kernels stray past {UNCUT_ROW_EXCESS}x on {label} "
+                            f"({shown})"
+                        )
+                    worst.twin_row_excess = max(worst.twin_row_excess or 0.0, excess)
+                    worst.twin_error = max(worst.twin_error, written.max_abs_error)
+        except RuntimeRefusedError as error:
+            return VerificationResult(error=f"{end_to_end}; with ONNX Runtime's rewrites off, refused: {error.reason}")
         return worst
 
     def _check_exact_by_segment(
