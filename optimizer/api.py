@@ -587,11 +587,12 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
     too: a set with a past cut to its first new token (mask to the past plus that token, the same positions), as
     every step after the prefill runs. A rewrite wrong only at one new token (a squeeze of the sequence axis, a
     mask dropped on a one-row query) passed every set of many. The step is cut from the first set whose step pads
-    part of the past of a row whose new token is real (generated inputs: the padded second binding), so that a
-    mask dropped there shows, else, where no set is a one-token step already, from the first set with a past;
-    never with a row whose every position is padded (such a row is compared, and its values are undefined). A
-    given one-token step that pads a past makes it needless. Other inputs sized by the new tokens or by the total
-    are cut alike; the set is not added where the original refuses it."""
+    part of the past of a row whose new token is real (generated inputs: the padded second binding; with every dim
+    fixed, the padded copy of the first set), so that a mask dropped there shows, else, where no set is a
+    one-token step already, from the first set with a past; never with a row whose every position is padded
+    (such a row is compared, and its values are undefined). A given one-token step that pads a past makes it
+    needless. Other inputs sized by the new tokens or by the total are cut alike; the set is not added where the
+    original refuses it."""
     layout = recognise_causal_lm(model)
     if isinstance(layout, str) or not layout.cache:
         return

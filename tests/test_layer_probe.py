@@ -8,7 +8,7 @@ import onnx_ir as ir
 import pytest
 
 from optimizer import layer_probe
-from optimizer.api import optimize_with_report
+from optimizer.api import optimize, optimize_with_report
 from passes.quantization import dynamic, int4, static
 from passes.quantization.dynamic import DynamicQuantizationPass
 from tests.helpers import FIXTURES
@@ -191,11 +191,18 @@ def test_correct_results_are_probed_and_applied(fixture, options, probed):
     assert f"each of {probed} layers also run alone on probe rows" in record.twin, record.twin
 
 
-@pytest.mark.skipif(minilm_path() is None, reason=MINILM_MISSING)
+@pytest.fixture(scope="module")
+def fused_minilm() -> ir.Model:
+    """MiniLM after the default pipeline's fusions (their own verification is tests/test_real_models.py's)."""
+    if minilm_path() is None:
+        pytest.skip(MINILM_MISSING)
+    return optimize(ir.load(minilm_path()), verify=False)
+
+
 @pytest.mark.parametrize("quantize", ["dynamic", "static", "int4"])
-def test_minilms_real_weights_are_probed_and_applied(quantize):
+def test_minilms_real_weights_are_probed_and_applied(quantize, fused_minilm):
     sentences = minilm_sentences("calibration")
-    _, report = optimize_with_report(ir.load(minilm_path()), quantize=quantize, calibration=sentences)
+    _, report = optimize_with_report(fused_minilm.clone(), [f"quantize-{quantize}"], calibration=sentences)
     record = _record(report)
     assert record.status == "applied", record.detail
     assert "layers also run alone on probe rows" in record.twin, record.twin
