@@ -2149,6 +2149,12 @@ def fixes_batch(model: ir.Model) -> bool:
     )
 
 
+def _digest_array(digest: Any, name: str, array: np.ndarray) -> None:
+    """Feed ``array`` to ``digest`` by name, dtype, shape and bytes (arrays equal in all four hash alike)."""
+    digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+
+
 class _Split:
     """Which samples of each batch ``hold_out`` holds out: worked out once, on first use, for both sides."""
 
@@ -2184,8 +2190,7 @@ class _Split:
             cut = not self._whole and self.holds(name, batch[name])
             for index, digest in enumerate(digests):
                 part = self.holds.take(name, array, slice(index, index + 1)) if cut else array
-                digest.update(f"{name}|{part.dtype}|{part.shape}|".encode())
-                digest.update(np.ascontiguousarray(part).tobytes())
+                _digest_array(digest, name, part)
         return [digest.digest() for digest in digests]
 
 
@@ -2273,6 +2278,7 @@ class SampleData:
         self._model, self.source, self._read = model, source, read
         # Inputs that decide whether two chunks join: what check_inputs keeps, less what it may fill.
         self._joined_on = frozenset(v.name for v in runtime_inputs(model) if not zero_fillable(v))
+        self._holds: SampleAxes | None = None  # holds_samples(model), once ``chunk_signature`` needs it
         self._plan = [(rows, self.signature(shapes)) for rows, shapes in plan]
         self._keep = keep  # a temporary folder that must live as long as this object
         self._unit = unit
@@ -2297,13 +2303,14 @@ class SampleData:
 
     def chunk_signature(self, chunk: Mapping[str, np.ndarray]) -> tuple:
         """``signature`` of the chunk's shapes, with the values of the inputs it feeds whole beside its samples."""
-        holds = holds_samples(self._model)
+        if self._holds is None:
+            self._holds = holds_samples(self._model)
+        holds = self._holds
         whole = hashlib.blake2b(digest_size=16)
         for name in sorted(chunk):
             array = chunk[name]
             if name in self._joined_on and isinstance(array, np.ndarray) and not holds(name, array):
-                whole.update(f"{name}|{array.dtype}|{array.shape}|".encode())
-                whole.update(np.ascontiguousarray(array).tobytes())
+                _digest_array(whole, name, array)
         return (*self.signature(_shapes(chunk)), ("whole", whole.digest()))
 
     def describe(self) -> str:

@@ -116,12 +116,17 @@ class _RefusedAtOneTokenPass(ir.passes.InPlacePass):
         return NotedResult(model, True)
 
 
-def _given(model: ir.Model, *, batch: int, past: int, new: int, padded: int) -> dict[str, np.ndarray]:
-    """A chunk of a left-padded batch: row 1's first ``padded`` of ``past + new`` positions padded."""
+def given_inputs(
+    model: ir.Model, *, batch: int, past: int, new: int, left: dict | None = None, right: dict | None = None
+) -> dict[str, np.ndarray]:
+    """Decoder inputs: ``left``/``right`` map a row to how many of its first/last positions are padded."""
     layout = recognise_causal_lm(model)
     rng = np.random.default_rng(0)
     mask = np.ones((batch, past + new), layout.mask_dtype)
-    mask[0, :padded] = 0
+    for row, count in (left or {}).items():
+        mask[row, :count] = 0
+    for row, count in (right or {}).items():
+        mask[row, past + new - count :] = 0
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
     given = {
         layout.input_ids: rng.integers(0, 100, (batch, new)).astype(layout.ids_dtype),
@@ -132,6 +137,11 @@ def _given(model: ir.Model, *, batch: int, past: int, new: int, padded: int) -> 
         shape = [batch if a == 0 else past if a == pair.sequence_axis else d for a, d in enumerate(pair.shape)]
         given[pair.past] = rng.standard_normal(shape).astype(pair.dtype)
     return given
+
+
+def _given(model: ir.Model, *, batch: int, past: int, new: int, padded: int) -> dict[str, np.ndarray]:
+    """A chunk of a left-padded batch: row 1's first ``padded`` of ``past + new`` positions padded."""
+    return given_inputs(model, batch=batch, past=past, new=new, left={0: padded})
 
 
 @pytest.mark.parametrize("fixture", ["llama_kv_legacy", "gpt2_kv_dynamo"])

@@ -73,7 +73,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 import optimizer
 from optimizer.errors import InputSpecError
-from optimizer.generation import recognise_causal_lm
 from optimizer.inputs import bind_dims, hold_out, make_inputs, open_samples, split_samples
 from optimizer.protocol import NotedResult, Twin
 from optimizer.report import STATUS_ROLLED_BACK
@@ -82,33 +81,11 @@ from passes.pruning.ffn import ffn_groups
 from tests.helpers import FIXTURES
 from tests.real_models import SILERO_VAD
 from tests.test_review_s45_decode_step import _IgnoreMaskAtOneTokenPass, _RefusedAtOneTokenPass
+from tests.test_review_s45_decode_step import given_inputs as _given
 from tests.test_verification_holes import _with_mutant
 
 LLAMA = FIXTURES / "llama_kv_legacy.onnx"
 BERT = FIXTURES / "bert_legacy.onnx"
-
-
-def _given(
-    model: ir.Model, *, batch: int, past: int, new: int, left: dict | None = None, right: dict | None = None
-) -> dict[str, np.ndarray]:
-    """Decoder inputs: ``left``/``right`` map a row to how many of its first/last positions are padded."""
-    layout = recognise_causal_lm(model)
-    rng = np.random.default_rng(0)
-    mask = np.ones((batch, past + new), layout.mask_dtype)
-    for row, count in (left or {}).items():
-        mask[row, :count] = 0
-    for row, count in (right or {}).items():
-        mask[row, past + new - count :] = 0
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    given = {
-        layout.input_ids: rng.integers(0, 100, (batch, new)).astype(layout.ids_dtype),
-        layout.attention_mask: mask,
-        layout.position_ids: positions[:, past:].astype(layout.positions_dtype),
-    }
-    for pair in layout.cache:
-        shape = [batch if a == 0 else past if a == pair.sequence_axis else d for a, d in enumerate(pair.shape)]
-        given[pair.past] = rng.standard_normal(shape).astype(pair.dtype)
-    return given
 
 
 def _mask_mutant_status(monkeypatch, fixture: str, inputs: dict) -> tuple[str, str]:

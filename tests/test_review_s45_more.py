@@ -73,6 +73,7 @@ from optimizer.report import STATUS_APPLIED, STATUS_ROLLED_BACK
 from tests._cli_models import run_cli, save_matmul_model
 from tests.helpers import FIXTURES
 from tests.test_review_s45_decode_step import _IgnoreMaskAtOneTokenPass
+from tests.test_review_s45_fixes import _with_a_whole_input
 from tests.test_verification_holes import _with_mutant
 
 BERT = FIXTURES / "bert_legacy.onnx"
@@ -207,19 +208,6 @@ def test_control_calibration_with_token_types_given_is_accepted():
 
 
 # -- what held: len() of streamed batches agrees with iteration ----------------------------------------------------
-
-
-def _with_a_whole_input() -> ir.Model:
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "s"], ["y"])],
-        "g",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
-            helper.make_tensor_value_info("s", TensorProto.FLOAT, [4]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-    )
-    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
 
 
 @pytest.mark.parametrize("streamed", [False, True])
