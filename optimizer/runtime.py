@@ -28,7 +28,7 @@ from onnx_ir.passes import common as common_passes
 
 from optimizer.accuracy import Drift, output_drift
 from optimizer.domains import is_onnx_domain
-from optimizer.errors import RuntimeMissingError, RuntimeRefusedError, one_line
+from optimizer.errors import OptionError, RuntimeMissingError, RuntimeRefusedError, one_line
 
 # Serialized protos must stay under protobuf's 2 GiB limit; above this we hand
 # ONNX Runtime a file with external data instead of bytes.
@@ -253,6 +253,24 @@ def has_external_tensors(model: ir.Model) -> bool:
 TIMING_CONFIG = {"session.force_spinning_stop": "1"}
 
 
+# The intra-op threads of the sessions graphopt opens to check, calibrate and probe a model where none are
+# asked (its timing sessions take --threads): unset, ONNX Runtime's default, one per core. Several graphopt
+# processes side by side on one machine (a test suite's workers, parallel CI jobs) each spinning that many
+# threads on the same cores ran 20-30 % slower than with a share each.
+SESSION_THREADS_ENV = "GRAPHOPT_SESSION_THREADS"
+
+
+def session_threads() -> int:
+    """``$GRAPHOPT_SESSION_THREADS`` as a thread count, 0 (ONNX Runtime's default) where unset; ``OptionError``
+    if it is not a whole number of at least 1."""
+    given = os.environ.get(SESSION_THREADS_ENV, "").strip()
+    if not given:
+        return 0
+    if not given.isdigit() or int(given) < 1:
+        raise OptionError(f"${SESSION_THREADS_ENV} must be a whole number of threads, at least 1, not {given!r}")
+    return int(given)
+
+
 def session_options(
     optimization_level: str = "disable_all",
     intra_op_threads: int = 0,
@@ -274,7 +292,8 @@ def session_options(
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization_level]
-    options.intra_op_num_threads = intra_op_threads
+    # Timing sessions keep ONNX Runtime's default: a deployed session has it, and --threads sets it.
+    options.intra_op_num_threads = intra_op_threads or (0 if sequential else session_threads())
     # graphopt's sessions probe models that may refuse the inputs (a second binding past a
     # position table, a fusion's probe at --max-sequence): the refusal comes back as an
     # exception that is reported in one line, so ORT's own log on stderr only repeats it.
