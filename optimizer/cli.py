@@ -580,6 +580,9 @@ def _main(argv: list[str] | None) -> int:
     args.quiet = args.quiet or getattr(args, "sub_quiet", False)
     if args.verbose and args.quiet:
         raise OptionError("-v and -q: choose one")
+    from optimizer.runtime import session_threads
+
+    session_threads()  # a bad $GRAPHOPT_SESSION_THREADS is refused up front, not when a check first opens a session
     words = sys.argv[1:] if argv is None else argv
     for old, new in (getattr(args, "_spellings", None) or {}).values():
         if any(word == new or word.startswith(new + "=") for word in words):

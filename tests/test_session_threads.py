@@ -53,3 +53,16 @@ def test_the_cli_says_so_in_one_line_and_writes_nothing(tmp_path):
         "graphopt: error: $GRAPHOPT_SESSION_THREADS must be a whole number of threads, at least 1, not 'many'"
     ]
     assert not output.exists() and EXAMPLE.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", [["optimize", "--no-verify"], ["compare"]])
+def test_every_command_refuses_it_up_front(tmp_path, capsys, monkeypatch, command):
+    """Also where no checking session opens (--no-verify, compare's timing sessions take --threads)."""
+    from optimizer import cli
+
+    monkeypatch.setenv(runtime.SESSION_THREADS_ENV, "0")
+    output = tmp_path / "out.onnx"
+    argv = [command[0], str(EXAMPLE), *(["-o", str(output)] if command[0] == "optimize" else [str(EXAMPLE)])]
+    assert cli.main([*argv, *command[1:]]) == 2
+    assert "$GRAPHOPT_SESSION_THREADS must be a whole number" in capsys.readouterr().err
+    assert not output.exists()
