@@ -8,6 +8,8 @@ exporter's spelling:
 * ``ReduceSum(x) / n``, where ``n`` is the number of elements each sum adds, into ``ReduceMean(x)`` (JAX's
   ``jnp.mean``, hand-written means): ONNX Runtime's mean is the same sum divided by ``n``, up to the order it
   adds in. RMS and layer norms are matched with a ``ReduceMean``.
+* A two-operand ``Einsum`` that is a batched matrix product into ``MatMul`` (Keras, tf2onnx): attention is matched
+  with ``MatMul`` products.
 
 Each refuses a match whose constant would broadcast the result to another shape, or whose operands' shapes or
 constants it cannot read.
@@ -140,10 +142,56 @@ class _MeanBySum(pattern.RewriteRuleClassBase):
         return op.ReduceMean(x, axes=axes, keepdims=keepdims)
 
 
+class _EinsumAsMatMul(pattern.RewriteRuleClassBase):
+    """A two-operand ``Einsum`` that is a batched matrix product, ``...ik,...kj->...ij`` or ``...ik,...jk->...ij``
+    (batch letters alike, in the same order, in all three terms), into ``MatMul(a, b)`` or
+    ``MatMul(a, Transpose(b))``: Keras and tf2onnx write attention's products so."""
+
+    def pattern(self, op, a, b):
+        return op.Einsum(a, b, _outputs=["product"])
+
+    def check(self, context, a, b, product, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if _batched_product(product.producer()) is None:
+            return result.fail("not an Einsum of a batched matrix product")
+        return result
+
+    def rewrite(self, op, a, b, product, **_):
+        transposed, rank = _batched_product(product.producer())
+        if transposed:
+            b = op.Transpose(b, perm=[*range(rank - 2), rank - 1, rank - 2])
+        return op.MatMul(a, b)
+
+
+def _batched_product(node: ir.Node) -> tuple[bool, int] | None:
+    """Whether the Einsum ``node`` is a batched matrix product with its second operand transposed (True) or not
+    (False), and its rank; None where it is no batched matrix product."""
+    equation = node.attributes.get_string("equation", "").replace(" ", "")
+    if "->" not in equation or "." in equation or len(node.inputs) != 2:
+        return None
+    operands, out = equation.split("->")
+    terms = operands.split(",")
+    if len(terms) != 2 or not all(term.isalpha() for term in (*terms, out)):
+        return None
+    first, second = terms
+    if not len(first) == len(second) == len(out) >= 2 or any(len(set(t)) != len(t) for t in (first, second, out)):
+        return None
+    batch, (i, k) = first[:-2], first[-2:]
+    j = out[-1]
+    if out != batch + i + j or len({i, j, k}) != 3 or {i, j, k} & set(batch):
+        return None
+    if second == batch + k + j:
+        return False, len(out)
+    if second == batch + j + k:
+        return True, len(out)
+    return None
+
+
 NEGATION_RULES = (
     *_NegationByMinusOne.rule().commute(),
     *(_OneElementNoOp.rule(op_type, True) for op_type in ("Add", "Sub", "Mul", "Div")),
     *(_OneElementNoOp.rule(op_type, False) for op_type in ("Add", "Mul")),
 )
+EINSUM_RULES = (_EinsumAsMatMul.rule(),)
 MEAN_RULES_FROM_18 = (_MeanBySum.rule(axes_as_input=True),)
 MEAN_RULES_BEFORE_18 = (_MeanBySum.rule(axes_as_input=False),)

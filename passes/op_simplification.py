@@ -33,7 +33,7 @@ from onnxscript.rewriter.rules.common import (
 )
 
 from optimizer.domains import onnx_opset
-from passes._canonical_forms import MEAN_RULES_BEFORE_18, MEAN_RULES_FROM_18, NEGATION_RULES
+from passes._canonical_forms import EINSUM_RULES, MEAN_RULES_BEFORE_18, MEAN_RULES_FROM_18, NEGATION_RULES
 from passes._pass import GraphoptPass
 from passes._utils import declared_shapes_inferred, linear_rule_set, overridable_inputs_hidden, remove_dead_nodes
 from passes.cleanup import LiftConstantsPass, RemoveIdentityPass
@@ -55,7 +55,7 @@ class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
         # (Paddle's) keep every weight in a Constant node, so lift those first.
         lifted = _has_constant_batchnorm_weights(model) and LiftConstantsPass()(model).modified
         opset = onnx_opset(model.opset_imports, 0)
-        canonical = (*NEGATION_RULES, *(MEAN_RULES_FROM_18 if opset >= 18 else MEAN_RULES_BEFORE_18))
+        canonical = (*NEGATION_RULES, *EINSUM_RULES, *(MEAN_RULES_FROM_18 if opset >= 18 else MEAN_RULES_BEFORE_18))
         rules = linear_rule_set((*(_RULES if opset >= 11 else _RULES_BEFORE_11), *canonical))
         # A default a caller may override is no constant; a shape the file declares is no fact (the rules read
         # value shapes: ReshapeReshape, Flatten2Reshape, ExpandIdentity, a SAME Conv's pads).

@@ -462,15 +462,9 @@ def test_rotate_half_negated_as_paddle_writes_fuses_alike():
 # -- 2. Attention --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="fuse-attention reads Q @ K^T and probs @ V only as MatMul/FusedMatMul (attention._logits, "
-    "_probs_consumer): Einsum products leave both attentions unfused ('Softmax input is not Q @ K^T ...', "
-    "'the probabilities do not feed one MatMul with V'), so pack-qkv gets no Attention either",
-)
 @pytest.mark.parametrize("case", ["attention_einsum_qk", "attention_einsum_pv"])
 def test_einsum_attention_fuses_alike(case):
+    """Fixed: simplify-ops writes a batched-matrix-product Einsum as MatMul (passes._canonical_forms)."""
     _fuses_alike(case)
 
 

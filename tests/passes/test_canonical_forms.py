@@ -131,3 +131,48 @@ def test_a_sum_of_nothing_with_noop_with_empty_axes_stays():
           y = Div(s, n)
         }""")
     assert "ReduceMean" not in op_types(SimplifyOpsPass()(model.clone()).model)
+
+
+def _einsum(equation: str, a: str, b: str) -> tuple:
+    model = parse_model(f"""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g ({a} a, {b} b) => (float[?] y) {{
+          y = Einsum<equation = "{equation}">(a, b)
+        }}""")
+    return model, SimplifyOpsPass()(model.clone()).model
+
+
+@pytest.mark.parametrize(
+    ("equation", "a", "b", "ops"),
+    [
+        ("bhqd,bhkd->bhqk", "float[2, 3, 4, 5]", "float[2, 3, 6, 5]", ["Transpose", "MatMul"]),
+        ("bhqk,bhkd->bhqd", "float[2, 3, 4, 6]", "float[2, 3, 6, 5]", ["MatMul"]),
+        ("b i k , b k j -> b i j", "float[2, 4, 6]", "float[2, 6, 5]", ["MatMul"]),
+        ("ik,jk->ij", "float[4, 6]", "float[5, 6]", ["Transpose", "MatMul"]),
+    ],
+)
+def test_a_batched_matrix_product_einsum_is_a_matmul(equation, a, b, ops):
+    model, after = _einsum(equation, a, b)
+    assert op_types(after) == ops
+    rng = np.random.default_rng(0)
+    feeds = {
+        name: rng.standard_normal([d.value if hasattr(d, "value") else d for d in value.shape]).astype(np.float32)
+        for name, value in ((v.name, v) for v in model.graph.inputs)
+    }
+    assert_same_outputs(model, after, feeds, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("equation", "a", "b"),
+    [
+        ("...qd,...kd->...qk", "float[2, 4, 5]", "float[2, 6, 5]"),  # an ellipsis
+        ("bqd,bkd->bkq", "float[2, 4, 5]", "float[2, 6, 5]"),  # the product's rows and columns swapped
+        ("bqd,bkd->qbk", "float[2, 4, 5]", "float[2, 6, 5]"),  # the batch moved
+        ("bqd,cdk->bqk", "float[2, 4, 5]", "float[2, 5, 6]"),  # batch letters that differ
+        ("bqd,bdq->bqq", "float[2, 4, 4]", "float[2, 4, 4]"),  # a repeated letter (a diagonal)
+        ("bqd,bkd->bq", "float[2, 4, 5]", "float[2, 6, 5]"),  # a sum over k as well
+    ],
+)
+def test_an_einsum_that_is_no_plain_matrix_product_stays(equation, a, b):
+    _, after = _einsum(equation, a, b)
+    assert op_types(after) == ["Einsum"], equation
