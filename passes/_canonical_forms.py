@@ -108,9 +108,13 @@ class _MeanBySum(pattern.RewriteRuleClassBase):
         rank = x.shape.rank()
         if any(not -rank <= axis < rank for axis in axes):
             return result.fail("an axis is out of range")
+        if len({axis % rank for axis in axes}) != len(axes):
+            return result.fail("an axis is named twice")  # summed once, but counted twice
         reduced = [x.shape[axis % rank] for axis in axes] if axes else list(x.shape)
         if not all(isinstance(dim, int) for dim in reduced):
             return result.fail("a summed dim has no static size")
+        if 0 in reduced:
+            return result.fail("it sums no elements")  # 0 / 0 is NaN; ONNX Runtime's mean of nothing is 0
         divisor = _constant(count)
         if divisor is None or divisor.dtype.kind != "f" or divisor.size != 1:
             return result.fail("not divided by a constant scalar")
