@@ -139,6 +139,7 @@ def _rotate_half_by_split(how: str) -> Callable[[onnx.ModelProto], onnx.ModelPro
         proto = _clone(proto)
         sizes = _add_initializer(proto, "s46_halves", np.array([_HEAD_SIZE // 2] * 2, np.int64))
         half = _add_initializer(proto, "s46_half", np.array(_HEAD_SIZE // 2, np.int64))
+        unequal = _add_initializer(proto, "s46_unequal", np.array([_HEAD_SIZE // 2 - 2, _HEAD_SIZE // 2 + 2], np.int64))
         first = _add_initializer(proto, "s46_first", np.array(0, np.int64))
         second = _add_initializer(proto, "s46_second", np.array(1, np.int64))
         before = {}
@@ -146,6 +147,8 @@ def _rotate_half_by_split(how: str) -> Callable[[onnx.ModelProto], onnx.ModelPro
             lo, hi = f"s46_rot{index}_lo", f"s46_rot{index}_hi"
             if how == "split_sizes":  # opset 13-17: the sizes as an input
                 nodes = [_N("Split", [x, sizes], [lo, hi], axis=-1)]
+            elif how == "split_unequal":  # no rotate_half: a part of 6 and one of 10 (Concat keeps the width)
+                nodes = [_N("Split", [x, unequal], [lo, hi], axis=-1)]
             elif how == "split_num_outputs":  # opset 18+: jnp.split / tf.split
                 nodes = [_N("Split", [x], [lo, hi], axis=-1, num_outputs=2)]
             else:  # the dynamo export of torch.chunk: aten.split as SplitToSequence + SequenceAt
@@ -442,16 +445,20 @@ def _fuses_alike(case: str) -> None:
 # -- 1. Rotary ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="fuse-rotary-embedding matches rotate_half only as Concat(Neg(Slice), Slice) (_RotateHalf.pattern): halves "
-    "taken by one Split (torch.chunk; dynamo's SplitToSequence folded to Split; jnp/tf.split) lose all 4 "
-    "RotaryEmbedding, with no refusal",
-)
 @pytest.mark.parametrize("case", ["rotary_split_sizes", "rotary_split_num_outputs", "rotary_split_to_sequence"])
 def test_rotate_half_by_split_fuses_alike(case):
+    """Fixed: fuse-rotary-embedding reads halves taken by one Split (rotary_embedding._RotateHalfBySplit)."""
     _fuses_alike(case)
+
+
+def test_a_split_into_unequal_parts_is_no_rotate_half():
+    """What the Split rule must refuse: parts of 6 and 10 of a 16-wide head (computes something, not a rotation)."""
+    proto, feeds, _, _ = _baseline("llama_legacy")
+    spelled = _rotate_half_by_split("split_unequal")(proto)
+    expected = run(ir.from_proto(spelled), feeds)
+    got, trouble, outputs = _optimized(spelled, None, feeds)
+    assert "RotaryEmbedding" not in got and trouble == []
+    _close(expected, outputs, 1e-4)
 
 
 def test_rotate_half_negated_as_paddle_writes_fuses_alike():

@@ -265,6 +265,23 @@ def _head_size(x: ir.Value, cos: ir.Value, sin: ir.Value, rotary_dim: int | None
     return split.head_size
 
 
+def _split_in_halves(node: ir.Node, head_size: int) -> bool:
+    """Whether the ``Split`` ``node`` cuts the last axis of a ``[B, N, S, head_size]`` tensor into its two halves, in
+    order: sizes ``[h, h]`` (an input from opset 13, an attribute before) or two equal outputs (``num_outputs=2``, or
+    neither given)."""
+    if len(node.outputs) != 2 or head_size % 2 or node.attributes.get_int("axis", 0) not in (-1, 3):
+        return False
+    sizes = constant_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if sizes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+        return False  # sizes computed at run time
+    given = node.attributes.get_ints("split", None)
+    if sizes is None and given is not None:
+        sizes = np.asarray(given)
+    if sizes is not None:
+        return [int(size) for size in sizes.reshape(-1)] == [head_size // 2] * 2
+    return node.attributes.get_int("num_outputs", 2) == 2
+
+
 def _check_rotation(
     fusion: RotaryEmbeddingFusion, context, x, cos, sin, lo, hi, rotated, rotary_dim: int
 ) -> pattern.MatchResult:
@@ -274,7 +291,10 @@ def _check_rotation(
         return result.fail("rotate_half does not concatenate on the last axis")
     data = lo.producer().inputs[0]
     half = rotary_dim // 2
-    if _slice_bounds_of(lo.producer(), data, rotary_dim) != (0, half) or _slice_bounds_of(
+    if lo.producer().op_type == "Split":
+        if lo.producer() is not hi.producer() or not _split_in_halves(lo.producer(), rotary_dim):
+            return result.fail("not a full, non-interleaved rotate_half")
+    elif _slice_bounds_of(lo.producer(), data, rotary_dim) != (0, half) or _slice_bounds_of(
         hi.producer(), data, rotary_dim
     ) != (half, rotary_dim):
         return result.fail("not a full, non-interleaved rotate_half")
@@ -348,6 +368,27 @@ class _RotateHalf(_RotaryRule):
     def pattern(self, op, x, cos, sin, lo_start, lo_end, lo_axes, hi_start, hi_end, hi_axes):
         lo = op.Slice(x, lo_start, lo_end, lo_axes, _allow_other_inputs=True, _outputs=["lo"])
         hi = op.Slice(x, hi_start, hi_end, hi_axes, _allow_other_inputs=True, _outputs=["hi"])
+        rotated = op.Concat(op.Neg(hi), lo, _allow_other_attributes=True, _outputs=["rotated"])
+        return op.Add(op.Mul(x, cos), op.Mul(rotated, sin))
+
+    def check(self, context, x, cos, sin, lo, hi, rotated, **_) -> pattern.MatchResult:
+        d = _head_size(x, cos, sin)
+        if isinstance(d, str):
+            return pattern.MatchResult().fail(d)
+        return _check_rotation(self._fusion, context, x, cos, sin, lo, hi, rotated, d)
+
+    def rewrite(self, op, x, cos, sin, **_):
+        return _rotary(op, self._fusion, x, cos, sin)
+
+
+class _RotateHalfBySplit(_RotaryRule):
+    """rotate_half with its halves taken by one ``Split`` (``torch.chunk``, ``jnp.split``, ``tf.split``)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="RotaryEmbeddingBySplit")
+
+    def pattern(self, op, x, cos, sin):
+        lo, hi = op.Split(x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["lo", "hi"])
         rotated = op.Concat(op.Neg(hi), lo, _allow_other_attributes=True, _outputs=["rotated"])
         return op.Add(op.Mul(x, cos), op.Mul(rotated, sin))
 
@@ -661,6 +702,7 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         return [
             pattern.RewriteRuleSet([_PartialRotateHalf.rule()]),
             pattern.RewriteRuleSet([_RotateHalf.rule()]),
+            pattern.RewriteRuleSet([_RotateHalfBySplit.rule()]),
             pattern.RewriteRuleSet([_RotateEveryTwo.rule(partial=True)]),
             pattern.RewriteRuleSet([_RotateEveryTwo.rule(partial=False)]),
         ]
