@@ -156,8 +156,20 @@ class _EinsumAsMatMul(pattern.RewriteRuleClassBase):
 
     def check(self, context, a, b, product, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
-        if _batched_product(product.producer()) is None:
+        form = _batched_product(product.producer())
+        if form is None:
             return result.fail("not an Einsum of a batched matrix product")
+        if a.dtype not in _MATMUL_TYPES or b.dtype != a.dtype:
+            return result.fail("not a type MatMul takes")
+        transposed, rank = form
+        if a.shape is None or b.shape is None or a.shape.rank() != rank or b.shape.rank() != rank:
+            return result.fail("an operand's rank is unknown")
+        # Einsum broadcasts a contracted dim of 1 against the other's; MatMul refuses it. Sizes known to differ
+        # are refused; two sizes neither of which is known are taken to be equal, as they are in every attention
+        # (the probabilities' columns are the values' rows): there, a 1 against another size would make ONNX
+        # Runtime refuse the MatMul at run time, where the Einsum broadcast.
+        if _differ(a.shape[-1], b.shape[-1 if transposed else -2]):
+            return result.fail("the contracted dims may differ (Einsum broadcasts a 1, MatMul does not)")
         return result
 
     def rewrite(self, op, a, b, product, **_):
@@ -165,6 +177,29 @@ class _EinsumAsMatMul(pattern.RewriteRuleClassBase):
         if transposed:
             b = op.Transpose(b, perm=[*range(rank - 2), rank - 1, rank - 2])
         return op.MatMul(a, b)
+
+
+# The types ONNX's MatMul takes (Einsum takes every numeric type).
+_MATMUL_TYPES = frozenset(
+    {
+        ir.DataType.FLOAT16,
+        ir.DataType.FLOAT,
+        ir.DataType.DOUBLE,
+        ir.DataType.BFLOAT16,
+        ir.DataType.INT32,
+        ir.DataType.INT64,
+        ir.DataType.UINT32,
+        ir.DataType.UINT64,
+    }
+)
+
+
+def _differ(first: int | ir.SymbolicDim, second: int | ir.SymbolicDim) -> bool:
+    """Whether two dims are, or may be, of other sizes where one of them is known: two numbers that differ, or a
+    number and a size not known (a 1 against it broadcasts in Einsum alone; any other number may be met by a 1)."""
+    if isinstance(first, int) and isinstance(second, int):
+        return first != second
+    return isinstance(first, int) or isinstance(second, int)
 
 
 def _batched_product(node: ir.Node) -> tuple[bool, int] | None:
