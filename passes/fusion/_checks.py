@@ -186,13 +186,22 @@ NORMALIZATION_INVERSES = (
     "one_over_swapped",
     "pow_half",
     "pow_half_swapped",
+    "div_by_pow_half",
 )
+
+
+def root_power(inverse: str) -> float:
+    """The exponent of the ``Pow`` the form ``inverse`` (one of NORMALIZATION_INVERSES) takes a root with:
+    ``x / Pow(total, 0.5)`` or ``x * Pow(total, -0.5)``."""
+    return 0.5 if inverse == "div_by_pow_half" else -0.5
 
 
 def divide_by_root(op, x, total, inverse: str, root_exponent):
     """Pattern for ``x / sqrt(total)`` in the form named by ``inverse`` (one of NORMALIZATION_INVERSES);
-    ``root_exponent`` is the pattern variable of ``Pow(total, -0.5)``'s exponent (``root_exponent_fails``
-    checks it), unused by the other forms."""
+    ``root_exponent`` is the pattern variable of ``Pow(total, -0.5)``'s (or ``Pow(total, 0.5)``'s) exponent
+    (``exponent_fails`` checks it against ``root_power(inverse)``), unused by the other forms."""
+    if inverse == "div_by_pow_half":
+        return op.Div(x, op.Pow(total, root_exponent))
     if inverse.startswith("pow_half"):
         inverse_root = op.Pow(total, root_exponent)
     else:
@@ -209,10 +218,11 @@ def square_of(op, x, by_pow: bool, exponent):
     return op.Pow(x, exponent) if by_pow else op.Mul(x, x)
 
 
-def exponent_fails(exponent: ir.Value | None, root_exponent: ir.Value | None) -> str | None:
-    """Why the matched exponents are not a square and an inverse square root, or None (either may be absent)."""
+def exponent_fails(exponent: ir.Value | None, root_exponent: ir.Value | None, power: float = -0.5) -> str | None:
+    """Why the matched exponents are not a square and a square root's ``power`` (-0.5, its inverse, or 0.5:
+    ``root_power``), or None (either may be absent)."""
     if exponent is not None and scalar(exponent) != 2.0:
         return "the square's exponent is not a constant 2"
-    if root_exponent is not None and scalar(root_exponent) != -0.5:
-        return "the inverse root's exponent is not a constant -0.5"
+    if root_exponent is not None and scalar(root_exponent) != power:
+        return f"the root's exponent is not a constant {power}"
     return None

@@ -26,6 +26,7 @@ from passes.fusion._checks import (
     fuse_with_inferred_last_dims,
     is_float,
     last_axis_refusal,
+    root_power,
     scalar,
     square_of,
     static_last_dim,
@@ -39,12 +40,12 @@ from passes.fusion._checks import NORMALIZATION_INVERSES as _INVERSES
 _AFFINES = ("scale_bias", "scale", "none")
 
 
-def _statistics_fail(context, x, epsilon, mean, variance, exponent, root_exponent) -> str | None:
+def _statistics_fail(context, x, epsilon, mean, variance, exponent, root_exponent, power=-0.5) -> str | None:
     """Why a matched norm's statistics are not LayerNormalization's (mean and variance over the last axis, a
     constant epsilon, a square and an inverse square root), or its model cannot hold the op; None if they are."""
     if onnx_opset(context.model.opset_imports, 0) < 17:
         return "LayerNormalization needs opset 17 or newer"
-    if reason := exponent_fails(exponent, root_exponent):
+    if reason := exponent_fails(exponent, root_exponent, power):
         return reason
     if not is_float(x):
         return "input is not a float tensor"
@@ -88,7 +89,8 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         **_,
     ) -> pattern.MatchResult:
         result = pattern.MatchResult()
-        if reason := _statistics_fail(context, x, epsilon, mean, variance, exponent, root_exponent):
+        power = root_power(self._inverse)
+        if reason := _statistics_fail(context, x, epsilon, mean, variance, exponent, root_exponent, power):
             return result.fail(reason)
         if self._affine != "none" and not vector_for_last_dim(gamma, x):
             return result.fail("scale is not a constant vector over the last axis")

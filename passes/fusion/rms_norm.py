@@ -26,6 +26,7 @@ from passes.fusion._checks import (
     fuse_with_inferred_last_dims,
     is_float,
     last_axis_refusal,
+    root_power,
     scalar,
     square_of,
     static_last_dim,
@@ -52,7 +53,7 @@ class _DecomposedRmsNorm(pattern.RewriteRuleClassBase):
         self, context, x, epsilon, mean_square, gamma=None, exponent=None, root_exponent=None, **_
     ) -> pattern.MatchResult:
         result = pattern.MatchResult()
-        if reason := exponent_fails(exponent, root_exponent):
+        if reason := exponent_fails(exponent, root_exponent, root_power(self._inverse)):
             return result.fail(reason)
         if not is_float(x):
             return result.fail("input is not a float tensor")

@@ -68,6 +68,18 @@ def test_tf_s_inverse_root_fuses():
     assert_same_outputs(model, after, {"x": x}, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("power", "fused"), [("0.5", True), ("-0.5", False), ("0.25", False)])
+def test_a_division_by_the_root_written_as_a_power_fuses_at_one_half_only(power, fused):
+    # x / Pow(v, 0.5) (model code written `x / v ** 0.5`): unfused before a review. x / Pow(v, -0.5) is x * sqrt(v).
+    text = _PREAMBLE.format(axis=-1, inverse=f"p = Constant<value = float {{{power}}}>()\n      r2 = Pow(v, p)")
+    text = text.replace("r = Sqrt(v)\n", "").replace("y = Mul(gamma, n)", "n = Div(x, r2)\n      y = Mul(gamma, n)")
+    model = parse_model(text)
+    after = RmsNormFusion()(model.clone()).model
+    assert ("SimplifiedLayerNormalization" in computed_op_types(after)) == fused
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    assert_same_outputs(model, after, {"x": x}, rtol=1e-4, atol=1e-5)
+
+
 def _x():
     return {"x": np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)}
 
