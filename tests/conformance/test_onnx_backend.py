@@ -1,6 +1,6 @@
 """Conformance: graphopt's default pipeline over the ONNX backend test corpus (~2,000 models).
 
-Three runs (see ``run_corpus.py``), ~1.5 min in all:
+Three runs (see ``run_corpus.py``), about 2.5 minutes of one worker in all:
 
 * verified, on each case's own inputs: every case ONNX Runtime can run must still give
   the expected outputs within the case's tolerances (or, where ORT itself disagrees
