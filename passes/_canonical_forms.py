@@ -27,7 +27,7 @@ def _constant(value: ir.Value | None) -> np.ndarray | None:
     return tensor.numpy() if tensor is not None else None
 
 
-def _broadcasts_to_itself(value: ir.Value, other: ir.Value, constant: np.ndarray) -> bool:
+def _broadcasts_to_itself(value: ir.Value, constant: np.ndarray) -> bool:
     """Whether a one-element ``constant`` beside ``value`` leaves its shape as it is (its rank is no higher)."""
     if constant.size != 1:
         return False
@@ -49,7 +49,7 @@ class _NegationByMinusOne(pattern.RewriteRuleClassBase):
             return result.fail("not a product with a constant -1")
         if x.dtype is None or not x.dtype.is_floating_point():
             return result.fail("not a float product")
-        if not _broadcasts_to_itself(x, minus_one, constant):
+        if not _broadcasts_to_itself(x, constant):
             return result.fail("the -1 would broadcast the product to another shape")
         return result
 
@@ -79,7 +79,7 @@ class _OneElementNoOp(pattern.RewriteRuleClassBase):
             return result.fail("not a one-element constant that leaves x as it is")
         if x.dtype is None or x.dtype.numpy() != array.dtype:
             return result.fail("the constant's dtype is not x's")
-        if not _broadcasts_to_itself(x, constant, array):
+        if not _broadcasts_to_itself(x, array):
             return result.fail("the constant would broadcast x to another shape")
         return result
 
@@ -120,7 +120,7 @@ class _MeanBySum(pattern.RewriteRuleClassBase):
             return result.fail("not divided by a constant scalar")
         if float(divisor.reshape(())) != float(np.prod(reduced, dtype=np.int64)):
             return result.fail("not divided by the number of elements summed")
-        if not _broadcasts_to_itself(total, count, divisor):
+        if not _broadcasts_to_itself(total, divisor):
             return result.fail("the divisor would broadcast the mean to another shape")
         return result
 
