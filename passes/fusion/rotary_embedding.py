@@ -381,25 +381,17 @@ class _RotateHalf(_RotaryRule):
         return _rotary(op, self._fusion, x, cos, sin)
 
 
-class _RotateHalfBySplit(_RotaryRule):
-    """rotate_half with its halves taken by one ``Split`` (``torch.chunk``, ``jnp.split``, ``tf.split``)."""
+class _RotateHalfBySplit(_RotateHalf):
+    """rotate_half with its halves taken by one ``Split`` (``torch.chunk``, ``jnp.split``, ``tf.split``): checked and
+    rewritten as the two-Slice spelling (``_check_rotation`` reads the Split)."""
 
     def __init__(self) -> None:
-        super().__init__(name="RotaryEmbeddingBySplit")
+        _RotaryRule.__init__(self, name="RotaryEmbeddingBySplit")
 
     def pattern(self, op, x, cos, sin):
         lo, hi = op.Split(x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["lo", "hi"])
         rotated = op.Concat(op.Neg(hi), lo, _allow_other_attributes=True, _outputs=["rotated"])
         return op.Add(op.Mul(x, cos), op.Mul(rotated, sin))
-
-    def check(self, context, x, cos, sin, lo, hi, rotated, **_) -> pattern.MatchResult:
-        d = _head_size(x, cos, sin)
-        if isinstance(d, str):
-            return pattern.MatchResult().fail(d)
-        return _check_rotation(self._fusion, context, x, cos, sin, lo, hi, rotated, d)
-
-    def rewrite(self, op, x, cos, sin, **_):
-        return _rotary(op, self._fusion, x, cos, sin)
 
 
 class _PartialRotateHalf(_RotaryRule):
