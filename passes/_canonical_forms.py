@@ -10,6 +10,15 @@ exporter's spelling:
   adds in. RMS and layer norms are matched with a ``ReduceMean``.
 * A two-operand ``Einsum`` that is a batched matrix product into ``MatMul`` (Keras, tf2onnx): attention is matched
   with ``MatMul`` products.
+* ``Unsqueeze(Reduce*(x, axes, keepdims=0), axes)`` into ``Reduce*(x, axes, keepdims=1)`` (JAX's
+  ``jnp.mean(keepdims=True)``: a sum that drops the axis, then ``expand_dims``): exact.
+* A constant ``[1, ..., 1, D]`` operand of ``Add``, ``Sub``, ``Mul`` or ``Div`` into the vector ``[D]`` it is, where
+  the other operand has at least its rank (Flax's ``[1, 1, D]`` norm scales): exact. The norms' scales and biases
+  are matched as vectors.
+* A normalization's scale multiplied into its inverse root, ``x * (inv * c)``, or into its input, ``(x * c) * inv``
+  or ``(x * c) / root``, into ``(x * inv) * c`` (``(x / root) * c``), ``c`` a constant and ``inv`` the inverse
+  of the root of ``Add(v, eps)`` (Flax's ``rsqrt(var + eps) * scale``): the same products in another order, so
+  the result may differ in the last bit. The norms are matched with their scale applied last.
 
 Each refuses a match whose constant would broadcast the result to another shape, or whose operands' shapes or
 constants it cannot read.
@@ -226,6 +235,186 @@ def _batched_product(node: ir.Node) -> tuple[bool, int] | None:
     return None
 
 
+class _KeptReducedAxes(pattern.RewriteRuleClassBase):
+    """``Unsqueeze(Reduce*(x, axes, keepdims=0), axes)`` into ``Reduce*(x, axes, keepdims=1)``: JAX writes
+    ``jnp.mean(x, -1, keepdims=True)`` as a sum that drops the axis and an ``expand_dims`` that restores it."""
+
+    def __init__(self, reduce_op: str) -> None:
+        super().__init__(name=f"KeptReducedAxes({reduce_op})")
+        self._reduce_op = reduce_op
+
+    def pattern(self, op, x):
+        reduced = getattr(op, self._reduce_op)(x, _allow_other_inputs=True, _outputs=["reduced"])
+        return op.Unsqueeze(reduced, _allow_other_inputs=True, _outputs=["restored"])
+
+    def check(self, context, x, reduced, restored, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        reduce, unsqueeze = reduced.producer(), restored.producer()
+        if reduce.attributes.get_int("keepdims", 1) != 0:
+            return result.fail("the reduction keeps its axes already")
+        axes, restored_axes = _MeanBySum._axes(reduce), _unsqueezed_axes(unsqueeze)
+        if not axes or restored_axes is None:
+            return result.fail("the axes are not constant, or the reduction is over every axis")
+        rank = x.shape.rank() if x.shape is not None else None
+        if rank is not None:
+            if any(not -rank <= axis < rank for axis in (*axes, *restored_axes)):
+                return result.fail("an axis is out of range")
+            same = sorted(a % rank for a in axes) == sorted(a % rank for a in restored_axes)
+        else:  # counted from the same end of the same rank (the restored rank is the input's): the same axes
+            same = sorted(axes) == sorted(restored_axes) and len({axis < 0 for axis in axes}) == 1
+        if not same or len(set(axes)) != len(axes):
+            return result.fail("the restored axes are not the reduced ones")
+        return result
+
+    def rewrite(self, op, x, reduced, **_):
+        node = reduced.producer()
+        attributes = {name: attr.value for name, attr in node.attributes.items() if name != "keepdims"}
+        return getattr(op, self._reduce_op)(*node.inputs, keepdims=1, **attributes)
+
+
+def _unsqueezed_axes(node: ir.Node) -> list[int] | None:
+    """The axes an ``Unsqueeze`` inserts (an input from opset 13, an attribute before), or None where not constant."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = _constant(node.inputs[1])
+        return None if axes is None else [int(axis) for axis in axes.reshape(-1)]
+    given = node.attributes.get_ints("axes", None)
+    return None if given is None else list(given)
+
+
+# The reductions whose ``keepdims`` changes the output's shape alone.
+_REDUCE_OPS = (
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+)
+
+
+class _VectorWithLeadingOnes(pattern.RewriteRuleClassBase):
+    """``x op c``, ``c`` a float constant of shape ``[1, ..., 1, D]`` (``D > 1``) and ``x`` of rank no lower, into
+    ``x op c.reshape(D)``, for ``op`` in ``Add``, ``Sub``, ``Mul`` and ``Div`` (either operand order): the result is
+    the same tensor, broadcast alike. Flax stores its norms' scales as ``[1, 1, D]``."""
+
+    def __init__(self, op_type: str, constant_second: bool) -> None:
+        super().__init__(name=f"VectorWithLeadingOnes({op_type}, constant_second={constant_second})")
+        self._op_type = op_type
+        self._constant_second = constant_second
+
+    def pattern(self, op, x, constant):
+        operands = (x, constant) if self._constant_second else (constant, x)
+        return getattr(op, self._op_type)(*operands)
+
+    def check(self, context, x, constant, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        array = _constant(constant)
+        if array is None or array.dtype.kind != "f" or array.ndim < 2 or array.shape[-1] < 2:
+            return result.fail("not a float constant of rank 2 or more")
+        if any(dim != 1 for dim in array.shape[:-1]):
+            return result.fail("the constant is not a vector over the last axis")
+        if _constant(x) is not None:
+            return result.fail("both operands are constant")
+        if x.shape is None or x.shape.rank() < array.ndim:
+            return result.fail("the other operand's rank is unknown or lower: the constant may broadcast it")
+        return result
+
+    def rewrite(self, op, x, constant, **_):
+        vector = op.Constant(value=ir.tensor(_constant(constant).reshape(-1)))
+        operands = (x, vector) if self._constant_second else (vector, x)
+        return getattr(op, self._op_type)(*operands)
+
+
+def _inverse_root(value: ir.Value) -> bool:
+    """Whether ``value`` is ``1 / sqrt(s)`` (``Reciprocal(Sqrt(s))``, ``Div(1, Sqrt(s))`` or ``Pow(s, -0.5)``) of
+    an ``s = Add(v, eps)`` with a constant one-element ``eps``: a normalization's inverse root."""
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx") or None in node.inputs:
+        return False
+    if node.op_type == "Pow" and len(node.inputs) == 2:
+        exponent = _constant(node.inputs[1])
+        return (
+            exponent is not None
+            and exponent.size == 1
+            and float(exponent.reshape(())) == -0.5
+            and (_epsilon_added(node.inputs[0]))
+        )
+    if node.op_type == "Reciprocal":
+        return _root(node.inputs[0])
+    if node.op_type == "Div" and len(node.inputs) == 2:
+        one = _constant(node.inputs[0])
+        return one is not None and one.size == 1 and float(one.reshape(())) == 1.0 and _root(node.inputs[1])
+    return False
+
+
+def _root(value: ir.Value) -> bool:
+    """Whether ``value`` is ``Sqrt(s)`` of an ``s = Add(v, eps)`` with a constant one-element ``eps``."""
+    node = value.producer()
+    return (
+        node is not None
+        and node.op_type == "Sqrt"
+        and node.domain in ("", "ai.onnx")
+        and node.inputs[0] is not None
+        and _epsilon_added(node.inputs[0])
+    )
+
+
+def _epsilon_added(value: ir.Value) -> bool:
+    node = value.producer()
+    if node is None or node.op_type != "Add" or node.domain not in ("", "ai.onnx") or None in node.inputs:
+        return False
+    constants = [_constant(operand) for operand in node.inputs]
+    return sum(c is not None and c.size == 1 for c in constants) == 1
+
+
+class _ScaleAppliedLast(pattern.RewriteRuleClassBase):
+    """A normalization's scale ``c`` multiplied into its inverse root or its input, into ``(x * inv) * c``:
+
+    * ``x * (inv * c)`` (any operand order) into ``(x * inv) * c``;
+    * ``(x * c) * inv`` (any operand order) into ``(x * inv) * c``;
+    * ``(x * c) / root`` into ``(x / root) * c``;
+
+    ``c`` a float constant, ``x`` not, ``inv`` the inverse of the root of ``Add(v, eps)`` (``root`` that root).
+    """
+
+    def __init__(self, form: str, inner_first: bool, constant_second: bool) -> None:
+        super().__init__(name=f"ScaleAppliedLast({form}, inner_first={inner_first}, constant_second={constant_second})")
+        self._form = form
+        self._inner_first = inner_first
+        self._constant_second = constant_second
+
+    def pattern(self, op, x, factor, scale):
+        inner = op.Mul(*((factor, scale) if self._constant_second else (scale, factor)))
+        if self._form == "divided":
+            return op.Div(inner, x)
+        return op.Mul(*((inner, x) if self._inner_first else (x, inner)))
+
+    def check(self, context, x, factor, scale, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        array = _constant(scale)
+        if array is None or array.dtype.kind != "f" or _constant(x) is not None or _constant(factor) is not None:
+            return result.fail("not a product of two tensors and a float constant")
+        if self._form == "divided":
+            if not _root(x):
+                return result.fail("not divided by a normalization's root")
+        elif self._form == "in_inverse" and not _inverse_root(factor):
+            return result.fail("the constant does not scale a normalization's inverse root")
+        elif self._form == "on_input" and not _inverse_root(x):
+            return result.fail("the scaled tensor is not multiplied by a normalization's inverse root")
+        return result
+
+    def rewrite(self, op, x, factor, scale, **_):
+        if self._form == "divided":  # (factor * c) / x: factor is the input, x the root
+            return op.Mul(op.Div(factor, x), scale)
+        # in_inverse: x * (inv * c), factor the inverse; on_input: inv * (input * c), x the inverse.
+        normalized = op.Mul(x, factor) if not self._inner_first else op.Mul(factor, x)
+        return op.Mul(normalized, scale)
+
+
 NEGATION_RULES = (
     *_NegationByMinusOne.rule().commute(),
     *(_OneElementNoOp.rule(op_type, True) for op_type in ("Add", "Sub", "Mul", "Div")),
@@ -234,3 +423,16 @@ NEGATION_RULES = (
 EINSUM_RULES = (_EinsumAsMatMul.rule(),)
 MEAN_RULES_FROM_18 = (_MeanBySum.rule(axes_as_input=True),)
 MEAN_RULES_BEFORE_18 = (_MeanBySum.rule(axes_as_input=False),)
+KEPT_AXES_RULES = tuple(_KeptReducedAxes.rule(reduce_op) for reduce_op in _REDUCE_OPS)
+VECTOR_RULES = tuple(
+    _VectorWithLeadingOnes.rule(op_type, second) for op_type in ("Add", "Sub", "Mul", "Div") for second in (True, False)
+)
+NORM_SCALE_RULES = (
+    *(
+        _ScaleAppliedLast.rule(form, inner_first, second)
+        for form in ("in_inverse", "on_input")
+        for inner_first in (True, False)
+        for second in (True, False)
+    ),
+    *(_ScaleAppliedLast.rule("divided", True, second) for second in (True, False)),
+)

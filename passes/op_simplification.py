@@ -33,7 +33,15 @@ from onnxscript.rewriter.rules.common import (
 )
 
 from optimizer.domains import onnx_opset
-from passes._canonical_forms import EINSUM_RULES, MEAN_RULES_BEFORE_18, MEAN_RULES_FROM_18, NEGATION_RULES
+from passes._canonical_forms import (
+    EINSUM_RULES,
+    KEPT_AXES_RULES,
+    MEAN_RULES_BEFORE_18,
+    MEAN_RULES_FROM_18,
+    NEGATION_RULES,
+    NORM_SCALE_RULES,
+    VECTOR_RULES,
+)
 from passes._pass import GraphoptPass
 from passes._utils import declared_shapes_inferred, linear_rule_set, overridable_inputs_hidden, remove_dead_nodes
 from passes.cleanup import LiftConstantsPass, RemoveIdentityPass
@@ -41,8 +49,8 @@ from passes.cleanup import LiftConstantsPass, RemoveIdentityPass
 
 class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
     """Apply onnxscript's default rewrite rules once over the model, and ``passes._canonical_forms``'s (``x * -1``
-    into ``Neg``, a sum divided by its count into ``ReduceMean``), then drop the ``Identity`` nodes they leave for
-    removed no-ops and any dead nodes.
+    into ``Neg``, a sum divided by its count into ``ReduceMean``, a norm's scale applied last, ...), then drop the
+    ``Identity`` nodes they leave for removed no-ops and any dead nodes.
 
     Each rule checks its own preconditions (constant operands, matching shapes and
     dtypes, inference-mode BatchNormalization, ...) and leaves non-matching nodes
@@ -55,7 +63,8 @@ class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
         # (Paddle's) keep every weight in a Constant node, so lift those first.
         lifted = _has_constant_batchnorm_weights(model) and LiftConstantsPass()(model).modified
         opset = onnx_opset(model.opset_imports, 0)
-        canonical = (*NEGATION_RULES, *EINSUM_RULES, *(MEAN_RULES_FROM_18 if opset >= 18 else MEAN_RULES_BEFORE_18))
+        means = MEAN_RULES_FROM_18 if opset >= 18 else MEAN_RULES_BEFORE_18
+        canonical = (*NEGATION_RULES, *EINSUM_RULES, *KEPT_AXES_RULES, *means, *VECTOR_RULES, *NORM_SCALE_RULES)
         rules = linear_rule_set((*(_RULES if opset >= 11 else _RULES_BEFORE_11), *canonical))
         # A default a caller may override is no constant; a shape the file declares is no fact (the rules read
         # value shapes: ReshapeReshape, Flatten2Reshape, ExpandIdentity, a SAME Conv's pads).

@@ -5,7 +5,8 @@ part of it the way another exporter or model code does, checks on ONNX Runtime t
 same (``test_every_respelling_computes_the_original``), then runs ``optimize_with_report`` and requires the same fused
 ops, nothing rolled back, and the original's outputs.
 
-Findings (strict xfails; all missed speed-ups, nothing fused wrongly, nothing rolled back):
+Findings (all missed speed-ups, nothing fused wrongly, nothing rolled back; all fixed since, by rules of
+``passes._canonical_forms`` or of the fusions, so every test below now requires the fusion):
 
 1. ``fuse-rotary-embedding`` keys on ``rotate_half`` written as two ``Slice`` nodes and a ``Neg``
    (``_RotateHalf.pattern`` / ``_PartialRotateHalf.pattern``). Every ``RotaryEmbedding`` is lost, without a refusal,
@@ -514,38 +515,11 @@ def test_the_reference_norms_fuse(build, passes, fused):
     assert _optimized(build(), passes, feeds)[:2] == ({fused: 1}, [])
 
 
-_RMS_UNFUSED = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="fuse-rms-norm keys on ReduceMean with keepdims, Sqrt or Pow(+-0.5), a 1-D scale and (x * inv) * gamma "
-    "(_DecomposedRmsNorm.pattern, _checks.divide_by_root, vector_for_last_dim): JAX's jnp.mean (ReduceSum with "
-    "keepdims=0, Unsqueeze, Div), a [1, 1, D] scale (Flax), x * (inv * gamma) (Flax) and "
-    "(gamma * x) * inv are left as they are",
-)
-
-
-@pytest.mark.parametrize(
-    "spelling",
-    [
-        s if s in ("reduce_sum_over_d", "root_as_pow_half") else pytest.param(s, marks=_RMS_UNFUSED)
-        for s in _RMS_SPELLINGS
-    ],
-)
+@pytest.mark.parametrize("spelling", _RMS_SPELLINGS)
 def test_rms_norm_respelled_fuses_alike(spelling):
     _norm_fuses_alike(_rms(), _rms(spelling), None)
 
 
-_LAYER_NORM_UNFUSED = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="fuse-layer-norm (opt-in) keys on (d / root) * gamma (_DecomposedLayerNorm.pattern): Flax's "
-    "(x - mean) * (rsqrt(var + eps) * scale) + bias is left unfused",
-)
-
-
-@pytest.mark.parametrize(
-    "spelling",
-    [s if s == "reduce_sum_over_d" else pytest.param(s, marks=_LAYER_NORM_UNFUSED) for s in _LAYER_NORM_SPELLINGS],
-)
+@pytest.mark.parametrize("spelling", _LAYER_NORM_SPELLINGS)
 def test_layer_norm_respelled_fuses_alike(spelling):
     _norm_fuses_alike(_layer_norm(), _layer_norm(spelling), ["+fuse-layer-norm"])

@@ -176,3 +176,250 @@ def test_a_batched_matrix_product_einsum_is_a_matmul(equation, a, b, ops):
 def test_an_einsum_that_is_no_plain_matrix_product_stays(equation, a, b):
     _, after = _einsum(equation, a, b)
     assert op_types(after) == ["Einsum"], equation
+
+
+# -- A reduction whose dropped axes are restored keeps them --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "reduced", "restored"),
+    [
+        ("float[2, 3, 4]", "-1", "-1"),
+        ("float[2, 3, 4]", "2", "-1"),
+        ("float[2, 3, 4]", "1, 2", "-2, -1"),
+        ("float[A, B, C]", "2", "-1"),
+        (None, "-1", "-1"),
+        (None, "0, 1", "1, 0"),
+    ],
+)
+@pytest.mark.parametrize("reduce_op", ["ReduceSum", "ReduceMax"])
+def test_a_reduction_whose_dropped_axes_are_restored_keeps_them(shape, reduced, restored, reduce_op):
+    count = reduced.count(",") + 1
+    model = parse_model(f"""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g ({shape or "float[2, 3, 4]"} x) => (float[?] y) {{
+          axes = Constant<value = int64[{count}] {{{reduced}}}>()
+          back = Constant<value = int64[{count}] {{{restored}}}>()
+          s = {reduce_op}<keepdims = 0>(x, axes)
+          y = Unsqueeze(s, back)
+        }}""")
+    if shape is None:  # the rank unknown
+        model.graph.inputs[0].shape = None
+    after = SimplifyOpsPass()(model.clone()).model
+    (node,) = [node for node in after.graph if node.op_type != "Constant"]
+    assert node.op_type == reduce_op and node.attributes.get_int("keepdims") == 1
+    assert_same_outputs(model, after, {"x": X}, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "reduced", "restored", "reason"),
+    [
+        ("float[2, 3, 4]", "2", "1", "restored elsewhere"),
+        ("float[2, 3, 4]", "1, 2", "2", "one axis of two restored"),
+        (None, "2", "-1", "the same axis only if the rank is 3: unknown here"),
+    ],
+)
+def test_a_reduction_restored_at_other_axes_stays(shape, reduced, restored, reason):
+    model = parse_model(f"""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g ({shape or "float[2, 3, 4]"} x) => (float[?] y) {{
+          axes = Constant<value = int64[{reduced.count(",") + 1}] {{{reduced}}}>()
+          back = Constant<value = int64[{restored.count(",") + 1}] {{{restored}}}>()
+          s = ReduceSum<keepdims = 0>(x, axes)
+          y = Unsqueeze(s, back)
+        }}""")
+    if shape is None:  # the rank unknown
+        model.graph.inputs[0].shape = None
+    assert "Unsqueeze" in op_types(SimplifyOpsPass()(model.clone()).model), reason
+
+
+def test_a_reduction_whose_dropped_axes_are_read_elsewhere_too_stays():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[2, 3, 4] x) => (float[?] y, float[?] s) {
+          axes = Constant<value = int64[1] {-1}>()
+          s = ReduceSum<keepdims = 0>(x, axes)
+          y = Unsqueeze(s, axes)
+        }""")
+    after = SimplifyOpsPass()(model.clone()).model
+    assert "Unsqueeze" in op_types(after)
+    assert_same_outputs(model, after, {"x": X}, rtol=0, atol=0)
+
+
+def test_jax_mean_with_keepdims_is_a_mean():
+    # jnp.mean(x, -1, keepdims=True): reduce_sum drops the axis, expand_dims restores it, then the division.
+    ops = _simplified("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[2, 3, 4] x) => (float[?] y) {
+          axes = Constant<value = int64[1] {-1}>()
+          n = Constant<value = float {4.0}>()
+          s = ReduceSum<keepdims = 0>(x, axes)
+          k = Unsqueeze(s, axes)
+          y = Div(k, n)
+        }""")
+    assert ops == ["ReduceMean"]
+
+
+# -- A constant [1, ..., 1, D] is the vector [D] -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("constant_first", [False, True])
+@pytest.mark.parametrize("constant", ["float[1, 1, 4]", "float[1, 4]"])
+def test_a_constant_with_leading_ones_is_a_vector(op, constant_first, constant):
+    operands = "c, x" if constant_first else "x, c"
+    model = parse_model(f"""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[2, 3, 4] x) => (float[2, 3, 4] y) {{
+          c = Constant<value = {constant} {{0.5, 2.0, -3.0, 4.0}}>()
+          y = {op}({operands})
+        }}""")
+    after = SimplifyOpsPass()(model.clone()).model
+    (node,) = [node for node in after.graph if node.op_type == op]
+    vector = node.inputs[0 if constant_first else 1].const_value
+    assert vector is not None and vector.shape.dims == (4,)
+    assert_same_outputs(model, after, {"x": X}, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("x", "constant", "reason"),
+    [
+        ("float[3, 4]", "float[1, 1, 4] {1.0, 2.0, 3.0, 4.0}", "the constant raises the rank"),
+        ("float[A, 4]", "float[1, 1, 4] {1.0, 2.0, 3.0, 4.0}", "the constant raises the rank"),
+        ("float[2, 3, 4]", "float[1, 3, 1] {1.0, 2.0, 3.0}", "not over the last axis"),
+        ("float[2, 3, 4]", "float[3, 4] {1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0}", "a matrix"),
+        ("float[2, 3, 4]", "int64[1, 4] {1, 2, 3, 4}", "not float"),
+    ],
+)
+def test_a_constant_that_is_no_vector_over_the_last_axis_stays(x, constant, reason):
+    model = parse_model(f"""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g ({x} x) => (float[?] y) {{
+          c = Constant<value = {constant}>()
+          y = Mul(x, c)
+        }}""")
+    after = SimplifyOpsPass()(model.clone()).model
+    (node,) = [node for node in after.graph if node.op_type == "Mul"]
+    assert node.inputs[1].const_value.shape.rank() > 1, reason
+
+
+def test_a_rank_unknown_operand_leaves_the_constant_as_it_is():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float x) => (float[?] y) {
+          c = Constant<value = float[1, 4] {1.0, 2.0, 3.0, 4.0}>()
+          y = Mul(x, c)
+        }""")
+    for value in model.graph.inputs:
+        value.shape = None
+    after = SimplifyOpsPass()(model.clone()).model
+    (node,) = [node for node in after.graph if node.op_type == "Mul"]
+    assert node.inputs[1].const_value.shape.dims == (1, 4)
+
+
+# -- A normalization's scale applied last --------------------------------------------------------------------------
+
+_ROOTS = {
+    "reciprocal": ("r = Sqrt(v)\n          inv = Reciprocal(r)", "inv"),
+    "one_over": ("r = Sqrt(v)\n          one = Constant<value = float {1.0}>()\n          inv = Div(one, r)", "inv"),
+    "pow": ("p = Constant<value = float {-0.5}>()\n          inv = Pow(v, p)", "inv"),
+}
+_PLACEMENTS = {
+    "in_inverse": "k = Mul({inv}, g)\n          y = Mul(x, k)",
+    "in_inverse_swapped": "k = Mul(g, {inv})\n          y = Mul(k, x)",
+    "on_input": "k = Mul(g, x)\n          y = Mul(k, {inv})",
+    "on_input_swapped": "k = Mul(x, g)\n          y = Mul({inv}, k)",
+}
+
+
+def _norm(root: str, placement: str) -> str:
+    lines, inv = _ROOTS[root]
+    return f"""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[2, 3, 4] x) => (float[2, 3, 4] y) {{
+          axes = Constant<value = int64[1] {{-1}}>()
+          eps = Constant<value = float {{1e-6}}>()
+          g = Constant<value = float[4] {{0.5, 2.0, -3.0, 4.0}}>()
+          ms = ReduceMean(x, axes)
+          v = Add(ms, eps)
+          {lines}
+          {_PLACEMENTS[placement].format(inv=inv)}
+        }}"""
+
+
+def _scale_last(after) -> bool:
+    """Whether the graph's output is a product by the constant scale of a product of two tensors."""
+    (last,) = [node for node in after.graph if after.graph.outputs[0] in node.outputs]
+    first, second = last.inputs
+    return last.op_type == "Mul" and second.const_value is not None and first.producer().op_type in ("Mul", "Div")
+
+
+@pytest.mark.parametrize("placement", list(_PLACEMENTS))
+@pytest.mark.parametrize("root", list(_ROOTS))
+def test_a_norms_scale_is_applied_last(root, placement):
+    model = parse_model(_norm(root, placement))
+    after = SimplifyOpsPass()(model.clone()).model
+    assert _scale_last(after)
+    assert_same_outputs(model, after, {"x": X}, rtol=1e-6, atol=1e-6)
+
+
+def test_a_scale_on_the_input_of_a_division_by_the_root_is_applied_last():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[2, 3, 4] x) => (float[2, 3, 4] y) {
+          axes = Constant<value = int64[1] {-1}>()
+          eps = Constant<value = float {1e-6}>()
+          g = Constant<value = float[4] {0.5, 2.0, -3.0, 4.0}>()
+          ms = ReduceMean(x, axes)
+          v = Add(ms, eps)
+          r = Sqrt(v)
+          k = Mul(x, g)
+          y = Div(k, r)
+        }""")
+    after = SimplifyOpsPass()(model.clone()).model
+    assert _scale_last(after)
+    assert_same_outputs(model, after, {"x": X}, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("inv = Sqrt(v)|k = Mul(inv, g)|y = Mul(x, k)", "a root, not its inverse"),
+        ("r = Sqrt(x)|inv = Reciprocal(r)|k = Mul(inv, g)|y = Mul(x, k)", "no epsilon"),
+        ("inv = Sigmoid(x)|k = Mul(g, x)|y = Mul(k, inv)", "a gate, not a norm"),
+        ("r = Sqrt(v)|inv = Reciprocal(r)|k = Mul(inv, x)|y = Mul(x, k)", "no constant"),
+    ],
+)
+def test_a_product_that_is_no_norms_scale_keeps_its_order(body, reason):
+    text = f"""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[2, 3, 4] x) => (float[2, 3, 4] y) {{
+          axes = Constant<value = int64[1] {{-1}}>()
+          eps = Constant<value = float {{1e-6}}>()
+          g = Constant<value = float[4] {{0.5, 2.0, -3.0, 4.0}}>()
+          ms = ReduceMean(x, axes)
+          v = Add(ms, eps)
+          {body.replace("|", chr(10))}
+        }}"""
+    model = parse_model(text)
+    after = SimplifyOpsPass()(model.clone()).model
+    assert not _scale_last(after), reason
+
+
+def test_a_scaled_inverse_root_read_elsewhere_too_keeps_its_order():
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[2, 3, 4] x) => (float[2, 3, 4] y, float[?] k) {
+          axes = Constant<value = int64[1] {-1}>()
+          eps = Constant<value = float {1e-6}>()
+          g = Constant<value = float[4] {0.5, 2.0, -3.0, 4.0}>()
+          ms = ReduceMean(x, axes)
+          v = Add(ms, eps)
+          r = Sqrt(v)
+          inv = Reciprocal(r)
+          k = Mul(inv, g)
+          y = Mul(x, k)
+        }""")
+    after = SimplifyOpsPass()(model.clone()).model
+    assert not _scale_last(after)
+    assert_same_outputs(model, after, {"x": X}, rtol=0, atol=0)
