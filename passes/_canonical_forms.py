@@ -15,6 +15,12 @@ exporter's spelling:
 * A constant ``[1, ..., 1, D]`` operand of ``Add``, ``Sub``, ``Mul`` or ``Div`` into the vector ``[D]`` it is, where
   the other operand has at least its rank (Flax's ``[1, 1, D]`` norm scales): exact. The norms' scales and biases
   are matched as vectors.
+* ``Tile(x, repeats)`` into ``Expand(x, repeats)`` where every axis ``repeats`` copies has size 1 in ``x`` (the
+  legacy exporter's ``repeat_interleave(kv, r, dim=1)``, ``Tile(Unsqueeze(kv, 2), [1, 1, r, 1, 1])``): exact.
+  Grouped-query attention's repeated key/value heads are matched with an ``Expand``.
+* The parts ``unbind`` takes of ``x`` reshaped to ``[..., n, D/n]`` (``Squeeze(Split(Reshape(x)), axis=-2)``, the
+  original Qwen's ``rotate_half``) or ``[..., D/n, n]`` (axis -1, GPT-J's pairs) into ``Slice``s of ``x``'s last
+  axis (contiguous, or every n-th from k): exact. Rotary's halves and pairs are matched as ``Slice``s.
 * A normalization's scale multiplied into its inverse root, ``x * (inv * c)``, or into its input, ``(x * c) * inv``
   or ``(x * c) / root``, into ``(x * inv) * c`` (``(x / root) * c``), ``c`` a constant and ``inv`` the inverse
   of the root of ``Add(v, eps)`` (Flax's ``rsqrt(var + eps) * scale``): the same products in another order, so
@@ -29,6 +35,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
+
+from optimizer.domains import onnx_opset
 
 
 def _constant(value: ir.Value | None) -> np.ndarray | None:
@@ -371,6 +379,132 @@ def _epsilon_added(value: ir.Value) -> bool:
     return sum(c is not None and c.size == 1 for c in constants) == 1
 
 
+class _TileAsExpand(pattern.RewriteRuleClassBase):
+    """``Tile(x, repeats)`` into ``Expand(x, repeats)`` where every axis with a repeat other than 1 has size 1 in
+    ``x`` (a static 1, or an axis an ``Unsqueeze`` inserted): each such axis broadcasts to its repeat count, and
+    each other keeps ``x``'s size, which is what the ``Tile`` computes."""
+
+    def pattern(self, op, x, repeats):
+        return op.Tile(x, repeats)
+
+    def check(self, context, x, repeats, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        counts = _constant(repeats)
+        if counts is None or counts.ndim != 1 or counts.dtype != np.int64 or np.any(counts < 1):
+            return result.fail("the repeats are not constant positive counts")
+        ones = _unit_axes(x, len(counts))
+        if not all(axis in ones for axis in np.flatnonzero(counts != 1).tolist()):
+            return result.fail("an axis repeated is not known to have size 1: Tile copies it, Expand would not")
+        return result
+
+    def rewrite(self, op, x, repeats, **_):
+        return op.Expand(x, repeats)
+
+
+def _unit_axes(value: ir.Value, rank: int) -> set[int]:
+    """The axes (counted from 0, of ``rank``) ``value`` is known to have size 1 along: static 1s of its shape, and
+    the axes an ``Unsqueeze`` producing it inserted."""
+    ones = set()
+    if value.shape is not None and value.shape.rank() == rank:
+        ones = {axis for axis, dim in enumerate(value.shape) if isinstance(dim, int) and dim == 1}
+    node = value.producer()
+    if node is not None and node.op_type == "Unsqueeze" and node.domain in ("", "ai.onnx"):
+        inserted = _unsqueezed_axes(node)
+        if inserted is not None and all(-rank <= axis < rank for axis in inserted):
+            ones |= {axis % rank for axis in inserted}
+    return ones
+
+
+class _UnbindAsSlice(pattern.RewriteRuleClassBase):
+    """Part ``k`` of ``unbind`` over ``x`` reshaped to ``[..., n, m]`` or ``[..., m, n]`` (``n * m = D``, ``x``'s
+    last dim) into a ``Slice`` of ``x``'s last axis: ``Squeeze(Split(Reshape(x, [..., n, m]), axis=-2)[k])`` is
+    ``x[..., k*m:(k+1)*m]`` (Qwen's ``rotate_half``), ``Squeeze(Split(Reshape(x, [..., m, n]), axis=-1)[k])`` is
+    ``x[..., k::n]`` (GPT-J's pairs). The leading dims must be copied (``0`` or the same static size)."""
+
+    def pattern(self, op, part):
+        return op.Squeeze(part, _allow_other_inputs=True, _outputs=["squeezed"])
+
+    def check(self, context, part, squeezed, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if onnx_opset(context.model.opset_imports, 0) < 10:
+            return result.fail("Slice takes its bounds as inputs from opset 10")
+        if _unbound_part(part, squeezed.producer()) is None:
+            return result.fail("not one part of an unbind of x's last axis reshaped in two")
+        return result
+
+    def rewrite(self, op, part, squeezed, **_):
+        x, k, n, m, strided = _unbound_part(part, squeezed.producer())
+
+        def ints(*values):
+            return op.Constant(value=ir.tensor(np.array(values, np.int64)))
+
+        if strided:
+            return op.Slice(x, ints(k), ints(np.iinfo(np.int64).max), ints(-1), ints(n))
+        return op.Slice(x, ints(k * m), ints((k + 1) * m), ints(-1))
+
+
+def _unbound_part(part: ir.Value, squeeze: ir.Node) -> tuple[ir.Value, int, int, int, bool] | None:
+    """``(x, k, n, m, strided)`` where ``part`` is output ``k`` of a ``Split`` into ``n`` parts of one along axis -2
+    (``strided`` False) or -1 (True) of ``Reshape(x, [..., n, m])`` (or ``[..., m, n]``) that ``squeeze`` squeezes
+    along that axis; else None."""
+    split = part.producer()
+    if split is None or split.op_type != "Split" or split.domain not in ("", "ai.onnx") or split.inputs[0] is None:
+        return None
+    reshape = split.inputs[0].producer()
+    if reshape is None or reshape.op_type != "Reshape" or reshape.domain not in ("", "ai.onnx"):
+        return None
+    x = reshape.inputs[0]
+    target = _constant(reshape.inputs[1]) if len(reshape.inputs) > 1 else None
+    if x is None or target is None or x.shape is None or not x.shape.rank() or not isinstance(x.shape[-1], int):
+        return None
+    rank, width = x.shape.rank(), x.shape[-1]
+    target = [int(t) for t in target.reshape(-1)]
+    if len(target) != rank + 1 or reshape.attributes.get_int("allowzero", 0) and 0 in target:
+        return None
+    if any(t != 0 and t != dim for t, dim in zip(target[:-2], list(x.shape)[:-1], strict=True)):
+        return None  # a leading dim not copied as it is (a -1, or a static size other than x's)
+    low, high = target[-2:]
+    if low == -1 and high > 0 and width % high == 0:
+        low = width // high
+    elif high == -1 and low > 0 and width % low == 0:
+        high = width // low
+    if low <= 0 or high <= 0 or low * high != width:
+        return None
+    axis = split.attributes.get_int("axis", 0)
+    axis = axis + rank + 1 if axis < 0 else axis
+    if axis not in (rank - 1, rank):
+        return None
+    n = low if axis == rank - 1 else high
+    if len(split.outputs) != n or not _split_in_ones(split, n):
+        return None
+    squeezed = _squeezed_axes(squeeze)
+    if squeezed is None or [a + rank + 1 if a < 0 else a for a in squeezed] != [axis]:
+        return None
+    k = list(split.outputs).index(part)
+    return x, k, n, width // n, axis == rank
+
+
+def _split_in_ones(split: ir.Node, n: int) -> bool:
+    """Whether ``split`` cuts its axis into ``n`` parts of one (sizes given as an input or attribute, or equal)."""
+    if len(split.inputs) > 1 and split.inputs[1] is not None:
+        sizes = _constant(split.inputs[1])
+        return sizes is not None and sizes.reshape(-1).tolist() == [1] * n
+    sizes = split.attributes.get_ints("split", None)
+    if sizes is not None:
+        return list(sizes) == [1] * n
+    parts = split.attributes.get_int("num_outputs", n)
+    return parts == n  # equal parts of an axis of n
+
+
+def _squeezed_axes(node: ir.Node) -> list[int] | None:
+    """The axes a ``Squeeze`` removes (an input from opset 13, an attribute before), or None where not given."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = _constant(node.inputs[1])
+        return None if axes is None else [int(axis) for axis in axes.reshape(-1)]
+    given = node.attributes.get_ints("axes", None)
+    return None if given is None else list(given)
+
+
 class _ScaleAppliedLast(pattern.RewriteRuleClassBase):
     """A normalization's scale ``c`` multiplied into its inverse root or its input, into ``(x * inv) * c``:
 
@@ -379,6 +513,7 @@ class _ScaleAppliedLast(pattern.RewriteRuleClassBase):
     * ``(x * c) / root`` into ``(x / root) * c``;
 
     ``c`` a float constant, ``x`` not, ``inv`` the inverse of the root of ``Add(v, eps)`` (``root`` that root).
+    Refused in half precision, where ``x * inv`` may overflow and ``x * (inv * c)`` not.
     """
 
     def __init__(self, form: str, inner_first: bool, constant_second: bool) -> None:
@@ -388,16 +523,21 @@ class _ScaleAppliedLast(pattern.RewriteRuleClassBase):
         self._constant_second = constant_second
 
     def pattern(self, op, x, factor, scale):
-        inner = op.Mul(*((factor, scale) if self._constant_second else (scale, factor)))
+        inner = op.Mul(*((factor, scale) if self._constant_second else (scale, factor)), _outputs=["scaled"])
         if self._form == "divided":
             return op.Div(inner, x)
         return op.Mul(*((inner, x) if self._inner_first else (x, inner)))
 
-    def check(self, context, x, factor, scale, **_) -> pattern.MatchResult:
+    def check(self, context, x, factor, scale, scaled, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
         array = _constant(scale)
         if array is None or array.dtype.kind != "f" or _constant(x) is not None or _constant(factor) is not None:
             return result.fail("not a product of two tensors and a float constant")
+        if x is scaled:
+            return result.fail("the product squares the scaled factor")  # Mul(k, k): no other operand to reorder
+        # In half precision x * inv may overflow where x * (inv * c) does not (the variance need not be x's).
+        if array.dtype not in (np.float32, np.float64):
+            return result.fail("not a float32 or float64 product")
         if self._form == "divided":
             if not _root(x):
                 return result.fail("not divided by a normalization's root")
@@ -427,6 +567,8 @@ KEPT_AXES_RULES = tuple(_KeptReducedAxes.rule(reduce_op) for reduce_op in _REDUC
 VECTOR_RULES = tuple(
     _VectorWithLeadingOnes.rule(op_type, second) for op_type in ("Add", "Sub", "Mul", "Div") for second in (True, False)
 )
+TILE_RULES = (_TileAsExpand.rule(),)
+UNBIND_RULES = (_UnbindAsSlice.rule(),)
 NORM_SCALE_RULES = (
     *(
         _ScaleAppliedLast.rule(form, inner_first, second)
