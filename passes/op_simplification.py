@@ -40,6 +40,8 @@ from passes._canonical_forms import (
     MEAN_RULES_FROM_18,
     NEGATION_RULES,
     NORM_SCALE_RULES,
+    TILE_RULES,
+    UNBIND_RULES,
     VECTOR_RULES,
 )
 from passes._pass import GraphoptPass
@@ -65,6 +67,7 @@ class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
         opset = onnx_opset(model.opset_imports, 0)
         means = MEAN_RULES_FROM_18 if opset >= 18 else MEAN_RULES_BEFORE_18
         canonical = (*NEGATION_RULES, *EINSUM_RULES, *KEPT_AXES_RULES, *means, *VECTOR_RULES, *NORM_SCALE_RULES)
+        canonical += (*TILE_RULES, *UNBIND_RULES)
         rules = linear_rule_set((*(_RULES if opset >= 11 else _RULES_BEFORE_11), *canonical))
         # A default a caller may override is no constant; a shape the file declares is no fact (the rules read
         # value shapes: ReshapeReshape, Flatten2Reshape, ExpandIdentity, a SAME Conv's pads).

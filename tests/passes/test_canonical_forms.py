@@ -423,3 +423,108 @@ def test_a_scaled_inverse_root_read_elsewhere_too_keeps_its_order():
     after = SimplifyOpsPass()(model.clone()).model
     assert not _scale_last(after)
     assert_same_outputs(model, after, {"x": X}, rtol=0, atol=0)
+
+
+# -- Tile of axes of size 1 is an Expand ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("producer", "repeats"),
+    [
+        ("u = Unsqueeze(x, a2)", "int64[4] {1, 1, 2, 1}"),  # repeat_interleave(kv, 2, dim=1) as the legacy export
+        ("u = Unsqueeze(x, a2)", "int64[4] {1, 1, 1, 1}"),
+        ("u = Reshape(x, s2)", "int64[4] {1, 3, 1, 1}"),  # a static 1 of the recorded shape
+    ],
+)
+def test_a_tile_of_axes_of_size_one_is_an_expand(producer, repeats):
+    model = parse_model(f"""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[2, 3, 4] x) => (float[?] y) {{
+          a2 = Constant<value = int64[1] {{2}}>()
+          s2 = Constant<value = int64[4] {{2, 1, 3, 4}}>()
+          r = Constant<value = {repeats}>()
+          {producer}
+          y = Tile(u, r)
+        }}""")
+    after = SimplifyOpsPass()(model.clone()).model
+    assert "Tile" not in op_types(after) and "Expand" in op_types(after)
+    assert_same_outputs(model, after, {"x": X}, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "repeats", "reason"),
+    [
+        ("float[2, 3, 4]", "int64[3] {1, 2, 1}", "an axis of size 3 repeated: Tile copies it"),
+        ("float[2, N, 4]", "int64[3] {1, 2, 1}", "an axis of unknown size repeated"),
+    ],
+)
+def test_a_tile_that_copies_is_no_expand(shape, repeats, reason):
+    model = parse_model(f"""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g ({shape} x) => (float[?] y) {{
+          r = Constant<value = {repeats}>()
+          y = Tile(x, r)
+        }}""")
+    assert "Tile" in op_types(SimplifyOpsPass()(model.clone()).model), reason
+
+
+# -- unbind over a reshaped last axis is Slices of it --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "axis", "strided"),
+    [
+        ("int64[4] {0, 0, 2, 2}", -2, False),  # Qwen's rotate_half: [..., 2, D/2], unbind(-2)
+        ("int64[4] {0, 0, -1, 2}", -1, True),  # GPT-J's pairs: [..., D/2, 2], unbind(-1)
+        ("int64[4] {2, 3, 2, -1}", 2, False),
+        ("int64[4] {0, 0, 2, 2}", 3, True),
+    ],
+)
+@pytest.mark.parametrize("opset", [13, 18])
+def test_an_unbind_of_the_last_axis_reshaped_is_slices(target, axis, strided, opset):
+    split = (
+        f"lo5, hi5 = Split<axis = {axis}, num_outputs = 2>(pairs)"
+        if opset >= 18
+        else f"lo5, hi5 = Split<axis = {axis}>(pairs, ones)"
+    )
+    model = parse_model(f"""
+        <ir_version: 9, opset_import: ["" : {opset}]>
+        g (float[2, 3, 4] x) => (float[2, 3, 2] lo, float[2, 3, 2] hi) {{
+          t = Constant<value = {target}>()
+          ones = Constant<value = int64[2] {{1, 1}}>()
+          squeezed = Constant<value = int64[1] {{{axis}}}>()
+          pairs = Reshape(x, t)
+          {split}
+          lo = Squeeze(lo5, squeezed)
+          hi = Squeeze(hi5, squeezed)
+        }}""")
+    after = SimplifyOpsPass()(model.clone()).model
+    assert [op for op in op_types(after) if op != "Constant"] == ["Slice", "Slice"]
+    steps = [constant for node in after.graph if node.op_type == "Slice" for constant in node.inputs[4:]]
+    assert bool(steps) == strided
+    assert_same_outputs(model, after, {"x": X}, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("target", "split", "reason"),
+    [
+        ("int64[4] {0, 0, 2, 2}", "Split<axis = 0>(pairs, ones)", "not an axis the reshape made"),
+        ("int64[4] {0, -1, 2, 2}", "Split<axis = 2>(pairs, ones)", "a leading dim not copied"),
+        ("int64[4] {0, 3, 2, 2}", "Split<axis = 2>(pairs, ones)", "a leading static size of x is 3, copied: held"),
+    ],
+)
+def test_an_unbind_that_is_no_slice_of_the_last_axis_stays(target, split, reason):
+    model = parse_model(f"""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[2, 3, 4] x) => (float[?] lo, float[?] hi) {{
+          t = Constant<value = {target}>()
+          ones = Constant<value = int64[2] {{1, 1}}>()
+          squeezed = Constant<value = int64[1] {{{split.split("axis = ")[1][0]}}}>()
+          pairs = Reshape(x, t)
+          lo5, hi5 = {split}
+          lo = Squeeze(lo5, squeezed)
+          hi = Squeeze(hi5, squeezed)
+        }}""")
+    after = SimplifyOpsPass()(model.clone()).model
+    held = "held" in reason
+    assert ("Split" not in op_types(after)) == held, reason
