@@ -100,15 +100,29 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         candidates = [node for node in model.graph if _computed_target(node)]
-        if not candidates:
+        dim_reads = [node for node in model.graph if _dim_read(node) is not None]
+        if not candidates and not dim_reads:
             # Symbolic inference is most of this pass's time: skip it when it cannot help.
             return self.result(model, modified=False)
         shapes = _symbolic_shapes(model)
         if isinstance(shapes, str):
             self.decline(shapes)
             return self.result(model, modified=False)
+        folded = _fold_static_dims(model.graph, dim_reads, shapes)
+        for _ in range(folded):
+            self.done("Gather")
+        if folded:
+            # What the sizes feed (a head size's Cast and Sqrt into an attention's scale) becomes constant too.
+            from passes.constant_folding import FoldConstantsPass
+
+            FoldConstantsPass()(model)
+            candidates = [node for node in model.graph if _computed_target(node)]
+            shapes = _symbolic_shapes(model)
+            if isinstance(shapes, str):
+                self.decline(shapes)
+                return self.result(model, modified=True)
         classes = _DimClasses(model.graph, shapes)
-        modified = False
+        modified = bool(folded)
         for node in candidates:
             if node.op_type == "Reshape":
                 target = _reshape_rewrite(node, shapes, classes)
@@ -129,6 +143,44 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
         if modified:
             remove_dead_nodes(model)
         return self.result(model, modified=modified)
+
+
+def _dim_read(node: ir.Node) -> tuple[ir.Value, int, int] | None:
+    """``(x, start, i)`` where ``node`` is ``Gather(Shape(x, start), i)`` with a constant one-element index ``i``
+    (no ``end``: the shape read to ``x``'s last dim); else None."""
+    if node.op_type != "Gather" or not is_onnx_domain(node) or len(node.inputs) != 2 or None in node.inputs:
+        return None
+    shape = node.inputs[0].producer()
+    index = constant_array(node.inputs[1])
+    if shape is None or shape.op_type != "Shape" or not is_onnx_domain(shape) or shape.inputs[0] is None:
+        return None
+    if index is None or index.size != 1 or index.dtype.kind != "i" or node.attributes.get_int("axis", 0) != 0:
+        return None
+    start = shape.attributes.get_int("start", 0)
+    if "end" in shape.attributes or start < 0:
+        return None
+    return shape.inputs[0], start, int(index.reshape(()))
+
+
+def _fold_static_dims(graph: ir.Graph, reads: list[ir.Node], shapes: Shapes) -> int:
+    """Replace each ``Gather(Shape(x), i)`` of ``reads`` whose dim ORT's symbolic inference gives a size with that
+    size (a constant of the ``Gather``'s output shape); return how many. The legacy exporter records no
+    intermediate shapes, so ``fold-constants`` cannot fold GPT-2's ``value.size(-1) ** 0.5``; the inference,
+    from the inputs' declared shapes and the weights, gives the head size."""
+    folded = 0
+    for node in reads:
+        x, start, index = _dim_read(node)
+        shape = shapes.get(x.name) if x.name else None
+        if shape is None or node.outputs[0].is_graph_output():
+            continue
+        axis = len(shape) + index if index < 0 else start + index  # a negative index counts from x's last dim
+        if not 0 <= axis < len(shape) or not isinstance(shape[axis], int):
+            continue
+        index_shape = constant_array(node.inputs[1]).shape
+        size = add_initializer(graph, f"{node.name or 'dim'}_size", np.full(index_shape, shape[axis], np.int64))
+        node.outputs[0].replace_all_uses_with(size)
+        folded += 1
+    return folded
 
 
 def _computed_target(node: ir.Node) -> bool:

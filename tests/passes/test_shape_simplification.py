@@ -475,3 +475,42 @@ def test_a_split_to_sequence_does_not_stop_the_inference(split):
     for batch in (1, 3):
         x = np.random.default_rng(batch).random((batch, 4, 6), np.float32)
         assert_same_outputs(original, result.model, {"x": x})
+
+
+# A head size read at run time (GPT-2's eager attention through the legacy exporter: value.size(-1) ** 0.5), the
+# shapes of the values between not recorded.
+HEAD_SIZE_SCALE = """
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[batch, sequence, 64] hidden) => (float[batch, sequence, 64] y) {
+      target = Constant<value = int64[4] {0, 0, 4, 16}>()
+      heads = Reshape(hidden, target)
+      shape = Shape<START>(heads)
+      i = Constant<value = INDEX>()
+      d = Gather<axis = 0>(shape, i)
+      df = Cast<to = 1>(d)
+      root = Sqrt(df)
+      scaled = Div(heads, root)
+      back = Constant<value = int64[3] {0, 0, 64}>()
+      y = Reshape(scaled, back)
+    }"""
+
+
+@pytest.mark.parametrize(
+    ("start", "index"), [("", "int64 {3}"), ("", "int64 {-1}"), ("", "int64[1] {3}"), ("<start = 2>", "int64 {1}")]
+)
+def test_a_static_dim_read_at_run_time_becomes_a_constant(start, index):
+    model = parse_model(HEAD_SIZE_SCALE.replace("<START>", start).replace("INDEX", index))
+    for value in model.graph:  # as the legacy exporter writes it: no intermediate shapes
+        for output in value.outputs:
+            output.shape = None
+    after = ShapeSimplificationPass()(model.clone()).model
+    ops = op_types(after)
+    assert "Shape" not in ops and "Sqrt" not in ops and "Gather" not in ops, ops
+    hidden = np.random.default_rng(0).standard_normal((2, 3, 64)).astype(np.float32)
+    assert_same_outputs(model, after, {"hidden": hidden}, rtol=1e-6, atol=1e-6)
+
+
+def test_a_symbolic_dim_read_at_run_time_stays():
+    text = HEAD_SIZE_SCALE.replace("<START>", "").replace("INDEX", "int64 {1}")
+    after = ShapeSimplificationPass()(parse_model(text)).model
+    assert "Shape" in op_types(after) and "Gather" in op_types(after)
