@@ -318,7 +318,26 @@ def _with_cache_lengths(
             if past not in fixed:
                 bound[past] = min(bound[past], max(0, limit - bound[sequence]))
         bound[total] = bound[past] + bound[sequence]
+    if limit is not None:
+        _positions_within(model, bound, fixed, limit)
     return bound
+
+
+def _positions_within(model: ir.Model, bound: dict[str, int], fixed: Mapping[str, int], limit: int) -> None:
+    """Bound the length dims of a ``position_ids`` input outside a cache (a model without a past) by ``limit``.
+
+    Its positions index a table of ``limit`` rows, and a fused ``RotaryEmbedding`` reading that table as its
+    caches refuses a longer sequence, even one whose positions stay inside it; the original model reads no
+    more rows at any position a real sequence has.
+    """
+    in_caches = {dim for total, pair in cache_length_dims(model).items() for dim in (total, *pair)}
+    for value in runtime_inputs(model):
+        if not _POSITION_IDS_NAME.search(value.name) or value.shape is None:
+            continue
+        for dim in value.shape:
+            name = dim.value if isinstance(dim, ir.SymbolicDim) else None
+            if name in bound and name not in fixed and name not in in_caches and not _BATCH_NAME.search(name):
+                bound[name] = min(bound[name], limit)
 
 
 def dims_from_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
