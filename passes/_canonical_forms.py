@@ -389,6 +389,8 @@ class _TileAsExpand(pattern.RewriteRuleClassBase):
 
     def check(self, context, x, repeats, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
+        if onnx_opset(context.model.opset_imports, 0) < 8:
+            return result.fail("Expand is an op from opset 8")
         counts = _constant(repeats)
         if counts is None or counts.ndim != 1 or counts.dtype != np.int64 or np.any(counts < 1):
             return result.fail("the repeats are not constant positive counts")

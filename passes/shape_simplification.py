@@ -31,7 +31,7 @@ import onnx_ir as ir
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import one_line
 from passes._pass import GraphoptPass
-from passes._utils import add_initializer, constant_array, remove_dead_nodes
+from passes._utils import add_initializer, constant_array, declared_shapes_inferred, remove_dead_nodes
 
 # Weights above this many elements are hidden from symbolic inference (declared as
 # inputs of the same type and shape): it needs their shapes, not their bytes.
@@ -79,7 +79,9 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
       Reshape is refused, with the reason: a 0-sized dim would make the rewrite fail or differ
       where the original runs;
     - an ``Expand`` whose target elements are constants or provably equal to the
-      input's aligned dimension (they become 1).
+      input's aligned dimension (they become 1);
+    - a ``Gather(Shape(x), i)`` whose dims ONNX's shape inference sizes (``_fold_static_dims``), then folds what
+      it feeds (``fold-constants``).
     Refuses, with the reason in its refusals, when ONNX Runtime's symbolic shape inference
     fails on the model or is not installed; leaves every other shape computation as it was.
 
@@ -99,30 +101,28 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
     left_as = "left computed"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        candidates = [node for node in model.graph if _computed_target(node)]
-        dim_reads = [node for node in model.graph if _dim_read(node) is not None]
-        if not candidates and not dim_reads:
-            # Symbolic inference is most of this pass's time: skip it when it cannot help.
-            return self.result(model, modified=False)
-        shapes = _symbolic_shapes(model)
-        if isinstance(shapes, str):
-            self.decline(shapes)
-            return self.result(model, modified=False)
-        folded = _fold_static_dims(model.graph, dim_reads, shapes)
-        for _ in range(folded):
-            self.done("Gather")
-        if folded:
-            # What the sizes feed (a head size's Cast and Sqrt into an attention's scale) becomes constant too.
+        modified = self._constant_targets(model)
+        if any(_dim_read(node) for node in model.graph) and _fold_static_dims(model):
+            modified = True
+            # What the sizes feed becomes constant too (the head size's Cast and Sqrt: the scale fuse-attention
+            # needs constant).
             from passes.constant_folding import FoldConstantsPass
 
             FoldConstantsPass()(model)
-            candidates = [node for node in model.graph if _computed_target(node)]
-            shapes = _symbolic_shapes(model)
-            if isinstance(shapes, str):
-                self.decline(shapes)
-                return self.result(model, modified=True)
+        return self.result(model, modified=modified)
+
+    def _constant_targets(self, model: ir.Model) -> bool:
+        """Rewrite each computed Reshape/Expand target that is proven into a constant; whether any was."""
+        candidates = [node for node in model.graph if _computed_target(node)]
+        if not candidates:
+            # Symbolic inference is most of this pass's time: skip it when it cannot help.
+            return False
+        shapes = _symbolic_shapes(model)
+        if isinstance(shapes, str):
+            self.decline(shapes)
+            return False
         classes = _DimClasses(model.graph, shapes)
-        modified = bool(folded)
+        modified = False
         for node in candidates:
             if node.op_type == "Reshape":
                 target = _reshape_rewrite(node, shapes, classes)
@@ -142,45 +142,60 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
             modified = True
         if modified:
             remove_dead_nodes(model)
-        return self.result(model, modified=modified)
+        return modified
 
 
-def _dim_read(node: ir.Node) -> tuple[ir.Value, int, int] | None:
-    """``(x, start, i)`` where ``node`` is ``Gather(Shape(x, start), i)`` with a constant one-element index ``i``
-    (no ``end``: the shape read to ``x``'s last dim); else None."""
-    if node.op_type != "Gather" or not is_onnx_domain(node) or len(node.inputs) != 2 or None in node.inputs:
-        return None
-    shape = node.inputs[0].producer()
-    index = constant_array(node.inputs[1])
-    if shape is None or shape.op_type != "Shape" or not is_onnx_domain(shape) or shape.inputs[0] is None:
-        return None
-    if index is None or index.size != 1 or index.dtype.kind != "i" or node.attributes.get_int("axis", 0) != 0:
-        return None
-    start = shape.attributes.get_int("start", 0)
-    if "end" in shape.attributes or start < 0:
-        return None
-    return shape.inputs[0], start, int(index.reshape(()))
+def _fold_static_dims(model: ir.Model) -> int:
+    """Replace each ``Gather(Shape(x), i)`` (a constant index) whose dims ONNX's shape inference sizes with those
+    sizes; return how many.
 
-
-def _fold_static_dims(graph: ir.Graph, reads: list[ir.Node], shapes: Shapes) -> int:
-    """Replace each ``Gather(Shape(x), i)`` of ``reads`` whose dim ORT's symbolic inference gives a size with that
-    size (a constant of the ``Gather``'s output shape); return how many. The legacy exporter records no
-    intermediate shapes, so ``fold-constants`` cannot fold GPT-2's ``value.size(-1) ** 0.5``; the inference,
-    from the inputs' declared shapes and the weights, gives the head size."""
+    onnxscript's folder gathers from a shape with a 1-D index only, and the legacy exporter writes a scalar one
+    (``value.size(-1)``) and records no intermediate shapes: GPT-2's eager ``value.size(-1) ** 0.5`` stayed computed,
+    its head size static once the head split's target is a constant. ONNX's inference (not ORT's symbolic one,
+    which decides ``Equal(len, 4)`` by the symbols' structure and infers an ``If`` from one branch) merges what it
+    cannot decide into an unknown dim, which is left computed.
+    """
     folded = 0
-    for node in reads:
-        x, start, index = _dim_read(node)
-        shape = shapes.get(x.name) if x.name else None
-        if shape is None or node.outputs[0].is_graph_output():
-            continue
-        axis = len(shape) + index if index < 0 else start + index  # a negative index counts from x's last dim
-        if not 0 <= axis < len(shape) or not isinstance(shape[axis], int):
-            continue
-        index_shape = constant_array(node.inputs[1]).shape
-        size = add_initializer(graph, f"{node.name or 'dim'}_size", np.full(index_shape, shape[axis], np.int64))
-        node.outputs[0].replace_all_uses_with(size)
-        folded += 1
+    with declared_shapes_inferred(model):
+        for node in list(model.graph):
+            if not _dim_read(node) or node.outputs[0].is_graph_output():
+                continue
+            shape_node = node.inputs[0].producer()
+            x, index = shape_node.inputs[0], constant_array(node.inputs[1])
+            if x is None or x.shape is None or index.dtype.kind != "i":
+                continue
+            dims = list(x.shape)[_shape_slice(shape_node, len(x.shape))]
+            if not all(-len(dims) <= i < len(dims) for i in index.reshape(-1).tolist()):
+                continue
+            sizes = [dims[i] for i in index.reshape(-1).tolist()]
+            if not all(isinstance(size, int) for size in sizes):
+                continue
+            value = np.array(sizes, np.int64).reshape(index.shape)
+            node.outputs[0].replace_all_uses_with(add_initializer(model.graph, f"{node.name or 'dim'}_size", value))
+            folded += 1
+    if folded:
+        remove_dead_nodes(model)
     return folded
+
+
+def _shape_slice(node: ir.Node, rank: int) -> slice:
+    """The dims a ``Shape`` node reads of a rank-``rank`` input (its ``start`` and ``end``, clamped as ONNX does)."""
+    start = node.attributes.get_int("start", 0)
+    end = node.attributes.get_int("end", rank)
+    return slice(max(-rank, min(start, rank)), max(-rank, min(end, rank)))
+
+
+def _dim_read(node: ir.Node) -> bool:
+    """Whether ``node`` is ``Gather(Shape(x), i)`` with a constant index: dims of ``x`` read at run time."""
+    if node.op_type != "Gather" or not is_onnx_domain(node) or len(node.inputs) != 2 or None in node.inputs:
+        return False
+    shape = node.inputs[0].producer()
+    return (
+        shape is not None
+        and shape.op_type == "Shape"
+        and is_onnx_domain(shape)
+        and constant_array(node.inputs[1]) is not None
+    )
 
 
 def _computed_target(node: ir.Node) -> bool:
