@@ -20,6 +20,7 @@ import functools
 import importlib.util
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,48 +102,68 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
     left_as = "left computed"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        modified = self._constant_targets(model)
-        if any(_dim_read(node) for node in model.graph) and _fold_static_dims(model):
-            modified = True
-            # What the sizes feed becomes constant too (the head size's Cast and Sqrt: the scale fuse-attention
-            # needs constant).
-            from passes.constant_folding import FoldConstantsPass
+        rewritten: Counter[str] = Counter()
+        modified = False
+        # Targets made constant let ONNX's inference size dims read at run time; those folded, in turn, leave a
+        # target (the repeated key/value heads' [B, N*r, T, d]) one unknown element short of a proof.
+        for _ in range(_ROUNDS):
+            done, refused = self._constant_targets(model)
+            rewritten.update(done)
+            folded = any(_dim_read(node) for node in model.graph) and _fold_static_dims(model)
+            if folded:
+                # What the sizes feed becomes constant too (a head size's Cast and Sqrt: the scale
+                # fuse-attention needs constant).
+                from passes.constant_folding import FoldConstantsPass
 
-            FoldConstantsPass()(model)
+                FoldConstantsPass()(model)
+            modified = modified or bool(done) or bool(folded)
+            if not folded or not refused:
+                break
+        for kind, count in rewritten.items():
+            for _ in range(count):
+                self.done(kind)
+        for kind, reason in refused:  # the last round's: what is left computed
+            self.refuse(kind, reason)
         return self.result(model, modified=modified)
 
-    def _constant_targets(self, model: ir.Model) -> bool:
-        """Rewrite each computed Reshape/Expand target that is proven into a constant; whether any was."""
+    def _constant_targets(self, model: ir.Model) -> tuple[Counter[str], list[tuple[str, str]]]:
+        """Rewrite each computed Reshape/Expand target that is proven into a constant; the rewrites by op type,
+        and the targets left computed with why."""
+        done: Counter[str] = Counter()
+        refused: list[tuple[str, str]] = []
         candidates = [node for node in model.graph if _computed_target(node)]
         if not candidates:
             # Symbolic inference is most of this pass's time: skip it when it cannot help.
-            return False
+            return done, refused
         shapes = _symbolic_shapes(model)
         if isinstance(shapes, str):
-            self.decline(shapes)
-            return False
+            if shapes not in self._state()[2]:
+                self.decline(shapes)
+            return done, refused
         classes = _DimClasses(model.graph, shapes)
-        modified = False
         for node in candidates:
             if node.op_type == "Reshape":
                 target = _reshape_rewrite(node, shapes, classes)
                 if isinstance(target, str):
-                    self.refuse("Reshape", target)
+                    refused.append(("Reshape", target))
                     continue
             else:
                 target = _expand_target(node, shapes, classes)
             if target is None:
-                self.refuse(node.op_type, _UNPROVEN[node.op_type])
+                refused.append((node.op_type, _UNPROVEN[node.op_type]))
                 continue
             constant = add_initializer(
                 model.graph, f"{node.name or node.op_type}_shape", np.array(target, dtype=np.int64)
             )
             node.replace_input_with(1, constant)
-            self.done(node.op_type)
-            modified = True
-        if modified:
+            done[node.op_type] += 1
+        if done:
             remove_dead_nodes(model)
-        return modified
+        return done, refused
+
+
+# Rounds of proving targets and folding the dims they size: the second proves what the first's folds let it.
+_ROUNDS = 3
 
 
 def _fold_static_dims(model: ir.Model) -> int:

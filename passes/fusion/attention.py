@@ -541,15 +541,16 @@ def _heads(match: _Attention) -> int | None:
     return heads or match.heads or static_dim(match.softmax.inputs[0], 1)
 
 
-def _kv_mismatch(match: _Attention, num_heads: int) -> str | None:
+def _kv_mismatch(match: _Attention, num_heads: int, *, shared_ok: bool = True) -> str | None:
     """Why K/V do not have the query's head count, or None.
 
-    The fused ops need as many K/V heads as query heads; MatMul broadcasting in the
-    original (multi-query attention) does not carry over.
+    The fused ops need as many K/V heads as query heads. One key/value head that MatMul broadcasts over the
+    query's (multi-query attention: Falcon, GPT-BigCode) is repeated for MultiHeadAttention (``_shared_heads``);
+    not where ``shared_ok`` is False (the soft-capped staging for GroupQueryAttention).
     """
     for name, traced in (("key", match.key), ("value", match.value)):
         heads, _ = _dims(traced)
-        if heads is not None and heads != num_heads:
+        if heads is not None and heads != num_heads and not (shared_ok and heads == 1):
             return f"the {name} has {heads} heads, the query {num_heads}"
     # Per-head [B, N, T, d] key and value must have the same shape (ORT's kernels check it,
     # and reject the model at run time otherwise); 3-D ones may differ in width
@@ -617,16 +618,30 @@ def _kv_as_hidden(key: Traced, value: Traced) -> bool:
     return key.canonical() and value.canonical()
 
 
-def _key_value_inputs(build: _Builder, key: Traced, value: Traced, adapters: list[str]) -> tuple[ir.Value, ir.Value]:
-    """3-D key and value when both are plain head splits, else both ``[B, N, T, d]``.
+def _key_value_inputs(
+    build: _Builder, key: Traced, value: Traced, adapters: list[str], num_heads: int
+) -> tuple[ir.Value, ir.Value]:
+    """3-D key and value when both are plain head splits, else both ``[B, N, T, d]``; one head the query's
+    ``num_heads`` share (multi-query attention) repeated for each of them.
 
-    A Transpose it needs is named in ``adapters``.
+    A Transpose or Expand it needs is named in ``adapters``.
     """
-    if _kv_as_hidden(key, value):
+    shared = [_shared_heads(traced, num_heads) for traced in (key, value)]
+    if _kv_as_hidden(key, value) and not any(shared):
         return key.split.hidden, value.split.hidden
     if key.perm != IDENTITY or value.perm != IDENTITY:
         adapters.append(_KV_TRANSPOSED)
-    return build.transpose(key.source, key.perm), build.transpose(value.source, value.perm)
+    inputs = [build.transpose(key.source, key.perm), build.transpose(value.source, value.perm)]
+    if any(shared):
+        adapters.append(_KV_REPEATED)
+        repeats = build.ints("kv_heads", [1, num_heads, 1, 1])
+        inputs = [build.node("Expand", [v, repeats]) if one else v for v, one in zip(inputs, shared, strict=True)]
+    return inputs[0], inputs[1]
+
+
+def _shared_heads(traced: Traced, num_heads: int) -> bool:
+    """Whether the traced key or value has one head, which MatMul broadcasts over the query's ``num_heads``."""
+    return num_heads > 1 and _dims(traced)[0] == 1
 
 
 def _full_size(dim, along) -> bool:
@@ -854,6 +869,7 @@ def _output_dims(match: _Attention, query: ir.Value, num_heads: int) -> list[int
 # Adapters a rewrite may need around the fused op, and why: reported with each rewrite that needs one.
 _FLATTENED = "the query merged back into [B, S, N*d] (Transpose + Reshape): it is not a head split of a projection"
 _KV_TRANSPOSED = "key/value transposed into [B, N, T, d]: they are per-head tensors in another layout"
+_KV_REPEATED = "one key/value head repeated for each query head (Expand): multi-query attention, broadcast by MatMul"
 _EXPANDED = "the mask expanded to [*, *, S, T] (Expand): it may broadcast over queries or keys"
 _SPLIT_BACK = "the output split back into [B, N, S, d] (Reshape + Transpose): the graph does not merge the heads next"
 
@@ -874,7 +890,7 @@ def _build(build: _Builder, match: _Attention, num_heads: int, cache: dict) -> t
     if not match.query.canonical():
         adapters.append(_FLATTENED)
     query = _query_input(build, match.query)
-    key, value = _key_value_inputs(build, match.key, match.value, adapters)
+    key, value = _key_value_inputs(build, match.key, match.value, adapters, num_heads)
     bias = _attention_bias(build, match, query, key, cache, adapters)
     inputs = [query, key, value] + ([None, None, bias] if bias is not None else [])
     fused = build.node("MultiHeadAttention", inputs, domain=MS_DOMAIN, num_heads=num_heads, scale=match.scale)
@@ -914,7 +930,7 @@ def _candidate(softmax: ir.Node, opset: int, *, capped: bool = False) -> tuple[_
         return "the head count cannot be derived"
     if not math.isfinite(match.scale) or match.scale <= 0:
         return "the scale is not a positive finite number"
-    mismatch = _kv_mismatch(match, heads)
+    mismatch = _kv_mismatch(match, heads, shared_ok=not capped)
     if mismatch is not None:
         return mismatch
     if match.logits.softcap is not None and not capped:

@@ -189,13 +189,37 @@ def test_a_sliding_window_mask_is_the_ops_bias_at_every_length(mask):
         assert_same_outputs(model, after, model_inputs(model, seq), rtol=1e-4, atol=1e-5)
 
 
-def test_multi_query_attention_by_broadcasting_is_left_alone():
-    # One K/V head broadcast by MatMul over 2 query heads: the fused ops need equal head counts.
-    model = attention_model(kv_heads=1)
-    assert run(model, model_inputs(model))  # the original runs: MatMul broadcasts the single K/V head
-    result = AttentionFusion()(model)
-    assert not result.modified
-    assert result.refusals == ["1 of 1 Softmax left unfused: the key has 1 heads, the query 2"]
+@pytest.mark.parametrize("projection", ["matmul", "conv1d"])
+def test_multi_query_attention_by_broadcasting_repeats_the_shared_head(projection):
+    # One K/V head broadcast by MatMul over 2 query heads (Falcon, GPT-BigCode): the fused op needs equal head
+    # counts, so the shared head is repeated for each query head.
+    model = attention_model(kv_heads=1, projection=projection)
+    result = AttentionFusion()(model.clone())
+    after = result.model
+    assert "Softmax" not in op_types(after)
+    (mha,) = [n for n in after.graph if n.op_type == "MultiHeadAttention"]
+    assert [mha.inputs[i].producer().op_type for i in (1, 2)] == ["Expand", "Expand"]
+    assert any("one key/value head repeated for each query head" in note for note in result.refusals)
+    assert_same_outputs(model, after, model_inputs(model), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shared", ["key", "value"])
+def test_one_shared_head_on_one_side_is_repeated_on_that_side(shared):
+    heads = {"key": ["B", HEADS, "T", 4], "value": ["B", HEADS, "T", 4]}
+    heads[shared] = ["B", 1, "T", 4]
+    model = _sdpa_model(["B", HEADS, "S", 4], heads["key"], heads["value"])
+    after, mha = _fused(model)
+    expanded = [mha.inputs[i].producer() is not None and mha.inputs[i].producer().op_type == "Expand" for i in (1, 2)]
+    assert expanded == [shared == "key", shared == "value"]
+    rng = np.random.default_rng(3)
+    feeds = {
+        "q": rng.standard_normal((2, HEADS, 5, 4)).astype(np.float32),
+        **{
+            name: rng.standard_normal((2, 1 if name[0] == shared[0] else HEADS, 6, 4)).astype(np.float32)
+            for name in "kv"
+        },
+    }
+    assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
 
 
 def _flattened_output_model(target: list[int], *, static: bool = False) -> ir.Model:
@@ -407,7 +431,6 @@ REFUSALS = {
         lambda: _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "S", 4], ["B", HEADS, "S", 4], scale=-0.5),
         "the scale is not a positive finite number",
     ),
-    "key heads": (lambda: attention_model(kv_heads=1), "the key has 1 heads, the query 2"),
     "per-head value size": (
         lambda: _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "S", 4], ["B", HEADS, "S", 6]),
         "per-head key and value differ in head size (4 and 6)",
@@ -415,10 +438,6 @@ REFUSALS = {
     "per-head value size unknown": (
         lambda: _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "S", 4], ["B", HEADS, "S", "dv"]),
         "per-head key and value are not known to have the same head size (4 and unknown)",
-    ),
-    "value heads": (
-        lambda: _sdpa_model(["B", HEADS, "S", 4], ["B", HEADS, "S", 4], ["B", 1, "S", 4]),
-        "the value has 1 heads, the query 2",
     ),
 }
 
