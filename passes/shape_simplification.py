@@ -106,9 +106,12 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
         modified = False
         # Targets made constant let ONNX's inference size dims read at run time; those folded, in turn, leave a
         # target (the repeated key/value heads' [B, N*r, T, d]) one unknown element short of a proof.
+        refused: list[tuple[str, str]] = []
         for _ in range(_ROUNDS):
-            done, refused = self._constant_targets(model)
+            done, evaluated = self._constant_targets(model)
             rewritten.update(done)
+            if evaluated is not None:  # a round whose inference failed keeps the last round's refusals
+                refused = evaluated
             folded = any(_dim_read(node) for node in model.graph) and _fold_static_dims(model)
             if folded:
                 # What the sizes feed becomes constant too (a head size's Cast and Sqrt: the scale
@@ -126,9 +129,9 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
             self.refuse(kind, reason)
         return self.result(model, modified=modified)
 
-    def _constant_targets(self, model: ir.Model) -> tuple[Counter[str], list[tuple[str, str]]]:
+    def _constant_targets(self, model: ir.Model) -> tuple[Counter[str], list[tuple[str, str]] | None]:
         """Rewrite each computed Reshape/Expand target that is proven into a constant; the rewrites by op type,
-        and the targets left computed with why."""
+        and the targets left computed with why (None where symbolic inference failed: none was evaluated)."""
         done: Counter[str] = Counter()
         refused: list[tuple[str, str]] = []
         candidates = [node for node in model.graph if _computed_target(node)]
@@ -139,7 +142,7 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
         if isinstance(shapes, str):
             if shapes not in self._state()[2]:
                 self.decline(shapes)
-            return done, refused
+            return done, None
         classes = _DimClasses(model.graph, shapes)
         for node in candidates:
             if node.op_type == "Reshape":

@@ -548,10 +548,14 @@ def _kv_mismatch(match: _Attention, num_heads: int, *, shared_ok: bool = True) -
     query's (multi-query attention: Falcon, GPT-BigCode) is repeated for MultiHeadAttention (``_shared_heads``);
     not where ``shared_ok`` is False (the soft-capped staging for GroupQueryAttention).
     """
+    query_batch = _batch(match.query)
     for name, traced in (("key", match.key), ("value", match.value)):
         heads, _ = _dims(traced)
         if heads is not None and heads != num_heads and not (shared_ok and heads == 1):
             return f"the {name} has {heads} heads, the query {num_heads}"
+        # MatMul broadcasts a batch of 1 too; the fused op needs the query's batch.
+        if _batch(traced) == 1 and query_batch != 1:
+            return f"the {name} has a batch of 1, which MatMul broadcasts over the query's"
     # Per-head [B, N, T, d] key and value must have the same shape (ORT's kernels check it,
     # and reject the model at run time otherwise); 3-D ones may differ in width
     # (qkv_hidden_sizes). A head size the graph does not tell cannot be assumed equal.
@@ -634,9 +638,27 @@ def _key_value_inputs(
     inputs = [build.transpose(key.source, key.perm), build.transpose(value.source, value.perm)]
     if any(shared):
         adapters.append(_KV_REPEATED)
-        repeats = build.ints("kv_heads", [1, num_heads, 1, 1])
-        inputs = [build.node("Expand", [v, repeats]) if one else v for v, one in zip(inputs, shared, strict=True)]
+        for side, (traced, one) in enumerate(zip((key, value), shared, strict=True)):
+            if one:
+                inputs[side] = _repeated_heads(build, inputs[side], num_heads, _dims(traced)[1])
     return inputs[0], inputs[1]
+
+
+def _repeated_heads(build: _Builder, kv: ir.Value, num_heads: int, head_size: int | None) -> ir.Value:
+    """``[B, 1, T, d]`` repeated into ``[B, N, T, d]``: as Llama's ``repeat_kv``,
+    ``Reshape(Expand(Unsqueeze(kv, 2), [1, 1, N, 1, 1]), [0, N, -1, d])``, which fuse-group-query-attention reads
+    as a cache's repetition; a plain ``Expand(kv, [1, N, 1, 1])`` where the head size is not known."""
+    if head_size is None:
+        return build.node("Expand", [kv, build.ints("kv_heads", [1, num_heads, 1, 1])])
+    repeated = build.node("Expand", [build.unsqueeze(kv, [2]), build.ints("kv_repeat", [1, 1, num_heads, 1, 1])])
+    return build.node("Reshape", [repeated, build.ints("kv_heads", [0, num_heads, -1, head_size])])
+
+
+def _batch(traced: Traced) -> int | None:
+    """The static batch of the traced ``[B, N, *, d]`` operand, or None."""
+    if traced.split is not None and traced.perm[0] == 0:
+        return static_dim(traced.split.hidden, 0) or static_dim(traced.source, 0)
+    return static_dim(traced.source, traced.perm[0])
 
 
 def _shared_heads(traced: Traced, num_heads: int) -> bool:
