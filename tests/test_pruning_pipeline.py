@@ -26,10 +26,10 @@ def test_exported_models_prune_and_still_run(name):
     assert "prune-ffn" not in records and "prune-heads" not in records  # both flags: one combined cut
     record = records["prune-ffn-heads"]
     assert record.status == "applied", record.detail
-    # heads: every fused attention except Llama legacy's (a per-head attention_bias)
-    expect_heads = name != "llama_legacy"
+    # heads: every fused attention (Llama legacy's too since simplify-shapes proves its repeated key/value heads'
+    # targets: its attention_bias is no longer per head)
     kinds = next(note for note in record.notes if note.startswith("kept per group"))
-    assert kinds.startswith("kept per group (heads/neurons)" if expect_heads else "kept per group (neurons)"), kinds
+    assert kinds.startswith("kept per group (heads/neurons)"), kinds
     # The cut's own count, on the fused model it was given (fusion adds tables, rotary caches: like with like).
     summary = next(note for note in record.notes if "parameters " in note and " → " in note)
     counts = summary.split("parameters ", 1)[1].split(";")[0].split(" → ")
