@@ -48,7 +48,6 @@ sequence of a ``position_ids`` input indexing a table stays within its rows (``o
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -57,73 +56,19 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from optimizer.api import optimize_with_report
 from optimizer.inputs import make_inputs, verification_bindings
 from tests.helpers import FIXTURES, run
+from tests.respelling import add_initializer as _add_initializer
+from tests.respelling import clone as _clone
+from tests.respelling import close as _close
+from tests.respelling import constant as _constant
+from tests.respelling import optimized as _optimized
+from tests.respelling import producers as _producers
+from tests.respelling import users as _users
+from tests.respelling import with_nodes_before as _with_nodes_before
 
 _N = helper.make_node
-_DEFAULT_DOMAIN_FUSED = {"SimplifiedLayerNormalization", "LayerNormalization"}
 _LLAMA_HEAD = 16  # llama fixtures: 4 query heads (2 key/value heads) of 16
-
-
-def _fused(model: ir.Model) -> dict[str, int]:
-    return dict(
-        Counter(n.op_type for n in model.graph if n.domain == "com.microsoft" or n.op_type in _DEFAULT_DOMAIN_FUSED)
-    )
-
-
-def _optimized(proto: onnx.ModelProto, passes, feeds) -> tuple[dict[str, int], list, dict[str, np.ndarray]]:
-    result, report = optimize_with_report(ir.from_proto(proto), passes)
-    trouble = [(p.name, p.status, p.detail[:160]) for p in report.passes if p.status not in ("applied", "unchanged")]
-    return _fused(result), trouble, run(result, feeds)
-
-
-def _close(expected: dict, actual: dict, atol: float) -> None:
-    assert list(expected) == list(actual)
-    for name in expected:
-        np.testing.assert_allclose(actual[name], expected[name], rtol=1e-4, atol=atol, err_msg=name)
-
-
-def _clone(proto: onnx.ModelProto) -> onnx.ModelProto:
-    return onnx.ModelProto.FromString(proto.SerializeToString())
-
-
-def _producers(proto: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in proto.graph.node for out in node.output}
-
-
-def _users(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for node in proto.graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    return users
-
-
-def _constant(proto: onnx.ModelProto, name: str) -> np.ndarray | None:
-    for tensor in proto.graph.initializer:
-        if tensor.name == name:
-            return numpy_helper.to_array(tensor)
-    for node in proto.graph.node:
-        if node.op_type == "Constant" and node.output[0] == name and node.attribute[0].name == "value":
-            return numpy_helper.to_array(node.attribute[0].t)
-    return None
-
-
-def _add_initializer(proto: onnx.ModelProto, name: str, value) -> str:
-    proto.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
-    return name
-
-
-def _with_nodes_before(proto: onnx.ModelProto, before: dict[str, list[onnx.NodeProto]]) -> onnx.ModelProto:
-    """``proto`` with ``before[name]`` inserted ahead of the node whose first output is ``name``."""
-    nodes = []
-    for node in proto.graph.node:
-        nodes.extend(before.get(node.output[0], []))
-        nodes.append(node)
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    return proto
 
 
 # -- GQA: repeat_kv spelled as the legacy exporter writes torch.repeat_interleave ------------------------------------
