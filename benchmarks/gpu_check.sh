@@ -1,31 +1,46 @@
 #!/usr/bin/env bash
-# The CUDA check (benchmarks/gpu_check.py) on a GPU machine that has Python and PyTorch but no
-# network and no graphopt dependencies:
-#   bash benchmarks/gpu_check.sh --prepare   here, with the package registry: onnxruntime-gpu as parts
-#                                            (../shared/tools/fetch_ort_gpu.sh) and graphopt's
-#                                            dependencies for Python 3.12 as wheels, all in .gpu/
-#   bash benchmarks/gpu_check.sh [ARGS]      there: installs what .gpu/ holds into .gpu/site (once),
+# The CUDA check (benchmarks/gpu_check.py) on a GPU machine that has Python 3.12, PyTorch and most of
+# graphopt's dependencies but no network (this workplace's CUDA image):
+#   bash benchmarks/gpu_check.sh --prepare   here, with the package registry: onnxruntime-gpu repacked as
+#                                            xz parts in .gpu/ (see below), and as wheels the two
+#                                            dependencies the image lacks or has too old
+#   bash benchmarks/gpu_check.sh [ARGS]      there: unpacks what .gpu/ holds into .gpu/site (once),
 #                                            puts it first on PYTHONPATH, runs gpu_check.py ARGS
+# A call to the GPU machine carries at most 64 MiB with the working tree (33 MB of tracked files), so
+# the 255 MB wheel would need 8 calls or more. --prepare unpacks it, drops the two libraries the Python
+# CUDA path never loads (libonnxruntime.so, the C API's copy of what the Python module links statically,
+# and the TensorRT provider), and packs the rest with xz into parts that each fit beside the tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
-# graphopt's and onnxruntime-gpu's dependencies, and pytest for the CUDA tests, less what a PyTorch install
-# brings (sympy, typing_extensions, filelock...). numpy and packaging are listed: torch does not require them.
-deps=(onnx onnx-ir onnxscript rich markdown-it-py mdurl pygments archspec ml_dtypes protobuf numpy packaging
-  flatbuffers pytest pluggy iniconfig)
+ort_version="${ORT_GPU_VERSION:-1.31.1}"
+# onnx-ir: the image has 1.0, graphopt needs 1.1; archspec: not in the image.
+deps=(onnx-ir==1.1.0 archspec)
 if [ "${1:-}" = "--prepare" ]; then
-  bash ../shared/tools/fetch_ort_gpu.sh
-  "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    -d .gpu/wheels "${deps[@]}"
-  du -sh .gpu
+  rm -rf .gpu/unpacked .gpu/wheels .gpu/ort.tar.xz.part-* .gpu/*.whl
+  mkdir -p .gpu/unpacked .gpu/wheels
+  pip_for_312=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64)
+  "$python" -m pip download -q "${pip_for_312[@]}" -d .gpu "onnxruntime-gpu==${ort_version}"
+  (cd .gpu/unpacked && unzip -q ../onnxruntime_gpu-*.whl &&
+    rm -f onnxruntime/capi/libonnxruntime.so.* onnxruntime/capi/libonnxruntime_providers_tensorrt.so)
+  tar -C .gpu/unpacked -cf - . | xz -9e -T0 > .gpu/ort.tar.xz
+  rm -rf .gpu/unpacked .gpu/onnxruntime_gpu-*.whl
+  "$python" -m pip download -q "${pip_for_312[@]}" -d .gpu/wheels "${deps[@]}"
+  # Each part fits beside the tracked tree and the wheels, with 1 MiB to spare.
+  tree=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s}')
+  wheels=$(du -sb .gpu/wheels | cut -f1)
+  part=$((64 * 1048576 - tree - wheels - 1048576))
+  split -b "$part" -d -a 1 .gpu/ort.tar.xz .gpu/ort.tar.xz.part-
+  rm -f .gpu/ort.tar.xz
+  ls -la .gpu .gpu/wheels
+  echo "Carry each .gpu/ort.tar.xz.part-N in its own call, and .gpu/wheels with one of them."
   exit 0
 fi
-if [ ! -d .gpu/site/onnxruntime ] && compgen -G ".gpu/ort.part-*" > /dev/null; then
-  wheel=".gpu/$(cat .gpu/WHEEL_NAME)"
-  cat .gpu/ort.part-* > "$wheel"
-  "$python" -m pip install -q --no-index --no-deps --target .gpu/site "$wheel"
-  rm -f "$wheel"
+if [ ! -d .gpu/site/onnxruntime ] && compgen -G ".gpu/ort.tar.xz.part-*" > /dev/null; then
+  mkdir -p .gpu/site
+  cat .gpu/ort.tar.xz.part-* | "$python" -c \
+    "import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('.gpu/site')"
 fi
 if compgen -G ".gpu/wheels/*.whl" > /dev/null && [ ! -e .gpu/site/.wheels-installed ]; then
   "$python" -m pip install -q --no-index --no-deps --target .gpu/site .gpu/wheels/*.whl
