@@ -9,7 +9,8 @@
 # A call to the GPU machine carries at most 64 MiB with the working tree (33 MB of tracked files), so
 # the 255 MB wheel would need 8 calls or more. --prepare unpacks it, drops the two libraries the Python
 # CUDA path never loads (libonnxruntime.so, the C API's copy of what the Python module links statically,
-# and the TensorRT provider), and packs the rest with xz into parts that each fit beside the tree.
+# and the TensorRT provider), and packs the rest with xz into parts that each fit beside the tree (the part
+# size comes from the tree's size when --prepare runs: prepare again after the tree grows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
