@@ -67,6 +67,46 @@ FAMILIES = {
     # Interleaved rotation (rotate_every_two) of the first 8 channels, from a fixed position table.
     "gptj": ("GPTJConfig", "GPTJForCausalLM", {"rotary_dim": 8, "num_key_value_heads": 4}, "sdpa"),
     "cohere": ("CohereConfig", "CohereForCausalLM", {}, "sdpa"),
+    # Added 2026-12-04. Multi-query attention (one key/value head), Falcon with rotary, BigCode with learned positions.
+    "falcon": ("FalconConfig", "FalconForCausalLM", {"num_key_value_heads": 1, "multi_query": True}, "sdpa"),
+    "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", {"num_key_value_heads": 1, "n_inner": 128}, "sdpa"),
+    # Query/key norms over the whole projection (OLMo2), per head with a sliding window and post-norms (EXAONE 4).
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}, "sdpa"),
+    "exaone4": (
+        "Exaone4Config",
+        "Exaone4ForCausalLM",
+        {"head_dim": 16, "sliding_window": 6, "layer_types": ["sliding_attention", "full_attention"]},
+        "sdpa",
+    ),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", {"sliding_window": None}, "sdpa"),
+    # phi-2: LayerNorm, half of each head rotated, attention and MLP in parallel.
+    "phi": ("PhiConfig", "PhiForCausalLM", {"partial_rotary_factor": 0.5}, "sdpa"),
+    # Gemma 3: per-head query/key norms, one sliding-window layer (window 6) and one global layer.
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 6,
+            "layer_types": ["sliding_attention", "full_attention"],
+        },
+        "sdpa",
+    ),
+    # SmolLM3: the second layer has no rotary (NoPE).
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"no_rope_layers": [1, 0]}, "sdpa"),
+    # GLM: half of each head rotated, interleaved pairs.
+    "glm": ("GlmConfig", "GlmForCausalLM", {"head_dim": 16, "partial_rotary_factor": 0.5}, "sdpa"),
+    # Nemotron: LayerNorm1P, half of each head rotated.
+    "nemotron": ("NemotronConfig", "NemotronForCausalLM", {"head_dim": 16, "partial_rotary_factor": 0.5}, "sdpa"),
+    # No rotary: learned positions (OPT), ALiBi (BLOOM).
+    "opt": (
+        "OPTConfig",
+        "OPTForCausalLM",
+        {"num_key_value_heads": 4, "ffn_dim": 128, "word_embed_proj_dim": 64},
+        "sdpa",
+    ),
+    "bloom": ("BloomConfig", "BloomForCausalLM", {"num_key_value_heads": 4}, "eager"),
 }
 # graphopt options per family (none needed since GPT-J's caches end with its 128-position table by themselves).
 OPTIONS: dict[str, dict] = {}
@@ -159,10 +199,12 @@ def _export(torch, fixtures, module, path: Path, exporter: str) -> None:
         "attention_mask": torch.ones((batch, past + new), dtype=torch.int64),
         "position_ids": torch.arange(past, past + new).repeat(batch, 1),
     }
-    config = module.model.config
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    # The cache's head count and head size as the model makes them (configs spell them differently).
+    with torch.no_grad():
+        made = module.model(input_ids=feed["input_ids"], use_cache=True).past_key_values.layers[0].keys
+    kv_heads, head_size = made.shape[1], made.shape[3]
     for name in inputs[2 + module.positions :]:
-        feed[name] = torch.from_numpy(rng.standard_normal((batch, kv_heads, past, 16), dtype=np.float32))
+        feed[name] = torch.from_numpy(rng.standard_normal((batch, kv_heads, past, head_size), dtype=np.float32))
     args = tuple(feed[name] for name in inputs)
     if exporter == "legacy":
         axes = {name: _axes(name) for name in [*inputs, *outputs]}
