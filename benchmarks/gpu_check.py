@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# graphopt from this checkout, installed or not (the steps run `python -m optimizer.cli` from ROOT).
+sys.path.insert(0, str(ROOT))
 MODELS = {
     "example": ROOT / "examples" / "encoder.onnx",
     "bert_legacy": ROOT / "tests" / "fixtures" / "bert_legacy.onnx",

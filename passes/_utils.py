@@ -174,7 +174,51 @@ def _inferred_without_declared(model: ir.Model) -> tuple[_Declared, _Interfaces]
         logger.debug("shape inference failed; the rewrites see no inferred shapes", exc_info=True)
         model.graph.inputs.clear()  # it turns initializers into inputs while it runs
         model.graph.inputs.extend(graph_inputs)
+    for body in bodies:
+        _misinferred_shapes_cleared(body)
     return declared, interfaces
+
+
+def _misinferred_shapes_cleared(body: ir.Graph | ir.Function) -> None:
+    """Clear the inferred shape of every value computed from an op whose ONNX shape inference may size its
+    output otherwise than ONNX Runtime runs it (``_misinferred``): a rewrite must not read those sizes."""
+    tainted: set[int] = set()
+    for node in body:
+        if _misinferred(node) or any(value is not None and id(value) in tainted for value in node.inputs):
+            for output in node.outputs:
+                output.shape = None
+                tainted.add(id(output))
+
+
+def _misinferred(node: ir.Node) -> bool:
+    """Whether ONNX's shape inference (1.23) may give ``node``'s output a static size ONNX Runtime does not compute.
+
+    - A pool with ``ceil_mode=1`` whose last window would start past the input and its leading pad: ONNX Runtime
+      (and the spec from opset 19) drops that window, ONNX's inference counts it.
+    - ``ConvTranspose`` with ``auto_pad`` SAME_UPPER or SAME_LOWER: ONNX Runtime's output is the input times the
+      stride; ONNX's inference adds ``output_padding``.
+    """
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type == "ConvTranspose":
+        return (node.attributes.get_string("auto_pad", "NOTSET") or "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
+    if node.op_type not in ("MaxPool", "AveragePool", "LpPool") or not node.attributes.get_int("ceil_mode", 0):
+        return False
+    x, y = node.inputs[0], node.outputs[0]
+    if (node.attributes.get_string("auto_pad", "NOTSET") or "NOTSET") != "NOTSET":
+        return True
+    if x is None or x.shape is None or y.shape is None or len(x.shape) != len(y.shape):
+        return y.shape is not None
+    spatial = len(x.shape) - 2
+    strides = list(node.attributes.get_ints("strides", [1] * spatial))
+    pads = list(node.attributes.get_ints("pads", [0] * (2 * spatial)))
+    for axis in range(spatial):
+        length, out = x.shape[2 + axis], y.shape[2 + axis]
+        if not isinstance(out, int):
+            continue
+        if not isinstance(length, int) or (out - 1) * strides[axis] >= length + pads[axis]:
+            return True
+    return False
 
 
 def inference_opsets(opset_imports: dict[str, int]) -> dict[str, int]:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnxscript.rewriter.rules.common import _collapse_slices
 
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import one_line
@@ -81,8 +82,8 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
       where the original runs;
     - an ``Expand`` whose target elements are constants or provably equal to the
       input's aligned dimension (they become 1);
-    - a ``Gather(Shape(x), i)`` whose dims ONNX's shape inference sizes (``_fold_static_dims``), then folds what
-      it feeds (``fold-constants``).
+    - a ``Gather(Shape(x), i)`` or ``Slice(Shape(x), a, b)`` whose dims ONNX's shape inference sizes
+      (``_fold_static_dims``), then folds what it feeds (``fold-constants``).
     Refuses, with the reason in its refusals, when ONNX Runtime's symbolic shape inference
     fails on the model or is not installed; leaves every other shape computation as it was.
 
@@ -113,13 +114,16 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
             if evaluated is not None:  # a round whose inference failed keeps the last round's refusals
                 refused = evaluated
             folded = any(_dim_read(node) for node in model.graph) and _fold_static_dims(model)
-            if folded:
+            # A Slice the proven shapes show takes its whole input (Phi3 legacy's q[..., :rotary_dim] at full width,
+            # between the head split and the rotary, which then did not see the split) becomes its input.
+            whole = bool(done or folded) and _whole_slices_removed(model)
+            if folded or whole:
                 # What the sizes feed becomes constant too (a head size's Cast and Sqrt: the scale
-                # fuse-attention needs constant).
+                # fuse-attention needs constant), and the Identity a whole Slice left goes.
                 from passes.constant_folding import FoldConstantsPass
 
                 FoldConstantsPass()(model)
-            modified = modified or bool(done) or bool(folded)
+            modified = modified or bool(done) or bool(folded) or whole
             if not folded or not refused:
                 break
         for kind, count in rewritten.items():
@@ -170,8 +174,8 @@ _ROUNDS = 3
 
 
 def _fold_static_dims(model: ir.Model) -> int:
-    """Replace each ``Gather(Shape(x), i)`` (a constant index) whose dims ONNX's shape inference sizes with those
-    sizes; return how many.
+    """Replace each ``Gather(Shape(x), i)`` or ``Slice(Shape(x), a, b)`` (``_dim_read``) whose dims ONNX's shape
+    inference sizes with those sizes; return how many.
 
     onnxscript's folder gathers from a shape with a 1-D index only, and the legacy exporter writes a scalar one
     (``value.size(-1)``) and records no intermediate shapes: GPT-2's eager ``value.size(-1) ** 0.5`` stayed computed,
@@ -185,21 +189,46 @@ def _fold_static_dims(model: ir.Model) -> int:
             if not _dim_read(node) or node.outputs[0].is_graph_output():
                 continue
             shape_node = node.inputs[0].producer()
-            x, index = shape_node.inputs[0], constant_array(node.inputs[1])
-            if x is None or x.shape is None or index.dtype.kind != "i":
+            x = shape_node.inputs[0]
+            if x is None or x.shape is None:
                 continue
             dims = list(x.shape)[_shape_slice(shape_node, len(x.shape))]
-            if not all(-len(dims) <= i < len(dims) for i in index.reshape(-1).tolist()):
+            value = _read_dims(node, dims)
+            if value is None:
                 continue
-            sizes = [dims[i] for i in index.reshape(-1).tolist()]
-            if not all(isinstance(size, int) for size in sizes):
-                continue
-            value = np.array(sizes, np.int64).reshape(index.shape)
             node.outputs[0].replace_all_uses_with(add_initializer(model.graph, f"{node.name or 'dim'}_size", value))
             folded += 1
     if folded:
         remove_dead_nodes(model)
     return folded
+
+
+def _whole_slices_removed(model: ir.Model) -> int:
+    """Rewrite each Slice that takes the whole of its input by ONNX's inferred shapes (start 0, end at least the
+    dim, step 1) into an Identity: onnxscript's ``collapse_slices`` rules; return how many."""
+    if not any(node.op_type == "Slice" for node in model.graph):
+        return 0
+    with declared_shapes_inferred(model):
+        return _collapse_slices.rules.apply_to_model(model)
+
+
+def _read_dims(node: ir.Node, dims: list) -> np.ndarray | None:
+    """What the ``Gather`` or ``Slice`` ``node`` reads of a shape whose dims are ``dims`` (ints where static), or
+    None unless every dim it reads is static."""
+    if node.op_type == "Gather":
+        index = constant_array(node.inputs[1])
+        if index.dtype.kind != "i" or not all(-len(dims) <= i < len(dims) for i in index.reshape(-1).tolist()):
+            return None
+        sizes = [dims[i] for i in index.reshape(-1).tolist()]
+        shape = index.shape
+    else:
+        # Slice's starts, ends, axes (only 0) and steps (only 1): ONNX clamps as Python's slices do at step 1.
+        start, end = (int(constant_array(node.inputs[i]).reshape(-1)[0]) for i in (1, 2))
+        sizes = dims[start:end]
+        shape = (len(sizes),)
+    if not all(isinstance(size, int) for size in sizes):
+        return None
+    return np.array(sizes, np.int64).reshape(shape)
 
 
 def _shape_slice(node: ir.Node, rank: int) -> slice:
@@ -210,16 +239,26 @@ def _shape_slice(node: ir.Node, rank: int) -> slice:
 
 
 def _dim_read(node: ir.Node) -> bool:
-    """Whether ``node`` is ``Gather(Shape(x), i)`` with a constant index: dims of ``x`` read at run time."""
-    if node.op_type != "Gather" or not is_onnx_domain(node) or len(node.inputs) != 2 or None in node.inputs:
+    """Whether ``node`` is ``Gather(Shape(x), i)`` with a constant index, or ``Slice(Shape(x), start, end)`` with
+    constant bounds along axis 0 at step 1 (the legacy exporter's ``query.size(-1)`` in its attention scale):
+    dims of ``x`` read at run time."""
+    if not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None:
         return False
     shape = node.inputs[0].producer()
-    return (
-        shape is not None
-        and shape.op_type == "Shape"
-        and is_onnx_domain(shape)
-        and constant_array(node.inputs[1]) is not None
-    )
+    if shape is None or shape.op_type != "Shape" or not is_onnx_domain(shape):
+        return False
+    if node.op_type == "Gather":
+        return len(node.inputs) == 2 and node.inputs[1] is not None and constant_array(node.inputs[1]) is not None
+    if node.op_type != "Slice" or not 3 <= len(node.inputs) <= 5 or None in node.inputs[1:3]:
+        return False
+    bounds = [constant_array(value) if value is not None else None for value in node.inputs[1:]]
+    if any(bound is None or bound.dtype.kind != "i" or bound.size != 1 for bound in bounds[:2]):
+        return False
+    axes = bounds[2] if len(bounds) > 2 else None
+    steps = bounds[3] if len(bounds) > 3 else None
+    if len(node.inputs) > 3 and node.inputs[3] is not None and (axes is None or axes.reshape(-1).tolist() != [0]):
+        return False
+    return len(node.inputs) <= 4 or node.inputs[4] is None or (steps is not None and steps.reshape(-1).tolist() == [1])
 
 
 def _computed_target(node: ir.Node) -> bool:

@@ -73,7 +73,6 @@ from tests.passes.fusion._attention_graphs import attention_model, model_inputs
 HEADS, SIZE = 4, 8
 
 
-
 def _repeated(value: ir.Value) -> bool:
     """Whether ``value`` is a key/value head repeated for the query's heads: ``Reshape(Expand(Unsqueeze(kv, 2)))``
     (Llama's repeat_kv form) or a plain ``Expand``."""
@@ -81,6 +80,7 @@ def _repeated(value: ir.Value) -> bool:
     if node is not None and node.op_type == "Reshape":
         node = node.inputs[0].producer()
     return node is not None and node.op_type == "Expand"
+
 
 def _sdpa(q: list, k: list, v: list, mask: list | None = None) -> ir.Model:
     """``softmax(q @ k^T * 0.5 [+ m]) @ v`` on per-head graph inputs (MatMul broadcasts what it may)."""

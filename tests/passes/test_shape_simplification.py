@@ -514,3 +514,107 @@ def test_a_symbolic_dim_read_at_run_time_stays():
     text = HEAD_SIZE_SCALE.replace("<START>", "").replace("INDEX", "int64 {1}")
     after = ShapeSimplificationPass()(parse_model(text)).model
     assert "Shape" in op_types(after) and "Gather" in op_types(after)
+
+
+# The legacy exporter's scaled_dot_product_attention reads the head size as a 1-element slice of the query's shape
+# (Falcon): Slice(Shape(q), [-1], [INT64_MAX]), then Cast, Sqrt, Reciprocal, Sqrt on each of query and key.
+HEAD_SIZE_SLICE = """
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[batch, sequence, 64] hidden) => (float[batch, sequence, 64] y) {
+      target = Constant<value = int64[4] {0, 0, 4, 16}>()
+      heads = Reshape(hidden, target)
+      shape = Shape(heads)
+      starts = Constant<value = int64[1] {START}>()
+      ends = Constant<value = int64[1] {END}>()
+      EXTRA
+      d = Slice(shape, starts, ends ARGS)
+      df = Cast<to = 1>(d)
+      root = Sqrt(df)
+      scaled = Div(heads, root)
+      back = Constant<value = int64[3] {0, 0, 64}>()
+      y = Reshape(scaled, back)
+    }"""
+_NO_EXTRA = {"EXTRA": "", "ARGS": ""}
+_AXIS_0 = {
+    "EXTRA": "axes = Constant<value = int64[1] {0}>()\n steps = Constant<value = int64[1] {1}>()",
+    "ARGS": ", axes, steps",
+}
+
+
+def _head_size_slice(start: str, end: str, extra: dict) -> ir.Model:
+    text = HEAD_SIZE_SLICE.replace("START", start).replace("END", end)
+    for key, value in extra.items():
+        text = text.replace(key, value)
+    model = parse_model(text)
+    for node in model.graph:  # as the legacy exporter writes it: no intermediate shapes
+        for output in node.outputs:
+            output.shape = None
+    return model
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "extra"),
+    [("-1", "9223372036854775807", _NO_EXTRA), ("3", "4", _NO_EXTRA), ("-1", "9223372036854775807", _AXIS_0)],
+)
+def test_a_static_dim_sliced_from_a_shape_becomes_a_constant(start, end, extra):
+    model = _head_size_slice(start, end, extra)
+    after = ShapeSimplificationPass()(model.clone()).model
+    ops = op_types(after)
+    assert "Shape" not in ops and "Sqrt" not in ops and "Slice" not in ops, ops
+    hidden = np.random.default_rng(0).standard_normal((2, 3, 64)).astype(np.float32)
+    assert_same_outputs(model, after, {"hidden": hidden}, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "extra"),
+    [
+        ("1", "2", _NO_EXTRA),  # the sequence: symbolic
+        ("-1", "-9223372036854775807", {**_AXIS_0, "int64[1] {1}>()": "int64[1] {-1}>()"}),  # step -1
+        ("-1", "9223372036854775807", {**_AXIS_0, "int64[1] {0}>()": "int64[1] {-1}>()"}),  # axes [-1]: not read
+    ],
+)
+def test_a_dim_slice_that_is_not_static_or_not_plain_stays(start, end, extra):
+    model = _head_size_slice(start, end, extra)
+    after = ShapeSimplificationPass()(model.clone()).model
+    assert "Shape" in op_types(after) and "Slice" in op_types(after)
+    hidden = np.random.default_rng(0).standard_normal((2, 3, 64)).astype(np.float32)
+    if start == "1":  # Sqrt of the sequence length: still computed, and still right
+        assert_same_outputs(model, after, {"hidden": hidden}, rtol=1e-6, atol=1e-6)
+
+
+# Phi-3's legacy export rotates q[..., :rotary_dim] with rotary_dim the head size: once the head split's computed
+# target is proven, the Slice takes the whole head and goes (the rotary then reads the split itself).
+WHOLE_HEAD_SLICE = """
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[batch, sequence, 64] hidden) => (float[batch, 4, sequence, 16] y) {
+      shape = Shape(hidden)
+      i0 = Constant<value = int64[1] {0}>()
+      i1 = Constant<value = int64[1] {1}>()
+      b = Gather<axis = 0>(shape, i0)
+      s = Gather<axis = 0>(shape, i1)
+      tail = Constant<value = int64[2] {4, 16}>()
+      target = Concat<axis = 0>(b, s, tail)
+      heads = Reshape(hidden, target)
+      per_head = Transpose<perm = [0, 2, 1, 3]>(heads)
+      starts = Constant<value = int64[1] {0}>()
+      ends = Constant<value = int64[1] {END}>()
+      axes = Constant<value = int64[1] {3}>()
+      steps = Constant<value = int64[1] {1}>()
+      part = Slice(per_head, starts, ends, axes, steps)
+      y = Mul(part, part)
+    }"""
+
+
+@pytest.mark.parametrize(("end", "whole"), [("16", True), ("9223372036854775807", True), ("8", False)])
+def test_a_slice_that_takes_the_whole_proven_head_goes(end, whole):
+    text = WHOLE_HEAD_SLICE.replace("END", end)
+    if not whole:
+        text = text.replace("float[batch, 4, sequence, 16] y", "float[batch, 4, sequence, 8] y")
+    model = parse_model(text)
+    for node in model.graph:  # as the legacy exporter writes it: no intermediate shapes
+        for output in node.outputs:
+            output.shape = None
+    after = ShapeSimplificationPass()(model.clone()).model
+    assert ("Slice" in op_types(after)) != whole, op_types(after)
+    hidden = np.random.default_rng(0).standard_normal((2, 3, 64)).astype(np.float32)
+    assert_same_outputs(model, after, {"hidden": hidden})
