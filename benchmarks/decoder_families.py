@@ -2,7 +2,8 @@
 
 Tiny random-weight Hugging Face causal LMs (2 layers, hidden 64, 4 query / 2 key-value heads; 4 / 4 for GPT-NeoX,
 GPT-J, OPT and BLOOM, 4 / 1 for Falcon and GPT-BigCode; head size 16, vocabulary 256), each exported as one
-key/value-cache step by both torch exporters: logits and ``present.*`` out of ``input_ids``, ``attention_mask``, ``position_ids``
+key/value-cache step by both torch exporters: logits and ``present.*`` out of ``input_ids``, ``attention_mask``,
+``position_ids``
 (left out by the ``*_nopos`` variant, whose positions come from the cache's length) and
 ``past_key_values.*``. Random weights say nothing about accuracy; they say which spellings
 fuse and whether the fused graph computes what the export does.
