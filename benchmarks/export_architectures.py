@@ -1,4 +1,4 @@
-"""Export random-weight decoders of 13 transformers architectures (no KV cache) with both torch.onnx exporters.
+"""Export random-weight decoders of 20 transformers architectures (no KV cache) with both torch.onnx exporters.
 
 For the fusion sweep of docs/benchmarks.md ("Decoder architectures from transformers"): what the default pipeline
 fuses in architectures the test fixtures do not cover. Needs torch 2.13.0 and transformers (5.24 measured)::
@@ -83,6 +83,26 @@ ARCHS = {
     "falcon": ("FalconConfig", "FalconModel", dict(), "sdpa"),
     "starcoder2": ("Starcoder2Config", "Starcoder2Model", dict(num_key_value_heads=KV, sliding_window=8), "sdpa"),
     "phi": ("PhiConfig", "PhiModel", dict(num_key_value_heads=NH, partial_rotary_factor=0.5), "sdpa"),
+    # Added 2026-12-04 (as benchmarks/decoder_families.py's cache exports).
+    "exaone4": (
+        "Exaone4Config",
+        "Exaone4Model",
+        dict(
+            num_key_value_heads=KV, head_dim=HD, sliding_window=8, layer_types=["sliding_attention", "full_attention"]
+        ),
+        "sdpa",
+    ),
+    "smollm3": ("SmolLM3Config", "SmolLM3Model", dict(num_key_value_heads=KV, no_rope_layers=[1, 0]), "sdpa"),
+    "glm": ("GlmConfig", "GlmModel", dict(num_key_value_heads=KV, head_dim=HD, partial_rotary_factor=0.5), "sdpa"),
+    "nemotron": (
+        "NemotronConfig",
+        "NemotronModel",
+        dict(num_key_value_heads=KV, head_dim=HD, partial_rotary_factor=0.5),
+        "sdpa",
+    ),
+    "cohere": ("CohereConfig", "CohereModel", dict(num_key_value_heads=KV), "sdpa"),
+    "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeModel", dict(multi_query=True, n_inner=FF), "sdpa"),
+    "opt": ("OPTConfig", "OPTModel", dict(ffn_dim=FF, word_embed_proj_dim=H), "sdpa"),
 }
 
 
