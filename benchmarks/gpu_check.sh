@@ -18,15 +18,23 @@ ort_version="${ORT_GPU_VERSION:-1.31.1}"
 # onnx-ir: the image has 1.0, graphopt needs 1.1; archspec: not in the image.
 deps=(onnx-ir==1.1.0 archspec)
 if [ "${1:-}" = "--prepare" ]; then
-  rm -rf .gpu/unpacked .gpu/wheels .gpu/ort.tar.xz.part-* .gpu/*.whl
-  mkdir -p .gpu/unpacked .gpu/wheels
   pip_for_312=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64)
-  "$python" -m pip download -q "${pip_for_312[@]}" -d .gpu "onnxruntime-gpu==${ort_version}"
-  (cd .gpu/unpacked && unzip -q ../onnxruntime_gpu-*.whl &&
-    rm -f onnxruntime/capi/libonnxruntime.so.* onnxruntime/capi/libonnxruntime_providers_tensorrt.so)
-  tar -C .gpu/unpacked -cf - . | xz -9e -T0 > .gpu/ort.tar.xz
-  rm -rf .gpu/unpacked .gpu/onnxruntime_gpu-*.whl
+  if compgen -G ".gpu/ort.tar.xz.part-*" > /dev/null && [ "$(cat .gpu/ORT_VERSION 2>/dev/null)" = "$ort_version" ]; then
+    # Parts of this version are here: only split them again for today's tree (xz takes minutes).
+    cat .gpu/ort.tar.xz.part-* > .gpu/ort.tar.xz
+  else
+    rm -rf .gpu/unpacked .gpu/*.whl
+    mkdir -p .gpu/unpacked
+    "$python" -m pip download -q "${pip_for_312[@]}" -d .gpu "onnxruntime-gpu==${ort_version}"
+    (cd .gpu/unpacked && unzip -q ../onnxruntime_gpu-*.whl &&
+      rm -f onnxruntime/capi/libonnxruntime.so.* onnxruntime/capi/libonnxruntime_providers_tensorrt.so)
+    tar -C .gpu/unpacked -cf - . | xz -9e -T0 > .gpu/ort.tar.xz
+    rm -rf .gpu/unpacked .gpu/onnxruntime_gpu-*.whl
+    echo "$ort_version" > .gpu/ORT_VERSION
+  fi
+  rm -rf .gpu/wheels .gpu/ort.tar.xz.part-*
+  mkdir -p .gpu/wheels
   "$python" -m pip download -q "${pip_for_312[@]}" -d .gpu/wheels "${deps[@]}"
   # Each part fits beside the tracked tree and the wheels, with 1 MiB to spare.
   tree=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s}')
