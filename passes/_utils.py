@@ -175,11 +175,11 @@ def _inferred_without_declared(model: ir.Model) -> tuple[_Declared, _Interfaces]
         model.graph.inputs.clear()  # it turns initializers into inputs while it runs
         model.graph.inputs.extend(graph_inputs)
     for body in bodies:
-        _misinferred_shapes_cleared(body)
+        clear_misinferred_shapes(body)
     return declared, interfaces
 
 
-def _misinferred_shapes_cleared(body: ir.Graph | ir.Function) -> None:
+def clear_misinferred_shapes(body: ir.Graph | ir.Function) -> None:
     """Clear the inferred shape of every value computed from an op whose ONNX shape inference may size its
     output otherwise than ONNX Runtime runs it (``_misinferred``): a rewrite must not read those sizes."""
     tainted: set[int] = set()

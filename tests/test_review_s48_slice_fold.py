@@ -236,3 +236,24 @@ def test_a_slice_in_a_branch_keeps_its_outputs():
         for c in (True, False):
             x = np.random.default_rng(batch).standard_normal((batch, 4, 6)).astype(np.float32)
             assert_same_outputs(model, after, {"x": x, "c": np.array(c)})
+
+
+@pytest.mark.parametrize(("length", "known"), [(6, False), (7, True)])
+def test_the_fusions_inferred_shapes_skip_a_dropped_ceil_window(length, known):
+    """The fusions' own inference (passes.fusion._inferred_shapes) clears the same sizes: at length 6 ONNX says 3
+    windows and ONNX Runtime computes 2, so the pool's output and what is computed from it get no shape."""
+    from passes.fusion._inferred_shapes import inferred_shapes
+
+    model = _legacy(f"""
+        <ir_version: 9, opset_import: ["" : 19]>
+        g (float[1, 1, {length}] x) => (float[1, 1, n] y) {{
+          p = MaxPool<kernel_shape = [2], strides = [3], ceil_mode = 1>(x)
+          y = Relu(p)
+        }}""")
+    relu = next(node for node in model.graph if node.op_type == "Relu")
+    with inferred_shapes(model):
+        pooled, relued = relu.inputs[0].shape, relu.outputs[0].shape
+    if known:
+        assert list(pooled) == [1, 1, 3] and relued is not None
+    else:
+        assert pooled is None or pooled[2] != 3, pooled

@@ -50,7 +50,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
 
 from optimizer.domains import MS_DOMAIN, ONNX_DOMAINS, onnx_opset
-from passes._utils import inference_opsets
+from passes._utils import clear_misinferred_shapes, inference_opsets
 
 
 def _values(graph: ir.Graph) -> Iterator[ir.Value]:
@@ -740,6 +740,7 @@ def inferred_shapes(model: ir.Model) -> Iterator[int]:
         if propagate:
             _hide_computed_slice_starts(copy)
         ir.passes.common.ShapeInferencePass(strict_mode=False, data_prop=propagate)(copy)
+        clear_misinferred_shapes(copy.graph)  # sizes ONNX infers and ONNX Runtime does not compute
         for twin in _values(copy.graph):
             value = missing.get(twin.name)
             if value is None:
