@@ -165,6 +165,9 @@ def _inferred_without_declared(model: ir.Model) -> tuple[_Declared, _Interfaces]
         for value in [*inputs, *(output for node in body for output in node.outputs)]:
             declared.append((value, value.shape, value.type))
             value.shape = None
+    # The graph's inputs keep their shapes, and get them back: inference writes an initializer's onto an input
+    # that declares none.
+    declared.extend((value, value.shape, value.type) for value in model.graph.inputs)
     graph_inputs = list(model.graph.inputs)
     try:
         # onnx-ir's inference asks every initializer its nbytes
@@ -182,7 +185,8 @@ def _inferred_without_declared(model: ir.Model) -> tuple[_Declared, _Interfaces]
 def clear_misinferred_shapes(body: ir.Graph | ir.Function) -> None:
     """Clear the inferred shape of every value computed from an op whose ONNX shape inference may size its
     output otherwise than ONNX Runtime runs it (``_misinferred``): a rewrite must not read those sizes."""
-    tainted: set[int] = set()
+    # ONNX Runtime checks a tensor input's declared shape, not the element shape of a sequence input.
+    tainted = {id(value) for value in body.inputs if isinstance(value.type, ir.SequenceType)}
     for node in body:
         if _misinferred(node) or any(value is not None and id(value) in tainted for value in node.inputs):
             for output in node.outputs:
@@ -197,9 +201,21 @@ def _misinferred(node: ir.Node) -> bool:
       (and the spec from opset 19) drops that window, ONNX's inference counts it.
     - ``ConvTranspose`` with ``auto_pad`` SAME_UPPER or SAME_LOWER: ONNX Runtime's output is the input times the
       stride; ONNX's inference adds ``output_padding``.
+    - ``Resize`` by ``scales`` and ``Upsample``: ONNX sizes ``floor(dim * scale)`` in double, ONNX Runtime in float
+      (3 × float32(5/3) is 4 in one and 5 in the other). A Resize to ``sizes`` agrees.
+    (Found by reviews; values computed from a sequence input's elements are cleared too, ``clear_misinferred_shapes``.)
     """
     if node.domain not in ("", "ai.onnx"):
         return False
+    if node.op_type == "Upsample":
+        return True
+    if node.op_type == "Resize":
+        # Opset 10's Resize takes (X, scales); 11's (X, roi, scales, sizes).
+        scales = node.inputs[1] if len(node.inputs) == 2 else node.inputs[2] if len(node.inputs) > 2 else None
+        if scales is None:
+            return False
+        known = constant_array(scales)
+        return known is None or known.size > 0
     if node.op_type == "ConvTranspose":
         return (node.attributes.get_string("auto_pad", "NOTSET") or "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
     if node.op_type not in ("MaxPool", "AveragePool", "LpPool") or not node.attributes.get_int("ceil_mode", 0):

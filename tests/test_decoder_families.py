@@ -13,6 +13,10 @@ takes the whole head, once simplify-shapes has proven the head split's target. L
 the Slice's 4-D output, and the query and key went into GroupQueryAttention through Transpose + Reshape adapters
 (121 nodes against 97).
 
+``gemma3_kv_legacy.onnx`` (``--families gemma3``: per-head query/key norms, one sliding-window layer of 6 tokens and
+one global layer) and ``smollm3_kv_dynamo.onnx`` (``--families smollm3``: the second layer has no rotary, NoPE) guard
+spellings the Llama fixtures lack.
+
 Each model must fuse, and the fused model must answer as the export does through padded prompts and decode steps
 fed its own presents (metamorphic: the same generation before and after).
 """
@@ -34,6 +38,8 @@ VOCAB = 256
 FAMILIES = {
     "falcon_kv_legacy": {"GroupQueryAttention": 2, "RotaryEmbedding": 4, "MultiHeadAttention": 0},
     "phi3_kv_legacy": {"GroupQueryAttention": 2, "RotaryEmbedding": 4, "Transpose": 0},
+    "gemma3_kv_legacy": {"GroupQueryAttention": 2, "RotaryEmbedding": 4, "SimplifiedLayerNormalization": 13},
+    "smollm3_kv_dynamo": {"GroupQueryAttention": 2, "RotaryEmbedding": 2, "SimplifiedLayerNormalization": 5},
 }
 
 
