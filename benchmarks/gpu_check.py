@@ -13,7 +13,10 @@ out or cannot run is a row saying so; the script itself does not stop):
    the ``cuda`` default pipeline, each alone over the cleanup passes;
 4. ``--quantize int4 --quantize-outputs`` on the Llama decoder (``MatMulNBits`` at
    accuracy_level 0 on CUDA), without and with ``merge-matmul-nbits`` (opt-in on CUDA until
-   this row says whether it pays there), each against the float32 original.
+   this row says whether it pays there), each against the float32 original;
+5. ``optimize --target cuda`` and ``compare --ep cuda`` on four decoder families' cache
+   exports (``FAMILY_MODELS``: GroupQueryAttention with one key/value head, a sliding window,
+   no rotary in a layer), for their answers on CUDA's kernels.
 
 Before anything it preloads CUDA's libraries (``onnxruntime.preload_dlls()``) and prints
 the Python, onnxruntime and onnx versions, the providers, the GPU's name and driver, and
@@ -58,9 +61,17 @@ MODELS = {
     "bert_legacy": ROOT / "tests" / "fixtures" / "bert_legacy.onnx",
     "llama_kv_legacy": ROOT / "tests" / "fixtures" / "llama_kv_legacy.onnx",
 }
+# Decoder families whose cache graphs fuse other GroupQueryAttention settings (tests/test_decoder_families.py): one
+# key/value head (Falcon), a sliding window of 6 beside a global layer with per-head norms (Gemma 3), a layer without
+# rotary (SmolLM3), a packed QKV projection (Phi-3). Compared last: the step a short budget drops first.
+FAMILY_MODELS = {
+    name: ROOT / "tests" / "fixtures" / f"{name}.onnx"
+    for name in ("falcon_kv_legacy", "gemma3_kv_legacy", "smollm3_kv_dynamo", "phi3_kv_legacy")
+}
+MODELS.update(FAMILY_MODELS)
 FP16_MODELS = ("example", "bert_legacy")
 ABLATION_MODELS = ("bert_legacy", "llama_kv_legacy")
-STEPS = ("tests", "compare", "fp16", "ablation", "int4")
+STEPS = ("tests", "compare", "fp16", "ablation", "int4", "families")
 INT4_MODELS = ("llama_kv_legacy",)
 # int4 variants: the flags each adds to --target cuda.
 INT4_VARIANTS = {
@@ -214,7 +225,7 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *CUDA_TESTS]
         steps.append(Step("pytest on CUDA", command, COMPARE_TIMEOUT_S, summary=True))
     if "compare" in args.steps:
-        for name in args.models:
+        for name in (m for m in args.models if m not in FAMILY_MODELS):
             compared(name, "default", optimized(name, "default", []))
     if "fp16" in args.steps:
         for name in (m for m in args.models if m in FP16_MODELS):
@@ -238,6 +249,9 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
         for name in (m for m in args.models if m in INT4_MODELS):
             for variant, flags in INT4_VARIANTS.items():
                 compared(name, variant, optimized(name, variant, flags))
+    if "families" in args.steps:
+        for name in (m for m in args.models if m in FAMILY_MODELS):
+            compared(name, "default", optimized(name, "default", []))
     return steps
 
 
@@ -506,9 +520,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     compares = [
         compare_row(model, variant, out / f"{model}.{variant}.json", results.get(f"compare {model} {variant}"), args.ep)
         for variant, models, step in (
-            ("default", args.models, "compare"),
+            ("default", [m for m in args.models if m not in FAMILY_MODELS], "compare"),
             ("fp16", [m for m in args.models if m in FP16_MODELS], "fp16"),
             *((variant, [m for m in args.models if m in INT4_MODELS], "int4") for variant in INT4_VARIANTS),
+            ("default", [m for m in args.models if m in FAMILY_MODELS], "families"),
         )
         if step in args.steps
         for model in models

@@ -50,11 +50,13 @@ def test_plan_runs_the_cuda_path(gpu_check, tmp_path):
     assert all(step.timeout <= 180 for step in steps)
     merged = next(step for step in steps if step.name == "optimize llama_kv_legacy int4-merged")
     assert merged.command[merged.command.index("--passes") + 1] == "+merge-matmul-nbits"
-    assert names[-4:] == [
+    families = [f"{verb} {name} default" for name in gpu_check.FAMILY_MODELS for verb in ("optimize", "compare")]
+    assert names[-4 - len(families) :] == [
         "optimize llama_kv_legacy int4",
         "compare llama_kv_legacy int4",
         "optimize llama_kv_legacy int4-merged",
         "compare llama_kv_legacy int4-merged",
+        *families,
     ]
 
 
@@ -210,12 +212,9 @@ def test_shell_wrapper_installs_what_gpu_holds_and_puts_it_first(tmp_path):
 
     gpu = tmp_path / ".gpu"
     (gpu / "wheels").mkdir(parents=True)
-    runtime = _wheel(gpu, "onnxruntime_gpu", "onnxruntime")
-    (gpu / "WHEEL_NAME").write_text(runtime.name + "\n")
-    data = runtime.read_bytes()  # split in two parts, as fetch_ort_gpu.sh leaves it
-    (gpu / "ort.part-0").write_bytes(data[: len(data) // 2])
-    (gpu / "ort.part-1").write_bytes(data[len(data) // 2 :])
-    runtime.unlink()
+    data = _packed_runtime()  # split in two parts, as --prepare leaves it
+    (gpu / "ort.tar.xz.part-0").write_bytes(data[: len(data) // 2])
+    (gpu / "ort.tar.xz.part-1").write_bytes(data[len(data) // 2 :])
     _wheel(gpu / "wheels", "fake_dependency", "fake_dependency")
     probe = "import os, onnxruntime, fake_dependency; print(os.environ['PYTHONPATH'].split(os.pathsep)[0])"
     script = wrapper.read_text().replace('exec "$python" benchmarks/gpu_check.py "$@"', f'exec "$python" -c "{probe}"')
@@ -226,7 +225,23 @@ def test_shell_wrapper_installs_what_gpu_holds_and_puts_it_first(tmp_path):
         done = subprocess.run(["bash", str(copy)], capture_output=True, text=True, env=env, check=False)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == str(gpu / "site")
-    assert (gpu / "site" / "onnxruntime" / "__init__.py").exists() and not list(gpu.glob("*.whl"))
+    assert (gpu / "site" / "onnxruntime" / "__init__.py").exists()
+    assert (gpu / "site" / "onnxruntime_gpu-0.1.dist-info" / "METADATA").exists()
+
+
+def _packed_runtime() -> bytes:
+    """A stand-in for onnxruntime-gpu as ``gpu_check.sh --prepare`` packs it: the wheel's files in a tar.xz."""
+    import io
+    import tarfile
+
+    files = {"onnxruntime/__init__.py": b"MARK = 1\n", "onnxruntime_gpu-0.1.dist-info/METADATA": b"Name: x\n"}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:xz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def test_dry_run_of_the_int4_rows_on_the_cpu(gpu_check, tmp_path):
