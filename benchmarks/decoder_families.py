@@ -226,8 +226,11 @@ def _export(torch, fixtures, module, path: Path, exporter: str) -> None:
     fixtures.strip_node_metadata(path)
 
 
-def check(folder: Path) -> None:
-    """Optimize every export in ``folder`` and print a markdown table of what fused and how far apart they run."""
+def check(folder: Path, quantize: str | None = None) -> None:
+    """Optimize every export in ``folder`` and print a markdown table of what fused and how far apart they run.
+
+    With ``quantize`` (int4, dynamic: ``--quantize``, no calibration data) the table says instead whether the
+    quantization pass applied or was rolled back, and why; the logits difference is then quantization's."""
     sys.path.insert(0, str(ROOT))
     import onnx_ir as ir
 
@@ -242,11 +245,15 @@ def check(folder: Path) -> None:
         model = ir.load(path)
         before = len(list(model.graph.all_nodes()))
         family = path.stem.rsplit("_", 1)[0]
-        result, report = optimizer.optimize_with_report(model, **OPTIONS.get(family, {}))
+        settings = {**OPTIONS.get(family, {}), **({"quantize": quantize} if quantize else {})}
+        result, report = optimizer.optimize_with_report(model, **settings)
         counts = collections.Counter(node.op_type for node in result.graph.all_nodes())
         optimized = path.with_suffix(".opt.onnx")
         ir.save(result, optimized)
         rolled = [record.name for record in report.passes if record.status == "rolled back"]
+        if quantize:
+            record = next(record for record in report.passes if record.name.startswith("quantize"))
+            rolled = [f"{record.name}: {record.status}{' (' + record.detail[:90] + ')' if record.detail else ''}"]
         worst, failure = _worst_difference(path, optimized)
         fused = " / ".join(str(counts[op]) for op in FUSED)
         after = len(list(result.graph.all_nodes()))
@@ -318,11 +325,12 @@ def main() -> None:
     making.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
     checking = commands.add_parser("check", help="optimize and compare every export in a folder (graphopt)")
     checking.add_argument("folder", type=Path)
+    checking.add_argument("--quantize", choices=("int4", "dynamic"), help="quantize too; report the pass's status")
     args = parser.parse_args()
     if args.command == "export":
         export(args.out, args.families)
     else:
-        check(args.folder)
+        check(args.folder, args.quantize)
 
 
 if __name__ == "__main__":
