@@ -36,20 +36,32 @@ if [ "${1:-}" = "--prepare" ]; then
   rm -rf .gpu/wheels .gpu/ort.tar.xz.part-*
   mkdir -p .gpu/wheels
   "$python" -m pip download -q "${pip_for_312[@]}" -d .gpu/wheels "${deps[@]}"
-  # Each part fits beside the tracked tree and the wheels, with 1 MiB to spare.
-  tree=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s}')
+  # Each part fits beside what travels with every call (tracked files and untracked ones git does not ignore)
+  # and the wheels, with 1 MiB to spare.
+  tree=$(git ls-files -z --cached --others --exclude-standard | "$python" -c \
+    "import os, sys; print(sum(os.path.getsize(f) for f in sys.stdin.read().split('\0') if os.path.isfile(f)))")
   wheels=$(du -sb .gpu/wheels | cut -f1)
   part=$((64 * 1048576 - tree - wheels - 1048576))
-  split -b "$part" -d -a 1 .gpu/ort.tar.xz .gpu/ort.tar.xz.part-
+  if [ "$part" -lt 1048576 ]; then
+    echo "gpu_check.sh: the working tree ($tree bytes) leaves no room for parts in a 64 MiB call" >&2
+    exit 1
+  fi
+  split -b "$part" -d -a 2 .gpu/ort.tar.xz .gpu/ort.tar.xz.part-
   rm -f .gpu/ort.tar.xz
   ls -la .gpu .gpu/wheels
   echo "Carry each .gpu/ort.tar.xz.part-N in its own call, and .gpu/wheels with one of them."
   exit 0
 fi
-if [ ! -d .gpu/site/onnxruntime ] && compgen -G ".gpu/ort.tar.xz.part-*" > /dev/null; then
-  mkdir -p .gpu/site
+if [ ! -e .gpu/site/.ort-installed ] && compgen -G ".gpu/ort.tar.xz.part-*" > /dev/null; then
+  # Unpacked aside and moved in only when whole: a run before the last part arrived fails and leaves nothing.
+  rm -rf .gpu/ort.tmp
+  mkdir -p .gpu/ort.tmp .gpu/site
   cat .gpu/ort.tar.xz.part-* | "$python" -c \
-    "import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('.gpu/site')"
+    "import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode='r|xz').extractall('.gpu/ort.tmp')"
+  rm -rf .gpu/site/onnxruntime .gpu/site/onnxruntime_gpu-*.dist-info
+  mv .gpu/ort.tmp/* .gpu/site/
+  rm -rf .gpu/ort.tmp
+  touch .gpu/site/.ort-installed
 fi
 if compgen -G ".gpu/wheels/*.whl" > /dev/null && [ ! -e .gpu/site/.wheels-installed ]; then
   "$python" -m pip install -q --no-index --no-deps --target .gpu/site .gpu/wheels/*.whl

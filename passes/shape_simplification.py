@@ -33,7 +33,13 @@ from onnxscript.rewriter.rules.common import _collapse_slices
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import one_line
 from passes._pass import GraphoptPass
-from passes._utils import add_initializer, constant_array, declared_shapes_inferred, remove_dead_nodes
+from passes._utils import (
+    add_initializer,
+    constant_array,
+    declared_shapes_inferred,
+    overridable_inputs_hidden,
+    remove_dead_nodes,
+)
 
 # Weights above this many elements are hidden from symbolic inference (declared as
 # inputs of the same type and shape): it needs their shapes, not their bytes.
@@ -184,7 +190,8 @@ def _fold_static_dims(model: ir.Model) -> int:
     cannot decide into an unknown dim, which is left computed.
     """
     folded = 0
-    with declared_shapes_inferred(model):
+    # An initializer that is also a graph input is a default a caller may override: no size is read from it.
+    with overridable_inputs_hidden(model), declared_shapes_inferred(model):
         for node in list(model.graph):
             if not _dim_read(node) or node.outputs[0].is_graph_output():
                 continue
@@ -208,7 +215,7 @@ def _whole_slices_removed(model: ir.Model) -> int:
     dim, step 1) into an Identity: onnxscript's ``collapse_slices`` rules; return how many."""
     if not any(node.op_type == "Slice" for node in model.graph):
         return 0
-    with declared_shapes_inferred(model):
+    with overridable_inputs_hidden(model), declared_shapes_inferred(model):
         return _collapse_slices.rules.apply_to_model(model)
 
 
