@@ -12,11 +12,14 @@ out or cannot run is a row saying so; the script itself does not stop):
 3. the fusion ablation (``benchmarks/fusion_ablation.py --ep cuda``) for the fusions in
    the ``cuda`` default pipeline, each alone over the cleanup passes;
 4. ``--quantize int4 --quantize-outputs`` on the Llama decoder (``MatMulNBits`` at
-   accuracy_level 0 on CUDA), without and with ``merge-matmul-nbits`` (opt-in on CUDA until
-   this row says whether it pays there), each against the float32 original;
+   accuracy_level 0 on CUDA), as the ``cuda`` default runs it (``merge-matmul-nbits``
+   included) and without that pass, each against the float32 original;
 5. ``optimize --target cuda`` and ``compare --ep cuda`` on four decoder families' cache
    exports (``FAMILY_MODELS``: GroupQueryAttention with one key/value head, a sliding window,
-   no rotary in a layer), for their answers on CUDA's kernels.
+   no rotary in a layer), for their answers on CUDA's kernels;
+6. ``compare --generate --ep cuda`` on the Llama decoder, float and int4, against
+   the float original: time to first token and decode tokens/s with the cache kept on the
+   GPU between steps, and next-token agreement and greedy continuations.
 
 Before anything it preloads CUDA's libraries (``onnxruntime.preload_dlls()``) and prints
 the Python, onnxruntime and onnx versions, the providers, the GPU's name and driver, and
@@ -71,13 +74,14 @@ FAMILY_MODELS = {
 MODELS.update(FAMILY_MODELS)
 FP16_MODELS = ("example", "bert_legacy")
 ABLATION_MODELS = ("bert_legacy", "llama_kv_legacy")
-STEPS = ("tests", "compare", "fp16", "ablation", "int4", "families")
+STEPS = ("tests", "compare", "fp16", "ablation", "int4", "families", "generate")
+# compare --generate on these decoders, for these variants (each optimized by an earlier step).
+GENERATE_MODELS = ("llama_kv_legacy",)
+GENERATE_VARIANTS = ("default", "int4")
 INT4_MODELS = ("llama_kv_legacy",)
-# int4 variants: the flags each adds to --target cuda.
-INT4_VARIANTS = {
-    "int4": ["--quantize", "int4", "--quantize-outputs"],
-    "int4-merged": ["--quantize", "int4", "--quantize-outputs", "--passes", "+merge-matmul-nbits"],
-}
+# int4 variants: the cuda default (merge-matmul-nbits included), and the same without that pass.
+INT4_VARIANTS = ("int4", "int4-unmerged")
+INT4_FLAGS = ["--quantize", "int4", "--quantize-outputs"]
 # The tests that run on CUDA when it is there (the KV cache kept on the device while generating).
 CUDA_TESTS = ["tests/test_generation.py", "-k", "on_the_gpu"]
 # The whole check must fit a lent GPU's 8 minutes with the machine's start-up around it.
@@ -173,6 +177,20 @@ def graphopt(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "optimizer.cli", *arguments]
 
 
+def int4_flags(variant: str) -> list[str]:
+    """The flags an int4 variant adds to ``--target cuda`` (the unmerged one lists its pipeline in full)."""
+    if variant == "int4":
+        return list(INT4_FLAGS)
+    from optimizer.registry import all_passes
+
+    passes = [
+        s.name
+        for s in all_passes()
+        if ("cuda" in s.default_for or s.name == "quantize-int4") and s.name != "merge-matmul-nbits"
+    ]
+    return [*INT4_FLAGS, "--passes", ",".join(passes)]
+
+
 def default_cuda_fusions() -> list[str]:
     """The fusions in the ``cuda`` default pipeline, in pipeline order."""
     from optimizer.registry import all_passes
@@ -198,11 +216,11 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
         )
         return path
 
-    def compared(name: str, suffix: str, after: Path) -> None:
-        stem = out / f"{name}.{suffix}"
+    def compared(name: str, suffix: str, after: Path, generate: bool = False) -> None:
+        stem = out / (f"{name}.{suffix}" + (".generate" if generate else ""))
         steps.append(
             Step(
-                f"compare {name} {suffix}",
+                f"{'generate' if generate else 'compare'} {name} {suffix}",
                 graphopt(
                     "compare",
                     str(MODELS[name]),
@@ -214,6 +232,7 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
                     "--html",
                     f"{stem}.html",
                     *timing,
+                    *(["--generate", "--prompt-length", "64", "--new-tokens", "32"] if generate else []),
                 ),
                 COMPARE_TIMEOUT_S,
                 [Path(f"{stem}.json")],
@@ -247,11 +266,20 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
             )
     if "int4" in args.steps:
         for name in (m for m in args.models if m in INT4_MODELS):
-            for variant, flags in INT4_VARIANTS.items():
-                compared(name, variant, optimized(name, variant, flags))
+            for variant in INT4_VARIANTS:
+                compared(name, variant, optimized(name, variant, int4_flags(variant)))
     if "families" in args.steps:
         for name in (m for m in args.models if m in FAMILY_MODELS):
             compared(name, "default", optimized(name, "default", []))
+    if "generate" in args.steps:
+        made = {step.name for step in steps}
+        for name in (m for m in args.models if m in GENERATE_MODELS):
+            for variant in GENERATE_VARIANTS:
+                flags = int4_flags(variant) if variant in INT4_VARIANTS else []
+                after = out / f"{name}.{variant}.onnx"
+                if f"optimize {name} {variant}" not in made:
+                    after = optimized(name, variant, flags)
+                compared(name, variant, after, generate=True)
     return steps
 
 
@@ -349,6 +377,42 @@ def compare_row(model: str, variant: str, path: Path, result: StepResult | None,
     return row
 
 
+@dataclass
+class GenerateRow:
+    """One ``compare --generate`` as the table shows it: time to first token, decode tokens/s, agreement."""
+
+    model: str
+    variant: str
+    status: str
+    ttft_ms: tuple[float, float] | None = None  # before, after (medians)
+    ttft_ratio: tuple[float, float, float] | None = None
+    tokens_per_s: tuple[float, float] | None = None
+    tokens_ratio: tuple[float, float, float] | None = None
+    top1: float | None = None
+    exact_match: float | None = None
+
+
+def generate_row(model: str, variant: str, path: Path, result: StepResult | None, ep: str) -> GenerateRow:
+    """A table row from ``graphopt compare --generate``'s JSON, or the step's failure."""
+    if result is None or result.status != STATUS_OK:
+        why = "not run" if result is None else f"{result.status}: {result.detail}"
+        return GenerateRow(model, variant, why)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    provider = next((p for p in data["providers"] if p["ep"] == ep), None)
+    if provider is None or not provider["available"] or not provider.get("generation"):
+        why = provider["reason"] if provider and provider.get("reason") else f"no {ep} generation measured"
+        return GenerateRow(model, variant, f"skipped: {why}")
+    first = provider["generation"][0]
+    row = GenerateRow(model, variant, STATUS_OK)
+    row.ttft_ms = (first["ttft_before"]["median_ms"], first["ttft_after"]["median_ms"])
+    row.ttft_ratio = tuple(first["ttft_ratio"][k] for k in ("ratio", "low", "high"))
+    row.tokens_per_s = (first["tokens_per_s_before"], first["tokens_per_s_after"])
+    row.tokens_ratio = tuple(first["tokens_per_s_ratio"][k] for k in ("ratio", "low", "high"))
+    accuracy = provider.get("llm_accuracy") or {}
+    row.top1, row.exact_match = accuracy.get("top1_agreement"), accuracy.get("exact_match")
+    return row
+
+
 def ablation_rows(
     model: str, result: StepResult | None, folder: Path | None = None, fusions: Sequence[str] = ()
 ) -> list[tuple[str, str, str]]:
@@ -394,6 +458,7 @@ def render_markdown(
     ablations: Sequence[tuple[str, str, str]],
     steps: Sequence[StepResult],
     command: str,
+    generations: Sequence[GenerateRow] = (),
 ) -> str:
     """The check as markdown: where it ran, the comparisons, the ablation, and every step's status."""
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
@@ -421,6 +486,27 @@ def render_markdown(
                 f"{ratio} | {_cosine(row.cosine)} | {_num(row.max_abs, '.2e')} | {_cell(row.note)} |"
             )
         lines.append("")
+    if generations:
+        lines += [
+            f"Generation on `{ep}` (`compare --generate`: prompt 64 tokens, 32 decode steps, batch 1; "
+            "AFTER/BEFORE of time to first token, and of decode tokens/s where higher is faster; "
+            "agreement on random token ids):",
+            "",
+            "| model | pipeline | TTFT ms before → after | TTFT AFTER/BEFORE | tokens/s before → after "
+            "| tokens/s AFTER/BEFORE | top-1 | continuations equal |",
+            "| --- | --- | --- | --- | --- | --- | ---: | ---: |",
+        ]
+        for row in generations:
+            if row.status != STATUS_OK:
+                lines.append(f"| {row.model} | {row.variant} | — | {_cell(row.status)} | — | — | — | — |")
+                continue
+            lines.append(
+                f"| {row.model} | {row.variant} | {row.ttft_ms[0]:.3f} → {row.ttft_ms[1]:.3f} | "
+                f"{_ci(row.ttft_ratio)} | "
+                f"{row.tokens_per_s[0]:.0f} → {row.tokens_per_s[1]:.0f} | {_ci(row.tokens_ratio)} | "
+                f"{_num(row.top1, '.4f')} | {_num(row.exact_match, '.3f')} |"
+            )
+        lines.append("")
     if ablations:
         lines += [
             f"Fusion ablation on `{ep}` (each default fusion alone over the cleanup passes; "
@@ -434,6 +520,10 @@ def render_markdown(
     lines += ["| step | status | seconds | detail |", "| --- | --- | ---: | --- |"]
     lines += [f"| {s.name} | {s.status} | {s.seconds:.0f} | {_cell(s.detail)} |" for s in steps]
     return "\n".join(lines) + "\n"
+
+
+def _ci(value: tuple[float, float, float] | None) -> str:
+    return "—" if value is None else f"{value[0]:.3f} [{value[1]:.3f}–{value[2]:.3f}]"
 
 
 def _worst(values: list[float], pick: Callable[[list[float]], float]) -> float | None:
@@ -534,8 +624,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if model in ABLATION_MODELS and "ablation" in args.steps
         for row in ablation_rows(model, results.get(f"ablation {model}"), out / "ablation", default_cuda_fusions())
     ]
+    generations = [
+        generate_row(
+            model,
+            variant,
+            out / f"{model}.{variant}.generate.json",
+            results.get(f"generate {model} {variant}"),
+            args.ep,
+        )
+        for model in args.models
+        if model in GENERATE_MODELS and "generate" in args.steps
+        for variant in GENERATE_VARIANTS
+    ]
     command = " ".join(["python benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)])
-    table = render_markdown(info, args.ep, compares, ablations, list(results.values()), command)
+    table = render_markdown(info, args.ep, compares, ablations, list(results.values()), command, generations)
     (out / "gpu_check.md").write_text(table, encoding="utf-8")
     print()
     print(table)

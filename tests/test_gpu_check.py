@@ -48,14 +48,22 @@ def test_plan_runs_the_cuda_path(gpu_check, tmp_path):
     fusions = ablation.command[ablation.command.index("--fusions") + 1].split(",")
     assert fusions == gpu_check.default_cuda_fusions() and "fuse-attention" in fusions
     assert all(step.timeout <= 180 for step in steps)
-    merged = next(step for step in steps if step.name == "optimize llama_kv_legacy int4-merged")
-    assert merged.command[merged.command.index("--passes") + 1] == "+merge-matmul-nbits"
+    merged = next(step for step in steps if step.name == "optimize llama_kv_legacy int4")
+    assert "--passes" not in merged.command, "merge-matmul-nbits is in the cuda default"
+    unmerged = next(step for step in steps if step.name == "optimize llama_kv_legacy int4-unmerged")
+    listed = unmerged.command[unmerged.command.index("--passes") + 1].split(",")
+    assert "merge-matmul-nbits" not in listed and {"quantize-int4", "fuse-attention"} <= set(listed)
     families = [f"{verb} {name} default" for name in gpu_check.FAMILY_MODELS for verb in ("optimize", "compare")]
-    assert names[-4 - len(families) :] == [
+    # compare --generate last, on the models the earlier steps optimized (not optimized again).
+    assert names[-2:] == ["generate llama_kv_legacy default", "generate llama_kv_legacy int4"]
+    generate = steps[-1]
+    assert "--generate" in generate.command and generate.needs == ["optimize llama_kv_legacy int4"]
+    assert names.count("optimize llama_kv_legacy default") == 1
+    assert names[-6 - len(families) : -2] == [
         "optimize llama_kv_legacy int4",
         "compare llama_kv_legacy int4",
-        "optimize llama_kv_legacy int4-merged",
-        "compare llama_kv_legacy int4-merged",
+        "optimize llama_kv_legacy int4-unmerged",
+        "compare llama_kv_legacy int4-unmerged",
         *families,
     ]
 
@@ -247,6 +255,18 @@ def _packed_runtime() -> bytes:
 def test_dry_run_of_the_int4_rows_on_the_cpu(gpu_check, tmp_path):
     """The int4 step's two variants end to end on the CPU EP: both rows in the table."""
     table = _dry_run(gpu_check, tmp_path, "llama_kv_legacy", "int4")
-    for variant in ("int4", "int4-merged"):
+    for variant in ("int4", "int4-unmerged"):
         cells = _cells(table, "llama_kv_legacy", variant)
         assert float(cells[2]) > 0 and float(cells[3]) > 0, cells
+
+
+def test_dry_run_of_the_generation_rows_on_the_cpu(gpu_check, tmp_path):
+    """compare --generate alone optimizes what it needs and reports time to first token, tokens/s and agreement."""
+    table = _dry_run(gpu_check, tmp_path, "llama_kv_legacy", "generate")
+    assert "Generation on `cpu`" in table
+    default, int4 = (_cells(table, "llama_kv_legacy", variant) for variant in gpu_check.GENERATE_VARIANTS)
+    for cells in (default, int4):
+        before, after = (float(x) for x in cells[4].split(" → "))
+        assert before > 0 and after > 0 and "[" in cells[3] and "[" in cells[5], cells
+    assert float(default[6]) == 1.0 and float(default[7]) == 1.0, "the float pipeline generates what the original does"
+    assert float(int4[6]) < 1.0, "int4 on a random-weight decoder changes some next tokens"

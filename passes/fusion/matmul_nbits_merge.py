@@ -20,9 +20,9 @@ readers; when every member of a group is corrected that way from the same ``c``,
 corrections merge as well: ``Add(MatMulNBits(x), MatMul(c, [T_q | T_k | T_v]))`` before the
 ``Split``.
 
-Measured on SmolLM2-135M's int4 decode step (``docs/benchmarks.md``, *Sibling
-MatMulNBits merged*), so it runs by default on the CPU target; not measured on CUDA, where
-it is opt-in (``--passes +merge-matmul-nbits``).
+Measured on SmolLM2-135M's int4 decode step on the CPU (``docs/benchmarks.md``, *Sibling
+MatMulNBits merged*) and on the int4 Llama fixture's decode step on CUDA (an H200: 0.610× the
+float original merged, 0.705× unmerged; *CUDA*), so it runs by default on both targets.
 
 Refuses (counted, with the reason) a group member whose packed weight, scales, zero
 points or bias are not constants, whose packed weight another node also reads (a tied
