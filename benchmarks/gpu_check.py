@@ -78,6 +78,7 @@ STEPS = ("tests", "compare", "fp16", "ablation", "int4", "families", "generate")
 # compare --generate on these decoders, for these variants (each optimized by an earlier step).
 GENERATE_MODELS = ("llama_kv_legacy",)
 GENERATE_VARIANTS = ("default", "int4")
+GENERATE_PROMPT, GENERATE_TOKENS = 64, 32
 INT4_MODELS = ("llama_kv_legacy",)
 # int4 variants: the cuda default (merge-matmul-nbits included), and the same without that pass.
 INT4_VARIANTS = ("int4", "int4-unmerged")
@@ -191,6 +192,10 @@ def int4_flags(variant: str) -> list[str]:
     return [*INT4_FLAGS, "--passes", ",".join(passes)]
 
 
+def _generate_flags() -> list[str]:
+    return ["--generate", "--prompt-length", str(GENERATE_PROMPT), "--new-tokens", str(GENERATE_TOKENS)]
+
+
 def default_cuda_fusions() -> list[str]:
     """The fusions in the ``cuda`` default pipeline, in pipeline order."""
     from optimizer.registry import all_passes
@@ -232,7 +237,7 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
                     "--html",
                     f"{stem}.html",
                     *timing,
-                    *(["--generate", "--prompt-length", "64", "--new-tokens", "32"] if generate else []),
+                    *(_generate_flags() if generate else []),
                 ),
                 COMPARE_TIMEOUT_S,
                 [Path(f"{stem}.json")],
@@ -350,15 +355,23 @@ class CompareRow:
     note: str = ""
 
 
-def compare_row(model: str, variant: str, path: Path, result: StepResult | None, ep: str) -> CompareRow:
-    """A table row from ``graphopt compare``'s JSON, or the step's failure."""
+def _measured(path: Path, result: StepResult | None, ep: str) -> tuple[dict, dict] | str:
+    """``graphopt compare``'s JSON and its entry for ``ep``; or why the row has none (the step failed, ep skipped)."""
     if result is None or result.status != STATUS_OK:
-        why = "not run" if result is None else f"{result.status}: {result.detail}"
-        return CompareRow(model, variant, why)
+        return "not run" if result is None else f"{result.status}: {result.detail}"
     data = json.loads(path.read_text(encoding="utf-8"))
     provider = next((p for p in data["providers"] if p["ep"] == ep), None)
     if provider is None or not provider["available"]:
-        return CompareRow(model, variant, f"skipped: {provider['reason'] if provider else ep + ' not measured'}")
+        return f"skipped: {provider['reason'] if provider else ep + ' not measured'}"
+    return data, provider
+
+
+def compare_row(model: str, variant: str, path: Path, result: StepResult | None, ep: str) -> CompareRow:
+    """A table row from ``graphopt compare``'s JSON, or the step's failure."""
+    measured = _measured(path, result, ep)
+    if isinstance(measured, str):
+        return CompareRow(model, variant, measured)
+    data, provider = measured
     row = CompareRow(model, variant, STATUS_OK)
     if provider["batches"]:
         first = provider["batches"][0]
@@ -394,14 +407,12 @@ class GenerateRow:
 
 def generate_row(model: str, variant: str, path: Path, result: StepResult | None, ep: str) -> GenerateRow:
     """A table row from ``graphopt compare --generate``'s JSON, or the step's failure."""
-    if result is None or result.status != STATUS_OK:
-        why = "not run" if result is None else f"{result.status}: {result.detail}"
-        return GenerateRow(model, variant, why)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    provider = next((p for p in data["providers"] if p["ep"] == ep), None)
-    if provider is None or not provider["available"] or not provider.get("generation"):
-        why = provider["reason"] if provider and provider.get("reason") else f"no {ep} generation measured"
-        return GenerateRow(model, variant, f"skipped: {why}")
+    measured = _measured(path, result, ep)
+    if isinstance(measured, str):
+        return GenerateRow(model, variant, measured)
+    provider = measured[1]
+    if not provider.get("generation"):
+        return GenerateRow(model, variant, f"skipped: no {ep} generation measured")
     first = provider["generation"][0]
     row = GenerateRow(model, variant, STATUS_OK)
     row.ttft_ms = (first["ttft_before"]["median_ms"], first["ttft_after"]["median_ms"])
@@ -428,7 +439,7 @@ def ablation_rows(
             if not line.startswith("{"):
                 continue
             for fusion, value in json.loads(line)["ratio_vs_cleanup"].items():
-                shown = value if isinstance(value, str) else f"{value[0]:.3f} [{value[1]:.3f}–{value[2]:.3f}]"
+                shown = value if isinstance(value, str) else _ci(value)
                 rows.append((model, fusion, shown))
         return rows or [(model, "—", "no result line")]
     why = "not run" if result is None else f"{result.status}: {result.detail}"
@@ -444,7 +455,7 @@ def _finished(folder: Path | None, model: str, fusion: str) -> str:
     if comparison.exists():
         with contextlib.suppress(ValueError, KeyError, IndexError):
             ratio = json.loads(comparison.read_text(encoding="utf-8"))["providers"][0]["batches"][0]["ratio"]
-            return f"{ratio['ratio']:.3f} [{ratio['low']:.3f}–{ratio['high']:.3f}]"
+            return _ci((ratio["ratio"], ratio["low"], ratio["high"]))
     cleanup = folder / f"{model}.cleanup.onnx"
     if variant.exists() and cleanup.exists() and variant.read_bytes() == cleanup.read_bytes():
         return "no change"
@@ -480,15 +491,15 @@ def render_markdown(
             if row.status != STATUS_OK:
                 lines.append(f"| {row.model} | {row.variant} | — | — | {_cell(row.status)} | — | — | |")
                 continue
-            ratio = f"{row.ratio[0]:.3f} [{row.ratio[1]:.3f}–{row.ratio[2]:.3f}]" if row.ratio else "—"
             lines.append(
                 f"| {row.model} | {row.variant} | {_num(row.before_ms, '.3f')} | {_num(row.after_ms, '.3f')} | "
-                f"{ratio} | {_cosine(row.cosine)} | {_num(row.max_abs, '.2e')} | {_cell(row.note)} |"
+                f"{_ci(row.ratio)} | {_cosine(row.cosine)} | {_num(row.max_abs, '.2e')} | {_cell(row.note)} |"
             )
         lines.append("")
     if generations:
         lines += [
-            f"Generation on `{ep}` (`compare --generate`: prompt 64 tokens, 32 decode steps, batch 1; "
+            f"Generation on `{ep}` (`compare --generate`: prompt {GENERATE_PROMPT} tokens, {GENERATE_TOKENS} decode "
+            "steps, batch 1; "
             "AFTER/BEFORE of time to first token, and of decode tokens/s where higher is faster; "
             "agreement on random token ids):",
             "",
@@ -522,7 +533,8 @@ def render_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _ci(value: tuple[float, float, float] | None) -> str:
+def _ci(value: Sequence[float] | None) -> str:
+    """A ratio and its interval: ``0.537 [0.532–0.544]``."""
     return "—" if value is None else f"{value[0]:.3f} [{value[1]:.3f}–{value[2]:.3f}]"
 
 
