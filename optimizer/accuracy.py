@@ -20,7 +20,9 @@ class OutputAccuracy:
     ``max_rel_error`` is relative to each element's magnitude, floored at the output's
     root mean square (``floored_magnitude``, as verification holds elements), so that a
     value that happens to be near zero does not report a huge relative error when the
-    output as a whole is close. ``cosine`` is set for float outputs (over all values);
+    output as a whole is close. ``cosine`` is set for float outputs (over all values),
+    ``worst_sample_cosine`` for float outputs whose samples hold more than one value (the
+    lowest cosine of one sample, a row along axis 0: the sentence a mean hides);
     ``top1_agreement`` (fraction of rows whose argmax over the last axis agrees) for
     outputs that look like class scores or logits: named like
     ``logits``/``scores``/``probs`` or produced by a Softmax, float, with a last axis of
@@ -39,6 +41,7 @@ class OutputAccuracy:
     samples: int = 1
     # AFTER's norm over BEFORE's (float outputs with a cosine): a cosine does not see an output scaled by 2.
     norm_ratio: float | None = None
+    worst_sample_cosine: float | None = None
 
 
 def floored_magnitude(values: np.ndarray) -> np.ndarray:
@@ -127,6 +130,7 @@ class AccuracyAccumulator:
                 "samples": 0,
                 "values": 0,
                 "compared": 0,
+                "worst_sample": None,
             },
         )
         stats["samples"] += int(expected.shape[0]) if expected.ndim else 1
@@ -169,6 +173,10 @@ class AccuracyAccumulator:
             stats["xx"] += float(np.dot(x, x))
             stats["yy"] += float(np.dot(y, y))
             stats["same_values"] &= bool(np.array_equal(x, y))
+            if expected.ndim > 1 and expected.size > len(expected):
+                rows = [_cosine(row_e, row_a) for row_e, row_a in zip(e0.reshape(len(e0), -1), a0.reshape(len(a0), -1))]
+                lowest = min(rows)
+                stats["worst_sample"] = lowest if stats["worst_sample"] is None else min(stats["worst_sample"], lowest)
             if stats["top1"]:
                 stats["agree"] += int(np.sum(np.argmax(e, axis=-1) == np.argmax(a, axis=-1)))
                 stats["rows"] += int(np.prod(expected.shape[:-1]))
@@ -203,6 +211,7 @@ class AccuracyAccumulator:
                     exact,
                     stats["samples"],
                     norm_ratio,
+                    stats["worst_sample"] if cosine is not None else None,
                 )
             )
         return results
@@ -253,25 +262,51 @@ class AccuracyBudget:
 
     ``min_cosine``: the mean per-sample cosine similarity of every float output (the
     fraction of agreeing values, for integer outputs; for an output of one value per
-    sample, ``1 - r**2 / 2`` of its relative error ``r``) must reach it; ``max_error``: no
-    output element may differ by more (integer ones included: a changed class id differs
-    by at least 1). Either or both may be set; a budget with neither accepts anything.
+    sample, ``1 - r**2 / 2`` of its relative error ``r``) must reach it; ``min_worst_cosine``:
+    the same per-sample score of the worst sample of every output must reach it (a mean
+    of 0.995 can hide a sentence at 0.97); ``max_error``: no output element may differ by
+    more (integer ones included: a changed class id differs by at least 1). Any of them
+    may be set; a budget with none accepts anything.
     """
 
     min_cosine: float | None = None
     max_error: float | None = None
+    min_worst_cosine: float | None = None
+
+    @property
+    def bounds_anything(self) -> bool:
+        """Whether any bound is set (a budget with none accepts every model)."""
+        return (self.min_cosine, self.max_error, self.min_worst_cosine) != (None, None, None)
+
+    @property
+    def bounds_cosine(self) -> bool:
+        """Whether a cosine (mean or worst sample) is bounded, rather than only the largest error."""
+        return self.min_cosine is not None or self.min_worst_cosine is not None
 
     def met(self, drift: Drift) -> bool:
         """Whether ``drift`` is within the budget."""
         if self.min_cosine is not None and not drift.cosine >= self.min_cosine:
             return False
+        if self.min_worst_cosine is not None and not drift.worst_cosine >= self.min_worst_cosine:
+            return False
         return self.max_error is None or drift.max_error <= self.max_error
+
+    def shortfall(self, drift: Drift) -> float:
+        """``drift`` as this budget reads it, to order layers by: 1 - the cosine it bounds (the worst
+        sample's where that is bounded), else the largest error."""
+        if self.min_worst_cosine is not None:
+            return 1.0 - drift.worst_cosine
+        if self.min_cosine is not None:
+            return 1.0 - drift.cosine
+        return drift.max_error
 
     def describe(self) -> str:
         """The budget as the command-line flags that set it."""
         parts = []
         if self.min_cosine is not None:
             parts.append(f"--min-cosine {float(self.min_cosine)!r}")  # :g showed 0.9999999 as 1
+        if self.min_worst_cosine is not None:
+            parts.append(f"--min-worst-cosine {float(self.min_worst_cosine)!r}")
         if self.max_error is not None:
             parts.append(f"--max-error {float(self.max_error)!r}")
         return " ".join(parts) or "no budget"
@@ -279,19 +314,36 @@ class AccuracyBudget:
 
 @dataclass(frozen=True)
 class Drift:
-    """How far AFTER's float outputs are from BEFORE's: the worst output's mean per-sample cosine, the largest error."""
+    """How far AFTER's float outputs are from BEFORE's: the worst output's mean per-sample cosine, the largest
+    error, and the worst output's worst sample (``worst_cosine``; the mean where not given)."""
 
     cosine: float
     max_error: float
     # The worst output, where it holds one value per sample (its cosine is 1 - r**2 / 2): its name and ``r``.
     relative_error: tuple[str, float] | None = None
+    worst_cosine: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.worst_cosine is None:
+            object.__setattr__(self, "worst_cosine", self.cosine)
 
     def __str__(self) -> str:
-        said = f"cosine {self.cosine:.4f}, max |Δ| {self.max_error:.3g}"
+        said = f"cosine {cosine_text(self.cosine)}"
+        if cosine_text(self.worst_cosine) != cosine_text(self.cosine):
+            said += f" (worst sample {cosine_text(self.worst_cosine)})"
+        said += f", max |Δ| {self.max_error:.3g}"
         if self.relative_error is not None:
             name, error = self.relative_error
             said += f" ({name}, one value per sample: relative error {error:.3g})"
         return said
+
+
+def cosine_text(cosine: float) -> str:
+    """A cosine with four decimals, or as many more (up to eight) as show two digits of ``1 - cosine``: a
+    budget of 0.99984 is not read against "0.9998"."""
+    gap = 1.0 - cosine
+    decimals = 4 if not 0 < gap < 1e-3 else min(8, math.ceil(-math.log10(gap)) + 1)
+    return f"{cosine:.{decimals}f}"
 
 
 def output_drift(
@@ -324,8 +376,16 @@ def output_drift(
 
 def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> Drift:
     """``output_drift`` over ``(before, after)`` pairs of outputs, read one pair at a time: a stream of
-    runs is never held (only each sample's score is kept)."""
+    runs is never held (only each sample's score is kept).
+
+    ``worst_cosine`` is the lowest per-sample score of any output: a float output's lowest
+    row cosine, an integer output's lowest fraction of agreeing values in one row (along
+    axis 0), and for an output of one value per sample its score over all samples (no
+    single number has a cosine; its relative error over all samples is what is bounded).
+    """
     scores: dict[str, list[float]] = {}
+    # The lowest per-sample score of each output (rows along axis 0).
+    lowest: dict[str, float] = {}
     # Outputs of one value per sample: squared norms of the originals and of the errors, summed over runs.
     single: dict[str, list[float]] = {}
     max_error = 0.0
@@ -335,7 +395,11 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
             if expected.size == 0 or expected.dtype.kind not in "fiub":
                 continue
             if expected.dtype.kind != "f":
-                scores.setdefault(name, []).extend(np.atleast_1d(expected == actual).astype(float).ravel())
+                agree = np.atleast_1d(expected == actual)
+                scores.setdefault(name, []).extend(agree.astype(float).ravel())
+                if agree.shape:
+                    rows = agree.reshape(len(agree), -1).mean(axis=1) if agree.ndim > 1 else agree.astype(float)
+                    lowest[name] = min(lowest.get(name, 1.0), float(rows.min()))
                 if _integers(expected, actual) and expected.shape == actual.shape:
                     max_error = max(max_error, float(_integer_difference(expected, actual).max()))
                 continue
@@ -351,7 +415,9 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                 sums[1] += float(np.sum((a - e) ** 2))
                 continue
             rows = (e.reshape(len(e), -1), a.reshape(len(a), -1))
-            scores.setdefault(name, []).extend(_cosine(x, y) for x, y in zip(*rows))
+            cosines = [_cosine(x, y) for x, y in zip(*rows)]
+            scores.setdefault(name, []).extend(cosines)
+            lowest[name] = min(lowest.get(name, 1.0), min(cosines))
     per_output = {name: float(np.mean(values)) for name, values in scores.items()}
     relative: dict[str, float] = {}
     for name, (expected_square, error_square) in single.items():
@@ -364,7 +430,9 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
         if per_output.get(name, score) < score:  # its per-sample cosines elsewhere are worse
             del relative[name]
         per_output[name] = min(score, per_output.get(name, score))
+        lowest[name] = min(score, lowest.get(name, score))
     if not per_output:
         raise ValueError("no outputs to compare: empty inputs, or only outputs of non-numeric types")
     worst = min(per_output, key=per_output.__getitem__)
-    return Drift(per_output[worst], max_error, (worst, relative[worst]) if worst in relative else None)
+    worst_sample = min(lowest.get(name, score) for name, score in per_output.items())
+    return Drift(per_output[worst], max_error, (worst, relative[worst]) if worst in relative else None, worst_sample)

@@ -102,7 +102,7 @@ def optimize(
     original on ``inputs`` (a dict of arrays or an .npz path; generated from the graph
     when omitted, with symbolic dims bound by ``dims``) and rolled back if its outputs
     diverge beyond ``tolerances``. Approximate passes (quantization, pruning, float16)
-    are held to the accuracy budget (``min_cosine``/``max_error``; default a cosine
+    are held to the accuracy budget (``min_cosine``/``min_worst_cosine``/``max_error``; default a cosine
     floor of 0.9) on ``calibration`` (many samples along axis 0: an .npz path, a folder
     of .npz files or of one .npy per input, a dict of arrays, any iterable of feed dicts
     or an ``onnxruntime.quantization.CalibrationDataReader``; read batch by batch, see

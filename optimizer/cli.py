@@ -309,6 +309,13 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
         "--max-error", type=float, metavar="X", help="accuracy budget: keep sensitive layers float until max |Δ| <= X"
     )
     group.add_argument(
+        "--min-worst-cosine",
+        type=float,
+        metavar="X",
+        help="accuracy budget: keep sensitive layers float until every sample's cosine >= X (--min-cosine bounds "
+        "the mean)",
+    )
+    group.add_argument(
         "--budget-decode-steps",
         type=int,
         metavar="N",
@@ -486,6 +493,14 @@ def _add_compare_flags(parser: argparse.ArgumentParser, *, on_optimize: bool) ->
             help=f"exit {exit_codes.LESS_ACCURATE} when an output of the result has a cosine similarity "
             "below X to the input model's (as `compare --min-cosine`)",
         )
+        group.add_argument(
+            "--compare-min-worst-cosine",
+            dest="gate_min_worst_cosine",
+            type=float,
+            metavar="X",
+            help=f"exit {exit_codes.LESS_ACCURATE} when one sample of an output of the result has a cosine "
+            "similarity below X to the input model's (as `compare --min-worst-cosine`)",
+        )
         group.add_argument("--compare-json", dest="json", metavar="FILE", help="write the comparison as JSON")
         group.add_argument("--json", dest="json", action=_OldSpelling, replacement="--compare-json")
     else:
@@ -495,6 +510,14 @@ def _add_compare_flags(parser: argparse.ArgumentParser, *, on_optimize: bool) ->
             type=float,
             metavar="X",
             help=f"exit {exit_codes.LESS_ACCURATE} when an output of AFTER has a cosine similarity below X to BEFORE's",
+        )
+        group.add_argument(
+            "--min-worst-cosine",
+            dest="gate_min_worst_cosine",
+            type=float,
+            metavar="X",
+            help=f"exit {exit_codes.LESS_ACCURATE} as --min-cosine X, and when one sample (a row along axis 0) of "
+            "an output of AFTER has a cosine similarity below X to BEFORE's",
         )
         group.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
     group.add_argument("--html", metavar="FILE", help="write the comparison as a self-contained HTML page")
@@ -916,10 +939,11 @@ def _compare_settings(args: argparse.Namespace) -> CompareSettings:
             raise OptionError(f"--ep {args.ep}: {name} is named twice; each provider is measured once")
     if args.max_ratio is not None and not (math.isfinite(args.max_ratio) and args.max_ratio > 0):
         raise OptionError(f"--max-ratio {args.max_ratio}: expected a positive ratio of AFTER's latency to BEFORE's")
-    cosine = args.gate_min_cosine
-    if cosine is not None and not (-1.0 <= cosine <= 1.0):
-        flag = "--compare-min-cosine" if args.command != "compare" else "--min-cosine"
-        raise OptionError(f"{flag} {cosine}: a cosine similarity is between -1 and 1")
+    for dest, flag in (("gate_min_cosine", "min-cosine"), ("gate_min_worst_cosine", "min-worst-cosine")):
+        cosine = getattr(args, dest)
+        if cosine is not None and not (-1.0 <= cosine <= 1.0):
+            flag = f"--compare-{flag}" if args.command != "compare" else f"--{flag}"
+            raise OptionError(f"{flag} {cosine}: a cosine similarity is between -1 and 1")
     return CompareSettings(
         eps=eps,
         batches=[_positive_int(item, "--batch") for item in _split(args.batch, "--batch")],
@@ -949,7 +973,7 @@ def _compare(
     from optimizer.compare.comparison import compare
     from optimizer.compare.report import render_comparison, write_html, write_json
     from optimizer.console import progress_sink
-    from optimizer.gates import accuracy_failures, slower_failures
+    from optimizer.gates import accuracy_failures, slower_failures, worst_sample_failures
     from optimizer.inputs import parse_dim_flags
     from optimizer.model_io import check_paths, refuse_data_onnxruntime_will_not_open
     from optimizer.progress import reporting_to, task
@@ -987,6 +1011,14 @@ def _compare(
     if args.gate_min_cosine is not None and (
         lines := accuracy_failures(
             report, args.gate_min_cosine, "--min-cosine" if args.command == "compare" else "--compare-min-cosine"
+        )
+    ):
+        failed.append((exit_codes.LESS_ACCURATE, lines))
+    if args.gate_min_worst_cosine is not None and (
+        lines := worst_sample_failures(
+            report,
+            args.gate_min_worst_cosine,
+            "--min-worst-cosine" if args.command == "compare" else "--compare-min-worst-cosine",
         )
     ):
         failed.append((exit_codes.LESS_ACCURATE, lines))

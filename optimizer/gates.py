@@ -174,3 +174,24 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
     if not measured and not failures:
         return [f"{gate}: no accuracy was measured (every execution provider was skipped)"]
     return (skipped_failures(report, gate, "accuracy") if measured else []) + failures
+
+
+def worst_sample_failures(report: ComparisonReport, min_cosine: float, flag: str = "--min-worst-cosine") -> list[str]:
+    """``--min-worst-cosine X``: what ``--min-cosine X`` refuses (``accuracy_failures``), and each float output one
+    of whose samples (a row along axis 0, over every batch compared) has a cosine similarity below X to BEFORE's.
+
+    A cosine over all of an output's values is a norm-weighted mean of its samples': one sentence
+    of 128 far off barely moves it. An output of one value per sample has no per-sample cosine
+    and is held as ``--min-cosine`` holds it.
+    """
+    failures = accuracy_failures(report, min_cosine, flag)
+    gate = f"{flag} {min_cosine:.12g}"
+    for provider in report.providers:
+        for output in provider.accuracy if provider.available else ():
+            worst = output.worst_sample_cosine
+            if worst is not None and not worst >= min_cosine:  # NaN fails too
+                failures.append(
+                    f"{gate}: {provider.ep}: output '{output.name}' has a sample at cosine {worst:.6f} "
+                    f"(over all its values {output.cosine:.6f})"
+                )
+    return failures

@@ -85,6 +85,7 @@ class Options:
     # Accuracy budget of the approximate passes.
     min_cosine: float | None = field(default=None, metadata=_flag("--min-cosine", metavar="X"))
     max_error: float | None = field(default=None, metadata=_flag("--max-error", metavar="X"))
+    min_worst_cosine: float | None = field(default=None, metadata=_flag("--min-worst-cosine", metavar="X"))
     # One-token steps after the samples' prefill that a budget times a decoder with a key/value cache
     # as (None: DEFAULT_BUDGET_DECODE_STEPS; 0: the prefill alone).
     budget_decode_steps: int | None = field(default=None, metadata=_flag("--budget-decode-steps", metavar="N"))
@@ -106,7 +107,16 @@ class Options:
             raise OptionError(f"--dim: expected a mapping of dim names to sizes, not {dims!r}")
         object.__setattr__(self, "dims", {name: _integer(size) for name, size in dims.items()})
         object.__setattr__(self, "tolerances", _tolerances(self.tolerances))
-        for name in ("prune_ffn", "prune_heads", "prune_channels", "lowrank", "smooth", "min_cosine", "max_error"):
+        for name in (
+            "prune_ffn",
+            "prune_heads",
+            "prune_channels",
+            "lowrank",
+            "smooth",
+            "min_cosine",
+            "max_error",
+            "min_worst_cosine",
+        ):
             object.__setattr__(self, name, _real(getattr(self, name)))
         object.__setattr__(self, "max_sequence", _integer(self.max_sequence))
         object.__setattr__(self, "block_size", _integer(self.block_size))
@@ -181,6 +191,9 @@ class Options:
             )
         if self.min_cosine is not None and not (_is_number(self.min_cosine) and -1.0 <= self.min_cosine <= 1.0):
             raise OptionError(f"--min-cosine {_shown(self.min_cosine)}: a cosine similarity is between -1 and 1")
+        worst = self.min_worst_cosine
+        if worst is not None and not (_is_number(worst) and -1.0 <= worst <= 1.0):
+            raise OptionError(f"--min-worst-cosine {_shown(worst)}: a cosine similarity is between -1 and 1")
         if self.max_error is not None and not (_is_number(self.max_error) and self.max_error >= 0):
             raise OptionError(f"--max-error {_shown(self.max_error)}: expected a non-negative error")
         if isinstance(self.max_sequence, bool) or not isinstance(self.max_sequence, int) or self.max_sequence < 1:
@@ -226,9 +239,10 @@ class Options:
     @property
     def budget(self) -> AccuracyBudget | None:
         """The accuracy budget the approximate passes are held to, if the user set one."""
-        if self.min_cosine is None and self.max_error is None:
-            return None
-        return AccuracyBudget(min_cosine=self.min_cosine, max_error=self.max_error)
+        budget = AccuracyBudget(
+            min_cosine=self.min_cosine, max_error=self.max_error, min_worst_cosine=self.min_worst_cosine
+        )
+        return budget if budget.bounds_anything else None
 
     def changed(self) -> list[str]:
         """Names of the fields set to something other than their default."""
@@ -268,7 +282,7 @@ def _show(value: Any) -> str:
 # Keywords of earlier versions, and what replaced them.
 _REPLACED = {
     "settings": "options are keywords now: per_channel=..., smooth=..., prune_ffn=... (see optimizer.options)",
-    "budget": "the accuracy budget is min_cosine=... or max_error=...",
+    "budget": "the accuracy budget is min_cosine=..., min_worst_cosine=... or max_error=...",
     "strict": "raise_errors=True re-raises a pass's exception",
 }
 

@@ -277,6 +277,7 @@ def _run_one(
         return model, record
     record.max_abs_error = verdict.max_abs_error
     record.cosine = verdict.drift.cosine if verdict.drift is not None else None
+    record.worst_cosine = verdict.drift.worst_cosine if verdict.drift is not None else None
     if verdict.twin_error is not None:
         twin = result.twin
         record.twin = f"{twin.description}; max |Δ| {verdict.twin_error:.2e} ({twin.kind} tolerance)"

@@ -27,7 +27,7 @@ from optimizer.accuracy import AccuracyBudget
 from optimizer.options import TARGETS, Options, flag_of, metavar_of
 
 # Options the verifier reads for every approximate pass.
-BUDGET_OPTIONS = ("min_cosine", "max_error")
+BUDGET_OPTIONS = ("min_cosine", "max_error", "min_worst_cosine")
 
 
 @dataclass

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from optimizer.accuracy import cosine_text
+
 STATUS_APPLIED = "applied"
 STATUS_UNCHANGED = "unchanged"
 STATUS_ROLLED_BACK = "rolled back"
@@ -37,6 +39,8 @@ class PassRecord:
     refusals: list[str] = field(default_factory=list)
     # Approximate passes: the exact twin the result was checked against, and how close it came.
     twin: str = ""
+    # Approximate passes: the lowest per-sample cosine of any output (``cosine`` is their mean).
+    worst_cosine: float | None = None
 
 
 @dataclass
@@ -106,6 +110,7 @@ def render_table(report: PipelineReport, console: Console | None = None, *, verb
     approximate = any(record.cosine is not None for record in report.passes)
     if approximate:
         table.add_column("cosine", justify="right", no_wrap=True)
+        table.add_column("worst sample", justify="right", no_wrap=True)
     styles = {STATUS_APPLIED: "green", STATUS_UNCHANGED: "dim", STATUS_ROLLED_BACK: "yellow", STATUS_FAILED: "red"}
     for record in report.passes:
         error = _format_error(record.max_abs_error) if report.verified else "off"
@@ -118,7 +123,8 @@ def render_table(report: PipelineReport, console: Console | None = None, *, verb
             error,
         ]
         if approximate:
-            row.append("" if record.cosine is None else f"{record.cosine:.4f}")
+            row.append("" if record.cosine is None else cosine_text(record.cosine))
+            row.append("" if record.worst_cosine is None else cosine_text(record.worst_cosine))
         table.add_row(*row)
     console.print(table)
     removed = report.nodes_before - report.nodes_after

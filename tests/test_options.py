@@ -197,7 +197,7 @@ def test_numpy_numbers_are_numbers_and_tolerances_merge_over_the_defaults():
     [
         ("calibration_data", "did you mean 'calibration'?"),
         ("outputs", "did you mean 'output'?"),
-        ("budget", "the accuracy budget is min_cosine=... or max_error=..."),
+        ("budget", "the accuracy budget is min_cosine=..., min_worst_cosine=... or max_error=..."),
         ("strict", "raise_errors=True re-raises"),
     ],
 )

@@ -142,7 +142,7 @@ def test_a_float16_model_is_repaired_in_float16():
 
 
 def _cosine(note: str) -> float:
-    return float(note.split("cosine ")[1].split(",")[0])
+    return float(note.split("cosine ")[1].split(",")[0].split(" (worst sample")[0])
 
 
 def _with_fault(monkeypatch, name: str, fault) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from optimizer.accuracy import cosine_text
 from optimizer.compare.comparison import NOT_COMPARED, BatchResult, ComparisonReport, ProviderResult
 from optimizer.compare.generation_timing import GenerationResult
 from optimizer.compare.report import (
@@ -430,7 +431,7 @@ def _pipeline_section(pipeline: PipelineReport) -> str:
     )
     approximate = any(record.cosine is not None for record in pipeline.passes)
     header = ["pass", "status", "time", "nodes in → out", "max |Δ|" if pipeline.verified else "verified"]
-    header += ["cosine"] if approximate else []
+    header += ["cosine", "worst sample"] if approximate else []
     header += ["what it decided, and why"]
     rows = []
     for record in pipeline.passes:
@@ -460,7 +461,8 @@ def _pipeline_section(pipeline: PipelineReport) -> str:
             error,
         ]
         if approximate:
-            cells.append("" if record.cosine is None else f"{record.cosine:.4f}")
+            cells.append("" if record.cosine is None else cosine_text(record.cosine))
+            cells.append("" if record.worst_cosine is None else cosine_text(record.worst_cosine))
         cells.append("<br>".join(why))
         classes = ["text", "text"] + [""] * (len(cells) - 3) + ["why"]
         cells_html = "".join(
@@ -555,7 +557,16 @@ def _provider_section(provider: ProviderResult, warnings: Sequence[str], consume
         parts.append("<h3>accuracy per output</h3>")
         parts.append(
             _table(
-                ["output", "dtype", "shape", "max abs error", "max rel error", "cosine", "top-1 agreement"],
+                [
+                    "output",
+                    "dtype",
+                    "shape",
+                    "max abs error",
+                    "max rel error",
+                    "cosine",
+                    "worst sample cosine",
+                    "top-1 agreement",
+                ],
                 [
                     [
                         a.name,
@@ -564,6 +575,7 @@ def _provider_section(provider: ProviderResult, warnings: Sequence[str], consume
                         f"{a.max_abs_error:.3g}",
                         f"{a.max_rel_error:.3g}",
                         _opt(a.cosine, ".6f"),
+                        _opt(a.worst_sample_cosine, ".6f"),
                         _opt(a.top1_agreement, ".3f"),
                     ]
                     for a in provider.accuracy

@@ -240,7 +240,7 @@ def _accuracy_table(provider: ProviderResult) -> Table:
     table.caption = escape(f"on {provider.accuracy_data}") if provider.accuracy_data else None
     # A long output name folds onto more lines; the figures never shrink to fit it.
     table.add_column("output", justify="left", overflow="fold")
-    for column in ("max abs", "max rel", "cosine", "top-1"):
+    for column in ("max abs", "max rel", "cosine", "worst sample", "top-1"):
         table.add_column(column, justify="right", no_wrap=True)
     for item in provider.accuracy:
         table.add_row(
@@ -248,6 +248,7 @@ def _accuracy_table(provider: ProviderResult) -> Table:
             f"{item.max_abs_error:.3g}",
             f"{item.max_rel_error:.3g}",
             _opt(item.cosine, ".6f"),
+            _opt(item.worst_sample_cosine, ".6f"),
             _opt(item.top1_agreement, ".3f"),
         )
     return table

@@ -174,7 +174,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.weight_range_note = weight_range_note
         self.exclude = tuple(exclude)
         self.quantize_outputs = quantize_outputs
-        self.budget = budget if budget is not None and (budget.min_cosine, budget.max_error) != (None, None) else None
+        self.budget = budget if budget is not None and budget.bounds_anything else None
         self.samples = samples
         self.smooth_alpha = smooth_alpha
         self.layer_speeds = layer_speeds
@@ -525,7 +525,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             )
             self.note(f"sensitivity: local estimates not scaled per role ({why})")
             return _unscaled
-        power = 2.0 if self.budget.min_cosine is not None else 1.0
+        power = 2.0 if self.budget.bounds_cosine else 1.0
         factors: dict[str, float] = {}
         floors: dict[str, float] = {}
         by_role = []
@@ -673,10 +673,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         return scores
 
     def _cost(self, drift: Drift) -> float:
-        # The budget's own measure orders the layers; cosine first when both are set.
-        if self.budget.min_cosine is not None:
-            return 1.0 - drift.cosine
-        return drift.max_error
+        # The budget's own measure orders the layers (the worst sample's cosine, the mean's, the error).
+        return self.budget.shortfall(drift)
 
 
 def _unscaled(name: str, value: float) -> float:
