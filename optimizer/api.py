@@ -91,7 +91,7 @@ def optimize(
       (``output=`` with either is an ``OutputPathError``: nothing would be written there).
 
     The argument is never modified. ``passes`` names registered passes (default: the
-    target's default pipeline; ``["+NAME", ...]`` adds passes to it). Options are
+    target's default pipeline; ``["+NAME", "-NAME", ...]`` adds passes to it or leaves them out). Options are
     keyword arguments named like the CLI's flags (``target="cuda"``,
     ``quantize="dynamic"``, ``min_cosine=0.99``, ``prune_ffn=0.3``; see
     ``optimizer.options.Options``), or an ``Options`` value in ``options``; an unknown

@@ -195,7 +195,7 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--passes",
         help="comma-separated pass names, in order (default: the target's default pipeline); "
-        "+NAME,... adds opt-in passes to the default pipeline instead",
+        "+NAME,-NAME,... instead adds passes to the default pipeline or leaves default ones out",
     )
     parser.add_argument(
         "--target", choices=TARGETS, default="cpu", help="execution provider the result is for (default cpu)"
@@ -592,12 +592,43 @@ def _usable_standard_streams() -> Iterator[None]:
                 setattr(sys, name, stream)
 
 
+def _pass_changes_joined(argv: list[str]) -> list[str]:
+    """``--passes -NAME,...`` as ``--passes=-NAME,...``: argparse reads a value that starts with ``-`` as a flag.
+
+    Only where every comma-separated item names a registered pass (``--passes -v`` stays a missing value).
+    """
+    from optimizer.registry import all_passes
+
+    names = None
+    joined = []
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if (
+            word == "--passes"
+            and following is not None
+            and following.startswith("-")
+            and not following.startswith("--")
+        ):
+            names = names or {spec.name for spec in all_passes()}
+            items = [item.strip() for item in following.split(",") if item.strip()]
+            if items and all(item.lstrip("+-") in names for item in items):
+                joined.append(f"--passes={following}")
+                index += 2
+                continue
+        joined.append(word)
+        index += 1
+    return joined
+
+
 def _main(argv: list[str] | None) -> int:
     from rich.console import Console
 
     from optimizer.console import ReportConsole, logging_for
 
     parser = build_parser()
+    argv = _pass_changes_joined(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     args.verbose += getattr(args, "sub_verbose", 0)
     args.quiet = args.quiet or getattr(args, "sub_quiet", False)

@@ -20,8 +20,11 @@ from optimizer.report import STATUS_FAILED, STATUS_ROLLED_BACK, STATUS_UNCHANGED
 
 
 def requested_passes(names: Iterable[str] | None, options: Options) -> set[str]:
-    """The passes the user asked for: named in ``--passes`` (``+NAME`` too), or added by an option's flag."""
-    asked = {name.strip().removeprefix("+") for name in names or () if name.strip()}
+    """The passes the user asked for: named in ``--passes`` (``+NAME`` too; ``-NAME`` leaves one out), or added by an
+    option's flag."""
+    asked = {
+        name.strip().removeprefix("+") for name in names or () if name.strip() and not name.strip().startswith("-")
+    }
     for spec in resolve(list(names) if names is not None else None, options):
         if spec.requested_by is not None and spec.requested_by.asked(options):
             asked.add(spec.name)

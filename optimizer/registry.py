@@ -35,9 +35,11 @@ def resolve(names: Sequence[str] | None, options: Options | None = None) -> list
     """The passes to run, in order, for ``names`` and ``options``; ``PassSelectionError`` if they do not compose.
 
     ``names``: registered pass names in order (the whole pipeline), ``None`` for the
-    target's default pipeline, or only ``+NAME`` additions to the default pipeline (each
-    at its registered position). Options that ask for a pass (``quantize="dynamic"``,
-    ``prune_ffn=0.3``, ``fp16=True``) add it the same way, after an explicit list.
+    target's default pipeline, or only changes to the default pipeline: ``+NAME`` adds a
+    pass (at its registered position), ``-NAME`` leaves one of the target's default passes
+    out (a pass an option asks for cannot be left out: that is a contradiction, refused).
+    Options that ask for a pass (``quantize="dynamic"``, ``prune_ffn=0.3``, ``fp16=True``)
+    add it the same way, after an explicit list.
     ``static_shapes`` puts the shape-specializing passes first. Then the rules declared
     on the passes are checked: every pass may run on the target, has the option it
     needs, excludes no other pass in the pipeline and runs after the passes it must
@@ -53,17 +55,32 @@ def resolve(names: Sequence[str] | None, options: Options | None = None) -> list
                 raise PassSelectionError(
                     f"unknown pass '{_bare(name)}' (registered passes: {known}; see `graphopt passes`)"
                 )
-        if any(name.startswith("+") for name in names) and not all(name.startswith("+") for name in names):
+        if any(_is_change(name) for name in names) and not all(_is_change(name) for name in names):
             raise PassSelectionError(
-                "--passes: either list every pass, or only +NAME additions to the default pipeline"
+                "--passes: either list every pass, or only +NAME/-NAME changes to the default pipeline"
             )
     requested = [spec.name for spec in registry.values() if spec.requested_by and spec.requested_by.asked(options)]
-    if len(set(names or [])) != len(names or []):
-        twice = next(name for name in names if names.count(name) > 1)
-        raise PassSelectionError(f"--passes names {_bare(twice)} twice: each pass runs once")
-    if names is None or (names and all(name.startswith("+") for name in names)):
-        extra = {_bare(name) for name in names or []} | set(requested)
-        chosen = [s.name for s in registry.values() if options.target in s.default_for or s.name in extra]
+    bare = [_bare(name) for name in names or []]
+    if len(set(bare)) != len(bare):
+        twice = next(name for name in bare if bare.count(name) > 1)
+        raise PassSelectionError(f"--passes names {twice} twice: each pass runs once")
+    if names is None or (names and all(_is_change(name) for name in names)):
+        extra = {_bare(name) for name in names or [] if name.startswith("+")} | set(requested)
+        left_out = {_bare(name) for name in names or [] if name.startswith("-")}
+        for name in sorted(left_out):
+            spec = registry[name]
+            if name in requested:
+                raise PassSelectionError(f"--passes -{name}: {spec.requested_by.describe()} asks for {name}; drop one")
+            if options.target not in spec.default_for:
+                raise PassSelectionError(
+                    f"--passes -{name}: {name} is not in the default pipeline for --target {options.target} "
+                    "(nothing to leave out; `graphopt passes` lists it)"
+                )
+        chosen = [
+            s.name
+            for s in registry.values()
+            if (options.target in s.default_for or s.name in extra) and s.name not in left_out
+        ]
     else:
         chosen = names + [name for name in requested if name not in names]
     specs = [registry[name] for name in chosen]
@@ -74,8 +91,13 @@ def resolve(names: Sequence[str] | None, options: Options | None = None) -> list
 
 
 def _bare(name: str) -> str:
-    """A pass name without the ``+`` that adds it to the default pipeline (only one ``+``)."""
-    return name[1:] if name.startswith("+") else name
+    """A pass name without the ``+`` or ``-`` that adds it to or leaves it out of the default pipeline (only one)."""
+    return name[1:] if _is_change(name) else name
+
+
+def _is_change(name: str) -> bool:
+    """Whether ``name`` is a change to the default pipeline (``+NAME`` or ``-NAME``) rather than a pass in a list."""
+    return name.startswith(("+", "-"))
 
 
 def _check(specs: list[PassSpec], options: Options, registry: dict[str, PassSpec]) -> None:
