@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import numpy as np
@@ -174,7 +175,10 @@ class AccuracyAccumulator:
             stats["yy"] += float(np.dot(y, y))
             stats["same_values"] &= bool(np.array_equal(x, y))
             if expected.ndim > 1 and expected.size > len(expected):
-                rows = [_cosine(row_e, row_a) for row_e, row_a in zip(e0.reshape(len(e0), -1), a0.reshape(len(a0), -1))]
+                rows = [
+                    vector_cosine(row_e, row_a)
+                    for row_e, row_a in zip(e0.reshape(len(e0), -1), a0.reshape(len(a0), -1))
+                ]
                 lowest = min(rows)
                 stats["worst_sample"] = lowest if stats["worst_sample"] is None else min(stats["worst_sample"], lowest)
             if stats["top1"]:
@@ -249,11 +253,19 @@ def compare_accuracy(
     return accumulator.results()
 
 
-def _cosine(x: np.ndarray, y: np.ndarray) -> float:
+def vector_cosine(x: np.ndarray, y: np.ndarray) -> float:
+    """The cosine of two vectors (1 for two zero vectors, 0 for one), scaled by a power of two first: float64
+    values past 1e154 overflow the squares (NaN) and below 1e-162 underflow them (a norm of 0)."""
+    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    peak = max(float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
+    if 0.0 < peak < math.inf:
+        unit = math.ldexp(1.0, math.frexp(peak)[1])  # exact: the same cosine, squares in range
+        x, y = x / unit, y / unit
     norms = np.linalg.norm(x) * np.linalg.norm(y)
     if norms == 0:
         return 1.0 if np.array_equal(x, y) else 0.0
-    return float(np.dot(x, y) / norms)
+    cosine = float(np.dot(x, y) / norms)
+    return min(1.0, max(-1.0, cosine)) if math.isfinite(cosine) else cosine
 
 
 @dataclass(frozen=True)
@@ -338,12 +350,17 @@ class Drift:
         return said
 
 
-def cosine_text(cosine: float) -> str:
-    """A cosine with four decimals, or as many more (up to eight) as show two digits of ``1 - cosine``: a
-    budget of 0.99984 is not read against "0.9998"."""
+def cosine_text(cosine: float, decimals: int = 4) -> str:
+    """A cosine with ``decimals`` decimals, or as many more (up to ten) as show two digits of ``1 - cosine``,
+    rounded down: a cosine that misses a budget never reads as the budget (0.99896 is "0.9989", not
+    "0.9990"; 0.99984 is "0.99984", not "0.9998"), and only 1 reads as 1."""
+    cosine = float(cosine)
+    if not math.isfinite(cosine):
+        return str(cosine)
     gap = 1.0 - cosine
-    decimals = 4 if not 0 < gap < 1e-3 else min(8, math.ceil(-math.log10(gap)) + 1)
-    return f"{cosine:.{decimals}f}"
+    if 0 < gap < 10.0 ** (1 - decimals):
+        decimals = min(10, max(decimals, math.ceil(-math.log10(gap)) + 1))
+    return str(Decimal(repr(cosine)).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_FLOOR))
 
 
 def output_drift(
@@ -415,7 +432,7 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                 sums[1] += float(np.sum((a - e) ** 2))
                 continue
             rows = (e.reshape(len(e), -1), a.reshape(len(a), -1))
-            cosines = [_cosine(x, y) for x, y in zip(*rows)]
+            cosines = [vector_cosine(x, y) for x, y in zip(*rows)]
             scores.setdefault(name, []).extend(cosines)
             lowest[name] = min(lowest.get(name, 1.0), min(cosines))
     per_output = {name: float(np.mean(values)) for name, values in scores.items()}

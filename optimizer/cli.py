@@ -386,7 +386,8 @@ def _add_lowrank_flags(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="R",
         help="factorize large MatMul weights W into U·V, removing this fraction of each one's parameters, where "
-        "measured faster on this machine (with --min-cosine/--max-error: at most R, ranks chosen per layer); "
+        "measured faster on this machine (with a budget, --min-cosine/--min-worst-cosine/--max-error: at most R, "
+        "ranks chosen per layer); "
         "--importance magnitude: plain SVD; --no-repair: V not re-fitted",
     )
 

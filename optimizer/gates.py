@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from optimizer.accuracy import cosine_text
 from optimizer.compare.comparison import NOT_COMPARED, ComparisonReport
 from optimizer.compare.stats import MIN_PAIRS
 from optimizer.options import Options
@@ -156,7 +157,9 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
                         "differs and has no cosine similarity"
                     )
             elif not output.cosine >= min_cosine:  # NaN fails too
-                failures.append(f"{gate}: {provider.ep}: output '{output.name}' has cosine {output.cosine:.6f}")
+                failures.append(
+                    f"{gate}: {provider.ep}: output '{output.name}' has cosine {cosine_text(output.cosine, 6)}"
+                )
             elif (ratio := getattr(output, "norm_ratio", None)) is not None and not abs(ratio - 1) <= _allowed(
                 min_cosine
             ):
@@ -172,7 +175,7 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
             # empty one, so a model wrong only at the prefill shows here.
             failures.append(
                 f"{gate}: {provider.ep}: the teacher-forced logits ({llm.scored_tokens} tokens of {llm.text}) have "
-                f"cosine {llm.logits_cosine:.6f}"
+                f"cosine {cosine_text(llm.logits_cosine, 6)}"
             )
     if not measured and not failures:
         return [f"{gate}: no accuracy was measured (every execution provider was skipped)"]
@@ -192,9 +195,22 @@ def worst_sample_failures(report: ComparisonReport, min_cosine: float, flag: str
     for provider in report.providers:
         for output in provider.accuracy if provider.available else ():
             worst = output.worst_sample_cosine
-            if worst is not None and not worst >= min_cosine:  # NaN fails too
+            # Where the cosine over all values already failed, its line says so.
+            if (
+                worst is not None
+                and not worst >= min_cosine
+                and output.cosine is not None
+                and output.cosine >= min_cosine
+            ):
                 failures.append(
-                    f"{gate}: {provider.ep}: output '{output.name}' has a sample at cosine {worst:.6f} "
-                    f"(over all its values {output.cosine:.6f})"
+                    f"{gate}: {provider.ep}: output '{output.name}' has a sample at cosine {cosine_text(worst, 6)} "
+                    f"(over all its values {cosine_text(output.cosine, 6)})"
                 )
+        llm = getattr(provider, "llm_accuracy", None) if provider.available else None
+        if llm is not None and llm.logits_cosine >= min_cosine and not llm.logits_worst_cosine >= min_cosine:
+            failures.append(
+                f"{gate}: {provider.ep}: the teacher-forced logits of one sequence of {llm.text} have cosine "
+                f"{cosine_text(llm.logits_worst_cosine, 6)} (over all {llm.scored_tokens} tokens "
+                f"{cosine_text(llm.logits_cosine, 6)})"
+            )
     return failures

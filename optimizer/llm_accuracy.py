@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from optimizer.accuracy import vector_cosine
 from optimizer.errors import InputSpecError
 from optimizer.generation import CausalLM, CausalLMSession, left_padded, random_prompts
 from optimizer.progress import track
@@ -85,7 +86,8 @@ class LLMAccuracy:
     ``prefix_agreement``: mean fraction of each continuation before the first token that
     differs (1.0 when all match). ``logits_cosine``: the cosine similarity of the two models'
     teacher-forced logits over every scored position (one vector), for ``--min-cosine``: the
-    one-run comparison beside it always runs over a cache, never the prefill.
+    one-run comparison beside it always runs over a cache, never the prefill;
+    ``logits_worst_cosine`` the lowest such cosine of one sequence, for ``--min-worst-cosine``.
     """
 
     text: str
@@ -103,6 +105,8 @@ class LLMAccuracy:
     prefix_agreement: float
     note: str = ""
     logits_cosine: float = 1.0
+    # The lowest of each sequence's teacher-forced logits cosine (over its scored positions).
+    logits_worst_cosine: float = 1.0
 
 
 def measure_llm_accuracy(
@@ -125,6 +129,7 @@ def measure_llm_accuracy(
     agree = scored = 0
     nll_before = nll_after = 0.0
     dot = norm_before = norm_after = 0.0
+    worst = 1.0
     batches = -(-len(text.rows) // batch)
     for ids, mask in track(_batches(text.rows, batch, padded), "accuracy: teacher-forced next tokens", batches):
         expected, actual = before.logits(ids, mask), after.logits(ids, mask)
@@ -146,6 +151,9 @@ def measure_llm_accuracy(
         nll_before += _negative_log_likelihood(expected[:, :-1], targets, scored_at)
         nll_after += _negative_log_likelihood(actual[:, :-1], targets, scored_at)
         a, b = expected[:, :-1][scored_at].astype(np.float64), actual[:, :-1][scored_at].astype(np.float64)
+        for row, scored_row in enumerate(scored_at):
+            if scored_row.any():
+                worst = min(worst, vector_cosine(expected[row, :-1][scored_row], actual[row, :-1][scored_row]))
         dot, norm_before, norm_after = (
             dot + float(np.sum(a * b)),
             norm_before + float(np.sum(a * a)),
@@ -183,6 +191,7 @@ def measure_llm_accuracy(
         exact_match=exact / len(prompts),
         prefix_agreement=prefix / len(prompts),
         logits_cosine=dot / np.sqrt(norm_before * norm_after) if norm_before and norm_after else float(dot == 0),
+        logits_worst_cosine=worst,
         note=note,
     )
 

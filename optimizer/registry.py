@@ -131,7 +131,7 @@ def _check(specs: list[PassSpec], options: Options, registry: dict[str, PassSpec
         timed = ways_to_ask(spec for spec in all_passes() if spec.times_kernels == "budget")
         raise PassSelectionError(
             f"{options.describe('budget_decode_steps')} does nothing here: it sets how an accuracy budget "
-            f"(--min-cosine/--max-error) of {timed} times a decoder's layers"
+            f"(--min-cosine/--min-worst-cosine/--max-error) of {timed} times a decoder's layers"
         )
     if options.threads is not None and not any(spec.kernels_timed(options) for spec in specs):
         raise PassSelectionError(
@@ -143,7 +143,11 @@ def _check(specs: list[PassSpec], options: Options, registry: dict[str, PassSpec
 def kernel_timing_passes() -> str:
     """How a user asks for a pass that times kernels (what ``threads`` sets): ``--lowrank R or ...``."""
     specs = [spec for spec in all_passes() if spec.times_kernels]
-    budgeted = " (some only under --min-cosine/--max-error)" if any(s.times_kernels == "budget" for s in specs) else ""
+    budgeted = (
+        " (some only under --min-cosine/--min-worst-cosine/--max-error)"
+        if any(s.times_kernels == "budget" for s in specs)
+        else ""
+    )
     return ways_to_ask(specs) + budgeted
 
 

@@ -197,3 +197,59 @@ def test_compare_gates_on_the_worst_sample_where_the_cosine_over_all_values_pass
     assert main([*common, "--min-worst-cosine", "0.5"]) == 0
     assert main([*common, "--min-worst-cosine", "2"]) == 2
     assert "--min-worst-cosine 2.0: a cosine similarity is between -1 and 1" in capsys.readouterr().err
+
+
+# -- review findings ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [1e160, 1e-170])
+def test_the_worst_sample_of_identical_outputs_is_1_at_any_float64_scale(scale):
+    from optimizer.accuracy import output_accuracy
+
+    e = np.random.default_rng(0).normal(size=(4, 8)) * scale
+    same = output_accuracy("y", e, e * (1 + 1e-12))
+    assert same.worst_sample_cosine == pytest.approx(1.0) and same.cosine == pytest.approx(1.0)
+    drift = paired_drift([({"y": e}, {"y": e.copy()})])
+    assert drift.worst_cosine == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("cosine", "budget"), [(0.99896, 0.999), (0.99496, 0.995), (0.9999999991, 0.9999999995), (0.99999985, 0.9999999)]
+)
+def test_a_cosine_that_misses_a_budget_never_reads_as_the_budget(cosine, budget):
+    for decimals in (4, 6):
+        text = cosine_text(cosine, decimals)
+        assert float(text) < budget and float(text) <= cosine, text
+    missed = Drift(cosine=0.9999999999, max_error=0.01, worst_cosine=cosine)
+    assert not AccuracyBudget(min_worst_cosine=budget).met(missed)
+    assert f"worst sample {cosine_text(cosine)}" in str(missed)
+
+
+def test_the_generate_gate_reads_each_sequences_teacher_forced_logits():
+    from optimizer.gates import worst_sample_failures
+    from optimizer.llm_accuracy import LLMAccuracy
+    from tests.test_html_report import _report
+
+    report = _report()
+    provider = report.providers[0]
+    provider.accuracy = []
+    provider.llm_accuracy = LLMAccuracy(
+        "held-out text", True, 6, 120, 0.98, 10.0, 10.1, 0.1, 6, 16, 8, 1.0, 1.0, "", 0.9946, 0.9928
+    )
+    (line,) = [line for line in worst_sample_failures(report, 0.994) if "teacher-forced" in line]
+    assert "cpu: the teacher-forced logits of one sequence of held-out text have cosine 0.992800" in line
+    assert not [line for line in worst_sample_failures(report, 0.99) if "teacher-forced" in line]
+
+
+def test_an_output_whose_cosine_fails_gets_one_line_not_two():
+    from optimizer.accuracy import OutputAccuracy
+    from optimizer.gates import worst_sample_failures
+    from tests.test_html_report import _report
+
+    report = _report()
+    report.providers[0].llm_accuracy = None
+    report.providers[0].accuracy = [OutputAccuracy("y", "float32", [1, 4], 0.1, 0.1, 0.98, worst_sample_cosine=0.98)]
+    lines = worst_sample_failures(report, 0.99)
+    assert [line for line in lines if "output 'y'" in line] == [
+        "--min-worst-cosine 0.99: cpu: output 'y' has cosine 0.980000"
+    ], lines

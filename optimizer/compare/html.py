@@ -27,6 +27,7 @@ from optimizer.compare.comparison import NOT_COMPARED, BatchResult, ComparisonRe
 from optimizer.compare.generation_timing import GenerationResult
 from optimizer.compare.report import (
     _GENERATION_HEADER,
+    _cosine_or_dash,
     _generation_row,
     _llm_accuracy_rows,
     _mb,
@@ -574,8 +575,8 @@ def _provider_section(provider: ProviderResult, warnings: Sequence[str], consume
                         "×".join(str(d) for d in a.shape),
                         f"{a.max_abs_error:.3g}",
                         f"{a.max_rel_error:.3g}",
-                        _opt(a.cosine, ".6f"),
-                        _opt(a.worst_sample_cosine, ".6f"),
+                        _cosine_or_dash(a.cosine),
+                        _cosine_or_dash(a.worst_sample_cosine),
                         _opt(a.top1_agreement, ".3f"),
                     ]
                     for a in provider.accuracy

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from optimizer.accuracy import cosine_text
 from optimizer.compare.comparison import ComparisonReport, ProviderResult
 from optimizer.compare.generation_timing import GenerationResult
 from optimizer.compare.stats import RatioEstimate
@@ -210,7 +211,8 @@ def _llm_accuracy_rows(provider: ProviderResult) -> list[list[str]]:
             f"{llm.exact_match:.3f}",
         ],
         ["agreement until the first different token", f"{llm.prefix_agreement:.3f}"],
-        ["teacher-forced logits cosine (every scored position)", f"{llm.logits_cosine:.6f}"],
+        ["teacher-forced logits cosine (every scored position)", cosine_text(llm.logits_cosine, 6)],
+        ["teacher-forced logits cosine, worst sequence", cosine_text(llm.logits_worst_cosine, 6)],
     ]
     if llm.note:
         rows.append(["note", llm.note])
@@ -247,8 +249,8 @@ def _accuracy_table(provider: ProviderResult) -> Table:
             escape(item.name),
             f"{item.max_abs_error:.3g}",
             f"{item.max_rel_error:.3g}",
-            _opt(item.cosine, ".6f"),
-            _opt(item.worst_sample_cosine, ".6f"),
+            _cosine_or_dash(item.cosine),
+            _cosine_or_dash(item.worst_sample_cosine),
             _opt(item.top1_agreement, ".3f"),
         )
     return table
@@ -283,6 +285,11 @@ def _memory_rows(provider: ProviderResult) -> list[list[str]]:
     if before.gpu_bytes is not None and after.gpu_bytes is not None:
         rows.append(["GPU memory", _mb(before.gpu_bytes), _mb(after.gpu_bytes)])
     return rows
+
+
+def _cosine_or_dash(value: float | None) -> str:
+    """A cosine to six decimals, rounded down (``cosine_text``), or a dash where there is none."""
+    return "—" if value is None else cosine_text(value, 6)
 
 
 def _opt(value: float | None, spec: str) -> str:
