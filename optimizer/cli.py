@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optimizer import exit_codes
-from optimizer.errors import GraphoptError, InputSpecError, Interrupted, OptionError, OutputPathError, one_line
+from optimizer.errors import (
+    RECEIVED_SIGNALS,
+    GraphoptError,
+    InputSpecError,
+    Interrupted,
+    OptionError,
+    OutputPathError,
+    one_line,
+)
 from optimizer.streams import FailSafeStream
 
 if TYPE_CHECKING:
@@ -533,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     are removed on the way), print one line and return 130 or 143.
     """
     _RECEIVED.clear()
+    _RESEND_PENDING.clear()
     with _usable_standard_streams(), _signals_unwind():
         try:
             try:
@@ -734,11 +743,16 @@ def _signals_unwind() -> Iterator[None]:
     previous = {signum: signal.getsignal(signum) for signum in signals}
 
     def unwind(signum: int, frame: Any) -> None:
-        if _inside_import_machinery(frame) and hasattr(signal, "pthread_kill"):
+        if _RESEND_PENDING:  # a second Ctrl-C (also one nested in the call below, while the Timer starts)
+            return
+        if _inside_module_lock_callback(frame) and hasattr(signal, "pthread_kill"):
             # An exception raised here would be swallowed ("Exception ignored in ... _get_module_lock")
-            # and the run would go on: deliver the signal again once the import lock is released.
+            # and the run would go on: deliver the signal again once the callback has returned. Only
+            # there: importlib's other frames pass an exception on, and a signal deferred at each of them
+            # was deferred again and again for as long as the run imported (past the written output).
             # A daemon thread (the run's exit never waits on it) that sends nothing once a signal unwound
             # the run: a second Ctrl-C here must not reach Python's own handler after main has restored it.
+            _RESEND_PENDING.append(signum)
             main = threading.main_thread().ident
             resend = threading.Timer(0.02, _send_unless_received, (main, signum))
             resend.daemon = True
@@ -756,21 +770,36 @@ def _signals_unwind() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        # The run is over: a deferred signal is not delivered after it, and the next run in this process
+        # (``main`` again, or the API, whose saves check ``RECEIVED_SIGNALS``) starts uninterrupted.
+        _RESEND_PENDING.clear()
+        _RECEIVED.clear()
 
 
 # Signals ``_signals_unwind`` turned into ``Interrupted``: if a callback swallowed the exception
-# anyway, ``main`` still ends the run as interrupted.
-_RECEIVED: list[int] = []
+# anyway, no output is renamed into place (``raise_if_interrupted``) and ``main`` still ends the run
+# as interrupted.
+_RECEIVED = RECEIVED_SIGNALS
+# The signal a Timer will deliver again (``unwind`` deferred it out of importlib's module-lock callback).
+_RESEND_PENDING: list[int] = []
 
 
 def _send_unless_received(thread: int, signum: int) -> None:
-    if not _RECEIVED:
+    """Deliver a deferred signal again, unless another unwound the run meanwhile or the run is over."""
+    pending = bool(_RESEND_PENDING)
+    _RESEND_PENDING.clear()
+    if pending and not _RECEIVED:
         signal.pthread_kill(thread, signum)
 
 
-def _inside_import_machinery(frame: Any) -> bool:
-    """Whether ``frame`` is importlib's own code (its module-lock callbacks ignore exceptions)."""
-    return frame is not None and frame.f_code.co_filename.startswith("<frozen importlib")
+def _inside_module_lock_callback(frame: Any) -> bool:
+    """Whether ``frame`` is importlib's module-lock weakref callback (``_get_module_lock``'s ``cb``), which runs
+    where Python ignores exceptions."""
+    return (
+        frame is not None
+        and frame.f_code.co_filename == "<frozen importlib._bootstrap>"
+        and frame.f_code.co_name == "cb"
+    )
 
 
 def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> list[tuple[int, list[str]]]:

@@ -77,3 +77,15 @@ class Interrupted(BaseException):
         super().__init__(f"signal {signum}")
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+# Signals the CLI's handler (``optimizer.cli._signals_unwind``) turned into ``Interrupted``; empty outside the CLI.
+RECEIVED_SIGNALS: list[int] = []
+
+
+def raise_if_interrupted() -> None:
+    """``Interrupted`` again where a signal's exception was swallowed (a ``__del__`` or weakref callback ignores
+    it, and the run went on): called just before an output is renamed into place, so that an interrupted run
+    never leaves one."""
+    if RECEIVED_SIGNALS:
+        raise Interrupted(RECEIVED_SIGNALS[0])

@@ -55,6 +55,7 @@ from optimizer.errors import (
     OutputPathError,
     UnsupportedModelError,
     one_line,
+    raise_if_interrupted,
 )
 from optimizer.inputs import DATA_FOLDER_SUFFIXES
 from optimizer.runtime import has_external_tensors, save_model_file, weight_bytes
@@ -460,9 +461,10 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
     try:
         save_model_file(model, staged_model, external_data=data_name)
         _pause_for_tests("staged")
+        raise_if_interrupted()  # a signal whose exception a callback swallowed: the output is not placed
         if data_name is not None:
-            os.replace(staging / data_name, folder / data_name)
-            placed_data = folder / data_name
+            placed_data = folder / data_name  # before the rename: a signal just after it removes the file too
+            os.replace(staging / data_name, placed_data)
             _pause_for_tests("data")
         os.replace(staged_model, path)
     except OSError as error:
@@ -558,6 +560,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], object], wh
     temporary = target.parent / f".{data_stem(target.name)}.{secrets.token_hex(4)}.tmp"
     try:
         write(os.fspath(temporary))
+        raise_if_interrupted()
         os.replace(temporary, target)
     except OSError as error:
         raise OutputPathError(f"{path}: cannot write the {what} ({error.strerror or error})") from error
