@@ -259,7 +259,7 @@ def vector_cosine(x: np.ndarray, y: np.ndarray) -> float:
     x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
     peak = max(float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
     if 0.0 < peak < math.inf:
-        unit = math.ldexp(1.0, math.frexp(peak)[1])  # exact: the same cosine, squares in range
+        unit = _power_of_two_above(peak)  # exact: the same cosine, squares in range
         x, y = x / unit, y / unit
     norms = np.linalg.norm(x) * np.linalg.norm(y)
     if norms == 0:
@@ -353,12 +353,15 @@ class Drift:
 def cosine_text(cosine: float, decimals: int = 4) -> str:
     """A cosine with ``decimals`` decimals, or as many more (up to ten) as show two digits of ``1 - cosine``,
     rounded down: a cosine that misses a budget never reads as the budget (0.99896 is "0.9989", not
-    "0.9990"; 0.99984 is "0.99984", not "0.9998"), and only 1 reads as 1."""
+    "0.9990"; 0.99984 is "0.99984", not "0.9998"). Within 1e-12 of 1 (the rounding of equal vectors'
+    sums) it reads as 1."""
     cosine = float(cosine)
     if not math.isfinite(cosine):
         return str(cosine)
     gap = 1.0 - cosine
-    if 0 < gap < 10.0 ** (1 - decimals):
+    if 0 < gap < 1e-12:  # float64 rounding of equal vectors' sums, no difference: read as 1
+        cosine = 1.0
+    elif 0 < gap < 10.0 ** (1 - decimals):
         decimals = min(10, max(decimals, math.ceil(-math.log10(gap)) + 1))
     return str(Decimal(repr(cosine)).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_FLOOR))
 

@@ -253,3 +253,11 @@ def test_an_output_whose_cosine_fails_gets_one_line_not_two():
     assert [line for line in lines if "output 'y'" in line] == [
         "--min-worst-cosine 0.99: cpu: output 'y' has cosine 0.980000"
     ], lines
+
+
+def test_equal_outputs_read_as_1_and_the_largest_float64_values_have_a_cosine():
+    assert cosine_text(1.0 - 2**-52, 6) == "1.000000" and cosine_text(1.0 - 1e-9, 6) == "0.9999999990"
+    from optimizer.accuracy import vector_cosine
+
+    top = np.array([np.finfo(np.float64).max, -np.finfo(np.float64).max / 2])
+    assert vector_cosine(top, top) == pytest.approx(1.0)
