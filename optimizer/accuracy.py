@@ -193,7 +193,7 @@ class AccuracyAccumulator:
             # A cosine of one number is +-1, and of no number (all NaN or Inf) nothing: neither is reported.
             if stats["cosine"] and stats["compared"] > 1:
                 norms = np.sqrt(stats["xx"]) * np.sqrt(stats["yy"])
-                cosine = float(stats["dot"] / norms) if norms else (1.0 if stats["same_values"] else 0.0)
+                cosine = 1.0 if stats["same_values"] else float(stats["dot"] / norms) if norms else 0.0
                 if stats["xx"]:
                     norm_ratio = float(np.sqrt(stats["yy"] / stats["xx"]))
                 else:
@@ -257,6 +257,8 @@ def vector_cosine(x: np.ndarray, y: np.ndarray) -> float:
     """The cosine of two vectors (1 for two zero vectors, 0 for one), scaled by a power of two first: float64
     values past 1e154 overflow the squares (NaN) and below 1e-162 underflow them (a norm of 0)."""
     x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    if np.array_equal(x, y):  # exactly 1: dot / (norm * norm) rounds below it, and a budget of 1 must pass
+        return 1.0
     peak = max(float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
     if 0.0 < peak < math.inf:
         unit = _power_of_two_above(peak)  # exact: the same cosine, squares in range
@@ -353,15 +355,12 @@ class Drift:
 def cosine_text(cosine: float, decimals: int = 4) -> str:
     """A cosine with ``decimals`` decimals, or as many more (up to ten) as show two digits of ``1 - cosine``,
     rounded down: a cosine that misses a budget never reads as the budget (0.99896 is "0.9989", not
-    "0.9990"; 0.99984 is "0.99984", not "0.9998"). Within 1e-12 of 1 (the rounding of equal vectors'
-    sums) it reads as 1."""
+    "0.9990"; 0.99984 is "0.99984", not "0.9998"). Equal vectors have cosine exactly 1 (``vector_cosine``)."""
     cosine = float(cosine)
     if not math.isfinite(cosine):
         return str(cosine)
     gap = 1.0 - cosine
-    if 0 < gap < 1e-12:  # float64 rounding of equal vectors' sums, no difference: read as 1
-        cosine = 1.0
-    elif 0 < gap < 10.0 ** (1 - decimals):
+    if 0 < gap < 10.0 ** (1 - decimals):
         decimals = min(10, max(decimals, math.ceil(-math.log10(gap)) + 1))
     return str(Decimal(repr(cosine)).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_FLOOR))
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from optimizer import exit_codes
 from optimizer.errors import (
+    PENDING_SIGNALS,
     RECEIVED_SIGNALS,
     GraphoptError,
     InputSpecError,
@@ -603,33 +604,32 @@ def _usable_standard_streams() -> Iterator[None]:
 
 
 def _pass_changes_joined(argv: list[str]) -> list[str]:
-    """``--passes -NAME,...`` as ``--passes=-NAME,...``: argparse reads a value that starts with ``-`` as a flag.
+    """``--passes -NAME,...`` as ``--passes=-NAME,...`` on ``optimize`` and ``demo``: argparse reads a value that
+    starts with ``-`` as a flag.
 
-    Only where every comma-separated item names a registered pass (``--passes -v`` stays a missing value).
+    Only where every comma-separated item is spelled like a change to the pipeline (``+`` or ``-`` and hyphenated
+    words: ``-fuse-atention`` is then an unknown pass, named as such; ``--passes -v`` stays a missing value).
     """
-    from optimizer.registry import all_passes
-
-    names = None
+    if not argv or argv[0] not in ("optimize", "demo"):
+        return argv
     joined = []
     index = 0
     while index < len(argv):
         word = argv[index]
         following = argv[index + 1] if index + 1 < len(argv) else None
-        if (
-            word == "--passes"
-            and following is not None
-            and following.startswith("-")
-            and not following.startswith("--")
-        ):
-            names = names or {spec.name for spec in all_passes()}
+        if word == "--passes" and following is not None and following.startswith("-"):
             items = [item.strip() for item in following.split(",") if item.strip()]
-            if items and all(item.lstrip("+-") in names for item in items):
+            if items and all(_PASS_CHANGE.fullmatch(item) for item in items):
                 joined.append(f"--passes={following}")
                 index += 2
                 continue
         joined.append(word)
         index += 1
     return joined
+
+
+# A change to the default pipeline as --passes spells it: +NAME or -NAME, NAME hyphenated lowercase words.
+_PASS_CHANGE = re.compile(r"[+-][a-z0-9]+(?:-[a-z0-9]+)+")
 
 
 def _main(argv: list[str] | None) -> int:
@@ -743,8 +743,8 @@ def _signals_unwind() -> Iterator[None]:
     previous = {signum: signal.getsignal(signum) for signum in signals}
 
     def unwind(signum: int, frame: Any) -> None:
-        if _RESEND_PENDING:  # a second Ctrl-C (also one nested in the call below, while the Timer starts)
-            return
+        if _RESEND_PENDING or _RECEIVED:  # a second Ctrl-C (also one nested below, while the Timer starts), or
+            return  # one after a save raised the pending one (``raise_if_interrupted``): the run is unwinding
         if _inside_module_lock_callback(frame) and hasattr(signal, "pthread_kill"):
             # An exception raised here would be swallowed ("Exception ignored in ... _get_module_lock")
             # and the run would go on: deliver the signal again once the callback has returned. Only
@@ -781,7 +781,7 @@ def _signals_unwind() -> Iterator[None]:
 # as interrupted.
 _RECEIVED = RECEIVED_SIGNALS
 # The signal a Timer will deliver again (``unwind`` deferred it out of importlib's module-lock callback).
-_RESEND_PENDING: list[int] = []
+_RESEND_PENDING = PENDING_SIGNALS
 
 
 def _send_unless_received(thread: int, signum: int) -> None:

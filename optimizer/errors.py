@@ -81,11 +81,16 @@ class Interrupted(BaseException):
 
 # Signals the CLI's handler (``optimizer.cli._signals_unwind``) turned into ``Interrupted``; empty outside the CLI.
 RECEIVED_SIGNALS: list[int] = []
+# A signal the handler deferred (out of importlib's module-lock callback) and will deliver again shortly.
+PENDING_SIGNALS: list[int] = []
 
 
 def raise_if_interrupted() -> None:
     """``Interrupted`` again where a signal's exception was swallowed (a ``__del__`` or weakref callback ignores
-    it, and the run went on): called just before an output is renamed into place, so that an interrupted run
-    never leaves one."""
+    it, and the run went on), or now for a signal deferred and not yet delivered again: called just before an
+    output is renamed into place, so that an interrupted run never leaves one."""
+    if PENDING_SIGNALS and not RECEIVED_SIGNALS:  # received all the same: the re-sent one is then ignored
+        RECEIVED_SIGNALS.append(PENDING_SIGNALS[0])
+    PENDING_SIGNALS.clear()
     if RECEIVED_SIGNALS:
         raise Interrupted(RECEIVED_SIGNALS[0])

@@ -153,7 +153,8 @@ def measure_llm_accuracy(
         a, b = expected[:, :-1][scored_at].astype(np.float64), actual[:, :-1][scored_at].astype(np.float64)
         for row, scored_row in enumerate(scored_at):
             if scored_row.any():
-                worst = min(worst, vector_cosine(expected[row, :-1][scored_row], actual[row, :-1][scored_row]))
+                cosine = vector_cosine(expected[row, :-1][scored_row], actual[row, :-1][scored_row])
+                worst = float(np.min([worst, cosine]))  # NaN stays NaN (min() would skip it)
         dot, norm_before, norm_after = (
             dot + float(np.sum(a * b)),
             norm_before + float(np.sum(a * a)),

@@ -76,3 +76,9 @@ def test_a_config_file_removes_a_pass_and_strict_does_not_count_it(tmp_path):
     )
     assert code == 0
     assert '"fuse-attention"' not in report.read_text()
+
+
+def test_a_misspelt_removal_is_named_as_an_unknown_pass(tmp_path, capsys):
+    command = ["optimize", str(LLAMA), "-o", str(tmp_path / "out.onnx"), "-q", "--passes", "-fuse-atention"]
+    assert main(command) == 2
+    assert "unknown pass 'fuse-atention'" in capsys.readouterr().err

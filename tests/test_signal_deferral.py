@@ -55,3 +55,16 @@ def test_a_signal_in_the_module_lock_callback_comes_back_once_it_returned():
             raise_if_interrupted()
         time.sleep(0.1)  # no second delivery is left pending
     assert RECEIVED_SIGNALS == [] and cli._RESEND_PENDING == []
+
+
+def test_a_save_in_the_moment_a_deferred_signal_waits_places_no_output(tmp_path):
+    from optimizer.model_io import write_atomically
+
+    target = tmp_path / "report.json"
+    with cli._signals_unwind():
+        with pytest.raises(Interrupted):
+            _handler()(signal.SIGINT, _frame("<frozen importlib._bootstrap>", "cb"))  # deferred: pending
+            write_atomically(target, lambda path: open(path, "w").write("{}"), "report")
+        assert not target.exists() and list(tmp_path.iterdir()) == []
+        time.sleep(0.1)  # the deferred signal is not delivered again: the run already unwinds for it
+    assert RECEIVED_SIGNALS == [] and cli._RESEND_PENDING == []
