@@ -744,7 +744,11 @@ def _signals_unwind() -> Iterator[None]:
 
     def unwind(signum: int, frame: Any) -> None:
         if _RESEND_PENDING or _RECEIVED:  # a second Ctrl-C (also one nested below, while the Timer starts), or
-            return  # one after a save raised the pending one (``raise_if_interrupted``): the run is unwinding
+            # one after a save raised the pending one (``raise_if_interrupted``): the run is unwinding. A SIGTERM
+            # beside a pending SIGINT is the one delivered (and the exit code says so).
+            if _RESEND_PENDING and signum == signal.SIGTERM:
+                _RESEND_PENDING[0] = signum
+            return
         if _inside_module_lock_callback(frame) and hasattr(signal, "pthread_kill"):
             # An exception raised here would be swallowed ("Exception ignored in ... _get_module_lock")
             # and the run would go on: deliver the signal again once the callback has returned. Only
@@ -754,7 +758,7 @@ def _signals_unwind() -> Iterator[None]:
             # the run: a second Ctrl-C here must not reach Python's own handler after main has restored it.
             _RESEND_PENDING.append(signum)
             main = threading.main_thread().ident
-            resend = threading.Timer(0.02, _send_unless_received, (main, signum))
+            resend = threading.Timer(0.02, _send_unless_received, (main,))
             resend.daemon = True
             resend.start()
             return
@@ -784,12 +788,12 @@ _RECEIVED = RECEIVED_SIGNALS
 _RESEND_PENDING = PENDING_SIGNALS
 
 
-def _send_unless_received(thread: int, signum: int) -> None:
-    """Deliver a deferred signal again, unless another unwound the run meanwhile or the run is over."""
-    pending = bool(_RESEND_PENDING)
+def _send_unless_received(thread: int) -> None:
+    """Deliver the deferred signal again, unless another unwound the run meanwhile or the run is over."""
+    pending = list(_RESEND_PENDING)
     _RESEND_PENDING.clear()
     if pending and not _RECEIVED:
-        signal.pthread_kill(thread, signum)
+        signal.pthread_kill(thread, pending[0])
 
 
 def _inside_module_lock_callback(frame: Any) -> bool:

@@ -81,6 +81,8 @@ def resolve(names: Sequence[str] | None, options: Options | None = None) -> list
             for s in registry.values()
             if (options.target in s.default_for or s.name in extra) and s.name not in left_out
         ]
+        if not chosen:
+            raise PassSelectionError("--passes: every pass is left out; there is nothing to run")
     else:
         chosen = names + [name for name in requested if name not in names]
     specs = [registry[name] for name in chosen]

@@ -82,3 +82,8 @@ def test_a_misspelt_removal_is_named_as_an_unknown_pass(tmp_path, capsys):
     command = ["optimize", str(LLAMA), "-o", str(tmp_path / "out.onnx"), "-q", "--passes", "-fuse-atention"]
     assert main(command) == 2
     assert "unknown pass 'fuse-atention'" in capsys.readouterr().err
+
+
+def test_leaving_every_pass_out_is_refused():
+    with pytest.raises(PassSelectionError, match="every pass is left out"):
+        _names([f"-{name}" for name in _names(None)])

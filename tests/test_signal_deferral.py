@@ -68,3 +68,14 @@ def test_a_save_in_the_moment_a_deferred_signal_waits_places_no_output(tmp_path)
         assert not target.exists() and list(tmp_path.iterdir()) == []
         time.sleep(0.1)  # the deferred signal is not delivered again: the run already unwinds for it
     assert RECEIVED_SIGNALS == [] and cli._RESEND_PENDING == []
+
+
+def test_a_sigterm_beside_a_deferred_sigint_is_the_one_delivered():
+    with cli._signals_unwind():
+        with pytest.raises(Interrupted) as stopped:
+            _handler()(signal.SIGINT, _frame("<frozen importlib._bootstrap>", "cb"))
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, _frame("<frozen importlib._bootstrap>", "cb"))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                time.sleep(0.005)
+        assert stopped.value.signum == signal.SIGTERM and stopped.value.exit_code == 143

@@ -438,7 +438,7 @@ def _measure_provider(
             session_before = TimedSession(before, ep.name, base_inputs, threads)
             session_after = TimedSession(after, ep.name, base_inputs, threads)
             result.accuracy = _accuracy(session_before.outputs(), session_after.outputs(), score_outputs, warnings)
-            result.accuracy_data = f"generated inputs ({base_batch} samples, one run)"
+            result.accuracy_data = f"generated inputs ({base_batch} sample{'s' if base_batch != 1 else ''}, one run)"
             del session_before, session_after
         _measure_generation(result, before, after, ep, generation, settings, plan, threads, warnings, progress)
     batches = list(settings.batches)
