@@ -263,10 +263,11 @@ def vector_cosine(x: np.ndarray, y: np.ndarray) -> float:
     if 0.0 < peak < math.inf:
         unit = _power_of_two_above(peak)  # exact: the same cosine, squares in range
         x, y = x / unit, y / unit
-    norms = np.linalg.norm(x) * np.linalg.norm(y)
-    if norms == 0:
-        return 1.0 if np.array_equal(x, y) else 0.0
-    cosine = float(np.dot(x, y) / norms)
+    with np.errstate(invalid="ignore", over="ignore"):  # an infinity gives NaN, said as such, not warned about
+        norms = np.linalg.norm(x) * np.linalg.norm(y)
+        if norms == 0:
+            return 1.0 if np.array_equal(x, y) else 0.0
+        cosine = float(np.dot(x, y) / norms)
     return min(1.0, max(-1.0, cosine)) if math.isfinite(cosine) else cosine
 
 
