@@ -175,11 +175,7 @@ class AccuracyAccumulator:
             stats["yy"] += float(np.dot(y, y))
             stats["same_values"] &= bool(np.array_equal(x, y))
             if expected.ndim > 1 and expected.size > len(expected):
-                rows = [
-                    vector_cosine(row_e, row_a)
-                    for row_e, row_a in zip(e0.reshape(len(e0), -1), a0.reshape(len(a0), -1))
-                ]
-                lowest = min(rows)
+                lowest = float(row_cosines(e0, a0).min())
                 stats["worst_sample"] = lowest if stats["worst_sample"] is None else min(stats["worst_sample"], lowest)
             if stats["top1"]:
                 stats["agree"] += int(np.sum(np.argmax(e, axis=-1) == np.argmax(a, axis=-1)))
@@ -254,21 +250,29 @@ def compare_accuracy(
 
 
 def vector_cosine(x: np.ndarray, y: np.ndarray) -> float:
-    """The cosine of two vectors (1 for two zero vectors, 0 for one), scaled by a power of two first: float64
-    values past 1e154 overflow the squares (NaN) and below 1e-162 underflow them (a norm of 0)."""
-    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
-    if np.array_equal(x, y):  # exactly 1: dot / (norm * norm) rounds below it, and a budget of 1 must pass
-        return 1.0
-    peak = max(float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
-    if 0.0 < peak < math.inf:
-        unit = _power_of_two_above(peak)  # exact: the same cosine, squares in range
-        x, y = x / unit, y / unit
-    with np.errstate(invalid="ignore", over="ignore"):  # an infinity gives NaN, said as such, not warned about
-        norms = np.linalg.norm(x) * np.linalg.norm(y)
-        if norms == 0:
-            return 1.0 if np.array_equal(x, y) else 0.0
-        cosine = float(np.dot(x, y) / norms)
-    return min(1.0, max(-1.0, cosine)) if math.isfinite(cosine) else cosine
+    """The cosine of two vectors (``row_cosines`` of one row each)."""
+    return float(row_cosines(np.reshape(x, (1, -1)), np.reshape(y, (1, -1)))[0])
+
+
+def row_cosines(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """The cosine of each row (along axis 0, the rest flattened) of two arrays of one shape, all rows at once:
+    exactly 1 for equal rows (dot / (norm * norm) rounds below it, and a budget of 1 must pass), 1 for two zero
+    rows and 0 for one, each row scaled by a power of two first (float64 values past 1e154 overflow the squares
+    and below 1e-162 underflow them), in [-1, 1]; an infinity gives NaN, said as such, not warned about."""
+    x = np.asarray(expected, np.float64).reshape(len(expected), -1)
+    y = np.asarray(actual, np.float64).reshape(len(actual), -1)
+    equal = np.all(x == y, axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        peak = np.maximum(np.abs(x).max(axis=1, initial=0.0), np.abs(y).max(axis=1, initial=0.0))
+        scalable = (peak > 0) & np.isfinite(peak)
+        # exact: the same cosine, squares in range (``_power_of_two_above`` for every row)
+        unit = np.where(scalable, np.ldexp(1.0, np.minimum(np.frexp(np.where(scalable, peak, 1.0))[1], 1023)), 1.0)
+        x, y = x / unit[:, None], y / unit[:, None]
+        norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+        dots = np.einsum("ij,ij->i", x, y)
+        cosines = np.where(norms == 0, 0.0, dots / np.where(norms == 0, 1.0, norms))
+    cosines = np.where(np.isfinite(cosines), np.clip(cosines, -1.0, 1.0), cosines)
+    return np.where(equal, 1.0, cosines)
 
 
 @dataclass(frozen=True)
@@ -434,10 +438,9 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                 sums[0] += float(np.sum(e * e))
                 sums[1] += float(np.sum((a - e) ** 2))
                 continue
-            rows = (e.reshape(len(e), -1), a.reshape(len(a), -1))
-            cosines = [vector_cosine(x, y) for x, y in zip(*rows)]
-            scores.setdefault(name, []).extend(cosines)
-            lowest[name] = min(lowest.get(name, 1.0), min(cosines))
+            cosines = row_cosines(e, a)
+            scores.setdefault(name, []).extend(cosines.tolist())
+            lowest[name] = min(lowest.get(name, 1.0), float(cosines.min()))
     per_output = {name: float(np.mean(values)) for name, values in scores.items()}
     relative: dict[str, float] = {}
     for name, (expected_square, error_square) in single.items():

@@ -980,7 +980,7 @@ class Verifier:
         samples_generated: bool = False,
     ) -> None:
         self.tolerances = dict(DEFAULT_TOLERANCES if tolerances is None else tolerances)
-        self.budget = budget if budget is not None and budget != AccuracyBudget() else DEFAULT_APPROXIMATION_FLOOR
+        self.budget = budget if budget is not None and budget.bounds_anything else DEFAULT_APPROXIMATION_FLOOR
         self._original = original
         self._base = original  # the model the next pass runs on: what its twin approximates
         self._samples = samples

@@ -153,7 +153,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.activation_aware = real and importance != "magnitude"
         self.repair = real and repair is not False
         self.samples = samples
-        self.budget = budget if budget is not None and budget != AccuracyBudget() else None
+        self.budget = budget if budget is not None and budget.bounds_anything else None
         self.target = target
         self.dims = dict(dims or {})
         self.exclude = tuple(exclude)

@@ -141,7 +141,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         self.ranking = ranking
         self.samples = samples
         self.repair = samples is not None if repair is None else repair and samples is not None
-        self.budget = budget if budget is not None and budget != AccuracyBudget() else None
+        self.budget = budget if budget is not None and budget.bounds_anything else None
         self.pruned: dict[str, tuple[int, int]] = {}
         self.drift: Drift | None = None
         self._totals: dict[str, int] = {}  # units of each kind in the model, for the twin's description
