@@ -32,7 +32,7 @@ from optimizer.report import (
     PipelineReport,
 )
 from optimizer.runtime import weight_bytes
-from optimizer.verify import DEFAULT_APPROXIMATION_FLOOR, VerificationResult, Verifier
+from optimizer.verify import DEFAULT_APPROXIMATION_FLOOR, UNCUT_ROW_EXCESS, VerificationResult, Verifier
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +297,11 @@ def _run_one(
                 f"; checked segment by segment ({verdict.twin_segments} segments between the quantized layers' "
                 f"inputs, each fed its twin's values), because end to end it {verdict.twin_end_to_end}"
             )
+        if verdict.twin_without_rewrites:
+            record.twin += (
+                f"; held to it with ONNX Runtime's rewrites off (its QDQ nodes in float) and, as written, row by row "
+                f"within {UNCUT_ROW_EXCESS:g}x its twin's distance, because {verdict.twin_without_rewrites}"
+            )
         if verdict.twin_layers_probed:
             record.twin += (
                 f"; each of {verdict.twin_layers_probed} layers also run alone on probe rows that no kernel rounds "
@@ -338,5 +343,6 @@ def _check_approximate(
     verdict.twin_error, verdict.twin_row_excess = exact.twin_error, exact.twin_row_excess
     verdict.twin_segments, verdict.twin_end_to_end = exact.twin_segments, exact.twin_end_to_end
     verdict.twin_layers_probed = exact.twin_layers_probed
+    verdict.twin_without_rewrites = exact.twin_without_rewrites
     verdict.twin_unrounded, verdict.twin_description = exact.twin_unrounded, exact.twin_description
     return verdict

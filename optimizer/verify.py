@@ -206,6 +206,9 @@ class VerificationResult:
     # Runtime computes its MatMulNBits as at accuracy_level 0; what the rounding twin's check said.
     twin_unrounded: str = ""
     twin_description: str = ""  # then the twin it was held to
+    # Set when an int8 QDQ result was proven with ONNX Runtime's rewrites off (``Verifier._check_integer_end_to_end``):
+    # why neither end to end nor segment by segment passed it.
+    twin_without_rewrites: str = ""
     # How many quantized layers were also run alone on probe rows, exactly as their twins (``optimizer.layer_probe``).
     twin_layers_probed: int = 0
     # Set when an exact pass's result was checked segment by segment (``Verifier.check`` with a
@@ -451,6 +454,33 @@ def _conv_weight_scales_off_output_channels(model: ir.Model) -> str | None:
         if rank is None or axis % rank != 0:
             return node.name or weight.name or "?"
     return None
+
+
+# The layers ONNX Runtime's WeightBiasQuantization rewrites (from ORT_ENABLE_BASIC up) when their data input is
+# a DequantizeLinear with one scale: a float32 weight becomes int8 with one scale for the whole tensor.
+_WEIGHT_QUANTIZING_OPS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _float_layer_quantized_by_onnxruntime(model: ir.Model) -> str | None:
+    """The name of a Conv, ConvTranspose or Gemm with a float32 constant weight whose data input comes from a
+    ``DequantizeLinear`` with a single scale (which ONNX Runtime quantizes to int8); None where there is none."""
+    for node in model.graph.all_nodes():
+        if node.op_type not in _WEIGHT_QUANTIZING_OPS or not is_onnx_domain(node) or len(node.inputs) < 2:
+            continue
+        data, weight = node.inputs[0], node.inputs[1]
+        source = data.producer() if data is not None else None
+        if source is None or source.op_type != "DequantizeLinear" or not is_onnx_domain(source):
+            continue
+        scale = _constant_of(source.inputs[1]) if len(source.inputs) > 1 and source.inputs[1] is not None else None
+        stored = _constant_of(weight) if weight is not None else None
+        if scale is not None and scale.size == 1 and stored is not None and stored.dtype == np.float32:
+            return node.name or source.name or "?"
+    return None
+
+
+def _qdq_alone(candidate: ir.Model, twin: Twin) -> bool:
+    """An int8 result whose every node is an ONNX operator: its integer kernels are ONNX Runtime's fusions of QDQ."""
+    return twin.kind == "int8" and all(is_onnx_domain(node) for node in candidate.graph.all_nodes())
 
 
 def _within_row_excess(
@@ -1301,7 +1331,7 @@ class Verifier:
                 "which also passes a layer whose scales are a few % off"
             )
             segmented = self._check_twin_by_segment(candidate, twin, "", missed, base)
-            if not segmented.ok or segmented.twin_segments is not None:
+            if not segmented.ok or segmented.twin_segments is not None or segmented.twin_without_rewrites:
                 if segmented.ok:
                     segmented.twin_row_excess = max(segmented.twin_row_excess or 0.0, worst.twin_row_excess)
                 return segmented
@@ -1418,7 +1448,7 @@ class Verifier:
         base = twin.source if twin.source is not None else base if base is not None else self._base
         names = _segment_checkpoints(candidate, twin, base)
         if not names:
-            if twin.kind == "int8" and all(is_onnx_domain(node) for node in candidate.graph.all_nodes()):
+            if _qdq_alone(candidate, twin):
                 # QDQ alone (its integer ops are ONNX Runtime's fusions): proven with its rewrites off.
                 return self._check_integer_end_to_end(candidate, twin, end_to_end or missed)
             return VerificationResult(error=end_to_end)
@@ -1456,19 +1486,18 @@ class Verifier:
                         if not result.ok and twin.kind in ROUNDING_TWINS:
                             before = run_session(base_session, feeds)
                             result = _within_row_excess(result, reference, outputs, before, worst, rounded)
-                        if not result.ok:
-                            failed = VerificationResult(
-                                error=f"differs from its twin ({twin.description}) on {label}, checked segment by "
-                                f"segment between {len(names)} quantized activations: {_segment_failure(result)}"
+                        reason = "" if result.ok else _segment_failure(result)
+                        reason = reason or _compounded_error(reference, outputs, feeds, axes, ends, tolerances)
+                        if reason:
+                            failed = (
+                                f"differs from its twin ({twin.description}) on {label}, checked segment by "
+                                f"segment between {len(names)} quantized activations: {reason}"
                             )
-                            return self._unrounded(candidate, twin, base, failed)
-                        compounded = _compounded_error(reference, outputs, feeds, axes, ends, tolerances)
-                        if compounded:
-                            failed = VerificationResult(
-                                error=f"differs from its twin ({twin.description}) on {label}, checked segment by "
-                                f"segment between {len(names)} quantized activations: {compounded}"
-                            )
-                            return self._unrounded(candidate, twin, base, failed)
+                            if _qdq_alone(candidate, twin):
+                                # A segment that is itself a long chain of fused integer kernels carries the
+                                # cascade of its ties as an uncut result does: proven as one is.
+                                return self._check_integer_end_to_end(candidate, twin, failed)
+                            return self._unrounded(candidate, twin, base, VerificationResult(error=failed))
                         worst.twin_error = max(worst.twin_error, result.max_abs_error)
                         # Gone before the next input set's are computed: one set's values in memory at a time.
                         values = feeds = reference = outputs = before = None
@@ -1477,20 +1506,31 @@ class Verifier:
         return worst
 
     def _check_integer_end_to_end(self, candidate: ir.Model, twin: Twin, end_to_end: str) -> VerificationResult:
-        """An int8 result with no checkpoint to cut at (ONNX Runtime fuses every activation into an integer
-        kernel, a CNN's QLinearConv chain), that missed the row rule end to end: passed if, with ONNX Runtime's
-        rewrites off (its QDQ nodes then compute in float, as the twin says), it is the twin at the twin's
-        tolerance on every set, and as written no row strays past ``UNCUT_ROW_EXCESS`` times its twin's
-        distance from the pass's input. The first proves the graph is what the pass claims; the second bounds
-        what the integer kernels add (ties rounded the other way, through every later layer: EfficientNet-Lite0's
-        rows up to 1.35x; a kernel that saturates is far past it). A Conv whose weights are scaled per channel
-        along another axis than its output channels' is refused first: ONNX Runtime fuses it into QLinearConv as if
-        the scales were per output channel, a systematic error the row bound does not tell from ties."""
+        """An int8 result in QDQ form alone (``_qdq_alone``) that the row rule and the segments cannot pass: with
+        no checkpoint to cut at (ONNX Runtime fuses every activation into an integer kernel, a CNN's QLinearConv
+        chain), or a segment that is itself such a chain (EfficientNet-Lite0 with its stem kept float: 48 fused
+        layers after the one checkpoint, whose ties' cascade reads as a per-class gain of 0.6 % at the logits).
+        Passed if, with ONNX Runtime's rewrites off (its QDQ nodes then compute in float, as the twin says), it is
+        the twin at the twin's tolerance on every set, and as written no row strays past ``UNCUT_ROW_EXCESS``
+        times its twin's distance from the pass's input. The first proves the graph is what the pass claims; the
+        second bounds what the integer kernels add (ties rounded the other way, through every later layer:
+        EfficientNet-Lite0's rows up to 1.35x; a kernel that saturates is far past it). Refused first, as the
+        rewrites change them in ways the row bound does not tell from ties: a Conv whose weights are scaled per
+        channel along another axis than its output channels' (ONNX Runtime fuses it into QLinearConv as if the
+        scales were per output channel), and a float Conv, ConvTranspose or Gemm reading a per-tensor
+        DequantizeLinear (ONNX Runtime's WeightBiasQuantization quantizes its weight to int8, one scale for the
+        whole tensor, where the twin keeps it float)."""
         misread = _conv_weight_scales_off_output_channels(candidate)
         if misread:
             return VerificationResult(
                 error=f"{end_to_end}; Conv {misread!r} scales its weights per channel along another axis than its "
                 "output channels, which ONNX Runtime's QLinearConv reads as output channels"
+            )
+        requantized = _float_layer_quantized_by_onnxruntime(candidate)
+        if requantized:
+            return VerificationResult(
+                error=f"{end_to_end}; {requantized!r} keeps a float weight but reads a DequantizeLinear with one "
+                "scale, so ONNX Runtime quantizes that weight to int8 per tensor (WeightBiasQuantization)"
             )
         tolerances = self._twin_tolerances(twin)
         worst = VerificationResult(twin_error=0.0)
@@ -1523,6 +1563,7 @@ class Verifier:
                     worst.twin_error = max(worst.twin_error, written.max_abs_error)
         except RuntimeRefusedError as error:
             return VerificationResult(error=f"{end_to_end}; with ONNX Runtime's rewrites off, refused: {error.reason}")
+        worst.twin_without_rewrites = end_to_end
         return worst
 
     def _check_exact_by_segment(

@@ -46,3 +46,54 @@ def test_a_weight_scale_off_is_not_its_twin_with_the_rewrites_off():
     verdict = verifier._check_integer_end_to_end(tampered, result.twin, "missed end to end")
     assert not verdict.ok
     assert "with ONNX Runtime's rewrites off (its QDQ nodes in float) it is not its twin either" in verdict.error
+
+
+def _mobile_net_quantized(**options):
+    from tests.passes.quantization.test_static_cnn import _images, mobile_net
+
+    model = mobile_net()
+    samples = _images(32, 0)
+    result = StaticQuantizationPass(samples=samples, method="minmax", **options)(model.clone())
+    assert result.modified and result.twin is not None
+    verifier = Verifier(model, [_images(4, 7)], samples=samples)
+    return model, result, verifier
+
+
+def test_a_float_conv_reading_a_per_tensor_dequantization_is_refused_with_the_rewrites_off():
+    # ONNX Runtime quantizes such a Conv's float weight to int8 per tensor: the twin's float layer is not what runs.
+    _, result, verifier = _mobile_net_quantized(exclude=["b1_depthwise"])
+    assert verifier._check_integer_end_to_end(result.model, result.twin, "missed end to end").ok
+    tampered = result.model.clone()
+    depthwise = next(node for node in tampered.graph if node.name == "b1_depthwise")
+    own = depthwise.inputs[0].producer()
+    assert own.attributes.get_int("axis") == 1  # the pass's per-channel spelling; made per tensor again:
+    scale, zero_point = (value.const_value.numpy() for value in own.inputs[1:3])
+    own.replace_input_with(1, ir.Value(name="one_scale", const_value=ir.tensor(scale[:1].reshape(()))))
+    own.replace_input_with(2, ir.Value(name="one_zero_point", const_value=ir.tensor(zero_point[:1].reshape(()))))
+    for value in own.inputs[1:3]:
+        tampered.graph.register_initializer(value)
+    own.attributes.pop("axis")
+    verdict = verifier._check_integer_end_to_end(tampered, result.twin, "missed end to end")
+    assert not verdict.ok
+    assert "'b1_depthwise' keeps a float weight" in verdict.error and "WeightBiasQuantization" in verdict.error
+
+
+def test_a_qdq_result_whose_segments_fail_is_held_to_its_twin_with_the_rewrites_off(monkeypatch):
+    # A segment that is a long fused integer chain carries its ties' cascade: segment failures of a QDQ result
+    # (here one made up) send it to the check an uncut result gets, which passes a correct one...
+    from optimizer import verify
+
+    model, result, verifier = _mobile_net_quantized(exclude=["stem"])
+    assert verify._segment_checkpoints(result.model, result.twin, model), "the stem kept float leaves a checkpoint"
+    monkeypatch.setattr(verify, "_compounded_error", lambda *args: "a made-up systematic error")
+    verdict = verifier._check_twin_by_segment(result.model, result.twin, "missed end to end", base=model)
+    assert verdict.ok, verdict.first_failure
+    assert "a made-up systematic error" in verdict.twin_without_rewrites
+    # ...and refuses a wrong one, where the rewrites off show it.
+    tampered = result.model.clone()
+    scale = next(v for v in tampered.graph.initializers.values() if v.name == "b1_expand.weight_scale")
+    scale.const_value = ir.tensor(scale.const_value.numpy() * np.float32(1.02), name=scale.name)
+    verdict = verifier._check_twin_by_segment(tampered, result.twin, "missed end to end", base=model)
+    assert not verdict.ok
+    assert "checked segment by segment" in verdict.error
+    assert "with ONNX Runtime's rewrites off (its QDQ nodes in float) it is not its twin either" in verdict.error
