@@ -34,7 +34,7 @@ def _no_layer_timing(monkeypatch, tmp_path):
     from passes.quantization import _layer_speed
 
     def modelled(self, shape, builders):
-        flops = shape.rows * shape.k * shape.n * 1e-9
+        flops = shape.macs * 1e-9
         factors = {"DynamicQuantizeMatMul": 0.5, "per-row quantizer + MatMulIntegerToFloat": 0.6}
         factors["DequantizeLinear + MatMul"] = 1.2
         return {form: flops * factors.get(form, 1.0 if form == _layer_speed.FLOAT else 0.8) for form in builders}

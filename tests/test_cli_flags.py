@@ -132,7 +132,8 @@ def test_verbose_keeps_the_libraries_at_warning():
     ("options", "attribute"),
     [
         ({"quantize": "dynamic", "min_cosine": 0.99}, "timing_threads"),
-        ({"quantize": "static", "min_cosine": 0.99}, None),  # its budget times nothing
+        ({"quantize": "static", "min_cosine": 0.99}, "timing_threads"),
+        ({"quantize": "static"}, None),  # no budget: nothing times kernels
         ({"quantize": "int4", "min_cosine": 0.99}, "timing_threads"),
         ({"lowrank": 0.25}, "threads"),
     ],

@@ -61,7 +61,7 @@ from passes._pass import GraphoptPass
 from passes._utils import nothing_found_note, remove_dead_nodes
 from passes.quantization import smoothing
 from passes.quantization._int8 import ROW_LEVELS, ROW_SCALE_FLOOR, activation_parameters, quantize_weight
-from passes.quantization._layer_speed import FLOAT, LayerShape, LayerSpeeds, layer_probe, probe_names
+from passes.quantization._layer_speed import FLOAT, ConvShape, LayerShape, LayerSpeeds, layer_probe, probe_names
 from passes.quantization._twin import Int8Twin
 
 # Up to this many layers, each layer's sensitivity is measured on the whole model and the
@@ -147,8 +147,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     twin_inputs = ""
     # The scheme every chosen layer gets unless the budget picks another.
     default_scheme = "int8"
-    # Whether the budget times this pass's layers: copies of a MatMul rewritten by ``_apply``
-    # (``layer_probe``) must stand for the layer's kernel (passes that calibrate first, or Conv, count layers instead).
+    # Whether the budget times this pass's layers: a probe of copies of each layer's kernel written by the pass
+    # (``_layer_model``) must stand for the layer's (``untimed_reason`` names the layers it cannot time).
     measures_speed = False
 
     def __init__(
@@ -583,13 +583,14 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     ) -> tuple[dict[str, dict[str, float]], bool]:
         """Seconds of each layer in each of its schemes, and whether they were measured.
 
-        Measured (``measures_speed``): each layer as a probe (``layer_probe``) at its weight's ``K x N``
-        and the rows one sample gives it (tokens per sample), in each scheme's kernel.
-        Otherwise every layer counts the same: 1 float, 0 reduced.
+        Measured (``measures_speed``): each layer as a probe of its kernel (``speed_shape``: a MatMul at its
+        weight's ``K x N`` and the rows one sample gives it, tokens per sample; a Conv at one sample's input
+        between int8 layers), in each scheme's kernel. Otherwise every layer counts the same: 1 float, 0 reduced.
         """
         unit = {name: {scheme: float(scheme == FLOAT) for scheme in schemes} for name, schemes in options.items()}
-        if not self.measures_speed or any(layer.weight.ndim != 2 for layer in layers):
-            self.note("budget: layer latencies not measured for this pass; every layer kept float costs the same")
+        untimed = "not measured for this pass" if not self.measures_speed else self.untimed_reason(layers)
+        if untimed:
+            self.note(f"budget: layer latencies {untimed}; every layer kept float costs the same")
             return unit, False
         target = self.timing_target
         if self.layer_speeds is None and target == "cuda" and (reason := cuda_unavailable_reason()) is not None:
@@ -600,7 +601,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             )
             return unit, False
         speeds = self.layer_speeds or LayerSpeeds(target, threads=self.timing_threads)
-        rows = _rows_per_sample(model, layers, batches)
+        inputs = _sample_input_shapes(model, layers, batches)
         # A decoder with a key/value cache spends a generation mostly in one-token steps, where streaming
         # the weights limits (what int4 is for: 0.18x float at 1 row, 1.3x at 128); its layers are timed as
         # a generation: the samples' tokens as a prefill, then GENERATED_TOKENS steps of one row.
@@ -609,11 +610,11 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         times: dict[str, dict[str, float]] = {}
         shapes = set()
         for layer in layers:
-            k, n = (int(size) for size in layer.weight.shape)
-            prefill = rows[layer.activation.name]
-            parts = [(LayerShape("MatMul", prefill, k, n), 1)]
-            if decoder and steps:  # a layer that reads one row even in the prefill (the last token's head) too
-                parts.append((LayerShape("MatMul", 1, k, n), steps))
+            prefill = self.speed_shape(layer, *inputs[layer.activation.name])
+            parts = [(prefill, 1)]
+            if decoder and steps and isinstance(prefill, LayerShape):
+                # a layer that reads one row even in the prefill (the last token's head) too
+                parts.append((LayerShape("MatMul", 1, prefill.k, prefill.n), steps))
             total: dict[str, float] = {}
             forms = {
                 scheme: self.speed_form(scheme, layer) if scheme != FLOAT else FLOAT for scheme in options[layer.name]
@@ -638,6 +639,20 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             f"{speeds.timed} kernels timed now, the rest read from {speeds.path}"
         )
         return times, True
+
+    def untimed_reason(self, layers: Sequence[Layer]) -> str:
+        """Why the budget cannot time ``layers`` (then every layer kept float costs the same), or "": here, a
+        layer whose weight is not a matrix (the probe is a MatMul)."""
+        if any(layer.weight.ndim != 2 for layer in layers):
+            return "not measured for this pass"
+        return ""
+
+    def speed_shape(self, layer: Layer, shape: tuple[int, ...], samples: int) -> LayerShape | ConvShape:
+        """The kernel ``layer`` runs for one sample, as timed: its input's ``shape`` on a batch of ``samples``.
+        Here a MatMul of the rows one sample gives it (tokens per sample) by its weight's ``K x N``."""
+        k, n = (int(size) for size in layer.weight.shape)
+        rows = max(1, int(np.prod(shape[:-1], dtype=np.int64)) // samples)
+        return LayerShape("MatMul", rows, k, n)
 
     def _layer_model(self, shape: LayerShape, scheme: str, layer: Layer | None = None) -> ir.Model:
         """The timing probe at ``shape`` (``layer_probe``: copies of one MatMul) written in ``scheme`` by this
@@ -760,17 +775,17 @@ def _builder(
     return lambda: owner._layer_model(shape, scheme, layer)
 
 
-def _rows_per_sample(model: ir.Model, layers: Sequence[Layer], batches) -> dict[str, int]:
-    """Rows (tokens) of each layer's input per sample on the first batch: what one inference at batch 1 gives it."""
+def _sample_input_shapes(model: ir.Model, layers: Sequence[Layer], batches) -> dict[str, tuple[tuple[int, ...], int]]:
+    """The shape of each layer's input on the first batch, and how many samples that batch holds (for
+    ``QuantizationPass.speed_shape``: what one inference at batch 1 gives the layer)."""
     names = list(dict.fromkeys(layer.activation.name for layer in layers))
     # A table t [S, K] or a cache_position [S] beside the samples does not count.
     samples = samples_in(batches[0], holds_samples(model))
-    rows = {}
+    shapes = {}
     for run in stream_values(model, names, batches[:1]):
         for name, array in run.items():
-            count = int(np.prod(np.shape(array)[:-1], dtype=np.int64))
-            rows[name] = max(1, count // samples)
-    return rows
+            shapes[name] = (tuple(int(size) for size in np.shape(array)), max(1, samples))
+    return shapes
 
 
 # Alternatives estimated locally: (activation rounding, weight reduce_range or None for the pass's own).

@@ -11,10 +11,18 @@ paired runs), once per (machine, ONNX Runtime version, EP, threads, op, rows x K
 dtype, form). Results live in a JSON file (``$GRAPHOPT_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/graphopt``, else ``~/.cache/graphopt``) so the next optimization on
 this machine reads them instead of timing again.
+
+A Conv (``ConvShape``, static int8) is timed as it runs inside a chain of int8 layers, where
+its neighbours hand it uint8 and take uint8 back (``conv_probe``): float, the layer
+dequantizes its input, convolves in float and quantizes its output; int8, ONNX Runtime fuses
+the same three into one ``QLinearConv``. Timed alone with float input and output, the int8
+form would pay a quantize and a dequantize that a chain does not, and a float layer kept in
+an int8 chain would look free of the two it adds.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -56,6 +64,44 @@ class LayerShape:
     def __str__(self) -> str:
         return f"{self.op} {self.rows}x{self.k}x{self.n} {self.dtype}"
 
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of one run of the layer."""
+        return self.rows * self.k * self.n
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """A Conv layer between int8 layers: ``batch`` samples of input ``[c, *spatial]``, weight
+    ``[m, c / group, *kernel]``, the node's other attributes (``attributes``: sorted name, value
+    pairs: strides, pads, dilations, group, auto_pad), a bias or not (float32 only)."""
+
+    batch: int
+    c: int
+    spatial: tuple[int, ...]
+    m: int
+    kernel: tuple[int, ...]
+    attributes: tuple[tuple[str, object], ...]
+    bias: bool
+    op = "Conv"
+
+    def __str__(self) -> str:
+        spatial, kernel = "x".join(map(str, self.spatial)), "x".join(map(str, self.kernel))
+        attributes = " ".join(f"{name}={value}" for name, value in self.attributes)
+        bias = "" if self.bias else " no bias"
+        return f"Conv in an int8 chain {self.batch}x{self.c}x{spatial} -> {self.m} kernel {kernel} {attributes}{bias}"
+
+    @property
+    def group(self) -> int:
+        return int(dict(self.attributes).get("group", 1))
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of one run, about (each output position read as one input position per stride)."""
+        strides = dict(self.attributes).get("strides") or (1,) * len(self.spatial)
+        positions = math.prod(max(1, size // stride) for size, stride in zip(self.spatial, strides))
+        return self.batch * self.m * (self.c // self.group) * math.prod(self.kernel) * positions
+
 
 class LayerSpeeds(MachineTimings):
     """Median seconds of one layer in each form, measured once per machine and shape, cached on disk.
@@ -68,11 +114,13 @@ class LayerSpeeds(MachineTimings):
 
     CACHE_FILE = _CACHE_FILE
 
-    def key(self, shape: LayerShape, form: str) -> str:
+    def key(self, shape: LayerShape | ConvShape, form: str) -> str:
         """The cache key of ``form`` at ``shape`` on this machine, runtime, EP and thread count."""
         return f"{runtime_key(self.target, self.threads)}|{_METHOD}|{shape}|{form}"
 
-    def seconds(self, shape: LayerShape, builders: Mapping[str, Callable[[], ir.Model]]) -> dict[str, float]:
+    def seconds(
+        self, shape: LayerShape | ConvShape, builders: Mapping[str, Callable[[], ir.Model]]
+    ) -> dict[str, float]:
         """Median seconds per run of the layer in each form of ``builders`` (``"float"`` must be one)."""
         if FLOAT not in builders:
             raise ValueError("the float form is what every other form is timed against")
@@ -92,15 +140,14 @@ class LayerSpeeds(MachineTimings):
                 self._cache.put(self.key(shape, form), found[form])
         return {form: float(found[form]) for form in builders}
 
-    def _time(self, shape: LayerShape, builders: Mapping[str, Callable[[], ir.Model]]) -> dict[str, float]:
+    def _time(self, shape: LayerShape | ConvShape, builders: Mapping[str, Callable[[], ir.Model]]) -> dict[str, float]:
         """Each form timed interleaved against the float layer; the float time is the median of all its runs."""
-        x = np.random.default_rng(0).standard_normal((shape.rows, shape.k), dtype=np.float32)
         copies = probe_copies(shape)
 
         def timed(model: ir.Model) -> OneModel:
             if len(model.graph.inputs) != copies:  # the time is divided by the copies
                 raise ValueError(f"a probe at {shape} holds {copies} copies, not {len(model.graph.inputs)}")
-            feeds = {value.name: x for value in model.graph.inputs}
+            feeds = {value.name: _probe_feed(value) for value in model.graph.inputs}
             return OneModel(model, feeds, self.target, self.threads, "time one quantized layer")
 
         reference = timed(builders[FLOAT]())
@@ -118,12 +165,23 @@ class LayerSpeeds(MachineTimings):
         return {FLOAT: float_seconds, **{form: ratio * float_seconds for form, ratio in result.items()}}
 
 
-def probe_copies(shape: LayerShape) -> int:
-    """How many copies of a layer one timing run holds (``STREAMED_BYTES``, ``MAX_COPIES``, ``PROBE_MACS``)."""
-    weight_bytes = 4 * shape.k * shape.n
-    by_bytes = -(-STREAMED_BYTES // weight_bytes)
-    by_work = -(-PROBE_MACS // (shape.rows * shape.k * shape.n))
+def probe_copies(shape: LayerShape | ConvShape) -> int:
+    """How many copies of a layer one timing run holds (``STREAMED_BYTES``, ``MAX_COPIES``, ``PROBE_MACS``;
+    a Conv's weights are small beside its feature maps: its copies count work alone)."""
+    by_work = -(-PROBE_MACS // max(1, shape.macs))
+    if isinstance(shape, ConvShape):
+        return int(max(1, min(MAX_COPIES, by_work)))
+    by_bytes = -(-STREAMED_BYTES // (4 * shape.k * shape.n))
     return int(max(1, min(MAX_COPIES, by_bytes, by_work)))
+
+
+def _probe_feed(value: ir.Value) -> np.ndarray:
+    """Seeded input for one probe input: standard normal float32, or uniform uint8 (a Conv probe's)."""
+    shape = tuple(int(size) for size in value.shape)
+    rng = np.random.default_rng(0)
+    if value.type is not None and value.type.dtype == ir.DataType.UINT8:
+        return rng.integers(0, 256, size=shape, dtype=np.uint8)
+    return rng.standard_normal(shape, dtype=np.float32)
 
 
 def probe_names(shape: LayerShape) -> list[str]:
@@ -152,3 +210,64 @@ def layer_probe(shape: LayerShape, seed: int = 0) -> ir.Model:
         y.shape = ir.Shape([shape.rows, shape.n])
         graph.outputs.append(y)
     return ir.Model(graph, ir_version=9)
+
+
+# The uint8 scale and zero point of a Conv probe's input and output (any would do: the kernels' speed
+# does not depend on them).
+_PROBE_SCALE, _PROBE_ZERO_POINT = 0.05, 128
+
+
+def conv_probe(shape: ConvShape, seed: int = 0) -> ir.Model:
+    """``probe_copies(shape)`` copies of ``y_i = Q(Conv(DQ(x_i), W_i, b_i))`` with uint8 ``x_i`` and ``y_i``: the
+    layer between int8 neighbours, with seeded normal weights of its own, the Convs named
+    ``conv_probe_names(shape)``. Writing a copy's weight and bias as ``DequantizeLinear`` of int8 and
+    int32 gives the int8 form, which ONNX Runtime runs as ``QLinearConv``; for the float form the pass
+    writes the input's dequantization as it does for a float layer (ONNX Runtime would otherwise
+    quantize a float weight read behind a per-tensor ``DequantizeLinear``)."""
+    graph = ir.Graph([], [], nodes=[], opset_imports={"": 18, "com.microsoft": 1}, name="conv")
+    uint8 = ir.TensorType(ir.DataType.UINT8)
+
+    def constant(name: str, array: np.ndarray) -> ir.Value:
+        value = ir.Value(
+            name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype))
+        )
+        value.const_value = ir.tensor(array, name=name)
+        graph.register_initializer(value)
+        return value
+
+    scale = constant("probe.scale", np.array(_PROBE_SCALE, dtype=np.float32))
+    zero_point = constant("probe.zero_point", np.array(_PROBE_ZERO_POINT, dtype=np.uint8))
+    for index, name in enumerate(conv_probe_names(shape)):
+        rng = np.random.default_rng(seed + index)
+        weight_shape = (shape.m, shape.c // shape.group, *shape.kernel)
+        fan_in = math.prod(weight_shape[1:])
+        weight = (rng.standard_normal(weight_shape) / math.sqrt(fan_in)).astype(np.float32)
+        x = ir.Value(name=f"{name}.x", shape=ir.Shape([shape.batch, shape.c, *shape.spatial]), type=uint8)
+        graph.inputs.append(x)
+        dequantize = ir.Node("", "DequantizeLinear", [x, scale, zero_point], name=f"{name}.input_dq")
+        graph.append(dequantize)
+        inputs = [dequantize.outputs[0], constant(f"{name}.weight", weight)]
+        if shape.bias:
+            inputs.append(constant(f"{name}.bias", (rng.standard_normal(shape.m) * 0.1).astype(np.float32)))
+        attributes = [_attribute(key, value) for key, value in shape.attributes]
+        conv = ir.Node("", "Conv", inputs, attributes=attributes, name=name)
+        graph.append(conv)
+        quantize = ir.Node("", "QuantizeLinear", [conv.outputs[0], scale, zero_point], name=f"{name}.output_q")
+        graph.append(quantize)
+        y = quantize.outputs[0]
+        y.name, y.type = f"{name}.y", uint8
+        graph.outputs.append(y)
+    return ir.Model(graph, ir_version=9)
+
+
+def conv_probe_names(shape: ConvShape) -> list[str]:
+    """The Conv names of ``conv_probe(shape)``: one per copy."""
+    return [f"speed_probe_conv_{index}" for index in range(probe_copies(shape))]
+
+
+def _attribute(name: str, value: object) -> ir.Attr:
+    if isinstance(value, tuple):
+        return ir.AttrInt64s(name, list(value))
+    if isinstance(value, str):
+        return ir.AttrString(name, value)
+    return ir.AttrInt64(name, int(value))

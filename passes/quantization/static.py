@@ -15,7 +15,7 @@ from onnxscript import version_converter
 
 from optimizer.domains import onnx_opset
 from optimizer.inputs import holds_samples, samples_in
-from passes._layers import Layer, bias_add
+from passes._layers import Layer, bias_add, find_layers
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.quantization import calibration
 from passes.quantization._attention import folded_weights, replace_with_qattention
@@ -29,6 +29,7 @@ from passes.quantization._int8 import (
     quantize_bias,
     quantize_weight,
 )
+from passes.quantization._layer_speed import FLOAT, ConvShape, LayerShape, conv_probe, probe_names
 from passes.quantization._twin import Int8Twin
 
 _QDQ_OPSET = 13
@@ -80,6 +81,7 @@ class StaticQuantizationPass(QuantizationPass):
     """
 
     kinds = ("matmul", "gemm", "conv", "attention")
+    measures_speed = True
     twin_inputs = (
         "at their calibrated scales, biases int32-dequantized, Conv outputs (after a Relu/ReLU6) and residual Adds"
         " requantized"
@@ -155,15 +157,22 @@ class StaticQuantizationPass(QuantizationPass):
             return
         activation = self._qdq(graph, layer.activation, node)
         node.replace_input_with(0, activation)
+        source = activation.producer().inputs[0].producer().inputs[0]  # DequantizeLinear ← QuantizeLinear ← x
+        self._quantize_weights(graph, layer, constant_array(activation.producer().inputs[1]), source.name)
+        if layer.kind == "conv":
+            self._quantize_output(graph, node)
+
+    def _quantize_weights(self, graph: ir.Graph, layer: Layer, activation_scale: np.ndarray, source: str) -> None:
+        """Write ``layer``'s weight as ``DequantizeLinear`` of int8 and its bias as int32 at ``activation_scale`` times
+        the weight's (a Conv's bias corrected on the mean of ``source``, its input before quantization)."""
+        node = layer.node
         transposed = layer.kind == "gemm" and node.attributes.get_int("transB", 0)
         # Output channels of the stored weight: [K, N] MatMul/Gemm, [N, K] with transB, [M, ...] Conv.
         axis = 0 if layer.kind == "conv" or transposed else 1
         stored = layer.weight.T if transposed else layer.weight
         quantized = quantize_weight(stored, axis if self.per_channel else None, reduce_range=self.reduce_range)
-        activation_scale = constant_array(activation.producer().inputs[1])
         quantized = _fit_bias(quantized, stored, _bias_values(layer), activation_scale, self.reduce_range)
-        source = activation.producer().inputs[0].producer().inputs[0]  # DequantizeLinear ← QuantizeLinear ← x
-        bias = self._corrected_bias(layer, quantized, source.name)
+        bias = self._corrected_bias(layer, quantized, source)
         prefix = node.name
         inputs = [
             add_initializer(graph, f"{prefix}.weight_int8", quantized.values),
@@ -176,8 +185,65 @@ class StaticQuantizationPass(QuantizationPass):
         graph.insert_before(node, dequantize)
         node.replace_input_with(1, dequantize.outputs[0])
         self._quantize_bias(graph, layer, bias, activation_scale * quantized.scale)
-        if layer.kind == "conv":
-            self._quantize_output(graph, node)
+
+    # -- timing the layers for the budget ---------------------------------------------------------
+
+    def untimed_reason(self, layers: Sequence[Layer]) -> str:
+        attention = sum(layer.kind == "attention" for layer in layers)
+        if attention:
+            return f"not measured: {attention} Attention layers (QAttention) have no timing probe"
+        return ""
+
+    def speed_shape(self, layer: Layer, shape: tuple[int, ...], samples: int) -> LayerShape | ConvShape:
+        """A Conv as it runs between int8 layers (``conv_probe``) on one sample's input; a MatMul or Gemm as the
+        dynamic pass's layers are timed (``layer_probe``: float input, its QuantizeLinear counted)."""
+        if layer.kind != "conv":
+            return super().speed_shape(layer, shape, samples)
+        weight = layer.weight.shape
+        attributes = tuple(
+            sorted(
+                (
+                    name,
+                    tuple(attr.value)
+                    if isinstance(attr.value, Sequence) and not isinstance(attr.value, str)
+                    else attr.value,
+                )
+                for name, attr in layer.node.attributes.items()
+                if name != "kernel_shape"
+            )
+        )
+        return ConvShape(
+            batch=max(1, shape[0] // samples),
+            c=int(shape[1]),
+            spatial=tuple(int(size) for size in shape[2:]),
+            m=int(weight[0]),
+            kernel=tuple(int(size) for size in weight[2:]),
+            attributes=attributes,
+            bias=_bias_values(layer) is not None,
+        )
+
+    def _layer_model(self, shape: LayerShape | ConvShape, scheme: str, layer: Layer | None = None) -> ir.Model:
+        """The timing probe in ``scheme``: a Conv's (``conv_probe``) with each copy's weight and bias written by
+        ``_quantize_weights``, which ONNX Runtime then runs as ``QLinearConv``; a MatMul's rewritten by the pass at
+        a made-up input range (the kernels' speed does not depend on it)."""
+        if isinstance(shape, ConvShape):
+            model = conv_probe(shape)
+            if scheme == FLOAT:
+                _keep_float_layers_float(model.graph)  # as the pass writes a float layer between int8 ones
+                remove_dead_nodes(model)
+            else:
+                graph = model.graph
+                for probe in find_layers(graph, ("conv",))[0]:
+                    scale = constant_array(probe.activation.producer().inputs[1])
+                    self._quantize_weights(graph, probe, scale, "")
+                remove_dead_nodes(model)
+            return model
+        saved = self.ranges
+        self.ranges = {**saved, **{f"{name}.x": (-4.0, 4.0) for name in probe_names(shape)}}
+        try:
+            return super()._layer_model(shape, scheme, layer)
+        finally:
+            self.ranges = saved
 
     def twin_layer(self, twin: Int8Twin, layer: Layer) -> None:
         node = layer.node

@@ -1,0 +1,117 @@
+"""quantize-static's budget times its Conv layers as they run between int8 layers (``conv_probe``), so that it
+keeps float the layers that buy accuracy cheaply, not the first ones a layer count would give up.
+
+Nothing here times a real run except through an injected ``interleaved_times``; the probes themselves are built
+and handed to ONNX Runtime to see which kernels it makes of them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from optimizer.accuracy import AccuracyBudget
+from passes.quantization import _layer_speed
+from passes.quantization._layer_speed import FLOAT, ConvShape, LayerSpeeds, conv_probe_names, probe_copies
+from passes.quantization.static import StaticQuantizationPass
+from tests.passes.quantization.conftest import ort_op_counts
+from tests.passes.quantization.test_static_cnn import CHANNELS, EXPANDED, _images, mobile_net
+
+_REAL_TIME = LayerSpeeds._time  # the conftest replaces it by a cost model in every test
+_DEPTHWISE = ConvShape(1, 16, (8, 8), 16, (3, 3), (("group", 16), ("pads", (1, 1, 1, 1))), True)
+
+
+def test_a_conv_layer_is_timed_at_one_samples_input_with_its_own_attributes():
+    model = mobile_net()
+    quantization = StaticQuantizationPass(samples=_images(8, 0), method="minmax")
+    calls = []
+
+    def measure(shape, builders):
+        calls.append(shape)
+        return {form: shape.macs * (1.0 if form == FLOAT else 0.5) for form in builders}
+
+    quantization.layer_speeds = LayerSpeeds(path=None, measure=measure)
+    from passes._layers import find_layers
+    from passes.quantization._base import _sample_input_shapes
+
+    layers = find_layers(model.graph, ("conv",))[0]
+    batches = [_images(4, 1)]
+    shapes = {
+        layer.name: quantization.speed_shape(
+            layer, *_sample_input_shapes(model, [layer], batches)[layer.activation.name]
+        )
+        for layer in layers
+    }
+    depthwise = shapes["b1_depthwise"]
+    assert depthwise == ConvShape(
+        batch=1,
+        c=EXPANDED,
+        spatial=(16, 16),
+        m=EXPANDED,
+        kernel=(3, 3),
+        attributes=(("group", EXPANDED), ("pads", (1, 1, 1, 1))),
+        bias=True,
+    )
+    assert shapes["stem"].c == 3 and shapes["stem"].m == CHANNELS and shapes["b1_project"].kernel == (1, 1)
+    assert "Conv in an int8 chain 1x16x16x16 -> 16 kernel 3x3 group=16 pads=(1, 1, 1, 1)" == str(depthwise)
+
+
+def test_the_int8_probe_runs_as_qlinearconv_and_the_float_one_stays_float_in_onnxruntime():
+    quantization = StaticQuantizationPass(samples=_images(8, 0))
+    copies = probe_copies(_DEPTHWISE)
+    assert copies > 1 and len(conv_probe_names(_DEPTHWISE)) == copies
+    int8 = ort_op_counts(quantization._layer_model(_DEPTHWISE, "int8"))
+    assert int8["QLinearConv"] == copies and int8["DequantizeLinear"] == 0 and int8["QuantizeLinear"] == 0
+    floating = ort_op_counts(quantization._layer_model(_DEPTHWISE, FLOAT))
+    # Float between int8 neighbours: its input dequantized, its output quantized, its weight float.
+    assert floating["QLinearConv"] == 0 and floating["Conv"] == copies
+    assert floating["DequantizeLinear"] == copies and floating["QuantizeLinear"] == copies
+
+
+def test_a_conv_probe_is_timed_on_uint8_inputs_and_divided_by_its_copies(monkeypatch, tmp_path):
+    monkeypatch.setattr(_layer_speed.LayerSpeeds, "_time", _REAL_TIME)
+    seen = []
+
+    def pairs(before, after, **plan):
+        seen.append(sorted({str(array.dtype) for array in before.feeds.values()}))
+        return [0.02] * 3, [0.01] * 3
+
+    monkeypatch.setattr(_layer_speed, "interleaved_times", pairs)
+    quantization = StaticQuantizationPass(samples=_images(8, 0))
+    speeds = LayerSpeeds(threads=1, path=tmp_path / "c.json")
+    form = quantization.speed_form("int8")
+    times = speeds.seconds(
+        _DEPTHWISE,
+        {
+            FLOAT: lambda: quantization._layer_model(_DEPTHWISE, FLOAT),
+            form: lambda: quantization._layer_model(_DEPTHWISE, "int8"),
+        },
+    )
+    assert seen == [["uint8"]]
+    copies = probe_copies(_DEPTHWISE)
+    assert times[FLOAT] == pytest.approx(0.02 / copies) and times[form] == pytest.approx(0.01 / copies)
+
+
+def test_the_budget_gives_up_the_layers_whose_int8_saves_nothing_before_the_one_that_saves_most(tmp_path):
+    # Timed so that only the stem gains from int8 (a tenth of its float time) and every other Conv's int8 form is
+    # as slow as its float one: the budget floats those first, whatever they cost in accuracy, and keeps the stem
+    # int8. Counted instead (every layer kept float costing the same), the ranking is by accuracy alone.
+    def measure(shape, builders):
+        fast = shape.c == 3
+        return {form: float(shape.macs) * (0.1 if fast and form != FLOAT else 1.0) for form in builders}
+
+    quantization = StaticQuantizationPass(
+        samples=_images(48, 0),
+        method="minmax",
+        budget=AccuracyBudget(min_cosine=0.999999),  # past every mix with an int8 layer: the whole path is tried
+        layer_speeds=LayerSpeeds(path=tmp_path / "s.json", measure=measure),
+    )
+    result = quantization(mobile_net())
+    notes = " ".join(result.notes)
+    assert "budget: latency of 7 layers (4 shapes) measured on this machine" in notes
+    others = {"b1_expand", "b1_depthwise", "b1_project", "b2_expand", "b2_depthwise", "b2_project"}
+    points = [dict(point.changes) for point in quantization.frontier]
+    assert len(points) > 2
+    for changed in points:
+        assert "stem" not in changed or others <= set(changed), changed
+    assert set(points[-1]) == others  # the stem is the last layer the path gives up
+    assert "of the saving kept" in notes  # the frontier in milliseconds, not in layers
