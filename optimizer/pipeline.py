@@ -300,7 +300,8 @@ def _run_one(
         if verdict.twin_without_rewrites:
             record.twin += (
                 f"; held to it with ONNX Runtime's rewrites off (its QDQ nodes in float) and, as written, row by row "
-                f"within {UNCUT_ROW_EXCESS:g}x its twin's distance, because {verdict.twin_without_rewrites}"
+                f"within {UNCUT_ROW_EXCESS:g}x its twin's distance from the input, "
+                f"because {verdict.twin_without_rewrites}"
             )
         if verdict.twin_layers_probed:
             record.twin += (

@@ -51,6 +51,7 @@ from optimizer.padding import (
     unpadded,
 )
 from optimizer.protocol import Twin
+from optimizer.qdq_rewrites import layers_quantized_by_onnxruntime
 from optimizer.runtime import (
     available_memory,
     collect_values,
@@ -456,31 +457,39 @@ def _conv_weight_scales_off_output_channels(model: ir.Model) -> str | None:
     return None
 
 
-# The layers ONNX Runtime's WeightBiasQuantization rewrites (from ORT_ENABLE_BASIC up) when their data input is
-# a DequantizeLinear with one scale: a float32 weight becomes int8 with one scale for the whole tensor.
-_WEIGHT_QUANTIZING_OPS = ("Conv", "ConvTranspose", "Gemm")
-
-
-def _float_layer_quantized_by_onnxruntime(model: ir.Model) -> str | None:
-    """The name of a Conv, ConvTranspose or Gemm with a float32 constant weight whose data input comes from a
-    ``DequantizeLinear`` with a single scale (which ONNX Runtime quantizes to int8); None where there is none."""
-    for node in model.graph.all_nodes():
-        if node.op_type not in _WEIGHT_QUANTIZING_OPS or not is_onnx_domain(node) or len(node.inputs) < 2:
-            continue
-        data, weight = node.inputs[0], node.inputs[1]
-        source = data.producer() if data is not None else None
-        if source is None or source.op_type != "DequantizeLinear" or not is_onnx_domain(source):
-            continue
-        scale = _constant_of(source.inputs[1]) if len(source.inputs) > 1 and source.inputs[1] is not None else None
-        stored = _constant_of(weight) if weight is not None else None
-        if scale is not None and scale.size == 1 and stored is not None and stored.dtype == np.float32:
-            return node.name or source.name or "?"
-    return None
+def _float_layer_quantized_by_onnxruntime(model: ir.Model) -> str:
+    """Why a float Conv, ConvTranspose or Gemm of ``model`` does not run as its twin says: ONNX Runtime's rewrites
+    quantize it to int8 (``optimizer.qdq_rewrites``); "" where there is none."""
+    found = layers_quantized_by_onnxruntime(model)
+    if not found:
+        return ""
+    return (
+        f"{found[0].name or found[0].op_type!r} keeps a float weight but reads a DequantizeLinear with one scale "
+        "(directly or through ops ONNX Runtime moves it past), so ONNX Runtime quantizes that weight to int8 per "
+        "tensor (WeightBiasQuantization)"
+    )
 
 
 def _qdq_alone(candidate: ir.Model, twin: Twin) -> bool:
     """An int8 result whose every node is an ONNX operator: its integer kernels are ONNX Runtime's fusions of QDQ."""
     return twin.kind == "int8" and all(is_onnx_domain(node) for node in candidate.graph.all_nodes())
+
+
+def _fused_conv_chain(candidate: ir.Model) -> bool:
+    """Whether ONNX Runtime may run ``candidate``'s Convs as a chain of QLinearConv (two or more Convs whose
+    input and weight are both dequantized): a segment of it is then a chain of fused integer kernels."""
+    fused = 0
+    for node in candidate.graph.all_nodes():
+        if (
+            node.op_type == "Conv"
+            and len(node.inputs) > 1
+            and all(
+                value is not None and value.producer() is not None and value.producer().op_type == "DequantizeLinear"
+                for value in node.inputs[:2]
+            )
+        ):
+            fused += 1
+    return fused >= 2
 
 
 def _within_row_excess(
@@ -1264,6 +1273,10 @@ class Verifier:
         """Each quantized MatMul, Gemm or Conv layer of ``candidate`` run alone against its ``twin``'s (on probe rows
         that no kernel rounds, a Conv on its real input: ``optimizer.layer_probe``, its weights exactly), then the
         whole model against the twin (``_check_twin_outputs``)."""
+        if twin.kind in ROUNDING_TWINS and (requantized := _float_layer_quantized_by_onnxruntime(candidate)):
+            # Not a difference the checks below see: cut at that layer's output, the QuantizeLinear after it that
+            # makes ONNX Runtime quantize it is gone.
+            return VerificationResult(error=f"differs from its twin ({twin.description}): {requantized}")
         probed = 0
         if twin.layer_outputs:
             failure, probed = self._probe_layers(candidate, twin)
@@ -1450,7 +1463,8 @@ class Verifier:
         if not names:
             if _qdq_alone(candidate, twin):
                 # QDQ alone (its integer ops are ONNX Runtime's fusions): proven with its rewrites off.
-                return self._check_integer_end_to_end(candidate, twin, end_to_end or missed)
+                why = f"end to end it {missed or end_to_end}, and no checkpoint is left to cut at"
+                return self._check_integer_end_to_end(candidate, twin, end_to_end or missed, why)
             return VerificationResult(error=end_to_end)
         tolerances = self._twin_tolerances(twin)
         outputs_of_twin = [v.name for v in twin.model.graph.outputs]
@@ -1493,10 +1507,11 @@ class Verifier:
                                 f"differs from its twin ({twin.description}) on {label}, checked segment by "
                                 f"segment between {len(names)} quantized activations: {reason}"
                             )
-                            if _qdq_alone(candidate, twin):
+                            if _qdq_alone(candidate, twin) and _fused_conv_chain(candidate):
                                 # A segment that is itself a long chain of fused integer kernels carries the
                                 # cascade of its ties as an uncut result does: proven as one is.
-                                return self._check_integer_end_to_end(candidate, twin, failed)
+                                why = f"segment by segment (on {label}) it missed: {reason}"
+                                return self._check_integer_end_to_end(candidate, twin, failed, why)
                             return self._unrounded(candidate, twin, base, VerificationResult(error=failed))
                         worst.twin_error = max(worst.twin_error, result.max_abs_error)
                         # Gone before the next input set's are computed: one set's values in memory at a time.
@@ -1505,7 +1520,9 @@ class Verifier:
             return VerificationResult(error=f"{end_to_end}; segment by segment, ONNX Runtime refused: {error.reason}")
         return worst
 
-    def _check_integer_end_to_end(self, candidate: ir.Model, twin: Twin, end_to_end: str) -> VerificationResult:
+    def _check_integer_end_to_end(
+        self, candidate: ir.Model, twin: Twin, end_to_end: str, why: str = ""
+    ) -> VerificationResult:
         """An int8 result in QDQ form alone (``_qdq_alone``) that the row rule and the segments cannot pass: with
         no checkpoint to cut at (ONNX Runtime fuses every activation into an integer kernel, a CNN's QLinearConv
         chain), or a segment that is itself such a chain (EfficientNet-Lite0 with its stem kept float: 48 fused
@@ -1519,7 +1536,8 @@ class Verifier:
         channel along another axis than its output channels' (ONNX Runtime fuses it into QLinearConv as if the
         scales were per output channel), and a float Conv, ConvTranspose or Gemm reading a per-tensor
         DequantizeLinear (ONNX Runtime's WeightBiasQuantization quantizes its weight to int8, one scale for the
-        whole tensor, where the twin keeps it float)."""
+        whole tensor, where the twin keeps it float). ``end_to_end`` leads a failure's message; ``why`` (else
+        ``end_to_end``) is kept in ``twin_without_rewrites`` for the report when it passes."""
         misread = _conv_weight_scales_off_output_channels(candidate)
         if misread:
             return VerificationResult(
@@ -1528,10 +1546,7 @@ class Verifier:
             )
         requantized = _float_layer_quantized_by_onnxruntime(candidate)
         if requantized:
-            return VerificationResult(
-                error=f"{end_to_end}; {requantized!r} keeps a float weight but reads a DequantizeLinear with one "
-                "scale, so ONNX Runtime quantizes that weight to int8 per tensor (WeightBiasQuantization)"
-            )
+            return VerificationResult(error=f"{end_to_end}; {requantized}")
         tolerances = self._twin_tolerances(twin)
         worst = VerificationResult(twin_error=0.0)
         try:
@@ -1559,11 +1574,12 @@ class Verifier:
                             error=f"{end_to_end}; its integer kernels stray past {UNCUT_ROW_EXCESS}x on {label} "
                             f"({shown})"
                         )
-                    worst.twin_row_excess = max(worst.twin_row_excess or 0.0, excess)
+                    if missed:  # no row to excuse where every output met the tolerance
+                        worst.twin_row_excess = max(worst.twin_row_excess or 0.0, excess)
                     worst.twin_error = max(worst.twin_error, written.max_abs_error)
         except RuntimeRefusedError as error:
             return VerificationResult(error=f"{end_to_end}; with ONNX Runtime's rewrites off, refused: {error.reason}")
-        worst.twin_without_rewrites = end_to_end
+        worst.twin_without_rewrites = why or end_to_end
         return worst
 
     def _check_exact_by_segment(

@@ -28,7 +28,8 @@ def test_a_correct_qdq_result_is_its_twin_with_the_rewrites_off():
     _, result, verifier = _quantized()
     verdict = verifier._check_integer_end_to_end(result.model, result.twin, "missed end to end")
     assert verdict.ok, verdict.first_failure
-    assert verdict.twin_row_excess is not None and verdict.twin_row_excess <= UNCUT_ROW_EXCESS
+    # No row excused where every output met the tolerance as written; else within the bound.
+    assert verdict.twin_row_excess is None or verdict.twin_row_excess <= UNCUT_ROW_EXCESS
 
 
 def test_a_weight_scale_off_is_not_its_twin_with_the_rewrites_off():

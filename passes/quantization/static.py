@@ -15,6 +15,7 @@ from onnxscript import version_converter
 
 from optimizer.domains import onnx_opset
 from optimizer.inputs import holds_samples, samples_in
+from optimizer.qdq_rewrites import float_layer_behind_dequantize
 from passes._layers import Layer, bias_add, find_layers
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.quantization import calibration
@@ -406,61 +407,79 @@ class StaticQuantizationPass(QuantizationPass):
                 self._quantize_residual_adds(graph, output)
 
 
-# The layers ONNX Runtime's WeightBiasQuantization rewrites (ORT_ENABLE_BASIC and up) when their data input
-# comes from a DequantizeLinear with one scale: it quantizes a float32 weight to per-tensor symmetric int8.
-_WEIGHT_QUANTIZED_BY_ORT = ("Conv", "ConvTranspose", "Gemm")
-
-
 def _keep_float_layers_float(graph: ir.Graph) -> list[ir.Node]:
-    """Give each float Conv, ConvTranspose or Gemm that reads a per-tensor ``DequantizeLinear`` a dequantization
-    of its own, spelled per channel (the one scale repeated along the channel axis); returns those layers.
+    """Give each float Conv, ConvTranspose or Gemm that reads a single-scale ``DequantizeLinear`` (directly, or
+    through the ops ONNX Runtime moves it past) a dequantization of its own, spelled per channel (the one scale
+    and zero point repeated along the layer's input channels), after its own copy of those ops run on the
+    quantized values; returns those layers.
 
     A requantized Conv output (or residual Add) is read through its ``DequantizeLinear`` by every user,
-    the layers kept float too. ONNX Runtime's WeightBiasQuantization, at every optimization level from
-    basic up, takes such a layer for a QDQ one whose weight was left unquantized and quantizes its
-    float32 weight to int8 with one scale for the whole tensor, and its bias to int32: the layer runs in
-    int8 after all, less accurately than the per-channel int8 it was kept float instead of (on
-    EfficientNet-Lite0 one depthwise conv "kept float" this way took the worst held-out photograph's
-    logits cosine from 0.979 to 0.856). The rewrite looks only at a per-tensor scale; the same values
-    dequantized per channel compute exactly what they did and leave the layer float.
+    the layers kept float too. ONNX Runtime's rewrites (``optimizer.qdq_rewrites``) take such a layer for
+    a QDQ one whose weight was left unquantized and quantize its float32 weight to int8 with one scale
+    for the whole tensor: the layer runs in int8 after all, less accurately than the per-channel int8 it
+    was kept float instead of (on EfficientNet-Lite0 one depthwise conv "kept float" this way took the
+    worst held-out photograph's logits cosine from 0.979 to 0.856). They look only at single scales; the
+    same values dequantized per channel compute exactly what they did and leave the layer float. The ops
+    between (``MaxPool``, ``Reshape``, ``Transpose``, ``Squeeze``, ``Unsqueeze``, ``Slice``) commute with a
+    dequantization, as ONNX Runtime's own propagation has them: the copies run on the uint8 values and the
+    dequantization comes last, where the layer's weight says how many channels it reads.
     """
     shielded = []
+    names = {node.name for node in graph}
     for node in list(graph):
-        if node.op_type not in _WEIGHT_QUANTIZED_BY_ORT or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+        found = float_layer_behind_dequantize(node)
+        if found is None:
             continue
-        data, weight = node.inputs[0], node.inputs[1]
-        source = data.producer() if data is not None else None
-        if source is None or source.op_type != "DequantizeLinear" or source.domain not in ("", "ai.onnx"):
-            continue
+        source, between = found
         scale = constant_array(source.inputs[1])
-        stored = constant_array(weight)
-        if scale is None or np.ndim(scale) != 0 or stored is None or stored.dtype != np.float32:
+        has_point = len(source.inputs) > 2 and source.inputs[2] is not None
+        point = constant_array(source.inputs[2]) if has_point else None
+        if scale is None or (has_point and point is None):
             continue
-        axis, channels = _channel_axis(node, stored.shape)
+        axis, channels = _channel_axis(node, constant_array(node.inputs[1]).shape)
         if channels < 2:
             continue  # one channel's scale is a single one again; verification refuses what ORT makes of it
-        per_channel = add_initializer(
-            graph, f"{node.name}.input_scale_per_channel", np.full(channels, scale, np.float32)
-        )
-        zero_point = source.inputs[2] if len(source.inputs) > 2 else None
-        if zero_point is not None:
-            point = constant_array(zero_point)
-            zero_point = add_initializer(
-                graph, f"{node.name}.input_zero_point_per_channel", np.full(channels, point, point.dtype)
+        base = _unique(node.name or node.outputs[0].name, names)
+        value = source.inputs[0]
+        for op in between:  # its own copy of the ops between, on the quantized values
+            copy = ir.Node(
+                op.domain,
+                op.op_type,
+                [value, *op.inputs[1:]],
+                attributes=list(op.attributes.values()),
+                name=_unique(f"{op.name or op.op_type}_for_{base}", names),
+                version=op.version,
             )
+            copy.outputs[0].name = f"{copy.name}.quantized"
+            copy.outputs[0].shape, copy.outputs[0].type = op.outputs[0].shape, source.inputs[0].type
+            graph.insert_before(node, copy)
+            value = copy.outputs[0]
+        inputs = [
+            value,
+            add_initializer(graph, f"{base}.input_scale_per_channel", np.full(channels, scale.reshape(()), np.float32)),
+        ]
+        if point is not None:
+            per_channel = np.full(channels, point.reshape(()), point.dtype)
+            inputs.append(add_initializer(graph, f"{base}.input_zero_point_per_channel", per_channel))
         own = ir.Node(
-            "",
-            "DequantizeLinear",
-            [source.inputs[0], per_channel, zero_point],
-            attributes=[ir.AttrInt64("axis", axis)],
-            name=f"{node.name}_float_input_dq",
+            "", "DequantizeLinear", inputs, attributes=[ir.AttrInt64("axis", axis)], name=f"{base}_float_input_dq"
         )
-        own.outputs[0].name = f"{node.name}.float_input"
-        own.outputs[0].shape, own.outputs[0].type = data.shape, data.type
+        data = node.inputs[0]
+        own.outputs[0].name, own.outputs[0].shape, own.outputs[0].type = f"{base}.float_input", data.shape, data.type
         graph.insert_before(node, own)
         node.replace_input_with(0, own.outputs[0])
         shielded.append(node)
     return shielded
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``... if taken; the result is taken from then on."""
+    candidate, count = name, 1
+    while candidate in taken:
+        count += 1
+        candidate = f"{name}_{count}"
+    taken.add(candidate)
+    return candidate
 
 
 def _channel_axis(node: ir.Node, weight_shape: Sequence[int]) -> tuple[int, int]:

@@ -121,3 +121,95 @@ def test_a_layer_whose_weight_is_already_dequantized_int8_is_left_alone():
     model = _dequantized_gemm(weight_int8=True)
     assert _keep_float_layers_float(model.graph) == []
     assert next(node for node in model.graph if node.name == "fc").inputs[0].name == "xd"
+
+
+_AFTER_MAXPOOL = "/model/resnet/encoder/stages.0/layers.0/layer/layer.0/convolution/Conv"
+
+
+def _resnet_with_the_conv_after_the_maxpool_float(monkeypatch=None):
+    from optimizer.inputs import make_inputs
+    from passes.quantization.static import StaticQuantizationPass
+    from tests.helpers import FIXTURES
+
+    model = ir.load(FIXTURES / "resnet_legacy.onnx")
+    samples = make_inputs(model, {"batch": 8}, seed=4)
+    quantization = StaticQuantizationPass(samples=samples, exclude=["*stages.0/layers.0/layer/layer.0/*"])
+    result = quantization(model.clone())
+    assert _AFTER_MAXPOOL in quantization.kept_float
+    return model, samples, result
+
+
+def test_a_conv_kept_float_behind_a_maxpool_gets_its_own_uint8_maxpool_and_stays_float():
+    # ONNX Runtime moves a single-scale DequantizeLinear past a MaxPool (QDQ propagation), and then quantizes the
+    # float Conv after it: the ResNet stem's pooled output feeds the first block's Conv that way.
+    from tests.passes.quantization.conftest import ort_op_counts
+
+    model, samples, result = _resnet_with_the_conv_after_the_maxpool_float()
+    graph = result.model.graph
+    conv = next(node for node in graph if node.name == _AFTER_MAXPOOL)
+    own = conv.inputs[0].producer()
+    assert own.op_type == "DequantizeLinear" and own.attributes.get_int("axis") == 1
+    pool = own.inputs[0].producer()
+    assert pool.op_type == "MaxPool" and pool.inputs[0].producer().op_type == "QuantizeLinear"
+    assert not _weight_made_int8_by_ort(result.model, _AFTER_MAXPOOL)
+    assert ort_op_counts(result.model)["QLinearConv"] == ort_op_counts(model)["Conv"] - 1
+    from optimizer.inputs import make_inputs
+
+    feeds = make_inputs(model, {"batch": 2}, seed=9)
+    np.testing.assert_allclose(
+        _run(result.model, "basic", feeds), _run(result.model, "disable", feeds), rtol=0, atol=1e-6
+    )
+
+
+def test_verification_refuses_a_float_conv_that_onnxruntime_would_quantize_through_a_maxpool(monkeypatch):
+    from optimizer.inputs import make_inputs
+    from optimizer.qdq_rewrites import layers_quantized_by_onnxruntime
+    from optimizer.verify import Verifier
+    from passes.quantization import static
+
+    monkeypatch.setattr(static, "_keep_float_layers_float", lambda graph: [])
+    model, samples, result = _resnet_with_the_conv_after_the_maxpool_float()
+    assert [node.name for node in layers_quantized_by_onnxruntime(result.model)] == [_AFTER_MAXPOOL]
+    verifier = Verifier(model, [make_inputs(model, {}, seed=5)], samples=samples)
+    verdict = verifier._check_integer_end_to_end(result.model, result.twin, "missed end to end")
+    assert not verdict.ok and "WeightBiasQuantization" in verdict.error and _AFTER_MAXPOOL in verdict.error
+
+
+def test_a_scale_of_shape_one_is_a_single_scale_as_onnxruntime_reads_it():
+    from optimizer.qdq_rewrites import one_scale
+
+    def scale(array: np.ndarray) -> ir.Value:
+        return ir.Value(name="s", shape=ir.Shape(array.shape), const_value=ir.tensor(array))
+
+    assert one_scale(scale(np.array(0.1, np.float32))) and one_scale(scale(np.array([0.1], np.float32)))
+    assert not one_scale(scale(np.full(4, 0.1, np.float32)))
+    assert one_scale(ir.Value(name="s", const_value=ir.tensor(np.array([0.1], np.float32))))  # shape from the constant
+
+
+def test_unnamed_layers_get_unique_names():
+    model = _dequantized_gemm(weight_int8=False)
+    proto = ir.to_proto(model)
+    gemm = next(node for node in proto.graph.node if node.op_type == "Gemm")
+    twin = onnx.helper.make_node("Gemm", ["xd", "w", "b"], ["g2"], transB=1)
+    gemm.name = ""
+    proto.graph.node.append(twin)
+    proto.graph.output.append(helper.make_tensor_value_info("g2", TensorProto.FLOAT, ["B", 4]))
+    model = ir.from_proto(proto)
+    assert len(_keep_float_layers_float(model.graph)) == 2
+    onnx.checker.check_model(ir.to_proto(model))
+    names = [node.name for node in model.graph if node.name]
+    assert len(names) == len(set(names))
+
+
+def test_the_twin_check_refuses_a_float_conv_that_onnxruntime_would_quantize(monkeypatch):
+    # Whatever end to end and the segments say: cut at the layer's output, the segment check cannot see it.
+    from optimizer.inputs import make_inputs
+    from optimizer.verify import Verifier
+    from passes.quantization import static
+
+    monkeypatch.setattr(static, "_keep_float_layers_float", lambda graph: [])
+    model, samples, result = _resnet_with_the_conv_after_the_maxpool_float()
+    verdict = Verifier(model, [make_inputs(model, {}, seed=5)], samples=samples).check_twin(
+        result.model, result.twin, base=model
+    )
+    assert not verdict.ok and "WeightBiasQuantization" in verdict.error

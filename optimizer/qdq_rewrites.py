@@ -1,0 +1,68 @@
+"""What ONNX Runtime's load-time QDQ rewrites make of a float layer that sits among int8 ones.
+
+ONNX Runtime (1.32, from ORT_ENABLE_BASIC up) runs two rewrites a QDQ graph's author must know:
+
+- QDQ propagation moves a ``DequantizeLinear`` whose scale and zero point are single constants
+  forward past ``MaxPool``, ``Reshape``, ``Transpose``, ``Squeeze``, ``Unsqueeze`` and ``Slice``;
+- WeightBiasQuantization takes a ``Conv``, ``ConvTranspose`` or ``Gemm`` whose data input comes from a
+  ``DequantizeLinear`` with a single scale and whose weight is a float32 constant for a QDQ layer whose
+  weight was left unquantized, and quantizes that weight to int8 with one scale for the whole tensor
+  (its bias to int32) where the layer's result is quantized again.
+
+So a layer a quantizer keeps float between int8 layers, reading their dequantized output directly or
+through those ops, runs in int8 after all, with a coarser weight than the per-channel int8 it was kept
+float instead of. A ``DequantizeLinear`` with its scale repeated along an axis (per channel) computes the
+same values and is neither propagated nor read as a single scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.domains import is_onnx_domain
+
+PROPAGATED_OPS = ("MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice")
+WEIGHT_QUANTIZING_OPS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def one_scale(value: ir.Value | None) -> bool:
+    """Whether a ``DequantizeLinear`` scale is a single number as ONNX Runtime reads it: shape ``[]`` or ``[1]``
+    (by its constant where the shape is unknown)."""
+    if value is None:
+        return False
+    shape = value.shape
+    if shape is not None and shape.rank() is not None:
+        return shape.rank() == 0 or (shape.rank() == 1 and shape[0] == 1)
+    tensor = ir.convenience.get_const_tensor(value)
+    return tensor is not None and int(np.prod(tensor.shape)) == 1
+
+
+def float_layer_behind_dequantize(node: ir.Node) -> tuple[ir.Node, list[ir.Node]] | None:
+    """For a ``Conv``/``ConvTranspose``/``Gemm`` with a float32 constant weight whose data input is a
+    single-scale ``DequantizeLinear``'s output, directly or through ``PROPAGATED_OPS``: that
+    ``DequantizeLinear`` and the ops between it and the layer (in order); else None."""
+    if node.op_type not in WEIGHT_QUANTIZING_OPS or not is_onnx_domain(node) or len(node.inputs) < 2:
+        return None
+    weight = node.inputs[1]
+    stored = ir.convenience.get_const_tensor(weight) if weight is not None else None
+    if stored is None or stored.dtype != ir.DataType.FLOAT:
+        return None
+    chain: list[ir.Node] = []
+    value = node.inputs[0]
+    while value is not None and (producer := value.producer()) is not None and is_onnx_domain(producer):
+        if producer.op_type == "DequantizeLinear":
+            if len(producer.inputs) > 1 and one_scale(producer.inputs[1]):
+                return producer, chain[::-1]
+            return None
+        if producer.op_type not in PROPAGATED_OPS:
+            return None
+        chain.append(producer)
+        value = producer.inputs[0] if producer.inputs else None
+    return None
+
+
+def layers_quantized_by_onnxruntime(model: ir.Model) -> list[ir.Node]:
+    """The float layers of ``model`` (any graph) that ONNX Runtime's rewrites would quantize
+    (``float_layer_behind_dequantize``)."""
+    return [node for node in model.graph.all_nodes() if float_layer_behind_dequantize(node) is not None]
