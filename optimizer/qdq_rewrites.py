@@ -3,7 +3,8 @@
 ONNX Runtime (1.32, from ORT_ENABLE_BASIC up) runs two rewrites a QDQ graph's author must know:
 
 - QDQ propagation moves a ``DequantizeLinear`` whose scale and zero point are single constants
-  forward past ``MaxPool``, ``Reshape``, ``Transpose``, ``Squeeze``, ``Unsqueeze`` and ``Slice``;
+  forward past ``MaxPool``, ``Reshape``, ``Transpose``, ``Squeeze``, ``Unsqueeze`` and ``Slice``
+  (and ``Identity``, ``Dropout`` and a ``Pad`` before a Conv are removed or folded first);
 - WeightBiasQuantization takes a ``Conv``, ``ConvTranspose`` or ``Gemm`` whose data input comes from a
   ``DequantizeLinear`` with a single scale and whose weight is a float32 constant for a QDQ layer whose
   weight was left unquantized, and quantizes that weight to int8 with one scale for the whole tensor
@@ -23,6 +24,8 @@ import onnx_ir as ir
 from optimizer.domains import is_onnx_domain
 
 PROPAGATED_OPS = ("MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice")
+# Ops ONNX Runtime takes out from between them (Identity and Dropout removed, a Pad folded into the Conv after it).
+REMOVED_OPS = ("Identity", "Dropout", "Pad")
 WEIGHT_QUANTIZING_OPS = ("Conv", "ConvTranspose", "Gemm")
 
 
@@ -40,8 +43,8 @@ def one_scale(value: ir.Value | None) -> bool:
 
 def float_layer_behind_dequantize(node: ir.Node) -> tuple[ir.Node, list[ir.Node]] | None:
     """For a ``Conv``/``ConvTranspose``/``Gemm`` with a float32 constant weight whose data input is a
-    single-scale ``DequantizeLinear``'s output, directly or through ``PROPAGATED_OPS``: that
-    ``DequantizeLinear`` and the ops between it and the layer (in order); else None."""
+    single-scale ``DequantizeLinear``'s output, directly or through ``PROPAGATED_OPS`` and ``REMOVED_OPS``:
+    that ``DequantizeLinear`` and the ops between it and the layer (in order); else None."""
     if node.op_type not in WEIGHT_QUANTIZING_OPS or not is_onnx_domain(node) or len(node.inputs) < 2:
         return None
     weight = node.inputs[1]
@@ -55,7 +58,7 @@ def float_layer_behind_dequantize(node: ir.Node) -> tuple[ir.Node, list[ir.Node]
             if len(producer.inputs) > 1 and one_scale(producer.inputs[1]):
                 return producer, chain[::-1]
             return None
-        if producer.op_type not in PROPAGATED_OPS:
+        if producer.op_type not in PROPAGATED_OPS + REMOVED_OPS:
             return None
         chain.append(producer)
         value = producer.inputs[0] if producer.inputs else None

@@ -457,10 +457,12 @@ def _conv_weight_scales_off_output_channels(model: ir.Model) -> str | None:
     return None
 
 
-def _float_layer_quantized_by_onnxruntime(model: ir.Model) -> str:
+def _float_layer_quantized_by_onnxruntime(model: ir.Model, base: ir.Model | None) -> str:
     """Why a float Conv, ConvTranspose or Gemm of ``model`` does not run as its twin says: ONNX Runtime's rewrites
-    quantize it to int8 (``optimizer.qdq_rewrites``); "" where there is none."""
-    found = layers_quantized_by_onnxruntime(model)
+    quantize it to int8 (``optimizer.qdq_rewrites``); "" where there is none, or where the pass's input ``base``
+    already had it so (a QDQ model given to the pass: not the pass's doing, and the twin is built on it too)."""
+    before = {node.name for node in layers_quantized_by_onnxruntime(base)} if base is not None else set()
+    found = [node for node in layers_quantized_by_onnxruntime(model) if not node.name or node.name not in before]
     if not found:
         return ""
     return (
@@ -1273,7 +1275,8 @@ class Verifier:
         """Each quantized MatMul, Gemm or Conv layer of ``candidate`` run alone against its ``twin``'s (on probe rows
         that no kernel rounds, a Conv on its real input: ``optimizer.layer_probe``, its weights exactly), then the
         whole model against the twin (``_check_twin_outputs``)."""
-        if twin.kind in ROUNDING_TWINS and (requantized := _float_layer_quantized_by_onnxruntime(candidate)):
+        source = twin.source if twin.source is not None else base if base is not None else self._base
+        if twin.kind in ROUNDING_TWINS and (requantized := _float_layer_quantized_by_onnxruntime(candidate, source)):
             # Not a difference the checks below see: cut at that layer's output, the QuantizeLinear after it that
             # makes ONNX Runtime quantize it is gone.
             return VerificationResult(error=f"differs from its twin ({twin.description}): {requantized}")
@@ -1544,7 +1547,7 @@ class Verifier:
                 error=f"{end_to_end}; Conv {misread!r} scales its weights per channel along another axis than its "
                 "output channels, which ONNX Runtime's QLinearConv reads as output channels"
             )
-        requantized = _float_layer_quantized_by_onnxruntime(candidate)
+        requantized = _float_layer_quantized_by_onnxruntime(candidate, twin.source or self._base)
         if requantized:
             return VerificationResult(error=f"{end_to_end}; {requantized}")
         tolerances = self._twin_tolerances(twin)

@@ -12,12 +12,13 @@ dtype, form). Results live in a JSON file (``$GRAPHOPT_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/graphopt``, else ``~/.cache/graphopt``) so the next optimization on
 this machine reads them instead of timing again.
 
-A Conv (``ConvShape``, static int8) is timed as it runs inside a chain of int8 layers, where
-its neighbours hand it uint8 and take uint8 back (``conv_probe``): float, the layer
-dequantizes its input, convolves in float and quantizes its output; int8, ONNX Runtime fuses
-the same three into one ``QLinearConv``. Timed alone with float input and output, the int8
-form would pay a quantize and a dequantize that a chain does not, and a float layer kept in
-an int8 chain would look free of the two it adds.
+A Conv (``ConvShape``, static int8) is timed with the conversions it pays in the model with every
+other layer int8 (``conv_probe``): between int8 neighbours, which hand it uint8 and take uint8
+back, float dequantizes its input, convolves in float and quantizes its output, and int8 is one
+``QLinearConv``; reading the image or a float activation (HardSwish, a squeeze-excite ``Mul``),
+int8 quantizes its input first, and feeding a float op it dequantizes its output, where float
+does neither. Timed alone with float input and output, the int8 form would pay conversions a
+chain does not, and a float layer kept in an int8 chain would look free of those it adds.
 """
 
 from __future__ import annotations
@@ -72,9 +73,12 @@ class LayerShape:
 
 @dataclass(frozen=True)
 class ConvShape:
-    """A Conv layer between int8 layers: ``batch`` samples of input ``[c, *spatial]``, weight
-    ``[m, c / group, *kernel]``, the node's other attributes (``attributes``: sorted name, value
-    pairs: strides, pads, dilations, group, auto_pad), a bias or not (float32 only)."""
+    """A Conv layer as it runs in the model: ``batch`` samples of input ``[c, *spatial]``, weight
+    ``[m, c / group, *kernel]``, the node's other attributes (``attributes``: sorted name, value pairs:
+    strides, pads, dilations, group, auto_pad), a bias or not (float32 only); whether, with every layer
+    int8, its input arrives quantized (``quantized_input``: another int8 layer's requantized output, not
+    the image or a float op's result) and its output leaves quantized (``quantized_output``: every reader
+    an int8 layer or a requantized residual Add)."""
 
     batch: int
     c: int
@@ -83,13 +87,17 @@ class ConvShape:
     kernel: tuple[int, ...]
     attributes: tuple[tuple[str, object], ...]
     bias: bool
+    quantized_input: bool = True
+    quantized_output: bool = True
     op = "Conv"
 
     def __str__(self) -> str:
         spatial, kernel = "x".join(map(str, self.spatial)), "x".join(map(str, self.kernel))
-        attributes = " ".join(f"{name}={value}" for name, value in self.attributes)
-        bias = "" if self.bias else " no bias"
-        return f"Conv in an int8 chain {self.batch}x{self.c}x{spatial} -> {self.m} kernel {kernel} {attributes}{bias}"
+        parts = [f"{name}={value}" for name, value in self.attributes] + ([] if self.bias else ["no bias"])
+        edges = (
+            f"{'uint8' if self.quantized_input else 'float'} in, {'uint8' if self.quantized_output else 'float'} out"
+        )
+        return " ".join([f"Conv ({edges}) {self.batch}x{self.c}x{spatial} -> {self.m} kernel {kernel}", *parts])
 
     @property
     def group(self) -> int:
@@ -217,15 +225,16 @@ def layer_probe(shape: LayerShape, seed: int = 0) -> ir.Model:
 _PROBE_SCALE, _PROBE_ZERO_POINT = 0.05, 128
 
 
-def conv_probe(shape: ConvShape, seed: int = 0) -> ir.Model:
-    """``probe_copies(shape)`` copies of ``y_i = Q(Conv(DQ(x_i), W_i, b_i))`` with uint8 ``x_i`` and ``y_i``: the
-    layer between int8 neighbours, with seeded normal weights of its own, the Convs named
-    ``conv_probe_names(shape)``. Writing a copy's weight and bias as ``DequantizeLinear`` of int8 and
-    int32 gives the int8 form, which ONNX Runtime runs as ``QLinearConv``; for the float form the pass
-    writes the input's dequantization as it does for a float layer (ONNX Runtime would otherwise
-    quantize a float weight read behind a per-tensor ``DequantizeLinear``)."""
+def conv_probe(shape: ConvShape, int8: bool, seed: int = 0) -> ir.Model:
+    """``probe_copies(shape)`` copies of the Conv as it runs in the model, with seeded normal weights of their own,
+    the Convs named ``conv_probe_names(shape)``, in float or, with ``int8``, between the quantization pairs
+    ONNX Runtime fuses into ``QLinearConv`` (the pass then writes each copy's weight and bias as
+    ``DequantizeLinear`` of int8 and int32). Each copy's input is uint8 where ``shape.quantized_input``
+    (float: dequantized first; int8: read as it is), else float (int8: quantized first); its output uint8
+    where ``shape.quantized_output`` (float: quantized last), else float (int8: dequantized last). So each
+    form pays the conversions it pays in the model with every other layer int8."""
     graph = ir.Graph([], [], nodes=[], opset_imports={"": 18, "com.microsoft": 1}, name="conv")
-    uint8 = ir.TensorType(ir.DataType.UINT8)
+    uint8, float32 = ir.TensorType(ir.DataType.UINT8), ir.TensorType(ir.DataType.FLOAT)
 
     def constant(name: str, array: np.ndarray) -> ir.Value:
         value = ir.Value(
@@ -235,6 +244,11 @@ def conv_probe(shape: ConvShape, seed: int = 0) -> ir.Model:
         graph.register_initializer(value)
         return value
 
+    def node(op: str, inputs: list[ir.Value], name: str) -> ir.Value:
+        added = ir.Node("", op, inputs, name=name)
+        graph.append(added)
+        return added.outputs[0]
+
     scale = constant("probe.scale", np.array(_PROBE_SCALE, dtype=np.float32))
     zero_point = constant("probe.zero_point", np.array(_PROBE_ZERO_POINT, dtype=np.uint8))
     for index, name in enumerate(conv_probe_names(shape)):
@@ -242,20 +256,26 @@ def conv_probe(shape: ConvShape, seed: int = 0) -> ir.Model:
         weight_shape = (shape.m, shape.c // shape.group, *shape.kernel)
         fan_in = math.prod(weight_shape[1:])
         weight = (rng.standard_normal(weight_shape) / math.sqrt(fan_in)).astype(np.float32)
-        x = ir.Value(name=f"{name}.x", shape=ir.Shape([shape.batch, shape.c, *shape.spatial]), type=uint8)
+        dims = ir.Shape([shape.batch, shape.c, *shape.spatial])
+        x = ir.Value(name=f"{name}.x", shape=dims, type=uint8 if shape.quantized_input else float32)
         graph.inputs.append(x)
-        dequantize = ir.Node("", "DequantizeLinear", [x, scale, zero_point], name=f"{name}.input_dq")
-        graph.append(dequantize)
-        inputs = [dequantize.outputs[0], constant(f"{name}.weight", weight)]
+        data = x
+        if int8 and not shape.quantized_input:
+            data = node("QuantizeLinear", [data, scale, zero_point], f"{name}.input_q")
+        if int8 or shape.quantized_input:
+            data = node("DequantizeLinear", [data, scale, zero_point], f"{name}.input_dq")
+        inputs = [data, constant(f"{name}.weight", weight)]
         if shape.bias:
             inputs.append(constant(f"{name}.bias", (rng.standard_normal(shape.m) * 0.1).astype(np.float32)))
         attributes = [_attribute(key, value) for key, value in shape.attributes]
         conv = ir.Node("", "Conv", inputs, attributes=attributes, name=name)
         graph.append(conv)
-        quantize = ir.Node("", "QuantizeLinear", [conv.outputs[0], scale, zero_point], name=f"{name}.output_q")
-        graph.append(quantize)
-        y = quantize.outputs[0]
-        y.name, y.type = f"{name}.y", uint8
+        y = conv.outputs[0]
+        if int8 or shape.quantized_output:
+            y = node("QuantizeLinear", [y, scale, zero_point], f"{name}.output_q")
+        if int8 and not shape.quantized_output:
+            y = node("DequantizeLinear", [y, scale, zero_point], f"{name}.output_dq")
+        y.name, y.type = f"{name}.y", uint8 if shape.quantized_output else float32
         graph.outputs.append(y)
     return ir.Model(graph, ir_version=9)
 

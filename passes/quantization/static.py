@@ -95,6 +95,8 @@ class StaticQuantizationPass(QuantizationPass):
         self.method = method
         self.ranges: dict[str, tuple[float, float]] = {}
         self.input_means: dict[str, np.ndarray] = {}
+        self._int8_layers: set[str] = set()
+        self._requantized: set[str] = set()
         self._quantized_values: dict[str, ir.Value] = {}
         self._quantized_inputs: dict[str, ir.Value] = {}
 
@@ -118,6 +120,9 @@ class StaticQuantizationPass(QuantizationPass):
         names += [tail.outputs[0].name for tail in tails if tail is not None]
         adds = _residual_add_candidates(model.graph, names)
         names += adds
+        # What reaches each layer quantized with every chosen layer int8 (``speed_shape``'s conversions).
+        self._int8_layers = {layer.name for layer in layers}
+        self._requantized = {tail.outputs[0].name for tail in tails if tail is not None} | set(adds)
         self.ranges = calibration.calibrate(model, list(dict.fromkeys(names)), batches, self.method)
         conv_inputs = list(dict.fromkeys(layer.activation.name for layer in layers if layer.kind == "conv"))
         self.input_means = calibration.channel_means(model, conv_inputs, batches) if conv_inputs else {}
@@ -189,6 +194,10 @@ class StaticQuantizationPass(QuantizationPass):
 
     # -- timing the layers for the budget ---------------------------------------------------------
 
+    def speed_form(self, scheme: str, layer: Layer | None = None) -> str:
+        form = super().speed_form(scheme, layer)
+        return form if self.per_channel else f"{form} per-tensor weights"
+
     def untimed_reason(self, layers: Sequence[Layer]) -> str:
         attention = sum(layer.kind == "attention" for layer in layers)
         if attention:
@@ -213,7 +222,20 @@ class StaticQuantizationPass(QuantizationPass):
                 if name != "kernel_shape"
             )
         )
+        tail = _output_tail(layer.node.graph, layer.node)
+        readers = list(tail.outputs[0].uses()) if tail is not None else []
+        quantized_output = bool(readers) and all(
+            (index == 0 and reader.name in self._int8_layers)
+            or (
+                reader.op_type == "Add"
+                and (after := _output_tail(reader.graph, reader)) is not None
+                and after.outputs[0].name in self._requantized
+            )
+            for reader, index in readers
+        )
         return ConvShape(
+            quantized_input=layer.activation.name in self._requantized,
+            quantized_output=quantized_output,
             batch=max(1, shape[0] // samples),
             c=int(shape[1]),
             spatial=tuple(int(size) for size in shape[2:]),
@@ -228,16 +250,15 @@ class StaticQuantizationPass(QuantizationPass):
         ``_quantize_weights``, which ONNX Runtime then runs as ``QLinearConv``; a MatMul's rewritten by the pass at
         a made-up input range (the kernels' speed does not depend on it)."""
         if isinstance(shape, ConvShape):
-            model = conv_probe(shape)
+            model = conv_probe(shape, int8=scheme != FLOAT)
             if scheme == FLOAT:
-                _keep_float_layers_float(model.graph)  # as the pass writes a float layer between int8 ones
-                remove_dead_nodes(model)
+                _keep_float_layers_float(model.graph)  # as the pass writes a float layer after an int8 one
             else:
                 graph = model.graph
                 for probe in find_layers(graph, ("conv",))[0]:
                     scale = constant_array(probe.activation.producer().inputs[1])
                     self._quantize_weights(graph, probe, scale, "")
-                remove_dead_nodes(model)
+            remove_dead_nodes(model)
             return model
         saved = self.ranges
         self.ranges = {**saved, **{f"{name}.x": (-4.0, 4.0) for name in probe_names(shape)}}
@@ -437,17 +458,27 @@ def _keep_float_layers_float(graph: ir.Graph) -> list[ir.Node]:
         if scale is None or (has_point and point is None):
             continue
         axis, channels = _channel_axis(node, constant_array(node.inputs[1]).shape)
-        if channels < 2:
-            continue  # one channel's scale is a single one again; verification refuses what ORT makes of it
+        if channels < 2:  # one channel's scale would be a single one again: repeat it along another axis
+            axis, channels = _wide_axis(node.inputs[0].shape)
+        copies = [_uint8_copy(op, point) for op in between]
+        if channels < 2 or any(copy is False for copy in copies):
+            continue  # left as it is: verification refuses what ONNX Runtime makes of it
         base = _unique(node.name or node.outputs[0].name, names)
         value = source.inputs[0]
-        for op in between:  # its own copy of the ops between, on the quantized values
+        for op, extra in zip(between, copies):  # its own copy of the ops between, on the quantized values
+            if extra is None:
+                continue  # a Dropout at inference: its input is its output
+            name = _unique(f"{op.name or op.op_type}_for_{base}", names)
+            extra = [
+                add_initializer(graph, f"{name}.pad_value", item) if isinstance(item, np.ndarray) else item
+                for item in extra
+            ]
             copy = ir.Node(
                 op.domain,
                 op.op_type,
-                [value, *op.inputs[1:]],
+                [value, *extra],
                 attributes=list(op.attributes.values()),
-                name=_unique(f"{op.name or op.op_type}_for_{base}", names),
+                name=name,
                 version=op.version,
             )
             copy.outputs[0].name = f"{copy.name}.quantized"
@@ -470,6 +501,34 @@ def _keep_float_layers_float(graph: ir.Graph) -> list[ir.Node]:
         node.replace_input_with(0, own.outputs[0])
         shielded.append(node)
     return shielded
+
+
+def _uint8_copy(op: ir.Node, zero_point: np.ndarray | None) -> list[ir.Value | np.ndarray | None] | None | bool:
+    """The inputs after the first of ``op``'s copy on the quantized values (``_keep_float_layers_float``): the
+    same for ops that only move values; None for a Dropout at inference (no copy: its input is its output);
+    for a constant-mode ``Pad`` of 0, its pad value as the quantized zero (``zero_point``, an array to store);
+    False where no copy computes the same (a Pad of another value or mode, a Dropout in training mode)."""
+    if op.op_type == "Dropout":
+        training = op.inputs[2] if len(op.inputs) > 2 else None
+        mode = constant_array(training) if training is not None else np.array(False)
+        return None if mode is not None and not bool(mode) else False
+    if op.op_type != "Pad":
+        return list(op.inputs[1:])
+    mode = op.attributes.get_string("mode", "constant")
+    fill = op.inputs[2] if len(op.inputs) > 2 else None
+    value = constant_array(fill) if fill is not None else np.array(0.0)
+    if mode != "constant" or value is None or np.any(value != 0):
+        return False
+    zero = np.asarray(zero_point).reshape(()) if zero_point is not None else np.array(0, np.uint8)
+    return [op.inputs[1], zero, *op.inputs[3:]]
+
+
+def _wide_axis(shape: ir.Shape | None) -> tuple[int, int]:
+    """An axis of ``shape`` with a known size of at least 2, and that size; (0, 0) where there is none."""
+    for axis, dim in enumerate(shape or []):
+        if isinstance(dim, int) and dim >= 2:
+            return axis, dim
+    return 0, 0
 
 
 def _unique(name: str, taken: set[str]) -> str:

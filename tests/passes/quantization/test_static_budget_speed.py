@@ -7,6 +7,8 @@ and handed to ONNX Runtime to see which kernels it makes of them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from optimizer.accuracy import AccuracyBudget
@@ -35,6 +37,7 @@ def test_a_conv_layer_is_timed_at_one_samples_input_with_its_own_attributes():
 
     layers = find_layers(model.graph, ("conv",))[0]
     batches = [_images(4, 1)]
+    quantization.prepare(model, layers, batches)  # calibrates, and learns which tensors every int8 layer requantizes
     shapes = {
         layer.name: quantization.speed_shape(
             layer, *_sample_input_shapes(model, [layer], batches)[layer.activation.name]
@@ -50,9 +53,13 @@ def test_a_conv_layer_is_timed_at_one_samples_input_with_its_own_attributes():
         kernel=(3, 3),
         attributes=(("group", EXPANDED), ("pads", (1, 1, 1, 1))),
         bias=True,
+        quantized_input=True,  # the expand's requantized ReLU6
+        quantized_output=True,  # read by the int8 project alone
     )
     assert shapes["stem"].c == 3 and shapes["stem"].m == CHANNELS and shapes["b1_project"].kernel == (1, 1)
-    assert "Conv in an int8 chain 1x16x16x16 -> 16 kernel 3x3 group=16 pads=(1, 1, 1, 1)" == str(depthwise)
+    # The stem reads the float image; its ReLU6 is read by an int8 Conv and a requantized residual Add.
+    assert not shapes["stem"].quantized_input and shapes["stem"].quantized_output
+    assert str(depthwise) == "Conv (uint8 in, uint8 out) 1x16x16x16 -> 16 kernel 3x3 group=16 pads=(1, 1, 1, 1)"
 
 
 def test_the_int8_probe_runs_as_qlinearconv_and_the_float_one_stays_float_in_onnxruntime():
@@ -65,6 +72,18 @@ def test_the_int8_probe_runs_as_qlinearconv_and_the_float_one_stays_float_in_onn
     # Float between int8 neighbours: its input dequantized, its output quantized, its weight float.
     assert floating["QLinearConv"] == 0 and floating["Conv"] == copies
     assert floating["DequantizeLinear"] == copies and floating["QuantizeLinear"] == copies
+
+
+def test_a_conv_between_float_ops_pays_its_conversions_in_int8_and_none_in_float():
+    # A stem reading the image, a Conv before a HardSwish: int8 quantizes its input and dequantizes its output.
+    quantization = StaticQuantizationPass(samples=_images(8, 0))
+    shape = dataclasses.replace(_DEPTHWISE, quantized_input=False, quantized_output=False)
+    copies = probe_copies(shape)
+    int8 = ort_op_counts(quantization._layer_model(shape, "int8"))
+    assert int8["QLinearConv"] == copies and int8["QuantizeLinear"] == copies and int8["DequantizeLinear"] == copies
+    floating = ort_op_counts(quantization._layer_model(shape, FLOAT))
+    assert floating["QLinearConv"] == 0 and floating["QuantizeLinear"] == 0 and floating["DequantizeLinear"] == 0
+    assert str(shape).startswith("Conv (float in, float out) ")
 
 
 def test_a_conv_probe_is_timed_on_uint8_inputs_and_divided_by_its_copies(monkeypatch, tmp_path):

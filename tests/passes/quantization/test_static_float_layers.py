@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper
 
 from passes.quantization.static import _keep_float_layers_float
@@ -213,3 +214,87 @@ def test_the_twin_check_refuses_a_float_conv_that_onnxruntime_would_quantize(mon
         result.model, result.twin, base=model
     )
     assert not verdict.ok and "WeightBiasQuantization" in verdict.error
+
+
+def _three_convs(between: list, extra: list, conv2_input: str, conv2_pads: list[int]) -> ir.Model:
+    """``x [B, 3, 12, 12]`` → conv1 + Relu → ``between`` ops → conv2 + Relu → conv3 → ``y``."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        *between,
+        helper.make_node("Conv", [conv2_input, "w2", "b2"], ["c2"], name="conv2", pads=conv2_pads),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["y"], name="conv3"),
+    ]
+    init = [
+        ("w1", weights(8, 3, 3, 3, seed=1, scale=0.4)),
+        ("b1", weights(8, seed=2)),
+        ("w2", weights(8, 8, 3, 3, seed=3, scale=0.3)),
+        ("b2", weights(8, seed=4)),
+        ("w3", weights(4, 8, 1, 1, seed=5, scale=0.3)),
+        ("b3", weights(4, seed=6)),
+        *extra,
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 12, 12])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4, 12, 12])
+    return _model(nodes, [x], [y], init)
+
+
+@pytest.mark.parametrize("between", ["identity", "dropout", "pad"])
+def test_a_conv_kept_float_behind_ops_onnxruntime_removes_stays_float(between):
+    # ONNX Runtime removes an Identity or a Dropout and folds a Pad into the Conv after it, then quantizes
+    # that Conv's float weight as if it read the DequantizeLinear directly.
+    from passes.quantization.static import StaticQuantizationPass
+
+    cases = {
+        "identity": ([helper.make_node("Identity", ["r1"], ["between"], name="id")], [], [1, 1, 1, 1]),
+        "dropout": ([helper.make_node("Dropout", ["r1"], ["between"], name="drop")], [], [1, 1, 1, 1]),
+        "pad": (
+            [helper.make_node("Pad", ["r1", "pads"], ["between"], name="pad")],
+            [("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))],
+            [0, 0, 0, 0],
+        ),
+    }
+    ops, extra, pads = cases[between]
+    model = _three_convs(ops, extra, "between", pads)
+    samples = {"x": np.random.default_rng(0).standard_normal((16, 3, 12, 12)).astype(np.float32)}
+    quantization = StaticQuantizationPass(samples=samples, method="minmax", exclude=["conv2"], quantize_outputs=True)
+    result = quantization(model)
+    assert quantization.kept_float == ["conv2"]
+    assert not _weight_made_int8_by_ort(result.model, "conv2")
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 3, 12, 12)).astype(np.float32)}
+    np.testing.assert_allclose(
+        _run(result.model, "basic", feeds), _run(result.model, "disable", feeds), rtol=0, atol=1e-6
+    )
+
+
+def test_a_qdq_layer_the_input_model_already_had_is_not_blamed_on_the_pass():
+    # The user's model holds a QDQ Conv with a float weight; quantize-dynamic then rewrites its MatMul.
+    from optimizer.verify import Verifier
+    from passes.quantization.dynamic import DynamicQuantizationPass
+
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+        helper.make_node("Conv", ["xd", "w"], ["c"], name="conv"),
+        helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"], name="q2"),
+        helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["cd"], name="dq2"),
+        helper.make_node("Reshape", ["cd", "shape"], ["flat"], name="flatten"),
+        helper.make_node("MatMul", ["flat", "fc"], ["y"], name="fc"),
+    ]
+    init = [
+        ("s", np.array(0.05, np.float32)),
+        ("z", np.array(128, np.uint8)),
+        ("w", weights(8, 8, 1, 1, seed=1)),
+        ("fc", weights(128, 16, seed=2)),
+        ("shape", np.array([-1, 128], np.int64)),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 16])
+    model = _model(nodes, [x], [y], init)
+    samples = {"x": np.random.default_rng(0).standard_normal((8, 8, 4, 4)).astype(np.float32)}
+    result = DynamicQuantizationPass(samples=samples, quantize_outputs=True)(model.clone())
+    assert result.modified
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 8, 4, 4)).astype(np.float32)}
+    verdict = Verifier(model, [feeds], samples=samples).check_twin(result.model, result.twin, base=model)
+    assert "WeightBiasQuantization" not in (verdict.error or "")
