@@ -30,7 +30,7 @@ def exported_model(request) -> tuple[str, ir.Model]:
 def _no_layer_timing(monkeypatch, tmp_path):
     """Tests time nothing: the int8 budget's per-layer timing (``passes.quantization._layer_speed``) is
     replaced by a fixed cost model (multiply-adds; int8 half of float, per-row 0.6, weight-only 1.2,
-    int4 0.8) and its cache goes to a temporary folder."""
+    int4 0.8), a whole model's by a ratio of 0.5, and its cache goes to a temporary folder."""
     from passes.quantization import _layer_speed
 
     def modelled(self, shape, builders):
@@ -41,3 +41,5 @@ def _no_layer_timing(monkeypatch, tmp_path):
 
     monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path / "graphopt-cache"))
     monkeypatch.setattr(_layer_speed.LayerSpeeds, "_time", modelled)
+    # A whole budgeted model against the float one (quantize-static's check): taken to run at half its latency.
+    monkeypatch.setattr(_layer_speed.LayerSpeeds, "_models", lambda self, before, after, feeds: (0.5, 0))

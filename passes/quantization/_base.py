@@ -150,6 +150,9 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     # Whether the budget times this pass's layers: a probe of copies of each layer's kernel written by the pass
     # (``_layer_model``) must stand for the layer's (``untimed_reason`` names the layers it cannot time).
     measures_speed = False
+    # Whether a budgeted result must also run faster than the float model, timed whole (``_if_faster``): where
+    # the conversions between int8 and float layers, which no layer's own time holds, can outweigh the saving.
+    confirms_speed = False
 
     def __init__(
         self,
@@ -389,7 +392,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             if self.decode_steps is not None and decoder:
                 met += f" (no layer timed: --budget-decode-steps {self.decode_steps} changed nothing)"
             self.note(met)
-            return layers
+            return self._if_faster(model, layers, default, batches)
         options = {layer.name: (self.default_scheme, *self.alternatives(layer), FLOAT) for layer in layers}
         times, measured = self._layer_times(model, layers, batches, options)
         errors = self._scheme_errors(model, layers, options, batches, reference)
@@ -441,7 +444,58 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self._note_frontier(float_seconds, default_seconds, measured)
         changed = points[found].describe(float_seconds, default_seconds, measured)
         self.note(f"budget {described} met{where} with {len(points[found].changes)} layers changed: {changed}")
-        return [layer for layer in layers if layer.name not in floated]
+        chosen = self._if_faster(model, layers, schemes, batches)
+        return [layer for layer in chosen if layer.name not in floated]
+
+    def _if_faster(self, model: ir.Model, layers: list[Layer], schemes: Mapping[str, str], batches) -> list[Layer]:
+        """``layers`` if the model with ``schemes`` runs faster than the float model as a whole
+        (``confirms_speed``), else none: the pass declines, every layer float. The layers' times are summed as if
+        independent; the conversions between an int8 layer and a float one are not in them."""
+        if not self.confirms_speed or self._timing_refusal(layers):
+            return layers
+        speeds = self.layer_speeds or LayerSpeeds(self.timing_target, threads=self.timing_threads)
+        trial = model.clone()
+        saved, self.schemes = self.schemes, dict(schemes)
+        try:
+            self._apply(trial, [name for name, scheme in schemes.items() if scheme != FLOAT])
+        finally:
+            self.schemes = saved
+        # One sample, as the layers were timed (the latency a user of batch 1 sees).
+        holds = holds_samples(model)
+        first = {
+            name: holds.take(name, array, slice(0, 1)) if holds(name, array) else array
+            for name, array in batches[0].items()
+        }
+        ratio, runs = speeds.model_ratio(self._float, trial, first)
+        kept = sum(scheme == FLOAT for scheme in schemes.values())
+        what = f"{len(schemes) - kept} layers {self.precision}, {kept} float"
+        timed = f"whole models, {runs} interleaved runs each" if runs else "whole models"
+        runs_at = f"runs {ratio:.2f}x the float model's latency here at one sample ({timed})"
+        if ratio < 1.0:
+            self.note(f"budget: with {what} the model {runs_at}")
+            return layers
+        declined = (
+            f"budget met with {what}, but that model {runs_at}: {self.precision} does not pay on this machine; "
+            "model left float"
+        )
+        for layer in layers:
+            if layer.name not in self.kept_float:
+                self.kept_float.append(layer.name)
+                self.refuse(layer.node.op_type, f"{self.precision} runs no faster than float here")
+        self.schemes, self.drift = {}, None
+        self.note(declined)
+        self.decline(declined)
+        return []
+
+    def _timing_refusal(self, layers: Sequence[Layer]) -> str:
+        """Why the budget's latencies are not measured here ("" where they are)."""
+        if not self.measures_speed:
+            return "not measured for this pass"
+        if untimed := self.untimed_reason(layers):
+            return untimed
+        if self.layer_speeds is None and self.timing_target == "cuda" and (reason := cuda_unavailable_reason()):
+            return f"not measured: --target cuda and {reason}"
+        return ""
 
     def _note_frontier(self, float_seconds: float, default_seconds: float, measured: bool) -> None:
         for index, point in enumerate(self.frontier):
@@ -588,19 +642,12 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         between int8 layers), in each scheme's kernel. Otherwise every layer counts the same: 1 float, 0 reduced.
         """
         unit = {name: {scheme: float(scheme == FLOAT) for scheme in schemes} for name, schemes in options.items()}
-        untimed = "not measured for this pass" if not self.measures_speed else self.untimed_reason(layers)
+        # On --target cuda without a GPU, timed on the CPU they would rank layers for the wrong device.
+        untimed = self._timing_refusal(layers)
         if untimed:
             self.note(f"budget: layer latencies {untimed}; every layer kept float costs the same")
             return unit, False
-        target = self.timing_target
-        if self.layer_speeds is None and target == "cuda" and (reason := cuda_unavailable_reason()) is not None:
-            # Timed on the CPU they would rank layers for the wrong device (and be filed under CUDA).
-            self.note(
-                f"budget: layer latencies not measured: --target cuda and {reason}; "
-                "every layer kept float costs the same"
-            )
-            return unit, False
-        speeds = self.layer_speeds or LayerSpeeds(target, threads=self.timing_threads)
+        speeds = self.layer_speeds or LayerSpeeds(self.timing_target, threads=self.timing_threads)
         inputs = _sample_input_shapes(model, layers, batches)
         # A decoder with a key/value cache spends a generation mostly in one-token steps, where streaming
         # the weights limits (what int4 is for: 0.18x float at 1 row, 1.3x at 128); its layers are timed as

@@ -50,6 +50,8 @@ PROBE_MACS = 1 << 26
 _METHOD = "streamed copies"
 # Short comparisons: a model has a few distinct layer shapes, each timed once per form.
 _PLAN = {"warmup": 5, "max_pairs": 120, "min_pairs": 20, "budget": 0.6}
+# A whole model against the float one, once per budget search.
+_WHOLE_PLAN = {"warmup": 5, "max_pairs": 200, "min_pairs": 30, "budget": 3.0}
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,17 @@ class LayerSpeeds(MachineTimings):
                 found[form] = float(measured[form]) * scale
                 self._cache.put(self.key(shape, form), found[form])
         return {form: float(found[form]) for form in builders}
+
+    def model_ratio(self, before: ir.Model, after: ir.Model, feeds: Mapping[str, np.ndarray]) -> tuple[float, int]:
+        """The median latency of ``after`` over ``before``'s, whole models run interleaved on ``feeds`` at this
+        target and thread count, and the runs of each (not cached: a whole model is timed once)."""
+        return self._models(before, after, feeds)
+
+    def _models(self, before: ir.Model, after: ir.Model, feeds: Mapping[str, np.ndarray]) -> tuple[float, int]:
+        first = OneModel(before, feeds, self.target, self.threads, "time the float model")
+        second = OneModel(after, feeds, self.target, self.threads, "time the quantized model")
+        times_before, times_after = interleaved_times(first, second, **_WHOLE_PLAN)
+        return float(np.median(times_after) / np.median(times_before)), len(times_after)
 
     def _time(self, shape: LayerShape | ConvShape, builders: Mapping[str, Callable[[], ir.Model]]) -> dict[str, float]:
         """Each form timed interleaved against the float layer; the float time is the median of all its runs."""

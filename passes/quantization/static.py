@@ -83,6 +83,7 @@ class StaticQuantizationPass(QuantizationPass):
 
     kinds = ("matmul", "gemm", "conv", "attention")
     measures_speed = True
+    confirms_speed = True
     twin_inputs = (
         "at their calibrated scales, biases int32-dequantized, Conv outputs (after a Relu/ReLU6) and residual Adds"
         " requantized"

@@ -134,3 +134,25 @@ def test_the_budget_gives_up_the_layers_whose_int8_saves_nothing_before_the_one_
         assert "stem" not in changed or others <= set(changed), changed
     assert set(points[-1]) == others  # the stem is the last layer the path gives up
     assert "of the saving kept" in notes  # the frontier in milliseconds, not in layers
+
+
+@pytest.mark.parametrize("ratio", [0.8, 1.05])
+def test_a_budgeted_static_model_is_kept_only_if_it_runs_faster_than_the_float_one_as_a_whole(monkeypatch, ratio):
+    # Layers timed one by one miss the conversions between an int8 layer and a float one; the whole model decides.
+    monkeypatch.setattr(LayerSpeeds, "_models", lambda self, before, after, feeds: (ratio, 40))
+    quantization = StaticQuantizationPass(
+        samples=_images(48, 0), method="minmax", budget=AccuracyBudget(min_cosine=0.9)
+    )
+    model = mobile_net()
+    result = quantization(model)
+    notes = " ".join(result.notes)
+    if ratio < 1:
+        assert result.modified and quantization.quantized
+        assert (
+            "the model runs 0.80x the float model's latency here at one sample (whole models, 40 interleaved" in notes
+        )
+    else:
+        assert not result.modified and not quantization.quantized and quantization.schemes == {}
+        assert "runs 1.05x the float model's latency here" in notes and "model left float" in notes
+        assert set(quantization.kept_float) >= {"stem", "b1_expand", "b2_project"}
+        assert "int8 does not pay on this machine" in result.refusals[0]  # the decline leads (--strict names it)
