@@ -24,8 +24,6 @@ import onnx_ir as ir
 from optimizer.domains import is_onnx_domain
 
 PROPAGATED_OPS = ("MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice")
-# Ops ONNX Runtime takes out from between them (Identity and Dropout removed, a Pad folded into the Conv after it).
-REMOVED_OPS = ("Identity", "Dropout", "Pad")
 WEIGHT_QUANTIZING_OPS = ("Conv", "ConvTranspose", "Gemm")
 
 
@@ -43,7 +41,8 @@ def one_scale(value: ir.Value | None) -> bool:
 
 def float_layer_behind_dequantize(node: ir.Node) -> tuple[ir.Node, list[ir.Node]] | None:
     """For a ``Conv``/``ConvTranspose``/``Gemm`` with a float32 constant weight whose data input is a
-    single-scale ``DequantizeLinear``'s output, directly or through ``PROPAGATED_OPS`` and ``REMOVED_OPS``:
+    single-scale ``DequantizeLinear``'s output, directly or through ``PROPAGATED_OPS`` and ops ONNX Runtime removes
+    (``removed_by_onnxruntime``):
     that ``DequantizeLinear`` and the ops between it and the layer (in order); else None."""
     if node.op_type not in WEIGHT_QUANTIZING_OPS or not is_onnx_domain(node) or len(node.inputs) < 2:
         return None
@@ -58,11 +57,39 @@ def float_layer_behind_dequantize(node: ir.Node) -> tuple[ir.Node, list[ir.Node]
             if len(producer.inputs) > 1 and one_scale(producer.inputs[1]):
                 return producer, chain[::-1]
             return None
-        if producer.op_type not in PROPAGATED_OPS + REMOVED_OPS:
+        if producer.op_type not in PROPAGATED_OPS and not removed_by_onnxruntime(producer):
             return None
         chain.append(producer)
         value = producer.inputs[0] if producer.inputs else None
     return None
+
+
+def removed_by_onnxruntime(node: ir.Node) -> bool:
+    """Whether ONNX Runtime takes ``node`` out from before a layer: an ``Identity``; a ``Dropout`` not in training
+    mode; a ``Pad`` it folds into the Conv after it (constant mode, a pad value of 0, constant pads that leave the
+    batch and channel axes alone, no ``axes`` input)."""
+    if not is_onnx_domain(node):
+        return False
+    if node.op_type == "Identity":
+        return True
+    if node.op_type == "Dropout":
+        training = node.inputs[2] if len(node.inputs) > 2 else None
+        mode = _constant(training) if training is not None else np.array(False)
+        return mode is not None and not bool(mode)
+    if node.op_type != "Pad" or node.attributes.get_string("mode", "constant") != "constant":
+        return False
+    pads = _constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    fill = _constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.array(0.0)
+    if pads is None or fill is None or np.any(fill != 0) or (len(node.inputs) > 3 and node.inputs[3] is not None):
+        return False
+    pads = np.asarray(pads).reshape(-1)
+    rank = len(pads) // 2
+    return rank >= 2 and not np.any(pads[[0, 1, rank, rank + 1]])
+
+
+def _constant(value: ir.Value | None) -> np.ndarray | None:
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    return None if tensor is None else tensor.numpy()
 
 
 def layers_quantized_by_onnxruntime(model: ir.Model) -> list[ir.Node]:

@@ -461,8 +461,9 @@ def _float_layer_quantized_by_onnxruntime(model: ir.Model, base: ir.Model | None
     """Why a float Conv, ConvTranspose or Gemm of ``model`` does not run as its twin says: ONNX Runtime's rewrites
     quantize it to int8 (``optimizer.qdq_rewrites``); "" where there is none, or where the pass's input ``base``
     already had it so (a QDQ model given to the pass: not the pass's doing, and the twin is built on it too)."""
-    before = {node.name for node in layers_quantized_by_onnxruntime(base)} if base is not None else set()
-    found = [node for node in layers_quantized_by_onnxruntime(model) if not node.name or node.name not in before]
+    # Matched by their weight's name: a pass names the nodes of its copy, but keeps the initializers' names.
+    before = {node.inputs[1].name for node in layers_quantized_by_onnxruntime(base)} if base is not None else set()
+    found = [node for node in layers_quantized_by_onnxruntime(model) if node.inputs[1].name not in before]
     if not found:
         return ""
     return (

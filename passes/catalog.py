@@ -59,6 +59,7 @@ def _int8(context: PassContext) -> dict[str, Any]:
         "samples": context.samples,
         "smooth_alpha": options.smooth,
         "timing_threads": options.threads,
+        "timing_target": options.target,
         "decode_steps": options.budget_decode_steps,
     }
 

@@ -42,4 +42,4 @@ def _no_layer_timing(monkeypatch, tmp_path):
     monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path / "graphopt-cache"))
     monkeypatch.setattr(_layer_speed.LayerSpeeds, "_time", modelled)
     # A whole budgeted model against the float one (quantize-static's check): taken to run at half its latency.
-    monkeypatch.setattr(_layer_speed.LayerSpeeds, "_models", lambda self, before, after, feeds: (0.5, 0))
+    monkeypatch.setattr(_layer_speed.LayerSpeeds, "_models", lambda self, before, after, feeds: (0.5, 0.55, 0))

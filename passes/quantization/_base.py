@@ -42,7 +42,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import MS_DOMAIN
-from optimizer.inputs import fixes_batch, hold_out, holds_samples, samples_in, split_samples
+from optimizer.inputs import fixed_batch_size, fixes_batch, hold_out, holds_samples, samples_in, split_samples
 from optimizer.options import DEFAULT_BUDGET_DECODE_STEPS
 from optimizer.padding import cache_outputs
 from optimizer.progress import task, track
@@ -460,23 +460,27 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self._apply(trial, [name for name, scheme in schemes.items() if scheme != FLOAT])
         finally:
             self.schemes = saved
-        # One sample, as the layers were timed (the latency a user of batch 1 sees).
+        # One sample, as the layers were timed (the latency a user of batch 1 sees); a model that fixes its batch
+        # runs that batch.
+        fixed = fixed_batch_size(model)
         holds = holds_samples(model)
         first = {
-            name: holds.take(name, array, slice(0, 1)) if holds(name, array) else array
+            name: holds.take(name, array, slice(0, 1)) if fixed is None and holds(name, array) else array
             for name, array in batches[0].items()
         }
-        ratio, runs = speeds.model_ratio(self._float, trial, first)
+        ratio, upper, runs = speeds.model_ratio(self._float, trial, first)
         kept = sum(scheme == FLOAT for scheme in schemes.values())
         what = f"{len(schemes) - kept} layers {self.precision}, {kept} float"
-        timed = f"whole models, {runs} interleaved runs each" if runs else "whole models"
-        runs_at = f"runs {ratio:.2f}x the float model's latency here at one sample ({timed})"
-        if ratio < 1.0:
+        timed = f"whole models, {runs} interleaved pairs, 95 % CI up to {upper:.2f}x" if runs else "whole models"
+        sample = "one sample" if fixed is None else f"its fixed batch of {fixed}"
+        runs_at = f"runs {ratio:.2f}x the float model's latency here at {sample} ({timed})"
+        # Kept only where surely faster: a result within the timing's noise of float flips from run to run.
+        if upper < 1.0:
             self.note(f"budget: with {what} the model {runs_at}")
             return layers
         declined = (
-            f"budget met with {what}, but that model {runs_at}: {self.precision} does not pay on this machine; "
-            "model left float"
+            f"budget met with {what}, but that model {runs_at}: not surely faster than float, so "
+            f"{self.precision} does not pay on this machine; model left float"
         )
         for layer in layers:
             if layer.name not in self.kept_float:

@@ -150,16 +150,20 @@ class LayerSpeeds(MachineTimings):
                 self._cache.put(self.key(shape, form), found[form])
         return {form: float(found[form]) for form in builders}
 
-    def model_ratio(self, before: ir.Model, after: ir.Model, feeds: Mapping[str, np.ndarray]) -> tuple[float, int]:
-        """The median latency of ``after`` over ``before``'s, whole models run interleaved on ``feeds`` at this
-        target and thread count, and the runs of each (not cached: a whole model is timed once)."""
+    def model_ratio(
+        self, before: ir.Model, after: ir.Model, feeds: Mapping[str, np.ndarray]
+    ) -> tuple[float, float, int]:
+        """The median of ``after``'s latency over ``before``'s, paired run by run (whole models run interleaved
+        on ``feeds`` at this target and thread count), the upper end of its 95 % confidence interval, and the
+        pairs (not cached: a whole model is timed once)."""
         return self._models(before, after, feeds)
 
-    def _models(self, before: ir.Model, after: ir.Model, feeds: Mapping[str, np.ndarray]) -> tuple[float, int]:
+    def _models(self, before: ir.Model, after: ir.Model, feeds: Mapping[str, np.ndarray]) -> tuple[float, float, int]:
         first = OneModel(before, feeds, self.target, self.threads, "time the float model")
         second = OneModel(after, feeds, self.target, self.threads, "time the quantized model")
         times_before, times_after = interleaved_times(first, second, **_WHOLE_PLAN)
-        return float(np.median(times_after) / np.median(times_before)), len(times_after)
+        ratios = np.sort(np.asarray(times_after) / np.asarray(times_before))
+        return float(np.median(ratios)), median_upper_bound(ratios), len(ratios)
 
     def _time(self, shape: LayerShape | ConvShape, builders: Mapping[str, Callable[[], ir.Model]]) -> dict[str, float]:
         """Each form timed interleaved against the float layer; the float time is the median of all its runs."""
@@ -304,3 +308,12 @@ def _attribute(name: str, value: object) -> ir.Attr:
     if isinstance(value, str):
         return ir.AttrString(name, value)
     return ir.AttrInt64(name, int(value))
+
+
+def median_upper_bound(values: np.ndarray) -> float:
+    """The upper end of a distribution-free 95 % confidence interval for the median of ``values`` (the order
+    statistic at n/2 + 1.96 sqrt(n)/2, by the binomial's normal approximation)."""
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(ordered)
+    index = min(n - 1, int(math.ceil(n / 2 + 1.96 * math.sqrt(n) / 2)))
+    return float(ordered[index])

@@ -15,7 +15,7 @@ from onnxscript import version_converter
 
 from optimizer.domains import onnx_opset
 from optimizer.inputs import holds_samples, samples_in
-from optimizer.qdq_rewrites import float_layer_behind_dequantize
+from optimizer.qdq_rewrites import PROPAGATED_OPS, float_layer_behind_dequantize, removed_by_onnxruntime
 from passes._layers import Layer, bias_add, find_layers
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.quantization import calibration
@@ -224,19 +224,9 @@ class StaticQuantizationPass(QuantizationPass):
             )
         )
         tail = _output_tail(layer.node.graph, layer.node)
-        readers = list(tail.outputs[0].uses()) if tail is not None else []
-        quantized_output = bool(readers) and all(
-            (index == 0 and reader.name in self._int8_layers)
-            or (
-                reader.op_type == "Add"
-                and (after := _output_tail(reader.graph, reader)) is not None
-                and after.outputs[0].name in self._requantized
-            )
-            for reader, index in readers
-        )
         return ConvShape(
-            quantized_input=layer.activation.name in self._requantized,
-            quantized_output=quantized_output,
+            quantized_input=self._arrives_quantized(layer.activation),
+            quantized_output=tail is not None and self._leaves_quantized(tail.outputs[0]),
             batch=max(1, shape[0] // samples),
             c=int(shape[1]),
             spatial=tuple(int(size) for size in shape[2:]),
@@ -245,6 +235,35 @@ class StaticQuantizationPass(QuantizationPass):
             attributes=attributes,
             bias=_bias_values(layer) is not None,
         )
+
+    def _arrives_quantized(self, value: ir.Value) -> bool:
+        """Whether ``value`` is, with every chosen layer int8, a requantized output (an int8 layer's, a residual
+        Add's), directly or through ops ONNX Runtime runs on the quantized values (MaxPool, Reshape, ...)."""
+        while value.name not in self._requantized:
+            producer = value.producer()
+            if producer is None or not (producer.op_type in PROPAGATED_OPS or removed_by_onnxruntime(producer)):
+                return False
+            value = producer.inputs[0]
+        return True
+
+    def _leaves_quantized(self, value: ir.Value) -> bool:
+        """Whether every reader of ``value`` reads it quantized with every chosen layer int8: an int8 layer, a
+        requantized residual Add, or an op ONNX Runtime runs on the quantized values whose readers all do. A
+        graph output, or a float reader (a HardSwish, a squeeze-excite Mul), needs it dequantized."""
+        readers = list(value.uses())
+        if value.is_graph_output() or not readers:
+            return False
+        for reader, index in readers:
+            if index == 0 and reader.name in self._int8_layers:
+                continue
+            if reader.op_type == "Add" and (after := _output_tail(reader.graph, reader)) is not None:
+                if after.outputs[0].name in self._requantized:
+                    continue
+            if index == 0 and (reader.op_type in PROPAGATED_OPS or removed_by_onnxruntime(reader)):
+                if self._leaves_quantized(reader.outputs[0]):
+                    continue
+            return False
+        return True
 
     def _layer_model(self, shape: LayerShape | ConvShape, scheme: str, layer: Layer | None = None) -> ir.Model:
         """The timing probe in ``scheme``: a Conv's (``conv_probe``) with each copy's weight and bias written by
@@ -464,7 +483,7 @@ def _keep_float_layers_float(graph: ir.Graph) -> list[ir.Node]:
         copies = [_uint8_copy(op, point) for op in between]
         if channels < 2 or any(copy is False for copy in copies):
             continue  # left as it is: verification refuses what ONNX Runtime makes of it
-        base = _unique(node.name or node.outputs[0].name, names)
+        base = node.name or node.outputs[0].name
         value = source.inputs[0]
         for op, extra in zip(between, copies):  # its own copy of the ops between, on the quantized values
             if extra is None:
@@ -494,7 +513,11 @@ def _keep_float_layers_float(graph: ir.Graph) -> list[ir.Node]:
             per_channel = np.full(channels, point.reshape(()), point.dtype)
             inputs.append(add_initializer(graph, f"{base}.input_zero_point_per_channel", per_channel))
         own = ir.Node(
-            "", "DequantizeLinear", inputs, attributes=[ir.AttrInt64("axis", axis)], name=f"{base}_float_input_dq"
+            "",
+            "DequantizeLinear",
+            inputs,
+            attributes=[ir.AttrInt64("axis", axis)],
+            name=_unique(f"{base}_float_input_dq", names),
         )
         data = node.inputs[0]
         own.outputs[0].name, own.outputs[0].shape, own.outputs[0].type = f"{base}.float_input", data.shape, data.type

@@ -268,7 +268,8 @@ def test_a_conv_kept_float_behind_ops_onnxruntime_removes_stays_float(between):
     )
 
 
-def test_a_qdq_layer_the_input_model_already_had_is_not_blamed_on_the_pass():
+@pytest.mark.parametrize("named", [True, False], ids=["named", "unnamed"])
+def test_a_qdq_layer_the_input_model_already_had_is_not_blamed_on_the_pass(named):
     # The user's model holds a QDQ Conv with a float weight; quantize-dynamic then rewrites its MatMul.
     from optimizer.verify import Verifier
     from passes.quantization.dynamic import DynamicQuantizationPass
@@ -291,6 +292,9 @@ def test_a_qdq_layer_the_input_model_already_had_is_not_blamed_on_the_pass():
     ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8, 4, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 16])
+    if not named:  # the pass names its copy's nodes; the input's stay unnamed
+        for node in nodes:
+            node.name = ""
     model = _model(nodes, [x], [y], init)
     samples = {"x": np.random.default_rng(0).standard_normal((8, 8, 4, 4)).astype(np.float32)}
     result = DynamicQuantizationPass(samples=samples, quantize_outputs=True)(model.clone())
@@ -298,3 +302,60 @@ def test_a_qdq_layer_the_input_model_already_had_is_not_blamed_on_the_pass():
     feeds = {"x": np.random.default_rng(1).standard_normal((2, 8, 4, 4)).astype(np.float32)}
     verdict = Verifier(model, [feeds], samples=samples).check_twin(result.model, result.twin, base=model)
     assert "WeightBiasQuantization" not in (verdict.error or "")
+
+
+@pytest.mark.parametrize(
+    ("case", "removed"),
+    [
+        ("constant 0", True),
+        ("reflect", False),
+        ("constant 0.5", False),
+        ("channel axis", False),
+        ("axes input", False),
+        ("dropout", True),
+        ("dropout training", False),
+        ("identity", True),
+    ],
+)
+def test_only_what_onnxruntime_takes_out_before_a_layer_is_looked_through(case, removed):
+    # A reflect Pad, one of another value or on the channels stays in ONNX Runtime: the layer after it keeps its
+    # float weight, and verification must not refuse it.
+    from optimizer.qdq_rewrites import removed_by_onnxruntime
+
+    def const(name, array):
+        return ir.Value(name=name, const_value=ir.tensor(np.asarray(array)))
+
+    pads = const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+    x = ir.Value(name="x")
+    nodes = {
+        "constant 0": ir.Node("", "Pad", [x, pads]),
+        "reflect": ir.Node("", "Pad", [x, pads], attributes=[ir.AttrString("mode", "reflect")]),
+        "constant 0.5": ir.Node("", "Pad", [x, pads, const("v", np.array(0.5, np.float32))]),
+        "channel axis": ir.Node("", "Pad", [x, const("p", np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64))]),
+        "axes input": ir.Node("", "Pad", [x, const("p2", np.array([1, 1], np.int64)), None, const("a", np.array([2]))]),
+        "dropout": ir.Node("", "Dropout", [x]),
+        "dropout training": ir.Node("", "Dropout", [x, None, const("t", np.array(True))]),
+        "identity": ir.Node("", "Identity", [x]),
+    }
+    assert removed_by_onnxruntime(nodes[case]) is removed
+
+
+def test_a_conv_after_a_maxpool_of_an_int8_output_is_timed_with_uint8_in_and_out():
+    # ONNX Runtime runs QLinearConv -> MaxPool (uint8) -> QLinearConv with no conversion between.
+    from passes._layers import find_layers
+    from passes.quantization._base import _sample_input_shapes
+    from passes.quantization.static import StaticQuantizationPass
+
+    model = _three_convs(
+        [helper.make_node("MaxPool", ["r1"], ["pooled"], name="pool", kernel_shape=[1, 1])], [], "pooled", [1, 1, 1, 1]
+    )
+    samples = {"x": np.random.default_rng(0).standard_normal((8, 3, 12, 12)).astype(np.float32)}
+    quantization = StaticQuantizationPass(samples=samples, method="minmax", quantize_outputs=True)
+    layers = find_layers(model.graph, ("conv",))[0]
+    batches = [samples]
+    quantization.prepare(model, layers, batches)
+    inputs = _sample_input_shapes(model, layers, batches)
+    shapes = {layer.name: quantization.speed_shape(layer, *inputs[layer.activation.name]) for layer in layers}
+    assert shapes["conv1"].quantized_output and shapes["conv2"].quantized_input
+    assert not shapes["conv1"].quantized_input  # the float input x
+    assert not shapes["conv3"].quantized_output  # a graph output
