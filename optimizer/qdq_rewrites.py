@@ -54,10 +54,14 @@ def float_layer_behind_dequantize(node: ir.Node) -> tuple[ir.Node, list[ir.Node]
     value = node.inputs[0]
     while value is not None and (producer := value.producer()) is not None and is_onnx_domain(producer):
         if producer.op_type == "DequantizeLinear":
-            if len(producer.inputs) > 1 and one_scale(producer.inputs[1]):
+            scale = producer.inputs[1] if len(producer.inputs) > 1 else None
+            casts = any(op.op_type == "Cast" for op in chain)
+            if scale is not None and one_scale(scale) and not (casts and scale.dtype not in (ir.DataType.FLOAT, None)):
                 return producer, chain[::-1]
             return None
-        if producer.op_type not in PROPAGATED_OPS and not removed_by_onnxruntime(producer):
+        # A Pad is folded only into the Conv it feeds directly.
+        foldable = producer.op_type != "Pad" or (not chain and node.op_type == "Conv")
+        if producer.op_type not in PROPAGATED_OPS and not (foldable and removed_by_onnxruntime(producer)):
             return None
         chain.append(producer)
         value = producer.inputs[0] if producer.inputs else None
@@ -65,26 +69,30 @@ def float_layer_behind_dequantize(node: ir.Node) -> tuple[ir.Node, list[ir.Node]
 
 
 def removed_by_onnxruntime(node: ir.Node) -> bool:
-    """Whether ONNX Runtime takes ``node`` out from before a layer: an ``Identity``; a ``Dropout`` not in training
-    mode; a ``Pad`` it folds into the Conv after it (constant mode, a pad value of 0, constant pads that leave the
-    batch and channel axes alone, no ``axes`` input)."""
-    if not is_onnx_domain(node):
+    """Whether ONNX Runtime (1.32) takes ``node`` out from before a layer: an ``Identity`` whose output is no graph
+    output; any ``Dropout`` (in training mode too: an inference session drops nothing); a ``Cast`` of a float32
+    tensor to float32; a ``Pad`` it folds into the Conv it feeds (constant mode, a pad value of 0 or none, constant
+    pads of 0 or more that leave the batch and channel axes alone, no ``axes`` input)."""
+    if not is_onnx_domain(node) or not node.outputs or node.outputs[0].is_graph_output():
         return False
-    if node.op_type == "Identity":
+    if node.op_type in ("Identity", "Dropout"):
         return True
-    if node.op_type == "Dropout":
-        training = node.inputs[2] if len(node.inputs) > 2 else None
-        mode = _constant(training) if training is not None else np.array(False)
-        return mode is not None and not bool(mode)
+    if node.op_type == "Cast":
+        source = node.inputs[0] if node.inputs else None
+        dtype = source.dtype if source is not None else None
+        # Of unknown type, the walk back from the layer shows it: a float32 scale's DequantizeLinear gives float32.
+        return node.attributes.get_int("to", 0) == ir.DataType.FLOAT.value and dtype in (ir.DataType.FLOAT, None)
     if node.op_type != "Pad" or node.attributes.get_string("mode", "constant") != "constant":
         return False
     pads = _constant(node.inputs[1]) if len(node.inputs) > 1 else None
-    fill = _constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.array(0.0)
-    if pads is None or fill is None or np.any(fill != 0) or (len(node.inputs) > 3 and node.inputs[3] is not None):
+    fill = node.inputs[2] if len(node.inputs) > 2 else None
+    if fill is not None and (fill.name == "" or (value := _constant(fill)) is None or np.any(value != 0)):
+        return False  # ONNX Runtime does not fold a pad value given as an empty-named input, nor one of another value
+    if pads is None or (len(node.inputs) > 3 and node.inputs[3] is not None):
         return False
     pads = np.asarray(pads).reshape(-1)
     rank = len(pads) // 2
-    return rank >= 2 and not np.any(pads[[0, 1, rank, rank + 1]])
+    return rank >= 2 and not np.any(pads < 0) and not np.any(pads[[0, 1, rank, rank + 1]])
 
 
 def _constant(value: ir.Value | None) -> np.ndarray | None:

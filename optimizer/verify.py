@@ -461,9 +461,14 @@ def _float_layer_quantized_by_onnxruntime(model: ir.Model, base: ir.Model | None
     """Why a float Conv, ConvTranspose or Gemm of ``model`` does not run as its twin says: ONNX Runtime's rewrites
     quantize it to int8 (``optimizer.qdq_rewrites``); "" where there is none, or where the pass's input ``base``
     already had it so (a QDQ model given to the pass: not the pass's doing, and the twin is built on it too)."""
-    # Matched by their weight's name: a pass names the nodes of its copy, but keeps the initializers' names.
-    before = {node.inputs[1].name for node in layers_quantized_by_onnxruntime(base)} if base is not None else set()
-    found = [node for node in layers_quantized_by_onnxruntime(model) if node.inputs[1].name not in before]
+
+    # Matched by their weight's and result's names: a pass names the nodes of its copy, but keeps those (a weight
+    # name alone is shared by tied layers).
+    def key(node: ir.Node) -> tuple[str | None, str | None]:
+        return node.inputs[1].name, node.outputs[0].name
+
+    before = {key(node) for node in layers_quantized_by_onnxruntime(base)} if base is not None else set()
+    found = [node for node in layers_quantized_by_onnxruntime(model) if key(node) not in before]
     if not found:
         return ""
     return (

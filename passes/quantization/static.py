@@ -487,7 +487,7 @@ def _keep_float_layers_float(graph: ir.Graph) -> list[ir.Node]:
         value = source.inputs[0]
         for op, extra in zip(between, copies):  # its own copy of the ops between, on the quantized values
             if extra is None:
-                continue  # a Dropout at inference: its input is its output
+                continue  # dropped by ONNX Runtime: its input is its output
             name = _unique(f"{op.name or op.op_type}_for_{base}", names)
             extra = [
                 add_initializer(graph, f"{name}.pad_value", item) if isinstance(item, np.ndarray) else item
@@ -529,13 +529,12 @@ def _keep_float_layers_float(graph: ir.Graph) -> list[ir.Node]:
 
 def _uint8_copy(op: ir.Node, zero_point: np.ndarray | None) -> list[ir.Value | np.ndarray | None] | None | bool:
     """The inputs after the first of ``op``'s copy on the quantized values (``_keep_float_layers_float``): the
-    same for ops that only move values; None for a Dropout at inference (no copy: its input is its output);
+    same for ops that only move values; None for a Dropout or a float32-to-float32 Cast, which ONNX Runtime drops
+    (no copy: its input is its output);
     for a constant-mode ``Pad`` of 0, its pad value as the quantized zero (``zero_point``, an array to store);
     False where no copy computes the same (a Pad of another value or mode, a Dropout in training mode)."""
-    if op.op_type == "Dropout":
-        training = op.inputs[2] if len(op.inputs) > 2 else None
-        mode = constant_array(training) if training is not None else np.array(False)
-        return None if mode is not None and not bool(mode) else False
+    if op.op_type in ("Dropout", "Cast"):
+        return None  # ONNX Runtime drops it (a Dropout in any mode, a float32-to-float32 Cast)
     if op.op_type != "Pad":
         return list(op.inputs[1:])
     mode = op.attributes.get_string("mode", "constant")

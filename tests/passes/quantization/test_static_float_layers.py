@@ -240,7 +240,7 @@ def _three_convs(between: list, extra: list, conv2_input: str, conv2_pads: list[
     return _model(nodes, [x], [y], init)
 
 
-@pytest.mark.parametrize("between", ["identity", "dropout", "pad"])
+@pytest.mark.parametrize("between", ["identity", "dropout", "pad", "cast"])
 def test_a_conv_kept_float_behind_ops_onnxruntime_removes_stays_float(between):
     # ONNX Runtime removes an Identity or a Dropout and folds a Pad into the Conv after it, then quantizes
     # that Conv's float weight as if it read the DequantizeLinear directly.
@@ -249,6 +249,7 @@ def test_a_conv_kept_float_behind_ops_onnxruntime_removes_stays_float(between):
     cases = {
         "identity": ([helper.make_node("Identity", ["r1"], ["between"], name="id")], [], [1, 1, 1, 1]),
         "dropout": ([helper.make_node("Dropout", ["r1"], ["between"], name="drop")], [], [1, 1, 1, 1]),
+        "cast": ([helper.make_node("Cast", ["r1"], ["between"], name="cast", to=TensorProto.FLOAT)], [], [1, 1, 1, 1]),
         "pad": (
             [helper.make_node("Pad", ["r1", "pads"], ["between"], name="pad")],
             [("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))],
@@ -312,9 +313,13 @@ def test_a_qdq_layer_the_input_model_already_had_is_not_blamed_on_the_pass(named
         ("constant 0.5", False),
         ("channel axis", False),
         ("axes input", False),
+        ("negative pads", False),
+        ("empty pad value", False),
         ("dropout", True),
-        ("dropout training", False),
+        ("dropout training", True),  # an inference session drops nothing in either mode
         ("identity", True),
+        ("cast to float", True),
+        ("cast to half", False),
     ],
 )
 def test_only_what_onnxruntime_takes_out_before_a_layer_is_looked_through(case, removed):
@@ -327,12 +332,17 @@ def test_only_what_onnxruntime_takes_out_before_a_layer_is_looked_through(case, 
 
     pads = const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
     x = ir.Value(name="x")
+    float_x = ir.Value(name="xf", type=ir.TensorType(ir.DataType.FLOAT))
     nodes = {
         "constant 0": ir.Node("", "Pad", [x, pads]),
         "reflect": ir.Node("", "Pad", [x, pads], attributes=[ir.AttrString("mode", "reflect")]),
         "constant 0.5": ir.Node("", "Pad", [x, pads, const("v", np.array(0.5, np.float32))]),
         "channel axis": ir.Node("", "Pad", [x, const("p", np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64))]),
         "axes input": ir.Node("", "Pad", [x, const("p2", np.array([1, 1], np.int64)), None, const("a", np.array([2]))]),
+        "negative pads": ir.Node("", "Pad", [x, const("n", np.array([0, 0, 0, 0, 0, 0, -1, -1], np.int64))]),
+        "empty pad value": ir.Node("", "Pad", [x, pads, ir.Value(name="")]),
+        "cast to float": ir.Node("", "Cast", [float_x], attributes=[ir.AttrInt64("to", 1)]),
+        "cast to half": ir.Node("", "Cast", [float_x], attributes=[ir.AttrInt64("to", 10)]),
         "dropout": ir.Node("", "Dropout", [x]),
         "dropout training": ir.Node("", "Dropout", [x, None, const("t", np.array(True))]),
         "identity": ir.Node("", "Identity", [x]),
@@ -359,3 +369,26 @@ def test_a_conv_after_a_maxpool_of_an_int8_output_is_timed_with_uint8_in_and_out
     assert shapes["conv1"].quantized_output and shapes["conv2"].quantized_input
     assert not shapes["conv1"].quantized_input  # the float input x
     assert not shapes["conv3"].quantized_output  # a graph output
+
+
+def test_a_new_float_layer_sharing_an_old_ones_weight_is_still_refused():
+    # Tied layers share a weight's name; a float layer the pass adds behind a DequantizeLinear is its own.
+    from optimizer.verify import _float_layer_quantized_by_onnxruntime
+
+    def model(second: bool) -> ir.Model:
+        nodes = [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+            helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+            helper.make_node("Conv", ["xd", "w"], ["a"], name="convA"),
+        ]
+        outputs = ["a"]
+        if second:
+            nodes.append(helper.make_node("Conv", ["xd", "w"], ["b"], name="convB"))
+            outputs.append("b")
+        init = [("s", np.array(0.05, np.float32)), ("z", np.array(128, np.uint8)), ("w", weights(8, 8, 1, 1, seed=1))]
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8, 4, 4])
+        ys = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", 8, 4, 4]) for name in outputs]
+        return _model(nodes, [x], ys, init)
+
+    assert _float_layer_quantized_by_onnxruntime(model(False), model(False)) == ""
+    assert "'convB'" in _float_layer_quantized_by_onnxruntime(model(True), model(False))
