@@ -61,11 +61,17 @@ def float_layer_behind_dequantize(node: ir.Node) -> tuple[ir.Node, list[ir.Node]
             return None
         # A Pad is folded only into the Conv it feeds directly.
         foldable = producer.op_type != "Pad" or (not chain and node.op_type == "Conv")
-        if producer.op_type not in PROPAGATED_OPS and not (foldable and removed_by_onnxruntime(producer)):
+        if not (foldable and moves_dequantized(producer)):
             return None
         chain.append(producer)
         value = producer.inputs[0] if producer.inputs else None
     return None
+
+
+def moves_dequantized(node: ir.Node) -> bool:
+    """Whether ONNX Runtime moves a single-scale ``DequantizeLinear`` past ``node`` (``PROPAGATED_OPS``) or takes
+    ``node`` out (``removed_by_onnxruntime``): either way what reads ``node``'s output reads the quantized values."""
+    return (node.op_type in PROPAGATED_OPS and is_onnx_domain(node)) or removed_by_onnxruntime(node)
 
 
 def removed_by_onnxruntime(node: ir.Node) -> bool:

@@ -31,6 +31,7 @@ import numpy as np
 import onnx_ir as ir
 
 from passes._kernel_timing import MachineTimings, OneModel, interleaved_times, runtime_key
+from passes._utils import add_initializer
 
 FLOAT = "float"
 _CACHE_FILE = "layer_speed.json"
@@ -253,21 +254,13 @@ def conv_probe(shape: ConvShape, int8: bool, seed: int = 0) -> ir.Model:
     graph = ir.Graph([], [], nodes=[], opset_imports={"": 18, "com.microsoft": 1}, name="conv")
     uint8, float32 = ir.TensorType(ir.DataType.UINT8), ir.TensorType(ir.DataType.FLOAT)
 
-    def constant(name: str, array: np.ndarray) -> ir.Value:
-        value = ir.Value(
-            name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype))
-        )
-        value.const_value = ir.tensor(array, name=name)
-        graph.register_initializer(value)
-        return value
-
     def node(op: str, inputs: list[ir.Value], name: str) -> ir.Value:
         added = ir.Node("", op, inputs, name=name)
         graph.append(added)
         return added.outputs[0]
 
-    scale = constant("probe.scale", np.array(_PROBE_SCALE, dtype=np.float32))
-    zero_point = constant("probe.zero_point", np.array(_PROBE_ZERO_POINT, dtype=np.uint8))
+    scale = add_initializer(graph, "probe.scale", np.array(_PROBE_SCALE, dtype=np.float32))
+    zero_point = add_initializer(graph, "probe.zero_point", np.array(_PROBE_ZERO_POINT, dtype=np.uint8))
     for index, name in enumerate(conv_probe_names(shape)):
         rng = np.random.default_rng(seed + index)
         weight_shape = (shape.m, shape.c // shape.group, *shape.kernel)
@@ -281,9 +274,11 @@ def conv_probe(shape: ConvShape, int8: bool, seed: int = 0) -> ir.Model:
             data = node("QuantizeLinear", [data, scale, zero_point], f"{name}.input_q")
         if int8 or shape.quantized_input:
             data = node("DequantizeLinear", [data, scale, zero_point], f"{name}.input_dq")
-        inputs = [data, constant(f"{name}.weight", weight)]
+        inputs = [data, add_initializer(graph, f"{name}.weight", weight)]
         if shape.bias:
-            inputs.append(constant(f"{name}.bias", (rng.standard_normal(shape.m) * 0.1).astype(np.float32)))
+            inputs.append(
+                add_initializer(graph, f"{name}.bias", (rng.standard_normal(shape.m) * 0.1).astype(np.float32))
+            )
         attributes = [_attribute(key, value) for key, value in shape.attributes]
         conv = ir.Node("", "Conv", inputs, attributes=attributes, name=name)
         graph.append(conv)

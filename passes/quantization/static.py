@@ -15,7 +15,7 @@ from onnxscript import version_converter
 
 from optimizer.domains import onnx_opset
 from optimizer.inputs import holds_samples, samples_in
-from optimizer.qdq_rewrites import PROPAGATED_OPS, float_layer_behind_dequantize, removed_by_onnxruntime
+from optimizer.qdq_rewrites import float_layer_behind_dequantize, moves_dequantized
 from passes._layers import Layer, bias_add, find_layers
 from passes._utils import add_initializer, constant_array, remove_dead_nodes
 from passes.quantization import calibration
@@ -241,7 +241,7 @@ class StaticQuantizationPass(QuantizationPass):
         Add's), directly or through ops ONNX Runtime runs on the quantized values (MaxPool, Reshape, ...)."""
         while value.name not in self._requantized:
             producer = value.producer()
-            if producer is None or not (producer.op_type in PROPAGATED_OPS or removed_by_onnxruntime(producer)):
+            if producer is None or not moves_dequantized(producer):
                 return False
             value = producer.inputs[0]
         return True
@@ -259,7 +259,7 @@ class StaticQuantizationPass(QuantizationPass):
             if reader.op_type == "Add" and (after := _output_tail(reader.graph, reader)) is not None:
                 if after.outputs[0].name in self._requantized:
                     continue
-            if index == 0 and (reader.op_type in PROPAGATED_OPS or removed_by_onnxruntime(reader)):
+            if index == 0 and moves_dequantized(reader):
                 if self._leaves_quantized(reader.outputs[0]):
                     continue
             return False
@@ -480,12 +480,12 @@ def _keep_float_layers_float(graph: ir.Graph) -> list[ir.Node]:
         axis, channels = _channel_axis(node, constant_array(node.inputs[1]).shape)
         if channels < 2:  # one channel's scale would be a single one again: repeat it along another axis
             axis, channels = _wide_axis(node.inputs[0].shape)
-        copies = [_uint8_copy(op, point) for op in between]
-        if channels < 2 or any(copy is False for copy in copies):
+        if channels < 2:
             continue  # left as it is: verification refuses what ONNX Runtime makes of it
         base = node.name or node.outputs[0].name
         value = source.inputs[0]
-        for op, extra in zip(between, copies):  # its own copy of the ops between, on the quantized values
+        for op in between:  # its own copy of the ops between, on the quantized values
+            extra = _uint8_copy(op, point)
             if extra is None:
                 continue  # dropped by ONNX Runtime: its input is its output
             name = _unique(f"{op.name or op.op_type}_for_{base}", names)
@@ -527,21 +527,15 @@ def _keep_float_layers_float(graph: ir.Graph) -> list[ir.Node]:
     return shielded
 
 
-def _uint8_copy(op: ir.Node, zero_point: np.ndarray | None) -> list[ir.Value | np.ndarray | None] | None | bool:
+def _uint8_copy(op: ir.Node, zero_point: np.ndarray | None) -> list[ir.Value | np.ndarray | None] | None:
     """The inputs after the first of ``op``'s copy on the quantized values (``_keep_float_layers_float``): the
     same for ops that only move values; None for a Dropout or a float32-to-float32 Cast, which ONNX Runtime drops
-    (no copy: its input is its output);
-    for a constant-mode ``Pad`` of 0, its pad value as the quantized zero (``zero_point``, an array to store);
-    False where no copy computes the same (a Pad of another value or mode, a Dropout in training mode)."""
+    (no copy: its input is its output); for a ``Pad`` (constant 0, as ``float_layer_behind_dequantize`` admits
+    only those), its pad value as the quantized zero (``zero_point``, an array to store)."""
     if op.op_type in ("Dropout", "Cast"):
-        return None  # ONNX Runtime drops it (a Dropout in any mode, a float32-to-float32 Cast)
+        return None
     if op.op_type != "Pad":
         return list(op.inputs[1:])
-    mode = op.attributes.get_string("mode", "constant")
-    fill = op.inputs[2] if len(op.inputs) > 2 else None
-    value = constant_array(fill) if fill is not None else np.array(0.0)
-    if mode != "constant" or value is None or np.any(value != 0):
-        return False
     zero = np.asarray(zero_point).reshape(()) if zero_point is not None else np.array(0, np.uint8)
     return [op.inputs[1], zero, *op.inputs[3:]]
 
