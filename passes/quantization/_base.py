@@ -392,7 +392,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             if self.decode_steps is not None and decoder:
                 met += f" (no layer timed: --budget-decode-steps {self.decode_steps} changed nothing)"
             self.note(met)
-            return self._if_faster(model, layers, default, batches)
+            return self._if_faster(model, layers, default, batches, (checked, checked_reference))
         options = {layer.name: (self.default_scheme, *self.alternatives(layer), FLOAT) for layer in layers}
         times, measured = self._layer_times(model, layers, batches, options)
         errors = self._scheme_errors(model, layers, options, batches, reference)
@@ -444,43 +444,69 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self._note_frontier(float_seconds, default_seconds, measured)
         changed = points[found].describe(float_seconds, default_seconds, measured)
         self.note(f"budget {described} met{where} with {len(points[found].changes)} layers changed: {changed}")
-        chosen = self._if_faster(model, layers, schemes, batches)
+        chosen = self._if_faster(model, layers, schemes, batches, (checked, checked_reference), times, measured)
         return [layer for layer in chosen if layer.name not in floated]
 
-    def _if_faster(self, model: ir.Model, layers: list[Layer], schemes: Mapping[str, str], batches) -> list[Layer]:
+    def _if_faster(
+        self,
+        model: ir.Model,
+        layers: list[Layer],
+        schemes: Mapping[str, str],
+        batches,
+        checked: tuple,
+        times: Mapping[str, Mapping[str, float]] | None = None,
+        measured: bool = False,
+    ) -> list[Layer]:
         """``layers`` if the model with ``schemes`` runs faster than the float model as a whole
         (``confirms_speed``), else none: the pass declines, every layer float. The layers' times are summed as if
-        independent; the conversions between an int8 layer and a float one are not in them."""
+        independent; the conversions between an int8 layer and a float one are not in them.
+
+        Before declining it tries one more point: ``schemes`` with every layer whose own timing says its
+        scheme runs no faster than float (``times``; measured now where the budget was met without them) kept
+        float too, if that still meets the budget on ``checked`` (the samples and their float outputs).
+        A loose budget that every layer in int8 meets otherwise leaves float a model whose slow layers alone
+        made int8 lose.
+        """
         if not self.confirms_speed or self._timing_refusal(layers):
             return layers
-        speeds = self.layer_speeds or LayerSpeeds(self.timing_target, threads=self.timing_threads)
-        trial = model.clone()
-        saved, self.schemes = self.schemes, dict(schemes)
-        try:
-            self._apply(trial, [name for name, scheme in schemes.items() if scheme != FLOAT])
-        finally:
-            self.schemes = saved
-        # One sample, as the layers were timed (the latency a user of batch 1 sees); a model that fixes its batch
-        # runs that batch.
-        fixed = fixed_batch_size(model)
-        holds = holds_samples(model)
-        first = {
-            name: holds.take(name, array, slice(0, 1)) if fixed is None and holds(name, array) else array
-            for name, array in batches[0].items()
-        }
-        ratio, upper, runs = speeds.model_ratio(self._float, trial, first)
+        ratio, upper, runs = self._model_ratio(model, schemes, batches)
         kept = sum(scheme == FLOAT for scheme in schemes.values())
         what = f"{len(schemes) - kept} layers {self.precision}, {kept} float"
-        timed = f"whole models, {runs} interleaved pairs, 95 % CI up to {upper:.2f}x" if runs else "whole models"
-        sample = "one sample" if fixed is None else f"its fixed batch of {fixed}"
-        runs_at = f"runs {ratio:.2f}x the float model's latency here at {sample} ({timed})"
+        runs_at = self._runs_at(ratio, upper, runs, model)
         # Kept only where surely faster: a result within the timing's noise of float flips from run to run.
         if upper < 1.0:
             self.note(f"budget: with {what} the model {runs_at}")
             return layers
+        first = f"budget met with {what}, but that model {runs_at}"
+        faster = self._slow_layers_float(model, layers, schemes, batches, checked, times if measured else None)
+        if isinstance(faster, tuple):
+            floated, drift = faster
+            schemes = {name: FLOAT if name in floated else scheme for name, scheme in schemes.items()}
+            ratio, upper, runs = self._model_ratio(model, schemes, batches)
+            runs_at = self._runs_at(ratio, upper, runs, model)
+            shown = ", ".join(floated[:6]) + (f" and {len(floated) - 6} more" if len(floated) > 6 else "")
+            retried = (
+                f"{first}; with the {_layers(len(floated))} whose {self.precision} kernel timed no faster than float "
+                f"kept float too ({shown}; {drift}) it {runs_at}"
+            )
+            if upper < 1.0:
+                self.note(retried)
+                self.drift = drift
+                self.schemes = {name: scheme for name, scheme in schemes.items() if scheme != FLOAT}
+                for layer in layers:
+                    if layer.name in floated:
+                        self.kept_float.append(layer.name)
+                        self.refuse(
+                            layer.node.op_type,
+                            f"its {self.precision} kernel timed no faster than float here, and the model with every "
+                            f"such layer float ran faster than float where the one without did not",
+                        )
+                return [layer for layer in layers if layer.name not in floated]
+            first = retried
+        elif faster:
+            first = f"{first} ({faster})"
         declined = (
-            f"budget met with {what}, but that model {runs_at}: not surely faster than float, so "
-            f"{self.precision} does not pay on this machine; model left float"
+            f"{first}: not surely faster than float, so {self.precision} does not pay on this machine; model left float"
         )
         for layer in layers:
             if layer.name not in self.kept_float:
@@ -490,6 +516,64 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.note(declined)
         self.decline(declined)
         return []
+
+    def _model_ratio(self, model: ir.Model, schemes: Mapping[str, str], batches) -> tuple[float, float, int]:
+        """The whole model with ``schemes`` timed against the float one (``LayerSpeeds.model_ratio``): on one
+        sample, as the layers were timed (the latency a user of batch 1 sees), or the batch a model fixes."""
+        speeds = self.layer_speeds or LayerSpeeds(self.timing_target, threads=self.timing_threads)
+        trial = model.clone()
+        saved, self.schemes = self.schemes, dict(schemes)
+        try:
+            self._apply(trial, [name for name, scheme in schemes.items() if scheme != FLOAT])
+        finally:
+            self.schemes = saved
+        fixed = fixed_batch_size(model)
+        holds = holds_samples(model)
+        first = {
+            name: holds.take(name, array, slice(0, 1)) if fixed is None and holds(name, array) else array
+            for name, array in batches[0].items()
+        }
+        return speeds.model_ratio(self._float, trial, first)
+
+    def _runs_at(self, ratio: float, upper: float, runs: int, model: ir.Model) -> str:
+        fixed = fixed_batch_size(model)
+        timed = f"whole models, {runs} interleaved pairs, 95 % CI up to {upper:.2f}x" if runs else "whole models"
+        sample = "one sample" if fixed is None else f"its fixed batch of {fixed}"
+        return f"runs {ratio:.2f}x the float model's latency here at {sample} ({timed})"
+
+    def _slow_layers_float(
+        self,
+        model: ir.Model,
+        layers: list[Layer],
+        schemes: Mapping[str, str],
+        batches,
+        checked: tuple,
+        times: Mapping[str, Mapping[str, float]] | None,
+    ) -> tuple[list[str], Drift] | str:
+        """The layers of ``schemes`` not float whose scheme timed no faster than float, and the drift of the
+        model with them float too, where that still meets the budget on ``checked``; else why not ("" where
+        no such layer is left, or every layer would be float)."""
+        if times is None:
+            options = {layer.name: (schemes[layer.name], FLOAT) for layer in layers if schemes[layer.name] != FLOAT}
+            times, measured = self._layer_times(
+                model, [layer for layer in layers if layer.name in options], batches, options
+            )
+            if not measured:
+                return ""
+        slow = [
+            name
+            for name, scheme in schemes.items()
+            if scheme != FLOAT and name in times and times[name][scheme] >= times[name][FLOAT]
+        ]
+        if not slow or len(slow) + sum(scheme == FLOAT for scheme in schemes.values()) == len(schemes):
+            return ""
+        trial = {name: FLOAT if name in slow else scheme for name, scheme in schemes.items()}
+        drift = self._trial(model, trial, *checked)
+        if not self.budget.met(drift):
+            return (
+                f"with its {_layers(len(slow))} timed no faster than float kept float too it misses the budget: {drift}"
+            )
+        return slow, drift
 
     def _timing_refusal(self, layers: Sequence[Layer]) -> str:
         """Why the budget's latencies are not measured here ("" where they are)."""
@@ -756,6 +840,10 @@ def block_role(name: str) -> str | None:
     or None where the name has no block index (``layers.N``, ``layer.N``, ``h.N``, ``blocks.N``)."""
     role, found = _BLOCK_INDEX.subn(r"\1#", name, count=1)  # the outer block (an MLP's own layers.N stays)
     return role if found else None
+
+
+def _layers(count: int) -> str:
+    return f"{count} layer" if count == 1 else f"{count} layers"
 
 
 def greedy_path(

@@ -182,3 +182,124 @@ def test_a_model_that_fixes_its_batch_is_timed_whole_at_that_batch(monkeypatch):
     result = quantization(model)
     assert result.modified and seen == [{"x": (4, 3, 16, 16)}]
     assert "at its fixed batch of 4" in " ".join(result.notes)
+
+
+def _slow_stem(shape, builders):
+    """The stem's int8 form (3 input channels) times slower than its float one; every other Conv's twice as fast."""
+    slow = shape.c == 3
+    return {form: float(shape.macs) * (1.0 if form == FLOAT else 1.3 if slow else 0.5) for form in builders}
+
+
+def _stem_is_float(model) -> bool:
+    stem = next(node for node in model.graph if node.name == "stem")
+    producer = stem.inputs[0].producer()
+    return producer is None or producer.op_type != "DequantizeLinear"
+
+
+def test_a_budget_all_int8_meets_keeps_its_slow_layers_float_when_that_makes_the_whole_model_faster(
+    monkeypatch, tmp_path
+):
+    # Every layer int8 meets a loose budget but runs slower than float as a whole; the stem, timed slower in int8
+    # than in float, is given up too and that model runs faster: it is kept, not the whole pass declined.
+    seen = []
+
+    def models(self, before, after, feeds):
+        seen.append(_stem_is_float(after))
+        return (0.8, 0.86, 40) if seen[-1] else (1.02, 1.05, 40)
+
+    monkeypatch.setattr(LayerSpeeds, "_models", models)
+    quantization = StaticQuantizationPass(
+        samples=_images(48, 0),
+        method="minmax",
+        budget=AccuracyBudget(min_cosine=0.9),
+        layer_speeds=LayerSpeeds(path=tmp_path / "s.json", measure=_slow_stem),
+    )
+    model = mobile_net()
+    result = quantization(model)
+    notes = " ".join(result.notes)
+    assert seen == [False, True]
+    assert result.modified and "stem" in quantization.kept_float and "stem" not in quantization.quantized
+    assert set(quantization.quantized) >= {"b1_expand", "b1_depthwise", "b2_project"}
+    assert _stem_is_float(model)
+    assert "runs 1.02x the float model's latency" in notes
+    assert "with the 1 layer whose int8 kernel timed no faster than float kept float too (stem;" in notes
+    assert "it runs 0.80x the float model's latency" in notes
+    assert any("int8 kernel timed no faster than float here" in reason for reason in result.refusals)
+    assert quantization.drift is not None and quantization.budget.met(quantization.drift)
+
+
+def test_the_pass_declines_when_its_slow_layers_kept_float_do_not_make_it_faster_either(monkeypatch, tmp_path):
+    seen = []
+
+    def models(self, before, after, feeds):
+        seen.append(_stem_is_float(after))
+        return 1.02, 1.05, 40
+
+    monkeypatch.setattr(LayerSpeeds, "_models", models)
+    quantization = StaticQuantizationPass(
+        samples=_images(48, 0),
+        method="minmax",
+        budget=AccuracyBudget(min_cosine=0.9),
+        layer_speeds=LayerSpeeds(path=tmp_path / "s.json", measure=_slow_stem),
+    )
+    result = quantization(mobile_net())
+    notes = " ".join(result.notes)
+    assert seen == [False, True]
+    assert not result.modified and not quantization.quantized and quantization.schemes == {}
+    assert "kept float too (stem;" in notes and "int8 does not pay on this machine; model left float" in notes
+    assert "int8 does not pay on this machine" in result.refusals[0]
+
+
+def test_no_second_model_is_timed_where_no_layer_timed_slower_in_int8(monkeypatch, tmp_path):
+    seen = []
+
+    def models(self, before, after, feeds):
+        seen.append(_stem_is_float(after))
+        return 1.02, 1.05, 40
+
+    monkeypatch.setattr(LayerSpeeds, "_models", models)
+    quantization = StaticQuantizationPass(
+        samples=_images(48, 0),
+        method="minmax",
+        budget=AccuracyBudget(min_cosine=0.9),
+        layer_speeds=LayerSpeeds(
+            path=tmp_path / "s.json",
+            measure=lambda shape, builders: {form: 1.0 if form == FLOAT else 0.5 for form in builders},
+        ),
+    )
+    result = quantization(mobile_net())
+    assert seen == [False] and not result.modified
+    assert "kept float too" not in " ".join(result.notes)
+
+
+def test_slow_layers_are_not_kept_float_where_that_would_miss_the_budget(monkeypatch, tmp_path):
+    # Floating a layer normally only helps accuracy; where it does not (here: the trial made to miss), the pass
+    # declines and says why rather than ship a model that misses its budget.
+    from optimizer.accuracy import Drift
+
+    seen = []
+
+    def models(self, before, after, feeds):
+        seen.append(_stem_is_float(after))
+        return 1.02, 1.05, 40
+
+    real_trial = StaticQuantizationPass._trial
+
+    def trial(self, model, schemes, batches, reference):
+        drift = real_trial(self, model, schemes, batches, reference)
+        if schemes.get("stem") == FLOAT and any(scheme != FLOAT for scheme in schemes.values()):
+            return Drift(cosine=0.5, max_error=drift.max_error, worst_cosine=0.5)
+        return drift
+
+    monkeypatch.setattr(LayerSpeeds, "_models", models)
+    monkeypatch.setattr(StaticQuantizationPass, "_trial", trial)
+    quantization = StaticQuantizationPass(
+        samples=_images(48, 0),
+        method="minmax",
+        budget=AccuracyBudget(min_cosine=0.9),
+        layer_speeds=LayerSpeeds(path=tmp_path / "s.json", measure=_slow_stem),
+    )
+    result = quantization(mobile_net())
+    notes = " ".join(result.notes)
+    assert seen == [False] and not result.modified
+    assert "with its 1 layer timed no faster than float kept float too it misses the budget" in notes
