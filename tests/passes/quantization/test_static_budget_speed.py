@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 
 from optimizer.accuracy import AccuracyBudget
+from passes.quantization import _base as quantization_module
 from passes.quantization import _layer_speed
 from passes.quantization._layer_speed import FLOAT, ConvShape, LayerSpeeds, conv_probe_names, probe_copies
 from passes.quantization.static import StaticQuantizationPass
@@ -191,9 +192,7 @@ def _slow_stem(shape, builders):
 
 
 def _stem_is_float(model) -> bool:
-    stem = next(node for node in model.graph if node.name == "stem")
-    producer = stem.inputs[0].producer()
-    return producer is None or producer.op_type != "DequantizeLinear"
+    return _reads_float(next(node for node in model.graph if node.name == "stem"))
 
 
 def test_a_budget_all_int8_meets_keeps_its_slow_layers_float_when_that_makes_the_whole_model_faster(
@@ -222,8 +221,10 @@ def test_a_budget_all_int8_meets_keeps_its_slow_layers_float_when_that_makes_the
     assert set(quantization.quantized) >= {"b1_expand", "b1_depthwise", "b2_project"}
     assert _stem_is_float(model)
     assert "runs 1.02x the float model's latency" in notes
-    assert "with the 1 layer whose int8 kernel timed no faster than float kept float too (stem;" in notes
+    assert "Retried with the 1 layer whose int8 kernel timed no faster than float kept float too (stem)" in notes
     assert "it runs 0.80x the float model's latency" in notes
+    assert "frontier, retried: 1 float (stem): cosine" in notes
+    assert dict(quantization.frontier[-1].changes) == {"stem": FLOAT}
     assert any("int8 kernel timed no faster than float here" in reason for reason in result.refusals)
     assert quantization.drift is not None and quantization.budget.met(quantization.drift)
 
@@ -246,7 +247,7 @@ def test_the_pass_declines_when_its_slow_layers_kept_float_do_not_make_it_faster
     notes = " ".join(result.notes)
     assert seen == [False, True]
     assert not result.modified and not quantization.quantized and quantization.schemes == {}
-    assert "kept float too (stem;" in notes and "int8 does not pay on this machine; model left float" in notes
+    assert "kept float too (stem)" in notes and "int8 does not pay on this machine; model left float" in notes
     assert "int8 does not pay on this machine" in result.refusals[0]
 
 
@@ -302,4 +303,69 @@ def test_slow_layers_are_not_kept_float_where_that_would_miss_the_budget(monkeyp
     result = quantization(mobile_net())
     notes = " ".join(result.notes)
     assert seen == [False] and not result.modified
-    assert "with its 1 layer timed no faster than float kept float too it misses the budget" in notes
+    assert "Not retried with the 1 layer timed no faster than float kept float too: that misses the budget" in notes
+
+
+def test_a_point_the_search_chose_is_retried_with_its_slow_layers_float_too(monkeypatch, tmp_path):
+    # Every layer int8 misses the budget here, so the search runs; its path floats the layers whose int8 saves
+    # nothing first (the stem and both depthwise Convs, timed slower in int8), and it stops after the first
+    # step. The two slow layers still int8 there are kept float by the retry, from the times the search measured.
+    def slow(shape) -> bool:
+        return shape.c == 3 or dict(shape.attributes).get("group", 1) > 1
+
+    timed = []
+
+    def measure(shape, builders):
+        timed.append(shape)
+        return {form: float(shape.macs) * (1.0 if form == FLOAT else 1.3 if slow(shape) else 0.5) for form in builders}
+
+    slow_names = {"stem", "b1_depthwise", "b2_depthwise"}
+    seen = []
+
+    def models(self, before, after, feeds):
+        floated = {node.name for node in after.graph if node.name in slow_names and _reads_float(node)}
+        seen.append(floated)
+        return (0.8, 0.86, 40) if floated == slow_names else (1.02, 1.05, 40)
+
+    def first_step(attempt, length, exhaustive):
+        assert attempt(1)
+        return 1
+
+    real_trial = StaticQuantizationPass._trial
+    calls = []
+
+    def trial(self, model, schemes, batches, reference):
+        calls.append(dict(schemes))
+        drift = real_trial(self, model, schemes, batches, reference)
+        if len(calls) == 1:  # every layer int8: made to miss, so that the budget searches
+            return type(drift)(cosine=0.5, max_error=drift.max_error, worst_cosine=0.5)
+        return drift
+
+    monkeypatch.setattr(LayerSpeeds, "_models", models)
+    monkeypatch.setattr(quantization_module, "_shortest_prefix", first_step)
+    monkeypatch.setattr(StaticQuantizationPass, "_trial", trial)
+    quantization = StaticQuantizationPass(
+        samples=_images(48, 0),
+        method="minmax",
+        budget=AccuracyBudget(min_cosine=0.9),
+        layer_speeds=LayerSpeeds(path=tmp_path / "s.json", measure=measure),
+    )
+    model = mobile_net()
+    result = quantization(model)
+    notes = " ".join(result.notes)
+    chosen = dict(quantization.frontier[1].changes)
+    assert len(chosen) == 1 and set(chosen) <= slow_names and set(chosen.values()) == {FLOAT}
+    assert len(seen) == 2 and seen[0] == set(chosen) and seen[1] == slow_names
+    assert result.modified and slow_names <= set(quantization.kept_float)
+    assert len(quantization.kept_float) == len(set(quantization.kept_float))
+    assert {node.name for node in model.graph if node.name in slow_names and _reads_float(node)} == slow_names
+    assert dict(quantization.frontier[-1].changes) == dict.fromkeys(slow_names, FLOAT)
+    assert "Retried with the 2 layers whose int8 kernel timed no faster than float kept float too" in notes
+    assert len(timed) == len(set(timed))  # the retry read the search's times: no layer shape timed twice
+
+
+def _reads_float(node) -> bool:
+    """Whether a Conv is float: its weight a float constant, not an int8 one dequantized (a float layer may still
+    read its input through a DequantizeLinear: the per-channel one ``_keep_float_layers_float`` gives it)."""
+    producer = node.inputs[1].producer()
+    return producer is None or producer.op_type != "DequantizeLinear"
