@@ -129,19 +129,22 @@ class StaticQuantizationPass(QuantizationPass):
         self.input_means = calibration.channel_means(model, conv_inputs, batches) if conv_inputs else {}
         self.note(f"calibrated {len(self.ranges)} activations ({self.method}) on {_count(model, batches)} samples")
         if convs:
+            # Counted before any budget keeps a layer float: the budget's own notes say what it changed.
+            int8 = "with every layer int8, " if self.budget is not None else ""
             folded = sum(tail is not None and tail is not node for tail, node in zip(tails, convs))
             activations = sum(
                 len(users := list(node.outputs[0].uses())) == 1 and users[0][0].op_type in ("Relu", "Clip")
                 for node in convs
             )
             self.note(
-                f"{folded} of {activations} Conv activations (Relu, Clip) folded into the requantization after them"
+                f"{int8}{folded} of {activations} Conv activations (Relu, Clip) folded into the requantization "
+                "after them"
                 + ("" if folded == activations else "; the others are not Relu or Clip from a constant 0 (ReLU6)")
             )
             every_add = sum(node.op_type == "Add" and len(node.inputs) == 2 for node in model.graph)
             self.note(
-                f"{len(adds)} of {every_add} Adds read two int8 tensors and are requantized with them (QLinearAdd)"
-                + ("" if len(adds) == every_add else "; the others have a float or constant input")
+                f"{int8}{len(adds)} of {every_add} Adds read two int8 tensors and are requantized with them "
+                "(QLinearAdd)" + ("" if len(adds) == every_add else "; the others have a float or constant input")
             )
 
     def begin(self, layers: Sequence[Layer]) -> None:

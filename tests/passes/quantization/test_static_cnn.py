@@ -271,3 +271,17 @@ def test_the_notes_count_the_folded_activations_and_requantized_adds_and_say_why
     folded = "4 of 5 Conv activations (Relu, Clip) folded into the requantization after them; the others are not"
     assert any(note.startswith(folded) for note in result.notes)
     assert "2 of 2 Adds read two int8 tensors and are requantized with them (QLinearAdd)" in result.notes
+
+
+def test_with_a_budget_the_notes_say_their_counts_are_for_every_layer_int8():
+    # The budget may keep some of these layers float afterwards (its own notes say which); the counts are made
+    # before, for every layer int8, and say so.
+    from optimizer.accuracy import AccuracyBudget
+
+    quantization = StaticQuantizationPass(
+        samples=_images(48, 0), method="minmax", budget=AccuracyBudget(min_cosine=0.9)
+    )
+    result = quantization(mobile_net())
+    notes = " ".join(result.notes)
+    assert "with every layer int8, 5 of 5 Conv activations (Relu, Clip) folded" in notes
+    assert "with every layer int8, 2 of 2 Adds read two int8 tensors" in notes
