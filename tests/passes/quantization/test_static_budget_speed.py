@@ -224,6 +224,7 @@ def test_a_budget_all_int8_meets_keeps_its_slow_layers_float_when_that_makes_the
     assert "Retried with the 1 layer whose int8 kernel timed no faster than float kept float too (stem)" in notes
     assert "it runs 0.80x the float model's latency" in notes
     assert "frontier, retried: 1 float (stem): cosine" in notes
+    assert "ms less than the default)" in notes and "% of the saving kept" not in notes.split("frontier, retried")[1]
     assert dict(quantization.frontier[-1].changes) == {"stem": FLOAT}
     assert any("int8 kernel timed no faster than float here" in reason for reason in result.refusals)
     assert quantization.drift is not None and quantization.budget.met(quantization.drift)
