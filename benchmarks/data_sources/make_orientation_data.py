@@ -95,7 +95,8 @@ def main() -> None:
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(str(args.model), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    manifest, start, views = {"model": str(args.model), "pillow": Image.__version__, "files": {}}, 0, {}
+    manifest = {"python": sys.version.split()[0], "model": str(args.model), "pillow": Image.__version__, "files": {}}
+    start, views = 0, {}
     for split, pages in PAGES.items():
         images, turns = [], []
         for _ in range(pages):
@@ -122,6 +123,7 @@ def main() -> None:
         }
         if split == "orientation_eval":
             np.save(args.out / "orientation_eval_labels.npy", labels)
+            manifest["files"]["orientation_eval_labels.npy"] = {"labels": list(labels.shape)}
     (args.out / "orientation_manifest.json").write_text(json.dumps(manifest, indent=1))
     print(json.dumps(manifest, indent=1))
 

@@ -109,9 +109,11 @@ class FrontierPoint:
         what = "; ".join(parts) or "every layer in the default scheme"
         saving = float_seconds - default_seconds
         if measured:
-            if saving > 0 and self.seconds < default_seconds:
+            if self.seconds < default_seconds:
                 # Layers whose default scheme is slower than float, kept float: faster than the default itself.
                 share = f"{(default_seconds - self.seconds) * 1e3:.3g} ms less than the default"
+                if saving <= 0 and self.seconds < float_seconds:
+                    share += f" and {(float_seconds - self.seconds) * 1e3:.3g} ms less than float"
             elif saving > 0:
                 share = f"{(float_seconds - self.seconds) / saving:.0%} of the saving kept"
             else:  # the default scheme is no faster than float here: there is no saving to keep
