@@ -392,3 +392,21 @@ def test_a_retried_point_faster_than_float_where_every_layer_int8_is_slower_says
     assert result.modified
     assert "ms less than the default and" in note and "ms less than float)" in note, note
     assert "saves nothing" not in note
+
+
+@pytest.mark.parametrize(
+    ("seconds", "float_seconds", "default_seconds", "said"),
+    [
+        (3e-3, 4e-3, 2e-3, "50% of the saving kept"),  # between the default and float
+        (5e-3, 4e-3, 2e-3, "1 ms more than float"),  # a scheme slower than float, taken for accuracy
+        (1.5e-3, 4e-3, 2e-3, "0.5 ms less than the default)"),  # slow layers float: below the default
+        (3e-3, 4e-3, 5e-3, "2 ms less than the default and 1 ms less than float"),  # the default slower than float
+        (5e-3, 4e-3, 5e-3, "the default scheme saves nothing here"),
+    ],
+)
+def test_a_frontier_point_is_described_against_float_and_the_default(seconds, float_seconds, default_seconds, said):
+    from passes.quantization._base import FrontierPoint
+
+    line = FrontierPoint((("a", FLOAT),), "cosine 0.99", seconds).describe(float_seconds, default_seconds, True)
+    assert said in line, line
+    assert "-" not in line.split("layers ")[1], line  # no negative share or saving
