@@ -479,8 +479,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if not self.confirms_speed or self._timing_refusal(layers):
             return layers
         ratio, upper, runs = self._model_ratio(model, schemes, batches)
-        kept = sum(scheme == FLOAT for scheme in schemes.values())
-        what = f"{_layers(len(schemes) - kept)} {self.precision}, {kept} float"
+        # Float: the budget's choice and the layers kept float before it (--exclude, a model output), as the
+        # pass's closing note counts them.
+        kept = len(set(self.kept_float) | {name for name, scheme in schemes.items() if scheme == FLOAT})
+        what = f"{_layers(sum(scheme != FLOAT for scheme in schemes.values()))} {self.precision}, {kept} float"
         runs_at = self._runs_at(ratio, upper, runs, model)
         # Kept only where surely faster: a result within the timing's noise of float flips from run to run.
         if upper < 1.0:

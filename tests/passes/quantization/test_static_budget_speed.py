@@ -410,3 +410,20 @@ def test_a_frontier_point_is_described_against_float_and_the_default(seconds, fl
     line = FrontierPoint((("a", FLOAT),), "cosine 0.99", seconds).describe(float_seconds, default_seconds, True)
     assert said in line, line
     assert "-" not in line.split("layers ")[1], line  # no negative share or saving
+
+
+def test_the_whole_model_notes_count_the_layers_kept_float_before_the_budget(monkeypatch, tmp_path):
+    # --exclude keeps a layer float before the budget; the whole-model note counts it as the closing note does.
+    monkeypatch.setattr(LayerSpeeds, "_models", lambda self, before, after, feeds: (0.8, 0.85, 40))
+    quantization = StaticQuantizationPass(
+        samples=_images(48, 0),
+        method="minmax",
+        budget=AccuracyBudget(min_cosine=0.9),
+        exclude=("b1_expand",),
+        layer_speeds=LayerSpeeds(path=tmp_path / "s.json", measure=_slow_stem),
+    )
+    result = quantization(mobile_net())
+    notes = " ".join(result.notes)
+    int8, floats = len(quantization.quantized), len(quantization.kept_float)
+    assert floats >= 1 and f"budget: with {int8} layers int8, {floats} float the model runs" in notes, notes
+    assert f"{int8} layers int8, {floats} float:" in notes
