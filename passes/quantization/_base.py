@@ -364,6 +364,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     def _trial(self, model: ir.Model, schemes: Mapping[str, str], batches, reference) -> Drift:
         """The drift of ``model`` with each layer named in ``schemes`` written in its scheme (the rest float)."""
+        return drift_of(self._written(model, schemes), batches, reference)
+
+    def _written(self, model: ir.Model, schemes: Mapping[str, str]) -> ir.Model:
+        """A copy of ``model`` with each layer named in ``schemes`` written in its scheme (the rest float)."""
         trial = model.clone()
         saved, self.schemes = self.schemes, dict(schemes)
         try:
@@ -372,7 +376,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self._apply(trial, names)
         finally:
             self.schemes = saved
-        return drift_of(trial, batches, reference)
+        return trial
 
     # -- the budget ------------------------------------------------------------------------
 
@@ -451,7 +455,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self._note_frontier(float_seconds, default_seconds, measured)
         changed = points[found].describe(float_seconds, default_seconds, measured)
         self.note(f"budget {described} met{where} with {len(points[found].changes)} layers changed: {changed}")
-        chosen = self._if_faster(model, layers, schemes, batches, (checked, checked_reference), times, measured)
+        chosen = self._if_faster(model, layers, schemes, batches, (checked, checked_reference), times)
         return [layer for layer in chosen if layer.name not in floated]
 
     def _if_faster(
@@ -462,7 +466,6 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         batches,
         checked: tuple,
         times: Mapping[str, Mapping[str, float]] | None = None,
-        measured: bool = False,
     ) -> list[Layer]:
         """``layers`` if the model with ``schemes`` runs faster than the float model as a whole
         (``confirms_speed``), else none: the pass declines, every layer float. The layers' times are summed as if
@@ -489,7 +492,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self.note(f"budget: with {what} the model {runs_at}")
             return layers
         first = f"budget met with {what}, but that model {runs_at}"
-        faster = self._slow_layers_float(model, layers, schemes, batches, checked, times if measured else None)
+        faster = self._slow_layers_float(model, layers, schemes, batches, checked, times)
         if isinstance(faster, tuple):
             floated, drift = faster
             schemes = {name: FLOAT if name in floated else scheme for name, scheme in schemes.items()}
@@ -532,12 +535,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         """The whole model with ``schemes`` timed against the float one (``LayerSpeeds.model_ratio``): on one
         sample, as the layers were timed (the latency a user of batch 1 sees), or the batch a model fixes."""
         speeds = self.layer_speeds or LayerSpeeds(self.timing_target, threads=self.timing_threads)
-        trial = model.clone()
-        saved, self.schemes = self.schemes, dict(schemes)
-        try:
-            self._apply(trial, [name for name, scheme in schemes.items() if scheme != FLOAT])
-        finally:
-            self.schemes = saved
+        trial = self._written(model, schemes)
         fixed = fixed_batch_size(model)
         holds = holds_samples(model)
         first = {
@@ -566,11 +564,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         and a note); else why not ("" where no such layer is left, or every layer would be float)."""
         if times is None:
             options = {layer.name: (schemes[layer.name], FLOAT) for layer in layers if schemes[layer.name] != FLOAT}
-            times, measured = self._layer_times(
-                model, [layer for layer in layers if layer.name in options], batches, options
-            )
-            if not measured:
-                return ""
+            # Measured: ``_if_faster`` stops before the retry wherever the layers are not timed.
+            times, _ = self._layer_times(model, [layer for layer in layers if layer.name in options], batches, options)
         slow = [
             name
             for name, scheme in schemes.items()

@@ -195,24 +195,37 @@ def _stem_is_float(model) -> bool:
     return _reads_float(next(node for node in model.graph if node.name == "stem"))
 
 
+def _budgeted(tmp_path, measure, **options) -> StaticQuantizationPass:
+    """quantize-static at ``--min-cosine 0.9`` on 48 test images, its layers timed by ``measure``."""
+    return StaticQuantizationPass(
+        samples=_images(48, 0),
+        method="minmax",
+        budget=AccuracyBudget(min_cosine=0.9),
+        layer_speeds=LayerSpeeds(path=tmp_path / "s.json", measure=measure),
+        **options,
+    )
+
+
+def _whole_models(monkeypatch, ratio, seen_of=_stem_is_float) -> list:
+    """Whole models timed as ``ratio(seen)`` (ratio, CI upper end, pairs), where ``seen = seen_of(after)``; the
+    list of what each timed model was seen as."""
+    seen = []
+
+    def models(self, before, after, feeds):
+        seen.append(seen_of(after))
+        return ratio(seen[-1])
+
+    monkeypatch.setattr(LayerSpeeds, "_models", models)
+    return seen
+
+
 def test_a_budget_all_int8_meets_keeps_its_slow_layers_float_when_that_makes_the_whole_model_faster(
     monkeypatch, tmp_path
 ):
     # Every layer int8 meets a loose budget but runs slower than float as a whole; the stem, timed slower in int8
     # than in float, is given up too and that model runs faster: it is kept, not the whole pass declined.
-    seen = []
-
-    def models(self, before, after, feeds):
-        seen.append(_stem_is_float(after))
-        return (0.8, 0.86, 40) if seen[-1] else (1.02, 1.05, 40)
-
-    monkeypatch.setattr(LayerSpeeds, "_models", models)
-    quantization = StaticQuantizationPass(
-        samples=_images(48, 0),
-        method="minmax",
-        budget=AccuracyBudget(min_cosine=0.9),
-        layer_speeds=LayerSpeeds(path=tmp_path / "s.json", measure=_slow_stem),
-    )
+    seen = _whole_models(monkeypatch, lambda stem_float: (0.8, 0.86, 40) if stem_float else (1.02, 1.05, 40))
+    quantization = _budgeted(tmp_path, _slow_stem)
     model = mobile_net()
     result = quantization(model)
     notes = " ".join(result.notes)
@@ -231,19 +244,8 @@ def test_a_budget_all_int8_meets_keeps_its_slow_layers_float_when_that_makes_the
 
 
 def test_the_pass_declines_when_its_slow_layers_kept_float_do_not_make_it_faster_either(monkeypatch, tmp_path):
-    seen = []
-
-    def models(self, before, after, feeds):
-        seen.append(_stem_is_float(after))
-        return 1.02, 1.05, 40
-
-    monkeypatch.setattr(LayerSpeeds, "_models", models)
-    quantization = StaticQuantizationPass(
-        samples=_images(48, 0),
-        method="minmax",
-        budget=AccuracyBudget(min_cosine=0.9),
-        layer_speeds=LayerSpeeds(path=tmp_path / "s.json", measure=_slow_stem),
-    )
+    seen = _whole_models(monkeypatch, lambda stem_float: (1.02, 1.05, 40))
+    quantization = _budgeted(tmp_path, _slow_stem)
     result = quantization(mobile_net())
     notes = " ".join(result.notes)
     assert seen == [False, True]
@@ -253,21 +255,9 @@ def test_the_pass_declines_when_its_slow_layers_kept_float_do_not_make_it_faster
 
 
 def test_no_second_model_is_timed_where_no_layer_timed_slower_in_int8(monkeypatch, tmp_path):
-    seen = []
-
-    def models(self, before, after, feeds):
-        seen.append(_stem_is_float(after))
-        return 1.02, 1.05, 40
-
-    monkeypatch.setattr(LayerSpeeds, "_models", models)
-    quantization = StaticQuantizationPass(
-        samples=_images(48, 0),
-        method="minmax",
-        budget=AccuracyBudget(min_cosine=0.9),
-        layer_speeds=LayerSpeeds(
-            path=tmp_path / "s.json",
-            measure=lambda shape, builders: {form: 1.0 if form == FLOAT else 0.5 for form in builders},
-        ),
+    seen = _whole_models(monkeypatch, lambda stem_float: (1.02, 1.05, 40))
+    quantization = _budgeted(
+        tmp_path, lambda shape, builders: {form: 1.0 if form == FLOAT else 0.5 for form in builders}
     )
     result = quantization(mobile_net())
     assert seen == [False] and not result.modified
@@ -279,12 +269,7 @@ def test_slow_layers_are_not_kept_float_where_that_would_miss_the_budget(monkeyp
     # declines and says why rather than ship a model that misses its budget.
     from optimizer.accuracy import Drift
 
-    seen = []
-
-    def models(self, before, after, feeds):
-        seen.append(_stem_is_float(after))
-        return 1.02, 1.05, 40
-
+    seen = _whole_models(monkeypatch, lambda stem_float: (1.02, 1.05, 40))
     real_trial = StaticQuantizationPass._trial
 
     def trial(self, model, schemes, batches, reference):
@@ -293,14 +278,8 @@ def test_slow_layers_are_not_kept_float_where_that_would_miss_the_budget(monkeyp
             return Drift(cosine=0.5, max_error=drift.max_error, worst_cosine=0.5)
         return drift
 
-    monkeypatch.setattr(LayerSpeeds, "_models", models)
     monkeypatch.setattr(StaticQuantizationPass, "_trial", trial)
-    quantization = StaticQuantizationPass(
-        samples=_images(48, 0),
-        method="minmax",
-        budget=AccuracyBudget(min_cosine=0.9),
-        layer_speeds=LayerSpeeds(path=tmp_path / "s.json", measure=_slow_stem),
-    )
+    quantization = _budgeted(tmp_path, _slow_stem)
     result = quantization(mobile_net())
     notes = " ".join(result.notes)
     assert seen == [False] and not result.modified
@@ -321,12 +300,11 @@ def test_a_point_the_search_chose_is_retried_with_its_slow_layers_float_too(monk
         return {form: float(shape.macs) * (1.0 if form == FLOAT else 1.3 if slow(shape) else 0.5) for form in builders}
 
     slow_names = {"stem", "b1_depthwise", "b2_depthwise"}
-    seen = []
-
-    def models(self, before, after, feeds):
-        floated = {node.name for node in after.graph if node.name in slow_names and _reads_float(node)}
-        seen.append(floated)
-        return (0.8, 0.86, 40) if floated == slow_names else (1.02, 1.05, 40)
+    seen = _whole_models(
+        monkeypatch,
+        lambda floated: (0.8, 0.86, 40) if floated == slow_names else (1.02, 1.05, 40),
+        lambda after: {node.name for node in after.graph if node.name in slow_names and _reads_float(node)},
+    )
 
     def first_step(attempt, length, exhaustive):
         assert attempt(1)
@@ -342,15 +320,9 @@ def test_a_point_the_search_chose_is_retried_with_its_slow_layers_float_too(monk
             return type(drift)(cosine=0.5, max_error=drift.max_error, worst_cosine=0.5)
         return drift
 
-    monkeypatch.setattr(LayerSpeeds, "_models", models)
     monkeypatch.setattr(quantization_module, "_shortest_prefix", first_step)
     monkeypatch.setattr(StaticQuantizationPass, "_trial", trial)
-    quantization = StaticQuantizationPass(
-        samples=_images(48, 0),
-        method="minmax",
-        budget=AccuracyBudget(min_cosine=0.9),
-        layer_speeds=LayerSpeeds(path=tmp_path / "s.json", measure=measure),
-    )
+    quantization = _budgeted(tmp_path, measure)
     model = mobile_net()
     result = quantization(model)
     notes = " ".join(result.notes)
@@ -381,12 +353,7 @@ def test_a_retried_point_faster_than_float_where_every_layer_int8_is_slower_says
 
     ratios = iter([(1.3, 1.35, 40), (0.8, 0.85, 40)])
     monkeypatch.setattr(LayerSpeeds, "_models", lambda self, before, after, feeds: next(ratios))
-    quantization = StaticQuantizationPass(
-        samples=_images(48, 0),
-        method="minmax",
-        budget=AccuracyBudget(min_cosine=0.9),
-        layer_speeds=LayerSpeeds(path=tmp_path / "s.json", measure=measure),
-    )
+    quantization = _budgeted(tmp_path, measure)
     result = quantization(mobile_net())
     note = next(note for note in result.notes if note.startswith("frontier, retried"))
     assert result.modified
@@ -415,13 +382,7 @@ def test_a_frontier_point_is_described_against_float_and_the_default(seconds, fl
 def test_the_whole_model_notes_count_the_layers_kept_float_before_the_budget(monkeypatch, tmp_path):
     # --exclude keeps a layer float before the budget; the whole-model note counts it as the closing note does.
     monkeypatch.setattr(LayerSpeeds, "_models", lambda self, before, after, feeds: (0.8, 0.85, 40))
-    quantization = StaticQuantizationPass(
-        samples=_images(48, 0),
-        method="minmax",
-        budget=AccuracyBudget(min_cosine=0.9),
-        exclude=("b1_expand",),
-        layer_speeds=LayerSpeeds(path=tmp_path / "s.json", measure=_slow_stem),
-    )
+    quantization = _budgeted(tmp_path, _slow_stem, exclude=("b1_expand",))
     result = quantization(mobile_net())
     notes = " ".join(result.notes)
     int8, floats = len(quantization.quantized), len(quantization.kept_float)
