@@ -567,3 +567,12 @@ def nothing_found_note(model: ir.Model, what: str, looks_for: str, op_types: Ite
         f"no {what} in the main graph ({looks_for}); {found} {verb} in the body of a Loop, If or Scan ({owners}), "
         "which it does not enter"
     )
+
+
+def shared_input_dim_names(graph: ir.Graph) -> set[str]:
+    """The dim names two or more of ``graph``'s inputs declare: a promise of equal sizes that a caller who feeds
+    one of them broadcast (a ``[1, S]`` ``position_ids`` for a batch, declared ``[batch, sequence]``) breaks."""
+    counts: Counter[str] = Counter()
+    for value in graph.inputs:
+        counts.update({dim.value for dim in value.shape or () if isinstance(dim, ir.SymbolicDim) and dim.value})
+    return {name for name, count in counts.items() if count > 1}

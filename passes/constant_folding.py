@@ -33,6 +33,7 @@ from passes._utils import (
     recorded_facts,
     remove_dead_nodes,
     restore_facts,
+    shared_input_dim_names,
 )
 from passes.fusion._inferred_shapes import infer_contrib_outputs
 
@@ -133,8 +134,9 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
         self, node: ir.Node, replacement: _constant_folding.Replacement, root: ir.Graph | ir.Function
     ) -> None:
         opsets = root.opset_imports if isinstance(root, ir.Function) else self._opset_imports
-        for new in replacement.new_nodes:
-            problem = _not_at_opset(new, opsets)
+        problems = [_not_at_opset(new, opsets) for new in replacement.new_nodes]
+        problems.append(_broadcast_taken_for_identity(node, replacement))
+        for problem in problems:
             if problem is not None:
                 self._refuse(node.op_type, problem)
                 _discard(replacement.new_nodes)
@@ -142,6 +144,29 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
                     self.visit_attribute(attr)
                 return
         super().replace_node(node, replacement, root)
+
+
+def _broadcast_taken_for_identity(node: ir.Node, replacement: _constant_folding.Replacement) -> str | None:
+    """Why an ``Expand`` must not become an ``Identity`` here, or None: onnxscript drops an Expand whose input's
+    declared shape equals its computed target's by dim name (``Expand(position_ids [batch, sequence],
+    Shape(hidden)[:2])``), but two inputs that share a dim name need not share its size (a ``[1, S]``
+    ``position_ids`` fed for every row of a batch, which the Expand broadcasts). Only a target of constant
+    sizes, which the input's own constant sizes equal, proves the Expand a copy."""
+    if node.op_type != "Expand" or not is_onnx_domain(node) or len(node.inputs) != 2:
+        return None
+    if [new.op_type for new in replacement.new_nodes] != ["Identity"]:
+        return None
+    data = node.inputs[0]
+    if ir.convenience.get_const_tensor(node.inputs[1]) is not None or data is None or not data.is_graph_input():
+        return None  # dims computed from the inputs (a head split's) keep the names' proof, as in simplify-shapes
+    shared = shared_input_dim_names(node.graph) if node.graph is not None else set()
+    names = sorted({str(dim) for dim in data.shape or () if not isinstance(dim, int) and str(dim) in shared})
+    if not names:
+        return None  # sizes inferred as numbers are facts, and a name no other input declares is the input's own
+    return (
+        f"its input's shape equals the computed target only by dim names other inputs declare too "
+        f"({', '.join(names)}); a feed that differs there (a [1, S] position_ids for a batch) needs the broadcast"
+    )
 
 
 def _not_at_opset(node: ir.Node, opsets: Mapping[str, int]) -> str | None:

@@ -39,6 +39,7 @@ from passes._utils import (
     declared_shapes_inferred,
     overridable_inputs_hidden,
     remove_dead_nodes,
+    shared_input_dim_names,
 )
 
 # Weights above this many elements are hidden from symbolic inference (declared as
@@ -70,7 +71,8 @@ _UNPROVEN = {
     "Reshape": "target elements neither constant nor provably the data's dim at their position: more than one, or "
     "one beside a -1 (or the target is built by ops this pass does not follow)",
     "Expand": "a target element is neither a constant nor provably the data's dim at its position "
-    "(or the target is built by ops this pass does not follow)",
+    "(or the target is built by ops this pass does not follow; a dim name two graph inputs declare proves no "
+    "equal size to an Expand of one of them: it may be fed 1 there and broadcast)",
 }
 
 
@@ -404,6 +406,12 @@ def _expand_target(node: ir.Node, shapes: Shapes, classes: _DimClasses) -> list[
     if elements is None or data_shape is None:
         return None
     offset = len(elements) - len(data_shape)
+    # A dim name a graph input shares with another input proves no equal size to an Expand of that input, which
+    # broadcasts what a caller feeds: a [1, S] position_ids fed for a batch, both declared [batch, sequence] (the
+    # rotary fusion's own Expand, which a second optimization of its result took for a copy). Dims computed from
+    # the inputs (a head split's, repeated for grouped query attention) keep the names' proof.
+    fed = node.inputs[0].is_graph_input() and node.graph is not None
+    shared = shared_input_dim_names(node.graph) if fed else set()
     target = []
     for position, element in enumerate(elements):
         symbol = _symbol_of(element, shapes)
@@ -411,7 +419,12 @@ def _expand_target(node: ir.Node, shapes: Shapes, classes: _DimClasses) -> list[
             target.append(symbol)
         elif position >= offset and _own_dim(element, node, position - offset):
             target.append(1)
-        elif symbol is not None and position >= offset and data_shape[position - offset] == symbol:
+        elif (
+            symbol is not None
+            and position >= offset
+            and data_shape[position - offset] == symbol
+            and not _mentions(str(symbol), shared)
+        ):
             target.append(1)
         elif (
             position >= offset

@@ -204,3 +204,39 @@ def test_inferred_shapes_stay_when_something_folds():
     result = FoldConstantsPass()(model)
     assert result.modified
     assert str(next(node for node in model.graph if node.op_type == "Relu").outputs[0].shape) == "[N,4]"
+
+
+def test_an_expand_equal_to_its_target_only_by_dim_names_is_kept():
+    # A review: optimizing a fused decoder again folded the rotary's Expand(position_ids, Shape(hidden)[:2]) into an
+    # Identity (onnxscript reads position_ids' declared [batch, sequence] as the hidden states'), and the result
+    # refused the [1, S] position_ids for a batch that the original broadcasts.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (int64[batch, sequence] input_ids, int64[batch, sequence] position_ids) => (float[batch, sequence] y)
+        <float[8, 3] table = {0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15., 16., 17., 18., 19.,
+                              20., 21., 22., 23.}, int64[1] last = {-1}> {
+          hidden = Gather(table, input_ids)
+          target = Shape<start = 0, end = 2>(hidden)
+          positions = Expand(position_ids, target)
+          scaled = Cast<to = 1>(positions)
+          total = ReduceSum<keepdims = 0>(hidden, last)
+          y = Add(scaled, total)
+        }""")
+    result = FoldConstantsPass()(model.clone())
+    assert "Expand" in op_types(result.model)
+    assert any("other inputs declare too (batch, sequence)" in line for line in result.refusals), result.refusals
+    feeds = {"input_ids": np.array([[1, 2, 3], [4, 5, 6]]), "position_ids": np.array([[0, 1, 2]])}
+    assert_same_outputs(model, result.model, feeds)
+
+
+def test_an_expand_to_its_own_static_shape_still_folds():
+    # The near miss: sizes inferred as numbers on both sides are facts, and the Expand is a copy.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[2, 3] x, float[2, 3] z) => (float[2, 3] y) {
+          target = Shape(z)
+          e = Expand(x, target)
+          y = Add(e, z)
+        }""")
+    result = FoldConstantsPass()(model.clone())
+    assert op_types(result.model) == ["Add"]

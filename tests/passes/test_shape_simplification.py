@@ -118,17 +118,37 @@ def test_allowzero_with_literal_zero_is_left_alone():
 def test_expand_keeps_input_dims_with_one():
     model = parse_model("""
         <ir_version: 9, opset_import: ["" : 17]>
-        g (float[batch, 1, sequence] mask, float[batch, 4, sequence] scores) => (float[batch, 4, sequence] y) {
+        g (float[batch, 4, sequence] scores) => (float[batch, 4, sequence] y) {
+          mask = ReduceMax<axes = [1], keepdims = 1>(scores)
           shape = Shape(scores)
           e = Expand(mask, shape)
           y = Add(e, scores)
         }""")
     result = ShapeSimplificationPass()(model.clone())
-    assert op_types(result.model) == ["Expand", "Add"]
-    assert result.model.graph.node(0).inputs[1].const_value.numpy().tolist() == [1, 4, 1]
+    assert op_types(result.model) == ["ReduceMax", "Expand", "Add"]
+    expand = next(node for node in result.model.graph if node.op_type == "Expand")
+    assert expand.inputs[1].const_value.numpy().tolist() == [1, 4, 1]
+    inputs = {"scores": np.random.default_rng(3).standard_normal((3, 4, 5)).astype(np.float32)}
+    assert_same_outputs(model, result.model, inputs)
+
+
+def test_a_dim_name_two_inputs_declare_proves_no_expand_a_copy():
+    # The mask and the scores both declare [batch, ..., sequence], but a caller may feed a mask of one row for
+    # a batch, which the Expand broadcasts: the target stays computed (a second optimization of a fused decoder
+    # took the rotary's Expand(position_ids [batch, sequence], Shape(hidden)[:2]) for a copy this way).
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[batch, 1, sequence] mask, float[batch, 4, sequence] scores) => (float[batch, 4, sequence] y) {
+          shape = Shape(scores)
+          e = Expand(mask, shape)
+          y = Mul(e, scores)
+        }""")
+    result = ShapeSimplificationPass()(model.clone())
+    assert not result.modified
+    assert any("two graph inputs declare" in line for line in result.refusals)
     rng = np.random.default_rng(3)
     inputs = {
-        "mask": rng.standard_normal((3, 1, 5)).astype(np.float32),
+        "mask": rng.standard_normal((1, 1, 5)).astype(np.float32),
         "scores": rng.standard_normal((3, 4, 5)).astype(np.float32),
     }
     assert_same_outputs(model, result.model, inputs)
