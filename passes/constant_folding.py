@@ -81,6 +81,7 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
             input_size_limit=self.input_size_limit,
             output_size_limit=self.output_size_limit,
             should_fold=_should_fold,
+            shared_names=shared_input_dim_names(model.graph),
         )
         recorded = recorded_facts(model)
         # A default a caller may override is no constant: some of onnxscript's evaluators (If, Dropout, Reshape)
@@ -106,9 +107,10 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
     ``refuse(kind, reason)`` is told about each one (the folded node's op type, and why).
     """
 
-    def __init__(self, refuse: Callable[[str, str], None], **kwargs: object) -> None:
+    def __init__(self, refuse: Callable[[str, str], None], shared_names: set[str], **kwargs: object) -> None:
         super().__init__(**kwargs)
         self._refuse = refuse
+        self._shared_names = shared_names  # the main graph's, also for an Expand in a branch that reads its input
 
     def _do_inference(self, node: ir.Node) -> None:
         # onnx has no schema for ONNX Runtime's contrib ops: without this, inference stops at a MatMulNBits
@@ -135,7 +137,7 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
     ) -> None:
         opsets = root.opset_imports if isinstance(root, ir.Function) else self._opset_imports
         problems = [_not_at_opset(new, opsets) for new in replacement.new_nodes]
-        problems.append(_broadcast_taken_for_identity(node, replacement))
+        problems.append(_broadcast_taken_for_identity(node, replacement, self._shared_names))
         for problem in problems:
             if problem is not None:
                 self._refuse(node.op_type, problem)
@@ -146,7 +148,9 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
         super().replace_node(node, replacement, root)
 
 
-def _broadcast_taken_for_identity(node: ir.Node, replacement: _constant_folding.Replacement) -> str | None:
+def _broadcast_taken_for_identity(
+    node: ir.Node, replacement: _constant_folding.Replacement, shared: set[str]
+) -> str | None:
     """Why an ``Expand`` must not become an ``Identity`` here, or None: onnxscript drops an Expand whose input's
     declared shape equals its computed target's by dim name (``Expand(position_ids [batch, sequence],
     Shape(hidden)[:2])``), but two inputs that share a dim name need not share its size (a ``[1, S]``
@@ -156,10 +160,12 @@ def _broadcast_taken_for_identity(node: ir.Node, replacement: _constant_folding.
         return None
     if [new.op_type for new in replacement.new_nodes] != ["Identity"]:
         return None
-    data = node.inputs[0]
-    if ir.convenience.get_const_tensor(node.inputs[1]) is not None or data is None or not data.is_graph_input():
+    data, target = node.inputs
+    if ir.convenience.get_const_tensor(target) is not None or data is None or not data.is_graph_input():
         return None  # dims computed from the inputs (a head split's) keep the names' proof, as in simplify-shapes
-    shared = shared_input_dim_names(node.graph) if node.graph is not None else set()
+    shape = target.producer() if target is not None else None
+    if shape is not None and shape.op_type == "Shape" and shape.inputs[0] is data and not shape.attributes:
+        return None  # Expand(x, Shape(x)): a copy whatever is fed
     names = sorted({str(dim) for dim in data.shape or () if not isinstance(dim, int) and str(dim) in shared})
     if not names:
         return None  # sizes inferred as numbers are facts, and a name no other input declares is the input's own

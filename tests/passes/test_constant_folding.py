@@ -240,3 +240,31 @@ def test_an_expand_to_its_own_static_shape_still_folds():
         }""")
     result = FoldConstantsPass()(model.clone())
     assert op_types(result.model) == ["Add"]
+
+
+def test_an_expand_of_a_graph_input_in_a_branch_is_kept_too():
+    # A review: the shared names were read off the Expand's own graph, and a branch has no inputs, so an
+    # Expand(position_ids, Shape(hidden)[:2]) in an If branch still became an Identity.
+    branch = """
+          {
+            target = Shape<start = 0, end = 2>(hidden)
+            positions = Expand(position_ids, target)
+            out = Cast<to = 1>(positions)
+          }"""
+    model = parse_model(f"""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (int64[batch, sequence] input_ids, int64[batch, sequence] position_ids, bool flag)
+          => (float[batch, sequence] y)
+        <float[8, 3] table = {{0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15., 16., 17.,
+                               18., 19., 20., 21., 22., 23.}}> {{
+          hidden = Gather(table, input_ids)
+          y = If(flag) <then_branch = then_g () => (float[batch, sequence] out) {branch},
+                        else_branch = else_g () => (float[batch, sequence] out) {branch}>
+        }}""")
+    result = FoldConstantsPass()(model.clone())
+    feeds = {
+        "input_ids": np.array([[1, 2, 3], [4, 5, 6]]),
+        "position_ids": np.array([[0, 1, 2]]),
+        "flag": np.array(True),
+    }
+    assert_same_outputs(model, result.model, feeds)
