@@ -698,7 +698,7 @@ def test_the_budget_times_each_layer_in_its_own_form():
 
     layers = {layer.name: layer for layer in find_layers(model.graph, quantizer.kinds)[0]}
     quantizer.prepare(model, list(layers.values()), [])
-    assert quantizer.speed_form("int4", layers["up"]).endswith("accuracy_level 4 + block offsets")
+    assert quantizer.speed_form("int4", layers["up"]).endswith("accuracy_level 4 + block offsets (summed by ReduceSum)")
     assert quantizer.speed_form("int4", layers["down"]).startswith("MatMulNBits bits 8 ")
     from passes.quantization._layer_speed import LayerShape
 

@@ -24,9 +24,11 @@ from tests.helpers import FIXTURES, computed_op_types
 K, N = 64, 48
 
 
-def _norm_and_two_readers(outliers=(3, 40), gain: float = 30.0, *, head_bias: bool = False) -> ir.Model:
+def _norm_and_two_readers(
+    outliers=(3, 40), gain: float = 30.0, *, head_bias: bool = False, opset: int = 18, shapes: bool = False
+) -> ir.Model:
     """``h = x * g`` (``g`` 1 but ``gain`` at the ``outliers`` channels: a norm with massive activations),
-    read by two projections (q and k of one norm) whose sum is ``y``."""
+    read by two projections (q and k of one norm) whose sum is ``y``; with ``shapes``, ``h``'s shape inferred."""
     rng = np.random.default_rng(7)
     scale = np.ones(K, np.float32)
     scale[list(outliers)] = gain
@@ -48,8 +50,10 @@ def _norm_and_two_readers(outliers=(3, 40), gain: float = 30.0, *, head_bias: bo
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", N])],
         [numpy_helper.from_array(a, n) for n, a in initializers],
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
     onnx.checker.check_model(proto)
+    if shapes:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     return ir.from_proto(proto)
 
 
@@ -75,10 +79,12 @@ def test_outlier_channels_leave_the_rounding_and_come_back_exactly(method):
     zeroed = {node.inputs[0].name for node in split.model.graph if node.op_type == "MatMulNBits"}
     assert len(zeroed) == 1 and next(iter(zeroed)) != "h"
     # one Gather of the two channels for both readers, each adds them times its stored rows (MatMul);
-    # with offsets the block sums (one MatMul) are concatenated with them and share that MatMul
+    # with offsets the block sums (one Reshape + ReduceSum, its shape from a Concat) are concatenated with them
+    # and share that MatMul
     assert ops.count("Gather") == 1
-    assert ops.count("MatMul") == (2 if method == "rtn" else 3)
-    assert ops.count("Concat") == (0 if method == "rtn" else 1)
+    assert ops.count("MatMul") == 2
+    assert ops.count("ReduceSum") == (0 if method == "rtn" else 1)
+    assert ops.count("Concat") == (0 if method == "rtn" else 2)
     # the realization matches its twin, and the twin says what it claims
     out = run_batches(split.model, [feeds])[0]["y"]
     assert np.abs(out - run_model(split.twin.model, feeds)["y"]).max() < 1e-4
@@ -277,8 +283,8 @@ def test_readers_that_differ_still_share_what_they_have_in_common():
     quantization._apply(result, names)
     ops = computed_op_types(result)
     assert ops.count("Gather") == 1 and ops.count("MatMulNBits") == 2
-    sums = [node for node in result.graph if node.name.startswith("h_block_sums")]
-    assert len(sums) == 1
+    sums = [node for node in result.graph if node.name == "h_block_sums"]
+    assert len(sums) == 1 and sums[0].op_type == "ReduceSum"
     twin = quantization._twin(model.clone(), names, smoothed=False)
     feeds = _x(2)
     out = run_batches(result, [feeds])[0]["y"]
@@ -307,10 +313,67 @@ def test_inputs_without_outliers_or_too_narrow_stay_whole_and_it_says_so():
 
 
 def test_one_block_sums_matrix_per_width_whatever_the_channels():
-    # Each input's outlier channels come through a Gather: the block sums matrix stays one per (K, block).
-    result = _int4(_norm_and_two_readers(), method="hqq", outlier_channels=2)
+    # Each input's outlier channels come through a Gather: the block sums matrix (before opset 15, where the sums
+    # are no ReduceSum) stays one per (K, block).
+    result = _int4(_norm_and_two_readers(opset=13), method="hqq", outlier_channels=2)
     sums = [name for name in result.model.graph.initializers if name.startswith("graphopt.exact.block_sums")]
     assert len(sums) == 1
     ops = computed_op_types(result.model)
     # one block sums MatMul, one Gather and one Concat for the input both layers read
     assert ops.count("Gather") == 1 and ops.count("Concat") == 1
+
+
+def test_block_sums_are_reduced_from_opset_15_and_a_matmul_before():
+    # The block offsets read each block's sum of the input: Reshape(x, Concat(Shape(x)[:-1], [blocks, block]))
+    # + ReduceSum from opset 15 (Shape's end), the same sums as the 0/1 MatMul written before it (a MatMul of one
+    # row by 576x18 costs ONNX Runtime several times the four small nodes).
+    feeds = _x(2)
+    reduced = _int4(_norm_and_two_readers(opset=18), method="hqq", outlier_channels=2)
+    multiplied = _int4(_norm_and_two_readers(opset=13), method="hqq", outlier_channels=2)
+    ops = computed_op_types(reduced.model)
+    assert ops.count("ReduceSum") == 1 and ops.count("Reshape") == 1  # one per input, both readers share it
+    assert ops.count("MatMul") == computed_op_types(multiplied.model).count("MatMul") - 1
+    assert "ReduceSum" not in computed_op_types(multiplied.model)
+    assert not [name for name in reduced.model.graph.initializers if "block_sums" in name]
+    out = run_batches(reduced.model, [feeds])[0]["y"]
+    assert np.abs(out - run_batches(multiplied.model, [feeds])[0]["y"]).max() < 1e-5
+    assert np.abs(out - run_model(reduced.twin.model, feeds)["y"]).max() < 1e-4
+
+
+def test_block_sums_read_the_leading_dims_at_run_time_not_a_declared_rank():
+    # A review: the Reshape's target was [0] * (rank - 1) + [blocks, block] from x's declared rank, and a
+    # value_info declaring x [B, K] for a run-time [2, 1, K] gave y [2, 2, N] (the sums broadcast against the
+    # product), silently, where the original gives [2, 1, N].
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((K, N)) * 0.1).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["inp", "s"], ["x"]), helper.make_node("MatMul", ["x", "w"], ["y"], name="q")],
+        "declared_rank",
+        [
+            helper.make_tensor_value_info("inp", TensorProto.FLOAT, ["M", K]),
+            helper.make_tensor_value_info("s", TensorProto.INT64, [None]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w")],
+        value_info=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", K])],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9))
+    samples = {"inp": rng.standard_normal((6, K)).astype(np.float32), "s": np.array([6, K])}
+    result = Int4QuantizationPass(quantize_outputs=True, method="hqq", samples=samples)(model.clone())
+    assert "ReduceSum" in computed_op_types(result.model)
+    feeds = {"inp": rng.standard_normal((2, K)).astype(np.float32), "s": np.array([2, 1, K])}
+    expected = run_model(model, feeds)["y"]
+    out = run_model(result.model, feeds)["y"]
+    assert out.shape == expected.shape == (2, 1, N)
+    assert np.abs(out - run_model(result.twin.model, feeds)["y"]).max() < 1e-4
+
+
+def test_block_sums_of_a_k_that_leaves_a_partial_block_stay_a_matmul():
+    # K = 64 in blocks of 128: one partial block, which a Reshape cannot make; the 0/1 MatMul sums it.
+    result = _int4(_norm_and_two_readers(), method="hqq", outlier_channels=2, block_size=128)
+    ops = computed_op_types(result.model)
+    assert "ReduceSum" not in ops
+    assert [name for name in result.model.graph.initializers if "block_sums" in name]
+    feeds = _x(2)
+    out = run_batches(result.model, [feeds])[0]["y"]
+    assert np.abs(out - run_model(result.twin.model, feeds)["y"]).max() < 1e-4
