@@ -576,3 +576,28 @@ def shared_input_dim_names(graph: ir.Graph) -> set[str]:
     for value in graph.inputs:
         counts.update({dim.value for dim in value.shape or () if isinstance(dim, ir.SymbolicDim) and dim.value})
     return {name for name, count in counts.items() if count > 1}
+
+
+# Ops whose output copies their first input's dims (same shape, or moved or given unit dims): an Expand of their
+# output broadcasts what the caller fed.
+_DIMS_COPYING = frozenset(
+    {
+        *("Identity", "Cast", "CastLike", "Neg", "Abs", "Relu", "Sigmoid", "Tanh", "Not", "Sqrt", "Exp", "Log"),
+        *("Floor", "Ceil", "Round", "Sign", "Reciprocal", "Erf", "Unsqueeze", "Squeeze", "Transpose"),
+    }
+)
+
+
+def fed_from_graph_input(value: ir.Value | None) -> bool:
+    """Whether ``value`` is a graph input, or one through ops that copy its dims (``Cast(position_ids)``,
+    ``Unsqueeze``)."""
+    for _ in range(16):
+        if value is None:
+            return False
+        if value.is_graph_input():
+            return True
+        producer = value.producer()
+        if producer is None or producer.op_type not in _DIMS_COPYING or producer.domain not in ("", "ai.onnx"):
+            return False
+        value = producer.inputs[0] if producer.inputs else None
+    return False

@@ -28,6 +28,7 @@ from passes._pass import GraphoptPass
 from passes._utils import (
     declared_shapes_checked,
     draws_random,
+    fed_from_graph_input,
     inference_opsets,
     overridable_inputs_hidden,
     recorded_facts,
@@ -161,7 +162,7 @@ def _broadcast_taken_for_identity(
     if [new.op_type for new in replacement.new_nodes] != ["Identity"]:
         return None
     data, target = node.inputs
-    if ir.convenience.get_const_tensor(target) is not None or data is None or not data.is_graph_input():
+    if ir.convenience.get_const_tensor(target) is not None or not fed_from_graph_input(data):
         return None  # dims computed from the inputs (a head split's) keep the names' proof, as in simplify-shapes
     shape = target.producer() if target is not None else None
     if shape is not None and shape.op_type == "Shape" and shape.inputs[0] is data and not shape.attributes:

@@ -37,6 +37,7 @@ from passes._utils import (
     add_initializer,
     constant_array,
     declared_shapes_inferred,
+    fed_from_graph_input,
     overridable_inputs_hidden,
     remove_dead_nodes,
     shared_input_dim_names,
@@ -406,11 +407,12 @@ def _expand_target(node: ir.Node, shapes: Shapes, classes: _DimClasses) -> list[
     if elements is None or data_shape is None:
         return None
     offset = len(elements) - len(data_shape)
-    # A dim name a graph input shares with another input proves no equal size to an Expand of that input, which
-    # broadcasts what a caller feeds: a [1, S] position_ids fed for a batch, both declared [batch, sequence] (the
-    # rotary fusion's own Expand, which a second optimization of its result took for a copy). Dims computed from
-    # the inputs (a head split's, repeated for grouped query attention) keep the names' proof.
-    fed = node.inputs[0].is_graph_input() and node.graph is not None
+    # A dim name a graph input shares with another input proves no equal size to an Expand of that input (or of
+    # an op that copies its dims, as Cast or Unsqueeze), which broadcasts what a caller feeds: a [1, S]
+    # position_ids fed for a batch, both declared [batch, sequence] (the rotary fusion's own Expand, which a second
+    # optimization of its result took for a copy). Dims computed from the inputs otherwise (a head split's,
+    # repeated for grouped query attention) keep the names' proof.
+    fed = fed_from_graph_input(node.inputs[0]) and node.graph is not None
     shared = shared_input_dim_names(node.graph) if fed else set()
     target = []
     for position, element in enumerate(elements):

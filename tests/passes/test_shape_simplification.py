@@ -638,3 +638,42 @@ def test_a_slice_that_takes_the_whole_proven_head_goes(end, whole):
     assert ("Slice" in op_types(after)) != whole, op_types(after)
     hidden = np.random.default_rng(0).standard_normal((2, 3, 64)).astype(np.float32)
     assert_same_outputs(model, after, {"hidden": hidden})
+
+
+_TABLE = "{" + ", ".join(f"{i}." for i in range(24)) + "}"
+_FED_POSITIONS = {
+    "as fed": """positions = Expand(position_ids, target)
+          y = Cast<to = 1>(positions)""",
+    "cast first": """cast = Cast<to = 1>(position_ids)
+          y = Expand(cast, target)""",
+    "negated": """cast = Cast<to = 1>(position_ids)
+          negated = Neg(cast)
+          y = Expand(negated, target)""",
+    "unsqueezed": """cast = Cast<to = 1>(position_ids)
+          two = Constant<value = int64[1] {2}>()
+          column = Unsqueeze(cast, two)
+          grid = Shape(hidden)
+          expanded = Expand(column, grid)
+          y = ReduceSum<keepdims = 0>(expanded, last)""",
+}
+
+
+@pytest.mark.parametrize("spelling", list(_FED_POSITIONS))
+@pytest.mark.parametrize("passes", [["fold-constants"], ["simplify-shapes"], None])
+def test_an_expand_of_a_fed_input_keeps_its_broadcast_however_spelled(spelling, passes):
+    # Metamorphic, from a review: position_ids and input_ids both declared [batch, sequence], position_ids fed
+    # [1, S] for 2 rows and broadcast by an Expand of it, of its Cast, of a Neg of that, or of an Unsqueeze: every
+    # spelling keeps the broadcast, through each pass and the default pipeline (None).
+    from optimizer import optimize
+
+    model = parse_model(f"""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (int64[batch, sequence] input_ids, int64[batch, sequence] position_ids) => (float[batch, sequence] y)
+        <float[8, 3] table = {_TABLE}, int64[1] last = {{-1}}> {{
+          hidden = Gather(table, input_ids)
+          target = Shape<start = 0, end = 2>(hidden)
+          {_FED_POSITIONS[spelling]}
+        }}""")
+    after = optimize(model.clone(), passes, verify=False)
+    feeds = {"input_ids": np.array([[1, 2, 3], [4, 5, 6]]), "position_ids": np.array([[0, 1, 2]])}
+    assert_same_outputs(model, after, feeds)
