@@ -578,26 +578,52 @@ def shared_input_dim_names(graph: ir.Graph) -> set[str]:
     return {name for name, count in counts.items() if count > 1}
 
 
-# Ops whose output copies their first input's dims (same shape, or moved or given unit dims): an Expand of their
-# output broadcasts what the caller fed.
+# Ops whose output copies their first input's dims (same shape, moved, sliced, or given unit dims): an Expand of
+# their output broadcasts what the caller fed.
 _DIMS_COPYING = frozenset(
     {
         *("Identity", "Cast", "CastLike", "Neg", "Abs", "Relu", "Sigmoid", "Tanh", "Not", "Sqrt", "Exp", "Log"),
-        *("Floor", "Ceil", "Round", "Sign", "Reciprocal", "Erf", "Unsqueeze", "Squeeze", "Transpose"),
+        *("Floor", "Ceil", "Round", "Sign", "Reciprocal", "Erf", "Unsqueeze", "Squeeze", "Transpose", "Slice"),
     }
 )
+# Elementwise ops that keep a fed operand's dims when every other operand is a constant of unit dims (an offset).
+_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Where", "Equal", "Less", "Greater"})
+_FED_DEPTH = 32
 
 
 def fed_from_graph_input(value: ir.Value | None) -> bool:
-    """Whether ``value`` is a graph input, or one through ops that copy its dims (``Cast(position_ids)``,
-    ``Unsqueeze``)."""
-    for _ in range(16):
+    """Whether ``value`` is a graph input, or one through ops that copy its dims: ``Cast(position_ids)``, an
+    ``Unsqueeze`` or ``Slice`` of it, ``position_ids + 2`` (the other operands constants of unit dims), a
+    ``Gather`` of a constant table by it. Past ``_FED_DEPTH`` such ops it answers yes (the safe side)."""
+    for _ in range(_FED_DEPTH):
         if value is None:
             return False
         if value.is_graph_input():
             return True
         producer = value.producer()
-        if producer is None or producer.op_type not in _DIMS_COPYING or producer.domain not in ("", "ai.onnx"):
+        if producer is None or producer.domain not in ("", "ai.onnx") or not producer.inputs:
             return False
-        value = producer.inputs[0] if producer.inputs else None
-    return False
+        if producer.op_type in _DIMS_COPYING:
+            value = producer.inputs[0]
+        elif producer.op_type == "Gather" and len(producer.inputs) > 1 and _constant(producer.inputs[0]):
+            value = producer.inputs[1]  # rows of a constant table picked by the fed indices: their dims lead
+        elif producer.op_type in _ELEMENTWISE:
+            varying = [operand for operand in producer.inputs if not _unit_constant(operand)]
+            if len(varying) != 1:
+                return False
+            value = varying[0]
+        else:
+            return False
+    return True
+
+
+def _unit_constant(value: ir.Value | None) -> bool:
+    """A constant (or absent) operand whose every dim is 1: it broadcasts without adding or growing a dim."""
+    if value is None:
+        return True
+    array = constant_array(value)
+    return array is not None and all(size == 1 for size in array.shape)
+
+
+def _constant(value: ir.Value | None) -> bool:
+    return value is not None and constant_array(value) is not None

@@ -655,6 +655,14 @@ _FED_POSITIONS = {
           grid = Shape(hidden)
           expanded = Expand(column, grid)
           y = ReduceSum<keepdims = 0>(expanded, last)""",
+    "offset": """two = Constant<value = int64 {2}>()
+          shifted = Add(position_ids, two)
+          positions = Expand(shifted, target)
+          y = Cast<to = 1>(positions)""",
+    "table rows": """rows = Gather(table, position_ids)
+          grid = Shape(hidden)
+          expanded = Expand(rows, grid)
+          y = ReduceSum<keepdims = 0>(expanded, last)""",
 }
 
 
@@ -662,8 +670,9 @@ _FED_POSITIONS = {
 @pytest.mark.parametrize("passes", [["fold-constants"], ["simplify-shapes"], None])
 def test_an_expand_of_a_fed_input_keeps_its_broadcast_however_spelled(spelling, passes):
     # Metamorphic, from a review: position_ids and input_ids both declared [batch, sequence], position_ids fed
-    # [1, S] for 2 rows and broadcast by an Expand of it, of its Cast, of a Neg of that, or of an Unsqueeze: every
-    # spelling keeps the broadcast, through each pass and the default pipeline (None).
+    # [1, S] for 2 rows and broadcast by an Expand of it, of its Cast, of a Neg of that, of an Unsqueeze, of it plus
+    # an offset, or of a constant table's rows it picks: every spelling keeps the broadcast, through each pass and
+    # the default pipeline (None).
     from optimizer import optimize
 
     model = parse_model(f"""
