@@ -605,7 +605,9 @@ def fed_from_graph_input(value: ir.Value | None) -> bool:
             return False
         if producer.op_type in _DIMS_COPYING:
             value = producer.inputs[0]
-        elif producer.op_type == "Gather" and len(producer.inputs) > 1 and _constant(producer.inputs[0]):
+        elif producer.op_type == "Gather" and len(producer.inputs) > 1:
+            if constant_array(producer.inputs[0]) is None:
+                return False
             value = producer.inputs[1]  # rows of a constant table picked by the fed indices: their dims lead
         elif producer.op_type in _ELEMENTWISE:
             varying = [operand for operand in producer.inputs if not _unit_constant(operand)]
@@ -623,7 +625,3 @@ def _unit_constant(value: ir.Value | None) -> bool:
         return True
     array = constant_array(value)
     return array is not None and all(size == 1 for size in array.shape)
-
-
-def _constant(value: ir.Value | None) -> bool:
-    return value is not None and constant_array(value) is not None

@@ -155,8 +155,9 @@ def _broadcast_taken_for_identity(
     """Why an ``Expand`` must not become an ``Identity`` here, or None: onnxscript drops an Expand whose input's
     declared shape equals its computed target's by dim name (``Expand(position_ids [batch, sequence],
     Shape(hidden)[:2])``), but two inputs that share a dim name need not share its size (a ``[1, S]``
-    ``position_ids`` fed for every row of a batch, which the Expand broadcasts). Only a target of constant
-    sizes, which the input's own constant sizes equal, proves the Expand a copy."""
+    ``position_ids`` fed for every row of a batch, which the Expand broadcasts). So for an input (or a value
+    ``fed_from_graph_input``) whose dims share names with other inputs (``shared``), only a constant target or
+    its own ``Shape`` proves the Expand a copy."""
     if node.op_type != "Expand" or not is_onnx_domain(node) or len(node.inputs) != 2:
         return None
     if [new.op_type for new in replacement.new_nodes] != ["Identity"]:

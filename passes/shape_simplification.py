@@ -157,6 +157,7 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
                 self.decline(shapes)
             return done, None
         classes = _DimClasses(model.graph, shapes)
+        shared = shared_input_dim_names(model.graph)
         for node in candidates:
             if node.op_type == "Reshape":
                 target = _reshape_rewrite(node, shapes, classes)
@@ -164,7 +165,7 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
                     refused.append(("Reshape", target))
                     continue
             else:
-                target = _expand_target(node, shapes, classes)
+                target = _expand_target(node, shapes, classes, shared)
             if target is None:
                 refused.append((node.op_type, _UNPROVEN[node.op_type]))
                 continue
@@ -401,19 +402,18 @@ def _fixed_size(target: list[int | str | None], data_shape: tuple[Symbol, ...]) 
     return total // part if total % part == 0 else None
 
 
-def _expand_target(node: ir.Node, shapes: Shapes, classes: _DimClasses) -> list[int] | None:
+def _expand_target(node: ir.Node, shapes: Shapes, classes: _DimClasses, shared: set[str]) -> list[int] | None:
     elements = _shape_elements(node.inputs[1], _inferred(shapes))
     data_shape = shapes.get(node.inputs[0].name)
     if elements is None or data_shape is None:
         return None
     offset = len(elements) - len(data_shape)
-    # A dim name a graph input shares with another input proves no equal size to an Expand of that input (or of
-    # an op that copies its dims, as Cast or Unsqueeze), which broadcasts what a caller feeds: a [1, S]
+    # A dim name a graph input shares with another input (``shared``) proves no equal size to an Expand of that
+    # input (or of an op that copies its dims, as Cast or Unsqueeze), which broadcasts what a caller feeds: a [1, S]
     # position_ids fed for a batch, both declared [batch, sequence] (the rotary fusion's own Expand, which a second
     # optimization of its result took for a copy). Dims computed from the inputs otherwise (a head split's,
     # repeated for grouped query attention) keep the names' proof.
-    fed = fed_from_graph_input(node.inputs[0]) and node.graph is not None
-    shared = shared_input_dim_names(node.graph) if fed else set()
+    unproven = shared if fed_from_graph_input(node.inputs[0]) else set()
     target = []
     for position, element in enumerate(elements):
         symbol = _symbol_of(element, shapes)
@@ -425,7 +425,7 @@ def _expand_target(node: ir.Node, shapes: Shapes, classes: _DimClasses) -> list[
             symbol is not None
             and position >= offset
             and data_shape[position - offset] == symbol
-            and not _mentions(str(symbol), shared)
+            and not _mentions(str(symbol), unproven)
         ):
             target.append(1)
         elif (

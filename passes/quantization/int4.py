@@ -342,7 +342,7 @@ class Int4QuantizationPass(QuantizationPass):
         bits, offsets, zero_points, split = self._form(layer)
         width = " bits 8" if bits == 8 else ""
         level = 0 if scheme == FLOAT_INPUT else self.accuracy_level
-        # "(ReduceSum)": the block sums' form since 2026-12-04, so timings cached with the MatMul are not reused
+        # "summed by ReduceSum": the block sums' form since 2026-12-04, so timings cached with the MatMul are not reused
         extra = (" + block offsets (summed by ReduceSum)" if offsets else "") + ("" if zero_points else " symmetric")
         if split and level == 4:
             extra += f" + {self.outlier_channels} outlier channels float"
