@@ -11,7 +11,8 @@ key and value. Where those are constant projections of one input ``x``
 When the op's ``attention_bias`` (behind the Expand that broadcasts it) is exactly what
 a 2-D padding mask graph input implies (optionally combined with a causal mask), the
 Attention op reads that mask, cast to int32, as ``mask_index`` (with
-``unidirectional=1`` for the causal one) and the exporter's bias subgraph goes away;
+``unidirectional=1`` for the causal one; expanded first to the input's ``[batch, sequence]``
+unless its declared dims are those, ``_mask_index``) and the exporter's bias subgraph goes away;
 otherwise the bias stays as Attention's ``attention_bias``, which is exact at any length.
 
 Which mask it is is decided by evaluating the bias on ONNX Runtime (``_mask_kind``), and
@@ -229,6 +230,72 @@ def _probe_mask(model: ir.Model, bias: ir.Value, inputs: list[ir.Value], mask: n
     return True if np.array_equal(allowed, np.broadcast_to(causal, wanted)) else None
 
 
+def _mask_index(graph: ir.Graph, anchor: ir.Node, mask: ir.Value, x: ir.Value, casts: dict) -> ir.Value:
+    """The 2-D mask input as the Attention op's ``mask_index``: int32 (cast once per graph) and
+    ``[batch, sequence]`` of ``x``.
+
+    The exporter's bias broadcasts the mask over the scores, so a mask of one row (or one column) fed for
+    a batch runs there; ``mask_index`` must be ``[batch, sequence]``. Unless the mask is that by its
+    declared dims (``_batch_sequence_of``) it is first ``Expand`` ed to ``Shape(x)[:2]``: the same
+    broadcast, kept once per mask and ``x``'s leading dims.
+    """
+    dims = _leading_dims(x)
+    proven = _batch_sequence_of(mask, dims, graph)
+    key = (id(mask),) if proven else (id(mask), dims if dims is not None else id(x))
+    if key in casts:
+        return casts[key]
+    source, added = mask, []
+    if not proven:
+        prefix = f"{mask.name}/{anchor.name}"  # one per mask and x: named for the first op that reads it
+        shape = ir.node("Shape", [x], name=f"{prefix}/batch_sequence_shape")
+        starts = add_initializer(graph, f"{mask.name}/batch_sequence_start", np.array([0], dtype=np.int64))
+        ends = add_initializer(graph, f"{mask.name}/batch_sequence_end", np.array([2], dtype=np.int64))
+        target = ir.node("Slice", [shape.outputs[0], starts, ends], name=f"{prefix}/batch_sequence")
+        expand = ir.node("Expand", [mask, target.outputs[0]], name=f"{prefix}/broadcast")
+        added += [shape, target, expand]
+        for step in added:
+            step.outputs[0].name = f"{step.name}_output"
+        source = expand.outputs[0]
+    if source.dtype != ir.DataType.INT32:
+        name = f"{mask.name}/to_int32" if source is mask else f"{source.name}/to_int32"
+        cast = ir.node("Cast", [source], {"to": ir.DataType.INT32}, name=name)
+        cast.outputs[0].name = f"{mask.name}_int32" if source is mask else f"{source.name}_int32"
+        added.append(cast)
+        source = cast.outputs[0]
+    if added:
+        graph.insert_before(anchor, added)
+    casts[key] = source
+    return source
+
+
+def _batch_sequence_of(mask: ir.Value, dims: tuple | None, graph: ir.Graph) -> bool:
+    """Whether the 2-D ``mask`` is ``[batch, sequence]`` of an ``x`` whose leading dims are ``dims``: the same
+    sizes or names, or (``x``'s unknown) two dim names another graph input declares first too (``input_ids
+    [batch, sequence]``: dims declared with the same name on two graph inputs are taken as equal, as ONNX
+    means them)."""
+    own = _leading_dims(mask)
+    if own is None:
+        return False
+    if dims is not None:
+        return own == dims
+    if not all(isinstance(dim, str) for dim in own):
+        return False
+    return any(other is not mask and _leading_dims(other) == own for other in graph.inputs)
+
+
+def _leading_dims(value: ir.Value) -> tuple | None:
+    """``value``'s first two dims as ints or dim names, or None where either is unknown."""
+    if value.shape is None or value.shape.rank() < 2:
+        return None
+    dims = []
+    for dim in list(value.shape)[:2]:
+        dim = dim if isinstance(dim, int) else getattr(dim, "value", None)
+        if dim is None:
+            return None
+        dims.append(dim)
+    return tuple(dims)
+
+
 def _mask_kind(
     model: ir.Model, bias: ir.Value, max_sequence: int = DEFAULT_MAX_SEQUENCE
 ) -> tuple[ir.Value, bool] | str:
@@ -359,7 +426,7 @@ class PackedAttentionFusion(FusionPass):
                 # A plain padding (or causal + padding) mask: the op reads the 2-D mask and the
                 # exporter's [B, 1, S, T] bias subgraph goes away.
                 mask, causal = masks[id(probe)]
-                mask_index, bias = self._int32(graph, node, mask, casts), None
+                mask_index, bias = _mask_index(graph, node, mask, x, casts), None
                 if causal:
                     attributes["unidirectional"] = 1
         inputs = [
@@ -382,15 +449,3 @@ class PackedAttentionFusion(FusionPass):
         output = node.outputs[0]
         fused.outputs[0].shape, fused.outputs[0].type = output.shape, output.type
         replace_value(output, fused.outputs[0])
-
-    @staticmethod
-    def _int32(graph: ir.Graph, anchor: ir.Node, mask: ir.Value, casts: dict) -> ir.Value:
-        """The 2-D mask input as int32 (the Attention op's mask type), cast once per graph."""
-        if mask.dtype == ir.DataType.INT32:
-            return mask
-        if id(mask) not in casts:
-            cast = ir.node("Cast", [mask], {"to": ir.DataType.INT32}, name=f"{mask.name}/to_int32")
-            cast.outputs[0].name = f"{mask.name}_int32"
-            graph.insert_before(anchor, cast)
-            casts[id(mask)] = cast.outputs[0]
-        return casts[id(mask)]

@@ -194,6 +194,9 @@ class Int4QuantizationPass(QuantizationPass):
         self._planned: dict[str, str | None] = {}
         self._applied: dict[str, Int4Weight] = {}
         self._heads: dict[str, tuple[ir.Value, Int4Weight]] = {}
+        # The default-domain opset of the model being rewritten: its block sums' form (``_block_sums``) is the
+        # form its timing probes (written at opset 18) take too. None: each graph's own.
+        self._source_opset: int | None = None
 
     # -- choosing the values -------------------------------------------------------------
 
@@ -342,11 +345,19 @@ class Int4QuantizationPass(QuantizationPass):
         bits, offsets, zero_points, split = self._form(layer)
         width = " bits 8" if bits == 8 else ""
         level = 0 if scheme == FLOAT_INPUT else self.accuracy_level
-        # "summed by ReduceSum": the block sums' form since 2026-12-04, so timings cached with the MatMul are not reused
-        extra = (" + block offsets (summed by ReduceSum)" if offsets else "") + ("" if zero_points else " symmetric")
+        # "summed by ...": the block sums' op (``_sums_op``), so a timing of one form is not reused for the other
+        extra = (f" + block offsets (summed by {self._sums_op(layer)})" if offsets else "") + (
+            "" if zero_points else " symmetric"
+        )
         if split and level == 4:
             extra += f" + {self.outlier_channels} outlier channels float"
         return f"MatMulNBits{width} block {self.block_size} accuracy_level {level}{extra}"
+
+    def _sums_op(self, layer: Layer | None) -> str:
+        """The op ``_block_sums`` writes ``layer``'s block sums with: ``ReduceSum`` where K fills whole blocks and
+        the source model's opset is 15 or later, else ``MatMul`` (K unknown without a layer: ``ReduceSum``)."""
+        k = None if layer is None else layer.weight.shape[0]
+        return "ReduceSum" if _sums_by_reduce(k, self.block_size, self._source_opset) else "MatMul"
 
     def _layer_model(self, shape: LayerShape, scheme: str, layer: Layer | None = None) -> ir.Model:
         # The probe's random weight lies on no grid: it is written in the form the layer will be.
@@ -410,7 +421,10 @@ class Int4QuantizationPass(QuantizationPass):
         parts = []
         if offsets:
             block = self.block_size
-            parts.append(self._shared_value(graph, (id(x), "sums"), reader, x, lambda: _block_sums(graph, x, k, block)))
+            opset = self._source_opset if self._source_opset is not None else onnx_opset(graph.opset_imports, 1)
+            by_reduce = _sums_by_reduce(k, block, opset)
+            build = lambda: _block_sums(graph, x, k, block, by_reduce=by_reduce)  # noqa: E731
+            parts.append(self._shared_value(graph, (id(x), "sums"), reader, x, build))
         if split is not None:
             gather = lambda: _outlier_columns(graph, x, split)  # noqa: E731
             parts.append(self._shared_value(graph, (id(x), "outliers"), reader, x, gather))
@@ -448,6 +462,7 @@ class Int4QuantizationPass(QuantizationPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._planned, self._applied, self._grids = {}, {}, {}
+        self._source_opset = onnx_opset(model.graph.opset_imports, 1)
         name_nodes(model.graph)  # the plan names tied heads by node name
         for node in model.graph:
             if node.domain == MS_DOMAIN and node.op_type == "Attention":
@@ -835,7 +850,8 @@ def _extra_inputs(
     """What a layer's exact float correction reads of ``x`` (the last node's output; not inserted):
     with ``offsets`` its block sums (``_block_sums``), then ``split``'s channels (``_outlier_columns``),
     side by side along the last axis (``_side_by_side``)."""
-    nodes = _block_sums(graph, x, k, block_size) if offsets else []
+    by_reduce = _sums_by_reduce(k, block_size, onnx_opset(graph.opset_imports, 1))
+    nodes = _block_sums(graph, x, k, block_size, by_reduce=by_reduce) if offsets else []
     parts = [nodes[-1].outputs[0]] if nodes else []
     if split is not None:
         nodes.append(_outlier_columns(graph, x, split))
@@ -845,18 +861,24 @@ def _extra_inputs(
     return nodes
 
 
-def _block_sums(graph: ir.Graph, x: ir.Value, k: int, block_size: int) -> list[ir.Node]:
+def _sums_by_reduce(k: int | None, block_size: int, opset: int | None) -> bool:
+    """Whether ``_block_sums`` reduces (K fills whole blocks, opset 15 or later, whose ``Shape`` takes ``end``)
+    rather than multiplying by ``P``; an unknown K or opset counts as fitting."""
+    return (k is None or k % block_size == 0) and (opset is None or opset >= 15)
+
+
+def _block_sums(graph: ir.Graph, x: ir.Value, k: int, block_size: int, *, by_reduce: bool) -> list[ir.Node]:
     """``x``'s sums over each block of its last axis, ``[..., n_blocks]`` (the last node's output; not inserted).
 
-    ``ReduceSum(Reshape(x, Concat(Shape(x)[:-1], [n_blocks, block])), axes=-1)`` where ``K`` fills whole blocks
-    (from opset 15, whose ``Shape`` takes ``end``; the leading dims are read at run time, not from a declared
-    rank, which a ``value_info`` may misstate); else ``x @ P``, ``P`` the ``[K, n_blocks]`` 0/1 matrix (one
-    initializer per graph, K and block size). The two give the same sums; at one row the MatMul is the slower
+    ``by_reduce`` (``_sums_by_reduce``: K fills whole blocks, opset 15 or later):
+    ``ReduceSum(Reshape(x, Concat(Shape(x)[:-1], [n_blocks, block])), axes=-1)``; the leading dims are read at
+    run time, not from a declared rank, which a ``value_info`` may misstate. Else ``x @ P``, ``P`` the
+    ``[K, n_blocks]`` 0/1 matrix (one initializer per graph, K and block size). The two give the same sums; at one row the MatMul is the slower
     by far: ONNX Runtime 1.32's CPU ``MatMul`` of 1x576 by 576x18 takes 3.3 us, and SmolLM2's int4 decode step
     at 2 threads went from 13.5 to 12.5 ms with its 120 block sums reduced instead (docs/benchmarks.md,
     *Block sums by ReduceSum*).
     """
-    if k % block_size == 0 and onnx_opset(graph.opset_imports, 1) >= 15:
+    if by_reduce:
         blocks = k // block_size
         leading = ir.Node("", "Shape", [x], attributes=[ir.AttrInt64("start", 0), ir.AttrInt64("end", -1)])
         tail = _graph_constant(graph, f"block_shape_{blocks}x{block_size}", np.array([blocks, block_size]))

@@ -13,8 +13,10 @@ from passes.fusion.attention import AttentionFusion
 from passes.fusion.packed_attention import PackedAttentionFusion
 from tests.helpers import assert_same_outputs, op_types
 from tests.passes.fusion._attention_graphs import (
+    BATCH,
     HEADS,
     HIDDEN,
+    SEQ,
     TABLE_LENGTH,
     WINDOW,
     attention_model,
@@ -310,3 +312,34 @@ def test_only_readers_of_batch_and_sequence_move_to_the_packed_input(attributes,
         indices = ir.Value(name="i", const_value=ir.tensor(np.array(index, np.int64)))
         ir.node("Gather", [shape.outputs[0], indices], {"axis": 0})
     assert _reads_leading_dims(shape) is leading
+
+
+@pytest.mark.parametrize("fed", [(1, SEQ), (BATCH, 1)])
+def test_a_mask_whose_dims_are_not_the_inputs_is_broadcast_to_them(fed):
+    # attention_mask declared [mask_batch, mask_sequence] (names x does not declare): the original broadcasts a
+    # mask of one row (or one column) over the scores; mask_index must be [batch, sequence], so the fused op reads
+    # the mask expanded to x's leading dims (a review found the packed op refusing a [1, S] mask for a batch of 2).
+    model = attention_model(mask="input")
+    mask = next(value for value in model.graph.inputs if value.name == "attention_mask")
+    mask.shape = ir.Shape(["mask_batch", "mask_sequence"])
+    after, _ = _staged(model)
+    fused = _attention(after)
+    assert fused.inputs[3].producer().op_type == "Cast"
+    assert fused.inputs[3].producer().inputs[0].producer().op_type == "Expand"
+    feeds = model_inputs(model)
+    feeds["attention_mask"] = np.ones(fed, np.int64)
+    assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
+
+
+def test_a_mask_declared_with_the_inputs_dims_is_read_as_it_is():
+    model = attention_model(mask="input")
+    for value in model.graph.inputs:
+        value.shape = ir.Shape([None, None, *list(value.shape)[2:]]) if value.name == "x" else value.shape
+    model.graph.inputs.append(ir.Value(name="input_ids", type=ir.TensorType(ir.DataType.INT64)))
+    model.graph.inputs[-1].shape = ir.Shape(["B", "S"])
+    # x's leading dims unknown: another input declaring the mask's [B, S] names stands for them.
+    after, _ = _staged(model)
+    assert "Expand" not in op_types(after)
+    model.graph.inputs[-1].shape = ir.Shape(["B", "T"])  # ... and only the same two names
+    after, _ = _staged(model)
+    assert "Expand" in op_types(after)

@@ -708,6 +708,26 @@ def test_the_budget_times_each_layer_in_its_own_form():
     assert not any(node.name.endswith("_block_offsets") for node in probe.graph)
 
 
+@pytest.mark.parametrize(("opset", "k", "op"), [(18, 64, "ReduceSum"), (13, 64, "MatMul"), (18, 48, "MatMul")])
+def test_the_budget_times_the_block_sums_in_the_form_the_layer_gets(opset, k, op):
+    # The timing probe is written at opset 18; its block sums must take the source model's form (MatMul before
+    # opset 15, or where K does not fill whole blocks), and the speed label (the timing cache's key) must say which.
+    model = _matmul(np.random.default_rng(0).standard_normal((k, 16)).astype(np.float32))
+    model.opset_imports[""] = opset
+    from passes._layers import find_layers
+    from passes.quantization._layer_speed import LayerShape
+
+    quantizer = Int4QuantizationPass(quantize_outputs=True, method="hqq")  # float zero points: block offsets
+    (layer,) = find_layers(model.graph, quantizer.kinds)[0]
+    result = quantizer(model.clone())
+    written = computed_op_types(result.model)
+    assert (written.count("ReduceSum") == 1) is (op == "ReduceSum")
+    assert quantizer.speed_form("int4", layer).endswith(f"+ block offsets (summed by {op})")
+    probe = quantizer._layer_model(LayerShape("MatMul", 1, k, 16), "int4", layer)
+    sums = [node for node in probe.graph if node.name.endswith("block_sums")]
+    assert sums and {node.op_type for node in sums} == {op}
+
+
 def test_a_foreign_tensor_named_like_the_block_sums_is_not_reused():
     model = _matmul(_on_grid(64, 16, 32, integer_zero=False))
     foreign = np.ones((64, 2), dtype=np.float32)
