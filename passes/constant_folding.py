@@ -9,8 +9,10 @@ so we use it, with one guard: its rewrites of sequence ops (``ConcatFromSequence
 ``SplitToSequence``) write ``Unsqueeze``/``Split``/``Squeeze`` in their opset-13+
 spellings whatever opset the model imports, which ONNX Runtime rejects as an invalid
 graph in an opset-11 model. A rewrite whose new nodes do not exist in that form at the
-model's opset is refused and counted. See ``passes/shape_simplification.py`` for what
-the folder leaves.
+model's opset is refused and counted. The folder evaluates with onnx's reference
+implementation, not ONNX Runtime: where the two are known to differ (``_runtime_disagreement``)
+the folded value is checked on ONNX Runtime and the node left for run time unless they agree.
+See ``passes/shape_simplification.py`` for what the folder leaves.
 """
 
 from __future__ import annotations
@@ -131,7 +133,19 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
     def process_node(self, node: ir.Node, is_function: bool) -> _constant_folding.Replacement | None:
         if _left_whole(node, is_function):
             return None
-        return super().process_node(node, is_function)
+        replacement = super().process_node(node, is_function)
+        if replacement is None or is_function:
+            return replacement
+        problem = _runtime_disagreement(node, replacement, self._opset_imports)
+        if problem is None:
+            return replacement
+        self._refuse(node.op_type, problem)
+        _discard(replacement.new_nodes)
+        initializers = node.graph.initializers if node.graph is not None else {}
+        for value in replacement.new_outputs:  # the folder registered its result before returning it
+            if initializers.get(value.name) is value and not list(value.uses()):
+                initializers.pop(value.name)
+        return None
 
     def replace_node(
         self, node: ir.Node, replacement: _constant_folding.Replacement, root: ir.Graph | ir.Function
@@ -203,6 +217,123 @@ def _not_at_opset(node: ir.Node, opsets: Mapping[str, int]) -> str | None:
             f"(which the model imports) does not have"
         )
     return None
+
+
+# Ops whose reference evaluation (onnx's, which onnxscript's folder uses) is known to differ from ONNX Runtime's
+# on some constants: NaN in a max/min or arg-max, an empty reduction, int32 sums past their range (ONNX
+# Runtime 1.32 saturates), a float Range (ONNX Runtime adds the step, numpy multiplies), text from a float Cast.
+_RUNTIME_CHECKED = frozenset(
+    {
+        "ArgMax",
+        "ArgMin",
+        "CumSum",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceSum",
+        "ReduceSumSquare",
+    }
+)
+_CAST_CHECKED = frozenset(
+    {
+        ir.DataType.STRING,
+        ir.DataType.FLOAT8E4M3FN,
+        ir.DataType.FLOAT8E4M3FNUZ,
+        ir.DataType.FLOAT8E5M2,
+        ir.DataType.FLOAT8E5M2FNUZ,
+    }
+)
+# How far a folded float may sit from ONNX Runtime's own value (a few float32 ulps: libm's exp or pow, not a NaN).
+_FOLDED_RTOL = 1e-6
+
+
+def _runtime_disagreement(
+    node: ir.Node, replacement: _constant_folding.Replacement, opsets: Mapping[str, int]
+) -> str | None:
+    """Why a node folded into constants keeps its place: the folder's values are not what ONNX Runtime
+    computes from the same constants (or it cannot), for the ops and inputs ``_checked`` names; else None.
+
+    onnxscript's folder evaluates with onnx's reference implementation; a review found it folding
+    ``ReduceMax([1, NaN, 3])`` to NaN (ONNX Runtime: 3), ``ArgMax`` with a NaN, ``ReduceMean`` of nothing and an
+    int32 ``ReduceSum`` past 2**31 differently, and a model whose gated branch reads such a constant then
+    shipped other values than the original's, verified (verification's inputs never open the gate).
+    """
+    inputs = [None if value is None else ir.convenience.get_const_tensor(value) for value in node.inputs]
+    if any(value is not None and tensor is None for value, tensor in zip(node.inputs, inputs)):
+        return None  # not evaluated from constants (a shape rewrite)
+    folded = [ir.convenience.get_const_tensor(value) for value in replacement.new_outputs]
+    if not folded or any(tensor is None for tensor in folded):
+        return None
+    arrays = [None if tensor is None else tensor.numpy() for tensor in inputs]
+    if not _checked(node, arrays):
+        return None
+    try:
+        computed = _on_runtime(node, arrays, opsets)
+    except Exception as error:  # noqa: BLE001 - whatever stops ONNX Runtime, the constant is not proven
+        return f"ONNX Runtime does not evaluate it on its constants ({type(error).__name__}); left for run time"
+    for tensor, expected in zip(folded, computed):
+        if not _same_values(tensor.numpy(), np.asarray(expected)):
+            return (
+                "onnx's reference evaluation of it differs from ONNX Runtime's on its constants "
+                "(a NaN, an empty or overflowing reduction); left for run time"
+            )
+    return None
+
+
+def _checked(node: ir.Node, arrays: Sequence[np.ndarray | None]) -> bool:
+    """Whether a folded ``node`` is checked against ONNX Runtime: the ops of ``_RUNTIME_CHECKED``, a float
+    ``Range``, a ``Cast`` to or from text or to float8, and any node reading a NaN."""
+    if not is_onnx_domain(node) or any(
+        attribute.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attribute in node.attributes.values()
+    ):
+        return False
+    if node.op_type in _RUNTIME_CHECKED:
+        return True
+    present = [array for array in arrays if array is not None]
+    if node.op_type == "Range":
+        return any(array.dtype.kind == "f" for array in present)
+    if node.op_type == "Cast":
+        target = ir.DataType(node.attributes.get_int("to", 0))
+        return target in _CAST_CHECKED or any(array.dtype.kind in "OUS" for array in present)
+    return any(array.dtype.kind == "f" and np.isnan(array).any() for array in present)
+
+
+def _on_runtime(node: ir.Node, arrays: Sequence[np.ndarray | None], opsets: Mapping[str, int]) -> list[np.ndarray]:
+    """``node``'s outputs on ONNX Runtime (CPU), its inputs the constant ``arrays``."""
+    from optimizer.runtime import open_session, session_options
+
+    proto = ir.serde.serialize_node(node)
+    names = [f"input_{index}" if array is not None else "" for index, array in enumerate(arrays)]
+    outputs = [f"output_{index}" if value is not None else "" for index, value in enumerate(node.outputs)]
+    del proto.input[:], proto.output[:]
+    proto.input.extend(names)
+    proto.output.extend(outputs)
+    initializers = [onnx.numpy_helper.from_array(array, name) for name, array in zip(names, arrays) if name]
+    graph = onnx.helper.make_graph(
+        [proto],
+        "folded",
+        [],
+        [onnx.helper.make_empty_tensor_value_info(name) for name in outputs if name],
+        initializers,
+    )
+    ids = [onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items()]
+    model = onnx.helper.make_model(graph, opset_imports=ids, ir_version=onnx.IR_VERSION)
+    session = open_session(model.SerializeToString(), session_options(), ["CPUExecutionProvider"])
+    return session.run([name for name in outputs if name], {})
+
+
+def _same_values(folded: np.ndarray, computed: np.ndarray) -> bool:
+    """Same dtype and shape, the same NaNs and infinities, and floats within ``_FOLDED_RTOL`` (else equal)."""
+    if folded.dtype != computed.dtype or folded.shape != computed.shape:
+        return False
+    if folded.dtype.kind not in "fc":
+        return bool(np.array_equal(folded, computed))
+    return bool(np.allclose(folded, computed, rtol=_FOLDED_RTOL, atol=0.0, equal_nan=True))
 
 
 def _discard(nodes: Sequence[ir.Node]) -> None:

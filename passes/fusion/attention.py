@@ -16,7 +16,10 @@ spelling of it:
 - Masks: additive biases (several are summed; ``scores - bias`` adds the negated bias,
   the ``scores - 10000 * (1 - mask)`` of early TF ports) and ``Where(cond, scores, fill)``
   (or ``Where(cond, fill, scores)``) with a constant scalar fill of -inf or a large
-  negative number, which becomes the bias ``Where(cond, 0, fill)``. The op's ``attention_bias`` is
+  negative number, which becomes the bias ``Where(cond, 0, fill)`` (a finite fill written
+  ``_WHERE_FILL``: the bias adds where the Where replaced, so a masked score of 1e4 came back
+  next to a -1e4 fill; exact wherever a row's largest unmasked score is above fill + 104).
+  The op's ``attention_bias`` is
   4-D ``[B|1, N|1, S, T]``: a lower-rank bias is unsqueezed (broadcasting is
   right-aligned), and one that may broadcast in the last two axes is expanded. Its dims
   are read from ONNX's shape inference and, where that leaves them open (a ``Range``'s
@@ -128,6 +131,12 @@ from passes.shape_simplification import _symbolic_shapes
 # Scores filled with at most this much are masked out: exp(-1e4) underflows to 0 in float32
 # next to any unmasked score, so Where(cond, s, fill) and s + Where(cond, 0, fill) agree.
 _MASKED = -1e4
+# What a finite Where fill becomes in the additive bias. The Where replaces a masked score by its fill; the bias
+# adds to it, so with the fill itself a masked score above about -fill (|s| ~ 1e4) came back into the softmax (a
+# review's large activations). -1e30 keeps any score under 1e22 masked, stays finite when several such masks
+# add up (a row with every key masked then gets uniform weights, as the fill gives it), and agrees with the Where
+# wherever the row's largest unmasked score is above fill + 104 (exp(fill - max) is 0 in float32 there).
+_WHERE_FILL = -1e30
 _TO_HEADS = (0, 2, 1, 3)  # [B, S, N, d] <-> [B, N, S, d]
 _SWAP_LAST = (0, 1, 3, 2)
 
@@ -743,7 +752,8 @@ def _bias_term(build: _Builder, bias: _Bias, dtype: np.dtype, cache: dict) -> tu
     if key not in cache:
         value = bias.value
         if bias.fill is not None:
-            zero, fill = build.constant("zero", np.array(0, dtype)), build.constant("fill", np.array(bias.fill, dtype))
+            written = bias.fill if not math.isfinite(bias.fill) else _WHERE_FILL
+            zero, fill = build.constant("zero", np.array(0, dtype)), build.constant("fill", np.array(written, dtype))
             value = build.node("Where", [value, zero, fill] if bias.scores_if_true else [value, fill, zero])
         if bias.factor != 1.0:
             # softmax((s + b) * f) = softmax(s * f + b * f): the op scales only Q @ K^T.

@@ -873,10 +873,10 @@ def _block_sums(graph: ir.Graph, x: ir.Value, k: int, block_size: int, *, by_red
     ``by_reduce`` (``_sums_by_reduce``: K fills whole blocks, opset 15 or later):
     ``ReduceSum(Reshape(x, Concat(Shape(x)[:-1], [n_blocks, block])), axes=-1)``; the leading dims are read at
     run time, not from a declared rank, which a ``value_info`` may misstate. Else ``x @ P``, ``P`` the
-    ``[K, n_blocks]`` 0/1 matrix (one initializer per graph, K and block size). The two give the same sums; at one row the MatMul is the slower
-    by far: ONNX Runtime 1.32's CPU ``MatMul`` of 1x576 by 576x18 takes 3.3 us, and SmolLM2's int4 decode step
-    at 2 threads went from 13.5 to 12.5 ms with its 120 block sums reduced instead (docs/benchmarks.md,
-    *Block sums by ReduceSum*).
+    ``[K, n_blocks]`` 0/1 matrix (one initializer per graph, K and block size). The two give the same sums; at
+    one row the MatMul is the slower by far: ONNX Runtime 1.32's CPU ``MatMul`` of 1x576 by 576x18 takes
+    3.3 us, and SmolLM2's int4 decode step at 2 threads went from 13.5 to 12.5 ms with its 120 block sums
+    reduced instead (docs/benchmarks.md, *Block sums by ReduceSum*).
     """
     if by_reduce:
         blocks = k // block_size
