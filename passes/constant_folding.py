@@ -134,7 +134,7 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
         if _left_whole(node, is_function):
             return None
         replacement = super().process_node(node, is_function)
-        if replacement is None or is_function:
+        if replacement is None:
             return replacement
         problem = _runtime_disagreement(node, replacement, self._opset_imports)
         if problem is None:
@@ -219,14 +219,12 @@ def _not_at_opset(node: ir.Node, opsets: Mapping[str, int]) -> str | None:
     return None
 
 
-# Ops whose reference evaluation (onnx's, which onnxscript's folder uses) is known to differ from ONNX Runtime's
-# on some constants: NaN in a max/min or arg-max, an empty reduction, int32 sums past their range (ONNX
-# Runtime 1.32 saturates), a float Range (ONNX Runtime adds the step, numpy multiplies), text from a float Cast.
-_RUNTIME_CHECKED = frozenset(
+# Folds whose reference evaluation (onnx's, which onnxscript's folder uses) is known to differ from ONNX Runtime's
+# on some constants, found by reviews: a NaN in a max, min or arg-max; a reduction of nothing; integer sums,
+# products and powers past their type's range (ONNX Runtime 1.32 saturates some); a float Range (ONNX Runtime adds
+# the step, numpy multiplies); a Cast from text or to float8. These are checked on ONNX Runtime (``_checked``).
+_REDUCTIONS = frozenset(
     {
-        "ArgMax",
-        "ArgMin",
-        "CumSum",
         "ReduceL1",
         "ReduceL2",
         "ReduceLogSum",
@@ -237,31 +235,57 @@ _RUNTIME_CHECKED = frozenset(
         "ReduceProd",
         "ReduceSum",
         "ReduceSumSquare",
+        "ArgMax",
+        "ArgMin",
+        "CumSum",
+    }
+)
+# Integer ops whose result can leave the type's range (or divide) where onnx and ONNX Runtime may part.
+_INTEGER_CHECKED = frozenset(
+    {"ReduceL1", "ReduceL2", "ReduceMean", "ReduceProd", "ReduceSum", "ReduceSumSquare", "CumSum", "Pow"}
+)
+# Ops that only move or copy elements: a NaN passes through them the same way in both.
+_MOVES_ELEMENTS = frozenset(
+    {
+        "Concat",
+        "Expand",
+        "Flatten",
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "Identity",
+        "Reshape",
+        "Slice",
+        "Split",
+        "Squeeze",
+        "Tile",
+        "Transpose",
+        "Unsqueeze",
     }
 )
 _CAST_CHECKED = frozenset(
     {
-        ir.DataType.STRING,
         ir.DataType.FLOAT8E4M3FN,
         ir.DataType.FLOAT8E4M3FNUZ,
         ir.DataType.FLOAT8E5M2,
         ir.DataType.FLOAT8E5M2FNUZ,
     }
 )
-# How far a folded float may sit from ONNX Runtime's own value (a few float32 ulps: libm's exp or pow, not a NaN).
+# How far a folded float may sit from ONNX Runtime's own value (a few float32 ulps, not a NaN). Folds outside the
+# checks above (a Sin, an Exp) are not compared: libm and ONNX Runtime may differ there by an ulp or two.
 _FOLDED_RTOL = 1e-6
 
 
 def _runtime_disagreement(
     node: ir.Node, replacement: _constant_folding.Replacement, opsets: Mapping[str, int]
 ) -> str | None:
-    """Why a node folded into constants keeps its place: the folder's values are not what ONNX Runtime
-    computes from the same constants (or it cannot), for the ops and inputs ``_checked`` names; else None.
+    """Why a node folded into constants keeps its place: for the folds ``_checked`` names, the folder's values
+    are not what ONNX Runtime (CPU) computes from the same constants, or it cannot compute them; else None.
 
     onnxscript's folder evaluates with onnx's reference implementation; a review found it folding
     ``ReduceMax([1, NaN, 3])`` to NaN (ONNX Runtime: 3), ``ArgMax`` with a NaN, ``ReduceMean`` of nothing and an
-    int32 ``ReduceSum`` past 2**31 differently, and a model whose gated branch reads such a constant then
-    shipped other values than the original's, verified (verification's inputs never open the gate).
+    int32 ``ReduceSum`` past 2**31 differently, and a model whose gated branch read such a constant then
+    shipped other values than the original's, verified (verification's inputs never opened the gate).
     """
     inputs = [None if value is None else ir.convenience.get_const_tensor(value) for value in node.inputs]
     if any(value is not None and tensor is None for value, tensor in zip(node.inputs, inputs)):
@@ -269,38 +293,51 @@ def _runtime_disagreement(
     folded = [ir.convenience.get_const_tensor(value) for value in replacement.new_outputs]
     if not folded or any(tensor is None for tensor in folded):
         return None
-    arrays = [None if tensor is None else tensor.numpy() for tensor in inputs]
-    if not _checked(node, arrays):
+    if not _checked(node, inputs):
         return None
+    arrays = [None if tensor is None else tensor.numpy() for tensor in inputs]
     try:
         computed = _on_runtime(node, arrays, opsets)
     except Exception as error:  # noqa: BLE001 - whatever stops ONNX Runtime, the constant is not proven
-        return f"ONNX Runtime does not evaluate it on its constants ({type(error).__name__}); left for run time"
+        return f"ONNX Runtime (CPU) does not compute it from its constants ({type(error).__name__}): left for run time"
     for tensor, expected in zip(folded, computed):
         if not _same_values(tensor.numpy(), np.asarray(expected)):
-            return (
-                "onnx's reference evaluation of it differs from ONNX Runtime's on its constants "
-                "(a NaN, an empty or overflowing reduction); left for run time"
-            )
+            return "onnx's reference value of it differs from ONNX Runtime's on its constants: left for run time"
     return None
 
 
-def _checked(node: ir.Node, arrays: Sequence[np.ndarray | None]) -> bool:
-    """Whether a folded ``node`` is checked against ONNX Runtime: the ops of ``_RUNTIME_CHECKED``, a float
-    ``Range``, a ``Cast`` to or from text or to float8, and any node reading a NaN."""
+def _checked(node: ir.Node, inputs: Sequence[ir.TensorProtocol | None]) -> bool:
+    """Whether a folded ``node`` is checked on ONNX Runtime: a reduction, arg-max/min or CumSum reading a NaN or
+    nothing; an integer sum, product, power, mean or CumSum; a float ``Range``; a ``Cast`` from text or to
+    float8; any other op (but those that only move elements) reading a NaN."""
     if not is_onnx_domain(node) or any(
         attribute.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attribute in node.attributes.values()
     ):
         return False
-    if node.op_type in _RUNTIME_CHECKED:
+    present = [tensor for tensor in inputs if tensor is not None]
+    dtypes = {tensor.dtype for tensor in present}
+    if node.op_type in _INTEGER_CHECKED and any(dtype.is_integer() for dtype in dtypes):
         return True
-    present = [array for array in arrays if array is not None]
     if node.op_type == "Range":
-        return any(array.dtype.kind == "f" for array in present)
+        return any(dtype.is_floating_point() for dtype in dtypes)
     if node.op_type == "Cast":
         target = ir.DataType(node.attributes.get_int("to", 0))
-        return target in _CAST_CHECKED or any(array.dtype.kind in "OUS" for array in present)
-    return any(array.dtype.kind == "f" and np.isnan(array).any() for array in present)
+        return target in _CAST_CHECKED or ir.DataType.STRING in dtypes
+    if node.op_type in _MOVES_ELEMENTS:
+        return False
+    if node.op_type in _REDUCTIONS and any(tensor.size == 0 for tensor in present[:1]):
+        return True
+    return any(_holds_nan(tensor) for tensor in present)
+
+
+def _holds_nan(tensor: ir.TensorProtocol) -> bool:
+    """Whether a floating-point ``tensor`` (float16, bfloat16 and float8 included) holds a NaN."""
+    if not tensor.dtype.is_floating_point():
+        return False
+    array = tensor.numpy()
+    if array.dtype.kind != "f":  # bfloat16, float8 (ml_dtypes): their NaNs survive the widening
+        array = array.astype(np.float32)
+    return bool(np.isnan(array).any())
 
 
 def _on_runtime(node: ir.Node, arrays: Sequence[np.ndarray | None], opsets: Mapping[str, int]) -> list[np.ndarray]:
@@ -309,27 +346,39 @@ def _on_runtime(node: ir.Node, arrays: Sequence[np.ndarray | None], opsets: Mapp
 
     proto = ir.serde.serialize_node(node)
     names = [f"input_{index}" if array is not None else "" for index, array in enumerate(arrays)]
-    outputs = [f"output_{index}" if value is not None else "" for index, value in enumerate(node.outputs)]
+    outputs = [f"output_{index}" for index in range(len(node.outputs))]
     del proto.input[:], proto.output[:]
     proto.input.extend(names)
     proto.output.extend(outputs)
-    initializers = [onnx.numpy_helper.from_array(array, name) for name, array in zip(names, arrays) if name]
+    initializers = [_tensor_proto(array, name) for name, array in zip(names, arrays) if name]
     graph = onnx.helper.make_graph(
-        [proto],
-        "folded",
-        [],
-        [onnx.helper.make_empty_tensor_value_info(name) for name in outputs if name],
-        initializers,
+        [proto], "folded", [], [onnx.helper.make_empty_tensor_value_info(name) for name in outputs], initializers
     )
     ids = [onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items()]
     model = onnx.helper.make_model(graph, opset_imports=ids, ir_version=onnx.IR_VERSION)
     session = open_session(model.SerializeToString(), session_options(), ["CPUExecutionProvider"])
-    return session.run([name for name in outputs if name], {})
+    return session.run(outputs, {})
+
+
+def _tensor_proto(array: np.ndarray, name: str) -> onnx.TensorProto:
+    """``array`` as an initializer: text by onnx's helper (as bytes), the rest (bfloat16, float8) by onnx_ir."""
+    if array.dtype.kind in "OSU":
+        encoded = [item if isinstance(item, bytes) else str(item).encode() for item in array.reshape(-1)]
+        return onnx.helper.make_tensor(name, onnx.TensorProto.STRING, array.shape, encoded)
+    return ir.serde.serialize_tensor(ir.tensor(array, name=name))
 
 
 def _same_values(folded: np.ndarray, computed: np.ndarray) -> bool:
-    """Same dtype and shape, the same NaNs and infinities, and floats within ``_FOLDED_RTOL`` (else equal)."""
-    if folded.dtype != computed.dtype or folded.shape != computed.shape:
+    """Same shape and values: text as text, float8 by its bytes (ONNX Runtime returns them as uint8), floats with
+    the same NaNs and infinities and within ``_FOLDED_RTOL``, anything else equal and of the same dtype."""
+    if folded.shape != computed.shape:
+        return False
+    if folded.dtype.kind in "OSU" or computed.dtype.kind in "OSU":
+        as_text = np.vectorize(lambda item: item.decode() if isinstance(item, bytes) else str(item), otypes=[object])
+        return bool(np.array_equal(as_text(folded), as_text(computed))) if folded.size else True
+    if folded.dtype.kind == "V" and folded.dtype.itemsize == 1 and computed.dtype == np.uint8:
+        return bool(np.array_equal(folded.view(np.uint8), computed))
+    if folded.dtype != computed.dtype:
         return False
     if folded.dtype.kind not in "fc":
         return bool(np.array_equal(folded, computed))
@@ -359,12 +408,16 @@ def _left_whole(node: ir.Node, in_function: bool) -> bool:
     - ``SplitToSequence`` given its splits with ``keepdims=0``: ONNX ignores keepdims there, onnxscript
       squeezed every piece;
     - a constant ``If`` in a function whose branches hold initializers: onnxscript moves them into the
-      function, which holds none (the result read an undefined value, and the pass failed).
+      function, which holds none (the result read an undefined value, and the pass failed);
+    - a ``Cast`` to text: the folded numpy text array cannot be serialized (onnx_ir), and the pass failed when a
+      later node read it.
     """
     if any(attribute.is_ref() for attribute in node.attributes.values()):
         return True
     if not is_onnx_domain(node):
         return False
+    if node.op_type == "Cast" and node.attributes.get_int("to", 0) == ir.DataType.STRING:
+        return True
     if node.op_type == "SplitToSequence" and len(node.inputs) > 1 and node.inputs[1] is not None:
         return node.attributes.get_int("keepdims", 1) == 0
     if node.op_type == "If" and in_function:

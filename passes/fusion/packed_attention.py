@@ -40,6 +40,7 @@ The fused op differs from the graph in the degenerate case ``fuse-attention`` do
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -199,8 +200,15 @@ def _packed_by_split(hidden: list[ir.Value]) -> _Packed | str:
     return x, np.ascontiguousarray(weight), bias, widths
 
 
-def _probe_mask(model: ir.Model, bias: ir.Value, inputs: list[ir.Value], mask: np.ndarray) -> bool | str | None:
-    """Whether ``bias`` is the padding mask (False) or causal + padding (True) for the probe ``mask``, else None.
+# Attention's mask_filter_value when none is set: what the kernel adds to a masked score.
+_MASK_FILTER_DEFAULT = -10000.0
+
+
+def _probe_mask(
+    model: ir.Model, bias: ir.Value, inputs: list[ir.Value], mask: np.ndarray, masked: list[float] | None = None
+) -> bool | str | None:
+    """Whether ``bias`` is the padding mask (False) or causal + padding (True) for the probe ``mask``, else None;
+    ``masked`` gets the largest value the bias holds where it masks.
 
     ``_REFUSED`` when the original graph refuses this length: ONNX Runtime fails on the
     bias subgraph, or the bias cannot broadcast to the ``[B, N, S, S]`` scores it is added to.
@@ -222,6 +230,8 @@ def _probe_mask(model: ir.Model, bias: ir.Value, inputs: list[ir.Value], mask: n
     allowed = value == 0
     if not np.all(allowed | (value <= -1e4)):
         return None
+    if masked is not None and not allowed.all():
+        masked.append(float(value[~allowed].max()))
     allowed = np.broadcast_to(allowed, wanted)
     padding = mask[:, None, None, :] == 1
     if np.array_equal(allowed, np.broadcast_to(padding, wanted)):
@@ -240,7 +250,7 @@ def _mask_index(graph: ir.Graph, anchor: ir.Node, mask: ir.Value, x: ir.Value, c
     broadcast, kept once per mask and ``x``'s leading dims.
     """
     dims = _leading_dims(x)
-    proven = _batch_sequence_of(mask, dims, graph)
+    proven = _batch_sequence_of(mask, x, dims, graph)
     key = (id(mask),) if proven else (id(mask), dims if dims is not None else id(x))
     if key in casts:
         return casts[key]
@@ -268,11 +278,11 @@ def _mask_index(graph: ir.Graph, anchor: ir.Node, mask: ir.Value, x: ir.Value, c
     return source
 
 
-def _batch_sequence_of(mask: ir.Value, dims: tuple | None, graph: ir.Graph) -> bool:
-    """Whether the 2-D ``mask`` is ``[batch, sequence]`` of an ``x`` whose leading dims are ``dims``: the same
-    sizes or names, or (``x``'s unknown) two dim names another graph input declares first too (``input_ids
-    [batch, sequence]``: dims declared with the same name on two graph inputs are taken as equal, as ONNX
-    means them)."""
+def _batch_sequence_of(mask: ir.Value, x: ir.Value, dims: tuple | None, graph: ir.Graph) -> bool:
+    """Whether the 2-D ``mask`` is ``[batch, sequence]`` of ``x``, whose leading dims are ``dims``: the same
+    sizes or names, or (``x``'s unknown) two dim names another graph input that ``x`` is computed from
+    declares first too (``input_ids [batch, sequence]``: dims declared with the same name on two graph
+    inputs are taken as equal, as ONNX means them)."""
     own = _leading_dims(mask)
     if own is None:
         return False
@@ -280,7 +290,23 @@ def _batch_sequence_of(mask: ir.Value, dims: tuple | None, graph: ir.Graph) -> b
         return own == dims
     if not all(isinstance(dim, str) for dim in own):
         return False
-    return any(other is not mask and _leading_dims(other) == own for other in graph.inputs)
+    others = {id(other) for other in graph.inputs if other is not mask and _leading_dims(other) == own}
+    return bool(others) and _computed_from(x, others)
+
+
+def _computed_from(value: ir.Value, sources: set[int], limit: int = 100_000) -> bool:
+    """Whether one of the values whose ids are ``sources`` is an ancestor of ``value`` (within ``limit`` nodes)."""
+    seen, stack = set(), [value]
+    while stack and len(seen) < limit:
+        current = stack.pop()
+        if id(current) in sources:
+            return True
+        node = current.producer()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(v for v in node.inputs if v is not None)
+    return False
 
 
 def _leading_dims(value: ir.Value) -> tuple | None:
@@ -316,7 +342,8 @@ def _mask_kind(
         return "it reads no single input named like an attention mask"
     if not values_only_from(bias, masks[0]):
         return "it reads other inputs' values, not only the mask's"
-    kinds = {_probe_mask(model, bias, inputs, mask) for mask in (PADDED_MASK, _LONGER_MASK)}
+    masked: list[float] = []
+    kinds = {_probe_mask(model, bias, inputs, mask, masked) for mask in (PADDED_MASK, _LONGER_MASK)}
     if len(kinds) != 1 or kinds & {None, _REFUSED}:
         return "it is not what a padding (or causal + padding) mask implies on the probed rows"
     causal = kinds.pop()
@@ -335,7 +362,7 @@ def _mask_kind(
                 f"it is not what a {kind} mask implies at {length} tokens, though it is at 7 and 13 "
                 "(a sliding window, or a table that changes past them)"
             )
-    return masks[0], causal
+    return masks[0], causal, max(masked, default=_MASK_FILTER_DEFAULT)
 
 
 def _unexpanded(bias: ir.Value) -> ir.Value:
@@ -425,10 +452,16 @@ class PackedAttentionFusion(FusionPass):
             else:
                 # A plain padding (or causal + padding) mask: the op reads the 2-D mask and the
                 # exporter's [B, 1, S, T] bias subgraph goes away.
-                mask, causal = masks[id(probe)]
+                mask, causal, filter_value = masks[id(probe)]
                 mask_index, bias = _mask_index(graph, node, mask, x, casts), None
                 if causal:
                     attributes["unidirectional"] = 1
+                # The kernel adds mask_filter_value to a masked score where the bias added its own value:
+                # -1e30 for fuse-attention's Where fills, under which a masked score of 1e4 stays masked.
+                if filter_value != _MASK_FILTER_DEFAULT and math.isfinite(filter_value):
+                    attributes["mask_filter_value"] = filter_value
+                else:
+                    attributes.pop("mask_filter_value", None)
         inputs = [
             x,
             add_initializer(graph, f"{name}/qkv_weight", weights),

@@ -283,7 +283,7 @@ def test_a_mask_that_reads_only_the_shape_of_token_ids_is_the_padding_mask():
         *_KEEP_TO_BIAS,
     ]
     model, bias = _mask_graph(nodes, [_IDS])
-    mask, causal = _mask_kind(model, bias)
+    mask, causal, _ = _mask_kind(model, bias)
     assert mask.name == "attention_mask" and not causal
 
 
@@ -331,15 +331,78 @@ def test_a_mask_whose_dims_are_not_the_inputs_is_broadcast_to_them(fed):
     assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
 
 
+def _embedded(model: ir.Model, ids_dims: list[str]) -> ir.Model:
+    """``model`` with its hidden states ``x`` computed from an ``input_ids [ids_dims]`` input (a Gather of a table)."""
+    x = next(value for value in model.graph.inputs if value.name == "x")
+    ids = ir.Value(name="input_ids", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(ids_dims))
+    table = ir.Value(
+        name="table", const_value=ir.tensor(np.random.default_rng(0).standard_normal((11, HIDDEN), np.float32))
+    )
+    table.shape, table.type = ir.Shape([11, HIDDEN]), ir.TensorType(ir.DataType.FLOAT)
+    model.graph.register_initializer(table)
+    gather = ir.node("Gather", [table, ids], name="embedding")
+    gather.outputs[0].shape = ir.Shape([None, None, HIDDEN])  # its leading dims unknown: only the ancestry says
+    gather.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+    model.graph.insert_before(next(iter(model.graph)), gather)
+    for user, index in list(x.uses()):
+        user.replace_input_with(index, gather.outputs[0])
+    model.graph.inputs.remove(x)
+    model.graph.inputs.insert(0, ids)
+    return model
+
+
 def test_a_mask_declared_with_the_inputs_dims_is_read_as_it_is():
+    # The hidden states computed from input_ids [B, S], the mask declared [B, S]: read as it is, with no Expand.
+    after, _ = _staged(_embedded(attention_model(mask="input"), ["B", "S"]))
+    assert "Attention" in op_types(after) and "Expand" not in op_types(after)
+    # ... and only with the same two names,
+    after, _ = _staged(_embedded(attention_model(mask="input"), ["B", "T"]))
+    assert "Attention" in op_types(after) and "Expand" in op_types(after)
+    # ... from an input the hidden states are computed from (a review: an unused input_ids [B, S] beside x of
+    # unknown dims proved nothing, and a [1, S] mask fed for x of batch 2 was refused by the packed op).
     model = attention_model(mask="input")
-    for value in model.graph.inputs:
-        value.shape = ir.Shape([None, None, *list(value.shape)[2:]]) if value.name == "x" else value.shape
-    model.graph.inputs.append(ir.Value(name="input_ids", type=ir.TensorType(ir.DataType.INT64)))
-    model.graph.inputs[-1].shape = ir.Shape(["B", "S"])
-    # x's leading dims unknown: another input declaring the mask's [B, S] names stands for them.
-    after, _ = _staged(model)
-    assert "Expand" not in op_types(after)
-    model.graph.inputs[-1].shape = ir.Shape(["B", "T"])  # ... and only the same two names
+    x = next(value for value in model.graph.inputs if value.name == "x")
+    x.shape = ir.Shape([None, None, HIDDEN])
+    unused = ir.Value(name="input_ids", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(["B", "S"]))
+    model.graph.inputs.append(unused)
     after, _ = _staged(model)
     assert "Expand" in op_types(after)
+    feeds = {**model_inputs(model), "attention_mask": np.ones((1, SEQ), np.int64)}
+    feeds["input_ids"] = np.zeros((1, SEQ), np.int64)
+    assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
+
+
+def test_a_where_fill_reaches_the_packed_op_as_its_mask_filter_value():
+    # fuse-attention writes a finite Where fill as -1e30; the packed op adds mask_filter_value (default -1e4) to a
+    # masked score, so it must be the bias's own (a review: scores of 1e4 next to a -1e4 Where fill came back).
+    model = attention_model(mask="input")
+    after, _ = _staged(model)
+    assert not _attention(after).attributes.get_float("mask_filter_value", 0.0)  # (1 - mask) * -1e4: the default
+    where = _where_padding_model()
+    after, _ = _staged(where)
+    fused = _attention(after)
+    assert fused.attributes.get_float("mask_filter_value") == pytest.approx(-1e30)
+    feeds = model_inputs(where)
+    feeds["x"] = feeds["x"] * 100
+    feeds["attention_mask"][0, -1] = 0
+    assert_same_outputs(where, after, feeds, rtol=1e-4, atol=1e-3)
+
+
+def _where_padding_model() -> ir.Model:
+    """``attention_model``'s padding mask written ``Where(mask, scores, -1e4)`` (GPT-2's legacy fill)."""
+    model = attention_model(mask="input")
+    add = next(node for node in model.graph if node.outputs[0].name == "logits")  # scaled scores + mask bias
+    mask = next(value for value in model.graph.inputs if value.name == "attention_mask")
+    cast = ir.node("Cast", [mask], {"to": ir.DataType.BOOL}, name="mask_bool")
+    axes = ir.Value(name="where_axes", const_value=ir.tensor(np.array([1, 2], np.int64)))
+    axes.shape, axes.type = ir.Shape([2]), ir.TensorType(ir.DataType.INT64)
+    fill = ir.Value(name="where_fill", const_value=ir.tensor(np.array(-1e4, np.float32)))
+    fill.shape, fill.type = ir.Shape([]), ir.TensorType(ir.DataType.FLOAT)
+    for value in (axes, fill):
+        model.graph.register_initializer(value)
+    unsqueeze = ir.node("Unsqueeze", [cast.outputs[0], axes], name="mask_4d")
+    where = ir.node("Where", [unsqueeze.outputs[0], add.inputs[0], fill], name="masked")
+    model.graph.insert_before(add, [cast, unsqueeze, where])
+    add.outputs[0].replace_all_uses_with(where.outputs[0])
+    model.graph.remove(add, safe=False)
+    return model
