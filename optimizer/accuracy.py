@@ -275,13 +275,40 @@ def row_cosines(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     return np.where(equal, 1.0, cosines)
 
 
+def row_norm_ratios(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Each row's norm in ``actual`` over its norm in ``expected`` (rows along axis 0, each scaled by a power of
+    two first, as ``row_cosines`` does): 1 for equal rows and for two zero rows, infinity for a zero row that
+    became nonzero."""
+    x = np.asarray(expected, np.float64).reshape(len(expected), -1)
+    y = np.asarray(actual, np.float64).reshape(len(actual), -1)
+    equal = np.all(x == y, axis=1)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        peak = np.maximum(np.abs(x).max(axis=1, initial=0.0), np.abs(y).max(axis=1, initial=0.0))
+        scalable = (peak > 0) & np.isfinite(peak)
+        unit = np.where(scalable, np.ldexp(1.0, np.minimum(np.frexp(np.where(scalable, peak, 1.0))[1], 1023)), 1.0)
+        before = np.linalg.norm(x / unit[:, None], axis=1)
+        after = np.linalg.norm(y / unit[:, None], axis=1)
+        ratios = np.where(before == 0, np.where(after == 0, 1.0, np.inf), after / np.where(before == 0, 1.0, before))
+    return np.where(equal, 1.0, ratios)
+
+
+def scale_scores(ratios: np.ndarray) -> np.ndarray:
+    """The cosine a norm ratio ``q`` is held to: ``1 - (q - 1)**2 / 2``, in [-1, 1]. A cosine does not see an
+    output scaled by ``q``; its norm then differs from the original's by ``|q - 1|`` of it, what an error at right
+    angles of that relative size gives a cosine (``compare --min-cosine``'s rule for the norm)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.clip(np.nan_to_num(1.0 - (np.asarray(ratios, np.float64) - 1.0) ** 2 / 2, nan=-1.0), -1.0, 1.0)
+
+
 @dataclass(frozen=True)
 class AccuracyBudget:
     """How far a reduced-precision model may drift from the float original.
 
     ``min_cosine``: the mean per-sample cosine similarity of every float output (the
     fraction of agreeing values, for integer outputs; for an output of one value per
-    sample, ``1 - r**2 / 2`` of its relative error ``r``) must reach it; ``min_worst_cosine``:
+    sample, ``1 - r**2 / 2`` of its relative error ``r``) must reach it, each sample's
+    cosine held to ``1 - (q - 1)**2 / 2`` of its norm ratio ``q`` too (``scale_scores``: a
+    cosine does not see an output scaled down by pruning, say); ``min_worst_cosine``:
     the same per-sample score of the worst sample of every output must reach it (a mean
     of 0.995 can hide a sentence at 0.97); ``max_error``: no output element may differ by
     more (integer ones included: a changed class id differs by at least 1). Any of them
@@ -341,6 +368,9 @@ class Drift:
     # The worst output, where it holds one value per sample (its cosine is 1 - r**2 / 2): its name and ``r``.
     relative_error: tuple[str, float] | None = None
     worst_cosine: float | None = None
+    # Where the samples' norm ratios lowered the worst output's score below its cosine: its name and its norm
+    # over the original's (all samples).
+    norm_ratio: tuple[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.worst_cosine is None:
@@ -354,6 +384,9 @@ class Drift:
         if self.relative_error is not None:
             name, error = self.relative_error
             said += f" ({name}, one value per sample: relative error {error:.3g})"
+        if self.norm_ratio is not None:
+            name, ratio = self.norm_ratio
+            said += f" ({name} scaled: its norm {ratio:.3g}x the original's, scored as a cosine)"
         return said
 
 
@@ -412,6 +445,9 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     lowest: dict[str, float] = {}
     # Outputs of one value per sample: squared norms of the originals and of the errors, summed over runs.
     single: dict[str, list[float]] = {}
+    # Float outputs scored by rows: their plain row cosines, and squared norms before and after (the scale).
+    plain: dict[str, list[float]] = {}
+    norms: dict[str, list[float]] = {}
     max_error = 0.0
     for expected_run, actual_run in runs:
         for name, expected in expected_run.items():
@@ -439,8 +475,13 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                 sums[1] += float(np.sum((a - e) ** 2))
                 continue
             cosines = row_cosines(e, a)
-            scores.setdefault(name, []).extend(cosines.tolist())
-            lowest[name] = min(lowest.get(name, 1.0), float(cosines.min()))
+            scored = np.minimum(cosines, scale_scores(row_norm_ratios(e, a)))
+            scores.setdefault(name, []).extend(scored.tolist())
+            plain.setdefault(name, []).extend(cosines.tolist())
+            squares = norms.setdefault(name, [0.0, 0.0])
+            squares[0] += float(np.sum(e * e))
+            squares[1] += float(np.sum(a * a))
+            lowest[name] = min(lowest.get(name, 1.0), float(scored.min()))
     per_output = {name: float(np.mean(values)) for name, values in scores.items()}
     relative: dict[str, float] = {}
     for name, (expected_square, error_square) in single.items():
@@ -458,4 +499,9 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
         raise ValueError("no outputs to compare: empty inputs, or only outputs of non-numeric types")
     worst = min(per_output, key=per_output.__getitem__)
     worst_sample = min(lowest.get(name, score) for name, score in per_output.items())
-    return Drift(per_output[worst], max_error, (worst, relative[worst]) if worst in relative else None, worst_sample)
+    scaled = None
+    if worst in plain and per_output[worst] < float(np.mean(plain[worst])) and worst not in relative:
+        before, after = norms[worst]
+        scaled = (worst, math.sqrt(after / before) if before else math.inf)
+    relative_error = (worst, relative[worst]) if worst in relative else None
+    return Drift(per_output[worst], max_error, relative_error, worst_sample, scaled)

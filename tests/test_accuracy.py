@@ -102,3 +102,62 @@ def test_the_drift_names_an_output_scored_by_its_relative_error():
     assert "p, one value per sample: relative error 2" in str(drift)
     rows = [({"h": np.ones((1, 4), np.float32)}, {"h": np.ones((1, 4), np.float32)})]
     assert paired_drift(rows).relative_error is None
+
+
+def test_the_budget_sees_an_output_scaled_down():
+    # A cosine does not see scale: pruning without a repair shrank a regression model's outputs to 27 % at cosine
+    # 0.99999, and the budget called --min-cosine 0.999 met (a review). Each sample's score is held to
+    # 1 - (q - 1)**2 / 2 of its norm ratio q as well, as compare --min-cosine holds an output's norm.
+    rng = np.random.default_rng(0)
+    before = rng.standard_normal((16, 4)) + 5.0
+    scaled = paired_drift([({"y": before}, {"y": before * 0.275})])
+    assert scaled.cosine == pytest.approx(1 - (0.275 - 1) ** 2 / 2)
+    assert scaled.norm_ratio == ("y", pytest.approx(0.275))
+    assert "its norm 0.275x" in str(scaled)
+    assert not AccuracyBudget(min_cosine=0.999).met(scaled)
+    # Within what the cosine allows (|q - 1| <= sqrt(2 (1 - X))), a scale is scored as the cosine it equals.
+    near = paired_drift([({"y": before}, {"y": before * 1.01})])
+    assert AccuracyBudget(min_cosine=0.999, min_worst_cosine=0.999).met(near)
+    # Small noise: each row's score stays within what its relative error r allows (1 - r**2 / 2), scale or not
+    # (|q - 1| <= r).
+    after = before + 0.01 * rng.standard_normal(before.shape)
+    noisy = paired_drift([({"y": before}, {"y": after})])
+    r = np.linalg.norm(after - before, axis=1) / np.linalg.norm(before, axis=1)
+    assert noisy.worst_cosine >= float((1 - r**2 / 2).min()) - 1e-12
+
+
+def test_prune_ffn_without_a_repair_stops_where_the_outputs_shrink():
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    from optimizer.api import optimize_with_report
+    from optimizer.runtime import run_model
+
+    rng = np.random.default_rng(0)
+    hidden, inner = 32, 256
+    up = (rng.standard_normal((hidden, inner)) / np.sqrt(hidden)).astype(np.float32)
+    # Every neuron pushes the outputs the same way: each one removed shrinks them, and turns them hardly at all.
+    down = (np.abs(rng.standard_normal((inner, 1))) * np.array([1.0, 2.0, 3.0, 4.0]) * 0.05).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "up"], ["h0"]),
+            helper.make_node("Add", ["h0", "bias"], ["h1"]),
+            helper.make_node("Relu", ["h1"], ["h2"]),
+            helper.make_node("MatMul", ["h2", "down"], ["y"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [
+            numpy_helper.from_array(up, "up"),
+            numpy_helper.from_array(np.full(inner, 0.5, np.float32), "bias"),
+            numpy_helper.from_array(down, "down"),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    result, _ = optimize_with_report(proto, passes=["prune-ffn"], prune_ffn=0.9, min_cosine=0.999)
+    x = rng.standard_normal((64, hidden)).astype(np.float32)
+    expected = run_model(ir.from_proto(proto), {"x": x})["y"]
+    got = run_model(ir.from_proto(result), {"x": x})["y"]
+    ratio = np.linalg.norm(got) / np.linalg.norm(expected)
+    assert abs(ratio - 1) <= np.sqrt(2 * (1 - 0.999)) * 1.5, ratio  # (on held-out rows: a margin)
