@@ -59,8 +59,31 @@ DEMO_OUTPUT = "build/demo/encoder.optimized.onnx"
 _OPTION_OF_DEST = {"no_verify": "verify", "dim": "dims", "tolerance": "tolerances"}
 
 
+class _StoreOnce(argparse._StoreAction):
+    """argparse's store, refusing a flag given twice with different values: the last one used to win without a
+    word, so a CI job's ``$GATES --min-cosine -1`` lifted the gate and ``-o a -o b`` wrote only ``b`` (a review)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        given = getattr(namespace, "_given_once", None)
+        if given is None:
+            given = {}
+            namespace._given_once = given
+        if option_string is not None and self.dest in given and given[self.dest][1] != values:
+            first, value = given[self.dest]
+            parser.error(f"{option_string} given twice ({value} and {values}): give one")
+        if option_string is not None:
+            given[self.dest] = (option_string, values)
+        super().__call__(parser, namespace, values, option_string)
+
+
 class _OneLineParser(argparse.ArgumentParser):
-    """argparse, with a mistake on the command line reported like every other: one line, exit 2."""
+    """argparse, with a mistake on the command line reported like every other: one line, exit 2; a flag of one
+    value given twice with different values is such a mistake (``_StoreOnce``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(exit_codes.USAGE, f"graphopt: error: {message} (see {self.prog} --help)\n")
@@ -725,7 +748,7 @@ def _flags_given(argv: list[str] | None) -> set[str]:
         for action in each._actions:  # argparse keeps no public list of a parser's arguments
             action.default = argparse.SUPPRESS
     given = set(vars(parser.parse_args(argv)))
-    return given - {"command", "_spellings", "sub_verbose", "sub_quiet", "verbose", "quiet"}
+    return given - {"command", "_spellings", "_given_once", "sub_verbose", "sub_quiet", "verbose", "quiet"}
 
 
 @contextlib.contextmanager

@@ -255,6 +255,14 @@ def _toml(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a path's bytes that are not UTF-8 (read with surrogateescape)
+            shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise OptionError(
+                f"{shown}: not UTF-8 text, which a TOML file cannot hold (it printed as '?' and named another "
+                "file); rename it, or give it on the command line"
+            ) from None
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml(item) for item in value) + "]"

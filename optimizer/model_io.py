@@ -692,6 +692,21 @@ def _check_writable(flag: str, path: PathLike) -> None:
             raise OutputPathError(f"{path}: a link into {target.parent}, where graphopt cannot write")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputPathError(f"{folder}: cannot write here (permission denied)")
+    written = path.is_symlink() and Path(os.path.realpath(path.absolute())).parent
+    for place in {folder, *([written] if written else [])}:
+        if (refused := _refuses_files(place)) is not None:
+            raise OutputPathError(f"{place}: cannot write here ({refused})")
+
+
+def _refuses_files(folder: Path) -> str | None:
+    """Why a file cannot be created in ``folder``, or None: one is made and removed. ``os.access`` says yes
+    where the file system then says no (/proc, a read-only or root-squashed mount), and a review's run did its
+    work, wrote one report and then failed on the other."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".graphopt-probe-"):
+            return None
+    except OSError as error:
+        return error.strerror or type(error).__name__
 
 
 def _standard_stream(path: Path) -> str | None:

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import math
 import numbers
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +136,7 @@ class Options:
                 f"--threads {self.threads}: expected a positive number of threads "
                 "(leave it out for the cores this process may use)"
             )
+        check_thread_count(self.threads)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(f.default, bool) and not isinstance(value, bool):
@@ -358,3 +360,18 @@ def _patterns(value: Any) -> tuple[str, ...]:
     if not all(isinstance(pattern, str) for pattern in patterns):
         raise OptionError("--exclude: expected glob patterns (strings)")
     return patterns
+
+
+def max_threads() -> int:
+    """The most intra-op threads ``--threads`` may ask for: four per core of this machine, at least 16."""
+    return max(16, 4 * (os.cpu_count() or 1))
+
+
+def check_thread_count(threads: int | None) -> None:
+    """Refuse a ``--threads`` over ``max_threads``: ONNX Runtime starts every one (a review's ``--threads 3000``
+    took the machine for minutes, and the run did not stop on SIGTERM)."""
+    if threads is not None and threads > max_threads():
+        raise OptionError(
+            f"--threads {threads}: more than {max_threads()} (four per core of this machine, at least 16) is "
+            "surely a typo; each is a thread ONNX Runtime starts"
+        )

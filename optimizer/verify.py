@@ -261,6 +261,7 @@ class VerificationResult:
 def parse_tolerance_flags(flags: list[str] | None) -> dict[str, Tolerance]:
     """Parse ``DTYPE=RTOL,ATOL`` strings (e.g. ``float32=1e-3,1e-4``) over the defaults."""
     tolerances = dict(DEFAULT_TOLERANCES)
+    given: dict[str, tuple[Tolerance, str]] = {}
     for flag in flags or []:
         dtype, sep, numbers = flag.partition("=")
         parts = numbers.split(",")
@@ -273,6 +274,10 @@ def parse_tolerance_flags(flags: list[str] | None) -> dict[str, Tolerance]:
         # NaN or infinity (1e400 too) would accept any output: verification off without a word.
         if not all(math.isfinite(x) and x >= 0 for x in (tolerance.rtol, tolerance.atol)):
             raise InputSpecError(f"--tolerance {flag}: rtol and atol must be finite and not negative")
+        if dtype.strip() in given and given[dtype.strip()][0] != tolerance:
+            first = given[dtype.strip()][1]
+            raise InputSpecError(f"--tolerance {dtype.strip()} given twice ({first} and {numbers}): give one")
+        given[dtype.strip()] = (tolerance, numbers)
         tolerances[dtype.strip()] = tolerance
     return tolerances
 

@@ -68,6 +68,7 @@ from optimizer.inputs import (
 )
 from optimizer.llm_accuracy import LLMAccuracy, TokenText, measure_llm_accuracy, random_text, text_from_arrays
 from optimizer.model_io import load_model, model_file_bytes, save_model
+from optimizer.options import check_thread_count
 from optimizer.parameters import count_parameters
 from optimizer.pipeline import count_nodes
 from optimizer.progress import task, track
@@ -193,6 +194,7 @@ class CompareSettings:
                 f"--threads {self.threads}: expected a positive number of threads "
                 "(leave it out for the cores this process may use)"
             )
+        check_thread_count(self.threads)
         if _integer(self.iterations) is None or self.iterations < 1:
             raise OptionError(f"--iterations {self.iterations}: expected a positive number of timed runs")
         if _integer(self.warmup) is None or self.warmup < 0:
