@@ -368,8 +368,8 @@ class Drift:
     # The worst output, where it holds one value per sample (its cosine is 1 - r**2 / 2): its name and ``r``.
     relative_error: tuple[str, float] | None = None
     worst_cosine: float | None = None
-    # Where the samples' norm ratios lowered the worst output's score below its cosine: its name and its norm
-    # over the original's (all samples).
+    # Where the samples' norm ratios lowered the worst output's score below its cosine: its name and the norm ratio
+    # (after over before) of its sample farthest from 1.
     norm_ratio: tuple[str, float] | None = None
 
     def __post_init__(self) -> None:
@@ -386,7 +386,7 @@ class Drift:
             said += f" ({name}, one value per sample: relative error {error:.3g})"
         if self.norm_ratio is not None:
             name, ratio = self.norm_ratio
-            said += f" ({name} scaled: its norm {ratio:.3g}x the original's, scored as a cosine)"
+            said += f" ({name} scaled: a sample's norm {ratio:.3g}x the original's, scored as a cosine)"
         return said
 
 
@@ -445,9 +445,9 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     lowest: dict[str, float] = {}
     # Outputs of one value per sample: squared norms of the originals and of the errors, summed over runs.
     single: dict[str, list[float]] = {}
-    # Float outputs scored by rows: their plain row cosines, and squared norms before and after (the scale).
+    # Float outputs scored by rows: their plain row cosines, and the norm ratio of the row farthest from 1.
     plain: dict[str, list[float]] = {}
-    norms: dict[str, list[float]] = {}
+    scales: dict[str, float] = {}
     max_error = 0.0
     for expected_run, actual_run in runs:
         for name, expected in expected_run.items():
@@ -475,12 +475,15 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                 sums[1] += float(np.sum((a - e) ** 2))
                 continue
             cosines = row_cosines(e, a)
-            scored = np.minimum(cosines, scale_scores(row_norm_ratios(e, a)))
+            ratios = row_norm_ratios(e, a)
+            # A row whose original is all zeros has no scale to keep: its cosine (0 unless both are) says it.
+            ratios = np.where(np.isinf(ratios), 1.0, ratios)
+            scored = np.minimum(cosines, scale_scores(ratios))
             scores.setdefault(name, []).extend(scored.tolist())
             plain.setdefault(name, []).extend(cosines.tolist())
-            squares = norms.setdefault(name, [0.0, 0.0])
-            squares[0] += float(np.sum(e * e))
-            squares[1] += float(np.sum(a * a))
+            farthest = float(ratios[np.argmax(np.abs(ratios - 1.0))])
+            if abs(farthest - 1.0) > abs(scales.get(name, 1.0) - 1.0):
+                scales[name] = farthest
             lowest[name] = min(lowest.get(name, 1.0), float(scored.min()))
     per_output = {name: float(np.mean(values)) for name, values in scores.items()}
     relative: dict[str, float] = {}
@@ -501,7 +504,6 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     worst_sample = min(lowest.get(name, score) for name, score in per_output.items())
     scaled = None
     if worst in plain and per_output[worst] < float(np.mean(plain[worst])) and worst not in relative:
-        before, after = norms[worst]
-        scaled = (worst, math.sqrt(after / before) if before else math.inf)
+        scaled = (worst, scales.get(worst, 1.0))
     relative_error = (worst, relative[worst]) if worst in relative else None
     return Drift(per_output[worst], max_error, relative_error, worst_sample, scaled)

@@ -64,16 +64,21 @@ class _StoreOnce(argparse._StoreAction):
     word, so a CI job's ``$GATES --min-cosine -1`` lifted the gate and ``-o a -o b`` wrote only ``b`` (a review)."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
-        given = getattr(namespace, "_given_once", None)
-        if given is None:
-            given = {}
-            namespace._given_once = given
-        if option_string is not None and self.dest in given and given[self.dest][1] != values:
-            first, value = given[self.dest]
-            parser.error(f"{option_string} given twice ({value} and {values}): give one")
-        if option_string is not None:
-            given[self.dest] = (option_string, values)
+        _given_once(parser, namespace, self.dest, option_string, values)
         super().__call__(parser, namespace, values, option_string)
+
+
+def _given_once(parser: argparse.ArgumentParser, namespace, dest: str, option_string, values) -> None:  # noqa: ANN001
+    """Refuse ``dest`` set a second time with another value on one command line (any of its spellings)."""
+    if option_string is None:
+        return
+    given = getattr(namespace, "_given_once", None)
+    if given is None:
+        given = {}
+        namespace._given_once = given
+    if dest in given and given[dest] != values:
+        parser.error(f"{option_string} given twice ({given[dest]} and {values}): give one")
+    given[dest] = values
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -99,6 +104,7 @@ class _OldSpelling(argparse.Action):
         self.replacement = replacement
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        _given_once(parser, namespace, self.dest, option_string, values)
         setattr(namespace, self.dest, values)
         spellings = dict(getattr(namespace, "_spellings", None) or {})
         spellings[self.dest] = (option_string, self.replacement)

@@ -177,6 +177,13 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
                 f"{gate}: {provider.ep}: the teacher-forced logits ({llm.scored_tokens} tokens of {llm.text}) have "
                 f"cosine {cosine_text(llm.logits_cosine, 6)}"
             )
+        if llm is not None and not getattr(llm, "decode_logits_cosine", 1.0) >= min_cosine:
+            # ... and a model wrong only at generation's one-token steps over its own cache, here.
+            failures.append(
+                f"{gate}: {provider.ep}: the greedy decode steps' logits ({llm.prompts} prompts, "
+                f"{llm.continuation_tokens} tokens, AFTER fed BEFORE's tokens) have cosine "
+                f"{cosine_text(llm.decode_logits_cosine, 6)}"
+            )
     if not measured and not failures:
         return [f"{gate}: no accuracy was measured (every execution provider was skipped)"]
     return (skipped_failures(report, gate, "accuracy") if measured else []) + failures
@@ -212,5 +219,11 @@ def worst_sample_failures(report: ComparisonReport, min_cosine: float, flag: str
                 f"{gate}: {provider.ep}: the teacher-forced logits of one sequence of {llm.text} have cosine "
                 f"{cosine_text(llm.logits_worst_cosine, 6)} (over all {llm.scored_tokens} tokens "
                 f"{cosine_text(llm.logits_cosine, 6)})"
+            )
+        decode, worst = getattr(llm, "decode_logits_cosine", 1.0), getattr(llm, "decode_logits_worst_cosine", 1.0)
+        if llm is not None and decode >= min_cosine and not worst >= min_cosine:
+            failures.append(
+                f"{gate}: {provider.ep}: the greedy decode steps' logits of one prompt have cosine "
+                f"{cosine_text(worst, 6)} (over all {llm.prompts} prompts {cosine_text(decode, 6)})"
             )
     return failures

@@ -365,11 +365,13 @@ def random_prompts(
 
 @dataclass(frozen=True)
 class GreedyRun:
-    """Tokens chosen greedily after a prompt ([batch, 1 + steps]), seconds to the first, seconds of the rest."""
+    """Tokens chosen greedily after a prompt ([batch, 1 + steps]), seconds to the first, seconds of the rest;
+    with ``keep_logits``, the logits each token was chosen from ([batch, 1 + steps, vocabulary])."""
 
     tokens: np.ndarray
     first_token_seconds: float
     decode_seconds: float
+    logits: np.ndarray | None = None
 
 
 class CausalLMSession:
@@ -524,11 +526,16 @@ class CausalLMSession:
         logits, _ = self.forward(ids, mask, self.empty_cache(len(ids)))
         return logits
 
-    def greedy(self, ids: np.ndarray, mask: np.ndarray, steps: int) -> GreedyRun:
+    def greedy(
+        self, ids: np.ndarray, mask: np.ndarray, steps: int, *, fed: np.ndarray | None = None, keep_logits: bool = False
+    ) -> GreedyRun:
         """Prefill the prompt and take its greedy next token, then ``steps`` decode steps of one token each.
 
         The first token's seconds cover the prefill and the choice of that token; the decode
-        seconds, the ``steps`` steps after it. Every generated token is unmasked.
+        seconds, the ``steps`` steps after it. Every generated token is unmasked. With ``fed``
+        (``[batch, >= steps]`` tokens: another model's greedy ones) each step is fed those instead of its
+        own choice, so two models' step logits compare on the same tokens; ``tokens`` is still this
+        model's own choice at each step.
         """
         cache = self.empty_cache(len(ids))
         last = None
@@ -537,18 +544,23 @@ class CausalLMSession:
             ids, mask, last = _roll_rows(ids, shifts), _roll_rows(mask, shifts), mask.sum(axis=1) - 1
         started = time.perf_counter()
         logits, cache = self.forward(ids, mask, cache)
-        token = _last_position(logits, last).argmax(-1)[:, None]
+        chosen = [_last_position(logits, last)]
+        token = chosen[0].argmax(-1)[:, None]
         first = time.perf_counter() - started
         tokens = [token]
         ones = np.ones((len(ids), 1), dtype=mask.dtype)
         started = time.perf_counter()
-        for _ in range(steps):
+        for step in range(steps):
             mask = np.concatenate([mask, ones], axis=1)
-            logits, cache = self.forward(token, mask, cache)
+            given = token if fed is None else np.asarray(fed)[:, step : step + 1].astype(token.dtype)
+            logits, cache = self.forward(given, mask, cache)
+            if keep_logits:
+                chosen.append(_last_position(logits))
             token = _last_position(logits).argmax(-1)[:, None]
             tokens.append(token)
         decode = time.perf_counter() - started
-        return GreedyRun(np.concatenate(tokens, axis=1).astype(np.int64), first, decode)
+        kept = np.stack(chosen, axis=1) if keep_logits else None
+        return GreedyRun(np.concatenate(tokens, axis=1).astype(np.int64), first, decode, kept)
 
 
 def _begins_with(array: np.ndarray, past: np.ndarray, axis: int) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optimizer.accuracy import vector_cosine
+from optimizer.accuracy import scale_scores, vector_cosine
 from optimizer.errors import InputSpecError
 from optimizer.generation import CausalLM, CausalLMSession, left_padded, random_prompts
 from optimizer.progress import track
@@ -88,6 +88,10 @@ class LLMAccuracy:
     teacher-forced logits over every scored position (one vector), for ``--min-cosine``: the
     one-run comparison beside it always runs over a cache, never the prefill;
     ``logits_worst_cosine`` the lowest such cosine of one sequence, for ``--min-worst-cosine``.
+    ``decode_logits_cosine`` / ``decode_logits_worst_cosine``: the same of the greedy continuations'
+    step logits, AFTER fed BEFORE's tokens (the one-token steps over a cache that generation runs).
+    Each cosine is held to ``1 - (q - 1)**2 / 2`` of the norm ratio ``q`` too (a cosine does not see
+    logits scaled).
     """
 
     text: str
@@ -104,9 +108,14 @@ class LLMAccuracy:
     exact_match: float
     prefix_agreement: float
     note: str = ""
+    # Rows run at a time (left-padded to one length).
+    batch: int = 1
     logits_cosine: float = 1.0
     # The lowest of each sequence's teacher-forced logits cosine (over its scored positions).
     logits_worst_cosine: float = 1.0
+    # The greedy continuations' step logits (AFTER fed BEFORE's tokens): over all steps, and the lowest prompt's.
+    decode_logits_cosine: float = 1.0
+    decode_logits_worst_cosine: float = 1.0
 
 
 def measure_llm_accuracy(
@@ -153,7 +162,7 @@ def measure_llm_accuracy(
         a, b = expected[:, :-1][scored_at].astype(np.float64), actual[:, :-1][scored_at].astype(np.float64)
         for row, scored_row in enumerate(scored_at):
             if scored_row.any():
-                cosine = vector_cosine(expected[row, :-1][scored_row], actual[row, :-1][scored_row])
+                cosine = _held_cosine(expected[row, :-1][scored_row], actual[row, :-1][scored_row])
                 worst = float(np.min([worst, cosine]))  # NaN stays NaN (min() would skip it)
         dot, norm_before, norm_after = (
             dot + float(np.sum(a * b)),
@@ -163,13 +172,25 @@ def measure_llm_accuracy(
     prompts = [row[:prompt_length] for row in text.rows]
     steps = max(new_tokens - 1, 0)  # the prefill chooses the first token
     exact = prefix = 0.0
+    step_dot = step_before = step_after = 0.0
+    step_worst = 1.0
     for ids, mask in track(_batches(prompts, batch, padded), "accuracy: greedy continuations", batches):
-        want = before.greedy(ids, mask, steps).tokens
-        got = after.greedy(ids, mask, steps).tokens
-        same = want == got
+        # AFTER is fed BEFORE's tokens: up to its first different choice it generates what it would alone (the
+        # same inputs), so the continuations compare as two free runs would, and every decode step's logits
+        # compare on the same tokens (a review: a model wrong only at one-token steps over a cache passed
+        # --min-cosine, which read only the prefill and one run over a random cache).
+        want = before.greedy(ids, mask, steps, keep_logits=True)
+        fed = after.greedy(ids, mask, steps, fed=want.tokens, keep_logits=True)
+        same = want.logits.argmax(-1) == fed.logits.argmax(-1)
         exact += float(same.all(axis=1).sum())
         first_difference = np.where(same.all(axis=1), same.shape[1], np.argmin(same, axis=1))
         prefix += float((first_difference / same.shape[1]).sum())
+        a, b = want.logits.astype(np.float64), fed.logits.astype(np.float64)
+        step_dot += float(np.sum(a * b))
+        step_before += float(np.sum(a * a))
+        step_after += float(np.sum(b * b))
+        for row in range(len(a)):
+            step_worst = float(np.min([step_worst, _held_cosine(a[row], b[row])]))
     ppl_before, ppl_after = float(np.exp(nll_before / scored)), float(np.exp(nll_after / scored))
     note = (
         ""
@@ -191,10 +212,32 @@ def measure_llm_accuracy(
         continuation_tokens=new_tokens,
         exact_match=exact / len(prompts),
         prefix_agreement=prefix / len(prompts),
-        logits_cosine=dot / np.sqrt(norm_before * norm_after) if norm_before and norm_after else float(dot == 0),
+        batch=batch,
+        logits_cosine=_summed_cosine(dot, norm_before, norm_after),
         logits_worst_cosine=worst,
+        decode_logits_cosine=_summed_cosine(step_dot, step_before, step_after),
+        decode_logits_worst_cosine=step_worst,
         note=note,
     )
+
+
+def _summed_cosine(dot: float, before: float, after: float) -> float:
+    """The cosine of two vectors from their dot product and squared norms, held to ``1 - (q - 1)**2 / 2`` of their
+    norm ratio ``q`` (``accuracy.scale_scores``: a cosine does not see logits scaled)."""
+    if not before or not after:
+        return float(dot == 0 and before == after)
+    cosine = dot / np.sqrt(before * after)
+    return float(min(cosine, scale_scores(np.sqrt(after / before))))
+
+
+def _held_cosine(expected: np.ndarray, actual: np.ndarray) -> float:
+    """``vector_cosine``, held to the norm ratio as ``_summed_cosine`` is."""
+    cosine = vector_cosine(expected, actual)
+    before = float(np.linalg.norm(np.asarray(expected, np.float64)))
+    if not before:
+        return cosine
+    ratio = float(np.linalg.norm(np.asarray(actual, np.float64))) / before
+    return float(np.min([cosine, float(scale_scores(ratio))]))
 
 
 def _negative_log_likelihood(logits: np.ndarray, targets: np.ndarray, scored: np.ndarray) -> float:

@@ -703,10 +703,15 @@ def _refuses_files(folder: Path) -> str | None:
     where the file system then says no (/proc, a read-only or root-squashed mount), and a review's run did its
     work, wrote one report and then failed on the other."""
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".graphopt-probe-"):
-            return None
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".graphopt-probe-")
     except OSError as error:
         return error.strerror or type(error).__name__
+    os.close(handle)
+    try:
+        os.unlink(probe)
+    except OSError as error:  # an append-only folder: made, not removable
+        return f"{error.strerror or type(error).__name__}: a file made there to check could not be removed: {probe}"
+    return None
 
 
 def _standard_stream(path: Path) -> str | None:

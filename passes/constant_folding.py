@@ -244,6 +244,9 @@ _REDUCTIONS = frozenset(
 _INTEGER_CHECKED = frozenset(
     {"ReduceL1", "ReduceL2", "ReduceMean", "ReduceProd", "ReduceSum", "ReduceSumSquare", "CumSum", "Pow"}
 )
+# Float types onnx's reference sums in their own precision (a float16 mean of 4096 values of 20 overflowed to inf;
+# ONNX Runtime accumulates wider): their reductions are always checked.
+_NARROW_FLOATS = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 # Ops that only move or copy elements: a NaN passes through them the same way in both.
 _MOVES_ELEMENTS = frozenset(
     {
@@ -307,8 +310,8 @@ def _runtime_disagreement(
 
 
 def _checked(node: ir.Node, inputs: Sequence[ir.TensorProtocol | None]) -> bool:
-    """Whether a folded ``node`` is checked on ONNX Runtime: a reduction, arg-max/min or CumSum reading a NaN or
-    nothing; an integer sum, product, power, mean or CumSum; a float ``Range``; a ``Cast`` from text or to
+    """Whether a folded ``node`` is checked on ONNX Runtime: a reduction, arg-max/min or CumSum reading a NaN,
+    nothing, or float16/bfloat16; an integer sum, product, power, mean or CumSum; a float ``Range``; a ``Cast`` from text or to
     float8; any other op (but those that only move elements) reading a NaN."""
     if not is_onnx_domain(node) or any(
         attribute.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attribute in node.attributes.values()
@@ -325,7 +328,9 @@ def _checked(node: ir.Node, inputs: Sequence[ir.TensorProtocol | None]) -> bool:
         return target in _CAST_CHECKED or ir.DataType.STRING in dtypes
     if node.op_type in _MOVES_ELEMENTS:
         return False
-    if node.op_type in _REDUCTIONS and any(tensor.size == 0 for tensor in present[:1]):
+    if node.op_type in _REDUCTIONS and (
+        any(tensor.size == 0 for tensor in present[:1]) or present[:1] and present[0].dtype in _NARROW_FLOATS
+    ):
         return True
     return any(_holds_nan(tensor) for tensor in present)
 

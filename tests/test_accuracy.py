@@ -113,7 +113,7 @@ def test_the_budget_sees_an_output_scaled_down():
     scaled = paired_drift([({"y": before}, {"y": before * 0.275})])
     assert scaled.cosine == pytest.approx(1 - (0.275 - 1) ** 2 / 2)
     assert scaled.norm_ratio == ("y", pytest.approx(0.275))
-    assert "its norm 0.275x" in str(scaled)
+    assert "a sample's norm 0.275x" in str(scaled)
     assert not AccuracyBudget(min_cosine=0.999).met(scaled)
     # Within what the cosine allows (|q - 1| <= sqrt(2 (1 - X))), a scale is scored as the cosine it equals.
     near = paired_drift([({"y": before}, {"y": before * 1.01})])
@@ -124,6 +124,9 @@ def test_the_budget_sees_an_output_scaled_down():
     noisy = paired_drift([({"y": before}, {"y": after})])
     r = np.linalg.norm(after - before, axis=1) / np.linalg.norm(before, axis=1)
     assert noisy.worst_cosine >= float((1 - r**2 / 2).min()) - 1e-12
+    # A sample whose original is all zeros scores its cosine, 0, as before (no scale to hold).
+    zeros = paired_drift([({"y": np.zeros((2, 4))}, {"y": np.full((2, 4), 1e-6)})])
+    assert zeros.worst_cosine == 0.0 and zeros.norm_ratio is None
 
 
 def test_prune_ffn_without_a_repair_stops_where_the_outputs_shrink():

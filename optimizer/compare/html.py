@@ -233,9 +233,23 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
         return None
     warned = bool(_accuracy_warnings_of(provider))
     if provider.llm_accuracy is not None:
+        # Every figure that can show a broken decoder leads, not the teacher-forced top-1 alone: a model that
+        # ignored its past kept top-1 1.000 there while its continuations all differed (a review).
         llm = provider.llm_accuracy
-        css = "flat" if llm.top1_agreement >= 0.99 else "concern"
-        return _Segment(f"next-token top-1 agreement {llm.top1_agreement:.3f}", css, "accuracy", warned)
+        cosines = [llm.logits_cosine, llm.decode_logits_cosine]
+        cosines += [item.cosine for item in provider.accuracy if item.cosine is not None]
+        lowest = float(np.min(cosines))  # NaN stays NaN, and fails both tests below
+        if not (llm.top1_agreement >= 0.9 and llm.exact_match >= 0.5 and lowest >= 0.99):
+            css = "bad"
+        elif not (llm.top1_agreement >= 0.99 and llm.exact_match == 1 and lowest >= 0.9999):
+            css = "concern"
+        else:
+            css = "flat"
+        said = (
+            f"next-token top-1 agreement {llm.top1_agreement:.3f}, greedy continuations equal "
+            f"{llm.exact_match:.3f}, logits cosine {cosine_text(lowest, 4)}"
+        )
+        return _Segment(said, css, "accuracy", warned)
     if not provider.accuracy:
         return None
     # An infinite error (NaN/Inf where the other model has a number, or non-numeric values that differ) must

@@ -213,6 +213,8 @@ def _llm_accuracy_rows(provider: ProviderResult) -> list[list[str]]:
         ["agreement until the first different token", f"{llm.prefix_agreement:.3f}"],
         ["teacher-forced logits cosine (every scored position)", cosine_text(llm.logits_cosine, 6)],
         ["teacher-forced logits cosine, worst sequence", cosine_text(llm.logits_worst_cosine, 6)],
+        ["greedy decode steps' logits cosine (AFTER fed BEFORE's tokens)", cosine_text(llm.decode_logits_cosine, 6)],
+        ["greedy decode steps' logits cosine, worst prompt", cosine_text(llm.decode_logits_worst_cosine, 6)],
     ]
     if llm.note:
         rows.append(["note", llm.note])
@@ -221,7 +223,7 @@ def _llm_accuracy_rows(provider: ProviderResult) -> list[list[str]]:
 
 def _llm_accuracy_table(provider: ProviderResult) -> Table:
     table = Table(
-        title=f"AFTER vs BEFORE as language models on {provider.ep}",
+        title=f"AFTER vs BEFORE as language models on {provider.ep}, {provider.llm_accuracy.batch} rows at a time",
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
         pad_edge=False,

@@ -208,7 +208,7 @@ def _probe_mask(
     model: ir.Model, bias: ir.Value, inputs: list[ir.Value], mask: np.ndarray, masked: list[float] | None = None
 ) -> bool | str | None:
     """Whether ``bias`` is the padding mask (False) or causal + padding (True) for the probe ``mask``, else None;
-    ``masked`` gets the largest value the bias holds where it masks.
+    ``masked`` gets the values the bias holds where it masks.
 
     ``_REFUSED`` when the original graph refuses this length: ONNX Runtime fails on the
     bias subgraph, or the bias cannot broadcast to the ``[B, N, S, S]`` scores it is added to.
@@ -231,13 +231,34 @@ def _probe_mask(
     if not np.all(allowed | (value <= -1e4)):
         return None
     if masked is not None and not allowed.all():
-        masked.append(float(value[~allowed].max()))
+        masked.extend(np.unique(value[~allowed]).tolist())
     allowed = np.broadcast_to(allowed, wanted)
     padding = mask[:, None, None, :] == 1
     if np.array_equal(allowed, np.broadcast_to(padding, wanted)):
         return False
     causal = padding & np.tril(np.ones((seq, seq), bool))
     return True if np.array_equal(allowed, np.broadcast_to(causal, wanted)) else None
+
+
+def _one_fill(masked: list[float]) -> float | None:
+    """The value the packed op's ``mask_filter_value`` must add where the bias masked with ``masked`` (every
+    masked value seen on the probes): its largest, where every other is it or twice it (padding and causal
+    masks summed); float32's lowest for -inf (exp gives 0 either way). None where the fills differ (-1e4 for
+    the causal order and float32's lowest for padding): the op fills the causal order with float32's lowest
+    whatever ``mask_filter_value`` is, so a left-padded row would attend elsewhere (a review)."""
+    if not masked:
+        return _MASK_FILTER_DEFAULT
+    values = np.asarray(masked, dtype=np.float64)
+    fill = float(values.max())
+    if fill == -math.inf:
+        return float(np.finfo(np.float32).min)
+    lowest = float(np.finfo(np.float32).min)
+    if fill <= lowest:  # Hugging Face's masks: float32's lowest, as the op's causal fill
+        return lowest if bool(np.all(values <= lowest)) else None
+    multiples = values / fill
+    if not bool(np.all(np.isclose(multiples, 1.0) | np.isclose(multiples, 2.0))):
+        return None
+    return fill
 
 
 def _mask_index(graph: ir.Graph, anchor: ir.Node, mask: ir.Value, x: ir.Value, casts: dict) -> ir.Value:
@@ -362,7 +383,13 @@ def _mask_kind(
                 f"it is not what a {kind} mask implies at {length} tokens, though it is at 7 and 13 "
                 "(a sliding window, or a table that changes past them)"
             )
-    return masks[0], causal, max(masked, default=_MASK_FILTER_DEFAULT)
+    fill = _one_fill(masked)
+    if fill is None:
+        return (
+            "it masks with different values where padding and where the causal order masks (the packed op adds "
+            "one value for padding and float32's lowest for the causal order)"
+        )
+    return masks[0], causal, fill
 
 
 def _unexpanded(bias: ir.Value) -> ir.Value:
@@ -458,7 +485,7 @@ class PackedAttentionFusion(FusionPass):
                     attributes["unidirectional"] = 1
                 # The kernel adds mask_filter_value to a masked score where the bias added its own value:
                 # -1e30 for fuse-attention's Where fills, under which a masked score of 1e4 stays masked.
-                if filter_value != _MASK_FILTER_DEFAULT and math.isfinite(filter_value):
+                if filter_value != _MASK_FILTER_DEFAULT:
                     attributes["mask_filter_value"] = filter_value
                 else:
                     attributes.pop("mask_filter_value", None)
