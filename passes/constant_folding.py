@@ -311,8 +311,8 @@ def _runtime_disagreement(
 
 def _checked(node: ir.Node, inputs: Sequence[ir.TensorProtocol | None]) -> bool:
     """Whether a folded ``node`` is checked on ONNX Runtime: a reduction, arg-max/min or CumSum reading a NaN,
-    nothing, or float16/bfloat16; an integer sum, product, power, mean or CumSum; a float ``Range``; a ``Cast`` from text or to
-    float8; any other op (but those that only move elements) reading a NaN."""
+    nothing, or float16/bfloat16; an integer sum, product, power, mean or CumSum; a float ``Range``; a ``Cast``
+    from text or to float8; any other op (but those that only move elements) reading a NaN."""
     if not is_onnx_domain(node) or any(
         attribute.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attribute in node.attributes.values()
     ):
