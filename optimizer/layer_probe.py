@@ -99,7 +99,7 @@ def probe_model(
             shape=ir.Shape([None] * max(example.ndim, 2)),
         )
         replaced.name = f"{activation}::graphopt_probe_cut"
-        replaced.replace_all_uses_with(value)
+        replaced.replace_all_uses_with(value, replace_graph_outputs=True)  # the outputs are replaced below
         fed[activation] = value
     free = {id(v) for v in graph.inputs if v.const_value is None}
     kept, outputs = [], []

@@ -305,9 +305,16 @@ def overridable_inputs_hidden(model: ir.Model) -> Iterator[None]:
 
 
 def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Value:
-    """Register ``array`` as a new initializer of ``graph`` under an unused name based on ``base_name``."""
+    """Register ``array`` as a new initializer of ``graph`` under an unused name based on ``base_name``: no
+    initializer's, graph input's or node output's (a review: a node output named ``mm.scales`` beside a MatMul
+    ``mm`` made int4's result invalid, and the pass was rolled back)."""
     name, suffix = base_name, 0
-    while name in graph.initializers:
+    taken: set[str] | None = None
+    while True:
+        if name not in graph.initializers:
+            taken = _value_names(graph) if taken is None else taken
+            if name not in taken:
+                break
         suffix += 1
         name = f"{base_name}_{suffix}"
     value = ir.Value(
@@ -318,6 +325,13 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
     )
     graph.register_initializer(value)
     return value
+
+
+def _value_names(graph: ir.Graph) -> set[str]:
+    """The names of ``graph``'s inputs and of its nodes' outputs."""
+    names = {value.name for value in graph.inputs if value.name}
+    names.update(value.name for node in graph for value in node.outputs if value.name)
+    return names
 
 
 def shape_dims(graph: ir.Graph, value: ir.Value, start: int, end: int) -> list[ir.Node]:

@@ -879,3 +879,41 @@ def test_a_table_tied_to_a_head_on_an_8bit_grid_shares_the_heads_8bit_bytes(spel
     float_head = Int4QuantizationPass()(model.clone())
     assert "GatherBlockQuantized" not in computed_op_types(float_head.model)
     assert any("tied to the LM head" in reason for reason in float_head.refusals)
+
+
+def test_a_layer_input_that_is_also_a_model_output_is_quantized():
+    # A review: the budget's probe cut the graph at the layer's input, a graph output too (a Llama export's last
+    # hidden state with output_hidden_states=True), and the whole int4 pass failed; the model stayed float, exit 0.
+    weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    model = _model(
+        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"], name="proj")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 32]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, ["B", 64]),
+        ],
+        [("w", weight)],
+    )
+    result, report = optimize_with_report(model, passes=["quantize-int4"], quantize="int4", quantize_outputs=True)
+    (step,) = [p for p in report.passes if p.name == "quantize-int4"]
+    assert step.status == "applied", step
+    assert "MatMulNBits" in [node.op_type for node in result.graph]
+
+
+def test_an_initializer_is_not_named_like_a_node_output():
+    # A review: a node output named "proj.scales" beside a MatMul "proj" gave the int4 result two values of one
+    # name, and the pass was rolled back.
+    weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    model = _model(
+        [
+            helper.make_node("Relu", ["x"], ["proj.scales"]),
+            helper.make_node("MatMul", ["proj.scales", "w"], ["y"], name="proj"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 32])],
+        [("w", weight)],
+    )
+    result = Int4QuantizationPass(quantize_outputs=True)(model.clone())
+    names = [value.name for node in result.model.graph for value in node.outputs]
+    names += list(result.model.graph.initializers)
+    assert len(names) == len(set(names))
