@@ -11,6 +11,7 @@ still compares the two models.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -135,6 +136,35 @@ def measure_llm_accuracy(
     # position_ids): a left-padded row would be read at shifted positions, so it gets rows of one length.
     lm = before.lm
     padded = lm.attention_mask is not None and (lm.position_ids is not None or lm.padding == "right")
+    if not padded:
+        return _measure(before, after, text, batch, prompt_length, new_tokens, padded=False)
+    try:
+        return _measure(before, after, text, batch, prompt_length, new_tokens, padded=True)
+    except _BeforeNotFiniteWhenPadded:
+        unpadded = _measure(before, after, text, batch, prompt_length, new_tokens, padded=False)
+        note = (
+            "BEFORE's own logits are not finite at real tokens of left-padded rows (a softmax over keys that are "
+            "all masked at the pads, -inf, reaches the next layer): rows of one length were compared at a time"
+        )
+        joined = f"{unpadded.note}; {note}" if unpadded.note else note
+        return dataclasses.replace(unpadded, note=joined)
+
+
+class _BeforeNotFiniteWhenPadded(Exception):
+    """BEFORE's logits hold NaN or infinity at scored positions of a padded batch (the model's own doing)."""
+
+
+def _measure(
+    before: CausalLMSession,
+    after: CausalLMSession,
+    text: TokenText,
+    batch: int,
+    prompt_length: int,
+    new_tokens: int,
+    *,
+    padded: bool,
+) -> LLMAccuracy:
+    """``measure_llm_accuracy`` with rows left-padded into batches (``padded``), or batched by length."""
     agree = scored = 0
     nll_before = nll_after = 0.0
     dot = norm_before = norm_after = 0.0
@@ -154,6 +184,8 @@ def measure_llm_accuracy(
             )
         # Position t predicts token t + 1; both must be real tokens (not pads).
         scored_at = (mask[:, :-1] != 0) & (mask[:, 1:] != 0)
+        if padded and not np.isfinite(expected[:, :-1][scored_at]).all():
+            raise _BeforeNotFiniteWhenPadded
         targets = ids[:, 1:]
         agree += int(np.sum((expected[:, :-1].argmax(-1) == actual[:, :-1].argmax(-1)) & scored_at))
         scored += int(scored_at.sum())
@@ -180,6 +212,8 @@ def measure_llm_accuracy(
         # compare on the same tokens (a review: a model wrong only at one-token steps over a cache passed
         # --min-cosine, which read only the prefill and one run over a random cache).
         want = before.greedy(ids, mask, steps, keep_logits=True)
+        if padded and not np.isfinite(want.logits).all():
+            raise _BeforeNotFiniteWhenPadded
         fed = after.greedy(ids, mask, steps, fed=want.tokens, keep_logits=True)
         same = want.logits.argmax(-1) == fed.logits.argmax(-1)
         exact += float(same.all(axis=1).sum())
@@ -212,7 +246,7 @@ def measure_llm_accuracy(
         continuation_tokens=new_tokens,
         exact_match=exact / len(prompts),
         prefix_agreement=prefix / len(prompts),
-        batch=batch,
+        batch=min(batch, len(text.rows)),
         logits_cosine=_summed_cosine(dot, norm_before, norm_after),
         logits_worst_cosine=worst,
         decode_logits_cosine=_summed_cosine(step_dot, step_before, step_after),

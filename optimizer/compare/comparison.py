@@ -568,8 +568,9 @@ def _measure_generation(
     warnings: list[str],
     progress: Progress | None,
 ) -> None:
-    """Generation timing at each batch size, then the language-model accuracy (at the largest: its rows padded the
-    most, so a model that mishandles the mask shows; a review's ignored mask passed at the first of --batch 1,4)."""
+    """Generation timing at each batch size, then the language-model accuracy at the largest, up to
+    ``_LLM_ACCURACY_BATCH`` rows at a time: padded rows, so a model that mishandles the mask shows (a review's
+    ignored mask passed at the first of --batch 1,4), without holding a batch of 32 rows' logits."""
     session_before = CausalLMSession(before, generation.before, EP_PROVIDERS[ep.name], threads)
     session_after = CausalLMSession(after, generation.after, EP_PROVIDERS[ep.name], threads)
     session_before.check_cache_pairs()
@@ -604,10 +605,15 @@ def _measure_generation(
         session_before,
         session_after,
         text,
-        batch=max(settings.batches),
+        batch=min(max(settings.batches), _LLM_ACCURACY_BATCH),
         prompt_length=settings.prompt_length,
         new_tokens=settings.new_tokens,
     )
+
+
+# The most rows the language-model accuracy runs at a time: enough to pad rows, few enough that both models'
+# [rows, length, vocabulary] logits fit (150k words x 512 tokens x 32 rows would be 10 GB each).
+_LLM_ACCURACY_BATCH = 4
 
 
 def _profile(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int) -> dict[str, float]:

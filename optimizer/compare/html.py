@@ -239,7 +239,8 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
         cosines = [llm.logits_cosine, llm.decode_logits_cosine]
         cosines += [item.cosine for item in provider.accuracy if item.cosine is not None]
         lowest = float(np.min(cosines))  # NaN stays NaN, and fails both tests below
-        if not (llm.top1_agreement >= 0.9 and llm.exact_match >= 0.5 and lowest >= 0.99):
+        # A few prompts move the continuations in big steps (one of 4 differing is 0.75): they colour amber only.
+        if not (llm.top1_agreement >= 0.9 and lowest >= 0.99):
             css = "bad"
         elif not (llm.top1_agreement >= 0.99 and llm.exact_match == 1 and lowest >= 0.9999):
             css = "concern"

@@ -223,7 +223,9 @@ def _llm_accuracy_rows(provider: ProviderResult) -> list[list[str]]:
 
 def _llm_accuracy_table(provider: ProviderResult) -> Table:
     table = Table(
-        title=f"AFTER vs BEFORE as language models on {provider.ep}, {provider.llm_accuracy.batch} rows at a time",
+        title=(
+            f"AFTER vs BEFORE as language models on {provider.ep}, up to {provider.llm_accuracy.batch} rows at a time"
+        ),
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
         pad_edge=False,

@@ -14,7 +14,9 @@ that are run with fewer optimizations or inspected.
 
 from __future__ import annotations
 
+import onnx_ir as ir
 from onnxscript.rewriter import pattern
+from onnxscript.rewriter.ort_fusions import fused_matmul_rule_sets as _fused_matmul
 from onnxscript.rewriter.ort_fusions.fused_matmul_rule_sets import fused_matmul_rule_sets
 from onnxscript.rewriter.rules.common import _matmul_add_to_gemm
 
@@ -47,4 +49,19 @@ class FusedMatMulFusion(RuleFusionPass):
     fused_ops = ((MS_DOMAIN, "FusedMatMul"),)
 
     def rule_set(self) -> pattern.RewriteRuleSet:
-        return fused_matmul_rule_sets()
+        # onnxscript's FusedMatMulTranspose is replaced by ``_FusedMatMulTranspose`` (its flags, fixed).
+        rules = [rule for rule in fused_matmul_rule_sets().rules if rule.name != "FusedMatMulTranspose"]
+        return pattern.RewriteRuleSet([_FusedMatMulTranspose.rule(), *rules])
+
+
+class _FusedMatMulTranspose(_fused_matmul.FusedMatMulTranspose):
+    """``Transpose(FusedMatMul(x, y))`` of 2-D operands into ``FusedMatMul(y, x)`` with transA = 1 - transB and
+    transB = 1 - transA: ``(op(x) op(y))^T = op(y)^T op(x)^T``. onnxscript's rule flips each flag in place,
+    which is right only where they are equal (a review: ``transA=1`` came out as ``y x^T``; verification rolled
+    the whole pass back)."""
+
+    def rewrite(self, op, x, y, fused: ir.Value | None = None, **_):
+        kwargs = _fused_matmul._get_kwargs(_fused_matmul._get_node(fused, "FusedMatMul")) if fused else {}
+        first, second = kwargs.get("transA", 0), kwargs.get("transB", 0)
+        kwargs["transA"], kwargs["transB"] = 1 - second, 1 - first
+        return op.FusedMatMul(y, x, **kwargs, _domain=MS_DOMAIN)

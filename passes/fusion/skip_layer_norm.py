@@ -19,32 +19,64 @@ from passes.fusion._checks import is_float, vector_for_last_dim
 
 
 def _operand_order(a: ir.Value, b: ir.Value) -> tuple[ir.Value, ir.Value] | None:
-    """``(input, skip)`` for the fused op, or None if the residual Add broadcasts in a way it cannot.
+    """``(input, skip)`` for the fused op, or None if the residual Add broadcasts in a way it cannot, or its
+    operands' dims are not proven to match.
 
     The op's skip (not its input) may have batch 1; the sum is symmetric, so the
     operands are swapped when the batch-1 one came first.
     """
-    if all(_may_be_equal(x, y) for x, y in zip(a.shape, b.shape)):
+    related = _related(a, b)
+    if all(_may_be_equal(x, y, related) for x, y in zip(a.shape, b.shape)):
         return a, b
     for first, second in ((a, b), (b, a)):
         if second.shape[0] == 1 and first.shape[0] != 1:
-            if all(_may_be_equal(x, y) for x, y in zip(list(first.shape)[1:], list(second.shape)[1:])):
+            if all(_may_be_equal(x, y, related) for x, y in zip(list(first.shape)[1:], list(second.shape)[1:])):
                 return first, second
     return None
 
 
-def _may_be_equal(a, b) -> bool:
-    """False when two dims are known to differ or one is a static 1 (a broadcast the fused op cannot do).
+def _may_be_equal(a, b, related: bool) -> bool:
+    """Whether two dims count as equal: the same size or dim name; or, where one operand of the residual Add is
+    computed from one computed value (``x + F(x)``, every exporter's residual: ``_related``), dims of unknown
+    size that are not a static 1 or two different names.
 
-    Dims of unknown size are accepted: exporters never broadcast a residual Add, and
-    verification runs the result.
+    The fused op takes its output's shape from its input and does not broadcast: two independent operands of
+    unnamed dims (Paddle's and tf2onnx's ``-1``s), fed ``[1, S, D]`` and ``[3, S, D]``, gave 1 row where the
+    original gave 3 (a review; verification feeds unnamed dims one size at a time).
     """
-    if a == b:
-        return True
-    if a == 1 or b == 1 or (isinstance(a, int) and isinstance(b, int)):
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    if a == 1 or b == 1:
         return False
-    named = [getattr(d, "value", None) for d in (a, b) if not isinstance(d, int)]
-    return not (len(named) == 2 and None not in named)
+    names = [None if isinstance(d, int) else getattr(d, "value", None) for d in (a, b)]
+    if None not in names:  # two names (onnx_ir compares two unknown dims as equal: only names prove it)
+        return names[0] == names[1]
+    return related
+
+
+def _related(a: ir.Value, b: ir.Value, limit: int = 20_000) -> bool:
+    """Whether ``a`` and ``b`` are computed from one non-constant value (one of them, a common ancestor, or a graph
+    input both read, within ``limit`` nodes): the residual ``x + F(x)``, where an earlier fusion may have
+    replaced ``x``'s own node, so that ``F(x)`` reads ``x``'s operands. Two graph inputs are not related."""
+    first = _ancestors(a, limit)
+    return bool(first) and not first.isdisjoint(_ancestors(b, limit))
+
+
+def _ancestors(value: ir.Value, limit: int) -> set[int]:
+    """The ids of ``value`` and of the non-constant values it is computed from (graph inputs included)."""
+    found, seen, stack = set(), set(), [value]
+    while stack and len(seen) < limit:
+        current = stack.pop()
+        if current.const_value is not None or id(current) in found:
+            continue
+        node = current.producer()
+        if node is not None and node.op_type == "Constant":
+            continue
+        found.add(id(current))
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(v for v in node.inputs if v is not None)
+    return found
 
 
 class _SkipNorm(pattern.RewriteRuleClassBase):

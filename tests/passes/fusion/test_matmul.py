@@ -66,3 +66,22 @@ def test_exported_graphs_stay_correct(name):
     passes = [f"+{p}" for p in ("fuse-matmul-add", "fuse-matmul-transpose")]
     model = optimizer.optimize(original, passes)
     assert_same_outputs(original, model, make_inputs(original, {"batch": 2, "sequence": 9}), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("trans_a", "trans_b"), [(1, 0), (0, 1), (1, 1), (0, 0)])
+def test_a_transposed_fused_matmul_keeps_its_product(trans_a, trans_b):
+    # onnxscript's FusedMatMulTranspose flips each flag in place: Transpose(FusedMatMul(x, y, transA=1)) became
+    # y x^T, not y^T x (a review; verification rolled the whole pass back).
+    model = parse_model(
+        f"""
+        <ir_version: 9, opset_import: ["" : 18, "com.microsoft" : 1]>
+        g (float[8, 8] x, float[8, 8] y) => (float[8, 8] z) {{
+          p = com.microsoft.FusedMatMul<transA = {trans_a}, transB = {trans_b}>(x, y)
+          z = Transpose<perm = [1, 0]>(p)
+        }}"""
+    )
+    after = FusedMatMulFusion()(model.clone()).model
+    assert computed_op_types(after) == ["FusedMatMul"]
+    rng = np.random.default_rng(0)
+    feeds = {name: rng.standard_normal((8, 8)).astype(np.float32) for name in ("x", "y")}
+    assert_same_outputs(model, after, feeds, rtol=1e-5, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 from passes.fusion.skip_layer_norm import SkipLayerNormFusion, SkipRmsNormFusion
@@ -71,3 +72,33 @@ def test_batch_1_operand_becomes_the_skip():
 def test_each_pass_leaves_the_other_normalization_alone():
     model = parse_model(_TEXT.format(skip_shape="[N, S, 4]", norm=_NORMS["SimplifiedLayerNormalization"]))
     assert not SkipLayerNormFusion()(model).modified
+
+
+@pytest.mark.parametrize("norm", list(_NORMS))
+def test_independent_operands_of_unnamed_dims_are_left_alone(norm):
+    # A review: x and skip declared [?, ?, 4] (Paddle's and tf2onnx's -1s), fed [1, 5, 4] and [3, 5, 4]: the
+    # original broadcasts to 3 rows, the fused op gave 1 (it takes its input's shape and does not broadcast).
+    text = _TEXT.format(skip_shape="[?, ?, 4]", norm=_NORMS[norm]).replace("float[N, S, 4] x,", "float[?, ?, 4] x,")
+    model = parse_model(
+        text.replace("float[N, S, 4] y, float[N, S, 4] total", "float[?, ?, 4] y, float[?, ?, 4] total")
+    )
+    assert not _PASSES[norm]()(model.clone()).modified
+
+
+@pytest.mark.parametrize("norm", list(_NORMS))
+def test_a_residual_of_unnamed_dims_is_fused(norm):
+    # x + F(x): the two operands are computed from one value, whatever their dims read.
+    text = _TEXT.format(skip_shape="[?, ?, 4]", norm=_NORMS[norm])
+    text = text.replace("float[N, S, 4] x, float[?, ?, 4] skip", "float[?, ?, 4] source")
+    text = text.replace(
+        "biased = Add(x, bias)", "x = Relu(source)\n      skip = Sigmoid(source)\n      biased = Add(x, bias)"
+    )
+    model = parse_model(text)
+    for node in model.graph:
+        if node.op_type in ("Relu", "Sigmoid"):  # shapes as an exporter leaves them: rank known, dims not
+            node.outputs[0].shape = ir.Shape([None, None, 4])
+            node.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+    after = _PASSES[norm]()(model.clone()).model
+    assert _FUSED[norm] in computed_op_types(after)
+    feeds = {"source": np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)}
+    assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
