@@ -68,17 +68,28 @@ class _StoreOnce(argparse._StoreAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-def _given_once(parser: argparse.ArgumentParser, namespace, dest: str, option_string, values) -> None:  # noqa: ANN001
-    """Refuse ``dest`` set a second time with another value on one command line (any of its spellings)."""
+def _given_once(
+    parser: argparse.ArgumentParser,
+    namespace,  # noqa: ANN001
+    dest: str,
+    option_string,  # noqa: ANN001
+    values,  # noqa: ANN001
+    *,
+    old: bool = False,
+) -> None:
+    """Refuse ``dest`` set a second time with another value on one command line (any of its current spellings;
+    a flag's old and new names together are refused later, in their own words)."""
     if option_string is None:
         return
     given = getattr(namespace, "_given_once", None)
     if given is None:
         given = {}
         namespace._given_once = given
-    if dest in given and given[dest] != values:
-        parser.error(f"{option_string} given twice ({given[dest]} and {values}): give one")
-    given[dest] = values
+    if dest in given:
+        before, spelling, was_old = given[dest]
+        if before != values and (spelling == option_string or not (old or was_old)):
+            parser.error(f"{option_string} given twice ({before} and {values}): give one")
+    given[dest] = (values, option_string, old)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -104,7 +115,7 @@ class _OldSpelling(argparse.Action):
         self.replacement = replacement
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
-        _given_once(parser, namespace, self.dest, option_string, values)
+        _given_once(parser, namespace, self.dest, option_string, values, old=True)
         setattr(namespace, self.dest, values)
         spellings = dict(getattr(namespace, "_spellings", None) or {})
         spellings[self.dest] = (option_string, self.replacement)

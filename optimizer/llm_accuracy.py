@@ -109,14 +109,14 @@ class LLMAccuracy:
     exact_match: float
     prefix_agreement: float
     note: str = ""
-    # Rows run at a time (left-padded to one length).
-    batch: int = 1
     logits_cosine: float = 1.0
     # The lowest of each sequence's teacher-forced logits cosine (over its scored positions).
     logits_worst_cosine: float = 1.0
     # The greedy continuations' step logits (AFTER fed BEFORE's tokens): over all steps, and the lowest prompt's.
     decode_logits_cosine: float = 1.0
     decode_logits_worst_cosine: float = 1.0
+    # Rows run at a time (left-padded to one length), at most.
+    batch: int = 1
 
 
 def measure_llm_accuracy(

@@ -309,12 +309,7 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
     initializer's, graph input's or node output's (a review: a node output named ``mm.scales`` beside a MatMul
     ``mm`` made int4's result invalid, and the pass was rolled back)."""
     name, suffix = base_name, 0
-    taken: set[str] | None = None
-    while True:
-        if name not in graph.initializers:
-            taken = _value_names(graph) if taken is None else taken
-            if name not in taken:
-                break
+    while name in graph.initializers or _value_named(graph, name):
         suffix += 1
         name = f"{base_name}_{suffix}"
     value = ir.Value(
@@ -327,11 +322,16 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
     return value
 
 
-def _value_names(graph: ir.Graph) -> set[str]:
-    """The names of ``graph``'s inputs and of its nodes' outputs."""
-    names = {value.name for value in graph.inputs if value.name}
-    names.update(value.name for node in graph for value in node.outputs if value.name)
-    return names
+def _value_named(graph: ir.Graph, name: str) -> bool:
+    """Whether a graph input or node output of ``graph`` bears ``name``: by onnx_ir's name authority, which records
+    every value name the graph was given (a superset: removed values too), in constant time; by a walk of the
+    graph where that private record is missing."""
+    recorded = getattr(getattr(graph, "_name_authority", None), "_value_names", None)
+    if isinstance(recorded, set):
+        return name in recorded
+    return any(value.name == name for value in graph.inputs) or any(
+        value.name == name for node in graph for value in node.outputs
+    )
 
 
 def shape_dims(graph: ir.Graph, value: ir.Value, start: int, end: int) -> list[ir.Node]:
