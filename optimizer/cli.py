@@ -75,10 +75,11 @@ def _given_once(
     option_string,  # noqa: ANN001
     values,  # noqa: ANN001
     *,
-    old: bool = False,
+    replacement: str | None = None,
 ) -> None:
-    """Refuse ``dest`` set a second time with another value on one command line (any of its current spellings;
-    a flag's old and new names together are refused later, in their own words)."""
+    """Refuse ``dest`` set a second time with another value on one command line, and a flag's old name
+    (``replacement`` its new one) beside its new name however either is spelled (argparse passes an
+    abbreviation's full name here, which a look at the words of the command line would miss)."""
     if option_string is None:
         return
     given = getattr(namespace, "_given_once", None)
@@ -86,10 +87,20 @@ def _given_once(
         given = {}
         namespace._given_once = given
     if dest in given:
-        before, spelling, was_old = given[dest]
-        if before != values and (spelling == option_string or not (old or was_old)):
+        before, spelling, renamed = given[dest]
+        old_new = [(spelling, renamed), (option_string, replacement)]
+        named = [(old, new) for old, new in old_new if new is not None]
+        if named and spelling != option_string:
+            old, new = named[0]
+            raise OptionError(f"{old} and {new}: the old and the new name of one flag; give {new} once")
+        if before != values and not _both_nan(before, values):
             parser.error(f"{option_string} given twice ({before} and {values}): give one")
-    given[dest] = (values, option_string, old)
+    given[dest] = (values, option_string, replacement)
+
+
+def _both_nan(first, second) -> bool:  # noqa: ANN001
+    """Whether both values are the float NaN (given twice, still one value)."""
+    return all(isinstance(value, float) and math.isnan(value) for value in (first, second))
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -115,7 +126,7 @@ class _OldSpelling(argparse.Action):
         self.replacement = replacement
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
-        _given_once(parser, namespace, self.dest, option_string, values, old=True)
+        _given_once(parser, namespace, self.dest, option_string, values, replacement=self.replacement)
         setattr(namespace, self.dest, values)
         spellings = dict(getattr(namespace, "_spellings", None) or {})
         spellings[self.dest] = (option_string, self.replacement)

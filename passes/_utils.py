@@ -323,15 +323,17 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
 
 
 def _value_named(graph: ir.Graph, name: str) -> bool:
-    """Whether a graph input or node output of ``graph`` bears ``name``: by onnx_ir's name authority, which records
-    every value name the graph was given (a superset: removed values too), in constant time; by a walk of the
-    graph where that private record is missing."""
+    """Whether a graph input or node output of ``graph`` bears ``name``: the inputs looked at, the node outputs by
+    onnx_ir's name record (every value name the graph's nodes were added with, removed ones too) in constant
+    time, or by a walk of the graph where that private record is missing. An output renamed after its node was
+    added is not in the record: a name it takes may still be given here, and ONNX Runtime then refuses the
+    model (the pass is rolled back), where an input of that name would have made the initializer its default."""
+    if any(value.name == name for value in graph.inputs):
+        return True
     recorded = getattr(getattr(graph, "_name_authority", None), "_value_names", None)
     if isinstance(recorded, set):
         return name in recorded
-    return any(value.name == name for value in graph.inputs) or any(
-        value.name == name for node in graph for value in node.outputs
-    )
+    return any(value.name == name for node in graph for value in node.outputs)
 
 
 def shape_dims(graph: ir.Graph, value: ir.Value, start: int, end: int) -> list[ir.Node]:
