@@ -259,15 +259,33 @@ def row_cosines(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     exactly 1 for equal rows (dot / (norm * norm) rounds below it, and a budget of 1 must pass), 1 for two zero
     rows and 0 for one, each row scaled by a power of two first (float64 values past 1e154 overflow the squares
     and below 1e-162 underflow them), in [-1, 1]; an infinity gives NaN, said as such, not warned about."""
+    return _cosines(*_scaled_rows(expected, actual))
+
+
+def row_norm_ratios(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Each row's norm in ``actual`` over its norm in ``expected`` (rows along axis 0, each scaled by a power of
+    two first, as ``row_cosines`` does): 1 for equal rows and for two zero rows, infinity for a zero row that
+    became nonzero."""
+    return _norm_ratios(*_scaled_rows(expected, actual))
+
+
+def _scaled_rows(expected: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both arrays' rows (along axis 0, the rest flattened) in float64, each pair of rows divided by the power of
+    two above its largest magnitude (``_power_of_two_above``: exact, and squares stay in range), and which rows
+    are equal."""
     x = np.asarray(expected, np.float64).reshape(len(expected), -1)
     y = np.asarray(actual, np.float64).reshape(len(actual), -1)
     equal = np.all(x == y, axis=1)
     with np.errstate(invalid="ignore", over="ignore"):
         peak = np.maximum(np.abs(x).max(axis=1, initial=0.0), np.abs(y).max(axis=1, initial=0.0))
         scalable = (peak > 0) & np.isfinite(peak)
-        # exact: the same cosine, squares in range (``_power_of_two_above`` for every row)
         unit = np.where(scalable, np.ldexp(1.0, np.minimum(np.frexp(np.where(scalable, peak, 1.0))[1], 1023)), 1.0)
-        x, y = x / unit[:, None], y / unit[:, None]
+        return x / unit[:, None], y / unit[:, None], equal
+
+
+def _cosines(x: np.ndarray, y: np.ndarray, equal: np.ndarray) -> np.ndarray:
+    """``row_cosines`` of rows ``_scaled_rows`` gave."""
+    with np.errstate(invalid="ignore", over="ignore"):
         norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
         dots = np.einsum("ij,ij->i", x, y)
         cosines = np.where(norms == 0, 0.0, dots / np.where(norms == 0, 1.0, norms))
@@ -275,19 +293,10 @@ def row_cosines(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     return np.where(equal, 1.0, cosines)
 
 
-def row_norm_ratios(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
-    """Each row's norm in ``actual`` over its norm in ``expected`` (rows along axis 0, each scaled by a power of
-    two first, as ``row_cosines`` does): 1 for equal rows and for two zero rows, infinity for a zero row that
-    became nonzero."""
-    x = np.asarray(expected, np.float64).reshape(len(expected), -1)
-    y = np.asarray(actual, np.float64).reshape(len(actual), -1)
-    equal = np.all(x == y, axis=1)
+def _norm_ratios(x: np.ndarray, y: np.ndarray, equal: np.ndarray) -> np.ndarray:
+    """``row_norm_ratios`` of rows ``_scaled_rows`` gave."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        peak = np.maximum(np.abs(x).max(axis=1, initial=0.0), np.abs(y).max(axis=1, initial=0.0))
-        scalable = (peak > 0) & np.isfinite(peak)
-        unit = np.where(scalable, np.ldexp(1.0, np.minimum(np.frexp(np.where(scalable, peak, 1.0))[1], 1023)), 1.0)
-        before = np.linalg.norm(x / unit[:, None], axis=1)
-        after = np.linalg.norm(y / unit[:, None], axis=1)
+        before, after = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1)
         ratios = np.where(before == 0, np.where(after == 0, 1.0, np.inf), after / np.where(before == 0, 1.0, before))
     return np.where(equal, 1.0, ratios)
 
@@ -474,8 +483,8 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                 sums[0] += float(np.sum(e * e))
                 sums[1] += float(np.sum((a - e) ** 2))
                 continue
-            cosines = row_cosines(e, a)
-            ratios = row_norm_ratios(e, a)
+            rows = _scaled_rows(e, a)  # once for both figures
+            cosines, ratios = _cosines(*rows), _norm_ratios(*rows)
             # A row whose original is all zeros has no scale to keep: its cosine (0 unless both are) says it.
             ratios = np.where(np.isinf(ratios), 1.0, ratios)
             scored = np.minimum(cosines, scale_scores(ratios))

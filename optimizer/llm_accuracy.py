@@ -12,6 +12,7 @@ still compares the two models.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -136,12 +137,13 @@ def measure_llm_accuracy(
     # position_ids): a left-padded row would be read at shifted positions, so it gets rows of one length.
     lm = before.lm
     padded = lm.attention_mask is not None and (lm.position_ids is not None or lm.padding == "right")
+    measure = functools.partial(_measure, before, after, text, batch, prompt_length, new_tokens)
     if not padded:
-        return _measure(before, after, text, batch, prompt_length, new_tokens, padded=False)
+        return measure(padded=False)
     try:
-        return _measure(before, after, text, batch, prompt_length, new_tokens, padded=True)
+        return measure(padded=True)
     except _BeforeNotFiniteWhenPadded:
-        unpadded = _measure(before, after, text, batch, prompt_length, new_tokens, padded=False)
+        unpadded = measure(padded=False)
         note = (
             "BEFORE's own logits are not finite at real tokens of left-padded rows (a softmax over keys that are "
             "all masked at the pads, -inf, reaches the next layer): rows of one length were compared at a time"

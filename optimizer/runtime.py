@@ -484,10 +484,11 @@ class SubgraphError(ValueError):
     """The values depend on a node that carries a subgraph (If, Loop, Scan): they are not probed."""
 
 
-def ancestry(values: Sequence[ir.Value]) -> tuple[list[ir.Node], list[ir.Value]]:
+def ancestry(values: Sequence[ir.Value], *, through_subgraphs: bool = False) -> tuple[list[ir.Node], list[ir.Value]]:
     """Nodes computing ``values`` and the producer-less values (graph inputs, initializers) they read.
 
-    Raises ``SubgraphError`` if an ancestor carries a subgraph.
+    Raises ``SubgraphError`` if an ancestor carries a subgraph, unless ``through_subgraphs`` (a caller that
+    only asks what the values are computed from, not to run them: a subgraph's outer reads are not followed).
     """
     nodes: dict[int, ir.Node] = {}
     leaves: dict[int, ir.Value] = {}
@@ -500,7 +501,9 @@ def ancestry(values: Sequence[ir.Value]) -> tuple[list[ir.Node], list[ir.Value]]
             continue
         if id(node) in nodes:
             continue
-        if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
+        if not through_subgraphs and any(
+            attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()
+        ):
             raise SubgraphError(f"{node.op_type} {node.name!r} carries a subgraph")
         nodes[id(node)] = node
         stack.extend(v for v in node.inputs if v is not None)

@@ -48,7 +48,7 @@ import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_op
 from optimizer.errors import RuntimeRefusedError
-from optimizer.runtime import evaluate
+from optimizer.runtime import ancestry, evaluate
 from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._layout import last_dim, producer, rank, shape_tokens
@@ -315,19 +315,10 @@ def _batch_sequence_of(mask: ir.Value, x: ir.Value, dims: tuple | None, graph: i
     return bool(others) and _computed_from(x, others)
 
 
-def _computed_from(value: ir.Value, sources: set[int], limit: int = 100_000) -> bool:
-    """Whether one of the values whose ids are ``sources`` is an ancestor of ``value`` (within ``limit`` nodes)."""
-    seen, stack = set(), [value]
-    while stack and len(seen) < limit:
-        current = stack.pop()
-        if id(current) in sources:
-            return True
-        node = current.producer()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.extend(v for v in node.inputs if v is not None)
-    return False
+def _computed_from(value: ir.Value, sources: set[int]) -> bool:
+    """Whether one of the graph inputs whose ids are ``sources`` is an ancestor of ``value`` (``ancestry``)."""
+    _, leaves = ancestry([value], through_subgraphs=True)
+    return any(id(leaf) in sources for leaf in leaves)
 
 
 def _leading_dims(value: ir.Value) -> tuple | None:

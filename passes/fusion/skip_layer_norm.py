@@ -14,6 +14,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from optimizer.domains import MS_DOMAIN
+from optimizer.runtime import ancestry
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import is_float, vector_for_last_dim
 
@@ -54,29 +55,19 @@ def _may_be_equal(a, b, related: bool) -> bool:
     return related
 
 
-def _related(a: ir.Value, b: ir.Value, limit: int = 20_000) -> bool:
+def _related(a: ir.Value, b: ir.Value) -> bool:
     """Whether ``a`` and ``b`` are computed from one non-constant value (one of them, a common ancestor, or a graph
-    input both read, within ``limit`` nodes): the residual ``x + F(x)``, where an earlier fusion may have
-    replaced ``x``'s own node, so that ``F(x)`` reads ``x``'s operands. Two graph inputs are not related."""
-    first = _ancestors(a, limit)
-    return bool(first) and not first.isdisjoint(_ancestors(b, limit))
+    input both read): the residual ``x + F(x)``, where an earlier fusion may have replaced ``x``'s own node, so
+    that ``F(x)`` reads ``x``'s operands. Two graph inputs are not related."""
+    first = _ancestors(a)
+    return bool(first) and not first.isdisjoint(_ancestors(b))
 
 
-def _ancestors(value: ir.Value, limit: int) -> set[int]:
+def _ancestors(value: ir.Value) -> set[int]:
     """The ids of ``value`` and of the non-constant values it is computed from (graph inputs included)."""
-    found, seen, stack = set(), set(), [value]
-    while stack and len(seen) < limit:
-        current = stack.pop()
-        if current.const_value is not None or id(current) in found:
-            continue
-        node = current.producer()
-        if node is not None and node.op_type == "Constant":
-            continue
-        found.add(id(current))
-        if node is not None and id(node) not in seen:
-            seen.add(id(node))
-            stack.extend(v for v in node.inputs if v is not None)
-    return found
+    nodes, leaves = ancestry([value], through_subgraphs=True)
+    computed = (output for node in nodes if node.op_type != "Constant" for output in node.outputs)
+    return {id(v) for v in (*computed, *leaves) if v.const_value is None}
 
 
 class _SkipNorm(pattern.RewriteRuleClassBase):
