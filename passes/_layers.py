@@ -236,7 +236,7 @@ def _layer(node: ir.Node, kind: str) -> Layer | str:
         return "input is not float32"
     weight, source = _weight(node, kind)
     if weight is None:
-        return "weight is not a constant"
+        return _not_constant_reason(node, kind)
     if source is not None and (source.name or "").startswith(EXACT_CORRECTION_PREFIX):
         return "graphopt's own exact float correction beside a quantized layer (block offsets, outlier channels)"
     if weight.dtype != np.float32:
@@ -259,6 +259,18 @@ def _layer(node: ir.Node, kind: str) -> Layer | str:
     if isinstance(found, Layer):
         found.source = source
     return found
+
+
+def _not_constant_reason(node: ir.Node, kind: str) -> str:
+    """Why a candidate's second input is no weight: a constant first operand (``W @ x``), a weight already
+    dequantized from integers, or no constant at all."""
+    weight = node.inputs[1]
+    producer = weight.producer() if weight is not None else None
+    if producer is not None and producer.op_type == "DequantizeLinear" and is_onnx_domain(producer):
+        return "weight is already quantized (it is read through DequantizeLinear)"
+    if kind == "matmul" and constant_array(node.inputs[0]) is not None:
+        return "its constant is the first operand (W @ x); only x @ W, the constant second, is taken"
+    return "weight is not a constant"
 
 
 def _gemm(node: ir.Node, weight: np.ndarray, bias: np.ndarray | None, inputs: list) -> Layer | str:

@@ -23,8 +23,10 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     ``Cast(Gather(table_int8, ids)) * Gather(row_scales, ids)``: one symmetric int8 scale per
     row, so each looked-up row is exact to half a step of its own range.
 
-    Refuses (leaves float) tables read by anything but row Gathers (an LM head tied to
-    the embeddings, a fused EmbedLayerNormalization), Gathers on another axis,
+    Row Gathers inside ``If``/``Loop``/``Scan`` bodies that read the table from the outer
+    graph are rewritten too, so the float table goes. Refuses (leaves float) tables read by
+    anything but row Gathers (an LM head tied to the embeddings, a fused
+    EmbedLayerNormalization), Gathers on another axis,
     tables under 65,536 values, and tables one of whose lookups an ``exclude`` glob
     (``--exclude``) matches by node name or op type (``Gather``). Its notes say how many
     bytes it saved.
@@ -51,15 +53,21 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         kept = self._excluded_tables(graph)
         refused: set[str] = set(kept)
         saved, tables = 0, {}
-        for node in list(graph):
+        # Node names are unique per graph (ONNX Runtime refuses a repeat): two unnamed lookups of one table
+        # would otherwise both name their new nodes after the table.
+        taken = {node.name for node in ir.traversal.RecursiveGraphIterator(graph) if node.name}
+        # Value names are unique across the model, bodies included (onnx-ir numbers unnamed ones per graph).
+        names = {v.name for n in ir.traversal.RecursiveGraphIterator(graph) for v in (*n.inputs, *n.outputs) if v}
+        names |= {v.name for v in (*graph.inputs, *graph.initializers.values())}
+        for node in list(ir.traversal.RecursiveGraphIterator(graph)):
             if node.op_type != "Gather" or not is_onnx_domain(node) or node.attributes.get_int("axis", 0):
                 continue
             table = node.inputs[0]
             array = constant_array(table)
             if array is None or array.dtype != np.float32 or array.ndim != 2 or array.size < _MIN_ELEMENTS:
                 continue
-            if table.name in kept:
-                continue
+            if table.name in kept or not _main_graph_constant(table, graph):
+                continue  # (a table held inside a body stays as it is)
             if any(
                 user.op_type != "Gather" or index != 0 or user.attributes.get_int("axis", 0)
                 for user, index in table.uses()
@@ -79,12 +87,16 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             values, scales = tables[table.name]
             ids = node.inputs[1]
             prefix = node.name or table.name
-            rows = ir.Node("", "Gather", [values, ids], name=f"{prefix}_int8_rows")
-            row_scales = ir.Node("", "Gather", [scales, ids], name=f"{prefix}_row_scales")
+            rows = ir.Node("", "Gather", [values, ids], name=_unique(f"{prefix}_int8_rows", taken))
+            row_scales = ir.Node("", "Gather", [scales, ids], name=_unique(f"{prefix}_row_scales", taken))
             widened = ir.Node("", "Cast", [rows.outputs[0]], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT)])
-            widened.name = f"{prefix}_widen"
-            scaled = ir.Node("", "Mul", [widened.outputs[0], row_scales.outputs[0]], name=f"{prefix}_dequantize")
-            graph.insert_before(node, [rows, row_scales, widened, scaled])
+            widened.name = _unique(f"{prefix}_widen", taken)
+            scaled = ir.Node(
+                "", "Mul", [widened.outputs[0], row_scales.outputs[0]], name=_unique(f"{prefix}_dequantize", taken)
+            )
+            for made in (rows, row_scales, widened):
+                made.outputs[0].name = _unique(f"{made.name}.output", names)
+            node.graph.insert_before(node, [rows, row_scales, widened, scaled])
             replace_value(node.outputs[0], scaled.outputs[0], inherit=True)
         if not tables:
             return self.result(model, modified=False)
@@ -95,7 +107,7 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     def _excluded_tables(self, graph: ir.Graph) -> set[str]:
         """Tables one of whose row lookups ``exclude`` matches (each refused once, with the reason)."""
         kept: set[str] = set()
-        for node in graph if self.exclude else ():
+        for node in ir.traversal.RecursiveGraphIterator(graph) if self.exclude else ():
             if node.op_type != "Gather" or not is_onnx_domain(node):
                 continue
             table = node.inputs[0]
@@ -106,6 +118,22 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 kept.add(table.name)
                 self.refuse("embedding tables", "matched by --exclude")
         return kept
+
+
+def _main_graph_constant(value: ir.Value, graph: ir.Graph) -> bool:
+    """Whether ``value`` is an initializer of the main ``graph`` or a Constant node's output there (no body's)."""
+    producer = value.producer()
+    return graph.initializers.get(value.name) is value or (producer is not None and producer.graph is graph)
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``... if taken; the result is taken from then on."""
+    candidate, count = name, 1
+    while candidate in taken:
+        count += 1
+        candidate = f"{name}_{count}"
+    taken.add(candidate)
+    return candidate
 
 
 def _twin(source: ir.Model, names: list[str]) -> Twin:
