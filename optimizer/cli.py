@@ -481,7 +481,8 @@ def _add_pruning_flags(parser: argparse.ArgumentParser) -> None:
         choices=("channels", "parameters", "macs"),
         default="channels",
         help="what --prune-channels R counts: channels (default), or the share of the groups' parameters or "
-        "multiply-adds; with --global-ranking channels go by effect per parameter or multiply-add",
+        "multiply-adds (each channel at its weights' full width: more may go where cut groups meet; the report says "
+        "what went); with --global-ranking channels go by effect per parameter or multiply-add",
     )
     group.add_argument(
         "--no-repair",

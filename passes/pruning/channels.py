@@ -27,10 +27,11 @@ _CHANNELWISE = frozenset(
 )  # fmt: skip
 
 
-# Ops that move, join or split channels: a Conv reading through one is refused, named (not silently skipped).
+# Ops that move, join or split channels, or resample them (Resize, Upsample: U-Net and FPN decoders): a Conv
+# reading through one is refused, named (not silently skipped).
 _MOVES_CHANNELS = frozenset(
     {"Reshape", "Concat", "Split", "Transpose", "Slice", "Gather", "Flatten", "Squeeze", "Unsqueeze", "DepthToSpace",
-     "SpaceToDepth", "Tile", "Expand"}
+     "SpaceToDepth", "Tile", "Expand", "Resize", "Upsample"}
 )  # fmt: skip
 
 
