@@ -12,7 +12,14 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
-from optimizer.errors import InputSpecError, OptionError, OutputPathError, PassSelectionError, RuntimeRefusedError
+from optimizer.errors import (
+    GeneratedInputsRefusedError,
+    InputSpecError,
+    OptionError,
+    OutputPathError,
+    PassSelectionError,
+    RuntimeRefusedError,
+)
 from optimizer.generation import recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
     SampleData,
@@ -20,6 +27,7 @@ from optimizer.inputs import (
     as_arrays,
     batch_dims,
     bind_dims,
+    cache_head_sizes,
     check_inputs,
     constant_inputs_note,
     dims_from_inputs,
@@ -34,6 +42,7 @@ from optimizer.inputs import (
     refuse_unreadable_data,
     samples_in,
     split_samples,
+    symbolic_dims,
     verification_bindings,
 )
 from optimizer.model_io import (
@@ -149,27 +158,43 @@ def optimize_with_report(
     asked = [spec for spec in specs if spec.approximate]
     samples, warning = _samples(ir_model, calibration, options.dims, notes, asked) if approximate else (None, None)
     if options.verify:
-        input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, notes, options.max_sequence)
-        bound = dims_from_inputs(ir_model, input_sets[0])
-        if inputs is not None:
-            where = f"--inputs {inputs}" if isinstance(inputs, (str, os.PathLike)) else "the given inputs"
-            refuse_dims_unlike(options.dims, bound, where)
-        if specializes:
-            samples = _fill_static_batch(ir_model, samples, bound, generated=warning is not None, notes=notes)
-        # Shape-specialized candidates take samples only at the bound batch size.
-        batch = min((bound[name] for name in batch_dims(ir_model) if name in bound), default=None)
-        verifier = Verifier(
-            ir_model,
-            input_sets,
-            options.tolerances,
-            samples=samples,
-            budget=options.budget,
-            sample_batch=batch if specializes else None,
-            labels=labels,
-            samples_generated=warning is not None,
-        )
+        given_samples, generation_cap, refused = samples, options.max_sequence, ""
+        while True:
+            input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, notes, generation_cap)
+            bound = dims_from_inputs(ir_model, input_sets[0])
+            if inputs is not None:
+                where = f"--inputs {inputs}" if isinstance(inputs, (str, os.PathLike)) else "the given inputs"
+                refuse_dims_unlike(options.dims, bound, where)
+            samples = given_samples
+            if specializes:
+                samples = _fill_static_batch(ir_model, samples, bound, generated=warning is not None, notes=notes)
+            # Shape-specialized candidates take samples only at the bound batch size.
+            batch = min((bound[name] for name in batch_dims(ir_model) if name in bound), default=None)
+            try:
+                verifier = Verifier(
+                    ir_model,
+                    input_sets,
+                    options.tolerances,
+                    samples=samples,
+                    budget=options.budget,
+                    sample_batch=batch if specializes else None,
+                    labels=labels,
+                    samples_generated=warning is not None,
+                )
+                break
+            except GeneratedInputsRefusedError:
+                shorter = _shorter_generated_length(ir_model, options.dims, bound)
+                if shorter is None:
+                    raise
+                refused = refused or _free_lengths(ir_model, options.dims, bound)
+                generation_cap = shorter
+        if refused:
+            notes.append(
+                f"ONNX Runtime cannot run the input model on generated inputs of {refused}: verified on shorter ones "
+                f"({_free_lengths(ir_model, options.dims, bound)}); give --inputs or --dim for the lengths you run"
+            )
         if not specializes:
-            _add_second_binding(ir_model, verifier, options.dims, options.max_sequence)
+            _add_second_binding(ir_model, verifier, options.dims, generation_cap)
             _add_prefill(ir_model, verifier)
         _ensure_padding(ir_model, verifier)
         if not specializes:  # after the padded copy: with every dim fixed, the step is cut from it
@@ -524,6 +549,31 @@ def _verification_inputs(
         generated = make_inputs(model, {**dims_from_inputs(model, arrays), **(dims or {})}, seed=1)
         return [arrays, generated], [label, f"generated ({_shapes(model, generated)}), beside {label}"]
     return [arrays], [label]
+
+
+def _free_dims(model: ir.Model, dims: Mapping[str, int] | None) -> list[str]:
+    """The symbolic input dims verification sizes itself: not given by ``dims``, not fixed by the model, not a
+    batch."""
+    taken = {*(dims or {}), *cache_head_sizes(model), *batch_dims(model)}
+    return [name for name in symbolic_dims(model) if name not in taken]
+
+
+def _free_lengths(model: ir.Model, dims: Mapping[str, int] | None, bound: Mapping[str, int]) -> str:
+    """``name=size, ...`` of the free dims (``_free_dims``) as ``bound``."""
+    return ", ".join(f"{name}={bound[name]}" for name in _free_dims(model, dims) if name in bound)
+
+
+def _shorter_generated_length(model: ir.Model, dims: Mapping[str, int] | None, bound: Mapping[str, int]) -> int | None:
+    """Half the longest free dim of ``bound`` (``_free_dims``), to generate inputs again where the input model
+    refused them (CLIP's text encoder reads 77 positions and refuses the default 128); None at 8 or fewer, or
+    where no dim is free (the lengths are the user's or the model's)."""
+    longest = max((bound[name] for name in _free_dims(model, dims) if name in bound), default=None)
+    if longest is None or longest <= _SHORTEST_GENERATED:
+        return None
+    return max(longest // 2, _SHORTEST_GENERATED)
+
+
+_SHORTEST_GENERATED = 8
 
 
 def _add_second_binding(

@@ -25,6 +25,11 @@ class InvalidModelError(GraphoptError):
     """onnx's checker (or ONNX Runtime) rejects the model as given."""
 
 
+class GeneratedInputsRefusedError(InvalidModelError):
+    """ONNX Runtime cannot run the input model on the inputs verification generated (a length past a table the
+    model reads, a size it fixes without declaring it): shorter generated inputs may run."""
+
+
 class InputSpecError(GraphoptError):
     """Verification inputs cannot be built: missing shape, bad --dim, bad .npz."""
 

@@ -38,7 +38,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, paired_drift
 from optimizer.domains import is_onnx_domain
-from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
+from optimizer.errors import GeneratedInputsRefusedError, InputSpecError, InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import SampleData, hold_out, holds_samples, samples_in, split_samples
 from optimizer.kernel_rounding import at_level_zero, level_signature, outputs_after_rounding, rounding_kernels
 from optimizer.layer_probe import layer_probe_failure
@@ -88,7 +88,8 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
 
 # How close an approximate pass's result must be to its exact twin (``optimizer.protocol.Twin``),
 # by the twin's kind. float32: the twin is the same arithmetic with units zeroed or tables
-# dequantized. float16: the result also rounds every activation to float16. int8: the twin
+# dequantized. float16: the twin rounds every activation the result stores as float16 (on CPU the result
+# runs most float16 ops as float32 kernels and rounds fewer). int8: the twin
 # quantizes and dequantizes in float32 where the result uses integer kernels, which may
 # round an activation differently at a tie (one step, rarely); measured margins in
 # docs/benchmarks.md ("Twin tolerances"). int4: MatMulNBits at accuracy_level 4 quantizes its
@@ -1064,7 +1065,7 @@ class Verifier:
                 except RuntimeRefusedError as error:
                     if label.startswith("generated") and error.action == "run the model":
                         way_out = "give real inputs with --inputs FILE.npz, or pass --no-verify"
-                        raise InvalidModelError(
+                        raise GeneratedInputsRefusedError(
                             f"ONNX Runtime cannot run the input model on generated inputs ({error.reason}); {way_out}"
                         ) from error
                     if error.action == "run the model" and label.startswith(("--inputs", "the given inputs")):

@@ -1,0 +1,56 @@
+"""Generated verification inputs a model refuses at the default length: shorter ones are generated.
+
+CLIP's text encoder adds a table of 77 positions sliced by the sequence length, so ONNX Runtime refuses the
+default 128 tokens (a broadcast error) and `graphopt optimize` stopped with exit 2 on a model that runs at every
+length up to 77. The first set is now generated again at half the length until the model runs (down to 8), with a
+warning that names the lengths verified; lengths the user gives (`--dim`, `--inputs`) are never shortened.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from optimizer.api import optimize_with_report
+from optimizer.errors import GeneratedInputsRefusedError
+
+POSITIONS = 20
+
+
+def _position_table_model() -> ir.Model:
+    """``y = Relu(x + table[:S])`` with ``x [batch, sequence]`` and a table of ``POSITIONS`` rows."""
+    table = np.linspace(-1, 1, POSITIONS).astype(np.float32)
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"], start=1, end=2),
+        helper.make_node("Slice", ["table", "zero", "shape"], ["positions"]),
+        helper.make_node("Add", ["x", "positions"], ["sum"]),
+        helper.make_node("Identity", ["sum"], ["copy"]),
+        helper.make_node("Relu", ["copy"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "positions",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence"])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([0], np.int64), "zero")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+def test_a_model_refusing_the_default_length_is_verified_on_shorter_generated_inputs():
+    _, report = optimize_with_report(_position_table_model(), ["remove-identity"])
+    (record,) = report.passes
+    assert record.status == "applied", record.detail
+    assert report.verified
+    assert any("generated inputs of sequence=128: verified on shorter ones (sequence=16)" in w for w in report.warnings)
+    assert all(shape["x"][1] <= POSITIONS for shape in report.inputs), report.inputs
+
+
+def test_a_length_the_user_gives_is_not_shortened():
+    with pytest.raises(GeneratedInputsRefusedError, match="cannot run the input model on generated inputs"):
+        optimize_with_report(_position_table_model(), ["remove-identity"], dims={"sequence": 64})
