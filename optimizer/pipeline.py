@@ -341,6 +341,16 @@ def _check_approximate(
     if not exact.ok:
         return exact
     verdict = verifier.check_approximation(candidate, held_out=getattr(result, "fitted_to_samples", False))
+    if verdict.ok and twin.deployed is not None:
+        # The CPU runs most float16 ops as float32 kernels: what float16 kernels compute (an activation past 65504
+        # infinite) is held to the budget in the model that rounds every float16 activation.
+        deployed = verifier.check_deployed(twin.deployed)
+        if not deployed.ok:
+            return VerificationResult(
+                drift=deployed.drift,
+                error=f"with every activation it stores as float16 rounded to float16, as float16 kernels compute "
+                f"it: {deployed.first_failure}",
+            )
     verdict.twin_error, verdict.twin_row_excess = exact.twin_error, exact.twin_row_excess
     verdict.twin_segments, verdict.twin_end_to_end = exact.twin_segments, exact.twin_end_to_end
     verdict.twin_layers_probed = exact.twin_layers_probed

@@ -68,8 +68,8 @@ class Twin:
     - ``kind``: ``"float32"`` (pruning, embedding int8: the same float arithmetic, units
       zeroed or tables dequantized); ``"int8"`` (quantize-dequantize in float: integer
       kernels may round an activation differently at a tie, one step at most);
-      ``"float16"`` (float16 weights in float32 arithmetic: the result rounds every
-      activation to float16 too); ``"int4"`` (4-bit weights dequantized, and where the
+      ``"float16"`` (float16 weights in float32 arithmetic: the result on CPU rounds some
+      activations to float16 too); ``"int4"`` (4-bit weights dequantized, and where the
       kernel quantizes its input to int8 per block, that too: the same ties as int8);
       ``"int4-float"`` (4-bit weights dequantized where no kernel of the result rounds an
       activation: every layer at accuracy_level 0, so no tie can flip and no row may pass
@@ -88,6 +88,11 @@ class Twin:
       rounding (``optimizer.layer_probe``).
     - ``source``: the float model the twin approximates, where that is not the pass's
       input (SmoothQuant rescaled it first); None means the pass's input.
+    - ``deployed``: the model as the result computes where its float16 ops run as float16
+      kernels (a GPU): the twin with every activation it stores as float16 rounded to
+      float16 (infinite past 65504). ONNX Runtime's CPU EP runs most float16 ops as
+      float32 kernels, so the result checked on CPU never overflows where the deployed
+      model does: this model is held to the accuracy budget beside the result.
     - ``unrounded``: for an ``"int4"`` twin whose kernels round their inputs (accuracy_level
       4), what builds the same twin without that rounding (``"int4-float"``; built only when
       needed: a twin holds the weights in float32): what the result computes
@@ -103,6 +108,7 @@ class Twin:
     source: ir.Model | None = None
     layer_outputs: tuple[tuple[str, str], ...] = ()
     unrounded: Callable[[], Twin] | None = None
+    deployed: ir.Model | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in TWIN_KINDS:

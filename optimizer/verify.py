@@ -88,8 +88,8 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
 
 # How close an approximate pass's result must be to its exact twin (``optimizer.protocol.Twin``),
 # by the twin's kind. float32: the twin is the same arithmetic with units zeroed or tables
-# dequantized. float16: the twin rounds every activation the result stores as float16 (on CPU the result
-# runs most float16 ops as float32 kernels and rounds fewer). int8: the twin
+# dequantized. float16: the result also rounds some activations to float16 (ONNX Runtime's CPU EP runs most
+# float16 ops as float32 kernels). int8: the twin
 # quantizes and dequantizes in float32 where the result uses integer kernels, which may
 # round an activation differently at a tie (one step, rarely); measured margins in
 # docs/benchmarks.md ("Twin tolerances"). int4: MatMulNBits at accuracy_level 4 quantizes its
@@ -1739,6 +1739,24 @@ class Verifier:
             hint = " on generated random inputs; give --calibration data (real inputs) or lower the budget"
         return VerificationResult(
             drift=drift, error=f"{drift}{where} misses the accuracy budget ({self.budget.describe()}){hint}"
+        )
+
+    def check_deployed(self, deployed: ir.Model) -> VerificationResult:
+        """``deployed`` (what a result computes on kernels this check does not run: float16 ones, a GPU's; see
+        ``Twin.deployed``) held to the accuracy budget on the samples and on every verification input set, where
+        an activation that overflows only on the inputs a user gave shows too."""
+        verdict = self.check_approximation(deployed)
+        if not verdict.ok or self._samples is None:
+            return verdict
+        try:
+            drift = _streamed_drift(self._original, deployed, self.input_sets)
+        except RuntimeRefusedError as error:
+            return VerificationResult(error=f"ONNX Runtime cannot run it: {error.reason}")
+        if self.budget.met(drift):
+            return verdict
+        return VerificationResult(
+            drift=drift,
+            error=f"{drift} on the verification inputs misses the accuracy budget ({self.budget.describe()})",
         )
 
     def refuse_unrunnable_samples(self) -> None:

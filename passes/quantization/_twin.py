@@ -14,12 +14,13 @@ rounding tie, the kernel may round it the other way, and that one step can casca
 through later layers; ``benchmarks/twin_tolerance.py`` measures how far.)
 
 The float16 twin is the input with the weights ORT's converter stores as float16
-rounded to float16, computing in float32 (``float16_twin``).
+rounded to float16, and every activation it stores as float16 rounded to float16 (infinite
+past 65504), computing in float32 (``float16_twin``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -253,14 +254,24 @@ def round_to_float16(array: np.ndarray) -> np.ndarray:
     return np.asarray(clamped, dtype=np.float16).astype(np.float32).reshape(array.shape)
 
 
-def float16_twin(model: ir.Model, blocked_ops: Iterable[str], *, keep_io_types: bool) -> ir.Model:
-    """A copy of ``model`` with every float32 weight the float16 converter stores as float16 rounded to it, in float32.
+def float16_twin(
+    model: ir.Model, blocked_ops: Iterable[str], *, keep_io_types: bool, float16_values: Collection[str] = ()
+) -> ir.Model:
+    """A copy of ``model`` with every float32 weight the float16 converter stores as float16 rounded to it, and each
+    activation named in ``float16_values`` rounded to float16, in float32.
 
     Which weights (onnxruntime's ``convert_float_to_float16``): an initializer read by at
     least one node not in ``blocked_ops`` (and not at an input its op keeps float32,
     Resize's scales), and the float tensors in the attributes of every node not blocked
-    (Constant values). Without ``keep_io_types`` the float graph inputs and outputs are
-    float16 too, cast to and from float32 at the graph's edge.
+    (Constant values). Activations: with ``float16_values`` (the node outputs, of any node,
+    that the converter's shape inference types float32: it casts a blocked node's float32
+    result to float16 after it), each of them and, with ``keep_io_types``, the float graph
+    inputs (it casts them to float16 first) are rounded by a ``Cast`` to float16 and back,
+    so a value past 65504 becomes infinite: the model as float16 kernels compute it (a
+    GPU's), which ONNX Runtime's CPU EP does not show, as it runs most float16 ops as
+    float32 kernels between Casts it then drops. Without
+    ``keep_io_types`` the float graph inputs and outputs are float16 too, cast to and
+    from float32 at the graph's edge.
     """
     from onnxruntime.transformers.float16 import ALWAYS_FLOAT_INPUTS
 
@@ -284,9 +295,50 @@ def float16_twin(model: ir.Model, blocked_ops: Iterable[str], *, keep_io_types: 
                 for user, index in value.uses()
             ):
                 value.const_value = ir.tensor(round_to_float16(value.const_value.numpy()), name=value.name)
+    if float16_values:
+        _round_activations(twin.graph, set(float16_values), inputs=keep_io_types)
     if not keep_io_types:
         _float16_interface(twin.graph)
     return twin
+
+
+def _round_activations(graph: ir.Graph, names: set[str], *, inputs: bool) -> None:
+    """Round to float16 (a ``Cast`` to float16 and back) each float node output of ``graph`` and its subgraphs named
+    in ``names``, and with ``inputs`` each float graph input: a rounded node output takes the name, the exact one
+    ``<name>.unrounded``, so outputs keep theirs (a graph input keeps its own; ``<name>.rounded`` is read)."""
+    values = [value for value in graph.inputs if inputs and value.dtype == ir.DataType.FLOAT]
+    nodes = list(ir.traversal.RecursiveGraphIterator(graph))
+    for node in nodes:
+        values += [
+            value
+            for value in node.outputs
+            if value.name in names and value.dtype in (None, ir.DataType.FLOAT) and value.const_value is None
+        ]
+    for value in values:
+        producer = value.producer()
+        home = graph if producer is None else producer.graph
+        name = value.name
+        to_half = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT16)])
+        back = ir.Node("", "Cast", to_half.outputs, attributes=[ir.AttrInt64("to", ir.DataType.FLOAT)])
+        uses = [(user, index) for user, index in value.uses() if user is not to_half]
+        to_half.outputs[0].name = f"{name}.float16"
+        if producer is None:  # a graph input keeps its name: the rounded value is another
+            back.outputs[0].name = f"{name}.rounded"
+        else:
+            value.name, back.outputs[0].name = f"{name}.unrounded", name
+        back.outputs[0].shape, back.outputs[0].dtype = value.shape, ir.DataType.FLOAT
+        for user, index in uses:
+            user.replace_input_with(index, back.outputs[0])
+        for index, output in enumerate(list(home.outputs)):
+            if output is value and producer is not None:  # a graph input also an output stays as it is
+                home.outputs[index] = back.outputs[0]
+        if producer is None:
+            if len(home):
+                home.insert_before(home.node(0), [to_half, back])
+            else:
+                home.extend([to_half, back])
+        else:
+            home.insert_after(producer, [to_half, back])
 
 
 def _float16_interface(graph: ir.Graph) -> None:
@@ -310,7 +362,11 @@ def _float16_interface(graph: ir.Graph) -> None:
         graph.insert_before(graph.node(0), casts)
     else:
         graph.extend(casts)
+    halves: dict[int, ir.Value] = {}  # an output listed twice is cast once
     for index, value in enumerate(list(graph.outputs)):
+        if id(value) in halves:
+            graph.outputs[index] = halves[id(value)]
+            continue
         if value.dtype != ir.DataType.FLOAT:
             continue
         cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT16)])
@@ -319,4 +375,4 @@ def _float16_interface(graph: ir.Graph) -> None:
         cast.outputs[0].name, cast.outputs[0].shape = name, value.shape
         cast.outputs[0].dtype = ir.DataType.FLOAT16
         graph.append(cast)
-        graph.outputs[index] = cast.outputs[0]
+        graph.outputs[index] = halves[id(value)] = cast.outputs[0]

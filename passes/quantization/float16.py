@@ -56,8 +56,17 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
 
     The twin (kind ``"float16"``): the input with those bounds clamped and every float32
     weight the converter stores as float16 rounded to float16, computing in float32
-    (``_twin.float16_twin``). The result also rounds activations to float16 between
-    ops, which is what the float16 tolerance allows for.
+    (``_twin.float16_twin``); the result also rounds some activations to float16, which
+    is what the float16 tolerance allows for. ONNX Runtime's CPU EP runs most float16 ops
+    as float32 kernels and drops the Casts around them, so the result checked on CPU does
+    not overflow where float16 kernels (a GPU's) do: the twin's ``deployed`` model, which
+    also rounds every activation the converter stores as float16 (infinite past 65504),
+    is held to the accuracy budget beside the result (a ``MatMul`` to 192000 was verified
+    on CPU and infinite on a GPU).
+
+    Keeping I/O types, a graph output that is an initializer is computed by an
+    ``Identity`` of it, and one that is a graph input or repeats another is set aside
+    while converting and put back: the converter defined such outputs twice.
     """
 
     def __init__(self, *, keep_io_types: bool = True, block_ops: tuple[str, ...] = ()) -> None:
@@ -83,13 +92,19 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
         if clamped:
             named = ", ".join(clamped[:3]) + (", ..." if len(clamped) > 3 else "")
             self.note(f"{bounds} (+-65504; a Cast to float16 follows): {named}")
+        if self.keep_io_types:
+            _initializer_outputs_computed(model.graph)
         proto = ir.to_proto(model)
+        passed_through = _passed_through_outputs(proto.graph) if self.keep_io_types else []
+        infer = not _has_contrib_ops(proto)
+        float16_values = _float32_typed(onnx.shape_inference.infer_shapes(proto) if infer else proto)
         converted = convert_float_to_float16(
             proto,
             keep_io_types=self.keep_io_types,
             op_block_list=blocked,
-            disable_shape_infer=_has_contrib_ops(proto),
+            disable_shape_infer=not infer,
         )
+        _put_back_outputs(converted.graph, passed_through)
         if moved := _casts_into_their_subgraphs(converted):
             self.note(f"{moved} Casts the converter wrote in the main graph moved into the If/Loop bodies they read")
         result = ir.from_proto(converted)
@@ -102,11 +117,66 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             "the input with its float16 weights rounded to float16, computing in float32"
             + (f", {bounds}" if clamped else "")
             + ("" if self.keep_io_types else ", float16 inputs and outputs"),
+            deployed=float16_twin(model, blocked, keep_io_types=self.keep_io_types, float16_values=float16_values),
         )
         return self.result(result, modified=True, twin=twin)
 
 
 _Message = TypeVar("_Message", onnx.NodeProto, onnx.ValueInfoProto)
+
+
+def _initializer_outputs_computed(graph: ir.Graph) -> None:
+    """Make each float32 initializer that is also a graph output (and not an input) an ``Identity``'s output of its
+    name, reading the initializer renamed: onnxruntime's converter, keeping I/O types, writes the Cast back to
+    float32 of such an output under the initializer's own name (a second definition: the model was invalid)."""
+    for index, value in enumerate(list(graph.outputs)):
+        if value.producer() is not None or value.is_graph_input() or value.const_value is None:
+            continue
+        if value.dtype != ir.DataType.FLOAT:
+            continue
+        name = value.name
+        value.name = _fresh(graph, f"{name}.initializer")
+        identity = ir.Node("", "Identity", [value], name=f"{name}_output")
+        identity.outputs[0].name, identity.outputs[0].type = name, ir.TensorType(ir.DataType.FLOAT)
+        identity.outputs[0].shape = value.shape
+        graph.append(identity)
+        for at, output in enumerate(graph.outputs):
+            if output is value and at >= index:
+                graph.outputs[at] = identity.outputs[0]
+
+
+def _fresh(graph: ir.Graph, name: str) -> str:
+    taken = {value.name for value in (*graph.inputs, *graph.initializers.values())}
+    taken |= {output.name for node in ir.traversal.RecursiveGraphIterator(graph) for output in node.outputs}
+    fresh, count = name, 0
+    while fresh in taken:
+        count += 1
+        fresh = f"{name}.{count}"
+    return fresh
+
+
+def _passed_through_outputs(graph: onnx.GraphProto) -> list[tuple[int, onnx.ValueInfoProto]]:
+    """Remove from ``graph``'s outputs, and return with their positions, those that are graph inputs or repeat an
+    earlier output: the converter, keeping I/O types, writes a Cast to each float output under the output's name
+    (a graph input's second definition), and renames a repeated one's producer twice. The converted graph keeps
+    the inputs float32 and computes the first of the repeated outputs, so each is put back as it was."""
+    inputs, seen = {value.name for value in graph.input}, set()
+    removed, kept = [], []
+    for index, info in enumerate(graph.output):
+        (removed if info.name in inputs or info.name in seen else kept).append((index, _copy_of(info)))
+        seen.add(info.name)
+    if removed:
+        del graph.output[:]
+        graph.output.extend(info for _, info in kept)
+    return removed
+
+
+def _put_back_outputs(graph: onnx.GraphProto, removed: list[tuple[int, onnx.ValueInfoProto]]) -> None:
+    outputs = [_copy_of(info) for info in graph.output]
+    for index, info in removed:
+        outputs.insert(index, info)
+    del graph.output[:]
+    graph.output.extend(outputs)
 
 
 def _casts_into_their_subgraphs(proto: onnx.ModelProto) -> int:
@@ -247,6 +317,24 @@ def _values(graph: ir.Graph):
     yield from graph.initializers.values()
     for node in graph:
         yield from node.outputs
+
+
+def _float32_typed(proto: onnx.ModelProto) -> set[str]:
+    """The names the converter stores as float16: those its graphs' inputs, outputs and ``value_info`` type float32
+    (after its shape inference), in every subgraph too."""
+    names: set[str] = set()
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        names.update(
+            info.name
+            for info in (*graph.input, *graph.output, *graph.value_info)
+            if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        )
+        for node in graph.node:
+            for attribute in node.attribute:
+                graphs.extend([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs)
+    return names
 
 
 def _has_contrib_ops(proto: onnx.ModelProto) -> bool:
