@@ -750,7 +750,7 @@ def _apply_config(args: argparse.Namespace, argv: list[str] | None, parser: argp
     spells a default out refuse the same things.
     """
     given = _flags_given(argv)
-    if args.config:
+    if args.config is not None:  # `--config "$RECIPE"` with RECIPE unset is refused, not a run without it
         from optimizer.config import load_config
 
         for dest, value in load_config(args.config, parser).items():
@@ -868,7 +868,6 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
         check_paths,
         refuse_data_onnxruntime_will_not_open,
         refuse_path_onnxruntime_cannot_take,
-        write_atomically,
     )
     from optimizer.progress import reporting_to, task
     from optimizer.report import render_table
@@ -917,7 +916,7 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
         render_table(report, console, verbose=args.verbose > 0)
         console.print(f"wrote {report.output}", highlight=False, soft_wrap=True, markup=False)
     if args.pipeline_json:
-        write_atomically(args.pipeline_json, report.write_json, "report")
+        report.write_json(args.pipeline_json)  # atomically; a failure names --pipeline-json's path
     failed = []
     if lines := strict_failures(report, requested):
         failed.append((exit_codes.STRICT_FAILED, lines))

@@ -89,6 +89,8 @@ def load_config(path: str | os.PathLike, parser: argparse.ArgumentParser) -> dic
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
 
+    if not os.fspath(path):  # Path("") is the current folder
+        raise ConfigError("--config '': an empty path; give a TOML file")
     source = Path(path)
     try:
         table = tomllib.loads(_read_text(source))

@@ -58,7 +58,7 @@ from optimizer.errors import (
     raise_if_interrupted,
 )
 from optimizer.inputs import DATA_FOLDER_SUFFIXES
-from optimizer.runtime import has_external_tensors, save_model_file, weight_bytes
+from optimizer.runtime import has_external_tensors, save_model_file, signals_held, stored_weight_bytes
 
 # Domains whose operators we can check: ONNX, ONNX-ML, and ONNX Runtime's contrib
 # operators (which our fusions emit and ORT-optimized inputs contain).
@@ -104,7 +104,7 @@ def load_model(path: str | os.PathLike, *, warnings: list[str] | None = None) ->
     _check_looks_like_onnx(proto, str(path))
     check_external_data(proto, path.parent, str(path))
     check_model_proto(proto, str(path))
-    model = deserialize(proto, str(path))
+    model = deserialize(proto, str(path), path.parent)
     import_contrib_domain(model)
     default_domain_spelled_empty(model)
     ir.external_data.set_base_dir(model.graph, path.parent.absolute())
@@ -151,10 +151,11 @@ def constants_of_old_ir(model: ir.Model) -> str | None:
     )
 
 
-def deserialize(proto: onnx.ModelProto, label: str) -> ir.Model:
+def deserialize(proto: onnx.ModelProto, label: str, folder: str | os.PathLike = "") -> ir.Model:
     """``proto`` as an onnx-ir model; ``UnsupportedModelError`` for what onnx-ir cannot represent (a map type:
-    the ZipMap output of a scikit-learn classifier converted by skl2onnx)."""
-    _densify_sparse_initializers(proto)
+    the ZipMap output of a scikit-learn classifier converted by skl2onnx). ``folder``: where its external data
+    is (checked by ``check_external_data``; a proto in memory: the working directory)."""
+    _densify_sparse_initializers(proto, Path(folder))
     try:
         return ir.serde.deserialize_model(proto)
     except ir.serde.SerdeError as error:
@@ -169,13 +170,15 @@ def deserialize(proto: onnx.ModelProto, label: str) -> ir.Model:
         raise UnsupportedModelError(f"{label}: onnx-ir cannot read this model ({one_line(cause, 160)})") from error
 
 
-def _densify_sparse_initializers(proto: onnx.ModelProto) -> None:
+def _densify_sparse_initializers(proto: onnx.ModelProto, folder: Path) -> None:
     """Turn the main graph's sparse initializers into dense ones, in place: onnx-ir drops them without a word
-    (a clone of the graph then fails on the value nothing defines). The model computes the same."""
+    (a clone of the graph then fails on the value nothing defines). The model computes the same. Values or
+    indices stored as external data are read from ``folder``, the model's (numpy_helper would read them from
+    the working directory)."""
     graph = proto.graph
     for sparse in graph.sparse_initializer:
-        values = onnx.numpy_helper.to_array(sparse.values)
-        indices = onnx.numpy_helper.to_array(sparse.indices).astype(np.int64)
+        values = onnx.numpy_helper.to_array(_inline_tensor(sparse.values, folder))
+        indices = onnx.numpy_helper.to_array(_inline_tensor(sparse.indices, folder)).astype(np.int64)
         dense = np.zeros(tuple(sparse.dims), dtype=values.dtype)
         if indices.ndim == 1:
             dense.reshape(-1)[indices] = values  # linearized indices
@@ -183,6 +186,23 @@ def _densify_sparse_initializers(proto: onnx.ModelProto) -> None:
             dense[tuple(indices.T)] = values
         graph.initializer.append(onnx.numpy_helper.from_array(dense, sparse.values.name))
     del graph.sparse_initializer[:]
+
+
+def _inline_tensor(tensor: onnx.TensorProto, folder: Path) -> onnx.TensorProto:
+    """``tensor``, or a copy holding its external data (read from ``folder``) in ``raw_data``."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return tensor
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    size = _tensor_bytes(tensor.data_type, tuple(tensor.dims)) or 0
+    with open(folder / entries["location"], "rb") as handle:  # checked by check_external_data
+        handle.seek(int(entries.get("offset") or 0))
+        data = handle.read(size)
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    del copy.external_data[:]
+    copy.data_location = onnx.TensorProto.DEFAULT
+    copy.raw_data = data
+    return copy
 
 
 def _map_typed_values(proto: onnx.ModelProto) -> list[str]:
@@ -437,7 +457,9 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
 
     Weights go to external data beside the output (``NAME.data``, or ``NAME.<8 hex>.data``
     while another ``NAME.data`` exists) when the model already used external data or
-    is too large for one protobuf file. Refuses (``OutputPathError``, before writing)
+    is too large for one protobuf file (its weights counted in every graph: If branches and
+    Loop bodies too), and only if a tensor went there (``ir.save`` keeps small ones in the
+    model file). Refuses (``OutputPathError``, before writing)
     a path ``check_paths`` refuses: over ``input_path`` or a file the model reads, a
     folder, a device. A failed write (a full disk, an output that cannot be replaced)
     is an ``OutputPathError`` too, and leaves the folder as it was.
@@ -452,16 +474,19 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
     # A file read (the input's weights, perhaps through a link into this folder) is never stale.
     read_places = {_place(Path(file)) for _, file in reads if file is not None and os.path.lexists(file)}
     stale = [file for file in _stale_data_files(path, keep=data_name) if _place(file) not in read_places]
+    staging = placed_data = None
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{data_stem(path.name)}.", suffix=".tmp", dir=folder))
-    except OSError as error:
-        raise OutputPathError(f"{folder}: cannot write here ({error.strerror or error})") from error
-    staged_model = staging / path.name
-    placed_data = None
-    try:
+        try:
+            with signals_held():  # a signal between the mkdir and `staging` would leave the folder
+                staging = Path(tempfile.mkdtemp(prefix=f".{data_stem(path.name)}.", suffix=".tmp", dir=folder))
+        except OSError as error:
+            raise OutputPathError(f"{folder}: cannot write here ({error.strerror or error})") from error
+        staged_model = staging / path.name
         save_model_file(model, staged_model, external_data=data_name)
         _pause_for_tests("staged")
         raise_if_interrupted()  # a signal whose exception a callback swallowed: the output is not placed
+        if data_name is not None and not _holds_bytes(staging / data_name):
+            data_name = None  # every tensor was small enough to stay in the model file: no weights file to place
         if data_name is not None:
             placed_data = folder / data_name  # before the rename: a signal just after it removes the file too
             os.replace(staging / data_name, placed_data)
@@ -475,11 +500,21 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
         # Still staged, the model never reached its place: the weights placed for it go too.
         if placed_data is not None and os.path.lexists(staged_model):
             _remove(placed_data)
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     _pause_for_tests("model")
     for file in stale:
         _remove(file)
     return path
+
+
+def _holds_bytes(path: Path) -> bool:
+    """Whether ``path`` is a file with something in it (``ir.save`` writes an empty weights file when it moved
+    no tensor there)."""
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return False
 
 
 def _fresh_data_name(path: Path) -> str:
@@ -1065,4 +1100,4 @@ def _all_nodes(proto: onnx.ModelProto):
 
 
 def _needs_external_data(model: ir.Model) -> bool:
-    return weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES or has_external_tensors(model)
+    return stored_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES or has_external_tensors(model)

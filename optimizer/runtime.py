@@ -169,6 +169,27 @@ def weight_bytes(model: ir.Model) -> int:
     return total
 
 
+def stored_weight_bytes(model: ir.Model) -> int:
+    """``weight_bytes`` of every graph of ``model``: the main graph's, its subgraphs' (If branches, Loop and Scan
+    bodies) and its functions'. What decides whether the model's tensors fit in one protobuf (2 GiB): a model
+    whose weights are all in If branches is past it as surely as one with them in the main graph."""
+    total = sum(
+        tensor_bytes(value.const_value)
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+        if value.const_value is not None
+    )
+    nodes = [*ir.traversal.RecursiveGraphIterator(model.graph)]
+    for function in model.functions.values():
+        nodes += ir.traversal.RecursiveGraphIterator(function)
+    for node in nodes:
+        if node.op_type == "Constant" and is_onnx_domain(node):
+            attr = node.attributes.get("value")
+            if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                total += tensor_bytes(attr.as_tensor())
+    return total
+
+
 def tensor_bytes(tensor: ir.TensorProtocol) -> int:
     """The bytes ``tensor`` holds; for strings (a folded label table is an ``ir.Tensor`` over a numpy
     array of objects, whose ``nbytes`` raises), the bytes of its UTF-8 strings."""
@@ -333,7 +354,7 @@ def inference_session(
     temporary folder with external data and loaded from there.
     """
     options = session_options(optimization_level, intra_op_threads)
-    if weight_bytes(model) < _SESSION_FILE_ABOVE_BYTES and not has_external_tensors(model):
+    if stored_weight_bytes(model) < _SESSION_FILE_ABOVE_BYTES and not has_external_tensors(model):
         with strings_serializable(model):
             proto = ir.to_proto(model)
         yield open_session(proto.SerializeToString(), options, providers)
@@ -345,7 +366,7 @@ def inference_session(
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
+def signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM held back while open (where the platform can), delivered on exit."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
@@ -373,7 +394,7 @@ def temporary_folder(prefix: str) -> Iterator[str]:
         for attempt in range(_FOLDER_ATTEMPTS):
             folder = os.path.join(tempfile.gettempdir(), f"{prefix}{secrets.token_hex(6)}")
             try:
-                with _signals_held():  # a Ctrl-C between the mkdir and `made` would leave the folder
+                with signals_held():  # a Ctrl-C between the mkdir and `made` would leave the folder
                     os.mkdir(folder, 0o700)
                     made = folder
             except FileExistsError:  # another's: never removed here
