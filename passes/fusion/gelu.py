@@ -301,7 +301,7 @@ def _onnx_gelu(node: ir.Node) -> _Match | str:
         return f"unknown approximation {approximate!r}"
     if not is_float(node.inputs[0]):
         return "input is not float32"
-    (form,) = _FORMS["Tanh" if approximate == "tanh" else "Erf"]
+    form = _FORMS["Tanh" if approximate == "tanh" else "Erf"][0]  # the tanh GELU (FastGelu), not QuickGELU
     return _Match(node.inputs[0], node.outputs[0], form)
 
 

@@ -359,6 +359,17 @@ def test_onnx_gelu_becomes_the_contrib_op():
     assert_same_outputs(model, after, _x(), rtol=1e-5, atol=1e-6)
 
 
+def test_onnx_tanh_gelu_becomes_fast_gelu():
+    # Gelu(approximate="tanh") is how the dynamo exporter writes gelu_pytorch_tanh (SigLIP, Gemma): the pass
+    # raised (two tanh forms where it unpacked one) and was rolled back as failed.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 20]>
+        g (float[N, 16] x) => (float[N, 16] y) { y = Gelu<approximate = "tanh">(x) }""")
+    after = GeluFusion()(model.clone()).model
+    assert [(n.domain, n.op_type) for n in after.graph] == [("com.microsoft", "FastGelu")]
+    assert_same_outputs(model, after, _x(), rtol=1e-5, atol=1e-6)
+
+
 def test_quick_gelu_is_fused_where_the_target_has_its_kernel(monkeypatch):
     # ONNX Runtime implements com.microsoft.QuickGelu on CPU and CUDA; the kernel table is patched here so the
     # test holds with or without its QuickGelu line.
