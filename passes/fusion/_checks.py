@@ -3,6 +3,7 @@ unit scale of a normalization that has none."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -137,9 +138,16 @@ def static_last_dim(value: ir.Value) -> int | None:
 NO_STATIC_SIZE = "no scale, and the last dim has no static size to build a scale of ones for"
 
 
-def fuse_with_inferred_last_dims(fusion, model: ir.Model, fuse: Callable[[ir.Model], int]) -> int:
-    """``fuse(model)``, run again with the missing shapes inferred if it refused a norm for ``NO_STATIC_SIZE``
-    or ``NO_RANK``.
+# The refusal of an op the fused one takes only at rank 3 (SkipLayerNormalization's operands, packed Attention's
+# query, key and value) where the exporter recorded no rank: ``fuse_with_inferred_last_dims`` retries then.
+NOT_KNOWN_3D = "not known to be 3-D"
+
+
+def fuse_with_inferred_last_dims(
+    fusion, model: ir.Model, fuse: Callable[[ir.Model], int], retry_on: tuple[str, ...] = (NO_STATIC_SIZE, NO_RANK)
+) -> int:
+    """``fuse(model)``, run again with the missing shapes inferred if it refused for a reason ending with one of
+    ``retry_on`` (a norm for ``NO_STATIC_SIZE`` or ``NO_RANK``; ``NOT_KNOWN_3D``).
 
     A norm's input whose shape the exporter did not record (the legacy exporter records none
     of the intermediate values') has its last dim and rank inferred by ONNX shape inference for the
@@ -150,12 +158,20 @@ def fuse_with_inferred_last_dims(fusion, model: ir.Model, fuse: Callable[[ir.Mod
     # Imported here: a norm pass imported alone loads it only when a norm needs a shape inferred.
     from passes.fusion._inferred_shapes import inferred_shapes, lacks_shapes
 
-    declined = fusion._state()[2]
+    _, tally, declined = fusion._state()
     before = len(declined)
+    refused_before = {kind: Counter(reasons) for kind, reasons in tally.refused.items()}
     count = fuse(model)
-    if not any(reason.endswith((NO_STATIC_SIZE, NO_RANK)) for reason in declined[before:]) or not lacks_shapes(model):
+    refused = [
+        reason
+        for kind, reasons in tally.refused.items()
+        for reason, times in reasons.items()
+        if times > refused_before.get(kind, Counter())[reason]
+    ]
+    if not any(reason.endswith(retry_on) for reason in (*declined[before:], *refused)) or not lacks_shapes(model):
         return count
     del declined[before:]
+    tally.refused = refused_before  # the candidates left are counted again by the second run
     with inferred_shapes(model):
         return count + fuse(model)
 

@@ -51,6 +51,7 @@ from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import ancestry, evaluate
 from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
+from passes.fusion._checks import NOT_KNOWN_3D, fuse_with_inferred_last_dims
 from passes.fusion._layout import last_dim, producer, rank, shape_tokens
 from passes.fusion._probe import (
     DEFAULT_MAX_SEQUENCE,
@@ -404,7 +405,7 @@ def _check(node: ir.Node) -> list[ir.Value] | str:
     if 4 in ranks[1:]:
         return "key/value are per-head 4-D tensors"
     if ranks != [3, 3, 3]:
-        return "query, key or value is not known to be 3-D"
+        return f"query, key or value is {NOT_KNOWN_3D}"
     return [query, key, value]
 
 
@@ -424,10 +425,22 @@ class PackedAttentionFusion(FusionPass):
         self.max_sequence = max_sequence
 
     def fuse(self, model: ir.Model) -> int:
-        count = 0
         self._kept: list[str] = []
-        masks: dict[int, tuple[ir.Value, bool] | str] = {}
-        casts: dict[int, ir.Value] = {}
+        # Shared by both runs below: the ops packed so far (their names count on), and each mask's kind and Cast.
+        self._packed = 0
+        self._masks: dict[int, tuple[ir.Value, bool] | str] = {}
+        self._casts: dict[int, ir.Value] = {}
+        # The legacy exporter records no intermediate shapes: ranks ONNX's inference finds are read then.
+        count = fuse_with_inferred_last_dims(self, model, self._fuse, retry_on=(NOT_KNOWN_3D,))
+        # Not refusals, but why a packed op reads the mask as attention_bias instead of mask_index.
+        for reason, times in Counter(self._kept).most_common():
+            self.decline(f"{times} of {count} packed with {reason}")
+        if count:
+            model.graph.sort()  # the shared mask Cast is built before the first op that reads it
+        return count
+
+    def _fuse(self, model: ir.Model) -> int:
+        count = 0
         for node in [n for n in model.graph if n.op_type == "MultiHeadAttention" and n.domain == MS_DOMAIN]:
             found = _check(node)
             if isinstance(found, str):
@@ -437,14 +450,10 @@ class PackedAttentionFusion(FusionPass):
             if isinstance(packed, str):
                 self.refuse("MultiHeadAttention", packed)
                 continue
-            self._rewrite(model, node, packed, count, masks, casts)
+            self._rewrite(model, node, packed, self._packed, self._masks, self._casts)
             self.done("MultiHeadAttention")
+            self._packed += 1
             count += 1
-        # Not refusals, but why a packed op reads the mask as attention_bias instead of mask_index.
-        for reason, times in Counter(self._kept).most_common():
-            self.decline(f"{times} of {count} packed with {reason}")
-        if count:
-            model.graph.sort()  # the shared mask Cast is built before the first op that reads it
         return count
 
     def _rewrite(self, model: ir.Model, node: ir.Node, packed: _Packed, index: int, masks: dict, casts: dict) -> None:

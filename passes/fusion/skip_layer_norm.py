@@ -16,7 +16,7 @@ from onnxscript.rewriter import pattern
 from optimizer.domains import MS_DOMAIN
 from optimizer.runtime import ancestry
 from passes.fusion._base import RuleFusionPass
-from passes.fusion._checks import is_float, vector_for_last_dim
+from passes.fusion._checks import NOT_KNOWN_3D, fuse_with_inferred_last_dims, is_float, vector_for_last_dim
 
 
 def _operand_order(a: ir.Value, b: ir.Value) -> tuple[ir.Value, ir.Value] | None:
@@ -111,7 +111,7 @@ class _SkipNorm(pattern.RewriteRuleClassBase):
                 return result.fail("an operand of the residual Add is constant")
             # SkipLayerNormalization needs input and skip of the same shape (no broadcasting).
             if operand.shape is None or operand.shape.rank() != 3:
-                return result.fail("operands are not known to be 3-D")
+                return result.fail(f"operands are {NOT_KNOWN_3D}")
         if _operand_order(input, skip) is None:
             return result.fail("operand shapes differ, or the first broadcasts")
         if not is_float(input) or not is_float(skip):
@@ -147,6 +147,10 @@ class SkipLayerNormFusion(RuleFusionPass):
     commute = True
     fused_ops = ((MS_DOMAIN, "SkipLayerNormalization"),)
     _simplified = False
+
+    def fuse(self, model: ir.Model) -> int:
+        # The legacy exporter records no intermediate shapes: ranks ONNX's inference finds are read then.
+        return fuse_with_inferred_last_dims(self, model, super().fuse, retry_on=(NOT_KNOWN_3D,))
 
     def rule_set(self) -> pattern.RewriteRuleSet:
         return pattern.RewriteRuleSet(

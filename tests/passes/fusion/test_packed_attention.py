@@ -406,3 +406,56 @@ def _where_padding_model() -> ir.Model:
     add.outputs[0].replace_all_uses_with(where.outputs[0])
     model.graph.remove(add, safe=False)
     return model
+
+
+def _legacy_two_layer_model() -> ir.Model:
+    """Two self-attention ``MultiHeadAttention`` ops as the legacy exporter leaves them: no intermediate shape
+    recorded. Layer b reads the graph input (its rank follows from it); layer a reads a ``LayerNormalization``
+    of it, whose rank only ONNX's shape inference finds (Whisper's and wav2vec2's legacy encoders)."""
+    rng = np.random.default_rng(0)
+    hidden, heads = 16, 2
+    init = {"scale": np.ones(hidden, np.float32), "shift": np.zeros(hidden, np.float32)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "scale", "shift"], ["normed"], axis=-1)]
+    for layer, source in (("a", "normed"), ("b", "x")):
+        for part in "qkv":
+            init[f"{layer}_w{part}"] = (rng.standard_normal((hidden, hidden)) * 0.3).astype(np.float32)
+            init[f"{layer}_b{part}"] = (rng.standard_normal(hidden) * 0.1).astype(np.float32)
+            nodes += [
+                helper.make_node("MatMul", [source, f"{layer}_w{part}"], [f"{layer}_{part}m"]),
+                helper.make_node("Add", [f"{layer}_{part}m", f"{layer}_b{part}"], [f"{layer}_{part}"]),
+            ]
+        nodes.append(
+            helper.make_node(
+                "MultiHeadAttention",
+                [f"{layer}_q", f"{layer}_k", f"{layer}_v"],
+                [f"{layer}_out"],
+                domain="com.microsoft",
+                num_heads=heads,
+            )
+        )
+    nodes.append(helper.make_node("Add", ["a_out", "b_out"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "legacy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [numpy_helper.from_array(array, name) for name, array in init.items()],
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=9
+    )
+    return ir.from_proto(proto)
+
+
+def test_qkv_whose_rank_only_shape_inference_finds_are_packed_with_unique_names():
+    # Before: "1 of 2 MultiHeadAttention left unfused: query, key or value is not known to be 3-D". Packed in a
+    # second run on inferred shapes, that op first took the name of the one packed in the first run
+    # (Attention_0/Attention twice: ONNX Runtime refused the result, and the pass was rolled back).
+    model = _legacy_two_layer_model()
+    result = PackedAttentionFusion()(model.clone())
+    assert result.modified and not result.refusals, result.refusals
+    fused = [node for node in result.model.graph if node.op_type == "Attention"]
+    assert len(fused) == 2 and len({node.name for node in fused}) == 2
+    assert "MultiHeadAttention" not in op_types(result.model)
+    x = np.random.default_rng(1).standard_normal((2, 5, 16)).astype(np.float32)
+    assert_same_outputs(model, result.model, {"x": x}, rtol=1e-4, atol=1e-5)

@@ -102,3 +102,25 @@ def test_a_residual_of_unnamed_dims_is_fused(norm):
     assert _FUSED[norm] in computed_op_types(after)
     feeds = {"source": np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)}
     assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
+
+
+def test_operands_whose_rank_only_shape_inference_finds_are_fused():
+    # The legacy exporter records no intermediate shapes (Whisper's and wav2vec2's encoders): the residual's
+    # operands were "not known to be 3-D" and left unfused; their ranks are read from ONNX's shape inference.
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[batch, sequence, 8] x, float[8] gamma, float[8] beta) => (float[batch, sequence, 8] y) {
+            h = Relu(x)
+            s = Add(h, x)
+            y = LayerNormalization<axis = -1>(s, gamma, beta)
+        }""")
+    for name in ("gamma", "beta"):
+        value = next(v for v in model.graph.inputs if v.name == name)
+        model.graph.inputs.remove(value)
+        value.const_value = ir.tensor(np.linspace(0.5, 1.5, 8).astype(np.float32), name=name)
+        model.graph.register_initializer(value)
+    result = SkipLayerNormFusion()(model.clone())
+    assert result.modified, result.refusals
+    assert computed_op_types(result.model) == ["Relu", "SkipLayerNormalization"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)
+    assert_same_outputs(model, result.model, {"x": x}, rtol=1e-4, atol=1e-5)
