@@ -23,12 +23,15 @@ class OutputAccuracy:
     value that happens to be near zero does not report a huge relative error when the
     output as a whole is close. ``cosine`` is set for float outputs (over all values),
     ``worst_sample_cosine`` for float outputs whose samples hold more than one value (the
-    lowest cosine of one sample, a row along axis 0: the sentence a mean hides);
+    lowest cosine of one sample, a row along axis 0: the sentence a mean hides; each held to
+    ``1 - (q - 1)**2 / 2`` of the sample's norm ratio ``q`` too, ``scale_scores``, since its
+    cosine does not see one sample scaled by 2 and the whole output's norm barely does);
     ``top1_agreement`` (fraction of rows whose argmax over the last axis agrees) for
     outputs that look like class scores or logits: named like
     ``logits``/``scores``/``probs`` or produced by a Softmax, float, with a last axis of
     at least 2 classes. ``shape`` is the first batch's; ``samples`` counts the rows
-    (along axis 0) compared, over all batches.
+    (along axis 0) compared, over all batches. Positions a padding mask hides are left out
+    of every figure but ``exact`` where they were given (``AccuracyAccumulator.add``).
     """
 
     name: str
@@ -92,6 +95,8 @@ class AccuracyAccumulator:
 
     def __init__(self) -> None:
         self._stats: dict[str, dict[str, Any]] = {}
+        # The outputs some of whose positions ``add`` left out as padded, in the order first seen.
+        self.padded: list[str] = []
 
     def add(
         self,
@@ -100,15 +105,28 @@ class AccuracyAccumulator:
         score_outputs: frozenset[str] = frozenset(),
         *,
         guess: bool = True,
+        padded: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Compare one batch: outputs of the same shape, by name (``ValueError`` for a shape mismatch).
 
         ``score_outputs`` names outputs known to hold class scores; with ``guess`` others are judged by name.
+        ``padded`` maps outputs to the positions a padding mask hides (booleans that broadcast against the
+        output, ``optimizer.padding.padded_outputs``): they count in no figure but ``exact`` (errors, cosines,
+        top-1 rows), unless AFTER has a NaN or Inf there that BEFORE has not.
         """
         for name, expected in before.items():
-            self._add_one(name, np.asarray(expected), np.asarray(after[name]), name in score_outputs, guess)
+            where = (padded or {}).get(name)
+            self._add_one(name, np.asarray(expected), np.asarray(after[name]), name in score_outputs, guess, where)
 
-    def _add_one(self, name: str, expected: np.ndarray, actual: np.ndarray, scores: bool, guess: bool) -> None:
+    def _add_one(
+        self,
+        name: str,
+        expected: np.ndarray,
+        actual: np.ndarray,
+        scores: bool,
+        guess: bool,
+        padded: np.ndarray | None = None,
+    ) -> None:
         if expected.shape != actual.shape:
             raise ValueError(f"output '{name}': shape {actual.shape} differs from {expected.shape}")
         stats = self._stats.setdefault(
@@ -145,17 +163,30 @@ class AccuracyAccumulator:
                 stats["max_abs"] = stats["max_rel"] = np.inf
             return
         e, a = expected.astype(np.float64), actual.astype(np.float64)
+        kept = None
+        if padded is not None:
+            # Padded positions are zero in both (nothing to any sum), but a NaN or Inf only AFTER has is kept.
+            hidden = np.broadcast_to(padded, e.shape) & (np.isfinite(a) | ~np.isfinite(e))
+            kept = ~hidden
+            e, a = np.where(hidden, 0.0, e), np.where(hidden, 0.0, a)
+            if hidden.any() and name not in self.padded:
+                self.padded.append(name)
         finite = np.isfinite(e) & np.isfinite(a)
         e0, a0 = np.where(finite, e, 0.0), np.where(finite, a, 0.0)
         diff = _integer_difference(expected, actual) if _integers(expected, actual) else np.abs(a0 - e0)
-        rel = diff / np.maximum(floored_magnitude(e0), np.finfo(np.float64).tiny)
+        if kept is None:
+            magnitude = floored_magnitude(e0)
+        else:  # the RMS of the positions compared
+            diff = np.where(kept, diff, 0.0)
+            magnitude = np.maximum(np.abs(e0), _root_mean_square(np.abs(e0[kept])))
+        rel = diff / np.maximum(magnitude, np.finfo(np.float64).tiny)
         max_abs, max_rel = float(diff.max()), float(rel.max())
         # Where either is not finite, both must be the same: NaN and NaN, or one infinity.
         unequal = ~finite & ~((np.isnan(e) & np.isnan(a)) | (e == a))
         if unequal.any():
             max_abs = max_rel = float("inf")
         stats["values"] += expected.size
-        stats["compared"] += int(finite.sum())
+        stats["compared"] += int((finite if kept is None else finite & kept).sum())
         stats["max_abs"] = max(stats["max_abs"], max_abs)
         stats["max_rel"] = max(stats["max_rel"], max_rel)
         if stats["cosine"]:
@@ -175,11 +206,17 @@ class AccuracyAccumulator:
             stats["yy"] += float(np.dot(y, y))
             stats["same_values"] &= bool(np.array_equal(x, y))
             if expected.ndim > 1 and expected.size > len(expected):
-                lowest = float(row_cosines(e0, a0).min())
+                x_rows, y_rows, equal = _scaled_rows(e0, a0)
+                ratios = _norm_ratios(x_rows, y_rows, equal)
+                # A zero sample that became nonzero has cosine 0 already (its ratio is infinite).
+                held = scale_scores(np.where(np.isinf(ratios), 1.0, ratios))
+                lowest = float(np.minimum(_cosines(x_rows, y_rows, equal), held).min())
                 stats["worst_sample"] = lowest if stats["worst_sample"] is None else min(stats["worst_sample"], lowest)
             if stats["top1"]:
-                stats["agree"] += int(np.sum(np.argmax(e, axis=-1) == np.argmax(a, axis=-1)))
-                stats["rows"] += int(np.prod(expected.shape[:-1]))
+                agree = np.argmax(e, axis=-1) == np.argmax(a, axis=-1)
+                rows = np.ones(agree.shape, bool) if kept is None else kept.any(axis=-1)  # a padded row is no row
+                stats["agree"] += int(np.sum(agree & rows))
+                stats["rows"] += int(rows.sum())
 
     def results(self) -> list[OutputAccuracy]:
         """Each output's accuracy over every batch added, in the order first seen."""

@@ -2,7 +2,7 @@
 
 Each check returns the lines that say what failed (empty when it passed); the CLI
 prints them and exits with the code of ``optimizer.exit_codes``. A gate that has
-nothing to judge (every execution provider skipped, no float output) fails, and so
+nothing to judge (every execution provider skipped, no output compared) fails, and so
 does each execution provider the comparison was asked for and skipped (``--ep
 cuda,cpu`` without a GPU): a CI job must not pass on a measurement that did not happen.
 """
@@ -191,7 +191,9 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
 
 def worst_sample_failures(report: ComparisonReport, min_cosine: float, flag: str = "--min-worst-cosine") -> list[str]:
     """``--min-worst-cosine X``: what ``--min-cosine X`` refuses (``accuracy_failures``), and each float output one
-    of whose samples (a row along axis 0, over every batch compared) has a cosine similarity below X to BEFORE's.
+    of whose samples (a row along axis 0, over every batch compared) has a cosine similarity below X to BEFORE's,
+    each sample's cosine held to ``1 - (q - 1)**2 / 2`` of its norm ratio ``q`` too (one sample scaled by 2 has
+    cosine 1, and the whole output's norm barely moves).
 
     A cosine over all of an output's values is a norm-weighted mean of its samples': one sentence
     of 128 far off barely moves it. An output of one value per sample has no per-sample cosine
@@ -211,7 +213,7 @@ def worst_sample_failures(report: ComparisonReport, min_cosine: float, flag: str
             ):
                 failures.append(
                     f"{gate}: {provider.ep}: output '{output.name}' has a sample at cosine {cosine_text(worst, 6)} "
-                    f"(over all its values {cosine_text(output.cosine, 6)})"
+                    f"(held to its norm ratio too; over all its values {cosine_text(output.cosine, 6)})"
                 )
         llm = getattr(provider, "llm_accuracy", None) if provider.available else None
         if llm is not None and llm.logits_cosine >= min_cosine and not llm.logits_worst_cosine >= min_cosine:

@@ -312,50 +312,74 @@ def unpadded(
     model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]], runs: Iterable[tuple[Mapping, Mapping]]
 ) -> Iterator[tuple[dict, dict]]:
     """Each ``(before, after)`` pair of outputs, run on the matching batch of ``batches``, with the values at
-    the positions the batch's padding mask hides (``padded_positions``) set to zero in both: what a model
-    returns there is undefined, and an accuracy budget counting it holds real tokens to noise.
-
-    Stricter than verification's ``hide_padded``, since a budget is the only check of an approximate pass's
-    accuracy: only an integer mask counts (a float 0/1 ``mask`` may be an imputation model's "missing"
-    flags, the very values it exists to fill), and only outputs whose second dim the model names as the
-    mask's sequence dim (``[batch, sequence, ...]``, three dims or more: a ``[batch, 384]`` embedding beside
-    a 384-token mask is no sequence), caches whose third dim it names so, and a decoder's ``new_token_outputs``
-    on the mask's last positions (where the batch's mask is past plus new tokens). A NaN or Inf ``after`` has
-    where ``before`` does not is kept, as in ``hide_padded``."""
-    masks, sequence = _integer_masks(model)
-    laid_out = _sequence_outputs(model, sequence) if sequence else {}
-    new_tokens = new_token_outputs(model)
+    the positions the batch's padding mask hides (``padded_outputs``) set to zero in both: what a model
+    returns there is undefined, and an accuracy budget counting it holds real tokens to noise. A NaN or Inf
+    ``after`` has where ``before`` does not is kept, as in ``hide_padded``."""
+    layout = padding_layout(model)
     for batch, (before, after) in zip(batches, runs):
-        padding = padded_positions(batch, [name for name in mask_inputs(model, batch) if name in masks])
-        if padding is None or not (laid_out or new_tokens):
-            yield dict(before), dict(after)
-            continue
         zeroed_before, zeroed_after = dict(before), dict(after)
-        # A decoder's logits: the mask's last positions, where the batch's mask is its past plus new tokens.
-        past = new_tokens.past_length(batch, padding) if new_tokens is not None else None
-        tail = {name: 1 for name in new_tokens.outputs if name not in laid_out} if past is not None else {}
-        for name, axis in {**laid_out, **tail}.items():
-            expected, actual = before.get(name), after.get(name)
-            if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
-                continue
-            # Integer outputs too (tags, token ids): their values there are as undefined, and count in max_error.
-            if expected.shape != actual.shape or expected.dtype.kind not in "fiub" or expected.ndim < 2:
-                continue
-            if name in tail:
-                if expected.shape[0] != padding.shape[0] or expected.shape[1] != padding.shape[1] - past:
-                    continue
-                positions = padding[:, past:]
-            elif (expected.shape[0], expected.shape[axis]) == padding.shape:
-                positions = padding
-            else:
-                continue
-            shape = [1] * expected.ndim
-            shape[0], shape[axis] = positions.shape
-            where = positions.reshape(shape)
+        for name, where in padded_outputs(model, batch, before, after, layout).items():
+            expected, actual = before[name], after[name]
             zero = np.zeros((), expected.dtype)
             zeroed_before[name] = np.where(where, zero, expected)
             zeroed_after[name] = np.where(where & (np.isfinite(actual) | ~np.isfinite(expected)), zero, actual)
         yield zeroed_before, zeroed_after
+
+
+PaddingLayout = tuple[frozenset[str], dict[str, int], NewTokens | None]
+
+
+def padding_layout(model: ir.Model) -> PaddingLayout:
+    """What ``padded_outputs`` reads from the graph, once per model: its integer masks, the outputs laid out along
+    their sequence dim (by axis), and a decoder's ``new_token_outputs``."""
+    masks, sequence = _integer_masks(model)
+    return masks, (_sequence_outputs(model, sequence) if sequence else {}), new_token_outputs(model)
+
+
+def padded_outputs(
+    model: ir.Model,
+    batch: Mapping[str, np.ndarray],
+    before: Mapping[str, object],
+    after: Mapping[str, object],
+    layout: PaddingLayout | None = None,
+) -> dict[str, np.ndarray]:
+    """For each output of ``before`` and ``after`` (run on ``batch``) that the batch's padding mask covers, the
+    positions it pads (``padded_positions``) as booleans shaped to broadcast against the output; outputs it
+    does not cover are left out.
+
+    Stricter than verification's ``hide_padded``: only an integer mask counts (a float 0/1 ``mask`` may be an
+    imputation model's "missing" flags, the very values it exists to fill), and only outputs whose second dim
+    the model names as the mask's sequence dim (``[batch, sequence, ...]``, three dims or more: a
+    ``[batch, 384]`` embedding beside a 384-token mask is no sequence), caches whose third dim it names so,
+    and a decoder's ``new_token_outputs`` on the mask's last positions (where the batch's mask is past plus
+    new tokens). ``layout`` is ``padding_layout(model)``, computed here when not given."""
+    masks, laid_out, new_tokens = layout if layout is not None else padding_layout(model)
+    padding = padded_positions(batch, [name for name in mask_inputs(model, batch) if name in masks])
+    if padding is None or not (laid_out or new_tokens):
+        return {}
+    # A decoder's logits: the mask's last positions, where the batch's mask is its past plus new tokens.
+    past = new_tokens.past_length(batch, padding) if new_tokens is not None else None
+    tail = {name: 1 for name in new_tokens.outputs if name not in laid_out} if past is not None else {}
+    found = {}
+    for name, axis in {**laid_out, **tail}.items():
+        expected, actual = before.get(name), after.get(name)
+        if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
+            continue
+        # Integer outputs too (tags, token ids): their values there are as undefined, and count in max_error.
+        if expected.shape != actual.shape or expected.dtype.kind not in "fiub" or expected.ndim < 2:
+            continue
+        if name in tail:
+            if expected.shape[0] != padding.shape[0] or expected.shape[1] != padding.shape[1] - past:
+                continue
+            positions = padding[:, past:]
+        elif (expected.shape[0], expected.shape[axis]) == padding.shape:
+            positions = padding
+        else:
+            continue
+        shape = [1] * expected.ndim
+        shape[0], shape[axis] = positions.shape
+        found[name] = positions.reshape(shape)
+    return found
 
 
 def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:

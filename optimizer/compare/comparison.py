@@ -10,13 +10,16 @@ accuracy is measured as a language model too (``optimizer.llm_accuracy``).
 Accuracy is measured on every sample of the user's data (``inputs``, else
 ``calibration``: ``optimize --compare``'s calibration samples), batch by batch, and the
 report says which data it was (``ProviderResult.accuracy_data``); without data, on the
-generated inputs, which says little about a quantized model on real data.
+generated inputs, which says little about a quantized model on real data. Positions an
+integer attention mask pads are left out of it (``optimizer.padding.padded_outputs``: what a
+model returns there is undefined), and ``accuracy_data`` says of which outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import numbers
 import os
@@ -69,6 +72,7 @@ from optimizer.inputs import (
 from optimizer.llm_accuracy import LLMAccuracy, TokenText, measure_llm_accuracy, random_text, text_from_arrays
 from optimizer.model_io import load_model, model_file_bytes, save_model
 from optimizer.options import check_thread_count
+from optimizer.padding import padded_outputs, padding_layout
 from optimizer.parameters import count_parameters
 from optimizer.pipeline import count_nodes
 from optimizer.progress import task, track
@@ -78,6 +82,8 @@ SCHEMA = "graphopt.comparison-report/1"
 _PROFILE_RUNS = 20
 
 Progress = Callable[[str, int, int], None]
+# The positions of each output a batch's padding mask hides: (batch, outputs before, outputs after) -> {name: where}.
+Padding = Callable[[Mapping[str, np.ndarray], Mapping[str, Any], Mapping[str, Any]], dict[str, np.ndarray]]
 
 # Ends the warning for an output whose accuracy is left out (another shape or kind in AFTER).
 NOT_COMPARED = ": its accuracy is not compared"
@@ -369,6 +375,7 @@ def _compare(
         time_budget=settings.time_budget / combos,
     )
     batch_axes = _batch_axes(before_model, batch_names)
+    padding = functools.partial(padded_outputs, before_model, layout=padding_layout(before_model))
     results = []
     for ep in providers:
         if not ep.available:
@@ -392,6 +399,7 @@ def _compare(
                 data,
                 accuracy_batches,
                 batch_axes,
+                padding,
             )
         )
     for result in results:
@@ -429,18 +437,25 @@ def _measure_provider(
     data: SampleData | None = None,
     accuracy_batches: Sequence[dict[str, np.ndarray]] | None = None,
     batch_axes: Mapping[str, int | None] | None = None,
+    padding: Padding | None = None,
 ) -> ProviderResult:
     result = ProviderResult(ep.name, True)
     if data is not None:
-        result.accuracy = _accuracy_on_data(before, after, ep, accuracy_batches, threads, score_outputs, warnings)
-        result.accuracy_data = data.describe()
+        result.accuracy, padded = _accuracy_on_data(
+            before, after, ep, accuracy_batches, threads, score_outputs, warnings, padding
+        )
+        result.accuracy_data = data.describe() + padded
     measured = data is not None
     if generation is not None:
         if not measured:
             session_before = TimedSession(before, ep.name, base_inputs, threads)
             session_after = TimedSession(after, ep.name, base_inputs, threads)
-            result.accuracy = _accuracy(session_before.outputs(), session_after.outputs(), score_outputs, warnings)
-            result.accuracy_data = f"generated inputs ({base_batch} sample{'s' if base_batch != 1 else ''}, one run)"
+            result.accuracy, padded = _accuracy(
+                session_before.outputs(), session_after.outputs(), score_outputs, warnings, padding, base_inputs
+            )
+            result.accuracy_data = (
+                f"generated inputs ({base_batch} sample{'s' if base_batch != 1 else ''}, one run){padded}"
+            )
             del session_before, session_after
         _measure_generation(result, before, after, ep, generation, settings, plan, threads, warnings, progress)
     batches = list(settings.batches)
@@ -458,10 +473,12 @@ def _measure_provider(
         session_before = TimedSession(before, ep.name, inputs, threads)
         session_after = TimedSession(after, ep.name, inputs, threads)
         if not measured:
-            result.accuracy = _accuracy(session_before.outputs(), session_after.outputs(), score_outputs, warnings)
+            result.accuracy, padded = _accuracy(
+                session_before.outputs(), session_after.outputs(), score_outputs, warnings, padding, inputs
+            )
             result.accuracy_data = (
-                f"generated inputs ({batch} sample{'s' if batch > 1 else ''}, one run): random values say little "
-                "about accuracy on real data; give --inputs"
+                f"generated inputs ({batch} sample{'s' if batch > 1 else ''}, one run{padded}): random values say "
+                "little about accuracy on real data; give --inputs"
             )
             measured = True
         label = f"{ep.name} batch {batch}"
@@ -667,8 +684,10 @@ def _accuracy_on_data(
     threads: int,
     score_outputs: frozenset[str],
     warnings: list[str],
-) -> list[OutputAccuracy]:
-    """Accuracy over every batch (sessions of their own, at full optimization, as timed)."""
+    padding: Padding | None = None,
+) -> tuple[list[OutputAccuracy], str]:
+    """Accuracy over every batch (sessions of their own, at full optimization, as timed), leaving out the
+    positions each batch's padding mask hides (``padding``; see ``_accumulate``), and ``_padded_note``."""
     accumulator = AccuracyAccumulator()
     sessions = None
     for batch in track(batches, f"{ep.name}: accuracy on each batch of the data"):
@@ -676,8 +695,10 @@ def _accuracy_on_data(
             sessions = TimedSession(before, ep.name, batch, threads), TimedSession(after, ep.name, batch, threads)
         for session in sessions:  # these sessions only compute outputs: their feeds may change
             session.feeds = {name: batch[name] for name in session.feeds}
-        _accumulate(sessions[0].outputs(), sessions[1].outputs(), score_outputs, warnings, accumulator)
-    return accumulator.results()
+        outputs = sessions[0].outputs(), sessions[1].outputs()
+        padded = padding(batch, *outputs) if padding is not None else None
+        _accumulate(*outputs, score_outputs, warnings, accumulator, padded)
+    return accumulator.results(), _padded_note(accumulator)
 
 
 def _refuse_oversized_batches(
@@ -692,12 +713,26 @@ def _refuse_oversized_batches(
 
 
 def _accuracy(
-    before: Mapping[str, Any], after: Mapping[str, Any], score_outputs: frozenset[str], warnings: list[str]
-) -> list[OutputAccuracy]:
-    """Accuracy of the outputs both models give alike (one run); see ``_accumulate``."""
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    score_outputs: frozenset[str],
+    warnings: list[str],
+    padding: Padding | None = None,
+    inputs: Mapping[str, np.ndarray] | None = None,
+) -> tuple[list[OutputAccuracy], str]:
+    """Accuracy of the outputs both models give alike (one run on ``inputs``; see ``_accumulate``), and
+    ``_padded_note``."""
     accumulator = AccuracyAccumulator()
-    _accumulate(before, after, score_outputs, warnings, accumulator)
-    return accumulator.results()
+    padded = padding(inputs, before, after) if padding is not None and inputs is not None else None
+    _accumulate(before, after, score_outputs, warnings, accumulator, padded)
+    return accumulator.results(), _padded_note(accumulator)
+
+
+def _padded_note(accumulator: AccuracyAccumulator) -> str:
+    """``; positions the attention mask pads left out of 'logits'`` where some were, for ``accuracy_data``."""
+    if not accumulator.padded:
+        return ""
+    return f"; positions the attention mask pads left out of {', '.join(repr(n) for n in accumulator.padded)}"
 
 
 def _accumulate(
@@ -706,11 +741,15 @@ def _accumulate(
     score_outputs: frozenset[str],
     warnings: list[str],
     accumulator: AccuracyAccumulator,
+    padded: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Add one run's outputs to ``accumulator``; a warning for each output whose shape or type differs.
 
     Outputs of another shape, or of another kind (numbers against strings), are not
     compared; numbers of another dtype (float16 against float32) are, with a warning.
+    ``padded`` (``optimizer.padding.padded_outputs`` of the run's inputs) holds the positions of outputs laid
+    out ``[batch, sequence, ...]`` along an integer attention mask that the mask pads: what a model returns
+    there is undefined, so they count in no figure (``AccuracyAccumulator.add``).
     """
     comparable = {}
     for name, expected in before.items():
@@ -730,7 +769,7 @@ def _accumulate(
             shown += NOT_COMPARED
         if shown not in warnings:
             warnings.append(shown)
-    accumulator.add(comparable, after, score_outputs)
+    accumulator.add(comparable, after, score_outputs, padded=padded)
 
 
 def _describe(value: Any) -> str:

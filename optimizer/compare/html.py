@@ -19,6 +19,7 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import ROUND_FLOOR, Decimal
 
 import numpy as np
 
@@ -305,10 +306,11 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
 
 
 def _cosine(value: float) -> str:
-    """Enough digits to tell the cosine from 1 (0.99999990, not 1.00000), never fewer than five."""
+    """Enough digits to tell the cosine from 1 (0.99999990, not 1.00000), never fewer than five, rounded down:
+    the verdict says "cosine ≥" it (0.9999949 is "0.999994", not "0.999995")."""
     gap = 1.0 - value
     digits = 5 if gap <= 0 else min(9, max(5, round(-math.log10(gap)) + 1))
-    return f"{value:.{digits}f}"
+    return str(Decimal(repr(float(value))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_FLOOR))
 
 
 def _accuracy_warnings_of(provider: ProviderResult) -> list[str]:
@@ -406,11 +408,13 @@ def _accuracy_card(report: ComparisonReport, headline: _Headline, consumed: set[
     if provider is not None:
         for item in provider.accuracy:
             detail = f"{item.name}: max |Δ| {item.max_abs_error:.3g}"
-            if item.cosine is not None:
-                detail += f", cosine {item.cosine:.6f}"
+            if item.cosine is not None:  # rounded down, as in the table: 0.99999962 is not "1.000000"
+                detail += f", cosine {cosine_text(item.cosine, 6)}"
             if item.top1_agreement is not None:
                 detail += f", top-1 {item.top1_agreement:.3f}"
             lines.append(detail)
+        if provider.accuracy and provider.accuracy_data:  # which data, as under the terminal's table
+            lines.append(f"on {provider.accuracy_data}")
     mine = [w for w in _accuracy_report_warnings(report) if w not in consumed]
     consumed.update(mine)
     if provider is not None:
