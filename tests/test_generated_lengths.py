@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.api import optimize_with_report
 from optimizer.errors import GeneratedInputsRefusedError
+from tests._cli_models import run_cli
 
 POSITIONS = 20
 
@@ -54,3 +55,13 @@ def test_a_model_refusing_the_default_length_is_verified_on_shorter_generated_in
 def test_a_length_the_user_gives_is_not_shortened():
     with pytest.raises(GeneratedInputsRefusedError, match="cannot run the input model on generated inputs"):
         optimize_with_report(_position_table_model(), ["remove-identity"], dims={"sequence": 64})
+
+
+def test_compare_names_the_generated_sizes_a_model_refuses(tmp_path, capsys):
+    # compare times the lengths it is given or generates; it does not shorten them, but says what it generated.
+    path = tmp_path / "positions.onnx"
+    onnx.save(ir.to_proto(_position_table_model()), path)
+    code, _, err = run_cli(["compare", path, path, "--time-budget", "0.5", "--iterations", "5", "-q"], capsys)
+    assert code == 2
+    assert "the inputs were generated (batch=1, sequence=128): bind other sizes with --dim NAME=SIZE" in err
+    assert "Traceback" not in err

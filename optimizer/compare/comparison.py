@@ -48,7 +48,7 @@ from optimizer.compare.timing import (
     resolve_execution_providers,
     time_interleaved,
 )
-from optimizer.errors import InputSpecError, OptionError
+from optimizer.errors import InputSpecError, InvalidModelError, OptionError, one_line
 from optimizer.generation import CausalLM, CausalLMSession, recognise_causal_lm
 from optimizer.inputs import (
     MAX_INPUT_BYTES,
@@ -381,8 +381,8 @@ def _compare(
         if not ep.available:
             results.append(ProviderResult(ep.name, False, ep.reason))
             continue
-        results.append(
-            _measure_provider(
+        with _hint_on_generated_inputs(inputs is None and generation is None, before_model, base_inputs):
+            measured = _measure_provider(
                 str(before),
                 str(after),
                 ep,
@@ -401,7 +401,7 @@ def _compare(
                 batch_axes,
                 padding,
             )
-        )
+        results.append(measured)
     for result in results:
         for usage in (result.memory_before, result.memory_after):
             if usage is not None and not usage.resettable:
@@ -418,6 +418,22 @@ def _compare(
         providers=results,
         warnings=warnings,
     )
+
+
+@contextlib.contextmanager
+def _hint_on_generated_inputs(generated: bool, model: ir.Model, inputs: Mapping[str, np.ndarray]) -> Iterator[None]:
+    """ONNX Runtime refusing a model on inputs graphopt generated says which sizes they had and how to choose
+    others (CLIP's text encoder reads 77 positions and refuses the default 128)."""
+    try:
+        yield
+    except InvalidModelError as error:
+        if not generated or "cannot run it on" not in str(error):
+            raise
+        sizes = ", ".join(f"{name}={size}" for name, size in dims_from_inputs(model, inputs).items())
+        raise InvalidModelError(
+            f"{one_line(error)}; the inputs were generated ({sizes}): bind other sizes with --dim NAME=SIZE, "
+            "or give real inputs with --inputs FILE.npz"
+        ) from error
 
 
 def _measure_provider(
