@@ -114,6 +114,11 @@ class RuleFusionPass(FusionPass):
         if not count:
             for node in moved:  # leave an unchanged graph exactly as it was
                 _swap_operands(node)
+        else:
+            # A replacement goes where the pattern's last node was, and may compute a value (a skip norm's sum)
+            # that a node between the pattern's first and last reads (CLIP's text encoder reads the embeddings'
+            # sum for its mask's shape before the first LayerNorm).
+            model.graph.sort()
         return count
 
     def _rule_sets(self) -> list[pattern.RewriteRuleSet]:

@@ -124,3 +124,27 @@ def test_operands_whose_rank_only_shape_inference_finds_are_fused():
     assert computed_op_types(result.model) == ["Relu", "SkipLayerNormalization"]
     x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)
     assert_same_outputs(model, result.model, {"x": x}, rtol=1e-4, atol=1e-5)
+
+
+def test_a_sum_read_between_the_add_and_the_norm_keeps_the_graph_in_order():
+    # CLIP's text encoder reads the embeddings' sum (Shape) before its first LayerNorm: the fused op, placed where
+    # the norm was, computed the sum after its reader, and the pass failed its postcondition (not in order).
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[batch, sequence, 8] x, float[8] gamma, float[8] beta) => (float[batch, sequence, 8] y) {
+            h = Relu(x)
+            s = Add(h, x)
+            size = Shape(s)
+            n = LayerNormalization<axis = -1>(s, gamma, beta)
+            y = Reshape(n, size)
+        }""")
+    for name in ("gamma", "beta"):
+        value = next(v for v in model.graph.inputs if v.name == name)
+        model.graph.inputs.remove(value)
+        value.const_value = ir.tensor(np.linspace(0.5, 1.5, 8).astype(np.float32), name=name)
+        model.graph.register_initializer(value)
+    result = SkipLayerNormFusion()(model.clone())
+    assert result.modified, result.refusals
+    assert "SkipLayerNormalization" in computed_op_types(result.model)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)
+    assert_same_outputs(model, result.model, {"x": x}, rtol=1e-4, atol=1e-5)
