@@ -184,8 +184,8 @@ def optimize_with_report(
                 break
             except GeneratedInputsRefusedError:
                 shorter = _shorter_generated_length(ir_model, options.dims, bound)
-                if shorter is None:
-                    raise
+                if shorter is None or (generation_cap is not None and shorter >= generation_cap):
+                    raise  # nothing left to shorten (a mask's past + new tokens over a --dim length: the same again)
                 refused = refused or _free_lengths(ir_model, options.dims, bound)
                 generation_cap = shorter
         if refused:
