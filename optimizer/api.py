@@ -373,13 +373,25 @@ def _samples(
         "no --calibration data: approximate passes measured (int8 calibrated) on generated random inputs, "
         "which says little about accuracy on real data"
     )
-    generated = make_inputs(model, bound, seed=2)
-    _refuse_unrunnable_batch(
-        model,
-        next(iter(split_samples(generated, model=model))),
-        "generated calibration samples",
-        "give real ones with --calibration FILE.npz",
-    )
+    cap = None
+    while True:  # at half the free lengths where the model refuses them, as verification's inputs
+        generated = make_inputs(model, bind_dims(model, bound, max_positions=cap) if cap else bound, seed=2)
+        try:
+            _refuse_unrunnable_batch(
+                model,
+                next(iter(split_samples(generated, model=model))),
+                "generated calibration samples",
+                "give real ones with --calibration FILE.npz",
+            )
+            break
+        except InputSpecError:
+            shorter = _shorter_generated_length(model, dims, dims_from_inputs(model, generated))
+            if shorter is None or (cap is not None and shorter >= cap):
+                raise
+            cap = shorter
+    if cap is not None:
+        lengths = _free_lengths(model, dims, dims_from_inputs(model, generated))
+        warning += f" ({lengths}: ONNX Runtime refused the model at longer ones)"
     return generated, warning
 
 

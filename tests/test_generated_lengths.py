@@ -65,3 +65,11 @@ def test_compare_names_the_generated_sizes_a_model_refuses(tmp_path, capsys):
     assert code == 2
     assert "the inputs were generated (batch=1, sequence=128): bind other sizes with --dim NAME=SIZE" in err
     assert "Traceback" not in err
+
+
+def test_generated_calibration_samples_are_shortened_too():
+    # An approximate pass without --calibration measures on generated samples: at the default 128 positions the
+    # model refused them, and optimize stopped ("cannot run the original model on generated calibration samples").
+    _, report = optimize_with_report(_position_table_model(), ["remove-identity", "prune-ffn"], prune_ffn=0.25)
+    assert report.verified
+    assert any("generated random inputs" in w and "sequence=16" in w for w in report.warnings), report.warnings
