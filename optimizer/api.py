@@ -450,27 +450,55 @@ def _fill_static_batch(
     """``samples`` as ``--static-shapes``' batch (``bound``: from ``--dim`` or the given inputs, as the passes get
     it) takes them, that many at a time: calibration whose count is no multiple of it is refused
     (``InputSpecError``: a last batch short of it would fail inside a pass, whose rollback would blame its own
-    result); generated samples are cut, or repeated, to a multiple of it."""
+    result); generated samples are cut, or repeated, to a multiple of it. Generated samples are drawn at the other
+    sizes it fixes (``--inputs`` of 10 tokens, ``--max-sequence``: drawn at the default 128 they were refused by
+    the bound model); given samples of another size there are an ``InputSpecError``."""
     if samples is None:
         return samples
-    size = min((bound[name] for name in batch_dims(model) if name in bound), default=None)
-    if size is None or size < 2:
-        return samples
-    if isinstance(samples, SampleData):
-        count, source = samples.count, samples.source
-    else:
-        count, source = samples_in(samples, holds_samples(model)), "calibration"
-    if not count % size:
-        return samples
+    batch = batch_dims(model)
+    if generated:
+        samples, _ = _samples(model, None, {name: size for name, size in bound.items() if name not in batch}, notes)
+    size = min((bound[name] for name in batch if name in bound), default=None)
+    if size is not None and size >= 2:
+        if isinstance(samples, SampleData):
+            count, source = samples.count, samples.source
+        else:
+            count, source = samples_in(samples, holds_samples(model)), "calibration"
+        if count % size and not generated:
+            raise InputSpecError(
+                f"{source}: {count} samples, and --static-shapes fixes the batch at {size}: give a multiple of {size}"
+            )
+        if count % size:
+            holds = holds_samples(model)
+            wanted = max(size, count - count % size)
+            rows = np.resize(np.arange(count), wanted)
+            notes.append(
+                f"generated calibration samples: {wanted}, a multiple of the batch --static-shapes fixes ({size})"
+            )
+            samples = {
+                name: holds.take(name, array, rows) if holds(name, array) else array for name, array in samples.items()
+            }
     if not generated:
+        _refuse_samples_unlike(model, samples, bound, batch)
+    return samples
+
+
+def _refuse_samples_unlike(model: ir.Model, samples: Any, bound: Mapping[str, int], batch: Sequence[str]) -> None:
+    """``InputSpecError`` when the first calibration samples give a dim other than the batch another size than
+    ``--static-shapes`` fixes it at: the bound model refuses them, and the pass measured on them would be rolled
+    back blaming its own result."""
+    first = samples.first() if isinstance(samples, SampleData) else samples
+    source = samples.source if isinstance(samples, SampleData) else "calibration"
+    held = dims_from_inputs(model, first)
+    unlike = [name for name, size in held.items() if name not in batch and name in bound and bound[name] != size]
+    if unlike:
+        given = ", ".join(f"{name}={held[name]}" for name in unlike)
+        fixed = ", ".join(f"{name}={bound[name]}" for name in unlike)
+        theirs = " ".join(f"--dim {name}={held[name]}" for name in unlike)
         raise InputSpecError(
-            f"{source}: {count} samples, and --static-shapes fixes the batch at {size}: give a multiple of {size}"
+            f"{source}: the samples have {given}, and --static-shapes fixes {fixed} (from --dim or the verification "
+            f"inputs): give samples of those sizes, or verification inputs of theirs ({theirs})"
         )
-    holds = holds_samples(model)
-    wanted = max(size, count - count % size)
-    rows = np.resize(np.arange(count), wanted)
-    notes.append(f"generated calibration samples: {wanted}, a multiple of the batch --static-shapes fixes ({size})")
-    return {name: holds.take(name, array, rows) if holds(name, array) else array for name, array in samples.items()}
 
 
 def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:

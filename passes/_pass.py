@@ -6,7 +6,8 @@ onnx-ir pass that runs in anyone's ``PassManager``. During ``call`` a pass recor
 ``note(...)`` (what it decided) and ``refuse(kind, reason)`` / ``done(kind)`` (what it
 did with each candidate) and returns ``self.result(model, modified)``: a
 ``NotedResult`` whose refusals are counted ("2 of 12 Softmax left unfused: the scores
-have other users").
+have other users"); a pass built on an onnx-ir pass, whose ``call`` returns a plain
+``PassResult``, has it turned into one when called.
 
 The ``ensures`` it adds hold even when outputs are not verified (``--no-verify``):
 graph inputs and outputs keep their names, element types and static sizes (unless
@@ -77,6 +78,8 @@ class GraphoptPass:
             raise
         if result.model is not model or not result.modified:
             _restore_shapes(declared)
+        if not isinstance(result, NotedResult):  # a pass built on an onnx-ir pass returns its plain result
+            result = self.result(result.model, result.modified)
         return result
 
     def requires(self, model: ir.Model) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import onnx_ir as ir
 
 from passes._pass import GraphoptPass
+from passes._utils import declared_shapes_inferred
 
 
 class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
@@ -20,7 +21,10 @@ class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
     Rewrites ``input_ids: [batch, sequence]`` into ``[1, 128]`` for ``dims =
     {"batch": 1, "sequence": 128}``, and drops the shapes recorded on intermediate
     values that mention a bound dim so shape inference recomputes them. Refuses
-    (unchanged) when ``dims`` names no dim the graph's inputs use.
+    (unchanged) when ``dims`` names no dim the graph's inputs use. A graph output's dim
+    named like a bound input dim is bound too, unless ONNX's shape inference, from the
+    bound inputs, computes another size there (an output declared ``[batch, seq]`` for a
+    stride-2 slice of an input ``[batch, seq]``): that dim stays symbolic, with a note.
     """
 
     # It specializes the graph's input and output shapes on purpose.
@@ -32,15 +36,44 @@ class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        modified = False
-        for value in [*graph.inputs, *graph.outputs]:
-            bound = _bind(value.shape, self.dims)
+        on_inputs = {
+            dim.value
+            for value in graph.inputs
+            if value.shape is not None
+            for dim in value.shape
+            if isinstance(dim, ir.SymbolicDim) and dim.value in self.dims
+        }
+        if not on_inputs:
+            if self.dims:
+                self.decline(f"none of {sorted(self.dims)} is a symbolic input dim")
+            else:
+                self.decline(
+                    "no dims to bind: the graph's inputs have no named symbolic dims (a dim declared -1 or "
+                    "without a name has no name to bind)"
+                )
+            return self.result(model, modified=False)
+        dims = {name: self.dims[name] for name in on_inputs}
+        for value in graph.inputs:
+            bound = _bind(value.shape, dims)
             if bound is not None:
                 value.shape = bound
-                modified = True
-        if not modified:
-            self.decline(f"none of {sorted(self.dims)} is a symbolic input dim")
-            return self.result(model, modified=False)
+        outputs = [value for value in graph.outputs if value not in graph.inputs]
+        with declared_shapes_inferred(model):
+            computed = [value.shape for value in outputs]
+        for value, inferred in zip(outputs, computed):
+            bound = _bind(value.shape, dims, inferred)
+            if bound is not None:
+                kept = [
+                    dim.value
+                    for dim, new in zip(value.shape, bound)
+                    if isinstance(dim, ir.SymbolicDim) and dim.value in dims and not isinstance(new, int)
+                ]
+                if kept:
+                    self.note(
+                        f"output '{value.name}' keeps {', '.join(kept)} symbolic: ONNX's shape inference computes "
+                        f"{_shown(inferred)} from the bound inputs"
+                    )
+                value.shape = bound
         boundary = {*graph.inputs, *graph.outputs}
         for node in ir.traversal.RecursiveGraphIterator(graph):
             for value in node.outputs:
@@ -49,16 +82,27 @@ class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
         return self.result(model, modified=True)
 
 
-def _bind(shape: ir.Shape | None, dims: Mapping[str, int]) -> ir.Shape | None:
-    """``shape`` with bound dims replaced, or None if it has none of them."""
+def _bind(shape: ir.Shape | None, dims: Mapping[str, int], inferred: ir.Shape | None = None) -> ir.Shape | None:
+    """``shape`` with bound dims replaced, or None if it has none of them (or none that ``inferred``, a shape
+    ONNX's inference computed for the same value, leaves bindable: it keeps a dim where it has another size)."""
     if shape is None:
         return None
+    if inferred is not None and len(inferred) != len(shape):
+        inferred = None
     changed = False
     new_dims: list[int | ir.SymbolicDim] = []
-    for dim in shape:
+    for axis, dim in enumerate(shape):
+        computed = inferred[axis] if inferred is not None else None
         if isinstance(dim, ir.SymbolicDim) and dim.value in dims:
-            new_dims.append(dims[dim.value])
+            if isinstance(computed, int) and computed != dims[dim.value]:
+                new_dims.append(dim)
+            else:
+                new_dims.append(dims[dim.value])
             changed = True
         else:
             new_dims.append(dim)
     return ir.Shape(new_dims) if changed else None
+
+
+def _shown(shape: ir.Shape | None) -> str:
+    return "[" + ", ".join(str(dim if isinstance(dim, int) else dim.value) for dim in shape or ()) + "]"
