@@ -241,6 +241,8 @@ def _layer(node: ir.Node, kind: str) -> Layer | str:
         return "graphopt's own exact float correction beside a quantized layer (block offsets, outlier channels)"
     if weight.dtype != np.float32:
         return "weight is not float32"
+    if not np.isfinite(weight).all():  # no scale, factor or ranking stands for it (int8 failed the whole pass)
+        return "weight holds NaN or Inf"
     bias = constant_array(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else None
     if kind == "matmul":
         if weight.ndim != 2:

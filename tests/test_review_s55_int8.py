@@ -140,3 +140,23 @@ def test_a_constant_first_operand_and_a_dequantized_weight_are_refused_as_what_t
         "1 of 3 MatMul stay float: its result is a model output (--quantize-outputs quantizes it)",
         "1 of 3 MatMul stay float: weight is already quantized (it is read through DequantizeLinear)",
     ]
+
+
+def test_a_weight_holding_nan_is_refused_with_a_reason_and_the_others_quantized():
+    # Before: the whole pass failed ("ValueError: int8 weight of l1: its values and scales do not stand for the
+    # float weight"), exit 0, with numpy's RuntimeWarning on stderr.
+    rng = np.random.default_rng(0)
+    broken = rng.standard_normal((16, 16)).astype(np.float32)
+    broken[3, 4] = np.nan
+    model = _model(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="l1"),
+            helper.make_node("MatMul", ["h", "w2"], ["y"], name="l2"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 16])],
+        [("w1", rng.standard_normal((16, 16)).astype(np.float32)), ("w2", broken)],
+    )
+    result = DynamicQuantizationPass()(model)
+    assert result.modified
+    assert any("weight holds NaN or Inf" in refusal for refusal in result.refusals), result.refusals
