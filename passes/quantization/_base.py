@@ -309,10 +309,15 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 label = self.layer_label(layer)
                 counts[label] = counts.get(label, 0) + 1
             reduced = ", ".join(f"{count} layers {label}" for label, count in counts.items())
-            held = " on the held-out samples" if held_out else ""
+            held = " on the held-out samples" if held_out else self.fitted_caveat()
             self.note(f"{reduced}, {len(self.kept_float)} float: {self.drift}{held}")
         self._float, self._batches = None, []
         return self.result(model, modified=True, twin=twin, fitted_to_samples=held_out)
+
+    def fitted_caveat(self) -> str:
+        """What the summary's accuracy figure is qualified with when no sample was held out of a fit of the
+        values to the samples it is measured on (int4's GPTQ); "" where the values were not fitted to them."""
+        return ""
 
     def layer_label(self, layer: Layer) -> str:
         """What the summary note calls ``layer``'s precision once quantized ("int8", "int4", "int8 weights only")."""
