@@ -54,6 +54,41 @@ def draws_random(node: ir.Node) -> bool:
     return mode is None or node.inputs[2].is_graph_input() or bool(mode.numpy().reshape(-1).any())
 
 
+def names_defined_twice(model: ir.Model) -> set[str]:
+    """The names that more than one graph of ``model`` (its main graph and their subgraphs) defines, as an input,
+    initializer or node output: a Loop or Scan body whose input is named like an outer value (onnx's full checker
+    and ONNX Runtime accept it) reads its own value under that name. A rewrite that points a read in such a body
+    at the outer value of that name (an equal initializer, the first of two equal computations, an Identity's
+    input) has it read the body's instead: deduplicate-initializers took ``Add(w, w2)`` in a body with an input
+    ``w`` for ``Add(w, w)``. Rewrites of this kind leave a value with such a name alone."""
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for graph in model.graphs():
+        values = (*graph.inputs, *graph.initializers.values(), *(output for node in graph for output in node.outputs))
+        names = {value.name for value in values if value.name}
+        twice |= names & seen
+        seen |= names
+    return twice
+
+
+def declaration_holds(identity: ir.Node) -> bool:
+    """Whether ``identity``'s input may be renamed to its output, a graph output, and take that output's declared
+    shape, without a reader of the input seeing a size it does not have: not when the declaration has another rank
+    than the input's shape, nor, while the input has other readers, a static size where the input's shape has a
+    symbolic, unknown or other one. ONNX Runtime, as deployed (``ORT_ENABLE_ALL``), folds ``Shape`` of a graph
+    output to its declared size: an output declared ``float[3]`` over an input made dynamic gave ``Shape(x)`` 3
+    at every length once ``x`` was that output (remove-identity, fold-constants)."""
+    source, declared = identity.inputs[0], identity.outputs[0].shape
+    if source is None or declared is None:
+        return True
+    known = source.shape
+    if known is not None and len(known) != len(declared):
+        return False
+    if all(user is identity for user, _ in source.uses()):
+        return True
+    return all(not isinstance(dim, int) or (known is not None and known[i] == dim) for i, dim in enumerate(declared))
+
+
 _Facts = tuple[
     list[tuple[ir.Value, "ir.TypeProtocol | None", "ir.DataType | None", "ir.Shape | None", object]],
     list[tuple[object, "str | None"]],

@@ -8,13 +8,16 @@ names (unused initializers of bodies, Identity guards).
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from optimizer.domains import is_onnx_domain
 from optimizer.model_io import model_graphs
 from passes._pass import GraphoptPass
-from passes._utils import draws_random, remove_dead_nodes
+from passes._utils import declaration_holds, draws_random, names_defined_twice, remove_dead_nodes
 from passes.initializer_deduplication import deduplicate_initializers
 
 
@@ -66,13 +69,31 @@ class RemoveIdentityPass(GraphoptPass, common_passes.IdentityEliminationPass):
     that output a state and its copy (ONNX backend tests ``test_scan*_sum``), and
     makes ``If`` branches return an outer value directly, which ONNX Runtime rejects
     (``test_affine_grid_*_expanded``). Our verification caught both.
+
+    Also keeps the node when ``y``'s declared shape does not hold of ``x`` as far as
+    ``x``'s shape says: of another rank (onnx-ir raised ``ValueError``, the pass failed),
+    or a static size where ``x``'s is symbolic, unknown or another, while ``x`` has other
+    readers. Renamed, ``x`` would carry that declaration, and ONNX Runtime, as deployed
+    (``ORT_ENABLE_ALL``), folds ``Shape(x)`` to it: an output declared ``float[3]`` over an
+    input made dynamic gave ``Shape`` 3 at every length. Verification, which runs with
+    ONNX Runtime's optimizations off, saw nothing. And keeps it when ``x`` or ``y`` has a
+    name a subgraph defines too (``passes._utils.names_defined_twice``).
     """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self._shadowed = names_defined_twice(model)
+        return super().call(model)
 
     def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
         if node.op_type == "Identity" and is_onnx_domain(node) and len(node.inputs) == 1:
             source, graph = node.inputs[0], node.graph
+            shadowed = getattr(self, "_shadowed", ())
+            if source is not None and (source.name in shadowed or node.outputs[0].name in shadowed):
+                return False
             if source is not None and graph is not None and node.outputs[0] in graph.outputs:
                 if source in graph.outputs or _from_outer_scope(source, graph):
+                    return False
+                if not declaration_holds(node):
                     return False
         return super()._try_eliminate_identity_node(node)
 
@@ -82,7 +103,13 @@ class EliminateCommonSubexpressionsPass(GraphoptPass, common_passes.CommonSubexp
 
     Exporters recompute the same ``Shape``/``Gather`` chain for every layer; after
     this pass each distinct computation exists once. Refuses non-deterministic ops
-    (random generators) and nodes with subgraphs.
+    (random generators), nodes with subgraphs, nodes with a ``-0.0`` float attribute
+    (onnx-ir compares attributes with Python's ``==``, where ``-0.0 == 0.0``: it merged
+    ``Constant<value_float = -0.0>`` into ``Constant<value_float = 0.0>``, so ``x / c``
+    gave +inf for -inf), nodes with an output listed twice among the graph outputs
+    (onnx-ir then defined that name twice, a file ONNX Runtime refuses), nodes with an
+    output whose name a subgraph defines too (``passes._utils.names_defined_twice``), and
+    attributes onnx-ir cannot hash (a type: ``Optional<type = ...>`` made the whole pass fail).
 
     onnx-ir's CSE compares inputs by identity, and the dynamo exporter writes a scalar
     initializer per use (``Range(0, n, 1)`` twice reads two ``0``s): small initializers
@@ -94,32 +121,69 @@ class EliminateCommonSubexpressionsPass(GraphoptPass, common_passes.CommonSubexp
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         merged = False
+        shadowed = names_defined_twice(model)
         for graph in model.graphs():
-            merged = deduplicate_initializers(graph, max_elements=_SMALL_INITIALIZER_ELEMENTS) or merged
+            merged = (
+                deduplicate_initializers(graph, max_elements=_SMALL_INITIALIZER_ELEMENTS, shadowed=shadowed) or merged
+            )
         # onnx-ir leaves only Random* and Multinomial unmerged: each other draw (Bernoulli, a training-mode Dropout,
         # a call of a local function that draws) gets an attribute no other node has while it runs, so two are
         # never one draw. A node that leaves some outputs unnamed gets one saying which: onnx-ir keys nodes on the
         # number of outputs, and merged LayerNormalization(y, "", "") with (y2, mean, "") into a read of "".
+        # A node that must stay alone (see the docstring) is marked the same way, and an attribute onnx-ir cannot
+        # hash is swapped for a number no other node has while it runs.
         drawing = _functions_that_draw(model)
         marked: list[ir.Node] = []
+        swapped: list[tuple[ir.Node, ir.Attr]] = []
         for graph in model_graphs(model):
+            listed = Counter(id(value) for value in graph.outputs)
             for node in graph:
-                if draws_random(node) or (node.domain, node.op_type, node.overload) in drawing:
+                if (
+                    draws_random(node)
+                    or (node.domain, node.op_type, node.overload) in drawing
+                    or _has_negative_zero(node)
+                    or any(listed[id(output)] > 1 or output.name in shadowed for output in node.outputs)
+                ):
                     node.attributes[_DRAW] = ir.AttrInt64(_DRAW, len(marked))
                     marked.append(node)
                 elif any(not output.name for output in node.outputs):
                     named = [int(bool(output.name)) for output in node.outputs]
                     node.attributes[_DRAW] = ir.AttrInt64s(_DRAW, named)
                     marked.append(node)
+                for attribute in list(node.attributes.values()):
+                    if not attribute.is_ref() and attribute.type in _UNHASHABLE:
+                        swapped.append((node, attribute))
+                        node.attributes[attribute.name] = ir.AttrInt64(attribute.name, -len(swapped))
         try:
             result = super().call(model)
         finally:
             for node in marked:
                 node.attributes.pop(_DRAW, None)
+            for node, attribute in swapped:
+                node.attributes[attribute.name] = attribute
         return ir.passes.PassResult(model, modified=result.modified or merged)
 
 
 _DRAW = "graphopt_draw"
+# Attribute values onnx-ir's CSE puts in a dict key as they are, which cannot be hashed (TypeError).
+_UNHASHABLE = (
+    ir.AttributeType.TYPE_PROTO,
+    ir.AttributeType.TYPE_PROTOS,
+    ir.AttributeType.TENSORS,
+    ir.AttributeType.SPARSE_TENSOR,
+    ir.AttributeType.SPARSE_TENSORS,
+)
+
+
+def _has_negative_zero(node: ir.Node) -> bool:
+    """Whether a float attribute of ``node`` is, or holds, ``-0.0`` (which Python's ``==`` takes for ``0.0``)."""
+    for attribute in node.attributes.values():
+        if attribute.is_ref() or attribute.type not in (ir.AttributeType.FLOAT, ir.AttributeType.FLOATS):
+            continue
+        values = [attribute.value] if attribute.type == ir.AttributeType.FLOAT else attribute.value
+        if any(value == 0 and math.copysign(1.0, value) < 0 for value in values):
+            return True
+    return False
 
 
 def _functions_that_draw(model: ir.Model) -> set[tuple[str, str, str]]:

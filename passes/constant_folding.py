@@ -28,6 +28,7 @@ from onnxscript.optimizer import _constant_folding
 from optimizer.domains import is_onnx_domain
 from passes._pass import GraphoptPass
 from passes._utils import (
+    declaration_holds,
     declared_shapes_checked,
     draws_random,
     fed_from_graph_input,
@@ -86,6 +87,16 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
             should_fold=_should_fold,
             shared_names=shared_input_dim_names(model.graph),
         )
+        # An Identity onto a graph output whose declared shape does not hold of its input stays
+        # (``passes._utils.declaration_holds``): onnxscript renames the input to the output, which takes the
+        # declaration, and ONNX Runtime folds a Shape of it to the declared size. Read before the shapes are checked.
+        folder.kept = {
+            id(node)
+            for graph in model.graphs()
+            for node in graph
+            if node.op_type == "Identity" and is_onnx_domain(node) and node.outputs[0].is_graph_output()
+            if not declaration_holds(node)
+        }
         recorded = recorded_facts(model)
         # A default a caller may override is no constant: some of onnxscript's evaluators (If, Dropout, Reshape)
         # read it before the folder's own graph-input check, folded on it and dropped it.
@@ -114,6 +125,7 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
         super().__init__(**kwargs)
         self._refuse = refuse
         self._shared_names = shared_names  # the main graph's, also for an Expand in a branch that reads its input
+        self.kept: set[int] = set()  # ids of nodes left as they are (see ``FoldConstantsPass.call``)
 
     def _do_inference(self, node: ir.Node) -> None:
         # onnx has no schema for ONNX Runtime's contrib ops: without this, inference stops at a MatMulNBits
@@ -131,7 +143,7 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
             self._opset_imports = opsets
 
     def process_node(self, node: ir.Node, is_function: bool) -> _constant_folding.Replacement | None:
-        if _left_whole(node, is_function):
+        if _left_whole(node, is_function) or id(node) in self.kept:
             return None
         replacement = super().process_node(node, is_function)
         if replacement is None:

@@ -14,11 +14,13 @@ table's transpose (SmolLM2: 113 MB, 17 % of the file).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 
 import numpy as np
 import onnx_ir as ir
 
 from passes._pass import GraphoptPass
+from passes._utils import names_defined_twice
 
 
 class DeduplicateInitializersPass(GraphoptPass, ir.passes.InPlacePass):
@@ -27,14 +29,16 @@ class DeduplicateInitializersPass(GraphoptPass, ir.passes.InPlacePass):
     Two initializers are duplicates when dtype, shape and every byte agree (equal
     SHA-256 digests, then confirmed byte for byte). Exporters repeat constants
     per layer and tie embedding weights. Refuses initializers that are graph
-    inputs (they can be overridden at run time) or graph outputs, and those
-    whose value is not loaded.
+    inputs (they can be overridden at run time) or graph outputs, those
+    whose value is not loaded, and a copy whose kept one has a name a subgraph
+    defines too (``passes._utils.names_defined_twice``).
     """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
+        shadowed = names_defined_twice(model)
         for graph in model.graphs():
-            modified = deduplicate_initializers(graph) or modified
+            modified = deduplicate_initializers(graph, shadowed=shadowed) or modified
         return ir.passes.PassResult(model, modified=modified)
 
 
@@ -127,9 +131,12 @@ def _replace_by_transpose(graph: ir.Graph, victim: ir.Value, keeper: ir.Value) -
         graph.insert_before(first, transpose)
 
 
-def deduplicate_initializers(graph: ir.Graph, *, max_elements: int | None = None) -> bool:
+def deduplicate_initializers(
+    graph: ir.Graph, *, max_elements: int | None = None, shadowed: Collection[str] = ()
+) -> bool:
     """Point each use of a duplicate initializer of ``graph`` (of at most ``max_elements`` values, if given) at
-    its first copy and delete the others, as ``DeduplicateInitializersPass`` does; True if any went."""
+    its first copy and delete the others, as ``DeduplicateInitializersPass`` does; True if any went. A copy
+    whose first is named in ``shadowed`` (``passes._utils.names_defined_twice``) stays."""
     canonical: dict[tuple, ir.Value] = {}
     modified = False
     for value in list(graph.initializers.values()):
@@ -141,7 +148,7 @@ def deduplicate_initializers(graph: ir.Graph, *, max_elements: int | None = None
         # Key on the declared shape: onnx-ir may back a scalar with a 1-element array.
         key = (value.const_value.dtype, tuple(value.const_value.shape.numpy()), _digest(array))
         keeper = canonical.setdefault(key, value)
-        if keeper is value or not np.array_equal(_contiguous(keeper.const_value), array):
+        if keeper is value or keeper.name in shadowed or not np.array_equal(_contiguous(keeper.const_value), array):
             continue
         value.replace_all_uses_with(keeper)
         del graph.initializers[value.name]
