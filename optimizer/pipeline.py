@@ -31,7 +31,7 @@ from optimizer.report import (
     PassRecord,
     PipelineReport,
 )
-from optimizer.runtime import weight_bytes
+from optimizer.runtime import stored_weight_bytes
 from optimizer.verify import DEFAULT_APPROXIMATION_FLOOR, UNCUT_ROW_EXCESS, VerificationResult, Verifier
 
 logger = logging.getLogger(__name__)
@@ -115,12 +115,20 @@ def run_pipeline(
         target=context.target,
         verified=verifier is not None,
         nodes_before=count_nodes(current),
-        initializer_bytes_before=weight_bytes(current),
+        initializer_bytes_before=stored_weight_bytes(current),
     )
     if verifier is not None:
         report.inputs = [{name: list(array.shape) for name, array in inputs.items()} for inputs in verifier.input_sets]
         report.input_sets = list(verifier.labels)
         report.warnings.extend(verifier.dropped)
+        for why, names in verifier.outputs_never_compared().items():
+            quoted, many = ", ".join(f"'{name}'" for name in names), len(names) > 1
+            state = "empty" if why == "empty" else "NaN or infinite at every position"
+            report.warnings.append(
+                f"output{'s' if many else ''} {quoted} of the input model {'are' if many else 'is'} {state} on every "
+                "verification input set: verification compared no value of "
+                f"{'them' if many else 'it'}; give --inputs on which the model computes some"
+            )
         report.tolerances = {k: {"rtol": t.rtol, "atol": t.atol} for k, t in verifier.tolerances.items()}
         if any(spec.approximate for spec in specs):
             default = verifier.budget == DEFAULT_APPROXIMATION_FLOOR
@@ -132,7 +140,7 @@ def run_pipeline(
         report.passes.append(record)
         nodes = record.nodes_after
     report.nodes_after = nodes
-    report.initializer_bytes_after = weight_bytes(current)
+    report.initializer_bytes_after = stored_weight_bytes(current)
     report.seconds = time.perf_counter() - started
     return current, report
 

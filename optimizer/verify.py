@@ -1101,6 +1101,25 @@ class Verifier:
         self._level_zero = None  # built on the sets there were
         return True
 
+    def outputs_never_compared(self) -> dict[str, list[str]]:
+        """Outputs of the original whose values no check compares, by why: ``"empty"``, empty on every input set (a
+        detector's boxes on generated images), and ``"non-finite"``, a float output NaN or infinite at every position
+        on every input set (a ``Log`` of generated negative values), where checks hold only where NaN and ±Inf
+        appear. A rewrite that keeps them so passes whatever else it computes there."""
+        found: dict[str, list[str]] = {"empty": [], "non-finite": []}
+        for name in self.references[0] if self.references else ():
+            arrays = [reference.get(name) for reference in self.references]
+            if not all(isinstance(array, np.ndarray) for array in arrays):
+                continue  # a sequence or map output
+            if all(array.size == 0 for array in arrays):
+                found["empty"].append(name)
+            elif all(
+                (array.dtype.kind == "f" or array.dtype.name == "bfloat16") and not np.isfinite(array).any()
+                for array in arrays
+            ):
+                found["non-finite"].append(name)
+        return {why: names for why, names in found.items() if names}
+
     @property
     def noise(self) -> list[dict[str, float]]:
         """Each input set's float noise of the original (``_float_noise``), measured on first use."""
