@@ -18,7 +18,7 @@ import secrets
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -156,38 +156,33 @@ def weight_bytes(model: ir.Model) -> int:
 
     (Some exporters, Paddle's for one, store every weight in a Constant node.)
     """
-    total = 0
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if tensor is not None:
-            total += tensor_bytes(tensor)
-    for node in model.graph:
-        if node.op_type == "Constant" and is_onnx_domain(node):
-            attr = node.attributes.get("value")
-            if attr is not None and attr.type == ir.AttributeType.TENSOR:
-                total += tensor_bytes(attr.as_tensor())
-    return total
+    initializers = [value.const_value for value in model.graph.initializers.values() if value.const_value is not None]
+    return sum(map(tensor_bytes, [*initializers, *_constant_tensors(model.graph)]))
 
 
 def stored_weight_bytes(model: ir.Model) -> int:
     """``weight_bytes`` of every graph of ``model``: the main graph's, its subgraphs' (If branches, Loop and Scan
     bodies) and its functions'. What decides whether the model's tensors fit in one protobuf (2 GiB): a model
     whose weights are all in If branches is past it as surely as one with them in the main graph."""
-    total = sum(
-        tensor_bytes(value.const_value)
+    initializers = [
+        value.const_value
         for graph in model.graphs()
         for value in graph.initializers.values()
         if value.const_value is not None
-    )
+    ]
     nodes = [*ir.traversal.RecursiveGraphIterator(model.graph)]
     for function in model.functions.values():
         nodes += ir.traversal.RecursiveGraphIterator(function)
+    return sum(map(tensor_bytes, [*initializers, *_constant_tensors(nodes)]))
+
+
+def _constant_tensors(nodes: Iterable[ir.Node]) -> Iterator[ir.TensorProtocol]:
+    """The tensors ``Constant`` nodes among ``nodes`` hold (not one a function's caller gives: ``value = @w``)."""
     for node in nodes:
         if node.op_type == "Constant" and is_onnx_domain(node):
             attr = node.attributes.get("value")
-            if attr is not None and attr.type == ir.AttributeType.TENSOR:
-                total += tensor_bytes(attr.as_tensor())
-    return total
+            if attr is not None and not attr.is_ref() and attr.type == ir.AttributeType.TENSOR:
+                yield attr.as_tensor()
 
 
 def tensor_bytes(tensor: ir.TensorProtocol) -> int:
