@@ -59,6 +59,7 @@ from optimizer.model_io import (
     lacks_contrib_import,
     load_model,
     model_graphs,
+    rename_shadowing_values,
     save_model,
     unname_negative_dims,
 )
@@ -142,6 +143,7 @@ def optimize_with_report(
     specializes = any(spec.specializes_shapes for spec in specs)
     loaded: list[str] = []
     ir_model, label, input_path = _to_ir(model, warnings=loaded)
+    rename_shadowing_values(ir_model)  # no rewrite may point a body's read at an outer value it shadows
     unnamed = [value.name or "(unnamed)" for value, _ in unname_negative_dims(ir_model)]
     if input_path is not None and output is None:
         raise OutputPathError("optimize(path): give output= for the optimized model")

@@ -170,6 +170,49 @@ def deserialize(proto: onnx.ModelProto, label: str, folder: str | os.PathLike = 
         raise UnsupportedModelError(f"{label}: onnx-ir cannot read this model ({one_line(cause, 160)})") from error
 
 
+def rename_shadowing_values(model: ir.Model) -> int:
+    """Give each value a subgraph defines (a body input, an initializer, a node output) under a name an enclosing
+    graph also defines a name of its own (``NAME__scope``, unique in the model); how many were renamed.
+
+    ONNX lets a Loop or Scan body name its input like an outer value, and the body then reads its own under that
+    name. A pass that points a read inside such a body at the outer value (an equal initializer, the first of two
+    equal computations, an Identity's input) writes a file in which the read names the body's value: a body's
+    ``Add(w, w2)`` became ``Add(w, w)``. Subgraph values are positional to their node or local to their body, so
+    the renamed model computes the same, and no rewrite can capture a name any more. Functions are left as they
+    are (their names are their own scope, and no pass points a read across a function's boundary)."""
+    taken = {
+        value.name
+        for graph in model.graphs()
+        for value in (*graph.inputs, *graph.initializers.values(), *(out for node in graph for out in node.outputs))
+        if value.name
+    }
+    renamed = 0
+
+    def visit(graph: ir.Graph, outer: frozenset[str]) -> None:
+        nonlocal renamed
+        defined = [*graph.inputs, *graph.initializers.values(), *(out for node in graph for out in node.outputs)]
+        for value in defined:
+            if value.name and value.name in outer:
+                fresh, count = f"{value.name}__scope", 1
+                while fresh in taken:
+                    count += 1
+                    fresh = f"{value.name}__scope{count}"
+                value.name = fresh  # (onnx-ir keeps an initializer's key in step)
+                taken.add(fresh)
+                renamed += 1
+        inner = outer | {value.name for value in defined if value.name}
+        for node in graph:
+            for attribute in node.attributes.values():
+                if attribute.type == ir.AttributeType.GRAPH:
+                    visit(attribute.as_graph(), inner)
+                elif attribute.type == ir.AttributeType.GRAPHS:
+                    for subgraph in attribute.as_graphs():
+                        visit(subgraph, inner)
+
+    visit(model.graph, frozenset())
+    return renamed
+
+
 def _densify_sparse_initializers(proto: onnx.ModelProto, folder: Path) -> None:
     """Turn the main graph's sparse initializers into dense ones, in place: onnx-ir drops them without a word
     (a clone of the graph then fails on the value nothing defines). The model computes the same. Values or
