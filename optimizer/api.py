@@ -169,7 +169,19 @@ def optimize_with_report(
                 refuse_dims_unlike(options.dims, bound, where)
             samples = given_samples
             if specializes:
-                samples = _fill_static_batch(ir_model, samples, bound, generated=warning is not None, notes=notes)
+                try:
+                    samples = _fill_static_batch(ir_model, samples, bound, generated=warning is not None, notes=notes)
+                except InputSpecError:
+                    # Generated samples drawn at generated lengths the model refuses (CLIP's 77 positions, 128
+                    # drawn): shorter, as verification's inputs.
+                    shorter = _shorter_generated_length(ir_model, options.dims, bound)
+                    if inputs is not None or warning is None or shorter is None:
+                        raise
+                    if generation_cap is not None and shorter >= generation_cap:
+                        raise
+                    refused = refused or _free_lengths(ir_model, options.dims, bound)
+                    generation_cap = shorter
+                    continue
             # Shape-specialized candidates take samples only at the bound batch size.
             batch = min((bound[name] for name in batch_dims(ir_model) if name in bound), default=None)
             try:

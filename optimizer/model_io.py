@@ -178,19 +178,29 @@ def rename_shadowing_values(model: ir.Model) -> int:
     name. A pass that points a read inside such a body at the outer value (an equal initializer, the first of two
     equal computations, an Identity's input) writes a file in which the read names the body's value: a body's
     ``Add(w, w2)`` became ``Add(w, w)``. Subgraph values are positional to their node or local to their body, so
-    the renamed model computes the same, and no rewrite can capture a name any more. Functions are left as they
-    are (their names are their own scope, and no pass points a read across a function's boundary)."""
+    the renamed model computes the same, and no rewrite can capture a name any more. A model-local function is a
+    scope of its own: its inputs and outputs keep their names, and its subgraphs' values are renamed where they
+    shadow the function's."""
     taken = {
         value.name
         for graph in model.graphs()
         for value in (*graph.inputs, *graph.initializers.values(), *(out for node in graph for out in node.outputs))
         if value.name
     }
+    for function in model.functions.values():
+        taken |= {
+            value.name
+            for node in ir.traversal.RecursiveGraphIterator(function)
+            for value in (*node.inputs, *node.outputs)
+            if value is not None and value.name
+        }
+        taken |= {value.name for value in function.inputs if value.name}
     renamed = 0
 
-    def visit(graph: ir.Graph, outer: frozenset[str]) -> None:
+    def visit(graph: ir.Graph | ir.Function, outer: frozenset[str]) -> None:
         nonlocal renamed
-        defined = [*graph.inputs, *graph.initializers.values(), *(out for node in graph for out in node.outputs)]
+        initializers = graph.initializers.values() if isinstance(graph, ir.Graph) else ()
+        defined = [*graph.inputs, *initializers, *(out for node in graph for out in node.outputs)]
         for value in defined:
             if value.name and value.name in outer:
                 fresh, count = f"{value.name}__scope", 1
@@ -210,6 +220,8 @@ def rename_shadowing_values(model: ir.Model) -> int:
                         visit(subgraph, inner)
 
     visit(model.graph, frozenset())
+    for function in model.functions.values():
+        visit(function, frozenset())
     return renamed
 
 

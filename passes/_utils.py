@@ -60,14 +60,18 @@ def names_defined_twice(model: ir.Model) -> set[str]:
     and ONNX Runtime accept it) reads its own value under that name. A rewrite that points a read in such a body
     at the outer value of that name (an equal initializer, the first of two equal computations, an Identity's
     input) has it read the body's instead: deduplicate-initializers took ``Add(w, w2)`` in a body with an input
-    ``w`` for ``Add(w, w)``. Rewrites of this kind leave a value with such a name alone."""
-    seen: set[str] = set()
+    ``w`` for ``Add(w, w)``. Rewrites of this kind leave a value with such a name alone. A function's body and its
+    subgraphs are a scope of their own, read the same way: remove-identity rewrites functions too (an Identity in a
+    function took a Loop body's read of ``w2`` for the body's own ``w``)."""
     twice: set[str] = set()
-    for graph in model.graphs():
-        values = (*graph.inputs, *graph.initializers.values(), *(output for node in graph for output in node.outputs))
-        names = {value.name for value in values if value.name}
-        twice |= names & seen
-        seen |= names
+    for scope in (model.graph, *model.functions.values()):
+        seen: set[str] = set()
+        for graph in (scope, *scope.subgraphs()):
+            initializers = graph.initializers.values() if isinstance(graph, ir.Graph) else ()
+            values = (*graph.inputs, *initializers, *(output for node in graph for output in node.outputs))
+            names = {value.name for value in values if value.name}
+            twice |= names & seen
+            seen |= names
     return twice
 
 

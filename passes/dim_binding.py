@@ -24,7 +24,12 @@ class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
     (unchanged) when ``dims`` names no dim the graph's inputs use. A graph output's dim
     named like a bound input dim is bound too, unless ONNX's shape inference, from the
     bound inputs, computes another size there (an output declared ``[batch, seq]`` for a
-    stride-2 slice of an input ``[batch, seq]``): that dim stays symbolic, with a note.
+    stride-2 slice of an input ``[batch, seq]``): that dim stays symbolic, with a note. An
+    output other nodes read is bound only where inference computes the bound size: ONNX
+    Runtime (``ORT_ENABLE_ALL``) and fold-constants take its declared sizes for its readers,
+    and a slice to ``Shape(x)[1] / 2``, which inference does not size, declared ``[1, 8]``,
+    gave ``Shape`` of its ``Relu`` 8 where it computes 4 (verification, run unoptimized,
+    saw nothing).
     """
 
     # It specializes the graph's input and output shapes on purpose.
@@ -61,7 +66,8 @@ class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
         with declared_shapes_inferred(model):
             computed = [value.shape for value in outputs]
         for value, inferred in zip(outputs, computed):
-            bound = _bind(value.shape, dims, inferred)
+            read = any(True for _ in value.uses())
+            bound = _bind(value.shape, dims, inferred, confirmed=read)
             if bound is not None:
                 kept = [
                     dim.value
@@ -69,9 +75,11 @@ class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
                     if isinstance(dim, ir.SymbolicDim) and dim.value in dims and not isinstance(new, int)
                 ]
                 if kept:
+                    unsized = inferred is None or not all(isinstance(dim, int) for dim in inferred)
+                    why = "other nodes read it, and " if read and unsized else ""
                     self.note(
-                        f"output '{value.name}' keeps {', '.join(kept)} symbolic: ONNX's shape inference computes "
-                        f"{_shown(inferred)} from the bound inputs"
+                        f"output '{value.name}' keeps {', '.join(kept)} symbolic: {why}ONNX's shape inference "
+                        f"computes {_shown(inferred)} from the bound inputs"
                     )
                 value.shape = bound
         boundary = {*graph.inputs, *graph.outputs}
@@ -82,9 +90,12 @@ class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
         return self.result(model, modified=True)
 
 
-def _bind(shape: ir.Shape | None, dims: Mapping[str, int], inferred: ir.Shape | None = None) -> ir.Shape | None:
+def _bind(
+    shape: ir.Shape | None, dims: Mapping[str, int], inferred: ir.Shape | None = None, *, confirmed: bool = False
+) -> ir.Shape | None:
     """``shape`` with bound dims replaced, or None if it has none of them (or none that ``inferred``, a shape
-    ONNX's inference computed for the same value, leaves bindable: it keeps a dim where it has another size)."""
+    ONNX's inference computed for the same value, leaves bindable: it keeps a dim where it has another size, and
+    with ``confirmed`` every dim where it has not the bound size)."""
     if shape is None:
         return None
     if inferred is not None and len(inferred) != len(shape):
@@ -94,7 +105,7 @@ def _bind(shape: ir.Shape | None, dims: Mapping[str, int], inferred: ir.Shape | 
     for axis, dim in enumerate(shape):
         computed = inferred[axis] if inferred is not None else None
         if isinstance(dim, ir.SymbolicDim) and dim.value in dims:
-            if isinstance(computed, int) and computed != dims[dim.value]:
+            if computed != dims[dim.value] and (confirmed or isinstance(computed, int)):
                 new_dims.append(dim)
             else:
                 new_dims.append(dims[dim.value])
@@ -105,4 +116,6 @@ def _bind(shape: ir.Shape | None, dims: Mapping[str, int], inferred: ir.Shape | 
 
 
 def _shown(shape: ir.Shape | None) -> str:
-    return "[" + ", ".join(str(dim if isinstance(dim, int) else dim.value) for dim in shape or ()) + "]"
+    if shape is None:
+        return "no shape"
+    return "[" + ", ".join(str(dim if isinstance(dim, int) else dim.value) for dim in shape) + "]"

@@ -381,7 +381,7 @@ def _compare(
         if not ep.available:
             results.append(ProviderResult(ep.name, False, ep.reason))
             continue
-        with _hint_on_generated_inputs(inputs is None and generation is None, before_model, base_inputs):
+        with _hint_on_generated_inputs(inputs is None and generation is None, str(before), before_model, base_inputs):
             measured = _measure_provider(
                 str(before),
                 str(after),
@@ -421,13 +421,16 @@ def _compare(
 
 
 @contextlib.contextmanager
-def _hint_on_generated_inputs(generated: bool, model: ir.Model, inputs: Mapping[str, np.ndarray]) -> Iterator[None]:
-    """ONNX Runtime refusing a model on inputs graphopt generated says which sizes they had and how to choose
-    others (CLIP's text encoder reads 77 positions and refuses the default 128)."""
+def _hint_on_generated_inputs(
+    generated: bool, before: str, model: ir.Model, inputs: Mapping[str, np.ndarray]
+) -> Iterator[None]:
+    """ONNX Runtime refusing BEFORE (``before``, its path; ``model``) on inputs graphopt generated says which sizes
+    they had and how to choose others (CLIP's text encoder reads 77 positions and refuses the default 128). AFTER
+    refusing inputs BEFORE ran on is AFTER's failure: its error is left as it is."""
     try:
         yield
     except InvalidModelError as error:
-        if not generated or "cannot run it on" not in str(error):
+        if not generated or not str(error).startswith(f"{before}: ONNX Runtime cannot run it on"):
             raise
         sizes = ", ".join(f"{name}={size}" for name, size in dims_from_inputs(model, inputs).items())
         raise InvalidModelError(
