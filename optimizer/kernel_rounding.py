@@ -22,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN
-from optimizer.model_io import model_graphs
+from optimizer.runtime import model_graphs
 
 ROUNDING_OP = "MatMulNBits"
 

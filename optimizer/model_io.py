@@ -58,7 +58,13 @@ from optimizer.errors import (
     raise_if_interrupted,
 )
 from optimizer.inputs import DATA_FOLDER_SUFFIXES
-from optimizer.runtime import has_external_tensors, save_model_file, signals_held, stored_weight_bytes
+from optimizer.runtime import (
+    has_external_tensors,
+    model_graphs,
+    save_model_file,
+    signals_held,
+    stored_weight_bytes,
+)
 
 # Domains whose operators we can check: ONNX, ONNX-ML, and ONNX Runtime's contrib
 # operators (which our fusions emit and ORT-optimized inputs contain).
@@ -180,27 +186,20 @@ def rename_shadowing_values(model: ir.Model) -> int:
     ``Add(w, w2)`` became ``Add(w, w)``. Subgraph values are positional to their node or local to their body, so
     the renamed model computes the same, and no rewrite can capture a name any more. A model-local function is a
     scope of its own: its inputs and outputs keep their names, and its subgraphs' values are renamed where they
-    shadow the function's."""
-    taken = {
-        value.name
-        for graph in model.graphs()
-        for value in (*graph.inputs, *graph.initializers.values(), *(out for node in graph for out in node.outputs))
-        if value.name
-    }
-    for function in model.functions.values():
-        taken |= {
-            value.name
-            for node in ir.traversal.RecursiveGraphIterator(function)
-            for value in (*node.inputs, *node.outputs)
-            if value is not None and value.name
-        }
-        taken |= {value.name for value in function.inputs if value.name}
+    shadow the function's.
+
+    A model in which an initializer of a node's subgraph is named like a value another of that node's subgraphs
+    reads from outside the node (an ``If`` branch's initializer ``w``, the other branch reading the outer ``w``) is
+    left as it is: ONNX Runtime feeds that outer value in place of the initializer, where onnx-ir (and the ONNX
+    standard) read the initializer, so renaming either would change what ONNX Runtime computes."""
+    if _initializer_fed_from_outside(model):
+        return 0
+    taken = {value.name for graph in model_graphs(model) for value in _defined_values(graph) if value.name}
     renamed = 0
 
     def visit(graph: ir.Graph | ir.Function, outer: frozenset[str]) -> None:
         nonlocal renamed
-        initializers = graph.initializers.values() if isinstance(graph, ir.Graph) else ()
-        defined = [*graph.inputs, *initializers, *(out for node in graph for out in node.outputs)]
+        defined = _defined_values(graph)
         for value in defined:
             if value.name and value.name in outer:
                 fresh, count = f"{value.name}__scope", 1
@@ -212,17 +211,56 @@ def rename_shadowing_values(model: ir.Model) -> int:
                 renamed += 1
         inner = outer | {value.name for value in defined if value.name}
         for node in graph:
-            for attribute in node.attributes.values():
-                if attribute.type == ir.AttributeType.GRAPH:
-                    visit(attribute.as_graph(), inner)
-                elif attribute.type == ir.AttributeType.GRAPHS:
-                    for subgraph in attribute.as_graphs():
-                        visit(subgraph, inner)
+            for subgraph in _subgraphs_of(node):
+                visit(subgraph, inner)
 
     visit(model.graph, frozenset())
     for function in model.functions.values():
         visit(function, frozenset())
     return renamed
+
+
+def _defined_values(graph: ir.Graph | ir.Function) -> list[ir.Value]:
+    """The values ``graph`` defines: its inputs, initializers (a function has none) and node outputs."""
+    initializers = graph.initializers.values() if isinstance(graph, ir.Graph) else ()
+    return [*graph.inputs, *initializers, *(output for node in graph for output in node.outputs)]
+
+
+def _subgraphs_of(node: ir.Node) -> Iterator[ir.Graph]:
+    """The graphs ``node``'s attributes hold (a function's reference to its caller's graph attribute holds none)."""
+    for attribute in node.attributes.values():
+        if attribute.is_ref():
+            continue
+        if attribute.type == ir.AttributeType.GRAPH:
+            yield attribute.as_graph()
+        elif attribute.type == ir.AttributeType.GRAPHS:
+            yield from attribute.as_graphs()
+
+
+def _initializer_fed_from_outside(model: ir.Model) -> bool:
+    """Whether an initializer of a node's subgraph is named like a value one of that node's subgraphs reads from
+    outside the node. ONNX Runtime feeds a control-flow node's subgraphs the outer values they read, by name, and
+    the one so named takes the initializer's place: an ``If`` whose then-branch has an initializer ``w`` and whose
+    else-branch reads the outer ``w`` computes the then-branch with the outer ``w`` (a lone Loop or Scan body's
+    initializer is read as it is: the body reads no outer value of its name)."""
+    for graph in model_graphs(model):
+        for node in graph:
+            subgraphs = list(_subgraphs_of(node))
+            if not any(len(subgraph.initializers) for subgraph in subgraphs):
+                continue
+            inside: set[int] = set()
+            reads: list[ir.Value] = []
+            pending = list(subgraphs)
+            while pending:
+                subgraph = pending.pop()
+                inside.update(id(value) for value in _defined_values(subgraph))
+                for inner_node in subgraph:
+                    reads.extend(value for value in inner_node.inputs if value is not None)
+                    pending.extend(_subgraphs_of(inner_node))
+            outside = {value.name for value in reads if id(value) not in inside and value.name}
+            if any(name in outside for subgraph in subgraphs for name in subgraph.initializers):
+                return True
+    return False
 
 
 def _densify_sparse_initializers(proto: onnx.ModelProto, folder: Path) -> None:
@@ -1056,26 +1094,6 @@ def unname_negative_dims(model: ir.Model) -> list[tuple[ir.Value, ir.Shape]]:
             value.shape = ir.Shape([None if isinstance(dim, int) and dim < 0 else dim for dim in shape])
             changed.append((value, shape))
     return changed
-
-
-def model_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
-    """The main graph, every subgraph, and the model's functions (with their subgraphs)."""
-
-    def with_subgraphs(graph: ir.Graph | ir.Function) -> Iterator[ir.Graph | ir.Function]:
-        yield graph
-        for node in graph:
-            for attribute in node.attributes.values():
-                if attribute.is_ref():  # a function's reference to its caller's attribute holds no graph
-                    continue
-                if attribute.type == ir.AttributeType.GRAPH:
-                    yield from with_subgraphs(attribute.value)
-                elif attribute.type == ir.AttributeType.GRAPHS:
-                    for subgraph in attribute.value:
-                        yield from with_subgraphs(subgraph)
-
-    yield from with_subgraphs(model.graph)
-    for function in model.functions.values():
-        yield from with_subgraphs(function)
 
 
 def _ir_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:

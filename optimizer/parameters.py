@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
-from optimizer.model_io import model_graphs
+from optimizer.runtime import model_graphs
 
 # Inputs of the quantized ops that hold scales, zero points or group indices: no weights.
 _QUANTIZATION_PARAMETERS: dict[str, frozenset[int]] = {

@@ -20,7 +20,6 @@ from typing import NamedTuple
 import onnx_ir as ir
 
 from optimizer.errors import RuntimeRefusedError, one_line
-from optimizer.model_io import model_graphs
 from optimizer.progress import task
 from optimizer.protocol import NotedResult, PassContext, PassSpec
 from optimizer.report import (
@@ -31,7 +30,7 @@ from optimizer.report import (
     PassRecord,
     PipelineReport,
 )
-from optimizer.runtime import stored_weight_bytes
+from optimizer.runtime import model_graphs, stored_weight_bytes
 from optimizer.verify import DEFAULT_APPROXIMATION_FLOOR, UNCUT_ROW_EXCESS, VerificationResult, Verifier
 
 logger = logging.getLogger(__name__)
@@ -39,10 +38,9 @@ logger = logging.getLogger(__name__)
 
 def count_nodes(model: ir.Model) -> int:
     """Number of nodes in the model, subgraphs and functions included."""
-    total = sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
-    for function in model.functions.values():
-        total += sum(1 for _ in ir.traversal.RecursiveGraphIterator(function))
-    return total
+    # model_graphs, not onnx-ir's recursive iterator: that fails on a function's graph attribute that is its
+    # caller's (``body = @body``).
+    return sum(sum(1 for _ in graph) for graph in model_graphs(model))
 
 
 def detached_clone(model: ir.Model) -> ir.Model:

@@ -164,16 +164,35 @@ def stored_weight_bytes(model: ir.Model) -> int:
     """``weight_bytes`` of every graph of ``model``: the main graph's, its subgraphs' (If branches, Loop and Scan
     bodies) and its functions'. What decides whether the model's tensors fit in one protobuf (2 GiB): a model
     whose weights are all in If branches is past it as surely as one with them in the main graph."""
+    graphs = list(model_graphs(model))
     initializers = [
         value.const_value
-        for graph in model.graphs()
+        for graph in graphs
+        if isinstance(graph, ir.Graph)
         for value in graph.initializers.values()
         if value.const_value is not None
     ]
-    nodes = [*ir.traversal.RecursiveGraphIterator(model.graph)]
+    return sum(map(tensor_bytes, [*initializers, *_constant_tensors(node for graph in graphs for node in graph)]))
+
+
+def model_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
+    """The main graph, every subgraph, and the model's functions (with their subgraphs)."""
+
+    def with_subgraphs(graph: ir.Graph | ir.Function) -> Iterator[ir.Graph | ir.Function]:
+        yield graph
+        for node in graph:
+            for attribute in node.attributes.values():
+                if attribute.is_ref():  # a function's reference to its caller's attribute holds no graph
+                    continue
+                if attribute.type == ir.AttributeType.GRAPH:
+                    yield from with_subgraphs(attribute.value)
+                elif attribute.type == ir.AttributeType.GRAPHS:
+                    for subgraph in attribute.value:
+                        yield from with_subgraphs(subgraph)
+
+    yield from with_subgraphs(model.graph)
     for function in model.functions.values():
-        nodes += ir.traversal.RecursiveGraphIterator(function)
-    return sum(map(tensor_bytes, [*initializers, *_constant_tensors(nodes)]))
+        yield from with_subgraphs(function)
 
 
 def _constant_tensors(nodes: Iterable[ir.Node]) -> Iterator[ir.TensorProtocol]:
