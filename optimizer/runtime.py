@@ -177,22 +177,25 @@ def stored_weight_bytes(model: ir.Model) -> int:
 
 def model_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
     """The main graph, every subgraph, and the model's functions (with their subgraphs)."""
-
-    def with_subgraphs(graph: ir.Graph | ir.Function) -> Iterator[ir.Graph | ir.Function]:
-        yield graph
-        for node in graph:
-            for attribute in node.attributes.values():
-                if attribute.is_ref():  # a function's reference to its caller's attribute holds no graph
-                    continue
-                if attribute.type == ir.AttributeType.GRAPH:
-                    yield from with_subgraphs(attribute.value)
-                elif attribute.type == ir.AttributeType.GRAPHS:
-                    for subgraph in attribute.value:
-                        yield from with_subgraphs(subgraph)
-
-    yield from with_subgraphs(model.graph)
+    yield from graphs_within(model.graph)
     for function in model.functions.values():
-        yield from with_subgraphs(function)
+        yield from graphs_within(function)
+
+
+def graphs_within(graph: ir.Graph | ir.Function) -> Iterator[ir.Graph | ir.Function]:
+    """``graph`` (a graph or a function) and every subgraph of its nodes, however deep; a function's reference to
+    its caller's graph attribute (``body = @body``) holds no graph and is skipped, where onnx-ir's recursive
+    iterator raises."""
+    yield graph
+    for node in graph:
+        for attribute in node.attributes.values():
+            if attribute.is_ref():
+                continue
+            if attribute.type == ir.AttributeType.GRAPH:
+                yield from graphs_within(attribute.value)
+            elif attribute.type == ir.AttributeType.GRAPHS:
+                for subgraph in attribute.value:
+                    yield from graphs_within(subgraph)
 
 
 def _constant_tensors(nodes: Iterable[ir.Node]) -> Iterator[ir.TensorProtocol]:

@@ -14,8 +14,7 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import _basics, _matcher, _pattern_ir, _rewrite_rule, pattern
 
 from optimizer.domains import is_onnx_domain, onnx_opset
-from optimizer.model_io import model_graphs
-from optimizer.runtime import strings_serializable
+from optimizer.runtime import model_graphs, strings_serializable
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from optimizer.domains import is_onnx_domain
-from optimizer.model_io import model_graphs
+from optimizer.runtime import graphs_within, model_graphs
 from passes._pass import GraphoptPass
 from passes._utils import declaration_holds, draws_random, names_defined_twice, remove_dead_nodes
 from passes.initializer_deduplication import deduplicate_initializers
@@ -197,7 +197,8 @@ def _functions_that_draw(model: ir.Model) -> set[tuple[str, str, str]]:
         for key, function in functions.items():
             if key in drawing:
                 continue
-            nodes = ir.traversal.RecursiveGraphIterator(function.graph)
+            # Not onnx-ir's recursive iterator: it fails on a graph attribute that is the caller's (body = @body).
+            nodes = (node for graph in graphs_within(function) for node in graph)
             if any(draws_random(n) or (n.domain, n.op_type, n.overload) in drawing for n in nodes):
                 drawing.add(key)
                 changed = True

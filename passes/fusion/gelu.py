@@ -67,7 +67,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_op
-from optimizer.model_io import model_graphs
+from optimizer.runtime import model_graphs
 from passes._utils import constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._checks import folded_constant, is_float
