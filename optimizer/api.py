@@ -174,10 +174,8 @@ def optimize_with_report(
                 except InputSpecError:
                     # Generated samples drawn at generated lengths the model refuses (CLIP's 77 positions, 128
                     # drawn): shorter, as verification's inputs.
-                    shorter = _shorter_generated_length(ir_model, options.dims, bound)
+                    shorter = _shorter_generated_length(ir_model, options.dims, bound, generation_cap)
                     if inputs is not None or warning is None or shorter is None:
-                        raise
-                    if generation_cap is not None and shorter >= generation_cap:
                         raise
                     refused = refused or _free_lengths(ir_model, options.dims, bound)
                     generation_cap = shorter
@@ -197,9 +195,9 @@ def optimize_with_report(
                 )
                 break
             except GeneratedInputsRefusedError:
-                shorter = _shorter_generated_length(ir_model, options.dims, bound)
-                if shorter is None or (generation_cap is not None and shorter >= generation_cap):
-                    raise  # nothing left to shorten (a mask's past + new tokens over a --dim length: the same again)
+                shorter = _shorter_generated_length(ir_model, options.dims, bound, generation_cap)
+                if shorter is None:
+                    raise
                 refused = refused or _free_lengths(ir_model, options.dims, bound)
                 generation_cap = shorter
         if refused:
@@ -399,8 +397,8 @@ def _samples(
             )
             break
         except InputSpecError:
-            shorter = _shorter_generated_length(model, dims, dims_from_inputs(model, generated))
-            if shorter is None or (cap is not None and shorter >= cap):
+            shorter = _shorter_generated_length(model, dims, dims_from_inputs(model, generated), cap)
+            if shorter is None:
                 raise
             cap = shorter
     if cap is not None:
@@ -617,14 +615,18 @@ def _free_lengths(model: ir.Model, dims: Mapping[str, int] | None, bound: Mappin
     return ", ".join(f"{name}={bound[name]}" for name in _free_dims(model, dims) if name in bound)
 
 
-def _shorter_generated_length(model: ir.Model, dims: Mapping[str, int] | None, bound: Mapping[str, int]) -> int | None:
+def _shorter_generated_length(
+    model: ir.Model, dims: Mapping[str, int] | None, bound: Mapping[str, int], cap: int | None = None
+) -> int | None:
     """Half the longest free dim of ``bound`` (``_free_dims``), to generate inputs again where the input model
-    refused them (CLIP's text encoder reads 77 positions and refuses the default 128); None at 8 or fewer, or
-    where no dim is free (the lengths are the user's or the model's)."""
+    refused them (CLIP's text encoder reads 77 positions and refuses the default 128); None at 8 or fewer, where
+    no dim is free (the lengths are the user's or the model's), or where it would not be below ``cap``, the
+    lengths' bound already tried (a mask's past + new tokens over a --dim length: the same inputs again)."""
     longest = max((bound[name] for name in _free_dims(model, dims) if name in bound), default=None)
     if longest is None or longest <= _SHORTEST_GENERATED:
         return None
-    return max(longest // 2, _SHORTEST_GENERATED)
+    shorter = max(longest // 2, _SHORTEST_GENERATED)
+    return None if cap is not None and shorter >= cap else shorter
 
 
 _SHORTEST_GENERATED = 8

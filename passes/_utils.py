@@ -679,3 +679,13 @@ def _unit_constant(value: ir.Value | None) -> bool:
         return True
     array = constant_array(value)
     return array is not None and all(size == 1 for size in array.shape)
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``... if taken; the result is taken from then on."""
+    candidate, count = name, 1
+    while candidate in taken:
+        count += 1
+        candidate = f"{name}_{count}"
+    taken.add(candidate)
+    return candidate

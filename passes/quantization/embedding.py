@@ -11,7 +11,7 @@ from optimizer.domains import is_onnx_domain
 from optimizer.protocol import Twin
 from passes._layers import Layer, excluded, unmatched_patterns
 from passes._pass import GraphoptPass
-from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
+from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value, unique_name
 from passes.quantization._int8 import quantize_weight
 
 # Tables smaller than this stay float: the saving is not worth three extra nodes.
@@ -87,15 +87,15 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             values, scales = tables[table.name]
             ids = node.inputs[1]
             prefix = node.name or table.name
-            rows = ir.Node("", "Gather", [values, ids], name=_unique(f"{prefix}_int8_rows", taken))
-            row_scales = ir.Node("", "Gather", [scales, ids], name=_unique(f"{prefix}_row_scales", taken))
+            rows = ir.Node("", "Gather", [values, ids], name=unique_name(f"{prefix}_int8_rows", taken))
+            row_scales = ir.Node("", "Gather", [scales, ids], name=unique_name(f"{prefix}_row_scales", taken))
             widened = ir.Node("", "Cast", [rows.outputs[0]], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT)])
-            widened.name = _unique(f"{prefix}_widen", taken)
+            widened.name = unique_name(f"{prefix}_widen", taken)
             scaled = ir.Node(
-                "", "Mul", [widened.outputs[0], row_scales.outputs[0]], name=_unique(f"{prefix}_dequantize", taken)
+                "", "Mul", [widened.outputs[0], row_scales.outputs[0]], name=unique_name(f"{prefix}_dequantize", taken)
             )
             for made in (rows, row_scales, widened):
-                made.outputs[0].name = _unique(f"{made.name}.output", names)
+                made.outputs[0].name = unique_name(f"{made.name}.output", names)
             node.graph.insert_before(node, [rows, row_scales, widened, scaled])
             replace_value(node.outputs[0], scaled.outputs[0], inherit=True)
         if not tables:
@@ -124,16 +124,6 @@ def _main_graph_constant(value: ir.Value, graph: ir.Graph) -> bool:
     """Whether ``value`` is an initializer of the main ``graph`` or a Constant node's output there (no body's)."""
     producer = value.producer()
     return graph.initializers.get(value.name) is value or (producer is not None and producer.graph is graph)
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    """``name``, or ``name_2``, ``name_3``... if taken; the result is taken from then on."""
-    candidate, count = name, 1
-    while candidate in taken:
-        count += 1
-        candidate = f"{name}_{count}"
-    taken.add(candidate)
-    return candidate
 
 
 def _twin(source: ir.Model, names: list[str]) -> Twin:

@@ -27,6 +27,7 @@ import onnx_ir as ir
 from optimizer.domains import MS_DOMAIN
 from optimizer.protocol import Twin
 from passes._pass import GraphoptPass
+from passes._utils import unique_name
 from passes.quantization._twin import float16_twin
 
 # Kept float32, with Casts at their boundaries: the reductions of decomposed
@@ -146,13 +147,10 @@ def _initializer_outputs_computed(graph: ir.Graph) -> None:
 
 
 def _fresh(graph: ir.Graph, name: str) -> str:
+    """``name`` or a variant no value of ``graph`` (its subgraphs too) has."""
     taken = {value.name for value in (*graph.inputs, *graph.initializers.values())}
     taken |= {output.name for node in ir.traversal.RecursiveGraphIterator(graph) for output in node.outputs}
-    fresh, count = name, 0
-    while fresh in taken:
-        count += 1
-        fresh = f"{name}.{count}"
-    return fresh
+    return unique_name(name, taken)
 
 
 def _passed_through_outputs(graph: onnx.GraphProto) -> list[tuple[int, onnx.ValueInfoProto]]:

@@ -17,7 +17,7 @@ from optimizer.domains import onnx_opset
 from optimizer.inputs import holds_samples, samples_in
 from optimizer.qdq_rewrites import float_layer_behind_dequantize, moves_dequantized
 from passes._layers import Layer, bias_add, find_layers
-from passes._utils import add_initializer, constant_array, remove_dead_nodes
+from passes._utils import add_initializer, constant_array, remove_dead_nodes, unique_name
 from passes.quantization import calibration
 from passes.quantization._attention import folded_weights, replace_with_qattention
 from passes.quantization._base import QuantizationPass
@@ -491,7 +491,7 @@ def _keep_float_layers_float(graph: ir.Graph) -> list[ir.Node]:
             extra = _uint8_copy(op, point)
             if extra is None:
                 continue  # dropped by ONNX Runtime: its input is its output
-            name = _unique(f"{op.name or op.op_type}_for_{base}", names)
+            name = unique_name(f"{op.name or op.op_type}_for_{base}", names)
             extra = [
                 add_initializer(graph, f"{name}.pad_value", item) if isinstance(item, np.ndarray) else item
                 for item in extra
@@ -520,7 +520,7 @@ def _keep_float_layers_float(graph: ir.Graph) -> list[ir.Node]:
             "DequantizeLinear",
             inputs,
             attributes=[ir.AttrInt64("axis", axis)],
-            name=_unique(f"{base}_float_input_dq", names),
+            name=unique_name(f"{base}_float_input_dq", names),
         )
         data = node.inputs[0]
         own.outputs[0].name, own.outputs[0].shape, own.outputs[0].type = f"{base}.float_input", data.shape, data.type
@@ -549,16 +549,6 @@ def _wide_axis(shape: ir.Shape | None) -> tuple[int, int]:
         if isinstance(dim, int) and dim >= 2:
             return axis, dim
     return 0, 0
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    """``name``, or ``name_2``, ``name_3``... if taken; the result is taken from then on."""
-    candidate, count = name, 1
-    while candidate in taken:
-        count += 1
-        candidate = f"{name}_{count}"
-    taken.add(candidate)
-    return candidate
 
 
 def _channel_axis(node: ir.Node, weight_shape: Sequence[int]) -> tuple[int, int]:

@@ -104,6 +104,15 @@ def test_a_residual_of_unnamed_dims_is_fused(norm):
     assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
 
 
+def _constant_scale_and_bias(model: ir.Model) -> None:
+    """The graph inputs ``gamma`` and ``beta`` made initializers (the norm's constant scale and bias)."""
+    for name in ("gamma", "beta"):
+        value = next(v for v in model.graph.inputs if v.name == name)
+        model.graph.inputs.remove(value)
+        value.const_value = ir.tensor(np.linspace(0.5, 1.5, 8).astype(np.float32), name=name)
+        model.graph.register_initializer(value)
+
+
 def test_operands_whose_rank_only_shape_inference_finds_are_fused():
     # The legacy exporter records no intermediate shapes (Whisper's and wav2vec2's encoders): the residual's
     # operands were "not known to be 3-D" and left unfused; their ranks are read from ONNX's shape inference.
@@ -114,11 +123,7 @@ def test_operands_whose_rank_only_shape_inference_finds_are_fused():
             s = Add(h, x)
             y = LayerNormalization<axis = -1>(s, gamma, beta)
         }""")
-    for name in ("gamma", "beta"):
-        value = next(v for v in model.graph.inputs if v.name == name)
-        model.graph.inputs.remove(value)
-        value.const_value = ir.tensor(np.linspace(0.5, 1.5, 8).astype(np.float32), name=name)
-        model.graph.register_initializer(value)
+    _constant_scale_and_bias(model)
     result = SkipLayerNormFusion()(model.clone())
     assert result.modified, result.refusals
     assert computed_op_types(result.model) == ["Relu", "SkipLayerNormalization"]
@@ -138,11 +143,7 @@ def test_a_sum_read_between_the_add_and_the_norm_keeps_the_graph_in_order():
             n = LayerNormalization<axis = -1>(s, gamma, beta)
             y = Reshape(n, size)
         }""")
-    for name in ("gamma", "beta"):
-        value = next(v for v in model.graph.inputs if v.name == name)
-        model.graph.inputs.remove(value)
-        value.const_value = ir.tensor(np.linspace(0.5, 1.5, 8).astype(np.float32), name=name)
-        model.graph.register_initializer(value)
+    _constant_scale_and_bias(model)
     result = SkipLayerNormFusion()(model.clone())
     assert result.modified, result.refusals
     assert "SkipLayerNormalization" in computed_op_types(result.model)
