@@ -163,3 +163,28 @@ def test_a_function_whose_loop_body_is_its_callers_graph_attribute_is_read():
     assert report.verified
     feeds = [{"x": np.array([1, 2], np.float32)}]
     _assert_same(model, optimized, feeds)
+
+
+def test_a_loop_bodys_initializer_inside_a_branch_is_read_as_its_own_and_renamed():
+    # ONNX Runtime feeds outer values only to the initializers of the If's own branches: a Loop body inside the
+    # then-branch reads its own w even where the else-branch reads the outer w (a review's probe first saw [2, 4]:
+    # its harness ran ONNX Runtime on a proto onnx-ir had renamed in place).
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x, bool c) => (float[2] y) <float[2] w = {1, 2}> {
+      n = Constant<value = int64 {1}>()
+      t = Constant<value = bool {1}>()
+      y = If(c) <then_branch = th () => (float[2] z) {
+            z = Loop(n, t, x) <body = b (int64 i, bool cin, float[2] v) => (bool cout, float[2] a)
+                                       <float[2] w = {10, 20}> {
+                cout = Identity(cin)
+                a = Add(w, v)
+            }>
+          }, else_branch = e () => (float[2] z) { z = Sub(w, x) }>
+    }"""
+    model = parser.parse_model(text)
+    feeds = [{"x": np.array([1, 2], np.float32), "c": np.array(flag)} for flag in (True, False)]
+    assert _outputs(model, feeds[0])[0].tolist() == [11, 22]
+    assert rename_shadowing_values(ir.from_proto(parser.parse_model(text))) == 1
+    optimized, _ = optimize_with_report(model)
+    _assert_same(model, optimized, feeds)
