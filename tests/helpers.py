@@ -52,6 +52,29 @@ def assert_same_outputs(before: ir.Model, after: ir.Model, inputs: dict[str, np.
         np.testing.assert_allclose(actual[name], expected[name], rtol=rtol, atol=atol, err_msg=name)
 
 
+def run_deployed(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``model``'s outputs on ONNX Runtime's CPU as deployed (its default, ORT_ENABLE_ALL), warnings quiet."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def assert_deployed_equal(
+    original: onnx.ModelProto, optimized: onnx.ModelProto, feeds_list: list[dict], *, signs: bool = False
+) -> None:
+    """Equal outputs, bit for bit, as deployed (``run_deployed``), on each of ``feeds_list``; with ``signs`` the
+    sign of a zero too."""
+    for feeds in feeds_list:
+        for before, after in zip(run_deployed(original, feeds), run_deployed(optimized, feeds), strict=True):
+            assert before.shape == after.shape, f"{feeds}: shape {after.shape} instead of {before.shape}"
+            np.testing.assert_array_equal(after, before, err_msg=str(feeds))
+            if signs and before.dtype.kind == "f":
+                np.testing.assert_array_equal(np.signbit(after), np.signbit(before), err_msg=str(feeds))
+
+
 def op_types(model: ir.Model) -> list[str]:
     """Op types of the main graph's nodes, in order."""
     return [node.op_type for node in model.graph]

@@ -18,7 +18,7 @@ Findings (strict xfails):
 3. An RMSNorm whose mean is over the last axis written as a positive axis (``ReduceMean(axes=[2])`` of a 3-D input, as
    the legacy exporter writes ``x.pow(2).mean(2, keepdim=True)``: it copies the dim the code gives and records no
    intermediate shapes) is refused as "the mean is not over the last axis alone": ``_checks.last_axis_only`` needs the
-   rank, and ``fuse_with_inferred_last_dims`` infers shapes only for the scale-less norm's missing size.
+   rank, and ``fuse_with_inferred_shapes`` infers shapes only for the scale-less norm's missing size.
 
 Respellings that held (same fused ops, same outputs): a ``Dropout`` (inference) after every Softmax, a no-op
 ``Cast(to=FLOAT)`` after every MatMul, an ``Identity`` after every MatMul/Softmax/Transpose/Reshape/Add/Mul/Concat

@@ -24,25 +24,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 from onnx import TensorProto, helper, parser
 
 from optimizer.api import optimize_with_report
 from optimizer.model_io import rename_shadowing_values
-
-
-def _outputs(model: onnx.ModelProto, feeds: dict) -> list:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+from tests.helpers import assert_deployed_equal, run_deployed
 
 
 def _assert_same(model: onnx.ModelProto, optimized: onnx.ModelProto, feeds: list[dict]) -> None:
     onnx.checker.check_model(optimized, full_check=True)
-    for feed in feeds:
-        for expected, got in zip(_outputs(model, feed), _outputs(optimized, feed)):
-            np.testing.assert_array_equal(got, expected)
+    assert_deployed_equal(model, optimized, feeds)
 
 
 # --- 1. an If branch's initializer named like an outer value the other branch reads ----------------------------
@@ -79,7 +70,7 @@ def test_onnx_runtime_reads_the_outer_value_for_a_branch_initializer_the_other_b
     model = parser.parse_model(_BRANCH_INITIALIZER)
     onnx.checker.check_model(model, full_check=True)
     feed = {"x": np.array([1, 2], np.float32), "c": np.array(True)}
-    assert _outputs(model, feed)[0].tolist() == [2, 4]
+    assert run_deployed(model, feed)[0].tolist() == [2, 4]
 
 
 def test_a_branch_initializer_onnx_runtime_feeds_from_outside_is_not_renamed():
@@ -95,7 +86,7 @@ def test_a_branch_initializer_three_deep_is_read_as_onnx_runtime_reads_it():
     model = parser.parse_model(_THREE_DEEP)
     onnx.checker.check_model(model, full_check=True)
     feeds = [{"x": np.array([1, 2], np.float32)}, {"x": np.array([-3, 1], np.float32)}]
-    assert _outputs(model, feeds[0])[0].tolist() == [3, 6]  # the Loop body's w, not the branch's {10, 20}
+    assert run_deployed(model, feeds[0])[0].tolist() == [3, 6]  # the Loop body's w, not the branch's {10, 20}
     optimized, _ = optimize_with_report(model)
     _assert_same(model, optimized, feeds)
 
@@ -114,7 +105,7 @@ def test_a_lone_body_initializer_shadowing_an_outer_one_is_still_renamed():
     }"""
     model = parser.parse_model(text)
     feeds = [{"x": np.array([1, 2], np.float32)}]
-    assert _outputs(model, feeds[0])[0].tolist() == [11, 22]
+    assert run_deployed(model, feeds[0])[0].tolist() == [11, 22]
     assert rename_shadowing_values(ir.from_proto(parser.parse_model(text))) == 1
     optimized, _ = optimize_with_report(model)
     _assert_same(model, optimized, feeds)
@@ -184,7 +175,7 @@ def test_a_loop_bodys_initializer_inside_a_branch_is_read_as_its_own_and_renamed
     }"""
     model = parser.parse_model(text)
     feeds = [{"x": np.array([1, 2], np.float32), "c": np.array(flag)} for flag in (True, False)]
-    assert _outputs(model, feeds[0])[0].tolist() == [11, 22]
+    assert run_deployed(model, feeds[0])[0].tolist() == [11, 22]
     assert rename_shadowing_values(ir.from_proto(parser.parse_model(text))) == 1
     optimized, _ = optimize_with_report(model)
     _assert_same(model, optimized, feeds)

@@ -43,32 +43,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 from onnx import helper, parser
 
 from optimizer.api import optimize_with_report
-
-
-def _session(model: onnx.ModelProto, level: ort.GraphOptimizationLevel) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = level
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def _run(model: onnx.ModelProto, feeds: dict, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> list:
-    return _session(model, level).run(None, feeds)
+from tests.helpers import assert_deployed_equal, run_deployed
 
 
 def _assert_same(original: onnx.ModelProto, optimized: onnx.ModelProto, feeds_list: list[dict]) -> None:
     """Equal outputs, bit for bit (the sign of an infinity or a zero included), as deployed (ORT_ENABLE_ALL)."""
-    for feeds in feeds_list:
-        for before, after in zip(_run(original, feeds), _run(optimized, feeds), strict=True):
-            assert before.shape == after.shape, f"{feeds}: shape {after.shape} instead of {before.shape}"
-            np.testing.assert_array_equal(after, before, err_msg=str(feeds))
-            if before.dtype.kind == "f":
-                np.testing.assert_array_equal(np.signbit(after), np.signbit(before), err_msg=str(feeds))
+    assert_deployed_equal(original, optimized, feeds_list, signs=True)
 
 
 def _status(report, name: str) -> str:
@@ -94,7 +78,7 @@ def test_a_negative_zero_constant_read_in_an_untaken_branch_is_not_merged_into_z
     model = parser.parse_model(_SIGNED_ZEROS_IN_BRANCHES)
     optimized, _ = optimize_with_report(model)
     small, large = np.array([1, -2], np.float32), np.array([1000, 2000], np.float32)
-    assert [float(v) for v in _run(model, {"x": large})[0]] == [-np.inf, -np.inf]
+    assert [float(v) for v in run_deployed(model, {"x": large})[0]] == [-np.inf, -np.inf]
     _assert_same(model, optimized, [{"x": small}, {"x": large}])
 
 
@@ -167,7 +151,7 @@ g (float[N] x) => (float[3] y, int64[1] z) {
 def test_a_stale_output_declaration_is_not_moved_onto_a_value_shape_reads():
     model = parser.parse_model(_STATIC_OUTPUT_OVER_DYNAMIC_INPUT)
     feeds = [{"x": np.ones(5, np.float32)}, {"x": np.ones(1, np.float32)}]
-    assert _run(model, feeds[0])[1].tolist() == [5]
+    assert run_deployed(model, feeds[0])[1].tolist() == [5]
     for passes in (None, ["remove-identity"], ["fold-constants"]):
         optimized, report = optimize_with_report(model, passes)
         _assert_same(model, optimized, feeds)

@@ -19,28 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper, parser
 
 from optimizer.api import optimize_with_report
 from optimizer.compare.comparison import CompareSettings, compare
 from optimizer.errors import InvalidModelError
-
-
-def _run(model: onnx.ModelProto, feeds: dict) -> list:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
-
-
-def _assert_same(original: onnx.ModelProto, optimized: onnx.ModelProto, feeds_list: list[dict]) -> None:
-    for feeds in feeds_list:
-        for before, after in zip(_run(original, feeds), _run(optimized, feeds), strict=True):
-            assert before.shape == after.shape, f"{feeds}: shape {after.shape} instead of {before.shape}"
-            np.testing.assert_array_equal(after, before, err_msg=str(feeds))
+from tests.helpers import assert_deployed_equal, run_deployed
 
 
 def _status(report, name: str) -> str:
@@ -79,7 +64,7 @@ def test_an_identity_in_a_function_whose_name_a_body_shadows_is_kept(verify):
     onnx.checker.check_model(model, full_check=True)
     feeds = [{"xx": np.array([1, 2], np.float32)}, {"xx": np.array([1000, 2000], np.float32)}]
     optimized, _ = optimize_with_report(model, verify=verify)
-    _assert_same(model, optimized, feeds)
+    assert_deployed_equal(model, optimized, feeds)
 
 
 # --- 2. an output other nodes read, whose size inference does not compute --------------------------------------
@@ -103,10 +88,10 @@ g (float[batch, seq] x) => (float[batch, seq] y, int64[2] z) {
 def test_static_shapes_does_not_declare_a_size_inference_cannot_compute_on_an_output_others_read(verify):
     model = parser.parse_model(_HALF_SLICE)
     feeds = [{"x": np.ones((1, 8), np.float32)}]
-    assert _run(model, feeds[0])[1].tolist() == [1, 4]
+    assert run_deployed(model, feeds[0])[1].tolist() == [1, 4]
     optimized, report = optimize_with_report(model, static_shapes=True, dims={"batch": 1, "seq": 8}, verify=verify)
     assert _status(report, "bind-dims") == "applied"
-    _assert_same(model, optimized, feeds)
+    assert_deployed_equal(model, optimized, feeds)
 
 
 def test_static_shapes_still_binds_an_output_nothing_reads():
@@ -202,4 +187,4 @@ def test_values_a_body_inside_a_function_defines_under_the_functions_names_are_r
     proto = ir.to_proto(model)
     onnx.checker.check_model(proto, full_check=True)
     feeds = [{"xx": np.array([1, 2], np.float32)}, {"xx": np.array([1000, 2000], np.float32)}]
-    _assert_same(parser.parse_model(_SHADOWED_IN_A_FUNCTION), proto, feeds)
+    assert_deployed_equal(parser.parse_model(_SHADOWED_IN_A_FUNCTION), proto, feeds)

@@ -91,7 +91,7 @@ NO_RANK = "its axis is counted from the front, and the input's rank is unknown"
 def last_axis_refusal(node: ir.Node, data: ir.Value, what: str) -> str | None:
     """Why a Reduce* ``node`` (called ``what``) does not reduce exactly the last axis of ``data`` keeping dims, or
     None. Over a positive axis of an input whose rank is unknown (the legacy exporter writes ``mean(2)`` as given
-    and records no shapes), the reason ends with ``NO_RANK``: ``fuse_with_inferred_last_dims`` retries then."""
+    and records no shapes), the reason ends with ``NO_RANK``: ``fuse_with_inferred_shapes`` retries then."""
     wrong = f"{what} is not over the last axis alone"
     if node.attributes.get_int("keepdims", 1) != 1:
         return wrong
@@ -139,11 +139,11 @@ NO_STATIC_SIZE = "no scale, and the last dim has no static size to build a scale
 
 
 # The refusal of an op the fused one takes only at rank 3 (SkipLayerNormalization's operands, packed Attention's
-# query, key and value) where the exporter recorded no rank: ``fuse_with_inferred_last_dims`` retries then.
+# query, key and value) where the exporter recorded no rank: ``fuse_with_inferred_shapes`` retries then.
 NOT_KNOWN_3D = "not known to be 3-D"
 
 
-def fuse_with_inferred_last_dims(
+def fuse_with_inferred_shapes(
     fusion, model: ir.Model, fuse: Callable[[ir.Model], int], retry_on: tuple[str, ...] = (NO_STATIC_SIZE, NO_RANK)
 ) -> int:
     """``fuse(model)``, run again with the missing shapes inferred if it refused for a reason ending with one of

@@ -23,7 +23,7 @@ from passes.fusion._checks import (
     NO_STATIC_SIZE,
     divide_by_root,
     exponent_fails,
-    fuse_with_inferred_last_dims,
+    fuse_with_inferred_shapes,
     is_float,
     last_axis_refusal,
     root_power,
@@ -159,7 +159,7 @@ class LayerNormFusion(RuleFusionPass):
 
     def fuse(self, model: ir.Model) -> int:
         # The scale of ones needs the last dim: inferred where the graph does not record it.
-        return fuse_with_inferred_last_dims(self, model, super().fuse)
+        return fuse_with_inferred_shapes(self, model, super().fuse)
 
     def rule_set(self) -> list[pattern.RewriteRuleSet]:
         # One rule set per affine form, longest first: the shorter forms match inside the longer.

@@ -51,7 +51,7 @@ from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import ancestry, evaluate
 from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
-from passes.fusion._checks import NOT_KNOWN_3D, fuse_with_inferred_last_dims
+from passes.fusion._checks import NOT_KNOWN_3D, fuse_with_inferred_shapes
 from passes.fusion._layout import last_dim, producer, rank, shape_tokens
 from passes.fusion._probe import (
     DEFAULT_MAX_SEQUENCE,
@@ -431,7 +431,7 @@ class PackedAttentionFusion(FusionPass):
         self._masks: dict[int, tuple[ir.Value, bool] | str] = {}
         self._casts: dict[int, ir.Value] = {}
         # The legacy exporter records no intermediate shapes: ranks ONNX's inference finds are read then.
-        count = fuse_with_inferred_last_dims(self, model, self._fuse, retry_on=(NOT_KNOWN_3D,))
+        count = fuse_with_inferred_shapes(self, model, self._fuse, retry_on=(NOT_KNOWN_3D,))
         # Not refusals, but why a packed op reads the mask as attention_bias instead of mask_index.
         for reason, times in Counter(self._kept).most_common():
             self.decline(f"{times} of {count} packed with {reason}")

@@ -23,7 +23,7 @@ from passes.fusion._checks import (
     centered_by_own_mean,
     divide_by_root,
     exponent_fails,
-    fuse_with_inferred_last_dims,
+    fuse_with_inferred_shapes,
     is_float,
     last_axis_refusal,
     root_power,
@@ -102,7 +102,7 @@ class RmsNormFusion(RuleFusionPass):
 
     def fuse(self, model: ir.Model) -> int:
         # The scale of ones needs the last dim: inferred where the graph does not record it.
-        return fuse_with_inferred_last_dims(self, model, super().fuse)
+        return fuse_with_inferred_shapes(self, model, super().fuse)
 
     def rule_set(self) -> pattern.RewriteRuleSet:
         rules = [

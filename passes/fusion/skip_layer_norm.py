@@ -16,7 +16,7 @@ from onnxscript.rewriter import pattern
 from optimizer.domains import MS_DOMAIN
 from optimizer.runtime import ancestry
 from passes.fusion._base import RuleFusionPass
-from passes.fusion._checks import NOT_KNOWN_3D, fuse_with_inferred_last_dims, is_float, vector_for_last_dim
+from passes.fusion._checks import NOT_KNOWN_3D, fuse_with_inferred_shapes, is_float, vector_for_last_dim
 
 
 def _operand_order(a: ir.Value, b: ir.Value) -> tuple[ir.Value, ir.Value] | None:
@@ -150,7 +150,7 @@ class SkipLayerNormFusion(RuleFusionPass):
 
     def fuse(self, model: ir.Model) -> int:
         # The legacy exporter records no intermediate shapes: ranks ONNX's inference finds are read then.
-        return fuse_with_inferred_last_dims(self, model, super().fuse, retry_on=(NOT_KNOWN_3D,))
+        return fuse_with_inferred_shapes(self, model, super().fuse, retry_on=(NOT_KNOWN_3D,))
 
     def rule_set(self) -> pattern.RewriteRuleSet:
         return pattern.RewriteRuleSet(

@@ -97,13 +97,12 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             _initializer_outputs_computed(model.graph)
         proto = ir.to_proto(model)
         passed_through = _passed_through_outputs(proto.graph) if self.keep_io_types else []
-        infer = not _has_contrib_ops(proto)
-        float16_values = _float32_typed(onnx.shape_inference.infer_shapes(proto) if infer else proto)
+        # Inferred once, here: the converter would infer the same shapes again (it runs onnx's infer_shapes first).
+        if not _has_contrib_ops(proto):
+            proto = onnx.shape_inference.infer_shapes(proto)
+        float16_values = _float32_typed(proto)
         converted = convert_float_to_float16(
-            proto,
-            keep_io_types=self.keep_io_types,
-            op_block_list=blocked,
-            disable_shape_infer=not infer,
+            proto, keep_io_types=self.keep_io_types, op_block_list=blocked, disable_shape_infer=True
         )
         _put_back_outputs(converted.graph, passed_through)
         if moved := _casts_into_their_subgraphs(converted):
