@@ -27,11 +27,11 @@ from optimizer.inputs import (
     as_arrays,
     batch_dims,
     bind_dims,
-    cache_head_sizes,
     check_inputs,
     constant_inputs_note,
     dims_from_inputs,
     fixed_batch_size,
+    free_lengths,
     holds_samples,
     load_inputs,
     make_inputs,
@@ -41,8 +41,8 @@ from optimizer.inputs import (
     refuse_oversized,
     refuse_unreadable_data,
     samples_in,
+    shorter_generated_length,
     split_samples,
-    symbolic_dims,
     verification_bindings,
 )
 from optimizer.model_io import (
@@ -174,10 +174,10 @@ def optimize_with_report(
                 except InputSpecError:
                     # Generated samples drawn at generated lengths the model refuses (CLIP's 77 positions, 128
                     # drawn): shorter, as verification's inputs.
-                    shorter = _shorter_generated_length(ir_model, options.dims, bound, generation_cap)
+                    shorter = shorter_generated_length(ir_model, options.dims, bound, generation_cap)
                     if inputs is not None or warning is None or shorter is None:
                         raise
-                    refused = refused or _free_lengths(ir_model, options.dims, bound)
+                    refused = refused or free_lengths(ir_model, options.dims, bound)
                     generation_cap = shorter
                     continue
             # Shape-specialized candidates take samples only at the bound batch size.
@@ -195,15 +195,15 @@ def optimize_with_report(
                 )
                 break
             except GeneratedInputsRefusedError:
-                shorter = _shorter_generated_length(ir_model, options.dims, bound, generation_cap)
+                shorter = shorter_generated_length(ir_model, options.dims, bound, generation_cap)
                 if shorter is None:
                     raise
-                refused = refused or _free_lengths(ir_model, options.dims, bound)
+                refused = refused or free_lengths(ir_model, options.dims, bound)
                 generation_cap = shorter
         if refused:
             notes.append(
                 f"ONNX Runtime cannot run the input model on generated inputs of {refused}: verified on shorter ones "
-                f"({_free_lengths(ir_model, options.dims, bound)}); give --inputs or --dim for the lengths you run"
+                f"({free_lengths(ir_model, options.dims, bound)}); give --inputs or --dim for the lengths you run"
             )
         if not specializes:
             _add_second_binding(ir_model, verifier, options.dims, generation_cap)
@@ -397,12 +397,12 @@ def _samples(
             )
             break
         except InputSpecError:
-            shorter = _shorter_generated_length(model, dims, dims_from_inputs(model, generated), cap)
+            shorter = shorter_generated_length(model, dims, dims_from_inputs(model, generated), cap)
             if shorter is None:
                 raise
             cap = shorter
     if cap is not None:
-        lengths = _free_lengths(model, dims, dims_from_inputs(model, generated))
+        lengths = free_lengths(model, dims, dims_from_inputs(model, generated))
         warning += f" ({lengths}: ONNX Runtime refused the model at longer ones)"
     return generated, warning
 
@@ -601,35 +601,6 @@ def _verification_inputs(
         generated = make_inputs(model, {**dims_from_inputs(model, arrays), **(dims or {})}, seed=1)
         return [arrays, generated], [label, f"generated ({_shapes(model, generated)}), beside {label}"]
     return [arrays], [label]
-
-
-def _free_dims(model: ir.Model, dims: Mapping[str, int] | None) -> list[str]:
-    """The symbolic input dims verification sizes itself: not given by ``dims``, not fixed by the model, not a
-    batch."""
-    taken = {*(dims or {}), *cache_head_sizes(model), *batch_dims(model)}
-    return [name for name in symbolic_dims(model) if name not in taken]
-
-
-def _free_lengths(model: ir.Model, dims: Mapping[str, int] | None, bound: Mapping[str, int]) -> str:
-    """``name=size, ...`` of the free dims (``_free_dims``) as ``bound``."""
-    return ", ".join(f"{name}={bound[name]}" for name in _free_dims(model, dims) if name in bound)
-
-
-def _shorter_generated_length(
-    model: ir.Model, dims: Mapping[str, int] | None, bound: Mapping[str, int], cap: int | None = None
-) -> int | None:
-    """Half the longest free dim of ``bound`` (``_free_dims``), to generate inputs again where the input model
-    refused them (CLIP's text encoder reads 77 positions and refuses the default 128); None at 8 or fewer, where
-    no dim is free (the lengths are the user's or the model's), or where it would not be below ``cap``, the
-    lengths' bound already tried (a mask's past + new tokens over a --dim length: the same inputs again)."""
-    longest = max((bound[name] for name in _free_dims(model, dims) if name in bound), default=None)
-    if longest is None or longest <= _SHORTEST_GENERATED:
-        return None
-    shorter = max(longest // 2, _SHORTEST_GENERATED)
-    return None if cap is not None and shorter >= cap else shorter
-
-
-_SHORTEST_GENERATED = 8
 
 
 def _add_second_binding(

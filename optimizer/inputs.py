@@ -158,6 +158,35 @@ def bind_dims(
     return _with_cache_lengths(model, bound, {**fixed, **overrides}, max_positions)
 
 
+def free_dims(model: ir.Model, dims: Mapping[str, int] | None) -> list[str]:
+    """The symbolic input dims verification sizes itself: not given by ``dims``, not fixed by the model, not a
+    batch."""
+    taken = {*(dims or {}), *cache_head_sizes(model), *batch_dims(model)}
+    return [name for name in symbolic_dims(model) if name not in taken]
+
+
+def free_lengths(model: ir.Model, dims: Mapping[str, int] | None, bound: Mapping[str, int]) -> str:
+    """``name=size, ...`` of the free dims (``free_dims``) as ``bound``."""
+    return ", ".join(f"{name}={bound[name]}" for name in free_dims(model, dims) if name in bound)
+
+
+def shorter_generated_length(
+    model: ir.Model, dims: Mapping[str, int] | None, bound: Mapping[str, int], cap: int | None = None
+) -> int | None:
+    """Half the longest free dim of ``bound`` (``free_dims``), to generate inputs again where the input model
+    refused them (CLIP's text encoder reads 77 positions and refuses the default 128); None at 8 or fewer, where
+    no dim is free (the lengths are the user's or the model's), or where it would not be below ``cap``, the
+    lengths' bound already tried (a mask's past + new tokens over a --dim length: the same inputs again)."""
+    longest = max((bound[name] for name in free_dims(model, dims) if name in bound), default=None)
+    if longest is None or longest <= SHORTEST_GENERATED:
+        return None
+    shorter = max(longest // 2, SHORTEST_GENERATED)
+    return None if cap is not None and shorter >= cap else shorter
+
+
+SHORTEST_GENERATED = 8
+
+
 _PAST_NAME = re.compile(r"past|cache", re.IGNORECASE)
 _IDS_NAME = re.compile(r"input_ids|^ids$|tokens", re.IGNORECASE)
 

@@ -4,9 +4,12 @@ CLIP's text encoder adds a table of 77 positions sliced by the sequence length, 
 default 128 tokens (a broadcast error) and `graphopt optimize` stopped with exit 2 on a model that runs at every
 length up to 77. The first set is now generated again at half the length until the model runs (down to 8), with a
 warning that names the lengths verified; lengths the user gives (`--dim`, `--inputs`) are never shortened.
+`graphopt compare` shortens its generated inputs the same way (it stopped with exit 2 where optimize verified).
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import onnx
@@ -57,13 +60,29 @@ def test_a_length_the_user_gives_is_not_shortened():
         optimize_with_report(_position_table_model(), ["remove-identity"], dims={"sequence": 64})
 
 
-def test_compare_names_the_generated_sizes_a_model_refuses(tmp_path, capsys):
-    # compare times the lengths it is given or generates; it does not shorten them, but says what it generated.
+def test_compare_shortens_generated_inputs_a_model_refuses(tmp_path, capsys):
+    # compare stopped with exit 2 where optimize verified on shorter inputs: it now times and scores the same way.
     path = tmp_path / "positions.onnx"
     onnx.save(ir.to_proto(_position_table_model()), path)
-    code, _, err = run_cli(["compare", path, path, "--time-budget", "0.5", "--iterations", "5", "-q"], capsys)
+    json_path = tmp_path / "compare.json"
+    code, _, err = run_cli(
+        ["compare", path, path, "--time-budget", "0.5", "--iterations", "5", "-q", "--json", json_path], capsys
+    )
+    assert code == 0, err
+    report = json.loads(json_path.read_text())
+    (warning,) = [w for w in report["warnings"] if "generated inputs of" in w]
+    assert "generated inputs of sequence=128: compared on shorter ones (sequence=16)" in warning
+
+
+def test_compare_names_the_generated_sizes_where_nothing_shortens(tmp_path, capsys):
+    # A length the user binds is never shortened: the error names the generated sizes and the ways out.
+    path = tmp_path / "positions.onnx"
+    onnx.save(ir.to_proto(_position_table_model()), path)
+    code, _, err = run_cli(
+        ["compare", path, path, "--dim", "sequence=64", "--time-budget", "0.5", "--iterations", "5", "-q"], capsys
+    )
     assert code == 2
-    assert "the inputs were generated (batch=1, sequence=128): bind other sizes with --dim NAME=SIZE" in err
+    assert "the inputs were generated (batch=1, sequence=64): bind other sizes with --dim NAME=SIZE" in err
     assert "Traceback" not in err
 
 

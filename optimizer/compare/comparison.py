@@ -56,10 +56,12 @@ from optimizer.inputs import (
     _read_npz,  # the hardened .npz reader: held-out text is read before any input is checked
     as_arrays,
     batch_dims,
+    bind_dims,
     dims_from_inputs,
     fixed_batch_size,
     fixes_batch,
     format_bytes,
+    free_lengths,
     make_inputs,
     nan_note,
     open_samples,
@@ -67,6 +69,7 @@ from optimizer.inputs import (
     refuse_oversized,
     refuse_unreadable_data,
     runtime_inputs,
+    shorter_generated_length,
     split_samples,
 )
 from optimizer.llm_accuracy import LLMAccuracy, TokenText, measure_llm_accuracy, random_text, text_from_arrays
@@ -376,32 +379,50 @@ def _compare(
     )
     batch_axes = _batch_axes(before_model, batch_names)
     padding = functools.partial(padded_outputs, before_model, layout=padding_layout(before_model))
-    results = []
-    for ep in providers:
-        if not ep.available:
-            results.append(ProviderResult(ep.name, False, ep.reason))
-            continue
-        with _hint_on_generated_inputs(inputs is None and generation is None, str(before), before_model, base_inputs):
-            measured = _measure_provider(
-                str(before),
-                str(after),
-                ep,
-                base_inputs,
-                _batch_of(before_model, base_inputs, batch_names),
-                batch_names,
-                settings,
-                plan,
-                threads,
-                _score_outputs(before_model),
-                warnings,
-                progress,
-                generation,
-                data,
-                accuracy_batches,
-                batch_axes,
-                padding,
-            )
-        results.append(measured)
+    generated = inputs is None and generation is None
+    cap, refused, noted = None, "", len(warnings)
+    while True:
+        try:
+            results = []
+            for ep in providers:
+                if not ep.available:
+                    results.append(ProviderResult(ep.name, False, ep.reason))
+                    continue
+                with _hint_on_generated_inputs(generated, str(before), before_model, base_inputs, dims, cap):
+                    measured = _measure_provider(
+                        str(before),
+                        str(after),
+                        ep,
+                        base_inputs,
+                        _batch_of(before_model, base_inputs, batch_names),
+                        batch_names,
+                        settings,
+                        plan,
+                        threads,
+                        _score_outputs(before_model),
+                        warnings,
+                        progress,
+                        generation,
+                        data,
+                        accuracy_batches,
+                        batch_axes,
+                        padding,
+                    )
+                results.append(measured)
+            break
+        except _ShorterInputs as shorter:
+            # BEFORE refused the generated lengths (CLIP's text encoder reads 77 positions, 128 are generated):
+            # everything again on inputs of half the length, as optimize verifies.
+            refused = refused or free_lengths(before_model, dims, dims_from_inputs(before_model, base_inputs))
+            cap = shorter.cap
+            del warnings[noted:]
+            base_inputs = make_inputs(before_model, bind_dims(before_model, dims, max_positions=cap))
+    if refused:
+        warnings.append(
+            f"ONNX Runtime cannot run {before} on generated inputs of {refused}: compared on shorter ones "
+            f"({free_lengths(before_model, dims, dims_from_inputs(before_model, base_inputs))}); "
+            "give --inputs or --dim for the lengths you run"
+        )
     for result in results:
         for usage in (result.memory_before, result.memory_after):
             if usage is not None and not usage.resettable:
@@ -420,19 +441,37 @@ def _compare(
     )
 
 
+class _ShorterInputs(Exception):
+    """BEFORE refused generated inputs that can be generated shorter: at most ``cap`` along the free dims."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(cap)
+        self.cap = cap
+
+
 @contextlib.contextmanager
 def _hint_on_generated_inputs(
-    generated: bool, before: str, model: ir.Model, inputs: Mapping[str, np.ndarray]
+    generated: bool,
+    before: str,
+    model: ir.Model,
+    inputs: Mapping[str, np.ndarray],
+    dims: Mapping[str, int] | None = None,
+    cap: int | None = None,
 ) -> Iterator[None]:
-    """ONNX Runtime refusing BEFORE (``before``, its path; ``model``) on inputs graphopt generated says which sizes
-    they had and how to choose others (CLIP's text encoder reads 77 positions and refuses the default 128). AFTER
-    refusing inputs BEFORE ran on is AFTER's failure: its error is left as it is."""
+    """ONNX Runtime refusing BEFORE (``before``, its path; ``model``) on inputs graphopt generated: ``_ShorterInputs``
+    where the free dims (not ``dims``, the user's; not a batch) can be halved below ``cap``, the bound last tried,
+    else an error that says which sizes they had and how to choose others. AFTER refusing inputs BEFORE ran on
+    is AFTER's failure: its error is left as it is."""
     try:
         yield
     except InvalidModelError as error:
         if not generated or not str(error).startswith(f"{before}: ONNX Runtime cannot run it on"):
             raise
-        sizes = ", ".join(f"{name}={size}" for name, size in dims_from_inputs(model, inputs).items())
+        bound = dims_from_inputs(model, inputs)
+        shorter = shorter_generated_length(model, dims, bound, cap)
+        if shorter is not None:
+            raise _ShorterInputs(shorter) from error
+        sizes = ", ".join(f"{name}={size}" for name, size in bound.items())
         raise InvalidModelError(
             f"{one_line(error)}; the inputs were generated ({sizes}): bind other sizes with --dim NAME=SIZE, "
             "or give real inputs with --inputs FILE.npz"
