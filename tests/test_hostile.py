@@ -831,3 +831,22 @@ def test_command_line_mistakes_are_one_line_without_the_usage_block(capsys, argv
     assert raised.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("graphopt: error: ") and "\n" not in error and "--help)" in error
+
+
+def test_a_symlink_at_the_output_is_replaced_and_a_report_link_written_through(tmp_path, capsys):
+    # README: -o's link becomes the model file (weights beside a link's target would not load through the link);
+    # a report path that is a link is written through to its target.
+    model = tmp_path / "in.onnx"
+    onnx.save(_affine(), model)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "old.onnx").write_bytes(b"kept")
+    (elsewhere / "old.json").write_text("{}")
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    out.symlink_to(elsewhere / "old.onnx")
+    report.symlink_to(elsewhere / "old.json")
+    rc, _, err = _cli(["optimize", model, "-o", out, "--pipeline-json", report, "-q"], capsys)
+    assert rc == 0, err
+    assert not out.is_symlink() and np.allclose(_ort_y(out), _ort_y(model))
+    assert (elsewhere / "old.onnx").read_bytes() == b"kept"
+    assert report.is_symlink() and '"passes"' in (elsewhere / "old.json").read_text()
