@@ -608,16 +608,23 @@ def _add_second_binding(
 ) -> None:
     """Verify at a second binding of the dims not fixed by ``dims`` too: a rewrite that bakes one
     shape in fails there. Longer sequences first (twice the default plus one: past sliding
-    windows the default length does not reach), else shorter (half) if the original cannot
-    run that long; padded at both ends. Lengths stay within ``max_positions``; where that leaves
-    one of the longer binding's lengths that of the first, the shorter binding is taken."""
+    windows the default length does not reach), else shorter (half plus one) if the original cannot
+    run that long, else half (an image detector's sizes must halve evenly); padded at both ends.
+    Lengths stay within ``max_positions``; where that leaves one of the longer binding's lengths that of
+    the first, a shorter binding is taken."""
     first = dims_from_inputs(model, verifier.inputs)
-    for longer in (True, False):
-        alternate = alternate_binding(model, dims, longer=longer, base=first, max_positions=max_positions)
+    candidates: list[dict[str, int]] = []
+    for longer, exact_half in ((True, False), (False, False), (False, True)):
+        alternate = alternate_binding(
+            model, dims, longer=longer, base=first, max_positions=max_positions, exact_half=exact_half
+        )
         if alternate is None:
             return
         if longer and max_positions is not None and _cap_undid_a_change(model, dims, first, alternate):
             continue  # capped at max_positions: a length left as the first's, where a baked-in one would pass
+        if alternate != first and alternate not in candidates:
+            candidates.append(alternate)
+    for count, alternate in enumerate(candidates, 1):
         try:
             inputs, how = _model_cache(model, make_inputs(model, alternate, seed=1), seed=1)
         except InputSpecError:
@@ -627,7 +634,7 @@ def _add_second_binding(
         if masks and not pads_both_ends(inputs, masks):
             inputs, how = padded_copy(inputs, masks)
             label += f", {how}"
-        if verifier.add_input_set(inputs, label, report_drop=not longer):
+        if verifier.add_input_set(inputs, label, report_drop=count == len(candidates)):
             return
 
 

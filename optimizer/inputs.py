@@ -389,11 +389,14 @@ def alternate_binding(
     longer: bool = False,
     base: Mapping[str, int] | None = None,
     max_positions: int | None = None,
+    exact_half: bool = False,
 ) -> dict[str, int] | None:
     """A second binding that changes every dim not fixed by ``overrides``, or None if there is none.
 
     From ``base`` (the sizes of the first verification set; the defaults where it does
-    not say), batch-like dims grow by one; others go to about half, which stays inside
+    not say), batch-like dims grow by one; others go to about half (half plus one, or with
+    ``exact_half`` half, for a detector whose feature maps must halve evenly: YOLO's 65 × 65
+    fails its upsampling Concat, 64 × 64 runs), which stays inside
     position tables sized for the default, or with ``longer`` to twice the larger of
     ``base`` and the default, plus one (past a sliding window or a table of that size);
     token counts stay within ``max_positions`` (``bind_dims``) and the tables that bound a decoder's
@@ -418,6 +421,8 @@ def alternate_binding(
             alternate[name] = bound[name] + 1
         elif longer:
             alternate[name] = 2 * max(bound[name], defaults[name]) + 1
+        elif exact_half:
+            alternate[name] = max(bound[name] // 2, 1)
         else:
             alternate[name] = bound[name] // 2 + 1
     alternate = _with_cache_lengths(model, alternate, {**fixed, **overrides}, max_positions)
