@@ -90,3 +90,26 @@ def test_an_output_that_is_an_initializer_an_input_or_repeated_converts(extra, k
         assert all(array.dtype == np.float32 for array in outputs.values())
         if extra == "x":
             assert np.array_equal(outputs["x"], feeds["x"])  # a graph input passed through is not rounded
+
+
+def test_a_float_constant_inside_a_local_function_is_converted_with_its_call():
+    # The converter retyped the call's input to float16 and left the function's Constant float32: ONNX Runtime
+    # refused Mul(float16, float32) and a valid model was rolled back ("B has inconsistent type"). The functions
+    # are inlined first (ONNX Runtime inlines them at load anyway).
+    body = [
+        helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("Mul", ["a", "c"], ["b"]),
+    ]
+    function = helper.make_function("local", "Half", ["a"], ["b"], body, [helper.make_opsetid("", 18)])
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Half", ["h"], ["y"], domain="local")],
+        "g",
+        [_float("x", ["B", 8])],
+        [_float("y", ["B", 8])],
+        initializer=[weight],
+    )
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("local", 1)]
+    proto = helper.make_model(graph, opset_imports=opsets, functions=[function], ir_version=9)
+    record = _record(ir.from_proto(proto), None)
+    assert record.status == "applied", record.detail

@@ -23,6 +23,7 @@ from typing import TypeVar
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes import common as common_passes
 
 from optimizer.domains import MS_DOMAIN
 from optimizer.protocol import Twin
@@ -65,6 +66,9 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     is held to the accuracy budget beside the result (a ``MatMul`` to 192000 was verified
     on CPU and infinite on a GPU).
 
+    Local functions are inlined first: the converter retypes a call's inputs but not the
+    function's own float32 constants.
+
     Keeping I/O types, a graph output that is an initializer is computed by an
     ``Identity`` of it, and one that is a graph input or repeats another is set aside
     while converting and put back: the converter defined such outputs twice.
@@ -88,6 +92,11 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             return self.result(model.clone(), modified=False)
         blocked = list(DEFAULT_OP_BLOCK_LIST) + list(self.block_ops)
         model = model.clone()  # a functional pass: the bounds are clamped in a copy
+        if model.functions:
+            # The converter retypes a call's float inputs and leaves the function's own float Constants float32
+            # (Mul(float16, float32): ONNX Runtime refused the result); ONNX Runtime inlines them at load anyway.
+            common_passes.InlinePass()(model)
+            self.note("local functions inlined (the converter does not convert their bodies)")
         clamped = _clamp_bounds(model, set(blocked), float16_outputs=not self.keep_io_types)
         bounds = f"{len(clamped)} Max/Min bound{'' if len(clamped) == 1 else 's'} clamped to float16's range"
         if clamped:
