@@ -26,6 +26,8 @@ from onnxscript import rewriter
 from onnxscript.rewriter import _pattern_ir, pattern
 from onnxscript.rewriter.rules.common import (
     _cast_constant_of_shape,
+    _fuse_batchnorm,
+    _fuse_pad_into_conv,
     _fuse_relus_clips,
     _min_max_to_clip,
     _no_op,
@@ -45,7 +47,13 @@ from passes._canonical_forms import (
     VECTOR_RULES,
 )
 from passes._pass import GraphoptPass
-from passes._utils import declared_shapes_inferred, linear_rule_set, overridable_inputs_hidden, remove_dead_nodes
+from passes._utils import (
+    constant_array,
+    declared_shapes_inferred,
+    linear_rule_set,
+    overridable_inputs_hidden,
+    remove_dead_nodes,
+)
 from passes.cleanup import LiftConstantsPass, RemoveIdentityPass
 
 
@@ -55,8 +63,9 @@ class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
     ``Identity`` nodes they leave for removed no-ops and any dead nodes.
 
     Each rule checks its own preconditions (constant operands, matching shapes and
-    dtypes, inference-mode BatchNormalization, ...) and leaves non-matching nodes
-    alone. An initializer that is also a graph input (a default a caller may override)
+    dtypes, inference-mode BatchNormalization with one statistic per channel of the layer's
+    weight type, a Pad folded into ConvInteger only where its zero point is 0, ...) and leaves
+    non-matching nodes alone. An initializer that is also a graph input (a default a caller may override)
     is no constant operand here.
     """
 
@@ -174,6 +183,69 @@ class _AssigningScatterAllStatic(_redundant_scatter_nd.ScatterAllStatic):
         return super().check(context, data, indices, updates, **kwargs)
 
 
+class _FoldableBatchNorm:
+    """onnxscript's BatchNormalization folds into the Conv/ConvTranspose/Gemm before it, refused where the folded
+    layer would compute something else or not load: a BatchNormalization in training mode (it normalizes by the
+    batch's own statistics, not its running ones), one whose statistics are not one per channel (opset 7's
+    ``spatial=0``: one per position; the fold raised a broadcasting error), or one whose parameters are of another
+    type than the layer's weight (opset 15 allows float32 statistics beside a float16 input: the folded weight
+    took their type, a Conv ONNX Runtime refuses; float16 statistics beside a float32 weight lose its precision)."""
+
+    def check(self, context, x, inbound_out, batchnorm_out, **kwargs):
+        result = super().check(context, x, inbound_out, batchnorm_out, **kwargs)
+        if not result:
+            return result
+        batchnorm, layer = batchnorm_out.producer(), inbound_out.producer()
+        if batchnorm.attributes.get_int("training_mode", 0):
+            return result.fail("the BatchNormalization is in training mode: it normalizes by the batch's statistics")
+        weight = layer.inputs[1].const_value
+        bias = layer.inputs[2] if len(layer.inputs) > 2 else None
+        parameters = [value.const_value for value in (*batchnorm.inputs[1:], bias) if value is not None]
+        if any(tensor.dtype != weight.dtype for tensor in parameters):
+            return result.fail("the BatchNormalization's parameters are not of the layer's weight type")
+        channels = _output_channels(layer, weight.shape)
+        if any(tuple(tensor.shape) != (channels,) for tensor in parameters[:4]):
+            return result.fail(f"the BatchNormalization's parameters are not one per channel ({channels})")
+        return result
+
+
+def _output_channels(layer: ir.Node, shape) -> int:
+    """The output channels of a Conv (weight ``[M, C/g, ...]``), ConvTranspose (``[C, M/g, ...]``) or Gemm."""
+    if layer.op_type == "Conv":
+        return shape[0]
+    if layer.op_type == "ConvTranspose":
+        return shape[1] * layer.attributes.get_int("group", 1)
+    return shape[0] if layer.attributes.get_int("transB", 0) else shape[1]
+
+
+class _SafeBatchNormIntoConv(_FoldableBatchNorm, _fuse_batchnorm.FuseBatchNormIntoConv):
+    pass
+
+
+class _SafeBatchNormIntoConvTranspose(_FoldableBatchNorm, _fuse_batchnorm.FuseBatchNormIntoConvTranspose):
+    pass
+
+
+class _SafeBatchNormIntoGemm(_FoldableBatchNorm, _fuse_batchnorm.FuseBatchNormIntoGemm):
+    pass
+
+
+class _ZeroPointFreeConvIntegerPad(_fuse_pad_into_conv.FuseConvIntegerPad):
+    """onnxscript's ``Pad`` into ``ConvInteger``, only where the ConvInteger's ``x_zero_point`` is 0 or absent:
+    ConvInteger pads with its zero point, the Pad with 0 (folded, a zero point of 128 turned the padding's 0 into
+    128)."""
+
+    def check(self, context, x, pad, conv, **kwargs):
+        result = super().check(context, x, pad, conv, **kwargs)
+        if not result:
+            return result
+        node = conv.producer()
+        point = node.inputs[2] if len(node.inputs) > 2 else None
+        if point is not None and ((array := constant_array(point)) is None or np.any(array != 0)):
+            return result.fail("the ConvInteger pads with its x_zero_point, which is not 0: the Pad pads with 0")
+        return result
+
+
 # The types ONNX Runtime's ConstantOfShape fills (not float8, int4, strings): a fused one of another type does not load.
 _FILLABLE = frozenset(
     {
@@ -231,6 +303,10 @@ _REPLACED = {
     id(_fuse_relus_clips.successive_clip_relu_rule): _SafeSuccessiveClipRelu().rule(),
     id(_fuse_relus_clips.successive_relu_clip_rule): _SafeSuccessiveReluClip().rule(),
     id(_redundant_scatter_nd.no_op_static_scatter_nd_rule): _AssigningScatterAllStatic.rule(),
+    id(_fuse_batchnorm.fuse_batchnorm_into_conv_rule): _SafeBatchNormIntoConv().rule(),
+    id(_fuse_batchnorm.fuse_batchnorm_into_conv_transpose_rule): _SafeBatchNormIntoConvTranspose().rule(),
+    id(_fuse_batchnorm.fuse_batchnorm_into_gemm_rule): _SafeBatchNormIntoGemm().rule(),
+    id(_fuse_pad_into_conv.fuse_pad_into_conv_integer_rule): _ZeroPointFreeConvIntegerPad.rule(),
     id(_min_max_to_clip.min_max_rule): _SafeMinMaxToClip().rule(),
     id(_min_max_to_clip.max_min_rule): _SafeMaxMinToClip().rule(),
     id(_cast_constant_of_shape.cast_constant_of_shape_rule): pattern.RewriteRule(
