@@ -25,10 +25,11 @@ MatMulNBits merged*) and on the int4 Llama fixture's decode step on CUDA (an H20
 float original merged, 0.705× unmerged; *CUDA*), so it runs by default on both targets.
 
 Refuses (counted, with the reason) a group member whose packed weight, scales, zero
-points or bias are not constants, whose packed weight another node also reads (a tied
-embedding table's ``GatherBlockQuantized``, a layer sharing the weight: the pass runs after
-``deduplicate-initializers`` so that such sharing is visible), that has ``g_idx``, or whose zero points are
-float beside uint8 ones; members that differ in ``K``, ``bits``, ``block_size`` or
+points or bias are not constants, whose packed weight or scales another node also reads
+(a tied embedding table's ``GatherBlockQuantized``, a layer sharing the weight: the pass
+runs after ``deduplicate-initializers`` so that such sharing is visible; zero points or a
+bias other nodes read too are small and copied), that has ``g_idx``, or whose zero points
+are float beside uint8 ones; members that differ in ``K``, ``bits``, ``block_size`` or
 ``accuracy_level`` form separate groups.
 """
 
@@ -73,7 +74,7 @@ class MatMulNBitsMergeFusion(FusionPass):
     (their exact ``Add(_, MatMul(c, T))`` corrections merged too when they share ``c``).
 
     Refuses (counted, with the reason) members with non-constant weights, scales, zero
-    points or bias, a packed weight another node also reads, ``g_idx``, or float zero
+    points or bias, a packed weight or scales another node also reads, ``g_idx``, or float zero
     points beside uint8 ones (see the module docstring).
     """
 
@@ -239,7 +240,9 @@ def _member(node: ir.Node) -> _Member | str:
             continue
         if value.is_graph_input() or value.is_graph_output():
             return f"{value.name!r} is a graph input or output: the merged copy would not follow it"
-        if len(value.uses()) > 1 and value is not inputs[_BIAS]:  # a bias (N floats) is small beside its weight
+        # A bias (N floats) and zero points (one byte per two blocks) are small beside their weight: copied. Equal
+        # zero points are shared after merge-subexpressions (every layer of a symmetric export storing 8s).
+        if len(value.uses()) > 1 and value is not inputs[_BIAS] and value is not inputs[_ZERO_POINTS]:
             return f"{value.name!r} is read by another node too (a tied table, a shared layer): merging would copy it"
     weight, scales = constant_array(inputs[_B]), constant_array(inputs[_SCALES])
     if weight is None or scales is None:
