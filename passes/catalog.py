@@ -135,7 +135,7 @@ CATALOG: tuple[PassSpec, ...] = (
     PassSpec("simplify-shapes", lambda c: _pass("passes.shape_simplification:ShapeSimplificationPass")(), "Rewrite computed Reshape/Expand targets as constants with 0/-1, keeping shapes dynamic.", default_for=BOTH),
     PassSpec("merge-subexpressions", lambda c: _pass("passes.cleanup:EliminateCommonSubexpressionsPass")(), "Merge duplicate computations, e.g. repeated Shape chains (onnx-ir).", default_for=BOTH),
     PassSpec("lift-constants", lambda c: _pass("passes.cleanup:LiftConstantsPass")(), "Turn Constant nodes into initializers (onnx-ir).", default_for=BOTH),
-    PassSpec("share-transposed-initializers", lambda c: _pass("passes.initializer_deduplication:ShareTransposedInitializersPass")(), "Store an initializer that holds another's transpose as Transpose(other): the legacy export's tied LM head.", default_for=BOTH),
+    PassSpec("share-transposed-initializers", lambda c: _pass("passes.initializer_deduplication:ShareTransposedInitializersPass")(), "Store an initializer that holds another's transpose as Transpose(other) (the legacy export's tied LM head), and merge its exact copies read as layer weights, before any layer is rewritten.", default_for=BOTH),
     PassSpec("fuse-layer-norm", lambda c: _pass("passes.fusion.layer_norm:LayerNormFusion")(c.target), "Decomposed LayerNorm into LayerNormalization (opset 17+)."),
     PassSpec("fuse-rms-norm", lambda c: _pass("passes.fusion.rms_norm:RmsNormFusion")(c.target), "Decomposed RMSNorm into SimplifiedLayerNormalization.", default_for=BOTH),
     PassSpec("fuse-gelu", lambda c: _pass("passes.fusion.gelu:GeluFusion")(c.target), "Erf/tanh/sigmoid GELU formulas, recognised by what they compute, into Gelu/FastGelu/QuickGelu."),

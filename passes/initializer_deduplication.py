@@ -8,7 +8,9 @@ hashes a contiguous copy, block by block.
 
 ``ShareTransposedInitializersPass`` stores a matrix and its transpose once: the legacy
 exporter writes a tied LM head's weight as a separate initializer holding the embedding
-table's transpose (SmolLM2: 113 MB, 17 % of the file).
+table's transpose (SmolLM2: 113 MB, 17 % of the file). It also merges, ahead of the
+approximate passes, a matrix's exact copies read only as layer weights: the legacy
+exporter folds ``Transpose(W)`` once per reader, so ALBERT's shared layers read a copy each.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class DeduplicateInitializersPass(GraphoptPass, ir.passes.InPlacePass):
 
 
 class ShareTransposedInitializersPass(GraphoptPass, ir.passes.InPlacePass):
-    """Rewrite a 2-D initializer that holds another's exact transpose into ``Transpose(other)``.
+    """Rewrite a 2-D initializer that holds another's exact transpose into ``Transpose(other)``, and
+    point the readers of one that is another's exact copy at that other.
 
     The legacy exporter's tied LM head (``MatMul(x, lm_head.weight)`` with ``lm_head.weight
     == table.T``) becomes the dynamo exporter's spelling, ``MatMul(x, Transpose(table))``,
@@ -55,6 +58,16 @@ class ShareTransposedInitializersPass(GraphoptPass, ir.passes.InPlacePass):
     (leaves both) pairs whose readers are all something else, graph inputs or outputs,
     tensors of fewer than ``min_elements`` values or with a dimension of 1 (a reshape, not a
     transpose), and values not loaded. Exact: the bytes of one equal the other's transpose.
+
+    An exact copy (same dtype, shape and bytes) whose every reader is a MatMul or Gemm weight
+    input is merged into the other here, not only by ``deduplicate-initializers`` at the end of
+    the pipeline: the legacy exporter folds ``Transpose(W)`` once per reader, so ALBERT's layers,
+    which share their weights, each read an identical copy, and a tied head may read the table's
+    copy (``Gemm(x, copy, transB=1)``). Left apart until the end, every approximate pass treated
+    the copies as unrelated weights: pruning and GPTQ wrote a different copy per reader (a file
+    larger than without them) and int8 quantized a tied head beside the float table. Merged, they
+    see one weight read by several layers (refused by pruning, fitted once by GPTQ). Not into a
+    kept one whose name a subgraph defines too (``passes._utils.names_defined_twice``).
     """
 
     def __init__(self, min_elements: int = 1024) -> None:
@@ -62,13 +75,20 @@ class ShareTransposedInitializersPass(GraphoptPass, ir.passes.InPlacePass):
         self.min_elements = min_elements
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        shared = sum(_share_transposed(graph, self.min_elements, self.refuse) for graph in model.graphs())
+        shadowed = names_defined_twice(model)
+        merged = shared = 0
+        for graph in model.graphs():
+            copies, transposes = _share_transposed(graph, self.min_elements, self.refuse, shadowed)
+            merged, shared = merged + copies, shared + transposes
+        if merged:
+            self.note(f"{merged} initializers merged into an identical one read as a weight too (a copy per reader)")
         if shared:
             self.note(f"{shared} initializers stored as Transpose of the tensor they transpose (a tied LM head)")
-        return ir.passes.PassResult(model, modified=bool(shared))
+        return ir.passes.PassResult(model, modified=bool(merged or shared))
 
 
-def _share_transposed(graph: ir.Graph, min_elements: int, refuse) -> int:
+def _share_transposed(graph: ir.Graph, min_elements: int, refuse, shadowed: Collection[str] = ()) -> tuple[int, int]:
+    """Merge exact copies read only as weights, then share transposed ones; how many of each."""
     by_shape: dict[tuple, list[ir.Value]] = {}
     for value in graph.initializers.values():
         tensor = value.const_value
@@ -86,8 +106,24 @@ def _share_transposed(graph: ir.Graph, min_elements: int, refuse) -> int:
             digests[key] = _digest(np.ascontiguousarray(array.T) if transposed else array)
         return digests[key]
 
-    shared = 0
+    merged = shared = 0
     replaced: set[int] = set()
+    for values in by_shape.values():
+        for copy in reversed(values):  # the first of equal ones is kept
+            if not _read_as_weight(copy):
+                continue
+            for kept in values:
+                if kept is copy or id(kept) in replaced or kept.name in shadowed:
+                    continue
+                if digest(kept, False) != digest(copy, False):
+                    continue
+                if not np.array_equal(_contiguous(kept.const_value), _contiguous(copy.const_value)):
+                    continue  # a NaN (equal bytes), or a hash collision
+                copy.replace_all_uses_with(kept)
+                del graph.initializers[copy.name]
+                replaced.add(id(copy))
+                merged += 1
+                break
     for (dtype, shape), values in list(by_shape.items()):
         for copy in values:
             if id(copy) in replaced:
@@ -105,7 +141,7 @@ def _share_transposed(graph: ir.Graph, min_elements: int, refuse) -> int:
                 replaced.add(id(victim))
                 shared += 1
                 break
-    return shared
+    return merged, shared
 
 
 def _read_as_weight(value: ir.Value) -> bool:

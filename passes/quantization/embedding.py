@@ -16,6 +16,9 @@ from passes.quantization._int8 import quantize_weight
 
 # Tables smaller than this stay float: the saving is not worth three extra nodes.
 _MIN_ELEMENTS = 1 << 16
+# No scale stands for a NaN or an infinity: a row holding one came back all NaN (an infinity), or rounded to whole
+# numbers with its NaN gone (a NaN peak read as a zero row), and verification never saw it unless it looked it up.
+_NOT_FINITE = "it holds NaN or Inf, which no scale stands for"
 
 
 class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
@@ -27,9 +30,10 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     graph are rewritten too, so the float table goes. Refuses (leaves float) tables read by
     anything but row Gathers (an LM head tied to the embeddings, a fused
     EmbedLayerNormalization), Gathers on another axis,
-    tables under 65,536 values, and tables one of whose lookups an ``exclude`` glob
-    (``--exclude``) matches by node name or op type (``Gather``). Its notes say how many
-    bytes it saved.
+    tables under 65,536 values, tables holding a NaN or an infinity (no scale stands for one:
+    such a row came back all NaN, or rounded to whole numbers), and tables one of whose lookups
+    an ``exclude`` glob (``--exclude``) matches by node name or op type (``Gather``). Its notes
+    say how many bytes it saved.
 
     The twin (kind ``"float32"``): the input with each such table replaced by its
     dequantized int8 rows, the same float arithmetic otherwise. Where the input already
@@ -68,6 +72,11 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 continue
             if table.name in kept or not _main_graph_constant(table, graph):
                 continue  # (a table held inside a body stays as it is)
+            if table.name not in tables and not np.isfinite(array).all():
+                if table.name not in refused:
+                    refused.add(table.name)
+                    self.refuse("embedding tables", _NOT_FINITE)
+                continue
             if any(
                 user.op_type != "Gather" or index != 0 or user.attributes.get_int("axis", 0)
                 for user, index in table.uses()

@@ -101,8 +101,9 @@ class Int4QuantizationPass(QuantizationPass):
       ``bits=8``. When the head stays float the table does too (quantizing only the
       lookup adds a copy); a head with float zero points (HQQ's, a Q4_1 grid's block
       offsets) cannot be shared (GatherBlockQuantized reads uint8 zero points only): refused.
-      Tables under 65,536 values, whose width is not a multiple of the block, or read inside
-      an ``If``/``Loop``/``Scan`` body stay float.
+      Tables under 65,536 values, whose width is not a multiple of the block, holding a NaN
+      or an infinity (its block came back all NaN), or read inside an ``If``/``Loop``/``Scan``
+      body stay float.
 
     The twin (kind ``"int4"``): the input with each chosen weight replaced by its
     dequantized float32 values, and at accuracy_level 4 each such layer's input
@@ -526,6 +527,8 @@ class Int4QuantizationPass(QuantizationPass):
             elif any(user.graph is not model.graph for user, _ in table.uses()):
                 # Only the main graph's lookups are rewritten: a body's would keep the float table beside the copy.
                 reason = "read inside an If/Loop/Scan body, whose lookups this pass does not rewrite"
+            elif not np.isfinite(array).all():  # a block holding one came back all NaN
+                reason = "it holds NaN or Inf, which no scale stands for"
             elif any(
                 (user.op_type != "Gather" or index != 0 or user.attributes.get_int("axis", 0))
                 # The dynamo exporter's tie: the head reads Transpose(table).
