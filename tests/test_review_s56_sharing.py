@@ -36,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 from optimizer.api import optimize_with_report
 from passes.initializer_deduplication import ShareTransposedInitializersPass
 from tests.helpers import assert_same_outputs
-from tests.test_tied_weights import stored_tensors, tied_lm, token_ids
+from tests.test_tied_weights import FFN, stored_tensors, tied_lm, token_ids
 
 # -- 1. tables holding NaN or Inf ------------------------------------------------------------------------------
 
@@ -226,3 +226,19 @@ def test_an_int8_head_reading_a_copy_of_the_table_stays_float_and_single(mode, t
     record = next(r for r in report.passes if r.name == f"quantize-{mode}")
     assert record.status == "applied"
     assert any("tied table" in refusal for refusal in record.refusals), record.refusals
+
+
+def test_a_merged_bias_is_named_as_a_bias_in_pruning_s_refusal():
+    # Equal zero FFN biases merged into one (a previous graphopt run's deduplicate-initializers): prune-ffn refused
+    # every group calling the bias "its weight ... shared by several layers".
+    model = tied_lm("gpt2", "dynamo", seed=3)
+    biases = [v for v in model.graph.initializers.values() if v.name.endswith("fc.bias")]
+    assert len(biases) >= 2
+    for bias in biases[1:]:
+        bias.replace_all_uses_with(biases[0])
+        del model.graph.initializers[bias.name]
+    biases[0].const_value = ir.tensor(np.zeros(FFN, np.float32), name=biases[0].name)
+    _, report = optimize_with_report(model, ["prune-ffn"], prune_ffn=0.25, calibration=token_ids(4))
+    (record,) = report.passes
+    assert record.refusals and all("its bias or scale vector" in refusal for refusal in record.refusals), record
+    assert not any("shared by several layers" in refusal for refusal in record.refusals)

@@ -273,18 +273,26 @@ def shared_constant(group: ChannelGroup) -> str | None:
     read_by: dict[int, int] = {}
     for cut in cuts:
         value = cut.node.inputs[cut.slot]
+        what = _constant_role(value)
         if value.is_graph_output():
-            return f"its weight {value.name} is also a graph output: pruning would store a pruned copy beside it"
+            return f"its {what} {value.name} is also a graph output: pruning would store a pruned copy beside it"
         readers = {id(user) for user, index in value.uses() if (id(user), index) not in slots}
         if readers:
+            shared = "shared by several layers" if what == "weight" else "equal vectors merged into one, or shared"
             return (
-                f"its weight {value.name} is also read by {len(readers)} other node(s) (shared by several layers): "
+                f"its {what} {value.name} is also read by {len(readers)} other node(s) ({shared}): "
                 "pruning would store a pruned copy beside it"
             )
         read_by[id(value)] = read_by.get(id(value), 0) + 1
         if read_by[id(value)] > 1:
             return (
-                f"its weight {value.name} is read by {read_by[id(value)]} of the layers it cuts (tied between "
+                f"its {what} {value.name} is read by {read_by[id(value)]} of the layers it cuts (tied between "
                 "them): each would keep its own pruned copy"
             )
     return None
+
+
+def _constant_role(value: ir.Value) -> str:
+    """ "weight" for a matrix or a kernel, "bias or scale vector" for a constant of rank 1 (or unknown rank)."""
+    shape = value.shape if value.shape is not None else getattr(value.const_value, "shape", None)
+    return "weight" if shape is not None and len(shape) >= 2 else "bias or scale vector"
