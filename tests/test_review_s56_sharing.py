@@ -242,3 +242,14 @@ def test_a_merged_bias_is_named_as_a_bias_in_pruning_s_refusal():
     (record,) = report.passes
     assert record.refusals and all("its bias or scale vector" in refusal for refusal in record.refusals), record
     assert not any("shared by several layers" in refusal for refusal in record.refusals)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_smoothquant_leaves_a_weight_several_layers_share_single(mode, tmp_path):
+    # SmoothQuant wrote one smoothed copy per reader of a shared MLP weight: 6 int8 tensors for 3 (a larger file).
+    model = tied_lm("llama", "dynamo", shared_layers=True)
+    out, report = _optimize(model, tmp_path / "run", quantize=mode, smooth=0.5)
+    mlp = [a for a in stored_tensors(out) if a.dtype == np.int8 and a.ndim == 2 and FFN in a.shape]
+    assert len(mlp) == 3, len(mlp)
+    record = next(r for r in report.passes if r.name == f"quantize-{mode}")
+    assert any("SmoothQuant left" in note and "shares its weight" in note for note in record.notes), record.notes

@@ -282,9 +282,16 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self._float = model.clone() if batches else None
         norms: list[str] = []
         if self.smooth_alpha is not None and batches:
-            norms = smoothing.smooth(model, chosen, batches, self.smooth_alpha)
+            shared: list[str] = []
+            norms = smoothing.smooth(model, chosen, batches, self.smooth_alpha, shared)
             shown = ", ".join(norms[:8]) + (f" and {len(norms) - 8} more" if len(norms) > 8 else "")
             self.note(f"SmoothQuant (alpha {self.smooth_alpha:g}) on {len(norms)} norms: {shown or 'none'}")
+            if shared:
+                self.note(
+                    f"SmoothQuant left {len(shared)} norms alone ({', '.join(shared[:4])}"
+                    f"{', ...' if len(shared) > 4 else ''}): a layer they feed shares its weight with other layers, "
+                    "and each would store its own smoothed copy"
+                )
         self.prepare(model, chosen, batches)
         if self.budget is not None and batches:
             chosen = self._fit_budget(model, chosen, batches, checked)

@@ -36,13 +36,20 @@ _NORMS = {
 
 
 def smooth(
-    model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]], alpha: float
+    model: ir.Model,
+    layers: Sequence[Layer],
+    batches: Sequence[Mapping[str, np.ndarray]],
+    alpha: float,
+    shared: list[str] | None = None,
 ) -> list[str]:
     """Migrate outliers from each norm feeding only ``layers`` into their weights; return the norms' names.
 
     A norm is a fused LayerNorm/RMSNorm op, or the ``Mul`` by a per-channel scale that
     ends an unfused one. It is left alone when its output has another user, is a graph
-    output, or its scale/bias are not constants with one value per channel.
+    output, or its scale/bias are not constants with one value per channel; and when a
+    layer it feeds reads a weight other layers read too (ALBERT's shared layers): each
+    reader would store its own smoothed copy, a larger file than without smoothing. Those
+    norms' names go to ``shared``.
     """
     chosen = {id(layer.node): layer for layer in layers}
     groups = []
@@ -56,6 +63,12 @@ def smooth(
         groups.append((node, slots, users))
     norms = {id(node) for node, _, _ in groups}
     products = [group for group in _gated_products(model.graph, chosen) if id(group[0]) not in norms]
+    apart = {id(group[0]) for group in groups + products if _weights_shared_outside(group[-1])}
+    apart |= {id(node) for node, up, _ in products if len(up.inputs[1].uses()) > 1}  # its weight is divided too
+    if shared is not None:
+        shared.extend(group[0].name or group[0].op_type for group in groups + products if id(group[0]) in apart)
+    groups = [group for group in groups if id(group[0]) not in apart]
+    products = [group for group in products if id(group[0]) not in apart]
     if not groups and not products:
         return []
     names = [n.outputs[0].name for n, _, _ in groups] + [n.outputs[0].name for n, _, _ in products]
@@ -68,6 +81,19 @@ def smooth(
         if _migrate_product(model.graph, up, users, peaks[node.outputs[0].name], alpha):
             smoothed.append(node.name or node.op_type)
     return smoothed
+
+
+def _weights_shared_outside(users: Sequence[Layer]) -> bool:
+    """Whether a weight one of ``users`` reads (through a ``Transpose`` too) is read by a node not in ``users``."""
+    own = {id(layer.node) for layer in users}
+    for layer in users:
+        weight = layer.source if layer.source is not None else layer.node.inputs[1]
+        readers = [user for user, _ in weight.uses()]
+        if layer.transposed:  # the Transpose is the reader; its readers are the layers
+            readers = [reader for user in readers for reader, _ in user.outputs[0].uses()]
+        if any(id(reader) not in own for reader in readers):
+            return True
+    return False
 
 
 def _gated_products(graph: ir.Graph, chosen: Mapping[int, Layer]) -> list[tuple[ir.Node, ir.Node, list[Layer]]]:
