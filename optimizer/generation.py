@@ -253,12 +253,14 @@ def _dim_text(dim: Any) -> str | None:
 def _pair_by_shape(pasts: Sequence[ir.Value], presents: Sequence[ir.Value]) -> list[tuple[ir.Value, ir.Value, str]]:
     """Pair each past with the first unpaired present of its dtype whose shape is its own but for a longer sequence.
 
-    Unknown dims (no name) prove nothing: both must be named, and differently.
+    Unknown dims (no name) prove nothing: both must be named, and differently. A past of another rank than 4 is
+    paired only where its name says it is a cache (a stacked ``past_{i}`` ``[2, batch, heads, sequence, head
+    size]``), so that ``_cache_pair`` refuses it for its rank rather than as no cache at all.
     """
     left = list(presents)
     pairs = []
     for past in pasts:
-        if _rank(past) != 4 or _kind(past) != "f":
+        if _kind(past) != "f" or (_rank(past) != 4 and not (_cache_words(past.name) and (_rank(past) or 0) >= 3)):
             continue
         for present in left:
             if present.dtype != past.dtype or present.shape is None:

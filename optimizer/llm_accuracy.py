@@ -36,8 +36,15 @@ class TokenText:
     real: bool
 
 
+def text_mask_name(lm: CausalLM) -> str:
+    """The name of held-out text's mask: the model's attention mask, or ``attention_mask`` for a model that takes
+    none (a tokenizer's output holds one; its pads are dropped, and the rows scored at their own lengths)."""
+    return lm.attention_mask or "attention_mask"
+
+
 def text_from_arrays(arrays: Mapping[str, np.ndarray], lm: CausalLM, source: str) -> TokenText:
-    """Held-out text from ``{input_ids: [rows, length], attention_mask: [rows, length]}`` (the mask optional).
+    """Held-out text from ``{input_ids: [rows, length], attention_mask: [rows, length]}`` (the mask optional,
+    named as ``text_mask_name`` says).
 
     ``InputSpecError`` naming ``source`` for ids that are not a 2-D integer array, a mask of
     another shape, ids outside the vocabulary, or no row with two tokens (nothing to score).
@@ -45,13 +52,14 @@ def text_from_arrays(arrays: Mapping[str, np.ndarray], lm: CausalLM, source: str
     ids = np.asarray(arrays[lm.input_ids])
     if ids.ndim != 2 or ids.dtype.kind not in "iu":
         raise InputSpecError(f"{source}: '{lm.input_ids}' must be token ids, integers [rows, length], not {_kind(ids)}")
-    mask = arrays.get(lm.attention_mask) if lm.attention_mask is not None else None
+    mask_name = text_mask_name(lm)
+    mask = arrays.get(mask_name)
     if mask is None:
         mask = np.ones_like(ids)
     mask = np.asarray(mask)
     if mask.shape != ids.shape or mask.dtype.kind not in "iub":
         raise InputSpecError(
-            f"{source}: '{lm.attention_mask}' must be 0/1 of the ids' shape {list(ids.shape)}, not {_kind(mask)}"
+            f"{source}: '{mask_name}' must be 0/1 of the ids' shape {list(ids.shape)}, not {_kind(mask)}"
         )
     rows = tuple(row[keep.astype(bool)].astype(np.int64) for row, keep in zip(ids, mask))
     # Gather reads negative indices from the end: a negative id would be scored as another token.
@@ -91,9 +99,11 @@ class LLMAccuracy:
     one-run comparison beside it always runs over a cache, never the prefill;
     ``logits_worst_cosine`` the lowest such cosine of one sequence, for ``--min-worst-cosine``.
     ``decode_logits_cosine`` / ``decode_logits_worst_cosine``: the same of the greedy continuations'
-    step logits, AFTER fed BEFORE's tokens (the one-token steps over a cache that generation runs).
+    step logits, AFTER fed BEFORE's tokens (the one-token steps over a cache that generation runs; one
+    step past a continuation of one token).
     Each cosine is held to ``1 - (q - 1)**2 / 2`` of the norm ratio ``q`` too (a cosine does not see
-    logits scaled).
+    logits scaled). A logit that is NaN or infinite in both models alike (a vocabulary masked with
+    ``-inf``) counts in none of the cosines; one that is so in one model only makes them NaN.
     """
 
     text: str
@@ -145,15 +155,16 @@ def measure_llm_accuracy(
     except _BeforeNotFiniteWhenPadded:
         unpadded = measure(padded=False)
         note = (
-            "BEFORE's own logits are not finite at real tokens of left-padded rows (a softmax over keys that are "
-            "all masked at the pads, -inf, reaches the next layer): rows of one length were compared at a time"
+            "BEFORE's own logits are NaN at real tokens of left-padded rows (a softmax over keys that are all "
+            "masked at the pads, -inf, reaches the next layer): rows of one length were compared at a time"
         )
         joined = f"{unpadded.note}; {note}" if unpadded.note else note
         return dataclasses.replace(unpadded, note=joined)
 
 
 class _BeforeNotFiniteWhenPadded(Exception):
-    """BEFORE's logits hold NaN or infinity at scored positions of a padded batch (the model's own doing)."""
+    """BEFORE's logits hold NaN at scored positions of a padded batch (the model's own doing: an infinite logit
+    is no sign of padding, a vocabulary masked with ``-inf`` has them in every row)."""
 
 
 def _measure(
@@ -186,14 +197,14 @@ def _measure(
             )
         # Position t predicts token t + 1; both must be real tokens (not pads).
         scored_at = (mask[:, :-1] != 0) & (mask[:, 1:] != 0)
-        if padded and not np.isfinite(expected[:, :-1][scored_at]).all():
+        if padded and np.isnan(expected[:, :-1][scored_at]).any():
             raise _BeforeNotFiniteWhenPadded
         targets = ids[:, 1:]
         agree += int(np.sum((expected[:, :-1].argmax(-1) == actual[:, :-1].argmax(-1)) & scored_at))
         scored += int(scored_at.sum())
         nll_before += _negative_log_likelihood(expected[:, :-1], targets, scored_at)
         nll_after += _negative_log_likelihood(actual[:, :-1], targets, scored_at)
-        a, b = expected[:, :-1][scored_at].astype(np.float64), actual[:, :-1][scored_at].astype(np.float64)
+        a, b = _comparable(expected[:, :-1][scored_at], actual[:, :-1][scored_at])
         for row, scored_row in enumerate(scored_at):
             if scored_row.any():
                 cosine = _held_cosine(expected[row, :-1][scored_row], actual[row, :-1][scored_row])
@@ -204,7 +215,9 @@ def _measure(
             norm_after + float(np.sum(b * b)),
         )
     prompts = [row[:prompt_length] for row in text.rows]
-    steps = max(new_tokens - 1, 0)  # the prefill chooses the first token
+    # The prefill chooses the first token; one decode step at least, whose logits the step cosines hold (with
+    # --new-tokens 1 none ran, and a model wrong at every decode step passed the gates).
+    steps = max(new_tokens - 1, 1)
     exact = prefix = 0.0
     step_dot = step_before = step_after = 0.0
     step_worst = 1.0
@@ -214,14 +227,14 @@ def _measure(
         # compare on the same tokens (a review: a model wrong only at one-token steps over a cache passed
         # --min-cosine, which read only the prefill and one run over a random cache).
         want = before.greedy(ids, mask, steps, keep_logits=True)
-        if padded and not np.isfinite(want.logits).all():
+        if padded and np.isnan(want.logits).any():
             raise _BeforeNotFiniteWhenPadded
         fed = after.greedy(ids, mask, steps, fed=want.tokens, keep_logits=True)
-        same = want.logits.argmax(-1) == fed.logits.argmax(-1)
+        same = (want.logits.argmax(-1) == fed.logits.argmax(-1))[:, :new_tokens]
         exact += float(same.all(axis=1).sum())
         first_difference = np.where(same.all(axis=1), same.shape[1], np.argmin(same, axis=1))
         prefix += float((first_difference / same.shape[1]).sum())
-        a, b = want.logits.astype(np.float64), fed.logits.astype(np.float64)
+        a, b = _comparable(want.logits, fed.logits)
         step_dot += float(np.sum(a * b))
         step_before += float(np.sum(a * a))
         step_after += float(np.sum(b * b))
@@ -242,7 +255,7 @@ def _measure(
         top1_agreement=agree / scored,
         perplexity_before=ppl_before,
         perplexity_after=ppl_after,
-        perplexity_delta=ppl_after - ppl_before,
+        perplexity_delta=0.0 if ppl_after == ppl_before else ppl_after - ppl_before,  # inf - inf is NaN
         prompts=len(prompts),
         prompt_tokens=max(len(prompt) for prompt in prompts),
         continuation_tokens=new_tokens,
@@ -266,8 +279,24 @@ def _summed_cosine(dot: float, before: float, after: float) -> float:
     return float(min(cosine, scale_scores(np.sqrt(after / before))))
 
 
+def _comparable(expected: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both in float64, a value NaN or infinite in both alike (the same infinity, or NaN) 0 in both (nothing to a
+    cosine); all NaN where one holds a NaN or infinity the other has not (the cosines then say NaN, and fail)."""
+    e, a = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
+    finite = np.isfinite(e) & np.isfinite(a)
+    if finite.all():
+        return e, a
+    alike = finite | (e == a) | (np.isnan(e) & np.isnan(a))
+    if not alike.all():
+        return np.full_like(e, np.nan), np.full_like(a, np.nan)
+    return np.where(finite, e, 0.0), np.where(finite, a, 0.0)
+
+
 def _held_cosine(expected: np.ndarray, actual: np.ndarray) -> float:
     """``vector_cosine``, held to the norm ratio as ``_summed_cosine`` is."""
+    expected, actual = _comparable(expected, actual)
+    if np.isnan(expected).any():
+        return float("nan")
     cosine = vector_cosine(expected, actual)
     before = float(np.linalg.norm(np.asarray(expected, np.float64)))
     if not before:

@@ -72,7 +72,14 @@ from optimizer.inputs import (
     shorter_generated_length,
     split_samples,
 )
-from optimizer.llm_accuracy import LLMAccuracy, TokenText, measure_llm_accuracy, random_text, text_from_arrays
+from optimizer.llm_accuracy import (
+    LLMAccuracy,
+    TokenText,
+    measure_llm_accuracy,
+    random_text,
+    text_from_arrays,
+    text_mask_name,
+)
 from optimizer.model_io import load_model, model_file_bytes, save_model
 from optimizer.options import check_thread_count
 from optimizer.padding import padded_outputs, padding_layout
@@ -300,6 +307,7 @@ def check_before_optimizing(
         lm = recognise_causal_lm(model)
         if isinstance(lm, str):
             raise InputSpecError(f"--generate needs a causal LM with a KV cache: {before}: {lm}")
+        _refuse_fixed_batch(before, model, lm, settings.batches)
         text, inputs = _held_out_text(inputs, lm)
     if inputs is not None:
         base = _base_inputs(model, inputs, dims, [])[0]
@@ -352,7 +360,7 @@ def _compare(
         batching_model = after_model
     generation = None
     if settings.generate:
-        lms = _causal_lms(before, after, before_model, after_model)
+        lms = _causal_lms(before, after, before_model, after_model, settings.batches)
         text, inputs = _held_out_text(inputs, lms[0])
         generation = _Generation(*lms, text)
     base_inputs, data = _base_inputs(before_model, inputs, dims, warnings, batching_model)
@@ -360,9 +368,15 @@ def _compare(
         refuse_dims_unlike(dims, dims_from_inputs(before_model, base_inputs), "the --inputs")
     if data is None and calibration is not None:
         data = open_samples(calibration, before_model, flag="--calibration")
+        # Held-out text is the language-model accuracy's alone: the one-run accuracy is the one on calibration.
+        held_out = (
+            "the held-out text of --inputs is the language-model accuracy's, not this one run's"
+            if generation is not None and generation.text is not None
+            else "give held-out --inputs"
+        )
         warnings.append(
             f"accuracy measured on {data.describe()}: the samples the approximate passes were fitted to, "
-            "so expect less on other data (give held-out --inputs)"
+            f"so expect less on other data ({held_out})"
         )
     if data is not None:
         warnings.extend(f"{data.source}: {note}" for note in data.notes)
@@ -585,19 +599,41 @@ class _Generation:
 
 
 def _causal_lms(
-    before_path: str | os.PathLike, after_path: str | os.PathLike, before: ir.Model, after: ir.Model
+    before_path: str | os.PathLike,
+    after_path: str | os.PathLike,
+    before: ir.Model,
+    after: ir.Model,
+    batches: Sequence[int] = (1,),
 ) -> tuple[CausalLM, CausalLM]:
-    """Both models as causal LMs with a KV cache, fed alike; ``InputSpecError`` with the reason otherwise."""
+    """Both models as causal LMs with a KV cache, fed alike, at each of ``batches``; ``InputSpecError`` with the
+    reason otherwise."""
     found = []
     for path, model in ((before_path, before), (after_path, after)):
         lm = recognise_causal_lm(model)
         if isinstance(lm, str):
             raise InputSpecError(f"--generate needs a causal LM with a KV cache: {path}: {lm}")
+        _refuse_fixed_batch(path, model, lm, batches)
         found.append(lm)
     # Pairs matched by shape alone are paired by a step on ONNX Runtime first (``_same_feeding``).
     by_name = all(pair.matched_by == "name" for lm in found for pair in lm.cache)
     _same_feeding(found[0], found[1], presents=by_name)
     return found[0], found[1]
+
+
+def _refuse_fixed_batch(path: str | os.PathLike, model: ir.Model, lm: CausalLM, batches: Sequence[int]) -> None:
+    """``InputSpecError`` for a causal LM whose token ids fix a batch ``--generate`` cannot run it at: any but 1
+    (its probe step runs one row), or 1 with another ``--batch`` (ONNX Runtime's refusal of a dim read as a
+    position table too short)."""
+    ids = next(value for value in model.graph.inputs if value.name == lm.input_ids)
+    fixed = ids.shape[0] if ids.shape is not None and ids.shape.rank() and isinstance(ids.shape[0], int) else None
+    if fixed is None or (fixed == 1 and set(batches) == {1}):
+        return
+    given = f"--batch {','.join(map(str, batches))}: " if fixed == 1 else ""
+    raise InputSpecError(
+        f"--generate: {given}{path} fixes its batch at {fixed} (input '{lm.input_ids}' is "
+        f"{[d if isinstance(d, int) else str(d) for d in ids.shape]}): generation runs a batch of 1 row first, then "
+        "each --batch; give --batch 1 on a model of batch 1, or export it with a symbolic batch"
+    )
 
 
 def _same_feeding(before: CausalLM, after: CausalLM, *, presents: bool = True) -> None:
@@ -626,7 +662,7 @@ def _held_out_text(
     else:
         source = "inputs"
         arrays = as_arrays(inputs, source)
-    if lm.input_ids in arrays and set(arrays) <= {lm.input_ids, lm.attention_mask}:
+    if lm.input_ids in arrays and set(arrays) <= {lm.input_ids, text_mask_name(lm)}:
         return text_from_arrays(arrays, lm, source), None
     return None, inputs
 
