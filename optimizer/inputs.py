@@ -697,7 +697,8 @@ def check_inputs(
     survives the cast (int32 token ids for an int64 input; a cast that would change a value
     is refused in one line, and floats are never cast), and
     a missing input that is safe to zero (``zero_fillable``: token type / segment ids) is
-    filled with zeros of the shape the other inputs give its dims. Arrays that match no
+    filled with zeros of the shape the other inputs give its dims; a causal LM's text
+    (``input_ids``, an attention mask or not) is fed as prefills (``_prefill_of_text``). Arrays that match no
     graph input (a misspelt name) are noted as ignored.
     """
     defaults = [value.name for value in model.graph.inputs if value.name in model.graph.initializers]
@@ -709,6 +710,14 @@ def check_inputs(
         )
     required = [value.name for value in runtime_inputs(model)]
     missing = [name for name in required if name not in arrays]
+    if notes is not None and missing and (prefill := _prefill_of_text(model, arrays, missing)) is not None:
+        arrays = {**arrays, **prefill}
+        missing = [name for name in required if name not in arrays]
+        _add_note(
+            notes,
+            f"holds a decoder's token ids ({', '.join(sorted(set(arrays) - set(prefill)))}) without "
+            f"{', '.join(sorted(prefill))}: fed as prefills, every cache empty, position ids counted from the mask",
+        )
     fillable = [v for v in runtime_inputs(model) if v.name in missing and notes is not None and zero_fillable(v)]
     if len(fillable) < len(missing):
         first = next(name for name in missing if name not in {v.name for v in fillable})
@@ -755,6 +764,33 @@ def check_inputs(
         # A model written or verified at batch 0 checks nothing (and --static-shapes would fix it there).
         raise InputSpecError(f"{source}: the inputs have {empty}=0: there are no samples to check anything on")
     return {name: checked[name] for name in required}
+
+
+def _prefill_of_text(
+    model: ir.Model, arrays: Mapping[str, np.ndarray], missing: Sequence[str]
+) -> dict[str, np.ndarray] | None:
+    """The inputs a causal LM with a KV cache needs beside held-out text (``input_ids``, and an attention mask or
+    not) to run it as a prefill: every cache empty, the mask ones where not given, position ids counted from it (as
+    ``compare --generate`` feeds text). None unless those are all that is missing: a tokenizer's output is what a
+    user holds (README's ``--quantize int4 --calibration text.npz`` was refused for its position ids)."""
+    from optimizer.generation import positions_from_mask, recognise_causal_lm  # generation imports this module
+
+    lm = recognise_causal_lm(model)
+    if isinstance(lm, str) or lm.input_ids not in arrays or not all(pair.past in missing for pair in lm.cache):
+        return None
+    if not set(missing) <= {pair.past for pair in lm.cache} | {lm.attention_mask, lm.position_ids}:
+        return None
+    ids = np.asarray(arrays[lm.input_ids])
+    given = arrays.get(lm.attention_mask) if lm.attention_mask is not None else None
+    mask = np.ones(ids.shape, np.int64) if given is None else np.asarray(given)
+    if ids.ndim != 2 or mask.shape != ids.shape or mask.dtype.kind not in "biu":
+        return None
+    filled = {pair.past: pair.empty(len(ids)) for pair in lm.cache}
+    if lm.attention_mask in missing:
+        filled[lm.attention_mask] = mask.astype(lm.mask_dtype)
+    if lm.position_ids in missing:
+        filled[lm.position_ids] = positions_from_mask(mask, ids.shape[1]).astype(lm.positions_dtype)
+    return filled
 
 
 def _refuse_other_fixed_dims(value: ir.Value, array: np.ndarray, source: str) -> None:
