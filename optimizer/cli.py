@@ -726,20 +726,34 @@ def _main(argv: list[str] | None) -> int:
             return _make_inputs(console, args)
         if args.command == "compare":
             return _finish(_compare(console, errors, args, args.before, args.after))
-        if args.command == "demo" and args.output == DEMO_OUTPUT:
-            _make_demo_folder()
-        return _finish(_optimize(console, errors, args))
+        made = _make_demo_folder() if args.command == "demo" and args.output == DEMO_OUTPUT else []
+        try:
+            return _finish(_optimize(console, errors, args))
+        except BaseException:
+            _remove_empty_folders(made)  # a refused or interrupted demo leaves no empty build/demo/ behind
+            raise
 
 
-def _make_demo_folder() -> None:
-    """The default demo output's folder, made if missing (a given ``-o``'s folder must exist, as for ``optimize``)."""
+def _make_demo_folder() -> list[Path]:
+    """The default demo output's folder, made if missing (a given ``-o``'s folder must exist, as for ``optimize``);
+    the folders it made, outermost first."""
     from optimizer.errors import OutputPathError
 
+    folder = Path(DEMO_OUTPUT).parent
+    missing = [each for each in reversed([folder, *folder.parents]) if each != Path(".") and not each.exists()]
     try:
-        Path(DEMO_OUTPUT).parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        folder = Path(DEMO_OUTPUT).parent
+        _remove_empty_folders([each for each in missing if each.is_dir()])
         raise OutputPathError(f"{folder}: cannot make the demo's folder ({error.strerror or error})") from error
+    return missing
+
+
+def _remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (outermost first) that are still empty, innermost first."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only an empty folder: one another process wrote into stays
 
 
 def _apply_config(args: argparse.Namespace, argv: list[str] | None, parser: argparse.ArgumentParser) -> None:
@@ -984,6 +998,7 @@ def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> Options
 
     - comparison flags without ``--compare``;
     - ``--threads`` without ``--compare`` or a pass that times kernels;
+    - ``--dim`` with ``--no-verify``, without ``--compare``, ``--static-shapes`` or an approximate pass;
     - an option flag given explicitly, even at its default value, that no pass in the
       pipeline reads (``--calibration-method percentile`` without ``--quantize static``;
       the registry refuses the same for values away from the default).
@@ -1007,6 +1022,12 @@ def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> Options
                 f"{kernel_timing_passes()}"
             )
         options = dataclasses.replace(options, threads=None)  # --compare's alone (CompareSettings)
+    sized = any(spec.approximate or spec.specializes_shapes for spec in specs)
+    if "dim" in given and not options.verify and not args.compare and not sized:
+        raise OptionError(
+            "--dim does nothing with --no-verify: it sizes the generated verification inputs, --static-shapes, "
+            "--compare's inputs and the approximate passes' generated calibration samples"
+        )
     read = set().union(*(spec.options_read for spec in specs))
     readers: dict[str, list[Any]] = {}
     for spec in all_passes():

@@ -215,9 +215,18 @@ def progress_sink(console: Console, quiet: bool) -> contextlib.AbstractContextMa
     """The sink for this run: bars on a terminal, lines off one, none (``nullcontext(None)``) when quiet."""
     if quiet:
         return contextlib.nullcontext(None)
-    if console.is_terminal and not console.is_dumb_terminal:
+    if console.is_terminal and not console.is_dumb_terminal and _isatty(console.file):
         return BarsSink(console)
     return LinesSink()
+
+
+def _isatty(stream: TextIO) -> bool:
+    """Whether ``stream`` is a terminal. rich takes ``FORCE_COLOR`` (set in many CI jobs for colored logs) for one:
+    live bars, redrawn many times a second and cleared at the end, then filled the log in place of its lines."""
+    try:
+        return stream.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 @contextlib.contextmanager

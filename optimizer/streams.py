@@ -25,7 +25,9 @@ class FailSafeStream:
     """A standard stream whose write errors (a full disk: ``> /dev/full``, an I/O error) end what it shows, not
     the run: at the first one its descriptor is pointed at the null device (so what is still buffered goes
     nowhere too) and later writes are dropped; the run still writes its files and returns its own code. A broken
-    pipe is raised as before (``ReportConsole.on_broken_pipe`` handles a reader that left)."""
+    pipe on standard output is raised as before (``ReportConsole.on_broken_pipe`` handles a reader that left, and
+    ``--version``/``--print-config`` exit 141); on standard error (``graphopt ... 2>&1 | head``) it ends the progress
+    and messages alone: raised there, the next progress line stopped the run before its model was written."""
 
     def __init__(self, stream: Any, name: str) -> None:
         self._stream, self._name, self._failed = stream, name, False
@@ -34,9 +36,9 @@ class FailSafeStream:
         if not self._failed:
             try:
                 return self._stream.write(text)
-            except BrokenPipeError:
-                raise
             except OSError as error:
+                if isinstance(error, BrokenPipeError) and self._name == "standard output":
+                    raise
                 self._fail(error)
         return len(text)
 
@@ -44,9 +46,9 @@ class FailSafeStream:
         if not self._failed:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
-                raise
             except OSError as error:
+                if isinstance(error, BrokenPipeError) and self._name == "standard output":
+                    raise
                 self._fail(error)
 
     def _fail(self, error: OSError) -> None:
