@@ -1081,9 +1081,13 @@ def _compare_settings(args: argparse.Namespace) -> CompareSettings:
         if cosine is not None and not (-1.0 <= cosine <= 1.0):
             flag = f"--compare-{flag}" if args.command != "compare" else f"--{flag}"
             raise OptionError(f"{flag} {cosine}: a cosine similarity is between -1 and 1")
+    batches = [_positive_int(item, "--batch") for item in _split(args.batch, "--batch")]
+    if repeated := next((size for index, size in enumerate(batches) if size in batches[:index]), None):
+        # Timed twice, each with half the time budget's share; nothing new measured.
+        raise OptionError(f"--batch {args.batch}: batch size {repeated} is named twice; each size is measured once")
     return CompareSettings(
         eps=eps,
-        batches=[_positive_int(item, "--batch") for item in _split(args.batch, "--batch")],
+        batches=batches,
         threads=args.threads,
         time_budget=args.time_budget,
         iterations=args.iterations,

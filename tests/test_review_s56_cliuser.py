@@ -151,3 +151,9 @@ def test_dim_with_no_verify_and_something_it_sizes_is_taken(model, capsys, extra
     argv = ["optimize", "m.onnx", "-o", "out.onnx", "--no-verify", "--dim", "batch=2", *extra, "--print-config"]
     code, printed, err = run_cli(argv, capsys)
     assert code == 0 and "dim = { batch = 2 }" in printed, err
+
+
+def test_a_batch_size_named_twice_is_refused(model, capsys):
+    # --ep cpu,cpu was refused; --batch 1,1 timed batch 1 twice, each with half its share of the time budget.
+    code, _, err = run_cli(["compare", model, model, "--batch", "1,2,1", "-q"], capsys)
+    assert code == 2 and "batch size 1 is named twice" in err, err
