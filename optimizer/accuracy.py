@@ -56,10 +56,10 @@ def floored_magnitude(values: np.ndarray) -> np.ndarray:
     tolerance and the comparison's relative error both use this).
     """
     magnitude = np.abs(values)
-    return np.maximum(magnitude, _root_mean_square(magnitude))
+    return np.maximum(magnitude, root_mean_square(magnitude))
 
 
-def _root_mean_square(magnitude: np.ndarray) -> float:
+def root_mean_square(magnitude: np.ndarray) -> float:
     """The RMS of non-negative values, without the squares overflowing (float64 past 1e154, float32 past 1e19:
     an infinite RMS would make every error relative to it zero) or vanishing."""
     peak = float(magnitude.max()) if magnitude.size else 0.0
@@ -178,7 +178,7 @@ class AccuracyAccumulator:
             magnitude = floored_magnitude(e0)
         else:  # the RMS of the positions compared
             diff = np.where(kept, diff, 0.0)
-            magnitude = np.maximum(np.abs(e0), _root_mean_square(np.abs(e0[kept])))
+            magnitude = np.maximum(np.abs(e0), root_mean_square(np.abs(e0[kept])))
         rel = diff / np.maximum(magnitude, np.finfo(np.float64).tiny)
         max_abs, max_rel = float(diff.max()), float(rel.max())
         # Where either is not finite, both must be the same: NaN and NaN, or one infinity.

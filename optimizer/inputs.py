@@ -10,8 +10,10 @@ the widest axis it may index where ONNX Runtime takes that, else one value with 
 decoder's positions count on from its past (never below 0) and,
 where ``position_ids`` index a table (GPT-2's ``wpe``, GPT-J's rotary sin/cos rows), past and
 new tokens together stay within its rows, attention masks are ones (with two or more rows, the last row's final
-quarter is padding, so verification exercises masking), and floats are standard
-normal. Strings are short words; a sequence holds ``SEQUENCE_LENGTH`` generated
+quarter is padding, so verification exercises masking), floats are standard
+normal, 8- and 16-bit integers that index nothing (raw pixels, audio samples) span their type's
+range where ONNX Runtime runs the model on that, and other integers that index nothing are 0 or 1.
+Strings are short words; a sequence holds ``SEQUENCE_LENGTH`` generated
 tensors; an optional input is given (not empty).
 
 Inputs whose *values* the model reads as sizes, axes, counts or parameters (a
@@ -91,6 +93,10 @@ _INDEX_PRESERVING_OPS = frozenset(
 # Max/Min with a c >= 0 inside the table): an index within the table before one stays within it after.
 _CONTRACTING_OPS = {"Div": 1, "Max": 0, "Min": 0}
 _DEFAULT_INT_HIGH = 2
+# Integer types of raw data (pixels, audio samples) rather than ids, sizes or flags: an input of one that indexes no
+# table is drawn over the type's whole range, where ONNX Runtime runs the model on that. Drawn as 0 or 1, a uint8
+# image let a rewrite adding in uint8 (wrapping past 255) where the model widened first verify.
+_RAW_DATA_TYPES = frozenset({ir.DataType.UINT8, ir.DataType.INT8, ir.DataType.UINT16, ir.DataType.INT16})
 # A Loop's trip count, where an input gives it: its body runs more than once.
 _LOOP_TRIPS = 3
 
@@ -1006,8 +1012,22 @@ def make_inputs(
     _offset_positions_past_the_cache(model, inputs, bound)
     rounds = _candidate_rounds(model, inputs, shapes, bound)
     guessed = [value.name for value in values if value.shape is None]  # sequence elements of unknown shape
+    narrow = _narrowed_raw_data(model, inputs, seed, bound)
     if rounds or guessed:
-        inputs = _first_accepted(model, inputs, rounds or [{}], guessed)
+        try:
+            inputs = _first_accepted(model, inputs, rounds or [{}], guessed)
+        except InputSpecError:
+            if not narrow:
+                raise
+            inputs = _first_accepted(model, {**inputs, **narrow}, rounds or [{}], guessed)
+            _raw_data_refused(narrow, "with every candidate for the inputs read as sizes", notes)
+    elif narrow:
+        try:
+            run_model(model, inputs)
+        except RuntimeRefusedError as error:
+            if error.action != "load the model":  # the model itself: verification says so
+                inputs = {**inputs, **narrow}
+                _raw_data_refused(narrow, error.reason, notes)
     return _vary_ambiguous_indices(model, inputs, shapes, seed, bound, notes)
 
 
@@ -1160,6 +1180,9 @@ def _generate_tensor(
             table = _index_range(value, dims, widest=widest)
             trips = trips if table is None else max(low, min(trips, table - 1))
             return np.full(shape, trips, dtype=numpy_dtype)
+        if _raw_data(value, dims, widest=widest):
+            info = np.iinfo(numpy_dtype)
+            return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(numpy_dtype)
         lows = _index_lows(value, shape, dims, widest=widest)
         highs = np.maximum(_index_highs(value, shape, dims, widest=widest), lows + 1)
         return rng.integers(lows, highs, size=shape).astype(numpy_dtype)
@@ -1168,6 +1191,46 @@ def _generate_tensor(
             return _padding_mask(shape, numpy_dtype)
         return rng.standard_normal(shape).astype(numpy_dtype)
     raise InputSpecError(f"input '{value.name}' has type {dtype}, which graphopt cannot generate; {_WAYS_OUT}")
+
+
+def _raw_data(value: ir.Value, dims: Mapping[str, int] | None = None, *, widest: bool = False) -> bool:
+    """Whether integer input ``value`` holds raw data drawn over its type's whole range (``_RAW_DATA_TYPES``: pixels,
+    audio samples): of such a type, and indexing no table (``_index_bounds``)."""
+    if value.dtype not in _RAW_DATA_TYPES:
+        return False
+    whole, components, low, component_lows = _index_bounds(value, dims, widest=widest)
+    return whole is None and not components and not low and not component_lows
+
+
+def _narrowed_raw_data(
+    model: ir.Model, inputs: Mapping[str, Any], seed: int, dims: Mapping[str, int]
+) -> dict[str, Any]:
+    """For the raw-data inputs in ``inputs`` (``_raw_data``), the same drawn as other integers are (0 or 1): what
+    generation falls back to where ONNX Runtime refuses the original model on the whole range."""
+    rng = np.random.default_rng([seed, 2])
+    narrow: dict[str, Any] = {}
+    for value in runtime_inputs(model):
+        drawn = inputs.get(value.name)
+        if drawn is None or not _raw_data(value, dims):
+            continue
+        if isinstance(drawn, list):
+            narrow[value.name] = GeneratedSequence(
+                rng.integers(0, _DEFAULT_INT_HIGH, size=np.shape(x)).astype(x.dtype) for x in drawn
+            )
+        elif isinstance(drawn, np.ndarray):
+            narrow[value.name] = rng.integers(0, _DEFAULT_INT_HIGH, size=drawn.shape).astype(drawn.dtype)
+    return narrow
+
+
+def _raw_data_refused(narrow: Mapping[str, Any], reason: str, notes: list[str] | None) -> None:
+    """Say (in ``notes``, and logged) that the raw-data inputs ``narrow`` names were drawn as 0 or 1, and why."""
+    note = (
+        f"generated {_quoted(narrow)}: 0 or 1 only, since ONNX Runtime refuses the input model on values over the "
+        f"whole range of their type ({reason}); verification does not exercise other values "
+        "(pass real inputs with --inputs FILE.npz)"
+    )
+    logger.warning("%s", note)
+    _add_note(notes, note)
 
 
 def _readers_through_copies(value: ir.Value) -> Iterator[tuple[ir.Node, int]]:

@@ -261,6 +261,9 @@ def _run_one(
         if verifier is None:
             record.status = STATUS_APPLIED
             return candidate, record
+        if (contradicted := verifier.declared_shape_contradicted(candidate, model)) is not None:
+            record.status, record.nodes_after, record.detail = STATUS_ROLLED_BACK, nodes_before, contradicted
+            return model, record
         with task("verifying on ONNX Runtime"):
             verdict = (
                 _check_approximate(verifier, model, candidate, result)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, paired_drift
+from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, paired_drift, root_mean_square
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import GeneratedInputsRefusedError, InputSpecError, InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import SampleData, hold_out, holds_samples, samples_in, split_samples
@@ -316,6 +316,9 @@ SEGMENT_CAP = NOISE_CAP
 # mask's fill (-1e4, -1e9, finfo.min, -inf) is no activation, and one RMS over it would excuse any
 # change to the rest; such a tensor is computed by the result itself and seen downstream.
 CUT_MAGNITUDE = 1e3
+# An output element past CUT_MAGNITUDE and this many times the RMS of the elements below it is a fill (a masked
+# logit's -1e9), not an activation: it lends the others no tolerance (``_floored_past_fills``).
+FILL_RATIO = 1e3
 # The segment check holds the cuts' values several times at once (the reference's, those fed, those the
 # result computes, ONNX Runtime's buffers): on SmolLM2-135M's padded binding, 11.2 GB of peak RSS for the
 # pipeline against 6.1 GB without it. It is not started where this many times the cuts' bytes exceed the
@@ -368,7 +371,7 @@ def _compare_one(
     max_abs = float(diff.max()) if diff.size else 0.0
     # Relative to each element, but never to less than the tensor's RMS (floored_magnitude):
     # logits that happen to be near zero must not demand far more precision than the large ones.
-    magnitude = floored_magnitude(np.where(both_finite, e, 0.0))
+    magnitude = _floored_past_fills(np.where(both_finite, e, 0.0))
     rel = diff / np.maximum(magnitude, np.finfo(np.float64).tiny)
     max_rel = float(np.where(both_finite, rel, 0.0).max()) if diff.size else 0.0
     floor = np.asarray(floor, np.float64)
@@ -394,6 +397,23 @@ def _compare_one(
             )
         )
     return OutputCheck(name, False, max_abs, max_rel, detail)
+
+
+def _floored_past_fills(values: np.ndarray) -> np.ndarray:
+    """``floored_magnitude(values)``, with the RMS taken without the elements that are fills, not activations: past
+    ``CUT_MAGNITUDE`` and ``FILL_RATIO`` times the RMS of the elements below it (a suppressed token's logit written as
+    -1e9 or float32's lowest). One such element in a row of 64 logits made the RMS 1.2e8, under which a rewrite
+    scaling every other logit by 1.5 verified. A fill is still held to its own magnitude."""
+    magnitude = np.abs(values)
+    below = magnitude < CUT_MAGNITUDE
+    if below.all() or not below.any():
+        return floored_magnitude(values)
+    typical = root_mean_square(magnitude[below])
+    # Below-threshold elements all zero (a ReLU's zeros beside large activations) say nothing of a typical size.
+    fills = ~below & (magnitude >= FILL_RATIO * typical) if typical > 0 else np.zeros_like(below)
+    if not fills.any():
+        return floored_magnitude(values)
+    return np.maximum(magnitude, root_mean_square(magnitude[~fills]))
 
 
 def int8_row_excess(
@@ -1106,6 +1126,32 @@ class Verifier:
         self.labels.append(label)
         self._level_zero = None  # built on the sets there were
         return True
+
+    def declared_shape_contradicted(self, candidate: ir.Model, before: ir.Model) -> str | None:
+        """Why ``candidate`` declares an output dim that every reader of the file takes for its size, but that the
+        model does not compute on an input set (a rewrite that wrote ``[1, 64]`` for ``["batch", 64]``: ONNX
+        Runtime only warns, and values compare equal), or None. A dim ``before`` (the model the pass was given)
+        declares the same is the input's own and left alone."""
+        declared = {value.name: value.shape for value in before.graph.outputs}
+        for value in candidate.graph.outputs:
+            shape, prior = value.shape, declared.get(value.name)
+            if shape is None:
+                continue
+            for label, reference in zip(self.labels, self.references):
+                array = reference.get(value.name)
+                if not isinstance(array, np.ndarray) or array.ndim != len(shape):
+                    continue
+                for axis, dim in enumerate(shape):
+                    if not isinstance(dim, int) or dim == array.shape[axis]:
+                        continue
+                    if prior is not None and len(prior) == len(shape) and prior[axis] == dim:
+                        continue
+                    shown = [d if isinstance(d, int) else str(d) for d in shape]
+                    return (
+                        f"output {value.name!r} is declared {shown}, but the model computes {list(array.shape)} on "
+                        f"{label}: readers of the file would take the declared size"
+                    )
+        return None
 
     def outputs_never_compared(self) -> dict[str, list[str]]:
         """Outputs of the original whose values no check compares, by why: ``"empty"``, empty on every input set (a
