@@ -358,7 +358,8 @@ class AccuracyBudget:
     the same per-sample score of the worst sample of every output must reach it (a mean
     of 0.995 can hide a sentence at 0.97); ``max_error``: no output element may differ by
     more (integer ones included: a changed class id differs by at least 1). Any of them
-    may be set; a budget with none accepts anything.
+    may be set; a budget with none accepts anything. An output that turned NaN or Inf where the original has a
+    number or another NaN or Inf (``paired_drift``: ``Drift(0, inf)``) meets no budget.
     """
 
     min_cosine: float | None = None
@@ -376,7 +377,11 @@ class AccuracyBudget:
         return self.min_cosine is not None or self.min_worst_cosine is not None
 
     def met(self, drift: Drift) -> bool:
-        """Whether ``drift`` is within the budget."""
+        """Whether ``drift`` is within the budget. An output turned NaN or Inf where the original has a number or
+        another NaN or Inf (an infinite ``max_error``) meets none, as ``compare``'s gates hold it: its cosine 0 met
+        ``--min-cosine 0``."""
+        if not math.isfinite(drift.max_error):
+            return False
         if self.min_cosine is not None and not drift.cosine >= self.min_cosine:
             return False
         if self.min_worst_cosine is not None and not drift.worst_cosine >= self.min_worst_cosine:
@@ -510,9 +515,11 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                     max_error = max(max_error, float(_integer_difference(expected, actual).max()))
                 continue
             e, a = expected.astype(np.float64), actual.astype(np.float64)
-            if not np.isfinite(a).all() and not np.array_equal(np.isfinite(a), np.isfinite(e)):
-                return Drift(0.0, float("inf"))
             finite = np.isfinite(e) & np.isfinite(a)
+            # Where either is not finite both must be the same, NaN and NaN or one infinity, as ``compare`` holds
+            # them: an output turned from +Inf to -Inf or NaN (or from a NaN or Inf to a number) met any budget.
+            if not finite.all() and (~finite & ~((np.isnan(e) & np.isnan(a)) | (e == a))).any():
+                return Drift(0.0, float("inf"))
             e, a = np.where(finite, e, 0.0), np.where(finite, a, 0.0)
             max_error = max(max_error, float(np.abs(a - e).max()))
             if e.ndim <= 1 or e.size == len(e):

@@ -202,6 +202,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.drift: Drift | None = None
         self._float: ir.Model | None = None
         self._batches: Sequence[Mapping[str, np.ndarray]] = []
+        # The layers this run may change (not matched by --exclude, not a model output, no tied weight).
+        self._changeable: frozenset[str] = frozenset()
 
     @abc.abstractmethod
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
@@ -264,6 +266,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             if not layers and not refused:
                 self.note(_nothing_to_quantize(model, self.kinds))
             return self.result(model, modified=False)
+        self._changeable = frozenset(layer.name for layer in chosen)
         if self.weight_range_note:
             self.note(self.weight_range_note)
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
@@ -345,12 +348,15 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         """SmoothQuant (exact float rescaling) at the inputs of the named layers whose scheme is ``"smooth"``.
 
         Every layer reading the same input is rescaled with them (smoothing changes the
-        norm they all read); those keep their own schemes. Returns the norms smoothed.
+        norm they all read); those keep their own schemes. A norm also read by a layer this run
+        leaves alone (``--exclude``, a model output, a tied weight) is not smoothed: that layer's
+        weight would be rewritten (``smoothing.smooth`` smooths a norm only where the layers
+        given read all of it). Returns the norms smoothed.
         """
         wanted = {name for name in names if self.schemes.get(name) == "smooth"}
         if not wanted or not self._batches:
             return []
-        layers = find_layers(model.graph, self.kinds)[0]
+        layers = [layer for layer in find_layers(model.graph, self.kinds)[0] if layer.name in self._changeable]
         inputs = {layer.activation.name for layer in layers if layer.name in wanted}
         readers = [layer for layer in layers if layer.activation.name in inputs]
         return smoothing.smooth(model, readers, self._batches, _LAYER_SMOOTH_ALPHA)
@@ -416,7 +422,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 met += f" (no layer timed: --budget-decode-steps {self.decode_steps} changed nothing)"
             self.note(met)
             return self._if_faster(model, layers, default, batches, (checked, checked_reference))
-        options = {layer.name: (self.default_scheme, *self.alternatives(layer), FLOAT) for layer in layers}
+        options = {layer.name: (self.default_scheme, *self._offered(layer), FLOAT) for layer in layers}
         times, measured = self._layer_times(model, layers, batches, options)
         errors = self._scheme_errors(model, layers, options, batches, reference)
         path = greedy_path(default, errors, times)
@@ -469,6 +475,16 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.note(f"budget {described} met{where} with {len(points[found].changes)} layers changed: {changed}")
         chosen = self._if_faster(model, layers, schemes, batches, (checked, checked_reference), times)
         return [layer for layer in chosen if layer.name not in floated]
+
+    def _offered(self, layer: Layer) -> tuple[str, ...]:
+        """``alternatives(layer)``, less SmoothQuant where a layer this run leaves alone reads the same input
+        (``_smooth_layers`` would not smooth it: the scheme would be the default's)."""
+        readers = [user.name for user, _ in layer.activation.uses()]
+        return tuple(
+            scheme
+            for scheme in self.alternatives(layer)
+            if scheme != "smooth" or all(name in self._changeable for name in readers)
+        )
 
     def _if_faster(
         self,
