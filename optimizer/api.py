@@ -364,7 +364,10 @@ def _samples(
             raise InputSpecError("--calibration: the arrays hold no samples (axis 0 is empty)")
         return samples, None
     batch = batch_dims(model)
-    if not batch:
+    # A model that fixes its batch (``x [1, 3, 224, 224]``) gets batches of that size drawn one at a time and
+    # stacked, as its calibration data is cut (``split_samples``).
+    fixed = None if batch else fixed_batch_size(model)
+    if not batch and fixed is None:
         flags = ways_to_ask(asked).split(" or ")
         needs = (
             f"{', '.join(flags)} {'needs' if len(flags) == 1 else 'need'}" if flags[0] else "approximate passes need"
@@ -375,9 +378,10 @@ def _samples(
         )
     bound = dict(dims or {})
     bound.update({name: _GENERATED_SAMPLES for name in batch})
+    draws = 1 if fixed is None else -(-_GENERATED_SAMPLES // fixed)
     refuse_oversized(
         model,
-        [bound],
+        [bound] * draws,
         what=f"generated calibration samples ({_GENERATED_SAMPLES} along the batch axis)",
         ways_out="give real samples with --calibration FILE.npz, or bind smaller sizes with --dim NAME=SIZE",
     )
@@ -387,7 +391,8 @@ def _samples(
     )
     cap = None
     while True:  # at half the free lengths where the model refuses them, as verification's inputs
-        generated = make_inputs(model, bind_dims(model, bound, max_positions=cap) if cap else bound, seed=2)
+        binding = bind_dims(model, bound, max_positions=cap) if cap else bound
+        generated = _stacked(model, [make_inputs(model, binding, seed=2 + draw) for draw in range(draws)])
         try:
             _refuse_unrunnable_batch(
                 model,
@@ -405,6 +410,20 @@ def _samples(
         lengths = free_lengths(model, dims, dims_from_inputs(model, generated))
         warning += f" ({lengths}: ONNX Runtime refused the model at longer ones)"
     return generated, warning
+
+
+def _stacked(model: ir.Model, sets: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Generated input sets, each one batch of a model that fixes its batch, as one set of samples: the inputs
+    that hold samples (``holds_samples``) concatenated along axis 0, the others taken from the first set."""
+    if len(sets) == 1:
+        return sets[0]
+    holds = holds_samples(model)
+    return {
+        name: np.concatenate([each[name] for each in sets])
+        if isinstance(value, np.ndarray) and holds(name, value)
+        else value
+        for name, value in sets[0].items()
+    }
 
 
 def _refuse_or_note_repeated(data: SampleData, notes: list[str]) -> None:

@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
+from onnxscript import version_converter
 
 from optimizer.domains import MS_DOMAIN, onnx_opset
 from passes._layers import Layer, bias_add, find_layers
@@ -35,6 +36,10 @@ from passes.quantization._twin import Int8Twin
 WEIGHT_ONLY_BLOCK = 32
 # The largest |w_2i| + |w_2i+1| whose pair sum of u8 x s8 products fits int16: 255 * 128 <= 32767.
 SATURATION_FREE_PAIR = 128
+# Per-row scales are written with QuantizeLinear, which needs opset 10; older models are converted to the oldest
+# opset onnxscript's version converter targets.
+_ROW_OPSET = 10
+_CONVERTED_OPSET = 18
 # Producers whose output SmoothQuant can rescale (see passes.quantization.smoothing).
 _SMOOTHABLE_PRODUCERS = (
     "LayerNormalization",
@@ -69,7 +74,9 @@ class DynamicQuantizationPass(QuantizationPass):
     decoder's few tokens with massive activations (SmolLM2-135M: one token 2,000x the
     median at a down projection's input) then no longer set every token's step. Its twin
     reads the input through the same per-row rounding written as float ops. Packed-QKV
-    ``Attention`` keeps a per-tensor scale (``QAttention`` takes a scalar).
+    ``Attention`` keeps a per-tensor scale (``QAttention`` takes a scalar). A model below
+    opset 10 (which lacks ``QuantizeLinear``) is converted to opset 18 first, as
+    ``StaticQuantizationPass`` converts one below 13.
 
     Under an accuracy budget a layer may instead be written in an alternative scheme the
     search found cheaper than float (``QuantizationPass``): ``"row"`` (per-row scales
@@ -103,6 +110,16 @@ class DynamicQuantizationPass(QuantizationPass):
         if activation_scale == "row":
             self.twin_inputs = "through per-row symmetric int8 (max|row| / 127)"
         self._shared: dict[tuple[str, str], tuple[ir.Value, ...] | None] = {}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opset = onnx_opset(model.opset_imports, 1)
+        converts = self.activation_scale == "row" and opset < _ROW_OPSET
+        if converts:
+            version_converter.convert_version(model, _CONVERTED_OPSET, fallback=True)
+        result = super().call(model)
+        if converts and result.modified:
+            result.notes.insert(0, f"converted from opset {opset} to {_CONVERTED_OPSET} for per-row QuantizeLinear")
+        return result
 
     def alternatives(self, layer: Layer) -> tuple[str, ...]:
         found = []
