@@ -123,3 +123,29 @@ def test_a_second_binding_is_found_where_sizes_must_halve_evenly():
     assert report.verified
     assert [shape["x"][2:] for shape in report.inputs] == [[128, 128], [64, 64]], report.inputs
     assert not any("second binding" in w for w in report.warnings), report.warnings
+
+
+def _batch_of_one() -> ir.Model:
+    """``Relu(xᵀ @ W)`` with ``W [1, 4]``: runs at batch 1 only, at every length."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["xt", "W"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["sequence", 4])],
+        [numpy_helper.from_array(np.ones((1, 4), np.float32), "W")],
+    )
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9))
+
+
+def test_compare_names_the_first_generated_sizes_where_halving_does_not_help(tmp_path, capsys):
+    # The refusal is of the batch (2), not the length: halved to 8 and still refused, the error named
+    # sequence=8 as if that were what was generated.
+    path = tmp_path / "one.onnx"
+    onnx.save(ir.to_proto(_batch_of_one()), path)
+    code, _, err = run_cli(["compare", path, path, "--batch", "1,2", "--time-budget", "0.5", "-q"], capsys)
+    assert code == 2
+    assert "the inputs were generated (batch=1, sequence=128; shorter ones down to sequence=8 were refused too)" in err

@@ -394,7 +394,7 @@ def _compare(
     batch_axes = _batch_axes(before_model, batch_names)
     padding = functools.partial(padded_outputs, before_model, layout=padding_layout(before_model))
     generated = inputs is None and generation is None
-    cap, refused, noted = None, "", len(warnings)
+    cap, refused, noted, first_inputs = None, "", len(warnings), base_inputs
     while True:
         try:
             results = []
@@ -402,7 +402,9 @@ def _compare(
                 if not ep.available:
                     results.append(ProviderResult(ep.name, False, ep.reason))
                     continue
-                with _hint_on_generated_inputs(generated, str(before), before_model, base_inputs, dims, cap):
+                with _hint_on_generated_inputs(
+                    generated, str(before), before_model, base_inputs, dims, cap, first=first_inputs
+                ):
                     measured = _measure_provider(
                         str(before),
                         str(after),
@@ -471,11 +473,13 @@ def _hint_on_generated_inputs(
     inputs: Mapping[str, np.ndarray],
     dims: Mapping[str, int] | None = None,
     cap: int | None = None,
+    *,
+    first: Mapping[str, np.ndarray] | None = None,
 ) -> Iterator[None]:
     """ONNX Runtime refusing BEFORE (``before``, its path; ``model``) on inputs graphopt generated: ``_ShorterInputs``
     where the free dims (not ``dims``, the user's; not a batch) can be halved below ``cap``, the bound last tried,
-    else an error that says which sizes they had and how to choose others. AFTER refusing inputs BEFORE ran on
-    is AFTER's failure: its error is left as it is."""
+    else an error that says which sizes they had (``first``: those first generated, before any halving) and how
+    to choose others. AFTER refusing inputs BEFORE ran on is AFTER's failure: its error is left as it is."""
     try:
         yield
     except InvalidModelError as error:
@@ -485,7 +489,11 @@ def _hint_on_generated_inputs(
         shorter = shorter_generated_length(model, dims, bound, cap)
         if shorter is not None:
             raise _ShorterInputs(shorter) from error
-        sizes = ", ".join(f"{name}={size}" for name, size in bound.items())
+        # Named at the sizes first generated (halving them did not help: the refusal may be of another size).
+        generated_first = dims_from_inputs(model, first) if first is not None else bound
+        sizes = ", ".join(f"{name}={size}" for name, size in generated_first.items())
+        if generated_first != bound:
+            sizes += f"; shorter ones down to {free_lengths(model, dims, bound)} were refused too"
         raise InvalidModelError(
             f"{one_line(error)}; the inputs were generated ({sizes}): bind other sizes with --dim NAME=SIZE, "
             "or give real inputs with --inputs FILE.npz"
