@@ -905,7 +905,9 @@ def _symbolic_shapes(model: ir.Model, merged: set[str] | None = None) -> dict[st
             inference._infer_impl()
         known = dict(inference.known_vi_)
     except Exception as error:  # the tool raises assorted errors on graphs it cannot follow
-        return f"symbolic shape inference failed ({one_line(error, 200)})"
+        node = inference.current_node
+        where = f" at {node.op_type} node {node.name or node.output[0]!r}" if node is not None else ""
+        return f"symbolic shape inference failed{where} ({one_line(error, 200)})"
     # Symbols merged by a broadcast of two input dims, and what the inference merged them into: unproven.
     merges = getattr(inference, "suggested_merge_", {}) or {}
     if merged is not None:
@@ -988,6 +990,26 @@ def _broadcast_recording(base: type) -> type:
             # CastLike passes its values on as Cast does: torch's dynamo exports bound their aranges by
             # CastLike(Shape(..)[i], c), and without this every such Range got a fresh symbol (now unproven).
             self.dispatcher_["CastLike"] = lambda node: self._compute_on_sympy_data(node, lambda values: values[0])
+            self.current_node = None  # the node being inferred, named by a failure's note
+
+        def _onnx_infer_single_node(self, node):  # noqa: ANN001, ANN202 (ORT's own signature)
+            self.current_node = node
+            return super()._onnx_infer_single_node(node)
+
+        def _infer_Attention(self, node):  # noqa: ANN001, ANN202, N802 (ORT's own signature)
+            # The tool dispatches on the op type alone and skips ONNX's inference for an "Attention": ONNX's own
+            # (opset 23, which torch's dynamo exporter writes for sdpa) went to the handler of com.microsoft's,
+            # whose inputs differ, and its assertion failed the whole inference. ONNX's inference reads it.
+            if node.domain not in ("", "ai.onnx"):
+                return super()._infer_Attention(node)
+            known = [self.known_vi_[name] for name in node.input if name]
+            outputs = [onnx.ValueInfoProto(name=name) for name in node.output]
+            self.tmp_mp_.graph.CopyFrom(onnx.helper.make_graph([node], "tmp", known, outputs))
+            inferred = onnx.shape_inference.infer_shapes(self.tmp_mp_)
+            for index, name in enumerate(node.output):
+                if name:
+                    self.known_vi_[name].CopyFrom(inferred.graph.output[index])
+            return None
 
         def _infer_SplitToSequence(self, node):  # noqa: ANN001, ANN202, N802 (ORT's own signature)
             # ORT 1.32's handler calls onnx.helper.make_sequence_value_info, which onnx 1.23 renamed
