@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import TensorProto, helper
 
 import optimizer
+from optimizer.api import optimize_with_report
 from passes.shape_simplification import _symbolic_shapes
 
 
@@ -82,3 +84,21 @@ def test_a_failed_inference_names_the_node():
     )
     note = _symbolic_shapes(ir.from_proto(model))
     assert isinstance(note, str) and "at Attention node 'my_attention'" in note, note
+
+
+def test_onnx_attention_is_named_as_left_alone():
+    # Opset 23's own Attention (torch's dynamo sdpa) was neither fused nor named in any note.
+    spec = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["b", 2, "s", 8]) for name in ("q", "k", "v")]
+    graph = helper.make_graph(
+        [helper.make_node("Attention", ["q", "k", "v"], ["y"], is_causal=1)],
+        "sdpa",
+        spec,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2, "s", 8])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=11)
+    onnx.checker.check_model(proto)
+    _, report = optimize_with_report(ir.from_proto(proto), ["fuse-attention"])
+    (record,) = report.passes
+    assert any("ONNX Attention (opset 23)" in line and "not ONNX's Attention op" in line for line in record.refusals), (
+        record.refusals
+    )

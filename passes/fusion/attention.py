@@ -1071,6 +1071,13 @@ class AttentionFusion(FusionPass):
 
     def fuse(self, model: ir.Model) -> int:
         opset = onnx_opset(model.opset_imports, 0)
+        for _ in (n for n in model.graph if is_onnx_op(n, "Attention")):
+            # torch's dynamo exporter writes sdpa as ONNX's own Attention at opset 23.
+            self.refuse(
+                "ONNX Attention (opset 23)",
+                "this pass reads attention spelled out (MatMul, Softmax, MatMul), not ONNX's Attention op, which "
+                "ONNX Runtime runs itself (export at opset 22 or lower for MultiHeadAttention/GroupQueryAttention)",
+            )
         softmaxes = [n for n in model.graph if is_onnx_op(n, "Softmax")]
         # Shapes the exporter did not record are inferred only where a candidate needs them,
         # and taken back afterwards (``_inferred_shapes``).
