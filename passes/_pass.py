@@ -158,6 +158,19 @@ def unfit_on_generated_samples(importance: str | None, repair: bool | None, fitt
     )
 
 
+def refuse_without_samples(importance: str | None, repair: bool | None, fitting: str, default: str) -> None:
+    """``ValueError`` where ``--importance activation`` (or ``reconstruction``) or ``repair=True`` is asked of a pass
+    built without samples (``fitting``: what they would fit, e.g. "ranking or re-fitting units"; ``default``: what
+    runs without them): it would run ``default`` and say nothing of it."""
+    asked = [f"importance={importance!r}"] if importance in DATA_IMPORTANCE_KINDS else []
+    asked += ["repair=True"] if repair else []
+    if asked:
+        raise ValueError(
+            f"{' and '.join(asked)} {'need' if len(asked) > 1 else 'needs'} samples= (calibration data) for {fitting}: "
+            f"without them the pass runs {default} (give samples, or leave both to their defaults)"
+        )
+
+
 def _interface(model: ir.Model) -> tuple[list, list]:
     def describe(values) -> list:
         return [(v.name, v.dtype, None if v.shape is None else list(v.shape)) for v in values]

@@ -73,7 +73,7 @@ from optimizer.protocol import Twin
 from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, value_collector
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
 from passes._least_squares import GramFit
-from passes._pass import GraphoptPass, unfit_on_generated_samples
+from passes._pass import GraphoptPass, refuse_without_samples, unfit_on_generated_samples
 from passes._utils import add_initializer, constant_array, nothing_found_note, remove_dead_nodes
 from passes.factorization._timing import FASTER_BELOW, MeasuredSpeed, parameter_limit
 
@@ -110,7 +110,8 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
     """Factorize large constant-weight MatMul/Gemm/Attention layers into two thinner MatMuls (see the module docstring).
 
     After a run, ``ranks`` maps each factorized weight to ``(rank, k, n)`` and ``drift``
-    is the accuracy on the samples (when there are any).
+    is the accuracy on the samples (when there are any). Without samples the factors are plain SVD without repair;
+    asking for ``importance="activation"`` (or ``"reconstruction"``) or ``repair=True`` then is a ``ValueError``.
 
     ``speed`` (injectable for tests) is the per-shape timing cache, a
     ``MeasuredSpeed`` for ``target`` at ``threads`` (None: all cores) by default; ``rows``, the row counts each layer is
@@ -148,6 +149,8 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
                 importance, repair, "whitening or re-fitting factors", "plain SVD without repair"
             )
             importance, repair = "magnitude", False
+        if samples is None:
+            refuse_without_samples(importance, repair, "whitening or re-fitting factors", "plain SVD without repair")
         real = samples is not None and not self.samples_generated
         self.ratio = ratio
         self.activation_aware = real and importance != "magnitude"

@@ -50,7 +50,7 @@ from optimizer.protocol import Twin
 from optimizer.runtime import drift_of, run_batches, stream_values, value_collector
 from passes._layers import is_feature_bias, name_nodes
 from passes._least_squares import GramFit
-from passes._pass import GraphoptPass, unfit_on_generated_samples
+from passes._pass import GraphoptPass, refuse_without_samples, unfit_on_generated_samples
 from passes._utils import add_initializer, constant_array, nothing_found_note, remove_dead_nodes, replace_value
 from passes.pruning._groups import ChannelGroup, Cut
 from passes.pruning._reconstruction import MAX_INPUTS, removal_scores
@@ -87,7 +87,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
     importance is weight magnitude and the consumers are not re-fitted. Asking for
     ``importance="activation"`` (or ``"reconstruction"``) or ``repair=True`` on generated samples is refused (the
     model is left whole, with the reason): ranking and re-fitting to random tokens is not
-    what either option promises, and measured worse than magnitude for heads.
+    what either option promises, and measured worse than magnitude for heads. Without samples, either is a
+    ``ValueError`` when the pass is built (it would rank by magnitude without repair and say nothing of it).
     """
 
     unit_name = "units"
@@ -126,6 +127,10 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 importance, repair, "ranking or re-fitting units", "magnitude importance without repair"
             )
             importance, repair = "magnitude", False
+        if samples is None:
+            refuse_without_samples(
+                importance, repair, "ranking or re-fitting units", "magnitude importance without repair"
+            )
         if importance is None and samples is not None:
             # Reconstruction ranks for the repair; without it a layer would be ranked by activation anyway.
             importance = self.default_importance if repair is None or repair else "activation"

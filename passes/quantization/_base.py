@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
+from onnxscript import version_converter
 
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import MS_DOMAIN
@@ -323,6 +324,20 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self.note(f"{reduced}, {len(self.kept_float)} float: {self.drift}{held}")
         self._float, self._batches = None, []
         return self.result(model, modified=True, twin=twin, fitted_to_samples=held_out)
+
+    def call_converted(self, model: ir.Model, opset: int) -> ir.passes.PassResult:
+        """``QuantizationPass.call`` on a copy of ``model`` converted to ``opset`` (an exact rewrite), the copy's
+        graph and functions taken into ``model`` only where the pass modified it: a result that says it changed
+        nothing (every layer left float) leaves the caller's model at its own opset, as an onnx-ir pass says."""
+        converted = model.clone()
+        version_converter.convert_version(converted, opset, fallback=True)
+        result = QuantizationPass.call(self, converted)
+        if result.modified:
+            model.graph, model.ir_version = converted.graph, converted.ir_version
+            model.functions.clear()
+            model.functions.update(converted.functions)
+        result.model = model
+        return result
 
     def fitted_caveat(self) -> str:
         """What the summary's accuracy figure is qualified with when no sample was held out of a fit of the

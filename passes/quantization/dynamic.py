@@ -12,7 +12,6 @@ from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript import version_converter
 
 from optimizer.domains import MS_DOMAIN, onnx_opset
 from passes._layers import Layer, bias_add, find_layers
@@ -114,9 +113,7 @@ class DynamicQuantizationPass(QuantizationPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opset = onnx_opset(model.opset_imports, 1)
         converts = self.activation_scale == "row" and opset < _ROW_OPSET
-        if converts:
-            version_converter.convert_version(model, _CONVERTED_OPSET, fallback=True)
-        result = super().call(model)
+        result = self.call_converted(model, _CONVERTED_OPSET) if converts else super().call(model)
         if converts and result.modified:
             result.notes.insert(0, f"converted from opset {opset} to {_CONVERTED_OPSET} for per-row QuantizeLinear")
         return result

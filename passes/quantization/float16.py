@@ -71,7 +71,9 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
 
     Keeping I/O types, a graph output that is an initializer is computed by an
     ``Identity`` of it, and one that is a graph input or repeats another is set aside
-    while converting and put back: the converter defined such outputs twice.
+    while converting and put back: the converter defined such outputs twice. Values and
+    nodes named as the converter names its I/O Casts (``graph_input_cast_0``: a model it
+    converted before, this pass's own result) are renamed first, so such a model converts again.
     """
 
     def __init__(self, *, keep_io_types: bool = True, block_ops: tuple[str, ...] = ()) -> None:
@@ -104,6 +106,7 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             self.note(f"{bounds} (+-65504; a Cast to float16 follows): {named}")
         if self.keep_io_types:
             _initializer_outputs_computed(model.graph)
+            _rename_converter_names(model.graph)
         proto = ir.to_proto(model)
         passed_through = _passed_through_outputs(proto.graph) if self.keep_io_types else []
         # Inferred once, here: the converter would infer the same shapes again (it runs onnx's infer_shapes first).
@@ -152,6 +155,28 @@ def _initializer_outputs_computed(graph: ir.Graph) -> None:
         for at, output in enumerate(graph.outputs):
             if output is value and at >= index:
                 graph.outputs[at] = identity.outputs[0]
+
+
+# The names onnxruntime's converter, keeping I/O types, gives the Casts it writes at the graph's inputs and outputs
+# (``graph_input_cast_0`` computed by the node ``graph_input_cast0``).
+_CONVERTER_NAMES = ("graph_input_cast", "graph_output_cast")
+
+
+def _rename_converter_names(graph: ir.Graph) -> None:
+    """Rename the nodes and values (other than graph inputs and outputs) named as the converter names its I/O Casts:
+    a model it already converted (graphopt's or onnxruntime's float16 output, converted again) holds them, and the
+    converter wrote its new Casts under the same names (the model was invalid: the pass failed with onnx-ir's
+    "redeclared" error)."""
+    interface = {id(value) for value in (*graph.inputs, *graph.outputs)}
+    taken = {value.name for value in (*graph.inputs, *graph.initializers.values())}
+    taken |= {output.name for node in ir.traversal.RecursiveGraphIterator(graph) for output in node.outputs}
+    names = {node.name for node in ir.traversal.RecursiveGraphIterator(graph)}
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        if node.name and node.name.startswith(_CONVERTER_NAMES):
+            node.name = unique_name(f"{node.name}_kept", names)
+        for value in node.outputs:
+            if value.name and value.name.startswith(_CONVERTER_NAMES) and id(value) not in interface:
+                value.name = unique_name(f"{value.name}_kept", taken)
 
 
 def _fresh(graph: ir.Graph, name: str) -> str:

@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript import version_converter
 
 from optimizer.domains import onnx_opset
 from optimizer.inputs import holds_samples, samples_in
@@ -106,10 +105,8 @@ class StaticQuantizationPass(QuantizationPass):
             self.decline("no calibration samples: nothing quantized")
             return self.result(model, modified=False)
         opset = onnx_opset(model.opset_imports, 1)
-        if opset < _QDQ_OPSET:
-            # Per-channel DequantizeLinear (its axis attribute) needs opset 13.
-            version_converter.convert_version(model, _CONVERTED_OPSET, fallback=True)
-        result = super().call(model)
+        # Per-channel DequantizeLinear (its axis attribute) needs opset 13.
+        result = self.call_converted(model, _CONVERTED_OPSET) if opset < _QDQ_OPSET else super().call(model)
         if opset < _QDQ_OPSET and result.modified:
             result.notes.insert(0, f"converted from opset {opset} to {_CONVERTED_OPSET} for QDQ")
         return result
