@@ -58,9 +58,15 @@ def test_values_out_of_range_are_refused_where_options_are_built(values, message
 CONFLICTS = [
     ({"fp16": True}, ["--fp16"], "--fp16 is for --target cuda (ONNX Runtime's CPU kernels are float32)"),
     (
-        {"fp16": True, "target": "cuda", "quantize": "dynamic"},
-        ["--fp16", "--target", "cuda", "--quantize", "dynamic"],
-        "--quantize dynamic and --fp16 do not combine: choose one",
+        {"fp16": True, "target": "cuda", "quantize": "static"},
+        ["--fp16", "--target", "cuda", "--quantize", "static"],
+        "--quantize static and --fp16 do not combine: choose one",
+    ),
+    (
+        {"target": "cuda", "quantize": "dynamic"},
+        ["--target", "cuda", "--quantize", "dynamic"],
+        "--quantize dynamic is for --target cpu (ONNX Runtime's DynamicQuantizeMatMul and MatMulIntegerToFloat "
+        "have CPU kernels only; --quantize static or int4 run on CUDA)",
     ),
     ({"smooth": 0.5}, ["--smooth", "0.5"], "--smooth 0.5 (smooth=0.5) needs --quantize dynamic or --quantize static"),
     (

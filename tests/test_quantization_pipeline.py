@@ -145,7 +145,8 @@ def test_cli_fp16_for_cuda(tmp_path, keep_io_types):
     ("flags", "message"),
     [
         (["--fp16"], "--fp16 is for --target cuda"),
-        (["--target", "cuda", "--fp16", "--quantize", "dynamic"], "--quantize dynamic and --fp16 do not combine"),
+        (["--target", "cuda", "--fp16", "--quantize", "static"], "--quantize static and --fp16 do not combine"),
+        (["--target", "cuda", "--quantize", "dynamic"], "--quantize dynamic is for --target cpu"),
         (
             ["--calibration", "x.npz"],
             "--calibration needs --prune-ffn R or --prune-heads R or --prune-channels R or --lowrank R"

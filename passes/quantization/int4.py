@@ -114,8 +114,9 @@ class Int4QuantizationPass(QuantizationPass):
     Under an accuracy budget a layer can take an alternative before float: at level 4 a
     4-bit layer can keep float inputs (the scheme ``FLOAT_INPUT``: the same weights at
     accuracy_level 0, the exact product of its 4-bit weights; its twin does not round the
-    input), and any layer but a tied head can fall back to int8 (the scheme ``"int8"``:
-    ``DynamicQuantizeMatMul``, int8 weights per output column, 7-bit with ``reduce_range``
+    input), and on ``target`` cpu any layer but a tied head can fall back to int8 (the scheme ``"int8"``:
+    ``DynamicQuantizeMatMul``, which ONNX Runtime has no CUDA kernel for, so not on ``target`` cuda; int8
+    weights per output column, 7-bit with ``reduce_range``
     (the CLI chooses it for the CPU as for the int8 passes), uint8 activations per run, as
     ``DynamicQuantizationPass`` writes it; its twin quantizes the input through
     ``DynamicQuantizeLinear``), chosen by accuracy gained per latency given back like
@@ -319,8 +320,9 @@ class Int4QuantizationPass(QuantizationPass):
         # Level 0 is the exact product of the 4-bit weights; at one row still faster than float for
         # 4 bits (87 against 132 us, 576x1536), not for 8 (135 ms against 8 for SmolLM2's head).
         # A head whose tied table reads its packed weight has no int8 form: its int8 copy would sit
-        # beside the float table (two tensors for one); float keeps one.
-        int8 = () if layer.name in self._planned.values() else ("int8",)
+        # beside the float table (two tensors for one); float keeps one. On CUDA there is none either:
+        # DynamicQuantizeMatMul has CPU kernels only (ONNX Runtime would run the layer on the CPU).
+        int8 = () if layer.name in self._planned.values() or self.timing_target == "cuda" else ("int8",)
         if self.accuracy_level == 4 and self.weight(layer).bits == 4:
             return (FLOAT_INPUT, *int8)
         return int8
