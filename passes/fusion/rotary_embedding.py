@@ -1,4 +1,5 @@
-"""Rotary embedding fusion: ``x * cos + rotate_half(x) * sin`` (or ``rotate_every_two``) into RotaryEmbedding.
+"""Rotary embedding fusion: ``x * cos + rotate_half(x) * sin`` (or ``rotate_every_two``, or the rotation of each
+head's two halves) into RotaryEmbedding.
 
 Matches the Hugging Face (non-interleaved) form on per-head tensors that come from a
 head split, ``x = Transpose(Reshape(h, [0, 0, N, d]), (0, 2, 1, 3))``::
@@ -24,6 +25,16 @@ The rotated channels may be a leading slice of the head, joined back to the rest
 and StableLM's partial rotary at a constant). Both slices must be of the same ``x``, the
 second the rest of the head; ``r = d`` is the full rotation, ``r < d`` fuses with
 ``rotary_embedding_dim = r`` (ONNX Runtime passes the other channels through).
+
+The rotation may be written on each head's two halves, as GPT-OSS's (transformers' ``GptOss``) is::
+
+    x1, x2 = x[..., :d/2], x[..., d/2:]                   # torch.chunk: two Slices, or one Split
+    y = Concat(x1 * cos - x2 * sin, x2 * cos + x1 * sin, axis=-1)
+
+with cos/sin ``[B or 1, 1, S, d/2]`` tables, each frequency once (not two equal halves): what
+RotaryEmbedding computes, non-interleaved over the whole head, with those tables' columns as its
+caches (built and checked as rotate_half's, below). ``x`` is a head split or a 4-D tensor of static
+head size proved ``[B, N, S, d]`` by its ``[B or 1, 1, S, d/2]`` tables, as rotate_half's.
 
 An interleaved rotation, pairing channels ``2i`` and ``2i + 1``, is fused with ``interleaved=1``: GPT-J's,
 of the heads before their transpose, ``x = Reshape(h, [0, 0, N, d])`` (``[B, S, N, d]``), and Cohere's,
@@ -89,16 +100,22 @@ to the rest of the head; x is not float32, or neither a head split nor a 4-D ten
 static head size with ``[B or 1, 1, S, d]`` cos/sin; an interleaved rotation is of no head split of
 a 3-D projection (before or after its transpose) nor of such a 4-D tensor, its pairs are not
 ``(-t[..., 1::2], t[..., ::2])`` stacked on a new last axis and flattened back into x's layout, or its
-cos/sin are not tables of that layout whose columns come in equal pairs;
+cos/sin are not tables of that layout whose columns come in equal pairs; a chunked rotation's halves are
+not ``x[..., :d/2]`` and ``x[..., d/2:]`` in that order, are not joined on the last axis, or its cos/sin are not
+``[B or 1, 1, S, d/2]`` tables;
 the cos/sin subgraph reads anything but ``[batch, sequence]`` integer inputs (token
 ids, the attention mask, position ids) and the length of one cache (one symbolic axis of
 it, through ``Shape`` alone), reads a cache's length beside ``position_ids`` or the mask,
 or contains an If/Loop/Scan; reads inputs of static shape but no ``position_ids`` (positions fixed by
 the shapes); its values are
-not ``[c, c]`` halves of a position table, or cannot be evaluated at 16 positions; those of a ``[1, S]`` or
+not ``[c, c]`` halves of a position table, are 3-D tables of the batch (``[B, S, d]``, which the
+``[B, N, S, d]`` heads broadcast as ``[1, B, S, d]``: batch row ``b`` on head ``b``), or cannot be evaluated at
+16 positions; those of a ``[1, S]`` or
 ``[B, 1]`` ``position_ids`` are not the rows of the positions broadcast; positions depend on the attention mask's
 values, or (without ``position_ids``) on its length or the cache's in any other way than
 counting on from a past; or at some probed length cos/sin are not the caches' rows.
+A chunked rotation spelled otherwise (the inverse rotation, ``x1 * cos + x2 * sin`` first; the difference
+as a sum with ``Neg``) is not matched, and no note names it.
 """
 
 from __future__ import annotations
@@ -233,7 +250,9 @@ def _static_dim(value: ir.Value, axis: int, depth: int = 0) -> int | None:
     return bounds[1] - bounds[0]
 
 
-def _per_head_size(x: ir.Value, cos: ir.Value, sin: ir.Value, rotary_dim: int | None = None) -> int | str:
+def _per_head_size(
+    x: ir.Value, cos: ir.Value, sin: ir.Value, rotary_dim: int | None = None, *, halved: bool = False
+) -> int | str:
     """The head size of ``x`` if it is a ``[B, N, S, d]`` per-head tensor that is no head split (Qwen3 normalizes
     each head before its rotary), or why not.
 
@@ -241,25 +260,33 @@ def _per_head_size(x: ir.Value, cos: ir.Value, sin: ir.Value, rotary_dim: int | 
     ``[B or 1, 1, S, d]`` tables broadcast over axis 1 and run along axis 2, so wherever the
     original multiplies them with ``x`` (the tables' rows are checked at every probed length),
     ``x``'s axis 2 is the sequence. A ``[B, S, N, d]`` tensor rotated before its transpose has
-    ``[B, S, 1, d]`` tables, and is refused. Under a partial rotation the tables are ``rotary_dim`` wide.
+    ``[B, S, 1, d]`` tables, and is refused. Under a partial rotation the tables are ``rotary_dim`` wide;
+    ``halved``, half as wide (a chunked rotation's, each frequency once).
     """
     d = _static_dim(x, 3)
     if d is None:
         return "x is not a head split of a 3-D projection, nor a 4-D tensor of static head size"
     width = d if rotary_dim is None else rotary_dim
+    if halved:
+        width //= 2
     for table in (cos, sin):
         if table.shape is None or table.shape.rank() != 4 or table.shape[1] != 1 or table.shape[3] != width:
+            columns = "d/2" if halved else "d"
             return (
-                "x is a 4-D tensor, but cos/sin are not [B or 1, 1, S, d] tables (the layout [B, N, S, d] is unproved)"
+                f"x is a 4-D tensor, but cos/sin are not [B or 1, 1, S, {columns}] tables (the layout [B, N, S, d] "
+                "is unproved)"
             )
     return d
 
 
-def _head_size(x: ir.Value, cos: ir.Value, sin: ir.Value, rotary_dim: int | None = None) -> int | str:
-    """The head size of ``x``, a head split or a ``[B, N, S, d]`` per-head tensor, or why neither."""
+def _head_size(
+    x: ir.Value, cos: ir.Value, sin: ir.Value, rotary_dim: int | None = None, *, halved: bool = False
+) -> int | str:
+    """The head size of ``x``, a head split or a ``[B, N, S, d]`` per-head tensor (``_per_head_size``), or why
+    neither."""
     split = head_split(x, (0, 2, 1, 3))
     if split is None:
-        return _per_head_size(x, cos, sin, rotary_dim)
+        return _per_head_size(x, cos, sin, rotary_dim, halved=halved)
     if split.heads is None and (last_dim(split.hidden) is None or last_dim(split.hidden) % split.head_size):
         return "the head count is unknown"
     return split.head_size
@@ -282,6 +309,17 @@ def _split_in_halves(node: ir.Node, head_size: int) -> bool:
     return node.attributes.get_int("num_outputs", 2) == 2
 
 
+def _cut_in_halves(lo: ir.Value, hi: ir.Value, width: int) -> bool:
+    """Whether ``lo`` and ``hi`` are the first and second halves of the last axis (``width`` wide) of the tensor they
+    are cut from: one ``Split``'s two outputs in order, or two Slices at ``[0, width/2)`` and ``[width/2, width)``."""
+    if lo.producer().op_type == "Split":
+        return lo.producer() is hi.producer() and _split_in_halves(lo.producer(), width)
+    data, half = lo.producer().inputs[0], width // 2
+    return _slice_bounds_of(lo.producer(), data, width) == (0, half) and _slice_bounds_of(
+        hi.producer(), data, width
+    ) == (half, width)
+
+
 def _check_rotation(
     fusion: RotaryEmbeddingFusion, context, x, cos, sin, lo, hi, rotated, rotary_dim: int
 ) -> pattern.MatchResult:
@@ -289,14 +327,7 @@ def _check_rotation(
     result = pattern.MatchResult()
     if rotated.producer().attributes.get_int("axis", 0) not in (-1, 3):
         return result.fail("rotate_half does not concatenate on the last axis")
-    data = lo.producer().inputs[0]
-    half = rotary_dim // 2
-    if lo.producer().op_type == "Split":
-        if lo.producer() is not hi.producer() or not _split_in_halves(lo.producer(), rotary_dim):
-            return result.fail("not a full, non-interleaved rotate_half")
-    elif _slice_bounds_of(lo.producer(), data, rotary_dim) != (0, half) or _slice_bounds_of(
-        hi.producer(), data, rotary_dim
-    ) != (half, rotary_dim):
+    if not _cut_in_halves(lo, hi, rotary_dim):
         return result.fail("not a full, non-interleaved rotate_half")
     if not is_float(x):
         return result.fail("x is not float32")
@@ -306,13 +337,15 @@ def _check_rotation(
     return result
 
 
-def _rotary(op, fusion: RotaryEmbeddingFusion, x, cos, sin, rotary_dim: int | None = None):
+def _rotary(op, fusion: RotaryEmbeddingFusion, x, cos, sin, rotary_dim: int | None = None, layout: int = 0):
     """``RotaryEmbedding`` of ``x`` (on its 3-D projection when ``x`` is a head split), ``rotary_dim``
-    channels of each head rotated (all when None), the rest passed through."""
+    channels of each head rotated (all when None), the rest passed through; ``layout`` is the tables'
+    (``RotaryEmbeddingFusion.tables``' ``interleaved``: 0, or ``_HALF_WIDTH`` for a chunked rotation's)."""
     split = head_split(x, (0, 2, 1, 3))
-    d = split.head_size if split is not None else _per_head_size(x, cos, sin, rotary_dim)
+    # The rule's check proved x a head split or a [B, N, S, d] tensor of static d (``_head_size``).
+    d = split.head_size if split is not None else _static_dim(x, 3)
     width = d if rotary_dim is None else rotary_dim
-    cos_cache, sin_cache, position_ids = fusion.tables(None, cos, sin, width)
+    cos_cache, sin_cache, position_ids = fusion.tables(None, cos, sin, width, interleaved=layout)
     position_ids = fusion.positions_for(position_ids, split.hidden if split is not None else x)
     # ONNX Runtime needs num_heads with rotary_embedding_dim, whatever the input's rank.
     partial = {} if width == d else {"rotary_embedding_dim": width}
@@ -392,6 +425,58 @@ class _RotateHalfBySplit(_RotateHalf):
         lo, hi = op.Split(x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["lo", "hi"])
         rotated = op.Concat(op.Neg(hi), lo, _allow_other_attributes=True, _outputs=["rotated"])
         return op.Add(op.Mul(x, cos), op.Mul(rotated, sin))
+
+
+# The layout ``RotaryEmbeddingFusion.tables`` reads (as its ``interleaved``) for a chunked rotation's tables:
+# ``[B or 1, 1, S, d/2]``, one column per frequency, the caches as they are (0 is rotate_half's two equal
+# halves, 1 or 2 rotate_every_two's axis of 1).
+_HALF_WIDTH = -1
+
+
+class _ChunkedRotation(_RotaryRule):
+    """The rotation written on the two halves of each head, GPT-OSS's (transformers' ``GptOss``)::
+
+        x1, x2 = chunk(x, 2, dim=-1)                          # two Slices, or one Split
+        y = Concat(x1 * cos - x2 * sin, x2 * cos + x1 * sin, axis=-1)
+
+    with cos/sin ``[B or 1, 1, S, d/2]`` tables (each frequency once): what RotaryEmbedding computes
+    (non-interleaved, over the whole head) with those tables' columns as its caches. ``x`` is a head
+    split or a ``[B, N, S, d]`` tensor of static head size, as rotate_half's; the halves, the axis and
+    the tables are checked as its, the tables by the same probes (``RotaryEmbeddingFusion.tables``).
+    """
+
+    def __init__(self, *, by_split: bool) -> None:
+        super().__init__(name="ChunkedRotaryEmbeddingBySplit" if by_split else "ChunkedRotaryEmbedding")
+        self._by_split = by_split
+
+    def pattern(self, op, x, cos, sin, lo_start, lo_end, lo_axes, hi_start, hi_end, hi_axes):
+        if self._by_split:
+            lo, hi = op.Split(x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["lo", "hi"])
+        else:
+            lo = op.Slice(x, lo_start, lo_end, lo_axes, _allow_other_inputs=True, _outputs=["lo"])
+            hi = op.Slice(x, hi_start, hi_end, hi_axes, _allow_other_inputs=True, _outputs=["hi"])
+        first = op.Sub(op.Mul(lo, cos), op.Mul(hi, sin))
+        second = op.Add(op.Mul(hi, cos), op.Mul(lo, sin))
+        return op.Concat(first, second, _allow_other_attributes=True, _outputs=["joined"])
+
+    def check(self, context, x, cos, sin, lo, hi, joined, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if joined.producer().attributes.get_int("axis", 0) not in (-1, 3):
+            return result.fail("a chunked rotation's halves are not concatenated on the last axis")
+        d = _head_size(x, cos, sin, halved=True)
+        if isinstance(d, str):
+            return result.fail(d)
+        if not _cut_in_halves(lo, hi, d):
+            return result.fail("not a chunked rotation: the halves are not x[..., :d/2] and x[..., d/2:]")
+        if not is_float(x):
+            return result.fail("x is not float32")
+        tables = self._fusion.tables(context.model, cos, sin, d, interleaved=_HALF_WIDTH)
+        if isinstance(tables, str):
+            return result.fail(tables)
+        return result
+
+    def rewrite(self, op, x, cos, sin, **_):
+        return _rotary(op, self._fusion, x, cos, sin, layout=_HALF_WIDTH)
 
 
 class _PartialRotateHalf(_RotaryRule):
@@ -695,6 +780,8 @@ class RotaryEmbeddingFusion(RuleFusionPass):
             pattern.RewriteRuleSet([_PartialRotateHalf.rule()]),
             pattern.RewriteRuleSet([_RotateHalf.rule()]),
             pattern.RewriteRuleSet([_RotateHalfBySplit.rule()]),
+            pattern.RewriteRuleSet([_ChunkedRotation.rule(by_split=False)]),
+            pattern.RewriteRuleSet([_ChunkedRotation.rule(by_split=True)]),
             pattern.RewriteRuleSet([_RotateEveryTwo.rule(partial=True)]),
             pattern.RewriteRuleSet([_RotateEveryTwo.rule(partial=False)]),
         ]
@@ -702,7 +789,8 @@ class RotaryEmbeddingFusion(RuleFusionPass):
     def tables(self, model: ir.Model | None, cos: ir.Value, sin: ir.Value, head_size: int, *, interleaved: int = 0):
         """``(cos_cache, sin_cache, position_ids)`` values for this cos/sin pair, or why there are none.
 
-        ``interleaved`` is 0 for tables of two equal halves, else the axis (1 or 2) over which
+        ``interleaved`` is 0 for tables of two equal halves, ``_HALF_WIDTH`` for ``[B or 1, 1, S, d/2]`` tables
+        that are the caches' columns as they are (a chunked rotation's), else the axis (1 or 2) over which
         ``[B or 1, ·, ·, d]`` tables of equal column pairs broadcast: the heads' axis of the rotated tensor.
         Computed once per pair (on the first call, which passes the model) and cached.
         """
@@ -804,6 +892,8 @@ class RotaryEmbeddingFusion(RuleFusionPass):
             )
         cos_cache, sin_cache = _halves(table_cos, half, interleaved), _halves(table_sin, half, interleaved)
         if cos_cache is None or sin_cache is None:
+            if interleaved == _HALF_WIDTH:
+                return "cos/sin of a chunked rotation are not [B or 1, 1, S, d/2] tables of a [positions, d/2] table"
             if interleaved:
                 layout = "[B or 1, S, 1, d]" if interleaved == 2 else "[B or 1, 1, S, d]"
                 return f"cos/sin are not {layout} tables of a [positions, d/2] table's columns each repeated"
@@ -1126,6 +1216,11 @@ def _check_rows(
             if halves is None or halves.shape[0] not in (1, batch) or halves.shape[1] != seq:
                 if index and probe.ndim >= 2 and probe.shape[-2] not in (1, seq):
                     break  # cos/sin cannot multiply the [B, N, S, d] query: the original refuses this length
+                if probe.ndim == 3 and probe.shape[0] != 1:
+                    return (
+                        "cos/sin are [B, S, ·] tables: against the [B, N, S, d] heads their batch broadcasts over "
+                        "the heads, not over the batch"
+                    )
                 return (
                     "cos/sin of a padded batch have an unexpected shape"
                     if index == 0
@@ -1336,7 +1431,18 @@ def _halves(table: np.ndarray, half: int, interleaved: int = 0) -> np.ndarray | 
     """``[B, S, half]`` from a ``[B, 1, S, 2*half]`` (or ``[B, S, 2*half]``) table whose halves are equal, or
     (``interleaved`` the axis of 1: 2 for GPT-J's ``[B, S, 1, 2*half]``, multiplying ``[B, S, N, 2*half]``
     heads, 1 for Cohere's ``[B, 1, S, 2*half]``) from a table whose columns come in equal pairs
-    (``repeat_interleave``)."""
+    (``repeat_interleave``), or (``_HALF_WIDTH``) a ``[B, 1, S, half]`` (or ``[B, S, half]``) table as it is.
+
+    A 3-D table must be ``[1, S, ·]``: every rule's ``x`` is 4-D ``[B, N, S, d]``, which a ``[B, S, ·]`` table
+    multiplies as ``[1, B, S, ·]``, batch row ``b`` on head ``b`` (a review's: the tables of each batch row
+    matched the caches' rows, and the fused op rotated each row by its own positions, 3.9 apart).
+    """
+    if table.ndim == 3 and table.shape[0] != 1:
+        return None
+    if interleaved == _HALF_WIDTH:
+        if table.ndim == 4 and table.shape[1] == 1:
+            table = table[:, 0]
+        return table if table.ndim == 3 and table.shape[-1] == half else None
     if interleaved:
         if table.ndim != 4 or table.shape[interleaved] != 1 or table.shape[-1] != 2 * half:
             return None
