@@ -12,7 +12,8 @@ where ``position_ids`` index a table (GPT-2's ``wpe``, GPT-J's rotary sin/cos ro
 new tokens together stay within its rows, attention masks are ones (with two or more rows, the last row's final
 quarter is padding, so verification exercises masking), floats are standard
 normal, 8- and 16-bit integers that index nothing (raw pixels, audio samples) span their type's
-range where ONNX Runtime runs the model on that, and other integers that index nothing are 0 or 1.
+range where ONNX Runtime runs the model on that (half of them; the other half are 0 or 1, as flags of those
+types are), and other integers that index nothing are 0 or 1.
 Strings are short words; a sequence holds ``SEQUENCE_LENGTH`` generated
 tensors; an optional input is given (not empty).
 
@@ -94,8 +95,10 @@ _INDEX_PRESERVING_OPS = frozenset(
 _CONTRACTING_OPS = {"Div": 1, "Max": 0, "Min": 0}
 _DEFAULT_INT_HIGH = 2
 # Integer types of raw data (pixels, audio samples) rather than ids, sizes or flags: an input of one that indexes no
-# table is drawn over the type's whole range, where ONNX Runtime runs the model on that. Drawn as 0 or 1, a uint8
-# image let a rewrite adding in uint8 (wrapping past 255) where the model widened first verify.
+# table is drawn over the type's whole range (half of its elements; the others 0 or 1, as the type also carries
+# flags), where ONNX Runtime runs the model on that. Drawn as 0 or 1, a uint8 image let a rewrite adding in uint8
+# (wrapping past 255) where the model widened first verify; drawn over the range alone, a uint8 flag was almost
+# never 0 (or 1), and a wrong rewrite of the branch it selects verified.
 _RAW_DATA_TYPES = frozenset({ir.DataType.UINT8, ir.DataType.INT8, ir.DataType.UINT16, ir.DataType.INT16})
 # A Loop's trip count, where an input gives it: its body runs more than once.
 _LOOP_TRIPS = 3
@@ -1026,8 +1029,7 @@ def make_inputs(
             run_model(model, inputs)
         except RuntimeRefusedError as error:
             if error.action != "load the model":  # the model itself: verification says so
-                inputs = {**inputs, **narrow}
-                _raw_data_refused(narrow, error.reason, notes)
+                inputs = _narrowed_if_accepted(model, inputs, narrow, error.reason, notes)
     return _vary_ambiguous_indices(model, inputs, shapes, seed, bound, notes)
 
 
@@ -1181,8 +1183,12 @@ def _generate_tensor(
             trips = trips if table is None else max(low, min(trips, table - 1))
             return np.full(shape, trips, dtype=numpy_dtype)
         if _raw_data(value, dims, widest=widest):
+            # Half over the type's range, half 0 or 1 (a flag read as a boolean, or compared with 1: drawn over
+            # the range alone, a 0 or a 1 is rare and a wrong rewrite of what it selects verified).
             info = np.iinfo(numpy_dtype)
-            return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(numpy_dtype)
+            wide = rng.integers(info.min, info.max, size=shape, endpoint=True)
+            small = rng.integers(0, _DEFAULT_INT_HIGH, size=shape)
+            return np.where(rng.random(shape) < 0.5, wide, small).astype(numpy_dtype)
         lows = _index_lows(value, shape, dims, widest=widest)
         highs = np.maximum(_index_highs(value, shape, dims, widest=widest), lows + 1)
         return rng.integers(lows, highs, size=shape).astype(numpy_dtype)
@@ -1195,7 +1201,8 @@ def _generate_tensor(
 
 def _raw_data(value: ir.Value, dims: Mapping[str, int] | None = None, *, widest: bool = False) -> bool:
     """Whether integer input ``value`` holds raw data drawn over its type's whole range (``_RAW_DATA_TYPES``: pixels,
-    audio samples): of such a type, and indexing no table (``_index_bounds``)."""
+    audio samples; half of its elements, the others 0 or 1): of such a type, and indexing no table
+    (``_index_bounds``)."""
     if value.dtype not in _RAW_DATA_TYPES:
         return False
     whole, components, low, component_lows = _index_bounds(value, dims, widest=widest)
@@ -1220,6 +1227,21 @@ def _narrowed_raw_data(
         elif isinstance(drawn, np.ndarray):
             narrow[value.name] = rng.integers(0, _DEFAULT_INT_HIGH, size=drawn.shape).astype(drawn.dtype)
     return narrow
+
+
+def _narrowed_if_accepted(
+    model: ir.Model, inputs: dict[str, Any], narrow: Mapping[str, Any], reason: str, notes: list[str] | None
+) -> dict[str, Any]:
+    """``inputs`` with the raw-data inputs narrowed (``narrow``, with a note) where the original model runs on that,
+    else as they are: a refusal of the narrowed values too is not of the values' range (a length the model refuses,
+    which the caller may retry shorter), and the note would blame them."""
+    narrowed = {**inputs, **narrow}
+    try:
+        run_model(model, narrowed)
+    except RuntimeRefusedError:
+        return inputs
+    _raw_data_refused(narrow, reason, notes)
+    return narrowed
 
 
 def _raw_data_refused(narrow: Mapping[str, Any], reason: str, notes: list[str] | None) -> None:
