@@ -32,6 +32,7 @@ from optimizer.inputs import (
     dims_from_inputs,
     fixed_batch_size,
     free_lengths,
+    guessed_batch_dims,
     holds_samples,
     load_inputs,
     make_inputs,
@@ -363,7 +364,8 @@ def _samples(
         if any(array.ndim and len(array) == 0 for array in samples.values()):
             raise InputSpecError("--calibration: the arrays hold no samples (axis 0 is empty)")
         return samples, None
-    batch = batch_dims(model)
+    # A dim taken for a batch where none is named like one (Paddle's DynamicDimension.0), as the second binding does.
+    batch = batch_dims(model) or guessed_batch_dims(model)
     # A model that fixes its batch (``x [1, 3, 224, 224]``) gets batches of that size drawn one at a time and
     # stacked, as its calibration data is cut (``split_samples``).
     fixed = None if batch else fixed_batch_size(model)

