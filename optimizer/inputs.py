@@ -391,6 +391,25 @@ def dims_from_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[
     return dims
 
 
+def dims_of_several_sizes(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, list[str]]:
+    """The named symbolic input dims that ``inputs`` hold at more than one size, each with where
+    (``x[2]=48``, ``x[3]=192``): Paddle's exporter names both a height and a width ``?``, and ONNX Runtime
+    runs any size at each. ``dims_from_inputs`` takes the first size for such a name."""
+    seen: dict[str, list[tuple[str, int]]] = {}
+    for value in runtime_inputs(model):
+        array = inputs.get(value.name)
+        if not isinstance(array, np.ndarray) or value.shape is None or len(value.shape) != array.ndim:
+            continue
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, ir.SymbolicDim) and dim.value:
+                seen.setdefault(dim.value, []).append((f"{value.name}[{axis}]", int(np.shape(array)[axis])))
+    return {
+        name: [f"{where}={size}" for where, size in places]
+        for name, places in seen.items()
+        if len({size for _, size in places}) > 1
+    }
+
+
 def alternate_binding(
     model: ir.Model,
     overrides: Mapping[str, int] | None = None,

@@ -30,6 +30,10 @@ class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
     and a slice to ``Shape(x)[1] / 2``, which inference does not size, declared ``[1, 8]``,
     gave ``Shape`` of its ``Relu`` 8 where it computes 4 (verification, run unoptimized,
     saw nothing).
+
+    ``optimize`` leaves out of ``dims`` a name the user's inputs hold at several sizes (Paddle's ``x [-1, 3, '?',
+    '?']`` fed 48x192 lines), with a note, unless ``--dim`` binds it: bound to one of them, the result refused the
+    inputs.
     """
 
     # It specializes the graph's input and output shapes on purpose.
@@ -49,8 +53,22 @@ class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
             if isinstance(dim, ir.SymbolicDim) and dim.value in self.dims
         }
         if not on_inputs:
+            named = sorted(
+                {
+                    dim.value
+                    for value in graph.inputs
+                    if value.shape is not None
+                    for dim in value.shape
+                    if isinstance(dim, ir.SymbolicDim) and dim.value
+                }
+            )
             if self.dims:
                 self.decline(f"none of {sorted(self.dims)} is a symbolic input dim")
+            elif named:
+                self.decline(
+                    f"no size to bind {', '.join(repr(name) for name in named)} to: none given by --dim, and the "
+                    "inputs hold no one size for it"
+                )
             else:
                 self.decline(
                     "no dims to bind: the graph's inputs have no named symbolic dims (a dim declared -1 or "
