@@ -19,6 +19,8 @@ _MIN_ELEMENTS = 1 << 16
 # No scale stands for a NaN or an infinity: a row holding one came back all NaN (an infinity), or rounded to whole
 # numbers with its NaN gone (a NaN peak read as a zero row), and verification never saw it unless it looked it up.
 _NOT_FINITE = "it holds NaN or Inf, which no scale stands for"
+_TOO_SMALL = f"under {_MIN_ELEMENTS:,} values: the saving is not worth three extra nodes"
+_LOOKS_FOR = "it takes row Gathers (axis 0) of a constant float32 [rows, width] table in the main graph"
 
 
 class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
@@ -32,8 +34,8 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     EmbedLayerNormalization), Gathers on another axis,
     tables under 65,536 values, tables holding a NaN or an infinity (no scale stands for one:
     such a row came back all NaN, or rounded to whole numbers), and tables one of whose lookups
-    an ``exclude`` glob (``--exclude``) matches by node name or op type (``Gather``). Its notes
-    say how many bytes it saved.
+    an ``exclude`` glob (``--exclude``) matches by node name or op type (``Gather``), each with its
+    reason. Its notes say how many bytes it saved, or, where it found no table, what it looks for.
 
     The twin (kind ``"float32"``): the input with each such table replaced by its
     dequantized int8 rows, the same float arithmetic otherwise. Where the input already
@@ -68,10 +70,15 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 continue
             table = node.inputs[0]
             array = constant_array(table)
-            if array is None or array.dtype != np.float32 or array.ndim != 2 or array.size < _MIN_ELEMENTS:
+            if array is None or array.dtype != np.float32 or array.ndim != 2:
                 continue
             if table.name in kept or not _main_graph_constant(table, graph):
                 continue  # (a table held inside a body stays as it is)
+            if array.size < _MIN_ELEMENTS:
+                if table.name not in refused:
+                    refused.add(table.name)
+                    self.refuse("embedding tables", _TOO_SMALL)
+                continue
             if table.name not in tables and not np.isfinite(array).all():
                 if table.name not in refused:
                     refused.add(table.name)
@@ -108,6 +115,8 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             node.graph.insert_before(node, [rows, row_scales, widened, scaled])
             replace_value(node.outputs[0], scaled.outputs[0], inherit=True)
         if not tables:
+            if not self.said_why():
+                self.note(f"no embedding table in the graph: {_LOOKS_FOR}")
             return self.result(model, modified=False)
         remove_dead_nodes(model)
         self.note(f"{len(tables)} embedding tables int8 (per row), {saved / 2**20:.1f} MB smaller")
