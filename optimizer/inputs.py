@@ -378,16 +378,22 @@ def _positions_within(model: ir.Model, bound: dict[str, int], fixed: Mapping[str
                 bound[name] = min(bound[name], limit)
 
 
-def dims_from_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
-    """The size each named symbolic input dim has in ``inputs``."""
-    dims: dict[str, int] = {}
+def _named_dim_sizes(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> Iterator[tuple[str, str, int]]:
+    """``(dim name, "input[axis]", size)`` for each named symbolic input dim ``inputs`` give an array for."""
     for value in runtime_inputs(model):
         array = inputs.get(value.name)
         if not isinstance(array, np.ndarray) or value.shape is None or len(value.shape) != array.ndim:
             continue
         for axis, dim in enumerate(value.shape):
             if isinstance(dim, ir.SymbolicDim) and dim.value:
-                dims.setdefault(dim.value, int(np.shape(array)[axis]))
+                yield dim.value, f"{value.name}[{axis}]", int(np.shape(array)[axis])
+
+
+def dims_from_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The size each named symbolic input dim has in ``inputs``."""
+    dims: dict[str, int] = {}
+    for name, _, size in _named_dim_sizes(model, inputs):
+        dims.setdefault(name, size)
     return dims
 
 
@@ -396,13 +402,8 @@ def dims_of_several_sizes(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> 
     (``x[2]=48``, ``x[3]=192``): Paddle's exporter names both a height and a width ``?``, and ONNX Runtime
     runs any size at each. ``dims_from_inputs`` takes the first size for such a name."""
     seen: dict[str, list[tuple[str, int]]] = {}
-    for value in runtime_inputs(model):
-        array = inputs.get(value.name)
-        if not isinstance(array, np.ndarray) or value.shape is None or len(value.shape) != array.ndim:
-            continue
-        for axis, dim in enumerate(value.shape):
-            if isinstance(dim, ir.SymbolicDim) and dim.value:
-                seen.setdefault(dim.value, []).append((f"{value.name}[{axis}]", int(np.shape(array)[axis])))
+    for name, where, size in _named_dim_sizes(model, inputs):
+        seen.setdefault(name, []).append((where, size))
     return {
         name: [f"{where}={size}" for where, size in places]
         for name, places in seen.items()

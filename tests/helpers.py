@@ -135,3 +135,31 @@ def without_layer_probe(monkeypatch) -> None:
     from optimizer.verify import Verifier
 
     monkeypatch.setattr(Verifier, "_probe_layers", lambda self, candidate, twin: ("", 0))
+
+
+class _Rewrite(ir.passes.InPlacePass):
+    """A test pass: ``rewrite(model)`` changes the model in place (it reports a change whatever it did)."""
+
+    def __init__(self, rewrite) -> None:
+        super().__init__()
+        self.rewrite = rewrite
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.rewrite(model)
+        return ir.passes.PassResult(model, True)
+
+
+def optimize_with_rewrite(model: onnx.ModelProto, rewrite, folder: Path):
+    """The pipeline report of ``rewrite(model)`` (in place) run alone as a pass through ``optimize`` (saved to
+    ``folder``), verified on generated inputs: how a wrong rewrite is shown to be caught or missed."""
+    from unittest import mock
+
+    import optimizer.api as api
+    from optimizer.protocol import PassSpec
+
+    spec = PassSpec("rewrite", lambda context: _Rewrite(rewrite), "a test rewrite")
+    source = folder / "in.onnx"
+    onnx.save(model, source)
+    with mock.patch.object(api, "resolve", lambda names, options: [spec]):
+        _, report = api.optimize_with_report(source, [], output=folder / "out.onnx")
+    return report

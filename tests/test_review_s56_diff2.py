@@ -14,9 +14,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from unittest import mock
-
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -24,32 +21,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import optimizer.api as api
 from optimizer.inputs import make_inputs
-from optimizer.protocol import PassSpec
 from optimizer.report import STATUS_APPLIED, STATUS_ROLLED_BACK
-
-
-class _Rewrite(ir.passes.InPlacePass):
-    """A test pass: ``rewrite(model)`` changes the model in place."""
-
-    def __init__(self, rewrite) -> None:
-        super().__init__()
-        self.rewrite = rewrite
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.rewrite(model)
-        return ir.passes.PassResult(model, True)
-
-
-def _optimize_with(model: onnx.ModelProto, rewrite, folder: Path):
-    """The report of ``rewrite`` run alone as a pass, verified on generated inputs."""
-    spec = PassSpec("rewrite", lambda context: _Rewrite(rewrite), "a test rewrite")
-    source = folder / "in.onnx"
-    onnx.save(model, source)
-    with mock.patch.object(api, "resolve", lambda names, options: [spec]):
-        _, report = api.optimize_with_report(source, [], output=folder / "out.onnx")
-    return report
+from tests.helpers import optimize_with_rewrite
 
 
 def _constant(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
@@ -123,13 +97,13 @@ def test_a_fills_own_float_noise_lends_its_row_no_tolerance(tmp_path):
     model = _noisy_fills()
     noise = _float_noise(model, make_inputs(ir.from_proto(model), {"batch": 1}))
     assert noise[:, :8].max() >= 32  # the premise: the fills' rounding differs between the two runs
-    report = _optimize_with(model, _scale_all_but_the_fills(1.5), tmp_path)
+    report = optimize_with_rewrite(model, _scale_all_but_the_fills(1.5), tmp_path)
     assert report.passes[-1].status == STATUS_ROLLED_BACK
     assert "output 'y': max abs error" in report.passes[-1].detail
 
 
 def test_an_exact_rewrite_beside_noisy_fills_still_verifies(tmp_path):
-    report = _optimize_with(_noisy_fills(), _scale_all_but_the_fills(1.0), tmp_path)
+    report = optimize_with_rewrite(_noisy_fills(), _scale_all_but_the_fills(1.0), tmp_path)
     assert report.passes[-1].status == STATUS_APPLIED, report.passes[-1].detail
 
 
@@ -172,7 +146,7 @@ def _triple_the_branch(model: ir.Model) -> None:
 
 @pytest.mark.parametrize("read", ["equal", "cast"])
 def test_a_wrong_rewrite_of_what_a_uint8_flag_selects_is_rolled_back(tmp_path, read):
-    record = _optimize_with(_flagged(read), _triple_the_branch, tmp_path).passes[-1]
+    record = optimize_with_rewrite(_flagged(read), _triple_the_branch, tmp_path).passes[-1]
     assert record.status == STATUS_ROLLED_BACK
     assert "output 'y': max abs error" in record.detail
 
@@ -223,6 +197,6 @@ def test_a_length_refused_whatever_the_values_does_not_narrow_raw_data():
 
 
 def test_no_raw_data_note_outlives_the_shorter_retry(tmp_path):
-    report = _optimize_with(_samples_beside_a_position_table(), lambda model: None, tmp_path)
+    report = optimize_with_rewrite(_samples_beside_a_position_table(), lambda model: None, tmp_path)
     assert not any("0 or 1 only" in warning for warning in report.warnings), report.warnings
     assert any("verified on shorter ones" in warning for warning in report.warnings), report.warnings

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import onnx
@@ -20,33 +19,15 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import optimizer.api as api
 from optimizer.inputs import make_inputs
-from optimizer.protocol import PassSpec
 from optimizer.report import STATUS_APPLIED, STATUS_ROLLED_BACK
 from optimizer.verify import compare_outputs
-
-
-class _Rewrite(ir.passes.InPlacePass):
-    """A test pass: ``rewrite(model)`` changes the model in place."""
-
-    def __init__(self, rewrite) -> None:
-        super().__init__()
-        self.rewrite = rewrite
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.rewrite(model)
-        return ir.passes.PassResult(model, True)
+from tests.helpers import optimize_with_rewrite
 
 
 def _optimize_with(model: onnx.ModelProto, rewrite, folder: Path):
-    """The report's record of ``rewrite`` run alone as a pass, verified on generated inputs."""
-    spec = PassSpec("rewrite", lambda context: _Rewrite(rewrite), "a test rewrite")
-    source = folder / "in.onnx"
-    onnx.save(model, source)
-    with mock.patch.object(api, "resolve", lambda names, options: [spec]):
-        _, report = api.optimize_with_report(source, [], output=folder / "out.onnx")
-    return report.passes[-1]
+    """The record of ``rewrite`` run alone as a pass (``tests.helpers.optimize_with_rewrite``)."""
+    return optimize_with_rewrite(model, rewrite, folder).passes[-1]
 
 
 def _nodes(model: ir.Model, op_type: str) -> list[ir.Node]:
