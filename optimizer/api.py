@@ -161,7 +161,8 @@ def optimize_with_report(
         _check_output_path(output, input_path, ir_model, inputs, calibration)
     notes: list[str] = []
     asked = [spec for spec in specs if spec.approximate]
-    samples, warning = _samples(ir_model, calibration, options.dims, notes, asked) if approximate else (None, None)
+    sized = _sizes_of_given_inputs(ir_model, inputs, options.dims) if approximate and calibration is None else None
+    samples, warning = _samples(ir_model, calibration, sized, notes, asked) if approximate else (None, None)
     if options.verify:
         given_samples, generation_cap, refused = samples, options.max_sequence, ""
         while True:
@@ -349,6 +350,18 @@ def _check_output_path(
 
 # Samples generated for calibration when the user gives none.
 _GENERATED_SAMPLES = 16
+
+
+def _sizes_of_given_inputs(model: ir.Model, inputs: Any, dims: Mapping[str, int] | None) -> Mapping[str, int] | None:
+    """``dims`` (``--dim``), with the other dims sized as the user's ``--inputs`` hold them (batches aside), for
+    calibration samples generated where none are given: drawn at the default lengths, Silero VAD (whose STFT needs
+    its 512-sample chunks) refused them while the ``--inputs`` beside them ran. ``dims`` itself without inputs, or
+    with inputs given as an iterable (read once, by verification)."""
+    if not isinstance(inputs, (str, os.PathLike, Mapping)):
+        return dims  # an iterable is read once, by verification
+    given = dims_from_inputs(model, open_samples(inputs, model, flag="--inputs").first())
+    batches = set(batch_dims(model)) | set(guessed_batch_dims(model))
+    return {**{name: size for name, size in given.items() if name not in batches}, **(dims or {})}
 
 
 def _samples(

@@ -149,3 +149,34 @@ def test_compare_names_the_first_generated_sizes_where_halving_does_not_help(tmp
     code, _, err = run_cli(["compare", path, path, "--batch", "1,2", "--time-budget", "0.5", "-q"], capsys)
     assert code == 2
     assert "the inputs were generated (batch=1, sequence=128; shorter ones down to sequence=8 were refused too)" in err
+
+
+def _long_window_model() -> ir.Model:
+    """``y = Pad(x) * 0.5``, a reflect Pad of 150 on the time axis, which ONNX Runtime refuses for fewer
+    than 151 steps (an STFT's window, as Silero VAD's needs its 512-sample chunks)."""
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["padded"], mode="reflect"),
+        helper.make_node("Mul", ["padded", "scale"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "window",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "padded_time"])],
+        [
+            numpy_helper.from_array(np.array([0, 150, 0, 150], np.int64), "pads"),
+            numpy_helper.from_array(np.array(0.5, np.float32), "scale"),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+def test_generated_calibration_samples_take_the_inputs_sizes():
+    # Drawn at the default 128 steps (then halved), the samples were refused where the --inputs beside them, at
+    # 512 steps, ran: "cannot run the original model on generated calibration samples" (Silero VAD with --fp16).
+    inputs = {"x": np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)}
+    _, report = optimize_with_report(_long_window_model(), ["convert-float16"], target="cuda", fp16=True, inputs=inputs)
+    (record,) = report.passes
+    assert record.status == "applied", record.detail
