@@ -721,7 +721,7 @@ def _main(argv: list[str] | None) -> int:
     errors = Console(stderr=True)
     with logging_for(args.verbose, errors):
         if args.command == "passes":
-            return _list_passes(console, args.target)
+            return _list_passes(console, args.target, names_only=args.quiet)
         if args.command == "make-inputs":
             return _make_inputs(console, args)
         if args.command == "compare":
@@ -1249,10 +1249,16 @@ def _positive_int(text: str, flag: str) -> int:
     return int(text)
 
 
-def _list_passes(console: Console, target: str) -> int:
+def _list_passes(console: Console, target: str, *, names_only: bool = False) -> int:
+    """Every registered pass with whether ``target``'s default pipeline runs it and what it does; with
+    ``names_only`` (``-q``), the names of ``target``'s default pipeline alone, one per line (for ``--passes``)."""
     from optimizer.registry import all_passes
 
     for spec in all_passes():
+        if names_only:
+            if target in spec.default_for:
+                console.print(spec.name, highlight=False)
+            continue
         marker = "default" if target in spec.default_for else "opt-in "
         console.print(f"{spec.name:34} {marker}  {spec.summary}", highlight=False, soft_wrap=True)
     return exit_codes.OK

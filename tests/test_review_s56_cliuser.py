@@ -157,3 +157,12 @@ def test_a_batch_size_named_twice_is_refused(model, capsys):
     # --ep cpu,cpu was refused; --batch 1,1 timed batch 1 twice, each with half its share of the time budget.
     code, _, err = run_cli(["compare", model, model, "--batch", "1,2,1", "-q"], capsys)
     assert code == 2 and "batch size 1 is named twice" in err, err
+
+
+def test_passes_quiet_lists_the_default_pipeline_names_only(capsys):
+    # -q was accepted and printed the whole table anyway ("no flag is ignored").
+    from optimizer.registry import all_passes
+
+    code, out, _ = run_cli(["passes", "-q", "--target", "cuda"], capsys)
+    assert code == 0
+    assert out.split() == [spec.name for spec in all_passes() if "cuda" in spec.default_for]
