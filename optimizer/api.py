@@ -355,13 +355,24 @@ _GENERATED_SAMPLES = 16
 def _sizes_of_given_inputs(model: ir.Model, inputs: Any, dims: Mapping[str, int] | None) -> Mapping[str, int] | None:
     """``dims`` (``--dim``), with the other dims sized as the user's ``--inputs`` hold them (batches aside), for
     calibration samples generated where none are given: drawn at the default lengths, Silero VAD (whose STFT needs
-    its 512-sample chunks) refused them while the ``--inputs`` beside them ran. ``dims`` itself without inputs, or
-    with inputs given as an iterable (read once, by verification)."""
+    its 512-sample chunks) refused them while the ``--inputs`` beside them ran. ``dims`` itself without inputs, with
+    inputs given as an iterable (read once, by verification), or where the samples at the inputs' sizes would pass
+    ``MAX_INPUT_BYTES`` (inputs of a sixteenth of it, which run: ``--dim`` cannot shorten what the inputs hold)."""
     if not isinstance(inputs, (str, os.PathLike, Mapping)):
         return dims  # an iterable is read once, by verification
     given = dims_from_inputs(model, open_samples(inputs, model, flag="--inputs").first())
-    batches = set(batch_dims(model)) | set(guessed_batch_dims(model))
-    return {**{name: size for name, size in given.items() if name not in batches}, **(dims or {})}
+    batches = batch_dims(model) or guessed_batch_dims(model)
+    sized = {**{name: size for name, size in given.items() if name not in batches}, **(dims or {})}
+    fixed = None if batches else fixed_batch_size(model)
+    try:  # as _samples draws them
+        refuse_oversized(
+            model,
+            [{**sized, **dict.fromkeys(batches, _GENERATED_SAMPLES)}]
+            * (1 if fixed is None else -(-_GENERATED_SAMPLES // fixed)),
+        )
+    except InputSpecError:
+        return dims
+    return sized
 
 
 def _samples(
