@@ -361,18 +361,39 @@ def _sizes_of_given_inputs(model: ir.Model, inputs: Any, dims: Mapping[str, int]
     if not isinstance(inputs, (str, os.PathLike, Mapping)):
         return dims  # an iterable is read once, by verification
     given = dims_from_inputs(model, open_samples(inputs, model, flag="--inputs").first())
-    batches = batch_dims(model) or guessed_batch_dims(model)
+    batches, _ = _generated_batches(model)
     sized = {**{name: size for name, size in given.items() if name not in batches}, **(dims or {})}
-    fixed = None if batches else fixed_batch_size(model)
-    try:  # as _samples draws them
-        refuse_oversized(
-            model,
-            [{**sized, **dict.fromkeys(batches, _GENERATED_SAMPLES)}]
-            * (1 if fixed is None else -(-_GENERATED_SAMPLES // fixed)),
-        )
+    try:
+        _refuse_oversized_samples(model, sized)
     except InputSpecError:
         return dims
     return sized
+
+
+def _generated_batches(model: ir.Model) -> tuple[list[str], int]:
+    """The dims generated calibration samples are drawn along (named like a batch, else the one the second binding
+    takes for it: Paddle's ``DynamicDimension.0``) and how many sets are drawn: one, or for a model that fixes its
+    batch (``x [1, 3, 224, 224]``, no such dim) enough batches of that size to stack to ``_GENERATED_SAMPLES``, as
+    its calibration data is cut (``split_samples``); 0 where neither is there."""
+    batches = batch_dims(model) or guessed_batch_dims(model)
+    if batches:
+        return batches, 1
+    fixed = fixed_batch_size(model)
+    return [], 0 if fixed is None else -(-_GENERATED_SAMPLES // fixed)
+
+
+def _refuse_oversized_samples(model: ir.Model, dims: Mapping[str, int] | None) -> dict[str, int]:
+    """``InputSpecError`` where generated calibration samples at ``dims`` (``_generated_batches``) would pass
+    ``MAX_INPUT_BYTES``; else the binding they are drawn at."""
+    batches, draws = _generated_batches(model)
+    bound = {**(dims or {}), **dict.fromkeys(batches, _GENERATED_SAMPLES)}
+    refuse_oversized(
+        model,
+        [bound] * draws,
+        what=f"generated calibration samples ({_GENERATED_SAMPLES} along the batch axis)",
+        ways_out="give real samples with --calibration FILE.npz, or bind smaller sizes with --dim NAME=SIZE",
+    )
+    return bound
 
 
 def _samples(
@@ -400,12 +421,8 @@ def _samples(
         if any(array.ndim and len(array) == 0 for array in samples.values()):
             raise InputSpecError("--calibration: the arrays hold no samples (axis 0 is empty)")
         return samples, None
-    # A dim taken for a batch where none is named like one (Paddle's DynamicDimension.0), as the second binding does.
-    batch = batch_dims(model) or guessed_batch_dims(model)
-    # A model that fixes its batch (``x [1, 3, 224, 224]``) gets batches of that size drawn one at a time and
-    # stacked, as its calibration data is cut (``split_samples``).
-    fixed = None if batch else fixed_batch_size(model)
-    if not batch and fixed is None:
+    _, draws = _generated_batches(model)
+    if not draws:
         flags = ways_to_ask(asked).split(" or ")
         needs = (
             f"{', '.join(flags)} {'needs' if len(flags) == 1 else 'need'}" if flags[0] else "approximate passes need"
@@ -417,15 +434,7 @@ def _samples(
             f"{needs} sample inputs and the model has no batch dimension to generate them on (no input dim "
             f"named like one: batch, N, B{unread}; a dim declared -1 has no name): give --calibration FILE.npz"
         )
-    bound = dict(dims or {})
-    bound.update({name: _GENERATED_SAMPLES for name in batch})
-    draws = 1 if fixed is None else -(-_GENERATED_SAMPLES // fixed)
-    refuse_oversized(
-        model,
-        [bound] * draws,
-        what=f"generated calibration samples ({_GENERATED_SAMPLES} along the batch axis)",
-        ways_out="give real samples with --calibration FILE.npz, or bind smaller sizes with --dim NAME=SIZE",
-    )
+    bound = _refuse_oversized_samples(model, dims)
     warning = (
         "no --calibration data: approximate passes measured (int8 calibrated) on generated random inputs, "
         "which says little about accuracy on real data"

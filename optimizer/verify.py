@@ -1896,8 +1896,7 @@ class Verifier:
                 # Fills (``_fills``: a suppressed logit's -1e9) lend no tolerance here either: their rounding in the
                 # optimized run (64 at 1e9) made their row's floor, and their size the cap, far above the rest.
                 fills = _fills(expected.astype(np.float64))
-                kept = np.abs(expected.astype(np.float64)) if fills is None else np.abs(expected[~fills])
-                rms = float(np.sqrt(np.mean(kept.astype(np.float64) ** 2)))
+                rms = root_mean_square(np.abs(expected.astype(np.float64) if fills is None else expected[~fills]))
                 differences = np.abs(got.astype(np.float64) - expected)
                 rows = np.max(differences if fills is None else np.where(fills, 0.0, differences), axis=-1)
                 # A row is not held below the typical row: where rounding cascades, the row it
