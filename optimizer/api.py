@@ -14,6 +14,7 @@ import onnx_ir as ir
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import (
     GeneratedInputsRefusedError,
+    GeneratedOutputsConstantError,
     InputSpecError,
     OptionError,
     OutputPathError,
@@ -22,6 +23,7 @@ from optimizer.errors import (
 )
 from optimizer.generation import recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
+    GeneratedLengths,
     SampleData,
     alternate_binding,
     as_arrays,
@@ -43,7 +45,6 @@ from optimizer.inputs import (
     refuse_oversized,
     refuse_unreadable_data,
     samples_in,
-    shorter_generated_length,
     split_samples,
     symbolic_dims,
     verification_bindings,
@@ -164,9 +165,10 @@ def optimize_with_report(
     sized = _sizes_of_given_inputs(ir_model, inputs, options.dims) if approximate and calibration is None else None
     samples, warning = _samples(ir_model, calibration, sized, notes, asked) if approximate else (None, None)
     if options.verify:
-        given_samples, generation_cap, refused = samples, options.max_sequence, ""
+        given_samples, lengths = samples, GeneratedLengths(ir_model, options.dims, options.max_sequence)
+        refusal = "ONNX Runtime cannot run the input model on generated inputs"
         while True:
-            input_sets, labels = _verification_inputs(ir_model, inputs, options.dims, notes, generation_cap)
+            input_sets, labels = _verification_inputs(ir_model, inputs, lengths.dims, notes, lengths.cap)
             bound = dims_from_inputs(ir_model, input_sets[0])
             if inputs is not None:
                 where = f"--inputs {inputs}" if isinstance(inputs, (str, os.PathLike)) else "the given inputs"
@@ -177,12 +179,9 @@ def optimize_with_report(
                     samples = _fill_static_batch(ir_model, samples, bound, generated=warning is not None, notes=notes)
                 except InputSpecError:
                     # Generated samples drawn at generated lengths the model refuses (CLIP's 77 positions, 128
-                    # drawn): shorter, as verification's inputs.
-                    shorter = shorter_generated_length(ir_model, options.dims, bound, generation_cap)
-                    if inputs is not None or warning is None or shorter is None:
+                    # drawn): other lengths, as verification's inputs.
+                    if inputs is not None or warning is None or not lengths.advance(bound):
                         raise
-                    refused = refused or free_lengths(ir_model, options.dims, bound)
-                    generation_cap = shorter
                     continue
             # Shape-specialized candidates take samples only at the bound batch size.
             batch = min((bound[name] for name in batch_dims(ir_model) if name in bound), default=None)
@@ -198,17 +197,14 @@ def optimize_with_report(
                     samples_generated=warning is not None,
                 )
                 break
-            except GeneratedInputsRefusedError:
-                shorter = shorter_generated_length(ir_model, options.dims, bound, generation_cap)
-                if shorter is None:
+            except GeneratedInputsRefusedError as error:
+                constant = isinstance(error, GeneratedOutputsConstantError)
+                if constant and not lengths.first_refused:
+                    refusal = "every output of the input model is constant on generated inputs"
+                if not lengths.advance(bound, degenerate=constant):
                     raise
-                refused = refused or free_lengths(ir_model, options.dims, bound)
-                generation_cap = shorter
-        if refused:
-            notes.append(
-                f"ONNX Runtime cannot run the input model on generated inputs of {refused}: verified on shorter ones "
-                f"({free_lengths(ir_model, options.dims, bound)}); give --inputs or --dim for the lengths you run"
-            )
+        if note := lengths.note(bound, refusal, "verified"):
+            notes.append(note)
         if specializes and inputs is not None:
             # One name at several sizes in the user's inputs names no one size: bound to the first, bind-dims made
             # PP-OCR's x [-1, 3, '?', '?'] accept only square images, and ONNX Runtime refused the 48x192 lines.
@@ -220,7 +216,7 @@ def optimize_with_report(
                         f"({', '.join(places)}); --dim {name}=N binds it anyway"
                     )
         if not specializes:
-            _add_second_binding(ir_model, verifier, options.dims, generation_cap)
+            _add_second_binding(ir_model, verifier, options.dims, lengths.cap)
             _add_prefill(ir_model, verifier)
         _ensure_padding(ir_model, verifier)
         if not specializes:  # after the padded copy: with every dim fixed, the step is cut from it
@@ -439,10 +435,9 @@ def _samples(
         "no --calibration data: approximate passes measured (int8 calibrated) on generated random inputs, "
         "which says little about accuracy on real data"
     )
-    cap = None
-    while True:  # at half the free lengths where the model refuses them, as verification's inputs
-        binding = bind_dims(model, bound, max_positions=cap) if cap else bound
-        generated = _stacked(model, [make_inputs(model, binding, seed=2 + draw) for draw in range(draws)])
+    lengths = GeneratedLengths(model, bound)
+    while True:  # at other free lengths where the model refuses them, as verification's inputs
+        generated = _stacked(model, [make_inputs(model, lengths.binding(), seed=2 + draw) for draw in range(draws)])
         try:
             _refuse_unrunnable_batch(
                 model,
@@ -452,13 +447,11 @@ def _samples(
             )
             break
         except InputSpecError:
-            shorter = shorter_generated_length(model, dims, dims_from_inputs(model, generated), cap)
-            if shorter is None:
+            if not lengths.advance(dims_from_inputs(model, generated)):
                 raise
-            cap = shorter
-    if cap is not None:
-        lengths = free_lengths(model, dims, dims_from_inputs(model, generated))
-        warning += f" ({lengths}: ONNX Runtime refused the model at longer ones)"
+    if lengths.first_refused:
+        kept = free_lengths(model, dims, dims_from_inputs(model, generated))
+        warning += f" ({kept}: ONNX Runtime refused the model at {'shorter' if lengths.longer else 'longer'} ones)"
     return generated, warning
 
 

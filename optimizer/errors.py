@@ -30,6 +30,12 @@ class GeneratedInputsRefusedError(InvalidModelError):
     model reads, a size it fixes without declaring it): shorter generated inputs may run."""
 
 
+class GeneratedOutputsConstantError(GeneratedInputsRefusedError):
+    """Every output of the input model is constant on the inputs verification generated (a speech front end's
+    features over 128 audio samples, less than one frame, are zeros): nothing would be verified on them; longer
+    generated inputs may do."""
+
+
 class InputSpecError(GraphoptError):
     """Verification inputs cannot be built: missing shape, bad --dim, bad .npz."""
 

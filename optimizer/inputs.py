@@ -2,7 +2,8 @@
 
 Generated inputs follow what a transformer or CNN expects: symbolic dimensions are
 bound by name (``--dim NAME=VALUE``; batch-like dims default to 1, every other
-symbolic dim to 128), token-id-like integer inputs stay inside the embedding table
+symbolic dim to 128; ``GeneratedLengths`` tries others where the model refuses those), token-id-like
+integer inputs stay inside the embedding table
 they index (a Constant node's too; each component of a ``GatherND``'s index tuple within
 the table axis it indexes; through ``Add``/``Sub``/``Mul`` by constants, as torch's legacy export
 flattens ``table[batch, ids]``, every final index; an input whose component no shape tells, under
@@ -10,7 +11,8 @@ the widest axis it may index where ONNX Runtime takes that, else one value with 
 decoder's positions count on from its past (never below 0) and,
 where ``position_ids`` index a table (GPT-2's ``wpe``, GPT-J's rotary sin/cos rows), past and
 new tokens together stay within its rows, attention masks are ones (with two or more rows, the last row's final
-quarter is padding, so verification exercises masking), floats are standard
+quarter is padding, so verification exercises masking), per-row lengths (``waveforms_lens [batch]``) are the
+lengths of the input they describe (``_row_length``), floats are standard
 normal, 8- and 16-bit integers that index nothing (raw pixels, audio samples) span their type's
 range where ONNX Runtime runs the model on that (half of them; the other half are 0 or 1, as flags of those
 types are), and other integers that index nothing are 0 or 1.
@@ -80,10 +82,14 @@ DATA_FOLDER_SUFFIXES = (".npz", ".npy")
 DEFAULT_SEQUENCE = 128
 
 _BATCH_NAME = re.compile(r"batch|^n$|^b$|^N$", re.IGNORECASE)
+# One letter names a batch (NCHW's N) or a length (onnx-asr's ``waveforms [batch_size, N]``): see ``batch_dims``.
+_ONE_LETTER_BATCH = re.compile(r"^[nb]$", re.IGNORECASE)
 _MASK_NAME = re.compile(r"mask", re.IGNORECASE)
 _POSITION_NAME = re.compile(r"position", re.IGNORECASE)
 # The position ids a decoder's rotary or position table reads (not a relative-position bucket input).
 _POSITION_IDS_NAME = re.compile(r"position_ids$", re.IGNORECASE)
+# Per-row valid lengths of another input (``waveforms_lens``, ``length``, ``input_lengths``): see ``_row_length``.
+_LENGTHS_NAME = re.compile(r"(^|_)(lens?|lengths?)$", re.IGNORECASE)
 
 # Ops that carry integer indices through unchanged, on the way to the Gather that
 # uses them (exporters add casts and reshapes between token ids and embeddings).
@@ -154,12 +160,13 @@ def bind_dims(
         raise InputSpecError(f"--dim {unknown[0]}: the model has no symbolic dimension of that name (it has: {known})")
     bound = {}
     fixed = _fixed_dims(model)
+    batches = set(batch_dims(model))
     for name in names:
         if name in overrides:
             bound[name] = overrides[name]
         elif name in fixed:
             bound[name] = fixed[name]
-        elif _BATCH_NAME.search(name):
+        elif name in batches:
             bound[name] = DEFAULT_BATCH
         else:
             bound[name] = DEFAULT_SEQUENCE
@@ -194,6 +201,69 @@ def shorter_generated_length(
 
 
 SHORTEST_GENERATED = 8
+# Lengths tried, in turn, where the input model refused the default and every shorter one, or computed constant
+# outputs on them: a speech front end's STFT reads frames of 400 samples, and over 128 samples its features are zeros.
+LONGER_GENERATED = (512, 2048)
+# Longer lengths are tried only where this many sets at them stay under MAX_INPUT_BYTES (verification's sets and a
+# second binding at twice the length, or 16 calibration samples).
+_LONGER_SETS = 64
+
+
+class GeneratedLengths:
+    """The lengths generated inputs are drawn at, and the next to try where ONNX Runtime refuses the input model on
+    them (``advance``): the default (within ``max_positions``, ``--max-sequence``), then halves down to
+    ``SHORTEST_GENERATED`` (CLIP's text encoder reads 77 positions), then each of ``LONGER_GENERATED`` along the
+    free dims (``free_dims``: not the user's ``dims``, not a batch) up to ``max_positions``. Where the model ran but
+    every output was constant (``degenerate``), the shorter lengths are skipped: they hold less still."""
+
+    def __init__(self, model: ir.Model, dims: Mapping[str, int] | None, max_positions: int | None = None) -> None:
+        self.model = model
+        self.user_dims = dict(dims or {})
+        self.max_positions = max_positions
+        self.cap = max_positions  # the bound on free lengths, halved on each refusal
+        self.longer: dict[str, int] = {}
+        self.first_refused = ""  # the free lengths first refused (``free_lengths``), "" while none was
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """The dims to bind: the user's, and the free ones at a longer length once one is tried."""
+        return {**self.longer, **self.user_dims}
+
+    def binding(self) -> dict[str, int]:
+        """The binding the next inputs are generated at (``bind_dims``)."""
+        return bind_dims(self.model, self.dims, max_positions=self.cap)
+
+    def advance(self, bound: Mapping[str, int], *, degenerate: bool = False) -> bool:
+        """Move on from ``bound``, the binding just refused; False where no other lengths are left to try."""
+        self.first_refused = self.first_refused or free_lengths(self.model, self.user_dims, bound)
+        if not self.longer and not degenerate:
+            shorter = shorter_generated_length(self.model, self.user_dims, bound, self.cap)
+            if shorter is not None:
+                self.cap = shorter
+                return True
+        free = [name for name in free_dims(self.model, self.user_dims) if name in bound]
+        longest = max((bound[name] for name in free), default=None)
+        within = [size for size in LONGER_GENERATED if self.max_positions is None or size <= self.max_positions]
+        longer = next((size for size in within if longest is not None and size > longest), None)
+        if longer is None:
+            return False
+        candidate = {**dict.fromkeys(free, longer), **self.user_dims}
+        if input_bytes(self.model, candidate)[0] > MAX_INPUT_BYTES // _LONGER_SETS:
+            return False  # a 2-D length: the refusal at the default says more than one of size
+        self.longer, self.cap = dict.fromkeys(free, longer), self.max_positions
+        return True
+
+    def note(self, bound: Mapping[str, int], what: str, done: str) -> str | None:
+        """The line saying which lengths ``what`` (``ONNX Runtime cannot run X on generated inputs``) was about and
+        which ``bound`` it was ``done`` on (``verified``, ``compared``); None where the first lengths were kept."""
+        if not self.first_refused:
+            return None
+        way = "longer" if self.longer else "shorter"
+        kept = free_lengths(self.model, self.user_dims, bound)
+        return (
+            f"{what} of {self.first_refused}: {done} on {way} ones ({kept}); "
+            "give --inputs or --dim for the lengths you run"
+        )
 
 
 _PAST_NAME = re.compile(r"past|cache", re.IGNORECASE)
@@ -208,6 +278,7 @@ def cache_length_dims(model: ir.Model) -> dict[str, tuple[str, str]]:
     sequence dim nor the cache's, and a ``past*``/``*cache*`` input with its own dim.
     """
     inputs = runtime_inputs(model)
+    batches = set(batch_dims(model))
 
     def symbolic(value: ir.Value, axis: int) -> str | None:
         if value.shape is None or len(value.shape) <= abs(axis) - (axis < 0):
@@ -225,10 +296,7 @@ def cache_length_dims(model: ir.Model) -> dict[str, tuple[str, str]]:
         for v in inputs
         if _PAST_NAME.search(v.name) and v.shape is not None
         for dim in v.shape
-        if isinstance(dim, ir.SymbolicDim)
-        and dim.value
-        and not _BATCH_NAME.search(dim.value)
-        and dim.value not in fixed
+        if isinstance(dim, ir.SymbolicDim) and dim.value and dim.value not in batches and dim.value not in fixed
     }
     if sequence is None or len(pasts) != 1:
         return {}
@@ -332,14 +400,15 @@ def _with_cache_lengths(
     model: ir.Model, bound: dict[str, int], fixed: Mapping[str, int], max_positions: int | None = None
 ) -> dict[str, int]:
     limit = longest_cache(model)
+    batches = set(batch_dims(model))
     if max_positions is not None:
         limit = max_positions if limit is None else min(limit, max_positions)
         # Every length, not only the token ids': exporters name one sequence differently per input
         # (``inputs_embeds_dynamic_axes_1`` beside ``attention_mask_dynamic_axes_1``), which must stay equal.
         for name in bound:
-            if name not in fixed and not _BATCH_NAME.search(name):
+            if name not in fixed and name not in batches:
                 bound[name] = min(bound[name], max_positions)
-    rows = max((size for name, size in bound.items() if _BATCH_NAME.search(name)), default=1)
+    rows = max((size for name, size in bound.items() if name in batches), default=1)
     for total, (past, sequence) in cache_length_dims(model).items():
         if total in fixed or past not in bound or sequence not in bound:
             continue
@@ -369,12 +438,13 @@ def _positions_within(model: ir.Model, bound: dict[str, int], fixed: Mapping[str
     more rows at any position a real sequence has.
     """
     in_caches = {dim for total, pair in cache_length_dims(model).items() for dim in (total, *pair)}
+    batches = set(batch_dims(model))
     for value in runtime_inputs(model):
         if not _POSITION_IDS_NAME.search(value.name) or value.shape is None:
             continue
         for dim in value.shape:
             name = dim.value if isinstance(dim, ir.SymbolicDim) else None
-            if name in bound and name not in fixed and name not in in_caches and not _BATCH_NAME.search(name):
+            if name in bound and name not in fixed and name not in in_caches and name not in batches:
                 bound[name] = min(bound[name], limit)
 
 
@@ -510,8 +580,21 @@ def verification_bindings(
 
 
 def batch_dims(model: ir.Model) -> list[str]:
-    """Names of the symbolic input dims that look like a batch axis (``batch``, ``N``...)."""
-    return [name for name in symbolic_dims(model) if _BATCH_NAME.search(name)]
+    """Names of the symbolic input dims that look like a batch axis (``batch``, ``N``...). A one-letter ``N`` or
+    ``B`` is one only where it leads every input that holds it (NCHW's ``N``): onnx-asr's ``waveforms [batch_size,
+    N]`` names its samples so, and bound as a batch (1) the audio was one sample long."""
+    later = {
+        dim.value
+        for value in runtime_inputs(model)
+        if value.shape is not None
+        for dim in list(value.shape)[1:]
+        if isinstance(dim, ir.SymbolicDim) and dim.value
+    }
+    return [
+        name
+        for name in symbolic_dims(model)
+        if _BATCH_NAME.search(name) and not (_ONE_LETTER_BATCH.match(name) and name in later)
+    ]
 
 
 def parse_dim_flags(flags: list[str] | None) -> dict[str, int]:
@@ -1203,6 +1286,13 @@ def _generate_tensor(
             span = table - low if table is not None and table > low else None
             positions = low + (np.arange(shape[-1]) % span if span else np.arange(shape[-1]))
             return np.broadcast_to(positions, shape).astype(numpy_dtype)
+        length = _row_length(model, value, dims) if len(shape) == 1 else None
+        if length is not None:
+            # Every row at full length, the last of two or more a quarter shorter (as a padding mask pads it).
+            lengths = np.full(shape, length)
+            if shape[0] >= 2:
+                lengths[-1] = length - length // 4
+            return lengths.astype(numpy_dtype)
         loops = _loops_counted_by(value)
         trips = _trips_allowed(loops, dims) if loops else None
         if trips is not None:
@@ -1226,6 +1316,32 @@ def _generate_tensor(
             return _padding_mask(shape, numpy_dtype)
         return rng.standard_normal(shape).astype(numpy_dtype)
     raise InputSpecError(f"input '{value.name}' has type {dtype}, which graphopt cannot generate; {_WAYS_OUT}")
+
+
+def _row_length(model: ir.Model, value: ir.Value, dims: Mapping[str, int]) -> int | None:
+    """The length a per-row lengths input (``_LENGTHS_NAME``, shaped ``[batch]``: onnx-asr's ``waveforms_lens``,
+    NeMo's ``length``, Piper's ``input_lengths``) gives each row: the size ``dims`` binds the one symbolic dim, not a
+    batch, of the input its name starts with (``waveforms``), else of all inputs; None where that is not one dim.
+    Drawn 0 or 1, as other integers, such lengths masked every frame of a speech front end: its features were zeros
+    before and after, and a rewrite scaling its mel filterbank verified."""
+    if not _LENGTHS_NAME.search(value.name) or value.shape is None or len(value.shape) != 1:
+        return None
+    batches = {*batch_dims(model), *guessed_batch_dims(model)}
+    if not isinstance(value.shape[0], ir.SymbolicDim) or value.shape[0].value not in batches:
+        return None
+    others = [other for other in runtime_inputs(model) if other is not value and other.shape is not None]
+    prefix = _LENGTHS_NAME.sub("", value.name)
+
+    def lengths(values: list[ir.Value]) -> set[str]:
+        return {
+            dim.value
+            for other in values
+            for dim in other.shape
+            if isinstance(dim, ir.SymbolicDim) and dim.value and dim.value not in batches
+        }
+
+    found = lengths([other for other in others if prefix and other.name == prefix]) or lengths(others)
+    return dims.get(next(iter(found))) if len(found) == 1 else None
 
 
 def _raw_data(value: ir.Value, dims: Mapping[str, int] | None = None, *, widest: bool = False) -> bool:
@@ -2275,7 +2391,7 @@ def _later_sample_axes(model: ir.Model | None, sampled: frozenset[str] | None) -
         return {}
     inputs = {v.name: v for v in model.graph.inputs if v.shape is not None and v.shape.rank()}
     firsts = {str(inputs[name].shape[0]) for name in sampled if name in inputs}
-    batches = {dim for dim in firsts if _BATCH_NAME.search(dim)}
+    batches = firsts & set(batch_dims(model))
     later = {}
     for name, value in inputs.items():
         if name in sampled or not isinstance(value.shape[0], int):
@@ -2337,10 +2453,11 @@ def sample_inputs(model: ir.Model) -> frozenset[str] | None:
     """
     shaped = [v for v in model.graph.inputs if v.shape is not None and v.shape.rank()]
     later = {str(dim) for v in shaped for dim in list(v.shape)[1:] if not isinstance(dim, int)}
+    batches = set(batch_dims(model))
     sampled = frozenset(
         v.name
         for v in shaped
-        if not isinstance(v.shape[0], int) and (str(v.shape[0]) not in later or _BATCH_NAME.search(str(v.shape[0])))
+        if not isinstance(v.shape[0], int) and (str(v.shape[0]) not in later or str(v.shape[0]) in batches)
     )
     return sampled or None
 

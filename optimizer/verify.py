@@ -38,7 +38,13 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift, floored_magnitude, paired_drift, root_mean_square
 from optimizer.domains import is_onnx_domain
-from optimizer.errors import GeneratedInputsRefusedError, InputSpecError, InvalidModelError, RuntimeRefusedError
+from optimizer.errors import (
+    GeneratedInputsRefusedError,
+    GeneratedOutputsConstantError,
+    InputSpecError,
+    InvalidModelError,
+    RuntimeRefusedError,
+)
 from optimizer.inputs import SampleData, hold_out, holds_samples, samples_in, split_samples
 from optimizer.kernel_rounding import at_level_zero, level_signature, outputs_after_rounding, rounding_kernels
 from optimizer.layer_probe import layer_probe_failure
@@ -397,6 +403,18 @@ def _compare_one(
             )
         )
     return OutputCheck(name, False, max_abs, max_rel, detail)
+
+
+def _constant_outputs(outputs: Mapping[str, Any]) -> bool:
+    """Whether every output is a numeric tensor holding one value throughout (NaN included), at least one of them
+    two or more elements: outputs a rewrite could be wrong on and still match."""
+    arrays = [value for value in outputs.values() if isinstance(value, np.ndarray) and value.dtype.kind in "biuf"]
+    if len(arrays) != len(outputs) or not any(array.size >= 2 for array in arrays):
+        return False
+    return all(
+        array.size < 2 or np.array_equal(array, np.full_like(array, array.flat[0]), equal_nan=array.dtype.kind == "f")
+        for array in arrays
+    )
 
 
 def _floored_past_fills(values: np.ndarray) -> np.ndarray:
@@ -1108,6 +1126,11 @@ class Verifier:
                     raise InvalidModelError(
                         f"ONNX Runtime cannot run the input model ({error.reason}); fix the model or pass --no-verify"
                     ) from error
+                if label.startswith("generated") and _constant_outputs(self.references[0]):
+                    raise GeneratedOutputsConstantError(
+                        f"every output of the input model is constant on {label}: nothing would be verified on "
+                        "them; give real inputs with --inputs FILE.npz, or pass --no-verify"
+                    )
                 self.input_sets.append(dict(inputs))
                 self.labels.append(label)
             else:

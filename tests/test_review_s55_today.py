@@ -13,7 +13,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import optimizer.api as api
+import optimizer.inputs as inputs_module
 from optimizer.api import optimize_with_report
 from optimizer.errors import GeneratedInputsRefusedError
 
@@ -53,7 +53,7 @@ def _decoder_refusing_long_sequences() -> ir.Model:
 
 def test_a_given_length_inside_a_cache_mask_stops_the_retries(monkeypatch):
     tries = []
-    shorter = api.shorter_generated_length
+    shorter = inputs_module.shorter_generated_length
 
     def counted(*args):
         tries.append(dict(args[2]))
@@ -61,7 +61,7 @@ def test_a_given_length_inside_a_cache_mask_stops_the_retries(monkeypatch):
             raise AssertionError(f"generated again and again at the same lengths: {tries[-3:]}")
         return shorter(*args)
 
-    monkeypatch.setattr(api, "shorter_generated_length", counted)
+    monkeypatch.setattr(inputs_module, "shorter_generated_length", counted)
     with pytest.raises(GeneratedInputsRefusedError, match="cannot run the input model on generated inputs"):
         optimize_with_report(_decoder_refusing_long_sequences(), ["remove-identity"], dims={"sequence": 100})
     assert all(bound["sequence"] == 100 for bound in tries), tries  # the user's length is never shortened

@@ -52,11 +52,11 @@ from optimizer.errors import InputSpecError, InvalidModelError, OptionError, one
 from optimizer.generation import CausalLM, CausalLMSession, recognise_causal_lm
 from optimizer.inputs import (
     MAX_INPUT_BYTES,
+    GeneratedLengths,
     SampleData,
     _read_npz,  # the hardened .npz reader: held-out text is read before any input is checked
     as_arrays,
     batch_dims,
-    bind_dims,
     dims_from_inputs,
     fixed_batch_size,
     fixes_batch,
@@ -69,7 +69,6 @@ from optimizer.inputs import (
     refuse_oversized,
     refuse_unreadable_data,
     runtime_inputs,
-    shorter_generated_length,
     split_samples,
 )
 from optimizer.llm_accuracy import (
@@ -394,7 +393,7 @@ def _compare(
     batch_axes = _batch_axes(before_model, batch_names)
     padding = functools.partial(padded_outputs, before_model, layout=padding_layout(before_model))
     generated = inputs is None and generation is None
-    cap, refused, noted, first_inputs = None, "", len(warnings), base_inputs
+    lengths, noted, first_inputs = GeneratedLengths(before_model, dims), len(warnings), base_inputs
     while True:
         try:
             results = []
@@ -403,7 +402,7 @@ def _compare(
                     results.append(ProviderResult(ep.name, False, ep.reason))
                     continue
                 with _hint_on_generated_inputs(
-                    generated, str(before), before_model, base_inputs, dims, cap, first=first_inputs
+                    generated, str(before), before_model, base_inputs, lengths, first_inputs
                 ):
                     measured = _measure_provider(
                         str(before),
@@ -426,19 +425,14 @@ def _compare(
                     )
                 results.append(measured)
             break
-        except _ShorterInputs as shorter:
-            # BEFORE refused the generated lengths (CLIP's text encoder reads 77 positions, 128 are generated):
-            # everything again on inputs of half the length, as optimize verifies.
-            refused = refused or free_lengths(before_model, dims, dims_from_inputs(before_model, base_inputs))
-            cap = shorter.cap
+        except _OtherLengths:
+            # BEFORE refused the generated lengths (CLIP's text encoder reads 77 positions, 128 are generated; a
+            # speech front end's STFT reads 400 samples): everything again at other lengths, as optimize verifies.
             del warnings[noted:]
-            base_inputs = make_inputs(before_model, bind_dims(before_model, dims, max_positions=cap))
-    if refused:
-        warnings.append(
-            f"ONNX Runtime cannot run {before} on generated inputs of {refused}: compared on shorter ones "
-            f"({free_lengths(before_model, dims, dims_from_inputs(before_model, base_inputs))}); "
-            "give --inputs or --dim for the lengths you run"
-        )
+            base_inputs = make_inputs(before_model, lengths.binding())
+    bound = dims_from_inputs(before_model, base_inputs)
+    if note := lengths.note(bound, f"ONNX Runtime cannot run {before} on generated inputs", "compared"):
+        warnings.append(note)
     for result in results:
         for usage in (result.memory_before, result.memory_after):
             if usage is not None and not usage.resettable:
@@ -457,12 +451,8 @@ def _compare(
     )
 
 
-class _ShorterInputs(Exception):
-    """BEFORE refused generated inputs that can be generated shorter: at most ``cap`` along the free dims."""
-
-    def __init__(self, cap: int) -> None:
-        super().__init__(cap)
-        self.cap = cap
+class _OtherLengths(Exception):
+    """BEFORE refused generated inputs that can be generated at other lengths (``GeneratedLengths.advance``)."""
 
 
 @contextlib.contextmanager
@@ -471,29 +461,28 @@ def _hint_on_generated_inputs(
     before: str,
     model: ir.Model,
     inputs: Mapping[str, np.ndarray],
-    dims: Mapping[str, int] | None = None,
-    cap: int | None = None,
-    *,
-    first: Mapping[str, np.ndarray] | None = None,
+    lengths: GeneratedLengths,
+    first: Mapping[str, np.ndarray],
 ) -> Iterator[None]:
-    """ONNX Runtime refusing BEFORE (``before``, its path; ``model``) on inputs graphopt generated: ``_ShorterInputs``
-    where the free dims (not ``dims``, the user's; not a batch) can be halved below ``cap``, the bound last tried,
-    else an error that says which sizes they had (``first``: those first generated, before any halving) and how
-    to choose others. AFTER refusing inputs BEFORE ran on is AFTER's failure: its error is left as it is."""
+    """ONNX Runtime refusing BEFORE (``before``, its path; ``model``) on inputs graphopt generated: ``_OtherLengths``
+    where ``lengths`` has others to try, else an error that says which sizes they had (``first``: those first
+    generated) and how to choose others. AFTER refusing inputs BEFORE ran on is AFTER's failure: its error is left
+    as it is."""
     try:
         yield
     except InvalidModelError as error:
         if not generated or not str(error).startswith(f"{before}: ONNX Runtime cannot run it on"):
             raise
         bound = dims_from_inputs(model, inputs)
-        shorter = shorter_generated_length(model, dims, bound, cap)
-        if shorter is not None:
-            raise _ShorterInputs(shorter) from error
-        # Named at the sizes first generated (halving them did not help: the refusal may be of another size).
-        generated_first = dims_from_inputs(model, first) if first is not None else bound
+        if lengths.advance(bound):
+            raise _OtherLengths from error
+        # Named at the sizes first generated (other lengths did not help: the refusal may be of another size).
+        generated_first = dims_from_inputs(model, first)
         sizes = ", ".join(f"{name}={size}" for name, size in generated_first.items())
         if generated_first != bound:
-            sizes += f"; shorter ones down to {free_lengths(model, dims, bound)} were refused too"
+            last = free_lengths(model, lengths.user_dims, bound)
+            tried = f"shorter ones and longer ones up to {last}" if lengths.longer else f"shorter ones down to {last}"
+            sizes += f"; {tried} were refused too"
         raise InvalidModelError(
             f"{one_line(error)}; the inputs were generated ({sizes}): bind other sizes with --dim NAME=SIZE, "
             "or give real inputs with --inputs FILE.npz"

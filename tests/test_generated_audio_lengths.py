@@ -1,0 +1,132 @@
+"""Generated inputs for speech front ends (onnx-asr's real NeMo and GigaAM models, ``tests/fixtures/real``).
+
+- ``waveforms [batch_size, N]``: the one-letter ``N`` was read as a batch (NCHW's), so the audio was one sample long
+  and ONNX Runtime refused every such model; beside a dim named like a batch it is a length.
+- ``waveforms_lens [batch_size]`` was drawn 0 or 1, as other integers: every frame was masked, NeMo's features were
+  zeros before and after, and a rewrite corrupting its mel filterbank verified. Lengths are drawn as the audio's.
+- Over the default 128 samples (less than one frame) NeMo's features are constant, and GigaAM's STFT refuses fewer
+  than its 320-sample window: longer lengths are tried (512, then 2048) where the default and every shorter one
+  are refused or give constant outputs, in verification, generated calibration and ``compare``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper
+
+from optimizer.api import optimize_with_report
+from optimizer.errors import GeneratedOutputsConstantError
+from optimizer.inputs import GeneratedLengths, batch_dims, bind_dims, make_inputs
+from optimizer.report import STATUS_APPLIED, STATUS_ROLLED_BACK
+from tests._cli_models import run_cli
+from tests.helpers import optimize_with_rewrite
+from tests.real_models import GIGAAM_V3_FRONT_END, NEMO80_FRONT_END
+
+
+def _perturbed_filterbank(model: ir.Model) -> None:
+    """Each weight of the mel filterbank (the MatMul's constant) scaled by its own factor in [0.5, 1.5]: features
+    no longer what the model computes (a uniform scale would be undone by NeMo's per-feature normalization)."""
+    for node in model.graph:
+        if node.op_type == "MatMul":
+            weight = next(value for value in node.inputs if value is not None and value.const_value is not None)
+            array = weight.const_value.numpy()
+            factors = np.random.default_rng(0).uniform(0.5, 1.5, array.shape)
+            weight.const_value = ir.tensor((array * factors).astype(array.dtype))
+            return
+    raise AssertionError("no MatMul")
+
+
+def test_a_one_letter_length_beside_a_named_batch_is_not_a_batch():
+    model = ir.load(NEMO80_FRONT_END)
+    assert batch_dims(model) == ["batch_size"]
+    assert bind_dims(model) == {"batch_size": 1, "N": 128}
+
+
+def test_a_leading_one_letter_dim_stays_a_batch():
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "nchw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    assert batch_dims(model) == ["N"]
+    assert bind_dims(model) == {"N": 1, "H": 128, "W": 128}
+
+
+def test_lengths_are_drawn_as_the_audio_they_describe():
+    model = ir.load(NEMO80_FRONT_END)
+    inputs = make_inputs(model, {"batch_size": 2, "N": 1000})
+    assert inputs["waveforms"].shape == (2, 1000)
+    # Every row at full length, the last a quarter shorter: masking at work.
+    np.testing.assert_array_equal(inputs["waveforms_lens"], [1000, 750])
+
+
+def test_a_corrupted_mel_filterbank_is_rolled_back(tmp_path: Path):
+    record = optimize_with_rewrite(onnx.load(NEMO80_FRONT_END), _perturbed_filterbank, tmp_path).passes[-1]
+    assert record.status == STATUS_ROLLED_BACK, record.detail
+
+
+def test_constant_outputs_at_the_default_length_move_to_longer_ones(tmp_path: Path):
+    source = tmp_path / "nemo.onnx"
+    onnx.save(onnx.load(NEMO80_FRONT_END), source)
+    _, report = optimize_with_report(source, ["remove-identity"], output=tmp_path / "out.onnx")
+    assert report.verified
+    assert report.input_sets[0] == "generated (batch_size=1, N=512)", report.input_sets
+    assert any("every output of the input model is constant on generated inputs of N=128" in w for w in report.warnings)
+
+
+def test_a_front_end_whose_stft_needs_a_window_is_verified_on_longer_inputs(tmp_path: Path):
+    source = tmp_path / "gigaam.onnx"
+    onnx.save(onnx.load(GIGAAM_V3_FRONT_END), source)
+    _, report = optimize_with_report(source, ["remove-identity"], output=tmp_path / "out.onnx")
+    assert report.verified
+    assert report.input_sets[0] == "generated (batch_size=1, N=512)", report.input_sets
+    note = next(w for w in report.warnings if "cannot run the input model on generated inputs of N=128" in w)
+    assert "verified on longer ones (N=512)" in note
+
+
+def test_generated_calibration_samples_take_longer_lengths_too(tmp_path: Path):
+    source = tmp_path / "gigaam.onnx"
+    onnx.save(onnx.load(GIGAAM_V3_FRONT_END), source)
+    _, report = optimize_with_report(source, ["quantize-dynamic"], output=tmp_path / "out.onnx")
+    (record,) = report.passes
+    assert record.status == STATUS_APPLIED, record.detail
+    assert any("N=512: ONNX Runtime refused the model at shorter ones" in w for w in report.warnings), report.warnings
+
+
+def test_compare_moves_to_longer_inputs(tmp_path: Path, capsys):
+    code, out, err = run_cli(
+        ["compare", GIGAAM_V3_FRONT_END, GIGAAM_V3_FRONT_END, "--iterations", "10", "--warmup", "1"], capsys
+    )
+    assert code == 0, err
+    assert "compared on longer ones (N=512)" in " ".join((out + err).split())
+
+
+def test_every_output_constant_at_every_length_is_refused(tmp_path: Path):
+    # y = x * 0: constant at any length, so nothing verifies; refused with the reason, not "verified".
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "zero"], ["y"])],
+        "zeros",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "time"])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
+    )
+    source = tmp_path / "zeros.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), source)
+    with pytest.raises(GeneratedOutputsConstantError, match="every output of the input model is constant"):
+        optimize_with_report(source, ["remove-identity"], output=tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_longer_lengths_stop_at_max_positions():
+    model = ir.load(GIGAAM_V3_FRONT_END)
+    lengths = GeneratedLengths(model, None, max_positions=600)
+    assert lengths.advance({"batch_size": 1, "N": 8}, degenerate=True)
+    assert lengths.binding()["N"] == 512
+    assert not lengths.advance({"batch_size": 1, "N": 512})  # 2048 is past 600
