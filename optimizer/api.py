@@ -64,6 +64,7 @@ from optimizer.model_io import (
     load_model,
     model_graphs,
     rename_shadowing_values,
+    restore_external_locations,
     save_model,
     unname_negative_dims,
 )
@@ -257,6 +258,7 @@ def optimize_with_report(
     if isinstance(model, onnx.ModelProto):
         with strings_serializable(optimized):  # a folded label table is an ir.Tensor over numpy strings
             return ir.to_proto(optimized), report
+    restore_external_locations(optimized, model)  # as the caller's model names them, not by absolute path
     return optimized, report
 
 

@@ -113,7 +113,10 @@ def load_model(path: str | os.PathLike, *, warnings: list[str] | None = None) ->
     model = deserialize(proto, str(path), path.parent)
     import_contrib_domain(model)
     default_domain_spelled_empty(model)
-    ir.external_data.set_base_dir(model.graph, path.parent.absolute())
+    for graph in (model.graph, *(function.graph for function in model.functions.values())):
+        # A function's tensors too: left without a base folder, they were read from the working directory and
+        # written naming their file beside the output.
+        ir.external_data.set_base_dir(graph, path.parent.absolute())
     anchor_external_data(model)
     if (warning := constants_of_old_ir(model)) and warnings is not None:
         warnings.append(warning)
@@ -423,6 +426,37 @@ def anchor_external_data(model: ir.Model) -> None:
                 ):
                     tensors = [anchored(tensor, read=True) for tensor in attribute.value]
                     node.attributes[name] = ir.AttrTensors(name, tensors)
+
+
+def restore_external_locations(model: ir.Model, source: ir.Model) -> None:
+    """Give each main-graph external tensor of ``model`` that ``anchor_external_data`` anchored (in a copy of
+    ``source``, the caller's model) back the base folder and relative location it had in ``source``; in place.
+
+    An absolute location is what graphopt refuses from a caller (``check_ir_external_data``) and what ONNX Runtime
+    refuses in a file: ``optimize(onnx_ir_model)`` returned a model that a second ``optimize`` refused and that
+    ``onnx_ir.save`` wrote naming its weights by absolute path."""
+    anchors = {
+        os.path.join(os.path.abspath(tensor.base_dir), os.fspath(tensor.location)): tensor
+        for tensor in _ir_tensors(source)
+        if isinstance(tensor, ir.ExternalTensor) and tensor.base_dir
+    }
+    if not anchors:
+        return
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor) and not tensor.base_dir and os.fspath(tensor.location) in anchors:
+            given = anchors[os.fspath(tensor.location)]
+            value.const_value = ir.ExternalTensor(
+                given.location,
+                tensor.offset,
+                tensor.length,
+                tensor.dtype,
+                shape=tensor.shape,
+                name=tensor.name,
+                doc_string=tensor.doc_string,
+                metadata_props=dict(tensor.metadata_props) or None,
+                base_dir=given.base_dir,
+            )
 
 
 def external_data_files(model: ir.Model) -> list[Path]:

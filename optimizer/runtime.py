@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import google.protobuf.message
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -28,7 +29,7 @@ from onnx_ir.passes import common as common_passes
 
 from optimizer.accuracy import Drift, output_drift
 from optimizer.domains import is_onnx_domain
-from optimizer.errors import OptionError, RuntimeMissingError, RuntimeRefusedError, one_line
+from optimizer.errors import OptionError, RuntimeMissingError, RuntimeRefusedError, UnsupportedModelError, one_line
 
 # Serialized protos must stay under protobuf's 2 GiB limit; above this we hand
 # ONNX Runtime a file with external data instead of bytes.
@@ -224,16 +225,55 @@ def _string_items(tensor: ir.TensorProtocol) -> list[bytes]:
 def save_model_file(model: ir.Model, path: str | os.PathLike, external_data: str | None = None) -> None:
     """``ir.save`` that keeps string tensors inline (``strings_serializable``); with ``external_data``, weights in
     ``Constant`` nodes go there too, lifted to initializers in a copy (``ir.save`` moves only initializers: a
-    model with 2 GB of weights in Constants, as Paddle exports store them, could not be written)."""
+    model with 2 GB of weights in Constants, as Paddle exports store them, could not be written). A Constant
+    that is its graph's output (an ``If`` branch that returns a weight table), which onnx-ir's lifting skips,
+    becomes an ``Identity`` of its lifted initializer. ``UnsupportedModelError`` where the file would still be
+    past protobuf's 2 GB (weights in a model-local function's Constants, which no initializer can hold)."""
     if external_data is not None and _has_constant_weights(model):
         model = model.clone()  # shares the tensors
         common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=_LIFTED_ELEMENTS)(model)
+        _lift_output_constants(model)
     with strings_serializable(model, external=external_data is not None):
-        ir.save(model, path, external_data=external_data)
+        try:
+            ir.save(model, path, external_data=external_data)
+        except google.protobuf.message.EncodeError as error:  # past protobuf's 2 GB
+            raise UnsupportedModelError(
+                "the model cannot be written: even with its weights in external data the model file would be "
+                "past protobuf's 2 GB (tensors graphopt cannot move out of it, such as the Constants of a "
+                "model-local function)"
+            ) from error
 
 
 # ir.save moves a tensor to external data from 256 bytes: 64 float32 values.
 _LIFTED_ELEMENTS = 64
+
+
+def _lift_output_constants(model: ir.Model) -> None:
+    """Make each weight-sized ``Constant`` left after lifting (one that is its graph's output) an ``Identity`` of
+    an initializer holding its tensor, under a name no value of the model has; in place."""
+    taken = {
+        value.name
+        for graph in model.graphs()
+        for value in (*graph.inputs, *graph.initializers.values(), *(out for node in graph for out in node.outputs))
+    }
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        if node.op_type != "Constant" or not is_onnx_domain(node) or list(node.attributes) != ["value"]:
+            continue
+        attr = node.attributes["value"]
+        if attr.type != ir.AttributeType.TENSOR or attr.as_tensor().size < _LIFTED_ELEMENTS:
+            continue
+        tensor = attr.as_tensor()
+        name, count = f"{node.outputs[0].name}__weights", 1
+        while name in taken:
+            count += 1
+            name = f"{node.outputs[0].name}__weights{count}"
+        taken.add(name)
+        weights = ir.Value(name=name, shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor)
+        node.graph.register_initializer(weights)
+        node.op_type = "Identity"
+        node.attributes.clear()
+        node.resize_inputs(1)
+        node.replace_input_with(0, weights)
 
 
 def _has_constant_weights(model: ir.Model) -> bool:
