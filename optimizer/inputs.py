@@ -2342,15 +2342,21 @@ def holds_samples(model: ir.Model | None) -> SampleAxes:
     """Whether a batch's array ``name`` holds samples along axis 0, as every splitter of samples cuts
     them: an input of ``sample_inputs``, an input of unknown shape, any array with a dim where there is
     no model, and in a model with a fixed batch each input whose first dim is that batch size (an
-    input ``s [K]`` beside ``x [1, K]`` goes whole with every batch)."""
+    input ``s [K]`` beside ``x [1, K]`` goes whole with every batch). An array that matches no graph input
+    holds none: it is ignored (``check_inputs``), and a stray ``note [3]`` beside 5 samples counted 3 of them."""
     sampled = sample_inputs(model) if model is not None else None
     if sampled is None and model is not None and (size := fixed_batch_size(model)) is not None:
         sampled = frozenset(
             v.name for v in model.graph.inputs if v.shape is not None and v.shape.rank() and v.shape[0] == size
         )
     known = _shaped_inputs(model)
+    inputs = None if model is None else frozenset(v.name for v in model.graph.inputs)
     return SampleAxes(
-        lambda name, array: bool(np.ndim(array)) and (sampled is None or name in sampled or name not in known),
+        lambda name, array: (
+            bool(np.ndim(array))
+            and (inputs is None or name in inputs)
+            and (sampled is None or name in sampled or name not in known)
+        ),
         _later_sample_axes(model, sampled),
     )
 

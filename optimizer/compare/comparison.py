@@ -69,6 +69,7 @@ from optimizer.inputs import (
     refuse_oversized,
     refuse_unreadable_data,
     runtime_inputs,
+    sample_inputs,
     split_samples,
 )
 from optimizer.llm_accuracy import (
@@ -838,13 +839,21 @@ def _accumulate(
 
     Outputs of another shape, or of another kind (numbers against strings), are not
     compared; numbers of another dtype (float16 against float32) are, with a warning.
+    A sequence output as long in both is compared tensor by tensor, as ``name[i]`` (as verification does:
+    ``SplitToSequence``'s pieces may differ in shape, and a model compared with itself failed the gates).
     ``padded`` (``optimizer.padding.padded_outputs`` of the run's inputs) holds the positions of outputs laid
     out ``[batch, sequence, ...]`` along an integer attention mask that the mask pads: what a model returns
     there is undefined, so they count in no figure (``AccuracyAccumulator.add``).
     """
-    comparable = {}
+    pairs: dict[str, tuple[Any, Any]] = {}
     for name, expected in before.items():
         actual = after[name]
+        if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual) > 0:
+            pairs.update({f"{name}[{index}]": pair for index, pair in enumerate(zip(expected, actual))})
+        else:
+            pairs[name] = (expected, actual)
+    comparable, after = {}, {name: actual for name, (_, actual) in pairs.items()}
+    for name, (expected, actual) in pairs.items():
         try:
             e, a = np.asarray(expected), np.asarray(actual)
         except ValueError:  # sequences of tensors of different shapes
@@ -908,14 +917,22 @@ def _with_batch(
 
 def _batch_axes(model: ir.Model, batch_names: Sequence[str]) -> dict[str, int | None]:
     """Where each input of ``model`` that has a dim of ``batch_names`` holds it (a state ``[2, batch, 128]``: 1).
-    The others are left out: tiled along axis 0 where it holds as many rows as the batch."""
+    An input that holds no samples is None, fed whole at every batch: one whose first dim is fixed (a ``t [1]`` or
+    ``s [3]`` beside ``x [batch, 4]`` was tiled to ``[4]`` or cut to ``[1]``, and ONNX Runtime refused it) or a
+    table ``[S, K]`` beside ``x [batch, S, K]`` (``sample_inputs``). The others are left out: tiled along axis 0
+    where it holds as many rows as the batch."""
     axes: dict[str, int | None] = {}
+    sampled = sample_inputs(model)
     for value in runtime_inputs(model):
         if value.shape is None:
             continue
         found = [k for k, dim in enumerate(value.shape) if isinstance(dim, ir.SymbolicDim) and dim.value in batch_names]
         if found:
             axes[value.name] = found[0]
+        elif value.shape.rank() and (
+            isinstance(value.shape[0], int) or (sampled is not None and value.name not in sampled)
+        ):
+            axes[value.name] = None
     return axes
 
 
