@@ -273,6 +273,8 @@ def _run_one(
         if verdict.ok and spec.approximate:
             # Later exact passes keep this result's outputs, not the original's.
             verifier.rebase(candidate)
+            if getattr(result, "fitted_to_samples", False):
+                verifier.fitted_to()  # later approximate passes are measured where this one was not fitted
     except RuntimeRefusedError as error:
         if verifier is not None:  # the pass's own run of the samples may have failed on the data, not its result
             verifier.refuse_unrunnable_samples()

@@ -1090,6 +1090,9 @@ class Verifier:
         self._sample_references: list[dict[str, Any]] | None = None
         self._twin_samples: list[tuple[dict[str, np.ndarray], str, dict[str, Any], dict[str, float]]] | None = None
         self._unrunnable_samples: str | None = None  # ``refuse_unrunnable_samples``: "" once all batches ran
+        # An applied pass was fitted to the samples ``hold_out`` does not hold out (``fitted_to``): every later
+        # approximate result carries that fit, and is measured on the held-out samples too.
+        self._fitted = False
         # The base at accuracy_level 0 (``_check_at_level_zero``): made on first use, until the next rebase.
         self._level_zero: Verifier | None = None
         self._base_signature: tuple[Any] | None = None  # (level_signature of the base,), on first use
@@ -1815,20 +1818,28 @@ class Verifier:
         self._base = accepted
         self._level_zero = self._base_signature = self._twin_samples = None
 
+    def fitted_to(self) -> None:
+        """An applied result was fitted to the samples but those ``hold_out`` holds out (``fitted_to_samples``):
+        later results keep that fit, so ``check_approximation`` measures them on the held-out samples too."""
+        self._fitted = True
+
     def check_approximation(self, candidate: ir.Model, *, held_out: bool = False) -> VerificationResult:
         """Run ``candidate`` on the samples (or input sets) and hold its drift from the original to the budget.
 
         Both models run with ONNX Runtime's full optimizations, as deployed: int8
         QDQ graphs are then measured with the integer kernels they will really use. With
-        ``held_out`` (a result fitted to the samples but those ``hold_out`` holds out), only
-        the held-out samples count, where there are any: a fit meets a budget on its own rows.
+        ``held_out`` (a result fitted to the samples but those ``hold_out`` holds out), or after
+        such a result was applied (``fitted_to``: a later int8 pass's result still holds the factors
+        or the repair fitted to them), only the held-out samples count, where there are any: a fit
+        meets a budget on its own rows.
         """
         batches = self._sample_batches()
         where = ""
-        if held_out and self._samples is not None:
+        if (held_out or self._fitted) and self._samples is not None:
             held = hold_out(batches, candidate)[1]  # split as the pass split (its model fixes the batch as the result)
             if len(held):
-                batches, where = held, " on the calibration samples held out of the pass's fit"
+                fit = "the pass's fit" if held_out else "an earlier pass's fit"
+                batches, where = held, f" on the calibration samples held out of {fit}"
         try:
             if where or isinstance(self._samples, SampleData):  # read from disk: neither model's outputs are kept
                 drift = _streamed_drift(self._original, candidate, batches)

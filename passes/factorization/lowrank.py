@@ -74,7 +74,7 @@ from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, va
 from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, refuse_without_samples, unfit_on_generated_samples
-from passes._utils import add_initializer, constant_array, nothing_found_note, remove_dead_nodes
+from passes._utils import add_initializer, constant_array, nothing_found_note, remove_dead_nodes, unique_name
 from passes.factorization._timing import FASTER_BELOW, MeasuredSpeed, parameter_limit
 
 # "reconstruction" (pruning's compensated ranking) is activation-aware here: the whitened SVD is already
@@ -405,6 +405,11 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         """Rewrite each group at its rank in ``model``; what was decided, per group."""
         graph = model.graph
         decisions = []
+        # New nodes and values are named after the layer: unique, as ONNX Runtime requires (a second run on the
+        # result, or a model factorized before, already holds ``<layer>_low_rank`` and ``<layer>.low_rank``).
+        taken = {node.name for node in ir.traversal.RecursiveGraphIterator(graph) if node.name}
+        names = {v.name for n in ir.traversal.RecursiveGraphIterator(graph) for v in (*n.inputs, *n.outputs) if v}
+        names |= {v.name for v in (*graph.inputs, *graph.initializers.values())}
         for group in groups:
             rank = ranks.get(group.key)
             if rank is None:
@@ -414,7 +419,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
             if repair and rows:
                 v, change = group.repair(u, v, rows)
             decision = _Decision(group, rank, u, v, change)
-            _rewrite(graph, decision)
+            _rewrite(graph, decision, taken, names)
             decisions.append(decision)
         remove_dead_nodes(model)  # the factorized weights, and biases replaced by repaired ones
         return decisions
@@ -705,16 +710,19 @@ class _Decision:
     bias_change: np.ndarray | None
 
 
-def _rewrite(graph: ir.Graph, decision: _Decision) -> None:
-    """Each reader reads ``MatMul(x, U)`` and ``V`` in place of ``x`` and ``W``; bias changes go into its bias."""
+def _rewrite(graph: ir.Graph, decision: _Decision, taken: set[str], names: set[str]) -> None:
+    """Each reader reads ``MatMul(x, U)`` and ``V`` in place of ``x`` and ``W``; bias changes go into its bias.
+
+    ``taken`` and ``names`` are the graph's node and value names, which the new node and its output avoid.
+    """
     group = decision.group
     transposed = _transposed(graph.node(group.layers[0].name))
     u = add_initializer(graph, f"{group.key}.U", decision.u)
     v = add_initializer(graph, f"{group.key}.V", decision.v.T.copy() if transposed else decision.v)
     for layer in group.layers:
         node = graph.node(layer.name)
-        narrow = ir.Node("", "MatMul", [node.inputs[0], u], name=f"{node.name}_low_rank")
-        narrow.outputs[0].name = f"{node.name}.low_rank"
+        narrow = ir.Node("", "MatMul", [node.inputs[0], u], name=unique_name(f"{node.name}_low_rank", taken))
+        narrow.outputs[0].name = unique_name(f"{node.name}.low_rank", names)
         narrow.outputs[0].type = node.inputs[0].type
         graph.insert_before(node, narrow)
         node.replace_input_with(0, narrow.outputs[0])
