@@ -259,12 +259,16 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         return ratios.get(group.kind, ratios.get(None, 0.0))
 
     def _decisions(self, groups: list[ChannelGroup], removals: list[_Removal]) -> str:
-        """Per group, the units kept of how many: ``layer.0.ffn 1075/1536``."""
+        """Per group, the units kept of how many: ``layer.0.ffn 1075/1536``; counted in its kind's units (heads,
+        where a grouped-query unit is a key/value head and the query heads reading it: ``attn 4/8 (1/2 key/value
+        heads)``), as the twin's description and the ``num_heads`` left count them."""
         cut = {r.group: r for r in removals}
-        parts = [
-            f"{g.name} {g.size - len(cut[g.name].removed) if g.name in cut else g.size}/{g.size}"
-            for g in sorted(groups, key=lambda g: g.name)
-        ]
+        parts = []
+        for g in sorted(groups, key=lambda g: g.name):
+            kept, named = g.size - len(cut[g.name].removed) if g.name in cut else g.size, self.units_named(g)
+            parts.append(f"{g.name} {kept * named}/{g.size * named}")
+            if named > 1:
+                parts[-1] += f" ({kept}/{g.size} key/value heads)"
         return f"kept per group ({'/'.join(dict.fromkeys(UNIT_NAMES.get(g.kind, 'units') for g in groups))}): " + (
             ", ".join(parts)
         )

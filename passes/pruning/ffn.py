@@ -94,9 +94,7 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
         if not _elementwise(producer):
             computed = [value for value in producer.inputs if value is not None and value.const_value is None]
             if group.producers or (
-                len(computed) == 1
-                and computed[0].producer() is not None
-                and _projection(computed[0].producer(), channels) is not None
+                len(computed) == 1 and computed[0].producer() is not None and _up_projection(computed[0], channels)
             ):  # an FFN, with an op between its projections that the walk does not trace: named, not skipped
                 return f"{producer.op_type} ({producer.name}) between it and its up projections is not traced"
             return None  # not an FFN (e.g. attention output, a reshape of heads)
@@ -114,6 +112,19 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
     if channels < 2:
         return None
     return group
+
+
+def _up_projection(value: ir.Value, channels: int) -> bool:
+    """Whether ``value`` is a projection of ``channels`` outputs, or of a multiple of them: up and gate packed
+    in one weight and split apart next (ModernBERT's GeGLU, ``Wi`` then ``chunk``), which the walk does not trace."""
+    node = value.producer()
+    if _projection(node, channels) is not None:
+        return True
+    weight = constant_array(node.inputs[1]) if node.op_type in ("MatMul", "Gemm") and len(node.inputs) > 1 else None
+    if not is_onnx_domain(node) or weight is None or weight.ndim != 2:
+        return False
+    width = weight.shape[0 if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) else 1]
+    return width % channels == 0
 
 
 def _last_axis(shape: tuple[int, ...], channels: int) -> int | None:

@@ -84,8 +84,12 @@ def _attention(node: ir.Node) -> ChannelGroup | str:
     heads = node.attributes.get_int("num_heads", 0)
     if weight is None or weight.ndim != 2 or weight.shape[1] % 3 or heads < 2:
         return "no constant packed QKV weight or a single head"
-    if "qkv_hidden_sizes" in node.attributes or len(node.inputs) > 4 and any(v is not None for v in node.inputs[4:]):
-        return "qkv_hidden_sizes, past or attention_bias inputs"
+    if "qkv_hidden_sizes" in node.attributes:
+        return "qkv_hidden_sizes: query, key and value of different widths"
+    if any(v is not None for i, v in enumerate(node.inputs) if i == 4 or i > 5):
+        return "past key/value inputs"
+    if len(node.inputs) > 5 and (refusal := _per_head_bias(node.inputs[5])):
+        return refusal
     hidden = weight.shape[1] // 3
     projection = _output_projection(node, hidden)
     if isinstance(projection, str):
@@ -102,6 +106,17 @@ def _attention(node: ir.Node) -> ChannelGroup | str:
     return group
 
 
+def _per_head_bias(bias: ir.Value | None) -> str | None:
+    """Why an ``attention_bias`` input stops the heads being cut, or None (absent, or ``[B or 1, 1, S, T]``).
+
+    A bias shared by all heads (the dynamo exporter's padding mask) is fine; one per head would need cutting too.
+    """
+    shape = bias.shape if bias is not None else None
+    if bias is None or (shape is not None and shape.rank() == 4 and shape[1] == 1):
+        return None
+    return "an attention_bias not known to be shared by all heads"
+
+
 def _multi_head(node: ir.Node) -> ChannelGroup | str:
     heads = node.attributes.get_int("num_heads", 0)
     inputs = list(node.inputs)
@@ -109,11 +124,8 @@ def _multi_head(node: ir.Node) -> ChannelGroup | str:
         return "not self-attention on separate query, key and value (packed, cached or biased inputs)"
     if any(v is not None for v in inputs[6:]):
         return "past key/value inputs"
-    if len(inputs) > 5 and inputs[5] is not None:
-        # An attention_bias shared by all heads is fine; one per head would need cutting too.
-        bias_shape = inputs[5].shape
-        if bias_shape is None or bias_shape.rank() != 4 or bias_shape[1] != 1:
-            return "an attention_bias not known to be shared by all heads"
+    if len(inputs) > 5 and (refusal := _per_head_bias(inputs[5])):
+        return refusal
     query = _projection(inputs[0], heads)
     if isinstance(query, str):
         return query
@@ -265,8 +277,10 @@ class HeadPruningPass(PruningPass):
     removed heads' output-projection rows zeroed. Refuses attention whose output reaches
     anything but one output projection (or whose width a ``Shape``/``Size`` may pass on,
     ``_groups.width_reader``), key/value heads repeated other than as the exporters write it,
-    and groups whose weights other layers also read (ALBERT-style sharing: a pruned copy
-    would sit beside the shared weight, ``_groups.shared_constant``).
+    an ``attention_bias`` not known to be shared by all heads (``[B or 1, 1, S, T]``: the dynamo
+    exporter's padding mask is; a relative-position bias per head is not), and groups whose weights
+    other layers also read (ALBERT-style sharing: a pruned copy would sit beside the shared weight,
+    ``_groups.shared_constant``).
     """
 
     unit_name = "heads"
