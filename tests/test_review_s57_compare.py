@@ -148,3 +148,22 @@ def test_an_integer_output_of_another_dtype_with_the_same_values_passes_the_cosi
     # Was 5: "output 'idx' (int64) differs and has no cosine similarity", beside max abs 0 in the table.
     assert code == 0, err
     assert "output 'idx' is int32[1] in AFTER, int64[1] in BEFORE" in out  # the dtype change is still said
+
+
+def test_a_batch_bound_by_dim_but_not_timed_is_said(tmp_path, capsys):
+    # compare --dim batch=3 with the default --batch 1: timed and scored at batch 1, and nothing said so.
+    model = _save(
+        tmp_path / "relu.onnx",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [_value("x", TensorProto.FLOAT, ["batch", 4])],
+        [_value("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    code, _, err = run_cli(["compare", model, model, "--dim", "batch=3", *_FAST, "--json", tmp_path / "r.json"], capsys)
+    assert code == 0, err
+    warnings = json.loads((tmp_path / "r.json").read_text())["warnings"]
+    assert any("--dim batch=3: inputs are drawn at that batch, then tiled or cut to --batch 1" in w for w in warnings)
+    code, _, err = run_cli(
+        ["compare", model, model, "--dim", "batch=3", "--batch", "3", *_FAST, "--json", tmp_path / "r3.json"], capsys
+    )
+    assert code == 0, err
+    assert not any("--dim batch=3" in w for w in json.loads((tmp_path / "r3.json").read_text())["warnings"])

@@ -354,6 +354,8 @@ def _compare(
     _check_same_signature(before_model, after_model)
     warnings: list[str] = []
     dims, settings = _sizes_after_fixes(before_model, after_model, dims, settings, warnings)
+    if not settings.generate:
+        warnings.extend(_batch_dims_not_timed(before_model, dims, settings.batches))
     # Samples are fed as many at a time as a model that fixes its batch takes (AFTER of --static-shapes).
     batching_model = before_model
     if fixed_batch_size(before_model) is None and fixes_batch(after_model):
@@ -972,6 +974,18 @@ def _sizes_after_fixes(
             )
         settings = dataclasses.replace(settings, batches=(batch[0],))
     return {**fixed, **(dims or {})}, settings
+
+
+def _batch_dims_not_timed(model: ir.Model, dims: Mapping[str, int] | None, batches: Sequence[int]) -> list[str]:
+    """A warning for each batch dim ``--dim`` binds to a size no ``--batch`` times: the inputs are generated at it,
+    then tiled or cut to each ``--batch`` (``compare --dim batch=3`` was timed and scored at the default batch 1
+    without a word)."""
+    return [
+        f"--dim {name}={dims[name]}: inputs are drawn at that batch, then tiled or cut to --batch "
+        f"{','.join(map(str, batches))}, which is what is timed and scored; give --batch {dims[name]} to time it"
+        for name in batch_dims(model)
+        if dims and name in dims and dims[name] not in batches
+    ]
 
 
 def _check_same_signature(before: ir.Model, after: ir.Model) -> None:
