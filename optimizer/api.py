@@ -619,10 +619,20 @@ def refuse_conflicts(
         raise OptionError("--inputs are verification inputs: they do nothing with --no-verify (verify=False)")
     approximate = any(spec.approximate for spec in specs)
     prunes = any(spec.name.startswith("prune-") for spec in specs)
+    # Low-rank alike (it ended "unchanged" with exit 0 where pruning refused the same request).
+    factorizes = any(spec.name == "factorize-lowrank" for spec in specs)
     data_ranked = options.importance in DATA_IMPORTANCE_KINDS
-    if prunes and not has_calibration and (data_ranked or options.repair is True):
+    if (prunes or factorizes) and not has_calibration and (data_ranked or options.repair is True):
         asked = f"--importance {options.importance}" if data_ranked else "repair"
-        raise OptionError(f"{asked} needs --calibration data: without it pruning ranks by weight magnitude")
+        without = " and ".join(
+            text
+            for flag, text in (
+                (prunes, "pruning ranks by weight magnitude"),
+                (factorizes, "low-rank factors are plain SVD"),
+            )
+            if flag
+        )
+        raise OptionError(f"{asked} needs --calibration data: without it {without}")
     if has_calibration and not approximate:
         asks = ways_to_ask(s for s in all_passes() if s.approximate)
         raise PassSelectionError(f"--calibration needs {asks}")

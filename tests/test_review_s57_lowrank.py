@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import pytest
 
 from optimizer.api import optimize_with_report
 from optimizer.inputs import hold_out, split_samples
@@ -81,3 +82,15 @@ def test_a_factorized_model_factorizes_again():
     assert sum(node.op_type == "MatMul" for node in result.model.graph) == 8  # each factor factorized again
     expected, got = run_model(original, {"x": x[:2]})["y"], run_model(result.model, {"x": x[:2]})["y"]
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.1
+
+
+def test_data_ranked_lowrank_without_calibration_is_refused_as_pruning_is(tmp_path):
+    # --lowrank 0.3 --importance activation without --calibration ended "unchanged" with exit 0, the reason under
+    # -v only, where the same request with --prune-ffn was an error (exit 2).
+    from optimizer.api import refuse_conflicts
+    from optimizer.errors import OptionError
+    from optimizer.options import Options
+
+    with pytest.raises(OptionError, match="--importance activation needs --calibration data: without it low-rank"):
+        refuse_conflicts(None, Options(lowrank=0.3, importance="activation"), False, False)
+    refuse_conflicts(None, Options(lowrank=0.3, importance="activation"), False, True)  # with data: fine
