@@ -75,7 +75,7 @@ from optimizer.protocol import PassContext, PassSpec
 from optimizer.registry import all_passes, resolve, ways_to_ask
 from optimizer.report import PipelineReport
 from optimizer.runtime import strings_serializable
-from optimizer.verify import Verifier
+from optimizer.verify import Verifier, constant_outputs
 
 # The API's own keywords, suggested when an unknown option is near one of them.
 _KEYWORDS = ("passes", "output", "inputs", "calibration", "options")
@@ -437,23 +437,33 @@ def _samples(
         "no --calibration data: approximate passes measured (int8 calibrated) on generated random inputs, "
         "which says little about accuracy on real data"
     )
-    lengths = GeneratedLengths(model, bound)
+    lengths, why = GeneratedLengths(model, bound), "ONNX Runtime refused the model"
     while True:  # at other free lengths where the model refuses them, as verification's inputs
         generated = _stacked(model, [make_inputs(model, lengths.binding(), seed=2 + draw) for draw in range(draws)])
         try:
-            _refuse_unrunnable_batch(
+            outputs = _refuse_unrunnable_batch(
                 model,
                 next(iter(split_samples(generated, model=model))),
                 "generated calibration samples",
                 "give real ones with --calibration FILE.npz",
             )
-            break
         except InputSpecError:
             if not lengths.advance(dims_from_inputs(model, generated)):
                 raise
+            continue
+        # Every output constant (NeMo's features over 128 samples, less than a frame: zeros): the budget measured on
+        # them met any approximation (int8 static shipped at cosine 0.5 as 1.0000), so longer ones, as verification.
+        first_refused = lengths.first_refused
+        if outputs is None or not constant_outputs(outputs):
+            break
+        if not lengths.advance(dims_from_inputs(model, generated), degenerate=True):
+            lengths.first_refused = first_refused  # kept as drawn: verification refuses a model constant throughout
+            break
+        if not first_refused:
+            why = "every output of the original model was constant"
     if lengths.first_refused:
         kept = free_lengths(model, dims, dims_from_inputs(model, generated))
-        warning += f" ({kept}: ONNX Runtime refused the model at {'shorter' if lengths.longer else 'longer'} ones)"
+        warning += f" ({kept}: {why} at {'shorter' if lengths.longer else 'longer'} ones)"
     return generated, warning
 
 
@@ -592,17 +602,20 @@ def _refuse_unrunnable_samples(model: ir.Model, data: Any) -> None:
     _refuse_unrunnable_batch(model, first, f"the first samples of {data.source}", "check them against the model")
 
 
-def _refuse_unrunnable_batch(model: ir.Model, batch: Mapping[str, Any], what: str, way_out: str) -> None:
+def _refuse_unrunnable_batch(
+    model: ir.Model, batch: Mapping[str, Any], what: str, way_out: str
+) -> dict[str, Any] | None:
     """``InputSpecError`` when the original model cannot run ``batch``: a pass measured on it would fail, and its
-    rollback would blame its own result (Silero VAD v4's STFT on generated samples shorter than its window)."""
+    rollback would blame its own result (Silero VAD v4's STFT on generated samples shorter than its window). Else
+    its outputs on ``batch``; None where ONNX Runtime cannot load it."""
     from optimizer.runtime import inference_session, run_session
 
     try:
         with inference_session(model) as session:
-            run_session(session, batch)
+            return run_session(session, batch)
     except RuntimeRefusedError as error:
         if error.action != "run the model":
-            return  # a model ONNX Runtime cannot load is the verifier's to report, not the data's
+            return None  # a model ONNX Runtime cannot load is the verifier's to report, not the data's
         # The data or the model (one that fails on every input): both are named.
         raise InputSpecError(
             f"ONNX Runtime cannot run the original model on {what} ({error.reason}); {way_out}"

@@ -581,14 +581,24 @@ def verification_bindings(
 
 def batch_dims(model: ir.Model) -> list[str]:
     """Names of the symbolic input dims that look like a batch axis (``batch``, ``N``...). A one-letter ``N`` or
-    ``B`` is one only where it leads every input that holds it (NCHW's ``N``): onnx-asr's ``waveforms [batch_size,
-    N]`` names its samples so, and bound as a batch (1) the audio was one sample long."""
+    ``B`` is one unless an input holds it after its first axis beside another dim named like a batch: onnx-asr's
+    ``waveforms [batch_size, N]`` names its samples so, and bound as a batch (1) the audio was one sample long;
+    NCHW's ``N`` leads its input, and an LSTM's state ``h0 [1, B, 16]`` beside ``x [B, T, 8]`` holds no other
+    (read as no batch, its ``--batch`` was ignored and 128 rows were timed)."""
     later = {
         dim.value
         for value in runtime_inputs(model)
         if value.shape is not None
         for dim in list(value.shape)[1:]
-        if isinstance(dim, ir.SymbolicDim) and dim.value
+        if isinstance(dim, ir.SymbolicDim)
+        and dim.value
+        and any(
+            isinstance(other, ir.SymbolicDim)
+            and other.value
+            and other.value != dim.value
+            and _BATCH_NAME.search(other.value)
+            for other in value.shape
+        )
     }
     return [
         name

@@ -405,7 +405,7 @@ def _compare_one(
     return OutputCheck(name, False, max_abs, max_rel, detail)
 
 
-def _constant_outputs(outputs: Mapping[str, Any]) -> bool:
+def constant_outputs(outputs: Mapping[str, Any]) -> bool:
     """Whether every output is a numeric tensor holding one value throughout (NaN included), at least one of them
     two or more elements: outputs a rewrite could be wrong on and still match."""
     arrays = [value for value in outputs.values() if isinstance(value, np.ndarray) and value.dtype.kind in "biuf"]
@@ -1129,7 +1129,7 @@ class Verifier:
                     raise InvalidModelError(
                         f"ONNX Runtime cannot run the input model ({error.reason}); fix the model or pass --no-verify"
                     ) from error
-                if label.startswith("generated") and _constant_outputs(self.references[0]):
+                if label.startswith("generated") and constant_outputs(self.references[0]):
                     raise GeneratedOutputsConstantError(
                         f"every output of the input model is constant on {label}: nothing would be verified on "
                         "them; give real inputs with --inputs FILE.npz, or pass --no-verify"
