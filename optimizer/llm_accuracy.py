@@ -99,8 +99,8 @@ class LLMAccuracy:
     one-run comparison beside it always runs over a cache, never the prefill;
     ``logits_worst_cosine`` the lowest such cosine of one sequence, for ``--min-worst-cosine``.
     ``decode_logits_cosine`` / ``decode_logits_worst_cosine``: the same of the greedy continuations'
-    step logits, AFTER fed BEFORE's tokens (the one-token steps over a cache that generation runs; one
-    step past a continuation of one token).
+    decode-step logits, AFTER fed BEFORE's tokens (the one-token steps over a cache that generation runs; one
+    step past a continuation of one token), not the prefill's, which chose the first token.
     Each cosine is held to ``1 - (q - 1)**2 / 2`` of the norm ratio ``q`` too (a cosine does not see
     logits scaled). A logit that is NaN or infinite in both models alike (a vocabulary masked with
     ``-inf``) counts in none of the cosines; one that is so in one model only makes them NaN.
@@ -234,7 +234,9 @@ def _measure(
         exact += float(same.all(axis=1).sum())
         first_difference = np.where(same.all(axis=1), same.shape[1], np.argmin(same, axis=1))
         prefix += float((first_difference / same.shape[1]).sum())
-        a, b = _comparable(want.logits, fed.logits)
+        # The one-token steps alone: the first logits are the prefill's (the teacher-forced figures hold those; a
+        # model wrong only at the prefill was reported wrong at its decode steps).
+        a, b = _comparable(want.logits[:, 1:], fed.logits[:, 1:])
         step_dot += float(np.sum(a * b))
         step_before += float(np.sum(a * a))
         step_after += float(np.sum(b * b))

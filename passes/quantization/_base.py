@@ -296,10 +296,17 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                     f"{', ...' if len(shared) > 4 else ''}): a layer they feed shares its weight with other layers, "
                     "and each would store its own smoothed copy"
                 )
+            if norms:
+                # SmoothQuant rewrote the weights of the layers it rescaled: what the budget offers and estimates
+                # (8-bit weights only where no adjacent pair can saturate, the local errors) reads them as they are.
+                current = {layer.name: layer for layer in find_layers(model.graph, self.kinds)[0]}
+                chosen = [current.get(layer.name, layer) for layer in chosen]
         self.prepare(model, chosen, batches)
         if self.budget is not None and batches:
             chosen = self._fit_budget(model, chosen, batches, checked)
             if not chosen:
+                if norms:  # a result that says it changed nothing leaves the model as it was: not smoothed
+                    model.graph = self._float.graph
                 self._float, self._batches = None, []
                 return self.result(model, modified=False)
         elif self.budget is not None:
@@ -366,7 +373,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         norm they all read); those keep their own schemes. A norm also read by a layer this run
         leaves alone (``--exclude``, a model output, a tied weight) is not smoothed: that layer's
         weight would be rewritten (``smoothing.smooth`` smooths a norm only where the layers
-        given read all of it). Returns the norms smoothed.
+        given read all of it), nor a gated product whose up projection is such a layer (its
+        columns would be rewritten). Returns the norms smoothed.
         """
         wanted = {name for name in names if self.schemes.get(name) == "smooth"}
         if not wanted or not self._batches:
@@ -374,7 +382,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         layers = [layer for layer in find_layers(model.graph, self.kinds)[0] if layer.name in self._changeable]
         inputs = {layer.activation.name for layer in layers if layer.name in wanted}
         readers = [layer for layer in layers if layer.activation.name in inputs]
-        return smoothing.smooth(model, readers, self._batches, _LAYER_SMOOTH_ALPHA)
+        return smoothing.smooth(model, readers, self._batches, _LAYER_SMOOTH_ALPHA, rewritable=layers)
 
     def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
         """The float model the quantized layers named ``names`` claim to compute, built on ``source``."""
@@ -492,9 +500,14 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         return [layer for layer in chosen if layer.name not in floated]
 
     def _offered(self, layer: Layer) -> tuple[str, ...]:
-        """``alternatives(layer)``, less SmoothQuant where a layer this run leaves alone reads the same input
-        (``_smooth_layers`` would not smooth it: the scheme would be the default's)."""
-        readers = [user.name for user, _ in layer.activation.uses()]
+        """``alternatives(layer)``, less SmoothQuant where a layer this run leaves alone reads the same input, or
+        is the up projection of the gated product it reads (``_smooth_layers`` would not smooth it: the scheme
+        would be the default's)."""
+        readers = [user.name for user, _ in smoothing.data_uses(layer.activation)]
+        producer = layer.activation.producer()
+        if producer is not None and producer.op_type == "Mul" and smoothing.gated(producer):  # its up projection too
+            operands = [value.producer() for value in producer.inputs if value is not None]
+            readers += [node.name for node in operands if node is not None and node.op_type == "MatMul"]
         return tuple(
             scheme
             for scheme in self.alternatives(layer)

@@ -16,7 +16,7 @@ import onnx_ir as ir
 from optimizer.domains import MS_DOMAIN, onnx_opset
 from passes._layers import Layer, bias_add, find_layers
 from passes._utils import add_initializer, replace_value
-from passes.quantization import _base
+from passes.quantization import _base, smoothing
 from passes.quantization._attention import folded_weights, replace_with_qattention
 from passes.quantization._base import QuantizationPass
 from passes.quantization._int8 import (
@@ -313,7 +313,7 @@ def _read_from_norm(layer: Layer) -> bool:
         for value in producer.inputs
     ):
         return False
-    readers = layer.activation.uses()
+    readers = smoothing.data_uses(layer.activation)
     return all(user.op_type in ("MatMul", "Gemm", "Attention") and index == 0 for user, index in readers)
 
 

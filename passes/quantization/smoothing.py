@@ -41,28 +41,36 @@ def smooth(
     batches: Sequence[Mapping[str, np.ndarray]],
     alpha: float,
     shared: list[str] | None = None,
+    rewritable: Sequence[Layer] | None = None,
 ) -> list[str]:
     """Migrate outliers from each norm feeding only ``layers`` into their weights; return the norms' names.
 
     A norm is a fused LayerNorm/RMSNorm op, or the ``Mul`` by a per-channel scale that
-    ends an unfused one. It is left alone when its output has another user, is a graph
+    ends an unfused one. It is left alone when its output has another user (``data_uses``:
+    a ``Shape`` or ``Size`` of it does not count), is a graph
     output, or its scale/bias are not constants with one value per channel; and when a
     layer it feeds reads a weight other layers read too (ALBERT's shared layers): each
     reader would store its own smoothed copy, a larger file than without smoothing. Those
-    norms' names go to ``shared``.
+    norms' names go to ``shared``. A gated product is smoothed only where its up projection
+    is one of ``rewritable`` (default ``layers``): the layers whose weights this run may
+    rewrite, not one ``--exclude``, a model output or a tied weight keeps as it is.
     """
     chosen = {id(layer.node): layer for layer in layers}
+    allowed = {id(layer.node) for layer in (layers if rewritable is None else rewritable)}
     groups = []
     for node in model.graph:
         slots = _NORMS.get(("" if is_onnx_domain(node) else node.domain, node.op_type)) or _scale_multiply(node)
-        if slots is None or not node.outputs[0].uses() or node.outputs[0].is_graph_output():
+        uses = data_uses(node.outputs[0])
+        if slots is None or not uses or node.outputs[0].is_graph_output():
             continue
-        users = [chosen.get(id(user)) for user, index in node.outputs[0].uses() if index == 0]
-        if len(users) != len(node.outputs[0].uses()) or any(user is None or user.kind == "conv" for user in users):
+        users = [chosen.get(id(user)) for user, index in uses if index == 0]
+        if len(users) != len(uses) or any(user is None or user.kind == "conv" for user in users):
             continue
         groups.append((node, slots, users))
     norms = {id(node) for node, _, _ in groups}
-    products = [group for group in _gated_products(model.graph, chosen) if id(group[0]) not in norms]
+    products = [
+        group for group in _gated_products(model.graph, chosen) if id(group[0]) not in norms and id(group[1]) in allowed
+    ]
     apart = {id(group[0]) for group in groups + products if _weights_shared_outside(group[-1])}
     apart |= {id(node) for node, up, _ in products if len(up.inputs[1].uses()) > 1}  # its weight is divided too
     if shared is not None:
@@ -81,6 +89,17 @@ def smooth(
         if _migrate_product(model.graph, up, users, peaks[node.outputs[0].name], alpha):
             smoothed.append(node.name or node.op_type)
     return smoothed
+
+
+def data_uses(value: ir.Value) -> list[tuple[ir.Node, int]]:
+    """The uses of ``value`` that read its values: a ``Shape`` or ``Size`` reads only its shape, which rescaling
+    its channels leaves as it is (torch's dynamo exporter takes a norm's output's sizes for the attention's
+    ``Reshape``: GPT-J's norms were never smoothed)."""
+    return [
+        (user, index)
+        for user, index in value.uses()
+        if user.op_type not in ("Shape", "Size") or not is_onnx_domain(user)
+    ]
 
 
 def _weights_shared_outside(users: Sequence[Layer]) -> bool:
@@ -107,7 +126,7 @@ def _gated_products(graph: ir.Graph, chosen: Mapping[int, Layer]) -> list[tuple[
         if node.op_type != "Mul" or not is_onnx_domain(node) or len(node.inputs) != 2:
             continue
         output = node.outputs[0]
-        uses = list(output.uses())
+        uses = data_uses(output)
         if not uses or output.is_graph_output():
             continue
         users = [chosen.get(id(user)) for user, index in uses if index == 0]
@@ -119,7 +138,7 @@ def _gated_products(graph: ir.Graph, chosen: Mapping[int, Layer]) -> list[tuple[
                 producer is not None
                 and producer.op_type == "MatMul"
                 and is_onnx_domain(producer)
-                and len(operand.uses()) == 1
+                and len(data_uses(operand)) == 1
                 and not operand.is_graph_output()
                 and (weight := constant_array(producer.inputs[1])) is not None
                 and weight.ndim == 2
@@ -152,6 +171,11 @@ def _scale_rows(graph: ir.Graph, users: Sequence[Layer], factors: np.ndarray) ->
         layer_node = layer.node
         weight = _stored_weight(layer) * _row_scaling(layer, factors)
         layer_node.replace_input_with(1, add_initializer(graph, f"{layer_node.name}.smoothed_weight", weight))
+
+
+def gated(node: ir.Node) -> bool:
+    """Whether a ``Mul`` is smoothed as a gated product (the ``1 / s`` into an operand's MatMul), not as a norm."""
+    return _scale_multiply(node) is None
 
 
 def _scale_multiply(node: ir.Node) -> tuple[int, None] | None:
