@@ -12,7 +12,8 @@ decoder's positions count on from its past (never below 0) and,
 where ``position_ids`` index a table (GPT-2's ``wpe``, GPT-J's rotary sin/cos rows), past and
 new tokens together stay within its rows, attention masks are ones (with two or more rows, the last row's final
 quarter is padding, so verification exercises masking), per-row lengths (``waveforms_lens [batch]``) are the
-lengths of the input they describe (``_row_length``), floats are standard
+lengths of the input they describe (``_row_length``), a one-element integer tested for equality with a constant
+holds it in the first binding (``_select_compared_values``), floats are standard
 normal, 8- and 16-bit integers that index nothing (raw pixels, audio samples) span their type's
 range where ONNX Runtime runs the model on that (half of them; the other half are 0 or 1, as flags of those
 types are), and other integers that index nothing are 0 or 1.
@@ -1135,6 +1136,7 @@ def make_inputs(
     shapes = {value.name: _concrete_shape(value, bound) for value in values}
     inputs = {value.name: _generate(model, value, shapes[value.name], rng, bound) for value in values}
     _offset_positions_past_the_cache(model, inputs, bound)
+    _select_compared_values(model, inputs, seed)
     rounds = _candidate_rounds(model, inputs, shapes, bound)
     guessed = [value.name for value in values if value.shape is None]  # sequence elements of unknown shape
     narrow = _narrowed_raw_data(model, inputs, seed, bound)
@@ -1153,6 +1155,31 @@ def make_inputs(
             if error.action != "load the model":  # the model itself: verification says so
                 inputs = _narrowed_if_accepted(model, inputs, narrow, error.reason, notes)
     return _vary_ambiguous_indices(model, inputs, shapes, seed, bound, notes)
+
+
+def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) -> None:
+    """An integer input of one element that the model tests for equality with a constant (Silero VAD v4's
+    ``If(Equal(sr, 16000))``), through casts and reshapes, holds that constant in the sets of even seeds (the first
+    binding) and stays drawn (0 or 1) in the others (the second binding): drawn alone, the branch the constant
+    selects, the one real audio takes, never ran, and a rewrite wrong in it verified. In place."""
+    if seed % 2:
+        return
+    for value in runtime_inputs(model):
+        array = inputs.get(value.name)
+        if not isinstance(array, np.ndarray) or array.size != 1 or array.dtype.kind not in "iu":
+            continue
+        for node, index in _readers_through_copies(value):
+            if node.op_type != "Equal" or not is_onnx_domain(node) or len(node.inputs) != 2 or index > 1:
+                continue
+            other = node.inputs[1 - index]
+            tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+            if tensor is None or tensor.size != 1:
+                continue
+            number = tensor.numpy().reshape(-1)[0]
+            info = np.iinfo(array.dtype)
+            if float(number).is_integer() and info.min <= number <= info.max:
+                inputs[value.name] = np.full_like(array, int(number))
+                break
 
 
 def _vary_ambiguous_indices(

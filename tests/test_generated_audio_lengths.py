@@ -130,3 +130,45 @@ def test_longer_lengths_stop_at_max_positions():
     assert lengths.advance({"batch_size": 1, "N": 8}, degenerate=True)
     assert lengths.binding()["N"] == 512
     assert not lengths.advance({"batch_size": 1, "N": 512})  # 2048 is past 600
+
+
+def _branch_on_sample_rate() -> onnx.ModelProto:
+    """``If(Equal(sr, 16000))``: ``x * 2`` at 16 kHz, else ``x * 3`` (Silero VAD v4's branch on its ``sr`` input)."""
+
+    def branch(name: str, factor: float) -> onnx.GraphProto:
+        return helper.make_graph(
+            [helper.make_node("Mul", ["x", f"{name}_factor"], [f"{name}_y"])],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["batch", "time"])],
+            [helper.make_tensor(f"{name}_factor", TensorProto.FLOAT, [], [factor])],
+        )
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Equal", ["sr", "rate"], ["is_16k"]),
+            helper.make_node("If", ["is_16k"], ["y"], then_branch=branch("then", 2.0), else_branch=branch("else", 3.0)),
+        ],
+        "vad",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time"]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "time"])],
+        [helper.make_tensor("rate", TensorProto.INT64, [], [16000])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("branch", ["then_branch", "else_branch"])
+def test_both_branches_a_compared_input_selects_are_verified(tmp_path: Path, branch: str):
+    # sr drawn 0 or 1 only ran the else branch: a rewrite wrong in the 16 kHz branch, the one real audio takes,
+    # verified. The first binding now holds the constant it is compared with, the second stays drawn.
+    def rewrite(model: ir.Model) -> None:
+        (node,) = [node for node in model.graph if node.op_type == "If"]
+        (mul,) = list(node.attributes[branch].as_graph())
+        factor = mul.inputs[1]
+        factor.const_value = ir.tensor(np.array(factor.const_value.numpy() * 1.25, np.float32))
+
+    record = optimize_with_rewrite(_branch_on_sample_rate(), rewrite, tmp_path).passes[-1]
+    assert record.status == STATUS_ROLLED_BACK, record.detail
