@@ -41,6 +41,7 @@ from optimizer.inputs import (
     make_inputs,
     nan_note,
     open_samples,
+    prefill_of_text,
     refuse_dims_unlike,
     refuse_oversized,
     refuse_unreadable_data,
@@ -464,7 +465,33 @@ def _samples(
     if lengths.first_refused:
         kept = free_lengths(model, dims, dims_from_inputs(model, generated))
         warning += f" ({kept}: {why} at {'shorter' if lengths.longer else 'longer'} ones)"
+    if (prefills := _generated_prefills(model, generated)) is not None:
+        generated = prefills
+        warning += "; a decoder's are prefills of their tokens, every cache empty, as text calibration is fed"
     return generated, warning
+
+
+def _generated_prefills(model: ir.Model, generated: dict[str, Any]) -> dict[str, Any] | None:
+    """Generated calibration samples of a causal LM with a key/value cache as prefills (``prefill_of_text``): their
+    token ids with every cache empty, the mask ones, the positions counted, as text calibration is fed. Drawn over a
+    random past of 128 positions, no sample held the short contexts every generation starts with: static int8 of a
+    tiny Llama was verified at cosine 0.9999 and gave 0.965 on a prompt from an empty cache, its attention outputs
+    there twice the calibrated range. None for other models, or where the original refuses the prefills."""
+    layout = recognise_causal_lm(model)
+    if isinstance(layout, str) or not layout.cache or layout.input_ids not in generated:
+        return None
+    others = [name for name in (layout.attention_mask, layout.position_ids) if name is not None]
+    filled = prefill_of_text(
+        model, {layout.input_ids: generated[layout.input_ids]}, [pair.past for pair in layout.cache] + others
+    )
+    if filled is None:
+        return None
+    prefills = {**generated, **filled}
+    try:
+        _refuse_unrunnable_batch(model, next(iter(split_samples(prefills, model=model))), "prefills", "")
+    except InputSpecError:
+        return None
+    return prefills
 
 
 def _stacked(model: ir.Model, sets: Sequence[dict[str, Any]]) -> dict[str, Any]:

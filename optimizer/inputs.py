@@ -830,7 +830,7 @@ def check_inputs(
     is refused in one line, and floats are never cast), and
     a missing input that is safe to zero (``zero_fillable``: token type / segment ids) is
     filled with zeros of the shape the other inputs give its dims; a causal LM's text
-    (``input_ids``, an attention mask or not) is fed as prefills (``_prefill_of_text``). Arrays that match no
+    (``input_ids``, an attention mask or not) is fed as prefills (``prefill_of_text``). Arrays that match no
     graph input (a misspelt name) are noted as ignored.
     """
     defaults = [value.name for value in model.graph.inputs if value.name in model.graph.initializers]
@@ -842,7 +842,7 @@ def check_inputs(
         )
     required = [value.name for value in runtime_inputs(model)]
     missing = [name for name in required if name not in arrays]
-    if notes is not None and missing and (prefill := _prefill_of_text(model, arrays, missing)) is not None:
+    if notes is not None and missing and (prefill := prefill_of_text(model, arrays, missing)) is not None:
         arrays = {**arrays, **prefill}
         missing = [name for name in required if name not in arrays]
         _add_note(
@@ -898,7 +898,7 @@ def check_inputs(
     return {name: checked[name] for name in required}
 
 
-def _prefill_of_text(
+def prefill_of_text(
     model: ir.Model, arrays: Mapping[str, np.ndarray], missing: Sequence[str]
 ) -> dict[str, np.ndarray] | None:
     """The inputs a causal LM with a KV cache needs beside held-out text (``input_ids``, and an attention mask or
