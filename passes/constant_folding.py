@@ -159,6 +159,15 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
                 initializers.pop(value.name)
         return None
 
+    def _prepare_folded_tensor(self, node: ir.Node, output_name: str, output_array: object) -> ir.Tensor | None:
+        tensor = super()._prepare_folded_tensor(node, output_name, output_array)
+        if tensor is None or tensor.dtype != ir.DataType.STRING:
+            return tensor
+        # onnx_ir writes text only from a StringTensor: a folded Concat of text constants, read by a later node,
+        # failed the whole pass (SerdeError), and written as it was it would have failed the save.
+        encoded = [item if isinstance(item, bytes) else str(item).encode() for item in output_array.reshape(-1)]
+        return ir.StringTensor(encoded, shape=ir.Shape(output_array.shape), name=output_name)
+
     def replace_node(
         self, node: ir.Node, replacement: _constant_folding.Replacement, root: ir.Graph | ir.Function
     ) -> None:
@@ -234,7 +243,8 @@ def _not_at_opset(node: ir.Node, opsets: Mapping[str, int]) -> str | None:
 # Folds whose reference evaluation (onnx's, which onnxscript's folder uses) is known to differ from ONNX Runtime's
 # on some constants, found by reviews: a NaN in a max, min or arg-max; a reduction of nothing; integer sums,
 # products and powers past their type's range (ONNX Runtime 1.32 saturates some); a float Range (ONNX Runtime adds
-# the step, numpy multiplies); a Cast from text or to float8. These are checked on ONNX Runtime (``_checked``).
+# the step, numpy multiplies); a Cast from text, to float8 or to a type narrower than a byte. These are checked on
+# ONNX Runtime (``_checked``).
 _REDUCTIONS = frozenset(
     {
         "ReduceL1",
@@ -279,12 +289,19 @@ _MOVES_ELEMENTS = frozenset(
         "Unsqueeze",
     }
 )
+# Casts into types narrower than a byte or float8: onnx's reference truncates where ONNX Runtime rounds, and wraps
+# or saturates otherwise (float32 2.5 and 7.9 to int4: 2 and 7 against 3 and -8; 9.0: 0 against -7).
 _CAST_CHECKED = frozenset(
     {
         ir.DataType.FLOAT8E4M3FN,
         ir.DataType.FLOAT8E4M3FNUZ,
         ir.DataType.FLOAT8E5M2,
         ir.DataType.FLOAT8E5M2FNUZ,
+        *(
+            getattr(ir.DataType, name)
+            for name in ("FLOAT8E8M0", "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2", "FLOAT6E2M3", "FLOAT6E3M2")
+            if hasattr(ir.DataType, name)
+        ),
     }
 )
 # How far a folded float may sit from ONNX Runtime's own value (a few float32 ulps, not a NaN). Folds outside the
@@ -325,7 +342,8 @@ def _runtime_disagreement(
 def _checked(node: ir.Node, inputs: Sequence[ir.TensorProtocol | None]) -> bool:
     """Whether a folded ``node`` is checked on ONNX Runtime: a reduction, arg-max/min or CumSum reading a NaN,
     nothing, or float16; an integer sum, product, power, mean or CumSum; a float ``Range``; a ``Cast``
-    from text or to float8; any other op (but those that only move elements) reading a NaN."""
+    from text, to float8 or to a type narrower than a byte; any other op (but those that only move elements) reading a
+    NaN."""
     if not is_onnx_domain(node) or any(
         attribute.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attribute in node.attributes.values()
     ):

@@ -1029,6 +1029,17 @@ def _broadcast_recording(base: type) -> type:
             element_type = self.known_vi_[node.input[0]].type.tensor_type.elem_type
             self.known_vi_[node.output[0]].CopyFrom(_SEQUENCE_VALUE_INFO(node.output[0], element_type, shape))
 
+        def _fuse_tensor_type(self, node, out_idx, dst_type, src_type):  # noqa: ANN001, ANN202 (ORT's own signature)
+            # An If's output: ORT zips its branches' dims (to the shorter), and takes the second's shape where the
+            # first has none. Branches returning other ranks gave the output one branch's rank, and a target read
+            # from its Shape became a constant of that many elements (wrong where the other branch runs). Such an
+            # output has no shape here.
+            dst, src = _tensor_type_of(dst_type), _tensor_type_of(src_type)
+            ranks = [len(tensor.shape.dim) if tensor.HasField("shape") else None for tensor in (dst, src)]
+            super()._fuse_tensor_type(node, out_idx, dst_type, src_type)
+            if ranks[0] != ranks[1]:
+                dst.ClearField("shape")
+
         def _add_suggested_merge(self, symbols, apply=False):  # noqa: ANN001, ANN202 (ORT's own signature)
             frame = sys._getframe(1)
             caller = frame.f_code.co_name
@@ -1052,6 +1063,13 @@ def _broadcast_recording(base: type) -> type:
             return super()._add_suggested_merge(symbols, apply=apply)
 
     return BroadcastRecording
+
+
+def _tensor_type_of(type_proto: onnx.TypeProto) -> onnx.TypeProto.Tensor:
+    """The tensor type of a tensor's ``type_proto``, or of a sequence's elements."""
+    if type_proto.HasField("sequence_type"):
+        return type_proto.sequence_type.elem_type.tensor_type
+    return type_proto.tensor_type
 
 
 @functools.cache
