@@ -62,8 +62,9 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
     are removed. When it folds something, the shapes it inferred along the way are kept
     on the values (the fusions read them), those of the contrib ops graphopt writes
     (``MatMulNBits``, the fused ops) too, which onnx's inference skips
-    (``_inferred_shapes.infer_contrib_outputs``). When it folds nothing, it takes them back (with the
-    types and constant values the folder recorded) and reports ``modified=False``: the
+    (``_inferred_shapes.infer_contrib_outputs``), and an ``STFT``'s with its ``onesided`` default
+    spelled out (onnx's inference reads a left-out ``onesided`` as 0). When it folds nothing, it takes them
+    back (with the types and constant values the folder recorded) and reports ``modified=False``: the
     model is as it was given, as the flag says (onnxscript's folder fills them in either way).
     """
 
@@ -131,6 +132,17 @@ class _OpsetBoundFolder(_constant_folding.FoldConstantsPass):
         # onnx has no schema for ONNX Runtime's contrib ops: without this, inference stops at a MatMulNBits
         # (a model quantized by matmul_nbits_quantizer), and no head split behind a projection has a rank.
         if infer_contrib_outputs(node, self._opset_imports):
+            return
+        if node.op_type == "STFT" and is_onnx_domain(node) and "onesided" not in node.attributes:
+            # onnx's STFT inference (1.23) reads onesided as 0 when the node leaves it out, where the default is 1:
+            # frame_length bins for frame_length // 2 + 1 (512 for 257 on onnx-asr's NeMo and Whisper front ends
+            # once --static-shapes binds the audio length), a shape ONNX Runtime refuses to load (the pass rolled
+            # back). Inferred with the default spelled out, taken back after.
+            node.attributes["onesided"] = ir.AttrInt64("onesided", 1)
+            try:
+                super()._do_inference(node)
+            finally:
+                del node.attributes["onesided"]
             return
         if node.op_type != "Reshape" or not is_onnx_domain(node):
             super()._do_inference(node)
