@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     listing = commands.add_parser("passes", help="list the registered passes")
-    _add_verbosity_flags(listing)
+    _add_verbosity_flags(listing, quiet="the names of the --target's default pipeline only, one per line")
     listing.add_argument(
         "--target", choices=TARGETS, default="cpu", help="mark the passes in this target's default pipeline"
     )
@@ -229,12 +229,12 @@ def _version() -> str:
     return f"graphopt {installed('graphopt') or '(not installed)'} ({', '.join(parts)})"
 
 
-def _add_verbosity_flags(parser: argparse.ArgumentParser) -> None:
+def _add_verbosity_flags(parser: argparse.ArgumentParser, quiet: str = "as `graphopt -q`") -> None:
     # Accepted after the subcommand too (``graphopt optimize ... -v``), added to the top-level count.
     parser.add_argument(
         "-v", "--verbose", dest="sub_verbose", action="count", default=0, help="as `graphopt -v` (repeatable)"
     )
-    parser.add_argument("-q", "--quiet", dest="sub_quiet", action="store_true", help="as `graphopt -q`")
+    parser.add_argument("-q", "--quiet", dest="sub_quiet", action="store_true", help=quiet)
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -292,7 +292,7 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
         "--strict",
         action="store_true",
         help=f"exit {exit_codes.STRICT_FAILED} when a pass asked for by name (--passes) or by flag "
-        "(--quantize, --prune-ffn, ...) is rolled back or fails",
+        "(--quantize, --prune-ffn, ...) is rolled back, fails or changes nothing",
     )
     parser.add_argument(
         "--pipeline-json", metavar="FILE.json", help="also write the pipeline report (what each pass did) as JSON"

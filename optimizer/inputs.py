@@ -3082,9 +3082,9 @@ def write_input_skeleton(
 
     Symbolic dims come from ``dims``, else the defaults of verification (batch-like 1,
     others 128). Token ids are small valid ids (inside the embedding table they index),
-    attention masks ones, position ids 0, 1, 2..., token type ids zeros, inputs read as
-    sizes or axes the values verification finds ONNX Runtime accepts, other numbers
-    zeros. The file is a template to overwrite with real data: it runs, but says nothing
+    attention masks ones, position ids 0, 1, 2... (on from the past's length over a key/value cache), token
+    type ids zeros, inputs read as sizes or axes the values verification finds ONNX Runtime accepts, other
+    numbers zeros. The file is a template to overwrite with real data: it runs, but says nothing
     about accuracy. Raises ``InputSpecError`` where generation does (an input of no shape).
     """
     from optimizer.model_io import load_model, write_atomically

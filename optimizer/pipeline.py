@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import onnx_ir as ir
 
-from optimizer.errors import RuntimeRefusedError, one_line
+from optimizer.errors import RuntimeMissingError, RuntimeRefusedError, one_line
 from optimizer.progress import task
 from optimizer.protocol import NotedResult, PassContext, PassSpec
 from optimizer.report import (
@@ -103,7 +103,8 @@ def run_pipeline(
     ``model`` itself is never modified. With a ``verifier``, every modifying pass is
     checked on ONNX Runtime and rolled back if its outputs diverge or ORT cannot run
     it. A pass that raises (its ``ensures`` included) is rolled back and reported as
-    failed; the ``raise_errors`` option re-raises instead (for tests and debugging).
+    failed; the ``raise_errors`` option re-raises instead (for tests and debugging). A pass that needs
+    ONNX Runtime where it is not installed raises ``RuntimeMissingError`` out of the run.
     """
     context = context or PassContext()
     started = time.perf_counter()
@@ -282,6 +283,10 @@ def _run_one(
         record.status, record.nodes_after = STATUS_ROLLED_BACK, nodes_before
         record.detail = f"ONNX Runtime cannot run the result: {error.reason}"
         return model, record
+    except RuntimeMissingError:
+        # No ONNX Runtime is the installation's fault, not the pass's: the run stops in one line (as it does
+        # when verification opens its first session) rather than writing a model that pass left undone.
+        raise
     except Exception as error:
         # A broken pass (or a result too broken to verify) must not cost the user the rest
         # of the pipeline: report it by name with the error, keep the model as it was,
