@@ -169,6 +169,10 @@ def optimize_with_report(
     if options.verify:
         given_samples, lengths = samples, GeneratedLengths(ir_model, options.dims, options.max_sequence)
         refusal = "ONNX Runtime cannot run the input model on generated inputs"
+        # Where every output is constant at each length tried (acosh of N(0, 1): NaN; an argmax of 2 rows), the
+        # first such lengths, verified there with a warning: such models are valid, and nothing else is drawn.
+        first_constant: tuple[int | None, dict[str, int]] | None = None
+        constant_throughout = False
         while True:
             input_sets, labels = _verification_inputs(ir_model, inputs, lengths.dims, notes, lengths.cap)
             bound = dims_from_inputs(ir_model, input_sets[0])
@@ -197,15 +201,27 @@ def optimize_with_report(
                     sample_batch=batch if specializes else None,
                     labels=labels,
                     samples_generated=warning is not None,
+                    constant_outputs_refused=not constant_throughout,
                 )
                 break
             except GeneratedInputsRefusedError as error:
                 constant = isinstance(error, GeneratedOutputsConstantError)
                 if constant and not lengths.first_refused:
                     refusal = "every output of the input model is constant on generated inputs"
+                if constant and first_constant is None:
+                    first_constant = (lengths.cap, dict(lengths.longer))
                 if not lengths.advance(bound, degenerate=constant):
-                    raise
-        if note := lengths.note(bound, refusal, "verified"):
+                    if first_constant is None:
+                        raise
+                    lengths.cap, lengths.longer = first_constant
+                    constant_throughout = True
+        if constant_throughout:
+            notes.append(
+                f"every output of the input model is constant on the generated inputs ({labels[0]}; longer ones "
+                "too): verification compares those constants, which a wrong rewrite may match as well; give real "
+                "inputs with --inputs FILE.npz"
+            )
+        elif note := lengths.note(bound, refusal, "verified"):
             notes.append(note)
         if specializes and inputs is not None:
             # One name at several sizes in the user's inputs names no one size: bound to the first, bind-dims made

@@ -1064,6 +1064,9 @@ class Verifier:
     on the input sets when there are none; ``sample_batch`` fixes the batches' size (for
     candidates specialized to one batch size).
 
+    A first input set that is generated and on which every output of the original is constant raises
+    ``GeneratedOutputsConstantError`` (the caller draws longer ones), unless ``constant_outputs_refused`` is False.
+
     ``labels`` says where each input set came from (for the report); ``dropped`` lists
     the sets left out because the original fails on them, with ORT's reason.
     """
@@ -1079,6 +1082,7 @@ class Verifier:
         sample_batch: int | None = None,
         labels: Sequence[str] | None = None,
         samples_generated: bool = False,
+        constant_outputs_refused: bool = True,
     ) -> None:
         self.tolerances = dict(DEFAULT_TOLERANCES if tolerances is None else tolerances)
         self.budget = budget if budget is not None and budget.bounds_anything else DEFAULT_APPROXIMATION_FLOOR
@@ -1129,7 +1133,7 @@ class Verifier:
                     raise InvalidModelError(
                         f"ONNX Runtime cannot run the input model ({error.reason}); fix the model or pass --no-verify"
                     ) from error
-                if label.startswith("generated") and constant_outputs(self.references[0]):
+                if constant_outputs_refused and label.startswith("generated") and constant_outputs(self.references[0]):
                     raise GeneratedOutputsConstantError(
                         f"every output of the input model is constant on {label}: nothing would be verified on "
                         "them; give real inputs with --inputs FILE.npz, or pass --no-verify"
