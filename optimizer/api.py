@@ -168,10 +168,8 @@ def optimize_with_report(
     samples, warning = _samples(ir_model, calibration, sized, notes, asked) if approximate else (None, None)
     if options.verify:
         given_samples, lengths = samples, GeneratedLengths(ir_model, options.dims, options.max_sequence)
-        refusal = "ONNX Runtime cannot run the input model on generated inputs"
-        # Where every output is constant at each length tried (acosh of N(0, 1): NaN; an argmax of 2 rows), the
-        # first such lengths, verified there with a warning: such models are valid, and nothing else is drawn.
-        first_constant: tuple[int | None, dict[str, int]] | None = None
+        # Every output constant at each length tried (acosh of N(0, 1): NaN; an argmax of 2 rows): a valid model,
+        # verified at the first such lengths with a warning.
         constant_throughout = False
         while True:
             input_sets, labels = _verification_inputs(ir_model, inputs, lengths.dims, notes, lengths.cap)
@@ -205,15 +203,9 @@ def optimize_with_report(
                 )
                 break
             except GeneratedInputsRefusedError as error:
-                constant = isinstance(error, GeneratedOutputsConstantError)
-                if constant and not lengths.first_refused:
-                    refusal = "every output of the input model is constant on generated inputs"
-                if constant and first_constant is None:
-                    first_constant = (lengths.cap, dict(lengths.longer))
-                if not lengths.advance(bound, degenerate=constant):
-                    if first_constant is None:
+                if not lengths.advance(bound, degenerate=isinstance(error, GeneratedOutputsConstantError)):
+                    if not lengths.back_to_first_degenerate():
                         raise
-                    lengths.cap, lengths.longer = first_constant
                     constant_throughout = True
         if constant_throughout:
             notes.append(
@@ -221,7 +213,7 @@ def optimize_with_report(
                 "too): verification compares those constants, which a wrong rewrite may match as well; give real "
                 "inputs with --inputs FILE.npz"
             )
-        elif note := lengths.note(bound, refusal, "verified"):
+        elif note := lengths.note(bound, "the input model", "verified"):
             notes.append(note)
         if specializes and inputs is not None:
             # One name at several sizes in the user's inputs names no one size: bound to the first, bind-dims made
@@ -454,7 +446,7 @@ def _samples(
         "no --calibration data: approximate passes measured (int8 calibrated) on generated random inputs, "
         "which says little about accuracy on real data"
     )
-    lengths, why = GeneratedLengths(model, bound), "ONNX Runtime refused the model"
+    lengths = GeneratedLengths(model, bound)
     while True:  # at other free lengths where the model refuses them, as verification's inputs
         generated = _stacked(model, [make_inputs(model, lengths.binding(), seed=2 + draw) for draw in range(draws)])
         try:
@@ -469,17 +461,19 @@ def _samples(
                 raise
             continue
         # Every output constant (NeMo's features over 128 samples, less than a frame: zeros): the budget measured on
-        # them met any approximation (int8 static shipped at cosine 0.5 as 1.0000), so longer ones, as verification.
-        first_refused = lengths.first_refused
+        # them met any approximation (int8 static shipped at cosine 0.5 as 1.0000), so longer ones, as verification
+        # (constant at every length, they are kept as drawn last: verification warns of such a model).
         if outputs is None or not constant_outputs(outputs):
             break
         if not lengths.advance(dims_from_inputs(model, generated), degenerate=True):
-            lengths.first_refused = first_refused  # kept as drawn: verification refuses a model constant throughout
             break
-        if not first_refused:
-            why = "every output of the original model was constant"
     if lengths.first_refused:
         kept = free_lengths(model, dims, dims_from_inputs(model, generated))
+        why = (
+            "every output of the original model was constant"
+            if lengths.first_degenerate
+            else "ONNX Runtime refused the model"
+        )
         warning += f" ({kept}: {why} at {'shorter' if lengths.longer else 'longer'} ones)"
     if (prefills := _generated_prefills(model, generated)) is not None:
         generated = prefills

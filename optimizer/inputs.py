@@ -223,7 +223,9 @@ class GeneratedLengths:
         self.max_positions = max_positions
         self.cap = max_positions  # the bound on free lengths, halved on each refusal
         self.longer: dict[str, int] = {}
-        self.first_refused = ""  # the free lengths first refused (``free_lengths``), "" while none was
+        self.first_refused = ""  # the free lengths first left (``free_lengths``), "" while the first are kept
+        self.first_degenerate = False  # whether they were left for constant outputs, not a refusal
+        self._first_degenerate_at: tuple[int | None, dict[str, int]] | None = None  # (cap, longer) there
 
     @property
     def dims(self) -> dict[str, int]:
@@ -236,7 +238,23 @@ class GeneratedLengths:
 
     def advance(self, bound: Mapping[str, int], *, degenerate: bool = False) -> bool:
         """Move on from ``bound``, the binding just refused; False where no other lengths are left to try."""
-        self.first_refused = self.first_refused or free_lengths(self.model, self.user_dims, bound)
+        if degenerate and self._first_degenerate_at is None:
+            self._first_degenerate_at = (self.cap, dict(self.longer))
+        first = free_lengths(self.model, self.user_dims, bound)
+        moved = self._move(bound, degenerate)
+        if moved and not self.first_refused:
+            self.first_refused, self.first_degenerate = first, degenerate
+        return moved
+
+    def back_to_first_degenerate(self) -> bool:
+        """Back to the first lengths on which every output was constant, where no others are left to try (such a
+        model is verified there, with a warning); False where there were none."""
+        if self._first_degenerate_at is None:
+            return False
+        self.cap, self.longer = self._first_degenerate_at
+        return True
+
+    def _move(self, bound: Mapping[str, int], degenerate: bool) -> bool:
         if not self.longer and not degenerate:
             shorter = shorter_generated_length(self.model, self.user_dims, bound, self.cap)
             if shorter is not None:
@@ -254,11 +272,16 @@ class GeneratedLengths:
         self.longer, self.cap = dict.fromkeys(free, longer), self.max_positions
         return True
 
-    def note(self, bound: Mapping[str, int], what: str, done: str) -> str | None:
-        """The line saying which lengths ``what`` (``ONNX Runtime cannot run X on generated inputs``) was about and
-        which ``bound`` it was ``done`` on (``verified``, ``compared``); None where the first lengths were kept."""
+    def note(self, bound: Mapping[str, int], subject: str, done: str) -> str | None:
+        """The line saying which lengths ``subject`` (``the input model``) was refused on or constant on, and which
+        ``bound`` it was ``done`` on (``verified``, ``compared``); None where the first lengths were kept."""
         if not self.first_refused:
             return None
+        what = (
+            f"every output of {subject} is constant on generated inputs"
+            if self.first_degenerate
+            else f"ONNX Runtime cannot run {subject} on generated inputs"
+        )
         way = "longer" if self.longer else "shorter"
         kept = free_lengths(self.model, self.user_dims, bound)
         return (
