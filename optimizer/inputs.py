@@ -1184,9 +1184,11 @@ def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) 
     """An integer input of one element that the model tests for equality with a constant (Silero VAD v4's
     ``If(Equal(sr, 16000))``), through casts and reshapes, holds that constant in the sets of even seeds (the first
     binding) and stays drawn (0 or 1) in the others (the second binding): drawn alone, the branch the constant
-    selects, the one real audio takes, never ran, and a rewrite wrong in it verified. In place."""
+    selects, the one real audio takes, never ran, and a rewrite wrong in it verified. In place; left as drawn where
+    ONNX Runtime refuses the model on the constant."""
     if seed % 2:
         return
+    drawn = dict(inputs)
     for value in runtime_inputs(model):
         array = inputs.get(value.name)
         if not isinstance(array, np.ndarray) or array.size != 1 or array.dtype.kind not in "iu":
@@ -1203,6 +1205,11 @@ def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) 
             if float(number).is_integer() and info.min <= number <= info.max:
                 inputs[value.name] = np.full_like(array, int(number))
                 break
+    if any(inputs[name] is not drawn[name] for name in drawn):
+        try:
+            run_model(model, inputs)
+        except RuntimeRefusedError:  # the branch it selects needs other inputs than those drawn: left as drawn
+            inputs.update(drawn)
 
 
 def _vary_ambiguous_indices(

@@ -173,3 +173,40 @@ def test_both_branches_a_compared_input_selects_are_verified(tmp_path: Path, bra
 
     record = optimize_with_rewrite(_branch_on_sample_rate(), rewrite, tmp_path).passes[-1]
     assert record.status == STATUS_ROLLED_BACK, record.detail
+
+
+def test_a_compared_constant_the_model_refuses_is_left_as_drawn():
+    # If(Equal(mode, 3)): the branch 3 selects reshapes x to [7, -1], which ONNX Runtime refuses for 128 values:
+    # mode stays as drawn (the model still verifies on the other branch), not a refused model.
+    then_branch = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "bad"], ["then_y"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("bad", TensorProto.INT64, [2], [7, -1])],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["else_y"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, None)],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Equal", ["mode", "three"], ["is_3"]),
+            helper.make_node("If", ["is_3"], ["y"], then_branch=then_branch, else_branch=else_branch),
+        ],
+        "modes",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 128]),
+            helper.make_tensor_value_info("mode", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("three", TensorProto.INT64, [], [3])],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    inputs = make_inputs(model, {"batch": 1})
+    assert int(inputs["mode"]) in (0, 1)
+    rate = ir.from_proto(_branch_on_sample_rate())
+    assert int(make_inputs(rate, {"batch": 1, "time": 8})["sr"]) == 16000
+    assert int(make_inputs(rate, {"batch": 1, "time": 8}, seed=1)["sr"]) in (0, 1)
