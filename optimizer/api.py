@@ -30,6 +30,7 @@ from optimizer.inputs import (
     batch_dims,
     bind_dims,
     check_inputs,
+    compared_constants,
     constant_inputs_note,
     dims_from_inputs,
     dims_of_several_sizes,
@@ -228,6 +229,8 @@ def optimize_with_report(
         if not specializes:
             _add_second_binding(ir_model, verifier, options.dims, lengths.cap)
             _add_prefill(ir_model, verifier)
+        if inputs is None:
+            _add_drawn_compared_values(ir_model, verifier)
         _ensure_padding(ir_model, verifier)
         if not specializes:  # after the padded copy: with every dim fixed, the step is cut from it
             _add_decode_step(ir_model, verifier)
@@ -760,6 +763,26 @@ def _add_second_binding(
             label += f", {how}"
         if verifier.add_input_set(inputs, label, report_drop=count == len(candidates)):
             return
+
+
+def _add_drawn_compared_values(model: ir.Model, verifier: Verifier) -> None:
+    """Where every generated input set holds the constant a one-element integer input is tested for equality with
+    (``compared_constants``: Silero VAD v4's ``If(Equal(sr, 16000))``), verify on a set of the first one's shapes
+    with it drawn too, so that both branches run: a model that fixes every dim has no second binding, nor has
+    ``--static-shapes``, and a rewrite wrong where ``sr`` is not 16000 was verified."""
+    first = verifier.input_sets[0]
+    held = {
+        name: value for name, value in compared_constants(model, first).items() if np.array_equal(first[name], value)
+    }
+    if not held or any(not np.array_equal(s.get(name), held[name]) for s in verifier.input_sets[1:] for name in held):
+        return
+    try:
+        inputs, how = _model_cache(model, make_inputs(model, dims_from_inputs(model, first), seed=1), seed=1)
+    except InputSpecError:
+        return
+    if all(np.array_equal(inputs.get(name), value) for name, value in held.items()):
+        return
+    verifier.add_input_set(inputs, f"generated, {', '.join(held)} drawn ({_shapes(model, inputs)}){how}")
 
 
 def _add_prefill(model: ir.Model, verifier: Verifier) -> None:

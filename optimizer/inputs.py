@@ -1185,10 +1185,23 @@ def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) 
     ``If(Equal(sr, 16000))``), through casts and reshapes, holds that constant in the sets of even seeds (the first
     binding) and stays drawn (0 or 1) in the others (the second binding): drawn alone, the branch the constant
     selects, the one real audio takes, never ran, and a rewrite wrong in it verified. In place; left as drawn where
-    ONNX Runtime refuses the model on the constant."""
+    ONNX Runtime refuses the model on the constant. (Where there is no second binding, verification adds a set of
+    the first's shapes drawn so: ``compared_constants``.)"""
     if seed % 2:
         return
     drawn = dict(inputs)
+    inputs.update(compared_constants(model, inputs))
+    if any(inputs[name] is not drawn[name] for name in drawn):
+        try:
+            run_model(model, inputs)
+        except RuntimeRefusedError:  # the branch it selects needs other inputs than those drawn: left as drawn
+            inputs.update(drawn)
+
+
+def compared_constants(model: ir.Model, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Each integer input of one element in ``inputs`` that the model tests for equality with a constant, through
+    casts and reshapes, as an array of that constant (of the input's shape and type)."""
+    found = {}
     for value in runtime_inputs(model):
         array = inputs.get(value.name)
         if not isinstance(array, np.ndarray) or array.size != 1 or array.dtype.kind not in "iu":
@@ -1203,13 +1216,9 @@ def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) 
             number = tensor.numpy().reshape(-1)[0]
             info = np.iinfo(array.dtype)
             if float(number).is_integer() and info.min <= number <= info.max:
-                inputs[value.name] = np.full_like(array, int(number))
+                found[value.name] = np.full_like(array, int(number))
                 break
-    if any(inputs[name] is not drawn[name] for name in drawn):
-        try:
-            run_model(model, inputs)
-        except RuntimeRefusedError:  # the branch it selects needs other inputs than those drawn: left as drawn
-            inputs.update(drawn)
+    return found
 
 
 def _vary_ambiguous_indices(

@@ -241,10 +241,14 @@ def _misinferred(node: ir.Node) -> bool:
       stride; ONNX's inference adds ``output_padding``.
     - ``Resize`` by ``scales`` and ``Upsample``: ONNX sizes ``floor(dim * scale)`` in double, ONNX Runtime in float
       (3 × float32(5/3) is 4 in one and 5 in the other). A Resize to ``sizes`` agrees.
+    - ``STFT`` without ``onesided``: ONNX's inference reads it as 0 where the default is 1 (``frame_length`` bins for
+      ``frame_length // 2 + 1``: ``Shape`` of the output was folded to 64 bins for 33).
     (Found by reviews; values computed from a sequence input's elements are cleared too, ``clear_misinferred_shapes``.)
     """
     if node.domain not in ("", "ai.onnx"):
         return False
+    if node.op_type == "STFT":
+        return "onesided" not in node.attributes
     if node.op_type == "Upsample":
         return True
     if node.op_type == "Resize":

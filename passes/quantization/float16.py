@@ -107,6 +107,7 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
         if self.keep_io_types:
             _initializer_outputs_computed(model.graph)
             _rename_converter_names(model.graph)
+        _stft_onesided_spelled_out(model)
         proto = ir.to_proto(model)
         passed_through = _passed_through_outputs(proto.graph) if self.keep_io_types else []
         # Inferred once, here: the converter would infer the same shapes again (it runs onnx's infer_shapes first).
@@ -135,6 +136,15 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
 
 
 _Message = TypeVar("_Message", onnx.NodeProto, onnx.ValueInfoProto)
+
+
+def _stft_onesided_spelled_out(model: ir.Model) -> None:
+    """Give each ``STFT`` that leaves ``onesided`` out its default (1), in place: onnx's shape inference (1.23)
+    reads it as 0 (``frame_length`` bins for ``frame_length // 2 + 1``), and the converter declared an output of a
+    fixed-shape front end so sized (``[1, 13, 64, 2]`` for ``[1, 13, 33, 2]``: the pass was rolled back)."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type == "STFT" and node.domain in ("", "ai.onnx") and "onesided" not in node.attributes:
+            node.attributes["onesided"] = ir.AttrInt64("onesided", 1)
 
 
 def _initializer_outputs_computed(graph: ir.Graph) -> None:
