@@ -18,7 +18,9 @@ otherwise the bias stays as Attention's ``attention_bias``, which is exact at an
 Which mask it is is decided by evaluating the bias on ONNX Runtime (``_mask_kind``), and
 a kind read off one length holds only there: a sliding-window mask (GPT-Neo's local
 layers, window 256) is causal on every probe shorter than its window. So the bias is
-probed on padded rows at 7 and 13 tokens and then at every length ``_probe.probe_lengths``
+probed on padded rows at 7 and 13 tokens, at every shorter length from 2 (``_short_mask``: a
+constant below 8 that the mask compares the length with, ``S <= 4``, switches there, and
+``probe_lengths`` names no length below 8), and then at every length ``_probe.probe_lengths``
 names: both sides of each table's extent and of each integer the mask compares with, and
 ``max_sequence`` (``--max-sequence``, the longest sequence the result must support). It
 must be the same kind at each, or the original graph must refuse that length (ONNX
@@ -67,6 +69,8 @@ from passes.fusion._probe import (
 # A second probe, longer and padded differently, so a bias that happens to match the
 # first one at its length alone is not taken for a padding mask.
 _LONGER_MASK = np.array([[0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]])
+# Lengths below the probes above and probe_lengths' shortest (8), each probed on two padded rows (_short_mask).
+_SHORT_LENGTHS = (2, 3, 4, 5, 6, 8)
 # The most mask elements the long probes of one bias may evaluate (float32: 512 MiB in all):
 # 4096² plus the tables' lengths fits many times over.
 _MAX_PROBED_ELEMENTS = 1 << 27
@@ -241,6 +245,14 @@ def _probe_mask(
     return True if np.array_equal(allowed, np.broadcast_to(causal, wanted)) else None
 
 
+def _short_mask(length: int) -> np.ndarray:
+    """Two ``[2, length]`` probe rows, the first left-padded and the second right-padded by one token (``length``
+    at least 2, so each keeps a real token): at a short length the mask is still seen to pad on either side."""
+    mask = np.ones((2, length), np.int64)
+    mask[0, 0] = mask[1, -1] = 0
+    return mask
+
+
 def _one_fill(masked: list[float]) -> float | None:
     """The value the packed op's ``mask_filter_value`` must add where the bias masked with ``masked`` (every
     masked value seen on the probes): its largest, where every other is it or twice it (padding and causal
@@ -341,7 +353,9 @@ def _mask_kind(
     """``(mask_input, causal)`` when the additive ``bias`` is what a 2-D padding mask input implies, else why not.
 
     The bias subgraph is evaluated on ONNX Runtime for a left- and a right-padded row at
-    7 and 13 tokens, then for one right-padded row at each of ``probe_lengths`` up to
+    7 and 13 tokens and at each shorter length from 2 (``_SHORT_LENGTHS``: ``probe_lengths`` names none
+    below 8, where a comparison of the length with a small constant may switch the kind), then for one
+    right-padded row at each of ``probe_lengths`` up to
     ``max_sequence``; it must be 0 where ``mask[b, t] == 1`` (and ``t <= s`` if
     causal) and at most -1e4 elsewhere, whatever exporter code built it, at each length
     the original graph accepts (see the module docstring).
@@ -360,7 +374,12 @@ def _mask_kind(
     if len(kinds) != 1 or kinds & {None, _REFUSED}:
         return "it is not what a padding (or causal + padding) mask implies on the probed rows"
     causal = kinds.pop()
-    probed = {PADDED_MASK.shape[1], _LONGER_MASK.shape[1]}
+    for length in _SHORT_LENGTHS:
+        found = _probe_mask(model, bias, inputs, _short_mask(length), masked)
+        if found != _REFUSED and found != causal:
+            kind = "causal + padding" if causal else "padding"
+            return f"it is not what a {kind} mask implies at {length} tokens, though it is at 7 and 13"
+    probed = {PADDED_MASK.shape[1], _LONGER_MASK.shape[1], *_SHORT_LENGTHS}
     lengths = [n for n in probe_lengths([bias], max_sequence, model=model, inputs=inputs) if n not in probed]
     if sum(n * n for n in lengths) > _MAX_PROBED_ELEMENTS:
         return (
