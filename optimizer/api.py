@@ -181,7 +181,7 @@ def optimize_with_report(
             samples = given_samples
             if specializes:
                 try:
-                    samples = _fill_static_batch(ir_model, samples, bound, generated=warning is not None, notes=notes)
+                    samples, warning = _fill_static_batch(ir_model, samples, bound, warning=warning, notes=notes)
                 except InputSpecError:
                     # Generated samples drawn at generated lengths the model refuses (CLIP's 77 positions, 128
                     # drawn): other lengths, as verification's inputs.
@@ -238,7 +238,7 @@ def optimize_with_report(
         verifier = None
         bound = bind_dims(ir_model, options.dims)
         if specializes:
-            samples = _fill_static_batch(ir_model, samples, bound, generated=warning is not None, notes=notes)
+            samples, warning = _fill_static_batch(ir_model, samples, bound, warning=warning, notes=notes)
     context = PassContext(options=options, dims=bound, samples=samples, samples_generated=warning is not None)
     optimized, report = run_pipeline(ir_model, specs, context=context, verifier=verifier, label=label)
     if warning:
@@ -412,12 +412,15 @@ def _samples(
     dims: Mapping[str, int] | None,
     notes: list[str],
     asked: Sequence[Any] = (),
+    *,
+    fixed: bool = False,
 ) -> tuple[dict[str, np.ndarray] | SampleData, str | None]:
     """Sample inputs for approximate passes: the user's calibration data, else generated (with a warning).
 
     Data already in memory as one mapping (an .npz file, a dict) is checked and kept as arrays;
     folders and iterables stay ``SampleData``, read batch by batch by each pass. Generated
-    samples past ``MAX_INPUT_BYTES`` are refused before they are drawn.
+    samples past ``MAX_INPUT_BYTES`` are refused before they are drawn. With ``fixed`` (``dims`` are the sizes
+    ``--static-shapes`` fixes), a decoder's generated samples are prefills only where those sizes take them.
     """
     if calibration is not None:
         data = open_samples(calibration, model, flag="--calibration")
@@ -478,18 +481,23 @@ def _samples(
             else "ONNX Runtime refused the model"
         )
         warning += f" ({kept}: {why} at {'shorter' if lengths.longer else 'longer'} ones)"
-    if (prefills := _generated_prefills(model, generated)) is not None:
+    if (prefills := _generated_prefills(model, generated, dims if fixed else None)) is not None:
         generated = prefills
         warning += "; a decoder's are prefills of their tokens, every cache empty, as text calibration is fed"
     return generated, warning
 
 
-def _generated_prefills(model: ir.Model, generated: dict[str, Any]) -> dict[str, Any] | None:
+def _generated_prefills(
+    model: ir.Model, generated: dict[str, Any], fixed: Mapping[str, int] | None = None
+) -> dict[str, Any] | None:
     """Generated calibration samples of a causal LM with a key/value cache as prefills (``prefill_of_text``): their
     token ids with every cache empty, the mask ones, the positions counted, as text calibration is fed. Drawn over a
     random past of 128 positions, no sample held the short contexts every generation starts with: static int8 of a
     tiny Llama was verified at cosine 0.9999 and gave 0.965 on a prompt from an empty cache, its attention outputs
-    there twice the calibrated range. None for other models, or where the original refuses the prefills."""
+    there twice the calibrated range. None for other models, where the original refuses the prefills, or where
+    they have another size than ``fixed`` (the sizes ``--static-shapes`` fixes, other than the batch) gives a dim:
+    a cache bound at 5 positions takes no empty one, and the quantization measured on prefills was rolled back,
+    blaming its own result."""
     layout = recognise_causal_lm(model)
     if isinstance(layout, str) or not layout.cache or layout.input_ids not in generated:
         return None
@@ -500,6 +508,9 @@ def _generated_prefills(model: ir.Model, generated: dict[str, Any]) -> dict[str,
     if filled is None:
         return None
     prefills = {**generated, **filled}
+    held = dims_from_inputs(model, prefills)
+    if fixed is not None and any(fixed.get(name, size) != size for name, size in held.items()):
+        return None
     try:
         _refuse_unrunnable_batch(model, next(iter(split_samples(prefills, model=model))), "prefills", "")
     except InputSpecError:
@@ -571,19 +582,23 @@ def _imputed(value: ir.Value) -> bool:
 
 
 def _fill_static_batch(
-    model: ir.Model, samples: Any, bound: Mapping[str, int], *, generated: bool, notes: list[str]
-) -> Any:
+    model: ir.Model, samples: Any, bound: Mapping[str, int], *, warning: str | None, notes: list[str]
+) -> tuple[Any, str | None]:
     """``samples`` as ``--static-shapes``' batch (``bound``: from ``--dim`` or the given inputs, as the passes get
     it) takes them, that many at a time: calibration whose count is no multiple of it is refused
     (``InputSpecError``: a last batch short of it would fail inside a pass, whose rollback would blame its own
     result); generated samples are cut, or repeated, to a multiple of it. Generated samples are drawn at the other
     sizes it fixes (``--inputs`` of 10 tokens, ``--max-sequence``: drawn at the default 128 they were refused by
-    the bound model); given samples of another size there are an ``InputSpecError``."""
+    the bound model), a decoder's as prefills only where those sizes take an empty cache; given samples of another
+    size there are an ``InputSpecError``. Also the warning said of the samples (``warning``: None for given ones),
+    as the samples drawn here were."""
     if samples is None:
-        return samples
+        return samples, warning
     batch = batch_dims(model)
+    generated = warning is not None
     if generated:
-        samples, _ = _samples(model, None, {name: size for name, size in bound.items() if name not in batch}, notes)
+        fixed = {name: size for name, size in bound.items() if name not in batch}
+        samples, warning = _samples(model, None, fixed, notes, fixed=True)
     size = min((bound[name] for name in batch if name in bound), default=None)
     if size is not None and size >= 2:
         if isinstance(samples, SampleData):
@@ -606,7 +621,7 @@ def _fill_static_batch(
             }
     if not generated:
         _refuse_samples_unlike(model, samples, bound, batch)
-    return samples
+    return samples, warning
 
 
 def _refuse_samples_unlike(model: ir.Model, samples: Any, bound: Mapping[str, int], batch: Sequence[str]) -> None:
