@@ -398,16 +398,7 @@ def anchor_external_data(model: ir.Model) -> None:
     def anchored(tensor: ir.TensorProtocol, *, read: bool) -> ir.TensorProtocol:
         if not isinstance(tensor, ir.ExternalTensor) or not tensor.base_dir:
             return tensor
-        external = ir.ExternalTensor(
-            os.path.join(os.path.abspath(tensor.base_dir), os.fspath(tensor.location)),
-            tensor.offset,
-            tensor.length,
-            tensor.dtype,
-            shape=tensor.shape,
-            name=tensor.name,
-            doc_string=tensor.doc_string,
-            metadata_props=dict(tensor.metadata_props) or None,
-        )
+        external = _relocated(tensor, os.path.join(os.path.abspath(tensor.base_dir), os.fspath(tensor.location)))
         if not read:
             return external
         return ir.Tensor(external.numpy(), dtype=tensor.dtype, name=tensor.name, doc_string=tensor.doc_string)
@@ -446,17 +437,24 @@ def restore_external_locations(model: ir.Model, source: ir.Model) -> None:
         tensor = value.const_value
         if isinstance(tensor, ir.ExternalTensor) and not tensor.base_dir and os.fspath(tensor.location) in anchors:
             given = anchors[os.fspath(tensor.location)]
-            value.const_value = ir.ExternalTensor(
-                given.location,
-                tensor.offset,
-                tensor.length,
-                tensor.dtype,
-                shape=tensor.shape,
-                name=tensor.name,
-                doc_string=tensor.doc_string,
-                metadata_props=dict(tensor.metadata_props) or None,
-                base_dir=given.base_dir,
-            )
+            value.const_value = _relocated(tensor, given.location, given.base_dir)
+
+
+def _relocated(
+    tensor: ir.ExternalTensor, location: str | os.PathLike, base_dir: str | os.PathLike = ""
+) -> ir.ExternalTensor:
+    """``tensor`` (the same bytes of the same file) named by ``location`` under ``base_dir``."""
+    return ir.ExternalTensor(
+        location,
+        tensor.offset,
+        tensor.length,
+        tensor.dtype,
+        shape=tensor.shape,
+        name=tensor.name,
+        doc_string=tensor.doc_string,
+        metadata_props=dict(tensor.metadata_props) or None,
+        base_dir=base_dir,
+    )
 
 
 def external_data_files(model: ir.Model) -> list[Path]:
