@@ -214,7 +214,8 @@ class GeneratedLengths:
     """The lengths generated inputs are drawn at, and the next to try where ONNX Runtime refuses the input model on
     them (``advance``): the default (within ``max_positions``, ``--max-sequence``), then halves down to
     ``SHORTEST_GENERATED`` (CLIP's text encoder reads 77 positions), then each of ``LONGER_GENERATED`` along the
-    free dims (``free_dims``: not the user's ``dims``, not a batch) up to ``max_positions``. Where the model ran but
+    free dims (``free_dims``: not the user's ``dims``, not a batch) up to ``max_positions``, where no input holds
+    two of them (a length, not an image's height and width). Where the model ran but
     every output was constant (``degenerate``), the shorter lengths are skipped: they hold less still."""
 
     def __init__(self, model: ir.Model, dims: Mapping[str, int] | None, max_positions: int | None = None) -> None:
@@ -261,6 +262,8 @@ class GeneratedLengths:
                 self.cap = shorter
                 return True
         free = [name for name in free_dims(self.model, self.user_dims) if name in bound]
+        if self._held_together(free):
+            return False  # an image's height and width: 2,048 × 2,048 drawn for a detector's zeros is minutes
         longest = max((bound[name] for name in free), default=None)
         within = [size for size in LONGER_GENERATED if self.max_positions is None or size <= self.max_positions]
         longer = next((size for size in within if longest is not None and size > longest), None)
@@ -271,6 +274,14 @@ class GeneratedLengths:
             return False  # a 2-D length: the refusal at the default says more than one of size
         self.longer, self.cap = dict.fromkeys(free, longer), self.max_positions
         return True
+
+    def _held_together(self, free: Sequence[str]) -> bool:
+        """Whether one input holds two of the ``free`` dims (longer lengths are tried along lengths only)."""
+        return any(
+            len({dim.value for dim in value.shape if isinstance(dim, ir.SymbolicDim)} & set(free)) > 1
+            for value in runtime_inputs(self.model)
+            if value.shape is not None
+        )
 
     def note(self, bound: Mapping[str, int], subject: str, done: str) -> str | None:
         """The line saying which lengths ``subject`` (``the input model``) was refused on or constant on, and which

@@ -210,3 +210,22 @@ def test_a_compared_constant_the_model_refuses_is_left_as_drawn():
     rate = ir.from_proto(_branch_on_sample_rate())
     assert int(make_inputs(rate, {"batch": 1, "time": 8})["sr"]) == 16000
     assert int(make_inputs(rate, {"batch": 1, "time": 8}, seed=1)["sr"]) in (0, 1)
+
+
+def test_longer_lengths_are_not_tried_along_an_images_height_and_width(tmp_path: Path):
+    # A detector's zeros on noise (constant at every size): 512 x 512 and 2,048 x 2,048 images were drawn for it,
+    # minutes of convolutions; longer lengths are tried along lengths only, no input holding two of them.
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "zero"], ["y"])],
+        "detector",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    lengths = GeneratedLengths(model, None)
+    assert not lengths.advance({"batch": 1, "height": 128, "width": 128}, degenerate=True)
+    source = tmp_path / "detector.onnx"
+    onnx.save(ir.to_proto(model), source)
+    _, report = optimize_with_report(source, ["remove-identity"], output=tmp_path / "out.onnx")
+    assert report.input_sets[0] == "generated (batch=1, height=128, width=128)", report.input_sets
