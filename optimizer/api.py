@@ -452,7 +452,7 @@ def _samples(
         "no --calibration data: approximate passes measured (int8 calibrated) on generated random inputs, "
         "which says little about accuracy on real data"
     )
-    lengths = GeneratedLengths(model, bound)
+    lengths, back = GeneratedLengths(model, bound), False
     while True:  # at other free lengths where the model refuses them, as verification's inputs
         generated = _stacked(model, [make_inputs(model, lengths.binding(), seed=2 + draw) for draw in range(draws)])
         try:
@@ -463,9 +463,15 @@ def _samples(
                 "give real ones with --calibration FILE.npz",
             )
         except InputSpecError:
-            if not lengths.advance(dims_from_inputs(model, generated)):
+            if lengths.advance(dims_from_inputs(model, generated)):
+                continue
+            # Constant where it ran, refused longer (a table of 128 positions): back to the first constant lengths,
+            # as verification (the model was refused, where verification warned of it and went on).
+            if not lengths.back_to_first_degenerate():
                 raise
-            continue
+            back = True
+            generated = _stacked(model, [make_inputs(model, lengths.binding(), seed=2 + draw) for draw in range(draws)])
+            break
         # Every output constant (NeMo's features over 128 samples, less than a frame: zeros): the budget measured on
         # them met any approximation (int8 static shipped at cosine 0.5 as 1.0000), so longer ones, as verification
         # (constant at every length, they are kept as drawn last: verification warns of such a model).
@@ -473,7 +479,7 @@ def _samples(
             break
         if not lengths.advance(dims_from_inputs(model, generated), degenerate=True):
             break
-    if lengths.first_refused:
+    if lengths.first_refused and not (back and lengths.first_degenerate):
         kept = free_lengths(model, dims, dims_from_inputs(model, generated))
         why = (
             "every output of the original model was constant"

@@ -215,7 +215,7 @@ class GeneratedLengths:
     them (``advance``): the default (within ``max_positions``, ``--max-sequence``), then halves down to
     ``SHORTEST_GENERATED`` (CLIP's text encoder reads 77 positions), then each of ``LONGER_GENERATED`` along the
     free dims (``free_dims``: not the user's ``dims``, not a batch) up to ``max_positions``, where no input holds
-    two of them (a length, not an image's height and width). Where the model ran but
+    them at two axes (a length, not an image's height and width). Where the model ran but
     every output was constant (``degenerate``), the shorter lengths are skipped: they hold less still."""
 
     def __init__(self, model: ir.Model, dims: Mapping[str, int] | None, max_positions: int | None = None) -> None:
@@ -227,6 +227,7 @@ class GeneratedLengths:
         self.first_refused = ""  # the free lengths first left (``free_lengths``), "" while the first are kept
         self.first_degenerate = False  # whether they were left for constant outputs, not a refusal
         self._first_degenerate_at: tuple[int | None, dict[str, int]] | None = None  # (cap, longer) there
+        self.settled = False  # back at the first constant lengths (``back_to_first_degenerate``): no others tried
 
     @property
     def dims(self) -> dict[str, int]:
@@ -239,6 +240,8 @@ class GeneratedLengths:
 
     def advance(self, bound: Mapping[str, int], *, degenerate: bool = False) -> bool:
         """Move on from ``bound``, the binding just refused; False where no other lengths are left to try."""
+        if self.settled:
+            return False
         if degenerate and self._first_degenerate_at is None:
             self._first_degenerate_at = (self.cap, dict(self.longer))
         first = free_lengths(self.model, self.user_dims, bound)
@@ -249,10 +252,11 @@ class GeneratedLengths:
 
     def back_to_first_degenerate(self) -> bool:
         """Back to the first lengths on which every output was constant, where no others are left to try (such a
-        model is verified there, with a warning); False where there were none."""
-        if self._first_degenerate_at is None:
+        model is verified there, with a warning); False where there were none, or it is back there already."""
+        if self._first_degenerate_at is None or self.settled:
             return False
         self.cap, self.longer = self._first_degenerate_at
+        self.settled = True
         return True
 
     def _move(self, bound: Mapping[str, int], degenerate: bool) -> bool:
@@ -276,9 +280,10 @@ class GeneratedLengths:
         return True
 
     def _held_together(self, free: Sequence[str]) -> bool:
-        """Whether one input holds two of the ``free`` dims (longer lengths are tried along lengths only)."""
+        """Whether one input holds the ``free`` dims at two axes (longer lengths are tried along lengths only): an
+        image's height and width, named apart or one name for both (``x [1, 3, size, size]``)."""
         return any(
-            len({dim.value for dim in value.shape if isinstance(dim, ir.SymbolicDim)} & set(free)) > 1
+            sum(isinstance(dim, ir.SymbolicDim) and dim.value in free for dim in value.shape) > 1
             for value in runtime_inputs(self.model)
             if value.shape is not None
         )
@@ -295,6 +300,12 @@ class GeneratedLengths:
         )
         way = "longer" if self.longer else "shorter"
         kept = free_lengths(self.model, self.user_dims, bound)
+        if self.settled and self.first_degenerate:
+            return (
+                f"every output of {subject} is constant on generated inputs of {kept}, and ONNX Runtime refused "
+                f"the longer ones: {done} on those constants, which a wrong rewrite may match as well; "
+                "give --inputs or --dim for the lengths you run"
+            )
         return (
             f"{what} of {self.first_refused}: {done} on {way} ones ({kept}); "
             "give --inputs or --dim for the lengths you run"

@@ -229,3 +229,73 @@ def test_longer_lengths_are_not_tried_along_an_images_height_and_width(tmp_path:
     onnx.save(ir.to_proto(model), source)
     _, report = optimize_with_report(source, ["remove-identity"], output=tmp_path / "out.onnx")
     assert report.input_sets[0] == "generated (batch=1, height=128, width=128)", report.input_sets
+
+
+def test_longer_lengths_are_not_tried_along_one_name_for_an_images_height_and_width(tmp_path: Path):
+    # x [1, 3, size, size]: one name for both axes is still an image's height and width (counted as one dim, 512 x
+    # 512 and 2,048 x 2,048 images were drawn for a detector's zeros on noise: seconds here, minutes on a detector).
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "zero"], ["y"])],
+        "detector",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "size", "size"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "size", "size"])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    lengths = GeneratedLengths(model, None)
+    assert not lengths.advance({"size": 128}, degenerate=True)
+    source = tmp_path / "detector.onnx"
+    onnx.save(ir.to_proto(model), source)
+    _, report = optimize_with_report(source, ["remove-identity"], output=tmp_path / "out.onnx")
+    assert report.input_sets[0] == "generated (size=128)", report.input_sets
+
+
+def _flags_over_128_positions(tmp_path: Path) -> Path:
+    """Flags per token, False on random tokens (constant), over a table of 128 positions (512 and 2,048 refused)."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Shape", ["input_ids"], ["shape"]),
+            helper.make_node("Gather", ["shape", "one"], ["length"], axis=0),
+            helper.make_node("Range", ["zero", "length", "one"], ["positions"]),
+            helper.make_node("Gather", ["tokens", "input_ids"], ["token_rows"]),
+            helper.make_node("Gather", ["table", "positions"], ["position_rows"]),
+            helper.make_node("Add", ["token_rows", "position_rows"], ["embedded"]),
+            helper.make_node("MatMul", ["embedded", "weight"], ["hidden"]),
+            helper.make_node("Greater", ["hidden", "threshold"], ["flags"]),
+        ],
+        "flags",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("flags", TensorProto.BOOL, ["batch", "sequence", 16])],
+        [
+            onnx.numpy_helper.from_array(rng.standard_normal((100, 16)).astype(np.float32), "tokens"),
+            onnx.numpy_helper.from_array(rng.standard_normal((128, 16)).astype(np.float32), "table"),
+            onnx.numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "weight"),
+            onnx.numpy_helper.from_array(np.array(1e6, np.float32), "threshold"),
+            onnx.numpy_helper.from_array(np.array(0, np.int64), "zero"),
+            onnx.numpy_helper.from_array(np.array(1, np.int64), "one"),
+        ],
+    )
+    source = tmp_path / "flags.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source)
+    return source
+
+
+def test_calibration_constant_at_the_default_and_refused_longer_goes_back_to_the_default(tmp_path: Path):
+    # Verification went back to the default lengths with a warning, but generated calibration raised: --quantize
+    # dynamic, which verified before longer lengths were tried, was refused.
+    source = _flags_over_128_positions(tmp_path)
+    _, report = optimize_with_report(source, ["quantize-dynamic"], output=tmp_path / "out.onnx")
+    assert report.verified
+    assert report.input_sets[0] == "generated (batch=1, sequence=128)", report.input_sets
+    assert not any("constant at longer ones" in warning for warning in report.warnings), report.warnings
+
+
+def test_compare_constant_at_the_default_and_refused_longer_goes_back_to_the_default(tmp_path: Path, capsys):
+    # compare failed (exit 2) where it compared at the default lengths before longer ones were tried.
+    source = str(_flags_over_128_positions(tmp_path))
+    code, out, err = run_cli(["compare", source, source, "--iterations", "3", "--warmup", "1"], capsys)
+    assert code == 0, err
+    assert "constant on generated inputs of sequence=128, and ONNX Runtime refused the longer ones" in " ".join(
+        (out + err).split()
+    )

@@ -489,7 +489,9 @@ def _hint_on_generated_inputs(
         if not generated or not str(error).startswith(f"{before}: ONNX Runtime cannot run it on"):
             raise
         bound = dims_from_inputs(model, inputs)
-        if lengths.advance(bound):
+        # Other lengths, or back to the first on which every output was constant (longer ones refused: a table of
+        # 128 positions), as optimize verifies.
+        if lengths.advance(bound) or lengths.back_to_first_degenerate():
             raise _OtherLengths from error
         # Named at the sizes first generated (other lengths did not help: the refusal may be of another size).
         generated_first = dims_from_inputs(model, first)
