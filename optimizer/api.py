@@ -210,8 +210,9 @@ def optimize_with_report(
                     constant_throughout = True
         if constant_throughout:
             notes.append(
-                f"every output of the input model is constant on the generated inputs ({labels[0]}; longer ones "
-                "too): verification compares those constants, which a wrong rewrite may match as well; give real "
+                f"every output of the input model is constant on the generated inputs ({labels[0]}; "
+                f"{'ONNX Runtime refused longer ones' if lengths.refused_after_degenerate else 'longer ones too'}): "
+                "verification compares those constants, which a wrong rewrite may match as well; give real "
                 "inputs with --inputs FILE.npz"
             )
         elif note := lengths.note(bound, "the input model", "verified"):

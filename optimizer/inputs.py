@@ -228,6 +228,7 @@ class GeneratedLengths:
         self.first_degenerate = False  # whether they were left for constant outputs, not a refusal
         self._first_degenerate_at: tuple[int | None, dict[str, int]] | None = None  # (cap, longer) there
         self.settled = False  # back at the first constant lengths (``back_to_first_degenerate``): no others tried
+        self.refused_after_degenerate = False  # whether ONNX Runtime refused lengths tried after constant ones
 
     @property
     def dims(self) -> dict[str, int]:
@@ -244,6 +245,8 @@ class GeneratedLengths:
             return False
         if degenerate and self._first_degenerate_at is None:
             self._first_degenerate_at = (self.cap, dict(self.longer))
+        elif not degenerate and self._first_degenerate_at is not None:
+            self.refused_after_degenerate = True
         first = free_lengths(self.model, self.user_dims, bound)
         moved = self._move(bound, degenerate)
         if moved and not self.first_refused:

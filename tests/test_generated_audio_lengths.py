@@ -299,3 +299,12 @@ def test_compare_constant_at_the_default_and_refused_longer_goes_back_to_the_def
     assert "constant on generated inputs of sequence=128, and ONNX Runtime refused the longer ones" in " ".join(
         (out + err).split()
     )
+
+
+def test_verification_says_longer_lengths_were_refused_not_constant(tmp_path: Path):
+    # Constant at the default, refused at 512 and 2,048 (a table of 128 positions): the warning said "longer ones
+    # too", as if those were constant as well.
+    source = _flags_over_128_positions(tmp_path)
+    _, report = optimize_with_report(source, ["remove-identity"], output=tmp_path / "out.onnx")
+    (warning,) = [w for w in report.warnings if "every output of the input model is constant" in w]
+    assert "ONNX Runtime refused longer ones" in warning and "longer ones too" not in warning
