@@ -169,9 +169,6 @@ def optimize_with_report(
     samples, warning = _samples(ir_model, calibration, sized, notes, asked) if approximate else (None, None)
     if options.verify:
         given_samples, lengths = samples, GeneratedLengths(ir_model, options.dims, options.max_sequence)
-        # Every output constant at each length tried (acosh of N(0, 1): NaN; an argmax of 2 rows): a valid model,
-        # verified at the first such lengths with a warning.
-        constant_throughout = False
         while True:
             input_sets, labels = _verification_inputs(ir_model, inputs, lengths.dims, notes, lengths.cap)
             bound = dims_from_inputs(ir_model, input_sets[0])
@@ -200,15 +197,16 @@ def optimize_with_report(
                     sample_batch=batch if specializes else None,
                     labels=labels,
                     samples_generated=warning is not None,
-                    constant_outputs_refused=not constant_throughout,
+                    constant_outputs_refused=not lengths.settled,
                 )
                 break
             except GeneratedInputsRefusedError as error:
                 if not lengths.advance(bound, degenerate=isinstance(error, GeneratedOutputsConstantError)):
+                    # Every output constant at each length tried (acosh of N(0, 1): NaN; an argmax of 2 rows): a
+                    # valid model, verified at the first such lengths with a warning.
                     if not lengths.back_to_first_degenerate():
                         raise
-                    constant_throughout = True
-        if constant_throughout:
+        if lengths.settled:
             notes.append(
                 f"every output of the input model is constant on the generated inputs ({labels[0]}; "
                 f"{'ONNX Runtime refused longer ones' if lengths.refused_after_degenerate else 'longer ones too'}): "
@@ -453,7 +451,7 @@ def _samples(
         "no --calibration data: approximate passes measured (int8 calibrated) on generated random inputs, "
         "which says little about accuracy on real data"
     )
-    lengths, back = GeneratedLengths(model, bound), False
+    lengths = GeneratedLengths(model, bound)
     while True:  # at other free lengths where the model refuses them, as verification's inputs
         generated = _stacked(model, [make_inputs(model, lengths.binding(), seed=2 + draw) for draw in range(draws)])
         try:
@@ -470,7 +468,6 @@ def _samples(
             # as verification (the model was refused, where verification warned of it and went on).
             if not lengths.back_to_first_degenerate():
                 raise
-            back = True
             generated = _stacked(model, [make_inputs(model, lengths.binding(), seed=2 + draw) for draw in range(draws)])
             break
         # Every output constant (NeMo's features over 128 samples, less than a frame: zeros): the budget measured on
@@ -480,7 +477,7 @@ def _samples(
             break
         if not lengths.advance(dims_from_inputs(model, generated), degenerate=True):
             break
-    if lengths.first_refused and not (back and lengths.first_degenerate):
+    if lengths.first_refused and not (lengths.settled and lengths.first_degenerate):
         kept = free_lengths(model, dims, dims_from_inputs(model, generated))
         why = (
             "every output of the original model was constant"
