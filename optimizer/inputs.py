@@ -2422,10 +2422,53 @@ def split_samples(
     ]
 
 
+# Where ``BindDimsPass`` (``--static-shapes``) keeps a graph input's shape as declared before it bound it: the
+# axis that holds the samples is read there. Bound, Silero VAD's ``state [2, batch, 128]`` beside ``input [batch,
+# T]`` read as a fixed batch of 2 along axis 0, and every calibration pass fed it 16 samples along axis 1.
+DECLARED_SHAPE = "graphopt.declared_shape"
+
+
+def _as_declared(model: ir.Model | None) -> ir.Model | None:
+    """``model``'s graph inputs as declared before ``--static-shapes`` bound them (``DECLARED_SHAPE``), in a model
+    of those inputs alone; None where nothing was bound."""
+    if model is None or not any(DECLARED_SHAPE in value.meta for value in model.graph.inputs):
+        return None
+    inputs = [
+        ir.Value(
+            name=value.name,
+            shape=value.meta.get(DECLARED_SHAPE, value.shape),
+            type=value.type,
+            const_value=value.const_value,
+        )
+        for value in model.graph.inputs
+    ]
+    initializers = [value for value in inputs if value.name in model.graph.initializers]
+    return ir.Model(ir.Graph(inputs, [], nodes=[], initializers=initializers), ir_version=model.ir_version)
+
+
+def _bound_batch_size(model: ir.Model, declared: ir.Model) -> int | None:
+    """The batch ``--static-shapes`` bound: the size the inputs that hold samples as declared (``declared``) now
+    have along their samples' axis; None where none is bound to a size."""
+    sampled = sample_inputs(declared)
+    if sampled is None:
+        return None
+    axes = {**dict.fromkeys(sampled, 0), **_later_sample_axes(declared, sampled)}
+    sizes = [
+        value.shape[axes[value.name]]
+        for value in model.graph.inputs
+        if value.name in axes and value.shape is not None and value.shape.rank() > axes[value.name]
+    ]
+    fixed = [size for size in sizes if isinstance(size, int) and size > 0]
+    return min(fixed) if fixed else None
+
+
 def fixed_batch_size(model: ir.Model) -> int | None:
     """The batch a model without a symbolic batch dim fixes, or None: calibration samples are fed that many at
     a time. It is the first dim of its input of highest rank (the smallest, among several): a one-element input
-    ``s [1]`` beside ``x [2, K]`` is no batch of 1, as ``compare`` reads a model without a batch dim."""
+    ``s [1]`` beside ``x [2, K]`` is no batch of 1, as ``compare`` reads a model without a batch dim. In a model
+    ``--static-shapes`` bound, it is the size the batch was bound to, read on the inputs as declared."""
+    if (declared := _as_declared(model)) is not None and sample_inputs(declared) is not None:
+        return _bound_batch_size(model, declared)
     if sample_inputs(model) is not None:
         return None
     fixed = [
@@ -2444,7 +2487,10 @@ def holds_samples(model: ir.Model | None) -> SampleAxes:
     them: an input of ``sample_inputs``, an input of unknown shape, any array with a dim where there is
     no model, and in a model with a fixed batch each input whose first dim is that batch size (an
     input ``s [K]`` beside ``x [1, K]`` goes whole with every batch). An array that matches no graph input
-    holds none: it is ignored (``check_inputs``), and a stray ``note [3]`` beside 5 samples counted 3 of them."""
+    holds none: it is ignored (``check_inputs``), and a stray ``note [3]`` beside 5 samples counted 3 of them. In
+    a model ``--static-shapes`` bound, they are read on its inputs as declared (``DECLARED_SHAPE``)."""
+    if (declared := _as_declared(model)) is not None and sample_inputs(declared) is not None:
+        model = declared
     sampled = sample_inputs(model) if model is not None else None
     if sampled is None and model is not None and (size := fixed_batch_size(model)) is not None:
         sampled = frozenset(
@@ -2570,7 +2616,10 @@ def sample_inputs(model: ir.Model) -> frozenset[str] | None:
 
 
 def fixes_batch(model: ir.Model) -> bool:
-    """Whether ``model`` fixes its batch size: no input has a symbolic batch dim, and one has a fixed first dim."""
+    """Whether ``model`` fixes its batch size: no input has a symbolic batch dim, and one has a fixed first dim;
+    or ``--static-shapes`` bound its batch."""
+    if (declared := _as_declared(model)) is not None and sample_inputs(declared) is not None:
+        return _bound_batch_size(model, declared) is not None
     return sample_inputs(model) is None and any(
         v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int) for v in model.graph.inputs
     )

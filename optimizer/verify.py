@@ -1905,7 +1905,7 @@ class Verifier:
         if self._samples is None:
             return self.input_sets
         if self._sample_batch is not None:
-            return split_samples(self._samples, self._sample_batch)
+            return split_samples(self._samples, self._sample_batch, model=self._original)
         return split_samples(self._samples, model=self._original)
 
     @staticmethod

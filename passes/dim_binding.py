@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import onnx_ir as ir
 
+from optimizer.inputs import DECLARED_SHAPE
 from passes._pass import GraphoptPass
 from passes._utils import declared_shapes_inferred
 
@@ -79,6 +80,8 @@ class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
         for value in graph.inputs:
             bound = _bind(value.shape, dims)
             if bound is not None:
+                # Calibration passes read which axis holds the samples on the declared shape.
+                value.meta.setdefault(DECLARED_SHAPE, value.shape)
                 value.shape = bound
         outputs = [value for value in graph.outputs if value not in graph.inputs]
         with declared_shapes_inferred(model):

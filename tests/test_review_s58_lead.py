@@ -1,0 +1,48 @@
+"""Session 58's own findings (the lead's), each with a test that failed before its fix.
+
+* ``--static-shapes`` with a calibration pass on a model whose recurrent state holds its batch on axis 1 (Silero
+  VAD's ``state [2, batch, 128]`` beside ``input [batch, T]``): bound to ``[2, 2, 128]`` the state read as a fixed
+  batch of 2 along axis 0, every pass cut the generated samples there, and ONNX Runtime refused each batch ("Got
+  invalid dimensions for input: state ... index: 1 Got: 16 Expected: 2"): ``quantize-static`` was rolled back
+  blaming its own result. ``BindDimsPass`` keeps each input's declared shape in its meta now, and the splitters of
+  samples read the samples' axis there, the batch at its bound size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from optimizer.api import optimize_with_report
+from optimizer.inputs import fixed_batch_size, fixes_batch, holds_samples, split_samples
+from optimizer.runtime import run_model
+from passes.dim_binding import BindDimsPass
+from tests.real_models import SILERO_VAD
+from tests.test_review_real_models2 import _recurrent_state_model
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_bound_state_model_is_cut_along_its_states_batch_axis(batch):
+    model = _recurrent_state_model()
+    BindDimsPass({"batch": batch})(model)
+    assert [list(v.shape) for v in model.graph.inputs] == [[batch, 8], [2, batch, 4]]
+    rng = np.random.default_rng(0)
+    samples = {"input": rng.normal(size=(4, 8)).astype(np.float32), "state": rng.normal(size=(2, 4, 4))}
+    samples["state"] = samples["state"].astype(np.float32)
+    assert fixed_batch_size(model) == batch and fixes_batch(model)
+    assert holds_samples(model).axis("state") == 1
+    batches = split_samples(samples, model=model)
+    assert len(batches) == 4 // batch
+    for part in batches:
+        run_model(model, part)  # ONNX Runtime refused the state cut along axis 0
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_static_shapes_static_int8_of_silero_vad_is_not_rolled_back_for_its_state(batch):
+    _, report = optimize_with_report(
+        ir.load(SILERO_VAD), quantize="static", static_shapes=True, dims={"batch": batch, "sequence": 512}
+    )
+    record = next(r for r in report.passes if r.name == "quantize-static")
+    assert "cannot run" not in (record.detail or ""), record.detail
+    assert record.status == "applied", (record.status, record.detail)
