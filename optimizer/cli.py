@@ -499,9 +499,7 @@ def _add_compare_flags(parser: argparse.ArgumentParser, *, on_optimize: bool) ->
     group.add_argument(
         "--ep", default="cpu", help="execution providers to measure, comma-separated: cpu,cuda (default cpu)"
     )
-    group.add_argument(
-        "--batch", default="1", help="batch sizes, comma-separated (default 1); throughput is reported for each"
-    )
+    group.add_argument("--batch", help="batch sizes, comma-separated (default 1); throughput is reported for each")
     group.add_argument(
         "--threads",
         type=int,
@@ -1081,8 +1079,10 @@ def _compare_settings(args: argparse.Namespace) -> CompareSettings:
         if cosine is not None and not (-1.0 <= cosine <= 1.0):
             flag = f"--compare-{flag}" if args.command != "compare" else f"--{flag}"
             raise OptionError(f"{flag} {cosine}: a cosine similarity is between -1 and 1")
-    batches = [_positive_int(item, "--batch") for item in _split(args.batch, "--batch")]
-    if repeated := next((size for index, size in enumerate(batches) if size in batches[:index]), None):
+    batches = (
+        [_positive_int(item, "--batch") for item in _split(args.batch, "--batch")] if args.batch is not None else None
+    )
+    if batches and (repeated := next((size for index, size in enumerate(batches) if size in batches[:index]), None)):
         # Timed twice, each with half the time budget's share; nothing new measured.
         raise OptionError(f"--batch {args.batch}: batch size {repeated} is named twice; each size is measured once")
     return CompareSettings(

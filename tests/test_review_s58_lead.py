@@ -18,7 +18,9 @@ from optimizer.api import optimize_with_report
 from optimizer.inputs import fixed_batch_size, fixes_batch, holds_samples, split_samples
 from optimizer.runtime import run_model
 from passes.dim_binding import BindDimsPass
+from tests._cli_models import run_graphopt
 from tests.real_models import SILERO_VAD
+from tests.test_review_cli_s41 import QUICK, _affine
 from tests.test_review_real_models2 import _recurrent_state_model
 
 
@@ -46,3 +48,14 @@ def test_static_shapes_static_int8_of_silero_vad_is_not_rolled_back_for_its_stat
     record = next(r for r in report.passes if r.name == "quantize-static")
     assert "cannot run" not in (record.detail or ""), record.detail
     assert record.status == "applied", (record.status, record.detail)
+
+
+@pytest.mark.parametrize("asked", [["--batch", "1"], ["--batch", "1,4"], []])
+def test_compare_says_a_batch_asked_for_is_not_what_a_fixed_after_is_timed_at(tmp_path, asked):
+    _affine(tmp_path / "m.onnx")
+    fixed = run_graphopt(tmp_path, "optimize", "m.onnx", "-o", "s.onnx", "--static-shapes", "--dim", "batch=2", "-q")
+    assert fixed.returncode == 0, fixed.stderr
+    done = run_graphopt(tmp_path, "compare", "m.onnx", "s.onnx", *asked, *QUICK)
+    assert done.returncode == 0, done.stderr.strip()
+    said = "AFTER fixes its batch at 2: timed at that batch only" in done.stdout + done.stderr
+    assert said == bool(asked), done.stderr

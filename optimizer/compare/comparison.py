@@ -178,7 +178,8 @@ class CompareSettings:
     """
 
     eps: Sequence[str] = ("cpu",)
-    batches: Sequence[int] = (1,)
+    # None: batch 1, not asked for (an AFTER that fixes another batch is timed at it without a warning).
+    batches: Sequence[int] | None = None
     threads: int | None = None
     time_budget: float = 20.0
     iterations: int = 200
@@ -187,6 +188,7 @@ class CompareSettings:
     generate: bool = False
     prompt_length: int = 128
     new_tokens: int = 32
+    batches_asked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         eps = [name for name in self.eps.split(",") if name.strip()] if isinstance(self.eps, str) else self.eps
@@ -198,6 +200,9 @@ class CompareSettings:
         if not eps:
             raise OptionError("--ep: give at least one execution provider")
         object.__setattr__(self, "eps", tuple(name.strip() for name in eps))
+        object.__setattr__(self, "batches_asked", self.batches is not None)
+        if self.batches is None:
+            object.__setattr__(self, "batches", (1,))
         if not isinstance(self.batches, Sequence) or isinstance(self.batches, str):
             raise OptionError(f"--batch {self.batches}: expected batch sizes (positive integers)")
         if not self.batches:
@@ -986,7 +991,7 @@ def _sizes_after_fixes(
             )
     batch = [fixed[name] for name in batch_dims(before) if name in fixed]
     if batch and tuple(settings.batches) != (batch[0],):
-        if tuple(settings.batches) != CompareSettings().batches:
+        if settings.batches_asked:
             warnings.append(
                 f"AFTER fixes its batch at {batch[0]}: timed at that batch only (--batch "
                 f"{','.join(map(str, settings.batches))} does not apply)"
