@@ -127,9 +127,8 @@ def render_table(report: PipelineReport, console: Console | None = None, *, verb
             row.append("" if record.worst_cosine is None else cosine_text(record.worst_cosine))
         table.add_row(*row)
     console.print(table)
-    removed = report.nodes_before - report.nodes_after
     console.print(
-        f"nodes {report.nodes_before} → {report.nodes_after} ({removed} removed), "
+        f"nodes {report.nodes_before} → {report.nodes_after} ({node_change(report)}), "
         f"weights {_format_bytes(report.initializer_bytes_before)} → {_format_bytes(report.initializer_bytes_after)}, "
         f"{report.seconds:.2f} s" + ("" if report.verified else " — outputs NOT verified (--no-verify)")
     )
@@ -150,6 +149,13 @@ def render_table(report: PipelineReport, console: Console | None = None, *, verb
         console.print(f"[dim]-v shows {lines} on what passes left alone, and why[/]")
     for record in report.failures():
         console.print(f"[yellow]{record.name} {record.status}:[/] {escape(record.detail)}", highlight=False)
+
+
+def node_change(report: PipelineReport) -> str:
+    """What the pipeline did to the node count, in words: ``3 removed``, ``2 added`` (int8 QDQ, a pass that splits a
+    node); never ``-2 removed``."""
+    change = report.nodes_before - report.nodes_after
+    return f"{-change} added" if change < 0 else f"{change} removed"
 
 
 def _format_error(value: float | None) -> str:

@@ -37,7 +37,7 @@ from optimizer.compare.report import (
     _profile_rows,
 )
 from optimizer.compare.stats import LatencySummary, RatioEstimate
-from optimizer.report import STATUS_APPLIED, STATUS_FAILED, STATUS_ROLLED_BACK, PipelineReport
+from optimizer.report import STATUS_APPLIED, STATUS_FAILED, STATUS_ROLLED_BACK, PipelineReport, node_change
 
 # Outputs within this of BEFORE are float rounding, not a change: the verdict says "identical to 1e-N".
 _ROUNDING_ABS = 1e-4
@@ -442,10 +442,9 @@ def _warn(text: str) -> str:
 
 def _pipeline_section(pipeline: PipelineReport) -> str:
     """What the optimizer did: one row per pass, rolled-back and failed rows with their reason."""
-    removed = pipeline.nodes_before - pipeline.nodes_after
     summary = (
         f"{html.escape(pipeline.model)} (target {html.escape(pipeline.target)}): nodes {pipeline.nodes_before} → "
-        f"{pipeline.nodes_after} ({removed} removed), weights {_mb(pipeline.initializer_bytes_before)} → "
+        f"{pipeline.nodes_after} ({node_change(pipeline)}), weights {_mb(pipeline.initializer_bytes_before)} → "
         f"{_mb(pipeline.initializer_bytes_after)}, {pipeline.seconds:.2f} s"
         + ("" if pipeline.verified else " — outputs NOT verified (--no-verify)")
     )
