@@ -59,3 +59,41 @@ def test_compare_says_a_batch_asked_for_is_not_what_a_fixed_after_is_timed_at(tm
     assert done.returncode == 0, done.stderr.strip()
     said = "AFTER fixes its batch at 2: timed at that batch only" in done.stdout + done.stderr
     assert said == bool(asked), done.stderr
+
+
+def _scale_model(scale: float, offset: float) -> ir.Model:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("Add", ["xs", "o"], ["y"])],
+        "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_tensor("s", TensorProto.FLOAT, [], [scale]),
+            helper.make_tensor("o", TensorProto.FLOAT, [], [offset]),
+        ],
+    )
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_the_end_to_end_error_of_a_segment_check_is_the_largest_over_every_input_set(monkeypatch):
+    # Set 1 (values near 1e3) is within the float tolerance by its rtol, with |Δ| near 0.1; set 2 (near 1e-2)
+    # misses it by |Δ| 3e-5, within the 1 % cap: the report's max |Δ| was set 2's 3e-5.
+    from optimizer.verify import Verifier
+
+    rng = np.random.default_rng(0)
+    sets = [
+        {"x": rng.uniform(500, 1000, size=(2, 4)).astype(np.float32)},
+        {"x": rng.uniform(0.005, 0.01, size=(2, 4)).astype(np.float32)},
+    ]
+    verifier = Verifier(_scale_model(2.0, 0.0), sets, labels=["large", "small"])
+    seen = {}
+
+    def segment_check(self, candidate, missed, where, largest=0.0):
+        seen.update(missed=missed.max_abs_error, largest=largest)
+        return missed
+
+    monkeypatch.setattr(Verifier, "_check_exact_by_segment", segment_check)
+    verifier._check_as_written(_scale_model(2.0 * (1 + 5e-5), 3e-5), by_segment=True)
+    assert seen["missed"] < 1e-4 and seen["largest"] > 0.04, seen
