@@ -359,7 +359,8 @@ class AccuracyBudget:
     of 0.995 can hide a sentence at 0.97); ``max_error``: no output element may differ by
     more (integer ones included: a changed class id differs by at least 1). Any of them
     may be set; a budget with none accepts anything. An output that turned NaN or Inf where the original has a
-    number or another NaN or Inf (``paired_drift``: ``Drift(0, inf)``) meets no budget.
+    number or another NaN or Inf (``paired_drift``: ``Drift(0, inf)``), or one of another shape (a detector's
+    count of boxes changed: ``Drift.reshaped``), meets no budget.
     """
 
     min_cosine: float | None = None
@@ -422,6 +423,9 @@ class Drift:
     # Where the samples' norm ratios lowered the worst output's score below its cosine: its name and the norm ratio
     # (after over before) of its sample farthest from 1.
     norm_ratio: tuple[str, float] | None = None
+    # Where an output's shape differs from the original's (a detector's NonZero count, boxes kept by a threshold):
+    # its name, the original's shape and the candidate's. Its values cannot be paired: those samples score 0.
+    reshaped: tuple[str, tuple[int, ...], tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.worst_cosine is None:
@@ -438,6 +442,12 @@ class Drift:
         if self.norm_ratio is not None:
             name, ratio = self.norm_ratio
             said += f" ({name} scaled: a sample's norm {ratio:.3g}x the original's, scored as a cosine)"
+        if self.reshaped is not None:
+            name, before, after = self.reshaped
+            said += (
+                f" ({name} is {list(after)} where the original's is {list(before)}: values that cannot be paired, "
+                "scored 0)"
+            )
         return said
 
 
@@ -500,10 +510,23 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     plain: dict[str, list[float]] = {}
     scales: dict[str, float] = {}
     max_error = 0.0
+    reshaped = None
     for expected_run, actual_run in runs:
         for name, expected in expected_run.items():
             expected, actual = np.asarray(expected), np.asarray(actual_run[name])
-            if expected.size == 0 or expected.dtype.kind not in "fiub":
+            if expected.dtype.kind not in "fiub":
+                continue
+            if expected.shape != actual.shape:
+                # A data-dependent count (NonZero, a threshold's boxes) that changed: no value pairs with one of
+                # the original's (numpy raised a broadcasting error, failing the pass), so each sample (row along
+                # axis 0) of the run scores 0 and, as compare's gates hold an output of another shape, no budget
+                # is met (an infinite max_error).
+                rows = len(expected) if expected.ndim and len(expected) else 1
+                scores.setdefault(name, []).extend([0.0] * rows)
+                lowest[name], max_error = 0.0, float("inf")
+                reshaped = reshaped or (name, expected.shape, actual.shape)
+                continue
+            if expected.size == 0:
                 continue
             if expected.dtype.kind != "f":
                 agree = np.atleast_1d(expected == actual)
@@ -559,4 +582,4 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     if worst in plain and per_output[worst] < float(np.mean(plain[worst])) and worst not in relative:
         scaled = (worst, scales.get(worst, 1.0))
     relative_error = (worst, relative[worst]) if worst in relative else None
-    return Drift(per_output[worst], max_error, relative_error, worst_sample, scaled)
+    return Drift(per_output[worst], max_error, relative_error, worst_sample, scaled, reshaped)

@@ -73,6 +73,7 @@ class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
         # onnxscript's BatchNorm rule needs the Conv weights as initializers; some exporters
         # (Paddle's) keep every weight in a Constant node, so lift those first.
         lifted = _has_constant_batchnorm_weights(model) and LiftConstantsPass()(model).modified
+        lifted = _drop_empty_biases_before_batchnorm(model) or lifted
         opset = onnx_opset(model.opset_imports, 0)
         means = MEAN_RULES_FROM_18 if opset >= 18 else MEAN_RULES_BEFORE_18
         canonical = (*NEGATION_RULES, *EINSUM_RULES, *KEPT_AXES_RULES, *means, *VECTOR_RULES, *NORM_SCALE_RULES)
@@ -340,6 +341,23 @@ _RULES = (
 # Before opset 11, Clip's bounds and Pad's pads are attributes: the rules written for them as inputs turned
 # Clip(Clip(x, -1, 5), 0, 1) into a bare Clip(x), or wrote a Clip/Pad ONNX Runtime refuses at that opset.
 _RULES_BEFORE_11 = tuple(rule for rule in _RULES if not any(word in (rule.name or "") for word in ("Clip", "Pad")))
+
+
+def _drop_empty_biases_before_batchnorm(model: ir.Model) -> bool:
+    """Drop the empty trailing bias input (``Conv(x, W, "")``, which ONNX allows for an optional input) of each
+    Conv/ConvTranspose/Gemm a BatchNormalization reads: onnxscript's fold reads a third input as a constant bias and
+    raised ``AttributeError`` on the empty one, failing the whole pass. The layer computes the same without it."""
+    dropped = False
+    for node in model.graph.all_nodes():
+        if node.op_type != "BatchNormalization" or not node.inputs or node.inputs[0] is None:
+            continue
+        layer = node.inputs[0].producer()
+        if layer is None or layer.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(layer.inputs) != 3:
+            continue
+        if layer.inputs[2] is None:
+            layer.resize_inputs(2)
+            dropped = True
+    return dropped
 
 
 def _has_constant_batchnorm_weights(model: ir.Model) -> bool:

@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from optimizer.domains import is_onnx_domain
 from passes._utils import constant_array
 from passes.fusion._base import RuleFusionPass
 
@@ -33,6 +34,24 @@ def _per_channel(value: ir.Value | None, channels: int, rank: int) -> np.ndarray
     if len(shape) != rank - 1 or shape[0] != channels or any(d != 1 for d in shape[1:]):
         return None
     return array.reshape(channels)
+
+
+def _read_beside_an_affine(node: ir.Node) -> bool:
+    """Whether ``node`` is a Conv with constant weights whose output a per-output-channel constant ``Mul``/``Add``
+    reads and another node (or the graph's outputs) reads too: the fold would change what that reader sees.
+    onnxscript's matcher drops such a match before the rule's check, so no near miss says why."""
+    if node.op_type != "Conv" or not is_onnx_domain(node) or len(node.inputs) < 2 or not node.outputs:
+        return False
+    weights, output = constant_array(node.inputs[1]), node.outputs[0]
+    uses = list(output.uses())
+    if weights is None or weights.dtype.kind != "f" or (len(uses) < 2 and not output.is_graph_output()):
+        return False
+    for user, _ in uses:
+        if user.op_type in ("Mul", "Add") and is_onnx_domain(user) and len(user.inputs) == 2:
+            other = user.inputs[1] if user.inputs[0] is output else user.inputs[0]
+            if _per_channel(other, weights.shape[0], weights.ndim) is not None:
+                return True
+    return False
 
 
 class _ConvAffine(pattern.RewriteRuleClassBase):
@@ -91,6 +110,17 @@ class ConvAffineFusion(RuleFusionPass):
 
     fused_ops = (("", "Conv"),)
     held_ops_mean_fused = False
+
+    def fuse(self, model: ir.Model) -> int:
+        count = super().fuse(model)
+        shared = sum(_read_beside_an_affine(node) for node in model.graph)
+        if shared:
+            matches = "match" if shared == 1 else "matches"
+            self.decline(
+                f"{shared} near {matches} at Conv left unfused: the Conv output is also read by another node "
+                "(or is a model output), which the fold would change"
+            )
+        return count
 
     def rule_set(self) -> pattern.RewriteRuleSet:
         return pattern.RewriteRuleSet(

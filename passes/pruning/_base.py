@@ -243,9 +243,16 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         if self.samples_generated:
             self.note("no --calibration data: ranked by weight magnitude, not re-fitted")
         if repairable:
-            kept_as_is = sum(r.weight is None for r in removals)
+            # A consumer the repair does not re-fit (a 3×3 Conv, a scaled Gemm) was never fitted: no fit lost to it.
+            unfitted = sum(r.group not in targets for r in removals)
+            kept_as_is = sum(r.weight is None for r in removals) - unfitted
             if kept_as_is:
                 self.note(f"repair: {kept_as_is} of {len(removals)} layers kept their weights (no fit beat them)")
+            if unfitted:
+                self.note(
+                    f"repair: {unfitted} of {len(removals)} layers not re-fitted: their consumer is none the repair "
+                    "re-fits (MatMul, unscaled Gemm and 1×1 Conv of stride 1 without padding)"
+                )
             # The same cut without the repair, so the report shows what the repair bought.
             unrepaired = source.clone()
             self._prune(unrepaired, scores, ratios, comparable)

@@ -334,7 +334,9 @@ class ChannelPruningPass(PruningPass):
             per_unit = array.size / array.shape[axis] * group.unit
             if self.cost == "parameters":
                 total += per_unit
-            elif cut.slot == 1:  # a weight: each element is a multiply-add at every output position
+            elif cut.slot == 1 and cut.node.op_type in ("Conv", "Gemm", "MatMul"):
+                # A weight: each element is a multiply-add at every output position. A per-channel vector (a
+                # BatchNormalization's scale, a PRelu's slope, a Mul's constant: also input 1) is none.
                 positions = _output_positions(cut.node)
                 if positions is None:
                     if self._unknown_positions is None:
