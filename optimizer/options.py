@@ -157,7 +157,8 @@ class Options:
                 "--symmetric with --int4-method hqq: HQQ fits each block's zero point (a float one, stored as a uint8 "
                 "zero point and block offsets), so its blocks cannot be symmetric; choose one"
             )
-        if isinstance(self.block_size, bool) or self.block_size not in INT4_BLOCK_SIZES:
+        # A whole number (32.0 equals 32, and was taken: the pass then failed in numpy's padding, a traceback).
+        if not _is_count(self.block_size, 1) or self.block_size not in INT4_BLOCK_SIZES:
             raise OptionError(
                 f"--block-size {self.block_size}: expected one of {', '.join(map(str, INT4_BLOCK_SIZES))}"
             )

@@ -46,6 +46,12 @@ ACCURACY_LEVELS = {"cpu": 4, "cuda": 0}
 FLOAT_INPUT = "int4-float-input"
 # Tables smaller than this stay float: the saving is not worth the op.
 _MIN_TABLE_ELEMENTS = 1 << 16
+_SMALL_TABLE = f"under {_MIN_TABLE_ELEMENTS:,} values: the saving is not worth the op"
+# What a lookup of an id outside the table gives once it is GatherBlockQuantized (ONNX Runtime 1.32, CPU).
+_OUT_OF_RANGE_IDS = (
+    "an id outside the table (not in [-rows, rows)) now looks up a row of zeros, where the float Gather "
+    "refused it with an error: feed ids in range"
+)
 # --int4-outlier-channels leaves an input whole whose largest channel is under this many times its
 # median channel: the rounding of its blocks would gain under a bit.
 MIN_OUTLIER_RATIO = 2.0
@@ -103,7 +109,9 @@ class Int4QuantizationPass(QuantizationPass):
       offsets) cannot be shared (GatherBlockQuantized reads uint8 zero points only): refused.
       Tables under 65,536 values, whose width is not a multiple of the block, holding a NaN
       or an infinity (its block came back all NaN), or read inside an ``If``/``Loop``/``Scan``
-      body stay float.
+      body stay float, as do all of them when no layer is quantized; each refusal says why. A lookup
+      of an id outside the table (not in ``[-rows, rows)``), which ``Gather`` refuses with an error,
+      gives a row of zeros in ``GatherBlockQuantized`` (ONNX Runtime 1.32's CPU kernel): the note says so.
 
     The twin (kind ``"int4"``): the input with each chosen weight replaced by its
     dequantized float32 values, and at accuracy_level 4 each such layer's input
@@ -497,8 +505,14 @@ class Int4QuantizationPass(QuantizationPass):
                 self.note(
                     f"{len(self._applied)} embedding tables in GatherBlockQuantized ({widths})"
                     + (f", {shared} sharing its tied LM head's packed weight" if shared else "")
+                    + f"; {_OUT_OF_RANGE_IDS}"
                 )
             result = self.result(model, modified=True, twin=result.twin, fitted_to_samples=result.fitted_to_samples)
+        elif self._planned:
+            # The tables follow the layers (README): a run that quantizes none leaves them float, and says so.
+            for _ in self._planned:
+                self.refuse("embedding tables", "no layer was quantized, and the tables are quantized only beside them")
+            result = self.result(model, modified=False)
         return result
 
     def _plan_tables(self, model: ir.Model) -> dict[str, str | None]:
@@ -513,16 +527,22 @@ class Int4QuantizationPass(QuantizationPass):
                 continue
             table = node.inputs[0]
             array = constant_array(table)
-            if array is None or array.dtype != np.float32 or array.ndim != 2 or array.size < _MIN_TABLE_ELEMENTS:
+            if array is None or array.dtype != np.float32 or array.ndim != 2:
                 continue
             if table.name in planned or table.name in refused:
+                continue
+            if array.size < _MIN_TABLE_ELEMENTS:
+                refused.add(table.name)
+                self.refuse("embedding tables", _SMALL_TABLE)
                 continue
             tied = next(
                 (layer for layer in heads.get(array.shape[::-1], []) if np.array_equal(layer.weight.T, array)), None
             )
             reason = None
             grid = self._grid(tied) if tied is not None else None
-            if excluded(Layer(node, "gather", array, None), self.exclude):
+            lookups = [user for user, _ in table.uses() if user.op_type == "Gather"]
+            # Any lookup of the table that a glob matches keeps it float, not only the first one met here.
+            if any(excluded(Layer(lookup, "gather", array, None), self.exclude) for lookup in lookups):
                 reason = "matched by --exclude"
             elif array.shape[1] % self.block_size:
                 reason = f"its width {array.shape[1]} is not a multiple of the block size {self.block_size}"
