@@ -879,7 +879,8 @@ def check_inputs(
     a missing input that is safe to zero (``zero_fillable``: token type / segment ids) is
     filled with zeros of the shape the other inputs give its dims; a causal LM's text
     (``input_ids``, an attention mask or not) is fed as prefills (``prefill_of_text``). Arrays that match no
-    graph input (a misspelt name) are noted as ignored.
+    graph input (a misspelt name) are noted as ignored. An array in the other byte order (``>f4``, saved on a
+    big-endian machine) holds the same values: it is read in this machine's order, not refused.
     """
     defaults = [value.name for value in model.graph.inputs if value.name in model.graph.initializers]
     overridden = next((name for name in defaults if name in arrays), None)
@@ -911,6 +912,8 @@ def check_inputs(
         array = arrays[value.name]
         if not isinstance(array, np.ndarray):
             raise InputSpecError(f"{source}: '{value.name}' is a {type(array).__name__}, not an array")
+        if not array.dtype.isnative:  # big-endian '>f4' (saved on such a machine) is float32: the same values
+            array = array.astype(array.dtype.newbyteorder("="))
         if value.dtype is not None and value.dtype != ir.DataType.STRING and array.dtype != value.dtype.numpy():
             if notes is None:
                 raise InputSpecError(
@@ -2593,6 +2596,15 @@ def hold_out(
     holds = holds_samples(model)
     split = _Split(batches, every, whole, holds)
     return _HeldOut(split, held=False), _HeldOut(split, held=True)
+
+
+def shared_samples(fitted: SampleData, measured: SampleData, model: ir.Model) -> int:
+    """How many samples of ``measured`` are samples of ``fitted`` too: byte for byte, with what is fed beside them,
+    as ``hold_out`` tells copies apart (whole batches where ``model`` fixes its batch, batched as ``model`` takes
+    them). ``optimize --compare --inputs`` on the ``--calibration`` file measured the fit, said nowhere."""
+    split = _Split([], HOLD_OUT_EVERY, fixes_batch(model), holds_samples(model))
+    seen = {key for batch in split_samples(fitted, model=model) for key in split._sample_keys(batch)}
+    return sum(key in seen for batch in split_samples(measured, model=model) for key in split._sample_keys(batch))
 
 
 def sample_inputs(model: ir.Model) -> frozenset[str] | None:

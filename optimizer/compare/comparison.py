@@ -70,6 +70,7 @@ from optimizer.inputs import (
     refuse_unreadable_data,
     runtime_inputs,
     sample_inputs,
+    shared_samples,
     split_samples,
 )
 from optimizer.llm_accuracy import (
@@ -281,7 +282,8 @@ def compare(
     Accuracy is measured on all its samples, batch by batch. Without
     ``inputs``, inputs are generated as for verification, with ``dims`` binding symbolic
     dims, and accuracy is measured on ``calibration`` (same forms) when given: the
-    samples the approximate passes were fitted to, which the report says. An EP that is not
+    samples the approximate passes were fitted to, which the report says; with both, a warning counts the
+    samples of ``inputs`` (or rows of held-out text) that ``calibration`` holds too. An EP that is not
     available (e.g. CUDA without onnxruntime-gpu) is reported as skipped, never an
     error. The time budget is shared across EPs and batch sizes.
 
@@ -314,7 +316,7 @@ def check_before_optimizing(
         if isinstance(lm, str):
             raise InputSpecError(f"--generate needs a causal LM with a KV cache: {before}: {lm}")
         _refuse_fixed_batch(before, model, lm, settings.batches)
-        text, inputs = _held_out_text(inputs, lm)
+        text, inputs = _held_out_text(inputs, lm, model)
     if inputs is not None:
         base = _base_inputs(model, inputs, dims, [])[0]
         refuse_dims_unlike(dims, dims_from_inputs(model, base), "the --inputs")
@@ -369,13 +371,21 @@ def _compare(
     generation = None
     if settings.generate:
         lms = _causal_lms(before, after, before_model, after_model, settings.batches)
-        text, inputs = _held_out_text(inputs, lms[0])
+        text, inputs = _held_out_text(inputs, lms[0], before_model, warnings)
         generation = _Generation(*lms, text)
     base_inputs, data = _base_inputs(before_model, inputs, dims, warnings, batching_model)
     if inputs is not None:
         refuse_dims_unlike(dims, dims_from_inputs(before_model, base_inputs), "the --inputs")
-    if data is None and calibration is not None:
-        data = open_samples(calibration, before_model, flag="--calibration")
+    fitted = None
+    if calibration is not None and (data is None or isinstance(calibration, _REREADABLE)):
+        fitted = open_samples(calibration, before_model, flag="--calibration")
+    if data is not None and fitted is not None and (shared := shared_samples(fitted, data, batching_model)):
+        warnings.append(_calibrated_note(f"{shared} of {data.describe()}"))
+    if generation is not None and generation.text is not None and fitted is not None:
+        if shared := _calibrated_rows(fitted, generation.before, generation.text):
+            warnings.append(_calibrated_note(f"{shared} of {generation.text.source}"))
+    if data is None and fitted is not None:
+        data = fitted
         # Held-out text is the language-model accuracy's alone: the one-run accuracy is the one on calibration.
         held_out = (
             "the held-out text of --inputs is the language-model accuracy's, not this one run's"
@@ -669,11 +679,41 @@ def _same_feeding(before: CausalLM, after: CausalLM, *, presents: bool = True) -
         )
 
 
+# Calibration in a form that reads the same samples again (a one-shot iterable was read by the optimization).
+_REREADABLE = (str, os.PathLike, Mapping, Sequence, SampleData)
+
+
+def _calibrated_note(which: str) -> str:
+    """The warning that ``which`` (the measured samples that are calibration's too) is no held-out data."""
+    return (
+        f"{which} are --calibration samples too, which the approximate passes were fitted to or checked on: "
+        "the accuracy on them is not held-out accuracy (give --inputs samples that calibration does not hold)"
+    )
+
+
+def _calibrated_rows(fitted: SampleData, lm: CausalLM, text: TokenText) -> int:
+    """How many rows of held-out ``text`` are rows of the calibration token ids ``fitted`` (their unpadded ids)."""
+    seen = set()
+    for chunk in fitted.chunks():
+        ids = chunk.get(lm.input_ids)
+        if not isinstance(ids, np.ndarray) or ids.ndim != 2 or ids.dtype.kind not in "iu":
+            continue
+        mask = chunk.get(lm.attention_mask) if lm.attention_mask is not None else None
+        keep = np.ones(ids.shape, bool) if mask is None or np.shape(mask) != ids.shape else np.asarray(mask) != 0
+        seen.update(row[held].astype(np.int64).tobytes() for row, held in zip(ids, keep))
+    return sum(row.astype(np.int64).tobytes() in seen for row in text.rows)
+
+
 def _held_out_text(
-    inputs: Mapping[str, np.ndarray] | str | os.PathLike | None, lm: CausalLM
+    inputs: Mapping[str, np.ndarray] | str | os.PathLike | None,
+    lm: CausalLM,
+    model: ir.Model,
+    warnings: list[str] | None = None,
 ) -> tuple[TokenText | None, Mapping[str, np.ndarray] | str | os.PathLike | None]:
     """``inputs`` holding only a causal LM's token ids (and mask) are held-out text: ``(text, None)``.
 
+    Arrays that match no input of ``model`` (a tokenizer's ``token_type_ids`` beside a GPT's ids) are ignored,
+    with a warning in ``warnings``, as one step's inputs ignore them: they made the text random token ids.
     Any other inputs are one step's inputs, returned as they came: ``(None, inputs)``.
     """
     if inputs is None:
@@ -686,8 +726,14 @@ def _held_out_text(
     else:
         source = "inputs"
         arrays = as_arrays(inputs, source)
-    if lm.input_ids in arrays and set(arrays) <= {lm.input_ids, text_mask_name(lm)}:
-        return text_from_arrays(arrays, lm, source), None
+    read = {value.name for value in model.graph.inputs} | {text_mask_name(lm)}
+    stray = [name for name in arrays if name not in read]
+    text = {name: array for name, array in arrays.items() if name in read}
+    if lm.input_ids in text and set(text) <= {lm.input_ids, text_mask_name(lm)}:
+        if stray and warnings is not None:
+            names = ", ".join(f"'{name}'" for name in stray)
+            warnings.append(f"{source}: {names} {'matches' if len(stray) == 1 else 'match'} no graph input: ignored")
+        return text_from_arrays(text, lm, source), None
     return None, inputs
 
 

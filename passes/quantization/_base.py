@@ -327,7 +327,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 label = self.layer_label(layer)
                 counts[label] = counts.get(label, 0) + 1
             reduced = ", ".join(f"{count} layers {label}" for label, count in counts.items())
-            held = " on the held-out samples" if held_out else self.fitted_caveat()
+            held = " on the held-out samples" if held_out else self.fitted_caveat(smoothed=bool(norms))
             self.note(f"{reduced}, {len(self.kept_float)} float: {self.drift}{held}")
         self._float, self._batches = None, []
         return self.result(model, modified=True, twin=twin, fitted_to_samples=held_out)
@@ -346,10 +346,11 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         result.model = model
         return result
 
-    def fitted_caveat(self) -> str:
+    def fitted_caveat(self, smoothed: bool = False) -> str:
         """What the summary's accuracy figure is qualified with when no sample was held out of a fit of the
-        values to the samples it is measured on (int4's GPTQ); "" where the values were not fitted to them."""
-        return ""
+        values to the samples it is measured on (int4's GPTQ, static int8's ranges, SmoothQuant's factors where
+        ``smoothed``); "" where the values were not fitted to them."""
+        return optimistic_figure("SmoothQuant's factors were fitted to", self.budget) if smoothed else ""
 
     def layer_label(self, layer: Layer) -> str:
         """What the summary note calls ``layer``'s precision once quantized ("int8", "int4", "int8 weights only")."""
@@ -1078,6 +1079,12 @@ def _local_errors(
 
 
 _KIND_OPS = {"matmul": "MatMul", "gemm": "Gemm", "conv": "Conv", "attention": "Attention"}
+
+
+def optimistic_figure(fit: str, budget: AccuracyBudget | None) -> str:
+    """``fitted_caveat``'s words: the figure is on the calibration samples ``fit`` ("GPTQ was fitted to")."""
+    held = "" if budget is not None else "; an accuracy budget holds some out"
+    return f" on the calibration samples {fit} (none held out: an optimistic figure{held})"
 
 
 def _nothing_to_quantize(model: ir.Model, kinds: Sequence[str]) -> str:

@@ -23,7 +23,13 @@ from passes._layers import (
     name_nodes,
 )
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
-from passes.quantization._base import _EXHAUSTIVE_LAYERS, QuantizationPass, output_error, sample_layer_inputs
+from passes.quantization._base import (
+    _EXHAUSTIVE_LAYERS,
+    QuantizationPass,
+    optimistic_figure,
+    output_error,
+    sample_layer_inputs,
+)
 from passes.quantization._blockwise import (
     Int4Weight,
     pack_nibbles,
@@ -296,13 +302,12 @@ class Int4QuantizationPass(QuantizationPass):
             self._weights[layer.name] = chosen
         return self._weights[layer.name]
 
-    def fitted_caveat(self) -> str:
+    def fitted_caveat(self, smoothed: bool = False) -> str:
         # GPTQ fitted to every calibration row scores far better on them than on new ones (6 rows: cosine 0.9996
         # on them, 0.992 on held-out inputs, where round to nearest gave 0.996): the figure says so.
         if self._method != "gptq" or not self._hessian_inputs:
-            return ""
-        budget = "" if self.budget is not None else "; an accuracy budget holds some out"
-        return f" on the calibration samples GPTQ was fitted to (none held out: an optimistic figure{budget})"
+            return super().fitted_caveat(smoothed)
+        return optimistic_figure("GPTQ was fitted to", self.budget)
 
     def _grid(self, layer: Layer) -> Int4Weight | None:
         """``layer``'s weight as the exact 4-bit blocks it already is, or None (``recover_grid``), once per
