@@ -7,6 +7,8 @@ head split, ``x = Transpose(Reshape(h, [0, 0, N, d]), (0, 2, 1, 3))``::
     rotate_half(x) = Concat(-x[..., d/2:], x[..., :d/2], axis=-1)
     cos, sin       = Unsqueeze(<computed from positions>, 1)     # [B or 1, 1, S, d]
 
+(a Slice's bounds read as ONNX reads them: a negative one counts from the end, ``x[..., -d/2:]`` is ``x[..., d/2:]``)
+
 and rewrites it into ``RotaryEmbedding(h, position_ids, cos_cache, sin_cache)`` on the
 3-D projection ``h`` followed by a fresh head split, so the attention fusion can
 hand the 3-D result straight to MultiHeadAttention. A 4-D ``[B, N, S, d]`` tensor that is
@@ -161,8 +163,10 @@ def _slice_bounds_of(node: ir.Node, data: ir.Value, head_size: int) -> tuple[int
     bounds = [_bound(v, data, head_size) for v in values[:2]]
     if None in bounds:
         return None
-    start, end = bounds
-    return start, min(end, head_size)
+    # As ONNX's Slice reads them: a negative bound counts from the end (``x[..., -d/2:]``, ``x[..., :-d/2]``, which
+    # rotate_half may be written with), then both are clamped to the axis.
+    start, end = (min(max(b + head_size if b < 0 else b, 0), head_size) for b in bounds)
+    return start, end
 
 
 def _bound(value: ir.Value | None, data: ir.Value, head_size: int) -> int | None:
