@@ -97,3 +97,15 @@ def test_the_end_to_end_error_of_a_segment_check_is_the_largest_over_every_input
     monkeypatch.setattr(Verifier, "_check_exact_by_segment", segment_check)
     verifier._check_as_written(_scale_model(2.0 * (1 + 5e-5), 3e-5), by_segment=True)
     assert seen["missed"] < 1e-4 and seen["largest"] > 0.04, seen
+
+
+def test_rotary_caches_past_memory_are_declined_with_a_reason():
+    from tests.helpers import FIXTURES
+
+    _, report = optimize_with_report(
+        ir.load(FIXTURES / "llama_legacy.onnx"), max_sequence=99_999_999_999
+    )
+    record = next(r for r in report.passes if r.name == "fuse-rotary-embedding")
+    assert record.status == "unchanged", (record.status, record.detail)
+    said = " ".join(record.refusals or []) + " ".join(record.notes)
+    assert "give a shorter --max-sequence" in said, said

@@ -131,7 +131,7 @@ from onnxscript.rewriter import pattern
 
 from optimizer.domains import MS_DOMAIN
 from optimizer.errors import RuntimeRefusedError
-from optimizer.runtime import evaluate, evaluator
+from optimizer.runtime import available_memory, evaluate, evaluator
 from passes._utils import add_initializer, constant_array, shape_dims
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import is_float
@@ -149,6 +149,21 @@ from passes.fusion._probe import (
 )
 
 DEFAULT_CACHE_LENGTH = DEFAULT_MAX_SEQUENCE
+
+
+def _caches_past_memory(cache_length: int, head_size: int) -> str | None:
+    """Why caches of ``cache_length`` positions cannot be built here: the tables the original computes to fill
+    them (cos and sin, ``[cache_length, head_size]`` in float32 and its intermediates, counted 8 times over) past
+    the memory available (``--max-sequence 99999999999`` raised a MemoryError of 745 GiB inside the pass); None
+    where they fit or the memory cannot be read."""
+    needed = 8 * 4 * cache_length * head_size
+    available = available_memory()
+    if available is None or needed <= available:
+        return None
+    return (
+        f"rotary caches of {cache_length} positions (--max-sequence) need about {needed / 2**30:.1f} GiB to build, "
+        f"more than the {available / 2**30:.1f} GiB available: give a shorter --max-sequence"
+    )
 
 
 def _slice_bounds_of(node: ir.Node, data: ir.Value, head_size: int) -> tuple[int, int] | None:
@@ -869,6 +884,8 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         if pinned is not None:
             return self._pinned_tables(model, cos, sin, inputs, positions, pinned, half, interleaved)
         cache_length = self.cache_length
+        if (too_long := _caches_past_memory(cache_length, head_size)) is not None:
+            return too_long
         table_positions = {positions.name: np.arange(cache_length)[None]} if positions is not None else {}
         # A cache read for its length is empty in the probes that take positions from the token index.
         no_past = _past_feeds(past, 0)
