@@ -102,9 +102,7 @@ def test_the_end_to_end_error_of_a_segment_check_is_the_largest_over_every_input
 def test_rotary_caches_past_memory_are_declined_with_a_reason():
     from tests.helpers import FIXTURES
 
-    _, report = optimize_with_report(
-        ir.load(FIXTURES / "llama_legacy.onnx"), max_sequence=99_999_999_999
-    )
+    _, report = optimize_with_report(ir.load(FIXTURES / "llama_legacy.onnx"), max_sequence=99_999_999_999)
     record = next(r for r in report.passes if r.name == "fuse-rotary-embedding")
     assert record.status == "unchanged", (record.status, record.detail)
     said = " ".join(record.refusals or []) + " ".join(record.notes)
