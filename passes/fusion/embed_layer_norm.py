@@ -23,10 +23,12 @@ the positions are not ``S`` long (HF's ``[1, 512]`` buffer sliced past its end, 
 the word embeddings cannot be added to). Each probe is one row of ``S`` ids, so all
 are cheap.
 
-Refuses when: a table is not a constant 2-D initializer; the lookups are not on
-axis 0; there is no word or no position lookup; the sum has other users (it would
-need the op's optional sum output, which the CPU kernel does not fill in every
-ORT version); or the LayerNorm is not over the last axis with constant scale and bias.
+Refuses, with the reason, a LayerNormalization over a sum of two or more lookups when: a table
+is not a constant 2-D initializer; the lookups are not on axis 0; more than three are summed;
+there is no word or no position lookup; the sum has other users (CLIP's text embeddings, also
+its first residual: it would need the op's optional sum output, which the CPU kernel does not
+fill in every ORT version); or the LayerNorm is not over the last axis with constant scale and
+bias. A LayerNormalization over anything else (a residual sum, one lookup) is no candidate.
 """
 
 from __future__ import annotations
@@ -67,6 +69,41 @@ def _lookups(value: ir.Value, leaves: list[ir.Node]) -> bool:
         return False
     leaves.append(gather)
     return True
+
+
+_SUM_USED = (
+    "the sum of the lookups has other users (a residual: it would need the op's optional sum output, which the CPU "
+    "kernel does not fill in every ONNX Runtime version)"
+)
+_TOO_MANY_LOOKUPS = "{} lookups are summed: the op takes a word, a position and a segment lookup"
+_NOT_PLAIN_NORM = (
+    "the LayerNormalization is not over the last axis with a constant float32 scale and bias, or its mean or "
+    "inverse deviation output is used"
+)
+
+
+def _not_lookups(value: ir.Value) -> str | None:
+    """Why the sum ``value`` of two or more ``Gather`` s, which ``_lookups`` does not take, is no embedding sum the
+    op can compute; None where ``value`` is no such sum (a residual ``Add``, one lookup), which is no candidate."""
+    adds: list[ir.Node] = []
+    gathers: list[ir.Node] = []
+
+    def walk(operand: ir.Value) -> bool:
+        add = producer(operand, "Add")
+        if add is not None:
+            adds.append(add)
+            return all(walk(v) for v in add.inputs)
+        gather = producer(operand, "Gather")
+        gathers.append(gather)
+        return gather is not None
+
+    if producer(value, "Add") is None or not walk(value) or len(gathers) < 2:
+        return None
+    if any(len(list(add.outputs[0].uses())) != 1 or add.outputs[0].is_graph_output() for add in adds):
+        return _SUM_USED
+    if any(gather.attributes.get_int("axis", 0) != 0 for gather in gathers):
+        return "a lookup is not on axis 0"
+    return "a table is not a constant 2-D initializer"
 
 
 def _is_graph_input(value: ir.Value) -> bool:
@@ -202,8 +239,17 @@ class EmbedLayerNormFusion(FusionPass):
         graph = model.graph
         for norm in [n for n in graph if n.op_type == "LayerNormalization" and is_onnx_domain(n)]:
             leaves: list[ir.Node] = []
+            if not _lookups(norm.inputs[0], leaves):
+                if (reason := _not_lookups(norm.inputs[0])) is not None:
+                    self.refuse("LayerNormalization over embeddings", reason)
+                continue
+            if len(leaves) not in (2, 3):
+                if len(leaves) > 3:
+                    self.refuse("LayerNormalization over embeddings", _TOO_MANY_LOOKUPS.format(len(leaves)))
+                continue
             params = _layer_norm_params(norm)
-            if params is None or not _lookups(norm.inputs[0], leaves) or len(leaves) not in (2, 3):
+            if params is None:
+                self.refuse("LayerNormalization over embeddings", _NOT_PLAIN_NORM)
                 continue
             roles = _classify(model, leaves, self.max_sequence)
             if isinstance(roles, str):
