@@ -16,7 +16,7 @@ import difflib
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,6 +230,8 @@ class Options:
         unknown = [name for name in merged if name not in fields]
         if unknown:
             name = unknown[0]
+            if not isinstance(name, str):  # difflib compares strings: a key 1 or None raised TypeError
+                raise OptionError(f"options: option names are strings, not {name!r}")
             if name in _also:
                 raise OptionError(f"{name!r} is an argument of its own, not an option: pass {name}=... beside options")
             near = difflib.get_close_matches(name, [*_also, *sorted(fields)], n=1, cutoff=0.6)
@@ -357,6 +359,8 @@ def _patterns(value: Any) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return (value,)
+    if not isinstance(value, Iterable):  # tuple(5) raised TypeError
+        raise OptionError(f"--exclude {value!r}: expected glob patterns (a string or a list of strings)")
     patterns = tuple(value)
     if not all(isinstance(pattern, str) for pattern in patterns):
         raise OptionError("--exclude: expected glob patterns (strings)")

@@ -70,6 +70,11 @@ class GraphoptPass:
 
     def __call__(self, model_or_result: ir.Model | ir.passes.PassResult, /) -> ir.passes.PassResult:
         model = model_or_result.model if isinstance(model_or_result, ir.passes.PassResult) else model_or_result
+        if not isinstance(model, ir.Model):  # an onnx.ModelProto failed deep inside with "AttributeError: inputs"
+            raise TypeError(
+                f"{type(self).__name__} takes an onnx_ir.Model (ir.from_proto(proto) for an onnx.ModelProto), "
+                f"not {type(model).__name__}"
+            )
         declared = unname_negative_dims(model)
         try:
             result = super().__call__(model_or_result)  # type: ignore[misc]

@@ -18,6 +18,7 @@ range first.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TypeVar
 
 import numpy as np
@@ -48,8 +49,9 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     default block list (ops without float16 kernels: TopK, NonMaxSuppression, Range, ...).
 
     With ``keep_io_types`` (the default) float graph inputs and outputs stay float32,
-    with Casts inside the graph. Refuses (unchanged) a model with no float32 tensors
-    or one with external data that has not been loaded.
+    with Casts inside the graph. Refuses (unchanged) a model with no float32 tensors,
+    one with external data that has not been loaded, and one converted already (its own
+    result: the converter would only add Casts of float16 values to float16).
 
     A constant bound of a Max, Min or Clip kept float32 whose result is cast to float16
     (``Max(mask, float32 min)``, the floor fused attention puts under a -inf mask) is
@@ -93,6 +95,7 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             self.decline("weights are in external data: not converted")
             return self.result(model.clone(), modified=False)
         blocked = list(DEFAULT_OP_BLOCK_LIST) + list(self.block_ops)
+        given = model
         model = model.clone()  # a functional pass: the bounds are clamped in a copy
         if model.functions:
             # The converter retypes a call's float inputs and leaves the function's own float Constants float32
@@ -122,6 +125,11 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             self.note(f"{moved} Casts the converter wrote in the main graph moved into the If/Loop bodies they read")
         result = ir.from_proto(converted)
         result.graph.sort()  # the converter appends the input Casts after their users
+        if not clamped and _converted_form(result) == _converted_form(given):
+            # Its own result again (or onnxruntime's): the converter only wrote Casts of float16 values to float16,
+            # and the pass reported them as a conversion, applied, each run a few nodes more.
+            self.decline("already float16: converting again would only add Casts of float16 values to float16")
+            return self.result(given.clone(), modified=False)
         kept = sum(1 for node in ir.traversal.RecursiveGraphIterator(result.graph) if node.op_type in self.block_ops)
         self.note(f"float16; {kept} sensitive nodes kept float32")
         twin = Twin(
@@ -351,6 +359,25 @@ def _reaches_float16(node: ir.Node, blocked: set[str], float16_outputs: bool) ->
                     seen.add(id(user))
                     stack.append(user)
     return False
+
+
+def _converted_form(model: ir.Model) -> tuple:
+    """What float16 conversion changes in ``model``, names aside: each node's op, attributes and output types (a Cast to
+    the type its input already has left out), the graph inputs' and outputs' types, the initializers' types and
+    shapes. Equal before and after converting means the converter changed nothing but such Casts."""
+    nodes: Counter = Counter()
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        to = node.attributes.get("to") if node.op_type == "Cast" and node.domain in ("", "ai.onnx") else None
+        source = node.inputs[0] if node.inputs else None
+        if to is not None and source is not None and source.dtype is not None and source.dtype == ir.DataType(to.value):
+            continue
+        attributes = tuple(
+            sorted((name, repr(a.value)) for name, a in node.attributes.items() if a.type != ir.AttributeType.GRAPH)
+        )
+        nodes[(node.domain, node.op_type, attributes, tuple(str(output.dtype) for output in node.outputs))] += 1
+    interface = tuple(str(value.dtype) for value in (*model.graph.inputs, *model.graph.outputs))
+    initializers = Counter((str(value.dtype), str(value.shape)) for value in model.graph.initializers.values())
+    return nodes, interface, initializers
 
 
 def _values(graph: ir.Graph):
