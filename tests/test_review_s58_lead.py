@@ -107,3 +107,54 @@ def test_rotary_caches_past_memory_are_declined_with_a_reason():
     assert record.status == "unchanged", (record.status, record.detail)
     said = " ".join(record.refusals or []) + " ".join(record.notes)
     assert "give a shorter --max-sequence" in said, said
+
+
+def _fp16_applied(proto) -> None:
+    _, report = optimize_with_report(ir.from_proto(proto), target="cuda", fp16=True)
+    record = next(r for r in report.passes if r.name == "convert-float16")
+    assert record.status == "applied", (record.status, record.detail)
+
+
+def test_fp16_keeps_a_resizes_empty_scales_constant():
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.2
+    empty = numpy_helper.from_array(np.zeros(0, np.float32))
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Constant", [], ["roi"], value=empty),
+        helper.make_node("Constant", [], ["scales"], value=empty),
+        helper.make_node("Shape", ["r"], ["shape"]),
+        helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.array([1, 1, 2, 2], np.int64))),
+        helper.make_node("Mul", ["shape", "two"], ["sizes"]),
+        helper.make_node("Resize", ["r", "roi", "scales", "sizes"], ["y"], mode="nearest"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "resize_by_sizes",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, "H2", "W2"])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    _fp16_applied(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+def test_fp16_keeps_quantization_ops_float32():
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "scale", "zero"]),
+        helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["d"]),
+        helper.make_node("MatMul", ["d", "W"], ["m"]),
+        helper.make_node("Relu", ["m"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "int8_input",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    _fp16_applied(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))

@@ -37,6 +37,18 @@ from passes.quantization._twin import float16_twin
 # over raw scores. The fused norm and attention ops accumulate in float32 themselves.
 SENSITIVE_OPS = ("Pow", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Sqrt", "Softmax", "LogSoftmax")
 
+# Kept float32 too: quantization ops, whose float input or output is float32 only (DynamicQuantizeLinear; Quantize-
+# and DequantizeLinear before opset 19; onnxruntime's dynamic int8 ops). Converted, an int8 model's float16 input
+# fed DynamicQuantizeLinear, and ONNX Runtime refused the result.
+QUANTIZATION_OPS = (
+    "DynamicQuantizeLinear",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLSTM",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+)
+
 # Ops whose constant operands are bounds: clamping such a bound to float16's range
 # changes the result only where the Cast to float16 after it would overflow (it then
 # saturates at +-65504 instead of becoming infinite). Clip's bounds are inputs 1 and 2.
@@ -94,7 +106,7 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
         if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
             self.decline("weights are in external data: not converted")
             return self.result(model.clone(), modified=False)
-        blocked = list(DEFAULT_OP_BLOCK_LIST) + list(self.block_ops)
+        blocked = list(DEFAULT_OP_BLOCK_LIST) + list(self.block_ops) + list(QUANTIZATION_OPS)
         given = model
         model = model.clone()  # a functional pass: the bounds are clamped in a copy
         if model.functions:
@@ -125,6 +137,7 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             self.note(f"{moved} Casts the converter wrote in the main graph moved into the If/Loop bodies they read")
         result = ir.from_proto(converted)
         result.graph.sort()  # the converter appends the input Casts after their users
+        _empty_scales_kept_constant(result)
         if not clamped and _converted_form(result) == _converted_form(given):
             # Its own result again (or onnxruntime's): the converter only wrote Casts of float16 values to float16,
             # and the pass reported them as a conversion, applied, each run a few nodes more.
@@ -359,6 +372,31 @@ def _reaches_float16(node: ir.Node, blocked: set[str], float16_outputs: bool) ->
                     seen.add(id(user))
                     stack.append(user)
     return False
+
+
+def _empty_scales_kept_constant(model: ir.Model) -> None:
+    """Feed each ``Resize`` that the converter gave ``Cast(empty constant)`` for its scales (it casts a Resize's
+    scales to float32 always; ``sizes`` given, the scales are an empty tensor, as torch's opset-11 export and Paddle
+    write them) an empty float32 constant instead: through a Cast ONNX Runtime no longer sees the scales empty, and
+    refused the result ("Either `sizes` or `scales` must be provided, but not both")."""
+    empty: ir.Value | None = None
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type != "Resize" or len(node.inputs) < 4 or node.inputs[2] is None or node.inputs[3] is None:
+            continue
+        cast = node.inputs[2].producer()
+        source = cast.inputs[0] if cast is not None and cast.op_type == "Cast" and cast.inputs else None
+        constant = None
+        if source is not None and source.const_value is not None:
+            constant = source.const_value
+        elif source is not None and (maker := source.producer()) is not None and maker.op_type == "Constant":
+            constant = maker.attributes["value"].value if "value" in maker.attributes else None
+        if constant is None or constant.size != 0:
+            continue
+        if empty is None:
+            name = _fresh(model.graph, "resize_empty_scales")
+            empty = ir.Value(name=name, const_value=ir.tensor(np.zeros(0, np.float32), name=name))
+            model.graph.register_initializer(empty)
+        node.replace_input_with(2, empty)
 
 
 def _converted_form(model: ir.Model) -> tuple:
