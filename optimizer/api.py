@@ -238,6 +238,11 @@ def optimize_with_report(
         bound = bind_dims(ir_model, options.dims)
         if specializes:
             samples, warning = _fill_static_batch(ir_model, samples, bound, warning=warning, notes=notes)
+    if specializes and inputs is None and (chosen := _sizes_not_asked_for(ir_model, bound, options.dims)):
+        notes.append(
+            f"--static-shapes fixed {chosen} at graphopt's generated sizes (no --dim or --inputs gave them): the "
+            "result accepts only those; bind the sizes you run with --dim NAME=SIZE"
+        )
     context = PassContext(options=options, dims=bound, samples=samples, samples_generated=warning is not None)
     optimized, report = run_pipeline(ir_model, specs, context=context, verifier=verifier, label=label)
     if warning:
@@ -377,6 +382,14 @@ def _sizes_of_given_inputs(model: ir.Model, inputs: Any, dims: Mapping[str, int]
     except InputSpecError:
         return dims
     return sized
+
+
+def _sizes_not_asked_for(model: ir.Model, bound: Mapping[str, int], asked: Mapping[str, int] | None) -> str:
+    """The symbolic input dims ``bound`` gives a size that ``asked`` (``--dim``) does not, as ``name=size``; ""
+    where there are none (MTCNN's image ``[N, H, W, 3]`` fixed at 128x128 by ``--static-shapes`` alone, then
+    refused every photo, with nothing said)."""
+    chosen = [f"{name}={bound[name]}" for name in symbolic_dims(model) if name in bound and name not in (asked or {})]
+    return ", ".join(chosen)
 
 
 def _generated_batches(model: ir.Model) -> tuple[list[str], int]:

@@ -274,8 +274,8 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--static-shapes",
         action="store_true",
-        help="fix symbolic input dims to their --dim sizes so all shape arithmetic folds "
-        "(the result accepts only those shapes)",
+        help="fix symbolic input dims to their --dim sizes (or --inputs'; any other at its generated size, which a "
+        "warning names) so all shape arithmetic folds (the result accepts only those shapes)",
     )
     parser.add_argument(
         "--max-sequence",

@@ -158,3 +158,24 @@ def test_fp16_keeps_quantization_ops_float32():
         [numpy_helper.from_array(weight, "W")],
     )
     _fp16_applied(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("dims", [{}, {"N": 1}, {"N": 1, "H": 20, "W": 30}])
+def test_static_shapes_names_the_dims_it_fixed_at_generated_sizes(dims):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "image",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _, report = optimize_with_report(ir.from_proto(proto), static_shapes=True, dims=dims)
+    said = [w for w in report.warnings if w.startswith("--static-shapes fixed")]
+    unasked = [f"{name}=" for name in ("N", "H", "W") if name not in dims]
+    if not unasked:
+        assert not said, said
+    else:
+        assert len(said) == 1 and all(name in said[0] for name in unasked), said
+        assert not any(f"{name}=" in said[0] for name in dims), said
