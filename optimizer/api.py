@@ -246,6 +246,8 @@ def optimize_with_report(
     context = PassContext(options=options, dims=bound, samples=samples, samples_generated=warning is not None)
     optimized, report = run_pipeline(ir_model, specs, context=context, verifier=verifier, label=label)
     if warning:
+        if any(spec.name == "quantize-static" for spec in specs):
+            warning = warning.replace(" measured on generated", " measured (int8 calibrated) on generated", 1)
         report.warnings.append(warning)
     report.warnings.extend(loaded)
     if unnamed:
@@ -461,7 +463,7 @@ def _samples(
         )
     bound = _refuse_oversized_samples(model, dims)
     warning = (
-        "no --calibration data: approximate passes measured (int8 calibrated) on generated random inputs, "
+        "no --calibration data: approximate passes measured on generated random inputs, "
         "which says little about accuracy on real data"
     )
     lengths = GeneratedLengths(model, bound)

@@ -179,3 +179,11 @@ def test_static_shapes_names_the_dims_it_fixed_at_generated_sizes(dims):
     else:
         assert len(said) == 1 and all(name in said[0] for name in unasked), said
         assert not any(f"{name}=" in said[0] for name in dims), said
+
+
+@pytest.mark.parametrize("quantize", ["dynamic", "static"])
+def test_the_generated_samples_warning_says_int8_calibrated_only_for_static_int8(quantize):
+    _, report = optimize_with_report(_recurrent_state_model(), quantize=quantize)
+    said = [w for w in report.warnings if w.startswith("no --calibration data")]
+    assert len(said) == 1, report.warnings
+    assert ("int8 calibrated" in said[0]) == (quantize == "static"), said
