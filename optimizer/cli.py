@@ -98,6 +98,21 @@ def _given_once(
     given[dest] = (values, option_string, replacement)
 
 
+class _SwitchOnce(argparse.BooleanOptionalAction):
+    """``--x``/``--no-x``, refusing both on one command line: the last one used to win without a word, so
+    ``--no-full-range-weights`` after a CI job's ``$FLAGS --full-range-weights`` flipped it (a review)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        value = not (option_string or "").startswith("--no-")
+        given = getattr(namespace, "_given_once", None)
+        if given is None:
+            given = namespace._given_once = {}
+        if self.dest in given and given[self.dest][0] != value:
+            parser.error(f"{given[self.dest][1]} and {option_string}: give one")
+        given[self.dest] = (value, option_string, None)
+        super().__call__(parser, namespace, values, option_string)
+
+
 def _both_nan(first, second) -> bool:  # noqa: ANN001
     """Whether both values are the float NaN (given twice, still one value)."""
     return all(isinstance(value, float) and math.isnan(value) for value in (first, second))
@@ -407,7 +422,7 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--full-range-weights",
-        action=argparse.BooleanOptionalAction,
+        action=_SwitchOnce,
         default=None,
         help="8-bit instead of 7-bit int8 weights: more accurate on CPUs with VNNI/AMX or ARM, "
         "wrong results from saturation on x86 CPUs without VNNI (default: chosen for this CPU, printed as a note)",
@@ -433,7 +448,7 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fp16", action="store_true", help="convert to float16 (for --target cuda)")
     group.add_argument(
         "--keep-io-types",
-        action=argparse.BooleanOptionalAction,
+        action=_SwitchOnce,
         default=True,
         help="with --fp16: keep float graph inputs and outputs float32 (default; --no-keep-io-types: float16)",
     )
@@ -596,7 +611,15 @@ def main(argv: list[str] | None = None) -> int:
     with _usable_standard_streams(), _signals_unwind():
         try:
             try:
-                code = _main(argv)
+                try:
+                    code = _main(argv)
+                except Exception:
+                    # An error of the unwinding a signal started is the signal's: a C extension's import
+                    # (ONNX Runtime's, onnx's) turns the handler's exception into ImportError, which read
+                    # as "ONNX Runtime is not installed" (exit 2), or a traceback.
+                    if _RECEIVED:
+                        raise Interrupted(_RECEIVED[0]) from None
+                    raise
                 if _RECEIVED:  # raised where Python ignores exceptions (a weakref or __del__ callback)
                     raise Interrupted(_RECEIVED[0])
                 return code

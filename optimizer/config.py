@@ -5,7 +5,7 @@ without its dashes (``prune-ffn = 0.3`` is ``--prune-ffn 0.3``; ``per-tensor = t
 ``--per-tensor``; a positional argument is its name: ``model = "m.onnx"``), so
 ``graphopt optimize --help`` lists every key. Values have the flag's type: a number,
 a string from the flag's choices, ``true``/``false`` for switches, a list for a
-repeatable flag or a comma-separated one (``passes``, ``ep``, ``batch``); ``dim`` and
+repeatable flag or a comma-separated one (``passes``, ``ep``, ``batch``; ``batch = 8`` is one size); ``dim`` and
 ``tolerance`` may also be tables (``dim = { batch = 1, sequence = 128 }``,
 ``tolerance = { float32 = [1e-4, 1e-5] }``). Paths are as on the command line,
 relative to the current directory. Flags on the command line override the file. An
@@ -128,6 +128,8 @@ def _value(source: str, key: str, action: argparse.Action, value: Any) -> Any:
         return action.const if _bool(where, value) else action.default
     if isinstance(action, argparse._AppendAction):
         return _repeated(where, key, value)
+    if action.dest in COMMA_LISTS and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # batch = 8: --batch 8
     if action.dest in COMMA_LISTS and isinstance(value, list):
         if not value or not all(isinstance(item, (str, int)) and not isinstance(item, bool) for item in value):
             raise ConfigError(f"{where}: expected a list of names or numbers")
@@ -265,7 +267,8 @@ def _toml(value: Any) -> str:
                 f"{shown}: not UTF-8 text, which a TOML file cannot hold (it printed as '?' and named another "
                 "file); rename it, or give it on the command line"
             ) from None
-        return json.dumps(value, ensure_ascii=False)
+        # JSON leaves DEL (U+007F) as it is; a TOML basic string must escape it (tomllib: "Illegal character").
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
     if isinstance(value, dict):

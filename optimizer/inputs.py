@@ -839,12 +839,15 @@ def as_arrays(values: Any, source: str) -> dict[str, np.ndarray]:
 
 
 def refuse_unreadable_data(data: Any, flag: str) -> None:
-    """Refuse data (``--inputs``, ``--calibration``) given as a path to a pipe or a device: an .npz is a zip
-    archive, read by seeking, and a pipe with no writer would block the run before it starts; and a data folder
-    with a data file name that is no regular file (``data_folder_files``). Data in any other form (arrays, an
-    iterable, None) is left to its reader."""
+    """Refuse data (``--inputs``, ``--calibration``) given as an empty path, which named the current folder
+    (``--calibration "$DATA"`` with ``DATA`` unset read every .npz there), or as a path to a pipe or a device: an
+    .npz is a zip archive, read by seeking, and a pipe with no writer would block the run before it starts; and a
+    data folder with a data file name that is no regular file (``data_folder_files``). Data in any other form
+    (arrays, an iterable, None) is left to its reader."""
     if not isinstance(data, (str, os.PathLike)):
         return
+    if not os.fspath(data):  # Path("") is the current folder
+        raise InputSpecError(f"{flag} '': an empty path; give an .npz file or a folder")
     path = Path(data)
     if path.exists() and not path.is_file() and not path.is_dir():
         raise InputSpecError(f"{flag} {data}: not a regular file or folder (a pipe or a device); give an .npz file")
