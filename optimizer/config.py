@@ -75,7 +75,10 @@ def _read_text(source: Path) -> str:
         raise ConfigError(f"--config {source}: longer than {MAX_CONFIG_BYTES // 1024} KiB: not a config file")
     if pipe and not data:
         raise ConfigError(f"--config {source}: a pipe that gave nothing (no one writing to it yet?)")
-    return data.decode("utf-8")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # PowerShell 5's `>` writes UTF-16 with a byte order mark
+        raise ConfigError(f"--config {source}: UTF-16 text; save it as UTF-8 (TOML files are UTF-8)")
+    # A UTF-8 byte order mark (Windows editors write one) is no TOML statement: "Invalid statement (line 1)".
+    return data.decode("utf-8").removeprefix("\ufeff")
 
 
 # A config file is a few lines; past this it is not one (/dev/zero would be read without end).

@@ -105,3 +105,14 @@ def test_a_switch_given_twice_the_same_way_is_one_switch(capsys):
     argv = ["optimize", "m.onnx", "-o", "o.onnx", "--quantize", "dynamic", "--no-full-range-weights"]
     code, printed, err = run_cli([*argv, "--no-full-range-weights", "--print-config"], capsys)
     assert code == exit_codes.OK and "full-range-weights = false" in printed, err
+
+
+def test_a_config_with_a_utf8_byte_order_mark_reads_and_utf16_is_named(tmp_path, capsys, monkeypatch):
+    # Windows editors write a UTF-8 BOM ("Invalid statement (line 1, column 1)"); PowerShell 5's `>` writes UTF-16.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bom.toml").write_bytes("\ufeffbatch = 8\n".encode())
+    code, printed, err = run_cli(["compare", "a.onnx", "b.onnx", "--config", "bom.toml", "--print-config"], capsys)
+    assert code == exit_codes.OK and "batch = [8]" in printed, err
+    (tmp_path / "wide.toml").write_bytes("batch = 8\n".encode("utf-16"))
+    code, printed, err = run_cli(["compare", "a.onnx", "b.onnx", "--config", "wide.toml", "--print-config"], capsys)
+    assert code == exit_codes.USAGE and "UTF-16 text; save it as UTF-8" in err, err
