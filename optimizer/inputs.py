@@ -3233,7 +3233,8 @@ def write_input_skeleton(
         described.append(f"{value.name} {kind}[{', '.join(str(d) for d in a.shape)}]{what}")
     write_atomically(out_path, lambda path: _savez(path, arrays), "input skeleton")
     shown = ", ".join(f"{name}={size}" for name, size in bound.items())
-    return f"wrote {out_path}: {'; '.join(described)}" + (f" ({shown})" if shown else "")
+    held = "; ".join(described) or "no arrays (the model has no inputs to feed)"
+    return f"wrote {out_path}: {held}" + (f" ({shown})" if shown else "")
 
 
 def _savez(path: str, arrays: Mapping[str, np.ndarray]) -> None:

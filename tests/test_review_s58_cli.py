@@ -8,6 +8,7 @@ import signal
 import sys
 
 import numpy as np
+import onnx
 import pytest
 
 from optimizer import exit_codes
@@ -116,3 +117,20 @@ def test_a_config_with_a_utf8_byte_order_mark_reads_and_utf16_is_named(tmp_path,
     (tmp_path / "wide.toml").write_bytes("batch = 8\n".encode("utf-16"))
     code, printed, err = run_cli(["compare", "a.onnx", "b.onnx", "--config", "wide.toml", "--print-config"], capsys)
     assert code == exit_codes.USAGE and "UTF-16 text; save it as UTF-8" in err, err
+
+
+def test_make_inputs_of_a_model_without_inputs_says_the_file_holds_none(tmp_path):
+    # "wrote noin.npz: " ended in nothing.
+    from onnx import TensorProto, helper, numpy_helper
+
+    from optimizer.inputs import write_input_skeleton
+
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(np.ones(2, np.float32)))],
+        "no_inputs",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "noin.onnx")
+    said = write_input_skeleton(tmp_path / "noin.onnx", tmp_path / "noin.npz")
+    assert said.endswith("no arrays (the model has no inputs to feed)"), said
