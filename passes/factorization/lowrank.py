@@ -65,7 +65,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
-from optimizer.inputs import HOLD_OUT_EVERY, hold_out, holds_samples, samples_in, split_samples
+from optimizer.inputs import HOLD_OUT_EVERY, held_out_samples, hold_out, holds_samples, samples_in, split_samples
 from optimizer.options import IMPORTANCE_KINDS
 from optimizer.padding import cache_outputs, mask_inputs
 from optimizer.parameters import count_parameters
@@ -242,7 +242,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         where = ""
         repaired = any(decision.bias_change is not None for decision in decisions)
         if reference is not None:
-            where = _described(in_sample, fitted)
+            where = _described(in_sample, fitted, checked, model)
             self.drift = drift_of(model, checked, reference)
             summary += f"; {self.drift}" + (" after repair" if repaired else "") + where
             summary += " on generated inputs" if self.samples_generated else ""
@@ -690,12 +690,13 @@ def _real_rows(shape: tuple[int, ...], mask: np.ndarray | None, *, cached: bool 
     return mask[:, total - length :].reshape(-1) != 0
 
 
-def _described(in_sample: bool, fitted: Sequence) -> str:
+def _described(in_sample: bool, fitted: Sequence, checked: Sequence, model: ir.Model) -> str:
     """Where the pass's own accuracy figures were measured."""
     if in_sample:
         return " on the one calibration sample the factors were fitted to (none held out: an optimistic figure)"
     if len(fitted):
-        return f" on the held-out calibration samples (one in {HOLD_OUT_EVERY}, at least one; not fitted to)"
+        held = held_out_samples(checked, model).replace("held-out sample", "held-out calibration sample")
+        return f" on {held} (one in {HOLD_OUT_EVERY}, at least one; not fitted to)"
     return ""
 
 

@@ -42,7 +42,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import is_onnx_domain
-from optimizer.inputs import fixes_batch, hold_out, split_samples
+from optimizer.inputs import fixes_batch, held_out_samples, hold_out, split_samples
 from optimizer.options import IMPORTANCE_KINDS
 from optimizer.parameters import count_parameters
 from optimizer.progress import track
@@ -234,7 +234,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         summary = f"{_describe_ratios(ratios)}: {len(self.pruned)} groups, parameters {before:,} → {after:,}"
         if self.drift is not None:
             summary += f"; {self.drift}" + (" after repair" if repairable else "")
-            summary += " on the held-out samples" if held_out else ""
+            summary += f" on {held_out_samples(batches, model)}" if held_out else ""
             if not held_out and self._checked_on:  # one sample: nothing could be held out of the fit
                 summary += f"{self._checked_on} (an optimistic figure: give more samples to hold some out)"
             summary += " on generated inputs" if self.samples_generated else ""

@@ -43,7 +43,15 @@ from onnxscript import version_converter
 
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import MS_DOMAIN
-from optimizer.inputs import fixed_batch_size, fixes_batch, hold_out, holds_samples, samples_in, split_samples
+from optimizer.inputs import (
+    fixed_batch_size,
+    fixes_batch,
+    held_out_samples,
+    hold_out,
+    holds_samples,
+    samples_in,
+    split_samples,
+)
 from optimizer.options import DEFAULT_BUDGET_DECODE_STEPS
 from optimizer.padding import cache_outputs
 from optimizer.progress import task, track
@@ -327,7 +335,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 label = self.layer_label(layer)
                 counts[label] = counts.get(label, 0) + 1
             reduced = ", ".join(f"{count} layers {label}" for label, count in counts.items())
-            held = " on the held-out samples" if held_out else self.fitted_caveat(smoothed=bool(norms))
+            held = f" on {held_out_samples(checked, model)}" if held_out else self.fitted_caveat(smoothed=bool(norms))
             self.note(f"{reduced}, {len(self.kept_float)} float: {self.drift}{held}")
         self._float, self._batches = None, []
         return self.result(model, modified=True, twin=twin, fitted_to_samples=held_out)
