@@ -47,6 +47,20 @@ def producers(proto: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in proto.graph.node for out in node.output}
 
 
+def rotate_halves(proto: onnx.ModelProto):
+    """Each ``Concat(Neg(Slice(x, d/2:)), Slice(x, :d/2))`` of ``proto``: (concat, neg, lo Slice, hi Slice)."""
+    found = producers(proto)
+    for node in proto.graph.node:
+        if node.op_type != "Concat" or len(node.input) != 2:
+            continue
+        neg, lo = found.get(node.input[0]), found.get(node.input[1])
+        if neg is None or neg.op_type != "Neg" or lo is None or lo.op_type != "Slice":
+            continue
+        hi = found.get(neg.input[0])
+        if hi is not None and hi.op_type == "Slice" and hi.input[0] == lo.input[0]:
+            yield node, neg, lo, hi
+
+
 def users(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     found: dict[str, list[onnx.NodeProto]] = {}
     for node in proto.graph.node:

@@ -61,6 +61,7 @@ from tests.respelling import close as _close
 from tests.respelling import constant as _constant
 from tests.respelling import optimized as _optimized
 from tests.respelling import producers as _producers
+from tests.respelling import rotate_halves
 from tests.respelling import with_nodes_before as _with_nodes_before
 
 _N = helper.make_node
@@ -68,20 +69,6 @@ _HEAD_SIZE = 16  # llama_legacy / llama_dynamo: 4 heads of 16
 
 
 # -- Rotary: rotate_half spelled with Split, or with Paddle's negation ---------------------------------------------
-
-
-def _rotate_halves(proto: onnx.ModelProto):
-    """Each ``Concat(Neg(Slice(x, d/2:)), Slice(x, :d/2))`` of ``proto``: (concat, neg, x)."""
-    producers = _producers(proto)
-    for node in proto.graph.node:
-        if node.op_type != "Concat" or len(node.input) != 2:
-            continue
-        neg, lo = producers.get(node.input[0]), producers.get(node.input[1])
-        if neg is None or neg.op_type != "Neg" or lo is None or lo.op_type != "Slice":
-            continue
-        hi = producers.get(neg.input[0])
-        if hi is not None and hi.op_type == "Slice" and hi.input[0] == lo.input[0]:
-            yield node, neg, lo.input[0]
 
 
 def _rotate_half_by_split(how: str) -> Callable[[onnx.ModelProto], onnx.ModelProto]:
@@ -95,7 +82,7 @@ def _rotate_half_by_split(how: str) -> Callable[[onnx.ModelProto], onnx.ModelPro
         first = _add_initializer(proto, "s46_first", np.array(0, np.int64))
         second = _add_initializer(proto, "s46_second", np.array(1, np.int64))
         before = {}
-        for index, (concat, neg, x) in enumerate(list(_rotate_halves(proto))):
+        for index, (concat, neg, x) in enumerate([(c, n, lo.input[0]) for c, n, lo, _ in rotate_halves(proto)]):
             lo, hi = f"s46_rot{index}_lo", f"s46_rot{index}_hi"
             if how == "split_sizes":  # opset 13-17: the sizes as an input
                 nodes = [_N("Split", [x, sizes], [lo, hi], axis=-1)]

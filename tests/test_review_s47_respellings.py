@@ -64,6 +64,7 @@ from tests.respelling import close as _close
 from tests.respelling import constant as _constant
 from tests.respelling import optimized as _optimized
 from tests.respelling import producers as _producers
+from tests.respelling import rotate_halves
 from tests.respelling import users as _users
 from tests.respelling import with_nodes_before as _with_nodes_before
 
@@ -182,20 +183,6 @@ def _scale_from_runtime_head_size(proto: onnx.ModelProto) -> onnx.ModelProto:
 # -- Rotary on the Llama fixtures: Qwen's rotate_half by rearrange + unbind -------------------------------------------
 
 
-def _rotate_halves(proto: onnx.ModelProto):
-    """Each ``Concat(Neg(Slice(x, d/2:)), Slice(x, :d/2))`` of ``proto``: (concat, neg, x)."""
-    producers = _producers(proto)
-    for node in proto.graph.node:
-        if node.op_type != "Concat" or len(node.input) != 2:
-            continue
-        neg, lo = producers.get(node.input[0]), producers.get(node.input[1])
-        if neg is None or neg.op_type != "Neg" or lo is None or lo.op_type != "Slice":
-            continue
-        hi = producers.get(neg.input[0])
-        if hi is not None and hi.op_type == "Slice" and hi.input[0] == lo.input[0]:
-            yield node, neg, lo.input[0]
-
-
 def _rotate_half_by_unbind(proto: onnx.ModelProto) -> onnx.ModelProto:
     """rotate_half's halves as the original Qwen (``modeling_qwen._rotate_half``, also mPLUG-Owl) takes them:
     ``x1, x2 = rearrange(x, '... (j d) -> ... j d', j=2).unbind(-2)``, which the legacy exporter writes
@@ -205,7 +192,7 @@ def _rotate_half_by_unbind(proto: onnx.ModelProto) -> onnx.ModelProto:
     ones = _add_initializer(proto, "s47_ones", np.array([1, 1], np.int64))
     axis = _add_initializer(proto, "s47_axis", np.array([-2], np.int64))
     before = {}
-    for index, (concat, neg, x) in enumerate(list(_rotate_halves(proto))):
+    for index, (concat, neg, x) in enumerate([(c, n, lo.input[0]) for c, n, lo, _ in rotate_halves(proto)]):
         p = f"s47_rot{index}"
         before[neg.output[0]] = [
             _N("Reshape", [x, target], [f"{p}_pairs"]),

@@ -22,24 +22,10 @@ from tests.respelling import add_initializer as _add_initializer
 from tests.respelling import clone as _clone
 from tests.respelling import close as _close
 from tests.respelling import optimized as _optimized
-from tests.respelling import producers as _producers
+from tests.respelling import rotate_halves
 
 _HEAD_SIZE = 16  # llama_legacy: 4 heads of 16
 _END = np.iinfo(np.int64).max
-
-
-def _rotate_halves(proto: onnx.ModelProto):
-    """Each ``Concat(Neg(Slice(x, d/2:)), Slice(x, :d/2))`` of ``proto``: (lo Slice, hi Slice)."""
-    producers = _producers(proto)
-    for node in proto.graph.node:
-        if node.op_type != "Concat" or len(node.input) != 2:
-            continue
-        neg, lo = producers.get(node.input[0]), producers.get(node.input[1])
-        if neg is None or neg.op_type != "Neg" or lo is None or lo.op_type != "Slice":
-            continue
-        hi = producers.get(neg.input[0])
-        if hi is not None and hi.op_type == "Slice" and hi.input[0] == lo.input[0]:
-            yield lo, hi
 
 
 def _sliced_at(lo_bounds: tuple[int, int], hi_bounds: tuple[int, int]) -> onnx.ModelProto:
@@ -55,7 +41,7 @@ def _sliced_at(lo_bounds: tuple[int, int], hi_bounds: tuple[int, int]) -> onnx.M
         ("step", 1),
     ):
         names[label] = _add_initializer(proto, f"s58_{label}", np.array([value], np.int64))
-    found = list(_rotate_halves(proto))
+    found = [(lo, hi) for _, _, lo, hi in rotate_halves(proto)]
     assert found, "no rotate_half found"
     for lo, hi in found:
         x = lo.input[0]
