@@ -2614,10 +2614,17 @@ def hold_out(
 def shared_samples(fitted: SampleData, measured: SampleData, model: ir.Model) -> int:
     """How many samples of ``measured`` are samples of ``fitted`` too: byte for byte, with what is fed beside them,
     as ``hold_out`` tells copies apart (whole batches where ``model`` fixes its batch, batched as ``model`` takes
-    them). ``optimize --compare --inputs`` on the ``--calibration`` file measured the fit, said nowhere."""
-    split = _Split([], HOLD_OUT_EVERY, fixes_batch(model), holds_samples(model))
+    them). ``optimize --compare --inputs`` on the ``--calibration`` file measured the fit, said nowhere. A whole
+    batch shared counts each of its samples (``--static-shapes`` bound to the 3 samples of ``--inputs``: 3, not 1)."""
+    whole, holds = fixes_batch(model), holds_samples(model)
+    split = _Split([], HOLD_OUT_EVERY, whole, holds)
     seen = {key for batch in split_samples(fitted, model=model) for key in split._sample_keys(batch)}
-    return sum(key in seen for batch in split_samples(measured, model=model) for key in split._sample_keys(batch))
+    return sum(
+        samples_in(batch, holds) if whole else 1
+        for batch in split_samples(measured, model=model)
+        for key in split._sample_keys(batch)
+        if key in seen
+    )
 
 
 def sample_inputs(model: ir.Model) -> frozenset[str] | None:

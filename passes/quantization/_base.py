@@ -44,6 +44,7 @@ from onnxscript import version_converter
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import MS_DOMAIN
 from optimizer.inputs import (
+    DECLARED_SHAPE,
     fixed_batch_size,
     fixes_batch,
     held_out_samples,
@@ -346,6 +347,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         nothing (every layer left float) leaves the caller's model at its own opset, as an onnx-ir pass says."""
         converted = model.clone()
         version_converter.convert_version(converted, opset, fallback=True)
+        _declared_shapes_kept(model, converted)
         result = QuantizationPass.call(self, converted)
         if result.modified:
             model.graph, model.ir_version = converted.graph, converted.ir_version
@@ -1087,6 +1089,16 @@ def _local_errors(
 
 
 _KIND_OPS = {"matmul": "MatMul", "gemm": "Gemm", "conv": "Conv", "attention": "Attention"}
+
+
+def _declared_shapes_kept(model: ir.Model, converted: ir.Model) -> None:
+    """Give ``converted``'s graph inputs the shapes ``--static-shapes`` kept as declared on ``model``'s
+    (``DECLARED_SHAPE``): onnx's converter (the fallback below opset 18) rebuilds the graph from a proto, without
+    them, and an opset-11 state ``[2, batch, H]`` bound to ``[2, 2, H]`` was cut along axis 0 again (rolled back)."""
+    declared = {value.name: value.meta[DECLARED_SHAPE] for value in model.graph.inputs if DECLARED_SHAPE in value.meta}
+    for value in converted.graph.inputs:
+        if value.name in declared:
+            value.meta.setdefault(DECLARED_SHAPE, declared[value.name])
 
 
 def optimistic_figure(fit: str, budget: AccuracyBudget | None) -> str:

@@ -123,6 +123,7 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             _initializer_outputs_computed(model.graph)
             _rename_converter_names(model.graph)
         _stft_onesided_spelled_out(model)
+        _quantized_outputs_typed(model)
         proto = ir.to_proto(model)
         passed_through = _passed_through_outputs(proto.graph) if self.keep_io_types else []
         # Inferred once, here: the converter would infer the same shapes again (it runs onnx's infer_shapes first).
@@ -157,6 +158,19 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
 
 
 _Message = TypeVar("_Message", onnx.NodeProto, onnx.ValueInfoProto)
+
+
+def _quantized_outputs_typed(model: ir.Model) -> None:
+    """Type the float output of each onnxruntime dynamic int8 op (``DynamicQuantizeMatMul``,
+    ``MatMulIntegerToFloat``: its scales' type, inputs 2 and 3) left untyped, in place: onnx's shape inference is not
+    run on a model with com.microsoft ops, and the converter, not knowing the output float, fed it uncast to the
+    float16 op after it (a ``--quantize dynamic`` result's ``Relu``: ONNX Runtime refused the result, rolled back)."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.domain != MS_DOMAIN or node.op_type not in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
+            continue
+        scales = [value.dtype for value in node.inputs[2:4] if value is not None and value.dtype is not None]
+        if node.outputs[0].dtype is None and scales:
+            node.outputs[0].dtype = scales[0]
 
 
 def _stft_onesided_spelled_out(model: ir.Model) -> None:
