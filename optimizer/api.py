@@ -186,7 +186,7 @@ def optimize_with_report(
                         raise
                     continue
             # Shape-specialized candidates take samples only at the bound batch size.
-            batch = min((bound[name] for name in batch_dims(ir_model) if name in bound), default=None)
+            batch = min((bound[name] for name in _batch_names(ir_model) if name in bound), default=None)
             try:
                 verifier = Verifier(
                     ir_model,
@@ -394,12 +394,18 @@ def _sizes_not_asked_for(model: ir.Model, bound: Mapping[str, int], asked: Mappi
     return ", ".join(chosen)
 
 
+def _batch_names(model: ir.Model) -> list[str]:
+    """The model's batch dims: named like one, else the one taken for it (Paddle's ``p2o.DynamicDimension.0``:
+    under ``--static-shapes`` its bound size was not read as the batch, and calibration along axis 0 was refused)."""
+    return batch_dims(model) or guessed_batch_dims(model)
+
+
 def _generated_batches(model: ir.Model) -> tuple[list[str], int]:
     """The dims generated calibration samples are drawn along (named like a batch, else the one the second binding
     takes for it: Paddle's ``DynamicDimension.0``) and how many sets are drawn: one, or for a model that fixes its
     batch (``x [1, 3, 224, 224]``, no such dim) enough batches of that size to stack to ``_GENERATED_SAMPLES``, as
     its calibration data is cut (``split_samples``); 0 where neither is there."""
-    batches = batch_dims(model) or guessed_batch_dims(model)
+    batches = _batch_names(model)
     if batches:
         return batches, 1
     fixed = fixed_batch_size(model)
@@ -613,7 +619,7 @@ def _fill_static_batch(
     as the samples drawn here were."""
     if samples is None:
         return samples, warning
-    batch = batch_dims(model)
+    batch = _batch_names(model)
     generated = warning is not None
     if generated:
         fixed = {name: size for name, size in bound.items() if name not in batch}

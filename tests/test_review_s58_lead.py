@@ -21,7 +21,7 @@ from passes.dim_binding import BindDimsPass
 from tests._cli_models import run_graphopt
 from tests.real_models import SILERO_VAD
 from tests.test_review_cli_s41 import QUICK, _affine
-from tests.test_review_real_models2 import _recurrent_state_model
+from tests.test_review_real_models2 import _paddle_like_cnn, _recurrent_state_model
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -187,3 +187,15 @@ def test_the_generated_samples_warning_says_int8_calibrated_only_for_static_int8
     said = [w for w in report.warnings if w.startswith("no --calibration data")]
     assert len(said) == 1, report.warnings
     assert ("int8 calibrated" in said[0]) == (quantize == "static"), said
+
+
+def test_static_shapes_reads_paddles_batch_dim_as_the_batch():
+    rng = np.random.default_rng(0)
+    samples = {"x": rng.normal(size=(8, 3, 12, 16)).astype(np.float32)}
+    held = {"x": rng.normal(size=(1, 3, 12, 16)).astype(np.float32)}
+    dims = {"p2o.DynamicDimension.0": 1, "p2o.DynamicDimension.1": 12, "p2o.DynamicDimension.2": 16}
+    _, report = optimize_with_report(
+        _paddle_like_cnn(), inputs=held, calibration=samples, quantize="static", static_shapes=True, dims=dims
+    )
+    record = next(r for r in report.passes if r.name == "quantize-static")
+    assert record.status == "applied", (record.status, record.detail)
