@@ -140,10 +140,7 @@ def recognise_causal_lm(model: ir.Model) -> CausalLM | str:
     cache = []
     for past in pasts:  # in input order
         if past.name not in by_past:
-            return (
-                f"input '{past.name}' is neither the token ids, the attention mask, the position ids nor a cache "
-                "(no output holds it one step longer)"
-            )
+            return _not_fed(past)
         pair = _cache_pair(*by_past[past.name], head_sizes)
         if isinstance(pair, str):
             return pair
@@ -160,6 +157,32 @@ def recognise_causal_lm(model: ir.Model) -> CausalLM | str:
         logits=logits.name,
         vocab=vocab,
         cache=tuple(cache),
+    )
+
+
+# Inputs generation feeds besides the cache: what each must be (an input named for one but not so is refused as such).
+_ROLES = (
+    (_IDS_NAME, "token ids", "an integer [batch, sequence]", "iu"),
+    (_MASK_NAME, "attention mask", "a [batch, past + new tokens] of 0/1", "iub"),
+    (_POSITION_NAME, "position ids", "an integer [batch, sequence]", "iu"),
+)
+
+
+def _not_fed(value: ir.Value) -> str:
+    """Why ``value``, an input that is not the token ids, mask, positions or a cache pair, cannot be fed.
+
+    One named for a role in another shape (Qwen2-VL's multimodal rotary ``position_ids`` ``[3, batch, sequence]``,
+    a 4-D float mask) is said to be that, not "neither the position ids nor ..." (a review).
+    """
+    if not _cache_words(value.name):
+        for pattern, role, wanted, kinds in _ROLES:
+            if pattern.search(value.name) and not (_rank(value) == 2 and _kind(value) in kinds):
+                dims = ", ".join(_dim_text(dim) or "?" for dim in value.shape or ())
+                shape = "of unknown shape" if value.shape is None else f"[{dims}]"
+                return f"input '{value.name}' is {value.dtype} {shape}: generation feeds {role} only as {wanted} tensor"
+    return (
+        f"input '{value.name}' is neither the token ids, the attention mask, the position ids nor a cache "
+        "(no output holds it one step longer)"
     )
 
 

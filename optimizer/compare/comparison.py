@@ -48,6 +48,7 @@ from optimizer.compare.timing import (
     resolve_execution_providers,
     time_interleaved,
 )
+from optimizer.domains import MS_DOMAIN
 from optimizer.errors import InputSpecError, InvalidModelError, OptionError, one_line
 from optimizer.generation import CausalLM, CausalLMSession, recognise_causal_lm
 from optimizer.inputs import (
@@ -373,7 +374,11 @@ def _compare(
         lms = _causal_lms(before, after, before_model, after_model, settings.batches)
         text, inputs = _held_out_text(inputs, lms[0], before_model, warnings)
         generation = _Generation(*lms, text)
-    base_inputs, data = _base_inputs(before_model, inputs, dims, warnings, batching_model)
+    # Generated inputs stay within AFTER's fused rotary tables (``optimize --max-sequence 200 --compare`` drew 256
+    # positions, which BEFORE ran and AFTER refused: "position_ids value 200 ... is out of range").
+    lengths = GeneratedLengths(before_model, dims, _rotary_rows(after_model))
+    generate_at = lengths.binding() if inputs is None else dims
+    base_inputs, data = _base_inputs(before_model, inputs, generate_at, warnings, batching_model)
     if inputs is not None:
         refuse_dims_unlike(dims, dims_from_inputs(before_model, base_inputs), "the --inputs")
     fitted = None
@@ -412,7 +417,7 @@ def _compare(
     batch_axes = _batch_axes(before_model, batch_names)
     padding = functools.partial(padded_outputs, before_model, layout=padding_layout(before_model))
     generated = inputs is None and generation is None
-    lengths, noted, first_inputs = GeneratedLengths(before_model, dims), len(warnings), base_inputs
+    noted, first_inputs = len(warnings), base_inputs
 
     def longer_where_constant(outputs: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> bool:
         # Every output of BEFORE constant on generated inputs (NeMo's features over 128 samples: zeros): any AFTER
@@ -713,7 +718,8 @@ def _held_out_text(
     """``inputs`` holding only a causal LM's token ids (and mask) are held-out text: ``(text, None)``.
 
     Arrays that match no input of ``model`` (a tokenizer's ``token_type_ids`` beside a GPT's ids) are ignored,
-    with a warning in ``warnings``, as one step's inputs ignore them: they made the text random token ids.
+    with a warning in ``warnings``, as one step's inputs ignore them: they made the text random token ids. A
+    tokenizer's ``attention_mask`` is the text's mask for a model that names its mask otherwise.
     Any other inputs are one step's inputs, returned as they came: ``(None, inputs)``.
     """
     if inputs is None:
@@ -726,7 +732,12 @@ def _held_out_text(
     else:
         source = "inputs"
         arrays = as_arrays(inputs, source)
-    read = {value.name for value in model.graph.inputs} | {text_mask_name(lm)}
+    mask_name, inputs_read = text_mask_name(lm), {value.name for value in model.graph.inputs}
+    if mask_name not in arrays and "attention_mask" in arrays and "attention_mask" not in inputs_read:
+        # A tokenizer's mask beside a model that names its own otherwise (``attn_mask``): it was ignored as matching no
+        # input, and the text's pads were scored as tokens.
+        arrays = {mask_name if name == "attention_mask" else name: array for name, array in arrays.items()}
+    read = inputs_read | {mask_name}
     stray = [name for name in arrays if name not in read]
     text = {name: array for name, array in arrays.items() if name in read}
     if lm.input_ids in text and set(text) <= {lm.input_ids, text_mask_name(lm)}:
@@ -1056,6 +1067,19 @@ def _batch_dims_not_timed(model: ir.Model, dims: Mapping[str, int] | None, batch
         for name in batch_dims(model)
         if dims and name in dims and dims[name] not in batches
     ]
+
+
+def _rotary_rows(model: ir.Model) -> int | None:
+    """The rows of the shortest cos/sin cache a fused ``RotaryEmbedding`` of ``model`` reads (``--max-sequence``
+    sets them; ONNX Runtime refuses a position past them), or None without one."""
+    rows = [
+        table.shape[0]
+        for node in model.graph.all_nodes()
+        if node.domain == MS_DOMAIN and node.op_type == "RotaryEmbedding"
+        for table in node.inputs[2:4]
+        if table is not None and table.shape is not None and table.shape.rank() and isinstance(table.shape[0], int)
+    ]
+    return min(rows) if rows else None
 
 
 def _check_same_signature(before: ir.Model, after: ir.Model) -> None:

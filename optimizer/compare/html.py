@@ -145,7 +145,8 @@ def _headline(report: ComparisonReport) -> _Headline:
             batch = next((b for b in provider.batches if b.ratio.trustworthy), provider.batches[0])
             return _Headline(provider, batch=batch, skipped=skipped)
         if provider.available and provider.generation:
-            return _Headline(provider, generation=provider.generation[0], skipped=skipped)
+            calm = (g for g in provider.generation if g.ttft_ratio.trustworthy and g.tokens_per_s_ratio.trustworthy)
+            return _Headline(provider, generation=next(calm, provider.generation[0]), skipped=skipped)
     measured = next((p for p in report.providers if p.available), None)
     return _Headline(measured, skipped=skipped)
 
@@ -383,6 +384,12 @@ def _latency_card(report: ComparisonReport, headline: _Headline, consumed: set[s
         figure = f"{g.ttft_before.median_ms:.3g} → {g.ttft_after.median_ms:.3g} ms to first token"
         lines.append(f"{g.tokens_per_s_before:.1f} → {g.tokens_per_s_after:.1f} tokens/s")
         lines.append(f"{g.prompt_length}-token prompt, {g.new_tokens} new tokens, {g.ttft_before.runs} pairs")
+        for other in (timed for timed in provider.generation if timed is not g):
+            ttft, rate = other.ttft_ratio, other.tokens_per_s_ratio
+            lines.append(
+                f"batch {other.batch}: {ttft.ratio:.3f}× time to first token [{ttft.low:.3f}–{ttft.high:.3f}], "
+                f"{rate.ratio:.3f}× tokens/s [{rate.low:.3f}–{rate.high:.3f}]"
+            )
     else:
         figure = "not timed"
     if provider is not None:
