@@ -186,7 +186,7 @@ def optimize_with_report(
                         raise
                     continue
             # Shape-specialized candidates take samples only at the bound batch size.
-            batch = min((bound[name] for name in _batch_names(ir_model) if name in bound), default=None)
+            batch = min((bound[name] for name in _batch_names(ir_model, bound) if name in bound), default=None)
             try:
                 verifier = Verifier(
                     ir_model,
@@ -394,10 +394,19 @@ def _sizes_not_asked_for(model: ir.Model, bound: Mapping[str, int], asked: Mappi
     return ", ".join(chosen)
 
 
-def _batch_names(model: ir.Model) -> list[str]:
+def _batch_names(model: ir.Model, bound: Mapping[str, int] | None = None) -> list[str]:
     """The model's batch dims: named like one, else the one taken for it (Paddle's ``p2o.DynamicDimension.0``:
-    under ``--static-shapes`` its bound size was not read as the batch, and calibration along axis 0 was refused)."""
-    return batch_dims(model) or guessed_batch_dims(model)
+    under ``--static-shapes`` its bound size was not read as the batch, and calibration along axis 0 was refused).
+    Dims taken for one that ``bound`` binds to different sizes are no batch (``x [DD.0, 8]`` beside a table
+    ``t [DD.1, 8]``: read as one batch of the smaller size, the table's rows were cut to it, and the pass rolled back
+    blaming its own result)."""
+    named = batch_dims(model)
+    if named:
+        return named
+    guessed = guessed_batch_dims(model)
+    if bound is not None and len({bound[name] for name in guessed if name in bound}) > 1:
+        return []
+    return guessed
 
 
 def _generated_batches(model: ir.Model) -> tuple[list[str], int]:
@@ -619,7 +628,7 @@ def _fill_static_batch(
     as the samples drawn here were."""
     if samples is None:
         return samples, warning
-    batch = _batch_names(model)
+    batch = _batch_names(model, bound)
     generated = warning is not None
     if generated:
         fixed = {name: size for name, size in bound.items() if name not in batch}
