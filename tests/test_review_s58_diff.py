@@ -113,3 +113,23 @@ def test_fp16_of_a_dynamic_int8_model_feeds_the_float16_op_after_it_a_cast(op):
     _, report = optimize_with_report(model, fp16=True, target="cuda")
     record = next(r for r in report.passes if r.name == "convert-float16")
     assert record.status == "applied", (record.status, record.detail)
+
+
+def test_a_dynamic_quantize_matmul_output_is_never_typed_from_its_zero_point():
+    # Input 3 of DynamicQuantizeMatMul is b_zero_point (int8), not a scale: with b_scale untyped it typed the float
+    # output int8 (the diff2 review, read in the code).
+    import onnx_ir as ir
+
+    from passes.quantization.float16 import _quantized_outputs_typed
+
+    a = ir.Value(name="a", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([1, 4]))
+    b = ir.Value(name="b", type=ir.TensorType(ir.DataType.INT8), shape=ir.Shape([4, 4]))
+    scale = ir.Value(name="scale", shape=ir.Shape([4]))
+    zero = ir.Value(name="zero", type=ir.TensorType(ir.DataType.INT8), shape=ir.Shape([4]))
+    node = ir.Node("com.microsoft", "DynamicQuantizeMatMul", [a, b, scale, zero], num_outputs=1)
+    graph = ir.Graph([a, b, scale, zero], node.outputs, nodes=[node], opset_imports={"": 17, "com.microsoft": 1})
+    _quantized_outputs_typed(ir.Model(graph, ir_version=8))
+    assert node.outputs[0].dtype is None
+    scale.dtype = ir.DataType.FLOAT
+    _quantized_outputs_typed(ir.Model(graph, ir_version=8))
+    assert node.outputs[0].dtype == ir.DataType.FLOAT

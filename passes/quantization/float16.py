@@ -162,13 +162,16 @@ _Message = TypeVar("_Message", onnx.NodeProto, onnx.ValueInfoProto)
 
 def _quantized_outputs_typed(model: ir.Model) -> None:
     """Type the float output of each onnxruntime dynamic int8 op (``DynamicQuantizeMatMul``,
-    ``MatMulIntegerToFloat``: its scales' type, inputs 2 and 3) left untyped, in place: onnx's shape inference is not
-    run on a model with com.microsoft ops, and the converter, not knowing the output float, fed it uncast to the
-    float16 op after it (a ``--quantize dynamic`` result's ``Relu``: ONNX Runtime refused the result, rolled back)."""
+    ``MatMulIntegerToFloat``: its scales' type, input 2, and 3 of the latter) left untyped, in place: onnx's shape
+    inference is not run on a model with com.microsoft ops, and the converter, not knowing the output float, fed it
+    uncast to the float16 op after it (a ``--quantize dynamic`` result's ``Relu``: ONNX Runtime refused the result,
+    rolled back)."""
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if node.domain != MS_DOMAIN or node.op_type not in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
             continue
-        scales = [value.dtype for value in node.inputs[2:4] if value is not None and value.dtype is not None]
+        # DynamicQuantizeMatMul(A, B, b_scale, b_zero_point, ...); MatMulIntegerToFloat(A, B, a_scale, b_scale, ...).
+        read = node.inputs[2:3] if node.op_type == "DynamicQuantizeMatMul" else node.inputs[2:4]
+        scales = [value.dtype for value in read if value is not None and value.dtype is not None]
         if node.outputs[0].dtype is None and scales:
             node.outputs[0].dtype = scales[0]
 
