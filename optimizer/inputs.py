@@ -2436,7 +2436,8 @@ DECLARED_SHAPE = "graphopt.declared_shape"
 
 def _as_declared(model: ir.Model | None) -> ir.Model | None:
     """``model``'s graph inputs as declared before ``--static-shapes`` bound them (``DECLARED_SHAPE``), in a model
-    of those inputs alone; None where nothing was bound."""
+    of those inputs alone, where some of them hold samples as declared (``sample_inputs``); None where nothing was
+    bound, or where no input holds samples as declared either (the bound model is read as it is)."""
     if model is None or not any(DECLARED_SHAPE in value.meta for value in model.graph.inputs):
         return None
     inputs = [
@@ -2449,15 +2450,14 @@ def _as_declared(model: ir.Model | None) -> ir.Model | None:
         for value in model.graph.inputs
     ]
     initializers = [value for value in inputs if value.name in model.graph.initializers]
-    return ir.Model(ir.Graph(inputs, [], nodes=[], initializers=initializers), ir_version=model.ir_version)
+    declared = ir.Model(ir.Graph(inputs, [], nodes=[], initializers=initializers), ir_version=model.ir_version)
+    return declared if sample_inputs(declared) is not None else None
 
 
 def _bound_batch_size(model: ir.Model, declared: ir.Model) -> int | None:
-    """The batch ``--static-shapes`` bound: the size the inputs that hold samples as declared (``declared``) now
-    have along their samples' axis; None where none is bound to a size."""
-    sampled = sample_inputs(declared)
-    if sampled is None:
-        return None
+    """The batch ``--static-shapes`` bound: the size the inputs that hold samples as declared (``declared``,
+    ``_as_declared``) now have along their samples' axis; None where none is bound to a size."""
+    sampled = sample_inputs(declared) or frozenset()
     axes = {**dict.fromkeys(sampled, 0), **_later_sample_axes(declared, sampled)}
     sizes = [
         value.shape[axes[value.name]]
@@ -2473,7 +2473,7 @@ def fixed_batch_size(model: ir.Model) -> int | None:
     a time. It is the first dim of its input of highest rank (the smallest, among several): a one-element input
     ``s [1]`` beside ``x [2, K]`` is no batch of 1, as ``compare`` reads a model without a batch dim. In a model
     ``--static-shapes`` bound, it is the size the batch was bound to, read on the inputs as declared."""
-    if (declared := _as_declared(model)) is not None and sample_inputs(declared) is not None:
+    if (declared := _as_declared(model)) is not None:
         return _bound_batch_size(model, declared)
     if sample_inputs(model) is not None:
         return None
@@ -2495,7 +2495,7 @@ def holds_samples(model: ir.Model | None) -> SampleAxes:
     input ``s [K]`` beside ``x [1, K]`` goes whole with every batch). An array that matches no graph input
     holds none: it is ignored (``check_inputs``), and a stray ``note [3]`` beside 5 samples counted 3 of them. In
     a model ``--static-shapes`` bound, they are read on its inputs as declared (``DECLARED_SHAPE``)."""
-    if (declared := _as_declared(model)) is not None and sample_inputs(declared) is not None:
+    if (declared := _as_declared(model)) is not None:
         model = declared
     sampled = sample_inputs(model) if model is not None else None
     if sampled is None and model is not None and (size := fixed_batch_size(model)) is not None:
@@ -2617,12 +2617,11 @@ def shared_samples(fitted: SampleData, measured: SampleData, model: ir.Model) ->
     them). ``optimize --compare --inputs`` on the ``--calibration`` file measured the fit, said nowhere. A whole
     batch shared counts each of its samples (``--static-shapes`` bound to the 3 samples of ``--inputs``: 3, not 1)."""
     whole, holds = fixes_batch(model), holds_samples(model)
-    split = _Split([], HOLD_OUT_EVERY, whole, holds)
-    seen = {key for batch in split_samples(fitted, model=model) for key in split._sample_keys(batch)}
+    seen = {key for batch in split_samples(fitted, model=model) for key in _sample_keys(batch, holds, whole)}
     return sum(
         samples_in(batch, holds) if whole else 1
         for batch in split_samples(measured, model=model)
-        for key in split._sample_keys(batch)
+        for key in _sample_keys(batch, holds, whole)
         if key in seen
     )
 
@@ -2650,7 +2649,7 @@ def sample_inputs(model: ir.Model) -> frozenset[str] | None:
 def fixes_batch(model: ir.Model) -> bool:
     """Whether ``model`` fixes its batch size: no input has a symbolic batch dim, and one has a fixed first dim;
     or ``--static-shapes`` bound its batch."""
-    if (declared := _as_declared(model)) is not None and sample_inputs(declared) is not None:
+    if (declared := _as_declared(model)) is not None:
         return _bound_batch_size(model, declared) is not None
     return sample_inputs(model) is None and any(
         v.shape is not None and v.shape.rank() and isinstance(v.shape[0], int) for v in model.graph.inputs
@@ -2663,6 +2662,20 @@ def _digest_array(digest: Any, name: str, array: np.ndarray) -> None:
     digest.update(np.ascontiguousarray(array).tobytes())
 
 
+def _sample_keys(batch: Mapping[str, np.ndarray], holds: SampleAxes, whole: bool) -> list[bytes]:
+    """One digest per sample of ``batch`` (one for the batch where samples are ``whole`` batches): its arrays'
+    bytes, with the arrays fed beside it whole."""
+    size = 1 if whole else samples_in(batch, holds)
+    digests = [hashlib.blake2b(digest_size=16) for _ in range(size)]
+    for name in sorted(batch):
+        array = np.asarray(batch[name])
+        cut = not whole and holds(name, batch[name])
+        for index, digest in enumerate(digests):
+            part = holds.take(name, array, slice(index, index + 1)) if cut else array
+            _digest_array(digest, name, part)
+    return [digest.digest() for digest in digests]
+
+
 class _Split:
     """Which samples of each batch ``hold_out`` holds out: worked out once, on first use, for both sides."""
 
@@ -2673,7 +2686,7 @@ class _Split:
     def held(self) -> list[np.ndarray]:
         """Per batch, which of its samples are held out."""
         if self._held is None:
-            keys = [self._sample_keys(batch) for batch in self.batches]
+            keys = [_sample_keys(batch, self.holds, self._whole) for batch in self.batches]
             distinct: dict[bytes, int] = {}
             for batch_keys in keys:
                 for key in batch_keys:
@@ -2687,19 +2700,6 @@ class _Split:
                 held = {count - 1}
             self._held = [np.array([distinct[key] in held for key in batch_keys], bool) for batch_keys in keys]
         return self._held
-
-    def _sample_keys(self, batch: Mapping[str, np.ndarray]) -> list[bytes]:
-        """One digest per sample of ``batch`` (one for the batch where samples are whole batches): its arrays'
-        bytes, with the arrays fed beside it whole."""
-        size = 1 if self._whole else samples_in(batch, self.holds)
-        digests = [hashlib.blake2b(digest_size=16) for _ in range(size)]
-        for name in sorted(batch):
-            array = np.asarray(batch[name])
-            cut = not self._whole and self.holds(name, batch[name])
-            for index, digest in enumerate(digests):
-                part = self.holds.take(name, array, slice(index, index + 1)) if cut else array
-                _digest_array(digest, name, part)
-        return [digest.digest() for digest in digests]
 
 
 class _HeldOut(Sequence):

@@ -740,7 +740,7 @@ def _held_out_text(
     read = inputs_read | {mask_name}
     stray = [name for name in arrays if name not in read]
     text = {name: array for name, array in arrays.items() if name in read}
-    if lm.input_ids in text and set(text) <= {lm.input_ids, text_mask_name(lm)}:
+    if lm.input_ids in text and set(text) <= {lm.input_ids, mask_name}:
         if stray and warnings is not None:
             names = ", ".join(f"'{name}'" for name in stray)
             warnings.append(f"{source}: {names} {'matches' if len(stray) == 1 else 'match'} no graph input: ignored")

@@ -54,23 +54,6 @@ from passes.fusion._probe import (
 _SEGMENT_NAMES = ("token_type", "segment")
 
 
-def _lookups(value: ir.Value, leaves: list[ir.Node]) -> bool:
-    """Collect the Gather leaves of a single-use Add tree; False if anything else is in it."""
-    add = producer(value, "Add")
-    if add is not None:
-        if len(list(add.outputs[0].uses())) != 1 or add.outputs[0].is_graph_output():
-            return False
-        return all(_lookups(operand, leaves) for operand in add.inputs)
-    gather = producer(value, "Gather")
-    if gather is None or gather.attributes.get_int("axis", 0) != 0:
-        return False
-    table = constant_array(gather.inputs[0])
-    if table is None or table.ndim != 2:
-        return False
-    leaves.append(gather)
-    return True
-
-
 _SUM_USED = (
     "the sum of the lookups has other users (a residual: it would need the op's optional sum output, which the CPU "
     "kernel does not fill in every ONNX Runtime version)"
@@ -82,9 +65,10 @@ _NOT_PLAIN_NORM = (
 )
 
 
-def _not_lookups(value: ir.Value) -> str | None:
-    """Why the sum ``value`` of two or more ``Gather`` s, which ``_lookups`` does not take, is no embedding sum the
-    op can compute; None where ``value`` is no such sum (a residual ``Add``, one lookup), which is no candidate."""
+def _embedding_sum(value: ir.Value) -> tuple[list[ir.Node], str | None] | None:
+    """The ``Gather`` lookups that ``value`` sums (a tree of ``Add`` s over two or more of them, in the order a
+    depth-first walk meets them) and why the op cannot compute that sum (None where it can); None where ``value``
+    is no such sum (a residual ``Add``, one lookup), which is no candidate."""
     adds: list[ir.Node] = []
     gathers: list[ir.Node] = []
 
@@ -100,10 +84,13 @@ def _not_lookups(value: ir.Value) -> str | None:
     if producer(value, "Add") is None or not walk(value) or len(gathers) < 2:
         return None
     if any(len(list(add.outputs[0].uses())) != 1 or add.outputs[0].is_graph_output() for add in adds):
-        return _SUM_USED
+        return gathers, _SUM_USED
     if any(gather.attributes.get_int("axis", 0) != 0 for gather in gathers):
-        return "a lookup is not on axis 0"
-    return "a table is not a constant 2-D initializer"
+        return gathers, "a lookup is not on axis 0"
+    tables = [constant_array(gather.inputs[0]) for gather in gathers]
+    if any(table is None or table.ndim != 2 for table in tables):
+        return gathers, "a table is not a constant 2-D initializer"
+    return gathers, None
 
 
 def _is_graph_input(value: ir.Value) -> bool:
@@ -238,14 +225,14 @@ class EmbedLayerNormFusion(FusionPass):
         count = 0
         graph = model.graph
         for norm in [n for n in graph if n.op_type == "LayerNormalization" and is_onnx_domain(n)]:
-            leaves: list[ir.Node] = []
-            if not _lookups(norm.inputs[0], leaves):
-                if (reason := _not_lookups(norm.inputs[0])) is not None:
-                    self.refuse("LayerNormalization over embeddings", reason)
+            found = _embedding_sum(norm.inputs[0])
+            if found is None:
                 continue
-            if len(leaves) not in (2, 3):
-                if len(leaves) > 3:
-                    self.refuse("LayerNormalization over embeddings", _TOO_MANY_LOOKUPS.format(len(leaves)))
+            leaves, reason = found
+            if reason is None and len(leaves) > 3:
+                reason = _TOO_MANY_LOOKUPS.format(len(leaves))
+            if reason is not None:
+                self.refuse("LayerNormalization over embeddings", reason)
                 continue
             params = _layer_norm_params(norm)
             if params is None:

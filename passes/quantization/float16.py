@@ -29,7 +29,7 @@ from onnx_ir.passes import common as common_passes
 from optimizer.domains import MS_DOMAIN
 from optimizer.protocol import Twin
 from passes._pass import GraphoptPass
-from passes._utils import unique_name
+from passes._utils import constant_array, unique_name
 from passes.quantization._twin import float16_twin
 
 # Kept float32, with Casts at their boundaries: the reductions of decomposed
@@ -402,11 +402,7 @@ def _empty_scales_kept_constant(model: ir.Model) -> None:
             continue
         cast = node.inputs[2].producer()
         source = cast.inputs[0] if cast is not None and cast.op_type == "Cast" and cast.inputs else None
-        constant = None
-        if source is not None and source.const_value is not None:
-            constant = source.const_value
-        elif source is not None and (maker := source.producer()) is not None and maker.op_type == "Constant":
-            constant = maker.attributes["value"].value if "value" in maker.attributes else None
+        constant = constant_array(source)
         if constant is None or constant.size != 0:
             continue
         if empty is None:
