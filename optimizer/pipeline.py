@@ -31,7 +31,13 @@ from optimizer.report import (
     PipelineReport,
 )
 from optimizer.runtime import model_graphs, stored_weight_bytes
-from optimizer.verify import DEFAULT_APPROXIMATION_FLOOR, UNCUT_ROW_EXCESS, VerificationResult, Verifier
+from optimizer.verify import (
+    DEFAULT_APPROXIMATION_FLOOR,
+    UNCUT_ROW_EXCESS,
+    VerificationResult,
+    Verifier,
+    checkpoint_words,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -317,8 +323,9 @@ def _run_one(
             )
         if verdict.twin_segments is not None:
             record.twin += (
-                f"; checked segment by segment ({verdict.twin_segments} segments between the quantized layers' "
-                f"inputs, each fed its twin's values), because end to end it {verdict.twin_end_to_end}"
+                f"; checked segment by segment ({verdict.twin_segments} segments between the "
+                f"{checkpoint_words(twin.kind)}, each fed its twin's values), because end to end it "
+                f"{verdict.twin_end_to_end}"
             )
         if verdict.twin_without_rewrites:
             record.twin += (

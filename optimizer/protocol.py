@@ -78,8 +78,10 @@ class Twin:
       zeroed and the repaired weights in place").
     - ``checkpoints``: names of float tensors, present in the result, the twin and the
       float model they approximate, where the approximation starts (the activations an
-      int8 or int4 layer quantizes at run time). Where integer rounding at ties cascades
-      through a deep model past the end-to-end tolerance, the result is checked segment by
+      int8 or int4 layer quantizes at run time; those a pruned or factorized layer's block
+      reads, none a cut narrows). Where integer rounding at ties (or a narrower layer's
+      other summation order) cascades through a deep model past the end-to-end tolerance,
+      the result is checked segment by
       segment instead: each segment between checkpoints is fed the twin's values and held
       to the twin at the same tolerance (``Verifier.check_twin``).
     - ``layer_outputs``: (activation, output) names of the quantized MatMul, Gemm and Conv layers,

@@ -432,10 +432,13 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         the wrong side) computes something else than this.
         """
         graph = source.graph
+        reads: dict[str, None] = {}  # the factorized layers' inputs: where the check may cut a deep model
         for decision in decisions:
             product = (decision.u.astype(np.float64) @ decision.v.astype(np.float64)).astype(np.float32)
             for layer in decision.group.layers:
                 node = graph.node(layer.name)
+                if node.inputs[0] is not None:
+                    reads[node.inputs[0].name] = None
                 weight = product.T if _transposed(node) else product
                 node.replace_input_with(1, add_initializer(graph, f"{node.inputs[1].name}.low_rank", weight))
                 if decision.bias_change is None:
@@ -449,7 +452,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         description = f"the input with {len(decisions)} weights ({weights} layers) replaced by their low-rank products"
         if any(d.bias_change is not None for d in decisions):
             description += ", repaired bias changes added"
-        return Twin(source, "float32", description)
+        return Twin(source, "float32", description, checkpoints=tuple(reads))
 
     def _report(self, decisions: list[_Decision]) -> None:
         """One note per (shape, rank): the layers, their parameters and the measured speed."""

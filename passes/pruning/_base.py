@@ -368,7 +368,11 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         description = f"the input with {' and '.join(counts)} zeroed in {self.consumer_rows}"
         if any(r.weight is not None for r in removals):
             description += ", repaired weights and biases in place"
-        return Twin(source, "float32", description)
+        # Cut the check at the activations the pruned blocks read (as int8's at its layers' inputs), so a deep
+        # model's rounding does not cascade end to end; none a cut narrows (the twin's value would not fit).
+        narrowed = {name for r in removals for name in r.narrowed}
+        checkpoints = tuple(dict.fromkeys(n for r in removals for n in r.reads if n and n not in narrowed))
+        return Twin(source, "float32", description, checkpoints=checkpoints)
 
     def _scores(self, group: ChannelGroup, energy: np.ndarray | None) -> np.ndarray:
         consumer = group.consumer_row_norms()
@@ -499,6 +503,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 self.units_named(group),
                 group.name,
                 group.kind,
+                reads=tuple(cut.node.inputs[0].name for cut in group.producers if cut.slot != 0 and cut.node.inputs[0]),
+                narrowed=tuple(v.name for v in (*group.values, *group.reshaped_values, group.consumer.inputs[0]) if v),
             )
             if group.name in targets:
                 refit = _refit(model, group, units, batches, targets[group.name], self._skips.get(group.name))
@@ -635,6 +641,9 @@ class _Removal:
     kind: str = ""
     weight: np.ndarray | None = None
     bias_change: np.ndarray | None = None
+    # The activations its producers read (the twin's checkpoints) and the tensors its cut narrows.
+    reads: tuple[str, ...] = ()
+    narrowed: tuple[str, ...] = ()
 
 
 def _input_channel_axis(consumer: ir.Node) -> int:
