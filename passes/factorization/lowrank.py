@@ -473,7 +473,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
             shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
             self.note(
                 f"rank {rank} of {k}×{n}: {k * n:,} → {rank * (k + n):,} parameters each, "
-                f"measured {speeds} of the whole MatMul on {self.target}; {len(names)} layers: {shown}"
+                f"measured to take {speeds} of the whole MatMul's time on {self.target}; {len(names)} layers: {shown}"
             )
 
 
