@@ -173,7 +173,7 @@ class AccuracyAccumulator:
                 self.padded.append(name)
         finite = np.isfinite(e) & np.isfinite(a)
         e0, a0 = np.where(finite, e, 0.0), np.where(finite, a, 0.0)
-        diff = _integer_difference(expected, actual) if _integers(expected, actual) else np.abs(a0 - e0)
+        diff = integer_difference(expected, actual) if _integers(expected, actual) else np.abs(a0 - e0)
         if kept is None:
             magnitude = floored_magnitude(e0)
         else:  # the RMS of the positions compared
@@ -258,7 +258,7 @@ def _integers(expected: np.ndarray, actual: np.ndarray) -> bool:
     return expected.dtype.kind in "iub" and actual.dtype.kind in "iub"
 
 
-def _integer_difference(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+def integer_difference(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     """``|actual - expected|`` of integer (or bool) arrays, as float64, computed in integers: through float64
     values past 2**53 that differ by one would read as equal, and in int64 the difference may overflow."""
     e, a = (array.astype(np.int64) if array.dtype.kind == "b" else array for array in (expected, actual))
@@ -535,7 +535,7 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                     rows = agree.reshape(len(agree), -1).mean(axis=1) if agree.ndim > 1 else agree.astype(float)
                     lowest[name] = min(lowest.get(name, 1.0), float(rows.min()))
                 if _integers(expected, actual) and expected.shape == actual.shape:
-                    max_error = max(max_error, float(_integer_difference(expected, actual).max()))
+                    max_error = max(max_error, float(integer_difference(expected, actual).max()))
                 continue
             e, a = expected.astype(np.float64), actual.astype(np.float64)
             finite = np.isfinite(e) & np.isfinite(a)

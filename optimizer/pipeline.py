@@ -131,8 +131,8 @@ def run_pipeline(
             if why == "random":
                 report.warnings.append(
                     f"output{'s' if many else ''} {quoted} of the input model {'are' if many else 'is'} computed from "
-                    "random draws (RandomNormal, Bernoulli, ...), which change from run to run and with the graph's "
-                    f"structure: verification compared no value of {'them' if many else 'it'}"
+                    "random draws (RandomNormal, Bernoulli, a training-mode Dropout, ...), which change from run to "
+                    f"run and with the graph's structure: verification compared no value of {'them' if many else 'it'}"
                 )
                 continue
             state = "empty" if why == "empty" else "NaN or infinite at every position"
@@ -347,6 +347,8 @@ def _run_one(
             f"original's values), every segment and output is within the float tolerance "
             f"(max |Δ| {verdict.max_abs_error:.2e} segment by segment)"
         )
+    if verdict.integer_flips and verdict.ok:
+        record.notes.append(f"integer outputs verified at the floats they are computed from: {verdict.integer_flips}")
     if verdict.rounding and verdict.ok:
         record.max_abs_error = verdict.rounding_error  # as written, the model that ships
         record.notes.append(f"verified with its rounding kernels at level 0: {verdict.rounding}")
