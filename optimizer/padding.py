@@ -387,7 +387,7 @@ def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
     (None unless they all share one)."""
     names, dims = set(), set()
     for value in model.graph.inputs:
-        shape = value.shape
+        shape = _declared(value)
         if not _MASK_NAME.search(value.name) or value.dtype is None or not value.dtype.is_integer():
             continue
         if shape is None or shape.rank() != 2 or not isinstance(shape[1], ir.SymbolicDim) or not shape[1].value:
@@ -397,13 +397,22 @@ def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
     return frozenset(names), (dims.pop() if len(dims) == 1 else None)
 
 
+def _declared(value: ir.Value) -> ir.Shape | None:
+    """``value``'s shape as declared before ``--static-shapes`` bound it (``DECLARED_SHAPE``), else as it is: a bound
+    ``attention_mask [4, 16]`` names no sequence dim, and the approximate passes after ``bind-dims`` counted padded
+    positions in their budget, where the pipeline's check (on the input model) did not."""
+    from optimizer.inputs import DECLARED_SHAPE  # imported here: optimizer.inputs is heavier than this module
+
+    return value.meta.get(DECLARED_SHAPE, value.shape)
+
+
 def _sequence_outputs(model: ir.Model, sequence: str) -> dict[str, int]:
     """Outputs laid out along ``sequence`` by name: ``[batch, sequence, ...]`` (axis 1, three dims or more), and
     the caches ``[batch, heads, sequence, head_size]`` (axis 2)."""
     caches = cache_outputs(model)
     laid_out = {}
     for value in model.graph.outputs:
-        shape = value.shape
+        shape = _declared(value)
         if shape is None or shape.rank() < 3:
             continue
         axis = 2 if value.name in caches and shape.rank() == 4 else 1

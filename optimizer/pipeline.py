@@ -10,6 +10,7 @@ shown by whoever installed a sink (the CLI) and silent otherwise.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -113,6 +114,8 @@ def run_pipeline(
     ONNX Runtime where it is not installed raises ``RuntimeMissingError`` out of the run.
     """
     context = context or PassContext()
+    if context.original is None:
+        context = dataclasses.replace(context, original=model)
     started = time.perf_counter()
     current = detached_clone(model)
     report = PipelineReport(

@@ -127,6 +127,9 @@ class PassContext:
     # True when ``samples`` were generated (random tokens), not the user's data: passes
     # must not fit anything to them (pruning ranks by magnitude and does not repair).
     samples_generated: bool = False
+    # The model the pipeline started from (``run_pipeline`` sets it): the accuracy budget bounds the whole model
+    # against it, so a search after an earlier approximate pass (pruning) holds its points to it too.
+    original: ir.Model | None = None
 
     @property
     def target(self) -> str:

@@ -14,6 +14,7 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import _basics, _matcher, _pattern_ir, _rewrite_rule, pattern
 
 from optimizer.domains import is_onnx_domain, onnx_opset
+from optimizer.inputs import DECLARED_SHAPE
 from optimizer.runtime import model_graphs, strings_serializable
 
 logger = logging.getLogger(__name__)
@@ -400,6 +401,8 @@ def replace_value(old: ir.Value, new: ir.Value, *, inherit: bool = False) -> Non
     if inherit or old.is_graph_output():
         name, old.name = old.name, f"{old.name}.replaced"
         new.name = name
+        if DECLARED_SHAPE in old.meta:  # a graph output --static-shapes bound keeps its declared shape
+            new.meta.setdefault(DECLARED_SHAPE, old.meta[DECLARED_SHAPE])
     if inherit:
         new.shape, new.type = old.shape, old.type
     old.replace_all_uses_with(new, replace_graph_outputs=True)

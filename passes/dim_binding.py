@@ -90,6 +90,8 @@ class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
             read = any(True for _ in value.uses())
             bound = _bind(value.shape, dims, inferred, confirmed=read)
             if bound is not None:
+                # The budget reads an output's sequence dim by name on its declared shape (optimizer.padding).
+                value.meta.setdefault(DECLARED_SHAPE, value.shape)
                 kept = [
                     dim.value
                     for dim, new in zip(value.shape, bound)

@@ -186,6 +186,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         timing_target: str = "cpu",
         weight_range_note: str | None = None,
         decode_steps: int | None = None,
+        original: ir.Model | None = None,
     ) -> None:
         super().__init__()
         self.per_channel = per_channel
@@ -205,6 +206,9 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         ):
             raise ValueError(f"decode_steps {decode_steps!r}: expected a whole number of steps, 0 or more")
         self.decode_steps = decode_steps
+        # The model the budget is held against (the pipeline's input): where an earlier approximate pass (pruning,
+        # low-rank) changed the model given here, its drift counts too, as the pipeline's own check counts it.
+        self.original = original
         self.quantized: list[str] = []
         self.kept_float: list[str] = []
         self.schemes: dict[str, str] = {}
@@ -436,10 +440,13 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         """The layers to quantize, and the scheme of each, so the model meets the budget at the least latency:
         layers ranked on ``batches``, the budget checked on ``checked`` (the held-out samples; else ``batches``)."""
         reference = run_batches(self._float, batches)
+        # The budget bounds the whole model against the original; the layers are ranked on what this pass changes.
+        bound = self._float if self.original is None else self.original
         if checked is None or checked is batches:
-            checked, checked_reference, where = batches, reference, ""
+            checked, where = batches, ""
+            checked_reference = reference if bound is self._float else run_batches(bound, batches)
         else:
-            checked_reference = run_batches(self._float, checked)
+            checked_reference = run_batches(bound, checked)
             where = " on held-out samples (which ranges and ranking do not see)"
         decoder = bool(cache_outputs(model))
         if self.decode_steps is not None and not decoder:
@@ -1098,13 +1105,15 @@ _KIND_OPS = {"matmul": "MatMul", "gemm": "Gemm", "conv": "Conv", "attention": "A
 
 
 def _declared_shapes_kept(model: ir.Model, converted: ir.Model) -> None:
-    """Give ``converted``'s graph inputs the shapes ``--static-shapes`` kept as declared on ``model``'s
+    """Give ``converted``'s graph inputs and outputs the shapes ``--static-shapes`` kept as declared on ``model``'s
     (``DECLARED_SHAPE``): onnx's converter (the fallback below opset 18) rebuilds the graph from a proto, without
-    them, and an opset-11 state ``[2, batch, H]`` bound to ``[2, 2, H]`` was cut along axis 0 again (rolled back)."""
-    declared = {value.name: value.meta[DECLARED_SHAPE] for value in model.graph.inputs if DECLARED_SHAPE in value.meta}
-    for value in converted.graph.inputs:
-        if value.name in declared:
-            value.meta.setdefault(DECLARED_SHAPE, declared[value.name])
+    them, and an opset-11 state ``[2, batch, H]`` bound to ``[2, 2, H]`` was cut along axis 0 again (rolled back);
+    the budget reads a mask's and an output's sequence dim on them (``optimizer.padding``)."""
+    for kept, values in ((model.graph.inputs, converted.graph.inputs), (model.graph.outputs, converted.graph.outputs)):
+        declared = {value.name: value.meta[DECLARED_SHAPE] for value in kept if DECLARED_SHAPE in value.meta}
+        for value in values:
+            if value.name in declared:
+                value.meta.setdefault(DECLARED_SHAPE, declared[value.name])
 
 
 def optimistic_figure(fit: str, budget: AccuracyBudget | None) -> str:

@@ -109,14 +109,30 @@ class DynamicQuantizationPass(QuantizationPass):
         if activation_scale == "row":
             self.twin_inputs = "through per-row symmetric int8 (max|row| / 127)"
         self._shared: dict[tuple[str, str], tuple[ir.Value, ...] | None] = {}
+        # Layers given "w8" whose rows SmoothQuant rescaled so that 8-bit weights could saturate (``_reduce_range``),
+        # in the last rewrite: the result's.
+        self._saturating: set[str] = set()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self._saturating = set()
         opset = onnx_opset(model.opset_imports, 1)
         converts = self.activation_scale == "row" and opset < _ROW_OPSET
         result = self.call_converted(model, _CONVERTED_OPSET) if converts else super().call(model)
         if converts and result.modified:
             result.notes.insert(0, f"converted from opset {opset} to {_CONVERTED_OPSET} for per-row QuantizeLinear")
+        if result.modified and self._saturating:
+            names = sorted(self._saturating)
+            result.notes.append(
+                f"8-bit weights the budget chose written 7-bit for {', '.join(names[:6])}"
+                f"{' and more' if len(names) > 6 else ''}: SmoothQuant, run for a layer reading the same norm, "
+                "rescaled their rows so that an adjacent pair of 8-bit weights could saturate the int16 sums of x86 "
+                "kernels without VNNI"
+            )
         return result
+
+    def layer_label(self, layer: Layer) -> str:
+        # A "w8" layer kept 7-bit (``_reduce_range``) is written as the default's int8.
+        return self.precision if layer.name in self._saturating else super().layer_label(layer)
 
     def alternatives(self, layer: Layer) -> tuple[str, ...]:
         found = []
@@ -149,6 +165,7 @@ class DynamicQuantizationPass(QuantizationPass):
         # quantizes its own input (DynamicQuantizeMatMul).
         shares = not layers or _opset(layers[0].node) >= 11
         self._shared = {key: None for key, count in readers.items() if (count > 1 and shares) or key[1] == "row"}
+        self._saturating = set()
 
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
         reduce_range = self._reduce_range(layer)
@@ -191,7 +208,15 @@ class DynamicQuantizationPass(QuantizationPass):
             twin.set_weight(layer, claimed_weight(layer.weight, quantized, layer.name))
 
     def _reduce_range(self, layer: Layer) -> bool:
-        return False if self.scheme(layer) == "w8" else self.reduce_range
+        if self.scheme(layer) != "w8":
+            return self.reduce_range
+        # "w8" is offered where no adjacent pair of 8-bit weights can saturate; SmoothQuant run for another layer
+        # reading the same norm (its "smooth" scheme) rescales this layer's rows too, after the offer: checked on
+        # the weight as written (a pair summed 156 after it), else 7-bit weights, with a note.
+        if cannot_saturate(layer.weight, self.per_channel):
+            return False
+        self._saturating.add(layer.name)
+        return self.reduce_range
 
     def _sensitivity(self, model: ir.Model, layers: list[Layer], batches, reference) -> dict[str, float]:
         # Beyond _base._EXHAUSTIVE_LAYERS the base class ranks layers by a local estimate with one

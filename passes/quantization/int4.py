@@ -167,8 +167,10 @@ class Int4QuantizationPass(QuantizationPass):
         reduce_range: bool = True,
         outlier_channels: int = 0,
         decode_steps: int | None = None,
+        original: ir.Model | None = None,
     ) -> None:
         super().__init__(
+            original=original,
             decode_steps=decode_steps,
             reduce_range=reduce_range,
             exclude=exclude,
