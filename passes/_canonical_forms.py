@@ -8,8 +8,9 @@ exporter's spelling:
 * ``ReduceSum(x) / n``, where ``n`` is the number of elements each sum adds, into ``ReduceMean(x)`` (JAX's
   ``jnp.mean``, hand-written means): ONNX Runtime's mean is the same sum divided by ``n``, up to the order it
   adds in. RMS and layer norms are matched with a ``ReduceMean``.
-* A two-operand ``Einsum`` that is a batched matrix product into ``MatMul`` (Keras, tf2onnx): attention is matched
-  with ``MatMul`` products.
+* A two-operand ``Einsum`` that is a batched matrix product, its axes in any order, into ``MatMul`` with the
+  ``Transpose``s that order them (Keras' ``aecd,abcd->acbe``, Funnel's ``bind,bjnd->bnij``, XLNet's
+  ``ibnd,jbnd->bnij``): attention is matched with ``MatMul`` products under transposes.
 * ``Unsqueeze(Reduce*(x, axes, keepdims=0), axes)`` into ``Reduce*(x, axes, keepdims=1)`` (JAX's
   ``jnp.mean(keepdims=True)``: a sum that drops the axis, then ``expand_dims``): exact.
 * A constant ``[1, ..., 1, D]`` operand of ``Add``, ``Sub``, ``Mul`` or ``Div`` into the vector ``[D]`` it is, where
@@ -31,6 +32,8 @@ constants it cannot read.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import onnx_ir as ir
@@ -164,9 +167,14 @@ class _MeanBySum(pattern.RewriteRuleClassBase):
 
 
 class _EinsumAsMatMul(pattern.RewriteRuleClassBase):
-    """A two-operand ``Einsum`` that is a batched matrix product, ``...ik,...kj->...ij`` or ``...ik,...jk->...ij``
-    (batch letters alike, in the same order, in all three terms), into ``MatMul(a, b)`` or
-    ``MatMul(a, Transpose(b))``: Keras and tf2onnx write attention's products so."""
+    """A two-operand ``Einsum`` that is a batched matrix product up to the order of its axes into ``MatMul``, each
+    operand transposed to ``batch + [row, k]`` and ``batch + [k, column]`` where it is not so already, and the
+    product transposed to the output's order where that is not ``batch + [row, column]``: every letter of both
+    operands is a batch letter (in both and in the output), the one contracted letter (in both, not in the
+    output) or one free letter per operand (in the output). Keras writes attention so (``aecd,abcd->acbe``,
+    ``acbe,aecd->abcd``), and ``torch.einsum`` code, which both torch exporters keep as an ``Einsum``: Hugging Face's
+    Funnel (``bind,bjnd->bnij``, ``bnij,bjnd->bind``), XLNet (``ibnd,jbnd->bnij``), BigBird (``bhqd,bhkd->bhqk``);
+    the transposes are what ``fuse-attention`` traces. An ellipsis is left alone (Flax's ``...qhd,...khd->...hqk``)."""
 
     def pattern(self, op, a, b):
         return op.Einsum(a, b, _outputs=["product"])
@@ -178,22 +186,52 @@ class _EinsumAsMatMul(pattern.RewriteRuleClassBase):
             return result.fail("not an Einsum of a batched matrix product")
         if a.dtype not in _MATMUL_TYPES or b.dtype != a.dtype:
             return result.fail("not a type MatMul takes")
-        transposed, rank = form
+        rank = len(form.out)
         if a.shape is None or b.shape is None or a.shape.rank() != rank or b.shape.rank() != rank:
             return result.fail("an operand's rank is unknown")
         # Einsum broadcasts a contracted dim of 1 against the other's; MatMul refuses it. Sizes known to differ
         # are refused; two sizes neither of which is known are taken to be equal, as they are in every attention
         # (the probabilities' columns are the values' rows): there, a 1 against another size would make ONNX
         # Runtime refuse the MatMul at run time, where the Einsum broadcast.
-        if _differ(a.shape[-1], b.shape[-1 if transposed else -2]):
+        if _differ(a.shape[form.terms[0].index(form.k)], b.shape[form.terms[1].index(form.k)]):
             return result.fail("the contracted dims may differ (Einsum broadcasts a 1, MatMul does not)")
         return result
 
     def rewrite(self, op, a, b, product, **_):
-        transposed, rank = _batched_product(product.producer())
-        if transposed:
-            b = op.Transpose(b, perm=[*range(rank - 2), rank - 1, rank - 2])
-        return op.MatMul(a, b)
+        form = _batched_product(product.producer())
+        operands = (a, b)
+        first = form.rows  # the operand whose free letter comes first in the output: MatMul's left
+        left, right = form.terms[first], form.terms[1 - first]
+        row, column = _free(left, form), _free(right, form)
+        matmul = op.MatMul(
+            _transposed(op, operands[first], left, (*form.batch, row, form.k)),
+            _transposed(op, operands[1 - first], right, (*form.batch, form.k, column)),
+        )
+        computed = (*form.batch, row, column)
+        if tuple(form.out) == computed:
+            return matmul
+        return op.Transpose(matmul, perm=[computed.index(letter) for letter in form.out])
+
+
+class _ProductForm(NamedTuple):
+    """An Einsum's two terms, its output, its batch letters in the output's order, its contracted letter, and which
+    operand (0 or 1) holds the free letter that comes first in the output."""
+
+    terms: tuple[str, str]
+    out: str
+    batch: tuple[str, ...]
+    k: str
+    rows: int
+
+
+def _free(term: str, form: _ProductForm) -> str:
+    (letter,) = (c for c in term if c != form.k and c not in form.batch)
+    return letter
+
+
+def _transposed(op, value, term: str, order: tuple[str, ...]):
+    perm = [term.index(letter) for letter in order]
+    return value if perm == list(range(len(perm))) else op.Transpose(value, perm=perm)
 
 
 # The types ONNX's MatMul takes (Einsum takes every numeric type).
@@ -219,9 +257,11 @@ def _differ(first: int | ir.SymbolicDim, second: int | ir.SymbolicDim) -> bool:
     return isinstance(first, int) or isinstance(second, int)
 
 
-def _batched_product(node: ir.Node) -> tuple[bool, int] | None:
-    """Whether the Einsum ``node`` is a batched matrix product with its second operand transposed (True) or not
-    (False), and its rank; None where it is no batched matrix product."""
+def _batched_product(node: ir.Node) -> _ProductForm | None:
+    """The Einsum ``node`` read as a batched matrix product up to the order of its axes (``_EinsumAsMatMul``), or
+    None where it is none: an ellipsis, a repeated letter (a diagonal), a letter summed over in one operand alone,
+    a batch letter one operand lacks, more or fewer than one contracted letter, or free letters other than one
+    per operand."""
     equation = node.attributes.get_string("equation", "").replace(" ", "")
     if "->" not in equation or "." in equation or len(node.inputs) != 2:
         return None
@@ -232,15 +272,17 @@ def _batched_product(node: ir.Node) -> tuple[bool, int] | None:
     first, second = terms
     if not len(first) == len(second) == len(out) >= 2 or any(len(set(t)) != len(t) for t in (first, second, out)):
         return None
-    batch, (i, k) = first[:-2], first[-2:]
-    j = out[-1]
-    if out != batch + i + j or len({i, j, k}) != 3 or {i, j, k} & set(batch):
+    shared = set(first) & set(second)
+    contracted = shared - set(out)
+    batch = tuple(letter for letter in out if letter in shared)
+    free = [set(term) - shared for term in terms]
+    if len(contracted) != 1 or len(batch) != len(out) - 2 or any(len(letters) != 1 for letters in free):
         return None
-    if second == batch + k + j:
-        return False, len(out)
-    if second == batch + j + k:
-        return True, len(out)
-    return None
+    (first_free,), (second_free,) = free
+    if first_free not in out or second_free not in out:
+        return None
+    rows = 0 if out.index(first_free) < out.index(second_free) else 1
+    return _ProductForm((first, second), out, batch, contracted.pop(), rows)
 
 
 class _KeptReducedAxes(pattern.RewriteRuleClassBase):

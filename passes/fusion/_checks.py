@@ -234,6 +234,19 @@ def square_of(op, x, by_pow: bool, exponent):
     return op.Pow(x, exponent) if by_pow else op.Mul(x, x)
 
 
+def widening_constant(constants: tuple[ir.Value | None, ...], data: ir.Value) -> str | None:
+    """Why one of a norm's one-element ``constants`` (its epsilon, its exponents) is refused beside ``data``, or None:
+    one with more dims than ``data`` has (or than one, where its rank is unknown) broadcasts the decomposed norm's
+    output up to its rank, and the fused op's output has ``data``'s (a ``[1, 1, 1, 1]`` epsilon beside ``[B, S, D]``
+    made ``[1, B, S, D]``, fused into ``[B, S, D]``)."""
+    rank = data.shape.rank() if data.shape is not None else None
+    for value in constants:
+        array = constant_array(value) if value is not None else None
+        if array is not None and array.ndim > (1 if rank is None else rank):
+            return f"a constant of the norm has {array.ndim} dims, more than its input: it would raise its rank"
+    return None
+
+
 def exponent_fails(exponent: ir.Value | None, root_exponent: ir.Value | None, power: float = -0.5) -> str | None:
     """Why the matched exponents are not a square and a square root's ``power`` (-0.5, its inverse, or 0.5:
     ``root_power``), or None (either may be absent)."""

@@ -851,6 +851,24 @@ def _merged_output(match: _Attention, known: list[int | None]) -> tuple[ir.Value
     return None
 
 
+def _per_token_output(match: _Attention) -> ir.Value | None:
+    """The value that holds the attention output as ``[B, S, N, dv]``, where the graph's single users of it are
+    Transposes composing to ``(0, 2, 1, 3)`` and no head merge follows (``_merged_output`` found none): Keras'
+    context ``einsum('acbe,aecd->abcd')``, written ``MatMul`` then ``Transpose(0, 2, 1, 3)``. The op's output split
+    into heads is that value: split back to ``[B, N, S, dv]`` instead, a second run of the pipeline would cancel
+    the Transpose there and the graph's own."""
+    value, order = match.output, IDENTITY
+    for _ in range(8):
+        user = _single_user(value)
+        if user is None or not is_onnx_op(user, "Transpose") or user.attributes.get("perm") is None:
+            break
+        perm = tuple(user.attributes["perm"].as_ints())
+        if len(perm) != 4:
+            return None
+        value, order = user.outputs[0], compose(order, perm)
+    return value if order == _TO_HEADS else None
+
+
 def _merges_heads(reshape: ir.Node, known: list[int | None]) -> bool:
     """True if ``reshape`` turns ``[B, S, N, dv]`` into ``[B, S, N*dv]``."""
     data = reshape.inputs[0]
@@ -904,6 +922,10 @@ _KV_TRANSPOSED = "key/value transposed into [B, N, T, d]: they are per-head tens
 _KV_REPEATED = "one key/value head repeated for each query head (Expand): multi-query attention, broadcast by MatMul"
 _EXPANDED = "the mask expanded to [*, *, S, T] (Expand): it may broadcast over queries or keys"
 _SPLIT_BACK = "the output split back into [B, N, S, d] (Reshape + Transpose): the graph does not merge the heads next"
+_SPLIT_PER_TOKEN = (
+    "the output split back into [B, S, N, d] (Reshape), the layout the graph transposes it to: the graph does not "
+    "merge the heads next"
+)
 
 
 def _rewrite(model: ir.Model, match: _Attention, num_heads: int, index: int, cache: dict) -> list[str]:
@@ -942,6 +964,11 @@ def _build(build: _Builder, match: _Attention, num_heads: int, cache: dict) -> t
         flattened.shape, flattened.type = merged.shape, merged.type
         return adapters, merged, flattened
     split = build.node("Reshape", [fused, build.ints("split_heads", [0, 0, num_heads, -1])])
+    per_token = _per_token_output(match)
+    if per_token is not None:  # no Transpose to [B, N, S, d] for the graph's own to undo
+        if per_token.is_graph_output():
+            split.shape, split.type = per_token.shape, per_token.type
+        return [*adapters, _SPLIT_PER_TOKEN], per_token, split
     per_head = build.node("Transpose", [split], perm=list(_TO_HEADS))
     if match.output.is_graph_output():  # it takes the output's place and declaration
         per_head.shape, per_head.type = match.output.shape, match.output.type

@@ -32,6 +32,7 @@ from passes.fusion._checks import (
     static_last_dim,
     unit_scale,
     vector_for_last_dim,
+    widening_constant,
 )
 from passes.fusion._checks import NORMALIZATION_INVERSES as _INVERSES
 
@@ -54,7 +55,7 @@ def _statistics_fail(context, x, epsilon, mean, variance, exponent, root_exponen
             return reason
     if scalar(epsilon) is None:
         return "epsilon is not a constant scalar"
-    return None
+    return widening_constant((epsilon, exponent, root_exponent), x)
 
 
 class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):

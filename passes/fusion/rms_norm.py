@@ -32,6 +32,7 @@ from passes.fusion._checks import (
     static_last_dim,
     unit_scale,
     vector_for_last_dim,
+    widening_constant,
 )
 from passes.fusion._checks import NORMALIZATION_INVERSES as _INVERSES
 
@@ -61,6 +62,8 @@ class _DecomposedRmsNorm(pattern.RewriteRuleClassBase):
             return result.fail(reason)
         if scalar(epsilon) is None:
             return result.fail("epsilon is not a constant scalar")
+        if reason := widening_constant((epsilon, exponent, root_exponent), x):
+            return result.fail(reason)
         # The RMS of x - mean(x) is a LayerNorm: as SimplifiedLayerNormalization after a Sub it would hide
         # the LayerNorm from fuse-layer-norm and from ONNX Runtime's own LayerNorm fusion at load time.
         if centered_by_own_mean(x):

@@ -11,7 +11,10 @@ head split, ``x = Transpose(Reshape(h, [0, 0, N, d]), (0, 2, 1, 3))``::
 
 and rewrites it into ``RotaryEmbedding(h, position_ids, cos_cache, sin_cache)`` on the
 3-D projection ``h`` followed by a fresh head split, so the attention fusion can
-hand the 3-D result straight to MultiHeadAttention. A 4-D ``[B, N, S, d]`` tensor that is
+hand the 3-D result straight to MultiHeadAttention. The head split may be rotated before its transpose,
+``x = Reshape(h, [0, 0, N, d])`` (``[B, S, N, d]``) with ``[B or 1, S, 1, d]`` tables (the original Qwen's
+``apply_rotary_pos_emb``, Flax's Llama): the same ``RotaryEmbedding`` of ``h``, split as ``x`` was, the tables'
+layout checked on their values at every probe (``_SEQUENCE_FIRST``). A 4-D ``[B, N, S, d]`` tensor that is
 no head split (Qwen3 normalizes each head between its split and its rotary) is rotated as
 it is, RotaryEmbedding reading a 4-D input as ``[B, N, S, d]``; that layout is proved by
 cos and sin being ``[B or 1, 1, S, d]`` tables (``_per_head_size``). Its head size ``d`` (and head
@@ -279,8 +282,9 @@ def _per_head_size(
     ``[B or 1, 1, S, d]`` tables broadcast over axis 1 and run along axis 2, so wherever the
     original multiplies them with ``x`` (the tables' rows are checked at every probed length),
     ``x``'s axis 2 is the sequence. A ``[B, S, N, d]`` tensor rotated before its transpose has
-    ``[B, S, 1, d]`` tables, and is refused. Under a partial rotation the tables are ``rotary_dim`` wide;
-    ``halved``, half as wide (a chunked rotation's, each frequency once).
+    ``[B, S, 1, d]`` tables, and is refused here (a head split so rotated is ``_SEQUENCE_FIRST``'s). Under a
+    partial rotation the tables are ``rotary_dim`` wide; ``halved``, half as wide (a chunked rotation's, each
+    frequency once).
     """
     d = _static_dim(x, 3)
     if d is None:
@@ -305,10 +309,21 @@ def _head_size(
     neither."""
     split = head_split(x, (0, 2, 1, 3))
     if split is None:
-        return _per_head_size(x, cos, sin, rotary_dim, halved=halved)
+        size = _per_head_size(x, cos, sin, rotary_dim, halved=halved)
+        sequence_first = _sequence_first_split(x) if isinstance(size, str) and not halved else None
+        return sequence_first[2] if sequence_first is not None else size
     if split.heads is None and (last_dim(split.hidden) is None or last_dim(split.hidden) % split.head_size):
         return "the head count is unknown"
     return split.head_size
+
+
+def _layout(x: ir.Value, cos: ir.Value, sin: ir.Value, rotary_dim: int | None = None) -> int:
+    """The layout ``RotaryEmbeddingFusion.tables`` reads rotate_half's tables in, for an ``x`` ``_head_size``
+    accepted: 0 (``[B or 1, 1, S, d]`` tables of a ``[B, N, S, d]`` tensor), or ``_SEQUENCE_FIRST`` for a
+    ``[B, S, N, d]`` head split rotated before its transpose (the tables' layout is then checked on their values)."""
+    if head_split(x, (0, 2, 1, 3)) is not None or not isinstance(_per_head_size(x, cos, sin, rotary_dim), str):
+        return 0
+    return _SEQUENCE_FIRST
 
 
 def _split_in_halves(node: ir.Node, head_size: int) -> bool:
@@ -350,7 +365,7 @@ def _check_rotation(
         return result.fail("not a full, non-interleaved rotate_half")
     if not is_float(x):
         return result.fail("x is not float32")
-    tables = fusion.tables(context.model, cos, sin, rotary_dim)
+    tables = fusion.tables(context.model, cos, sin, rotary_dim, interleaved=_layout(x, cos, sin, rotary_dim))
     if isinstance(tables, str):
         return result.fail(tables)
     return result
@@ -359,8 +374,27 @@ def _check_rotation(
 def _rotary(op, fusion: RotaryEmbeddingFusion, x, cos, sin, rotary_dim: int | None = None, layout: int = 0):
     """``RotaryEmbedding`` of ``x`` (on its 3-D projection when ``x`` is a head split), ``rotary_dim``
     channels of each head rotated (all when None), the rest passed through; ``layout`` is the tables'
-    (``RotaryEmbeddingFusion.tables``' ``interleaved``: 0, or ``_HALF_WIDTH`` for a chunked rotation's)."""
+    (``RotaryEmbeddingFusion.tables``' ``interleaved``: 0, ``_HALF_WIDTH`` for a chunked rotation's, or
+    ``_SEQUENCE_FIRST`` for a ``[B, S, N, d]`` head split, rotated on its projection and split back without a
+    transpose)."""
     split = head_split(x, (0, 2, 1, 3))
+    if layout == _SEQUENCE_FIRST:  # a [B, S, N, d] head split: rotated on its projection, split as it was
+        hidden, heads, d = _sequence_first_split(x)
+        width = d if rotary_dim is None else rotary_dim
+        cos_cache, sin_cache, position_ids = fusion.tables(None, cos, sin, width, interleaved=layout)
+        partial = {} if width == d else {"rotary_embedding_dim": width}
+        rotated = op.RotaryEmbedding(
+            hidden,
+            fusion.positions_for(position_ids, hidden),
+            cos_cache,
+            sin_cache,
+            interleaved=0,
+            num_heads=heads,
+            **partial,
+            _domain=MS_DOMAIN,
+        )
+        rotated.shape, rotated.type = hidden.shape, hidden.type
+        return op.Reshape(rotated, _heads_split_shape(op, heads, d))
     # The rule's check proved x a head split or a [B, N, S, d] tensor of static d (``_head_size``).
     d = split.head_size if split is not None else _static_dim(x, 3)
     width = d if rotary_dim is None else rotary_dim
@@ -430,7 +464,7 @@ class _RotateHalf(_RotaryRule):
         return _check_rotation(self._fusion, context, x, cos, sin, lo, hi, rotated, d)
 
     def rewrite(self, op, x, cos, sin, **_):
-        return _rotary(op, self._fusion, x, cos, sin)
+        return _rotary(op, self._fusion, x, cos, sin, layout=_layout(x, cos, sin))
 
 
 class _RotateHalfBySplit(_RotateHalf):
@@ -450,6 +484,9 @@ class _RotateHalfBySplit(_RotateHalf):
 # ``[B or 1, 1, S, d/2]``, one column per frequency, the caches as they are (0 is rotate_half's two equal
 # halves, 1 or 2 rotate_every_two's axis of 1).
 _HALF_WIDTH = -1
+# ... and for rotate_half's tables of a ``[B, S, N, d]`` head split rotated before its transpose (the original
+# Qwen's ``apply_rotary_pos_emb``, Flax's Llama): ``[B or 1, S, 1, d]``, two equal halves.
+_SEQUENCE_FIRST = -2
 
 
 class _ChunkedRotation(_RotaryRule):
@@ -530,13 +567,16 @@ class _PartialRotateHalf(_RotaryRule):
             return result.fail(checked)
         if _slice_bounds_of(x_pass.producer(), x, d) != (rotary_dim, d):
             return result.fail("the channels passed through are not the rest of the head")
-        if rotary_dim < d and head_split(x, (0, 2, 1, 3)) is None and _static_dim(x, 1) is None:
+        unknown_heads = head_split(x, (0, 2, 1, 3)) is None and _static_dim(x, 1) is None
+        # A [B, S, N, d] head split's heads are its Reshape's (``_SEQUENCE_FIRST``), on axis 2.
+        if rotary_dim < d and unknown_heads and _layout(x, cos, sin, rotary_dim) != _SEQUENCE_FIRST:
             return result.fail("a partial rotation of a 4-D tensor of unknown head count")
         return _check_rotation(self._fusion, context, x, cos, sin, lo, hi, rotated, rotary_dim)
 
     def rewrite(self, op, x_rot, x_pass, cos, sin, **_):
         x = _sliced(x_rot, x_pass)
-        return _rotary(op, self._fusion, x, cos, sin, _rotated_width(x, x_rot)[1])
+        rotary_dim = _rotated_width(x, x_rot)[1]
+        return _rotary(op, self._fusion, x, cos, sin, rotary_dim, layout=_layout(x, cos, sin, rotary_dim))
 
 
 def _sliced(x_rot: ir.Value, x_pass: ir.Value) -> ir.Value | None:
@@ -808,7 +848,8 @@ class RotaryEmbeddingFusion(RuleFusionPass):
     def tables(self, model: ir.Model | None, cos: ir.Value, sin: ir.Value, head_size: int, *, interleaved: int = 0):
         """``(cos_cache, sin_cache, position_ids)`` values for this cos/sin pair, or why there are none.
 
-        ``interleaved`` is 0 for tables of two equal halves, ``_HALF_WIDTH`` for ``[B or 1, 1, S, d/2]`` tables
+        ``interleaved`` is 0 for tables of two equal halves (``_SEQUENCE_FIRST`` for such ``[B or 1, S, 1, d]``
+        tables, of heads rotated before their transpose), ``_HALF_WIDTH`` for ``[B or 1, 1, S, d/2]`` tables
         that are the caches' columns as they are (a chunked rotation's), else the axis (1 or 2) over which
         ``[B or 1, ·, ·, d]`` tables of equal column pairs broadcast: the heads' axis of the rotated tensor.
         Computed once per pair (on the first call, which passes the model) and cached.
@@ -915,6 +956,11 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         if cos_cache is None or sin_cache is None:
             if interleaved == _HALF_WIDTH:
                 return "cos/sin of a chunked rotation are not [B or 1, 1, S, d/2] tables of a [positions, d/2] table"
+            if interleaved == _SEQUENCE_FIRST:
+                return (
+                    "x is a [B, S, N, d] head split, but cos/sin are not [B or 1, S, 1, d] tables of two equal "
+                    "halves of a [positions, d/2] table"
+                )
             if interleaved:
                 layout = "[B or 1, S, 1, d]" if interleaved == 2 else "[B or 1, 1, S, d]"
                 return f"cos/sin are not {layout} tables of a [positions, d/2] table's columns each repeated"
@@ -1452,7 +1498,9 @@ def _halves(table: np.ndarray, half: int, interleaved: int = 0) -> np.ndarray | 
     """``[B, S, half]`` from a ``[B, 1, S, 2*half]`` (or ``[B, S, 2*half]``) table whose halves are equal, or
     (``interleaved`` the axis of 1: 2 for GPT-J's ``[B, S, 1, 2*half]``, multiplying ``[B, S, N, 2*half]``
     heads, 1 for Cohere's ``[B, 1, S, 2*half]``) from a table whose columns come in equal pairs
-    (``repeat_interleave``), or (``_HALF_WIDTH``) a ``[B, 1, S, half]`` (or ``[B, S, half]``) table as it is.
+    (``repeat_interleave``), or (``_HALF_WIDTH``) a ``[B, 1, S, half]`` (or ``[B, S, half]``) table as it is, or
+    (``_SEQUENCE_FIRST``) from a ``[B, S, 1, 2*half]`` table, multiplying ``[B, S, N, 2*half]`` heads, whose halves are
+    equal.
 
     A 3-D table must be ``[1, S, ·]``: every rule's ``x`` is 4-D ``[B, N, S, d]``, which a ``[B, S, ·]`` table
     multiplies as ``[1, B, S, ·]``, batch row ``b`` on head ``b`` (a review's: the tables of each batch row
@@ -1460,6 +1508,10 @@ def _halves(table: np.ndarray, half: int, interleaved: int = 0) -> np.ndarray | 
     """
     if table.ndim == 3 and table.shape[0] != 1:
         return None
+    if interleaved == _SEQUENCE_FIRST:  # [B, S, 1, d] against [B, S, N, d]: one row per token, over every head
+        if table.ndim != 4 or table.shape[2] != 1:
+            return None
+        table, interleaved = table[:, :, 0], 0
     if interleaved == _HALF_WIDTH:
         if table.ndim == 4 and table.shape[1] == 1:
             table = table[:, 0]

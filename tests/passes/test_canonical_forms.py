@@ -149,6 +149,9 @@ def _einsum(equation: str, a: str, b: str) -> tuple:
         ("bhqk,bhkd->bhqd", "float[2, 3, 4, 6]", "float[2, 3, 6, 5]", ["MatMul"]),
         ("b i k , b k j -> b i j", "float[2, 4, 6]", "float[2, 6, 5]", ["MatMul"]),
         ("ik,jk->ij", "float[4, 6]", "float[5, 6]", ["Transpose", "MatMul"]),
+        # The product's rows and columns swapped (the operands swapped), the batch moved (the product transposed).
+        ("bqd,bkd->bkq", "float[2, 4, 5]", "float[2, 6, 5]", ["Transpose", "MatMul"]),
+        ("bqd,bkd->qbk", "float[2, 4, 5]", "float[2, 6, 5]", ["Transpose", "MatMul", "Transpose"]),
     ],
 )
 def test_a_batched_matrix_product_einsum_is_a_matmul(equation, a, b, ops):
@@ -166,8 +169,6 @@ def test_a_batched_matrix_product_einsum_is_a_matmul(equation, a, b, ops):
     ("equation", "a", "b"),
     [
         ("...qd,...kd->...qk", "float[2, 4, 5]", "float[2, 6, 5]"),  # an ellipsis
-        ("bqd,bkd->bkq", "float[2, 4, 5]", "float[2, 6, 5]"),  # the product's rows and columns swapped
-        ("bqd,bkd->qbk", "float[2, 4, 5]", "float[2, 6, 5]"),  # the batch moved
         ("bqd,cdk->bqk", "float[2, 4, 5]", "float[2, 5, 6]"),  # batch letters that differ
         ("bqd,bdq->bqq", "float[2, 4, 4]", "float[2, 4, 4]"),  # a repeated letter (a diagonal)
         ("bqd,bkd->bq", "float[2, 4, 5]", "float[2, 6, 5]"),  # a sum over k as well
