@@ -492,7 +492,9 @@ def _shape_elements(value: ir.Value | None, shape_of: ShapeOf) -> list[Element] 
             if int(target.reshape(-1)[0]) in (-1, len(source)):
                 return source
         return None
-    if node.op_type == "Cast" and node.attributes.get_int("to") == ir.DataType.INT64:
+    if node.op_type == "Cast" and node.attributes.get_int("to") in (ir.DataType.INT64, ir.DataType.INT32):
+        # Paddle2ONNX casts a Shape to int32 to slice it and back (PP-OCRv4's attention targets): a dim over
+        # 2**31 (an 8 GiB axis of bytes) would wrap there, where none of these graphs' dims comes near.
         return _shape_elements(inputs[0], shape_of)
     if node.op_type == "Concat" and node.attributes.get_int("axis", 0) in (0, -1):
         parts = [_shape_elements(part, shape_of) for part in inputs]

@@ -146,6 +146,8 @@ def _packed_qkv(hidden: list[ir.Value]) -> _Packed | str:
     """Input, packed weights ``[D, q+k+v]``, packed bias and widths, when Q/K/V project one input, else why not."""
     if producer(hidden[0], "Split") is not None:
         return _packed_by_split(hidden)
+    if producer(hidden[0], "Slice") is not None:
+        return _packed_by_slices(hidden)
     parts = [_projection(v) for v in hidden]
     reason = next((p for p in parts if isinstance(p, str)), None)
     if reason is not None:
@@ -156,6 +158,50 @@ def _packed_qkv(hidden: list[ir.Value]) -> _Packed | str:
     biases = [part[2] if part[2] is not None else np.zeros(w.shape[1], w.dtype) for part, w in zip(parts, weights)]
     widths = [w.shape[1] for w in weights]
     return parts[0][0], np.concatenate(weights, axis=1), np.concatenate(biases).astype(weights[0].dtype), widths
+
+
+def _packed_by_slices(hidden: list[ir.Value]) -> _Packed | str:
+    """timm's and SVTR's one projection: Q, K, V are the consecutive thirds of ``x @ W [+ b]``'s last axis, each a
+    ``Slice`` of it (as ``split-packed-heads`` writes them): its weight and bias are the packed ones as they are."""
+    slices = [producer(v, "Slice") for v in hidden]
+    if any(s is None or len(s.inputs) < 4 for s in slices) or len({id(s.inputs[0]) for s in slices}) != 1:
+        return _NOT_PROJECTIONS
+    packed = slices[0].inputs[0]
+    bounds = []
+    for node in slices:
+        starts, ends, axes = (constant_array(v) for v in node.inputs[1:4])
+        steps = constant_array(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else None
+        if any(b is None or b.size != 1 for b in (starts, ends, axes)) or int(axes.reshape(-1)[0]) not in (-1, 2):
+            return _NOT_PROJECTIONS
+        if steps is not None and (steps.size != 1 or int(steps.reshape(-1)[0]) != 1):
+            return _NOT_PROJECTIONS
+        bounds.append((int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])))
+    others = [user for user, _ in packed.uses() if user not in slices and not _reads_leading_dims(user)]
+    if others or packed.is_graph_output() or not all(_hidden_use(v) for v in hidden):
+        return "a projection has other users"
+    bias, product = None, packed
+    add = producer(packed, "Add")
+    if add is not None:
+        for operand, other in ((add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])):
+            array = constant_array(other)
+            if array is not None and producer(operand, "MatMul") is not None:
+                bias, product = array, operand
+                break
+        else:
+            return _NOT_PROJECTIONS
+    matmul = producer(product, "MatMul")
+    weight = constant_array(matmul.inputs[1]) if matmul is not None else None
+    if weight is None or weight.ndim != 2 or (bias is not None and bias.shape != (weight.shape[1],)):
+        return _NOT_PROJECTIONS
+    if rank(matmul.inputs[0]) is None:
+        return f"the projection's input is {NOT_KNOWN_3D}"  # retried with shapes inferred
+    if rank(matmul.inputs[0]) != 3 or (product is not packed and not _single_use(product)):
+        return _NOT_PROJECTIONS
+    width = weight.shape[1] // 3
+    if weight.shape[1] % 3 or bounds != [(0, width), (width, 2 * width), (2 * width, 3 * width)]:
+        return "query, key and value are not the thirds of one projection, in order"
+    bias = bias if bias is not None else np.zeros(weight.shape[1], weight.dtype)
+    return matmul.inputs[0], weight, bias.astype(weight.dtype), [width] * 3
 
 
 def _packed_by_split(hidden: list[ir.Value]) -> _Packed | str:
