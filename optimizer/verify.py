@@ -621,6 +621,14 @@ def _segment_failure(result: VerificationResult) -> str:
     return failure.replace(_COMPUTED, " (the segment ending at this activation)")
 
 
+def _larger(first: Mapping[str, Any] | None, second: Mapping[str, Any]) -> dict[str, Any]:
+    """Per output, the larger of two noise floors (``Verifier._float_noise``'s rows, or a number)."""
+    merged = dict(first or {})
+    for name, floor in second.items():
+        merged[name] = floor if name not in merged else np.maximum(merged[name], floor)
+    return merged
+
+
 def _segment_checkpoints(candidate: ir.Model, twin: Twin, base: ir.Model) -> list[str]:
     """The twin's checkpoints that all three models compute as float node outputs (none a
     graph output), where cutting ``candidate`` keeps its kernels (not the float side of a
@@ -1810,6 +1818,13 @@ class Verifier:
                         feeds, reference = _segment_feeds(inputs, values, names, outputs_of_twin, padding, keep_own)
                         outputs = self._hide_padded(run_session(result_session, feeds), inputs, reference)
                         result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
+                        if not result.ok and twin.kind == "float32":
+                            # The float model's own noise on this segment, from the same fed values: the whole
+                            # model's, row by row, is one draw, and a tail of ops ONNX Runtime rewrites (PP-OCRv4's
+                            # CTC head after a pruned attention block) moved a softmax row 4.75e-5 with nothing
+                            # pruned in it, where 4x that row's noise end to end allowed 4.7e-5.
+                            own = self._segment_noise(base_session, cut_base, feeds)
+                            result = compare_outputs(reference, outputs, tolerances, self.skipped, _larger(noise, own))
                         if not result.ok and twin.kind in ROUNDING_TWINS:
                             before = run_session(base_session, feeds)
                             result = _within_row_excess(result, reference, outputs, before, worst, rounded)
@@ -1832,6 +1847,11 @@ class Verifier:
         except RuntimeRefusedError as error:
             return VerificationResult(error=f"{end_to_end}; segment by segment, ONNX Runtime refused: {error.reason}")
         return worst
+
+    def _segment_noise(self, session: Any, cut: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """The float noise (``_float_noise``: ORT_ENABLE_ALL against the model as written, row by row) of ``cut``, the
+        float model cut at the twin's checkpoints, which ``session`` runs as written, on ``feeds``."""
+        return self._float_noise(cut, feeds, run_session(session, feeds))
 
     def _check_integer_end_to_end(
         self, candidate: ir.Model, twin: Twin, end_to_end: str, why: str = ""

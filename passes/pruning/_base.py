@@ -41,7 +41,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
-from optimizer.domains import is_onnx_domain
+from optimizer.domains import is_onnx_domain, is_onnx_op
 from optimizer.inputs import fixes_batch, held_out_samples, hold_out, split_samples
 from optimizer.options import IMPORTANCE_KINDS
 from optimizer.parameters import count_parameters
@@ -368,10 +368,11 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         description = f"the input with {' and '.join(counts)} zeroed in {self.consumer_rows}"
         if any(r.weight is not None for r in removals):
             description += ", repaired weights and biases in place"
-        # Cut the check at the activations the pruned blocks read (as int8's at its layers' inputs), so a deep
-        # model's rounding does not cascade end to end; none a cut narrows (the twin's value would not fit).
+        # Cut the check at the activations the pruned blocks read (as int8's at its layers' inputs) and at their
+        # MatMul consumers' outputs, so a deep model's rounding does not cascade end to end; none a cut narrows (the
+        # twin's value would not fit).
         narrowed = {name for r in removals for name in r.narrowed}
-        checkpoints = tuple(dict.fromkeys(n for r in removals for n in r.reads if n and n not in narrowed))
+        checkpoints = tuple(dict.fromkeys(n for r in removals for n in (*r.reads, *r.exits) if n and n not in narrowed))
         return Twin(source, "float32", description, checkpoints=checkpoints)
 
     def _scores(self, group: ChannelGroup, energy: np.ndarray | None) -> np.ndarray:
@@ -505,6 +506,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 group.kind,
                 reads=tuple(cut.node.inputs[0].name for cut in group.producers if cut.slot != 0 and cut.node.inputs[0]),
                 narrowed=tuple(v.name for v in (*group.values, *group.reshaped_values, group.consumer.inputs[0]) if v),
+                # A MatMul consumer's own output holds the same values in the result and the twin (a repaired bias
+                # goes after it in both): a cut there keeps the layers after the cut from amplifying its rounding.
+                exits=(group.consumer.outputs[0].name,) if is_onnx_op(group.consumer, "MatMul") else (),
             )
             if group.name in targets:
                 refit = _refit(model, group, units, batches, targets[group.name], self._skips.get(group.name))
@@ -644,6 +648,7 @@ class _Removal:
     # The activations its producers read (the twin's checkpoints) and the tensors its cut narrows.
     reads: tuple[str, ...] = ()
     narrowed: tuple[str, ...] = ()
+    exits: tuple[str, ...] = ()
 
 
 def _input_channel_axis(consumer: ir.Node) -> int:
