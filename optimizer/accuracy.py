@@ -490,6 +490,15 @@ def ratio_text(ratio: float) -> str:
     return f"{ratio:.{digits}g}"
 
 
+def samples_first(outputs: Mapping[str, Any], axes: Mapping[str, int]) -> dict[str, Any]:
+    """``outputs`` with each output named in ``axes`` (``optimizer.inputs.output_sample_axes``) moved so its
+    samples lie along axis 0, where every per-sample figure reads them."""
+    return {
+        name: np.moveaxis(np.asarray(value), axes[name], 0) if name in axes and np.ndim(value) > axes[name] else value
+        for name, value in outputs.items()
+    }
+
+
 def output_drift(
     before: Sequence[Mapping[str, Any]],
     after: Sequence[Mapping[str, Any]],
@@ -512,9 +521,12 @@ def output_drift(
     pairs = zip(before, after)
     if batches is not None and model is not None:
         # Imported here: a pass used alone in another PassManager loads no more of graphopt than it needs.
+        from optimizer.inputs import output_sample_axes
         from optimizer.padding import unpadded
 
         pairs = unpadded(model, batches, pairs)
+        if axes := output_sample_axes(model):
+            pairs = ((samples_first(b, axes), samples_first(a, axes)) for b, a in pairs)
     return paired_drift(pairs)
 
 

@@ -2561,6 +2561,27 @@ def _later_sample_axes(model: ir.Model | None, sampled: frozenset[str] | None) -
     return later
 
 
+def output_sample_axes(model: ir.Model | None) -> dict[str, int]:
+    """Outputs of ``model`` that hold its samples along a later axis than the first, with that axis: an output
+    whose first dim is not the samples' batch and one later dim of which is (the first dim of a sampled input,
+    named like a batch), as ``_later_sample_axes`` links such inputs. A CTC recognizer's time-major logits
+    ``[20, batch, 37]`` (a CRNN's): scored by rows along axis 0, a "sample" was a time step over every image, so the
+    worst sample's cosine was the worst step's, and one image wrong at every step was diluted over all rows."""
+    sampled = sample_inputs(model) if model is not None else None
+    if not sampled:
+        return {}
+    inputs = {v.name: v for v in model.graph.inputs if v.shape is not None and v.shape.rank()}
+    batches = {str(inputs[name].shape[0]) for name in sampled if name in inputs} & set(batch_dims(model))
+    axes = {}
+    for value in model.graph.outputs:
+        if value.shape is None or not value.shape.rank() or str(value.shape[0]) in batches:
+            continue
+        later = [k for k, dim in enumerate(value.shape) if k and not isinstance(dim, int) and str(dim) in batches]
+        if len(later) == 1:
+            axes[value.name] = later[0]
+    return axes
+
+
 def held_out_samples(batches: Sequence[Mapping[str, Any]], model: ir.Model | None) -> str:
     """ "the N held-out samples" of ``batches`` (``hold_out``'s second part) for a figure measured on them: a
     reader judges a cosine on 6 images otherwise than one on 600 (PP-OCR's pruning read 0.99947 after repair and

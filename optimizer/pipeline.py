@@ -34,6 +34,7 @@ from optimizer.report import (
 from optimizer.runtime import model_graphs, stored_weight_bytes
 from optimizer.verify import (
     DEFAULT_APPROXIMATION_FLOOR,
+    NOISE_FACTOR,
     UNCUT_ROW_EXCESS,
     VerificationResult,
     Verifier,
@@ -336,6 +337,12 @@ def _run_one(
                 f"within {UNCUT_ROW_EXCESS:g}x its twin's distance from the input, "
                 f"because {verdict.twin_without_rewrites}"
             )
+        if verdict.twin_as_written is not None:
+            record.twin += (
+                f", past it only by ONNX Runtime's own rewrites of the result: with them off it is "
+                f"{verdict.twin_as_written:.2e} from its twin, and they move it no more than {NOISE_FACTOR:g}x "
+                "what they move the original"
+            )
         if verdict.twin_layers_probed:
             record.twin += (
                 f"; each of {verdict.twin_layers_probed} layers also run alone on probe rows that no kernel rounds "
@@ -390,5 +397,6 @@ def _check_approximate(
     verdict.twin_segments, verdict.twin_end_to_end = exact.twin_segments, exact.twin_end_to_end
     verdict.twin_layers_probed = exact.twin_layers_probed
     verdict.twin_without_rewrites = exact.twin_without_rewrites
+    verdict.twin_as_written = exact.twin_as_written
     verdict.twin_unrounded, verdict.twin_description = exact.twin_unrounded, exact.twin_description
     return verdict

@@ -34,7 +34,7 @@ import onnx
 import onnx_ir as ir
 
 from optimizer import cpu_features
-from optimizer.accuracy import AccuracyAccumulator, OutputAccuracy
+from optimizer.accuracy import AccuracyAccumulator, OutputAccuracy, samples_first
 from optimizer.compare.generation_timing import GenerationResult, time_generation
 from optimizer.compare.memory import MemoryUsage, measure_session_memory, query_gpu
 from optimizer.compare.profiling import time_per_op_type
@@ -66,6 +66,7 @@ from optimizer.inputs import (
     make_inputs,
     nan_note,
     open_samples,
+    output_sample_axes,
     refuse_dims_unlike,
     refuse_oversized,
     refuse_unreadable_data,
@@ -416,6 +417,7 @@ def _compare(
     )
     batch_axes = _batch_axes(before_model, batch_names)
     padding = functools.partial(padded_outputs, before_model, layout=padding_layout(before_model))
+    sample_axes = output_sample_axes(before_model)
     generated = inputs is None and generation is None
     noted, first_inputs = len(warnings), base_inputs
 
@@ -457,6 +459,7 @@ def _compare(
                         batch_axes,
                         padding,
                         longer_where_constant,
+                        sample_axes,
                     )
                 results.append(measured)
             break
@@ -545,13 +548,14 @@ def _measure_provider(
     batch_axes: Mapping[str, int | None] | None = None,
     padding: Padding | None = None,
     longer_where_constant: Callable[[Mapping[str, Any], Mapping[str, np.ndarray]], bool] | None = None,
+    sample_axes: Mapping[str, int] | None = None,
 ) -> ProviderResult:
     """``_OtherLengths`` where ``longer_where_constant`` says BEFORE's outputs on the first batch's generated
     inputs are constant and longer ones are left to try."""
     result = ProviderResult(ep.name, True)
     if data is not None:
         result.accuracy, padded = _accuracy_on_data(
-            before, after, ep, accuracy_batches, threads, score_outputs, warnings, padding
+            before, after, ep, accuracy_batches, threads, score_outputs, warnings, padding, sample_axes
         )
         result.accuracy_data = data.describe() + padded
     measured = data is not None
@@ -560,7 +564,13 @@ def _measure_provider(
             session_before = TimedSession(before, ep.name, base_inputs, threads)
             session_after = TimedSession(after, ep.name, base_inputs, threads)
             result.accuracy, padded = _accuracy(
-                session_before.outputs(), session_after.outputs(), score_outputs, warnings, padding, base_inputs
+                session_before.outputs(),
+                session_after.outputs(),
+                score_outputs,
+                warnings,
+                padding,
+                base_inputs,
+                sample_axes,
             )
             result.accuracy_data = (
                 f"generated inputs ({base_batch} sample{'s' if base_batch != 1 else ''}, one run){padded}"
@@ -585,7 +595,7 @@ def _measure_provider(
             if longer_where_constant is not None and longer_where_constant(session_before.outputs(), inputs):
                 raise _OtherLengths
             result.accuracy, padded = _accuracy(
-                session_before.outputs(), session_after.outputs(), score_outputs, warnings, padding, inputs
+                session_before.outputs(), session_after.outputs(), score_outputs, warnings, padding, inputs, sample_axes
             )
             result.accuracy_data = (
                 f"generated inputs ({batch} sample{'s' if batch > 1 else ''}, one run{padded}): random values say "
@@ -860,6 +870,7 @@ def _accuracy_on_data(
     score_outputs: frozenset[str],
     warnings: list[str],
     padding: Padding | None = None,
+    sample_axes: Mapping[str, int] | None = None,
 ) -> tuple[list[OutputAccuracy], str]:
     """Accuracy over every batch (sessions of their own, at full optimization, as timed), leaving out the
     positions each batch's padding mask hides (``padding``; see ``_accumulate``), and ``_padded_note``."""
@@ -872,7 +883,7 @@ def _accuracy_on_data(
             session.feeds = {name: batch[name] for name in session.feeds}
         outputs = sessions[0].outputs(), sessions[1].outputs()
         padded = padding(batch, *outputs) if padding is not None else None
-        _accumulate(*outputs, score_outputs, warnings, accumulator, padded)
+        _accumulate(*outputs, score_outputs, warnings, accumulator, padded, sample_axes)
     return accumulator.results(), _padded_note(accumulator)
 
 
@@ -894,12 +905,13 @@ def _accuracy(
     warnings: list[str],
     padding: Padding | None = None,
     inputs: Mapping[str, np.ndarray] | None = None,
+    sample_axes: Mapping[str, int] | None = None,
 ) -> tuple[list[OutputAccuracy], str]:
     """Accuracy of the outputs both models give alike (one run on ``inputs``; see ``_accumulate``), and
     ``_padded_note``."""
     accumulator = AccuracyAccumulator()
     padded = padding(inputs, before, after) if padding is not None and inputs is not None else None
-    _accumulate(before, after, score_outputs, warnings, accumulator, padded)
+    _accumulate(before, after, score_outputs, warnings, accumulator, padded, sample_axes)
     return accumulator.results(), _padded_note(accumulator)
 
 
@@ -917,6 +929,7 @@ def _accumulate(
     warnings: list[str],
     accumulator: AccuracyAccumulator,
     padded: Mapping[str, np.ndarray] | None = None,
+    sample_axes: Mapping[str, int] | None = None,
 ) -> None:
     """Add one run's outputs to ``accumulator``; a warning for each output whose shape or type differs.
 
@@ -926,8 +939,11 @@ def _accumulate(
     ``SplitToSequence``'s pieces may differ in shape, and a model compared with itself failed the gates).
     ``padded`` (``optimizer.padding.padded_outputs`` of the run's inputs) holds the positions of outputs laid
     out ``[batch, sequence, ...]`` along an integer attention mask that the mask pads: what a model returns
-    there is undefined, so they count in no figure (``AccuracyAccumulator.add``).
+    there is undefined, so they count in no figure (``AccuracyAccumulator.add``). ``sample_axes``
+    (``optimizer.inputs.output_sample_axes``): outputs whose samples lie along a later axis, moved to the first.
     """
+    if sample_axes:
+        before, after = samples_first(before, sample_axes), samples_first(after, sample_axes)
     pairs: dict[str, tuple[Any, Any]] = {}
     for name, expected in before.items():
         actual = after[name]
