@@ -28,7 +28,8 @@ def _time_major(weights: np.ndarray) -> ir.Model:
         helper.make_node("Transpose", ["steps"], ["logits"], perm=[1, 0, 2]),
     ]
     graph = helper.make_graph(
-        nodes, "crnn",
+        nodes,
+        "crnn",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [T, "batch", C])],
         [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(np.array([-1, T, C], np.int64), "shape")],

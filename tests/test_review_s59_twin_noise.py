@@ -42,12 +42,19 @@ def _model(fused_rows: tuple[bool, bool], weight_error: float = 0.0) -> ir.Model
         ]
     nodes.append(helper.make_node("Concat", ["r0_y", "r1_y"], ["y"], axis=0))
     arrays = {
-        "W": w, "V": v, "scale": np.array(SCALE, np.float32), "scales": np.full(K, SCALE, np.float32),
-        "start0": np.array([0]), "end0": np.array([1]), "start1": np.array([1]), "end1": np.array([2]),
+        "W": w,
+        "V": v,
+        "scale": np.array(SCALE, np.float32),
+        "scales": np.full(K, SCALE, np.float32),
+        "start0": np.array([0]),
+        "end0": np.array([1]),
+        "start1": np.array([1]),
+        "end1": np.array([2]),
         "axis": np.array([0]),
     }
     graph = helper.make_graph(
-        nodes, "rows",
+        nodes,
+        "rows",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, K])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, N])],
         [numpy_helper.from_array(a, name) for name, a in arrays.items()],
