@@ -275,6 +275,11 @@ def float16_twin(
     """
     from onnxruntime.transformers.float16 import ALWAYS_FLOAT_INPUTS
 
+    always_float = dict(ALWAYS_FLOAT_INPUTS)
+    if onnx_opset(model.opset_imports, 11) <= 10:
+        # As the converter reads them: opset 10's Resize(X, scales) keeps input 1 float32. Rounded here, scales of
+        # 4/3 sized a 3-pixel image 3 where the result (and the input) gives 4, and the pass was rolled back.
+        always_float["Resize"] = [1]
     blocked = set(blocked_ops)
     twin = model.clone()
     graphs = {id(twin.graph): twin.graph}
@@ -291,7 +296,7 @@ def float16_twin(
             if value.const_value is None or value.const_value.dtype != ir.DataType.FLOAT:
                 continue
             if any(
-                user.op_type not in blocked and index not in ALWAYS_FLOAT_INPUTS.get(user.op_type, ())
+                user.op_type not in blocked and index not in always_float.get(user.op_type, ())
                 for user, index in value.uses()
             ):
                 value.const_value = ir.tensor(round_to_float16(value.const_value.numpy()), name=value.name)

@@ -27,7 +27,9 @@ import onnx_ir as ir
 from onnx_ir.passes import common as common_passes
 
 from optimizer.domains import MS_DOMAIN
+from optimizer.errors import RuntimeRefusedError
 from optimizer.protocol import Twin
+from optimizer.runtime import open_session, session_options
 from passes._pass import GraphoptPass
 from passes._utils import constant_array, unique_name
 from passes.quantization._twin import float16_twin
@@ -49,6 +51,12 @@ QUANTIZATION_OPS = (
     "MatMulIntegerToFloat",
 )
 
+# Kept float32 too: ops whose float output is float32 whatever their inputs' type (their ``output_datatype``
+# attribute, float32 by default, or ONNX's own type constraint says so). The converter declared it float16, and ONNX
+# Runtime refused the result (a HannWindow of a computed length: "Type (tensor(float16)) of output arg (w) does not
+# match expected type (tensor(float))"); kept float32, their result is cast to float16 after them.
+FLOAT32_OUTPUT_OPS = ("TfIdfVectorizer", "HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix")
+
 # Ops whose constant operands are bounds: clamping such a bound to float16's range
 # changes the result only where the Cast to float16 after it would overflow (it then
 # saturates at +-65504 instead of becoming infinite). Clip's bounds are inputs 1 and 2.
@@ -62,8 +70,9 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
 
     With ``keep_io_types`` (the default) float graph inputs and outputs stay float32,
     with Casts inside the graph. Refuses (unchanged) a model with no float32 tensors,
-    one with external data that has not been loaded, and one converted already (its own
-    result: the converter would only add Casts of float16 values to float16).
+    one with external data that has not been loaded, one converted already (its own
+    result: the converter would only add Casts of float16 values to float16), and one whose
+    values onnx's shape inference cannot type and ONNX Runtime refuses to load (``_types_inferred``).
 
     A constant bound of a Max, Min or Clip kept float32 whose result is cast to float16
     (``Max(mask, float32 min)``, the floor fused attention puts under a -inf mask) is
@@ -106,7 +115,7 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
         if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
             self.decline("weights are in external data: not converted")
             return self.result(model.clone(), modified=False)
-        blocked = list(DEFAULT_OP_BLOCK_LIST) + list(self.block_ops) + list(QUANTIZATION_OPS)
+        blocked = [*DEFAULT_OP_BLOCK_LIST, *self.block_ops, *QUANTIZATION_OPS, *FLOAT32_OUTPUT_OPS]
         given = model
         model = model.clone()  # a functional pass: the bounds are clamped in a copy
         if model.functions:
@@ -124,16 +133,27 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             _rename_converter_names(model.graph)
         _stft_onesided_spelled_out(model)
         _quantized_outputs_typed(model)
+        _float_constants_spelled_as_tensors(model)
+        statistics = _normalization_statistics_cast(model)
         proto = ir.to_proto(model)
         passed_through = _passed_through_outputs(proto.graph) if self.keep_io_types else []
         # Inferred once, here: the converter would infer the same shapes again (it runs onnx's infer_shapes first).
-        if not _has_contrib_ops(proto):
-            proto = onnx.shape_inference.infer_shapes(proto)
-        float16_values = _float32_typed(proto)
+        proto, untyped = _types_inferred(proto)
+        if untyped:
+            named = ", ".join(untyped[:3]) + (", ..." if len(untyped) > 3 else "")
+            self.decline(
+                f"the types of {len(untyped)} value{'' if len(untyped) == 1 else 's'} are unknown ({named}): not "
+                "converted (the converter casts and checks as float16 only the float values it knows)"
+            )
+            return self.result(given.clone(), modified=False)
+        _undeclared(proto.graph, statistics)  # left float32 by the converter, as LayerNormalization computes them
+        direct = _float32_kept_outputs(proto.graph, set(blocked)) if self.keep_io_types else set()
+        float16_values = _float32_typed(proto) - direct
         converted = convert_float_to_float16(
             proto, keep_io_types=self.keep_io_types, op_block_list=blocked, disable_shape_infer=True
         )
         _put_back_outputs(converted.graph, passed_through)
+        _outputs_read_direct(converted.graph, direct)
         if moved := _casts_into_their_subgraphs(converted):
             self.note(f"{moved} Casts the converter wrote in the main graph moved into the If/Loop bodies they read")
         result = ir.from_proto(converted)
@@ -174,6 +194,76 @@ def _quantized_outputs_typed(model: ir.Model) -> None:
         scales = [value.dtype for value in read if value is not None and value.dtype is not None]
         if node.outputs[0].dtype is None and scales:
             node.outputs[0].dtype = scales[0]
+
+
+def _float_constants_spelled_as_tensors(model: ir.Model) -> None:
+    """Spell each ``Constant`` written with ``value_float`` or ``value_floats`` with a ``value`` tensor of the same
+    values, in place: the converter converts only tensor attributes, and declared the float32 it left float16 (the
+    ``Mul`` reading it: ONNX Runtime refused the result, "bound to different types")."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        for name in ("value_float", "value_floats"):
+            attribute = node.attributes.pop(name, None)
+            if attribute is not None:
+                array = np.asarray(attribute.value, dtype=np.float32)  # value_float: a scalar; value_floats: 1-D
+                node.attributes["value"] = ir.AttrTensor("value", ir.tensor(array))
+
+
+def _normalization_statistics_cast(model: ir.Model) -> set[str]:
+    """Make LayerNormalization's ``Mean`` and ``InvStdDev`` outputs float16 by a Cast after them, in place; return the
+    names of the statistics so cast. They are float32 whatever the op's input type (ONNX's ``U``): the converter
+    declared them float16 and ONNX Runtime refused the result ("Type (tensor(float16)) of output arg (mean) ...
+    does not match expected type (tensor(float))"). An unused one is dropped, as onnx-ir's unused removal drops it;
+    a used one keeps its name on a ``Cast`` to float (which the converter makes a Cast to float16), the statistic
+    itself renamed and left undeclared (``_undeclared``), so that the converter leaves it float32; one read by Casts
+    alone (this pass's result) is only left undeclared."""
+    statistics: set[str] = set()
+    taken = {value.name for value in (*model.graph.inputs, *model.graph.initializers.values())}
+    taken |= {output.name for node in ir.traversal.RecursiveGraphIterator(model.graph) for output in node.outputs}
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx") or len(node.outputs) < 2:
+            continue
+        for value in node.outputs[1:3]:
+            if not value.name:
+                continue
+            if not value.uses() and not value.is_graph_output():
+                value.name = ""
+                continue
+            if not value.is_graph_output() and all(user.op_type == "Cast" for user, _ in value.uses()):
+                statistics.add(value.name)  # read through Casts already (this pass's own result)
+                continue
+            name = value.name
+            cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT)])
+            uses = [(user, index) for user, index in value.uses() if user is not cast]
+            value.name = unique_name(f"{name}.float32", taken)
+            cast.outputs[0].name, cast.outputs[0].shape = name, value.shape
+            cast.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+            for user, index in uses:
+                user.replace_input_with(index, cast.outputs[0])
+            for index, output in enumerate(node.graph.outputs):
+                if output is value:
+                    node.graph.outputs[index] = cast.outputs[0]
+            node.graph.insert_after(node, cast)
+            statistics.add(value.name)
+        kept = len(node.outputs)
+        while kept > 1 and not node.outputs[kept - 1].name:
+            kept -= 1
+        node.resize_outputs(kept)
+    return statistics
+
+
+def _undeclared(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Drop the ``value_info`` of ``names`` from ``graph`` and its subgraphs, in place."""
+    if not names:
+        return
+    kept = [_copy_of(info) for info in graph.value_info if info.name not in names]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                _undeclared(sub, names)
 
 
 def _stft_onesided_spelled_out(model: ir.Model) -> None:
@@ -232,6 +322,37 @@ def _fresh(graph: ir.Graph, name: str) -> str:
     taken = {value.name for value in (*graph.inputs, *graph.initializers.values())}
     taken |= {output.name for node in ir.traversal.RecursiveGraphIterator(graph) for output in node.outputs}
     return unique_name(name, taken)
+
+
+def _float32_kept_outputs(graph: onnx.GraphProto, blocked: set[str]) -> set[str]:
+    """The float32 graph outputs that a node kept float32 computes and nothing else reads. Keeping I/O types, the
+    converter casts such an output to float16 after the node and back to float32 for the graph: a ``ReduceSum`` kept
+    float32 so that its sum of 96000 does not overflow returned inf, and the pass was rolled back."""
+    outputs = {info.name for info in graph.output if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    read = {name for node in graph.node for name in node.input}
+    return {
+        name
+        for node in graph.node
+        if node.op_type in blocked and node.domain in ("", "ai.onnx")
+        for name in node.output
+        if name in outputs and name not in read
+    }
+
+
+def _outputs_read_direct(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Make each graph output in ``names`` (``_float32_kept_outputs``) the float32 value its node computes, in place:
+    the converter wrote ``node -> Cast(to float16) -> Cast(to float) -> output``; the output's Cast now reads the
+    node's float32 result (a Cast to float of a float, exact) and the Cast to float16 goes."""
+    producers = {name: node for node in graph.node for name in node.output}
+    for name in names:
+        back = producers.get(name)
+        half = producers.get(back.input[0]) if back is not None and back.op_type == "Cast" else None
+        if half is None or half.op_type != "Cast" or sum(half.output[0] in node.input for node in graph.node) != 1:
+            continue
+        if not any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in half.attribute):
+            continue
+        back.input[0] = half.input[0]
+        graph.node.remove(half)
 
 
 def _passed_through_outputs(graph: onnx.GraphProto) -> list[tuple[int, onnx.ValueInfoProto]]:
@@ -456,6 +577,57 @@ def _float32_typed(proto: onnx.ModelProto) -> set[str]:
     return names
 
 
+def _types_inferred(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """``proto`` with the type of each node output declared, and the main graph's node outputs still untyped.
+
+    The converter makes float16 exactly the values its graphs declare float32 and writes the Casts around a blocked
+    op only for those, and the twin's ``deployed`` model rounds only those: a float value left undeclared ran as
+    float16 unchecked. onnx's shape inference does not know com.microsoft ops and types nothing after one whose
+    outputs the file leaves undeclared (a ``Gelu`` in a model without ``value_info``: a ``MatMul`` to 192000 after
+    it was verified, and is infinite on a GPU); ONNX Runtime, which knows them, types those values when it loads
+    the model, and onnx's inference then types the subgraphs that read them.
+    """
+    # onnx's inference keeps the types a file declares for contrib outputs (none lost on the fused fixtures).
+    proto = onnx.shape_inference.infer_shapes(proto)
+    untyped = _untyped_outputs(proto.graph)
+    if not untyped or not _has_contrib_ops(proto):
+        return proto, []
+    types = _runtime_types(proto, untyped)
+    if types is None:
+        return proto, untyped
+    proto.graph.value_info.extend(
+        onnx.helper.make_tensor_value_info(name, elem_type, None) for name, elem_type in types.items() if elem_type
+    )
+    return onnx.shape_inference.infer_shapes(proto), []
+
+
+def _untyped_outputs(graph: onnx.GraphProto) -> list[str]:
+    typed = {
+        info.name
+        for info in (*graph.input, *graph.output, *graph.value_info)
+        if info.type.WhichOneof("value") not in (None, "tensor_type") or info.type.tensor_type.elem_type
+    }
+    return [name for node in graph.node for name in node.output if name and name not in typed]
+
+
+def _runtime_types(proto: onnx.ModelProto, names: list[str]) -> dict[str, int] | None:
+    """The tensor element types ONNX Runtime gives ``names`` (main-graph values) when it loads ``proto`` (0 for one
+    that is not a tensor: a sequence); None if it refuses the model."""
+    outputs = len(proto.graph.output)
+    proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    try:
+        session = open_session(proto.SerializeToString(), session_options("disable_all", 1), ["CPUExecutionProvider"])
+    except RuntimeRefusedError:
+        return None
+    finally:
+        del proto.graph.output[outputs:]
+    types = {}
+    for output in session.get_outputs()[outputs:]:
+        spelled = output.type.removeprefix("tensor(").removesuffix(")") if output.type.startswith("tensor(") else ""
+        types[output.name] = getattr(onnx.TensorProto, spelled.upper(), 0) if spelled else 0
+    return types
+
+
 def _has_contrib_ops(proto: onnx.ModelProto) -> bool:
-    # onnx's shape inference does not know com.microsoft ops and would drop their output types.
+    # onnx's shape inference does not know com.microsoft ops: their undeclared outputs need ONNX Runtime's types.
     return any(node.domain == MS_DOMAIN for node in proto.graph.node)
