@@ -8,7 +8,7 @@ ONNX Runtime (1.32, from ORT_ENABLE_BASIC up) runs two rewrites a QDQ graph's au
 - WeightBiasQuantization takes a ``Conv``, ``ConvTranspose`` or ``Gemm`` whose data input comes from a
   ``DequantizeLinear`` with a single scale and whose weight is a float32 constant for a QDQ layer whose
   weight was left unquantized, and quantizes that weight to int8 with one scale for the whole tensor
-  (its bias to int32) where the layer's result is quantized again.
+  (its bias to int32) where the layer's result is quantized again (goes on to a ``QuantizeLinear``).
 
 So a layer a quantizer keeps float between int8 layers, reading their dequantized output directly or
 through those ops, runs in int8 after all, with a coarser weight than the per-channel int8 it was kept
@@ -42,7 +42,7 @@ def one_scale(value: ir.Value | None) -> bool:
 def float_layer_behind_dequantize(node: ir.Node) -> tuple[ir.Node, list[ir.Node]] | None:
     """For a ``Conv``/``ConvTranspose``/``Gemm`` with a float32 constant weight whose data input is a
     single-scale ``DequantizeLinear``'s output, directly or through ``PROPAGATED_OPS`` and ops ONNX Runtime removes
-    (``removed_by_onnxruntime``):
+    (``removed_by_onnxruntime``), and whose result goes on to a ``QuantizeLinear`` (``_requantized_later``):
     that ``DequantizeLinear`` and the ops between it and the layer (in order); else None."""
     if node.op_type not in WEIGHT_QUANTIZING_OPS or not is_onnx_domain(node) or len(node.inputs) < 2:
         return None
@@ -57,7 +57,7 @@ def float_layer_behind_dequantize(node: ir.Node) -> tuple[ir.Node, list[ir.Node]
             scale = producer.inputs[1] if len(producer.inputs) > 1 else None
             casts = any(op.op_type == "Cast" for op in chain)
             if scale is not None and one_scale(scale) and not (casts and scale.dtype not in (ir.DataType.FLOAT, None)):
-                return producer, chain[::-1]
+                return (producer, chain[::-1]) if _requantized_later(node) else None
             return None
         # A Pad is folded only into the Conv it feeds directly.
         foldable = producer.op_type != "Pad" or (not chain and node.op_type == "Conv")
@@ -66,6 +66,27 @@ def float_layer_behind_dequantize(node: ir.Node) -> tuple[ir.Node, list[ir.Node]
         chain.append(producer)
         value = producer.inputs[0] if producer.inputs else None
     return None
+
+
+def _requantized_later(node: ir.Node) -> bool:
+    """Whether a ``QuantizeLinear`` reads ``node``'s result, directly or through any ops after it (or a subgraph
+    might). WeightBiasQuantization quantizes a layer only where its result goes on to a ``QuantizeLinear`` (through
+    a Relu or Clip, without a branch); with none downstream, as after a model's float head, the layer stays float
+    (a head ``Conv`` reading a one-channel int8 output, which no per-channel dequantization can shield, was taken
+    for quantized and the whole static int8 result rolled back)."""
+    seen: set[int] = set()
+    stack = [value for value in node.outputs if value is not None]
+    while stack:
+        for user, _ in stack.pop().uses():
+            if id(user) in seen:
+                continue
+            seen.add(id(user))
+            if user.op_type == "QuantizeLinear" or user.graph is not node.graph:
+                return True
+            if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in user.attributes.values()):
+                return True
+            stack.extend(value for value in user.outputs if value is not None)
+    return False
 
 
 def moves_dequantized(node: ir.Node) -> bool:

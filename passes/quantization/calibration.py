@@ -113,18 +113,22 @@ def channel_means(
     """Each named tensor's mean per channel (``axis``; 1 for NCHW activations) over every sample of the batches.
 
     The statistic of bias correction: a layer's int8 weight error times its input's mean is
-    the shift of the layer's mean output, which the bias can take back.
+    the shift of the layer's mean output, which the bias can take back. Only finite values count, as in the
+    ranges: one infinite pixel made a channel's mean infinite, every corrected bias NaN, and each such layer
+    lost its correction and its int32 bias (noted as "too large for int32"); a channel with no finite value
+    has mean 0 (no correction).
     """
     sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
+    counts: dict[str, np.ndarray] = {}
     with value_collector(model, names) as run:
         for batch in batches:
             for name, array in run(batch).items():
                 array = np.moveaxis(np.asarray(array, dtype=np.float64), axis, 0)
                 flat = array.reshape(array.shape[0], -1)
-                sums[name] = sums.get(name, 0.0) + flat.sum(axis=1)
-                counts[name] = counts.get(name, 0) + flat.shape[1]
-    return {name: (sums[name] / counts[name]).astype(np.float32) for name in sums}
+                finite = np.isfinite(flat)
+                sums[name] = sums.get(name, 0.0) + np.where(finite, flat, 0.0).sum(axis=1)
+                counts[name] = counts.get(name, 0) + finite.sum(axis=1)
+    return {name: (sums[name] / np.maximum(counts[name], 1)).astype(np.float32) for name in sums}
 
 
 class _Stream:

@@ -122,8 +122,11 @@ class StaticQuantizationPass(QuantizationPass):
         names = [layer.activation.name for layer in layers]
         convs = [layer.node for layer in layers if layer.kind == "conv"]
         tails = [_output_tail(model.graph, node) for node in convs]
-        names += [tail.outputs[0].name for tail in tails if tail is not None]
-        adds = _residual_add_candidates(model.graph, names)
+        requantized = [tail.outputs[0].name for tail in tails if tail is not None]
+        names += requantized
+        # Only requantized outputs: an Add reads a layer's input as the float tensor, not its quantized copy (a
+        # ResNet block's Add of the stem's MaxPool output was counted as QLinearAdd and runs in float).
+        adds = _residual_add_candidates(model.graph, requantized)
         names += adds
         # What reaches each layer quantized with every chosen layer int8 (``speed_shape``'s conversions).
         self._int8_layers = {layer.name for layer in layers}
@@ -598,7 +601,7 @@ def _is_zero_floored_activation(node: ir.Node) -> bool:
 
 def _residual_add_candidates(graph: ir.Graph, int8_names: Sequence[str]) -> list[str]:
     """Requantized outputs (the Add's, or its Relu/ReLU6's) of the Adds, in graph order, whose inputs are
-    all int8 tensors or earlier such outputs."""
+    all requantized outputs named in ``int8_names`` (Conv outputs) or earlier such outputs."""
     known = set(int8_names)
     found = []
     for node in graph:

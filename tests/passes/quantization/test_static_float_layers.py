@@ -193,8 +193,13 @@ def test_unnamed_layers_get_unique_names():
     gemm = next(node for node in proto.graph.node if node.op_type == "Gemm")
     twin = onnx.helper.make_node("Gemm", ["xd", "w", "b"], ["g2"], transB=1)
     gemm.name = ""
-    proto.graph.node.append(twin)
-    proto.graph.output.append(helper.make_tensor_value_info("g2", TensorProto.FLOAT, ["B", 4]))
+    # Its result quantized again too, as ONNX Runtime requires before it quantizes a float layer's weight.
+    requantized = [
+        onnx.helper.make_node("QuantizeLinear", ["g2", "s_out", "z"], ["g2q"]),
+        onnx.helper.make_node("DequantizeLinear", ["g2q", "s_out", "z"], ["y2"]),
+    ]
+    proto.graph.node.extend([twin, *requantized])
+    proto.graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["B", 4]))
     model = ir.from_proto(proto)
     assert len(_keep_float_layers_float(model.graph)) == 2
     onnx.checker.check_model(ir.to_proto(model))
@@ -385,6 +390,10 @@ def test_a_new_float_layer_sharing_an_old_ones_weight_is_still_refused():
         if second:
             nodes.append(helper.make_node("Conv", ["xd", "w"], ["b"], name="convB"))
             outputs.append("b")
+        for name in list(outputs):  # results quantized again, as ONNX Runtime requires to quantize a float layer
+            nodes.append(helper.make_node("QuantizeLinear", [name, "s", "z"], [f"{name}q"], name=f"{name}_q"))
+            nodes.append(helper.make_node("DequantizeLinear", [f"{name}q", "s", "z"], [f"{name}d"], name=f"{name}_dq"))
+        outputs = [f"{name}d" for name in outputs]
         init = [("s", np.array(0.05, np.float32)), ("z", np.array(128, np.uint8)), ("w", weights(8, 8, 1, 1, seed=1))]
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8, 4, 4])
         ys = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", 8, 4, 4]) for name in outputs]
