@@ -135,9 +135,12 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         exclude: Sequence[str] = (),
         speed: MeasuredSpeed | None = None,
         threads: int | None = None,
+        original: ir.Model | None = None,
     ) -> None:
         super().__init__()
         self.threads = threads
+        # The model the budget bounds (the pipeline's input): after an earlier approximate pass, its drift counts.
+        self.original = original
         if not 0.0 < ratio < 1.0:
             raise ValueError(f"low-rank ratio {ratio}: expected a fraction of parameters in (0, 1)")
         if importance not in (None, *IMPORTANCE):
@@ -224,7 +227,9 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
             self.note("no sample inputs: the budget was not searched")
         search_summary = None
         if self._searching:
-            ranks, search_summary = self._search(model, groups, rows, checked, reference, repair)
+            # The budget bounds the whole model against the pipeline's input, as the pipeline's own check does.
+            bound = reference if self.original is None else run_batches(self.original, checked)
+            ranks, search_summary = self._search(model, groups, rows, checked, bound, repair)
             if not any(rank is not None for rank in ranks.values()):
                 self.note(f"no ranks meet {self.budget.describe()}: nothing factorized")
                 return self.result(model, modified=False)

@@ -114,8 +114,11 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         repair: bool | None = None,
         budget: AccuracyBudget | None = None,
         samples_generated: bool = False,
+        original: ir.Model | None = None,
     ) -> None:
         super().__init__()
+        # The model the budget bounds (the pipeline's input): after an earlier approximate pass, its drift counts.
+        self.original = original
         ratios = dict(ratio) if isinstance(ratio, Mapping) else {None: ratio}
         for value in ratios.values():
             if not 0.0 <= value < 1.0:
@@ -210,7 +213,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         if self.budget is not None and not batches:
             self.note("no sample inputs: the budget was not searched")
         if self.budget is not None and batches:
-            scale = self._search(model, scores, comparable, batches, targets, checked, checked_reference)
+            # The budget bounds the whole model against the pipeline's input, as the pipeline's own check does.
+            bound = checked_reference if self.original is None else run_batches(self.original, checked)
+            scale = self._search(model, scores, comparable, batches, targets, checked, bound)
             if scale == 0.0:
                 self.decline(f"no cut that removes a unit meets {self.budget.describe()}{self._checked_on}")
                 return self.result(model, modified=False)

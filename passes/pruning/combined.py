@@ -48,6 +48,7 @@ class FfnHeadPruningPass(PruningPass):
         repair: bool | None = None,
         budget: AccuracyBudget | None = None,
         samples_generated: bool = False,
+        original: ir.Model | None = None,
     ) -> None:
         super().__init__(
             {"ffn": ffn, "heads": heads},
@@ -57,6 +58,7 @@ class FfnHeadPruningPass(PruningPass):
             repair=repair,
             budget=budget,
             samples_generated=samples_generated,
+            original=original,
         )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
