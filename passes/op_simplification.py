@@ -231,6 +231,23 @@ class _SafeBatchNormIntoGemm(_FoldableBatchNorm, _fuse_batchnorm.FuseBatchNormIn
     pass
 
 
+class _PadIntoConvUnlessSplit(_fuse_pad_into_conv.FuseConvPad):
+    """onnxscript's ``Pad`` into ``Conv``, except a ``Pad`` that names its ``axes`` before a tall (``k×1``) Conv:
+    ``split-conv-padding`` writes its measured splits so (ONNX Runtime does not fold such a Pad either), and folding
+    them back undid on a second run what the first measured faster."""
+
+    def check(self, context, x, pad, conv, **kwargs):
+        result = super().check(context, x, pad, conv, **kwargs)
+        if not result:
+            return result
+        from passes.conv_padding import tall_conv
+
+        node = pad.producer()
+        if len(node.inputs) > 3 and node.inputs[3] is not None and tall_conv(conv.producer()):
+            return result.fail("a Pad with axes before a tall Conv: kept as split-conv-padding measured it")
+        return result
+
+
 class _ZeroPointFreeConvIntegerPad(_fuse_pad_into_conv.FuseConvIntegerPad):
     """onnxscript's ``Pad`` into ``ConvInteger``, only where the ConvInteger's ``x_zero_point`` is 0 or absent:
     ConvInteger pads with its zero point, the Pad with 0 (folded, a zero point of 128 turned the padding's 0 into
@@ -308,6 +325,7 @@ _REPLACED = {
     id(_fuse_batchnorm.fuse_batchnorm_into_conv_transpose_rule): _SafeBatchNormIntoConvTranspose().rule(),
     id(_fuse_batchnorm.fuse_batchnorm_into_gemm_rule): _SafeBatchNormIntoGemm().rule(),
     id(_fuse_pad_into_conv.fuse_pad_into_conv_integer_rule): _ZeroPointFreeConvIntegerPad.rule(),
+    id(_fuse_pad_into_conv.fuse_pad_into_conv_rule): _PadIntoConvUnlessSplit.rule(),
     id(_min_max_to_clip.min_max_rule): _SafeMinMaxToClip().rule(),
     id(_min_max_to_clip.max_min_rule): _SafeMaxMinToClip().rule(),
     id(_cast_constant_of_shape.cast_constant_of_shape_rule): pattern.RewriteRule(
