@@ -16,6 +16,7 @@ interval; a pass may not depend on the comparison code, and a pass needs many sh
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 import json
 import math
@@ -106,14 +107,19 @@ class TimingCache:
     def put(self, key: str, value: float) -> None:
         """Cache ``value`` under ``key``, in memory and on disk."""
         self._read()[key] = value
+        written = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             merged = {**self._load(), **self._entries}
             with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as file:
+                written = file.name
                 json.dump(merged, file, indent=0, sort_keys=True)
             os.replace(file.name, self.path)
         except OSError:
-            pass  # a read-only home: the measurement still holds for this run
+            # A read-only home or a full disk: the measurement still holds for this run, and no .tmp is left behind.
+            if written is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(written)
 
     def _read(self) -> dict[str, float]:
         if self._entries is None:
