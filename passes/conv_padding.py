@@ -6,7 +6,8 @@ an unpadded convolution ran the layer in 0.51× the time (64×1, 31/32 rows of p
 in 0.571× its time, outputs bit for bit; a 5×5 convolution with two pixels of padding ran 1.33× slower so. So each
 candidate is timed both ways on this machine (one-layer models at its own shape, batch 1, interleaved at
 ORT_ENABLE_ALL; cached per machine, ONNX Runtime version and thread count, as ``factorize-lowrank``'s timings are)
-and rewritten only where the split measured at most 0.95× the fused time:
+and rewritten only where the split measured at most 0.95× the fused time (a model below opset 18 is then converted
+to 18, an exact rewrite, so that the ``Pad`` can name its ``axes``):
 
     Conv(x, W, pads=[t, l, b, r])  ->  Conv(Pad(x, [t, l, b, r], axes=[2, 3]), W, pads=0)
 
@@ -17,8 +18,7 @@ alone (``tall_conv``), so a second run keeps what this one measured.
 Candidates: an ONNX ``Conv`` of a 4-D input whose kernel is 1 wide along one spatial axis (``k×1`` or ``1×k``, ``k``
 at least 2), with explicit non-negative padding (``auto_pad`` NOTSET), a constant weight, and channels and spatial
 sizes of its input known (recorded, or inferred by ONNX shape inference); others are not timed. Refuses, with a
-reason in the report, below opset 18 (the ``Pad`` would have no ``axes`` and ONNX Runtime would fold it back) and
-where the split measured no faster.
+reason in the report, where the split measured no faster, and below opset 18 where the model cannot be converted.
 """
 
 from __future__ import annotations
@@ -98,28 +98,16 @@ class SplitConvPaddingPass(GraphoptPass, ir.passes.InPlacePass):
         candidates = [node for node in model.graph if _candidate(node)]
         if not candidates:
             return self.result(model, modified=False)
-        if onnx_opset(model.opset_imports, 0) < 18:
-            for _ in candidates:
-                self.refuse(
-                    _KIND,
-                    "the model's opset is below 18: a Pad there takes no axes input, and ONNX Runtime folds a Pad "
-                    "without one back into its Conv",
-                )
-            return self.result(model, modified=False)
         from passes.fusion._inferred_shapes import inferred_shapes, lacks_shapes  # imported where a candidate needs it
 
-        shapes: dict[int, ConvShape | str] = {}
         if lacks_shapes(model):
             with inferred_shapes(model):
-                shapes = {id(node): _shape_of(node) for node in candidates}
+                shapes = [(node, _shape_of(node)) for node in candidates]
         else:
-            shapes = {id(node): _shape_of(node) for node in candidates}
-        taken = {node.name for node in model.graph if node.name} | {
-            value.name for node in model.graph for value in (*node.inputs, *node.outputs) if value is not None
-        }
-        count = 0
-        for node in candidates:
-            shape = shapes[id(node)]
+            shapes = [(node, _shape_of(node)) for node in candidates]
+        faster: list[tuple[int, ConvShape, float]] = []
+        positions = {id(node): index for index, node in enumerate(model.graph)}
+        for node, shape in shapes:
             if isinstance(shape, str):
                 self.refuse(_KIND, shape)
                 continue
@@ -131,12 +119,62 @@ class SplitConvPaddingPass(GraphoptPass, ir.passes.InPlacePass):
             if ratio > FASTER_BELOW:
                 self.refuse(_KIND, f"its padding as a Pad measured no faster on {self.target} ({ratio:.2f}x its time)")
                 continue
-            _split(model.graph, node, shape, taken)
+            faster.append((positions[id(node)], shape, ratio))
+        if not faster:
+            return self.result(model, modified=False)
+        opset = onnx_opset(model.opset_imports, 0)
+        written = model
+        if opset < 18:
+            # A Pad names its axes from opset 18; without them ONNX Runtime folds it back into the Conv.
+            written = _at_opset_18(model)
+            if written is None:
+                for _ in faster:
+                    self.refuse(
+                        _KIND,
+                        f"measured faster split, but the model could not be converted from opset {opset} "
+                        "to 18, where a Pad names its axes (ONNX Runtime folds one without them back)",
+                    )
+                return self.result(model, modified=False)
+        nodes = list(written.graph)
+        taken = {node.name for node in nodes if node.name} | {
+            value.name for node in nodes for value in (*node.inputs, *node.outputs) if value is not None
+        }
+        for position, shape, ratio in faster:
+            node = nodes[position]
+            _split(written.graph, node, shape, taken)
             self.done(_KIND)
             where = node.name or node.outputs[0].name
             self.note(f"{where}: padding {list(shape.pads)} as a Pad, measured {ratio:.2f}x the layer's time")
-            count += 1
-        return self.result(model, modified=count > 0)
+        if written is not model:
+            model.graph, model.ir_version = written.graph, written.ir_version
+            model.functions.clear()
+            model.functions.update(written.functions)
+            self.note(
+                f"converted from opset {opset} to 18, where a Pad names its axes (ONNX Runtime folds one without "
+                "them back into its Conv)"
+            )
+        return self.result(model, modified=True)
+
+
+def _at_opset_18(model: ir.Model) -> ir.Model | None:
+    """A copy of ``model`` converted to opset 18 (onnxscript's converter, an exact rewrite) with its nodes in the same
+    order (the candidates are found by position), or None where it could not be."""
+    from onnxscript import version_converter
+
+    from optimizer.inputs import DECLARED_SHAPE
+
+    converted = model.clone()
+    version_converter.convert_version(converted, 18, fallback=True)
+    if onnx_opset(converted.opset_imports, 0) != 18 or [n.op_type for n in converted.graph] != [
+        n.op_type for n in model.graph
+    ]:
+        return None
+    # --static-shapes keeps each interface value's declared shape in its meta: the converter rebuilt them.
+    for kept, values in ((model.graph.inputs, converted.graph.inputs), (model.graph.outputs, converted.graph.outputs)):
+        for old, new in zip(kept, values, strict=False):
+            if DECLARED_SHAPE in old.meta:
+                new.meta.setdefault(DECLARED_SHAPE, old.meta[DECLARED_SHAPE])
+    return converted
 
 
 def tall_conv(node: ir.Node) -> bool:

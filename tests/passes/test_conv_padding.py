@@ -74,11 +74,15 @@ def test_a_square_kernel_is_not_timed(tmp_path):
     assert not result.modified and not timed and not result.refusals
 
 
-def test_below_opset_18_the_split_is_refused_with_the_reason(tmp_path):
-    timed: list = []
-    result = SplitConvPaddingPass(speed=_speed(tmp_path, 0.5, timed))(_tall_conv(opset=17, height=128))
-    assert not result.modified and not timed
-    assert any("opset is below 18" in line for line in result.refusals), result.refusals
+def test_below_opset_18_a_measured_split_converts_the_model_to_18(tmp_path):
+    original = _tall_conv(opset=17, height=128)
+    result = SplitConvPaddingPass(speed=_speed(tmp_path, 0.5, []))(original.clone())
+    assert result.modified and result.model.opset_imports[""] == 18
+    assert op_types(result.model) == ["Pad", "Conv", "Relu"]
+    assert any("converted from opset 17 to 18" in note for note in result.notes), result.notes
+    assert_same_outputs(original, result.model, _signal())
+    unchanged = SplitConvPaddingPass(speed=_speed(tmp_path / "other", 1.2, []))(original.clone())
+    assert not unchanged.modified and unchanged.model.opset_imports[""] == 17  # nothing faster: not converted
 
 
 def test_a_conv_whose_length_is_not_known_is_not_timed(tmp_path):
