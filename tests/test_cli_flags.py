@@ -39,8 +39,12 @@ def _one_error(code: int, err: str, message: str) -> None:
         # Away from its default the registry refuses it, in the words the Python API uses.
         (["--no-repair"], "--no-repair (repair=False) needs --prune-ffn R"),
         (["-v", "-q"], "-v and -q: choose one"),
-        (["--threads", "1"], "--threads does nothing here: it sets the threads of --compare and of the kernel"),
-        (["--quantize", "dynamic", "--threads", "1"], "--threads does nothing here"),  # no budget: nothing timed
+        # On the CPU target the default split-conv-padding times kernels (at --threads): without it, nothing does.
+        (
+            ["--target", "cuda", "--threads", "1"],
+            "--threads does nothing here: it sets the threads of --compare and of",
+        ),
+        (["--quantize", "dynamic", "--passes", "-split-conv-padding", "--threads", "1"], "--threads does nothing here"),
         (["--threads", "0", "--compare"], "--threads 0: expected a positive number of threads"),
         (["--budget-decode-steps", "0"], "--budget-decode-steps 0 (budget_decode_steps=0) does nothing here: it"),
         (["--quantize", "dynamic", "--budget-decode-steps", "4"], "does nothing here: it sets how an accuracy budget"),
@@ -147,9 +151,13 @@ def test_threads_reach_the_passes_that_time_kernels(options, attribute):
     context = PassContext(Options(threads=1, **options))
     if attribute is None:  # nothing times kernels: the registry refuses threads, as for any unused option
         with pytest.raises(PassSelectionError, match="does nothing here"):
-            resolve(None, context.options)
+            resolve(["-split-conv-padding"], context.options)  # the CPU default's split-conv-padding times kernels
         return
-    timing = [spec for spec in resolve(None, context.options) if spec.kernels_timed(context.options)]
+    timing = [
+        spec
+        for spec in resolve(None, context.options)
+        if spec.kernels_timed(context.options) and spec.name != "split-conv-padding"
+    ]
     assert len(timing) == 1
     assert getattr(timing[0].factory(context), attribute) == 1
 
@@ -166,7 +174,7 @@ def test_the_api_refuses_threads_that_nothing_uses(model):
     from optimizer.errors import PassSelectionError
 
     with pytest.raises(PassSelectionError, match="--threads 2 \\(threads=2\\) does nothing here"):
-        optimize(model, threads=2)
+        optimize(model, threads=2, target="cuda")
 
 
 def test_threads_for_compare_alone_still_run(model, tmp_path, capsys, monkeypatch):
