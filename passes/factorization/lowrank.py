@@ -430,7 +430,9 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         return decisions
 
     def _twin(self, source: ir.Model, decisions: list[_Decision]) -> Twin:
-        """``source`` with each factorized weight replaced by ``U V`` and each bias change added after its layer.
+        """``source`` with each factorized weight replaced by ``U V`` and each bias change added after its layer (a
+        Gemm's or an Attention's to its bias input, where the rewrite stores it: the layer's output, which the next
+        layer may read as a checkpoint, holds the same values in both).
 
         Built on the pass's input from the declared factors, without the rewrite: a
         realization that wires the factors wrongly (swapped, transposed, the bias on
@@ -450,6 +452,14 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
                     continue
                 if layer.kind == "attention":  # the QKV bias is inside the node
                     bias = (_constant(node.inputs[2]) + decision.bias_change).astype(np.float32)
+                    node.replace_input_with(2, add_initializer(graph, f"{node.name}.twin_bias", bias))
+                elif layer.kind == "gemm":
+                    # Into C, where the rewrite stores it (``_store_bias``): added after the Gemm, its output (the
+                    # next layer's input, a checkpoint) would hold the old bias here and the new one in the result.
+                    if len(node.inputs) < 3:
+                        node.resize_inputs(3)
+                    current = _constant(node.inputs[2]).reshape(-1) if node.inputs[2] is not None else 0.0
+                    bias = (current + decision.bias_change).astype(np.float32)
                     node.replace_input_with(2, add_initializer(graph, f"{node.name}.twin_bias", bias))
                 else:
                     _add_after(graph, node, decision.bias_change)

@@ -20,7 +20,7 @@ Refuses, with a reason in the report, a packed tensor whose reshape does not end
 ``n*H*d`` the projection's width, whose leading dims are not known to copy the projection's (all but one must be
 ``0`` or the same shape arithmetic; the element count fixes the last), or whose projection's rank or width is
 unknown; a part taken otherwise (a negative or clamped ``Slice``, a ``Gather`` of a non-constant or non-scalar
-index) is left as it is.
+index) or inside a subgraph (an ``If`` branch reading the packed tensor) is left as it is.
 """
 
 from __future__ import annotations
@@ -62,10 +62,15 @@ class PackedHeadsSplit(FusionPass):
             if isinstance(layout, str):
                 self.refuse(_KIND, layout)
                 continue
-            parts = [taken for reader in transpose.outputs[0].uses() for taken in _parts(reader.node, layout[1])]
-            parts = [(node, k) for node, k in parts if not node.outputs[0].is_graph_output()]
+            found = [taken for reader in transpose.outputs[0].uses() for taken in _parts(reader.node, layout[1])]
+            # A part taken inside a subgraph (an If branch reading the packed tensor from the outer scope) is left
+            # as it is: the head split would have to go into that subgraph.
+            parts = [
+                (node, k) for node, k in found if node.graph is model.graph and not node.outputs[0].is_graph_output()
+            ]
             if not parts:
-                self.refuse(_KIND, "no part is taken along its first axis by Gather, Split or a one-wide Slice")
+                why = "no part is taken along its first axis by Gather, Split or a one-wide Slice"
+                self.refuse(_KIND, "each part is a graph output or taken inside a subgraph" if found else why)
                 continue
             for node, k in parts:
                 _rewrite(model.graph, node, k, layout, taken)

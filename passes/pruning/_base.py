@@ -350,7 +350,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         zeroing those rows computes what the pruned model computes. Nothing here uses
         the slicing that realizes the cut (``ChannelGroup.apply``): the channel indices
         and the weight axis are worked out again, and a repaired bias is added as its
-        change after the consumer, whichever bias the realization rewrote.
+        change after the consumer, whichever bias the realization rewrote; into a Gemm's
+        C or a Conv's B (``_fold_bias``), where the repair stores it too, so that the
+        consumer's output holds the same values in both where a checkpoint reads it.
         """
         graph = source.graph
         nodes = list(graph)
@@ -363,7 +365,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             index[_input_channel_axis(consumer)] = channels.ravel()
             weight[tuple(index)] = 0
             consumer.replace_input_with(1, add_initializer(graph, f"{consumer.inputs[1].name}.twin", weight))
-            if removal.bias_change is not None:
+            if removal.bias_change is not None and not _fold_bias(graph, consumer, removal.bias_change):
                 _add_after(graph, consumer, removal.bias_change)
         counts = []
         for kind in dict.fromkeys(r.kind for r in removals):
@@ -672,6 +674,29 @@ def _add_after(graph: ir.Graph, node: ir.Node, value: np.ndarray) -> None:
     replace_value(output, add.outputs[0])  # this also points the new Add at itself ...
     add.replace_input_with(0, output)  # ... so it reads the node again
     add.outputs[0].type, add.outputs[0].shape = output.type, output.shape
+
+
+def _fold_bias(graph: ir.Graph, node: ir.Node, change: np.ndarray) -> bool:
+    """Add ``change`` to a Gemm's C of one value per output or a Conv's B (zeros where it has none), where the
+    repair stores a new bias (``_bias``); False, changing nothing, for any other node or C.
+
+    Added after such a node instead, its output would hold the old bias in the twin and the new one in the result,
+    and a checkpoint reading it (a residual block's input, read by its up projection and its skip) would fail the
+    segment check by the whole change."""
+    if node.op_type not in ("Gemm", "Conv") or not is_onnx_domain(node):
+        return False
+    conv = node.op_type == "Conv"
+    weight = constant_array(node.inputs[1])
+    width = weight.shape[0 if conv or node.attributes.get_int("transB", 0) else 1]
+    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    current = constant_array(node.inputs[2]) if has_bias else np.zeros(width)
+    if current is None or current.size != width or not (conv or is_feature_bias(current.shape, width, 2)):
+        return False
+    total = (current.astype(np.float64) + change.astype(np.float64).reshape(current.shape)).astype(weight.dtype)
+    if not has_bias:
+        node.resize_inputs(3)
+    node.replace_input_with(2, add_initializer(graph, f"{node.name}.twin_bias", total))
+    return True
 
 
 def _refittable(consumer: ir.Node) -> bool:
