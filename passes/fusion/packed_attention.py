@@ -116,8 +116,9 @@ def _hidden_use(value: ir.Value) -> bool:
     return len(others) == 1 and not value.is_graph_output()
 
 
-def _projection(value: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray | None] | str:
-    """``(x, W, b)`` when ``value = x @ W [+ b]`` with constant 2-D ``W`` (and 1-D ``b``), else why not."""
+def _matmul_and_bias(value: ir.Value) -> tuple[ir.Node, np.ndarray, np.ndarray | None, ir.Value] | None:
+    """``(MatMul, W, b, its output)`` when ``value = x @ W [+ b]`` with constant 2-D ``W`` (and 1-D ``b`` of its
+    width), else None."""
     bias, product = None, value
     add = producer(value, "Add")
     if add is not None:
@@ -127,13 +128,20 @@ def _projection(value: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray | Non
                 bias, product = array, operand
                 break
         else:
-            return _NOT_PROJECTIONS
+            return None
     matmul = producer(product, "MatMul")
     weight = constant_array(matmul.inputs[1]) if matmul is not None else None
     if weight is None or weight.ndim != 2 or (bias is not None and bias.shape != (weight.shape[1],)):
+        return None
+    return matmul, weight, bias, product
+
+
+def _projection(value: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray | None] | str:
+    """``(x, W, b)`` when ``value = x @ W [+ b]`` with constant 2-D ``W`` (and 1-D ``b``), else why not."""
+    found = _matmul_and_bias(value)
+    if found is None or rank(found[0].inputs[0]) != 3:
         return _NOT_PROJECTIONS
-    if rank(matmul.inputs[0]) != 3:
-        return _NOT_PROJECTIONS
+    matmul, weight, bias, product = found
     if not _hidden_use(value) or (product is not value and not _single_use(product)):
         return "a projection has other users"
     return matmul.inputs[0], weight, bias
@@ -179,20 +187,10 @@ def _packed_by_slices(hidden: list[ir.Value]) -> _Packed | str:
     others = [user for user, _ in packed.uses() if user not in slices and not _reads_leading_dims(user)]
     if others or packed.is_graph_output() or not all(_hidden_use(v) for v in hidden):
         return "a projection has other users"
-    bias, product = None, packed
-    add = producer(packed, "Add")
-    if add is not None:
-        for operand, other in ((add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])):
-            array = constant_array(other)
-            if array is not None and producer(operand, "MatMul") is not None:
-                bias, product = array, operand
-                break
-        else:
-            return _NOT_PROJECTIONS
-    matmul = producer(product, "MatMul")
-    weight = constant_array(matmul.inputs[1]) if matmul is not None else None
-    if weight is None or weight.ndim != 2 or (bias is not None and bias.shape != (weight.shape[1],)):
+    found = _matmul_and_bias(packed)
+    if found is None:
         return _NOT_PROJECTIONS
+    matmul, weight, bias, product = found
     if rank(matmul.inputs[0]) is None:
         return f"the projection's input is {NOT_KNOWN_3D}"  # retried with shapes inferred
     if rank(matmul.inputs[0]) != 3 or (product is not packed and not _single_use(product)):

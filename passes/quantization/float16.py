@@ -19,6 +19,7 @@ range first.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -255,15 +256,20 @@ def _normalization_statistics_cast(model: ir.Model) -> set[str]:
 
 def _undeclared(graph: onnx.GraphProto, names: set[str]) -> None:
     """Drop the ``value_info`` of ``names`` from ``graph`` and its subgraphs, in place."""
-    if not names:
-        return
+    if names:
+        _drop_value_info(graph, lambda _: names)
+
+
+def _drop_value_info(graph: onnx.GraphProto, dropped: Callable[[onnx.GraphProto], set[str]]) -> None:
+    """Drop from ``graph``'s ``value_info``, and from each subgraph's, the names ``dropped`` gives for that graph."""
+    names = dropped(graph)
     kept = [_copy_of(info) for info in graph.value_info if info.name not in names]
     del graph.value_info[:]
     graph.value_info.extend(kept)
     for node in graph.node:
         for attribute in node.attribute:
             for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                _undeclared(sub, names)
+                _drop_value_info(sub, dropped)
 
 
 def _stft_onesided_spelled_out(model: ir.Model) -> None:
@@ -434,14 +440,7 @@ def _subgraph_homes(graph: onnx.GraphProto) -> dict[str, list[onnx.GraphProto]]:
 
 
 def _drop_initializer_value_info(graph: onnx.GraphProto) -> None:
-    initializers = {tensor.name for tensor in graph.initializer}
-    kept = [_copy_of(info) for info in graph.value_info if info.name not in initializers]
-    del graph.value_info[:]
-    graph.value_info.extend(kept)
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                _drop_initializer_value_info(sub)
+    _drop_value_info(graph, lambda g: {tensor.name for tensor in g.initializer})
 
 
 def _copy_of(message: _Message) -> _Message:
