@@ -519,16 +519,16 @@ def _unbound_part(part: ir.Value, squeeze: ir.Node) -> tuple[ir.Value, int, int,
     if axis not in (rank - 1, rank):
         return None
     n = low if axis == rank - 1 else high
-    if len(split.outputs) != n or not _split_in_ones(split, n):
+    if len(split.outputs) != n or not split_in_ones(split, n):
         return None
-    squeezed = _squeezed_axes(squeeze)
+    squeezed = squeezed_axes(squeeze)
     if squeezed is None or [a + rank + 1 if a < 0 else a for a in squeezed] != [axis]:
         return None
     k = list(split.outputs).index(part)
     return x, k, n, width // n, axis == rank
 
 
-def _split_in_ones(split: ir.Node, n: int) -> bool:
+def split_in_ones(split: ir.Node, n: int) -> bool:
     """Whether ``split`` cuts its axis into ``n`` parts of one (sizes given as an input or attribute, or equal)."""
     if len(split.inputs) > 1 and split.inputs[1] is not None:
         sizes = _constant(split.inputs[1])
@@ -540,7 +540,7 @@ def _split_in_ones(split: ir.Node, n: int) -> bool:
     return parts == n  # equal parts of an axis of n
 
 
-def _squeezed_axes(node: ir.Node) -> list[int] | None:
+def squeezed_axes(node: ir.Node) -> list[int] | None:
     """The axes a ``Squeeze`` removes (an input from opset 13, an attribute before), or None where not given."""
     if len(node.inputs) > 1 and node.inputs[1] is not None:
         axes = _constant(node.inputs[1])

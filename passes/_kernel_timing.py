@@ -41,6 +41,13 @@ from optimizer.runtime import (
     session_options,
 )
 
+# A rewrite timed against what it replaces counts as faster when its median time is at most this fraction of the
+# other's: a 5 % margin, so timing noise on a busy machine does not turn a tie into a rewrite.
+FASTER_BELOW = 0.95
+# A short comparison, for passes that make many (``interleaved_times``' arguments): warm-up runs, then interleaved
+# pairs until the budget (seconds) is spent, at least min_pairs.
+SHORT_PLAN = {"warmup": 5, "max_pairs": 100, "min_pairs": 15, "budget": 0.4}
+
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 

@@ -390,6 +390,18 @@ def shape_dims(graph: ir.Graph, value: ir.Value, start: int, end: int) -> list[i
     return [shape, ir.node("Gather", [shape.outputs[0], indices], {"axis": 0})]
 
 
+def declared_shapes_kept(model: ir.Model, converted: ir.Model) -> None:
+    """Give ``converted``'s graph inputs and outputs the shapes ``--static-shapes`` kept as declared on ``model``'s
+    (``DECLARED_SHAPE``): onnx's converter (the fallback below opset 18) rebuilds the graph from a proto, without
+    them, and an opset-11 state ``[2, batch, H]`` bound to ``[2, 2, H]`` was cut along axis 0 again (rolled back);
+    the budget reads a mask's and an output's sequence dim on them (``optimizer.padding``)."""
+    for kept, values in ((model.graph.inputs, converted.graph.inputs), (model.graph.outputs, converted.graph.outputs)):
+        declared = {value.name: value.meta[DECLARED_SHAPE] for value in kept if DECLARED_SHAPE in value.meta}
+        for value in values:
+            if value.name in declared:
+                value.meta.setdefault(DECLARED_SHAPE, declared[value.name])
+
+
 def replace_value(old: ir.Value, new: ir.Value, *, inherit: bool = False) -> None:
     """Point every user of ``old``, graph outputs included, at ``new``.
 

@@ -33,13 +33,10 @@ import onnx_ir as ir
 from optimizer.domains import is_onnx_op, onnx_opset
 from optimizer.errors import RuntimeRefusedError
 from optimizer.qdq_rewrites import float_layer_behind_dequantize
-from passes._kernel_timing import MachineTimings, OneModel, interleaved_times, runtime_key
+from passes._kernel_timing import FASTER_BELOW, SHORT_PLAN, MachineTimings, OneModel, interleaved_times, runtime_key
 from passes._pass import GraphoptPass
-from passes._utils import add_initializer, constant_array, unique_name
+from passes._utils import add_initializer, constant_array, declared_shapes_kept, unique_name
 
-# The split counts as faster when its median time is at most this fraction of the fused layer's (as low-rank's).
-FASTER_BELOW = 0.95
-_PLAN = {"warmup": 5, "max_pairs": 100, "min_pairs": 15, "budget": 0.4}
 _KIND = "padded tall Conv"
 
 
@@ -82,7 +79,7 @@ class PaddingSpeed(MachineTimings):
         x = np.random.default_rng(0).standard_normal((1, shape.channels, shape.height, shape.width), dtype=np.float32)
         fused = OneModel(_one_conv(shape, split=False), {"x": x}, self.target, self.threads, "time a padded Conv")
         split = OneModel(_one_conv(shape, split=True), {"x": x}, self.target, self.threads, "time a padded Conv")
-        times_fused, times_split = interleaved_times(fused, split, **_PLAN)
+        times_fused, times_split = interleaved_times(fused, split, **SHORT_PLAN)
         return float(np.median(times_split) / np.median(times_fused))
 
 
@@ -174,19 +171,13 @@ def _at_opset_18(model: ir.Model) -> ir.Model | None:
     order (the candidates are found by position), or None where it could not be."""
     from onnxscript import version_converter
 
-    from optimizer.inputs import DECLARED_SHAPE
-
     converted = model.clone()
     version_converter.convert_version(converted, 18, fallback=True)
     if onnx_opset(converted.opset_imports, 0) != 18 or [n.op_type for n in converted.graph] != [
         n.op_type for n in model.graph
     ]:
         return None
-    # --static-shapes keeps each interface value's declared shape in its meta: the converter rebuilt them.
-    for kept, values in ((model.graph.inputs, converted.graph.inputs), (model.graph.outputs, converted.graph.outputs)):
-        for old, new in zip(kept, values, strict=False):
-            if DECLARED_SHAPE in old.meta:
-                new.meta.setdefault(DECLARED_SHAPE, old.meta[DECLARED_SHAPE])
+    declared_shapes_kept(model, converted)  # --static-shapes' declared shapes: the converter rebuilt them
     return converted
 
 

@@ -16,14 +16,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from passes._kernel_timing import MachineTimings, OneModel, interleaved_times, runtime_key
+from passes._kernel_timing import FASTER_BELOW, SHORT_PLAN, MachineTimings, OneModel, interleaved_times, runtime_key
 
-# The factorized layer counts as faster when its median time is at most this fraction of the whole
-# layer's: a 5 % margin, so timing noise on a busy machine does not turn a tie into a rewrite.
-FASTER_BELOW = 0.95
-# Each comparison is short, because a bisection makes about seven of them per shape and row count:
-# warm-up runs, then interleaved pairs until the budget (seconds) is spent, at least min_pairs.
-_PLAN = {"warmup": 5, "max_pairs": 100, "min_pairs": 15, "budget": 0.4}
 _CACHE_FILE = "lowrank_timing.json"
 
 
@@ -89,7 +83,7 @@ class MeasuredSpeed(MachineTimings):
         factors = [rng.standard_normal((k, r), dtype=np.float32), rng.standard_normal((r, n), dtype=np.float32)]
         before = OneModel(whole, {"x": x}, self.target, self.threads, "time a factorized MatMul")
         after = OneModel(_matmul_chain(factors, m), {"x": x}, self.target, self.threads, "time a factorized MatMul")
-        times_before, times_after = interleaved_times(before, after, **_PLAN)
+        times_before, times_after = interleaved_times(before, after, **SHORT_PLAN)  # a bisection: seven a shape
         return float(np.median(times_after) / np.median(times_before))
 
 

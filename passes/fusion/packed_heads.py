@@ -29,6 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_op, onnx_opset
+from passes._canonical_forms import split_in_ones, squeezed_axes
 from passes._utils import add_initializer, constant_array, unique_name
 from passes.fusion._base import FusionPass
 from passes.fusion._inferred_shapes import inferred_shapes, lacks_shapes
@@ -137,7 +138,7 @@ def _parts(node: ir.Node, n: int) -> list[tuple[ir.Node, int]]:
         k = int(index)
         return [(node, k % n)] if -n <= k < n else []
     if node.op_type == "Split":
-        if node.attributes.get_int("axis", 0) != 0 or len(node.outputs) != n or not _in_ones(node, n):
+        if node.attributes.get_int("axis", 0) != 0 or len(node.outputs) != n or not split_in_ones(node, n):
             return []
         return [(use.node, k) for k, out in enumerate(node.outputs) for use in out.uses() if _squeezes_first(use.node)]
     if node.op_type == "Slice" and len(node.inputs) >= 3:
@@ -155,23 +156,9 @@ def _parts(node: ir.Node, n: int) -> list[tuple[ir.Node, int]]:
     return []
 
 
-def _in_ones(split: ir.Node, n: int) -> bool:
-    """Whether ``split`` cuts its axis into ``n`` parts of one (sizes as an input or attribute, or equal parts)."""
-    if len(split.inputs) > 1 and split.inputs[1] is not None:
-        sizes = constant_array(split.inputs[1])
-        return sizes is not None and sizes.reshape(-1).tolist() == [1] * n
-    sizes = split.attributes.get_ints("split", None)
-    return list(sizes) == [1] * n if sizes is not None else split.attributes.get_int("num_outputs", n) == n
-
-
 def _squeezes_first(node: ir.Node) -> bool:
-    """Whether ``node`` is a Squeeze of axis 0 alone (axes as an input from opset 13, an attribute before)."""
-    if not is_onnx_op(node, "Squeeze"):
-        return False
-    if len(node.inputs) > 1 and node.inputs[1] is not None:
-        axes = constant_array(node.inputs[1])
-        return axes is not None and axes.reshape(-1).tolist() == [0]
-    return list(node.attributes.get_ints("axes", [])) == [0]
+    """Whether ``node`` is a Squeeze of axis 0 alone."""
+    return is_onnx_op(node, "Squeeze") and squeezed_axes(node) == [0]
 
 
 def _rewrite(graph: ir.Graph, node: ir.Node, k: int, layout: _Layout, taken: set[str]) -> None:

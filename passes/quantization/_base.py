@@ -44,7 +44,6 @@ from onnxscript import version_converter
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import MS_DOMAIN
 from optimizer.inputs import (
-    DECLARED_SHAPE,
     fixed_batch_size,
     fixes_batch,
     held_out_samples,
@@ -68,7 +67,7 @@ from passes._layers import (
     unmatched_patterns,
 )
 from passes._pass import GraphoptPass
-from passes._utils import nothing_found_note, remove_dead_nodes
+from passes._utils import declared_shapes_kept, nothing_found_note, remove_dead_nodes
 from passes.quantization import smoothing
 from passes.quantization._int8 import ROW_LEVELS, ROW_SCALE_FLOOR, activation_parameters, quantize_weight
 from passes.quantization._layer_speed import FLOAT, ConvShape, LayerShape, LayerSpeeds, layer_probe, probe_names
@@ -351,7 +350,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         nothing (every layer left float) leaves the caller's model at its own opset, as an onnx-ir pass says."""
         converted = model.clone()
         version_converter.convert_version(converted, opset, fallback=True)
-        _declared_shapes_kept(model, converted)
+        declared_shapes_kept(model, converted)
         result = QuantizationPass.call(self, converted)
         if result.modified:
             model.graph, model.ir_version = converted.graph, converted.ir_version
@@ -1102,18 +1101,6 @@ def _local_errors(
 
 
 _KIND_OPS = {"matmul": "MatMul", "gemm": "Gemm", "conv": "Conv", "attention": "Attention"}
-
-
-def _declared_shapes_kept(model: ir.Model, converted: ir.Model) -> None:
-    """Give ``converted``'s graph inputs and outputs the shapes ``--static-shapes`` kept as declared on ``model``'s
-    (``DECLARED_SHAPE``): onnx's converter (the fallback below opset 18) rebuilds the graph from a proto, without
-    them, and an opset-11 state ``[2, batch, H]`` bound to ``[2, 2, H]`` was cut along axis 0 again (rolled back);
-    the budget reads a mask's and an output's sequence dim on them (``optimizer.padding``)."""
-    for kept, values in ((model.graph.inputs, converted.graph.inputs), (model.graph.outputs, converted.graph.outputs)):
-        declared = {value.name: value.meta[DECLARED_SHAPE] for value in kept if DECLARED_SHAPE in value.meta}
-        for value in values:
-            if value.name in declared:
-                value.meta.setdefault(DECLARED_SHAPE, declared[value.name])
 
 
 def optimistic_figure(fit: str, budget: AccuracyBudget | None) -> str:
