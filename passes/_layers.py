@@ -24,7 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
-from passes._utils import constant_array
+from passes._utils import add_initializer, constant_array, replace_value
 
 # Constants named so are a pass's own exact float arithmetic beside a reduced layer (int4's block
 # offsets and outlier channels): never a layer to reduce again, or a second run would round them.
@@ -160,6 +160,43 @@ def bias_add(layer: Layer) -> tuple[np.ndarray, ir.Node, int] | None:
     if bias is None or bias.dtype != np.float32 or not is_feature_bias(bias.shape, columns, rank):
         return None
     return bias.reshape(-1), add, index
+
+
+def add_after(graph: ir.Graph, node: ir.Node, value: np.ndarray, base_name: str) -> None:
+    """Add the constant ``value`` to ``node``'s first output for everything that reads it, graph outputs included
+    (they keep their name): an ``Add`` named ``{node}_{base_name}`` reading an initializer ``{node}.{base_name}``."""
+    output = node.outputs[0]
+    bias = add_initializer(graph, f"{node.name}.{base_name}", value)
+    add = ir.Node("", "Add", [output, bias], name=f"{node.name}_{base_name}")
+    graph.insert_after(node, add)
+    replace_value(output, add.outputs[0])  # this also points the new Add at itself ...
+    add.replace_input_with(0, output)  # ... so it reads the node again
+    add.outputs[0].type, add.outputs[0].shape = output.type, output.shape
+
+
+def fold_into_bias(graph: ir.Graph, node: ir.Node, change: np.ndarray, base_name: str) -> bool:
+    """Add ``change`` to a Gemm's C of one value per output or a Conv's B (zeros where it has none), as a new
+    initializer ``{node}.{base_name}``; False, changing nothing, for any other node or C.
+
+    A repaired bias added after such a node instead (``add_after``) leaves its output holding the old bias: where
+    that output is a checkpoint of a twin (a residual block's input, read by its up projection and its skip), the
+    twin and the result, which stores the new bias in C, would differ there by the whole change."""
+    if node.op_type not in ("Gemm", "Conv") or not is_onnx_domain(node):
+        return False
+    conv = node.op_type == "Conv"
+    weight = constant_array(node.inputs[1])
+    if weight is None:
+        return False
+    width = weight.shape[0 if conv or node.attributes.get_int("transB", 0) else 1]
+    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    current = constant_array(node.inputs[2]) if has_bias else np.zeros(width)
+    if current is None or current.size != width or not (conv or is_feature_bias(current.shape, width, 2)):
+        return False
+    total = (current.astype(np.float64) + change.astype(np.float64).reshape(current.shape)).astype(weight.dtype)
+    if not has_bias:
+        node.resize_inputs(3)
+    node.replace_input_with(2, add_initializer(graph, f"{node.name}.{base_name}", total))
+    return True
 
 
 def is_feature_bias(shape: Sequence[int], columns: int, rank: int | None) -> bool:

@@ -71,7 +71,16 @@ from optimizer.padding import cache_outputs, mask_inputs
 from optimizer.parameters import count_parameters
 from optimizer.protocol import Twin
 from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, value_collector
-from passes._layers import Layer, bias_add, excluded, find_layers, name_nodes, tied_weight_reason
+from passes._layers import (
+    Layer,
+    add_after,
+    bias_add,
+    excluded,
+    find_layers,
+    fold_into_bias,
+    name_nodes,
+    tied_weight_reason,
+)
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, refuse_without_samples, unfit_on_generated_samples
 from passes._utils import add_initializer, constant_array, nothing_found_note, remove_dead_nodes, unique_name
@@ -453,16 +462,10 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
                 if layer.kind == "attention":  # the QKV bias is inside the node
                     bias = (_constant(node.inputs[2]) + decision.bias_change).astype(np.float32)
                     node.replace_input_with(2, add_initializer(graph, f"{node.name}.twin_bias", bias))
-                elif layer.kind == "gemm":
-                    # Into C, where the rewrite stores it (``_store_bias``): added after the Gemm, its output (the
-                    # next layer's input, a checkpoint) would hold the old bias here and the new one in the result.
-                    if len(node.inputs) < 3:
-                        node.resize_inputs(3)
-                    current = _constant(node.inputs[2]).reshape(-1) if node.inputs[2] is not None else 0.0
-                    bias = (current + decision.bias_change).astype(np.float32)
-                    node.replace_input_with(2, add_initializer(graph, f"{node.name}.twin_bias", bias))
-                else:
-                    _add_after(graph, node, decision.bias_change)
+                # A Gemm's into C, where the rewrite stores it (``_store_bias``): added after the Gemm, its output
+                # (the next layer's input, a checkpoint) would hold the old bias here and the new one in the result.
+                elif not (layer.kind == "gemm" and fold_into_bias(graph, node, decision.bias_change, "twin_bias")):
+                    add_after(graph, node, decision.bias_change.astype(np.float32), "twin_bias")
         weights = sum(len(d.group.layers) for d in decisions)
         description = f"the input with {len(decisions)} weights ({weights} layers) replaced by their low-rank products"
         if any(d.bias_change is not None for d in decisions):
@@ -768,26 +771,7 @@ def _store_bias(graph: ir.Graph, node: ir.Node, layer: Layer, change: np.ndarray
         total = (bias + change).astype(np.float32).reshape(list(shape) if shape is not None else (-1,))
         add.replace_input_with(index, add_initializer(graph, f"{add.name}.repaired_bias", total))
         return
-    _add_after(graph, node, change)
-
-
-def _add_after(graph: ir.Graph, node: ir.Node, value: np.ndarray) -> None:
-    """Add the constant ``value`` to ``node``'s output, for everything that reads it (graph outputs keep their name)."""
-    output = node.outputs[0]
-    bias = add_initializer(graph, f"{node.name}.bias_change", value.astype(np.float32))
-    add = ir.Node("", "Add", [output, bias], name=f"{node.name}_bias_change")
-    graph.insert_after(node, add)
-    result = add.outputs[0]
-    result.type, result.shape = output.type, output.shape
-    for user, index in list(output.uses()):
-        if user is not add:
-            user.replace_input_with(index, result)
-    if output.is_graph_output():
-        outputs = graph.outputs
-        outputs[[v is output for v in outputs].index(True)] = result
-        result.name, output.name = output.name, f"{output.name}.before_bias_change"
-    else:
-        result.name = f"{output.name}.bias_changed"
+    add_after(graph, node, change.astype(np.float32), "bias_change")
 
 
 def _constant(value: ir.Value | None) -> np.ndarray:

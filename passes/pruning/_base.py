@@ -48,10 +48,10 @@ from optimizer.parameters import count_parameters
 from optimizer.progress import track
 from optimizer.protocol import Twin
 from optimizer.runtime import drift_of, run_batches, stream_values, value_collector
-from passes._layers import is_feature_bias, name_nodes
+from passes._layers import add_after, fold_into_bias, is_feature_bias, name_nodes
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, refuse_without_samples, unfit_on_generated_samples
-from passes._utils import add_initializer, constant_array, nothing_found_note, remove_dead_nodes, replace_value
+from passes._utils import add_initializer, constant_array, nothing_found_note, remove_dead_nodes
 from passes.pruning._groups import ChannelGroup, Cut
 from passes.pruning._reconstruction import MAX_INPUTS, removal_scores
 from passes.pruning._refit import channel_rows
@@ -351,7 +351,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         the slicing that realizes the cut (``ChannelGroup.apply``): the channel indices
         and the weight axis are worked out again, and a repaired bias is added as its
         change after the consumer, whichever bias the realization rewrote; into a Gemm's
-        C or a Conv's B (``_fold_bias``), where the repair stores it too, so that the
+        C or a Conv's B (``fold_into_bias``), where the repair stores it too, so that the
         consumer's output holds the same values in both where a checkpoint reads it.
         """
         graph = source.graph
@@ -365,8 +365,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             index[_input_channel_axis(consumer)] = channels.ravel()
             weight[tuple(index)] = 0
             consumer.replace_input_with(1, add_initializer(graph, f"{consumer.inputs[1].name}.twin", weight))
-            if removal.bias_change is not None and not _fold_bias(graph, consumer, removal.bias_change):
-                _add_after(graph, consumer, removal.bias_change)
+            change = removal.bias_change
+            if change is not None and not fold_into_bias(graph, consumer, change, "twin_bias"):
+                add_after(graph, consumer, change, "twin_bias")
         counts = []
         for kind in dict.fromkeys(r.kind for r in removals):
             removed = sum(len(r.removed) * r.named for r in removals if r.kind == kind)
@@ -663,40 +664,6 @@ def _input_channel_axis(consumer: ir.Node) -> int:
     if consumer.op_type == "Conv" or (consumer.op_type == "Gemm" and consumer.attributes.get_int("transB", 0)):
         return 1  # [out, in, ...] filters; a Gemm's transposed [out, in]
     return 0
-
-
-def _add_after(graph: ir.Graph, node: ir.Node, value: np.ndarray) -> None:
-    """Add the constant ``value`` to ``node``'s first output, for everything that reads it."""
-    output = node.outputs[0]
-    bias = add_initializer(graph, f"{node.name}.twin_bias", value)
-    add = ir.Node("", "Add", [output, bias], name=f"{node.name}_twin_bias")
-    graph.insert_after(node, add)
-    replace_value(output, add.outputs[0])  # this also points the new Add at itself ...
-    add.replace_input_with(0, output)  # ... so it reads the node again
-    add.outputs[0].type, add.outputs[0].shape = output.type, output.shape
-
-
-def _fold_bias(graph: ir.Graph, node: ir.Node, change: np.ndarray) -> bool:
-    """Add ``change`` to a Gemm's C of one value per output or a Conv's B (zeros where it has none), where the
-    repair stores a new bias (``_bias``); False, changing nothing, for any other node or C.
-
-    Added after such a node instead, its output would hold the old bias in the twin and the new one in the result,
-    and a checkpoint reading it (a residual block's input, read by its up projection and its skip) would fail the
-    segment check by the whole change."""
-    if node.op_type not in ("Gemm", "Conv") or not is_onnx_domain(node):
-        return False
-    conv = node.op_type == "Conv"
-    weight = constant_array(node.inputs[1])
-    width = weight.shape[0 if conv or node.attributes.get_int("transB", 0) else 1]
-    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
-    current = constant_array(node.inputs[2]) if has_bias else np.zeros(width)
-    if current is None or current.size != width or not (conv or is_feature_bias(current.shape, width, 2)):
-        return False
-    total = (current.astype(np.float64) + change.astype(np.float64).reshape(current.shape)).astype(weight.dtype)
-    if not has_bias:
-        node.resize_inputs(3)
-    node.replace_input_with(2, add_initializer(graph, f"{node.name}.twin_bias", total))
-    return True
 
 
 def _refittable(consumer: ir.Node) -> bool:
