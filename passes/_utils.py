@@ -352,7 +352,8 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
     initializer's, graph input's or node output's (a review: a node output named ``mm.scales`` beside a MatMul
     ``mm`` made int4's result invalid, and the pass was rolled back)."""
     name, suffix = base_name, 0
-    while name in graph.initializers or _value_named(graph, name):
+    below: set[str] | None = None  # the names the graphs nested in ``graph`` define, read once a name is free here
+    while name in graph.initializers or _value_named(graph, name) or name in (below := _names_below(graph, below)):
         suffix += 1
         name = f"{base_name}_{suffix}"
     value = ir.Value(
@@ -363,6 +364,29 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
     )
     graph.register_initializer(value)
     return value
+
+
+def _names_below(graph: ir.Graph, known: set[str] | None) -> set[str]:
+    """The names (inputs, initializers, node outputs) the ``If``/``Loop``/``Scan`` bodies nested in ``graph`` define,
+    or ``known`` where already read: an initializer of ``graph`` named like a body's node output makes a file onnx's
+    checker and ONNX Runtime refuse ("Graph must be in single static assignment (SSA) form": simplify-shapes'
+    ``Reshape_shape`` beside a branch's value of that name), and one named like a body's input or initializer is
+    not what that body reads."""
+    if known is not None:
+        return known
+    names: set[str] = set()
+    bodies = [
+        body
+        for node in graph
+        if node.attributes
+        for attribute in node.attributes.values()
+        if attribute.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) and not attribute.is_ref()
+        for body in ([attribute.value] if attribute.type == ir.AttributeType.GRAPH else attribute.value)
+    ]
+    for body in (nested for top in bodies for nested in (top, *top.subgraphs())):
+        names.update(value.name for value in (*body.inputs, *body.initializers.values()) if value.name)
+        names.update(output.name for node in body for output in node.outputs if output.name)
+    return names
 
 
 def _value_named(graph: ir.Graph, name: str) -> bool:
