@@ -1243,7 +1243,8 @@ def _make_inputs(console: Console, args: argparse.Namespace) -> int:
     from optimizer.model_io import check_paths
 
     _refuse_stdout({"-o": args.output})
-    check_paths({"-o": args.output}, models=[("the model", args.model)])
+    # The skeleton is written through a link at -o (write_atomically), unlike a model.
+    check_paths({"-o": args.output}, models=[("the model", args.model)], links_replaced=())
     summary = write_input_skeleton(args.model, args.output, parse_dim_flags(args.dim))
     if not args.quiet:
         console.print(summary, highlight=False, soft_wrap=True, markup=False)

@@ -749,6 +749,7 @@ def check_paths(
     reads: Iterable[tuple[str, PathLike | None]] = (),
     *,
     models: Iterable[tuple[str, PathLike | None]] = (),
+    links_replaced: Iterable[str] = ("-o",),
 ) -> None:
     """Refuse output paths graphopt cannot write safely, before any work starts (``OutputPathError``).
 
@@ -760,11 +761,12 @@ def check_paths(
     we may write to; no two outputs may be the same file, no output any file read,
     however spelled (relative, absolute, ``..``, a symlink, a hard link), nor a ``.npz`` or
     ``.npy`` file in a data folder read (which reads every such file in it), and no file
-    read may bear a name ``-o``'s weights could take.
+    read may bear a name ``-o``'s weights could take. A link at a flag of ``links_replaced`` (the model's ``-o``:
+    ``save_model`` replaces it) may point anywhere; another flag's is written through, so its target is checked.
     """
     given = {flag: path for flag, path in writes.items() if path is not None}
     for flag, path in given.items():
-        _check_writable(flag, path)
+        _check_writable(flag, path, through_links=flag not in links_replaced)
     read = [(what, Path(path)) for what, path in reads if path is not None]
     models = [(what, Path(path)) for what, path in models if path is not None]
     output = Path(given["-o"]) if "-o" in given else None
@@ -819,7 +821,7 @@ def check_paths(
             )
 
 
-def _check_writable(flag: str, path: PathLike) -> None:
+def _check_writable(flag: str, path: PathLike, *, through_links: bool = True) -> None:
     role = _ROLES.get(flag, "output")
     text = os.fspath(path)
     if text.endswith(("/", os.sep)):
@@ -844,7 +846,10 @@ def _check_writable(flag: str, path: PathLike) -> None:
     folder = path.absolute().parent
     if not folder.is_dir():
         raise OutputPathError(f"{folder}: {role} folder does not exist")
-    if path.is_symlink():  # written through: the link's target must be writable too
+    # A report is written through a link, so the link's target must be writable too; the model replaces a link at
+    # -o (save_model), so where that link points (into a folder since removed: a stale build link) is no matter.
+    through = path.is_symlink() and through_links
+    if through:
         target = Path(os.path.realpath(path.absolute()))
         if not target.parent.is_dir():
             raise OutputPathError(f"{path}: a link into {target.parent}, a folder that does not exist")
@@ -852,10 +857,44 @@ def _check_writable(flag: str, path: PathLike) -> None:
             raise OutputPathError(f"{path}: a link into {target.parent}, where graphopt cannot write")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputPathError(f"{folder}: cannot write here (permission denied)")
-    written = path.is_symlink() and Path(os.path.realpath(path.absolute())).parent
+    written = through and Path(os.path.realpath(path.absolute())).parent
     for place in {folder, *([written] if written else [])}:
         if (refused := _refuses_files(place)) is not None:
             raise OutputPathError(f"{place}: cannot write here ({refused})")
+    # The file the rename replaces: the link's target where written through, else what is at the path.
+    replaced = Path(os.path.realpath(path.absolute())) if through else path.absolute()
+    if _sticky_and_not_ours(replaced):
+        raise OutputPathError(
+            f"{path}: another user's file in a folder where only a file's owner may replace it (sticky, as /tmp "
+            f"is); give another path for the {role}"
+        )
+
+
+def _sticky_and_not_ours(path: Path) -> bool:
+    """Whether ``path`` is another user's file in another user's sticky folder (``/tmp``): a rename over it is
+    refused (EPERM), though a new file can be made there (``_refuses_files``), and a run did all its work, wrote the
+    model and then failed on the report that was to replace such a file."""
+    if not hasattr(os, "geteuid"):  # Windows: no sticky folders
+        return False
+    try:
+        file, folder = os.lstat(path), os.stat(path.parent)
+    except OSError:  # nothing there yet
+        return False
+    user = os.geteuid()
+    if not folder.st_mode & stat.S_ISVTX or user in (file.st_uid, folder.st_uid):
+        return False
+    return user != 0 or not _has_fowner_capability()
+
+
+def _has_fowner_capability() -> bool:
+    """Whether this process may replace any user's file in a sticky folder (CAP_FOWNER, which root usually has;
+    not a root whose capabilities a container or ``setpriv`` dropped). True where it cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            effective = next((line.split()[1] for line in status if line.startswith("CapEff:")), None)
+    except (OSError, ValueError):
+        return True
+    return effective is None or bool(int(effective, 16) & (1 << 3))  # CAP_FOWNER is capability 3
 
 
 def _refuses_files(folder: Path) -> str | None:

@@ -404,6 +404,8 @@ def _compare(
         )
     if data is not None:
         warnings.extend(f"{data.source}: {note}" for note in data.notes)
+        if note := _repeated_note(data):
+            warnings.append(note)
     accuracy_batches = split_samples(data, model=batching_model) if data is not None else None
     batch_names = batch_dims(before_model)
     _refuse_oversized_batches(before_model, base_inputs, batch_names, settings.batches)
@@ -696,6 +698,24 @@ def _same_feeding(before: CausalLM, after: CausalLM, *, presents: bool = True) -
 
 # Calibration in a form that reads the same samples again (a one-shot iterable was read by the optimization).
 _REREADABLE = (str, os.PathLike, Mapping, Sequence, SampleData)
+
+
+def _repeated_note(data: SampleData) -> str | None:
+    """The warning that the float inputs of ``data`` (masks aside), or all its inputs, hold one value repeated in
+    every sample (``make-inputs``' template): the accuracy compares the models at that one value, where a model
+    wrong for any other matches (zeros through ``Relu(x @ W)`` are zeros whatever ``W``). Verification sets such
+    inputs beside generated values; a comparison has only the data it is given."""
+    floats = [name for name, kind in data.repeated.items() if kind in "fc"]
+    every = bool(data.inputs_seen) and len(data.repeated) == len(data.inputs_seen)
+    if not floats and not every:
+        return None
+    names = floats if floats and not every else list(data.repeated)
+    shown = ", ".join(f"'{name}'" for name in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (
+        f"{data.source}: {shown} {'holds' if len(names) == 1 else 'hold'} one value repeated in every sample "
+        "(make-inputs' template?): the accuracy compares the models at that value alone, where a model wrong for "
+        "other values can match; give real data"
+    )
 
 
 def _calibrated_note(which: str) -> str:
