@@ -11,7 +11,7 @@ into the graph (see its docstring for why those lengths).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -96,6 +96,7 @@ def probe_lengths(
     *,
     model: ir.Model | None = None,
     inputs: Sequence[ir.Value] | None = None,
+    feeds: Sequence[Callable[[int], Mapping[str, np.ndarray]]] = (),
 ) -> list[int]:
     """The sequence lengths at which a fact decided by evaluating ``values`` must be checked, shortest first.
 
@@ -127,7 +128,10 @@ def probe_lengths(
     length the graph computes a switch at is found too (``_condition_switches``): each
     one-element comparison among the values read (``2 * S <= 201``, ``Cast(S) <= 100.5``)
     is evaluated at these lengths, and where it changes between two of them the change is
-    bisected, its last length before and first after added.
+    bisected, its last length before and first after added. ``feeds`` (with ``model``) are more ways
+    to feed the graph at a length, each searched the same way: a decoder's bias reads its length off
+    a past and a mask, which ``token_feeds`` cannot make up (``fuse-group-query-attention`` feeds
+    prefills and chunks over a past; ``RuntimeRefusedError`` from one skips that length).
     """
     candidates = {max_sequence}
     constants = [constant_array(v) for v in _values_read(values)]
@@ -139,8 +143,11 @@ def probe_lengths(
             edges |= set(_integral_magnitudes(array.reshape(-1)))
         candidates |= {edge + step for edge in edges for step in (0, 1)}
     lengths = sorted(n for n in candidates if _SHORTEST <= n <= max_sequence)
+    searches = list(feeds) if model is not None else []
     if model is not None and inputs:
-        lengths = sorted(set(lengths) | set(_condition_switches(model, values, inputs, lengths, max_sequence)))
+        searches.insert(0, lambda length: token_feeds(inputs, long_mask(length)))
+    for feeds_at in searches:
+        lengths = sorted(set(lengths) | set(_condition_switches(model, values, feeds_at, lengths, max_sequence)))
     return lengths
 
 
@@ -150,7 +157,11 @@ _MAX_SWITCH_EVALUATIONS = 96
 
 
 def _condition_switches(
-    model: ir.Model, values: Sequence[ir.Value], inputs: Sequence[ir.Value], lengths: list[int], max_sequence: int
+    model: ir.Model,
+    values: Sequence[ir.Value],
+    feeds_at: Callable[[int], Mapping[str, np.ndarray]],
+    lengths: list[int],
+    max_sequence: int,
 ) -> list[int]:
     """Lengths on both sides of each change of a one-element comparison the values read, between ``_SHORTEST``
     and ``max_sequence`` (see ``probe_lengths``). Comparisons of more elements (a mask's) are left to the
@@ -173,7 +184,7 @@ def _condition_switches(
             return None
         budget[0] -= 1
         try:
-            found = run(token_feeds(inputs, long_mask(length)))
+            found = run(dict(feeds_at(length)))
         except RuntimeRefusedError:
             return None
         return tuple(bool(np.asarray(x).reshape(-1)[0]) if np.size(x) == 1 else None for x in found)

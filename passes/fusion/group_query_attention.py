@@ -45,10 +45,12 @@ Exactness, and what is proven where:
   prefills, decode steps and chunks over a past on up to three rows; every total length
   up to 8 as a prefill, a decode step and a two-token chunk; and at each length
   ``_probe.probe_lengths`` names up to ``--max-sequence`` (and one less) a prefill and a
-  two-token chunk. Every key after the query's position must be at most -1e4 (``exp`` of
-  that is 0 in float32), or the original must refuse that shape: refusals are read so only
-  past the longest probe that ran (a fixed mask buffer); a probe refused at a shorter length,
-  or every probe refused, proves nothing and the attention is refused. A sliding window or
+  two-token chunk, among them both sides of each length where a one-element comparison the bias
+  computes switches (bisected over prefills and over chunks: ``2 * T > 279``). Every key after
+  the query's position must be at most -1e4 (``exp`` of that is 0 in float32), or the original
+  must refuse that shape: refusals are read so only past the longest probe that ran (a fixed
+  mask buffer); a probe refused at a shorter length, or every probe refused, proves nothing
+  and the attention is refused. A sliding window or
   any other extra masking is kept (the bias is still added); a bias with a prefix or
   without a causal part is refused. (ORT's CPU kernel refuses ``causal=0`` with several
   new tokens per row and a past, so a bidirectional decoder keeps MultiHeadAttention.)
@@ -60,7 +62,8 @@ Exactness, and what is proven where:
   left and at the right (``_pinned_sizes``); inputs that disagree on a size are refused. Other
   inputs' static dims (``input_ids``, known by name only) fix nothing.
 - The repeated heads: the key read by the attention is ``Reshape(Expand(Unsqueeze(C, 2),
-  [B, kv, r, T, d]), [B, kv·r, T, d])`` over the cache ``C``, which is query head ``h``
+  [B, kv, r, T, d]), [B, kv·r, T, d])`` (or ``[B, -1, T, d]``: ``repeat_interleave(r, dim=1)``, as
+  both exporters write it) over the cache ``C``, which is query head ``h``
   reading cache head ``h // r``, GroupQueryAttention's grouping. The Expand and Reshape
   targets are shape arithmetic; they are evaluated on the same probes (prefills only up
   to 256 tokens: those run the whole network) and must be those there. A batched
@@ -97,7 +100,7 @@ up an input the bias reads.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -350,6 +353,28 @@ def _feeds(inputs: Sequence[ir.Value], batch: int, new: int, past: int, mask: np
     return feeds
 
 
+def _switch_feeds(values: list[ir.Value], prefill_limit: int) -> list[Callable[[int], dict]]:
+    """Feeds at a total length, for ``probe_lengths`` to find where a comparison the values compute switches:
+    one row as a prefill (up to ``prefill_limit`` tokens) and as a two-token chunk over a past (the
+    length may be read off the mask, the past or the new tokens); none when the probes cannot make up
+    the inputs the values read."""
+    inputs = graph_inputs_of(values)
+    if inputs is None or isinstance(_feeds(inputs, 1, 1, 0, np.ones((1, 1), np.int64)), str):
+        return []
+
+    def at(new_of: Callable[[int], int], limit: int) -> Callable[[int], dict]:
+        def feeds(total: int) -> dict:
+            new = new_of(total)
+            made = _feeds(inputs, 1, new, total - new, np.ones((1, total), np.int64)) if total <= limit else None
+            if not isinstance(made, dict) or new < 1:
+                raise RuntimeRefusedError("probe it", f"no probe of {new} new tokens in {total}")
+            return made
+
+        return feeds
+
+    return [at(lambda total: total, prefill_limit), at(lambda total: min(2, total), 1 << 62)]
+
+
 def _unexplained_refusal(ran: list[int], refused: list[tuple[int, int]]) -> str | None:
     """Why the probes ONNX Runtime refused cannot be read as sizes the graph itself refuses; None when they can.
 
@@ -505,8 +530,15 @@ def _repeats(candidate: _Candidate, targets: list[np.ndarray], batch: int, total
             and split[1] == heads
         )
     (r,) = views
+    # The heads may be the one inferred dim (-1): torch's repeat_interleave(r, dim=1) is exported, by both
+    # exporters, as this Expand and a Reshape to [B, -1, T, d], whose -1 is then kv * r, the heads.
     return not (
-        len(r) != 4 or r[1] != heads or r[0] not in (batch, 0, -1) or r[2] not in (total, -1) or r[3] not in (d, -1)
+        len(r) != 4
+        or r.count(-1) > 1
+        or r[1] not in (heads, -1)
+        or r[0] not in (batch, 0, -1)
+        or r[2] not in (total, -1)
+        or r[3] not in (d, -1)
     )
 
 
@@ -600,16 +632,22 @@ class GroupQueryAttentionFusion(FusionPass):
             self._prove_shapes(model, remaining, reasons)
         return reasons
 
-    def _probes(self, values: list[ir.Value], prefill_limit: int) -> list[tuple[int, int, int, np.ndarray]] | str:
+    def _probes(
+        self, model: ir.Model, values: list[ir.Value], prefill_limit: int
+    ) -> list[tuple[int, int, int, np.ndarray]] | str:
         """(batch, new, past, mask) probes for facts about ``values``, or why they cannot be probed.
 
         ``_PROBES``; every total up to ``_SHORT`` as a prefill, a decode step and a two-token
         chunk; and at each length ``probe_lengths`` names (and one less: a comparison can
         change at either side of a constant), a prefill (up to ``prefill_limit``) and a chunk.
+        Those lengths include both sides of each switch of a one-element comparison the values
+        compute (``2 * T > 279``), bisected over prefills and over chunks (``_switch_feeds``): a
+        bias causal except from 140 to 199 tokens was fused and verified (a review).
         """
         probes = [(b, s, p, _probe_mask(b, s + p)) for b, s, p in _PROBES]
         lengths = set(range(1, _SHORT + 1))
-        for n in probe_lengths(values, self.max_sequence):
+        found = probe_lengths(values, self.max_sequence, model=model, feeds=_switch_feeds(values, prefill_limit))
+        for n in found:
             lengths |= {n - 1, n}
         if sum(n * n for n in lengths if n <= prefill_limit) > _MAX_PROBED_ELEMENTS:
             return f"it cannot be probed up to --max-sequence {self.max_sequence}"
@@ -627,7 +665,7 @@ class GroupQueryAttentionFusion(FusionPass):
         masks = [v for v in inputs or () if is_mask(v)]
         if inputs is None or len(masks) != 1 or not values_only_from(bias, masks[0]):
             return "its bias reads no single attention mask, or reads other inputs' values"
-        probes = self._probes([bias], self.max_sequence)
+        probes = self._probes(model, [bias], self.max_sequence)
         if isinstance(probes, str):
             return f"its causal mask: {probes}"
         try:
@@ -661,7 +699,7 @@ class GroupQueryAttentionFusion(FusionPass):
         starts = np.cumsum([0] + [len(n) for n in nodes]).tolist()
         targets = [node.inputs[1] for side in nodes for node in side]
         inputs = graph_inputs_of(targets)
-        probes = self._probes(targets, _LONGEST_NETWORK_PREFILL)
+        probes = self._probes(model, targets, _LONGEST_NETWORK_PREFILL)
         try:
             run = evaluator(model, targets) if inputs is not None and not isinstance(probes, str) else None
         except RuntimeRefusedError:
@@ -707,8 +745,13 @@ class GroupQueryAttentionFusion(FusionPass):
 
         query = node.inputs[0]
         if candidate.key.scale is not None:
-            # Q (s K)^T = (s Q) K^T: the kernel appends the unscaled keys to the cache.
-            query = add("Mul", [query, candidate.key.scale])
+            # Q (s K)^T = (s Q) K^T: the kernel appends the unscaled keys to the cache. ``s`` is one element of
+            # any rank: a [1, 1, 1, 1] one would make the [B, S, D] query 4-D, which the kernel refuses.
+            scale = candidate.key.scale
+            if scale.shape is None or scale.shape.rank() > 1:
+                shape = add_initializer(graph, "GroupQueryAttention/scalar_shape", np.array([], np.int64))
+                scale = add("Reshape", [scale, shape])
+            query = add("Mul", [query, scale])
         key = self._hidden(graph, candidate.key, candidate, add)
         value = self._hidden(graph, candidate.value, candidate, add)
         layer_lengths = self._lengths(graph, candidate, query, add, lengths)
