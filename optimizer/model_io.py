@@ -267,11 +267,24 @@ def _initializer_fed_from_outside(model: ir.Model) -> bool:
 
 
 def _densify_sparse_initializers(proto: onnx.ModelProto, folder: Path) -> None:
-    """Turn the main graph's sparse initializers into dense ones, in place: onnx-ir drops them without a word
-    (a clone of the graph then fails on the value nothing defines). The model computes the same. Values or
-    indices stored as external data are read from ``folder``, the model's (numpy_helper would read them from
-    the working directory)."""
-    graph = proto.graph
+    """Turn the sparse initializers of every graph (the main graph's, and those of If/Loop/Scan bodies, in functions
+    too) into dense ones, in place: onnx-ir drops them without a word (a clone of the graph then fails on the value
+    nothing defines; a body's, left sparse, had a valid model refused as one ONNX Runtime cannot run). The model
+    computes the same. Values or indices stored as external data are read from ``folder``, the model's
+    (numpy_helper would read them from the working directory)."""
+
+    def graphs_of(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.GraphProto]:
+        for node in nodes:
+            for attribute in node.attribute:
+                for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                    yield subgraph
+                    yield from graphs_of(subgraph.node)
+
+    for graph in (proto.graph, *graphs_of(proto.graph.node), *graphs_of(n for f in proto.functions for n in f.node)):
+        _densify_graph_sparse_initializers(graph, folder)
+
+
+def _densify_graph_sparse_initializers(graph: onnx.GraphProto, folder: Path) -> None:
     for sparse in graph.sparse_initializer:
         values = onnx.numpy_helper.to_array(_inline_tensor(sparse.values, folder))
         indices = onnx.numpy_helper.to_array(_inline_tensor(sparse.indices, folder)).astype(np.int64)

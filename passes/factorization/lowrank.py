@@ -80,6 +80,7 @@ from passes._layers import (
     fold_into_bias,
     name_nodes,
     tied_weight_reason,
+    unmatched_patterns,
 )
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, refuse_without_samples, unfit_on_generated_samples
@@ -209,6 +210,8 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         in_sample = bool(fitted) and checked is fitted
         self._searching = self.budget is not None and bool(batches)
         name_nodes(model.graph)
+        for pattern in unmatched_patterns(model.graph, self.exclude):  # a typo would keep nothing whole, unsaid
+            self.note(f"--exclude '{pattern}' matches no node name or op type of the graph: it keeps nothing whole")
         groups = self._candidates(model.graph)
         if not groups:
             if not self.said_why():
@@ -220,6 +223,17 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         evaluation = None
         if self._searching:  # the rank search measures each layer's error on rows nothing was fitted to
             evaluation = _layer_inputs(model, layers, checked, _SAMPLE_ROWS, covariance=False).rows
+        # An infinity in a layer's input (calibration holding one: NaN is refused up front), or products past
+        # float32's range, leave nothing to fit or measure: the SVD failed ("did not converge") and so did the pass.
+        infinite = _not_finite(statistics, evaluation)
+        if infinite:
+            reason = "its input holds an infinity on the calibration samples (or its squares overflow float32)"
+            for group in [group for group in groups if infinite.intersection(group.activations)]:
+                groups.remove(group)
+                for layer in group.layers:
+                    self.refuse(layer.node.op_type, reason)
+            if not groups:
+                return self.result(model, modified=False)
         for group in groups:
             group.decompose(statistics if aware else None, evaluation, searched=self._searching)
         rows = statistics.rows if statistics is not None and repair else {}
@@ -476,12 +490,14 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         """One note per (shape, rank): the layers, their parameters and the measured speed."""
         lines: dict[tuple[int, int, int], list[str]] = {}
         timed: dict[tuple[int, int, int], tuple[int, ...]] = {}
+        weights: dict[tuple[int, int, int], int] = {}
         for decision in decisions:
             for layer in decision.group.layers:
                 self.done(layer.node.op_type)
             k, n = decision.group.shape
             key = (k, n, decision.rank)
             lines.setdefault(key, []).extend(layer.name for layer in decision.group.layers)
+            weights[key] = weights.get(key, 0) + 1
             timed[key] = decision.group.rows
             self.ranks[decision.group.key] = (decision.rank, k, n)
         for (k, n, rank), names in lines.items():
@@ -489,8 +505,13 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
                 f"{self.speed.ratio(k, n, rank, m):.2f}x at {m} row{'s' if m > 1 else ''}" for m in timed[(k, n, rank)]
             )
             shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            # Tied layers share one weight's factors: "each" is per weight, not per layer.
+            count = weights[(k, n, rank)]
+            shared = ""
+            if count < len(names):
+                shared = f" ({count} weight{'s' if count > 1 else ''} read by {len(names)} layers)"
             self.note(
-                f"rank {rank} of {k}×{n}: {k * n:,} → {rank * (k + n):,} parameters each, "
+                f"rank {rank} of {k}×{n}: {k * n:,} → {rank * (k + n):,} parameters each{shared}, "
                 f"measured to take {speeds} of the whole MatMul's time on {self.target}; {len(names)} layers: {shown}"
             )
 
@@ -680,8 +701,9 @@ def _layer_inputs(
                 if real is not None:
                     flat, sample = flat[real], sample[real]
                 if covariance:
-                    product = flat.T @ flat
-                    gram[name] = gram[name] + product if name in gram else product
+                    with np.errstate(over="ignore", invalid="ignore"):  # an infinity is refused by ``_not_finite``
+                        product = flat.T @ flat
+                        gram[name] = gram[name] + product if name in gram else product
                     count[name] += len(flat)
                 chosen = rng.choice(len(flat), min(share, len(flat)), replace=False)
                 collected[name].append(flat[chosen])
@@ -693,6 +715,13 @@ def _layer_inputs(
         gram,
         count,
     )
+
+
+def _not_finite(statistics: _Inputs | None, evaluation: Mapping[str, np.ndarray] | None) -> set[str]:
+    """The input tensors whose sampled rows, ``XᵀX`` or evaluation rows hold a value that is not finite."""
+    parts = [] if statistics is None else [*statistics.rows.items(), *statistics.gram.items()]
+    parts += list((evaluation or {}).items())
+    return {name for name, array in parts if not np.isfinite(array).all()}
 
 
 def _real_rows(shape: tuple[int, ...], mask: np.ndarray | None, *, cached: bool = False) -> np.ndarray | None:

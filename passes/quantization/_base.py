@@ -275,6 +275,19 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 self.refuse(layer.node.op_type, tied)
             else:
                 chosen.append(layer)
+        # A weight another layer reads and keeps float (a model output, --exclude) stays float for all its readers:
+        # the reduced copy of a reader would be stored beside it (a weight two layers share, one of them the head:
+        # 16,384 → 32,768 parameters).
+        kept = set(self.kept_float)
+        floats = {id(layer.source) for layer in layers if layer.name in kept and layer.source is not None}
+        for layer in [layer for layer in chosen if layer.source is not None and id(layer.source) in floats]:
+            chosen.remove(layer)
+            self.kept_float.append(layer.name)
+            self.refuse(
+                layer.node.op_type,
+                f"its weight is also read by a layer that stays float: an {self.precision} copy would be stored "
+                "beside it",
+            )
         if not chosen:
             if not layers and not refused:
                 self.note(_nothing_to_quantize(model, self.kinds))
@@ -470,9 +483,15 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         def total(schemes: Mapping[str, str]) -> float:
             return sum(times[name][scheme] for name, scheme in schemes.items())
 
+        partners = _weight_partners(layers)
+
         def state(count: int) -> dict[str, str]:
             schemes = dict(default)
             schemes.update(path[:count])
+            # A weight several layers read stays float for all of them once one is float: the others' reduced
+            # copy would be stored beside it (the search kept one of two readers float: twice the parameters).
+            for name in [name for name, scheme in schemes.items() if scheme == FLOAT]:
+                schemes.update(dict.fromkeys(partners.get(name, ()), FLOAT))
             return schemes
 
         points = {0: FrontierPoint((), drift, total(default))}
@@ -649,6 +668,12 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             name
             for name, scheme in schemes.items()
             if scheme != FLOAT and name in times and times[name][scheme] >= times[name][FLOAT]
+        ]
+        partners = _weight_partners(layers)  # a weight's other readers go float with it (``_fit_budget``'s state)
+        slow += [
+            other
+            for other in dict.fromkeys(other for name in slow for other in partners.get(name, ()))
+            if other not in slow and schemes.get(other, FLOAT) != FLOAT
         ]
         if not slow or len(slow) + sum(scheme == FLOAT for scheme in schemes.values()) == len(schemes):
             return ""
@@ -935,6 +960,15 @@ def block_role(name: str) -> str | None:
     or None where the name has no block index (``layers.N``, ``layer.N``, ``h.N``, ``blocks.N``)."""
     role, found = _BLOCK_INDEX.subn(r"\1#", name, count=1)  # the outer block (an MLP's own layers.N stays)
     return role if found else None
+
+
+def _weight_partners(layers: Sequence[Layer]) -> dict[str, list[str]]:
+    """For each layer, the other layers of ``layers`` that read the same weight constant (``Layer.source``)."""
+    readers: dict[int, list[str]] = {}
+    for layer in layers:
+        if layer.source is not None:
+            readers.setdefault(id(layer.source), []).append(layer.name)
+    return {name: [other for other in group if other != name] for group in readers.values() for name in group}
 
 
 def _layers(count: int) -> str:
