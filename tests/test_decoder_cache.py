@@ -35,6 +35,7 @@ KV_FIXTURES = {  # name -> KV heads
     "gpt2_kv_dynamo": 4,
     "llama_kv_legacy": 2,
     "llama_kv_dynamo": 2,
+    "llama_kv_dynamo_opset23": 2,  # sdpa as ONNX's own Attention
 }
 PAST_NAMES = [f"past_key_values.{i}.{kind}" for i in range(LAYERS) for kind in ("key", "value")]
 PRESENT_NAMES = [f"present.{i}.{kind}" for i in range(LAYERS) for kind in ("key", "value")]

@@ -94,6 +94,7 @@ the next layer's keys. Without the guard the original is NaN there too.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -125,6 +126,13 @@ from passes.fusion._layout import (
     symbolic_dim,
     trace_heads,
     traced_dim,
+)
+from passes.fusion._onnx_attention import (
+    MaskBiases,
+    SpelledAttention,
+    onnx_attention_nodes,
+    spell_out,
+    take_back,
 )
 from passes.shape_simplification import _symbolic_shapes
 
@@ -1084,6 +1092,9 @@ def take_back_staged(model: ir.Model, staged: list[StagedAttention]) -> None:
             del model.graph.initializers[value.name]
 
 
+_ONNX_ATTENTION = "ONNX Attention (opset 23)"
+
+
 class AttentionFusion(FusionPass):
     """Rewrite scaled dot-product attention subgraphs into ``com.microsoft.MultiHeadAttention``.
 
@@ -1098,32 +1109,43 @@ class AttentionFusion(FusionPass):
 
     def fuse(self, model: ir.Model) -> int:
         opset = onnx_opset(model.opset_imports, 0)
-        for _ in (n for n in model.graph if is_onnx_op(n, "Attention")):
-            # torch's dynamo exporter writes sdpa as ONNX's own Attention at opset 23.
-            self.refuse(
-                "ONNX Attention (opset 23)",
-                "this pass reads attention spelled out (MatMul, Softmax, MatMul), not ONNX's Attention op, which "
-                "ONNX Runtime runs itself (export at opset 22 or lower for MultiHeadAttention/GroupQueryAttention)",
-            )
+        # torch's dynamo exporter writes sdpa as ONNX's own Attention from opset 23: written out, it is matched as
+        # any spelled-out attention, and put back where the match refuses it (``_onnx_attention``).
+        spelled: dict[int, SpelledAttention] = {}
+        masks = MaskBiases()
+        for index, node in enumerate(onnx_attention_nodes(model.graph)):
+            result = spell_out(functools.partial(_Builder, model.graph, node, opset=opset), node, index, masks)
+            if isinstance(result, str):
+                self.refuse(_ONNX_ATTENTION, f"{result}; ONNX Runtime runs it as written")
+            else:
+                spelled[id(result.softmax)] = result
         softmaxes = [n for n in model.graph if is_onnx_op(n, "Softmax")]
         # Shapes the exporter did not record are inferred only where a candidate needs them,
         # and taken back afterwards (``_inferred_shapes``).
         if any(isinstance(_candidate(s, opset), str) for s in softmaxes) and lacks_shapes(model):
             with inferred_shapes(model):
-                return self._fuse(model, softmaxes, opset)
-        return self._fuse(model, softmaxes, opset)
+                count = self._fuse(model, softmaxes, opset, spelled)
+        else:
+            count = self._fuse(model, softmaxes, opset, spelled)
+        masks.remove_unused(model.graph)
+        return count
 
-    def _fuse(self, model: ir.Model, softmaxes: list[ir.Node], opset: int) -> int:
+    def _fuse(self, model: ir.Model, softmaxes: list[ir.Node], opset: int, spelled: dict[int, SpelledAttention]) -> int:
         count = 0
         cache: dict = {}
         adapters: Counter[str] = Counter()
         for softmax in softmaxes:
             candidate = _candidate(softmax, opset)
+            written_out = spelled.get(id(softmax))
             if isinstance(candidate, str):
-                self.refuse("Softmax", candidate)
+                if written_out is not None:
+                    take_back(model.graph, written_out)
+                    self.refuse(_ONNX_ATTENTION, f"written out, {candidate}; ONNX Runtime runs it as written")
+                else:
+                    self.refuse("Softmax", candidate)
                 continue
             adapters.update(_rewrite(model, *candidate, count, cache))
-            self.done("Softmax")
+            self.done(_ONNX_ATTENTION if written_out is not None else "Softmax")
             count += 1
         # Not refusals, but why a rewrite is not the plainest form: each adapter costs a kernel.
         for adapter, times in adapters.most_common():
