@@ -83,7 +83,7 @@ def _provider_table(provider: ProviderResult) -> Table:
     for column in ("batch", "model", "p50", "p90", "p99", "items/s", "ratio", "95% CI"):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for batch in provider.batches:
-        ratio = batch.ratio
+        ratio = batch.ratio  # its interval with the ratio's 3 decimals: 0.999 beside "1.00–1.00" read outside it
         style = _ratio_style(ratio, lower_is_better=True)
         for name, summary, throughput in (
             ("before", batch.before, batch.throughput_before),
@@ -97,7 +97,7 @@ def _provider_table(provider: ProviderResult) -> Table:
                 f"{summary.p99_ms:.2f}",
                 f"{throughput:.1f}",
                 f"[{style}]{ratio.ratio:.3f}[/]" if name == "after" else "",
-                f"{ratio.low:.2f}–{ratio.high:.2f}" if name == "after" else "",
+                f"{ratio.low:.3f}–{ratio.high:.3f}" if name == "after" else "",
             )
     table.caption = _memory_caption(provider)
     return table
@@ -188,9 +188,9 @@ def _generation_table(provider: ProviderResult) -> Table:
                 f"{decode.median_ms / g.new_tokens:.3f}",
                 f"{tokens_per_s:.1f}",
                 f"[{ttft_style}]{ttft.ratio:.3f}[/]" if after else "",
-                f"{ttft.low:.2f}–{ttft.high:.2f}" if after else "",
+                f"{ttft.low:.3f}–{ttft.high:.3f}" if after else "",
                 f"[{rate_style}]{rate.ratio:.3f}[/]" if after else "",
-                f"{rate.low:.2f}–{rate.high:.2f}" if after else "",
+                f"{rate.low:.3f}–{rate.high:.3f}" if after else "",
             )
     if not provider.batches:
         table.caption = _memory_caption(provider)
