@@ -469,6 +469,8 @@ def run_session(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any
     """Run ``session`` on the inputs it declares and return every output by name."""
     feeds = {}
     for meta in session.get_inputs():
+        if meta.name not in inputs:  # as ONNX Runtime itself refuses a feed without it (a rewrite added an input)
+            raise RuntimeRefusedError("run the model", f"it needs the input '{meta.name}', which the feed lacks")
         array = inputs[meta.name]
         # A float16 model (convert-float16 without kept I/O types) takes the same values as float16.
         if meta.type == "tensor(float16)" and getattr(array, "dtype", None) == np.float32:
