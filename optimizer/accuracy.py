@@ -125,12 +125,16 @@ class AccuracyAccumulator:
                 part = fields_name(name, axis, index)
                 if where is not None:
                     where = np.take(np.broadcast_to(where, expected.shape), index, axis=axis)
+                # Split along the last axis, the scores' own, the fields' argmax is no top-1: a softmax's small
+                # classes beside its winner hold the runner-up, whose flips read as a lost top-1 (0.969 beside
+                # the output's 1.000).
+                whole_rows = axis != expected.ndim - 1
                 self._add_one(
                     part,
                     np.take(expected, index, axis=axis),
                     np.take(actual, index, axis=axis),
-                    name in score_outputs,
-                    guess,
+                    name in score_outputs and whole_rows,
+                    guess and whole_rows,
                     where,
                 )
 

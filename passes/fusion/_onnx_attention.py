@@ -2,8 +2,9 @@
 
 torch's dynamo exporter writes ``scaled_dot_product_attention`` as one ONNX ``Attention``
 node from opset 23 on. ONNX Runtime runs that op itself, but its CPU kernel is slower than
-``GroupQueryAttention`` on a decoder's cache (a 12-layer Llama, batch 1, one thread: a
-decode step after 511 cached tokens 1.23× faster with GroupQueryAttention, README), and
+``GroupQueryAttention`` on a decoder's cache from a few hundred cached tokens on (a 12-layer
+Llama, batch 1, a decode step after 511 cached tokens: 1.14× faster with GroupQueryAttention
+at one thread, 1.30× at two; after 127 at one thread 0.95×: ``docs/benchmarks.md``), and
 the op hides the attention from the fusions. ``spell_out`` writes the node as what it
 computes, in the form torch's exporter writes sdpa below opset 23::
 
@@ -136,6 +137,8 @@ def _refusal(node: ir.Node) -> str | None:
         return "it caps the scores (softcap)"
     if query is None or key is None or value is None:
         return "an input is missing"
+    if any(v.dtype is None for v in (query, key, value)):
+        return "the types of Q, K and V are not known"
     if any(v.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16) for v in (query, key, value)):
         return "it is not float32 or float16"
     if any(v.shape is None or v.shape.rank() != 4 for v in (query, key, value)):

@@ -1109,11 +1109,20 @@ class AttentionFusion(FusionPass):
 
     def fuse(self, model: ir.Model) -> int:
         opset = onnx_opset(model.opset_imports, 0)
+        attentions = onnx_attention_nodes(model.graph)
+        # What an ONNX Attention is written out as reads the types and shapes of Q, K and V: where the file records
+        # none (a float32 node was left as "not float32 or float16"), they are inferred as for a candidate below.
+        if attentions and lacks_shapes(model):
+            with inferred_shapes(model):
+                return self._written_out_and_fused(model, attentions, opset)
+        return self._written_out_and_fused(model, attentions, opset)
+
+    def _written_out_and_fused(self, model: ir.Model, attentions: list[ir.Node], opset: int) -> int:
         # torch's dynamo exporter writes sdpa as ONNX's own Attention from opset 23: written out, it is matched as
         # any spelled-out attention, and put back where the match refuses it (``_onnx_attention``).
         spelled: dict[int, SpelledAttention] = {}
         masks = MaskBiases()
-        for index, node in enumerate(onnx_attention_nodes(model.graph)):
+        for index, node in enumerate(attentions):
             result = spell_out(functools.partial(_Builder, model.graph, node, opset=opset), node, index, masks)
             if isinstance(result, str):
                 self.refuse(_ONNX_ATTENTION, f"{result}; ONNX Runtime runs it as written")
