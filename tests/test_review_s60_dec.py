@@ -31,6 +31,7 @@ from optimizer.registry import default_pass_names
 from passes._utils import add_initializer
 from passes.fusion.group_query_attention import GroupQueryAttentionFusion
 from tests.helpers import FIXTURES, run
+from tests.passes.fusion.test_group_query_attention import _adder
 
 _NAME = "fuse-group-query-attention"
 
@@ -43,15 +44,6 @@ def _staged(name: str) -> ir.Model:
 @pytest.fixture(scope="module")
 def llama() -> ir.Model:
     return _staged("llama_kv_legacy")
-
-
-def _adder(graph: ir.Graph, anchor: ir.Node):
-    def add(op, inputs, **attributes):
-        made = ir.node(op, inputs, attributes)
-        graph.insert_before(anchor, made)
-        return made.outputs[0]
-
-    return add
 
 
 def _feed(batch: int, new: int, past: int, kv_heads: int = 2, vocab: int = 256) -> dict[str, np.ndarray]:
