@@ -681,12 +681,15 @@ _FIELD_SCALE_GAP = 100.0
 # Fields are the entries of a short axis (a detector's 4 + classes, or 5 + 80 as YOLOv5 lays them last), not a
 # hidden size or a sequence.
 _MAX_FIELDS = 256
+# At most this many large fields, leading the axis (YOLO's 4 box coordinates, YOLOv5's objectness after them).
+_MAX_LEADING_FIELDS = 8
 
 
 def small_scale_fields(values: np.ndarray) -> tuple[int, np.ndarray] | None:
     """Where a rank-3 float output (samples along axis 0) holds, along axis 1 or 2 of at most 256 entries, fields
-    whose root mean square lies more than 100x below the other fields' (box coordinates beside class scores): that
-    axis and the small fields' indices (all-zero fields among them), else None."""
+    whose root mean square lies more than 100x below the other fields' (box coordinates beside class scores), the
+    other fields being at most 8 and leading the axis: that axis and the small fields' indices (all-zero fields
+    among them), else None."""
     if values.ndim != 3 or values.dtype.kind != "f":
         return None
     for axis in (1, 2):
@@ -702,8 +705,13 @@ def small_scale_fields(values: np.ndarray) -> tuple[int, np.ndarray] | None:
             continue
         gaps = nonzero[1:] / nonzero[:-1]
         widest = int(np.argmax(gaps))
-        if gaps[widest] >= _FIELD_SCALE_GAP:
-            return axis, np.flatnonzero(rms <= nonzero[widest])
+        small = rms <= nonzero[widest]
+        # A detector's large fields lead (its box, maybe an objectness), the small ones follow: an LSTM state's
+        # or a feature map's quiet units scattered among the rest are no such fields (silero VAD's state: 34 of
+        # 128 units, whose relative error after int8 is noise, rolled a correct result back).
+        leading = int(np.argmax(small)) if small.any() else 0
+        if gaps[widest] >= _FIELD_SCALE_GAP and 1 <= leading <= _MAX_LEADING_FIELDS and small[leading:].all():
+            return axis, np.flatnonzero(small)
     return None
 
 

@@ -34,6 +34,7 @@ import onnx_ir as ir
 from optimizer.model_io import unname_negative_dims
 from optimizer.options import DATA_IMPORTANCE_KINDS
 from optimizer.protocol import NotedResult, Twin
+from passes._utils import rename_shadowed_initializers
 
 
 class Tally:
@@ -83,6 +84,8 @@ class GraphoptPass:
             raise
         if result.model is not model or not result.modified:
             _restore_shapes(declared)
+        if result.modified:
+            rename_shadowed_initializers(result.model.graph, getattr(self, "_initializers_before", set()))
         if not isinstance(result, NotedResult):  # a pass built on an onnx-ir pass returns its plain result
             result = self.result(result.model, result.modified)
         return result
@@ -91,6 +94,7 @@ class GraphoptPass:
         super().requires(model)  # type: ignore[misc]
         self._reset()
         self._interface = _interface(model)
+        self._initializers_before = set(model.graph.initializers)
         self._unimported = {(where, domain) for where, domain, _ in _unimported_domains(model)}
 
     def ensures(self, model: ir.Model) -> None:

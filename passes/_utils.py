@@ -352,8 +352,7 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
     initializer's, graph input's or node output's (a review: a node output named ``mm.scales`` beside a MatMul
     ``mm`` made int4's result invalid, and the pass was rolled back)."""
     name, suffix = base_name, 0
-    below: set[str] | None = None  # the names the graphs nested in ``graph`` define, read once a name is free here
-    while name in graph.initializers or _value_named(graph, name) or name in (below := _names_below(graph, below)):
+    while name in graph.initializers or _value_named(graph, name):
         suffix += 1
         name = f"{base_name}_{suffix}"
     value = ir.Value(
@@ -366,14 +365,30 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
     return value
 
 
-def _names_below(graph: ir.Graph, known: set[str] | None) -> set[str]:
-    """The names (inputs, initializers, node outputs) the ``If``/``Loop``/``Scan`` bodies nested in ``graph`` define,
-    or ``known`` where already read: an initializer of ``graph`` named like a body's node output makes a file onnx's
-    checker and ONNX Runtime refuse ("Graph must be in single static assignment (SSA) form": simplify-shapes'
-    ``Reshape_shape`` beside a branch's value of that name), and one named like a body's input or initializer is
-    not what that body reads."""
-    if known is not None:
-        return known
+def rename_shadowed_initializers(graph: ir.Graph, before: set[str]) -> None:
+    """Rename the initializers of ``graph`` added since ``before`` (its initializer names then) that bear a name an
+    ``If``/``Loop``/``Scan`` body nested in it defines (an input, initializer or node output; ``add_initializer`` sees
+    the graph's own names only): one named like a body's node output makes a file onnx's checker and ONNX Runtime
+    refuse ("Graph must be in single static assignment (SSA) form": simplify-shapes' ``Reshape_shape`` beside a
+    branch's value of that name), and one named like a body's input or initializer is not what that body reads (a
+    Loop body's ``dim_size`` input read instead of the folded outer ``dim_size``: 0 where 12). Run once after each
+    pass (``GraphoptPass``): checking in ``add_initializer`` walked the graph at every call."""
+    added = [value for name, value in graph.initializers.items() if name not in before]
+    if not added:
+        return
+    below = _names_below(graph)
+    for value in [value for value in added if value.name in below]:
+        base, suffix = value.name, 1
+        while (name := f"{base}_{suffix}") in graph.initializers or _value_named(graph, name) or name in below:
+            suffix += 1
+        value.name = name
+        if value.const_value is not None:
+            value.const_value.name = name
+
+
+def _names_below(graph: ir.Graph) -> set[str]:
+    """The names (inputs, initializers, node outputs) the ``If``/``Loop``/``Scan`` bodies nested in ``graph``
+    define."""
     names: set[str] = set()
     bodies = [
         body
