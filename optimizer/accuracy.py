@@ -688,8 +688,9 @@ _MAX_LEADING_FIELDS = 8
 def small_scale_fields(values: np.ndarray) -> tuple[int, np.ndarray] | None:
     """Where a rank-3 float output (samples along axis 0) holds, along axis 1 or 2 of at most 256 entries, fields
     whose root mean square lies more than 100x below the other fields' (box coordinates beside class scores), the
-    other fields being at most 8 and leading the axis: that axis and the small fields' indices (all-zero fields
-    among them), else None."""
+    other fields being at most 8 and leading the axis, then at most a group of 3 repeated to its end (a pose
+    model's keypoints): that axis and the small fields' indices before the keypoints (all-zero fields among them),
+    else None."""
     if values.ndim != 3 or values.dtype.kind != "f":
         return None
     for axis in (1, 2):
@@ -710,9 +711,20 @@ def small_scale_fields(values: np.ndarray) -> tuple[int, np.ndarray] | None:
         # or a feature map's quiet units scattered among the rest are no such fields (silero VAD's state: 34 of
         # 128 units, whose relative error after int8 is noise, rolled a correct result back).
         leading = int(np.argmax(small)) if small.any() else 0
-        if gaps[widest] >= _FIELD_SCALE_GAP and 1 <= leading <= _MAX_LEADING_FIELDS and small[leading:].all():
-            return axis, np.flatnonzero(small)
+        end = leading + (int(np.argmin(small[leading:])) if not small[leading:].all() else len(small) - leading)
+        if gaps[widest] >= _FIELD_SCALE_GAP and 1 <= leading <= _MAX_LEADING_FIELDS and _repeats(small[end:]):
+            return axis, np.arange(leading, end)
     return None
+
+
+def _repeats(pattern: np.ndarray) -> bool:
+    """Whether ``pattern`` (which fields after a detector's class scores are small) is none, or one group of at
+    most 3 fields repeated to its end: a pose model's keypoints after its score (YOLOv8-pose's ``[4 + 1 + 17 * 3]``,
+    ``x, y`` in pixels and a small visibility each), whose score was not split off (its loss unseen beside pixels)
+    once the small fields had to be the last ones; an LSTM state's quiet units repeat no such group."""
+    return any(
+        len(pattern) % period == 0 and (pattern.reshape(-1, period) == pattern[:period]).all() for period in (1, 2, 3)
+    )
 
 
 def fields_name(name: str, axis: int, index: np.ndarray) -> str:
