@@ -570,12 +570,12 @@ def _refuse_or_note_repeated(data: SampleData, notes: list[str]) -> None:
     """``InputSpecError`` when every input of the calibration samples (masks aside) holds one value repeated
     (``make-inputs``' template): ranking, repair and the budget would all fit and check that one point, and report
     it exact. A float input so held beside others that vary is noted."""
-    if data.inputs_seen and len(data.repeated) == len(data.inputs_seen):
+    if data.every_input_repeated():
         raise InputSpecError(
             f"{data.source}: every input holds one value repeated (make-inputs' template?): approximate passes rank, "
             "fit and check their budget on these samples, and would be exact on them alone; give real samples"
         )
-    if floats := [name for name, kind in data.repeated.items() if kind in "fc"]:
+    if floats := data.repeated_floats():
         notes.append(
             f"{data.source}: {_first_names(floats)} {'holds' if len(floats) == 1 else 'hold'} one value repeated in "
             "every sample: the passes' fits and budget see no other value there"

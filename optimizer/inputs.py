@@ -1003,12 +1003,15 @@ def constant_inputs_note(arrays: Mapping[str, np.ndarray]) -> str | None:
     ]
     if not constant:
         return None
-    more = f" and {len(constant) - 3} more" if len(constant) > 3 else ""
-    names = ", ".join(f"'{name}'" for name in constant[:3]) + more
     return (
-        f"{names} {'holds' if len(constant) == 1 else 'hold'} one value repeated (zeros from make-inputs?): "
-        "a rewrite that is wrong for other values could pass verification on them alone"
+        f"{quoted_names(constant)} {'holds' if len(constant) == 1 else 'hold'} one value repeated (zeros from "
+        "make-inputs?): a rewrite that is wrong for other values could pass verification on them alone"
     )
+
+
+def quoted_names(names: Sequence[str]) -> str:
+    """The first three of ``names`` quoted, and how many more, for a note."""
+    return ", ".join(f"'{name}'" for name in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _varies(array: np.ndarray) -> bool:
@@ -2828,6 +2831,14 @@ class SampleData:
         self.repeated: dict[str, str] = {}  # found by ``validate``
         self.nan: dict[str, int] = {}
         self.inputs_seen: list[str] = []
+
+    def repeated_floats(self) -> list[str]:
+        """The float (or complex) inputs, masks aside, that hold one value repeated in every sample (``repeated``)."""
+        return [name for name, kind in self.repeated.items() if kind in "fc"]
+
+    def every_input_repeated(self) -> bool:
+        """Whether every input read (masks aside) holds one value repeated: ``make-inputs``' template."""
+        return bool(self.inputs_seen) and len(self.repeated) == len(self.inputs_seen)
 
     def signature(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple:
         """What two chunks must share to be joined along axis 0: each input's shape past axis 0.

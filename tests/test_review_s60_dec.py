@@ -31,7 +31,7 @@ from optimizer.registry import default_pass_names
 from passes._utils import add_initializer
 from passes.fusion.group_query_attention import GroupQueryAttentionFusion
 from tests.helpers import FIXTURES, run
-from tests.passes.fusion.test_group_query_attention import _adder
+from tests.passes.fusion.test_group_query_attention import _adder, _wrap_shared_bias
 
 _NAME = "fuse-group-query-attention"
 
@@ -71,20 +71,13 @@ def _close_where_real(before: ir.Model, after: ir.Model, feed: dict[str, np.ndar
 def _opened(llama: ir.Model, build) -> ir.Model:
     """The fixture with the bias every layer shares replaced by ``Where(build(add, graph), 0, bias)``: every key
     visible where ``build``'s condition holds."""
-    model = llama.clone()
-    graph = model.graph
-    first = next(n for n in graph if n.op_type == "MultiHeadAttention")
-    source = first.inputs[5]
-    while source.producer() is not None and source.producer().op_type == "Expand":
-        source = source.producer().inputs[0]
-    uses = list(source.uses())
-    add = _adder(graph, first)
-    zero = add_initializer(graph, "open", np.array(0.0, np.float32))
-    opened = add("Where", [build(add, graph), zero, source])
-    for user, index in uses:
-        user.replace_input_with(index, opened)
-    graph.sort()
-    return model
+
+    def opened(add, bias: ir.Value) -> ir.Value:
+        graph = bias.graph or bias.producer().graph
+        zero = add_initializer(graph, "open", np.array(0.0, np.float32))
+        return add("Where", [build(add, graph), zero, bias])
+
+    return _wrap_shared_bias(llama, opened)
 
 
 def _constant(graph: ir.Graph, name: str, value: int) -> ir.Value:

@@ -67,6 +67,7 @@ from optimizer.inputs import (
     nan_note,
     open_samples,
     output_sample_axes,
+    quoted_names,
     refuse_dims_unlike,
     refuse_oversized,
     refuse_unreadable_data,
@@ -705,16 +706,14 @@ def _repeated_note(data: SampleData) -> str | None:
     every sample (``make-inputs``' template): the accuracy compares the models at that one value, where a model
     wrong for any other matches (zeros through ``Relu(x @ W)`` are zeros whatever ``W``). Verification sets such
     inputs beside generated values; a comparison has only the data it is given."""
-    floats = [name for name, kind in data.repeated.items() if kind in "fc"]
-    every = bool(data.inputs_seen) and len(data.repeated) == len(data.inputs_seen)
+    floats, every = data.repeated_floats(), data.every_input_repeated()
     if not floats and not every:
         return None
     names = floats if floats and not every else list(data.repeated)
-    shown = ", ".join(f"'{name}'" for name in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     return (
-        f"{data.source}: {shown} {'holds' if len(names) == 1 else 'hold'} one value repeated in every sample "
-        "(make-inputs' template?): the accuracy compares the models at that value alone, where a model wrong for "
-        "other values can match; give real data"
+        f"{data.source}: {quoted_names(names)} {'holds' if len(names) == 1 else 'hold'} one value repeated in every "
+        "sample (make-inputs' template?): the accuracy compares the models at that value alone, where a model wrong "
+        "for other values can match; give real data"
     )
 
 

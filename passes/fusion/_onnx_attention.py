@@ -74,8 +74,8 @@ class MaskBiases:
 
     def remove_unused(self, graph: ir.Graph) -> None:
         """Remove the biases no written-out node reads any longer (all of theirs taken back)."""
-        _remove(graph, [node for node in self.nodes if not any(output.uses() for output in node.outputs)], [])
-        _remove(graph, [], self.initializers)
+        unread = [node for node in self.nodes if not any(output.uses() for output in node.outputs)]
+        _remove(graph, unread, self.initializers)
 
 
 def spell_out(builder: Callable[[str], Any], node: ir.Node, index: int, masks: MaskBiases) -> SpelledAttention | str:
