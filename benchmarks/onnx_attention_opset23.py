@@ -10,7 +10,11 @@ ORT_ENABLE_ALL: decode steps of one token after ``--pasts`` cached tokens, and a
 ``--prefill`` tokens. Printed: each file's median milliseconds and its speed over the
 opset-23 export's (the original), with a 95 % bootstrap interval of the ratio of medians.
 
+``--torch-optimize`` exports opset 23 with ``optimize=True``: onnxscript's optimizer then also writes ONNX's own
+``RotaryEmbedding`` and ``RMSNormalization``, and that file is the original.
+
     python benchmarks/onnx_attention_opset23.py --out /tmp/attn23 [--layers 12] [--threads 1 2] [--before /tmp/old]
+        [--torch-optimize]
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ WIDTHS = {"hidden": 576, "heads": 9, "kv_heads": 3, "intermediate": 1536}
 VOCAB = 49152
 
 
-def export(out: Path, layers: int, opset: int) -> Path:
-    """The decoder exported by the dynamo exporter at ``opset`` (cached: an existing file is kept)."""
-    path = out / f"llama_opset{opset}.onnx"
+def export(out: Path, layers: int, opset: int, *, torch_optimize: bool = False) -> Path:
+    """The decoder exported by the dynamo exporter at ``opset``, through onnxscript's optimizer where
+    ``torch_optimize`` (cached: an existing file is kept)."""
+    path = out / f"llama_opset{opset}{'_optimized' if torch_optimize else ''}.onnx"
     if path.exists():
         return path
     sys.path.insert(0, str(ROOT))
@@ -42,7 +47,7 @@ def export(out: Path, layers: int, opset: int) -> Path:
     fixtures.KV_VOCAB_SIZE = VOCAB
     fixtures.MAX_POSITIONS = 2048
     fixture = fixtures.KVFixtureModel("llama_kv", fixtures.build_llama_kv, kv_heads=WIDTHS["kv_heads"])
-    fixtures.export_kv_dynamo(fixture.build(), fixture, path, opset=opset)
+    fixtures.export_kv_dynamo(fixture.build(), fixture, path, opset=opset, optimize=torch_optimize)
     return path
 
 
@@ -108,13 +113,20 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--before", type=Path, help="a checkout of an older graphopt, run on the opset-23 file too")
+    parser.add_argument(
+        "--torch-optimize",
+        action="store_true",
+        help="export opset 23 with optimize=True (attention, rotary and RMS norms as ONNX's own ops)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    opset20, opset23 = export(args.out, args.layers, 20), export(args.out, args.layers, 23)
+    opset20 = export(args.out, args.layers, 20)
+    opset23 = export(args.out, args.layers, 23, torch_optimize=args.torch_optimize)
+    suffix = "_optimized" if args.torch_optimize else ""
     files = {"opset 23 (original)": opset23}
     if args.before is not None:
-        files["opset 23, graphopt --before"] = optimize(opset23, args.out / "before_opset23.onnx", args.before)
-    files["opset 23, graphopt"] = optimize(opset23, args.out / "graphopt_opset23.onnx", ROOT)
+        files["opset 23, graphopt --before"] = optimize(opset23, args.out / f"before_opset23{suffix}.onnx", args.before)
+    files["opset 23, graphopt"] = optimize(opset23, args.out / f"graphopt_opset23{suffix}.onnx", ROOT)
     files["opset 20, graphopt"] = optimize(opset20, args.out / "graphopt_opset20.onnx", ROOT)
     steps = [(f"decode after {past}", past, 1, args.rounds) for past in args.pasts]
     steps.append((f"prefill of {args.prefill}", 0, args.prefill, max(args.rounds // 5, 40)))

@@ -36,6 +36,7 @@ KV_FIXTURES = {  # name -> KV heads
     "llama_kv_legacy": 2,
     "llama_kv_dynamo": 2,
     "llama_kv_dynamo_opset23": 2,  # sdpa as ONNX's own Attention
+    "llama_kv_dynamo_opset23_optimized": 2,  # attention, rotary and RMS norms as ONNX's own ops
 }
 PAST_NAMES = [f"past_key_values.{i}.{kind}" for i in range(LAYERS) for kind in ("key", "value")]
 PRESENT_NAMES = [f"present.{i}.{kind}" for i in range(LAYERS) for kind in ("key", "value")]
@@ -108,7 +109,8 @@ def optimized(request, tmp_path_factory):
 def test_every_pass_applies_or_leaves_the_model_unchanged(optimized):
     name, output, report = optimized
     assert all(record.status in (STATUS_APPLIED, STATUS_UNCHANGED) for record in report.passes), report.failures()
-    assert report.nodes_after < 0.35 * report.nodes_before, (report.nodes_before, report.nodes_after)
+    if not name.endswith("_optimized"):  # onnxscript's optimizer has already shrunk an optimize=True export
+        assert report.nodes_after < 0.35 * report.nodes_before, (report.nodes_before, report.nodes_after)
     ops = Counter(node.op_type for node in ir.load(output).graph)
     # Attention over the cache is one kernel that appends to it: no Concat of past and new keys is left.
     assert ops["GroupQueryAttention"] == LAYERS
@@ -116,7 +118,8 @@ def test_every_pass_applies_or_leaves_the_model_unchanged(optimized):
     assert not [n for n in ir.load(output).graph if n.op_type == "Concat" and n.outputs[0].is_graph_output()]
     if name.startswith("llama"):
         assert ops["RotaryEmbedding"] == 2 * LAYERS  # query and key of each layer
-        assert ops["SimplifiedLayerNormalization"] == 2 * LAYERS + 1
+        # ONNX's own RMSNormalization (an optimize=True export's) is left as written: ONNX Runtime runs it as fast.
+        assert ops["SimplifiedLayerNormalization"] + ops["RMSNormalization"] == 2 * LAYERS + 1
     # The second verification binding is generated; it happens to keep total = past + new tokens.
     second = report.inputs[1]
     assert second["attention_mask"][1] == second["past_key_values.0.key"][2] + second["input_ids"][1]

@@ -79,7 +79,7 @@ class MaskBiases:
 
 
 def spell_out(builder: Callable[[str], Any], node: ir.Node, index: int, masks: MaskBiases) -> SpelledAttention | str:
-    """Write the ONNX ``Attention`` ``node`` out before it (``builder(name)``: fuse-attention's ``_Builder`` anchored
+    """Write the ONNX ``Attention`` ``node`` out before it (``builder(name)``: ``_builder.NodeBuilder`` anchored
     at it) and point its readers at the written-out ``Y``; the reason, changing nothing, where it is not written out.
     A boolean mask's bias is ``masks``' (one per mask)."""
     reason = _refusal(node)

@@ -103,8 +103,9 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain, is_onnx_op, onnx_opset
-from passes._utils import add_initializer, replace_value
+from passes._utils import replace_value
 from passes.fusion._base import FusionPass
+from passes.fusion._builder import NodeBuilder
 from passes.fusion._checks import is_float, scalar
 from passes.fusion._inferred_shapes import inferred_shapes, lacks_shapes
 from passes.fusion._layout import (
@@ -586,47 +587,7 @@ def _kv_mismatch(match: _Attention, num_heads: int, *, shared_ok: bool = True) -
     return None
 
 
-class _Builder:
-    """Adds the fused node and its adapters to the graph, just before ``anchor``."""
-
-    def __init__(self, graph: ir.Graph, anchor: ir.Node, name: str, opset: int) -> None:
-        self.graph, self.anchor, self.name, self.opset, self.count = graph, anchor, name, opset, 0
-        self.nodes: list[ir.Node] = []  # what it added, for a staged rewrite that is taken back
-        self.initializers: list[ir.Value] = []
-
-    def node(self, op_type: str, inputs, domain: str = "", **attributes) -> ir.Value:
-        self.count += 1
-        node = ir.node(op_type, inputs, attributes, domain=domain)
-        node.name = f"{self.name}/{op_type}_{self.count}"
-        node.outputs[0].name = f"{node.name}_output_0"
-        self.graph.insert_before(self.anchor, node)
-        self.nodes.append(node)
-        return node.outputs[0]
-
-    def constant(self, name: str, array: np.ndarray) -> ir.Value:
-        value = add_initializer(self.graph, f"{self.name}/{name}", array)
-        self.initializers.append(value)
-        return value
-
-    def ints(self, name: str, values: list[int]) -> ir.Value:
-        return self.constant(name, np.array(values, dtype=np.int64))
-
-    def transpose(self, value: ir.Value, order: tuple[int, ...]) -> ir.Value:
-        return value if order == IDENTITY else self.node("Transpose", [value], perm=list(order))
-
-    def unsqueeze(self, value: ir.Value, axes: list[int]) -> ir.Value:
-        if self.opset >= 13:
-            return self.node("Unsqueeze", [value, self.ints("unsqueeze_axes", axes)])
-        return self.node("Unsqueeze", [value], axes=axes)
-
-    def dim(self, value: ir.Value, axis: int) -> ir.Value:
-        """``[value.shape[axis]]`` as a 1-D tensor."""
-        if self.opset >= 15:
-            return self.node("Shape", [value], start=axis, end=axis + 1)
-        return self.node("Gather", [self.node("Shape", [value]), self.ints("axis", [axis])], axis=0)
-
-
-def _query_input(build: _Builder, query: Traced) -> ir.Value:
+def _query_input(build: NodeBuilder, query: Traced) -> ir.Value:
     """The 3-D ``[B, S, N*d]`` query: the head split's input, or the per-head query merged back."""
     if query.canonical():
         return query.split.hidden
@@ -640,7 +601,7 @@ def _kv_as_hidden(key: Traced, value: Traced) -> bool:
 
 
 def _key_value_inputs(
-    build: _Builder, key: Traced, value: Traced, adapters: list[str], num_heads: int
+    build: NodeBuilder, key: Traced, value: Traced, adapters: list[str], num_heads: int
 ) -> tuple[ir.Value, ir.Value]:
     """3-D key and value when both are plain head splits, else both ``[B, N, T, d]``; one head the query's
     ``num_heads`` share (multi-query attention) repeated for each of them.
@@ -661,7 +622,7 @@ def _key_value_inputs(
     return inputs[0], inputs[1]
 
 
-def _repeated_heads(build: _Builder, kv: ir.Value, num_heads: int, head_size: int | None) -> ir.Value:
+def _repeated_heads(build: NodeBuilder, kv: ir.Value, num_heads: int, head_size: int | None) -> ir.Value:
     """``[B, 1, T, d]`` repeated into ``[B, N, T, d]``: as Llama's ``repeat_kv``,
     ``Reshape(Expand(Unsqueeze(kv, 2), [1, 1, N, 1, 1]), [0, N, -1, d])``, which fuse-group-query-attention reads
     as a cache's repetition; a plain ``Expand(kv, [1, N, 1, 1])`` where the head size is not known."""
@@ -753,7 +714,7 @@ def _dim_of(value: ir.Value, axis: int):
     return shape[axis] if shape is not None and shape.rank() > axis else None
 
 
-def _bias_term(build: _Builder, bias: _Bias, dtype: np.dtype, cache: dict) -> tuple[ir.Value, list]:
+def _bias_term(build: NodeBuilder, bias: _Bias, dtype: np.dtype, cache: dict) -> tuple[ir.Value, list]:
     """The additive bias one term stands for, and its known trailing dims (built once per graph)."""
     key = ("term", id(bias.value), bias.fill, bias.scores_if_true, bias.factor)
     shape = list(bias.value.shape) if bias.value.shape is not None else [None] * (bias.rank() or 0)
@@ -770,7 +731,7 @@ def _bias_term(build: _Builder, bias: _Bias, dtype: np.dtype, cache: dict) -> tu
     return cache[key], shape
 
 
-def _summed_bias(build: _Builder, match: _Attention, cache: dict) -> tuple[ir.Value, list[list]]:
+def _summed_bias(build: NodeBuilder, match: _Attention, cache: dict) -> tuple[ir.Value, list[list]]:
     """The mask terms summed into one 4-D bias (built once per graph), and each term's last two dims, reversed.
 
     Where the SDPA guard zeroes fully masked query rows, the sum gets a finite floor:
@@ -799,7 +760,7 @@ def _summed_bias(build: _Builder, match: _Attention, cache: dict) -> tuple[ir.Va
 
 
 def _attention_bias(
-    build: _Builder, match: _Attention, query: ir.Value, key: ir.Value, cache: dict, adapters: list[str]
+    build: NodeBuilder, match: _Attention, query: ir.Value, key: ir.Value, cache: dict, adapters: list[str]
 ) -> ir.Value | None:
     """The summed mask as the op's ``[B|1, N|1, S, T]`` ``attention_bias``, or None without one.
 
@@ -938,14 +899,16 @@ _SPLIT_PER_TOKEN = (
 
 def _rewrite(model: ir.Model, match: _Attention, num_heads: int, index: int, cache: dict) -> list[str]:
     """Replace the attention by MultiHeadAttention; return the adapters it needed (see ``_FLATTENED`` ...)."""
-    build = _Builder(model.graph, match.probs_matmul, f"MultiHeadAttention_{index}", onnx_opset(model.opset_imports, 0))
+    build = NodeBuilder(
+        model.graph, match.probs_matmul, f"MultiHeadAttention_{index}", onnx_opset(model.opset_imports, 0)
+    )
     cache.setdefault(_SYMBOLIC, _SymbolicShapes(model))
     adapters, original, replacement = _build(build, match, num_heads, cache)
     replace_value(original, replacement)
     return adapters
 
 
-def _build(build: _Builder, match: _Attention, num_heads: int, cache: dict) -> tuple[list[str], ir.Value, ir.Value]:
+def _build(build: NodeBuilder, match: _Attention, num_heads: int, cache: dict) -> tuple[list[str], ir.Value, ir.Value]:
     """Add the MultiHeadAttention computing the attention's output; return the adapters it needed, the
     value it computes and the value computing it (not yet read by the graph)."""
     adapters = []
@@ -1068,7 +1031,7 @@ def _stage(model: ir.Model, softmaxes: list[ir.Node], opset: int) -> list[Staged
         if isinstance(candidate, str) or candidate[0].logits.softcap is None:
             continue
         match, heads = candidate
-        build = _Builder(model.graph, match.probs_matmul, f"SoftCappedAttention_{len(staged)}", opset)
+        build = NodeBuilder(model.graph, match.probs_matmul, f"SoftCappedAttention_{len(staged)}", opset)
         _, original, replacement = _build(build, match, heads, cache)
         fused = next(n for n in build.nodes if n.op_type == "MultiHeadAttention")
         staged.append(
@@ -1123,7 +1086,7 @@ class AttentionFusion(FusionPass):
         spelled: dict[int, SpelledAttention] = {}
         masks = MaskBiases()
         for index, node in enumerate(attentions):
-            result = spell_out(functools.partial(_Builder, model.graph, node, opset=opset), node, index, masks)
+            result = spell_out(functools.partial(NodeBuilder, model.graph, node, opset=opset), node, index, masks)
             if isinstance(result, str):
                 self.refuse(_ONNX_ATTENTION, f"{result}; ONNX Runtime runs it as written")
             else:

@@ -56,6 +56,10 @@ the caches are every other column. A 4-D ``[B, N, S, d]`` tensor of static head 
 no head split (Cohere with ``use_qk_norm`` normalizes each head between its split and its transpose)
 is rotated as it is, as the rotate_half form's, its layout proved by ``[B or 1, 1, S, r]`` tables.
 
+ONNX's own ``RotaryEmbedding`` (opset 23; torch's dynamo exporter writes one per rotation at ``optimize=True``)
+is written out first as the rotate_half form it computes (``_onnx_rotary``), so these rules match it with every
+check below; one they refuse is put back as it was.
+
 The cos/sin tables are not matched structurally: the subgraph computing them is
 evaluated on ONNX Runtime (only its ancestors, cheap) for ``cache_length``
 positions to build the caches, then checked to prove that row ``s`` always uses
@@ -126,19 +130,22 @@ as a sum with ``Neg``) is not matched, and no note names it.
 from __future__ import annotations
 
 import contextvars
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from optimizer.domains import MS_DOMAIN
+from optimizer.domains import MS_DOMAIN, onnx_opset
 from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import available_memory, evaluate, evaluator
 from passes._utils import add_initializer, constant_array, shape_dims
 from passes.fusion._base import RuleFusionPass
+from passes.fusion._builder import NodeBuilder
 from passes.fusion._checks import is_float
 from passes.fusion._layout import head_split, last_dim, producer
+from passes.fusion._onnx_rotary import RotaryTables, SpelledRotary, onnx_rotary_nodes, spell_out, take_back
 from passes.fusion._probe import (
     DEFAULT_MAX_SEQUENCE,
     PADDED_MASK,
@@ -152,6 +159,7 @@ from passes.fusion._probe import (
 )
 
 DEFAULT_CACHE_LENGTH = DEFAULT_MAX_SEQUENCE
+_ONNX_ROTARY = "ONNX RotaryEmbedding (opset 23)"
 
 
 def _caches_past_memory(cache_length: int, head_size: int) -> str | None:
@@ -829,9 +837,34 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         self._tables, self._expanded, self._noted = {}, {}, set()
         running = _RUNNING.set(self)
         try:
-            return super().fuse(model)
+            return self._written_out_and_fused(model)
         finally:
             _RUNNING.reset(running)
+
+    def _written_out_and_fused(self, model: ir.Model) -> int:
+        # torch's dynamo exporter at opset 23 (optimize=True) writes the rotation as ONNX's own RotaryEmbedding:
+        # written out, it is matched as any spelled-out rotation, and put back where the match refuses it
+        # (``_onnx_rotary``).
+        opset = onnx_opset(model.opset_imports, 0)
+        tables = RotaryTables()
+        spelled: list[SpelledRotary] = []
+        for index, node in enumerate(onnx_rotary_nodes(model.graph)):
+            result = spell_out(functools.partial(NodeBuilder, model.graph, node, opset=opset), node, index, tables)
+            if isinstance(result, str):
+                self.refuse(_ONNX_ROTARY, f"{result}; ONNX Runtime runs it as written")
+            else:
+                spelled.append(result)
+        count = super().fuse(model)
+        for written_out in spelled:
+            if written_out.matched():
+                self.done(_ONNX_ROTARY)
+            else:
+                take_back(model.graph, written_out)
+                self.refuse(
+                    _ONNX_ROTARY, "written out, not matched (the near miss says why); ONNX Runtime runs it as written"
+                )
+        tables.remove_unused(model.graph)
+        return count
 
     def rule_set(self) -> pattern.RewriteRuleSet:
         # The partial form holds the full one: it goes first, so its x is not refused as no head split.
