@@ -23,7 +23,14 @@ from optimizer.llm_accuracy import measure_llm_accuracy, random_text
 from optimizer.runtime import cuda_unavailable_reason
 from tests.helpers import FIXTURES
 
-KV_FIXTURES = {"gpt2_kv_legacy": 4, "gpt2_kv_dynamo": 4, "llama_kv_legacy": 2, "llama_kv_dynamo": 2}
+KV_FIXTURES = {
+    "gpt2_kv_legacy": 4,
+    "gpt2_kv_dynamo": 4,
+    "llama_kv_legacy": 2,
+    "llama_kv_dynamo": 2,
+    "llama_kv_dynamo_opset23": 2,
+    "llama_kv_dynamo_opset23_optimized": 2,
+}
 VOCAB = 256
 QUICK = dict(threads=1, iterations=3, warmup=1, time_budget=2.0, prompt_length=6, new_tokens=3)
 
