@@ -640,13 +640,40 @@ def _larger(first: Mapping[str, Any] | None, second: Mapping[str, Any]) -> dict[
     return merged
 
 
+@dataclass(frozen=True)
+class _QuantizedCut:
+    """A checkpoint cut at its int8 tensor: the float value is the side of a DQ → op → Q unit that ONNX Runtime
+    fuses (a cut there would undo the fusion), so the result is cut at the QuantizeLinear's output instead, which
+    leaves every fused kernel as it is. ``result_name`` is that output in the result, ``twin_name`` the same
+    QuantizeLinear's in the twin (same scale and zero point, checked): the twin's integers are fed, and the
+    result's are compared with them, both dequantized (``scale``, ``zero_point``)."""
+
+    result_name: str
+    twin_name: str
+    scale: np.ndarray
+    zero_point: np.ndarray
+
+    def dequantize(self, values: np.ndarray) -> np.ndarray:
+        return ((values.astype(np.float32) - self.zero_point.astype(np.float32)) * self.scale).astype(np.float32)
+
+
 def _segment_checkpoints(candidate: ir.Model, twin: Twin, base: ir.Model) -> list[str]:
     """The twin's checkpoints that all three models compute as float node outputs (none a
-    graph output), where cutting ``candidate`` keeps its kernels (not the float side of a
+    graph output), where cutting ``candidate`` there keeps its kernels (not the float side of a
     DQ → op → Q unit), in the candidate's graph order."""
+    names, quantized = _checkpoint_cuts(candidate, twin, base)
+    return [name for name in names if name not in quantized]
+
+
+def _checkpoint_cuts(candidate: ir.Model, twin: Twin, base: ir.Model) -> tuple[list[str], dict[str, _QuantizedCut]]:
+    """``_segment_checkpoints``, and those on the float side of a DQ → op → Q unit that are cut at their int8 tensor
+    instead (``_QuantizedCut``, keyed by the checkpoint's name: an int8 twin's checkpoint read by one
+    QuantizeLinear alone, the twin's with the same scale and zero point), all in the candidate's graph order."""
     held = [frozenset(v.name for node in model.graph for v in node.outputs) for model in (twin.model, base)]
     wanted = set(twin.checkpoints)
-    names = []
+    twin_values = {v.name: v for node in twin.model.graph for v in node.outputs}
+    names: list[str] = []
+    quantized: dict[str, _QuantizedCut] = {}
     for node in candidate.graph:
         for value in node.outputs:
             if value.name not in wanted or value.is_graph_output() or not all(value.name in h for h in held):
@@ -655,7 +682,45 @@ def _segment_checkpoints(candidate: ir.Model, twin: Twin, base: ir.Model) -> lis
                 continue
             if not _inside_qdq_unit(value):
                 names.append(value.name)
-    return names
+            elif twin.kind == "int8" and (cut := _quantized_cut(value, twin_values.get(value.name))) is not None:
+                names.append(value.name)
+                quantized[value.name] = cut
+    return names, quantized
+
+
+def _quantized_cut(value: ir.Value, twin_value: ir.Value | None) -> _QuantizedCut | None:
+    """``value``'s cut at its int8 tensor (``_QuantizedCut``), or None: ``value`` is read by one QuantizeLinear
+    alone, of constant per-tensor scale and zero point, whose output is no graph output, and the twin's value of
+    that name is quantized by a QuantizeLinear of the same constants."""
+    uses = list(value.uses())
+    if len(uses) != 1 or uses[0][0].op_type != "QuantizeLinear" or twin_value is None:
+        return None
+    quantize = uses[0][0]
+    if quantize.outputs[0].is_graph_output() or quantize.outputs[0].name is None:
+        return None
+    constants = _quantization_constants(quantize)
+    if constants is None:
+        return None
+    for user, _ in twin_value.uses():
+        if user.op_type == "QuantizeLinear" and not user.outputs[0].is_graph_output():
+            theirs = _quantization_constants(user)
+            if theirs is not None and all(
+                a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(constants, theirs, strict=True)
+            ):
+                return _QuantizedCut(quantize.outputs[0].name, user.outputs[0].name, *constants)
+    return None
+
+
+def _quantization_constants(quantize: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
+    """A QuantizeLinear's scale and zero point where both are constant scalars (one scale for the tensor)."""
+    if len(quantize.inputs) < 3 or quantize.inputs[1] is None or quantize.inputs[2] is None:
+        return None
+    scale, zero_point = _constant_of(quantize.inputs[1]), _constant_of(quantize.inputs[2])
+    if scale is None or zero_point is None or scale.size != 1 or zero_point.size != 1:
+        return None
+    if zero_point.dtype not in (np.int8, np.uint8) or scale.dtype != np.float32:
+        return None
+    return scale.reshape(()), zero_point.reshape(())
 
 
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
@@ -933,6 +998,37 @@ def _cut_at(
             cut.graph.insert_after(computed.producer(), select)
             cut.graph.inputs.append(own)
     return cut
+
+
+def _result_feeds(
+    feeds: Mapping[str, np.ndarray],
+    values: Mapping[str, np.ndarray],
+    quantized: Mapping[str, _QuantizedCut],
+    keep_own: bool,
+) -> dict[str, np.ndarray]:
+    """The cut result's feeds: ``feeds`` with each checkpoint cut at its int8 tensor fed the twin's integers."""
+    result = dict(feeds)
+    for name, cut in quantized.items():
+        del result[name]
+        result[cut.result_name] = values[cut.twin_name]
+        if keep_own:
+            result[_own(cut.result_name)] = result.pop(_own(name))
+    return result
+
+
+def _dequantized_cuts(outputs: dict[str, Any], quantized: Mapping[str, _QuantizedCut]) -> dict[str, Any]:
+    """The cut result's outputs with each int8 checkpoint it computed dequantized, under the checkpoint's name."""
+    for name, cut in quantized.items():
+        key = _computed(cut.result_name)
+        if key in outputs:
+            outputs[_computed(name)] = cut.dequantize(outputs.pop(key))
+    return outputs
+
+
+def _as_checkpoint_names(names: frozenset[str], quantized: Mapping[str, _QuantizedCut]) -> frozenset[str]:
+    """Output names of the cut result, an int8 checkpoint's under the checkpoint's own name."""
+    renamed = {_computed(cut.result_name): _computed(name) for name, cut in quantized.items()}
+    return frozenset(renamed.get(name, name) for name in names)
 
 
 def _selects_own(node: ir.Node, index: int) -> bool:
@@ -1831,12 +1927,14 @@ class Verifier:
         add up here as it does deployed: the part of each segment's difference that a gain and an
         offset per channel explain is summed along the chain and may total at most
         ``SYSTEMATIC_BOUND`` (``_compounded_error``). An error that is neither (one that varies from
-        row to row as a tie flip does) is held to each segment's tolerance alone. A checkpoint is
-        skipped where cutting would change the result's kernels (the output of a QDQ node unit
-        ORT fuses into an integer op) or where the three models do not all hold it.
+        row to row as a tie flip does) is held to each segment's tolerance alone. Where cutting at a
+        checkpoint would change the result's kernels (the float output of a QDQ node unit ORT fuses into
+        an integer op), the result is cut at the int8 tensor of the QuantizeLinear after it instead, where
+        that is the twin's (``_QuantizedCut``: the twin's integers fed, the result's compared, dequantized);
+        otherwise, or where the three models do not all hold it, the checkpoint is skipped.
         """
         base = twin.source if twin.source is not None else base if base is not None else self._base
-        names = _segment_checkpoints(candidate, twin, base)
+        names, quantized = _checkpoint_cuts(candidate, twin, base)
         if not names:
             if _qdq_alone(candidate, twin):
                 # QDQ alone (its integer ops are ONNX Runtime's fusions): proven with its rewrites off.
@@ -1846,9 +1944,11 @@ class Verifier:
         tolerances = self._twin_tolerances(twin)
         outputs_of_twin = [v.name for v in twin.model.graph.outputs]
         try:
-            with value_collector(twin.model, [*names, *outputs_of_twin]) as run_twin:
+            integers = [cut.twin_name for cut in quantized.values()]
+            with value_collector(twin.model, [*names, *integers, *outputs_of_twin]) as run_twin:
                 examples = run_twin(self.input_sets[0])
                 names = [name for name in names if examples[name].dtype.kind == "f"]
+                quantized = {name: cut for name, cut in quantized.items() if name in names}
                 worst = VerificationResult(
                     twin_error=0.0, twin_segments=len(names) + 1, twin_end_to_end=missed or end_to_end
                 )
@@ -1858,11 +1958,18 @@ class Verifier:
                 keep_own = bool(self.masks)
                 axes = _channel_axes(base, names)
                 ends = [name for name in outputs_of_twin if name not in self.skipped]
-                cut_result = _cut_at(candidate, names, examples, keep_own=keep_own)
+                # The result is cut at the int8 tensor of a checkpoint ONNX Runtime fuses into a kernel.
+                result_names = [quantized[name].result_name if name in quantized else name for name in names]
+                result_examples = {
+                    **examples,
+                    **{cut.result_name: examples[cut.twin_name] for cut in quantized.values()},
+                }
+                cut_result = _cut_at(candidate, result_names, result_examples, keep_own=keep_own)
+                result_examples = None  # the first set's values, gone with ``examples`` after its run
                 cut_base = _cut_at(base, names, examples, keep_own=keep_own)
                 # The row rule excuses a segment only where a kernel in it rounds: a 4-bit layer at level 0 beside
                 # an int8 one computes exactly, and a block's scale off there passed the row rule's dilution.
-                rounded = outputs_after_rounding(cut_result, _selects_own)
+                rounded = _as_checkpoint_names(outputs_after_rounding(cut_result, _selects_own), quantized)
                 with (
                     inference_session(cut_result, optimization_level="all") as result_session,
                     inference_session(cut_base) as base_session,
@@ -1872,7 +1979,10 @@ class Verifier:
                         examples = None
                         padding = padded_positions(inputs, self.masks)
                         feeds, reference = _segment_feeds(inputs, values, names, outputs_of_twin, padding, keep_own)
-                        outputs = self._hide_padded(run_session(result_session, feeds), inputs, reference)
+                        for name, cut in quantized.items():  # what the twin's QuantizeLinear gives, dequantized
+                            reference[_computed(name)] = cut.dequantize(values[cut.twin_name])
+                        computed = run_session(result_session, _result_feeds(feeds, values, quantized, keep_own))
+                        outputs = self._hide_padded(_dequantized_cuts(computed, quantized), inputs, reference)
                         result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
                         if not result.ok and twin.kind == "float32":
                             # The float model's own noise on this segment, from the same fed values: the whole
@@ -1899,7 +2009,7 @@ class Verifier:
                             return self._unrounded(candidate, twin, base, VerificationResult(error=failed))
                         worst.twin_error = max(worst.twin_error, result.max_abs_error)
                         # Gone before the next input set's are computed: one set's values in memory at a time.
-                        values = feeds = reference = outputs = before = None
+                        values = feeds = reference = outputs = computed = before = None
         except RuntimeRefusedError as error:
             return VerificationResult(error=f"{end_to_end}; segment by segment, ONNX Runtime refused: {error.reason}")
         return worst

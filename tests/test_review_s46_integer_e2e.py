@@ -218,6 +218,9 @@ def test_a_result_with_a_contrib_op_is_not_checked_as_integer_end_to_end(monkeyp
     result.model.graph.append(ir.Node("com.microsoft", "Gelu", [logits], name="review_contrib"))
     called = []
     monkeypatch.setattr(Verifier, "_check_integer_end_to_end", lambda *args: called.append(args))
+    # No checkpoint left to cut at (since 2026-12-05 a static result is cut at its int8 tensors where the float
+    # side is fused: taken away here, as where a checkpoint's QuantizeLinear is not the twin's).
+    monkeypatch.setattr("optimizer.verify._checkpoint_cuts", lambda *args: ([], {}))
     verifier = Verifier(model, [make_inputs(model, {}, seed=5)], samples=samples)
     verdict = verifier._check_twin_by_segment(result.model, result.twin, "missed end to end")
     assert not verdict.ok and verdict.error == "missed end to end"
