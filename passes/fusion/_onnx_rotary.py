@@ -19,8 +19,11 @@ into caches and proved to be the rows of the positions at every probed length) a
 put back exactly as it was (``take_back``): the pass never leaves the spelled-out form in a model.
 
 Refused, with the reason (the node is left as it is): a 3-D input (heads in ``num_heads``), ``interleaved=1``,
-an input other than float32 (what fuse-rotary-embedding fuses), a head size or ``rotary_embedding_dim`` that is
-not known or not even, and an output that is a graph output.
+an input other than float32 (what fuse-rotary-embedding fuses), and a head size or ``rotary_embedding_dim`` that is
+not known or not even. An output that is a graph output (a prefill exported with its cache: the rotated key is
+``present.{i}.key``) is written out under its name, as the rotate_half form's is fused, and given it back if
+taken back (it was refused until a review: such an export kept its keys' rotations where its opset-20 export's
+result fused them).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class SpelledRotary:
     output: ir.Value
     nodes: list[ir.Node]
     initializers: list[ir.Value]
+    # The graph output's name the written-out output took over (the node's output renamed meanwhile), or None.
+    output_name: str | None = None
 
     def matched(self) -> bool:
         """Whether a fusion replaced the written-out rotation (nothing reads its output any longer)."""
@@ -120,15 +125,26 @@ def spell_out(builder: Callable[[str], Any], node: ir.Node, index: int, tables: 
     )
     if r < d:
         output = build.node("Concat", [output, channels(x, r, d)], axis=-1)
-    output.type, output.shape = node.outputs[0].type, node.outputs[0].shape
-    node.outputs[0].replace_all_uses_with(output)
-    return SpelledRotary(node, output, list(build.nodes), list(build.initializers))
+    original = node.outputs[0]
+    output.type, output.shape = original.type, original.shape
+    output_name = original.name if original.is_graph_output() else None
+    if output_name is not None:  # the graph output keeps its name: the written-out value takes it over
+        original.name = f"{output.name}_written_out"
+    original.replace_all_uses_with(output, replace_graph_outputs=True)
+    if output_name is not None:
+        output.name = output_name
+    return SpelledRotary(node, output, list(build.nodes), list(build.initializers), output_name)
 
 
 def take_back(graph: ir.Graph, spelled: SpelledRotary) -> None:
     """Point the readers of the written-out rotation at the ``RotaryEmbedding`` node again and remove what
     ``spell_out`` added (its tables stay for ``RotaryTables.remove_unused``)."""
-    spelled.output.replace_all_uses_with(spelled.node.outputs[0])
+    original = spelled.node.outputs[0]
+    if spelled.output_name is not None:
+        spelled.output.name = f"{original.name}_taken_back"
+    spelled.output.replace_all_uses_with(original, replace_graph_outputs=True)
+    if spelled.output_name is not None:
+        original.name = spelled.output_name
     _remove(graph, spelled.nodes, spelled.initializers)
 
 
@@ -146,8 +162,8 @@ def _refusal(node: ir.Node) -> str | None:
     x = node.inputs[0] if node.inputs else None
     if len(node.inputs) < 3 or any(value is None for value in node.inputs[:3]):
         return "an input is missing"
-    if node.outputs[0].is_graph_output():
-        return "its output is a graph output"
+    if x.dtype is None:
+        return "its input's type is not known"
     if x.dtype != ir.DataType.FLOAT:
         return "its input is not float32"
     if node.attributes.get_int("interleaved", 0):

@@ -144,6 +144,7 @@ from passes._utils import add_initializer, constant_array, shape_dims
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._builder import NodeBuilder
 from passes.fusion._checks import is_float
+from passes.fusion._inferred_shapes import inferred_shapes, lacks_shapes
 from passes.fusion._layout import head_split, last_dim, producer
 from passes.fusion._onnx_rotary import RotaryTables, SpelledRotary, onnx_rotary_nodes, spell_out, take_back
 from passes.fusion._probe import (
@@ -160,6 +161,12 @@ from passes.fusion._probe import (
 
 DEFAULT_CACHE_LENGTH = DEFAULT_MAX_SEQUENCE
 _ONNX_ROTARY = "ONNX RotaryEmbedding (opset 23)"
+
+
+def _unrecorded(node: ir.Node) -> bool:
+    """Whether the file records no type or no shape for an ONNX ``RotaryEmbedding``'s input."""
+    x = node.inputs[0] if node.inputs else None
+    return x is not None and (x.dtype is None or x.shape is None)
 
 
 def _caches_past_memory(cache_length: int, head_size: int) -> str | None:
@@ -845,10 +852,19 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         # torch's dynamo exporter at opset 23 (optimize=True) writes the rotation as ONNX's own RotaryEmbedding:
         # written out, it is matched as any spelled-out rotation, and put back where the match refuses it
         # (``_onnx_rotary``).
+        rotaries = onnx_rotary_nodes(model.graph)
+        # What a node is written out as reads its input's type and shape: where the file records none (a float32
+        # node was left as "not float32"), they are inferred for the pass, as fuse-attention's for ONNX's Attention.
+        if any(_unrecorded(node) for node in rotaries) and lacks_shapes(model):
+            with inferred_shapes(model):
+                return self._spelled_and_fused(model, rotaries)
+        return self._spelled_and_fused(model, rotaries)
+
+    def _spelled_and_fused(self, model: ir.Model, rotaries: list[ir.Node]) -> int:
         opset = onnx_opset(model.opset_imports, 0)
         tables = RotaryTables()
         spelled: list[SpelledRotary] = []
-        for index, node in enumerate(onnx_rotary_nodes(model.graph)):
+        for index, node in enumerate(rotaries):
             result = spell_out(functools.partial(NodeBuilder, model.graph, node, opset=opset), node, index, tables)
             if isinstance(result, str):
                 self.refuse(_ONNX_ROTARY, f"{result}; ONNX Runtime runs it as written")
