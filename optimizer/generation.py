@@ -542,13 +542,22 @@ class CausalLMSession:
         """Logits at every position of ``ids`` (one step over the whole sequence, empty cache): teacher forcing.
 
         ``ids`` and ``mask`` are left-padded; a model that wants right padding gets each row's
-        tokens moved to its start, and its logits moved back.
+        tokens moved to its start, and its logits moved back. A model that returns the last position's logits
+        only (an export for serving, which reads no others) is stepped one token at a time over its cache, as a
+        generation loop feeds it, each step's logits kept.
         """
         if self.lm.padding == "right":
             shifts = -_pads(mask)
             logits, _ = self.forward(_roll_rows(ids, shifts), _roll_rows(mask, shifts), self.empty_cache(len(ids)))
             return _roll_rows(logits, -shifts)
         logits, _ = self.forward(ids, mask, self.empty_cache(len(ids)))
+        if ids.shape[1] > 1 and (logits.ndim == 2 or (logits.ndim == 3 and logits.shape[1] == 1)):
+            # compare --generate refused such a model after timing it ("the logits hold 1 positions for 128 tokens").
+            cache, steps = self.empty_cache(len(ids)), []
+            for end in range(1, ids.shape[1] + 1):
+                step, cache = self.forward(ids[:, end - 1 : end], mask[:, :end], cache)
+                steps.append(_last_position(step))
+            return np.stack(steps, axis=1)
         return logits
 
     def greedy(

@@ -103,10 +103,7 @@ class Options:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", _patterns(self.exclude))
-        dims = {} if self.dims is None else self.dims
-        if not isinstance(dims, Mapping):
-            raise OptionError(f"--dim: expected a mapping of dim names to sizes, not {dims!r}")
-        object.__setattr__(self, "dims", {name: _integer(size) for name, size in dims.items()})
+        object.__setattr__(self, "dims", checked_dims(self.dims))
         object.__setattr__(self, "tolerances", _tolerances(self.tolerances))
         for name in (
             "prune_ffn",
@@ -203,11 +200,6 @@ class Options:
             raise OptionError(f"--max-sequence {_shown(self.max_sequence)}: expected a positive number of tokens")
         if self.max_sequence > MAX_DIM:
             raise OptionError(f"--max-sequence {self.max_sequence}: larger than an ONNX dimension can be (2^63 - 1)")
-        for name, value in self.dims.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise OptionError(f"--dim {name}={value}: expected a positive integer size")
-            if value > MAX_DIM:
-                raise OptionError(f"--dim {name}={value}: larger than an ONNX dimension can be (2^63 - 1)")
 
     @classmethod
     def build(
@@ -312,6 +304,21 @@ def _real(value: Any) -> Any:
 def _is_count(value: Any, least: int) -> bool:
     """Whether ``value`` is a whole number (not a bool) of at least ``least``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def checked_dims(dims: Any) -> dict[str, int]:
+    """``--dim`` sizes (``dims=`` of ``optimize`` and ``compare``) as Python ints; ``OptionError`` for anything but a
+    mapping of names to positive integers up to 2^63 - 1 (``compare(dims={"batch": 0})`` was a ZeroDivisionError)."""
+    dims = {} if dims is None else dims
+    if not isinstance(dims, Mapping):
+        raise OptionError(f"--dim: expected a mapping of dim names to sizes, not {dims!r}")
+    checked = {name: _integer(size) for name, size in dims.items()}
+    for name, value in checked.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise OptionError(f"--dim {name}={value}: expected a positive integer size")
+        if value > MAX_DIM:
+            raise OptionError(f"--dim {name}={value}: larger than an ONNX dimension can be (2^63 - 1)")
+    return checked
 
 
 def _integer(value: Any) -> Any:

@@ -50,7 +50,7 @@ from optimizer.compare.timing import (
 )
 from optimizer.domains import MS_DOMAIN
 from optimizer.errors import InputSpecError, InvalidModelError, OptionError, one_line
-from optimizer.generation import CausalLM, CausalLMSession, recognise_causal_lm
+from optimizer.generation import CausalLM, CausalLMSession, recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
     MAX_INPUT_BYTES,
     GeneratedLengths,
@@ -85,7 +85,7 @@ from optimizer.llm_accuracy import (
     text_mask_name,
 )
 from optimizer.model_io import load_model, model_file_bytes, save_model
-from optimizer.options import check_thread_count
+from optimizer.options import check_thread_count, checked_dims
 from optimizer.padding import padded_outputs, padding_layout
 from optimizer.parameters import count_parameters
 from optimizer.pipeline import count_nodes
@@ -204,6 +204,9 @@ class CompareSettings:
         if not eps:
             raise OptionError("--ep: give at least one execution provider")
         object.__setattr__(self, "eps", tuple(name.strip() for name in eps))
+        if repeated := _named_twice(self.eps):
+            # As the CLI refuses it: measured twice, each with half the time budget's share, nothing new measured.
+            raise OptionError(f"--ep {','.join(self.eps)}: {repeated} is named twice; each provider is measured once")
         object.__setattr__(self, "batches_asked", self.batches is not None)
         if self.batches is None:
             object.__setattr__(self, "batches", (1,))
@@ -215,6 +218,11 @@ class CompareSettings:
             if _integer(batch) is None or batch < 1:
                 raise OptionError(f"--batch {batch}: expected a positive integer")
         object.__setattr__(self, "batches", tuple(int(batch) for batch in self.batches))
+        if (repeated := _named_twice(self.batches)) is not None:
+            raise OptionError(
+                f"--batch {','.join(map(str, self.batches))}: batch size {repeated} is named twice; "
+                "each size is measured once"
+            )
         if self.threads is not None and (_integer(self.threads) is None or self.threads < 1):
             raise OptionError(
                 f"--threads {self.threads}: expected a positive number of threads "
@@ -249,6 +257,11 @@ class CompareSettings:
             value = getattr(self, name)
             object.__setattr__(self, name, None if value is None else int(value))
         object.__setattr__(self, "time_budget", float(budget))
+
+
+def _named_twice(values: Sequence[Any]) -> Any:
+    """The first of ``values`` that an earlier one repeats, or None."""
+    return next((value for index, value in enumerate(values) if value in values[:index]), None)
 
 
 def _integer(value: Any) -> int | None:
@@ -298,6 +311,7 @@ def compare(
     """
     refuse_unreadable_data(inputs, "--inputs")
     refuse_unreadable_data(calibration, "--calibration")
+    dims = checked_dims(dims) if dims is not None else None
     with _model_files(before, after) as ((before_path, before_label), (after_path, after_label)):
         report = _compare(before_path, after_path, settings, inputs, dims, progress, calibration)
     report.before.path, report.after.path = before_label, after_label
@@ -470,7 +484,7 @@ def _compare(
             # BEFORE refused the generated lengths (CLIP's text encoder reads 77 positions, 128 are generated; a
             # speech front end's STFT reads 400 samples): everything again at other lengths, as optimize verifies.
             del warnings[noted:]
-            base_inputs = make_inputs(before_model, lengths.binding())
+            base_inputs = _generated_inputs(before_model, lengths.binding())
     bound = dims_from_inputs(before_model, base_inputs)
     if note := lengths.note(bound, str(before), "compared"):
         warnings.append(note)
@@ -600,9 +614,12 @@ def _measure_provider(
             result.accuracy, padded = _accuracy(
                 session_before.outputs(), session_after.outputs(), score_outputs, warnings, padding, inputs, sample_axes
             )
+            # Tiled from the rows generated (batch 1): --batch 8 compared 8 copies of one sample, said as 8 samples.
+            distinct = min(batch, base_batch)
+            tiled = f" tiled to batch {batch}" if batch > base_batch else ""
             result.accuracy_data = (
-                f"generated inputs ({batch} sample{'s' if batch > 1 else ''}, one run{padded}): random values say "
-                "little about accuracy on real data; give --inputs"
+                f"generated inputs ({distinct} sample{'s' if distinct > 1 else ''}{tiled}, one run{padded}): random "
+                "values say little about accuracy on real data; give --inputs"
             )
             measured = True
         label = f"{ep.name} batch {batch}"
@@ -860,7 +877,7 @@ def _base_inputs(
             [dims],
             ways_out="bind smaller sizes with --dim NAME=SIZE, or give real inputs with --inputs FILE.npz",
         )
-        return make_inputs(model, dims), None
+        return _generated_inputs(model, dims), None
     data = open_samples(inputs, model, flag="--inputs")
     arrays = data.first()
     batching_model = batching_model or model
@@ -878,6 +895,15 @@ def _base_inputs(
             f"{data.source}: {note}: outputs it reaches are NaN in both models and left out of the accuracy"
         )
     return arrays, data
+
+
+def _generated_inputs(model: ir.Model, dims: Mapping[str, int] | None) -> dict[str, np.ndarray]:
+    """Inputs generated as verification generates them: a causal LM's past is the cache ``model`` builds over a
+    prefill of random tokens (``generation.with_model_cache``), not N(0, 1) numbers it could never produce, on
+    which a rewrite exact on every cache the model makes (a KV cache clipped or quantized to its calibrated range)
+    failed --min-cosine that verification passed, and a deep decoder amplifies rounding tenfold (README)."""
+    generated = make_inputs(model, dims)
+    return with_model_cache(model, generated) or generated
 
 
 def _accuracy_on_data(

@@ -234,6 +234,22 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
     if provider is None:
         return None
     warned = bool(_accuracy_warnings_of(provider))
+    # An infinite error (NaN/Inf where the other model has a number, or non-numeric values that differ) must
+    # lead the verdict: max() and min() skip a NaN unless it comes first, and a cosine over finite values hides it.
+    # With --generate too: an output the generation does not read (a hidden state beside the logits) that turned
+    # Inf failed --min-cosine under a calm grey "logits cosine 1.0000" (a review).
+    broken = [
+        item.name
+        for item in provider.accuracy
+        if not math.isfinite(item.max_abs_error) or (item.cosine is not None and math.isnan(item.cosine))
+    ]
+    if broken:
+        names = ", ".join(f"'{name}'" for name in broken)
+        return _Segment(f"{names} differ: NaN/Inf or non-numeric values", "bad", "accuracy", warned)
+    # Integer or bool outputs that differ at all (class ids, masks) hold other answers, not rounding.
+    integers_differ = any(
+        np.dtype(item.dtype).kind in "iub" and not item.exact and item.max_abs_error > 0 for item in provider.accuracy
+    )
     if provider.llm_accuracy is not None:
         # Every figure that can show a broken decoder leads, not the teacher-forced top-1 alone: a model that
         # ignored its past kept top-1 1.000 there while its continuations all differed (a review).
@@ -244,7 +260,7 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
         # A few prompts move the continuations in big steps (one of 4 differing is 0.75): they colour amber only.
         if not (llm.top1_agreement >= 0.9 and lowest >= 0.99):
             css = "bad"
-        elif not (llm.top1_agreement >= 0.99 and llm.exact_match == 1 and lowest >= 0.9999):
+        elif not (llm.top1_agreement >= 0.99 and llm.exact_match == 1 and lowest >= 0.9999) or integers_differ:
             css = "concern"
         else:
             css = "flat"
@@ -255,16 +271,6 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
         return _Segment(said, css, "accuracy", warned)
     if not provider.accuracy:
         return None
-    # An infinite error (NaN/Inf where the other model has a number, or non-numeric values that differ) must
-    # lead the verdict: max() and min() skip a NaN unless it comes first, and a cosine over finite values hides it.
-    broken = [
-        item.name
-        for item in provider.accuracy
-        if not math.isfinite(item.max_abs_error) or (item.cosine is not None and math.isnan(item.cosine))
-    ]
-    if broken:
-        names = ", ".join(f"'{name}'" for name in broken)
-        return _Segment(f"{names} differ: NaN/Inf or non-numeric values", "bad", "accuracy", warned)
     worst_abs = max(item.max_abs_error for item in provider.accuracy)
     cosines = [item.cosine for item in provider.accuracy if item.cosine is not None]
     top1 = [item.top1_agreement for item in provider.accuracy if item.top1_agreement is not None]
@@ -273,10 +279,6 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
     if worst_abs == 0:
         return _Segment("outputs equal in value", "good", "accuracy", warned)
     worst_rel = max(item.max_rel_error for item in provider.accuracy)
-    # Integer or bool outputs that differ at all (class ids, masks) hold other answers, not rounding.
-    integers_differ = any(
-        np.dtype(item.dtype).kind in "iub" and not item.exact and item.max_abs_error > 0 for item in provider.accuracy
-    )
     if (
         worst_abs <= _ROUNDING_ABS
         and worst_rel <= _ROUNDING_REL
