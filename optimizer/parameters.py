@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
+from optimizer.protocol import EXACT_CORRECTION_PREFIX
 from optimizer.runtime import model_graphs
 
 # Inputs of the quantized ops that hold scales, zero points or group indices: no weights.
@@ -54,12 +55,17 @@ def count_parameters(model: ir.Model) -> int:
     ``N * K`` weights, GatherBlockQuantized's packed table as two 4-bit values per byte;
     quantization scales, zero points and group indices (by where the quantized ops read them,
     ``_QUANTIZATION_PARAMETERS``, and int8 embedding tables' row scales) are not weights and are
-    left out, nor are the rotary cos/sin tables a fusion writes (``_POSITION_TABLES``). So an int8
+    left out, nor are the rotary cos/sin tables a fusion writes (``_POSITION_TABLES``), nor a pass's
+    exact float corrections beside its reduced layers (``EXACT_CORRECTION_PREFIX``: int4's block offsets, the
+    rows of its outlier channels the packed weight holds too, their mask and block sums; an HQQ int4 MLP counted
+    8,448 parameters where its float original has 8,192). So an int8
     or int4 model has the parameters of its float original, and lifting Constants into initializers
     keeps the count (the rotary fusion drops an ``inv_freq`` constant its tables replace).
     """
     total = 0
     for value, shape, dtype in _weights(model):
+        if (value.name or "").startswith(EXACT_CORRECTION_PREFIX):
+            continue
         size = math.prod(shape)
         uses = list(value.uses())
         if uses and all(_reads_no_weight(node, index) for node, index in uses):

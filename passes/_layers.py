@@ -24,11 +24,8 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
+from optimizer.protocol import EXACT_CORRECTION_PREFIX
 from passes._utils import add_initializer, constant_array, replace_value
-
-# Constants named so are a pass's own exact float arithmetic beside a reduced layer (int4's block
-# offsets and outlier channels): never a layer to reduce again, or a second run would round them.
-EXACT_CORRECTION_PREFIX = "graphopt.exact."
 
 
 @dataclass

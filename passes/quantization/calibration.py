@@ -96,12 +96,17 @@ def calibrate(
 def channel_peaks(
     model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
-    """Each named tensor's largest magnitude per channel (last axis) over the batches: SmoothQuant's statistic."""
+    """Each named tensor's largest magnitude per channel (last axis) over the batches: SmoothQuant's statistic.
+
+    Only finite values count, as in the ranges: one infinite input value made a norm's output NaN on its
+    row, every factor NaN, and the smoothed model NaN on every sample (the budget's points all read cosine 0,
+    the model left float); a channel with no finite value has peak 0 (the factors' floor then holds it)."""
     peaks: dict[str, np.ndarray] = {}
     with value_collector(model, names) as run:
         for batch in track(batches, "SmoothQuant: channel peaks per batch"):
             for name, array in run(batch).items():
                 array = np.abs(np.asarray(array, dtype=np.float32))
+                array = np.where(np.isfinite(array), array, np.float32(0.0))
                 peak = array.reshape(-1, array.shape[-1]).max(axis=0)
                 peaks[name] = np.maximum(peaks[name], peak) if name in peaks else peak
     return peaks

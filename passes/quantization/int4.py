@@ -244,8 +244,19 @@ class Int4QuantizationPass(QuantizationPass):
             self._method = "rtn"
             return
         self._hessian_inputs = sample_layer_inputs(model, layers, batches, rows=_GPTQ_ROWS)
+        # A row holding an infinity (calibration may hold one: an additive mask's -inf; NaN is refused up front)
+        # made the Hessian infinite and every scale after it NaN: the model then read NaN on every sample and
+        # the budget left it float. Such rows are left out of the fit, as the ranges take finite values only.
+        infinite = 0
+        for name, x in self._hessian_inputs.items():
+            finite = np.isfinite(x).all(axis=1)
+            if not finite.all():
+                infinite += 1
+                self._hessian_inputs[name] = x[finite]
         rows = min(len(x) for x in self._hessian_inputs.values()) if self._hessian_inputs else 0
         self.note(f"GPTQ on {rows} calibration rows per layer input (inputs from the float model)")
+        if infinite:
+            self.note(f"GPTQ: rows holding an infinity left out of {infinite} layer inputs' fit")
         # A weight several layers read (cross-layer sharing) is fitted once, to all their inputs.
         readers: dict[tuple[str, bool], list[Layer]] = {}
         for layer in layers:
@@ -1001,7 +1012,7 @@ def _corrected(
 
 def _zero_channels(graph: ir.Graph, x: ir.Value, split: OutlierChannels, width: int) -> ir.Node:
     """``Mul(x, mask)``, ``mask`` 0 at ``split``'s channels of ``width`` (not inserted, named by the caller)."""
-    mask = add_initializer(graph, f"{x.name}.outlier_mask", split.mask(width))
+    mask = add_initializer(graph, f"{EXACT_CORRECTION_PREFIX}{x.name}.outlier_mask", split.mask(width))
     node = ir.Node("", "Mul", [x, mask], name="outliers_zeroed")
     node.outputs[0].type, node.outputs[0].shape = x.type, x.shape
     return node

@@ -47,7 +47,8 @@ def smooth(
 
     A norm is a fused LayerNorm/RMSNorm op, or the ``Mul`` by a per-channel scale that
     ends an unfused one. It is left alone when its output has another user (``data_uses``:
-    a ``Shape`` or ``Size`` of it does not count), is a graph
+    a ``Shape`` or ``Size`` of it does not count, and a ``Reshape`` to rows of its channels is read
+    through: ``_row_uses``), is a graph
     output, or its scale/bias are not constants with one value per channel; and when a
     layer it feeds reads a weight other layers read too (ALBERT's shared layers): each
     reader would store its own smoothed copy, a larger file than without smoothing. Those
@@ -60,7 +61,7 @@ def smooth(
     groups = []
     for node in model.graph:
         slots = _NORMS.get(("" if is_onnx_domain(node) else node.domain, node.op_type)) or _scale_multiply(node)
-        uses = data_uses(node.outputs[0])
+        uses = _row_uses(node.outputs[0])
         if slots is None or not uses or node.outputs[0].is_graph_output():
             continue
         users = [chosen.get(id(user)) for user, index in uses if index == 0]
@@ -100,6 +101,40 @@ def data_uses(value: ir.Value) -> list[tuple[ir.Node, int]]:
         for user, index in value.uses()
         if user.op_type not in ("Shape", "Size") or not is_onnx_domain(user)
     ]
+
+
+def _row_uses(value: ir.Value) -> list[tuple[ir.Node, int]]:
+    """``data_uses(value)``, with each ``Reshape`` to rows of its channels (a constant target ending in a positive
+    size, ``[-1, C]``) read through: its own readers' uses instead. Such a reshape only regroups whole rows of the
+    last axis (the layers after it read ``C`` channels, as ``_migrate`` holds), so rescaling a channel before it
+    rescales the same channel after it. GPT-2's ``Conv1D`` is exported so (``x.view(-1, C)`` into a ``Gemm``):
+    its norms were never smoothed, and ``--smooth`` said "on 0 norms" without a reason."""
+    found = []
+    for user, index in data_uses(value):
+        target = constant_array(user.inputs[1]) if user.op_type == "Reshape" and len(user.inputs) > 1 else None
+        if (
+            index == 0
+            and is_onnx_domain(user)
+            and target is not None
+            and target.ndim == 1
+            and target.size >= 1
+            and int(target[-1]) > 0
+            and _last_dim_is(value, int(target[-1]))
+            and not user.outputs[0].is_graph_output()
+        ):
+            found += data_uses(user.outputs[0])
+        else:
+            found.append((user, index))
+    return found
+
+
+def _last_dim_is(value: ir.Value, size: int) -> bool:
+    """Whether ``value``'s last axis is not known to be other than ``size`` (a ``[-1, C/2]`` regroup mixes channels)."""
+    shape = value.shape
+    if shape is None or shape.rank() == 0:
+        return True
+    last = shape[shape.rank() - 1]
+    return not isinstance(last, int) or last == size
 
 
 def _weights_shared_outside(users: Sequence[Layer]) -> bool:
