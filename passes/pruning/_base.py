@@ -227,12 +227,12 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         if held_out:  # the figures the report shows are the held-out samples', as the budget's
             batches, reference = checked, checked_reference
         if not removals:  # --strict must see that nothing was pruned: "applied" with 0 groups said otherwise
-            sizes = ", ".join(str(size) for size in sorted({g.size for g in groups}))
-            self.decline(
-                f"{_describe_ratios(ratios)} removes no unit: in every group it rounds to none "
-                f"(groups of {sizes}); ask for a larger fraction"
-            )
+            self.decline(f"{_describe_ratios(ratios)} removes no unit: {self._why_none(groups)}")
             return self.result(model, modified=False)
+        for kind, ratio in ratios.items():  # a kind asked for whose every group holds one unit: said, not silent
+            members = [g for g in groups if g.kind == kind]
+            if kind is not None and ratio and members and all(g.size == 1 for g in members):
+                self.decline(f"{kind} {ratio:.2f} removes no unit: {self._why_none(members)}")
         if reference is not None:
             self.drift = drift_of(model, batches, reference)
         after = count_parameters(model)
@@ -263,6 +263,21 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             self._prune(unrepaired, scores, ratios, comparable)
             self.note(f"without repair: {drift_of(unrepaired, batches, reference)}")
         return self.result(model, modified=True, twin=self._twin(source, removals), fitted_to_samples=held_out)
+
+    def _why_none(self, groups: list[ChannelGroup]) -> str:
+        """Why a ratio removes no unit of ``groups``. Every group keeps at least one unit, so a group of one never
+        loses any, whatever the fraction: multi-query attention's heads are one unit (its one key/value head with
+        every query head reading it)."""
+        if all(g.size == 1 for g in groups):
+            why = "every group holds a single unit, and each group keeps at least one"
+            if any(self.units_named(g) > 1 for g in groups):
+                why += (
+                    " (a unit of grouped-query attention is a key/value head with the query heads reading it: "
+                    "with one key/value head, no head can be cut)"
+                )
+            return why + "; no fraction removes any"
+        sizes = ", ".join(str(size) for size in sorted({g.size for g in groups}))
+        return f"in every group it rounds to none (groups of {sizes}); ask for a larger fraction"
 
     def _scaled(self, scale: float) -> dict[str | None, float]:
         return {kind: ratio * scale for kind, ratio in self.ratios.items()}
@@ -567,7 +582,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         (whose outputs in the input model are ``reference``), fitting to ``batches`` (bisection)."""
         low, high, best = 0.0, 1.0, 0.0
         trial = model.clone()
-        self._prune(trial, scores, self._scaled(high), comparable, batches, targets)
+        if not self._prune(trial, scores, self._scaled(high), comparable, batches, targets):
+            return high  # the ratios asked remove no unit, nor does any fraction of them: the caller says why
         if self.budget.met(drift_of(trial, checked, reference)):
             self.note(
                 f"budget {self.budget.describe()}{self._checked_on}: met at the largest ratio asked, "

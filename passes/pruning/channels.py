@@ -22,7 +22,8 @@ COSTS = ("channels", "parameters", "macs")
 _CHANNELWISE = frozenset(
     {
         "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Mish",
-        "Softplus", "Identity", "MaxPool", "AveragePool", "Add", "Sub", "Mul", "Div", "BatchNormalization",
+        "Softplus", "Gelu", "Erf", "Identity", "MaxPool", "AveragePool", "Add", "Sub", "Mul", "Div",
+        "BatchNormalization",
     }
 )  # fmt: skip
 
@@ -194,7 +195,10 @@ def _group(consumer: ir.Node, channels: int, start: ir.Value, route: list[ir.Nod
             stack.append(node.inputs[0])
             continue
         if node.op_type not in _CHANNELWISE or not is_onnx_domain(node):
-            if group.producers or (node.op_type in _MOVES_CHANNELS and _reaches_a_conv(node)):
+            # Named wherever the channels were a Conv's, whichever operand the walk took first: a GroupNormalization
+            # or InstanceNormalization between two Convs (mixing a channel's positions, or channels) was met before
+            # the Conv behind it and the group skipped without a word.
+            if group.producers or _reaches_a_conv(node):
                 return f"its input channels come through {node.op_type} ({node.name}), which the walk does not trace"
             return None  # not channels a Conv made (e.g. a Resize of the image)
         region[id(node)] = node

@@ -94,7 +94,7 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
         if not _elementwise(producer):
             computed = [value for value in producer.inputs if value is not None and value.const_value is None]
             if group.producers or (
-                len(computed) == 1 and computed[0].producer() is not None and _up_projection(computed[0], channels)
+                len(computed) == 1 and _behind_activation(computed[0], channels, {}) is not None
             ):  # an FFN, with an op between its projections that the walk does not trace: named, not skipped
                 return f"{producer.op_type} ({producer.name}) between it and its up projections is not traced"
             return None  # not an FFN (e.g. attention output, a reshape of heads)
@@ -125,6 +125,37 @@ def _up_projection(value: ir.Value, channels: int) -> bool:
         return False
     width = weight.shape[0 if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) else 1]
     return width % channels == 0
+
+
+def _behind_activation(
+    value: ir.Value, channels: int, seen: dict[int, ir.Node | None], depth: int = 12
+) -> ir.Node | None:
+    """The one up projection (``_up_projection``) that ``value`` is, or that every computed operand of the
+    element-wise ops computing it comes from (an activation: GELU's formula, SiLU's ``x * sigmoid(x)``); None
+    if there is none, or more than one (a residual sum of a block's input and its output is no activation).
+
+    NormFormer's FFN normalizes after its activation (up → GELU → LayerNorm → down): the LayerNorm was met with
+    the activation, not the projection, behind it, and the FFN was skipped without a word."""
+    if id(value) in seen:
+        return seen[id(value)]
+    seen[id(value)] = None
+    node = value.producer()
+    if node is None or depth < 0:
+        return None
+    if _up_projection(value, channels):
+        found = node
+    elif _elementwise(node):
+        sources = {
+            id(found): found
+            for operand in node.inputs
+            if operand is not None and operand.const_value is None
+            for found in [_behind_activation(operand, channels, seen, depth - 1)]
+        }
+        found = next(iter(sources.values())) if len(sources) == 1 else None
+    else:
+        found = None
+    seen[id(value)] = found
+    return found
 
 
 def _last_axis(shape: tuple[int, ...], channels: int) -> int | None:
