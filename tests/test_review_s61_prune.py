@@ -73,7 +73,11 @@ def _multi_query(kv_heads: int = 1, ffn: bool = False) -> ir.Model:
         ]
     nodes.append(
         helper.make_node(
-            "MultiHeadAttention", ["q", "k_heads", "v_heads"], ["o"], domain="com.microsoft", num_heads=_HEADS,
+            "MultiHeadAttention",
+            ["q", "k_heads", "v_heads"],
+            ["o"],
+            domain="com.microsoft",
+            num_heads=_HEADS,
             name="mha",
         )
     )
