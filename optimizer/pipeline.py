@@ -379,6 +379,15 @@ def _check_approximate(
         return VerificationResult(
             error="the pass declares no exact twin to verify its result against (every approximate pass must)"
         )
+    if twin.source is not None and twin.source is not model:
+        # The twin approximates an exact rewrite of the input (SmoothQuant's rescaled norms and weights): that
+        # rewrite is held to the input as any exact pass is, or a wrong rescaling would ship as the twin's claim.
+        rescaled = verifier.check(twin.source, by_segment=True)
+        if not rescaled.ok:
+            return VerificationResult(
+                error="the exact rescaling of its input that its twin starts from (SmoothQuant's norms and weights) "
+                f"does not compute what the input does: {rescaled.first_failure}"
+            )
     exact = verifier.check_twin(candidate, twin, base=model)
     if not exact.ok:
         return exact
