@@ -837,6 +837,7 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         self._tables: dict[tuple[int, int], tuple | str] = {}
         self._expanded: dict[tuple[int, int], ir.Value] = {}
         self._noted: set[str] = set()
+        self._read_by_onnx_op: set[int] = set()  # position_ids an ONNX RotaryEmbedding of the original reads
         self._ending: str | None = None  # the note of the caches being built ending early
         self._graph: ir.Graph | None = None
 
@@ -864,6 +865,7 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         opset = onnx_opset(model.opset_imports, 0)
         tables = RotaryTables()
         spelled: list[SpelledRotary] = []
+        self._read_by_onnx_op = {id(node.inputs[3]) for node in rotaries if len(node.inputs) > 3 and node.inputs[3]}
         for index, node in enumerate(rotaries):
             result = spell_out(functools.partial(NodeBuilder, model.graph, node, opset=opset), node, index, tables)
             if isinstance(result, str):
@@ -929,7 +931,8 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         shape is read off the input of the projection when ``rotated`` is one (shared by the query and key),
         and the Expand is left out when both shapes are static and equal.
         """
-        if positions.is_graph_input():
+        if positions.is_graph_input() and id(positions) not in self._read_by_onnx_op:
+            # (ONNX's own RotaryEmbedding refuses such a position too: no note where it read these positions.)
             self._note_once(
                 f"{positions.name} index the fused op's cos/sin tables: ONNX Runtime refuses a negative position "
                 "(a padded one left at cumsum(mask) - 1 = -1) or one past the tables, where the original computed "

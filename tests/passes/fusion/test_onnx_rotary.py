@@ -156,3 +156,13 @@ def test_the_optimized_opset_23_decoder_fuses_as_its_opset_20_export():
     expected, got = run(original, feed), run(optimized, feed)
     for name, value in expected.items():
         np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("tables", ["computed", "caches"])
+def test_the_note_on_out_of_range_positions_is_made_only_where_the_original_computed_them(tables):
+    # ONNX's RotaryEmbedding that reads position_ids into its own caches refuses a negative or too large position,
+    # as the fused op does: no note that the fused op refuses what the original computed (a review).
+    result = RotaryEmbeddingFusion(max_sequence=_POSITIONS)(_rotated(tables=tables).clone())
+    assert result.modified
+    noted = any("where the original computed any" in note for note in result.notes)
+    assert noted == (tables == "computed"), result.notes
