@@ -5,9 +5,7 @@ wrong realization between two such cuts still fails."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 
 from optimizer.runtime import collect_values
@@ -15,16 +13,7 @@ from optimizer.verify import Verifier, _checkpoint_cuts, _cut_at, _segment_check
 from passes.quantization.static import StaticQuantizationPass
 from tests.helpers import without_layer_probe
 from tests.passes.quantization.graphs import convnet, samples
-
-_INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearGlobalAveragePool")
-
-
-def _deployed_ops(model: ir.Model, path) -> list[str]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(path)
-    ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return sorted(node.op_type for node in onnx.load(str(path)).graph.node if node.op_type in _INTEGER_OPS)
+from tests.test_review_segments import _deployed_ops
 
 
 def _static(model: ir.Model):

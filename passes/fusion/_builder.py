@@ -53,3 +53,14 @@ class NodeBuilder:
         if self.opset >= 15:
             return self.node("Shape", [value], start=axis, end=axis + 1)
         return self.node("Gather", [self.node("Shape", [value]), self.ints("axis", [axis])], axis=0)
+
+
+def remove_added(graph: ir.Graph, nodes: list[ir.Node], initializers: list[ir.Value]) -> None:
+    """Remove from ``graph`` the ``nodes`` a builder added (last first) and those of its ``initializers`` nothing
+    reads any longer: a written-out op taken back."""
+    for added in reversed(nodes):
+        if added.graph is graph:
+            graph.remove(added, safe=True)
+    for value in initializers:
+        if not value.uses() and graph.initializers.get(value.name) is value:
+            del graph.initializers[value.name]

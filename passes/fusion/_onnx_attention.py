@@ -37,6 +37,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_op
+from passes.fusion._builder import remove_added
 
 
 @dataclass
@@ -75,7 +76,7 @@ class MaskBiases:
     def remove_unused(self, graph: ir.Graph) -> None:
         """Remove the biases no written-out node reads any longer (all of theirs taken back)."""
         unread = [node for node in self.nodes if not any(output.uses() for output in node.outputs)]
-        _remove(graph, unread, self.initializers)
+        remove_added(graph, unread, self.initializers)
 
 
 def spell_out(builder: Callable[[str], Any], node: ir.Node, index: int, masks: MaskBiases) -> SpelledAttention | str:
@@ -108,16 +109,7 @@ def take_back(graph: ir.Graph, spelled: SpelledAttention) -> None:
     """Point the readers of the written-out ``Y`` at the ``Attention`` node again and remove what ``spell_out``
     added."""
     spelled.output.replace_all_uses_with(spelled.node.outputs[0])
-    _remove(graph, spelled.nodes, spelled.initializers)
-
-
-def _remove(graph: ir.Graph, nodes: list[ir.Node], initializers: list[ir.Value]) -> None:
-    for added in reversed(nodes):
-        if added.graph is graph:
-            graph.remove(added, safe=True)
-    for value in initializers:
-        if not value.uses() and graph.initializers.get(value.name) is value:
-            del graph.initializers[value.name]
+    remove_added(graph, spelled.nodes, spelled.initializers)
 
 
 def _refusal(node: ir.Node) -> str | None:

@@ -35,6 +35,7 @@ from typing import Any
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_op
+from passes.fusion._builder import remove_added
 
 
 @dataclass
@@ -95,7 +96,7 @@ class RotaryTables:
         for node in reversed(self.nodes):  # a table's Unsqueeze before the Concat (and Gather) it reads
             if node.graph is graph and not any(output.uses() for output in node.outputs):
                 graph.remove(node, safe=True)
-        _remove(graph, [], self.initializers)
+        remove_added(graph, [], self.initializers)
 
 
 def spell_out(builder: Callable[[str], Any], node: ir.Node, index: int, tables: RotaryTables) -> SpelledRotary | str:
@@ -145,16 +146,7 @@ def take_back(graph: ir.Graph, spelled: SpelledRotary) -> None:
     spelled.output.replace_all_uses_with(original, replace_graph_outputs=True)
     if spelled.output_name is not None:
         original.name = spelled.output_name
-    _remove(graph, spelled.nodes, spelled.initializers)
-
-
-def _remove(graph: ir.Graph, nodes: list[ir.Node], initializers: list[ir.Value]) -> None:
-    for added in reversed(nodes):
-        if added.graph is graph:
-            graph.remove(added, safe=True)
-    for value in initializers:
-        if not value.uses() and graph.initializers.get(value.name) is value:
-            del graph.initializers[value.name]
+    remove_added(graph, spelled.nodes, spelled.initializers)
 
 
 def _refusal(node: ir.Node) -> str | None:
