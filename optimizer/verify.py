@@ -1960,12 +1960,9 @@ class Verifier:
                 ends = [name for name in outputs_of_twin if name not in self.skipped]
                 # The result is cut at the int8 tensor of a checkpoint ONNX Runtime fuses into a kernel.
                 result_names = [quantized[name].result_name if name in quantized else name for name in names]
-                result_examples = {
-                    **examples,
-                    **{cut.result_name: examples[cut.twin_name] for cut in quantized.values()},
-                }
-                cut_result = _cut_at(candidate, result_names, result_examples, keep_own=keep_own)
-                result_examples = None  # the first set's values, gone with ``examples`` after its run
+                typed = {**examples, **{cut.result_name: examples[cut.twin_name] for cut in quantized.values()}}
+                cut_result = _cut_at(candidate, result_names, typed, keep_own=keep_own)
+                del typed  # the first set's values, gone with ``examples`` after its run
                 cut_base = _cut_at(base, names, examples, keep_own=keep_own)
                 # The row rule excuses a segment only where a kernel in it rounds: a 4-bit layer at level 0 beside
                 # an int8 one computes exactly, and a block's scale off there passed the row rule's dilution.
