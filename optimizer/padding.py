@@ -73,6 +73,95 @@ def cache_outputs(model: ir.Model) -> frozenset[str]:
     return frozenset(names)
 
 
+def padded_caches(model: ir.Model) -> frozenset[str]:
+    """The outputs whose padded positions verification hides as a cache's: ``cache_outputs``, and the key/value
+    outputs of a prefill exported with its cache but no past input (``attention_operand_outputs``)."""
+    return cache_outputs(model) | attention_operand_outputs(model)
+
+
+def attention_operand_outputs(model: ir.Model) -> frozenset[str]:
+    """4-D graph outputs ``[batch, heads, sequence, head_size]`` that an attention reads as its key or value,
+    whose third dim the model names as its integer mask's sequence (``_integer_masks``).
+
+    A prefill exported with its cache but no past input returns them (``present.*``): the cache a decode step
+    reads next, at positions the mask pads there too. Decided from the graph: the output reaches, through ops
+    that only move or repeat it (the heads' transpose, grouped-query attention's repeat), ONNX's own
+    ``Attention`` or ONNX Runtime's ``MultiHeadAttention``/``GroupQueryAttention`` as the key or value, or a
+    ``MatMul`` as its right operand whose left one comes from a ``Softmax`` (the value) or whose product a
+    ``Softmax`` reads after scaling and masking (the key). An encoder's cross-attention cache, whose sequence
+    is not the mask's, is left out.
+    """
+    _, sequence = _integer_masks(model)
+    if sequence is None:
+        return frozenset()
+    names = set()
+    for value in model.graph.outputs:
+        shape = _declared(value)
+        if shape is None or shape.rank() != 4 or _dim_value(shape[2]) != sequence:
+            continue
+        if _read_as_key_or_value(value):
+            names.add(value.name)
+    return frozenset(names)
+
+
+# Ops a key or value passes through on its way into attention without its positions being mixed: the
+# heads' transpose and grouped-query attention's repeat (Unsqueeze, Expand, Reshape; Slice of whole axes),
+# and (as either operand) the scale torch's decomposed attention multiplies the key by.
+_KV_LAYOUT_OPS = frozenset(
+    {"Identity", "Cast", "Slice", "Unsqueeze", "Squeeze", "Expand", "Reshape", "Transpose", "Tile"}
+)
+_KV_READERS = {("", "Attention"), ("com.microsoft", "MultiHeadAttention"), ("com.microsoft", "GroupQueryAttention")}
+# Ops between the scores MatMul and its Softmax: the scale, the mask, a cast.
+_SCORE_OPS = frozenset({"Mul", "Div", "Add", "Where", "Cast"})
+
+
+def _read_as_key_or_value(value: ir.Value) -> bool:
+    """Whether ``value`` reaches an attention as its key or value (``attention_operand_outputs``)."""
+    frontier, seen = [value], set()
+    while frontier:
+        current = frontier.pop()
+        if id(current) in seen or len(seen) > 64:
+            continue
+        seen.add(id(current))
+        for node, index in current.uses():
+            domain = "" if node.domain == "ai.onnx" else node.domain
+            if (domain, node.op_type) in _KV_READERS and index in (1, 2):
+                return True
+            if domain != "":
+                continue
+            if node.op_type == "MatMul" and index == 1 and (_softmax_behind(node.inputs[0]) or _softmax_ahead(node)):
+                return True
+            if (node.op_type in _KV_LAYOUT_OPS and index == 0) or node.op_type in ("Mul", "Div"):
+                frontier.extend(node.outputs)
+    return False
+
+
+def _softmax_behind(value: ir.Value | None, depth: int = 3) -> bool:
+    """Whether ``value`` is a Softmax's output, through at most ``depth`` casts, dropouts or masks (``Where``)."""
+    node = value.producer() if value is not None else None
+    if node is None:
+        return False
+    if node.op_type == "Softmax":
+        return True
+    if depth == 0 or node.op_type not in ("Cast", "Dropout", "Where", "Identity"):
+        return False
+    operands = node.inputs[1:] if node.op_type == "Where" else node.inputs[:1]
+    return any(_softmax_behind(operand, depth - 1) for operand in operands)
+
+
+def _softmax_ahead(node: ir.Node, depth: int = 4) -> bool:
+    """Whether a Softmax reads ``node``'s output through at most ``depth`` scales, masks or casts."""
+    frontier = [(node, 0)]
+    while frontier:
+        current, steps = frontier.pop()
+        for reader, _ in current.outputs[0].uses():
+            if reader.op_type == "Softmax":
+                return True
+            if reader.op_type in _SCORE_OPS and steps < depth:
+                frontier.append((reader, steps + 1))
+    return False
+
+
 def _from_4d_input(value: ir.Value | None) -> bool:
     """Whether ``value`` is computed from a 4-D graph input (only through ops that keep it 4-D: Concat, Cast...)."""
     source = _graph_input_behind(value)
@@ -409,7 +498,7 @@ def _declared(value: ir.Value) -> ir.Shape | None:
 def _sequence_outputs(model: ir.Model, sequence: str) -> dict[str, int]:
     """Outputs laid out along ``sequence`` by name: ``[batch, sequence, ...]`` (axis 1, three dims or more), and
     the caches ``[batch, heads, sequence, head_size]`` (axis 2)."""
-    caches = cache_outputs(model)
+    caches = padded_caches(model)
     laid_out = {}
     for value in model.graph.outputs:
         shape = _declared(value)

@@ -58,10 +58,10 @@ from optimizer.inputs import SampleData, hold_out, holds_samples, output_sample_
 from optimizer.kernel_rounding import at_level_zero, level_signature, outputs_after_rounding, rounding_kernels
 from optimizer.layer_probe import layer_probe_failure
 from optimizer.padding import (
-    cache_outputs,
     hide_padded,
     mask_inputs,
     new_token_outputs,
+    padded_caches,
     padded_positions,
     unpadded,
 )
@@ -1334,7 +1334,7 @@ class Verifier:
         self.labels: list[str] = []
         self.dropped: list[str] = []
         self.masks = mask_inputs(original, input_sets[0]) if input_sets else []
-        self.caches = cache_outputs(original)
+        self.caches = padded_caches(original)
         self.new_tokens = new_token_outputs(original)
         labels = list(labels or [])
         for index, inputs in enumerate(input_sets):
