@@ -97,8 +97,9 @@ def probe_lengths(
     model: ir.Model | None = None,
     inputs: Sequence[ir.Value] | None = None,
     feeds: Sequence[Callable[[int], Mapping[str, np.ndarray]]] = (),
-) -> list[int]:
-    """The sequence lengths at which a fact decided by evaluating ``values`` must be checked, shortest first.
+) -> list[int] | str:
+    """The sequence lengths at which a fact decided by evaluating ``values`` must be checked, shortest first; or
+    why no lengths suffice (a comparison whose switches bisection cannot find, ``_condition_switches``).
 
     The subgraphs fusions probe read the sequence length (through shapes), a 0/1 mask,
     token ids through their shape only, and constants. What they compute can change with
@@ -128,7 +129,9 @@ def probe_lengths(
     length the graph computes a switch at is found too (``_condition_switches``): each
     one-element comparison among the values read (``2 * S <= 201``, ``Cast(S) <= 100.5``)
     is evaluated at these lengths, and where it changes between two of them the change is
-    bisected, its last length before and first after added. ``feeds`` (with ``model``) are more ways
+    bisected, its last length before and first after added; a one-element comparison that may switch and
+    switch back between two lengths (an equality, a remainder: ``_switches_once``) is a reason to refuse the
+    fact instead. ``feeds`` (with ``model``) are more ways
     to feed the graph at a length, each searched the same way: a decoder's bias reads its length off
     a past and a mask, which ``token_feeds`` cannot make up (``fuse-group-query-attention`` feeds
     prefills and chunks over a past; ``RuntimeRefusedError`` from one skips that length).
@@ -147,7 +150,10 @@ def probe_lengths(
     if model is not None and inputs:
         searches.insert(0, lambda length: token_feeds(inputs, long_mask(length)))
     for feeds_at in searches:
-        lengths = sorted(set(lengths) | set(_condition_switches(model, values, feeds_at, lengths, max_sequence)))
+        switches = _condition_switches(model, values, feeds_at, lengths, max_sequence)
+        if isinstance(switches, str):
+            return switches
+        lengths = sorted(set(lengths) | set(switches))
     return lengths
 
 
@@ -162,24 +168,36 @@ def _condition_switches(
     feeds_at: Callable[[int], Mapping[str, np.ndarray]],
     lengths: list[int],
     max_sequence: int,
-) -> list[int]:
+) -> list[int] | str:
     """Lengths on both sides of each change of a one-element comparison the values read, between ``_SHORTEST``
-    and ``max_sequence`` (see ``probe_lengths``). Comparisons of more elements (a mask's) are left to the
-    constants: their shape follows the length."""
+    and ``max_sequence`` (see ``probe_lengths``); or why they cannot be found: a one-element comparison that may
+    switch and switch back between two lengths (``_switches_once``), or a one-element remainder or other periodic
+    function of what the length moves (``(S + 5) % 16`` as a factor that picks a mask, with no comparison at all).
+    Comparisons of more elements (a mask's) are left to the constants: their shape follows the length."""
+    read = _values_read(values)
     conditions = [
         value
-        for value in _values_read(values)
+        for value in read
         if (node := value.producer()) is not None and node.op_type in _COMPARISONS and is_onnx_op(node, node.op_type)
     ]
-    if not conditions:
+    periodic = [
+        value
+        for value in read
+        if (node := value.producer()) is not None
+        and node.op_type in _PERIODIC
+        and is_onnx_op(node, node.op_type)
+        and any(_direction(operand, {}) != 0 for operand in node.inputs)
+    ]
+    if not conditions and not periodic:
         return []
     try:
-        run = evaluator(model, conditions)
+        run = evaluator(model, conditions + periodic)
     except (SubgraphError, RuntimeRefusedError):
         return []
     budget = [_MAX_SWITCH_EVALUATIONS]
 
     def state(length: int) -> tuple | None:
+        """Each condition's value (None where it is not one element), then whether each periodic value is one."""
         if budget[0] <= 0:
             return None
         budget[0] -= 1
@@ -187,11 +205,28 @@ def _condition_switches(
             found = run(dict(feeds_at(length)))
         except RuntimeRefusedError:
             return None
-        return tuple(bool(np.asarray(x).reshape(-1)[0]) if np.size(x) == 1 else None for x in found)
+        told = [bool(np.asarray(x).reshape(-1)[0]) if np.size(x) == 1 else None for x in found[: len(conditions)]]
+        return (*told, *(np.size(x) == 1 for x in found[len(conditions) :]))
 
     points = sorted({_SHORTEST, *lengths, max_sequence})
     states = [state(n) for n in points]
     switches: set[int] = set()
+    # Bisection finds where a comparison that switches once between two points switches: one of a value that only
+    # grows (or only shrinks) with the length. Another (``(S + 5) % 16 == 0``, ``2 * S + 1 == 41``: no constant
+    # names 11 or 20) may switch and switch back between two points, unseen: the fact is not probed, but refused.
+    first = next((found for found in states if found is not None), None)
+    if first is not None:
+        for index, value in enumerate(conditions + periodic):
+            if index < len(conditions) and (first[index] is None or _switches_once(value)):
+                continue
+            if index >= len(conditions) and not first[index]:
+                continue
+            node = value.producer()
+            return (
+                f"it computes from the length what the probes cannot bracket ({node.op_type} "
+                f"{node.name or value.name!r}: an equality, a remainder, or an ordering of a value that may rise and "
+                "fall with the length can switch and switch back between two lengths probed)"
+            )
     for (low, low_state), (high, high_state) in zip(zip(points, states), zip(points[1:], states[1:])):
         if low_state is None or high_state is None or low_state == high_state:
             continue
@@ -206,6 +241,107 @@ def _condition_switches(
                 high = middle
         switches |= {low, high}
     return sorted(n for n in switches if _SHORTEST <= n <= max_sequence)
+
+
+# Ops whose output, read as a function of the length, moves as their inputs do (each input's direction combined):
+# values passed on, and non-decreasing functions of them. ``_switches_once`` reads a comparison through these.
+_PASSED_ON = frozenset("Identity CastLike Squeeze Unsqueeze Reshape Flatten Expand".split())
+# (Not Sqrt or Log: NaN below 0, which no comparison holds, so ``sqrt(S - 100) < 5`` holds from 100 to 124 only.)
+_NON_DECREASING = frozenset("Floor Ceil Round Exp Relu Sigmoid Tanh Erf Softplus".split())
+_COMBINED = frozenset("Add Sum Max Min Mean Concat".split())
+_ORDERINGS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual"})
+# Integer ops periodic in their input: a one-element one of the length repeats its values (and any fact it picks)
+# forever. (Not Sin and Cos: every rotary table reads them, over more elements, and a comparison of one is refused.)
+_PERIODIC = frozenset("Mod BitwiseAnd BitwiseOr BitwiseXor".split())
+
+
+def _switches_once(condition: ir.Value) -> bool:
+    """Whether the one-element comparison ``condition`` changes at most once as the length grows: an ordering
+    (``<``, ``<=``, ``>``, ``>=``) of values each of which only grows or only shrinks with it (``_direction``).
+    An equality, or an ordering of a remainder, a table lookup by the length or a product of two lengths, may
+    change and change back between two probed lengths."""
+    node = condition.producer()
+    if node is None or node.op_type not in _ORDERINGS or len(node.inputs) != 2:
+        return False
+    memo: dict[int, int | None] = {}
+    return _combined([_direction(node.inputs[0], memo), _negated(_direction(node.inputs[1], memo))]) is not None
+
+
+def _negated(direction: int | None) -> int | None:
+    return None if direction is None else -direction
+
+
+def _combined(directions: list[int | None]) -> int | None:
+    """The direction of a sum of values of these directions: 0 (constant), 1 (non-decreasing), -1 (non-increasing),
+    or None (either, or unknown)."""
+    if any(direction is None for direction in directions):
+        return None
+    moving = {direction for direction in directions if direction}
+    if len(moving) > 1:
+        return None
+    return moving.pop() if moving else 0
+
+
+def _constant_sign(value: ir.Value | None) -> int | None:
+    """1 or -1 where ``value`` is a constant whose elements are all >= 0 or all <= 0, 0 where all are 0, else None."""
+    array = constant_array(value) if value is not None else None
+    if array is None or array.dtype.kind not in "iuf" or array.size == 0:
+        return None
+    if np.all(array == 0):
+        return 0
+    return 1 if np.all(array >= 0) else -1 if np.all(array <= 0) else None
+
+
+def _direction(value: ir.Value | None, memo: dict[int, int | None]) -> int | None:
+    """How the one-element ``value`` moves as the probes' length grows: 0 (it does not), 1 (never down), -1 (never
+    up) or None (unknown: it may go both ways). Sizes read by ``Shape`` grow; a graph input's values are unknown."""
+    if value is None:
+        return None
+    if id(value) in memo:
+        return memo[id(value)]
+    memo[id(value)] = None  # a cycle proves nothing
+    node = value.producer()
+    if value.const_value is not None or constant_array(value) is not None:
+        found: int | None = 0
+    elif node is None or len(node.outputs) != 1:
+        found = None
+    elif node.op_type in ("Shape", "Size"):
+        found = 1
+    elif node.op_type in _PASSED_ON:
+        found = _direction(node.inputs[0], memo)
+    elif node.op_type in ("Gather", "Slice"):
+        # The elements a constant index (or bounds) picks out of what moves one way move that way too.
+        fixed = all(_direction(index, memo) == 0 for index in node.inputs[1:] if index is not None)
+        found = _direction(node.inputs[0], memo) if fixed else None
+    elif node.op_type == "Cast":
+        to = node.attributes.get_int("to", 0)
+        found = _direction(node.inputs[0], memo) if to != ir.DataType.BOOL else None
+    elif node.op_type in _NON_DECREASING:
+        found = _direction(node.inputs[0], memo)
+    elif node.op_type == "Clip":
+        fixed = all(_direction(bound, memo) == 0 for bound in node.inputs[1:] if bound is not None)
+        found = _direction(node.inputs[0], memo) if fixed else None
+    elif node.op_type in _COMBINED:
+        found = _combined([_direction(operand, memo) for operand in node.inputs])
+    elif node.op_type == "Sub" and len(node.inputs) == 2:
+        found = _combined([_direction(node.inputs[0], memo), _negated(_direction(node.inputs[1], memo))])
+    elif node.op_type == "Neg":
+        found = _negated(_direction(node.inputs[0], memo))
+    elif node.op_type in ("Mul", "Div") and len(node.inputs) == 2:
+        # Scaled by a constant of one sign (a divisor on the right only): the direction, or its reverse.
+        sign = _constant_sign(node.inputs[1])
+        if sign is not None and sign != 0:
+            found = _direction(node.inputs[0], memo)
+            found = found if found is None or sign > 0 else -found
+        elif node.op_type == "Mul" and (sign := _constant_sign(node.inputs[0])) is not None and sign != 0:
+            found = _direction(node.inputs[1], memo)
+            found = found if found is None or sign > 0 else -found
+        else:
+            found = None
+    else:
+        found = None
+    memo[id(value)] = found
+    return found
 
 
 def _values_read(values: Sequence[ir.Value]) -> list[ir.Value]:

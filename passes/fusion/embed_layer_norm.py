@@ -148,7 +148,10 @@ def _positions_not_token_index(model: ir.Model, positions: ir.Value, max_sequenc
     for mask in (np.ones_like(PADDED_MASK), PADDED_MASK):
         if _probe_positions(model, positions, inputs, mask) is not True:
             return _NOT_TOKEN_INDEX
-    for length in probe_lengths([positions], max_sequence, model=model, inputs=inputs):
+    lengths = probe_lengths([positions], max_sequence, model=model, inputs=inputs)
+    if isinstance(lengths, str):
+        return f"{_NOT_TOKEN_INDEX}: {lengths}"
+    for length in lengths:
         if _probe_positions(model, positions, inputs, long_mask(length)) is False:
             return f"{_NOT_TOKEN_INDEX} at {length} tokens"
     return None
@@ -178,9 +181,10 @@ def _zeros_at_every_length(model: ir.Model, index: ir.Value, max_sequence: int) 
     inputs = token_inputs_of([index])
     if inputs is None:
         return False
-    masks = [np.ones_like(PADDED_MASK), PADDED_MASK] + [
-        long_mask(n) for n in probe_lengths([index], max_sequence, model=model, inputs=inputs)
-    ]
+    lengths = probe_lengths([index], max_sequence, model=model, inputs=inputs)
+    if isinstance(lengths, str):
+        return False
+    masks = [np.ones_like(PADDED_MASK), PADDED_MASK] + [long_mask(n) for n in lengths]
     for number, mask in enumerate(masks):
         try:
             (value,) = evaluate(model, [index], token_feeds(inputs, mask))

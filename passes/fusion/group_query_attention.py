@@ -647,6 +647,8 @@ class GroupQueryAttentionFusion(FusionPass):
         probes = [(b, s, p, _probe_mask(b, s + p)) for b, s, p in _PROBES]
         lengths = set(range(1, _SHORT + 1))
         found = probe_lengths(values, self.max_sequence, model=model, feeds=_switch_feeds(values, prefill_limit))
+        if isinstance(found, str):
+            return found
         for n in found:
             lengths |= {n - 1, n}
         if sum(n * n for n in lengths if n <= prefill_limit) > _MAX_PROBED_ELEMENTS:

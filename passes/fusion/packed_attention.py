@@ -424,7 +424,10 @@ def _mask_kind(
             kind = "causal + padding" if causal else "padding"
             return f"it is not what a {kind} mask implies at {length} tokens, though it is at 7 and 13"
     probed = {PADDED_MASK.shape[1], _LONGER_MASK.shape[1], *_SHORT_LENGTHS}
-    lengths = [n for n in probe_lengths([bias], max_sequence, model=model, inputs=inputs) if n not in probed]
+    lengths = probe_lengths([bias], max_sequence, model=model, inputs=inputs)
+    if isinstance(lengths, str):
+        return lengths
+    lengths = [n for n in lengths if n not in probed]
     if sum(n * n for n in lengths) > _MAX_PROBED_ELEMENTS:
         return (
             f"its kind cannot be probed up to --max-sequence {max_sequence} "

@@ -1318,7 +1318,10 @@ def _check_rows(
     rows = len(caches[0])
     batch, seq = PADDED_MASK.shape
     probes = [(PADDED_MASK, rng.integers(0, min(seq * 3, rows), (batch, seq)))]
-    for length in probe_lengths(tables, cache_length, model=model, inputs=inputs):
+    lengths = probe_lengths(tables, cache_length, model=model, inputs=inputs)
+    if isinstance(lengths, str):
+        return f"cos/sin: {lengths}"
+    for length in lengths:
         probes.append((long_mask(length), rng.integers(0, rows, (1, length))))
     for index, (mask, drawn) in enumerate(probes):
         batch, seq = mask.shape
@@ -1438,6 +1441,8 @@ def _counts_on_from_past(
     """
     rows = len(caches[0])
     lengths = probe_lengths(tables, cache_length, model=model, inputs=inputs)
+    if isinstance(lengths, str):
+        return f"cos/sin: {lengths}"
     shapes = list(_PAST_PROBES) + sorted({(1, past) for length in lengths for past in (length - 1, length)})
     shapes = [(new, past) for new, past in shapes if new + past <= rows]
     longer = None
@@ -1493,6 +1498,8 @@ def _counts_on_from_cache(
     """
     rows = len(caches[0])
     lengths = probe_lengths(tables, cache_length, model=model, inputs=inputs)
+    if isinstance(lengths, str):
+        return f"cos/sin: {lengths}"
     shapes = list(_PAST_PROBES) + sorted({(1, past) for length in lengths for past in (length - 1, length)})
     probes = [(np.ones((1, new)), past_length) for new, past_length in shapes if new + past_length <= rows]
     if PADDED_MASK.shape[1] + 5 <= rows:
