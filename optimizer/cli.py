@@ -519,7 +519,12 @@ def _add_compare_flags(parser: argparse.ArgumentParser, *, on_optimize: bool) ->
         "--threads",
         type=int,
         help="intra-op threads (default: the cores this process may use)"
-        + ("; also those of the kernel timings of --lowrank and of a --quantize budget" if on_optimize else ""),
+        + (
+            "; also those of the kernel timings of --lowrank, of a --quantize budget and of split-conv-padding "
+            "(in the CPU default pipeline)"
+            if on_optimize
+            else ""
+        ),
     )
     group.add_argument(
         "--time-budget",

@@ -3277,6 +3277,8 @@ def write_input_skeleton(
 
     model = load_model(model_path)
     bound = bind_dims(model, dims)
+    # make_inputs' own check names --inputs and --no-verify, which make-inputs does not take.
+    refuse_oversized(model, [bound], what="the inputs", ways_out="bind smaller sizes with --dim NAME=SIZE")
     arrays = make_inputs(model, bound)
     described = []
     for value in runtime_inputs(model):
