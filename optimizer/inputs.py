@@ -317,6 +317,9 @@ class GeneratedLengths:
 
 _PAST_NAME = re.compile(r"past|cache", re.IGNORECASE)
 _IDS_NAME = re.compile(r"input_ids|^ids$|tokens", re.IGNORECASE)
+# An encoder-decoder's cross-attention cache (Optimum's ``past_key_values.{i}.encoder.key``) and its encoder's
+# mask span the encoder's positions, which a decode step neither grows nor counts into the decoder's mask.
+_ENCODER_NAME = re.compile(r"encoder|cross", re.IGNORECASE)
 
 
 def cache_length_dims(model: ir.Model) -> dict[str, tuple[str, str]]:
@@ -324,7 +327,9 @@ def cache_length_dims(model: ir.Model) -> dict[str, tuple[str, str]]:
     spans the past and the new tokens, so its length dim must be their sum.
 
     Found by name: a 2-D ``*mask*`` input whose last dim is neither the ``input_ids``
-    sequence dim nor the cache's, and a ``past*``/``*cache*`` input with its own dim.
+    sequence dim nor the cache's, and a ``past*``/``*cache*`` input with its own dim. An
+    encoder-decoder's encoder mask and cross-attention cache (named ``*encoder*``/``*cross*``)
+    are neither: their length is the encoder's.
     """
     inputs = runtime_inputs(model)
     batches = set(batch_dims(model))
@@ -338,11 +343,12 @@ def cache_length_dims(model: ir.Model) -> dict[str, tuple[str, str]]:
     sequence = next(
         (symbolic(v, -1) for v in inputs if _IDS_NAME.search(v.name) and v.shape and len(v.shape) == 2), None
     )
-    masks = [symbolic(v, -1) for v in inputs if _MASK_NAME.search(v.name) and v.shape and len(v.shape) == 2]
+    decoder_inputs = [v for v in inputs if not _ENCODER_NAME.search(v.name)]
+    masks = [symbolic(v, -1) for v in decoder_inputs if _MASK_NAME.search(v.name) and v.shape and len(v.shape) == 2]
     fixed = _fixed_dims(model)
     pasts = {
         dim.value
-        for v in inputs
+        for v in decoder_inputs
         if _PAST_NAME.search(v.name) and v.shape is not None
         for dim in v.shape
         if isinstance(dim, ir.SymbolicDim) and dim.value and dim.value not in batches and dim.value not in fixed

@@ -81,23 +81,26 @@ def padded_caches(model: ir.Model) -> frozenset[str]:
 
 def attention_operand_outputs(model: ir.Model) -> frozenset[str]:
     """4-D graph outputs ``[batch, heads, sequence, head_size]`` that an attention reads as its key or value,
-    whose third dim the model names as its integer mask's sequence (``_integer_masks``).
+    whose third dim the model names as an integer mask's sequence (``_integer_masks``; an encoder-decoder's
+    decoder mask and encoder mask each name their own).
 
     A prefill exported with its cache but no past input returns them (``present.*``): the cache a decode step
     reads next, at positions the mask pads there too. Decided from the graph: the output reaches, through ops
     that only move or repeat it (the heads' transpose, grouped-query attention's repeat), ONNX's own
     ``Attention`` or ONNX Runtime's ``MultiHeadAttention``/``GroupQueryAttention`` as the key or value, or a
     ``MatMul`` as its right operand whose left one comes from a ``Softmax`` (the value) or whose product a
-    ``Softmax`` reads after scaling and masking (the key). An encoder's cross-attention cache, whose sequence
-    is not the mask's, is left out.
+    ``Softmax`` reads after scaling and masking (the key). A cross-attention cache is one where the model
+    takes its encoder's mask (``present.{i}.encoder.key`` beside ``encoder_attention_mask``): the decode steps
+    read it under that mask, so its padded positions are as unread. One whose sequence no mask names is left out.
     """
-    _, sequence = _integer_masks(model)
-    if sequence is None:
+    masks, _ = _integer_masks(model)
+    sequences = {_dim_value(_declared(value)[1]) for value in model.graph.inputs if value.name in masks}
+    if not sequences:
         return frozenset()
     names = set()
     for value in model.graph.outputs:
         shape = _declared(value)
-        if shape is None or shape.rank() != 4 or _dim_value(shape[2]) != sequence:
+        if shape is None or shape.rank() != 4 or _dim_value(shape[2]) not in sequences:
             continue
         if _read_as_key_or_value(value):
             names.add(value.name)

@@ -33,7 +33,8 @@ def _readme_corpus_modes() -> list[str]:
 
 @pytest.mark.parametrize("mode", _readme_corpus_modes())
 def test_each_conformance_mode_the_readme_names_is_accepted(mode):
-    from tests.conformance.run_corpus import MODE_FLAGS, MODES, build_parser as corpus_parser
+    from tests.conformance.run_corpus import MODE_FLAGS, MODES
+    from tests.conformance.run_corpus import build_parser as corpus_parser
 
     args = corpus_parser().parse_args(["--mode", mode])
     assert MODE_FLAGS[args.mode[0]] in MODES

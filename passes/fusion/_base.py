@@ -10,7 +10,7 @@ from onnxscript.rewriter import _basics, pattern
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from passes._pass import GraphoptPass
-from passes._utils import linear_rule_set, recorded_facts, remove_dead_nodes, restore_facts
+from passes._utils import linear_rule_set, nothing_found_note, recorded_facts, remove_dead_nodes, restore_facts
 from passes.fusion._targets import unsupported_ops
 
 _MAX_ROUNDS = 8
@@ -34,6 +34,10 @@ class FusionPass(GraphoptPass, ir.passes.InPlacePass):
     # False where the fused op is also what the pass starts from (fuse-conv-affine writes a Conv and reads one):
     # holding it says nothing about an earlier run.
     held_ops_mean_fused: bool = True
+    # The op a match starts from and what the pass looks for, for a note where that op stands only in a Loop, If
+    # or Scan body, which the fusions do not enter (Optimum's merged decoder holds its whole graph in an If).
+    starts_from: tuple[str, ...] = ()
+    looks_for: str = ""
 
     def __init__(self, target: str = "cpu") -> None:
         super().__init__()
@@ -59,7 +63,17 @@ class FusionPass(GraphoptPass, ir.passes.InPlacePass):
         else:
             restore_facts(recorded)  # matching filled in Constants' shapes and values: as given, as the flag says
             self._note_already_fused(model)
+            self._note_bodies(model)
         return self.result(model, modified=self.fused_count > 0)
+
+    def _note_bodies(self, model: ir.Model) -> None:
+        wanted = set(self.starts_from)
+        if not wanted or any(node.op_type in wanted for node in model.graph):
+            return
+        if any(node.op_type in wanted for node in model.graph.all_nodes()):
+            self.note(
+                nothing_found_note(model, self.looks_for, f"it starts from a {' or '.join(self.starts_from)}", wanted)
+            )
 
     def _note_already_fused(self, model: ir.Model) -> None:
         if not self.held_ops_mean_fused:

@@ -1069,6 +1069,8 @@ class AttentionFusion(FusionPass):
 
     fused_ops = ((MS_DOMAIN, "MultiHeadAttention"),)
     already_fused_ops = ((MS_DOMAIN, "GroupQueryAttention"), (MS_DOMAIN, "Attention"))
+    starts_from = ("Softmax",)
+    looks_for = "attention"
 
     def fuse(self, model: ir.Model) -> int:
         opset = onnx_opset(model.opset_imports, 0)
