@@ -382,7 +382,7 @@ def _check_approximate(
     if twin.source is not None and twin.source is not model:
         # The twin approximates an exact rewrite of the input (SmoothQuant's rescaled norms and weights): that
         # rewrite is held to the input as any exact pass is, or a wrong rescaling would ship as the twin's claim.
-        rescaled = verifier.check(twin.source, by_segment=True)
+        rescaled = verifier.check(twin.source, by_segment=True, rescaled=True)
         if not rescaled.ok:
             return VerificationResult(
                 error="the exact rescaling of its input that its twin starts from (SmoothQuant's norms and weights) "

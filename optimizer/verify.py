@@ -786,10 +786,36 @@ def _ordinary(value: Any) -> bool:
     return bool(value.size == 0 or (np.isfinite(value).all() and np.abs(value).max() < CUT_MAGNITUDE))
 
 
-def _added_nodes(candidate: ir.Model, base: ir.Model) -> list[ir.Node]:
-    """The nodes of ``candidate`` that ``base`` does not have (by name, op and domain; unnamed ones count as added)."""
-    held = {(node.name, node.domain, node.op_type) for node in base.graph if node.name}
-    return [node for node in candidate.graph if not node.name or (node.name, node.domain, node.op_type) not in held]
+def _added_nodes(candidate: ir.Model, base: ir.Model, *, rescaled: bool = False) -> list[ir.Node]:
+    """The nodes of ``candidate`` that ``base`` does not have (by name, op and domain; unnamed ones count as added);
+    with ``rescaled`` also those whose constant inputs are not the ones ``base``'s node of that name reads (by name:
+    SmoothQuant writes its rescaled scales and weights as new initializers and keeps the nodes)."""
+    held = {(node.name, node.domain, node.op_type): node for node in base.graph if node.name}
+    added = []
+    for node in candidate.graph:
+        own = held.get((node.name, node.domain, node.op_type)) if node.name else None
+        if own is None or (rescaled and _reads_other_constants(node, own)):
+            added.append(node)
+    return added
+
+
+def _within_cap(actual: np.ndarray, expected: np.ndarray) -> bool:
+    """Whether ``actual`` is within ``SEGMENT_CAP`` of ``expected``'s largest magnitude everywhere: a tensor a
+    rescaling moves by design (a smoothed norm's output, divided per channel) is no place to cut, where the
+    original's values fed to the rescaled weights after it would be wrong; the tensors after those weights are."""
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    return bool(np.all(np.abs(actual.astype(np.float64) - expected) <= SEGMENT_CAP * max(scale, 1e-30)))
+
+
+def _reads_other_constants(node: ir.Node, own: ir.Node) -> bool:
+    """Whether ``node`` reads a constant (an initializer or a Constant's output) where ``own`` reads another value."""
+    for index, value in enumerate(node.inputs):
+        if value is None or (value.const_value is None and not value.is_initializer()):
+            continue
+        theirs = own.inputs[index] if index < len(own.inputs) else None
+        if theirs is None or theirs.name != value.name:
+            return True
+    return False
 
 
 def _rewrite_boundaries(candidate: ir.Model, added: Sequence[ir.Node], base: ir.Model) -> list[str]:
@@ -1463,20 +1489,22 @@ class Verifier:
         past = self.new_tokens.past_length(inputs, padding)
         return hide_padded(outputs, padding, reference, self.caches, self.new_tokens.outputs, past)
 
-    def check(self, candidate: ir.Model, *, by_segment: bool = False) -> VerificationResult:
+    def check(self, candidate: ir.Model, *, by_segment: bool = False, rescaled: bool = False) -> VerificationResult:
         """Run ``candidate`` on every input set and compare it with the original's outputs.
 
         With ``by_segment``, a result that misses end to end is checked again segment by
-        segment around every node it has that the original lacks (``_check_exact_by_segment``).
+        segment around every node it has that the original lacks (``_check_exact_by_segment``);
+        with ``rescaled`` also around every node that reads a constant the original's node of that
+        name does not (SmoothQuant's rescaled norms and weights keep their nodes, with new constants).
         A result of a model whose MatMulNBits round their inputs (``accuracy_level`` above 0)
         that misses by a finite amount is checked once more as ``_check_at_level_zero`` says.
         """
         # The result's raw outputs as written, kept where the level-0 check may need them again.
         written: list[dict[str, Any]] | None = [] if rounding_kernels(self._base) else None
-        result = self._check_as_written(candidate, by_segment=by_segment, written=written)
+        result = self._check_as_written(candidate, by_segment=by_segment, written=written, rescaled=rescaled)
         if result.ok or written is None or not self._rounding_may_explain(candidate, result):
             return result
-        return self._check_at_level_zero(candidate, result, by_segment=by_segment, written=written)
+        return self._check_at_level_zero(candidate, result, by_segment=by_segment, written=written, rescaled=rescaled)
 
     def _rounding_may_explain(self, candidate: ir.Model, missed: VerificationResult) -> bool:
         """Whether ``missed`` may be the base's rounding kernels amplifying float rounding: the base has
@@ -1495,7 +1523,13 @@ class Verifier:
         return expected is not None and level_signature(candidate) == expected
 
     def _check_at_level_zero(
-        self, candidate: ir.Model, missed: VerificationResult, *, by_segment: bool, written: list[dict[str, Any]]
+        self,
+        candidate: ir.Model,
+        missed: VerificationResult,
+        *,
+        by_segment: bool,
+        written: list[dict[str, Any]],
+        rescaled: bool = False,
     ) -> VerificationResult:
         """Check an exact rewrite of a model with rounding kernels (``optimizer.kernel_rounding``) twice.
 
@@ -1528,7 +1562,7 @@ class Verifier:
                         f"original fails on {failing} input set(s) there"
                     )
                     return missed
-                result = self._level_zero.check(candidate, by_segment=by_segment)
+                result = self._level_zero.check(candidate, by_segment=by_segment, rescaled=rescaled)
         except (RuntimeRefusedError, InvalidModelError) as error:
             missed.error = f"{missed.first_failure}; with its MatMulNBits at accuracy_level 0, not checkable: {error}"
             return missed
@@ -1576,7 +1610,12 @@ class Verifier:
         return result
 
     def _check_as_written(
-        self, candidate: ir.Model, *, by_segment: bool, written: list[dict[str, Any]] | None = None
+        self,
+        candidate: ir.Model,
+        *,
+        by_segment: bool,
+        written: list[dict[str, Any]] | None = None,
+        rescaled: bool = False,
     ) -> VerificationResult:
         """``check`` without the level-0 check; each input set's raw outputs are appended to ``written``
         as they are run, when given."""
@@ -1608,7 +1647,7 @@ class Verifier:
             where = f" (on {running})" if running else ""
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}{where}")
         if missed is not None:  # after the session above is closed: the segment check holds much more
-            return self._check_exact_by_segment(candidate, *missed)
+            return self._check_exact_by_segment(candidate, *missed, rescaled=rescaled)
         return worst
 
     def _integer_flips(
@@ -2079,7 +2118,13 @@ class Verifier:
         return worst
 
     def _check_exact_by_segment(
-        self, candidate: ir.Model, missed: VerificationResult, where: str, largest: float = 0.0
+        self,
+        candidate: ir.Model,
+        missed: VerificationResult,
+        where: str,
+        largest: float = 0.0,
+        *,
+        rescaled: bool = False,
     ) -> VerificationResult:
         """Check an exact rewrite that missed end to end once more, cut around what differs from the original.
 
@@ -2102,10 +2147,11 @@ class Verifier:
         see is an error under the tolerance at a cut that later ops amplify, or in every
         region, compounding through the layers: end to end only ``SEGMENT_CAP`` bounds it
         (the twin's segment check has the same limit). Without such tensors the end-to-end
-        failure stands.
+        failure stands. With ``rescaled``, a node that reads another constant than the original's node of its
+        name counts as rewritten too (``_added_nodes``).
         """
         base = self._base
-        added = _added_nodes(candidate, base)
+        added = _added_nodes(candidate, base, rescaled=rescaled)
         names = _rewrite_boundaries(candidate, added, base)
         if not names:
             return missed
@@ -2129,6 +2175,7 @@ class Verifier:
                     if _ordinary(examples[name])
                     and _ordinary(own[name])
                     and (own[name].dtype, own[name].shape) == (examples[name].dtype, examples[name].shape)
+                    and (not rescaled or _within_cap(own[name], examples[name]))
                 ]
                 values = own = None
                 if not names:
