@@ -635,11 +635,19 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
             f"{path}: cannot write the output model ({error.strerror or error}); nothing was written"
         ) from error
     finally:
-        # Still staged, the model never reached its place: the weights placed for it go too.
-        if placed_data is not None and os.path.lexists(staged_model):
-            _remove(placed_data)
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        # A signal landing in this clean-up after a save that went well (the run's first: the CLI ignores any after
+        # it) cuts it short where it is: the staging folder goes whatever stopped the lines before its removal,
+        # and a removal cut short is finished.
+        try:
+            # Still staged, the model never reached its place: the weights placed for it go too.
+            if placed_data is not None and os.path.lexists(staged_model):
+                _remove(placed_data)
+        finally:
+            if staging is not None:
+                try:
+                    shutil.rmtree(staging, ignore_errors=True)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
     _pause_for_tests("model")
     for file in stale:
         _remove(file)

@@ -18,6 +18,7 @@ import secrets
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -424,15 +425,39 @@ def inference_session(
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM held back while open (where the platform can), delivered on exit."""
-    if not hasattr(signal, "pthread_sigmask"):
+    """SIGINT and SIGTERM held back while open, delivered on exit.
+
+    Held at their Python handlers, not with ``pthread_sigmask``: a signal sent to the process (Ctrl-C, ``kill``)
+    goes to a thread that does not block it (OpenBLAS's, ONNX Runtime's, the progress heartbeat's) and CPython
+    runs the handler in the main thread all the same, at once. Handlers run in the main thread only: in another
+    nothing is held, and nothing needs to be.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    held: list[int] = []
+    previous: dict[int, Callable[[int, Any], Any]] = {}
+    holding = True
+
+    def hold(signum: int, frame: Any) -> None:
+        if holding:
+            held.append(signum)
+        else:  # arrived while the handlers are put back: the one it would have reached takes it
+            previous[signum](signum, frame)
+
     try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(signum)
+            if callable(handler):  # SIG_DFL and SIG_IGN act in the kernel, before any hold
+                previous[signum] = handler
+                signal.signal(signum, hold)
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        holding = False
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)
 
 
 # Names tried before giving up, as tempfile.mkdtemp does (its TMP_MAX).
@@ -462,7 +487,12 @@ def temporary_folder(prefix: str) -> Iterator[str]:
         yield made
     finally:
         if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
+            try:
+                shutil.rmtree(made, ignore_errors=True)
+            finally:
+                # A signal that landed during the removal (the block had ended well, so it is the run's first: the
+                # CLI ignores any after it) cut it short, the folder still there: finish it.
+                shutil.rmtree(made, ignore_errors=True)
 
 
 def run_session(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
