@@ -609,11 +609,26 @@ def _within_row_excess(
     missed = [check.name for check in result.checks if not check.ok]
     if rounded is not None and any(name not in rounded for name in missed):
         return result
-    excess = int8_row_excess(reference, outputs, before, missed)
-    logger.debug("int8 twin check: row excess %s", excess)
-    if excess is None or excess > INT8_ROW_EXCESS:
-        return result
-    worst.twin_row_excess = max(worst.twin_row_excess or 0.0, excess)
+    each = {name: int8_row_excess(reference, outputs, before, [name]) for name in missed}
+    logger.debug("int8 twin check: row excess %s", each)
+    beyond = {name for name, excess in each.items() if excess is None or excess > INT8_ROW_EXCESS}
+    if beyond:
+        # Those within the rule are excused, so the failure names one past it, not the largest difference: a
+        # segment's tie cascade within the rule (open_nsfw's Relu_27) was named for a scale 2 % off elsewhere.
+        checks = []
+        for check in result.checks:
+            if check.ok or check.name not in beyond:
+                checks.append(dataclasses.replace(check, ok=True))
+            elif each[check.name] is not None:
+                detail = (
+                    f"{check.detail}; its worst row {each[check.name]:.3g}x its twin's distance from the input, past "
+                    f"the {INT8_ROW_EXCESS}x rounding at ties explains"
+                )
+                checks.append(dataclasses.replace(check, detail=detail))
+            else:
+                checks.append(check)
+        return dataclasses.replace(result, checks=checks)
+    worst.twin_row_excess = max(worst.twin_row_excess or 0.0, *each.values())
     return VerificationResult(checks=[OutputCheck(c.name, True, c.max_abs_error) for c in result.checks])
 
 
