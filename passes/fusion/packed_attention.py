@@ -3,8 +3,8 @@
 ``fuse-attention`` leaves ``com.microsoft.MultiHeadAttention`` reading the 3-D query,
 key and value. Where those are constant projections of one input ``x``
 (``x @ W + b``, bias optional, either operand order; or GPT-2's Conv1D,
-``Split(Reshape(Gemm(Reshape(x, [-1, D]), W, b)))``), this pass rewrites the op into one
-``com.microsoft.Attention`` reading ``x`` with packed ``[D, q+k+v]`` weights and bias
+``Split(Reshape(Gemm(Reshape(x, [-1, D]), W, b)))``, or ``Split(x @ W + b)`` as other tools rewrite it), this
+pass rewrites the op into one ``com.microsoft.Attention`` reading ``x`` with packed ``[D, q+k+v]`` weights and bias
 (``qkv_hidden_sizes`` when the value's width differs), keeping ``num_heads`` and
 ``scale``.
 
@@ -211,7 +211,7 @@ def _packed_by_split(hidden: list[ir.Value]) -> _Packed | str:
     gemm = producer(outer.inputs[0], "Gemm") if outer is not None else None
     inner = producer(gemm.inputs[0], "Reshape") if gemm is not None else None
     if inner is None:
-        return _NOT_PROJECTIONS
+        return _split_of_matmul(split, hidden)
     if not all(_hidden_use(v) for v in hidden) or not all(_single_use(v) for v in (split.inputs[0], outer.inputs[0])):
         return "a projection has other users"
     attrs = gemm.attributes
@@ -247,6 +247,35 @@ def _packed_by_split(hidden: list[ir.Value]) -> _Packed | str:
     if None in widths or sum(widths) != weight.shape[1]:
         return _NOT_PROJECTIONS
     return x, np.ascontiguousarray(weight), bias, widths
+
+
+def _split_of_matmul(split: ir.Node, hidden: list[ir.Value]) -> _Packed | str:
+    """Q, K, V as the three outputs of ``Split(x @ W [+ b])`` on the last axis: GPT-2's Conv1D as ONNX Runtime's
+    transformers optimizer (``FullyConnect_MatMul`` + ``Add``), onnxslim and other tools rewrite the Gemm between
+    its two Reshapes. The projection's weight and bias are the packed ones as they are."""
+    packed = split.inputs[0]
+    found = _matmul_and_bias(packed)
+    if found is None:
+        return _NOT_PROJECTIONS
+    matmul, weight, bias, product = found
+    if rank(matmul.inputs[0]) is None:
+        return f"the projection's input is {NOT_KNOWN_3D}"  # retried with shapes inferred
+    if rank(matmul.inputs[0]) != 3:
+        return _NOT_PROJECTIONS
+    if (
+        not all(_hidden_use(v) for v in hidden)
+        or not _single_use(packed)
+        or (product is not packed and not _single_use(product))
+    ):
+        return "a projection has other users"
+    widths = [last_dim(v) for v in hidden]
+    if None in widths or sum(widths) != weight.shape[1]:
+        return _NOT_PROJECTIONS
+    sizes = constant_array(split.inputs[1]) if len(split.inputs) > 1 and split.inputs[1] is not None else None
+    if sizes is not None and [int(size) for size in sizes.reshape(-1)] != widths:  # declared widths out of date
+        return _NOT_PROJECTIONS
+    bias = bias if bias is not None else np.zeros(weight.shape[1], weight.dtype)
+    return matmul.inputs[0], weight, bias.astype(weight.dtype), widths
 
 
 # Attention's mask_filter_value when none is set: what the kernel adds to a masked score.

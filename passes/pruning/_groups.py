@@ -116,6 +116,8 @@ class ChannelGroup:
             reshape.replace_input_with(1, concat.outputs[0])
         for node in self.head_counts:
             node.attributes["num_heads"] = ir.AttrInt64("num_heads", len(kept))
+            if "qkv_hidden_sizes" in node.attributes:  # packed Attention's equal thirds (heads._attention)
+                node.attributes["qkv_hidden_sizes"] = ir.AttrInt64s("qkv_hidden_sizes", [len(kept) * self.unit] * 3)
         for node in self.group_counts:
             node.attributes["group"] = ir.AttrInt64("group", len(kept))
         for node, per_unit in self.grouped_head_counts:

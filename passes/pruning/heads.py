@@ -30,6 +30,11 @@ def head_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
     """
     groups, refused = [], {}
     for node in graph:
+        if node.domain == MS_DOMAIN and node.op_type == "GroupQueryAttention":
+            # fuse-group-query-attention's op over a key/value cache: its heads are the cache's dims, which the
+            # model's past/present inputs and outputs declare; a cut would change what a generation loop feeds.
+            refused[node.name or node.op_type] = _CACHED_HEADS
+            continue
         if node.domain != MS_DOMAIN or node.op_type not in ("Attention", "MultiHeadAttention"):
             continue
         found = _attention(node) if node.op_type == "Attention" else _multi_head(node)
@@ -40,6 +45,12 @@ def head_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
         else:
             groups.append(found)
     return groups, refused
+
+
+_CACHED_HEADS = (
+    "GroupQueryAttention over a key/value cache: its key/value heads are the cache's, a dim of the model's "
+    "past/present inputs and outputs, which a cut would change"
+)
 
 
 def _output_projection(node: ir.Node, hidden: int) -> tuple[ir.Node, list, list[ir.Value]] | str:
@@ -84,7 +95,10 @@ def _attention(node: ir.Node) -> ChannelGroup | str:
     heads = node.attributes.get_int("num_heads", 0)
     if weight is None or weight.ndim != 2 or weight.shape[1] % 3 or heads < 2:
         return "no constant packed QKV weight or a single head"
-    if "qkv_hidden_sizes" in node.attributes:
+    # qkv_hidden_sizes of three equal thirds of the weight (onnxscript's ort_fusions write it so) says what the
+    # weight does, and is cut with the heads (ChannelGroup.apply). Only widths that differ stop the cut.
+    sizes = list(node.attributes.get_ints("qkv_hidden_sizes", [])) if "qkv_hidden_sizes" in node.attributes else None
+    if sizes is not None and sizes != [weight.shape[1] // 3] * 3:
         return "qkv_hidden_sizes: query, key and value of different widths"
     if any(v is not None for i, v in enumerate(node.inputs) if i == 4 or i > 5):
         return "past key/value inputs"
