@@ -3273,20 +3273,50 @@ def write_input_skeleton(
     """Write an .npz with one correctly named, typed and shaped array per input of the model; return a summary line.
 
     Symbolic dims come from ``dims``, else the defaults of verification (batch-like 1,
-    others 128). Token ids are small valid ids (inside the embedding table they index),
+    others 128), and where ONNX Runtime refuses the model on those, the other lengths verification
+    tries (``GeneratedLengths``: shorter, then 512 and 2,048 along the free dims; a speech front end's STFT
+    needs more than 128 samples). Token ids are small valid ids (inside the embedding table they index),
     attention masks ones, position ids 0, 1, 2... (on from the past's length over a key/value cache), token
     type ids zeros, inputs read as sizes or axes the values verification finds ONNX Runtime accepts, other
-    numbers zeros. The file is a template to overwrite with real data: it runs, but says nothing
-    about accuracy. Raises ``InputSpecError`` where generation does (an input of no shape).
+    numbers zeros. The file is a template to overwrite with real data: it runs (or the line says ONNX Runtime
+    refused it at every length tried), but says nothing about accuracy. Raises ``InputSpecError`` where
+    generation does (an input of no shape).
     """
     from optimizer.model_io import load_model, write_atomically
 
     model = load_model(model_path)
-    bound = bind_dims(model, dims)
-    # make_inputs' own check names --inputs and --no-verify, which make-inputs does not take.
-    refuse_oversized(model, [bound], what="the inputs", ways_out="bind smaller sizes with --dim NAME=SIZE")
-    arrays = make_inputs(model, bound)
-    described = []
+    lengths = GeneratedLengths(model, dims)
+    first: tuple[dict[str, int], dict[str, Any], list[str], str] | None = None
+    while True:
+        bound = lengths.binding()
+        # make_inputs' own check names --inputs and --no-verify, which make-inputs does not take.
+        refuse_oversized(model, [bound], what="the inputs", ways_out="bind smaller sizes with --dim NAME=SIZE")
+        arrays, described = _skeleton_arrays(model, make_inputs(model, bound))
+        try:
+            run_model(model, arrays)
+            refused = ""
+        except RuntimeRefusedError as error:
+            refused = error.reason
+        if first is None:
+            first = (bound, arrays, described, refused)
+        if not refused or not lengths.advance(bound):
+            break
+    if refused:  # at every length tried: the first is written, and the line says so
+        bound, arrays, described, refused = first
+    write_atomically(out_path, lambda path: _savez(path, arrays), "input skeleton")
+    shown = ", ".join(f"{name}={size}" for name, size in bound.items())
+    held = "; ".join(described) or "no arrays (the model has no inputs to feed)"
+    line = f"wrote {out_path}: {held}" + (f" ({shown})" if shown else "")
+    if refused:
+        line += f"; ONNX Runtime refuses the model on these, at every length tried ({refused}): give --dim"
+    elif lengths.first_refused:
+        line += f" (ONNX Runtime refused the model at {lengths.first_refused})"
+    return line
+
+
+def _skeleton_arrays(model: ir.Model, generated: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The skeleton's arrays from generated inputs (``_skeleton_value``), and the words describing each."""
+    arrays, described = dict(generated), []
     for value in runtime_inputs(model):
         array = arrays[value.name]
         if isinstance(array, list):
@@ -3297,10 +3327,7 @@ def write_input_skeleton(
         a = arrays[value.name]
         kind = "string" if a.dtype.kind in "UO" else a.dtype.name
         described.append(f"{value.name} {kind}[{', '.join(str(d) for d in a.shape)}]{what}")
-    write_atomically(out_path, lambda path: _savez(path, arrays), "input skeleton")
-    shown = ", ".join(f"{name}={size}" for name, size in bound.items())
-    held = "; ".join(described) or "no arrays (the model has no inputs to feed)"
-    return f"wrote {out_path}: {held}" + (f" ({shown})" if shown else "")
+    return arrays, described
 
 
 def _savez(path: str, arrays: Mapping[str, np.ndarray]) -> None:
