@@ -178,7 +178,9 @@ def _condition_switches(
     conditions = [
         value
         for value in read
-        if (node := value.producer()) is not None and node.op_type in _COMPARISONS and is_onnx_op(node, node.op_type)
+        if (node := value.producer()) is not None
+        and is_onnx_op(node, node.op_type)
+        and (node.op_type in _COMPARISONS or _truth_of(node))
     ]
     periodic = [
         value
@@ -245,7 +247,19 @@ def _condition_switches(
 
 # Ops whose output, read as a function of the length, moves as their inputs do (each input's direction combined):
 # values passed on, and non-decreasing functions of them. ``_switches_once`` reads a comparison through these.
-_PASSED_ON = frozenset("Identity CastLike Squeeze Unsqueeze Reshape Flatten Expand".split())
+_PASSED_ON = frozenset("Identity Squeeze Unsqueeze Reshape Flatten Expand".split())
+# Types a Cast keeps the order of a length's values in: not bool, nor a narrower or unsigned integer, which wraps
+# (``Cast(S + 100, uint8) < 44`` holds from 156 to 199 tokens, and again 256 later, false at every probe).
+_HOLDING_ORDER = frozenset(
+    {
+        ir.DataType.FLOAT,
+        ir.DataType.DOUBLE,
+        ir.DataType.FLOAT16,
+        ir.DataType.BFLOAT16,
+        ir.DataType.INT32,
+        ir.DataType.INT64,
+    }
+)
 # (Not Sqrt or Log: NaN below 0, which no comparison holds, so ``sqrt(S - 100) < 5`` holds from 100 to 124 only.)
 _NON_DECREASING = frozenset("Floor Ceil Round Exp Relu Sigmoid Tanh Erf Softplus".split())
 _COMBINED = frozenset("Add Sum Max Min Mean Concat".split())
@@ -253,6 +267,21 @@ _ORDERINGS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual"})
 # Integer ops periodic in their input: a one-element one of the length repeats its values (and any fact it picks)
 # forever. (Not Sin and Cos: every rotary table reads them, over more elements, and a comparison of one is refused.)
 _PERIODIC = frozenset("Mod BitwiseAnd BitwiseOr BitwiseXor".split())
+
+
+def _truth_of(node: ir.Node) -> bool:
+    """Whether ``node`` tells a truth of what the length moves without a comparison: a ``Cast`` to bool (``x != 0``,
+    an equality spelled without ``Equal``: ``Not(Cast(3 * S - 60, bool))`` holds at 20 tokens alone), ``IsNaN`` or
+    ``IsInf`` (``IsNaN(Sqrt(f(S)))``, true wherever ``f`` dips below 0). Not one shaped to hold more than one
+    element (a mask cast to bool): ``_condition_switches`` leaves those to the constants."""
+    shape = node.outputs[0].shape
+    if shape is not None and not all(isinstance(dim, int) and dim == 1 for dim in shape):
+        return False
+    if node.op_type == "Cast":
+        truth = node.attributes.get_int("to", 0) == ir.DataType.BOOL
+    else:
+        truth = node.op_type in ("IsNaN", "IsInf")
+    return truth and bool(node.inputs) and _direction(node.inputs[0], {}) != 0
 
 
 def _switches_once(condition: ir.Value) -> bool:
@@ -309,13 +338,16 @@ def _direction(value: ir.Value | None, memo: dict[int, int | None]) -> int | Non
         found = 1
     elif node.op_type in _PASSED_ON:
         found = _direction(node.inputs[0], memo)
+    elif node.op_type == "CastLike" and len(node.inputs) == 2:
+        to = node.inputs[1].dtype if node.inputs[1] is not None else None
+        found = _direction(node.inputs[0], memo) if to in _HOLDING_ORDER else None
     elif node.op_type in ("Gather", "Slice"):
         # The elements a constant index (or bounds) picks out of what moves one way move that way too.
         fixed = all(_direction(index, memo) == 0 for index in node.inputs[1:] if index is not None)
         found = _direction(node.inputs[0], memo) if fixed else None
     elif node.op_type == "Cast":
         to = node.attributes.get_int("to", 0)
-        found = _direction(node.inputs[0], memo) if to != ir.DataType.BOOL else None
+        found = _direction(node.inputs[0], memo) if to in _HOLDING_ORDER else None
     elif node.op_type in _NON_DECREASING:
         found = _direction(node.inputs[0], memo)
     elif node.op_type == "Clip":
