@@ -221,6 +221,8 @@ def _condition_switches(
         for index, value in enumerate(conditions + periodic):
             if index < len(conditions) and (first[index] is None or _switches_once(value)):
                 continue
+            if index < len(conditions) and _same_over_positions(value, run, feeds_at, index, max_sequence):
+                continue
             if index >= len(conditions) and not first[index]:
                 continue
             node = value.producer()
@@ -243,6 +245,70 @@ def _condition_switches(
                 high = middle
         switches |= {low, high}
     return sorted(n for n in switches if _SHORTEST <= n <= max_sequence)
+
+
+# A one-element ordering of the largest (or smallest) position id and constants (LongRoPE's ``max(position_ids) + 1 >
+# original_max_position_embeddings``) reads no length: the probes feed positions of ones, so bisection sees no switch.
+# It is monotone in the position, and the fused caches end at ``max_sequence``: where it holds the same at positions 0
+# and ``max_sequence - 1`` it holds the same at every position the fused model takes, and refuses nothing.
+_POSITION_REDUCES = frozenset({"ReduceMax", "ReduceMin"})
+
+
+def _position_reduces(condition: ir.Value) -> list[ir.Value] | None:
+    """The ``ReduceMax``/``ReduceMin`` outputs over an integer graph input not named like a mask (position ids) that
+    the ordering ``condition`` reads, where it is monotone in them and reads nothing else but constants; else None."""
+    node = condition.producer()
+    if node is None or node.op_type not in _ORDERINGS or len(node.inputs) != 2:
+        return None
+    read = _values_read([condition])
+    if any((producer := v.producer()) is not None and producer.op_type in ("Shape", "Size") for v in read):
+        return None  # the length too: two things move
+    reduces = []
+    for value in read:
+        producer = value.producer()
+        if producer is None or producer.op_type not in _POSITION_REDUCES or not is_onnx_op(producer, producer.op_type):
+            continue
+        data = producer.inputs[0]
+        if data is None or data.producer() is not None or data.const_value is not None or is_mask(data):
+            return None
+        if data.dtype not in _INT_TYPES or any(_direction(v, {}) != 0 for v in producer.inputs[1:] if v is not None):
+            return None
+        reduces.append(value)
+    if not reduces:
+        return None
+    memo: dict[int, int | None] = {id(value): 1 for value in reduces}
+    moves = _combined([_direction(node.inputs[0], memo), _negated(_direction(node.inputs[1], dict(memo)))])
+    return reduces if moves is not None else None
+
+
+def _same_over_positions(
+    condition: ir.Value,
+    run: Callable[[Mapping[str, np.ndarray]], Sequence],
+    feeds_at: Callable[[int], Mapping[str, np.ndarray]],
+    index: int,
+    max_sequence: int,
+) -> bool:
+    """Whether ``condition`` (the ``index``-th value ``run`` evaluates) is an ordering of position ids
+    (``_position_reduces``) that holds the same with every position 0 and every position ``max_sequence - 1``."""
+    reduces = _position_reduces(condition)
+    if reduces is None:
+        return False
+    names = {value.producer().inputs[0].name for value in reduces}
+    found = []
+    for position in (0, max_sequence - 1):
+        try:
+            feeds = dict(feeds_at(_SHORTEST))
+            if not names <= set(feeds):
+                return False
+            for name in names:
+                feeds[name] = np.full_like(feeds[name], position)
+            value = np.asarray(run(feeds)[index])
+        except RuntimeRefusedError:
+            return False
+        if value.size != 1:
+            return False
+        found.append(bool(value.reshape(-1)[0]))
+    return found[0] == found[1]
 
 
 # Ops whose output, read as a function of the length, moves as their inputs do (each input's direction combined):
