@@ -35,7 +35,6 @@ import os
 import posixpath
 import re
 import secrets
-import shutil
 import stat
 import sys
 import tempfile
@@ -61,6 +60,7 @@ from optimizer.inputs import DATA_FOLDER_SUFFIXES
 from optimizer.runtime import (
     has_external_tensors,
     model_graphs,
+    remove_folder,
     save_model_file,
     signals_held,
     stored_weight_bytes,
@@ -636,18 +636,15 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
         ) from error
     finally:
         # A signal landing in this clean-up after a save that went well (the run's first: the CLI ignores any after
-        # it) cuts it short where it is: the staging folder goes whatever stopped the lines before its removal,
-        # and a removal cut short is finished.
+        # it) cuts it short where it is: the staging folder goes whatever stopped the lines before its removal
+        # (``remove_folder`` finishes a removal cut short).
         try:
             # Still staged, the model never reached its place: the weights placed for it go too.
             if placed_data is not None and os.path.lexists(staged_model):
                 _remove(placed_data)
         finally:
             if staging is not None:
-                try:
-                    shutil.rmtree(staging, ignore_errors=True)
-                finally:
-                    shutil.rmtree(staging, ignore_errors=True)
+                remove_folder(staging)
     _pause_for_tests("model")
     for file in stale:
         _remove(file)

@@ -487,12 +487,17 @@ def temporary_folder(prefix: str) -> Iterator[str]:
         yield made
     finally:
         if made is not None:
-            try:
-                shutil.rmtree(made, ignore_errors=True)
-            finally:
-                # A signal that landed during the removal (the block had ended well, so it is the run's first: the
-                # CLI ignores any after it) cut it short, the folder still there: finish it.
-                shutil.rmtree(made, ignore_errors=True)
+            remove_folder(made)
+
+
+def remove_folder(path: str | os.PathLike) -> None:
+    """Remove the folder ``path`` and what it holds, errors ignored, even where a signal cuts the removal short: a
+    signal that lands in it (the run's first, when the block around it ended well: the CLI ignores any after it)
+    stops ``rmtree`` halfway, and the second removal finishes it."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def run_session(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:

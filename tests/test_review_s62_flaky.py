@@ -139,7 +139,7 @@ def test_sigint_in_the_clean_up_after_a_save_leaves_no_staging_folder(tmp_path, 
         return lexists(path)
 
     if where == "during-the-removal":
-        monkeypatch.setattr(model_io.shutil, "rmtree", rmtree_cut_by_a_signal)
+        monkeypatch.setattr(shutil, "rmtree", rmtree_cut_by_a_signal)
     else:
         monkeypatch.setattr(model_io.os.path, "lexists", lexists_then_signal)
     handler = signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -18,10 +18,9 @@ import numpy as np
 import onnx_ir as ir
 from onnx import helper, numpy_helper
 
-import optimizer
 from passes.fusion import _probe
 from tests.test_review_s57_masks import _model as _mask_model
-from tests.test_review_s62_lengths import _condition, _max_diff
+from tests.test_review_s62_lengths import _condition, packed_right_at
 
 
 def _switched(nodes, initializers) -> ir.Model:
@@ -37,19 +36,6 @@ def _switched(nodes, initializers) -> ir.Model:
     return ir.from_proto(proto)
 
 
-def _packed_right_at(model: ir.Model, lengths) -> None:
-    result, report = optimizer.optimize_with_report(model.clone())
-    (record,) = [p for p in report.passes if p.name == "pack-qkv"]
-    rng = np.random.default_rng(0)
-    for length in lengths:
-        mask = np.ones((2, length), np.int64)
-        mask[1, -1] = 0
-        feeds = {"input_ids": rng.integers(0, 32, (2, length)), "attention_mask": mask}
-        difference = _max_diff(model, result, feeds, mask.astype(bool))
-        assert difference < 1e-4, f"pack-qkv {record.status}, yet off by {difference:.3g} at {length} tokens"
-    assert any("cannot bracket" in reason for reason in record.refusals), record.refusals
-
-
 def test_a_mask_switched_by_a_length_cast_to_uint8_is_not_packed_causal():
     n = helper.make_node
     nodes = [
@@ -58,7 +44,7 @@ def test_a_mask_switched_by_a_length_cast_to_uint8_is_not_packed_causal():
         n("Less", ["wrapped", "small"], ["short"]),
     ]
     model = _switched(nodes, {"hundred": np.array(100, np.int64), "small": np.array(44, np.uint8)})
-    _packed_right_at(model, (160, 128))
+    packed_right_at(model, (160, 128))
 
 
 def test_a_mask_switched_by_a_length_cast_to_bool_is_not_packed_causal():
@@ -70,7 +56,7 @@ def test_a_mask_switched_by_a_length_cast_to_bool_is_not_packed_causal():
         n("Not", ["elsewhere"], ["short"]),
     ]
     model = _switched(nodes, {"three": np.array(3, np.int64), "sixty": np.array(60, np.int64)})
-    _packed_right_at(model, (20, 21))
+    packed_right_at(model, (20, 21))
 
 
 def test_a_mask_switched_by_a_nan_of_the_length_is_not_packed_causal():
@@ -86,7 +72,7 @@ def test_a_mask_switched_by_a_nan_of_the_length_is_not_packed_causal():
         n("IsNaN", ["root"], ["short"]),
     ]
     model = _switched(nodes, {"c350": np.array(350, np.int64), "c30000": np.array(30000, np.int64)})
-    _packed_right_at(model, (160, 128))
+    packed_right_at(model, (160, 128))
 
 
 def test_a_cast_keeps_the_direction_only_where_its_type_holds_every_length():

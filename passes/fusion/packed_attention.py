@@ -187,19 +187,31 @@ def _packed_by_slices(hidden: list[ir.Value]) -> _Packed | str:
     others = [user for user, _ in packed.uses() if user not in slices and not _reads_leading_dims(user)]
     if others or packed.is_graph_output() or not all(_hidden_use(v) for v in hidden):
         return "a projection has other users"
+    found = _packed_projection(packed)
+    if isinstance(found, str):
+        return found
+    x, weight, bias, product = found
+    if product is not packed and not _single_use(product):
+        return _NOT_PROJECTIONS
+    width = weight.shape[1] // 3
+    if weight.shape[1] % 3 or bounds != [(0, width), (width, 2 * width), (2 * width, 3 * width)]:
+        return "query, key and value are not the thirds of one projection, in order"
+    return x, weight, bias, [width] * 3
+
+
+def _packed_projection(packed: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray, ir.Value] | str:
+    """``(x, W, b, x @ W)`` where ``packed = x @ W [+ b]`` with constant ``W`` and a 3-D ``x`` (``b`` zeros where
+    there is none), else why not."""
     found = _matmul_and_bias(packed)
     if found is None:
         return _NOT_PROJECTIONS
     matmul, weight, bias, product = found
     if rank(matmul.inputs[0]) is None:
         return f"the projection's input is {NOT_KNOWN_3D}"  # retried with shapes inferred
-    if rank(matmul.inputs[0]) != 3 or (product is not packed and not _single_use(product)):
+    if rank(matmul.inputs[0]) != 3:
         return _NOT_PROJECTIONS
-    width = weight.shape[1] // 3
-    if weight.shape[1] % 3 or bounds != [(0, width), (width, 2 * width), (2 * width, 3 * width)]:
-        return "query, key and value are not the thirds of one projection, in order"
     bias = bias if bias is not None else np.zeros(weight.shape[1], weight.dtype)
-    return matmul.inputs[0], weight, bias.astype(weight.dtype), [width] * 3
+    return matmul.inputs[0], weight, bias.astype(weight.dtype), product
 
 
 def _packed_by_split(hidden: list[ir.Value]) -> _Packed | str:
@@ -254,14 +266,10 @@ def _split_of_matmul(split: ir.Node, hidden: list[ir.Value]) -> _Packed | str:
     transformers optimizer (``FullyConnect_MatMul`` + ``Add``), onnxslim and other tools rewrite the Gemm between
     its two Reshapes. The projection's weight and bias are the packed ones as they are."""
     packed = split.inputs[0]
-    found = _matmul_and_bias(packed)
-    if found is None:
-        return _NOT_PROJECTIONS
-    matmul, weight, bias, product = found
-    if rank(matmul.inputs[0]) is None:
-        return f"the projection's input is {NOT_KNOWN_3D}"  # retried with shapes inferred
-    if rank(matmul.inputs[0]) != 3:
-        return _NOT_PROJECTIONS
+    found = _packed_projection(packed)
+    if isinstance(found, str):
+        return found
+    x, weight, bias, product = found
     if (
         not all(_hidden_use(v) for v in hidden)
         or not _single_use(packed)
@@ -274,8 +282,7 @@ def _split_of_matmul(split: ir.Node, hidden: list[ir.Value]) -> _Packed | str:
     sizes = constant_array(split.inputs[1]) if len(split.inputs) > 1 and split.inputs[1] is not None else None
     if sizes is not None and [int(size) for size in sizes.reshape(-1)] != widths:  # declared widths out of date
         return _NOT_PROJECTIONS
-    bias = bias if bias is not None else np.zeros(weight.shape[1], weight.dtype)
-    return matmul.inputs[0], weight, bias.astype(weight.dtype), widths
+    return x, weight, bias, widths
 
 
 # Attention's mask_filter_value when none is set: what the kernel adds to a masked score.
