@@ -255,7 +255,7 @@ _POSITION_REDUCES = frozenset({"ReduceMax", "ReduceMin"})
 
 
 def _position_reduces(condition: ir.Value) -> list[ir.Value] | None:
-    """The ``ReduceMax``/``ReduceMin`` outputs over an integer graph input not named like a mask (position ids) that
+    """The ``ReduceMax``/``ReduceMin`` outputs over an integer graph input named like position ids (not a mask) that
     the ordering ``condition`` reads, where it is monotone in them and reads nothing else but constants; else None."""
     node = condition.producer()
     if node is None or node.op_type not in _ORDERINGS or len(node.inputs) != 2:
@@ -271,6 +271,8 @@ def _position_reduces(condition: ir.Value) -> list[ir.Value] | None:
         data = producer.inputs[0]
         if data is None or data.producer() is not None or data.const_value is not None or is_mask(data):
             return None
+        if "position" not in (data.name or "").lower():
+            return None  # token ids, a past's length: their values are not bounded by the caches' positions
         if data.dtype not in _INT_TYPES or any(_direction(v, {}) != 0 for v in producer.inputs[1:] if v is not None):
             return None
         reduces.append(value)

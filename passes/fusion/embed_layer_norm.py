@@ -21,7 +21,8 @@ integer the subgraph holds, and ``max_sequence``, ``--max-sequence``). At each t
 must be ``0..S-1``, or the original must refuse that length: ONNX Runtime fails, or
 the positions are not ``S`` long (HF's ``[1, 512]`` buffer sliced past its end, which
 the word embeddings cannot be added to). Each probe is one row of ``S`` ids, so all
-are cheap.
+are cheap. The probes feed ones for token ids: computed positions (or segment indices)
+that read the values of an input other than the mask are refused.
 
 Refuses, with the reason, a LayerNormalization over a sum of two or more lookups when: a table
 is not a constant 2-D initializer; the lookups are not on axis 0; more than three are summed;
@@ -45,10 +46,12 @@ from passes.fusion._layout import producer
 from passes.fusion._probe import (
     DEFAULT_MAX_SEQUENCE,
     PADDED_MASK,
+    is_mask,
     long_mask,
     probe_lengths,
     token_feeds,
     token_inputs_of,
+    values_only_from,
 )
 
 _SEGMENT_NAMES = ("token_type", "segment")
@@ -135,6 +138,9 @@ def _classify(model: ir.Model, leaves: list[ir.Node], max_sequence: int) -> dict
 
 
 _NOT_TOKEN_INDEX = "computed position ids are not 0..S-1"
+# The probes feed ones for token ids: indices that read their values (``arange + (max(input_ids) > 4090)``) are
+# 0..S-1 (or zeros) at every probe, and not on real ids.
+_READS_IDS = "they read the values of an input other than the mask (token ids?), which the probes feed as ones"
 _REFUSED = "refused"
 
 
@@ -143,6 +149,8 @@ def _positions_not_token_index(model: ir.Model, positions: ir.Value, max_sequenc
     inputs = token_inputs_of([positions])
     if inputs is None:
         return _NOT_TOKEN_INDEX
+    if not values_only_from(positions, *[v for v in inputs if is_mask(v)]):
+        return f"{_NOT_TOKEN_INDEX}: {_READS_IDS}"
     # Once with an all-ones mask, once padded: positions built from the mask (cumsum)
     # agree with 0..S-1 only on the first.
     for mask in (np.ones_like(PADDED_MASK), PADDED_MASK):
@@ -179,7 +187,7 @@ def _zeros_at_every_length(model: ir.Model, index: ir.Value, max_sequence: int) 
     accepts: on a padded 2 x 7 batch and at each length ``probe_lengths`` names (a buffer of zeros sliced past its
     extent is refused by the original there, as positions are)."""
     inputs = token_inputs_of([index])
-    if inputs is None:
+    if inputs is None or not values_only_from(index, *[v for v in inputs if is_mask(v)]):
         return False
     lengths = probe_lengths([index], max_sequence, model=model, inputs=inputs)
     if isinstance(lengths, str):
