@@ -280,7 +280,9 @@ def new_token_outputs(model: ir.Model) -> NewTokens | None:
       ids) has another (``new``);
     - the mask's length is the caches' (the same name, or ``past + new``), or the caches are declared
       ``past + new`` and the mask's length names no other input (an encoder's mask beside its hidden
-      states is another sequence);
+      states is another sequence); a cache declared as another expression of those two dims alone counts
+      as ``past + new`` beside one declared so (the dynamo exporter declares GPT-Neo's local layer's
+      present ``past + Max(0, -past + Min(128, past + new))``, the slice of its 128-row band table);
     - no ``GroupQueryAttention`` reads the mask already: it takes each row's tokens to end where the
       row's ones end, not at the mask's end;
     - the output (three dims or more, no cache) names its second dim as the token ids do.
@@ -318,7 +320,10 @@ def new_token_outputs(model: ir.Model) -> NewTokens | None:
         value.name not in masks and value.shape is not None and any(_dim_value(dim) == total for dim in value.shape)
         for value in model.graph.inputs
     )
-    if not (total in cache_lengths or total == summed or (cache_lengths == {summed} and not elsewhere)):
+    declared_summed = summed in cache_lengths and all(
+        length == summed or _names_only(length, {past, new}) for length in cache_lengths
+    )
+    if not (total in cache_lengths or total == summed or (declared_summed and not elsewhere)):
         return None
     names = frozenset(
         name
@@ -328,6 +333,19 @@ def new_token_outputs(model: ir.Model) -> NewTokens | None:
     if not names:
         return None
     return NewTokens(names, tuple(sorted(value.name for value in pasts)), tuple(token_ids))
+
+
+# A dim name the dynamo exporter writes as a sympy expression: its words besides these name dims.
+_EXPRESSION_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SYMPY_FUNCTIONS = frozenset({"Max", "Min", "floor", "ceiling", "Mod", "FloorDiv", "CeilToInt", "FloorToInt"})
+
+
+def _names_only(length: str | None, dims: set[str]) -> bool:
+    """Whether the dim name ``length`` is an expression (``past + Max(0, -past + Min(128, past + new))``) of
+    exactly the dims ``dims``."""
+    if length is None:
+        return False
+    return set(_EXPRESSION_WORD.findall(length)) - _SYMPY_FUNCTIONS == dims
 
 
 def _past_input(value: ir.Value) -> ir.Value | None:
