@@ -90,7 +90,7 @@ def test_the_end_to_end_error_of_a_segment_check_is_the_largest_over_every_input
     verifier = Verifier(_scale_model(2.0, 0.0), sets, labels=["large", "small"])
     seen = {}
 
-    def segment_check(self, candidate, missed, where, largest=0.0):
+    def segment_check(self, candidate, missed, where, largest=0.0, **_):
         seen.update(missed=missed.max_abs_error, largest=largest)
         return missed
 
