@@ -2423,6 +2423,8 @@ def split_samples(
     """
     if model is not None and (fixed := fixed_batch_size(model)) is not None:
         size = fixed
+    elif model is not None and outputs_fix_batch_at_one(model):
+        size = 1
     if isinstance(samples, SampleData):
         return samples.batches(size)
     arrays = {name: np.asarray(array) for name, array in samples.items()}
@@ -2674,6 +2676,22 @@ def sample_inputs(model: ir.Model) -> frozenset[str] | None:
         if not isinstance(v.shape[0], int) and (str(v.shape[0]) not in later or str(v.shape[0]) in batches)
     )
     return sampled or None
+
+
+def outputs_fix_batch_at_one(model: ir.Model) -> bool:
+    """Whether ``model`` declares a symbolic batch on its inputs but 1 as the first dim of every output, none of
+    which names an input's batch dim: an export traced at batch 1 that reshapes to 1 inside (khmersm's
+    ``x [batch, seq]`` → ``emissions [1, seq, 2]``, a ``view(1, ...)``), which ONNX Runtime runs one sample at a
+    time only. Its samples are fed one at a time: joined two of a length, they failed, and the run was refused
+    as if the user's data were wrong."""
+    sampled = sample_inputs(model)
+    if sampled is None:
+        return False
+    batches = {str(v.shape[0]) for v in model.graph.inputs if v.name in sampled}
+    outputs = [v for v in model.graph.outputs if v.shape is not None and v.shape.rank()]
+    return bool(outputs) and all(
+        v.shape[0] == 1 and not any(str(dim) in batches for dim in v.shape if not isinstance(dim, int)) for v in outputs
+    )
 
 
 def fixes_batch(model: ir.Model) -> bool:

@@ -603,12 +603,17 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
     is an ``OutputPathError`` too, and leaves the folder as it was.
     """
     reads = [("the model's weights", file) for file in external_data_files(model)]
+    came_with_data = False
     if input_path is not None:
-        reads += _model_files(Path(input_path), "the input model")
+        given = _model_files(Path(input_path), "the input model")
+        # A result none of whose tensors is still read from the input's data file (float16 converts every weight)
+        # came with external data all the same.
+        came_with_data = len(given) > 1
+        reads += given
     check_paths({"-o": path}, reads)
     path = Path(path).absolute()
     folder = path.parent
-    data_name = _fresh_data_name(path) if _needs_external_data(model) else None
+    data_name = _fresh_data_name(path) if came_with_data or _needs_external_data(model) else None
     # A file read (the input's weights, perhaps through a link into this folder) is never stale.
     read_places = {_place(Path(file)) for _, file in reads if file is not None and os.path.lexists(file)}
     stale = [file for file in _stale_data_files(path, keep=data_name) if _place(file) not in read_places]

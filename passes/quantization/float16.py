@@ -63,6 +63,7 @@ FLOAT32_OUTPUT_OPS = ("TfIdfVectorizer", "HannWindow", "HammingWindow", "Blackma
 # saturates at +-65504 instead of becoming infinite). Clip's bounds are inputs 1 and 2.
 _BOUNDED_OPS = {"Max": None, "Min": None, "Clip": (1, 2)}
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+_PROTO_LIMIT = 2**31 - 2**24  # a protobuf message's 2 GB, less room for the graph itself
 
 
 class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
@@ -70,8 +71,8 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     default block list (ops without float16 kernels: TopK, NonMaxSuppression, Range, ...).
 
     With ``keep_io_types`` (the default) float graph inputs and outputs stay float32,
-    with Casts inside the graph. Refuses (unchanged) a model with no float32 tensors,
-    one with external data that has not been loaded, one converted already (its own
+    with Casts inside the graph. Refuses (unchanged) a model with no float32 tensors, one
+    whose external data passes 2 GB (less is read into memory first), one converted already (its own
     result: the converter would only add Casts of float16 values to float16), and one whose
     values onnx's shape inference cannot type and ONNX Runtime refuses to load (``_types_inferred``).
 
@@ -113,12 +114,18 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
         if not any(v.dtype == ir.DataType.FLOAT for v in _values(model.graph)):
             self.decline("no float32 tensors")
             return self.result(model.clone(), modified=False)  # a functional pass returns a new model
-        if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
-            self.decline("weights are in external data: not converted")
+        external = [v for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
+        if sum(v.const_value.nbytes for v in external) > _PROTO_LIMIT:
+            self.decline("weights in external data past 2 GB: not converted (the converter holds one proto)")
             return self.result(model.clone(), modified=False)
         blocked = [*DEFAULT_OP_BLOCK_LIST, *self.block_ops, *QUANTIZATION_OPS, *FLOAT32_OUTPUT_OPS]
         given = model
         model = model.clone()  # a functional pass: the bounds are clamped in a copy
+        for value in model.graph.initializers.values():
+            # The converter reads a proto's raw data: an external reference (khmersm's model.onnx.data, 7 MB) it
+            # would leave float32 beside float16 users. Read into memory here; saving puts them back outside.
+            if isinstance(value.const_value, ir.ExternalTensor):
+                value.const_value = ir.Tensor(value.const_value.numpy(), name=value.const_value.name)
         if model.functions:
             # The converter retypes a call's float inputs and leaves the function's own float Constants float32
             # (Mul(float16, float32): ONNX Runtime refused the result); ONNX Runtime inlines them at load anyway.
