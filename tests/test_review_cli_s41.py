@@ -349,8 +349,14 @@ def test_fp16_declines_rather_than_fails(tmp_path, kind):
     assert done.returncode == 0, done.stderr
     (record,) = [p for p in json.loads((tmp_path / "r.json").read_text())["passes"] if p["name"] == "convert-float16"]
     assert record["status"] != "failed", record["detail"]
-    why = "weights are in external data" if kind == "external-data" else "no float32 tensors"
-    assert why in json.dumps(record), record
+    if kind == "external-data":
+        # Since 2026-12-05 weights in external data are read into memory (up to 2 GB) and converted; the result
+        # keeps them outside, as the input had them. (Read without a copy, the memory-mapped weights made the pass
+        # fail: "BufferError: cannot close exported pointers exist".)
+        assert record["status"] == "applied", record
+        assert (tmp_path / "out.onnx.data").exists()
+    else:
+        assert "no float32 tensors" in json.dumps(record), record
 
 
 @pytest.mark.parametrize(

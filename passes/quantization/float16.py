@@ -125,7 +125,7 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             # The converter reads a proto's raw data: an external reference (khmersm's model.onnx.data, 7 MB) it
             # would leave float32 beside float16 users. Read into memory here; saving puts them back outside.
             if isinstance(value.const_value, ir.ExternalTensor):
-                value.const_value = ir.Tensor(value.const_value.numpy(), name=value.const_value.name)
+                value.const_value = ir.Tensor(np.array(value.const_value.numpy()), name=value.const_value.name)
         if model.functions:
             # The converter retypes a call's float inputs and leaves the function's own float Constants float32
             # (Mul(float16, float32): ONNX Runtime refused the result); ONNX Runtime inlines them at load anyway.
