@@ -3326,7 +3326,8 @@ def write_input_skeleton(
     held = "; ".join(described) or "no arrays (the model has no inputs to feed)"
     line = f"wrote {out_path}: {held}" + (f" ({shown})" if shown else "")
     if refused:
-        line += f"; ONNX Runtime refuses the model on these, at every length tried ({refused}): give --dim"
+        ask = "give other --dim sizes" if dims else "give --dim NAME=SIZE"
+        line += f"; ONNX Runtime refuses the model on these, at every length tried ({refused}): {ask}"
     elif lengths.first_refused:
         line += f" (ONNX Runtime refused the model at {lengths.first_refused})"
     return line

@@ -226,8 +226,11 @@ def _condition_switches(
             if index >= len(conditions) and not first[index]:
                 continue
             node = value.producer()
+            # An input's values read as well (not only its shape): the probes feed them, so say which.
+            read = sorted({v.name for v in _values_read([value]) if v.is_graph_input() and v.name})
+            values = f" and the values of {', '.join(read)}" if read else ""
             return (
-                f"it computes from the length what the probes cannot bracket ({node.op_type} "
+                f"it computes from the length{values} what the probes cannot bracket ({node.op_type} "
                 f"{node.name or value.name!r}: an equality, a remainder, or an ordering of a value that may rise and "
                 "fall with the length can switch and switch back between two lengths probed)"
             )
