@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnx import helper
 
 from tests.helpers import FIXTURES
+from tests.test_verification_holes import logits_plus_one_where
 
 WINDOW_PRESENT = "past_sequence + Max(0, -past_sequence + Min(128, past_sequence + sequence))"
 
@@ -28,29 +28,6 @@ def _declared(proto: onnx.ModelProto, layer: int, length: str) -> onnx.ModelProt
         if output.name in (f"present.{layer}.key", f"present.{layer}.value"):
             output.type.tensor_type.shape.dim[2].dim_param = length
     return proto
-
-
-def _logits_plus_one_where(proto: onnx.ModelProto, padded: bool) -> ir.Model:
-    """``proto`` whose logits gain 1 at the new tokens its mask pads (``padded``) or keeps."""
-    proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    producer = next(node for node in proto.graph.node if "logits" in node.output)
-    producer.output[list(producer.output).index("logits")] = "logits_raw"
-    proto.graph.node.extend(
-        [
-            helper.make_node("Shape", ["input_ids"], ["new"], start=1, end=2),
-            helper.make_node("Neg", ["new"], ["from_end"]),
-            helper.make_node("Constant", [], ["end"], value_ints=[2**62]),
-            helper.make_node("Constant", [], ["axis"], value_ints=[1]),
-            helper.make_node("Slice", ["attention_mask", "from_end", "end", "axis"], ["tail"]),
-            helper.make_node("Cast", ["tail"], ["kept"], to=onnx.TensorProto.FLOAT),
-            helper.make_node("Constant", [], ["one"], value_float=1.0),
-            helper.make_node("Sub", ["one", "kept"], ["padded"]),
-            helper.make_node("Constant", [], ["last"], value_ints=[-1]),
-            helper.make_node("Unsqueeze", ["padded" if padded else "kept", "last"], ["where"]),
-            helper.make_node("Add", ["logits_raw", "where"], ["logits"]),
-        ]
-    )
-    return ir.from_proto(proto)
 
 
 def test_a_window_layers_present_declared_as_an_expression_keeps_the_logits_the_masks_tail():
@@ -78,4 +55,4 @@ def test_a_dynamo_window_decoder_step_is_judged_on_its_real_new_tokens_only(padd
     mask[0, :2] = 0  # row 1's start padded on the left
     inputs["attention_mask"] = mask
     verifier = Verifier(model, [inputs], labels=["given"])
-    assert verifier.check(_logits_plus_one_where(proto, padded)).ok is padded
+    assert verifier.check(logits_plus_one_where(padded, proto)).ok is padded

@@ -24,13 +24,34 @@ from optimizer.inputs import cache_length_dims, make_inputs
 from optimizer.padding import padded_caches
 
 
+def _mask_bias(mask: str, prefix: str) -> list[onnx.NodeProto]:
+    """``{prefix}bias = Unsqueeze((1 - float(mask)) * -1e4, [1, 2])``: a ``[batch, T]`` 0/1 mask as an additive
+    ``[batch, 1, 1, T]`` bias (``onef``, ``neg``, ``axes12`` from ``_constants``)."""
+    return [
+        helper.make_node("Cast", [mask], [f"{prefix}mf"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["onef", f"{prefix}mf"], [f"{prefix}inv"]),
+        helper.make_node("Mul", [f"{prefix}inv", "neg"], [f"{prefix}bias2"]),
+        helper.make_node("Unsqueeze", [f"{prefix}bias2", "axes12"], [f"{prefix}bias"]),
+    ]
+
+
+def _constants() -> list[onnx.TensorProto]:
+    """The token table (16 ids of width 4) and the constants ``_mask_bias`` and the models' Unsqueezes read."""
+    rng = np.random.default_rng(0)
+    return [
+        helper.make_tensor(
+            "table", TensorProto.FLOAT, [16, 4], rng.standard_normal((16, 4)).astype(np.float32).ravel()
+        ),
+        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("axes12", TensorProto.INT64, [2], [1, 2]),
+        helper.make_tensor("onef", TensorProto.FLOAT, [], [1.0]),
+        helper.make_tensor("neg", TensorProto.FLOAT, [], [-1e4]),
+    ]
+
+
 def _seq2seq_step(decoder_mask: bool = True) -> ir.Model:
     """One head of size 4: self-attention over ``Concat(past, new)`` under the decoder mask's bias, cross-attention
     over the encoder cache under the encoder mask's; logits and both presents out."""
-    rng = np.random.default_rng(0)
-    table = helper.make_tensor(
-        "table", TensorProto.FLOAT, [16, 4], rng.standard_normal((16, 4)).astype(np.float32).ravel()
-    )
     nodes = [
         helper.make_node("Gather", ["table", "input_ids"], ["emb"]),
         helper.make_node("Unsqueeze", ["emb", "one"], ["q"]),
@@ -39,10 +60,7 @@ def _seq2seq_step(decoder_mask: bool = True) -> ir.Model:
         helper.make_node("MatMul", ["q", "kt"], ["scores"]),
         helper.make_node("Transpose", ["past_key_values.0.encoder.key"], ["ekt"], perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["q", "ekt"], ["cross_scores"]),
-        helper.make_node("Cast", ["encoder_attention_mask"], ["emf"], to=TensorProto.FLOAT),
-        helper.make_node("Sub", ["onef", "emf"], ["einv"]),
-        helper.make_node("Mul", ["einv", "neg"], ["ebias2"]),
-        helper.make_node("Unsqueeze", ["ebias2", "axes12"], ["ebias"]),
+        *_mask_bias("encoder_attention_mask", "e"),
         helper.make_node("Add", ["cross_scores", "ebias"], ["cross_masked"]),
         helper.make_node("Softmax", ["cross_masked"], ["cross_p"], axis=-1),
         helper.make_node("MatMul", ["cross_p", "past_key_values.0.encoder.key"], ["cross_out"]),
@@ -57,10 +75,7 @@ def _seq2seq_step(decoder_mask: bool = True) -> ir.Model:
             helper.make_tensor_value_info("decoder_attention_mask", TensorProto.INT64, ["batch", "total_sequence"])
         )
         nodes += [
-            helper.make_node("Cast", ["decoder_attention_mask"], ["dmf"], to=TensorProto.FLOAT),
-            helper.make_node("Sub", ["onef", "dmf"], ["dinv"]),
-            helper.make_node("Mul", ["dinv", "neg"], ["dbias2"]),
-            helper.make_node("Unsqueeze", ["dbias2", "axes12"], ["dbias"]),
+            *_mask_bias("decoder_attention_mask", "d"),
             # [B, 1, S, past + S] + [B, 1, 1, T]: ONNX Runtime refuses a mask of another length than past + new.
             helper.make_node("Add", ["scores", "dbias"], ["masked"]),
         ]
@@ -85,13 +100,7 @@ def _seq2seq_step(decoder_mask: bool = True) -> ir.Model:
         helper.make_tensor_value_info("present.0.decoder.key", TensorProto.FLOAT, ["batch", 1, "total_sequence", 4]),
         helper.make_tensor_value_info("present.0.encoder.key", TensorProto.FLOAT, ["batch", 1, "encoder_sequence", 4]),
     ]
-    constants = [
-        table,
-        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("axes12", TensorProto.INT64, [2], [1, 2]),
-        helper.make_tensor("onef", TensorProto.FLOAT, [], [1.0]),
-        helper.make_tensor("neg", TensorProto.FLOAT, [], [-1e4]),
-    ]
+    constants = _constants()
     graph = helper.make_graph(nodes, "seq2seq_step", inputs, outputs, constants)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(proto)
@@ -161,29 +170,19 @@ def test_attention_only_in_if_branches_is_said():
 def _seq2seq_prefill() -> ir.Model:
     """One head of size 4 over the new tokens (no past) under the decoder mask, cross-attention over the encoder's
     hidden states under the encoder mask; logits and both presents out."""
-    rng = np.random.default_rng(0)
-    table = helper.make_tensor(
-        "table", TensorProto.FLOAT, [16, 4], rng.standard_normal((16, 4)).astype(np.float32).ravel()
-    )
     nodes = [
         helper.make_node("Gather", ["table", "input_ids"], ["emb"]),
         helper.make_node("Unsqueeze", ["emb", "one"], ["present.0.decoder.key"]),
         helper.make_node("Transpose", ["present.0.decoder.key"], ["kt"], perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["present.0.decoder.key", "kt"], ["scores"]),
-        helper.make_node("Cast", ["decoder_attention_mask"], ["dmf"], to=TensorProto.FLOAT),
-        helper.make_node("Sub", ["onef", "dmf"], ["dinv"]),
-        helper.make_node("Mul", ["dinv", "neg"], ["dbias2"]),
-        helper.make_node("Unsqueeze", ["dbias2", "axes12"], ["dbias"]),
+        *_mask_bias("decoder_attention_mask", "d"),
         helper.make_node("Add", ["scores", "dbias"], ["masked"]),
         helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
         helper.make_node("MatMul", ["p", "present.0.decoder.key"], ["self_out"]),
         helper.make_node("Unsqueeze", ["encoder_hidden_states", "one"], ["present.0.encoder.key"]),
         helper.make_node("Transpose", ["present.0.encoder.key"], ["ekt"], perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["self_out", "ekt"], ["cross_scores"]),
-        helper.make_node("Cast", ["encoder_attention_mask"], ["emf"], to=TensorProto.FLOAT),
-        helper.make_node("Sub", ["onef", "emf"], ["einv"]),
-        helper.make_node("Mul", ["einv", "neg"], ["ebias2"]),
-        helper.make_node("Unsqueeze", ["ebias2", "axes12"], ["ebias"]),
+        *_mask_bias("encoder_attention_mask", "e"),
         helper.make_node("Add", ["cross_scores", "ebias"], ["cross_masked"]),
         helper.make_node("Softmax", ["cross_masked"], ["cross_p"], axis=-1),
         helper.make_node("MatMul", ["cross_p", "present.0.encoder.key"], ["cross_out"]),
@@ -200,13 +199,7 @@ def _seq2seq_prefill() -> ir.Model:
         helper.make_tensor_value_info("present.0.decoder.key", TensorProto.FLOAT, ["batch", 1, "total_sequence", 4]),
         helper.make_tensor_value_info("present.0.encoder.key", TensorProto.FLOAT, ["batch", 1, "encoder_sequence", 4]),
     ]
-    constants = [
-        table,
-        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("axes12", TensorProto.INT64, [2], [1, 2]),
-        helper.make_tensor("onef", TensorProto.FLOAT, [], [1.0]),
-        helper.make_tensor("neg", TensorProto.FLOAT, [], [-1e4]),
-    ]
+    constants = _constants()
     proto = helper.make_model(
         helper.make_graph(nodes, "seq2seq_prefill", inputs, outputs, constants),
         opset_imports=[helper.make_opsetid("", 17)],

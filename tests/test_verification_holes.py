@@ -608,12 +608,16 @@ def test_a_cache_with_as_many_heads_as_positions_is_hidden_by_position():
     assert (hidden["present.0.key"][1] == 1).all()
 
 
-def _logits_plus_one_where(padded: bool) -> ir.Model:
-    """The Llama KV fixture whose logits gain 1 at the new tokens its mask pads (``padded``) or keeps."""
+def logits_plus_one_where(padded: bool, proto=None) -> ir.Model:
+    """``proto`` (default: the Llama KV fixture) whose logits gain 1 at the new tokens its mask pads (``padded``) or
+    keeps; ``proto`` itself is left as it is."""
     import onnx
     from onnx import helper
 
-    proto = onnx.load(FIXTURES / "llama_kv_legacy.onnx")
+    if proto is None:
+        proto = onnx.load(FIXTURES / "llama_kv_legacy.onnx")
+    else:
+        proto = onnx.ModelProto.FromString(proto.SerializeToString())
     producer = next(node for node in proto.graph.node if "logits" in node.output)
     producer.output[list(producer.output).index("logits")] = "logits_raw"
     proto.graph.node.extend(
@@ -646,7 +650,7 @@ def test_a_decoder_step_is_judged_on_its_real_new_tokens_only(padded):
     mask[0, :2] = 0  # row 1's start padded on the left
     inputs["attention_mask"] = mask
     verifier = Verifier(model, [inputs], labels=["given"])
-    assert verifier.check(_logits_plus_one_where(padded)).ok is padded
+    assert verifier.check(logits_plus_one_where(padded)).ok is padded
 
 
 class _IgnoreMaskPass(ir.passes.InPlacePass):
