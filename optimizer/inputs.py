@@ -587,6 +587,84 @@ def alternate_binding(
     return alternate
 
 
+def lengths_apart(
+    model: ir.Model,
+    binding: Mapping[str, int],
+    first: Mapping[str, int],
+    overrides: Mapping[str, int] | None = None,
+    max_positions: int | None = None,
+) -> list[dict[str, int]]:
+    """``binding`` with the free lengths drawn apart, each way to try in turn; empty where fewer than two are free.
+
+    Generated bindings give every free length one size (128, then 257): an encoder-decoder's encoder and decoder
+    lengths, a query's and a key's, an image's height and width were equal in every set, and a rewrite that read
+    one for the other verified. Exporters also name one length differently per input
+    (``input_ids_dynamic_axes_1`` beside ``attention_mask_dynamic_axes_1``; a first decoder step's
+    ``total_sequence`` mask beside its ``sequence`` tokens), and ONNX Runtime refuses such a model where those
+    differ. So the ways, in order: every free length at a size of its own; the lengths only inputs named
+    ``*encoder*``/``*cross*`` hold apart from the others; each length apart from all the others (up to four
+    lengths). Within a group the lengths keep ``binding``'s size; each other group is 2 shorter than the last,
+    never the size ``first`` gives a length (``_sizes_apart``); a decoder's mask of past plus new tokens follows
+    them (``cache_length_dims``)."""
+    overrides = dict(overrides or {})
+    fixed = _fixed_dims(model)
+    derived = set(cache_length_dims(model))
+    batches = _batch_like_dims(model) | set(batch_dims(model))
+    lengths = [
+        name
+        for name in symbolic_dims(model)
+        if name in binding and name not in overrides and name not in fixed and name not in derived
+        if name not in batches
+    ]
+    if len(lengths) < 2:
+        return []
+    held: dict[str, set[bool]] = {}
+    for value in runtime_inputs(model):
+        for dim in value.shape or ():
+            if isinstance(dim, ir.SymbolicDim) and dim.value in lengths:
+                held.setdefault(dim.value, set()).add(bool(_ENCODER_NAME.search(value.name)))
+    encoder = [name for name in lengths if held.get(name) == {True}]
+    partitions = [[[name] for name in lengths], [encoder, [n for n in lengths if n not in encoder]]]
+    if len(lengths) <= _LENGTHS_EACH_APART:
+        partitions += [[[name], [n for n in lengths if n != name]] for name in lengths]
+    found, seen = [], set()
+    for groups in partitions:
+        groups = [group for group in groups if group]
+        key = frozenset(frozenset(group) for group in groups)
+        if len(groups) < 2 or key in seen:
+            continue
+        seen.add(key)
+        apart = _sizes_apart(binding, first, groups)
+        if apart is None:
+            continue
+        apart = _with_cache_lengths(model, apart, {**fixed, **overrides}, max_positions)
+        if len({apart[group[0]] for group in groups}) == len(groups) and apart not in found:
+            found.append(apart)
+    return found
+
+
+# The most free lengths each tried apart from all the others (``lengths_apart``): each try the original refuses
+# is one more run of it.
+_LENGTHS_EACH_APART = 4
+
+
+def _sizes_apart(
+    binding: Mapping[str, int], first: Mapping[str, int], groups: Sequence[Sequence[str]]
+) -> dict[str, int] | None:
+    """``binding`` with each of ``groups`` at one size of its own: the first group's first length's, each next 2
+    shorter than the last (never one ``first`` gives a length of the group); None where that reaches 0."""
+    apart, taken = dict(binding), set()
+    for group in groups:
+        size = binding[group[0]]
+        while size in taken or any(size == first.get(name) for name in group):
+            size -= 2
+        if size < 1:
+            return None
+        apart.update(dict.fromkeys(group, size))
+        taken.add(size)
+    return apart
+
+
 def guessed_batch_dims(model: ir.Model) -> list[str]:
     """The dims taken for a batch where none is named like one (``_batch_like_dims``: Paddle's
     ``DynamicDimension.0``, tf2onnx's ``unk__214``), in input order; empty where one is named so."""

@@ -234,17 +234,44 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
 
 
 def padded_positions(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> np.ndarray | None:
-    """``[batch, sequence]`` booleans, True where every mask in ``inputs`` pads; None without padding.
+    """``[batch, sequence]`` booleans, True where every mask in ``inputs`` of the first one's shape pads; None
+    without padding (``paddings`` has every sequence's).
 
     A row that a mask pads entirely stays compared: it is no padded batch, and hiding it
     would hide everything.
     """
     if not masks:
         return None
-    shape = np.shape(inputs[masks[0]])  # masks of another shape describe another sequence
-    padding = np.logical_and.reduce([np.asarray(inputs[n]) == 0 for n in masks if np.shape(inputs[n]) == shape])
-    padding &= ~padding.all(axis=1, keepdims=True)
-    return padding if padding.any() else None
+    return paddings(inputs, masks).get(np.shape(inputs[masks[0]]))
+
+
+Paddings = Mapping[tuple[int, ...], np.ndarray]
+
+
+def paddings(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> dict[tuple[int, ...], np.ndarray]:
+    """For each shape ``[batch, sequence]`` of the masks in ``inputs``, booleans True where every mask of that shape
+    pads (as ``padded_positions``); the shapes without padding are left out. Masks of another length describe
+    another sequence: an encoder-decoder's encoder mask beside its decoder's."""
+    shaped: dict[tuple[int, ...], list[np.ndarray]] = {}
+    for name in masks:
+        mask = np.asarray(inputs[name])
+        shaped.setdefault(mask.shape, []).append(mask == 0)
+    found = {}
+    for shape, padded in shaped.items():
+        padding = np.logical_and.reduce(padded)
+        padding &= ~padding.all(axis=1, keepdims=True)
+        if padding.any():
+            found[shape] = padding
+    return found
+
+
+def by_shape(padding: np.ndarray | Paddings | None) -> Paddings:
+    """``padding`` (one ``padded_positions`` array, ``paddings``' mapping or None) as a mapping by shape."""
+    if padding is None:
+        return {}
+    if isinstance(padding, np.ndarray):
+        return {padding.shape: padding}
+    return padding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,17 +283,19 @@ class NewTokens:
     pasts: tuple[str, ...]
     token_ids: tuple[str, ...]
 
-    def past_length(self, inputs: Mapping[str, np.ndarray], padding: np.ndarray | None) -> int | None:
-        """The past's length in ``inputs`` where the mask (``padding``'s width) is exactly past + new tokens,
-        so the new tokens are its last positions; None otherwise (a static buffer longer than both)."""
-        if padding is None:
+    def past_length(self, inputs: Mapping[str, np.ndarray], padding: np.ndarray | Paddings | None) -> int | None:
+        """The past's length in ``inputs`` where a mask (``padding``'s width: ``padded_positions`` or ``paddings``)
+        is exactly past + new tokens, so the new tokens are its last positions; None otherwise (a static buffer
+        longer than both)."""
+        widths = {shape[1] for shape in by_shape(padding)}
+        if not widths:
             return None
         pasts = {np.shape(inputs[name])[2] for name in self.pasts if np.ndim(inputs.get(name)) == 4}
         news = {np.shape(inputs[name])[1] for name in self.token_ids if np.ndim(inputs.get(name)) == 2}
         if len(pasts) != 1 or len(news) != 1:
             return None
         (past,), (new,) = pasts, news
-        return past if past + new == padding.shape[1] else None
+        return past if past + new in widths else None
 
 
 def new_token_outputs(model: ir.Model) -> NewTokens | None:
@@ -367,7 +396,7 @@ def _dim_value(dim: object) -> str | None:
 
 def hide_padded(
     outputs: Mapping[str, object],
-    padding: np.ndarray | None,
+    padding: np.ndarray | Paddings | None,
     reference: Mapping[str, object],
     caches: frozenset[str] = frozenset(),
     new_tokens: frozenset[str] = frozenset(),
@@ -375,16 +404,17 @@ def hide_padded(
 ) -> dict:
     """``outputs`` with the values at padded positions taken from ``reference`` (so they are not compared).
 
-    Only outputs laid out ``[batch, sequence, ...]`` like the mask, with three dims or more (a pooled
-    ``[batch, 128]`` beside a 128-token mask is no sequence: its columns would be hidden), are touched, the
-    ``caches`` (``cache_outputs``) laid out ``[batch, heads, sequence, d]``, and a decoder's ``new_tokens``
-    outputs (``NewTokens.outputs``: ``[batch, new, ...]``) on the mask's last ``new`` positions, where the
-    mask is ``past`` (``NewTokens.past_length``) plus the new tokens.
+    ``padding`` is one mask shape's (``padded_positions``) or every one's (``paddings``); each output is read
+    against the mask of its own length. Only outputs laid out ``[batch, sequence, ...]`` like a mask, with three
+    dims or more (a pooled ``[batch, 128]`` beside a 128-token mask is no sequence: its columns would be hidden),
+    are touched, the ``caches`` (``cache_outputs``) laid out ``[batch, heads, sequence, d]``, and a decoder's
+    ``new_tokens`` outputs (``NewTokens.outputs``: ``[batch, new, ...]``) on a mask's last ``new`` positions,
+    where that mask is ``past`` (``NewTokens.past_length``) plus the new tokens.
     """
-    if padding is None:
+    shaped = by_shape(padding)
+    if not shaped:
         return dict(outputs)
     hidden = dict(outputs)
-    total = padding.shape[1]
     for name, value in outputs.items():
         expected = reference.get(name)
         if not isinstance(value, np.ndarray) or not isinstance(expected, np.ndarray):
@@ -392,22 +422,22 @@ def hide_padded(
         if value.shape != expected.shape or value.dtype != expected.dtype:
             continue  # a different shape or dtype is a failure the comparison must still see
         if name in caches:  # before the sequence rule: a cache's heads may number as many as the positions
-            if value.ndim != 4 or (value.shape[0], value.shape[2]) != padding.shape:
+            if value.ndim != 4 or (mask := shaped.get((value.shape[0], value.shape[2]))) is None:
                 continue
-            where = padding[:, None, :, None]
-        elif value.ndim >= 3 and value.shape[:2] == padding.shape:  # a [batch, 384] embedding is no sequence
-            where = padding.reshape(padding.shape + (1,) * (value.ndim - 2))
+            where = mask[:, None, :, None]
+        elif value.ndim >= 3 and (mask := shaped.get(value.shape[:2])) is not None:  # [batch, 384] is no sequence
+            where = mask.reshape(mask.shape + (1,) * (value.ndim - 2))
         elif (
             name in new_tokens
             and past is not None
             and value.ndim >= 3
-            and value.shape[0] == padding.shape[0]
-            and 0 < value.shape[1] == total - past
+            and value.shape[1] > 0
+            and (mask := shaped.get((value.shape[0], past + value.shape[1]))) is not None
         ):
             # Over a past the new tokens are the mask's last positions. A right-padded query whose
             # window (a sliding window shorter than the padding) holds only padded keys sees none,
             # and what a kernel returns there is undefined, as in a prefill.
-            tail = padding[:, total - value.shape[1] :]
+            tail = mask[:, past:]
             where = tail.reshape(tail.shape + (1,) * (value.ndim - 2))
         else:
             continue

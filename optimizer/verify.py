@@ -58,11 +58,12 @@ from optimizer.inputs import SampleData, hold_out, holds_samples, output_sample_
 from optimizer.kernel_rounding import at_level_zero, level_signature, outputs_after_rounding, rounding_kernels
 from optimizer.layer_probe import layer_probe_failure
 from optimizer.padding import (
+    Paddings,
     hide_padded,
     mask_inputs,
     new_token_outputs,
     padded_caches,
-    padded_positions,
+    paddings,
     unpadded,
 )
 from optimizer.protocol import Twin
@@ -1083,7 +1084,7 @@ def _segment_feeds(
     values: Mapping[str, np.ndarray],
     names: Sequence[str],
     outputs: Sequence[str],
-    padding: np.ndarray | None,
+    padding: Paddings,
     keep_own: bool,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """A cut model's feeds (``inputs`` and each cut's value from ``values``, and with ``keep_own`` where
@@ -1096,11 +1097,12 @@ def _segment_feeds(
     return feeds, reference
 
 
-def _own_positions(value: np.ndarray, padding: np.ndarray | None) -> np.ndarray:
+def _own_positions(value: np.ndarray, padding: Paddings) -> np.ndarray:
     """Where a checkpoint of shape ``value.shape`` keeps the model's own value: its padded positions
-    (``[batch, sequence, ...]`` tensors laid out like the mask), nowhere else."""
-    if padding is not None and value.ndim >= 2 and value.shape[:2] == padding.shape:
-        where = padding.reshape(padding.shape + (1,) * (value.ndim - 2))
+    (``[batch, sequence, ...]`` tensors laid out like a mask of ``paddings``), nowhere else."""
+    where = padding.get(value.shape[:2]) if value.ndim >= 2 else None
+    if where is not None:
+        where = where.reshape(where.shape + (1,) * (value.ndim - 2))
         return np.ascontiguousarray(np.broadcast_to(where, value.shape))
     return np.zeros(value.shape, dtype=bool)
 
@@ -1498,7 +1500,7 @@ class Verifier:
     ) -> dict[str, Any]:
         """``outputs`` of a run on ``inputs`` with their values at the positions the inputs' masks pad taken
         from ``reference`` (``optimizer.padding.hide_padded``)."""
-        padding = padded_positions(inputs, self.masks)
+        padding = paddings(inputs, self.masks)
         if self.new_tokens is None:
             return hide_padded(outputs, padding, reference, self.caches)
         past = self.new_tokens.past_length(inputs, padding)
@@ -2028,7 +2030,7 @@ class Verifier:
                     for index, (inputs, label, _, noise) in enumerate(self._twin_sets()):
                         values = examples if index == 0 else run_twin(inputs)
                         examples = None
-                        padding = padded_positions(inputs, self.masks)
+                        padding = paddings(inputs, self.masks)
                         feeds, reference = _segment_feeds(inputs, values, names, outputs_of_twin, padding, keep_own)
                         for name, cut in quantized.items():  # what the twin's QuantizeLinear gives, dequantized
                             reference[_computed(name)] = cut.dequantize(values[cut.twin_name])
@@ -2215,7 +2217,7 @@ class Verifier:
                     for index, (inputs, label, noise) in enumerate(zip(self.input_sets, self.labels, self.noise)):
                         values = examples if index == 0 else run_base(inputs)
                         examples = None
-                        padding = padded_positions(inputs, self.masks)
+                        padding = paddings(inputs, self.masks)
                         feeds, reference = _segment_feeds(inputs, values, names, outputs_of_base, padding, keep_own)
                         outputs = self._hide_padded(run_session(session, feeds), inputs, reference)
                         result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)

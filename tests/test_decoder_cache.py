@@ -140,9 +140,9 @@ def test_optimized_model_generates_the_same_tokens(optimized, batch):
 @pytest.mark.parametrize("name", sorted(KV_FIXTURES))
 def test_generated_inputs_give_the_mask_the_past_plus_new_length(name):
     # The mask spans the cache and the new tokens: generated inputs bind its length dim to
-    # past + sequence (128 + 128 by default, 257 + 257 at the second binding), so a KV-cache
-    # model is verified without --inputs. GPT-2's position_ids index its 128-row wpe: past and new
-    # tokens together stay within it (64 + 64; the second binding, which cannot be longer, 33 + 33), the
+    # past + sequence (128 + 128 by default, 255 + 257 at the second binding: lengths named apart are drawn
+    # apart), so a KV-cache model is verified without --inputs. GPT-2's position_ids index its 128-row wpe: past
+    # and new tokens together stay within it (64 + 64; the second binding, which cannot be longer, 31 + 33), the
     # positions counting on from the past.
     model = ir.load(FIXTURES / f"{name}.onnx")
     assert cache_length_dims(model) == {"total_sequence": ("past_sequence", "sequence")}
@@ -154,7 +154,8 @@ def test_generated_inputs_give_the_mask_the_past_plus_new_length(name):
         "the cache the model builds from random tokens"
     )
     assert report.input_sets[1].startswith(
-        f"generated, second binding (batch=2, sequence={second}, total_sequence={2 * second}"
+        f"generated, second binding (batch=2, sequence={second}, total_sequence={2 * second - 2}, "
+        f"past_sequence={second - 2})"
     )
     assert all(record.status in ("applied", "unchanged") for record in report.passes)
 

@@ -206,12 +206,12 @@ def test_the_generated_step_is_one_token_after_the_padded_sets_past(monkeypatch)
     # Cut from the padded second binding (row 1's first quarter padded, inside the past), so a mask dropped at
     # one token shows; row 2's new token is real.
     verifier = _sets(monkeypatch, ir.load(LLAMA))
-    label = "a decode step: set 2's past of 257 with its first new token"
+    label = "a decode step: set 2's past of 255 with its first new token"
     assert label in verifier.labels
     step, second = verifier.input_sets[verifier.labels.index(label)], verifier.input_sets[1]
     assert step["input_ids"].shape == (2, 1) and (step["input_ids"][:, 0] == second["input_ids"][:, 0]).all()
     assert (
-        step["attention_mask"].shape == (2, 258)
+        step["attention_mask"].shape == (2, 256)
         and step["position_ids"].tolist() == second["position_ids"][:, :1].tolist()
     )
     assert (step["attention_mask"][:, -1] == 1).all() and (step["attention_mask"] == 0).any()
