@@ -786,8 +786,8 @@ def _add_second_binding(
     """Verify at a second binding of the dims not fixed by ``dims`` too: a rewrite that bakes one
     shape in fails there. Longer sequences first (twice the default plus one: past sliding
     windows the default length does not reach), else shorter (half plus one) if the original cannot
-    run that long, else half (an image detector's sizes must halve evenly); padded at both ends. The longer and
-    the shorter binding are tried first with free lengths at sizes of their own (``lengths_apart``).
+    run that long, else half (an image detector's sizes must halve evenly); padded at both ends. Each is tried first
+    with free lengths at sizes of their own (``lengths_apart``; at half, each next length half the last).
     Lengths stay within ``max_positions``; where that leaves one of the longer binding's lengths that of
     the first, a shorter binding is taken."""
     first = dims_from_inputs(model, verifier.inputs)
@@ -800,10 +800,12 @@ def _add_second_binding(
             return
         if longer and max_positions is not None and _cap_undid_a_change(model, dims, first, alternate):
             continue  # capped at max_positions: a length left as the first's, where a baked-in one would pass
-        if not exact_half:  # where ONNX Runtime refuses lengths apart, they stay equal below
-            candidates.extend(
-                a for a in lengths_apart(model, alternate, first, dims, max_positions) if a not in candidates
-            )
+        # Where ONNX Runtime refuses lengths apart, they stay equal below; at exact halves, apart by halves.
+        candidates.extend(
+            a
+            for a in lengths_apart(model, alternate, first, dims, max_positions, halving=exact_half)
+            if a not in candidates
+        )
         if alternate != first and alternate not in candidates:
             candidates.append(alternate)
     for count, alternate in enumerate(candidates, 1):

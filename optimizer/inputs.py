@@ -593,8 +593,12 @@ def lengths_apart(
     first: Mapping[str, int],
     overrides: Mapping[str, int] | None = None,
     max_positions: int | None = None,
+    halving: bool = False,
 ) -> list[dict[str, int]]:
-    """``binding`` with the free lengths drawn apart, each way to try in turn; empty where fewer than two are free.
+    """``binding`` with the free lengths drawn apart, each way to try in turn; empty where fewer than two are free
+    (and fewer than two batches are named apart: ``_batches_apart``). With ``halving`` (``alternate_binding``'s
+    ``exact_half``: a detector's feature maps must halve evenly, and 64 beside 62 fails as 65 did), each next group
+    is half the last instead.
 
     Generated bindings give every free length one size (128, then 257): an encoder-decoder's encoder and decoder
     lengths, a query's and a key's, an image's height and width were equal in every set, and a rewrite that read
@@ -617,7 +621,7 @@ def lengths_apart(
         if name not in batches
     ]
     if len(lengths) < 2:
-        return []
+        return _batches_apart(model, binding, {**fixed, **overrides}, [])
     held: dict[str, set[bool]] = {}
     for value in runtime_inputs(model):
         for dim in value.shape or ():
@@ -634,13 +638,29 @@ def lengths_apart(
         if len(groups) < 2 or key in seen:
             continue
         seen.add(key)
-        apart = _sizes_apart(binding, first, groups)
+        apart = _sizes_apart(binding, first, groups, halving)
         if apart is None:
             continue
         apart = _with_cache_lengths(model, apart, {**fixed, **overrides}, max_positions)
         if len({apart[group[0]] for group in groups}) == len(groups) and apart not in found:
             found.append(apart)
-    return found
+    return _batches_apart(model, binding, {**fixed, **overrides}, found)
+
+
+def _batches_apart(
+    model: ir.Model, binding: Mapping[str, int], taken: Mapping[str, int], ways: list[dict[str, int]]
+) -> list[dict[str, int]]:
+    """``ways`` (or ``binding`` where there are none) with the batches named apart grown apart (each next one row more
+    than the last), then ``ways`` as they are; ``ways`` alone where fewer than two free dims are named like a batch.
+
+    A two-tower model's ``text_batch_size`` and ``image_batch_size`` each grew by one, equal in every set, and a
+    rewrite that read one for the other verified. Where ONNX Runtime refuses them apart (one batch named per input),
+    they stay equal in the ways after."""
+    batches = [name for name in batch_dims(model) if name in binding and name not in taken]
+    if len(batches) < 2:
+        return ways
+    grown = {name: binding[name] + index for index, name in enumerate(batches)}
+    return [{**way, **grown} for way in ways or [dict(binding)]] + ways
 
 
 # The most free lengths each tried apart from all the others (``lengths_apart``): each try the original refuses
@@ -649,16 +669,19 @@ _LENGTHS_EACH_APART = 4
 
 
 def _sizes_apart(
-    binding: Mapping[str, int], first: Mapping[str, int], groups: Sequence[Sequence[str]]
+    binding: Mapping[str, int], first: Mapping[str, int], groups: Sequence[Sequence[str]], halving: bool = False
 ) -> dict[str, int] | None:
     """``binding`` with each of ``groups`` at one size of its own: the first group's first length's, each next 2
-    shorter than the last (never one ``first`` gives a length of the group); None where that reaches 0."""
+    shorter than the last (with ``halving``, half the last; never one ``first`` gives a length of the group); None
+    where that reaches 1 (a length of one broadcasts) where ``binding`` gave more."""
     apart, taken = dict(binding), set()
     for group in groups:
         size = binding[group[0]]
         while size in taken or any(size == first.get(name) for name in group):
-            size -= 2
-        if size < 1:
+            size = size // 2 if halving else size - 2
+        # A length of one broadcasts against any other: ONNX Runtime ran three tokens beside a [batch, 1] mask, a set
+        # that holds neither lengths apart nor a padded row, taken for the second binding in place of equal lengths.
+        if size < 1 or size == 1 < binding[group[0]]:
             return None
         apart.update(dict.fromkeys(group, size))
         taken.add(size)

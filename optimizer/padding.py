@@ -471,9 +471,10 @@ PaddingLayout = tuple[frozenset[str], dict[str, int], NewTokens | None]
 
 def padding_layout(model: ir.Model) -> PaddingLayout:
     """What ``padded_outputs`` reads from the graph, once per model: its integer masks, the outputs laid out along
-    their sequence dim (by axis), and a decoder's ``new_token_outputs``."""
-    masks, sequence = _integer_masks(model)
-    return masks, (_sequence_outputs(model, sequence) if sequence else {}), new_token_outputs(model)
+    one of their sequence dims (by axis), and a decoder's ``new_token_outputs``."""
+    masks, _ = _integer_masks(model)
+    sequences = {_dim_value(_declared(value)[1]) for value in model.graph.inputs if value.name in masks}
+    return masks, _sequence_outputs(model, sequences), new_token_outputs(model)
 
 
 def padded_outputs(
@@ -483,22 +484,23 @@ def padded_outputs(
     after: Mapping[str, object],
     layout: PaddingLayout | None = None,
 ) -> dict[str, np.ndarray]:
-    """For each output of ``before`` and ``after`` (run on ``batch``) that the batch's padding mask covers, the
-    positions it pads (``padded_positions``) as booleans shaped to broadcast against the output; outputs it
-    does not cover are left out.
+    """For each output of ``before`` and ``after`` (run on ``batch``) that the batch's padding masks cover, the
+    positions its own mask pads (``paddings``: the masks of its length) as booleans shaped to broadcast against
+    the output; outputs no mask covers are left out.
 
     Stricter than verification's ``hide_padded``: only an integer mask counts (a float 0/1 ``mask`` may be an
     imputation model's "missing" flags, the very values it exists to fill), and only outputs whose second dim
-    the model names as the mask's sequence dim (``[batch, sequence, ...]``, three dims or more: a
-    ``[batch, 384]`` embedding beside a 384-token mask is no sequence), caches whose third dim it names so,
-    and a decoder's ``new_token_outputs`` on the mask's last positions (where the batch's mask is past plus
-    new tokens). ``layout`` is ``padding_layout(model)``, computed here when not given."""
+    the model names as a mask's sequence dim (``[batch, sequence, ...]``, three dims or more: a
+    ``[batch, 384]`` embedding beside a 384-token mask is no sequence; an encoder-decoder's decoder and encoder
+    masks each name their own), caches whose third dim it names so, and a decoder's ``new_token_outputs`` on
+    the mask's last positions (where the batch's mask is past plus new tokens). ``layout`` is
+    ``padding_layout(model)``, computed here when not given."""
     masks, laid_out, new_tokens = layout if layout is not None else padding_layout(model)
-    padding = padded_positions(batch, [name for name in mask_inputs(model, batch) if name in masks])
-    if padding is None or not (laid_out or new_tokens):
+    shaped = paddings(batch, [name for name in mask_inputs(model, batch) if name in masks])
+    if not shaped or not (laid_out or new_tokens):
         return {}
     # A decoder's logits: the mask's last positions, where the batch's mask is its past plus new tokens.
-    past = new_tokens.past_length(batch, padding) if new_tokens is not None else None
+    past = new_tokens.past_length(batch, shaped) if new_tokens is not None else None
     tail = {name: 1 for name in new_tokens.outputs if name not in laid_out} if past is not None else {}
     found = {}
     for name, axis in {**laid_out, **tail}.items():
@@ -509,12 +511,11 @@ def padded_outputs(
         if expected.shape != actual.shape or expected.dtype.kind not in "fiub" or expected.ndim < 2:
             continue
         if name in tail:
-            if expected.shape[0] != padding.shape[0] or expected.shape[1] != padding.shape[1] - past:
-                continue
-            positions = padding[:, past:]
-        elif (expected.shape[0], expected.shape[axis]) == padding.shape:
-            positions = padding
+            mask = shaped.get((expected.shape[0], past + expected.shape[1]))
+            positions = mask[:, past:] if mask is not None and expected.shape[1] > 0 else None
         else:
+            positions = shaped.get((expected.shape[0], expected.shape[axis]))
+        if positions is None:
             continue
         shape = [1] * expected.ndim
         shape[0], shape[axis] = positions.shape
@@ -546,9 +547,9 @@ def _declared(value: ir.Value) -> ir.Shape | None:
     return value.meta.get(DECLARED_SHAPE, value.shape)
 
 
-def _sequence_outputs(model: ir.Model, sequence: str) -> dict[str, int]:
-    """Outputs laid out along ``sequence`` by name: ``[batch, sequence, ...]`` (axis 1, three dims or more), and
-    the caches ``[batch, heads, sequence, head_size]`` (axis 2)."""
+def _sequence_outputs(model: ir.Model, sequences: set[str | None]) -> dict[str, int]:
+    """Outputs laid out along one of ``sequences`` by name: ``[batch, sequence, ...]`` (axis 1, three dims or
+    more), and the caches ``[batch, heads, sequence, head_size]`` (axis 2)."""
     caches = padded_caches(model)
     laid_out = {}
     for value in model.graph.outputs:
@@ -557,6 +558,6 @@ def _sequence_outputs(model: ir.Model, sequence: str) -> dict[str, int]:
             continue
         axis = 2 if value.name in caches and shape.rank() == 4 else 1
         dim = shape[axis]
-        if isinstance(dim, ir.SymbolicDim) and dim.value == sequence:
+        if isinstance(dim, ir.SymbolicDim) and dim.value and dim.value in sequences:
             laid_out[value.name] = axis
     return laid_out

@@ -169,3 +169,32 @@ def test_each_output_is_read_against_the_mask_of_its_own_length():
         and (hidden["encoded"][1, :-1] == 1).all()
         and (hidden["encoded"][0] == 1).all()
     )
+
+
+def test_accuracy_figures_leave_out_each_outputs_own_padding():
+    # An encoder-decoder's decoder states and encoder states, each beside its own mask: the accuracy figures
+    # (``padded_outputs``) left every padded position of both in, as no one mask named both sequences.
+    from optimizer.padding import padded_outputs
+
+    inputs = [
+        helper.make_tensor_value_info("decoder_states", TensorProto.FLOAT, ["batch", "sequence", 4]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("encoder_states", TensorProto.FLOAT, ["batch", "encoder_sequence", 4]),
+        helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT64, ["batch", "encoder_sequence"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("decoded", TensorProto.FLOAT, ["batch", "sequence", 4]),
+        helper.make_tensor_value_info("encoded", TensorProto.FLOAT, ["batch", "encoder_sequence", 4]),
+    ]
+    nodes = [
+        helper.make_node("Relu", ["decoder_states"], ["decoded"]),
+        helper.make_node("Relu", ["encoder_states"], ["encoded"]),
+    ]
+    model = ir.from_proto(helper.make_model(helper.make_graph(nodes, "two_sequences", inputs, outputs)))
+    decoder_mask, encoder_mask = np.ones((2, 6), np.int64), np.ones((2, 4), np.int64)
+    decoder_mask[0, :2], encoder_mask[1, -1] = 0, 0
+    batch = {"attention_mask": decoder_mask, "encoder_attention_mask": encoder_mask}
+    values = {"decoded": np.zeros((2, 6, 4), np.float32), "encoded": np.zeros((2, 4, 4), np.float32)}
+    found = padded_outputs(model, batch, values, values)
+    assert found["decoded"].shape == (2, 6, 1) and found["decoded"][..., 0].tolist() == (decoder_mask == 0).tolist()
+    assert found["encoded"].shape == (2, 4, 1) and found["encoded"][..., 0].tolist() == (encoder_mask == 0).tolist()
