@@ -108,6 +108,23 @@ FAMILIES = {
         "sdpa",
     ),
     "bloom": ("BloomConfig", "BloomForCausalLM", {"num_key_value_heads": 4}, "eager"),
+    # Added 2026-12-06 (review s63). CodeGen: heads split off the packed projection's groups (mp_num 4), the first
+    # 8 channels rotated in interleaved pairs from a fixed 128-position table.
+    "codegen": (
+        "CodeGenConfig",
+        "CodeGenForCausalLM",
+        {
+            "n_embd": 64,
+            "n_layer": 2,
+            "n_head": 4,
+            "rotary_dim": 8,
+            "n_positions": 128,
+            "n_ctx": 128,
+            "n_inner": 128,
+            "num_key_value_heads": 4,
+        },
+        "sdpa",
+    ),
 }
 # graphopt options per family (none needed since GPT-J's caches end with its 128-position table by themselves).
 OPTIONS: dict[str, dict] = {}

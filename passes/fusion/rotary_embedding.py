@@ -54,7 +54,10 @@ into ``RotaryEmbedding(h, ..., interleaved=1, num_heads=N)`` (with ``rotary_embe
 transpose ``[B or 1, 1, S, r]``) tables whose columns come in equal pairs (``repeat_interleave``);
 the caches are every other column. A 4-D ``[B, N, S, d]`` tensor of static head count and size that is
 no head split (Cohere with ``use_qk_norm`` normalizes each head between its split and its transpose)
-is rotated as it is, as the rotate_half form's, its layout proved by ``[B or 1, 1, S, r]`` tables.
+is rotated as it is, as the rotate_half form's, its layout proved by ``[B or 1, 1, S, r]`` tables; a 4-D
+``[B, S, N, d]`` tensor of static head count and size that is no head split of one 3-D projection (CodeGen
+splits its heads off the packed projection's ``mp_num`` groups) is merged into ``[B, S, N*d]`` for the op and
+split back, its layout proved by ``[B or 1, S, 1, r]`` tables.
 
 ONNX's own ``RotaryEmbedding`` (opset 23; torch's dynamo exporter writes one per rotation at ``optimize=True``)
 is written out first as the rotate_half form it computes (``_onnx_rotary``), so these rules match it with every
@@ -107,7 +110,8 @@ probes, cannot change the positions.
 Refuses when: the rotation is partial in any other way than the leading slice joined back
 to the rest of the head; x is not float32, or neither a head split nor a 4-D tensor of
 static head size with ``[B or 1, 1, S, d]`` cos/sin; an interleaved rotation is of no head split of
-a 3-D projection (before or after its transpose) nor of such a 4-D tensor, its pairs are not
+a 3-D projection (before or after its transpose) nor of a 4-D tensor of static head count and size
+(``[B, N, S, d]`` or ``[B, S, N, d]``, as its tables show), its pairs are not
 ``(-t[..., 1::2], t[..., ::2])`` stacked on a new last axis and flattened back into x's layout, or its
 cos/sin are not tables of that layout whose columns come in equal pairs; a chunked rotation's halves are
 not ``x[..., :d/2]`` and ``x[..., d/2:]`` in that order, are not joined on the last axis, or its cos/sin are not
@@ -638,6 +642,46 @@ def _sequence_first_split(x: ir.Value) -> tuple[ir.Value, int, int] | None:
     return hidden, heads, d
 
 
+def _sequence_first_heads(x: ir.Value, depth: int = 0) -> tuple[int, int] | None:
+    """``(N, d)``, the last two dims of a 4-D ``x`` (``[B, S, N, d]`` where its tables say so), when static: from
+    its shape, or from the graph where shape inference left them unknown (CodeGen's legacy export: the packed
+    projection ``Reshape`` to ``[0, 0, -1, 3 * N/g * d]`` groups, ``Split`` on the last axis, ``Reshape`` to
+    ``[0, 0, -1, d]``); else None."""
+    shape = x.shape
+    if shape is None or shape.rank() != 4 or depth > 8:
+        return None
+    if all(isinstance(shape[axis], int) and shape[axis] > 0 for axis in (2, 3)):
+        return shape[2], shape[3]
+    reshape, split = producer(x, "Reshape"), producer(x, "Split")
+    if reshape is not None:
+        target = constant_array(reshape.inputs[1])
+        if target is None or target.shape != (4,) or reshape.attributes.get_int("allowzero", 0):
+            return None
+        batch, seq, heads, d = (int(t) for t in target)
+        data = reshape.inputs[0]
+        if batch != 0 or seq != 0 or d <= 0 or data.shape is None:
+            return None
+        if heads > 0:
+            return heads, d
+        if data.shape.rank() == 3:
+            width = last_dim(data)
+        else:
+            inner = _sequence_first_heads(data, depth + 1)
+            width = inner[0] * inner[1] if inner is not None else None
+        if heads != -1 or width is None or width % d:
+            return None
+        return width // d, d
+    if split is not None and split.attributes.get_int("axis", 0) in (-1, 3):
+        inner = _sequence_first_heads(split.inputs[0], depth + 1)
+        sizes = constant_array(split.inputs[1]) if len(split.inputs) > 1 and split.inputs[1] is not None else None
+        if inner is None or sizes is None or sizes.ndim != 1 or len(sizes) != len(split.outputs):
+            return None
+        if int(sizes.sum()) != inner[1]:
+            return None
+        return inner[0], int(sizes[x.index()])
+    return None
+
+
 def _strided_bounds(node: ir.Node, width: int) -> tuple[int, int, int] | None:
     """``(start, end, step)`` of a constant Slice over the last axis of a tensor ``width`` wide."""
     values = [node.inputs[i] if i < len(node.inputs) else None for i in range(1, 5)]
@@ -721,6 +765,11 @@ class _RotateEveryTwo(_RotaryRule):
                 # Cohere's use_qk_norm normalizes each head between its split and its transpose: x is rotated
                 # as it is, its layout proved by the tables (checked below, once the rotated width is known).
                 split, heads_axis, per_head = (x, _static_dim(x, 1), _static_dim(x, 3)), 1, True
+            elif heads_first is None and _sequence_first_heads(x) is not None:
+                # CodeGen splits its heads off a packed projection's groups (no head split of one 3-D projection):
+                # a [B, S, N, d] tensor, merged back to [B, S, N*d] for the op and split again, its layout proved
+                # by the tables' evaluation (``tables`` with interleaved=2: [B or 1, S, 1, r] at every probe).
+                split, heads_axis, per_head = (x, *_sequence_first_heads(x)), 2, True
             else:
                 return (
                     "x of an interleaved rotation is no head split of a 3-D projection (before or after its "
@@ -735,7 +784,7 @@ class _RotateEveryTwo(_RotaryRule):
             r = rotated[1]
             if passed != (r, d, 1):
                 return "the channels passed through are not the rest of the head"
-        if per_head:
+        if per_head and heads_axis == 1:
             checked = _per_head_size(x, cos, sin, r)
             if isinstance(checked, str):
                 return checked
@@ -776,6 +825,25 @@ class _RotateEveryTwo(_RotaryRule):
         cos_cache, sin_cache, position_ids = self._fusion.tables(None, cos, sin, heads.r, interleaved=heads.heads_axis)
         partial = {} if heads.r == heads.d else {"rotary_embedding_dim": heads.r}
         hidden = heads.hidden
+        if heads.per_head and heads.heads_axis == 2:  # a [B, S, N, d] tensor: merged into [B, S, N*d] and back
+            position_ids = self._fusion.positions_for(position_ids, hidden, sequence_axis=1)
+            merge = op.initializer(
+                ir.tensor(np.array([0, 0, heads.heads * heads.d], dtype=np.int64)), name="rotary_heads_merge_shape"
+            )
+            merged = op.Reshape(hidden, merge)
+            rotated = op.RotaryEmbedding(
+                merged,
+                position_ids,
+                cos_cache,
+                sin_cache,
+                interleaved=1,
+                num_heads=heads.heads,
+                **partial,
+                _domain=MS_DOMAIN,
+            )
+            split = op.Reshape(rotated, _heads_split_shape(op, heads.heads, heads.d))
+            split.shape, split.type = hidden.shape, hidden.type
+            return split
         position_ids = self._fusion.positions_for(position_ids, hidden)
         if heads.per_head:  # a [B, N, S, d] tensor, rotated as it is (num_heads only with a partial rotation)
             count = {"num_heads": heads.heads} if partial else {}
@@ -920,9 +988,10 @@ class RotaryEmbeddingFusion(RuleFusionPass):
             self._noted.add(text)
             self.note(text)
 
-    def positions_for(self, positions: ir.Value, rotated: ir.Value) -> ir.Value:
+    def positions_for(self, positions: ir.Value, rotated: ir.Value, *, sequence_axis: int | None = None) -> ir.Value:
         """What the fused op reads as ``position_ids`` for ``rotated`` (its 3-D ``[B, S, H]`` or 4-D ``[B, N, S, d]``
-        input): the ``position_ids`` input expanded to ``[B, S]``, or ``positions`` as they are (an offset).
+        input; ``sequence_axis`` 1 for a 4-D ``[B, S, N, d]`` tensor merged into the op's 3-D input): the
+        ``position_ids`` input expanded to ``[B, S]``, or ``positions`` as they are (an offset).
 
         The original broadcasts a ``[1, S]`` (or ``[B, 1]``) ``position_ids`` over the batch (or sequence);
         ONNX Runtime's RotaryEmbedding wants exactly ``[B, S]`` or a ``[1]`` offset, and fails otherwise.
@@ -944,7 +1013,8 @@ class RotaryEmbeddingFusion(RuleFusionPass):
         anchor = source.producer()
         if anchor is not None and anchor.graph is not self._graph:
             return positions  # computed in a function or subgraph: no Expand of the main graph can read it
-        sequence_axis = 1 if source.shape.rank() == 3 else 2
+        if sequence_axis is None:
+            sequence_axis = 1 if source.shape.rank() == 3 else 2
         wanted = [source.shape[0], source.shape[sequence_axis]]
         if all(isinstance(dim, int) for dim in wanted) and list(positions.shape) == wanted:
             return positions
