@@ -971,6 +971,23 @@ _SEQUENCE_VALUE_INFO = getattr(onnx.helper, "make_sequence_value_info", None) or
 # sequence element's dim, a Range or Reshape of data values): whatever the op, such a size depends on the data.
 _DATA_DEPENDENT = re.compile(r"\w+_o\d+__d\d+$")
 
+# The reductions that take their axes as an input from opset 18 on, which ORT's inference has no handler for.
+_REDUCTIONS_WITH_AXES_INPUT = (
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSumSquare",
+)
+
+
+def _onnx_opset(proto: onnx.ModelProto) -> int:
+    """The version of the default operator set ``proto`` imports."""
+    return next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), 0)
+
 
 def _broadcast_recording(base: type) -> type:
     """``base`` (ORT's ``SymbolicShapeInference``) recording, in ``broadcast_merged``, the input dims it
@@ -992,7 +1009,31 @@ def _broadcast_recording(base: type) -> type:
             # CastLike passes its values on as Cast does: torch's dynamo exports bound their aranges by
             # CastLike(Shape(..)[i], c), and without this every such Range got a fresh symbol (now unproven).
             self.dispatcher_["CastLike"] = lambda node: self._compute_on_sympy_data(node, lambda values: values[0])
+            for op_type in _REDUCTIONS_WITH_AXES_INPUT:
+                self.dispatcher_[op_type] = functools.partial(self._infer_reduction, self.dispatcher_.get(op_type))
             self.current_node = None  # the node being inferred, named by a failure's note
+
+        def _infer_reduction(self, handler, node):  # noqa: ANN001, ANN202 (ORT's own signature)
+            # From opset 18 these reductions read their axes from an input, as ReduceSum does from 13. The tool has
+            # a handler for ReduceSum and ReduceMean only, and runs ONNX's inference on a node without the value of
+            # such an input, which then leaves the output without a shape: the next elementwise op raised and
+            # failed the whole inference (a legacy opset-18 HuBERT's weight norm, ReduceL2 then Div: no Reshape
+            # target of the model was proven). ONNX's inference reads the axes where their value is known.
+            if handler is not None:
+                handler(node)  # ReduceProd's: the product of a shape's values
+            if _onnx_opset(self.out_mp_) < 18 or len(node.input) < 2 or not node.input[1]:
+                return
+            axes = self._try_get_value(node, 1)
+            try:
+                axes = np.array(axes, dtype=np.int64).reshape(-1)
+            except (TypeError, ValueError):  # unknown (None), or symbols: the axes are read at run time
+                return
+            axes = onnx.numpy_helper.from_array(axes, node.input[1])
+            outputs = [onnx.ValueInfoProto(name=node.output[0])]
+            graph = onnx.helper.make_graph([node], "tmp", [self.known_vi_[node.input[0]]], outputs, [axes])
+            self.tmp_mp_.graph.CopyFrom(graph)
+            inferred = onnx.shape_inference.infer_shapes(self.tmp_mp_)
+            self.known_vi_[node.output[0]].CopyFrom(inferred.graph.output[0])
 
         def _onnx_infer_single_node(self, node):  # noqa: ANN001, ANN202 (ORT's own signature)
             self.current_node = node

@@ -10,6 +10,8 @@ users (the next block's skip connection) they read the fused op's fourth output.
 
 from __future__ import annotations
 
+import re
+
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
@@ -17,6 +19,9 @@ from optimizer.domains import MS_DOMAIN
 from optimizer.runtime import ancestry
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._checks import NOT_KNOWN_3D, fuse_with_inferred_shapes, is_float, vector_for_last_dim
+
+# The dim names ONNX's shape inference makes up (``onnx/defs/shape_inference``'s ``unk__`` counter).
+_INFERRED_DIM = re.compile(r"unk__\d+")
 
 
 def _operand_order(a: ir.Value, b: ir.Value) -> tuple[ir.Value, ir.Value] | None:
@@ -50,8 +55,14 @@ def _may_be_equal(a, b, related: bool) -> bool:
     if a == 1 or b == 1:
         return False
     names = [None if isinstance(d, int) else getattr(d, "value", None) for d in (a, b)]
-    if None not in names:  # two names (onnx_ir compares two unknown dims as equal: only names prove it)
-        return names[0] == names[1]
+    if None not in names and names[0] == names[1]:
+        return True
+    # A name ONNX's shape inference makes up for a dim it cannot size (``unk__7``: the legacy exporter records no
+    # shapes, and a computed Reshape target gives its output such dims) is no more than an unknown size: LayoutLM's
+    # attention output ``[unk__20, unk__17, 64]`` beside its residual ``[unk__16, unk__18, 64]`` was read as two
+    # different sizes, and two of its four residual norms were left unfused.
+    if None not in names and not any(_INFERRED_DIM.fullmatch(name) for name in names):
+        return False  # two names (onnx_ir compares two unknown dims as equal: only names prove it)
     return related
 
 
