@@ -461,6 +461,9 @@ class Drift:
     text_changed: str | None = None
     # Where the worst score (or worst sample) is an output's small-scale fields' (``small_scale_fields``): their name.
     fields: str | None = None
+    # The output the largest error is in: named where another output's note follows it (a VAD's cache state held
+    # ``max |Δ| 1.12``, which read as its softmax probabilities' beside their note).
+    max_error_output: str | None = None
 
     def __post_init__(self) -> None:
         if self.worst_cosine is None:
@@ -471,6 +474,11 @@ class Drift:
         if cosine_text(self.worst_cosine) != cosine_text(self.cosine):
             said += f" (worst sample {cosine_text(self.worst_cosine)})"
         said += f", max |Δ| {self.max_error:.3g}"
+        noted = [named[0] for named in (self.relative_error, self.norm_ratio, self.reshaped) if named is not None]
+        if self.fields is not None:
+            noted.append(self.fields)
+        if self.max_error_output is not None and any(name != self.max_error_output for name in noted):
+            said += f" (in {self.max_error_output})"
         if self.relative_error is not None:
             name, error = self.relative_error
             said += f" ({name}, one value per sample: relative error {error:.3g})"
@@ -574,6 +582,7 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     # Outputs' small-scale fields scored on their own (``small_scale_fields``), by the name they are scored under.
     split: set[str] = set()
     max_error = 0.0
+    max_error_output = None
     reshaped = changed = None
     for expected_run, actual_run in runs:
         for name, expected in expected_run.items():
@@ -587,7 +596,7 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                 # is met (an infinite max_error).
                 rows = len(expected) if expected.ndim and len(expected) else 1
                 scores.setdefault(name, []).extend([0.0] * rows)
-                lowest[name], max_error = 0.0, float("inf")
+                lowest[name], max_error, max_error_output = 0.0, float("inf"), name
                 reshaped = reshaped or (name, expected.shape, actual.shape)
                 continue
             if expected.size == 0:
@@ -610,7 +619,9 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                     rows = agree.reshape(len(agree), -1).mean(axis=1) if agree.ndim > 1 else agree.astype(float)
                     lowest[name] = min(lowest.get(name, 1.0), float(rows.min()))
                 if _integers(expected, actual) and expected.shape == actual.shape:
-                    max_error = max(max_error, float(integer_difference(expected, actual).max()))
+                    error = float(integer_difference(expected, actual).max())
+                    if error > max_error:
+                        max_error, max_error_output = error, name
                 continue
             e, a = expected.astype(np.float64), actual.astype(np.float64)
             finite = np.isfinite(e) & np.isfinite(a)
@@ -619,7 +630,9 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
             if not finite.all() and (~finite & ~((np.isnan(e) & np.isnan(a)) | (e == a))).any():
                 return Drift(0.0, float("inf"))
             e, a = np.where(finite, e, 0.0), np.where(finite, a, 0.0)
-            max_error = max(max_error, float(np.abs(a - e).max()))
+            error = float(np.abs(a - e).max())
+            if error > max_error:
+                max_error, max_error_output = error, name
             parts = [(name, e, a)]
             if (fields := small_scale_fields(e)) is not None:
                 # Scored as an output of their own: beside values 100x larger their errors are not seen.
@@ -669,7 +682,9 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     fields = worst if worst in split else None
     if fields is None:
         fields = next((name for name in split if lowest.get(name, 1.0) <= worst_sample), None)
-    return Drift(per_output[worst], max_error, relative_error, worst_sample, scaled, reshaped, changed, fields)
+    return Drift(
+        per_output[worst], max_error, relative_error, worst_sample, scaled, reshaped, changed, fields, max_error_output
+    )
 
 
 # An output that holds quantities of very different scale side by side (a YOLO detector's ``[batch, 4 + classes,

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from copy import deepcopy
@@ -308,7 +309,13 @@ def _run_one(
         record.status, record.nodes_after = STATUS_FAILED, nodes_before
         record.detail = f"{type(error).__name__}: {one_line(error)}"
         return model, record
-    record.max_abs_error = verdict.max_abs_error
+    if verdict.ok or verdict.checks or verdict.drift is not None:
+        record.max_abs_error = verdict.max_abs_error
+    else:
+        # Failed before any output was compared with the input's (its twin check): the difference from its twin
+        # that failed it where one was measured, else infinite ("inf" in the JSON: ``strict_json``), never a 0 that
+        # reads as a result equal to its input, nor a null that a CI check's ``max_abs_error < 1e-3`` passes in jq.
+        record.max_abs_error = verdict.failed_error if verdict.failed_error is not None else math.inf
     record.cosine = verdict.drift.cosine if verdict.drift is not None else None
     record.worst_cosine = verdict.drift.worst_cosine if verdict.drift is not None else None
     if verdict.twin_error is not None:

@@ -258,6 +258,9 @@ class VerificationResult:
     integer_flips: str = ""
     # The label of the input set an exact check failed on, where there were several (``Verifier.labels``).
     input_set: str = ""
+    # Set when a twin check failed: the largest difference from the twin on the set it failed on (no output was
+    # compared with the input's, so ``max_abs_error`` is 0; the report's column showed that 0 for a rolled-back pass).
+    failed_error: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -1812,8 +1815,12 @@ class Verifier:
                         failure = f"differs from its twin ({twin.description}) on {label}: {result.first_failure}"
                         if twin.kind in SEGMENTED_TWINS and twin.checkpoints:
                             missed = f"missed it on {label}: {result.first_failure}"
-                            return self._check_twin_by_segment(candidate, twin, failure, missed, base)
-                        return self._unrounded(candidate, twin, base, VerificationResult(error=failure))
+                            segmented = self._check_twin_by_segment(candidate, twin, failure, missed, base)
+                            if not segmented.ok and segmented.failed_error is None:
+                                segmented.failed_error = result.max_abs_error  # end to end, as the column reads
+                            return segmented
+                        failed = VerificationResult(error=failure, failed_error=result.max_abs_error)
+                        return self._unrounded(candidate, twin, base, failed)
                     worst.twin_error = max(worst.twin_error, result.max_abs_error)
                     if result.twin_as_written is not None:
                         worst.twin_as_written = max(worst.twin_as_written or 0.0, result.twin_as_written)
