@@ -17,11 +17,11 @@ from collections import Counter
 
 import numpy as np
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 
 import optimizer
 from tests.helpers import FIXTURES
+from tests.test_decoder_families import _feed, _session
 
 VOCAB = 256
 NAME = "codegen_kv_legacy"
@@ -45,27 +45,6 @@ def test_codegen_rotaries_fuse_into_rotary_embedding(optimized):
         if node.op_type == "RotaryEmbedding"
     )
     assert report.verified and not [record.name for record in report.passes if record.status == "rolled back"]
-
-
-def _session(path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _feed(session, ids, mask, cache) -> dict[str, np.ndarray]:
-    inputs = {value.name: value for value in session.get_inputs()}
-    rows, new = ids.shape
-    feed = {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "position_ids": np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1)[:, -new:],
-    }
-    pasts = [name for name in inputs if name.startswith("past_key_values.")]
-    for index, name in enumerate(pasts):
-        heads, size = inputs[name].shape[1], inputs[name].shape[3]
-        feed[name] = cache[index] if cache is not None else np.zeros((rows, heads, 0, size), np.float32)
-    return feed
 
 
 def test_fused_codegen_generates_as_the_export_does_left_padded(optimized):

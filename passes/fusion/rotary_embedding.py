@@ -825,33 +825,21 @@ class _RotateEveryTwo(_RotaryRule):
         cos_cache, sin_cache, position_ids = self._fusion.tables(None, cos, sin, heads.r, interleaved=heads.heads_axis)
         partial = {} if heads.r == heads.d else {"rotary_embedding_dim": heads.r}
         hidden = heads.hidden
-        if heads.per_head and heads.heads_axis == 2:  # a [B, S, N, d] tensor: merged into [B, S, N*d] and back
-            position_ids = self._fusion.positions_for(position_ids, hidden, sequence_axis=1)
-            merge = op.initializer(
-                ir.tensor(np.array([0, 0, heads.heads * heads.d], dtype=np.int64)), name="rotary_heads_merge_shape"
-            )
-            merged = op.Reshape(hidden, merge)
-            rotated = op.RotaryEmbedding(
-                merged,
-                position_ids,
-                cos_cache,
-                sin_cache,
-                interleaved=1,
-                num_heads=heads.heads,
-                **partial,
-                _domain=MS_DOMAIN,
-            )
-            split = op.Reshape(rotated, _heads_split_shape(op, heads.heads, heads.d))
-            split.shape, split.type = hidden.shape, hidden.type
-            return split
-        position_ids = self._fusion.positions_for(position_ids, hidden)
-        if heads.per_head:  # a [B, N, S, d] tensor, rotated as it is (num_heads only with a partial rotation)
+        merged = heads.per_head and heads.heads_axis == 2  # a [B, S, N, d] tensor: merged into [B, S, N*d] and back
+        position_ids = self._fusion.positions_for(position_ids, hidden, sequence_axis=1 if merged else None)
+        if heads.per_head and not merged:  # a [B, N, S, d] tensor, rotated as it is (num_heads only when partial)
             count = {"num_heads": heads.heads} if partial else {}
             rotated = op.RotaryEmbedding(
                 hidden, position_ids, cos_cache, sin_cache, interleaved=1, **count, **partial, _domain=MS_DOMAIN
             )
             rotated.shape, rotated.type = hidden.shape, hidden.type
             return rotated
+        declared = hidden
+        if merged:
+            merge = op.initializer(
+                ir.tensor(np.array([0, 0, heads.heads * heads.d], dtype=np.int64)), name="rotary_heads_merge_shape"
+            )
+            hidden = op.Reshape(hidden, merge)
         rotated = op.RotaryEmbedding(
             hidden,
             position_ids,
@@ -862,8 +850,12 @@ class _RotateEveryTwo(_RotaryRule):
             **partial,
             _domain=MS_DOMAIN,
         )
-        rotated.shape, rotated.type = hidden.shape, hidden.type
+        if not merged:
+            rotated.shape, rotated.type = hidden.shape, hidden.type
         split = op.Reshape(rotated, _heads_split_shape(op, heads.heads, heads.d))
+        if merged:
+            split.shape, split.type = declared.shape, declared.type
+            return split
         return split if heads.heads_axis == 2 else op.Transpose(split, perm=[0, 2, 1, 3])
 
 
