@@ -971,17 +971,20 @@ _SEQUENCE_VALUE_INFO = getattr(onnx.helper, "make_sequence_value_info", None) or
 # sequence element's dim, a Range or Reshape of data values): whatever the op, such a size depends on the data.
 _DATA_DEPENDENT = re.compile(r"\w+_o\d+__d\d+$")
 
-# The reductions that take their axes as an input from opset 18 on, which ORT's inference has no handler for.
-_REDUCTIONS_WITH_AXES_INPUT = (
-    "ReduceL1",
-    "ReduceL2",
-    "ReduceLogSum",
-    "ReduceLogSumExp",
-    "ReduceMax",
-    "ReduceMin",
-    "ReduceProd",
-    "ReduceSumSquare",
-)
+# The reductions that take their axes as an input, from the opset given: ReduceSum from 13, the others from 18. ORT's
+# inference has no handler for most, and its ReduceSum one (ReduceMean's from 18) reads empty axes as none reduced.
+_REDUCTIONS_WITH_AXES_INPUT = {
+    "ReduceSum": 13,
+    "ReduceMean": 18,
+    "ReduceL1": 18,
+    "ReduceL2": 18,
+    "ReduceLogSum": 18,
+    "ReduceLogSumExp": 18,
+    "ReduceMax": 18,
+    "ReduceMin": 18,
+    "ReduceProd": 18,
+    "ReduceSumSquare": 18,
+}
 
 
 def _onnx_opset(proto: onnx.ModelProto) -> int:
@@ -1019,14 +1022,20 @@ def _broadcast_recording(base: type) -> type:
             # such an input, which then leaves the output without a shape: the next elementwise op raised and
             # failed the whole inference (a legacy opset-18 HuBERT's weight norm, ReduceL2 then Div: no Reshape
             # target of the model was proven). ONNX's inference reads the axes where their value is known.
+            # ReduceSum's handler (ReduceMean's from 18) sized an empty axes input as reducing nothing, where it
+            # reduces every axis unless noop_with_empty_axes: ReduceSum(x, []) of [B, S, 8] was proven [B, S, 8], not
+            # [1, 1, 1], and a Reshape target read from its shape became [0, 0, -1] (a review; rolled back, or
+            # wrong under --no-verify). ONNX's inference below replaces its shape wherever the axes are known.
             if handler is not None:
                 handler(node)  # ReduceProd's: the product of a shape's values
-            if _onnx_opset(self.out_mp_) < 18 or len(node.input) < 2 or not node.input[1]:
+            first = _REDUCTIONS_WITH_AXES_INPUT[node.op_type]
+            if _onnx_opset(self.out_mp_) < first or len(node.input) < 2 or not node.input[1]:
                 return
             axes = self._try_get_value(node, 1)
             try:
                 axes = np.array(axes, dtype=np.int64).reshape(-1)
             except (TypeError, ValueError):  # unknown (None), or symbols: the axes are read at run time
+                self._reduction_of_unknown_axes(node)
                 return
             axes = onnx.numpy_helper.from_array(axes, node.input[1])
             outputs = [onnx.ValueInfoProto(name=node.output[0])]
@@ -1034,6 +1043,19 @@ def _broadcast_recording(base: type) -> type:
             self.tmp_mp_.graph.CopyFrom(graph)
             inferred = onnx.shape_inference.infer_shapes(self.tmp_mp_)
             self.known_vi_[node.output[0]].CopyFrom(inferred.graph.output[0])
+
+        def _reduction_of_unknown_axes(self, node):  # noqa: ANN001, ANN202 (ORT's own signature)
+            # Axes read at run time (a graph input, or data) left the output without a shape too, and the next
+            # elementwise op failed the whole inference (a review: ReduceMax(x, axes) then Div). With keepdims the
+            # output keeps the input's rank, of sizes unknown here (fresh symbols, as ORT's ReduceSum handler gives).
+            if node.op_type in ("ReduceSum", "ReduceMean") or not _int_attribute(node, "keepdims", 1):
+                return  # ORT's own handler sized it (or raised where it cannot: keepdims=0)
+            data = self.known_vi_[node.input[0]].type.tensor_type
+            if not data.HasField("shape"):
+                return
+            dims = [str(dim) for dim in self._new_symbolic_shape(len(data.shape.dim), node)]
+            info = onnx.helper.make_tensor_value_info(node.output[0], data.elem_type, dims)
+            self.known_vi_[node.output[0]].CopyFrom(info)
 
         def _onnx_infer_single_node(self, node):  # noqa: ANN001, ANN202 (ORT's own signature)
             self.current_node = node
