@@ -8,12 +8,14 @@ they index (a Constant node's too; each component of a ``GatherND``'s index tupl
 the table axis it indexes; through ``Add``/``Sub``/``Mul`` by constants, as torch's legacy export
 flattens ``table[batch, ids]``, every final index; an input whose component no shape tells, under
 the widest axis it may index where ONNX Runtime takes that, else one value with a warning), a
-decoder's positions count on from its past (never below 0) and,
+decoder's positions count on from its past (never below 0; alike on every row, but on a row
+whose start a padded copy pads: ``padding.padded_copy``) and,
 where ``position_ids`` index a table (GPT-2's ``wpe``, GPT-J's rotary sin/cos rows), past and
 new tokens together stay within its rows, attention masks are ones (with two or more rows, the last row's final
 quarter is padding, so verification exercises masking), per-row lengths (``waveforms_lens [batch]``) are the
 lengths of the input they describe (``_row_length``), a one-element integer tested for equality with a constant
-holds it in the first binding (``_select_compared_values``), floats are standard
+holds it in the first binding and another value in the second, as a one-element ``If`` condition holds true and
+then false (``_select_compared_values``), floats are standard
 normal, 8- and 16-bit integers that index nothing (raw pixels, audio samples) span their type's
 range where ONNX Runtime runs the model on that (half of them; the other half are 0 or 1, as flags of those
 types are), and other integers that index nothing are 0 or 1.
@@ -1327,11 +1329,16 @@ def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) 
     binding) and stays drawn (0 or 1) in the others (the second binding): drawn alone, the branch the constant
     selects, the one real audio takes, never ran, and a rewrite wrong in it verified. In place; left as drawn where
     ONNX Runtime refuses the model on the constant. (Where there is no second binding, verification adds a set of
-    the first's shapes drawn so: ``compared_constants``.)"""
-    if seed % 2:
-        return
+    the first's shapes drawn so: ``compared_constants``.) An input of one element that an ``If`` reads as its
+    condition (Optimum's merged decoder's ``use_cache_branch``) is alike, its constant true; in the others, a
+    value drawn as that constant (a flag drawn true twice, a 1 drawn where ``Equal(flag, 1)``) is moved off it, so
+    the other branch runs: drawn, a flag took one value in every set (every dim fixed: the only set), and a rewrite
+    wrong in the other branch verified."""
     drawn = dict(inputs)
-    inputs.update(compared_constants(model, inputs))
+    held = compared_constants(model, inputs)
+    if seed % 2:
+        held = {name: _other_than(value) for name, value in held.items() if np.array_equal(inputs[name], value)}
+    inputs.update(held)
     if any(inputs[name] is not drawn[name] for name in drawn):
         try:
             run_model(model, inputs)
@@ -1339,15 +1346,29 @@ def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) 
             inputs.update(drawn)
 
 
+def _other_than(value: np.ndarray) -> np.ndarray:
+    """``value`` (one element, boolean or integer) moved off itself: negated, or one nearer 0 (0 to 1), so a true
+    ``If`` condition becomes false."""
+    if value.dtype.kind == "b":
+        return ~value
+    return value - 1 if value.reshape(-1)[0] > 0 else value + 1
+
+
 def compared_constants(model: ir.Model, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Each integer input of one element in ``inputs`` that the model tests for equality with a constant, through
-    casts and reshapes, as an array of that constant (of the input's shape and type)."""
+    casts and reshapes, as an array of that constant (of the input's shape and type); and each boolean or integer
+    input of one element that an ``If`` reads as its condition so, as an array of true (1)."""
     found = {}
     for value in runtime_inputs(model):
         array = inputs.get(value.name)
-        if not isinstance(array, np.ndarray) or array.size != 1 or array.dtype.kind not in "iu":
+        if not isinstance(array, np.ndarray) or array.size != 1 or array.dtype.kind not in "iub":
             continue
         for node, index in _readers_through_copies(value):
+            if node.op_type == "If" and is_onnx_domain(node) and index == 0:
+                found[value.name] = np.ones_like(array)
+                break
+            if array.dtype.kind == "b":
+                continue
             if node.op_type != "Equal" or not is_onnx_domain(node) or len(node.inputs) != 2 or index > 1:
                 continue
             other = node.inputs[1 - index]

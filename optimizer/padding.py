@@ -27,6 +27,8 @@ import numpy as np
 import onnx_ir as ir
 
 _MASK_NAME = re.compile(r"mask", re.IGNORECASE)
+# The per-row positions a decoder's rotary or position table reads (``inputs._POSITION_IDS_NAME``).
+_POSITION_IDS_NAME = re.compile(r"position_ids$", re.IGNORECASE)
 # Ops whose outputs after the first are a key/value cache with past and new positions.
 _CACHE_OPS = frozenset({"GroupQueryAttention", "MultiHeadAttention", "Attention"})
 
@@ -199,7 +201,10 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
     With two or more rows the last row that keeps a real token is padded on the right
     (its final quarter) and the first other one on the left (its first quarter); a single row gets both (an eighth at
     each end). At least one position stays unpadded in every row. Other inputs are
-    unchanged, so padded positions still hold real tokens, as a padded batch does.
+    unchanged, so padded positions still hold real tokens, as a padded batch does, except
+    ``position_ids`` on a row whose start is padded, which count as Hugging Face's do there
+    (``_positions_after_padding``): generated positions are ``0..S-1`` (after the past) on every row,
+    and a rewrite that dropped ``position_ids`` for an ``arange`` verified.
     """
     padded = dict(inputs)
     described = []
@@ -230,7 +235,37 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
         mask[emptied] = np.asarray(inputs[name])[emptied]
         padded[name] = mask
         described.append(f"{name}: {where} padded")
+    for name, positions in inputs.items():
+        if _POSITION_IDS_NAME.search(name) and name not in masks:
+            counted = _positions_after_padding(positions, [(inputs[m], padded[m]) for m in masks])
+            if counted is not None:
+                padded[name], rows = counted
+                described.append(f"{name} counted from the first real token on row {rows} (cumsum(mask) - 1)")
     return padded, ", ".join(described)
+
+
+def _positions_after_padding(positions: object, masks: Sequence[tuple[object, np.ndarray]]) -> tuple | None:
+    """``positions`` (``[batch, new]``) with each row that a mask of ``[batch, past + new]`` pads at its start (and
+    did not before) counted as Hugging Face's ``generate`` counts it: ``cumsum(mask) - 1`` over the past and the new
+    tokens, 1 at padded positions; and the 1-based numbers of the rows changed. The first mask (``(before, after)``
+    pairs) whose rows to change count ``past + s`` as generated is read; None where none does or none pads a row's
+    start (another layout, positions offset into a table): the values are at most the largest generated, so within
+    any table it indexes."""
+    if not isinstance(positions, np.ndarray) or positions.ndim != 2 or positions.dtype.kind not in "iu":
+        return None
+    rows, new = positions.shape
+    for before, mask in masks:
+        if np.ndim(mask) != 2 or np.shape(mask)[0] != rows or np.shape(mask)[1] < max(new, 2):
+            continue
+        past = np.shape(mask)[1] - new
+        real = np.asarray(mask) != 0
+        counted = np.where(real, np.cumsum(real, axis=1) - 1, 1)[:, past:]
+        changed = [r for r in range(rows) if not real[r, 0] and np.asarray(before)[r, 0] != 0]
+        if changed and all(np.array_equal(positions[r], past + np.arange(new)) for r in changed):
+            result = positions.copy()
+            result[changed] = counted[changed]
+            return result, ", ".join(str(r + 1) for r in changed)
+    return None
 
 
 def padded_positions(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> np.ndarray | None:
