@@ -477,6 +477,8 @@ class Drift:
         noted = [named[0] for named in (self.relative_error, self.norm_ratio, self.reshaped) if named is not None]
         if self.fields is not None:
             noted.append(self.fields)
+        if self.text_changed is not None:
+            noted.append(self.text_changed)  # a string output's note read as holding the max |Δ| too
         if self.max_error_output is not None and any(name != self.max_error_output for name in noted):
             said += f" (in {self.max_error_output})"
         if self.relative_error is not None:

@@ -361,3 +361,121 @@ class _Columns:
             f"differs in column {column} by {ratio[column]:.3g} of that column's largest value ({actual:.7g} where "
             f"the twin gives {expected:.7g}; float32 rounding stays within {PROBE_TOLERANCE:g})"
         )
+
+
+def qattention_weights_failure(candidate: ir.Model, twin: ir.Model) -> str:
+    """Why a ``QAttention`` of ``candidate`` holds other weights than its ``twin``'s ``Attention`` of the same output
+    says, or "". Such a layer reads the mask beside its input and gets no probe (``layer_probe_failure``), and the
+    twin check's tolerance forgives a query projection's gain, which acts through the softmax alone (the query
+    scales of two heads 30 % high: 1.8e-3 from the twin on the BERT fixture, verified). Its weights are constants,
+    so they are compared directly: the int8 weight dequantized by its scales and zero points, and the bias, to
+    ``PROBE_TOLERANCE`` of each column's largest value; its attributes must be the twin's."""
+    claimed = {
+        node.outputs[0].name: node
+        for node in twin.graph.all_nodes()
+        if node.op_type == "Attention" and node.domain == "com.microsoft" and node.outputs
+    }
+    for node in candidate.graph.all_nodes():
+        if node.op_type != "QAttention" or node.domain != "com.microsoft" or not node.outputs:
+            continue
+        attention = claimed.get(node.outputs[0].name)
+        if attention is None:
+            continue
+        weight, bias, scale = (_constant(node, index) for index in (1, 2, 4))
+        zero_point = _constant(node, 7)
+        claimed_weight, claimed_bias = _constant(attention, 1), _constant(attention, 2)
+        if any(x is None for x in (weight, bias, scale, claimed_weight, claimed_bias)):
+            logger.info("QAttention %s: weights not constant, not compared with its twin's", node.name)
+            continue
+        zero = np.zeros(1) if zero_point is None else zero_point.astype(np.float64)
+        output = node.outputs[0].name
+        try:
+            dequantized = (weight.astype(np.float64) - zero) * scale.astype(np.float64)
+        except ValueError:
+            return f"the QAttention computing '{output}' has scales or zero points that do not fit its weight"
+        if dequantized.shape != claimed_weight.shape or bias.shape != claimed_bias.shape:
+            return f"the QAttention computing '{output}' has weights of another shape than its twin's"
+        peak = np.maximum(np.abs(claimed_weight).max(axis=0), np.finfo(np.float32).tiny)
+        off = (np.abs(dequantized - claimed_weight) / peak).max(axis=0)
+        bias_off = np.abs(bias.astype(np.float64) - claimed_bias) / np.maximum(np.abs(claimed_bias), peak)
+        for what, errors in (("weight", off), ("bias", bias_off)):
+            column = int(np.argmax(errors))
+            if errors[column] > PROBE_TOLERANCE:
+                return (
+                    f"the QAttention computing '{output}' uses another {what} than its twin's: column {column} differs "
+                    f"by {errors[column]:.3g} of that column's largest value (float32 rounding stays within "
+                    f"{PROBE_TOLERANCE:g}): its scales, zero points or packing are not the ones the pass claims"
+                )
+        for name in ("num_heads", "unidirectional", "mask_filter_value"):
+            mine, theirs = node.attributes.get(name), attention.attributes.get(name)
+            if (mine.value if mine is not None else None) != (theirs.value if theirs is not None else None):
+                return f"the QAttention computing '{output}' has another {name} than its twin's Attention"
+    return ""
+
+
+def _constant(node: ir.Node, index: int) -> np.ndarray | None:
+    """The constant (initializer or ``Constant`` output) ``node`` reads at ``index``; None where there is none."""
+    if index >= len(node.inputs) or node.inputs[index] is None:
+        return None
+    value = node.inputs[index]
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+        return producer.attributes["value"].value.numpy()
+    return None
+
+
+def table_probe_failure(candidate: ir.Model, twin: ir.Model) -> tuple[str, int]:
+    """Why an embedding lookup of ``candidate`` gives other rows than its ``twin``'s, or "", and how many tables
+    were probed.
+
+    A twin's row ``Gather`` (axis 0) of a constant ``[rows, width]`` float table whose output ``candidate`` computes
+    otherwise (int8 rows times their scales, ``GatherBlockQuantized``) is cut out of both, from its indices to its
+    output (``probe_model``), and fed every row index, at most ``PROBE_BYTES`` of rows per run: each row must match
+    the twin's to ``PROBE_TOLERANCE`` of its largest value. The input sets look up a few hundred rows of a table of
+    thousands, and a row they never read (one scale doubled) was verified at max |Δ| 0."""
+    held = {v.name: v for node in candidate.graph for v in node.outputs}
+    held.update((v.name, v) for v in candidate.graph.inputs)
+    probed = 0
+    for node in twin.graph:
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or node.attributes.get_int("axis", 0):
+            continue
+        table, ids, output = _constant(node, 0), node.inputs[1], node.outputs[0]
+        if table is None or table.ndim != 2 or table.dtype != np.float32 or ids is None or ids.dtype is None:
+            continue
+        computed = held.get(output.name)
+        if ids.name not in held or computed is None or computed.dtype != output.dtype:
+            continue
+        producer = computed.producer()
+        if producer is not None and producer.op_type == "Gather" and (same := _constant(producer, 0)) is not None:
+            if same.shape == table.shape and np.array_equal(same, table):
+                continue  # the same lookup: nothing the pass claims
+        rank = ids.shape.rank() if ids.shape is not None else 1
+        example = {ids.name: np.zeros((1,) * max(rank, 1), dtype=ids.dtype.numpy())}
+        result_probe, twin_probe, kept, names = _probe_models(candidate, twin, [(ids.name, output.name)], example)
+        if not kept:
+            continue
+        rows, width = table.shape
+        chunk = max(1, PROBE_BYTES // (4 * max(width, 1)))
+        shape = (1,) * (max(rank, 2) - 1)
+        with (
+            inference_session(result_probe, optimization_level="all") as result_session,
+            inference_session(twin_probe) as twin_session,
+        ):
+            for first in range(0, rows, chunk):
+                index = np.arange(first, min(rows, first + chunk)).astype(ids.dtype.numpy()).reshape(*shape, -1)
+                feeds = {ids.name: index}
+                actual = np.asarray(run_session(result_session, feeds)[names[0]]).reshape(index.size, -1)
+                expected = np.asarray(run_session(twin_session, feeds)[names[0]]).reshape(actual.shape)
+                peak = np.maximum(np.abs(expected).max(axis=1), np.finfo(np.float32).tiny)
+                off = np.abs(actual - expected).max(axis=1) / peak
+                row = int(np.argmax(off))
+                if not np.isfinite(off[row]) or off[row] > PROBE_TOLERANCE:
+                    return (
+                        f"the lookup computing '{output.name}' gives other rows than its twin's: fed every row index, "
+                        f"row {first + row} differs by {off[row]:.3g} of its largest value (float32 rounding stays "
+                        f"within {PROBE_TOLERANCE:g}): its scales or packing are not the ones the pass claims"
+                    ), probed + 1
+        probed += 1
+    return "", probed

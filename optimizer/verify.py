@@ -56,7 +56,7 @@ from optimizer.errors import (
 )
 from optimizer.inputs import SampleData, hold_out, holds_samples, output_sample_axes, samples_in, split_samples
 from optimizer.kernel_rounding import at_level_zero, level_signature, outputs_after_rounding, rounding_kernels
-from optimizer.layer_probe import layer_probe_failure
+from optimizer.layer_probe import layer_probe_failure, qattention_weights_failure, table_probe_failure
 from optimizer.padding import (
     Paddings,
     hide_padded,
@@ -1761,13 +1761,25 @@ class Verifier:
 
     def check_twin(self, candidate: ir.Model, twin: Twin, base: ir.Model | None = None) -> VerificationResult:
         """Each quantized MatMul, Gemm or Conv layer of ``candidate`` run alone against its ``twin``'s (on probe rows
-        that no kernel rounds, a Conv on its real input: ``optimizer.layer_probe``, its weights exactly), then the
-        whole model against the twin (``_check_twin_outputs``)."""
+        that no kernel rounds, a Conv on its real input: ``optimizer.layer_probe``, its weights exactly), each
+        ``QAttention``'s constant weights against its twin's and each quantized embedding table at every row index
+        (neither gets a layer probe: ``qattention_weights_failure``, ``table_probe_failure``), then the whole model
+        against the twin (``_check_twin_outputs``)."""
         source = twin.source if twin.source is not None else base if base is not None else self._base
         if twin.kind in ROUNDING_TWINS and (requantized := _float_layer_quantized_by_onnxruntime(candidate, source)):
             # Not a difference the checks below see: cut at that layer's output, the QuantizeLinear after it that
             # makes ONNX Runtime quantize it is gone.
             return VerificationResult(error=f"differs from its twin ({twin.description}): {requantized}")
+        if twin.kind in ROUNDING_TWINS and (failure := qattention_weights_failure(candidate, twin.model)):
+            return VerificationResult(error=failure)
+        if twin.kind in ("float32", "int8", "int4"):
+            try:
+                failure = table_probe_failure(candidate, twin.model)[0]
+            except RuntimeRefusedError as error:
+                logger.info("embedding tables not probed: %s", error)
+                failure = ""
+            if failure:
+                return VerificationResult(error=failure)
         probed = 0
         if twin.layer_outputs:
             failure, probed = self._probe_layers(candidate, twin)
