@@ -17,6 +17,8 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -421,6 +423,62 @@ def inference_session(
         path = os.path.join(folder, "model.onnx")
         save_model_file(model, path, external_data="model.onnx.data")
         yield open_session(path, options, providers)
+
+
+# A child process that loads a model on ONNX Runtime's CPU, so that a crash inside ONNX Runtime kills it, not us.
+_LOAD_IN_CHILD = """
+import sys
+import onnxruntime as ort
+options = ort.SessionOptions()
+options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, sys.argv[2])
+options.intra_op_num_threads = 1
+options.log_severity_level = 4
+try:
+    ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+except Exception:
+    pass  # a refusal: the caller's own session reports it
+"""
+
+
+def holds_float16(model: ir.Model) -> bool:
+    """Whether any graph of ``model`` stores a float16 initializer or declares a float16 input or output."""
+    for graph in model_graphs(model):
+        values = [*graph.inputs, *graph.outputs, *getattr(graph, "initializers", {}).values()]
+        if any(value.dtype == ir.DataType.FLOAT16 for value in values if value is not None):
+            return True
+    return False
+
+
+def loading_crash(model: ir.Model, optimization_level: str = "all") -> str | None:
+    """How a child process died loading ``model`` on ONNX Runtime's CPU at ``optimization_level`` ("signal
+    SIGSEGV"), or None where it did not die (a refusal is left to the caller's own session).
+
+    ONNX Runtime 1.32's CPU graph optimizations crash the process (a segmentation fault, no exception) loading
+    some float16 models at ``ORT_ENABLE_ALL``: a two-layer torchvision ViT converted by onnxruntime's own float16
+    converter. In graphopt's process that ended ``--fp16`` with no report, no output and no error message."""
+    level = {
+        "disable_all": "ORT_DISABLE_ALL",
+        "basic": "ORT_ENABLE_BASIC",
+        "extended": "ORT_ENABLE_EXTENDED",
+        "all": "ORT_ENABLE_ALL",
+    }[optimization_level]
+    with temporary_folder("graphopt-load-probe-") as folder:
+        path = os.path.join(folder, "model.onnx")
+        save_model_file(model, path, external_data="model.onnx.data")
+        child = subprocess.run(
+            [sys.executable, "-c", _LOAD_IN_CHILD, path, level],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            check=False,
+        )
+    if child.returncode >= 0:
+        return None
+    try:
+        return f"signal {signal.Signals(-child.returncode).name}"
+    except ValueError:
+        return f"signal {-child.returncode}"
 
 
 @contextlib.contextmanager

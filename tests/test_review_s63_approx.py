@@ -112,7 +112,6 @@ def _last_row_scale_doubled(model: ir.Model) -> None:
             value.const_value = ir.tensor(values, name=name)
 
 
-
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_an_embedding_row_the_inputs_never_look_up_is_still_checked(monkeypatch, mode):
     # The twin check ran the lookups the input sets and samples make (ids below 4095 here; on a real vocabulary most
