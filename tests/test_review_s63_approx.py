@@ -25,21 +25,9 @@ def test_max_error_is_named_beside_a_string_outputs_note():
 def test_a_smoothquant_rescaling_rolled_back_shows_the_difference_it_measured(monkeypatch):
     # The reason said "max abs error 1.39" and the row's max |Δ| (and the JSON's max_abs_error) read inf, which the
     # README keeps for a rollback where no difference was measured.
-    from passes.quantization import smoothing
-    from tests.test_smoothing_checked import _pre_norm_block, _quantized
+    from tests.test_smoothing_checked import _pre_norm_block, _quantized, smoothing_off_by_two_percent
 
-    real = smoothing.smooth
-
-    def off_by_two_percent(model, *args, **kwargs):
-        norms = real(model, *args, **kwargs)
-        for name in norms:
-            scale = model.graph.node(name).inputs[1]
-            values = scale.const_value.numpy().copy()
-            values[3] *= np.float32(1.02)
-            scale.const_value = ir.tensor(values)
-        return norms
-
-    monkeypatch.setattr(smoothing, "smooth", off_by_two_percent)
+    smoothing_off_by_two_percent(monkeypatch)
     record = next(r for r in _quantized(_pre_norm_block()).passes if r.name == "quantize-dynamic")
     assert record.status == "rolled back" and "does not compute what the input does" in record.detail
     said = float(re.search(r"max abs error ([0-9.e+-]+)", record.detail).group(1))

@@ -24,12 +24,13 @@ def test_a_correct_smoothing_verifies():
     assert any("SmoothQuant (alpha 0.5) on 1 norms" in note for note in record.notes)
 
 
-def test_a_wrong_rescaling_of_the_norm_is_rolled_back(monkeypatch):
+def smoothing_off_by_two_percent(monkeypatch) -> None:
+    """Make SmoothQuant rescale each norm's scale 2 % off in one channel: not what the input computes."""
     real = smoothing.smooth
 
     def off_by_two_percent(model, *args, **kwargs):
         norms = real(model, *args, **kwargs)
-        for name in norms:  # the norm's scale 2 % off in one channel: not what the input computes
+        for name in norms:
             scale = model.graph.node(name).inputs[1]
             values = scale.const_value.numpy().copy()
             values[3] *= np.float32(1.02)
@@ -37,6 +38,10 @@ def test_a_wrong_rescaling_of_the_norm_is_rolled_back(monkeypatch):
         return norms
 
     monkeypatch.setattr(smoothing, "smooth", off_by_two_percent)
+
+
+def test_a_wrong_rescaling_of_the_norm_is_rolled_back(monkeypatch):
+    smoothing_off_by_two_percent(monkeypatch)
     report = _quantized(_pre_norm_block())
     record = next(r for r in report.passes if r.name == "quantize-dynamic")
     assert record.status == "rolled back"
