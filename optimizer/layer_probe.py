@@ -442,17 +442,20 @@ def table_probe_failure(candidate: ir.Model, twin: ir.Model) -> tuple[str, int]:
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or node.attributes.get_int("axis", 0):
             continue
         table, ids, output = _constant(node, 0), node.inputs[1], node.outputs[0]
-        if table is None or table.ndim != 2 or table.dtype != np.float32 or ids is None or ids.dtype is None:
+        if table is None or table.ndim != 2 or table.dtype != np.float32 or ids is None:
             continue
         computed = held.get(output.name)
         if ids.name not in held or computed is None or computed.dtype != output.dtype:
+            continue
+        index_type = _index_type(ids, held[ids.name])
+        if index_type is None:
             continue
         producer = computed.producer()
         if producer is not None and producer.op_type == "Gather" and (same := _constant(producer, 0)) is not None:
             if same.shape == table.shape and np.array_equal(same, table):
                 continue  # the same lookup: nothing the pass claims
         rank = ids.shape.rank() if ids.shape is not None else 1
-        example = {ids.name: np.zeros((1,) * max(rank, 1), dtype=ids.dtype.numpy())}
+        example = {ids.name: np.zeros((1,) * max(rank, 1), dtype=index_type)}
         result_probe, twin_probe, kept, names = _probe_models(candidate, twin, [(ids.name, output.name)], example)
         if not kept:
             continue
@@ -464,7 +467,7 @@ def table_probe_failure(candidate: ir.Model, twin: ir.Model) -> tuple[str, int]:
             inference_session(twin_probe) as twin_session,
         ):
             for first in range(0, rows, chunk):
-                index = np.arange(first, min(rows, first + chunk)).astype(ids.dtype.numpy()).reshape(*shape, -1)
+                index = np.arange(first, min(rows, first + chunk)).astype(index_type).reshape(*shape, -1)
                 feeds = {ids.name: index}
                 actual = np.asarray(run_session(result_session, feeds)[names[0]]).reshape(index.size, -1)
                 expected = np.asarray(run_session(twin_session, feeds)[names[0]]).reshape(actual.shape)
@@ -479,3 +482,15 @@ def table_probe_failure(candidate: ir.Model, twin: ir.Model) -> tuple[str, int]:
                     ), probed + 1
         probed += 1
     return "", probed
+
+
+def _index_type(ids: ir.Value, held: ir.Value) -> np.dtype | None:
+    """The numpy type of a lookup's indices: the twin's or the result's recorded one, else the type a ``Cast``
+    producing them names (an exported ``Cast(input_ids)`` often records none); None where nothing says."""
+    for value in (ids, held):
+        if value.dtype is not None:
+            return value.dtype.numpy()
+        producer = value.producer()
+        if producer is not None and producer.op_type == "Cast" and "to" in producer.attributes:
+            return ir.DataType(producer.attributes["to"].value).numpy()
+    return None

@@ -473,12 +473,15 @@ def loading_crash(model: ir.Model, optimization_level: str = "all") -> str | Non
             env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
             check=False,
         )
-    if child.returncode >= 0:
+    # Only a fault is ONNX Runtime's crash: a child killed for memory (SIGKILL) or by the user's Ctrl-C is not.
+    if -child.returncode not in _FAULT_SIGNALS:
         return None
-    try:
-        return f"signal {signal.Signals(-child.returncode).name}"
-    except ValueError:
-        return f"signal {-child.returncode}"
+    return f"signal {signal.Signals(-child.returncode).name}"
+
+
+_FAULT_SIGNALS = frozenset(
+    int(getattr(signal, name)) for name in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT") if hasattr(signal, name)
+)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,67 @@
+"""Review s63 (late, 3): the embedding table probe where the indices come through a Cast with no recorded type."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+ROWS, WIDTH = 16384, 64
+
+
+def _cast_ids_embedding_model() -> ir.Model:
+    """int32 ids -> Cast(int64) (no value_info, as exporters write it) -> Gather of a [16384, 64] table -> MatMuls."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "table": rng.standard_normal((ROWS, WIDTH)),
+        "P": rng.standard_normal((WIDTH, 256)) / 4,
+        "Q": rng.standard_normal((256, 256)) / 16,
+    }
+    nodes = [
+        helper.make_node("Cast", ["ids"], ["ids64"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "ids64"], ["e"], name="embed"),
+        helper.make_node("MatMul", ["e", "P"], ["h"], name="proj"),
+        helper.make_node("MatMul", ["h", "Q"], ["y"], name="proj2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT32, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 256])],
+        [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()],
+    )
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+
+
+def _last_row_scale_doubled(model: ir.Model) -> None:
+    read = {n.inputs[2].name for n in model.graph if n.op_type == "GatherBlockQuantized"}
+    for name, value in model.graph.initializers.items():
+        if name.endswith(".row_scale") or name in read:
+            values = value.const_value.numpy().copy()
+            values.reshape(ROWS, -1)[ROWS - 1] *= np.float32(2.0)
+            value.const_value = ir.tensor(values, name=name)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_an_embedding_read_through_a_cast_of_the_ids_is_still_probed(monkeypatch, mode):
+    # The table probe needed the indices' recorded type: a Cast(input_ids) output without value_info (ids.dtype None)
+    # skipped the lookup, and a row the inputs never look up with its scale doubled shipped "applied".
+    import optimizer
+    from optimizer.report import STATUS_APPLIED, STATUS_ROLLED_BACK
+    from tests.test_review_approximate import _with_fault
+
+    name = "quantize-embeddings" if mode == "int8" else "quantize-int4"
+    options = {"quantize_embeddings": True} if mode == "int8" else {"quantize": "int4", "quantize_outputs": True}
+    data = {
+        "inputs": {"ids": np.random.default_rng(1).integers(0, ROWS - 1, (1, 32)).astype(np.int32)},
+        "calibration": {"ids": np.random.default_rng(2).integers(0, ROWS - 1, (4, 32)).astype(np.int32)},
+    }
+    _, report = optimizer.optimize_with_report(_cast_ids_embedding_model(), passes=[name], **data, **options)
+    assert report.passes[-1].status == STATUS_APPLIED, report.passes[-1].detail
+    _with_fault(monkeypatch, name, _last_row_scale_doubled)
+    _, report = optimizer.optimize_with_report(_cast_ids_embedding_model(), passes=[name], **data, **options)
+    record = report.passes[-1]
+    assert record.status == STATUS_ROLLED_BACK, record.detail
+    assert f"row {ROWS - 1} differs by 1 of its largest value" in record.detail
