@@ -1775,14 +1775,8 @@ class Verifier:
             return VerificationResult(error=f"differs from its twin ({twin.description}): {requantized}")
         if twin.kind in ROUNDING_TWINS and (failure := qattention_weights_failure(candidate, twin.model)):
             return VerificationResult(error=failure)
-        if twin.kind in ("float32", "int8", "int4"):
-            try:
-                failure = table_probe_failure(candidate, twin.model)[0]
-            except RuntimeRefusedError as error:
-                logger.info("embedding tables not probed: %s", error)
-                failure = ""
-            if failure:
-                return VerificationResult(error=failure)
+        if twin.kind in ("float32", "int8", "int4") and (failure := table_probe_failure(candidate, twin.model)[0]):
+            return VerificationResult(error=failure)
         probed = 0
         if twin.layer_outputs:
             failure, probed = self._probe_layers(candidate, twin)

@@ -65,3 +65,41 @@ def test_an_embedding_read_through_a_cast_of_the_ids_is_still_probed(monkeypatch
     record = report.passes[-1]
     assert record.status == STATUS_ROLLED_BACK, record.detail
     assert f"row {ROWS - 1} differs by 1 of its largest value" in record.detail
+
+
+def test_a_table_onnx_runtime_refuses_to_probe_leaves_the_next_checked(monkeypatch):
+    # A refusal on one table's rows stopped the whole check: every table after it went unchecked (a review).
+    from onnx import TensorProto, helper, numpy_helper
+
+    from optimizer import layer_probe
+    from optimizer.errors import RuntimeRefusedError
+
+    def model(scale: float | None):
+        """Two [4, 2] tables looked up by ``ids``; each lookup times a scale (the second ``scale``), or none."""
+        tables = [numpy_helper.from_array(np.full((4, 2), i + 1.0, np.float32), f"t{i}") for i in range(2)]
+        if scale is None:  # the twin: the rows as they are
+            nodes = [helper.make_node("Gather", [f"t{i}", "ids"], [f"out{i}"]) for i in range(2)]
+        else:
+            nodes = [helper.make_node("Gather", [f"t{i}", "ids"], [f"raw{i}"]) for i in range(2)]
+            nodes += [helper.make_node("Mul", [f"raw{i}", f"k{i}"], [f"out{i}"]) for i in range(2)]
+            tables += [numpy_helper.from_array(np.array(scale if i else 1.0, np.float32), f"k{i}") for i in range(2)]
+        graph = helper.make_graph(
+            nodes,
+            "tables",
+            [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+            [helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, ["n", 2]) for i in range(2)],
+            tables,
+        )
+        return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+    real = layer_probe._rows_failure
+
+    def refuse_the_first(candidate, twin, ids, output, table, index_type):
+        if output.name == "out0":
+            raise RuntimeRefusedError("run the probe", "refused")
+        return real(candidate, twin, ids, output, table, index_type)
+
+    monkeypatch.setattr(layer_probe, "_rows_failure", refuse_the_first)
+    failure, probed = layer_probe.table_probe_failure(model(3.0), model(None))
+    assert probed == 1 and "'out1'" in failure, failure
+    assert layer_probe.table_probe_failure(model(1.0), model(None)) == ("", 1)
