@@ -65,25 +65,32 @@ def test_a_qattention_whose_query_scales_are_off_is_rolled_back(monkeypatch):
 ROWS, WIDTH = 4096, 64
 
 
-def _embedding_model() -> ir.Model:
-    """ids -> Gather of a [4096, 64] table -> two MatMuls (int4 quantizes a table only beside its layers)."""
+def _embedding_model(rows: int = ROWS, cast_ids: bool = False) -> ir.Model:
+    """ids -> Gather of a [rows, 64] table -> two MatMuls (int4 quantizes a table only beside its layers); with
+    ``cast_ids``, int32 ids -> Cast(int64) first (no value_info, as exporters write it)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     arrays = {
-        "table": rng.standard_normal((ROWS, WIDTH)),
+        "table": rng.standard_normal((rows, WIDTH)),
         "P": rng.standard_normal((WIDTH, 256)) / 4,
         "Q": rng.standard_normal((256, 256)) / 16,
     }
     nodes = [
-        helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+        helper.make_node("Gather", ["table", "ids64" if cast_ids else "ids"], ["e"], name="embed"),
         helper.make_node("MatMul", ["e", "P"], ["h"], name="proj"),
         helper.make_node("MatMul", ["h", "Q"], ["y"], name="proj2"),
     ]
+    if cast_ids:
+        nodes.insert(0, helper.make_node("Cast", ["ids"], ["ids64"], to=TensorProto.INT64))
     graph = helper.make_graph(
         nodes,
         "embedding",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
+        [
+            helper.make_tensor_value_info(
+                "ids", TensorProto.INT32 if cast_ids else TensorProto.INT64, ["batch", "sequence"]
+            )
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 256])],
         [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()],
     )
@@ -96,7 +103,7 @@ def _last_row_scale_doubled(model: ir.Model) -> None:
     for name, value in model.graph.initializers.items():
         if name.endswith(".row_scale") or name in read:
             values = value.const_value.numpy().copy()
-            values.reshape(ROWS, -1)[ROWS - 1] *= np.float32(2.0)
+            values.reshape(values.shape[0], -1)[-1] *= np.float32(2.0)
             value.const_value = ir.tensor(values, name=name)
 
 

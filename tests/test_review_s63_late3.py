@@ -6,42 +6,14 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
+from tests.test_review_s63_approx import _embedding_model, _last_row_scale_doubled
+
 ROWS, WIDTH = 16384, 64
 
 
 def _cast_ids_embedding_model() -> ir.Model:
-    """int32 ids -> Cast(int64) (no value_info, as exporters write it) -> Gather of a [16384, 64] table -> MatMuls."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    arrays = {
-        "table": rng.standard_normal((ROWS, WIDTH)),
-        "P": rng.standard_normal((WIDTH, 256)) / 4,
-        "Q": rng.standard_normal((256, 256)) / 16,
-    }
-    nodes = [
-        helper.make_node("Cast", ["ids"], ["ids64"], to=TensorProto.INT64),
-        helper.make_node("Gather", ["table", "ids64"], ["e"], name="embed"),
-        helper.make_node("MatMul", ["e", "P"], ["h"], name="proj"),
-        helper.make_node("MatMul", ["h", "Q"], ["y"], name="proj2"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "embedding",
-        [helper.make_tensor_value_info("ids", TensorProto.INT32, ["batch", "sequence"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 256])],
-        [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()],
-    )
-    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
-
-
-def _last_row_scale_doubled(model: ir.Model) -> None:
-    read = {n.inputs[2].name for n in model.graph if n.op_type == "GatherBlockQuantized"}
-    for name, value in model.graph.initializers.items():
-        if name.endswith(".row_scale") or name in read:
-            values = value.const_value.numpy().copy()
-            values.reshape(ROWS, -1)[ROWS - 1] *= np.float32(2.0)
-            value.const_value = ir.tensor(values, name=name)
+    """int32 ids -> Cast(int64) (no value_info) -> Gather of a [16384, 64] table -> MatMuls."""
+    return _embedding_model(ROWS, cast_ids=True)
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
