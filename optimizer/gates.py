@@ -93,7 +93,8 @@ def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
                         f"AFTER {ratio:.2f}x BEFORE (95 % interval up to {_above(high, max_ratio)}x)"
                     )
     if not measured:
-        return [f"--max-ratio {max_ratio:.12g}: no latency was measured (every execution provider was skipped)"]
+        gate = f"--max-ratio {max_ratio:.12g}"
+        return [f"{gate}: no latency was measured (every execution provider was skipped{_why(report)})"]
     return skipped_failures(report, f"--max-ratio {max_ratio:.12g}", "latency") + failures
 
 
@@ -114,6 +115,12 @@ def skipped_failures(report: ComparisonReport, gate: str, judged: str) -> list[s
         for provider in report.providers
         if not provider.available
     ]
+
+
+def _why(report: ComparisonReport) -> str:
+    """ ": cpu: REASON; cuda: REASON" for the skipped execution providers, so that the gate's line says why."""
+    reasons = "; ".join(f"{p.ep}: {p.reason}" for p in report.providers if not p.available and p.reason)
+    return f": {reasons}" if reasons else ""
 
 
 def _inverse(ratio: float) -> float:
@@ -195,7 +202,7 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
                 f"{cosine_text(llm.decode_logits_cosine, 6)}"
             )
     if not measured and not failures:
-        return [f"{gate}: no accuracy was measured (every execution provider was skipped)"]
+        return [f"{gate}: no accuracy was measured (every execution provider was skipped{_why(report)})"]
     return (skipped_failures(report, gate, "accuracy") if measured else []) + failures
 
 

@@ -450,12 +450,14 @@ def holds_float16(model: ir.Model) -> bool:
 
 
 def loading_crash(model: ir.Model, optimization_level: str = "all") -> str | None:
-    """How a child process died loading ``model`` on ONNX Runtime's CPU at ``optimization_level`` ("signal
-    SIGSEGV"), or None where it did not die (a refusal is left to the caller's own session).
+    """How a child process failed loading ``model`` on ONNX Runtime's CPU at ``optimization_level``: "crashed
+    (signal SIGSEGV)", or "hung (no load within 150 s)" past ``load_seconds(model)`` (then killed); None where it
+    loaded or refused (a refusal is left to the caller's own session).
 
     ONNX Runtime 1.32's CPU graph optimizations crash the process (a segmentation fault, no exception) loading
     some float16 models at ``ORT_ENABLE_ALL``: a two-layer torchvision ViT converted by onnxruntime's own float16
-    converter. In graphopt's process that ended ``--fp16`` with no report, no output and no error message."""
+    converter. In graphopt's process that ended ``--fp16`` with no report, no output and no error message. A load
+    that hangs would hang graphopt as well; the child is given a time that a load of this size does not need."""
     level = {
         "disable_all": "ORT_DISABLE_ALL",
         "basic": "ORT_ENABLE_BASIC",
@@ -465,18 +467,30 @@ def loading_crash(model: ir.Model, optimization_level: str = "all") -> str | Non
     with temporary_folder("graphopt-load-probe-") as folder:
         path = os.path.join(folder, "model.onnx")
         save_model_file(model, path, external_data="model.onnx.data")
-        child = subprocess.run(
-            [sys.executable, "-c", _LOAD_IN_CHILD, path, level],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
-            check=False,
-        )
+        seconds = load_seconds(model)
+        try:
+            child = subprocess.run(
+                [sys.executable, "-c", _LOAD_IN_CHILD, path, level],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+                check=False,
+                timeout=seconds,
+            )
+        except subprocess.TimeoutExpired:  # subprocess.run has killed and reaped the child
+            return f"hung (no load within {seconds:.0f} s)"
     # Only a fault is ONNX Runtime's crash: a child killed for memory (SIGKILL) or by the user's Ctrl-C is not.
     if -child.returncode not in _FAULT_SIGNALS:
         return None
-    return f"signal {signal.Signals(-child.returncode).name}"
+    return f"crashed (signal {signal.Signals(-child.returncode).name})"
+
+
+def load_seconds(model: ir.Model) -> float:
+    """How long ``loading_crash`` waits for a child to load ``model``: 120 s, and 60 s more per GB of weights (a
+    load at ``ORT_ENABLE_ALL`` of a 500 MB float16 decoder takes seconds on two cores; a child that needs many
+    times that is taken to hang)."""
+    return 120.0 + 60.0 * stored_weight_bytes(model) / 1e9
 
 
 _FAULT_SIGNALS = frozenset(

@@ -1812,7 +1812,7 @@ class Verifier:
             # ONNX Runtime's CPU optimizations crash on some float16 graphs (a two-layer ViT): loaded here, the
             # process died with no report. Checked in a child first, the pass is rolled back with the reason.
             return VerificationResult(
-                error=f"ONNX Runtime's CPU crashed ({crash}) loading the result with all its optimizations, "
+                error=f"ONNX Runtime's CPU {crash} loading the result with all its optimizations, "
                 "so it cannot be checked as deployed (an ONNX Runtime bug)"
             )
         try:

@@ -66,6 +66,56 @@ def test_only_a_fault_in_the_child_counts_as_a_crash(monkeypatch):
     import signal
 
     model = ir.load(FIXTURE)
-    for code, said in ((-signal.SIGKILL, None), (-signal.SIGINT, None), (0, None), (-signal.SIGSEGV, "signal SIGSEGV")):
+    cases = ((-signal.SIGKILL, None), (-signal.SIGINT, None), (0, None), (-signal.SIGSEGV, "crashed (signal SIGSEGV)"))
+    for code, said in cases:
         monkeypatch.setattr(subprocess, "run", lambda *a, code=code, **k: subprocess.CompletedProcess(a, code))
         assert loading_crash(model) == said
+
+
+def _crashing_float16(tmp_path: Path) -> Path:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = ir.serde.deserialize_model(convert_float_to_float16(onnx.load(FIXTURE), keep_io_types=True))
+    converted.graph.sort()
+    path = tmp_path / "fp16.onnx"
+    ir.save(converted, path)
+    return path
+
+
+def test_compare_skips_the_cpu_where_a_float16_model_crashes_onnxruntime_not_a_crash(tmp_path):
+    """``graphopt compare`` loaded both models at ``ORT_ENABLE_ALL`` in its own process: AFTER, a float16 model that
+    ONNX Runtime 1.32 segfaults loading so, ended the comparison with exit -11 and no report. The CPU is now skipped
+    with the reason (tried in a child first), and a gate asked of it fails, as for an EP that is not installed."""
+    after = _crashing_float16(tmp_path)
+    if loading_crash(ir.load(after), "all") is None:
+        return  # an ONNX Runtime that no longer crashes on it: nothing to skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    base = [sys.executable, "-m", "optimizer.cli", "compare", str(FIXTURE), str(after), "--iterations", "3"]
+    run = subprocess.run(
+        [*base, "--json", str(tmp_path / "c.json")], capture_output=True, text=True, env=env, cwd=tmp_path,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    (provider,) = __import__("json").loads((tmp_path / "c.json").read_text())["providers"]
+    assert provider["available"] is False
+    assert "crashed (signal SIGSEGV) loading AFTER" in provider["reason"]
+    gated = subprocess.run(
+        [*base, "--max-ratio", "2"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False
+    )
+    assert gated.returncode == 4, (gated.returncode, gated.stderr[-2000:])
+    assert "crashed (signal SIGSEGV)" in gated.stderr
+
+
+def test_a_load_that_hangs_is_killed_and_named(monkeypatch):
+    """The child had no time limit: a load that hangs hung graphopt with it. It is now killed after
+    ``load_seconds`` and reported as hung."""
+    from optimizer.runtime import load_seconds
+
+    model = ir.load(FIXTURE)
+
+    def hang(*args, **kwargs):
+        assert kwargs["timeout"] == load_seconds(model)
+        raise subprocess.TimeoutExpired(args[0], kwargs["timeout"])
+
+    monkeypatch.setattr(subprocess, "run", hang)
+    assert loading_crash(model) == f"hung (no load within {load_seconds(model):.0f} s)"
