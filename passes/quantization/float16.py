@@ -89,7 +89,9 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     not overflow where float16 kernels (a GPU's) do: the twin's ``deployed`` model, which
     also rounds every activation the converter stores as float16 (infinite past 65504),
     is held to the accuracy budget beside the result (a ``MatMul`` to 192000 was verified
-    on CPU and infinite on a GPU).
+    on CPU and infinite on a GPU). Which activations it rounds is also read off the result
+    (``_stored_float16``); a result storing a float16 value the input does not compute is
+    refused, as that check could not round it.
 
     Local functions are inlined first: the converter retypes a call's inputs but not the
     function's own float32 constants.
@@ -172,6 +174,14 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             # and the pass reported them as a conversion, applied, each run a few nodes more.
             self.decline("already float16: converting again would only add Casts of float16 values to float16")
             return self.result(given.clone(), modified=False)
+        stored, unknown = _stored_float16(result, model)
+        if unknown:
+            named = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+            self.decline(
+                f"the result stores {len(unknown)} float16 value{'' if len(unknown) == 1 else 's'} the input does not "
+                f"compute ({named}): not converted (its check as float16 kernels compute it rounds the input's values)"
+            )
+            return self.result(given.clone(), modified=False)
         kept = sum(1 for node in ir.traversal.RecursiveGraphIterator(result.graph) if node.op_type in self.block_ops)
         self.note(f"float16; {kept} sensitive nodes kept float32")
         twin = Twin(
@@ -180,7 +190,9 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             "the input with its float16 weights rounded to float16, computing in float32"
             + (f", {bounds}" if clamped else "")
             + ("" if self.keep_io_types else ", float16 inputs and outputs"),
-            deployed=float16_twin(model, blocked, keep_io_types=self.keep_io_types, float16_values=float16_values),
+            deployed=float16_twin(
+                model, blocked, keep_io_types=self.keep_io_types, float16_values=float16_values | stored
+            ),
         )
         return self.result(result, modified=True, twin=twin)
 
@@ -563,6 +575,35 @@ def _values(graph: ir.Graph):
     yield from graph.initializers.values()
     for node in graph:
         yield from node.outputs
+
+
+def _stored_float16(result: ir.Model, model: ir.Model) -> tuple[set[str], list[str]]:
+    """The values of ``model`` that ``result`` stores as float16, read off the result, and the result's float16
+    activations that are none of them.
+
+    The twin's ``deployed`` model rounds the activations the converter is expected to store as float16
+    (``_float32_typed``); a realization storing another (a review's injected fault: ``h * 3e4 * (1/3e4)`` in float16,
+    infinite on a GPU) passed. Read off the result, a float16 tensor a node computes is the input's value of its name,
+    or a ``Cast`` to float16 of one (a graph input's, a blocked op's float32 result), or one a ``Cast`` to float32
+    turns back into one (a graph output's, which the converter computes as ``graph_output_cast_N``)."""
+    names = {value.name for value in model.graph.inputs}
+    names.update(value.name for node in ir.traversal.RecursiveGraphIterator(model.graph) for value in node.outputs)
+    stored: set[str] = set()
+    unknown: list[str] = []
+    for node in ir.traversal.RecursiveGraphIterator(result.graph):
+        for value in node.outputs:
+            if value.dtype != ir.DataType.FLOAT16 or not isinstance(value.type, ir.TensorType):
+                continue  # a sequence's elements are stored as the values taken from it
+            if value.name in names:
+                stored.add(value.name)
+            elif node.op_type == "Cast" and node.inputs[0] is not None and node.inputs[0].name in names:
+                stored.add(node.inputs[0].name)
+            elif back := [user.outputs[0].name for user, _ in value.uses() if user.op_type == "Cast"
+                          and user.outputs[0].name in names]:  # fmt: skip
+                stored.update(back)
+            else:
+                unknown.append(value.name)
+    return stored, unknown
 
 
 def _float32_typed(proto: onnx.ModelProto) -> set[str]:
