@@ -72,7 +72,7 @@ from optimizer.model_io import (
     unname_negative_dims,
 )
 from optimizer.options import DATA_IMPORTANCE_KINDS, Options
-from optimizer.padding import mask_inputs, padded_copy, pads_both_ends
+from optimizer.padding import mask_inputs, padded_copy, pads_both_ends, shifted_positions
 from optimizer.pipeline import run_pipeline
 from optimizer.protocol import PassContext, PassSpec
 from optimizer.registry import all_passes, resolve, ways_to_ask
@@ -232,6 +232,7 @@ def optimize_with_report(
         if inputs is None:
             _add_drawn_compared_values(ir_model, verifier)
         _ensure_padding(ir_model, verifier)
+        _ensure_shifted_positions(ir_model, verifier)
         if not specializes:  # after the padded copy: with every dim fixed, the step is cut from it
             _add_decode_step(ir_model, verifier)
     else:
@@ -1018,6 +1019,21 @@ def _ensure_padding(model: ir.Model, verifier: Verifier) -> None:
     if masks and not any(pads_both_ends(inputs, masks) for inputs in verifier.input_sets):
         padded, how = padded_copy(verifier.inputs, masks)
         verifier.add_input_set(padded, f"padded copy of {verifier.labels[0]} ({how})")
+
+
+def _ensure_shifted_positions(model: ir.Model, verifier: Verifier) -> None:
+    """With ``position_ids`` and no mask-like input (which the padded copy would pad, counting positions as Hugging
+    Face does there), add a copy of the first set whose positions count as after one padded position
+    (``shifted_positions``), unless a set already counts them otherwise than ``past + 0..S-1``: generated alike in
+    every set, a rewrite reading an ``arange`` of the length for them verified."""
+    if mask_inputs(model, verifier.inputs):
+        return
+    for inputs in verifier.input_sets:
+        if shifted_positions(inputs) is None:
+            return  # no positions counted so here: none to shift, or counted otherwise already
+    shifted = shifted_positions(verifier.inputs)
+    if shifted is not None:
+        verifier.add_input_set(shifted[0], f"copy of {verifier.labels[0]} ({shifted[1]})")
 
 
 def _shapes(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> str:

@@ -268,6 +268,33 @@ def _positions_after_padding(positions: object, masks: Sequence[tuple[object, np
     return None
 
 
+def shifted_positions(inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str] | None:
+    """A copy of ``inputs`` whose ``position_ids`` on the first row count as Hugging Face's do after one padded
+    position (``cumsum(mask) - 1``: one less, 1 at the padded one), and what changed; None where no ``position_ids``
+    input counts ``past + 0..S-1`` on its first row over two or more positions.
+
+    For a model with positions and no mask, which ``padded_copy`` leaves alone: generated positions counted alike in
+    every input set, so a rewrite reading an ``arange`` of the length for them verified. The values stay within the
+    generated ones, so within any table they index."""
+    shifted, described = dict(inputs), []
+    for name, positions in inputs.items():
+        if not _POSITION_IDS_NAME.search(name) or not isinstance(positions, np.ndarray) or positions.ndim != 2:
+            continue
+        if positions.dtype.kind not in "iu" or positions.size == 0:
+            continue
+        past, new = int(positions[0, 0]), positions.shape[1]
+        if past < 0 or past + new < 2:
+            continue
+        before = np.ones((positions.shape[0], past + new), np.int64)
+        after = before.copy()
+        after[0, 0] = 0
+        counted = _positions_after_padding(positions, [(before, after)])
+        if counted is not None:
+            shifted[name] = counted[0]
+            described.append(f"{name} counted as after one padded position on row 1 (cumsum(mask) - 1)")
+    return (shifted, ", ".join(described)) if described else None
+
+
 def padded_positions(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> np.ndarray | None:
     """``[batch, sequence]`` booleans, True where every mask in ``inputs`` of the first one's shape pads; None
     without padding (``paddings`` has every sequence's).
