@@ -29,9 +29,9 @@ class OutputAccuracy:
     ``top1_agreement`` (fraction of rows whose argmax over the last axis agrees) for
     outputs that look like class scores or logits: named like
     ``logits``/``scores``/``probs`` or produced by a Softmax, float, with a last axis of
-    at least 2 classes. ``shape`` is the first batch's; ``samples`` counts the rows
-    (along axis 0) compared, over all batches. Positions a padding mask hides are left out
-    of every figure but ``exact`` where they were given (``AccuracyAccumulator.add``).
+    at least 2 classes after the samples' axis (a 1-D output is one value per sample). ``shape``
+    is the first batch's; ``samples`` counts the rows (along axis 0) compared, over all batches. Positions a
+    padding mask hides are left out of every figure but ``exact`` where they were given (``AccuracyAccumulator.add``).
     """
 
     name: str
@@ -164,7 +164,11 @@ class AccuracyAccumulator:
                 "same_values": True,
                 "agree": 0,
                 "rows": 0,
-                "top1": (scores or (guess and _SCORE_NAME.search(name) is not None)) and expected.shape[-1:] >= (2,),
+                # Rows of classes: a 1-D output holds one value per sample along axis 0 (a binary classifier's
+                # logits [batch]), whose argmax picks a sample, not a class (cosine 0.999999995 read top-1 0.000).
+                "top1": (scores or (guess and _SCORE_NAME.search(name) is not None))
+                and expected.ndim >= 2
+                and expected.shape[-1] >= 2,
                 "exact": True,
                 "samples": 0,
                 "values": 0,

@@ -327,6 +327,7 @@ def check_before_optimizing(
     the size limit. True if ``inputs`` are held-out text for ``--generate`` (token ids and a mask): the
     comparison's alone, no inputs of one step to verify the optimization on."""
     model = load_model(before)
+    _refuse_types_numpy_lacks(before, model)
     text = None
     if settings.generate:
         lm = recognise_causal_lm(model)
@@ -376,6 +377,8 @@ def _compare(
     settings = settings or CompareSettings()
     threads = settings.threads or default_threads()
     before_model, after_model = load_model(before), load_model(after)
+    _refuse_types_numpy_lacks(before, before_model)
+    _refuse_types_numpy_lacks(after, after_model)
     _check_same_signature(before_model, after_model)
     warnings: list[str] = []
     dims, settings = _sizes_after_fixes(before_model, after_model, dims, settings, warnings)
@@ -627,29 +630,36 @@ def _measure_provider(
             warnings.append(f"{ep.name}: batch {batch} skipped: no input dim is named like a batch")
             continue
         inputs = _with_batch(base_inputs, batch, base_batch, batch_axes)
-        session_before = TimedSession(before, ep.name, inputs, threads)
-        session_after = TimedSession(after, ep.name, inputs, threads)
-        if not measured:
-            if longer_where_constant is not None and longer_where_constant(session_before.outputs(), inputs):
-                raise _OtherLengths
-            result.accuracy, padded = _accuracy(
-                session_before.outputs(), session_after.outputs(), score_outputs, warnings, padding, inputs, sample_axes
-            )
-            # Tiled from the rows generated (batch 1): --batch 8 compared 8 copies of one sample, said as 8 samples.
-            distinct = min(batch, base_batch)
-            tiled = f" tiled to batch {batch}" if batch > base_batch else ""
-            result.accuracy_data = (
-                f"generated inputs ({distinct} sample{'s' if distinct > 1 else ''}{tiled}, one run{padded}): random "
-                "values say little about accuracy on real data; give --inputs"
-            )
-            measured = True
         label = f"{ep.name} batch {batch}"
-        times_before, times_after = time_interleaved(
-            session_before,
-            session_after,
-            plan,
-            (lambda done, total, label=label: progress(label, done, total)) if progress else None,
-        )
+        with _refused_at_batch(batch, base_batch, (before, after), ep.name, base_inputs, threads):
+            session_before = TimedSession(before, ep.name, inputs, threads)
+            session_after = TimedSession(after, ep.name, inputs, threads)
+            if not measured:
+                if longer_where_constant is not None and longer_where_constant(session_before.outputs(), inputs):
+                    raise _OtherLengths
+                result.accuracy, padded = _accuracy(
+                    session_before.outputs(),
+                    session_after.outputs(),
+                    score_outputs,
+                    warnings,
+                    padding,
+                    inputs,
+                    sample_axes,
+                )
+                # Tiled from the rows generated (batch 1): --batch 8 compared 8 copies of one sample, said as 8 samples.
+                distinct = min(batch, base_batch)
+                tiled = f" tiled to batch {batch}" if batch > base_batch else ""
+                result.accuracy_data = (
+                    f"generated inputs ({distinct} sample{'s' if distinct > 1 else ''}{tiled}, one run{padded}): "
+                    "random values say little about accuracy on real data; give --inputs"
+                )
+                measured = True
+            times_before, times_after = time_interleaved(
+                session_before,
+                session_after,
+                plan,
+                (lambda done, total, label=label: progress(label, done, total)) if progress else None,
+            )
         summary_before, summary_after = LatencySummary.of(times_before), LatencySummary.of(times_after)
         ratio = paired_ratio(times_before, times_after)
         if not ratio.trustworthy:
@@ -677,6 +687,37 @@ def _measure_provider(
         result.profile_before_ms = _profile(before, ep.name, first_inputs, threads)
         result.profile_after_ms = _profile(after, ep.name, first_inputs, threads)
     return result
+
+
+@contextlib.contextmanager
+def _refused_at_batch(
+    batch: int, rows: int, paths: tuple[str, str], ep: str, inputs: Mapping[str, np.ndarray], threads: int
+) -> Iterator[None]:
+    """ONNX Runtime refusing a model on ``inputs`` tiled or cut from their ``rows`` to another ``--batch``, where it
+    runs on them as they are: an error that names that batch. The model takes no such batch (a graph that fixes a
+    batch of 1 inside it, its inputs declared ``[batch, ...]``); other lengths cannot help, and ``compare --batch
+    1,2`` on one re-timed batch 1 at seven generated lengths, then blamed them ("shorter ones and longer ones up to
+    sequence=2048 were refused too: bind other sizes with --dim") without naming the batch."""
+    try:
+        yield
+    except InvalidModelError as error:
+        refused = next((path for path in paths if str(error).startswith(f"{path}: ONNX Runtime cannot")), None)
+        if batch == rows or refused is None or not _runs(refused, ep, inputs, threads):
+            raise
+        raise InvalidModelError(
+            f"--batch {batch}: {one_line(error)}; it runs at the {rows} row{'s' if rows != 1 else ''} its inputs "
+            f"hold, {'tiled' if batch > rows else 'cut'} to {batch}: the model does not take a batch of {batch} "
+            "(leave it out of --batch)"
+        ) from error
+
+
+def _runs(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int) -> bool:
+    """Whether ONNX Runtime runs ``path`` on ``inputs``."""
+    try:
+        TimedSession(path, ep, inputs, threads).outputs()
+    except InvalidModelError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -1052,10 +1093,13 @@ def _batch_of(model: ir.Model, inputs: Mapping[str, np.ndarray], batch_names: li
     """The rows the inputs hold: the batch dim's size where the model has one, else the leading size of its
     input of highest rank (a fixed ``[2, 4]`` beside a ``[3]`` scale: 2), else 1."""
     if batch_names:
-        bound = dims_from_inputs(model, inputs)
+        # A seq(tensor) input's batch is its elements' (``dims_from_inputs`` reads tensors).
+        elements = {name: array[0] for name, array in inputs.items() if isinstance(array, list) and array}
+        bound = dims_from_inputs(model, {**inputs, **elements})
         if batch_names[0] in bound:
             return int(bound[batch_names[0]])
-    shaped = [array for array in inputs.values() if np.ndim(array) > 0]
+    # A sequence's length is no batch: its ``shape`` (``GeneratedSequence``) leads with it.
+    shaped = [array for array in inputs.values() if not isinstance(array, list) and np.ndim(array) > 0]
     if not shaped:
         return 1
     return int(max(shaped, key=np.ndim).shape[0])
@@ -1071,6 +1115,11 @@ def _with_batch(
     resized = {}
     for name, array in inputs.items():
         axis = (axes or {}).get(name, 0)
+        if isinstance(array, list):
+            # A seq(tensor) input: each element along its batch axis (concatenated, the list became one tensor, which
+            # ONNX Runtime refused: "expected to be of type: 3 but received a tensor").
+            resized[name] = type(array)(_with_batch({name: item}, batch, current, axes)[name] for item in array)
+            continue
         if axis is None or np.ndim(array) <= axis or array.shape[axis] != current:
             resized[name] = array
             continue
@@ -1183,6 +1232,26 @@ def _check_same_signature(before: ir.Model, after: ir.Model) -> None:
     missing = [name for name in outputs_before if name not in {value.name for value in after.graph.outputs}]
     if missing:
         raise InputSpecError(f"AFTER has no output named '{missing[0]}'")
+
+
+def _refuse_types_numpy_lacks(path: str | os.PathLike, model: ir.Model) -> None:
+    """``InputSpecError`` for a graph input or output of a type numpy holds only through ml_dtypes (bfloat16, float8,
+    int4): ONNX Runtime's Python API neither takes nor returns such arrays ("Numpy_type 256 can't be converted to
+    MLDataType"), and the comparison, which feeds and reads both models as numpy arrays, stopped on the first run
+    with a hint to bind other sizes with ``--dim`` (after trying other lengths), which cannot help."""
+    inputs = runtime_inputs(model)
+    for value in (*inputs, *model.graph.outputs):
+        try:
+            kind = np.dtype(value.dtype.numpy()).kind if value.dtype is not None else ""
+        except (TypeError, ValueError):  # no numpy type at all: left to ONNX Runtime's own message
+            continue
+        if kind == "V":
+            role = "input" if value in inputs else "output"
+            raise InputSpecError(
+                f"{path}: {role} '{value.name}' is {_dtype_name(value.dtype)}, which ONNX Runtime's Python API "
+                "cannot take or return as a numpy array: compare cannot run this model (keep its inputs and outputs "
+                "float32 or float16)"
+            )
 
 
 def _dtype_name(dtype: ir.DataType) -> str:

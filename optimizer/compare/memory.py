@@ -61,9 +61,18 @@ def measure_session_memory(path: str, ep: str, inputs: Mapping[str, np.ndarray],
     with temporary_folder("graphopt-memory-") as folder:
         feeds = os.path.join(folder, "inputs.npz")
         # Strings travel as unicode (an .npz holds no Python objects) and are objects again in the child.
-        save_npz(feeds, {name: _unicode(array) for name, array in inputs.items()})
+        save_npz(feeds, {name: _unicode(array) for name, array in inputs.items() if not isinstance(array, list)})
+        # A seq(tensor) input travels as an .npz of its elements, a list again in the child: saved as one array it
+        # was a tensor there, which ONNX Runtime refused after the whole comparison had been timed.
+        sequences = {}
+        for index, (name, items) in enumerate((n, a) for n, a in inputs.items() if isinstance(a, list)):
+            sequences[name] = os.path.join(folder, f"sequence{index}.npz")
+            save_npz(sequences[name], {str(k): _unicode(item) for k, item in enumerate(items)})
         completed = subprocess.run(
-            [*_child_command(), path, feeds, ep, str(threads)], capture_output=True, text=True, check=False
+            [*_child_command(), path, feeds, ep, str(threads), json.dumps(sequences)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
@@ -190,11 +199,22 @@ def _windows_memory() -> tuple[int, int]:
     return int(counters.PeakWorkingSetSize), int(counters.WorkingSetSize)
 
 
-def _probe(path: str, feeds_path: str, ep: str, threads: int) -> MemoryUsage:
+def _probe(
+    path: str, feeds_path: str, ep: str, threads: int, sequences: Mapping[str, str] | None = None
+) -> MemoryUsage:
     from optimizer.compare.timing import TimedSession
+    from optimizer.runtime import import_onnxruntime, preload_cuda_libraries
 
+    # ONNX Runtime (and on CUDA its libraries) is imported lazily, by the first session: imported here, before the
+    # reset, so its ~12 MB count in neither model's growth (a 3-node model read 22 MB, 12 of them the import).
+    import_onnxruntime()
+    if ep == "cuda":
+        preload_cuda_libraries()
     with np.load(feeds_path) as archive:
         inputs = {name: _objects(archive[name]) for name in archive.files}
+    for name, file in (sequences or {}).items():
+        with np.load(file) as archive:
+            inputs[name] = [_objects(archive[str(k)]) for k in range(len(archive.files))]
     reader = _RssReader()
     baseline = reader.reset()
     gpu_before = _gpu_memory_used() if ep == "cuda" else None
@@ -207,6 +227,6 @@ def _probe(path: str, feeds_path: str, ep: str, threads: int) -> MemoryUsage:
 
 
 if __name__ == "__main__":
-    model_path, inputs_path, provider, thread_count = sys.argv[1:5]
-    usage = _probe(model_path, inputs_path, provider, int(thread_count))
+    model_path, inputs_path, provider, thread_count, sequence_paths = sys.argv[1:6]
+    usage = _probe(model_path, inputs_path, provider, int(thread_count), json.loads(sequence_paths))
     print(json.dumps(usage.__dict__))
