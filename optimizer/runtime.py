@@ -441,15 +441,32 @@ except Exception:
 
 
 def holds_float16(model: ir.Model) -> bool:
-    """Whether any graph of ``model`` stores a float16 initializer or declares a float16 input or output."""
+    """Whether any graph of ``model`` holds or computes float16: a float16 initializer, input, output or node output,
+    a ``Constant`` of a float16 tensor, or a ``Cast`` to float16.
+
+    Not only the initializers and the interface: the two-layer ViT that ONNX Runtime 1.32 crashes on loading
+    (``loading_crash``) crashed it as well with its float16 weights in ``Constant`` nodes, or stored float32 and
+    cast to float16 (a mixed-precision export), and such a model, not tried in a child, ended ``graphopt compare``
+    and ``optimize`` with exit -11 and no report."""
     for graph in model_graphs(model):
         values = [*graph.inputs, *graph.outputs, *getattr(graph, "initializers", {}).values()]
+        values += [output for node in graph for output in node.outputs]
         if any(value.dtype == ir.DataType.FLOAT16 for value in values if value is not None):
             return True
+        for node in graph:
+            for attribute in node.attributes.values():
+                if attribute.is_ref():
+                    continue
+                if attribute.type == ir.AttributeType.TENSOR and attribute.value.dtype == ir.DataType.FLOAT16:
+                    return True
+                if node.op_type == "Cast" and attribute.name == "to" and attribute.value == ir.DataType.FLOAT16:
+                    return True
     return False
 
 
-def loading_crash(model: ir.Model, optimization_level: str = "all") -> str | None:
+def loading_crash(
+    model: ir.Model, optimization_level: str = "all", *, path: str | os.PathLike | None = None
+) -> str | None:
     """How a child process failed loading ``model`` on ONNX Runtime's CPU at ``optimization_level``: "crashed
     (signal SIGSEGV)", or "hung (no load within 150 s)" past ``load_seconds(model)`` (then killed); None where it
     loaded or refused (a refusal is left to the caller's own session).
@@ -457,7 +474,10 @@ def loading_crash(model: ir.Model, optimization_level: str = "all") -> str | Non
     ONNX Runtime 1.32's CPU graph optimizations crash the process (a segmentation fault, no exception) loading
     some float16 models at ``ORT_ENABLE_ALL``: a two-layer torchvision ViT converted by onnxruntime's own float16
     converter. In graphopt's process that ended ``--fp16`` with no report, no output and no error message. A load
-    that hangs would hang graphopt as well; the child is given a time that a load of this size does not need."""
+    that hangs would hang graphopt as well; the child is given a time that a load of this size does not need.
+
+    With ``path``, the file ``model`` was loaded from, the child loads that file as it is (what ``graphopt compare``
+    times): no copy of the model, its weights included, is written first."""
     level = {
         "disable_all": "ORT_DISABLE_ALL",
         "basic": "ORT_ENABLE_BASIC",
@@ -465,12 +485,13 @@ def loading_crash(model: ir.Model, optimization_level: str = "all") -> str | Non
         "all": "ORT_ENABLE_ALL",
     }[optimization_level]
     with temporary_folder("graphopt-load-probe-") as folder:
-        path = os.path.join(folder, "model.onnx")
-        save_model_file(model, path, external_data="model.onnx.data")
+        if path is None:
+            path = os.path.join(folder, "model.onnx")
+            save_model_file(model, path, external_data="model.onnx.data")
         seconds = load_seconds(model)
         try:
             child = subprocess.run(
-                [sys.executable, "-c", _LOAD_IN_CHILD, path, level],
+                [sys.executable, "-c", _LOAD_IN_CHILD, os.fspath(path), level],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

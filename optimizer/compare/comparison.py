@@ -428,7 +428,7 @@ def _compare(
     batch_names = batch_dims(before_model)
     _refuse_oversized_batches(before_model, base_inputs, batch_names, settings.batches)
     providers = [
-        _unless_loading_crashes(ep, (("BEFORE", before_model), ("AFTER", after_model)))
+        _unless_loading_crashes(ep, (("BEFORE", before, before_model), ("AFTER", after, after_model)))
         for ep in resolve_execution_providers(list(settings.eps))
     ]
     runnable = [ep for ep in providers if ep.available]
@@ -512,15 +512,16 @@ def _compare(
     )
 
 
-def _unless_loading_crashes(ep: ExecutionProvider, models: Sequence[tuple[str, ir.Model]]) -> ExecutionProvider:
+def _unless_loading_crashes(ep: ExecutionProvider, models: Sequence[tuple[str, str, ir.Model]]) -> ExecutionProvider:
     """``ep``, or the CPU skipped with the reason where ONNX Runtime fails loading one of ``models`` that holds
     float16 at ``ORT_ENABLE_ALL`` (``loading_crash``, tried in a child process): ONNX Runtime 1.32 segfaults
     loading some float16 graphs so, and a comparison that loaded them in its own process died with no report
-    (exit -11). A skipped CPU fails every gate asked of it, as an EP that is not installed does."""
+    (exit -11). A skipped CPU fails every gate asked of it, as an EP that is not installed does. The child loads
+    the file the timing sessions load (``path``), not a copy written first: a 5 GB model was copied whole, twice."""
     if not ep.available or ep.name != "cpu":
         return ep
-    for which, model in models:
-        if holds_float16(model) and (failure := loading_crash(model, "all")):
+    for which, path, model in models:
+        if holds_float16(model) and (failure := loading_crash(model, "all", path=path)):
             return ExecutionProvider(
                 ep.name,
                 False,

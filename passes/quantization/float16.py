@@ -585,25 +585,46 @@ def _stored_float16(result: ir.Model, model: ir.Model) -> tuple[set[str], list[s
     (``_float32_typed``); a realization storing another (a review's injected fault: ``h * 3e4 * (1/3e4)`` in float16,
     infinite on a GPU) passed. Read off the result, a float16 tensor a node computes is the input's value of its name,
     or a ``Cast`` to float16 of one (a graph input's, a blocked op's float32 result), or one a ``Cast`` to float32
-    turns back into one (a graph output's, which the converter computes as ``graph_output_cast_N``)."""
+    turns back into one (a graph output's, which the converter computes as ``graph_output_cast_N``).
+
+    A value stored under one of the input's names is its value only where the same op computes it (the converter
+    casts around ops, it never replaces one): an injected ``g = h * 3e4``, ``k = g * (1/3e4)`` under the names of
+    two ``Relu`` after ``h`` was verified, as the check rounded the input's small ``g`` and ``k``; so was a float16
+    ``t = h * 3e4`` cast back to float32 under ``g``'s name (read as the graph output's ``graph_output_cast_N``)."""
     names = {value.name for value in model.graph.inputs}
     names.update(value.name for node in ir.traversal.RecursiveGraphIterator(model.graph) for value in node.outputs)
+    ops: dict[str, set[tuple[str, str]]] = {}  # a set: an If's branches may compute one name with different ops
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for value in node.outputs:
+            ops.setdefault(value.name, set()).add((node.domain or "", node.op_type))
     stored: set[str] = set()
     unknown: list[str] = []
     for node in ir.traversal.RecursiveGraphIterator(result.graph):
         for value in node.outputs:
             if value.dtype != ir.DataType.FLOAT16 or not isinstance(value.type, ir.TensorType):
                 continue  # a sequence's elements are stored as the values taken from it
-            if value.name in names:
+            if value.name in ops and not ops[value.name] & _computing_ops(node):
+                unknown.append(value.name)  # the input's name, another computation
+            elif value.name in names:
                 stored.add(value.name)
             elif node.op_type == "Cast" and node.inputs[0] is not None and node.inputs[0].name in names:
                 stored.add(node.inputs[0].name)
             elif back := [user.outputs[0].name for user, _ in value.uses() if user.op_type == "Cast"
-                          and user.outputs[0].name in names]:  # fmt: skip
+                          and ops.get(user.outputs[0].name, set()) & _computing_ops(node)]:  # fmt: skip
                 stored.update(back)
             else:
                 unknown.append(value.name)
     return stored, unknown
+
+
+def _computing_ops(node: ir.Node) -> set[tuple[str, str]]:
+    """``(domain, op_type)`` of ``node`` and, for a ``Cast``, of the node it reads: the converter computes a blocked
+    op's result (``pow_1``) as a ``Cast`` to float16 of its float32 one."""
+    ops = {(node.domain or "", node.op_type)}
+    source = node.inputs[0].producer() if node.op_type == "Cast" and node.inputs and node.inputs[0] else None
+    if source is not None:
+        ops.add((source.domain or "", source.op_type))
+    return ops
 
 
 def _float32_typed(proto: onnx.ModelProto) -> set[str]:
