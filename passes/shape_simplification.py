@@ -184,8 +184,8 @@ _ROUNDS = 3
 
 
 def _fold_static_dims(model: ir.Model) -> int:
-    """Replace each ``Gather(Shape(x), i)`` or ``Slice(Shape(x), a, b)`` (``_dim_read``) whose dims ONNX's shape
-    inference sizes with those sizes; return how many.
+    """Replace each ``Gather(Shape(x), i)`` or ``Slice(Shape(x), a, b)`` (``_dim_read``; the shape may be permuted
+    first, ``_shape_read``) whose dims ONNX's shape inference sizes with those sizes; return how many.
 
     onnxscript's folder gathers from a shape with a 1-D index only, and the legacy exporter writes a scalar one
     (``value.size(-1)``) and records no intermediate shapes: GPT-2's eager ``value.size(-1) ** 0.5`` stayed computed,
@@ -199,11 +199,15 @@ def _fold_static_dims(model: ir.Model) -> int:
         for node in list(model.graph):
             if not _dim_read(node) or node.outputs[0].is_graph_output():
                 continue
-            shape_node = node.inputs[0].producer()
+            shape_node, picked = _shape_read(node.inputs[0])
             x = shape_node.inputs[0]
             if x is None or x.shape is None:
                 continue
             dims = list(x.shape)[_shape_slice(shape_node, len(x.shape))]
+            if picked is not None:
+                if not all(-len(dims) <= i < len(dims) for i in picked):
+                    continue
+                dims = [dims[i] for i in picked]
             value = _read_dims(node, dims)
             if value is None:
                 continue
@@ -255,8 +259,7 @@ def _dim_read(node: ir.Node) -> bool:
     dims of ``x`` read at run time."""
     if not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None:
         return False
-    shape = node.inputs[0].producer()
-    if shape is None or shape.op_type != "Shape" or not is_onnx_domain(shape):
+    if _shape_read(node.inputs[0]) is None:
         return False
     if node.op_type == "Gather":
         return len(node.inputs) == 2 and node.inputs[1] is not None and constant_array(node.inputs[1]) is not None
@@ -270,6 +273,29 @@ def _dim_read(node: ir.Node) -> bool:
     if len(node.inputs) > 3 and node.inputs[3] is not None and (axes is None or axes.reshape(-1).tolist() != [0]):
         return False
     return len(node.inputs) <= 4 or node.inputs[4] is None or (steps is not None and steps.reshape(-1).tolist() == [1])
+
+
+def _shape_read(value: ir.Value) -> tuple[ir.Node, list[int] | None] | None:
+    """The ``Shape`` node ``value`` is, with None; or, for ``Gather(Shape(x), perm)`` with a constant 1-D index, that
+    ``Shape`` node and the dims it picks in order; else None.
+
+    ONNX Runtime's transpose optimizer (at ``ORT_ENABLE_BASIC``, which ``quant_pre_process`` runs) writes
+    ``Shape(Transpose(x, perm))`` so: a Llama's rotary split point ``Shape(q)[3] / 2`` stayed computed, and its
+    rotary embeddings, attention packing and half its Reshapes were left unfused on such a model.
+    """
+    node = value.producer()
+    if node is None or not is_onnx_domain(node):
+        return None
+    if node.op_type == "Shape":
+        return node, None
+    if node.op_type != "Gather" or len(node.inputs) != 2 or node.inputs[0] is None or node.inputs[1] is None:
+        return None
+    shape, index = node.inputs[0].producer(), constant_array(node.inputs[1])
+    if shape is None or shape.op_type != "Shape" or not is_onnx_domain(shape):
+        return None
+    if index is None or index.dtype.kind != "i" or index.ndim != 1:
+        return None
+    return shape, index.tolist()
 
 
 def _computed_target(node: ir.Node) -> bool:
@@ -1014,7 +1040,30 @@ def _broadcast_recording(base: type) -> type:
             self.dispatcher_["CastLike"] = lambda node: self._compute_on_sympy_data(node, lambda values: values[0])
             for op_type in _REDUCTIONS_WITH_AXES_INPUT:
                 self.dispatcher_[op_type] = functools.partial(self._infer_reduction, self.dispatcher_.get(op_type))
+            self.dispatcher_.setdefault("FusedMatMul", self._infer_fused_matmul)
             self.current_node = None  # the node being inferred, named by a failure's note
+
+        def _infer_fused_matmul(self, node):  # noqa: ANN001, ANN202 (ORT's own signature)
+            # ONNX Runtime's own optimizer writes com.microsoft FusedMatMul (a MatMul of a transposed input, or
+            # scaled: the attention scores' Q·Kᵀ/√d) into a model saved at ORT_ENABLE_EXTENDED, and the tool has no
+            # handler for it: the inference stopped there, at the first attention, and no Reshape target after it
+            # was proven (a BERT so saved kept 124 nodes, not 43, and its attentions unpacked). Its shape is a
+            # MatMul's of the inputs with their last two dims swapped where transA/transB say; the batch-transposing
+            # forms (transBatchA/B) are left unknown, as before.
+            flags = {attribute.name: attribute.i for attribute in node.attribute if attribute.type == attribute.INT}
+            if flags.get("transBatchA", 0) or flags.get("transBatchB", 0):
+                return
+            lhs, rhs = self._get_shape(node, 0), self._get_shape(node, 1)
+            if lhs is None or rhs is None or len(lhs) < 2 or len(rhs) < 2:
+                return
+            if flags.get("transA", 0):
+                lhs = [*lhs[:-2], lhs[-1], lhs[-2]]
+            if flags.get("transB", 0):
+                rhs = [*rhs[:-2], rhs[-1], rhs[-2]]
+            self._check_merged_dims([lhs[-1], rhs[-2]], allow_broadcast=False)
+            shape = [*self._broadcast_shapes(lhs[:-2], rhs[:-2]), lhs[-2], rhs[-1]]
+            dtype = self.known_vi_[node.input[0]].type.tensor_type.elem_type
+            self.known_vi_[node.output[0]].CopyFrom(onnx.helper.make_tensor_value_info(node.output[0], dtype, shape))
 
         def _infer_reduction(self, handler, node):  # noqa: ANN001, ANN202 (ORT's own signature)
             # From opset 18 these reductions read their axes from an input, as ReduceSum does from 13. The tool has
