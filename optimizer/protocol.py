@@ -95,10 +95,11 @@ class Twin:
     - ``source``: the float model the twin approximates, where that is not the pass's
       input (SmoothQuant rescaled it first); None means the pass's input.
     - ``deployed``: the model as the result computes where its float16 ops run as float16
-      kernels (a GPU): the twin with every activation it stores as float16 rounded to
-      float16 (infinite past 65504). ONNX Runtime's CPU EP runs most float16 ops as
-      float32 kernels, so the result checked on CPU never overflows where the deployed
-      model does: this model is held to the accuracy budget beside the result.
+      kernels (a GPU): the result in float32 with every value it stores as float16 rounded
+      to float16 (infinite past 65504), or the twin with those activations rounded. ONNX
+      Runtime's CPU EP runs most float16 ops as float32 kernels, so the result checked on
+      CPU never overflows where the deployed model does: this model is held to the accuracy
+      budget beside the result.
     - ``unrounded``: for an ``"int4"`` twin whose kernels round their inputs (accuracy_level
       4), what builds the same twin without that rounding (``"int4-float"``; built only when
       needed: a twin holds the weights in float32): what the result computes

@@ -381,3 +381,95 @@ def _float16_interface(graph: ir.Graph) -> None:
         cast.outputs[0].dtype = ir.DataType.FLOAT16
         graph.append(cast)
         graph.outputs[index] = halves[id(value)] = cast.outputs[0]
+
+
+def float16_kernels(result: ir.Model) -> ir.Model | None:
+    """``result`` (a model computing in float16) as float16 kernels compute it, written in float32 for a CPU: every
+    float16 weight and constant widened exactly, every op computing in float32, and every value ``result`` stores as
+    float16 (a node's float16 output, a float16 graph input) rounded to float16 after it is computed (a ``Cast`` to
+    float16 and back: infinite past 65504). Its inputs and outputs keep ``result``'s types. None where ``result``
+    holds a subgraph or a function (their values' types are not rewritten here), or a float16 value of unknown
+    type.
+
+    Built from the result itself, not from the input: ONNX Runtime's CPU EP runs most float16 ops as float32
+    kernels and drops the Casts around them, so a float16 value that overflows on a GPU is finite in the result run
+    on CPU, and a model of the rounding built from the input by names held a realization computing another value
+    under an input's name to the input's value (``g = h * 3e4`` in float16, 1.9e6 here and infinite on a GPU)."""
+    if result.functions or any(
+        attribute.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+        for node in result.graph
+        for attribute in node.attributes.values()
+    ):
+        return None
+    model = result.clone()
+    graph = model.graph
+    half, single = ir.DataType.FLOAT16, ir.DataType.FLOAT
+    for value in graph.initializers.values():
+        if value.const_value is not None and value.const_value.dtype == half:
+            value.const_value = ir.tensor(value.const_value.numpy().astype(np.float32), name=value.name)
+            value.type = ir.TensorType(single)  # a new type object: a clone shares its values' types
+    stored: list[ir.Value] = []
+    for node in list(graph):
+        for name, attribute in list(node.attributes.items()):
+            if attribute.is_ref():
+                continue
+            if attribute.type == ir.AttributeType.TENSOR and attribute.value.dtype == half:
+                widened = ir.tensor(attribute.value.numpy().astype(np.float32), name=attribute.value.name)
+                node.attributes[name] = ir.AttrTensor(name, widened)
+            elif name in ("to", "dtype") and attribute.type == ir.AttributeType.INT and attribute.value == half:
+                node.attributes[name] = ir.AttrInt64(name, single)
+        for value in node.outputs:
+            if value.type is None and value.uses():
+                return None  # a value whose type nothing says may be float16: its rounding would be missed
+            if value.dtype == half:
+                value.type = ir.TensorType(single)
+                stored.append(value)
+    for value in graph.inputs:
+        if value.dtype == half:
+            widened = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", single)])
+            widened.outputs[0].name, widened.outputs[0].dtype = f"{value.name}.float32", single
+            widened.outputs[0].shape = value.shape
+            for user, index in list(value.uses()):
+                if user is not widened:
+                    user.replace_input_with(index, widened.outputs[0])
+            if len(graph):
+                graph.insert_before(graph.node(0), widened)
+            else:
+                graph.append(widened)
+    _round_stored(graph, stored)
+    _float16_outputs(graph, [value.name for value in result.graph.outputs if value.dtype == half])
+    return model
+
+
+def _round_stored(graph: ir.Graph, stored: list[ir.Value]) -> None:
+    """Round each of ``stored`` (node outputs of ``graph``) to float16 after its producer: the rounded value takes
+    the name, the exact one ``<name>.unrounded``, so readers and graph outputs read the rounded one."""
+    for value in stored:
+        producer = value.producer()
+        name = value.name
+        to_half = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT16)])
+        back = ir.Node("", "Cast", to_half.outputs, attributes=[ir.AttrInt64("to", ir.DataType.FLOAT)])
+        uses = [(user, index) for user, index in value.uses() if user is not to_half]
+        to_half.outputs[0].name = f"{name}.float16"
+        value.name, back.outputs[0].name = f"{name}.unrounded", name
+        back.outputs[0].shape, back.outputs[0].dtype = value.shape, ir.DataType.FLOAT
+        for user, index in uses:
+            user.replace_input_with(index, back.outputs[0])
+        for index, output in enumerate(list(graph.outputs)):
+            if output is value:
+                graph.outputs[index] = back.outputs[0]
+        graph.insert_after(producer, [to_half, back])
+
+
+def _float16_outputs(graph: ir.Graph, names: list[str]) -> None:
+    """Give the graph outputs named in ``names`` (float16 in the result) their float16 type back: a ``Cast`` of the
+    float32 value, under the output's name."""
+    for index, value in enumerate(list(graph.outputs)):
+        if value.name not in names or value.dtype != ir.DataType.FLOAT:
+            continue
+        cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT16)])
+        name, value.name = value.name, f"{value.name}.float32"
+        cast.outputs[0].name, cast.outputs[0].shape = name, value.shape
+        cast.outputs[0].dtype = ir.DataType.FLOAT16
+        graph.append(cast)
+        graph.outputs[index] = cast.outputs[0]

@@ -33,7 +33,7 @@ from optimizer.protocol import Twin
 from optimizer.runtime import open_session, session_options
 from passes._pass import GraphoptPass
 from passes._utils import constant_array, unique_name
-from passes.quantization._twin import float16_twin
+from passes.quantization._twin import float16_kernels, float16_twin
 
 # Kept float32, with Casts at their boundaries: the reductions of decomposed
 # normalizations (a sum of squares overflows float16's 65504 quickly), and softmax
@@ -86,12 +86,14 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     (``_twin.float16_twin``); the result also rounds some activations to float16, which
     is what the float16 tolerance allows for. ONNX Runtime's CPU EP runs most float16 ops
     as float32 kernels and drops the Casts around them, so the result checked on CPU does
-    not overflow where float16 kernels (a GPU's) do: the twin's ``deployed`` model, which
-    also rounds every activation the converter stores as float16 (infinite past 65504),
-    is held to the accuracy budget beside the result (a ``MatMul`` to 192000 was verified
-    on CPU and infinite on a GPU). Which activations it rounds is also read off the result
-    (``_stored_float16``); a result storing a float16 value the input does not compute is
-    refused, as that check could not round it.
+    not overflow where float16 kernels (a GPU's) do: the twin's ``deployed`` model, the
+    result computing in float32 with every value it stores as float16 rounded to float16
+    (infinite past 65504; ``_twin.float16_kernels``), is held to the accuracy budget beside
+    the result (a ``MatMul`` to 192000 was verified on CPU and infinite on a GPU). Where the
+    result holds a subgraph, a function or an untyped value, the input's twin with the
+    activations the converter stores as float16 rounded stands in, those read off the result
+    (``_stored_float16``) among them; a result storing a float16 value the input does not
+    compute is refused, as that stand-in could not round it.
 
     Local functions are inlined first: the converter retypes a call's inputs but not the
     function's own float32 constants.
@@ -190,9 +192,8 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             "the input with its float16 weights rounded to float16, computing in float32"
             + (f", {bounds}" if clamped else "")
             + ("" if self.keep_io_types else ", float16 inputs and outputs"),
-            deployed=float16_twin(
-                model, blocked, keep_io_types=self.keep_io_types, float16_values=float16_values | stored
-            ),
+            deployed=float16_kernels(result)
+            or float16_twin(model, blocked, keep_io_types=self.keep_io_types, float16_values=float16_values | stored),
         )
         return self.result(result, modified=True, twin=twin)
 
