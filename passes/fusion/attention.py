@@ -968,6 +968,15 @@ def _candidate(softmax: ir.Node, opset: int, *, capped: bool = False) -> tuple[_
     return match, heads
 
 
+def _shapes_may_help(candidate: tuple[_Attention, int] | str) -> bool:
+    """Whether shapes inferred for the graph may let ``candidate`` match, or match in its plainest form (Q, K and V
+    read as the 3-D tensors their head splits split)."""
+    if isinstance(candidate, str):
+        return True
+    match = candidate[0]
+    return not (match.query.canonical() and match.key.canonical() and match.value.canonical())
+
+
 @dataclass
 class StagedAttention:
     """A soft-capped attention built as MultiHeadAttention that the graph does not read yet.
@@ -1095,8 +1104,11 @@ class AttentionFusion(FusionPass):
                 spelled[id(result.softmax)] = result
         softmaxes = [n for n in model.graph if is_onnx_op(n, "Softmax")]
         # Shapes the exporter did not record are inferred only where a candidate needs them,
-        # and taken back afterwards (``_inferred_shapes``).
-        if any(isinstance(_candidate(s, opset), str) for s in softmaxes) and lacks_shapes(model):
+        # and taken back afterwards (``_inferred_shapes``): one refused, or one that would be fused with its
+        # key/value as per-head tensors (dynamo's SDPA relayout of K through 3-D is followed as a head split
+        # only where the ranks are known; a file saved without its value_info fused every attention so,
+        # and pack-qkv and fuse-group-query-attention then left them all unfused).
+        if any(_shapes_may_help(_candidate(s, opset)) for s in softmaxes) and lacks_shapes(model):
             with inferred_shapes(model):
                 count = self._fuse(model, softmaxes, opset, spelled)
         else:
