@@ -234,6 +234,7 @@ def optimize_with_report(
         _ensure_padding(ir_model, verifier)
         _ensure_shifted_positions(ir_model, verifier)
         if not specializes:  # after the padded copy: with every dim fixed, the step is cut from it
+            _add_padded_prefill(ir_model, verifier)
             _add_decode_step(ir_model, verifier)
     else:
         verifier = None
@@ -850,25 +851,82 @@ def _add_prefill(model: ir.Model, verifier: Verifier) -> None:
     layout = recognise_causal_lm(model)
     if isinstance(layout, str) or not layout.cache:
         return
-    first = verifier.inputs
-    if any(
-        all(pair.past in inputs and np.shape(inputs[pair.past])[pair.sequence_axis] == 0 for pair in layout.cache)
-        for inputs in verifier.input_sets
-    ):
+    if any(_empty_cache(layout, inputs) for inputs in verifier.input_sets):
         return
-    ids = np.asarray(first.get(layout.input_ids))
-    if ids.ndim != 2 or ids.size == 0 or any(pair.past not in first for pair in layout.cache):
+    prefill = _prefill_of(layout, verifier.inputs)
+    if prefill is None:
         return
+    sequence = prefill[layout.input_ids].shape[1]
+    label = f"the prefill: the first set's {sequence} tokens with an empty cache"
+    verifier.add_input_set(prefill, label, report_drop=False)
+    if sequence > _SHORT_PROMPT:
+        # A short prompt too: every other set holds 128 positions or more, and a rewrite wrong only below 32 (a
+        # kernel's path for short sequences) was verified (a review).
+        short = {name: prefill[name][:, :_SHORT_PROMPT] for name in _sequence_inputs(layout) if name in prefill}
+        label = f"a short prefill: the first set's first {_SHORT_PROMPT} tokens with an empty cache"
+        verifier.add_input_set({**prefill, **short}, label, report_drop=False)
+
+
+# The tokens of the short prefill verification adds (a chat's first turn may be a few tokens).
+_SHORT_PROMPT = 7
+
+
+def _sequence_inputs(layout: Any) -> list[str]:
+    """The inputs of a prefill that hold one value per token: ids, mask and positions."""
+    return [name for name in (layout.input_ids, layout.attention_mask, layout.position_ids) if name is not None]
+
+
+def _add_padded_prefill(model: ir.Model, verifier: Verifier) -> None:
+    """For a decoder with a key/value cache and a mask, verify on a padded prefill of several rows too, unless a set
+    is one already: the tokens of the first set of several rows (else the first set's) with every cache empty, the
+    mask padding a row's start and a row's end (``padded_copy``). A batch of prompts starts so, and a rewrite wrong
+    only there (a kernel's path for a padded or batched first prompt) was verified on the one unpadded row of
+    ``_add_prefill``. Added after ``_ensure_padding``, whose padded copy keeps its past."""
+    layout = recognise_causal_lm(model)
+    masks = mask_inputs(model, verifier.inputs)
+    if isinstance(layout, str) or not layout.cache or not masks:
+        return
+
+    def rows(inputs: Mapping[str, np.ndarray]) -> int:
+        return int(np.shape(inputs.get(layout.input_ids, ()))[0]) if layout.input_ids in inputs else 0
+
+    def padded(inputs: Mapping[str, np.ndarray]) -> bool:
+        padding = _padding(inputs, masks)
+        return padding is not None and bool(padding.any())
+
+    if any(_empty_cache(layout, inputs) and rows(inputs) > 1 and padded(inputs) for inputs in verifier.input_sets):
+        return
+    index, source = next(
+        ((index, inputs) for index, inputs in enumerate(verifier.input_sets) if rows(inputs) > 1),
+        (0, verifier.inputs),
+    )
+    prefill = _prefill_of(layout, source)
+    if prefill is None or any(name not in prefill for name in masks):
+        return
+    prefill, how = padded_copy(prefill, masks)
+    label = f"a padded prefill: set {index + 1}'s tokens with an empty cache ({how})"
+    verifier.add_input_set(prefill, label, report_drop=False)
+
+
+def _empty_cache(layout: Any, inputs: Mapping[str, np.ndarray]) -> bool:
+    """Whether every cache in ``inputs`` is there and holds no position (a prefill)."""
+    return all(pair.past in inputs and np.shape(inputs[pair.past])[pair.sequence_axis] == 0 for pair in layout.cache)
+
+
+def _prefill_of(layout: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """``inputs``' new tokens with every cache empty, the mask ones and positions from 0; None where an input of
+    the layout is missing."""
+    ids = np.asarray(inputs.get(layout.input_ids))
+    if ids.ndim != 2 or ids.size == 0 or any(pair.past not in inputs for pair in layout.cache):
+        return None
     batch, sequence = ids.shape
-    prefill = dict(first)
+    prefill = dict(inputs)
     prefill.update({pair.past: pair.empty(batch) for pair in layout.cache})
     if layout.attention_mask is not None:
         prefill[layout.attention_mask] = np.ones((batch, sequence), layout.mask_dtype)
     if layout.position_ids is not None:
         prefill[layout.position_ids] = np.tile(np.arange(sequence), (batch, 1)).astype(layout.positions_dtype)
-    verifier.add_input_set(
-        prefill, f"the prefill: the first set's {sequence} tokens with an empty cache", report_drop=False
-    )
+    return prefill
 
 
 def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
@@ -901,10 +959,20 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
         elif (step := _decode_step(model, layout, inputs, past, new_tokens(inputs))) is not None:
             if not _wholly_padded_row(step, masks):
                 steps.append((index, past, step))
-    if any(_pads_a_past(inputs, masks, _past_length(layout, inputs)) for inputs in given):
-        return  # a step that pads part of its past is verified already
     padded = [(index, past, step) for index, past, step in steps if _pads_a_past(step, masks, past)]
-    for index, past, step in padded[:1] or ([] if given else steps[:1]):
+    if any(_pads_a_past(inputs, masks, _past_length(layout, inputs)) for inputs in given):
+        chosen = []  # a step that pads part of its past is verified already
+    else:
+        chosen = padded[:1] or ([] if given else steps[:1])
+
+    def rows(inputs: Mapping[str, np.ndarray]) -> int:
+        return int(np.shape(inputs[layout.input_ids])[0])
+
+    # A step of one row too (a chat's every step): a kernel may take another path for one row and one token (a
+    # review's rewrite wrong only there was verified on the padded step of two rows).
+    if not any(rows(inputs) == 1 for inputs in [*given, *(step for _, _, step in chosen)]):
+        chosen += [entry for entry in steps if rows(entry[2]) == 1][:1]
+    for index, past, step in chosen:
         label = f"a decode step: set {index + 1}'s past of {past} with its first new token"
         verifier.add_input_set(step, label, report_drop=False)
 

@@ -47,7 +47,8 @@ def text_from_arrays(arrays: Mapping[str, np.ndarray], lm: CausalLM, source: str
     named as ``text_mask_name`` says).
 
     ``InputSpecError`` naming ``source`` for ids that are not a 2-D integer array, a mask of
-    another shape, ids outside the vocabulary, or no row with two tokens (nothing to score).
+    another shape or with pads between a row's tokens, ids outside the vocabulary, or no row with two tokens
+    (nothing to score).
     """
     ids = np.asarray(arrays[lm.input_ids])
     if ids.ndim != 2 or ids.dtype.kind not in "iu":
@@ -61,6 +62,15 @@ def text_from_arrays(arrays: Mapping[str, np.ndarray], lm: CausalLM, source: str
         raise InputSpecError(
             f"{source}: '{mask_name}' must be 0/1 of the ids' shape {list(ids.shape)}, not {_kind(mask)}"
         )
+    for index, keep in enumerate(mask.astype(bool)):
+        held = np.flatnonzero(keep)
+        if len(held) and held[-1] - held[0] + 1 != len(held):
+            # Dropping the pads joined the pieces into one row: the token after the gap was scored as the next of
+            # the one before it (a review).
+            raise InputSpecError(
+                f"{source}: '{mask_name}' row {index} masks positions between its tokens ({held[0]} to {held[-1]}): "
+                "pads go at either end of a row; give each piece of text a row of its own"
+            )
     rows = tuple(row[keep.astype(bool)].astype(np.int64) for row, keep in zip(ids, mask))
     # Gather reads negative indices from the end: a negative id would be scored as another token.
     high = lm.vocab if lm.vocab is not None else np.iinfo(np.int64).max
@@ -103,7 +113,9 @@ class LLMAccuracy:
     step past a continuation of one token), not the prefill's, which chose the first token.
     Each cosine is held to ``1 - (q - 1)**2 / 2`` of the norm ratio ``q`` too (a cosine does not see
     logits scaled). A logit that is NaN or infinite in both models alike (a vocabulary masked with
-    ``-inf``) counts in none of the cosines; one that is so in one model only makes them NaN.
+    ``-inf``) counts in none of the cosines; one that is so in one model only makes them NaN. Where ``batch`` is
+    above 1, each cosine is the lower of the batched rows' and the rows' run alone (batch 1), the other figures
+    the batched rows'.
     """
 
     text: str
@@ -141,7 +153,8 @@ def measure_llm_accuracy(
 ) -> LLMAccuracy:
     """Teacher-forced agreement and perplexity on ``text``, and greedy continuations of its first
     ``prompt_length`` tokens, ``new_tokens`` long; ``batch`` rows run at a time, left-padded (rows of one
-    length at a time where the model takes no positions and pads on the left)."""
+    length at a time where the model takes no positions and pads on the left), and where that is more than one,
+    each row alone too, for the cosines."""
     # Padding needs a mask, and positions that skip it: given as position_ids, or counted from the row's start
     # (right padding). A model with neither may count positions from its cache (transformers' GPT-2 without
     # position_ids): a left-padded row would be read at shifted positions, so it gets rows of one length.
@@ -149,17 +162,51 @@ def measure_llm_accuracy(
     padded = lm.attention_mask is not None and (lm.position_ids is not None or lm.padding == "right")
     measure = functools.partial(_measure, before, after, text, batch, prompt_length, new_tokens)
     if not padded:
-        return measure(padded=False)
-    try:
-        return measure(padded=True)
-    except _BeforeNotFiniteWhenPadded:
-        unpadded = measure(padded=False)
-        note = (
-            "BEFORE's own logits are NaN at real tokens of left-padded rows (a softmax over keys that are all "
-            "masked at the pads, -inf, reaches the next layer): rows of one length were compared at a time"
-        )
-        joined = f"{unpadded.note}; {note}" if unpadded.note else note
-        return dataclasses.replace(unpadded, note=joined)
+        result = measure(padded=False)
+    else:
+        try:
+            result = measure(padded=True)
+        except _BeforeNotFiniteWhenPadded:
+            unpadded = measure(padded=False)
+            note = (
+                "BEFORE's own logits are NaN at real tokens of left-padded rows (a softmax over keys that are all "
+                "masked at the pads, -inf, reaches the next layer): rows of one length were compared at a time"
+            )
+            result = dataclasses.replace(unpadded, note=_joined(unpadded.note, note))
+    if result.batch > 1:
+        # Rows alone too: a generation of one row runs one-row steps, which kernels may take another path for (a
+        # review's AFTER wrong at every decode step of batch 1 passed --min-cosine at --batch 1,4, measured at 4).
+        alone = _measure(before, after, text, 1, prompt_length, new_tokens, padded=False)
+        result = _with_lower_cosines(result, alone)
+    return result
+
+
+_COSINES = ("logits_cosine", "logits_worst_cosine", "decode_logits_cosine", "decode_logits_worst_cosine")
+
+
+def _with_lower_cosines(batched: LLMAccuracy, alone: LLMAccuracy) -> LLMAccuracy:
+    """``batched`` with each cosine the lower of its own and that of the rows run alone (NaN where either is), and a
+    note naming those lower alone."""
+    lower = {}
+    for name in _COSINES:
+        mine, theirs = getattr(batched, name), getattr(alone, name)
+        lower[name] = float(np.min([mine, theirs]))  # NaN stays NaN (min() would skip it)
+    # Below 1e-6 the two differ by rounding only (another batch, another order of sums).
+    worse = [name for name in _COSINES if getattr(alone, name) < getattr(batched, name) - 1e-6]
+    if not worse:
+        return dataclasses.replace(batched, **lower)
+    figures = ", ".join(
+        f"{name} {getattr(alone, name):.6g} (rows together {getattr(batched, name):.6g})" for name in worse
+    )
+    note = (
+        f"each row alone (batch 1), AFTER's logits are further from BEFORE's: {figures}; the cosines given are "
+        f"those, the other figures {batched.batch} rows' at a time"
+    )
+    return dataclasses.replace(batched, **lower, note=_joined(batched.note, note))
+
+
+def _joined(note: str, more: str) -> str:
+    return f"{note}; {more}" if note else more
 
 
 class _BeforeNotFiniteWhenPadded(Exception):
