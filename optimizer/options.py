@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import numbers
 import os
@@ -219,18 +220,7 @@ class Options:
         elif base is not None:
             raise OptionError(f"options: expected an Options or a mapping of option names, not {type(base).__name__}")
         merged.update(values)
-        unknown = [name for name in merged if name not in fields]
-        if unknown:
-            name = unknown[0]
-            if not isinstance(name, str):  # difflib compares strings: a key 1 or None raised TypeError
-                raise OptionError(f"options: option names are strings, not {name!r}")
-            if name in _also:
-                raise OptionError(f"{name!r} is an argument of its own, not an option: pass {name}=... beside options")
-            near = difflib.get_close_matches(name, [*_also, *sorted(fields)], n=1, cutoff=0.6)
-            hint = _REPLACED.get(name) or (
-                f"did you mean {near[0]!r}?" if near else f"options: {', '.join(sorted(fields))}"
-            )
-            raise OptionError(f"unknown option {name!r} ({hint})")
+        _refuse_unknown(merged, _also)
         return cls(**merged)
 
     @property
@@ -254,6 +244,39 @@ class Options:
             return f"{name}=True"
         shown = "" if isinstance(value, bool) or flag.startswith("--no-") else f" {_show(value)}"
         return f"{flag}{shown} ({name}={value!r})"
+
+
+def _refuse_unknown(names: Iterable[Any], also: tuple[str, ...] = ()) -> None:
+    """``OptionError`` for the first of ``names`` that is no field of ``Options``, suggesting the nearest field (or
+    the nearest of ``also``, the caller's own keywords)."""
+    fields = {f.name for f in dataclasses.fields(Options)}
+    unknown = [name for name in names if name not in fields]
+    if not unknown:
+        return
+    name = unknown[0]
+    if not isinstance(name, str):  # difflib compares strings: a key 1 or None raised TypeError
+        raise OptionError(f"options: option names are strings, not {name!r}")
+    if name in also:
+        raise OptionError(f"{name!r} is an argument of its own, not an option: pass {name}=... beside options")
+    near = difflib.get_close_matches(name, [*also, *sorted(fields)], n=1, cutoff=0.6)
+    hint = _REPLACED.get(name) or (f"did you mean {near[0]!r}?" if near else f"options: {', '.join(sorted(fields))}")
+    raise OptionError(f"unknown option {name!r} ({hint})")
+
+
+_dataclass_init = Options.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _checked_init(self: Options, *args: Any, **values: Any) -> None:
+    # ``Options(tagret="cpu")``, the reusable value README shows, raised the dataclass's TypeError where
+    # ``optimize(tagret="cpu")`` is an OptionError naming the nearest option: both are, with the same words.
+    if args:
+        raise OptionError(f"Options takes options by name (Options(target='cuda', fp16=True)), not {args[0]!r}")
+    _refuse_unknown(values)
+    _dataclass_init(self, **values)
+
+
+Options.__init__ = _checked_init  # type: ignore[method-assign]
 
 
 def flag_of(name: str) -> str:

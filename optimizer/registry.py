@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from optimizer.errors import PassSelectionError
+from optimizer.errors import OptionError, PassSelectionError
 from optimizer.options import TARGETS, Options, flag_of
 from optimizer.protocol import PassSpec
 
@@ -27,7 +27,10 @@ def all_passes() -> list[PassSpec]:
 
 
 def default_pass_names(target: str = "cpu") -> list[str]:
-    """Names of the passes in ``target``'s default pipeline, in order."""
+    """Names of the passes in ``target``'s default pipeline, in order; ``OptionError`` for an unknown target (an
+    empty list read as "nothing to run" for ``"gpu"`` or ``"CUDA"``)."""
+    if target not in TARGETS:
+        raise OptionError(f"--target {target}: expected one of {', '.join(TARGETS)}")
     return [spec.name for spec in all_passes() if target in spec.default_for]
 
 

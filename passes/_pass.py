@@ -21,18 +21,22 @@ failed pass and rolls back.
 Called as an onnx-ir pass (``__call__``, as any ``PassManager`` does), a pass first reads
 a dim declared negative (tf2onnx's and Paddle's -1, "any size") as unnamed, as graphopt's
 own entry points do before any pass: ONNX's inference takes -1 for a size. A pass that
-changes nothing (or returns a new model) leaves its input's -1 dims as they were.
+changes nothing (or returns a new model) leaves its input's -1 dims as they were. Its notes
+and refusals are also logged at DEBUG on its module's logger: a ``PassManager`` returns a
+plain ``PassResult``, so they are the one place its user learns why nothing was fused.
 """
 
 from __future__ import annotations
 
+import logging
+import numbers
 from collections import Counter
 from collections.abc import Iterator
 
 import onnx_ir as ir
 
 from optimizer.model_io import unname_negative_dims
-from optimizer.options import DATA_IMPORTANCE_KINDS
+from optimizer.options import DATA_IMPORTANCE_KINDS, TARGETS
 from optimizer.protocol import NotedResult, Twin
 from passes._utils import rename_shadowed_initializers
 
@@ -88,6 +92,11 @@ class GraphoptPass:
             rename_shadowed_initializers(result.model.graph, getattr(self, "_initializers_before", set()))
         if not isinstance(result, NotedResult):  # a pass built on an onnx-ir pass returns its plain result
             result = self.result(result.model, result.modified)
+        # A PassManager returns a plain PassResult: logged, a refusal's reason reaches its user too (the pipeline
+        # shows them in the report; the CLI's -vv shows these lines).
+        logger = logging.getLogger(type(self).__module__)
+        for line in (*result.refusals, *result.notes):
+            logger.debug("%s: %s", type(self).__name__, line)
         return result
 
     def requires(self, model: ir.Model) -> None:
@@ -151,6 +160,26 @@ class GraphoptPass:
         self._notes: list[str] = []
         self._tally = Tally(self.left_as)
         self._declined: list[str] = []
+
+
+def checked_target(target: object) -> str:
+    """``target`` where it is one of graphopt's targets, else ``ValueError``.
+
+    Checked where a pass is built, as its other arguments are: the pipeline's options are checked before any pass
+    is built, but a pass built by hand for an unknown target ("gpu", "CUDA") had no kernels, so every fusion
+    declined, and a plain ``PassManager`` keeps no pass's refusals to say why (the int4 pass raised ``KeyError``)."""
+    if not isinstance(target, str) or target not in TARGETS:
+        raise ValueError(f"target {target!r}: expected one of {', '.join(TARGETS)}")
+    return target
+
+
+def checked_length(value: object, name: str = "max_sequence") -> int:
+    """``value`` where it is a positive whole number of tokens, else ``ValueError``: the fusions that probe a mask
+    or build rotary tables up to it failed deep inside numpy on 0, a negative or a float, or on a string in a
+    comparison, after the pass had started."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} {value!r}: expected a positive number of tokens")
+    return int(value)
 
 
 def unfit_on_generated_samples(importance: str | None, repair: bool | None, fitting: str, default: str) -> str | None:

@@ -34,7 +34,7 @@ from optimizer.domains import is_onnx_op, onnx_opset
 from optimizer.errors import RuntimeRefusedError
 from optimizer.qdq_rewrites import float_layer_behind_dequantize
 from passes._kernel_timing import FASTER_BELOW, SHORT_PLAN, MachineTimings, OneModel, interleaved_times, runtime_key
-from passes._pass import GraphoptPass
+from passes._pass import GraphoptPass, checked_target
 from passes._utils import add_initializer, constant_array, declared_shapes_kept, unique_name
 
 _KIND = "padded tall Conv"
@@ -91,7 +91,7 @@ class SplitConvPaddingPass(GraphoptPass, ir.passes.InPlacePass):
 
     def __init__(self, target: str = "cpu", threads: int | None = None, speed: PaddingSpeed | None = None) -> None:
         super().__init__()
-        self.target = target
+        self.target = checked_target(target)
         self.speed = speed or PaddingSpeed(target, threads)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

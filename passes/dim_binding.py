@@ -11,7 +11,9 @@ from collections.abc import Mapping
 
 import onnx_ir as ir
 
+from optimizer.errors import OptionError
 from optimizer.inputs import DECLARED_SHAPE
+from optimizer.options import checked_dims
 from passes._pass import GraphoptPass
 from passes._utils import declared_shapes_inferred
 
@@ -42,7 +44,12 @@ class BindDimsPass(GraphoptPass, ir.passes.InPlacePass):
 
     def __init__(self, dims: Mapping[str, int]) -> None:
         super().__init__()
-        self.dims = dict(dims)
+        try:
+            # Checked as --dim is: {"batch": -1} wrote a -1 size into the inputs (which ONNX's inference reads as a
+            # size), 0 an empty batch, 2.5 a batch of 2, all with modified=True and no word.
+            self.dims = checked_dims(dims)
+        except OptionError as error:
+            raise ValueError(str(error)) from None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph

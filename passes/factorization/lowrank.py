@@ -83,7 +83,7 @@ from passes._layers import (
     unmatched_patterns,
 )
 from passes._least_squares import GramFit
-from passes._pass import GraphoptPass, refuse_without_samples, unfit_on_generated_samples
+from passes._pass import GraphoptPass, checked_target, refuse_without_samples, unfit_on_generated_samples
 from passes._utils import add_initializer, constant_array, nothing_found_note, remove_dead_nodes, unique_name
 from passes.factorization._timing import FASTER_BELOW, MeasuredSpeed, parameter_limit
 
@@ -170,7 +170,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.repair = real and repair is not False
         self.samples = samples
         self.budget = budget if budget is not None and budget.bounds_anything else None
-        self.target = target
+        self.target = checked_target(target)
         self.dims = dict(dims or {})
         self.exclude = tuple(exclude)
         self.speed = speed

@@ -9,7 +9,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import _basics, pattern
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
-from passes._pass import GraphoptPass
+from passes._pass import GraphoptPass, checked_target
 from passes._utils import linear_rule_set, nothing_found_note, recorded_facts, remove_dead_nodes, restore_facts
 from passes.fusion._targets import unsupported_ops
 
@@ -41,7 +41,7 @@ class FusionPass(GraphoptPass, ir.passes.InPlacePass):
 
     def __init__(self, target: str = "cpu") -> None:
         super().__init__()
-        self.target = target
+        self.target = checked_target(target)
         self.fused_count = 0
 
     @abc.abstractmethod

@@ -40,6 +40,7 @@ import onnx_ir as ir
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import evaluate
+from passes._pass import checked_length
 from passes._utils import add_initializer, constant_array, replace_value
 from passes.fusion._base import FusionPass
 from passes.fusion._layout import producer
@@ -231,7 +232,7 @@ class EmbedLayerNormFusion(FusionPass):
 
     def __init__(self, target: str = "cpu", max_sequence: int = DEFAULT_MAX_SEQUENCE) -> None:
         super().__init__(target)
-        self.max_sequence = max_sequence
+        self.max_sequence = checked_length(max_sequence)
 
     def fuse(self, model: ir.Model) -> int:
         count = 0

@@ -109,6 +109,7 @@ import onnx_ir as ir
 from optimizer.domains import MS_DOMAIN, is_onnx_op
 from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import evaluator, import_onnxruntime
+from passes._pass import checked_length
 from passes._utils import add_initializer, constant_array, replace_value, shape_dims
 from passes.fusion._base import FusionPass
 from passes.fusion._layout import IDENTITY, compose, head_split, perm, producer
@@ -555,7 +556,7 @@ class GroupQueryAttentionFusion(FusionPass):
 
     def __init__(self, target: str = "cpu", max_sequence: int = DEFAULT_MAX_SEQUENCE) -> None:
         super().__init__(target)
-        self.max_sequence = max_sequence
+        self.max_sequence = checked_length(max_sequence)
 
     def fuse(self, model: ir.Model) -> int:
         if not _kernel_takes_query_lengths():

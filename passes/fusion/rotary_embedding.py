@@ -144,6 +144,7 @@ from onnxscript.rewriter import pattern
 from optimizer.domains import MS_DOMAIN, onnx_opset
 from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import available_memory, evaluate, evaluator
+from passes._pass import checked_length
 from passes._utils import add_initializer, constant_array, shape_dims
 from passes.fusion._base import RuleFusionPass
 from passes.fusion._builder import NodeBuilder
@@ -893,7 +894,7 @@ class RotaryEmbeddingFusion(RuleFusionPass):
     ) -> None:
         super().__init__(target)
         # ``max_sequence`` is the name the other length-probing fusions take (``--max-sequence``).
-        self.cache_length = cache_length if max_sequence is None else max_sequence
+        self.cache_length = checked_length(cache_length if max_sequence is None else max_sequence)
         self._tables: dict[tuple[int, int], tuple | str] = {}
         self._expanded: dict[tuple[int, int], ir.Value] = {}
         self._noted: set[str] = set()

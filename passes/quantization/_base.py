@@ -66,7 +66,7 @@ from passes._layers import (
     tied_weight_reason,
     unmatched_patterns,
 )
-from passes._pass import GraphoptPass
+from passes._pass import GraphoptPass, checked_target
 from passes._utils import declared_shapes_kept, nothing_found_note, remove_dead_nodes
 from passes.quantization import smoothing
 from passes.quantization._int8 import ROW_LEVELS, ROW_SCALE_FLOOR, activation_parameters, quantize_weight
@@ -199,7 +199,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.smooth_alpha = smooth_alpha
         self.layer_speeds = layer_speeds
         self.timing_threads = timing_threads
-        self.timing_target = timing_target
+        self.timing_target = checked_target(timing_target)
         if decode_steps is not None and (
             not isinstance(decode_steps, int) or isinstance(decode_steps, bool) or decode_steps < 0
         ):

@@ -22,6 +22,7 @@ from passes._layers import (
     find_layers,
     name_nodes,
 )
+from passes._pass import checked_target
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
 from passes.quantization._base import (
     _EXHAUSTIVE_LAYERS,
@@ -188,7 +189,7 @@ class Int4QuantizationPass(QuantizationPass):
         self.block_size = block_size
         self.method = method
         self.symmetric = symmetric
-        self.accuracy_level = ACCURACY_LEVELS[target] if accuracy_level is None else accuracy_level
+        self.accuracy_level = ACCURACY_LEVELS[checked_target(target)] if accuracy_level is None else accuracy_level
         if self.accuracy_level not in (0, 4):
             # Levels 1-3 (float32, float16, bfloat16 compute) have no twin written here.
             raise ValueError(f"accuracy_level {self.accuracy_level}: expected 0 (float) or 4 (int8 input)")
