@@ -180,7 +180,7 @@ def bind_dims(
 def free_dims(model: ir.Model, dims: Mapping[str, int] | None) -> list[str]:
     """The symbolic input dims verification sizes itself: not given by ``dims``, not fixed by the model, not a
     batch."""
-    taken = {*(dims or {}), *cache_head_sizes(model), *batch_dims(model)}
+    taken = {*(dims or {}), *_fixed_dims(model), *batch_dims(model)}
     return [name for name in symbolic_dims(model) if name not in taken]
 
 
@@ -449,8 +449,124 @@ def _head_size_read_by(node: ir.Node, index: int) -> int | None:
 
 def _fixed_dims(model: ir.Model) -> dict[str, int]:
     """Symbolic input dims that the model reads as one size only: a cache's head size named as a dim
-    (ONNX Runtime GenAI's ``kv_cache_dim``), fixed by the attention that reads the cache."""
-    return cache_head_sizes(model)
+    (ONNX Runtime GenAI's ``kv_cache_dim``), fixed by the attention that reads the cache, and a features axis a
+    weight fixes (``weight_sized_dims``)."""
+    return {**weight_sized_dims(model), **cache_head_sizes(model)}
+
+
+# Ops whose output keeps each axis of their first input where it was (a constant other operand broadcasts).
+_AXIS_KEEPING = frozenset(
+    {
+        "Identity",
+        "Cast",
+        "Relu",
+        "Sigmoid",
+        "Tanh",
+        "Elu",
+        "LeakyRelu",
+        "Neg",
+        "Abs",
+        "Exp",
+        "Log",
+        "Sqrt",
+        "Softplus",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+    }
+)
+_RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
+
+
+def weight_sized_dims(model: ir.Model) -> dict[str, int]:
+    """Symbolic input dims that a weight fixes: ``{dim: size}``.
+
+    madmom's converter declares every input ``[input_dim_0, input_dim_1]`` where the second is a spectrogram's
+    bins, which the first layer's weights fix (482 for an RNN's ``W``, 1,575 for a ``MatMul``): drawn at 128 or
+    its halves, every set was refused and the model with it ("give real inputs"), and with ``--inputs`` the second
+    binding drew the bins anew and was dropped. An input's axis is followed through ops that keep or move axes
+    (``Unsqueeze``, ``Squeeze``, ``Transpose``, a ``Slice`` or ``Pad`` along other axes, elementwise ops) to a
+    ``MatMul`` or ``Gemm`` by a constant matrix, an ``LSTM``/``GRU``/``RNN``'s constant ``W`` (its features axis) or
+    a ``Conv``'s constant weight (its channels), or to an elementwise op with a constant whose size there is not 1.
+    A dim read as two sizes is left out.
+    """
+    sizes: dict[str, set[int]] = {}
+    for value in runtime_inputs(model):
+        if value.shape is None:
+            continue
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, ir.SymbolicDim) and dim.value:
+                for size in _sizes_fixing_axis(value, axis, len(value.shape)):
+                    sizes.setdefault(dim.value, set()).add(size)
+    return {name: found.pop() for name, found in sizes.items() if len(found) == 1}
+
+
+def _sizes_fixing_axis(
+    value: ir.Value, axis: int, rank: int, depth: int = 0, seen: set[tuple[int, int]] | None = None
+) -> Iterator[int]:
+    """The sizes that constant weights fix ``value``'s ``axis`` (of ``rank``) to, read through its readers (each
+    value and axis once: a value read by many elementwise ops is not walked again from each)."""
+    seen = set() if seen is None else seen
+    if depth > 16 or (id(value), axis) in seen:
+        return
+    seen.add((id(value), axis))
+    for node, index in value.uses():
+        if not is_onnx_domain(node) or not node.outputs:
+            continue
+        op, out = node.op_type, node.outputs[0]
+        constants = [ir.convenience.get_const_tensor(v) if v is not None else None for v in node.inputs]
+        if op in ("MatMul", "Gemm") and index == 0 and constants[1] is not None and len(constants[1].shape) == 2:
+            trans_a = op == "Gemm" and node.attributes.get_int("transA", 0)
+            trans_b = op == "Gemm" and node.attributes.get_int("transB", 0)
+            if axis == (rank - 2 if trans_a else rank - 1):
+                yield int(constants[1].shape[1 if trans_b else 0])
+        elif op in _RECURRENT and index == 0 and constants[1] is not None and axis == 2:
+            yield int(constants[1].shape[2])
+        elif op == "Conv" and index == 0 and constants[1] is not None and axis == 1:
+            yield int(constants[1].shape[1]) * node.attributes.get_int("group", 1)
+        elif op in _AXIS_KEEPING and index == 0:
+            others = [c for c in constants[1:] if c is not None]
+            if len(others) != len(node.inputs) - 1:
+                continue  # a computed operand may broadcast this axis out
+            out_rank = max([rank, *(len(c.shape) for c in others)])
+            out_axis = axis + out_rank - rank
+            fixed = {
+                int(c.shape[out_axis - out_rank + len(c.shape)]) for c in others if out_axis >= out_rank - len(c.shape)
+            }
+            fixed.discard(1)
+            if fixed:
+                yield from fixed
+            else:
+                yield from _sizes_fixing_axis(out, out_axis, out_rank, depth + 1, seen)
+        elif op == "Unsqueeze" and index == 0:
+            axes = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attributes.get_ints("axes", None)
+            if axes is None:
+                continue
+            out_rank = rank + len(axes)
+            kept = [position for position in range(out_rank) if position not in {a % out_rank for a in axes}]
+            yield from _sizes_fixing_axis(out, kept[axis], out_rank, depth + 1, seen)
+        elif op == "Squeeze" and index == 0:
+            axes = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attributes.get_ints("axes", None)
+            squeezed = {a % rank for a in axes} if axes is not None else None
+            if squeezed is not None and axis not in squeezed:
+                moved = axis - sum(a < axis for a in squeezed)
+                yield from _sizes_fixing_axis(out, moved, rank - len(squeezed), depth + 1, seen)
+        elif op == "Transpose" and index == 0:
+            perm = list(node.attributes.get_ints("perm", list(reversed(range(rank)))))
+            if sorted(perm) == list(range(rank)):
+                yield from _sizes_fixing_axis(out, perm.index(axis), rank, depth + 1, seen)
+        elif op == "Slice" and index == 0:
+            axes = _constant_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+            starts = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else None
+            if starts is not None and axis not in {
+                a % rank for a in (axes if axes is not None else range(len(starts)))
+            }:
+                yield from _sizes_fixing_axis(out, axis, rank, depth + 1, seen)
+        elif op == "Pad" and index == 0:
+            pads = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else None
+            if pads is not None and len(pads) == 2 * rank and pads[axis] == pads[axis + rank] == 0:
+                yield from _sizes_fixing_axis(out, axis, rank, depth + 1, seen)
 
 
 def _with_cache_lengths(

@@ -78,12 +78,17 @@ class SimplifyOpsPass(GraphoptPass, ir.passes.InPlacePass):
         means = MEAN_RULES_FROM_18 if opset >= 18 else MEAN_RULES_BEFORE_18
         canonical = (*NEGATION_RULES, *EINSUM_RULES, *KEPT_AXES_RULES, *means, *VECTOR_RULES, *NORM_SCALE_RULES)
         canonical += (*TILE_RULES, *UNBIND_RULES)
-        rules = linear_rule_set((*(_RULES if opset >= 11 else _RULES_BEFORE_11), *canonical))
+        default = _RULES if opset >= 18 else _RULES_BEFORE_18 if opset >= 11 else _RULES_BEFORE_11
+        rules = linear_rule_set((*default, *canonical))
         # A default a caller may override is no constant; a shape the file declares is no fact (the rules read
         # value shapes: ReshapeReshape, Flatten2Reshape, ExpandIdentity, a SAME Conv's pads).
         with overridable_inputs_hidden(model), declared_shapes_inferred(model):
             modified = rewriter.RewritePass(rules)(model).modified or lifted
         if modified:
+            # onnxscript writes a rule's replacement where the last node it matched stood: SlicesSplit turns
+            # ``x[1:2]`` (read by a Concat next to it) and a later ``x[0:1]`` into one Split after that Concat, a
+            # graph read before it is computed (the afis LEADER fingerprint model, tf2onnx's space-to-batch pads).
+            model.graph.sort()
             RemoveIdentityPass()(model)
             remove_dead_nodes(model)
         return ir.passes.PassResult(model, modified=modified)
@@ -356,9 +361,14 @@ _RULES = (
         if id(rule) not in _TOLERANT and rule.name not in _UNSOUND
     ),
 )
+# onnxscript's SlicesSplit writes ``Split(x, num_outputs=2)``, an attribute Split has from opset 18 only: on afis's
+# LEADER model (opset 17) ONNX Runtime refused the result ("invalid model"), and simplify-ops was rolled back whole.
+_RULES_BEFORE_18 = tuple(rule for rule in _RULES if rule.name != "SlicesSplit")
 # Before opset 11, Clip's bounds and Pad's pads are attributes: the rules written for them as inputs turned
 # Clip(Clip(x, -1, 5), 0, 1) into a bare Clip(x), or wrote a Clip/Pad ONNX Runtime refuses at that opset.
-_RULES_BEFORE_11 = tuple(rule for rule in _RULES if not any(word in (rule.name or "") for word in ("Clip", "Pad")))
+_RULES_BEFORE_11 = tuple(
+    rule for rule in _RULES_BEFORE_18 if not any(word in (rule.name or "") for word in ("Clip", "Pad"))
+)
 
 
 def _drop_empty_biases_before_batchnorm(model: ir.Model) -> bool:
