@@ -308,9 +308,8 @@ def float16_twin(
 
 
 def _round_activations(graph: ir.Graph, names: set[str], *, inputs: bool) -> None:
-    """Round to float16 (a ``Cast`` to float16 and back) each float node output of ``graph`` and its subgraphs named
-    in ``names``, and with ``inputs`` each float graph input: a rounded node output takes the name, the exact one
-    ``<name>.unrounded``, so outputs keep theirs (a graph input keeps its own; ``<name>.rounded`` is read)."""
+    """Round to float16 each float node output of ``graph`` and its subgraphs named in ``names``, and with ``inputs``
+    each float graph input (``_rounded_to_float16``)."""
     values = [value for value in graph.inputs if inputs and value.dtype == ir.DataType.FLOAT]
     nodes = list(ir.traversal.RecursiveGraphIterator(graph))
     for node in nodes:
@@ -319,6 +318,13 @@ def _round_activations(graph: ir.Graph, names: set[str], *, inputs: bool) -> Non
             for value in node.outputs
             if value.name in names and value.dtype in (None, ir.DataType.FLOAT) and value.const_value is None
         ]
+    _rounded_to_float16(graph, values)
+
+
+def _rounded_to_float16(graph: ir.Graph, values: Iterable[ir.Value]) -> None:
+    """Round each of ``values`` (float node outputs of ``graph`` or its subgraphs, or graph inputs of ``graph``) to
+    float16 (a ``Cast`` to float16 and back) for every reader: a rounded node output takes the name, the exact one
+    ``<name>.unrounded``, so outputs keep theirs (a graph input keeps its own; ``<name>.rounded`` is read)."""
     for value in values:
         producer = value.producer()
         home = graph if producer is None else producer.graph
@@ -348,10 +354,20 @@ def _round_activations(graph: ir.Graph, names: set[str], *, inputs: bool) -> Non
 
 def _float16_interface(graph: ir.Graph) -> None:
     """Make the graph's float32 inputs and outputs float16, with Casts to and from float32 inside."""
+    inputs = [value for value in graph.inputs if value.dtype == ir.DataType.FLOAT]
+    _read_as_float32(graph, inputs)
+    for value in inputs:
+        # A new type object: clones share their values' types, and setting ``dtype`` in
+        # place would retype the pass's input too.
+        value.type = ir.TensorType(ir.DataType.FLOAT16)
+    _outputs_as_float16(graph, {value.name for value in graph.outputs if value.dtype == ir.DataType.FLOAT})
+
+
+def _read_as_float32(graph: ir.Graph, inputs: Sequence[ir.Value]) -> None:
+    """Have every reader of each of ``inputs`` (graph inputs) read it through a ``Cast`` to float32 at the graph's
+    start, named ``<name>.float32``."""
     casts = []
-    for value in graph.inputs:
-        if value.dtype != ir.DataType.FLOAT:
-            continue
+    for value in inputs:
         uses = list(value.uses())
         cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT)])
         cast.name = f"{value.name}_f32"
@@ -359,20 +375,22 @@ def _float16_interface(graph: ir.Graph) -> None:
         cast.outputs[0].shape, cast.outputs[0].dtype = value.shape, ir.DataType.FLOAT
         for user, index in uses:
             user.replace_input_with(index, cast.outputs[0])
-        # A new type object: clones share their values' types, and setting ``dtype`` in
-        # place would retype the pass's input too.
-        value.type = ir.TensorType(ir.DataType.FLOAT16)
         casts.append(cast)
     if casts and len(graph):
         graph.insert_before(graph.node(0), casts)
     else:
         graph.extend(casts)
-    halves: dict[int, ir.Value] = {}  # an output listed twice is cast once
+
+
+def _outputs_as_float16(graph: ir.Graph, names: Collection[str]) -> None:
+    """Make the float32 graph outputs named in ``names`` float16: a ``Cast`` of the float32 value, under the output's
+    name (the value's own becomes ``<name>.float32``); an output listed twice is cast once."""
+    halves: dict[int, ir.Value] = {}
     for index, value in enumerate(list(graph.outputs)):
         if id(value) in halves:
             graph.outputs[index] = halves[id(value)]
             continue
-        if value.dtype != ir.DataType.FLOAT:
+        if value.name not in names or value.dtype != ir.DataType.FLOAT:
             continue
         cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT16)])
         cast.name = f"{value.name}_f16"
@@ -424,52 +442,7 @@ def float16_kernels(result: ir.Model) -> ir.Model | None:
             if value.dtype == half:
                 value.type = ir.TensorType(single)
                 stored.append(value)
-    for value in graph.inputs:
-        if value.dtype == half:
-            widened = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", single)])
-            widened.outputs[0].name, widened.outputs[0].dtype = f"{value.name}.float32", single
-            widened.outputs[0].shape = value.shape
-            for user, index in list(value.uses()):
-                if user is not widened:
-                    user.replace_input_with(index, widened.outputs[0])
-            if len(graph):
-                graph.insert_before(graph.node(0), widened)
-            else:
-                graph.append(widened)
-    _round_stored(graph, stored)
-    _float16_outputs(graph, [value.name for value in result.graph.outputs if value.dtype == half])
+    _read_as_float32(graph, [value for value in graph.inputs if value.dtype == half])
+    _rounded_to_float16(graph, stored)
+    _outputs_as_float16(graph, {value.name for value in result.graph.outputs if value.dtype == half})
     return model
-
-
-def _round_stored(graph: ir.Graph, stored: list[ir.Value]) -> None:
-    """Round each of ``stored`` (node outputs of ``graph``) to float16 after its producer: the rounded value takes
-    the name, the exact one ``<name>.unrounded``, so readers and graph outputs read the rounded one."""
-    for value in stored:
-        producer = value.producer()
-        name = value.name
-        to_half = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT16)])
-        back = ir.Node("", "Cast", to_half.outputs, attributes=[ir.AttrInt64("to", ir.DataType.FLOAT)])
-        uses = [(user, index) for user, index in value.uses() if user is not to_half]
-        to_half.outputs[0].name = f"{name}.float16"
-        value.name, back.outputs[0].name = f"{name}.unrounded", name
-        back.outputs[0].shape, back.outputs[0].dtype = value.shape, ir.DataType.FLOAT
-        for user, index in uses:
-            user.replace_input_with(index, back.outputs[0])
-        for index, output in enumerate(list(graph.outputs)):
-            if output is value:
-                graph.outputs[index] = back.outputs[0]
-        graph.insert_after(producer, [to_half, back])
-
-
-def _float16_outputs(graph: ir.Graph, names: list[str]) -> None:
-    """Give the graph outputs named in ``names`` (float16 in the result) their float16 type back: a ``Cast`` of the
-    float32 value, under the output's name."""
-    for index, value in enumerate(list(graph.outputs)):
-        if value.name not in names or value.dtype != ir.DataType.FLOAT:
-            continue
-        cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT16)])
-        name, value.name = value.name, f"{value.name}.float32"
-        cast.outputs[0].name, cast.outputs[0].shape = name, value.shape
-        cast.outputs[0].dtype = ir.DataType.FLOAT16
-        graph.append(cast)
-        graph.outputs[index] = cast.outputs[0]
