@@ -401,13 +401,22 @@ def _outputs_as_float16(graph: ir.Graph, names: Collection[str]) -> None:
         graph.outputs[index] = halves[id(value)] = cast.outputs[0]
 
 
+def _widened(type_: ir.TypeProtocol) -> ir.TypeProtocol:
+    """``type_`` (a tensor, or a sequence or optional of them, of float16) with float32 tensors: a container is not
+    rounded by a Cast (ONNX Runtime refused a ``SplitToSequence`` typed a tensor, and a result was rolled back), and
+    needs none, as the ops making one (``SplitToSequence``, ``SequenceConstruct``) only move values rounded before."""
+    if isinstance(type_, (ir.SequenceType, ir.OptionalType)):
+        return type(type_)(_widened(type_.elem_type))
+    return type(type_)(ir.DataType.FLOAT)  # a tensor (a sparse one too)
+
+
 def float16_kernels(result: ir.Model) -> ir.Model | None:
     """``result`` (a model computing in float16) as float16 kernels compute it, written in float32 for a CPU: every
     float16 weight and constant widened exactly, every op computing in float32, and every value ``result`` stores as
     float16 (a node's float16 output, a float16 graph input) rounded to float16 after it is computed (a ``Cast`` to
-    float16 and back: infinite past 65504). Its inputs and outputs keep ``result``'s types. None where ``result``
-    holds a subgraph or a function (their values' types are not rewritten here), or a float16 value of unknown
-    type.
+    float16 and back: infinite past 65504; a sequence of float16 tensors is only retyped, ``_widened``). Its inputs
+    and outputs keep ``result``'s types. None where ``result`` holds a subgraph or a function (their values' types
+    are not rewritten here), or a float16 value of unknown type.
 
     Built from the result itself, not from the input: ONNX Runtime's CPU EP runs most float16 ops as float32
     kernels and drops the Casts around them, so a float16 value that overflows on a GPU is finite in the result run
@@ -439,9 +448,11 @@ def float16_kernels(result: ir.Model) -> ir.Model | None:
         for value in node.outputs:
             if value.type is None and value.uses():
                 return None  # a value whose type nothing says may be float16: its rounding would be missed
-            if value.dtype == half:
+            if value.dtype == half and isinstance(value.type, ir.TensorType):
                 value.type = ir.TensorType(single)
                 stored.append(value)
+            elif value.dtype == half:  # a sequence or optional of float16 tensors: its elements are rounded already
+                value.type = _widened(value.type)
     _read_as_float32(graph, [value for value in graph.inputs if value.dtype == half])
     _rounded_to_float16(graph, stored)
     _outputs_as_float16(graph, {value.name for value in result.graph.outputs if value.dtype == half})
