@@ -1099,12 +1099,9 @@ def _ensure_shifted_positions(model: ir.Model, verifier: Verifier) -> None:
     every set, a rewrite reading an ``arange`` of the length for them verified."""
     if mask_inputs(model, verifier.inputs):
         return
-    for inputs in verifier.input_sets:
-        if shifted_positions(inputs) is None:
-            return  # no positions counted so here: none to shift, or counted otherwise already
-    shifted = shifted_positions(verifier.inputs)
-    if shifted is not None:
-        verifier.add_input_set(shifted[0], f"copy of {verifier.labels[0]} ({shifted[1]})")
+    shifted = [shifted_positions(inputs) for inputs in verifier.input_sets]
+    if all(shifted):  # else a set has no positions counted so: none to shift, or counted otherwise already
+        verifier.add_input_set(shifted[0][0], f"copy of {verifier.labels[0]} ({shifted[0][1]})")
 
 
 def _shapes(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> str:

@@ -597,6 +597,12 @@ def _measure_provider(
     """``_OtherLengths`` where ``longer_where_constant`` says BEFORE's outputs on the first batch's generated
     inputs are constant and longer ones are left to try."""
     result = ProviderResult(ep.name, True)
+
+    def one_run_accuracy(session_before: TimedSession, session_after: TimedSession, inputs: Mapping) -> tuple:
+        """The accuracy of AFTER's outputs against BEFORE's on ``inputs``, each session run once on them."""
+        outputs = session_before.outputs(), session_after.outputs()
+        return _accuracy(*outputs, score_outputs, warnings, padding, inputs, sample_axes)
+
     if data is not None:
         result.accuracy, padded = _accuracy_on_data(
             before, after, ep, accuracy_batches, threads, score_outputs, warnings, padding, sample_axes
@@ -607,15 +613,7 @@ def _measure_provider(
         if not measured:
             session_before = TimedSession(before, ep.name, base_inputs, threads)
             session_after = TimedSession(after, ep.name, base_inputs, threads)
-            result.accuracy, padded = _accuracy(
-                session_before.outputs(),
-                session_after.outputs(),
-                score_outputs,
-                warnings,
-                padding,
-                base_inputs,
-                sample_axes,
-            )
+            result.accuracy, padded = one_run_accuracy(session_before, session_after, base_inputs)
             result.accuracy_data = (
                 f"generated inputs ({base_batch} sample{'s' if base_batch != 1 else ''}, one run){padded}"
             )
@@ -640,15 +638,7 @@ def _measure_provider(
             if not measured:
                 if longer_where_constant is not None and longer_where_constant(session_before.outputs(), inputs):
                     raise _OtherLengths
-                result.accuracy, padded = _accuracy(
-                    session_before.outputs(),
-                    session_after.outputs(),
-                    score_outputs,
-                    warnings,
-                    padding,
-                    inputs,
-                    sample_axes,
-                )
+                result.accuracy, padded = one_run_accuracy(session_before, session_after, inputs)
                 # Tiled from the rows generated (batch 1): --batch 8 compared 8 copies of one sample, said as 8 samples.
                 distinct = min(batch, base_batch)
                 tiled = f" tiled to batch {batch}" if batch > base_batch else ""
