@@ -226,16 +226,17 @@ def optimize_with_report(
                         f"--static-shapes leaves dim '{name}' symbolic: the inputs hold it at several sizes "
                         f"({', '.join(places)}); --dim {name}=N binds it anyway"
                     )
-        if not specializes:
-            _add_second_binding(ir_model, verifier, options.dims, lengths.cap)
-            _add_prefill(ir_model, verifier)
-        if inputs is None:
-            _add_drawn_compared_values(ir_model, verifier)
-        _ensure_padding(ir_model, verifier)
-        _ensure_shifted_positions(ir_model, verifier)
-        if not specializes:  # after the padded copy: with every dim fixed, the step is cut from it
-            _add_padded_prefill(ir_model, verifier)
-            _add_decode_step(ir_model, verifier)
+        with verifier.one_session_of_original():
+            if not specializes:
+                _add_second_binding(ir_model, verifier, options.dims, lengths.cap)
+                _add_prefill(ir_model, verifier)
+            if inputs is None:
+                _add_drawn_compared_values(ir_model, verifier)
+            _ensure_padding(ir_model, verifier)
+            _ensure_shifted_positions(ir_model, verifier)
+            if not specializes:  # after the padded copy: with every dim fixed, the step is cut from it
+                _add_padded_prefill(ir_model, verifier)
+                _add_decode_step(ir_model, verifier)
     else:
         verifier = None
         bound = bind_dims(ir_model, options.dims)

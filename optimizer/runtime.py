@@ -633,6 +633,12 @@ def run_model(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> dict[str, An
         return run_session(session, inputs)
 
 
+def run_sets(model: ir.Model, input_sets: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """``run_model`` on each of ``input_sets``, in one session (a session a set serializes and loads it each time)."""
+    with inference_session(model) as session:
+        return [run_session(session, inputs) for inputs in input_sets]
+
+
 def drift_of(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping]) -> Drift:
     """``model``'s drift from ``reference`` (the outputs another model gave on ``batches``), run with
     ``run_batches``; positions the batches' padding masks hide are left out (``optimizer.padding.unpadded``)."""

@@ -26,11 +26,11 @@ where ORT's rewrites change nothing measurable, the tolerance alone applies.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,11 +78,15 @@ from optimizer.runtime import (
     run_batches,
     run_model,
     run_session,
+    run_sets,
     stream_values,
     value_collector,
 )
 
 logger = logging.getLogger(__name__)
+
+# ``Verifier.one_session_of_original`` before its session is opened.
+_NOT_OPENED = object()
 
 
 @dataclass(frozen=True)
@@ -1377,8 +1381,9 @@ class Verifier:
         self.input_sets: list[dict[str, np.ndarray]] = []
         self.references: list[dict[str, Any]] = []
         # Each set's float noise (``_float_noise``), measured when a check first needs it: a run that checks
-        # nothing (the corpus's input generation, ``passes=[]``) does not pay for two more runs a set.
-        self._noise: list[dict[str, float] | Callable[[], dict[str, float]]] = []
+        # nothing (the corpus's input generation, ``passes=[]``) does not pay for two more runs a set. Pending,
+        # an entry is the set's inputs and the original's outputs on them (not a later base's: ``rebase``).
+        self._noise: list[dict[str, float] | tuple[Mapping[str, np.ndarray], Mapping[str, Any]]] = []
         self._load_crash: bool | None = None  # whether loading the original at ORT_ENABLE_ALL crashes (once)
         self.labels: list[str] = []
         self.dropped: list[str] = []
@@ -1386,37 +1391,14 @@ class Verifier:
         self.caches = padded_caches(original)
         self.new_tokens = new_token_outputs(original)
         labels = list(labels or [])
-        for index, inputs in enumerate(input_sets):
-            label = labels[index] if index < len(labels) else f"input set {index + 1}"
-            if index == 0:
-                try:
-                    self.references.append(self._run(original, inputs))
-                    self._noise.append(functools.partial(self._float_noise, original, inputs, self.references[-1]))
-                except RuntimeRefusedError as error:
-                    if label.startswith("generated") and error.action == "run the model":
-                        way_out = "give real inputs with --inputs FILE.npz, or pass --no-verify"
-                        raise GeneratedInputsRefusedError(
-                            f"ONNX Runtime cannot run the input model on generated inputs ({error.reason}); {way_out}"
-                        ) from error
-                    if error.action == "run the model" and label.startswith(("--inputs", "the given inputs")):
-                        # The user's arrays are as likely at fault as the model (an id past the table, a size
-                        # the model fixes otherwise): name them.
-                        raise InvalidModelError(
-                            f"ONNX Runtime cannot run the input model on {label} ({error.reason}); check those "
-                            "inputs against the model, or pass --no-verify"
-                        ) from error
-                    raise InvalidModelError(
-                        f"ONNX Runtime cannot run the input model ({error.reason}); fix the model or pass --no-verify"
-                    ) from error
-                if constant_outputs_refused and label.startswith("generated") and constant_outputs(self.references[0]):
-                    raise GeneratedOutputsConstantError(
-                        f"every output of the input model is constant on {label}: nothing would be verified on "
-                        "them; give real inputs with --inputs FILE.npz, or pass --no-verify"
-                    )
-                self.input_sets.append(dict(inputs))
-                self.labels.append(label)
-            else:
-                self.add_input_set(inputs, label)
+        self._session_of_original: Any = None
+        with self.one_session_of_original():
+            for index, inputs in enumerate(input_sets):
+                label = labels[index] if index < len(labels) else f"input set {index + 1}"
+                if index == 0:
+                    self._add_first_set(inputs, label, constant_outputs_refused)
+                else:
+                    self.add_input_set(inputs, label)
         self.skipped = self._nondeterministic_outputs(original)
         if self.skipped and self.skipped >= set(self.references[0]):
             raise InvalidModelError(
@@ -1425,11 +1407,40 @@ class Verifier:
                 "graph's structure: nothing can be verified; pass --no-verify to optimize it unverified"
             )
 
+    def _add_first_set(self, inputs: Mapping[str, np.ndarray], label: str, constant_outputs_refused: bool) -> None:
+        """The first input set, which the original must run on: its refusal is the model's or the inputs' error."""
+        try:
+            self.references.append(self._reference(inputs))
+            self._noise.append((inputs, self.references[-1]))
+        except RuntimeRefusedError as error:
+            if label.startswith("generated") and error.action == "run the model":
+                way_out = "give real inputs with --inputs FILE.npz, or pass --no-verify"
+                raise GeneratedInputsRefusedError(
+                    f"ONNX Runtime cannot run the input model on generated inputs ({error.reason}); {way_out}"
+                ) from error
+            if error.action == "run the model" and label.startswith(("--inputs", "the given inputs")):
+                # The user's arrays are as likely at fault as the model (an id past the table, a size
+                # the model fixes otherwise): name them.
+                raise InvalidModelError(
+                    f"ONNX Runtime cannot run the input model on {label} ({error.reason}); check those "
+                    "inputs against the model, or pass --no-verify"
+                ) from error
+            raise InvalidModelError(
+                f"ONNX Runtime cannot run the input model ({error.reason}); fix the model or pass --no-verify"
+            ) from error
+        if constant_outputs_refused and label.startswith("generated") and constant_outputs(self.references[0]):
+            raise GeneratedOutputsConstantError(
+                f"every output of the input model is constant on {label}: nothing would be verified on "
+                "them; give real inputs with --inputs FILE.npz, or pass --no-verify"
+            )
+        self.input_sets.append(dict(inputs))
+        self.labels.append(label)
+
     def add_input_set(self, inputs: Mapping[str, np.ndarray], label: str, *, report_drop: bool = True) -> bool:
         """Verify on ``inputs`` too; False if the original fails on them (with a line in ``dropped``
         when ``report_drop``)."""
         try:
-            reference = self._run(self._original, inputs)
+            reference = self._reference(inputs)
         except RuntimeRefusedError as error:
             logger.info("verification input set %r dropped: the original fails on it (%s)", label, error)
             if report_drop:
@@ -1437,7 +1448,7 @@ class Verifier:
             return False
         self.input_sets.append(dict(inputs))
         self.references.append(reference)
-        self._noise.append(functools.partial(self._float_noise, self._original, inputs, reference))
+        self._noise.append((inputs, reference))
         self.labels.append(label)
         self._level_zero = None  # built on the sets there were
         return True
@@ -1492,9 +1503,36 @@ class Verifier:
 
     @property
     def noise(self) -> list[dict[str, float]]:
-        """Each input set's float noise of the original (``_float_noise``), measured on first use."""
-        self._noise = [entry() if callable(entry) else entry for entry in self._noise]
+        """Each input set's float noise of the original (``_float_noise``), measured on first use, the sets not
+        measured yet in one session."""
+        pending = [index for index, entry in enumerate(self._noise) if isinstance(entry, tuple)]
+        if pending:
+            measured = self._float_noises(self._original, [self._noise[index] for index in pending])
+            for index, noise in zip(pending, measured):
+                self._noise[index] = noise
         return self._noise
+
+    def _reference(self, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """The original's outputs on ``inputs``, as written; inside ``one_session_of_original``, in its session."""
+        if self._session_of_original is None:
+            return self._run(self._original, inputs)
+        if self._session_of_original is _NOT_OPENED:
+            self._session_of_original = self._open_sessions.enter_context(inference_session(self._original))
+        return run_session(self._session_of_original, inputs)
+
+    @contextlib.contextmanager
+    def one_session_of_original(self) -> Iterator[None]:
+        """Within it, the original's runs on the sets added (``add_input_set``) share one session of it, opened on
+        first use: a session a set serialized and loaded the model again for each. Nested, the outer one's."""
+        if self._session_of_original is not None:
+            yield
+            return
+        self._session_of_original = _NOT_OPENED
+        with contextlib.ExitStack() as self._open_sessions:
+            try:
+                yield
+            finally:
+                self._session_of_original = None
 
     @property
     def inputs(self) -> dict[str, np.ndarray]:
@@ -1804,7 +1842,7 @@ class Verifier:
         tolerances = self._twin_tolerances(twin)
         twin_sets = self._twin_sets()
         try:
-            expected = [run_model(twin.model, inputs) for inputs, *_ in twin_sets]
+            expected = run_sets(twin.model, [inputs for inputs, *_ in twin_sets])
         except RuntimeRefusedError as error:
             return VerificationResult(error=f"its twin ({twin.description}) cannot run: {error.reason}")
         worst, running = VerificationResult(twin_error=0.0), ""
@@ -1972,20 +2010,22 @@ class Verifier:
         if self._samples is None or self._samples_generated:
             return sets
         if self._twin_samples is None:
-            self._twin_samples = []
+            measured = []  # (batch, label, reference, the original's outputs)
             batches = self._sample_batches()
             holds = holds_samples(self._original)
-            for index in _spread_batches(batches, TWIN_SAMPLE_ROWS, holds):
-                batch = batches[index]
-                label = f"calibration samples (batch {index + 1})"
-                try:
-                    original = self._run(self._original, batch)
-                    reference = original if self._base is self._original else self._run(self._base, batch)
-                except RuntimeRefusedError as error:
-                    logger.info("%s left out of the twin check: the model fails on it (%s)", label, error)
-                    continue
-                noise = self._float_noise(self._original, batch, original)
-                self._twin_samples.append((dict(batch), label, reference, noise))
+            with self.one_session_of_original():
+                for index in _spread_batches(batches, TWIN_SAMPLE_ROWS, holds):
+                    batch = batches[index]
+                    label = f"calibration samples (batch {index + 1})"
+                    try:
+                        original = self._reference(batch)
+                        reference = original if self._base is self._original else self._run(self._base, batch)
+                    except RuntimeRefusedError as error:
+                        logger.info("%s left out of the twin check: the model fails on it (%s)", label, error)
+                        continue
+                    measured.append((dict(batch), label, reference, original))
+            noises = self._float_noises(self._original, [(batch, original) for batch, _, _, original in measured])
+            self._twin_samples = [entry[:3] + (noise,) for entry, noise in zip(measured, noises)]
         return sets + self._twin_samples
 
     def _check_twin_by_segment(
@@ -2272,7 +2312,8 @@ class Verifier:
         cleanup pass after it must keep *that* model's outputs. Approximate passes are
         still measured against the original.
         """
-        self.references = [self._run(accepted, inputs) for inputs in self.input_sets]
+        with inference_session(accepted) as session:
+            self.references = [run_session(session, inputs) for inputs in self.input_sets]
         self._base = accepted
         self._level_zero = self._base_signature = self._twin_samples = None
 
@@ -2373,18 +2414,37 @@ class Verifier:
         positions aside); empty where ONNX Runtime's optimized run fails or the outputs are not finite, or where
         loading it so crashes ONNX Runtime (``loading_crash``: tried in a child process, once per model, for models
         holding float16 weights, on which ONNX Runtime 1.32's CPU optimizations were seen to crash)."""
+        return self._float_noises(original, [(inputs, reference)])[0]
+
+    def _float_noises(
+        self, original: ir.Model, sets: Sequence[tuple[Mapping[str, np.ndarray], Mapping]]
+    ) -> list[dict[str, float]]:
+        """``_float_noise`` of each of ``sets`` (inputs, the original's outputs on them), run in one session."""
         if original is not self._original:  # a segment's cut: probed each time (an id may be reused)
             crashed = holds_float16(original) and loading_crash(original, "all")
         elif (crashed := self._load_crash) is None:
             crashed = self._load_crash = bool(holds_float16(original) and loading_crash(original, "all"))
         if crashed:
-            return {}
+            return [{} for _ in sets]
+        runs: list[dict[str, Any] | None] = []
         try:
             with inference_session(original, optimization_level="all") as session:
-                optimized = run_session(session, inputs)
+                for inputs, _ in sets:
+                    try:
+                        runs.append(run_session(session, inputs))
+                    except RuntimeRefusedError:
+                        runs.append(None)
         except RuntimeRefusedError:
-            return {}
-        optimized = self._hide_padded(optimized, inputs, reference)
+            return [{} for _ in sets]
+        return [
+            {} if optimized is None else self._noise_rows(self._hide_padded(optimized, inputs, reference), reference)
+            for optimized, (inputs, reference) in zip(runs, sets)
+        ]
+
+    @staticmethod
+    def _noise_rows(optimized: Mapping[str, Any], reference: Mapping) -> dict[str, float]:
+        """Per float output of ``reference``, its rows' distance from ``optimized`` (the same model at
+        ORT_ENABLE_ALL), each row at least the median noisy row's, capped (``_float_noise``)."""
         noise = {}
         for name, expected in reference.items():
             got = optimized.get(name)
