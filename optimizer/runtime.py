@@ -31,6 +31,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common as common_passes
 
 from optimizer.accuracy import Drift, output_drift
+from optimizer.cores import quota_capped_cores
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import OptionError, RuntimeMissingError, RuntimeRefusedError, UnsupportedModelError, one_line
 
@@ -354,6 +355,12 @@ def session_threads() -> int:
     return int(given)
 
 
+@functools.cache
+def _quota_threads() -> int:
+    """``quota_capped_cores()``, 0 where no quota caps the cores (read once a process)."""
+    return quota_capped_cores() or 0
+
+
 def session_options(
     optimization_level: str = "disable_all",
     intra_op_threads: int = 0,
@@ -375,8 +382,10 @@ def session_options(
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization_level]
-    # Timing sessions keep ONNX Runtime's default: a deployed session has it, and --threads sets it.
-    options.intra_op_num_threads = intra_op_threads or (0 if sequential else session_threads())
+    # Timing sessions keep ONNX Runtime's default: a deployed session has it, and --threads sets it. Others take
+    # $GRAPHOPT_SESSION_THREADS, else a container's CPU quota where it is below the cores ONNX Runtime would
+    # spin a thread on each of (``optimizer.cores``), else ONNX Runtime's default.
+    options.intra_op_num_threads = intra_op_threads or (0 if sequential else session_threads() or _quota_threads())
     # graphopt's sessions probe models that may refuse the inputs (a second binding past a
     # position table, a fusion's probe at --max-sequence): the refusal comes back as an
     # exception that is reported in one line, so ORT's own log on stderr only repeats it.

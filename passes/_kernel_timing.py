@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.cores import usable_cores
 from optimizer.cpu_features import cpu_identity
 from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import (
@@ -52,11 +53,9 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", 
 
 
 def cores() -> int:
-    """The cores this process may use (ONNX Runtime's default thread count follows them)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """The cores this process may use (``optimizer.cores.usable_cores``: its affinity, capped by a container's CPU
+    quota), the threads a deployed session gets where none are given."""
+    return usable_cores()
 
 
 # How ``OneModel`` times (threads stop spinning when a run returns; outputs bound once), part of every

@@ -48,6 +48,7 @@ from optimizer.compare.timing import (
     resolve_execution_providers,
     time_interleaved,
 )
+from optimizer.cores import usable_cores
 from optimizer.domains import MS_DOMAIN
 from optimizer.errors import InputSpecError, InvalidModelError, OptionError, one_line
 from optimizer.generation import CausalLM, CausalLMSession, recognise_causal_lm, with_model_cache
@@ -1305,6 +1306,8 @@ def _environment(threads: int) -> dict[str, Any]:
         # how the two sessions were timed (optimizer.runtime.TIMING_CONFIG)
         "timing": "alternating run by run; intra-op threads stop spinning when a run returns",
         "cpu_count": os.cpu_count(),
+        # the cores it may use: its affinity, capped by a container's CPU quota (the default --threads)
+        "usable_cores": usable_cores(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "gpu": query_gpu("name"),

@@ -9,7 +9,6 @@ synchronized, so host↔device copies do not pollute the kernel time.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from optimizer.cores import usable_cores
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
 from optimizer.runtime import (
     calling_onnxruntime,
@@ -63,11 +63,9 @@ def resolve_execution_providers(names: list[str]) -> list[ExecutionProvider]:
 
 
 def default_threads() -> int:
-    """Intra-op threads when the user gives none: the cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """Intra-op threads when the user gives none: the cores this process may use (``optimizer.cores``: its
+    affinity, capped by a container's CPU quota)."""
+    return usable_cores()
 
 
 class TimedSession:
