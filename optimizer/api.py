@@ -943,7 +943,8 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
     one-token step already, from the first set with a past; never with a row whose every position is padded
     (such a row is compared, and its values are undefined). A given one-token step that pads a past makes it
     needless. Other inputs sized by the new tokens or by the total are cut alike; the set is not added where the
-    original refuses it."""
+    original refuses it. Where no set or step so chosen has one row (inputs of a batch given), one row of the first
+    step is verified alone too, the row that pads part of its past where one does (``_one_row``)."""
     layout = recognise_causal_lm(model)
     if isinstance(layout, str) or not layout.cache:
         return
@@ -953,32 +954,85 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
         return ids.shape[1] if ids.ndim == 2 else None
 
     masks = mask_inputs(model, verifier.inputs)
-    given, steps = [], []
+    given, steps = [], []  # (index, past, one-token inputs): given as a set, or cut from one
     for index, inputs in enumerate(verifier.input_sets):
         past = _past_length(layout, inputs)
         if not past:
             continue
         if new_tokens(inputs) == 1:
-            given.append(inputs)
+            given.append((index, past, inputs))
         elif (step := _decode_step(model, layout, inputs, past, new_tokens(inputs))) is not None:
             if not _wholly_padded_row(step, masks):
                 steps.append((index, past, step))
     padded = [(index, past, step) for index, past, step in steps if _pads_a_past(step, masks, past)]
-    if any(_pads_a_past(inputs, masks, _past_length(layout, inputs)) for inputs in given):
+    if any(_pads_a_past(inputs, masks, past) for _, past, inputs in given):
         chosen = []  # a step that pads part of its past is verified already
     else:
         chosen = padded[:1] or ([] if given else steps[:1])
+    labels = [f"a decode step: set {index + 1}'s past of {past} with its first new token" for index, past, _ in chosen]
 
     def rows(inputs: Mapping[str, np.ndarray]) -> int:
         return int(np.shape(inputs[layout.input_ids])[0])
 
     # A step of one row too (a chat's every step): a kernel may take another path for one row and one token (a
-    # review's rewrite wrong only there was verified on the padded step of two rows).
-    if not any(rows(inputs) == 1 for inputs in [*given, *(step for _, _, step in chosen)]):
-        chosen += [entry for entry in steps if rows(entry[2]) == 1][:1]
-    for index, past, step in chosen:
-        label = f"a decode step: set {index + 1}'s past of {past} with its first new token"
+    # review's rewrite wrong only there was verified on the padded step of two rows). Where every step has several
+    # rows (inputs of a batch given), one row of one: the row that pads part of its past where one does.
+    if not any(rows(inputs) == 1 for _, _, inputs in [*given, *chosen]):
+        if alone := [entry for entry in steps if rows(entry[2]) == 1][:1]:
+            index, past, step = alone[0]
+            chosen.append(alone[0])
+            labels.append(f"a decode step: set {index + 1}'s past of {past} with its first new token")
+        elif several := [*chosen, *steps, *given][:1]:
+            index, past, step = several[0]
+            row = _telling_row(step, masks, past)
+            if row is not None and (cut := _one_row(model, layout, step, row)) is not None:
+                chosen.append((index, past, cut))
+                labels.append(
+                    f"a decode step of one row: row {row + 1} of set {index + 1}'s past of {past} with its "
+                    "first new token"
+                )
+    for (_, _, step), label in zip(chosen, labels):
         verifier.add_input_set(step, label, report_drop=False)
+
+
+def _telling_row(inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: int | None) -> int | None:
+    """The row of a decode step to verify alone: the first that pads part of its past while its new token is real
+    (where a mask dropped shows), else the first its masks do not pad wholly; None where every row is padded."""
+    padding = _padding(inputs, masks)
+    if padding is None:
+        return 0
+    real = ~padding.all(axis=1)
+    if past is not None and padding.shape[1] == past + 1:
+        telling = padding[:, :past].any(axis=1) & ~padding[:, past]
+        if telling.any():
+            return int(np.argmax(telling))
+    return int(np.argmax(real)) if real.any() else None
+
+
+def _one_row(model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray], row: int) -> dict[str, np.ndarray] | None:
+    """``inputs`` cut to row ``row`` along the batch: the layout's inputs (ids, mask, positions, caches) and every
+    other input whose first dim is named as the ids' is; one of a single row is broadcast and kept whole. None where
+    the batch dim has no name (the model fixes it) or an input batched so holds another number of rows."""
+    by_name = {value.name: value for value in model.graph.inputs}
+    ids = by_name.get(layout.input_ids)
+    batch = ids.shape[0] if ids is not None and ids.shape is not None and len(ids.shape) else None
+    if not isinstance(batch, ir.SymbolicDim) or batch.value is None:
+        return None
+    roles = {layout.input_ids, layout.attention_mask, layout.position_ids, *(pair.past for pair in layout.cache)}
+    rows = int(np.shape(inputs[layout.input_ids])[0])
+    cut = dict(inputs)
+    for name, array in inputs.items():
+        value = by_name.get(name)
+        first = value.shape[0] if value is not None and value.shape is not None and len(value.shape) else None
+        if name not in roles and not (isinstance(first, ir.SymbolicDim) and first.value == batch.value):
+            continue
+        if not isinstance(array, np.ndarray) or array.ndim == 0:
+            return None
+        if array.shape[0] == rows:
+            cut[name] = array[row : row + 1]
+        elif array.shape[0] != 1:
+            return None
+    return cut
 
 
 def _pads_a_past(inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: int | None) -> bool:
