@@ -173,7 +173,8 @@ def add_after(graph: ir.Graph, node: ir.Node, value: np.ndarray, base_name: str)
 
 def fold_into_bias(graph: ir.Graph, node: ir.Node, change: np.ndarray, base_name: str) -> bool:
     """Add ``change`` to a Gemm's C of one value per output or a Conv's B (zeros where it has none), as a new
-    initializer ``{node}.{base_name}``; False, changing nothing, for any other node or C.
+    initializer ``{node}.{base_name}``; False, changing nothing, for any other node or C (a Gemm's C that a beta other
+    than 1 scales too). A Gemm given a C where it had none gets beta 1 (without C, any beta is taken as a layer).
 
     A repaired bias added after such a node instead (``add_after``) leaves its output holding the old bias: where
     that output is a checkpoint of a twin (a residual block's input, read by its up projection and its skip), the
@@ -186,12 +187,16 @@ def fold_into_bias(graph: ir.Graph, node: ir.Node, change: np.ndarray, base_name
         return False
     width = weight.shape[0 if conv or node.attributes.get_int("transB", 0) else 1]
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    if has_bias and not conv and node.attributes.get_float("beta", 1.0) != 1.0:
+        return False  # C is scaled by beta: the change would be too
     current = constant_array(node.inputs[2]) if has_bias else np.zeros(width)
     if current is None or current.size != width or not (conv or is_feature_bias(current.shape, width, 2)):
         return False
     total = (current.astype(np.float64) + change.astype(np.float64).reshape(current.shape)).astype(weight.dtype)
     if not has_bias:
         node.resize_inputs(3)
+        if not conv:  # a Gemm without C may state any beta (``find_layers`` takes it): the new C is added as it is
+            node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
     node.replace_input_with(2, add_initializer(graph, f"{node.name}.{base_name}", total))
     return True
 
@@ -311,13 +316,20 @@ def _not_constant_reason(node: ir.Node, kind: str) -> str:
 
 def _gemm(node: ir.Node, weight: np.ndarray, bias: np.ndarray | None, inputs: list) -> Layer | str:
     attrs = node.attributes
-    if attrs.get_int("transA", 0) or attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0:
+    has_c = len(inputs) > 2 and inputs[2] is not None
+    # beta scales C alone: a Gemm without C computes the same product whatever its beta (a rewrite that gives it a
+    # C sets beta to 1, ``fold_into_bias``).
+    if (
+        attrs.get_int("transA", 0)
+        or attrs.get_float("alpha", 1.0) != 1.0
+        or (has_c and attrs.get_float("beta", 1.0) != 1.0)
+    ):
         return "transA, alpha or beta is set"
     if weight.ndim != 2:
         return "weight is not 2-D"
     if attrs.get_int("transB", 0):
         weight = weight.T
-    if len(inputs) > 2 and inputs[2] is not None:
+    if has_c:
         if bias is None:
             return "bias is not a constant"
         columns = weight.shape[1]

@@ -790,6 +790,8 @@ def _store_bias(graph: ir.Graph, node: ir.Node, layer: Layer, change: np.ndarray
         current = _constant(node.inputs[slot]) if len(node.inputs) > slot else None
         if len(node.inputs) <= slot:
             node.resize_inputs(slot + 1)
+        if kind == "gemm" and current is None:  # a Gemm without C may state any beta (``find_layers`` takes it)
+            node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
         total = change if current is None else current.reshape(-1) + change
         node.replace_input_with(slot, add_initializer(graph, f"{node.name}.repaired_bias", total.astype(np.float32)))
         return

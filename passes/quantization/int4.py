@@ -70,7 +70,7 @@ class Int4QuantizationPass(QuantizationPass):
     """Rewrite float32 MatMul/Gemm layers with constant 2-D weights into com.microsoft ``MatMulNBits``
     (bits=4, weight-only), and constant embedding tables into com.microsoft ``GatherBlockQuantized``.
 
-    - ``MatMul [..., K] x [K, N]`` and ``Gemm`` (alpha = beta = 1, no transA; transB
+    - ``MatMul [..., K] x [K, N]`` and ``Gemm`` (alpha = 1, beta = 1 or no C, no transA; transB
       undone) become ``MatMulNBits`` with ``K``, ``N``, ``block_size`` and a packed
       ``[N, ceil(K/block), block/2]`` weight (``passes.quantization._blockwise``); a K
       that is not a multiple of the block is padded with zeros (the kernel's own
@@ -139,7 +139,7 @@ class Int4QuantizationPass(QuantizationPass):
     points, offsets, level).
 
     Refuses (stays float): non-float32 tensors, non-constant weights, weights that are
-    not 2-D, Gemm with transA/alpha/beta, packed-QKV com.microsoft ``Attention``, and the
+    not 2-D, Gemm with transA, alpha or a beta scaling its C, packed-QKV com.microsoft ``Attention``, and the
     layers ``QuantizationPass`` keeps float (``exclude`` — which also matches Gather
     names — model outputs, the accuracy budget).
     """
