@@ -35,13 +35,27 @@ def report(optimized_example):
     return compare(EXAMPLE, optimized_example, settings=settings, dims={"sequence": 32})
 
 
+def test_a_p99_of_under_a_hundred_pairs_is_left_out_and_said(report):
+    import io
+
+    from rich.console import Console
+
+    from optimizer.compare.report import render_comparison
+
+    assert all(batch.before.runs < 100 and batch.after.p99_ms is None for batch in report.providers[0].batches)
+    out = io.StringIO()
+    render_comparison(report, Console(file=out, width=200))
+    assert "p99 —: under 100 pairs" in out.getvalue()
+
+
 def test_report_has_every_figure(report):
     cpu = report.providers[0]
     assert cpu.ep == "cpu" and cpu.available
     assert [batch.batch for batch in cpu.batches] == [1, 2]
     for batch in cpu.batches:
         assert batch.before.runs == batch.after.runs >= 10
-        assert batch.before.median_ms > 0 and batch.after.p99_ms >= batch.after.median_ms
+        assert batch.before.median_ms > 0 and batch.after.p90_ms >= batch.after.median_ms
+        assert batch.after.p99_ms is None or batch.after.p99_ms >= batch.after.p90_ms
         assert batch.ratio.low <= batch.ratio.ratio <= batch.ratio.high
         assert batch.throughput_after == pytest.approx(batch.batch / (batch.after.median_ms / 1000))
     assert cpu.memory_before.session_rss_bytes > 0 and cpu.memory_after.peak_rss_bytes > 0

@@ -18,6 +18,12 @@ def test_summary_percentiles_in_milliseconds():
     assert summary.min_ms == pytest.approx(1.0)
 
 
+def test_no_p99_under_a_hundred_runs():
+    """Of 20 runs a p99 is the slowest one or two interpolated: left out (None, "—" in the table)."""
+    summary = LatencySummary.of(np.arange(1, 100) / 1000.0)
+    assert summary.runs == 99 and summary.p99_ms is None and summary.p90_ms == pytest.approx(89.2)
+
+
 def test_ratio_of_a_clear_speedup_is_tight_and_trusted():
     rng = np.random.default_rng(0)
     drift = 1 + 0.3 * np.sin(np.linspace(0, 6, 200))  # machine load drifting over the run

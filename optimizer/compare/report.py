@@ -15,7 +15,7 @@ from rich.table import Table
 from optimizer.accuracy import cosine_text
 from optimizer.compare.comparison import ComparisonReport, ProviderResult
 from optimizer.compare.generation_timing import GenerationResult
-from optimizer.compare.stats import RatioEstimate
+from optimizer.compare.stats import P99_MIN_RUNS, RatioEstimate
 from optimizer.model_io import write_atomically
 from optimizer.report import PipelineReport, format_size, strict_json
 
@@ -94,12 +94,16 @@ def _provider_table(provider: ProviderResult) -> Table:
                 name,
                 f"{summary.median_ms:.2f}",
                 f"{summary.p90_ms:.2f}",
-                f"{summary.p99_ms:.2f}",
+                "—" if summary.p99_ms is None else f"{summary.p99_ms:.2f}",
                 f"{throughput:.1f}",
                 f"[{style}]{ratio.ratio:.3f}[/]" if name == "after" else "",
                 f"{ratio.low:.3f}–{ratio.high:.3f}" if name == "after" else "",
             )
-    table.caption = _memory_caption(provider)
+    caption = _memory_caption(provider)
+    if any(summary.p99_ms is None for batch in provider.batches for summary in (batch.before, batch.after)):
+        note = f"p99 —: under {P99_MIN_RUNS} pairs it is the slowest run or two, drawn anew each comparison"
+        caption = note if caption is None else f"{caption}\n{note}"
+    table.caption = caption
     return table
 
 
