@@ -96,6 +96,7 @@ from optimizer.verify import constant_outputs
 
 SCHEMA = "graphopt.comparison-report/1"
 _PROFILE_RUNS = 20
+_PROFILE_WARMUP = 3  # runs profiled but left out of the figures (``time_per_op_type``)
 
 Progress = Callable[[str, int, int], None]
 # The positions of each output a batch's padding mask hides: (batch, outputs before, outputs after) -> {name: where}.
@@ -937,9 +938,9 @@ _LLM_ACCURACY_BATCH = 4
 def _profile(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int) -> dict[str, float]:
     with temporary_folder("graphopt-profile-") as folder:
         session = TimedSession(path, ep, inputs, threads, profile_prefix=os.path.join(folder, "trace"))
-        for _ in track(range(_PROFILE_RUNS), f"profiling {Path(path).name}"):
+        for _ in track(range(_PROFILE_WARMUP + _PROFILE_RUNS), f"profiling {Path(path).name}"):
             session.run()
-        return time_per_op_type(session.end_profiling(), _PROFILE_RUNS)
+        return time_per_op_type(session.end_profiling(), _PROFILE_RUNS, warmup=_PROFILE_WARMUP)
 
 
 def _base_inputs(
