@@ -77,10 +77,13 @@ def text_from_arrays(arrays: Mapping[str, np.ndarray], lm: CausalLM, source: str
     if any(((row < 0) | (row >= high)).any() for row in rows):
         limit = f"0 to {lm.vocab - 1}" if lm.vocab is not None else "no negative ids"
         raise InputSpecError(f"{source}: '{lm.input_ids}' holds ids outside the vocabulary ({limit})")
+    given = len(rows)
     rows = tuple(row for row in rows if len(row) >= 2)
     if not rows:
         raise InputSpecError(f"{source}: no row holds two tokens: there is no next token to score")
-    return TokenText(rows, f"{source} ({len(rows)} rows)", real=True)
+    # Said, not dropped silently: a row of pads only (or one token) has no next token to score.
+    short = f"; {given - len(rows)} of {given} left out, holding under two tokens" if len(rows) < given else ""
+    return TokenText(rows, f"{source} ({len(rows)} rows{short})", real=True)
 
 
 def _kind(array: np.ndarray) -> str:

@@ -171,3 +171,15 @@ def test_verification_sees_a_rewrite_wrong_only_where_generation_goes(tiny_verif
     assert verifier.check(ir.load(str(source))).ok, "the model itself verifies"
     wrong = ir.load(_wrong_where(tmp_path / f"{condition}.onnx", condition, source))
     assert not verifier.check(wrong).ok, f"verified on: {verifier.labels}"
+
+
+def test_held_out_rows_of_pads_only_are_said_to_be_left_out(tmp_path):
+    """A row of pads only (a batch padded to a fixed count) has no next token: it is left out, and the text's
+    description says how many were, not only the rows kept."""
+    model = build(tmp_path / "model.onnx")
+    ids = np.random.default_rng(5).integers(1, VOCAB, (3, 12))
+    mask = np.ones_like(ids)
+    mask[2] = 0
+    lm = recognise_causal_lm(ir.load(str(model)))
+    text = text_from_arrays({"input_ids": ids, "attention_mask": mask}, lm, "text")
+    assert len(text.rows) == 2 and "1 of 3 left out, holding under two tokens" in text.source, text
