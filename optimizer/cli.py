@@ -629,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise Interrupted(_RECEIVED[0])
                 return code
             except GraphoptError as error:
-                print(f"graphopt: error: {error}", file=sys.stderr)
+                print(f"graphopt: error: {_printable(str(error))}", file=sys.stderr)
                 return error.exit_code
             except MemoryError as error:  # numpy's allocation of sizes --dim or the inputs asked for
                 detail = f" ({one_line(error, 160)})" if str(error) else ""
@@ -646,12 +646,18 @@ def main(argv: list[str] | None = None) -> int:
                 return exit_codes.SIGPIPE
             except OSError as error:  # a path the system refuses where no check foresaw it (a name over NAME_MAX)
                 where = f"{os.fsdecode(error.filename)}: " if error.filename is not None else ""
-                print(f"graphopt: error: {where}{error.strerror or one_line(error)}", file=sys.stderr)
+                print(f"graphopt: error: {_printable(where)}{error.strerror or one_line(error)}", file=sys.stderr)
                 return exit_codes.USAGE
         except (Interrupted, KeyboardInterrupt) as stop:  # also while the error above is printed
             signum = getattr(stop, "signum", signal.SIGINT)
             print(f"graphopt: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
             return 128 + signum
+
+
+def _printable(text: str) -> str:
+    """``text`` with each character that is not printable (a newline, a tab, an escape) as its Python escape: an
+    error stays one line, and an escape sequence in a file name cannot rewrite the terminal."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 @contextlib.contextmanager

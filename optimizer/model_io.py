@@ -17,10 +17,11 @@ way in: ``load_model``, a ``ModelProto`` (located against the working directory,
 onnx-ir reads it) and an ``onnx_ir.Model`` (against each tensor's ``base_dir``).
 
 Saving is atomic as a reader sees it. The model and its weights are written into a
-hidden staging folder beside the destination; the weights are renamed into place
+hidden staging folder beside the destination; the weights are placed (hard-linked, which
+never replaces a file: another save to the same output may have taken the name meanwhile)
 under a name no file has (``NAME.data``, or ``NAME.<8 hex>.data`` while an older
 ``NAME.data`` exists), the model, which names that file, is renamed over the
-destination last, and only then are the weights files the old model named removed.
+destination last, and only then are the weights files the model it replaced named removed.
 A reader (or a kill at any step) sees the old model with its old weights or the new
 model with its new ones. No file graphopt writes may be a file it reads, however the
 path is spelled; ``check_paths`` says so before any work starts.
@@ -29,6 +30,7 @@ path is spelled; ``check_paths`` says so before any work starts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import math
 import os
@@ -616,8 +618,8 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
     data_name = _fresh_data_name(path) if came_with_data or _needs_external_data(model) else None
     # A file read (the input's weights, perhaps through a link into this folder) is never stale.
     read_places = {_place(Path(file)) for _, file in reads if file is not None and os.path.lexists(file)}
-    stale = [file for file in _stale_data_files(path, keep=data_name) if _place(file) not in read_places]
     staging = placed_data = None
+    stale: list[Path] = []
     try:
         try:
             with signals_held():  # a signal between the mkdir and `staging` would leave the folder
@@ -630,10 +632,18 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
         raise_if_interrupted()  # a signal whose exception a callback swallowed: the output is not placed
         if data_name is not None and not _holds_bytes(staging / data_name):
             data_name = None  # every tensor was small enough to stay in the model file: no weights file to place
-        if data_name is not None:
-            placed_data = folder / data_name  # before the rename: a signal just after it removes the file too
-            os.replace(staging / data_name, placed_data)
-            _pause_for_tests("data")
+        while data_name is not None:
+            with signals_held():  # a signal just after the weights are placed removes them too
+                if placed := _placed_without_replacing(staging / data_name, folder / data_name):
+                    placed_data = folder / data_name
+            if placed:
+                _pause_for_tests("data")
+                break
+            # Another save to this output (a second run at once) placed its weights under this name since it was
+            # chosen: replaced, its finished model would read these weights, and lose them where this save stops.
+            data_name = _renamed_staged_weights(staged_model, data_name, _fresh_data_name(path))
+        # Looked up last, in the model the rename replaces: another save to this output may have placed its own since.
+        stale = [file for file in _stale_data_files(path, keep=data_name) if _place(file) not in read_places]
         os.replace(staged_model, path)
     except OSError as error:
         raise OutputPathError(
@@ -654,6 +664,46 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, input_path: str | os
     for file in stale:
         _remove(file)
     return path
+
+
+# What os.link raises on a file system without hard links (FAT, some network and FUSE mounts).
+_NO_HARD_LINKS = frozenset(
+    getattr(errno, name) for name in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EMLINK") if hasattr(errno, name)
+)
+
+
+def _placed_without_replacing(source: Path, target: Path) -> bool:
+    """Move the file ``source`` to ``target`` unless a file already has that name: False then, nothing done.
+
+    A hard link is made in one step that no other process can slip into; where the file system has none (FAT), the
+    file is renamed after a look, which leaves a moment for another save to the same output to slip in."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        if error.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(target):
+            return False
+        os.replace(source, target)
+        return True
+    # One link, as a renamed file has: ONNX Runtime and onnx-ir refuse weights with a second hard link.
+    os.unlink(source)
+    return True
+
+
+def _renamed_staged_weights(staged_model: Path, old: str, new: str) -> str:
+    """Rename the staged weights file ``old`` beside ``staged_model`` to ``new``, and the locations the staged model
+    names it by with it; return ``new``. The model file holds no weights then, so it is small to rewrite."""
+    os.replace(staged_model.parent / old, staged_model.parent / new)
+    proto = onnx.load(os.fspath(staged_model), load_external_data=False)
+    for tensor in _proto_tensors(proto):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    staged_model.write_bytes(proto.SerializeToString())
+    return new
 
 
 def _holds_bytes(path: Path) -> bool:
@@ -923,16 +973,17 @@ def _has_fowner_capability() -> bool:
 def _refuses_files(folder: Path) -> str | None:
     """Why a file cannot be created in ``folder``, or None: one is made and removed. ``os.access`` says yes
     where the file system then says no (/proc, a read-only or root-squashed mount), and a review's run did its
-    work, wrote one report and then failed on the other."""
-    try:
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".graphopt-probe-")
-    except OSError as error:
-        return error.strerror or type(error).__name__
-    os.close(handle)
-    try:
-        os.unlink(probe)
-    except OSError as error:  # an append-only folder: made, not removable
-        return f"{error.strerror or type(error).__name__}: a file made there to check could not be removed: {probe}"
+    work, wrote one report and then failed on the other. A signal (Ctrl-C) is held until the file is gone."""
+    with signals_held():
+        try:
+            handle, probe = tempfile.mkstemp(dir=folder, prefix=".graphopt-probe-")
+        except OSError as error:
+            return error.strerror or type(error).__name__
+        os.close(handle)
+        try:
+            os.unlink(probe)
+        except OSError as error:  # an append-only folder: made, not removable
+            return f"{error.strerror or type(error).__name__}: a file made there to check could not be removed: {probe}"
     return None
 
 
@@ -1027,15 +1078,43 @@ def refuse_path_onnxruntime_cannot_take(path: str | os.PathLike, label: str) -> 
 
 
 def model_file_bytes(path: str | os.PathLike) -> int:
-    """Size of a model file plus the external data files it references."""
+    """Size of a model file plus the bytes its tensors take in the external data files it references.
+
+    Of each data file, the bytes from its first tensor's start to its last one's end, gaps of up to 64 KiB between
+    them (the alignment padding ONNX writers put before a large tensor) included: a file of the model's own counts
+    whole, and one it shares with other models (``onnx.save`` appends a second model's tensors to the file it is
+    given) only for the part this model reads, not the others' weights.
+    """
     path = Path(path)
     proto = onnx.load(os.fspath(path), load_external_data=False)
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for tensor in _proto_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location, size = entries.get("location"), _tensor_bytes(tensor.data_type, tuple(tensor.dims))
+        if location and _is_inside(location) and size is not None:
+            start = int(entries["offset"]) if entries.get("offset", "").isdigit() else 0
+            spans.setdefault(location, []).append((start, start + size))
     total = path.stat().st_size
-    for location in _external_locations(proto):
+    for location, ranges in spans.items():
         candidate = path.parent / location
-        if candidate.exists():
-            total += candidate.stat().st_size
+        if not candidate.exists():
+            continue
+        length, counted, reach = candidate.stat().st_size, 0, None
+        for start, stop in sorted(ranges):
+            if reach is None or start - reach > _MAX_ALIGNMENT_PADDING:
+                reach = start  # another model's tensors (or the file's start) lie between: not this model's bytes
+            if stop > reach:
+                counted, reach = counted + stop - reach, stop
+        if reach is not None and length - reach <= _MAX_ALIGNMENT_PADDING:
+            counted += max(0, length - reach)
+        total += min(counted, length)
     return total
+
+
+# The largest gap ONNX writers leave before a tensor to align it (onnx's ``_MAX_EXTERNAL_DATA_PADDING``).
+_MAX_ALIGNMENT_PADDING = 64 << 10
 
 
 # --- checks --------------------------------------------------------------------------------

@@ -121,8 +121,11 @@ class TimingCache:
                 written = file.name
                 json.dump(merged, file, indent=0, sort_keys=True)
             os.replace(file.name, self.path)
+            written = None
         except OSError:
-            # A read-only home or a full disk: the measurement still holds for this run, and no .tmp is left behind.
+            pass  # a read-only home or a full disk: the measurement still holds for this run
+        finally:
+            # Whatever stopped the write (an OSError, a Ctrl-C while it was written), no .tmp is left behind.
             if written is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(written)

@@ -64,12 +64,17 @@ def write_json(report: ComparisonReport, path: str | os.PathLike) -> None:
 def write_html(report: ComparisonReport, path: str | os.PathLike, pipeline: PipelineReport | None = None) -> None:
     """Write the comparison as one self-contained HTML page (atomically; see ``optimizer.compare.html``).
 
-    ``pipeline``, the report of the ``optimize`` run that made AFTER, adds the pass table.
+    ``pipeline``, the report of the ``optimize`` run that made AFTER, adds the pass table. A file name that is not
+    UTF-8 (``--inputs`` from such a folder) is shown with its odd bytes escaped (``\\udce9``), as the JSON has it.
     """
     from optimizer.compare.html import render_html  # it builds on this module's rows
 
     page = render_html(report, pipeline)
-    write_atomically(path, lambda temporary: Path(temporary).write_text(page, encoding="utf-8"), "comparison")
+    write_atomically(
+        path,
+        lambda temporary: Path(temporary).write_text(page, encoding="utf-8", errors="backslashreplace"),
+        "comparison",
+    )
 
 
 def _provider_table(provider: ProviderResult) -> Table:
