@@ -371,9 +371,11 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         """
         graph = source.graph
         nodes = list(graph)
+        half = False
         for removal in removals:
             consumer = nodes[removal.position]
             original = constant_array(consumer.inputs[1])
+            half = half or original.dtype == np.float16
             weight = (original if removal.weight is None else removal.weight).copy()
             channels = np.arange(removal.size * removal.unit).reshape(removal.size, removal.unit)[removal.removed]
             index = [slice(None)] * weight.ndim
@@ -396,7 +398,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         # twin's value would not fit).
         narrowed = {name for r in removals for name in r.narrowed}
         checkpoints = tuple(dict.fromkeys(n for r in removals for n in (*r.reads, *r.exits) if n and n not in narrowed))
-        return Twin(source, "float32", description, checkpoints=checkpoints)
+        # A float16 model (float32 inputs and outputs, as converters keep them) sums the narrower layers in float16
+        # in another order: its outputs carry float16 rounding however they are typed, so it is held at float16's.
+        return Twin(source, "float16" if half else "float32", description, checkpoints=checkpoints)
 
     def _scores(self, group: ChannelGroup, energy: np.ndarray | None) -> np.ndarray:
         consumer = group.consumer_row_norms()
@@ -424,12 +428,12 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
     def _output_effect(self, model: ir.Model, groups, scores, batches, reference) -> dict[str, np.ndarray]:
         """Scores on one scale across groups: each group's local scores times the square root of its gain.
 
-        The gain is measured: cut the group's weakest units alone (its kind's ratio of
-        them), run the model on the first ``_GAIN_SAMPLES`` calibration samples and take how far the outputs
-        moved (1 - cosine, the worst output) per unit of local effect removed (the sum of
-        the cut units' squared scores; ranked by reconstruction, of their activation scores,
-        since the trial cut is not compensated). Both grow with the squared size of the
-        change, so their ratio carries a layer's sensitivity over to its other units.
+        The gain is measured: cut the group's weakest units that have any effect alone (its kind's ratio
+        of the group's units, dead ones left out: cutting those moves nothing), run the model on the first
+        ``_GAIN_SAMPLES`` calibration samples and take how far the outputs moved (1 - cosine, the worst
+        output) per unit of local effect removed (the sum of the cut units' squared scores; ranked by
+        reconstruction, of their activation scores, since the trial cut is not compensated). Both grow with
+        the squared size of the change, so their ratio carries a layer's sensitivity over to its other units.
         """
         per_batch = max(len(next((a for a in batches[0].values() if np.ndim(a)), [0])), 1)
         count = -(-_GAIN_SAMPLES // per_batch)
@@ -439,7 +443,12 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             local = scores[group.name] ** 2
             effect = self._uncompensated.get(group.name, scores[group.name]) ** 2
             count = min(group.size - 1, max(1, int(math.floor(self._ratio_of(group, self.ratios) * group.size))))
-            weakest = np.argsort(local, kind="stable")[:count]
+            # Units with no effect (dead: zero weights, or a ReLU that never fires on the samples) move nothing
+            # when cut, so a trial of only them measured 0/0 and read as a gain of 1e18: the layer's live units
+            # were never cut while other layers' strong ones were. The trial cuts the weakest units that act.
+            order = np.argsort(local, kind="stable")
+            acting = order[effect[order] > 0]
+            weakest = (acting if len(acting) else order)[:count]
             trial = model.clone()
             twin = next(g for g in self.find_groups(trial.graph)[0] if g.name == group.name)
             twin.apply(trial.graph, sorted(set(range(group.size)) - {int(u) for u in weakest}))

@@ -23,7 +23,9 @@ def head_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
     The attention output must feed only one MatMul/Gemm with a constant weight (the
     output projection), whose rows are cut with the heads. ``MultiHeadAttention``
     needs its query, key and value to be projections (MatMul, optional bias Add,
-    optional RotaryEmbedding) with as many heads each, or — grouped-query attention —
+    optional RotaryEmbedding; or a packed ``[3 × width]`` bias as its input 3, as ONNX Runtime's
+    transformers optimizer writes it; a ``key_padding_mask`` is the same for every head) with as many
+    heads each, or — grouped-query attention —
     key/value projections with fewer heads repeated as the exporters write ``repeat_kv``
     (a unit is then a key/value head with the query heads reading it); other repetitions
     are left whole.
@@ -134,8 +136,10 @@ def _per_head_bias(bias: ir.Value | None) -> str | None:
 def _multi_head(node: ir.Node) -> ChannelGroup | str:
     heads = node.attributes.get_int("num_heads", 0)
     inputs = list(node.inputs)
-    if heads < 2 or len(inputs) < 3 or any(v is None for v in inputs[:3]) or any(v is not None for v in inputs[3:5]):
-        return "not self-attention on separate query, key and value (packed, cached or biased inputs)"
+    if heads < 2 or len(inputs) < 3 or any(v is None for v in inputs[:3]):
+        return "not self-attention on separate query, key and value (packed or cached inputs)"
+    # A key_padding_mask (input 4) masks key positions for every head alike: every shape the op takes is head-free.
+    bias = inputs[3] if len(inputs) > 3 else None
     if any(v is not None for v in inputs[6:]):
         return "past key/value inputs"
     if len(inputs) > 5 and (refusal := _per_head_bias(inputs[5])):
@@ -167,7 +171,16 @@ def _multi_head(node: ir.Node) -> ChannelGroup | str:
         group.values, group.shape_constants = values, reshapes
         for cuts, rotary in [query, *keys_values]:
             _add_projection(group, cuts, rotary)
+        if bias is not None:
+            # The packed Q/K/V bias ONNX Runtime's transformers optimizer writes (its MatMuls then have none):
+            # three blocks of the width, cut as packed Attention's bias is.
+            array = constant_array(bias)
+            if array is None or array.shape != (3 * hidden,):
+                return "a query/key/value bias that is not a constant [3 × width]"
+            group.vectors.append(Cut(node, 3, 0, blocks=3))
         return group
+    if bias is not None:
+        return "a query/key/value bias with key/value heads repeated"
     # Grouped-query attention: a unit is one key/value head and the query heads that share it.
     kv_heads = repeated[0].kv_heads
     per_group = heads // kv_heads
