@@ -58,8 +58,8 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) 
             quotas += [quota for folder in _folders(root, path) if (quota := _v2_quota(folder)) is not None]
         elif "cpu" in controllers.split(","):  # cgroup v1's cpu controller ("4:cpu,cpuacct:/path")
             mount = root / controllers
-            if not mount.is_dir():
-                mount = next((m for m in (root / "cpu", root / "cpu,cpuacct") if m.is_dir()), mount)
+            if not _is_dir(mount):
+                mount = next((m for m in (root / "cpu", root / "cpu,cpuacct") if _is_dir(m)), mount)
             quotas += [quota for folder in _folders(mount, path) if (quota := _v1_quota(folder)) is not None]
     return min(quotas) if quotas else None
 
@@ -69,7 +69,16 @@ def _folders(mount: Path, path: str) -> list[Path]:
     and the container's own cgroup is mounted at the root: folders that do not exist are skipped."""
     parts = [part for part in path.strip("/").split("/") if part and part != ".."]
     folders = [mount.joinpath(*parts[:count]) for count in range(len(parts), -1, -1)]
-    return [folder for folder in folders if folder.is_dir()]
+    return [folder for folder in folders if _is_dir(folder)]
+
+
+def _is_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder this process may look into: False, not an error, where it may not (Python 3.11's
+    ``Path.is_dir`` raises ``PermissionError`` where a folder above it may not be searched)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _v2_quota(folder: Path) -> float | None:

@@ -2419,27 +2419,29 @@ class Verifier:
     def _float_noises(
         self, original: ir.Model, sets: Sequence[tuple[Mapping[str, np.ndarray], Mapping]]
     ) -> list[dict[str, float]]:
-        """``_float_noise`` of each of ``sets`` (inputs, the original's outputs on them), run in one session."""
+        """``_float_noise`` of each of ``sets`` (inputs, the original's outputs on them), run in one session; each
+        set's outputs are reduced to its noise before the next set runs (a decoder's logits and caches are hundreds
+        of MB a set)."""
         if original is not self._original:  # a segment's cut: probed each time (an id may be reused)
             crashed = holds_float16(original) and loading_crash(original, "all")
         elif (crashed := self._load_crash) is None:
             crashed = self._load_crash = bool(holds_float16(original) and loading_crash(original, "all"))
         if crashed:
             return [{} for _ in sets]
-        runs: list[dict[str, Any] | None] = []
+        noises: list[dict[str, float]] = []
         try:
             with inference_session(original, optimization_level="all") as session:
-                for inputs, _ in sets:
+                for inputs, reference in sets:
                     try:
-                        runs.append(run_session(session, inputs))
+                        optimized = run_session(session, inputs)
                     except RuntimeRefusedError:
-                        runs.append(None)
+                        noises.append({})
+                        continue
+                    noises.append(self._noise_rows(self._hide_padded(optimized, inputs, reference), reference))
+                    del optimized
         except RuntimeRefusedError:
             return [{} for _ in sets]
-        return [
-            {} if optimized is None else self._noise_rows(self._hide_padded(optimized, inputs, reference), reference)
-            for optimized, (inputs, reference) in zip(runs, sets)
-        ]
+        return noises
 
     @staticmethod
     def _noise_rows(optimized: Mapping[str, Any], reference: Mapping) -> dict[str, float]:

@@ -783,11 +783,13 @@ def _rewrite(graph: ir.Graph, decision: _Decision, taken: set[str], names: set[s
 
 
 def _store_bias(graph: ir.Graph, node: ir.Node, layer: Layer, change: np.ndarray) -> None:
-    """Add ``change`` to the layer's bias: a Gemm's C, an Attention's QKV bias, the Add after a MatMul, or a new Add."""
+    """Add ``change`` to the layer's bias: a Gemm's C, an Attention's QKV bias, the Add after a MatMul, or a new Add.
+    A bias input left empty (``Gemm(x, W, "")``) is one the node has not."""
     kind, weight = layer.kind, layer.weight
     if kind in ("gemm", "attention"):
         slot = 2
-        current = _constant(node.inputs[slot]) if len(node.inputs) > slot else None
+        given = len(node.inputs) > slot and node.inputs[slot] is not None
+        current = _constant(node.inputs[slot]) if given else None
         if len(node.inputs) <= slot:
             node.resize_inputs(slot + 1)
         if kind == "gemm" and current is None:  # a Gemm without C may state any beta (``find_layers`` takes it)

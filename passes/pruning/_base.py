@@ -694,7 +694,8 @@ def _input_channel_axis(consumer: ir.Node) -> int:
 def _refittable(consumer: ir.Node) -> bool:
     """Whether the repair's model ``X W + b`` is what the consumer computes over its input channels.
 
-    MatMul, an unscaled Gemm, or a 1×1 Conv (group 1, stride 1, no padding): there every
+    MatMul, an unscaled Gemm (alpha 1, and beta 1 where it has a C: beta scales C alone, and a C the repair adds
+    sets it to 1), or a 1×1 Conv (group 1, stride 1, no padding): there every
     output position is the input channels at that position times ``W``. Other Convs
     mix neighbouring positions, which needs their patches, not their channels.
     """
@@ -710,7 +711,8 @@ def _refittable(consumer: ir.Node) -> bool:
             and attributes.get_string("auto_pad", "NOTSET") in ("NOTSET", "VALID")
         )
     if consumer.op_type == "Gemm":
-        scaled = attributes.get_float("alpha", 1.0) != 1.0 or attributes.get_float("beta", 1.0) != 1.0
+        has_c = len(consumer.inputs) > 2 and consumer.inputs[2] is not None
+        scaled = attributes.get_float("alpha", 1.0) != 1.0 or (has_c and attributes.get_float("beta", 1.0) != 1.0)
         return not scaled and not attributes.get_int("transA", 0)
     return True
 
@@ -858,6 +860,8 @@ def _bias(graph: ir.Graph, consumer: ir.Node):
             def store_gemm(value: np.ndarray) -> tuple[Cut, None] | None:
                 if len(consumer.inputs) < 3:
                     consumer.resize_inputs(3)
+                if not has_bias and not conv:  # a Gemm without C may state any beta: the new C is added as it is
+                    consumer.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
                 consumer.replace_input_with(2, add_initializer(graph, f"{consumer.name}.repaired_bias", value))
                 return None if has_bias else (Cut(consumer, 2, 0 if conv else -1), None)
 
