@@ -79,6 +79,7 @@ from optimizer.runtime import (
     run_model,
     run_session,
     run_sets,
+    stored_weight_bytes,
     stream_values,
     value_collector,
 )
@@ -87,6 +88,9 @@ logger = logging.getLogger(__name__)
 
 # ``Verifier.one_session_of_original`` before its session is opened.
 _NOT_OPENED = object()
+# The weights below which ``one_session_of_original`` shares a session: above, loading is a small part of a set's
+# cost, and a session kept open beside another of the same model holds its weights twice.
+_SHARED_SESSION_BELOW_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -1523,8 +1527,10 @@ class Verifier:
     @contextlib.contextmanager
     def one_session_of_original(self) -> Iterator[None]:
         """Within it, the original's runs on the sets added (``add_input_set``) share one session of it, opened on
-        first use: a session a set serialized and loaded the model again for each. Nested, the outer one's."""
-        if self._session_of_original is not None:
+        first use: a session a set serialized and loaded the model again for each. Nested, the outer one's. Not for
+        a model of ``_SHARED_SESSION_BELOW_BYTES`` of weights or more: the set builders inside open sessions of their
+        own (a decoder's cache built by the model), and two sessions of a large model at once doubled its memory."""
+        if self._session_of_original is not None or stored_weight_bytes(self._original) >= _SHARED_SESSION_BELOW_BYTES:
             yield
             return
         self._session_of_original = _NOT_OPENED

@@ -33,6 +33,7 @@ from onnx import helper, numpy_helper
 from optimizer import cores
 from passes.factorization.lowrank import LowRankFactorizationPass
 from passes.pruning.ffn import FfnPruningPass
+from tests.helpers import FIXTURES
 from tests.passes.factorization import graphs
 from tests.passes.factorization.graphs import FakeSpeed
 from tests.passes.pruning.twins import assert_matches_twin
@@ -151,3 +152,23 @@ def test_the_float_noise_of_many_sets_holds_one_sets_outputs_at_a_time(monkeypat
     monkeypatch.setattr(verify, "run_session", lambda session, inputs: Outputs(run_session(session, inputs)))
     assert len(verifier.noise) == 6
     assert most[0] <= 2, f"{most[0]} sets' outputs held at once"
+
+
+def test_a_large_model_shares_no_session_of_the_original(monkeypatch):
+    """Past the limit, the set builders' own sessions (a decoder's cache built by the model) would open beside a kept
+    one: the original's runs open a session each, as before."""
+    import optimizer.verify as verify_module
+    from optimizer.inputs import make_inputs
+    from optimizer.verify import Verifier
+
+    model = ir.load(str(FIXTURES / "llama_kv_legacy.onnx"))
+    inputs = make_inputs(model, {"batch": 1, "sequence": 4, "past_sequence": 3}, seed=0)
+    verifier = Verifier(model, [inputs])
+    with verifier.one_session_of_original():
+        verifier.add_input_set(inputs, "again")
+        assert verifier._session_of_original is not None  # small: shared
+    monkeypatch.setattr(verify_module, "_SHARED_SESSION_BELOW_BYTES", 1)
+    with verifier.one_session_of_original():
+        verifier.add_input_set(inputs, "once more")
+        assert verifier._session_of_original is None
+    assert len(verifier.input_sets) == 3
