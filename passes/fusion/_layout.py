@@ -377,8 +377,10 @@ def split_heads(reshape: ir.Node) -> HeadSplit | None:
 
     Batch and sequence entries are copied (0), read from the input's shape, or stated
     as the input's static sizes (``--static-shapes`` writes ``[1, 16, -1, 32]`` with
-    ``allowzero=1``); one of them may be inferred (-1) when heads and head size are
-    static and multiply to the input's width, or the head count may be (-1).
+    ``allowzero=1``; a size the recorded shape leaves open is traced by ``symbolic_dim``:
+    BEiT's class token joined through the legacy ``expand``, DETR's tiled queries); one of
+    them may be inferred (-1) when heads and head size are static and multiply to the
+    input's width, or the head count may be (-1).
     """
     hidden = reshape.inputs[0]
     if hidden is None or rank(hidden) != 3:
@@ -393,7 +395,16 @@ def split_heads(reshape: ir.Node) -> HeadSplit | None:
     width = last_dim(hidden)
     if width is not None and (width % size or (heads > 0 and heads * size != width)):
         return None
-    kept = [same_dim(t, hidden, axis, index=axis, allowzero=allowzero) for axis, t in enumerate((batch, seq))]
+    # A static entry may name a size the recorded shape leaves open (BEiT's class token concatenated through the
+    # legacy export's expand target, which ONNX's inference cannot read): traced through the ops producing it.
+    known = [
+        _static_symbolic_dim(hidden, axis) if isinstance(t, int) and t > 0 else None
+        for axis, t in enumerate((batch, seq))
+    ]
+    kept = [
+        same_dim(t, hidden, axis, index=axis, allowzero=allowzero, known=known[axis])
+        for axis, t in enumerate((batch, seq))
+    ]
     if not all(kept):
         # One of batch/sequence inferred: exact only when the rest multiply to the input's width.
         inferred = sum(t == -1 for t in (batch, seq)) == 1 and any(kept)
@@ -402,6 +413,12 @@ def split_heads(reshape: ir.Node) -> HeadSplit | None:
     if heads == -1:
         heads = width // size if width is not None else None
     return HeadSplit(hidden, reshape.outputs[0], heads, size)
+
+
+def _static_symbolic_dim(value: ir.Value, axis: int) -> int | None:
+    """``value``'s dim ``axis`` where ``symbolic_dim`` traces it to a static size, else None."""
+    dim = symbolic_dim(value, axis)
+    return dim[0] if dim is not None and not dim[1] else None
 
 
 def _scaled_source(value: ir.Value, scales: bool) -> tuple[ir.Value, float]:
@@ -584,7 +601,9 @@ def symbolic_dim(value: ir.Value | None, axis: int, memo: dict | None = None, de
     Transposes, Reshapes (a target entry that is shape arithmetic on other tensors'
     dims, including products such as ``batch * heads``; 0 copies the input's dim; -1 is
     the input's size over the other entries), matrix products, element-wise and
-    broadcasting ops (in a valid graph a dim not known to be 1 is the broadcast size).
+    broadcasting ops (in a valid graph a dim not known to be 1 is the broadcast size),
+    ``LayerNormalization``, ``Concat`` (static parts add up on its axis), ``Expand``,
+    ``Tile`` and ``ConstantOfShape`` (their shape inputs read by ``symbolic_shape``).
     Two values with equal ``symbolic_dim`` have the same size at every input size.
     """
     memo = {} if memo is None else memo
@@ -644,11 +663,50 @@ def _traced_symbolic_dim(value: ir.Value, axis: int, value_rank: int, memo: dict
         if axis == value_rank - 2:
             return symbolic_dim(a, -2, memo, depth)
         return _broadcast([a, b], axis, value_rank, memo, depth)
-    if op in _SAME_RANK:
+    if op in _SAME_RANK or (op == "LayerNormalization" and value is node.outputs[0]):
         return symbolic_dim(data, axis, memo, depth)
     if op in _BROADCASTING:
         return _broadcast(list(node.inputs), axis, value_rank, memo, depth)
+    if op == "Concat":
+        # BEiT's legacy export: cat(cls_token.expand(batch, -1, -1), patches) on the sequence axis.
+        if axis != node.attributes.get_int("axis", 0) % value_rank:
+            return _broadcast(list(node.inputs), axis, value_rank, memo, depth)
+        sizes = [symbolic_dim(part, axis, memo, depth) for part in node.inputs]
+        if any(size is None or size[1] for size in sizes):
+            return None  # only static parts add up to a product of named dims
+        return sum(size[0] for size in sizes), ()
+    if op == "ConstantOfShape":
+        entries = symbolic_shape(data, memo, depth)
+        size = entries[axis] if entries is not None and len(entries) == value_rank else None
+        return size if size is not None and size[0] >= 0 else None
+    if op == "Tile":
+        # DETR's legacy export: the query embeddings tiled over the batch.
+        repeats = symbolic_shape(node.inputs[1], memo, depth)
+        if repeats is None or len(repeats) != value_rank or repeats[axis] is None or repeats[axis][0] < 0:
+            return None
+        return _product([symbolic_dim(data, axis, memo, depth), repeats[axis]])
+    if op == "Expand":
+        entries = symbolic_shape(node.inputs[1], memo, depth)
+        if entries is None or len(entries) > value_rank:
+            return None
+        target = entries[axis - (value_rank - len(entries))] if axis >= value_rank - len(entries) else _ONE
+        if target is None or target[0] < 0:
+            return None
+        return (
+            _broadcast([data], axis, value_rank, memo, depth)
+            if target == _ONE
+            else _expanded(data, axis, value_rank, target, memo, depth)
+        )
     return None
+
+
+def _expanded(data: ir.Value, axis: int, out_rank: int, target: Dim, memo: dict, depth: int) -> Dim | None:
+    """An Expand's dim ``axis`` where its target entry is ``target`` (not 1): the data's dim there is 1 or the same."""
+    data_rank = rank(data)
+    if data_rank is None:
+        return None
+    kept = symbolic_dim(data, axis - (out_rank - data_rank), memo, depth) if axis >= out_rank - data_rank else _ONE
+    return target if kept in (_ONE, target) else None
 
 
 def _broadcast(operands: list, axis: int, out_rank: int, memo: dict, depth: int) -> Dim | None:
@@ -669,8 +727,9 @@ def _broadcast(operands: list, axis: int, out_rank: int, memo: dict, depth: int)
 def symbolic_shape(value: ir.Value | None, memo: dict | None = None, depth: int = 0) -> list[Dim | None] | None:
     """The entries of a 1-D int64 shape tensor as ``symbolic_dim`` products (None for an unreadable entry).
 
-    Follows ``Shape``, ``Concat``, ``Gather``, ``Slice``, ``Unsqueeze``/``Squeeze``/``Cast``
-    and ``Mul``/``Div`` (the legacy export's ``batch * num_heads``). None if even the
+    Follows ``Shape``, ``Concat``, ``Gather``, ``Slice``, ``Unsqueeze``/``Squeeze``/``Cast``,
+    ``Mul``/``Div`` (the legacy export's ``batch * num_heads``), a 1-D ``Reshape`` and the
+    legacy export's ``expand`` target ``Where(Equal(s, -1), 1, s)``. None if even the
     length is unknown.
     """
     memo = {} if memo is None else memo
@@ -702,6 +761,10 @@ def symbolic_shape(value: ir.Value | None, memo: dict | None = None, depth: int 
         return entries
     if op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
         return symbolic_shape(node.inputs[0], memo, depth)
+    if op == "Reshape" and rank(value) == 1:
+        return symbolic_shape(node.inputs[0], memo, depth)  # the legacy export's expand target reshaped to [-1]
+    if op == "Where" and len(node.inputs) == 3:
+        return _where_entries(node, memo, depth)
     data = symbolic_shape(node.inputs[0], memo, depth)
     if data is None:
         return None
@@ -732,6 +795,32 @@ def symbolic_shape(value: ir.Value | None, memo: dict | None = None, depth: int 
             return [_product([a, b]) for a, b in zip(data, other)]
         return [_quotient(a, b) for a, b in zip(data, other)]
     return None
+
+
+def _where_entries(node: ir.Node, memo: dict, depth: int) -> list[Dim | None] | None:
+    """``Where(Equal(s, c), r, s)`` of a shape ``s`` and constants ``c < 0``, ``r``: the legacy exporter's ``expand``
+    target, entry by entry (a dim, never negative, keeps its entry; a constant equal to ``c`` becomes ``r``)."""
+    condition, replacement, source = node.inputs
+    test = condition.producer() if condition is not None else None
+    if test is None or test.op_type != "Equal" or not is_onnx_domain(test) or source not in test.inputs:
+        return None
+    other = test.inputs[1] if test.inputs[0] is source else test.inputs[0]
+    entries = symbolic_shape(source, memo, depth)
+    compared, replaced = constant_array(other), constant_array(replacement)
+    if entries is None or compared is None or replaced is None:
+        return None
+    compared, replaced = compared.reshape(-1), replaced.reshape(-1)
+    if compared.size not in (1, len(entries)) or replaced.size not in (1, len(entries)):
+        return None
+    result: list[Dim | None] = []
+    for index, entry in enumerate(entries):
+        against = int(compared[index % compared.size])
+        if entry is None or (entry[1] and (against >= 0 or entry[0] < 0)):
+            return None  # a named dim may equal a non-negative constant (a negated one, any)
+        if not entry[1] and entry[0] == against:
+            entry = (int(replaced[index % replaced.size]), ())
+        result.append(entry)
+    return result
 
 
 def merged_heads(value: ir.Value, *, scales: bool = True) -> tuple[ir.Value, tuple[int, ...], float] | None:
