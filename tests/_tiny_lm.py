@@ -113,3 +113,24 @@ def build(path: Path, *, ignore_mask: bool = False, decode_bias: bool = False, p
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def verifier_optimize_builds(path: Path, **options):
+    """The ``Verifier`` ``optimize_with_report`` builds for the model at ``path`` (one pass, remove-identity, run
+    with ``options``: ``inputs=...`` for given ones), caught as the pipeline is handed it."""
+    import onnx_ir as ir
+    import pytest
+
+    import optimizer.api as api
+
+    captured = {}
+    run_pipeline = api.run_pipeline
+
+    def spy(model, specs, *, context, verifier, label):
+        captured["verifier"] = verifier
+        return run_pipeline(model, specs, context=context, verifier=verifier, label=label)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(api, "run_pipeline", spy)
+        api.optimize_with_report(ir.load(str(path)), ["remove-identity"], **options)
+    return captured["verifier"]

@@ -11,7 +11,7 @@ import onnx_ir as ir
 import pytest
 
 import optimizer.api as api
-from tests._tiny_lm import VOCAB, WIDTH, build
+from tests._tiny_lm import VOCAB, WIDTH, build, verifier_optimize_builds
 from tests.test_review_s64_llmacc import _wrong_where
 
 
@@ -32,17 +32,7 @@ def _two_rows(past: int = 6, new: int = 3) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def two_row_verifier(tmp_path_factory):
     path = build(tmp_path_factory.mktemp("rows") / "tiny.onnx")
-    captured = {}
-    run_pipeline = api.run_pipeline
-
-    def spy(model, specs, *, context, verifier, label):
-        captured["verifier"] = verifier
-        return run_pipeline(model, specs, context=context, verifier=verifier, label=label)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(api, "run_pipeline", spy)
-        api.optimize_with_report(ir.load(str(path)), ["remove-identity"], inputs=_two_rows())
-    return captured["verifier"], path
+    return verifier_optimize_builds(path, inputs=_two_rows()), path
 
 
 def test_inputs_of_two_rows_get_a_one_row_decode_step(two_row_verifier):

@@ -34,7 +34,7 @@ from onnx import helper, numpy_helper
 from optimizer.generation import recognise_causal_lm
 from optimizer.llm_accuracy import text_from_arrays
 from tests._cli_models import run_cli
-from tests._tiny_lm import VOCAB, build
+from tests._tiny_lm import VOCAB, build, verifier_optimize_builds
 
 _QUICK = ["--generate", "--prompt-length", "8", "--new-tokens", "4", "--time-budget", "1", "--iterations", "2"]
 _QUICK += ["--warmup", "0", "--threads", "1", "-q"]
@@ -149,20 +149,8 @@ def test_held_out_text_with_pads_between_a_rows_tokens_is_one_line(tmp_path, cap
 @pytest.fixture(scope="module")
 def tiny_verifier(tmp_path_factory):
     """The Verifier ``optimize`` builds for the tiny LM (generated inputs), and the model's path."""
-    import optimizer.api as api
-
     path = build(tmp_path_factory.mktemp("verify") / "tiny.onnx")
-    captured = {}
-    run_pipeline = api.run_pipeline
-
-    def spy(model, specs, *, context, verifier, label):
-        captured["verifier"] = verifier
-        return run_pipeline(model, specs, context=context, verifier=verifier, label=label)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(api, "run_pipeline", spy)
-        api.optimize_with_report(ir.load(str(path)), ["remove-identity"])
-    return captured["verifier"], path
+    return verifier_optimize_builds(path), path
 
 
 @pytest.mark.parametrize("condition", ["one_row_step", "padded_prefill", "rows_prefill", "short"])
