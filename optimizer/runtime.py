@@ -31,7 +31,6 @@ import onnx_ir as ir
 from onnx_ir.passes import common as common_passes
 
 from optimizer.accuracy import Drift, output_drift
-from optimizer.cores import quota_capped_cores
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import OptionError, RuntimeMissingError, RuntimeRefusedError, UnsupportedModelError, one_line
 
@@ -358,6 +357,8 @@ def session_threads() -> int:
 @functools.cache
 def _quota_threads() -> int:
     """``quota_capped_cores()``, 0 where no quota caps the cores (read once a process)."""
+    from optimizer.cores import quota_capped_cores  # on first use: a pass imported alone loads no more of the spine
+
     return quota_capped_cores() or 0
 
 
