@@ -85,6 +85,7 @@ def test_the_budget_is_checked_on_samples_the_repair_did_not_fit(tmp_path):
     assert "on held-out samples, which ranking and repair do not see" in notes and re.search(
         r"on the \d+ held-out samples?", notes
     )
+    assert "4 held-out samples are few: new data may fall short" in notes  # 20 samples: 4 held out
     # The held-out samples are every fifth; with one sample none is held out.
     held = {"x": samples["x"][4::5]}
     pruned = FfnPruningPass(0.5, samples=samples, budget=AccuracyBudget(min_cosine=0.99))

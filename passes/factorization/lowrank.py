@@ -65,7 +65,15 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
-from optimizer.inputs import HOLD_OUT_EVERY, held_out_samples, hold_out, holds_samples, samples_in, split_samples
+from optimizer.inputs import (
+    HOLD_OUT_EVERY,
+    few_held_out,
+    held_out_samples,
+    hold_out,
+    holds_samples,
+    samples_in,
+    split_samples,
+)
 from optimizer.options import IMPORTANCE_KINDS
 from optimizer.padding import cache_outputs, mask_inputs
 from optimizer.parameters import count_parameters
@@ -746,7 +754,8 @@ def _described(in_sample: bool, fitted: Sequence, checked: Sequence, model: ir.M
         return " on the one calibration sample the factors were fitted to (none held out: an optimistic figure)"
     if len(fitted):
         held = held_out_samples(checked, model).replace("held-out sample", "held-out calibration sample")
-        return f" on {held} (one in {HOLD_OUT_EVERY}, at least one; not fitted to)"
+        caveat = few_held_out(checked, model)
+        return f" on {held} (one in {HOLD_OUT_EVERY}, at least one; not fitted to){f'; {caveat}' if caveat else ''}"
     return ""
 
 

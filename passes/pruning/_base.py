@@ -42,7 +42,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import is_onnx_domain, is_onnx_op
-from optimizer.inputs import fixes_batch, held_out_samples, hold_out, split_samples
+from optimizer.inputs import few_held_out, fixes_batch, held_out_samples, hold_out, split_samples
 from optimizer.options import IMPORTANCE_KINDS
 from optimizer.parameters import count_parameters
 from optimizer.progress import track
@@ -244,6 +244,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 summary += f"{self._checked_on} (an optimistic figure: give more samples to hold some out)"
             summary += " on generated inputs" if self.samples_generated else ""
         self.note(summary)
+        if held_out and self.drift is not None and (caveat := few_held_out(batches, model)):
+            self.note(caveat)
         self.note(self._decisions(groups, removals))
         if self.samples_generated:
             self.note("no --calibration data: ranked by weight magnitude, not re-fitted")

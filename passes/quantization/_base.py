@@ -44,6 +44,7 @@ from onnxscript import version_converter
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import MS_DOMAIN
 from optimizer.inputs import (
+    few_held_out,
     fixed_batch_size,
     fixes_batch,
     held_out_samples,
@@ -354,6 +355,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             reduced = ", ".join(f"{count} layers {label}" for label, count in counts.items())
             held = f" on {held_out_samples(checked, model)}" if held_out else self.fitted_caveat(smoothed=bool(norms))
             self.note(f"{reduced}, {len(self.kept_float)} float: {self.drift}{held}")
+            if held_out and (caveat := few_held_out(checked, model)):
+                self.note(caveat)
         self._float, self._batches = None, []
         return self.result(model, modified=True, twin=twin, fitted_to_samples=held_out)
 
