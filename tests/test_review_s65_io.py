@@ -101,7 +101,7 @@ def test_a_save_that_finishes_after_another_on_one_output_leaves_its_weights_and
 
 def test_a_timing_cache_write_cut_short_by_ctrl_c_leaves_no_temporary_file(tmp_path, monkeypatch):
     # The kernel timing cache (~/.cache/graphopt) is written through a temporary file that only an OSError removed:
-    # a Ctrl-C (KeyboardInterrupt, or the CLI's Interrupted) while it was written left a tmpXXXX.tmp there for good.
+    # a Ctrl-C (KeyboardInterrupt, or the CLI's Interrupted) while it was written left its tmp*.tmp file there for good.
     from passes import _kernel_timing
 
     folder = tmp_path / "cache"
