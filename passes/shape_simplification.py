@@ -21,7 +21,6 @@ import importlib.util
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +57,10 @@ class _DimOf:
     axis: int
 
 
-Element = int | _DimOf | None
+# An element is a size, a dim of a value's shape, a symbol ORT's inference computed (``floor(samples/10) - 1``:
+# ``_Computed``), or unknown.
+Element = "int | _DimOf | _Computed | None"
 Shapes = dict[str, tuple[Symbol, ...]]
-ShapeOf = Callable[[ir.Value], "tuple[Symbol, ...] | None"]
 
 # The ops _shape_elements follows.
 _FOLLOWED = frozenset(
@@ -89,6 +89,9 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
       and a -1 beside a 0 is fixed by the input's other dims (it becomes that size); else the
       Reshape is refused, with the reason: a 0-sized dim would make the rewrite fail or differ
       where the original runs;
+    - where a target element is computed from the input's dims by ``Add``, ``Sub``, ``Mul``, ``Div``, ``Max``, ``Min``
+      or ``Neg`` (the dynamo exporter's ``samples // 80 ...`` for a strided front end's length), the same, proving
+      the element the data's dim with ORT's arithmetic on symbols (``_computed_equals``);
     - an ``Expand`` whose target elements are constants or provably equal to the
       input's aligned dimension (they become 1);
     - a ``Gather(Shape(x), i)`` or ``Slice(Shape(x), a, b)`` whose dims ONNX's shape inference sizes
@@ -325,10 +328,13 @@ def _reshape_target(node: ir.Node, shapes: Shapes, classes: _DimClasses) -> list
     target: list[int | str | None] = []
     for position, element in enumerate(elements):
         symbol = _symbol_of(element, shapes)
-        if isinstance(symbol, int):
+        if isinstance(symbol, int) and _dividends_hold(element, None, shapes):
             target.append(symbol)
         elif _own_dim(element, node, position):
             target.append(_COPY)  # Shape(data)[position]: a copy by the graph's structure, whatever the symbols
+        elif isinstance(element, _Computed):
+            computed = position < len(data_shape) and _computed_equals(element, data_shape[position], shapes)
+            target.append(_COPY if computed else None)
         elif symbol is not None and position < len(data_shape) and data_shape[position] == symbol:
             target.append(_COPY)
         elif isinstance(element, _DimOf) and classes.same(element.value, element.axis, node.inputs[0], position):
@@ -443,9 +449,14 @@ def _expand_target(node: ir.Node, shapes: Shapes, classes: _DimClasses, shared: 
     target = []
     for position, element in enumerate(elements):
         symbol = _symbol_of(element, shapes)
-        if isinstance(symbol, int):
+        if isinstance(symbol, int) and _dividends_hold(element, None, shapes):
             target.append(symbol)
         elif position >= offset and _own_dim(element, node, position - offset):
+            target.append(1)
+        elif isinstance(element, _Computed):
+            dim = data_shape[position - offset] if position >= offset else None
+            if dim is None or _mentions(str(dim), unproven) or not _computed_equals(element, dim, shapes):
+                return None
             target.append(1)
         elif (
             symbol is not None
@@ -471,6 +482,8 @@ def _own_dim(element: Element, node: ir.Node, axis: int) -> bool:
 
 
 def _symbol_of(element: Element, shapes: Shapes) -> Symbol:
+    if isinstance(element, _Computed):
+        return element.symbol
     if element is None or isinstance(element, int):
         return element
     shape = shapes.get(element.value.name)
@@ -479,11 +492,48 @@ def _symbol_of(element: Element, shapes: Shapes) -> Symbol:
     return shape[element.axis]
 
 
-def _inferred(shapes: Shapes) -> ShapeOf:
-    return lambda value: shapes.get(value.name) if value.name else None
+class _InferredShapes(dict):
+    """Each value's shape by name (ints and symbols, as ``Shapes``), from ORT's symbolic inference, with what it
+    computed for small int tensors of shape arithmetic (a ``samples // 10 - 1`` through ``Div`` and ``Add``):
+    ``computed``, their elements by value name as ints and symbols (None where a symbol is unproven); ``sympy``,
+    the same as sympy expressions; and ``dims``, each dim's symbol as a sympy expression."""
+
+    def __init__(self, shapes: Shapes, computed: Shapes, sympy: dict[str, list], dims: dict[str, object]) -> None:
+        super().__init__(shapes)
+        self.computed = computed
+        self.sympy = sympy
+        self.dims = dims
 
 
-def _shape_elements(value: ir.Value | None, shape_of: ShapeOf) -> list[Element] | None:
+class _ShapeOf:
+    """A value's inferred shape (``ShapeOf``), and what the inference computed for it (``_InferredShapes``)."""
+
+    def __init__(self, shapes: Shapes) -> None:
+        self._shapes = shapes
+        self.computed: Shapes = getattr(shapes, "computed", {})
+        self.sympy: dict[str, list] = getattr(shapes, "sympy", {})
+
+    def __call__(self, value: ir.Value) -> tuple[Symbol, ...] | None:
+        return self._shapes.get(value.name) if value.name else None
+
+
+@dataclass(frozen=True)
+class _Computed:
+    """An element ORT's inference computed through ``_ARITHMETIC`` ops (``floor(samples/10) - 1``): its symbol (None
+    where unproven), its sympy expression, and the values the ``Div`` ops on the way divide. The expression is the
+    element's value where none of those is negative (ONNX's integer ``Div`` truncates, sympy's floors):
+    ``_dividends_hold``."""
+
+    symbol: Symbol
+    expression: object
+    dividends: tuple[str, ...]
+
+
+def _inferred(shapes: Shapes) -> _ShapeOf:
+    return _ShapeOf(shapes)
+
+
+def _shape_elements(value: ir.Value | None, shape_of: _ShapeOf) -> list[Element] | None:
     """The elements of a 1-D int64 shape tensor, traced back through shape arithmetic.
 
     A ``Shape``'s elements are read from ``shape_of`` its input: its rank says which axes ``start`` and
@@ -538,10 +588,130 @@ def _shape_elements(value: ir.Value | None, shape_of: ShapeOf) -> list[Element] 
         return _slice_elements(node, shape_of)
     if node.op_type == "Where" and len(inputs) == 3:
         return _where_elements(node, shape_of)
+    if node.op_type in _ARITHMETIC:
+        return _computed_elements(value, shape_of)
     return None
 
 
-def _where_elements(node: ir.Node, shape_of: ShapeOf) -> list[Element] | None:
+# The integer ops ORT's inference computes a shape tensor's elements through as its sympy arithmetic says (``Div``
+# only where that holds: ``_exact``). Not ``Equal`` or ``Where``: it decides those by the symbols' structure.
+_ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Neg"})
+# How many producers back ``_exact`` follows a computed element.
+_DEEPEST_ARITHMETIC = 24
+
+
+def _computed_elements(value: ir.Value, shape_of: _ShapeOf) -> list[Element] | None:
+    """The elements ORT's inference computed for ``value``, a shape tensor computed by ``_ARITHMETIC`` ops
+    (the dynamo exporter's ``samples // 10 - 1`` for a strided front end's length, where the legacy one reads
+    the projection's shape): sizes, and ``_Computed`` symbols; None where it computed none or an op on the way
+    may compute other values than its arithmetic (``_exact``)."""
+    computed, expressions = shape_of.computed.get(value.name), shape_of.sympy.get(value.name)
+    dividends: list[str] = []
+    if computed is None or expressions is None or not _exact(value, shape_of, _DEEPEST_ARITHMETIC, dividends):
+        return None
+    return [
+        item if isinstance(item, int) and not dividends else _Computed(item, expression, tuple(dividends))
+        for item, expression in zip(computed, expressions)
+    ]
+
+
+def _computed_equals(element: _Computed, dim: Symbol, shapes: Shapes) -> bool:
+    """Whether the computed ``element`` is the size of a dim whose symbol is ``dim`` wherever the model runs: the
+    same symbol, or expressions equal once nested floors are joined (``_floors_joined``: ORT's inference sizes a
+    stack of strided convolutions ``floor(floor(s/5)/2)``, the exporter computes ``s // 10``), and dividends that
+    hold (``_dividends_hold``)."""
+    if element.symbol is None or dim is None or isinstance(dim, int):
+        return False
+    expression = getattr(shapes, "dims", {}).get(dim)
+    if element.symbol != dim and (
+        expression is None or _floors_joined(element.expression) != _floors_joined(expression)
+    ):
+        return False
+    return _dividends_hold(element, dim, shapes)
+
+
+def _exact(value: ir.Value, shape_of: _ShapeOf, depth: int, dividends: list[str]) -> bool:
+    """Whether ``value``'s elements are what ORT's sympy arithmetic computes for them where the values every
+    ``Div`` on the way divides (added to ``dividends``) are not negative: every op is a shape read, a copy of
+    elements or ``_ARITHMETIC`` of integers, and every ``Div`` divides by a positive constant."""
+    if constant_array(value) is not None:
+        return True
+    node = value.producer()
+    if node is None or not is_onnx_domain(node) or depth == 0:
+        return False
+    if node.op_type == "Shape":
+        return True
+    if node.op_type == "Cast" and node.attributes.get_int("to") not in (ir.DataType.INT64, ir.DataType.INT32):
+        return False
+    if node.op_type not in _FOLLOWED - {"Where"} and node.op_type not in _ARITHMETIC:
+        return False
+    if node.op_type == "Div":
+        divisor = constant_array(node.inputs[1])
+        if divisor is None or divisor.dtype.kind != "i" or not (divisor > 0).all() or not node.inputs[0].name:
+            return False
+        dividends.append(node.inputs[0].name)
+    data = node.inputs if node.op_type in _ARITHMETIC or node.op_type == "Concat" else node.inputs[:1]
+    return all(item is not None and _exact(item, shape_of, depth - 1, dividends) for item in data)
+
+
+def _dividends_hold(element: Element, dim: Symbol, shapes: Shapes) -> bool:
+    """Whether a ``_Computed`` ``element`` (any other is a value as it is) takes its symbol's value wherever the
+    data's dim it equals, ``dim``, is at least 1: its dividends are not negative there.
+
+    Proven by sympy's assumptions (a dim is not negative), or, for expressions of one input dim ``n`` built of
+    sums, positive multiples and floors (nondecreasing in ``n``), at the smallest ``n`` where ``dim`` is 1: a
+    stack of strided convolutions' length, ``((samples // 80 - 3) // 2 - 1) // 2 + 1`` (the dynamo exporter's
+    wav2vec2), divides ``samples // 80 - 3``, negative below 240 samples, where the stack's last convolution has
+    no input left (ONNX Runtime fails where a convolution's input is shorter than its kernel). A sequence of no
+    frames (``dim`` 0) is outside the proof, as other 0-sized dims are (``_reshape_rewrite``).
+    """
+    if not isinstance(element, _Computed) or not element.dividends:
+        return True
+
+    computed = getattr(shapes, "sympy", {})
+    parts = [computed.get(name) for name in element.dividends]
+    if any(part is None for part in parts):
+        return False
+    dividends = [item for part in parts for item in part]
+    if all(item.is_nonnegative for item in dividends):
+        return True
+    size = getattr(shapes, "dims", {}).get(dim) if isinstance(dim, str) else None
+    if size is None or not all(_nondecreasing(item) for item in [size, *dividends]):
+        return False
+    symbols = set().union(size.free_symbols, *(item.free_symbols for item in dividends))
+    if len(symbols) != 1:
+        return False
+    (n,) = symbols
+    low, high = 0, _LARGEST_DIM
+    if size.subs(n, high) < 1:
+        return False
+    while low < high:  # the smallest n where the dim is 1 or more
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if size.subs(n, middle) < 1 else (low, middle)
+    return all(item.subs(n, low) >= 0 for item in dividends)
+
+
+# The largest dim ``_dividends_hold`` searches: ONNX Runtime's symbolic inference's own int_max.
+_LARGEST_DIM = 2**31 - 1
+
+
+def _nondecreasing(expression) -> bool:  # noqa: ANN001 (a sympy expression)
+    """Whether ``expression`` is built of nondecreasing steps only: rational constants, symbols, sums, products with
+    a positive constant, floors, Max and Min."""
+    import sympy
+
+    if expression.is_Rational or expression.is_Symbol:
+        return True
+    if isinstance(expression, (sympy.Add, sympy.floor, sympy.Max, sympy.Min)):
+        return all(_nondecreasing(item) for item in expression.args)
+    if isinstance(expression, sympy.Mul):
+        constants = [item for item in expression.args if item.is_number]
+        rest = [item for item in expression.args if not item.is_number]
+        return len(rest) == 1 and all(item.is_positive for item in constants) and _nondecreasing(rest[0])
+    return False
+
+
+def _where_elements(node: ir.Node, shape_of: _ShapeOf) -> list[Element] | None:
     """``Where(Equal(s, c), r, s)`` of a shape ``s`` and constants ``c``, ``r``: the legacy exporter's ``expand``
     target (``c`` is -1, which a dim never is), element by element."""
     condition, replacement, source = node.inputs
@@ -563,14 +733,14 @@ def _where_elements(node: ir.Node, shape_of: ShapeOf) -> list[Element] | None:
             if against >= 0:
                 return None  # a dim may be any size that is not negative
             result.append(element)
-        elif element is None:
-            return None
+        elif element is None or isinstance(element, _Computed):
+            return None  # a computed symbol may be any size, -1 too
         else:
             result.append(int(replaced[index % replaced.size]) if element == against else element)
     return result
 
 
-def _slice_elements(node: ir.Node, shape_of: ShapeOf) -> list[Element] | None:
+def _slice_elements(node: ir.Node, shape_of: _ShapeOf) -> list[Element] | None:
     source = _shape_elements(node.inputs[0], shape_of)
     bounds = [constant_array(value) for value in node.inputs[1:5]]
     bounds += [None] * (4 - len(bounds))
@@ -900,7 +1070,7 @@ def _needed_nodes(graph: ir.Graph) -> set[ir.Node]:
     return needed
 
 
-def _symbolic_shapes(model: ir.Model, merged: set[str] | None = None) -> dict[str, tuple[Symbol, ...]] | str:
+def _symbolic_shapes(model: ir.Model, merged: set[str] | None = None) -> _InferredShapes | str:
     """Every value's shape as ints and symbol strings, from ORT's symbolic shape inference; or why not.
 
     ``merged``, when given, receives every symbol the inference merged with another (either side of
@@ -953,7 +1123,79 @@ def _symbolic_shapes(model: ir.Model, merged: set[str] | None = None) -> dict[st
             else (dim.dim_param if dim.dim_param and not _mentions(dim.dim_param, unproven) else None)
             for dim in tensor_type.shape.dim
         )
-    return shapes
+    computed, data = {}, {}
+    for name, values in inference.sympy_data_.items():
+        elements = _sympy_elements(values)
+        if elements is None:
+            continue
+        computed[name] = tuple(
+            int(item) if item.is_Integer else None if _mentions(str(item), unproven) else str(item) for item in elements
+        )
+        data[name] = elements
+    return _InferredShapes(shapes, computed, data, dict(inference.symbolic_dims_))
+
+
+# The most elements of a computed shape tensor kept (``_InferredShapes.computed``): a shape's, not a table's.
+_MOST_COMPUTED_ELEMENTS = 16
+
+
+def _sympy_elements(data: object) -> list | None:
+    """The elements of a tensor ORT's inference computed (``sympy_data_``: a sympy integer expression, an int,
+    or a list or array of them, at most ``_MOST_COMPUTED_ELEMENTS``) as sympy integers and expressions; None
+    where it is something else (floats, relations, a larger table)."""
+    import sympy
+
+    items = list(np.asarray(data, dtype=object).reshape(-1)) if isinstance(data, (list, np.ndarray)) else [data]
+    if len(items) > _MOST_COMPUTED_ELEMENTS:
+        return None
+    elements = []
+    for item in items:
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            elements.append(sympy.Integer(int(item)))
+        elif isinstance(item, sympy.Expr) and item.is_integer:
+            elements.append(item)
+        else:
+            return None
+    return elements
+
+
+@functools.lru_cache(maxsize=4096)
+def _floors_joined(expression):  # noqa: ANN001, ANN202 (sympy expressions)
+    """``expression`` with each floor of an integer sum over a positive integer ``n`` in one form, innermost first:
+    ``floor((floor(y) + k) / n)`` of an integer ``k`` as ``floor((y + k) / n)`` (``floor(y) + k`` is ``floor(y + k)``
+    and ``floor(floor(z) / n)`` is ``floor(z / n)``), and ``floor((x + c) / n)`` of an integer ``x`` and a constant
+    ``c`` as ``floor((x + c mod n) / n) + c div n``. Equal for every value of the symbols."""
+    import sympy
+
+    def joined(node):  # noqa: ANN001, ANN202
+        if not isinstance(node, sympy.floor):
+            return node
+        numerator, denominator = sympy.fraction(sympy.together(node.args[0]))
+        if not (denominator.is_Integer and denominator > 0):
+            return node
+        terms = sympy.Add.make_args(sympy.expand(numerator))
+        if not all(term.is_integer for term in terms):
+            return node
+        inner = [term for term in terms if isinstance(term, sympy.floor)]
+        if len(inner) == 1:
+            rest = sympy.Add(*(term for term in terms if term is not inner[0]))
+            return joined(sympy.floor((inner[0].args[0] + rest) / denominator))
+        quotient, remainder = divmod(sum(int(term) for term in terms if term.is_Integer), int(denominator))
+        if quotient == 0:
+            return node
+        rest = sympy.Add(*(term for term in terms if not term.is_Integer))
+        return sympy.floor((rest + remainder) / denominator) + quotient
+
+    for _ in range(_FLOOR_ROUNDS):  # a floor joined may pull a constant out of the floor around it: join again
+        rewritten = expression.replace(lambda node: isinstance(node, sympy.floor), joined)
+        if rewritten == expression:
+            break
+        expression = rewritten
+    return expression
+
+
+# How many times ``_floors_joined`` walks an expression: one more than its floors nest in a stack of convolutions.
+_FLOOR_ROUNDS = 8
 
 
 def _mentions(expression: str, symbols: set[str]) -> bool:

@@ -200,25 +200,7 @@ def _strided_audio_model(sequence_from_shape: bool) -> onnx.ModelProto:
     return _model(nodes, weights, inputs, opset=18)
 
 
-@pytest.mark.parametrize(
-    "sequence_from_shape",
-    [
-        True,
-        pytest.param(
-            False,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the dynamo export's head split reads the sequence as samples // 10, not from the "
-                "projection's shape: simplify-shapes does not follow a Div among a target's elements, and ONNX "
-                "Runtime's symbolic inference sizes the convolutions' output floor(floor(samples/5)/2), not "
-                "floor(samples/10), so the target stays computed with two unproven entries (heads -1); here the "
-                "Softmax stays unfused (head count unknown), and in wav2vec2's, HuBERT's and SegFormer's dynamo "
-                "exports (dims named in value_info) it is a MultiHeadAttention with four layout adapters that "
-                "pack-qkv leaves unpacked, where their legacy exports pack Attention",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("sequence_from_shape", [True, False])
 def test_computed_sequence_head_split_is_packed(sequence_from_shape: bool) -> None:
     proto = _strided_audio_model(sequence_from_shape)
     fused = optimizer.optimize(proto)
