@@ -657,8 +657,11 @@ def drift_of(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]], refer
 
 def run_batches(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:
     """Outputs of ``model`` on each batch, in one session with all of ONNX Runtime's graph
-    optimizations (as deployed: int8 QDQ graphs run on their integer kernels)."""
-    with inference_session(model, optimization_level="all") as session:
+    optimizations (as deployed: int8 QDQ graphs run on their integer kernels); with none for a model holding
+    float16 that ONNX Runtime crashes loading so (``loading_crash``, tried in a child process: a float16 ViT ended
+    ``optimize --prune-ffn``, whose samples run here before any verification, with exit -11 and no report)."""
+    crashes = holds_float16(model) and loading_crash(model, "all")
+    with inference_session(model, optimization_level="disable_all" if crashes else "all") as session:
         return [run_session(session, batch) for batch in batches]
 
 

@@ -9,6 +9,8 @@ convert-float16 reads off its result.
 2. ``_stored_float16`` took a float16 value stored under one of the input's names for the input's value: a
    realization computing ``g = h * 3e4`` and ``k = g * (1/3e4)`` in float16 under the names of two ``Relu`` after
    ``h`` was verified (its check rounded the input's small ``g`` and ``k``; on a GPU ``g`` is infinite).
+3. Found unfixed, fixed since (2026-12-06): prune-ffn ran its samples through that ViT at ``ORT_ENABLE_ALL`` in
+   graphopt's own process (``runtime.run_batches``), before any verification: exit -11 and no report.
 """
 
 from __future__ import annotations
@@ -265,13 +267,6 @@ def test_a_name_each_if_branch_computes_with_another_op_is_converted():
     assert result.modified, result.refusals
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unfixed: prune-ffn runs its samples through the float16 input at ORT_ENABLE_ALL in graphopt's own process "
-    "(runtime.run_batches, passes/pruning/_base.py) before any verification, and ONNX Runtime 1.32 segfaults loading "
-    "that ViT so: `optimize --prune-ffn 0.5` dies with exit -11 and no report. run_batches (and the other in-process "
-    "ORT_ENABLE_ALL loads of passes) has no child-process probe.",
-)
 def test_pruning_a_float16_model_onnxruntime_crashes_on_is_not_a_crash(tmp_path):
     given = tmp_path / "fp16.onnx"
     ir.save(_float16_vit("initializers"), given)
