@@ -594,8 +594,9 @@ def _shape_elements(value: ir.Value | None, shape_of: _ShapeOf) -> list[Element]
 
 
 # The integer ops ORT's inference computes a shape tensor's elements through as its sympy arithmetic says (``Div``
-# only where that holds: ``_exact``). Not ``Equal`` or ``Where``: it decides those by the symbols' structure.
-_ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Neg"})
+# only where that holds: ``_exact``; ``Pow`` of a constant exponent, which ``_broadcast_recording`` computes). Not
+# ``Equal`` or ``Where``: it decides those by the symbols' structure.
+_ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Neg", "Pow"})
 # How many producers back ``_exact`` follows a computed element.
 _DEEPEST_ARITHMETIC = 24
 
@@ -634,8 +635,9 @@ def _exact(value: ir.Value, shape_of: _ShapeOf, depth: int, dividends: list[str]
     """Whether ``value``'s elements are what ORT's sympy arithmetic computes for them where the values every
     ``Div`` on the way divides (added to ``dividends``) are not negative: every op is a shape read, a copy of
     elements or ``_ARITHMETIC`` of integers, and every ``Div`` divides by a positive constant."""
-    if constant_array(value) is not None:
-        return True
+    array = constant_array(value)
+    if array is not None:
+        return array.dtype.kind in "iu"  # a float constant: ORT's inference truncates its products as ONNX may not
     node = value.producer()
     if node is None or not is_onnx_domain(node) or depth == 0:
         return False
@@ -650,8 +652,23 @@ def _exact(value: ir.Value, shape_of: _ShapeOf, depth: int, dividends: list[str]
         if divisor is None or divisor.dtype.kind != "i" or not (divisor > 0).all() or not node.inputs[0].name:
             return False
         dividends.append(node.inputs[0].name)
+    if node.op_type == "Pow" and _power_exponent(node) is None:
+        return False
     data = node.inputs if node.op_type in _ARITHMETIC or node.op_type == "Concat" else node.inputs[:1]
     return all(item is not None and _exact(item, shape_of, depth - 1, dividends) for item in data)
+
+
+def _power_exponent(node: ir.Node) -> int | None:
+    """The exponent of a ``Pow`` of integers that is a constant integer from 0 to ``_LARGEST_EXPONENT``, else None."""
+    exponent = constant_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if exponent is None or exponent.dtype.kind not in "iu" or exponent.size != 1:
+        return None
+    value = int(exponent.reshape(-1)[0])
+    return value if 0 <= value <= _LARGEST_EXPONENT else None
+
+
+# The largest exponent a computed ``Pow`` may have: a patch grid's side squared is 2.
+_LARGEST_EXPONENT = 4
 
 
 def _dividends_hold(element: Element, dim: Symbol, shapes: Shapes) -> bool:
@@ -1283,6 +1300,7 @@ def _broadcast_recording(base: type) -> type:
             for op_type in _REDUCTIONS_WITH_AXES_INPUT:
                 self.dispatcher_[op_type] = functools.partial(self._infer_reduction, self.dispatcher_.get(op_type))
             self.dispatcher_.setdefault("FusedMatMul", self._infer_fused_matmul)
+            self.dispatcher_["Pow"] = self._infer_power
             self.current_node = None  # the node being inferred, named by a failure's note
 
         def _infer_fused_matmul(self, node):  # noqa: ANN001, ANN202 (ORT's own signature)
@@ -1347,6 +1365,42 @@ def _broadcast_recording(base: type) -> type:
             dims = [str(dim) for dim in self._new_symbolic_shape(len(data.shape.dim), node)]
             info = onnx.helper.make_tensor_value_info(node.output[0], data.elem_type, dims)
             self.known_vi_[node.output[0]].CopyFrom(info)
+
+        def _infer_power(self, node):  # noqa: ANN001, ANN202 (ORT's own signature)
+            # The tool has no handler for Pow: ONNX's inference gives its shape, and a shape's element squared
+            # (DINOv2's dynamo export counts its patches (h // 14) ** 2) had no value. An integer base to a small
+            # constant integer exponent is computed on symbols, as ONNX computes it.
+            self._onnx_infer_single_node(node)
+            exponent = self.initializers_.get(node.input[1]) if len(node.input) > 1 else None
+            exponent = (
+                onnx.numpy_helper.to_array(exponent) if exponent is not None else self.sympy_data_.get(node.input[1])
+            )
+            if isinstance(exponent, np.ndarray):
+                exponent = exponent.reshape(-1)[0] if exponent.size == 1 and exponent.dtype.kind in "iu" else None
+            if not isinstance(exponent, (int, np.integer)) or not 0 <= int(exponent) <= _LARGEST_EXPONENT:
+                return
+            if self.known_vi_[node.input[0]].type.tensor_type.elem_type not in (
+                onnx.TensorProto.INT64,
+                onnx.TensorProto.INT32,
+            ):
+                return
+            self._compute_on_sympy_data(node, lambda values: values[0] ** int(exponent))
+
+        def _infer_Expand(self, node):  # noqa: ANN001, ANN202, N802 (ORT's own signature)
+            # ORT's handler sizes an Expand only where its target's values are known. Where they are not, ONNX's
+            # inference left the output's dims unknown and the tool's auto-merge then read the target's values and
+            # asserted: the whole inference failed (DINOv2's dynamo export expands its mask to a target built with
+            # a -1 beside computed sizes: no target of the model was proven). Such an output's dims are fresh
+            # symbols (of the larger of the two ranks), which prove nothing.
+            super()._infer_Expand(node)
+            if self._try_get_value(node, 1) is not None:
+                return
+            data, target = self._get_shape(node, 0), self._get_shape(node, 1)
+            if data is None or target is None or len(target) != 1 or not isinstance(target[0], int):
+                return
+            dims = [str(dim) for dim in self._new_symbolic_shape(max(len(data), target[0]), node)]
+            dtype = self.known_vi_[node.input[0]].type.tensor_type.elem_type
+            self.known_vi_[node.output[0]].CopyFrom(onnx.helper.make_tensor_value_info(node.output[0], dtype, dims))
 
         def _onnx_infer_single_node(self, node):  # noqa: ANN001, ANN202 (ORT's own signature)
             self.current_node = node

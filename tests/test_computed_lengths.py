@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
@@ -106,3 +107,59 @@ def test_a_dividend_negative_where_the_model_runs_keeps_the_entry_computed(sampl
     proto = _audio_model(((1, 2),), _arithmetic([("Sub", 3), ("Div", 2), ("Add", 2)]), merged=(0, -1, HIDDEN))
     fused = optimizer.optimize(proto)
     _same(proto, fused, _feeds(samples))
+
+
+def _grid_model(sequence: list, inputs: list) -> onnx.ModelProto:
+    """``x`` [batch, side, side, HIDDEN] flattened to ``[batch, side * side, HIDDEN]``, then self-attention whose head
+    split's sequence entry is ``frames`` computed by ``sequence`` from ``side`` (a scalar)."""
+    weights = {"flat": np.array([0, -1, HIDDEN], np.int64), "tail": np.array([-1, 4], np.int64)}
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat"], ["patches"]),
+        helper.make_node("Shape", ["x"], ["batch"], start=0, end=1),
+        helper.make_node("Shape", ["x"], ["side_1d"], start=1, end=2),
+        helper.make_node("Squeeze", ["side_1d"], ["side"]),
+        *sequence,
+        helper.make_node("Concat", ["batch", "frames", "tail"], ["target"], axis=0),
+    ]
+    _attention(nodes, weights, "patches", "target")
+    return _model(nodes, weights, inputs, opset=18)
+
+
+def test_a_patch_count_squared_by_pow_is_proven():
+    """A ViT's patch count as the dynamo exporter writes it, ``side ** 2``: ONNX Runtime's inference has no handler
+    for ``Pow``, and the entry had no value."""
+    two = helper.make_tensor("", TensorProto.INT64, [], [2])
+    sequence = [
+        helper.make_node("Constant", [], ["two"], value=two),
+        helper.make_node("Pow", ["side", "two"], ["count"]),
+        helper.make_node("Constant", [], ["to_1d"], value=helper.make_tensor("", TensorProto.INT64, [1], [-1])),
+        helper.make_node("Reshape", ["count", "to_1d"], ["frames"]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "side", "side", HIDDEN])]
+    proto = _grid_model(sequence, inputs)
+    # Verified on a 3 × 3 grid: generated inputs would size the side as a sequence, and attend over its square.
+    grid = {"x": np.random.default_rng(0).standard_normal((2, 3, 3, HIDDEN)).astype(np.float32)}
+    fused = optimizer.optimize(proto, inputs=grid)
+    assert "Attention" in _op_types(fused), _op_types(fused)
+    for side in (1, 3, 4):
+        feeds = {"x": np.random.default_rng(side).standard_normal((2, side, side, HIDDEN)).astype(np.float32)}
+        _same(proto, fused, feeds)
+
+
+def test_an_expand_to_a_target_of_unknown_values_does_not_fail_the_inference():
+    """An ``Expand`` whose target's values ONNX Runtime's inference does not know (a graph input here; DINOv2's dynamo
+    export builds one with a -1) failed the whole inference in its auto-merge, and no other target was proven."""
+    from passes.shape_simplification import ShapeSimplificationPass
+
+    sequence = [helper.make_node("Identity", ["side_1d"], ["frames"]), helper.make_node("Expand", ["y", "to"], ["z"])]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "side", 1, HIDDEN]),
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3]),
+        helper.make_tensor_value_info("to", TensorProto.INT64, [2]),
+    ]
+    proto = _grid_model(sequence, inputs)
+    proto.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    model = ir.serde.deserialize_model(proto)
+    result = ShapeSimplificationPass()(model)
+    assert not any("inference failed" in reason for reason in result.refusals), result.refusals
+    assert result.modified
