@@ -735,7 +735,8 @@ def _main(argv: list[str] | None) -> int:
     for old, new in (getattr(args, "_spellings", None) or {}).values():
         if any(word == new or word.startswith(new + "=") for word in words):
             raise OptionError(f"{old} and {new}: the old and the new name of one flag; give {new} once")
-        print(f"graphopt: warning: {old} is now {new}; {old} will be removed", file=sys.stderr)
+        if not args.quiet:  # -q: errors and failed gates only
+            print(f"graphopt: warning: {old} is now {new}; {old} will be removed", file=sys.stderr)
     if args.command in _CONFIGURABLE:
         if args.command == "demo":
             args.model = str(EXAMPLE_MODEL)

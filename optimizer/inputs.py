@@ -1581,7 +1581,11 @@ def _concrete_shape(value: ir.Value, bound: Mapping[str, int]) -> tuple[int, ...
     if value.shape is None:
         if not isinstance(value.type, ir.TensorType):
             return _UNKNOWN_ELEMENT_SHAPE
-        raise InputSpecError(f"input '{value.name}' has no shape; pass --inputs FILE.npz or --no-verify")
+        # --inputs do not stand in for it: verification generates sets of its own beside them.
+        raise InputSpecError(
+            f"input '{value.name}' has no shape, which ONNX requires on graph inputs; give it one (dynamic axes "
+            "are fine), or --no-verify"
+        )
     shape = []
     for axis, dim in enumerate(value.shape):
         if isinstance(dim, int) and dim >= 0:

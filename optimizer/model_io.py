@@ -491,9 +491,11 @@ def _has_external_tensors(proto: onnx.ModelProto) -> bool:
 
 
 def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto | None:
-    """``proto``, or a copy for onnx's checker: no external data, ORT's ONNX-domain contrib ops as com.microsoft.
+    """``proto``, or a copy for onnx's checker: no external data, ORT's ONNX-domain contrib ops as com.microsoft,
+    the default domain's nodes named ``""`` where they spell it ``"ai.onnx"``.
 
-    onnx's checker rejects those contrib ops, and it would stat external data files
+    onnx's checker rejects those contrib ops, finds no schema for a node of domain ``"ai.onnx"`` (which ONNX
+    Runtime runs, and ``default_domain_spelled_empty`` names ``""`` on reading), and it would stat external data files
     (relative to the working directory for a proto in memory). In the copy, external
     main-graph initializers become graph inputs of the same type and shape, which the
     checker accepts as it would them; other external tensors (in subgraphs, in
@@ -502,7 +504,8 @@ def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto | None:
     """
     external, contrib = _has_external_tensors(proto), _uses_ort_onnx_domain_ops(proto)
     unimported = _uses_unimported_contrib_domain(proto)
-    if not external and not contrib and not unimported:
+    spelled = any(node.domain == "ai.onnx" for node in _all_nodes(proto))
+    if not external and not contrib and not unimported and not spelled:
         return proto
 
     def external_bytes(tensors: Iterable[onnx.TensorProto]) -> int:
@@ -533,10 +536,11 @@ def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto | None:
             del tensor.external_data[:]
             tensor.data_location = onnx.TensorProto.DEFAULT
             tensor.raw_data = bytes(size or 0)
-    if contrib:
-        for node in _all_nodes(copy):
-            if node.domain in ONNX_DOMAINS and node.op_type in ORT_ONNX_DOMAIN_OPS:
-                node.domain = MS_DOMAIN
+    for node in _all_nodes(copy):
+        if contrib and node.domain in ONNX_DOMAINS and node.op_type in ORT_ONNX_DOMAIN_OPS:
+            node.domain = MS_DOMAIN
+        elif node.domain == "ai.onnx":
+            node.domain = ""
     if (contrib or unimported) and not any(opset.domain == MS_DOMAIN for opset in copy.opset_import):
         copy.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     return copy

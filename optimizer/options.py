@@ -16,7 +16,6 @@ import difflib
 import functools
 import math
 import numbers
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from optimizer.accuracy import AccuracyBudget
 from optimizer.errors import OptionError
 from optimizer.inputs import MAX_DIM
+from optimizer.runtime import max_threads
 
 TARGETS = ("cpu", "cuda")
 QUANTIZE_MODES = ("dynamic", "static", "int4")
@@ -395,12 +395,6 @@ def _patterns(value: Any) -> tuple[str, ...]:
     if not all(isinstance(pattern, str) for pattern in patterns):
         raise OptionError("--exclude: expected glob patterns (strings)")
     return patterns
-
-
-def max_threads() -> int:
-    """The most intra-op threads ``--threads`` may ask for: four per core of this machine, at least 256 (a recipe
-    written on a large machine still runs on a small CI runner)."""
-    return max(256, 4 * (os.cpu_count() or 1))
 
 
 def check_thread_count(threads: int | None) -> None:

@@ -343,14 +343,27 @@ TIMING_CONFIG = {"session.force_spinning_stop": "1"}
 SESSION_THREADS_ENV = "GRAPHOPT_SESSION_THREADS"
 
 
+def max_threads() -> int:
+    """The most intra-op threads ``--threads`` or ``$GRAPHOPT_SESSION_THREADS`` may ask for: four per core of this
+    machine, at least 256 (a recipe written on a large machine still runs on a small CI runner)."""
+    return max(256, 4 * (os.cpu_count() or 1))
+
+
 def session_threads() -> int:
     """``$GRAPHOPT_SESSION_THREADS`` as a thread count, 0 (ONNX Runtime's default) where unset; ``OptionError``
-    if it is not a whole number of at least 1."""
+    if it is not a whole number of at least 1, or is over ``max_threads`` (ONNX Runtime starts every thread asked
+    for: 3000 of them took a three-node model's optimization past two minutes, where ``--threads 3000`` is
+    refused)."""
     given = os.environ.get(SESSION_THREADS_ENV, "").strip()
     if not given:
         return 0
     if not given.isdigit() or int(given) < 1:
         raise OptionError(f"${SESSION_THREADS_ENV} must be a whole number of threads, at least 1, not {given!r}")
+    if int(given) > max_threads():
+        raise OptionError(
+            f"${SESSION_THREADS_ENV}={given}: more than {max_threads()} (four per core of this machine, at least 256) "
+            "is surely a typo; each is a thread ONNX Runtime starts"
+        )
     return int(given)
 
 
