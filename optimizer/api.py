@@ -237,6 +237,7 @@ def optimize_with_report(
             if not specializes:  # after the padded copy: with every dim fixed, the step is cut from it
                 _add_padded_prefill(ir_model, verifier)
                 _add_decode_step(ir_model, verifier)
+                _add_short_chunk(ir_model, verifier)
     else:
         verifier = None
         bound = bind_dims(ir_model, options.dims)
@@ -944,7 +945,10 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
     (such a row is compared, and its values are undefined). A given one-token step that pads a past makes it
     needless. Other inputs sized by the new tokens or by the total are cut alike; the set is not added where the
     original refuses it. Where no set or step so chosen has one row (inputs of a batch given), one row of the first
-    step is verified alone too, the row that pads part of its past where one does (``_one_row``)."""
+    step is verified alone too, the row that pads part of its past where one does (``_one_row``). Where no set pads
+    the end of a row's past before its real new token (``1 1 0 0 | 1``: after right-padded prompts, or rejected
+    draft tokens), the first step chosen gets one (``_with_the_end_of_a_past_padded``), or, where none is cut, a copy
+    of the first given one-token step: a rewrite wrong only there was verified."""
     layout = recognise_causal_lm(model)
     if isinstance(layout, str) or not layout.cache:
         return
@@ -985,12 +989,96 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
             row = _telling_row(step, masks, past)
             if row is not None and (cut := _one_row(model, layout, step, row)) is not None:
                 one_row.append((index, past, cut, row))
-    for index, past, step in chosen:
-        label = f"a decode step: set {index + 1}'s past of {past} with its first new token"
+    # The end of a past padded before a real new token too (a mask ``1 1 0 0 | 1``: after right-padded prompts, or
+    # draft tokens a speculative decoder rejected): every set pads a row's start or its new tokens, and a rewrite
+    # wrong only there (a kernel reading the mask as one run of real positions) was verified (a review).
+    ends: dict[int, str] = {}  # position in ``chosen`` -> what its padding adds
+    copies: list[tuple[dict[str, np.ndarray], str]] = []  # a given one-token step with its past's end padded
+    if masks and not any(_pads_the_end_of_a_past(inputs, masks, past) for _, past, inputs in [*given, *chosen]):
+        source = chosen[:1] or given[:1]
+        if source and (padded_end := _with_the_end_of_a_past_padded(source[0][2], masks, source[0][1])) is not None:
+            index, past, _ = source[0]
+            if chosen:
+                chosen[0], ends[0] = (index, past, padded_end[0]), padded_end[1]
+            else:
+                copies.append((padded_end[0], f"copy of set {index + 1}{padded_end[1]}"))
+    for position, (index, past, step) in enumerate(chosen):
+        label = f"a decode step: set {index + 1}'s past of {past} with its first new token{ends.get(position, '')}"
+        verifier.add_input_set(step, label, report_drop=False)
+    for step, label in copies:
         verifier.add_input_set(step, label, report_drop=False)
     for index, past, step, row in one_row:
         label = f"a decode step of one row: row {row + 1} of set {index + 1}'s past of {past} with its first new token"
         verifier.add_input_set(step, label, report_drop=False)
+
+
+# The short chunk verification adds: a few new tokens over a shorter past (a chat's second turn, a speculative
+# decoder's draft over a short context), more new tokens than past ones.
+_CHUNK_PAST, _CHUNK_NEW = 3, 4
+
+
+def _add_short_chunk(model: ir.Model, verifier: Verifier) -> None:
+    """For a decoder with a key/value cache whose input sets hold no few new tokens over a short past, verify on one:
+    a set's first ``_CHUNK_NEW`` new tokens over the first ``_CHUNK_PAST`` positions of its past (a cache of
+    a causal model's first positions is that of the prompt's first tokens), mask and positions cut alike. Every
+    other set with a past holds 128 positions or more and one new token or as many as the past: a rewrite wrong only
+    at a few tokens over a short past was verified (a review). Cut (``_short_chunk``) from the first set whose mask
+    is all ones and whose positions count on from its past, where no input but the layout's is sized by the tokens;
+    left out where the original refuses it."""
+    layout = recognise_causal_lm(model)
+    if isinstance(layout, str) or not layout.cache:
+        return
+    for inputs in verifier.input_sets:
+        ids, past = np.asarray(inputs.get(layout.input_ids)), _past_length(layout, inputs)
+        if ids.ndim == 2 and past and past < 32 and 1 < ids.shape[1] and past + ids.shape[1] < 32:
+            return  # one is there already
+    for index, inputs in enumerate(verifier.input_sets):
+        if (chunk := _short_chunk(model, layout, inputs)) is not None:
+            label = (
+                f"a short chunk: set {index + 1}'s first {_CHUNK_NEW} new tokens over the first {_CHUNK_PAST} "
+                "positions of its past"
+            )
+            verifier.add_input_set(chunk, label, report_drop=False)
+            return
+
+
+def _short_chunk(model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """``inputs`` cut to their first ``_CHUNK_NEW`` new tokens over the first ``_CHUNK_PAST`` positions of their
+    past; None where they hold fewer, pad a position, count positions otherwise than on from their past, or another
+    input than the layout's is sized by the tokens."""
+    ids, past = np.asarray(inputs.get(layout.input_ids)), _past_length(layout, inputs)
+    if ids.ndim != 2 or not past or past < _CHUNK_PAST or ids.shape[1] < _CHUNK_NEW:
+        return None
+    chunk = {layout.input_ids: ids[:, :_CHUNK_NEW]}
+    if layout.attention_mask is not None:
+        mask = np.asarray(inputs.get(layout.attention_mask))
+        if mask.shape != (ids.shape[0], past + ids.shape[1]) or not (mask == 1).all():
+            return None
+        chunk[layout.attention_mask] = mask[:, : _CHUNK_PAST + _CHUNK_NEW]
+    if layout.position_ids is not None:
+        positions = np.asarray(inputs.get(layout.position_ids))
+        if positions.shape != ids.shape or not (positions == past + np.arange(ids.shape[1])).all():
+            return None
+        chunk[layout.position_ids] = positions[:, :_CHUNK_NEW] - (past - _CHUNK_PAST)
+    for pair in layout.cache:
+        chunk[pair.past] = np.take(inputs[pair.past], np.arange(_CHUNK_PAST), axis=pair.sequence_axis)
+    by_name = {value.name: value for value in model.graph.inputs}
+    sized = {_dim_name_at(by_name.get(layout.input_ids), 1), _dim_name_at(by_name.get(layout.attention_mask), 1)}
+    sized.discard(None)
+    for name in inputs:
+        value = by_name.get(name)
+        if name not in chunk and value is not None and value.shape is not None:
+            if any(isinstance(dim, ir.SymbolicDim) and dim.value in sized for dim in value.shape):
+                return None
+    return {**inputs, **chunk}
+
+
+def _dim_name_at(value: ir.Value | None, axis: int) -> str | None:
+    """The name of ``value``'s symbolic dim at ``axis``; None where it has none there."""
+    if value is None or value.shape is None or len(value.shape) <= axis:
+        return None
+    dim = value.shape[axis]
+    return dim.value if isinstance(dim, ir.SymbolicDim) else None
 
 
 def _telling_row(inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: int | None) -> int | None:
@@ -1037,6 +1125,41 @@ def _pads_a_past(inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: i
     padding = _padding(inputs, masks)
     telling = _padding_a_past(padding, past) if padding is not None else None
     return telling is not None and bool(telling.any())
+
+
+def _pads_the_end_of_a_past(inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: int | None) -> bool:
+    """Whether ``inputs`` (a decode step) pad the last position of the past of a row whose new token is real."""
+    padding = _padding(inputs, masks)
+    if padding is None or past is None or not past or padding.shape[1] != past + 1:
+        return False
+    return bool((padding[:, past - 1] & ~padding[:, past]).any())
+
+
+def _with_the_end_of_a_past_padded(
+    inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: int | None
+) -> tuple[dict[str, np.ndarray], str] | None:
+    """``inputs`` (a decode step after ``past`` positions) with the last quarter of one row's past padded in every
+    mask of the step's length, and the words that say so: the row whose new token is real that pads none of its past
+    where there is one (the rows that pad their past's start stay as they are), else the first whose new token is
+    real. Positions are kept (a rejected draft token keeps its successors' positions). None where there is no such
+    row, or no past."""
+    padding = _padding(inputs, masks)
+    if padding is None or not past or padding.shape[1] != past + 1:
+        return None
+    real = ~padding[:, past]
+    if not real.any():
+        return None
+    unpadded = real & ~padding[:, :past].any(axis=1)
+    row = int(np.argmax(unpadded)) if unpadded.any() else int(np.argmax(real))
+    count = max(1, past // 4)
+    padded = dict(inputs)
+    for name in masks:
+        mask = inputs.get(name)
+        if isinstance(mask, np.ndarray) and mask.ndim == 2 and mask.shape == padding.shape:
+            mask = mask.copy()
+            mask[row, past - count : past] = 0
+            padded[name] = mask
+    return padded, f", row {row + 1}'s last {count} past positions padded"
 
 
 def _padding_a_past(padding: np.ndarray, past: int | None) -> np.ndarray | None:

@@ -207,8 +207,10 @@ def test_the_generated_step_is_one_token_after_the_padded_sets_past(monkeypatch)
     # one token shows; row 2's new token is real.
     verifier = _sets(monkeypatch, ir.load(LLAMA))
     label = "a decode step: set 2's past of 255 with its first new token"
-    assert label in verifier.labels
-    step, second = verifier.input_sets[verifier.labels.index(label)], verifier.input_sets[1]
+    # Its row 2 pads the end of its past too (since review s66: a mask ``1 .. 1 0 .. 0 | 1``).
+    index = next(i for i, text in enumerate(verifier.labels) if text.startswith(label))
+    assert verifier.labels[index] == f"{label}, row 2's last 63 past positions padded", verifier.labels
+    step, second = verifier.input_sets[index], verifier.input_sets[1]
     assert step["input_ids"].shape == (2, 1) and (step["input_ids"][:, 0] == second["input_ids"][:, 0]).all()
     assert (
         step["attention_mask"].shape == (2, 256)

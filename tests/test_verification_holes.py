@@ -736,4 +736,6 @@ def test_a_decode_step_is_cut_from_the_users_own_set_with_a_past():
         shape = [batch if axis == 0 else past if axis == pair.sequence_axis else d for axis, d in enumerate(pair.shape)]
         given[pair.past] = rng.standard_normal(shape).astype(pair.dtype)
     _, report = optimizer.optimize_with_report(model, passes=["remove-identity"], inputs=given)
-    assert f"a decode step: set 1's past of {past} with its first new token" in report.input_sets
+    # Its row 2 pads the end of its past too (since review s66): the label says so after these words.
+    step = f"a decode step: set 1's past of {past} with its first new token"
+    assert any(label.startswith(step) for label in report.input_sets), report.input_sets
