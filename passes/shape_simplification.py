@@ -608,7 +608,7 @@ def _computed_elements(value: ir.Value, shape_of: _ShapeOf) -> list[Element] | N
     may compute other values than its arithmetic (``_exact``)."""
     computed, expressions = shape_of.computed.get(value.name), shape_of.sympy.get(value.name)
     dividends: list[str] = []
-    if computed is None or expressions is None or not _exact(value, shape_of, _DEEPEST_ARITHMETIC, dividends):
+    if computed is None or expressions is None or not _exact(value, shape_of, _DEEPEST_ARITHMETIC, dividends, set()):
         return None
     return [
         item if isinstance(item, int) and not dividends else _Computed(item, expression, tuple(dividends))
@@ -631,10 +631,19 @@ def _computed_equals(element: _Computed, dim: Symbol, shapes: Shapes) -> bool:
     return _dividends_hold(element, dim, shapes)
 
 
-def _exact(value: ir.Value, shape_of: _ShapeOf, depth: int, dividends: list[str]) -> bool:
+def _exact(value: ir.Value, shape_of: _ShapeOf, depth: int, dividends: list[str], seen: set[ir.Value]) -> bool:
     """Whether ``value``'s elements are what ORT's sympy arithmetic computes for them where the values every
-    ``Div`` on the way divides (added to ``dividends``) are not negative: every op is a shape read, a copy of
-    elements or ``_ARITHMETIC`` of integers, and every ``Div`` divides by a positive constant."""
+    ``Div`` on the way divides (added to ``dividends``) are not negative: every op is a read of dims the inference
+    proved, a copy of elements or ``_ARITHMETIC`` of integers that do not wrap (``_fits``), every input of each (a
+    ``Gather``'s index too) is so computed, and every ``Div`` divides by a positive constant. A value met again
+    (``seen``) is not walked again.
+
+    A dim a broadcast merged is no proven size (``_symbolic_shapes``), and arithmetic may cancel it out of the
+    inference's values: ``n - m`` of an ``x [n]`` and a ``y [m]`` added together is 0 there, ``n - 1`` where ``m`` is 1.
+    """
+    if value in seen:  # walked already: had that walk failed, this one's caller would have failed too
+        return True
+    seen.add(value)
     array = constant_array(value)
     if array is not None:
         return array.dtype.kind in "iu"  # a float constant: ORT's inference truncates its products as ONNX may not
@@ -642,7 +651,8 @@ def _exact(value: ir.Value, shape_of: _ShapeOf, depth: int, dividends: list[str]
     if node is None or not is_onnx_domain(node) or depth == 0:
         return False
     if node.op_type == "Shape":
-        return True
+        shape = shape_of(node.inputs[0])
+        return shape is not None and None not in shape[_shape_slice(node, len(shape))]
     if node.op_type == "Cast" and node.attributes.get_int("to") not in (ir.DataType.INT64, ir.DataType.INT32):
         return False
     if node.op_type not in _FOLLOWED - {"Where"} and node.op_type not in _ARITHMETIC:
@@ -654,8 +664,64 @@ def _exact(value: ir.Value, shape_of: _ShapeOf, depth: int, dividends: list[str]
         dividends.append(node.inputs[0].name)
     if node.op_type == "Pow" and _power_exponent(node) is None:
         return False
-    data = node.inputs if node.op_type in _ARITHMETIC or node.op_type == "Concat" else node.inputs[:1]
-    return all(item is not None and _exact(item, shape_of, depth - 1, dividends) for item in data)
+    if (node.op_type in _ARITHMETIC or node.op_type == "Cast") and not _fits(value, shape_of):
+        return False
+    return all(item is None or _exact(item, shape_of, depth - 1, dividends, seen) for item in node.inputs)
+
+
+def _fits(value: ir.Value, shape_of: _ShapeOf) -> bool:
+    """Whether the elements ORT's inference computed for ``value`` stay within its integer type (``_bits``) for every
+    dim up to ``_LARGEST_DIM``: ONNX's integer ops wrap where the inference's sympy arithmetic does not
+    (``s * 2**62 // 2**62`` is ``s`` there, 1 at s = 5 in int64; ``s * 65536 // 65536`` after a Cast to int32, at
+    s = 65537)."""
+    expressions = shape_of.sympy.get(value.name)
+    if expressions is None:
+        return False
+    limit = 2 ** (_bits(value) - 1)
+    return all((bound := _largest_magnitude(item)) is not None and bound < limit for item in expressions)
+
+
+def _bits(value: ir.Value) -> int:
+    """The width of the integers of ``value``, computed from a shape: a constant's, a Cast's, a Shape's (64), or its
+    first input's (the other ops keep their inputs' type)."""
+    array = constant_array(value)
+    if array is not None:
+        return array.dtype.itemsize * 8
+    node = value.producer()
+    if node is None or node.op_type == "Shape" or not node.inputs or node.inputs[0] is None:
+        return 64
+    if node.op_type == "Cast":
+        return 32 if node.attributes.get_int("to") == ir.DataType.INT32 else 64
+    return _bits(node.inputs[0])
+
+
+def _largest_magnitude(expression) -> int | None:  # noqa: ANN001 (a sympy expression)
+    """An upper bound of ``|expression|`` where each dim (symbol) is at most ``_LARGEST_DIM``: of rational constants,
+    symbols, sums, products, whole powers, floors, Max and Min; None for anything else."""
+    import sympy
+
+    if expression.is_Rational:
+        return abs(expression)
+    if expression.is_Symbol:
+        return _LARGEST_DIM
+    if isinstance(expression, sympy.Pow):
+        base, exponent = expression.args
+        magnitude = _largest_magnitude(base)
+        if magnitude is None or not (exponent.is_Integer and exponent > 0):
+            return None
+        return magnitude ** int(exponent)
+    parts = [_largest_magnitude(item) for item in expression.args]
+    if not parts or None in parts:
+        return None
+    if isinstance(expression, sympy.Add):
+        return sum(parts)
+    if isinstance(expression, sympy.Mul):
+        return functools.reduce(lambda left, right: left * right, parts)
+    if isinstance(expression, (sympy.floor, sympy.ceiling)):
+        return parts[0] + 1
+    if isinstance(expression, (sympy.Max, sympy.Min)):
+        return max(parts)
+    return None
 
 
 def _power_exponent(node: ir.Node) -> int | None:
