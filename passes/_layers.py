@@ -94,6 +94,19 @@ def find_layers(graph: ir.Graph, kinds: Iterable[str]) -> tuple[list[Layer], dic
     return layers, refused
 
 
+def float_weighted(node: ir.Node) -> bool:
+    """True if ``node`` is a layer by its weight (a MatMul, Gemm, Conv or packed-QKV Attention reading a constant
+    float32 weight, finite, from a float32 input), whatever ``find_layers`` said of its form: one a pass refuses
+    for its form (an Attention's ``attention_bias``, a Gemm's ``transA``) stays float, and is counted so."""
+    kind = _kind(node)
+    if kind is None or len(node.inputs) < 2 or not _float32(node.inputs[0]):
+        return False
+    weight, source = _weight(node, kind)
+    if weight is None or weight.dtype != np.float32 or not np.isfinite(weight).all():
+        return False
+    return source is None or not (source.name or "").startswith(EXACT_CORRECTION_PREFIX)
+
+
 def tied_weight_reason(layer: Layer) -> str | None:
     """Why rewriting ``layer``'s weight into a new tensor would store it twice, or None.
 

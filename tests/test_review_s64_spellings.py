@@ -129,14 +129,13 @@ def test_a_layer_norm_in_an_opset_14_model_fuses():
     assert fused == {"LayerNormalization": 1}
 
 
-# -- 3. T5's legacy export: the first layer's key projection read again for the position bias (unfixed) --------------
-# The legacy export computes the relative position bias's key length from Shape(Reshape(k_proj)) in the first layer,
-# so that projection has a second reader after fuse-attention; pack-qkv leaves the layer a MultiHeadAttention ("a
-# projection has other users"). The dynamo export of the same model reads the length elsewhere and packs both.
-# tests/fixtures/t5_encoder_legacy.onnx: tests/fixtures/export_review_s64_fixtures.py.
+# -- 3. T5's legacy export: the first layer's key projection read again for the position bias ------------------------
+# The legacy export computes the relative position bias's key length from Shape(Transpose(Reshape(k_proj)))[2] in the
+# first layer, so that projection has a second reader after fuse-attention; pack-qkv left the layer a
+# MultiHeadAttention ("a projection has other users") until review s66, which moves such readers to the packed op's
+# input. tests/fixtures/t5_encoder_legacy.onnx: tests/fixtures/export_review_s64_fixtures.py.
 
 
-@pytest.mark.xfail(strict=True, reason="pack-qkv refuses a projection whose head split is also read for a shape")
 def test_both_attentions_of_a_legacy_t5_encoder_are_packed():
     proto = onnx.load(FIXTURES / "t5_encoder_legacy.onnx")
     feeds = make_inputs(ir.from_proto(proto), seed=0)

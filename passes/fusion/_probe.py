@@ -51,28 +51,51 @@ def is_mask(value: ir.Value) -> bool:
 
 
 def token_inputs_of(values: Sequence[ir.Value], dtypes: tuple[ir.DataType, ...] = _INT_TYPES) -> list[ir.Value] | None:
-    """The graph inputs ``values`` depend on, if all are ``[batch, sequence]`` tensors of ``dtypes``, else None.
+    """The graph inputs ``values`` depend on, if each is a ``[batch, sequence]`` tensor of ``dtypes`` or an input
+    ``values`` read only the batch and sequence of (``_sized_by_tokens``), else None.
 
-    These are what ``token_feeds`` can make up probe values for: token ids, the
-    attention mask, position ids.
+    These are what ``token_feeds`` can make up probe values for: token ids, the attention mask, position ids, and
+    an encoder's ``inputs_embeds`` that its mask is sized from (BART's: the mask was kept as a bias, unprobed, until
+    review s66).
     """
     inputs = graph_inputs_of(values)
-    if inputs is None or any(v.dtype not in dtypes or v.shape is None or v.shape.rank() != 2 for v in inputs):
+    if inputs is None or any(v.shape is None for v in inputs):
+        return None
+    tokens = [v for v in inputs if v.dtype in dtypes and v.shape.rank() == 2]
+    if any(not any(v is t for t in tokens) and not _sized_by_tokens(values, v) for v in inputs):
         return None
     return inputs
+
+
+def _sized_by_tokens(values: Sequence[ir.Value], source: ir.Value) -> bool:
+    """True if ``values`` read only the first two dims of the graph input ``source`` (through ``Shape``), and its
+    other dims are static: ``token_feeds`` feeds it zeros of the probe's batch and sequence."""
+    dims = list(source.shape) if source.shape is not None else []
+    if len(dims) < 2 or not all(isinstance(dim, int) for dim in dims[2:]):
+        return False
+    read = dims_read(values, source)
+    return read is not None and read <= {0, 1}
 
 
 def token_feeds(
     inputs: Sequence[ir.Value], mask: np.ndarray, overrides: Mapping[str, np.ndarray] | None = None
 ) -> dict[str, np.ndarray]:
-    """Probe values shaped like ``mask``: ``mask`` for mask inputs, ones (token id 1) for the rest.
+    """Probe values shaped like ``mask``: ``mask`` for mask inputs, ones (token id 1) for the rest, and zeros of
+    ``mask``'s shape and its own further dims for an input of higher rank whose further dims are static (read only
+    for its batch and sequence: ``token_inputs_of``).
 
     ``overrides`` replaces inputs by name (position ids, for one).
     """
     overrides = overrides or {}
     feeds = {}
     for value in inputs:
-        array = overrides.get(value.name, mask if is_mask(value) else np.ones(mask.shape))
+        rest = list(value.shape)[2:] if value.shape is not None else []
+        if value.name in overrides:
+            array = overrides[value.name]
+        elif rest and all(isinstance(dim, int) for dim in rest):
+            array = np.zeros((*mask.shape, *rest))
+        else:
+            array = mask if is_mask(value) else np.ones(mask.shape)
         feeds[value.name] = np.asarray(array).astype(value.dtype.numpy())
     return feeds
 

@@ -12,8 +12,10 @@ When the op's ``attention_bias`` (behind the Expand that broadcasts it) is exact
 a 2-D padding mask graph input implies (optionally combined with a causal mask), the
 Attention op reads that mask, cast to int32, as ``mask_index`` (with
 ``unidirectional=1`` for the causal one; expanded first to the input's ``[batch, sequence]``
-unless its declared dims are those, ``_mask_index``) and the exporter's bias subgraph goes away;
-otherwise the bias stays as Attention's ``attention_bias``, which is exact at any length.
+unless its declared dims are those, ``_mask_index``) and the exporter's bias subgraph goes away. A bias that
+reads no mask input and is the causal order alone (an encoder-decoder's decoder without a cache: Optimum's
+``decoder_model.onnx``) becomes ``unidirectional=1`` without a ``mask_index``. Otherwise the bias stays as
+Attention's ``attention_bias``, which is exact at any length.
 
 Which mask it is is decided by evaluating the bias on ONNX Runtime (``_mask_kind``), and
 a kind read off one length holds only there: a sliding-window mask (GPT-Neo's local
@@ -33,7 +35,9 @@ than trusted unprobed.
 Refuses (with the reason, counted per MultiHeadAttention) when the op has a projection
 bias, key padding mask or past state; key and value are packed with the query, per-head
 4-D tensors or of unknown rank; query, key and value are not projections of one 3-D
-input; or a projection has other users. (The weights' sizes and types and the widths'
+input; or a projection has other users (besides Shapes whose Gathers read its batch or sequence, directly or
+through a head split ``Reshape(p, [0, 0, ...])`` and Transposes: T5's position bias reads its key length so, and
+those readers move to the packed op's input). (The weights' sizes and types and the widths'
 fit with the head count follow from the op being valid.)
 
 The fused op differs from the graph in the degenerate case ``fuse-attention`` documents
@@ -111,9 +115,68 @@ def _gathers_leading(node: ir.Node, shape: ir.Value, start: int) -> bool:
     return {start + int(i) for i in index.reshape(-1)} <= {0, 1}
 
 
+# Shape nodes, each with the Gathers that read it and the projection's axes each picks.
+_DimReads = list[tuple[ir.Node, list[tuple[ir.Node, np.ndarray]]]]
+
+
+def _head_dim_reads(node: ir.Node) -> _DimReads | None:
+    """For a head split ``Reshape(projection, [0, 0, ...])`` read (through Transposes) only by Shapes whose Gathers
+    pick its batch and sequence axes: each Shape with its Gathers and the projection's axes they pick; else None.
+
+    T5's relative position bias reads the key length as ``key_states.shape[2]``, after the head split and its
+    transpose: the packed op's input has the same batch and sequence, so such readers move to it (a review found T5's
+    first self-attention left a MultiHeadAttention, "a projection has other users").
+    """
+    if not is_onnx_op(node, "Reshape") or node.attributes.get_int("allowzero", 0) or len(node.inputs) != 2:
+        return None
+    target = constant_array(node.inputs[1]) if node.inputs[1] is not None else None
+    if target is None or target.ndim != 1 or target.size < 3 or target[:2].tolist() != [0, 0]:
+        return None
+    return _dim_reads(node.outputs[0], {0: 0, 1: 1})
+
+
+def _dim_reads(value: ir.Value, axes: dict[int, int]) -> _DimReads | None:
+    """``_head_dim_reads`` of ``value``, whose axes ``axes`` are the projection's (the others are not known)."""
+    users = [user for user, _ in value.uses()]
+    if not users or value.is_graph_output():
+        return None
+    reads = []
+    for user in users:
+        if is_onnx_op(user, "Transpose") and "perm" in user.attributes:
+            perm = user.attributes.get_ints("perm")
+            found = _dim_reads(user.outputs[0], {axis: axes[p] for axis, p in enumerate(perm) if p in axes})
+        elif is_onnx_op(user, "Shape") and "start" not in user.attributes and "end" not in user.attributes:
+            found = _gathered_dims(user, axes)
+        else:
+            return None
+        if found is None:
+            return None
+        reads += found
+    return reads
+
+
+def _gathered_dims(
+    shape: ir.Node, axes: dict[int, int]
+) -> list[tuple[ir.Node, list[tuple[ir.Node, np.ndarray]]]] | None:
+    """``[(shape, [(Gather, the projection's axes it picks), ...])]`` when every reader of the Shape ``shape``
+    gathers axes in ``axes`` with a constant non-negative index, else None."""
+    output = shape.outputs[0]
+    picks = []
+    for user, _ in output.uses():
+        gathers = is_onnx_op(user, "Gather") and len(user.inputs) == 2 and user.inputs[0] is output
+        index = constant_array(user.inputs[1]) if gathers else None
+        if index is None or user.attributes.get_int("axis", 0) != 0 or index.dtype.kind != "i":
+            return None
+        if not all(int(i) in axes for i in index.reshape(-1)):
+            return None
+        picks.append((user, np.vectorize(axes.__getitem__, otypes=[index.dtype])(index)))
+    return [(shape, picks)] if picks and not output.is_graph_output() else None
+
+
 def _hidden_use(value: ir.Value) -> bool:
-    """True if the op is the value's only user apart from Shapes reading its batch and sequence."""
-    others = [user for user, _ in value.uses() if not _reads_leading_dims(user)]
+    """True if the op is the value's only user apart from Shapes reading its batch and sequence (directly, or
+    through a head split: ``_head_dim_reads``)."""
+    others = [user for user, _ in value.uses() if not _reads_leading_dims(user) and _head_dim_reads(user) is None]
     return len(others) == 1 and not value.is_graph_output()
 
 
@@ -431,7 +494,8 @@ def _leading_dims(value: ir.Value) -> tuple | None:
 def _mask_kind(
     model: ir.Model, bias: ir.Value, max_sequence: int = DEFAULT_MAX_SEQUENCE
 ) -> tuple[ir.Value, bool] | str:
-    """``(mask_input, causal)`` when the additive ``bias`` is what a 2-D padding mask input implies, else why not.
+    """``(mask_input, causal, fill)`` when the additive ``bias`` is what a 2-D padding mask input implies (or, where
+    it reads no mask input, the causal order alone: ``mask_input`` None), else why not.
 
     The bias subgraph is evaluated on ONNX Runtime for a left- and a right-padded row at
     7 and 13 tokens and at each shorter length from 2 (``_SHORT_LENGTHS``: ``probe_lengths`` names none
@@ -446,17 +510,22 @@ def _mask_kind(
     if inputs is None:
         return "it reads more than [batch, sequence] inputs, or goes through If/Loop/Scan"
     masks = [v for v in inputs if is_mask(v)]
-    if len(masks) != 1:
+    if len(masks) > 1:
         return "it reads no single input named like an attention mask"
-    if not values_only_from(bias, masks[0]):
+    if not values_only_from(bias, *masks):
         return "it reads other inputs' values, not only the mask's"
+    # Without a mask input (an encoder-decoder's decoder_model.onnx: its self-attention's bias is the causal order
+    # alone, built from the sequence length) the probes are rows of no padding, and only the causal order is taken.
+    probe = (lambda mask: mask) if masks else np.ones_like
     masked: list[float] = []
-    kinds = {_probe_mask(model, bias, inputs, mask, masked) for mask in (PADDED_MASK, _LONGER_MASK)}
+    kinds = {_probe_mask(model, bias, inputs, probe(mask), masked) for mask in (PADDED_MASK, _LONGER_MASK)}
     if len(kinds) != 1 or kinds & {None, _REFUSED}:
         return "it is not what a padding (or causal + padding) mask implies on the probed rows"
     causal = kinds.pop()
+    if not masks and not causal:
+        return "it reads no input named like an attention mask, and is not the causal order"
     for length in _SHORT_LENGTHS:
-        found = _probe_mask(model, bias, inputs, _short_mask(length), masked)
+        found = _probe_mask(model, bias, inputs, probe(_short_mask(length)), masked)
         if found != _REFUSED and found != causal:
             kind = "causal + padding" if causal else "padding"
             return f"it is not what a {kind} mask implies at {length} tokens, though it is at 7 and 13"
@@ -471,7 +540,7 @@ def _mask_kind(
             f"(a [{max_sequence}, {max_sequence}] mask is too large to evaluate)"
         )
     for length in lengths:
-        found = _probe_mask(model, bias, inputs, long_mask(length))
+        found = _probe_mask(model, bias, inputs, probe(long_mask(length)))
         if found != _REFUSED and found != causal:
             kind = "causal + padding" if causal else "padding"
             return (
@@ -484,7 +553,7 @@ def _mask_kind(
             "it masks with different values where padding and where the causal order masks (the packed op adds "
             "one value for padding and float32's lowest for the causal order)"
         )
-    return masks[0], causal, fill
+    return (masks[0] if masks else None), causal, fill
 
 
 def _unexpanded(bias: ir.Value) -> ir.Value:
@@ -583,7 +652,8 @@ class PackedAttentionFusion(FusionPass):
                 # A plain padding (or causal + padding) mask: the op reads the 2-D mask and the
                 # exporter's [B, 1, S, T] bias subgraph goes away.
                 mask, causal, filter_value = masks[id(probe)]
-                mask_index, bias = _mask_index(graph, node, mask, x, casts), None
+                mask_index = _mask_index(graph, node, mask, x, casts) if mask is not None else None
+                bias = None
                 if causal:
                     attributes["unidirectional"] = 1
                 # The kernel adds mask_filter_value to a masked score where the bias added its own value:
@@ -609,6 +679,10 @@ class PackedAttentionFusion(FusionPass):
             for user, _ in list(hidden.uses()):
                 if _reads_leading_dims(user):
                     user.replace_input_with(0, x)
+                for shape, gathers in _head_dim_reads(user) or []:
+                    shape.replace_input_with(0, x)
+                    for gather, index in gathers:
+                        gather.replace_input_with(1, add_initializer(graph, f"{name}/input_axis", index))
         output = node.outputs[0]
         fused.outputs[0].shape, fused.outputs[0].type = output.shape, output.type
         replace_value(output, fused.outputs[0])

@@ -28,10 +28,16 @@ def _operand_order(a: ir.Value, b: ir.Value) -> tuple[ir.Value, ir.Value] | None
     """``(input, skip)`` for the fused op, or None if the residual Add broadcasts in a way it cannot, or its
     operands' dims are not proven to match.
 
-    The op's skip (not its input) may have batch 1; the sum is symmetric, so the
-    operands are swapped when the batch-1 one came first.
+    The op's skip (not its input) may have batch 1, or no batch axis (``[S, D]``: ONNX Runtime's
+    ``(sequence_length, hidden_size)`` skip: Pegasus' sinusoidal position embeddings added to the token
+    embeddings); the sum is symmetric, so the operands are swapped when that one came first.
     """
     related = _related(a, b)
+    if a.shape.rank() != b.shape.rank():
+        first, second = (a, b) if a.shape.rank() == 3 else (b, a)
+        if all(_may_be_equal(x, y, related) for x, y in zip(list(first.shape)[1:], second.shape)):
+            return first, second
+        return None
     if all(_may_be_equal(x, y, related) for x, y in zip(a.shape, b.shape)):
         return a, b
     for first, second in ((a, b), (b, a)):
@@ -120,9 +126,12 @@ class _SkipNorm(pattern.RewriteRuleClassBase):
         for operand in (input, skip):
             if operand.const_value is not None:
                 return result.fail("an operand of the residual Add is constant")
-            # SkipLayerNormalization needs input and skip of the same shape (no broadcasting).
-            if operand.shape is None or operand.shape.rank() != 3:
+            # SkipLayerNormalization needs a 3-D input and a skip of its shape, of batch 1, or without the batch
+            # axis (no other broadcasting).
+            if operand.shape is None or operand.shape.rank() not in (2, 3):
                 return result.fail(f"operands are {NOT_KNOWN_3D}")
+        if input.shape.rank() == skip.shape.rank() == 2:
+            return result.fail(f"operands are {NOT_KNOWN_3D}")
         if _operand_order(input, skip) is None:
             return result.fail("operand shapes differ, or the first broadcasts")
         if not is_float(input) or not is_float(skip):
@@ -150,8 +159,8 @@ class _SkipNorm(pattern.RewriteRuleClassBase):
 class SkipLayerNormFusion(RuleFusionPass):
     """Rewrite residual Add (+ bias) + ``LayerNormalization`` into ``SkipLayerNormalization``.
 
-    Refuses when the operands are not both 3-D with matching dims (the fused op does
-    not broadcast), when the scale or a bias is not constant, or when the
+    Refuses when the operands are not 3-D with matching dims, but for a skip of batch 1 or a 2-D ``[S, D]``
+    skip (the broadcasts the fused op takes), when the scale or a bias is not constant, or when the
     normalization's extra outputs are used. Run it after LayerNorm fusion.
     """
 

@@ -63,6 +63,7 @@ from passes._layers import (
     excluded,
     feeds_graph_output,
     find_layers,
+    float_weighted,
     name_nodes,
     tied_weight_reason,
     unmatched_patterns,
@@ -211,6 +212,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.original = original
         self.quantized: list[str] = []
         self.kept_float: list[str] = []
+        # Layers the pass has no form for (refused for their form, not their weight): float, counted beside kept_float.
+        self.float_by_form: list[str] = []
         self.schemes: dict[str, str] = {}
         self.frontier: list[FrontierPoint] = []
         self.drift: Drift | None = None
@@ -218,6 +221,11 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self._batches: Sequence[Mapping[str, np.ndarray]] = []
         # The layers this run may change (not matched by --exclude, not a model output, no tied weight).
         self._changeable: frozenset[str] = frozenset()
+
+    def unsupported_layers(self, graph: ir.Graph) -> dict[ir.Node, str]:
+        """Nodes of ``graph`` outside ``kinds`` that the pass has no form for, with why: refused, and counted float
+        where they are layers (``float_weighted``). None by default."""
+        return {}
 
     @abc.abstractmethod
     def quantize_layer(self, graph: ir.Graph, layer: Layer) -> None:
@@ -257,10 +265,13 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.quantized, self.kept_float, self.drift, self.schemes, self.frontier = [], [], None, {}, []
+        self.float_by_form = []
         name_nodes(model.graph)
         layers, refused = find_layers(model.graph, self.kinds)
-        for node, reason in refused.items():
+        for node, reason in {**refused, **self.unsupported_layers(model.graph)}.items():
             self.refuse(node.op_type, reason)
+            if float_weighted(node):
+                self.float_by_form.append(node.name or "")
         for pattern in unmatched_patterns(model.graph, self.exclude):
             self.note(f"--exclude '{pattern}' matches no node name or op type of the graph: it keeps nothing float")
         chosen = []
@@ -354,7 +365,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 counts[label] = counts.get(label, 0) + 1
             reduced = ", ".join(f"{count} layers {label}" for label, count in counts.items())
             held = f" on {held_out_samples(checked, model)}" if held_out else self.fitted_caveat(smoothed=bool(norms))
-            self.note(f"{reduced}, {len(self.kept_float)} float: {self.drift}{held}")
+            self.note(f"{reduced}, {len(self.kept_float) + len(self.float_by_form)} float: {self.drift}{held}")
             if held_out and (caveat := few_held_out(checked, model)):
                 self.note(caveat)
         self._float, self._batches = None, []
@@ -586,6 +597,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         # Float: the budget's choice and the layers kept float before it (--exclude, a model output), as the
         # pass's closing note counts them.
         kept = len(set(self.kept_float) | {name for name, scheme in schemes.items() if scheme == FLOAT})
+        kept += len(self.float_by_form)
         what = f"{_layers(sum(scheme != FLOAT for scheme in schemes.values()))} {self.precision}, {kept} float"
         runs_at = self._runs_at(ratio, upper, runs, model)
         # Kept only where surely faster: a result within the timing's noise of float flips from run to run.

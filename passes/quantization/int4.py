@@ -499,14 +499,15 @@ class Int4QuantizationPass(QuantizationPass):
         self._applied = _quantize_tables(model, self._planned, self._heads, int4, self.block_size, self.symmetric)
         remove_dead_nodes(model)
 
+    def unsupported_layers(self, graph: ir.Graph) -> dict[ir.Node, str]:
+        """pack-qkv's packed ``Attention``: its weight has no 4-bit kernel; unpacked, Q, K and V are MatMuls."""
+        reason = "packed QKV weights have no 4-bit form (without pack-qkv they are MatMuls)"
+        return {node: reason for node in graph if node.domain == MS_DOMAIN and node.op_type == "Attention"}
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._planned, self._applied, self._grids = {}, {}, {}
         self._source_opset = onnx_opset(model.graph.opset_imports, 1)
         name_nodes(model.graph)  # the plan names tied heads by node name
-        for node in model.graph:
-            if node.domain == MS_DOMAIN and node.op_type == "Attention":
-                # pack-qkv's packed weight has no 4-bit kernel; unpacked, Q, K and V are MatMuls.
-                self.refuse("Attention", "packed QKV weights have no 4-bit form (without pack-qkv they are MatMuls)")
         if self.embeddings:
             self._planned = self._plan_tables(model)
         result = super().call(model)

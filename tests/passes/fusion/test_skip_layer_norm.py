@@ -45,9 +45,21 @@ def test_residual_add_and_bias_are_fused(norm):
     assert_same_outputs(model, after, _inputs(), rtol=1e-4, atol=1e-5)
 
 
-def test_rank_2_skip_is_left_alone():
+def test_rank_2_skip_without_batch_axis_is_fused():
+    # ONNX Runtime's SkipLayerNormalization takes a (sequence_length, hidden_size) skip, broadcast over the batch
+    # (Pegasus' sinusoidal positions added to the token embeddings; review s66). An [S, 4] of another S is refused.
     model = parse_model(_TEXT.format(skip_shape="[S, 4]", norm=_NORMS["LayerNormalization"]))
-    assert not SkipLayerNormFusion()(model).modified
+    after = SkipLayerNormFusion()(model.clone()).model
+    (fused,) = [n for n in after.graph if n.op_type == "SkipLayerNormalization"]
+    assert fused.inputs[1].name == "skip"
+    rng = np.random.default_rng(0)
+    feeds = {
+        "x": rng.standard_normal((2, 3, 4)).astype(np.float32),
+        "skip": rng.standard_normal((3, 4)).astype(np.float32),
+    }
+    assert_same_outputs(model, after, feeds, rtol=1e-4, atol=1e-5)
+    other = parse_model(_TEXT.format(skip_shape="[T, 4]", norm=_NORMS["LayerNormalization"]))
+    assert not SkipLayerNormFusion()(other).modified
 
 
 def test_batch_1_operand_becomes_the_skip():
