@@ -1472,6 +1472,31 @@ def _broadcast_recording(base: type) -> type:
             self.current_node = node
             return super()._onnx_infer_single_node(node)
 
+        def _infer_Slice(self, node):  # noqa: ANN001, ANN202, N802 (ORT's own signature)
+            # Where the tool cannot decide whether a symbolic end is within a symbolic dim, it logs "Unable to
+            # determine if m <= n, treat as equal" and sizes the slice as the whole dim: x[:Shape(y)[0]] of an
+            # x [n, 2] was n, and a Reshape of it to [n, -1] became [0, -1], [2, 2] where the original gives [4, 1]
+            # at n = 4, m = 2 (a review). Such a dim is a fresh symbol, which proves nothing.
+            super()._infer_Slice(node)
+            if _onnx_opset(self.out_mp_) < 10 or len(node.input) < 3 or not node.input[2]:
+                return  # below 10 the ends are attributes: numbers
+            ends = self._try_get_value(node, 2)
+            if ends is None:
+                return
+            ends = list(ends) if isinstance(ends, (list, tuple, np.ndarray)) else [ends]
+            dims = self._get_sympy_shape(node, 0)
+            axes = self._try_get_value(node, 3) if len(node.input) > 3 and node.input[3] else range(len(ends))
+            axes = list(axes) if isinstance(axes, (list, tuple, np.ndarray, range)) else [axes]
+            if len(axes) != len(ends) or not all(isinstance(axis, (int, np.integer)) for axis in axes):
+                return
+            output = self.known_vi_[node.output[0]].type.tensor_type
+            for axis, end in zip(axes, ends, strict=True):
+                axis = int(axis) % len(dims)
+                if _undecided_within(end, dims[axis]) and output.HasField("shape"):
+                    fresh = self._new_symbolic_dim_from_output(node, 0, axis)
+                    output.shape.dim[axis].Clear()
+                    output.shape.dim[axis].dim_param = str(fresh)
+
         def _infer_Attention(self, node):  # noqa: ANN001, ANN202, N802 (ORT's own signature)
             # The tool dispatches on the op type alone and skips ONNX's inference for an "Attention": ONNX's own
             # (opset 23, which torch's dynamo exporter writes for sdpa) went to the handler of com.microsoft's,
@@ -1539,6 +1564,22 @@ def _broadcast_recording(base: type) -> type:
             return super()._add_suggested_merge(symbols, apply=apply)
 
     return BroadcastRecording
+
+
+def _undecided_within(end: object, dim: object) -> bool:
+    """Whether a Slice's ``end`` and its input's ``dim`` are both symbolic and sympy cannot decide ``end <= dim``
+    (ORT's inference then takes them as equal: ``_infer_Slice``)."""
+    import sympy
+
+    if not isinstance(end, sympy.Expr) or not isinstance(dim, sympy.Expr) or end.is_number or dim.is_number:
+        return False
+    for relation in (lambda: end <= dim, lambda: dim - end >= 0):
+        try:
+            bool(relation())
+            return False
+        except TypeError:
+            continue
+    return True
 
 
 def _tensor_type_of(type_proto: onnx.TypeProto) -> onnx.TypeProto.Tensor:

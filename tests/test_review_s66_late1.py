@@ -225,13 +225,6 @@ def test_a_zero_length_dim_where_the_original_runs():
     _same(proto, simplified, {"x": np.ones((2, 0, 8), np.float32)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="(older than b5b54c2) ORT's symbolic inference sizes x[:Shape(y)[0]] of an x [n, 2] as n where it "
-    "cannot decide m <= n ('Unable to determine if m <= n, treat as equal'), and the pass copies the dim: "
-    "Reshape(x[:m], [n, -1]) became [0, -1], [2, 2] where the original gives [4, 1] at n = 4, m = 2. A fix marks "
-    "the dims a Slice with a run-time end sizes unproven, which needs a sweep of the decoders that slice caches so",
-)
 def test_a_slice_to_a_run_time_end_is_not_its_input_length():
     weights = {"zero": np.array([0], np.int64), "axis": np.array([0], np.int64), "rest": np.array([-1], np.int64)}
     nodes = [
