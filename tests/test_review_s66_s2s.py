@@ -72,9 +72,15 @@ def _mha_reading_key_length(axis: int) -> ir.Model:
         numpy_helper.from_array(np.array([1], np.int64), "axis1"),
         numpy_helper.from_array(np.array([0, 1], np.int64), "axes01"),
     ]
+    return _self_attention_model(nodes, initializers, "t5_position_bias")
+
+
+def _self_attention_model(nodes: list, initializers: list, name: str) -> ir.Model:
+    """A graph of ``nodes`` from ``x`` [batch, sequence, hidden] to ``y`` of the same shape, at opset 17 with the
+    com.microsoft domain."""
     graph = helper.make_graph(
         nodes,
-        "t5_position_bias",
+        name,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", _HIDDEN])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", _HIDDEN])],
         initializers,
@@ -363,17 +369,7 @@ def _mha_under_causal_bias(window: int | None = None) -> ir.Model:
         numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "lowest"),
         numpy_helper.from_array(np.array(0.0, np.float32), "zerof"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "causal_only",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", _HIDDEN])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", _HIDDEN])],
-        initializers,
-    )
-    proto = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    )
-    return ir.serde.deserialize_model(proto)
+    return _self_attention_model(nodes, initializers, "causal_only")
 
 
 def test_a_causal_bias_from_no_mask_input_becomes_unidirectional():
