@@ -163,3 +163,15 @@ def test_an_expand_to_a_target_of_unknown_values_does_not_fail_the_inference():
     result = ShapeSimplificationPass()(model)
     assert not any("inference failed" in reason for reason in result.refusals), result.refusals
     assert result.modified
+
+
+def test_wav2vec2s_dynamo_export_packs_attention():
+    """The spelling above in a real export (``tests/fixtures/export_audio_fixture.py``: transformers' wav2vec2, tiny
+    random weights, torch's dynamo exporter), whose attention stayed a MultiHeadAttention with layout adapters."""
+    from tests.helpers import FIXTURES
+
+    proto = onnx.load(FIXTURES / "wav2vec2_dynamo.onnx")
+    fused = optimizer.optimize(proto, inputs=_feeds(1600))
+    assert "Attention" in _op_types(fused) and "MultiHeadAttention" not in _op_types(fused), _op_types(fused)
+    for samples in (400, 1601, 3333):
+        _same(proto, fused, _feeds(samples))
