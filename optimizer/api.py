@@ -1038,8 +1038,41 @@ def _add_short_chunk(model: ir.Model, verifier: Verifier) -> None:
                 f"a short chunk: set {index + 1}'s first {_CHUNK_NEW} new tokens over the first {_CHUNK_PAST} "
                 "positions of its past"
             )
-            verifier.add_input_set(chunk, label, report_drop=False)
+            # At three rows where the original takes them (its rows repeated): generated sets hold one or two rows,
+            # and a rewrite wrong only at three rows or more was verified (a review). ONNX Runtime GenAI's decoders
+            # take several new tokens at one row only: there the chunk keeps its rows.
+            rows = _with_rows(model, layout, chunk, _CHUNK_ROWS)
+            if rows is None or not verifier.add_input_set(rows, f"{label}, at {_CHUNK_ROWS} rows", report_drop=False):
+                verifier.add_input_set(chunk, label, report_drop=False)
             return
+
+
+# The rows the short chunk is verified at where the original takes them.
+_CHUNK_ROWS = 3
+
+
+def _with_rows(
+    model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray], rows: int
+) -> dict[str, np.ndarray] | None:
+    """``inputs`` with their rows repeated to ``rows`` along the batch (axis 0 of the layout's inputs and of every input
+    whose first dim is named as the token ids' batch); None where they hold that many already, or another input holds
+    the batch elsewhere."""
+    ids = np.asarray(inputs.get(layout.input_ids))
+    if ids.ndim != 2 or ids.shape[0] >= rows:
+        return None
+    by_name = {value.name: value for value in model.graph.inputs}
+    batch = _dim_name_at(by_name.get(layout.input_ids), 0)
+    names = {layout.input_ids, layout.attention_mask, layout.position_ids, *(pair.past for pair in layout.cache)}
+    grown = dict(inputs)
+    for name, array in inputs.items():
+        value = by_name.get(name)
+        dims = [getattr(dim, "value", None) for dim in value.shape] if value is not None and value.shape else []
+        if name in names or (batch is not None and dims[:1] == [batch]):
+            array = np.asarray(array)
+            grown[name] = np.take(array, np.arange(rows) % array.shape[0], axis=0)
+        elif batch is not None and batch in dims:
+            return None
+    return grown
 
 
 def _short_chunk(model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
