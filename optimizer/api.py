@@ -948,7 +948,9 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
     step is verified alone too, the row that pads part of its past where one does (``_one_row``). Where no set pads
     the end of a row's past before its real new token (``1 1 0 0 | 1``: after right-padded prompts, or rejected
     draft tokens), the first step chosen gets one (``_with_the_end_of_a_past_padded``), or, where none is cut, a copy
-    of the first given one-token step: a rewrite wrong only there was verified."""
+    of the first given one-token step: a rewrite wrong only there was verified. Where then no step given or chosen
+    has a row that pads nothing (a batch of one: its one step padded at both ends), the first cut step with such a
+    row is verified too (a chat's every step)."""
     layout = recognise_causal_lm(model)
     if isinstance(layout, str) or not layout.cache:
         return
@@ -1002,6 +1004,10 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
                 chosen[0], ends[0] = (index, past, padded_end[0]), padded_end[1]
             else:
                 copies.append((padded_end[0], f"copy of set {index + 1}{padded_end[1]}"))
+    # A step whose row pads nothing too (a chat's every step): at a batch of one the step chosen pads its past at
+    # both ends, and a rewrite wrong only at an unpadded step of one row was verified (a review).
+    if masks and not any(_a_row_pads_nothing(inputs, masks) for _, _, inputs in [*given, *chosen]):
+        chosen += [entry for entry in steps if _a_row_pads_nothing(entry[2], masks)][:1]
     for position, (index, past, step) in enumerate(chosen):
         label = f"a decode step: set {index + 1}'s past of {past} with its first new token{ends.get(position, '')}"
         verifier.add_input_set(step, label, report_drop=False)
@@ -1166,6 +1172,12 @@ def _pads_the_end_of_a_past(inputs: Mapping[str, np.ndarray], masks: Sequence[st
     if padding is None or past is None or not past or padding.shape[1] != past + 1:
         return False
     return bool((padding[:, past - 1] & ~padding[:, past]).any())
+
+
+def _a_row_pads_nothing(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> bool:
+    """Whether a row of ``inputs`` pads no position in its masks (or they hold no 2-D mask)."""
+    padding = _padding(inputs, masks)
+    return padding is None or bool((~padding).all(axis=1).any())
 
 
 def _with_the_end_of_a_past_padded(

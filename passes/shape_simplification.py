@@ -89,9 +89,9 @@ class ShapeSimplificationPass(GraphoptPass, ir.passes.InPlacePass):
       and a -1 beside a 0 is fixed by the input's other dims (it becomes that size); else the
       Reshape is refused, with the reason: a 0-sized dim would make the rewrite fail or differ
       where the original runs;
-    - where a target element is computed from the input's dims by ``Add``, ``Sub``, ``Mul``, ``Div``, ``Max``, ``Min``
-      or ``Neg`` (the dynamo exporter's ``samples // 80 ...`` for a strided front end's length), the same, proving
-      the element the data's dim with ORT's arithmetic on symbols (``_computed_equals``);
+    - where a target element is computed from the input's dims by ``Add``, ``Sub``, ``Mul``, ``Div``, ``Max``, ``Min``,
+      ``Neg`` or ``Pow`` (the dynamo exporter's ``samples // 80 ...`` for a strided front end's length), the same,
+      proving the element the data's dim with ORT's arithmetic on symbols (``_computed_equals``);
     - an ``Expand`` whose target elements are constants or provably equal to the
       input's aligned dimension (they become 1);
     - a ``Gather(Shape(x), i)`` or ``Slice(Shape(x), a, b)`` whose dims ONNX's shape inference sizes

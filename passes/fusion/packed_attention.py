@@ -519,16 +519,17 @@ def _mask_kind(
     probe = (lambda mask: mask) if masks else np.ones_like
     masked: list[float] = []
     kinds = {_probe_mask(model, bias, inputs, probe(mask), masked) for mask in (PADDED_MASK, _LONGER_MASK)}
-    if len(kinds) != 1 or kinds & {None, _REFUSED}:
+    if len(kinds) != 1 or kinds & {None, _REFUSED} or (not masks and kinds != {True}):
+        if not masks:
+            return "it reads no input named like an attention mask, and is not the causal order on the probed rows"
         return "it is not what a padding (or causal + padding) mask implies on the probed rows"
     causal = kinds.pop()
-    if not masks and not causal:
-        return "it reads no input named like an attention mask, and is not the causal order"
+    # What the bias was taken for, in a refusal's words: without a mask input, no padding was probed.
+    what = f"what a {'causal + padding' if causal else 'padding'} mask implies" if masks else "the causal order"
     for length in _SHORT_LENGTHS:
         found = _probe_mask(model, bias, inputs, probe(_short_mask(length)), masked)
         if found != _REFUSED and found != causal:
-            kind = "causal + padding" if causal else "padding"
-            return f"it is not what a {kind} mask implies at {length} tokens, though it is at 7 and 13"
+            return f"it is not {what} at {length} tokens, though it is at 7 and 13"
     probed = {PADDED_MASK.shape[1], _LONGER_MASK.shape[1], *_SHORT_LENGTHS}
     lengths = probe_lengths([bias], max_sequence, model=model, inputs=inputs)
     if isinstance(lengths, str):
@@ -542,9 +543,8 @@ def _mask_kind(
     for length in lengths:
         found = _probe_mask(model, bias, inputs, probe(long_mask(length)))
         if found != _REFUSED and found != causal:
-            kind = "causal + padding" if causal else "padding"
             return (
-                f"it is not what a {kind} mask implies at {length} tokens, though it is at 7 and 13 "
+                f"it is not {what} at {length} tokens, though it is at 7 and 13 "
                 "(a sliding window, or a table that changes past them)"
             )
     fill = _one_fill(masked)
