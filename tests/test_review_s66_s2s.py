@@ -27,19 +27,24 @@ from tests.helpers import assert_same_outputs, op_types
 _HIDDEN, _HEADS, _HEAD = 8, 2, 4
 
 
-def _mha_reading_key_length(axis: int) -> ir.Model:
-    """``MultiHeadAttention(x Wq, x Wk, x Wv)`` (2 heads of 4) under T5's relative positions of the ``n`` keys as a
-    bias, ``n`` read as T5's legacy export reads it: ``Shape(Transpose(Reshape(x Wk, [0, 0, -1, 4]), perm))[axis]``,
-    ``perm`` ``[0, 2, 1, 3]``."""
+def _projections(source: str) -> tuple[list, list]:
+    """Seeded weights ``wq``, ``wk``, ``wv`` [hidden, hidden] and the MatMuls projecting ``source`` into ``q``, ``k``,
+    ``v``."""
     rng = np.random.default_rng(0)
     weights = [
         numpy_helper.from_array(rng.standard_normal((_HIDDEN, _HIDDEN)).astype(np.float32), name)
         for name in ("wq", "wk", "wv")
     ]
-    nodes = [
-        helper.make_node("MatMul", ["x", "wq"], ["q"]),
-        helper.make_node("MatMul", ["x", "wk"], ["k"]),
-        helper.make_node("MatMul", ["x", "wv"], ["v"]),
+    nodes = [helper.make_node("MatMul", [source, f"w{p}"], [p]) for p in "qkv"]
+    return weights, nodes
+
+
+def _mha_reading_key_length(axis: int) -> ir.Model:
+    """``MultiHeadAttention(x Wq, x Wk, x Wv)`` (2 heads of 4) under T5's relative positions of the ``n`` keys as a
+    bias, ``n`` read as T5's legacy export reads it: ``Shape(Transpose(Reshape(x Wk, [0, 0, -1, 4]), perm))[axis]``,
+    ``perm`` ``[0, 2, 1, 3]``."""
+    weights, nodes = _projections("x")
+    nodes += [
         helper.make_node("Reshape", ["k", "split"], ["k4"]),
         helper.make_node("Transpose", ["k4"], ["kt"], perm=[0, 2, 1, 3]),
         helper.make_node("Shape", ["kt"], ["kshape"]),
@@ -127,15 +132,8 @@ def _mha_masked_by_embeds_shape(read_values: bool = False) -> ir.Model:
     """``MultiHeadAttention`` over projections of ``inputs_embeds [batch, sequence, 8]`` under the padding bias
     ``(1 - mask) * -1e4`` expanded to ``[B, 1, S, S]`` by ``Shape(inputs_embeds)``; with ``read_values``, the bias
     also adds ``ReduceMean(inputs_embeds)`` (a value, not a shape: no padding mask)."""
-    rng = np.random.default_rng(0)
-    weights = [
-        numpy_helper.from_array(rng.standard_normal((_HIDDEN, _HIDDEN)).astype(np.float32), name)
-        for name in ("wq", "wk", "wv")
-    ]
-    nodes = [
-        helper.make_node("MatMul", ["inputs_embeds", "wq"], ["q"]),
-        helper.make_node("MatMul", ["inputs_embeds", "wk"], ["k"]),
-        helper.make_node("MatMul", ["inputs_embeds", "wv"], ["v"]),
+    weights, nodes = _projections("inputs_embeds")
+    nodes += [
         helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
         helper.make_node("Sub", ["onef", "maskf"], ["inverted"]),
         helper.make_node("Mul", ["inverted", "neg"], ["bias2"]),
@@ -327,15 +325,8 @@ def test_a_two_d_operand_of_another_length_is_no_skip():
 def _mha_under_causal_bias(window: int | None = None) -> ir.Model:
     """``MultiHeadAttention`` over projections of ``x [batch, sequence, 8]`` under ``[1, 1, S, S]`` causal bias built
     from ``Shape(x)`` (float32's lowest above the diagonal; also ``window`` and more below it, with ``window``)."""
-    rng = np.random.default_rng(0)
-    weights = [
-        numpy_helper.from_array(rng.standard_normal((_HIDDEN, _HIDDEN)).astype(np.float32), name)
-        for name in ("wq", "wk", "wv")
-    ]
-    nodes = [
-        helper.make_node("MatMul", ["x", "wq"], ["q"]),
-        helper.make_node("MatMul", ["x", "wk"], ["k"]),
-        helper.make_node("MatMul", ["x", "wv"], ["v"]),
+    weights, nodes = _projections("x")
+    nodes += [
         helper.make_node("Shape", ["x"], ["shape"], start=1, end=2),
         helper.make_node("Squeeze", ["shape"], ["length"]),
         helper.make_node("Range", ["zero", "length", "step"], ["positions"]),
