@@ -238,6 +238,7 @@ def optimize_with_report(
                 _add_padded_prefill(ir_model, verifier)
                 _add_decode_step(ir_model, verifier)
                 _add_short_chunk(ir_model, verifier)
+                _add_draft_over_a_long_past(ir_model, verifier)
     else:
         verifier = None
         bound = bind_dims(ir_model, options.dims)
@@ -1057,6 +1058,32 @@ def _add_short_chunk(model: ir.Model, verifier: Verifier) -> None:
 _CHUNK_ROWS = 3
 
 
+def _add_draft_over_a_long_past(model: ir.Model, verifier: Verifier) -> None:
+    """For a decoder with a key/value cache whose input sets hold no few new tokens over a long past, verify on one:
+    a set's first ``_CHUNK_NEW`` new tokens over its whole past (``_short_chunk``), as a speculative decoder checks
+    its draft tokens, or a chat's second turn runs over a long first one. Every other set with a past holds one new
+    token or about as many as the past (and the short chunk a short past): a rewrite wrong only at a few tokens over
+    a long past was verified. From the first set whose mask is all ones and whose positions count on from its past;
+    left out where the original refuses it."""
+    layout = recognise_causal_lm(model)
+    if isinstance(layout, str) or not layout.cache:
+        return
+    for inputs in verifier.input_sets:
+        ids, past = np.asarray(inputs.get(layout.input_ids)), _past_length(layout, inputs)
+        if ids.ndim == 2 and past and past >= _LONG_PAST and 1 < ids.shape[1] <= 2 * _CHUNK_NEW:
+            return  # one is there already
+    for index, inputs in enumerate(verifier.input_sets):
+        past = _past_length(layout, inputs)
+        if past and past >= _LONG_PAST and (draft := _short_chunk(model, layout, inputs, kept=None)) is not None:
+            label = f"a draft over a long past: set {index + 1}'s first {_CHUNK_NEW} new tokens over its past of {past}"
+            verifier.add_input_set(draft, label, report_drop=False)
+            return
+
+
+# The shortest past the draft verification adds counts as long: the short chunk's sets stay under it.
+_LONG_PAST = 32
+
+
 def _with_rows(
     model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray], rows: int
 ) -> dict[str, np.ndarray] | None:
@@ -1081,26 +1108,29 @@ def _with_rows(
     return grown
 
 
-def _short_chunk(model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    """``inputs`` cut to their first ``_CHUNK_NEW`` new tokens over the first ``_CHUNK_PAST`` positions of their
-    past; None where they hold fewer, pad a position, count positions otherwise than on from their past, or another
-    input than the layout's is sized by the tokens."""
+def _short_chunk(
+    model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray], kept: int | None = _CHUNK_PAST
+) -> dict[str, np.ndarray] | None:
+    """``inputs`` cut to their first ``_CHUNK_NEW`` new tokens over the first ``kept`` positions of their past (None:
+    all of it); None where they hold fewer, pad a position, count positions otherwise than on from their past, or
+    another input than the layout's is sized by the tokens."""
     ids, past = np.asarray(inputs.get(layout.input_ids)), _past_length(layout, inputs)
-    if ids.ndim != 2 or not past or past < _CHUNK_PAST or ids.shape[1] < _CHUNK_NEW:
+    kept = past if kept is None else kept
+    if ids.ndim != 2 or not past or past < kept or ids.shape[1] < _CHUNK_NEW:
         return None
     chunk = {layout.input_ids: ids[:, :_CHUNK_NEW]}
     if layout.attention_mask is not None:
         mask = np.asarray(inputs.get(layout.attention_mask))
         if mask.shape != (ids.shape[0], past + ids.shape[1]) or not (mask == 1).all():
             return None
-        chunk[layout.attention_mask] = mask[:, : _CHUNK_PAST + _CHUNK_NEW]
+        chunk[layout.attention_mask] = mask[:, : kept + _CHUNK_NEW]
     if layout.position_ids is not None:
         positions = np.asarray(inputs.get(layout.position_ids))
         if positions.shape != ids.shape or not (positions == past + np.arange(ids.shape[1])).all():
             return None
-        chunk[layout.position_ids] = positions[:, :_CHUNK_NEW] - (past - _CHUNK_PAST)
+        chunk[layout.position_ids] = positions[:, :_CHUNK_NEW] - (past - kept)
     for pair in layout.cache:
-        chunk[pair.past] = np.take(inputs[pair.past], np.arange(_CHUNK_PAST), axis=pair.sequence_axis)
+        chunk[pair.past] = np.take(inputs[pair.past], np.arange(kept), axis=pair.sequence_axis)
     by_name = {value.name: value for value in model.graph.inputs}
     sized = {_dim_name_at(by_name.get(layout.input_ids), 1), _dim_name_at(by_name.get(layout.attention_mask), 1)}
     sized.discard(None)

@@ -149,3 +149,41 @@ def test_a_rewrite_wrong_only_at_three_rows_is_not_verified(tmp_path):
     onnx.save(proto, str(tmp_path / "wrong.onnx"))
     assert verifier.check(ir.load(str(source))).ok
     assert not verifier.check(ir.load(str(tmp_path / "wrong.onnx"))).ok, verifier.labels
+
+
+def _wrong_at_a_draft_over_a_long_past(path, source) -> str:
+    """``source`` with noise on its logits where 2 to 8 new tokens follow a past of 32 positions or more: a speculative
+    decoder's draft checked over a long context."""
+    proto = onnx.load(_wrong_where(path, "short", source))
+    graph = proto.graph
+    where = next(node for node in graph.node if node.op_type == "Where" and node.output[0] == "logits")
+    where.input[0] = "draft"
+    graph.node.remove(where)
+    long_past, most = (_constant(graph, f"d{v}", np.array(v, np.int64)) for v in (31, 9))
+    graph.node.extend(
+        [
+            helper.make_node("Greater", ["past", long_past], ["long"]),
+            helper.make_node("Greater", ["new", "c1"], ["several"]),
+            helper.make_node("Less", ["new", most], ["few"]),
+            helper.make_node("And", ["long", "several"], ["long_several"]),
+            helper.make_node("And", ["long_several", "few"], ["draft"]),
+            where,
+        ]
+    )
+    onnx.save(proto, str(path))
+    return str(path)
+
+
+def test_a_rewrite_wrong_only_at_a_draft_over_a_long_past_is_not_verified(tmp_path):
+    source = build(tmp_path / "tiny.onnx")
+    verifier = verifier_optimize_builds(source)
+    sets = zip(verifier.labels, verifier.input_sets)
+    drafts = [inputs for label, inputs in sets if "draft over a long past" in label]
+    assert len(drafts) == 1, verifier.labels
+    (draft,) = drafts
+    past = draft["past_key_values.0.key"].shape[2]
+    assert draft["input_ids"].shape[1] == 4 and past >= 32
+    assert draft["attention_mask"].shape[1] == past + 4 and (draft["attention_mask"] == 1).all()
+    assert verifier.check(ir.load(str(source))).ok
+    wrong = ir.load(_wrong_at_a_draft_over_a_long_past(tmp_path / "wrong.onnx", source))
+    assert not verifier.check(wrong).ok, verifier.labels
