@@ -379,3 +379,23 @@ def test_a_sliding_window_from_no_mask_input_stays_a_bias():
     (fused,) = [node for node in result.model.graph if node.op_type == "Attention"]
     assert len(fused.inputs) == 6 and fused.inputs[5] is not None
     assert not fused.attributes.get_int("unidirectional", 0)
+
+
+def test_int4_leaves_attention_unpacked_and_quantizes_q_k_and_v(tmp_path):
+    """Under ``--quantize int4`` pack-qkv steps aside: packed, an encoder's Q, K and V stayed float (no 4-bit form);
+    unpacked they are MatMuls written in 4 bits."""
+    from collections import Counter
+
+    import optimizer
+    from tests.helpers import FIXTURES
+
+    result, report = optimizer.optimize_with_report(ir.load(FIXTURES / "bert_legacy.onnx"), quantize="int4")
+    ops = Counter(node.op_type for node in result.graph)
+    assert ops["Attention"] == 0 and ops["MultiHeadAttention"] == 2, ops
+    record = next(p for p in report.passes if p.name == "pack-qkv")
+    assert any("left unpacked for --quantize int4" in line for line in record.refusals), record.refusals
+    quantized = next(p for p in report.passes if p.name == "quantize-int4")
+    assert quantized.status == "applied", quantized.refusals
+    # Q, K and V of both layers read 4-bit weights (one merged MatMulNBits each, or three).
+    readers = {node.inputs[0].name for node in result.graph if node.op_type == "MatMulNBits"}
+    assert len(readers) >= 2 * 2, readers  # per layer: the attention's input and the FFN's
