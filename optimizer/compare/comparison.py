@@ -49,7 +49,7 @@ from optimizer.compare.timing import (
     time_interleaved,
 )
 from optimizer.cores import usable_cores
-from optimizer.domains import MS_DOMAIN
+from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from optimizer.errors import InputSpecError, InvalidModelError, OptionError, one_line
 from optimizer.generation import CausalLM, CausalLMSession, recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
@@ -1273,6 +1273,16 @@ def _refuse_types_numpy_lacks(path: str | os.PathLike, model: ir.Model) -> None:
             )
 
 
+def _passed_on(value: ir.Value) -> ir.Value:
+    """``value``, or what an ONNX ``Identity`` or ``Dropout`` (an identity when inferring) passes on into it, back
+    to the value some other node computes."""
+    while (node := value.producer()) is not None and is_onnx_domain(node) and node.op_type in ("Identity", "Dropout"):
+        if node.outputs[0] is not value or not node.inputs or node.inputs[0] is None:
+            break
+        value = node.inputs[0]
+    return value
+
+
 def _dtype_name(dtype: ir.DataType) -> str:
     try:
         return np.dtype(dtype.numpy()).name
@@ -1281,10 +1291,13 @@ def _dtype_name(dtype: ir.DataType) -> str:
 
 
 def _score_outputs(model: ir.Model) -> frozenset[str]:
+    """The graph outputs a ``Softmax`` or ``LogSoftmax`` produces, read through ``Identity`` and ``Dropout`` (which
+    pass their input on when inferring): Paddle's exports close with an Identity (PP-OCR's classifier), whose
+    top-1 agreement went unreported."""
     names = set()
     for value in model.graph.outputs:
-        producer = value.producer()
-        if producer is not None and producer.op_type in ("Softmax", "LogSoftmax"):
+        producer = _passed_on(value).producer()
+        if producer is not None and is_onnx_domain(producer) and producer.op_type in ("Softmax", "LogSoftmax"):
             names.add(value.name)
     return frozenset(names)
 

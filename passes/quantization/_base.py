@@ -488,6 +488,11 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             if self.decode_steps is not None and decoder:
                 met += f" (no layer timed: --budget-decode-steps {self.decode_steps} changed nothing)"
             self.note(met)
+            if self.confirms_speed and not self._timing_refusal(layers):
+                # Printed as every measured configuration is: a model the whole-model timing then retries or
+                # declines said nowhere else what every layer in the default scheme gave (the closing note does
+                # where it is kept as it is).
+                self.note(f"frontier: every layer {self.precision}, the budget met without a search: {drift}{where}")
             return self._if_faster(model, layers, default, batches, (checked, checked_reference))
         options = {layer.name: (self.default_scheme, *self._offered(layer), FLOAT) for layer in layers}
         times, measured = self._layer_times(model, layers, batches, options)
