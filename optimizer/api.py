@@ -66,6 +66,7 @@ from optimizer.model_io import (
     lacks_contrib_import,
     load_model,
     model_graphs,
+    refuse_empty_model_path,
     rename_shadowing_values,
     restore_external_locations,
     save_model,
@@ -355,6 +356,7 @@ def _to_ir(model: object, *, warnings: list[str] | None = None) -> tuple[ir.Mode
             warnings.append(warning)
         return converted, model.graph.name or "model", None
     if isinstance(model, (str, os.PathLike)):
+        refuse_empty_model_path(model, "the model")  # Path("") is the current folder
         path = Path(model)
         return load_model(path, warnings=warnings), path.name, path
     raise TypeError(f"optimize() takes a path, onnx.ModelProto or onnx_ir.Model, not {type(model).__name__}")
@@ -721,11 +723,18 @@ def refuse_conflicts(
     passes: Sequence[str] | str | None, options: Options, has_inputs: bool, has_calibration: bool
 ) -> list[PassSpec]:
     """The pipeline's passes; ``OptionError``/``PassSelectionError`` for requests that cannot go together,
-    decided on the request alone (no file is read: ``--print-config`` refuses the same)."""
+    decided on the request alone (no file is read: ``--print-config`` refuses the same): also ``dims`` or ``inputs``
+    that nothing reads under ``verify=False``."""
     specs = resolve(_pass_names(passes), options)
     if has_inputs and not options.verify:
         raise OptionError("--inputs are verification inputs: they do nothing with --no-verify (verify=False)")
     approximate = any(spec.approximate for spec in specs)
+    if options.dims and not options.verify and not any(spec.approximate or spec.specializes_shapes for spec in specs):
+        # The CLI refused this (its --compare's sizes aside) while optimize(dims=..., verify=False) dropped them.
+        raise OptionError(
+            "--dim does nothing with --no-verify (verify=False): it sizes the generated verification inputs, "
+            "--static-shapes and the approximate passes' generated calibration samples"
+        )
     prunes = any(spec.name.startswith("prune-") for spec in specs)
     # Low-rank alike (it ended "unchanged" with exit 0 where pruning refused the same request).
     factorizes = any(spec.name == "factorize-lowrank" for spec in specs)

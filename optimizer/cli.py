@@ -945,9 +945,12 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
     if args.compare:
         # What the comparison would refuse must not cost the optimization and its written model first.
         from optimizer.compare.comparison import check_before_optimizing
+        from optimizer.inputs import parse_dim_flags
 
         # Held-out text is the generation comparison's alone; verification generates one step's inputs.
-        args.inputs_are_text = check_before_optimizing(args.model, _compare_settings(args), args.inputs, options.dims)
+        # --dim from the flags: under --no-verify the options hold none (they are the comparison's alone).
+        dims = parse_dim_flags(args.dim)
+        args.inputs_are_text = check_before_optimizing(args.model, _compare_settings(args), args.inputs, dims)
     names = _split(args.passes, "--passes") if args.passes is not None else None
     requested = requested_passes(names, options) if args.strict else set()
     with progress_sink(errors, args.quiet) as sink, reporting_to(sink), task(f"optimizing {Path(args.model).name}"):
@@ -1036,7 +1039,7 @@ def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> Options
       pipeline reads (``--calibration-method percentile`` without ``--quantize static``;
       the registry refuses the same for values away from the default).
 
-    Returns ``options`` for the pipeline: without ``threads`` where only ``--compare`` uses them.
+    Returns ``options`` for the pipeline: without ``threads``, or ``dims``, where only ``--compare`` uses them.
     """
     from optimizer.registry import all_passes, kernel_timing_passes, resolve, ways_to_ask
 
@@ -1061,6 +1064,8 @@ def _refuse_ignored_flags(args: argparse.Namespace, options: Options) -> Options
             "--dim does nothing with --no-verify: it sizes the generated verification inputs, --static-shapes, "
             "--compare's inputs and the approximate passes' generated calibration samples"
         )
+    if not options.verify and not sized:
+        options = dataclasses.replace(options, dims={})  # --compare's alone (the API refuses dims nothing reads)
     read = set().union(*(spec.options_read for spec in specs))
     readers: dict[str, list[Any]] = {}
     for spec in all_passes():

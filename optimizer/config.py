@@ -56,6 +56,17 @@ def config_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return keys
 
 
+def _invocation_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """The long flags of ``parser`` (without dashes) that are about one invocation (``NOT_CONFIGURABLE``)."""
+    return {
+        flag[2:]
+        for action in parser._actions  # argparse keeps no public list of a parser's arguments
+        if action.dest in NOT_CONFIGURABLE
+        for flag in action.option_strings
+        if flag.startswith("--")
+    }
+
+
 def _read_text(source: Path) -> str:
     """The file's text, at most ``MAX_CONFIG_BYTES``. Opened without blocking, then read as usual: a named
     pipe no one writes to is refused instead of hanging, while ``<(cat recipe.toml)`` and ``/dev/null``
@@ -109,6 +120,12 @@ def load_config(path: str | os.PathLike, parser: argparse.ArgumentParser) -> dic
     values: dict[str, Any] = {}
     set_by: dict[str, str] = {}
     for key, value in table.items():
+        if key in _invocation_flags(parser):
+            # "a key no flag sets" was untrue of --verbose or --config: these flags are about one run, not a recipe.
+            raise ConfigError(
+                f"{source.name}: {key!r} is about one run, not a setting of the recipe; "
+                f"give --{key} on the command line"
+            )
         if key not in keys:
             near = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.6)
             hint = f"did you mean {near[0]!r}?" if near else f"`graphopt {parser.prog.split()[-1]} --help` lists them"

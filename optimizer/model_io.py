@@ -94,6 +94,7 @@ def load_model(path: str | os.PathLike, *, warnings: list[str] | None = None) ->
     off its graph inputs (see ``constants_of_old_ir``); the line that says so is
     appended to ``warnings`` when given.
     """
+    refuse_empty_model_path(path, "the model")
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such file")
@@ -841,6 +842,8 @@ def check_paths(
     read may bear a name ``-o``'s weights could take. A link at a flag of ``links_replaced`` (the model's ``-o``:
     ``save_model`` replaces it) may point anywhere; another flag's is written through, so its target is checked.
     """
+    for what, path in models:
+        refuse_empty_model_path(path, what)
     given = {flag: path for flag, path in writes.items() if path is not None}
     for flag, path in given.items():
         _check_writable(flag, path, through_links=flag not in links_replaced)
@@ -898,9 +901,18 @@ def check_paths(
             )
 
 
+def refuse_empty_model_path(path: PathLike | None, what: str) -> None:
+    """Refuse a model path that is the empty string (``"$MODEL"`` with ``MODEL`` unset), which ``Path`` reads as
+    the current folder: it was refused as ``.: not a file``, or as an output writing into a data folder."""
+    if path is not None and not os.fspath(path):
+        raise ModelFileError(f"{what} '': an empty path; give an ONNX file")
+
+
 def _check_writable(flag: str, path: PathLike, *, through_links: bool = True) -> None:
     role = _ROLES.get(flag, "output")
     text = os.fspath(path)
+    if not text:  # Path("") is the current folder: refused as ".: is a folder", a name the user never gave
+        raise OutputPathError(f"{flag} '': an empty path; give a file name for the {role}")
     if text.endswith(("/", os.sep)):
         raise OutputPathError(f"{text}: ends with '/', so names a folder; give a file name for the {role}")
     path = Path(text)

@@ -116,7 +116,7 @@ def test_config_runs_and_the_command_line_overrides_it(tmp_path, capsys, monkeyp
     [
         ('quantise = "dynamic"\n', "unknown key 'quantise', a key no flag sets (did you mean 'quantize'?)"),
         ("[options]\ntarget = 'cpu'\n", "recipe.toml: unknown key 'options', a table no flag sets"),
-        ("verbose = 1\n", "unknown key 'verbose'"),
+        ("verbose = 1\n", "recipe.toml: 'verbose' is about one run, not a setting of the recipe"),
         ('min-cosine = "high"\n', 'recipe.toml: min-cosine = "high": expected a number'),
         ('quantize = "int3"\n', "expected one of dynamic, static, int4"),
         ("fp16 = 1\n", "recipe.toml: fp16 = 1: expected true or false"),

@@ -310,7 +310,16 @@ def compare(
     than on one run, and measured as language models. ``inputs`` that hold only their
     token ids (and attention mask), rows of held-out text, are the text for that
     accuracy; the one-step inputs of the per-output accuracy are then generated.
+
+    ``settings`` that is no ``CompareSettings`` (a dict of flags, as ``optimize``'s ``options=``) is an
+    ``OptionError``.
     """
+    if settings is not None and not isinstance(settings, CompareSettings):
+        # It failed deep inside, with an AttributeError's traceback.
+        raise OptionError(
+            "settings: expected optimizer.compare.CompareSettings(...) (e.g. CompareSettings(time_budget=5)), "
+            f"not {type(settings).__name__}"
+        )
     refuse_unreadable_data(inputs, "--inputs")
     refuse_unreadable_data(calibration, "--calibration")
     dims = checked_dims(dims) if dims is not None else None
