@@ -238,8 +238,7 @@ def optimize_with_report(
             if not specializes:  # after the padded copy: with every dim fixed, the step is cut from it
                 _add_padded_prefill(ir_model, verifier)
                 _add_decode_step(ir_model, verifier)
-                _add_short_chunk(ir_model, verifier)
-                _add_draft_over_a_long_past(ir_model, verifier)
+                _add_chunks(ir_model, verifier)
     else:
         verifier = None
         bound = bind_dims(ir_model, options.dims)
@@ -1033,21 +1032,32 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
 _CHUNK_PAST, _CHUNK_NEW = 3, 4
 
 
-def _add_short_chunk(model: ir.Model, verifier: Verifier) -> None:
-    """For a decoder with a key/value cache whose input sets hold no few new tokens over a short past, verify on one:
-    a set's first ``_CHUNK_NEW`` new tokens over the first ``_CHUNK_PAST`` positions of its past (a cache of
-    a causal model's first positions is that of the prompt's first tokens), mask and positions cut alike. Every
+def _add_chunks(model: ir.Model, verifier: Verifier) -> None:
+    """For a decoder with a key/value cache, verify on a few new tokens over a short past (``_add_short_chunk``)
+    and over a long one (``_add_draft_over_a_long_past``), each where no input set holds such tokens already."""
+    layout = recognise_causal_lm(model)
+    if isinstance(layout, str) or not layout.cache:
+        return
+    sizes = [_past_and_new(layout, inputs) for inputs in verifier.input_sets]
+    if not any(past and past < 32 and 1 < new and past + new < 32 for past, new in sizes):
+        _add_short_chunk(model, layout, verifier)
+    if not any(past >= _LONG_PAST and 1 < new <= 2 * _CHUNK_NEW for past, new in sizes):
+        _add_draft_over_a_long_past(model, layout, verifier)
+
+
+def _past_and_new(layout: Any, inputs: Mapping[str, np.ndarray]) -> tuple[int, int]:
+    """A set's past positions and new tokens; (0, 0) where its token ids are not ``[batch, sequence]``."""
+    ids = np.asarray(inputs.get(layout.input_ids))
+    return (_past_length(layout, inputs) or 0, ids.shape[1]) if ids.ndim == 2 else (0, 0)
+
+
+def _add_short_chunk(model: ir.Model, layout: Any, verifier: Verifier) -> None:
+    """Verify on a set's first ``_CHUNK_NEW`` new tokens over the first ``_CHUNK_PAST`` positions of its past (a cache
+    of a causal model's first positions is that of the prompt's first tokens), mask and positions cut alike. Every
     other set with a past holds 128 positions or more and one new token or as many as the past: a rewrite wrong only
     at a few tokens over a short past was verified (a review). Cut (``_short_chunk``) from the first set whose mask
     is all ones and whose positions count on from its past, where no input but the layout's is sized by the tokens;
     left out where the original refuses it."""
-    layout = recognise_causal_lm(model)
-    if isinstance(layout, str) or not layout.cache:
-        return
-    for inputs in verifier.input_sets:
-        ids, past = np.asarray(inputs.get(layout.input_ids)), _past_length(layout, inputs)
-        if ids.ndim == 2 and past and past < 32 and 1 < ids.shape[1] and past + ids.shape[1] < 32:
-            return  # one is there already
     for index, inputs in enumerate(verifier.input_sets):
         if (chunk := _short_chunk(model, layout, inputs)) is not None:
             label = (
@@ -1067,20 +1077,12 @@ def _add_short_chunk(model: ir.Model, verifier: Verifier) -> None:
 _CHUNK_ROWS = 3
 
 
-def _add_draft_over_a_long_past(model: ir.Model, verifier: Verifier) -> None:
-    """For a decoder with a key/value cache whose input sets hold no few new tokens over a long past, verify on one:
-    a set's first ``_CHUNK_NEW`` new tokens over its whole past (``_short_chunk``), as a speculative decoder checks
-    its draft tokens, or a chat's second turn runs over a long first one. Every other set with a past holds one new
-    token or about as many as the past (and the short chunk a short past): a rewrite wrong only at a few tokens over
-    a long past was verified. From the first set whose mask is all ones and whose positions count on from its past;
-    left out where the original refuses it."""
-    layout = recognise_causal_lm(model)
-    if isinstance(layout, str) or not layout.cache:
-        return
-    for inputs in verifier.input_sets:
-        ids, past = np.asarray(inputs.get(layout.input_ids)), _past_length(layout, inputs)
-        if ids.ndim == 2 and past and past >= _LONG_PAST and 1 < ids.shape[1] <= 2 * _CHUNK_NEW:
-            return  # one is there already
+def _add_draft_over_a_long_past(model: ir.Model, layout: Any, verifier: Verifier) -> None:
+    """Verify on a set's first ``_CHUNK_NEW`` new tokens over its whole past (``_short_chunk``), as a speculative
+    decoder checks its draft tokens, or a chat's second turn runs over a long first one. Every other set with a past
+    holds one new token or about as many as the past (and the short chunk a short past): a rewrite wrong only at a
+    few tokens over a long past was verified. From the first set whose mask is all ones and whose positions count on
+    from its past; left out where the original refuses it."""
     for index, inputs in enumerate(verifier.input_sets):
         past = _past_length(layout, inputs)
         if past and past >= _LONG_PAST and (draft := _short_chunk(model, layout, inputs, kept=None)) is not None:

@@ -21,6 +21,7 @@ import importlib.util
 import re
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -494,15 +495,28 @@ def _symbol_of(element: Element, shapes: Shapes) -> Symbol:
 
 class _InferredShapes(dict):
     """Each value's shape by name (ints and symbols, as ``Shapes``), from ORT's symbolic inference, with what it
-    computed for small int tensors of shape arithmetic (a ``samples // 10 - 1`` through ``Div`` and ``Add``):
-    ``computed``, their elements by value name as ints and symbols (None where a symbol is unproven); ``sympy``,
-    the same as sympy expressions; and ``dims``, each dim's symbol as a sympy expression."""
+    computed for small int tensors of shape arithmetic (a ``samples // 10 - 1`` through ``Div`` and ``Add``), read
+    on demand: ``expressions(name)``, their elements as sympy integers and expressions, and ``symbols(name)``, as
+    ints and symbols (None where a symbol is unproven); and ``dims``, each dim's symbol as a sympy expression."""
 
-    def __init__(self, shapes: Shapes, computed: Shapes, sympy: dict[str, list], dims: dict[str, object]) -> None:
+    def __init__(self, shapes: Shapes, data: dict[str, object], dims: dict[str, object], unproven: set[str]) -> None:
         super().__init__(shapes)
-        self.computed = computed
-        self.sympy = sympy
         self.dims = dims
+        self._data, self._unproven, self._read = data, unproven, {}
+
+    def expressions(self, name: str) -> list | None:
+        if name not in self._read:
+            self._read[name] = _sympy_elements(self._data[name]) if name in self._data else None
+        return self._read[name]
+
+    def symbols(self, name: str) -> tuple[Symbol, ...] | None:
+        elements = self.expressions(name)
+        if elements is None:
+            return None
+        return tuple(
+            int(item) if item.is_Integer else None if _mentions(str(item), self._unproven) else str(item)
+            for item in elements
+        )
 
 
 class _ShapeOf:
@@ -510,8 +524,8 @@ class _ShapeOf:
 
     def __init__(self, shapes: Shapes) -> None:
         self._shapes = shapes
-        self.computed: Shapes = getattr(shapes, "computed", {})
-        self.sympy: dict[str, list] = getattr(shapes, "sympy", {})
+        self.expressions: Callable[[str], list | None] = getattr(shapes, "expressions", lambda name: None)
+        self.symbols: Callable[[str], tuple[Symbol, ...] | None] = getattr(shapes, "symbols", lambda name: None)
 
     def __call__(self, value: ir.Value) -> tuple[Symbol, ...] | None:
         return self._shapes.get(value.name) if value.name else None
@@ -606,7 +620,7 @@ def _computed_elements(value: ir.Value, shape_of: _ShapeOf) -> list[Element] | N
     (the dynamo exporter's ``samples // 10 - 1`` for a strided front end's length, where the legacy one reads
     the projection's shape): sizes, and ``_Computed`` symbols; None where it computed none or an op on the way
     may compute other values than its arithmetic (``_exact``)."""
-    computed, expressions = shape_of.computed.get(value.name), shape_of.sympy.get(value.name)
+    computed, expressions = shape_of.symbols(value.name), shape_of.expressions(value.name)
     dividends: list[str] = []
     if computed is None or expressions is None or not _exact(value, shape_of, _DEEPEST_ARITHMETIC, dividends, set()):
         return None
@@ -674,7 +688,7 @@ def _fits(value: ir.Value, shape_of: _ShapeOf) -> bool:
     dim up to ``_LARGEST_DIM``: ONNX's integer ops wrap where the inference's sympy arithmetic does not
     (``s * 2**62 // 2**62`` is ``s`` there, 1 at s = 5 in int64; ``s * 65536 // 65536`` after a Cast to int32, at
     s = 65537)."""
-    expressions = shape_of.sympy.get(value.name)
+    expressions = shape_of.expressions(value.name)
     if expressions is None:
         return False
     limit = 2 ** (_bits(value) - 1)
@@ -751,8 +765,8 @@ def _dividends_hold(element: Element, dim: Symbol, shapes: Shapes) -> bool:
     if not isinstance(element, _Computed) or not element.dividends:
         return True
 
-    computed = getattr(shapes, "sympy", {})
-    parts = [computed.get(name) for name in element.dividends]
+    read = getattr(shapes, "expressions", lambda name: None)
+    parts = [read(name) for name in element.dividends]
     if any(part is None for part in parts):
         return False
     dividends = [item for part in parts for item in part]
@@ -1206,19 +1220,10 @@ def _symbolic_shapes(model: ir.Model, merged: set[str] | None = None) -> _Inferr
             else (dim.dim_param if dim.dim_param and not _mentions(dim.dim_param, unproven) else None)
             for dim in tensor_type.shape.dim
         )
-    computed, data = {}, {}
-    for name, values in inference.sympy_data_.items():
-        elements = _sympy_elements(values)
-        if elements is None:
-            continue
-        computed[name] = tuple(
-            int(item) if item.is_Integer else None if _mentions(str(item), unproven) else str(item) for item in elements
-        )
-        data[name] = elements
-    return _InferredShapes(shapes, computed, data, dict(inference.symbolic_dims_))
+    return _InferredShapes(shapes, dict(inference.sympy_data_), dict(inference.symbolic_dims_), unproven)
 
 
-# The most elements of a computed shape tensor kept (``_InferredShapes.computed``): a shape's, not a table's.
+# The most elements of a computed shape tensor read (``_InferredShapes.expressions``): a shape's, not a table's.
 _MOST_COMPUTED_ELEMENTS = 16
 
 

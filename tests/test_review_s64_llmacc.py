@@ -45,11 +45,13 @@ def _constant(graph: onnx.GraphProto, name: str, value) -> str:
     return name
 
 
-def _wrong_where(path, condition: str, source=None) -> str:
+def _wrong_where(path, condition: str, source=None, computing=None) -> str:
     """The tiny LM (or ``source``, a model whose logits are ``[batch, sequence, VOCAB]``) with noise (3 times a
     standard normal per token) added to its logits where ``condition`` holds: ``one_row_step`` (one row, one new
     token), ``padded_prefill`` (empty cache, a 0 in the mask), ``rows_prefill`` (empty cache, several rows),
-    ``short`` (past and new tokens under 32)."""
+    ``short`` (past and new tokens under 32); or, with ``computing`` (a function of the graph returning nodes that
+    read those names, ``rows``, ``new``, ``past``, ``empty``, ``has_pads`` and the constants ``c0``-``c2``), the
+    condition those nodes compute."""
     proto = onnx.load(str(source or build(path)))
     vocab = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value or VOCAB
     for node in proto.graph.node:
@@ -76,6 +78,7 @@ def _wrong_where(path, condition: str, source=None) -> str:
             node("Shape", ["attention_mask"], ["mask_shape"]),
             node("Gather", ["mask_shape", one], ["total"]),
             node("Less", ["total", _constant(graph, "c32", np.array(32, np.int64))], ["short"]),
+            *(computing(graph) if computing is not None else []),
             node("Add", ["logits_right", _constant(graph, "noise", noise)], ["noisy"]),
             node("Where", [condition, "noisy", "logits_right"], ["logits"]),
         ]

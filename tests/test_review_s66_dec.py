@@ -103,22 +103,17 @@ def test_given_one_token_steps_get_a_copy_whose_past_ends_in_pads(tmp_path):
 
 def _wrong_at_a_short_chunk(path, source) -> str:
     """``source`` with noise on its logits where several new tokens follow a past, all under 32 positions."""
-    proto = onnx.load(_wrong_where(path, "short", source))
-    graph = proto.graph
-    where = next(node for node in graph.node if node.op_type == "Where" and node.output[0] == "logits")
-    where.input[0] = "short_chunk"
-    graph.node.remove(where)
-    graph.node.extend(
-        [
+    return _wrong_where(
+        path,
+        "short_chunk",
+        source,
+        lambda graph: [
             helper.make_node("Greater", ["past", "c0"], ["has_past"]),
             helper.make_node("Greater", ["new", "c1"], ["several"]),
             helper.make_node("And", ["short", "has_past"], ["short_past"]),
             helper.make_node("And", ["short_past", "several"], ["short_chunk"]),
-            where,
-        ]
+        ],
     )
-    onnx.save(proto, str(path))
-    return str(path)
 
 
 def test_a_rewrite_wrong_only_at_a_few_tokens_over_a_short_past_is_not_verified(tmp_path):
@@ -140,38 +135,31 @@ def test_a_rewrite_wrong_only_at_a_few_tokens_over_a_short_past_is_not_verified(
 def test_a_rewrite_wrong_only_at_three_rows_is_not_verified(tmp_path):
     source = build(tmp_path / "tiny.onnx")
     verifier = verifier_optimize_builds(source)
-    proto = onnx.load(_wrong_where(tmp_path / "w.onnx", "rows_prefill", source))
-    graph = proto.graph
-    where = next(node for node in graph.node if node.op_type == "Where" and node.output[0] == "logits")
-    where.input[0] = "three_rows"
-    graph.node.remove(where)
-    graph.node.extend([helper.make_node("Greater", ["rows", "c2"], ["three_rows"]), where])
-    onnx.save(proto, str(tmp_path / "wrong.onnx"))
+    wrong = _wrong_where(
+        tmp_path / "wrong.onnx",
+        "three_rows",
+        source,
+        lambda graph: [helper.make_node("Greater", ["rows", "c2"], ["three_rows"])],
+    )
     assert verifier.check(ir.load(str(source))).ok
-    assert not verifier.check(ir.load(str(tmp_path / "wrong.onnx"))).ok, verifier.labels
+    assert not verifier.check(ir.load(wrong)).ok, verifier.labels
 
 
 def _wrong_at_a_draft_over_a_long_past(path, source) -> str:
     """``source`` with noise on its logits where 2 to 8 new tokens follow a past of 32 positions or more: a speculative
     decoder's draft checked over a long context."""
-    proto = onnx.load(_wrong_where(path, "short", source))
-    graph = proto.graph
-    where = next(node for node in graph.node if node.op_type == "Where" and node.output[0] == "logits")
-    where.input[0] = "draft"
-    graph.node.remove(where)
-    long_past, most = (_constant(graph, f"d{v}", np.array(v, np.int64)) for v in (31, 9))
-    graph.node.extend(
-        [
+
+    def draft(graph: onnx.GraphProto) -> list:
+        long_past, most = (_constant(graph, f"d{v}", np.array(v, np.int64)) for v in (31, 9))
+        return [
             helper.make_node("Greater", ["past", long_past], ["long"]),
             helper.make_node("Greater", ["new", "c1"], ["several"]),
             helper.make_node("Less", ["new", most], ["few"]),
             helper.make_node("And", ["long", "several"], ["long_several"]),
             helper.make_node("And", ["long_several", "few"], ["draft"]),
-            where,
         ]
-    )
-    onnx.save(proto, str(path))
-    return str(path)
+
+    return _wrong_where(path, "draft", source, draft)
 
 
 def test_a_rewrite_wrong_only_at_a_draft_over_a_long_past_is_not_verified(tmp_path):

@@ -13,7 +13,6 @@ Findings (each one's test failed on 0f77ffd):
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import pytest
 from onnx import helper
@@ -24,22 +23,17 @@ from tests.test_review_s64_llmacc import _wrong_where
 
 def _wrong_at_an_unpadded_step_of_one_row(path, source) -> str:
     """``source`` with noise on its logits at one row and one new token after a past whose mask pads nothing."""
-    proto = onnx.load(_wrong_where(path, "one_row_step", source))
-    graph = proto.graph
-    where = next(node for node in graph.node if node.op_type == "Where" and node.output[0] == "logits")
-    where.input[0] = "unpadded_step"
-    graph.node.remove(where)
-    graph.node.extend(
-        [
+    return _wrong_where(
+        path,
+        "unpadded_step",
+        source,
+        lambda graph: [
             helper.make_node("Not", ["has_pads"], ["no_pads"]),
             helper.make_node("Not", ["empty"], ["has_past"]),
             helper.make_node("And", ["one_row_step", "no_pads"], ["unpadded"]),
             helper.make_node("And", ["unpadded", "has_past"], ["unpadded_step"]),
-            where,
-        ]
+        ],
     )
-    onnx.save(proto, str(path))
-    return str(path)
 
 
 def test_a_rewrite_wrong_only_at_an_unpadded_step_of_one_row_is_not_verified_at_batch_1(tmp_path):
