@@ -1034,15 +1034,17 @@ _CHUNK_PAST, _CHUNK_NEW = 3, 4
 
 def _add_chunks(model: ir.Model, verifier: Verifier) -> None:
     """For a decoder with a key/value cache, verify on a few new tokens over a short past (``_add_short_chunk``)
-    and over a long one (``_add_draft_over_a_long_past``), each where no input set holds such tokens already."""
+    and over a long one (``_add_drafts_over_a_long_past``), each where no input set holds such tokens already."""
     layout = recognise_causal_lm(model)
     if isinstance(layout, str) or not layout.cache:
         return
     sizes = [_past_and_new(layout, inputs) for inputs in verifier.input_sets]
     if not any(past and past < 32 and 1 < new and past + new < 32 for past, new in sizes):
         _add_short_chunk(model, layout, verifier)
-    if not any(past >= _LONG_PAST and 1 < new <= 2 * _CHUNK_NEW for past, new in sizes):
-        _add_draft_over_a_long_past(model, layout, verifier)
+    drafts = [
+        s for s, (past, new) in zip(verifier.input_sets, sizes) if past >= _LONG_PAST and 1 < new <= 2 * _CHUNK_NEW
+    ]
+    _add_drafts_over_a_long_past(model, layout, verifier, drafts)
 
 
 def _past_and_new(layout: Any, inputs: Mapping[str, np.ndarray]) -> tuple[int, int]:
@@ -1077,18 +1079,73 @@ def _add_short_chunk(model: ir.Model, layout: Any, verifier: Verifier) -> None:
 _CHUNK_ROWS = 3
 
 
-def _add_draft_over_a_long_past(model: ir.Model, layout: Any, verifier: Verifier) -> None:
+def _add_drafts_over_a_long_past(
+    model: ir.Model, layout: Any, verifier: Verifier, held: list[Mapping[str, np.ndarray]]
+) -> None:
     """Verify on a set's first ``_CHUNK_NEW`` new tokens over its whole past (``_short_chunk``), as a speculative
-    decoder checks its draft tokens, or a chat's second turn runs over a long first one. Every other set with a past
-    holds one new token or about as many as the past (and the short chunk a short past): a rewrite wrong only at a
-    few tokens over a long past was verified. From the first set whose mask is all ones and whose positions count on
-    from its past; left out where the original refuses it."""
-    for index, inputs in enumerate(verifier.input_sets):
-        past = _past_length(layout, inputs)
-        if past and past >= _LONG_PAST and (draft := _short_chunk(model, layout, inputs, kept=None)) is not None:
-            label = f"a draft over a long past: set {index + 1}'s first {_CHUNK_NEW} new tokens over its past of {past}"
-            verifier.add_input_set(draft, label, report_drop=False)
-            return
+    decoder checks its draft tokens, or a chat's second turn runs over a long first one: where no set of ``held``
+    (those holding 2 to ``2 * _CHUNK_NEW`` new tokens over a long past) is one, from the first set with a long past
+    that pads no position. Then, where no set so held or added has several rows that pad a position (several rows,
+    without a mask), as a batch of left-padded prompts checks its drafts: cut from the first set with a long past
+    that has (generated inputs: the padded second binding, where its past is long), else the unpadded draft at
+    ``_CHUNK_ROWS`` rows or more, row 1's past padded at its start (``_with_the_start_of_a_past_padded``). Every
+    other set with a past holds one new token or about as many as the past (and the short chunk a short past): a
+    rewrite wrong only at a few tokens over a long past was verified, and then one wrong only there at several rows
+    with pads (a review). Each left out where the original refuses it."""
+    masks = mask_inputs(model, verifier.inputs)
+
+    def unpadded(inputs: Mapping[str, np.ndarray]) -> bool:
+        padding = _padding(inputs, masks)
+        return padding is None or not padding.any()
+
+    def batched(inputs: Mapping[str, np.ndarray]) -> bool:
+        return np.shape(inputs.get(layout.input_ids))[:1] != (1,) and (not masks or not unpadded(inputs))
+
+    def add(fits: Any, what: str) -> bool:
+        for index, inputs in enumerate(verifier.input_sets):
+            past = _past_length(layout, inputs)
+            if past and past >= _LONG_PAST and (draft := _short_chunk(model, layout, inputs, kept=None)) is not None:
+                if not fits(draft) or _wholly_padded_row(draft, masks):
+                    continue
+                label = f"{what}: set {index + 1}'s first {_CHUNK_NEW} new tokens over its past of {past}"
+                if verifier.add_input_set(draft, label, report_drop=False):
+                    held.append(draft)
+                return True
+        return False
+
+    if not held:
+        add(unpadded, "a draft over a long past")
+    if any(batched(inputs) for inputs in held) or add(batched, "a batched draft over a long past"):
+        return
+    source = next((inputs for inputs in held if unpadded(inputs)), None)
+    if source is None:
+        return
+    rows = len(source[layout.input_ids])
+    grown = dict(source) if rows >= _CHUNK_ROWS else _with_rows(model, layout, source, _CHUNK_ROWS)
+    if grown is None:
+        return
+    how = f"the first unpadded draft at {max(rows, _CHUNK_ROWS)} rows"
+    if masks:
+        grown, padded = _with_the_start_of_a_past_padded(grown, masks, _past_length(layout, grown))
+        how += padded
+    verifier.add_input_set(grown, f"a batched draft over a long past: {how}", report_drop=False)
+
+
+def _with_the_start_of_a_past_padded(
+    inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: int | None
+) -> tuple[dict[str, np.ndarray], str]:
+    """``inputs`` (new tokens over ``past`` positions) with the first quarter of row 1's past padded in every 2-D mask
+    of the past and new tokens, as a batch's shorter prompt is left-padded, and the words that say so. Positions are
+    kept, as the decode step's padding keeps them."""
+    count = max(1, (past or 0) // 4)
+    padded = dict(inputs)
+    for name in masks:
+        mask = inputs.get(name)
+        if isinstance(mask, np.ndarray) and mask.ndim == 2 and past and mask.shape[1] > past:
+            mask = mask.copy()
+            mask[0, :count] = 0
+            padded[name] = mask
+    return padded, f", row 1's first {count} past positions padded"
 
 
 # The shortest past the draft verification adds counts as long: the short chunk's sets stay under it.
@@ -1123,21 +1180,23 @@ def _short_chunk(
     model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray], kept: int | None = _CHUNK_PAST
 ) -> dict[str, np.ndarray] | None:
     """``inputs`` cut to their first ``_CHUNK_NEW`` new tokens over the first ``kept`` positions of their past (None:
-    all of it); None where they hold fewer, pad a position, count positions otherwise than on from their past, or
-    another input than the layout's is sized by the tokens."""
+    all of it, mask and positions cut as they are); None where they hold fewer, or, cut short of the past, pad a
+    position or count positions otherwise than on from their past; or where another input than the layout's is
+    sized by the tokens."""
     ids, past = np.asarray(inputs.get(layout.input_ids)), _past_length(layout, inputs)
+    whole = kept is None
     kept = past if kept is None else kept
     if ids.ndim != 2 or not past or past < kept or ids.shape[1] < _CHUNK_NEW:
         return None
     chunk = {layout.input_ids: ids[:, :_CHUNK_NEW]}
     if layout.attention_mask is not None:
         mask = np.asarray(inputs.get(layout.attention_mask))
-        if mask.shape != (ids.shape[0], past + ids.shape[1]) or not (mask == 1).all():
+        if mask.shape != (ids.shape[0], past + ids.shape[1]) or not (whole or (mask == 1).all()):
             return None
         chunk[layout.attention_mask] = mask[:, : kept + _CHUNK_NEW]
     if layout.position_ids is not None:
         positions = np.asarray(inputs.get(layout.position_ids))
-        if positions.shape != ids.shape or not (positions == past + np.arange(ids.shape[1])).all():
+        if positions.shape != ids.shape or not (whole or (positions == past + np.arange(ids.shape[1])).all()):
             return None
         chunk[layout.position_ids] = positions[:, :_CHUNK_NEW] - (past - kept)
     for pair in layout.cache:

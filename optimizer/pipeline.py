@@ -118,6 +118,8 @@ def run_pipeline(
     context = context or PassContext()
     if context.original is None:
         context = dataclasses.replace(context, original=model)
+    if not context.pipeline:
+        context = dataclasses.replace(context, pipeline=tuple(spec.name for spec in specs))
     started = time.perf_counter()
     current = detached_clone(model)
     report = PipelineReport(

@@ -135,6 +135,9 @@ class PassContext:
     # The model the pipeline started from (``run_pipeline`` sets it): the accuracy budget bounds the whole model
     # against it, so a search after an earlier approximate pass (pruning) holds its points to it too.
     original: ir.Model | None = None
+    # The names of the run's passes in order (``run_pipeline`` sets it): a pass that steps aside for a later one reads
+    # it, however that one was asked for (``--quantize int4``, or ``quantize-int4`` named in ``--passes``).
+    pipeline: tuple[str, ...] = ()
 
     @property
     def target(self) -> str:

@@ -1300,15 +1300,34 @@ def _dtype_name(dtype: ir.DataType) -> str:
 
 
 def _score_outputs(model: ir.Model) -> frozenset[str]:
-    """The graph outputs a ``Softmax`` or ``LogSoftmax`` produces, read through ``Identity`` and ``Dropout`` (which
-    pass their input on when inferring): Paddle's exports close with an Identity (PP-OCR's classifier), whose
-    top-1 agreement went unreported."""
+    """The graph outputs a ``Softmax`` or ``LogSoftmax`` over their last axis produces, read through ``Identity`` and
+    ``Dropout`` (which pass their input on when inferring): Paddle's exports close with an Identity (PP-OCR's
+    classifier), whose top-1 agreement went unreported. Top-1 is the argmax over the last axis: a Softmax over
+    another (a segmenter's classes along axis 1) holds no row of class scores there."""
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
     names = set()
     for value in model.graph.outputs:
         producer = _passed_on(value).producer()
-        if producer is not None and is_onnx_domain(producer) and producer.op_type in ("Softmax", "LogSoftmax"):
+        if (
+            producer is not None
+            and is_onnx_domain(producer)
+            and producer.op_type in ("Softmax", "LogSoftmax")
+            and _over_the_last_axis(producer, opset, value)
+        ):
             names.add(value.name)
     return frozenset(names)
+
+
+def _over_the_last_axis(softmax: ir.Node, opset: int, output: ir.Value) -> bool:
+    """Whether ``softmax`` normalizes over the last axis alone: its ``axis`` the last where the rank is known (its
+    input's, its output's, or that of the graph ``output`` it reaches through identities), else -1. Before opset 13
+    the default axis is 1, and the op normalizes every axis from ``axis`` on."""
+    axis = softmax.attributes.get_int("axis", -1 if opset >= 13 else 1)
+    shapes = [value.shape for value in (*softmax.inputs[:1], *softmax.outputs[:1], output) if value is not None]
+    rank = next((len(shape) for shape in shapes if shape is not None), None)
+    if rank is None:
+        return axis == -1
+    return -rank <= axis < rank and axis % rank == rank - 1
 
 
 def _summarize(path: str | os.PathLike, model: ir.Model) -> ModelSummary:

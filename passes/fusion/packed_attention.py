@@ -587,9 +587,10 @@ class PackedAttentionFusion(FusionPass):
     See the module docstring for the forms and refusals; each MultiHeadAttention is
     counted as packed or refused with its reason. ``max_sequence`` is the longest
     sequence a mask's kind is probed at (``--max-sequence``). ``fused_count`` holds the
-    rewrites of the last run. With ``for_int4`` (``--quantize int4``) it leaves every MultiHeadAttention as it is and
-    says so: packed QKV weights have no 4-bit form, and unpacked, Q, K and V are MatMuls ``quantize-int4`` writes in 4
-    bits (a tiny BART encoder packed kept 37 % of its layer weights float under ``--quantize int4``).
+    rewrites of the last run. With ``for_int4`` (``quantize-int4`` in the run, however asked for) it leaves every
+    MultiHeadAttention as it is and says so: packed QKV weights have no 4-bit form, and unpacked, Q, K and V are
+    MatMuls ``quantize-int4`` writes in 4 bits (a tiny BART encoder packed kept 37 % of its layer weights float under
+    ``--quantize int4``).
     """
 
     fused_ops = ((MS_DOMAIN, "Attention"),)
