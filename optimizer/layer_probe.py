@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 # within 4.2e-7 (float32 rounding of a product of scales, and of the bias added); a block's scale 0.1 % off
 # moves its elements by 1e-3 of their own magnitude.
 PROBE_TOLERANCE = 1e-5
+# The attributes a QAttention must share with its twin's Attention, and the value both kernels take where one is not
+# written: an Attention stating ``unidirectional=0`` (ONNX Runtime's GPT-2 attention fusions write it) and a QAttention
+# leaving it out compute alike (a review: --quantize dynamic was rolled back as "another unidirectional").
+_ATTENTION_DEFAULTS = {"num_heads": None, "unidirectional": 0, "mask_filter_value": -10000.0}
 # The most bytes of layer outputs one probe run computes (each side): a vocabulary's LM head on every input
 # channel at once would be gigabytes.
 PROBE_BYTES = 256 * 2**20
@@ -406,9 +410,9 @@ def qattention_weights_failure(candidate: ir.Model, twin: ir.Model) -> str:
                     f"by {errors[column]:.3g} of that column's largest value (float32 rounding stays within "
                     f"{PROBE_TOLERANCE:g}): its scales, zero points or packing are not the ones the pass claims"
                 )
-        for name in ("num_heads", "unidirectional", "mask_filter_value"):
+        for name, default in _ATTENTION_DEFAULTS.items():
             mine, theirs = node.attributes.get(name), attention.attributes.get(name)
-            if (mine.value if mine is not None else None) != (theirs.value if theirs is not None else None):
+            if (mine.value if mine is not None else default) != (theirs.value if theirs is not None else default):
                 return f"the QAttention computing '{output}' has another {name} than its twin's Attention"
     return ""
 

@@ -662,10 +662,18 @@ def run_sets(model: ir.Model, input_sets: Sequence[Mapping[str, np.ndarray]]) ->
         return [run_session(session, inputs) for inputs in input_sets]
 
 
-def drift_of(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping]) -> Drift:
+def drift_of(
+    model: ir.Model,
+    batches: Sequence[Mapping[str, np.ndarray]],
+    reference: Sequence[Mapping],
+    *,
+    layout: ir.Model | None = None,
+) -> Drift:
     """``model``'s drift from ``reference`` (the outputs another model gave on ``batches``), run with
-    ``run_batches``; positions the batches' padding masks hide are left out (``optimizer.padding.unpadded``)."""
-    return output_drift(reference, run_batches(model, batches), batches, model)
+    ``run_batches``; positions the batches' padding masks hide are left out (``optimizer.padding.unpadded``), as the
+    graph of ``layout`` says (default: ``model``'s). Give the model ``reference`` holds to where a rewrite hides them:
+    a decoder fused into GroupQueryAttention no longer shows which of its logits are padding."""
+    return output_drift(reference, run_batches(model, batches), batches, model if layout is None else layout)
 
 
 def run_batches(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:

@@ -2351,7 +2351,9 @@ class Verifier:
             else:
                 if self._sample_references is None:
                     self._sample_references = run_batches(self._original, batches)
-                drift = drift_of(candidate, batches, self._sample_references)
+                # Padding as the original shows it (as ``_streamed_drift`` reads it): a candidate fused into
+                # GroupQueryAttention hides none of its logits, and its padded ones are undefined in the original.
+                drift = drift_of(candidate, batches, self._sample_references, layout=self._original)
         except RuntimeRefusedError as error:  # the rewrite is unusable, unless the data is
             self.refuse_unrunnable_samples()
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")

@@ -11,9 +11,10 @@ How the factors are chosen:
 
 - **Held out first**: one calibration sample in five (whole sequences,
   ``optimizer.inputs.hold_out``) is kept away from everything below that fits to data;
-  the pass's accuracy figures and its budget search are measured on those samples
-  (factors whitened by a few hundred rows reproduce those rows almost exactly, so a
-  budget checked on them is met by the fit, not by the layer). With two to four samples
+  the pass's accuracy figures and its budget search are measured on those samples, at the
+  positions the padding masks of the pipeline's input (``original``) leave real (factors
+  whitened by a few hundred rows reproduce those rows almost exactly, so a budget checked
+  on them is met by the fit, not by the layer). With two to four samples
   the last one is held out; with a single one nothing can be: with a budget the factors
   are then plain SVD without repair (nothing fitted to the samples the budget is checked
   on); without one, the figures say they are measured on the fitted sample.
@@ -279,7 +280,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         repaired = any(decision.bias_change is not None for decision in decisions)
         if reference is not None:
             where = _described(in_sample, fitted, checked, model)
-            self.drift = drift_of(model, checked, reference)
+            self.drift = self._drift(model, checked, reference)
             summary += f"; {self.drift}" + (" after repair" if repaired else "") + where
             summary += " on generated inputs" if self.samples_generated else ""
         self.note(summary)
@@ -294,7 +295,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         if repaired and reference is not None:
             unrepaired = source.clone()
             self._factorize(unrepaired, groups, ranks, rows, repair=False)
-            unrepaired_drift = drift_of(unrepaired, checked, reference)
+            unrepaired_drift = self._drift(unrepaired, checked, reference)
             self.note(f"without repair: {unrepaired_drift}{where}")
         held_out = bool(fitted) and not in_sample and (aware or repair)
         return self.result(model, modified=True, twin=self._twin(source, decisions), fitted_to_samples=held_out)
@@ -431,7 +432,14 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
     def _trial(self, model, groups, ranks, rows, batches, reference, repair) -> Drift:
         trial = model.clone()
         self._factorize(trial, groups, ranks, rows, repair=repair)
-        return drift_of(trial, batches, reference)
+        return self._drift(trial, batches, reference)
+
+    def _drift(self, model: ir.Model, batches, reference) -> Drift:
+        """``model``'s drift from ``reference`` on ``batches``, leaving out the positions the padding masks hide in the
+        pipeline's input (``original``, where given), as the pipeline's own check does: a decoder whose attention was
+        fused into GroupQueryAttention no longer shows which of its logits are padding (``optimizer.padding``), and
+        the factors, fitted to real rows alone, were counted at left-padded positions."""
+        return drift_of(model, batches, reference, layout=self.original)
 
     # -- the rewrite ----------------------------------------------------------------------------------
 
@@ -495,26 +503,23 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         return Twin(source, "float32", description, checkpoints=tuple(reads))
 
     def _report(self, decisions: list[_Decision]) -> None:
-        """One note per (shape, rank): the layers, their parameters and the measured speed."""
-        lines: dict[tuple[int, int, int], list[str]] = {}
-        timed: dict[tuple[int, int, int], tuple[int, ...]] = {}
-        weights: dict[tuple[int, int, int], int] = {}
+        """One note per (shape, rank, row counts timed): the layers, their parameters and the measured speed (layers
+        of one shape and rank timed at other rows, one whose rows ``dims`` fix, get a note of their own)."""
+        lines: dict[tuple[int, int, int, tuple[int, ...]], list[str]] = {}
+        weights: dict[tuple[int, int, int, tuple[int, ...]], int] = {}
         for decision in decisions:
             for layer in decision.group.layers:
                 self.done(layer.node.op_type)
             k, n = decision.group.shape
-            key = (k, n, decision.rank)
+            key = (k, n, decision.rank, decision.group.rows)
             lines.setdefault(key, []).extend(layer.name for layer in decision.group.layers)
             weights[key] = weights.get(key, 0) + 1
-            timed[key] = decision.group.rows
             self.ranks[decision.group.key] = (decision.rank, k, n)
-        for (k, n, rank), names in lines.items():
-            speeds = ", ".join(
-                f"{self.speed.ratio(k, n, rank, m):.2f}x at {m} row{'s' if m > 1 else ''}" for m in timed[(k, n, rank)]
-            )
+        for (k, n, rank, rows), names in lines.items():
+            speeds = ", ".join(f"{self.speed.ratio(k, n, rank, m):.2f}x at {m} row{'s' if m > 1 else ''}" for m in rows)
             shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
             # Tied layers share one weight's factors: "each" is per weight, not per layer.
-            count = weights[(k, n, rank)]
+            count = weights[(k, n, rank, rows)]
             shared = ""
             if count < len(names):
                 shared = f" ({count} weight{'s' if count > 1 else ''} read by {len(names)} layers)"

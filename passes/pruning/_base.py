@@ -234,7 +234,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             if kind is not None and ratio and members and all(g.size == 1 for g in members):
                 self.decline(f"{kind} {ratio:.2f} removes no unit: {self._why_none(members)}")
         if reference is not None:
-            self.drift = drift_of(model, batches, reference)
+            self.drift = drift_of(model, batches, reference, layout=self.original)
         after = count_parameters(model)
         summary = f"{_describe_ratios(ratios)}: {len(self.pruned)} groups, parameters {before:,} → {after:,}"
         if self.drift is not None:
@@ -263,7 +263,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             # The same cut without the repair, so the report shows what the repair bought.
             unrepaired = source.clone()
             self._prune(unrepaired, scores, ratios, comparable)
-            self.note(f"without repair: {drift_of(unrepaired, batches, reference)}")
+            self.note(f"without repair: {drift_of(unrepaired, batches, reference, layout=self.original)}")
         return self.result(model, modified=True, twin=self._twin(source, removals), fitted_to_samples=held_out)
 
     def _why_none(self, groups: list[ChannelGroup]) -> str:
@@ -454,7 +454,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             trial = model.clone()
             twin = next(g for g in self.find_groups(trial.graph)[0] if g.name == group.name)
             twin.apply(trial.graph, sorted(set(range(group.size)) - {int(u) for u in weakest}))
-            moved = max(1.0 - drift_of(trial, probe, expected).cosine, 1e-12)
+            moved = max(1.0 - drift_of(trial, probe, expected, layout=self.original).cosine, 1e-12)
             gain = moved / max(float(effect[weakest].sum()), 1e-30)
             comparable[group.name] = scores[group.name] * math.sqrt(gain)
         return comparable
@@ -595,7 +595,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         trial = model.clone()
         if not self._prune(trial, scores, self._scaled(high), comparable, batches, targets):
             return high  # the ratios asked remove no unit, nor does any fraction of them: the caller says why
-        if self.budget.met(drift_of(trial, checked, reference)):
+        if self.budget.met(drift_of(trial, checked, reference, layout=self.original)):
             self.note(
                 f"budget {self.budget.describe()}{self._checked_on}: met at the largest ratio asked, "
                 f"{self._describe(high)}"
@@ -606,7 +606,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             trial = model.clone()
             # A ratio that removes no unit meets any budget: it is no cut that meets this one.
             if self._prune(trial, scores, self._scaled(middle), comparable, batches, targets) and self.budget.met(
-                drift_of(trial, checked, reference)
+                drift_of(trial, checked, reference, layout=self.original)
             ):
                 low = best = middle
             else:

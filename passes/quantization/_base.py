@@ -357,7 +357,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         for layer in chosen:
             self.done(layer.node.op_type)
         if batches and self.drift is None:
-            self.drift = drift_of(model, checked, run_batches(self._float, checked))
+            self.drift = drift_of(model, checked, run_batches(self._float, checked), layout=self.original)
         if self.drift is not None:
             counts: dict[str, int] = {}
             for layer in chosen:
@@ -446,7 +446,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     def _trial(self, model: ir.Model, schemes: Mapping[str, str], batches, reference) -> Drift:
         """The drift of ``model`` with each layer named in ``schemes`` written in its scheme (the rest float)."""
-        return drift_of(self._written(model, schemes), batches, reference)
+        return drift_of(self._written(model, schemes), batches, reference, layout=self.original)
 
     def _written(self, model: ir.Model, schemes: Mapping[str, str]) -> ir.Model:
         """A copy of ``model`` with each layer named in ``schemes`` written in its scheme (the rest float)."""
