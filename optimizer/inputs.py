@@ -1629,6 +1629,8 @@ def _generate_tensor(
     if dtype == ir.DataType.STRING:
         return rng.choice(_WORDS, size=shape)
     numpy_dtype = dtype.numpy()
+    if _MASK_NAME.search(value.name) and pads_where_true(value):
+        return np.zeros(shape, dtype=numpy_dtype)  # every position real, as ones are in the other convention
     if dtype == ir.DataType.BOOL:
         if _MASK_NAME.search(value.name):
             return np.ones(shape, dtype=bool)
@@ -1811,6 +1813,46 @@ def _indexed_size(node: ir.Node, dims: Mapping[str, int]) -> int | None:
     return dim if isinstance(dim, int) else dims.get(str(dim))
 
 
+def pads_where_true(value: ir.Value) -> bool:
+    """Whether mask input ``value`` pads where it is true (PyTorch's key padding mask) rather than attends there
+    (Hugging Face's): read, through casts, reshapes and any ``Not``, as the condition of a ``Where`` that takes a fill
+    of -1e3 or below where it holds (arabic-name-romanizer's decoder: ``Where(src_mask, -1e9, scores)``) or as what
+    multiplies one, or negated as a multiplier of data (its encoder: ``memory * Cast(Not(src_mask))``). Generated as
+    ones, such a mask padded every position: the scores and means behind it were constant, and a rewrite of the
+    projections before them verified."""
+    seen: set[tuple[int, bool]] = set()
+    frontier = [(value, False)]
+    while frontier:
+        current, negated = frontier.pop()
+        if (id(current), negated) in seen:
+            continue
+        seen.add((id(current), negated))
+        for node, index in current.uses():
+            if not is_onnx_domain(node):
+                continue
+            if node.op_type in _INDEX_PRESERVING_OPS and index == 0:
+                frontier.extend((out, negated) for out in node.outputs)
+            elif node.op_type == "Not":
+                frontier.extend((out, not negated) for out in node.outputs)
+            elif node.op_type == "Where" and index == 0 and len(node.inputs) == 3:
+                if _is_fill(node.inputs[1]):
+                    return not negated
+                if _is_fill(node.inputs[2]):
+                    return negated
+            elif node.op_type == "Mul" and len(node.inputs) == 2:
+                # Times a fill it marks the padded positions (an additive mask); times data, the kept ones.
+                return not negated if _is_fill(node.inputs[1 - index]) else negated
+    return False
+
+
+def _is_fill(value: ir.Value | None) -> bool:
+    """Whether ``value`` is a constant whose every element is -1e3 or below (a mask's fill: -1e9, -inf)."""
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    if tensor is None or not tensor.dtype.is_floating_point() or tensor.size == 0:
+        return False
+    return bool(np.all(tensor.numpy().astype(np.float64) <= -1e3))
+
+
 def _padding_mask(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """Ones (attend), except that a ``[batch >= 2, seq >= 4]`` mask pads its last row's final quarter.
 
@@ -1880,6 +1922,10 @@ _IndexPlace = tuple[str, int] | tuple[str, int, int | None]
 _MAX_PAIRS = 4096
 _IDENTITY_MAP = (np.array(1, np.int64), np.array(0, np.int64), True)
 _AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Neg"})
+# Ops that select elements of their data (input 0) unchanged: ids gathered there (torch's ``prefix[:, -1]``,
+# ``Gather(prefix, -1, axis=1)``) index a table after them as drawn. Not followed, arabic-name-romanizer's decoder
+# drew its ids 0 or 1, and 2 of its 160 embedding rows were verified.
+_SELECTING_OPS = frozenset({"Gather", "GatherElements", "GatherND"})
 
 
 def _pairs(scale: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1969,7 +2015,8 @@ def _index_bounds(
     an index drawn within the table within it, ``_contracts``), ``Unsqueeze`` (a new last axis puts every element at
     component 0; GPT-J's dynamo export), a last-axis ``Concat`` (the components of the inputs before it shift it on;
     where their widths are unknown, it may sit at any component; widths are read by ``_last_dim``) and the other
-    index-preserving ops (which move elements to positions unknown). So an input that is an index tuple itself has its
+    index-preserving ops and the data of a ``Gather``, ``GatherElements`` or ``GatherND`` (which move elements to
+    positions unknown). So an input that is an index tuple itself has its
     component j bounded by the table's axis ``batch_dims + j``; one whose elements may sit at several components, by the
     smallest of those axes (with ``widest``, the largest: a guess that ``_vary_ambiguous_indices`` checks on ONNX
     Runtime). Where one input indexes several tables, each bound is the smallest met: a bound on every element (a
@@ -1987,6 +2034,10 @@ def _index_bounds(
     or a constant's (an initializer, a ``Constant`` node's tensor, through a ``Transpose``, ``Flatten``, ``Cast``
     or ``Identity``: GPT-J's legacy export inlines its ``embed_positions`` as a Constant with no shape
     recorded); a dim that is not a number bounds nothing.
+
+    Where nothing above bounds ``value``, an ``Equal`` with a constant table of integers it reaches unchanged (a
+    one-hot encoding, ``_compared_table``) bounds it by that table's values: no table is read out of range there,
+    but drawn 0 or 1 it selects 2 of the table's classes.
     """
     whole: list[int] = []
     components: dict[int, int] = {}
@@ -1999,6 +2050,8 @@ def _index_bounds(
     # reaches the table, so no affine op after it is followed (Div(i, 2) - 10 is not i - 10). Max/Min pass the
     # drawn values through unchanged where they are past their constant, so an offset after them still applies.
     contracted: set[int] = set()
+    # The classes an Equal compares the value with (``_compared_table``): drawn over them where no table bounds it.
+    compared: list[tuple[int, int]] = []
     while frontier:
         current, place, mapping = frontier.pop()
         key = (
@@ -2092,20 +2145,46 @@ def _index_bounds(
                 else:
                     kept = ("range", 0, None)
                 frontier.extend((out, kept, _moved(mapping)) for out in node.outputs)
+            elif node.op_type == "Equal" and index < 2 and len(node.inputs) == 2 and _unchanged(mapping):
+                if (table := _compared_table(node.inputs[1 - index], dims)) is not None:
+                    compared.append(table)
             elif node.op_type == "Where" and index == 2 and _normalizes_negative(node, current, dims):
                 # torch's Where(i < 0, i + n, i): an index drawn non-negative takes the last branch, itself.
                 frontier.extend((out, place, mapping) for out in node.outputs)
             elif node.op_type in _CONTRACTING_OPS and index == 0 and _contracts(node, dims):
                 frontier.extend((out, place, mapping) for out in node.outputs)
-            elif node.op_type in _INDEX_PRESERVING_OPS and index == 0:
+            elif (node.op_type in _INDEX_PRESERVING_OPS or node.op_type in _SELECTING_OPS) and index == 0:
                 if node.op_type in ("Cast", "Identity"):
                     frontier.extend((out, place, mapping) for out in node.outputs)
                 else:
                     frontier.extend((out, ("range", 0, None), _moved(mapping)) for out in node.outputs)
+    if compared and not whole and not components and max(lows) == 0:
+        lows.append(min(low for low, _ in compared))
+        whole.append(max(high for _, high in compared))
     width = _last_dim(value)  # a tuple is no wider than the input: a table's further axes bound nothing of it
     components = {j: size for j, size in components.items() if width is None or j < width}
     component_lows = {j: low for j, low in component_lows.items() if width is None or j < width}
     return (min(whole) if whole else None), components, max(lows), component_lows
+
+
+def _compared_table(value: ir.Value | None, dims: Mapping[str, int] | None) -> tuple[int, int] | None:
+    """``[low, high)`` of the integers a constant of more than one element holds, from 0, where they fill at least half
+    of that span: the classes an ``Equal`` one-hot encodes its other operand against (tf2onnx's spelling of jax's
+    ``one_hot``, magika's bytes against 0 ... 256); else None. Drawn 0 or 1, as other integers that index nothing
+    are, magika's bytes selected 2 of its 257 embedding rows, and a rewrite wrong for every other byte verified."""
+    table = _integer_constant(value, dims) if value is not None else None
+    if table is None or table.size < 2:
+        return None
+    classes = np.unique(table[table >= 0])
+    if classes.size < 2 or 2 * classes.size < classes[-1] - classes[0] + 1:
+        return None
+    return int(classes[0]), int(classes[-1]) + 1
+
+
+def _unchanged(mapping: tuple) -> bool:
+    """Whether every element reaches the followed value as drawn, wherever it moved (each pair scales by 1, adds 0)."""
+    scale, offset, _ = mapping
+    return bool(np.all(scale == 1) and np.all(offset == 0))
 
 
 def _is_identity(mapping: tuple) -> bool:
@@ -3640,6 +3719,8 @@ def _skeleton_value(value: ir.Value, generated: np.ndarray) -> tuple[np.ndarray,
     if zero_fillable(value):
         return np.zeros_like(generated), " zeros"
     if _MASK_NAME.search(value.name):
+        if pads_where_true(value):
+            return np.zeros_like(generated), " zeros (true pads: PyTorch's key padding mask)"
         return np.ones_like(generated), " ones"
     if generated.dtype.kind in "iu" and _POSITION_NAME.search(value.name):
         return generated, " positions"

