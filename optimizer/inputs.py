@@ -163,7 +163,7 @@ def bind_dims(
         raise InputSpecError(f"--dim {unknown[0]}: the model has no symbolic dimension of that name (it has: {known})")
     bound = {}
     fixed = _fixed_dims(model)
-    batches = set(batch_dims(model))
+    batches = set(batch_dims(model)) or image_batch_dims(model)
     for name in names:
         if name in overrides:
             bound[name] = overrides[name]
@@ -813,6 +813,25 @@ def guessed_batch_dims(model: ir.Model) -> list[str]:
         return []
     guessed = _batch_like_dims(model)
     return [name for name in symbolic_dims(model) if name in guessed]
+
+
+def image_batch_dims(model: ir.Model) -> set[str]:
+    """The guessed batches (``guessed_batch_dims``) that lead an image's or a video's input, rank 4 or 5 with a fixed
+    number of channels on axis 1 (``x [DynamicDimension.0, 3, 48, W]``): NCHW's N is a batch whatever its name, and
+    is bound as one (1, then 2), not as a length. Bound at 128 (and 129 in the second binding), Paddle's PP-OCRv6
+    recognizer verified 128 images and took 6 minutes where 35 s do, and ``--static-shapes`` fixed a batch of 128
+    (a review); a leading dim of another input (``x [frames, 16]``) may be a length and stays bound as one."""
+    guessed = set(guessed_batch_dims(model))
+    return {
+        value.shape[0].value
+        for value in runtime_inputs(model)
+        if value.shape is not None
+        and len(value.shape) in (4, 5)
+        and isinstance(value.shape[0], ir.SymbolicDim)
+        and value.shape[0].value in guessed
+        and isinstance(value.shape[1], int)
+        and value.shape[1] > 0
+    }
 
 
 def _batch_like_dims(model: ir.Model) -> set[str]:
