@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizer import cores, runtime
+from optimizer import cores, runtime, sessions
 from optimizer.compare import timing
 from passes import _kernel_timing
 
@@ -97,11 +97,11 @@ def test_the_timings_default_threads_follow_the_quota(monkeypatch):
 
 def test_verification_sessions_take_the_quota_where_it_caps_the_cores(monkeypatch):
     monkeypatch.delenv(runtime.SESSION_THREADS_ENV, raising=False)
-    monkeypatch.setattr(runtime, "_quota_threads", lambda: 3)
+    monkeypatch.setattr(sessions, "_quota_threads", lambda: 3)
     assert runtime.session_options().intra_op_num_threads == 3
     assert runtime.session_options(sequential=True).intra_op_num_threads == 0  # timing: the deployed default
     monkeypatch.setenv(runtime.SESSION_THREADS_ENV, "1")
     assert runtime.session_options().intra_op_num_threads == 1  # the user's share wins
     monkeypatch.delenv(runtime.SESSION_THREADS_ENV)
-    monkeypatch.setattr(runtime, "_quota_threads", lambda: 0)
+    monkeypatch.setattr(sessions, "_quota_threads", lambda: 0)
     assert runtime.session_options().intra_op_num_threads == 0

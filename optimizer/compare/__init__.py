@@ -5,6 +5,19 @@
 as files and never runs a pass: it is the second product beside the optimizer.
 """
 
-from optimizer.compare.comparison import CompareSettings, ComparisonReport, compare
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["CompareSettings", "ComparisonReport", "compare"]
+
+
+def __getattr__(name: str) -> Any:
+    """The comparison's names, imported on first use: compare's memory probe runs ``optimizer.compare.memory`` in a
+    child process per model, and importing the comparison (and with it onnx, onnx_ir and the spine) there cost
+    about a second a child."""
+    if name in __all__:
+        from optimizer.compare import comparison
+
+        return getattr(comparison, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,8 +36,6 @@ from pathlib import Path
 import numpy as np
 
 from optimizer.errors import GraphoptError
-from optimizer.inputs import save_npz
-from optimizer.runtime import temporary_folder
 
 
 @dataclass(frozen=True)
@@ -58,6 +56,10 @@ class MemoryUsage:
 
 def measure_session_memory(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int) -> MemoryUsage:
     """Create and run ``path`` once on ``ep`` in a child process and return its memory use."""
+    # Imported here: the child imports this module too, and needs neither (nor the onnx and onnx_ir they load).
+    from optimizer.inputs import save_npz
+    from optimizer.runtime import temporary_folder
+
     with temporary_folder("graphopt-memory-") as folder:
         feeds = os.path.join(folder, "inputs.npz")
         # Strings travel as unicode (an .npz holds no Python objects) and are objects again in the child.
@@ -203,7 +205,7 @@ def _probe(
     path: str, feeds_path: str, ep: str, threads: int, sequences: Mapping[str, str] | None = None
 ) -> MemoryUsage:
     from optimizer.compare.timing import TimedSession
-    from optimizer.runtime import import_onnxruntime, preload_cuda_libraries
+    from optimizer.sessions import import_onnxruntime, preload_cuda_libraries
 
     # ONNX Runtime (and on CUDA its libraries) is imported lazily, by the first session: imported here, before the
     # reset, so its ~12 MB count in neither model's growth (a 3-node model read 22 MB, 12 of them the import).

@@ -18,7 +18,7 @@ import numpy as np
 
 from optimizer.cores import usable_cores
 from optimizer.errors import InputSpecError, InvalidModelError, RuntimeRefusedError
-from optimizer.runtime import (
+from optimizer.sessions import (
     calling_onnxruntime,
     cuda_unavailable_reason,
     import_onnxruntime,
@@ -46,7 +46,7 @@ def resolve_execution_providers(names: list[str]) -> list[ExecutionProvider]:
     """Check each requested EP (``cpu``, ``cuda``) against the installed onnxruntime and GPU.
 
     CUDA counts as available only where a session really runs on it
-    (``optimizer.runtime.cuda_unavailable_reason``), not merely where it is compiled in.
+    (``optimizer.sessions.cuda_unavailable_reason``), not merely where it is compiled in.
     """
     ort = import_onnxruntime()
     available = set(ort.get_available_providers())
