@@ -817,10 +817,12 @@ def guessed_batch_dims(model: ir.Model) -> list[str]:
 
 def image_batch_dims(model: ir.Model) -> set[str]:
     """The guessed batches (``guessed_batch_dims``) that lead an image's or a video's input, rank 4 or 5 with a fixed
-    number of channels on axis 1 (``x [DynamicDimension.0, 3, 48, W]``): NCHW's N is a batch whatever its name, and
-    is bound as one (1, then 2), not as a length. Bound at 128 (and 129 in the second binding), Paddle's PP-OCRv6
-    recognizer verified 128 images and took 6 minutes where 35 s do, and ``--static-shapes`` fixed a batch of 128
-    (a review); a leading dim of another input (``x [frames, 16]``) may be a length and stays bound as one."""
+    number of channels on axis 1 (``x [DynamicDimension.0, 3, 48, W]``), or 1 to 4 of them on the last axis (NHWC:
+    tf2onnx's ``input [unk__614, unk__615, unk__616, 3]`` of a Keras model, bound at 128 images of 128 × 128 until a
+    review): NCHW's N (NHWC's) is a batch whatever its name, and is bound as one (1, then 2), not as a length. Bound at
+    128 (and 129 in the second binding), Paddle's PP-OCRv6 recognizer verified 128 images and took 6 minutes where 35
+    s do, and ``--static-shapes`` fixed a batch of 128 (a review); a leading dim of another input (``x [frames,
+    16]``) may be a length and stays bound as one."""
     guessed = set(guessed_batch_dims(model))
     return {
         value.shape[0].value
@@ -829,9 +831,15 @@ def image_batch_dims(model: ir.Model) -> set[str]:
         and len(value.shape) in (4, 5)
         and isinstance(value.shape[0], ir.SymbolicDim)
         and value.shape[0].value in guessed
-        and isinstance(value.shape[1], int)
-        and value.shape[1] > 0
+        and (
+            (isinstance(value.shape[1], int) and value.shape[1] > 0)
+            or (isinstance(value.shape[-1], int) and 0 < value.shape[-1] <= _MOST_CHANNELS_LAST)
+        )
     }
+
+
+# The most channels an image's last axis holds (NHWC: gray, RGB, RGBA); a wider fixed last axis may be features.
+_MOST_CHANNELS_LAST = 4
 
 
 def _batch_like_dims(model: ir.Model) -> set[str]:
@@ -1649,7 +1657,9 @@ def _generate_tensor(
         return rng.choice(_WORDS, size=shape)
     numpy_dtype = dtype.numpy()
     if _MASK_NAME.search(value.name) and pads_where_true(value):
-        return np.zeros(shape, dtype=numpy_dtype)  # every position real, as ones are in the other convention
+        # The other convention's padding mask inverted: real positions false, and the same positions padded (all
+        # zeros padded none, and a rewrite that dropped the mask verified).
+        return (_padding_mask(shape, np.dtype(np.int8)) == 0).astype(numpy_dtype)
     if dtype == ir.DataType.BOOL:
         if _MASK_NAME.search(value.name):
             return np.ones(shape, dtype=bool)
@@ -1836,9 +1846,10 @@ def pads_where_true(value: ir.Value) -> bool:
     """Whether mask input ``value`` pads where it is true (PyTorch's key padding mask) rather than attends there
     (Hugging Face's): read, through casts, reshapes and any ``Not``, as the condition of a ``Where`` that takes a fill
     of -1e3 or below where it holds (arabic-name-romanizer's decoder: ``Where(src_mask, -1e9, scores)``) or as what
-    multiplies one, or negated as a multiplier of data (its encoder: ``memory * Cast(Not(src_mask))``). Generated as
-    ones, such a mask padded every position: the scores and means behind it were constant, and a rewrite of the
-    projections before them verified."""
+    multiplies one, or negated as a multiplier of data, not of a constant (its encoder: ``memory *
+    Cast(Not(src_mask))``; ``scores - 1e9 * Cast(Not(mask))`` is Hugging Face's convention, read as PyTorch's until a
+    review). Generated as ones, such a mask padded every position: the scores and means behind it were constant, and a
+    rewrite of the projections before them verified."""
     seen: set[tuple[int, bool]] = set()
     frontier = [(value, False)]
     while frontier:
@@ -1859,8 +1870,13 @@ def pads_where_true(value: ir.Value) -> bool:
                 if _is_fill(node.inputs[2]):
                     return negated
             elif node.op_type == "Mul" and len(node.inputs) == 2:
-                # Times a fill it marks the padded positions (an additive mask); times data, the kept ones.
-                return not negated if _is_fill(node.inputs[1 - index]) else negated
+                # Times a fill it marks the padded positions (an additive mask); times data, the kept ones. Times
+                # another constant it says neither: ``scores - 1e9 * Cast(Not(mask))`` pads where the mask is false.
+                other = node.inputs[1 - index]
+                if _is_fill(other):
+                    return not negated
+                if other is None or ir.convenience.get_const_tensor(other) is None:
+                    return negated
     return False
 
 
@@ -2055,8 +2071,9 @@ def _index_bounds(
     recorded); a dim that is not a number bounds nothing.
 
     Where nothing above bounds ``value``, an ``Equal`` with a constant table of integers it reaches unchanged (a
-    one-hot encoding, ``_compared_table``) bounds it by that table's values: no table is read out of range there,
-    but drawn 0 or 1 it selects 2 of the table's classes.
+    one-hot encoding, ``_compared_table``) bounds it by that table's values and one past them, which no class matches:
+    no table is read out of range there, but drawn 0 or 1 it selects 2 of the table's classes; drawn over the classes
+    alone, a check against special token ids (``Equal(ids, [101, 102])``) found every token special.
     """
     whole: list[int] = []
     components: dict[int, int] = {}
@@ -2179,7 +2196,9 @@ def _index_bounds(
                     frontier.extend((out, ("range", 0, None), _moved(mapping)) for out in node.outputs)
     if compared and not whole and not components and max(lows) == 0:
         lows.append(min(low for low, _ in compared))
-        whole.append(max(high for _, high in compared))
+        # One value past the classes, which none matches: a table of special ids ([CLS] 101, [SEP] 102) is no one-hot,
+        # and drawn over its values alone every token was special (a review).
+        whole.append(max(high for _, high in compared) + 1)
     width = _last_dim(value)  # a tuple is no wider than the input: a table's further axes bound nothing of it
     components = {j: size for j, size in components.items() if width is None or j < width}
     component_lows = {j: low for j, low in component_lows.items() if width is None or j < width}
