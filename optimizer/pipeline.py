@@ -320,6 +320,7 @@ def _run_one(
         record.max_abs_error = verdict.failed_error if verdict.failed_error is not None else math.inf
     record.cosine = verdict.drift.cosine if verdict.drift is not None else None
     record.worst_cosine = verdict.drift.worst_cosine if verdict.drift is not None else None
+    record.accuracy_on = verdict.measured_on if verdict.drift is not None else ""
     if verdict.twin_error is not None:
         twin = result.twin
         record.twin = f"{twin.description}; max |Δ| {verdict.twin_error:.2e} ({twin.kind} tolerance)"

@@ -41,6 +41,9 @@ class PassRecord:
     twin: str = ""
     # Approximate passes: the lowest per-sample cosine of any output (``cosine`` is their mean).
     worst_cosine: float | None = None
+    # Approximate passes: the samples ``cosine`` and ``worst_cosine`` were measured on, counted ("the 33 calibration
+    # samples held out of the pass's fit").
+    accuracy_on: str = ""
 
 
 @dataclass
@@ -139,6 +142,13 @@ def render_table(report: PipelineReport, console: Console | None = None, *, verb
     for record in report.passes:
         if record.twin and record.status == STATUS_APPLIED:
             console.print(f"{record.name}: matches its twin, {escape(record.twin)}", highlight=False, soft_wrap=True)
+        if record.accuracy_on and record.cosine is not None:
+            checked = "checked" if record.status == STATUS_APPLIED else "missed"
+            console.print(
+                f"{record.name}: budget {checked} on {escape(record.accuracy_on)} (the table's cosine)",
+                highlight=False,
+                soft_wrap=True,
+            )
         for note in record.notes:
             console.print(f"{record.name}: {escape(note)}", highlight=False, soft_wrap=True)
         for refusal in record.refusals if verbose else ():

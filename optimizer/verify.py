@@ -54,7 +54,7 @@ from optimizer.errors import (
     InvalidModelError,
     RuntimeRefusedError,
 )
-from optimizer.inputs import SampleData, hold_out, holds_samples, output_sample_axes, samples_in, split_samples
+from optimizer.inputs import SampleData, held_out_parts, holds_samples, output_sample_axes, samples_in, split_samples
 from optimizer.kernel_rounding import at_level_zero, level_signature, outputs_after_rounding, rounding_kernels
 from optimizer.layer_probe import layer_probe_failure, qattention_weights_failure, table_probe_failure
 from optimizer.padding import (
@@ -245,6 +245,9 @@ class VerificationResult:
     # Runtime computes its MatMulNBits as at accuracy_level 0; what the rounding twin's check said.
     twin_unrounded: str = ""
     twin_description: str = ""  # then the twin it was held to
+    # An approximate result's accuracy check: the samples its ``drift`` was measured on, counted ("the 33 calibration
+    # samples held out of the pass's fit"); the table's cosine said neither which nor how many.
+    measured_on: str = ""
     # Set when an int8 QDQ result was proven with ONNX Runtime's rewrites off (``Verifier._check_integer_end_to_end``):
     # why neither end to end nor segment by segment passed it.
     twin_without_rewrites: str = ""
@@ -2336,12 +2339,18 @@ class Verifier:
         ``held_out`` (a result fitted to the samples but those ``hold_out`` holds out), or after
         such a result was applied (``fitted_to``: a later int8 pass's result still holds the factors
         or the repair fitted to them), only the held-out samples count, where there are any: a fit
-        meets a budget on its own rows.
+        meets a budget on its own rows. Where enough are held out that a pass's budget search stopped on
+        half of them (``held_out_parts``), only the other half counts: a search meets its budget on its own
+        rows too.
         """
         batches = self._sample_batches()
-        where = ""
+        where, kind = "", "calibration" if self._samples is not None and not self._samples_generated else "generated"
+        if self._samples is None:
+            kind = "verification input set"
         if (held_out or self._fitted) and self._samples is not None:
-            held = hold_out(batches, candidate)[1]  # split as the pass split (its model fixes the batch as the result)
+            # Split as the pass split (its model fixes the batch as the result); where enough are held out, on the
+            # half that no budget search chose by (``held_out_parts``).
+            held = held_out_parts(batches, candidate)[2]
             if len(held):
                 fit = "the pass's fit" if held_out else "an earlier pass's fit"
                 batches, where = held, f" on the calibration samples held out of {fit}"
@@ -2357,13 +2366,21 @@ class Verifier:
         except RuntimeRefusedError as error:  # the rewrite is unusable, unless the data is
             self.refuse_unrunnable_samples()
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
+        count = sum(samples_in(batch, holds_samples(self._original)) for batch in batches)
+        measured_on = (
+            f"the {count} {kind} sample{'' if count == 1 else 's'}{where.removeprefix(' on the calibration samples')}"
+        )
+        if kind == "verification input set":
+            measured_on = f"the {len(batches)} verification input set{'' if len(batches) == 1 else 's'}"
         if self.budget.met(drift):
-            return VerificationResult(drift=drift)
+            return VerificationResult(drift=drift, measured_on=measured_on)
         hint = ""
         if self._samples_generated:
             hint = " on generated random inputs; give --calibration data (real inputs) or lower the budget"
         return VerificationResult(
-            drift=drift, error=f"{drift}{where} misses the accuracy budget ({self.budget.describe()}){hint}"
+            drift=drift,
+            error=f"{drift}{where} misses the accuracy budget ({self.budget.describe()}){hint}",
+            measured_on=measured_on,
         )
 
     def check_deployed(self, deployed: ir.Model) -> VerificationResult:

@@ -140,14 +140,14 @@ def test_pruning_after_static_shapes_with_a_batch_of_four_is_applied_and_checked
     held: dict[str, list] = {"pass": [], "verifier": []}
 
     def recording(module, key):
-        original = module.hold_out
+        original = module.held_out_parts
 
-        def hold_out(batches, model=None, *args, **kwargs):
-            fitted, out = original(batches, model, *args, **kwargs)
+        def held_out_parts(batches, model=None, *args, **kwargs):
+            fitted, searched, out = original(batches, model, *args, **kwargs)
             held[key].append(sorted(float(batch["x"][i, 0, 0]) for batch in out for i in range(len(batch["x"]))))
-            return fitted, out
+            return fitted, searched, out
 
-        monkeypatch.setattr(module, "hold_out", hold_out)
+        monkeypatch.setattr(module, "held_out_parts", held_out_parts)
 
     recording(verify, "verifier")
     recording(pruning_base, "pass")

@@ -216,18 +216,18 @@ def _sample_keys(batches) -> tuple[str, ...]:
 )
 def test_the_pass_and_the_pipeline_hold_out_the_same_samples(monkeypatch, tmp_path, mode, source, batch, options):
     seen: dict[str, list] = {"pass": [], "verify": []}
-    real = inputs_module.hold_out
+    real = inputs_module.held_out_parts
 
     def spy(side):
         def split(batches, model=None, *args, **kwargs):
-            fitted, held = real(batches, model, *args, **kwargs)
-            seen[side].append((_sample_keys(fitted), _sample_keys(held)))
-            return fitted, held
+            fitted, searched, reported = real(batches, model, *args, **kwargs)
+            seen[side].append((_sample_keys(fitted), _sample_keys(reported)))
+            return fitted, searched, reported
 
         return split
 
-    monkeypatch.setattr(quantization_base, "hold_out", spy("pass"))
-    monkeypatch.setattr(verify_module, "hold_out", spy("verify"))
+    monkeypatch.setattr(quantization_base, "held_out_parts", spy("pass"))
+    monkeypatch.setattr(verify_module, "held_out_parts", spy("verify"))
     samples = _calibration(10)
     calibration = samples
     if source == "folder":

@@ -512,6 +512,10 @@ def _pipeline_section(pipeline: PipelineReport) -> str:
             f"<p class='sub'>approximate passes verified against the accuracy budget: "
             f"{html.escape(pipeline.accuracy_budget)}</p>"
         )
+        for record in pipeline.passes:  # on which samples each cosine of the table was measured, and how many
+            if getattr(record, "accuracy_on", "") and record.cosine is not None:
+                where = html.escape(record.accuracy_on)
+                parts.append(f"<p class='sub'>{html.escape(record.name)}: cosine measured on {where}</p>")
     parts.append(f"<table class='passes'><tr>{head}</tr>{''.join(rows)}</table>")
     if pipeline.input_sets:
         items = "".join(f"<li>{html.escape(s)}</li>" for s in pipeline.input_sets)

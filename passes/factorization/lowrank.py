@@ -69,10 +69,11 @@ from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.inputs import (
     HOLD_OUT_EVERY,
     few_held_out,
+    held_out_parts,
     held_out_samples,
-    hold_out,
     holds_samples,
     samples_in,
+    searched_caveat,
     split_samples,
 )
 from optimizer.options import IMPORTANCE_KINDS
@@ -203,7 +204,11 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
             return self.result(model, modified=False)
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
         aware, repair = self.activation_aware, self.repair
-        fitted, checked = hold_out(batches, model) if batches and (aware or repair) else ([], batches)
+        # Where enough are held out, the rank search weighs and stops on half of them, and the figures (and the
+        # pipeline's check) are the other half's: a tolerance bisected on the rows it is reported on meets it there.
+        fitted, searched, checked = (
+            held_out_parts(batches, model) if batches and (aware or repair) else ([], [], batches)
+        )
         if fitted and not len(checked):
             if self.budget is not None:
                 # A budget checked on the rows the factors were fitted to is met by fitting them, not the layer
@@ -216,8 +221,11 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
                 aware, repair, fitted, checked = False, False, [], batches
             else:
                 checked = fitted
+        if not len(searched):
+            searched = checked
         in_sample = bool(fitted) and checked is fitted
         self._searching = self.budget is not None and bool(batches)
+        self._bisected = False  # set by ``_search`` where it chose ranks on ``searched``
         name_nodes(model.graph)
         for pattern in unmatched_patterns(model.graph, self.exclude):  # a typo would keep nothing whole, unsaid
             self.note(f"--exclude '{pattern}' matches no node name or op type of the graph: it keeps nothing whole")
@@ -231,7 +239,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         statistics = _layer_inputs(model, layers, fitted, _SAMPLE_ROWS, covariance=aware) if fitted else None
         evaluation = None
         if self._searching:  # the rank search measures each layer's error on rows nothing was fitted to
-            evaluation = _layer_inputs(model, layers, checked, _SAMPLE_ROWS, covariance=False).rows
+            evaluation = _layer_inputs(model, layers, searched, _SAMPLE_ROWS, covariance=False).rows
         # An infinity in a layer's input (calibration holding one: NaN is refused up front), or products past
         # float32's range, leave nothing to fit or measure: the SVD failed ("did not converge") and so did the pass.
         infinite = _not_finite(statistics, evaluation)
@@ -260,8 +268,11 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         search_summary = None
         if self._searching:
             # The budget bounds the whole model against the pipeline's input, as the pipeline's own check does.
-            bound = reference if self.original is None else run_batches(self.original, checked)
-            ranks, search_summary = self._search(model, groups, rows, checked, bound, repair)
+            if self.original is not None:
+                bound = run_batches(self.original, searched)
+            else:
+                bound = reference if searched is checked else run_batches(model, searched)
+            ranks, search_summary = self._search(model, groups, rows, searched, bound, repair)
             if not any(rank is not None for rank in ranks.values()):
                 self.note(f"no ranks meet {self.budget.describe()}: nothing factorized")
                 return self.result(model, modified=False)
@@ -279,7 +290,9 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         where = ""
         repaired = any(decision.bias_change is not None for decision in decisions)
         if reference is not None:
-            where = _described(in_sample, fitted, checked, model)
+            where = _described(
+                in_sample, fitted, checked, model, searched_caveat(searched, checked, model, chose=self._bisected)
+            )
             self.drift = self._drift(model, checked, reference)
             summary += f"; {self.drift}" + (" after repair" if repaired else "") + where
             summary += " on generated inputs" if self.samples_generated else ""
@@ -408,6 +421,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         drift = self._trial(model, groups, ranks, rows, batches, reference, repair)
         if self.budget.met(drift):
             return ranks, f"met at the largest ratio asked, {self.ratio:g}"
+        self._bisected = True
         high = max(group.error(group.floor) for group in groups)  # every layer at the floor: not met
         low = high * 1e-4
         best: dict[str, int | None] = {group.key: None for group in groups}
@@ -753,14 +767,18 @@ def _real_rows(shape: tuple[int, ...], mask: np.ndarray | None, *, cached: bool 
     return mask[:, total - length :].reshape(-1) != 0
 
 
-def _described(in_sample: bool, fitted: Sequence, checked: Sequence, model: ir.Model) -> str:
-    """Where the pass's own accuracy figures were measured."""
+def _described(in_sample: bool, fitted: Sequence, checked: Sequence, model: ir.Model, searched: str = "") -> str:
+    """Where the pass's own accuracy figures were measured; ``searched`` (``searched_caveat``) says how they stand
+    to the budget search's rows."""
     if in_sample:
         return " on the one calibration sample the factors were fitted to (none held out: an optimistic figure)"
     if len(fitted):
         held = held_out_samples(checked, model).replace("held-out sample", "held-out calibration sample")
         caveat = few_held_out(checked, model)
-        return f" on {held} (one in {HOLD_OUT_EVERY}, at least one; not fitted to){f'; {caveat}' if caveat else ''}"
+        return (
+            f" on {held} (one in {HOLD_OUT_EVERY}, at least one; not fitted to){searched}"
+            f"{f'; {caveat}' if caveat else ''}"
+        )
     return ""
 
 

@@ -42,7 +42,14 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import is_onnx_domain, is_onnx_op
-from optimizer.inputs import few_held_out, fixes_batch, held_out_samples, hold_out, split_samples
+from optimizer.inputs import (
+    few_held_out,
+    fixes_batch,
+    held_out_parts,
+    held_out_samples,
+    searched_caveat,
+    split_samples,
+)
 from optimizer.options import IMPORTANCE_KINDS
 from optimizer.parameters import count_parameters
 from optimizer.progress import track
@@ -212,10 +219,15 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         checked_reference = reference if not held_out else run_batches(model, checked)
         if self.budget is not None and not batches:
             self.note("no sample inputs: the budget was not searched")
+        searched = self._searched_on if held_out else checked  # held-out samples the search may choose by
+        self._bisected = False
         if self.budget is not None and batches:
             # The budget bounds the whole model against the pipeline's input, as the pipeline's own check does.
-            bound = checked_reference if self.original is None else run_batches(self.original, checked)
-            scale = self._search(model, scores, comparable, batches, targets, checked, bound)
+            if self.original is not None:
+                bound = run_batches(self.original, searched)
+            else:
+                bound = checked_reference if searched is checked else run_batches(model, searched)
+            scale = self._search(model, scores, comparable, batches, targets, searched, bound)
             if scale == 0.0:
                 self.decline(f"no cut that removes a unit meets {self.budget.describe()}{self._checked_on}")
                 return self.result(model, modified=False)
@@ -239,7 +251,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         summary = f"{_describe_ratios(ratios)}: {len(self.pruned)} groups, parameters {before:,} → {after:,}"
         if self.drift is not None:
             summary += f"; {self.drift}" + (" after repair" if repairable else "")
-            summary += f" on {held_out_samples(batches, model)}" if held_out else ""
+            if held_out:
+                summary += f" on {held_out_samples(batches, model)}"
+                summary += searched_caveat(searched, batches, model, chose=self._bisected)
             if not held_out and self._checked_on:  # one sample: nothing could be held out of the fit
                 summary += f"{self._checked_on} (an optimistic figure: give more samples to hold some out)"
             summary += " on generated inputs" if self.samples_generated else ""
@@ -572,8 +586,10 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         fits = self.importance != "magnitude" or self.repair
         if not batches or not fits:
             return batches, batches
-        fitted, held = hold_out(batches, model)
-        if len(held) == 0:
+        # Where enough are held out, the budget's bisection stops on half of them and the figures (and the
+        # pipeline's check) are the other half's: a ratio bisected on the rows it is reported on meets it there.
+        fitted, self._searched_on, reported = held_out_parts(batches, model)
+        if len(reported) == 0:
             whole = "batch (the model fixes its batch size)" if fixes_batch(model) else "sample"
             if self.budget is not None:
                 self.note(
@@ -586,7 +602,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             self._checked_on = f" on the one calibration {whole}, which ranking and repair fit too"
             return batches, batches
         self._checked_on = " on held-out samples, which ranking and repair do not see"
-        return fitted, held
+        return fitted, reported
 
     def _search(self, model: ir.Model, scores, comparable, batches, targets, checked, reference) -> float:
         """The largest fraction (up to 1) of the ratios asked whose pruned model meets the budget on ``checked``
@@ -601,6 +617,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 f"{self._describe(high)}"
             )
             return high
+        self._bisected = True
         for _ in track(range(_SEARCH_STEPS), "pruning: bisection over the ratio"):
             middle = (low + high) / 2
             trial = model.clone()

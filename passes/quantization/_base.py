@@ -47,10 +47,11 @@ from optimizer.inputs import (
     few_held_out,
     fixed_batch_size,
     fixes_batch,
+    held_out_parts,
     held_out_samples,
-    hold_out,
     holds_samples,
     samples_in,
+    searched_caveat,
     split_samples,
 )
 from optimizer.options import DEFAULT_BUDGET_DECODE_STEPS
@@ -219,6 +220,9 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self.drift: Drift | None = None
         self._float: ir.Model | None = None
         self._batches: Sequence[Mapping[str, np.ndarray]] = []
+        # The samples the budget search stops on, and how many points it measured there (``_trial``).
+        self._searched_on: Sequence[Mapping[str, np.ndarray]] = []
+        self._search_trials = 0
         # The layers this run may change (not matched by --exclude, not a model output, no tied weight).
         self._changeable: frozenset[str] = frozenset()
 
@@ -309,17 +313,20 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self.note(self.weight_range_note)
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
         # With a budget, its search stops on samples held out of the ranges, SmoothQuant and the layers'
-        # ranking (``optimizer.inputs.hold_out``, as pruning's), and the pipeline checks it there too: a
-        # search stopped on the rows it ranked by meets the budget by the search.
+        # ranking (``optimizer.inputs.hold_out``, as pruning's): a search stopped on the rows it ranked by meets
+        # the budget by the search. Where enough are held out, the figure and the pipeline's check are on half
+        # of them that the search never ran (``held_out_parts``); else on those it chose by, and the note says so.
         checked, held_out = batches, False
+        reported: Sequence[Mapping[str, np.ndarray]] = batches
+        self._search_trials = 0
         if self.budget is not None and batches:
-            fitted, held = hold_out(batches, model)
+            fitted, held, reported = held_out_parts(batches, model)
             if len(held):
                 batches, checked, held_out = fitted, held, True
             else:
                 whole = "batch (the model fixes its batch size)" if fixes_batch(model) else "sample"
                 self.note(f"budget: one calibration {whole}, searched and checked on it (nothing could be held out)")
-        self._batches = batches
+        self._batches, self._searched_on = batches, checked
         self._float = model.clone() if batches else None
         norms: list[str] = []
         if self.smooth_alpha is not None and batches:
@@ -356,7 +363,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         twin = self._twin(source, self.quantized, smoothed=bool(norms))
         for layer in chosen:
             self.done(layer.node.op_type)
-        if batches and self.drift is None:
+        if held_out and reported is not checked:  # the search's own figure is on the rows it chose by
+            bound = self._float if self.original is None else self.original
+            self.drift = drift_of(model, reported, run_batches(bound, reported), layout=self.original)
+        elif batches and self.drift is None:
             self.drift = drift_of(model, checked, run_batches(self._float, checked), layout=self.original)
         if self.drift is not None:
             counts: dict[str, int] = {}
@@ -364,9 +374,13 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 label = self.layer_label(layer)
                 counts[label] = counts.get(label, 0) + 1
             reduced = ", ".join(f"{count} layers {label}" for label, count in counts.items())
-            held = f" on {held_out_samples(checked, model)}" if held_out else self.fitted_caveat(smoothed=bool(norms))
+            held = self.fitted_caveat(smoothed=bool(norms))
+            if held_out:
+                held = f" on {held_out_samples(reported, model)}" + searched_caveat(
+                    checked, reported, model, chose=self._search_trials > 1
+                )
             self.note(f"{reduced}, {len(self.kept_float) + len(self.float_by_form)} float: {self.drift}{held}")
-            if held_out and (caveat := few_held_out(checked, model)):
+            if held_out and (caveat := few_held_out(reported, model)):
                 self.note(caveat)
         self._float, self._batches = None, []
         return self.result(model, modified=True, twin=twin, fitted_to_samples=held_out)
@@ -446,6 +460,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     def _trial(self, model: ir.Model, schemes: Mapping[str, str], batches, reference) -> Drift:
         """The drift of ``model`` with each layer named in ``schemes`` written in its scheme (the rest float)."""
+        if batches is self._searched_on:  # more than one point tried there: its figure there is the search's pick
+            self._search_trials += 1
         return drift_of(self._written(model, schemes), batches, reference, layout=self.original)
 
     def _written(self, model: ir.Model, schemes: Mapping[str, str]) -> ir.Model:
