@@ -145,21 +145,23 @@ def test_a_rewrite_wrong_only_at_three_rows_is_not_verified(tmp_path):
     assert not verifier.check(ir.load(wrong)).ok, verifier.labels
 
 
-def _wrong_at_a_draft_over_a_long_past(path, source) -> str:
+def _wrong_at_a_draft_over_a_long_past(path, source, extra: str | None = None) -> str:
     """``source`` with noise on its logits where 2 to 8 new tokens follow a past of 32 positions or more: a speculative
-    decoder's draft checked over a long context."""
+    decoder's draft checked over a long context; with ``extra``, only where that condition holds too (the tiny LM's
+    ``has_pads``: a row pads a position; ``several_rows``)."""
 
     def draft(graph: onnx.GraphProto) -> list:
         long_past, most = (_constant(graph, f"d{v}", np.array(v, np.int64)) for v in (31, 9))
-        return [
+        nodes = [
             helper.make_node("Greater", ["past", long_past], ["long"]),
             helper.make_node("Greater", ["new", "c1"], ["several"]),
             helper.make_node("Less", ["new", most], ["few"]),
             helper.make_node("And", ["long", "several"], ["long_several"]),
             helper.make_node("And", ["long_several", "few"], ["draft"]),
         ]
+        return nodes + ([helper.make_node("And", ["draft", extra], ["wrong_here"])] if extra else [])
 
-    return _wrong_where(path, "draft", source, draft)
+    return _wrong_where(path, "wrong_here" if extra else "draft", source, draft)
 
 
 def test_a_rewrite_wrong_only_at_a_draft_over_a_long_past_is_not_verified(tmp_path):

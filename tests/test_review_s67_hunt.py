@@ -142,14 +142,16 @@ def test_a_table_an_input_indexes_bounds_it_whatever_it_is_compared_with():
     assert drawn.max() >= 3 and drawn.max() < 1000, drawn.max()
 
 
-def test_a_rewrite_wrong_for_bytes_past_one_is_rolled_back(tmp_path: Path):
-    def corrupt_rows_past_one(model: ir.Model) -> None:
-        embedding = model.graph.initializers["embedding"]
-        rows = embedding.const_value.numpy().copy()
-        rows[2:] *= 1.5
-        embedding.const_value = ir.tensor(rows, name="embedding")
+def _corrupt_rows_past_one(model: ir.Model) -> None:
+    """Scale the rows of the graph's ``embedding`` table past row 1 by 1.5: a rewrite wrong for every id but 0 and 1."""
+    embedding = model.graph.initializers["embedding"]
+    rows = embedding.const_value.numpy().copy()
+    rows[2:] *= 1.5
+    embedding.const_value = ir.tensor(rows, name="embedding")
 
-    report = optimize_with_rewrite(_one_hot_model(), corrupt_rows_past_one, tmp_path)
+
+def test_a_rewrite_wrong_for_bytes_past_one_is_rolled_back(tmp_path: Path):
+    report = optimize_with_rewrite(_one_hot_model(), _corrupt_rows_past_one, tmp_path)
     record = report.passes[0]
     assert record.status == "rolled back", (record.status, record.detail)
 
@@ -425,13 +427,7 @@ def test_ids_gathered_before_they_index_a_table_are_drawn_within_it():
 
 
 def test_a_rewrite_wrong_for_ids_past_one_after_a_gather_is_rolled_back(tmp_path: Path):
-    def corrupt_rows_past_one(model: ir.Model) -> None:
-        embedding = model.graph.initializers["embedding"]
-        rows = embedding.const_value.numpy().copy()
-        rows[2:] *= 1.5
-        embedding.const_value = ir.tensor(rows, name="embedding")
-
-    report = optimize_with_rewrite(_last_token_embedded(), corrupt_rows_past_one, tmp_path)
+    report = optimize_with_rewrite(_last_token_embedded(), _corrupt_rows_past_one, tmp_path)
     record = report.passes[0]
     assert record.status == "rolled back", (record.status, record.detail)
 

@@ -14,14 +14,13 @@ Findings (each one's test failed on e5fa87a):
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
 from onnx import helper
 
 from tests._tiny_lm import build, verifier_optimize_builds
-from tests.test_review_s64_llmacc import _constant, _wrong_where
+from tests.test_review_s66_dec import _wrong_at_a_draft_over_a_long_past
 
 
 @pytest.fixture(scope="module")
@@ -31,31 +30,13 @@ def tiny(tmp_path_factory):
     return source, verifier_optimize_builds(source)
 
 
-def _wrong_at_a_draft_over_a_long_past_where(path, source, extra: str) -> str:
-    """``source`` with noise on its logits where 2 to 8 new tokens follow a past of 32 positions or more and
-    ``extra`` holds too (``has_pads``: a row pads a position; ``several_rows``)."""
-
-    def draft(graph: onnx.GraphProto) -> list:
-        long_past, most = (_constant(graph, f"d{v}", np.array(v, np.int64)) for v in (31, 9))
-        return [
-            helper.make_node("Greater", ["past", long_past], ["long"]),
-            helper.make_node("Greater", ["new", "c1"], ["several"]),
-            helper.make_node("Less", ["new", most], ["few"]),
-            helper.make_node("And", ["long", "several"], ["long_several"]),
-            helper.make_node("And", ["long_several", "few"], ["draft"]),
-            helper.make_node("And", ["draft", extra], ["wrong_here"]),
-        ]
-
-    return _wrong_where(path, "wrong_here", source, draft)
-
-
 @pytest.mark.parametrize("extra", ["has_pads", "several_rows"])
 def test_a_rewrite_wrong_only_at_a_batched_draft_over_a_long_past_is_not_verified(tiny, tmp_path, extra):
     # A speculative decoder checking drafts for a batch of left-padded prompts: the draft set was the first set's
     # one unpadded row, and every set of several rows or with pads held one new token or about as many as the past.
     source, verifier = tiny
     assert verifier.check(ir.load(str(source))).ok
-    wrong = ir.load(_wrong_at_a_draft_over_a_long_past_where(tmp_path / "wrong.onnx", source, extra))
+    wrong = ir.load(_wrong_at_a_draft_over_a_long_past(tmp_path / "wrong.onnx", source, extra))
     assert not verifier.check(wrong).ok, verifier.labels
 
 
@@ -111,5 +92,5 @@ def test_an_optimum_decoder_gets_a_padded_draft_over_a_long_past(tmp_path):
 
     source = FIXTURES / "gpt2_kv_optimum.onnx"
     verifier = verifier_optimize_builds(source)
-    wrong = ir.load(_wrong_at_a_draft_over_a_long_past_where(tmp_path / "wrong.onnx", source, "has_pads"))
+    wrong = ir.load(_wrong_at_a_draft_over_a_long_past(tmp_path / "wrong.onnx", source, "has_pads"))
     assert not verifier.check(wrong).ok, verifier.labels
