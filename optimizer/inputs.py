@@ -2983,14 +2983,26 @@ def searched_caveat(
     model: ir.Model | None,
     *,
     chose: bool,
+    held_out: bool = True,
+    searching: bool = True,
 ) -> str:
     """What a figure measured on ``reported`` after a budget search on ``searched`` (``held_out_parts``' parts)
     adds to "on the N held-out samples": where the two are apart, that the search ran on others; where they are
     the same and the search ``chose`` (tried more than one point there), that it chose by them: the figure is the
     point it picked, which meets the budget there by the search (a review's MiniLM low-rank read 0.952 there and
-    0.948 on new sentences). "" where no search chose anything."""
+    0.948 on new sentences). Not ``held_out`` (nothing was fitted, so nothing split: plain SVD, magnitude
+    pruning, generated samples), what it adds to a figure on every sample. Not ``searching`` (no budget: nothing
+    searched), that the other half is kept for a search none asked for. "" where no search chose anything."""
+    if reported is not searched and not searching:
+        others = _samples_in_batches(searched, model)
+        return f", half of those held out (the {others} others are kept for a budget search; none was asked for)"
     if reported is not searched:
         return f" that the budget search did not see (it chose on {_samples_in_batches(searched, model)} others)"
+    if chose and not held_out:
+        return (
+            ", which the budget search chose by (none is held out from it: new data may fall short of the point it "
+            "picked)"
+        )
     if chose:
         return (
             f", which the budget search chose by (with under {SPLIT_HELD_OUT} held out, none is kept from it: "

@@ -414,6 +414,7 @@ def _check_approximate(
                 drift=deployed.drift,
                 error=f"with every activation it stores as float16 rounded to float16, as float16 kernels compute "
                 f"it: {deployed.first_failure}",
+                measured_on=deployed.measured_on,
             )
         # The accuracy the pass reports is the deployed model's: the result run here on float32 kernels showed
         # (h + 3000) - 3000 at cosine 0.99999998, where float16 kernels keep 0.975 of it.

@@ -2396,9 +2396,11 @@ class Verifier:
             return VerificationResult(error=f"ONNX Runtime cannot run it: {error.reason}")
         if self.budget.met(drift):
             return verdict
+        count = len(self.input_sets)
         return VerificationResult(
             drift=drift,
             error=f"{drift} on the verification inputs misses the accuracy budget ({self.budget.describe()})",
+            measured_on=f"the {count} verification input set{'' if count == 1 else 's'}",
         )
 
     def refuse_unrunnable_samples(self) -> None:

@@ -291,11 +291,17 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         repaired = any(decision.bias_change is not None for decision in decisions)
         if reference is not None:
             where = _described(
-                in_sample, fitted, checked, model, searched_caveat(searched, checked, model, chose=self._bisected)
+                in_sample,
+                fitted,
+                checked,
+                model,
+                searched_caveat(searched, checked, model, chose=self._bisected, searching=self._searching),
             )
             self.drift = self._drift(model, checked, reference)
             summary += f"; {self.drift}" + (" after repair" if repaired else "") + where
             summary += " on generated inputs" if self.samples_generated else ""
+            if not len(fitted):  # plain SVD: ranks bisected on every sample meet the budget on them by the search
+                summary += searched_caveat(checked, checked, model, chose=self._bisected, held_out=False)
         self.note(summary)
         outcomes = set().union(*(decision.group.repair_outcome for decision in decisions))
         if repair and not repaired and "tried" in outcomes:

@@ -253,10 +253,14 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             summary += f"; {self.drift}" + (" after repair" if repairable else "")
             if held_out:
                 summary += f" on {held_out_samples(batches, model)}"
-                summary += searched_caveat(searched, batches, model, chose=self._bisected)
+                summary += searched_caveat(
+                    searched, batches, model, chose=self._bisected, searching=self.budget is not None
+                )
             if not held_out and self._checked_on:  # one sample: nothing could be held out of the fit
                 summary += f"{self._checked_on} (an optimistic figure: give more samples to hold some out)"
             summary += " on generated inputs" if self.samples_generated else ""
+            if not held_out:  # a ratio bisected on every sample meets the budget on them by the search
+                summary += searched_caveat(searched, batches, model, chose=self._bisected, held_out=False)
         self.note(summary)
         if held_out and self.drift is not None and (caveat := few_held_out(batches, model)):
             self.note(caveat)
