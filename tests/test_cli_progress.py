@@ -149,3 +149,27 @@ def test_timing_stopped_by_its_time_budget_reports_the_step_done():
     before, _ = time_interleaved(Instant(), Instant(), plan, lambda done, total: seen.append((done, total)))
     assert len(before) == 12
     assert seen[-1] == (12, 12) and seen[-2] == (12, 200)
+
+
+def test_warm_up_runs_stop_when_they_have_taken_the_time_budget(monkeypatch):
+    """``--warmup 100000`` (a typo) ran every warm-up run outside ``--time-budget``: they stop once they have taken
+    it, after one pair at least; then the timed runs still get their ``min_iterations``."""
+    from optimizer.compare import timing
+
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+
+    class OneSecond:
+        runs = 0
+
+        def run(self) -> float:
+            OneSecond.runs += 1
+            clock[0] += 1.0
+            return 1.0
+
+    plan = timing.TimingPlan(warmup=100000, iterations=200, time_budget=10.0, min_iterations=3)
+    before, after = timing.time_interleaved(OneSecond(), OneSecond(), plan)
+    assert len(before) == len(after) >= 3
+    warm_up = OneSecond.runs - len(before) - len(after)
+    assert 2 <= warm_up <= 12, warm_up  # five or six pairs: the budget's 10 s at 2 s a pair
+    assert warm_up < 2 * plan.warmup

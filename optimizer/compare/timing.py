@@ -165,13 +165,18 @@ def time_interleaved(
 ) -> tuple[list[float], list[float]]:
     """Time the two sessions alternately (A, B, A, B, ...); return both lists of seconds.
 
-    Warm-up runs are discarded. Stops after ``plan.iterations`` pairs or when the
-    time budget is spent, whichever comes first, but never before ``min_iterations``.
-    The order within a pair alternates too, so neither model always runs second.
+    Warm-up runs are discarded; they stop after ``plan.warmup`` pairs or once the time budget
+    has passed, after one pair at least (a ``--warmup 100000`` typo ran for hours, outside the
+    budget). Then stops after ``plan.iterations`` pairs or when the time budget is spent,
+    whichever comes first, but never before ``min_iterations``. The order within a pair
+    alternates too, so neither model always runs second.
     """
+    warming = time.perf_counter() + plan.time_budget
     for _ in range(plan.warmup):
         before.run()
         after.run()
+        if time.perf_counter() > warming:
+            break
     times_before: list[float] = []
     times_after: list[float] = []
     deadline = time.perf_counter() + plan.time_budget
