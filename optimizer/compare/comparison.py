@@ -1372,7 +1372,7 @@ def _sums_the_last_axis(reduce: ir.Node, exps: ir.Value, output: ir.Value) -> bo
     if axes is None or len(axes) != 1:
         return False
     rank = next((len(value.shape) for value in (exps, output) if value.shape is not None), None)
-    return axes[0] == -1 or (rank is not None and axes[0] % rank == rank - 1)
+    return rank != 0 and (axes[0] == -1 or (rank is not None and axes[0] % rank == rank - 1))
 
 
 def _summarize(path: str | os.PathLike, model: ir.Model) -> ModelSummary:
