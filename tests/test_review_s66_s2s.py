@@ -393,7 +393,7 @@ def test_int4_leaves_attention_unpacked_and_quantizes_q_k_and_v(tmp_path):
     ops = Counter(node.op_type for node in result.graph)
     assert ops["Attention"] == 0 and ops["MultiHeadAttention"] == 2, ops
     record = next(p for p in report.passes if p.name == "pack-qkv")
-    assert any("left unpacked for --quantize int4" in line for line in record.refusals), record.refusals
+    assert any("left unpacked for quantize-int4 (--quantize int4)" in line for line in record.refusals), record.refusals
     quantized = next(p for p in report.passes if p.name == "quantize-int4")
     assert quantized.status == "applied", quantized.refusals
     # Q, K and V of both layers read 4-bit weights (one merged MatMulNBits each, or three).

@@ -54,7 +54,7 @@ def test_pack_qkv_steps_aside_for_quantize_int4_named_in_passes():
     ops = Counter(node.op_type for node in result.graph)
     assert ops["Attention"] == 0 and ops["MultiHeadAttention"] == 2, ops
     record = next(p for p in report.passes if p.name == "pack-qkv")
-    assert any("left unpacked for --quantize int4" in line for line in record.refusals), record.refusals
+    assert any("left unpacked for quantize-int4 (--quantize int4)" in line for line in record.refusals), record.refusals
 
 
 @pytest.mark.parametrize("opset", [11, 17])

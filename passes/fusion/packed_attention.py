@@ -604,8 +604,8 @@ class PackedAttentionFusion(FusionPass):
         if self.for_int4:
             if any(node.op_type == "MultiHeadAttention" and node.domain == MS_DOMAIN for node in model.graph):
                 self.decline(
-                    "left unpacked for --quantize int4: packed QKV weights have no 4-bit form, and unpacked, Q, K and "
-                    "V are MatMuls quantize-int4 writes in 4 bits"
+                    "left unpacked for quantize-int4 (--quantize int4): packed QKV weights have no 4-bit form, and "
+                    "unpacked, Q, K and V are MatMuls quantize-int4 writes in 4 bits"
                 )
             return 0
         self._kept: list[str] = []
