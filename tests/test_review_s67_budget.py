@@ -182,6 +182,7 @@ def test_a_lowrank_budget_is_reported_and_verified_on_rows_its_search_did_not_ch
     assert both == 0, f"{both} samples both chosen by and verified on"
     summary = _note(record, "weights factorized, parameters")
     assert "that the budget search did not see (it chose on 33 others)" in summary, summary
+    assert "(one in 10, at least one; not fitted to)" in summary, summary  # half of the one in 5 held out
 
 
 def test_a_lowrank_figure_on_few_held_out_samples_says_the_search_chose_by_them(fake_lowrank_speed):

@@ -296,6 +296,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
                 checked,
                 model,
                 searched_caveat(searched, checked, model, chose=self._bisected, searching=self._searching),
+                split=searched is not checked,
             )
             self.drift = self._drift(model, checked, reference)
             summary += f"; {self.drift}" + (" after repair" if repaired else "") + where
@@ -773,16 +774,20 @@ def _real_rows(shape: tuple[int, ...], mask: np.ndarray | None, *, cached: bool 
     return mask[:, total - length :].reshape(-1) != 0
 
 
-def _described(in_sample: bool, fitted: Sequence, checked: Sequence, model: ir.Model, searched: str = "") -> str:
+def _described(
+    in_sample: bool, fitted: Sequence, checked: Sequence, model: ir.Model, searched: str = "", *, split: bool = False
+) -> str:
     """Where the pass's own accuracy figures were measured; ``searched`` (``searched_caveat``) says how they stand
-    to the budget search's rows."""
+    to the budget search's rows, and ``split`` that ``checked`` is half the held-out samples (``held_out_parts``):
+    one in twice ``HOLD_OUT_EVERY``."""
     if in_sample:
         return " on the one calibration sample the factors were fitted to (none held out: an optimistic figure)"
     if len(fitted):
         held = held_out_samples(checked, model).replace("held-out sample", "held-out calibration sample")
         caveat = few_held_out(checked, model)
         return (
-            f" on {held} (one in {HOLD_OUT_EVERY}, at least one; not fitted to){searched}"
+            f" on {held} (one in {2 * HOLD_OUT_EVERY if split else HOLD_OUT_EVERY}, at least one; not fitted to)"
+            f"{searched}"
             f"{f'; {caveat}' if caveat else ''}"
         )
     return ""
