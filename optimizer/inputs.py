@@ -287,11 +287,7 @@ class GeneratedLengths:
     def _held_together(self, free: Sequence[str]) -> bool:
         """Whether one input holds the ``free`` dims at two axes (longer lengths are tried along lengths only): an
         image's height and width, named apart or one name for both (``x [1, 3, size, size]``)."""
-        return any(
-            sum(isinstance(dim, ir.SymbolicDim) and dim.value in free for dim in value.shape) > 1
-            for value in runtime_inputs(self.model)
-            if value.shape is not None
-        )
+        return _held_together(self.model, free)
 
     def note(self, bound: Mapping[str, int], subject: str, done: str) -> str | None:
         """The line saying which lengths ``subject`` (``the input model``) was refused on or constant on, and which
@@ -315,6 +311,15 @@ class GeneratedLengths:
             f"{what} of {self.first_refused}: {done} on {way} ones ({kept}); "
             "give --inputs or --dim for the lengths you run"
         )
+
+
+def _held_together(model: ir.Model, names: Sequence[str]) -> bool:
+    """Whether one input of ``model`` holds two of the dims ``names`` at two axes (or one of them at two)."""
+    return any(
+        sum(isinstance(dim, ir.SymbolicDim) and dim.value in names for dim in value.shape) > 1
+        for value in runtime_inputs(model)
+        if value.shape is not None
+    )
 
 
 _PAST_NAME = re.compile(r"past|cache", re.IGNORECASE)
@@ -725,7 +730,9 @@ def lengths_apart(
     ``total_sequence`` mask beside its ``sequence`` tokens), and ONNX Runtime refuses such a model where those
     differ. So the ways, in order: every free length at a size of its own; the lengths only inputs named
     ``*encoder*``/``*cross*`` hold apart from the others; each length apart from all the others (up to four
-    lengths). Within a group the lengths keep ``binding``'s size; each other group is 2 shorter than the last,
+    lengths). Within a group the lengths keep ``binding``'s size; each other group is 2 shorter than the last (1
+    where one input holds two of the lengths, an image's height and width: one odd beside one even, as a stride-2
+    SAME padding differs by parity, and 257 beside 255 let a rewrite reading the height's for the width verify),
     never the size ``first`` gives a length (``_sizes_apart``); a decoder's mask of past plus new tokens follows
     them (``cache_length_dims``)."""
     overrides = dict(overrides or {})
@@ -746,6 +753,7 @@ def lengths_apart(
             if isinstance(dim, ir.SymbolicDim) and dim.value in lengths:
                 held.setdefault(dim.value, set()).add(bool(_ENCODER_NAME.search(value.name)))
     encoder = [name for name in lengths if held.get(name) == {True}]
+    step = 1 if _held_together(model, lengths) else 2
     partitions = [[[name] for name in lengths], [encoder, [n for n in lengths if n not in encoder]]]
     if len(lengths) <= _LENGTHS_EACH_APART:
         partitions += [[[name], [n for n in lengths if n != name]] for name in lengths]
@@ -756,7 +764,7 @@ def lengths_apart(
         if len(groups) < 2 or key in seen:
             continue
         seen.add(key)
-        apart = _sizes_apart(binding, first, groups, halving)
+        apart = _sizes_apart(binding, first, groups, halving, step)
         if apart is None:
             continue
         apart = _with_cache_lengths(model, apart, {**fixed, **overrides}, max_positions)
@@ -787,16 +795,20 @@ _LENGTHS_EACH_APART = 4
 
 
 def _sizes_apart(
-    binding: Mapping[str, int], first: Mapping[str, int], groups: Sequence[Sequence[str]], halving: bool = False
+    binding: Mapping[str, int],
+    first: Mapping[str, int],
+    groups: Sequence[Sequence[str]],
+    halving: bool = False,
+    step: int = 2,
 ) -> dict[str, int] | None:
-    """``binding`` with each of ``groups`` at one size of its own: the first group's first length's, each next 2
-    shorter than the last (with ``halving``, half the last; never one ``first`` gives a length of the group); None
-    where that reaches 1 (a length of one broadcasts) where ``binding`` gave more."""
+    """``binding`` with each of ``groups`` at one size of its own: the first group's first length's, each next
+    ``step`` shorter than the last (with ``halving``, half the last; never one ``first`` gives a length of the
+    group); None where that reaches 1 (a length of one broadcasts) where ``binding`` gave more."""
     apart, taken = dict(binding), set()
     for group in groups:
         size = binding[group[0]]
         while size in taken or any(size == first.get(name) for name in group):
-            size = size // 2 if halving else size - 2
+            size = size // 2 if halving else size - step
         # A length of one broadcasts against any other: ONNX Runtime ran three tokens beside a [batch, 1] mask, a set
         # that holds neither lengths apart nor a padded row, taken for the second binding in place of equal lengths.
         if size < 1 or size == 1 < binding[group[0]]:

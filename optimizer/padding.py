@@ -199,10 +199,10 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
     """A copy of ``inputs`` whose masks pad a row's start and a row's end, and a description of what changed.
 
     With two or more rows the last row that keeps a real token is padded on the right
-    (its final quarter) and the first other one on the left (its first quarter); a single row gets both (an eighth at
-    each end). At least one position stays unpadded in every row. Other inputs are
-    unchanged, so padded positions still hold real tokens, as a padded batch does, except
-    ``position_ids`` on a row whose start is padded, which count as Hugging Face's do there
+    (its final quarter) and the first other one on the left (its first quarter, or its first third where that would
+    leave the two rows as many real tokens); a single row gets both (an eighth at each end). At least one position
+    stays unpadded in every row. Other inputs are unchanged, so padded positions still hold real tokens, as a padded
+    batch does, except ``position_ids`` on a row whose start is padded, which count as Hugging Face's do there
     (``_positions_after_padding``): generated positions are ``0..S-1`` (after the past) on every row,
     and a rewrite that dropped ``position_ids`` for an ``arange`` verified.
     """
@@ -220,6 +220,13 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
             start_row = next((r for r in range(rows) if r != end_row and mask[r, left:].any()), 0)
             mask[start_row, :left] = 0
             mask[end_row, length - right :] = 0
+            # Rows left with as many real tokens each (a quarter off each) let a rewrite that reads one row's count
+            # for another's (a mean pooling's divisor averaged over the batch) verify: the start row loses its first
+            # third instead, so the counts differ by more than float16's tolerance.
+            wider = max(left + 1, length // 3)
+            if np.count_nonzero(mask[start_row]) == np.count_nonzero(mask[end_row]) and mask[start_row, wider:].any():
+                left = wider
+                mask[start_row, :left] = 0
             where = f"row {start_row + 1}'s first {left} and row {end_row + 1}'s last {right} of {length} positions"
         elif length >= 3:
             left = right = max(1, length // 8)

@@ -99,8 +99,9 @@ def test_a_left_padded_row_counts_positions_as_hugging_face_does():
     mask = np.ones((2, 12), np.int64)
     positions = np.tile(np.arange(4, 12), (2, 1))  # a past of 4, 8 new tokens
     padded, how = padded_copy({"attention_mask": mask, "position_ids": positions}, ["attention_mask"])
-    # Row 1's first 3 of 12 positions padded: its new tokens sit at 1..8, row 2's (right-padded) stay.
-    np.testing.assert_array_equal(padded["position_ids"][0], np.arange(1, 9))
+    # Row 1's first 4 of 12 positions padded (a third: a quarter would leave both rows 9 real tokens): its new tokens
+    # sit at 0..7, row 2's (right-padded) stay.
+    np.testing.assert_array_equal(padded["position_ids"][0], np.arange(0, 8))
     np.testing.assert_array_equal(padded["position_ids"][1], positions[1])
     assert padded["position_ids"].dtype == positions.dtype
     assert "position_ids counted from the first real token on row 1" in how

@@ -185,7 +185,7 @@ def test_user_inputs_padded_on_one_side_get_a_copy_padded_on_both(monkeypatch):
     dims = {"batch": 2, "sequence": 12}
     _, report = optimizer.optimize_with_report(ir.load(BERT), passes=["remove-identity"], inputs=inputs, dims=dims)
     assert report.input_sets[0] == "the given inputs"
-    assert report.input_sets[1].startswith("padded copy of the given inputs (attention_mask: row 1's first 3")
+    assert report.input_sets[1].startswith("padded copy of the given inputs (attention_mask: row 1's first 4")
 
 
 def test_padded_user_inputs_are_used_as_given(monkeypatch):
