@@ -268,12 +268,6 @@ def _norm_of_large_activations(width: int = 512, gain: float = 16.0) -> onnx.Mod
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="convert-float16 keeps a ReduceSum float32 but casts its sum to float16 right after it, where a sum of "
-    "squares past 65,504 becomes inf before the division by the width would bring it back (magika's LayerNorm_1: "
-    "cosine 0.015, rolled back; review s67 hunt, finding 6)",
-)
 def test_float16_keeps_a_sum_of_squares_float32_until_it_is_averaged():
     from optimizer.api import optimize_with_report
 

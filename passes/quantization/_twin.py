@@ -255,14 +255,20 @@ def round_to_float16(array: np.ndarray) -> np.ndarray:
 
 
 def float16_twin(
-    model: ir.Model, blocked_ops: Iterable[str], *, keep_io_types: bool, float16_values: Collection[str] = ()
+    model: ir.Model,
+    blocked_ops: Iterable[str],
+    *,
+    keep_io_types: bool,
+    kept_nodes: Collection[str] = (),
+    float16_values: Collection[str] = (),
 ) -> ir.Model:
     """A copy of ``model`` with every float32 weight the float16 converter stores as float16 rounded to it, and each
     activation named in ``float16_values`` rounded to float16, in float32.
 
     Which weights (onnxruntime's ``convert_float_to_float16``): an initializer read by at
-    least one node not in ``blocked_ops`` (and not at an input its op keeps float32,
-    Resize's scales), and the float tensors in the attributes of every node not blocked
+    least one node not blocked (its op not in ``blocked_ops``, its name not in ``kept_nodes``:
+    the converter's ``op_block_list`` and ``node_block_list``), and not at an input its op keeps
+    float32 (Resize's scales), and the float tensors in the attributes of every node not blocked
     (Constant values). Activations: with ``float16_values`` (the node outputs, of any node,
     that the converter's shape inference types float32: it casts a blocked node's float32
     result to float16 after it), each of them and, with ``keep_io_types``, the float graph
@@ -280,12 +286,12 @@ def float16_twin(
         # As the converter reads them: opset 10's Resize(X, scales) keeps input 1 float32. Rounded here, scales of
         # 4/3 sized a 3-pixel image 3 where the result (and the input) gives 4, and the pass was rolled back.
         always_float["Resize"] = [1]
-    blocked = set(blocked_ops)
+    blocked, kept = set(blocked_ops), set(kept_nodes)
     twin = model.clone()
     graphs = {id(twin.graph): twin.graph}
     for node in ir.traversal.RecursiveGraphIterator(twin.graph):
         graphs.setdefault(id(node.graph), node.graph)
-        if node.op_type in blocked:
+        if node.op_type in blocked or node.name in kept:
             continue
         for name, attribute in list(node.attributes.items()):
             if attribute.type == ir.AttributeType.TENSOR and attribute.value.dtype == ir.DataType.FLOAT:
@@ -296,7 +302,9 @@ def float16_twin(
             if value.const_value is None or value.const_value.dtype != ir.DataType.FLOAT:
                 continue
             if any(
-                user.op_type not in blocked and index not in always_float.get(user.op_type, ())
+                user.op_type not in blocked
+                and user.name not in kept
+                and index not in always_float.get(user.op_type, ())
                 for user, index in value.uses()
             ):
                 value.const_value = ir.tensor(round_to_float16(value.const_value.numpy()), name=value.name)

@@ -58,6 +58,19 @@ QUANTIZATION_OPS = (
 # match expected type (tensor(float))"); kept float32, their result is cast to float16 after them.
 FLOAT32_OUTPUT_OPS = ("TfIdfVectorizer", "HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix")
 
+# A kept reduction's result is cast to float16 right after it, and a sum of squares past 65504 became infinite there,
+# before the division by the width that would bring it back (magika's jax LayerNorm: ReduceSum(h * h) of 129000).
+# What is computed from such a statistic and constants alone (the mean, the variance, its root and reciprocal, the
+# reshapes that broadcast it) is kept float32 with it, as is a square read only by kept reductions (Mul(h, h) of a
+# 300 is 90000), and a value computed and read only by float32-kept nodes stays float32 between them
+# (``_float32_edges``): where a statistic meets the activations (``Sub(x, mean)``, ``Div(h, scale)``) it is cast.
+_KEPT_REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2")
+_STATISTIC_OPS = (
+    *("Add", "Sub", "Mul", "Div", "Max", "Min", "Clip", "Sqrt", "Reciprocal", "Pow", "Neg", "Abs", "Identity"),
+    *("Reshape", "Expand", "Unsqueeze", "Squeeze"),
+)
+_SHAPED_OPS = ("Reshape", "Expand", "Unsqueeze", "Squeeze")  # only input 0 is data
+
 # Ops whose constant operands are bounds: clamping such a bound to float16's range
 # changes the result only where the Cast to float16 after it would overflow (it then
 # saturates at +-65504 instead of becoming infinite). Clip's bounds are inputs 1 and 2.
@@ -68,7 +81,10 @@ _PROTO_LIMIT = 2**31 - 2**24  # a protobuf message's 2 GB, less room for the gra
 
 class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     """Convert float32 weights and computation to float16, except ``SENSITIVE_OPS`` and ORT's
-    default block list (ops without float16 kernels: TopK, NonMaxSuppression, Range, ...).
+    default block list (ops without float16 kernels: TopK, NonMaxSuppression, Range, ...), and
+    the statistics computed from a kept reduction and constants alone, with a square only
+    reductions read (``_statistics_kept``: named to the converter's ``node_block_list``). A
+    value both computed and read by ops kept float32 stays float32 between them (``_float32_edges``).
 
     With ``keep_io_types`` (the default) float graph inputs and outputs stay float32,
     with Casts inside the graph. Refuses (unchanged) a model with no float32 tensors, one
@@ -82,8 +98,8 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     converts; otherwise the Cast makes it infinite again (see the module docstring).
 
     The twin (kind ``"float16"``): the input with those bounds clamped and every float32
-    weight the converter stores as float16 rounded to float16, computing in float32
-    (``_twin.float16_twin``); the result also rounds some activations to float16, which
+    weight the converter stores as float16 (one a node not kept float32 reads) rounded to
+    float16, computing in float32 (``_twin.float16_twin``); the result also rounds some activations to float16, which
     is what the float16 tolerance allows for. ONNX Runtime's CPU EP runs most float16 ops
     as float32 kernels and drops the Casts around them, so the result checked on CPU does
     not overflow where float16 kernels (a GPU's) do: the twin's ``deployed`` model, the
@@ -135,7 +151,9 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             # (Mul(float16, float32): ONNX Runtime refused the result); ONNX Runtime inlines them at load anyway.
             common_passes.InlinePass()(model)
             self.note("local functions inlined (the converter does not convert their bodies)")
-        clamped = _clamp_bounds(model, set(blocked), float16_outputs=not self.keep_io_types)
+        statistics_kept = _statistics_kept(model, set(blocked))
+        kept_nodes = {node.name for node in statistics_kept}
+        clamped = _clamp_bounds(model, set(blocked), kept_nodes, float16_outputs=not self.keep_io_types)
         bounds = f"{len(clamped)} Max/Min bound{'' if len(clamped) == 1 else 's'} clamped to float16's range"
         if clamped:
             named = ", ".join(clamped[:3]) + (", ..." if len(clamped) > 3 else "")
@@ -159,11 +177,22 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             )
             return self.result(given.clone(), modified=False)
         _undeclared(proto.graph, statistics)  # left float32 by the converter, as LayerNormalization computes them
-        direct = _float32_kept_outputs(proto.graph, set(blocked)) if self.keep_io_types else set()
+        edges = _float32_edges(proto.graph, set(blocked), kept_nodes)
+        _undeclared(proto.graph, set(edges))  # undeclared, the converter casts them neither to float16 nor back
+        # An initializer's tensor says its type. Declared, one the converter keeps float32 (read by blocked ops alone)
+        # was declared float16 in the result and read through a Cast to float: the pass raised on its own result
+        # (onnx's shape inference: "Inferred elem type differs from existing elem type"). It declares those it converts.
+        _drop_initializer_value_info(proto.graph)
+        direct = _float32_kept_outputs(proto.graph, set(blocked), kept_nodes) if self.keep_io_types else set()
         float16_values = _float32_typed(proto) - direct
         converted = convert_float_to_float16(
-            proto, keep_io_types=self.keep_io_types, op_block_list=blocked, disable_shape_infer=True
+            proto,
+            keep_io_types=self.keep_io_types,
+            op_block_list=blocked,
+            node_block_list=sorted(kept_nodes),
+            disable_shape_infer=True,
         )
+        converted.graph.value_info.extend(edges.values())  # declared again, float32, for the check below
         _put_back_outputs(converted.graph, passed_through)
         _outputs_read_direct(converted.graph, direct)
         if moved := _casts_into_their_subgraphs(converted):
@@ -185,15 +214,22 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             )
             return self.result(given.clone(), modified=False)
         kept = sum(1 for node in ir.traversal.RecursiveGraphIterator(result.graph) if node.op_type in self.block_ops)
-        self.note(f"float16; {kept} sensitive nodes kept float32")
+        with_them = f", {len(kept_nodes)} computing their statistics with them" if kept_nodes else ""
+        self.note(f"float16; {kept} sensitive nodes kept float32{with_them}")
         twin = Twin(
-            float16_twin(model, blocked, keep_io_types=self.keep_io_types),
+            float16_twin(model, blocked, keep_io_types=self.keep_io_types, kept_nodes=kept_nodes),
             "float16",
             "the input with its float16 weights rounded to float16, computing in float32"
             + (f", {bounds}" if clamped else "")
             + ("" if self.keep_io_types else ", float16 inputs and outputs"),
             deployed=float16_kernels(result)
-            or float16_twin(model, blocked, keep_io_types=self.keep_io_types, float16_values=float16_values | stored),
+            or float16_twin(
+                model,
+                blocked,
+                keep_io_types=self.keep_io_types,
+                kept_nodes=kept_nodes,
+                float16_values=float16_values | stored,
+            ),
         )
         return self.result(result, modified=True, twin=twin)
 
@@ -350,7 +386,7 @@ def _fresh(graph: ir.Graph, name: str) -> str:
     return unique_name(name, taken)
 
 
-def _float32_kept_outputs(graph: onnx.GraphProto, blocked: set[str]) -> set[str]:
+def _float32_kept_outputs(graph: onnx.GraphProto, blocked: set[str], kept_nodes: set[str]) -> set[str]:
     """The float32 graph outputs that a node kept float32 computes and nothing else reads. Keeping I/O types, the
     converter casts such an output to float16 after the node and back to float32 for the graph: a ``ReduceSum`` kept
     float32 so that its sum of 96000 does not overflow returned inf, and the pass was rolled back."""
@@ -359,10 +395,97 @@ def _float32_kept_outputs(graph: onnx.GraphProto, blocked: set[str]) -> set[str]
     return {
         name
         for node in graph.node
-        if node.op_type in blocked and node.domain in ("", "ai.onnx")
+        if (node.op_type in blocked and node.domain in ("", "ai.onnx")) or node.name in kept_nodes
         for name in node.output
         if name in outputs and name not in read
     }
+
+
+def _statistics_kept(model: ir.Model, blocked: set[str]) -> list[ir.Node]:
+    """The nodes of ``model``'s main graph, other than blocked ones, that are kept float32 with a kept reduction (see
+    ``_KEPT_REDUCTIONS``), each given a name no other node has (the converter blocks nodes by name), in place.
+
+    A statistic is a kept reduction's float result, or the result of a ``_STATISTIC_OPS`` node whose float operands
+    are statistics and constants, one at least a statistic (``Mul(sum, 1/width)``, ``Sub(mean_of_squares,
+    mean * mean)``, ``Reciprocal(Sqrt(variance + eps))``); its node is kept. So is a square ``Mul(h, h)`` whose every
+    reader is a kept reduction. A node that reads an activation besides (``Div(h, scale)``) is not: it computes in
+    float16, reading the statistic cast to float16 (a mean, a root, a scale: in range where the activations are)."""
+    reductions = {op for op in _KEPT_REDUCTIONS if op in blocked}
+    statistics: set[int] = set()
+    kept: list[ir.Node] = []
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx") or any(
+            output.dtype not in (None, ir.DataType.FLOAT) for output in node.outputs
+        ):
+            continue
+        if node.op_type in reductions:
+            statistics.update(id(output) for output in node.outputs)
+            continue
+        if node.op_type not in blocked and _is_square_reduced(node, reductions):
+            kept.append(node)
+            continue
+        if node.op_type not in _STATISTIC_OPS:
+            continue
+        data = node.inputs[:1] if node.op_type in _SHAPED_OPS else node.inputs
+        operands = [value for value in data if value is not None]
+        if not any(id(value) in statistics for value in operands):
+            continue
+        if all(id(value) in statistics or constant_array(value) is not None for value in operands):
+            statistics.update(id(output) for output in node.outputs)
+            if node.op_type not in blocked:  # a Sqrt or Pow is kept already
+                kept.append(node)
+    names = {node.name for node in ir.traversal.RecursiveGraphIterator(model.graph) if node.name}
+    shared = Counter(node.name for node in ir.traversal.RecursiveGraphIterator(model.graph) if node.name)
+    for node in kept:
+        if not node.name or shared[node.name] > 1:
+            node.name = unique_name(f"{node.name or node.op_type}_float32", names)
+    return kept
+
+
+def _is_square_reduced(node: ir.Node, reductions: set[str]) -> bool:
+    """Whether ``node`` is ``Mul(h, h)`` whose result only reductions in ``reductions`` read."""
+    if node.op_type != "Mul" or len(node.inputs) != 2 or node.inputs[0] is None or node.inputs[0] is not node.inputs[1]:
+        return False
+    square = node.outputs[0]
+    readers = [user for user, _ in square.uses()]
+    return bool(readers) and not square.is_graph_output() and all(user.op_type in reductions for user in readers)
+
+
+def _float32_edges(graph: onnx.GraphProto, blocked: set[str], kept_nodes: set[str]) -> dict[str, onnx.ValueInfoProto]:
+    """The float32 values of ``graph`` (main graph) that a node kept float32 computes and only nodes kept float32 read
+    (not a graph output, not read inside a subgraph), with their ``value_info``. The converter casts a blocked node's
+    float result to float16 after it and back before the next blocked node: ``Pow(h, 2)`` of an ``h`` of 300 became
+    infinite between the ``Pow`` and the ``ReduceMean`` both kept float32."""
+
+    def is_kept(node: onnx.NodeProto) -> bool:
+        return (node.op_type in blocked and node.domain in ("", "ai.onnx")) or node.name in kept_nodes
+
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    inner = _subgraph_reads(graph)
+    outputs = {info.name for info in graph.output}
+    infos = {info.name: info for info in graph.value_info if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    return {
+        name: _copy_of(infos[name])
+        for node in graph.node
+        if is_kept(node)
+        for name in node.output
+        if name in infos and name not in outputs and name not in inner
+        and readers.get(name) and all(is_kept(reader) for reader in readers[name])
+    }  # fmt: skip
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """The names the subgraphs of ``graph`` (at any depth) read."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                names.update(name for inner in sub.node for name in inner.input)
+                names |= _subgraph_reads(sub)
+    return names
 
 
 def _outputs_read_direct(graph: onnx.GraphProto, names: set[str]) -> None:
@@ -469,7 +592,7 @@ def _copy_of(message: _Message) -> _Message:
     return copied
 
 
-def _clamp_bounds(model: ir.Model, blocked: set[str], *, float16_outputs: bool) -> list[str]:
+def _clamp_bounds(model: ir.Model, blocked: set[str], kept_nodes: set[str], *, float16_outputs: bool) -> list[str]:
     """Clamp to float16's finite range the float32 constant bounds the converter keeps float32
     (every reader blocked) of Max/Min/Clip nodes whose result reaches float16; return their names.
 
@@ -481,13 +604,13 @@ def _clamp_bounds(model: ir.Model, blocked: set[str], *, float16_outputs: bool) 
         if const is None or const.dtype != ir.DataType.FLOAT or value.is_graph_output():
             continue
         uses = list(value.uses())
-        if not uses or not all(_is_bound(user, index, blocked) for user, index in uses):
+        if not uses or not all(_is_bound(user, index, blocked, kept_nodes) for user, index in uses):
             continue
         array = const.numpy()
         finite = np.isfinite(array)
         if not np.any(finite & (np.abs(array) > _FLOAT16_MAX)):
             continue
-        if not any(_reaches_float16(user, blocked, float16_outputs) for user, _ in uses):
+        if not any(_reaches_float16(user, blocked, kept_nodes, float16_outputs) for user, _ in uses):
             continue
         bounded = np.where(finite, np.clip(array, -_FLOAT16_MAX, _FLOAT16_MAX), array).astype(np.float32)
         value.const_value = ir.tensor(bounded, name=value.name)
@@ -506,15 +629,17 @@ def _initializers(model: ir.Model):
                     yield from graph.initializers.values()
 
 
-def _is_bound(node: ir.Node, index: int, blocked: set[str]) -> bool:
+def _is_bound(node: ir.Node, index: int, blocked: set[str], kept_nodes: set[str]) -> bool:
     """Whether input ``index`` of ``node`` is a bound of a Max/Min/Clip the converter keeps float32."""
-    if node.op_type not in _BOUNDED_OPS or node.op_type not in blocked or node.domain not in ("", "ai.onnx"):
+    if node.op_type not in _BOUNDED_OPS or node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type not in blocked and node.name not in kept_nodes:
         return False
     indices = _BOUNDED_OPS[node.op_type]
     return indices is None or index in indices
 
 
-def _reaches_float16(node: ir.Node, blocked: set[str], float16_outputs: bool) -> bool:
+def _reaches_float16(node: ir.Node, blocked: set[str], kept_nodes: set[str], float16_outputs: bool) -> bool:
     """Whether ``node``'s result, through other float32-kept (blocked) nodes, reaches a node the
     converter makes float16 (or a graph output it makes float16): there a Cast to float16 follows."""
     stack, seen = [node], {id(node)}
@@ -523,7 +648,7 @@ def _reaches_float16(node: ir.Node, blocked: set[str], float16_outputs: bool) ->
             if float16_outputs and output.is_graph_output():
                 return True
             for user, _ in output.uses():
-                if user.op_type not in blocked:
+                if user.op_type not in blocked and user.name not in kept_nodes:
                     return True
                 if id(user) not in seen:
                     seen.add(id(user))
