@@ -72,6 +72,7 @@ from optimizer.compare.comparison import _score_outputs
 from optimizer.inputs import alternate_binding, bind_dims, make_inputs
 from tests.helpers import optimize_with_rewrite
 from tests.real_models import MAGIKA
+from tests.test_review_s67_fp16 import _norm
 
 _BYTES = 257  # 256 byte values and magika's padding token
 
@@ -239,41 +240,12 @@ def test_a_guessed_leading_dim_of_a_matrix_input_stays_bound_as_a_length():
     assert bind_dims(model)["unk__3"] == 128
 
 
-def _norm_of_large_activations(width: int = 512, gain: float = 16.0) -> onnx.ModelProto:
-    """magika's ``LayerNorm_1`` in short, as jax writes a norm: ``h = x * gain``, then ``h / Sqrt(ReduceSum(h * h) /
-    width + eps)``. At ``gain`` 16 the sum of squares of N(0, 1) inputs is about 131,000, past float16's 65,504
-    (magika's is 129,000 on random bytes)."""
-    initializers = [
-        numpy_helper.from_array(np.array(gain, np.float32), "gain"),
-        numpy_helper.from_array(np.array([1], np.int64), "axis"),
-        numpy_helper.from_array(np.array(1 / width, np.float32), "mean"),
-        numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
-    ]
-    nodes = [
-        helper.make_node("Mul", ["x", "gain"], ["h"]),
-        helper.make_node("Mul", ["h", "h"], ["squares"]),
-        helper.make_node("ReduceSum", ["squares", "axis"], ["total"], keepdims=1),
-        helper.make_node("Mul", ["total", "mean"], ["variance"]),
-        helper.make_node("Add", ["variance", "eps"], ["shifted"]),
-        helper.make_node("Sqrt", ["shifted"], ["scale"]),
-        helper.make_node("Div", ["h", "scale"], ["y"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "norm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
-        initializers,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
-
-
 def test_float16_keeps_a_sum_of_squares_float32_until_it_is_averaged():
     from optimizer.api import optimize_with_report
 
     x = {"x": np.random.default_rng(1).standard_normal((4, 512)).astype(np.float32)}
     _, report = optimize_with_report(
-        _norm_of_large_activations(), ["convert-float16"], target="cuda", fp16=True, inputs=x
+        _norm("mul", "sum", 16.0, width=512), ["convert-float16"], target="cuda", fp16=True, inputs=x
     )
     record = report.passes[0]
     assert record.status == "applied", (record.status, record.detail)
