@@ -83,9 +83,12 @@ def time_generation(
     timed_after = _TimedGeneration(after, ids, mask, new_tokens)
     warmup = min(plan.warmup, MAX_WARMUP_GENERATIONS)
     generation_plan = TimingPlan(warmup, plan.iterations, plan.time_budget, plan.min_iterations)
-    time_interleaved(timed_before, timed_after, generation_plan, on_progress)
-    ttft_before, ttft_after = timed_before.first_token[warmup:], timed_after.first_token[warmup:]
-    decode_before, decode_after = timed_before.decode[warmup:], timed_after.decode[warmup:]
+    timed, _ = time_interleaved(timed_before, timed_after, generation_plan, on_progress)
+    # The warm-up stops early once it has taken the time budget: the runs it made are the ones before the timed ones
+    # (sliced at ``warmup``, a cut-short warm-up dropped timed generations, and with --iterations 1 all of them).
+    warm = len(timed_before.first_token) - len(timed)
+    ttft_before, ttft_after = timed_before.first_token[warm:], timed_after.first_token[warm:]
+    decode_before, decode_after = timed_before.decode[warm:], timed_after.decode[warm:]
     decode_summary_before, decode_summary_after = LatencySummary.of(decode_before), LatencySummary.of(decode_after)
     tokens = batch * new_tokens
     return GenerationResult(

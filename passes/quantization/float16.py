@@ -610,7 +610,7 @@ def _clamp_bounds(model: ir.Model, blocked: set[str], kept_nodes: set[str], *, f
         finite = np.isfinite(array)
         if not np.any(finite & (np.abs(array) > _FLOAT16_MAX)):
             continue
-        if not any(_reaches_float16(user, blocked, kept_nodes, float16_outputs) for user, _ in uses):
+        if not any(_reaches_float16(user, model.graph, blocked, kept_nodes, float16_outputs) for user, _ in uses):
             continue
         bounded = np.where(finite, np.clip(array, -_FLOAT16_MAX, _FLOAT16_MAX), array).astype(np.float32)
         value.const_value = ir.tensor(bounded, name=value.name)
@@ -639,14 +639,21 @@ def _is_bound(node: ir.Node, index: int, blocked: set[str], kept_nodes: set[str]
     return indices is None or index in indices
 
 
-def _reaches_float16(node: ir.Node, blocked: set[str], kept_nodes: set[str], float16_outputs: bool) -> bool:
+def _reaches_float16(
+    node: ir.Node, main: ir.Graph, blocked: set[str], kept_nodes: set[str], float16_outputs: bool
+) -> bool:
     """Whether ``node``'s result, through other float32-kept (blocked) nodes, reaches a node the
-    converter makes float16 (or a graph output it makes float16): there a Cast to float16 follows."""
+    converter makes float16 (or a graph output it makes float16): there a Cast to float16 follows.
+    A value that only kept nodes read stays float32 between them (``_float32_edges``): no Cast follows
+    it, and a bound clamped there would change what they compute (``Min(variance, 1e9)`` of 90000 read
+    by a kept ``Sqrt`` became 65504), so the walk does not go on through it."""
     stack, seen = [node], {id(node)}
     while stack:
         for output in stack.pop().outputs:
             if float16_outputs and output.is_graph_output():
                 return True
+            if _stays_float32(output, main, blocked, kept_nodes):
+                continue
             for user, _ in output.uses():
                 if user.op_type not in blocked and user.name not in kept_nodes:
                     return True
@@ -654,6 +661,24 @@ def _reaches_float16(node: ir.Node, blocked: set[str], kept_nodes: set[str], flo
                     seen.add(id(user))
                     stack.append(user)
     return False
+
+
+def _stays_float32(value: ir.Value, main: ir.Graph, blocked: set[str], kept_nodes: set[str]) -> bool:
+    """Whether ``value`` is one ``_float32_edges`` keeps float32: a float value (or one not yet typed) of the main
+    graph ``main`` that is not a graph output and that only nodes of ``main`` kept float32 read."""
+    users = [user for user, _ in value.uses()]
+    return (
+        value.dtype in (None, ir.DataType.FLOAT)
+        and value.graph is main
+        and not value.is_graph_output()
+        and bool(users)
+        and all(
+            user.graph is main
+            and (user.op_type in blocked or user.name in kept_nodes)
+            and user.domain in ("", "ai.onnx")
+            for user in users
+        )
+    )
 
 
 def _empty_scales_kept_constant(model: ir.Model) -> None:
