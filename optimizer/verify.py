@@ -2344,9 +2344,7 @@ class Verifier:
         rows too.
         """
         batches = self._sample_batches()
-        where, kind = "", "calibration" if self._samples is not None and not self._samples_generated else "generated"
-        if self._samples is None:
-            kind = "verification input set"
+        where = ""
         if (held_out or self._fitted) and self._samples is not None:
             # Split as the pass split (its model fixes the batch as the result); where enough are held out, on the
             # half that no budget search chose by (``held_out_parts``).
@@ -2366,12 +2364,7 @@ class Verifier:
         except RuntimeRefusedError as error:  # the rewrite is unusable, unless the data is
             self.refuse_unrunnable_samples()
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
-        count = sum(samples_in(batch, holds_samples(self._original)) for batch in batches)
-        measured_on = (
-            f"the {count} {kind} sample{'' if count == 1 else 's'}{where.removeprefix(' on the calibration samples')}"
-        )
-        if kind == "verification input set":
-            measured_on = f"the {len(batches)} verification input set{'' if len(batches) == 1 else 's'}"
+        measured_on = self._measured_on(batches, where)
         if self.budget.met(drift):
             return VerificationResult(drift=drift, measured_on=measured_on)
         hint = ""
@@ -2381,6 +2374,17 @@ class Verifier:
             drift=drift,
             error=f"{drift}{where} misses the accuracy budget ({self.budget.describe()}){hint}",
             measured_on=measured_on,
+        )
+
+    def _measured_on(self, batches: Sequence[Mapping[str, np.ndarray]], where: str) -> str:
+        """What an approximate result's drift on ``batches`` rests on, counted: "the 33 calibration samples held out
+        of the pass's fit" (``where`` says which part), or the verification input sets where no samples were given."""
+        if self._samples is None:
+            return _input_sets(len(batches))
+        kind = "generated" if self._samples_generated else "calibration"
+        count = sum(samples_in(batch, holds_samples(self._original)) for batch in batches)
+        return (
+            f"the {count} {kind} sample{'' if count == 1 else 's'}{where.removeprefix(' on the calibration samples')}"
         )
 
     def check_deployed(self, deployed: ir.Model) -> VerificationResult:
@@ -2396,11 +2400,10 @@ class Verifier:
             return VerificationResult(error=f"ONNX Runtime cannot run it: {error.reason}")
         if self.budget.met(drift):
             return verdict
-        count = len(self.input_sets)
         return VerificationResult(
             drift=drift,
             error=f"{drift} on the verification inputs misses the accuracy budget ({self.budget.describe()})",
-            measured_on=f"the {count} verification input set{'' if count == 1 else 's'}",
+            measured_on=_input_sets(len(self.input_sets)),
         )
 
     def refuse_unrunnable_samples(self) -> None:
@@ -2514,3 +2517,8 @@ class Verifier:
             return frozenset()
         differing = compare_outputs(first, again, self.tolerances)
         return frozenset(check.name for check in differing.checks if not check.ok)
+
+
+def _input_sets(count: int) -> str:
+    """What a drift measured on ``count`` verification input sets rests on, in words."""
+    return f"the {count} verification input set{'' if count == 1 else 's'}"

@@ -1321,13 +1321,17 @@ def _score_outputs(model: ir.Model) -> frozenset[str]:
     return frozenset(names)
 
 
+def _first_rank(*values: ir.Value | None) -> int | None:
+    """The rank of the first of ``values`` whose shape is known; None where none is."""
+    return next((len(value.shape) for value in values if value is not None and value.shape is not None), None)
+
+
 def _over_the_last_axis(softmax: ir.Node, opset: int, output: ir.Value) -> bool:
     """Whether ``softmax`` normalizes over the last axis alone: its ``axis`` the last where the rank is known (its
     input's, its output's, or that of the graph ``output`` it reaches through identities), else -1. Before opset 13
     the default axis is 1, and the op normalizes every axis from ``axis`` on."""
     axis = softmax.attributes.get_int("axis", -1 if opset >= 13 else 1)
-    shapes = [value.shape for value in (*softmax.inputs[:1], *softmax.outputs[:1], output) if value is not None]
-    rank = next((len(shape) for shape in shapes if shape is not None), None)
+    rank = _first_rank(*softmax.inputs[:1], *softmax.outputs[:1], output)
     if rank is None:
         return axis == -1
     return -rank <= axis < rank and axis % rank == rank - 1
@@ -1371,7 +1375,7 @@ def _sums_the_last_axis(reduce: ir.Node, exps: ir.Value, output: ir.Value) -> bo
         axes = None if tensor is None else [int(axis) for axis in tensor.numpy().reshape(-1)]
     if axes is None or len(axes) != 1:
         return False
-    rank = next((len(value.shape) for value in (exps, output) if value.shape is not None), None)
+    rank = _first_rank(exps, output)
     return rank != 0 and (axes[0] == -1 or (rank is not None and axes[0] % rank == rank - 1))
 
 

@@ -65,11 +65,11 @@ FLOAT32_OUTPUT_OPS = ("TfIdfVectorizer", "HannWindow", "HammingWindow", "Blackma
 # 300 is 90000), and a value computed and read only by float32-kept nodes stays float32 between them
 # (``_float32_edges``): where a statistic meets the activations (``Sub(x, mean)``, ``Div(h, scale)``) it is cast.
 _KEPT_REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2")
+_SHAPED_OPS = ("Reshape", "Expand", "Unsqueeze", "Squeeze")  # only input 0 is data
 _STATISTIC_OPS = (
     *("Add", "Sub", "Mul", "Div", "Max", "Min", "Clip", "Sqrt", "Reciprocal", "Pow", "Neg", "Abs", "Identity"),
-    *("Reshape", "Expand", "Unsqueeze", "Squeeze"),
+    *_SHAPED_OPS,
 )
-_SHAPED_OPS = ("Reshape", "Expand", "Unsqueeze", "Squeeze")  # only input 0 is data
 
 # Ops whose constant operands are bounds: clamping such a bound to float16's range
 # changes the result only where the Cast to float16 after it would overflow (it then
@@ -434,8 +434,8 @@ def _statistics_kept(model: ir.Model, blocked: set[str]) -> list[ir.Node]:
             statistics.update(id(output) for output in node.outputs)
             if node.op_type not in blocked:  # a Sqrt or Pow is kept already
                 kept.append(node)
-    names = {node.name for node in ir.traversal.RecursiveGraphIterator(model.graph) if node.name}
     shared = Counter(node.name for node in ir.traversal.RecursiveGraphIterator(model.graph) if node.name)
+    names = set(shared)  # unique_name adds the names it gives
     for node in kept:
         if not node.name or shared[node.name] > 1:
             node.name = unique_name(f"{node.name or node.op_type}_float32", names)
