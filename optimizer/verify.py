@@ -2351,7 +2351,10 @@ class Verifier:
             held = held_out_parts(batches, candidate)[2]
             if len(held):
                 fit = "the pass's fit" if held_out else "an earlier pass's fit"
-                batches, where = held, f" on the calibration samples held out of {fit}"
+                # The error says which samples as ``_measured_on`` does: generated ones read as calibration data, and
+                # a miss said "on the calibration samples held out ... on generated random inputs".
+                kind = "generated" if self._samples_generated else "calibration"
+                batches, where = held, f" on the {kind} samples held out of {fit}"
         try:
             if where or isinstance(self._samples, SampleData):  # read from disk: neither model's outputs are kept
                 drift = _streamed_drift(self._original, candidate, batches)
@@ -2369,7 +2372,8 @@ class Verifier:
             return VerificationResult(drift=drift, measured_on=measured_on)
         hint = ""
         if self._samples_generated:
-            hint = " on generated random inputs; give --calibration data (real inputs) or lower the budget"
+            said = ";" if where else " on generated random inputs;"  # ``where`` says generated already
+            hint = f"{said} give --calibration data (real inputs) or lower the budget"
         return VerificationResult(
             drift=drift,
             error=f"{drift}{where} misses the accuracy budget ({self.budget.describe()}){hint}",
@@ -2383,9 +2387,7 @@ class Verifier:
             return _input_sets(len(batches))
         kind = "generated" if self._samples_generated else "calibration"
         count = sum(samples_in(batch, holds_samples(self._original)) for batch in batches)
-        return (
-            f"the {count} {kind} sample{'' if count == 1 else 's'}{where.removeprefix(' on the calibration samples')}"
-        )
+        return f"the {count} {kind} sample{'' if count == 1 else 's'}{where.removeprefix(f' on the {kind} samples')}"
 
     def check_deployed(self, deployed: ir.Model) -> VerificationResult:
         """``deployed`` (what a result computes on kernels this check does not run: float16 ones, a GPU's; see

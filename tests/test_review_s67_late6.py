@@ -107,12 +107,6 @@ def test_generation_timing_keeps_every_timed_run_after_a_warmup_cut_short(iterat
     assert len(result.samples_decode_after_ms) == iterations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a kept statistic that is also a graph output is no _float32_edges edge (graph outputs are left out) nor a "
-    "_float32_kept_outputs output (kept nodes read it): the converter casts it to float16 after its node, so a "
-    "variance of 90,000 is inf in the output and in the Sqrt that reads it (y all 0), and the pass is rolled back",
-)
 def test_a_statistic_that_is_also_a_graph_output_stays_float32():
     model = _capped_norm("Min")
     model.graph.output.append(helper.make_tensor_value_info("variance", TensorProto.FLOAT, ["batch", 1]))

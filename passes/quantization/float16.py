@@ -84,7 +84,9 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     default block list (ops without float16 kernels: TopK, NonMaxSuppression, Range, ...), and
     the statistics computed from a kept reduction and constants alone, with a square only
     reductions read (``_statistics_kept``: named to the converter's ``node_block_list``). A
-    value both computed and read by ops kept float32 stays float32 between them (``_float32_edges``).
+    value both computed and read by ops kept float32 stays float32 between them (``_float32_edges``), as does a float
+    ``Constant`` that only they read (``_kept_constants_lifted``); keeping I/O types, a graph output such a value is
+    too is returned float32 (``_kept_outputs_returned``).
 
     With ``keep_io_types`` (the default) float graph inputs and outputs stay float32,
     with Casts inside the graph. Refuses (unchanged) a model with no float32 tensors, one
@@ -153,6 +155,9 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             self.note("local functions inlined (the converter does not convert their bodies)")
         statistics_kept = _statistics_kept(model, set(blocked))
         kept_nodes = {node.name for node in statistics_kept}
+        _kept_constants_lifted(model.graph, set(blocked), kept_nodes)
+        if self.keep_io_types:
+            kept_nodes.update(node.name for node in _kept_outputs_returned(model.graph, set(blocked), kept_nodes))
         clamped = _clamp_bounds(model, set(blocked), kept_nodes, float16_outputs=not self.keep_io_types)
         bounds = f"{len(clamped)} Max/Min bound{'' if len(clamped) == 1 else 's'} clamped to float16's range"
         if clamped:
@@ -214,7 +219,7 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             )
             return self.result(given.clone(), modified=False)
         kept = sum(1 for node in ir.traversal.RecursiveGraphIterator(result.graph) if node.op_type in self.block_ops)
-        with_them = f", {len(kept_nodes)} computing their statistics with them" if kept_nodes else ""
+        with_them = f", {len(statistics_kept)} computing their statistics with them" if statistics_kept else ""
         self.note(f"float16; {kept} sensitive nodes kept float32{with_them}")
         twin = Twin(
             float16_twin(model, blocked, keep_io_types=self.keep_io_types, kept_nodes=kept_nodes),
@@ -440,6 +445,94 @@ def _statistics_kept(model: ir.Model, blocked: set[str]) -> list[ir.Node]:
         if not node.name or shared[node.name] > 1:
             node.name = unique_name(f"{node.name or node.op_type}_float32", names)
     return kept
+
+
+def _is_kept(node: ir.Node, blocked: set[str], kept_nodes: set[str]) -> bool:
+    """Whether the converter keeps ``node`` float32: a blocked ONNX op, or one named in ``kept_nodes``."""
+    return (node.op_type in blocked and node.domain in ("", "ai.onnx")) or node.name in kept_nodes
+
+
+def _read_by_kept_alone(value: ir.Value, graph: ir.Graph, blocked: set[str], kept_nodes: set[str]) -> bool:
+    """Whether ``value`` has readers, all of them nodes of ``graph`` itself (none in a subgraph) kept float32."""
+    users = [user for user, _ in value.uses()]
+    return bool(users) and all(user.graph is graph and _is_kept(user, blocked, kept_nodes) for user in users)
+
+
+def _kept_constants_lifted(graph: ir.Graph, blocked: set[str], kept_nodes: set[str]) -> None:
+    """Make each float32 ``Constant`` node of ``graph`` (main graph) that only nodes kept float32 read an initializer of
+    the same name and value, in place. The converter converts a Constant's tensor unless the Constant itself is
+    blocked, clamping it to float16's range, while it leaves float32 an initializer only blocked nodes read: a kept
+    ``Min(variance, Constant(1e9))`` capped a variance of 90,000 at 65504 (15% off the output, and verified, as the
+    twin rounds a Constant's tensor too); as an initializer the bound stays 1e9, or ``_clamp_bounds`` clamps it
+    where a Cast to float16 follows."""
+    for node in list(graph):
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+            continue
+        value = node.outputs[0]
+        tensor = ir.convenience.get_const_tensor(value)
+        if tensor is None or tensor.dtype != ir.DataType.FLOAT or value.is_graph_output():
+            continue
+        if not _read_by_kept_alone(value, graph, blocked, kept_nodes):
+            continue
+        lifted = ir.Value(name=value.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(ir.DataType.FLOAT))
+        lifted.const_value = ir.tensor(tensor.numpy(), name=value.name)
+        value.replace_all_uses_with(lifted)
+        graph.remove(node, safe=True)
+        graph.register_initializer(lifted)
+
+
+def _kept_outputs_returned(graph: ir.Graph, blocked: set[str], kept_nodes: set[str]) -> list[ir.Node]:
+    """The nodes that return a float32 value a kept node computes as a float graph output of ``graph`` (main graph),
+    each named uniquely so that the converter keeps it float32 too, in place; return them. Keeping I/O types, the
+    converter casts a float graph output to float16 right after its node (``graph_output_cast_N``), for the nodes
+    reading it as for the output: a kept statistic also returned (``variance``, read by a kept ``Min``) was infinite
+    past 65504 there and in the ``Sqrt`` reading it. Such an output, read by other kept nodes alone, becomes the
+    output of an ``Identity`` of its name, reading the value renamed. A ``Cast`` to float that returns a kept node's
+    float32 value read by kept nodes alone besides (this pass's own result returns the kept value so) is kept as it
+    is: converting its own result again, the value was cast to float16 before it (inf again), not declined. Either
+    way the value is a ``_float32_edges`` edge and the output one ``_outputs_read_direct`` reads."""
+    names = {node.name for node in ir.traversal.RecursiveGraphIterator(graph) if node.name}
+    returning = []
+    for value in dict.fromkeys(graph.outputs):
+        producer = value.producer()
+        if producer is None or producer.graph is not graph or value.dtype != ir.DataType.FLOAT:
+            continue
+        if _is_kept(producer, blocked, kept_nodes) and _read_by_kept_alone(value, graph, blocked, kept_nodes):
+            name = value.name
+            value.name = _fresh(graph, f"{name}.float32")
+            identity = ir.Node("", "Identity", [value], name=unique_name(f"{name}_float32_output", names))
+            identity.outputs[0].name, identity.outputs[0].type = name, ir.TensorType(ir.DataType.FLOAT)
+            identity.outputs[0].shape = value.shape
+            graph.insert_after(producer, identity)
+            for index, output in enumerate(graph.outputs):
+                if output is value:
+                    graph.outputs[index] = identity.outputs[0]
+            returning.append(identity)
+        elif _returns_kept_float32(producer, graph, blocked, kept_nodes):
+            producer.name = unique_name(f"{value.name}_float32_output", names)
+            returning.append(producer)
+    return returning
+
+
+def _returns_kept_float32(node: ir.Node, graph: ir.Graph, blocked: set[str], kept_nodes: set[str]) -> bool:
+    """Whether ``node`` is a ``Cast`` to float of a float32 value that a kept node of ``graph`` computes and that,
+    besides ``node``, only kept nodes of ``graph`` read."""
+    if node.op_type != "Cast" or node.domain not in ("", "ai.onnx") or not node.inputs or node.inputs[0] is None:
+        return False
+    if node.attributes.get_int("to", 0) != ir.DataType.FLOAT:
+        return False
+    source = node.inputs[0]
+    producer = source.producer()
+    return (
+        source.dtype == ir.DataType.FLOAT
+        and not source.is_graph_output()
+        and producer is not None
+        and producer.graph is graph
+        and _is_kept(producer, blocked, kept_nodes)
+        and all(
+            user is node or (user.graph is graph and _is_kept(user, blocked, kept_nodes)) for user, _ in source.uses()
+        )
+    )
 
 
 def _is_square_reduced(node: ir.Node, reductions: set[str]) -> bool:
