@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -889,10 +889,12 @@ def _sequence_inputs(layout: Any) -> list[str]:
 
 def _add_padded_prefill(model: ir.Model, verifier: Verifier) -> None:
     """For a decoder with a key/value cache and a mask, verify on a padded prefill of several rows too, unless a set
-    is one already: the tokens of the first set of several rows (else the first set's) with every cache empty, the
-    mask padding a row's start and a row's end (``padded_copy``). A batch of prompts starts so, and a rewrite wrong
-    only there (a kernel's path for a padded or batched first prompt) was verified on the one unpadded row of
-    ``_add_prefill``. Added after ``_ensure_padding``, whose padded copy keeps its past."""
+    is one already: the tokens of the first set of several rows and tokens (else the first set's, at as many rows as
+    the first set of several rows holds) with every cache empty, the mask padding a row's start and a row's end
+    (``padded_copy``); one token a row pads nothing, and is labelled a prefill of several rows (left out where a
+    prefill of as many rows is verified already). A batch of prompts
+    starts so, and a rewrite wrong only there (a kernel's path for a padded or batched first prompt) was verified on
+    the one unpadded row of ``_add_prefill``. Added after ``_ensure_padding``, whose padded copy keeps its past."""
     layout = recognise_causal_lm(model)
     masks = mask_inputs(model, verifier.inputs)
     if isinstance(layout, str) or not layout.cache or not masks:
@@ -905,20 +907,31 @@ def _add_padded_prefill(model: ir.Model, verifier: Verifier) -> None:
         padding = _padding(inputs, masks)
         return padding is not None and bool(padding.any())
 
+    def tokens(inputs: Mapping[str, np.ndarray]) -> int:
+        return int(np.shape(inputs[layout.input_ids])[1]) if np.ndim(inputs.get(layout.input_ids)) == 2 else 0
+
     if any(_empty_cache(layout, inputs) and rows(inputs) > 1 and padded(inputs) for inputs in verifier.input_sets):
         return
-    index, source = next(
-        ((index, inputs) for index, inputs in enumerate(verifier.input_sets) if rows(inputs) > 1),
-        (0, verifier.inputs),
-    )
+    several = [(index, inputs) for index, inputs in enumerate(verifier.input_sets) if rows(inputs) > 1]
+    # A set of several rows and one token (ONNX Runtime GenAI's second binding, a one-token step) pads nothing in a
+    # prefill (a row is never padded wholly): the first set's tokens at as many rows instead.
+    index, source = next(((index, inputs) for index, inputs in several if tokens(inputs) > 1), (0, verifier.inputs))
     prefill = _prefill_of(layout, source)
     if prefill is None or any(name not in prefill for name in masks):
         return
     # Its first tokens only, a short prompt: the sets of 128 and 257 tokens already exercise length, and a rewrite
     # wrong only below 32 positions (a kernel's path for short sequences) was verified (a review).
     first = {name: prefill[name][:, :_SHORT_PROMPT] for name in _sequence_inputs(layout) if name in prefill}
-    prefill, how = padded_copy({**prefill, **first}, masks)
-    label = f"a padded prefill: set {index + 1}'s first tokens with an empty cache ({how})"
+    prefill, at = {**prefill, **first}, ""
+    if several and rows(prefill) < rows(several[0][1]):
+        grown = _with_rows(model, layout, prefill, rows(several[0][1]))
+        prefill, at = (grown, f" at {rows(several[0][1])} rows") if grown is not None else (prefill, "")
+    prefill, how = padded_copy(prefill, masks)
+    sets = verifier.input_sets
+    if not padded(prefill) and any(_empty_cache(layout, s) and rows(s) >= rows(prefill) for s in sets):
+        return  # one token a row, at as many rows as a prefill verified already: that prefill again
+    kind = "a padded prefill" if padded(prefill) else "a prefill of several rows"  # one token a row pads nothing
+    label = f"{kind}: set {index + 1}'s first tokens{at} with an empty cache ({how})"
     verifier.add_input_set(prefill, label, report_drop=False)
 
 
@@ -959,7 +972,12 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
     draft tokens), the first step chosen gets one (``_with_the_end_of_a_past_padded``), or, where none is cut, a copy
     of the first given one-token step: a rewrite wrong only there was verified. Where then no step given or chosen
     has a row that pads nothing (a batch of one: its one step padded at both ends), the first cut step with such a
-    row is verified too (a chat's every step)."""
+    row is verified too (a chat's every step). Where no step of several rows has every row's new token real (ONNX
+    Runtime GenAI's second binding pads its last row's), the first such step (a copy where given) gets them real
+    (``_with_every_new_token_real``: a batch of right-padded prompts decoding); where no step pads a past between
+    real positions (``1 1 0 0 1 1 | 1``: after masked, rejected draft tokens), the first step chosen (or that copy,
+    or a copy of the first given one) gets such a hole (``_with_a_hole_in_a_past``): a rewrite wrong only at either
+    was verified."""
     layout = recognise_causal_lm(model)
     if isinstance(layout, str) or not layout.cache:
         return
@@ -1000,19 +1018,44 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
             row = _telling_row(step, masks, past)
             if row is not None and (cut := _one_row(model, layout, step, row)) is not None:
                 one_row.append((index, past, cut, row))
+    ends: dict[int, str] = {}  # position in ``chosen`` -> what its padding adds
+    copies: list[tuple[int, int, dict[str, np.ndarray], str]] = []  # (index, past, a given step changed, the words)
+    # Several rows whose every new token is real (a batch of right-padded prompts decoding: ONNX Runtime GenAI's own
+    # loop): its second binding, a one-token step already, pads its last row's new token, and a rewrite wrong only
+    # where every row's is real was verified (a review).
+    batched = [entry for entry in [*given, *chosen] if rows(entry[2]) > 1]
+    if masks and batched and not any(_every_new_token_real(step, masks, past) for _, past, step in batched):
+        index, past, step = batched[0]
+        if (real := _with_every_new_token_real(step, masks, past)) is not None:
+            position = next((p for p, entry in enumerate(chosen) if entry is batched[0]), None)
+            if position is not None:
+                chosen[position], ends[position] = (index, past, real[0]), real[1]
+            else:
+                copies.append((index, past, real[0], f"copy of set {index + 1}{real[1]}"))
+
+    def change(adds: Callable[..., tuple[dict[str, np.ndarray], str] | None]) -> None:
+        """Change the first step chosen with ``adds``, else add a copy of the first given one so changed."""
+        source = chosen[:1] or [entry[:3] for entry in copies[:1]] or given[:1]
+        if source and (changed := adds(source[0][2], masks, source[0][1])) is not None:
+            index, past, _ = source[0]
+            if chosen:
+                chosen[0], ends[0] = (index, past, changed[0]), ends.get(0, "") + changed[1]
+            elif copies:
+                copies[0] = (index, past, changed[0], copies[0][3] + changed[1])
+            else:
+                copies.append((index, past, changed[0], f"copy of set {index + 1}{changed[1]}"))
+
     # The end of a past padded before a real new token too (a mask ``1 1 0 0 | 1``: after right-padded prompts, or
     # draft tokens a speculative decoder rejected): every set pads a row's start or its new tokens, and a rewrite
     # wrong only there (a kernel reading the mask as one run of real positions) was verified (a review).
-    ends: dict[int, str] = {}  # position in ``chosen`` -> what its padding adds
-    copies: list[tuple[dict[str, np.ndarray], str]] = []  # a given one-token step with its past's end padded
-    if masks and not any(_pads_the_end_of_a_past(inputs, masks, past) for _, past, inputs in [*given, *chosen]):
-        source = chosen[:1] or given[:1]
-        if source and (padded_end := _with_the_end_of_a_past_padded(source[0][2], masks, source[0][1])) is not None:
-            index, past, _ = source[0]
-            if chosen:
-                chosen[0], ends[0] = (index, past, padded_end[0]), padded_end[1]
-            else:
-                copies.append((padded_end[0], f"copy of set {index + 1}{padded_end[1]}"))
+    if masks and not any(
+        _pads_the_end_of_a_past(inputs, masks, past) for _, past, inputs, *_ in [*given, *chosen, *copies]
+    ):
+        change(_with_the_end_of_a_past_padded)
+    # A hole inside a past (``1 1 0 0 1 1 | 1``: a speculative decoder masks the draft tokens it rejected and goes
+    # on): every set padded a past's start or its end, and a rewrite wrong only between real positions was verified.
+    if masks and not any(_holds_a_hole(inputs, masks, past) for _, past, inputs, *_ in [*given, *chosen, *copies]):
+        change(_with_a_hole_in_a_past)
     # A step whose row pads nothing too (a chat's every step): at a batch of one the step chosen pads its past at
     # both ends, and a rewrite wrong only at an unpadded step of one row was verified (a review).
     if masks and not any(_a_row_pads_nothing(inputs, masks) for _, _, inputs in [*given, *chosen]):
@@ -1020,7 +1063,7 @@ def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
     for position, (index, past, step) in enumerate(chosen):
         label = f"a decode step: set {index + 1}'s past of {past} with its first new token{ends.get(position, '')}"
         verifier.add_input_set(step, label, report_drop=False)
-    for step, label in copies:
+    for _, _, step, label in copies:
         verifier.add_input_set(step, label, report_drop=False)
     for index, past, step, row in one_row:
         label = f"a decode step of one row: row {row + 1} of set {index + 1}'s past of {past} with its first new token"
@@ -1088,7 +1131,8 @@ def _add_drafts_over_a_long_past(
     that pads no position. Then, where no set so held or added has several rows that pad a position (several rows,
     without a mask), as a batch of left-padded prompts checks its drafts: cut from the first set with a long past
     that has (generated inputs: the padded second binding, where its past is long), else the unpadded draft at
-    ``_CHUNK_ROWS`` rows or more, row 1's past padded at its start (``_with_the_start_of_a_past_padded``). Every
+    ``_CHUNK_ROWS`` rows or more, row 1's past padded at its start (``_with_the_start_of_a_past_padded``), or at its
+    own rows where the original refuses those (ONNX Runtime GenAI's take several new tokens at one row only). Every
     other set with a past holds one new token or about as many as the past (and the short chunk a short past): a
     rewrite wrong only at a few tokens over a long past was verified, and then one wrong only there at several rows
     with pads (a review). Each left out where the original refuses it."""
@@ -1128,7 +1172,14 @@ def _add_drafts_over_a_long_past(
     if masks:
         grown, padded = _with_the_start_of_a_past_padded(grown, masks, _past_length(layout, grown))
         how += padded
-    verifier.add_input_set(grown, f"a batched draft over a long past: {how}", report_drop=False)
+    added = verifier.add_input_set(grown, f"a batched draft over a long past: {how}", report_drop=False)
+    if added or not masks or rows >= _CHUNK_ROWS:
+        return
+    # ONNX Runtime GenAI's decoders take several new tokens over a past at one row only: the draft padded at its rows.
+    source, padded = _with_the_start_of_a_past_padded(source, masks, _past_length(layout, source))
+    verifier.add_input_set(
+        source, f"a padded draft over a long past: the first unpadded draft{padded}", report_drop=False
+    )
 
 
 def _with_the_start_of_a_past_padded(
@@ -1305,6 +1356,77 @@ def _with_the_end_of_a_past_padded(
             mask[row, past - count : past] = 0
             padded[name] = mask
     return padded, f", row {row + 1}'s last {count} past positions padded"
+
+
+def _every_new_token_real(inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: int | None) -> bool:
+    """Whether no mask of ``inputs`` (a decode step after ``past`` positions) pads a row's new token."""
+    padding = _padding(inputs, masks)
+    return padding is None or past is None or padding.shape[1] != past + 1 or not padding[:, past].any()
+
+
+def _with_every_new_token_real(
+    inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: int | None
+) -> tuple[dict[str, np.ndarray], str] | None:
+    """``inputs`` (a decode step after ``past`` positions) with the new token of each row that pads it but keeps a
+    real past position made real in every mask of the step's length, and the words that say so; None where no row
+    is so padded."""
+    padding = _padding(inputs, masks)
+    if padding is None or not past or padding.shape[1] != past + 1:
+        return None
+    rows = padding[:, past] & ~padding[:, :past].all(axis=1)
+    if not rows.any():
+        return None
+    real = dict(inputs)
+    for name in masks:
+        mask = inputs.get(name)
+        if isinstance(mask, np.ndarray) and mask.ndim == 2 and mask.shape == padding.shape:
+            mask = mask.copy()
+            mask[rows, past] = 1
+            real[name] = mask
+    words = []
+    for row in np.flatnonzero(rows):
+        ending = int(np.argmin(padding[row, :past][::-1]))  # the padded positions that end its past
+        words.append(
+            f"row {row + 1}'s new token real" + (f" after its last {ending} past positions padded" * (ending > 0))
+        )
+    return real, ", " + ", ".join(words)
+
+
+def _holds_a_hole(inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: int | None) -> bool:
+    """Whether ``inputs`` (a decode step after ``past`` positions) pad a position of a row's past between two real
+    ones of it, in a row whose new token is real."""
+    padding = _padding(inputs, masks)
+    if padding is None or not past or padding.shape[1] != past + 1:
+        return False
+    real = ~padding[:, :past]
+    before = np.cumsum(real, axis=1) > 0
+    after = np.cumsum(real[:, ::-1], axis=1)[:, ::-1] > 0
+    return bool(((~real & before & after).any(axis=1) & ~padding[:, past]).any())
+
+
+def _with_a_hole_in_a_past(
+    inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: int | None
+) -> tuple[dict[str, np.ndarray], str] | None:
+    """``inputs`` (a decode step after ``past`` positions) with a run of real past positions padded between real
+    ones (their third sixth) in every mask of the step's length, on the row whose new token is real that holds the
+    most real past positions, and the words that say so. Positions are kept. None where no such row holds 3."""
+    padding = _padding(inputs, masks)
+    if padding is None or not past or padding.shape[1] != past + 1:
+        return None
+    counts = np.where(padding[:, past], -1, (~padding[:, :past]).sum(axis=1))
+    row = int(np.argmax(counts))
+    real = np.flatnonzero(~padding[row, :past])
+    if counts[row] < 3:
+        return None
+    hole = real[len(real) // 3 : len(real) // 3 + max(1, len(real) // 6)]
+    holed = dict(inputs)
+    for name in masks:
+        mask = inputs.get(name)
+        if isinstance(mask, np.ndarray) and mask.ndim == 2 and mask.shape == padding.shape:
+            mask = mask.copy()
+            mask[row, hole] = 0
+            holed[name] = mask
+    return holed, f", row {row + 1}'s past positions {hole[0]}-{hole[-1]} padded between real ones"
 
 
 def _padding_a_past(padding: np.ndarray, past: int | None) -> np.ndarray | None:

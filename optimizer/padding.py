@@ -60,17 +60,17 @@ def cache_outputs(model: ir.Model) -> frozenset[str]:
     Decided from the graph, not the name: the output is ``Concat(past, new, axis=2)`` where
     ``past`` is computed from a 4-D graph input (every exporter's cache update; the dynamo
     exporter concatenates the input with an empty tensor first), or a fused attention op's
-    present.
+    present; either of them through ``Identity`` or ``Cast`` (``_renamed``) too.
     """
     names = set()
     for value in model.graph.outputs:
-        node = value.producer()
+        node = _renamed(value).producer()
         if node is None:
             continue
         if node.op_type == "Concat" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
             if node.attributes.get_int("axis", 0) in (2, -2) and _from_4d_input(node.inputs[0]):
                 names.add(value.name)
-        elif node.op_type in _CACHE_OPS and node.domain == "com.microsoft" and value is not node.outputs[0]:
+        elif node.op_type in _CACHE_OPS and node.domain == "com.microsoft" and _renamed(value) is not node.outputs[0]:
             names.add(value.name)
     return frozenset(names)
 
@@ -173,6 +173,17 @@ def _from_4d_input(value: ir.Value | None) -> bool:
     return source is not None and source.shape is not None and source.shape.rank() == 4
 
 
+def _renamed(value: ir.Value) -> ir.Value:
+    """The value that ``value`` is an ``Identity`` or ``Cast`` of, through up to 8 of them, else ``value`` (a present
+    written as ``Identity(Concat(past, new))`` holds that Concat's positions)."""
+    seen = 0
+    while (node := value.producer()) is not None and node.op_type in ("Identity", "Cast") and node.inputs:
+        if node.domain not in ("", "ai.onnx") or node.inputs[0] is None or seen >= 8:
+            break
+        value, seen = node.inputs[0], seen + 1
+    return value
+
+
 def _graph_input_behind(value: ir.Value | None) -> ir.Value | None:
     """The graph input ``value`` is, or is computed from through Concat, Identity and Cast (following the
     operand that is a graph input, else the first: a Concat of the past with an empty tensor); None if none."""
@@ -201,7 +212,8 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
     With two or more rows the last row that keeps a real token is padded on the right
     (its final quarter) and the first other one on the left (its first quarter, or its first third where that would
     leave the two rows as many real tokens); a single row gets both (an eighth at each end). At least one position
-    stays unpadded in every row. Other inputs are unchanged, so padded positions still hold real tokens, as a padded
+    stays unpadded in every row (a mask of one position a row is left as it is, and the description says so). Other
+    inputs are unchanged, so padded positions still hold real tokens, as a padded
     batch does, except ``position_ids`` on a row whose start is padded, which count as Hugging Face's do there
     (``_positions_after_padding``): generated positions are ``0..S-1`` (after the past) on every row,
     and a rewrite that dropped ``position_ids`` for an ``arange`` verified.
@@ -211,6 +223,9 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
     for name in masks:
         mask = np.array(inputs[name], copy=True)
         rows, length = mask.shape
+        if length < 2:  # one position a row: padding it would pad the row wholly
+            described.append(f"{name}: nothing padded (one position a row)")
+            continue
         if rows >= 2:
             left, right = max(1, length // 4), max(1, length // 4)
             # The last row that keeps a real token when its end is padded (a left-padded
@@ -447,8 +462,9 @@ def _names_only(length: str | None, dims: set[str]) -> bool:
 
 
 def _past_input(value: ir.Value) -> ir.Value | None:
-    """The graph input a cache output ``Concat(past, new)`` extends, or None."""
-    node = value.producer()
+    """The graph input a cache output ``Concat(past, new)`` (or an ``Identity`` or ``Cast`` of one) extends, or
+    None."""
+    node = _renamed(value).producer()
     if node is None or node.op_type != "Concat" or not node.inputs:
         return None
     return _graph_input_behind(node.inputs[0])

@@ -209,7 +209,9 @@ def test_the_generated_step_is_one_token_after_the_padded_sets_past(monkeypatch)
     label = "a decode step: set 2's past of 255 with its first new token"
     # Its row 2 pads the end of its past too (since review s66: a mask ``1 .. 1 0 .. 0 | 1``).
     index = next(i for i, text in enumerate(verifier.labels) if text.startswith(label))
-    assert verifier.labels[index] == f"{label}, row 2's last 63 past positions padded", verifier.labels
+    # And a hole inside it (since review s68: ``1 1 0 0 1 1 | 1``).
+    holed = f"{label}, row 2's last 63 past positions padded, row 2's past positions 64-95 padded between real ones"
+    assert verifier.labels[index] == holed, verifier.labels
     step, second = verifier.input_sets[index], verifier.input_sets[1]
     assert step["input_ids"].shape == (2, 1) and (step["input_ids"][:, 0] == second["input_ids"][:, 0]).all()
     assert (
