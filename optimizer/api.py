@@ -73,7 +73,7 @@ from optimizer.model_io import (
     unname_negative_dims,
 )
 from optimizer.options import DATA_IMPORTANCE_KINDS, Options
-from optimizer.padding import mask_inputs, padded_copy, pads_both_ends, shifted_positions
+from optimizer.padding import PadsWhereTrue, mask_inputs, padded_at, padded_copy, pads_both_ends, shifted_positions
 from optimizer.pipeline import run_pipeline
 from optimizer.protocol import PassContext, PassSpec
 from optimizer.registry import all_passes, resolve, ways_to_ask
@@ -1194,7 +1194,7 @@ def _with_the_start_of_a_past_padded(
         mask = inputs.get(name)
         if isinstance(mask, np.ndarray) and mask.ndim == 2 and past and mask.shape[1] > past:
             mask = mask.copy()
-            mask[0, :count] = 0
+            mask[0, :count] = isinstance(name, PadsWhereTrue)
             padded[name] = mask
     return padded, f", row 1's first {count} past positions padded"
 
@@ -1439,10 +1439,10 @@ def _padding_a_past(padding: np.ndarray, past: int | None) -> np.ndarray | None:
 
 def _padding(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> np.ndarray | None:
     """``[batch, positions]``: True where every 2-D mask of the first one's shape pads; None without one."""
-    shaped = [np.asarray(inputs[name]) for name in masks if name in inputs and np.ndim(inputs[name]) == 2]
+    shaped = [padded_at(inputs, name) for name in masks if name in inputs and np.ndim(inputs[name]) == 2]
     if not shaped:
         return None
-    return np.logical_and.reduce([mask == 0 for mask in shaped if mask.shape == shaped[0].shape])
+    return np.logical_and.reduce([padded for padded in shaped if padded.shape == shaped[0].shape])
 
 
 def _past_length(layout: Any, inputs: Mapping[str, np.ndarray]) -> int | None:

@@ -1860,8 +1860,9 @@ def pads_where_true(value: ir.Value) -> bool:
     of -1e3 or below where it holds (arabic-name-romanizer's decoder: ``Where(src_mask, -1e9, scores)``) or as what
     multiplies one, or negated as a multiplier of data, not of a constant (its encoder: ``memory *
     Cast(Not(src_mask))``; ``scores - 1e9 * Cast(Not(mask))`` is Hugging Face's convention, read as PyTorch's until a
-    review). Generated as ones, such a mask padded every position: the scores and means behind it were constant, and a
-    rewrite of the projections before them verified."""
+    review); through ``Or`` and ``And`` with another mask too (a causal mask's ``Or``: read as neither, it was
+    generated true everywhere until a review). Generated as ones, such a mask padded every position: the scores and
+    means behind it were constant, and a rewrite of the projections before them verified."""
     seen: set[tuple[int, bool]] = set()
     frontier = [(value, False)]
     while frontier:
@@ -1876,6 +1877,10 @@ def pads_where_true(value: ir.Value) -> bool:
                 frontier.extend((out, negated) for out in node.outputs)
             elif node.op_type == "Not":
                 frontier.extend((out, not negated) for out in node.outputs)
+            elif node.op_type in ("Or", "And"):
+                # Combined with another mask of its convention (PyTorch's ``attn_mask.logical_or(key_padding_mask)``
+                # beside a causal one), the result pads or attends where it does.
+                frontier.extend((out, negated) for out in node.outputs)
             elif node.op_type == "Where" and index == 0 and len(node.inputs) == 3:
                 if _is_fill(node.inputs[1]):
                     return not negated
@@ -3194,7 +3199,10 @@ def _padding_masks(batch: Mapping[str, np.ndarray], holds: SampleAxes, size: int
     """Where each sample of ``batch`` attends, per padding mask it holds (``[samples, sequence]`` bool): an integer
     input named ``*mask*``, 2-D, cut along axis 0, holding only 0 (pad) and 1, with a 1 in every sample's row, as
     ``optimizer.padding.mask_inputs`` takes one (a boolean mask may pad where True: read the wrong way round it
-    would keep the pads and drop the tokens)."""
+    would keep the pads and drop the tokens); then the first positions of each row that a per-row lengths input
+    (``_LENGTHS_NAME``, ``[samples]`` integers of 1 or more: ``waveforms_lens``, NeMo's ``length``) counts, at the
+    second dim of each input it may describe (the inputs its name starts with, ``waveforms``, else all) that holds
+    every length. Audio models take lengths, not a mask: a clip padded to two lengths was two samples."""
     masks = []
     for name, array in batch.items():
         if not (_MASK_NAME.search(name) and isinstance(array, np.ndarray) and array.ndim == 2):
@@ -3203,6 +3211,23 @@ def _padding_masks(batch: Mapping[str, np.ndarray], holds: SampleAxes, size: int
             continue
         if np.isin(array, (0, 1)).all() and (array == 1).any(axis=1).all():
             masks.append(array == 1)
+    for name, lengths in batch.items():
+        if not (_LENGTHS_NAME.search(name) and isinstance(lengths, np.ndarray) and lengths.shape == (size,)):
+            continue
+        if lengths.dtype.kind not in "iu" or not holds(name, lengths) or holds.axis(name) or not lengths.size:
+            continue
+        if (lengths < 1).any():
+            continue
+        sequences = {
+            other: np.shape(array)[1]
+            for other, array in batch.items()
+            if other != name and np.ndim(array) >= 2 and holds(other, array) and not holds.axis(other)
+        }
+        prefix = _LENGTHS_NAME.sub("", name)
+        described = {other: width for other, width in sequences.items() if prefix and other.startswith(prefix)}
+        for width in sorted(set((described or sequences).values())):
+            if width >= lengths.max():
+                masks.append(np.arange(width) < lengths[:, None])
     return masks
 
 

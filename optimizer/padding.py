@@ -33,25 +33,44 @@ _POSITION_IDS_NAME = re.compile(r"position_ids$", re.IGNORECASE)
 _CACHE_OPS = frozenset({"GroupQueryAttention", "MultiHeadAttention", "Attention"})
 
 
+class PadsWhereTrue(str):
+    """The name of a mask input that pads where it is true (PyTorch's key padding mask), as ``mask_inputs`` returns
+    it: the functions here read it inverted (``padded_at``), and write its padded positions true."""
+
+
 def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
     """Inputs of ``model`` that look like a ``[batch, sequence]`` padding mask: named ``*mask*``,
-    2-D, holding only 0 (pad) and 1 (attend), and attending somewhere in every row.
+    2-D, holding only 0 (pad) and 1 (attend), and attending somewhere in every row; or, where the graph reads it
+    as padding where true (``optimizer.inputs.pads_where_true``: ``Where(src_mask, -1e9, scores)``), holding only
+    false (attend) and true (pad), false somewhere in every row, returned as a ``PadsWhereTrue``.
 
-    An additive float mask (0 attends, a large negative number pads) and a boolean one
-    (True pads in PyTorch's ``key_padding_mask``, attends in Hugging Face's) do not qualify:
+    An additive float mask (0 attends, a large negative number pads) and a boolean one the graph
+    does not read as padding where true (True attends in Hugging Face's) do not qualify:
     reading them the wrong way round would hide the real tokens from comparison.
     """
+    from optimizer.inputs import pads_where_true  # imported here: optimizer.inputs is heavier than this module
+
     names = []
     for value in model.graph.inputs:
         array = inputs.get(value.name)
         if array is None or not _MASK_NAME.search(value.name) or np.ndim(array) != 2:
             continue
         array = np.asarray(array)
-        if array.dtype.kind not in "iuf" or array.shape[1] < 2:
+        if array.dtype.kind not in "biuf" or array.shape[1] < 2 or not np.isin(array, (0, 1)).all():
             continue
-        if np.isin(array, (0, 1)).all() and (array == 1).any(axis=1).all():
+        if pads_where_true(value):
+            if (array == 0).any(axis=1).all():
+                names.append(PadsWhereTrue(value.name))
+        elif array.dtype.kind != "b" and (array == 1).any(axis=1).all():
             names.append(value.name)
     return names
+
+
+def padded_at(inputs: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    """Where mask ``name`` (one of ``mask_inputs``) of ``inputs`` pads, as booleans: its zeros, or its true values
+    where it pads where true (``PadsWhereTrue``)."""
+    mask = np.asarray(inputs[name])
+    return mask != 0 if isinstance(name, PadsWhereTrue) else mask == 0
 
 
 def cache_outputs(model: ir.Model) -> frozenset[str]:
@@ -201,15 +220,16 @@ def _graph_input_behind(value: ir.Value | None) -> ir.Value | None:
 
 def pads_both_ends(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> bool:
     """Whether some mask in ``inputs`` pads the start of a row and some the end of a row."""
-    starts = any(np.any(np.asarray(inputs[name])[:, 0] == 0) for name in masks)
-    ends = any(np.any(np.asarray(inputs[name])[:, -1] == 0) for name in masks)
+    starts = any(np.any(padded_at(inputs, name)[:, 0]) for name in masks)
+    ends = any(np.any(padded_at(inputs, name)[:, -1]) for name in masks)
     return starts and ends
 
 
 def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple[dict[str, np.ndarray], str]:
     """A copy of ``inputs`` whose masks pad a row's start and a row's end, and a description of what changed.
 
-    With two or more rows the last row that keeps a real token is padded on the right
+    Masks are ``mask_inputs``' (one that pads where true, ``PadsWhereTrue``, is written true where padded). With two or
+    more rows the last row that keeps a real token is padded on the right
     (its final quarter) and the first other one on the left (its first quarter, or its first third where that would
     leave the two rows as many real tokens); a single row gets both (an eighth at each end). At least one position
     stays unpadded in every row (a mask of one position a row is left as it is, and the description says so). Other
@@ -221,7 +241,8 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
     padded = dict(inputs)
     described = []
     for name in masks:
-        mask = np.array(inputs[name], copy=True)
+        real = ~padded_at(inputs, name)
+        mask = real.copy()
         rows, length = mask.shape
         if length < 2:  # one position a row: padding it would pad the row wholly
             described.append(f"{name}: nothing padded (one position a row)")
@@ -253,13 +274,16 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
             where = f"the last of {length} positions"
         # Never a fully padded row where there was a real token: it is compared (``padded_positions``)
         # but means nothing.
-        emptied = ~mask.any(axis=1) & np.asarray(inputs[name]).any(axis=1)
-        mask[emptied] = np.asarray(inputs[name])[emptied]
-        padded[name] = mask
+        emptied = ~mask.any(axis=1) & real.any(axis=1)
+        mask[emptied] = real[emptied]
+        original = np.asarray(inputs[name])
+        padded[name] = np.where(mask, original, isinstance(name, PadsWhereTrue)).astype(original.dtype)
         described.append(f"{name}: {where} padded")
     for name, positions in inputs.items():
         if _POSITION_IDS_NAME.search(name) and name not in masks:
-            counted = _positions_after_padding(positions, [(inputs[m], padded[m]) for m in masks])
+            counted = _positions_after_padding(
+                positions, [(~padded_at(inputs, m), ~padded_at(padded, m)) for m in masks]
+            )
             if counted is not None:
                 padded[name], rows = counted
                 described.append(f"{name} counted from the first real token on row {rows} (cumsum(mask) - 1)")
@@ -338,8 +362,8 @@ def paddings(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> dict[tup
     another sequence: an encoder-decoder's encoder mask beside its decoder's."""
     shaped: dict[tuple[int, ...], list[np.ndarray]] = {}
     for name in masks:
-        mask = np.asarray(inputs[name])
-        shaped.setdefault(mask.shape, []).append(mask == 0)
+        padded = padded_at(inputs, name)
+        shaped.setdefault(padded.shape, []).append(padded)
     found = {}
     for shape, padded in shaped.items():
         padding = np.logical_and.reduce(padded)

@@ -10,8 +10,9 @@ batches), padding read from the original, and the batched draft over a long past
 3. Fixed. An input compared by ``Equal`` with a small dense table of special ids (``[101, 102]``, ``[0, 1, 2]``) was
    drawn over those values alone: every token special, a pooled output of zeros, and a rewrite of the projection
    verified. It is drawn over the table's values and one past them that no class matches.
-4. Open (strict xfail). A true-pads mask is no padding mask to ``optimizer.padding``, so no set pads a row's start, and
-   a rewrite that reads the mask as key lengths (padding at the end) verifies.
+4. Fixed (review s68). A true-pads mask was no padding mask to ``optimizer.padding``, so no set padded a row's start,
+   and a rewrite that reads the mask as key lengths (padding at the end) verified. ``mask_inputs`` now returns it as a
+   ``PadsWhereTrue``, read inverted.
 5. Fixed. A tf2onnx NHWC image with dynamic height and width (``[unk__614, unk__615, unk__616, 3]``) was not taken
    for an image by ``image_batch_dims`` (channels on axis 1 only): 128 images, then 129, verified.
 """
@@ -192,13 +193,6 @@ def _mask_read_as_lengths(model: ir.Model) -> None:
     where.replace_input_with(0, add("Unsqueeze", [past_the_count, constant(np.array([1]))]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a mask that pads where true is not a padding mask to optimizer.padding (mask_inputs reads 1 as attend), "
-    "so no set pads a row's start: generated masks pad the last row's end only, and a rewrite that reads the mask as "
-    "key lengths (right padding) verifies; padding a start would compare a causal model's fully masked query rows, "
-    "which no set hides for such a mask (review s67 late4, finding 4)",
-)
 def test_a_rewrite_that_reads_a_true_pads_mask_as_key_lengths_is_rolled_back(tmp_path: Path):
     report = optimize_with_rewrite(_attention_under_padding_mask(), _mask_read_as_lengths, tmp_path)
     record = report.passes[0]

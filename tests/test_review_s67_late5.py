@@ -15,7 +15,7 @@
    more, pruning and low-rank divide them whether or not a budget is searched (the pipeline's check is on the
    second half either way), and the figure read "on the 33 held-out samples that the budget search did not see (it
    chose on 33 others)" where no search ran. It now says the other half is kept for a search none asked for.
-4. **Open (strict xfail): a clip padded to two lengths, with a ``*_lens`` input, is still two samples.** The copies
+4. **Fixed (review s68): a clip padded to two lengths, with a ``*_lens`` input, was still two samples.** The copies
    ``hold_out`` tells apart by content leave out only what an integer 0/1 ``*mask*`` input pads; audio models that
    take lengths instead (``input_values`` and ``input_lens``: NeMo's ``audio_signal``/``length``) have no mask, so
    the same clips in two files padded to 40 and 48 samples had every held-out clip a padded copy of a fitted one.
@@ -162,14 +162,9 @@ def test_a_lowrank_figure_without_a_budget_claims_no_search(fake_lowrank_speed):
     assert "half of those held out (the 33 others are kept for a budget search; none was asked for)" in summary
 
 
-# -- 4. open: lengths instead of a mask -----------------------------------------------------------------------------
+# -- 4. lengths instead of a mask -----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hold_out's copies leave out only what an integer 0/1 *mask* input pads; a *_lens input (audio) is not "
-    "read as one, so a clip padded to two lengths is held out beside its fitted copy",
-)
 def test_a_clip_padded_to_two_lengths_with_a_lengths_input_is_not_held_out_beside_its_fitted_copy():
     from optimizer.inputs import hold_out
 

@@ -77,7 +77,7 @@ from optimizer.inputs import (
     split_samples,
 )
 from optimizer.options import IMPORTANCE_KINDS
-from optimizer.padding import cache_outputs, mask_inputs
+from optimizer.padding import cache_outputs, mask_inputs, padded_at
 from optimizer.parameters import count_parameters
 from optimizer.protocol import Twin
 from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, value_collector
@@ -722,7 +722,7 @@ def _layer_inputs(
         for batch in batches:
             if masks is None:
                 masks = [name for name in mask_inputs(model, batch) if "encoder" not in name.lower()]
-            mask = np.asarray(batch[masks[0]]) if len(masks) == 1 else None
+            mask = ~padded_at(batch, masks[0]) if len(masks) == 1 else None  # where it attends
             in_batch = samples_in(batch, holds)
             for name, array in collect(batch).items():
                 shape = np.shape(array)
