@@ -47,6 +47,7 @@ from optimizer.inputs import (
     refuse_dims_unlike,
     refuse_oversized,
     refuse_unreadable_data,
+    runtime_inputs,
     samples_in,
     split_samples,
     symbolic_dims,
@@ -230,6 +231,7 @@ def optimize_with_report(
         with verifier.one_session_of_original():
             if not specializes:
                 _add_second_binding(ir_model, verifier, options.dims, lengths.cap)
+                _add_unnamed_rows(ir_model, verifier)
                 _add_prefill(ir_model, verifier)
             if inputs is None:
                 _add_drawn_compared_values(ir_model, verifier)
@@ -420,11 +422,14 @@ def _generated_batches(model: ir.Model) -> tuple[list[str], int]:
     """The dims generated calibration samples are drawn along (named like a batch, else the one the second binding
     takes for it: Paddle's ``DynamicDimension.0``) and how many sets are drawn: one, or for a model that fixes its
     batch (``x [1, 3, 224, 224]``, no such dim) enough batches of that size to stack to ``_GENERATED_SAMPLES``, as
-    its calibration data is cut (``split_samples``); 0 where neither is there."""
+    its calibration data is cut (``split_samples``), one row a set where inputs lead with an unnamed dim; 0 where
+    none of those is there."""
     batches = _batch_names(model)
     if batches:
         return batches, 1
     fixed = fixed_batch_size(model)
+    if fixed is None and _unnamed_row_inputs(model):
+        fixed = 1  # skl2onnx's X [None, 4]: one row a draw, as verification generates it
     return [], 0 if fixed is None else -(-_GENERATED_SAMPLES // fixed)
 
 
@@ -833,6 +838,41 @@ def _add_second_binding(
             label += f", {how}"
         if verifier.add_input_set(inputs, label, report_drop=count == len(candidates)):
             return
+
+
+def _unnamed_row_inputs(model: ir.Model) -> list[str]:
+    """The inputs that lead with a dim without a name (skl2onnx's ``X [None, 4]``, a static -1): rows no binding
+    names, generated one at a time."""
+    return [
+        value.name
+        for value in runtime_inputs(model)
+        if value.shape is not None
+        and value.shape.rank()
+        and isinstance(value.shape[0], ir.SymbolicDim)
+        and not value.shape[0].value
+    ]
+
+
+def _add_unnamed_rows(model: ir.Model, verifier: Verifier) -> None:
+    """Where inputs lead with an unnamed dim (skl2onnx's ``X [None, 4]``, a static -1) and every input set holds
+    one row there, verify on two rows too: two draws of the first set's shapes, joined along that axis. No binding
+    names such a dim, so it was generated at 1 in every set, and a rewrite that mixed the rows of a batch (a
+    reduction over axis 0) verified."""
+    unnamed = _unnamed_row_inputs(model)
+    sets = verifier.input_sets
+    if not unnamed or any(np.shape(inputs.get(name))[:1] != (1,) for inputs in sets for name in unnamed):
+        return
+    try:
+        draws = [make_inputs(model, dims_from_inputs(model, sets[0]), seed=seed) for seed in (1, 2)]
+    except InputSpecError:
+        return
+    if not all(isinstance(draw[name], np.ndarray) for draw in draws for name in unnamed):
+        return
+    inputs = {
+        name: np.concatenate([draws[0][name], draws[1][name]]) if name in unnamed else value
+        for name, value in draws[0].items()
+    }
+    verifier.add_input_set(inputs, f"generated, two rows along unnamed leading dims ({_shapes(model, inputs)})")
 
 
 def _add_drawn_compared_values(model: ir.Model, verifier: Verifier) -> None:

@@ -941,5 +941,7 @@ def _runtime_types(proto: onnx.ModelProto, names: list[str]) -> dict[str, int] |
 
 
 def _has_contrib_ops(proto: onnx.ModelProto) -> bool:
-    # onnx's shape inference does not know com.microsoft ops: their undeclared outputs need ONNX Runtime's types.
-    return any(node.domain == MS_DOMAIN for node in proto.graph.node)
+    # onnx's shape inference does not know com.microsoft ops, nor type some ai.onnx.ml ones (skl2onnx's Scaler): their
+    # undeclared outputs need ONNX Runtime's types. Left untyped, a Scaler's float32 output met a float16 column in a
+    # Concat, uncast, and ONNX Runtime refused the result.
+    return any(node.domain in (MS_DOMAIN, "ai.onnx.ml") for node in proto.graph.node)
