@@ -486,7 +486,7 @@ def _samples(
         unread = f" (it has {', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
         raise InputSpecError(
             f"{needs} sample inputs and the model has no batch dimension to generate them on (no input dim "
-            f"named like one: batch, N, B{unread}; a dim declared -1 has no name): give --calibration FILE.npz"
+            f"named like one: batch, N, B{unread}, nor an unnamed or -1 first dim): give --calibration FILE.npz"
         )
     bound = _refuse_oversized_samples(model, dims)
     warning = (
