@@ -30,6 +30,7 @@ from optimizer.inputs import (
     batch_dims,
     bind_dims,
     check_inputs,
+    chunks_only_at_batch_one,
     compared_constants,
     constant_inputs_note,
     dims_from_inputs,
@@ -909,6 +910,10 @@ def _add_prefill(model: ir.Model, verifier: Verifier) -> None:
         return
     sequence = prefill[layout.input_ids].shape[1]
     label = f"the prefill: the first set's {sequence} tokens with an empty cache"
+    if (drawn := _drawn_prompt(model, layout, verifier.inputs)) is not None:
+        prefill, sequence = drawn, _SHORT_PROMPT
+        label = f"the prefill: {sequence} tokens drawn at the first set's {len(drawn[layout.input_ids])} rows"
+        label += " with an empty cache"
     verifier.add_input_set(prefill, label, report_drop=False)
     if sequence > _SHORT_PROMPT and not mask_inputs(model, prefill):
         # A short prompt too: every other set holds 128 positions or more, and a rewrite wrong only below 32 (a
@@ -920,6 +925,28 @@ def _add_prefill(model: ir.Model, verifier: Verifier) -> None:
 
 # The tokens of the short prefill verification adds (a chat's first turn may be a few tokens).
 _SHORT_PROMPT = 7
+
+
+def _drawn_prompt(model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """A prefill of ``_SHORT_PROMPT`` drawn tokens at the rows of ``inputs``, where ``inputs`` holds one new token at
+    several rows because the model takes several over a past at one row only (``chunks_only_at_batch_one``: ONNX
+    Runtime GenAI's layout at ``--dim batch_size=2``, every set a one-token step); None elsewhere, or where the
+    tokens' dim is fixed. Cut from such a set, every prefill was one token a row, and a rewrite wrong only at a
+    prompt of several tokens at several rows, which the model takes with an empty cache, was verified."""
+    ids = np.asarray(inputs.get(layout.input_ids))
+    if ids.ndim != 2 or ids.shape[0] < 2 or ids.shape[1] != 1 or not chunks_only_at_batch_one(model):
+        return None
+    value = next((v for v in model.graph.inputs if v.name == layout.input_ids), None)
+    if (dim := _dim_name_at(value, 1)) is None:
+        return None
+    try:  # drawn as any set's tokens are (the table's range), at the same rows
+        drawn = make_inputs(model, {**dims_from_inputs(model, inputs), dim: _SHORT_PROMPT}, seed=2)
+    except InputSpecError:
+        return None
+    tokens = np.asarray(drawn.get(layout.input_ids))
+    if tokens.shape != (ids.shape[0], _SHORT_PROMPT):
+        return None
+    return _prefill_of(layout, {**inputs, layout.input_ids: tokens.astype(ids.dtype)})
 
 
 def _sequence_inputs(layout: Any) -> list[str]:

@@ -1861,8 +1861,11 @@ def pads_where_true(value: ir.Value) -> bool:
     multiplies one, or negated as a multiplier of data, not of a constant (its encoder: ``memory *
     Cast(Not(src_mask))``; ``scores - 1e9 * Cast(Not(mask))`` is Hugging Face's convention, read as PyTorch's until a
     review); through ``Or`` and ``And`` with another mask too (a causal mask's ``Or``: read as neither, it was
-    generated true everywhere until a review). Generated as ones, such a mask padded every position: the scores and
-    means behind it were constant, and a rewrite of the projections before them verified."""
+    generated true everywhere until a review), through an ``Add`` of it and another mask cast to numbers (their
+    ``Or``), and through ``Xor`` or ``Equal`` with a constant (``mask ^ True`` and ``mask == 0`` negate it; read as
+    neither through any of these, it was generated true everywhere until a review in session 68). Generated as ones,
+    such a mask padded every position: the scores and means behind it were constant, and a rewrite of the projections
+    before them verified."""
     seen: set[tuple[int, bool]] = set()
     frontier = [(value, False)]
     while frontier:
@@ -1881,6 +1884,17 @@ def pads_where_true(value: ir.Value) -> bool:
                 # Combined with another mask of its convention (PyTorch's ``attn_mask.logical_or(key_padding_mask)``
                 # beside a causal one), the result pads or attends where it does.
                 frontier.extend((out, negated) for out in node.outputs)
+            elif node.op_type == "Add" and len(node.inputs) == 2 and _is_cast_mask(node.inputs[1 - index]):
+                # Two 0/1 masks summed (``causal.float() + key_padding_mask.float()``) are nonzero where either is
+                # true, as by ``Or``. Plus data or a constant it is no mask.
+                frontier.extend((out, negated) for out in node.outputs)
+            elif node.op_type in ("Xor", "Equal") and len(node.inputs) == 2:
+                # ``mask ^ True`` and ``mask == 0`` negate it, ``mask ^ False`` and ``mask == 1`` keep it; with
+                # another mask, or any other value, they say neither.
+                bit = _constant_bit(node.inputs[1 - index])
+                if bit is not None:
+                    flips = bit == (node.op_type == "Xor")
+                    frontier.extend((out, negated != flips) for out in node.outputs)
             elif node.op_type == "Where" and index == 0 and len(node.inputs) == 3:
                 if _is_fill(node.inputs[1]):
                     return not negated
@@ -1895,6 +1909,42 @@ def pads_where_true(value: ir.Value) -> bool:
                 if other is None or ir.convenience.get_const_tensor(other) is None:
                     return negated
     return False
+
+
+def _is_cast_mask(value: ir.Value | None) -> bool:
+    """Whether ``value`` is a boolean cast to numbers (0 and 1: a mask), through casts and reshapes."""
+    while value is not None and (node := value.producer()) is not None and is_onnx_domain(node):
+        if node.op_type == "Cast" and _is_boolean(node.inputs[0]):
+            return True
+        if node.op_type not in _INDEX_PRESERVING_OPS:
+            return False
+        value = node.inputs[0]
+    return False
+
+
+# Ops whose output is boolean whatever their inputs' types (a value's dtype is unknown before shape inference).
+_BOOLEAN_OPS = frozenset(
+    {"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf"}
+)
+
+
+def _is_boolean(value: ir.Value | None) -> bool:
+    """Whether ``value`` is boolean: so typed, or the output of a comparison or a logical op."""
+    if value is None:
+        return False
+    producer = value.producer()
+    return value.dtype == ir.DataType.BOOL or (
+        producer is not None and is_onnx_domain(producer) and producer.op_type in _BOOLEAN_OPS
+    )
+
+
+def _constant_bit(value: ir.Value | None) -> int | None:
+    """1 where constant ``value`` is 1 (or true) everywhere, 0 where it is 0 (or false) everywhere, else None."""
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    if tensor is None or tensor.size == 0:
+        return None
+    array = tensor.numpy()
+    return 1 if (array == 1).all() else 0 if (array == 0).all() else None
 
 
 def _is_fill(value: ir.Value | None) -> bool:
@@ -3187,22 +3237,25 @@ def _sample_keys(batch: Mapping[str, np.ndarray], holds: SampleAxes, whole: bool
         for index, digest in enumerate(digests):
             part = holds.take(name, array, slice(index, index + 1)) if cut else array
             if cut and holds.axis(name) == 0 and part.ndim >= 2:
-                for mask in masks:
-                    if part.shape[1] == mask.shape[1] and not mask[index].all():
-                        part = part[:, mask[index]]
+                for axis, mask in masks:
+                    if part.ndim > axis and part.shape[axis] == mask.shape[1] and not mask[index].all():
+                        part = np.compress(mask[index], part, axis=axis)
                         break
             _digest_array(digest, name, part)
     return [digest.digest() for digest in digests]
 
 
-def _padding_masks(batch: Mapping[str, np.ndarray], holds: SampleAxes, size: int) -> list[np.ndarray]:
-    """Where each sample of ``batch`` attends, per padding mask it holds (``[samples, sequence]`` bool): an integer
-    input named ``*mask*``, 2-D, cut along axis 0, holding only 0 (pad) and 1, with a 1 in every sample's row, as
-    ``optimizer.padding.mask_inputs`` takes one (a boolean mask may pad where True: read the wrong way round it
-    would keep the pads and drop the tokens); then the first positions of each row that a per-row lengths input
-    (``_LENGTHS_NAME``, ``[samples]`` integers of 1 or more: ``waveforms_lens``, NeMo's ``length``) counts, at the
-    second dim of each input it may describe (the inputs its name starts with, ``waveforms``, else all) that holds
-    every length. Audio models take lengths, not a mask: a clip padded to two lengths was two samples."""
+def _padding_masks(batch: Mapping[str, np.ndarray], holds: SampleAxes, size: int) -> list[tuple[int, np.ndarray]]:
+    """Where each sample of ``batch`` attends, per padding mask it holds, with the axis of a sample's array the mask
+    reads (``[samples, sequence]`` bool): an integer input named ``*mask*``, 2-D, cut along axis 0, holding only 0
+    (pad) and 1, with a 1 in every sample's row, as ``optimizer.padding.mask_inputs`` takes one (a boolean mask may
+    pad where True: read the wrong way round it would keep the pads and drop the tokens), at axis 1; then the first
+    positions of each row that a per-row lengths input (``_LENGTHS_NAME``, ``[samples]`` integers of 1 or more:
+    ``waveforms_lens``, NeMo's ``length``) counts, along each axis after the first of each input it may describe (the
+    inputs its name starts with, ``waveforms``, else all) that holds every length; where several axes of one input
+    do (NeMo's ``audio_signal [batch, 80, time]``), those along which every row holds one value past its length.
+    Audio models take lengths, not a mask: a clip padded to two lengths was two samples (along axis 1 only until a
+    review in session 68: features ``[batch, features, time]`` so padded were two samples still)."""
     masks = []
     for name, array in batch.items():
         if not (_MASK_NAME.search(name) and isinstance(array, np.ndarray) and array.ndim == 2):
@@ -3210,7 +3263,7 @@ def _padding_masks(batch: Mapping[str, np.ndarray], holds: SampleAxes, size: int
         if array.dtype.kind not in "iu" or array.shape[0] != size or not holds(name, array) or holds.axis(name):
             continue
         if np.isin(array, (0, 1)).all() and (array == 1).any(axis=1).all():
-            masks.append(array == 1)
+            masks.append((1, array == 1))
     for name, lengths in batch.items():
         if not (_LENGTHS_NAME.search(name) and isinstance(lengths, np.ndarray) and lengths.shape == (size,)):
             continue
@@ -3218,17 +3271,27 @@ def _padding_masks(batch: Mapping[str, np.ndarray], holds: SampleAxes, size: int
             continue
         if (lengths < 1).any():
             continue
-        sequences = {
-            other: np.shape(array)[1]
+        described = {
+            other: np.asarray(array)
             for other, array in batch.items()
             if other != name and np.ndim(array) >= 2 and holds(other, array) and not holds.axis(other)
         }
         prefix = _LENGTHS_NAME.sub("", name)
-        described = {other: width for other, width in sequences.items() if prefix and other.startswith(prefix)}
-        for width in sorted(set((described or sequences).values())):
-            if width >= lengths.max():
-                masks.append(np.arange(width) < lengths[:, None])
+        described = {other: a for other, a in described.items() if prefix and other.startswith(prefix)} or described
+        axes = set()
+        for array in described.values():
+            holding = [axis for axis in range(1, array.ndim) if array.shape[axis] >= lengths.max()]
+            if len(holding) > 1:
+                holding = [axis for axis in holding if _one_value_past(array, axis, lengths)]
+            axes.update((axis, array.shape[axis]) for axis in holding)
+        masks.extend((axis, np.arange(width) < lengths[:, None]) for axis, width in sorted(axes))
     return masks
+
+
+def _one_value_past(array: np.ndarray, axis: int, lengths: np.ndarray) -> bool:
+    """Whether every row of ``array`` holds one value (its padding) along ``axis`` past its length in ``lengths``."""
+    rows = np.moveaxis(array, axis, 1)
+    return all((row[length:] == row[length:].flat[0]).all() for row, length in zip(rows, lengths) if length < len(row))
 
 
 # Which part of a ``_Split`` a sample is in (``_Split.held``): fitted to, held out (searched by and reported on

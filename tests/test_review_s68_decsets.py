@@ -18,8 +18,9 @@ Findings (each one's test failed on 4c55314):
 - A present written as ``Identity(Concat(past, new))`` was no cache to verification: its padded positions, and the
   logits at new tokens the mask's tail pads, were compared, and a rewrite moving only those was rolled back.
 
-Not fixed (strict xfails): a decoder with a 4-D mask ``[batch, 1, sequence, total_sequence]`` is refused on generated
-inputs; GenAI's layout at ``--dim batch_size=2`` gets no prompt of several tokens.
+Not fixed (strict xfail): a decoder with a 4-D mask ``[batch, 1, sequence, total_sequence]`` is refused on generated
+inputs. GenAI's layout at ``--dim batch_size=2``, which got no prompt of several tokens, was fixed by review s68 gaps
+(``tests/test_review_s68_gaps.py``).
 """
 
 from __future__ import annotations
@@ -241,14 +242,6 @@ def test_a_cache_output_through_identity_is_not_compared_at_padded_positions(tin
     assert verifier.check(moved).ok, verifier.check(moved).first_failure
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ONNX Runtime GenAI's layout at --dim batch_size=2: its GroupQueryAttention takes several new tokens over "
-    "a past at one row only, so every generated set is a one-token step, and the prefill (api._add_prefill) and the "
-    "padded prefill are cut from those sets' one token: no set runs a prompt of several tokens, which the model "
-    "takes at any batch with an empty cache, and a rewrite wrong only there verifies (tokens would have to be drawn "
-    "for it, not cut)",
-)
 def test_genai_at_a_batch_of_two_gets_a_prefill_of_several_tokens(tmp_path):
     verifier = verifier_optimize_builds(GENAI, dims={"batch_size": 2})
 
