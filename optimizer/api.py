@@ -44,6 +44,7 @@ from optimizer.inputs import (
     make_inputs,
     nan_note,
     open_samples,
+    pads_where_true,
     prefill_of_text,
     refuse_dims_unlike,
     refuse_oversized,
@@ -905,7 +906,7 @@ def _add_prefill(model: ir.Model, verifier: Verifier) -> None:
         return
     if any(_empty_cache(layout, inputs) for inputs in verifier.input_sets):
         return
-    prefill = _prefill_of(layout, verifier.inputs)
+    prefill = _prefill_of(layout, verifier.inputs, real=_real_mark(model, layout))
     if prefill is None:
         return
     sequence = prefill[layout.input_ids].shape[1]
@@ -946,7 +947,7 @@ def _drawn_prompt(model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray]
     tokens = np.asarray(drawn.get(layout.input_ids))
     if tokens.shape != (ids.shape[0], _SHORT_PROMPT):
         return None
-    return _prefill_of(layout, {**inputs, layout.input_ids: tokens.astype(ids.dtype)})
+    return _prefill_of(layout, {**inputs, layout.input_ids: tokens.astype(ids.dtype)}, real=_real_mark(model, layout))
 
 
 def _sequence_inputs(layout: Any) -> list[str]:
@@ -983,7 +984,7 @@ def _add_padded_prefill(model: ir.Model, verifier: Verifier) -> None:
     # A set of several rows and one token (ONNX Runtime GenAI's second binding, a one-token step) pads nothing in a
     # prefill (a row is never padded wholly): the first set's tokens at as many rows instead.
     index, source = next(((index, inputs) for index, inputs in several if tokens(inputs) > 1), (0, verifier.inputs))
-    prefill = _prefill_of(layout, source)
+    prefill = _prefill_of(layout, source, real=_real_mark(model, layout))
     if prefill is None or any(name not in prefill for name in masks):
         return
     # Its first tokens only, a short prompt: the sets of 128 and 257 tokens already exercise length, and a rewrite
@@ -1007,9 +1008,9 @@ def _empty_cache(layout: Any, inputs: Mapping[str, np.ndarray]) -> bool:
     return all(pair.past in inputs and np.shape(inputs[pair.past])[pair.sequence_axis] == 0 for pair in layout.cache)
 
 
-def _prefill_of(layout: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    """``inputs``' new tokens with every cache empty, the mask ones and positions from 0; None where an input of
-    the layout is missing."""
+def _prefill_of(layout: Any, inputs: Mapping[str, np.ndarray], *, real: bool = True) -> dict[str, np.ndarray] | None:
+    """``inputs``' new tokens with every cache empty, the mask ``real`` everywhere (``_real_mark``) and positions from
+    0; None where an input of the layout is missing."""
     ids = np.asarray(inputs.get(layout.input_ids))
     if ids.ndim != 2 or ids.size == 0 or any(pair.past not in inputs for pair in layout.cache):
         return None
@@ -1017,10 +1018,18 @@ def _prefill_of(layout: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.n
     prefill = dict(inputs)
     prefill.update({pair.past: pair.empty(batch) for pair in layout.cache})
     if layout.attention_mask is not None:
-        prefill[layout.attention_mask] = np.ones((batch, sequence), layout.mask_dtype)
+        prefill[layout.attention_mask] = np.full((batch, sequence), real, layout.mask_dtype)
     if layout.position_ids is not None:
         prefill[layout.position_ids] = np.tile(np.arange(sequence), (batch, 1)).astype(layout.positions_dtype)
     return prefill
+
+
+def _real_mark(model: ir.Model, layout: Any) -> bool:
+    """What ``layout``'s mask holds at a real position: true (1), or false (0) where the graph reads it as padding
+    where true (``optimizer.inputs.pads_where_true``: a key padding mask). Written ones, such a mask padded every
+    position of each prefill (labelled "the prefill", and a rewrite wrong only at a real prompt's tokens verified)."""
+    value = next((value for value in model.graph.inputs if value.name == layout.attention_mask), None)
+    return value is None or not pads_where_true(value)
 
 
 def _add_decode_step(model: ir.Model, verifier: Verifier) -> None:
@@ -1309,7 +1318,8 @@ def _short_chunk(
     chunk = {layout.input_ids: ids[:, :_CHUNK_NEW]}
     if layout.attention_mask is not None:
         mask = np.asarray(inputs.get(layout.attention_mask))
-        if mask.shape != (ids.shape[0], past + ids.shape[1]) or not (whole or (mask == 1).all()):
+        real = mask == _real_mark(model, layout)
+        if mask.shape != (ids.shape[0], past + ids.shape[1]) or not (whole or real.all()):
             return None
         chunk[layout.attention_mask] = mask[:, : kept + _CHUNK_NEW]
     if layout.position_ids is not None:
@@ -1420,7 +1430,7 @@ def _with_the_end_of_a_past_padded(
         mask = inputs.get(name)
         if isinstance(mask, np.ndarray) and mask.ndim == 2 and mask.shape == padding.shape:
             mask = mask.copy()
-            mask[row, past - count : past] = 0
+            mask[row, past - count : past] = isinstance(name, PadsWhereTrue)  # padded
             padded[name] = mask
     return padded, f", row {row + 1}'s last {count} past positions padded"
 
@@ -1448,7 +1458,7 @@ def _with_every_new_token_real(
         mask = inputs.get(name)
         if isinstance(mask, np.ndarray) and mask.ndim == 2 and mask.shape == padding.shape:
             mask = mask.copy()
-            mask[rows, past] = 1
+            mask[rows, past] = not isinstance(name, PadsWhereTrue)  # real
             real[name] = mask
     words = []
     for row in np.flatnonzero(rows):
@@ -1491,7 +1501,7 @@ def _with_a_hole_in_a_past(
         mask = inputs.get(name)
         if isinstance(mask, np.ndarray) and mask.ndim == 2 and mask.shape == padding.shape:
             mask = mask.copy()
-            mask[row, hole] = 0
+            mask[row, hole] = isinstance(name, PadsWhereTrue)  # padded
             holed[name] = mask
     return holed, f", row {row + 1}'s past positions {hole[0]}-{hole[-1]} padded between real ones"
 

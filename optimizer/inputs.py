@@ -2948,6 +2948,9 @@ def holds_samples(model: ir.Model | None) -> SampleAxes:
             and (sampled is None or name in sampled or name not in known)
         ),
         _later_sample_axes(model, sampled),
+        frozenset(v.name for v in model.graph.inputs if _MASK_NAME.search(v.name) and pads_where_true(v))
+        if model is not None
+        else frozenset(),
     )
 
 
@@ -2955,10 +2958,17 @@ class SampleAxes:
     """Which arrays of a batch hold samples, and along which axis: called as ``holds(name, array)``, it
     says whether ``array`` holds samples; ``length``, ``take`` and ``axis`` read and cut them. Axis 0
     but for an input whose batch dim the model puts later (Silero VAD's LSTM ``state [2, batch, 128]``
-    beside ``input [batch, T]``): every cut of the samples cuts it there too."""
+    beside ``input [batch, T]``): every cut of the samples cuts it there too. ``pads_where_true``: the mask inputs
+    the model reads as padding where true (``pads_where_true``), whose zeros are the real positions."""
 
-    def __init__(self, first: Callable[[str, Any], bool], later: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        first: Callable[[str, Any], bool],
+        later: Mapping[str, int] | None = None,
+        pads_where_true: frozenset[str] = frozenset(),
+    ) -> None:
         self._first, self._later = first, dict(later or {})
+        self.pads_where_true = pads_where_true
 
     def __call__(self, name: str, array: Any) -> bool:
         if name in self._later:
@@ -3249,21 +3259,26 @@ def _padding_masks(batch: Mapping[str, np.ndarray], holds: SampleAxes, size: int
     """Where each sample of ``batch`` attends, per padding mask it holds, with the axis of a sample's array the mask
     reads (``[samples, sequence]`` bool): an integer input named ``*mask*``, 2-D, cut along axis 0, holding only 0
     (pad) and 1, with a 1 in every sample's row, as ``optimizer.padding.mask_inputs`` takes one (a boolean mask may
-    pad where True: read the wrong way round it would keep the pads and drop the tokens), at axis 1; then the first
-    positions of each row that a per-row lengths input (``_LENGTHS_NAME``, ``[samples]`` integers of 1 or more:
-    ``waveforms_lens``, NeMo's ``length``) counts, along each axis after the first of each input it may describe (the
-    inputs its name starts with, ``waveforms``, else all) that holds every length; where several axes of one input
-    do (NeMo's ``audio_signal [batch, 80, time]``), those along which every row holds one value past its length.
-    Audio models take lengths, not a mask: a clip padded to two lengths was two samples (along axis 1 only until a
-    review in session 68: features ``[batch, features, time]`` so padded were two samples still)."""
+    pad where True: read the wrong way round it would keep the pads and drop the tokens), or one the model reads as
+    padding where true (``holds``' ``pads_where_true``; boolean too), its zeros the real positions (read as 1s, two
+    sentences padded alike were one sample), at axis 1; then the first positions of each row that a per-row lengths
+    input (``_LENGTHS_NAME``, ``[samples]`` integers of 1 or more: ``waveforms_lens``, NeMo's ``length``) counts,
+    along each axis after the first of each input it may describe (the inputs its name starts with, ``waveforms``,
+    else all) that holds every length and one value (its padding) past each row's length: content there (NeMo's
+    ``audio_signal [B, 80, T]`` beside ``length`` in frames: its mel bins) is no padding. Audio models take lengths,
+    not a mask: a clip padded to two lengths was two samples (along axis 1 only until a review in session 68:
+    features ``[batch, features, time]`` so padded were two samples still, and two sets of features alike in their
+    first bins alone were one)."""
     masks = []
     for name, array in batch.items():
         if not (_MASK_NAME.search(name) and isinstance(array, np.ndarray) and array.ndim == 2):
             continue
-        if array.dtype.kind not in "iu" or array.shape[0] != size or not holds(name, array) or holds.axis(name):
+        pads = name in holds.pads_where_true
+        if array.dtype.kind not in ("biu" if pads else "iu") or array.shape[0] != size or not holds(name, array):
             continue
-        if np.isin(array, (0, 1)).all() and (array == 1).any(axis=1).all():
-            masks.append((1, array == 1))
+        attends = array == 0 if pads else array == 1
+        if not holds.axis(name) and np.isin(array, (0, 1)).all() and attends.any(axis=1).all():
+            masks.append((1, attends))
     for name, lengths in batch.items():
         if not (_LENGTHS_NAME.search(name) and isinstance(lengths, np.ndarray) and lengths.shape == (size,)):
             continue
@@ -3281,9 +3296,7 @@ def _padding_masks(batch: Mapping[str, np.ndarray], holds: SampleAxes, size: int
         axes = set()
         for array in described.values():
             holding = [axis for axis in range(1, array.ndim) if array.shape[axis] >= lengths.max()]
-            if len(holding) > 1:
-                holding = [axis for axis in holding if _one_value_past(array, axis, lengths)]
-            axes.update((axis, array.shape[axis]) for axis in holding)
+            axes.update((axis, array.shape[axis]) for axis in holding if _one_value_past(array, axis, lengths))
         masks.extend((axis, np.arange(width) < lengths[:, None]) for axis, width in sorted(axes))
     return masks
 
