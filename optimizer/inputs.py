@@ -2941,6 +2941,11 @@ def holds_samples(model: ir.Model | None) -> SampleAxes:
         )
     known = _shaped_inputs(model)
     inputs = None if model is None else frozenset(v.name for v in model.graph.inputs)
+    true_pads = (
+        frozenset(v.name for v in model.graph.inputs if _MASK_NAME.search(v.name) and pads_where_true(v))
+        if model is not None
+        else frozenset()
+    )
     return SampleAxes(
         lambda name, array: (
             bool(np.ndim(array))
@@ -2948,9 +2953,7 @@ def holds_samples(model: ir.Model | None) -> SampleAxes:
             and (sampled is None or name in sampled or name not in known)
         ),
         _later_sample_axes(model, sampled),
-        frozenset(v.name for v in model.graph.inputs if _MASK_NAME.search(v.name) and pads_where_true(v))
-        if model is not None
-        else frozenset(),
+        true_pads,
     )
 
 

@@ -579,8 +579,8 @@ PaddingLayout = tuple[frozenset[str], dict[str, int], NewTokens | None]
 
 
 def padding_layout(model: ir.Model) -> PaddingLayout:
-    """What ``padded_outputs`` reads from the graph, once per model: its integer masks, the outputs laid out along
-    one of their sequence dims (by axis), and a decoder's ``new_token_outputs``."""
+    """What ``padded_outputs`` reads from the graph, once per model: its integer masks (``_integer_masks``), the
+    outputs laid out along one of their sequence dims (by axis), and a decoder's ``new_token_outputs``."""
     masks, _ = _integer_masks(model)
     sequences = {_dim_value(_declared(value)[1]) for value in model.graph.inputs if value.name in masks}
     return masks, _sequence_outputs(model, sequences), new_token_outputs(model)
@@ -597,8 +597,9 @@ def padded_outputs(
     positions its own mask pads (``paddings``: the masks of its length) as booleans shaped to broadcast against
     the output; outputs no mask covers are left out.
 
-    Stricter than verification's ``hide_padded``: only an integer mask counts (a float 0/1 ``mask`` may be an
-    imputation model's "missing" flags, the very values it exists to fill), and only outputs whose second dim
+    Stricter than verification's ``hide_padded``: only an integer mask counts, or a boolean one the graph reads as
+    padding where true (a float 0/1 ``mask`` may be an imputation model's "missing" flags, the very values it exists
+    to fill), and only outputs whose second dim
     the model names as a mask's sequence dim (``[batch, sequence, ...]``, three dims or more: a
     ``[batch, 384]`` embedding beside a 384-token mask is no sequence; an encoder-decoder's decoder and encoder
     masks each name their own), caches whose third dim it names so, and a decoder's ``new_token_outputs`` on
@@ -633,12 +634,18 @@ def padded_outputs(
 
 
 def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
-    """The integer ``[batch, sequence]`` inputs named like a mask, and the symbolic name of their second dim
-    (None unless they all share one)."""
+    """The integer ``[batch, sequence]`` inputs named like a mask, and boolean ones the graph reads as padding where
+    true (PyTorch's key padding mask, ``optimizer.inputs.pads_where_true``), and the symbolic name of their second
+    dim (None unless they all share one). A boolean one was left out, and every accuracy figure counted the positions
+    it pads: a result exact on every real token missed a budget at cosine 0 where an integer mask's pass met it."""
+    from optimizer.inputs import pads_where_true  # imported here: optimizer.inputs is heavier than this module
+
     names, dims = set(), set()
     for value in model.graph.inputs:
         shape = _declared(value)
-        if not _MASK_NAME.search(value.name) or value.dtype is None or not value.dtype.is_integer():
+        if not _MASK_NAME.search(value.name) or value.dtype is None:
+            continue
+        if not value.dtype.is_integer() and not (value.dtype == ir.DataType.BOOL and pads_where_true(value)):
             continue
         if shape is None or shape.rank() != 2 or not isinstance(shape[1], ir.SymbolicDim) or not shape[1].value:
             continue

@@ -321,6 +321,9 @@ def _run_one(
     record.cosine = verdict.drift.cosine if verdict.drift is not None else None
     record.worst_cosine = verdict.drift.worst_cosine if verdict.drift is not None else None
     record.accuracy_on = verdict.measured_on if verdict.drift is not None else ""
+    if record.accuracy_on and (fit := getattr(result, "fitted_to_checked", "")):
+        # Measured on the very samples the pass fitted to (none held out), as the pass's note says.
+        record.accuracy_on += f", which {fit}"
     if verdict.twin_error is not None:
         twin = result.twin
         record.twin = f"{twin.description}; max |Δ| {verdict.twin_error:.2e} ({twin.kind} tolerance)"

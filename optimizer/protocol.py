@@ -51,6 +51,9 @@ class NotedResult(ir.passes.PassResult):
     # True when the result was fitted (ranked, repaired) to the calibration samples other than those
     # ``optimizer.inputs.hold_out`` holds out: the accuracy budget is then checked on the held-out ones alone.
     fitted_to_samples: bool = False
+    # Where nothing was held out of such a fit, what was fitted to the samples the accuracy is then checked on ("its
+    # ranges were taken from"): the report's ``accuracy_on`` says so beside the count, as the pass's own note does.
+    fitted_to_checked: str = ""
 
 
 # How close an approximate pass's result must be to its twin; keys of ``optimizer.verify.TWIN_TOLERANCES``.

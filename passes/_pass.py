@@ -135,19 +135,32 @@ class GraphoptPass:
         return bool(declined or tally.lines())
 
     def result(
-        self, model: ir.Model, modified: bool, twin: Twin | None = None, *, fitted_to_samples: bool = False
+        self,
+        model: ir.Model,
+        modified: bool,
+        twin: Twin | None = None,
+        *,
+        fitted_to_samples: bool = False,
+        fitted_to_checked: str = "",
     ) -> NotedResult:
         """The pass's result with its notes and refusals (declines first, then the counted ones).
 
         Approximate passes give the ``twin`` their result claims to compute (see
         ``optimizer.protocol.Twin``); the pipeline rolls back a modified result without one.
         ``fitted_to_samples``: the result was fitted to the calibration samples but those
-        ``optimizer.inputs.hold_out`` holds out, on which alone the budget is then checked.
+        ``optimizer.inputs.hold_out`` holds out, on which alone the budget is then checked. ``fitted_to_checked``:
+        what was fitted to the very samples the budget is checked on, none held out ("its ranges were taken from").
         """
         notes, tally, declined = self._state()
         refusals = [*declined, *tally.lines()]
         return NotedResult(
-            model, modified, notes=list(notes), refusals=refusals, twin=twin, fitted_to_samples=fitted_to_samples
+            model,
+            modified,
+            notes=list(notes),
+            refusals=refusals,
+            twin=twin,
+            fitted_to_samples=fitted_to_samples,
+            fitted_to_checked=fitted_to_checked,
         )
 
     def _state(self) -> tuple[list[str], Tally, list[str]]:

@@ -374,7 +374,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 label = self.layer_label(layer)
                 counts[label] = counts.get(label, 0) + 1
             reduced = ", ".join(f"{count} layers {label}" for label, count in counts.items())
-            held = self.fitted_caveat(smoothed=bool(norms))
+            caveat = "" if held_out else self.fitted_caveat(smoothed=bool(norms))
+            held = f" on the calibration samples {caveat}" if caveat else ""
             if held_out:
                 held = f" on {held_out_samples(reported, model)}" + searched_caveat(
                     checked, reported, model, chose=self._search_trials > 1
@@ -383,7 +384,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             if held_out and (caveat := few_held_out(reported, model)):
                 self.note(caveat)
         self._float, self._batches = None, []
-        return self.result(model, modified=True, twin=twin, fitted_to_samples=held_out)
+        fitted = self.fitted_caveat(smoothed=bool(norms)) if batches and not held_out else ""
+        return self.result(model, modified=True, twin=twin, fitted_to_samples=held_out, fitted_to_checked=fitted)
 
     def call_converted(self, model: ir.Model, opset: int) -> ir.passes.PassResult:
         """``QuantizationPass.call`` on a copy of ``model`` converted to ``opset`` (an exact rewrite), the copy's
@@ -401,9 +403,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         return result
 
     def fitted_caveat(self, smoothed: bool = False) -> str:
-        """What the summary's accuracy figure is qualified with when no sample was held out of a fit of the
-        values to the samples it is measured on (int4's GPTQ, static int8's ranges, SmoothQuant's factors where
-        ``smoothed``); "" where the values were not fitted to them."""
+        """What was fitted to the calibration samples when none was held out, the words that qualify an accuracy
+        figure measured on them ("its ranges were taken from (none held out: an optimistic figure)": int4's GPTQ,
+        static int8's ranges, SmoothQuant's factors where ``smoothed``); "" where the values were not fitted to
+        them. The summary note and the report's ``accuracy_on`` both say it."""
         return optimistic_figure("SmoothQuant's factors were fitted to", self.budget) if smoothed else ""
 
     def layer_label(self, layer: Layer) -> str:
@@ -1174,9 +1177,9 @@ _KIND_OPS = {"matmul": "MatMul", "gemm": "Gemm", "conv": "Conv", "attention": "A
 
 
 def optimistic_figure(fit: str, budget: AccuracyBudget | None) -> str:
-    """``fitted_caveat``'s words: the figure is on the calibration samples ``fit`` ("GPTQ was fitted to")."""
+    """``fitted_caveat``'s words for a figure on the calibration samples that ``fit`` ("GPTQ was fitted to")."""
     held = "" if budget is not None else "; an accuracy budget holds some out"
-    return f" on the calibration samples {fit} (none held out: an optimistic figure{held})"
+    return f"{fit} (none held out: an optimistic figure{held})"
 
 
 def _nothing_to_quantize(model: ir.Model, kinds: Sequence[str]) -> str:

@@ -74,6 +74,12 @@ _STATISTIC_OPS = (
 # Ops whose constant operands are bounds: clamping such a bound to float16's range
 # changes the result only where the Cast to float16 after it would overflow (it then
 # saturates at +-65504 instead of becoming infinite). Clip's bounds are inputs 1 and 2.
+# Ops that carry a rotary angle computed from positions (``_angles_kept``): only input 0 of the ``_SHAPED_OPS`` is data.
+_ANGLE_OPS = (
+    *("Mul", "MatMul", "Div", "Add", "Sub", "Neg", "Identity", "Cast", "Transpose", "Concat", "Tile"),
+    *_SHAPED_OPS,
+)
+
 _BOUNDED_OPS = {"Max": None, "Min": None, "Clip": (1, 2)}
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 _PROTO_LIMIT = 2**31 - 2**24  # a protobuf message's 2 GB, less room for the graph itself
@@ -83,7 +89,8 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     """Convert float32 weights and computation to float16, except ``SENSITIVE_OPS`` and ORT's
     default block list (ops without float16 kernels: TopK, NonMaxSuppression, Range, ...), and
     the statistics computed from a kept reduction and constants alone, with a square only
-    reductions read (``_statistics_kept``: named to the converter's ``node_block_list``). A
+    reductions read (``_statistics_kept``: named to the converter's ``node_block_list``), and the angles a rotary table
+    computes from positions with their ``Cos``/``Sin`` (``_angles_kept``: 231 radians in float16 is 0.125 off). A
     value both computed and read by ops kept float32 stays float32 between them (``_float32_edges``), as does a float
     ``Constant`` that only they read (``_kept_constants_lifted``); keeping I/O types, a graph output such a value is
     too is returned float32 (``_kept_outputs_returned``).
@@ -154,7 +161,8 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             common_passes.InlinePass()(model)
             self.note("local functions inlined (the converter does not convert their bodies)")
         statistics_kept = _statistics_kept(model, set(blocked))
-        kept_nodes = {node.name for node in statistics_kept}
+        angles_kept = _angles_kept(model, set(blocked))
+        kept_nodes = {node.name for node in (*statistics_kept, *angles_kept)}
         _kept_constants_lifted(model.graph, set(blocked), kept_nodes)
         if self.keep_io_types:
             kept_nodes.update(node.name for node in _kept_outputs_returned(model.graph, set(blocked), kept_nodes))
@@ -220,6 +228,8 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             return self.result(given.clone(), modified=False)
         kept = sum(1 for node in ir.traversal.RecursiveGraphIterator(result.graph) if node.op_type in self.block_ops)
         with_them = f", {len(statistics_kept)} computing their statistics with them" if statistics_kept else ""
+        if angles_kept:
+            with_them += f", {len(angles_kept)} computing rotary angles from positions (and their Cos/Sin)"
         self.note(f"float16; {kept} sensitive nodes kept float32{with_them}")
         twin = Twin(
             float16_twin(model, blocked, keep_io_types=self.keep_io_types, kept_nodes=kept_nodes),
@@ -445,6 +455,80 @@ def _statistics_kept(model: ir.Model, blocked: set[str]) -> list[ir.Node]:
         if not node.name or shared[node.name] > 1:
             node.name = unique_name(f"{node.name or node.op_type}_float32", names)
     return kept
+
+
+def _angles_kept(model: ir.Model, blocked: set[str]) -> list[ir.Node]:
+    """The nodes of ``model``'s main graph, other than blocked ones, that compute an angle from positions for a ``Cos``
+    or ``Sin`` (a rotary table's ``position * inv_freq``), those ``Cos`` and ``Sin`` too, each given a name no other
+    node has (the converter blocks nodes by name), in place.
+
+    An angle is the float result of a ``Cast`` of integers (positions), or of a ``_ANGLE_OPS`` node whose float
+    operands are angles and constants, one at least an angle; a node computing one is kept where a ``Cos`` or ``Sin``
+    reads what it computes through angles alone. In float16 an angle of 231 radians is rounded to a step of 0.125:
+    Llama's unfused rotary keys at position 231 moved 6 % (0.0126, present.0.key) off the float32-computing twin, and
+    the conversion was rolled back. Kept float32, the angles are exact as the input computes them; the ``Cos``/``Sin``
+    results, within [-1, 1], are what is cast to float16."""
+    if not any(node.op_type in ("Cos", "Sin") for node in model.graph):
+        return []
+    angles: dict[int, ir.Node] = {}  # an angle's id -> the node computing it
+    fixed: dict[int, ir.Node] = {}  # a value computed from constants alone (``Expand(inv_freq, shape)``) -> its node
+    trig: list[ir.Node] = []
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx") or node.op_type in blocked:
+            continue
+        if node.op_type == "Cast" and node.attributes.get_int("to", 0) == ir.DataType.FLOAT:
+            if _integer_valued(node.inputs[0]):
+                angles[id(node.outputs[0])] = node
+                continue
+        if node.op_type in ("Cos", "Sin") and node.inputs and node.inputs[0] is not None:
+            if id(node.inputs[0]) in angles:
+                trig.append(node)
+            continue
+        if node.op_type not in _ANGLE_OPS or any(
+            output.dtype not in (None, ir.DataType.FLOAT) for output in node.outputs
+        ):
+            continue
+        data = node.inputs[:1] if node.op_type in _SHAPED_OPS else node.inputs
+        operands = [value for value in data if value is not None]
+        if not all(
+            id(value) in angles or id(value) in fixed or constant_array(value) is not None for value in operands
+        ):
+            continue
+        found = angles if any(id(value) in angles for value in operands) else fixed
+        found.update((id(output), node) for output in node.outputs)
+    # Kept: the Cos/Sin and every node they read through angles, back to the Casts and the constants.
+    computed = {**fixed, **angles}
+    kept: dict[int, ir.Node] = {id(node): node for node in trig}
+    frontier = [angles[id(node.inputs[0])] for node in trig]
+    while frontier:
+        node = frontier.pop()
+        if id(node) in kept:
+            continue
+        kept[id(node)] = node
+        frontier.extend(computed[id(value)] for value in node.inputs if value is not None and id(value) in computed)
+    shared = Counter(node.name for node in ir.traversal.RecursiveGraphIterator(model.graph) if node.name)
+    names = set(shared)  # unique_name adds the names it gives
+    for node in kept.values():
+        if not node.name or shared[node.name] > 1:
+            node.name = unique_name(f"{node.name or node.op_type}_float32", names)
+    return list(kept.values())
+
+
+def _integer_valued(value: ir.Value | None) -> bool:
+    """Whether ``value`` holds integers: typed so, or, untyped (a file that records no types), reshaped, gathered or
+    sliced from integers (``position_ids``, a ``Range`` or a ``Shape``)."""
+    while value is not None:
+        if value.dtype is not None:
+            return value.dtype.is_integer()
+        node = value.producer()
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return False
+        if node.op_type in ("Shape", "Size", "NonZero", "ArgMax", "ArgMin"):
+            return True
+        if node.op_type not in (*_SHAPED_OPS, "Identity", "Slice", "Gather", "Range") or not node.inputs:
+            return False
+        value = node.inputs[0]
+    return False
 
 
 def _is_kept(node: ir.Node, blocked: set[str], kept_nodes: set[str]) -> bool:

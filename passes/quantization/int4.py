@@ -527,7 +527,13 @@ class Int4QuantizationPass(QuantizationPass):
                     + (f", {shared} sharing its tied LM head's packed weight" if shared else "")
                     + f"; {_OUT_OF_RANGE_IDS}"
                 )
-            result = self.result(model, modified=True, twin=result.twin, fitted_to_samples=result.fitted_to_samples)
+            result = self.result(
+                model,
+                modified=True,
+                twin=result.twin,
+                fitted_to_samples=result.fitted_to_samples,
+                fitted_to_checked=result.fitted_to_checked,
+            )
         elif self._planned:
             # The tables follow the layers (README): a run that quantizes none leaves them float, and says so.
             for _ in self._planned:

@@ -78,7 +78,7 @@ class StaticQuantizationPass(QuantizationPass):
     Ranges come from ``samples`` with ``method`` (minmax, percentile, entropy; see
     ``calibration``). Refuses (stays float) as ``DynamicQuantizationPass`` does, and
     entirely when no samples are given. Without a budget nothing is held out, and the summary's
-    figure says it is on the samples the ranges were taken from (``fitted_caveat``).
+    figure, and the report's ``accuracy_on``, say it is on the samples the ranges were taken from (``fitted_caveat``).
     """
 
     kinds = ("matmul", "gemm", "conv", "attention")
