@@ -76,7 +76,18 @@ from optimizer.model_io import (
     unname_negative_dims,
 )
 from optimizer.options import DATA_IMPORTANCE_KINDS, Options
-from optimizer.padding import PadsWhereTrue, mask_inputs, padded_at, padded_copy, pads_both_ends, shifted_positions
+from optimizer.padding import (
+    CausalMask,
+    PadsWhereTrue,
+    causal_mask,
+    causal_masks,
+    encoded_mask,
+    mask_inputs,
+    padded_at,
+    padded_copy,
+    pads_both_ends,
+    shifted_positions,
+)
 from optimizer.pipeline import run_pipeline
 from optimizer.protocol import PassContext, PassSpec
 from optimizer.registry import all_passes, resolve, ways_to_ask
@@ -231,18 +242,20 @@ def optimize_with_report(
                         f"({', '.join(places)}); --dim {name}=N binds it anyway"
                     )
         with verifier.one_session_of_original():
+            decoder_sets = _KeyMasks.of(ir_model, verifier)  # the decoder's sets are cut and padded on 2-D masks
             if not specializes:
                 _add_second_binding(ir_model, verifier, options.dims, lengths.cap)
                 _add_unnamed_rows(ir_model, verifier)
-                _add_prefill(ir_model, verifier)
+                _add_prefill(ir_model, decoder_sets)
             if inputs is None:
                 _add_drawn_compared_values(ir_model, verifier)
             _ensure_padding(ir_model, verifier)
             _ensure_shifted_positions(ir_model, verifier)
             if not specializes:  # after the padded copy: with every dim fixed, the step is cut from it
-                _add_padded_prefill(ir_model, verifier)
-                _add_decode_step(ir_model, verifier)
-                _add_chunks(ir_model, verifier)
+                _add_padded_prefill(ir_model, decoder_sets)
+                _add_decode_step(ir_model, decoder_sets)
+                _add_chunks(ir_model, decoder_sets)
+                _add_past_the_diagonal(ir_model, verifier)
     else:
         verifier = None
         bound = bind_dims(ir_model, options.dims)
@@ -897,6 +910,102 @@ def _add_drawn_compared_values(model: ir.Model, verifier: Verifier) -> None:
     verifier.add_input_set(inputs, f"generated, {', '.join(held)} drawn ({_shapes(model, inputs)}){how}")
 
 
+class _KeyMasks:
+    """``verifier`` as the decoder's set builders read and extend it where the model takes a 4-D mask
+    ``[batch, 1, sequence, past + new]`` (``causal_masks``): each set's mask as the ``[batch, past + new]`` key
+    positions it is causal over (1 attends, whatever the graph's convention: ``mask_inputs`` reads it so), and each
+    set added with such a mask made 4-D again over the set's new tokens (``causal_mask``). The builders cut, pad and
+    extend 2-D masks."""
+
+    def __init__(self, model: ir.Model, verifier: Verifier, masks: Mapping[str, str]) -> None:
+        self._verifier = verifier
+        self._masks = masks
+        by_name = {value.name: value for value in model.graph.inputs}
+        # The new tokens' count: the size, in another input, of the dim the mask names its third.
+        self._sequence = {name: getattr(by_name[name].shape[2], "value", None) for name in masks}
+        self._shapes = {value.name: value.shape for value in model.graph.inputs if value.name not in masks}
+
+    @staticmethod
+    def of(model: ir.Model, verifier: Verifier) -> Verifier | _KeyMasks:
+        """The view of ``verifier`` for ``model``'s 4-D masks, or ``verifier`` itself where it takes none."""
+        masks = causal_masks(model)
+        return _KeyMasks(model, verifier, masks) if masks else verifier
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._verifier, name)
+
+    @property
+    def input_sets(self) -> list[dict[str, np.ndarray]]:
+        return [self._flat(inputs) for inputs in self._verifier.input_sets]
+
+    @property
+    def inputs(self) -> dict[str, np.ndarray]:
+        return self._flat(self._verifier.inputs)
+
+    def add_input_set(self, inputs: Mapping[str, np.ndarray], label: str, *, report_drop: bool = True) -> bool:
+        return self._verifier.add_input_set(self._expanded(inputs), label, report_drop=report_drop)
+
+    def _flat(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        flat = dict(inputs)
+        for name, convention in self._masks.items():
+            if np.ndim(inputs.get(name)) == 4:
+                flat[name] = (~padded_at(inputs, CausalMask(name, convention))).astype(np.int64)
+        return flat
+
+    def _expanded(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        expanded = dict(inputs)
+        for name, convention in self._masks.items():
+            mask = inputs.get(name)
+            if np.ndim(mask) != 2:
+                continue
+            new = next(
+                (
+                    np.shape(array)[axis]
+                    for other, array in inputs.items()
+                    if (shape := self._shapes.get(other)) is not None and shape.rank() == np.ndim(array)
+                    for axis, dim in enumerate(shape)
+                    if isinstance(dim, ir.SymbolicDim) and dim.value == self._sequence[name]
+                ),
+                np.shape(mask)[1],
+            )
+            expanded[name] = causal_mask(mask != 0, new, convention, self._verifier.inputs[name].dtype)
+        return expanded
+
+
+def _add_past_the_diagonal(model: ir.Model, verifier: Verifier) -> None:
+    """For a decoder fed a 4-D mask (``causal_masks``), verify on a prefill whose mask is not causal too: the first
+    unpadded set with an empty cache and 4 tokens or more, its first quarter attending to each other (a prefix-LM's
+    prompt or image tokens, which PaliGemma and Gemma 3 attend both ways) and its second half to itself alone (a second
+    sequence packed into the row). Every generated mask is causal over a padding, so a rewrite that imposed its own
+    causal order, or read the mask as key padding, was verified; what the model does with such a mask is defined by
+    its graph, and a caller may feed it."""
+    masks = causal_masks(model)
+    layout = recognise_causal_lm(model)
+    if not masks or isinstance(layout, str) or not layout.cache:
+        return
+    for index, inputs in enumerate(verifier.input_sets):
+        named = [CausalMask(name, convention) for name, convention in masks.items() if np.ndim(inputs.get(name)) == 4]
+        if not named or not _empty_cache(layout, inputs) or any(padded_at(inputs, name).any() for name in named):
+            continue
+        sequence = np.shape(inputs[named[0]])[2]
+        if sequence < 4 or any(np.shape(inputs[name])[2:] != (sequence, sequence) for name in named):
+            continue
+        prefix, packed = sequence // 4, sequence // 2
+        attend = np.tri(sequence, dtype=bool)
+        attend[:prefix, :prefix] = True
+        attend[packed:, :packed] = False
+        changed = dict(inputs)
+        for name in named:
+            shape = np.shape(inputs[name])
+            changed[name] = encoded_mask(np.broadcast_to(attend, shape), name.convention, inputs[name].dtype)
+        label = (
+            f"set {index + 1}'s prefill, its mask not causal: the first {prefix} of {sequence} tokens attending to "
+            f"each other, the last {sequence - packed} to themselves alone"
+        )
+        verifier.add_input_set(changed, label)
+        return
+
+
 def _add_prefill(model: ir.Model, verifier: Verifier) -> None:
     """For a decoder with a key/value cache whose input sets all hold a past, verify on the prefill too: the first
     set's tokens with every cache empty, as the first step of every generation runs (a rewrite wrong only there
@@ -1027,7 +1136,11 @@ def _prefill_of(layout: Any, inputs: Mapping[str, np.ndarray], *, real: bool = T
 def _real_mark(model: ir.Model, layout: Any) -> bool:
     """What ``layout``'s mask holds at a real position: true (1), or false (0) where the graph reads it as padding
     where true (``optimizer.inputs.pads_where_true``: a key padding mask). Written ones, such a mask padded every
-    position of each prefill (labelled "the prefill", and a rewrite wrong only at a real prompt's tokens verified)."""
+    position of each prefill (labelled "the prefill", and a rewrite wrong only at a real prompt's tokens verified).
+    A 4-D mask (``causal_masks``) is read by the set builders as its 2-D key positions, 1 where real (``_KeyMasks``),
+    whatever the graph's convention."""
+    if layout.attention_mask in causal_masks(model):
+        return True
     value = next((value for value in model.graph.inputs if value.name == layout.attention_mask), None)
     return value is None or not pads_where_true(value)
 

@@ -36,6 +36,7 @@ import onnx_ir as ir
 from optimizer.domains import MS_DOMAIN
 from optimizer.errors import InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import cache_head_sizes
+from optimizer.padding import causal_mask, causal_masks
 from optimizer.runtime import calling_onnxruntime, open_session, run_model, session_options
 
 _IDS_NAME = re.compile(r"input_ids|^ids$|tokens", re.IGNORECASE)
@@ -83,6 +84,15 @@ class CausalLM:
     cache: tuple[CachePair, ...]
     # "right" where the model reads the mask only as each row's length (see ``mask_is_lengths``).
     padding: str = "left"
+    # How a 4-D mask [batch, 1, sequence, past + new] is read (``optimizer.padding.causal_masks``); None for a 2-D one.
+    mask_convention: str | None = None
+
+    def mask_feed(self, mask: np.ndarray, new: int) -> np.ndarray:
+        """The model's mask for a ``[batch, past + new]`` mask of 0/1 (1 attends) over ``new`` tokens: itself, or the
+        4-D mask causal over it (``optimizer.padding.causal_mask``)."""
+        if self.mask_convention is None:
+            return mask.astype(self.mask_dtype, copy=False)
+        return causal_mask(np.asarray(mask) != 0, new, self.mask_convention, self.mask_dtype)
 
     @property
     def cache_dtype(self) -> np.dtype:
@@ -115,7 +125,8 @@ def recognise_causal_lm(model: ir.Model) -> CausalLM | str:
     ids = _pick(inputs, _IDS_NAME, rank=2, kinds="iu")
     if ids is None:
         return "no input holds token ids (an integer [batch, sequence] input named input_ids)"
-    mask = _pick(inputs, _MASK_NAME, rank=2, kinds="iub")
+    causal = causal_masks(model)
+    mask = _pick(inputs, _MASK_NAME, rank=2, kinds="iub") or next((v for v in inputs if v.name in causal), None)
     positions = _pick(inputs, _POSITION_NAME, rank=2, kinds="iu")
     known = {ids.name} | {v.name for v in (mask, positions) if v is not None}
     if not any(_cache_words(v.name) or (_rank(v) == 4 and _kind(v) == "f") for v in inputs if v.name not in known):
@@ -153,7 +164,8 @@ def recognise_causal_lm(model: ir.Model) -> CausalLM | str:
         mask_dtype=mask.dtype.numpy() if mask is not None else None,
         position_ids=positions.name if positions is not None else None,
         positions_dtype=positions.dtype.numpy() if positions is not None else None,
-        padding="right" if mask is not None and mask_is_lengths(model, mask) else "left",
+        padding="right" if mask is not None and mask.name not in causal and mask_is_lengths(model, mask) else "left",
+        mask_convention=causal.get(mask.name) if mask is not None else None,
         logits=logits.name,
         vocab=vocab,
         cache=tuple(cache),
@@ -163,7 +175,7 @@ def recognise_causal_lm(model: ir.Model) -> CausalLM | str:
 # Inputs generation feeds besides the cache: what each must be (an input named for one but not so is refused as such).
 _ROLES = (
     (_IDS_NAME, "token ids", "an integer [batch, sequence]", "iu"),
-    (_MASK_NAME, "attention mask", "a [batch, past + new tokens] of 0/1", "iub"),
+    (_MASK_NAME, "attention mask", "a [batch, past + new tokens] of 0/1 (or [batch, 1, new, past + new])", "iub"),
     (_POSITION_NAME, "position ids", "an integer [batch, sequence]", "iu"),
 )
 
@@ -441,7 +453,7 @@ class CausalLMSession:
         lm = self.lm
         feeds = {lm.input_ids: ids.astype(lm.ids_dtype, copy=False)}
         if lm.attention_mask is not None:
-            feeds[lm.attention_mask] = mask.astype(lm.mask_dtype, copy=False)
+            feeds[lm.attention_mask] = lm.mask_feed(mask, ids.shape[1])
         if lm.position_ids is not None:
             feeds[lm.position_ids] = positions_from_mask(mask, ids.shape[1]).astype(lm.positions_dtype, copy=False)
         with self._running(mask.shape[1]):
@@ -660,7 +672,7 @@ def with_model_cache(model: ir.Model, inputs: Mapping[str, np.ndarray], seed: in
     high = layout.vocab or int(ids.max()) + 1
     feeds: dict[str, np.ndarray] = {layout.input_ids: rng.integers(0, high, (batch, past)).astype(layout.ids_dtype)}
     if layout.attention_mask is not None:
-        feeds[layout.attention_mask] = np.ones((batch, past), layout.mask_dtype)
+        feeds[layout.attention_mask] = layout.mask_feed(np.ones((batch, past)), past)
     if layout.position_ids is not None:
         feeds[layout.position_ids] = np.tile(np.arange(past), (batch, 1)).astype(layout.positions_dtype)
     feeds.update({pair.past: pair.empty(batch) for pair in layout.cache})

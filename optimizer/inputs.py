@@ -75,6 +75,7 @@ import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from optimizer.errors import InputSpecError, RuntimeRefusedError, one_line
+from optimizer.padding import causal_mask, causal_masks, key_mask, key_masks
 from optimizer.runtime import run_model
 
 logger = logging.getLogger(__name__)
@@ -333,7 +334,8 @@ def cache_length_dims(model: ir.Model) -> dict[str, tuple[str, str]]:
     """``{total: (past, sequence)}`` for a decoder with a key/value cache: its attention mask
     spans the past and the new tokens, so its length dim must be their sum.
 
-    Found by name: a 2-D ``*mask*`` input whose last dim is neither the ``input_ids``
+    Found by name: a 2-D ``*mask*`` input (or a 4-D one ``[batch, 1, sequence, total]``, ``causal_masks``, whose
+    sequence is the ``input_ids``') whose last dim is neither the ``input_ids``
     sequence dim nor the cache's, and a ``past*``/``*cache*`` input with its own dim. An
     encoder-decoder's encoder mask and cross-attention cache (named ``*encoder*``/``*cross*``)
     are neither: their length is the encoder's.
@@ -351,7 +353,14 @@ def cache_length_dims(model: ir.Model) -> dict[str, tuple[str, str]]:
         (symbolic(v, -1) for v in inputs if _IDS_NAME.search(v.name) and v.shape and len(v.shape) == 2), None
     )
     decoder_inputs = [v for v in inputs if not _ENCODER_NAME.search(v.name)]
-    masks = [symbolic(v, -1) for v in decoder_inputs if _MASK_NAME.search(v.name) and v.shape and len(v.shape) == 2]
+    causal = causal_masks(model)
+    masks = [
+        symbolic(v, -1)
+        for v in decoder_inputs
+        if _MASK_NAME.search(v.name)
+        and v.shape
+        and (len(v.shape) == 2 or (v.name in causal and symbolic(v, 2) == sequence))
+    ]
     fixed = _fixed_dims(model)
     pasts = {
         dim.value
@@ -1158,13 +1167,17 @@ def check_inputs(
         )
     required = [value.name for value in runtime_inputs(model)]
     missing = [name for name in required if name not in arrays]
-    if notes is not None and missing and (prefill := prefill_of_text(model, arrays, missing)) is not None:
+    # A tokenizer's [batch, length] mask for a decoder's 4-D one: made that, causal over it, with the prefill.
+    flat = [name for name in causal_masks(model) if np.ndim(arrays.get(name)) == 2]
+    if notes is not None and (missing or flat) and (prefill := prefill_of_text(model, arrays, missing + flat)):
+        text = sorted(set(arrays) - set(prefill))
         arrays = {**arrays, **prefill}
         missing = [name for name in required if name not in arrays]
         _add_note(
             notes,
-            f"holds a decoder's token ids ({', '.join(sorted(set(arrays) - set(prefill)))}) without "
-            f"{', '.join(sorted(prefill))}: fed as prefills, every cache empty, position ids counted from the mask",
+            f"holds a decoder's token ids ({', '.join(text)}) without "
+            f"{', '.join(sorted(set(prefill) - set(flat)))}: fed as prefills, every cache empty, position ids "
+            "counted from the mask" + "".join(f", {name} made [batch, 1, length, length], causal" for name in flat),
         )
     fillable = [v for v in runtime_inputs(model) if v.name in missing and notes is not None and zero_fillable(v)]
     if len(fillable) < len(missing):
@@ -1237,7 +1250,7 @@ def prefill_of_text(
         return None
     filled = {pair.past: pair.empty(len(ids)) for pair in lm.cache}
     if lm.attention_mask in missing:
-        filled[lm.attention_mask] = mask.astype(lm.mask_dtype)
+        filled[lm.attention_mask] = lm.mask_feed(mask, ids.shape[1])
     if lm.position_ids in missing:
         filled[lm.position_ids] = positions_from_mask(mask, ids.shape[1]).astype(lm.positions_dtype)
     return filled
@@ -1668,6 +1681,15 @@ def _generate_tensor(
     if dtype == ir.DataType.STRING:
         return rng.choice(_WORDS, size=shape)
     numpy_dtype = dtype.numpy()
+    convention = causal_masks(model).get(value.name) if len(shape) == 4 else None
+    if convention is not None and shape[2] <= shape[3]:
+        # A decoder's 4-D mask: causal over the new tokens (the last ``sequence`` of ``total`` positions), the key
+        # positions padded as a 2-D mask's are.
+        real = _padding_mask((shape[0], shape[3]), np.dtype(np.int8)) != 0
+        return causal_mask(real, shape[2], convention, numpy_dtype)
+    if len(shape) == 4 and (convention := key_masks(model).get(value.name)) is not None:
+        real = _padding_mask((shape[0], shape[3]), np.dtype(np.int8)) != 0
+        return key_mask(real, shape[2], convention, numpy_dtype)
     if _MASK_NAME.search(value.name) and pads_where_true(value):
         # The other convention's padding mask inverted: real positions false, and the same positions padded (all
         # zeros padded none, and a rewrite that dropped the mask verified).
@@ -3934,16 +3956,32 @@ def write_input_skeleton(
     return line
 
 
+# How a 4-D mask's values read (``optimizer.padding.causal_masks``), as make-inputs describes them.
+_CONVENTION_WORDS = {"additive": "0 attends", "pads": "true pads", "attends": "1 attends"}
+
+
 def _skeleton_arrays(model: ir.Model, generated: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The skeleton's arrays from generated inputs (``_skeleton_value``), and the words describing each."""
     arrays, described = dict(generated), []
+    causal, keys = causal_masks(model), key_masks(model)
     for value in runtime_inputs(model):
         array = arrays[value.name]
         if isinstance(array, list):
             raise InputSpecError(
                 f"input '{value.name}' is a sequence, which an .npz file cannot hold: give such inputs in Python"
             )
-        arrays[value.name], what = _skeleton_value(value, np.asarray(array))
+        if value.name in causal and np.ndim(array) == 4:
+            # A decoder's 4-D mask: ones would let every token read those after it.
+            rows, _, new, total = np.shape(array)
+            real = np.ones((rows, total), bool)
+            arrays[value.name] = causal_mask(real, new, causal[value.name], np.asarray(array).dtype)
+            what = f" causal ({_CONVENTION_WORDS[causal[value.name]]}, no position padded)"
+        elif value.name in keys and np.ndim(array) == 4:
+            rows, _, new, total = np.shape(array)
+            arrays[value.name] = key_mask(np.ones((rows, total), bool), new, keys[value.name], np.asarray(array).dtype)
+            what = f" ({_CONVENTION_WORDS[keys[value.name]]}, no position padded)"
+        else:
+            arrays[value.name], what = _skeleton_value(value, np.asarray(array))
         a = arrays[value.name]
         kind = "string" if a.dtype.kind in "UO" else a.dtype.name
         described.append(f"{value.name} {kind}[{', '.join(str(d) for d in a.shape)}]{what}")

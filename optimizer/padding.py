@@ -38,6 +38,125 @@ class PadsWhereTrue(str):
     it: the functions here read it inverted (``padded_at``), and write its padded positions true."""
 
 
+class CausalMask(str):
+    """The name of a 4-D mask input ``[batch, 1, sequence, total_sequence]`` (causal inside: ``causal_masks``; or,
+    not ``causal``, a key padding for every query: ``key_masks``), as ``mask_inputs`` returns it, with how the graph
+    reads it: ``padded_at`` reads it as the key positions no query attends to, ``[batch, total_sequence]``."""
+
+    convention: str
+    causal: bool
+
+    def __new__(cls, name: str, convention: str, causal: bool = True) -> CausalMask:
+        mask = super().__new__(cls, name)
+        mask.convention, mask.causal = convention, causal
+        return mask
+
+
+_CACHE_NAME = re.compile(r"past|cache", re.IGNORECASE)
+_CROSS_NAME = re.compile(r"encoder|cross", re.IGNORECASE)
+
+
+def _rank(value: ir.Value) -> int | None:
+    return value.shape.rank() if value.shape is not None else None
+
+
+# Ops a mask passes through unchanged on its way to the scores.
+_MASK_LAYOUT_OPS = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Identity", "Expand", "Slice", "Tile"})
+
+
+def causal_masks(model: ir.Model) -> dict[str, str]:
+    """``{name: convention}`` for the inputs named ``*mask*`` declared ``[batch, 1, sequence, total_sequence]`` (some
+    exporters' and hand-written generation loops' decoder mask, causal inside): ``"additive"`` for a float one the
+    graph adds to the scores (0 attends, a large negative pads), ``"pads"`` for one it reads as padding where true
+    (``optimizer.inputs.pads_where_true``: ``Where(mask, -inf, scores)``), ``"attends"`` otherwise (1 or true attends:
+    ``Where(mask, scores, -inf)``, a multiplier). Its third and fourth dims must be named, and differently, and the
+    model must take a 4-D cache (``past*``/``*cache*``): a cross-attention mask (named ``*encoder*``/``*cross*``, or
+    in a model without a cache) is not causal."""
+    if not any(_CACHE_NAME.search(value.name) and _rank(value) == 4 for value in model.graph.inputs):
+        return {}
+    return _four_d_masks(model, square=False)
+
+
+def key_masks(model: ir.Model) -> dict[str, str]:
+    """``{name: convention}`` (as ``causal_masks``) for the inputs named ``*mask*`` declared
+    ``[batch, 1, sequence, sequence]``, one name twice (an encoder's extended mask, or a decoder's exported without
+    its cache; not ``*encoder*``/``*cross*``): generated as a key padding the same for every query (``key_mask``),
+    which pads as a 2-D mask does (they were generated ones, padding nothing, until a review on 2026-12-06)."""
+    return _four_d_masks(model, square=True)
+
+
+def _four_d_masks(model: ir.Model, *, square: bool) -> dict[str, str]:
+    """The 4-D ``*mask*`` inputs ``[batch, 1, sequence, total]`` whose last two dims are named, the same name where
+    ``square``, else two, and how the graph reads each (``causal_masks``)."""
+    from optimizer.inputs import pads_where_true  # imported here: optimizer.inputs is heavier than this module
+
+    found = {}
+    for value in model.graph.inputs:
+        shape = _declared(value)
+        if not _MASK_NAME.search(value.name) or _CROSS_NAME.search(value.name):
+            continue
+        if value.dtype is None or shape is None or shape.rank() != 4:
+            continue
+        sequence, total = _dim_value(shape[2]), _dim_value(shape[3])
+        if shape[1] != 1 or sequence is None or total is None or (sequence == total) != square:
+            continue
+        if value.dtype.is_floating_point() and _added(value):
+            found[value.name] = "additive"
+        elif value.dtype != ir.DataType.STRING:
+            found[value.name] = "pads" if pads_where_true(value) else "attends"
+    return found
+
+
+def _added(value: ir.Value) -> bool:
+    """Whether an ``Add`` reads ``value`` through ops that only move it (an additive mask)."""
+    frontier, steps = [value], 0
+    while frontier and steps < 32:
+        current, steps = frontier.pop(), steps + 1
+        for node, _ in current.uses():
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type == "Add":
+                return True
+            if node.op_type in _MASK_LAYOUT_OPS or (
+                node.op_type == "Cast"
+                and node.outputs[0].dtype is not None
+                and node.outputs[0].dtype.is_floating_point()
+            ):
+                frontier.extend(node.outputs)
+    return False
+
+
+def causal_mask(real: np.ndarray, sequence: int, convention: str, dtype: np.dtype) -> np.ndarray:
+    """The 4-D mask ``[batch, 1, sequence, total]`` of ``convention`` (``causal_masks``) over the key positions
+    ``real`` (``[batch, total]``, True where a token is real): the new tokens are the last ``sequence`` positions, and
+    each attends to the real positions up to its own. A query that would attend to none (a row's padded start) attends
+    to every real position of its row instead, as Hugging Face's ``_unmask_unattended`` does: scores masked
+    everywhere are NaN under ``-inf``, and its outputs are padding (``padded_at``), not compared."""
+    real = np.asarray(real, bool)
+    total = real.shape[1]
+    positions = total - sequence + np.arange(sequence)
+    attend = (np.arange(total)[None, :] <= positions[:, None])[None] & real[:, None, :]
+    attend = np.where(attend.any(axis=-1, keepdims=True), attend, real[:, None, :])[:, None]
+    return encoded_mask(attend, convention, dtype)
+
+
+def key_mask(real: np.ndarray, sequence: int, convention: str, dtype: np.dtype) -> np.ndarray:
+    """The 4-D mask ``[batch, 1, sequence, total]`` of ``convention`` in which every query attends to the key positions
+    ``real`` (``[batch, total]``, True where a token is real) alone (``key_masks``)."""
+    real = np.asarray(real, bool)
+    return encoded_mask(
+        np.broadcast_to(real[:, None, None, :], (len(real), 1, sequence, real.shape[1])), convention, dtype
+    )
+
+
+def encoded_mask(attend: np.ndarray, convention: str, dtype: np.dtype) -> np.ndarray:
+    """Booleans ``attend`` (True where a query attends to a key) written as a mask of ``convention``
+    (``causal_masks``) and ``dtype``."""
+    if convention == "additive":
+        return np.where(attend, 0, np.finfo(dtype).min).astype(dtype)
+    return (~attend if convention == "pads" else attend).astype(dtype)
+
+
 def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
     """Inputs of ``model`` that look like a ``[batch, sequence]`` padding mask: named ``*mask*``,
     2-D, holding only 0 (pad) and 1 (attend), and attending somewhere in every row; or, where the graph reads it
@@ -46,13 +165,28 @@ def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
 
     An additive float mask (0 attends, a large negative number pads) and a boolean one the graph
     does not read as padding where true (True attends in Hugging Face's) do not qualify:
-    reading them the wrong way round would hide the real tokens from comparison.
+    reading them the wrong way round would hide the real tokens from comparison. A 4-D mask
+    (``causal_masks``, ``key_masks``: the graph says its convention) does, given 4-D and attending somewhere in every
+    row, as a ``CausalMask``.
     """
     from optimizer.inputs import pads_where_true  # imported here: optimizer.inputs is heavier than this module
 
     names = []
+    causal = causal_masks(model)
+    four_d = {name: CausalMask(name, convention) for name, convention in causal.items()}
+    four_d.update({name: CausalMask(name, convention, causal=False) for name, convention in key_masks(model).items()})
     for value in model.graph.inputs:
         array = inputs.get(value.name)
+        if value.name in four_d and np.ndim(array) == 4:
+            if (~padded_at(inputs, four_d[value.name])).any(axis=1).all():
+                names.append(four_d[value.name])
+            continue
+        if value.name in causal and np.ndim(array) == 2:
+            # The key positions a 4-D mask is causal over (1 attends, whatever its dtype), as the decoder's set
+            # builders cut and pad it (``optimizer.api._KeyMasks``).
+            if np.isin(array, (0, 1)).all() and np.shape(array)[1] >= 2 and (np.asarray(array) != 0).any(axis=1).all():
+                names.append(value.name)
+            continue
         if array is None or not _MASK_NAME.search(value.name) or np.ndim(array) != 2:
             continue
         array = np.asarray(array)
@@ -68,8 +202,14 @@ def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
 
 def padded_at(inputs: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     """Where mask ``name`` (one of ``mask_inputs``) of ``inputs`` pads, as booleans: its zeros, or its true values
-    where it pads where true (``PadsWhereTrue``)."""
+    where it pads where true (``PadsWhereTrue``); for a 4-D mask (``CausalMask``), ``[batch, total_sequence]``: the key
+    positions no query attends to."""
     mask = np.asarray(inputs[name])
+    if isinstance(name, CausalMask):
+        attends = (
+            mask > -1e3 if name.convention == "additive" else (mask == 0 if name.convention == "pads" else mask != 0)
+        )
+        return ~attends.any(axis=(1, 2))
     return mask != 0 if isinstance(name, PadsWhereTrue) else mask == 0
 
 
@@ -115,7 +255,7 @@ def attention_operand_outputs(model: ir.Model) -> frozenset[str]:
     read it under that mask, so its padded positions are as unread. One whose sequence no mask names is left out.
     """
     masks, _ = _integer_masks(model)
-    sequences = {_dim_value(_declared(value)[1]) for value in model.graph.inputs if value.name in masks}
+    sequences = {_dim_value(_declared(value)[-1]) for value in model.graph.inputs if value.name in masks}
     if not sequences:
         return frozenset()
     names = set()
@@ -228,7 +368,8 @@ def pads_both_ends(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> bo
 def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple[dict[str, np.ndarray], str]:
     """A copy of ``inputs`` whose masks pad a row's start and a row's end, and a description of what changed.
 
-    Masks are ``mask_inputs``' (one that pads where true, ``PadsWhereTrue``, is written true where padded). With two or
+    Masks are ``mask_inputs``' (one that pads where true, ``PadsWhereTrue``, is written true where padded; a 4-D one,
+    ``CausalMask``, is padded at its key positions and made causal again, ``causal_mask``). With two or
     more rows the last row that keeps a real token is padded on the right
     (its final quarter) and the first other one on the left (its first quarter, or its first third where that would
     leave the two rows as many real tokens); a single row gets both (an eighth at each end). At least one position
@@ -277,7 +418,11 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
         emptied = ~mask.any(axis=1) & real.any(axis=1)
         mask[emptied] = real[emptied]
         original = np.asarray(inputs[name])
-        padded[name] = np.where(mask, original, isinstance(name, PadsWhereTrue)).astype(original.dtype)
+        if isinstance(name, CausalMask):  # the same new tokens over the padded key positions
+            written = causal_mask if name.causal else key_mask
+            padded[name] = written(mask, original.shape[2], name.convention, original.dtype)
+        else:
+            padded[name] = np.where(mask, original, isinstance(name, PadsWhereTrue)).astype(original.dtype)
         described.append(f"{name}: {where} padded")
     for name, positions in inputs.items():
         if _POSITION_IDS_NAME.search(name) and name not in masks:
@@ -582,7 +727,7 @@ def padding_layout(model: ir.Model) -> PaddingLayout:
     """What ``padded_outputs`` reads from the graph, once per model: its integer masks (``_integer_masks``), the
     outputs laid out along one of their sequence dims (by axis), and a decoder's ``new_token_outputs``."""
     masks, _ = _integer_masks(model)
-    sequences = {_dim_value(_declared(value)[1]) for value in model.graph.inputs if value.name in masks}
+    sequences = {_dim_value(_declared(value)[-1]) for value in model.graph.inputs if value.name in masks}
     return masks, _sequence_outputs(model, sequences), new_token_outputs(model)
 
 
@@ -634,15 +779,21 @@ def padded_outputs(
 
 
 def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
-    """The integer ``[batch, sequence]`` inputs named like a mask, and boolean ones the graph reads as padding where
-    true (PyTorch's key padding mask, ``optimizer.inputs.pads_where_true``), and the symbolic name of their second
-    dim (None unless they all share one). A boolean one was left out, and every accuracy figure counted the positions
-    it pads: a result exact on every real token missed a budget at cosine 0 where an integer mask's pass met it."""
+    """The integer ``[batch, sequence]`` inputs named like a mask, boolean ones the graph reads as padding where true
+    (PyTorch's key padding mask, ``optimizer.inputs.pads_where_true``) and the 4-D masks (``causal_masks``,
+    ``key_masks``), and the symbolic name of their last dim (None unless they all share one). A boolean one was left
+    out, and every accuracy figure counted the positions it pads: a result exact on every real token missed a budget
+    at cosine 0 where an integer mask's pass met it."""
     from optimizer.inputs import pads_where_true  # imported here: optimizer.inputs is heavier than this module
 
     names, dims = set(), set()
+    causal = {**causal_masks(model), **key_masks(model)}
     for value in model.graph.inputs:
         shape = _declared(value)
+        if value.name in causal:
+            names.add(value.name)
+            dims.add(_dim_value(shape[-1]))
+            continue
         if not _MASK_NAME.search(value.name) or value.dtype is None:
             continue
         if not value.dtype.is_integer() and not (value.dtype == ir.DataType.BOOL and pads_where_true(value)):

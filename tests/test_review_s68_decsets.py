@@ -18,9 +18,9 @@ Findings (each one's test failed on 4c55314):
 - A present written as ``Identity(Concat(past, new))`` was no cache to verification: its padded positions, and the
   logits at new tokens the mask's tail pads, were compared, and a rewrite moving only those was rolled back.
 
-Not fixed (strict xfail): a decoder with a 4-D mask ``[batch, 1, sequence, total_sequence]`` is refused on generated
-inputs. GenAI's layout at ``--dim batch_size=2``, which got no prompt of several tokens, was fixed by review s68 gaps
-(``tests/test_review_s68_gaps.py``).
+- A decoder with a 4-D mask ``[batch, 1, sequence, total_sequence]`` was refused on generated inputs (fixed by the
+  mask4d review: ``tests/test_review_s68_mask4d.py``). GenAI's layout at ``--dim batch_size=2``, which got no prompt
+  of several tokens, was fixed by review s68 gaps (``tests/test_review_s68_gaps.py``).
 """
 
 from __future__ import annotations
@@ -194,13 +194,6 @@ def _with_a_4d_mask(path, source) -> str:
     return str(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a decoder whose attention mask is 4-D [batch, 1, sequence, total_sequence] is not recognised: "
-    "inputs.cache_length_dims and generation.recognise_causal_lm read 2-D masks only, so the mask's total length is "
-    "not bound to past + new tokens and ONNX Runtime refuses the generated inputs (optimize needs --inputs); bound, it "
-    "would still get no causal or padded mask, prefill, decode step or draft (padding.mask_inputs is 2-D only)",
-)
 def test_a_decoder_with_a_4d_mask_is_verified_on_generated_inputs(tiny, tmp_path):
     source, _ = tiny
     verifier = verifier_optimize_builds(_with_a_4d_mask(tmp_path / "mask4d.onnx", source))

@@ -337,6 +337,11 @@ def _feeds(inputs: Sequence[ir.Value], batch: int, new: int, past: int, mask: np
         if shape is None:
             return f"it reads {value.name}, whose shape is unknown"
         dtype = value.dtype.numpy()
+        if shape.rank() == 4 and is_mask(value):
+            # A 4-D mask may hold any pattern a caller feeds (a prefix attending both ways, sequences packed in a
+            # row), where GroupQueryAttention reads only each row's length and its own causal order. It was taken for
+            # a cache: "whose head count or head size is not static".
+            return f"it reads {value.name}, a 4-D mask, where GroupQueryAttention reads only each row's length"
         if shape.rank() == 4:
             dims = [_static(d) for d in shape]
             if dims[1] is None or dims[3] is None:
