@@ -541,10 +541,7 @@ def _provider_section(provider: ProviderResult, warnings: Sequence[str], consume
             parts.append(_warn(batch.ratio.warning))
         parts.append(_legend())
         parts.append(
-            "<div class='plots'>"
-            + _histogram_svg(batch.samples_before_ms, batch.samples_after_ms, "one inference (ms)")
-            + _percentile_table(batch.before, batch.after, batch.samples_before_ms, batch.samples_after_ms)
-            + "</div>"
+            _plots(batch.before, batch.after, batch.samples_before_ms, batch.samples_after_ms, "one inference")
         )
         parts.append(_strip_svg(batch.samples_before_ms, batch.samples_after_ms, "one inference (ms)"))
     if provider.batches:
@@ -574,10 +571,9 @@ def _provider_section(provider: ProviderResult, warnings: Sequence[str], consume
                 parts.append(_warn(ratio.warning))
         parts.append(_legend())
         parts.append(
-            "<div class='plots'>"
-            + _histogram_svg(g.samples_ttft_before_ms, g.samples_ttft_after_ms, "time to first token (ms)")
-            + _percentile_table(g.ttft_before, g.ttft_after, g.samples_ttft_before_ms, g.samples_ttft_after_ms)
-            + "</div>"
+            _plots(
+                g.ttft_before, g.ttft_after, g.samples_ttft_before_ms, g.samples_ttft_after_ms, "time to first token"
+            )
         )
         parts.append(_strip_svg(g.samples_decode_before_ms, g.samples_decode_after_ms, "decode steps (ms)"))
     if provider.generation:
@@ -626,6 +622,22 @@ def _legend() -> str:
     return (
         f"<div class='legend sub'><span style='background:{_BEFORE_COLOR}'></span>BEFORE"
         f"<span style='background:{_AFTER_COLOR}'></span>AFTER (dashed line: median)</div>"
+    )
+
+
+def _plots(
+    before: LatencySummary,
+    after: LatencySummary,
+    samples_before: Sequence[float],
+    samples_after: Sequence[float],
+    what: str,
+) -> str:
+    """A histogram of ``what`` (ms) before and after beside their percentile table."""
+    return (
+        "<div class='plots'>"
+        + _histogram_svg(samples_before, samples_after, f"{what} (ms)")
+        + _percentile_table(before, after, samples_before, samples_after)
+        + "</div>"
     )
 
 
