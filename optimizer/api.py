@@ -272,6 +272,15 @@ def optimize_with_report(
         if any(spec.name == "quantize-static" for spec in specs):
             warning = warning.replace(" measured on generated", " measured (int8 calibrated) on generated", 1)
         report.warnings.append(warning)
+        measured = verifier is not None and any(record.cosine is not None for record in report.passes)
+        if measured and (saturated := verifier.saturated_sample_outputs()):
+            many = len(saturated) > 1
+            report.warnings.append(
+                f"output{'s' if many else ''} {', '.join(saturated)} of the input model {'are' if many else 'is'} "
+                "saturated (within 1e-4 of its limits) on the generated samples the approximate passes were measured "
+                f"on: the cosine says nothing of how far the logits behind {'them' if many else 'it'} moved; give "
+                "--calibration data (real inputs)"
+            )
     report.warnings.extend(loaded)
     if unnamed:
         shown = _first_names(unnamed)

@@ -493,13 +493,9 @@ def run_batches(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) ->
         return [run_session(session, batch) for batch in batches]
 
 
-@contextlib.contextmanager
-def value_collector(model: ir.Model, names: Sequence[str]) -> Iterator[Callable[[Mapping[str, np.ndarray]], dict]]:
-    """A function that runs ``model`` on one batch and returns the named intermediate tensors.
-
-    The tensors are exposed as extra outputs of a copy of ``model``; the session stays
-    open for as many batches as the caller runs.
-    """
+def exposing(model: ir.Model, names: Sequence[str]) -> ir.Model:
+    """A copy of ``model`` with the named tensors (of its graph, not its subgraphs) added to its outputs;
+    ``KeyError`` if it has no tensor of one of those names."""
     probe = model.clone()
     values = {value.name: value for node in probe.graph for value in node.outputs}
     values.update({value.name: value for value in probe.graph.inputs})
@@ -514,7 +510,17 @@ def value_collector(model: ir.Model, names: Sequence[str]) -> Iterator[Callable[
             if values[name].producer() is not None:
                 values[name].shape = None
             probe.graph.outputs.append(values[name])
-    with inference_session(probe) as session:
+    return probe
+
+
+@contextlib.contextmanager
+def value_collector(model: ir.Model, names: Sequence[str]) -> Iterator[Callable[[Mapping[str, np.ndarray]], dict]]:
+    """A function that runs ``model`` on one batch and returns the named intermediate tensors.
+
+    The tensors are exposed as extra outputs of a copy of ``model``; the session stays
+    open for as many batches as the caller runs.
+    """
+    with inference_session(exposing(model, names)) as session:
 
         def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             outputs = run_session(session, batch)

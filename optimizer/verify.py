@@ -46,7 +46,7 @@ from optimizer.accuracy import (
     root_mean_square,
     samples_first,
 )
-from optimizer.domains import is_onnx_domain
+from optimizer.domains import is_onnx_domain, onnx_opset
 from optimizer.errors import (
     GeneratedInputsRefusedError,
     GeneratedOutputsConstantError,
@@ -72,6 +72,7 @@ from optimizer.runtime import (
     available_memory,
     collect_values,
     drift_of,
+    exposing,
     holds_float16,
     inference_session,
     loading_crash,
@@ -472,6 +473,141 @@ def constant_outputs(outputs: Mapping[str, Any]) -> bool:
         array.size < 2 or np.array_equal(array, np.full_like(array, array.flat[0]), equal_nan=array.dtype.kind == "f")
         for array in arrays
     )
+
+
+# A probability (a Softmax's, a Sigmoid's) within this of 0 or 1, or a Tanh within it of -1 or 1, is saturated: at
+# float32's tolerance its comparison sees no change to the logit behind it (a classifier of large weights on N(0, 1)
+# inputs: its logits doubled, or one class's moved by 5, every probability stayed 1.0 or 0.0 and the rewrite verified).
+SATURATED = 1e-4
+# The share of an output's values (a Softmax's rows) saturated on an input set past which the logits behind it are
+# compared too: below it, the values that move see a wrong rewrite (magika's softmax: 9 % of its rows saturated on
+# generated inputs), and one more run of the model a set is not paid for.
+SATURATED_SHARE = 0.5
+# Heads whose output changes where their input changes only where it is not saturated (``_saturated``).
+SATURATING_HEADS = ("Softmax", "Sigmoid", "Tanh")
+# Heads whose output is positions in their input: compared, they show only a change that moves a largest value.
+POSITION_HEADS = ("ArgMax", "ArgMin", "TopK")
+# Ops an output may pass through after its head and stay that head's values.
+_MOVES_ONLY = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose")
+_FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
+
+
+def _saturated(op_type: str, values: Any) -> float:
+    """The share of ``values`` (a ``op_type`` head's output on one input set) that is saturated (``SATURATED``):
+    of a Softmax's elements, those within it of 1 (their row's others are within it of 0); of a Sigmoid's, those
+    within it of 0 or 1; of a Tanh's, those within it of -1 or 1."""
+    if not isinstance(values, np.ndarray) or values.dtype.kind != "f" or not values.size:
+        return 0.0
+    values = values.astype(np.float64)
+    if op_type == "Softmax":
+        # At most one element of a row is past 1 - SATURATED, and each row sums to 1: the values' sum counts the rows
+        # along whichever axis the Softmax took, reshaped or transposed after it or not.
+        rows = float(np.nansum(values))
+        return min(1.0, float(np.sum(values >= 1 - SATURATED)) / rows) if rows > 0 else 0.0
+    if op_type == "Sigmoid":
+        return float(np.mean((values <= SATURATED) | (values >= 1 - SATURATED)))
+    return float(np.mean(np.abs(values) >= 1 - SATURATED))
+
+
+@dataclass(frozen=True)
+class _Head:
+    """An output of a model computed by a head whose comparison may hide its input (``_heads``)."""
+
+    output: str
+    op_type: str  # "Softmax" for a written-out one too
+    logits: ir.Value  # the head's float input
+    # A Softmax's axis (of ``logits``), along which a shift of the logits changes nothing: compared less their max
+    # there; before opset 13, every axis from it on (the input flattened there). None for other heads.
+    axis: int | None = None
+    flattened: bool = False
+
+
+def _softmax_axis(head: ir.Node, opset: int) -> int:
+    """The axis a Softmax normalizes along: its ``axis``, by default -1 from opset 13 and 1 before."""
+    attribute = head.attributes.get("axis")
+    return attribute.as_int() if attribute is not None else (-1 if opset >= 13 else 1)
+
+
+def _heads(model: ir.Model) -> Iterator[_Head]:
+    """Each output of ``model`` computed by a head ``hidden_logits`` reads (through ops that only move values), where
+    the head's float input is computed (not a graph input) and is no graph output itself."""
+    outputs = {value.name for value in model.graph.outputs}
+    opset = onnx_opset(model.opset_imports, 13)
+    for output in model.graph.outputs:
+        head = output.producer()
+        while head is not None and head.op_type in _MOVES_ONLY and is_onnx_domain(head) and head.inputs:
+            head = head.inputs[0].producer() if head.inputs[0] is not None else None
+        if head is None or not is_onnx_domain(head) or not head.inputs or head.inputs[0] is None:
+            continue
+        op_type, axis = head.op_type, None
+        numerator = head.inputs[0].producer() if op_type == "Div" else None
+        if numerator is not None and numerator.op_type == "Exp" and is_onnx_domain(numerator):
+            # Written out, exp(x - max) / sum (magika's): x behind the Exp, normalized along the last axis (a sum
+            # over another axis is rare; a shift along it is then compared, the safe side).
+            head, op_type, axis = numerator, "Softmax", -1
+        elif op_type == "Softmax":
+            axis = _softmax_axis(head, opset)
+        logits = head.inputs[0]
+        if logits is None or logits.producer() is None or not logits.name or logits.name in outputs:
+            continue
+        if logits.dtype is not None and logits.dtype not in _FLOAT_TYPES:  # untyped: the head's ops take floats
+            continue
+        if op_type in POSITION_HEADS:
+            if op_type != "TopK" or head.outputs[0].name not in outputs:  # TopK's values an output: compared
+                yield _Head(output.name, op_type, logits)
+        elif op_type in SATURATING_HEADS and len(head.outputs) == 1:
+            yield _Head(output.name, op_type, logits, axis, flattened=op_type == "Softmax" and opset < 13)
+
+
+def _same_shape(first: Any, second: Any) -> bool:
+    return isinstance(first, np.ndarray) and isinstance(second, np.ndarray) and first.shape == second.shape
+
+
+def _less_max(values: Any, head: _Head) -> Any:
+    """``values`` (``head``'s logits) less their max along its Softmax's axis (what the Softmax sees), else as they
+    are."""
+    if head.axis is None or not isinstance(values, np.ndarray) or values.dtype.kind != "f" or not values.ndim:
+        return values
+    if not -values.ndim <= head.axis < values.ndim or not values.size:
+        return values  # an axis past this tensor's rank: compared as they are
+    first = head.axis % values.ndim
+    axes = tuple(range(first, values.ndim)) if head.flattened else (first,)
+    with np.errstate(invalid="ignore"):
+        return values - np.max(values, axis=axes, keepdims=True)
+
+
+def saturated_outputs(model: ir.Model, references: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The outputs of ``model`` computed by a Softmax, Sigmoid or Tanh (``_heads``) saturated (``_saturated``) in
+    ``SATURATED_SHARE`` of their values or more over ``references`` (its outputs on some inputs), each as "'probs'
+    (Softmax: 100% of its values)": a comparison of them says next to nothing there (a Softmax at 1.0 stays at 1.0
+    however far a change moves its logits)."""
+    saturated = []
+    for head in _heads(model):
+        if head.op_type in SATURATING_HEADS:
+            shares = [_saturated(head.op_type, reference.get(head.output)) for reference in references]
+            share = float(np.mean(shares or [0.0]))
+            if share >= SATURATED_SHARE:
+                saturated.append(f"'{head.output}' ({head.op_type}: {share:.0%} of its values)")
+    return saturated
+
+
+def hidden_logits(model: ir.Model, references: Sequence[Mapping[str, Any]]) -> dict[str, tuple[_Head, float]]:
+    """The float tensors a comparison of ``model``'s outputs cannot see, by output name: the input of each output's
+    Softmax (or its written-out ``exp(x) / sum``: the Exp's input), Sigmoid or Tanh head where that output is saturated
+    in ``SATURATED_SHARE`` of its values or more on one of ``references`` (``_saturated``; the outputs on the input
+    sets), and of each ArgMax, ArgMin or TopK whose positions are an output and its values are not, each as its head
+    (``_heads``) and its largest saturated share on a set (1.0 for positions). The head may be followed by ops that
+    only move values (``Reshape``, ``Identity``, ...). Not a tensor that is a graph input or output itself (compared
+    as such), nor one behind a head inside a subgraph."""
+    found: dict[str, tuple[_Head, float]] = {}
+    for head in _heads(model):
+        if head.op_type in POSITION_HEADS:
+            found[head.output] = (head, 1.0)
+            continue
+        share = max((_saturated(head.op_type, reference.get(head.output)) for reference in references), default=0.0)
+        if share >= SATURATED_SHARE:
+            found[head.output] = (head, share)
+    return found
 
 
 def _floored_past_fills(values: np.ndarray) -> np.ndarray:
@@ -1393,6 +1529,9 @@ class Verifier:
         # an entry is the set's inputs and the original's outputs on them (not a later base's: ``rebase``).
         self._noise: list[dict[str, float] | tuple[Mapping[str, np.ndarray], Mapping[str, Any]]] = []
         self._load_crash: bool | None = None  # whether loading the original at ORT_ENABLE_ALL crashes (once)
+        # ``hidden_logits`` of the base, with the base's values of them and their float noise on each input set
+        # (``_hidden_logit_references``): made on first use, until a set is added or the base changes.
+        self._logits: tuple[dict[str, tuple[_Head, float]], list[dict[str, Any]], list[Any]] | None = None
         self.labels: list[str] = []
         self.dropped: list[str] = []
         self.masks = mask_inputs(original, input_sets[0]) if input_sets else []
@@ -1458,7 +1597,7 @@ class Verifier:
         self.references.append(reference)
         self._noise.append((inputs, reference))
         self.labels.append(label)
-        self._level_zero = None  # built on the sets there were
+        self._level_zero = self._logits = None  # built on the sets there were
         return True
 
     def declared_shape_contradicted(self, candidate: ir.Model, before: ir.Model) -> str | None:
@@ -1569,6 +1708,7 @@ class Verifier:
         name does not (SmoothQuant's rescaled norms and weights keep their nodes, with new constants).
         A result of a model whose MatMulNBits round their inputs (``accuracy_level`` above 0)
         that misses by a finite amount is checked once more as ``_check_at_level_zero`` says.
+        A result whose outputs pass is held on the logits they hide too (``_hidden_logits_failure``).
         """
         # The result's raw outputs as written, kept where the level-0 check may need them again.
         written: list[dict[str, Any]] | None = [] if rounding_kernels(self._base) else None
@@ -1576,6 +1716,91 @@ class Verifier:
         if result.ok or written is None or not self._rounding_may_explain(candidate, result):
             return result
         return self._check_at_level_zero(candidate, result, by_segment=by_segment, written=written, rescaled=rescaled)
+
+    def _hidden_logits_failure(
+        self, index: int, found: Mapping[str, Any], passed: VerificationResult
+    ) -> VerificationResult | None:
+        """``passed`` (a result whose outputs matched on input set ``index``) failed, where the logits behind an output
+        ``hidden_logits`` finds (a saturated Softmax or Sigmoid output, an ArgMax output) are other values than the
+        base's there: ``found``, the result's values of them by output (``_hidden_logit_names``), held as an output is,
+        to the tolerance or, past it, the base's own float noise; a Softmax's less their max along its axis on both
+        sides (a shift changes nothing). None where they match."""
+        heads, references, noises = self._hidden_logit_references()
+        inputs, label = self.input_sets[index], self.labels[index]
+        # Logits of another shape than the base's (a Reshape moved before the head): the outputs, which matched, hold.
+        found = {output: values for output, values in found.items() if _same_shape(values, references[index][output])}
+        expected = {output: _less_max(references[index][output], heads[output][0]) for output in found}
+        found = {output: _less_max(values, heads[output][0]) for output, values in found.items()}
+        found = self._hide_padded(found, inputs, expected)
+        if not found:
+            return None
+        result = compare_outputs(expected, found, self.tolerances)
+        if not result.ok:  # the noise only where the tolerance is not enough: two more runs of the base
+            if noises[index] is None:
+                with inference_session(self._logit_probe(), optimization_level="all") as session:
+                    ran = run_session(session, inputs)
+                optimized = {output: _less_max(ran[head.logits.name], head) for output, (head, _) in heads.items()}
+                noises[index] = self._noise_rows(self._hide_padded(optimized, inputs, expected), expected)
+            result = compare_outputs(expected, found, self.tolerances, noise=noises[index])
+        if result.ok:
+            return None
+        for check in result.checks:
+            if check.ok:
+                continue
+            head, share = heads[check.name]
+            if head.op_type in POSITION_HEADS:
+                why = (
+                    f"{head.op_type} output '{head.output}' reads them: its positions show only a change that moves "
+                    "a largest"
+                )
+            else:
+                why = (
+                    f"{head.op_type} output '{head.output}' is saturated in {share:.0%} of its values on an input set "
+                    f"(within {SATURATED:g} of its limits), where comparing it sees no change to them"
+                )
+            check.name = head.logits.name
+            check.detail = f"the logits '{head.logits.name}' ({why}): {check.detail.split(': ', 1)[-1]}"
+            passed.checks.append(check)
+        if len(self.input_sets) > 1:
+            passed.input_set = label
+        return passed
+
+    def _hidden_logit_names(self, candidate: ir.Model) -> dict[str, str]:
+        """For each output ``hidden_logits`` finds (of the base), the tensor of ``candidate`` that holds its logits:
+        the input of ``candidate``'s head of that output where it has one of the same kind (a Softmax written out or
+        not: a fusion of one into the other), else a tensor of the base's logits' name, where ``candidate`` computes
+        one; an output with neither is left out (its logits fused away)."""
+        heads = self._hidden_logit_references()[0]
+        if not heads:
+            return {}
+        own = {head.output: head for head in _heads(candidate)}
+        computed = {value.name for node in candidate.graph for value in node.outputs}
+        names = {}
+        for output, (head, _) in heads.items():
+            mine = own.get(output)
+            if mine is not None and mine.op_type == head.op_type:
+                names[output] = mine.logits.name
+            elif head.logits.name in computed:
+                names[output] = head.logits.name
+        return names
+
+    def _hidden_logit_references(self) -> tuple[dict[str, tuple[_Head, float]], list[dict[str, Any]], list[Any]]:
+        """``hidden_logits`` of the base on the input sets, the base's logits of each on each set (by output), and
+        their float noise there (None until ``_hidden_logits_failure`` needs it); computed once per base and sets."""
+        if self._logits is None:
+            heads = hidden_logits(self._base, self.references)
+            references: list[dict[str, Any]] = []
+            self._logits = (heads, references, [None] * len(self.input_sets))
+            if heads:
+                with inference_session(self._logit_probe()) as session:
+                    for inputs in self.input_sets:
+                        outputs = run_session(session, inputs)
+                        references.append({output: outputs[head.logits.name] for output, (head, _) in heads.items()})
+        return self._logits
+
+    def _logit_probe(self) -> ir.Model:
+        """The base with the logits of ``hidden_logits`` among its outputs."""
+        return exposing(self._base, list(dict.fromkeys(head.logits.name for head, _ in self._logits[0].values())))
 
     def _rounding_may_explain(self, candidate: ir.Model, missed: VerificationResult) -> bool:
         """Whether ``missed`` may be the base's rounding kernels amplifying float rounding: the base has
@@ -1691,17 +1916,27 @@ class Verifier:
         """``check`` without the level-0 check; each input set's raw outputs are appended to ``written``
         as they are run, when given."""
         worst, missed, running = VerificationResult(), None, ""
+        # Run with the logits its outputs hide among them (``_hidden_logits_failure``), in the same session.
+        logits = self._hidden_logit_names(candidate)
+        exposed = list(dict.fromkeys(logits.values()))
         try:
-            with inference_session(candidate) as session:
-                for inputs, label, reference, noise in zip(self.input_sets, self.labels, self.references, self.noise):
+            with inference_session(exposing(candidate, exposed) if logits else candidate) as session:
+                sets = zip(self.input_sets, self.labels, self.references, self.noise)
+                for index, (inputs, label, reference, noise) in enumerate(sets):
                     running = label if len(self.input_sets) > 1 else ""
                     raw = run_session(session, inputs)
+                    found = {output: raw[name] for output, name in logits.items()}
+                    for name in exposed:
+                        if name not in reference:
+                            raw.pop(name)
                     if written is not None:
                         written.append(raw)
                     outputs = self._hide_padded(raw, inputs, reference)
                     result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
                     if not result.ok and not result.error:
                         result = self._integer_flips(candidate, inputs, reference, outputs, result)
+                    if result.ok and found and (failed := self._hidden_logits_failure(index, found, result)):
+                        return failed
                     if not result.ok:
                         if len(self.input_sets) > 1:
                             result.input_set = label
@@ -2324,7 +2559,7 @@ class Verifier:
         """
         self.references = run_sets(accepted, self.input_sets)
         self._base = accepted
-        self._level_zero = self._base_signature = self._twin_samples = None
+        self._level_zero = self._base_signature = self._twin_samples = self._logits = None
 
     def fitted_to(self) -> None:
         """An applied result was fitted to the samples but those ``hold_out`` holds out (``fitted_to_samples``):
@@ -2379,6 +2614,21 @@ class Verifier:
             error=f"{drift}{where} misses the accuracy budget ({self.budget.describe()}){hint}",
             measured_on=measured_on,
         )
+
+    def saturated_sample_outputs(self) -> list[str]:
+        """``saturated_outputs`` of the original over the samples approximate results are measured on: their cosine
+        says next to nothing of those outputs."""
+        heads = [head.output for head in _heads(self._original) if head.op_type in SATURATING_HEADS]
+        if not heads:
+            return []
+        references = self._sample_references
+        if references is None:  # the drift was streamed: the heads' values alone are kept
+            references = []
+            with inference_session(self._original, optimization_level="all") as session:
+                for batch in self._sample_batches():
+                    outputs = run_session(session, batch)
+                    references.append({output: outputs[output] for output in heads})
+        return saturated_outputs(self._original, references)
 
     def _measured_on(self, batches: Sequence[Mapping[str, np.ndarray]], where: str) -> str:
         """What an approximate result's drift on ``batches`` rests on, counted: "the 33 calibration samples held out

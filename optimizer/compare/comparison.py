@@ -92,7 +92,7 @@ from optimizer.parameters import count_parameters
 from optimizer.pipeline import count_nodes
 from optimizer.progress import task, track
 from optimizer.runtime import holds_float16, import_onnxruntime, loading_crash, temporary_folder
-from optimizer.verify import constant_outputs
+from optimizer.verify import constant_outputs, saturated_outputs
 
 SCHEMA = "graphopt.comparison-report/1"
 _PROFILE_RUNS = 20
@@ -456,10 +456,13 @@ def _compare(
     sample_axes = output_sample_axes(before_model)
     generated = inputs is None and generation is None
     noted, first_inputs = len(warnings), base_inputs
+    saturated: list[str] = []  # BEFORE's outputs saturated on the generated inputs compared (``saturated_outputs``)
 
     def longer_where_constant(outputs: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> bool:
         # Every output of BEFORE constant on generated inputs (NeMo's features over 128 samples: zeros): any AFTER
         # matched them (a corrupted mel filterbank passed --min-cosine at 1.000000), so longer ones, as optimize.
+        if generated:
+            saturated[:] = saturated_outputs(before_model, [outputs])
         return (
             generated
             and constant_outputs(outputs)
@@ -507,6 +510,13 @@ def _compare(
     bound = dims_from_inputs(before_model, base_inputs)
     if note := lengths.note(bound, str(before), "compared"):
         warnings.append(note)
+    if saturated:
+        many = len(saturated) > 1
+        warnings.append(
+            f"accuracy: output{'s' if many else ''} {', '.join(saturated)} of BEFORE {'are' if many else 'is'} "
+            "saturated (within 1e-4 of its limits) on the generated inputs compared: the cosine says nothing of how "
+            f"far the logits behind {'them' if many else 'it'} moved; give --inputs (real data)"
+        )
     for result in results:
         for usage in (result.memory_before, result.memory_after):
             if usage is not None and not usage.resettable:
