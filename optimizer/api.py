@@ -446,13 +446,15 @@ def _generated_batches(model: ir.Model) -> tuple[list[str], int]:
     """The dims generated calibration samples are drawn along (named like a batch, else the one the second binding
     takes for it: Paddle's ``DynamicDimension.0``) and how many sets are drawn: one, or for a model that fixes its
     batch (``x [1, 3, 224, 224]``, no such dim) enough batches of that size to stack to ``_GENERATED_SAMPLES``, as
-    its calibration data is cut (``split_samples``), one row a set where inputs lead with an unnamed dim; 0 where
-    none of those is there."""
-    batches = _batch_names(model)
+    its calibration data is cut (``split_samples``), one row a set where inputs lead with an unnamed dim (the named
+    batch then bound at one row too); 0 where none of those is there."""
+    batches, unnamed = _batch_names(model), _unnamed_row_inputs(model)
     if batches:
-        return batches, 1
+        # Beside inputs that lead with an unnamed dim, one row a draw: theirs are drawn at one row, and rows that must
+        # agree with the batch's (``Concat(X [None, 4], Z [N, 8], axis=1)``) were refused at 16 against 1.
+        return batches, _GENERATED_SAMPLES if unnamed else 1
     fixed = fixed_batch_size(model)
-    if fixed is None and _unnamed_row_inputs(model):
+    if fixed is None and unnamed:
         fixed = 1  # skl2onnx's X [None, 4]: one row a draw, as verification generates it
     return [], 0 if fixed is None else -(-_GENERATED_SAMPLES // fixed)
 
@@ -461,7 +463,7 @@ def _refuse_oversized_samples(model: ir.Model, dims: Mapping[str, int] | None) -
     """``InputSpecError`` where generated calibration samples at ``dims`` (``_generated_batches``) would pass
     ``MAX_INPUT_BYTES``; else the binding they are drawn at."""
     batches, draws = _generated_batches(model)
-    bound = {**(dims or {}), **dict.fromkeys(batches, _GENERATED_SAMPLES)}
+    bound = {**(dims or {}), **dict.fromkeys(batches, -(-_GENERATED_SAMPLES // draws))}
     refuse_oversized(
         model,
         [bound] * draws,
@@ -881,7 +883,9 @@ def _add_unnamed_rows(model: ir.Model, verifier: Verifier) -> None:
     """Where inputs lead with an unnamed dim (skl2onnx's ``X [None, 4]``, a static -1) and every input set holds
     one row there, verify on two rows too: two draws of the first set's shapes, joined along that axis. No binding
     names such a dim, so it was generated at 1 in every set, and a rewrite that mixed the rows of a batch (a
-    reduction over axis 0) verified."""
+    reduction over axis 0) verified. Where the original fails on that set and inputs lead with a named batch held at
+    one row (``Concat(X [None, 4], Z [N, 8], axis=1)``: the rows must agree), those are joined too; the set is
+    dropped (and said) only where it fails so as well."""
     unnamed = _unnamed_row_inputs(model)
     sets = verifier.input_sets
     if not unnamed or any(np.shape(inputs.get(name))[:1] != (1,) for inputs in sets for name in unnamed):
@@ -892,11 +896,25 @@ def _add_unnamed_rows(model: ir.Model, verifier: Verifier) -> None:
         return
     if not all(isinstance(draw[name], np.ndarray) for draw in draws for name in unnamed):
         return
-    inputs = {
-        name: np.concatenate([draws[0][name], draws[1][name]]) if name in unnamed else value
-        for name, value in draws[0].items()
-    }
-    verifier.add_input_set(inputs, f"generated, two rows along unnamed leading dims ({_shapes(model, inputs)})")
+    batches = set(_batch_names(model))
+    batch_led = [
+        value.name
+        for value in runtime_inputs(model)
+        if value.shape is not None
+        and value.shape.rank()
+        and isinstance(value.shape[0], ir.SymbolicDim)
+        and value.shape[0].value in batches
+        and all(isinstance(draw[value.name], np.ndarray) and draw[value.name].shape[:1] == (1,) for draw in draws)
+    ]
+    tries = [unnamed, [*unnamed, *batch_led]] if batch_led else [unnamed]
+    for joined in tries:
+        inputs = {
+            name: np.concatenate([draws[0][name], draws[1][name]]) if name in joined else value
+            for name, value in draws[0].items()
+        }
+        label = f"generated, two rows along unnamed leading dims ({_shapes(model, inputs)})"
+        if verifier.add_input_set(inputs, label, report_drop=joined is tries[-1]):
+            return
 
 
 def _add_drawn_compared_values(model: ir.Model, verifier: Verifier) -> None:

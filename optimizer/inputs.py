@@ -75,7 +75,6 @@ import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from optimizer.errors import InputSpecError, RuntimeRefusedError, one_line
-from optimizer.padding import causal_mask, causal_masks, key_mask, key_masks
 from optimizer.runtime import run_model
 
 logger = logging.getLogger(__name__)
@@ -340,6 +339,8 @@ def cache_length_dims(model: ir.Model) -> dict[str, tuple[str, str]]:
     encoder-decoder's encoder mask and cross-attention cache (named ``*encoder*``/``*cross*``)
     are neither: their length is the encoder's.
     """
+    from optimizer.padding import causal_masks  # lazily: a pass imported alone loads no padding
+
     inputs = runtime_inputs(model)
     batches = set(batch_dims(model))
 
@@ -1158,6 +1159,8 @@ def check_inputs(
     graph input (a misspelt name) are noted as ignored. An array in the other byte order (``>f4``, saved on a
     big-endian machine) holds the same values: it is read in this machine's order, not refused.
     """
+    from optimizer.padding import causal_masks  # lazily: a pass imported alone loads no padding
+
     defaults = [value.name for value in model.graph.inputs if value.name in model.graph.initializers]
     overridden = next((name for name in defaults if name in arrays), None)
     if overridden is not None:
@@ -1677,6 +1680,13 @@ def _generate_tensor(
 ) -> np.ndarray:
     """One generated tensor at the binding ``dims`` (see the module docstring); ``widest``: indices under
     ``_index_bounds(widest=True)``."""
+    from optimizer.padding import (
+        causal_mask,
+        causal_masks,
+        key_mask,
+        key_masks,
+    )  # lazily: a pass imported alone loads no padding
+
     dtype = value.dtype
     if dtype == ir.DataType.STRING:
         return rng.choice(_WORDS, size=shape)
@@ -3327,9 +3337,23 @@ def _padding_masks(batch: Mapping[str, np.ndarray], holds: SampleAxes, size: int
 
 
 def _one_value_past(array: np.ndarray, axis: int, lengths: np.ndarray) -> bool:
-    """Whether every row of ``array`` holds one value (its padding) along ``axis`` past its length in ``lengths``."""
-    rows = np.moveaxis(array, axis, 1)
-    return all((row[length:] == row[length:].flat[0]).all() for row, length in zip(rows, lengths) if length < len(row))
+    """Whether every row of ``array`` holds one value (its padding) along ``axis`` past its length in ``lengths``, to
+    within ``_DITHER`` of the largest magnitude before it: a clip zero-padded and then dithered (noise of 1e-5 on
+    audio of 0.1) holds no one value there, and the same clip padded to two lengths was two samples (one fitted, one
+    held out), where content past a length (NeMo's mel bins) is of the content's size."""
+    rows, floats = np.moveaxis(array, axis, 1), array.dtype.kind == "f"
+
+    def padded(row: np.ndarray, length: int) -> bool:
+        past = row[length:]
+        if (past == past.flat[0]).all():
+            return True
+        return floats and bool(np.ptp(past) <= _DITHER * np.abs(row[:length]).max(initial=0))
+
+    return all(padded(row, length) for row, length in zip(rows, lengths) if length < len(row))
+
+
+# How far apart the values past a row's length may lie and still be its padding, relative to the row's content.
+_DITHER = 1e-3
 
 
 # Which part of a ``_Split`` a sample is in (``_Split.held``): fitted to, held out (searched by and reported on
@@ -3962,6 +3986,13 @@ _CONVENTION_WORDS = {"additive": "0 attends", "pads": "true pads", "attends": "1
 
 def _skeleton_arrays(model: ir.Model, generated: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The skeleton's arrays from generated inputs (``_skeleton_value``), and the words describing each."""
+    from optimizer.padding import (
+        causal_mask,
+        causal_masks,
+        key_mask,
+        key_masks,
+    )  # lazily: a pass imported alone loads no padding
+
     arrays, described = dict(generated), []
     causal, keys = causal_masks(model), key_masks(model)
     for value in runtime_inputs(model):

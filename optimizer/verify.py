@@ -1519,6 +1519,10 @@ class Verifier:
         # An applied pass was fitted to the samples ``hold_out`` does not hold out (``fitted_to``): every later
         # approximate result carries that fit, and is measured on the held-out samples too.
         self._fitted = False
+        # The applied passes fitted to the very samples later figures are measured on, none held out
+        # (``fitted_to_checked``: static int8's ranges without a budget, a pruning repair on one sample): every later
+        # approximate result carries that fit, and its figure on those samples says so (``optimizer.pipeline``).
+        self.fitted_on_checked: list[str] = []
         # The base at accuracy_level 0 (``_check_at_level_zero``): made on first use, until the next rebase.
         self._level_zero: Verifier | None = None
         self._base_signature: tuple[Any] | None = None  # (level_signature of the base,), on first use
