@@ -82,6 +82,7 @@ from optimizer.padding import (
     causal_mask,
     causal_masks,
     encoded_mask,
+    key_masks,
     mask_inputs,
     padded_at,
     padded_copy,
@@ -1005,14 +1006,19 @@ def _add_past_the_diagonal(model: ir.Model, verifier: Verifier) -> None:
     prompt or image tokens, which PaliGemma and Gemma 3 attend both ways) and its second half to itself alone (a second
     sequence packed into the row). Every generated mask is causal over a padding, so a rewrite that imposed its own
     causal order, or read the mask as key padding, was verified; what the model does with such a mask is defined by
-    its graph, and a caller may feed it."""
+    its graph, and a caller may feed it. A square 4-D mask without a cache (``key_masks``: an encoder's extended mask,
+    or a decoder's exported without its past, causal) gets the same set from its first unpadded set: generated a key
+    padding the same for every query, a rewrite that read only its last query row was verified."""
     masks = causal_masks(model)
     layout = recognise_causal_lm(model)
-    if not masks or isinstance(layout, str) or not layout.cache:
+    keys = {} if masks else key_masks(model)
+    if not keys and (not masks or isinstance(layout, str) or not layout.cache):
         return
+    masks = masks or keys
     for index, inputs in enumerate(verifier.input_sets):
         named = [CausalMask(name, convention) for name, convention in masks.items() if np.ndim(inputs.get(name)) == 4]
-        if not named or not _empty_cache(layout, inputs) or any(padded_at(inputs, name).any() for name in named):
+        prefill = bool(keys) or _empty_cache(layout, inputs)
+        if not named or not prefill or any(padded_at(inputs, name).any() for name in named):
             continue
         sequence = np.shape(inputs[named[0]])[2]
         if sequence < 4 or any(np.shape(inputs[name])[2:] != (sequence, sequence) for name in named):
@@ -1025,9 +1031,14 @@ def _add_past_the_diagonal(model: ir.Model, verifier: Verifier) -> None:
         for name in named:
             shape = np.shape(inputs[name])
             changed[name] = encoded_mask(np.broadcast_to(attend, shape), name.convention, inputs[name].dtype)
+        what = (
+            f"set {index + 1}, its mask not a key padding"
+            if keys
+            else f"set {index + 1}'s prefill, its mask not causal"
+        )
         label = (
-            f"set {index + 1}'s prefill, its mask not causal: the first {prefix} of {sequence} tokens attending to "
-            f"each other, the last {sequence - packed} to themselves alone"
+            f"{what}: the first {prefix} of {sequence} tokens attending to each other, the last {sequence - packed} to "
+            "themselves alone"
         )
         verifier.add_input_set(changed, label)
         return

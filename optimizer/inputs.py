@@ -1680,12 +1680,13 @@ def _generate_tensor(
 ) -> np.ndarray:
     """One generated tensor at the binding ``dims`` (see the module docstring); ``widest``: indices under
     ``_index_bounds(widest=True)``."""
-    from optimizer.padding import (
+    from optimizer.padding import (  # lazily: a pass imported alone loads no padding
         causal_mask,
         causal_masks,
+        cross_masks,
         key_mask,
         key_masks,
-    )  # lazily: a pass imported alone loads no padding
+    )
 
     dtype = value.dtype
     if dtype == ir.DataType.STRING:
@@ -1697,7 +1698,7 @@ def _generate_tensor(
         # positions padded as a 2-D mask's are.
         real = _padding_mask((shape[0], shape[3]), np.dtype(np.int8)) != 0
         return causal_mask(real, shape[2], convention, numpy_dtype)
-    if len(shape) == 4 and (convention := key_masks(model).get(value.name)) is not None:
+    if len(shape) == 4 and (convention := {**key_masks(model), **cross_masks(model)}.get(value.name)) is not None:
         real = _padding_mask((shape[0], shape[3]), np.dtype(np.int8)) != 0
         return key_mask(real, shape[2], convention, numpy_dtype)
     if _MASK_NAME.search(value.name) and pads_where_true(value):
@@ -3986,15 +3987,16 @@ _CONVENTION_WORDS = {"additive": "0 attends", "pads": "true pads", "attends": "1
 
 def _skeleton_arrays(model: ir.Model, generated: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The skeleton's arrays from generated inputs (``_skeleton_value``), and the words describing each."""
-    from optimizer.padding import (
+    from optimizer.padding import (  # lazily: a pass imported alone loads no padding
         causal_mask,
         causal_masks,
+        cross_masks,
         key_mask,
         key_masks,
-    )  # lazily: a pass imported alone loads no padding
+    )
 
     arrays, described = dict(generated), []
-    causal, keys = causal_masks(model), key_masks(model)
+    causal, keys = causal_masks(model), {**key_masks(model), **cross_masks(model)}
     for value in runtime_inputs(model):
         array = arrays[value.name]
         if isinstance(array, list):

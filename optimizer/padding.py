@@ -26,6 +26,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.domains import MS_DOMAIN
+
 _MASK_NAME = re.compile(r"mask", re.IGNORECASE)
 # The per-row positions a decoder's rotary or position table reads (``inputs._POSITION_IDS_NAME``).
 _POSITION_IDS_NAME = re.compile(r"position_ids$", re.IGNORECASE)
@@ -70,34 +72,72 @@ def causal_masks(model: ir.Model) -> dict[str, str]:
     graph adds to the scores (0 attends, a large negative pads), ``"pads"`` for one it reads as padding where true
     (``optimizer.inputs.pads_where_true``: ``Where(mask, -inf, scores)``), ``"attends"`` otherwise (1 or true attends:
     ``Where(mask, scores, -inf)``, a multiplier). Its third and fourth dims must be named, and differently, and the
-    model must take a 4-D cache (``past*``/``*cache*``): a cross-attention mask (named ``*encoder*``/``*cross*``, or
-    in a model without a cache) is not causal."""
+    model must take a 4-D cache (``past*``/``*cache*``): a cross-attention mask (``cross_masks``: named
+    ``*encoder*``/``*cross*``, or over a length another input holds, as ``memory_mask [batch, 1, sequence, source]``
+    beside ``encoder_hidden_states [batch, source, width]``), or one in a model without a cache, is not causal. Taken
+    for one, a cross mask's length was bound to past + new and it was generated causal over the encoder's positions."""
     if not any(_CACHE_NAME.search(value.name) and _rank(value) == 4 for value in model.graph.inputs):
         return {}
-    return _four_d_masks(model, square=False)
+    cross = cross_masks(model)
+    return {name: convention for name, convention in _four_d_masks(model, square=False).items() if name not in cross}
+
+
+def cross_masks(model: ir.Model) -> dict[str, str]:
+    """``{name: convention}`` (as ``causal_masks``) for the 4-D inputs named ``*mask*`` declared ``[batch, 1, sequence,
+    source]`` over an encoder's positions: named ``*encoder*``/``*cross*``, or whose last dim another input holds, not
+    named ``*mask*`` nor a self-attention's cache (``encoder_hidden_states [batch, source, width]``, a cache named
+    ``*encoder*``/``*cross*``; a static cache's length is the self-attention's). Generated as a key padding the same for
+    every query (``key_mask``): they were generated ones, padding nothing (a rewrite dropping an additive one verified).
+    Not read as padding in comparison (``mask_inputs``): the outputs at every decoder position are defined."""
+    held = {
+        _dim_value(dim)
+        for value in model.graph.inputs
+        if not _MASK_NAME.search(value.name)
+        and (_CROSS_NAME.search(value.name) or not _CACHE_NAME.search(value.name))
+        and (shape := _declared(value)) is not None
+        for dim in shape
+    }
+    found = _four_d_masks(model, square=False, named_cross=True)
+    return {
+        name: convention
+        for name, convention in found.items()
+        if _CROSS_NAME.search(name) or _dim_value(_declared(_input(model, name))[3]) in held
+    }
+
+
+def _input(model: ir.Model, name: str) -> ir.Value:
+    return next(value for value in model.graph.inputs if value.name == name)
 
 
 def key_masks(model: ir.Model) -> dict[str, str]:
     """``{name: convention}`` (as ``causal_masks``) for the inputs named ``*mask*`` declared
     ``[batch, 1, sequence, sequence]``, one name twice (an encoder's extended mask, or a decoder's exported without
-    its cache; not ``*encoder*``/``*cross*``): generated as a key padding the same for every query (``key_mask``),
-    which pads as a 2-D mask does (they were generated ones, padding nothing, until a review on 2026-12-06)."""
-    return _four_d_masks(model, square=True)
+    its cache; not ``*encoder*``/``*cross*``), or, in a model without a cache, ``[batch, 1, 1, sequence]`` (Hugging
+    Face's extended mask, one row every query reads): generated as a key padding the same for every query
+    (``key_mask``), which pads as a 2-D mask does (they were generated ones, padding nothing, until reviews on
+    2026-12-06)."""
+    cache = any(_CACHE_NAME.search(value.name) and _rank(value) == 4 for value in model.graph.inputs)
+    return _four_d_masks(model, square=True, one_query=not cache)
 
 
-def _four_d_masks(model: ir.Model, *, square: bool) -> dict[str, str]:
+def _four_d_masks(
+    model: ir.Model, *, square: bool, one_query: bool = False, named_cross: bool = False
+) -> dict[str, str]:
     """The 4-D ``*mask*`` inputs ``[batch, 1, sequence, total]`` whose last two dims are named, the same name where
-    ``square``, else two, and how the graph reads each (``causal_masks``)."""
+    ``square``, else two (or, ``one_query``, whose third dim is 1 and last named), and how the graph reads each
+    (``causal_masks``); those named ``*encoder*``/``*cross*`` only where ``named_cross``."""
     from optimizer.inputs import pads_where_true  # imported here: optimizer.inputs is heavier than this module
 
     found = {}
     for value in model.graph.inputs:
         shape = _declared(value)
-        if not _MASK_NAME.search(value.name) or _CROSS_NAME.search(value.name):
+        if not _MASK_NAME.search(value.name) or (_CROSS_NAME.search(value.name) and not named_cross):
             continue
         if value.dtype is None or shape is None or shape.rank() != 4:
             continue
         sequence, total = _dim_value(shape[2]), _dim_value(shape[3])
+        if one_query and shape[2] == 1 and total is not None:
+            sequence = total
         if shape[1] != 1 or sequence is None or total is None or (sequence == total) != square:
             continue
         if value.dtype.is_floating_point() and _added(value):
@@ -107,12 +147,26 @@ def _four_d_masks(model: ir.Model, *, square: bool) -> dict[str, str]:
     return found
 
 
+# The attention ops' inputs they add to the scores where float: ONNX Attention's attn_mask, and com.microsoft's
+# attention_bias.
+_SCORE_BIASES = {
+    ("", "Attention"): 3,
+    ("ai.onnx", "Attention"): 3,
+    (MS_DOMAIN, "MultiHeadAttention"): 5,
+    (MS_DOMAIN, "Attention"): 5,
+}
+
+
 def _added(value: ir.Value) -> bool:
-    """Whether an ``Add`` reads ``value`` through ops that only move it (an additive mask)."""
+    """Whether an ``Add`` (or an attention op's input it adds to the scores, ``_SCORE_BIASES``: ONNX ``Attention``'s
+    float ``attn_mask``, taken for 1 attends and generated 0/1, masked nothing) reads ``value`` through ops that only
+    move it (an additive mask)."""
     frontier, steps = [value], 0
     while frontier and steps < 32:
         current, steps = frontier.pop(), steps + 1
-        for node, _ in current.uses():
+        for node, index in current.uses():
+            if _SCORE_BIASES.get((node.domain, node.op_type)) == index:
+                return True
             if node.domain not in ("", "ai.onnx"):
                 continue
             if node.op_type == "Add":
