@@ -487,8 +487,9 @@ SATURATED_SHARE = 0.5
 SATURATING_HEADS = ("Softmax", "Sigmoid", "Tanh")
 # Heads whose output is positions in their input: compared, they show only a change that moves a largest value.
 POSITION_HEADS = ("ArgMax", "ArgMin", "TopK")
-# Ops an output may pass through after its head and stay that head's values.
-_MOVES_ONLY = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose")
+# Ops an output may pass through after its head and stay that head's values (a ``Cast`` only rounds them: an ArgMax's
+# positions as int32, a Softmax's probabilities as float16; missed, a wrong rewrite behind either verified).
+_MOVES_ONLY = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Cast")
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
 
 
@@ -542,9 +543,13 @@ def _heads(model: ir.Model) -> Iterator[_Head]:
         op_type, axis = head.op_type, None
         numerator = head.inputs[0].producer() if op_type == "Div" else None
         if numerator is not None and numerator.op_type == "Exp" and is_onnx_domain(numerator):
-            # Written out, exp(x - max) / sum (magika's): x behind the Exp, normalized along the last axis (a sum
-            # over another axis is rare; a shift along it is then compared, the safe side).
-            head, op_type, axis = numerator, "Softmax", -1
+            # Written out, exp(x - max) / sum (magika's): x behind the Exp, normalized along the sum's axis (a
+            # channel softmax's 1: compared less their max along the last, fuse-softmax's correct rewrite of one
+            # was rolled back), the last where it is not one constant axis (a shift along it then compared).
+            head, op_type, axis = numerator, "Softmax", _sum_axis(head.inputs[1] if len(head.inputs) > 1 else None)
+        elif (exp := _written_sigmoid(head)) is not None:
+            # Written out, 1 / (1 + exp(-x)): x behind the Neg (missed, a wrong rewrite of the logits verified).
+            head, op_type = exp.inputs[0].producer(), "Sigmoid"
         elif op_type == "Softmax":
             axis = _softmax_axis(head, opset)
         logits = head.inputs[0]
@@ -557,6 +562,52 @@ def _heads(model: ir.Model) -> Iterator[_Head]:
                 yield _Head(output.name, op_type, logits)
         elif op_type in SATURATING_HEADS and len(head.outputs) == 1:
             yield _Head(output.name, op_type, logits, axis, flattened=op_type == "Softmax" and opset < 13)
+
+
+def _sum_axis(total: ir.Value | None) -> int:
+    """The one constant axis of the ``ReduceSum`` (kept dims) that computes ``total``, a written-out softmax's
+    denominator; else -1."""
+    node = total.producer() if total is not None else None
+    if node is None or node.op_type != "ReduceSum" or not is_onnx_domain(node):
+        return -1
+    if node.attributes.get_int("keepdims", 1) != 1:
+        return -1
+    attribute = node.attributes.get("axes")
+    if attribute is not None:
+        axes = list(attribute.as_ints())
+    else:
+        constant = _constant_of(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        axes = constant.reshape(-1).tolist() if constant is not None else []
+    return int(axes[0]) if len(axes) == 1 else -1
+
+
+def _written_sigmoid(node: ir.Node) -> ir.Node | None:
+    """The ``Exp`` of ``node`` where it is a sigmoid written out, ``1 / (1 + exp(-x))`` (a ``Div`` of a constant 1,
+    or a ``Reciprocal``), its ``Exp`` reading a ``Neg`` of a computed tensor; else None."""
+    if node.op_type == "Div" and len(node.inputs) == 2 and node.inputs[1] is not None:
+        one = _constant_of(node.inputs[0]) if node.inputs[0] is not None else None
+        if one is None or one.size != 1 or float(one.reshape(-1)[0]) != 1.0:
+            return None
+        denominator = node.inputs[1].producer()
+    elif node.op_type == "Reciprocal" and node.inputs[0] is not None:
+        denominator = node.inputs[0].producer()
+    else:
+        return None
+    if denominator is None or denominator.op_type != "Add" or not is_onnx_domain(denominator):
+        return None
+    for one, exp in (denominator.inputs, reversed(denominator.inputs)):
+        if one is None or exp is None or exp.producer() is None:
+            continue
+        constant = _constant_of(one)
+        exp_node = exp.producer()
+        if constant is None or constant.size != 1 or float(constant.reshape(-1)[0]) != 1.0:
+            continue
+        if exp_node.op_type != "Exp" or not is_onnx_domain(exp_node) or exp_node.inputs[0] is None:
+            continue
+        negation = exp_node.inputs[0].producer()
+        if negation is not None and negation.op_type == "Neg" and is_onnx_domain(negation):
+            return exp_node
+    return None
 
 
 def _same_shape(first: Any, second: Any) -> bool:
@@ -593,12 +644,13 @@ def saturated_outputs(model: ir.Model, references: Sequence[Mapping[str, Any]]) 
 
 def hidden_logits(model: ir.Model, references: Sequence[Mapping[str, Any]]) -> dict[str, tuple[_Head, float]]:
     """The float tensors a comparison of ``model``'s outputs cannot see, by output name: the input of each output's
-    Softmax (or its written-out ``exp(x) / sum``: the Exp's input), Sigmoid or Tanh head where that output is saturated
-    in ``SATURATED_SHARE`` of its values or more on one of ``references`` (``_saturated``; the outputs on the input
-    sets), and of each ArgMax, ArgMin or TopK whose positions are an output and its values are not, each as its head
-    (``_heads``) and its largest saturated share on a set (1.0 for positions). The head may be followed by ops that
-    only move values (``Reshape``, ``Identity``, ...). Not a tensor that is a graph input or output itself (compared
-    as such), nor one behind a head inside a subgraph."""
+    Softmax (or its written-out ``exp(x) / sum``: the Exp's input), Sigmoid (or its written-out ``1 / (1 + exp(-x))``:
+    the Neg's input) or Tanh head where that output is saturated in ``SATURATED_SHARE`` of its values or more on one
+    of ``references`` (``_saturated``; the outputs on the input sets), and of each ArgMax, ArgMin or TopK whose
+    positions are an output and its values are not, each as its head (``_heads``) and its largest saturated share on a
+    set (1.0 for positions). The head may be followed by ops that only move values (``Reshape``, ``Identity``, a
+    ``Cast``, ...). Not a tensor that is a graph input or output itself (compared as such), nor one behind a head
+    inside a subgraph or a ``Concat`` of heads."""
     found: dict[str, tuple[_Head, float]] = {}
     for head in _heads(model):
         if head.op_type in POSITION_HEADS:
@@ -1712,7 +1764,8 @@ class Verifier:
         name does not (SmoothQuant's rescaled norms and weights keep their nodes, with new constants).
         A result of a model whose MatMulNBits round their inputs (``accuracy_level`` above 0)
         that misses by a finite amount is checked once more as ``_check_at_level_zero`` says.
-        A result whose outputs pass is held on the logits they hide too (``_hidden_logits_failure``).
+        A result whose outputs pass is held on the logits they hide too (``_hidden_logits_failure``), with
+        ``by_segment`` as an output is (``_hidden_logits_by_segment``).
         """
         # The result's raw outputs as written, kept where the level-0 check may need them again.
         written: list[dict[str, Any]] | None = [] if rounding_kernels(self._base) else None
@@ -1919,7 +1972,7 @@ class Verifier:
     ) -> VerificationResult:
         """``check`` without the level-0 check; each input set's raw outputs are appended to ``written``
         as they are run, when given."""
-        worst, missed, running = VerificationResult(), None, ""
+        worst, missed, hidden, running = VerificationResult(), None, None, ""
         # Run with the logits its outputs hide among them (``_hidden_logits_failure``), in the same session.
         logits = self._hidden_logit_names(candidate)
         exposed = list(dict.fromkeys(logits.values()))
@@ -1940,7 +1993,10 @@ class Verifier:
                     if not result.ok and not result.error:
                         result = self._integer_flips(candidate, inputs, reference, outputs, result)
                     if result.ok and found and (failed := self._hidden_logits_failure(index, found, result)):
-                        return failed
+                        if not by_segment:
+                            return failed
+                        hidden = failed
+                        break
                     if not result.ok:
                         if len(self.input_sets) > 1:
                             result.input_set = label
@@ -1958,7 +2014,39 @@ class Verifier:
             return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}{where}")
         if missed is not None:  # after the session above is closed: the segment check holds much more
             return self._check_exact_by_segment(candidate, *missed, rescaled=rescaled)
+        if hidden is not None:
+            return self._hidden_logits_by_segment(candidate, hidden, logits, rescaled=rescaled)
         return worst
+
+    def _hidden_logits_by_segment(
+        self, candidate: ir.Model, missed: VerificationResult, logits: Mapping[str, str], *, rescaled: bool
+    ) -> VerificationResult:
+        """``missed`` (``candidate``'s outputs matched, the logits they hide did not: ``_hidden_logits_failure``)
+        checked again as those logits would be as outputs: the base and ``candidate`` with them among their outputs,
+        through ``check`` with ``by_segment`` (end to end, then, within ``SEGMENT_CAP``, segment by segment). Float
+        rounding that later layers amplify past the tolerance passes there as it does at an output (an exact split of
+        every layer of a deep chain under an ``ArgMax`` was rolled back while the same chain's own output verified);
+        a wrong rewrite fails. Only where ``candidate`` computes each of them (``logits``, by output:
+        ``_hidden_logit_names``) under the base's name (a fused head's new input has no base value to cut at); else,
+        or where that check fails, ``missed`` stands."""
+        heads = self._hidden_logit_references()[0]
+        if any(name != heads[output][0].logits.name for output, name in logits.items()):
+            return missed
+        names = list(dict.fromkeys(logits.values()))
+        try:
+            probe = Verifier(
+                exposing(self._base, names),
+                self.input_sets,
+                self.tolerances,
+                labels=self.labels,
+                constant_outputs_refused=False,
+            )
+            if len(probe.input_sets) < len(self.input_sets):
+                return missed
+            result = probe.check(exposing(candidate, names), by_segment=True, rescaled=rescaled)
+        except (RuntimeRefusedError, InvalidModelError):
+            return missed
+        return result if result.ok else missed
 
     def _integer_flips(
         self,
