@@ -1416,13 +1416,9 @@ def _with_the_start_of_a_past_padded(
     of the past and new tokens, as a batch's shorter prompt is left-padded, and the words that say so. Positions are
     kept, as the decode step's padding keeps them."""
     count = max(1, (past or 0) // 4)
-    padded = dict(inputs)
-    for name in masks:
-        mask = inputs.get(name)
-        if isinstance(mask, np.ndarray) and mask.ndim == 2 and past and mask.shape[1] > past:
-            mask = mask.copy()
-            mask[0, :count] = isinstance(name, PadsWhereTrue)
-            padded[name] = mask
+    padded = _marked(
+        inputs, masks, (0, slice(None, count)), real=False, fits=lambda shape: bool(past) and shape[1] > past
+    )
     return padded, f", row 1's first {count} past positions padded"
 
 
@@ -1576,14 +1572,23 @@ def _with_the_end_of_a_past_padded(
     unpadded = real & ~padding[:, :past].any(axis=1)
     row = int(np.argmax(unpadded)) if unpadded.any() else int(np.argmax(real))
     count = max(1, past // 4)
-    padded = dict(inputs)
+    padded = _marked(inputs, masks, (row, slice(past - count, past)), real=False, fits=padding.shape.__eq__)
+    return padded, f", row {row + 1}'s last {count} past positions padded"
+
+
+def _marked(
+    inputs: Mapping[str, np.ndarray], masks: Sequence[str], where: Any, *, real: bool, fits: Callable[[tuple], bool]
+) -> dict[str, np.ndarray]:
+    """A copy of ``inputs`` whose 2-D masks of a shape that ``fits`` mark the positions ``where`` (an index) real or,
+    not ``real``, padded, each in its own convention: a ``PadsWhereTrue`` mask holds true where it pads."""
+    marked = dict(inputs)
     for name in masks:
         mask = inputs.get(name)
-        if isinstance(mask, np.ndarray) and mask.ndim == 2 and mask.shape == padding.shape:
+        if isinstance(mask, np.ndarray) and mask.ndim == 2 and fits(mask.shape):
             mask = mask.copy()
-            mask[row, past - count : past] = isinstance(name, PadsWhereTrue)  # padded
-            padded[name] = mask
-    return padded, f", row {row + 1}'s last {count} past positions padded"
+            mask[where] = isinstance(name, PadsWhereTrue) != real
+            marked[name] = mask
+    return marked
 
 
 def _every_new_token_real(inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: int | None) -> bool:
@@ -1604,13 +1609,7 @@ def _with_every_new_token_real(
     rows = padding[:, past] & ~padding[:, :past].all(axis=1)
     if not rows.any():
         return None
-    real = dict(inputs)
-    for name in masks:
-        mask = inputs.get(name)
-        if isinstance(mask, np.ndarray) and mask.ndim == 2 and mask.shape == padding.shape:
-            mask = mask.copy()
-            mask[rows, past] = not isinstance(name, PadsWhereTrue)  # real
-            real[name] = mask
+    real = _marked(inputs, masks, (rows, past), real=True, fits=padding.shape.__eq__)
     words = []
     for row in np.flatnonzero(rows):
         ending = int(np.argmin(padding[row, :past][::-1]))  # the padded positions that end its past
@@ -1647,13 +1646,7 @@ def _with_a_hole_in_a_past(
     if counts[row] < 3:
         return None
     hole = real[len(real) // 3 : len(real) // 3 + max(1, len(real) // 6)]
-    holed = dict(inputs)
-    for name in masks:
-        mask = inputs.get(name)
-        if isinstance(mask, np.ndarray) and mask.ndim == 2 and mask.shape == padding.shape:
-            mask = mask.copy()
-            mask[row, hole] = isinstance(name, PadsWhereTrue)  # padded
-            holed[name] = mask
+    holed = _marked(inputs, masks, (row, hole), real=False, fits=padding.shape.__eq__)
     return holed, f", row {row + 1}'s past positions {hole[0]}-{hole[-1]} padded between real ones"
 
 
