@@ -69,8 +69,9 @@ constant scalar, ``c * f`` not positive, a mask inside the cap, a scale after it
 caps); the scores are subtracted from another term (softmax of their negation); a Where
 mask's fill is not -inf or large negative; the scores
 or probabilities have other users; batched and per-head operands are mixed; a batched
-operand is not a 4-D per-head tensor with its batch and head axes merged; Q, K and V are
-not known to be merged from the same batch and heads; a view of the batched scores changes
+operand is not a 4-D per-head tensor with its batch and head axes merged (torch's
+``multi_head_attention_forward`` merges them from a ``[S, B, E]`` projection: WavLM, refused by that name);
+Q, K and V are not known to be merged from the same batch and heads; a view of the batched scores changes
 S or T or splits the rows into other axes (``[N, B, S, T]``); a mask added to the batched
 ``[B*N, S, T]`` scores has a leading axis of its own; the batched output is not split back
 into ``[B, N, S, dv]`` the same way; the probabilities do not feed one MatMul (or plain
@@ -383,6 +384,31 @@ def _operand(value: ir.Value, *, scales: bool = True) -> tuple[Traced, ir.Value]
     return Traced(traced.source, compose(traced.perm, order), traced.scale * factor, traced.split), source
 
 
+def _unread_operand(role: str, value: ir.Value) -> str:
+    """Why the ``role`` operand ``value`` is not read, naming torch's ``multi_head_attention_forward`` layout.
+
+    That function (WavLM's attention, ``nn.MultiheadAttention``) projects ``[S, B, E]`` and batches the heads as
+    ``Transpose(Reshape(x, [S, B*N, d]), (1, 0, 2))`` (the key ``(1, 2, 0)``): heads merged with the batch by the
+    Reshape before the transpose, not from a 4-D per-head tensor, which this pass does not read.
+    """
+    while value.producer() is not None and (step := scalar_factor(value.producer())) is not None:
+        value = step[0]
+    transpose = producer(value, "Transpose")
+    reshape = producer(transpose.inputs[0], "Reshape") if transpose is not None else None
+    order = transpose.attributes.get("perm") if transpose is not None else None
+    if (
+        reshape is not None
+        and order is not None
+        and tuple(order.as_ints()) in ((1, 0, 2), (1, 2, 0))
+        and rank(reshape.inputs[0]) == 3
+    ):
+        return (
+            f"the {role} is batched as [B*N, S, d] from a [S, B, E] projection (torch's multi_head_attention_forward:"
+            " WavLM, nn.MultiheadAttention), a layout this pass does not read"
+        )
+    return f"the {role} is not known to be a 4-D per-head tensor or one batched as [B*N, S, d]"
+
+
 def _same_dims(a: ir.Value, b: ir.Value, axes_a, axes_b, memo: dict) -> bool:
     dims = [symbolic_dim(a, axis, memo) for axis in axes_a], [symbolic_dim(b, axis, memo) for axis in axes_b]
     return None not in dims[0] and dims[0] == dims[1]
@@ -478,13 +504,13 @@ def _match(softmax: ir.Node, opset: int) -> _Attention | str:
         return "Q @ K^T or the product with V mixes batched [B*N, S, d] and per-head [B, N, S, d] operands"
     query = _operand(operands[0])
     if query is None:
-        return "the query is not known to be a 4-D per-head tensor or one batched as [B*N, S, d]"
+        return _unread_operand("query", operands[0])
     key = _operand(operands[1])
     if key is None:
-        return "the key is not known to be a 4-D per-head tensor or one batched as [B*N, S, d]"
+        return _unread_operand("key", operands[1])
     value = _operand(operands[2], scales=False)
     if value is None:
-        return "the value is not known to be a 4-D per-head tensor or one batched as [B*N, S, d]"
+        return _unread_operand("value", operands[2])
     (query, q_view), (key, k_view), (value, v_view) = query, key, value
     output, heads = probs_matmul.outputs[0], None
     if batched:
