@@ -407,11 +407,15 @@ def _sizes_of_given_inputs(model: ir.Model, inputs: Any, dims: Mapping[str, int]
     calibration samples generated where none are given: drawn at the default lengths, Silero VAD (whose STFT needs
     its 512-sample chunks) refused them while the ``--inputs`` beside them ran. ``dims`` itself without inputs, with
     inputs given as an iterable (read once, by verification), or where the samples at the inputs' sizes would pass
-    ``MAX_INPUT_BYTES`` (inputs of a sixteenth of it, which run: ``--dim`` cannot shorten what the inputs hold)."""
+    ``MAX_INPUT_BYTES`` (inputs of a sixteenth of it, which run: ``--dim`` cannot shorten what the inputs hold), or
+    where the model has no dim to generate them along (``_generated_batches``: a ZeroDivisionError's traceback until a
+    review, not ``_samples``' one line)."""
     if not isinstance(inputs, (str, os.PathLike, Mapping)):
         return dims  # an iterable is read once, by verification
+    batches, draws = _generated_batches(model)
+    if not draws:
+        return dims  # no samples are generated: ``_samples`` says so in one line
     given = dims_from_inputs(model, open_samples(inputs, model, flag="--inputs").first())
-    batches, _ = _generated_batches(model)
     sized = {**{name: size for name, size in given.items() if name not in batches}, **(dims or {})}
     try:
         _refuse_oversized_samples(model, sized)

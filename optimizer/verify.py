@@ -496,7 +496,11 @@ _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.D
 def _saturated(op_type: str, values: Any) -> float:
     """The share of ``values`` (a ``op_type`` head's output on one input set) that is saturated (``SATURATED``):
     of a Softmax's elements, those within it of 1 (their row's others are within it of 0); of a Sigmoid's, those
-    within it of 0 or 1; of a Tanh's, those within it of -1 or 1."""
+    within it of 0 or 1; of a Tanh's, those within it of -1 or 1. All of them where ``values`` are integers or booleans
+    (the head's output behind a ``Cast`` to one: rounded to its limits or 0, it shows no change to the logits; read as
+    none, a wrong rewrite of the logits behind a Sigmoid cast to int64 labels verified)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biu" and values.size:
+        return 1.0
     if not isinstance(values, np.ndarray) or values.dtype.kind != "f" or not values.size:
         return 0.0
     values = values.astype(np.float64)
@@ -1810,6 +1814,8 @@ class Verifier:
                     f"{head.op_type} output '{head.output}' reads them: its positions show only a change that moves "
                     "a largest"
                 )
+            elif (rounded := np.asarray(self.references[index].get(head.output)).dtype).kind in "biu":
+                why = f"{head.op_type} output '{head.output}' is cast to {rounded}, where comparing it sees no change"
             else:
                 why = (
                     f"{head.op_type} output '{head.output}' is saturated in {share:.0%} of its values on an input set "
@@ -2046,7 +2052,13 @@ class Verifier:
             result = probe.check(exposing(candidate, names), by_segment=True, rescaled=rescaled)
         except (RuntimeRefusedError, InvalidModelError):
             return missed
-        return result if result.ok else missed
+        if not result.ok:
+            return missed
+        # The probe's outputs include the logits: its words name them as the logits they are, not as outputs of the
+        # model (the report said "end to end it missed ... output 'h23'" of a model whose one output is 'label').
+        for output, name in logits.items():
+            result.end_to_end = result.end_to_end.replace(f"output '{name}'", f"the logits '{name}' behind '{output}'")
+        return result
 
     def _integer_flips(
         self,
