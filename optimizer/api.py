@@ -29,6 +29,7 @@ from optimizer.inputs import (
     as_arrays,
     batch_dims,
     bind_dims,
+    cache_length_dims,
     check_inputs,
     chunks_only_at_batch_one,
     compared_constants,
@@ -427,8 +428,16 @@ def _sizes_of_given_inputs(model: ir.Model, inputs: Any, dims: Mapping[str, int]
 def _sizes_not_asked_for(model: ir.Model, bound: Mapping[str, int], asked: Mapping[str, int] | None) -> str:
     """The symbolic input dims ``bound`` gives a size that ``asked`` (``--dim``) does not, as ``name=size``; ""
     where there are none (MTCNN's image ``[N, H, W, 3]`` fixed at 128x128 by ``--static-shapes`` alone, then
-    refused every photo, with nothing said)."""
-    chosen = [f"{name}={bound[name]}" for name in symbolic_dims(model) if name in bound and name not in (asked or {})]
+    refused every photo, with nothing said). A decoder's mask length, past or new tokens follows from the other two
+    where ``asked`` gives them (``--dim sequence=1 --dim past_sequence=15``: the mask's 16 was named a generated
+    size)."""
+    asked = dict(asked or {})
+    for total, (past, sequence) in cache_length_dims(model).items():
+        parts = (total, past, sequence)
+        for name in parts:
+            if all(other in asked for other in parts if other != name):
+                asked.setdefault(name, bound.get(name, 0))
+    chosen = [f"{name}={bound[name]}" for name in symbolic_dims(model) if name in bound and name not in asked]
     return ", ".join(chosen)
 
 

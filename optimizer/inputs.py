@@ -598,6 +598,14 @@ def _with_cache_lengths(
                 bound[name] = min(bound[name], max_positions)
     rows = max((size for name, size in bound.items() if name in batches), default=1)
     for total, (past, sequence) in cache_length_dims(model).items():
+        if total in fixed and past in bound and sequence in bound:
+            # A mask's length given with one of its parts gives the other (``--dim total_sequence=9 --dim
+            # sequence=4``: a past of 5, where the default 128 made inputs ONNX Runtime refused).
+            if sequence in fixed and past not in fixed and fixed[total] >= bound[sequence]:
+                bound[past] = fixed[total] - bound[sequence]
+            elif past in fixed and sequence not in fixed and fixed[total] > bound[past]:
+                bound[sequence] = fixed[total] - bound[past]
+            continue
         if total in fixed or past not in bound or sequence not in bound:
             continue
         if rows > 1 and bound[past] and sequence not in fixed and chunks_only_at_batch_one(model):
@@ -1182,6 +1190,8 @@ def check_inputs(
             f"{', '.join(sorted(set(prefill) - set(flat)))}: fed as prefills, every cache empty, position ids "
             "counted from the mask" + "".join(f", {name} made [batch, 1, length, length], causal" for name in flat),
         )
+    if notes is not None and (missing or flat):
+        _refuse_float_text_mask(model, arrays, source)
     fillable = [v for v in runtime_inputs(model) if v.name in missing and notes is not None and zero_fillable(v)]
     if len(fillable) < len(missing):
         first = next(name for name in missing if name not in {v.name for v in fillable})
@@ -1230,6 +1240,28 @@ def check_inputs(
         # A model written or verified at batch 0 checks nothing (and --static-shapes would fix it there).
         raise InputSpecError(f"{source}: the inputs have {empty}=0: there are no samples to check anything on")
     return {name: checked[name] for name in required}
+
+
+def _refuse_float_text_mask(model: ir.Model, arrays: Mapping[str, np.ndarray], source: str) -> None:
+    """``InputSpecError`` where ``arrays`` are a causal LM's text (2-D token ids) beside a mask of their shape held
+    as floats, which ``prefill_of_text`` does not take: the refusal named a missing cache or ``position_ids`` (what
+    text is fed without), not the mask, as ``compare --generate`` does."""
+    from optimizer.generation import recognise_causal_lm  # generation imports this module
+
+    lm = recognise_causal_lm(model)
+    if isinstance(lm, str) or lm.attention_mask is None or lm.input_ids not in arrays:
+        return
+    ids, mask = np.asarray(arrays[lm.input_ids]), arrays.get(lm.attention_mask)
+    if mask is None or ids.ndim != 2 or np.shape(mask) != ids.shape or np.asarray(mask).dtype.kind in "biu":
+        return
+    declared = next(value for value in model.graph.inputs if value.name == lm.attention_mask)
+    floats = declared.dtype is not None and declared.dtype.is_floating_point()
+    if declared.shape is not None and declared.shape.rank() == 2 and floats:
+        return  # the model's own mask is 2-D floats: the array may be its whole feed
+    raise InputSpecError(
+        f"{source}: '{lm.attention_mask}' must be 0/1 integers or booleans of the ids' shape {list(ids.shape)} "
+        f"(a tokenizer's mask), not {np.asarray(mask).dtype}: save it as integers (mask.astype(np.int64))"
+    )
 
 
 def prefill_of_text(

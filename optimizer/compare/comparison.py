@@ -440,6 +440,9 @@ def _compare(
     accuracy_batches = split_samples(data, model=batching_model) if data is not None else None
     batch_names = batch_dims(before_model)
     _refuse_oversized_batches(before_model, base_inputs, batch_names, settings.batches)
+    rows_unnamed = not batch_names and _rows_along_unnamed_dims(before_model)
+    if rows_unnamed:
+        _refuse_oversized_rows(base_inputs, _batch_of(before_model, base_inputs, batch_names), settings.batches)
     providers = [
         _unless_loading_crashes(ep, (("BEFORE", before, before_model), ("AFTER", after, after_model)))
         for ep in resolve_execution_providers(list(settings.eps))
@@ -499,6 +502,7 @@ def _compare(
                         padding,
                         longer_where_constant,
                         sample_axes,
+                        rows_unnamed=rows_unnamed,
                     )
                 results.append(measured)
             break
@@ -614,9 +618,12 @@ def _measure_provider(
     padding: Padding | None = None,
     longer_where_constant: Callable[[Mapping[str, Any], Mapping[str, np.ndarray]], bool] | None = None,
     sample_axes: Mapping[str, int] | None = None,
+    *,
+    rows_unnamed: bool = False,
 ) -> ProviderResult:
     """``_OtherLengths`` where ``longer_where_constant`` says BEFORE's outputs on the first batch's generated
-    inputs are constant and longer ones are left to try."""
+    inputs are constant and longer ones are left to try. ``rows_unnamed``: no dim is named like a batch, and every
+    input holding samples leads with an unnamed dim (``_rows_along_unnamed_dims``), tiled to each ``--batch``."""
     result = ProviderResult(ep.name, True)
 
     def one_run_accuracy(session_before: TimedSession, session_after: TimedSession, inputs: Mapping) -> tuple:
@@ -641,14 +648,15 @@ def _measure_provider(
             del session_before, session_after
         _measure_generation(result, before, after, ep, generation, settings, plan, threads, warnings, progress)
     batches = list(settings.batches)
-    if generation is None and not batch_names and base_batch not in batches:
+    tiles = bool(batch_names) or rows_unnamed
+    if generation is None and not tiles and base_batch not in batches:
         warnings.append(
             f"{ep.name}: no input dim is named like a batch (batch, N, ...): timed at the {base_batch} rows its "
             f"inputs hold (--batch {','.join(map(str, batches))} does not apply)"
         )
         batches = [base_batch]
     for batch in batches if generation is None else ():
-        if batch != base_batch and not batch_names:
+        if batch != base_batch and not tiles:
             warnings.append(f"{ep.name}: batch {batch} skipped: no input dim is named like a batch")
             continue
         inputs = _with_batch(base_inputs, batch, base_batch, batch_axes)
@@ -692,7 +700,7 @@ def _measure_provider(
         )
     # With --generate no batch was timed on these one-step inputs: memory is measured on them as they are (tiled to
     # --batch, a prefill over a past is what ONNX Runtime's GroupQueryAttention runs only at batch 1).
-    tile = batch_names and generation is None
+    tile = tiles and generation is None
     first_inputs = _with_batch(base_inputs, settings.batches[0], base_batch, batch_axes) if tile else base_inputs
     with task(f"{ep.name}: memory of BEFORE, then AFTER"):
         result.memory_before = measure_session_memory(before, ep.name, first_inputs, threads)
@@ -1043,6 +1051,37 @@ def _refuse_oversized_batches(
     refuse_oversized(model, [dims], what=f"inputs at --batch {largest}", ways_out="choose a smaller --batch")
 
 
+def _rows_along_unnamed_dims(model: ir.Model) -> bool:
+    """Whether every input of ``model`` that holds samples (``sample_inputs``; every input with a dim where none
+    qualifies) leads with a dim that has no name (skl2onnx's ``X [None, 4]``, a static -1): rows, as verification
+    reads them, that ``--batch`` tiles. Before, such a model was timed only at the rows its inputs held: ``compare
+    --batch 1,64`` skipped 64, "no input dim is named like a batch"."""
+    sampled = sample_inputs(model)
+    shaped = [
+        value
+        for value in runtime_inputs(model)
+        if value.shape is not None and value.shape.rank() and (sampled is None or value.name in sampled)
+    ]
+    return bool(shaped) and all(_unnamed(value.shape[0]) for value in shaped)
+
+
+def _unnamed(dim: int | ir.SymbolicDim) -> bool:
+    """Whether ``dim`` has no name and no size: ``None``, or declared -1 (any size, to Paddle and tf2onnx)."""
+    return (isinstance(dim, int) and dim < 0) or (isinstance(dim, ir.SymbolicDim) and not dim.value)
+
+
+def _refuse_oversized_rows(inputs: Mapping[str, np.ndarray], rows: int, batches: Sequence[int]) -> None:
+    """``InputSpecError`` if ``inputs`` of ``rows`` rows tiled to the largest of ``batches`` would take more than
+    ``MAX_INPUT_BYTES`` (``_refuse_oversized_batches`` for rows along unnamed dims, which no binding sizes)."""
+    largest = max(batches)
+    total = sum(np.asarray(array).nbytes for array in inputs.values() if not isinstance(array, list))
+    if largest > rows and total * largest / max(rows, 1) > MAX_INPUT_BYTES:
+        raise InputSpecError(
+            f"inputs at --batch {largest} would take {format_bytes(int(total * largest / max(rows, 1)))}, more than "
+            f"graphopt's limit of {format_bytes(MAX_INPUT_BYTES)}: choose a smaller --batch"
+        )
+
+
 def _accuracy(
     before: Mapping[str, Any],
     after: Mapping[str, Any],
@@ -1170,9 +1209,9 @@ def _with_batch(
 def _batch_axes(model: ir.Model, batch_names: Sequence[str]) -> dict[str, int | None]:
     """Where each input of ``model`` that has a dim of ``batch_names`` holds it (a state ``[2, batch, 128]``: 1).
     An input that holds no samples is None, fed whole at every batch: one whose first dim is fixed (a ``t [1]`` or
-    ``s [3]`` beside ``x [batch, 4]`` was tiled to ``[4]`` or cut to ``[1]``, and ONNX Runtime refused it) or a
-    table ``[S, K]`` beside ``x [batch, S, K]`` (``sample_inputs``). The others are left out: tiled along axis 0
-    where it holds as many rows as the batch."""
+    ``s [3]`` beside ``x [batch, 4]`` was tiled to ``[4]`` or cut to ``[1]``, and ONNX Runtime refused it; -1 is no
+    size) or a table ``[S, K]`` beside ``x [batch, S, K]`` (``sample_inputs``). The others are left out: tiled along
+    axis 0 where it holds as many rows as the batch."""
     axes: dict[str, int | None] = {}
     sampled = sample_inputs(model)
     for value in runtime_inputs(model):
@@ -1182,7 +1221,8 @@ def _batch_axes(model: ir.Model, batch_names: Sequence[str]) -> dict[str, int | 
         if found:
             axes[value.name] = found[0]
         elif value.shape.rank() and (
-            isinstance(value.shape[0], int) or (sampled is not None and value.name not in sampled)
+            (isinstance(value.shape[0], int) and value.shape[0] >= 0)
+            or (sampled is not None and value.name not in sampled)
         ):
             axes[value.name] = None
     return axes
