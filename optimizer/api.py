@@ -40,6 +40,7 @@ from optimizer.inputs import (
     free_lengths,
     guessed_batch_dims,
     holds_samples,
+    leads_unnamed,
     lengths_apart,
     load_inputs,
     make_inputs,
@@ -95,7 +96,7 @@ from optimizer.protocol import PassContext, PassSpec
 from optimizer.registry import all_passes, resolve, ways_to_ask
 from optimizer.report import PipelineReport
 from optimizer.runtime import strings_serializable
-from optimizer.verify import Verifier, constant_outputs
+from optimizer.verify import Verifier, constant_outputs, saturated_warning
 
 # The API's own keywords, suggested when an unknown option is near one of them.
 _KEYWORDS = ("passes", "output", "inputs", "calibration", "options")
@@ -276,12 +277,9 @@ def optimize_with_report(
         report.warnings.append(warning)
         measured = verifier is not None and any(record.cosine is not None for record in report.passes)
         if measured and (saturated := verifier.saturated_sample_outputs()):
-            many = len(saturated) > 1
+            where = "the generated samples the approximate passes were measured on"
             report.warnings.append(
-                f"output{'s' if many else ''} {', '.join(saturated)} of the input model {'are' if many else 'is'} "
-                "saturated (within 1e-4 of its limits) on the generated samples the approximate passes were measured "
-                f"on: the cosine says nothing of how far the logits behind {'them' if many else 'it'} moved; give "
-                "--calibration data (real inputs)"
+                saturated_warning(saturated, "the input model", where, "--calibration data (real inputs)")
             )
     report.warnings.extend(loaded)
     if unnamed:
@@ -883,14 +881,7 @@ def _add_second_binding(
 def _unnamed_row_inputs(model: ir.Model) -> list[str]:
     """The inputs that lead with a dim without a name (skl2onnx's ``X [None, 4]``, a static -1): rows no binding
     names, generated one at a time."""
-    return [
-        value.name
-        for value in runtime_inputs(model)
-        if value.shape is not None
-        and value.shape.rank()
-        and isinstance(value.shape[0], ir.SymbolicDim)
-        and not value.shape[0].value
-    ]
+    return [value.name for value in runtime_inputs(model) if leads_unnamed(value)]
 
 
 def _add_unnamed_rows(model: ir.Model, verifier: Verifier) -> None:

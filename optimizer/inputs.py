@@ -1654,6 +1654,15 @@ class GeneratedSequence(list):
         return (len(self), *np.shape(self[0])) if self else (0,)
 
 
+def leads_unnamed(value: ir.Value) -> bool:
+    """Whether ``value``'s first dim has neither name nor size: ``None`` (skl2onnx's ``X [None, 4]``), or declared -1
+    (any size, to Paddle and tf2onnx): rows that no binding names."""
+    if value.shape is None or not value.shape.rank():
+        return False
+    dim = value.shape[0]
+    return (isinstance(dim, int) and dim < 0) or (isinstance(dim, ir.SymbolicDim) and not dim.value)
+
+
 def runtime_inputs(model: ir.Model) -> list[ir.Value]:
     """Graph inputs the caller must feed; inputs that are also initializers are optional overrides."""
     return [value for value in model.graph.inputs if value.name not in model.graph.initializers]

@@ -646,6 +646,17 @@ def saturated_outputs(model: ir.Model, references: Sequence[Mapping[str, Any]]) 
     return saturated
 
 
+def saturated_warning(saturated: Sequence[str], model: str, where: str, remedy: str) -> str:
+    """The warning that ``model``'s outputs ``saturated`` (``saturated_outputs``) make an accuracy figure on ``where``
+    say nothing, and what to give instead (``remedy``)."""
+    many = len(saturated) > 1
+    return (
+        f"output{'s' if many else ''} {', '.join(saturated)} of {model} {'are' if many else 'is'} saturated (within "
+        f"1e-4 of its limits) on {where}: the cosine says nothing of how far the logits behind "
+        f"{'them' if many else 'it'} moved; give {remedy}"
+    )
+
+
 def hidden_logits(model: ir.Model, references: Sequence[Mapping[str, Any]]) -> dict[str, tuple[_Head, float]]:
     """The float tensors a comparison of ``model``'s outputs cannot see, by output name: the input of each output's
     Softmax (or its written-out ``exp(x) / sum``: the Exp's input), Sigmoid (or its written-out ``1 / (1 + exp(-x))``:

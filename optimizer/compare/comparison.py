@@ -64,6 +64,7 @@ from optimizer.inputs import (
     fixes_batch,
     format_bytes,
     free_lengths,
+    leads_unnamed,
     make_inputs,
     nan_note,
     open_samples,
@@ -92,7 +93,7 @@ from optimizer.parameters import count_parameters
 from optimizer.pipeline import count_nodes
 from optimizer.progress import task, track
 from optimizer.runtime import holds_float16, import_onnxruntime, loading_crash, temporary_folder
-from optimizer.verify import constant_outputs, saturated_outputs
+from optimizer.verify import constant_outputs, saturated_outputs, saturated_warning
 
 SCHEMA = "graphopt.comparison-report/1"
 _PROFILE_RUNS = 20
@@ -515,12 +516,8 @@ def _compare(
     if note := lengths.note(bound, str(before), "compared"):
         warnings.append(note)
     if saturated:
-        many = len(saturated) > 1
-        warnings.append(
-            f"accuracy: output{'s' if many else ''} {', '.join(saturated)} of BEFORE {'are' if many else 'is'} "
-            "saturated (within 1e-4 of its limits) on the generated inputs compared: the cosine says nothing of how "
-            f"far the logits behind {'them' if many else 'it'} moved; give --inputs (real data)"
-        )
+        where = "the generated inputs compared"
+        warnings.append("accuracy: " + saturated_warning(saturated, "BEFORE", where, "--inputs (real data)"))
     for result in results:
         for usage in (result.memory_before, result.memory_after):
             if usage is not None and not usage.resettable:
@@ -1062,12 +1059,7 @@ def _rows_along_unnamed_dims(model: ir.Model) -> bool:
         for value in runtime_inputs(model)
         if value.shape is not None and value.shape.rank() and (sampled is None or value.name in sampled)
     ]
-    return bool(shaped) and all(_unnamed(value.shape[0]) for value in shaped)
-
-
-def _unnamed(dim: int | ir.SymbolicDim) -> bool:
-    """Whether ``dim`` has no name and no size: ``None``, or declared -1 (any size, to Paddle and tf2onnx)."""
-    return (isinstance(dim, int) and dim < 0) or (isinstance(dim, ir.SymbolicDim) and not dim.value)
+    return bool(shaped) and all(leads_unnamed(value) for value in shaped)
 
 
 def _refuse_oversized_rows(inputs: Mapping[str, np.ndarray], rows: int, batches: Sequence[int]) -> None:
