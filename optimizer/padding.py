@@ -58,10 +58,6 @@ _CACHE_NAME = re.compile(r"past|cache", re.IGNORECASE)
 _CROSS_NAME = re.compile(r"encoder|cross", re.IGNORECASE)
 
 
-def _rank(value: ir.Value) -> int | None:
-    return value.shape.rank() if value.shape is not None else None
-
-
 # Ops a mask passes through unchanged on its way to the scores.
 _MASK_LAYOUT_OPS = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Identity", "Expand", "Slice", "Tile"})
 
@@ -76,7 +72,7 @@ def causal_masks(model: ir.Model) -> dict[str, str]:
     ``*encoder*``/``*cross*``, or over a length another input holds, as ``memory_mask [batch, 1, sequence, source]``
     beside ``encoder_hidden_states [batch, source, width]``), or one in a model without a cache, is not causal. Taken
     for one, a cross mask's length was bound to past + new and it was generated causal over the encoder's positions."""
-    if not any(_CACHE_NAME.search(value.name) and _rank(value) == 4 for value in model.graph.inputs):
+    if not any(_CACHE_NAME.search(value.name) and _is_4d(value) for value in model.graph.inputs):
         return {}
     cross = cross_masks(model)
     return {name: convention for name, convention in _four_d_masks(model, square=False).items() if name not in cross}
@@ -116,7 +112,7 @@ def key_masks(model: ir.Model) -> dict[str, str]:
     Face's extended mask, one row every query reads): generated as a key padding the same for every query
     (``key_mask``), which pads as a 2-D mask does (they were generated ones, padding nothing, until reviews on
     2026-12-06)."""
-    cache = any(_CACHE_NAME.search(value.name) and _rank(value) == 4 for value in model.graph.inputs)
+    cache = any(_CACHE_NAME.search(value.name) and _is_4d(value) for value in model.graph.inputs)
     return _four_d_masks(model, square=True, one_query=not cache)
 
 
@@ -383,7 +379,11 @@ def _softmax_ahead(node: ir.Node, depth: int = 4) -> bool:
 def _from_4d_input(value: ir.Value | None) -> bool:
     """Whether ``value`` is computed from a 4-D graph input (only through ops that keep it 4-D: Concat, Cast...)."""
     source = _graph_input_behind(value)
-    return source is not None and source.shape is not None and source.shape.rank() == 4
+    return source is not None and _is_4d(source)
+
+
+def _is_4d(value: ir.Value) -> bool:
+    return value.shape is not None and value.shape.rank() == 4
 
 
 def _renamed(value: ir.Value) -> ir.Value:
