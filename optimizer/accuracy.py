@@ -29,8 +29,10 @@ class OutputAccuracy:
     ``top1_agreement`` (fraction of rows whose argmax over the last axis agrees) for
     outputs that look like class scores or logits: named like
     ``logits``/``scores``/``probs`` or produced by a Softmax, float, with a last axis of
-    at least 2 classes after the samples' axis (a 1-D output is one value per sample). ``shape``
-    is the first batch's; ``samples`` counts the rows (along axis 0) compared, over all batches. Positions a
+    at least 2 classes after the samples' axis (a 1-D output is one value per sample); ``agreement`` (fraction of
+    values equal) for integer and boolean outputs: a predicted label's or token ids', which a classifier is judged by
+    and a max |Δ| does not say (one label of 1000 moved and every one read alike until a review in session 69).
+    ``shape`` is the first batch's; ``samples`` counts the rows (along axis 0) compared, over all batches. Positions a
     padding mask hides are left out of every figure but ``exact`` where they were given (``AccuracyAccumulator.add``).
     """
 
@@ -46,6 +48,7 @@ class OutputAccuracy:
     # AFTER's norm over BEFORE's (float outputs with a cosine): a cosine does not see an output scaled by 2.
     norm_ratio: float | None = None
     worst_sample_cosine: float | None = None
+    agreement: float | None = None
 
 
 def floored_magnitude(values: np.ndarray) -> np.ndarray:
@@ -174,6 +177,8 @@ class AccuracyAccumulator:
                 "values": 0,
                 "compared": 0,
                 "worst_sample": None,
+                "integers": True,
+                "equal": 0,
             },
         )
         stats["samples"] += int(expected.shape[0]) if expected.ndim else 1
@@ -197,7 +202,9 @@ class AccuracyAccumulator:
                 self.padded.append(name)
         finite = np.isfinite(e) & np.isfinite(a)
         e0, a0 = np.where(finite, e, 0.0), np.where(finite, a, 0.0)
-        diff = integer_difference(expected, actual) if _integers(expected, actual) else np.abs(a0 - e0)
+        integers = _integers(expected, actual)
+        stats["integers"] &= integers
+        diff = integer_difference(expected, actual) if integers else np.abs(a0 - e0)
         if kept is None:
             magnitude = floored_magnitude(e0)
         else:  # the RMS of the positions compared
@@ -211,6 +218,8 @@ class AccuracyAccumulator:
             max_abs = max_rel = float("inf")
         stats["values"] += expected.size
         stats["compared"] += int((finite if kept is None else finite & kept).sum())
+        if integers:
+            stats["equal"] += int(((diff == 0) if kept is None else (diff == 0) & kept).sum())
         stats["max_abs"] = max(stats["max_abs"], max_abs)
         stats["max_rel"] = max(stats["max_rel"], max_rel)
         if stats["cosine"]:
@@ -258,6 +267,7 @@ class AccuracyAccumulator:
                 if stats["top1"] and stats["rows"]:
                     top1 = stats["agree"] / stats["rows"]
             exact = stats["exact"]
+            agreement = stats["equal"] / stats["compared"] if stats["integers"] and stats["compared"] else None
             max_abs = 0.0 if exact else stats["max_abs"]
             max_rel = 0.0 if exact else stats["max_rel"]
             results.append(
@@ -273,6 +283,7 @@ class AccuracyAccumulator:
                     stats["samples"],
                     norm_ratio,
                     stats["worst_sample"] if cosine is not None else None,
+                    agreement,
                 )
             )
         return results

@@ -249,7 +249,7 @@ def optimize_with_report(
             if not specializes:
                 _add_second_binding(ir_model, verifier, options.dims, lengths.cap)
                 _add_unnamed_rows(ir_model, verifier)
-                _add_prefill(ir_model, decoder_sets)
+                _add_prefill(ir_model, decoder_sets, options.dims)
             if inputs is None:
                 _add_drawn_compared_values(ir_model, verifier)
             _ensure_padding(ir_model, verifier)
@@ -1048,10 +1048,11 @@ def _add_past_the_diagonal(model: ir.Model, verifier: Verifier) -> None:
         return
 
 
-def _add_prefill(model: ir.Model, verifier: Verifier) -> None:
+def _add_prefill(model: ir.Model, verifier: Verifier, dims: Mapping[str, int] | None = None) -> None:
     """For a decoder with a key/value cache whose input sets all hold a past, verify on the prefill too: the first
     set's tokens with every cache empty, as the first step of every generation runs (a rewrite wrong only there
-    passed every set with a past). Not added where the original cannot run an empty cache (a static buffer)."""
+    passed every set with a past). Not added where the original cannot run an empty cache (a static buffer). ``dims``
+    are the user's ``--dim`` sizes (``_drawn_prompt``)."""
     layout = recognise_causal_lm(model)
     if isinstance(layout, str) or not layout.cache:
         return
@@ -1062,7 +1063,7 @@ def _add_prefill(model: ir.Model, verifier: Verifier) -> None:
         return
     sequence = prefill[layout.input_ids].shape[1]
     label = f"the prefill: the first set's {sequence} tokens with an empty cache"
-    if (drawn := _drawn_prompt(model, layout, verifier.inputs)) is not None:
+    if (drawn := _drawn_prompt(model, layout, verifier.inputs, dims)) is not None:
         prefill, sequence = drawn, _SHORT_PROMPT
         label = f"the prefill: {sequence} tokens drawn at the first set's {len(drawn[layout.input_ids])} rows"
         label += " with an empty cache"
@@ -1079,17 +1080,21 @@ def _add_prefill(model: ir.Model, verifier: Verifier) -> None:
 _SHORT_PROMPT = 7
 
 
-def _drawn_prompt(model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+def _drawn_prompt(
+    model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray], dims: Mapping[str, int] | None = None
+) -> dict[str, np.ndarray] | None:
     """A prefill of ``_SHORT_PROMPT`` drawn tokens at the rows of ``inputs``, where ``inputs`` holds one new token at
     several rows because the model takes several over a past at one row only (``chunks_only_at_batch_one``: ONNX
     Runtime GenAI's layout at ``--dim batch_size=2``, every set a one-token step); None elsewhere, or where the
-    tokens' dim is fixed. Cut from such a set, every prefill was one token a row, and a rewrite wrong only at a
-    prompt of several tokens at several rows, which the model takes with an empty cache, was verified."""
+    tokens' dim is fixed, by the model or by the user's ``dims`` (``--dim sequence_length=1``: drawn anyway, the
+    prompt of 7 tokens contradicted it, until a review in session 69). Cut from such a set, every prefill was one
+    token a row, and a rewrite wrong only at a prompt of several tokens at several rows, which the model takes with
+    an empty cache, was verified."""
     ids = np.asarray(inputs.get(layout.input_ids))
     if ids.ndim != 2 or ids.shape[0] < 2 or ids.shape[1] != 1 or not chunks_only_at_batch_one(model):
         return None
     value = next((v for v in model.graph.inputs if v.name == layout.input_ids), None)
-    if (dim := _dim_name_at(value, 1)) is None:
+    if (dim := _dim_name_at(value, 1)) is None or dim in (dims or {}):
         return None
     try:  # drawn as any set's tokens are (the table's range), at the same rows
         drawn = make_inputs(model, {**dims_from_inputs(model, inputs), dim: _SHORT_PROMPT}, seed=2)

@@ -35,7 +35,7 @@ import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN
 from optimizer.errors import InvalidModelError, RuntimeRefusedError
-from optimizer.inputs import cache_head_sizes
+from optimizer.inputs import cache_head_sizes, pads_where_true
 from optimizer.padding import causal_mask, causal_masks
 from optimizer.runtime import calling_onnxruntime, open_session, run_model, session_options
 
@@ -86,12 +86,16 @@ class CausalLM:
     padding: str = "left"
     # How a 4-D mask [batch, 1, sequence, past + new] is read (``optimizer.padding.causal_masks``); None for a 2-D one.
     mask_convention: str | None = None
+    # Whether a 2-D mask pads where true (PyTorch's key padding mask, ``optimizer.inputs.pads_where_true``).
+    mask_pads: bool = False
 
     def mask_feed(self, mask: np.ndarray, new: int) -> np.ndarray:
-        """The model's mask for a ``[batch, past + new]`` mask of 0/1 (1 attends) over ``new`` tokens: itself, or the
-        4-D mask causal over it (``optimizer.padding.causal_mask``)."""
+        """The model's mask for a ``[batch, past + new]`` mask of 0/1 (1 attends) over ``new`` tokens: itself, its
+        negation where the model reads it as padding where true (``mask_pads``: fed as given, ones padded every
+        position and every generation figure was computed on garbage), or the 4-D mask causal over it
+        (``optimizer.padding.causal_mask``)."""
         if self.mask_convention is None:
-            return mask.astype(self.mask_dtype, copy=False)
+            return (np.asarray(mask) == 0 if self.mask_pads else mask).astype(self.mask_dtype, copy=False)
         return causal_mask(np.asarray(mask) != 0, new, self.mask_convention, self.mask_dtype)
 
     @property
@@ -166,6 +170,7 @@ def recognise_causal_lm(model: ir.Model) -> CausalLM | str:
         positions_dtype=positions.dtype.numpy() if positions is not None else None,
         padding="right" if mask is not None and mask.name not in causal and mask_is_lengths(model, mask) else "left",
         mask_convention=causal.get(mask.name) if mask is not None else None,
+        mask_pads=mask is not None and mask.name not in causal and pads_where_true(mask),
         logits=logits.name,
         vocab=vocab,
         cache=tuple(cache),

@@ -605,6 +605,16 @@ def _with_cache_lengths(
                 bound[past] = fixed[total] - bound[sequence]
             elif past in fixed and sequence not in fixed and fixed[total] > bound[past]:
                 bound[sequence] = fixed[total] - bound[past]
+            elif past not in fixed and sequence not in fixed and fixed[total] > 0:
+                # The mask's length alone (``--dim total_sequence=9``): split between past and new tokens as their
+                # defaults are (a past of 5, 4 new tokens), one new token a row where the model takes no more after a
+                # past. Left at their defaults, they were 256 beside a mask of 9, which ONNX Runtime refused.
+                if rows > 1 and bound[past] and chunks_only_at_batch_one(model):
+                    bound[sequence] = 1
+                else:
+                    share = bound[sequence] / max(1, bound[past] + bound[sequence])
+                    bound[sequence] = max(1, int(fixed[total] * share))
+                bound[past] = fixed[total] - bound[sequence]
             continue
         if total in fixed or past not in bound or sequence not in bound:
             continue
@@ -1190,6 +1200,13 @@ def check_inputs(
             f"{', '.join(sorted(set(prefill) - set(flat)))}: fed as prefills, every cache empty, position ids "
             "counted from the mask" + "".join(f", {name} made [batch, 1, length, length], causal" for name in flat),
         )
+    if notes is not None and (stepped := _decode_step_masks(model, arrays, flat)):
+        arrays = {**arrays, **stepped}
+        _add_note(
+            notes,
+            f"holds a decoder's decode step with {', '.join(sorted(stepped))} [batch, past + new]: made "
+            "[batch, 1, new, past + new], causal over it",
+        )
     if notes is not None and (missing or flat):
         _refuse_float_text_mask(model, arrays, source)
     fillable = [v for v in runtime_inputs(model) if v.name in missing and notes is not None and zero_fillable(v)]
@@ -1262,6 +1279,32 @@ def _refuse_float_text_mask(model: ir.Model, arrays: Mapping[str, np.ndarray], s
         f"{source}: '{lm.attention_mask}' must be 0/1 integers or booleans of the ids' shape {list(ids.shape)} "
         f"(a tokenizer's mask), not {np.asarray(mask).dtype}: save it as integers (mask.astype(np.int64))"
     )
+
+
+def _decode_step_masks(model: ir.Model, arrays: Mapping[str, np.ndarray], flat: Sequence[str]) -> dict[str, np.ndarray]:
+    """The 4-D masks ``[batch, 1, new, past + new]`` (``optimizer.padding.causal_mask``, in the graph's convention) for
+    the masks ``flat`` of a decoder (``causal_masks``) that ``arrays`` hold as a tokenizer's ``[batch, past + new]`` of
+    0/1 beside ``new`` token ids a row and their caches (a real decode step, which ``prefill_of_text`` does not take:
+    its caches are given). Such a step was refused with the mask's dtype or rank, as if the mask were wrong."""
+    from optimizer.generation import recognise_causal_lm  # generation imports this module
+    from optimizer.padding import causal_mask, causal_masks  # lazily: a pass imported alone loads no padding
+
+    lm = recognise_causal_lm(model) if flat else None
+    if lm is None or isinstance(lm, str) or np.ndim(arrays.get(lm.input_ids)) != 2:
+        return {}
+    if any(pair.past not in arrays for pair in lm.cache):
+        return {}  # text without its caches: ``prefill_of_text``'s
+    batch, new = np.shape(arrays[lm.input_ids])
+    conventions = causal_masks(model)
+    made = {}
+    for name in flat:
+        mask, value = np.asarray(arrays[name]), next(v for v in model.graph.inputs if v.name == name)
+        if mask.ndim != 2 or mask.shape[0] != batch or mask.shape[1] <= new or mask.dtype.kind not in "biu":
+            continue
+        if value.dtype is None or not np.isin(mask, (0, 1)).all():
+            continue
+        made[name] = causal_mask(mask != 0, new, conventions[name], value.dtype.numpy())
+    return made
 
 
 def prefill_of_text(

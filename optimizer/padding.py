@@ -19,6 +19,7 @@ mask that pads it is extended, not changed, at each step of generation).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -70,7 +71,8 @@ def causal_masks(model: ir.Model) -> dict[str, str]:
     ``Where(mask, scores, -inf)``, a multiplier). Its third and fourth dims must be named, and differently, and the
     model must take a 4-D cache (``past*``/``*cache*``): a cross-attention mask (``cross_masks``: named
     ``*encoder*``/``*cross*``, or over a length another input holds, as ``memory_mask [batch, 1, sequence, source]``
-    beside ``encoder_hidden_states [batch, source, width]``), or one in a model without a cache, is not causal. Taken
+    beside ``encoder_hidden_states [batch, source, width]``, or masking scores whose keys read no cache), or one in a
+    model without a cache, is not causal. Taken
     for one, a cross mask's length was bound to past + new and it was generated causal over the encoder's positions."""
     if not any(_CACHE_NAME.search(value.name) and _is_4d(value) for value in model.graph.inputs):
         return {}
@@ -82,9 +84,12 @@ def cross_masks(model: ir.Model) -> dict[str, str]:
     """``{name: convention}`` (as ``causal_masks``) for the 4-D inputs named ``*mask*`` declared ``[batch, 1, sequence,
     source]`` over an encoder's positions: named ``*encoder*``/``*cross*``, or whose last dim another input holds, not
     named ``*mask*`` nor a self-attention's cache (``encoder_hidden_states [batch, source, width]``, a cache named
-    ``*encoder*``/``*cross*``; a static cache's length is the self-attention's). Generated as a key padding the same for
-    every query (``key_mask``): they were generated ones, padding nothing (a rewrite dropping an additive one verified).
-    Not read as padding in comparison (``mask_inputs``): the outputs at every decoder position are defined."""
+    ``*encoder*``/``*cross*``; a static cache's length is the self-attention's), or masking scores whose keys read no
+    cache input in a model that takes one (``_keys_read_no_cache``: a memory the graph computes), and the square ones
+    ``[batch, 1, sequence, sequence]`` named ``*encoder*``/``*cross*`` (which ``key_masks`` leaves out; generated ones
+    until a review in session 69). Generated as a key padding the same for every query (``key_mask``): they were
+    generated ones, padding nothing (a rewrite dropping an additive one verified). Not read as padding in comparison
+    (``mask_inputs``): the outputs at every decoder position are defined."""
     held = {
         _dim_value(dim)
         for value in model.graph.inputs
@@ -93,12 +98,84 @@ def cross_masks(model: ir.Model) -> dict[str, str]:
         and (shape := _declared(value)) is not None
         for dim in shape
     }
+    cached = any(_CACHE_NAME.search(value.name) and _is_4d(value) for value in model.graph.inputs)
     found = _four_d_masks(model, square=False, named_cross=True)
+    square = _four_d_masks(model, square=True, named_cross=True)
+    found.update((name, convention) for name, convention in square.items() if _CROSS_NAME.search(name))
     return {
         name: convention
         for name, convention in found.items()
-        if _CROSS_NAME.search(name) or _dim_value(_declared(_input(model, name))[3]) in held
+        if _CROSS_NAME.search(name)
+        or _dim_value(_declared(_input(model, name))[3]) in held
+        or (cached and _keys_read_no_cache(_input(model, name)))
     }
+
+
+# Ops the scores pass through unchanged in layout, or scaled, between their MatMul and the mask.
+_SCORES_PATH_OPS = frozenset({"Mul", "Div", "Add", "Sub", "Cast", *_MASK_LAYOUT_OPS, "Transpose"})
+
+
+def _keys_read_no_cache(mask: ir.Value) -> bool:
+    """Whether the scores ``mask`` is added to (or chosen by, in a ``Where``), through ops that only move, cast or
+    negate it, are a ``MatMul`` of keys (its second input) computed from no 4-D cache input (``past*``/``*cache*``): a
+    cross-attention over a memory the graph computes (``memory_mask [batch, 1, sequence, source]`` over frames of
+    another length, which no input holds: read as causal, its source was bound to past + new until a review in session
+    69). False wherever no such ``MatMul`` is found (a fused attention op reads the mask) or one reads a cache."""
+    frontier, seen, scores = [mask], set(), []
+    while frontier and len(seen) < 64:
+        current = frontier.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for node, index in current.uses():
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type in _MASK_LAYOUT_OPS or node.op_type in ("Cast", "Not"):
+                frontier.extend(node.outputs)
+            elif node.op_type == "Where" and index == 0:
+                # Where(mask, scores, -inf) chooses the scores; Where(mask, 0, -inf) makes a bias to add to them.
+                data = [v for v in node.inputs[1:] if v is not None and ir.convenience.get_const_tensor(v) is None]
+                if data:
+                    scores.extend(data)
+                else:
+                    frontier.extend(node.outputs)
+            elif node.op_type == "Add" and len(node.inputs) == 2:
+                scores.append(node.inputs[1 - index])
+    matmuls = [matmul for value in scores if (matmul := _scores_matmul(value)) is not None]
+    return bool(matmuls) and not any(_reads_cache(matmul.inputs[1]) for matmul in matmuls)
+
+
+def _scores_matmul(value: ir.Value | None) -> ir.Node | None:
+    """The ``MatMul`` that computes the scores ``value`` through scales and layout ops, or None."""
+    for _ in range(16):
+        node = value.producer() if value is not None else None
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "MatMul":
+            return node
+        if node.op_type not in _SCORES_PATH_OPS or not node.inputs:
+            return None
+        # The operand that is no constant: the scores, not their scale.
+        value = next((v for v in node.inputs if v is not None and ir.convenience.get_const_tensor(v) is None), None)
+    return None
+
+
+def _reads_cache(value: ir.Value | None, limit: int = 4096) -> bool:
+    """Whether ``value`` is computed from a 4-D graph input named ``past*``/``*cache*`` (or is one), or from more than
+    ``limit`` values (not shown free of one). Breadth first: a self-attention's cache is a few ops above its keys."""
+    frontier, seen = collections.deque([value]), set()
+    while frontier and len(seen) < limit:
+        current = frontier.popleft()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        node = current.producer()
+        if node is None:
+            if current.is_graph_input() and _CACHE_NAME.search(current.name) and _is_4d(current):
+                return True
+            continue
+        frontier.extend(node.inputs)
+    return len(seen) >= limit
 
 
 def _input(model: ir.Model, name: str) -> ir.Value:

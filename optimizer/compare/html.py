@@ -298,6 +298,9 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
         text += f", max rel {worst_rel:.3g}"
     if top1:
         text += f", top-1 agreement {min(top1):.3f}"
+    # A label's or token ids' agreement, which the max |Δ| does not say (one label of 1000 moved, or every one).
+    if integers_differ and (agreements := [item.agreement for item in provider.accuracy if item.agreement is not None]):
+        text += f", integer agreement {min(agreements):.3f}"
     concern = (
         not math.isfinite(worst_abs)
         or integers_differ
@@ -421,6 +424,8 @@ def _accuracy_card(report: ComparisonReport, headline: _Headline, consumed: set[
                 detail += f", cosine {cosine_text(item.cosine, 6)}"
             if item.top1_agreement is not None:
                 detail += f", top-1 {item.top1_agreement:.3f}"
+            if item.agreement is not None:
+                detail += f", agreement {item.agreement:.3f}"
             lines.append(detail)
         if provider.accuracy and provider.accuracy_data:  # which data, as under the terminal's table
             lines.append(f"on {provider.accuracy_data}")
@@ -594,6 +599,7 @@ def _provider_section(provider: ProviderResult, warnings: Sequence[str], consume
                     "cosine",
                     "worst sample cosine",
                     "top-1 agreement",
+                    "agreement (integers)",
                 ],
                 [
                     [
@@ -605,6 +611,7 @@ def _provider_section(provider: ProviderResult, warnings: Sequence[str], consume
                         _cosine_or_dash(a.cosine),
                         _cosine_or_dash(a.worst_sample_cosine),
                         _opt(a.top1_agreement, ".3f"),
+                        _opt(a.agreement, ".3f"),
                     ]
                     for a in provider.accuracy
                 ],

@@ -255,7 +255,7 @@ def _accuracy_table(provider: ProviderResult) -> Table:
     table.caption = escape(f"on {provider.accuracy_data}") if provider.accuracy_data else None
     # A long output name folds onto more lines; the figures never shrink to fit it.
     table.add_column("output", justify="left", overflow="fold")
-    for column in ("max abs", "max rel", "cosine", "worst sample", "top-1"):
+    for column in ("max abs", "max rel", "cosine", "worst sample", "top-1", "agree"):
         table.add_column(column, justify="right", no_wrap=True)
     for item in provider.accuracy:
         table.add_row(
@@ -265,6 +265,7 @@ def _accuracy_table(provider: ProviderResult) -> Table:
             _cosine_or_dash(item.cosine),
             _cosine_or_dash(item.worst_sample_cosine),
             _opt(item.top1_agreement, ".3f"),
+            _opt(item.agreement, ".3f"),
         )
     return table
 
