@@ -1096,8 +1096,12 @@ def _drawn_prompt(
     value = next((v for v in model.graph.inputs if v.name == layout.input_ids), None)
     if (dim := _dim_name_at(value, 1)) is None or dim in (dims or {}):
         return None
+    # The mask's length follows the past and the new tokens (``bind_dims`` refuses it bound apart from them).
+    sizes = {
+        name: size for name, size in dims_from_inputs(model, inputs).items() if name not in cache_length_dims(model)
+    }
     try:  # drawn as any set's tokens are (the table's range), at the same rows
-        drawn = make_inputs(model, {**dims_from_inputs(model, inputs), dim: _SHORT_PROMPT}, seed=2)
+        drawn = make_inputs(model, {**sizes, dim: _SHORT_PROMPT}, seed=2)
     except InputSpecError:
         return None
     tokens = np.asarray(drawn.get(layout.input_ids))

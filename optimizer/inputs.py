@@ -161,6 +161,7 @@ def bind_dims(
     if unknown:
         known = ", ".join(names) or "none"
         raise InputSpecError(f"--dim {unknown[0]}: the model has no symbolic dimension of that name (it has: {known})")
+    _refuse_unsummed_cache_lengths(model, overrides)
     bound = {}
     fixed = _fixed_dims(model)
     batches = set(batch_dims(model)) or image_batch_dims(model)
@@ -175,6 +176,38 @@ def bind_dims(
             bound[name] = DEFAULT_SEQUENCE
     # The dims the model reads at one size only stay too: `--max-sequence 8` shrank GenAI's `kv_cache_dim`.
     return _with_cache_lengths(model, bound, {**fixed, **overrides}, max_positions)
+
+
+def _refuse_unsummed_cache_lengths(model: ir.Model, dims: Mapping[str, int]) -> None:
+    """``InputSpecError`` where ``dims`` bind a decoder's mask length (``cache_length_dims``' total) to other than
+    its past plus its new tokens: all three given apart from that sum, the total at or under the past or under the
+    new tokens (the total alone is split between them, ``_with_cache_lengths``). Before, the past stayed at its default 128 (or the new tokens did) beside the
+    bound mask, and ONNX Runtime refused the inputs, ``make-inputs`` writing them all the same. The sum is held only
+    where an output (the present cache) is as long as the mask: a cache in a buffer of fixed size, longer than the
+    mask, declares its present as long as its past."""
+    outputs = {
+        dim.value
+        for value in model.graph.outputs
+        if value.shape is not None
+        for dim in value.shape
+        if isinstance(dim, ir.SymbolicDim)
+    }
+    for total, (past, sequence) in cache_length_dims(model).items():
+        if total not in dims:
+            continue
+        given, summed = f"--dim {total}={dims[total]}", total in outputs
+        if summed and past in dims and sequence in dims and dims[total] != dims[past] + dims[sequence]:
+            wrong = f"is not {past}={dims[past]} plus {sequence}={dims[sequence]}"
+        elif summed and past in dims and dims[total] <= dims[past]:
+            wrong = f"leaves no new token beside {past}={dims[past]}"
+        elif sequence in dims and dims[total] < dims[sequence]:
+            wrong = f"is shorter than {sequence}={dims[sequence]}"
+        else:
+            continue
+        raise InputSpecError(
+            f"{given} {wrong}: a decoder's mask spans its past and its new tokens ({total} = {past} + {sequence}); "
+            "bind two of the three and the third follows"
+        )
 
 
 def free_dims(model: ir.Model, dims: Mapping[str, int] | None) -> list[str]:
@@ -278,10 +311,21 @@ class GeneratedLengths:
         longer = next((size for size in within if longest is not None and size > longest), None)
         if longer is None:
             return False
-        candidate = {**dict.fromkeys(free, longer), **self.user_dims}
+        lengths = dict.fromkeys(free, longer)
+        # A mask's length is its past plus its new tokens, two of which give the third: 512 for the mask and the past
+        # beside --dim sequence=4 made inputs ONNX Runtime refused (``bind_dims`` refuses them now).
+        for total, (past, sequence) in cache_length_dims(self.model).items():
+            if total in self.user_dims and (past in self.user_dims or sequence in self.user_dims):
+                lengths.pop(past, None)
+                lengths.pop(sequence, None)
+            elif past in {**lengths, **self.user_dims} and sequence in {**lengths, **self.user_dims}:
+                lengths.pop(total, None)
+        if not lengths:
+            return False
+        candidate = {**lengths, **self.user_dims}
         if input_bytes(self.model, candidate)[0] > MAX_INPUT_BYTES // _LONGER_SETS:
             return False  # a 2-D length: the refusal at the default says more than one of size
-        self.longer, self.cap = dict.fromkeys(free, longer), self.max_positions
+        self.longer, self.cap = lengths, self.max_positions
         return True
 
     def _held_together(self, free: Sequence[str]) -> bool:
@@ -1214,6 +1258,7 @@ def check_inputs(
         first = next(name for name in missing if name not in {v.name for v in fillable})
         raise InputSpecError(
             f"{source}: no array for graph input '{first}' (keys must be the input names: {', '.join(required)})"
+            + (_text_not_taken(model, arrays, missing) if notes is not None else "")
         )
     checked: dict[str, np.ndarray] = {}
     for value in runtime_inputs(model):
@@ -1257,6 +1302,23 @@ def check_inputs(
         # A model written or verified at batch 0 checks nothing (and --static-shapes would fix it there).
         raise InputSpecError(f"{source}: the inputs have {empty}=0: there are no samples to check anything on")
     return {name: checked[name] for name in required}
+
+
+def _text_not_taken(model: ir.Model, arrays: Mapping[str, np.ndarray], missing: Sequence[str]) -> str:
+    """Why ``arrays`` holding token ids were not fed as prefills (``prefill_of_text``) where only a cache or position
+    ids are ``missing``: the model is no causal LM generation recognises (ONNX Runtime's GPT-2 export, its mask 2-D
+    floats). "" otherwise. The refusal named ``position_ids`` alone, as if text were never taken."""
+    from optimizer.generation import recognise_causal_lm  # generation imports this module
+
+    decoder = all(_PAST_NAME.search(name) or _POSITION_IDS_NAME.search(name) for name in missing)
+    if not decoder or not any(_IDS_NAME.search(name) for name in arrays):
+        return ""
+    lm = recognise_causal_lm(model)
+    return (
+        f"; token ids are fed as prefills only to a decoder graphopt recognises, and here {lm}"
+        if isinstance(lm, str)
+        else ""
+    )
 
 
 def _refuse_float_text_mask(model: ir.Model, arrays: Mapping[str, np.ndarray], source: str) -> None:

@@ -639,21 +639,37 @@ def saturated_outputs(model: ir.Model, references: Sequence[Mapping[str, Any]]) 
     saturated = []
     for head in _heads(model):
         if head.op_type in SATURATING_HEADS:
-            shares = [_saturated(head.op_type, reference.get(head.output)) for reference in references]
+            values = [reference.get(head.output) for reference in references]
+            shares = [_saturated(head.op_type, value) for value in values]
             share = float(np.mean(shares or [0.0]))
-            if share >= SATURATED_SHARE:
+            rounded = {value.dtype for value in values if isinstance(value, np.ndarray) and value.dtype.kind in "biu"}
+            if rounded:
+                # Rounded by a Cast, not near its limits: "100% of its values saturated" of a Sigmoid at 0.5 was false.
+                saturated.append(f"'{head.output}' ({head.op_type}{_CAST_TO}{', '.join(map(str, sorted(rounded)))})")
+            elif share >= SATURATED_SHARE:
                 saturated.append(f"'{head.output}' ({head.op_type}: {share:.0%} of its values)")
     return saturated
+
+
+_CAST_TO = " cast to "  # how ``saturated_outputs`` names a head's output a Cast rounds to integers or booleans
 
 
 def saturated_warning(saturated: Sequence[str], model: str, where: str, remedy: str) -> str:
     """The warning that ``model``'s outputs ``saturated`` (``saturated_outputs``) make an accuracy figure on ``where``
     say nothing, and what to give instead (``remedy``)."""
     many = len(saturated) > 1
+    them = "them" if many else "it"
+    if all(_CAST_TO in output for output in saturated):
+        # Rounded on any inputs: real ones would not say more (the remedy is for values near their limits).
+        return (
+            f"output{'s' if many else ''} {', '.join(saturated)} of {model} {'are' if many else 'is'} rounded to "
+            f"integers or booleans: on {where}, as on any inputs, the cosine says nothing of how far the logits behind "
+            f"{them} moved"
+        )
     return (
         f"output{'s' if many else ''} {', '.join(saturated)} of {model} {'are' if many else 'is'} saturated (within "
-        f"1e-4 of its limits) on {where}: the cosine says nothing of how far the logits behind "
-        f"{'them' if many else 'it'} moved; give {remedy}"
+        f"1e-4 of its limits, or rounded by a Cast) on {where}: the cosine says nothing of how far the logits behind "
+        f"{them} moved; give {remedy}"
     )
 
 

@@ -456,6 +456,11 @@ def _compare(
         time_budget=settings.time_budget / combos,
     )
     batch_axes = _batch_axes(before_model, batch_names)
+    guessed_rows = [
+        value.name
+        for value in runtime_inputs(before_model)
+        if batch_names and value.name not in batch_axes and leads_unnamed(value)
+    ]
     padding = functools.partial(padded_outputs, before_model, layout=padding_layout(before_model))
     sample_axes = output_sample_axes(before_model)
     generated = inputs is None and generation is None
@@ -504,6 +509,7 @@ def _compare(
                         longer_where_constant,
                         sample_axes,
                         rows_unnamed=rows_unnamed,
+                        guessed_rows=guessed_rows,
                     )
                 results.append(measured)
             break
@@ -617,11 +623,25 @@ def _measure_provider(
     sample_axes: Mapping[str, int] | None = None,
     *,
     rows_unnamed: bool = False,
+    guessed_rows: Sequence[str] = (),
 ) -> ProviderResult:
     """``_OtherLengths`` where ``longer_where_constant`` says BEFORE's outputs on the first batch's generated
     inputs are constant and longer ones are left to try. ``rows_unnamed``: no dim is named like a batch, and every
-    input holding samples leads with an unnamed dim (``_rows_along_unnamed_dims``), tiled to each ``--batch``."""
+    input holding samples leads with an unnamed dim (``_rows_along_unnamed_dims``), tiled to each ``--batch``.
+    ``guessed_rows``: inputs that lead with an unnamed dim beside a named batch, tiled with it, or fed whole where
+    BEFORE refuses them tiled and runs them so."""
     result = ProviderResult(ep.name, True)
+
+    @functools.cache
+    def at_batch(batch: int) -> dict[str, np.ndarray]:
+        inputs = _with_batch(base_inputs, batch, base_batch, batch_axes)
+        if guessed_rows and batch != base_batch and not _runs(before, ep.name, inputs, threads):
+            # A count beside named rows (TopK's ``k [None]`` beside ``x [batch, 4]``) tiled to 4 is no k: "the model
+            # does not take a batch of 4" was said of a model that does, the count fed whole.
+            whole = _with_batch(base_inputs, batch, base_batch, {**(batch_axes or {}), **dict.fromkeys(guessed_rows)})
+            if _runs(before, ep.name, whole, threads):
+                return whole
+        return inputs
 
     def one_run_accuracy(session_before: TimedSession, session_after: TimedSession, inputs: Mapping) -> tuple:
         """The accuracy of AFTER's outputs against BEFORE's on ``inputs``, each session run once on them."""
@@ -652,33 +672,45 @@ def _measure_provider(
             f"inputs hold (--batch {','.join(map(str, batches))} does not apply)"
         )
         batches = [base_batch]
+    untiled = False  # ONNX Runtime refused rows tiled along unnamed dims (``_TiledRowsRefused``)
     for batch in batches if generation is None else ():
         if batch != base_batch and not tiles:
             warnings.append(f"{ep.name}: batch {batch} skipped: no input dim is named like a batch")
             continue
-        inputs = _with_batch(base_inputs, batch, base_batch, batch_axes)
+        inputs = at_batch(batch)
         label = f"{ep.name} batch {batch}"
-        with _refused_at_batch(batch, base_batch, (before, after), ep.name, base_inputs, threads):
-            session_before = TimedSession(before, ep.name, inputs, threads)
-            session_after = TimedSession(after, ep.name, inputs, threads)
-            if not measured:
-                if longer_where_constant is not None and longer_where_constant(session_before.outputs(), inputs):
-                    raise _OtherLengths
-                result.accuracy, padded = one_run_accuracy(session_before, session_after, inputs)
-                # Tiled from the rows generated (batch 1): --batch 8 compared 8 copies of one sample, said as 8 samples.
-                distinct = min(batch, base_batch)
-                tiled = f" tiled to batch {batch}" if batch > base_batch else ""
-                result.accuracy_data = (
-                    f"generated inputs ({distinct} sample{'s' if distinct > 1 else ''}{tiled}, one run{padded}): "
-                    "random values say little about accuracy on real data; give --inputs"
+        try:
+            with _refused_at_batch(batch, base_batch, (before, after), ep.name, base_inputs, threads):
+                session_before = TimedSession(before, ep.name, inputs, threads)
+                session_after = TimedSession(after, ep.name, inputs, threads)
+                if not measured:
+                    if longer_where_constant is not None and longer_where_constant(session_before.outputs(), inputs):
+                        raise _OtherLengths
+                    result.accuracy, padded = one_run_accuracy(session_before, session_after, inputs)
+                    # Tiled from the rows generated (batch 1): --batch 8 compared 8 copies of one sample, said as 8.
+                    distinct = min(batch, base_batch)
+                    tiled = f" tiled to batch {batch}" if batch > base_batch else ""
+                    result.accuracy_data = (
+                        f"generated inputs ({distinct} sample{'s' if distinct > 1 else ''}{tiled}, one run{padded}): "
+                        "random values say little about accuracy on real data; give --inputs"
+                    )
+                    measured = True
+                times_before, times_after = time_interleaved(
+                    session_before,
+                    session_after,
+                    plan,
+                    (lambda done, total, label=label: progress(label, done, total)) if progress else None,
                 )
-                measured = True
-            times_before, times_after = time_interleaved(
-                session_before,
-                session_after,
-                plan,
-                (lambda done, total, label=label: progress(label, done, total)) if progress else None,
-            )
+        except _TiledRowsRefused as refused:
+            if not rows_unnamed or refused.reason is None:
+                raise
+            # No name says the unnamed dims are rows: a count beside them (TopK's ``k [None]``) tiled to 4 is no k.
+            # The batch is skipped as before such rows were tiled, not the whole comparison refused.
+            warnings.append(f"{ep.name}: batch {batch} skipped: {refused.reason}")
+            untiled = True
+            if batch == batches[-1] and not result.batches and base_batch not in batches:
+                batches.append(base_batch)
+            continue
         summary_before, summary_after = LatencySummary.of(times_before), LatencySummary.of(times_after)
         ratio = paired_ratio(times_before, times_after)
         if not ratio.trustworthy:
@@ -697,8 +729,8 @@ def _measure_provider(
         )
     # With --generate no batch was timed on these one-step inputs: memory is measured on them as they are (tiled to
     # --batch, a prefill over a past is what ONNX Runtime's GroupQueryAttention runs only at batch 1).
-    tile = tiles and generation is None
-    first_inputs = _with_batch(base_inputs, settings.batches[0], base_batch, batch_axes) if tile else base_inputs
+    tile = tiles and generation is None and not untiled
+    first_inputs = at_batch(settings.batches[0]) if tile else base_inputs
     with task(f"{ep.name}: memory of BEFORE, then AFTER"):
         result.memory_before = measure_session_memory(before, ep.name, first_inputs, threads)
         result.memory_after = measure_session_memory(after, ep.name, first_inputs, threads)
@@ -723,11 +755,27 @@ def _refused_at_batch(
         refused = next((path for path in paths if str(error).startswith(f"{path}: ONNX Runtime cannot")), None)
         if batch == rows or refused is None or not _runs(refused, ep, inputs, threads):
             raise
-        raise InvalidModelError(
-            f"--batch {batch}: {one_line(error)}; it runs at the {rows} row{'s' if rows != 1 else ''} its inputs "
-            f"hold, {'tiled' if batch > rows else 'cut'} to {batch}: the model does not take a batch of {batch} "
-            "(leave it out of --batch)"
+        held = f"it runs at the {rows} row{'s' if rows != 1 else ''} its inputs hold"
+        raise _TiledRowsRefused(
+            f"--batch {batch}: {one_line(error)}; {held}, {'tiled' if batch > rows else 'cut'} to {batch}: the "
+            f"model does not take a batch of {batch} (leave it out of --batch)",
+            (
+                f"ONNX Runtime refuses BEFORE's inputs {'tiled' if batch > rows else 'cut'} along their unnamed "
+                f"leading dims ({one_line(error)}); {held}"
+            )
+            if refused == paths[0]
+            else None,
         ) from error
+
+
+class _TiledRowsRefused(InvalidModelError):
+    """ONNX Runtime refusing inputs tiled or cut to another ``--batch`` where it runs them as given. ``reason``, where
+    BEFORE refused them, says why a batch is skipped where no dim is named like a batch (``rows_unnamed``): rows
+    tiled along an unnamed dim are a guess, and AFTER refusing what BEFORE takes stays an error."""
+
+    def __init__(self, message: str, reason: str | None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _runs(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int) -> bool:
