@@ -181,10 +181,10 @@ def bind_dims(
 def _refuse_unsummed_cache_lengths(model: ir.Model, dims: Mapping[str, int]) -> None:
     """``InputSpecError`` where ``dims`` bind a decoder's mask length (``cache_length_dims``' total) to other than
     its past plus its new tokens: all three given apart from that sum, the total at or under the past or under the
-    new tokens (the total alone is split between them, ``_with_cache_lengths``). Before, the past stayed at its default 128 (or the new tokens did) beside the
-    bound mask, and ONNX Runtime refused the inputs, ``make-inputs`` writing them all the same. The sum is held only
-    where an output (the present cache) is as long as the mask: a cache in a buffer of fixed size, longer than the
-    mask, declares its present as long as its past."""
+    new tokens (the total alone is split between them, ``_with_cache_lengths``). Before, the past stayed at its
+    default 128 (or the new tokens did) beside the bound mask, and ONNX Runtime refused the inputs, ``make-inputs``
+    writing them all the same. The sum is held only where an output (the present cache) is as long as the mask: a
+    cache in a buffer of fixed size, longer than the mask, declares its present as long as its past."""
     outputs = {
         dim.value
         for value in model.graph.outputs

@@ -479,10 +479,17 @@ def constant_outputs(outputs: Mapping[str, Any]) -> bool:
 # float32's tolerance its comparison sees no change to the logit behind it (a classifier of large weights on N(0, 1)
 # inputs: its logits doubled, or one class's moved by 5, every probability stayed 1.0 or 0.0 and the rewrite verified).
 SATURATED = 1e-4
-# The share of an output's values (a Softmax's rows) saturated on an input set past which the logits behind it are
-# compared too: below it, the values that move see a wrong rewrite (magika's softmax: 9 % of its rows saturated on
-# generated inputs), and one more run of the model a set is not paid for.
+# The share of an output's values (a Softmax's rows) saturated over the input sets from which an accuracy figure on them
+# is said to say nothing of the logits behind it (``saturated_outputs``): below it, most values move with them.
 SATURATED_SHARE = 0.5
+# The share of a head's values saturated on an input set past which the logits behind it are compared
+# (``hidden_logits``): any. A saturated value hides its logit whatever the share: a Sigmoid of 10 labels, 4 saturated,
+# hid a rewrite that doubled those 4 labels' logits while the 50 % above was asked. The cost is one more run of the
+# base a set (once per base), paid where a head saturates, and the logits held to the tolerance as an output is.
+HIDDEN_SHARE = 0.0
+# The largest magnitude a saturated head's logits are scaled to where that head was rewritten into another kind
+# (``Verifier._rewritten_head_failure``): a Sigmoid is 0.12 to 0.88 there, a Softmax's rows unsaturated.
+_UNSATURATED = 2.0
 # Heads whose output changes where their input changes only where it is not saturated (``_saturated``).
 SATURATING_HEADS = ("Softmax", "Sigmoid", "Tanh")
 # Heads whose output is positions in their input: compared, they show only a change that moves a largest value.
@@ -490,6 +497,25 @@ POSITION_HEADS = ("ArgMax", "ArgMin", "TopK")
 # Ops an output may pass through after its head and stay that head's values (a ``Cast`` only rounds them: an ArgMax's
 # positions as int32, a Softmax's probabilities as float16; missed, a wrong rewrite behind either verified).
 _MOVES_ONLY = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Cast")
+# Ops an output may pass through after its head that keep some of its values, or all of them scaled or shifted by a
+# constant (``_tail_inputs``): a saturated value stays where it was however far its logit moves (a Softmax in percent,
+# two heads joined by a Concat, a confidence taken by ReduceMax or TopK: missed, doubled logits verified). The output
+# is then no head's values as they are: the share saturated is read off the logits (``hidden_logits``).
+_SELECTS = (
+    "Slice",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "Concat",
+    "Expand",
+    "Tile",
+    "ReduceMax",
+    "ReduceMin",
+    "TopK",
+)
+_AFFINE = ("Mul", "Div", "Add", "Sub")
+# How many nodes the walk back from one output looks through before it gives up (a Concat of many heads).
+_TAIL_NODES = 64
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
 
 
@@ -525,6 +551,12 @@ class _Head:
     # there; before opset 13, every axis from it on (the input flattened there). None for other heads.
     axis: int | None = None
     flattened: bool = False
+    # The head's name among the heads of the model: its output's, or, where the output reads several heads (a Concat
+    # of two), its output's with the head's place among them, "y[2]".
+    key: str = ""
+    # Whether the output is the head's values only moved (``_MOVES_ONLY``), so its share saturated can be read off
+    # the output; else (``_SELECTS``, ``_AFFINE``) off the logits.
+    exact: bool = True
 
 
 def _softmax_axis(head: ir.Node, opset: int) -> int:
@@ -533,39 +565,112 @@ def _softmax_axis(head: ir.Node, opset: int) -> int:
     return attribute.as_int() if attribute is not None else (-1 if opset >= 13 else 1)
 
 
+def _tail_inputs(node: ir.Node, value: ir.Value) -> list[ir.Value] | None:
+    """The inputs of ``node`` (which computes ``value``) whose values reach ``value`` as they are, selected, or scaled
+    or shifted by a constant (``_MOVES_ONLY``, ``_SELECTS``, ``_AFFINE``: the other input a constant; a ``Div``'s
+    numerator only), or that choose it (a ``NonMaxSuppression``'s scores), or compute it in a branch (an ``If``'s
+    branches' outputs of its place); None where ``node`` is none of those."""
+    if not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None:
+        return None
+    if node.op_type in _MOVES_ONLY or (node.op_type in _SELECTS and node.op_type not in ("Concat", "TopK")):
+        return [node.inputs[0]]
+    if node.op_type == "Concat":
+        return [source for source in node.inputs if source is not None]
+    if node.op_type == "TopK":  # its values; its positions are a head (POSITION_HEADS)
+        return [node.inputs[0]] if value is node.outputs[0] else None
+    if node.op_type == "NonMaxSuppression":  # the boxes it keeps, by their scores: a saturated score hides its logit
+        return [node.inputs[1]] if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if node.op_type == "If":  # either branch's output of that place (silero VAD's Sigmoid sits in one)
+        place = list(node.outputs).index(value)
+        branches = [
+            node.attributes[name].as_graph() for name in ("then_branch", "else_branch") if name in node.attributes
+        ]
+        return [branch.outputs[place] for branch in branches if place < len(branch.outputs)]
+    if node.op_type in _AFFINE and len(node.inputs) == 2 and node.inputs[1] is not None:
+        sides = (0,) if node.op_type == "Div" else (0, 1)
+        for side in sides:
+            other = node.inputs[1 - side]
+            if other is not None and ir.convenience.get_const_tensor(other) is not None:
+                return [node.inputs[side]]
+    return None
+
+
+def _head_node(node: ir.Node, value: ir.Value, opset: int) -> tuple[ir.Node, str, int | None] | None:
+    """``node`` as a head of ``value`` (its output): the node whose input is the logits, the head's kind and a
+    Softmax's axis; None where it is no head ``hidden_logits`` reads."""
+    if not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None:
+        return None
+    op_type = node.op_type
+    numerator = node.inputs[0].producer() if op_type == "Div" else None
+    if numerator is not None and numerator.op_type == "Exp" and is_onnx_domain(numerator):
+        # Written out, exp(x - max) / sum (magika's): x behind the Exp, normalized along the sum's axis (a
+        # channel softmax's 1: compared less their max along the last, fuse-softmax's correct rewrite of one
+        # was rolled back), the last where it is not one constant axis (a shift along it then compared).
+        return numerator, "Softmax", _sum_axis(node.inputs[1] if len(node.inputs) > 1 else None)
+    if (exp := _written_sigmoid(node)) is not None:
+        # Written out, 1 / (1 + exp(-x)): x behind the Neg (missed, a wrong rewrite of the logits verified).
+        return exp.inputs[0].producer(), "Sigmoid", None
+    if op_type == "Exp" and (log := node.inputs[0].producer()) is not None and log.op_type == "LogSoftmax":
+        # exp(log_softmax(x)), a softmax (missed, doubled logits behind it verified): x behind the LogSoftmax.
+        if is_onnx_domain(log) and log.inputs and log.inputs[0] is not None:
+            return log, "Softmax", _softmax_axis(log, opset)
+    if op_type == "Softmax":
+        return node, op_type, _softmax_axis(node, opset)
+    if op_type in SATURATING_HEADS or (op_type in POSITION_HEADS and (op_type != "TopK" or value is node.outputs[1])):
+        return node, op_type, None
+    return None
+
+
 def _heads(model: ir.Model) -> Iterator[_Head]:
-    """Each output of ``model`` computed by a head ``hidden_logits`` reads (through ops that only move values), where
-    the head's float input is computed (not a graph input) and is no graph output itself."""
-    outputs = {value.name for value in model.graph.outputs}
+    """Each head ``hidden_logits`` reads that computes an output of ``model`` (through ops that move, select, scale
+    or shift its values: ``_tail_inputs``; several where they are joined, as by a ``Concat``, or where positions are
+    taken of another head's values, an ``ArgMax`` of a ``Softmax``), where the head's float input is computed (not a
+    graph input) and is no graph output itself."""
     opset = onnx_opset(model.opset_imports, 13)
     for output in model.graph.outputs:
-        head = output.producer()
-        while head is not None and head.op_type in _MOVES_ONLY and is_onnx_domain(head) and head.inputs:
-            head = head.inputs[0].producer() if head.inputs[0] is not None else None
-        if head is None or not is_onnx_domain(head) or not head.inputs or head.inputs[0] is None:
-            continue
-        op_type, axis = head.op_type, None
-        numerator = head.inputs[0].producer() if op_type == "Div" else None
-        if numerator is not None and numerator.op_type == "Exp" and is_onnx_domain(numerator):
-            # Written out, exp(x - max) / sum (magika's): x behind the Exp, normalized along the sum's axis (a
-            # channel softmax's 1: compared less their max along the last, fuse-softmax's correct rewrite of one
-            # was rolled back), the last where it is not one constant axis (a shift along it then compared).
-            head, op_type, axis = numerator, "Softmax", _sum_axis(head.inputs[1] if len(head.inputs) > 1 else None)
-        elif (exp := _written_sigmoid(head)) is not None:
-            # Written out, 1 / (1 + exp(-x)): x behind the Neg (missed, a wrong rewrite of the logits verified).
-            head, op_type = exp.inputs[0].producer(), "Sigmoid"
-        elif op_type == "Softmax":
-            axis = _softmax_axis(head, opset)
-        logits = head.inputs[0]
-        if logits is None or logits.producer() is None or not logits.name or logits.name in outputs:
-            continue
-        if logits.dtype is not None and logits.dtype not in _FLOAT_TYPES:  # untyped: the head's ops take floats
-            continue
-        if op_type in POSITION_HEADS:
-            if op_type != "TopK" or head.outputs[0].name not in outputs:  # TopK's values an output: compared
-                yield _Head(output.name, op_type, logits)
-        elif op_type in SATURATING_HEADS and len(head.outputs) == 1:
-            yield _Head(output.name, op_type, logits, axis, flattened=op_type == "Softmax" and opset < 13)
+        found: list[_Head] = []
+        pending, seen = [(output, True)], set()
+        while pending and len(seen) < _TAIL_NODES:
+            value, exact = pending.pop(0)
+            node = value.producer()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if (head := _head_node(node, value, opset)) is not None:
+                if (logit_head := _logit_head(model.graph, output.name, head, exact, opset)) is not None:
+                    found.append(logit_head)
+                if head[1] in POSITION_HEADS:  # positions of a saturated Softmax's values hide its logits too
+                    pending.append((head[0].inputs[0], False))
+                continue
+            sources = _tail_inputs(node, value)
+            moved = exact and node.op_type in _MOVES_ONLY
+            pending += [(source, moved) for source in sources or ()]
+        for place, head in enumerate(found, 1):
+            yield dataclasses.replace(head, key=output.name if len(found) == 1 else f"{output.name}[{place}]")
+
+
+def _logit_head(
+    graph: ir.Graph, output: str, head: tuple[ir.Node, str, int | None], exact: bool, opset: int
+) -> _Head | None:
+    """The ``_Head`` of ``output`` that ``head`` (``_head_node``) is, where its logits are a float tensor ``graph``
+    computes (not one a subgraph computes: no output of the model can show it) and no graph output, and its positions
+    (an ArgMax's, a TopK's) or values it hides reach ``output``; else None."""
+    node, op_type, axis = head
+    logits = node.inputs[0]
+    if logits is None or logits.producer() is None or logits.producer().graph is not graph or not logits.name:
+        return None
+    outputs = {value.name for value in graph.outputs}
+    if logits.name in outputs:
+        return None
+    if logits.dtype is not None and logits.dtype not in _FLOAT_TYPES:  # untyped: the head's ops take floats
+        return None
+    if op_type in POSITION_HEADS:
+        if op_type == "TopK" and node.outputs[0].name in outputs:  # its values an output: compared
+            return None
+        return _Head(output, op_type, logits, exact=exact)
+    if len(node.outputs) != 1:
+        return None
+    return _Head(output, op_type, logits, axis, flattened=op_type == "Softmax" and opset < 13, exact=exact)
 
 
 def _sum_axis(total: ir.Value | None) -> int:
@@ -631,24 +736,51 @@ def _less_max(values: Any, head: _Head) -> Any:
         return values - np.max(values, axis=axes, keepdims=True)
 
 
-def saturated_outputs(model: ir.Model, references: Sequence[Mapping[str, Any]]) -> list[str]:
+def saturated_outputs(
+    model: ir.Model, references: Sequence[Mapping[str, Any]], logits: Sequence[Mapping[str, Any]] = ()
+) -> list[str]:
     """The outputs of ``model`` computed by a Softmax, Sigmoid or Tanh (``_heads``) saturated (``_saturated``) in
     ``SATURATED_SHARE`` of their values or more over ``references`` (its outputs on some inputs), each as "'probs'
-    (Softmax: 100% of its values)": a comparison of them says next to nothing there (a Softmax at 1.0 stays at 1.0
-    however far a change moves its logits)."""
+    (Softmax: 100% of its values)", or "'y' (Softmax behind it: 100% of its values)" where the head's values reach the
+    output changed (``_Head.exact``: a Softmax in percent), their share then read off ``logits`` (the head's inputs on
+    the same inputs, by name; without them, such an output is left out): a comparison of them says next to nothing
+    there (a Softmax at 1.0 stays at 1.0 however far a change moves its logits)."""
     saturated = []
     for head in _heads(model):
-        if head.op_type in SATURATING_HEADS:
+        if head.op_type not in SATURATING_HEADS:
+            continue
+        if head.exact:
             values = [reference.get(head.output) for reference in references]
-            shares = [_saturated(head.op_type, value) for value in values]
-            share = float(np.mean(shares or [0.0]))
             rounded = {value.dtype for value in values if isinstance(value, np.ndarray) and value.dtype.kind in "biu"}
             if rounded:
                 # Rounded by a Cast, not near its limits: "100% of its values saturated" of a Sigmoid at 0.5 was false.
                 saturated.append(f"'{head.output}' ({head.op_type}{_CAST_TO}{', '.join(map(str, sorted(rounded)))})")
-            elif share >= SATURATED_SHARE:
-                saturated.append(f"'{head.output}' ({head.op_type}: {share:.0%} of its values)")
-    return saturated
+                continue
+            shares = [_saturated(head.op_type, value) for value in values]
+        else:
+            shares = [_saturated(head.op_type, _head_values(head, values.get(head.logits.name))) for values in logits]
+        share = float(np.mean(shares)) if shares else 0.0
+        if share >= SATURATED_SHARE:
+            kind = head.op_type if head.exact else f"{head.op_type} behind it"
+            saturated.append(f"'{head.output}' ({kind}: {share:.0%} of its values)")
+    return list(dict.fromkeys(saturated))
+
+
+def changed_head_logits(model: ir.Model, input_sets: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """The logits of ``model``'s Softmax, Sigmoid and Tanh heads whose values reach an output changed (``_Head.exact``:
+    a Softmax in percent) on each of ``input_sets``, by name (``saturated_outputs``' ``logits``): one more run of
+    ``model`` a set, only where it has such a head; empty where it has none or ONNX Runtime refuses that run (a
+    warning then left unsaid)."""
+    names = list(
+        dict.fromkeys(head.logits.name for head in _heads(model) if head.op_type in SATURATING_HEADS and not head.exact)
+    )
+    if not names:
+        return []
+    try:
+        with inference_session(exposing(model, names)) as session:
+            return [{name: run_session(session, inputs)[name] for name in names} for inputs in input_sets]
+    except RuntimeRefusedError:
+        return []
 
 
 _CAST_TO = " cast to "  # how ``saturated_outputs`` names a head's output a Cast rounds to integers or booleans
@@ -673,24 +805,52 @@ def saturated_warning(saturated: Sequence[str], model: str, where: str, remedy: 
     )
 
 
-def hidden_logits(model: ir.Model, references: Sequence[Mapping[str, Any]]) -> dict[str, tuple[_Head, float]]:
-    """The float tensors a comparison of ``model``'s outputs cannot see, by output name: the input of each output's
-    Softmax (or its written-out ``exp(x) / sum``: the Exp's input), Sigmoid (or its written-out ``1 / (1 + exp(-x))``:
-    the Neg's input) or Tanh head where that output is saturated in ``SATURATED_SHARE`` of its values or more on one
-    of ``references`` (``_saturated``; the outputs on the input sets), and of each ArgMax, ArgMin or TopK whose
-    positions are an output and its values are not, each as its head (``_heads``) and its largest saturated share on a
-    set (1.0 for positions). The head may be followed by ops that only move values (``Reshape``, ``Identity``, a
-    ``Cast``, ...). Not a tensor that is a graph input or output itself (compared as such), nor one behind a head
-    inside a subgraph or a ``Concat`` of heads."""
+def hidden_logits(
+    model: ir.Model, references: Sequence[Mapping[str, Any]], logits: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, tuple[_Head, float]]:
+    """The float tensors a comparison of ``model``'s outputs cannot see, by head (``_Head.key``: its output's name,
+    where the output reads one head): the input of each output's Softmax (or its written-out ``exp(x) / sum``: the
+    Exp's input; ``exp(log_softmax(x))``: x), Sigmoid (or its written-out ``1 / (1 + exp(-x))``: the Neg's input) or
+    Tanh head where any of its values is saturated on one of the input sets (``_saturated``, ``HIDDEN_SHARE``), and of
+    each ArgMax, ArgMin or TopK whose positions are an output and its values are not, each as its head (``_heads``)
+    and its largest saturated share on a set (1.0 for positions). The head may be followed by ops that move, select,
+    scale or shift its values (``_tail_inputs``: a ``Reshape``, a ``Cast``, a ``Concat`` of heads, a ``Mul`` by 100).
+    The share is read off ``references`` (the outputs on the input sets) where the output is the head's values only
+    moved (``_Head.exact``), else off ``logits`` (the head's inputs on the sets, by name): without them such a head is
+    left out. Not a tensor that is a graph input or output itself (compared as such), nor one behind a head inside a
+    subgraph."""
     found: dict[str, tuple[_Head, float]] = {}
     for head in _heads(model):
         if head.op_type in POSITION_HEADS:
-            found[head.output] = (head, 1.0)
+            found[head.key] = (head, 1.0)
             continue
-        share = max((_saturated(head.op_type, reference.get(head.output)) for reference in references), default=0.0)
-        if share >= SATURATED_SHARE:
-            found[head.output] = (head, share)
+        if head.exact:
+            shares = [_saturated(head.op_type, reference.get(head.output)) for reference in references]
+        else:
+            shares = [_saturated(head.op_type, _head_values(head, values.get(head.logits.name))) for values in logits]
+        share = max(shares, default=0.0)
+        if share > HIDDEN_SHARE:
+            found[head.key] = (head, share)
     return found
+
+
+def _head_values(head: _Head, logits: Any) -> Any:
+    """``head``'s output on ``logits`` (its Softmax, Sigmoid or Tanh, in float64); None where they are no floats."""
+    if not isinstance(logits, np.ndarray) or logits.dtype.kind != "f" or not logits.size:
+        return None
+    values = logits.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if head.op_type == "Sigmoid":
+            return 1.0 / (1.0 + np.exp(-values))
+        if head.op_type == "Tanh":
+            return np.tanh(values)
+        shifted = _less_max(values, head)
+        if shifted is values:  # an axis past the logits' rank
+            return None
+        first = head.axis % values.ndim
+        axes = tuple(range(first, values.ndim)) if head.flattened else (first,)
+        exp = np.exp(shifted)
+        return exp / np.sum(exp, axis=axes, keepdims=True)
 
 
 def _floored_past_fills(values: np.ndarray) -> np.ndarray:
@@ -1841,11 +2001,12 @@ class Verifier:
                     f"{head.op_type} output '{head.output}' reads them: its positions show only a change that moves "
                     "a largest"
                 )
-            elif (rounded := np.asarray(self.references[index].get(head.output)).dtype).kind in "biu":
+            elif head.exact and (rounded := np.asarray(self.references[index].get(head.output)).dtype).kind in "biu":
                 why = f"{head.op_type} output '{head.output}' is cast to {rounded}, where comparing it sees no change"
             else:
+                where = f"output '{head.output}'" if head.exact else f"behind output '{head.output}'"
                 why = (
-                    f"{head.op_type} output '{head.output}' is saturated in {share:.0%} of its values on an input set "
+                    f"{head.op_type} {where} is saturated in {share:.0%} of its values on an input set "
                     f"(within {SATURATED:g} of its limits), where comparing it sees no change to them"
                 )
             check.name = head.logits.name
@@ -1856,36 +2017,49 @@ class Verifier:
         return passed
 
     def _hidden_logit_names(self, candidate: ir.Model) -> dict[str, str]:
-        """For each output ``hidden_logits`` finds (of the base), the tensor of ``candidate`` that holds its logits:
-        the input of ``candidate``'s head of that output where it has one of the same kind (a Softmax written out or
-        not: a fusion of one into the other), else a tensor of the base's logits' name, where ``candidate`` computes
-        one; an output with neither is left out (its logits fused away)."""
+        """For each head ``hidden_logits`` finds (of the base, by ``_Head.key``), the tensor of ``candidate`` that
+        holds its logits: the base's logits' name where a head of ``candidate`` reads a tensor of it (heads joined in
+        another order), else the input of ``candidate``'s head of that key where it has one of the same kind (a
+        Softmax written out or not: a fusion of one into the other), else a tensor of the base's logits' name, where
+        ``candidate`` computes one; a head with none is left out (its logits fused away)."""
         heads = self._hidden_logit_references()[0]
         if not heads:
             return {}
-        own = {head.output: head for head in _heads(candidate)}
+        own = {head.key: head for head in _heads(candidate)}
+        read = {head.logits.name for head in own.values()}
         computed = {value.name for node in candidate.graph for value in node.outputs}
         names = {}
-        for output, (head, _) in heads.items():
-            mine = own.get(output)
-            if mine is not None and mine.op_type == head.op_type:
-                names[output] = mine.logits.name
+        for key, (head, _) in heads.items():
+            mine = own.get(key)
+            if head.logits.name in read:  # the same logits behind a head (in another place of a Concat, say)
+                names[key] = head.logits.name
+            elif mine is not None and mine.op_type == head.op_type:
+                names[key] = mine.logits.name
             elif head.logits.name in computed:
-                names[output] = head.logits.name
+                names[key] = head.logits.name
         return names
 
     def _hidden_logit_references(self) -> tuple[dict[str, tuple[_Head, float]], list[dict[str, Any]], list[Any]]:
-        """``hidden_logits`` of the base on the input sets, the base's logits of each on each set (by output), and
-        their float noise there (None until ``_hidden_logits_failure`` needs it); computed once per base and sets."""
+        """``hidden_logits`` of the base on the input sets, the base's logits of each on each set (by head), and
+        their float noise there (None until ``_hidden_logits_failure`` needs it); computed once per base and sets.
+        The base is run for them (one more run a set) where a head saturates on its outputs, or where a head's values
+        reach an output changed (``_Head.exact``), whose share is read off the logits."""
         if self._logits is None:
             heads = hidden_logits(self._base, self.references)
-            references: list[dict[str, Any]] = []
+            changed = [head for head in _heads(self._base) if not head.exact and head.op_type in SATURATING_HEADS]
+            names = list(
+                dict.fromkeys([head.logits.name for head, _ in heads.values()] + [h.logits.name for h in changed])
+            )
+            runs: list[dict[str, Any]] = []
+            if names:
+                with inference_session(exposing(self._base, names)) as session:
+                    runs = [run_session(session, inputs) for inputs in self.input_sets]
+                if changed:
+                    heads = hidden_logits(self._base, self.references, runs)
+            references = (
+                [{key: run[head.logits.name] for key, (head, _) in heads.items()} for run in runs] if heads else []
+            )
             self._logits = (heads, references, [None] * len(self.input_sets))
-            if heads:
-                with inference_session(self._logit_probe()) as session:
-                    for inputs in self.input_sets:
-                        outputs = run_session(session, inputs)
-                        references.append({output: outputs[head.logits.name] for output, (head, _) in heads.items()})
         return self._logits
 
     def _logit_probe(self) -> ir.Model:
@@ -2049,7 +2223,63 @@ class Verifier:
             return self._check_exact_by_segment(candidate, *missed, rescaled=rescaled)
         if hidden is not None:
             return self._hidden_logits_by_segment(candidate, hidden, logits, rescaled=rescaled)
+        if (failed := self._rewritten_head_failure(candidate, logits, worst)) is not None:
+            return failed
         return worst
+
+    def _rewritten_head_failure(
+        self, candidate: ir.Model, logits: Mapping[str, str], passed: VerificationResult
+    ) -> VerificationResult | None:
+        """``passed`` (``candidate``'s outputs and hidden logits matched) failed, where a saturated head of the base
+        (``hidden_logits``) is no head of that kind in ``candidate`` while its logits are still computed under their
+        name (``logits``: ``_hidden_logit_names``), and the two compute other outputs from those logits scaled to at
+        most ``_UNSATURATED`` in magnitude, where the head does not saturate: a Sigmoid rewritten into a HardSigmoid
+        matched at its saturated 0.0s and 1.0s and on the logits, and moves any logit under 2.5. The base's logits on
+        the first input set are fed to both, cut there (``_cut_at``); None where they match, or where a cut model does
+        not run (nothing then shown)."""
+        heads, references, _ = self._hidden_logit_references()
+        own = {head.key: head for head in _heads(candidate)}
+        rewritten = [
+            key
+            for key, (head, _) in heads.items()
+            if head.op_type in SATURATING_HEADS
+            and logits.get(key) == head.logits.name
+            and (key not in own or own[key].op_type != head.op_type)
+        ]
+        if not rewritten or not references:
+            return None
+        fed = {}
+        for key in rewritten:
+            values = references[0][key]
+            if not isinstance(values, np.ndarray) or values.dtype.kind != "f" or not np.isfinite(values).all():
+                return None
+            largest = float(np.max(np.abs(values))) if values.size else 0.0
+            fed[heads[key][0].logits.name] = (values * (_UNSATURATED / largest) if largest > 0 else values).astype(
+                values.dtype
+            )
+        inputs = {**self.input_sets[0], **fed}
+        try:
+            expected = run_model(_cut_at(self._base, list(fed), fed), inputs)
+            actual = run_model(_cut_at(candidate, list(fed), fed), inputs)
+        except RuntimeRefusedError:
+            return None
+        expected = {name: expected[name] for name in self.references[0] if name not in self.skipped}
+        actual = self._hide_padded({name: actual.get(name) for name in expected}, self.input_sets[0], expected)
+        result = compare_outputs(expected, actual, self.tolerances)
+        if result.ok:
+            return None
+        for check in result.checks:
+            if check.ok:
+                continue
+            head = heads[rewritten[0]][0]
+            kind = own[head.key].op_type if head.key in own else "no head"
+            check.detail = (
+                f"{head.op_type} head of output '{head.output}' rewritten ({kind} there), saturated on the input sets: "
+                f"fed its logits '{head.logits.name}' scaled to at most {_UNSATURATED:g} in magnitude, where it does "
+                f"not saturate: {check.detail}"
+            )
+            passed.checks.append(check)
+        return passed
 
     def _hidden_logits_by_segment(
         self, candidate: ir.Model, missed: VerificationResult, logits: Mapping[str, str], *, rescaled: bool
@@ -2059,11 +2289,11 @@ class Verifier:
         through ``check`` with ``by_segment`` (end to end, then, within ``SEGMENT_CAP``, segment by segment). Float
         rounding that later layers amplify past the tolerance passes there as it does at an output (an exact split of
         every layer of a deep chain under an ``ArgMax`` was rolled back while the same chain's own output verified);
-        a wrong rewrite fails. Only where ``candidate`` computes each of them (``logits``, by output:
+        a wrong rewrite fails. Only where ``candidate`` computes each of them (``logits``, by head:
         ``_hidden_logit_names``) under the base's name (a fused head's new input has no base value to cut at); else,
         or where that check fails, ``missed`` stands."""
         heads = self._hidden_logit_references()[0]
-        if any(name != heads[output][0].logits.name for output, name in logits.items()):
+        if any(name != heads[key][0].logits.name for key, name in logits.items()):
             return missed
         names = list(dict.fromkeys(logits.values()))
         try:
@@ -2083,8 +2313,9 @@ class Verifier:
             return missed
         # The probe's outputs include the logits: its words name them as the logits they are, not as outputs of the
         # model (the report said "end to end it missed ... output 'h23'" of a model whose one output is 'label').
-        for output, name in logits.items():
-            result.end_to_end = result.end_to_end.replace(f"output '{name}'", f"the logits '{name}' behind '{output}'")
+        for key, name in logits.items():
+            behind = heads[key][0].output
+            result.end_to_end = result.end_to_end.replace(f"output '{name}'", f"the logits '{name}' behind '{behind}'")
         return result
 
     def _integer_flips(
@@ -2749,17 +2980,22 @@ class Verifier:
     def saturated_sample_outputs(self) -> list[str]:
         """``saturated_outputs`` of the original over the samples approximate results are measured on: their cosine
         says next to nothing of those outputs."""
-        heads = [head.output for head in _heads(self._original) if head.op_type in SATURATING_HEADS]
+        heads = [head for head in _heads(self._original) if head.op_type in SATURATING_HEADS]
         if not heads:
             return []
-        references = self._sample_references
-        if references is None:  # the drift was streamed: the heads' values alone are kept
-            references = []
-            with inference_session(self._original, optimization_level="all") as session:
+        exact = list(dict.fromkeys(head.output for head in heads if head.exact))
+        changed = list(dict.fromkeys(head.logits.name for head in heads if not head.exact))
+        references, logits = self._sample_references, []
+        if references is None or changed:  # streamed: the heads' values alone are kept; changed: their logits
+            kept: list[dict[str, Any]] = []
+            probe = exposing(self._original, changed) if changed else self._original
+            with inference_session(probe, optimization_level="all") as session:
                 for batch in self._sample_batches():
                     outputs = run_session(session, batch)
-                    references.append({output: outputs[output] for output in heads})
-        return saturated_outputs(self._original, references)
+                    kept.append({output: outputs[output] for output in exact})
+                    logits.append({name: outputs[name] for name in changed})
+            references = kept if references is None else references
+        return saturated_outputs(self._original, references, logits)
 
     def _measured_on(self, batches: Sequence[Mapping[str, np.ndarray]], where: str) -> str:
         """What an approximate result's drift on ``batches`` rests on, counted: "the 33 calibration samples held out

@@ -93,7 +93,7 @@ from optimizer.parameters import count_parameters
 from optimizer.pipeline import count_nodes
 from optimizer.progress import task, track
 from optimizer.runtime import holds_float16, import_onnxruntime, loading_crash, temporary_folder
-from optimizer.verify import constant_outputs, saturated_outputs, saturated_warning
+from optimizer.verify import changed_head_logits, constant_outputs, saturated_outputs, saturated_warning
 
 SCHEMA = "graphopt.comparison-report/1"
 _PROFILE_RUNS = 20
@@ -471,7 +471,7 @@ def _compare(
         # Every output of BEFORE constant on generated inputs (NeMo's features over 128 samples: zeros): any AFTER
         # matched them (a corrupted mel filterbank passed --min-cosine at 1.000000), so longer ones, as optimize.
         if generated:
-            saturated[:] = saturated_outputs(before_model, [outputs])
+            saturated[:] = saturated_outputs(before_model, [outputs], changed_head_logits(before_model, [inputs]))
         return (
             generated
             and constant_outputs(outputs)
