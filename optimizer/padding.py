@@ -839,12 +839,19 @@ def unpadded(
     """Each ``(before, after)`` pair of outputs, run on the matching batch of ``batches``, with the values at
     the positions the batch's padding mask hides (``padded_outputs``) set to zero in both: what a model
     returns there is undefined, and an accuracy budget counting it holds real tokens to noise. A NaN or Inf
-    ``after`` has where ``before`` does not is kept, as in ``hide_padded``."""
+    ``after`` has where ``before`` does not is kept, as in ``hide_padded``. An integer, boolean or text output
+    (a tagger's class per token) is masked there instead (a ``numpy.ma.MaskedArray`` on both sides): zeros would
+    be equal values, which its share of equal values counted as agreement."""
     layout = padding_layout(model)
     for batch, (before, after) in zip(batches, runs):
         zeroed_before, zeroed_after = dict(before), dict(after)
         for name, where in padded_outputs(model, batch, before, after, layout).items():
             expected, actual = before[name], after[name]
+            if expected.dtype.kind != "f" and np.shape(actual) == expected.shape:
+                hidden = np.broadcast_to(where, expected.shape)
+                zeroed_before[name] = np.ma.masked_array(expected, mask=hidden)
+                zeroed_after[name] = np.ma.masked_array(actual, mask=hidden)
+                continue
             zero = np.zeros((), expected.dtype)
             zeroed_before[name] = np.where(where, zero, expected)
             zeroed_after[name] = np.where(where & (np.isfinite(actual) | ~np.isfinite(expected)), zero, actual)
@@ -947,12 +954,14 @@ def _declared(value: ir.Value) -> ir.Shape | None:
 
 def _sequence_outputs(model: ir.Model, sequences: set[str | None]) -> dict[str, int]:
     """Outputs laid out along one of ``sequences`` by name: ``[batch, sequence, ...]`` (axis 1, three dims or
-    more), and the caches ``[batch, heads, sequence, head_size]`` (axis 2)."""
+    more, or two for an integer, boolean or text output: a tagger's class per token, where a float
+    ``[batch, 384]`` is a pooled embedding), and the caches ``[batch, heads, sequence, head_size]`` (axis 2)."""
     caches = padded_caches(model)
     laid_out = {}
     for value in model.graph.outputs:
         shape = _declared(value)
-        if shape is None or shape.rank() < 3:
+        per_token = value.dtype is not None and not value.dtype.is_floating_point()
+        if shape is None or shape.rank() < (2 if per_token else 3):
             continue
         axis = 2 if value.name in caches and shape.rank() == 4 else 1
         dim = shape[axis]
