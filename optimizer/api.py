@@ -79,6 +79,7 @@ from optimizer.model_io import (
 )
 from optimizer.options import DATA_IMPORTANCE_KINDS, Options
 from optimizer.padding import (
+    AdditiveMask,
     CausalMask,
     PadsWhereTrue,
     causal_mask,
@@ -1593,13 +1594,17 @@ def _marked(
     inputs: Mapping[str, np.ndarray], masks: Sequence[str], where: Any, *, real: bool, fits: Callable[[tuple], bool]
 ) -> dict[str, np.ndarray]:
     """A copy of ``inputs`` whose 2-D masks of a shape that ``fits`` mark the positions ``where`` (an index) real or,
-    not ``real``, padded, each in its own convention: a ``PadsWhereTrue`` mask holds true where it pads."""
+    not ``real``, padded, each in its own convention: a ``PadsWhereTrue`` mask holds true where it pads, an
+    ``AdditiveMask`` float's lowest."""
     marked = dict(inputs)
     for name in masks:
         mask = inputs.get(name)
         if isinstance(mask, np.ndarray) and mask.ndim == 2 and fits(mask.shape):
             mask = mask.copy()
-            mask[where] = isinstance(name, PadsWhereTrue) != real
+            if isinstance(name, AdditiveMask):
+                mask[where] = 0 if real else np.finfo(mask.dtype).min
+            else:
+                mask[where] = isinstance(name, PadsWhereTrue) != real
             marked[name] = mask
     return marked
 

@@ -36,7 +36,7 @@ import onnx_ir as ir
 from optimizer.domains import MS_DOMAIN
 from optimizer.errors import InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import cache_head_sizes, pads_where_true
-from optimizer.padding import causal_mask, causal_masks
+from optimizer.padding import added_to_scores, causal_mask, causal_masks
 from optimizer.runtime import calling_onnxruntime, open_session, run_model, session_options
 
 _IDS_NAME = re.compile(r"input_ids|^ids$|tokens", re.IGNORECASE)
@@ -90,10 +90,10 @@ class CausalLM:
     mask_pads: bool = False
 
     def mask_feed(self, mask: np.ndarray, new: int) -> np.ndarray:
-        """The model's mask for a ``[batch, past + new]`` mask of 0/1 (1 attends) over ``new`` tokens: itself, its
-        negation where the model reads it as padding where true (``mask_pads``: fed as given, ones padded every
-        position and every generation figure was computed on garbage), or the 4-D mask causal over it
-        (``optimizer.padding.causal_mask``)."""
+        """The model's mask for a ``[batch, past + new]`` mask of 0/1 (1 attends) over ``new`` tokens: itself (in the
+        graph's dtype: float 0/1 where it declares floats, ONNX Runtime's GPT-2 export), its negation where the model
+        reads it as padding where true (``mask_pads``: fed as given, ones padded every position and every generation
+        figure was computed on garbage), or the 4-D mask causal over it (``optimizer.padding.causal_mask``)."""
         if self.mask_convention is None:
             return (np.asarray(mask) == 0 if self.mask_pads else mask).astype(self.mask_dtype, copy=False)
         return causal_mask(np.asarray(mask) != 0, new, self.mask_convention, self.mask_dtype)
@@ -130,7 +130,12 @@ def recognise_causal_lm(model: ir.Model) -> CausalLM | str:
     if ids is None:
         return "no input holds token ids (an integer [batch, sequence] input named input_ids)"
     causal = causal_masks(model)
-    mask = _pick(inputs, _MASK_NAME, rank=2, kinds="iub") or next((v for v in inputs if v.name in causal), None)
+    mask = _pick(inputs, _MASK_NAME, rank=2, kinds="iubf") or next((v for v in inputs if v.name in causal), None)
+    if mask is not None and _kind(mask) == "f" and _rank(mask) == 2 and added_to_scores(mask):
+        return (
+            f"input '{mask.name}' is {mask.dtype} [batch, past + new tokens] added to the scores (0 attends, a large "
+            "negative pads): generation feeds a 2-D attention mask only as 0/1 (1 attends)"
+        )
     positions = _pick(inputs, _POSITION_NAME, rank=2, kinds="iu")
     known = {ids.name} | {v.name for v in (mask, positions) if v is not None}
     if not any(_cache_words(v.name) or (_rank(v) == 4 and _kind(v) == "f") for v in inputs if v.name not in known):
@@ -180,7 +185,7 @@ def recognise_causal_lm(model: ir.Model) -> CausalLM | str:
 # Inputs generation feeds besides the cache: what each must be (an input named for one but not so is refused as such).
 _ROLES = (
     (_IDS_NAME, "token ids", "an integer [batch, sequence]", "iu"),
-    (_MASK_NAME, "attention mask", "a [batch, past + new tokens] of 0/1 (or [batch, 1, new, past + new])", "iub"),
+    (_MASK_NAME, "attention mask", "a [batch, past + new tokens] of 0/1 (or [batch, 1, new, past + new])", "iubf"),
     (_POSITION_NAME, "position ids", "an integer [batch, sequence]", "iu"),
 )
 

@@ -1219,7 +1219,9 @@ def check_inputs(
     is refused in one line, and floats are never cast), and
     a missing input that is safe to zero (``zero_fillable``: token type / segment ids) is
     filled with zeros of the shape the other inputs give its dims; a causal LM's text
-    (``input_ids``, an attention mask or not) is fed as prefills (``prefill_of_text``). Arrays that match no
+    (``input_ids``, an attention mask or not) is fed as prefills (``prefill_of_text``), and a tokenizer's 0/1 mask for
+    one the graph wants in another form is made that form (``_float_mask_of_tokens``, ``_key_padding_masks``, and a
+    decoder's 4-D mask: ``_decode_step_masks``). Arrays that match no
     graph input (a misspelt name) are noted as ignored. An array in the other byte order (``>f4``, saved on a
     big-endian machine) holds the same values: it is read in this machine's order, not refused.
     """
@@ -1234,6 +1236,10 @@ def check_inputs(
         )
     required = [value.name for value in runtime_inputs(model)]
     missing = [name for name in required if name not in arrays]
+    if notes is not None and (cast := _float_mask_of_tokens(model, arrays)):
+        for name, array in cast.items():
+            _add_note(notes, f"'{name}' {np.asarray(arrays[name]).dtype} cast to {array.dtype} (0 and 1 kept)")
+        arrays = {**arrays, **cast}
     # A tokenizer's [batch, length] mask for a decoder's 4-D one: made that, causal over it, with the prefill.
     flat = [name for name in causal_masks(model) if np.ndim(arrays.get(name)) == 2]
     if notes is not None and (missing or flat) and (prefill := prefill_of_text(model, arrays, missing + flat)):
@@ -1253,6 +1259,19 @@ def check_inputs(
             f"holds a decoder's decode step with {', '.join(sorted(stepped))} [batch, past + new]: made "
             "[batch, 1, new, past + new], causal over it",
         )
+    if notes is not None and (keyed := _key_padding_masks(model, arrays)):
+        arrays = {**arrays, **keyed}
+        made = ", ".join(
+            f"{name} [batch, length] made "
+            + (
+                "0 where real and float's lowest where padded (the graph adds it to the scores)"
+                if np.ndim(keyed[name]) == 2
+                else f"[batch, 1, {'1' if np.shape(keyed[name])[2] == 1 else 'length'}, length], every query "
+                "attending to its row's real tokens"
+            )
+            for name in sorted(keyed)
+        )
+        _add_note(notes, f"holds a tokenizer's mask: {made}")
     if notes is not None and (missing or flat):
         _refuse_float_text_mask(model, arrays, source)
     fillable = [v for v in runtime_inputs(model) if v.name in missing and notes is not None and zero_fillable(v)]
@@ -1333,12 +1352,13 @@ def _refuse_float_text_mask(model: ir.Model, arrays: Mapping[str, np.ndarray], s
     if isinstance(lm, str) or lm.attention_mask is None or lm.input_ids not in arrays:
         return
     ids, mask = np.asarray(arrays[lm.input_ids]), arrays.get(lm.attention_mask)
-    if mask is None or ids.ndim != 2 or np.shape(mask) != ids.shape or np.asarray(mask).dtype.kind in "biu":
+    if mask is None or ids.ndim != 2 or np.shape(mask) != ids.shape or is_text_mask(np.asarray(mask), lm):
         return
-    declared = next(value for value in model.graph.inputs if value.name == lm.attention_mask)
-    floats = declared.dtype is not None and declared.dtype.is_floating_point()
-    if declared.shape is not None and declared.shape.rank() == 2 and floats:
-        return  # the model's own mask is 2-D floats: the array may be its whole feed
+    if lm.mask_convention is None and np.asarray(mask).dtype.kind == "f" and np.dtype(lm.mask_dtype).kind == "f":
+        raise InputSpecError(
+            f"{source}: '{lm.attention_mask}' must hold 0 and 1 alone (1 attends, as a tokenizer writes it), where it "
+            f"holds other {np.asarray(mask).dtype} values (an additive mask?): save the tokenizer's mask"
+        )
     raise InputSpecError(
         f"{source}: '{lm.attention_mask}' must be 0/1 integers or booleans of the ids' shape {list(ids.shape)} "
         f"(a tokenizer's mask), not {np.asarray(mask).dtype}: save it as integers (mask.astype(np.int64))"
@@ -1371,13 +1391,66 @@ def _decode_step_masks(model: ir.Model, arrays: Mapping[str, np.ndarray], flat: 
     return made
 
 
+def _float_mask_of_tokens(model: ir.Model, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A causal LM's 2-D float mask of 0 and 1 (``recognise_causal_lm``: ONNX Runtime's GPT-2 export) that ``arrays``
+    hold as a tokenizer's 0/1 integers or booleans, cast to the graph's dtype (every value kept), for text and a real
+    decode step alike: floats are cast nowhere else, and such a mask was refused for its dtype."""
+    from optimizer.generation import recognise_causal_lm  # generation imports this module
+
+    floats = [
+        value.name
+        for value in runtime_inputs(model)
+        if _MASK_NAME.search(value.name)
+        and value.dtype is not None
+        and value.dtype.is_floating_point()
+        and value.shape is not None
+        and value.shape.rank() == 2
+        and np.ndim(arrays.get(value.name)) == 2
+        and np.asarray(arrays[value.name]).dtype.kind in "biu"
+    ]
+    lm = recognise_causal_lm(model) if floats else None
+    if lm is None or isinstance(lm, str) or lm.attention_mask not in floats:
+        return {}
+    mask = np.asarray(arrays[lm.attention_mask])
+    return {lm.attention_mask: mask.astype(lm.mask_dtype)} if np.isin(mask, (0, 1)).all() else {}
+
+
+def _key_padding_masks(model: ir.Model, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The 4-D masks of a model without a cache (``optimizer.padding.key_masks``: an encoder's square
+    ``[batch, 1, sequence, sequence]``, or Hugging Face's extended ``[batch, 1, 1, sequence]``) that ``arrays`` hold
+    as a tokenizer's ``[batch, length]`` of 0/1 integers or booleans (1 attends): each made the mask in which every
+    query attends to its row's real positions (``optimizer.padding.key_mask``), in the graph's convention and dtype;
+    and the 2-D float masks the graph adds to the scores (``optimizer.padding.added_to_scores``) so held: made 0 where
+    real and float's lowest where padded. Such masks were refused for their dtype or rank, where generated ones are
+    made so."""
+    from optimizer.padding import added_to_scores, encoded_mask, key_mask, key_masks  # lazily, as in check_inputs
+
+    made = {}
+    for value in runtime_inputs(model):
+        mask = np.asarray(arrays.get(value.name))
+        if mask.ndim != 2 or mask.dtype.kind not in "biu" or not mask.size or not np.isin(mask, (0, 1)).all():
+            continue
+        if _MASK_NAME.search(value.name) and value.dtype is not None and value.dtype.is_floating_point():
+            if value.shape is not None and value.shape.rank() == 2 and added_to_scores(value):
+                made[value.name] = encoded_mask(mask != 0, "additive", value.dtype.numpy())
+    for name, convention in key_masks(model).items():
+        mask = np.asarray(arrays.get(name))
+        value = next(v for v in model.graph.inputs if v.name == name)
+        if mask.ndim != 2 or mask.dtype.kind not in "biu" or not mask.size or not np.isin(mask, (0, 1)).all():
+            continue
+        queries = 1 if value.shape[2] == 1 else mask.shape[1]
+        made[name] = key_mask(mask != 0, queries, convention, value.dtype.numpy())
+    return made
+
+
 def prefill_of_text(
     model: ir.Model, arrays: Mapping[str, np.ndarray], missing: Sequence[str]
 ) -> dict[str, np.ndarray] | None:
     """The inputs a causal LM with a KV cache needs beside held-out text (``input_ids``, and an attention mask or
     not) to run it as a prefill: every cache empty, the mask ones where not given, position ids counted from it (as
     ``compare --generate`` feeds text). None unless those are all that is missing: a tokenizer's output is what a
-    user holds (README's ``--quantize int4 --calibration text.npz`` was refused for its position ids)."""
+    user holds (README's ``--quantize int4 --calibration text.npz`` was refused for its position ids). The mask is
+    integers or booleans, or floats of 0 and 1 where the model's own mask is float (``is_text_mask``)."""
     from optimizer.generation import positions_from_mask, recognise_causal_lm  # generation imports this module
 
     lm = recognise_causal_lm(model)
@@ -1388,7 +1461,7 @@ def prefill_of_text(
     ids = np.asarray(arrays[lm.input_ids])
     given = arrays.get(lm.attention_mask) if lm.attention_mask is not None else None
     mask = np.ones(ids.shape, np.int64) if given is None else np.asarray(given)
-    if ids.ndim != 2 or mask.shape != ids.shape or mask.dtype.kind not in "biu":
+    if ids.ndim != 2 or mask.shape != ids.shape or not is_text_mask(mask, lm):
         return None
     filled = {pair.past: pair.empty(len(ids)) for pair in lm.cache}
     if lm.attention_mask in missing:
@@ -1396,6 +1469,17 @@ def prefill_of_text(
     if lm.position_ids in missing:
         filled[lm.position_ids] = positions_from_mask(mask, ids.shape[1]).astype(lm.positions_dtype)
     return filled
+
+
+def is_text_mask(mask: np.ndarray, lm: Any) -> bool:
+    """Whether ``mask`` is a tokenizer's mask the text of ``lm`` (an ``optimizer.generation.CausalLM``) may hold:
+    integers or booleans, or, where the model's own mask is 2-D float (ONNX Runtime's GPT-2 export), floats of 0 and 1
+    alone (an additive 0/-inf mask read as 0/1 would attend to its pads and pad every real token; for a 4-D mask, an
+    additive one with nothing padded is all zeros)."""
+    if mask.dtype.kind in "biu":
+        return True
+    floats = lm.mask_convention is None and lm.mask_dtype is not None and np.dtype(lm.mask_dtype).kind == "f"
+    return mask.dtype.kind == "f" and floats and bool(np.isin(mask, (0, 1)).all())
 
 
 def _refuse_other_fixed_dims(value: ir.Value, array: np.ndarray, source: str) -> None:
@@ -1854,9 +1938,11 @@ def _generate_tensor(
     """One generated tensor at the binding ``dims`` (see the module docstring); ``widest``: indices under
     ``_index_bounds(widest=True)``."""
     from optimizer.padding import (  # lazily: a pass imported alone loads no padding
+        added_to_scores,
         causal_mask,
         causal_masks,
         cross_masks,
+        encoded_mask,
         key_mask,
         key_masks,
     )
@@ -1920,6 +2006,9 @@ def _generate_tensor(
         highs = np.maximum(_index_highs(value, shape, dims, widest=widest), lows + 1)
         return rng.integers(lows, highs, size=shape).astype(numpy_dtype)
     if dtype.is_floating_point():
+        if _MASK_NAME.search(value.name) and added_to_scores(value):
+            # 0 attends, float's lowest pads (generated 0/1, it masked nothing: a rewrite flooring it verified).
+            return encoded_mask(_padding_mask(shape, np.dtype(np.int8)) != 0, "additive", numpy_dtype)
         if _MASK_NAME.search(value.name):
             return _padding_mask(shape, numpy_dtype)
         return rng.standard_normal(shape).astype(numpy_dtype)

@@ -21,6 +21,7 @@ import numpy as np
 from optimizer.accuracy import scale_scores, vector_cosine
 from optimizer.errors import InputSpecError
 from optimizer.generation import CausalLM, CausalLMSession, left_padded, random_prompts
+from optimizer.inputs import is_text_mask
 from optimizer.progress import track
 
 # Random token rows scored when the user gives no text: a few rows keep it cheap on real models.
@@ -47,7 +48,8 @@ def text_from_arrays(arrays: Mapping[str, np.ndarray], lm: CausalLM, source: str
     named as ``text_mask_name`` says).
 
     ``InputSpecError`` naming ``source`` for ids that are not a 2-D integer array, a mask of
-    another shape or with pads between a row's tokens, ids outside the vocabulary, or no row with two tokens
+    another shape, of floats where the model's own 2-D mask is not float or of floats other than 0 and 1, or with pads
+    between a row's tokens, ids outside the vocabulary, or no row with two tokens
     (nothing to score).
     """
     ids = np.asarray(arrays[lm.input_ids])
@@ -58,7 +60,7 @@ def text_from_arrays(arrays: Mapping[str, np.ndarray], lm: CausalLM, source: str
     if mask is None:
         mask = np.ones_like(ids)
     mask = np.asarray(mask)
-    if mask.shape != ids.shape or mask.dtype.kind not in "iub":
+    if mask.shape != ids.shape or not is_text_mask(mask, lm):
         raise InputSpecError(
             f"{source}: '{mask_name}' must be 0/1 of the ids' shape {list(ids.shape)}, not {_kind(mask)}"
         )

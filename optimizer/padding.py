@@ -41,6 +41,13 @@ class PadsWhereTrue(str):
     it: the functions here read it inverted (``padded_at``), and write its padded positions true."""
 
 
+class AdditiveMask(str):
+    """The name of a 2-D float mask input the graph adds to the scores (``added_to_scores``: 0 attends, a large negative
+    pads), as ``mask_inputs`` returns it: ``padded_at`` reads its values at -1e3 or below as padded, and the functions
+    here write its padded positions float's lowest. Read as 0/1 until a review in session 69: generated so it masked
+    nothing, and its zeros, where it attends, were hidden from verification as padding."""
+
+
 class CausalMask(str):
     """The name of a 4-D mask input ``[batch, 1, sequence, total_sequence]`` (causal inside: ``causal_masks``; or,
     not ``causal``, a key padding for every query: ``key_masks``), as ``mask_inputs`` returns it, with how the graph
@@ -213,7 +220,7 @@ def _four_d_masks(
             sequence = total
         if shape[1] != 1 or sequence is None or total is None or (sequence == total) != square:
             continue
-        if value.dtype.is_floating_point() and _added(value):
+        if value.dtype.is_floating_point() and added_to_scores(value):
             found[value.name] = "additive"
         elif value.dtype != ir.DataType.STRING:
             found[value.name] = "pads" if pads_where_true(value) else "attends"
@@ -230,7 +237,7 @@ _SCORE_BIASES = {
 }
 
 
-def _added(value: ir.Value) -> bool:
+def added_to_scores(value: ir.Value) -> bool:
     """Whether an ``Add`` (or an attention op's input it adds to the scores, ``_SCORE_BIASES``: ONNX ``Attention``'s
     float ``attn_mask``, taken for 1 attends and generated 0/1, masked nothing) reads ``value`` through ops that only
     move it (an additive mask)."""
@@ -290,9 +297,11 @@ def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
     as padding where true (``optimizer.inputs.pads_where_true``: ``Where(src_mask, -1e9, scores)``), holding only
     false (attend) and true (pad), false somewhere in every row, returned as a ``PadsWhereTrue``.
 
-    An additive float mask (0 attends, a large negative number pads) and a boolean one the graph
-    does not read as padding where true (True attends in Hugging Face's) do not qualify:
-    reading them the wrong way round would hide the real tokens from comparison. A 4-D mask
+    A float one the graph adds to the scores (``added_to_scores``: 0 attends, a large negative number pads) qualifies
+    as an ``AdditiveMask`` where it holds only 0 and -1e3 or below, 0 somewhere in every row (read as 0/1, its zeros,
+    where it attends, were hidden until a review in session 69); a boolean one the graph
+    does not read as padding where true (True attends in Hugging Face's) does not qualify:
+    reading it the wrong way round would hide the real tokens from comparison. A 4-D mask
     (``causal_masks``, ``key_masks``: the graph says its convention) does, given 4-D and attending somewhere in every
     row, as a ``CausalMask``.
     """
@@ -317,7 +326,13 @@ def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
         if array is None or not _MASK_NAME.search(value.name) or np.ndim(array) != 2:
             continue
         array = np.asarray(array)
-        if array.dtype.kind not in "biuf" or array.shape[1] < 2 or not np.isin(array, (0, 1)).all():
+        if array.dtype.kind not in "biuf" or array.shape[1] < 2:
+            continue
+        if array.dtype.kind == "f" and added_to_scores(value):
+            if ((array == 0) | (array <= -1e3)).all() and (array == 0).any(axis=1).all():
+                names.append(AdditiveMask(value.name))
+            continue
+        if not np.isin(array, (0, 1)).all():
             continue
         if pads_where_true(value):
             if (array == 0).any(axis=1).all():
@@ -337,6 +352,8 @@ def padded_at(inputs: Mapping[str, np.ndarray], name: str) -> np.ndarray:
             mask > -1e3 if name.convention == "additive" else (mask == 0 if name.convention == "pads" else mask != 0)
         )
         return ~attends.any(axis=(1, 2))
+    if isinstance(name, AdditiveMask):
+        return mask <= -1e3
     return mask != 0 if isinstance(name, PadsWhereTrue) else mask == 0
 
 
@@ -553,7 +570,8 @@ def padded_copy(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> tuple
             written = causal_mask if name.causal else key_mask
             padded[name] = written(mask, original.shape[2], name.convention, original.dtype)
         else:
-            padded[name] = np.where(mask, original, isinstance(name, PadsWhereTrue)).astype(original.dtype)
+            fill = np.finfo(original.dtype).min if isinstance(name, AdditiveMask) else isinstance(name, PadsWhereTrue)
+            padded[name] = np.where(mask, original, fill).astype(original.dtype)
         described.append(f"{name}: {where} padded")
     for name, positions in inputs.items():
         if _POSITION_IDS_NAME.search(name) and name not in masks:
@@ -919,13 +937,16 @@ def padded_outputs(
 def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
     """The integer ``[batch, sequence]`` inputs named like a mask, boolean ones the graph reads as padding where true
     (PyTorch's key padding mask, ``optimizer.inputs.pads_where_true``) and the 4-D masks (``causal_masks``,
-    ``key_masks``), and the symbolic name of their last dim (None unless they all share one). A boolean one was left
-    out, and every accuracy figure counted the positions it pads: a result exact on every real token missed a budget
-    at cosine 0 where an integer mask's pass met it."""
+    ``key_masks``), and a float one of a model with a 4-D cache that the graph does not add to the scores (a decoder's
+    0/1 mask, ONNX Runtime's GPT-2 export's, which generation feeds so), and the symbolic name of their last dim (None
+    unless they all share one). A boolean one was left out, and every accuracy figure counted the positions it pads: a
+    result exact on every real token missed a budget at cosine 0 where an integer mask's pass met it; so did such a
+    float one, which verification hid, until a review in session 69."""
     from optimizer.inputs import pads_where_true  # imported here: optimizer.inputs is heavier than this module
 
     names, dims = set(), set()
     causal = {**causal_masks(model), **key_masks(model)}
+    cached = any(_CACHE_NAME.search(value.name) and _is_4d(value) for value in model.graph.inputs)
     for value in model.graph.inputs:
         shape = _declared(value)
         if value.name in causal:
@@ -934,10 +955,12 @@ def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
             continue
         if not _MASK_NAME.search(value.name) or value.dtype is None:
             continue
-        if not value.dtype.is_integer() and not (value.dtype == ir.DataType.BOOL and pads_where_true(value)):
-            continue
         if shape is None or shape.rank() != 2 or not isinstance(shape[1], ir.SymbolicDim) or not shape[1].value:
             continue
+        decoders = cached and value.dtype.is_floating_point() and not added_to_scores(value)
+        if not value.dtype.is_integer() and not (value.dtype == ir.DataType.BOOL and pads_where_true(value)):
+            if not decoders:
+                continue
         names.add(value.name)
         dims.add(shape[1].value)
     return frozenset(names), (dims.pop() if len(dims) == 1 else None)

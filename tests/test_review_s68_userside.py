@@ -183,14 +183,8 @@ def test_make_inputs_writes_a_true_pads_mask_false_as_the_readme_says(tmp_path: 
     assert "false where the mask pads where true" in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a tokenizer's [rows, length] mask for an encoder taking Hugging Face's extended additive mask "
-    "[batch, 1, 1, sequence] is refused ('attention_mask' is int64, the model expects float32), where a 4-D-mask "
-    "decoder's is made its 4-D mask (prefill_of_text handles causal LMs only); the user must write 0/-inf "
-    "[rows, 1, 1, length] by hand",
-)
 def test_a_tokenizers_mask_is_taken_for_an_encoders_extended_mask(tmp_path: Path):
+    # Open here (strict xfail) until tests/test_review_s69_tokmask.py: made the extended mask, with a note.
     import onnx_ir as ir
 
     import optimizer.api as api
@@ -203,4 +197,4 @@ def test_a_tokenizers_mask_is_taken_for_an_encoders_extended_mask(tmp_path: Path
     _, report = api.optimize_with_report(
         ir.load(path), ["remove-identity"], inputs={"input_ids": ids, "attention_mask": mask}
     )
-    assert report.input_sets[0].startswith("--inputs")
+    assert report.input_sets[0] == "the given inputs"  # "--inputs" as the xfail had it: inputs given as a dict

@@ -13,8 +13,8 @@ Findings (each test failed on 0d633ba):
   (and optimize's approximate-pass warning): nothing was near its limits, and real data shows the logits behind a cast
   no better. Now named as cast, blind on any inputs.
 - Text (``input_ids`` and a mask) for a decoder whose 2-D mask is float (ONNX Runtime's GPT-2 export) was refused
-  naming ``position_ids`` alone; now the refusal says why text is not fed as prefills to it. Taking it stays open
-  (strict xfail).
+  naming ``position_ids`` alone; now the refusal says why text is not fed as prefills to it. Taking it was left open
+  (strict xfail), then closed by ``tests/test_review_s69_tokmask.py``.
 - ``--dim total_sequence=N`` (a decoder's mask, past plus new tokens) under ``--dim sequence``, at or under
   ``--dim past_sequence``, or beside both apart from their sum was taken as given: the inputs were generated beside a
   past (or new tokens) of the default 128 and ONNX Runtime refused them, ``make-inputs`` writing them with exit 0.
@@ -213,23 +213,21 @@ def _text():
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def test_text_for_a_float_mask_decoder_is_refused_naming_why(float_mask):
-    # Before: "no array for graph input 'position_ids'" alone, as if token ids were never fed as prefills.
+def test_text_for_a_float_mask_decoder_is_refused_naming_why(tmp_path: Path):
+    # Before: "no array for graph input 'position_ids'" alone, as if token ids were never fed as prefills. A float 0/1
+    # mask is fed since tests/test_review_s69_tokmask.py: refused here is one the graph adds to the scores.
     import onnx_ir as ir
 
     import optimizer.api as api
+    from tests.test_review_s69_tokmask import _float_mask_model
 
+    additive = _float_mask_model(tmp_path, additive=True)
     with pytest.raises(InputSpecError, match=r"prefills only to a decoder graphopt recognises, and here input "):
-        api.optimize_with_report(ir.load(str(float_mask)), ["remove-identity"], inputs=_text())
+        api.optimize_with_report(ir.load(str(additive)), ["remove-identity"], inputs=_text())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a causal LM whose 2-D mask is float (ONNX Runtime's GPT-2 export) is no CausalLM to "
-    "generation.recognise_causal_lm ('generation feeds attention mask only as ... 0/1'), so text (ids and a mask) "
-    "is not fed as prefills to it; the user must write position ids and empty caches by hand",
-)
 def test_text_for_a_float_mask_decoder_is_fed_as_prefills(float_mask):
+    # Open here (strict xfail) until tests/test_review_s69_tokmask.py: a float 0/1 2-D mask is fed in its dtype.
     import onnx_ir as ir
 
     import optimizer.api as api
