@@ -20,8 +20,10 @@ normal, 8- and 16-bit integers that index nothing (raw pixels, audio samples) sp
 range where ONNX Runtime runs the model on that (half of them; the other half are 0 or 1, as flags of those
 types are), and other integers that index nothing are 0 or 1.
 Strings are short words, or, for a string input that a lookup of ``ai.onnx.ml`` reads (``LabelEncoder``,
-``CategoryMapper``, ``OneHotEncoder``), mostly that lookup's own keys (``_string_keys``: a model that reads
-single letters maps every word to its default, and every row's outputs would be the same); a sequence holds
+``CategoryMapper``, ``OneHotEncoder``), mostly that lookup's own keys (``_lookup_keys``: a model that reads
+single letters maps every word to its default, and every row's outputs would be the same; so are integer and
+float inputs such a lookup maps, which 0 or 1 and normal draws miss as well, and the tokens a ``TfIdfVectorizer``
+counts, from its pool); a sequence holds
 ``SEQUENCE_LENGTH`` generated tensors; an optional input is given (not empty).
 
 Inputs whose *values* the model reads as sizes, axes, counts or parameters (a
@@ -1901,29 +1903,58 @@ def _generate(
     return _generate_tensor(model, value, shape, rng, dims)
 
 
-# The ai.onnx.ml lookups that map strings, and the attributes that hold their keys (LabelEncoder: opset 1's
-# classes_strings, opset 2's keys_strings, opset 4's keys_tensor).
-_STRING_KEY_ATTRIBUTES = {
-    "LabelEncoder": ("classes_strings", "keys_strings", "keys_tensor"),
-    "CategoryMapper": ("cats_strings",),
-    "OneHotEncoder": ("cats_strings",),
+# The lookups, and the attributes that hold the keys they map: ai.onnx.ml's (LabelEncoder: opset 1's classes_strings,
+# opset 2's keys_strings/keys_int64s/keys_floats, opset 4's keys_tensor; CategoryMapper and OneHotEncoder map strings
+# or integers by their cats), and ONNX's TfIdfVectorizer, which counts the n-grams of its pool (none of them drawn,
+# every count is 0).
+_LOOKUP_KEY_ATTRIBUTES = {
+    ("ai.onnx.ml", "LabelEncoder"): ("classes_strings", "keys_strings", "keys_int64s", "keys_floats", "keys_tensor"),
+    ("ai.onnx.ml", "CategoryMapper"): ("cats_strings", "cats_int64s"),
+    ("ai.onnx.ml", "OneHotEncoder"): ("cats_strings", "cats_int64s"),
+    ("", "TfIdfVectorizer"): ("pool_strings", "pool_int64s"),
 }
+# Ops a lookup's keys may reach it through unchanged (a Keras export reshapes its strings before its StringLookup).
+_KEY_MOVES = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose")
 
 
-def _string_keys(value: ir.Value) -> np.ndarray | None:
-    """The strings an ``ai.onnx.ml`` lookup reading ``value`` knows (an object array), or None where none reads it."""
-    for node, _ in value.uses():
-        if node.domain != "ai.onnx.ml" or node.op_type not in _STRING_KEY_ATTRIBUTES:
-            continue
-        for name in _STRING_KEY_ATTRIBUTES[node.op_type]:
-            attribute = node.attributes.get(name)
-            if attribute is None:
+def _lookup_keys(value: ir.Value) -> np.ndarray | None:
+    """The keys a lookup reading ``value`` (``_LOOKUP_KEY_ATTRIBUTES``; directly, or through ops that only move its
+    elements) knows, of ``value``'s kind (strings as an object array, integers, floats), or None where none reads it. A
+    LabelEncoder of opset 1 maps an integer to its ``classes_strings`` entry: its keys are their positions."""
+    kind = "O" if value.dtype == ir.DataType.STRING else value.dtype.numpy().kind
+    pending, seen = [value], set()
+    while pending:
+        current = pending.pop()
+        for node, _ in current.uses():
+            if id(node) in seen:
                 continue
-            keys = attribute.value.numpy() if attribute.type == ir.AttributeType.TENSOR else attribute.value
-            keys = [key.decode() if isinstance(key, bytes) else key for key in np.asarray(keys).ravel()]
-            if keys and all(isinstance(key, str) for key in keys):
-                return np.array(keys, dtype=object)
+            seen.add(id(node))
+            if is_onnx_domain(node) and node.op_type in _KEY_MOVES:
+                pending.extend(node.outputs[:1])
+                continue
+            attributes = _LOOKUP_KEY_ATTRIBUTES.get(("" if is_onnx_domain(node) else node.domain, node.op_type), ())
+            for name in attributes:
+                attribute = node.attributes.get(name)
+                if attribute is None:
+                    continue
+                keys = attribute.value.numpy() if attribute.type == ir.AttributeType.TENSOR else attribute.value
+                keys = np.asarray([key.decode() if isinstance(key, bytes) else key for key in np.asarray(keys).ravel()])
+                if name == "classes_strings" and kind in "iu":
+                    keys = np.arange(len(keys))
+                if not keys.size:
+                    continue
+                if kind == "O" and all(isinstance(key, str) for key in keys):
+                    return keys.astype(object)
+                if kind != "O" and keys.dtype.kind in "iuf" and (kind == "f") == (keys.dtype.kind == "f"):
+                    return keys
     return None
+
+
+def _with_unknown(keys: np.ndarray) -> np.ndarray:
+    """``keys`` and one value that is none of them (its default's case)."""
+    if keys.dtype == object:
+        return np.concatenate([keys, [word for word in _WORDS if word not in set(keys)][:1]])
+    return np.concatenate([keys, [keys.max() + 1]])
 
 
 def _generate_tensor(
@@ -1949,8 +1980,8 @@ def _generate_tensor(
 
     dtype = value.dtype
     if dtype == ir.DataType.STRING:
-        keys = _string_keys(value)
-        return rng.choice(_WORDS if keys is None else np.concatenate([keys, _WORDS[:1]]), size=shape)
+        keys = _lookup_keys(value)
+        return rng.choice(_WORDS if keys is None else _with_unknown(keys), size=shape)
     numpy_dtype = dtype.numpy()
     convention = causal_masks(model).get(value.name) if len(shape) == 4 else None
     if convention is not None and shape[2] <= shape[3]:
@@ -1972,6 +2003,11 @@ def _generate_tensor(
     if dtype.is_integer():
         if _MASK_NAME.search(value.name):
             return _padding_mask(shape, numpy_dtype)
+        if (keys := _lookup_keys(value)) is not None and _indexes_nothing(value, dims, widest=widest):
+            # Codes an ai.onnx.ml lookup maps (to names, to other codes), indexing no table: drawn 0 or 1, as other
+            # integers, they were none of its keys, every row mapped to its default, and a rewrite that swapped two of
+            # its values verified.
+            return rng.choice(_with_unknown(keys), size=shape).astype(numpy_dtype)
         low = _index_low(value, dims, widest=widest)
         if _POSITION_NAME.search(value.name) and shape:
             # Positions count up from 0 (or the least that stays in the table), within the position table
@@ -2011,6 +2047,8 @@ def _generate_tensor(
             return encoded_mask(_padding_mask(shape, np.dtype(np.int8)) != 0, "additive", numpy_dtype)
         if _MASK_NAME.search(value.name):
             return _padding_mask(shape, numpy_dtype)
+        if (keys := _lookup_keys(value)) is not None:  # a LabelEncoder's float keys: normal draws are none of them
+            return rng.choice(_with_unknown(keys), size=shape).astype(numpy_dtype)
         return rng.standard_normal(shape).astype(numpy_dtype)
     raise InputSpecError(f"input '{value.name}' has type {dtype}, which graphopt cannot generate; {_WAYS_OUT}")
 
@@ -2045,8 +2083,11 @@ def _raw_data(value: ir.Value, dims: Mapping[str, int] | None = None, *, widest:
     """Whether integer input ``value`` holds raw data drawn over its type's whole range (``_RAW_DATA_TYPES``: pixels,
     audio samples; half of its elements, the others 0 or 1): of such a type, and indexing no table
     (``_index_bounds``)."""
-    if value.dtype not in _RAW_DATA_TYPES:
-        return False
+    return value.dtype in _RAW_DATA_TYPES and _indexes_nothing(value, dims, widest=widest)
+
+
+def _indexes_nothing(value: ir.Value, dims: Mapping[str, int] | None = None, *, widest: bool = False) -> bool:
+    """Whether integer input ``value`` indexes no table (``_index_bounds`` bounds none of its elements)."""
     whole, components, low, component_lows = _index_bounds(value, dims, widest=widest)
     return whole is None and not components and not low and not component_lows
 

@@ -565,20 +565,22 @@ def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto | None:
 def _nodes_out_of_order(proto: onnx.ModelProto) -> bool:
     """Whether a node of ``proto``'s graphs reads a value that a later node of its graph computes."""
 
-    def out_of_order(graph: onnx.GraphProto, outer: set[str]) -> bool:
-        computed = {name for node in graph.node for name in node.output}
+    def out_of_order(graph: onnx.GraphProto, outer: set[str], outer_computed: set[str]) -> bool:
+        # A subgraph may read an outer value a later node of an enclosing graph computes (an If's branch): the If
+        # is out of order as much as a node reading it directly (the checker refused such a model ONNX Runtime runs).
+        computed = outer_computed | {name for node in graph.node for name in node.output}
         known = outer | {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer}
         for node in graph.node:
             if any(name and name not in known and name in computed for name in node.input):
                 return True
             for attribute in node.attribute:
                 subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs
-                if any(out_of_order(subgraph, known) for subgraph in subgraphs):
+                if any(out_of_order(subgraph, known, computed) for subgraph in subgraphs):
                     return True
             known.update(node.output)
         return False
 
-    return out_of_order(proto.graph, set())
+    return out_of_order(proto.graph, set(), set())
 
 
 def _uses_unimported_contrib_domain(proto: onnx.ModelProto) -> bool:

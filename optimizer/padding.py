@@ -918,8 +918,9 @@ def padded_outputs(
         expected, actual = before.get(name), after.get(name)
         if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
             continue
-        # Integer outputs too (tags, token ids): their values there are as undefined, and count in max_error.
-        if expected.shape != actual.shape or expected.dtype.kind not in "fiub" or expected.ndim < 2:
+        # Integer outputs too (tags, token ids): their values there are as undefined, and count in max_error; and
+        # text (a tagger's labels per token, an object array of str): left out, its padding counted as agreement.
+        if expected.shape != actual.shape or expected.dtype.kind not in "fiubOUS" or expected.ndim < 2:
             continue
         if name in tail:
             mask = shaped.get((expected.shape[0], past + expected.shape[1]))

@@ -514,6 +514,9 @@ _SELECTS = (
     "TopK",
 )
 _AFFINE = ("Mul", "Div", "Add", "Sub")
+# Comparisons with a constant threshold (``probs > 0.5``, a multi-label classifier's labels): a saturated value stays on
+# its side however far its logit moves (missed, a class's logit moved by 5 verified where every value was 0.0 or 1.0).
+_THRESHOLDS = ("Greater", "GreaterOrEqual", "Less", "LessOrEqual")
 # How many nodes the walk back from one output looks through before it gives up (a Concat of many heads).
 _TAIL_NODES = 64
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
@@ -568,7 +571,8 @@ def _softmax_axis(head: ir.Node, opset: int) -> int:
 def _tail_inputs(node: ir.Node, value: ir.Value) -> list[ir.Value] | None:
     """The inputs of ``node`` (which computes ``value``) whose values reach ``value`` as they are, selected, or scaled
     or shifted by a constant (``_MOVES_ONLY``, ``_SELECTS``, ``_AFFINE``: the other input a constant; a ``Div``'s
-    numerator only), or that choose it (a ``NonMaxSuppression``'s scores), or compute it in a branch (an ``If``'s
+    numerator only), or multiplied together (both factors of a ``Mul``), or compared with a constant threshold
+    (``_THRESHOLDS``), or that choose it (a ``NonMaxSuppression``'s scores), or compute it in a branch (an ``If``'s
     branches' outputs of its place); None where ``node`` is none of those."""
     if not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None:
         return None
@@ -586,12 +590,16 @@ def _tail_inputs(node: ir.Node, value: ir.Value) -> list[ir.Value] | None:
             node.attributes[name].as_graph() for name in ("then_branch", "else_branch") if name in node.attributes
         ]
         return [branch.outputs[place] for branch in branches if place < len(branch.outputs)]
-    if node.op_type in _AFFINE and len(node.inputs) == 2 and node.inputs[1] is not None:
+    if node.op_type in (*_AFFINE, *_THRESHOLDS) and len(node.inputs) == 2 and node.inputs[1] is not None:
         sides = (0,) if node.op_type == "Div" else (0, 1)
         for side in sides:
             other = node.inputs[1 - side]
             if other is not None and ir.convenience.get_const_tensor(other) is not None:
                 return [node.inputs[side]]
+        if node.op_type == "Mul":
+            # A product of computed tensors, as a detector's confidence is, objectness times class scores: a
+            # saturated factor stays 0 or 1 however far its logit moves (missed, doubled logits verified).
+            return list(node.inputs)
     return None
 
 
