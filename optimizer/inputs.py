@@ -188,20 +188,31 @@ def _refuse_unsummed_cache_lengths(model: ir.Model, dims: Mapping[str, int]) -> 
     new tokens (the total alone is split between them, ``_with_cache_lengths``). Before, the past stayed at its
     default 128 (or the new tokens did) beside the bound mask, and ONNX Runtime refused the inputs, ``make-inputs``
     writing them all the same. The sum is held only where an output (the present cache) is as long as the mask: a
-    cache in a buffer of fixed size, longer than the mask, declares its present as long as its past."""
-    outputs = {
-        dim.value
-        for value in model.graph.outputs
-        if value.shape is not None
-        for dim in value.shape
-        if isinstance(dim, ir.SymbolicDim)
-    }
+    cache in a buffer of fixed size, longer than the mask, declares its present as long as its past. Nor where a
+    ``GroupQueryAttention`` reads the cache: ONNX Runtime GenAI's declares its present as long as the mask, yet runs a
+    shared buffer longer than it (a past of 16 beside a mask of 8, refused here until a later review in session 69). A
+    mask longer than its past and new tokens together is refused in any buffer."""
+    shared = any(node.domain == MS_DOMAIN and node.op_type == "GroupQueryAttention" for node in model.graph.all_nodes())
+    outputs = (
+        set()
+        if shared
+        else {
+            dim.value
+            for value in model.graph.outputs
+            if value.shape is not None
+            for dim in value.shape
+            if isinstance(dim, ir.SymbolicDim)
+        }
+    )
     for total, (past, sequence) in cache_length_dims(model).items():
         if total not in dims:
             continue
         given, summed = f"--dim {total}={dims[total]}", total in outputs
         if summed and past in dims and sequence in dims and dims[total] != dims[past] + dims[sequence]:
             wrong = f"is not {past}={dims[past]} plus {sequence}={dims[sequence]}"
+        elif past in dims and sequence in dims and dims[total] > dims[past] + dims[sequence]:
+            # Longer than its past and new tokens in any buffer, a fixed one or GroupQueryAttention's shared one.
+            wrong = f"is longer than {past}={dims[past]} plus {sequence}={dims[sequence]}"
         elif summed and past in dims and dims[total] <= dims[past]:
             wrong = f"leaves no new token beside {past}={dims[past]}"
         elif sequence in dims and dims[total] < dims[sequence]:
@@ -319,7 +330,9 @@ class GeneratedLengths:
         # A mask's length is its past plus its new tokens, two of which give the third: 512 for the mask and the past
         # beside --dim sequence=4 made inputs ONNX Runtime refused (``bind_dims`` refuses them now).
         for total, (past, sequence) in cache_length_dims(self.model).items():
-            if total in self.user_dims and (past in self.user_dims or sequence in self.user_dims):
+            if total in self.user_dims:
+                # The user's mask length fixes their sum: 512 for both beside --dim total_sequence=9 was refused as
+                # the user's own --dim ("is not past_sequence=512 plus sequence=512").
                 lengths.pop(past, None)
                 lengths.pop(sequence, None)
             elif past in {**lengths, **self.user_dims} and sequence in {**lengths, **self.user_dims}:
@@ -645,7 +658,10 @@ def _with_cache_lengths(
             if name not in fixed and name not in batches:
                 bound[name] = min(bound[name], max_positions)
     rows = max((size for name, size in bound.items() if name in batches), default=1)
-    for total, (past, sequence) in cache_length_dims(model).items():
+    # The masks' lengths given first: another mask's over the same past and new tokens (named apart) follows from what
+    # they give; summed before, it kept the defaults' 256 beside a given mask of 9, and ONNX Runtime refused them.
+    lengths = sorted(cache_length_dims(model).items(), key=lambda item: item[0] not in fixed)
+    for total, (past, sequence) in lengths:
         if total in fixed and past in bound and sequence in bound:
             # A mask's length given with one of its parts gives the other (``--dim total_sequence=9 --dim
             # sequence=4``: a past of 5, where the default 128 made inputs ONNX Runtime refused).
@@ -1245,16 +1261,19 @@ def check_inputs(
     # A tokenizer's [batch, length] mask for a decoder's 4-D one: made that, causal over it, with the prefill.
     flat = [name for name in causal_masks(model) if np.ndim(arrays.get(name)) == 2]
     if notes is not None and (missing or flat) and (prefill := prefill_of_text(model, arrays, missing + flat)):
-        text = sorted(set(arrays) - set(prefill))
+        negated = sorted(set(prefill) & set(arrays) - set(flat))  # a tokenizer's mask for one padding where true
+        text = sorted(set(arrays) - set(prefill) | set(negated))
         arrays = {**arrays, **prefill}
         missing = [name for name in required if name not in arrays]
         _add_note(
             notes,
             f"holds a decoder's token ids ({', '.join(text)}) without "
-            f"{', '.join(sorted(set(prefill) - set(flat)))}: fed as prefills, every cache empty, position ids "
-            "counted from the mask" + "".join(f", {name} made [batch, 1, length, length], causal" for name in flat),
+            f"{', '.join(sorted(set(prefill) - set(flat) - set(negated)))}: fed as prefills, every cache empty, "
+            "position ids counted from the mask"
+            + "".join(f", {name} made [batch, 1, length, length], causal" for name in flat)
+            + "".join(f", {name} negated (the model pads where it is true)" for name in negated),
         )
-    if notes is not None and (stepped := _decode_step_masks(model, arrays, flat)):
+    if notes is not None and (stepped := _decode_step_masks(model, arrays, flat, source)):
         arrays = {**arrays, **stepped}
         _add_note(
             notes,
@@ -1367,28 +1386,40 @@ def _refuse_float_text_mask(model: ir.Model, arrays: Mapping[str, np.ndarray], s
     )
 
 
-def _decode_step_masks(model: ir.Model, arrays: Mapping[str, np.ndarray], flat: Sequence[str]) -> dict[str, np.ndarray]:
+def _decode_step_masks(
+    model: ir.Model, arrays: Mapping[str, np.ndarray], flat: Sequence[str], source: str
+) -> dict[str, np.ndarray]:
     """The 4-D masks ``[batch, 1, new, past + new]`` (``optimizer.padding.causal_mask``, in the graph's convention) for
     the masks ``flat`` of a decoder (``causal_masks``) that ``arrays`` hold as a tokenizer's ``[batch, past + new]`` of
     0/1 beside ``new`` token ids a row and their caches (a real decode step, which ``prefill_of_text`` does not take:
-    its caches are given). Such a step was refused with the mask's dtype or rank, as if the mask were wrong."""
+    its caches are given; an empty past too). Such a step was refused with the mask's dtype or rank, as if the mask
+    were wrong. ``InputSpecError`` where such a mask's length is not past + new (made 4-D all the same, ONNX Runtime
+    refused it in a broadcast of the scores)."""
     from optimizer.generation import recognise_causal_lm  # generation imports this module
     from optimizer.padding import causal_mask, causal_masks  # lazily: a pass imported alone loads no padding
 
     lm = recognise_causal_lm(model) if flat else None
     if lm is None or isinstance(lm, str) or np.ndim(arrays.get(lm.input_ids)) != 2:
         return {}
-    if any(pair.past not in arrays for pair in lm.cache):
+    if not lm.cache or any(pair.past not in arrays for pair in lm.cache):
         return {}  # text without its caches: ``prefill_of_text``'s
     batch, new = np.shape(arrays[lm.input_ids])
+    if np.ndim(arrays[lm.cache[0].past]) <= lm.cache[0].sequence_axis:
+        return {}  # a cache of another rank: refused as such
+    past = np.shape(arrays[lm.cache[0].past])[lm.cache[0].sequence_axis]
     conventions = causal_masks(model)
     made = {}
     for name in flat:
         mask, value = np.asarray(arrays[name]), next(v for v in model.graph.inputs if v.name == name)
-        if mask.ndim != 2 or mask.shape[0] != batch or mask.shape[1] <= new or mask.dtype.kind not in "biu":
+        if mask.ndim != 2 or mask.shape[0] != batch or mask.dtype.kind not in "biu":
             continue
         if value.dtype is None or not np.isin(mask, (0, 1)).all():
             continue
+        if mask.shape[1] != past + new:
+            raise InputSpecError(
+                f"{source}: '{name}' holds {mask.shape[1]} positions a row, where the {past} cached and {new} new "
+                f"tokens make {past + new}: a decoder's [batch, past + new] mask spans both"
+            )
         made[name] = causal_mask(mask != 0, new, conventions[name], value.dtype.numpy())
     return made
 
@@ -1452,7 +1483,8 @@ def prefill_of_text(
     not) to run it as a prefill: every cache empty, the mask ones where not given, position ids counted from it (as
     ``compare --generate`` feeds text). None unless those are all that is missing: a tokenizer's output is what a
     user holds (README's ``--quantize int4 --calibration text.npz`` was refused for its position ids). The mask is
-    integers or booleans, or floats of 0 and 1 where the model's own mask is float (``is_text_mask``)."""
+    integers or booleans, or floats of 0 and 1 where the model's own mask is float (``is_text_mask``). A given
+    mask is a tokenizer's, 1 where a token attends, whatever the model's convention."""
     from optimizer.generation import positions_from_mask, recognise_causal_lm  # generation imports this module
 
     lm = recognise_causal_lm(model)
@@ -1466,7 +1498,9 @@ def prefill_of_text(
     if ids.ndim != 2 or mask.shape != ids.shape or not is_text_mask(mask, lm):
         return None
     filled = {pair.past: pair.empty(len(ids)) for pair in lm.cache}
-    if lm.attention_mask in missing:
+    if lm.attention_mask in missing or lm.mask_pads:
+        # Text's mask is a tokenizer's (1 attends), as compare's held-out text reads it: negated for a model that pads
+        # where it is true (``mask_pads``; fed as given, every real position was padded).
         filled[lm.attention_mask] = lm.mask_feed(mask, ids.shape[1])
     if lm.position_ids in missing:
         filled[lm.position_ids] = positions_from_mask(mask, ids.shape[1]).astype(lm.positions_dtype)

@@ -804,7 +804,7 @@ def _causal_lms(
     batches: Sequence[int] = (1,),
 ) -> tuple[CausalLM, CausalLM]:
     """Both models as causal LMs with a KV cache, fed alike, at each of ``batches``; ``InputSpecError`` with the
-    reason otherwise."""
+    reason otherwise. AFTER's mask is fed in BEFORE's convention (``CausalLM.mask_pads``), whatever ops read it."""
     found = []
     for path, model in ((before_path, before), (after_path, after)):
         lm = recognise_causal_lm(model)
@@ -815,6 +815,10 @@ def _causal_lms(
     # Pairs matched by shape alone are paired by a step on ONNX Runtime first (``_same_feeding``).
     by_name = all(pair.matched_by == "name" for lm in found for pair in lm.cache)
     _same_feeding(found[0], found[1], presents=by_name)
+    if found[1].mask_dtype == found[0].mask_dtype and found[1].mask_pads != found[0].mask_pads:
+        # One mask, one meaning: an AFTER whose graph reads it through ops ``pads_where_true`` does not follow (``1 -
+        # mask`` for BEFORE's ``Not(mask)``) was fed its negation, and two equal models' generations compared apart.
+        found[1] = dataclasses.replace(found[1], mask_pads=found[0].mask_pads)
     return found[0], found[1]
 
 
