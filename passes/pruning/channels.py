@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
-from passes._utils import constant_array
+from passes._utils import weight_array
 from passes.pruning._base import PruningPass
 from passes.pruning._groups import ChannelGroup, Cut, outside_reader, shared_constant, trace_operands
 
@@ -60,7 +60,7 @@ def channel_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]
         if not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None or node.inputs[0].producer() is None:
             continue
         if node.op_type == "Conv" and node.attributes.get_int("group", 1) == 1:
-            weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+            weight = weight_array(node.inputs[1]) if len(node.inputs) > 1 else None
             if weight is None or weight.ndim < 3:
                 continue
             found = _group(node, weight.shape[1], node.inputs[0], [])
@@ -79,7 +79,7 @@ def channel_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]
 
 def _classifier_group(consumer: ir.Node) -> ChannelGroup | str | None:
     """The group of a Gemm/MatMul reading globally pooled channels; None if its input is not such a pooling."""
-    weight = constant_array(consumer.inputs[1]) if len(consumer.inputs) > 1 else None
+    weight = weight_array(consumer.inputs[1]) if len(consumer.inputs) > 1 else None
     if weight is None or weight.ndim != 2:
         return None
     if consumer.op_type == "Gemm" and consumer.attributes.get_int("transA", 0):
@@ -117,7 +117,7 @@ def _flattening(node: ir.Node, channels: int, shape_constants: list) -> str | No
     if node.op_type == "Squeeze":
         axes = _axes(node)
         return None if axes is not None and sorted(a % 4 for a in axes) == [2, 3] else ""
-    target = constant_array(node.inputs[1])
+    target = weight_array(node.inputs[1])
     if target is None or target.ndim != 1 or target.size != 2:
         return ""
     if node.attributes.get_int("allowzero", 0) and 0 in target:
@@ -145,7 +145,7 @@ def _global_pooling(node: ir.Node) -> bool:
 def _axes(node: ir.Node) -> list[int] | None:
     """The constant ``axes`` of a Squeeze or Reduce op (an input since opsets 13/18, an attribute before)."""
     if len(node.inputs) > 1 and node.inputs[1] is not None:
-        axes = constant_array(node.inputs[1])
+        axes = weight_array(node.inputs[1])
         return None if axes is None else [int(a) for a in np.ravel(axes)]
     attribute = node.attributes.get("axes")
     return None if attribute is None else [int(a) for a in attribute.value]
@@ -167,14 +167,14 @@ def _group(consumer: ir.Node, channels: int, start: ir.Value, route: list[ir.Nod
         if node is None:
             return None  # the image itself
         if node.op_type == "Conv" and is_onnx_domain(node):
-            weight = constant_array(node.inputs[1])
+            weight = weight_array(node.inputs[1])
             if weight is None or weight.shape[0] != channels:
                 return f"{node.name}: a Conv without a constant weight of {channels} output channels"
             region[id(node)] = node
             group.producers.append(Cut(node, 1, 0))
             has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
             if has_bias:
-                if constant_array(node.inputs[2]) is None:
+                if weight_array(node.inputs[2]) is None:
                     return f"{node.name}: bias is not a constant"
                 group.vectors.append(Cut(node, 2, 0))
             depthwise = node.attributes.get_int("group", 1)
@@ -238,8 +238,8 @@ def _reaches_a_conv(node: ir.Node, depth: int = 8) -> bool:
 
 def _spatial_padding(pad: ir.Node) -> str | None:
     """Why a Pad is not per-channel: it must pad only H and W, with zeros (TF-style "same" padding)."""
-    pads = constant_array(pad.inputs[1]) if len(pad.inputs) > 1 and pad.inputs[1] is not None else None
-    value = constant_array(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] is not None else None
+    pads = weight_array(pad.inputs[1]) if len(pad.inputs) > 1 and pad.inputs[1] is not None else None
+    value = weight_array(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] is not None else None
     axes = pad.inputs[3] if len(pad.inputs) > 3 else None
     mode = pad.attributes.get_string("mode", "constant")
     if pads is None or pads.size != 8 or axes is not None or mode != "constant":
@@ -331,7 +331,7 @@ class ChannelPruningPass(PruningPass):
             return None
         total = 0.0
         for cut in [*group.producers, *group.vectors, group.consumer_cut]:
-            array = constant_array(cut.node.inputs[cut.slot])
+            array = weight_array(cut.node.inputs[cut.slot])
             axis = cut.axis % array.ndim
             if array.shape[axis] == 1:  # broadcast: nothing cut
                 continue

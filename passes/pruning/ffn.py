@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
-from passes._utils import constant_array
+from passes._utils import weight_array
 from passes.pruning._base import PruningPass
 from passes.pruning._groups import (
     ChannelGroup,
@@ -42,7 +42,7 @@ def ffn_groups(graph: ir.Graph) -> tuple[list[ChannelGroup], dict[str, str]]:
     for node in graph:
         if node.op_type not in ("MatMul", "Gemm") or not is_onnx_domain(node):
             continue
-        weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        weight = weight_array(node.inputs[1]) if len(node.inputs) > 1 else None
         if weight is None or weight.ndim != 2 or node.inputs[0].producer() is None:
             continue
         if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
@@ -120,7 +120,7 @@ def _up_projection(value: ir.Value, channels: int) -> bool:
     node = value.producer()
     if _projection(node, channels) is not None:
         return True
-    weight = constant_array(node.inputs[1]) if node.op_type in ("MatMul", "Gemm") and len(node.inputs) > 1 else None
+    weight = weight_array(node.inputs[1]) if node.op_type in ("MatMul", "Gemm") and len(node.inputs) > 1 else None
     if not is_onnx_domain(node) or weight is None or weight.ndim != 2:
         return False
     width = weight.shape[0 if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) else 1]
@@ -173,7 +173,7 @@ def _projection(node: ir.Node, channels: int) -> list[Cut] | None:
     """The cuts of a MatMul/Gemm producing ``channels`` outputs from a constant weight, or None."""
     if node.op_type not in ("MatMul", "Gemm") or not is_onnx_domain(node) or len(node.inputs) < 2:
         return None
-    weight = constant_array(node.inputs[1])
+    weight = weight_array(node.inputs[1])
     if weight is None or weight.ndim != 2:
         return None
     transposed = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
@@ -182,7 +182,7 @@ def _projection(node: ir.Node, channels: int) -> list[Cut] | None:
         return None
     cuts = [Cut(node, 1, axis)]
     if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
-        bias = constant_array(node.inputs[2])
+        bias = weight_array(node.inputs[2])
         if bias is None or bias.size != channels:
             return None
         cuts.append(Cut(node, 2, -1))

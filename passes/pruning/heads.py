@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
-from passes._utils import constant_array
+from passes._utils import weight_array
 from passes.pruning._base import PruningPass
 from passes.pruning._groups import ChannelGroup, Cut, shared_constant, width_last_reshape_target, width_reader
 
@@ -83,7 +83,7 @@ def _output_projection(node: ir.Node, hidden: int) -> tuple[ir.Node, list, list[
         reshapes.append((user, *target))
         value = user.outputs[0]
         values.append(value)
-    weight = constant_array(user.inputs[1]) if len(user.inputs) > 1 else None
+    weight = weight_array(user.inputs[1]) if len(user.inputs) > 1 else None
     transposed = user.op_type == "Gemm" and user.attributes.get_int("transB", 0)
     if user.op_type not in ("MatMul", "Gemm") or weight is None or weight.ndim != 2:
         return "its output does not reach a MatMul/Gemm with a constant weight"
@@ -93,7 +93,7 @@ def _output_projection(node: ir.Node, hidden: int) -> tuple[ir.Node, list, list[
 
 
 def _attention(node: ir.Node) -> ChannelGroup | str:
-    weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    weight = weight_array(node.inputs[1]) if len(node.inputs) > 1 else None
     heads = node.attributes.get_int("num_heads", 0)
     if weight is None or weight.ndim != 2 or weight.shape[1] % 3 or heads < 2:
         return "no constant packed QKV weight or a single head"
@@ -115,7 +115,7 @@ def _attention(node: ir.Node) -> ChannelGroup | str:
     group.values, group.shape_constants = values, reshapes
     group.producers.append(Cut(node, 1, 1, blocks=3))
     if len(node.inputs) > 2 and node.inputs[2] is not None:
-        if constant_array(node.inputs[2]) is None:
+        if weight_array(node.inputs[2]) is None:
             return "bias is not a constant"
         group.vectors.append(Cut(node, 2, 0, blocks=3))
     # Attention's default scale is 1/sqrt(head_size), unchanged by pruning heads.
@@ -147,7 +147,7 @@ def _multi_head(node: ir.Node) -> ChannelGroup | str:
     query = _projection(inputs[0], heads)
     if isinstance(query, str):
         return query
-    hidden = constant_array(query[0][0].node.inputs[1]).shape[1]
+    hidden = weight_array(query[0][0].node.inputs[1]).shape[1]
     head_size = hidden // heads
     keys_values = [_projection(value, heads) for value in inputs[1:3]]
     repeated = None
@@ -159,7 +159,7 @@ def _multi_head(node: ir.Node) -> ChannelGroup | str:
         if len({found.kv_heads for found in repeated}) != 1:
             return "key and value repeat different numbers of heads"
     else:
-        widths = [constant_array(cuts[0].node.inputs[1]).shape[1] for cuts, _ in keys_values]
+        widths = [weight_array(cuts[0].node.inputs[1]).shape[1] for cuts, _ in keys_values]
         if any(width != hidden for width in widths):
             return "key/value projections narrower than the query without a recognized head repetition"
     projection = _output_projection(node, hidden)
@@ -174,7 +174,7 @@ def _multi_head(node: ir.Node) -> ChannelGroup | str:
         if bias is not None:
             # The packed Q/K/V bias ONNX Runtime's transformers optimizer writes (its MatMuls then have none):
             # three blocks of the width, cut as packed Attention's bias is.
-            array = constant_array(bias)
+            array = weight_array(bias)
             if array is None or array.shape != (3 * hidden,):
                 return "a query/key/value bias that is not a constant [3 × width]"
             group.vectors.append(Cut(node, 3, 0, blocks=3))
@@ -226,7 +226,7 @@ class _Repeated:
 
     def count_entries(self, per_group: int) -> list[tuple[ir.Node, int, int, int]]:
         entries = [(self.expand, 1, 1, 1), (self.merge, 1, 1, per_group)]
-        split = constant_array(self.split.inputs[1])
+        split = weight_array(self.split.inputs[1])
         if split[2] == self.kv_heads:
             entries.append((self.split, 1, 2, 1))
         return entries
@@ -237,7 +237,7 @@ def _repeated_projection(value: ir.Value, heads: int, head_size: int) -> _Repeat
     merge = value.producer()
     if merge is None or merge.op_type != "Reshape" or len(value.uses()) != 1:
         return refusal
-    target = constant_array(merge.inputs[1])
+    target = weight_array(merge.inputs[1])
     if target is None or target.tolist()[1:2] != [heads] or target.size != 4:
         return refusal
     expand = merge.inputs[0].producer()
@@ -246,8 +246,8 @@ def _repeated_projection(value: ir.Value, heads: int, head_size: int) -> _Repeat
     split = transpose.inputs[0].producer() if transpose is not None and transpose.op_type == "Transpose" else None
     if split is None or split.op_type != "Reshape":
         return refusal
-    shape, split_shape = constant_array(expand.inputs[1]), constant_array(split.inputs[1])
-    axes = constant_array(unsqueeze.inputs[1]) if len(unsqueeze.inputs) > 1 else None
+    shape, split_shape = weight_array(expand.inputs[1]), weight_array(split.inputs[1])
+    axes = weight_array(unsqueeze.inputs[1]) if len(unsqueeze.inputs) > 1 else None
     if shape is None or split_shape is None or shape.size != 5 or split_shape.size != 4 or axes is None:
         return refusal
     kv_heads = int(shape[1])
@@ -262,7 +262,7 @@ def _repeated_projection(value: ir.Value, heads: int, head_size: int) -> _Repeat
     if isinstance(found, str):
         return found
     cuts, rotary = found
-    if constant_array(cuts[0].node.inputs[1]).shape[1] != kv_heads * head_size:
+    if weight_array(cuts[0].node.inputs[1]).shape[1] != kv_heads * head_size:
         return refusal
     return _Repeated(cuts, rotary, kv_heads, split, expand, merge, [*chain, value])
 
@@ -279,7 +279,7 @@ def _projection(value: ir.Value, heads: int) -> tuple[list[Cut], ir.Node | None]
     cuts = []
     if node is not None and node.op_type == "Add" and len(value.uses()) == 1:
         for slot in (0, 1):
-            bias = constant_array(node.inputs[slot])
+            bias = weight_array(node.inputs[slot])
             if bias is not None and bias.ndim == 1:
                 cuts.append(Cut(node, slot, -1))
                 value = node.inputs[1 - slot]
@@ -287,7 +287,7 @@ def _projection(value: ir.Value, heads: int) -> tuple[list[Cut], ir.Node | None]
                 break
     if node is None or node.op_type != "MatMul" or len(value.uses()) != 1:
         return "query, key or value is not a projection used once"
-    weight = constant_array(node.inputs[1])
+    weight = weight_array(node.inputs[1])
     if weight is None or weight.ndim != 2 or weight.shape[1] % heads:
         return "a projection weight that is not a constant split evenly into heads"
     return [Cut(node, 1, 1), *cuts], rotary

@@ -16,7 +16,7 @@ from optimizer.domains import onnx_opset
 from optimizer.inputs import holds_samples, samples_in
 from optimizer.qdq_rewrites import float_layer_behind_dequantize, moves_dequantized
 from passes._layers import Layer, bias_add, find_layers
-from passes._utils import add_initializer, constant_array, remove_dead_nodes, unique_name
+from passes._utils import add_initializer, constant_array, remove_dead_nodes, unique_name, weight_array
 from passes.quantization import calibration
 from passes.quantization._attention import folded_weights, replace_with_qattention
 from passes.quantization._base import QuantizationPass, optimistic_figure
@@ -487,7 +487,9 @@ def _keep_float_layers_float(graph: ir.Graph) -> list[ir.Node]:
         point = constant_array(source.inputs[2]) if has_point else None
         if scale is None or (has_point and point is None):
             continue
-        axis, channels = _channel_axis(node, constant_array(node.inputs[1]).shape)
+        if (weight := weight_array(node.inputs[1])) is None:
+            continue
+        axis, channels = _channel_axis(node, weight.shape)
         if channels < 2:  # one channel's scale would be a single one again: repeat it along another axis
             axis, channels = _wide_axis(node.inputs[0].shape)
         if channels < 2:
