@@ -1261,17 +1261,24 @@ def check_inputs(
     # A tokenizer's [batch, length] mask for a decoder's 4-D one: made that, causal over it, with the prefill.
     flat = [name for name in causal_masks(model) if np.ndim(arrays.get(name)) == 2]
     if notes is not None and (missing or flat) and (prefill := prefill_of_text(model, arrays, missing + flat)):
-        negated = sorted(set(prefill) & set(arrays) - set(flat))  # a tokenizer's mask for one padding where true
-        text = sorted(set(arrays) - set(prefill) | set(negated))
+        from optimizer.generation import recognise_causal_lm  # generation imports this module
+
+        lm = recognise_causal_lm(model)
+        filled = sorted(set(prefill) - set(arrays) - set(flat))
+        mended = []
+        if lm.input_ids in prefill:
+            mended.append("each row's tokens moved to its start (the model reads its mask as each row's length)")
+        if lm.mask_pads and lm.attention_mask in arrays:
+            mended.append(f"{lm.attention_mask} negated (1 attends; the graph reads true as padding)")
+        text = sorted(set(arrays) - set(flat))
         arrays = {**arrays, **prefill}
         missing = [name for name in required if name not in arrays]
         _add_note(
             notes,
-            f"holds a decoder's token ids ({', '.join(text)}) without "
-            f"{', '.join(sorted(set(prefill) - set(flat) - set(negated)))}: fed as prefills, every cache empty, "
-            "position ids counted from the mask"
+            f"holds a decoder's token ids ({', '.join(text)}) without {', '.join(filled)}: fed as prefills, every "
+            "cache empty, position ids counted from the mask"
             + "".join(f", {name} made [batch, 1, length, length], causal" for name in flat)
-            + "".join(f", {name} negated (the model pads where it is true)" for name in negated),
+            + "".join(f", {what}" for what in mended),
         )
     if notes is not None and (stepped := _decode_step_masks(model, arrays, flat, source)):
         arrays = {**arrays, **stepped}
@@ -1483,8 +1490,10 @@ def prefill_of_text(
     not) to run it as a prefill: every cache empty, the mask ones where not given, position ids counted from it (as
     ``compare --generate`` feeds text). None unless those are all that is missing: a tokenizer's output is what a
     user holds (README's ``--quantize int4 --calibration text.npz`` was refused for its position ids). The mask is
-    integers or booleans, or floats of 0 and 1 where the model's own mask is float (``is_text_mask``). A given
-    mask is a tokenizer's, 1 where a token attends, whatever the model's convention."""
+    integers or booleans, or floats of 0 and 1 where the model's own mask is float (``is_text_mask``), 1 attending (a
+    tokenizer's, whatever the model's convention): a given one is returned negated where the graph reads its mask as
+    padding where true (``CausalLM.mask_pads``), and with the ids, each row's tokens moved to its start, where it
+    reads the mask as each row's length (``padding`` "right")."""
     from optimizer.generation import positions_from_mask, recognise_causal_lm  # generation imports this module
 
     lm = recognise_causal_lm(model)
@@ -1498,9 +1507,19 @@ def prefill_of_text(
     if ids.ndim != 2 or mask.shape != ids.shape or not is_text_mask(mask, lm):
         return None
     filled = {pair.past: pair.empty(len(ids)) for pair in lm.cache}
-    if lm.attention_mask in missing or lm.mask_pads:
-        # Text's mask is a tokenizer's (1 attends), as compare's held-out text reads it: negated for a model that pads
-        # where it is true (``mask_pads``; fed as given, every real position was padded).
+    starts = (mask != 0).argmax(axis=1) if lm.padding == "right" and given is not None else np.zeros(len(ids), int)
+    if starts.any():
+        # A model that reads its mask only as each row's length (GenAI's ``seqlens_k``) read a left-padded row's pads
+        # as its first tokens and its last tokens as padding: each row's tokens moved to its start, as ``--generate``
+        # feeds them.
+        ids, mask = (
+            np.stack([np.roll(row, -int(start)) for row, start in zip(array, starts, strict=True)])
+            for array in (ids, mask)
+        )
+        filled[lm.input_ids] = ids
+    # A given mask too where the graph reads it as padding where true: text's mask is a tokenizer's (1 attends), as
+    # the positions below and ``--generate`` read it; cast as given, it padded every real token and attended to pads.
+    if lm.attention_mask in missing or (given is not None and (lm.mask_pads or starts.any())):
         filled[lm.attention_mask] = lm.mask_feed(mask, ids.shape[1])
     if lm.position_ids in missing:
         filled[lm.position_ids] = positions_from_mask(mask, ids.shape[1]).astype(lm.positions_dtype)
@@ -4343,9 +4362,10 @@ def write_input_skeleton(
     tries (``GeneratedLengths``: shorter, then 512 and 2,048 along the free dims; a speech front end's STFT
     needs more than 128 samples). Token ids are small valid ids (inside the embedding table they index),
     attention masks ones, position ids 0, 1, 2... (on from the past's length over a key/value cache), token
-    type ids zeros, inputs read as sizes or axes the values verification finds ONNX Runtime accepts, other
-    numbers zeros. The file is a template to overwrite with real data: it runs (or the line says ONNX Runtime
-    refused it at every length tried), but says nothing about accuracy. Raises ``InputSpecError`` where
+    type ids zeros, per-row lengths (``waveforms_lens``) each row's whole length, inputs read as sizes or axes the
+    values verification finds ONNX Runtime accepts, other numbers zeros. The file is a template to overwrite with
+    real data: it runs (or the line says ONNX Runtime refused it at every length tried), but says nothing about
+    accuracy. Raises ``InputSpecError`` where
     generation does (an input of no shape).
     """
     from optimizer.model_io import load_model, write_atomically
@@ -4357,7 +4377,7 @@ def write_input_skeleton(
         bound = lengths.binding()
         # make_inputs' own check names --inputs and --no-verify, which make-inputs does not take.
         refuse_oversized(model, [bound], what="the inputs", ways_out="bind smaller sizes with --dim NAME=SIZE")
-        arrays, described = _skeleton_arrays(model, make_inputs(model, bound))
+        arrays, described = _skeleton_arrays(model, make_inputs(model, bound), bound)
         try:
             run_model(model, arrays)
             refused = ""
@@ -4385,8 +4405,13 @@ def write_input_skeleton(
 _CONVENTION_WORDS = {"additive": "0 attends", "pads": "true pads", "attends": "1 attends"}
 
 
-def _skeleton_arrays(model: ir.Model, generated: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The skeleton's arrays from generated inputs (``_skeleton_value``), and the words describing each."""
+def _skeleton_arrays(
+    model: ir.Model, generated: Mapping[str, Any], dims: Mapping[str, int]
+) -> tuple[dict[str, Any], list[str]]:
+    """The skeleton's arrays from generated inputs (``_skeleton_value``) at ``dims``, and the words describing each.
+    A per-row lengths input (``_row_length``: ``waveforms_lens``) keeps the generated lengths, each row whole: written
+    as zeros until a review in session 69, every frame of a speech front end was masked, its outputs zeros, on a
+    template whose audio a user filled in."""
     from optimizer.padding import (  # lazily: a pass imported alone loads no padding
         causal_mask,
         causal_masks,
@@ -4413,6 +4438,8 @@ def _skeleton_arrays(model: ir.Model, generated: Mapping[str, Any]) -> tuple[dic
             rows, _, new, total = np.shape(array)
             arrays[value.name] = key_mask(np.ones((rows, total), bool), new, keys[value.name], np.asarray(array).dtype)
             what = f" ({_CONVENTION_WORDS[keys[value.name]]}, no position padded)"
+        elif _row_length(model, value, dims) is not None:
+            what = " lengths (each row whole)"
         else:
             arrays[value.name], what = _skeleton_value(value, np.asarray(array))
         a = arrays[value.name]
