@@ -22,8 +22,8 @@ types are), and other integers that index nothing are 0 or 1.
 Strings are short words, or, for a string input that a lookup of ``ai.onnx.ml`` reads (``LabelEncoder``,
 ``CategoryMapper``, ``OneHotEncoder``), mostly that lookup's own keys (``_lookup_keys``: a model that reads
 single letters maps every word to its default, and every row's outputs would be the same; so are integer and
-float inputs such a lookup maps, which 0 or 1 and normal draws miss as well, and the tokens a ``TfIdfVectorizer``
-counts, from its pool); a sequence holds
+float inputs such a lookup maps, which 0 or 1 and normal draws miss as well, through a ``Cast`` or column by column,
+and the tokens a ``TfIdfVectorizer`` counts, from its pool); a sequence holds
 ``SEQUENCE_LENGTH`` generated tensors; an optional input is given (not empty).
 
 Inputs whose *values* the model reads as sizes, axes, counts or parameters (a
@@ -1970,36 +1970,86 @@ _LOOKUP_KEY_ATTRIBUTES = {
 _KEY_MOVES = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose")
 
 
-def _lookup_keys(value: ir.Value) -> np.ndarray | None:
-    """The keys a lookup reading ``value`` (``_LOOKUP_KEY_ATTRIBUTES``; directly, or through ops that only move its
-    elements) knows, of ``value``'s kind (strings as an object array, integers, floats), or None where none reads it. A
-    LabelEncoder of opset 1 maps an integer to its ``classes_strings`` entry: its keys are their positions."""
+def _lookup_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.ndarray, bool]]:
+    """The lookups reading ``value`` (``_LOOKUP_KEY_ATTRIBUTES``; directly, through ops that only move its elements or
+    a ``Cast``, or some columns of a 2-D ``value``, taken by an ``ArrayFeatureExtractor`` or a ``Gather`` of one
+    constant index along axis 1, as skl2onnx's ``ColumnTransformer`` and ``OneHotEncoder`` take them), each as the
+    columns of ``value`` it reads (None: all of it), the keys it knows of ``value``'s kind (strings as an object array,
+    integers, floats) and whether a value none of them may be drawn. A LabelEncoder of opset 1 maps an integer to its
+    ``classes_strings`` entry: its keys are their positions. Behind a ``Cast`` (int32 codes, or a float column, cast to
+    the int64 an ``ai.onnx.ml`` lookup takes, as skl2onnx writes them: missed, every row mapped to the default and a
+    swapped code table verified), the keys of another kind that ``value``'s type holds exactly. A ``OneHotEncoder`` of
+    ``zeros=0`` (scikit-learn's ``handle_unknown="error"``) fails on a value none of its cats: none is drawn for it
+    (one was, and ONNX Runtime refused every generated input of such a pipeline); nor are its columns drawn from another
+    column's cats (skl2onnx gives each column its own encoder: drawn from the first one's, the others failed)."""
     kind = "O" if value.dtype == ir.DataType.STRING else value.dtype.numpy().kind
-    pending, seen = [value], set()
+    found: list[tuple[tuple[int, ...] | None, np.ndarray, bool]] = []
+    # Each value reached, the columns of ``value`` it holds (None: all, as they are), whether a Cast was passed, and
+    # whether its columns are still ``value``'s (not moved by a Reshape or Transpose).
+    pending: list[tuple[ir.Value, tuple[int, ...] | None, bool, bool]] = [(value, None, False, True)]
+    seen: set[int] = set()
     while pending:
-        current = pending.pop()
-        for node, _ in current.uses():
+        current, columns, cast, columnar = pending.pop()
+        for node, index in current.uses():
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            if is_onnx_domain(node) and node.op_type in _KEY_MOVES:
-                pending.extend(node.outputs[:1])
+            if is_onnx_domain(node) and (node.op_type in _KEY_MOVES or (node.op_type == "Cast" and kind != "O")):
+                kept = columnar and node.op_type in ("Identity", "Cast")
+                pending.append((node.outputs[0], columns, cast or node.op_type == "Cast", kept))
                 continue
-            attributes = _LOOKUP_KEY_ATTRIBUTES.get(("" if is_onnx_domain(node) else node.domain, node.op_type), ())
-            for name in attributes:
-                attribute = node.attributes.get(name)
-                if attribute is None:
-                    continue
-                keys = attribute.value.numpy() if attribute.type == ir.AttributeType.TENSOR else attribute.value
-                keys = np.asarray([key.decode() if isinstance(key, bytes) else key for key in np.asarray(keys).ravel()])
-                if name == "classes_strings" and kind in "iu":
-                    keys = np.arange(len(keys))
-                if not keys.size:
-                    continue
-                if kind == "O" and all(isinstance(key, str) for key in keys):
-                    return keys.astype(object)
-                if kind != "O" and keys.dtype.kind in "iuf" and (kind == "f") == (keys.dtype.kind == "f"):
-                    return keys
+            if index == 0 and columnar and (picked := _picked_columns(node)) is not None:
+                if columns is None or all(-len(columns) <= column < len(columns) for column in picked):
+                    picked = picked if columns is None else tuple(columns[column] for column in picked)
+                    pending.append((node.outputs[0], picked, cast, True))
+                continue
+            keys = _keys_of(node, kind, value, cast)
+            if keys is not None:
+                unknown = node.op_type != "OneHotEncoder" or node.attributes.get_int("zeros", 1) != 0
+                found.append((columns, keys, unknown))
+    return found
+
+
+def _picked_columns(node: ir.Node) -> tuple[int, ...] | None:
+    """The columns ``node`` takes of its 2-D data (input 0) by constant indices: an ``ArrayFeatureExtractor``'s, or a
+    ``Gather``'s one index along axis 1; else None."""
+    data = node.inputs[0] if node.inputs else None
+    rank = data.shape.rank() if data is not None and data.shape is not None else None
+    if len(node.inputs) < 2 or node.inputs[1] is None or rank not in (2, None):
+        return None
+    if node.domain == "ai.onnx.ml" and node.op_type == "ArrayFeatureExtractor":
+        taken = ir.convenience.get_const_tensor(node.inputs[1])
+        return tuple(int(column) for column in taken.numpy().reshape(-1)) if taken is not None else None
+    if not is_onnx_domain(node) or node.op_type != "Gather" or node.attributes.get_int("axis", 0) not in (1, -1):
+        return None
+    if node.attributes.get_int("axis", 0) == -1 and rank is None:
+        return None
+    taken = ir.convenience.get_const_tensor(node.inputs[1])
+    return (int(taken.numpy().reshape(-1)[0]),) if taken is not None and taken.numpy().size == 1 else None
+
+
+def _keys_of(node: ir.Node, kind: str, value: ir.Value, cast: bool) -> np.ndarray | None:
+    """The keys lookup ``node`` (``_LOOKUP_KEY_ATTRIBUTES``) knows of ``kind`` (``_lookup_keys``), or None."""
+    attributes = _LOOKUP_KEY_ATTRIBUTES.get(("" if is_onnx_domain(node) else node.domain, node.op_type), ())
+    for name in attributes:
+        attribute = node.attributes.get(name)
+        if attribute is None:
+            continue
+        keys = attribute.value.numpy() if attribute.type == ir.AttributeType.TENSOR else attribute.value
+        keys = np.asarray([key.decode() if isinstance(key, bytes) else key for key in np.asarray(keys).ravel()])
+        if name == "classes_strings" and kind in "iu":
+            keys = np.arange(len(keys))
+        if not keys.size:
+            continue
+        if kind == "O" and all(isinstance(key, str) for key in keys):
+            return keys.astype(object)
+        if kind != "O" and keys.dtype.kind in "iuf" and cast:
+            with np.errstate(invalid="ignore", over="ignore"):
+                keys = keys[keys.astype(value.dtype.numpy()) == keys]
+            if keys.size:
+                return keys
+        elif kind != "O" and keys.dtype.kind in "iuf" and (kind == "f") == (keys.dtype.kind == "f"):
+            return keys
     return None
 
 
@@ -2008,6 +2058,24 @@ def _with_unknown(keys: np.ndarray) -> np.ndarray:
     if keys.dtype == object:
         return np.concatenate([keys, [word for word in _WORDS if word not in set(keys)][:1]])
     return np.concatenate([keys, [keys.max() + 1]])
+
+
+def _drawn_from_keys(
+    lookups: Sequence[tuple[tuple[int, ...] | None, np.ndarray, bool]], drawn: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """``drawn`` (an input's generated values) with the elements its ``lookups`` read (``_lookup_keys``) drawn from
+    their keys, and a value none of them where every lookup takes one (its default's case): all of them from the first
+    lookup of the whole input, and the columns a lookup of their own reads from that one's."""
+    drawn = drawn.astype(object) if drawn.dtype.kind in "OUS" else drawn.copy()
+    unknown = all(takes for _, _, takes in lookups)
+    whole = [keys for columns, keys, _ in lookups if columns is None]
+    if whole:
+        drawn[...] = rng.choice(_with_unknown(whole[0]) if unknown else whole[0], size=drawn.shape)
+    for columns, keys, _ in lookups:
+        for column in columns or ():
+            if drawn.ndim == 2 and -drawn.shape[1] <= column < drawn.shape[1]:
+                drawn[:, column] = rng.choice(_with_unknown(keys) if unknown else keys, size=drawn.shape[0])
+    return drawn
 
 
 def _generate_tensor(
@@ -2033,8 +2101,8 @@ def _generate_tensor(
 
     dtype = value.dtype
     if dtype == ir.DataType.STRING:
-        keys = _lookup_keys(value)
-        return rng.choice(_WORDS if keys is None else _with_unknown(keys), size=shape)
+        drawn = rng.choice(_WORDS, size=shape)
+        return _drawn_from_keys(lookups, drawn, rng) if (lookups := _lookup_keys(value)) else drawn
     numpy_dtype = dtype.numpy()
     convention = causal_masks(model).get(value.name) if len(shape) == 4 else None
     if convention is not None and shape[2] <= shape[3]:
@@ -2056,11 +2124,11 @@ def _generate_tensor(
     if dtype.is_integer():
         if _MASK_NAME.search(value.name):
             return _padding_mask(shape, numpy_dtype)
-        if (keys := _lookup_keys(value)) is not None and _indexes_nothing(value, dims, widest=widest):
+        if (lookups := _lookup_keys(value)) and _indexes_nothing(value, dims, widest=widest):
             # Codes an ai.onnx.ml lookup maps (to names, to other codes), indexing no table: drawn 0 or 1, as other
             # integers, they were none of its keys, every row mapped to its default, and a rewrite that swapped two of
             # its values verified.
-            return rng.choice(_with_unknown(keys), size=shape).astype(numpy_dtype)
+            return _drawn_from_keys(lookups, rng.integers(0, 2, size=shape), rng).astype(numpy_dtype)
         low = _index_low(value, dims, widest=widest)
         if _POSITION_NAME.search(value.name) and shape:
             # Positions count up from 0 (or the least that stays in the table), within the position table
@@ -2093,15 +2161,23 @@ def _generate_tensor(
             return np.where(rng.random(shape) < 0.5, wide, small).astype(numpy_dtype)
         lows = _index_lows(value, shape, dims, widest=widest)
         highs = np.maximum(_index_highs(value, shape, dims, widest=widest), lows + 1)
-        return rng.integers(lows, highs, size=shape).astype(numpy_dtype)
+        drawn = rng.integers(lows, highs, size=shape)
+        if lookups and np.ndim(lows) == 0 and np.ndim(highs) == 0:
+            # Codes a lookup maps that also index a table (an id embedded and named): half of them its keys within
+            # the table, no unknown past it (drawn over the table alone, they were mostly none of its keys, and a
+            # swapped name verified), half over the table (its other rows).
+            inside = [(columns, keys[(keys >= lows) & (keys < highs)], False) for columns, keys, _ in lookups]
+            if inside := [lookup for lookup in inside if lookup[1].size]:
+                drawn = np.where(rng.random(shape) < 0.5, _drawn_from_keys(inside, drawn, rng), drawn)
+        return drawn.astype(numpy_dtype)
     if dtype.is_floating_point():
         if _MASK_NAME.search(value.name) and added_to_scores(value):
             # 0 attends, float's lowest pads (generated 0/1, it masked nothing: a rewrite flooring it verified).
             return encoded_mask(_padding_mask(shape, np.dtype(np.int8)) != 0, "additive", numpy_dtype)
         if _MASK_NAME.search(value.name):
             return _padding_mask(shape, numpy_dtype)
-        if (keys := _lookup_keys(value)) is not None:  # a LabelEncoder's float keys: normal draws are none of them
-            return rng.choice(_with_unknown(keys), size=shape).astype(numpy_dtype)
+        if lookups := _lookup_keys(value):  # a LabelEncoder's float keys, a float column's cats: normal draws miss them
+            return _drawn_from_keys(lookups, rng.standard_normal(shape), rng).astype(numpy_dtype)
         return rng.standard_normal(shape).astype(numpy_dtype)
     raise InputSpecError(f"input '{value.name}' has type {dtype}, which graphopt cannot generate; {_WAYS_OUT}")
 

@@ -899,7 +899,8 @@ def padded_outputs(
     the output; outputs no mask covers are left out.
 
     Stricter than verification's ``hide_padded``: only an integer mask counts, or a boolean one the graph reads as
-    padding where true (a float 0/1 ``mask`` may be an imputation model's "missing" flags, the very values it exists
+    padding where true, or a float one the graph adds to the scores or a decoder's beside its cache (``_integer_masks``:
+    another float 0/1 ``mask`` may be an imputation model's "missing" flags, the very values it exists
     to fill), and only outputs whose second dim
     the model names as a mask's sequence dim (``[batch, sequence, ...]``, three dims or more: a
     ``[batch, 384]`` embedding beside a 384-token mask is no sequence; an encoder-decoder's decoder and encoder
@@ -938,11 +939,12 @@ def padded_outputs(
 def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
     """The integer ``[batch, sequence]`` inputs named like a mask, boolean ones the graph reads as padding where true
     (PyTorch's key padding mask, ``optimizer.inputs.pads_where_true``) and the 4-D masks (``causal_masks``,
-    ``key_masks``), and a float one of a model with a 4-D cache that the graph does not add to the scores (a decoder's
-    0/1 mask, ONNX Runtime's GPT-2 export's, which generation feeds so), and the symbolic name of their last dim (None
-    unless they all share one). A boolean one was left out, and every accuracy figure counted the positions it pads: a
-    result exact on every real token missed a budget at cosine 0 where an integer mask's pass met it; so did such a
-    float one, which verification hid, until a review in session 69."""
+    ``key_masks``), a float one the graph adds to the scores (``added_to_scores``: 0 attends, a large negative pads),
+    and a float one of a model with a 4-D cache (a decoder's 0/1 mask, ONNX Runtime's GPT-2 export's, which generation
+    feeds so), and the symbolic name of their last dim (None unless they all share one). A boolean one was left out,
+    and every accuracy figure counted the positions it pads: a result exact on every real token missed a budget at
+    cosine 0 where an integer mask's pass met it; so did such float ones, which verification hid, until reviews in
+    session 69."""
     from optimizer.inputs import pads_where_true  # imported here: optimizer.inputs is heavier than this module
 
     names, dims = set(), set()
@@ -958,9 +960,11 @@ def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
             continue
         if shape is None or shape.rank() != 2 or not isinstance(shape[1], ir.SymbolicDim) or not shape[1].value:
             continue
-        decoders = cached and value.dtype.is_floating_point() and not added_to_scores(value)
+        # A float one the graph adds to the scores pads whatever the model (``AdditiveMask``); a 0/1 one only beside a
+        # cache (elsewhere it may be an imputation model's "missing" flags, see ``padded_outputs``).
+        floats = value.dtype.is_floating_point() and (added_to_scores(value) or cached)
         if not value.dtype.is_integer() and not (value.dtype == ir.DataType.BOOL and pads_where_true(value)):
-            if not decoders:
+            if not floats:
                 continue
         names.add(value.name)
         dims.add(shape[1].value)

@@ -499,10 +499,12 @@ POSITION_HEADS = ("ArgMax", "ArgMin", "TopK")
 _MOVES_ONLY = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Cast")
 # Ops an output may pass through after its head that keep some of its values, or all of them scaled or shifted by a
 # constant (``_tail_inputs``): a saturated value stays where it was however far its logit moves (a Softmax in percent,
-# two heads joined by a Concat, a confidence taken by ReduceMax or TopK: missed, doubled logits verified). The output
+# two heads joined by a Concat, a confidence taken by ReduceMax or TopK: missed, doubled logits verified; a part of a
+# Split, as YOLOv5's head splits its Sigmoid into xy, wh and confidences: missed until a later review). The output
 # is then no head's values as they are: the share saturated is read off the logits (``hidden_logits``).
 _SELECTS = (
     "Slice",
+    "Split",
     "Gather",
     "GatherElements",
     "GatherND",
