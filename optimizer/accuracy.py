@@ -30,8 +30,9 @@ class OutputAccuracy:
     outputs that look like class scores or logits: named like
     ``logits``/``scores``/``probs`` or produced by a Softmax, float, with a last axis of
     at least 2 classes after the samples' axis (a 1-D output is one value per sample); ``agreement`` (fraction of
-    values equal) for integer and boolean outputs: a predicted label's or token ids', which a classifier is judged by
-    and a max |Δ| does not say (one label of 1000 moved and every one read alike until a review in session 69).
+    values equal) for integer, boolean and string outputs: a predicted label's or token ids', which a classifier is
+    judged by and a max |Δ| does not say (one label of 1000 moved and every one read alike until a review in session
+    69; string labels had none until a later review).
     ``shape`` is the first batch's; ``samples`` counts the rows (along axis 0) compared, over all batches. Positions a
     padding mask hides are left out of every figure but ``exact`` where they were given (``AccuracyAccumulator.add``).
     """
@@ -190,6 +191,13 @@ class AccuracyAccumulator:
         if expected.dtype.kind not in "fiub" or expected.size == 0:
             if not exact:
                 stats["max_abs"] = stats["max_rel"] = np.inf
+            if expected.size and _strings(expected) and _strings(actual):
+                # A string output (a classifier's label, skl2onnx's): its agreement, as class ids', which the
+                # approximate passes' budgets score it by; an infinite max |Δ| said nothing of one label in 1000.
+                equal = np.asarray(expected == actual, dtype=bool)
+                kept = np.ones(equal.shape, bool) if padded is None else ~np.broadcast_to(padded, equal.shape)
+                stats["equal"] += int((equal & kept).sum())
+                stats["compared"] += int(kept.sum())
             return
         e, a = expected.astype(np.float64), actual.astype(np.float64)
         kept = None
@@ -526,6 +534,20 @@ def cosine_text(cosine: float, decimals: int = 4) -> str:
     if 0 < gap < 10.0 ** (1 - decimals):
         decimals = min(10, max(decimals, math.ceil(-math.log10(gap)) + 1))
     return str(Decimal(repr(cosine)).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_FLOOR))
+
+
+def share_text(share: float | None) -> str:
+    """A fraction of values or rows that agree (``agreement``, ``top1_agreement``) to three decimals, or as many more
+    (up to ten) as keep one below 1 from reading 1, and a dash for None: one label in 10,000 changed read "1.000"
+    (``:.3f``) beside a gate that failed on it."""
+    if share is None:
+        return "—"
+    text = f"{share:.3f}"
+    for digits in range(4, 11):
+        if not (share < 1 and float(text) >= 1):
+            break
+        text = f"{share:.{digits}f}"
+    return text
 
 
 def ratio_text(ratio: float) -> str:

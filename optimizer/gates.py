@@ -4,7 +4,8 @@ Each check returns the lines that say what failed (empty when it passed); the CL
 prints them and exits with the code of ``optimizer.exit_codes``. A gate that has
 nothing to judge (every execution provider skipped, no output compared) fails, and so
 does each execution provider the comparison was asked for and skipped (``--ep
-cuda,cpu`` without a GPU): a CI job must not pass on a measurement that did not happen.
+cuda,cpu`` without a GPU), and for ``--max-ratio`` each ``--batch`` skipped: a CI job must not pass on a
+measurement that did not happen.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from optimizer.accuracy import cosine_text
+from optimizer.accuracy import cosine_text, share_text
 from optimizer.compare.comparison import NOT_COMPARED, ComparisonReport
 from optimizer.compare.stats import MIN_PAIRS
 from optimizer.options import Options
@@ -50,7 +51,8 @@ def strict_failures(report: PipelineReport, requested: set[str]) -> list[str]:
 def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
     """``--max-ratio R``: each measurement whose AFTER/BEFORE latency ratio's interval reaches above R, or that
     rests on fewer than ``MIN_PAIRS`` timed pairs (whose interval means little: one pair gives a zero-width
-    one). Noise widens the interval, and its upper end is what is judged.
+    one). Noise widens the interval, and its upper end is what is judged. A ``--batch`` the comparison skipped
+    (``ProviderResult.skipped_batches``) fails too, as a skipped execution provider does.
 
     One-run timing uses the latency ratio; ``--generate`` uses time to first token and
     the decode step time (the inverse of the tokens/s ratio, whose low end bounds it).
@@ -92,10 +94,19 @@ def slower_failures(report: ComparisonReport, max_ratio: float) -> list[str]:
                         f"--max-ratio {max_ratio:.12g}: {provider.ep} generation batch {timed.batch}, {figure}: "
                         f"AFTER {ratio:.2f}x BEFORE (95 % interval up to {_above(high, max_ratio)}x)"
                     )
+    gate = f"--max-ratio {max_ratio:.12g}"
+    # A --batch asked for and skipped (BEFORE refuses its rows tiled to it) is no measurement that passed: the gate
+    # judged the other batches alone, or a batch not asked for timed in its place, and exited 0.
+    skipped = [
+        f"{gate}: {provider.ep} batch {batch.batch} was skipped ({batch.reason}): its latency is not judged; drop it "
+        "from --batch to gate on the others"
+        for provider in report.providers
+        if provider.available
+        for batch in getattr(provider, "skipped_batches", ())
+    ]
     if not measured:
-        gate = f"--max-ratio {max_ratio:.12g}"
         return [f"{gate}: no latency was measured (every execution provider was skipped{_why(report)})"]
-    return skipped_failures(report, f"--max-ratio {max_ratio:.12g}", "latency") + failures
+    return skipped_failures(report, gate, "latency") + skipped + failures
 
 
 def _above(value: float, limit: float) -> str:
@@ -169,9 +180,12 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
                     )
             elif output.cosine is None:
                 if not output.exact and not output.max_abs_error == 0:
+                    # How many of its values differ, which a classifier's labels are judged by.
+                    agreement = getattr(output, "agreement", None)
+                    agreed = f" (agreement {share_text(agreement)})" if agreement is not None else ""
                     failures.append(
                         f"{gate}: {provider.ep}: output '{output.name}' ({output.dtype}) "
-                        "differs and has no cosine similarity"
+                        f"differs and has no cosine similarity{agreed}"
                     )
             elif not output.cosine >= min_cosine:  # NaN fails too
                 failures.append(

@@ -1265,11 +1265,22 @@ def check_inputs(
 
         lm = recognise_causal_lm(model)
         filled = sorted(set(prefill) - set(arrays) - set(flat))
+        # Booleans are read in such a model's own convention (``tokens_attending``), integers as a tokenizer's.
+        padding = [
+            name
+            for name in sorted(set(prefill) & set(arrays))
+            if np.asarray(arrays[name]).dtype == np.bool_ and _booleans_pad(model)
+        ]
         mended = []
         if lm.input_ids in prefill:
             mended.append("each row's tokens moved to its start (the model reads its mask as each row's length)")
-        if lm.mask_pads and lm.attention_mask in arrays:
+        if lm.mask_pads and lm.attention_mask in arrays and lm.attention_mask not in padding:
             mended.append(f"{lm.attention_mask} negated (1 attends; the graph reads true as padding)")
+        mended += [
+            f"{name} boolean: read as the model reads its own, true where a token is padded (give 0/1 integers "
+            "for a tokenizer's mask, 1 where a token attends)"
+            for name in padding
+        ]
         text = sorted(set(arrays) - set(flat))
         arrays = {**arrays, **prefill}
         missing = [name for name in required if name not in arrays]
@@ -1281,11 +1292,17 @@ def check_inputs(
             + "".join(f", {what}" for what in mended),
         )
     if notes is not None and (stepped := _decode_step_masks(model, arrays, flat, source)):
+        booleans = [name for name in sorted(stepped) if np.asarray(arrays[name]).dtype == np.bool_]
         arrays = {**arrays, **stepped}
         _add_note(
             notes,
             f"holds a decoder's decode step with {', '.join(sorted(stepped))} [batch, past + new]: made "
-            "[batch, 1, new, past + new], causal over it",
+            "[batch, 1, new, past + new], causal over it"
+            + "".join(
+                f", {name} boolean: read as the model reads its own, true where a token is padded"
+                for name in booleans
+                if _booleans_pad(model)
+            ),
         )
     if notes is not None and (keyed := _key_padding_masks(model, arrays)):
         arrays = {**arrays, **keyed}
@@ -1427,7 +1444,9 @@ def _decode_step_masks(
                 f"{source}: '{name}' holds {mask.shape[1]} positions a row, where the {past} cached and {new} new "
                 f"tokens make {past + new}: a decoder's [batch, past + new] mask spans both"
             )
-        made[name] = causal_mask(mask != 0, new, conventions[name], value.dtype.numpy())
+        # Booleans for a mask the graph reads as padding where true are in its convention (``tokens_attending``).
+        real = ~mask if mask.dtype == np.bool_ and conventions[name] == "pads" else mask != 0
+        made[name] = causal_mask(real, new, conventions[name], value.dtype.numpy())
     return made
 
 
@@ -1493,7 +1512,8 @@ def prefill_of_text(
     integers or booleans, or floats of 0 and 1 where the model's own mask is float (``is_text_mask``), 1 attending (a
     tokenizer's, whatever the model's convention): a given one is returned negated where the graph reads its mask as
     padding where true (``CausalLM.mask_pads``), and with the ids, each row's tokens moved to its start, where it
-    reads the mask as each row's length (``padding`` "right")."""
+    reads the mask as each row's length (``padding`` "right"). Booleans for a model that pads where its mask is
+    true are read so (``tokens_attending``)."""
     from optimizer.generation import positions_from_mask, recognise_causal_lm  # generation imports this module
 
     lm = recognise_causal_lm(model)
@@ -1506,6 +1526,7 @@ def prefill_of_text(
     mask = np.ones(ids.shape, np.int64) if given is None else np.asarray(given)
     if ids.ndim != 2 or mask.shape != ids.shape or not is_text_mask(mask, lm):
         return None
+    mask = tokens_attending(mask, lm)
     filled = {pair.past: pair.empty(len(ids)) for pair in lm.cache}
     starts = (mask != 0).argmax(axis=1) if lm.padding == "right" and given is not None else np.zeros(len(ids), int)
     if starts.any():
@@ -1524,6 +1545,29 @@ def prefill_of_text(
     if lm.position_ids in missing:
         filled[lm.position_ids] = positions_from_mask(mask, ids.shape[1]).astype(lm.positions_dtype)
     return filled
+
+
+def tokens_attending(mask: np.ndarray, lm: Any) -> np.ndarray:
+    """Text's mask ``mask`` as a tokenizer's, true or 1 where a token attends: integers as given (a tokenizer's,
+    whatever the model's convention), and booleans for a model whose own mask pads where true (``booleans_pad``)
+    read in that convention, true where a token is padded (PyTorch's key padding mask), so negated. Such a boolean
+    mask was read as attending where true: every real token padded, every pad attended."""
+    mask = np.asarray(mask)
+    return ~mask if mask.dtype == np.bool_ and booleans_pad(lm) else mask
+
+
+def _booleans_pad(model: ir.Model) -> bool:
+    """``booleans_pad`` of ``model`` as a causal LM (False for one generation does not recognise)."""
+    from optimizer.generation import recognise_causal_lm  # generation imports this module
+
+    lm = recognise_causal_lm(model)
+    return not isinstance(lm, str) and booleans_pad(lm)
+
+
+def booleans_pad(lm: Any) -> bool:
+    """Whether the causal LM ``lm`` (an ``optimizer.generation.CausalLM``) reads its mask as padding where true: a 2-D
+    one (``mask_pads``) or a 4-D one of convention ``"pads"`` (``optimizer.padding.causal_masks``)."""
+    return bool(lm.mask_pads or lm.mask_convention == "pads")
 
 
 def is_text_mask(mask: np.ndarray, lm: Any) -> bool:

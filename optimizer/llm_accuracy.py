@@ -21,7 +21,7 @@ import numpy as np
 from optimizer.accuracy import scale_scores, vector_cosine
 from optimizer.errors import InputSpecError
 from optimizer.generation import CausalLM, CausalLMSession, left_padded, random_prompts
-from optimizer.inputs import is_text_mask
+from optimizer.inputs import is_text_mask, tokens_attending
 from optimizer.progress import track
 
 # Random token rows scored when the user gives no text: a few rows keep it cheap on real models.
@@ -64,6 +64,7 @@ def text_from_arrays(arrays: Mapping[str, np.ndarray], lm: CausalLM, source: str
         raise InputSpecError(
             f"{source}: '{mask_name}' must be 0/1 of the ids' shape {list(ids.shape)}, not {_kind(mask)}"
         )
+    mask = tokens_attending(mask, lm)  # booleans for a model that pads where its mask is true are read so
     for index, keep in enumerate(mask.astype(bool)):
         held = np.flatnonzero(keep)
         if len(held) and held[-1] - held[0] + 1 != len(held):

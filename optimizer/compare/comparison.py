@@ -59,6 +59,7 @@ from optimizer.inputs import (
     _read_npz,  # the hardened .npz reader: held-out text is read before any input is checked
     as_arrays,
     batch_dims,
+    booleans_pad,
     dims_from_inputs,
     fixed_batch_size,
     fixes_batch,
@@ -78,6 +79,7 @@ from optimizer.inputs import (
     sample_inputs,
     shared_samples,
     split_samples,
+    tokens_attending,
 )
 from optimizer.llm_accuracy import (
     LLMAccuracy,
@@ -138,6 +140,15 @@ class BatchResult:
 
 
 @dataclass
+class SkippedBatch:
+    """A ``--batch`` asked for and not timed on one execution provider, and why: ``--max-ratio`` fails on it, as on an
+    execution provider skipped (``optimizer.gates.slower_failures``)."""
+
+    batch: int
+    reason: str
+
+
+@dataclass
 class ProviderResult:
     """Everything measured on one execution provider (or why it was skipped)."""
 
@@ -154,6 +165,8 @@ class ProviderResult:
     llm_accuracy: LLMAccuracy | None = None
     # Which data ``accuracy`` was measured on, and on how many samples.
     accuracy_data: str = ""
+    # The --batch sizes asked for and not timed (BEFORE refuses its rows tiled to them, or nothing names a batch).
+    skipped_batches: list[SkippedBatch] = field(default_factory=list)
 
 
 @dataclass
@@ -677,11 +690,15 @@ def _measure_provider(
             f"{ep.name}: no input dim is named like a batch (batch, N, ...): timed at {held} "
             f"(--batch {','.join(map(str, batches))} does not apply)"
         )
+        if settings.batches_asked:  # asked for and not timed, as a batch skipped beside another is
+            reason = f"no input dim is named like a batch: timed at the {base_batch} rows its inputs hold instead"
+            result.skipped_batches.extend(SkippedBatch(batch, reason) for batch in batches)
         batches = [base_batch]
     untiled = False  # ONNX Runtime refused rows tiled along unnamed dims (``_TiledRowsRefused``)
     for batch in batches if generation is None else ():
         if batch != base_batch and not tiles:
             warnings.append(f"{ep.name}: batch {batch} skipped: no input dim is named like a batch")
+            result.skipped_batches.append(SkippedBatch(batch, "no input dim is named like a batch"))
             continue
         inputs = at_batch(batch)
         label = f"{ep.name} batch {batch}"
@@ -713,6 +730,7 @@ def _measure_provider(
             # No name says the unnamed dims are rows: a count beside them (TopK's ``k [None]``) tiled to 4 is no k.
             # The batch is skipped as before such rows were tiled, not the whole comparison refused.
             warnings.append(f"{ep.name}: batch {batch} skipped: {refused.reason}")
+            result.skipped_batches.append(SkippedBatch(batch, refused.reason))
             untiled = True
             if batch == batches[-1] and not result.batches and base_batch not in batches:
                 batches.append(base_batch)
@@ -810,7 +828,8 @@ def _causal_lms(
     batches: Sequence[int] = (1,),
 ) -> tuple[CausalLM, CausalLM]:
     """Both models as causal LMs with a KV cache, fed alike, at each of ``batches``; ``InputSpecError`` with the
-    reason otherwise. AFTER's mask is fed in BEFORE's convention (``CausalLM.mask_pads``), whatever ops read it."""
+    reason otherwise. AFTER's mask is fed in BEFORE's convention (``CausalLM.mask_pads``, a 4-D mask's
+    ``mask_convention``), whatever ops read it."""
     found = []
     for path, model in ((before_path, before), (after_path, after)):
         lm = recognise_causal_lm(model)
@@ -821,10 +840,13 @@ def _causal_lms(
     # Pairs matched by shape alone are paired by a step on ONNX Runtime first (``_same_feeding``).
     by_name = all(pair.matched_by == "name" for lm in found for pair in lm.cache)
     _same_feeding(found[0], found[1], presents=by_name)
-    if found[1].mask_dtype == found[0].mask_dtype and found[1].mask_pads != found[0].mask_pads:
+    if found[1].mask_dtype == found[0].mask_dtype and (found[1].mask_convention is None) == (
+        found[0].mask_convention is None
+    ):
         # One mask, one meaning: an AFTER whose graph reads it through ops ``pads_where_true`` does not follow (``1 -
-        # mask`` for BEFORE's ``Not(mask)``) was fed its negation, and two equal models' generations compared apart.
-        found[1] = dataclasses.replace(found[1], mask_pads=found[0].mask_pads)
+        # mask`` for BEFORE's ``Not(mask)``) was fed its negation, and two equal models' generations compared apart;
+        # a 4-D one's convention too (read "attends" through ``Cast(1 - mask)``, AFTER's agreement fell to 0.06).
+        found[1] = dataclasses.replace(found[1], mask_pads=found[0].mask_pads, mask_convention=found[0].mask_convention)
     return found[0], found[1]
 
 
@@ -897,7 +919,8 @@ def _calibrated_rows(fitted: SampleData, lm: CausalLM, text: TokenText) -> int:
         if not isinstance(ids, np.ndarray) or ids.ndim != 2 or ids.dtype.kind not in "iu":
             continue
         mask = chunk.get(mask_name)
-        keep = np.ones(ids.shape, bool) if mask is None or np.shape(mask) != ids.shape else np.asarray(mask) != 0
+        same = mask is not None and np.shape(mask) == ids.shape
+        keep = tokens_attending(np.asarray(mask), lm) != 0 if same else np.ones(ids.shape, bool)
         for row, held in zip(ids, keep):
             row = row[held].astype(np.int64)
             seen.add(row.tobytes())
@@ -928,7 +951,8 @@ def _held_out_text(
 
     Arrays that match no input of ``model`` (a tokenizer's ``token_type_ids`` beside a GPT's ids) are ignored,
     with a warning in ``warnings``, as one step's inputs ignore them: they made the text random token ids. A
-    tokenizer's ``attention_mask`` is the text's mask for a model that names its mask otherwise.
+    tokenizer's ``attention_mask`` is the text's mask for a model that names its mask otherwise; a boolean mask for a
+    model that pads where its mask is true is read so (``optimizer.inputs.tokens_attending``), with a warning.
     Any other inputs are one step's inputs, returned as they came: ``(None, inputs)``.
     """
     if inputs is None:
@@ -953,6 +977,11 @@ def _held_out_text(
         if stray and warnings is not None:
             names = ", ".join(f"'{name}'" for name in stray)
             warnings.append(f"{source}: {names} {'matches' if len(stray) == 1 else 'match'} no graph input: ignored")
+        if warnings is not None and np.asarray(text.get(mask_name)).dtype == np.bool_ and booleans_pad(lm):
+            warnings.append(
+                f"{source}: '{mask_name}' is boolean: read as the model reads its own, true where a token is padded "
+                "(give 0/1 integers for a tokenizer's mask, 1 where a token attends)"
+            )
         return text_from_arrays(text, lm, source), None
     return None, inputs
 

@@ -23,7 +23,7 @@ from decimal import ROUND_FLOOR, Decimal
 
 import numpy as np
 
-from optimizer.accuracy import cosine_text
+from optimizer.accuracy import cosine_text, share_text
 from optimizer.compare.comparison import NOT_COMPARED, BatchResult, ComparisonReport, ProviderResult
 from optimizer.compare.generation_timing import GenerationResult
 from optimizer.compare.report import (
@@ -33,7 +33,6 @@ from optimizer.compare.report import (
     _llm_accuracy_rows,
     _mb,
     _memory_rows,
-    _opt,
     _profile_rows,
 )
 from optimizer.compare.stats import LatencySummary, RatioEstimate
@@ -265,8 +264,8 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
         else:
             css = "flat"
         said = (
-            f"next-token top-1 agreement {llm.top1_agreement:.3f}, greedy continuations equal "
-            f"{llm.exact_match:.3f}, logits cosine {cosine_text(lowest, 4)}"
+            f"next-token top-1 agreement {share_text(llm.top1_agreement)}, greedy continuations equal "
+            f"{share_text(llm.exact_match)}, logits cosine {cosine_text(lowest, 4)}"
         )
         return _Segment(said, css, "accuracy", warned)
     if not provider.accuracy:
@@ -297,10 +296,10 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
     if scaled:
         text += f", max rel {worst_rel:.3g}"
     if top1:
-        text += f", top-1 agreement {min(top1):.3f}"
+        text += f", top-1 agreement {share_text(min(top1))}"
     # A label's or token ids' agreement, which the max |Δ| does not say (one label of 1000 moved, or every one).
     if integers_differ and (agreements := [item.agreement for item in provider.accuracy if item.agreement is not None]):
-        text += f", integer agreement {min(agreements):.3f}"
+        text += f", integer agreement {share_text(min(agreements))}"
     concern = (
         not math.isfinite(worst_abs)
         or integers_differ
@@ -423,9 +422,9 @@ def _accuracy_card(report: ComparisonReport, headline: _Headline, consumed: set[
             if item.cosine is not None:  # rounded down, as in the table: 0.99999962 is not "1.000000"
                 detail += f", cosine {cosine_text(item.cosine, 6)}"
             if item.top1_agreement is not None:
-                detail += f", top-1 {item.top1_agreement:.3f}"
+                detail += f", top-1 {share_text(item.top1_agreement)}"
             if item.agreement is not None:
-                detail += f", agreement {item.agreement:.3f}"
+                detail += f", agreement {share_text(item.agreement)}"
             lines.append(detail)
         if provider.accuracy and provider.accuracy_data:  # which data, as under the terminal's table
             lines.append(f"on {provider.accuracy_data}")
@@ -610,8 +609,8 @@ def _provider_section(provider: ProviderResult, warnings: Sequence[str], consume
                         f"{a.max_rel_error:.3g}",
                         _cosine_or_dash(a.cosine),
                         _cosine_or_dash(a.worst_sample_cosine),
-                        _opt(a.top1_agreement, ".3f"),
-                        _opt(a.agreement, ".3f"),
+                        share_text(a.top1_agreement),
+                        share_text(a.agreement),
                     ]
                     for a in provider.accuracy
                 ],

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from optimizer.accuracy import cosine_text
+from optimizer.accuracy import cosine_text, share_text
 from optimizer.compare.comparison import ComparisonReport, ProviderResult
 from optimizer.compare.generation_timing import GenerationResult
 from optimizer.compare.stats import P99_MIN_RUNS, RatioEstimate
@@ -210,16 +210,19 @@ def _llm_accuracy_rows(provider: ProviderResult) -> list[list[str]]:
     llm = provider.llm_accuracy
     rows = [
         ["text", llm.text],
-        [f"next-token top-1 agreement ({llm.scored_tokens} tokens, teacher-forced)", f"{llm.top1_agreement:.4f}"],
+        [
+            f"next-token top-1 agreement ({llm.scored_tokens} tokens, teacher-forced)",
+            cosine_text(llm.top1_agreement, 4),
+        ],
         [
             "perplexity before → after (Δ)",
             f"{llm.perplexity_before:.4g} → {llm.perplexity_after:.4g} ({llm.perplexity_delta:+.3g})",
         ],
         [
             f"greedy continuations equal ({llm.prompts} prompts, {llm.continuation_tokens} tokens)",
-            f"{llm.exact_match:.3f}",
+            share_text(llm.exact_match),
         ],
-        ["agreement until the first different token", f"{llm.prefix_agreement:.3f}"],
+        ["agreement until the first different token", share_text(llm.prefix_agreement)],
         ["teacher-forced logits cosine (every scored position)", cosine_text(llm.logits_cosine, 6)],
         ["teacher-forced logits cosine, worst sequence", cosine_text(llm.logits_worst_cosine, 6)],
         ["greedy decode steps' logits cosine (AFTER fed BEFORE's tokens)", cosine_text(llm.decode_logits_cosine, 6)],
@@ -264,8 +267,8 @@ def _accuracy_table(provider: ProviderResult) -> Table:
             f"{item.max_rel_error:.3g}",
             _cosine_or_dash(item.cosine),
             _cosine_or_dash(item.worst_sample_cosine),
-            _opt(item.top1_agreement, ".3f"),
-            _opt(item.agreement, ".3f"),
+            share_text(item.top1_agreement),
+            share_text(item.agreement),
         )
     return table
 
