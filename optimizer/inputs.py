@@ -1264,6 +1264,7 @@ def check_inputs(
         from optimizer.generation import recognise_causal_lm  # generation imports this module
 
         lm = recognise_causal_lm(model)
+        _refuse_unreadable_lengths(lm, arrays, source)
         filled = sorted(set(prefill) - set(arrays) - set(flat))
         # Booleans are read in such a model's own convention (``tokens_attending``), integers as a tokenizer's.
         padding = [
@@ -1273,7 +1274,8 @@ def check_inputs(
         ]
         mended = []
         if lm.input_ids in prefill:
-            mended.append("each row's tokens moved to its start (the model reads its mask as each row's length)")
+            moved = "tokens and position ids" if lm.position_ids in arrays else "tokens"
+            mended.append(f"each row's {moved} moved to its start (the model reads its mask as each row's length)")
         if lm.mask_pads and lm.attention_mask in arrays and lm.attention_mask not in padding:
             mended.append(f"{lm.attention_mask} negated (1 attends; the graph reads true as padding)")
         mended += [
@@ -1287,7 +1289,8 @@ def check_inputs(
         _add_note(
             notes,
             f"holds a decoder's token ids ({', '.join(text)}) without {', '.join(filled)}: fed as prefills, every "
-            "cache empty, position ids counted from the mask"
+            "cache empty"
+            + (", position ids counted from the mask" if lm.position_ids in filled else "")
             + "".join(f", {name} made [batch, 1, length, length], causal" for name in flat)
             + "".join(f", {what}" for what in mended),
         )
@@ -1309,10 +1312,19 @@ def check_inputs(
         made = ", ".join(
             f"{name} [batch, length] made "
             + (
-                "0 where real and float's lowest where padded (the graph adds it to the scores)"
+                "true where padded, false where real (the graph reads true as padding)"
+                if np.ndim(keyed[name]) == 2 and keyed[name].dtype == bool
+                else "0 where real and float's lowest where padded (the graph adds it to the scores)"
                 if np.ndim(keyed[name]) == 2
                 else f"[batch, 1, {'1' if np.shape(keyed[name])[2] == 1 else 'length'}, length], every query "
                 "attending to its row's real tokens"
+                # Square, it may be a causal decoder's exported without its cache, which the graph cannot tell from an
+                # encoder's: said, as its figures would be computed with every later token in view.
+                + (
+                    " (an encoder's, not causal: for a decoder's, give the 4-D causal mask itself)"
+                    if np.ndim(keyed[name]) == 4 and np.shape(keyed[name])[2] > 1
+                    else ""
+                )
             )
             for name in sorted(keyed)
         )
@@ -1385,6 +1397,30 @@ def _text_not_taken(model: ir.Model, arrays: Mapping[str, np.ndarray], missing: 
         if isinstance(lm, str)
         else ""
     )
+
+
+def _refuse_unreadable_lengths(lm: Any, arrays: Mapping[str, np.ndarray], source: str) -> None:
+    """``InputSpecError`` where text for ``lm`` (an ``optimizer.generation.CausalLM``) that reads its mask only as each
+    row's length (``padding`` "right": ONNX Runtime GenAI's ``seqlens_k``) holds a row its length cannot say: pads
+    between a row's tokens (read as tokens, and as many of its last tokens cut: fed as given, as ``--generate``
+    refuses), or no token at all (ONNX Runtime's GroupQueryAttention refused its length of -1 in a message naming
+    none of the inputs)."""
+    given = arrays.get(lm.attention_mask) if lm.attention_mask is not None else None
+    if lm.padding != "right" or given is None or np.ndim(given) != 2:
+        return
+    for index, keep in enumerate(np.asarray(given) != 0):
+        held = np.flatnonzero(keep)
+        if not len(held):
+            raise InputSpecError(
+                f"{source}: '{lm.attention_mask}' row {index} holds no token, and the model reads its mask as each "
+                "row's length (ONNX Runtime GenAI's), which must be one or more: leave the row out"
+            )
+        if held[-1] - held[0] + 1 != len(held):
+            raise InputSpecError(
+                f"{source}: '{lm.attention_mask}' row {index} masks positions between its tokens ({held[0]} to "
+                f"{held[-1]}), and the model reads its mask only as each row's length (ONNX Runtime GenAI's): pads go "
+                "at either end of a row; give each piece of text a row of its own"
+            )
 
 
 def _refuse_float_text_mask(model: ir.Model, arrays: Mapping[str, np.ndarray], source: str) -> None:
@@ -1480,18 +1516,29 @@ def _key_padding_masks(model: ir.Model, arrays: Mapping[str, np.ndarray]) -> dic
     as a tokenizer's ``[batch, length]`` of 0/1 integers or booleans (1 attends): each made the mask in which every
     query attends to its row's real positions (``optimizer.padding.key_mask``), in the graph's convention and dtype;
     and the 2-D float masks the graph adds to the scores (``optimizer.padding.added_to_scores``) so held: made 0 where
-    real and float's lowest where padded. Such masks were refused for their dtype or rank, where generated ones are
-    made so."""
+    real and float's lowest where padded, and so held as floats of 0 and 1 (added as given, a tokenizer's mask cast to
+    floats masked nothing, until a review in session 69). Such masks were refused for their dtype or rank, where
+    generated ones are made so. A 2-D boolean mask the graph reads as padding where true (``pads_where_true``) held as
+    0/1 integers is a tokenizer's too: made true where padded (cast value for value until a review in session 69, it
+    was inverted)."""
     from optimizer.padding import added_to_scores, encoded_mask, key_mask, key_masks  # lazily, as in check_inputs
 
     made = {}
     for value in runtime_inputs(model):
         mask = np.asarray(arrays.get(value.name))
-        if mask.ndim != 2 or mask.dtype.kind not in "biu" or not mask.size or not np.isin(mask, (0, 1)).all():
+        if mask.ndim != 2 or mask.dtype.kind not in "biuf" or not mask.size or not np.isin(mask, (0, 1)).all():
             continue
+        if mask.dtype.kind == "f" and not (mask == 1).any():
+            continue  # all zeros: an additive mask that pads nothing, as given
         if _MASK_NAME.search(value.name) and value.dtype is not None and value.dtype.is_floating_point():
             if value.shape is not None and value.shape.rank() == 2 and added_to_scores(value):
                 made[value.name] = encoded_mask(mask != 0, "additive", value.dtype.numpy())
+        elif _MASK_NAME.search(value.name) and value.dtype == ir.DataType.BOOL and mask.dtype.kind in "iu":
+            # A tokenizer's integers for a boolean mask the graph reads as padding where true: cast value for value
+            # (1 to true), every real token was padded and every pad attended to. Given as booleans, it is the
+            # graph's own convention and fed as it is.
+            if value.shape is not None and value.shape.rank() == 2 and pads_where_true(value):
+                made[value.name] = mask == 0
     for name, convention in key_masks(model).items():
         mask = np.asarray(arrays.get(name))
         value = next(v for v in model.graph.inputs if v.name == name)
@@ -1511,9 +1558,9 @@ def prefill_of_text(
     user holds (README's ``--quantize int4 --calibration text.npz`` was refused for its position ids). The mask is
     integers or booleans, or floats of 0 and 1 where the model's own mask is float (``is_text_mask``), 1 attending (a
     tokenizer's, whatever the model's convention): a given one is returned negated where the graph reads its mask as
-    padding where true (``CausalLM.mask_pads``), and with the ids, each row's tokens moved to its start, where it
-    reads the mask as each row's length (``padding`` "right"). Booleans for a model that pads where its mask is
-    true are read so (``tokens_attending``)."""
+    padding where true (``CausalLM.mask_pads``), and with the ids (and given position ids), each row's tokens moved to
+    its start, where it reads the mask as each row's length (``padding`` "right"). Booleans for a model that pads
+    where its mask is true are read so (``tokens_attending``)."""
     from optimizer.generation import positions_from_mask, recognise_causal_lm  # generation imports this module
 
     lm = recognise_causal_lm(model)
@@ -1538,6 +1585,12 @@ def prefill_of_text(
             for array in (ids, mask)
         )
         filled[lm.input_ids] = ids
+        given_positions = arrays.get(lm.position_ids) if lm.position_ids is not None else None
+        if given_positions is not None and np.shape(given_positions) == ids.shape:
+            # Given positions move with their tokens (left behind, each row's tokens read the pads' positions).
+            filled[lm.position_ids] = np.stack(
+                [np.roll(row, -int(start)) for row, start in zip(np.asarray(given_positions), starts, strict=True)]
+            )
     # A given mask too where the graph reads it as padding where true: text's mask is a tokenizer's (1 attends), as
     # the positions below and ``--generate`` read it; cast as given, it padded every real token and attended to pads.
     if lm.attention_mask in missing or (given is not None and (lm.mask_pads or starts.any())):
@@ -2022,7 +2075,9 @@ def _lookup_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.ndarr
     integers, floats) and whether a value none of them may be drawn. A LabelEncoder of opset 1 maps an integer to its
     ``classes_strings`` entry: its keys are their positions. Behind a ``Cast`` (int32 codes, or a float column, cast to
     the int64 an ``ai.onnx.ml`` lookup takes, as skl2onnx writes them: missed, every row mapped to the default and a
-    swapped code table verified), the keys of another kind that ``value``'s type holds exactly. A ``OneHotEncoder`` of
+    swapped code table verified), the keys of another kind that ``value``'s type holds exactly, as for float codes a
+    ``OneHotEncoder`` reads itself (it casts them to its int64 cats: drawn normal, they were none, until a review in
+    session 69; with ``zeros=0`` ONNX Runtime refused every generated input). A ``OneHotEncoder`` of
     ``zeros=0`` (scikit-learn's ``handle_unknown="error"``) fails on a value none of its cats: none is drawn for it
     (one was, and ONNX Runtime refused every generated input of such a pipeline); nor are its columns drawn from another
     column's cats (skl2onnx gives each column its own encoder: drawn from the first one's, the others failed)."""
@@ -2047,7 +2102,8 @@ def _lookup_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.ndarr
                     picked = picked if columns is None else tuple(columns[column] for column in picked)
                     pending.append((node.outputs[0], picked, cast, True))
                 continue
-            keys = _keys_of(node, kind, value, cast)
+            # A OneHotEncoder casts float codes to its int64 cats itself (as a Cast before it would).
+            keys = _keys_of(node, kind, value, cast or (node.op_type == "OneHotEncoder" and kind == "f"))
             if keys is not None:
                 unknown = node.op_type != "OneHotEncoder" or node.attributes.get_int("zeros", 1) != 0
                 found.append((columns, keys, unknown))
@@ -4529,9 +4585,10 @@ def _skeleton_arrays(
     model: ir.Model, generated: Mapping[str, Any], dims: Mapping[str, int]
 ) -> tuple[dict[str, Any], list[str]]:
     """The skeleton's arrays from generated inputs (``_skeleton_value``) at ``dims``, and the words describing each.
-    A per-row lengths input (``_row_length``: ``waveforms_lens``) keeps the generated lengths, each row whole: written
-    as zeros until a review in session 69, every frame of a speech front end was masked, its outputs zeros, on a
-    template whose audio a user filled in."""
+    A per-row integer lengths input (``_row_length``: ``waveforms_lens``) is each row's whole length: written as zeros
+    until a review in session 69, every frame of a speech front end was masked, its outputs zeros, on a template whose
+    audio a user filled in (and then the last of several rows a quarter shorter, and float lengths normal draws, each
+    said to be whole, until a later one; float lengths may be fractions, SpeechBrain's ``wav_lens``: zeros, said so)."""
     from optimizer.padding import (  # lazily: a pass imported alone loads no padding
         causal_mask,
         causal_masks,
@@ -4558,7 +4615,10 @@ def _skeleton_arrays(
             rows, _, new, total = np.shape(array)
             arrays[value.name] = key_mask(np.ones((rows, total), bool), new, keys[value.name], np.asarray(array).dtype)
             what = f" ({_CONVENTION_WORDS[keys[value.name]]}, no position padded)"
-        elif _row_length(model, value, dims) is not None:
+        elif value.dtype.is_integer() and (length := _row_length(model, value, dims)) is not None:
+            # Each row whole: generation draws the last of two or more rows a quarter shorter (as a padding mask pads
+            # it), which a template of full rows cut.
+            arrays[value.name] = np.full(np.shape(array), length, dtype=np.asarray(array).dtype)
             what = " lengths (each row whole)"
         else:
             arrays[value.name], what = _skeleton_value(value, np.asarray(array))
