@@ -189,8 +189,7 @@ class AccuracyAccumulator:
         )
         stats["exact"] &= exact
         if expected.dtype.kind not in "fiub" or expected.size == 0:
-            if not exact:
-                stats["max_abs"] = stats["max_rel"] = np.inf
+            differs = not exact
             if expected.size and _strings(expected) and _strings(actual):
                 # A string output (a classifier's label, skl2onnx's): its agreement, as class ids', which the
                 # approximate passes' budgets score it by; an infinite max |Δ| said nothing of one label in 1000.
@@ -198,6 +197,11 @@ class AccuracyAccumulator:
                 kept = np.ones(equal.shape, bool) if padded is None else ~np.broadcast_to(padded, equal.shape)
                 stats["equal"] += int((equal & kept).sum())
                 stats["compared"] += int(kept.sum())
+                # A tagger's labels that differ only at padded tokens differ nowhere compared, as an integer
+                # output's: they failed --min-cosine as "differs ... (agreement 1.000)".
+                differs = bool((kept & ~equal).any())
+            if differs:
+                stats["max_abs"] = stats["max_rel"] = np.inf
             return
         e, a = expected.astype(np.float64), actual.astype(np.float64)
         kept = None

@@ -165,7 +165,8 @@ class ProviderResult:
     llm_accuracy: LLMAccuracy | None = None
     # Which data ``accuracy`` was measured on, and on how many samples.
     accuracy_data: str = ""
-    # The --batch sizes asked for and not timed (BEFORE refuses its rows tiled to them, or nothing names a batch).
+    # The --batch sizes asked for and not timed (BEFORE refuses its rows tiled to them, nothing names a batch, or
+    # AFTER fixes another).
     skipped_batches: list[SkippedBatch] = field(default_factory=list)
 
 
@@ -407,7 +408,7 @@ def _compare(
     _refuse_types_numpy_lacks(after, after_model)
     _check_same_signature(before_model, after_model)
     warnings: list[str] = []
-    dims, settings = _sizes_after_fixes(before_model, after_model, dims, settings, warnings)
+    dims, settings, not_timed = _sizes_after_fixes(before_model, after_model, dims, settings, warnings)
     if not settings.generate:
         warnings.extend(_batch_dims_not_timed(before_model, dims, settings.batches))
     # Samples are fed as many at a time as a model that fixes its batch takes (AFTER of --static-shapes).
@@ -526,6 +527,7 @@ def _compare(
                         guessed_rows=guessed_rows,
                         one_sample=has_no_batch(before_model),
                     )
+                measured.skipped_batches[:0] = not_timed
                 results.append(measured)
             break
         except _OtherLengths:
@@ -683,7 +685,7 @@ def _measure_provider(
     batches = list(settings.batches)
     tiles = bool(batch_names) or rows_unnamed
     if generation is None and not tiles and base_batch not in batches:
-        held = f"the {base_batch} rows its inputs hold"
+        held = f"the {base_batch} row{'s' if base_batch != 1 else ''} its inputs hold"
         if one_sample:
             held = "one sample (its inputs hold no batch)"
         warnings.append(
@@ -691,7 +693,7 @@ def _measure_provider(
             f"(--batch {','.join(map(str, batches))} does not apply)"
         )
         if settings.batches_asked:  # asked for and not timed, as a batch skipped beside another is
-            reason = f"no input dim is named like a batch: timed at the {base_batch} rows its inputs hold instead"
+            reason = f"no input dim is named like a batch: timed at {held} instead"
             result.skipped_batches.extend(SkippedBatch(batch, reason) for batch in batches)
         batches = [base_batch]
     untiled = False  # ONNX Runtime refused rows tiled along unnamed dims (``_TiledRowsRefused``)
@@ -703,7 +705,7 @@ def _measure_provider(
         inputs = at_batch(batch)
         label = f"{ep.name} batch {batch}"
         try:
-            with _refused_at_batch(batch, base_batch, (before, after), ep.name, base_inputs, threads):
+            with _refused_at_batch(batch, base_batch, (before, after), ep.name, base_inputs, threads, inputs):
                 session_before = TimedSession(before, ep.name, inputs, threads)
                 session_after = TimedSession(after, ep.name, inputs, threads)
                 if not measured:
@@ -766,13 +768,21 @@ def _measure_provider(
 
 @contextlib.contextmanager
 def _refused_at_batch(
-    batch: int, rows: int, paths: tuple[str, str], ep: str, inputs: Mapping[str, np.ndarray], threads: int
+    batch: int,
+    rows: int,
+    paths: tuple[str, str],
+    ep: str,
+    inputs: Mapping[str, np.ndarray],
+    threads: int,
+    at_batch: Mapping[str, np.ndarray] | None = None,
 ) -> Iterator[None]:
     """ONNX Runtime refusing a model on ``inputs`` tiled or cut from their ``rows`` to another ``--batch``, where it
     runs on them as they are: an error that names that batch. The model takes no such batch (a graph that fixes a
     batch of 1 inside it, its inputs declared ``[batch, ...]``); other lengths cannot help, and ``compare --batch
     1,2`` on one re-timed batch 1 at seven generated lengths, then blamed them ("shorter ones and longer ones up to
-    sequence=2048 were refused too: bind other sizes with --dim") without naming the batch."""
+    sequence=2048 were refused too: bind other sizes with --dim") without naming the batch. Where AFTER alone
+    refuses them and BEFORE runs them (``at_batch``, the inputs at that batch), the error says AFTER lost that batch:
+    "leave it out of --batch" read as advice to hide the regression."""
     try:
         yield
     except InvalidModelError as error:
@@ -780,9 +790,14 @@ def _refused_at_batch(
         if batch == rows or refused is None or not _runs(refused, ep, inputs, threads):
             raise
         held = f"it runs at the {rows} row{'s' if rows != 1 else ''} its inputs hold"
+        advice = f"the model does not take a batch of {batch} (leave it out of --batch)"
+        if refused == paths[1] != paths[0] and at_batch is not None and _runs(paths[0], ep, at_batch, threads):
+            advice = (
+                f"AFTER does not take a batch of {batch}, which BEFORE runs: the optimization lost it (a regression "
+                "in AFTER, not a batch to leave out)"
+            )
         raise _TiledRowsRefused(
-            f"--batch {batch}: {one_line(error)}; {held}, {'tiled' if batch > rows else 'cut'} to {batch}: the "
-            f"model does not take a batch of {batch} (leave it out of --batch)",
+            f"--batch {batch}: {one_line(error)}; {held}, {'tiled' if batch > rows else 'cut'} to {batch}: {advice}",
             (
                 f"ONNX Runtime refuses BEFORE's inputs {'tiled' if batch > rows else 'cut'} along their unnamed "
                 f"leading dims ({one_line(error)}); {held}"
@@ -1317,10 +1332,12 @@ def _sizes_after_fixes(
     dims: Mapping[str, int] | None,
     settings: CompareSettings,
     warnings: list[str],
-) -> tuple[dict[str, int] | None, CompareSettings]:
+) -> tuple[dict[str, int] | None, CompareSettings, list[SkippedBatch]]:
     """``dims`` with each symbolic input dim of BEFORE that AFTER fixes to a size (``--static-shapes --dim
-    batch=2``) bound to that size, and ``settings`` timing a batch AFTER fixes at that batch only:
-    both models must run on the same inputs. ``InputSpecError`` where a ``--dim`` contradicts AFTER."""
+    batch=2``) bound to that size, ``settings`` timing a batch AFTER fixes at that batch only (both models must
+    run on the same inputs), and each other ``--batch`` asked for, not timed (``--max-ratio`` fails on it: it
+    passed on batch 2 alone where ``--batch 1,8`` was asked). ``InputSpecError`` where a ``--dim`` contradicts
+    AFTER."""
     fixed: dict[str, int] = {}
     shapes_after = {value.name: value.shape for value in runtime_inputs(after)}
     for value in runtime_inputs(before):
@@ -1331,7 +1348,7 @@ def _sizes_after_fixes(
             if isinstance(dim, ir.SymbolicDim) and dim.value and isinstance(dim_after, int):
                 fixed.setdefault(dim.value, dim_after)
     if not fixed:
-        return (dict(dims) if dims is not None else None), settings
+        return (dict(dims) if dims is not None else None), settings, []
     for name, size in fixed.items():
         if dims and name in dims and dims[name] != size:
             raise InputSpecError(
@@ -1339,14 +1356,17 @@ def _sizes_after_fixes(
                 f"inputs; give --dim {name}={size} or leave it out"
             )
     batch = [fixed[name] for name in batch_dims(before) if name in fixed]
+    not_timed = []
     if batch and tuple(settings.batches) != (batch[0],):
         if settings.batches_asked:
             warnings.append(
                 f"AFTER fixes its batch at {batch[0]}: timed at that batch only (--batch "
                 f"{','.join(map(str, settings.batches))} does not apply)"
             )
+            reason = f"AFTER fixes its batch at {batch[0]}: give --batch {batch[0]}"
+            not_timed = [SkippedBatch(size, reason) for size in settings.batches if size != batch[0]]
         settings = dataclasses.replace(settings, batches=(batch[0],))
-    return {**fixed, **(dims or {})}, settings
+    return {**fixed, **(dims or {})}, settings, not_timed
 
 
 def _batch_dims_not_timed(model: ir.Model, dims: Mapping[str, int] | None, batches: Sequence[int]) -> list[str]:

@@ -238,12 +238,16 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
     # With --generate too: an output the generation does not read (a hidden state beside the logits) that turned
     # Inf failed --min-cosine under a calm grey "logits cosine 1.0000" (a review).
     broken = [
-        item.name
+        item
         for item in provider.accuracy
         if not math.isfinite(item.max_abs_error) or (item.cosine is not None and math.isnan(item.cosine))
     ]
     if broken:
-        names = ", ".join(f"'{name}'" for name in broken)
+        # A string label's agreement says how many differ (one in 10,000 read as every one).
+        names = ", ".join(
+            f"'{item.name}'" + (f" (agreement {share_text(item.agreement)})" if item.agreement is not None else "")
+            for item in broken
+        )
         return _Segment(f"{names} differ: NaN/Inf or non-numeric values", "bad", "accuracy", warned)
     # Integer or bool outputs that differ at all (class ids, masks) hold other answers, not rounding.
     integers_differ = any(
