@@ -2677,7 +2677,10 @@ def _index_bounds(
 
     A ``Gather`` reads every element as an index into the table's ``axis``: its size bounds them all.
     A ``GatherND`` reads its indices' last axis as a tuple, component k indexing the table's axis ``batch_dims +
-    k``. ``value`` is followed to both through ``Cast``/``Identity`` (which keep its last axis), ``Div`` by a scalar
+    k``. A ``ScatterElements`` (a ``ScatterND``) writes at its indices as the ``Gather`` (``GatherND``) reads: a graph
+    network that sums its edges into its nodes so (``x [num_nodes, 8]``, its edges' targets in ``edge_index``) was
+    taken for a batch of nodes, cut into 16, and ``compare`` said ONNX Runtime cannot run it.
+    ``value`` is followed to both through ``Cast``/``Identity`` (which keep its last axis), ``Div`` by a scalar
     constant of at least 1 (read unchanged, its quotient's bounds are mapped back through it, ``_through_division``;
     elsewhere it keeps an index drawn within the table within it) and ``Max``/``Min`` with one of at least 0 (which keep
     an index drawn within the table within it, ``_contracts``), ``Unsqueeze`` (a new last axis puts every element at
@@ -2748,14 +2751,14 @@ def _index_bounds(
                 continue
             if id(current) in contracted or (node.op_type == "Div" and index == 0):
                 contracted.update(id(out) for out in node.outputs)
-            if node.op_type == "Gather" and index == 1:
+            if node.op_type in ("Gather", "ScatterElements") and index == 1:
                 table = _table_shape(node.inputs[0], dims)
                 if table and isinstance(size := table[node.attributes.get_int("axis", 0) % len(table)], int):
                     low, high = _affine_interval(size, mapping)
                     lows.append(low)
                     if high is not None:
                         whole.append(high)
-            elif node.op_type == "GatherND" and index == 1:
+            elif node.op_type in ("GatherND", "ScatterND") and index == 1:
                 table = _table_shape(node.inputs[0], dims)
                 if not table:
                     continue
@@ -3782,14 +3785,37 @@ def has_no_batch(model: ir.Model) -> bool:
     ``f0`` (``phs [N0]``, ``notePitches [unk__601]``), a graph network's ``x [num_nodes, 85]`` beside ``edge_index
     [2, num_edges]``: each file of its data (an .npz, a feed dict) is one sample, fed whole. Cut into rows of 16
     along axis 0, ``phs [35]`` was fed as 16 entries beside ``notePitches [15]`` whole, and ``compare`` blamed the
-    model ("ONNX Runtime cannot run it"); a graph's edges pointed past its 16 nodes. Read on the inputs as declared
-    in a model ``--static-shapes`` bound (``DECLARED_SHAPE``)."""
+    model ("ONNX Runtime cannot run it"); a graph's edges pointed past its 16 nodes. A dim that leads an input of rank 2
+    or more and also leads one of rank 1 (torch's dynamo export of ``x [s13, 8]`` beside ``t [s13]``, a diffusion
+    model's ``timestep``, an ASR model's lengths) is taken for a batch here too (``_leading_dims``), though
+    ``_batch_like_dims`` does not guess it: read as no batch, 40 rows of such a model were one sample, fed whole,
+    and ``compare`` timed 128 rows as "batch 1". Read on the inputs as declared in a model ``--static-shapes``
+    bound (``DECLARED_SHAPE``)."""
     declared = _as_declared(model) or model
     if sample_inputs(declared) is None or batch_dims(declared):
         return False
     if any(leads_unnamed(value) for value in runtime_inputs(declared)):
         return False
-    return all(_indexed_by_an_input(declared, name) for name in _batch_like_dims(declared))
+    guessed = _batch_like_dims(declared) | _leading_dims(declared)
+    return all(_indexed_by_an_input(declared, name) for name in guessed)
+
+
+def _leading_dims(model: ir.Model) -> set[str]:
+    """The symbolic dims that lead an input of rank 2 or more and stand at no later axis of any input, not named like
+    a length (``_LENGTH_NAME``): as ``_batch_like_dims`` guesses a batch, but one that also leads an input of rank 1
+    (a per-row scalar: ``t [s13]`` beside ``x [s13, 8]``) is one too."""
+    leading: set[str] = set()
+    later: set[str] = set()
+    for value in runtime_inputs(model):
+        if value.shape is None:
+            continue
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, ir.SymbolicDim) and dim.value:
+                if axis == 0 and len(value.shape) >= 2:
+                    leading.add(dim.value)
+                elif axis > 0:
+                    later.add(dim.value)
+    return {name for name in leading - later if not _LENGTH_NAME.search(name)}
 
 
 def _indexed_by_an_input(model: ir.Model, name: str) -> bool:

@@ -269,7 +269,8 @@ def _is_matrix_transpose(node: ir.Node) -> bool:
 
 def _weight(node: ir.Node, kind: str) -> tuple[np.ndarray | None, ir.Value | None]:
     """The layer's weight and the value holding it: the input itself (a constant, or a weight dequantized by hand,
-    ``weight_array``), or a transposed constant."""
+    ``weight_array``), or a transposed one (``Transpose(Mul(Cast(q), scale))`` too: ``fold-constants`` leaves that
+    chain, and such a MatMul was left float as "weight is not a constant")."""
     value = node.inputs[1]
     weight = weight_array(value)
     if weight is not None:
@@ -277,7 +278,7 @@ def _weight(node: ir.Node, kind: str) -> tuple[np.ndarray | None, ir.Value | Non
     producer = value.producer() if value is not None else None
     if kind in ("matmul", "gemm") and producer is not None and _is_matrix_transpose(producer):
         source = producer.inputs[0]
-        transposed = constant_array(source)
+        transposed = weight_array(source)
         if transposed is not None and transposed.ndim == 2:
             # The exporters' tied LM head: MatMul(x, Transpose(table)).
             return np.ascontiguousarray(transposed.T), source
@@ -297,7 +298,8 @@ def _layer(node: ir.Node, kind: str) -> Layer | str:
         return "weight is not float32"
     if not np.isfinite(weight).all():  # no scale, factor or ranking stands for it (int8 failed the whole pass)
         return "weight holds NaN or Inf"
-    bias = constant_array(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else None
+    # A bias stored int8 and dequantized by hand beside such a weight is one too (a Conv's was "not a constant").
+    bias = weight_array(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else None
     if kind == "matmul":
         if weight.ndim != 2:
             return f"weight has rank {weight.ndim}, not 2"

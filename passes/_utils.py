@@ -94,6 +94,23 @@ def weight_array(value: ir.Value | None) -> np.ndarray | None:
     return weight if weight is not None else dequantized_weight(value)
 
 
+def initializer_bytes(model: ir.Model) -> int:
+    """Bytes of the main graph's initializers."""
+    return sum(value.const_value.nbytes for value in model.graph.initializers.values() if value.const_value is not None)
+
+
+def written_in_float_note(before: int, after: int) -> str:
+    """What a pass that rewrites weights read through ``dequantized_weight`` says where the weights it writes, in
+    float32, take more bytes than the narrow integers they were stored in (``initializer_bytes`` ``before`` and
+    ``after`` it): fewer parameters, a larger file."""
+    from optimizer.inputs import format_bytes
+
+    return (
+        f"weights stored in {format_bytes(before)} now take {format_bytes(after)}: a weight stored int8 and "
+        "dequantized in the graph (Mul(Cast(q), scale)) is written in float32"
+    )
+
+
 # Ops that draw random numbers (onnxscript's folder and onnx-ir's CSE know all but Bernoulli): each run draws anew,
 # so one is never folded into a constant nor merged with another.
 _RANDOM_OPS = frozenset(

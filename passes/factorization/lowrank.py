@@ -94,7 +94,16 @@ from passes._layers import (
 )
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, checked_target, refuse_without_samples, unfit_on_generated_samples
-from passes._utils import add_initializer, constant_array, nothing_found_note, remove_dead_nodes, unique_name
+from passes._utils import (
+    add_initializer,
+    dequantized_weight,
+    initializer_bytes,
+    nothing_found_note,
+    remove_dead_nodes,
+    unique_name,
+    weight_array,
+    written_in_float_note,
+)
 from passes.factorization._timing import FASTER_BELOW, MeasuredSpeed, parameter_limit
 
 # "reconstruction" (pruning's compensated ranking) is activation-aware here: the whitened SVD is already
@@ -283,7 +292,8 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         if not any(rank is not None for rank in ranks.values()):
             return self.result(model, modified=False)
         source = model.clone()
-        before = count_parameters(model)
+        before, stored = count_parameters(model), initializer_bytes(model)
+        by_hand = any(dequantized_weight(layer.source) is not None for group in groups for layer in group.layers)
         decisions = self._factorize(model, groups, ranks, rows, repair=repair)
         self._report(decisions)
         summary = f"{len(decisions)} weights factorized, parameters {before:,} → {count_parameters(model):,}"
@@ -304,6 +314,8 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
             if not len(fitted):  # plain SVD: ranks bisected on every sample meet the budget on them by the search
                 summary += searched_caveat(checked, checked, model, chose=self._bisected, held_out=False)
         self.note(summary)
+        if by_hand and initializer_bytes(model) > stored:  # its factors are float32 (an int8 256×256: 64 → 128 kB)
+            self.note(written_in_float_note(stored, initializer_bytes(model)))
         outcomes = set().union(*(decision.group.repair_outcome for decision in decisions))
         if repair and not repaired and "tried" in outcomes:
             self.note("repair: no re-fit lowered a layer's error on calibration samples it was not fitted to by 2 %")
@@ -854,7 +866,7 @@ def _store_bias(graph: ir.Graph, node: ir.Node, layer: Layer, change: np.ndarray
 
 
 def _constant(value: ir.Value | None) -> np.ndarray:
-    array = constant_array(value)
+    array = weight_array(value)  # a bias stored int8 and dequantized by hand is one (``find_layers`` takes it)
     if array is None:
         raise ValueError(f"{value.name if value is not None else 'a missing input'} is not a constant")
     return array.astype(np.float64)

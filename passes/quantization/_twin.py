@@ -28,7 +28,7 @@ from onnxscript import version_converter
 
 from optimizer.domains import onnx_opset
 from passes._layers import Layer, bias_add, find_layers
-from passes._utils import add_initializer, constant_array, remove_dead_nodes
+from passes._utils import add_initializer, remove_dead_nodes, weight_array
 from passes.quantization._int8 import ROW_LEVELS, ROW_SCALE_FLOOR, QuantizedWeight
 
 # DynamicQuantizeLinear's first opset; older models' twins are converted to the oldest
@@ -170,7 +170,7 @@ class Int8Twin:
     def set_input(self, node: ir.Node, index: int, array: np.ndarray) -> None:
         """Replace a constant input of ``node`` by ``array`` (float32, shaped like the constant it replaces, or
         ``[N]`` where that was one value broadcast to every output feature: a Gemm's one-value C)."""
-        old = constant_array(node.inputs[index])
+        old = weight_array(node.inputs[index])  # a Conv's bias may be stored int8 and dequantized by hand
         array = np.asarray(array, dtype=np.float32)
         array = np.ascontiguousarray(array.reshape(old.shape) if array.size == old.size else array.reshape(-1))
         node.replace_input_with(index, add_initializer(self.model.graph, f"{node.name}.twin_{index}", array))
