@@ -2235,6 +2235,11 @@ def _generate_tensor(
             # when there is one (rotary positions read no table: 0, 1, 2, ... as a tokenizer's would).
             table = _index_range(value, dims, widest=widest)
             span = table - low if table is not None and table > low else None
+            if span and span < shape[-1] and _scatters_at(value):
+                # A static cache written at its positions (ScatterND): wrapped, two positions wrote one slot (which
+                # ONNX leaves undefined), 128 tokens into a cache of 16. Unwrapped, ONNX Runtime refuses them, and
+                # verification runs shorter lengths, as before a review in session 69 bounded scatters' indices.
+                span = None
             positions = low + (np.arange(shape[-1]) % span if span else np.arange(shape[-1]))
             return np.broadcast_to(positions, shape).astype(numpy_dtype)
         length = _row_length(model, value, dims) if len(shape) == 1 else None
@@ -2278,8 +2283,39 @@ def _generate_tensor(
             return _padding_mask(shape, numpy_dtype)
         if lookups := _lookup_keys(value):  # a LabelEncoder's float keys, a float column's cats: normal draws miss them
             return _drawn_from_keys(lookups, rng.standard_normal(shape), rng).astype(numpy_dtype)
+        if len(shape) == 1 and _row_length(model, value, dims) is not None:
+            # Float per-row lengths are fractions of the row (SpeechBrain's ``wav_lens``): 1, the whole row, the last
+            # of two or more 0.75. Drawn normal until a later review in session 69, most were negative, every frame
+            # of such a row masked.
+            return _relative_lengths(shape).astype(numpy_dtype)
         return rng.standard_normal(shape).astype(numpy_dtype)
     raise InputSpecError(f"input '{value.name}' has type {dtype}, which graphopt cannot generate; {_WAYS_OUT}")
+
+
+def _scatters_at(value: ir.Value) -> bool:
+    """Whether integer input ``value`` reaches a ``ScatterND``'s or ``ScatterElements``' indices through ops that carry
+    indices unchanged (``_INDEX_PRESERVING_OPS``, ``Add``/``Sub``, ``Concat``)."""
+    frontier, seen = [value], set()
+    while frontier:
+        current = frontier.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for node, index in current.uses():
+            if node.op_type in ("ScatterND", "ScatterElements") and index == 1:
+                return True
+            if node.op_type in _INDEX_PRESERVING_OPS | {"Add", "Sub", "Concat"}:
+                frontier.extend(node.outputs)
+    return False
+
+
+def _relative_lengths(shape: tuple[int, ...]) -> np.ndarray:
+    """Float per-row lengths as fractions of the row (``_row_length``'s input in a float type): 1.0, the last of two
+    or more rows 0.75, as integer lengths are drawn."""
+    lengths = np.ones(shape)
+    if shape[0] >= 2:
+        lengths[-1] = 0.75
+    return lengths
 
 
 def _row_length(model: ir.Model, value: ir.Value, dims: Mapping[str, int]) -> int | None:
@@ -2287,10 +2323,13 @@ def _row_length(model: ir.Model, value: ir.Value, dims: Mapping[str, int]) -> in
     NeMo's ``length``, Piper's ``input_lengths``) gives each row: the size ``dims`` binds the one symbolic dim, not a
     batch, of the input its name starts with (``waveforms``), else of all inputs; None where that is not one dim.
     Drawn 0 or 1, as other integers, such lengths masked every frame of a speech front end: its features were zeros
-    before and after, and a rewrite scaling its mel filterbank verified."""
+    before and after, and a rewrite scaling its mel filterbank verified. The batch is one named like it, else one
+    guessed (``_batch_like_dims``) or leading an input of rank 2 or more (``_leading_dims``: torch's dynamo export of
+    ``waveforms [s0, s1]`` beside ``waveforms_lens [s0]``, whose lengths were drawn 0 or 1 until a later review in
+    session 69)."""
     if not _LENGTHS_NAME.search(value.name) or value.shape is None or len(value.shape) != 1:
         return None
-    batches = {*batch_dims(model), *guessed_batch_dims(model)}
+    batches = set(batch_dims(model)) or _batch_like_dims(model) | _leading_dims(model)
     if not isinstance(value.shape[0], ir.SymbolicDim) or value.shape[0].value not in batches:
         return None
     others = [other for other in runtime_inputs(model) if other is not value and other.shape is not None]
@@ -2679,7 +2718,9 @@ def _index_bounds(
     A ``GatherND`` reads its indices' last axis as a tuple, component k indexing the table's axis ``batch_dims +
     k``. A ``ScatterElements`` (a ``ScatterND``) writes at its indices as the ``Gather`` (``GatherND``) reads: a graph
     network that sums its edges into its nodes so (``x [num_nodes, 8]``, its edges' targets in ``edge_index``) was
-    taken for a batch of nodes, cut into 16, and ``compare`` said ONNX Runtime cannot run it.
+    taken for a batch of nodes, cut into 16, and ``compare`` said ONNX Runtime cannot run it. A ``GatherElements``
+    reads each element along its ``axis`` as a ``Gather`` does (torch's ``x.gather(0, index)``: so too until a later
+    review in session 69, its nodes cut into 16).
     ``value`` is followed to both through ``Cast``/``Identity`` (which keep its last axis), ``Div`` by a scalar
     constant of at least 1 (read unchanged, its quotient's bounds are mapped back through it, ``_through_division``;
     elsewhere it keeps an index drawn within the table within it) and ``Max``/``Min`` with one of at least 0 (which keep
@@ -2751,7 +2792,7 @@ def _index_bounds(
                 continue
             if id(current) in contracted or (node.op_type == "Div" and index == 0):
                 contracted.update(id(out) for out in node.outputs)
-            if node.op_type in ("Gather", "ScatterElements") and index == 1:
+            if node.op_type in ("Gather", "GatherElements", "ScatterElements") and index == 1:
                 table = _table_shape(node.inputs[0], dims)
                 if table and isinstance(size := table[node.attributes.get_int("axis", 0) % len(table)], int):
                     low, high = _affine_interval(size, mapping)
@@ -4614,7 +4655,8 @@ def _skeleton_arrays(
     A per-row integer lengths input (``_row_length``: ``waveforms_lens``) is each row's whole length: written as zeros
     until a review in session 69, every frame of a speech front end was masked, its outputs zeros, on a template whose
     audio a user filled in (and then the last of several rows a quarter shorter, and float lengths normal draws, each
-    said to be whole, until a later one; float lengths may be fractions, SpeechBrain's ``wav_lens``: zeros, said so)."""
+    said to be whole, until a later one). Float lengths are fractions of each row, SpeechBrain's ``wav_lens``: ones,
+    said so (zeros until a later review in session 69, every frame masked, a mean over them NaN)."""
     from optimizer.padding import (  # lazily: a pass imported alone loads no padding
         causal_mask,
         causal_masks,
@@ -4646,6 +4688,10 @@ def _skeleton_arrays(
             # it), which a template of full rows cut.
             arrays[value.name] = np.full(np.shape(array), length, dtype=np.asarray(array).dtype)
             what = " lengths (each row whole)"
+        elif value.dtype.is_floating_point() and np.ndim(array) == 1 and _row_length(model, value, dims) is not None:
+            # Float lengths are fractions of each row (SpeechBrain's ``wav_lens``): zeros masked every frame.
+            arrays[value.name] = np.ones(np.shape(array), dtype=np.asarray(array).dtype)
+            what = " lengths as fractions of each row (1: whole)"
         else:
             arrays[value.name], what = _skeleton_value(value, np.asarray(array))
         a = arrays[value.name]

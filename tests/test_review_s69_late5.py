@@ -155,7 +155,7 @@ def test_make_inputs_writes_every_row_of_integer_lengths_whole_and_float_ones_as
     # Before: waveforms_lens [400, 400, 300] "(each row whole)"; float lengths normal draws, said to be lengths.
     for dtype, written, said in (
         (TensorProto.INT64, [400] * 3, "lengths (each row whole)"),
-        (TensorProto.FLOAT, [0] * 3, "zeros"),
+        (TensorProto.FLOAT, [1] * 3, "lengths as fractions of each row (1: whole)"),  # zeros until late7
     ):
         nodes = [
             helper.make_node("ReduceSum", ["waveforms"], ["total"], keepdims=0),
