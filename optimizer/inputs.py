@@ -954,15 +954,7 @@ def _batch_like_dims(model: ir.Model) -> set[str]:
     named = set(batch_dims(model))
     if named:
         return named
-    leading: set[str] = set()
-    elsewhere: set[str] = set()
-    for value in runtime_inputs(model):
-        if value.shape is None:
-            continue
-        for axis, dim in enumerate(value.shape):
-            if isinstance(dim, ir.SymbolicDim) and dim.value:
-                (leading if axis == 0 and len(value.shape) >= 2 else elsewhere).add(dim.value)
-    return {name for name in leading - elsewhere if not _LENGTH_NAME.search(name)}
+    return _unnamed_leading_dims(model, per_row_scalars=False)
 
 
 # Dims named like a length (a rank-2 ``[sequence, hidden]`` input without a batch): never taken for a batch.
@@ -3845,18 +3837,25 @@ def _leading_dims(model: ir.Model) -> set[str]:
     """The symbolic dims that lead an input of rank 2 or more and stand at no later axis of any input, not named like
     a length (``_LENGTH_NAME``): as ``_batch_like_dims`` guesses a batch, but one that also leads an input of rank 1
     (a per-row scalar: ``t [s13]`` beside ``x [s13, 8]``) is one too."""
+    return _unnamed_leading_dims(model, per_row_scalars=True)
+
+
+def _unnamed_leading_dims(model: ir.Model, *, per_row_scalars: bool) -> set[str]:
+    """The symbolic dims that lead an input of rank 2 or more and stand at no later axis of any input, nor (unless
+    ``per_row_scalars``) lead an input of rank 1, not named like a length (``_LENGTH_NAME``)."""
     leading: set[str] = set()
-    later: set[str] = set()
+    elsewhere: set[str] = set()
     for value in runtime_inputs(model):
         if value.shape is None:
             continue
         for axis, dim in enumerate(value.shape):
-            if isinstance(dim, ir.SymbolicDim) and dim.value:
-                if axis == 0 and len(value.shape) >= 2:
-                    leading.add(dim.value)
-                elif axis > 0:
-                    later.add(dim.value)
-    return {name for name in leading - later if not _LENGTH_NAME.search(name)}
+            if not isinstance(dim, ir.SymbolicDim) or not dim.value:
+                continue
+            if axis == 0 and len(value.shape) >= 2:
+                leading.add(dim.value)
+            elif axis > 0 or not per_row_scalars:
+                elsewhere.add(dim.value)
+    return {name for name in leading - elsewhere if not _LENGTH_NAME.search(name)}
 
 
 def _indexed_by_an_input(model: ir.Model, name: str) -> bool:

@@ -244,7 +244,8 @@ def test_optimize_compare_measures_accuracy_on_the_calibration_folder(tmp_path, 
     provider = json.loads(report.read_text())["providers"][0]
     assert "(20 samples in 4 files)" in provider["accuracy_data"]
     assert provider["accuracy"][0]["samples"] == 20
-    assert "the samples the approximate passes were fitted to" in capsys.readouterr().out
+    # The console wraps its lines where a warning (a noisy machine's) moves the text: read it as one line.
+    assert "the samples the approximate passes were fitted to" in " ".join(capsys.readouterr().out.split())
 
 
 def test_batches_index_and_slice_like_a_list(model, samples):
