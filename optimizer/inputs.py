@@ -968,7 +968,7 @@ def verification_bindings(
     copy, when an input looks like a mask) and the second, longer one (see ``alternate_binding``)."""
     first = bind_dims(model, dims, max_positions=max_positions)
     bindings: list[Mapping[str, int] | None] = [first]
-    if any(_MASK_NAME.search(value.name) for value in runtime_inputs(model)):
+    if any(_is_mask(value) for value in runtime_inputs(model)):
         bindings.append(first)
     alternate = alternate_binding(model, dims, longer=True, max_positions=max_positions)
     if alternate is not None:
@@ -1940,7 +1940,7 @@ def _vary_ambiguous_indices(
         array = inputs.get(value.name)
         if not isinstance(array, np.ndarray) or array.dtype.kind not in "iu" or array.size < 2 or _varies(array):
             continue
-        if _MASK_NAME.search(value.name) or _index_bounds(value, dims, widest=True) == _index_bounds(value, dims):
+        if _is_mask(value) or _index_bounds(value, dims, widest=True) == _index_bounds(value, dims):
             continue
         wider = _generate_tensor(model, value, shapes[value.name], rng, dims, widest=True)
         if _varies(wider):
@@ -2205,16 +2205,17 @@ def _generate_tensor(
     if len(shape) == 4 and (convention := {**key_masks(model), **cross_masks(model)}.get(value.name)) is not None:
         real = _padding_mask((shape[0], shape[3]), np.dtype(np.int8)) != 0
         return key_mask(real, shape[2], convention, numpy_dtype)
-    if _MASK_NAME.search(value.name) and pads_where_true(value):
+    is_mask = _is_mask(value)
+    if is_mask and pads_where_true(value):
         # The other convention's padding mask inverted: real positions false, and the same positions padded (all
         # zeros padded none, and a rewrite that dropped the mask verified).
         return (_padding_mask(shape, np.dtype(np.int8)) == 0).astype(numpy_dtype)
     if dtype == ir.DataType.BOOL:
-        if _MASK_NAME.search(value.name):
+        if is_mask:
             return np.ones(shape, dtype=bool)
         return rng.integers(0, 2, size=shape).astype(bool)
     if dtype.is_integer():
-        if _MASK_NAME.search(value.name):
+        if is_mask:
             return _padding_mask(shape, numpy_dtype)
         if (lookups := _lookup_keys(value)) and _indexes_nothing(value, dims, widest=widest):
             # Codes an ai.onnx.ml lookup maps (to names, to other codes), indexing no table: drawn 0 or 1, as other
@@ -2271,7 +2272,7 @@ def _generate_tensor(
         if _MASK_NAME.search(value.name) and added_to_scores(value):
             # 0 attends, float's lowest pads (generated 0/1, it masked nothing: a rewrite flooring it verified).
             return encoded_mask(_padding_mask(shape, np.dtype(np.int8)) != 0, "additive", numpy_dtype)
-        if _MASK_NAME.search(value.name):
+        if is_mask:
             return _padding_mask(shape, numpy_dtype)
         if lookups := _lookup_keys(value):  # a LabelEncoder's float keys, a float column's cats: normal draws miss them
             return _drawn_from_keys(lookups, rng.standard_normal(shape), rng).astype(numpy_dtype)
@@ -2550,6 +2551,14 @@ def _is_fill(value: ir.Value | None) -> bool:
     if tensor is None or not tensor.dtype.is_floating_point() or tensor.size == 0:
         return False
     return bool(np.all(tensor.numpy().astype(np.float64) <= -1e3))
+
+
+def _is_mask(value: ir.Value) -> bool:
+    """Whether input ``value`` is a padding mask, by name or by what the graph does with it
+    (``optimizer.padding.looks_like_mask``)."""
+    from optimizer.padding import looks_like_mask  # lazily: a pass imported alone loads no padding
+
+    return looks_like_mask(value)
 
 
 def _padding_mask(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -3549,10 +3558,9 @@ def holds_samples(model: ir.Model | None) -> SampleAxes:
         )
     known = _shaped_inputs(model)
     inputs = None if model is None else frozenset(v.name for v in model.graph.inputs)
+    masks = frozenset(v.name for v in model.graph.inputs if _is_mask(v)) if model is not None else frozenset()
     true_pads = (
-        frozenset(v.name for v in model.graph.inputs if _MASK_NAME.search(v.name) and pads_where_true(v))
-        if model is not None
-        else frozenset()
+        frozenset(v.name for v in model.graph.inputs if v.name in masks and pads_where_true(v)) if masks else masks
     )
     return SampleAxes(
         lambda name, array: (
@@ -3562,6 +3570,7 @@ def holds_samples(model: ir.Model | None) -> SampleAxes:
         ),
         _later_sample_axes(model, sampled),
         true_pads,
+        masks=masks,
     )
 
 
@@ -3570,7 +3579,8 @@ class SampleAxes:
     says whether ``array`` holds samples; ``length``, ``take`` and ``axis`` read and cut them. Axis 0
     but for an input whose batch dim the model puts later (Silero VAD's LSTM ``state [2, batch, 128]``
     beside ``input [batch, T]``): every cut of the samples cuts it there too. ``pads_where_true``: the mask inputs
-    the model reads as padding where true (``pads_where_true``), whose zeros are the real positions. ``whole``: the
+    the model reads as padding where true (``pads_where_true``), whose zeros are the real positions. ``masks``: the
+    inputs named or read as a padding mask (``optimizer.padding.looks_like_mask``). ``whole``: the
     model has no batch (``has_no_batch``): no array holds samples, and each chunk of data is one, never joined."""
 
     def __init__(
@@ -3580,9 +3590,10 @@ class SampleAxes:
         pads_where_true: frozenset[str] = frozenset(),
         *,
         whole: bool = False,
+        masks: frozenset[str] = frozenset(),
     ) -> None:
         self._first, self._later = first, dict(later or {})
-        self.pads_where_true = pads_where_true
+        self.pads_where_true, self.masks = pads_where_true, masks
         self.whole = whole
 
     def __call__(self, name: str, array: Any) -> bool:
@@ -3933,21 +3944,21 @@ def _sample_keys(batch: Mapping[str, np.ndarray], holds: SampleAxes, whole: bool
 
 def _padding_masks(batch: Mapping[str, np.ndarray], holds: SampleAxes, size: int) -> list[tuple[int, np.ndarray]]:
     """Where each sample of ``batch`` attends, per padding mask it holds, with the axis of a sample's array the mask
-    reads (``[samples, sequence]`` bool): an integer input named ``*mask*``, 2-D, cut along axis 0, holding only 0
-    (pad) and 1, with a 1 in every sample's row, as ``optimizer.padding.mask_inputs`` takes one (a boolean mask may
-    pad where True: read the wrong way round it would keep the pads and drop the tokens), or one the model reads as
-    padding where true (``holds``' ``pads_where_true``; boolean too), its zeros the real positions (read as 1s, two
-    sentences padded alike were one sample), at axis 1; then the first positions of each row that a per-row lengths
-    input (``_LENGTHS_NAME``, ``[samples]`` integers of 1 or more: ``waveforms_lens``, NeMo's ``length``) counts,
-    along each axis after the first of each input it may describe (the inputs its name starts with, ``waveforms``,
-    else all) that holds every length and one value (its padding) past each row's length: content there (NeMo's
-    ``audio_signal [B, 80, T]`` beside ``length`` in frames: its mel bins) is no padding. Audio models take lengths,
-    not a mask: a clip padded to two lengths was two samples (along axis 1 only until a review in session 68:
-    features ``[batch, features, time]`` so padded were two samples still, and two sets of features alike in their
-    first bins alone were one)."""
+    reads (``[samples, sequence]`` bool): an integer input named ``*mask*`` (or read as a mask: ``holds``' ``masks``),
+    2-D, cut along axis 0, holding only 0 (pad) and 1, with a 1 in every sample's row, as
+    ``optimizer.padding.mask_inputs`` takes one (a boolean mask may pad where True: read the wrong way round it would
+    keep the pads and drop the tokens), or one the model reads as padding where true (``holds``' ``pads_where_true``;
+    boolean too), its zeros the real positions (read as 1s, two sentences padded alike were one sample), at axis 1; then
+    the first positions of each row that a per-row lengths input (``_LENGTHS_NAME``, ``[samples]`` integers of 1 or
+    more: ``waveforms_lens``, NeMo's ``length``) counts, along each axis after the first of each input it may describe
+    (the inputs its name starts with, ``waveforms``, else all) that holds every length and one value (its padding) past
+    each row's length: content there (NeMo's ``audio_signal [B, 80, T]`` beside ``length`` in frames: its mel bins) is
+    no padding. Audio models take lengths, not a mask: a clip padded to two lengths was two samples (along axis 1 only
+    until a review in session 68: features ``[batch, features, time]`` so padded were two samples still, and two sets of
+    features alike in their first bins alone were one)."""
     masks = []
     for name, array in batch.items():
-        if not (_MASK_NAME.search(name) and isinstance(array, np.ndarray) and array.ndim == 2):
+        if not ((_MASK_NAME.search(name) or name in holds.masks) and isinstance(array, np.ndarray) and array.ndim == 2):
             continue
         pads = name in holds.pads_where_true
         if array.dtype.kind not in ("biu" if pads else "iu") or array.shape[0] != size or not holds(name, array):
@@ -4603,9 +4614,10 @@ def write_input_skeleton(
     others 128), and where ONNX Runtime refuses the model on those, the other lengths verification
     tries (``GeneratedLengths``: shorter, then 512 and 2,048 along the free dims; a speech front end's STFT
     needs more than 128 samples). Token ids are small valid ids (inside the embedding table they index),
-    attention masks ones, position ids 0, 1, 2... (on from the past's length over a key/value cache), token
-    type ids zeros, per-row lengths (``waveforms_lens``) each row's whole length, inputs read as sizes or axes the
-    values verification finds ONNX Runtime accepts, other numbers zeros. The file is a template to overwrite with
+    attention masks (named so, or read so: ``optimizer.padding.looks_like_mask``) ones, position ids 0, 1, 2... (on
+    from the past's length over a key/value cache), token type ids zeros, per-row lengths (``waveforms_lens``) each
+    row's whole length, inputs read as sizes or axes the values verification finds ONNX Runtime accepts, other numbers
+    zeros. The file is a template to overwrite with
     real data: it runs (or the line says ONNX Runtime refused it at every length tried), but says nothing about
     accuracy. Raises ``InputSpecError`` where
     generation does (an input of no shape).
@@ -4726,7 +4738,7 @@ def _skeleton_value(value: ir.Value, generated: np.ndarray) -> tuple[np.ndarray,
         return generated, ""  # read as sizes or axes: the value verification found ORT accepts
     if zero_fillable(value):
         return np.zeros_like(generated), " zeros"
-    if _MASK_NAME.search(value.name):
+    if _is_mask(value):
         if pads_where_true(value):
             return np.zeros_like(generated), " zeros (true pads: PyTorch's key padding mask)"
         return np.ones_like(generated), " ones"

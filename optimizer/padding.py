@@ -260,6 +260,87 @@ def added_to_scores(value: ir.Value) -> bool:
     return False
 
 
+def looks_like_mask(value: ir.Value) -> bool:
+    """Whether graph input ``value`` is a padding mask by its name (``*mask*``) or by what the graph does with it
+    (``reads_as_attention_mask``)."""
+    return bool(_MASK_NAME.search(value.name)) or reads_as_attention_mask(value)
+
+
+# Ops that turn a mask's 0/1 into the numbers added to the scores (``(1 - mask) * min``, clamped), besides those
+# that move it.
+_MASK_ARITHMETIC_OPS = frozenset({"Sub", "Mul", "Equal", "Max", "Min"})
+# Ops that move a mask's values (their first input) on its way to the scores: a layout, and the gathers of
+# transformers 5's mask functions (``Flatten``, then ``Gather`` at the batch and key positions, combined by ``And``).
+_MASK_GATHER_OPS = frozenset({*_MASK_LAYOUT_OPS, "Flatten", "Gather", "GatherElements", "GatherND"})
+# ONNX Runtime's attention ops' 0/1 padding mask inputs: a model fused already reads its mask there.
+_MASK_INDICES = {(MS_DOMAIN, "Attention"): 3, (MS_DOMAIN, "MultiHeadAttention"): 4}
+
+
+def reads_as_attention_mask(value: ir.Value) -> bool:
+    """Whether the graph reads the 2-D input ``value`` (numbers or booleans) as an attention mask, whatever its name:
+    through ops that only move, cast or negate it, and arithmetic with constants, it is scaled to -1e3 or beyond
+    (``Mul`` by such a constant, or a ``Where`` choosing one) and added to (or chooses among) scores a ``MatMul`` of two
+    computed operands gives (queries and keys), as Hugging Face's extended mask ``(1 - mask[:, None, None, :]) * min``
+    is, or as transformers 5 builds it (gathered at the key positions, ``And`` with another mask, ``Where(mask, 0,
+    min)``). The imitator ALBERT taggers' ``onnx::Unsqueeze_1`` (PyTorch 2.0's legacy export) is one: named
+    otherwise, its padding was scored as real tokens until a review in session 69. A ``token_type_ids`` or
+    ``position_ids`` (read by an embedding's ``Gather``) is none, nor a float bias added to the scores unscaled (its
+    values are no 0/1). One that ONNX Runtime's ``Attention`` reads as its ``mask_index`` or ``MultiHeadAttention`` as
+    its ``key_padding_mask``, or that, scaled so, an attention op adds to its scores (``_SCORE_BIASES``: a model fused
+    already) is one too."""
+    shape = _declared(value)
+    if value.dtype is None or value.dtype == ir.DataType.STRING or shape is None or shape.rank() != 2:
+        return False
+    frontier, seen = [(value, False)], set()
+    while frontier and len(seen) < 64:
+        current, scaled = frontier.pop()
+        if (id(current), scaled) in seen:
+            continue
+        seen.add((id(current), scaled))
+        for node, index in current.uses():
+            if _MASK_INDICES.get((node.domain, node.op_type)) == index and not scaled:
+                return True
+            if _SCORE_BIASES.get((node.domain, node.op_type)) == index and scaled:
+                return True
+            if node.domain not in ("", "ai.onnx") or not node.outputs:
+                continue
+            if (node.op_type in _MASK_GATHER_OPS and index == 0) or node.op_type in ("Cast", "Not", "And", "Or"):
+                frontier.extend((out, scaled) for out in node.outputs)
+            elif node.op_type in _MASK_ARITHMETIC_OPS and len(node.inputs) == 2:
+                constant = _constant(node.inputs[1 - index])
+                if constant is None:
+                    continue
+                large = node.op_type == "Mul" and constant.size > 0 and bool((np.abs(constant) >= 1e3).all())
+                frontier.append((node.outputs[0], scaled or large))
+            elif node.op_type == "Where" and index == 0:
+                branches = [v for v in node.inputs[1:] if v is not None]
+                constants = [c for v in branches if (c := _constant(v)) is not None]
+                large = any(c.size > 0 and (np.abs(c) >= 1e3).all() for c in constants)
+                data = [v for v in branches if _constant(v) is None]
+                if large and data and any(_query_key_scores(v) for v in data):
+                    return True
+                if large and not data:
+                    frontier.append((node.outputs[0], True))
+            elif node.op_type == "Add" and len(node.inputs) == 2 and scaled:
+                if _query_key_scores(node.inputs[1 - index]):
+                    return True
+    return False
+
+
+def _constant(value: ir.Value | None) -> np.ndarray | None:
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    return None if tensor is None else np.asarray(tensor.numpy(), dtype=np.float64)
+
+
+def _query_key_scores(value: ir.Value | None) -> bool:
+    """Whether ``value`` is computed by a ``MatMul`` of two computed operands (queries and keys, not a layer's input and
+    its weight) through scales and layout ops (``_scores_matmul``)."""
+    matmul = _scores_matmul(value)
+    return matmul is not None and all(
+        operand is not None and ir.convenience.get_const_tensor(operand) is None for operand in matmul.inputs[:2]
+    )
+
+
 def causal_mask(real: np.ndarray, sequence: int, convention: str, dtype: np.dtype) -> np.ndarray:
     """The 4-D mask ``[batch, 1, sequence, total]`` of ``convention`` (``causal_masks``) over the key positions
     ``real`` (``[batch, total]``, True where a token is real): the new tokens are the last ``sequence`` positions, and
@@ -292,10 +373,11 @@ def encoded_mask(attend: np.ndarray, convention: str, dtype: np.dtype) -> np.nda
 
 
 def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
-    """Inputs of ``model`` that look like a ``[batch, sequence]`` padding mask: named ``*mask*``,
-    2-D, holding only 0 (pad) and 1 (attend), and attending somewhere in every row; or, where the graph reads it
-    as padding where true (``optimizer.inputs.pads_where_true``: ``Where(src_mask, -1e9, scores)``), holding only
-    false (attend) and true (pad), false somewhere in every row, returned as a ``PadsWhereTrue``.
+    """Inputs of ``model`` that look like a ``[batch, sequence]`` padding mask: named ``*mask*`` or read by the graph
+    as an attention mask (``reads_as_attention_mask``), 2-D, holding only 0 (pad) and 1 (attend), and attending
+    somewhere in every row; or, where the graph reads it as padding where true (``optimizer.inputs.pads_where_true``:
+    ``Where(src_mask, -1e9, scores)``), holding only false (attend) and true (pad), false somewhere in every row,
+    returned as a ``PadsWhereTrue``.
 
     A float one the graph adds to the scores (``added_to_scores``: 0 attends, a large negative number pads) qualifies
     as an ``AdditiveMask`` where it holds only 0 and -1e3 or below, 0 somewhere in every row (read as 0/1, its zeros,
@@ -323,7 +405,7 @@ def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
             if np.isin(array, (0, 1)).all() and np.shape(array)[1] >= 2 and (np.asarray(array) != 0).any(axis=1).all():
                 names.append(value.name)
             continue
-        if array is None or not _MASK_NAME.search(value.name) or np.ndim(array) != 2:
+        if array is None or np.ndim(array) != 2 or not looks_like_mask(value):
             continue
         array = np.asarray(array)
         if array.dtype.kind not in "biuf" or array.shape[1] < 2:
@@ -399,7 +481,7 @@ def attention_operand_outputs(model: ir.Model) -> frozenset[str]:
     read it under that mask, so its padded positions are as unread. One whose sequence no mask names is left out.
     """
     masks, _ = _integer_masks(model)
-    sequences = {_dim_value(_declared(value)[-1]) for value in model.graph.inputs if value.name in masks}
+    sequences = {_dim_value(_declared(value)[-1]) for value in model.graph.inputs if value.name in masks} - {None}
     if not sequences:
         return frozenset()
     names = set()
@@ -883,8 +965,10 @@ def padding_layout(model: ir.Model) -> PaddingLayout:
     """What ``padded_outputs`` reads from the graph, once per model: its integer masks (``_integer_masks``), the
     outputs laid out along one of their sequence dims (by axis), and a decoder's ``new_token_outputs``."""
     masks, _ = _integer_masks(model)
-    sequences = {_dim_value(_declared(value)[-1]) for value in model.graph.inputs if value.name in masks}
-    return masks, _sequence_outputs(model, sequences), new_token_outputs(model)
+    ends = [_declared(value)[-1] for value in model.graph.inputs if value.name in masks]
+    sequences = {_dim_value(dim) for dim in ends} - {None}
+    sizes = {dim for dim in ends if isinstance(dim, int) and dim >= 2}
+    return masks, _sequence_outputs(model, sequences, sizes), new_token_outputs(model)
 
 
 def padded_outputs(
@@ -937,12 +1021,13 @@ def padded_outputs(
 
 
 def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
-    """The integer ``[batch, sequence]`` inputs named like a mask, boolean ones the graph reads as padding where true
+    """The integer ``[batch, sequence]`` inputs named like a mask or read as one (``looks_like_mask``), their sequence
+    dim named or static (the imitator taggers' ``[1, 256]``), boolean ones the graph reads as padding where true
     (PyTorch's key padding mask, ``optimizer.inputs.pads_where_true``) and the 4-D masks (``causal_masks``,
     ``key_masks``), a float one the graph adds to the scores (``added_to_scores``: 0 attends, a large negative pads),
     and a float one of a model with a 4-D cache (a decoder's 0/1 mask, ONNX Runtime's GPT-2 export's, which generation
-    feeds so), and the symbolic name of their last dim (None unless they all share one). A boolean one was left out,
-    and every accuracy figure counted the positions it pads: a result exact on every real token missed a budget at
+    feeds so), and the symbolic name of their last dim (None unless the named ones share one). A boolean one was left
+    out, and every accuracy figure counted the positions it pads: a result exact on every real token missed a budget at
     cosine 0 where an integer mask's pass met it; so did such float ones, which verification hid, until reviews in
     session 69."""
     from optimizer.inputs import pads_where_true  # imported here: optimizer.inputs is heavier than this module
@@ -956,18 +1041,22 @@ def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
             names.add(value.name)
             dims.add(_dim_value(shape[-1]))
             continue
-        if not _MASK_NAME.search(value.name) or value.dtype is None:
+        if value.dtype is None or shape is None or shape.rank() != 2 or not looks_like_mask(value):
             continue
-        if shape is None or shape.rank() != 2 or not isinstance(shape[1], ir.SymbolicDim) or not shape[1].value:
+        if not (_dim_value(shape[1]) or isinstance(shape[1], int)):
             continue
         # A float one the graph adds to the scores pads whatever the model (``AdditiveMask``); a 0/1 one only beside a
-        # cache (elsewhere it may be an imputation model's "missing" flags, see ``padded_outputs``).
-        floats = value.dtype.is_floating_point() and (added_to_scores(value) or cached)
+        # cache or where the graph makes it an attention mask (elsewhere it may be an imputation model's "missing"
+        # flags, see ``padded_outputs``).
+        floats = value.dtype.is_floating_point() and (
+            added_to_scores(value) or cached or reads_as_attention_mask(value)
+        )
         if not value.dtype.is_integer() and not (value.dtype == ir.DataType.BOOL and pads_where_true(value)):
             if not floats:
                 continue
         names.add(value.name)
-        dims.add(shape[1].value)
+        if _dim_value(shape[1]):
+            dims.add(shape[1].value)
     return frozenset(names), (dims.pop() if len(dims) == 1 else None)
 
 
@@ -980,10 +1069,12 @@ def _declared(value: ir.Value) -> ir.Shape | None:
     return value.meta.get(DECLARED_SHAPE, value.shape)
 
 
-def _sequence_outputs(model: ir.Model, sequences: set[str | None]) -> dict[str, int]:
-    """Outputs laid out along one of ``sequences`` by name: ``[batch, sequence, ...]`` (axis 1, three dims or
-    more, or two for an integer, boolean or text output: a tagger's class per token, where a float
-    ``[batch, 384]`` is a pooled embedding), and the caches ``[batch, heads, sequence, head_size]`` (axis 2)."""
+def _sequence_outputs(model: ir.Model, sequences: set[str], sizes: set[int] = frozenset()) -> dict[str, int]:
+    """Outputs laid out along one of ``sequences`` by name, or along a static mask's length in ``sizes`` where the
+    output's dim is that static size too (a static ``[1, 256]`` mask beside ``tags [1, 256]``): ``[batch, sequence,
+    ...]`` (axis 1, three dims or more, or two for an integer, boolean or text output: a tagger's class per token,
+    where a float ``[batch, 384]`` is a pooled embedding), and the caches ``[batch, heads, sequence, head_size]``
+    (axis 2)."""
     caches = padded_caches(model)
     laid_out = {}
     for value in model.graph.outputs:
@@ -993,6 +1084,8 @@ def _sequence_outputs(model: ir.Model, sequences: set[str | None]) -> dict[str, 
             continue
         axis = 2 if value.name in caches and shape.rank() == 4 else 1
         dim = shape[axis]
-        if isinstance(dim, ir.SymbolicDim) and dim.value and dim.value in sequences:
+        if (isinstance(dim, ir.SymbolicDim) and dim.value and dim.value in sequences) or (
+            isinstance(dim, int) and dim in sizes
+        ):
             laid_out[value.name] = axis
     return laid_out

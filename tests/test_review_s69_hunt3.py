@@ -34,7 +34,8 @@ Left open here, fixed since (``tests/test_review_s69_nobatch.py``):
    then finds no constant weight at all (22 of 37 convolutions were quantized from the folded weights), so the fix
    needs the quantizers to read ``Cast(int8) * scale`` as a weight first.
 
-Left open (a strict xfail):
+Left open here, fixed since (``tests/test_review_s69_stmask.py``, whose tagger reads its mask as the imitators'
+export does: this module's stand-in graph only multiplies it, and a mask is now recognized by what the graph does):
 
 6. The imitators' own mask (``onnx::Unsqueeze_1``, static ``[1, 256]``) is not recognized as one (a mask is
    named ``*mask*`` with a symbolic sequence dim), so their figures still count the padding: ``--lowrank 0.3`` on
@@ -240,13 +241,3 @@ def _tag_drift(model: ir.Model, mask: str = "attention_mask", rank: int = 2) -> 
 @pytest.mark.parametrize("rank", [2, 3])
 def test_a_taggers_agreement_counts_real_tokens_only(rank: int) -> None:
     assert _tag_drift(_tagger_model(rank=rank), rank=rank) == pytest.approx(2 / 3)  # 7 / 8 with the padding
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="a padding mask is recognized by its name (*mask*) and a symbolic sequence dim: the imitators' "
-    "'onnx::Unsqueeze_1' of static [1, 256] is none, and their tags are scored over every position (finding 6, open)",
-)
-def test_an_unnamed_static_mask_is_read_as_padding() -> None:
-    model = _tagger_model(mask="onnx::Unsqueeze_1", sequence=8)
-    assert _tag_drift(model, mask="onnx::Unsqueeze_1") == pytest.approx(2 / 3)
