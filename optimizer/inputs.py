@@ -2237,11 +2237,7 @@ def _generate_tensor(
             return np.broadcast_to(positions, shape).astype(numpy_dtype)
         length = _row_length(model, value, dims) if len(shape) == 1 else None
         if length is not None:
-            # Every row at full length, the last of two or more a quarter shorter (as a padding mask pads it).
-            lengths = np.full(shape, length)
-            if shape[0] >= 2:
-                lengths[-1] = length - length // 4
-            return lengths.astype(numpy_dtype)
+            return _full_lengths(shape, length).astype(numpy_dtype)
         loops = _loops_counted_by(value)
         trips = _trips_allowed(loops, dims) if loops else None
         if trips is not None:
@@ -2276,10 +2272,13 @@ def _generate_tensor(
             return _padding_mask(shape, numpy_dtype)
         if lookups := _lookup_keys(value):  # a LabelEncoder's float keys, a float column's cats: normal draws miss them
             return _drawn_from_keys(lookups, rng.standard_normal(shape), rng).astype(numpy_dtype)
-        if len(shape) == 1 and _row_length(model, value, dims) is not None:
+        if len(shape) == 1 and (length := _row_length(model, value, dims)) is not None:
             # Float per-row lengths are fractions of the row (SpeechBrain's ``wav_lens``): 1, the whole row, the last
             # of two or more 0.75. Drawn normal until a later review in session 69, most were negative, every frame
-            # of such a row masked.
+            # of such a row masked. Frame counts (compared with the positions unscaled) are drawn as integer ones:
+            # fractions made them one frame long until a review in session 69 (late 8).
+            if _counts_frames(value):
+                return _full_lengths(shape, length).astype(numpy_dtype)
             return _relative_lengths(shape).astype(numpy_dtype)
         return rng.standard_normal(shape).astype(numpy_dtype)
     raise InputSpecError(f"input '{value.name}' has type {dtype}, which graphopt cannot generate; {_WAYS_OUT}")
@@ -2299,6 +2298,55 @@ def _scatters_at(value: ir.Value) -> bool:
                 return True
             if node.op_type in _INDEX_PRESERVING_OPS | {"Add", "Sub", "Concat"}:
                 frontier.extend(node.outputs)
+    return False
+
+
+def _full_lengths(shape: tuple[int, ...], length: int) -> np.ndarray:
+    """Per-row lengths ``[batch]`` counted in positions: every row at full ``length``, the last of two or more a
+    quarter shorter (as a padding mask pads it)."""
+    lengths = np.full(shape, length)
+    if shape[0] >= 2:
+        lengths[-1] = length - length // 4
+    return lengths
+
+
+# Ops a float lengths input passes through unscaled on its way to a comparison with the positions.
+_LENGTH_CARRYING_OPS = frozenset({*_INDEX_PRESERVING_OPS, "Round", "Floor", "Ceil"})
+_COMPARISON_OPS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual"})
+
+
+def _counts_frames(value: ir.Value) -> bool:
+    """Whether float per-row lengths ``value`` are frame counts: compared (``Less``, ``Greater``...) through ops that
+    only move, cast or round them with positions not scaled either, where fractions of the row are scaled by its size
+    first (SpeechBrain's ``wav_lens * T``) or compared with positions divided by it (``arange(T) / T``). Fractions
+    where the graph says neither."""
+    frontier, seen = [value], set()
+    while frontier:
+        current = frontier.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for node, index in current.uses():
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type in _COMPARISON_OPS and len(node.inputs) == 2:
+                return not _scaled(node.inputs[1 - index])
+            if node.op_type in _LENGTH_CARRYING_OPS:
+                frontier.extend(node.outputs)
+    return False
+
+
+def _scaled(value: ir.Value | None) -> bool:
+    """Whether ``value`` is computed by a ``Mul`` or ``Div`` through ops that only move, cast or round it."""
+    for _ in range(16):
+        node = value.producer() if value is not None else None
+        if node is None:
+            return False
+        if node.op_type in ("Mul", "Div"):
+            return True
+        if node.op_type not in _LENGTH_CARRYING_OPS or not node.inputs:
+            return False
+        value = node.inputs[0]
     return False
 
 
@@ -4699,10 +4747,19 @@ def _skeleton_arrays(
             # it), which a template of full rows cut.
             arrays[value.name] = np.full(np.shape(array), length, dtype=np.asarray(array).dtype)
             what = " lengths (each row whole)"
-        elif value.dtype.is_floating_point() and np.ndim(array) == 1 and _row_length(model, value, dims) is not None:
-            # Float lengths are fractions of each row (SpeechBrain's ``wav_lens``): zeros masked every frame.
-            arrays[value.name] = np.ones(np.shape(array), dtype=np.asarray(array).dtype)
-            what = " lengths as fractions of each row (1: whole)"
+        elif (
+            value.dtype.is_floating_point()
+            and np.ndim(array) == 1
+            and (length := _row_length(model, value, dims)) is not None
+        ):
+            # Float lengths are fractions of each row (SpeechBrain's ``wav_lens``): zeros masked every frame. Frame
+            # counts (``_counts_frames``) are each row's whole length, as integer ones (ones: one frame each).
+            if _counts_frames(value):
+                arrays[value.name] = np.full(np.shape(array), length, dtype=np.asarray(array).dtype)
+                what = " lengths (each row whole)"
+            else:
+                arrays[value.name] = np.ones(np.shape(array), dtype=np.asarray(array).dtype)
+                what = " lengths as fractions of each row (1: whole)"
         else:
             arrays[value.name], what = _skeleton_value(value, np.asarray(array))
         a = arrays[value.name]

@@ -288,9 +288,15 @@ def reads_as_attention_mask(value: ir.Value) -> bool:
     values are no 0/1). One that ONNX Runtime's ``Attention`` reads as its ``mask_index`` or ``MultiHeadAttention`` as
     its ``key_padding_mask``, or that, scaled so, an attention op adds to its scores (``_SCORE_BIASES``: a model fused
     already) is one too."""
+    return next(_attention_reads(value), False) is not False
+
+
+def _attention_reads(value: ir.Value) -> Iterator[ir.Node | None]:
+    """Where the graph reads the 2-D input ``value`` as an attention mask (``reads_as_attention_mask``): each scores
+    ``MatMul`` it is added to or chooses among, or None for an attention op that reads it (a model fused already)."""
     shape = _declared(value)
     if value.dtype is None or value.dtype == ir.DataType.STRING or shape is None or shape.rank() != 2:
-        return False
+        return
     frontier, seen = [(value, False)], set()
     while frontier and len(seen) < 64:
         current, scaled = frontier.pop()
@@ -299,9 +305,9 @@ def reads_as_attention_mask(value: ir.Value) -> bool:
         seen.add((id(current), scaled))
         for node, index in current.uses():
             if _MASK_INDICES.get((node.domain, node.op_type)) == index and not scaled:
-                return True
+                yield None
             if _SCORE_BIASES.get((node.domain, node.op_type)) == index and scaled:
-                return True
+                yield None
             if node.domain not in ("", "ai.onnx") or not node.outputs:
                 continue
             if (node.op_type in _MASK_GATHER_OPS and index == 0) or node.op_type in ("Cast", "Not", "And", "Or"):
@@ -317,14 +323,13 @@ def reads_as_attention_mask(value: ir.Value) -> bool:
                 constants = [c for v in branches if (c := _constant(v)) is not None]
                 large = any(c.size > 0 and (np.abs(c) >= 1e3).all() for c in constants)
                 data = [v for v in branches if _constant(v) is None]
-                if large and data and any(_query_key_scores(v) for v in data):
-                    return True
+                if large:
+                    yield from (_scores_matmul(v) for v in data if _query_key_scores(v))
                 if large and not data:
                     frontier.append((node.outputs[0], True))
             elif node.op_type == "Add" and len(node.inputs) == 2 and scaled:
                 if _query_key_scores(node.inputs[1 - index]):
-                    return True
-    return False
+                    yield _scores_matmul(node.inputs[1 - index])
 
 
 def _constant(value: ir.Value | None) -> np.ndarray | None:
@@ -965,10 +970,39 @@ def padding_layout(model: ir.Model) -> PaddingLayout:
     """What ``padded_outputs`` reads from the graph, once per model: its integer masks (``_integer_masks``), the
     outputs laid out along one of their sequence dims (by axis), and a decoder's ``new_token_outputs``."""
     masks, _ = _integer_masks(model)
-    ends = [_declared(value)[-1] for value in model.graph.inputs if value.name in masks]
-    sequences = {_dim_value(dim) for dim in ends} - {None}
-    sizes = {dim for dim in ends if isinstance(dim, int) and dim >= 2}
+    ends = {value: _declared(value)[-1] for value in model.graph.inputs if value.name in masks}
+    sequences = {_dim_value(dim) for dim in ends.values()} - {None}
+    sizes: dict[int, list[frozenset[str] | None]] = {}
+    for value, dim in ends.items():
+        if isinstance(dim, int) and dim >= 2:
+            sizes.setdefault(dim, []).append(_key_inputs(value))
     return masks, _sequence_outputs(model, sequences, sizes), new_token_outputs(model)
+
+
+def _key_inputs(mask: ir.Value) -> frozenset[str] | None:
+    """The graph inputs the keys are computed from, of the scores the graph adds ``mask`` to (``_attention_reads``);
+    None where an attention op reads it or no scores are found (keys unknown)."""
+    keys: set[str] = set()
+    for matmul in _attention_reads(mask):
+        if matmul is None:
+            return None
+        keys |= _ancestor_inputs(matmul.inputs[1])
+    return frozenset(keys) if keys else None
+
+
+def _ancestor_inputs(value: ir.Value | None) -> frozenset[str]:
+    """The names of the graph inputs ``value`` is computed from."""
+    frontier, seen, found = [value], set(), set()
+    while frontier:
+        current = frontier.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current.is_graph_input():
+            found.add(current.name)
+        if (node := current.producer()) is not None:
+            frontier.extend(node.inputs)
+    return frozenset(found)
 
 
 def padded_outputs(
@@ -1069,13 +1103,19 @@ def _declared(value: ir.Value) -> ir.Shape | None:
     return value.meta.get(DECLARED_SHAPE, value.shape)
 
 
-def _sequence_outputs(model: ir.Model, sequences: set[str], sizes: set[int] = frozenset()) -> dict[str, int]:
+def _sequence_outputs(
+    model: ir.Model, sequences: set[str], sizes: Mapping[int, list[frozenset[str] | None]] | None = None
+) -> dict[str, int]:
     """Outputs laid out along one of ``sequences`` by name, or along a static mask's length in ``sizes`` where the
     output's dim is that static size too (a static ``[1, 256]`` mask beside ``tags [1, 256]``): ``[batch, sequence,
     ...]`` (axis 1, three dims or more, or two for an integer, boolean or text output: a tagger's class per token,
     where a float ``[batch, 384]`` is a pooled embedding), and the caches ``[batch, heads, sequence, head_size]``
-    (axis 2)."""
+    (axis 2). ``sizes`` maps each static length to its masks' key inputs (``_key_inputs``): an output computed from
+    another 2-D input of that static length that none of them computes its keys from is none (a static
+    encoder-decoder's decoder logits beside its encoder's mask: read per encoder token until a review in session 69,
+    late 8)."""
     caches = padded_caches(model)
+    sizes = sizes or {}
     laid_out = {}
     for value in model.graph.outputs:
         shape = _declared(value)
@@ -1085,7 +1125,23 @@ def _sequence_outputs(model: ir.Model, sequences: set[str], sizes: set[int] = fr
         axis = 2 if value.name in caches and shape.rank() == 4 else 1
         dim = shape[axis]
         if (isinstance(dim, ir.SymbolicDim) and dim.value and dim.value in sequences) or (
-            isinstance(dim, int) and dim in sizes
+            isinstance(dim, int) and dim in sizes and _read_along_keys(model, value, dim, sizes[dim])
         ):
             laid_out[value.name] = axis
     return laid_out
+
+
+def _read_along_keys(model: ir.Model, output: ir.Value, size: int, keys: list[frozenset[str] | None]) -> bool:
+    """Whether every 2-D graph input of static length ``size`` that ``output`` is computed from, masks aside, is one
+    some mask of that length's keys (``keys``, None: unknown, any) are computed from."""
+    ancestors = _ancestor_inputs(output)
+    others = {
+        value.name
+        for value in model.graph.inputs
+        if value.name in ancestors
+        and not looks_like_mask(value)
+        and (shape := _declared(value)) is not None
+        and shape.rank() == 2
+        and shape[1] == size
+    }
+    return any(known is None or others <= known for known in keys)
