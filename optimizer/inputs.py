@@ -2287,6 +2287,16 @@ def _generate_tensor(
 def _scatters_at(value: ir.Value) -> bool:
     """Whether integer input ``value`` reaches a ``ScatterND``'s or ``ScatterElements``' indices through ops that carry
     indices unchanged (``_INDEX_PRESERVING_OPS``, ``Add``/``Sub``, ``Concat``)."""
+    carrying = _INDEX_PRESERVING_OPS | {"Add", "Sub", "Concat"}
+    for node, index in _uses_reached(value, lambda node: node.op_type in carrying):
+        if node.op_type in ("ScatterND", "ScatterElements") and index == 1:
+            return True
+    return False
+
+
+def _uses_reached(value: ir.Value, follows: Callable[[ir.Node], bool]) -> Iterator[tuple[ir.Node, int]]:
+    """Each ``(node, input index)`` that reads ``value``, or an output of a node read on the way that ``follows``
+    accepts (whose outputs the walk goes on through), each value visited once."""
     frontier, seen = [value], set()
     while frontier:
         current = frontier.pop()
@@ -2294,11 +2304,9 @@ def _scatters_at(value: ir.Value) -> bool:
             continue
         seen.add(id(current))
         for node, index in current.uses():
-            if node.op_type in ("ScatterND", "ScatterElements") and index == 1:
-                return True
-            if node.op_type in _INDEX_PRESERVING_OPS | {"Add", "Sub", "Concat"}:
+            yield node, index
+            if follows(node):
                 frontier.extend(node.outputs)
-    return False
 
 
 def _full_lengths(shape: tuple[int, ...], length: int) -> np.ndarray:
@@ -2320,19 +2328,9 @@ def _counts_frames(value: ir.Value) -> bool:
     only move, cast or round them with positions not scaled either, where fractions of the row are scaled by its size
     first (SpeechBrain's ``wav_lens * T``) or compared with positions divided by it (``arange(T) / T``). Fractions
     where the graph says neither."""
-    frontier, seen = [value], set()
-    while frontier:
-        current = frontier.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for node, index in current.uses():
-            if node.domain not in ("", "ai.onnx"):
-                continue
-            if node.op_type in _COMPARISON_OPS and len(node.inputs) == 2:
-                return not _scaled(node.inputs[1 - index])
-            if node.op_type in _LENGTH_CARRYING_OPS:
-                frontier.extend(node.outputs)
+    for node, index in _uses_reached(value, lambda node: is_onnx_domain(node) and node.op_type in _LENGTH_CARRYING_OPS):
+        if is_onnx_domain(node) and node.op_type in _COMPARISON_OPS and len(node.inputs) == 2:
+            return not _scaled(node.inputs[1 - index])
     return False
 
 
