@@ -2288,15 +2288,16 @@ def _scatters_at(value: ir.Value) -> bool:
     """Whether integer input ``value`` reaches a ``ScatterND``'s or ``ScatterElements``' indices through ops that carry
     indices unchanged (``_INDEX_PRESERVING_OPS``, ``Add``/``Sub``, ``Concat``)."""
     carrying = _INDEX_PRESERVING_OPS | {"Add", "Sub", "Concat"}
-    for node, index in _uses_reached(value, lambda node: node.op_type in carrying):
+    for node, index in _uses_reached(value, lambda node, _: node.op_type in carrying):
         if node.op_type in ("ScatterND", "ScatterElements") and index == 1:
             return True
     return False
 
 
-def _uses_reached(value: ir.Value, follows: Callable[[ir.Node], bool]) -> Iterator[tuple[ir.Node, int]]:
+def _uses_reached(value: ir.Value, follows: Callable[[ir.Node, int], bool]) -> Iterator[tuple[ir.Node, int]]:
     """Each ``(node, input index)`` that reads ``value``, or an output of a node read on the way that ``follows``
-    accepts (whose outputs the walk goes on through), each value visited once."""
+    accepts (given the node and the index it reads at; the walk goes on through its outputs), each value visited
+    once."""
     frontier, seen = [value], set()
     while frontier:
         current = frontier.pop()
@@ -2305,7 +2306,7 @@ def _uses_reached(value: ir.Value, follows: Callable[[ir.Node], bool]) -> Iterat
         seen.add(id(current))
         for node, index in current.uses():
             yield node, index
-            if follows(node):
+            if follows(node, index):
                 frontier.extend(node.outputs)
 
 
@@ -2328,7 +2329,8 @@ def _counts_frames(value: ir.Value) -> bool:
     only move, cast or round them with positions not scaled either, where fractions of the row are scaled by its size
     first (SpeechBrain's ``wav_lens * T``) or compared with positions divided by it (``arange(T) / T``). Fractions
     where the graph says neither."""
-    for node, index in _uses_reached(value, lambda node: is_onnx_domain(node) and node.op_type in _LENGTH_CARRYING_OPS):
+    carrying = _LENGTH_CARRYING_OPS
+    for node, index in _uses_reached(value, lambda node, _: is_onnx_domain(node) and node.op_type in carrying):
         if is_onnx_domain(node) and node.op_type in _COMPARISON_OPS and len(node.inputs) == 2:
             return not _scaled(node.inputs[1 - index])
     return False
@@ -2448,17 +2450,11 @@ def _raw_data_refused(narrow: Mapping[str, Any], reason: str, notes: list[str] |
 def _readers_through_copies(value: ir.Value) -> Iterator[tuple[ir.Node, int]]:
     """``(node, input index)`` of each reader of ``value``, or of a cast or reshape of it (``_INDEX_PRESERVING_OPS``,
     followed through rather than yielded)."""
-    seen, frontier = set(), [value]
-    while frontier:
-        current = frontier.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for node, index in current.uses():
-            if node.op_type in _INDEX_PRESERVING_OPS and index == 0:
-                frontier.extend(node.outputs)
-            else:
-                yield node, index
+
+    def copies(node: ir.Node, index: int) -> bool:
+        return node.op_type in _INDEX_PRESERVING_OPS and index == 0
+
+    yield from ((node, index) for node, index in _uses_reached(value, copies) if not copies(node, index))
 
 
 def _loops_counted_by(value: ir.Value) -> list[ir.Node]:
