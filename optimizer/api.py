@@ -47,7 +47,6 @@ from optimizer.inputs import (
     nan_note,
     open_samples,
     pads_where_true,
-    prefill_of_text,
     refuse_dims_unlike,
     refuse_oversized,
     refuse_unreadable_data,
@@ -97,6 +96,7 @@ from optimizer.protocol import PassContext, PassSpec
 from optimizer.registry import all_passes, resolve, ways_to_ask
 from optimizer.report import PipelineReport
 from optimizer.runtime import strings_serializable
+from optimizer.tokenizer_inputs import prefill_of_text
 from optimizer.verify import Verifier, constant_outputs, saturated_warning
 
 # The API's own keywords, suggested when an unknown option is near one of them.

@@ -21,8 +21,8 @@ import numpy as np
 from optimizer.accuracy import scale_scores, vector_cosine
 from optimizer.errors import InputSpecError
 from optimizer.generation import CausalLM, CausalLMSession, left_padded, random_prompts
-from optimizer.inputs import is_text_mask, tokens_attending
 from optimizer.progress import track
+from optimizer.tokenizer_inputs import is_text_mask, tokens_attending
 
 # Random token rows scored when the user gives no text: a few rows keep it cheap on real models.
 GENERATED_ROWS = 4

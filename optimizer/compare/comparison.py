@@ -59,7 +59,6 @@ from optimizer.inputs import (
     _read_npz,  # the hardened .npz reader: held-out text is read before any input is checked
     as_arrays,
     batch_dims,
-    booleans_pad,
     dims_from_inputs,
     fixed_batch_size,
     fixes_batch,
@@ -79,7 +78,6 @@ from optimizer.inputs import (
     sample_inputs,
     shared_samples,
     split_samples,
-    tokens_attending,
 )
 from optimizer.llm_accuracy import (
     LLMAccuracy,
@@ -96,6 +94,7 @@ from optimizer.parameters import count_parameters
 from optimizer.pipeline import count_nodes
 from optimizer.progress import task, track
 from optimizer.runtime import holds_float16, import_onnxruntime, loading_crash, temporary_folder
+from optimizer.tokenizer_inputs import booleans_pad, tokens_attending
 from optimizer.verify import changed_head_logits, constant_outputs, saturated_outputs, saturated_warning
 
 SCHEMA = "graphopt.comparison-report/1"
@@ -967,7 +966,7 @@ def _held_out_text(
     Arrays that match no input of ``model`` (a tokenizer's ``token_type_ids`` beside a GPT's ids) are ignored,
     with a warning in ``warnings``, as one step's inputs ignore them: they made the text random token ids. A
     tokenizer's ``attention_mask`` is the text's mask for a model that names its mask otherwise; a boolean mask for a
-    model that pads where its mask is true is read so (``optimizer.inputs.tokens_attending``), with a warning.
+    model that pads where its mask is true is read so (``optimizer.tokenizer_inputs.tokens_attending``), with a warning.
     Any other inputs are one step's inputs, returned as they came: ``(None, inputs)``.
     """
     if inputs is None:
