@@ -188,7 +188,9 @@ def add_after(graph: ir.Graph, node: ir.Node, value: np.ndarray, base_name: str)
 def fold_into_bias(graph: ir.Graph, node: ir.Node, change: np.ndarray, base_name: str) -> bool:
     """Add ``change`` to a Gemm's C of one value per output or a Conv's B (zeros where it has none), as a new
     initializer ``{node}.{base_name}``; False, changing nothing, for any other node or C (a Gemm's C that a beta other
-    than 1 scales too). A Gemm given a C where it had none gets beta 1 (without C, any beta is taken as a layer).
+    than 1 scales too). A weight or bias stored int8 and dequantized in the graph (``weight_array``) is read as its
+    float32 values, and the new bias is written in float32 in its place. A Gemm given a C where it had none gets
+    beta 1 (without C, any beta is taken as a layer).
 
     A repaired bias added after such a node instead (``add_after``) leaves its output holding the old bias: where
     that output is a checkpoint of a twin (a residual block's input, read by its up projection and its skip), the
@@ -196,14 +198,14 @@ def fold_into_bias(graph: ir.Graph, node: ir.Node, change: np.ndarray, base_name
     if node.op_type not in ("Gemm", "Conv") or not is_onnx_domain(node):
         return False
     conv = node.op_type == "Conv"
-    weight = constant_array(node.inputs[1])
+    weight = weight_array(node.inputs[1])  # a weight or bias stored int8 and dequantized in the graph too
     if weight is None:
         return False
     width = weight.shape[0 if conv or node.attributes.get_int("transB", 0) else 1]
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
     if has_bias and not conv and node.attributes.get_float("beta", 1.0) != 1.0:
         return False  # C is scaled by beta: the change would be too
-    current = constant_array(node.inputs[2]) if has_bias else np.zeros(width)
+    current = weight_array(node.inputs[2]) if has_bias else np.zeros(width)
     if current is None or current.size != width or not (conv or is_feature_bias(current.shape, width, 2)):
         return False
     total = (current.astype(np.float64) + change.astype(np.float64).reshape(current.shape)).astype(weight.dtype)

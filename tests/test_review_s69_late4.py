@@ -38,6 +38,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.inputs import has_no_batch, open_samples, output_sample_axes, split_samples
+from passes._utils import dequantized_weight
 
 
 def _per_row_scale_model(dim: str = "s13") -> onnx.ModelProto:
@@ -263,3 +264,34 @@ def test_a_graph_network_bound_by_static_shapes_still_holds_one_sample_a_graph()
     rng = np.random.default_rng(0)
     graphs = [{"x": rng.normal(size=(40, 8)).astype(np.float32), "edge_index": rng.integers(0, 40, (2, 60))}] * 3
     assert open_samples(graphs, model, flag="--calibration").count == 3  # 120: one sample a node
+
+
+@pytest.mark.parametrize("kind", ["conv_bias", "gemm"])
+def test_a_bias_change_folds_into_a_layer_stored_int8(kind: str) -> None:
+    # A repair's bias change for a Conv whose weight and bias are stored int8 (or a Gemm whose weight is) was not
+    # folded into the layer (``fold_into_bias`` read both the old way: "not a constant"), so pruning and low-rank
+    # added it after the layer instead, leaving the layer's output with the old bias (a twin's checkpoint there
+    # differed by the whole change: rolled back). Session 70.
+    from passes._layers import fold_into_bias
+
+    if kind == "conv_bias":
+        model = ir.from_proto(_int8_layers_model(kind))
+        node = next(node for node in model.graph if node.op_type == "Conv" and node.inputs[0].name == "X")
+        before, width = dequantized_weight(node.inputs[2]), 96
+    else:
+        rng = np.random.default_rng(0)
+        weight, init = _dequantized("W", rng.integers(-127, 128, size=(32, 16)).astype(np.int8), 0.01)
+        init.append(numpy_helper.from_array(np.ones(16, np.float32), "C"))
+        graph = helper.make_graph(
+            [*weight, helper.make_node("Gemm", ["X", "W", "C"], ["Y"])],
+            "gemm",
+            [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 32])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 16])],
+            init,
+        )
+        model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8))
+        node = next(node for node in model.graph if node.op_type == "Gemm")
+        before, width = np.ones(16, np.float32), 16
+    change = np.linspace(-1, 1, width).astype(np.float32)
+    assert fold_into_bias(model.graph, node, change, "twin_bias")
+    np.testing.assert_allclose(node.inputs[2].const_value.numpy(), before + change, rtol=1e-6)
