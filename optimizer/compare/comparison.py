@@ -361,6 +361,7 @@ def check_before_optimizing(
             raise InputSpecError(f"--generate needs a causal LM with a KV cache: {before}: {lm}")
         _refuse_fixed_batch(before, model, lm, settings.batches)
         text, inputs = _held_out_text(inputs, lm, model)
+        _refuse_lengths_before_cannot_run(before, lm, settings, text)
     if inputs is not None:
         base = _base_inputs(model, inputs, dims, [])[0]
         refuse_dims_unlike(dims, dims_from_inputs(model, base), "the --inputs")
@@ -370,6 +371,22 @@ def check_before_optimizing(
         return text is not None
     _refuse_oversized_batches(model, base, batch_dims(model), settings.batches)
     return text is not None
+
+
+def _refuse_lengths_before_cannot_run(
+    before: str | os.PathLike, lm: CausalLM, settings: CompareSettings, text: TokenText | None
+) -> None:
+    """``InvalidModelError`` (naming the length) where BEFORE cannot run the longest steps ``--generate`` will: a
+    prefill of ``--prompt-length`` tokens and ``--new-tokens`` decode steps after it (one row, as the timing does),
+    and a prefill of held-out ``text``'s longest row (the teacher-forced accuracy's). An ``optimize --compare`` asked
+    for more tokens than a model's position table holds wrote its model, then refused the comparison (exit 2)."""
+    session = CausalLMSession(str(before), lm, threads=settings.threads or default_threads())
+    prompt = np.zeros((1, settings.prompt_length), np.int64)
+    session.greedy(prompt, np.ones_like(prompt), settings.new_tokens)
+    longest = max((len(row) for row in text.rows), default=0) if text is not None else 0
+    if longest > settings.prompt_length + settings.new_tokens:
+        ids = np.zeros((1, longest), np.int64)
+        session.forward(ids, np.ones_like(ids), session.empty_cache(1))
 
 
 @contextlib.contextmanager
