@@ -1993,35 +1993,82 @@ def _full_lengths(shape: tuple[int, ...], length: int) -> np.ndarray:
     return lengths
 
 
-# Ops a float lengths input passes through unscaled on its way to a comparison with the positions.
-_LENGTH_CARRYING_OPS = frozenset({*_INDEX_PRESERVING_OPS, "Round", "Floor", "Ceil"})
+# Ops a float lengths input passes through unscaled on its way to a comparison with the positions (moved, cast,
+# rounded or bounded: ``clamp(lengths, max=T)``).
+_LENGTH_CARRYING_OPS = frozenset({*_INDEX_PRESERVING_OPS, "Round", "Floor", "Ceil", "Clip", "Min", "Max"})
 _COMPARISON_OPS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual"})
 
 
 def _counts_frames(value: ir.Value) -> bool:
     """Whether float per-row lengths ``value`` are frame counts: compared (``Less``, ``Greater``...) through ops that
-    only move, cast or round them with positions not scaled either, where fractions of the row are scaled by its size
-    first (SpeechBrain's ``wav_lens * T``) or compared with positions divided by it (``arange(T) / T``). Fractions
-    where the graph says neither."""
-    carrying = _LENGTH_CARRYING_OPS
-    for node, index in _uses_reached(value, lambda node, _: is_onnx_domain(node) and node.op_type in carrying):
+    only move, cast, round, bound, shift or shrink them (a ``Mul`` by a constant of 1 or less, a ``Div`` by one of 1
+    or more: sample counts divided by a hop length) with positions not scaled either, where fractions of the row are
+    scaled by its size first (SpeechBrain's ``wav_lens * T``) or compared with positions divided by it (``arange(T) /
+    T``). A comparison with one constant number (``lengths > 0``) holds no positions and is passed over. Fractions
+    where the graph says neither. Until a review in session 70, any ``Mul``, ``Div``, offset or clamp read as such a
+    scale: counts divided by a hop length, clamped, multiplied by 1, or compared with positions times a hop length
+    were drawn as fractions, one frame real a row."""
+
+    def carries(node: ir.Node, index: int) -> bool:
+        if not is_onnx_domain(node):
+            return False
+        if node.op_type in ("Mul", "Div"):
+            factor = _constant_factor(node, index)
+            return factor is not None and abs(factor) <= 1
+        if node.op_type == "Add" or (node.op_type == "Sub" and index == 0):
+            return _constant_number(node.inputs[1 - index]) is not None  # an offset: NeMo's ``len + 2 pad - n_fft``
+        return node.op_type in _LENGTH_CARRYING_OPS
+
+    for node, index in _uses_reached(value, carries):
         if is_onnx_domain(node) and node.op_type in _COMPARISON_OPS and len(node.inputs) == 2:
-            return not _scaled(node.inputs[1 - index])
+            if _constant_number(node.inputs[1 - index]) is None:
+                return not _scaled(node.inputs[1 - index])
     return False
 
 
 def _scaled(value: ir.Value | None) -> bool:
-    """Whether ``value`` is computed by a ``Mul`` or ``Div`` through ops that only move, cast or round it."""
+    """Whether positions ``value`` are computed by a ``Mul`` or ``Div`` that shrinks them (by a constant under 1, or
+    one over 1 dividing, or by a value the graph computes: ``arange(T) / T``) through ops that only move, cast or
+    round them, or grow them by a constant (frame positions times a hop length, in samples); or are a constant of
+    several numbers all in [0, 1) (a static export's ``arange(T) / T``, folded)."""
     for _ in range(16):
+        if (tensor := ir.convenience.get_const_tensor(value) if value is not None else None) is not None:
+            array = tensor.numpy()
+            return bool(array.size >= 2 and array.min() >= 0 and array.max() < 1)
         node = value.producer() if value is not None else None
         if node is None:
             return False
-        if node.op_type in ("Mul", "Div"):
-            return True
+        if node.op_type in ("Mul", "Div") and len(node.inputs) == 2:
+            index = 0 if _constant_number(node.inputs[0]) is None else 1
+            factor = _constant_factor(node, index)
+            if factor is None or abs(factor) < 1:
+                return True
+            value = node.inputs[index]
+            continue
         if node.op_type not in _LENGTH_CARRYING_OPS or not node.inputs:
             return False
         value = node.inputs[0]
     return False
+
+
+def _constant_factor(node: ir.Node, index: int) -> float | None:
+    """What the ``Mul`` or ``Div`` ``node`` multiplies its input ``index`` by where the other is one constant number:
+    that number, or one over a ``Div``'s divisor; None otherwise (a divisor read, a computed operand, a zero)."""
+    if node.op_type not in ("Mul", "Div") or len(node.inputs) != 2 or (node.op_type == "Div" and index != 0):
+        return None
+    number = _constant_number(node.inputs[1 - index])
+    if number is None or number == 0:
+        return None
+    return number if node.op_type == "Mul" else 1 / number
+
+
+def _constant_number(value: ir.Value | None) -> float | None:
+    """The number every element of constant ``value`` holds, or None (not constant, empty, or several numbers)."""
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    if tensor is None or tensor.size == 0:
+        return None
+    array = tensor.numpy().astype(np.float64).reshape(-1)
+    return float(array[0]) if (array == array[0]).all() else None
 
 
 def _relative_lengths(shape: tuple[int, ...]) -> np.ndarray:

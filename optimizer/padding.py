@@ -981,17 +981,21 @@ def padding_layout(model: ir.Model) -> PaddingLayout:
 
 def _key_inputs(mask: ir.Value) -> frozenset[str] | None:
     """The graph inputs the keys are computed from, of the scores the graph adds ``mask`` to (``_attention_reads``);
-    None where an attention op reads it or no scores are found (keys unknown)."""
+    None where an attention op reads it, no scores are found, or their keys are computed from a ``Loop``'s or
+    ``Scan``'s state (keys unknown: a static tagger whose layers run in a loop body had its tags laid out by size
+    alone until the late-8 review in session 69, then none until one in session 70, its body's state taken
+    for the keys' only input)."""
     keys: set[str] = set()
     for matmul in _attention_reads(mask):
-        if matmul is None:
+        if matmul is None or (ancestors := _ancestor_inputs(matmul.inputs[1], mask.graph)) is None:
             return None
-        keys |= _ancestor_inputs(matmul.inputs[1])
+        keys |= ancestors
     return frozenset(keys) if keys else None
 
 
-def _ancestor_inputs(value: ir.Value | None) -> frozenset[str]:
-    """The names of the graph inputs ``value`` is computed from."""
+def _ancestor_inputs(value: ir.Value | None, graph: ir.Graph | None) -> frozenset[str] | None:
+    """The names of ``graph``'s inputs ``value`` is computed from; None where it is computed from a subgraph's input
+    too (a ``Loop``'s or ``Scan``'s state, not followed out to what feeds it)."""
     frontier, seen, found = [value], set(), set()
     while frontier:
         current = frontier.pop()
@@ -999,6 +1003,8 @@ def _ancestor_inputs(value: ir.Value | None) -> frozenset[str]:
             continue
         seen.add(id(current))
         if current.is_graph_input():
+            if current.graph is not graph:
+                return None
             found.add(current.name)
         if (node := current.producer()) is not None:
             frontier.extend(node.inputs)
@@ -1133,8 +1139,12 @@ def _sequence_outputs(
 
 def _read_along_keys(model: ir.Model, output: ir.Value, size: int, keys: list[frozenset[str] | None]) -> bool:
     """Whether every 2-D graph input of static length ``size`` that ``output`` is computed from, masks aside, is one
-    some mask of that length's keys (``keys``, None: unknown, any) are computed from."""
-    ancestors = _ancestor_inputs(output)
+    some mask of that length's keys (``keys``, None: unknown, any) are computed from: a static encoder-decoder's
+    logits read both ids, each beside its own mask of that length (``paddings`` pads where all of them pad). Until a
+    review in session 70, all had to feed one mask's keys, and such logits were laid out along none."""
+    ancestors = _ancestor_inputs(output, model.graph)
+    if ancestors is None:
+        return True
     others = {
         value.name
         for value in model.graph.inputs
@@ -1144,4 +1154,4 @@ def _read_along_keys(model: ir.Model, output: ir.Value, size: int, keys: list[fr
         and shape.rank() == 2
         and shape[1] == size
     }
-    return any(known is None or others <= known for known in keys)
+    return any(known is None for known in keys) or others <= frozenset().union(*keys)
