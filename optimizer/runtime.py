@@ -493,17 +493,87 @@ def run_batches(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) ->
         return [run_session(session, batch) for batch in batches]
 
 
+_BRANCHES = ("then_branch", "else_branch")
+# Ops whose output is of their first input's dtype, and those whose float inputs all are of one dtype (``_dtype_of``).
+_KEEPS_FIRST_DTYPE = (
+    "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Slice", "Gather", "Expand", "Tile", "Pad",
+    "Relu", "LeakyRelu", "Elu", "Neg", "Exp", "Abs", "Sqrt", "Erf", "Tanh", "Sigmoid", "HardSigmoid", "Clip",
+    "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "BatchNormalization",
+    "LayerNormalization", "Pow",
+)  # fmt: skip
+_ONE_DTYPE = ("Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "Conv", "ConvTranspose", "Max", "Min", "Sum", "Concat")
+_DTYPE_WALK = 16  # how many producers ``_dtype_of`` looks through
+
+
+def branch_values(graph: ir.Graph) -> dict[str, tuple[ir.Node, str, ir.Value, ir.DataType]]:
+    """The tensors computed in a branch of an ``If`` of ``graph`` (one level down: not in an ``If`` inside a branch, nor
+    in a ``Loop``'s or ``Scan``'s body), by name, each with its ``If``, the branch's attribute name and its dtype; only
+    those whose dtype is known (``_dtype_of``: an empty tensor of it fills the other branch's slot where ``exposing``
+    carries one out)."""
+    found: dict[str, tuple[ir.Node, str, ir.Value, ir.DataType]] = {}
+    for node in graph:
+        if node.op_type != "If" or not is_onnx_domain(node) or not all(name in node.attributes for name in _BRANCHES):
+            continue
+        for name in _BRANCHES:
+            for inner in node.attributes[name].as_graph():
+                for value in inner.outputs:
+                    if value.name and value.name not in found and (dtype := _dtype_of(value)) is not None:
+                        found[value.name] = (node, name, value, dtype)
+    return found
+
+
+def _dtype_of(value: ir.Value) -> ir.DataType | None:
+    """``value``'s dtype: as recorded, else (a branch's tensors often carry none) that of the first recorded one met
+    walking back through ops whose output is of their inputs' dtype (``_KEEPS_FIRST_DTYPE``, ``_ONE_DTYPE``); None
+    where none is met."""
+    for _ in range(_DTYPE_WALK):
+        if (dtype := _recorded_dtype(value)) is not None:
+            return dtype
+        node = value.producer()
+        if node is None or not is_onnx_domain(node) or not node.inputs:
+            return None
+        if node.op_type in _KEEPS_FIRST_DTYPE:
+            sources = [node.inputs[0]]
+        elif node.op_type in _ONE_DTYPE:
+            sources = list(node.inputs)
+        else:
+            return None
+        sources = [source for source in sources if source is not None]
+        typed = [dtype for source in sources if (dtype := _recorded_dtype(source)) is not None]
+        if typed or not sources:
+            return typed[0] if typed else None
+        value = sources[0]
+    return None
+
+
+def _recorded_dtype(value: ir.Value) -> ir.DataType | None:
+    """``value``'s dtype as recorded, or as its ``Constant``'s tensor says."""
+    if value.dtype is not None:
+        return value.dtype
+    node = value.producer()
+    if node is not None and node.op_type == "Constant" and is_onnx_domain(node) and "value" in node.attributes:
+        return node.attributes["value"].as_tensor().dtype
+    return None
+
+
 def exposing(model: ir.Model, names: Sequence[str]) -> ir.Model:
-    """A copy of ``model`` with the named tensors (of its graph, not its subgraphs) added to its outputs;
-    ``KeyError`` if it has no tensor of one of those names."""
+    """A copy of ``model`` with the named tensors added to its outputs: tensors of its graph, or computed in a branch
+    of one of its graph's ``If`` nodes (``branch_values``: not deeper), carried out as one more output of that ``If``
+    under the tensor's name, which the branch that computes it outputs and the other fills with an empty tensor of its
+    dtype (shape [0]): on an input where the ``If`` takes the other branch, that output is empty. ``KeyError`` if it has
+    no tensor of one of those names."""
     probe = model.clone()
     values = {value.name: value for node in probe.graph for value in node.outputs}
     values.update({value.name: value for value in probe.graph.inputs})
     existing = {value.name for value in probe.graph.outputs}
     missing = [name for name in names if name not in values]
+    branched = branch_values(probe.graph) if missing else {}  # walked only for a name the graph lacks
+    missing = [name for name in missing if name not in branched]
     if missing:
         raise KeyError(f"no tensor named {missing[0]!r} in the model")
     for name in dict.fromkeys(names):
+        if name not in values:
+            values[name] = _carried_out(*branched[name])
         if name not in existing:
             # Exposed as an output, an intermediate's recorded shape would be enforced, and after a
             # rewrite it may be stale: its dtype is enough.
@@ -511,6 +581,30 @@ def exposing(model: ir.Model, names: Sequence[str]) -> ir.Model:
                 values[name].shape = None
             probe.graph.outputs.append(values[name])
     return probe
+
+
+def _carried_out(node: ir.Node, branch: str, value: ir.Value, dtype: ir.DataType) -> ir.Value:
+    """``value`` (computed in ``node``'s ``branch``, of ``dtype``) as one more output of ``node`` (an ``If``) under its
+    name, the other branch's slot an empty tensor of ``dtype``; the branch's own value renamed (one name, one
+    definition)."""
+    name = value.name
+    value.name = f"{name}::graphopt_branch"
+    count = len(node.outputs)
+    node.resize_outputs(count + 1)
+    carried = node.outputs[count]
+    carried.name, carried.dtype = name, dtype
+    for other in _BRANCHES:
+        graph = node.attributes[other].as_graph()
+        if other == branch:
+            step = ir.node("Identity", [value])
+        else:
+            empty = np.zeros(0, dtype.numpy())
+            step = ir.node("Constant", [], attributes={"value": ir.tensor(empty, name=f"{name}::graphopt_none")})
+        step.outputs[0].name = f"{name}::graphopt_{other}"
+        step.outputs[0].dtype = dtype
+        graph.append(step)
+        graph.outputs.append(step.outputs[0])
+    return carried
 
 
 @contextlib.contextmanager

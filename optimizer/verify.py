@@ -70,6 +70,7 @@ from optimizer.protocol import Twin
 from optimizer.qdq_rewrites import layers_quantized_by_onnxruntime
 from optimizer.runtime import (
     available_memory,
+    branch_values,
     collect_values,
     drift_of,
     exposing,
@@ -500,8 +501,9 @@ _MOVES_ONLY = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transp
 # Ops an output may pass through after its head that keep some of its values, or all of them scaled or shifted by a
 # constant (``_tail_inputs``): a saturated value stays where it was however far its logit moves (a Softmax in percent,
 # two heads joined by a Concat, a confidence taken by ReduceMax or TopK: missed, doubled logits verified; a part of a
-# Split, as YOLOv5's head splits its Sigmoid into xy, wh and confidences: missed until a later review). The output
-# is then no head's values as they are: the share saturated is read off the logits (``hidden_logits``).
+# Split, as YOLOv5's head splits its Sigmoid into xy, wh and confidences: missed until a later review; averaged by a
+# ReduceMean, as silero VAD's decoder averages its Sigmoid over frames: missed until review s70). The output is then no
+# head's values as they are: the share saturated is read off the logits (``hidden_logits``).
 _SELECTS = (
     "Slice",
     "Split",
@@ -513,6 +515,7 @@ _SELECTS = (
     "Tile",
     "ReduceMax",
     "ReduceMin",
+    "ReduceMean",
     "TopK",
 )
 _AFFINE = ("Mul", "Div", "Add", "Sub")
@@ -663,11 +666,15 @@ def _logit_head(
     graph: ir.Graph, output: str, head: tuple[ir.Node, str, int | None], exact: bool, opset: int
 ) -> _Head | None:
     """The ``_Head`` of ``output`` that ``head`` (``_head_node``) is, where its logits are a float tensor ``graph``
-    computes (not one a subgraph computes: no output of the model can show it) and no graph output, and its positions
-    (an ArgMax's, a TopK's) or values it hides reach ``output``; else None."""
+    computes, or a branch of one of its ``If`` nodes computes (silero VAD's, one per branch: ``exposing`` carries them
+    out of the ``If``; ``branch_values``: not an ``If``'s inside a branch, nor a ``Loop``'s or ``Scan``'s body, whose
+    values no output can show, nor one of unknown dtype), and no graph output, and its positions (an ArgMax's, a
+    TopK's) or values it hides reach ``output``; else None."""
     node, op_type, axis = head
     logits = node.inputs[0]
-    if logits is None or logits.producer() is None or logits.producer().graph is not graph or not logits.name:
+    if logits is None or logits.producer() is None or not logits.name:
+        return None
+    if logits.producer().graph is not graph and branch_values(graph).get(logits.name, (None,) * 4)[2] is not logits:
         return None
     outputs = {value.name for value in graph.outputs}
     if logits.name in outputs:
@@ -827,8 +834,9 @@ def hidden_logits(
     scale or shift its values (``_tail_inputs``: a ``Reshape``, a ``Cast``, a ``Concat`` of heads, a ``Mul`` by 100).
     The share is read off ``references`` (the outputs on the input sets) where the output is the head's values only
     moved (``_Head.exact``), else off ``logits`` (the head's inputs on the sets, by name): without them such a head is
-    left out. Not a tensor that is a graph input or output itself (compared as such), nor one behind a head inside a
-    subgraph."""
+    left out. Not a tensor that is a graph input or output itself (compared as such); a head inside an ``If``'s branch
+    is read where its logits are the main graph's or that branch's (``_logit_head``: carried out by ``exposing``), not
+    where they are computed deeper (an ``If`` inside a branch, a ``Loop``'s or ``Scan``'s body)."""
     found: dict[str, tuple[_Head, float]] = {}
     for head in _heads(model):
         if head.op_type in POSITION_HEADS:
@@ -1982,11 +1990,18 @@ class Verifier:
         ``hidden_logits`` finds (a saturated Softmax or Sigmoid output, an ArgMax output) are other values than the
         base's there: ``found``, the result's values of them by output (``_hidden_logit_names``), held as an output is,
         to the tolerance or, past it, the base's own float noise; a Softmax's less their max along its axis on both
-        sides (a shift changes nothing). None where they match."""
+        sides (a shift changes nothing). Logits an ``If``'s branch computes are compared only where the base and the
+        result both took that branch: where either took the other, ``exposing`` gives an empty tensor, of another
+        shape than the other side's or empty on both. None where they match."""
         heads, references, noises = self._hidden_logit_references()
         inputs, label = self.input_sets[index], self.labels[index]
-        # Logits of another shape than the base's (a Reshape moved before the head): the outputs, which matched, hold.
-        found = {output: values for output, values in found.items() if _same_shape(values, references[index][output])}
+        # Logits of another shape than the base's (a Reshape moved before the head, or a branch of an If not taken on
+        # one side or both): the outputs, which matched, hold.
+        found = {
+            output: values
+            for output, values in found.items()
+            if _same_shape(values, references[index][output]) and values.size
+        }
         expected = {output: _less_max(references[index][output], heads[output][0]) for output in found}
         found = {output: _less_max(values, heads[output][0]) for output, values in found.items()}
         found = self._hide_padded(found, inputs, expected)
@@ -2031,13 +2046,16 @@ class Verifier:
         holds its logits: the base's logits' name where a head of ``candidate`` reads a tensor of it (heads joined in
         another order), else the input of ``candidate``'s head of that key where it has one of the same kind (a
         Softmax written out or not: a fusion of one into the other), else a tensor of the base's logits' name, where
-        ``candidate`` computes one; a head with none is left out (its logits fused away)."""
+        ``candidate`` computes one (in its graph, or a branch of one of its ``If`` nodes: ``branch_values``); a head
+        with none is left out (its logits fused away)."""
         heads = self._hidden_logit_references()[0]
         if not heads:
             return {}
         own = {head.key: head for head in _heads(candidate)}
         read = {head.logits.name for head in own.values()}
-        computed = {value.name for node in candidate.graph for value in node.outputs}
+        computed = {value.name for node in candidate.graph for value in node.outputs} | set(
+            branch_values(candidate.graph)
+        )
         names = {}
         for key, (head, _) in heads.items():
             mine = own.get(key)
@@ -2246,13 +2264,14 @@ class Verifier:
         most ``_UNSATURATED`` in magnitude, where the head does not saturate: a Sigmoid rewritten into a HardSigmoid
         matched at its saturated 0.0s and 1.0s and on the logits, and moves any logit under 2.5. The base's logits on
         the first input set are fed to both, cut there (``_cut_at``); None where they match, or where a cut model does
-        not run (nothing then shown)."""
+        not run (nothing then shown). Not a head whose logits an ``If``'s branch computes (no cut there)."""
         heads, references, _ = self._hidden_logit_references()
         own = {head.key: head for head in _heads(candidate)}
         rewritten = [
             key
             for key, (head, _) in heads.items()
             if head.op_type in SATURATING_HEADS
+            and head.logits.producer().graph is self._base.graph
             and logits.get(key) == head.logits.name
             and (key not in own or own[key].op_type != head.op_type)
         ]

@@ -10,7 +10,7 @@ of its saturated labels' logits alone, and a saturated head rewritten into anoth
 a ``HardSigmoid``) matched on the outputs and the logits. The share saturated of a head whose values the output changes
 is read off its logits (one more run of the base), any saturated value has the logits compared, and a head rewritten
 into another kind is fed its logits unsaturated. The accuracy warnings (optimize's, compare's) read such a head's share
-off its logits too. Open (a strict xfail): logits computed inside an ``If``'s branch (silero VAD's).
+off its logits too. Logits computed inside an ``If``'s branch (silero VAD's): held since review s70.
 """
 
 from __future__ import annotations
@@ -271,12 +271,7 @@ def test_a_head_inside_an_if_behind_outer_logits_is_found():
     assert heads == {"y[1]": ("Sigmoid", "logits", False), "y[2]": ("Sigmoid", "logits", False)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a head's logits computed inside an If's branch (silero VAD's) are no tensor of the main graph, "
-    "which optimizer.runtime.exposing cannot add to the outputs, so hidden_logits leaves the head out and doubled "
-    "logits behind it are applied as verified; holding them needs the branch's value carried out through the If",
-)
+# A strict xfail until review s70 (the branch's logits carried out of the If: optimizer.runtime.exposing).
 def test_a_wrong_rewrite_behind_a_head_and_its_logits_inside_an_if_is_rolled_back(tmp_path: Path):
     # w2, which the branches read, is an initializer of the main graph: doubled as the others' are.
     record = optimize_with_rewrite(_logits_inside_if(), _doubled_logits, tmp_path).passes[-1]
