@@ -1443,22 +1443,23 @@ _LONG_PAST = 32
 def _with_rows(
     model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray], rows: int
 ) -> dict[str, np.ndarray] | None:
-    """``inputs`` with their rows repeated to ``rows`` along the batch (axis 0 of the layout's inputs and of every input
-    whose first dim is named as the token ids' batch); None where they hold that many already, or another input holds
-    the batch elsewhere."""
+    """``inputs`` with their rows repeated to ``rows`` along the batch (axis 0 of the layout's inputs, the batch axis of
+    its caches, and axis 0 of every input whose first dim is named as the token ids' batch); None where they hold that
+    many already, or another input holds the batch elsewhere."""
     ids = np.asarray(inputs.get(layout.input_ids))
     if ids.ndim != 2 or ids.shape[0] >= rows:
         return None
     by_name = {value.name: value for value in model.graph.inputs}
     batch = _dim_name_at(by_name.get(layout.input_ids), 0)
-    names = {layout.input_ids, layout.attention_mask, layout.position_ids, *(pair.past for pair in layout.cache)}
+    axes = {layout.input_ids: 0, layout.attention_mask: 0, layout.position_ids: 0}
+    axes.update((pair.past, pair.batch_axis) for pair in layout.cache)
     grown = dict(inputs)
     for name, array in inputs.items():
         value = by_name.get(name)
         dims = [getattr(dim, "value", None) for dim in value.shape] if value is not None and value.shape else []
-        if name in names or (batch is not None and dims[:1] == [batch]):
-            array = np.asarray(array)
-            grown[name] = np.take(array, np.arange(rows) % array.shape[0], axis=0)
+        if name in axes or (batch is not None and dims[:1] == [batch]):
+            array, axis = np.asarray(array), axes.get(name, 0)
+            grown[name] = np.take(array, np.arange(rows) % array.shape[axis], axis=axis)
         elif batch is not None and batch in dims:
             return None
     return grown

@@ -7,7 +7,10 @@ step's past. Pasts and presents are paired by name where the names say which lay
 key/value they hold (``past_key_values.{i}.key`` → ``present.{i}.key``, as Optimum, the exporters
 and ONNX Runtime GenAI name them; ``past_key_{i}`` → ``present_key_{i}``), and by shape where they do
 not: an input and an output of the same type and rank whose dims agree but for one that grows (a
-past's ``past_sequence`` and a present's ``total_sequence`` or ``past_sequence + sequence``).
+past's ``past_sequence`` and a present's ``total_sequence`` or ``past_sequence + sequence``). A cache is
+one tensor per layer and key/value, ``[batch, heads, sequence, head size]`` or ``[batch, sequence, heads,
+head size]``, or ONNX Runtime's GPT-2 export's stacked ``past_{i}`` ``[2, batch, heads, sequence, head
+size]`` (key and value of layer ``i`` in one tensor, its present ``present_{i}`` alike: batch on axis 1).
 ``recognise_causal_lm`` returns the layout, or the reason it is not one; a probe step on ONNX
 Runtime (``CausalLMSession.check_cache_pairs``) then finds which present carries each past
 forward, re-pairing caches whose shapes could not tell them apart.
@@ -52,8 +55,9 @@ _PAD_ID = 0
 class CachePair:
     """One cache tensor: the input that reads it (``past``) and the output that writes it one step longer.
 
-    ``shape`` has the static dims, with None at axis 0 (batch) and at ``sequence_axis``;
-    ``matched_by`` is ``"name"`` or ``"shape"``.
+    ``shape`` has the static dims, with None at ``batch_axis`` and at ``sequence_axis``; ``batch_axis`` is 0, or 1 for
+    a stacked cache ``[2, batch, heads, sequence, head size]`` (key and value in one tensor, ONNX Runtime's GPT-2
+    export); ``matched_by`` is ``"name"`` or ``"shape"``.
     """
 
     past: str
@@ -62,11 +66,18 @@ class CachePair:
     shape: tuple[int | None, ...]
     sequence_axis: int
     matched_by: str
+    batch_axis: int = 0
+
+    def sized(self, batch: int, positions: int) -> list[int]:
+        """The shape of this cache at ``batch`` rows and ``positions`` positions."""
+        return [
+            batch if axis == self.batch_axis else positions if axis == self.sequence_axis else d
+            for axis, d in enumerate(self.shape)
+        ]
 
     def empty(self, batch: int) -> np.ndarray:
         """The cache before the first step: no positions."""
-        shape = [batch if axis == 0 else 0 if axis == self.sequence_axis else d for axis, d in enumerate(self.shape)]
-        return np.zeros(shape, dtype=self.dtype)
+        return np.zeros(self.sized(batch, 0), dtype=self.dtype)
 
 
 @dataclass(frozen=True)
@@ -105,10 +116,10 @@ class CausalLM:
 
     @property
     def kv_heads(self) -> int:
-        """Key/value heads of the first cache tensor (laid out [batch, heads, sequence, head size] or
-        [batch, sequence, heads, head size])."""
+        """Key/value heads of the first cache tensor (laid out [batch, heads, sequence, head size], [batch, sequence,
+        heads, head size] or stacked [2, batch, heads, sequence, head size])."""
         pair = self.cache[0]
-        return int(pair.shape[2 if pair.sequence_axis == 1 else 1])
+        return int(pair.shape[pair.batch_axis + (2 if pair.sequence_axis == pair.batch_axis + 1 else 1)])
 
     @property
     def head_size(self) -> int:
@@ -138,7 +149,8 @@ def recognise_causal_lm(model: ir.Model) -> CausalLM | str:
         )
     positions = _pick(inputs, _POSITION_NAME, rank=2, kinds="iu")
     known = {ids.name} | {v.name for v in (mask, positions) if v is not None}
-    if not any(_cache_words(v.name) or (_rank(v) == 4 and _kind(v) == "f") for v in inputs if v.name not in known):
+    caches = (v for v in inputs if v.name not in known)
+    if not any(_cache_words(v.name) or (_rank(v) == 4 and _kind(v) == "f") or _stacked(v) for v in caches):
         return "no input is a key/value cache (such as past_key_values.{i}.key/value)"
     logits = next((v for v in outputs if v.name == "logits"), None) or _pick(outputs, _LOGITS_NAME, kinds="f")
     if logits is None:
@@ -248,28 +260,52 @@ def _layer_and_kind(name: str) -> tuple[int, str] | None:
     return layers[0], kinds[-1]  # the last: "past_key_values.0.value" holds a value
 
 
+def _stacked(value: ir.Value) -> bool:
+    """Whether ``value`` is a stacked cache: float ``[2, batch, heads, sequence, head size]``, key and value of one
+    layer in one tensor (``past_{i}`` and ``present_{i}`` of ONNX Runtime's GPT-2 export, ``gpt2_helper``)."""
+    return _kind(value) == "f" and _rank(value) == 5 and value.shape[0] == 2
+
+
+def _batch_axis(value: ir.Value) -> int:
+    """The axis of a cache's batch: 1 in a stacked cache (``_stacked``), else 0."""
+    return 1 if _stacked(value) else 0
+
+
+def _layer_key(value: ir.Value) -> tuple[int, str] | None:
+    """``_layer_and_kind`` of ``value``'s name, or ``(i, "key and value")`` for a stacked cache named for its layer
+    alone (``past_{i}``, ``present_{i}``)."""
+    key = _layer_and_kind(value.name)
+    if key is None and _stacked(value) and _cache_words(value.name):
+        layers = [int(part) for part in _name_parts(value.name) if part.isdigit()]
+        if len(layers) == 1 and not any(part in _KINDS for part in _name_parts(value.name)):
+            return layers[0], "key and value"
+    return key
+
+
 def _pair_by_name(pasts: Sequence[ir.Value], presents: Sequence[ir.Value]) -> list[tuple[ir.Value, ir.Value, str]]:
     wanted = {}
     for present in presents:
-        key = _layer_and_kind(present.name)
+        key = _layer_key(present)
         if key is not None and key not in wanted:
             wanted[key] = present
     pairs = []
     for past in pasts:
-        key = _layer_and_kind(past.name)
+        key = _layer_key(past)
         if key is not None and key in wanted:
             pairs.append((past, wanted.pop(key), "name"))
     return pairs
 
 
 def _growing_axis(past: ir.Value, present: ir.Value) -> int | None:
-    """The one axis past batch where ``past`` has a symbolic dim and ``present`` another: the cache's length.
+    """The one axis but batch (``_batch_axis``) where ``past`` has a symbolic dim and ``present`` another: the
+    cache's length.
 
-    Without a shape on ``present``, the one symbolic axis of ``past`` past batch.
+    Without a shape on ``present``, the one symbolic axis of ``past`` but batch.
     """
     if past.shape is None:
         return None
-    symbolic = [axis for axis in range(1, len(past.shape)) if not isinstance(past.shape[axis], int)]
+    batch = _batch_axis(past)
+    symbolic = [axis for axis in range(len(past.shape)) if axis != batch and not isinstance(past.shape[axis], int)]
     if present.shape is None:
         return symbolic[0] if len(symbolic) == 1 else None
     if len(present.shape) != len(past.shape):
@@ -282,8 +318,8 @@ def _growing_axis(past: ir.Value, present: ir.Value) -> int | None:
     ]
     same = all(
         _dim_text(present.shape[axis]) == _dim_text(past.shape[axis])
-        for axis in range(1, len(past.shape))
-        if axis not in grows
+        for axis in range(len(past.shape))
+        if axis != batch and axis not in grows
     )
     return grows[0] if len(grows) == 1 and same else None
 
@@ -299,13 +335,14 @@ def _pair_by_shape(pasts: Sequence[ir.Value], presents: Sequence[ir.Value]) -> l
     """Pair each past with the first unpaired present of its dtype whose shape is its own but for a longer sequence.
 
     Unknown dims (no name) prove nothing: both must be named, and differently. A past of another rank than 4 is
-    paired only where its name says it is a cache (a stacked ``past_{i}`` ``[2, batch, heads, sequence, head
-    size]``), so that ``_cache_pair`` refuses it for its rank rather than as no cache at all.
+    paired only where it is stacked (``_stacked``) or its name says it is a cache, so that ``_cache_pair`` refuses it
+    for its rank rather than as no cache at all.
     """
     left = list(presents)
     pairs = []
     for past in pasts:
-        if _kind(past) != "f" or (_rank(past) != 4 and not (_cache_words(past.name) and (_rank(past) or 0) >= 3)):
+        named = _cache_words(past.name) and (_rank(past) or 0) >= 3
+        if _kind(past) != "f" or (_rank(past) != 4 and not _stacked(past) and not named):
             continue
         for present in left:
             if present.dtype != past.dtype or present.shape is None:
@@ -349,10 +386,10 @@ def mask_is_lengths(model: ir.Model, mask: ir.Value) -> bool:
 def _cache_pair(
     past: ir.Value, present: ir.Value, matched_by: str, head_sizes: Mapping[str, int] | None = None
 ) -> CachePair | str:
-    if _rank(past) != 4:
+    if _rank(past) != 4 and not _stacked(past):
         return (
-            f"cache input '{past.name}' has rank {_rank(past)}: only [batch, heads, sequence, head size] "
-            "caches (one tensor per layer and key/value) are supported"
+            f"cache input '{past.name}' has rank {_rank(past)}: only [batch, heads, sequence, head size] caches (one "
+            "tensor per layer and key/value) and stacked [2, batch, heads, sequence, head size] ones are supported"
         )
     if _kind(past) != "f":
         return f"cache input '{past.name}' is {past.dtype}, not a float type"
@@ -362,9 +399,9 @@ def _cache_pair(
             f"cache input '{past.name}' has no symbolic dim that output '{present.name}' makes longer: "
             "a cache of fixed size (a shared buffer, a static export) is not supported"
         )
-    shape = []
+    shape, batch = [], _batch_axis(past)
     for index, dim in enumerate(past.shape):
-        if index in (0, axis):
+        if index in (batch, axis):
             shape.append(None)
         elif isinstance(dim, int):
             shape.append(dim)
@@ -375,7 +412,7 @@ def _cache_pair(
                 f"cache input '{past.name}' has a symbolic dim '{_dim_text(dim)}' besides batch and sequence "
                 "that no attention reading it fixes"
             )
-    return CachePair(past.name, present.name, np.dtype(past.dtype.numpy()), tuple(shape), axis, matched_by)
+    return CachePair(past.name, present.name, np.dtype(past.dtype.numpy()), tuple(shape), axis, matched_by, batch)
 
 
 def positions_from_mask(mask: np.ndarray, sequence: int) -> np.ndarray:
@@ -523,12 +560,7 @@ class CausalLMSession:
         pairing by name feeds it the wrong cache), is an ``InvalidModelError``.
         """
         rng = np.random.default_rng(0)
-        cache = [
-            rng.standard_normal(
-                [1 if axis == 0 else 2 if axis == pair.sequence_axis else d for axis, d in enumerate(pair.shape)]
-            ).astype(pair.dtype)
-            for pair in self.lm.cache
-        ]
+        cache = [rng.standard_normal(pair.sized(1, 2)).astype(pair.dtype) for pair in self.lm.cache]
         _, present = self.forward(np.ones((1, 1), dtype=np.int64), np.ones((1, 3), dtype=np.int64), cache)
         arrays = [value if isinstance(value, np.ndarray) else value.numpy() for value in present]
         pairs = []

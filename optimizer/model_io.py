@@ -486,12 +486,26 @@ def external_data_files(model: ir.Model) -> list[Path]:
     return [Path(file) for file in files]
 
 
-# Contrib operators ONNX Runtime registers in the ONNX domain (graphopt's RMSNorm fusion emits the first).
+# Contrib operators ONNX Runtime registers in the ONNX domain (graphopt's RMSNorm fusion emits the first); its
+# LayerNormalization below opset 17 too (``_ort_onnx_domain_op``).
 ORT_ONNX_DOMAIN_OPS = frozenset({"SimplifiedLayerNormalization"})
 
 
 def _uses_ort_onnx_domain_ops(proto: onnx.ModelProto) -> bool:
-    return any(node.domain in ONNX_DOMAINS and node.op_type in ORT_ONNX_DOMAIN_OPS for node in _all_nodes(proto))
+    return any(_ort_onnx_domain_op(node, _onnx_opset(proto)) for node in _all_nodes(proto))
+
+
+def _onnx_opset(proto: onnx.ModelProto) -> int:
+    return next((opset.version for opset in proto.opset_import if opset.domain in ONNX_DOMAINS), 0)
+
+
+def _ort_onnx_domain_op(node: onnx.NodeProto, opset: int) -> bool:
+    """Whether ``node`` is a contrib operator ONNX Runtime registers in the ONNX domain: ``ORT_ONNX_DOMAIN_OPS``, and
+    ``LayerNormalization`` below opset 17 (ONNX's own from 17; ONNX Runtime's from opset 1, which its transformer
+    optimizer writes: ``convert_to_onnx``'s GPT-2 at opset 11 was refused by onnx's checker)."""
+    if node.domain not in ONNX_DOMAINS:
+        return False
+    return node.op_type in ORT_ONNX_DOMAIN_OPS or (node.op_type == "LayerNormalization" and opset < 17)
 
 
 def _has_external_tensors(proto: onnx.ModelProto) -> bool:
@@ -548,7 +562,7 @@ def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto | None:
             tensor.data_location = onnx.TensorProto.DEFAULT
             tensor.raw_data = bytes(size or 0)
     for node in _all_nodes(copy):
-        if contrib and node.domain in ONNX_DOMAINS and node.op_type in ORT_ONNX_DOMAIN_OPS:
+        if contrib and _ort_onnx_domain_op(node, _onnx_opset(proto)):
             node.domain = MS_DOMAIN
         elif node.domain == "ai.onnx":
             node.domain = ""

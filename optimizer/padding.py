@@ -466,9 +466,68 @@ def cache_outputs(model: ir.Model) -> frozenset[str]:
 
 
 def padded_caches(model: ir.Model) -> frozenset[str]:
-    """The outputs whose padded positions verification hides as a cache's: ``cache_outputs``, and the key/value
-    outputs of a prefill exported with its cache but no past input (``attention_operand_outputs``)."""
-    return cache_outputs(model) | attention_operand_outputs(model)
+    """The outputs whose padded positions verification hides as a cache's: ``cache_outputs``, stacked ones
+    (``stacked_cache_outputs``), and the key/value outputs of a prefill exported with its cache but no past input
+    (``attention_operand_outputs``)."""
+    return cache_outputs(model) | stacked_cache_outputs(model) | attention_operand_outputs(model)
+
+
+def stacked_cache_outputs(model: ir.Model) -> frozenset[str]:
+    """Graph outputs that stack a layer's key and value caches ``[2, batch, heads, past + new, head_size]`` (ONNX
+    Runtime's GPT-2 export's ``present_{i}``, ``gpt2_helper``): ``Concat(Unsqueeze(key), Unsqueeze(value), axis=0)``
+    of two caches as ``cache_outputs`` decides them, their past read from a 4-D input or gathered from a stacked one
+    (``Gather(past_{i}, 0)``, ``Gather(past_{i}, 1)``). Its padded positions were compared as any value's: a fused
+    attention differing only at a padded query's key and value (in the next layer's cache) was rolled back on text a
+    tokenizer padded (a review in session 70). ONNX Runtime's fused ``Attention`` writes its stacked present itself:
+    ``cache_outputs`` has it."""
+    names = set()
+    for value in model.graph.outputs:
+        node = _renamed(value).producer()
+        if node is None or node.op_type != "Concat" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        if node.attributes.get_int("axis", 0) == 0 and all(_unsqueezed_cache(operand) for operand in node.inputs):
+            names.add(value.name)
+    return frozenset(names)
+
+
+def _unsqueezed_cache(value: ir.Value | None) -> bool:
+    """Whether ``value`` is ``Unsqueeze(cache, axes=[0])`` of a cache ``[batch, heads, past + new, head_size]``
+    (``stacked_cache_outputs``)."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "Unsqueeze" or node.domain not in ("", "ai.onnx") or not node.inputs:
+        return False
+    axes = node.attributes.get_ints("axes") if "axes" in node.attributes else None
+    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+        constant = node.inputs[1].const_value
+        axes = None if constant is None else constant.numpy().reshape(-1).tolist()
+    if axes is None or list(axes) != [0]:
+        return False
+    inner = _renamed(node.inputs[0])
+    producer = inner.producer()
+    if producer is None:
+        return False
+    if producer.op_type in _CACHE_OPS and producer.domain == "com.microsoft":
+        return inner is not producer.outputs[0]
+    if producer.op_type != "Concat" or producer.domain not in ("", "ai.onnx") or len(producer.inputs) != 2:
+        return False
+    past = producer.inputs[0]
+    return producer.attributes.get_int("axis", 0) in (2, -2) and (_from_4d_input(past) or _from_stacked_input(past))
+
+
+def _from_stacked_input(value: ir.Value | None) -> bool:
+    """Whether ``value`` is the key or the value of a stacked graph input ``[2, batch, heads, past, head_size]``:
+    ``Gather(input, i, axis=0)``, through Concat, Identity and Cast (as ``_graph_input_behind``)."""
+    for _ in range(8):
+        node = value.producer() if value is not None else None
+        if node is None:
+            return False
+        if node.op_type == "Gather" and node.attributes.get_int("axis", 0) == 0:
+            data = node.inputs[0]
+            return data is not None and data.is_graph_input() and data.shape is not None and data.shape.rank() == 5
+        if node.op_type not in ("Concat", "Identity", "Cast") or not node.inputs:
+            return False
+        value = node.inputs[0]
+    return False
 
 
 def attention_operand_outputs(model: ir.Model) -> frozenset[str]:
@@ -565,6 +624,11 @@ def _from_4d_input(value: ir.Value | None) -> bool:
 
 def _is_4d(value: ir.Value) -> bool:
     return value.shape is not None and value.shape.rank() == 4
+
+
+def _is_stacked(value: ir.Value) -> bool:
+    """Whether ``value`` is declared ``[2, batch, heads, sequence, head_size]``: a stacked key and value cache."""
+    return value.shape is not None and value.shape.rank() == 5 and value.shape[0] == 2
 
 
 def _renamed(value: ir.Value) -> ir.Value:
@@ -779,7 +843,13 @@ class NewTokens:
         widths = {shape[1] for shape in by_shape(padding)}
         if not widths:
             return None
-        pasts = {np.shape(inputs[name])[2] for name in self.pasts if np.ndim(inputs.get(name)) == 4}
+        # A past [batch, heads, past, d], or stacked [2, batch, heads, past, d].
+        axes = {4: 2, 5: 3}
+        pasts = {
+            np.shape(inputs[name])[axes[np.ndim(inputs[name])]]
+            for name in self.pasts
+            if np.ndim(inputs.get(name)) in axes
+        }
         news = {np.shape(inputs[name])[1] for name in self.token_ids if np.ndim(inputs.get(name)) == 2}
         if len(pasts) != 1 or len(news) != 1:
             return None
@@ -793,7 +863,7 @@ def new_token_outputs(model: ir.Model) -> NewTokens | None:
 
     Decided from the graph, then checked per input set (``NewTokens.past_length``):
     - the model has cache outputs (``cache_outputs``), computed from 4-D past inputs whose third dim has
-      one name (``past``);
+      one name (``past``), or stacked ones (``stacked_cache_outputs``: their fourth dim, of stacked inputs);
     - its integer mask inputs share one length, and a 2-D integer input not named like a mask (the token
       ids) has another (``new``);
     - the mask's length is the caches' (the same name, or ``past + new``), or the caches are declared
@@ -805,8 +875,8 @@ def new_token_outputs(model: ir.Model) -> NewTokens | None:
       row's ones end, not at the mask's end;
     - the output (three dims or more, no cache) names its second dim as the token ids do.
     """
-    caches = cache_outputs(model)
-    if not caches or any(
+    caches, stacked = cache_outputs(model), stacked_cache_outputs(model)
+    if not (caches or stacked) or any(
         node.op_type == "GroupQueryAttention" and node.domain == "com.microsoft" for node in model.graph.all_nodes()
     ):
         return None
@@ -827,13 +897,16 @@ def new_token_outputs(model: ir.Model) -> NewTokens | None:
         return None
     (new,) = token_lengths
     outputs = {value.name: value for value in model.graph.outputs}
-    pasts = [_past_input(outputs[name]) for name in sorted(caches)]
-    past_names = {_dim_name(value, 2) for value in pasts if value is not None}
+    # Each cache's past input and the axis of its length (a stacked one's is its fourth).
+    laid = [(_past_input(outputs[name]), 2) for name in sorted(caches)]
+    laid += [(_stacked_past_input(outputs[name]), 3) for name in sorted(stacked)]
+    pasts = [value for value, _ in laid]
+    past_names = {_dim_name(value, axis) for value, axis in laid if value is not None}
     if None in pasts or len(past_names) != 1 or None in past_names:
         return None
     (past,) = past_names
     summed = f"{past} + {new}"
-    cache_lengths = {_dim_name(outputs[name], 2) for name in caches}
+    cache_lengths = {_dim_name(outputs[name], 2) for name in caches} | {_dim_name(outputs[name], 3) for name in stacked}
     elsewhere = any(
         value.name not in masks and value.shape is not None and any(_dim_value(dim) == total for dim in value.shape)
         for value in model.graph.inputs
@@ -846,7 +919,10 @@ def new_token_outputs(model: ir.Model) -> NewTokens | None:
     names = frozenset(
         name
         for name, value in outputs.items()
-        if name not in caches and value.shape is not None and value.shape.rank() >= 3 and _dim_name(value, 1) == new
+        if name not in caches | stacked
+        and value.shape is not None
+        and value.shape.rank() >= 3
+        and _dim_name(value, 1) == new
     )
     if not names:
         return None
@@ -864,6 +940,24 @@ def _names_only(length: str | None, dims: set[str]) -> bool:
     if length is None:
         return False
     return set(_EXPRESSION_WORD.findall(length)) - _SYMPY_FUNCTIONS == dims
+
+
+def _stacked_past_input(value: ir.Value) -> ir.Value | None:
+    """The stacked graph input a stacked cache output (``stacked_cache_outputs``) extends: the one its key's past is
+    gathered from (``_from_stacked_input``), or None."""
+    key = _renamed(value).producer().inputs[0].producer().inputs[0]  # Concat(Unsqueeze(key), ...)
+    node = _renamed(key).producer()
+    current = node.inputs[0] if node is not None and node.op_type == "Concat" and node.inputs else None
+    for _ in range(8):
+        node = current.producer() if current is not None else None
+        if node is None:
+            return None
+        if node.op_type == "Gather":
+            return node.inputs[0] if node.inputs[0] is not None and node.inputs[0].is_graph_input() else None
+        if node.op_type not in ("Concat", "Identity", "Cast") or not node.inputs:
+            return None
+        current = node.inputs[0]
+    return None
 
 
 def _past_input(value: ir.Value) -> ir.Value | None:
@@ -897,7 +991,8 @@ def hide_padded(
     ``padding`` is one mask shape's (``padded_positions``) or every one's (``paddings``); each output is read
     against the mask of its own length. Only outputs laid out ``[batch, sequence, ...]`` like a mask, with three
     dims or more (a pooled ``[batch, 128]`` beside a 128-token mask is no sequence: its columns would be hidden),
-    are touched, the ``caches`` (``cache_outputs``) laid out ``[batch, heads, sequence, d]``, and a decoder's
+    are touched, the ``caches`` (``cache_outputs``) laid out ``[batch, heads, sequence, d]`` (or stacked, ``[2, batch,
+    heads, sequence, d]``: ``stacked_cache_outputs``), and a decoder's
     ``new_tokens`` outputs (``NewTokens.outputs``: ``[batch, new, ...]``) on a mask's last ``new`` positions,
     where that mask is ``past`` (``NewTokens.past_length``) plus the new tokens.
     """
@@ -911,7 +1006,11 @@ def hide_padded(
             continue
         if value.shape != expected.shape or value.dtype != expected.dtype:
             continue  # a different shape or dtype is a failure the comparison must still see
-        if name in caches:  # before the sequence rule: a cache's heads may number as many as the positions
+        if name in caches and value.ndim == 5:  # stacked: [2, batch, heads, sequence, d]
+            if (mask := shaped.get((value.shape[1], value.shape[3]))) is None:
+                continue
+            where = mask[None, :, None, :, None]
+        elif name in caches:  # before the sequence rule: a cache's heads may number as many as the positions
             if value.ndim != 4 or (mask := shaped.get((value.shape[0], value.shape[2]))) is None:
                 continue
             where = mask[:, None, :, None]
@@ -1041,6 +1140,7 @@ def padded_outputs(
     found = {}
     for name, axis in {**laid_out, **tail}.items():
         expected, actual = before.get(name), after.get(name)
+        batch_axis = 1 if axis == 3 else 0  # only a stacked cache [2, batch, heads, sequence, d] is laid out on axis 3
         if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
             continue
         # Integer outputs too (tags, token ids): their values there are as undefined, and count in max_error; and
@@ -1051,11 +1151,11 @@ def padded_outputs(
             mask = shaped.get((expected.shape[0], past + expected.shape[1]))
             positions = mask[:, past:] if mask is not None and expected.shape[1] > 0 else None
         else:
-            positions = shaped.get((expected.shape[0], expected.shape[axis]))
+            positions = shaped.get((expected.shape[batch_axis], expected.shape[axis]))
         if positions is None:
             continue
         shape = [1] * expected.ndim
-        shape[0], shape[axis] = positions.shape
+        shape[batch_axis], shape[axis] = positions.shape
         found[name] = positions.reshape(shape)
     return found
 
@@ -1065,16 +1165,18 @@ def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
     dim named or static (the imitator taggers' ``[1, 256]``), boolean ones the graph reads as padding where true
     (PyTorch's key padding mask, ``optimizer.inputs.pads_where_true``) and the 4-D masks (``causal_masks``,
     ``key_masks``), a float one the graph adds to the scores (``added_to_scores``: 0 attends, a large negative pads),
-    and a float one of a model with a 4-D cache (a decoder's 0/1 mask, ONNX Runtime's GPT-2 export's, which generation
-    feeds so), and the symbolic name of their last dim (None unless the named ones share one). A boolean one was left
-    out, and every accuracy figure counted the positions it pads: a result exact on every real token missed a budget at
-    cosine 0 where an integer mask's pass met it; so did such float ones, which verification hid, until reviews in
-    session 69."""
+    and a float one of a model with a 4-D or stacked cache (a decoder's 0/1 mask, ONNX Runtime's GPT-2 export's, which
+    generation feeds so; its stacked ``past_{i}`` counted since a review in session 70), and the symbolic name of
+    their last dim (None unless the named ones share one). A boolean one was left out, and every accuracy figure
+    counted the positions it pads: a result exact on every real token missed a budget at cosine 0 where an integer
+    mask's pass met it; so did such float ones, which verification hid, until reviews in session 69."""
     from optimizer.inputs import pads_where_true  # imported here: optimizer.inputs is heavier than this module
 
     names, dims = set(), set()
     causal = {**causal_masks(model), **key_masks(model)}
-    cached = any(_CACHE_NAME.search(value.name) and _is_4d(value) for value in model.graph.inputs)
+    cached = any(
+        _CACHE_NAME.search(value.name) and (_is_4d(value) or _is_stacked(value)) for value in model.graph.inputs
+    )
     for value in model.graph.inputs:
         shape = _declared(value)
         if value.name in causal:
@@ -1116,10 +1218,10 @@ def _sequence_outputs(
     output's dim is that static size too (a static ``[1, 256]`` mask beside ``tags [1, 256]``): ``[batch, sequence,
     ...]`` (axis 1, three dims or more, or two for an integer, boolean or text output: a tagger's class per token,
     where a float ``[batch, 384]`` is a pooled embedding), and the caches ``[batch, heads, sequence, head_size]``
-    (axis 2). ``sizes`` maps each static length to its masks' key inputs (``_key_inputs``): an output computed from
-    another 2-D input of that static length that none of them computes its keys from is none (a static
-    encoder-decoder's decoder logits beside its encoder's mask: read per encoder token until a review in session 69,
-    late 8)."""
+    (axis 2) or stacked ``[2, batch, heads, sequence, head_size]`` (axis 3, batch on axis 1). ``sizes`` maps each
+    static length to its masks' key inputs (``_key_inputs``): an output computed from another 2-D input of that
+    static length that none of them computes its keys from is none (a static encoder-decoder's decoder logits beside
+    its encoder's mask: read per encoder token until a review in session 69, late 8)."""
     caches = padded_caches(model)
     sizes = sizes or {}
     laid_out = {}
@@ -1128,7 +1230,7 @@ def _sequence_outputs(
         per_token = value.dtype is not None and not value.dtype.is_floating_point()
         if shape is None or shape.rank() < (2 if per_token else 3):
             continue
-        axis = 2 if value.name in caches and shape.rank() == 4 else 1
+        axis = {4: 2, 5: 3}.get(shape.rank(), 1) if value.name in caches else 1
         dim = shape[axis]
         if (isinstance(dim, ir.SymbolicDim) and dim.value and dim.value in sequences) or (
             isinstance(dim, int) and dim in sizes and _read_along_keys(model, value, dim, sizes[dim])

@@ -19,8 +19,9 @@ Findings (each test failed on 90c9c14):
 - A 2-D float mask the graph adds to the scores was generated 0/1: it masked nothing, verification hid its zeros (where
   it attends) as padding, and a rewrite flooring it at -1 verified. Now generated 0 and float's lowest, and read so.
 
-Left open (strict xfail): ONNX Runtime's own GPT-2 export stacks its caches ``past_{i} [2, batch, ...]``, which
-generation does not take, so its text is still not fed as prefills (nor ``--generate`` run) whatever its mask.
+Left open here, fixed in session 70 (``tests/test_review_s70_stacked.py``): ONNX Runtime's own GPT-2 export stacks its
+caches ``past_{i} [2, batch, ...]``, which generation did not take, so its text was not fed as prefills (nor
+``--generate`` run) whatever its mask.
 """
 
 from __future__ import annotations
@@ -272,13 +273,6 @@ def _stacked_past(source: Path, path: Path) -> Path:
     return path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: ONNX Runtime's own GPT-2 export (convert_to_onnx / gpt2_helper) stacks each layer's cache as "
-    "past_{i} [2, batch, heads, past, head size]; generation.recognise_causal_lm takes only [batch, heads, sequence, "
-    "head size] caches ('cache input 'past_0' has rank 5'), so its text is not fed as prefills and --generate refuses "
-    "it, whatever its mask's dtype; the user must write the empty stacked caches and position ids by hand",
-)
 def test_text_for_onnx_runtimes_gpt2_layout_is_fed_as_prefills(float_mask, tmp_path: Path):
     stacked = _stacked_past(float_mask, tmp_path / "gpt2_stacked.onnx")
     notes: list[str] = []

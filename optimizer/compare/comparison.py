@@ -1234,10 +1234,13 @@ def _accumulate(
     ``padded`` (``optimizer.padding.padded_outputs`` of the run's inputs) holds the positions of outputs laid
     out ``[batch, sequence, ...]`` along an integer attention mask that the mask pads: what a model returns
     there is undefined, so they count in no figure (``AccuracyAccumulator.add``). ``sample_axes``
-    (``optimizer.inputs.output_sample_axes``): outputs whose samples lie along a later axis, moved to the first.
+    (``optimizer.inputs.output_sample_axes``): outputs whose samples lie along a later axis, moved to the first, and
+    their padded positions alike (a stacked cache ``[2, batch, ...]``'s were read against the moved output, and the
+    positions it pads counted, until a review in session 70).
     """
     if sample_axes:
         before, after = samples_first(before, sample_axes), samples_first(after, sample_axes)
+        padded = samples_first(padded, sample_axes) if padded else padded
     pairs: dict[str, tuple[Any, Any]] = {}
     for name, expected in before.items():
         actual = after[name]
