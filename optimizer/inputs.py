@@ -23,7 +23,9 @@ Strings are short words, or, for a string input that a lookup of ``ai.onnx.ml`` 
 ``CategoryMapper``, ``OneHotEncoder``), mostly that lookup's own keys (``_lookup_keys``: a model that reads
 single letters maps every word to its default, and every row's outputs would be the same; so are integer and
 float inputs such a lookup maps, which 0 or 1 and normal draws miss as well, through a ``Cast`` or column by column,
-and the tokens a ``TfIdfVectorizer`` counts, from its pool); a sequence holds
+and the tokens a ``TfIdfVectorizer`` counts, from its pool). A string, an integer code indexing nothing, or a float
+that an ``Equal`` compares with constants (a category switch ``Where(Equal(x, "cat"), a, b)``) is half those constants
+(``_compared_keys``; a one-element one holds each in turn in even seeds: ``_select_compared_values``); a sequence holds
 ``SEQUENCE_LENGTH`` generated tensors; an optional input is given (not empty).
 
 Inputs whose *values* the model reads as sizes, axes, counts or parameters (a
@@ -71,6 +73,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -1536,9 +1539,10 @@ def make_inputs(
 
 
 def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) -> None:
-    """An integer input of one element that the model tests for equality with a constant (Silero VAD v4's
-    ``If(Equal(sr, 16000))``), through casts and reshapes, holds that constant in the sets of even seeds (the first
-    binding) and stays drawn (0 or 1) in the others (the second binding): drawn alone, the branch the constant
+    """An integer or string input of one element that the model tests for equality with a constant (Silero VAD v4's
+    ``If(Equal(sr, 16000))``, a switch's ``If(Equal(mode, "train"))``), through casts and reshapes, holds that
+    constant in the sets of even seeds (the first binding) and another value in the others (the second binding):
+    drawn alone, the branch the constant
     selects, the one real audio takes, never ran, and a rewrite wrong in it verified. In place; left as drawn where
     ONNX Runtime refuses the model on the constant. (Where there is no second binding, verification adds a set of
     the first's shapes drawn so: ``compared_constants``.) An input of one element that an ``If`` reads as its
@@ -1547,7 +1551,7 @@ def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) 
     the other branch runs: drawn, a flag took one value in every set (every dim fixed: the only set), and a rewrite
     wrong in the other branch verified."""
     drawn = dict(inputs)
-    held = compared_constants(model, inputs)
+    held = compared_constants(model, inputs, seed)
     if seed % 2:
         held = {name: _other_than(value) for name, value in held.items() if np.array_equal(inputs[name], value)}
     inputs.update(held)
@@ -1559,39 +1563,49 @@ def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) 
 
 
 def _other_than(value: np.ndarray) -> np.ndarray:
-    """``value`` (one element, boolean or integer) moved off itself: negated, or one nearer 0 (0 to 1), so a true
-    ``If`` condition becomes false."""
+    """``value`` (one element, boolean, integer or string) moved off itself: negated, one nearer 0 (0 to 1), or another
+    word, so a true ``If`` condition becomes false; an array of ``value``'s shape and type (of no dims too: numpy makes
+    ``~value`` a scalar there, which ONNX Runtime refused, and a scalar flag drawn true stayed true)."""
     if value.dtype.kind == "b":
-        return ~value
-    return value - 1 if value.reshape(-1)[0] > 0 else value + 1
+        return np.asarray(~value)
+    if value.dtype.kind == "O":
+        return np.full_like(value, next(word for word in _WORDS if word != value.reshape(-1)[0]))
+    return np.asarray(value - 1 if value.reshape(-1)[0] > 0 else value + 1, dtype=value.dtype)
 
 
-def compared_constants(model: ir.Model, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Each integer input of one element in ``inputs`` that the model tests for equality with a constant, through
-    casts and reshapes, as an array of that constant (of the input's shape and type); and each boolean or integer
-    input of one element that an ``If`` reads as its condition so, as an array of true (1)."""
+def compared_constants(model: ir.Model, inputs: Mapping[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
+    """Each integer or string input of one element in ``inputs`` that the model tests for equality with a constant
+    (``If(Equal(mode, "train"))``), through casts and reshapes, as an array of that constant (of the input's shape and
+    type; where it is compared with several, ``Equal(code, 3)`` and ``Equal(code, 7)``, the ``seed // 2``-th of them, in
+    turn); and each boolean or integer input of one element that an ``If`` reads as its condition so, as an array of
+    true (1)."""
     found = {}
     for value in runtime_inputs(model):
         array = inputs.get(value.name)
-        if not isinstance(array, np.ndarray) or array.size != 1 or array.dtype.kind not in "iub":
+        if not isinstance(array, np.ndarray) or array.size != 1 or array.dtype.kind not in "iubO":
             continue
+        constants: list[Any] = []
         for node, index in _readers_through_copies(value):
-            if node.op_type == "If" and is_onnx_domain(node) and index == 0:
+            if node.op_type == "If" and is_onnx_domain(node) and index == 0 and not constants:
                 found[value.name] = np.ones_like(array)
                 break
-            if array.dtype.kind == "b":
-                continue
             if node.op_type != "Equal" or not is_onnx_domain(node) or len(node.inputs) != 2 or index > 1:
                 continue
             other = node.inputs[1 - index]
             tensor = ir.convenience.get_const_tensor(other) if other is not None else None
-            if tensor is None or tensor.size != 1:
+            if tensor is None or array.dtype.kind == "b" or (array.dtype.kind == "O") != (tensor.dtype.is_string()):
                 continue
-            number = tensor.numpy().reshape(-1)[0]
-            info = np.iinfo(array.dtype)
-            if float(number).is_integer() and info.min <= number <= info.max:
-                found[value.name] = np.full_like(array, int(number))
-                break
+            for number in tensor.numpy().reshape(-1):  # each element, where it is a vocabulary
+                if array.dtype.kind == "O":
+                    constant = number.decode() if isinstance(number, bytes) else str(number)
+                elif float(number).is_integer() and np.iinfo(array.dtype).min <= number <= np.iinfo(array.dtype).max:
+                    constant = int(number)
+                else:
+                    continue
+                if constant not in constants:
+                    constants.append(constant)
+        if constants:
+            found[value.name] = np.full_like(array, constants[(seed // 2) % len(constants)])
     return found
 
 
@@ -1819,6 +1833,11 @@ def _keys_of(node: ir.Node, kind: str, value: ir.Value, cast: bool) -> np.ndarra
     return None
 
 
+def _compared_drawn(value: ir.Value, drawn: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``drawn`` with the constants ``value`` is compared with mixed in (``_drawn_from_compared``), where there are."""
+    return _drawn_from_compared(compared, drawn, rng) if (compared := _compared_keys(value)) else drawn
+
+
 def _with_unknown(keys: np.ndarray) -> np.ndarray:
     """``keys`` and one value that is none of them (its default's case)."""
     if keys.dtype == object:
@@ -1841,6 +1860,143 @@ def _drawn_from_keys(
         for column in columns or ():
             if drawn.ndim == 2 and -drawn.shape[1] <= column < drawn.shape[1]:
                 drawn[:, column] = rng.choice(_with_unknown(keys) if unknown else keys, size=drawn.shape[0])
+    return drawn
+
+
+# Ops an input compared with constants may reach its ``Equal`` through unchanged (``_compared_keys``).
+_COMPARED_MOVES = (*_KEY_MOVES, "Expand")
+
+
+def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.ndarray]]:
+    """The constants ``value`` is compared with by an ``Equal`` (a hand-written vocabulary, a category switch
+    ``Where(Equal(x, "cat"), a, b)``, a code's ``If(Equal(code, 3))``), each as the columns of ``value`` compared
+    (None: all of it, as in ``_lookup_keys``) and the constants' distinct elements that ``value``'s type holds exactly.
+    Followed through ops that only move its elements, a ``Cast`` (not of strings), a ``Gather`` of a column and, for
+    strings, a ``StringNormalizer`` (a constant is then drawn as a word that folds to it, in the case the normalizer
+    folds from half the time, never a stopword, which it would drop, and not at all where no word folds to it: "Cat"
+    after ``LOWER``) or a ``StringConcat`` with a constant word (drawn without it, where the constant ends or starts
+    with it). Drawn as before, no element equalled any of them: every row took one branch, and a rewrite that broke
+    the other (or swapped two of the constants) verified. ``RegexFullMatch`` and ``StringSplit`` are not followed."""
+    kind = "O" if value.dtype == ir.DataType.STRING else value.dtype.numpy().kind
+    found: list[tuple[tuple[int, ...] | None, np.ndarray]] = []
+    # Each value reached, the columns of ``value`` it holds, whether they are still ``value``'s, and the words that
+    # the strings ops passed (last first) turn into a key, as functions of the keys.
+    Undo = Callable[[np.ndarray], np.ndarray]
+    pending: list[tuple[ir.Value, tuple[int, ...] | None, bool, tuple[Undo, ...]]] = [(value, None, True, ())]
+    seen: set[int] = set()
+    while pending:
+        current, columns, columnar, undo = pending.pop()
+        for node, index in current.uses():
+            if id(node) in seen or not is_onnx_domain(node):
+                continue
+            seen.add(id(node))
+            if index == 0 and (
+                node.op_type in _COMPARED_MOVES
+                or (node.op_type == "Cast" and kind != "O")
+                or (node.op_type == "StringNormalizer" and kind == "O")
+            ):
+                kept = columnar and (
+                    node.op_type in ("Identity", "Cast")
+                    or (node.op_type == "StringNormalizer" and not node.attributes.get_strings("stopwords", []))
+                )
+                passed = (partial(_before_normalizer, node), *undo) if node.op_type == "StringNormalizer" else undo
+                pending.append((node.outputs[0], columns, kept, passed))
+                continue
+            if (
+                kind == "O"
+                and node.op_type == "StringConcat"
+                and (affix := _concatenated_word(node, index)) is not None
+            ):
+                pending.append((node.outputs[0], columns, columnar, (partial(_without_affix, affix, index), *undo)))
+                continue
+            if index == 0 and columnar and (picked := _picked_columns(node)) is not None:
+                if columns is None or all(-len(columns) <= column < len(columns) for column in picked):
+                    picked = picked if columns is None else tuple(columns[column] for column in picked)
+                    pending.append((node.outputs[0], picked, True, undo))
+                continue
+            if node.op_type != "Equal" or len(node.inputs) != 2 or index > 1 or node.inputs[1 - index] is None:
+                continue
+            tensor = ir.convenience.get_const_tensor(node.inputs[1 - index])
+            if tensor is None or not tensor.size:
+                continue
+            keys = np.unique(np.asarray([k.decode() if isinstance(k, bytes) else k for k in tensor.numpy().ravel()]))
+            if kind == "O":
+                keys = keys.astype(object) if keys.dtype.kind == "U" else None
+                for step in undo if keys is not None else ():
+                    keys = step(keys)
+            elif keys.dtype.kind in "iuf":
+                with np.errstate(invalid="ignore", over="ignore"):
+                    keys = keys[np.isfinite(keys) & (keys.astype(value.dtype.numpy()) == keys)]
+            else:
+                keys = None
+            if keys is not None and keys.size:
+                found.append((columns, keys))
+    return found
+
+
+def _concatenated_word(node: ir.Node, index: int) -> str | None:
+    """The constant word of one element a ``StringConcat`` joins to its input ``index`` (after it for input 0), or
+    None."""
+    other = node.inputs[1 - index] if len(node.inputs) == 2 and index < 2 else None
+    tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+    if tensor is None or tensor.size != 1 or not tensor.dtype.is_string():
+        return None
+    word = tensor.numpy().reshape(-1)[0]
+    return word.decode() if isinstance(word, bytes) else str(word)
+
+
+def _without_affix(affix: str, index: int, keys: np.ndarray) -> np.ndarray:
+    """The words that ``StringConcat`` with ``affix`` (after them for ``index`` 0, else before) turns into ``keys``."""
+    if index == 0:
+        kept = [key[: len(key) - len(affix)] for key in keys if key.endswith(affix)]
+    else:
+        kept = [key[len(affix) :] for key in keys if key.startswith(affix)]
+    return np.asarray(kept, dtype=object)
+
+
+def _before_normalizer(node: ir.Node, keys: np.ndarray) -> np.ndarray:
+    """The words that ``StringNormalizer`` ``node`` turns into ``keys``: each key, and its other case where the
+    normalizer folds it (``CAT`` for ``cat`` after ``LOWER``), none a stopword."""
+    action = node.attributes.get_string("case_change_action", "NONE")
+    sensitive = node.attributes.get_int("is_case_sensitive", 0)
+    stopwords = set(node.attributes.get_strings("stopwords", []))
+    folded = {"LOWER": str.lower, "UPPER": str.upper}.get(action)
+    unfolded = {"LOWER": str.upper, "UPPER": str.lower}.get(action)
+    words = []
+    for key in keys:
+        if folded is not None and folded(key) != key:
+            continue  # no word folds to it
+        words.extend([key, unfolded(key)] if unfolded is not None and unfolded(key) != key else [key])
+    if not sensitive:
+        stopwords = {word.lower() for word in stopwords}
+    return np.asarray([word for word in words if (word if sensitive else word.lower()) not in stopwords], dtype=object)
+
+
+def _drawn_from_compared(
+    compared: Sequence[tuple[tuple[int, ...] | None, np.ndarray]], drawn: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """``drawn`` (an input's generated values) with about half of the elements ``compared`` (``_compared_keys``) reads
+    drawn from the constants they are compared with, the others left as drawn (a value none of them, as a lookup's
+    unknown: strings are words none of them, integers 0 or 1, floats normal). An integer or string of one element is
+    left as drawn: ``compared_constants`` holds each constant in turn in the sets of even seeds, and another value in
+    the others, where ONNX Runtime runs the model on them (drawn here, the one element was the constant in every set
+    by chance, or a constant the model refuses)."""
+    if drawn.size == 1 and drawn.dtype.kind in "iuOUS":
+        return drawn
+    drawn = drawn.astype(object) if drawn.dtype.kind in "OUS" else drawn.copy()
+    whole = [keys for columns, keys in compared if columns is None]
+    if whole:
+        keys = np.concatenate(whole)
+        picked = rng.random(drawn.shape) < 0.5
+        drawn[picked] = rng.choice(keys, size=int(picked.sum()))
+    if drawn.ndim != 2:
+        return drawn
+    for column in sorted({column for columns, _ in compared for column in columns or ()}):
+        if not -drawn.shape[1] <= column < drawn.shape[1]:
+            continue
+        keys = np.concatenate([*whole, *(keys for columns, keys in compared if columns and column in columns)])
+        picked = rng.random(drawn.shape[0]) < 0.5
+        drawn[picked, column] = rng.choice(keys, size=int(picked.sum()))
     return drawn
 
 
@@ -1868,7 +2024,8 @@ def _generate_tensor(
     dtype = value.dtype
     if dtype == ir.DataType.STRING:
         drawn = rng.choice(_WORDS, size=shape)
-        return _drawn_from_keys(lookups, drawn, rng) if (lookups := _lookup_keys(value)) else drawn
+        drawn = _drawn_from_keys(lookups, drawn, rng) if (lookups := _lookup_keys(value)) else drawn
+        return _drawn_from_compared(compared, drawn, rng) if (compared := _compared_keys(value)) else drawn
     numpy_dtype = dtype.numpy()
     convention = causal_masks(model).get(value.name) if len(shape) == 4 else None
     if convention is not None and shape[2] <= shape[3]:
@@ -1895,7 +2052,8 @@ def _generate_tensor(
             # Codes an ai.onnx.ml lookup maps (to names, to other codes), indexing no table: drawn 0 or 1, as other
             # integers, they were none of its keys, every row mapped to its default, and a rewrite that swapped two of
             # its values verified.
-            return _drawn_from_keys(lookups, rng.integers(0, 2, size=shape), rng).astype(numpy_dtype)
+            drawn = _drawn_from_keys(lookups, rng.integers(0, 2, size=shape), rng)
+            return _compared_drawn(value, drawn, rng).astype(numpy_dtype)
         low = _index_low(value, dims, widest=widest)
         if _POSITION_NAME.search(value.name) and shape:
             # Positions count up from 0 (or the least that stays in the table), within the position table
@@ -1937,6 +2095,10 @@ def _generate_tensor(
             inside = [(columns, keys[(keys >= lows) & (keys < highs)], False) for columns, keys, _ in lookups]
             if inside := [lookup for lookup in inside if lookup[1].size]:
                 drawn = np.where(rng.random(shape) < 0.5, _drawn_from_keys(inside, drawn, rng), drawn)
+        if (compared := _compared_keys(value)) and _indexes_nothing(value, dims, widest=widest):
+            # Codes and flags compared with constants (``Where(Equal(code, 3), ...)``), indexing no table: half of them
+            # those constants. Ids that index a table (``Equal(input_ids, pad)``) are drawn as before.
+            drawn = _drawn_from_compared(compared, drawn, rng)
         return drawn.astype(numpy_dtype)
     if dtype.is_floating_point():
         if _MASK_NAME.search(value.name) and added_to_scores(value):
@@ -1945,7 +2107,8 @@ def _generate_tensor(
         if is_mask:
             return _padding_mask(shape, numpy_dtype)
         if lookups := _lookup_keys(value):  # a LabelEncoder's float keys, a float column's cats: normal draws miss them
-            return _drawn_from_keys(lookups, rng.standard_normal(shape), rng).astype(numpy_dtype)
+            drawn = _drawn_from_keys(lookups, rng.standard_normal(shape), rng)
+            return _compared_drawn(value, drawn, rng).astype(numpy_dtype)
         if len(shape) == 1 and (length := _row_length(model, value, dims)) is not None:
             # Float per-row lengths are fractions of the row (SpeechBrain's ``wav_lens``): 1, the whole row, the last
             # of two or more 0.75. Drawn normal until a later review in session 69, most were negative, every frame
@@ -1954,7 +2117,8 @@ def _generate_tensor(
             if _counts_frames(value):
                 return _full_lengths(shape, length).astype(numpy_dtype)
             return _relative_lengths(shape).astype(numpy_dtype)
-        return rng.standard_normal(shape).astype(numpy_dtype)
+        # A float compared with constants (``Where(Equal(x, -1), fill, x)``, a sentinel): normal draws are none of them.
+        return _compared_drawn(value, rng.standard_normal(shape), rng).astype(numpy_dtype)
     raise InputSpecError(f"input '{value.name}' has type {dtype}, which graphopt cannot generate; {_WAYS_OUT}")
 
 
