@@ -2227,11 +2227,29 @@ def _constant_factor(node: ir.Node, index: int) -> float | None:
 
 
 def _constant_number(value: ir.Value | None) -> float | None:
-    """The number every element of constant ``value`` holds, or None (not constant, empty, or several numbers)."""
-    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    """The number every element of constant ``value`` holds, or None (not constant, empty, or several numbers); a
+    constant only moved, cast or broadcast on the way (``_INDEX_PRESERVING_OPS``: ``lengths > Cast(0)``, an integer
+    constant promoted to the lengths' type) holds the number it holds, cast so. Until a review in session 70 such a one
+    was no constant: fractions checked ``> Cast(0)`` before ``* T`` were drawn as frame counts, every frame real."""
+    casts = []  # the types cast to on the way back to the constant (applied from it outward)
+    for _ in range(16):
+        tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+        if tensor is not None:
+            break
+        node = value.producer() if value is not None else None
+        if node is None or not is_onnx_domain(node) or node.op_type not in _INDEX_PRESERVING_OPS or not node.inputs:
+            return None
+        if node.op_type == "Cast":
+            casts.append(ir.DataType(node.attributes.get_int("to", ir.DataType.FLOAT)).numpy())
+        value = node.inputs[0]
     if tensor is None or tensor.size == 0:
         return None
-    array = tensor.numpy().astype(np.float64).reshape(-1)
+    array = tensor.numpy().reshape(-1)
+    if array.dtype.kind not in "biuf" or any(np.dtype(dtype).kind not in "biuf" for dtype in casts):
+        return None
+    for dtype in reversed(casts):
+        array = array.astype(dtype)
+    array = array.astype(np.float64)
     return float(array[0]) if (array == array[0]).all() else None
 
 

@@ -1093,21 +1093,40 @@ def _key_inputs(mask: ir.Value) -> frozenset[str] | None:
 
 
 def _ancestor_inputs(value: ir.Value | None, graph: ir.Graph | None) -> frozenset[str] | None:
-    """The names of ``graph``'s inputs ``value`` is computed from; None where it is computed from a subgraph's input
-    too (a ``Loop``'s or ``Scan``'s state, not followed out to what feeds it)."""
-    frontier, seen, found = [value], set(), set()
+    """The names of ``graph``'s inputs ``value`` is computed from, the outer values a producer's subgraphs read
+    included (an ``If``'s branches read the graph's inputs by name: Optimum's merged decoder); None where it is
+    computed from the input of a subgraph it starts in (a ``Loop``'s or ``Scan``'s state, not followed out to what
+    feeds it). Until a review in session 70 an ``If``'s output was computed from its condition alone: a static
+    decoder's logits computed in one were laid out along its encoder's mask, real decoder tokens left out."""
+    frontier, seen, found, entered = [value], set(), set(), set()
     while frontier:
         current = frontier.pop()
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
         if current.is_graph_input():
-            if current.graph is not graph:
+            if current.graph is graph:
+                found.add(current.name)
+            elif id(current.graph) not in entered:  # a body's state, fed by its node's inputs where entered
                 return None
-            found.add(current.name)
-        if (node := current.producer()) is not None:
+        if (node := current.producer()) is not None and id(node) not in seen:
+            seen.add(id(node))
             frontier.extend(node.inputs)
+            for inner in _nodes_within(node):
+                entered.add(id(inner.graph))
+                frontier.extend(inner.inputs)
     return frozenset(found)
+
+
+def _nodes_within(node: ir.Node) -> Iterator[ir.Node]:
+    """The nodes of ``node``'s subgraphs, however deep (a function's reference to its caller's graph holds none)."""
+    for attribute in node.attributes.values():
+        if attribute.is_ref() or attribute.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+            continue
+        for body in [attribute.value] if attribute.type == ir.AttributeType.GRAPH else attribute.value:
+            for inner in body:
+                yield inner
+                yield from _nodes_within(inner)
 
 
 def padded_outputs(
