@@ -90,9 +90,15 @@ NO_RANK = "its axis is counted from the front, and the input's rank is unknown"
 
 def last_axis_refusal(node: ir.Node, data: ir.Value, what: str) -> str | None:
     """Why a Reduce* ``node`` (called ``what``) does not reduce exactly the last axis of ``data`` keeping dims, or
-    None. Over a positive axis of an input whose rank is unknown (the legacy exporter writes ``mean(2)`` as given
-    and records no shapes), the reason ends with ``NO_RANK``: ``fuse_with_inferred_shapes`` retries then."""
+    None. A ``GlobalAveragePool`` (every axis after the second) does so only over a rank-3 input. Over a positive
+    axis of an input whose rank is unknown (the legacy exporter writes ``mean(2)`` as given and records no shapes),
+    or a pool over one, the reason ends with ``NO_RANK``: ``fuse_with_inferred_shapes`` retries then."""
     wrong = f"{what} is not over the last axis alone"
+    if node.op_type == "GlobalAveragePool":  # tf2onnx's mean over the last axis of a [batch, seq, hidden] tensor
+        pooled = node.inputs[0].shape if node.inputs[0] is not None else None
+        if pooled is None:
+            return f"{wrong}: {NO_RANK}"
+        return None if pooled.rank() == 3 else wrong
     if node.attributes.get_int("keepdims", 1) != 1:
         return wrong
     if len(node.inputs) > 1 and node.inputs[1] is not None:

@@ -5,7 +5,9 @@ the last axis (the square as ``Pow(d, 2)``, its exponent a scalar or a ``[1]`` t
 ``Mul(d, d)``; the division as ``Div`` or ``Mul`` by its inverse, ``Reciprocal``, ``1 / r`` or
 TF's ``Pow(variance + eps, -0.5)``), as older exporters and hand-written models emit it, and
 tf2onnx's folded form of Keras' norm (``k = gamma / sqrt(variance + eps)``, ``x * k + (beta -
-mean * k)``, products and sums in either order),
+mean * k)``, products and sums in either order), each mean a ``ReduceMean`` over the last axis or, as tf2onnx
+writes it for a ``[batch, seq, hidden]`` tensor, a ``GlobalAveragePool`` of a rank-3 tensor (which averages every
+axis after the second: there the last alone),
 and rewrites it into one ONNX ``LayerNormalization`` (opset 17+, implemented by
 every ONNX Runtime EP). A norm without ``gamma`` and ``beta`` (``elementwise_affine=False``,
 or one whose scale is not a constant vector and so stays a ``Mul`` after it) is fused
@@ -58,6 +60,13 @@ def _statistics_fail(context, x, epsilon, mean, variance, exponent, root_exponen
     return widening_constant((epsilon, exponent, root_exponent), x)
 
 
+def _mean(op, data, name: str):
+    """The mean of ``data`` over its last axis: a ``ReduceMean`` or tf2onnx's ``GlobalAveragePool`` (the last axis
+    alone only at rank 3, which ``last_axis_refusal`` checks), matched in one rule by the producer's op (two rules
+    each took twice the pass's time on every model)."""
+    return pattern.OrValue([op.ReduceMean(data, _allow_other_inputs=True), op.GlobalAveragePool(data)], name=name)
+
+
 class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
     def __init__(self, *, square_by_pow: bool, inverse: str, affine: str) -> None:
         super().__init__(name=f"LayerNorm(pow={square_by_pow}, inverse={inverse}, affine={affine})")
@@ -66,10 +75,10 @@ class _DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         self._affine = affine
 
     def pattern(self, op, x, gamma, beta, epsilon, exponent, root_exponent):
-        mean = op.ReduceMean(x, _allow_other_inputs=True, _outputs=["mean"])
+        mean = _mean(op, x, "mean")
         centered = op.Sub(x, mean)
         square = square_of(op, centered, self._square_by_pow, exponent)
-        variance = op.ReduceMean(square, _allow_other_inputs=True, _outputs=["variance"])
+        variance = _mean(op, square, "variance")
         normalized = divide_by_root(op, centered, op.Add(variance, epsilon), self._inverse, root_exponent)
         if self._affine == "none":
             return normalized
@@ -119,9 +128,9 @@ class _FoldedLayerNorm(pattern.RewriteRuleClassBase):
         self._inverse = inverse
 
     def pattern(self, op, x, gamma, beta, epsilon, exponent, root_exponent):
-        mean = op.ReduceMean(x, _allow_other_inputs=True, _outputs=["mean"])
+        mean = _mean(op, x, "mean")
         square = square_of(op, op.Sub(x, mean), self._square_by_pow, exponent)
-        variance = op.ReduceMean(square, _allow_other_inputs=True, _outputs=["variance"])
+        variance = _mean(op, square, "variance")
         total = op.Add(variance, epsilon)
         if self._inverse == "pow_half":
             inverse_root = op.Pow(total, root_exponent)
@@ -150,7 +159,8 @@ class LayerNormFusion(RuleFusionPass):
     Matches the spellings listed in the module docstring, with a constant scale and bias,
     a constant scale alone, or neither (then the fused op gets a scale of ones and no bias;
     a scale or bias that is not a constant vector stays a ``Mul``/``Add`` after it).
-    Refuses a match whose reductions are not over the last axis alone, whose epsilon is
+    Refuses a match whose reductions are not over the last axis alone (a ``GlobalAveragePool`` of a tensor
+    whose rank is not 3 averages more than one axis), whose epsilon is
     not a constant scalar, whose square or root exponent is not 2 or -0.5, in a model
     below opset 17, or, without a scale, whose last dim has no static size, neither
     recorded nor inferred by ONNX shape inference (which runs only when a norm needs it).
