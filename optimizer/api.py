@@ -1523,15 +1523,18 @@ def _telling_row(inputs: Mapping[str, np.ndarray], masks: Sequence[str], past: i
 
 
 def _one_row(model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray], row: int) -> dict[str, np.ndarray] | None:
-    """``inputs`` cut to row ``row`` along the batch: the layout's inputs (ids, mask, positions, caches) and every
-    other input whose first dim is named as the ids' is; one of a single row is broadcast and kept whole. None where
-    the batch dim has no name (the model fixes it) or an input batched so holds another number of rows."""
+    """``inputs`` cut to row ``row`` along the batch: the layout's inputs (ids, mask, positions; caches along their
+    batch axis, axis 1 of a stacked one) and every other input whose first dim is named as the ids' is; one of a
+    single row is broadcast and kept whole. None where the batch dim has no name (the model fixes it) or an input
+    batched so holds another number of rows. A stacked cache was cut along its key/value stack (at two rows) or left
+    the step out (at three) until a review in session 70."""
     by_name = {value.name: value for value in model.graph.inputs}
     ids = by_name.get(layout.input_ids)
     batch = ids.shape[0] if ids is not None and ids.shape is not None and len(ids.shape) else None
     if not isinstance(batch, ir.SymbolicDim) or batch.value is None:
         return None
-    roles = {layout.input_ids, layout.attention_mask, layout.position_ids, *(pair.past for pair in layout.cache)}
+    roles = {layout.input_ids: 0, layout.attention_mask: 0, layout.position_ids: 0}
+    roles.update((pair.past, pair.batch_axis) for pair in layout.cache)
     rows = int(np.shape(inputs[layout.input_ids])[0])
     cut = dict(inputs)
     for name, array in inputs.items():
@@ -1539,11 +1542,12 @@ def _one_row(model: ir.Model, layout: Any, inputs: Mapping[str, np.ndarray], row
         first = value.shape[0] if value is not None and value.shape is not None and len(value.shape) else None
         if name not in roles and not (isinstance(first, ir.SymbolicDim) and first.value == batch.value):
             continue
-        if not isinstance(array, np.ndarray) or array.ndim == 0:
+        axis = roles.get(name, 0)
+        if not isinstance(array, np.ndarray) or array.ndim <= axis:
             return None
-        if array.shape[0] == rows:
-            cut[name] = array[row : row + 1]
-        elif array.shape[0] != 1:
+        if array.shape[axis] == rows:
+            cut[name] = np.take(array, [row], axis=axis)
+        elif array.shape[axis] != 1:
             return None
     return cut
 

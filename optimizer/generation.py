@@ -49,6 +49,8 @@ _LOGITS_NAME = re.compile(r"logit", re.IGNORECASE)
 _CACHE_WORDS = frozenset({"past", "present", "cache", "kv"})
 _KINDS = {"key": "key", "k": "key", "value": "value", "v": "value"}
 _PAD_ID = 0
+# Keys and values named together (``past_key_values.{i}``): a stacked cache's one tensor holds both (``_layer_key``).
+_KEYS_AND_VALUES = re.compile(r"(?<![^_])key_values?(?![^_])")
 
 
 @dataclass(frozen=True)
@@ -273,13 +275,15 @@ def _batch_axis(value: ir.Value) -> int:
 
 def _layer_key(value: ir.Value) -> tuple[int, str] | None:
     """``_layer_and_kind`` of ``value``'s name, or ``(i, "key and value")`` for a stacked cache named for its layer
-    alone (``past_{i}``, ``present_{i}``)."""
-    key = _layer_and_kind(value.name)
-    if key is None and _stacked(value) and _cache_words(value.name):
-        layers = [int(part) for part in _name_parts(value.name) if part.isdigit()]
-        if len(layers) == 1 and not any(part in _KINDS for part in _name_parts(value.name)):
+    alone (``past_{i}``, ``present_{i}``) or for its keys and values together (``past_key_values.{i}``: read as a key
+    by ``_layer_and_kind``, so paired with ``present.{i}`` by shape alone, and verified over a random cache, until a
+    review in session 70)."""
+    if _stacked(value) and _cache_words(value.name):
+        parts = _KEYS_AND_VALUES.sub("kv", "_".join(_name_parts(value.name))).split("_")
+        layers = [int(part) for part in parts if part.isdigit()]
+        if len(layers) == 1 and not any(part in _KINDS for part in parts):
             return layers[0], "key and value"
-    return key
+    return _layer_and_kind(value.name)
 
 
 def _pair_by_name(pasts: Sequence[ir.Value], presents: Sequence[ir.Value]) -> list[tuple[ir.Value, ir.Value, str]]:

@@ -509,7 +509,8 @@ def branch_values(graph: ir.Graph) -> dict[str, tuple[ir.Node, str, ir.Value, ir
     """The tensors computed in a branch of an ``If`` of ``graph`` (one level down: not in an ``If`` inside a branch, nor
     in a ``Loop``'s or ``Scan``'s body), by name, each with its ``If``, the branch's attribute name and its dtype; only
     those whose dtype is known (``_dtype_of``: an empty tensor of it fills the other branch's slot where ``exposing``
-    carries one out)."""
+    carries one out). A name both branches of one ``If`` compute is listed once, with the then branch's tensor:
+    ``exposing`` carries out each branch's (``in_branch_of`` tells whether a tensor is one of them)."""
     found: dict[str, tuple[ir.Node, str, ir.Value, ir.DataType]] = {}
     for node in graph:
         if node.op_type != "If" or not is_onnx_domain(node) or not all(name in node.attributes for name in _BRANCHES):
@@ -520,6 +521,16 @@ def branch_values(graph: ir.Graph) -> dict[str, tuple[ir.Node, str, ir.Value, ir
                     if value.name and value.name not in found and (dtype := _dtype_of(value)) is not None:
                         found[value.name] = (node, name, value, dtype)
     return found
+
+
+def in_branch_of(value: ir.Value, found: dict[str, tuple[ir.Node, str, ir.Value, ir.DataType]]) -> bool:
+    """Whether ``value`` is a tensor that ``found`` (``branch_values``) lists by its name: one computed in a branch of
+    that name's ``If``."""
+    entry = found.get(value.name) if value.name else None
+    producer = value.producer()
+    if entry is None or producer is None:
+        return False
+    return any(producer.graph is entry[0].attributes[name].as_graph() for name in _BRANCHES)
 
 
 def _dtype_of(value: ir.Value) -> ir.DataType | None:
@@ -585,18 +596,21 @@ def exposing(model: ir.Model, names: Sequence[str]) -> ir.Model:
 
 def _carried_out(node: ir.Node, branch: str, value: ir.Value, dtype: ir.DataType) -> ir.Value:
     """``value`` (computed in ``node``'s ``branch``, of ``dtype``) as one more output of ``node`` (an ``If``) under its
-    name, the other branch's slot an empty tensor of ``dtype``; the branch's own value renamed (one name, one
-    definition)."""
+    name, the other branch's slot its own tensor of that name and dtype where it computes one, else an empty tensor of
+    ``dtype``; the branches' own values renamed (one name, one definition). A tensor of the same name in the other
+    branch was left out, and a head reading it with it, until a review in session 70."""
     name = value.name
-    value.name = f"{name}::graphopt_branch"
     count = len(node.outputs)
     node.resize_outputs(count + 1)
     carried = node.outputs[count]
     carried.name, carried.dtype = name, dtype
     for other in _BRANCHES:
         graph = node.attributes[other].as_graph()
-        if other == branch:
-            step = ir.node("Identity", [value])
+        # The other branch may compute a tensor of the same name (sibling branches may reuse names): its slot holds it.
+        own = value if other == branch else next((v for n in graph for v in n.outputs if v.name == name), None)
+        if own is not None and (own is value or _dtype_of(own) == dtype):
+            own.name = f"{name}::graphopt_branch"
+            step = ir.node("Identity", [own])
         else:
             empty = np.zeros(0, dtype.numpy())
             step = ir.node("Constant", [], attributes={"value": ir.tensor(empty, name=f"{name}::graphopt_none")})

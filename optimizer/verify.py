@@ -75,6 +75,7 @@ from optimizer.runtime import (
     drift_of,
     exposing,
     holds_float16,
+    in_branch_of,
     inference_session,
     loading_crash,
     run_batches,
@@ -674,7 +675,7 @@ def _logit_head(
     logits = node.inputs[0]
     if logits is None or logits.producer() is None or not logits.name:
         return None
-    if logits.producer().graph is not graph and branch_values(graph).get(logits.name, (None,) * 4)[2] is not logits:
+    if logits.producer().graph is not graph and not in_branch_of(logits, branch_values(graph)):
         return None
     outputs = {value.name for value in graph.outputs}
     if logits.name in outputs:
