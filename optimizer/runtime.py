@@ -47,6 +47,7 @@ from optimizer.sessions import (  # noqa: F401 (re-exported: the spine's callers
     preload_cuda_libraries,
     session_options,
     session_threads,
+    share_cpu_arena,
 )
 
 # Serialized protos must stay under protobuf's 2 GiB limit; above this we hand
@@ -241,11 +242,14 @@ def inference_session(
 ) -> Iterator[Any]:
     """Yield an ``onnxruntime.InferenceSession`` for ``model``.
 
+    A CPU session draws its memory from the arena graphopt's CPU sessions share (``share_cpu_arena``).
     Small models go to ONNX Runtime as bytes. Models past ``_SESSION_FILE_ABOVE_BYTES`` of
     weights (faster so), or with tensors still stored as external data, are written to a
     temporary folder with external data and loaded from there.
     """
     options = session_options(optimization_level, intra_op_threads)
+    if tuple(providers) == ("CPUExecutionProvider",):
+        share_cpu_arena(options)  # verification's sessions overlap: one arena, not one each
     if stored_weight_bytes(model) < _SESSION_FILE_ABOVE_BYTES and not has_external_tensors(model):
         with strings_serializable(model):
             proto = ir.to_proto(model)

@@ -221,6 +221,33 @@ def session_options(
     return options
 
 
+@functools.cache
+def _registered_cpu_arena() -> bool:
+    """Register one CPU arena with ONNX Runtime's environment, once per process (``create_and_register_allocator``);
+    whether it is there. False where this ONNX Runtime cannot (no such API, or it refused)."""
+    ort = import_onnxruntime()
+    try:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+def share_cpu_arena(options: Any) -> Any:
+    """``options`` with the session drawing its CPU memory from the one arena graphopt's own CPU sessions share
+    (``session.use_env_allocators``: ONNX Runtime's way for many sessions in one process).
+
+    Each session's own arena keeps the most its runs ever held until the session is gone, and verification holds
+    several at once (the original's, kept for the whole pipeline, beside each check's): a 42-node U-Net at 8 images
+    of 256x256 reached 5 GB and a static quantization of it was killed for memory at 14.6 GB; shared, the same run
+    peaks at 1.7 GB (MiniLM 1.96 -> 1.35 GB), as fast. The shared arena stays allocated while the process lives.
+    Timing sessions keep their own (a deployed session has one)."""
+    if _registered_cpu_arena():
+        options.add_session_config_entry("session.use_env_allocators", "1")
+    return options
+
+
 def open_session(source: str | os.PathLike | bytes, options: Any, providers: Sequence[str]) -> Any:
     """An ``onnxruntime.InferenceSession`` for a model file or serialized bytes; ``RuntimeRefusedError`` if refused."""
     ort = import_onnxruntime()
