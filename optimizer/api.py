@@ -253,6 +253,7 @@ def optimize_with_report(
                 _add_prefill(ir_model, decoder_sets, options.dims)
             if inputs is None:
                 _add_drawn_compared_values(ir_model, verifier)
+                _add_other_compared_constants(ir_model, verifier)
             _ensure_padding(ir_model, verifier)
             _ensure_shifted_positions(ir_model, verifier)
             if not specializes:  # after the padded copy: with every dim fixed, the step is cut from it
@@ -924,7 +925,7 @@ def _add_unnamed_rows(model: ir.Model, verifier: Verifier) -> None:
 
 
 def _add_drawn_compared_values(model: ir.Model, verifier: Verifier) -> None:
-    """Where every generated input set holds the constant a one-element integer input is tested for equality with
+    """Where every generated input set holds the constant a one-element input is tested for equality with
     (``compared_constants``: Silero VAD v4's ``If(Equal(sr, 16000))``), verify on a set of the first one's shapes
     with it drawn too, so that both branches run: a model that fixes every dim has no second binding, nor has
     ``--static-shapes``, and a rewrite wrong where ``sr`` is not 16000 was verified."""
@@ -941,6 +942,37 @@ def _add_drawn_compared_values(model: ir.Model, verifier: Verifier) -> None:
     if all(np.array_equal(inputs.get(name), value) for name, value in held.items()):
         return
     verifier.add_input_set(inputs, f"generated, {', '.join(held)} drawn ({_shapes(model, inputs)}){how}")
+
+
+# The most constants a one-element input compared with several is held at (``_add_other_compared_constants``).
+_COMPARED_TURNS = 4
+
+
+def _add_other_compared_constants(model: ir.Model, verifier: Verifier) -> None:
+    """Where a one-element input is compared with several constants (``Equal(code, 3)`` and ``Equal(code, 7)``, a
+    switch's ``Equal(mode, "train")`` and ``Equal(mode, "eval")``), verify on a set of the first one's shapes holding
+    each constant after the first that no set holds, up to ``_COMPARED_TURNS`` in all: ``make_inputs`` holds the k-th
+    in the sets of seed 2k (``compared_constants``), generated sets are of seeds 0 and 1, and the branch the second
+    constant selects never ran (a rewrite wrong in it verified). A constant ONNX Runtime refuses the model on is left
+    out, as ``make_inputs`` leaves it."""
+    first = verifier.input_sets[0]
+    dims = dims_from_inputs(model, first)
+    for turn in range(1, _COMPARED_TURNS):
+        held = {
+            name: value
+            for name, value in compared_constants(model, first, seed=2 * turn).items()
+            if not any(np.array_equal(s.get(name), value) for s in verifier.input_sets)
+        }
+        if not held:
+            continue
+        try:
+            inputs, how = _model_cache(model, make_inputs(model, dims, seed=2 * turn), seed=2 * turn)
+        except InputSpecError:
+            continue
+        held = {name: value for name, value in held.items() if np.array_equal(inputs.get(name), value)}
+        if held:
+            values = ", ".join(f"{name} {value.reshape(-1).tolist()[0]!r}" for name, value in held.items())
+            verifier.add_input_set(inputs, f"generated, {values} held ({_shapes(model, inputs)}){how}")
 
 
 class _KeyMasks:

@@ -1539,17 +1539,16 @@ def make_inputs(
 
 
 def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) -> None:
-    """An integer or string input of one element that the model tests for equality with a constant (Silero VAD v4's
-    ``If(Equal(sr, 16000))``, a switch's ``If(Equal(mode, "train"))``), through casts and reshapes, holds that
+    """An integer, float or string input of one element that the model tests for equality with a constant (Silero VAD
+    v4's ``If(Equal(sr, 16000))``, a switch's ``If(Equal(mode, "train"))``), through casts and reshapes, holds that
     constant in the sets of even seeds (the first binding) and another value in the others (the second binding):
-    drawn alone, the branch the constant
-    selects, the one real audio takes, never ran, and a rewrite wrong in it verified. In place; left as drawn where
-    ONNX Runtime refuses the model on the constant. (Where there is no second binding, verification adds a set of
-    the first's shapes drawn so: ``compared_constants``.) An input of one element that an ``If`` reads as its
-    condition (Optimum's merged decoder's ``use_cache_branch``) is alike, its constant true; in the others, a
-    value drawn as that constant (a flag drawn true twice, a 1 drawn where ``Equal(flag, 1)``) is moved off it, so
-    the other branch runs: drawn, a flag took one value in every set (every dim fixed: the only set), and a rewrite
-    wrong in the other branch verified."""
+    drawn alone, the branch the constant selects, the one real audio takes, never ran, and a rewrite wrong in it
+    verified. In place; left as drawn where ONNX Runtime refuses the model on the constant. (Where there is no
+    second binding, verification adds a set of the first's shapes drawn so: ``compared_constants``.) An input of one
+    element that an ``If`` reads as its condition (Optimum's merged decoder's ``use_cache_branch``) is alike, its
+    constant true; in the others, a value drawn as that constant (a flag drawn true twice, a 1 drawn where
+    ``Equal(flag, 1)``) is moved off it, so the other branch runs: drawn, a flag took one value in every set (every
+    dim fixed: the only set), and a rewrite wrong in the other branch verified."""
     drawn = dict(inputs)
     held = compared_constants(model, inputs, seed)
     if seed % 2:
@@ -1563,9 +1562,9 @@ def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) 
 
 
 def _other_than(value: np.ndarray) -> np.ndarray:
-    """``value`` (one element, boolean, integer or string) moved off itself: negated, one nearer 0 (0 to 1), or another
-    word, so a true ``If`` condition becomes false; an array of ``value``'s shape and type (of no dims too: numpy makes
-    ``~value`` a scalar there, which ONNX Runtime refused, and a scalar flag drawn true stayed true)."""
+    """``value`` (one element, boolean, integer, float or string) moved off itself: negated, one nearer 0 (0 to 1), or
+    another word, so a true ``If`` condition becomes false; an array of ``value``'s shape and type (of no dims too:
+    numpy makes ``~value`` a scalar there, which ONNX Runtime refused, and a scalar flag drawn true stayed true)."""
     if value.dtype.kind == "b":
         return np.asarray(~value)
     if value.dtype.kind == "O":
@@ -1574,17 +1573,19 @@ def _other_than(value: np.ndarray) -> np.ndarray:
 
 
 def compared_constants(model: ir.Model, inputs: Mapping[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
-    """Each integer or string input of one element in ``inputs`` that the model tests for equality with a constant
-    (``If(Equal(mode, "train"))``), through casts and reshapes, as an array of that constant (of the input's shape and
-    type; where it is compared with several, ``Equal(code, 3)`` and ``Equal(code, 7)``, the ``seed // 2``-th of them, in
+    """Each integer, float or string input of one element in ``inputs`` that the model tests for equality with a
+    constant (``If(Equal(mode, "train"))``, a temperature's ``Where(Equal(t, 0), greedy, sampled)``), through casts and
+    reshapes, as an array of that constant (of the input's shape and type; a float's, those its type holds exactly;
+    where it is compared with several, ``Equal(code, 3)`` and ``Equal(code, 7)``, the ``seed // 2``-th of them, in
     turn); and each boolean or integer input of one element that an ``If`` reads as its condition so, as an array of
     true (1)."""
     found = {}
     for value in runtime_inputs(model):
         array = inputs.get(value.name)
-        if not isinstance(array, np.ndarray) or array.size != 1 or array.dtype.kind not in "iubO":
+        if not isinstance(array, np.ndarray) or array.size != 1 or array.dtype.kind not in "iubfO":
             continue
-        constants: list[Any] = []
+        # Each constant once, in the order met: a dict (a list was quadratic in a one-hot's arange of 32000 ids).
+        constants: dict[Any, None] = {}
         for node, index in _readers_through_copies(value):
             if node.op_type == "If" and is_onnx_domain(node) and index == 0 and not constants:
                 found[value.name] = np.ones_like(array)
@@ -1595,17 +1596,21 @@ def compared_constants(model: ir.Model, inputs: Mapping[str, Any], seed: int = 0
             tensor = ir.convenience.get_const_tensor(other) if other is not None else None
             if tensor is None or array.dtype.kind == "b" or (array.dtype.kind == "O") != (tensor.dtype.is_string()):
                 continue
-            for number in tensor.numpy().reshape(-1):  # each element, where it is a vocabulary
-                if array.dtype.kind == "O":
-                    constant = number.decode() if isinstance(number, bytes) else str(number)
-                elif float(number).is_integer() and np.iinfo(array.dtype).min <= number <= np.iinfo(array.dtype).max:
-                    constant = int(number)
-                else:
-                    continue
-                if constant not in constants:
-                    constants.append(constant)
+            elements = tensor.numpy().reshape(-1).tolist()  # each element, where it is a vocabulary
+            if array.dtype.kind == "O":
+                constants.update(dict.fromkeys(e.decode() if isinstance(e, bytes) else str(e) for e in elements))
+                continue
+            if array.dtype.kind == "f":  # those the input's type holds exactly
+                with np.errstate(over="ignore"):
+                    exact = np.asarray(elements, dtype=np.float64)
+                    exact = exact[np.isfinite(exact) & (exact.astype(array.dtype) == exact)]
+                constants.update(dict.fromkeys(exact.tolist()))
+                continue
+            info = np.iinfo(array.dtype)
+            kept = (int(e) for e in elements if float(e).is_integer() and info.min <= e <= info.max)
+            constants.update(dict.fromkeys(kept))
         if constants:
-            found[value.name] = np.full_like(array, constants[(seed // 2) % len(constants)])
+            found[value.name] = np.full_like(array, list(constants)[(seed // 2) % len(constants)])
     return found
 
 
@@ -1920,6 +1925,8 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
             if tensor is None or not tensor.size:
                 continue
             keys = np.unique(np.asarray([k.decode() if isinstance(k, bytes) else k for k in tensor.numpy().ravel()]))
+            if keys.dtype.kind == "V" and tensor.dtype.is_floating_point():  # bfloat16 (ml_dtypes' kind): as floats
+                keys = keys.astype(np.float64)
             if kind == "O":
                 keys = keys.astype(object) if keys.dtype.kind == "U" else None
                 for step in undo if keys is not None else ():
@@ -1978,10 +1985,11 @@ def _drawn_from_compared(
     """``drawn`` (an input's generated values) with about half of the elements ``compared`` (``_compared_keys``) reads
     drawn from the constants they are compared with, the others left as drawn (a value none of them, as a lookup's
     unknown: strings are words none of them, integers 0 or 1, floats normal). An integer or string of one element is
-    left as drawn: ``compared_constants`` holds each constant in turn in the sets of even seeds, and another value in
-    the others, where ONNX Runtime runs the model on them (drawn here, the one element was the constant in every set
-    by chance, or a constant the model refuses)."""
-    if drawn.size == 1 and drawn.dtype.kind in "iuOUS":
+    left as drawn, and so is a float of one element: ``compared_constants`` holds each constant in turn in the sets of
+    even seeds, and another value in the others, where ONNX Runtime runs the model on them (drawn here, the one element
+    was the constant in every set by chance, or a constant the model refuses; a temperature drawn 0 in the only set of
+    a model of fixed dims ran the greedy branch alone, and a rewrite wrong in the sampled one verified)."""
+    if drawn.size == 1 and drawn.dtype.kind in "iufOUS":
         return drawn
     drawn = drawn.astype(object) if drawn.dtype.kind in "OUS" else drawn.copy()
     whole = [keys for columns, keys in compared if columns is None]
