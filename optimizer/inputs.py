@@ -1783,8 +1783,7 @@ def _lookup_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.ndarr
                 pending.append((node.outputs[0], columns, cast or node.op_type == "Cast", kept))
                 continue
             if index == 0 and columnar and (picked := _picked_columns(node)) is not None:
-                if columns is None or all(-len(columns) <= column < len(columns) for column in picked):
-                    picked = picked if columns is None else tuple(columns[column] for column in picked)
+                if (picked := _as_input_columns(picked, columns)) is not None:
                     pending.append((node.outputs[0], picked, cast, True))
                 continue
             # A OneHotEncoder casts float codes to its int64 cats itself (as a Cast before it would).
@@ -1811,6 +1810,16 @@ def _picked_columns(node: ir.Node) -> tuple[int, ...] | None:
         return None
     taken = ir.convenience.get_const_tensor(node.inputs[1])
     return (int(taken.numpy().reshape(-1)[0]),) if taken is not None and taken.numpy().size == 1 else None
+
+
+def _as_input_columns(picked: tuple[int, ...], columns: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """``picked`` (``_picked_columns`` of a value holding the input's ``columns``, every one where None) as columns of
+    the input; None where one is out of range."""
+    if columns is None:
+        return picked
+    if not all(-len(columns) <= column < len(columns) for column in picked):
+        return None
+    return tuple(columns[column] for column in picked)
 
 
 def _keys_of(node: ir.Node, kind: str, value: ir.Value, cast: bool) -> np.ndarray | None:
@@ -1915,8 +1924,7 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
                 pending.append((node.outputs[0], columns, columnar, (partial(_without_affix, affix, index), *undo)))
                 continue
             if index == 0 and columnar and (picked := _picked_columns(node)) is not None:
-                if columns is None or all(-len(columns) <= column < len(columns) for column in picked):
-                    picked = picked if columns is None else tuple(columns[column] for column in picked)
+                if (picked := _as_input_columns(picked, columns)) is not None:
                     pending.append((node.outputs[0], picked, True, undo))
                 continue
             if node.op_type != "Equal" or len(node.inputs) != 2 or index > 1 or node.inputs[1 - index] is None:
