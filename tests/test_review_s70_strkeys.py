@@ -144,8 +144,8 @@ def test_normalized_strings_are_drawn_in_the_case_the_normalizer_folds_and_never
     assert not {"the", "THE"} & drawn
 
 
-def _mode_model() -> onnx.ModelProto:
-    """``y = If(Equal(mode, "train"), x * 2, x + 1)``: a one-element string selecting a branch."""
+def _branches() -> tuple[onnx.GraphProto, onnx.GraphProto]:
+    """An ``If``'s branches ``x * two`` and ``x + one`` (``x`` and the constants from the main graph)."""
     then_graph = helper.make_graph(
         [helper.make_node("Mul", ["x", "two"], ["then_y"])],
         "then",
@@ -158,6 +158,12 @@ def _mode_model() -> onnx.ModelProto:
         [],
         [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, ["L"])],
     )
+    return then_graph, else_graph
+
+
+def _mode_model() -> onnx.ModelProto:
+    """``y = If(Equal(mode, "train"), x * 2, x + 1)``: a one-element string selecting a branch."""
+    then_graph, else_graph = _branches()
     nodes = [
         helper.make_node("Equal", ["mode", "train"], ["is_train_1"]),
         helper.make_node("Squeeze", ["is_train_1"], ["is_train"]),
@@ -204,18 +210,7 @@ def test_a_one_element_string_an_if_compares_holds_the_constant_then_another_wor
 
 def _scalar_flag_model() -> onnx.ModelProto:
     """``y = If(flag, x * 2, x + 1)``, ``flag`` a boolean of no dims (Optimum's ``use_cache_branch`` is ``[1]``)."""
-    then_graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["then_y"])],
-        "then",
-        [],
-        [helper.make_tensor_value_info("then_y", TensorProto.FLOAT, ["L"])],
-    )
-    else_graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "one"], ["else_y"])],
-        "else",
-        [],
-        [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, ["L"])],
-    )
+    then_graph, else_graph = _branches()
     constants = [
         numpy_helper.from_array(np.array(2.0, np.float32), "two"),
         numpy_helper.from_array(np.array(1.0, np.float32), "one"),
