@@ -1543,7 +1543,8 @@ def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) 
     v4's ``If(Equal(sr, 16000))``, a switch's ``If(Equal(mode, "train"))``), through casts and reshapes, holds that
     constant in the sets of even seeds (the first binding) and another value in the others (the second binding):
     drawn alone, the branch the constant selects, the one real audio takes, never ran, and a rewrite wrong in it
-    verified. In place; left as drawn where ONNX Runtime refuses the model on the constant. (Where there is no
+    verified. In place; left as drawn where ONNX Runtime refuses the model on the constant (then each input's is
+    tried on its own: one refused dropped every other input's, whose branch never ran). (Where there is no
     second binding, verification adds a set of the first's shapes drawn so: ``compared_constants``.) An input of one
     element that an ``If`` reads as its condition (Optimum's merged decoder's ``use_cache_branch``) is alike, its
     constant true; in the others, a value drawn as that constant (a flag drawn true twice, a 1 drawn where
@@ -1559,6 +1560,13 @@ def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) 
             run_model(model, inputs)
         except RuntimeRefusedError:  # the branch it selects needs other inputs than those drawn: left as drawn
             inputs.update(drawn)
+            if len(held) > 1:  # each on its own: one input's refused constant does not drop another's
+                for name, value in held.items():
+                    try:
+                        run_model(model, {**inputs, name: value})
+                    except RuntimeRefusedError:
+                        continue
+                    inputs[name] = value
 
 
 def _other_than(value: np.ndarray) -> np.ndarray:
