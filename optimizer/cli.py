@@ -1256,7 +1256,8 @@ def _finish(failed: list[tuple[int, list[str]]]) -> int:
 
 
 def _make_inputs(console: Console, args: argparse.Namespace) -> int:
-    from optimizer.inputs import parse_dim_flags, write_input_skeleton
+    from optimizer.input_skeleton import write_input_skeleton
+    from optimizer.inputs import parse_dim_flags
     from optimizer.model_io import check_paths
 
     _refuse_stdout({"-o": args.output})

@@ -123,7 +123,7 @@ def test_make_inputs_of_a_model_without_inputs_says_the_file_holds_none(tmp_path
     # "wrote noin.npz: " ended in nothing.
     from onnx import TensorProto, helper, numpy_helper
 
-    from optimizer.inputs import write_input_skeleton
+    from optimizer.input_skeleton import write_input_skeleton
 
     graph = helper.make_graph(
         [helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(np.ones(2, np.float32)))],

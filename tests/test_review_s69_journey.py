@@ -80,7 +80,7 @@ def test_left_padded_text_for_a_decoder_reading_lengths_is_fed_right_padded():
 def test_make_inputs_writes_per_row_lengths_whole(tmp_path: Path):
     """A template whose audio a user fills in keeps its lengths: before, ``waveforms_lens`` was written 0, and
     NeMo's features on real audio beside it were zeros (an optimize ``--inputs`` on it verified nothing)."""
-    from optimizer.inputs import write_input_skeleton
+    from optimizer.input_skeleton import write_input_skeleton
 
     path = FIXTURES / "real" / "nemo80.onnx"
     line = write_input_skeleton(str(path), str(tmp_path / "inputs.npz"), {"N": 4000})

@@ -33,7 +33,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.errors import InputSpecError
-from optimizer.inputs import check_inputs, write_input_skeleton
+from optimizer.input_skeleton import write_input_skeleton
+from optimizer.inputs import check_inputs
 from optimizer.runtime import run_model
 from tests._tiny_lm import build
 from tests.helpers import FIXTURES

@@ -131,7 +131,7 @@ def test_float_lengths_are_generated_as_fractions_of_each_row() -> None:
 def test_make_inputs_writes_float_lengths_as_whole_rows(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from optimizer.inputs import write_input_skeleton
+    from optimizer.input_skeleton import write_input_skeleton
 
     path = tmp_path / "relative_lengths.onnx"
     onnx.save(_relative_lengths_model(), path)

@@ -74,7 +74,7 @@ def test_float_lengths_compared_with_relative_positions_stay_fractions() -> None
 
 
 def test_make_inputs_writes_float_frame_counts_as_whole_rows(tmp_path: Path) -> None:
-    from optimizer.inputs import write_input_skeleton
+    from optimizer.input_skeleton import write_input_skeleton
 
     path = tmp_path / "frame_counts.onnx"
     onnx.save(_frame_count_lengths_model(), path)

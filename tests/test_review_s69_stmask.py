@@ -190,7 +190,7 @@ def test_berts_renamed_static_mask_is_found_and_its_token_types_are_not(static_b
 
 
 def test_make_inputs_writes_an_unnamed_mask_as_ones_not_zeros(tmp_path) -> None:
-    from optimizer.inputs import write_input_skeleton
+    from optimizer.input_skeleton import write_input_skeleton
 
     onnx.save(_tagger(), tmp_path / "tagger.onnx")
     said = write_input_skeleton(tmp_path / "tagger.onnx", tmp_path / "tagger.npz")

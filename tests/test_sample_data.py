@@ -13,6 +13,7 @@ from optimizer.api import optimize_with_report
 from optimizer.cli import EXAMPLE_MODEL, main
 from optimizer.compare.comparison import CompareSettings, compare
 from optimizer.errors import InputSpecError
+from optimizer.input_skeleton import write_input_skeleton
 from optimizer.inputs import (
     check_inputs,
     hold_out,
@@ -20,7 +21,6 @@ from optimizer.inputs import (
     make_inputs,
     open_samples,
     split_samples,
-    write_input_skeleton,
     zero_fillable,
 )
 
