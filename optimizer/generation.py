@@ -39,7 +39,7 @@ import onnx_ir as ir
 from optimizer.domains import MS_DOMAIN
 from optimizer.errors import InvalidModelError, RuntimeRefusedError
 from optimizer.inputs import cache_head_sizes, pads_where_true
-from optimizer.padding import added_to_scores, causal_mask, causal_masks
+from optimizer.padding import added_to_scores, causal_mask, causal_masks, is_stacked
 from optimizer.runtime import calling_onnxruntime, open_session, run_model, session_options
 
 _IDS_NAME = re.compile(r"input_ids|^ids$|tokens", re.IGNORECASE)
@@ -265,7 +265,7 @@ def _layer_and_kind(name: str) -> tuple[int, str] | None:
 def _stacked(value: ir.Value) -> bool:
     """Whether ``value`` is a stacked cache: float ``[2, batch, heads, sequence, head size]``, key and value of one
     layer in one tensor (``past_{i}`` and ``present_{i}`` of ONNX Runtime's GPT-2 export, ``gpt2_helper``)."""
-    return _kind(value) == "f" and _rank(value) == 5 and value.shape[0] == 2
+    return _kind(value) == "f" and is_stacked(value)
 
 
 def _batch_axis(value: ir.Value) -> int:

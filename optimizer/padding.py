@@ -515,19 +515,26 @@ def _unsqueezed_cache(value: ir.Value | None) -> bool:
 
 
 def _from_stacked_input(value: ir.Value | None) -> bool:
-    """Whether ``value`` is the key or the value of a stacked graph input ``[2, batch, heads, past, head_size]``:
-    ``Gather(input, i, axis=0)``, through Concat, Identity and Cast (as ``_graph_input_behind``)."""
+    """Whether ``value`` is the key or the value of a stacked graph input ``[2, batch, heads, past, head_size]``
+    (``_gathered_stack``)."""
+    return _gathered_stack(value) is not None
+
+
+def _gathered_stack(value: ir.Value | None) -> ir.Value | None:
+    """The stacked graph input ``[2, batch, heads, past, head_size]`` that ``value`` gathers its key or value from
+    (``Gather(input, i, axis=0)``, through Concat, Identity and Cast, as ``_graph_input_behind``), or None."""
     for _ in range(8):
         node = value.producer() if value is not None else None
         if node is None:
-            return False
+            return None
         if node.op_type == "Gather" and node.attributes.get_int("axis", 0) == 0:
             data = node.inputs[0]
-            return data is not None and data.is_graph_input() and data.shape is not None and data.shape.rank() == 5
+            stacked = data is not None and data.is_graph_input() and data.shape is not None and data.shape.rank() == 5
+            return data if stacked else None
         if node.op_type not in ("Concat", "Identity", "Cast") or not node.inputs:
-            return False
+            return None
         value = node.inputs[0]
-    return False
+    return None
 
 
 def attention_operand_outputs(model: ir.Model) -> frozenset[str]:
@@ -626,7 +633,11 @@ def _is_4d(value: ir.Value) -> bool:
     return value.shape is not None and value.shape.rank() == 4
 
 
-def _is_stacked(value: ir.Value) -> bool:
+# The axis of a cache's length by its rank: [batch, heads, sequence, d], or stacked [2, batch, heads, sequence, d].
+_CACHE_LENGTH_AXIS = {4: 2, 5: 3}
+
+
+def is_stacked(value: ir.Value) -> bool:
     """Whether ``value`` is declared ``[2, batch, heads, sequence, head_size]``: a stacked key and value cache."""
     return value.shape is not None and value.shape.rank() == 5 and value.shape[0] == 2
 
@@ -844,11 +855,10 @@ class NewTokens:
         if not widths:
             return None
         # A past [batch, heads, past, d], or stacked [2, batch, heads, past, d].
-        axes = {4: 2, 5: 3}
         pasts = {
-            np.shape(inputs[name])[axes[np.ndim(inputs[name])]]
+            np.shape(inputs[name])[_CACHE_LENGTH_AXIS[np.ndim(inputs[name])]]
             for name in self.pasts
-            if np.ndim(inputs.get(name)) in axes
+            if np.ndim(inputs.get(name)) in _CACHE_LENGTH_AXIS
         }
         news = {np.shape(inputs[name])[1] for name in self.token_ids if np.ndim(inputs.get(name)) == 2}
         if len(pasts) != 1 or len(news) != 1:
@@ -944,20 +954,10 @@ def _names_only(length: str | None, dims: set[str]) -> bool:
 
 def _stacked_past_input(value: ir.Value) -> ir.Value | None:
     """The stacked graph input a stacked cache output (``stacked_cache_outputs``) extends: the one its key's past is
-    gathered from (``_from_stacked_input``), or None."""
+    gathered from (``_gathered_stack``), or None."""
     key = _renamed(value).producer().inputs[0].producer().inputs[0]  # Concat(Unsqueeze(key), ...)
     node = _renamed(key).producer()
-    current = node.inputs[0] if node is not None and node.op_type == "Concat" and node.inputs else None
-    for _ in range(8):
-        node = current.producer() if current is not None else None
-        if node is None:
-            return None
-        if node.op_type == "Gather":
-            return node.inputs[0] if node.inputs[0] is not None and node.inputs[0].is_graph_input() else None
-        if node.op_type not in ("Concat", "Identity", "Cast") or not node.inputs:
-            return None
-        current = node.inputs[0]
-    return None
+    return _gathered_stack(node.inputs[0]) if node is not None and node.op_type == "Concat" and node.inputs else None
 
 
 def _past_input(value: ir.Value) -> ir.Value | None:
@@ -1194,7 +1194,7 @@ def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
     names, dims = set(), set()
     causal = {**causal_masks(model), **key_masks(model)}
     cached = any(
-        _CACHE_NAME.search(value.name) and (_is_4d(value) or _is_stacked(value)) for value in model.graph.inputs
+        _CACHE_NAME.search(value.name) and (_is_4d(value) or is_stacked(value)) for value in model.graph.inputs
     )
     for value in model.graph.inputs:
         shape = _declared(value)
@@ -1249,7 +1249,7 @@ def _sequence_outputs(
         per_token = value.dtype is not None and not value.dtype.is_floating_point()
         if shape is None or shape.rank() < (2 if per_token else 3):
             continue
-        axis = {4: 2, 5: 3}.get(shape.rank(), 1) if value.name in caches else 1
+        axis = _CACHE_LENGTH_AXIS.get(shape.rank(), 1) if value.name in caches else 1
         dim = shape[axis]
         if (isinstance(dim, ir.SymbolicDim) and dim.value and dim.value in sequences) or (
             isinstance(dim, int) and dim in sizes and _read_along_keys(model, value, dim, sizes[dim])
