@@ -55,8 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from optimizer.accuracy import output_drift  # noqa: E402
 from optimizer.api import optimize_with_report  # noqa: E402
-from optimizer.inputs import split_samples  # noqa: E402
 from optimizer.parameters import count_parameters  # noqa: E402
+from optimizer.samples import split_samples  # noqa: E402
 from passes.factorization._timing import MeasuredSpeed  # noqa: E402
 from passes.factorization.lowrank import LowRankFactorizationPass  # noqa: E402
 from passes.pruning.ffn import FfnPruningPass  # noqa: E402

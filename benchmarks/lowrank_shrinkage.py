@@ -32,8 +32,8 @@ import onnx_ir as ir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from optimizer.inputs import split_samples  # noqa: E402
 from optimizer.runtime import stream_values  # noqa: E402
+from optimizer.samples import split_samples  # noqa: E402
 from passes._layers import find_layers, name_nodes  # noqa: E402
 
 

@@ -43,8 +43,8 @@ from graphopt_compare import add_timing_flags, compare_ratio
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from optimizer.inputs import split_samples  # noqa: E402
 from optimizer.parameters import count_parameters  # noqa: E402
+from optimizer.samples import split_samples  # noqa: E402
 
 
 def optimize(model: Path, out: Path, flags: list[str]) -> str:

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from optimizer.accuracy import output_drift  # noqa: E402
-from optimizer.inputs import split_samples  # noqa: E402
+from optimizer.samples import split_samples  # noqa: E402
 
 
 def graphopt(model: Path, out: Path, *flags: str) -> Path:

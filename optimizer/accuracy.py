@@ -566,7 +566,7 @@ def ratio_text(ratio: float) -> str:
 
 
 def samples_first(outputs: Mapping[str, Any], axes: Mapping[str, int | None]) -> dict[str, Any]:
-    """``outputs`` with each output named in ``axes`` (``optimizer.inputs.output_sample_axes``) moved so its
+    """``outputs`` with each output named in ``axes`` (``optimizer.samples.output_sample_axes``) moved so its
     samples lie along axis 0, where every per-sample figure reads them; an axis of None (a model with no batch: the
     run is one sample) puts the whole output in one sample along a new axis 0."""
     moved = {}
@@ -603,8 +603,8 @@ def output_drift(
     pairs = zip(before, after)
     if batches is not None and model is not None:
         # Imported here: a pass used alone in another PassManager loads no more of graphopt than it needs.
-        from optimizer.inputs import output_sample_axes
         from optimizer.padding import unpadded
+        from optimizer.samples import output_sample_axes
 
         pairs = unpadded(model, batches, pairs)
         if axes := output_sample_axes(model):

@@ -24,7 +24,6 @@ from optimizer.errors import (
 from optimizer.generation import recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
     GeneratedLengths,
-    SampleData,
     alternate_binding,
     as_arrays,
     batch_dims,
@@ -36,23 +35,18 @@ from optimizer.inputs import (
     constant_inputs_note,
     dims_from_inputs,
     dims_of_several_sizes,
-    fixed_batch_size,
     free_lengths,
     guessed_batch_dims,
-    holds_samples,
     leads_unnamed,
     lengths_apart,
     load_inputs,
     make_inputs,
     nan_note,
-    open_samples,
     pads_where_true,
     refuse_dims_unlike,
     refuse_oversized,
     refuse_unreadable_data,
     runtime_inputs,
-    samples_in,
-    split_samples,
     symbolic_dims,
     verification_bindings,
 )
@@ -96,6 +90,7 @@ from optimizer.protocol import PassContext, PassSpec
 from optimizer.registry import all_passes, resolve, ways_to_ask
 from optimizer.report import PipelineReport
 from optimizer.runtime import strings_serializable
+from optimizer.samples import SampleData, fixed_batch_size, holds_samples, open_samples, samples_in, split_samples
 from optimizer.tokenizer_inputs import prefill_of_text
 from optimizer.verify import Verifier, constant_outputs, saturated_warning
 
@@ -105,7 +100,7 @@ _KEYWORDS = ("passes", "output", "inputs", "calibration", "options")
 ModelLike = TypeVar("ModelLike", bound=str | os.PathLike | onnx.ModelProto | ir.Model)
 InputsLike = Union[Mapping[str, np.ndarray], str, os.PathLike, None]  # noqa: UP007
 # Calibration data: an .npz file, a folder of .npz files or of one .npy per input, a mapping of
-# arrays, an iterable of feed dicts or a CalibrationDataReader (optimizer.inputs.open_samples).
+# arrays, an iterable of feed dicts or a CalibrationDataReader (optimizer.samples.open_samples).
 DataLike = Union[InputsLike, Iterable[Mapping[str, np.ndarray]], Any]  # noqa: UP007
 
 
@@ -143,7 +138,7 @@ def optimize(
     floor of 0.9) on ``calibration`` (many samples along axis 0: an .npz path, a folder
     of .npz files or of one .npy per input, a dict of arrays, any iterable of feed dicts
     or an ``onnxruntime.quantization.CalibrationDataReader``; read batch by batch, see
-    ``optimizer.inputs.open_samples``), which they also use to calibrate, rank and search
+    ``optimizer.samples.open_samples``), which they also use to calibrate, rank and search
     the budget. Integer arrays of another width are cast where no value changes, and a
     missing ``token_type_ids`` is zeros, each with a warning in the report.
     """

@@ -24,7 +24,6 @@ from optimizer.inputs import (
     _index_range,
     _is_mask,
     _row_length,
-    _savez,
     _value_uses,
     make_inputs,
     pads_where_true,
@@ -33,6 +32,7 @@ from optimizer.inputs import (
     zero_fillable,
 )
 from optimizer.runtime import run_model
+from optimizer.samples import _savez
 
 _TOKEN_IDS = re.compile(r"input_ids|token_ids|^ids$|tokens|decoder_input_ids", re.IGNORECASE)
 # Token ids in the skeleton: small, valid ids (most vocabularies keep their special tokens

@@ -49,7 +49,7 @@ class NotedResult(ir.passes.PassResult):
     refusals: list[str] = field(default_factory=list)
     twin: Twin | None = None
     # True when the result was fitted (ranked, repaired) to the calibration samples other than those
-    # ``optimizer.inputs.hold_out`` holds out: the accuracy budget is then checked on the held-out ones alone.
+    # ``optimizer.samples.hold_out`` holds out: the accuracy budget is then checked on the held-out ones alone.
     fitted_to_samples: bool = False
     # Where nothing was held out of such a fit, what was fitted to the samples the accuracy is then checked on ("its
     # ranges were taken from"): the report's ``accuracy_on`` says so beside the count, as the pass's own note does.

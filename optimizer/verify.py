@@ -54,7 +54,6 @@ from optimizer.errors import (
     InvalidModelError,
     RuntimeRefusedError,
 )
-from optimizer.inputs import SampleData, held_out_parts, holds_samples, output_sample_axes, samples_in, split_samples
 from optimizer.kernel_rounding import at_level_zero, level_signature, outputs_after_rounding, rounding_kernels
 from optimizer.layer_probe import layer_probe_failure, qattention_weights_failure, table_probe_failure
 from optimizer.padding import (
@@ -86,6 +85,7 @@ from optimizer.runtime import (
     stream_values,
     value_collector,
 )
+from optimizer.samples import SampleData, held_out_parts, holds_samples, output_sample_axes, samples_in, split_samples
 
 logger = logging.getLogger(__name__)
 

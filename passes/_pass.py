@@ -148,7 +148,7 @@ class GraphoptPass:
         Approximate passes give the ``twin`` their result claims to compute (see
         ``optimizer.protocol.Twin``); the pipeline rolls back a modified result without one.
         ``fitted_to_samples``: the result was fitted to the calibration samples but those
-        ``optimizer.inputs.hold_out`` holds out, on which alone the budget is then checked. ``fitted_to_checked``:
+        ``optimizer.samples.hold_out`` holds out, on which alone the budget is then checked. ``fitted_to_checked``:
         what was fitted to the very samples the budget is checked on, none held out ("its ranges were taken from").
         """
         notes, tally, declined = self._state()

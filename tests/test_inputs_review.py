@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optimizer import registry
 from optimizer.errors import InputSpecError
-from optimizer.inputs import load_inputs, open_samples, parse_dim_flags
+from optimizer.inputs import load_inputs, parse_dim_flags
+from optimizer.samples import open_samples
 from tests._cli_models import run_cli
 
 QUICK = ["--time-budget", "0.3", "--iterations", "12", "--warmup", "1", "--threads", "1"]
@@ -284,7 +285,7 @@ def test_a_fixed_batch_model_calibrates_with_an_input_beside_its_samples(tmp_pat
 
 def test_a_one_element_input_beside_a_fixed_batch_is_no_batch_of_one(tmp_path, monkeypatch, capsys):
     # x [2, K] beside s [1]: the smallest fixed first dim (1) was taken as the batch, s cut as the samples.
-    from optimizer.inputs import fixed_batch_size
+    from optimizer.samples import fixed_batch_size
 
     monkeypatch.chdir(tmp_path)
     k = 8

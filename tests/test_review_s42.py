@@ -20,7 +20,7 @@ Findings:
   ``frames`` of ``x [frames, 16]``, not named like a length) grows by one in the longer binding AND in the
   shorter fallback, so where the original refuses the +1 (a 128-row position table) there is no second
   binding at all; before d03764c it was 257, then 65, and verified.
-- ``optimizer/inputs.py`` ``holds_samples``/``_later_sample_axes``: the state-on-axis-1 cut only works where the
+- ``optimizer/samples.py`` ``holds_samples``/``_later_sample_axes``: the state-on-axis-1 cut only works where the
   shared dim is named like a batch. Silero's interface with the dim named ``s0`` (torch dynamo), ``unk__3`` or
   ``p2o.DynamicDimension.0``: ``input [s0, 8]`` beside ``state [2, s0, 4]`` reads as a model that fixes its batch
   at 2: 32 samples are counted as 2 and run in one batch (nothing held out).
@@ -61,7 +61,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.api import optimize_with_report
-from optimizer.inputs import open_samples
+from optimizer.samples import open_samples
 from optimizer.verify import _inside_qdq_unit
 from tests._cli_models import run_graphopt
 

@@ -27,7 +27,7 @@ Findings:
   (``onnx.tools.update_model_dims`` renaming an input's dim leaves value_info as it was) makes onnxscript's folder
   drop ``Expand(y, Shape(x))`` as a no-op: ``[1, 8]`` where ORT gives ``[3, 8]``; verification on generated inputs
   (one size for both dims) passes it.
-- ``optimizer/inputs.py`` ``SampleData.validate(refuse_nan=True)``: any NaN in a float calibration input is
+- ``optimizer/samples.py`` ``SampleData.validate(refuse_nan=True)``: any NaN in a float calibration input is
   refused, even where the model maps it away (tabular models take NaN as "missing": ``Where(IsNaN(x), 0, x)``,
   onnxmltools' tree ensembles): ``--quantize dynamic`` with such data applied before, now exits 2. The harm the
   refusal guards against (NaN scores, SVD failure) comes from NaN *activations*, which the original's run on the

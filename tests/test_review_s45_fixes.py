@@ -73,9 +73,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 import optimizer
 from optimizer.errors import InputSpecError
-from optimizer.inputs import bind_dims, hold_out, make_inputs, open_samples, split_samples
+from optimizer.inputs import bind_dims, make_inputs
 from optimizer.protocol import NotedResult, Twin
 from optimizer.report import STATUS_ROLLED_BACK
+from optimizer.samples import hold_out, open_samples, split_samples
 from passes.pruning.channels import channel_groups
 from passes.pruning.ffn import ffn_groups
 from tests.helpers import FIXTURES

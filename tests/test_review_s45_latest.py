@@ -59,14 +59,14 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import optimizer.inputs as inputs_module
+import optimizer.samples as samples_module
 import optimizer.verify as verify_module
 import passes.quantization._base as quantization_base
 from optimizer import runtime
 from optimizer.accuracy import AccuracyBudget
 from optimizer.api import optimize_with_report
-from optimizer.inputs import hold_out
 from optimizer.runtime import inference_session, run_session
+from optimizer.samples import hold_out
 from passes.fusion import group_query_attention as gqa
 from passes.quantization.dynamic import DynamicQuantizationPass
 
@@ -216,7 +216,7 @@ def _sample_keys(batches) -> tuple[str, ...]:
 )
 def test_the_pass_and_the_pipeline_hold_out_the_same_samples(monkeypatch, tmp_path, mode, source, batch, options):
     seen: dict[str, list] = {"pass": [], "verify": []}
-    real = inputs_module.held_out_parts
+    real = samples_module.held_out_parts
 
     def spy(side):
         def split(batches, model=None, *args, **kwargs):

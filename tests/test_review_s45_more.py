@@ -68,8 +68,9 @@ from onnx import TensorProto, helper
 import optimizer
 from optimizer.errors import InputSpecError
 from optimizer.generation import recognise_causal_lm
-from optimizer.inputs import bind_dims, make_inputs, open_samples
+from optimizer.inputs import bind_dims, make_inputs
 from optimizer.report import STATUS_APPLIED, STATUS_ROLLED_BACK
+from optimizer.samples import open_samples
 from tests._cli_models import run_cli, save_matmul_model
 from tests.helpers import FIXTURES
 from tests.test_review_s45_decode_step import _IgnoreMaskAtOneTokenPass

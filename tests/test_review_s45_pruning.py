@@ -1,6 +1,6 @@
 """Hostile review of structured pruning and low-rank factorization, and of the held-out check they go through
 (session 45: ``passes/pruning/``, ``passes/factorization/lowrank.py``, ``optimizer/verify.py``
-``check_approximation``, ``optimizer/inputs.py`` ``hold_out``).
+``check_approximation``, ``optimizer/samples.py`` ``hold_out``).
 
 All four findings are fixed (their tests pass): samples are held out by distinct content, copies going with
 their first; one sample's figures say they are on the fitted sample; an FFN or Conv group the walk cannot trace

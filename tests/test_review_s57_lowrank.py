@@ -20,8 +20,8 @@ import onnx_ir as ir
 import pytest
 
 from optimizer.api import optimize_with_report
-from optimizer.inputs import hold_out, split_samples
 from optimizer.runtime import drift_of, run_batches, run_model
+from optimizer.samples import hold_out, split_samples
 from passes.factorization import lowrank
 from passes.factorization.lowrank import LowRankFactorizationPass
 from tests.passes.factorization import graphs

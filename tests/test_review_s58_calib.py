@@ -9,7 +9,8 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.compare.comparison import CompareSettings, compare
-from optimizer.inputs import load_inputs, open_samples
+from optimizer.inputs import load_inputs
+from optimizer.samples import open_samples
 from tests import _tiny_lm
 from tests._cli_models import save_matmul_model
 

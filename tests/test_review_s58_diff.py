@@ -76,7 +76,7 @@ def _affine(batch: int | None = None) -> ir.Model:
 
 @pytest.mark.parametrize("batch", [None, 3])
 def test_compare_counts_each_sample_of_a_shared_whole_batch(batch):
-    from optimizer.inputs import shared_samples
+    from optimizer.samples import shared_samples
 
     rng = np.random.default_rng(1)
     measured = {"x": rng.normal(size=(3, 16)).astype(np.float32)}

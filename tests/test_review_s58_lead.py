@@ -15,8 +15,8 @@ import onnx_ir as ir
 import pytest
 
 from optimizer.api import optimize_with_report
-from optimizer.inputs import fixed_batch_size, fixes_batch, holds_samples, split_samples
 from optimizer.runtime import run_model
+from optimizer.samples import fixed_batch_size, fixes_batch, holds_samples, split_samples
 from passes.dim_binding import BindDimsPass
 from tests._cli_models import run_graphopt
 from tests.real_models import SILERO_VAD

@@ -222,7 +222,7 @@ def _texts(count: int, distinct: int) -> np.ndarray:
 
 
 def test_no_held_out_text_is_a_copy_of_a_fitted_one():
-    from optimizer.inputs import hold_out, shared_samples, split_samples
+    from optimizer.samples import hold_out, shared_samples, split_samples
 
     model, words = _words_model(), _texts(20, 3)
     fitted, held = hold_out(split_samples({"words": words}, model=model), model)

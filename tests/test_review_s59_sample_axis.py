@@ -56,7 +56,7 @@ def _worst_image(before: ir.Model, after: ir.Model, x: dict[str, np.ndarray]) ->
 
 
 def test_a_time_major_outputs_samples_are_found_along_its_batch_dim():
-    from optimizer.inputs import output_sample_axes  # new with the fix
+    from optimizer.samples import output_sample_axes  # new with the fix
 
     before, _, _ = _pair()
     assert output_sample_axes(before) == {"logits": 1}

@@ -67,7 +67,7 @@ def _one_sample_files(folder: Path, lengths: list[int]) -> Path:
 
 
 def test_outputs_fixed_at_one_read_as_one_sample_at_a_time() -> None:
-    from optimizer.inputs import outputs_fix_batch_at_one
+    from optimizer.samples import outputs_fix_batch_at_one
 
     assert outputs_fix_batch_at_one(ir.from_proto(_batch_one_model()))
     proto = _batch_one_model()

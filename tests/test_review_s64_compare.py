@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimizer.inputs import save_npz
+from optimizer.samples import save_npz
 from tests._cli_models import save_matmul_model
 
 ROOT = Path(__file__).resolve().parents[1]

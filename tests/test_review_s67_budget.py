@@ -10,7 +10,7 @@ measured, and whether those rows were fitted to or chosen by.
    tried on those very rows, not a measure of new data (a previous review: MiniLM's low-rank 0.952 reported, 0.948
    on new sentences). Where 64 or more samples are held out (``SPLIT_HELD_OUT``: 320 calibration samples), the
    search now stops on every other one and the figures, and the pipeline's check, are the others'
-   (``optimizer.inputs.held_out_parts``); with fewer, the figure says it was measured on the rows the search chose
+   (``optimizer.samples.held_out_parts``); with fewer, the figure says it was measured on the rows the search chose
    by.
 2. **The pass table's cosine said neither which samples it was measured on nor how many.** The pipeline's check
    of an approximate pass (its cosine and worst sample in the table and the JSON report, under "approximate passes
@@ -243,7 +243,7 @@ def _unpadded(batches) -> list[bytes]:
 
 
 def test_a_sentence_padded_to_two_lengths_is_not_held_out_beside_its_fitted_copy():
-    from optimizer.inputs import hold_out
+    from optimizer.samples import hold_out
 
     rng = np.random.default_rng(0)
     sentences = [rng.integers(1, 1000, int(rng.integers(2, 6))) for _ in range(10)]

@@ -166,7 +166,7 @@ def test_a_lowrank_figure_without_a_budget_claims_no_search(fake_lowrank_speed):
 
 
 def test_a_clip_padded_to_two_lengths_with_a_lengths_input_is_not_held_out_beside_its_fitted_copy():
-    from optimizer.inputs import hold_out
+    from optimizer.samples import hold_out
 
     rng = np.random.default_rng(0)
     clips = [rng.standard_normal(int(rng.integers(20, 40))).astype(np.float32) for _ in range(10)]

@@ -35,8 +35,8 @@ import pytest
 
 from optimizer.accuracy import AccuracyBudget, output_drift
 from optimizer.api import optimize_with_report
-from optimizer.inputs import hold_out, split_samples
 from optimizer.runtime import run_batches
+from optimizer.samples import hold_out, split_samples
 from passes.factorization.lowrank import LowRankFactorizationPass
 from tests.helpers import FIXTURES
 from tests.passes.factorization import graphs

@@ -33,8 +33,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.accuracy import AccuracyBudget
 from optimizer.api import optimize_with_report
-from optimizer.inputs import hold_out
 from optimizer.runtime import drift_of, run_batches
+from optimizer.samples import hold_out
 from tests.passes.pruning.graphs import ffn_stack
 
 # -- 1. a figure on the samples the ranges were taken from ---------------------------------------------------------

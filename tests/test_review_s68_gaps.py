@@ -26,8 +26,9 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from optimizer.inputs import hold_out, make_inputs
+from optimizer.inputs import make_inputs
 from optimizer.report import STATUS_ROLLED_BACK
+from optimizer.samples import hold_out
 from tests._tiny_lm import verifier_optimize_builds
 from tests.helpers import FIXTURES, optimize_with_rewrite
 from tests.test_review_s64_llmacc import _wrong_where

@@ -144,7 +144,7 @@ def _conformer_encoder() -> ir.Model:
 
 
 def test_features_alike_in_their_first_mel_bins_alone_are_two_samples():
-    from optimizer.inputs import shared_samples
+    from optimizer.samples import shared_samples
 
     rng = np.random.default_rng(0)
     first = rng.standard_normal((1, 80, 50)).astype(np.float32)
@@ -186,7 +186,7 @@ def _key_padding_encoder() -> ir.Model:
 
 
 def test_two_sentences_padded_alike_by_a_mask_that_pads_where_1_are_two_samples():
-    from optimizer.inputs import shared_samples
+    from optimizer.samples import shared_samples
 
     mask = np.array([[0, 0, 0, 0, 1, 1]], np.uint8)
     fitted = {"tokens": np.array([[5, 6, 7, 8, 0, 0]]), "key_padding_mask": mask}
@@ -197,7 +197,7 @@ def test_two_sentences_padded_alike_by_a_mask_that_pads_where_1_are_two_samples(
 
 def test_one_sentence_padded_to_two_lengths_by_a_mask_that_pads_where_true_is_one_sample():
     """Its zeros are the sentence: copies padded to two lengths go together (before: 0, two samples)."""
-    from optimizer.inputs import shared_samples
+    from optimizer.samples import shared_samples
 
     short = {"tokens": np.array([[5, 6, 7, 0]]), "key_padding_mask": np.array([[0, 0, 0, 1]], np.uint8)}
     long = {"tokens": np.array([[5, 6, 7, 0, 0, 0]]), "key_padding_mask": np.array([[0, 0, 0, 1, 1, 1]], np.uint8)}

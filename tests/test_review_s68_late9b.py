@@ -106,7 +106,7 @@ def _waveform_encoder() -> ir.Model:
 
 
 def test_the_same_dithered_clips_padded_to_two_lengths_are_the_same_samples():
-    from optimizer.inputs import shared_samples
+    from optimizer.samples import shared_samples
 
     rng = np.random.default_rng(0)
     clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (300, 500, 700)]

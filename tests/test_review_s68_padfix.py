@@ -23,9 +23,10 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
-from optimizer.inputs import hold_out, make_inputs, shared_samples
+from optimizer.inputs import make_inputs
 from optimizer.padding import PadsWhereTrue, mask_inputs, padded_copy, paddings, pads_both_ends
 from optimizer.report import STATUS_ROLLED_BACK
+from optimizer.samples import hold_out, shared_samples
 from tests.helpers import optimize_with_rewrite
 from tests.test_review_s67_hunt import _attention_under_padding_mask, _scaled
 

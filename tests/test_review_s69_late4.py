@@ -1,5 +1,5 @@
 """A hostile review (session 69, late 4) of the merge on models without a batch dim and weights stored as int8
-(``optimizer.inputs.has_no_batch``, ``passes._utils.weight_array``).
+(``optimizer.samples.has_no_batch``, ``passes._utils.weight_array``).
 
 1. Fixed: a model with a batch whose dim is not named like one and also leads an input of rank 1 (torch's dynamo export
    names it ``s13``: ``x [s13, 8]`` beside ``t [s13]``; a diffusion model's ``timestep``, an ASR model's lengths) was
@@ -37,7 +37,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from optimizer.inputs import has_no_batch, open_samples, output_sample_axes, split_samples
+from optimizer.samples import has_no_batch, open_samples, output_sample_axes, split_samples
 from passes._utils import dequantized_weight
 
 

@@ -34,7 +34,8 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
-from optimizer.inputs import has_no_batch, make_inputs, open_samples, split_samples
+from optimizer.inputs import make_inputs
+from optimizer.samples import has_no_batch, open_samples, split_samples
 
 
 def _gathering_graph_model() -> onnx.ModelProto:

@@ -6,7 +6,7 @@ weights stored as int8 and dequantized by hand in the graph.
    ``--calibration`` cut into pieces of 16 entries along axis 0 (``values [35]`` fed as 16 beside ``index [15]``
    whole), and ``compare`` refused the run as "ONNX Runtime cannot run it", blaming the model; ``--quantize`` with
    ``--calibration`` refused "the first samples" as data the model cannot run. Each file (an .npz, a feed dict) is
-   now one sample, fed whole (``optimizer.inputs.has_no_batch``), with a note where its arrays look like rows, and
+   now one sample, fed whole (``optimizer.samples.has_no_batch``), with a note where its arrays look like rows, and
    scored as one: a pitch curve ``[frames]`` was scored as one sample per frame, by each value's relative error.
    Under ``--static-shapes`` such a model was read as fixing a batch at its shortest bound input; ``compare``
    timed it as "batch 35", the length of its first input. A dim taken for a batch by its place (the s64 review's
@@ -33,7 +33,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer import api
-from optimizer.inputs import DECLARED_SHAPE, fixed_batch_size, open_samples, split_samples
+from optimizer.inputs import DECLARED_SHAPE
+from optimizer.samples import fixed_batch_size, open_samples, split_samples
 
 
 def _gather_model(head: bool = False) -> onnx.ModelProto:
@@ -94,7 +95,7 @@ def gather(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_each_file_of_a_model_without_a_batch_is_one_sample_fed_whole(gather: tuple[Path, Path]) -> None:
-    from optimizer.inputs import WHOLE_SAMPLE_NOTE
+    from optimizer.samples import WHOLE_SAMPLE_NOTE
 
     path, folder = gather
     model = ir.load(path)
@@ -124,7 +125,7 @@ def test_calibration_of_a_model_without_a_batch_takes_whole_files(gather: tuple[
 
 
 def test_arrays_that_look_like_rows_fed_whole_are_noted(tmp_path: Path) -> None:
-    from optimizer.inputs import WHOLE_SAMPLE_NOTE
+    from optimizer.samples import WHOLE_SAMPLE_NOTE
 
     model = ir.from_proto(_gather_model())
     index = np.arange(20)[::-1].copy()

@@ -199,7 +199,7 @@ def test_make_inputs_writes_an_unnamed_mask_as_ones_not_zeros(tmp_path) -> None:
 
 def test_two_sentences_alike_but_for_their_padding_are_one_sample(tagger: ir.Model) -> None:
     # Held-out rows that copy calibration rows are counted by content, the positions a mask pads left out.
-    from optimizer.inputs import _sample_keys, holds_samples
+    from optimizer.samples import _sample_keys, holds_samples
 
     holds = holds_samples(tagger)
     other = {**_feeds(), "input_ids": np.array([[5, 6, 7, 9, 9, 9, 9, 9]], np.int64)}

@@ -38,7 +38,8 @@ import optimizer.api as api
 from optimizer.compare.comparison import CompareSettings, compare
 from optimizer.errors import InputSpecError
 from optimizer.generation import recognise_causal_lm
-from optimizer.inputs import check_inputs, open_samples
+from optimizer.inputs import check_inputs
+from optimizer.samples import open_samples
 from tests._tiny_lm import build
 from tests.test_review_s68_late9a import _square_block
 

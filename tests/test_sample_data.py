@@ -14,15 +14,8 @@ from optimizer.cli import EXAMPLE_MODEL, main
 from optimizer.compare.comparison import CompareSettings, compare
 from optimizer.errors import InputSpecError
 from optimizer.input_skeleton import write_input_skeleton
-from optimizer.inputs import (
-    check_inputs,
-    hold_out,
-    load_inputs,
-    make_inputs,
-    open_samples,
-    split_samples,
-    zero_fillable,
-)
+from optimizer.inputs import check_inputs, load_inputs, make_inputs, zero_fillable
+from optimizer.samples import hold_out, open_samples, split_samples
 
 QUICK = CompareSettings(time_budget=1.0, iterations=5, warmup=1, threads=1)
 
@@ -77,9 +70,9 @@ def test_chunks_of_another_sequence_length_start_a_new_batch(tmp_path, model, sa
 
 
 def test_a_folder_with_one_npy_per_input_is_memory_mapped_and_read_in_chunks(tmp_path, model, samples, monkeypatch):
-    from optimizer import inputs
+    from optimizer import samples as samples_module
 
-    monkeypatch.setattr(inputs, "_NPY_CHUNK", 6)
+    monkeypatch.setattr(samples_module, "_NPY_CHUNK", 6)
     folder = tmp_path / "npy"
     folder.mkdir()
     for name, array in samples.items():
@@ -279,10 +272,10 @@ def test_a_skeleton_holds_strings_as_unicode_not_pickles(tmp_path):
 
 
 def test_a_large_npz_is_memory_mapped_and_read_in_chunks(tmp_path, model, samples, monkeypatch):
-    from optimizer import inputs
+    from optimizer import samples as samples_module
 
-    monkeypatch.setattr(inputs, "_STREAM_ABOVE", 0)  # every file counts as large
-    monkeypatch.setattr(inputs, "_NPY_CHUNK", 8)
+    monkeypatch.setattr(samples_module, "_STREAM_ABOVE", 0)  # every file counts as large
+    monkeypatch.setattr(samples_module, "_NPY_CHUNK", 8)
     path = tmp_path / "cal.npz"
     np.savez(path, **samples)
     data = open_samples(path, model)
@@ -359,7 +352,7 @@ def test_hold_out_cuts_only_the_inputs_that_hold_samples():
     every part, however long it is; the batch dim is the one named like it, else the most common first dim."""
     from onnx import TensorProto, helper
 
-    from optimizer.inputs import sample_inputs
+    from optimizer.samples import sample_inputs
 
     def model_with(first: str) -> ir.Model:
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [first, "S", 4])
@@ -385,7 +378,7 @@ def test_split_samples_and_sample_inputs_find_the_batch_however_it_is_spelled():
     batch holds."""
     from onnx import TensorProto, helper
 
-    from optimizer.inputs import sample_inputs
+    from optimizer.samples import sample_inputs
 
     def model_with(inputs: list[tuple[str, list]]) -> ir.Model:
         infos = [helper.make_tensor_value_info(name, TensorProto.FLOAT, dims) for name, dims in inputs]

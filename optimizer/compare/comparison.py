@@ -55,29 +55,20 @@ from optimizer.generation import CausalLM, CausalLMSession, recognise_causal_lm,
 from optimizer.inputs import (
     MAX_INPUT_BYTES,
     GeneratedLengths,
-    SampleData,
     _read_npz,  # the hardened .npz reader: held-out text is read before any input is checked
     as_arrays,
     batch_dims,
     dims_from_inputs,
-    fixed_batch_size,
-    fixes_batch,
     format_bytes,
     free_lengths,
-    has_no_batch,
     leads_unnamed,
     make_inputs,
     nan_note,
-    open_samples,
-    output_sample_axes,
     quoted_names,
     refuse_dims_unlike,
     refuse_oversized,
     refuse_unreadable_data,
     runtime_inputs,
-    sample_inputs,
-    shared_samples,
-    split_samples,
 )
 from optimizer.llm_accuracy import (
     LLMAccuracy,
@@ -94,6 +85,17 @@ from optimizer.parameters import count_parameters
 from optimizer.pipeline import count_nodes
 from optimizer.progress import task, track
 from optimizer.runtime import holds_float16, import_onnxruntime, loading_crash, temporary_folder
+from optimizer.samples import (
+    SampleData,
+    fixed_batch_size,
+    fixes_batch,
+    has_no_batch,
+    open_samples,
+    output_sample_axes,
+    sample_inputs,
+    shared_samples,
+    split_samples,
+)
 from optimizer.tokenizer_inputs import booleans_pad, tokens_attending
 from optimizer.verify import changed_head_logits, constant_outputs, saturated_outputs, saturated_warning
 
@@ -307,7 +309,7 @@ def compare(
     ``onnx.ModelProto`` or an ``onnx_ir.Model`` (written to a temporary folder to be
     timed, since ONNX Runtime's sessions and the memory probe read files).
 
-    ``inputs`` is data in any form ``optimizer.inputs.open_samples`` reads (an .npz
+    ``inputs`` is data in any form ``optimizer.samples.open_samples`` reads (an .npz
     path, a folder of .npz files or of one .npy per input, a dict of arrays, an
     iterable of feed dicts, a ``CalibrationDataReader``). Its first chunk (the whole
     of an .npz or a dict) is tiled or cut along axis 0 to each of ``settings.batches``
@@ -1248,7 +1250,7 @@ def _accumulate(
     ``padded`` (``optimizer.padding.padded_outputs`` of the run's inputs) holds the positions of outputs laid
     out ``[batch, sequence, ...]`` along an integer attention mask that the mask pads: what a model returns
     there is undefined, so they count in no figure (``AccuracyAccumulator.add``). ``sample_axes``
-    (``optimizer.inputs.output_sample_axes``): outputs whose samples lie along a later axis, moved to the first, and
+    (``optimizer.samples.output_sample_axes``): outputs whose samples lie along a later axis, moved to the first, and
     their padded positions alike (a stacked cache ``[2, batch, ...]``'s were read against the moved output, and the
     positions it pads counted, until a review in session 70).
     """

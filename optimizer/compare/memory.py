@@ -57,8 +57,8 @@ class MemoryUsage:
 def measure_session_memory(path: str, ep: str, inputs: Mapping[str, np.ndarray], threads: int) -> MemoryUsage:
     """Create and run ``path`` once on ``ep`` in a child process and return its memory use."""
     # Imported here: the child imports this module too, and needs neither (nor the onnx and onnx_ir they load).
-    from optimizer.inputs import save_npz
     from optimizer.runtime import temporary_folder
+    from optimizer.samples import save_npz
 
     with temporary_folder("graphopt-memory-") as folder:
         feeds = os.path.join(folder, "inputs.npz")

@@ -10,7 +10,7 @@ kernel accepts), so everything after it is untouched.
 How the factors are chosen:
 
 - **Held out first**: one calibration sample in five (whole sequences,
-  ``optimizer.inputs.hold_out``) is kept away from everything below that fits to data;
+  ``optimizer.samples.hold_out``) is kept away from everything below that fits to data;
   the pass's accuracy figures and its budget search are measured on those samples, at the
   positions the padding masks of the pipeline's input (``original``) leave real (factors
   whitened by a few hundred rows reproduce those rows almost exactly, so a budget checked
@@ -66,7 +66,12 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
-from optimizer.inputs import (
+from optimizer.options import IMPORTANCE_KINDS
+from optimizer.padding import cache_outputs, mask_inputs, padded_at
+from optimizer.parameters import count_parameters
+from optimizer.protocol import Twin
+from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, value_collector
+from optimizer.samples import (
     HOLD_OUT_EVERY,
     few_held_out,
     held_out_parts,
@@ -76,11 +81,6 @@ from optimizer.inputs import (
     searched_caveat,
     split_samples,
 )
-from optimizer.options import IMPORTANCE_KINDS
-from optimizer.padding import cache_outputs, mask_inputs, padded_at
-from optimizer.parameters import count_parameters
-from optimizer.protocol import Twin
-from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, value_collector
 from passes._layers import (
     Layer,
     add_after,

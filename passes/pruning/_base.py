@@ -42,7 +42,12 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import is_onnx_domain, is_onnx_op
-from optimizer.inputs import (
+from optimizer.options import IMPORTANCE_KINDS
+from optimizer.parameters import count_parameters
+from optimizer.progress import track
+from optimizer.protocol import Twin
+from optimizer.runtime import drift_of, run_batches, stream_values, value_collector
+from optimizer.samples import (
     few_held_out,
     fixes_batch,
     held_out_parts,
@@ -50,11 +55,6 @@ from optimizer.inputs import (
     searched_caveat,
     split_samples,
 )
-from optimizer.options import IMPORTANCE_KINDS
-from optimizer.parameters import count_parameters
-from optimizer.progress import track
-from optimizer.protocol import Twin
-from optimizer.runtime import drift_of, run_batches, stream_values, value_collector
 from passes._layers import add_after, fold_into_bias, is_feature_bias, name_nodes
 from passes._least_squares import GramFit
 from passes._pass import GraphoptPass, refuse_without_samples, unfit_on_generated_samples
@@ -593,7 +593,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 
     def _fitted_and_checked(self, model: ir.Model, batches) -> tuple[Sequence, Sequence]:
         """The samples ranking and repair may use, and those the budget is checked on: where ranking or repair
-        reads the samples and there are two or more, some held out of the first (``optimizer.inputs.hold_out``,
+        reads the samples and there are two or more, some held out of the first (``optimizer.samples.hold_out``,
         as for factorize-lowrank: one in five, with two to four the last, whole batches where the model fixes its
         batch); else the same samples for both. A repair fitted to the very rows the budget is checked on meets
         it by the fit: on 20 samples a 0.99 budget was met at cosine 0.990 and missed on new samples (0.975);

@@ -43,7 +43,12 @@ from onnxscript import version_converter
 
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import MS_DOMAIN
-from optimizer.inputs import (
+from optimizer.options import DEFAULT_BUDGET_DECODE_STEPS
+from optimizer.padding import cache_outputs
+from optimizer.progress import task, track
+from optimizer.protocol import Twin
+from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, stream_values
+from optimizer.samples import (
     few_held_out,
     fixed_batch_size,
     fixes_batch,
@@ -54,11 +59,6 @@ from optimizer.inputs import (
     searched_caveat,
     split_samples,
 )
-from optimizer.options import DEFAULT_BUDGET_DECODE_STEPS
-from optimizer.padding import cache_outputs
-from optimizer.progress import task, track
-from optimizer.protocol import Twin
-from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, stream_values
 from passes._layers import (
     Layer,
     excluded,
@@ -313,7 +313,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self.note(self.weight_range_note)
         batches = split_samples(self.samples, model=model) if self.samples is not None else []
         # With a budget, its search stops on samples held out of the ranges, SmoothQuant and the layers'
-        # ranking (``optimizer.inputs.hold_out``, as pruning's): a search stopped on the rows it ranked by meets
+        # ranking (``optimizer.samples.hold_out``, as pruning's): a search stopped on the rows it ranked by meets
         # the budget by the search. Where enough are held out, the figure and the pipeline's check are on half
         # of them that the search never ran (``held_out_parts``); else on those it chose by, and the note says so.
         checked, held_out = batches, False

@@ -13,8 +13,8 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import onnx_opset
-from optimizer.inputs import holds_samples, samples_in
 from optimizer.qdq_rewrites import float_layer_behind_dequantize, moves_dequantized
+from optimizer.samples import holds_samples, samples_in
 from passes._layers import Layer, bias_add, find_layers
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, unique_name, weight_array
 from passes.quantization import calibration

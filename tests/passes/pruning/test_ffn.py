@@ -201,8 +201,8 @@ def test_a_skip_that_an_earlier_repair_gave_a_bias_is_read_with_it():
     """Parallel branches: branch 0's repair inserts a bias Add after its bias-less down projection, and
     branch 1's refit must subtract the skip as the sum now reads it (with that bias), or the block
     output ends up off by the bias on every row (the bias fitted twice)."""
-    from optimizer.inputs import hold_out
     from optimizer.runtime import run_batches
+    from optimizer.samples import hold_out
     from passes.pruning._base import _residual_skip
     from tests.passes.pruning.graphs import parallel_ffn
 

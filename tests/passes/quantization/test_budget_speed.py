@@ -331,7 +331,7 @@ def test_a_decoder_with_a_cache_is_timed_as_a_generation(tmp_path):
         "timed as a generation, a prefill of the samples' tokens and 32 one-token steps" in n for n in result.notes
     )
     # Each layer's time is its prompt's 6 rows once plus one row 32 times (the fake's time is rows x k x n).
-    from optimizer.inputs import split_samples
+    from optimizer.samples import split_samples
     from passes._layers import find_layers
 
     layers = [layer for layer in find_layers(model.graph, ("matmul",))[0] if layer.weight.ndim == 2][:3]
@@ -507,7 +507,7 @@ def test_a_probes_time_is_per_copy(monkeypatch, tmp_path):
 def test_the_decode_steps_a_decoders_budget_times_are_the_users_choice(tmp_path, steps, rows):
     # A long-prompt workload (retrieval, classification) is a prefill: weights-only int8 or int4 that pay at one
     # row cost it, so the budget can time the prefill alone (--budget-decode-steps 0) or any number of steps.
-    from optimizer.inputs import split_samples
+    from optimizer.samples import split_samples
     from passes._layers import find_layers
     from tests.helpers import FIXTURES
     from tests.test_decoder_cache import step_feed

@@ -14,9 +14,9 @@ from optimizer.accuracy import AccuracyBudget
 from optimizer.api import optimize_with_report
 from optimizer.cli import main
 from optimizer.errors import OptionError, PassSelectionError
-from optimizer.inputs import hold_out
 from optimizer.options import Options
 from optimizer.runtime import drift_of, run_batches, run_model
+from optimizer.samples import hold_out
 from passes.quantization import _blockwise
 from passes.quantization._blockwise import (
     pack_nibbles,
