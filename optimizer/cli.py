@@ -1227,9 +1227,9 @@ class _ComparisonProgress:
     def update(self, key: Any, completed: int, description: str | None = None) -> None:
         self.sink.update(key, completed, description)
 
-    def stop(self, key: Any) -> None:
+    def stop(self, key: Any, finished: bool = True) -> None:
         self.end_timing()
-        self.sink.stop(key)
+        self.sink.stop(key, finished)
 
     def timed(self, label: str, done: int, total: int) -> None:
         if self._timing is not None and self._timing[0] != label:

@@ -98,7 +98,7 @@ class BarsSink:
         else:
             self._progress.update(key, completed=completed)
 
-    def stop(self, key: Hashable) -> None:
+    def stop(self, key: Hashable, finished: bool = True) -> None:
         if key in self._open:
             self._open.remove(key)
         self._progress.remove_task(key)
@@ -171,11 +171,11 @@ class LinesSink:
                 item.reported = True
                 self._write(self._state(item))
 
-    def stop(self, key: Hashable) -> None:
+    def stop(self, key: Hashable, finished: bool = True) -> None:
         with self._lock:
             item = self._open.pop(key, None)
             if item is not None and item.reported:
-                self._write(f"{self._state(item)}, done")
+                self._write(f"{self._state(item)}, {'done' if finished else 'stopped'}")
 
     def _state(self, item: _Open) -> str:
         count = f" {item.completed}/{item.total}" if item.total is not None else ""

@@ -34,8 +34,9 @@ class ProgressSink(Protocol):
     def update(self, key: Hashable, completed: int, description: str | None = None) -> None:
         """The task has done ``completed`` steps (and is now described as ``description``, if given)."""
 
-    def stop(self, key: Hashable) -> None:
-        """The task ended (finished, or left by an exception)."""
+    def stop(self, key: Hashable, finished: bool = True) -> None:
+        """The task ended: ``finished``, or False when left before its end (an error, an interruption, a loop's
+        ``break`` before its last item)."""
 
 
 _SINK: contextvars.ContextVar[ProgressSink | None] = contextvars.ContextVar("graphopt_progress_sink", default=None)
@@ -67,8 +68,10 @@ def task(description: str, total: int | None = None) -> Iterator[Task]:
     key = sink.start(description, total)
     try:
         yield Task(sink, key)
-    finally:
-        sink.stop(key)
+    except BaseException:
+        sink.stop(key, finished=False)
+        raise
+    sink.stop(key)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterable[T]:
@@ -91,8 +94,10 @@ def _tracked(sink: ProgressSink, items: Iterable[T], description: str, total: in
         for done, item in enumerate(items, 1):
             yield item
             sink.update(key, done)
-    finally:
-        sink.stop(key)
+    except BaseException:  # GeneratorExit too: the loop left before the last item (a break, or its own error)
+        sink.stop(key, finished=False)
+        raise
+    sink.stop(key)
 
 
 @contextlib.contextmanager

@@ -23,8 +23,8 @@ class _Recorder:
     def update(self, key, completed, description=None):
         self.events.append(("update", key, completed, description))
 
-    def stop(self, key):
-        self.events.append(("stop", key))
+    def stop(self, key, finished=True):
+        self.events.append(("stop", key, finished))
 
 
 def test_without_a_sink_work_is_silent_and_loops_unchanged():
@@ -50,13 +50,49 @@ def test_a_sink_sees_tasks_counts_and_their_end_even_on_error():
         ("start", "items", 2),
         ("update", 1, 1, None),
         ("update", 1, 2, None),
-        ("stop", 1),
+        ("stop", 1, True),
         ("start", "fails", 3),
         ("update", 5, 2, None),
-        ("stop", 5),
+        ("stop", 5, False),
     ]
     # The sink is gone after the block.
     assert track([1], "after") == [1]
+
+
+def test_a_loop_left_before_its_last_item_is_not_finished():
+    recorder = _Recorder()
+    with reporting_to(recorder):
+        try:
+            for _ in track([1, 2, 3], "raises"):
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            pass
+        steps = track([1, 2, 3], "breaks")
+        for item in steps:
+            if item == 2:
+                break
+        steps.close()
+    stops = [event for event in recorder.events if event[0] == "stop"]
+    assert stops == [("stop", 1, False), ("stop", 3, False)]
+    with reporting_to(recorder):
+        assert list(track([1, 2], "runs out")) == [1, 2]
+    assert recorder.events[-1] == ("stop", 6, True)
+
+
+def test_lines_sink_says_a_step_left_by_an_interruption_stopped_not_done():
+    stream, clock = io.StringIO(), _Clock()
+    sink = LinesSink(stream, interval=10.0, clock=clock)
+    with reporting_to(sink):
+        try:
+            with task("optimizing m.onnx"), task("pass 1/1 quantize-static"):
+                for _ in track(range(100), "calibration batches"):
+                    clock.now += 6.0
+                    if clock.now > 30:
+                        raise KeyboardInterrupt  # what the CLI's SIGTERM handler raises (Interrupted)
+        except KeyboardInterrupt:
+            pass
+    last = stream.getvalue().splitlines()[-1]
+    assert last == "graphopt:     calibration batches 5/100, 36 s, stopped", stream.getvalue()
 
 
 class _Clock:
