@@ -24,9 +24,10 @@ Strings are short words, or, for a string input that a lookup of ``ai.onnx.ml`` 
 single letters maps every word to its default, and every row's outputs would be the same; so are integer and
 float inputs such a lookup maps, which 0 or 1 and normal draws miss as well, through a ``Cast`` or column by column,
 and the tokens a ``TfIdfVectorizer`` counts, from its pool). A string, an integer code indexing nothing, or a float
-that an ``Equal`` compares with constants (a category switch ``Where(Equal(x, "cat"), a, b)``) is half those constants
-(``_compared_keys``; a one-element one holds each in turn in even seeds: ``_select_compared_values``); a sequence holds
-``SEQUENCE_LENGTH`` generated tensors; an optional input is given (not empty).
+that an ``Equal`` compares with constants (a category switch ``Where(Equal(x, "cat"), a, b)``, also behind an ``Add``
+of a constant) is half those constants (``_compared_keys``; none a strict ``OneHotEncoder`` beside them fails on, nor
+for a float cast to an index; a one-element one holds each in turn in even seeds: ``_select_compared_values``); a
+sequence holds ``SEQUENCE_LENGTH`` generated tensors; an optional input is given (not empty).
 
 Inputs whose *values* the model reads as sizes, axes, counts or parameters (a
 Reshape's shape, Slice's starts and steps, Split's sizes, TopK's k, a Resize's
@@ -1512,8 +1513,12 @@ def make_inputs(
     shapes = {value.name: _concrete_shape(value, bound) for value in values}
     inputs = {value.name: _generate(model, value, shapes[value.name], rng, bound) for value in values}
     _offset_positions_past_the_cache(model, inputs, bound)
-    _select_compared_values(model, inputs, seed)
+    held = _select_compared_values(model, inputs, seed)
     rounds = _candidate_rounds(model, inputs, shapes, bound)
+    if rounds and held & set(rounds[0]):
+        # A constant held that is read as a size too (``If(Equal(n, 3))`` beside ``Range(0, n)``): tried first as it
+        # is, then replaced as other sizes are (every round replaced it, and the branch it selects never ran).
+        rounds = [{name: value for name, value in rounds[0].items() if name not in held}, *rounds]
     guessed = [value.name for value in values if value.shape is None]  # sequence elements of unknown shape
     narrow = _narrowed_raw_data(model, inputs, seed, bound)
     if rounds or guessed:
@@ -1533,7 +1538,7 @@ def make_inputs(
     return _vary_ambiguous_indices(model, inputs, shapes, seed, bound, notes)
 
 
-def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) -> None:
+def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) -> set[str]:
     """An integer, float or string input of one element that the model tests for equality with a constant (Silero VAD
     v4's ``If(Equal(sr, 16000))``, a switch's ``If(Equal(mode, "train"))``), through casts and reshapes, holds that
     constant in the sets of even seeds (the first binding) and another value in the others (the second binding):
@@ -1544,7 +1549,8 @@ def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) 
     element that an ``If`` reads as its condition (Optimum's merged decoder's ``use_cache_branch``) is alike, its
     constant true; in the others, a value drawn as that constant (a flag drawn true twice, a 1 drawn where
     ``Equal(flag, 1)``) is moved off it, so the other branch runs: drawn, a flag took one value in every set (every
-    dim fixed: the only set), and a rewrite wrong in the other branch verified."""
+    dim fixed: the only set), and a rewrite wrong in the other branch verified. Returns the names of the inputs it
+    set."""
     drawn = dict(inputs)
     held = compared_constants(model, inputs, seed)
     if seed % 2:
@@ -1562,6 +1568,7 @@ def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) 
                     except RuntimeRefusedError:
                         continue
                     inputs[name] = value
+    return {name for name in drawn if inputs[name] is not drawn[name]}
 
 
 def _other_than(value: np.ndarray) -> np.ndarray:
@@ -1578,7 +1585,9 @@ def _other_than(value: np.ndarray) -> np.ndarray:
 def compared_constants(model: ir.Model, inputs: Mapping[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
     """Each integer, float or string input of one element in ``inputs`` that the model tests for equality with a
     constant (``If(Equal(mode, "train"))``, a temperature's ``Where(Equal(t, 0), greedy, sampled)``), through casts and
-    reshapes, as an array of that constant (of the input's shape and type; a float's, those its type holds exactly;
+    reshapes, an ``Add``, ``Sub`` or ``Mul`` of a constant (``Equal(step + 1, 8)``) and, for strings, a
+    ``StringNormalizer`` or a ``StringConcat`` with a constant word (``_compared_readers``: the value they turn into the
+    constant), as an array of that constant (of the input's shape and type; a float's, those its type holds exactly;
     where it is compared with several, ``Equal(code, 3)`` and ``Equal(code, 7)``, the ``seed // 2``-th of them, in
     turn); and each boolean or integer input of one element that an ``If`` reads as its condition so, as an array of
     true (1)."""
@@ -1589,8 +1598,8 @@ def compared_constants(model: ir.Model, inputs: Mapping[str, Any], seed: int = 0
             continue
         # Each constant once, in the order met: a dict (a list was quadratic in a one-hot's arange of 32000 ids).
         constants: dict[Any, None] = {}
-        for node, index in _readers_through_copies(value):
-            if node.op_type == "If" and is_onnx_domain(node) and index == 0 and not constants:
+        for node, index, undo in _compared_readers(value):
+            if node.op_type == "If" and is_onnx_domain(node) and index == 0 and not constants and not undo:
                 found[value.name] = np.ones_like(array)
                 break
             if node.op_type != "Equal" or not is_onnx_domain(node) or len(node.inputs) != 2 or index > 1:
@@ -1599,19 +1608,34 @@ def compared_constants(model: ir.Model, inputs: Mapping[str, Any], seed: int = 0
             tensor = ir.convenience.get_const_tensor(other) if other is not None else None
             if tensor is None or array.dtype.kind == "b" or (array.dtype.kind == "O") != (tensor.dtype.is_string()):
                 continue
-            elements = tensor.numpy().reshape(-1).tolist()  # each element, where it is a vocabulary
+            elements = tensor.numpy().reshape(-1)
             if array.dtype.kind == "O":
-                constants.update(dict.fromkeys(e.decode() if isinstance(e, bytes) else str(e) for e in elements))
+                elements = np.asarray([e.decode() if isinstance(e, bytes) else str(e) for e in elements], dtype=object)
+            for step in undo:  # through an Add, a StringNormalizer...: the values it turns into them
+                elements = step(elements)
+            # Each element, where it is a vocabulary; filtered as arrays (element by element, a one-hot of a million
+            # classes took 3 s a call, and verification calls it about ten times).
+            if array.dtype.kind == "O":
+                constants.update(dict.fromkeys(elements.tolist()))
                 continue
-            if array.dtype.kind == "f":  # those the input's type holds exactly
-                with np.errstate(over="ignore"):
-                    exact = np.asarray(elements, dtype=np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):
+                numbers = elements if elements.dtype.kind in "iu" else elements.astype(np.float64)
+                if array.dtype.kind == "f":  # those the input's type holds exactly
+                    exact = numbers.astype(np.float64)
                     exact = exact[np.isfinite(exact) & (exact.astype(array.dtype) == exact)]
-                constants.update(dict.fromkeys(exact.tolist()))
-                continue
-            info = np.iinfo(array.dtype)
-            kept = (int(e) for e in elements if float(e).is_integer() and info.min <= e <= info.max)
-            constants.update(dict.fromkeys(kept))
+                    constants.update(dict.fromkeys(exact.tolist()))
+                    continue
+                info = np.iinfo(array.dtype)
+                if numbers.dtype.kind in "iu":
+                    kept = numbers[(numbers >= info.min) & (numbers <= info.max)]
+                else:  # whole numbers within the type (its largest plus one is exact as a float)
+                    kept = numbers[
+                        np.isfinite(numbers)
+                        & (np.floor(numbers) == numbers)
+                        & (numbers >= info.min)
+                        & (numbers < float(info.max) + 1)
+                    ]
+            constants.update(dict.fromkeys(kept.astype(array.dtype).tolist()))
         if constants:
             found[value.name] = np.full_like(array, list(constants)[(seed // 2) % len(constants)])
     return found
@@ -1850,9 +1874,22 @@ def _keys_of(node: ir.Node, kind: str, value: ir.Value, cast: bool) -> np.ndarra
     return None
 
 
-def _compared_drawn(value: ir.Value, drawn: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``drawn`` with the constants ``value`` is compared with mixed in (``_drawn_from_compared``), where there are."""
-    return _drawn_from_compared(compared, drawn, rng) if (compared := _compared_keys(value)) else drawn
+def _compared_drawn(
+    value: ir.Value,
+    drawn: np.ndarray,
+    rng: np.random.Generator,
+    lookups: Sequence[tuple[tuple[int, ...] | None, np.ndarray, bool]] = (),
+) -> np.ndarray:
+    """``drawn`` with the constants ``value`` is compared with mixed in (``_drawn_from_compared``), where there are;
+    where one of its ``lookups`` (``_lookup_keys``) fails on a value none of its keys (a ``OneHotEncoder`` of
+    ``zeros=0``), only the constants that are keys of it: mixed in as they were, a sentinel compared beside such an
+    encoder made ONNX Runtime refuse every generated input of a model it ran before."""
+    compared = _compared_keys(value)
+    for _, known, takes_unknown in lookups:
+        if not takes_unknown:
+            compared = [(columns, keys[np.isin(keys, known)]) for columns, keys in compared]
+    compared = [(columns, keys) for columns, keys in compared if keys.size]
+    return _drawn_from_compared(compared, drawn, rng) if compared else drawn
 
 
 def _with_unknown(keys: np.ndarray) -> np.ndarray:
@@ -1893,7 +1930,10 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
     folds from half the time, never a stopword, which it would drop, and not at all where no word folds to it: "Cat"
     after ``LOWER``) or a ``StringConcat`` with a constant word (drawn without it, where the constant ends or starts
     with it). Drawn as before, no element equalled any of them: every row took one branch, and a rewrite that broke
-    the other (or swapped two of the constants) verified. ``RegexFullMatch`` and ``StringSplit`` are not followed."""
+    the other (or swapped two of the constants) verified. Numbers are followed through an ``Add``, ``Sub`` or ``Mul`` of
+    a constant of one element too (``Equal(code + 1, 3)``: drawn as the values it turns into a constant exactly; missed
+    until a review in session 71, and a swap of two such constants verified). ``RegexFullMatch`` and ``StringSplit``
+    are not followed."""
     kind = "O" if value.dtype == ir.DataType.STRING else value.dtype.numpy().kind
     found: list[tuple[tuple[int, ...] | None, np.ndarray]] = []
     # Each value reached, the columns of ``value`` it holds, whether they are still ``value``'s, and the words that
@@ -1926,6 +1966,9 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
             ):
                 pending.append((node.outputs[0], columns, columnar, (partial(_without_affix, affix, index), *undo)))
                 continue
+            if kind != "O" and (shift := _shifted_by_constant(node, index)) is not None:
+                pending.append((node.outputs[0], columns, columnar and shift[1], (shift[0], *undo)))
+                continue
             if index == 0 and columnar and (picked := _picked_columns(node)) is not None:
                 if (picked := _as_input_columns(picked, columns)) is not None:
                     pending.append((node.outputs[0], picked, True, undo))
@@ -1935,7 +1978,10 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
             tensor = ir.convenience.get_const_tensor(node.inputs[1 - index])
             if tensor is None or not tensor.size:
                 continue
-            keys = np.unique(np.asarray([k.decode() if isinstance(k, bytes) else k for k in tensor.numpy().ravel()]))
+            keys = tensor.numpy().ravel()
+            if keys.dtype.kind in "OS":
+                keys = np.asarray([k.decode() if isinstance(k, bytes) else k for k in keys])
+            keys = _distinct(keys)
             if keys.dtype.kind == "V" and tensor.dtype.is_floating_point():  # bfloat16 (ml_dtypes' kind): as floats
                 keys = keys.astype(np.float64)
             if kind == "O":
@@ -1943,6 +1989,8 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
                 for step in undo if keys is not None else ():
                     keys = step(keys)
             elif keys.dtype.kind in "iuf":
+                for step in undo:
+                    keys = step(keys)
                 with np.errstate(invalid="ignore", over="ignore"):
                     keys = keys[np.isfinite(keys) & (keys.astype(value.dtype.numpy()) == keys)]
             else:
@@ -1950,6 +1998,15 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
             if keys is not None and keys.size:
                 found.append((columns, keys))
     return found
+
+
+def _distinct(array: np.ndarray) -> np.ndarray:
+    """The distinct elements of ``array``, sorted, as ``np.unique`` gives them; numbers by a sort (numpy 2.4's
+    ``np.unique`` hashes them: 0.7 s for a one-hot's million classes, against 0.05)."""
+    if array.dtype.kind not in "iuf" or not array.size:
+        return np.unique(array)
+    ordered = np.sort(array)
+    return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]
 
 
 def _concatenated_word(node: ir.Node, index: int) -> str | None:
@@ -1988,6 +2045,67 @@ def _before_normalizer(node: ir.Node, keys: np.ndarray) -> np.ndarray:
     if not sensitive:
         stopwords = {word.lower() for word in stopwords}
     return np.asarray([word for word in words if (word if sensitive else word.lower()) not in stopwords], dtype=object)
+
+
+def _shifted_by_constant(node: ir.Node, index: int) -> tuple[Callable[[np.ndarray], np.ndarray], bool] | None:
+    """For an ``Add``, ``Sub`` or ``Mul`` (by one not 0) of a numeric constant of one element that reads a value at
+    input ``index``: the function from the numbers it turns into to those it turns into them (``_before_shift``), and
+    whether its output keeps the value's columns (a constant of at most one dim); else None."""
+    if node.op_type not in ("Add", "Sub", "Mul") or not is_onnx_domain(node) or len(node.inputs) != 2 or index > 1:
+        return None
+    other = node.inputs[1 - index]
+    tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+    if tensor is None or tensor.size != 1 or tensor.dtype.is_string():
+        return None
+    constant = tensor.numpy().reshape(-1)[:1]
+    if constant.dtype.kind not in "iuf" or (node.op_type == "Mul" and not constant[0]):
+        return None
+    return partial(_before_shift, node.op_type, index, constant), len(tensor.shape) <= 1
+
+
+def _before_shift(op: str, index: int, constant: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The numbers that ``x + c``, ``x * c``, ``x - c`` (``op`` ``Sub``, ``index`` 0) or ``c - x`` turns into ``keys``
+    exactly, in ``c``'s type (``constant``, of one element): those whose result, computed back, is the key."""
+    forward = {
+        "Add": lambda x: x + constant,
+        "Mul": lambda x: x * constant,
+        "Sub": (lambda x: x - constant) if index == 0 else (lambda x: constant - x),
+    }[op]
+    with np.errstate(all="ignore"):
+        typed = np.asarray(keys).astype(constant.dtype)
+        typed = typed[typed == np.asarray(keys)]
+        if op == "Mul":
+            before = typed // constant if constant.dtype.kind in "iu" else typed / constant
+        else:
+            before = typed - constant if op == "Add" else (typed + constant if index == 0 else constant - typed)
+        return before[np.isfinite(before) & (forward(before) == typed)]
+
+
+def _compared_readers(value: ir.Value) -> Iterator[tuple[ir.Node, int, tuple[Callable[[np.ndarray], np.ndarray], ...]]]:
+    """``(node, input index, undo)`` of each reader of ``value`` (``_readers_through_copies``), also past an ``Add``,
+    ``Sub`` or ``Mul`` of a constant (``_shifted_by_constant``) and, as ``_compared_keys`` follows them, a
+    ``StringNormalizer`` (never held at a stopword) and a ``StringConcat`` with a constant word: ``undo`` maps the
+    values that reader reads back to ``value``'s (applied in turn). A one-element switch
+    ``If(Equal(StringNormalizer(mode), "train"))`` was held at no constant until a review in session 71, and the branch
+    "train" selects never ran."""
+    frontier: list[tuple[ir.Value, tuple[Callable[[np.ndarray], np.ndarray], ...]]] = [(value, ())]
+    seen: set[int] = set()
+    while frontier:
+        current, undo = frontier.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for node, index in current.uses():
+            if node.op_type in _INDEX_PRESERVING_OPS and index == 0:
+                frontier.extend((output, undo) for output in node.outputs)
+            elif (shift := _shifted_by_constant(node, index)) is not None:
+                frontier.append((node.outputs[0], (shift[0], *undo)))
+            elif node.op_type == "StringNormalizer" and is_onnx_domain(node) and index == 0:
+                frontier.append((node.outputs[0], (partial(_before_normalizer, node), *undo)))
+            elif node.op_type == "StringConcat" and (affix := _concatenated_word(node, index)) is not None:
+                frontier.append((node.outputs[0], (partial(_without_affix, affix, index), *undo)))
+            else:
+                yield node, index, undo
 
 
 def _drawn_from_compared(
@@ -2044,7 +2162,7 @@ def _generate_tensor(
     if dtype == ir.DataType.STRING:
         drawn = rng.choice(_WORDS, size=shape)
         drawn = _drawn_from_keys(lookups, drawn, rng) if (lookups := _lookup_keys(value)) else drawn
-        return _drawn_from_compared(compared, drawn, rng) if (compared := _compared_keys(value)) else drawn
+        return _compared_drawn(value, drawn, rng, lookups)
     numpy_dtype = dtype.numpy()
     convention = causal_masks(model).get(value.name) if len(shape) == 4 else None
     if convention is not None and shape[2] <= shape[3]:
@@ -2072,7 +2190,7 @@ def _generate_tensor(
             # integers, they were none of its keys, every row mapped to its default, and a rewrite that swapped two of
             # its values verified.
             drawn = _drawn_from_keys(lookups, rng.integers(0, 2, size=shape), rng)
-            return _compared_drawn(value, drawn, rng).astype(numpy_dtype)
+            return _compared_drawn(value, drawn, rng, lookups).astype(numpy_dtype)
         low = _index_low(value, dims, widest=widest)
         if _POSITION_NAME.search(value.name) and shape:
             # Positions count up from 0 (or the least that stays in the table), within the position table
@@ -2127,7 +2245,7 @@ def _generate_tensor(
             return _padding_mask(shape, numpy_dtype)
         if lookups := _lookup_keys(value):  # a LabelEncoder's float keys, a float column's cats: normal draws miss them
             drawn = _drawn_from_keys(lookups, rng.standard_normal(shape), rng)
-            return _compared_drawn(value, drawn, rng).astype(numpy_dtype)
+            return _compared_drawn(value, drawn, rng, lookups).astype(numpy_dtype)
         if len(shape) == 1 and (length := _row_length(model, value, dims)) is not None:
             # Float per-row lengths are fractions of the row (SpeechBrain's ``wav_lens``): 1, the whole row, the last
             # of two or more 0.75. Drawn normal until a later review in session 69, most were negative, every frame
@@ -2137,7 +2255,12 @@ def _generate_tensor(
                 return _full_lengths(shape, length).astype(numpy_dtype)
             return _relative_lengths(shape).astype(numpy_dtype)
         # A float compared with constants (``Where(Equal(x, -1), fill, x)``, a sentinel): normal draws are none of them.
-        return _compared_drawn(value, rng.standard_normal(shape), rng).astype(numpy_dtype)
+        # Not one cast to an index (``Gather(table, Cast(x))``): a constant past the table made ONNX Runtime refuse
+        # every generated input, as integers that index a table are left as drawn.
+        drawn = rng.standard_normal(shape)
+        if (compared := _compared_keys(value)) and _indexes_nothing(value, dims, widest=widest):
+            drawn = _drawn_from_compared(compared, drawn, rng)
+        return drawn.astype(numpy_dtype)
     raise InputSpecError(f"input '{value.name}' has type {dtype}, which graphopt cannot generate; {_WAYS_OUT}")
 
 
@@ -3395,8 +3518,8 @@ def _first_accepted(
             continue
         return candidate
     what = []
-    if rounds[0]:
-        what.append(f"{_quoted(rounds[0])} (which the model reads as sizes, axes or counts)")
+    if rounds[-1]:  # every input replaced (a first round may keep a compared constant: ``make_inputs``)
+        what.append(f"{_quoted(rounds[-1])} (which the model reads as sizes, axes or counts)")
     if guessed:
         what.append(f"{_quoted(guessed)} (sequence elements of no declared shape)")
     raise InputSpecError(
