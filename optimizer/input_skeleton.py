@@ -29,6 +29,7 @@ from optimizer.inputs import (
     pads_where_true,
     refuse_oversized,
     runtime_inputs,
+    symbolic_dims,
     zero_fillable,
 )
 from optimizer.runtime import run_model
@@ -84,6 +85,9 @@ def write_input_skeleton(
     line = f"wrote {out_path}: {held}" + (f" ({shown})" if shown else "")
     if refused:
         ask = "give other --dim sizes" if dims else "give --dim NAME=SIZE"
+        if not dims and not symbolic_dims(model):
+            # Silero VAD v6's ``input [None, None]`` beside ``state [2, None, 128]``: no name for --dim to bind.
+            ask = "its input dims have no names for --dim to bind: overwrite the arrays with data the model takes"
         line += f"; ONNX Runtime refuses the model on these, at every length tried ({refused}): {ask}"
     elif lengths.first_refused:
         line += f" (ONNX Runtime refused the model at {lengths.first_refused})"

