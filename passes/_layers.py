@@ -112,16 +112,24 @@ def tied_weight_reason(layer: Layer) -> str | None:
     """Why rewriting ``layer``'s weight into a new tensor would store it twice, or None.
 
     A layer whose weight constant is also read by other nodes (an LM head tied to the
-    embedding ``Gather``) keeps that constant alive: a quantized or factorized copy of
-    the weight would sit beside it.
+    embedding ``Gather``), or is itself a model output, keeps that constant alive: a
+    quantized or factorized copy of the weight would sit beside it.
     """
     if not layer.tied:
+        if layer.source is not None and layer.source.is_graph_output():
+            return "its weight is also a model output: a rewritten copy would be stored beside it, so it stays float"
         return None
     readers = sorted({node.op_type for node in layer.tied})
     return (
         f"its weight is also read by {', '.join(readers)} (a tied table): "
         "a rewritten copy would be stored beside it, so it stays float and stored once"
     )
+
+
+def row_lookup(node: ir.Node) -> bool:
+    """True if ``node`` is an ONNX ``Gather`` of whole rows of a 2-D table: axis 0, or -2 (the same axis of a 2-D
+    table; a table of another rank is the caller's to refuse)."""
+    return node.op_type == "Gather" and is_onnx_domain(node) and node.attributes.get_int("axis", 0) in (0, -2)
 
 
 def excluded(layer: Layer, patterns: Iterable[str]) -> bool:

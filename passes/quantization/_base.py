@@ -254,6 +254,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         or None. A pass that can share the quantized weight with the other readers overrides this."""
         return tied_weight_reason(layer)
 
+    def layer_refusal(self, layer: Layer) -> str | None:
+        """Why this pass has no form for ``layer``'s weight (it stays float, counted), or None. None here."""
+        return None
+
     def alternatives(self, layer: Layer) -> tuple[str, ...]:
         """Schemes besides the default and float that this pass can write for ``layer`` (keys of
         ``SCHEME_LABELS``), for the budget to try before it gives the layer up. None here."""
@@ -289,6 +293,9 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             elif (tied := self.tied_weight_refusal(layer)) is not None:
                 self.kept_float.append(layer.name)
                 self.refuse(layer.node.op_type, tied)
+            elif (reason := self.layer_refusal(layer)) is not None:
+                self.kept_float.append(layer.name)
+                self.refuse(layer.node.op_type, reason)
             else:
                 chosen.append(layer)
         # A weight another layer reads and keeps float (a model output, --exclude) stays float for all its readers:
@@ -533,20 +540,25 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             return schemes
 
         points = {0: FrontierPoint((), drift, total(default))}
+        reached: dict[tuple, FrontierPoint] = {}
 
         def attempt(count: int) -> bool:
             schemes = state(count)
             if all(scheme == FLOAT for scheme in schemes.values()):
                 return False
-            point_drift = self._trial(model, schemes, checked, checked_reference)
             changes = tuple((name, scheme) for name, scheme in schemes.items() if scheme != default[name])
-            points[count] = FrontierPoint(changes, point_drift, total(schemes))
-            return self.budget.met(point_drift)
+            # A step that floats a layer whose weight's partner already took it float reaches the same model:
+            # measured once, and one point of the frontier (it was run and listed twice).
+            if changes not in reached:
+                point_drift = self._trial(model, schemes, checked, checked_reference)
+                reached[changes] = FrontierPoint(changes, point_drift, total(schemes))
+            points[count] = reached[changes]
+            return self.budget.met(points[count].drift)
 
         # The path ends with every layer float once float is the last change left: no point to try.
         usable = len(path) - 1 if path and all(scheme == FLOAT for scheme in state(len(path)).values()) else len(path)
         found = _shortest_prefix(attempt, usable, exhaustive=len(layers) <= _EXHAUSTIVE_LAYERS)
-        self.frontier = [points[count] for count in sorted(points)]
+        self.frontier = list({id(point): point for point in (points[count] for count in sorted(points))}.values())
         float_seconds, default_seconds = total(dict.fromkeys(default, FLOAT)), total(default)
         described = self.budget.describe()
         if found is None:

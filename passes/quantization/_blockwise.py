@@ -439,6 +439,18 @@ def _padded_length(k: int, block_size: int) -> int:
     return -(-k // block_size) * block_size
 
 
+def span_overflows(weight: np.ndarray, block_size: int) -> bool:
+    """Whether a block of the ``[K, N]`` ``weight``, its range widened to include 0, spans more than float32 holds:
+    its asymmetric scale (span / 15) would be infinite and every value of the block NaN."""
+    weight = np.asarray(weight, dtype=np.float32)
+    if not weight.size or float(weight.max()) - float(weight.min()) <= np.finfo(np.float32).max:
+        return False  # (Python floats: the whole weight's span, computed without overflow, bounds each block's)
+    blocks = _blocks(weight, block_size)
+    low = np.minimum(blocks.min(axis=-1), 0).astype(np.float64)
+    high = np.maximum(blocks.max(axis=-1), 0).astype(np.float64)
+    return bool((high - low > np.finfo(np.float32).max).any())
+
+
 def _blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
     """``[K, N]`` as ``[N, n_blocks, block_size]``, K padded with zeros to whole blocks."""
     k = weight.shape[0]

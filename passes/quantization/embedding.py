@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
 from optimizer.protocol import Twin
-from passes._layers import Layer, excluded, unmatched_patterns
+from passes._layers import Layer, excluded, row_lookup, unmatched_patterns
 from passes._pass import GraphoptPass
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value, unique_name
 from passes.quantization._int8 import quantize_weight
@@ -20,7 +20,7 @@ _MIN_ELEMENTS = 1 << 16
 # numbers with its NaN gone (a NaN peak read as a zero row), and verification never saw it unless it looked it up.
 _NOT_FINITE = "it holds NaN or Inf, which no scale stands for"
 _TOO_SMALL = f"under {_MIN_ELEMENTS:,} values: the saving is not worth three extra nodes"
-_LOOKS_FOR = "it takes row Gathers (axis 0) of a constant float32 [rows, width] table in the main graph"
+_LOOKS_FOR = "it takes row Gathers (axis 0, or -2) of a constant float32 [rows, width] table in the main graph"
 
 
 class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
@@ -66,7 +66,7 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         names = {v.name for n in ir.traversal.RecursiveGraphIterator(graph) for v in (*n.inputs, *n.outputs) if v}
         names |= {v.name for v in (*graph.inputs, *graph.initializers.values())}
         for node in list(ir.traversal.RecursiveGraphIterator(graph)):
-            if node.op_type != "Gather" or not is_onnx_domain(node) or node.attributes.get_int("axis", 0):
+            if not row_lookup(node):
                 continue
             table = node.inputs[0]
             array = constant_array(table)
@@ -84,10 +84,7 @@ class EmbeddingQuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                     refused.add(table.name)
                     self.refuse("embedding tables", _NOT_FINITE)
                 continue
-            if any(
-                user.op_type != "Gather" or index != 0 or user.attributes.get_int("axis", 0)
-                for user, index in table.uses()
-            ):
+            if any(not row_lookup(user) or index != 0 for user, index in table.uses()):
                 if table.name not in refused:
                     refused.add(table.name)
                     self.refuse("embedding tables", "read by more than row lookups (a tied LM head, a fused op)")

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget
-from optimizer.domains import MS_DOMAIN, is_onnx_domain, onnx_opset
+from optimizer.domains import MS_DOMAIN, onnx_opset
 from optimizer.options import INT4_METHODS
 from optimizer.progress import track
 from optimizer.protocol import Twin
@@ -21,6 +21,7 @@ from passes._layers import (
     excluded,
     find_layers,
     name_nodes,
+    row_lookup,
 )
 from passes._pass import checked_target
 from passes._utils import add_initializer, constant_array, remove_dead_nodes, replace_value
@@ -38,6 +39,7 @@ from passes.quantization._blockwise import (
     quantize_hqq,
     quantize_rtn,
     recover_grid,
+    span_overflows,
 )
 from passes.quantization._int8 import claimed_weight, quantize_weight
 from passes.quantization._layer_speed import LayerShape, LayerSpeeds
@@ -103,7 +105,7 @@ class Int4QuantizationPass(QuantizationPass):
       with a note: nothing is fitted to random tokens. A weight several layers read is
       fitted once, to all their inputs, so they keep one packed weight.
     - With ``embeddings``, each constant float32 ``[rows, width]`` table read only by
-      axis-0 ``Gather`` s becomes ``GatherBlockQuantized`` (uint8 data, 4 bits, blocks along
+      row ``Gather`` s (axis 0, or -2) becomes ``GatherBlockQuantized`` (uint8 data, 4 bits, blocks along
       the width, rounded to nearest). A table *tied* to an LM head quantized here
       (the head's weight is the table's transpose, by value or as ``Transpose(table)``;
       ``share-transposed-initializers`` turns the first into the second) is stored once: the
@@ -139,7 +141,8 @@ class Int4QuantizationPass(QuantizationPass):
     points, offsets, level).
 
     Refuses (stays float): non-float32 tensors, non-constant weights, weights that are
-    not 2-D, Gemm with transA, alpha or a beta scaling its C, packed-QKV com.microsoft ``Attention``, and the
+    not 2-D, Gemm with transA, alpha or a beta scaling its C, packed-QKV com.microsoft ``Attention``, a weight
+    one of whose blocks spans more than float32 holds (its asymmetric scale would be infinite), and the
     layers ``QuantizationPass`` keeps float (``exclude`` — which also matches Gather
     names — model outputs, the accuracy budget).
     """
@@ -364,6 +367,16 @@ class Int4QuantizationPass(QuantizationPass):
         """The accuracy_level ``layer`` is written with: 0 where the budget chose float inputs for it."""
         return 0 if self.scheme(layer) == FLOAT_INPUT else self.accuracy_level
 
+    def layer_refusal(self, layer: Layer) -> str | None:
+        # A block spanning more than float32 holds has an infinite asymmetric scale: the layer read NaN, the
+        # pass's check missed and rolled back every layer with it. Symmetric scales (peak / 8) cannot overflow.
+        if (not self.symmetric or self.method == "hqq") and span_overflows(layer.weight, self.block_size):
+            return (
+                "a block of its weight spans more than float32 holds, so its scale would be infinite "
+                "(--symmetric scales by the block's peak instead)"
+            )
+        return None
+
     def tied_weight_refusal(self, layer: Layer) -> str | None:
         if layer.name in self._planned.values():
             return None  # its table reads the head's packed weight (GatherBlockQuantized)
@@ -549,7 +562,7 @@ class Int4QuantizationPass(QuantizationPass):
         planned: dict[str, str | None] = {}
         refused: set[str] = set()
         for node in model.graph:
-            if node.op_type != "Gather" or not is_onnx_domain(node) or node.attributes.get_int("axis", 0):
+            if not row_lookup(node):
                 continue
             table = node.inputs[0]
             array = constant_array(table)
@@ -578,7 +591,7 @@ class Int4QuantizationPass(QuantizationPass):
             elif not np.isfinite(array).all():  # a block holding one came back all NaN
                 reason = "it holds NaN or Inf, which no scale stands for"
             elif any(
-                (user.op_type != "Gather" or index != 0 or user.attributes.get_int("axis", 0))
+                (not row_lookup(user) or index != 0)
                 # The dynamo exporter's tie: the head reads Transpose(table).
                 and not (tied is not None and user in (tied.node, tied.node.inputs[1].producer()))
                 for user, index in table.uses()
@@ -780,7 +793,7 @@ def _quantize_tables(
     graph = model.graph
     done: dict[str, tuple[list[ir.Value], Int4Weight, bool]] = {}
     for node in list(graph):
-        if node.op_type != "Gather" or not is_onnx_domain(node) or node.attributes.get_int("axis", 0):
+        if not row_lookup(node):
             continue
         table = node.inputs[0]
         if table is None or table.name not in planned:
