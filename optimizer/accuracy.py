@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
@@ -71,6 +71,24 @@ def root_mean_square(magnitude: np.ndarray) -> float:
         return peak
     unit = _power_of_two_above(peak)  # a power of two scales exactly: the same RMS, never out of range
     return unit * float(np.sqrt(np.mean((magnitude.astype(np.float64) / unit) ** 2)))
+
+
+def root_mean_square_of_parts(parts: Callable[[], Iterable[np.ndarray]]) -> float:
+    """``root_mean_square`` of the non-negative finite values of the arrays ``parts()`` yields (called twice: their
+    peak, then their squares), bit for bit the value over their concatenation, holding one float64 square per value
+    instead of the copies of the whole that it makes."""
+    peak, count = 0.0, 0
+    for part in parts():
+        if part.size:
+            peak, count = max(peak, float(part.max())), count + part.size
+    if peak == 0.0 or not math.isfinite(peak):
+        return peak
+    unit = _power_of_two_above(peak)
+    squares, start = np.empty(count, np.float64), 0
+    for part in parts():
+        np.square(part.astype(np.float64, copy=False).ravel() / unit, out=squares[start : start + part.size])
+        start += part.size
+    return unit * float(np.sqrt(np.mean(squares)))
 
 
 def _power_of_two_above(value: float) -> float:

@@ -40,10 +40,10 @@ import onnx_ir as ir
 from optimizer.accuracy import (
     AccuracyBudget,
     Drift,
-    floored_magnitude,
     integer_difference,
     paired_drift,
     root_mean_square,
+    root_mean_square_of_parts,
     samples_first,
 )
 from optimizer.domains import is_onnx_domain, onnx_opset
@@ -369,7 +369,7 @@ SEGMENT_CAP = NOISE_CAP
 # change to the rest; such a tensor is computed by the result itself and seen downstream.
 CUT_MAGNITUDE = 1e3
 # An output element past CUT_MAGNITUDE and this many times the RMS of the elements below it is a fill (a masked
-# logit's -1e9), not an activation: it lends the others no tolerance (``_floored_past_fills``).
+# logit's -1e9), not an activation: it lends the others no tolerance (``_floor_magnitude``).
 FILL_RATIO = 1e3
 # The fills exporters and frameworks write, exactly: past CUT_MAGNITUDE and KNOWN_FILL_RATIO times the RMS of the rest,
 # one of these is a fill too. float16's lowest beside GPT-2-sized logits (RMS about 100) is 655x them, under
@@ -428,28 +428,42 @@ def _compare_one(
                 f"{expected.size} elements (exact match required)",
             )
         return OutputCheck(name, False, math.inf, math.inf, f"output '{name}': values differ (exact match required)")
-    e, a = expected.astype(np.float64), actual.astype(np.float64)
-    nan_mismatch = np.isnan(e) != np.isnan(a)
-    both_finite = np.isfinite(e) & np.isfinite(a)
-    inf_mismatch = ~np.isnan(e) & ~np.isnan(a) & ~both_finite & (e != a)
-    diff = np.abs(np.where(both_finite, a, 0.0) - np.where(both_finite, e, 0.0))
-    max_abs = float(diff.max()) if diff.size else 0.0
-    # Relative to each element, but never to less than the tensor's RMS (floored_magnitude):
-    # logits that happen to be near zero must not demand far more precision than the large ones.
-    magnitude = _floored_past_fills(np.where(both_finite, e, 0.0))
-    rel = diff / np.maximum(magnitude, np.finfo(np.float64).tiny)
-    max_rel = float(np.where(both_finite, rel, 0.0).max()) if diff.size else 0.0
+    # Block by block of whole rows (``_COMPARE_BLOCK`` values): float64 copies of the whole tensor took about 15x its
+    # float32 bytes, 5 GB for a U-Net's 160-channel 256x256 activation of 8 pages in the segment check.
+    rows = _rows(expected)
+    rms = _floor_magnitude(rows(expected), rows(actual))
     floor = np.asarray(floor, np.float64)
-    if floor.ndim and floor.shape == diff.shape[:-1]:
-        floor = floor[..., None]  # one floor per row
+    row_floor = None
+    if floor.ndim and floor.shape == expected.shape[:-1]:
+        row_floor = floor.reshape(-1, 1)  # one floor per row
     elif floor.ndim:
         floor = np.float64(0.0)  # measured on another shape: not this output's noise
-    with np.errstate(over="ignore"):  # a huge --tolerance (1e308) overflows to inf, which allows any difference
-        within = diff <= np.maximum(tolerance.atol + tolerance.rtol * magnitude, floor)
-    ok = bool(within.all()) and not nan_mismatch.any() and not inf_mismatch.any()
+    max_abs = max_rel = 0.0
+    ok, mismatch = True, False
+    for block in _row_blocks(rows(expected)):
+        e, a = rows(expected)[block].astype(np.float64), rows(actual)[block].astype(np.float64)
+        nan_mismatch = np.isnan(e) != np.isnan(a)
+        both_finite = np.isfinite(e) & np.isfinite(a)
+        inf_mismatch = ~np.isnan(e) & ~np.isnan(a) & ~both_finite & (e != a)
+        mismatch = mismatch or bool(nan_mismatch.any() or inf_mismatch.any())
+        del nan_mismatch, inf_mismatch
+        diff = np.abs(np.where(both_finite, a, 0.0) - np.where(both_finite, e, 0.0))
+        max_abs = max(max_abs, float(diff.max()))
+        # Relative to each element, but never to less than the tensor's RMS (floored_magnitude):
+        # logits that happen to be near zero must not demand far more precision than the large ones.
+        magnitude = np.maximum(np.abs(np.where(both_finite, e, 0.0)), rms)
+        del e, a
+        rel = diff / np.maximum(magnitude, np.finfo(np.float64).tiny)
+        max_rel = max(max_rel, float(np.where(both_finite, rel, 0.0).max()))
+        del rel, both_finite
+        block_floor = row_floor[block] if row_floor is not None else floor
+        with np.errstate(over="ignore"):  # a huge --tolerance (1e308) overflows to inf, which allows any difference
+            within = diff <= np.maximum(tolerance.atol + tolerance.rtol * magnitude, block_floor)
+        ok = ok and bool(within.all())
+    ok = ok and not mismatch
     if ok:
         return OutputCheck(name, True, max_abs, max_rel)
-    if nan_mismatch.any() or inf_mismatch.any():
+    if mismatch:
         detail = f"output '{name}': NaN/Inf in different places"
         max_abs = math.inf
     else:
@@ -872,20 +886,54 @@ def _head_values(head: _Head, logits: Any) -> Any:
         return exp / np.sum(exp, axis=axes, keepdims=True)
 
 
-def _floored_past_fills(values: np.ndarray) -> np.ndarray:
-    """``floored_magnitude(values)``, with the RMS taken without the elements that are fills, not activations: past
-    ``CUT_MAGNITUDE`` and ``FILL_RATIO`` times the RMS of the elements below it (a suppressed token's logit written as
-    -1e9 or float32's lowest). One such element in a row of 64 logits made the RMS 1.2e8, under which a rewrite
-    scaling every other logit by 1.5 verified. A fill is still held to its own magnitude."""
-    fills = _fills(values)
-    if fills is None:
-        return floored_magnitude(values)
+# Values ``_compare_one`` works on at a time (in whole rows): a few float64 copies of a block, not of the tensor.
+_COMPARE_BLOCK = 1 << 20
+
+
+def _rows(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A function viewing an array of ``array``'s shape as rows along its last axis (a 0-d array as one row)."""
+    width = array.shape[-1] if array.ndim else 1
+    return lambda values: np.reshape(values, (-1, width))
+
+
+def _row_blocks(rows: np.ndarray) -> Iterator[slice]:
+    """Slices of ``rows`` (2-D) holding about ``_COMPARE_BLOCK`` values each, at least one row."""
+    step = max(1, _COMPARE_BLOCK // max(rows.shape[1], 1))
+    return (slice(start, start + step) for start in range(0, rows.shape[0], step))
+
+
+def _floor_magnitude(expected: np.ndarray, actual: np.ndarray) -> float:
+    """The RMS ``_compare_one`` floors each element's magnitude at: of ``expected`` where both it and ``actual`` (rows
+    of the same shape) are finite, zero elsewhere (``floored_magnitude``'s), taken without the elements that are
+    fills, not activations (``_fills``: past ``CUT_MAGNITUDE`` and ``FILL_RATIO`` times the RMS of the elements below
+    it, a suppressed token's logit written as -1e9 or float32's lowest). One such element in a row of 64 logits made
+    the RMS 1.2e8, under which a rewrite scaling every other logit by 1.5 verified. A fill is still held to its own
+    magnitude. Taken block by block, bit for bit the RMS over the whole (``root_mean_square_of_parts``)."""
+
+    def values() -> Iterator[np.ndarray]:
+        for block in _row_blocks(expected):
+            e = expected[block].astype(np.float64)
+            yield np.where(np.isfinite(e) & np.isfinite(actual[block]), e, 0.0)
+
+    below = sum(int(np.count_nonzero(np.abs(v) < CUT_MAGNITUDE)) for v in values())
+    if below in (0, expected.size):
+        return root_mean_square_of_parts(lambda: (np.abs(v) for v in values()))
+    typical = root_mean_square_of_parts(lambda: (m[m < CUT_MAGNITUDE] for m in map(np.abs, values())))
+    if not typical > 0:
+        return root_mean_square_of_parts(lambda: (np.abs(v) for v in values()))
+    # Without the fills (``_fills``); none there leaves every value, as ``floored_magnitude`` takes them.
+    return root_mean_square_of_parts(lambda: (np.abs(v)[~_fills_at(v, typical)] for v in values()))
+
+
+def _fills_at(values: np.ndarray, typical: float) -> np.ndarray:
+    """Where ``values`` holds fills (``_fills``), given the RMS ``typical`` of the elements below ``CUT_MAGNITUDE``."""
     magnitude = np.abs(values)
-    return np.maximum(magnitude, root_mean_square(magnitude[~fills]))
+    known = np.isin(values, np.array(KNOWN_FILLS, dtype=values.dtype)) & (magnitude >= KNOWN_FILL_RATIO * typical)
+    return (magnitude >= CUT_MAGNITUDE) & ((magnitude >= FILL_RATIO * typical) | known)
 
 
 def _fills(values: np.ndarray) -> np.ndarray | None:
-    """Where ``values`` holds fills (``_floored_past_fills``): past ``CUT_MAGNITUDE`` and ``FILL_RATIO`` times the RMS
+    """Where ``values`` holds fills (``_floor_magnitude``): past ``CUT_MAGNITUDE`` and ``FILL_RATIO`` times the RMS
     of the elements below it, or exactly one of ``KNOWN_FILLS`` and ``KNOWN_FILL_RATIO`` times it; None where there are
     none."""
     magnitude = np.abs(values)
@@ -896,8 +944,7 @@ def _fills(values: np.ndarray) -> np.ndarray | None:
     # Below-threshold elements all zero (a ReLU's zeros beside large activations) say nothing of a typical size.
     if not typical > 0:
         return None
-    known = np.isin(values, np.array(KNOWN_FILLS, dtype=values.dtype)) & (magnitude >= KNOWN_FILL_RATIO * typical)
-    fills = ~below & ((magnitude >= FILL_RATIO * typical) | known)
+    fills = _fills_at(values, typical)
     return fills if fills.any() else None
 
 
@@ -919,24 +966,42 @@ def int8_row_excess(
             return None
         if not (np.isfinite(expected) & np.isfinite(actual)).all():
             return None
+        shape = expected.shape
+        width = max(1, int(np.prod(shape[2:] if len(shape) >= 3 else shape[1:] if len(shape) == 2 else shape)))
+        if width >= NARROW_ROW_VALUES:
+            worst = max(worst, _wide_row_excess(expected, actual, original, width))
+            continue
         e, a, o = (x.astype(np.float64) for x in (expected, actual, original))
-        width = max(1, int(np.prod(e.shape[2:] if e.ndim >= 3 else e.shape[1:] if e.ndim == 2 else e.shape)))
         deviations = ((a - o) ** 2).reshape(-1, width)
         errors = ((e - o) ** 2).reshape(-1, width)
         strayed, claimed = deviations.sum(axis=1), errors.sum(axis=1)
         # A row the quantization barely moved is held to a floor, not to zero.
         floor = 1e-3 * float(np.sqrt(np.mean(o**2))) + np.finfo(np.float32).tiny
-        if width < NARROW_ROW_VALUES:
-            # One value of a narrow row may be one step off (see NARROW_ROW_VALUES): its largest deviation, up to
-            # a step, is not counted; a step from the typical rounding error the twin shows (the median of the
-            # nonzero ones: a few far rows do not set it). The whole output is held to the ratio as well.
-            nonzero = errors[errors > 0]
-            step = ONE_STEP_SQUARES * float(np.median(nonzero)) if nonzero.size else 0.0
-            strayed = strayed - np.minimum(deviations.max(axis=1), step)
-            whole = float(np.sum(deviations)) / max(float(np.sum(errors)), floor**2 * deviations.size)
-            worst = max(worst, float(np.sqrt(whole)))
+        # One value of a narrow row may be one step off (see NARROW_ROW_VALUES): its largest deviation, up to
+        # a step, is not counted; a step from the typical rounding error the twin shows (the median of the
+        # nonzero ones: a few far rows do not set it). The whole output is held to the ratio as well.
+        nonzero = errors[errors > 0]
+        step = ONE_STEP_SQUARES * float(np.median(nonzero)) if nonzero.size else 0.0
+        strayed = strayed - np.minimum(deviations.max(axis=1), step)
+        whole = float(np.sum(deviations)) / max(float(np.sum(errors)), floor**2 * deviations.size)
+        worst = max(worst, float(np.sqrt(whole)))
         worst = max(worst, float(np.sqrt(np.max(strayed / np.maximum(claimed, floor**2 * width)))))
     return worst
+
+
+def _wide_row_excess(expected: np.ndarray, actual: np.ndarray, original: np.ndarray, width: int) -> float:
+    """``int8_row_excess`` of one output with rows of ``width`` values (at least ``NARROW_ROW_VALUES``), block by block
+    of whole rows: its float64 copies of the three whole tensors took 12x one's float32 bytes, and each row's sums are
+    the same taken alone."""
+    rows = [np.reshape(x, (-1, width)) for x in (expected, actual, original)]
+    strayed, claimed = np.empty(rows[0].shape[0]), np.empty(rows[0].shape[0])
+    squares = np.empty(rows[0].shape, np.float64)  # the original's, whose mean sets the floor
+    for block in _row_blocks(rows[0]):
+        e, a, o = (x[block].astype(np.float64) for x in rows)
+        strayed[block], claimed[block] = ((a - o) ** 2).sum(axis=1), ((e - o) ** 2).sum(axis=1)
+        squares[block] = o**2
+    floor = 1e-3 * float(np.sqrt(np.mean(squares))) + np.finfo(np.float32).tiny  # as int8_row_excess's
+    return float(np.sqrt(np.max(strayed / np.maximum(claimed, floor**2 * width))))
 
 
 # Rows narrower than this (a detector's [1, anchors, 6] boxes and scores) may also hold one value one quantization
@@ -1599,15 +1664,27 @@ def _systematic_error(
     held to the absolute tolerance). Positions ``hidden`` marks (padding) and non-finite ones are left
     out. Fewer than ``SYSTEMATIC_MIN_ROWS`` rows (or channels) give no fit of that kind. Elementwise
     work is in float32 and every sum in float64: a vocabulary's logits are large."""
-    e = np.subtract(actual, expected, dtype=np.float64).astype(np.float32)
-    t = expected.astype(np.float32)
+    # The float64 difference block by block, and the zeros set in place: copies of a whole activation are what a
+    # large one costs (with ``_fit_excess``'s, 3.8x its float32 bytes at most, where 8.3x were).
+    e = np.empty(np.shape(expected), np.float32)
+    flat_e, flat_actual, flat_expected = e.reshape(-1), np.reshape(actual, -1), np.reshape(expected, -1)
+    for start in range(0, e.size, _COMPARE_BLOCK):
+        block = slice(start, start + _COMPARE_BLOCK)
+        flat_e[block] = np.subtract(flat_actual[block], flat_expected[block], dtype=np.float64)
+    del flat_e, flat_actual, flat_expected
+    t = np.asarray(expected).astype(np.float32, copy=False)  # a float32 activation as it is, unless zeros go in
     kept = np.isfinite(t) & np.isfinite(e)
     if hidden is not None and hidden.shape == kept.shape:
         kept &= ~hidden
     count = int(kept.sum())
     if not count:
         return _Systematic(0.0, 0.0, 0.0)
-    t, e = np.where(kept, t, np.float32(0)), np.where(kept, e, np.float32(0))
+    if count < kept.size:
+        t = t.copy() if np.may_share_memory(t, expected) else t
+        dropped = ~kept
+        np.copyto(t, np.float32(0), where=dropped)
+        np.copyto(e, np.float32(0), where=dropped)
+        del dropped
     energy = float(np.sum(np.square(t), dtype=np.float64))
     rms = max(math.sqrt(energy / count), floor, np.finfo(np.float32).tiny)
     channel = axis % t.ndim if t.ndim else 0
@@ -1656,31 +1733,64 @@ def _fit_excess(
     n = kept.sum(axis=over, keepdims=True)
     safe = np.maximum(n, 1)
     mean_t, mean_e = _sum(t, over) / safe, _sum(e, over) / safe
-    centred = np.where(kept, t - mean_t.astype(np.float32), np.float32(0))
+    # Each array as large as ``t`` is made once and worked on in place (the same float32 operations, in the same
+    # order): one more copy of a large activation at a time, not four.
+    dropped = ~kept
+    centred = np.subtract(t, mean_t.astype(np.float32), out=np.empty_like(t))
+    np.copyto(centred, np.float32(0), where=dropped)
     variance = _sum(np.square(centred), over)
     covariance = _sum(centred * e, over)
     fitted = variance > 0
     inverse = np.where(fitted, 1.0 / np.maximum(variance, 1e-300), 0.0)
     gain = covariance * inverse
-    leverage = np.where(
-        kept, (1.0 / safe).astype(np.float32) + np.square(centred) * inverse.astype(np.float32), np.float32(0)
-    )
-    residual = np.where(kept, e - gain.astype(np.float32) * centred - mean_e.astype(np.float32), np.float32(0))
     if rows_apart is None:
-        weight = leverage
-        terms = leverage * np.square(residual)
+        residual = _residual(e, centred, gain, mean_e, dropped)
+        weight = _leverage(centred, inverse, safe, dropped, out=centred)  # in the centred values' place
+        del centred
+        terms = np.square(residual, out=residual)
+        terms *= weight
     else:  # per row: (sum of centred * residual)² / variance + (sum of residual)² / n
-        weight = _sum(leverage, rows_apart)
-        terms = _sum(centred * residual, rows_apart) ** 2 * inverse + _sum(residual, rows_apart) ** 2 / safe
+        weight = _sum(_leverage(centred, inverse, safe, dropped, out=np.empty_like(t)), rows_apart)
+        residual = _residual(e, centred, gain, mean_e, dropped)
+        products = np.multiply(centred, residual, out=centred)  # the centred values are not read again
+        terms = _sum(products, rows_apart) ** 2 * inverse + _sum(residual, rows_apart) ** 2 / safe
+        del centred, products, residual
+    del dropped
     usable = (n >= SYSTEMATIC_MIN_ROWS) & (np.max(weight, axis=over, keepdims=True) <= SYSTEMATIC_MAX_LEVERAGE)
     if not usable.any():
         return 0.0
     explained = np.where(usable, gain * gain * variance + n * mean_e * mean_e, 0.0)
     # A residual keeps 1 - h of its noise.
-    noise = terms / np.maximum(1.0 - weight, 1.0 - SYSTEMATIC_MAX_LEVERAGE)
+    room = np.subtract(1.0, weight, out=weight)  # the leverage is not read again
+    del weight
+    noise = np.divide(terms, np.maximum(room, 1.0 - SYSTEMATIC_MAX_LEVERAGE, out=room), out=terms)
     chance = np.where(usable, _sum(noise, over), 0.0)
     spread = math.sqrt(2 * float(np.sum(chance * chance)))
     return max(float(np.sum(explained)) - float(np.sum(chance)) - 3 * spread, 0.0)
+
+
+def _leverage(
+    centred: np.ndarray, inverse: np.ndarray, safe: np.ndarray, dropped: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """``_fit_excess``'s leverage of each position, ``1/n + centred² / variance`` (zero where ``dropped``), in
+    ``out``."""
+    leverage = np.square(centred, out=out)
+    leverage *= inverse.astype(np.float32)
+    leverage += (1.0 / safe).astype(np.float32)
+    np.copyto(leverage, np.float32(0), where=dropped)
+    return leverage
+
+
+def _residual(
+    e: np.ndarray, centred: np.ndarray, gain: np.ndarray, mean_e: np.ndarray, dropped: np.ndarray
+) -> np.ndarray:
+    """``_fit_excess``'s residual of each position after the fit, ``e - gain * centred - mean_e``, zero where
+    ``dropped``."""
+    residual = np.multiply(gain.astype(np.float32), centred, out=np.empty_like(e))
+    np.subtract(e, residual, out=residual)
+    residual -= mean_e.astype(np.float32)
+    np.copyto(residual, np.float32(0), where=dropped)
+    return residual
 
 
 def _spread_batches(batches: Sequence[Mapping[str, Any]], rows: int, holds: Callable[[str, Any], bool]) -> list[int]:
@@ -2861,8 +2971,11 @@ class Verifier:
                             own = self._segment_noise(base_session, cut_base, feeds)
                             result = compare_outputs(reference, outputs, tolerances, self.skipped, _larger(noise, own))
                         if not result.ok and twin.kind in ROUNDING_TWINS:
-                            before = run_session(base_session, feeds)
+                            # Only the outputs missed are held: the others are as large as the cuts' values.
+                            failing = {check.name for check in result.checks if not check.ok}
+                            before = {k: v for k, v in run_session(base_session, feeds).items() if k in failing}
                             result = _within_row_excess(result, reference, outputs, before, worst, rounded)
+                            before = None
                         reason = "" if result.ok else _segment_failure(result)
                         reason = reason or _compounded_error(reference, outputs, feeds, axes, ends, tolerances)
                         if reason:

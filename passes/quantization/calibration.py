@@ -128,12 +128,19 @@ def channel_means(
     with value_collector(model, names) as run:
         for batch in batches:
             for name, array in run(batch).items():
-                array = np.moveaxis(np.asarray(array, dtype=np.float64), axis, 0)
-                flat = array.reshape(array.shape[0], -1)
-                finite = np.isfinite(flat)
-                sums[name] = sums.get(name, 0.0) + np.where(finite, flat, 0.0).sum(axis=1)
-                counts[name] = counts.get(name, 0) + finite.sum(axis=1)
+                # Channel by channel: float64 copies of a whole activation (a U-Net's 160 channels of 256x256, 8
+                # pages) took 5x its float32 bytes; each channel's sum is the same taken alone.
+                channels = [_finite_sum(np.take(array, c, axis=axis)) for c in range(array.shape[axis])]
+                sums[name] = sums.get(name, 0.0) + np.array([total for total, _ in channels], np.float64)
+                counts[name] = counts.get(name, 0) + np.array([count for _, count in channels], np.int64)
     return {name: (sums[name] / np.maximum(counts[name], 1)).astype(np.float32) for name in sums}
+
+
+def _finite_sum(values: np.ndarray) -> tuple[np.float64, int]:
+    """The float64 sum of ``values``' finite elements and their count."""
+    values = values.astype(np.float64)
+    finite = np.isfinite(values)
+    return np.where(finite, values, 0.0).sum(), int(np.count_nonzero(finite))
 
 
 class _Stream:
