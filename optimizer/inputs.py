@@ -1589,28 +1589,34 @@ def _other_than(value: np.ndarray) -> np.ndarray:
 def compared_constants(model: ir.Model, inputs: Mapping[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
     """Each integer, float or string input of one element in ``inputs`` that the model tests for equality with a
     constant (``If(Equal(mode, "train"))``, a temperature's ``Where(Equal(t, 0), greedy, sampled)``), through casts and
-    reshapes, an ``Add``, ``Sub`` or ``Mul`` of a constant (``Equal(step + 1, 8)``) and, for strings, a
-    ``StringNormalizer`` or a ``StringConcat`` with a constant word (``_compared_readers``: the value they turn into the
-    constant), as an array of that constant (of the input's shape and type; a float's, those its type holds exactly;
-    where it is compared with several, ``Equal(code, 3)`` and ``Equal(code, 7)``, the ``seed // 2``-th of them, in
-    turn; one compared with a threshold, ``If(Greater(speed, 1.5))``, is held each side of it in turn, as
-    ``_threshold_sides`` draws it, whatever the usual draws); and each boolean or integer input of one element that an
-    ``If`` reads as its condition so, as an array of true (1)."""
+    reshapes, an ``Add``, ``Sub`` or ``Mul`` of a constant or a ``Div`` by one (``Equal(step + 1, 8)``) and, for
+    strings, a ``StringNormalizer`` or a ``StringConcat`` with a constant word (``_compared_readers``: the value they
+    turn into the constant), as an array of that constant (of the input's shape and type; a float's, those its type
+    holds exactly; where it is compared with several, ``Equal(code, 3)`` and ``Equal(code, 7)``, the ``seed // 2``-th
+    of them, in turn; one compared with a threshold, ``If(Greater(speed, 1.5))``, also after arithmetic
+    (``If(Greater(step - 10, 0))``), is held each side of it in turn, as ``_threshold_sides`` draws it, whatever the
+    usual draws, after every constant ``Equal`` compares it with); and each boolean or integer input of one element
+    that an ``If`` reads as its condition so, as an array of true (1)."""
     found = {}
     for value in runtime_inputs(model):
         array = inputs.get(value.name)
         if not isinstance(array, np.ndarray) or array.size != 1 or array.dtype.kind not in "iubfO":
             continue
-        # Each constant once, in the order met: a dict (a list was quadratic in a one-hot's arange of 32000 ids).
+        # Each constant once, in the order met: a dict (a list was quadratic in a one-hot's arange of 32000 ids). The
+        # values each side of a threshold after them: before, a clamp's six met first held ``Equal(n, 7)``'s 7 past
+        # the sets verification draws (``_COMPARED_TURNS``), and the branch it selects never ran.
         constants: dict[Any, None] = {}
-        for node, index, undo in _compared_readers(value):
-            if node.op_type == "If" and is_onnx_domain(node) and index == 0 and not constants and not undo:
+        sided: dict[Any, None] = {}
+        for node, index, undo, affine in _compared_readers(value):
+            if node.op_type == "If" and is_onnx_domain(node) and index == 0 and not constants | sided and not undo:
                 found[value.name] = np.ones_like(array)
                 break
-            sides = _threshold_sides(node, index, array.dtype, straddled=True) if array.dtype.kind in "iuf" else None
+            sides = None
+            if array.dtype.kind in "iuf" and (affine is not None or not undo):
+                sides = _threshold_sides(node, index, array.dtype, straddled=True, affine=affine)
             if sides is not None:  # ``If(Greater(speed, 1.5))``: one set each side of it
                 for features, drawn in sides:
-                    constants.update(dict.fromkeys(drawn.tolist() if features is None else ()))
+                    sided.update(dict.fromkeys(drawn.tolist() if features is None else ()))
                 continue
             if node.op_type != "Equal" or not is_onnx_domain(node) or len(node.inputs) != 2 or index > 1:
                 continue
@@ -1646,8 +1652,8 @@ def compared_constants(model: ir.Model, inputs: Mapping[str, Any], seed: int = 0
                         & (numbers < float(info.max) + 1)
                     ]
             constants.update(dict.fromkeys(kept.astype(array.dtype).tolist()))
-        if constants:
-            found[value.name] = np.full_like(array, list(constants)[(seed // 2) % len(constants)])
+        if held := list({**constants, **sided}):
+            found[value.name] = np.full_like(array, held[(seed // 2) % len(held)])
     return found
 
 
@@ -1941,9 +1947,9 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
     after ``LOWER``) or a ``StringConcat`` with a constant word (drawn without it, where the constant ends or starts
     with it). Drawn as before, no element equalled any of them: every row took one branch, and a rewrite that broke
     the other (or swapped two of the constants) verified. Numbers are followed through an ``Add``, ``Sub`` or ``Mul``
-    of a constant of one element too (``Equal(code + 1, 3)``: drawn as the values it turns into a constant exactly;
-    missed until a review in session 71, and a swap of two such constants verified). ``RegexFullMatch`` and
-    ``StringSplit`` are not followed.
+    of a constant of one element (of any rank) too, or a ``Div`` by one (``Equal(code + 1, 3)``: drawn as the values it
+    turns into a constant exactly; missed until a review in session 71, and a swap of two such constants verified; a
+    ``Div`` and a constant of two dims until a later one). ``RegexFullMatch`` and ``StringSplit`` are not followed.
     A number compared with a constant threshold (``_threshold_sides``: skl2onnx's ``Binarizer`` and
     ``KBinsDiscretizer``, ``torch.where(x > t, ...)``, a ``Clip`` bound, then what is compared after it, a tree
     ensemble's splits, column by column, through an ``ArrayFeatureExtractor`` too) is held so to values each side of
@@ -2012,10 +2018,13 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
             if kind in "iuf" and (after := _after_affine(node, index, affine)) is not None:
                 # Normalized by constants, then compared: ``(x - mean) / std > t``, skl2onnx's ``Scaler`` before a tree;
                 # or equalled where each step is undone exactly (``_shifted_by_constant``: ``Equal(code + 1, 3)``).
+                # A constant of more dims (``x + [[1]]``) may add one to the output: ``value``'s columns move. Not
+                # followed at all until a review in session 71 (late), though the ``Equal`` walk had followed it.
                 shift = _shifted_by_constant(node, index) if exact else None
-                if columnar or not _by_column(after):
+                kept = columnar and _keeps_rank(node, index)
+                if kept or not _by_column(after):
                     steps = (shift[0], *undo) if shift is not None else undo
-                    pending.append((node.outputs[0], columns, columnar, steps, after, shift is not None))
+                    pending.append((node.outputs[0], columns, kept, steps, after, shift is not None))
                 continue
             if kind in "iuf" and (missing := _missing_keys(node, index, kind)) is not None:
                 if affine is None or np.isnan(missing).all():  # NaN stays NaN through arithmetic; a number does not
@@ -2088,16 +2097,16 @@ def _threshold_sides(
     node: ir.Node, index: int, dtype: np.dtype, *, straddled: bool = False, affine: _Affine | None = None
 ) -> list[tuple[tuple[int, ...] | None, np.ndarray]] | None:
     """Values of ``dtype`` on either side of each constant threshold that ``node`` compares its input ``index`` with
-    (``_thresholds``), each as the features (columns) of that input it holds for (None: all of it) and the values;
-    None where ``node`` is no such comparison. Integers: the threshold's floor, one less and one more; floats: below
-    and above it by 1, or by half the gap to the nearest other threshold of that feature where that is less (skl2onnx's
-    ``KBinsDiscretizer`` compares a column with every inner edge, a tree ensemble a feature with each split: each bin
-    is drawn), and by at least 1/256 of the threshold (still apart in float16). A threshold the usual draws already
-    fall on both sides of (normal floats around -1 and 1; integers 0 and 1) is left out, so such models draw as before,
-    unless ``straddled`` (an input of one element, drawn on one side in every set by chance), and so is a sentinel
-    (beyond ``_SENTINEL_THRESHOLD``, or not finite). Where the input reaches ``node`` as ``a * x + b`` (``affine``,
-    ``_after_affine``: normalized by constants), all this is of the compared values, drawn as the ``x`` that give
-    them."""
+    (``_thresholds``), each as the features (columns) of that input it holds for (None: all of it) and the values; None
+    where ``node`` is no such comparison. Integers: the threshold's floor, one less and one more (by what the arithmetic
+    on the way divides by, where more: an integer ``Div`` truncates); floats: below and above it by 1, or by half the
+    gap to the nearest other threshold of that feature where that is less (skl2onnx's ``KBinsDiscretizer`` compares a
+    column with every inner edge, a tree ensemble a feature with each split: each bin is drawn), and by at least 1/256
+    of the threshold (still apart in float16). A threshold the usual draws already fall on both sides of (normal floats
+    around -1 and 1; integers 0 and 1) is left out, so such models draw as before, unless ``straddled`` (an input of one
+    element, drawn on one side in every set by chance), and so is a sentinel (beyond ``_SENTINEL_THRESHOLD``, or not
+    finite). Where the input reaches ``node`` as ``a * x + b`` (``affine``, ``_after_affine``: normalized by constants),
+    all this is of the compared values, drawn as the ``x`` that give them."""
     compared = _thresholds(node, index)
     if compared is None:
         return None
@@ -2113,7 +2122,10 @@ def _either_side(
     every: np.ndarray, op: str, dtype: np.dtype, scale: float, offset: float, straddled: bool
 ) -> np.ndarray:
     """Values of ``dtype`` whose ``scale * x + offset`` lie each side of each of the sorted thresholds ``every``
-    (``_threshold_sides``) compared by ``op``."""
+    (``_threshold_sides``) compared by ``op``; ``straddled`` (an input of one element, held at each in turn), an
+    integer's two nearest that the comparison tells apart, not three: ``If(n > 10)`` and ``If(n > 20)`` held ``n`` at
+    9, 10, 11 and 19 in the four sets verification draws, and the branch ``n > 20`` selects never ran, until a review
+    in session 71 (late)."""
     if scale == 0 or not np.isfinite([scale, offset]).all():
         return np.zeros(0, dtype)
     low, high = (0.0, 1.0) if dtype.kind in "iu" else (-1.0, 1.0)  # where the usual draws lie
@@ -2122,8 +2134,17 @@ def _either_side(
         side = _SIDES[op]
         thresholds = thresholds[side(scale * low + offset, thresholds) == side(scale * high + offset, thresholds)]
     if dtype.kind in "iu":
+        # A step of 1, or of what an integer ``Div`` divides by: ``code // 4 > 3`` was drawn at 11, 12 and 13, each
+        # 3 or less once divided (it truncates), until a review in session 71 (late).
         floors = np.floor((thresholds - offset) / scale)
-        sides = np.unique(np.concatenate([floors - 1, floors, floors + 1]))
+        step = max(1.0, float(np.ceil(1 / abs(scale))))
+        if straddled:  # the step below or the step above, whichever the comparison tells from the floor
+            side = _SIDES[op]
+            at = side(scale * floors + offset, thresholds)
+            other = np.where(side(scale * (floors - step) + offset, thresholds) != at, floors - step, floors + step)
+            sides = np.unique(np.concatenate([floors, other]))
+        else:
+            sides = np.unique(np.concatenate([floors - step, floors, floors + step]))
         info = np.iinfo(dtype)
         return sides[(sides >= info.min) & (sides <= info.max)].astype(dtype)
     # Half the gap to the nearest other threshold of the feature, at most 1, at least 1/256 of the threshold.
@@ -2162,8 +2183,9 @@ _Affine = tuple[np.ndarray, np.ndarray]
 
 def _after_affine(node: ir.Node, index: int, affine: _Affine | None) -> _Affine | None:
     """``affine`` (None: ``x`` itself) after ``node`` reads it at input ``index``, where ``node`` adds, subtracts,
-    multiplies or divides it by a constant (a number, or one per column: a 1-D constant), negates it, or is
-    ``ai.onnx.ml``'s ``Scaler`` (skl2onnx's ``StandardScaler``: ``(x - offset) * scale``); None otherwise."""
+    multiplies or divides it by a constant (a number, of any rank: ``[[1]]`` too, or one per column: a 1-D constant),
+    negates it, or is ``ai.onnx.ml``'s ``Scaler`` (skl2onnx's ``StandardScaler``: ``(x - offset) * scale``); None
+    otherwise."""
     if node.domain == "ai.onnx.ml" and node.op_type == "Scaler" and index == 0:
         scale = np.asarray(node.attributes.get_floats("scale", [1.0]), np.float64)
         offset = np.asarray(node.attributes.get_floats("offset", [0.0]), np.float64)
@@ -2173,9 +2195,12 @@ def _after_affine(node: ir.Node, index: int, affine: _Affine | None) -> _Affine 
     elif is_onnx_domain(node) and node.op_type in ("Add", "Sub", "Mul", "Div") and len(node.inputs) == 2 and index < 2:
         other = node.inputs[1 - index]
         tensor = ir.convenience.get_const_tensor(other) if other is not None else None
-        if tensor is None or tensor.dtype.numpy().kind not in "iuf" or tensor.numpy().ndim > 1 or not tensor.size:
+        if tensor is None or tensor.dtype.numpy().kind not in "iuf" or not tensor.size:
             return None
         constant = tensor.numpy().astype(np.float64)
+        if constant.ndim > 1 and constant.size != 1:
+            return None
+        constant = constant.reshape(-1) if constant.ndim > 1 else constant  # ``x + [[1]]``: a number
         if node.op_type == "Div" and (index == 1 or (constant == 0).any()):
             return None
         if node.op_type in ("Add", "Sub"):
@@ -2189,6 +2214,14 @@ def _after_affine(node: ir.Node, index: int, affine: _Affine | None) -> _Affine 
     if max(factor.size, scale.size) > 1 and min(factor.size, scale.size) > 1 and factor.size != scale.size:
         return None  # columns that do not line up
     return factor * scale, factor * offset + term
+
+
+def _keeps_rank(node: ir.Node, index: int) -> bool:
+    """Whether ``node`` (``_after_affine``) reading a value at input ``index`` keeps its rank as far as its constant
+    tells: not where that constant has more than one dim."""
+    other = node.inputs[1 - index] if len(node.inputs) == 2 and index < 2 else None
+    tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+    return tensor is None or len(tensor.shape) <= 1
 
 
 def _by_column(affine: _Affine | None) -> bool:
@@ -2327,63 +2360,79 @@ def _before_normalizer(node: ir.Node, keys: np.ndarray) -> np.ndarray:
 
 def _shifted_by_constant(node: ir.Node, index: int) -> tuple[Callable[[np.ndarray], np.ndarray], bool] | None:
     """For an ``Add``, ``Sub`` or ``Mul`` (by one not 0) of a numeric constant of one element that reads a value at
-    input ``index``: the function from the numbers it turns into to those it turns into them (``_before_shift``), and
-    whether its output keeps the value's columns (a constant of at most one dim); else None."""
-    if node.op_type not in ("Add", "Sub", "Mul") or not is_onnx_domain(node) or len(node.inputs) != 2 or index > 1:
+    input ``index``, or a ``Div`` of it by one (not 0: ``Equal(code / 2, 3)``, not followed until a review in session
+    71, late): the function from the numbers it turns into to those it turns into them (``_before_shift``), and whether
+    its output keeps the value's columns (a constant of at most one dim); else None."""
+    if node.op_type not in ("Add", "Sub", "Mul", "Div") or not is_onnx_domain(node) or len(node.inputs) != 2:
+        return None
+    if index > 1 or (node.op_type == "Div" and index != 0):
         return None
     other = node.inputs[1 - index]
     tensor = ir.convenience.get_const_tensor(other) if other is not None else None
     if tensor is None or tensor.size != 1 or tensor.dtype.is_string():
         return None
     constant = tensor.numpy().reshape(-1)[:1]
-    if constant.dtype.kind not in "iuf" or (node.op_type == "Mul" and not constant[0]):
+    if constant.dtype.kind not in "iuf" or (node.op_type in ("Mul", "Div") and not constant[0]):
         return None
     return partial(_before_shift, node.op_type, index, constant), len(tensor.shape) <= 1
 
 
 def _before_shift(op: str, index: int, constant: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """The numbers that ``x + c``, ``x * c``, ``x - c`` (``op`` ``Sub``, ``index`` 0) or ``c - x`` turns into ``keys``
-    exactly, in ``c``'s type (``constant``, of one element): those whose result, computed back, is the key."""
+    """The numbers that ``x + c``, ``x * c``, ``x / c``, ``x - c`` (``op`` ``Sub``, ``index`` 0) or ``c - x`` turns into
+    ``keys`` exactly, in ``c``'s type (``constant``, of one element): those whose result, computed back, is the key (an
+    integer ``Div`` truncates, as ONNX Runtime's)."""
+    integer = constant.dtype.kind in "iu"
     forward = {
         "Add": lambda x: x + constant,
         "Mul": lambda x: x * constant,
+        "Div": (lambda x: np.sign(x) * np.sign(constant) * (np.abs(x) // np.abs(constant)))
+        if integer
+        else (lambda x: x / constant),
         "Sub": (lambda x: x - constant) if index == 0 else (lambda x: constant - x),
     }[op]
     with np.errstate(all="ignore"):
         typed = np.asarray(keys).astype(constant.dtype)
         typed = typed[typed == np.asarray(keys)]
         if op == "Mul":
-            before = typed // constant if constant.dtype.kind in "iu" else typed / constant
+            before = typed // constant if integer else typed / constant
+        elif op == "Div":
+            before = typed * constant
         else:
             before = typed - constant if op == "Add" else (typed + constant if index == 0 else constant - typed)
         return before[np.isfinite(before) & (forward(before) == typed)]
 
 
-def _compared_readers(value: ir.Value) -> Iterator[tuple[ir.Node, int, tuple[Callable[[np.ndarray], np.ndarray], ...]]]:
-    """``(node, input index, undo)`` of each reader of ``value`` (``_readers_through_copies``), also past an ``Add``,
-    ``Sub`` or ``Mul`` of a constant (``_shifted_by_constant``) and, as ``_compared_keys`` follows them, a
-    ``StringNormalizer`` (never held at a stopword) and a ``StringConcat`` with a constant word: ``undo`` maps the
-    values that reader reads back to ``value``'s (applied in turn). A one-element switch
-    ``If(Equal(StringNormalizer(mode), "train"))`` was held at no constant until a review in session 71, and the branch
-    "train" selects never ran."""
-    frontier: list[tuple[ir.Value, tuple[Callable[[np.ndarray], np.ndarray], ...]]] = [(value, ())]
+def _compared_readers(
+    value: ir.Value,
+) -> Iterator[tuple[ir.Node, int, tuple[Callable[[np.ndarray], np.ndarray], ...], _Affine | None]]:
+    """``(node, input index, undo, affine)`` of each reader of ``value`` (``_readers_through_copies``), also past an
+    ``Add``, ``Sub`` or ``Mul`` of a constant or a ``Div`` by one (``_shifted_by_constant``) and, as ``_compared_keys``
+    follows them, a ``StringNormalizer`` (never held at a stopword) and a ``StringConcat`` with a constant word:
+    ``undo`` maps the values that reader reads back to ``value``'s (applied in turn), and ``affine`` is what the
+    arithmetic passed made of a number (``_after_affine``; None: nothing, or not known), for a threshold:
+    ``If(Greater(step - 10, 0))`` was held each side of 0, ``step`` at -1, 0 and 1, all on one side of 10, until a
+    review in session 71 (late). A one-element switch ``If(Equal(StringNormalizer(mode), "train"))`` was held at no
+    constant until a review in session 71, and the branch "train" selects never ran."""
+    Undo = Callable[[np.ndarray], np.ndarray]
+    frontier: list[tuple[ir.Value, tuple[Undo, ...], _Affine | None]] = [(value, (), None)]
     seen: set[int] = set()
     while frontier:
-        current, undo = frontier.pop()
+        current, undo, affine = frontier.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
         for node, index in current.uses():
             if node.op_type in _INDEX_PRESERVING_OPS and index == 0:
-                frontier.extend((output, undo) for output in node.outputs)
+                frontier.extend((output, undo, affine) for output in node.outputs)
             elif (shift := _shifted_by_constant(node, index)) is not None:
-                frontier.append((node.outputs[0], (shift[0], *undo)))
+                after = _after_affine(node, index, affine) if affine is not None or not undo else None
+                frontier.append((node.outputs[0], (shift[0], *undo), after))
             elif node.op_type == "StringNormalizer" and is_onnx_domain(node) and index == 0:
-                frontier.append((node.outputs[0], (partial(_before_normalizer, node), *undo)))
+                frontier.append((node.outputs[0], (partial(_before_normalizer, node), *undo), affine))
             elif node.op_type == "StringConcat" and (affix := _concatenated_word(node, index)) is not None:
-                frontier.append((node.outputs[0], (partial(_without_affix, affix, index), *undo)))
+                frontier.append((node.outputs[0], (partial(_without_affix, affix, index), *undo), affine))
             else:
-                yield node, index, undo
+                yield node, index, undo, affine
 
 
 def _drawn_from_compared(
