@@ -829,6 +829,28 @@ def paddings(inputs: Mapping[str, np.ndarray], masks: Sequence[str]) -> dict[tup
     return found
 
 
+def batch_padding(model: ir.Model, batch: Mapping[str, np.ndarray]) -> Paddings:
+    """Where ``batch`` pads, by shape (``paddings`` of the masks ``mask_inputs`` finds in it); empty without padding."""
+    return paddings(batch, mask_inputs(model, batch))
+
+
+def unpadded_rows(array: np.ndarray, padding: Paddings) -> np.ndarray:
+    """``array`` ``[..., channels]`` as rows ``[n, channels]``, without the positions ``padding`` (``batch_padding``)
+    marks: where its leading dims are a mask's ``[batch, sequence]``, their product (a 2-D ``[batch * sequence,
+    channels]``). The statistics a data-aware rewrite fits (GPTQ's Hessian, outlier channels, SmoothQuant's peaks,
+    int8 ranges) are taken over what the model is used on: a padded batch's pad tokens are not, and in a batch of
+    short sentences they are most rows. Any other array's rows are all kept (a decoder's mask over its past and new
+    tokens is no activation's shape)."""
+    array = np.asarray(array)
+    if array.ndim == 0:
+        return array.reshape(1, 1)
+    rows = array.reshape(-1, array.shape[-1])
+    padded = padding.get(tuple(array.shape[:-1]))
+    if padded is None and array.ndim == 2:
+        padded = next((mask for mask in padding.values() if mask.size == len(rows)), None)
+    return rows if padded is None else rows[~padded.reshape(-1)]
+
+
 def by_shape(padding: np.ndarray | Paddings | None) -> Paddings:
     """``padding`` (one ``padded_positions`` array, ``paddings``' mapping or None) as a mapping by shape."""
     if padding is None:

@@ -44,10 +44,10 @@ from onnxscript import version_converter
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import MS_DOMAIN
 from optimizer.options import DEFAULT_BUDGET_DECODE_STEPS
-from optimizer.padding import cache_outputs
+from optimizer.padding import batch_padding, cache_outputs, unpadded_rows
 from optimizer.progress import task, track
 from optimizer.protocol import Twin
-from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, stream_values
+from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, stream_values, value_collector
 from optimizer.samples import (
     few_held_out,
     fixed_batch_size,
@@ -375,6 +375,12 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self.drift = drift_of(model, reported, run_batches(bound, reported), layout=self.original)
         elif batches and self.drift is None:
             self.drift = drift_of(model, checked, run_batches(self._float, checked), layout=self.original)
+        # Nothing held out (one sample) and a search that tried more than one point there: the figure on it is the
+        # point the search picked, which meets the budget there by the search (it said nothing until a review on
+        # 2026-12-07; pruning's said so).
+        chose = ""
+        if self.budget is not None and batches and not held_out and self._search_trials > 1:
+            chose = searched_caveat(checked, checked, model, chose=True, held_out=False)
         if self.drift is not None:
             counts: dict[str, int] = {}
             for layer in chosen:
@@ -387,11 +393,15 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
                 held = f" on {held_out_samples(reported, model)}" + searched_caveat(
                     checked, reported, model, chose=self._search_trials > 1
                 )
+            elif chose:
+                held = (held or " on the calibration samples") + chose
             self.note(f"{reduced}, {len(self.kept_float) + len(self.float_by_form)} float: {self.drift}{held}")
             if held_out and (caveat := few_held_out(reported, model)):
                 self.note(caveat)
         self._float, self._batches = None, []
         fitted = self.fitted_caveat(smoothed=bool(norms)) if batches and not held_out else ""
+        if chose:  # the report's ``accuracy_on`` says it too, as pruning's does
+            fitted = f"{fitted}, and which{chose.removeprefix(', which')}" if fitted else chose.removeprefix(", which ")
         return self.result(model, modified=True, twin=twin, fitted_to_samples=held_out, fitted_to_checked=fitted)
 
     def call_converted(self, model: ir.Model, opset: int) -> ir.passes.PassResult:
@@ -1151,15 +1161,18 @@ def sample_layer_inputs(
     model: ir.Model, layers: Sequence[Layer], batches: Sequence[Mapping[str, np.ndarray]], rows: int = _LOCAL_ROWS
 ) -> dict[str, np.ndarray]:
     """Up to ``rows`` rows ``[rows, K]`` of each layer's input on the batches (a seeded random subset of
-    each batch's rows), by tensor name: one streamed run of ``model``."""
+    each batch's rows, its padded positions left out: ``optimizer.padding.unpadded_rows``), by tensor name: one
+    streamed run of ``model``."""
     names = list(dict.fromkeys(layer.activation.name for layer in layers))
     rng = np.random.default_rng(0)
     collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
     share = max(1, rows // max(len(batches), 1))
-    for run in stream_values(model, names, batches):
-        for name, array in run.items():
-            flat = np.asarray(array, dtype=np.float32).reshape(-1, np.shape(array)[-1])
-            collected[name].append(flat[rng.choice(len(flat), min(share, len(flat)), replace=False)])
+    with value_collector(model, names) as run:
+        for batch in batches:
+            padding = batch_padding(model, batch)
+            for name, array in run(batch).items():
+                flat = unpadded_rows(np.asarray(array, dtype=np.float32), padding)
+                collected[name].append(flat[rng.choice(len(flat), min(share, len(flat)), replace=False)])
     return {name: np.concatenate(parts) for name, parts in collected.items()}
 
 

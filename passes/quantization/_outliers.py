@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.runtime import stream_values
+from optimizer.padding import batch_padding, unpadded_rows
+from optimizer.runtime import value_collector
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,22 @@ def choose_outlier_channels(
     model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]], count: int
 ) -> tuple[dict[str, OutlierChannels], dict[str, str]]:
     """The ``count`` channels of largest max |x| of each named float tensor (last axis) over every
-    row of ``batches``, from one streamed run of ``model``; and why the others were left out
+    row of ``batches`` but its padded positions (``optimizer.padding.unpadded_rows``: a pad token's channels
+    chose them until a review on 2026-12-07), from one streamed run of ``model``; and why the others were left out
     (``count`` channels or fewer: nothing would be left to round; a value that is not finite)."""
     peaks: dict[str, np.ndarray] = {}
-    for run in stream_values(model, list(dict.fromkeys(names)), batches):
-        for name, array in run.items():
-            array = np.asarray(array)
-            if array.ndim == 0 or not np.issubdtype(array.dtype, np.floating):
-                continue
-            peak = np.abs(array.reshape(-1, array.shape[-1])).max(axis=0).astype(np.float64)
-            peaks[name] = peak if name not in peaks else np.maximum(peaks[name], peak)
+    with value_collector(model, list(dict.fromkeys(names))) as run:
+        for batch in batches:
+            padding = batch_padding(model, batch)
+            for name, array in run(batch).items():
+                array = np.asarray(array)
+                if array.ndim == 0 or not np.issubdtype(array.dtype, np.floating):
+                    continue
+                rows = unpadded_rows(array, padding)
+                if not len(rows):
+                    continue
+                peak = np.abs(rows).max(axis=0).astype(np.float64)
+                peaks[name] = peak if name not in peaks else np.maximum(peaks[name], peak)
     chosen, left_out = {}, {}
     for name in dict.fromkeys(names):
         peak = peaks.get(name)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.padding import batch_padding, unpadded_rows
 from optimizer.progress import track
 from optimizer.runtime import value_collector
 
@@ -87,10 +88,11 @@ def calibrate(
     """The ``(low, high)`` range of each named tensor of ``model`` over the calibration ``batches``.
 
     The batches are run once per pass over them, one at a time: memory stays at one
-    batch's tensors plus a histogram per tensor, whatever the number of samples.
+    batch's tensors plus a histogram per tensor, whatever the number of samples. A batch's padded
+    positions are left out (``optimizer.padding.unpadded_rows``): the model is not used on pad tokens.
     """
     with value_collector(model, names) as run:
-        return tensor_ranges(_Stream(run, batches), method, percentile)
+        return tensor_ranges(_Stream(run, batches, model), method, percentile)
 
 
 def channel_peaks(
@@ -100,14 +102,18 @@ def channel_peaks(
 
     Only finite values count, as in the ranges: one infinite input value made a norm's output NaN on its
     row, every factor NaN, and the smoothed model NaN on every sample (the budget's points all read cosine 0,
-    the model left float); a channel with no finite value has peak 0 (the factors' floor then holds it)."""
+    the model left float); a channel with no finite value has peak 0 (the factors' floor then holds it). A batch's
+    padded positions do not count (``optimizer.padding.unpadded_rows``)."""
     peaks: dict[str, np.ndarray] = {}
     with value_collector(model, names) as run:
         for batch in track(batches, "SmoothQuant: channel peaks per batch"):
+            padding = batch_padding(model, batch)
             for name, array in run(batch).items():
-                array = np.abs(np.asarray(array, dtype=np.float32))
+                array = np.abs(unpadded_rows(np.asarray(array, dtype=np.float32), padding))
                 array = np.where(np.isfinite(array), array, np.float32(0.0))
-                peak = array.reshape(-1, array.shape[-1]).max(axis=0)
+                if not len(array):
+                    continue
+                peak = array.max(axis=0)
                 peaks[name] = np.maximum(peaks[name], peak) if name in peaks else peak
     return peaks
 
@@ -146,11 +152,13 @@ def _finite_sum(values: np.ndarray) -> tuple[np.float64, int]:
 class _Stream:
     """Re-iterable: each iteration runs the model on every batch again."""
 
-    def __init__(self, run: Callable[[Mapping[str, np.ndarray]], dict], batches) -> None:
-        self.run, self.batches = run, batches
+    def __init__(self, run: Callable[[Mapping[str, np.ndarray]], dict], batches, model: ir.Model) -> None:
+        self.run, self.batches, self.model = run, batches, model
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return (self.run(batch) for batch in track(self.batches, "calibration batches"))
+        for batch in track(self.batches, "calibration batches"):
+            padding = batch_padding(self.model, batch)
+            yield {name: unpadded_rows(array, padding) for name, array in self.run(batch).items()}
 
 
 def _finite(array: np.ndarray) -> np.ndarray:
