@@ -1402,9 +1402,52 @@ def _position_head(model: ir.Model, name: str) -> ir.Node | None:
     if node is None or node.op_type not in ("ArgMax", "ArgMin") or not is_onnx_domain(node) or not node.inputs:
         return None
     source = node.inputs[0]
-    if source is None or source.producer() is None or source.is_graph_output():
+    if source is None or source.producer() is None:
         return None
     return node
+
+
+# The exact widenings of a float: ``Cast`` to one of these from the key loses nothing, and keeps the order.
+_WIDER_FLOATS = {
+    ir.DataType.FLOAT16: (ir.DataType.FLOAT, ir.DataType.DOUBLE),
+    ir.DataType.BFLOAT16: (ir.DataType.FLOAT, ir.DataType.DOUBLE),
+    ir.DataType.FLOAT: (ir.DataType.DOUBLE,),
+}
+
+
+def _picks_from(head: ir.Node, name: str) -> bool:
+    """Whether ``head`` picks from the tensor ``name``, or from values a ``Cast`` widens exactly into the tensor
+    ``name``: the float16 converter's ``ArgMax`` of scores that are also a model output reads its own float16 copy of
+    them (``graph_output_cast_1``), which the twin lacks, and a correct conversion flipped at a float16 tie was rolled
+    back for that until review s71 (late 2)."""
+    source = head.inputs[0]
+    if source.name == name:
+        return True
+    wider = _WIDER_FLOATS.get(source.dtype, ())
+    return any(
+        user.op_type == "Cast"
+        and is_onnx_domain(user)
+        and user.outputs[0].name == name
+        and ir.DataType(user.attributes.get_int("to", 0)) in wider
+        for user, _ in source.uses()
+    )
+
+
+def _picks_alike(head: ir.Node, other: ir.Node | None, rank: int) -> bool:
+    """Whether ``other`` (the twin's head of the same output) is the same op as ``head`` over the same values
+    (``_picks_from``, of ``rank``), along the same axis, with the same ``keepdims`` and ``select_last_index``:
+    otherwise the twin's picks are no positions along ``head``'s axis, and an ``ArgMin`` written for an ``ArgMax``
+    (or another axis of a square tensor) over scores that all tie within the tolerance verified until review s71
+    (late 2)."""
+    if other is None or head.op_type != other.op_type or not _picks_from(head, other.inputs[0].name) or rank < 1:
+        return False
+
+    def picking(node: ir.Node) -> tuple[int, int, int]:
+        attributes = node.attributes
+        axis = attributes.get_int("axis", 0) % rank
+        return axis, attributes.get_int("keepdims", 1), attributes.get_int("select_last_index", 0)
+
+    return picking(head) == picking(other)
 
 
 def _tie_gap(
@@ -1412,8 +1455,13 @@ def _tie_gap(
 ) -> float | None:
     """The largest difference of ``values`` between the position ``head`` (an ArgMax or ArgMin) picked in
     ``expected`` and the one it picked in ``actual``, over the positions where they differ; None where one of them
-    is past the tolerance of ``values``' dtype (of the larger of the picked value and the values' RMS), or where a
-    pick is no position of ``values``."""
+    is past the relative tolerance of ``values``' dtype (of the larger of the picked value and the RMS of the values
+    ``head`` picks among there, their fills and infinities left out), or where a pick is no position of ``values``.
+    Until review s71 (late 2) the RMS was the whole tensor's and the absolute tolerance was added: positions of small
+    scores had the tolerance of the large ones elsewhere (a class 0.15 ahead among logits of 0.3 was a tie beside
+    positions with logits of 30: a bias of 0.15 on one class verified), and probabilities of 0.01 over 100 classes all
+    tied within float16's 1e-3 (a rewrite swapping neighbouring classes verified); float16 rounds relative to the
+    values it rounds."""
     tolerance = tolerances.get(_dtype_key(values.dtype))
     if tolerance is None or values.ndim == 0:
         return None
@@ -1431,9 +1479,13 @@ def _tie_gap(
         return 0.0
     best = np.take_along_axis(values, expected, axis).astype(np.float64)[differ]
     picked = np.take_along_axis(values, actual, axis).astype(np.float64)[differ]
-    rms = float(np.sqrt(np.mean(np.square(values, dtype=np.float64))))
+    scores = np.where(np.isfinite(values), values, 0.0).astype(np.float64)
+    fills = _fills(scores)
+    if fills is not None:
+        scores[fills] = 0.0
+    rms = np.sqrt(np.mean(np.square(scores), axis=axis, keepdims=True))[differ]
     gap = np.abs(best - picked)
-    if not np.all(np.isfinite(gap)) or np.any(gap > tolerance.atol + tolerance.rtol * np.maximum(np.abs(best), rms)):
+    if not np.all(np.isfinite(gap)) or np.any(gap > tolerance.rtol * np.maximum(np.abs(best), rms)):
         return None
     return float(gap.max())
 
@@ -2575,18 +2627,24 @@ class Verifier:
     ) -> VerificationResult:
         """``missed`` (``candidate`` against its ``twin``), passed where the only outputs that differ are positions an
         ``ArgMax`` or ``ArgMin`` of ``candidate`` picks from a float tensor the twin computes under the same name, the
+        twin computing that output by the same op over that tensor along the same axis (``_picks_alike``), the
         result computes that tensor (as written) within the twin's tolerance, and wherever a position differs the
-        twin's own value at the result's pick is within that tolerance of its value at its own pick: a tie, as the
-        tolerance reads one. A float16 result rounds those floats, and ONNX Runtime's kernels sum them in another
-        order, so two classes closer than that take each other's place: trueocr 0.1.1's CTC recognizer (``ids =
-        ArgMax`` of its logits beside the float ``conf``) was rolled back for 1 of 592 positions before. The floats
-        of the result as deployed are not read: exposing them changes the kernels ONNX Runtime picks, and with them
-        the tie. A wrong rewrite moves the floats past the tolerance, or picks a position that is no tie."""
+        twin's own value at the result's pick is within that tolerance's relative part of its value at its own pick,
+        of the values picked among there (``_tie_gap``): a tie, as float16 rounds. A float16 result rounds those
+        floats, and ONNX Runtime's kernels sum them in another order, so two classes closer than that take each other's
+        place: trueocr 0.1.1's CTC recognizer (``ids = ArgMax`` of its logits beside the float ``conf``) was rolled
+        back for 1 of 592 positions before. The floats of the result as deployed are not read: exposing them changes
+        the kernels ONNX Runtime picks, and with them the tie. A wrong rewrite moves the floats past the tolerance, or
+        picks a position that is no tie. The values are read under the twin's name, through an exact widening
+        ``Cast`` where the result picks from a narrower copy of them (``_picks_from``)."""
         failed = _integer_outputs_missed(missed, reference, outputs)
         heads = {name: _position_head(candidate, name) for name in failed}
         if not failed or any(head is None for head in heads.values()):
             return missed
-        sources = list(dict.fromkeys(head.inputs[0].name for head in heads.values()))
+        twins = {name: _position_head(twin.model, name) for name in failed}
+        if any(other is None for other in twins.values()):
+            return missed
+        sources = list(dict.fromkeys(other.inputs[0].name for other in twins.values()))
         try:
             theirs = collect_values(twin.model, sources, [inputs])[0]
             mine = collect_values(candidate, sources, [inputs])[0]
@@ -2598,7 +2656,10 @@ class Verifier:
             return missed
         widest = 0.0
         for name, head in heads.items():
-            gap = _tie_gap(head, np.asarray(theirs[head.inputs[0].name]), reference[name], outputs[name], tolerances)
+            values = np.asarray(theirs[twins[name].inputs[0].name])
+            if not _picks_alike(head, twins[name], values.ndim):
+                return missed
+            gap = _tie_gap(head, values, reference[name], outputs[name], tolerances)
             if gap is None:
                 return missed
             widest = max(widest, gap)
@@ -2607,9 +2668,9 @@ class Verifier:
             checks=checks,
             integer_flips=(
                 f"{', '.join(repr(name) for name in failed)} differ from its twin's only where the twin's own values "
-                f"({', '.join(repr(name) for name in sources)}) at the result's pick are within the twin's tolerance "
-                f"of its own pick (ties: up to {widest:.2e} apart), and the result computes those values within it "
-                f"(max |Δ| {floats.max_abs_error:.2e})"
+                f"({', '.join(repr(name) for name in sources)}) at the result's pick are within the twin's relative "
+                f"tolerance of its own pick (ties: up to {widest:.2e} apart), and the result computes those values "
+                f"within its tolerance (max |Δ| {floats.max_abs_error:.2e})"
             ),
         )
 
