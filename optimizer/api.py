@@ -43,6 +43,7 @@ from optimizer.inputs import (
     make_inputs,
     nan_note,
     pads_where_true,
+    recurrent_batch_axes,
     refuse_dims_unlike,
     refuse_oversized,
     refuse_unreadable_data,
@@ -887,16 +888,22 @@ def _add_unnamed_rows(model: ir.Model, verifier: Verifier) -> None:
     names such a dim, so it was generated at 1 in every set, and a rewrite that mixed the rows of a batch (a
     reduction over axis 0) verified. Where the original fails on that set and inputs lead with a named batch held at
     one row (``Concat(X [None, 4], Z [N, 8], axis=1)``: the rows must agree), those are joined too; the set is
-    dropped (and said) only where it fails so as well."""
+    dropped (and said) only where it fails so as well. A recurrent state whose batch has no name
+    (``recurrent_batch_axes``: Silero VAD v6's ``state [2, None, 128]``) holds the rows along that axis: it is joined
+    there with the others."""
     unnamed = _unnamed_row_inputs(model)
+    axes = dict.fromkeys(unnamed, 0)
+    axes.update({name: min(found) for name, found in recurrent_batch_axes(model).items() if len(found) == 1})
     sets = verifier.input_sets
-    if not unnamed or any(np.shape(inputs.get(name))[:1] != (1,) for inputs in sets for name in unnamed):
+    if not unnamed or any(
+        np.shape(inputs.get(name))[axis : axis + 1] != (1,) for inputs in sets for name, axis in axes.items()
+    ):
         return
     try:
         draws = [make_inputs(model, dims_from_inputs(model, sets[0]), seed=seed) for seed in (1, 2)]
     except InputSpecError:
         return
-    if not all(isinstance(draw[name], np.ndarray) for draw in draws for name in unnamed):
+    if not all(isinstance(draw[name], np.ndarray) for draw in draws for name in axes):
         return
     batches = set(_batch_names(model))
     batch_led = [
@@ -908,10 +915,11 @@ def _add_unnamed_rows(model: ir.Model, verifier: Verifier) -> None:
         and value.shape[0].value in batches
         and all(isinstance(draw[value.name], np.ndarray) and draw[value.name].shape[:1] == (1,) for draw in draws)
     ]
-    tries = [unnamed, [*unnamed, *batch_led]] if batch_led else [unnamed]
+    rows = list(axes)
+    tries = [rows, [*rows, *batch_led]] if batch_led else [rows]
     for joined in tries:
         inputs = {
-            name: np.concatenate([draws[0][name], draws[1][name]]) if name in joined else value
+            name: np.concatenate([draws[0][name], draws[1][name]], axis=axes.get(name, 0)) if name in joined else value
             for name, value in draws[0].items()
         }
         label = f"generated, two rows along unnamed leading dims ({_shapes(model, inputs)})"

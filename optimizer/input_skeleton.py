@@ -86,7 +86,8 @@ def write_input_skeleton(
     if refused:
         ask = "give other --dim sizes" if dims else "give --dim NAME=SIZE"
         if not dims and not symbolic_dims(model):
-            # Silero VAD v6's ``input [None, None]`` beside ``state [2, None, 128]``: no name for --dim to bind.
+            # ``input [None, None]`` beside a ``state [2, None, 4]`` whose rows only a ``Concat`` holds to the audio's
+            # (Silero VAD v6's reach its LSTM's batch, and run): no name for --dim to bind.
             ask = "its input dims have no names for --dim to bind: overwrite the arrays with data the model takes"
         line += f"; ONNX Runtime refuses the model on these, at every length tried ({refused}): {ask}"
     elif lengths.first_refused:

@@ -71,7 +71,7 @@ import os
 import re
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
@@ -645,6 +645,106 @@ def _sizes_fixing_axis(
             pads = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else None
             if pads is not None and len(pads) == 2 * rank and pads[axis] == pads[axis + rank] == 0:
                 yield from _sizes_fixing_axis(out, axis, rank, depth + 1, seen)
+
+
+def recurrent_batch_axes(model: ir.Model) -> dict[str, set[int]]:
+    """The axes past the first of each input that have neither name nor size (``None``, or -1) and reach the batch
+    axis of an ``LSTM``/``GRU``/``RNN``: of its ``X``, or of its ``initial_h``/``initial_c`` (axis 1, or 0 with
+    ``layout=1``), as ``{input name: axes}``.
+
+    Silero VAD v6's ``state [2, None, 128]`` is the LSTM's ``h``/``c`` stacked, and its rows are the audio's, the
+    unnamed leading dim of ``input [None, None]``; drawn at 128 (an unnamed dim past the first is taken for a
+    length) beside one audio row, ONNX Runtime refused every set and the model with it ("give real inputs"). Such
+    an axis is drawn as a batch (``DEFAULT_BATCH``). The axis is followed through ``Identity``, ``Cast``,
+    ``Unsqueeze``, ``Squeeze``, ``Transpose``, and a ``Gather``, ``Slice`` or ``Split`` along other axes, into the
+    branches of an ``If`` that read it (a subgraph capture) and out through the ``If``'s outputs.
+    """
+    unnamed = [
+        (value, axis)
+        for value in runtime_inputs(model)
+        if value.shape is not None
+        for axis, dim in enumerate(value.shape)
+        if axis and ((isinstance(dim, int) and dim < 0) or (isinstance(dim, ir.SymbolicDim) and not dim.value))
+    ]
+    if not unnamed or not any(node.op_type in _RECURRENT for node in ir.traversal.RecursiveGraphIterator(model.graph)):
+        return {}
+    branch_outputs: dict[int, list[ir.Value]] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type == "If" and is_onnx_domain(node):
+            for attribute in node.attributes.values():
+                if isinstance(attribute.value, ir.Graph):
+                    for output, branch_output in zip(node.outputs, attribute.value.outputs):
+                        branch_outputs.setdefault(id(branch_output), []).append(output)
+    found: dict[str, set[int]] = {}
+    for value, axis in unnamed:
+        if _reaches_recurrent_batch(value, axis, len(value.shape), branch_outputs, set()):
+            found.setdefault(value.name, set()).add(axis)
+    return found
+
+
+def _reaches_recurrent_batch(
+    value: ir.Value, axis: int, rank: int, branch_outputs: Mapping[int, list[ir.Value]], seen: set, depth: int = 0
+) -> bool:
+    """Whether ``value``'s ``axis`` (of ``rank``) reaches a recurrent op's batch axis (``recurrent_batch_axes``)."""
+    if depth > 32 or (id(value), axis, rank) in seen:
+        return False
+    seen.add((id(value), axis, rank))
+    follow = partial(_reaches_recurrent_batch, branch_outputs=branch_outputs, seen=seen, depth=depth + 1)
+    if any(follow(output, axis, rank) for output in branch_outputs.get(id(value), ())):
+        return True
+    for node, index in value.uses():
+        if not is_onnx_domain(node) or not node.outputs:
+            continue
+        op, out = node.op_type, node.outputs[0]
+        if op in _RECURRENT:
+            layout = node.attributes.get_int("layout", 0)
+            # X [seq, batch, input] and initial_h/c [directions, batch, hidden]; batch first with layout=1.
+            if index in (0, 5, 6) and rank == 3 and axis == (0 if layout else 1):
+                return True
+        elif index != 0:
+            continue
+        elif op in ("Identity", "Cast"):
+            if follow(out, axis, rank):
+                return True
+        elif op == "Unsqueeze":
+            axes = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attributes.get_ints("axes", None)
+            if axes is not None:
+                out_rank = rank + len(axes)
+                kept = [position for position in range(out_rank) if position not in {a % out_rank for a in axes}]
+                if len(kept) == rank and follow(out, kept[axis], out_rank):
+                    return True
+        elif op == "Squeeze":
+            axes = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attributes.get_ints("axes", None)
+            squeezed = {a % rank for a in axes} if axes is not None else None
+            if squeezed is not None and axis not in squeezed:
+                if follow(out, axis - sum(a < axis for a in squeezed), rank - len(squeezed)):
+                    return True
+        elif op == "Transpose":
+            perm = list(node.attributes.get_ints("perm", list(reversed(range(rank)))))
+            if sorted(perm) == list(range(rank)) and follow(out, perm.index(axis), rank):
+                return True
+        elif op == "Gather":
+            along = node.attributes.get_int("axis", 0) % rank
+            indices = node.inputs[1] if len(node.inputs) > 1 else None
+            constant = ir.convenience.get_const_tensor(indices) if indices is not None else None
+            if constant is not None:
+                index_rank = len(constant.shape)
+            else:
+                index_rank = indices.shape.rank() if indices is not None and indices.shape is not None else None
+            if along != axis and index_rank is not None:
+                moved = axis if axis < along else axis - 1 + index_rank
+                if follow(out, moved, rank - 1 + index_rank):
+                    return True
+        elif op in ("Slice", "Split"):
+            axes = _constant_ints(node.inputs[3]) if op == "Slice" and len(node.inputs) > 3 else None
+            if op == "Slice":
+                starts = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else None
+                cut = None if starts is None else {a % rank for a in (axes if axes is not None else range(len(starts)))}
+            else:
+                cut = {node.attributes.get_int("axis", 0) % rank}
+            if cut is not None and axis not in cut and any(follow(o, axis, rank) for o in node.outputs):
+                return True
+    return False
 
 
 def _with_cache_lengths(
@@ -1445,9 +1545,10 @@ def input_bytes(model: ir.Model, dims: Mapping[str, int] | None = None) -> tuple
     """
     bound = bind_dims(model, dims)
     total, largest, described = 0, -1, ""
+    batch_axes = recurrent_batch_axes(model)
     for value in runtime_inputs(model):
         try:
-            shape = _concrete_shape(value, bound)
+            shape = _concrete_shape(value, bound, batch_axes.get(value.name, ()))
         except InputSpecError:
             continue
         kind = value.type
@@ -1513,7 +1614,8 @@ def make_inputs(
     bound = bind_dims(model, dims)
     rng = np.random.default_rng(seed)
     values = runtime_inputs(model)
-    shapes = {value.name: _concrete_shape(value, bound) for value in values}
+    batch_axes = recurrent_batch_axes(model)
+    shapes = {value.name: _concrete_shape(value, bound, batch_axes.get(value.name, ())) for value in values}
     inputs = {value.name: _generate(model, value, shapes[value.name], rng, bound) for value in values}
     _offset_positions_past_the_cache(model, inputs, bound)
     held = _select_compared_values(model, inputs, seed)
@@ -1739,8 +1841,10 @@ def runtime_inputs(model: ir.Model) -> list[ir.Value]:
     return [value for value in model.graph.inputs if value.name not in model.graph.initializers]
 
 
-def _concrete_shape(value: ir.Value, bound: Mapping[str, int]) -> tuple[int, ...]:
-    """The shape to generate: of the tensor, or of each element of a sequence or optional."""
+def _concrete_shape(value: ir.Value, bound: Mapping[str, int], batch_axes: Collection[int] = ()) -> tuple[int, ...]:
+    """The shape to generate: of the tensor, or of each element of a sequence or optional. An unnamed dim is drawn
+    as a batch (``DEFAULT_BATCH``) on the first axis and on ``batch_axes`` (``recurrent_batch_axes``), else as a
+    length (``DEFAULT_SEQUENCE``)."""
     if not isinstance(value.type, (ir.TensorType, ir.SequenceType, ir.OptionalType)):
         raise InputSpecError(
             f"input '{value.name}' is of type {value.type}, which graphopt cannot generate; {_WAYS_OUT}"
@@ -1758,11 +1862,11 @@ def _concrete_shape(value: ir.Value, bound: Mapping[str, int]) -> tuple[int, ...
         if isinstance(dim, int) and dim >= 0:
             shape.append(dim)
         elif isinstance(dim, int):  # -1: some exporters (Paddle) mark a dynamic dim this way
-            shape.append(DEFAULT_BATCH if axis == 0 else DEFAULT_SEQUENCE)
+            shape.append(DEFAULT_BATCH if axis == 0 or axis in batch_axes else DEFAULT_SEQUENCE)
         elif dim.value:
             shape.append(bound[dim.value])
         else:
-            shape.append(DEFAULT_BATCH if axis == 0 else DEFAULT_SEQUENCE)
+            shape.append(DEFAULT_BATCH if axis == 0 or axis in batch_axes else DEFAULT_SEQUENCE)
     return tuple(shape)
 
 

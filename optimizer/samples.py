@@ -45,6 +45,7 @@ from optimizer.inputs import (
     data_folder_files,
     leads_unnamed,
     pads_where_true,
+    recurrent_batch_axes,
     runtime_inputs,
     zero_fillable,
 )
@@ -216,13 +217,15 @@ def _later_sample_axes(model: ir.Model | None, sampled: frozenset[str] | None) -
     """Inputs outside ``sampled`` with a fixed first dim whose one symbolic dim that is the samples' batch (the
     first dim of a sampled input, named like a batch) stands after axis 0, with that axis. An unnamed one is not
     linked: ``[4, S, 8]`` beside ``t [S, 8]`` is a fixed batch of 4 and a table, as ``[2, s0, 128]`` beside
-    ``input [s0, 512]`` is shaped (a documented limit: name the batch dim, or give one batch of samples)."""
+    ``input [s0, 512]`` is shaped (a documented limit: name the batch dim, or give one batch of samples), unless a
+    recurrent op reads it as its batch (``_recurrent_rows``: Silero VAD v6's ``state [2, None, 128]`` beside ``input
+    [None, None]``)."""
     if model is None or not sampled:
         return {}
+    later = {name: axis for name, axis in _recurrent_rows(model).items() if name not in sampled}
     inputs = {v.name: v for v in model.graph.inputs if v.shape is not None and v.shape.rank()}
     firsts = {str(inputs[name].shape[0]) for name in sampled if name in inputs}
     batches = firsts & set(batch_dims(model))
-    later = {}
     for name, value in inputs.items():
         if name in sampled or not isinstance(value.shape[0], int):
             continue
@@ -417,7 +420,20 @@ def sample_inputs(model: ir.Model) -> frozenset[str] | None:
         for v in shaped
         if not isinstance(v.shape[0], int) and (str(v.shape[0]) not in later or str(v.shape[0]) in batches)
     )
+    if not sampled and _recurrent_rows(model):
+        # Unnamed dims all read "None" above, as one; a recurrent state's unnamed batch is the rows of the inputs that
+        # lead unnamed (Silero VAD v6: ``input [None, None]`` was read as a table beside ``state [2, None, 128]``, a
+        # fixed batch of 2, and 16 windows were "2 samples").
+        sampled = frozenset(v.name for v in runtime_inputs(model) if leads_unnamed(v))
     return sampled or None
+
+
+def _recurrent_rows(model: ir.Model) -> dict[str, int]:
+    """The inputs whose one unnamed batch axis past the first a recurrent op reads (``recurrent_batch_axes``), with
+    that axis, where some input leads with an unnamed dim: those inputs' rows are theirs."""
+    if not any(leads_unnamed(value) for value in runtime_inputs(model)):
+        return {}
+    return {name: min(axes) for name, axes in recurrent_batch_axes(model).items() if len(axes) == 1}
 
 
 def has_no_batch(model: ir.Model) -> bool:

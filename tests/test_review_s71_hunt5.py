@@ -22,8 +22,10 @@ finding reproduced on a tiny graph of the exporter's spelling (no package weight
    float32 constants (3.3 -> 3.4 MB for no time), as it did with int8 weights dequantized by hand until review s69.
 5. silero-vad 6.2.3's own ``silero_vad.onnx`` (spox: ``input [None, None]``, ``state [2, None, 128]``, ``sr []``) is
    refused on generated inputs: the state's unnamed batch is drawn at 128 beside the audio's 1, and its LSTM refuses
-   them (with the two linked it runs at 128 and 256 samples). Open (strict xfail). ``make-inputs`` asked for
-   "--dim NAME=SIZE" of a model whose dims have no name; it says so now (fixed).
+   them (with the two linked it runs at 128 and 256 samples). Fixed in review s71 (silero,
+   ``tests/test_review_s71_silero.py``) where the state reaches an LSTM's batch, as Silero's does; open (strict xfail)
+   where only a ``Concat`` links them, as here. ``make-inputs`` asked for "--dim NAME=SIZE" of a model whose dims
+   have no name; it says so now (fixed).
 """
 
 from __future__ import annotations
@@ -267,9 +269,10 @@ def test_make_inputs_does_not_ask_for_a_dim_name_the_model_lacks(tmp_path):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="generated inputs draw each unnamed dim on its own (state [2, None, 4] at 128 rows beside input [None, "
-    "None] at 1), so a model whose state's batch is the audio's, unnamed in both (silero-vad 6.2.3's silero_vad.onnx), "
-    "is refused on them: no retry links unnamed dims",
+    reason="generated inputs draw an unnamed dim past the first axis as a length (state [2, None, 4] at 128 rows "
+    "beside input [None, None] at 1) unless it reaches a recurrent op's batch (recurrent_batch_axes: silero-vad "
+    "6.2.3's state does, fixed in review s71); here only a Concat along axis 1 holds the two equal, which nothing "
+    "follows, and no retry links unnamed dims",
 )
 def test_an_unnamed_state_batch_is_drawn_as_the_audios(tmp_path):
     source = tmp_path / "stateful.onnx"
