@@ -23,6 +23,7 @@ from optimizer.errors import (
 )
 from optimizer.generation import recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
+    DEFAULT_SEQUENCE,
     GeneratedLengths,
     alternate_binding,
     as_arrays,
@@ -250,6 +251,9 @@ def optimize_with_report(
             if inputs is None:
                 _add_drawn_compared_values(ir_model, verifier)
                 _add_other_compared_constants(ir_model, verifier)
+                _add_longer_compared_constants(ir_model, verifier, options.dims, named=not specializes)
+                if note := _unheld_compared_constants(ir_model, verifier):
+                    notes.append(note)
             _ensure_padding(ir_model, verifier)
             _ensure_shifted_positions(ir_model, verifier)
             if not specializes:  # after the padded copy: with every dim fixed, the step is cut from it
@@ -976,6 +980,96 @@ def _add_other_compared_constants(model: ir.Model, verifier: Verifier) -> None:
         if held:
             values = ", ".join(f"{name} {value.reshape(-1).tolist()[0]!r}" for name, value in held.items())
             verifier.add_input_set(inputs, f"generated, {values} held ({_shapes(model, inputs)}){how}")
+
+
+def _unheld_compared(model: ir.Model, sets: Sequence[Mapping[str, Any]]) -> list[tuple[int, str, np.ndarray, bool]]:
+    """Each compared constant (``compared_constants``: Silero VAD's ``If(Equal(sr, 16000))``, an ``If``'s condition
+    held true, a threshold's sides; the first ``_COMPARED_TURNS``) that no set in ``sets`` holds, and each input
+    compared with one value alone that every set holds (the other branch), as the seed whose ``make_inputs`` holds it
+    (``2k`` for the k-th constant, 1 for the other branch), the input's name, the constant, and whether the value
+    wanted is another than it. Left unheld where the input model was refused on it (Silero v6's 16 kHz STFT needs 256
+    samples, 128 drawn)."""
+    constants: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for turn in range(_COMPARED_TURNS):
+        for name, value in compared_constants(model, sets[0], seed=2 * turn).items():
+            kept = constants.setdefault(name, [])
+            if not any(np.array_equal(value, other) for _, other in kept):
+                kept.append((2 * turn, value))
+    unheld = []
+    for name, values in constants.items():
+        for seed, value in values:
+            if not any(np.array_equal(inputs.get(name), value) for inputs in sets):
+                unheld.append((seed, name, value, False))
+        if len(values) == 1 and all(np.array_equal(inputs.get(name), values[0][1]) for inputs in sets):
+            unheld.append((1, name, values[0][1], True))
+    return unheld
+
+
+def _compared_words(name: str, value: np.ndarray, other: bool) -> str:
+    return f"'{name}' {'other than' if other else 'at'} {value.reshape(-1).tolist()[0]!r}"
+
+
+# How much longer than generated the lengths of a set holding a refused compared constant are drawn, in turn.
+_LONGER_FOR_COMPARED = (2, 4)
+
+
+def _add_longer_compared_constants(
+    model: ir.Model, verifier: Verifier, dims: Mapping[str, int] | None, *, named: bool = True
+) -> None:
+    """Where the input model was refused on a compared constant at the generated lengths, so that no set holds it
+    (``_unheld_compared``: Silero v6's ``If(Equal(sr, 16000))`` selects a 16 kHz STFT whose ``Conv`` needs 256 samples,
+    and the unnamed samples axis is drawn at 128), verify on a set drawn as ``make_inputs`` draws the sets holding it,
+    with the unnamed dims past the first axis and the length dims left at their default (not given by ``dims``) 2 then
+    4 times as long (the unnamed dims alone where not ``named``: ``--static-shapes`` fixes the named ones at the first
+    set's sizes): the first that holds it. Only on such a refusal; left out where none does (then
+    ``_unheld_compared_constants`` says so)."""
+    first = verifier.input_sets[0]
+    defaults = bind_dims(model)
+    bound = dims_from_inputs(model, first)
+    for seed in sorted({seed for seed, *_ in _unheld_compared(model, verifier.input_sets)}):
+        for factor in _LONGER_FOR_COMPARED:
+            # Recomputed each time: a set added for one seed may hold another's constant.
+            wanted = [(n, v, o) for s, n, v, o in _unheld_compared(model, verifier.input_sets) if s == seed]
+            if not wanted:
+                break
+            longer = {
+                name: size * factor
+                for name, size in bound.items()
+                if named
+                and name not in (dims or {})
+                and defaults.get(name) == DEFAULT_SEQUENCE
+                and size == DEFAULT_SEQUENCE
+            }
+            try:
+                inputs = make_inputs(model, {**bound, **longer}, seed=seed, unnamed_length=DEFAULT_SEQUENCE * factor)
+                inputs, how = _model_cache(model, inputs, seed=seed)
+            except InputSpecError:
+                continue
+            held = [
+                (name, value, other)
+                for name, value, other in wanted
+                if np.array_equal(inputs.get(name), value) != other
+            ]
+            if not held:
+                continue
+            values = ", ".join(_compared_words(*entry) for entry in held)
+            label = f"generated, {values} held at longer lengths ({_shapes(model, inputs)}){how}"
+            if verifier.add_input_set(inputs, label):
+                break
+
+
+def _unheld_compared_constants(model: ir.Model, verifier: Verifier) -> str | None:
+    """A note naming each compared constant no verification set holds (``_unheld_compared``), or None: the input
+    model was refused on it at every length tried (``_add_longer_compared_constants``), the sets were left drawn off
+    it, and the branch it selects was not verified, which the report did not say."""
+    unheld = _unheld_compared(model, verifier.input_sets)
+    if not unheld:
+        return None
+    return (
+        f"no generated verification set holds {', '.join(_compared_words(n, v, o) for _, n, v, o in unheld)} (ONNX "
+        "Runtime refused the input model on it with the generated shapes, longer ones too): the branch it selects was "
+        "not verified; pass real inputs that take it with --inputs FILE.npz"
+    )
 
 
 class _KeyMasks:

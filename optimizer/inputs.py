@@ -1597,7 +1597,12 @@ def format_bytes(nbytes: int) -> str:
 
 
 def make_inputs(
-    model: ir.Model, dims: Mapping[str, int] | None = None, *, seed: int = 0, notes: list[str] | None = None
+    model: ir.Model,
+    dims: Mapping[str, int] | None = None,
+    *,
+    seed: int = 0,
+    notes: list[str] | None = None,
+    unnamed_length: int = DEFAULT_SEQUENCE,
 ) -> dict[str, Any]:
     """Generate one value per graph input, with symbolic dims bound by ``bind_dims``.
 
@@ -1608,14 +1613,17 @@ def make_inputs(
     no type or shape, for inputs that would take more than ``MAX_INPUT_BYTES``, or when
     ONNX Runtime refuses every candidate: pass real inputs with ``--inputs`` or skip
     verification with ``--no-verify``. An index input that could only be generated as one value
-    repeated (``_vary_ambiguous_indices``) is said in ``notes`` (a list the caller shows) and logged.
+    repeated (``_vary_ambiguous_indices``) is said in ``notes`` (a list the caller shows) and logged. An unnamed dim
+    past the first axis (not a recurrent batch) is drawn at ``unnamed_length``.
     """
     refuse_oversized(model, [dims])
     bound = bind_dims(model, dims)
     rng = np.random.default_rng(seed)
     values = runtime_inputs(model)
     batch_axes = recurrent_batch_axes(model)
-    shapes = {value.name: _concrete_shape(value, bound, batch_axes.get(value.name, ())) for value in values}
+    shapes = {
+        value.name: _concrete_shape(value, bound, batch_axes.get(value.name, ()), unnamed_length) for value in values
+    }
     inputs = {value.name: _generate(model, value, shapes[value.name], rng, bound) for value in values}
     _offset_positions_past_the_cache(model, inputs, bound)
     held = _select_compared_values(model, inputs, seed)
@@ -1841,10 +1849,12 @@ def runtime_inputs(model: ir.Model) -> list[ir.Value]:
     return [value for value in model.graph.inputs if value.name not in model.graph.initializers]
 
 
-def _concrete_shape(value: ir.Value, bound: Mapping[str, int], batch_axes: Collection[int] = ()) -> tuple[int, ...]:
+def _concrete_shape(
+    value: ir.Value, bound: Mapping[str, int], batch_axes: Collection[int] = (), length: int = DEFAULT_SEQUENCE
+) -> tuple[int, ...]:
     """The shape to generate: of the tensor, or of each element of a sequence or optional. An unnamed dim is drawn
     as a batch (``DEFAULT_BATCH``) on the first axis and on ``batch_axes`` (``recurrent_batch_axes``), else as a
-    length (``DEFAULT_SEQUENCE``)."""
+    length (``length``)."""
     if not isinstance(value.type, (ir.TensorType, ir.SequenceType, ir.OptionalType)):
         raise InputSpecError(
             f"input '{value.name}' is of type {value.type}, which graphopt cannot generate; {_WAYS_OUT}"
@@ -1862,11 +1872,11 @@ def _concrete_shape(value: ir.Value, bound: Mapping[str, int], batch_axes: Colle
         if isinstance(dim, int) and dim >= 0:
             shape.append(dim)
         elif isinstance(dim, int):  # -1: some exporters (Paddle) mark a dynamic dim this way
-            shape.append(DEFAULT_BATCH if axis == 0 or axis in batch_axes else DEFAULT_SEQUENCE)
+            shape.append(DEFAULT_BATCH if axis == 0 or axis in batch_axes else length)
         elif dim.value:
             shape.append(bound[dim.value])
         else:
-            shape.append(DEFAULT_BATCH if axis == 0 or axis in batch_axes else DEFAULT_SEQUENCE)
+            shape.append(DEFAULT_BATCH if axis == 0 or axis in batch_axes else length)
     return tuple(shape)
 
 

@@ -9,10 +9,10 @@
    unnamed leading dims joins such a state along that axis too (it held one row beside two audio rows and was
    dropped). Given data (``--inputs``, ``--calibration``, ``compare``) is cut so too: the rows of ``input`` along
    axis 0 with the state's along axis 1 (read as a fixed batch of 2 beside a table, 16 windows were "2 samples").
-2. Open (strict xfail): generated inputs never run Silero's 16 kHz branch. The samples axis has no name, so every
-   set holds 128 samples, too few for the 16 kHz STFT's ``Conv`` (256 at least), and ``sr`` is left drawn off 16000
-   in every set: the 8 kHz branch alone is verified (on real 16 kHz windows the written model matched bit for bit,
-   review s71; the check did not run there).
+2. Generated inputs never ran Silero's 16 kHz branch. The samples axis has no name, so every set held 128 samples,
+   too few for the 16 kHz STFT's ``Conv`` (256 at least), and ``sr`` was left drawn off 16000 in every set: the 8 kHz
+   branch alone was verified. Fixed in review s71 (branch): verification adds a set holding ``sr`` at 16000 with the
+   samples drawn longer (``tests/test_review_s71_branch.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer import api
@@ -143,9 +142,9 @@ def test_given_rows_of_an_unnamed_state_are_cut_along_its_batch_axis():
     np.testing.assert_array_equal(parts[2]["state"], arrays["state"][:, 4:])
 
 
-def _sr_branches() -> onnx.ModelProto:
-    """Silero's ``If(Equal(sr, 16000))`` in small: the 16 kHz branch frames the samples by a 256-wide ``Conv`` (fewer
-    than 256 samples are refused), the other by a 64-wide one."""
+def _sr_branches(width_16k: int = 256, width_8k: int = 64) -> onnx.ModelProto:
+    """Silero's ``If(Equal(sr, 16000))`` in small: the 16 kHz branch frames the samples by a ``width_16k``-wide
+    ``Conv`` (fewer samples are refused), the other by a ``width_8k``-wide one."""
     rng = np.random.default_rng(1)
 
     def framing(name: str, width: int) -> onnx.GraphProto:
@@ -163,7 +162,7 @@ def _sr_branches() -> onnx.ModelProto:
     graph = helper.make_graph(
         [
             _N("Equal", ["sr", "sixteen_k"], ["is_16k"]),
-            _N("If", ["is_16k"], ["level"], then_branch=framing("k16", 256), else_branch=framing("k8", 64)),
+            _N("If", ["is_16k"], ["level"], then_branch=framing("k16", width_16k), else_branch=framing("k8", width_8k)),
         ],
         "sr_branches",
         [
@@ -179,13 +178,8 @@ def _sr_branches() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unnamed samples axis is drawn at 128 in every generated set, too short for the branch sr == 16000 "
-    "selects (Silero v6's 16 kHz STFT Conv needs 256 or more); sr is left drawn off 16000 where the model refuses it, "
-    "so that branch (the one 16 kHz audio takes) never runs in verification and a rewrite wrong in it would verify",
-)
 def test_generated_inputs_run_the_branch_the_compared_constant_selects():
-    # make_inputs holds the compared constant in the sets of even seeds (``_select_compared_values``).
-    inputs = make_inputs(ir.from_proto(_sr_branches()), seed=0)
-    assert int(inputs["sr"]) == 16000, (int(inputs["sr"]), inputs["input"].shape)
+    # Before: every set held 128 samples, too few for the 16 kHz branch, and sr off 16000 (review s71, branch:
+    # ``_add_longer_compared_constants``; tests/test_review_s71_branch.py).
+    _, report = api.optimize_with_report(_sr_branches(), ["remove-identity"])
+    assert any("'sr' at 16000 held at longer lengths" in label for label in report.input_sets), report.input_sets
