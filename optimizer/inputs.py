@@ -682,6 +682,22 @@ def recurrent_batch_axes(model: ir.Model) -> dict[str, set[int]]:
     return found
 
 
+def _recurrent_batch_size(model: ir.Model, bound: Mapping[str, int]) -> int:
+    """The rows a recurrent state's unnamed batch (``recurrent_batch_axes``) is drawn at: the size ``bound`` gives the
+    dims named like a batch (``batch_dims``) that lead the inputs, where they agree (``input [batch, T]`` beside
+    ``state [2, None, 4]``: drawn at 1 beside a second binding's 2 rows, ONNX Runtime's LSTM refused that set), else
+    ``DEFAULT_BATCH`` (the rows of inputs that lead with an unnamed dim)."""
+    batches = set(batch_dims(model))
+    sizes = {
+        bound[dim.value]
+        for value in runtime_inputs(model)
+        if value.shape is not None and value.shape.rank()
+        for dim in value.shape[:1]
+        if isinstance(dim, ir.SymbolicDim) and dim.value in batches and dim.value in bound
+    }
+    return sizes.pop() if len(sizes) == 1 else DEFAULT_BATCH
+
+
 def _reaches_recurrent_batch(
     value: ir.Value, axis: int, rank: int, branch_outputs: Mapping[int, list[ir.Value]], seen: set, depth: int = 0
 ) -> bool:
@@ -1537,18 +1553,22 @@ def nan_note(arrays: Mapping[str, Any]) -> str | None:
     return None
 
 
-def input_bytes(model: ir.Model, dims: Mapping[str, int] | None = None) -> tuple[int, str]:
-    """Bytes one generated input set takes at the binding ``dims`` (``bind_dims`` fills the rest),
-    without generating it, and the largest input as ``'x' float32[1, 128]``.
+def input_bytes(
+    model: ir.Model, dims: Mapping[str, int] | None = None, *, unnamed_length: int = DEFAULT_SEQUENCE
+) -> tuple[int, str]:
+    """Bytes one generated input set takes at the binding ``dims`` (``bind_dims`` fills the rest) and with unnamed
+    dims past the first axis at ``unnamed_length`` (``make_inputs``), without generating it, and the largest input as
+    ``'x' float32[1, 128]``.
 
     Inputs graphopt cannot generate count nothing here (``make_inputs`` says why).
     """
     bound = bind_dims(model, dims)
     total, largest, described = 0, -1, ""
     batch_axes = recurrent_batch_axes(model)
+    rows = _recurrent_batch_size(model, bound) if batch_axes else DEFAULT_BATCH
     for value in runtime_inputs(model):
         try:
-            shape = _concrete_shape(value, bound, batch_axes.get(value.name, ()))
+            shape = _concrete_shape(value, bound, batch_axes.get(value.name, ()), unnamed_length, rows)
         except InputSpecError:
             continue
         kind = value.type
@@ -1572,12 +1592,14 @@ def refuse_oversized(
     *,
     what: str = "generated inputs",
     ways_out: str = _SMALLER_WAYS_OUT,
+    unnamed_length: int = DEFAULT_SEQUENCE,
 ) -> None:
-    """``InputSpecError`` if generating one input set per binding would take more than ``MAX_INPUT_BYTES`` in all.
+    """``InputSpecError`` if generating one input set per binding (unnamed dims past the first axis at
+    ``unnamed_length``) would take more than ``MAX_INPUT_BYTES`` in all.
 
     The message names the total, the largest input, and ``ways_out``.
     """
-    sizes = [input_bytes(model, dims) for dims in bindings]
+    sizes = [input_bytes(model, dims, unnamed_length=unnamed_length) for dims in bindings]
     total = sum(nbytes for nbytes, _ in sizes)
     if total > MAX_INPUT_BYTES:
         largest = max(sizes)[1]
@@ -1616,13 +1638,15 @@ def make_inputs(
     repeated (``_vary_ambiguous_indices``) is said in ``notes`` (a list the caller shows) and logged. An unnamed dim
     past the first axis (not a recurrent batch) is drawn at ``unnamed_length``.
     """
-    refuse_oversized(model, [dims])
+    refuse_oversized(model, [dims], unnamed_length=unnamed_length)
     bound = bind_dims(model, dims)
     rng = np.random.default_rng(seed)
     values = runtime_inputs(model)
     batch_axes = recurrent_batch_axes(model)
+    rows = _recurrent_batch_size(model, bound) if batch_axes else DEFAULT_BATCH
     shapes = {
-        value.name: _concrete_shape(value, bound, batch_axes.get(value.name, ()), unnamed_length) for value in values
+        value.name: _concrete_shape(value, bound, batch_axes.get(value.name, ()), unnamed_length, rows)
+        for value in values
     }
     inputs = {value.name: _generate(model, value, shapes[value.name], rng, bound) for value in values}
     _offset_positions_past_the_cache(model, inputs, bound)
@@ -1850,11 +1874,15 @@ def runtime_inputs(model: ir.Model) -> list[ir.Value]:
 
 
 def _concrete_shape(
-    value: ir.Value, bound: Mapping[str, int], batch_axes: Collection[int] = (), length: int = DEFAULT_SEQUENCE
+    value: ir.Value,
+    bound: Mapping[str, int],
+    batch_axes: Collection[int] = (),
+    length: int = DEFAULT_SEQUENCE,
+    rows: int = DEFAULT_BATCH,
 ) -> tuple[int, ...]:
     """The shape to generate: of the tensor, or of each element of a sequence or optional. An unnamed dim is drawn
-    as a batch (``DEFAULT_BATCH``) on the first axis and on ``batch_axes`` (``recurrent_batch_axes``), else as a
-    length (``length``)."""
+    as a batch (``DEFAULT_BATCH``) on the first axis, at ``rows`` on ``batch_axes`` (``recurrent_batch_axes``,
+    ``_recurrent_batch_size``), else as a length (``length``)."""
     if not isinstance(value.type, (ir.TensorType, ir.SequenceType, ir.OptionalType)):
         raise InputSpecError(
             f"input '{value.name}' is of type {value.type}, which graphopt cannot generate; {_WAYS_OUT}"
@@ -1872,11 +1900,11 @@ def _concrete_shape(
         if isinstance(dim, int) and dim >= 0:
             shape.append(dim)
         elif isinstance(dim, int):  # -1: some exporters (Paddle) mark a dynamic dim this way
-            shape.append(DEFAULT_BATCH if axis == 0 or axis in batch_axes else length)
+            shape.append(DEFAULT_BATCH if axis == 0 else rows if axis in batch_axes else length)
         elif dim.value:
             shape.append(bound[dim.value])
         else:
-            shape.append(DEFAULT_BATCH if axis == 0 or axis in batch_axes else length)
+            shape.append(DEFAULT_BATCH if axis == 0 else rows if axis in batch_axes else length)
     return tuple(shape)
 
 

@@ -219,10 +219,13 @@ def _later_sample_axes(model: ir.Model | None, sampled: frozenset[str] | None) -
     linked: ``[4, S, 8]`` beside ``t [S, 8]`` is a fixed batch of 4 and a table, as ``[2, s0, 128]`` beside
     ``input [s0, 512]`` is shaped (a documented limit: name the batch dim, or give one batch of samples), unless a
     recurrent op reads it as its batch (``_recurrent_rows``: Silero VAD v6's ``state [2, None, 128]`` beside ``input
-    [None, None]``)."""
+    [None, None]``; a sampled input's too, a sequence-major ``x [None, None, 8]``)."""
     if model is None or not sampled:
         return {}
-    later = {name: axis for name, axis in _recurrent_rows(model).items() if name not in sampled}
+    # A sampled input too: a sequence-major ``x [None, None, 8]`` into an LSTM holds its time steps along axis 0 and
+    # its rows along axis 1 (cut along axis 0 beside ``h0 [1, None, 4]`` cut along 1, its steps were fed beside the
+    # rows of the state, which ONNX Runtime refused, until review s71, late 3).
+    later = dict(_recurrent_rows(model))
     inputs = {v.name: v for v in model.graph.inputs if v.shape is not None and v.shape.rank()}
     firsts = {str(inputs[name].shape[0]) for name in sampled if name in inputs}
     batches = firsts & set(batch_dims(model))
@@ -430,8 +433,14 @@ def sample_inputs(model: ir.Model) -> frozenset[str] | None:
 
 def _recurrent_rows(model: ir.Model) -> dict[str, int]:
     """The inputs whose one unnamed batch axis past the first a recurrent op reads (``recurrent_batch_axes``), with
-    that axis, where some input leads with an unnamed dim: those inputs' rows are theirs."""
-    if not any(leads_unnamed(value) for value in runtime_inputs(model)):
+    that axis, where some input leads with an unnamed dim or with one named like a batch (``input [batch, T]`` beside
+    ``state [2, None, 128]``: the state went whole beside each cut of the rows, until review s71, late 3): those
+    inputs' rows are theirs."""
+    batches = set(batch_dims(model))
+    if not any(
+        leads_unnamed(value) or (value.shape is not None and value.shape.rank() and str(value.shape[0]) in batches)
+        for value in runtime_inputs(model)
+    ):
         return {}
     return {name: min(axes) for name, axes in recurrent_batch_axes(model).items() if len(axes) == 1}
 

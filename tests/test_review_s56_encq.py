@@ -48,6 +48,6 @@ def test_quantize_embeddings_says_it_found_no_table():
     result = EmbeddingQuantizationPass()(_model(1000, lookup=False))
     assert not result.modified
     assert result.notes == [
-        "no embedding table in the graph: it takes row Gathers (axis 0, or -2) of a constant float32 [rows, width] table "
-        "in the main graph"
+        "no embedding table in the graph: it takes row Gathers (axis 0, or -2) of a constant float32 [rows, width] "
+        "table in the main graph"
     ]
