@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
@@ -840,15 +841,83 @@ def unpadded_rows(array: np.ndarray, padding: Paddings) -> np.ndarray:
     channels]``). The statistics a data-aware rewrite fits (GPTQ's Hessian, outlier channels, SmoothQuant's peaks,
     int8 ranges) are taken over what the model is used on: a padded batch's pad tokens are not, and in a batch of
     short sentences they are most rows. Any other array's rows are all kept (a decoder's mask over its past and new
-    tokens is no activation's shape)."""
+    tokens is no activation's shape); callers pass no ``padding`` for an activation ``token_rows`` does not take as
+    tokens. An array with no values gives none (``[0, channels]`` or ``[rows, 0]``)."""
     array = np.asarray(array)
     if array.ndim == 0:
         return array.reshape(1, 1)
-    rows = array.reshape(-1, array.shape[-1])
+    # The row count spelled out: ``reshape(-1, 0)`` of a ``[..., 0]`` array has nothing to infer it from.
+    rows = array.reshape(math.prod(array.shape[:-1]), array.shape[-1])
     padded = padding.get(tuple(array.shape[:-1]))
     if padded is None and array.ndim == 2:
         padded = next((mask for mask in padding.values() if mask.size == len(rows)), None)
     return rows if padded is None else rows[~padded.reshape(-1)]
+
+
+# Ops that read and write ``[batch, channels, spatial...]``: their axis 1 is no sequence.
+_CHANNELS_FIRST_OPS = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "ConvInteger",
+        "QLinearConv",
+        "MaxPool",
+        "AveragePool",
+        "LpPool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "BatchNormalization",
+        "InstanceNormalization",
+    }
+)
+
+
+def token_rows(model: ir.Model, names: Iterable[str]) -> frozenset[str]:
+    """Those of ``names`` whose rows may be a padding mask's tokens (``unpadded_rows`` matches them by shape), by the
+    graph: followed back through each op's first computed input (an embedding ``Gather``'s indices) to the graph's
+    inputs, taken as ``[batch, sequence, ...]``, the batch axis is still first and the sequence second (a ``Transpose``
+    moves them; a ``Reshape`` or ``Flatten`` keeps a batch-first layout's rows in order), no op on the way or reading
+    it lays it out channels first (``Conv``, pooling, ``BatchNormalization``). A ``[sequence, batch, embed]`` layout
+    (torch's ``MultiheadAttention`` reads ``[sequence * batch, embed]``) or a ``[batch, channels, length]`` map of as
+    many channels as tokens matched a mask by shape alone and lost real rows until a review on 2026-12-07."""
+    values = {value.name: value for value in model.graph.inputs}
+    values.update({value.name: value for node in model.graph for value in node.outputs})
+    return frozenset(name for name in names if name in values and _token_layout(values[name]))
+
+
+def _token_layout(value: ir.Value, limit: int = 4096) -> bool:
+    """Whether ``value``'s leading axes are ``[batch, sequence]`` as far as its graph says (``token_rows``)."""
+    if any(node.op_type in _CHANNELS_FIRST_OPS for node, _ in value.uses()):
+        return False
+    layouts: list[list[int] | None] = []  # each Transpose's perm (None: a Reshape), from the value back
+    current = value
+    for _ in range(limit):
+        node = current.producer()
+        if node is None:
+            break
+        if node.op_type in _CHANNELS_FIRST_OPS:
+            return False
+        if node.op_type == "Transpose":
+            if "perm" not in node.attributes:
+                return False
+            layouts.append(list(node.attributes.get_ints("perm")))
+        elif node.op_type in ("Reshape", "Flatten"):
+            layouts.append(None)
+        computed = [v for v in node.inputs if v is not None and v.const_value is None and not v.is_initializer()]
+        if not computed:
+            break
+        current = computed[0]
+    batch, sequence = 0, 1
+    for perm in reversed(layouts):
+        if perm is None:
+            if batch != 0:
+                return False  # a sequence-major layout flattened: its rows are no batch-major tokens
+            sequence = 1
+        else:
+            if batch not in perm or sequence not in perm:
+                return False
+            batch, sequence = perm.index(batch), perm.index(sequence)
+    return batch == 0 and sequence == 1
 
 
 def by_shape(padding: np.ndarray | Paddings | None) -> Paddings:

@@ -44,7 +44,7 @@ from onnxscript import version_converter
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import MS_DOMAIN
 from optimizer.options import DEFAULT_BUDGET_DECODE_STEPS
-from optimizer.padding import batch_padding, cache_outputs, unpadded_rows
+from optimizer.padding import batch_padding, cache_outputs, token_rows, unpadded_rows
 from optimizer.progress import task, track
 from optimizer.protocol import Twin
 from optimizer.runtime import cuda_unavailable_reason, drift_of, run_batches, stream_values, value_collector
@@ -1167,11 +1167,12 @@ def sample_layer_inputs(
     rng = np.random.default_rng(0)
     collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
     share = max(1, rows // max(len(batches), 1))
+    tokens = token_rows(model, names)
     with value_collector(model, names) as run:
         for batch in batches:
             padding = batch_padding(model, batch)
             for name, array in run(batch).items():
-                flat = unpadded_rows(np.asarray(array, dtype=np.float32), padding)
+                flat = unpadded_rows(np.asarray(array, dtype=np.float32), padding if name in tokens else {})
                 collected[name].append(flat[rng.choice(len(flat), min(share, len(flat)), replace=False)])
     return {name: np.concatenate(parts) for name, parts in collected.items()}
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.padding import batch_padding, unpadded_rows
+from optimizer.padding import batch_padding, token_rows, unpadded_rows
 from optimizer.runtime import value_collector
 
 
@@ -43,6 +43,7 @@ def choose_outlier_channels(
     chose them until a review on 2026-12-07), from one streamed run of ``model``; and why the others were left out
     (``count`` channels or fewer: nothing would be left to round; a value that is not finite)."""
     peaks: dict[str, np.ndarray] = {}
+    tokens = token_rows(model, names)
     with value_collector(model, list(dict.fromkeys(names))) as run:
         for batch in batches:
             padding = batch_padding(model, batch)
@@ -50,7 +51,7 @@ def choose_outlier_channels(
                 array = np.asarray(array)
                 if array.ndim == 0 or not np.issubdtype(array.dtype, np.floating):
                     continue
-                rows = unpadded_rows(array, padding)
+                rows = unpadded_rows(array, padding if name in tokens else {})
                 if not len(rows):
                     continue
                 peak = np.abs(rows).max(axis=0).astype(np.float64)

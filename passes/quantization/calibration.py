@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.padding import batch_padding, unpadded_rows
+from optimizer.padding import batch_padding, token_rows, unpadded_rows
 from optimizer.progress import track
 from optimizer.runtime import value_collector
 
@@ -92,7 +92,7 @@ def calibrate(
     positions are left out (``optimizer.padding.unpadded_rows``): the model is not used on pad tokens.
     """
     with value_collector(model, names) as run:
-        return tensor_ranges(_Stream(run, batches, model), method, percentile)
+        return tensor_ranges(_Stream(run, batches, model, token_rows(model, names)), method, percentile)
 
 
 def channel_peaks(
@@ -105,11 +105,12 @@ def channel_peaks(
     the model left float); a channel with no finite value has peak 0 (the factors' floor then holds it). A batch's
     padded positions do not count (``optimizer.padding.unpadded_rows``)."""
     peaks: dict[str, np.ndarray] = {}
+    tokens = token_rows(model, names)
     with value_collector(model, names) as run:
         for batch in track(batches, "SmoothQuant: channel peaks per batch"):
             padding = batch_padding(model, batch)
             for name, array in run(batch).items():
-                array = np.abs(unpadded_rows(np.asarray(array, dtype=np.float32), padding))
+                array = np.abs(unpadded_rows(np.asarray(array, dtype=np.float32), padding if name in tokens else {}))
                 array = np.where(np.isfinite(array), array, np.float32(0.0))
                 if not len(array):
                     continue
@@ -152,13 +153,18 @@ def _finite_sum(values: np.ndarray) -> tuple[np.float64, int]:
 class _Stream:
     """Re-iterable: each iteration runs the model on every batch again."""
 
-    def __init__(self, run: Callable[[Mapping[str, np.ndarray]], dict], batches, model: ir.Model) -> None:
-        self.run, self.batches, self.model = run, batches, model
+    def __init__(
+        self, run: Callable[[Mapping[str, np.ndarray]], dict], batches, model: ir.Model, tokens: frozenset[str]
+    ) -> None:
+        self.run, self.batches, self.model, self.tokens = run, batches, model, tokens
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for batch in track(self.batches, "calibration batches"):
             padding = batch_padding(self.model, batch)
-            yield {name: unpadded_rows(array, padding) for name, array in self.run(batch).items()}
+            yield {
+                name: unpadded_rows(array, padding if name in self.tokens else {})
+                for name, array in self.run(batch).items()
+            }
 
 
 def _finite(array: np.ndarray) -> np.ndarray:
