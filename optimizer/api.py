@@ -251,10 +251,10 @@ def optimize_with_report(
             if inputs is None:
                 _add_drawn_compared_values(ir_model, verifier)
                 _add_other_compared_constants(ir_model, verifier)
-                _add_longer_compared_constants(
+                skipped = _add_longer_compared_constants(
                     ir_model, verifier, options.dims, named=not specializes, max_positions=lengths.cap
                 )
-                if note := _unheld_compared_constants(ir_model, verifier):
+                if note := _unheld_compared_constants(ir_model, verifier, skipped):
                     notes.append(note)
             _ensure_padding(ir_model, verifier)
             _ensure_shifted_positions(ir_model, verifier)
@@ -1022,7 +1022,7 @@ def _add_longer_compared_constants(
     *,
     named: bool = True,
     max_positions: int | None = None,
-) -> None:
+) -> list[str]:
     """Where the input model was refused on a compared constant at the generated lengths, so that no set holds it
     (``_unheld_compared``: Silero v6's ``If(Equal(sr, 16000))`` selects a 16 kHz STFT whose ``Conv`` needs 256 samples,
     and the unnamed samples axis is drawn at 128), verify on a set drawn as ``make_inputs`` draws the sets holding it,
@@ -1031,7 +1031,9 @@ def _add_longer_compared_constants(
     set's sizes): each that holds it. No length is drawn past ``max_positions`` (``--max-sequence``, the longest
     the result must take: a 256-sample set beside ``--max-sequence 128`` would roll back a fusion that bakes its tables
     for 128, until review s71, late 3). Only on such a refusal; left out where none does (then
-    ``_unheld_compared_constants`` says so)."""
+    ``_unheld_compared_constants`` says so). Returns why a longer length was not drawn (past ``--max-sequence``, past
+    the input size limit), for that note."""
+    skipped: list[str] = []
     first = verifier.input_sets[0]
     defaults = bind_dims(model)
     bound = dims_from_inputs(model, first)
@@ -1040,6 +1042,7 @@ def _add_longer_compared_constants(
         wanted = [(n, v, o) for s, n, v, o in _unheld_compared(model, verifier.input_sets) if s == seed]
         for factor in _LONGER_FOR_COMPARED if wanted else ():
             if max_positions is not None and DEFAULT_SEQUENCE * factor > max_positions:
+                skipped.append(f"{DEFAULT_SEQUENCE * factor} is past --max-sequence {max_positions}")
                 break
             longer = {
                 name: size * factor
@@ -1049,10 +1052,17 @@ def _add_longer_compared_constants(
                 and defaults.get(name) == DEFAULT_SEQUENCE
                 and size == DEFAULT_SEQUENCE
             }
+            length = DEFAULT_SEQUENCE * factor
             try:
-                inputs = make_inputs(model, {**bound, **longer}, seed=seed, unnamed_length=DEFAULT_SEQUENCE * factor)
-                inputs, how = _model_cache(model, inputs, seed=seed)
+                refuse_oversized(model, [{**bound, **longer}], unnamed_length=length)
             except InputSpecError:
+                skipped.append(f"{length} would pass graphopt's input size limit")
+                continue
+            try:
+                inputs = make_inputs(model, {**bound, **longer}, seed=seed, unnamed_length=length)
+                inputs, how = _model_cache(model, inputs, seed=seed)
+            except InputSpecError as error:
+                skipped.append(f"{length} could not be drawn ({error})")
                 continue
             held = [
                 (name, value, other)
@@ -1066,18 +1076,22 @@ def _add_longer_compared_constants(
             # Each length the model takes, not the first alone: on N(0, 1) audio Silero's 16 kHz branch saturates at
             # 256 samples, and its STFT scaled by 1.5 verified there (512 show it; review s71, late 3).
             verifier.add_input_set(inputs, label)
+    return list(dict.fromkeys(skipped))
 
 
-def _unheld_compared_constants(model: ir.Model, verifier: Verifier) -> str | None:
+def _unheld_compared_constants(model: ir.Model, verifier: Verifier, skipped: Sequence[str] = ()) -> str | None:
     """A note naming each compared constant no verification set holds (``_unheld_compared``), or None: the input
     model was refused on it at every length tried (``_add_longer_compared_constants``), the sets were left drawn off
-    it, and the branch it selects was not verified, which the report did not say."""
+    it, and the branch it selects was not verified, which the report did not say. ``skipped``: why longer lengths were
+    not drawn (``_add_longer_compared_constants``), said instead of "longer ones too" (which blamed ONNX Runtime for
+    lengths never run until review s71, late 5)."""
     unheld = _unheld_compared(model, verifier.input_sets)
     if not unheld:
         return None
+    longer = f"longer ones not drawn: {', '.join(skipped)}" if skipped else "longer ones too"
     return (
         f"no generated verification set holds {', '.join(_compared_words(n, v, o) for _, n, v, o in unheld)} (ONNX "
-        "Runtime refused the input model on it with the generated shapes, longer ones too): the branch it selects was "
+        f"Runtime refused the input model on it with the generated shapes, {longer}): the branch it selects was "
         "not verified; pass real inputs that take it with --inputs FILE.npz"
     )
 

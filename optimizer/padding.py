@@ -879,16 +879,54 @@ def token_rows(model: ir.Model, names: Iterable[str]) -> frozenset[str]:
     moves them; a ``Reshape`` or ``Flatten`` keeps a batch-first layout's rows in order), no op on the way or reading
     it lays it out channels first (``Conv``, pooling, ``BatchNormalization``). A ``[sequence, batch, embed]`` layout
     (torch's ``MultiheadAttention`` reads ``[sequence * batch, embed]``) or a ``[batch, channels, length]`` map of as
-    many channels as tokens matched a mask by shape alone and lost real rows until a review on 2026-12-07."""
+    many channels as tokens matched a mask by shape alone and lost real rows until a review on 2026-12-07. The input
+    the rows are followed back to must be one a mask pads (``_masked_inputs``): an encoder-decoder's decoder rows
+    beside the encoder's mask are not its tokens, whatever their length."""
     values = {value.name: value for value in model.graph.inputs}
     values.update({value.name: value for node in model.graph for value in node.outputs})
-    return frozenset(name for name in names if name in values and _token_layout(values[name]))
+    masked = _masked_inputs(model)
+    return frozenset(
+        name
+        for name in names
+        if name in values
+        and (root := _token_root(values[name])) is not None
+        and (masked is None or not root.is_graph_input() or root.name in masked)
+    )
 
 
-def _token_layout(value: ir.Value, limit: int = 4096) -> bool:
-    """Whether ``value``'s leading axes are ``[batch, sequence]`` as far as its graph says (``token_rows``)."""
+def _masked_inputs(model: ir.Model) -> frozenset[str] | None:
+    """The graph inputs whose tokens a mask-like input (``looks_like_mask``) pads (``token_rows``): for each mask, the
+    other inputs whose second dim is named as its last (``input_ids [batch, sequence]`` beside ``attention_mask [batch,
+    sequence]``); None (any input) where a mask's last dim is unnamed or no other input names it (a decoder's mask over
+    its past and new tokens). An encoder-decoder's encoder mask dropped the decoder's real rows where its length was
+    the encoder's by chance (``paddings`` matches by shape) until a review on 2026-12-07 (late 5)."""
+    found: set[str] = set()
+    for mask in model.graph.inputs:
+        shape = _declared(mask)
+        if not looks_like_mask(mask) or shape is None or shape.rank() < 2:
+            continue
+        length = _dim_value(shape[-1])
+        sharers = {
+            value.name
+            for value in model.graph.inputs
+            if value is not mask
+            and not looks_like_mask(value)
+            and (other := _declared(value)) is not None
+            and other.rank() >= 2
+            and length is not None
+            and _dim_value(other[1]) == length
+        }
+        if not sharers:
+            return None
+        found |= sharers | {mask.name}  # a value computed from the mask first is laid out along its positions
+    return frozenset(found)
+
+
+def _token_root(value: ir.Value, limit: int = 4096) -> ir.Value | None:
+    """The value ``value``'s rows are followed back to (a graph input, or one computed from no computed input) where
+    its leading axes are ``[batch, sequence]`` as far as its graph says (``token_rows``); None where they are not."""
     if any(node.op_type in _CHANNELS_FIRST_OPS for node, _ in value.uses()):
-        return False
+        return None
     layouts: list[list[int] | None] = []  # each Transpose's perm (None: a Reshape), from the value back
     current = value
     for _ in range(limit):
@@ -896,10 +934,10 @@ def _token_layout(value: ir.Value, limit: int = 4096) -> bool:
         if node is None:
             break
         if node.op_type in _CHANNELS_FIRST_OPS:
-            return False
+            return None
         if node.op_type == "Transpose":
             if "perm" not in node.attributes:
-                return False
+                return None
             layouts.append(list(node.attributes.get_ints("perm")))
         elif node.op_type in ("Reshape", "Flatten"):
             layouts.append(None)
@@ -911,13 +949,13 @@ def _token_layout(value: ir.Value, limit: int = 4096) -> bool:
     for perm in reversed(layouts):
         if perm is None:
             if batch != 0:
-                return False  # a sequence-major layout flattened: its rows are no batch-major tokens
+                return None  # a sequence-major layout flattened: its rows are no batch-major tokens
             sequence = 1
         else:
             if batch not in perm or sequence not in perm:
-                return False
+                return None
             batch, sequence = perm.index(batch), perm.index(sequence)
-    return batch == 0 and sequence == 1
+    return current if batch == 0 and sequence == 1 else None
 
 
 def by_shape(padding: np.ndarray | Paddings | None) -> Paddings:

@@ -90,6 +90,7 @@ from optimizer.samples import (
     fixed_batch_size,
     fixes_batch,
     has_no_batch,
+    holds_samples,
     open_samples,
     output_sample_axes,
     sample_inputs,
@@ -1343,16 +1344,22 @@ def _batch_axes(model: ir.Model, batch_names: Sequence[str]) -> dict[str, int | 
     """Where each input of ``model`` that has a dim of ``batch_names`` holds it (a state ``[2, batch, 128]``: 1).
     An input that holds no samples is None, fed whole at every batch: one whose first dim is fixed (a ``t [1]`` or
     ``s [3]`` beside ``x [batch, 4]`` was tiled to ``[4]`` or cut to ``[1]``, and ONNX Runtime refused it; -1 is no
-    size) or a table ``[S, K]`` beside ``x [batch, S, K]`` (``sample_inputs``). The others are left out: tiled along
-    axis 0 where it holds as many rows as the batch."""
+    size) or a table ``[S, K]`` beside ``x [batch, S, K]`` (``sample_inputs``). One whose rows a recurrent op reads
+    along a later unnamed axis (``holds_samples``: Silero's ``state [2, None, 128]``, a sequence-major ``x [None, None,
+    8]``) is cut there: fed whole, or cut along its steps, ONNX Runtime refused the state beside 1 row ("the model
+    does not take a batch of 1") until review s71, late 5. The others are left out: tiled along axis 0 where it holds
+    as many rows as the batch."""
     axes: dict[str, int | None] = {}
     sampled = sample_inputs(model)
+    holds = holds_samples(model)
     for value in runtime_inputs(model):
         if value.shape is None:
             continue
         found = [k for k, dim in enumerate(value.shape) if isinstance(dim, ir.SymbolicDim) and dim.value in batch_names]
         if found:
             axes[value.name] = found[0]
+        elif holds.axis(value.name):
+            axes[value.name] = holds.axis(value.name)
         elif value.shape.rank() and (
             (isinstance(value.shape[0], int) and value.shape[0] >= 0)
             or (sampled is not None and value.name not in sampled)
