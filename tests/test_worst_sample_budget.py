@@ -7,6 +7,7 @@ far below it; ``--min-worst-cosine`` bounds the lowest one.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx_ir as ir
@@ -93,8 +94,12 @@ def test_a_worst_sample_budget_keeps_layers_float_where_a_mean_budget_of_the_sam
     assert mean.kept_float == [] and mean.drift.worst_cosine < bound
     worst = DynamicQuantizationPass(budget=AccuracyBudget(min_worst_cosine=bound), samples=samples)
     result = worst(model.clone())
-    assert worst.kept_float and worst.drift.worst_cosine >= bound
-    assert any(f"budget --min-worst-cosine {bound!r} met" in note for note in result.notes)
+    assert worst.drift.worst_cosine >= bound
+    # Some layer leaves the default scheme: kept float, or SmoothQuant (since session 71 leaves padded positions out of
+    # the statistics, one SmoothQuant layer meets this bound where a float one did before).
+    met = [note for note in result.notes if f"budget --min-worst-cosine {bound!r} met" in note]
+    changed = re.search(r"with (\d+) layers changed", met[0]) if met else None
+    assert changed and int(changed.group(1)) >= 1, result.notes
 
 
 def test_the_verifier_rolls_back_a_result_whose_worst_sample_misses_the_budget(llama_int8, monkeypatch):
