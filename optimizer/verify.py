@@ -1395,6 +1395,13 @@ def _integer_outputs_missed(
     return failed
 
 
+def _integer_outputs_passed(missed: VerificationResult, failed: Sequence[str], why: str) -> VerificationResult:
+    """``missed`` with its ``failed`` integer outputs passed (their difference kept, no relative error), and ``why``
+    as the note the report prints."""
+    checks = [OutputCheck(c.name, True, c.max_abs_error, 0.0) if c.name in failed else c for c in missed.checks]
+    return VerificationResult(checks=checks, integer_flips=why)
+
+
 def _position_head(model: ir.Model, name: str) -> ir.Node | None:
     """The ``ArgMax`` or ``ArgMin`` that computes ``model``'s output ``name`` from a computed float tensor, or None."""
     output = next((value for value in model.graph.outputs if value.name == name), None)
@@ -2604,10 +2611,10 @@ class Verifier:
         exact = compare_outputs({name: reference[name] for name in failed}, computed, self.tolerances)
         if not exact.ok:
             return missed
-        checks = [OutputCheck(c.name, True, c.max_abs_error, 0.0) if c.name in failed else c for c in missed.checks]
-        return VerificationResult(
-            checks=checks,
-            integer_flips=(
+        return _integer_outputs_passed(
+            missed,
+            failed,
+            (
                 f"{', '.join(repr(name) for name in failed)} differ where the float values they are computed from "
                 f"({', '.join(repr(name) for name in names)}) lie within the float tolerance of a rounding boundary: "
                 f"those are within it (max |Δ| {floats.max_abs_error:.2e}), and fed the original's, the outputs "
@@ -2663,10 +2670,10 @@ class Verifier:
             if gap is None:
                 return missed
             widest = max(widest, gap)
-        checks = [OutputCheck(c.name, True, c.max_abs_error, 0.0) if c.name in failed else c for c in missed.checks]
-        return VerificationResult(
-            checks=checks,
-            integer_flips=(
+        return _integer_outputs_passed(
+            missed,
+            failed,
+            (
                 f"{', '.join(repr(name) for name in failed)} differ from its twin's only where the twin's own values "
                 f"({', '.join(repr(name) for name in sources)}) at the result's pick are within the twin's relative "
                 f"tolerance of its own pick (ties: up to {widest:.2e} apart), and the result computes those values "
