@@ -12,7 +12,8 @@ first input set), a row ``-v/2·e_j`` and a zero row. Every quantization the pas
 maps such rows onto its grid exactly (per tensor, per row, per block: the one nonzero
 value is the row's or block's maximum, and the range [-v/2, v] puts the uint8 zero point
 at 85, no tie), and each output element is then one weight times one input, so the
-result must give its twin's values to float32 rounding: row ``i`` is ``v`` times the
+result must give its twin's values to float32 rounding (a float16 layer's: to one float16 step,
+``FLOAT16_PROBE_TOLERANCE``): row ``i`` is ``v`` times the
 ``i``-th row of the weight the layer computes with, the zero row its bias. A scale,
 zero point, block offset or packing off anywhere, by any amount past rounding, differs.
 
@@ -41,6 +42,10 @@ logger = logging.getLogger(__name__)
 # within 4.2e-7 (float32 rounding of a product of scales, and of the bias added); a block's scale 0.1 % off
 # moves its elements by 1e-3 of their own magnitude.
 PROBE_TOLERANCE = 1e-5
+# A float16 layer's output (int4's float16 MatMulNBits) is its float32 product rounded to float16, and the twin's too:
+# a product the two compute in float32 a rounding apart (the kernel's int8 input scale, 127 * (v / 127) against v)
+# can round to neighbouring float16 values, one step of 2**-10 of the value apart at most.
+FLOAT16_PROBE_TOLERANCE = 2.0**-10
 # The attributes a QAttention must share with its twin's Attention, and the value both kernels take where one is not
 # written: an Attention stating ``unidirectional=0`` (ONNX Runtime's GPT-2 attention fusions write it) and a QAttention
 # leaving it out compute alike (a review: --quantize dynamic was rolled back as "another unidirectional").
@@ -323,6 +328,7 @@ class _Columns:
         self.peak: np.ndarray | None = None
         self.gap: np.ndarray | None = None
         self.at: np.ndarray | None = None  # per column: (actual, expected) where its gap is largest
+        self.float16 = False
 
     def add(self, expected: np.ndarray, actual: np.ndarray) -> str:
         """Take in one chunk's outputs; what no rounding explains (a shape or dtype apart, NaN or infinity where
@@ -331,6 +337,7 @@ class _Columns:
             return f"is {actual.dtype}{list(actual.shape)} where its twin's is {expected.dtype}{list(expected.shape)}"
         if expected.ndim == 0 or expected.size == 0:
             return ""
+        self.float16 = self.float16 or expected.dtype == np.float16
         finite = np.isfinite(expected)
         if not np.array_equal(finite, np.isfinite(actual)):
             return "is NaN or infinite where its twin's is not (or the other way)"
@@ -357,13 +364,14 @@ class _Columns:
         if self.peak is None:
             return ""
         ratio = self.gap / np.maximum(self.peak, np.finfo(np.float32).tiny)
-        if ratio.max() <= PROBE_TOLERANCE:
+        tolerance, rounding = (FLOAT16_PROBE_TOLERANCE, "float16") if self.float16 else (PROBE_TOLERANCE, "float32")
+        if ratio.max() <= tolerance:
             return ""
         column = int(np.argmax(ratio))
         actual, expected = self.at[column]
         return (
             f"differs in column {column} by {ratio[column]:.3g} of that column's largest value ({actual:.7g} where "
-            f"the twin gives {expected:.7g}; float32 rounding stays within {PROBE_TOLERANCE:g})"
+            f"the twin gives {expected:.7g}; {rounding} rounding stays within {tolerance:g})"
         )
 
 

@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from optimizer.domains import MS_DOMAIN, is_onnx_domain
 from optimizer.protocol import EXACT_CORRECTION_PREFIX
-from passes._utils import add_initializer, constant_array, replace_value, weight_array
+from passes._utils import add_initializer, constant_array, replace_value, unique_name, weight_array
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Layer:
     """A node with a constant weight, seen the way the int8 kernels want it.
 
     ``weight`` is ``[K, N]`` for MatMul, Gemm and Attention (N = output features),
-    ``[M, C/groups, *kernel]`` for Conv; ``bias`` is a ``[N]``/``[M]`` vector or None.
+    ``[M, C/groups, *kernel]`` for Conv; ``bias`` is a ``[N]``/``[M]`` vector or None; both float32.
     """
 
     node: ir.Node
@@ -45,6 +45,9 @@ class Layer:
     # reads), and the nodes other than layers that read that constant too (a tied lookup).
     source: ir.Value | None = None
     tied: tuple[ir.Node, ...] = ()
+    # A MatMul or Gemm computing in float16 (``find_layers(float16=True)``): ``weight`` and ``bias`` are float32
+    # copies of its float16 constants.
+    float16: bool = False
 
     @property
     def transposed(self) -> bool:
@@ -74,11 +77,15 @@ def name_nodes(graph: ir.Graph) -> None:
         taken.add(name)
 
 
-def find_layers(graph: ir.Graph, kinds: Iterable[str]) -> tuple[list[Layer], dict[ir.Node, str]]:
+def find_layers(
+    graph: ir.Graph, kinds: Iterable[str], *, float16: bool = False
+) -> tuple[list[Layer], dict[ir.Node, str]]:
     """The quantizable layers of ``graph`` of the given kinds, and why other weighted nodes were refused.
 
     ``kinds`` is a subset of ``{"matmul", "gemm", "conv", "attention"}``. The refusals
-    map node → reason, for nodes that looked like candidates.
+    map node → reason, for nodes that looked like candidates. With ``float16``, a MatMul or Gemm computing in
+    float16 (its input and constant weight float16) is a layer too (``Layer.float16``); else it is refused
+    ("input is not float32").
     """
     kinds = set(kinds)
     layers, refused = [], {}
@@ -86,7 +93,7 @@ def find_layers(graph: ir.Graph, kinds: Iterable[str]) -> tuple[list[Layer], dic
         kind = _kind(node)
         if kind is None or kind not in kinds:
             continue
-        found = _layer(node, kind)
+        found = _layer(node, kind, float16)
         if isinstance(found, str):
             refused[node] = found
         else:
@@ -247,6 +254,10 @@ def _kind(node: ir.Node) -> str | None:
     return None
 
 
+def _float16(value: ir.Value | None) -> bool:
+    return value is not None and value.dtype in (ir.DataType.FLOAT16, None)
+
+
 def _float32(value: ir.Value | None) -> bool:
     # Legacy exports leave intermediate dtypes unknown; the float32 weight decides then.
     return value is not None and value.dtype in (ir.DataType.FLOAT, None)
@@ -295,17 +306,20 @@ def _weight(node: ir.Node, kind: str) -> tuple[np.ndarray | None, ir.Value | Non
     return None, None
 
 
-def _layer(node: ir.Node, kind: str) -> Layer | str:
+def _layer(node: ir.Node, kind: str, float16: bool = False) -> Layer | str:
     inputs = list(node.inputs)
-    if len(inputs) < 2 or not _float32(inputs[0]):
+    half = float16 and kind in ("matmul", "gemm") and len(inputs) > 1 and _float16(inputs[0])
+    if len(inputs) < 2 or not (half or _float32(inputs[0])):
         return "input is not float32"
     weight, source = _weight(node, kind)
     if weight is None:
         return _not_constant_reason(node, kind)
     if source is not None and (source.name or "").startswith(EXACT_CORRECTION_PREFIX):
         return "graphopt's own exact float correction beside a quantized layer (block offsets, outlier channels)"
-    if weight.dtype != np.float32:
+    half = half and weight.dtype == np.float16  # an input of unknown type beside a float32 weight is float32
+    if weight.dtype != np.float32 and not half:
         return "weight is not float32"
+    weight = weight.astype(np.float32) if half else weight
     if not np.isfinite(weight).all():  # no scale, factor or ranking stands for it (int8 failed the whole pass)
         return "weight holds NaN or Inf"
     # A bias stored int8 and dequantized by hand beside such a weight is one too (a Conv's was "not a constant").
@@ -313,9 +327,11 @@ def _layer(node: ir.Node, kind: str) -> Layer | str:
     if kind == "matmul":
         if weight.ndim != 2:
             return f"weight has rank {weight.ndim}, not 2"
-        return Layer(node, kind, weight, None, source)
+        return Layer(node, kind, weight, None, source, float16=half)
     if kind == "gemm":
-        found = _gemm(node, weight, bias, inputs)
+        found = _gemm(node, weight, None if bias is None else bias.astype(np.float32) if half else bias, inputs)
+        if isinstance(found, Layer):
+            found.float16 = half
     elif kind == "conv":
         if weight.ndim < 3:
             return "weight rank below 3"
@@ -383,3 +399,206 @@ def _attention(node: ir.Node, weight: np.ndarray, bias: np.ndarray | None, input
     if len(node.outputs) > 1 and any(v is not None and v.uses() for v in node.outputs[1:]):
         return "its present output is used"
     return Layer(node, "attention", weight, bias)
+
+
+@dataclass
+class GemmForm:
+    """A ``Gemm`` that ``canonical_gemms`` rewrote into a form ``find_layers`` takes, with what it read before."""
+
+    node: ir.Node
+    inputs: tuple[ir.Value | None, ...]
+    attributes: tuple[ir.Attr, ...]
+    written: tuple[ir.Value | None, ...]
+    before: ir.Node | None  # Transpose(A), for transA
+    after: tuple[ir.Node, ...]  # Mul by alpha, then Add of C; a Mul of a computed C by beta before that Add
+
+
+def canonical_gemms(graph: ir.Graph, *, float16: bool = False) -> list[GemmForm]:
+    """Rewrite each float32 ``Gemm`` layer that ``find_layers`` refuses for its form alone into one it takes.
+
+    ``Y = alpha * op(A) @ op(B) + beta * C`` becomes, with ``transB`` kept:
+
+    - ``transA``: ``A`` read through ``Transpose`` (the quantized kernels read ``[M, K]`` rows);
+    - ``alpha``: folded into a copy of the weight where the weight is a constant this node alone reads (the
+      quantizers' scales then carry it), else a ``Mul`` by alpha after the product;
+    - ``beta`` on a constant C of one value per output feature: folded into a copy of C, which stays the Gemm's C;
+    - any other C (a full ``[M, N]``, ``[M, 1]``, or computed C): an ``Add`` after the product (of ``beta * C``: a
+      copy of a constant C, or a ``Mul`` of a computed one), as ``MatMul`` + ``Add`` is quantized with its ``Add``
+      kept.
+
+    The result computes the same ``Y`` (alpha and beta folded into a constant round once more, within float32's
+    rounding). Gemms that are layers already, or that ``find_layers`` refuses for anything but this form (a weight
+    not constant or not float32, a float16 input unless ``float16``), are left alone. A float16 Gemm's alpha and beta
+    are folded in float16. Returns the rewrites, for ``restore_gemms``.
+    """
+    forms = []
+    wanted = [node for node in graph if _form_wanted(node, float16)]
+    if not wanted:
+        return forms
+    # Names of the nodes and values made: unused by any node or value of the graph.
+    taken = {name for node in graph for name in (node.name, *(value.name for value in node.outputs)) if name}
+    taken |= {value.name for value in (*graph.inputs, *graph.initializers.values()) if value.name}
+    for node in wanted:
+        attrs = node.attributes
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        weight, _ = _weight(node, "gemm")
+        trans_a, alpha, beta = attrs.get_int("transA", 0), attrs.get_float("alpha", 1.0), attrs.get_float("beta", 1.0)
+        forms.append(_rewrite_gemm(graph, node, weight, trans_a, alpha, beta, c, taken))
+    return forms
+
+
+def gemm_forms_wanted(graph: ir.Graph, *, float16: bool = False) -> bool:
+    """True if ``canonical_gemms`` would rewrite a Gemm of ``graph``."""
+    return any(_form_wanted(node, float16) for node in graph)
+
+
+def _form_wanted(node: ir.Node, float16: bool) -> bool:
+    """True for a Gemm that ``find_layers`` refuses for its form alone (transA, alpha, beta, a C that is no feature
+    bias or not a constant) and would take in the form ``canonical_gemms`` writes."""
+    if _kind(node) != "gemm" or len(node.inputs) < 2 or isinstance(_layer(node, "gemm", float16), Layer):
+        return False
+    attrs = node.attributes
+    c = node.inputs[2] if len(node.inputs) > 2 else None
+    if not (attrs.get_int("transA", 0) or attrs.get_float("alpha", 1.0) != 1.0 or c is not None):
+        return False
+    weight, source = _weight(node, "gemm")
+    return weight is not None and weight.ndim == 2 and _layer_after_form(node, weight, source, c, float16) is None
+
+
+def restore_gemms(graph: ir.Graph, forms: Iterable[GemmForm]) -> int:
+    """Put back, as they were, the Gemms of ``forms`` still float in ``graph``: the node still reads what
+    ``canonical_gemms`` wrote (a quantizer left it alone), and its Transpose, Mul and Add are still there. A
+    float Gemm with ``transA`` or C runs in one kernel, without the extra pass over ``A`` or ``Y``. Returns how many."""
+    restored = 0
+    for form in forms:
+        node = form.node
+        helpers = [*([form.before] if form.before is not None else []), *form.after]
+        if (
+            node.graph is not graph
+            or len(node.inputs) != len(form.written)
+            or any(a is not b for a, b in zip(node.inputs, form.written))
+            or any(made.graph is not graph for made in helpers)
+            or not all(_restorable(graph, value) for value in form.inputs)
+        ):
+            continue
+        for value in form.inputs:  # an initializer the rewritten node no longer read was removed as unused
+            if value is not None and value.producer() is None and value.const_value is not None:
+                if graph.initializers.get(value.name) is not value:
+                    graph.register_initializer(value)
+        if form.after:
+            last = form.after[-1]
+            replace_value(last.outputs[0], node.outputs[0], inherit=True)
+        node.resize_inputs(len(form.inputs))
+        for index, value in enumerate(form.inputs):
+            node.replace_input_with(index, value)
+        node.attributes.clear()
+        for attribute in form.attributes:
+            node.attributes[attribute.name] = attribute
+        for made in reversed(helpers):
+            if not any(output.uses() or output.is_graph_output() for output in made.outputs):
+                graph.remove(made, safe=True)
+        restored += 1
+    return restored
+
+
+def _restorable(graph: ir.Graph, value: ir.Value | None) -> bool:
+    """Whether ``graph`` can read ``value`` again: a value of the graph (an input, a node's output still there), or an
+    initializer, registered again under its name where nothing else took it."""
+    if value is None or value.is_graph_input():
+        return True
+    producer = value.producer()
+    if producer is not None:
+        return producer.graph is graph
+    if value.const_value is None:
+        return False
+    registered = graph.initializers.get(value.name)
+    return registered is value or (registered is None and value.name is not None)
+
+
+def _layer_after_form(
+    node: ir.Node, weight: np.ndarray, source: ir.Value | None, c: ir.Value | None, float16: bool
+) -> str | None:
+    """Why the Gemm would not be a layer even in the form ``canonical_gemms`` writes (None: it would)."""
+    half = float16 and _float16(node.inputs[0]) and weight.dtype == np.float16
+    if not (half or _float32(node.inputs[0])):
+        return "input is not float32"
+    if source is not None and (source.name or "").startswith(EXACT_CORRECTION_PREFIX):
+        return "correction"
+    if weight.dtype != (np.float16 if half else np.float32) or not np.isfinite(weight).all():
+        return "weight"
+    if c is not None and c.dtype not in (ir.DataType.FLOAT16 if half else ir.DataType.FLOAT, None):
+        return "C is not of the input's type"
+    return None
+
+
+def _rewrite_gemm(
+    graph: ir.Graph,
+    node: ir.Node,
+    weight: np.ndarray,
+    trans_a: int,
+    alpha: float,
+    beta: float,
+    c: ir.Value | None,
+    taken: set[str],
+) -> GemmForm:
+    """``canonical_gemms``'s rewrite of one Gemm; the nodes it makes are named after it, apart from ``taken``."""
+
+    def made(op_type: str, inputs: list, suffix: str, **attributes) -> ir.Node:
+        attrs = [ir.AttrInt64s(key, value) for key, value in attributes.items()]
+        new = ir.Node("", op_type, inputs, attributes=attrs, name=unique_name(f"{node.name}_{suffix}", taken))
+        new.outputs[0].name = unique_name(f"{new.name}.output", taken)
+        return new
+
+    inputs, attributes = tuple(node.inputs), tuple(node.attributes.values())
+    element = weight.dtype  # float32, or float16 (``canonical_gemms(float16=True)``)
+    before, after = None, []
+    if trans_a:
+        before = made("Transpose", [node.inputs[0]], "transpose_a", perm=[1, 0])
+        graph.insert_before(node, before)
+        node.replace_input_with(0, before.outputs[0])
+    stored = constant_array(node.inputs[1])
+    alone = stored is not None and len(node.inputs[1].uses()) == 1 and not node.inputs[1].is_graph_output()
+    scaled_after = alpha != 1.0 and not alone
+    if alpha != 1.0 and alone:
+        node.replace_input_with(
+            1, add_initializer(graph, f"{node.name}.scaled_weight", (stored * np.float32(alpha)).astype(element))
+        )
+    columns = weight.shape[0 if node.attributes.get_int("transB", 0) else 1]
+    c_array = weight_array(c) if c is not None else None
+    feature = (
+        c_array is not None and not scaled_after and (c_array.size == 1 or is_feature_bias(c_array.shape, columns, 2))
+    )
+    if c is not None and feature and beta != 1.0:
+        node.replace_input_with(
+            2, add_initializer(graph, f"{node.name}.scaled_bias", (c_array * np.float32(beta)).astype(element))
+        )
+    elif c is not None and not feature:
+        node.replace_input_with(2, None)
+        node.resize_inputs(2)
+        if beta == 1.0:
+            addend = c
+        elif c_array is not None:
+            addend = add_initializer(graph, f"{node.name}.scaled_c", (c_array * np.float32(beta)).astype(element))
+        else:
+            factor = add_initializer(graph, f"{node.name}.beta", np.array(beta, element))
+            scale = made("Mul", [c, factor], "beta")
+            after.append(scale)
+            addend = scale.outputs[0]
+    for name in ("transA", "alpha", "beta"):
+        node.attributes.pop(name, None)
+    output = node.outputs[0]
+    tail = []
+    if scaled_after:
+        factor = add_initializer(graph, f"{node.name}.alpha", np.array(alpha, element))
+        tail.append(made("Mul", [output, factor], "alpha"))
+    if c is not None and not feature:
+        last = tail[-1].outputs[0] if tail else output
+        tail.append(made("Add", [last, addend], "c"))
+    if tail:
+        graph.insert_after(node, [*after, *tail])
+        replace_value(output, tail[-1].outputs[0], inherit=True)  # this also points the first of them at itself ...
+        tail[0].replace_input_with(0, output)  # ... so it reads the product again
+        output.name = unique_name(f"{node.name}_product.output", taken)
+    elif after:
+        graph.insert_after(node, after)
+    return GemmForm(node, inputs, attributes, tuple(node.inputs), before, (*after, *tail))

@@ -52,10 +52,6 @@ _NAMED = {
     "still folded into a float32 constant",
     "test_an_unnamed_state_batch_is_drawn_as_the_audios": "an unnamed state linked to the audio's rows by other ops "
     "alone, a `Concat`, is still drawn at 128",
-    "test_a_gemm_with_a_full_c_is_quantized_with_c_added_after": "or whose C is a full `[M, N]` matrix",
-    "test_a_gemm_scaled_by_alpha_is_quantized": '`Gemm` with `transA`, `alpha` or a `beta` on its C set ("transA, '
-    'alpha or beta is set")',
-    "test_a_float16_layer_is_quantized": 'a float16 layer ("input is not float32"',
     "test_a_rewrite_wrong_only_past_the_first_step_of_a_sequence_major_input_is_rolled_back": "a sequence-major "
     "`x [None, None, 8]` a `GRU` or `LSTM` reads as it is is drawn at one step",
     "test_a_rewrite_wrong_for_one_column_of_an_elementwise_comparison_is_rolled_back": "compared element by element "

@@ -6,12 +6,11 @@ Findings:
    too ("its weight is also read by Gather (a tied table)"); ``--quantize-embeddings`` skipped it the same way.
    Fixed: ``passes._layers.row_lookup`` reads axis 0 or -2, used by both passes.
 2. A ``Gemm`` whose C is a full ``[M, N]`` matrix (or ``[M, 1]``) stays float ("bias ... is not one value per output
-   feature"), though ``MatMul`` + ``Add`` of the same C is quantized with the ``Add`` kept. Not fixed (strict
-   xfail): ``passes._layers.Layer`` carries a per-feature bias only, and every pass reading it would need the
-   kept ``Add``.
+   feature"), though ``MatMul`` + ``Add`` of the same C is quantized with the ``Add`` kept. Fixed in review s72
+   (``passes._layers.canonical_gemms``: C added after; ``tests/test_review_s72_layers.py``).
 3. A ``Gemm`` with ``alpha`` other than 1 stays float ("transA, alpha or beta is set"): alpha could be folded into
-   the weight before rounding. Not fixed (strict xfail): ``find_layers`` is shared by every quantization, pruning
-   and low-rank pass, which read ``node.inputs[1]`` as the layer's weight.
+   the weight before rounding. Fixed in review s72 for the quantizers (``canonical_gemms``: alpha folded into the
+   weight); ``--prune-*`` and ``--lowrank`` still leave it.
 4. One layer whose weight spans more than float32 holds (a column from -3e38 to 3e38) got an infinite block scale
    (asymmetric: span / 15); the pass's verification then missed (cosine 0) and rolled back the whole pass, every
    other layer with it. Fixed: ``quantize-int4`` refuses that layer alone (``QuantizationPass.layer_refusal``,
@@ -19,8 +18,8 @@ Findings:
 5. A weight that is itself a model output was quantized, its 4-bit copy stored beside the float output (a weight
    also read by any other node stays float, "stored once"). Fixed in ``passes._layers.tied_weight_reason``.
 6. A float16 layer (weights and activations float16) stays float ("input is not float32"), though ONNX Runtime
-   1.32's CPU ``MatMulNBits`` runs float16. Documented as a refusal; not fixed (strict xfail): the twin, the budget's
-   forms and the block sums are written for float32.
+   1.32's CPU ``MatMulNBits`` runs float16. Fixed in review s72 (``tests/test_review_s72_layers.py``): int4 writes
+   it with float16 scales, its twin computing the layer in float32 between two Casts.
 7. The budget search's path floats one layer at a time, and a layer that goes float takes the other readers of its
    weight along (stored once); the path's later step for such a reader reached the same model again: it was run
    once more on the held-out samples and listed twice in the frontier ("frontier 3/4" equal to "4/4"). Fixed in
@@ -116,21 +115,11 @@ def _calibration(batch: int = 4, k: int = 128) -> list[dict[str, np.ndarray]]:
     return [{"x": rng.standard_normal((batch, k)).astype(np.float32)} for _ in range(2)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Gemm whose C is a full [M, N] matrix stays float ('bias ... is not one value per output feature'): "
-    "Layer carries a per-feature bias only, where MatMul + Add of the same C is quantized with its Add kept",
-)
 def test_a_gemm_with_a_full_c_is_quantized_with_c_added_after():
     _, report = optimize_with_report(_gemm(c_shape=(4, 64)), quantize="int4", calibration=_calibration())
     assert _record(report).status == "applied", _record(report).refusals
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Gemm with alpha != 1 stays float ('transA, alpha or beta is set'): alpha could be folded into the "
-    "weight before rounding, but find_layers is shared by passes that read node.inputs[1] as the weight",
-)
 def test_a_gemm_scaled_by_alpha_is_quantized():
     _, report = optimize_with_report(_gemm(alpha=0.5, c_shape=(64,)), quantize="int4", calibration=_calibration())
     assert _record(report).status == "applied", _record(report).refusals
@@ -181,11 +170,6 @@ def test_a_weight_that_is_also_a_model_output_stays_float_and_stored_once():
     assert any("also a model output" in refusal for refusal in _record(report).refusals)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a float16 MatMul (weights and activations float16, as many decoders are exported) stays float "
-    "('input is not float32'), though ONNX Runtime 1.32's CPU MatMulNBits runs float16 (its twin is float32-only)",
-)
 def test_a_float16_layer_is_quantized():
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"), helper.make_node("Relu", ["m"], ["y"])]

@@ -61,11 +61,14 @@ from optimizer.samples import (
 )
 from passes._layers import (
     Layer,
+    canonical_gemms,
     excluded,
     feeds_graph_output,
     find_layers,
     float_weighted,
+    gemm_forms_wanted,
     name_nodes,
+    restore_gemms,
     tied_weight_reason,
     unmatched_patterns,
 )
@@ -162,6 +165,8 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     left_as = "stay float"
     # What a quantized layer is called in the notes ("int4" for weight-only 4-bit).
     precision = "int8"
+    # Whether the pass rewrites MatMul and Gemm layers computing in float16 too (``find_layers(float16=True)``).
+    float16_layers = False
     # How the twin quantizes each layer's input, for its description.
     twin_inputs = ""
     # The scheme every chosen layer gets unless the budget picks another.
@@ -272,10 +277,27 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         return f"{type(self).__name__} {scheme}"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Quantize the layers of ``model`` in place. A ``Gemm`` with ``transA``, ``alpha``, a ``beta`` on its C or a C
+        that is no bias of its features (a full ``[M, N]``) is first written in a form the kernels take
+        (``passes._layers.canonical_gemms``: a Transpose before, alpha in the weight, C added after), and put back as
+        it was where it stays float (``restore_gemms``), so a float layer keeps its one kernel."""
+        name_nodes(model.graph)
+        half = self.float16_layers
+        before = model.clone() if gemm_forms_wanted(model.graph, float16=half) else None
+        forms = canonical_gemms(model.graph, float16=half) if before is not None else []
+        result = self._quantize_model(model)
+        if not forms:
+            return result
+        if not result.modified:  # a result that says it changed nothing leaves the model as it was
+            model.graph = before.graph
+        elif restore_gemms(model.graph, forms):
+            remove_dead_nodes(model)
+        return result
+
+    def _quantize_model(self, model: ir.Model) -> ir.passes.PassResult:
         self.quantized, self.kept_float, self.drift, self.schemes, self.frontier = [], [], None, {}, []
         self.float_by_form = []
-        name_nodes(model.graph)
-        layers, refused = find_layers(model.graph, self.kinds)
+        layers, refused = find_layers(model.graph, self.kinds, float16=self.float16_layers)
         for node, reason in {**refused, **self.unsupported_layers(model.graph)}.items():
             self.refuse(node.op_type, reason)
             if float_weighted(node):
@@ -350,7 +372,9 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             if norms:
                 # SmoothQuant rewrote the weights of the layers it rescaled: what the budget offers and estimates
                 # (8-bit weights only where no adjacent pair can saturate, the local errors) reads them as they are.
-                current = {layer.name: layer for layer in find_layers(model.graph, self.kinds)[0]}
+                current = {
+                    layer.name: layer for layer in find_layers(model.graph, self.kinds, float16=self.float16_layers)[0]
+                }
                 chosen = [current.get(layer.name, layer) for layer in chosen]
         self.prepare(model, chosen, batches)
         if self.budget is not None and batches:
@@ -434,7 +458,11 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
         """Quantize the named layers of ``model`` in place, each in its ``scheme``."""
         wanted = set(names)
-        layers = [layer for layer in find_layers(model.graph, self.kinds)[0] if layer.name in wanted]
+        layers = [
+            layer
+            for layer in find_layers(model.graph, self.kinds, float16=self.float16_layers)[0]
+            if layer.name in wanted
+        ]
         self.begin(layers)
         for layer in track(layers, "quantizing each layer"):  # GPTQ and HQQ take seconds a layer
             self.quantize_layer(model.graph, layer)
@@ -454,7 +482,11 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         wanted = {name for name in names if self.schemes.get(name) == "smooth"}
         if not wanted or not self._batches:
             return []
-        layers = [layer for layer in find_layers(model.graph, self.kinds)[0] if layer.name in self._changeable]
+        layers = [
+            layer
+            for layer in find_layers(model.graph, self.kinds, float16=self.float16_layers)[0]
+            if layer.name in self._changeable
+        ]
         inputs = {layer.activation.name for layer in layers if layer.name in wanted}
         readers = [layer for layer in layers if layer.activation.name in inputs]
         return smoothing.smooth(model, readers, self._batches, _LAYER_SMOOTH_ALPHA, rewritable=layers)
@@ -463,7 +495,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         """The float model the quantized layers named ``names`` claim to compute, built on ``source``."""
         float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
         twin = Int8Twin(source)
-        for layer in twin.layers(self.kinds, names):
+        for layer in twin.layers(self.kinds, names, float16=self.float16_layers):
             self.twin_layer(twin, layer)
         base = "the input after SmoothQuant" if smoothed else "the input"
         description = (

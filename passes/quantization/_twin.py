@@ -56,10 +56,12 @@ class Int8Twin:
         self._checkpoints: dict[str, None] = {}
         self._layer_outputs: dict[tuple[str, str], None] = {}
 
-    def layers(self, kinds: Iterable[str], names: Iterable[str]) -> list[Layer]:
-        """The twin's layers named ``names`` (of the given kinds), in graph order."""
+    def layers(self, kinds: Iterable[str], names: Iterable[str], *, float16: bool = False) -> list[Layer]:
+        """The twin's layers named ``names`` (of the given kinds; float16 layers too with ``float16``), in graph
+        order."""
         wanted = set(names)
-        layers = [layer for layer in find_layers(self.model.graph, kinds)[0] if layer.name in wanted]
+        found = find_layers(self.model.graph, kinds, float16=float16)[0]
+        layers = [layer for layer in found if layer.name in wanted]
         for layer in layers:
             if layer.activation is not None and layer.activation.name:
                 self._checkpoints[layer.activation.name] = None

@@ -52,7 +52,8 @@ _SMOOTHABLE_PRODUCERS = (
 class DynamicQuantizationPass(QuantizationPass):
     """Rewrite float layers with constant weights into ONNX Runtime's dynamic int8 operators.
 
-    - ``MatMul`` (``[..., K] x [K, N]``) and ``Gemm`` (alpha = 1, beta = 1 or no C, no transA) become
+    - ``MatMul`` (``[..., K] x [K, N]``) and ``Gemm`` (transA, alpha, beta and a C that is no feature bias written
+      out first by ``QuantizationPass.call``) become
       com.microsoft ``DynamicQuantizeMatMul``: int8 weights (one scale per output column
       with ``per_channel``), uint8 activations quantized per run, and a following bias
       ``Add`` of a constant ``[N]`` vector folded in.
@@ -90,11 +91,10 @@ class DynamicQuantizationPass(QuantizationPass):
     Each layer's kernels are timed on this machine for the search
     (``passes.quantization._layer_speed``).
 
-    Refuses (layer stays float): non-float32 tensors, non-constant weights, Gemm with
-    transA, alpha or a beta scaling its C, Attention with past/attention_bias/rotary inputs. Conv is not
-    handled: ONNX Runtime's ConvInteger measured many times slower than float Conv on
-    CPU; use static quantization for CNNs. See ``QuantizationPass`` for which layers
-    stay float (``exclude``, model outputs, the accuracy budget).
+    Refuses (layer stays float): non-float32 tensors, non-constant weights, Attention with
+    past/attention_bias/rotary inputs. Conv is not handled: ONNX Runtime's ConvInteger measured many
+    times slower than float Conv on CPU; use static quantization for CNNs. See ``QuantizationPass``
+    for which layers stay float (``exclude``, model outputs, the accuracy budget).
     """
 
     kinds = ("matmul", "gemm", "attention")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -72,9 +73,9 @@ class Int4QuantizationPass(QuantizationPass):
     """Rewrite float32 MatMul/Gemm layers with constant 2-D weights into com.microsoft ``MatMulNBits``
     (bits=4, weight-only), and constant embedding tables into com.microsoft ``GatherBlockQuantized``.
 
-    - ``MatMul [..., K] x [K, N]`` and ``Gemm`` (alpha = 1, beta = 1 or no C, no transA; transB
-      undone) become ``MatMulNBits`` with ``K``, ``N``, ``block_size`` and a packed
-      ``[N, ceil(K/block), block/2]`` weight (``passes.quantization._blockwise``); a K
+    - ``MatMul [..., K] x [K, N]`` and ``Gemm`` (transB undone; transA, alpha, beta and a C that is no feature
+      bias written out first by ``QuantizationPass.call``) become ``MatMulNBits`` with ``K``, ``N``,
+      ``block_size`` and a packed ``[N, ceil(K/block), block/2]`` weight (``passes.quantization._blockwise``); a K
       that is not a multiple of the block is padded with zeros (the kernel's own
       layout). A following ``Add`` of a constant ``[N]`` bias, or Gemm's bias, becomes
       the op's bias input. ``symmetric`` stores no zero points (ONNX Runtime's default
@@ -141,14 +142,22 @@ class Int4QuantizationPass(QuantizationPass):
     every int8 budget (``QuantizationPass``), each layer timed in its own form (bits, zero
     points, offsets, level).
 
-    Refuses (stays float): non-float32 tensors, non-constant weights, weights that are
-    not 2-D, Gemm with transA, alpha or a beta scaling its C, packed-QKV com.microsoft ``Attention``, a weight
+    A float16 layer (float16 input and weight, ``find_layers(float16=True)``) becomes a float16 ``MatMulNBits``: its
+    scales rounded to float16 before anything dequantizes with them, its scales and bias stored float16, its twin
+    the float32 layer between two Casts (``_float32_island``: ONNX Runtime 1.32's CPU kernel gives that, measured
+    equal on every element at levels 0 and 4). Under HQQ, a recovered grid's float zero points or outlier channels
+    (float32 corrections) it stays float with a refusal; it has no int8 alternative (DynamicQuantizeMatMul reads
+    float32), and the budget times it as its float32 form.
+
+    Refuses (stays float): tensors other than float32 and float16, non-constant weights, weights that are
+    not 2-D, packed-QKV com.microsoft ``Attention``, a weight
     one of whose blocks spans more than float32 holds (its asymmetric scale would be infinite), and the
     layers ``QuantizationPass`` keeps float (``exclude`` — which also matches Gather
     names — model outputs, the accuracy budget).
     """
 
     kinds = ("matmul", "gemm")
+    float16_layers = True
     precision = "int4"
     default_scheme = "int4"
     measures_speed = True
@@ -249,6 +258,8 @@ class Int4QuantizationPass(QuantizationPass):
             self._method = "rtn"
             return
         self._hessian_inputs = sample_layer_inputs(model, layers, batches, rows=_GPTQ_ROWS)
+        # A float16 layer's inputs: its Hessian summed in float16 would overflow (and round) long before float32's.
+        self._hessian_inputs = {name: x.astype(np.float32) for name, x in self._hessian_inputs.items()}
         # A row holding an infinity (calibration may hold one: an additive mask's -inf; NaN is refused up front)
         # made the Hessian infinite and every scale after it NaN: the model then read NaN on every sample and
         # the budget left it float. Such rows are left out of the fit, as the ranges take finite values only.
@@ -317,6 +328,8 @@ class Int4QuantizationPass(QuantizationPass):
                 chosen = quantize_hqq(layer.weight, self.block_size)
             else:
                 chosen = quantize_rtn(layer.weight, self.block_size, symmetric=self.symmetric)
+            if layer.float16:  # its scales are stored float16: the twin dequantizes with what the kernel reads
+                chosen = dataclasses.replace(chosen, scales=chosen.scales.astype(np.float16).astype(np.float32))
             self._weights[layer.name] = chosen
         return self._weights[layer.name]
 
@@ -361,7 +374,9 @@ class Int4QuantizationPass(QuantizationPass):
         # A head whose tied table reads its packed weight has no int8 form: its int8 copy would sit
         # beside the float table (two tensors for one); float keeps one. On CUDA there is none either:
         # DynamicQuantizeMatMul has CPU kernels only (ONNX Runtime would run the layer on the CPU).
-        int8 = () if layer.name in self._planned.values() or self.timing_target == "cuda" else ("int8",)
+        # A float16 layer neither: DynamicQuantizeMatMul reads float32.
+        tied_or_cuda = layer.name in self._planned.values() or self.timing_target == "cuda"
+        int8 = () if tied_or_cuda or layer.float16 else ("int8",)
         if self.accuracy_level == 4 and self.weight(layer).bits == 4:
             return (FLOAT_INPUT, *int8)
         return int8
@@ -377,12 +392,25 @@ class Int4QuantizationPass(QuantizationPass):
         return 0 if self.scheme(layer) == FLOAT_INPUT else self.accuracy_level
 
     def layer_refusal(self, layer: Layer) -> str | None:
+        if layer.float16 and (reason := self._float16_refusal(layer)) is not None:
+            return reason
         # A block spanning more than float32 holds has an infinite asymmetric scale: the layer read NaN, the
         # pass's check missed and rolled back every layer with it. Symmetric scales (peak / 8) cannot overflow.
         if (not self.symmetric or self.method == "hqq") and span_overflows(layer.weight, self.block_size):
             return (
                 "a block of its weight spans more than float32 holds, so its scale would be infinite "
                 "(--symmetric scales by the block's peak instead)"
+            )
+        return None
+
+    def _float16_refusal(self, layer: Layer) -> str | None:
+        """Why a float16 layer has no form here: its block offsets and outlier channels are float32 MatMuls."""
+        if self.outlier_channels:
+            return "a float16 layer: its outlier channels would be added back in float32 ops (no float16 form here)"
+        if self.method == "hqq" or ((grid := self._grid(layer)) is not None and grid.has_offsets):
+            return (
+                "a float16 layer: its float zero points (HQQ's, or a recovered grid's) would be added back as block "
+                "offsets in float32 ops (no float16 form here)"
             )
         return None
 
@@ -441,7 +469,10 @@ class Int4QuantizationPass(QuantizationPass):
         split = self._split(layer)
         packed = add_initializer(graph, f"{prefix}.weight_int4", weight.packed())
         source = activation if split is None else self._zeroed(graph, node, activation, split, weight.k)
-        inputs = [source, packed, add_initializer(graph, f"{prefix}.scales", weight.scales.reshape(-1))]
+        # A float16 layer's MatMulNBits reads float16 (its input, scales and bias; ONNX Runtime 1.32 runs it on CPU).
+        half = np.float16 if layer.float16 else np.float32
+        scales = weight.scales.reshape(-1).astype(half)
+        inputs = [source, packed, add_initializer(graph, f"{prefix}.scales", scales)]
         zero_points = weight.packed_zero_points()
         inputs.append(add_initializer(graph, f"{prefix}.zero_points", zero_points) if zero_points is not None else None)
         result, bias = node.outputs[0], layer.bias
@@ -449,7 +480,7 @@ class Int4QuantizationPass(QuantizationPass):
             bias, add, _ = following
             result = add.outputs[0]
         inputs.append(None)  # g_idx (deprecated)
-        inputs.append(add_initializer(graph, f"{prefix}.bias", bias.astype(np.float32)) if bias is not None else None)
+        inputs.append(add_initializer(graph, f"{prefix}.bias", bias.astype(half)) if bias is not None else None)
         while inputs[-1] is None:
             inputs.pop()
         attributes = [
@@ -631,6 +662,8 @@ class Int4QuantizationPass(QuantizationPass):
             twin.quantize_input(layer)
             twin.set_weight(layer, claimed_weight(layer.weight, quantized, layer.name))
             return
+        if layer.float16:
+            _float32_island(twin, layer)
         exact = self.weight(layer)
         x, node, split = layer.activation, layer.node, self._split(layer)
         prefix = f"{node.name}.twin"
@@ -670,7 +703,7 @@ class Int4QuantizationPass(QuantizationPass):
         levels: list[int] = []
         int8, eight, offsets, split = 0, 0, 0, 0
         split_inputs: dict[str, OutlierChannels] = {}
-        for layer in twin.layers(self.kinds, names):
+        for layer in twin.layers(self.kinds, names, float16=self.float16_layers):
             if (channels := self._split(layer)) is not None:  # before twin_layer reroutes the layer's input
                 split += 1
                 split_inputs[layer.activation.name] = channels
@@ -869,6 +902,25 @@ def _table_inputs(
     ]
     parameters.append(add_initializer(graph, f"{name}.zero_points", pack_nibbles(weight.explicit_zero_points(), pad=8)))
     return parameters, weight, False
+
+
+def _float32_island(twin: Int8Twin, layer: Layer) -> None:
+    """Make a float16 layer of ``twin`` compute in float32: its input (and a Gemm's C) widened, its result rounded to
+    float16 after. ONNX Runtime 1.32's float16 MatMulNBits on CPU gives the float32 kernel's result rounded to
+    float16 (equal on every element, accuracy_level 0 and 4, float16 scales), so the layer's float32 twin then
+    stands for it."""
+    graph, node = twin.model.graph, layer.node
+    widen = ir.Node("", "Cast", [node.inputs[0]], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT)])
+    widen.name = f"{node.name}_twin_float32"
+    widen.outputs[0].name = f"{widen.name}.output"
+    graph.insert_before(node, widen)
+    node.replace_input_with(0, widen.outputs[0])
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        twin.set_input(node, 2, layer.bias)
+    narrow = ir.Node("", "Cast", [node.outputs[0]], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT16)])
+    narrow.name = f"{node.name}_twin_float16"
+    twin.follow_output(node, [narrow], "twin_float32")
+    node.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
 
 
 def _quantize_input_blocks(model: ir.Model, layer: Layer, block_size: int, source: ir.Value | None = None) -> None:
