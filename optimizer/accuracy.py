@@ -422,14 +422,16 @@ def scale_scores(ratios: np.ndarray) -> np.ndarray:
 class AccuracyBudget:
     """How far a reduced-precision model may drift from the float original.
 
-    ``min_cosine``: the mean per-sample cosine similarity of every float output (the
-    fraction of agreeing values, for integer and string outputs; for an output of one value per
+    ``min_cosine``: the mean per-sample cosine similarity of every float output (for an ``ArgMax``'s ids given their
+    logits, ``optimizer.runtime.budget_runs``, a score read on their logits: ``paired_drift``; the fraction of agreeing
+    values, for other integer and string outputs; for an output of one value per
     sample, ``1 - r**2 / 2`` of its relative error ``r``) must reach it, each sample's
     cosine held to ``1 - (q - 1)**2 / 2`` of its norm ratio ``q`` too (``scale_scores``: a
     cosine does not see an output scaled down by pruning, say); ``min_worst_cosine``:
     the same per-sample score of the worst sample of every output must reach it (a mean
     of 0.995 can hide a sentence at 0.97); ``max_error``: no output element may differ by
-    more (integer ones included: a changed class id differs by at least 1; a changed string label, which has no
+    more (integer ones included: a changed integer differs by at least 1, an ``ArgMax``'s ids by their logits'
+    largest difference; a changed string label, which has no
     size, meets none). Any of them
     may be set; a budget with none accepts anything. An output that turned NaN or Inf where the original has a
     number or another NaN or Inf (``paired_drift``: ``Drift(0, inf)``), or one of another shape (a detector's
@@ -509,6 +511,12 @@ class Drift:
     # The output the largest error is in: named where another output's note follows it (a VAD's cache state held
     # ``max |Δ| 1.12``, which read as its softmax probabilities' beside their note).
     max_error_output: str | None = None
+    # Where the worst score is an ArgMax's class or token ids' (``budget_runs`` gave their logits): their name, how
+    # many of the ids changed, how many of those at a near tie, and how many were compared. Their score is read on
+    # their logits, held to the share of ids equal or flipped at a near tie (``_picks_on_logits``).
+    on_logits: tuple[str, int, int, int] | None = None
+    # Where the worst score is another integer or a text output's: its name. Its score is its share of equal values.
+    shared: str | None = None
 
     def __post_init__(self) -> None:
         if self.worst_cosine is None:
@@ -524,6 +532,7 @@ class Drift:
             noted.append(self.fields)
         if self.text_changed is not None:
             noted.append(self.text_changed)  # a string output's note read as holding the max |Δ| too
+        noted += [named for named in (self.on_logits and self.on_logits[0], self.shared) if named]
         if self.max_error_output is not None and any(name != self.max_error_output for name in noted):
             said += f" (in {self.max_error_output})"
         if self.relative_error is not None:
@@ -542,6 +551,15 @@ class Drift:
             said += f" ({self.text_changed}: strings changed, which no --max-error holds)"
         if self.fields is not None and (self.norm_ratio is None or self.norm_ratio[0] != self.fields):
             said += f" ({self.fields}: values over 100x smaller than the rest of that output, scored on their own)"
+        if self.on_logits is not None:
+            name, count, near, compared = self.on_logits
+            said += (
+                f" ({name}: ArgMax ids, scored on the logits they pick among, centred, as 1 - r²/2 of their relative "
+                f"error r, and by the share of ids equal or flipped at a near tie; {count} of {compared} ids changed, "
+                f"{near} at a near tie)"
+            )
+        if self.shared is not None:
+            said += f" ({self.shared}: not float, scored by its share of equal values)"
         return said
 
 
@@ -583,16 +601,33 @@ def ratio_text(ratio: float) -> str:
     return f"{ratio:.{digits}g}"
 
 
+# The key under which an output computed by an ``ArgMax`` carries the float values it picks among (``logits_key``).
+_LOGITS_SUFFIX = "\x00logits"
+
+
+def logits_key(name: str) -> str:
+    """The key, beside output ``name`` (an ``ArgMax``'s class or token ids) in one run's outputs, of the float values
+    its ``ArgMax`` picks among, laid out as ``name`` is with the classes along one more last axis
+    (``optimizer.runtime.budget_runs``): the budget scores the ids on them (``paired_drift``)."""
+    return name + _LOGITS_SUFFIX
+
+
+def logits_owner(key: str) -> str | None:
+    """The output whose logits ``key`` holds (``logits_key``), or None for an output's own key."""
+    return key[: -len(_LOGITS_SUFFIX)] if key.endswith(_LOGITS_SUFFIX) else None
+
+
 def samples_first(outputs: Mapping[str, Any], axes: Mapping[str, int | None]) -> dict[str, Any]:
     """``outputs`` with each output named in ``axes`` (``optimizer.samples.output_sample_axes``) moved so its
     samples lie along axis 0, where every per-sample figure reads them; an axis of None (a model with no batch: the
     run is one sample) puts the whole output in one sample along a new axis 0."""
     moved = {}
     for name, value in outputs.items():
-        axis = axes.get(name, 0)
-        if name in axes and axis is None and isinstance(value, np.ndarray):
+        owner = logits_owner(name) or name  # an ArgMax output's logits (``logits_key``) are laid out as it is
+        axis = axes.get(owner, 0)
+        if owner in axes and axis is None and isinstance(value, np.ndarray):
             moved[name] = value[np.newaxis]
-        elif name in axes and axis is not None and np.ndim(value) > axis:
+        elif owner in axes and axis is not None and np.ndim(value) > axis:
             moved[name] = np.moveaxis(np.asanyarray(value), axis, 0)
         else:
             moved[name] = value
@@ -610,7 +645,8 @@ def output_drift(
     Each float output's cosine is taken per sample (row along axis 0, flattened) and
     averaged over all samples; an integer or boolean output (class ids, token ids)
     counts by the fraction of its values that agree, and its largest difference counts in
-    the error. The cosine of a single number is +-1, so an output of one value per sample
+    the error (an ``ArgMax``'s ids given their logits, by the logits: ``paired_drift``). The cosine of a single
+    number is +-1, so an output of one value per sample
     (a score, a regression; ``[batch, 1]`` or ``[batch]``) is scored over all samples at
     once by its relative error ``r = |after - before| / |before|`` as ``1 - r**2 / 2``,
     the cosine an error of that size at right angles would give (the rule of
@@ -648,6 +684,10 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     row cosine, an integer output's lowest fraction of agreeing values in one row (along
     axis 0), and for an output of one value per sample its score over all samples (no
     single number has a cosine; its relative error over all samples is what is bounded).
+
+    An output of an ``ArgMax``'s class or token ids whose logits both runs give beside it (``logits_key``,
+    ``optimizer.runtime.budget_runs``) is scored on them instead (``_picks_on_logits``), integer or cast to float;
+    where only the original's run gives them (the rewrite computes the ids otherwise), by its share of equal values.
     """
     scores: dict[str, list[float]] = {}
     # The lowest per-sample score of each output (rows along axis 0).
@@ -662,8 +702,14 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     max_error = 0.0
     max_error_output = None
     reshaped = changed = None
+    # ArgMax outputs scored on their logits: the number of ids changed and compared, by name.
+    picked: dict[str, list[int]] = {}
+    # Integer and text outputs scored by their share of equal values.
+    by_share: set[str] = set()
     for expected_run, actual_run in runs:
         for name, expected in expected_run.items():
+            if logits_owner(name) is not None:  # scored with the ids they give
+                continue
             # An integer or text output's padded positions (``optimizer.padding.unpadded`` masks them): left out.
             hidden = np.ma.getmaskarray(expected) if np.ma.isMaskedArray(expected) else None
             expected, actual = np.asarray(expected), np.asarray(actual_run[name])
@@ -687,20 +733,53 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                 # model of labels alone failed every approximate pass on "no outputs to compare".
                 agree = np.atleast_1d(np.asarray(expected == actual, dtype=bool))
                 kept = np.ones(agree.shape, bool) if hidden is None else ~np.atleast_1d(hidden)
+                by_share.add(name)
                 scores.setdefault(name, []).extend(agree[kept].astype(float))
                 if (rows := _kept_row_shares(agree, kept)).size:
                     lowest[name] = min(lowest.get(name, 1.0), float(rows.min()))
                 if not agree[kept].all():
                     changed = changed or name
                 continue
-            if expected.dtype.kind != "f":
+            logits = _logits_of(name, expected_run, actual_run, np.atleast_1d(expected).shape)
+            if logits is not None:
+                # An ArgMax's class or token ids (cast to floats too: their cosine is of class numbers), read on the
+                # logits they pick among: an id flipped at a near tie is no lost sample.
                 agree = np.atleast_1d(expected == actual)
                 kept = np.ones(agree.shape, bool) if hidden is None else ~np.atleast_1d(hidden)
+                scored = _picks_on_logits(np.atleast_1d(expected), np.atleast_1d(actual), kept, *logits)
+                if scored is None:  # the logits turned NaN or Inf, as a float output's would
+                    return Drift(0.0, float("inf"))
+                rows, error, near = scored
+                counts = picked.setdefault(name, [0, 0, 0])
+                counts[0] += int((~agree & kept).sum())
+                counts[1] += near
+                counts[2] += int(kept.sum())
+                if rows.size:
+                    scores.setdefault(name, []).extend(rows.tolist())
+                    lowest[name] = min(lowest.get(name, 1.0), float(rows.min()))
+                if error > max_error:
+                    max_error, max_error_output = error, name
+                continue
+            if expected.dtype.kind != "f" or logits_key(name) in expected_run:
+                # Integers, or an ArgMax's ids (cast to floats) whose rewrite computes them otherwise (no longer an
+                # ArgMax's: ids shifted by one read a cosine of class numbers of 0.9997): each value equal or not.
+                agree = np.atleast_1d(expected == actual)
+                kept = np.ones(agree.shape, bool) if hidden is None else ~np.atleast_1d(hidden)
+                by_share.add(name)
                 scores.setdefault(name, []).extend(agree[kept].astype(float))
                 if (rows := _kept_row_shares(agree, kept)).size:
                     lowest[name] = min(lowest.get(name, 1.0), float(rows.min()))
-                if _integers(expected, actual) and expected.shape == actual.shape and kept.any():
-                    error = float(np.atleast_1d(integer_difference(expected, actual))[kept].max())
+                if (
+                    expected.shape == actual.shape
+                    and kept.any()
+                    and (expected.dtype.kind == "f" or _integers(expected, actual))
+                ):
+                    differences = (
+                        integer_difference(expected, actual)
+                        if _integers(expected, actual)
+                        else np.abs(actual - expected)
+                    )
+                    error = float(np.nan_to_num(np.atleast_1d(differences)[kept], nan=np.inf).max())
                     if error > max_error:
                         max_error, max_error_output = error, name
                 continue
@@ -763,9 +842,99 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     fields = worst if worst in split else None
     if fields is None:
         fields = next((name for name in split if lowest.get(name, 1.0) <= worst_sample), None)
+    # Where the worst score is an ArgMax's ids', the figure says it was read on their logits; where it is another
+    # integer or text output's, that it is a share of equal values, not a cosine.
+    on_logits = (worst, *picked[worst]) if worst in picked else None
+    shared = worst if worst in by_share else None
     return Drift(
-        per_output[worst], max_error, relative_error, worst_sample, scaled, reshaped, changed, fields, max_error_output
+        per_output[worst],
+        max_error,
+        relative_error,
+        worst_sample,
+        scaled,
+        reshaped,
+        changed,
+        fields,
+        max_error_output,
+        on_logits,
+        shared,
     )
+
+
+def _logits_of(
+    name: str, expected_run: Mapping[str, Any], actual_run: Mapping[str, Any], shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The logits an ArgMax output ``name`` picks among in both runs (``logits_key``), as float64 ``[*shape, classes]``
+    (``shape``: the ids', at least 1-D), or None where either run lacks them (a rewrite left no ArgMax there) or they do
+    not fit the ids."""
+    key = logits_key(name)
+    if key not in expected_run or key not in actual_run:
+        return None
+    expected, actual = np.asarray(expected_run[key]), np.asarray(actual_run[key])
+    if expected.shape != actual.shape or not expected.ndim or expected.shape[-1] == 0 or expected.dtype.kind != "f":
+        return None
+    if math.prod(expected.shape[:-1]) != math.prod(shape):
+        return None
+    arranged = (*shape, expected.shape[-1])
+    return expected.astype(np.float64).reshape(arranged), actual.astype(np.float64).reshape(arranged)
+
+
+def _picks_on_logits(
+    expected: np.ndarray, actual: np.ndarray, kept: np.ndarray, expected_logits: np.ndarray, actual_logits: np.ndarray
+) -> tuple[np.ndarray, float, int] | None:
+    """An ArgMax output's per-sample scores (rows along axis 0 with a position kept), largest error and count of ids
+    flipped at a near tie, read on the logits it picks among (``[*ids, classes]``). A sample scores the lower of
+    ``1 - r**2 / 2`` of its logits' relative error ``r`` (the cosine an error at right angles gives), each position's
+    logits centred along the classes (an ArgMax does not see a shift, and logits far from zero have a cosine near 1
+    whatever their order) and the error taken against the sample's centred logits or the run's RMS of them per value,
+    the larger, and the share of its positions whose id is the original's or
+    flipped at a near tie: the candidate's own pick of its logits, which the original's logits put within
+    ``_NEAR_TIE`` of their RMS (centred, over the run's positions kept) of its own pick (an id that follows neither,
+    the ArgMax rewritten or its ids shifted, is no tie flip; nor is one the original was sure of, however close the
+    logits' cosine). The error is the logits' largest difference; at a position whose id follows neither its
+    original nor its own logits, the ids' own. None where the logits turn NaN or Inf other than the original's."""
+    e, a = expected_logits, actual_logits
+    finite = np.isfinite(e) & np.isfinite(a)
+    if not finite.all() and (~finite & ~((np.isnan(e) & np.isnan(a)) | (e == a))).any():
+        return None
+    e, a = np.where(finite, e, 0.0), np.where(finite, a, 0.0)
+    equal = expected == actual
+    own = actual == np.argmax(a, axis=-1)
+    error = float(np.abs(a - e)[kept].max(initial=0.0))
+    if (stray := kept & ~(equal | own)).any():
+        ids = integer_difference(expected, actual) if _integers(expected, actual) else np.abs(actual - expected)
+        error = max(error, float(np.nan_to_num(ids[stray], nan=np.inf).max()))
+    centred = [np.where(kept[..., None], x - x.mean(axis=-1, keepdims=True), 0.0) for x in (e, a)]
+    # The original's margin of its pick over the candidate's.
+    picks = np.argmax(e, axis=-1)
+    chosen = np.take_along_axis(e, np.argmax(a, axis=-1)[..., None], axis=-1)[..., 0]
+    margin = np.take_along_axis(e, picks[..., None], axis=-1)[..., 0] - chosen
+    # The scale of the whole run, not of one position: two classes' centred logits are +-margin/2, whose RMS a flip
+    # always passes, and a binary classifier would have no near tie.
+    spread = root_mean_square(np.abs(centred[0][kept])) if kept.any() else 0.0
+    near = kept & ~equal & own & (margin <= _NEAR_TIE * spread)
+    samples = len(kept)
+    counted = kept.reshape(samples, -1).sum(axis=1)
+    rows = counted > 0
+    shares = ((equal | near) & kept).reshape(samples, -1).sum(axis=1)[rows] / counted[rows]
+    # ``1 - r**2 / 2`` of each sample's relative error ``r``, the cosine an error at right angles gives, measured
+    # against the sample's centred logits floored at the run's scale: a classifier's sample is one position, whose
+    # centred logits at a near tie are a tiny vector that flips (its cosine read -1 for a flip of 1e-3).
+    x, y = (values.reshape(samples, -1)[rows] for values in centred)
+    scale = np.sum(x * x, axis=1)
+    floor = counted[rows] * e.shape[-1] * spread**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        squared = np.sum((y - x) ** 2, axis=1) / np.maximum(np.maximum(scale, floor), np.finfo(np.float64).tiny)
+    scores = np.where(np.all(x == y, axis=1), 1.0, np.clip(1.0 - squared / 2, -1.0, 1.0))
+    return np.minimum(scores, shares), error, int(near.sum())
+
+
+# An id flipped where the original's logits put the candidate's class within this fraction of their RMS (centred along
+# the classes) of its own pick is a near tie: either class was the original's toss-up. An int8 rewrite's logits move
+# by about 2 % of their RMS (cosine 0.9998), and its flips in a review's CTC tail were such ties, where a pruning
+# that met --min-cosine 0.98 on the logits alone changed 56 of 288 ids, most of them positions the original was sure
+# of.
+_NEAR_TIE = 0.05
 
 
 # An output that holds quantities of very different scale side by side (a YOLO detector's ``[batch, 4 + classes,

@@ -11,6 +11,7 @@ the model.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import shutil
@@ -28,7 +29,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as common_passes
 
-from optimizer.accuracy import Drift, output_drift
+from optimizer.accuracy import Drift, logits_key, output_drift
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import RuntimeRefusedError, UnsupportedModelError
 from optimizer.sessions import (  # noqa: F401 (re-exported: the spine's callers import them from here)
@@ -484,7 +485,69 @@ def drift_of(
     ``run_batches``; positions the batches' padding masks hide are left out (``optimizer.padding.unpadded``), as the
     graph of ``layout`` says (default: ``model``'s). Give the model ``reference`` holds to where a rewrite hides them:
     a decoder fused into GroupQueryAttention no longer shows which of its logits are padding."""
-    return output_drift(reference, run_batches(model, batches), batches, model if layout is None else layout)
+    return output_drift(reference, budget_runs(model, batches), batches, model if layout is None else layout)
+
+
+# Ops an ArgMax's ids reach an output through unchanged in order and count (a Cast to int32, say).
+_IDS_PASS_THROUGH = ("Cast", "Identity")
+
+
+def argmax_picks(model: ir.Model) -> dict[str, tuple[str, int]]:
+    """Each graph output of ``model`` that an ONNX ``ArgMax`` of float values in its graph computes (directly or
+    through a ``Cast`` or ``Identity``), with the name of the values it picks among (a computed tensor, not a graph
+    input or a constant) and its axis: class or token ids, which the accuracy budget scores on them
+    (``budget_runs``). An ``ArgMax`` with ``select_last_index`` is left out (its ids are scored by their share of
+    equal values)."""
+    picks = {}
+    for output in model.graph.outputs:
+        node = output.producer()
+        while node is not None and node.op_type in _IDS_PASS_THROUGH and is_onnx_domain(node) and node.inputs:
+            node = node.inputs[0].producer() if node.inputs[0] is not None else None
+        if node is None or node.op_type != "ArgMax" or not is_onnx_domain(node) or not output.name:
+            continue
+        logits = node.inputs[0]
+        last = node.attributes.get("select_last_index")
+        if logits is None or logits.producer() is None or not logits.name or (last is not None and last.as_int()):
+            continue
+        if logits.dtype is not None and not logits.dtype.is_floating_point():
+            continue  # an ArgMax of integers (a dtype not recorded is read from the run: ``paired_drift`` checks it)
+        axis = node.attributes.get("axis")
+        picks[output.name] = (logits.name, axis.as_int() if axis is not None else 0)
+    return picks
+
+
+def logits_exposed(model: ir.Model) -> tuple[ir.Model, dict[str, tuple[str, int]]]:
+    """``model`` with the values each ``argmax_picks`` output picks among added to its outputs (``exposing``; the
+    model itself where it has none), and those picks: run it and give ``with_logits`` its outputs."""
+    picks = argmax_picks(model)
+    return (exposing(model, [logits for logits, _ in picks.values()]) if picks else model), picks
+
+
+def with_logits(
+    outputs: Mapping[str, Any], picks: Mapping[str, tuple[str, int]], names: Sequence[str]
+) -> dict[str, Any]:
+    """One run's ``names`` outputs (the model's own) of a ``logits_exposed`` model, each ``picks`` output's logits
+    beside it under ``logits_key``, laid out as the ids with the classes along a last axis."""
+    run = {name: outputs[name] for name in names}
+    for name, (logits, axis) in picks.items():
+        values, shape = np.asarray(outputs[logits]), np.shape(outputs[name])
+        if values.ndim and -values.ndim <= axis < values.ndim:
+            values = np.moveaxis(values, axis, -1)  # keepdims or not, the positions are the ids' in their order
+            if math.prod(values.shape[:-1]) == math.prod(shape):
+                run[logits_key(name)] = values.reshape(*shape, values.shape[-1])
+    return run
+
+
+def budget_runs(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """``run_batches`` as the accuracy budget reads a model: each output an ``ArgMax`` computes (``argmax_picks``)
+    with the values it picks among beside it (``with_logits``), which its ids are scored on (``paired_drift``). A
+    model with none runs as it is; one with some runs with those values exposed as outputs, which may change the
+    kernels ONNX Runtime picks for them."""
+    probe, picks = logits_exposed(model)
+    if not picks:
+        return run_batches(model, batches)
+    names = [value.name for value in model.graph.outputs]
+    return [with_logits(outputs, picks, names) for outputs in run_batches(probe, batches)]
 
 
 def run_batches(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:

@@ -70,6 +70,7 @@ from optimizer.qdq_rewrites import layers_quantized_by_onnxruntime
 from optimizer.runtime import (
     available_memory,
     branch_values,
+    budget_runs,
     collect_values,
     drift_of,
     exposing,
@@ -77,13 +78,14 @@ from optimizer.runtime import (
     in_branch_of,
     inference_session,
     loading_crash,
-    run_batches,
+    logits_exposed,
     run_model,
     run_session,
     run_sets,
     stored_weight_bytes,
     stream_values,
     value_collector,
+    with_logits,
 )
 from optimizer.samples import SampleData, held_out_parts, holds_samples, output_sample_axes, samples_in, split_samples
 
@@ -1925,17 +1927,23 @@ def _streamed_drift(original: ir.Model, candidate: ir.Model, batches: Sequence[M
     """The candidate's drift from the original, both run batch by batch side by side (as deployed:
     ORT's full optimizations): samples streamed from disk (``SampleData``) may be more than memory
     holds, and so may the outputs of either model on all of them."""
+    # An ArgMax's ids are read with the logits they pick among beside them (``budget_runs``), on each side its own.
+    (original_probe, original_picks), (candidate_probe, candidate_picks) = map(logits_exposed, (original, candidate))
+    original_names = [value.name for value in original.graph.outputs]
+    candidate_names = [value.name for value in candidate.graph.outputs]
     with (
-        inference_session(original, optimization_level="all") as reference,
-        inference_session(candidate, optimization_level="all") as session,
+        inference_session(original_probe, optimization_level="all") as reference,
+        inference_session(candidate_probe, optimization_level="all") as session,
     ):
         axes = output_sample_axes(original)
 
         def pairs():  # each batch read once: its padding is taken out of both runs (optimizer.padding.unpadded)
             for batch in batches:
-                for before, after in unpadded(
-                    original, [batch], [(run_session(reference, batch), run_session(session, batch))]
-                ):
+                run = (
+                    with_logits(run_session(reference, batch), original_picks, original_names),
+                    with_logits(run_session(session, batch), candidate_picks, candidate_names),
+                )
+                for before, after in unpadded(original, [batch], [run]):
                     yield samples_first(before, axes), samples_first(after, axes)
 
         return paired_drift(pairs())
@@ -3284,7 +3292,7 @@ class Verifier:
                 drift = _streamed_drift(self._original, candidate, batches)
             else:
                 if self._sample_references is None:
-                    self._sample_references = run_batches(self._original, batches)
+                    self._sample_references = budget_runs(self._original, batches)
                 # Padding as the original shows it (as ``_streamed_drift`` reads it): a candidate fused into
                 # GroupQueryAttention hides none of its logits, and its padded ones are undefined in the original.
                 drift = drift_of(candidate, batches, self._sample_references, layout=self._original)
