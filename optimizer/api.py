@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from optimizer.compared_inputs import compared_constants
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import (
     GeneratedInputsRefusedError,
@@ -32,7 +33,6 @@ from optimizer.inputs import (
     cache_length_dims,
     check_inputs,
     chunks_only_at_batch_one,
-    compared_constants,
     constant_inputs_note,
     dims_from_inputs,
     dims_of_several_sizes,
@@ -250,11 +250,12 @@ def optimize_with_report(
                 _add_prefill(ir_model, decoder_sets, options.dims)
             if inputs is None:
                 _add_drawn_compared_values(ir_model, verifier)
-                _add_other_compared_constants(ir_model, verifier)
+                turns = _compared_turns(ir_model, verifier.input_sets[0])
+                _add_other_compared_constants(ir_model, verifier, turns)
                 skipped = _add_longer_compared_constants(
-                    ir_model, verifier, options.dims, named=not specializes, max_positions=lengths.cap
+                    ir_model, verifier, turns, options.dims, named=not specializes, max_positions=lengths.cap
                 )
-                if note := _unheld_compared_constants(ir_model, verifier, skipped):
+                if note := _unheld_compared_constants(verifier, turns, skipped):
                     notes.append(note)
             _ensure_padding(ir_model, verifier)
             _ensure_shifted_positions(ir_model, verifier)
@@ -957,19 +958,29 @@ def _add_drawn_compared_values(model: ir.Model, verifier: Verifier) -> None:
 _COMPARED_TURNS = 4
 
 
-def _add_other_compared_constants(model: ir.Model, verifier: Verifier) -> None:
+def _compared_turns(model: ir.Model, first: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
+    """For each turn k of the first ``_COMPARED_TURNS``, the constants ``make_inputs`` holds the one-element inputs of
+    ``first`` (the first verification set) at in the sets of seed 2k (``compared_constants``): found once for
+    ``_add_other_compared_constants`` and every ``_unheld_compared``, since they depend on ``first``'s shapes and
+    types alone and the first set is never replaced."""
+    return [compared_constants(model, first, seed=2 * turn) for turn in range(_COMPARED_TURNS)]
+
+
+def _add_other_compared_constants(
+    model: ir.Model, verifier: Verifier, turns: Sequence[Mapping[str, np.ndarray]]
+) -> None:
     """Where a one-element input is compared with several constants (``Equal(code, 3)`` and ``Equal(code, 7)``, a
     switch's ``Equal(mode, "train")`` and ``Equal(mode, "eval")``), verify on a set of the first one's shapes holding
     each constant after the first that no set holds, up to ``_COMPARED_TURNS`` in all: ``make_inputs`` holds the k-th
     in the sets of seed 2k (``compared_constants``), generated sets are of seeds 0 and 1, and the branch the second
     constant selects never ran (a rewrite wrong in it verified). A constant ONNX Runtime refuses the model on is left
-    out, as ``make_inputs`` leaves it."""
+    out, as ``make_inputs`` leaves it. ``turns``: the constants of each turn (``_compared_turns``)."""
     first = verifier.input_sets[0]
     dims = dims_from_inputs(model, first)
     for turn in range(1, _COMPARED_TURNS):
         held = {
             name: value
-            for name, value in compared_constants(model, first, seed=2 * turn).items()
+            for name, value in turns[turn].items()
             if not any(np.array_equal(s.get(name), value) for s in verifier.input_sets)
         }
         if not held:
@@ -984,16 +995,18 @@ def _add_other_compared_constants(model: ir.Model, verifier: Verifier) -> None:
             verifier.add_input_set(inputs, f"generated, {values} held ({_shapes(model, inputs)}){how}")
 
 
-def _unheld_compared(model: ir.Model, sets: Sequence[Mapping[str, Any]]) -> list[tuple[int, str, np.ndarray, bool]]:
-    """Each compared constant (``compared_constants``: Silero VAD's ``If(Equal(sr, 16000))``, an ``If``'s condition
-    held true, a threshold's sides; the first ``_COMPARED_TURNS``) that no set in ``sets`` holds, and each input
-    compared with one value alone that every set holds (the other branch), as the seed whose ``make_inputs`` holds it
-    (``2k`` for the k-th constant, 1 for the other branch), the input's name, the constant, and whether the value
-    wanted is another than it. Left unheld where the input model was refused on it (Silero v6's 16 kHz STFT needs 256
-    samples, 128 drawn)."""
+def _unheld_compared(
+    turns: Sequence[Mapping[str, np.ndarray]], sets: Sequence[Mapping[str, Any]]
+) -> list[tuple[int, str, np.ndarray, bool]]:
+    """Each compared constant in ``turns`` (``_compared_turns``: Silero VAD's ``If(Equal(sr, 16000))``, an ``If``'s
+    condition held true, a threshold's sides; the first ``_COMPARED_TURNS``) that no set in ``sets`` holds, and each
+    input compared with one value alone that every set holds (the other branch), as the seed whose ``make_inputs``
+    holds it (``2k`` for the k-th constant, 1 for the other branch), the input's name, the constant, and whether the
+    value wanted is another than it. Left unheld where the input model was refused on it (Silero v6's 16 kHz STFT
+    needs 256 samples, 128 drawn)."""
     constants: dict[str, list[tuple[int, np.ndarray]]] = {}
-    for turn in range(_COMPARED_TURNS):
-        for name, value in compared_constants(model, sets[0], seed=2 * turn).items():
+    for turn, found in enumerate(turns):
+        for name, value in found.items():
             kept = constants.setdefault(name, [])
             if not any(np.array_equal(value, other) for _, other in kept):
                 kept.append((2 * turn, value))
@@ -1018,6 +1031,7 @@ _LONGER_FOR_COMPARED = (2, 4)
 def _add_longer_compared_constants(
     model: ir.Model,
     verifier: Verifier,
+    turns: Sequence[Mapping[str, np.ndarray]],
     dims: Mapping[str, int] | None,
     *,
     named: bool = True,
@@ -1032,14 +1046,14 @@ def _add_longer_compared_constants(
     the result must take: a 256-sample set beside ``--max-sequence 128`` would roll back a fusion that bakes its tables
     for 128, until review s71, late 3). Only on such a refusal; left out where none does (then
     ``_unheld_compared_constants`` says so). Returns why a longer length was not drawn (past ``--max-sequence``, past
-    the input size limit), for that note."""
+    the input size limit), for that note. ``turns``: the constants of each turn (``_compared_turns``)."""
     skipped: list[str] = []
     first = verifier.input_sets[0]
     defaults = bind_dims(model)
     bound = dims_from_inputs(model, first)
-    for seed in sorted({seed for seed, *_ in _unheld_compared(model, verifier.input_sets)}):
+    for seed in sorted({seed for seed, *_ in _unheld_compared(turns, verifier.input_sets)}):
         # Recomputed for each seed: a set added for one seed may hold another's constant.
-        wanted = [(n, v, o) for s, n, v, o in _unheld_compared(model, verifier.input_sets) if s == seed]
+        wanted = [(n, v, o) for s, n, v, o in _unheld_compared(turns, verifier.input_sets) if s == seed]
         for factor in _LONGER_FOR_COMPARED if wanted else ():
             if max_positions is not None and DEFAULT_SEQUENCE * factor > max_positions:
                 skipped.append(f"{DEFAULT_SEQUENCE * factor} is past --max-sequence {max_positions}")
@@ -1079,13 +1093,15 @@ def _add_longer_compared_constants(
     return list(dict.fromkeys(skipped))
 
 
-def _unheld_compared_constants(model: ir.Model, verifier: Verifier, skipped: Sequence[str] = ()) -> str | None:
+def _unheld_compared_constants(
+    verifier: Verifier, turns: Sequence[Mapping[str, np.ndarray]], skipped: Sequence[str] = ()
+) -> str | None:
     """A note naming each compared constant no verification set holds (``_unheld_compared``), or None: the input
     model was refused on it at every length tried (``_add_longer_compared_constants``), the sets were left drawn off
     it, and the branch it selects was not verified, which the report did not say. ``skipped``: why longer lengths were
     not drawn (``_add_longer_compared_constants``), said instead of "longer ones too" (which blamed ONNX Runtime for
-    lengths never run until review s71, late 5)."""
-    unheld = _unheld_compared(model, verifier.input_sets)
+    lengths never run until review s71, late 5). ``turns``: the constants of each turn (``_compared_turns``)."""
+    unheld = _unheld_compared(turns, verifier.input_sets)
     if not unheld:
         return None
     longer = f"longer ones not drawn: {', '.join(skipped)}" if skipped else "longer ones too"

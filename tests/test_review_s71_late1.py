@@ -29,7 +29,8 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from optimizer.inputs import compared_constants, make_inputs
+from optimizer.compared_inputs import compared_constants
+from optimizer.inputs import make_inputs
 from optimizer.pipeline import STATUS_APPLIED, STATUS_ROLLED_BACK
 from tests.helpers import optimize_with_rewrite
 from tests.test_review_s70_strkeys import _swap_constants, _switch

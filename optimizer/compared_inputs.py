@@ -1,0 +1,708 @@
+"""Generated inputs drawn at the constants the graph compares them with.
+
+Drawn as ``optimizer.inputs`` draws them (normal floats, integers 0 or 1, short words), an input the graph compares
+with constants falls on one side of every comparison: no element is the category ``Where(Equal(x, "cat"), a, b)``
+tests for, none passes a threshold ``x > 10``, a one-element switch ``If(Equal(sr, 16000))`` takes one branch in every
+set, and a rewrite wrong on the other side verifies. Here those constants are found and the inputs drawn at them:
+
+- An input of several elements (``_compared_keys``, drawn by ``_compared_drawn`` and ``_drawn_from_compared``): about
+  half its elements are the constants an ``Equal`` compares it with, values each side of a constant threshold that
+  the usual draws all fall on one side of (``_threshold_sides``: ``Less``, ``Greater``..., a ``Binarizer``, a
+  ``Clip``, ``Max`` or ``Min`` bound, a tree ensemble's splits), or NaN where an ``IsNaN`` or an ``Imputer`` reads
+  it; followed through ops that move its elements, casts, columns taken, string normalizing and joining, and
+  arithmetic by constants (``_after_affine``; for an ``Equal``, only steps undone exactly: ``_shifted_by_constant``).
+- An input of one element (``compared_constants``, ``_select_compared_values``): held at each constant in turn in the
+  sets of even seeds and at another value in the others, and an ``If`` condition held true, then false; the readers
+  are found past copies, strings ops and arithmetic by one constant number (``_compared_readers``).
+
+``optimizer.inputs`` calls in here when it generates (lazily: a pass imported alone loads ``optimizer.inputs``, not
+this module); ``optimizer.api`` adds the verification sets that hold the constants no generated set holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from optimizer.domains import is_onnx_domain
+from optimizer.errors import RuntimeRefusedError
+from optimizer.inputs import (
+    _INDEX_PRESERVING_OPS,
+    _KEY_MOVES,
+    _WORDS,
+    _as_input_columns,
+    _constant_number,
+    _picked_columns,
+    runtime_inputs,
+)
+from optimizer.runtime import run_model
+
+
+def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) -> set[str]:
+    """An integer, float or string input of one element that the model tests for equality with a constant (Silero VAD
+    v4's ``If(Equal(sr, 16000))``, a switch's ``If(Equal(mode, "train"))``), through casts and reshapes, holds that
+    constant in the sets of even seeds (the first binding) and another value in the others (the second binding):
+    drawn alone, the branch the constant selects, the one real audio takes, never ran, and a rewrite wrong in it
+    verified. One compared with a threshold (``If(Greater(speed, 1.5))``) holds a value each side of it in turn. In
+    place; left as drawn where ONNX Runtime refuses the model on the constant (then each input's is tried on its own:
+    one refused dropped every other input's, whose branch never ran). (Where there is no second binding,
+    verification adds a set of the first's shapes drawn so: ``compared_constants``.) An input of one
+    element that an ``If`` reads as its condition (Optimum's merged decoder's ``use_cache_branch``) is alike, its
+    constant true; in the others, a value drawn as that constant (a flag drawn true twice, a 1 drawn where
+    ``Equal(flag, 1)``) is moved off it, so the other branch runs: drawn, a flag took one value in every set (every
+    dim fixed: the only set), and a rewrite wrong in the other branch verified. Returns the names of the inputs it
+    set."""
+    drawn = dict(inputs)
+    held = compared_constants(model, inputs, seed)
+    if seed % 2:
+        held = {name: _other_than(value) for name, value in held.items() if np.array_equal(inputs[name], value)}
+    inputs.update(held)
+    if any(inputs[name] is not drawn[name] for name in drawn):
+        try:
+            run_model(model, inputs)
+        except RuntimeRefusedError:  # the branch it selects needs other inputs than those drawn: left as drawn
+            inputs.update(drawn)
+            if len(held) > 1:  # each on its own: one input's refused constant does not drop another's
+                for name, value in held.items():
+                    try:
+                        run_model(model, {**inputs, name: value})
+                    except RuntimeRefusedError:
+                        continue
+                    inputs[name] = value
+    return {name for name in drawn if inputs[name] is not drawn[name]}
+
+
+def _other_than(value: np.ndarray) -> np.ndarray:
+    """``value`` (one element, boolean, integer, float or string) moved off itself: negated, one nearer 0 (0 to 1), or
+    another word, so a true ``If`` condition becomes false; an array of ``value``'s shape and type (of no dims too:
+    numpy makes ``~value`` a scalar there, which ONNX Runtime refused, and a scalar flag drawn true stayed true)."""
+    if value.dtype.kind == "b":
+        return np.asarray(~value)
+    if value.dtype.kind == "O":
+        return np.full_like(value, next(word for word in _WORDS if word != value.reshape(-1)[0]))
+    return np.asarray(value - 1 if value.reshape(-1)[0] > 0 else value + 1, dtype=value.dtype)
+
+
+def compared_constants(model: ir.Model, inputs: Mapping[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
+    """Each integer, float or string input of one element in ``inputs`` that the model tests for equality with a
+    constant (``If(Equal(mode, "train"))``, a temperature's ``Where(Equal(t, 0), greedy, sampled)``), through casts and
+    reshapes, an ``Add``, ``Sub`` or ``Mul`` of a constant or a ``Div`` by one (``Equal(step + 1, 8)``) and, for
+    strings, a ``StringNormalizer`` or a ``StringConcat`` with a constant word (``_compared_readers``: the value they
+    turn into the constant), as an array of that constant (of the input's shape and type; a float's, those its type
+    holds exactly; where it is compared with several, ``Equal(code, 3)`` and ``Equal(code, 7)``, the ``seed // 2``-th
+    of them, in turn; one compared with a threshold, ``If(Greater(speed, 1.5))``, also after arithmetic
+    (``If(Greater(step - 10, 0))``), is held each side of it in turn, as ``_threshold_sides`` draws it, whatever the
+    usual draws, after every constant ``Equal`` compares it with); and each boolean or integer input of one element
+    that an ``If`` reads as its condition so, as an array of true (1)."""
+    found = {}
+    for value in runtime_inputs(model):
+        array = inputs.get(value.name)
+        if not isinstance(array, np.ndarray) or array.size != 1 or array.dtype.kind not in "iubfO":
+            continue
+        # Each constant once, in the order met: a dict (a list was quadratic in a one-hot's arange of 32000 ids). The
+        # values each side of a threshold after them: before, a clamp's six met first held ``Equal(n, 7)``'s 7 past
+        # the sets verification draws (``_COMPARED_TURNS``), and the branch it selects never ran.
+        constants: dict[Any, None] = {}
+        sided: dict[Any, None] = {}
+        for node, index, undo, affine in _compared_readers(value):
+            if node.op_type == "If" and is_onnx_domain(node) and index == 0 and not constants | sided and not undo:
+                found[value.name] = np.ones_like(array)
+                break
+            sides = None
+            if array.dtype.kind in "iuf" and (affine is not None or not undo):
+                sides = _threshold_sides(node, index, array.dtype, straddled=True, affine=affine)
+            if sides is not None:  # ``If(Greater(speed, 1.5))``: one set each side of it
+                for features, drawn in sides:
+                    sided.update(dict.fromkeys(drawn.tolist() if features is None else ()))
+                continue
+            if node.op_type != "Equal" or not is_onnx_domain(node) or len(node.inputs) != 2 or index > 1:
+                continue
+            other = node.inputs[1 - index]
+            tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+            if tensor is None or array.dtype.kind == "b" or (array.dtype.kind == "O") != (tensor.dtype.is_string()):
+                continue
+            elements = tensor.numpy().reshape(-1)
+            if array.dtype.kind == "O":
+                elements = np.asarray([e.decode() if isinstance(e, bytes) else str(e) for e in elements], dtype=object)
+            for step in undo:  # through an Add, a StringNormalizer...: the values it turns into them
+                elements = step(elements)
+            # Each element, where it is a vocabulary; filtered as arrays (element by element, a one-hot of a million
+            # classes took 3 s a call, and verification calls it about ten times).
+            if array.dtype.kind == "O":
+                constants.update(dict.fromkeys(elements.tolist()))
+                continue
+            with np.errstate(over="ignore", invalid="ignore"):
+                numbers = elements if elements.dtype.kind in "iu" else elements.astype(np.float64)
+                if array.dtype.kind == "f":  # those the input's type holds exactly
+                    exact = numbers.astype(np.float64)
+                    exact = exact[np.isfinite(exact) & (exact.astype(array.dtype) == exact)]
+                    constants.update(dict.fromkeys(exact.tolist()))
+                    continue
+                info = np.iinfo(array.dtype)
+                if numbers.dtype.kind in "iu":
+                    kept = numbers[(numbers >= info.min) & (numbers <= info.max)]
+                else:  # whole numbers within the type (its largest plus one is exact as a float)
+                    kept = numbers[
+                        np.isfinite(numbers)
+                        & (np.floor(numbers) == numbers)
+                        & (numbers >= info.min)
+                        & (numbers < float(info.max) + 1)
+                    ]
+            constants.update(dict.fromkeys(kept.astype(array.dtype).tolist()))
+        if held := list({**constants, **sided}):
+            found[value.name] = np.full_like(array, held[(seed // 2) % len(held)])
+    return found
+
+
+def _compared_drawn(
+    value: ir.Value,
+    drawn: np.ndarray,
+    rng: np.random.Generator,
+    lookups: Sequence[tuple[tuple[int, ...] | None, np.ndarray, bool]] = (),
+) -> np.ndarray:
+    """``drawn`` with the constants ``value`` is compared with mixed in (``_drawn_from_compared``), where there are;
+    where one of its ``lookups`` (``_lookup_keys``) fails on a value none of its keys (a ``OneHotEncoder`` of
+    ``zeros=0``), only the constants that are keys of it: mixed in as they were, a sentinel compared beside such an
+    encoder made ONNX Runtime refuse every generated input of a model it ran before."""
+    compared = _compared_keys(value)
+    for _, known, takes_unknown in lookups:
+        if not takes_unknown:
+            compared = [(columns, keys[np.isin(keys, known)]) for columns, keys in compared]
+    compared = [(columns, keys) for columns, keys in compared if keys.size]
+    return _drawn_from_compared(compared, drawn, rng) if compared else drawn
+
+
+# Ops an input compared with constants may reach its ``Equal`` through unchanged (``_compared_keys``).
+_COMPARED_MOVES = (*_KEY_MOVES, "Expand")
+
+
+def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.ndarray]]:
+    """The constants ``value`` is compared with by an ``Equal`` (a hand-written vocabulary, a category switch
+    ``Where(Equal(x, "cat"), a, b)``, a code's ``If(Equal(code, 3))``), each as the columns of ``value`` compared
+    (None: all of it, as in ``_lookup_keys``) and the constants' distinct elements that ``value``'s type holds exactly.
+    Followed through ops that only move its elements, a ``Cast`` (not of strings), a ``Gather`` of a column and, for
+    strings, a ``StringNormalizer`` (a constant is then drawn as a word that folds to it, in the case the normalizer
+    folds from half the time, never a stopword, which it would drop, and not at all where no word folds to it: "Cat"
+    after ``LOWER``) or a ``StringConcat`` with a constant word (drawn without it, where the constant ends or starts
+    with it). Drawn as before, no element equalled any of them: every row took one branch, and a rewrite that broke
+    the other (or swapped two of the constants) verified. Numbers are followed through an ``Add``, ``Sub`` or ``Mul``
+    of a constant of one element (of any rank) too, or a ``Div`` by one (``Equal(code + 1, 3)``: drawn as the values it
+    turns into a constant exactly; missed until a review in session 71, and a swap of two such constants verified; a
+    ``Div`` and a constant of two dims until a later one). ``RegexFullMatch`` and ``StringSplit`` are not followed.
+    A number compared with a constant threshold (``_threshold_sides``: skl2onnx's ``Binarizer`` and
+    ``KBinsDiscretizer``, ``torch.where(x > t, ...)``, a ``Clip`` bound, then what is compared after it, a tree
+    ensemble's splits, column by column, through an ``ArrayFeatureExtractor`` too) is held so to values each side of
+    it, where the usual draws all fall on one side: normal floats and codes of 0 or 1 never reached ``x > 10``, and a
+    rewrite wrong on that side verified until review s71. So is one normalized by constants first (``(x - mean) /
+    std``, skl2onnx's ``Scaler``: ``_after_affine``), drawn in its own units; and a float that an ``IsNaN`` or an
+    ``Imputer`` reads is half missing (``_missing_keys``: NaN)."""
+    kind = "O" if value.dtype == ir.DataType.STRING else value.dtype.numpy().kind
+    found: list[tuple[tuple[int, ...] | None, np.ndarray]] = []
+    # Each value reached, the columns of ``value`` it holds, whether they are still ``value``'s, the words that the
+    # strings ops passed (last first) turn into a key, as functions of the keys, and what constants made of a number
+    # on the way (``_after_affine``; None: nothing).
+    Undo = Callable[[np.ndarray], np.ndarray]
+    pending: list[tuple[ir.Value, tuple[int, ...] | None, bool, tuple[Undo, ...], _Affine | None, bool]]
+    pending = [(value, None, True, (), None, True)]
+    seen: set[int] = set()
+    while pending:
+        current, columns, columnar, undo, affine, exact = pending.pop()
+        for node, index in current.uses():
+            if id(node) in seen or not (is_onnx_domain(node) or node.domain == "ai.onnx.ml"):
+                continue
+            seen.add(id(node))
+            # ``ai.onnx.ml``'s ops are read for an ``ArrayFeatureExtractor``'s columns and a ``Binarizer``'s threshold.
+            onnx_op = is_onnx_domain(node)
+            if (
+                onnx_op
+                and index == 0
+                and (
+                    node.op_type in _COMPARED_MOVES
+                    or (node.op_type == "Cast" and kind != "O")
+                    or (node.op_type == "StringNormalizer" and kind == "O")
+                )
+            ):
+                kept = columnar and (
+                    node.op_type in ("Identity", "Cast")
+                    or (node.op_type == "StringNormalizer" and not node.attributes.get_strings("stopwords", []))
+                )
+                passed = (partial(_before_normalizer, node), *undo) if node.op_type == "StringNormalizer" else undo
+                if kept or not _by_column(affine):  # a column's scale is lost where its columns move
+                    pending.append((node.outputs[0], columns, kept, passed, affine, exact))
+                continue
+            if (
+                onnx_op
+                and kind == "O"
+                and node.op_type == "StringConcat"
+                and (affix := _concatenated_word(node, index)) is not None
+            ):
+                pending.append(
+                    (node.outputs[0], columns, columnar, (partial(_without_affix, affix, index), *undo), affine, exact)
+                )
+                continue
+            if index == 0 and columnar and (local := _picked_columns(node)) is not None:
+                picked, kept_affine = _as_input_columns(local, columns), _picked_affine(affine, local)
+                if picked is not None and (kept_affine is not None or affine is None):
+                    pending.append((node.outputs[0], picked, True, undo, kept_affine, exact))
+                continue
+            sides = _threshold_sides(node, index, value.dtype.numpy(), affine=affine) if kind in "iuf" else None
+            if sides is not None:
+                for features, drawn in sides:
+                    held = columns if features is None else _as_input_columns(features, columns) if columnar else None
+                    if drawn.size and (features is None or held is not None):
+                        found.append((held, drawn))
+                if node.op_type in ("Clip", "Max", "Min"):  # clamped, then compared: ``torch.clamp(x, 0, 1) > 0.5``
+                    pending.append((node.outputs[0], columns, columnar, undo, affine, exact))
+                continue
+            if kind in "iuf" and (after := _after_affine(node, index, affine)) is not None:
+                # Normalized by constants, then compared: ``(x - mean) / std > t``, skl2onnx's ``Scaler`` before a tree;
+                # or equalled where each step is undone exactly (``_shifted_by_constant``: ``Equal(code + 1, 3)``).
+                # A constant of more dims (``x + [[1]]``) may add one to the output: ``value``'s columns move. Not
+                # followed at all until a review in session 71 (late), though the ``Equal`` walk had followed it.
+                shift = _shifted_by_constant(node, index) if exact else None
+                kept = columnar and _keeps_rank(node, index)
+                if kept or not _by_column(after):
+                    steps = (shift[0], *undo) if shift is not None else undo
+                    pending.append((node.outputs[0], columns, kept, steps, after, shift is not None))
+                continue
+            if kind in "iuf" and (missing := _missing_keys(node, index, kind)) is not None:
+                if affine is None or np.isnan(missing).all():  # NaN stays NaN through arithmetic; a number does not
+                    found.append((columns, missing))
+                continue
+            if (
+                not exact  # an ``Equal`` after arithmetic not undone exactly: floats rounded on the way seldom equal it
+                or not onnx_op
+                or node.op_type != "Equal"
+                or len(node.inputs) != 2
+                or index > 1
+                or node.inputs[1 - index] is None
+            ):
+                continue
+            tensor = ir.convenience.get_const_tensor(node.inputs[1 - index])
+            if tensor is None or not tensor.size:
+                continue
+            keys = tensor.numpy().ravel()
+            if keys.dtype.kind in "OS":
+                keys = np.asarray([k.decode() if isinstance(k, bytes) else k for k in keys])
+            keys = _distinct(keys)
+            if keys.dtype.kind == "V" and tensor.dtype.is_floating_point():  # bfloat16 (ml_dtypes' kind): as floats
+                keys = keys.astype(np.float64)
+            if kind == "O":
+                keys = keys.astype(object) if keys.dtype.kind == "U" else None
+                for step in undo if keys is not None else ():
+                    keys = step(keys)
+            elif keys.dtype.kind in "iuf":
+                for step in undo:
+                    keys = step(keys)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    keys = keys[np.isfinite(keys) & (keys.astype(value.dtype.numpy()) == keys)]
+            else:
+                keys = None
+            if keys is not None and keys.size:
+                found.append((columns, keys))
+    return found
+
+
+def _distinct(array: np.ndarray) -> np.ndarray:
+    """The distinct elements of ``array``, sorted, as ``np.unique`` gives them; numbers by a sort (numpy 2.4's
+    ``np.unique`` hashes them: 0.7 s for a one-hot's million classes, against 0.05)."""
+    if array.dtype.kind not in "iuf" or not array.size:
+        return np.unique(array)
+    ordered = np.sort(array)
+    return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]
+
+
+# A comparison read from its other side (``Less(t, x)`` is ``x > t``).
+_MIRRORED = {"Less": "Greater", "Greater": "Less", "LessOrEqual": "GreaterOrEqual", "GreaterOrEqual": "LessOrEqual"}
+_SIDES = {"Less": np.less, "Greater": np.greater, "LessOrEqual": np.less_equal, "GreaterOrEqual": np.greater_equal}
+# A tree ensemble's branch modes that compare a feature with a threshold (ai.onnx.ml's ``TreeEnsemble*`` by name, and
+# opset 5's ``TreeEnsemble`` by number), as the comparison that sends an element down its true branch.
+_TREE_MODES = {
+    "BRANCH_LEQ": "LessOrEqual",
+    "BRANCH_LT": "Less",
+    "BRANCH_GTE": "GreaterOrEqual",
+    "BRANCH_GT": "Greater",
+    0: "LessOrEqual",
+    1: "Less",
+    2: "GreaterOrEqual",
+    3: "Greater",
+}
+# A threshold this far from 0 is a sentinel (skl2onnx's one-bin ``KBinsDiscretizer`` compares with float's largest):
+# no real value lies past it, and values drawn there overflow what the graph computes from them.
+_SENTINEL_THRESHOLD = 2.0**31
+
+
+def _threshold_sides(
+    node: ir.Node, index: int, dtype: np.dtype, *, straddled: bool = False, affine: _Affine | None = None
+) -> list[tuple[tuple[int, ...] | None, np.ndarray]] | None:
+    """Values of ``dtype`` on either side of each constant threshold that ``node`` compares its input ``index`` with
+    (``_thresholds``), each as the features (columns) of that input it holds for (None: all of it) and the values; None
+    where ``node`` is no such comparison. Integers: the threshold's floor, one less and one more (by what the arithmetic
+    on the way divides by, where more: an integer ``Div`` truncates); floats: below and above it by 1, or by half the
+    gap to the nearest other threshold of that feature where that is less (skl2onnx's ``KBinsDiscretizer`` compares a
+    column with every inner edge, a tree ensemble a feature with each split: each bin is drawn), and by at least 1/256
+    of the threshold (still apart in float16). A threshold the usual draws already fall on both sides of (normal floats
+    around -1 and 1; integers 0 and 1) is left out, so such models draw as before, unless ``straddled`` (an input of one
+    element, drawn on one side in every set by chance), and so is a sentinel (beyond ``_SENTINEL_THRESHOLD``, or not
+    finite). Where the input reaches ``node`` as ``a * x + b`` (``affine``, ``_after_affine``: normalized by constants),
+    all this is of the compared values, drawn as the ``x`` that give them."""
+    compared = _thresholds(node, index)
+    if compared is None:
+        return None
+    found = []
+    for features, op, every in compared:
+        every = np.unique(every[np.isfinite(every)])  # sorted
+        for held_for, scale, offset in _affine_by_feature(features, affine):
+            found.append((held_for, _either_side(every, op, dtype, scale, offset, straddled)))
+    return found
+
+
+def _either_side(
+    every: np.ndarray, op: str, dtype: np.dtype, scale: float, offset: float, straddled: bool
+) -> np.ndarray:
+    """Values of ``dtype`` whose ``scale * x + offset`` lie each side of each of the sorted thresholds ``every``
+    (``_threshold_sides``) compared by ``op``; ``straddled`` (an input of one element, held at each in turn), an
+    integer's two nearest that the comparison tells apart, not three: ``If(n > 10)`` and ``If(n > 20)`` held ``n`` at
+    9, 10, 11 and 19 in the four sets verification draws, and the branch ``n > 20`` selects never ran, until a review
+    in session 71 (late)."""
+    if scale == 0 or not np.isfinite([scale, offset]).all():
+        return np.zeros(0, dtype)
+    low, high = (0.0, 1.0) if dtype.kind in "iu" else (-1.0, 1.0)  # where the usual draws lie
+    thresholds = every[np.abs(every) < _SENTINEL_THRESHOLD]
+    if not straddled:
+        side = _SIDES[op]
+        thresholds = thresholds[side(scale * low + offset, thresholds) == side(scale * high + offset, thresholds)]
+    if dtype.kind in "iu":
+        # A step of 1, or of what an integer ``Div`` divides by: ``code // 4 > 3`` was drawn at 11, 12 and 13, each
+        # 3 or less once divided (it truncates), until a review in session 71 (late).
+        floors = np.floor((thresholds - offset) / scale)
+        step = max(1.0, float(np.ceil(1 / abs(scale))))
+        if straddled:  # the step below or the step above, whichever the comparison tells from the floor
+            side = _SIDES[op]
+            at = side(scale * floors + offset, thresholds)
+            other = np.where(side(scale * (floors - step) + offset, thresholds) != at, floors - step, floors + step)
+            sides = np.unique(np.concatenate([floors, other]))
+        else:
+            sides = np.unique(np.concatenate([floors - step, floors, floors + step]))
+        info = np.iinfo(dtype)
+        return sides[(sides >= info.min) & (sides <= info.max)].astype(dtype)
+    # Half the gap to the nearest other threshold of the feature, at most 1, at least 1/256 of the threshold.
+    at = np.searchsorted(every, thresholds)  # each threshold's place in ``every``: its neighbours are beside it
+    neighbours = np.concatenate([[-np.inf], every, [np.inf]])
+    gaps = np.minimum(thresholds - neighbours[at], neighbours[at + 2] - thresholds)
+    step = np.maximum(np.minimum(1.0, gaps / 2), np.abs(thresholds) / 256)
+    with np.errstate(over="ignore", invalid="ignore"):
+        held, below, above = (
+            ((np.asarray(v) - offset) / scale).astype(dtype) for v in (thresholds, thresholds - step, thresholds + step)
+        )
+    kept = [side[(side != held) & np.isfinite(side)] for side in (below, above)]
+    return np.concatenate(kept).astype(np.float64)
+
+
+def _missing_keys(node: ir.Node, index: int, kind: str) -> np.ndarray | None:
+    """The value ``node`` reads as missing in its input ``index`` (of numpy ``kind``): NaN for ``IsNaN`` (skl2onnx's
+    ``SimpleImputer`` written ``Where(IsNaN(X), means, X)``), ``ai.onnx.ml``'s ``Imputer``'s replaced value (NaN, as
+    skl2onnx writes ``missing_values=np.nan``); None for another node. Normal draws are never NaN: the imputed values
+    were never read, and a rewrite that changed them verified until review s71."""
+    if index != 0:
+        return None
+    if is_onnx_domain(node) and node.op_type == "IsNaN" and kind == "f":
+        return np.asarray([np.nan])
+    if node.domain == "ai.onnx.ml" and node.op_type == "Imputer":
+        if kind == "f":
+            return np.asarray([node.attributes.get_float("replaced_value_float", 0.0)])
+        return np.asarray([node.attributes.get_int("replaced_value_int64", 0)])
+    return None
+
+
+# What constants made of an input on the way to a comparison: ``(a, b)``, the values ``a * x + b``, each a number or
+# one per column of the last axis (``_after_affine``).
+_Affine = tuple[np.ndarray, np.ndarray]
+
+
+def _after_affine(node: ir.Node, index: int, affine: _Affine | None) -> _Affine | None:
+    """``affine`` (None: ``x`` itself) after ``node`` reads it at input ``index``, where ``node`` adds, subtracts,
+    multiplies or divides it by a constant (a number, of any rank: ``[[1]]`` too, or one per column: a 1-D constant),
+    negates it, or is ``ai.onnx.ml``'s ``Scaler`` (skl2onnx's ``StandardScaler``: ``(x - offset) * scale``); None
+    otherwise."""
+    if node.domain == "ai.onnx.ml" and node.op_type == "Scaler" and index == 0:
+        scale = np.asarray(node.attributes.get_floats("scale", [1.0]), np.float64)
+        offset = np.asarray(node.attributes.get_floats("offset", [0.0]), np.float64)
+        factor, term = scale, -offset * scale
+    elif is_onnx_domain(node) and node.op_type == "Neg":
+        factor, term = np.asarray(-1.0), np.asarray(0.0)
+    elif is_onnx_domain(node) and node.op_type in ("Add", "Sub", "Mul", "Div") and len(node.inputs) == 2 and index < 2:
+        other = node.inputs[1 - index]
+        tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+        if tensor is None or tensor.dtype.numpy().kind not in "iuf" or not tensor.size:
+            return None
+        constant = tensor.numpy().astype(np.float64)
+        if constant.ndim > 1 and constant.size != 1:
+            return None
+        constant = constant.reshape(-1) if constant.ndim > 1 else constant  # ``x + [[1]]``: a number
+        if node.op_type == "Div" and (index == 1 or (constant == 0).any()):
+            return None
+        if node.op_type in ("Add", "Sub"):
+            sign = -1.0 if node.op_type == "Sub" and index == 1 else 1.0
+            factor, term = np.full_like(constant, sign), -constant if node.op_type == "Sub" and index == 0 else constant
+        else:
+            factor, term = constant if node.op_type == "Mul" else 1 / constant, np.zeros_like(constant)
+    else:
+        return None
+    scale, offset = affine if affine is not None else (np.asarray(1.0), np.asarray(0.0))
+    if max(factor.size, scale.size) > 1 and min(factor.size, scale.size) > 1 and factor.size != scale.size:
+        return None  # columns that do not line up
+    return factor * scale, factor * offset + term
+
+
+def _keeps_rank(node: ir.Node, index: int) -> bool:
+    """Whether ``node`` (``_after_affine``) reading a value at input ``index`` keeps its rank as far as its constant
+    tells: not where that constant has more than one dim."""
+    other = node.inputs[1 - index] if len(node.inputs) == 2 and index < 2 else None
+    tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+    return tensor is None or len(tensor.shape) <= 1
+
+
+def _by_column(affine: _Affine | None) -> bool:
+    """Whether ``affine`` (``_after_affine``) differs from column to column."""
+    return affine is not None and max(affine[0].size, affine[1].size) > 1
+
+
+def _picked_affine(affine: _Affine | None, picked: tuple[int, ...]) -> _Affine | None:
+    """``affine`` of the columns ``picked`` (``_picked_columns``); None where it has none of them."""
+    if not _by_column(affine):
+        return affine
+    scale, offset = (np.broadcast_to(part, (max(affine[0].size, affine[1].size),)) for part in affine)
+    if not all(-scale.size <= column < scale.size for column in picked):
+        return None
+    return scale[list(picked)], offset[list(picked)]
+
+
+def _affine_by_feature(
+    features: tuple[int, ...] | None, affine: _Affine | None
+) -> Iterator[tuple[tuple[int, ...] | None, float, float]]:
+    """``features`` (None: every one) with the scale and offset ``affine`` gives each, one by one where it differs
+    from column to column."""
+    if affine is None:
+        yield features, 1.0, 0.0
+        return
+    if not _by_column(affine):
+        yield features, float(affine[0].reshape(-1)[0]), float(affine[1].reshape(-1)[0])
+        return
+    scale, offset = (np.broadcast_to(part, (max(affine[0].size, affine[1].size),)) for part in affine)
+    for feature in range(scale.size) if features is None else features:
+        if -scale.size <= feature < scale.size:
+            yield (feature,), float(scale[feature]), float(offset[feature])
+
+
+def _thresholds(node: ir.Node, index: int) -> list[tuple[tuple[int, ...] | None, str, np.ndarray]] | None:
+    """The constant thresholds ``node`` compares its input ``index`` with, as the features of that input they are
+    for (None: all of it), the comparison that holds on one side (``Less`` ... as named in ``_SIDES``) and the
+    thresholds (float64): a ``Less``, ``Greater``, ``LessOrEqual`` or ``GreaterOrEqual`` with a constant (also one cast
+    on the way, ``x > Cast(10)``), ``ai.onnx.ml``'s ``Binarizer`` (skl2onnx's for floats), the bounds a ``Clip``, a
+    ``Max`` or a ``Min`` with a constant clips at (``torch.clamp``: a path past the bound is another), and the splits of
+    a tree ensemble (``TreeEnsembleClassifier``, ``TreeEnsembleRegressor``, opset 5's ``TreeEnsemble``: scikit-learn's,
+    LightGBM's and XGBoost's trees, by feature). None where ``node`` is none of these."""
+    if node.domain == "ai.onnx.ml":
+        if index != 0:
+            return None
+        if node.op_type == "Binarizer":
+            return [(None, "Greater", np.asarray([node.attributes.get_float("threshold", 0.0)], np.float64))]
+        if node.op_type in ("TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble"):
+            return _tree_thresholds(node)
+        return None
+    if not is_onnx_domain(node) or index >= len(node.inputs):
+        return None
+    if node.op_type == "Clip" and index == 0:
+        bounds = [(node.inputs[i] if len(node.inputs) > i else None, name, op) for i, name, op in _CLIP_BOUNDS]
+        found = []
+        for bound, name, op in bounds:
+            number = _constant_number(bound) if bound is not None else node.attributes.get_float(name, None)
+            if number is not None:
+                found.append((None, op, np.asarray([number], np.float64)))
+        return found
+    if node.op_type not in (*_SIDES, "Max", "Min") or len(node.inputs) != 2 or index > 1:
+        return None
+    other = node.inputs[1 - index]
+    tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+    number = _constant_number(other) if tensor is None else None
+    if (tensor is None and number is None) or (tensor is not None and tensor.dtype.numpy().kind not in "iuf"):
+        return None
+    every = tensor.numpy().astype(np.float64).reshape(-1) if tensor is not None else np.asarray([number])
+    # ``Max(x, c)`` is clipped below ``c``, ``Min(x, c)`` above it.
+    op = {"Max": "Less", "Min": "Greater"}.get(node.op_type) or (
+        node.op_type if index == 0 else _MIRRORED[node.op_type]
+    )
+    return [(None, op, every)]
+
+
+# A ``Clip``'s bounds: its input (opset 11 on) or attribute (before), and the side of each that is clipped.
+_CLIP_BOUNDS = ((1, "min", "Less"), (2, "max", "Greater"))
+
+
+def _tree_thresholds(node: ir.Node) -> list[tuple[tuple[int, ...] | None, str, np.ndarray]]:
+    """The splits of tree ensemble ``node`` (``_thresholds``), grouped by the feature and comparison they test."""
+    features = node.attributes.get_ints("nodes_featureids", [])
+    if node.op_type == "TreeEnsemble":
+        splits, modes = node.attributes.get("nodes_splits"), node.attributes.get("nodes_modes")
+        values = splits.value.numpy().reshape(-1).tolist() if splits is not None else []
+        modes = modes.value.numpy().reshape(-1).tolist() if modes is not None else []
+    else:
+        values = node.attributes.get_floats("nodes_values", None)
+        if values is None and (tensor := node.attributes.get("nodes_values_as_tensor")) is not None:
+            values = tensor.value.numpy().reshape(-1).tolist()
+        modes = node.attributes.get_strings("nodes_modes", [])
+    grouped: dict[tuple[int, str], list[float]] = {}
+    for feature, value, mode in zip(features, values or [], modes):
+        if (op := _TREE_MODES.get(mode)) is not None:
+            grouped.setdefault((int(feature), op), []).append(float(value))
+    return [((feature,), op, np.asarray(found, np.float64)) for (feature, op), found in grouped.items()]
+
+
+def _concatenated_word(node: ir.Node, index: int) -> str | None:
+    """The constant word of one element a ``StringConcat`` joins to its input ``index`` (after it for input 0), or
+    None."""
+    other = node.inputs[1 - index] if len(node.inputs) == 2 and index < 2 else None
+    tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+    if tensor is None or tensor.size != 1 or not tensor.dtype.is_string():
+        return None
+    word = tensor.numpy().reshape(-1)[0]
+    return word.decode() if isinstance(word, bytes) else str(word)
+
+
+def _without_affix(affix: str, index: int, keys: np.ndarray) -> np.ndarray:
+    """The words that ``StringConcat`` with ``affix`` (after them for ``index`` 0, else before) turns into ``keys``."""
+    if index == 0:
+        kept = [key[: len(key) - len(affix)] for key in keys if key.endswith(affix)]
+    else:
+        kept = [key[len(affix) :] for key in keys if key.startswith(affix)]
+    return np.asarray(kept, dtype=object)
+
+
+def _before_normalizer(node: ir.Node, keys: np.ndarray) -> np.ndarray:
+    """The words that ``StringNormalizer`` ``node`` turns into ``keys``: each key, and its other case where the
+    normalizer folds it (``CAT`` for ``cat`` after ``LOWER``), none a stopword."""
+    action = node.attributes.get_string("case_change_action", "NONE")
+    sensitive = node.attributes.get_int("is_case_sensitive", 0)
+    stopwords = set(node.attributes.get_strings("stopwords", []))
+    folded = {"LOWER": str.lower, "UPPER": str.upper}.get(action)
+    unfolded = {"LOWER": str.upper, "UPPER": str.lower}.get(action)
+    words = []
+    for key in keys:
+        if folded is not None and folded(key) != key:
+            continue  # no word folds to it
+        words.extend([key, unfolded(key)] if unfolded is not None and unfolded(key) != key else [key])
+    if not sensitive:
+        stopwords = {word.lower() for word in stopwords}
+    return np.asarray([word for word in words if (word if sensitive else word.lower()) not in stopwords], dtype=object)
+
+
+def _shifted_by_constant(node: ir.Node, index: int) -> tuple[Callable[[np.ndarray], np.ndarray], bool] | None:
+    """For an ``Add``, ``Sub`` or ``Mul`` (by one not 0) of a numeric constant of one element that reads a value at
+    input ``index``, or a ``Div`` of it by one (not 0: ``Equal(code / 2, 3)``, not followed until a review in session
+    71, late): the function from the numbers it turns into to those it turns into them (``_before_shift``), and whether
+    its output keeps the value's columns (a constant of at most one dim); else None."""
+    if node.op_type not in ("Add", "Sub", "Mul", "Div") or not is_onnx_domain(node) or len(node.inputs) != 2:
+        return None
+    if index > 1 or (node.op_type == "Div" and index != 0):
+        return None
+    other = node.inputs[1 - index]
+    tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+    if tensor is None or tensor.size != 1 or tensor.dtype.is_string():
+        return None
+    constant = tensor.numpy().reshape(-1)[:1]
+    if constant.dtype.kind not in "iuf" or (node.op_type in ("Mul", "Div") and not constant[0]):
+        return None
+    return partial(_before_shift, node.op_type, index, constant), len(tensor.shape) <= 1
+
+
+def _before_shift(op: str, index: int, constant: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The numbers that ``x + c``, ``x * c``, ``x / c``, ``x - c`` (``op`` ``Sub``, ``index`` 0) or ``c - x`` turns into
+    ``keys`` exactly, in ``c``'s type (``constant``, of one element): those whose result, computed back, is the key (an
+    integer ``Div`` truncates, as ONNX Runtime's)."""
+    integer = constant.dtype.kind in "iu"
+    forward = {
+        "Add": lambda x: x + constant,
+        "Mul": lambda x: x * constant,
+        "Div": (lambda x: np.sign(x) * np.sign(constant) * (np.abs(x) // np.abs(constant)))
+        if integer
+        else (lambda x: x / constant),
+        "Sub": (lambda x: x - constant) if index == 0 else (lambda x: constant - x),
+    }[op]
+    with np.errstate(all="ignore"):
+        typed = np.asarray(keys).astype(constant.dtype)
+        typed = typed[typed == np.asarray(keys)]
+        if op == "Mul":
+            before = typed // constant if integer else typed / constant
+        elif op == "Div":
+            before = typed * constant
+        else:
+            before = typed - constant if op == "Add" else (typed + constant if index == 0 else constant - typed)
+        return before[np.isfinite(before) & (forward(before) == typed)]
+
+
+def _compared_readers(
+    value: ir.Value,
+) -> Iterator[tuple[ir.Node, int, tuple[Callable[[np.ndarray], np.ndarray], ...], _Affine | None]]:
+    """``(node, input index, undo, affine)`` of each reader of ``value`` (``_readers_through_copies``), also past an
+    ``Add``, ``Sub`` or ``Mul`` of a constant or a ``Div`` by one (``_shifted_by_constant``) and, as ``_compared_keys``
+    follows them, a ``StringNormalizer`` (never held at a stopword) and a ``StringConcat`` with a constant word:
+    ``undo`` maps the values that reader reads back to ``value``'s (applied in turn), and ``affine`` is what the
+    arithmetic passed made of a number (``_after_affine``; None: nothing, or not known), for a threshold:
+    ``If(Greater(step - 10, 0))`` was held each side of 0, ``step`` at -1, 0 and 1, all on one side of 10, until a
+    review in session 71 (late). A one-element switch ``If(Equal(StringNormalizer(mode), "train"))`` was held at no
+    constant until a review in session 71, and the branch "train" selects never ran."""
+    Undo = Callable[[np.ndarray], np.ndarray]
+    frontier: list[tuple[ir.Value, tuple[Undo, ...], _Affine | None]] = [(value, (), None)]
+    seen: set[int] = set()
+    while frontier:
+        current, undo, affine = frontier.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for node, index in current.uses():
+            if node.op_type in _INDEX_PRESERVING_OPS and index == 0:
+                frontier.extend((output, undo, affine) for output in node.outputs)
+            elif (shift := _shifted_by_constant(node, index)) is not None:
+                after = _after_affine(node, index, affine) if affine is not None or not undo else None
+                frontier.append((node.outputs[0], (shift[0], *undo), after))
+            elif node.op_type == "StringNormalizer" and is_onnx_domain(node) and index == 0:
+                frontier.append((node.outputs[0], (partial(_before_normalizer, node), *undo), affine))
+            elif node.op_type == "StringConcat" and (affix := _concatenated_word(node, index)) is not None:
+                frontier.append((node.outputs[0], (partial(_without_affix, affix, index), *undo), affine))
+            else:
+                yield node, index, undo, affine
+
+
+def _drawn_from_compared(
+    compared: Sequence[tuple[tuple[int, ...] | None, np.ndarray]], drawn: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """``drawn`` (an input's generated values) with about half of the elements ``compared`` (``_compared_keys``) reads
+    drawn from the constants they are compared with (or values each side of a threshold), the others left as drawn (a
+    value none of them, as a lookup's unknown: strings are words none of them, integers 0 or 1, floats normal). An
+    integer or string of one element is left as drawn, and so is a float of one element: ``compared_constants`` holds
+    each constant in turn in the sets of even seeds, and another value in the others, where ONNX Runtime runs the
+    model on them (drawn here, the one element was the constant in every set by chance, or a constant the model
+    refuses; a temperature drawn 0 in the only set of a model of fixed dims ran the greedy branch alone, and a rewrite
+    wrong in the sampled one verified)."""
+    if drawn.size == 1 and drawn.dtype.kind in "iufOUS":
+        return drawn
+    drawn = drawn.astype(object) if drawn.dtype.kind in "OUS" else drawn.copy()
+    whole = [keys for columns, keys in compared if columns is None]
+    if whole:
+        keys = np.concatenate(whole)
+        picked = rng.random(drawn.shape) < 0.5
+        drawn[picked] = rng.choice(keys, size=int(picked.sum()))
+    if drawn.ndim != 2:
+        return drawn
+    for column in sorted({column for columns, _ in compared for column in columns or ()}):
+        if not -drawn.shape[1] <= column < drawn.shape[1]:
+            continue
+        keys = np.concatenate([*whole, *(keys for columns, keys in compared if columns and column in columns)])
+        picked = rng.random(drawn.shape[0]) < 0.5
+        drawn[picked, column] = rng.choice(keys, size=int(picked.sum()))
+    return drawn
