@@ -401,14 +401,16 @@ def _check_approximate(
             error="the pass declares no exact twin to verify its result against (every approximate pass must)"
         )
     if twin.source is not None and twin.source is not model:
-        # The twin approximates an exact rewrite of the input (SmoothQuant's rescaled norms and weights): that
-        # rewrite is held to the input as any exact pass is, or a wrong rescaling would ship as the twin's claim.
+        # The twin approximates an exact rewrite of the input (SmoothQuant's rescaled norms and weights, a Gemm
+        # written as the kernels take it): that rewrite is held to the input as any exact pass is, or a wrong
+        # rescaling or Gemm rewrite would ship as the twin's claim.
         rescaled = verifier.check(twin.source, by_segment=True, rescaled=True)
         if not rescaled.ok:
             # Its measured difference from the input (max abs error 1.39 in the reason read "max |Δ| inf" beside it).
             measured = rescaled.max_abs_error if rescaled.checks or rescaled.drift is not None else None
             return VerificationResult(
-                error="the exact rescaling of its input that its twin starts from (SmoothQuant's norms and weights) "
+                error="the exact rewrite of its input that its twin starts from (SmoothQuant's norms and weights, "
+                "Gemms written as the kernels take them) "
                 f"does not compute what the input does: {rescaled.first_failure}",
                 failed_error=measured,
             )

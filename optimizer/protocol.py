@@ -96,7 +96,8 @@ class Twin:
       no kernel rounds; a Conv on its real input) and must compute its twin's weights to float32
       rounding (``optimizer.layer_probe``).
     - ``source``: the float model the twin approximates, where that is not the pass's
-      input (SmoothQuant rescaled it first); None means the pass's input.
+      input (SmoothQuant rescaled it first, or a quantizer wrote its Gemms in its kernels'
+      form); the pipeline holds it to the input as an exact rewrite. None means the pass's input.
     - ``deployed``: the model as the result computes where its float16 ops run as float16
       kernels (a GPU): the result in float32 with every value it stores as float16 rounded
       to float16 (infinite past 65504), or the twin with those activations rounded. ONNX

@@ -158,8 +158,15 @@ def unmatched_patterns(graph: ir.Graph, patterns: Iterable[str]) -> list[str]:
 
 
 def feeds_graph_output(layer: Layer) -> bool:
-    """True if the layer's result (after a bias Add, if any) is a graph output: an LM head or classifier."""
+    """True if the layer's result (after a Mul by one constant value, then a bias Add, each if any) is a graph output:
+    an LM head or classifier. The Mul is a Gemm's alpha that ``canonical_gemms`` wrote after it, or a logit scale: a
+    head quantized behind it reaches the answer undamped all the same."""
     output = layer.node.outputs[0]
+    users = [user for user, _ in output.uses()]
+    if len(users) == 1 and users[0].op_type == "Mul" and is_onnx_domain(users[0]) and len(users[0].inputs) == 2:
+        other = users[0].inputs[1] if users[0].inputs[0] is output else users[0].inputs[0]
+        if (factor := constant_array(other)) is not None and factor.size == 1:
+            output = users[0].outputs[0]
     if output.is_graph_output():
         return True
     users = [user for user, _ in output.uses()]
@@ -170,7 +177,8 @@ def bias_add(layer: Layer) -> tuple[np.ndarray, ir.Node, int] | None:
     """The bias Add after a MatMul: ``(bias vector [N], the Add node, the bias operand's index)``, or None.
 
     Only when the Add is the MatMul's one user and adds a constant of N values, along the last axis, of no more
-    dims than the product has.
+    dims than the product has, in the layer's own type (float32, float16 for a float16 layer); the vector is a float32
+    copy, as ``Layer.bias`` is.
     """
     output = layer.node.outputs[0]
     users = list(output.uses())
@@ -183,9 +191,10 @@ def bias_add(layer: Layer) -> tuple[np.ndarray, ir.Node, int] | None:
     columns = layer.weight.shape[1]
     # The product has the input's rank (a 2-D weight), where it is known.
     rank = layer.activation.shape.rank() if layer.activation.shape is not None else None
-    if bias is None or bias.dtype != np.float32 or not is_feature_bias(bias.shape, columns, rank):
+    own = np.float16 if layer.float16 else np.float32
+    if bias is None or bias.dtype != own or not is_feature_bias(bias.shape, columns, rank):
         return None
-    return bias.reshape(-1), add, index
+    return bias.reshape(-1).astype(np.float32), add, index
 
 
 def add_after(graph: ir.Graph, node: ir.Node, value: np.ndarray, base_name: str) -> None:

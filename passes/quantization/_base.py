@@ -22,8 +22,9 @@ layer (``quantize_layer``); this base decides *which* layers to rewrite:
   another point.
 
 Every modified result carries its twin (``optimizer.protocol.Twin``, kind ``"int8"``):
-the input, after SmoothQuant's rescaling where it ran (an exact float rewrite, so the
-smoothed model computes what the input does), with each quantized layer's weight
+the input, after SmoothQuant's rescaling where it ran and its Gemms written as the kernels
+take them (``passes._layers.canonical_gemms``; both exact float rewrites, which the pipeline
+holds to the input through the twin's ``source``), with each quantized layer's weight
 replaced by its dequantized int8 values and its input quantized and dequantized in
 float, as ``twin_layer`` declares. It is built from a copy taken before any layer is
 rewritten, by different code than ``quantize_layer``.
@@ -230,6 +231,9 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         self._search_trials = 0
         # The layers this run may change (not matched by --exclude, not a model output, no tied weight).
         self._changeable: frozenset[str] = frozenset()
+        # How many Gemms ``canonical_gemms`` wrote out before layers were found: the twin then approximates that
+        # rewrite of the input, which the pipeline holds to the input as an exact pass (``Twin.source``).
+        self._gemms_written = 0
 
     def unsupported_layers(self, graph: ir.Graph) -> dict[ir.Node, str]:
         """Nodes of ``graph`` outside ``kinds`` that the pass has no form for, with why: refused, and counted float
@@ -283,9 +287,12 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         it was where it stays float (``restore_gemms``), so a float layer keeps its one kernel."""
         name_nodes(model.graph)
         half = self.float16_layers
+        # On the graph as given: the Transpose, Mul and Add written below are no node a user's pattern meant.
+        unmatched = unmatched_patterns(model.graph, self.exclude)
         before = model.clone() if gemm_forms_wanted(model.graph, float16=half) else None
         forms = canonical_gemms(model.graph, float16=half) if before is not None else []
-        result = self._quantize_model(model)
+        self._gemms_written = len(forms)
+        result = self._quantize_model(model, unmatched)
         if not forms:
             return result
         if not result.modified:  # a result that says it changed nothing leaves the model as it was
@@ -294,7 +301,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             remove_dead_nodes(model)
         return result
 
-    def _quantize_model(self, model: ir.Model) -> ir.passes.PassResult:
+    def _quantize_model(self, model: ir.Model, unmatched: Sequence[str]) -> ir.passes.PassResult:
         self.quantized, self.kept_float, self.drift, self.schemes, self.frontier = [], [], None, {}, []
         self.float_by_form = []
         layers, refused = find_layers(model.graph, self.kinds, float16=self.float16_layers)
@@ -302,7 +309,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self.refuse(node.op_type, reason)
             if float_weighted(node):
                 self.float_by_form.append(node.name or "")
-        for pattern in unmatched_patterns(model.graph, self.exclude):
+        for pattern in unmatched:
             self.note(f"--exclude '{pattern}' matches no node name or op type of the graph: it keeps nothing float")
         chosen = []
         for layer in layers:
@@ -493,11 +500,11 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
 
     def _twin(self, source: ir.Model, names: Sequence[str], *, smoothed: bool) -> Twin:
         """The float model the quantized layers named ``names`` claim to compute, built on ``source``."""
-        float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
+        float_source = self._twin_source(source, smoothed)
         twin = Int8Twin(source)
         for layer in twin.layers(self.kinds, names, float16=self.float16_layers):
             self.twin_layer(twin, layer)
-        base = "the input after SmoothQuant" if smoothed else "the input"
+        base = self._twin_base(smoothed)
         description = (
             f"{base} with {len(names)} layers' weights int8-dequantized and inputs {self.twin_inputs}, in float32"
         )
@@ -509,6 +516,20 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             layer_outputs=twin.layer_outputs,
             source=float_source,
         )
+
+    def _twin_source(self, source: ir.Model, smoothed: bool) -> ir.Model | None:
+        """The float model the twin approximates where that is not the pass's input (``Twin.source``): ``source``
+        rewritten by SmoothQuant or by ``canonical_gemms`` before any layer was quantized. The pipeline holds it to the
+        input as an exact rewrite: a wrong rescaling or Gemm rewrite is in the twin too, which no twin check sees."""
+        return source.clone() if smoothed or self._gemms_written else None
+
+    def _twin_base(self, smoothed: bool) -> str:
+        """What the twin's description calls the float model it starts from."""
+        base = "the input after SmoothQuant" if smoothed else "the input"
+        if self._gemms_written:
+            gemms = "1 Gemm" if self._gemms_written == 1 else f"{self._gemms_written} Gemms"
+            base += f" ({gemms} rewritten into the kernels' form: canonical_gemms)"
+        return base
 
     def _trial(self, model: ir.Model, schemes: Mapping[str, str], batches, reference) -> Drift:
         """The drift of ``model`` with each layer named in ``schemes`` written in its scheme (the rest float)."""

@@ -698,7 +698,7 @@ class Int4QuantizationPass(QuantizationPass):
         """The twin of the result (see ``Twin``); without ``rounded_inputs``, the same with every int4 layer's
         input left float (its ``unrounded`` twin)."""
         spare = source.clone() if rounded_inputs and self.accuracy_level == 4 else None  # Int8Twin writes into it
-        float_source = source.clone() if smoothed else None  # the twin approximates the smoothed model
+        float_source = self._twin_source(source, smoothed)
         twin = Int8Twin(source)
         levels: list[int] = []
         int8, eight, offsets, split = 0, 0, 0, 0
@@ -749,7 +749,7 @@ class Int4QuantizationPass(QuantizationPass):
         shifted = f" ({offsets} as uint8 zero points plus float block offsets)" if offsets else ""
         widths = f" ({eight} of them on an 8-bit grid)" if eight else ""
         layers = f"{len(names) - int8} layers' weights int4-dequantized{widths}{shifted}{inputs}{fallback}"
-        description = f"the input with {layers}{tables}, in float32"
+        description = f"{self._twin_base(smoothed)} with {layers}{tables}, in float32"
         # Only an integer kernel (level 4, or the int8 fallback) can round a tie the other way.
         kind = "int4" if rounded or int8 else "int4-float"
         unrounded = None
