@@ -8,6 +8,11 @@ Three runs, each answering its own question:
 * ``PASSES_ALONE``: ``verify=False``, the way other optimizers are measured. The
   verifier cannot hide a broken pass here: every case's outputs after the passes must
   still match the expected outputs. A regression is bisected to the pass that caused it.
+  Given the ``VERIFIED`` run of the same cases (``verified=``), it runs again only where
+  that run rolled a pass back, saw one fail, refused or crashed, and every
+  ``REUSE_SPOT_CHECK``-th of the others: elsewhere verification kept every pass, so the
+  passes ran on the same models as without it and wrote the model that run checked
+  (each spot check must write it byte for byte).
 * ``GENERATED``: default flags and no inputs, so graphopt must generate verification
   inputs ONNX Runtime accepts; counts the models it refuses (with their reasons).
   Only the inputs are at stake, so it runs no passes.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -52,6 +58,8 @@ GENERATED = "generated inputs"
 MODES = (VERIFIED, PASSES_ALONE, GENERATED)
 
 EXPECTED_ROLLBACKS = Path(__file__).with_name("expected_rollbacks.json")
+# A passes-alone run given the verified one runs every this-many-th case it could reuse, and must write its model.
+REUSE_SPOT_CHECK = 10
 
 
 @dataclass
@@ -69,6 +77,9 @@ class CorpusResult:
     rollbacks: dict[str, dict[str, str]] = field(default_factory=dict)
     wrong_answers: dict[str, str] = field(default_factory=dict)
     crashes: dict[str, str] = field(default_factory=dict)
+    # case -> (changed, sha256 of the optimized model) where every pass was applied or left it unchanged
+    kept_every_pass: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    reused: int = 0  # passes alone: cases counted from the verified run instead of run again
     seconds: float = 0.0
 
     @property
@@ -96,6 +107,8 @@ class CorpusResult:
         lines += [f"    {name}: {reason}" for name, reason in sorted(self.refused.items())[:20]]
         verb = "verified" if self.mode == VERIFIED else "checked"
         lines.append(f"  optimized and {verb}: {self.optimized} ({self.changed} changed)")
+        if self.reused:
+            lines.append(f"    of which taken from the verified run (every pass kept there): {self.reused}")
         if self.mode == VERIFIED:
             lines.append(f"  passes rolled back by verification: {dict(self.rolled_back)}")
             lines += [
@@ -121,17 +134,25 @@ def refusal_kinds(refused: dict[str, str]) -> collections.Counter:
     return kinds
 
 
-def run_corpus(cases: list[CorpusCase] | None = None, mode: str = VERIFIED) -> CorpusResult:
-    """Classify every case in ``mode``: out of scope, refused, or optimized (and checked against the reference)."""
+def run_corpus(
+    cases: list[CorpusCase] | None = None, mode: str = VERIFIED, *, verified: CorpusResult | None = None
+) -> CorpusResult:
+    """Classify every case in ``mode``: out of scope, refused, or optimized (and checked against the reference).
+
+    ``verified`` (``PASSES_ALONE`` only): the ``VERIFIED`` run of the same cases, whose cases with every pass kept
+    are counted as it counted them, but for every ``REUSE_SPOT_CHECK``-th, which runs and must write the same model.
+    """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: expected one of {MODES}")
+    if verified is not None and (mode != PASSES_ALONE or verified.mode != VERIFIED):
+        raise ValueError("verified= is a verified run, for a passes-alone run")
     import_onnxruntime().set_default_logger_severity(4)  # out-of-scope cases make ORT log errors we expect
     quiet = [logging.getLogger(name) for name in ("optimizer", "onnxscript")]
     levels = [logger.level for logger in quiet]
     for logger in quiet:
         logger.setLevel(logging.ERROR)
     try:
-        return _run_cases(cases, mode)
+        return _run_cases(cases, mode, verified)
     finally:  # the rest of a test session logs as before
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
@@ -152,9 +173,11 @@ def _whole_corpus() -> tuple[tuple[CorpusCase, list[dict[str, Any]] | str], ...]
     return tuple((case, _original_outputs(case)) for case in iter_corpus_cases())
 
 
-def _run_cases(cases: list[CorpusCase] | None, mode: str) -> CorpusResult:
+def _run_cases(cases: list[CorpusCase] | None, mode: str, verified: CorpusResult | None = None) -> CorpusResult:
     started = time.perf_counter()
     result = CorpusResult(mode=mode)
+    reusable = verified.kept_every_pass if verified is not None else {}
+    seen = 0
     prepared = _whole_corpus() if cases is None else ((case, _original_outputs(case)) for case in cases)
     for case, original in prepared:
         result.total += 1
@@ -167,8 +190,21 @@ def _run_cases(cases: list[CorpusCase] | None, mode: str) -> CorpusResult:
             reference = original
         if mode == GENERATED:
             _generate_inputs(case, result)
-        else:
-            _optimize_and_check(case, reference, result, verify=mode == VERIFIED)
+            continue
+        if case.name in reusable:
+            seen += 1
+            if seen % REUSE_SPOT_CHECK:
+                result.reused += 1
+                result.optimized += 1
+                result.changed += reusable[case.name][0]
+                continue
+        _optimize_and_check(case, reference, result, verify=mode == VERIFIED)
+        if case.name in reusable and result.kept_every_pass.get(case.name) != reusable[case.name]:
+            result.wrong_answers.setdefault(
+                case.name,
+                "the passes alone wrote another model than the verified run, which kept every pass: its cases "
+                "cannot stand in for a passes-alone run",
+            )
     result.seconds = time.perf_counter() - started
     return result
 
@@ -206,10 +242,14 @@ def _optimize_and_check(
         if record.status == STATUS_FAILED:
             result.crashes[case.name] = f"{record.name}: {record.detail}"
     result.optimized += 1
-    if optimized.SerializeToString() != case.model.SerializeToString():
-        result.changed += 1
-    problem = _check(case, optimized, reference)
+    written = optimized.SerializeToString()
+    changed = written != case.model.SerializeToString()
+    result.changed += changed
+    # An unchanged model gives what the original gave, which ``_run_cases`` compared with the reference already.
+    problem = _check(case, optimized, reference) if changed else None
     if problem is None:
+        if case.name not in result.rollbacks:
+            result.kept_every_pass[case.name] = (changed, hashlib.sha256(written).hexdigest())
         return
     if not verify:
         problem = f"{_first_breaking_pass(case, reference)}: {problem}"

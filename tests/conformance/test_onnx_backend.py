@@ -1,6 +1,7 @@
 """Conformance: graphopt's default pipeline over the ONNX backend test corpus (~2,000 models).
 
-Three runs (see ``run_corpus.py``), about 2.5 minutes of one worker in all:
+Three runs (see ``run_corpus.py``), about 2 minutes of one worker in all (2.5 before the passes alone reused
+the verified run):
 
 * verified, on each case's own inputs: every case ONNX Runtime can run must still give
   the expected outputs within the case's tolerances (or, where ORT itself disagrees
@@ -8,7 +9,9 @@ Three runs (see ``run_corpus.py``), about 2.5 minutes of one worker in all:
   the passes verification rolls back are exactly the pinned ones
   (``expected_rollbacks.json``), so a pass that starts breaking models cannot hide
   behind its rollbacks;
-* the passes alone (``verify=False``): no case may regress;
+* the passes alone (``verify=False``): no case may regress (run again where verification rolled a pass back,
+  saw one fail or refused, and on every tenth other case, which must write what the verified run wrote; the
+  rest are the verified run's, whose passes ran on the same models);
 * default flags, no inputs: graphopt generates inputs ONNX Runtime accepts for all but
   ``MAX_GENERATED_INPUT_REFUSALS`` models.
 
@@ -39,8 +42,8 @@ from tests.conformance.run_corpus import (
 MAX_GENERATED_INPUT_REFUSALS = 4
 
 
-def _run(mode: str) -> CorpusResult:
-    result = run_corpus(mode=mode)
+def _run(mode: str, verified: CorpusResult | None = None) -> CorpusResult:
+    result = run_corpus(mode=mode, verified=verified)
     print("\n" + result.summary())
     return result
 
@@ -51,8 +54,8 @@ def corpus() -> CorpusResult:
 
 
 @pytest.fixture(scope="module")
-def passes_alone() -> CorpusResult:
-    return _run(PASSES_ALONE)
+def passes_alone(corpus) -> CorpusResult:
+    return _run(PASSES_ALONE, verified=corpus)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +135,7 @@ def test_a_pass_that_corrupts_weights_is_caught(monkeypatch):
     cases = list(iter_corpus_cases(node=False, names=lambda name: name.startswith(_SABOTAGE_SUITES)))
     monkeypatch.setattr(FoldConstantsPass, "call", scale_weights)
     verified = run_corpus(cases, mode=VERIFIED)
-    alone = run_corpus(cases, mode=PASSES_ALONE)
+    alone = run_corpus(cases, mode=PASSES_ALONE, verified=verified)  # as the passes_alone fixture runs it
     # Verification hides it from the answers...
     assert verified.wrong_answers == {}
     # ...but not from the pinned rollbacks,
