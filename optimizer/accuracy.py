@@ -128,10 +128,14 @@ class AccuracyAccumulator:
         *,
         guess: bool = True,
         padded: Mapping[str, np.ndarray] | None = None,
+        ids: frozenset[str] = frozenset(),
     ) -> None:
         """Compare one batch: outputs of the same shape, by name (``ValueError`` for a shape mismatch).
 
         ``score_outputs`` names outputs known to hold class scores; with ``guess`` others are judged by name.
+        ``ids`` names outputs of class or token ids (``optimizer.runtime.argmax_outputs``): cast to float, they are
+        held as integer ones, by their agreement with no cosine (the cosine of class numbers passed every id one class
+        off at 0.987).
         ``padded`` maps outputs to the positions a padding mask hides (booleans that broadcast against the
         output, ``optimizer.padding.padded_outputs``): they count in no figure but ``exact`` (errors, cosines,
         top-1 rows), unless AFTER has a NaN or Inf there that BEFORE has not.
@@ -139,7 +143,9 @@ class AccuracyAccumulator:
         for name, expected in before.items():
             where = (padded or {}).get(name)
             expected, actual = np.asarray(expected), np.asarray(after[name])
-            self._add_one(name, expected, actual, name in score_outputs, guess, where)
+            self._add_one(name, expected, actual, name in score_outputs, guess, where, name in ids)
+            if name in ids:
+                continue  # class numbers hold no fields of another scale
             if expected.shape == actual.shape and (fields := small_scale_fields(expected)) is not None:
                 # Its small-scale fields (a detector's class scores beside its boxes) get a row of their own: the
                 # output's cosine is its large values'.
@@ -168,6 +174,7 @@ class AccuracyAccumulator:
         scores: bool,
         guess: bool,
         padded: np.ndarray | None = None,
+        ids: bool = False,
     ) -> None:
         if expected.shape != actual.shape:
             raise ValueError(f"output '{name}': shape {actual.shape} differs from {expected.shape}")
@@ -182,7 +189,7 @@ class AccuracyAccumulator:
                 "xx": 0.0,
                 "yy": 0.0,
                 "unit": 0.0,
-                "cosine": expected.dtype.kind == "f",
+                "cosine": expected.dtype.kind == "f" and not ids,
                 "same_values": True,
                 "agree": 0,
                 "rows": 0,
@@ -233,7 +240,7 @@ class AccuracyAccumulator:
         finite = np.isfinite(e) & np.isfinite(a)
         e0, a0 = np.where(finite, e, 0.0), np.where(finite, a, 0.0)
         integers = _integers(expected, actual)
-        stats["integers"] &= integers
+        stats["integers"] &= integers or ids
         diff = integer_difference(expected, actual) if integers else np.abs(a0 - e0)
         if kept is None:
             magnitude = floored_magnitude(e0)
@@ -248,7 +255,7 @@ class AccuracyAccumulator:
             max_abs = max_rel = float("inf")
         stats["values"] += expected.size
         stats["compared"] += int((finite if kept is None else finite & kept).sum())
-        if integers:
+        if integers or ids:
             stats["equal"] += int(((diff == 0) if kept is None else (diff == 0) & kept).sum())
         stats["max_abs"] = max(stats["max_abs"], max_abs)
         stats["max_rel"] = max(stats["max_rel"], max_rel)
@@ -515,7 +522,8 @@ class Drift:
     # many of the ids changed, how many of those at a near tie, and how many were compared. Their score is read on
     # their logits, held to the share of ids equal or flipped at a near tie (``_picks_on_logits``).
     on_logits: tuple[str, int, int, int] | None = None
-    # Where the worst score is another integer or a text output's: its name. Its score is its share of equal values.
+    # Where the worst score is another integer or a text output's, or an ArgMax's ids (cast to float) that the rewrite
+    # no longer picks by an ArgMax: its name. Its score is its share of equal values.
     shared: str | None = None
 
     def __post_init__(self) -> None:
@@ -559,7 +567,7 @@ class Drift:
                 f"{near} at a near tie)"
             )
         if self.shared is not None:
-            said += f" ({self.shared}: not float, scored by its share of equal values)"
+            said += f" ({self.shared}: scored by its share of equal values, not a cosine)"
         return said
 
 
@@ -891,7 +899,8 @@ def _picks_on_logits(
     whatever their order) and the error taken against the sample's centred logits or the run's RMS of them per value,
     the larger, and the share of its positions whose id is the original's or
     flipped at a near tie: the candidate's own pick of its logits, which the original's logits put within
-    ``_NEAR_TIE`` of their RMS (centred, over the run's positions kept) of its own pick (an id that follows neither,
+    ``_NEAR_TIE`` of their RMS (centred, over the run's positions kept; at most ``_near_scale``'s) of its own pick
+    (an id that follows neither,
     the ArgMax rewritten or its ids shifted, is no tie flip; nor is one the original was sure of, however close the
     logits' cosine). The error is the logits' largest difference; at a position whose id follows neither its
     original nor its own logits, the ids' own. None where the logits turn NaN or Inf other than the original's."""
@@ -899,7 +908,13 @@ def _picks_on_logits(
     finite = np.isfinite(e) & np.isfinite(a)
     if not finite.all() and (~finite & ~((np.isnan(e) & np.isnan(a)) | (e == a))).any():
         return None
-    e, a = np.where(finite, e, 0.0), np.where(finite, a, 0.0)
+    # A value not finite in both alike (a mask of -inf on classes a position may not pick) reads as the position's
+    # lowest finite one: read as 0, it sat above log-probabilities, every pick of the finite values read as no pick
+    # of its own logits, and a tie flip counted whole.
+    if not finite.all():
+        lowest = np.min(np.where(finite, e, np.inf), axis=-1, keepdims=True)
+        fill = np.where(np.isfinite(lowest), lowest, 0.0)
+        e, a = np.where(finite, e, fill), np.where(finite, a, fill)
     equal = expected == actual
     own = actual == np.argmax(a, axis=-1)
     error = float(np.abs(a - e)[kept].max(initial=0.0))
@@ -914,7 +929,9 @@ def _picks_on_logits(
     # The scale of the whole run, not of one position: two classes' centred logits are +-margin/2, whose RMS a flip
     # always passes, and a binary classifier would have no near tie.
     spread = root_mean_square(np.abs(centred[0][kept])) if kept.any() else 0.0
-    near = kept & ~equal & own & (margin <= _NEAR_TIE * spread)
+    # Classes far from every decision (a mask of -1e9 on some, a vocabulary's padding) made that RMS huge, and every
+    # flip, a wholly other classifier's too, a near tie: the scale is at most their RMS with such values held near.
+    near = kept & ~equal & own & (margin <= _NEAR_TIE * min(spread, _near_scale(e[kept])))
     samples = len(kept)
     counted = kept.reshape(samples, -1).sum(axis=1)
     rows = counted > 0
@@ -930,6 +947,25 @@ def _picks_on_logits(
     scores = np.where(np.all(x == y, axis=1), 1.0, np.clip(1.0 - squared / 2, -1.0, 1.0))
     return np.minimum(scores, shares), error, int(near.sum())
 
+
+def _near_scale(logits: np.ndarray) -> float:
+    """The RMS of ``logits`` (``[positions, classes]``) centred along the classes, each held within ``_FAR`` times the
+    run's median distance of a class below its position's pick: classes far from every decision (a mask of -1e9 on
+    some, a vocabulary's padding) count as that far, not as themselves. Where half the classes or more are so far,
+    the median is theirs, and they count whole."""
+    if logits.ndim != 2 or logits.shape[-1] < 2 or not logits.size:
+        return 0.0
+    top = logits.max(axis=-1, keepdims=True)
+    others = np.ones(logits.shape, bool)
+    np.put_along_axis(others, logits.argmax(axis=-1)[:, None], False, axis=-1)
+    typical = float(np.median((top - logits)[others]))
+    held = np.maximum(logits, top - _FAR * typical)
+    return root_mean_square(np.abs(held - held.mean(axis=-1, keepdims=True)))
+
+
+# How many times the run's median distance of a class below its position's pick a class counts at most in the scale
+# of a near tie (``_near_scale``): Gaussian logits over 50,000 classes lie within 3 of it; a mask of -1e9 does not.
+_FAR = 10.0
 
 # An id flipped where the original's logits put the candidate's class within this fraction of their RMS (centred along
 # the classes) of its own pick is a near tie: either class was the original's toss-up. An int8 rewrite's logits move

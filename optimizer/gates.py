@@ -148,8 +148,9 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
 
     Outputs that are not float (token ids, masks) have no cosine; they must be equal in value
     instead (an int64 output that became int32 with the same values is no difference: the report
-    says "equal in value"). An output whose error is infinite (NaN or Inf where BEFORE has a
-    number) fails whatever its cosine, which is taken over the values both left finite;
+    says "equal in value"), and so must an ``ArgMax``'s ids cast to float (their agreement is reported). An
+    output whose error is infinite (NaN or Inf where BEFORE has a number) fails whatever its cosine, which is taken
+    over the values both left finite;
     so does an output ``compare`` could not compare (another shape or kind in AFTER). A float
     output of one value has no cosine; its relative error may be at most ``sqrt(2 (1 - X))``,
     what a cosine of X allows a vector, and a float output's norm may differ from BEFORE's by as
@@ -169,7 +170,7 @@ def accuracy_failures(report: ComparisonReport, min_cosine: float, flag: str = "
                     f"{gate}: {provider.ep}: output '{output.name}' differs without bound "
                     "(NaN or Inf where the other has a number, or another NaN or Inf)"
                 )
-            elif output.cosine is None and floating and not output.exact:
+            elif output.cosine is None and floating and not output.exact and output.agreement is None:
                 # One number has no cosine (it is +-1): its relative error is held to what the cosine allows
                 # a vector (cosine ~ 1 - r^2 / 2 for a relative RMS error r).
                 allowed = _allowed(min_cosine)

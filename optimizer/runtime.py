@@ -488,23 +488,20 @@ def drift_of(
     return output_drift(reference, budget_runs(model, batches), batches, model if layout is None else layout)
 
 
-# Ops an ArgMax's ids reach an output through unchanged in order and count (a Cast to int32, say).
-_IDS_PASS_THROUGH = ("Cast", "Identity")
+# Ops an ArgMax's ids reach an output through unchanged in order and count (a Cast to int32, say; a classifier's
+# ``[batch]`` ids unsqueezed to ``[batch, 1]``: cast to float, every id one class off met --min-cosine 0.9 as a cosine
+# of class numbers until a late review).
+_IDS_PASS_THROUGH = ("Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 
 
 def argmax_picks(model: ir.Model) -> dict[str, tuple[str, int]]:
-    """Each graph output of ``model`` that an ONNX ``ArgMax`` of float values in its graph computes (directly or
-    through a ``Cast`` or ``Identity``), with the name of the values it picks among (a computed tensor, not a graph
-    input or a constant) and its axis: class or token ids, which the accuracy budget scores on them
-    (``budget_runs``). An ``ArgMax`` with ``select_last_index`` is left out (its ids are scored by their share of
-    equal values)."""
+    """Each graph output of ``model`` that an ONNX ``ArgMax`` of float values in its graph computes, or a ``TopK`` of
+    the k = 1 largest as its indices (directly or through ops that keep their order, ``_IDS_PASS_THROUGH``), with the
+    name of the values it picks among (a computed tensor, not a graph input or a constant) and its axis: class or token
+    ids, which the accuracy budget scores on them (``budget_runs``). An ``ArgMax`` with ``select_last_index`` is left
+    out (its ids are scored by their share of equal values)."""
     picks = {}
-    for output in model.graph.outputs:
-        node = output.producer()
-        while node is not None and node.op_type in _IDS_PASS_THROUGH and is_onnx_domain(node) and node.inputs:
-            node = node.inputs[0].producer() if node.inputs[0] is not None else None
-        if node is None or node.op_type != "ArgMax" or not is_onnx_domain(node) or not output.name:
-            continue
+    for name, node in _argmax_producers(model).items():
         logits = node.inputs[0]
         last = node.attributes.get("select_last_index")
         if logits is None or logits.producer() is None or not logits.name or (last is not None and last.as_int()):
@@ -512,8 +509,43 @@ def argmax_picks(model: ir.Model) -> dict[str, tuple[str, int]]:
         if logits.dtype is not None and not logits.dtype.is_floating_point():
             continue  # an ArgMax of integers (a dtype not recorded is read from the run: ``paired_drift`` checks it)
         axis = node.attributes.get("axis")
-        picks[output.name] = (logits.name, axis.as_int() if axis is not None else 0)
+        picks[name] = (logits.name, axis.as_int() if axis is not None else 0 if node.op_type == "ArgMax" else -1)
     return picks
+
+
+def argmax_outputs(model: ir.Model) -> frozenset[str]:
+    """The graph outputs of ``model`` that an ONNX ``ArgMax`` computes, or a ``TopK`` of the k = 1 largest as its
+    indices (directly or through ``_IDS_PASS_THROUGH``), whatever it picks among: class or token ids, which have
+    no cosine even where cast to float (``compare`` holds them equal in value, as integer ones)."""
+    return frozenset(_argmax_producers(model))
+
+
+def _argmax_producers(model: ir.Model) -> dict[str, ir.Node]:
+    """Each named graph output of ``model`` that an ONNX ``ArgMax`` (or a ``TopK`` of k = 1, ``_top_one``) computes
+    through ``_IDS_PASS_THROUGH``, and that node."""
+    producers = {}
+    for output in model.graph.outputs:
+        value, node = output, output.producer()
+        while node is not None and node.op_type in _IDS_PASS_THROUGH and is_onnx_domain(node) and node.inputs:
+            value = node.inputs[0]
+            node = value.producer() if value is not None else None
+        if node is None or not is_onnx_domain(node) or not output.name or not node.inputs:
+            continue
+        if node.op_type == "ArgMax" or (node.op_type == "TopK" and _top_one(node, value)):
+            producers[output.name] = node
+    return producers
+
+
+def _top_one(node: ir.Node, value: ir.Value) -> bool:
+    """Whether ``value`` is the indices of ``node``, a ``TopK`` of the one largest value (k a constant 1): an
+    ``ArgMax``'s ids with the axis kept, as greedy decoders write them (the same first index at a tie)."""
+    largest = node.attributes.get("largest")
+    if len(node.outputs) < 2 or value is not node.outputs[1] or (largest is not None and not largest.as_int()):
+        return False
+    if (attribute := node.attributes.get("k")) is not None:  # TopK-1 (opset 1-9): k an attribute
+        return attribute.as_int() == 1
+    k = ir.convenience.get_const_tensor(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    return k is not None and k.numpy().size == 1 and int(k.numpy().reshape(-1)[0]) == 1
 
 
 def logits_exposed(model: ir.Model) -> tuple[ir.Model, dict[str, tuple[str, int]]]:

@@ -22,7 +22,8 @@
 3. **The figure called a share a cosine.** Another integer (a count, a rounded regression) or text output is still
    scored by its share of equal values (the graph names no floats its values rank), and where it is the worst
    output the figure now says so.
-4. Open (strict xfail): ``compare --min-cosine`` still holds ids cast to float by the cosine of their class numbers.
+4. ``compare --min-cosine`` held ids cast to float by the cosine of their class numbers (a strict xfail here until a
+   late review, s72 late2): they are now held equal in value, as integer ids (``optimizer.runtime.argmax_outputs``).
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def test_a_count_output_is_scored_by_its_share_and_said_so():
     after = {"count": np.array([3, 4, 5, 7])}
     drift = paired_drift([(before, after)])
     assert drift.cosine == 0.75 and drift.on_logits is None
-    assert "(count: not float, scored by its share of equal values)" in str(drift)
+    assert "(count: scored by its share of equal values, not a cosine)" in str(drift)
 
 
 def test_the_pipeline_check_reads_argmax_ids_on_their_logits(tmp_path):
@@ -243,13 +244,6 @@ def test_float_ids_a_rewrite_no_longer_computes_by_argmax_are_held_equal():
     assert not AccuracyBudget(min_cosine=0.9).met(drift)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: compare's accuracy (optimizer.compare, AccuracyAccumulator) knows no ArgMax: ids cast to float are a "
-    "float output there, and --min-cosine holds the cosine of their class numbers (every id one class off reads 0.987 "
-    "and passes --min-cosine 0.98); the approximate passes' budget reads them on their logits (budget_runs), compare "
-    "runs the models without exposing them",
-)
 def test_compare_holds_float_ids_shifted_by_one_class():
     from optimizer.compare import CompareSettings, compare
     from optimizer.gates import accuracy_failures

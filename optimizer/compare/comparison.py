@@ -85,7 +85,7 @@ from optimizer.padding import padded_outputs, padding_layout
 from optimizer.parameters import count_parameters
 from optimizer.pipeline import count_nodes
 from optimizer.progress import task, track
-from optimizer.runtime import holds_float16, import_onnxruntime, loading_crash, temporary_folder
+from optimizer.runtime import argmax_outputs, holds_float16, import_onnxruntime, loading_crash, temporary_folder
 from optimizer.samples import (
     OutputSampleAxes,
     SampleData,
@@ -555,7 +555,7 @@ def _compare(
                         settings,
                         plan,
                         threads,
-                        _score_outputs(before_model),
+                        (_score_outputs(before_model), argmax_outputs(before_model)),
                         warnings,
                         progress,
                         generation,
@@ -670,7 +670,7 @@ def _measure_provider(
     settings: CompareSettings,
     plan: TimingPlan,
     threads: int,
-    score_outputs: frozenset[str],
+    score_outputs: tuple[frozenset[str], frozenset[str]],
     warnings: list[str],
     progress: Progress | None,
     generation: _Generation | None = None,
@@ -1156,7 +1156,7 @@ def _accuracy_on_data(
     ep: ExecutionProvider,
     batches: Sequence[dict[str, np.ndarray]],
     threads: int,
-    score_outputs: frozenset[str],
+    score_outputs: tuple[frozenset[str], frozenset[str]],
     warnings: list[str],
     padding: Padding | None = None,
     sample_axes: Mapping[str, int | None] | None = None,
@@ -1216,7 +1216,7 @@ def _refuse_oversized_rows(inputs: Mapping[str, np.ndarray], rows: int, batches:
 def _accuracy(
     before: Mapping[str, Any],
     after: Mapping[str, Any],
-    score_outputs: frozenset[str],
+    score_outputs: tuple[frozenset[str], frozenset[str]],
     warnings: list[str],
     padding: Padding | None = None,
     inputs: Mapping[str, np.ndarray] | None = None,
@@ -1250,13 +1250,15 @@ def _padded_note(accumulator: AccuracyAccumulator) -> str:
 def _accumulate(
     before: Mapping[str, Any],
     after: Mapping[str, Any],
-    score_outputs: frozenset[str],
+    score_outputs: tuple[frozenset[str], frozenset[str]],
     warnings: list[str],
     accumulator: AccuracyAccumulator,
     padded: Mapping[str, np.ndarray] | None = None,
     sample_axes: Mapping[str, int | None] | None = None,
 ) -> None:
     """Add one run's outputs to ``accumulator``; a warning for each output whose shape or type differs.
+    ``score_outputs``: the outputs known to hold class scores (``_score_outputs``) and those of class or token ids an
+    ``ArgMax`` computes (``argmax_outputs``: held as integers, cast to float or not).
 
     Outputs of another shape, or of another kind (numbers against strings), are not
     compared; numbers of another dtype (float16 against float32) are, with a warning.
@@ -1296,7 +1298,8 @@ def _accumulate(
             shown += NOT_COMPARED
         if shown not in warnings:
             warnings.append(shown)
-    accumulator.add(comparable, after, score_outputs, padded=padded)
+    scores, ids = score_outputs
+    accumulator.add(comparable, after, scores, padded=padded, ids=ids)
 
 
 def _describe(value: Any) -> str:

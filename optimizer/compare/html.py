@@ -249,9 +249,14 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
             for item in broken
         )
         return _Segment(f"{names} differ: NaN/Inf or non-numeric values", "bad", "accuracy", warned)
-    # Integer or bool outputs that differ at all (class ids, masks) hold other answers, not rounding.
+    # Integer or bool outputs that differ at all (class ids, masks) hold other answers, not rounding; so do an ArgMax's
+    # ids cast to float, held by their agreement (``optimizer.runtime.argmax_outputs``): every one a class off read
+    # "outputs within 1", its agreement unsaid.
     integers_differ = any(
-        np.dtype(item.dtype).kind in "iub" and not item.exact and item.max_abs_error > 0 for item in provider.accuracy
+        (np.dtype(item.dtype).kind in "iub" or getattr(item, "agreement", None) is not None)
+        and not item.exact
+        and item.max_abs_error > 0
+        for item in provider.accuracy
     )
     if provider.llm_accuracy is not None:
         # Every figure that can show a broken decoder leads, not the teacher-forced top-1 alone: a model that
