@@ -596,8 +596,9 @@ def _add_compare_flags(parser: argparse.ArgumentParser, *, on_optimize: bool) ->
             dest="gate_min_worst_cosine",
             type=float,
             metavar="X",
-            help=f"exit {exit_codes.LESS_ACCURATE} as --min-cosine X, and when one sample (a row along axis 0) of "
-            "an output of AFTER has a cosine similarity below X to BEFORE's",
+            help=f"exit {exit_codes.LESS_ACCURATE} as --min-cosine X, and when one sample (a row along axis 0, or "
+            "along the axis the output holds its samples on) of an output of AFTER has a cosine similarity below X "
+            "to BEFORE's",
         )
         group.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
     group.add_argument("--html", metavar="FILE", help="write the comparison as a self-contained HTML page")

