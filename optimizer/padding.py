@@ -267,6 +267,97 @@ def looks_like_mask(value: ir.Value) -> bool:
     return bool(_MASK_NAME.search(value.name)) or reads_as_attention_mask(value)
 
 
+def pads_positions(value: ir.Value) -> bool:
+    """Whether graph input ``value`` is a padding mask as verification and the statistics read one: it looks like a
+    mask (``looks_like_mask``) and is no feature mask (``is_feature_mask``)."""
+    return looks_like_mask(value) and not is_feature_mask(value)
+
+
+def is_feature_mask(value: ir.Value) -> bool:
+    """Whether the 2-D graph input ``value`` marks which features are present rather than which positions pad (a
+    tabular ``feature_mask``): no attention reads it (``reads_as_attention_mask``), the graph only multiplies computed
+    values by it (``_only_multiplies``: its values reach no scores, no pooling's divisor, no op of another domain), and
+    no integer input whose last dim is its last is read as an embedding's indices (``_beside_token_ids``: a text CNN
+    that zeroes its pad tokens' embeddings is padded). Until a review in session 72 every 0/1 input named ``*mask*``
+    was a padding mask, and a tabular one left its absent features' rows out of the statistics and verification."""
+    shape = _declared(value)
+    if shape is None or shape.rank() != 2 or reads_as_attention_mask(value):
+        return False
+    return _only_multiplies(value) and not _beside_token_ids(value)
+
+
+# Ops a feature mask passes through, as their first input, unchanged in value on its way to the features it multiplies.
+_FEATURE_MASK_PATH_OPS = frozenset({*_MASK_LAYOUT_OPS, "Cast", "Transpose"})
+
+
+def _only_multiplies(value: ir.Value) -> bool:
+    """Whether every read of ``value``, through ops that only move or cast it, multiplies computed values by it
+    (``Mul`` with an operand no constant, or ``Where(mask, values, c)`` with ``|c| < 1e3``: absent features zeroed),
+    and no ``Softmax`` reads the product through scales and masks (``_softmax_ahead``: a mask scaled by a computed
+    minimum is added to the scores); False where anything else reads it (an ``Add`` to scores, a ``ReduceSum``
+    counting its tokens, a graph output)."""
+    frontier, seen, multiplies = [value], set(), False
+    while frontier:
+        current = frontier.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if len(seen) > 64 or current.is_graph_output():
+            return False
+        for node, index in current.uses():
+            if node.domain not in ("", "ai.onnx"):
+                return False
+            if node.op_type in _FEATURE_MASK_PATH_OPS and index == 0:
+                frontier.extend(node.outputs)
+            elif node.op_type == "Mul" and len(node.inputs) == 2 and _constant(node.inputs[1 - index]) is None:
+                if _softmax_ahead(node):
+                    return False  # scaled by a computed minimum and added to the scores: an attention mask
+                multiplies = True
+            elif node.op_type == "Where" and index == 0 and len(node.inputs) == 3:
+                constants = [c for v in node.inputs[1:] if (c := _constant(v)) is not None]
+                if len(constants) != 1 or not bool((np.abs(constants[0]) < 1e3).all()) or _softmax_ahead(node):
+                    return False
+                multiplies = True
+            else:
+                return False
+    return multiplies
+
+
+# Ops token ids pass through to an embedding's Gather.
+_TOKEN_ID_PATH_OPS = frozenset({*_MASK_LAYOUT_OPS, "Cast"})
+
+
+def _beside_token_ids(mask: ir.Value) -> bool:
+    """Whether a graph input not like a mask, its second dim ``mask``'s last (the same name, or the same static size),
+    holds tokens: per-position vectors (three dims or more: ``inputs_embeds [batch, sequence, hidden]``, frames), or
+    integers read as the indices of a ``Gather`` (an embedding: token ids) through ops that only move or cast them, or
+    by an op of another domain (ONNX Runtime's ``EmbedLayerNormalization``). A tabular ``x [batch, features]`` is
+    neither."""
+    last = _declared(mask)[-1]
+    for value in mask.graph.inputs if mask.graph is not None else ():
+        shape = _declared(value)
+        if value is mask or value.dtype is None or shape is None or shape.rank() < 2:
+            continue
+        same = _dim_value(last) is not None and _dim_value(shape[1]) == _dim_value(last)
+        if not (same or (isinstance(last, int) and shape[1] == last)) or looks_like_mask(value):
+            continue
+        if shape.rank() >= 3:
+            return True
+        if not value.dtype.is_integer():
+            continue
+        frontier = [value]
+        for _ in range(16):
+            if not frontier:
+                break
+            current = frontier.pop()
+            for node, index in current.uses():
+                if node.domain not in ("", "ai.onnx") or (node.op_type == "Gather" and index == 1):
+                    return True
+                if node.op_type in _TOKEN_ID_PATH_OPS and index == 0:
+                    frontier.extend(node.outputs)
+    return False
+
+
 # Ops that turn a mask's 0/1 into the numbers added to the scores (``(1 - mask) * min``, clamped), besides those
 # that move it.
 _MASK_ARITHMETIC_OPS = frozenset({"Sub", "Mul", "Equal", "Max", "Min"})
@@ -380,10 +471,10 @@ def encoded_mask(attend: np.ndarray, convention: str, dtype: np.dtype) -> np.nda
 
 def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
     """Inputs of ``model`` that look like a ``[batch, sequence]`` padding mask: named ``*mask*`` or read by the graph
-    as an attention mask (``reads_as_attention_mask``), 2-D, holding only 0 (pad) and 1 (attend), and attending
-    somewhere in every row; or, where the graph reads it as padding where true (``optimizer.inputs.pads_where_true``:
-    ``Where(src_mask, -1e9, scores)``), holding only false (attend) and true (pad), false somewhere in every row,
-    returned as a ``PadsWhereTrue``.
+    as an attention mask (``reads_as_attention_mask``), no feature mask (``is_feature_mask``), 2-D, holding only 0
+    (pad) and 1 (attend), and attending somewhere in every row; or, where the graph reads it as padding where true
+    (``optimizer.inputs.pads_where_true``: ``Where(src_mask, -1e9, scores)``), holding only false (attend) and true
+    (pad), false somewhere in every row, returned as a ``PadsWhereTrue``.
 
     A float one the graph adds to the scores (``added_to_scores``: 0 attends, a large negative number pads) qualifies
     as an ``AdditiveMask`` where it holds only 0 and -1e3 or below, 0 somewhere in every row (read as 0/1, its zeros,
@@ -411,7 +502,7 @@ def mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
             if np.isin(array, (0, 1)).all() and np.shape(array)[1] >= 2 and (np.asarray(array) != 0).any(axis=1).all():
                 names.append(value.name)
             continue
-        if array is None or np.ndim(array) != 2 or not looks_like_mask(value):
+        if array is None or np.ndim(array) != 2 or not pads_positions(value):
             continue
         array = np.asarray(array)
         if array.dtype.kind not in "biuf" or array.shape[1] < 2:
@@ -874,28 +965,58 @@ _CHANNELS_FIRST_OPS = frozenset(
 
 def token_rows(model: ir.Model, names: Iterable[str]) -> frozenset[str]:
     """Those of ``names`` whose rows may be a padding mask's tokens (``unpadded_rows`` matches them by shape), by the
-    graph: followed back through each op's first computed input (an embedding ``Gather``'s indices) to the graph's
-    inputs, taken as ``[batch, sequence, ...]``, the batch axis is still first and the sequence second (a ``Transpose``
-    moves them; a ``Reshape`` or ``Flatten`` keeps a batch-first layout's rows in order), no op on the way or reading
-    it lays it out channels first (``Conv``, pooling, ``BatchNormalization``). A ``[sequence, batch, embed]`` layout
-    (torch's ``MultiheadAttention`` reads ``[sequence * batch, embed]``) or a ``[batch, channels, length]`` map of as
-    many channels as tokens matched a mask by shape alone and lost real rows until a review on 2026-12-07. The input
-    the rows are followed back to must be one a mask pads (``_masked_inputs``): an encoder-decoder's decoder rows
-    beside the encoder's mask are not its tokens, whatever their length."""
-    values = {value.name: value for value in model.graph.inputs}
-    values.update({value.name: value for node in model.graph for value in node.outputs})
-    masked = _masked_inputs(model)
+    graph: laid out ``[batch, sequence, ...]`` (``token_axes`` gives batch on axis 0 and the sequence on axis 1), and
+    no op reading it lays it out channels first (``Conv``, pooling, ``BatchNormalization``). A ``[sequence, batch,
+    embed]`` layout (torch's ``MultiheadAttention`` reads ``[sequence * batch, embed]``) or a ``[batch, channels,
+    length]`` map of as many channels as tokens matched a mask by shape alone and lost real rows until a review on
+    2026-12-07."""
+    axes = token_axes(model, names)
+    values = _values_by_name(model)
     return frozenset(
         name
-        for name in names
-        if name in values
-        and (root := _token_root(values[name])) is not None
-        and (masked is None or not root.is_graph_input() or root.name in masked)
+        for name, layout in axes.items()
+        if layout == (0, 1) and not any(node.op_type in _CHANNELS_FIRST_OPS for node, _ in values[name].uses())
     )
 
 
+def token_axes(model: ir.Model, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """For those of ``names`` whose axes hold a padding mask's batch and tokens, ``(batch axis, sequence axis)``, by
+    the graph: followed back through each op's first computed input (an embedding ``Gather``'s indices) to the graph's
+    inputs, taken as ``[batch, sequence, ...]``, each ``Transpose`` moves the two axes, an ``Unsqueeze`` or
+    ``Squeeze`` shifts them (one that drops either, or whose axes are not constants, keeps no layout; a batch of 1
+    dropped leaves its tokens' rows in order), a ``Reshape`` whose shape's leading 0s copy both keeps them where they
+    are, another ``Reshape`` or a ``Flatten`` keeps a batch-first layout's rows in order, and an ``LSTM``, ``GRU`` or
+    ``RNN`` reading them as its ``layout`` says lays its ``Y`` out so (its final states hold no tokens); no op on the
+    way lays them out channels first (``Conv``, pooling, ``BatchNormalization``: its output's axes mix positions).
+    Where the layout is not certain the name is left out: its rows are all kept, the safe side. Rows computed from
+    constants alone (positions, a position table's ``[1, sequence, d]``) are read batch first through a ``Transpose`` or
+    ``Reshape`` alone, as before: they hold no input's batch to move. A ``Conv1d``'s input
+    ``[batch, channels, tokens]`` (a ``Transpose`` of token rows, wav2vec's and text CNNs') is ``(0, 2)``: bias
+    correction's channel means leave its padded positions out (``passes.quantization.calibration.channel_means``).
+    The input the axes are followed back to must be one a mask pads (``_masked_inputs``): an encoder-decoder's
+    decoder rows beside the encoder's mask are not its tokens, whatever their length. ``Unsqueeze``, ``Squeeze`` and
+    the recurrent ops were taken to keep the layout, and a convolution's input was matched to no mask, until a review
+    in session 72."""
+    values = _values_by_name(model)
+    masked = _masked_inputs(model)
+    found = {}
+    for name in names:
+        if name not in values or (traced := _token_layout(values[name])) is None:
+            continue
+        root, layout = traced
+        if masked is None or not root.is_graph_input() or root.name in masked:
+            found[name] = layout
+    return found
+
+
+def _values_by_name(model: ir.Model) -> dict[str, ir.Value]:
+    values = {value.name: value for value in model.graph.inputs}
+    values.update({value.name: value for node in model.graph for value in node.outputs})
+    return values
+
+
 def _masked_inputs(model: ir.Model) -> frozenset[str] | None:
-    """The graph inputs whose tokens a mask-like input (``looks_like_mask``) pads (``token_rows``): for each mask, the
+    """The graph inputs whose tokens a padding mask (``pads_positions``) pads (``token_rows``): for each mask, the
     other inputs whose second dim is named as its last (``input_ids [batch, sequence]`` beside ``attention_mask [batch,
     sequence]``); None (any input) where a mask's last dim is unnamed or no other input names it (a decoder's mask over
     its past and new tokens). An encoder-decoder's encoder mask dropped the decoder's real rows where its length was
@@ -903,7 +1024,7 @@ def _masked_inputs(model: ir.Model) -> frozenset[str] | None:
     found: set[str] = set()
     for mask in model.graph.inputs:
         shape = _declared(mask)
-        if not looks_like_mask(mask) or shape is None or shape.rank() < 2:
+        if not pads_positions(mask) or shape is None or shape.rank() < 2:
             continue
         length = _dim_value(shape[-1])
         sharers = {
@@ -922,12 +1043,20 @@ def _masked_inputs(model: ir.Model) -> frozenset[str] | None:
     return frozenset(found)
 
 
-def _token_root(value: ir.Value, limit: int = 4096) -> ir.Value | None:
-    """The value ``value``'s rows are followed back to (a graph input, or one computed from no computed input) where
-    its leading axes are ``[batch, sequence]`` as far as its graph says (``token_rows``); None where they are not."""
-    if any(node.op_type in _CHANNELS_FIRST_OPS for node, _ in value.uses()):
-        return None
-    layouts: list[list[int] | None] = []  # each Transpose's perm (None: a Reshape), from the value back
+# Recurrent ops whose first output ``Y`` is ``[sequence, directions, batch, hidden]`` (``layout`` 0) or ``[batch,
+# sequence, directions, hidden]`` (``layout`` 1), read from ``X`` ``[sequence, batch, input]`` or ``[batch, sequence,
+# input]``.
+_RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+
+
+# The steps read from rows computed from constants alone (``_token_layout``): what moved them before session 72.
+_MOVES = frozenset({"perm", "reshape"})
+
+
+def _token_layout(value: ir.Value, limit: int = 4096) -> tuple[ir.Value, tuple[int, int]] | None:
+    """The value ``value``'s axes are followed back to (a graph input, or one computed from no computed input) and the
+    axes of its batch and sequence (``token_axes``); None where they are not certain."""
+    steps: list[tuple[str, object]] = []  # each layout change, from the value back
     current = value
     for _ in range(limit):
         node = current.producer()
@@ -938,24 +1067,103 @@ def _token_root(value: ir.Value, limit: int = 4096) -> ir.Value | None:
         if node.op_type == "Transpose":
             if "perm" not in node.attributes:
                 return None
-            layouts.append(list(node.attributes.get_ints("perm")))
+            steps.append(("perm", list(node.attributes.get_ints("perm"))))
         elif node.op_type in ("Reshape", "Flatten"):
-            layouts.append(None)
+            steps.append(("reshape", _copied_axes(node)))
+        elif node.op_type in ("Unsqueeze", "Squeeze") and node.domain in ("", "ai.onnx"):
+            steps.append((node.op_type, _moved_axes(node)))
+        elif node.op_type in _RECURRENT_OPS and node.domain in ("", "ai.onnx"):
+            # A final state holds no tokens (None).
+            steps.append(("recurrent", node.attributes.get_int("layout", 0) if current is node.outputs[0] else None))
         computed = [v for v in node.inputs if v is not None and v.const_value is None and not v.is_initializer()]
         if not computed:
             break
         current = computed[0]
-    batch, sequence = 0, 1
-    for perm in reversed(layouts):
-        if perm is None:
-            if batch != 0:
+    if not current.is_graph_input():
+        # Rows computed from constants alone (positions: ``Unsqueeze(Range(0, S), 0)``, a position table's or rotary's
+        # ``[1, sequence, d]``) hold no input's batch to move: read batch first as before.
+        steps = [("reshape", 0) if kind == "reshape" else (kind, step) for kind, step in steps if kind in _MOVES]
+    batch, sequence, units = 0, 1, set()  # units: the axes an Unsqueeze inserted (of size 1)
+    for kind, step in reversed(steps):
+        if step is None:
+            return None  # axes not constants, or a recurrent op's final state
+        # A flattening keeps a batch-first layout's rows in batch-major order, or one where only inserted 1s precede
+        # the batch (``Unsqueeze`` at axis 0).
+        in_order = batch < sequence and all(axis in units for axis in range(batch))
+        if kind == "reshape":
+            if max(batch, sequence) < step:  # both among the leading axes the Reshape copies (its shape's 0s)
+                units = {u for u in units if u < step}
+                continue
+            if not in_order:
                 return None  # a sequence-major layout flattened: its rows are no batch-major tokens
-            sequence = 1
-        else:
-            if batch not in perm or sequence not in perm:
+            batch, sequence, units = 0, 1, set()
+        elif kind == "perm":
+            if batch not in step or sequence not in step:
                 return None
-            batch, sequence = perm.index(batch), perm.index(sequence)
-    return current if batch == 0 and sequence == 1 else None
+            units = {step.index(u) for u in units if u in step}
+            batch, sequence = step.index(batch), step.index(sequence)
+        elif kind == "recurrent":
+            # X read as [sequence, batch, ...] (layout 0) or [batch, sequence, ...] (layout 1), else its steps are no
+            # tokens; Y [sequence, directions, batch, hidden] or [batch, sequence, directions, hidden].
+            if (batch, sequence) != ((1, 0) if step == 0 else (0, 1)):
+                return None
+            (batch, sequence), units = ((2, 0) if step == 0 else (0, 1)), set()
+        elif kind == "Unsqueeze":
+            rank, axes = step
+            kept = [axis for axis in range(rank) if axis not in axes]
+            if max(batch, sequence, *units) >= len(kept):
+                return None
+            batch, sequence, units = kept[batch], kept[sequence], {kept[u] for u in units} | set(axes)
+        else:  # Squeeze
+            axes = step[1]
+            if sequence in axes:
+                return None
+            if batch in axes:  # a batch of 1 dropped: its tokens' rows, in order, as a flattening leaves them
+                if not in_order:
+                    return None
+                batch, sequence, units = 0, 1, set()
+                continue
+            batch -= sum(axis < batch for axis in axes)
+            sequence -= sum(axis < sequence for axis in axes)
+            units = {u - sum(axis < u for axis in axes) for u in units if u not in axes}
+    return current, (batch, sequence)
+
+
+def _copied_axes(node: ir.Node) -> int:
+    """How many leading axes a ``Reshape`` copies from its input (its constant shape's leading 0s, ``allowzero``
+    unset: torch's ``[0, 0, -1]`` after a bidirectional ``LSTM``); 0 for a ``Flatten`` or a shape not constant."""
+    if node.op_type != "Reshape" or node.attributes.get_int("allowzero", 0) or len(node.inputs) < 2:
+        return 0
+    shape = _constant(node.inputs[1])
+    if shape is None:
+        return 0
+    copied = 0
+    for dim in shape.reshape(-1):
+        if dim != 0:
+            break
+        copied += 1
+    return copied
+
+
+def _moved_axes(node: ir.Node) -> tuple[int, frozenset[int]] | None:
+    """For an ``Unsqueeze``, its output's rank and the axes it inserts; for a ``Squeeze``, its input's rank and the
+    axes it drops; None where the axes are not constants (a ``Squeeze`` without axes drops the 1s its input holds) or a
+    negative axis meets an unknown rank."""
+    axes = node.attributes.get_ints("axes") if "axes" in node.attributes else None
+    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+        constant = _constant(node.inputs[1])
+        axes = None if constant is None else [int(axis) for axis in constant.reshape(-1)]
+    if axes is None:
+        return None
+    shaped = node.outputs[0] if node.op_type == "Unsqueeze" else node.inputs[0]
+    rank = shaped.shape.rank() if shaped is not None and shaped.shape is not None else None
+    if rank is None and node.op_type == "Unsqueeze" and (inner := node.inputs[0]) is not None and inner.shape:
+        rank = inner.shape.rank() + len(axes)
+    if rank is None:
+        if any(axis < 0 for axis in axes):
+            return None
+        rank = max(axes) + 1 + 4  # non-negative axes need no rank: a bound past any batch or sequence axis
+    return rank, frozenset(axis % rank if axis < 0 else axis for axis in axes)
 
 
 def by_shape(padding: np.ndarray | Paddings | None) -> Paddings:
@@ -1309,7 +1517,8 @@ def padded_outputs(
 
 
 def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
-    """The integer ``[batch, sequence]`` inputs named like a mask or read as one (``looks_like_mask``), their sequence
+    """The integer ``[batch, sequence]`` inputs named like a mask or read as one, no feature mask (``pads_positions``),
+    their sequence
     dim named or static (the imitator taggers' ``[1, 256]``), boolean ones the graph reads as padding where true
     (PyTorch's key padding mask, ``optimizer.inputs.pads_where_true``) and the 4-D masks (``causal_masks``,
     ``key_masks``), a float one the graph adds to the scores (``added_to_scores``: 0 attends, a large negative pads),
@@ -1331,7 +1540,7 @@ def _integer_masks(model: ir.Model) -> tuple[frozenset[str], str | None]:
             names.add(value.name)
             dims.add(_dim_value(shape[-1]))
             continue
-        if value.dtype is None or shape is None or shape.rank() != 2 or not looks_like_mask(value):
+        if value.dtype is None or shape is None or shape.rank() != 2 or not pads_positions(value):
             continue
         if not (_dim_value(shape[1]) or isinstance(shape[1], int)):
             continue

@@ -56,8 +56,6 @@ _NAMED = {
     "`x [None, None, 8]` a `GRU` or `LSTM` reads as it is is drawn at one step",
     "test_a_rewrite_wrong_for_one_column_of_an_elementwise_comparison_is_rolled_back": "compared element by element "
     "with a constant row, column j with `reference[j]`",
-    "test_a_tabular_feature_mask_leaves_the_rows_of_absent_features_in": "a tabular `feature_mask` that marks absent "
-    "features leaves those features' rows out of the statistics",
 }
 
 

@@ -102,13 +102,6 @@ def _tabular_feature_mask() -> ir.Model:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="any int 0/1 input named *mask* is a padding mask to padding.mask_inputs (verification and statistics): a "
-    "tabular feature_mask's absent features are left out of the ranges of activations laid out [batch, features, ...]; "
-    "telling a feature mask from a padding mask needs the graph's reads, which dynamo exports' masks do not show "
-    "(reads_as_attention_mask is False for them)",
-)
 def test_a_tabular_feature_mask_leaves_the_rows_of_absent_features_in():
     model = _tabular_feature_mask()
     x = np.full((2, 4), 0.5, np.float32)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.padding import batch_padding, token_rows, unpadded_rows
+from optimizer.padding import batch_padding, token_axes, token_rows, unpadded_rows
 from optimizer.progress import track
 from optimizer.runtime import value_collector
 
@@ -128,26 +128,52 @@ def channel_means(
     the shift of the layer's mean output, which the bias can take back. Only finite values count, as in the
     ranges: one infinite pixel made a channel's mean infinite, every corrected bias NaN, and each such layer
     lost its correction and its int32 bias (noted as "too large for int32"); a channel with no finite value
-    has mean 0 (no correction).
+    has mean 0 (no correction). A batch's padded positions do not count where the tensor's axes hold a padding mask's
+    batch and tokens (``optimizer.padding.token_axes``: a ``Conv1d``'s ``[batch, channels, tokens]`` input, a
+    ``Transpose`` of token rows, as in wav2vec's and text CNNs'); they did until a review in session 72.
     """
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, np.ndarray] = {}
+    tokens = {name: axes for name, axes in token_axes(model, names).items() if axis not in axes}
     with value_collector(model, names) as run:
         for batch in batches:
+            padding = batch_padding(model, batch) if tokens else {}
             for name, array in run(batch).items():
+                kept = _unpadded_positions(np.shape(array), tokens.get(name), padding)
                 # Channel by channel: float64 copies of a whole activation (a U-Net's 160 channels of 256x256, 8
                 # pages) took 5x its float32 bytes; each channel's sum is the same taken alone.
-                channels = [_finite_sum(np.take(array, c, axis=axis)) for c in range(array.shape[axis])]
+                channels = [
+                    _finite_sum(np.take(array, c, axis=axis), None if kept is None else np.take(kept, 0, axis=axis))
+                    for c in range(array.shape[axis])
+                ]
                 sums[name] = sums.get(name, 0.0) + np.array([total for total, _ in channels], np.float64)
                 counts[name] = counts.get(name, 0) + np.array([count for _, count in channels], np.int64)
     return {name: (sums[name] / np.maximum(counts[name], 1)).astype(np.float32) for name in sums}
 
 
-def _finite_sum(values: np.ndarray) -> tuple[np.float64, int]:
-    """The float64 sum of ``values``' finite elements and their count."""
+def _finite_sum(values: np.ndarray, kept: np.ndarray | None = None) -> tuple[np.float64, int]:
+    """The float64 sum of ``values``' finite elements (those ``kept`` marks, broadcast, where given) and their count."""
     values = values.astype(np.float64)
     finite = np.isfinite(values)
+    if kept is not None:
+        finite &= kept
     return np.where(finite, values, 0.0).sum(), int(np.count_nonzero(finite))
+
+
+def _unpadded_positions(shape: tuple[int, ...], axes: tuple[int, int] | None, padding) -> np.ndarray | None:
+    """Booleans that broadcast against an array of ``shape``, False at the positions ``padding`` (``batch_padding``)
+    pads along its batch and token ``axes`` (``optimizer.padding.token_axes``); None where no mask of that batch and
+    length pads."""
+    if axes is None or max(axes) >= len(shape):
+        return None
+    batch, sequence = axes
+    padded = padding.get((shape[batch], shape[sequence]))
+    if padded is None:
+        return None
+    kept = ~padded if batch < sequence else ~padded.T
+    broadcast = [1] * len(shape)
+    broadcast[batch], broadcast[sequence] = shape[batch], shape[sequence]
+    return kept.reshape(broadcast)
 
 
 class _Stream:
