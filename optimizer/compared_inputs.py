@@ -10,10 +10,17 @@ set, and a rewrite wrong on the other side verifies. Here those constants are fo
   the usual draws all fall on one side of (``_threshold_sides``: ``Less``, ``Greater``..., a ``Binarizer``, a
   ``Clip``, ``Max`` or ``Min`` bound, a tree ensemble's splits), or NaN where an ``IsNaN`` or an ``Imputer`` reads
   it; followed through ops that move its elements, casts, columns taken, string normalizing and joining, and
-  arithmetic by constants (``_after_affine``; for an ``Equal``, only steps undone exactly: ``_shifted_by_constant``).
+  arithmetic by constants (``_after_affine``; for an ``Equal``, only steps undone exactly: ``_shifted_by_constant``);
+  a column compared with its own element of a constant row (``Equal(x[B, 4], reference[4])``) held at it in every
+  other row (``_compared_row``), or, for a threshold row (``Less(x[B, 4], limits[4])``), just below it in every other
+  row and just above in the others (``_threshold_row``).
 - An input of one element (``compared_constants``, ``_select_compared_values``): held at each constant in turn in the
   sets of even seeds and at another value in the others, and an ``If`` condition held true, then false; the readers
-  are found past copies, strings ops and arithmetic by one constant number (``_compared_readers``).
+  are found past copies, strings ops and arithmetic by one constant number or a ``Neg`` (``_compared_readers``).
+
+Both walks follow the same moves (``_COMPARED_MOVES``, and a ``Cast``) and undo the same exact steps
+(``_shifted_by_constant``); the many-element one also reads columns, thresholds through a ``Scaler`` or past a clamp,
+and missing values, which the one-element one does not.
 
 ``optimizer.inputs`` calls in here when it generates (lazily: a pass imported alone loads ``optimizer.inputs``, not
 this module); ``optimizer.api`` adds the verification sets that hold the constants no generated set holds.
@@ -32,7 +39,6 @@ from optimizer.domains import is_onnx_domain
 from optimizer.errors import RuntimeRefusedError
 from optimizer.inputs import (
     _INDEX_PRESERVING_OPS,
-    _KEY_MOVES,
     _WORDS,
     _as_input_columns,
     _constant_number,
@@ -90,11 +96,11 @@ def _other_than(value: np.ndarray) -> np.ndarray:
 def compared_constants(model: ir.Model, inputs: Mapping[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
     """Each integer, float or string input of one element in ``inputs`` that the model tests for equality with a
     constant (``If(Equal(mode, "train"))``, a temperature's ``Where(Equal(t, 0), greedy, sampled)``), through casts and
-    reshapes, an ``Add``, ``Sub`` or ``Mul`` of a constant or a ``Div`` by one (``Equal(step + 1, 8)``) and, for
-    strings, a ``StringNormalizer`` or a ``StringConcat`` with a constant word (``_compared_readers``: the value they
-    turn into the constant), as an array of that constant (of the input's shape and type; a float's, those its type
-    holds exactly; where it is compared with several, ``Equal(code, 3)`` and ``Equal(code, 7)``, the ``seed // 2``-th
-    of them, in turn; one compared with a threshold, ``If(Greater(speed, 1.5))``, also after arithmetic
+    reshapes, an ``Add``, ``Sub`` or ``Mul`` of a constant, a ``Div`` by one (``Equal(step + 1, 8)``) or a ``Neg`` and,
+    for strings, a ``StringNormalizer`` or a ``StringConcat`` with a constant word (``_compared_readers``: the value
+    they turn into the constant), as an array of that constant (of the input's shape and type; a float's, those its type
+    holds exactly; where it is compared with several, ``Equal(code, 3)`` and ``Equal(code, 7)``, the ``seed // 2``-th of
+    them, in turn; one compared with a threshold, ``If(Greater(speed, 1.5))``, also after arithmetic
     (``If(Greater(step - 10, 0))``), is held each side of it in turn, as ``_threshold_sides`` draws it, whatever the
     usual draws, after every constant ``Equal`` compares it with); and each boolean or integer input of one element
     that an ``If`` reads as its condition so, as an array of true (1)."""
@@ -176,15 +182,19 @@ def _compared_drawn(
     return _drawn_from_compared(compared, drawn, rng) if compared else drawn
 
 
-# Ops an input compared with constants may reach its ``Equal`` through unchanged (``_compared_keys``).
-_COMPARED_MOVES = (*_KEY_MOVES, "Expand")
+# Ops an input compared with constants may reach its comparison through unchanged, its elements only moved, taken or
+# repeated, both walks (``_compared_keys``, ``_compared_readers``) follow: ``_INDEX_PRESERVING_OPS`` but ``Cast``
+# (followed apart: not of strings). Until a review in session 72 the many-element walk followed neither a ``Slice`` nor
+# a ``Tile``, which the one-element one did: tf2onnx's column ``x[:, 0:1]`` before ``Equal(..., 3)`` was never 3.
+_COMPARED_MOVES = _INDEX_PRESERVING_OPS - {"Cast"}
 
 
 def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.ndarray]]:
     """The constants ``value`` is compared with by an ``Equal`` (a hand-written vocabulary, a category switch
     ``Where(Equal(x, "cat"), a, b)``, a code's ``If(Equal(code, 3))``), each as the columns of ``value`` compared
     (None: all of it, as in ``_lookup_keys``) and the constants' distinct elements that ``value``'s type holds exactly.
-    Followed through ops that only move its elements, a ``Cast`` (not of strings), a ``Gather`` of a column and, for
+    Followed through ops that only move, take or repeat its elements (``_COMPARED_MOVES``: a ``Slice`` and a ``Tile``
+    too since a review in session 72), a ``Cast`` (not of strings), a ``Gather`` of a column and, for
     strings, a ``StringNormalizer`` (a constant is then drawn as a word that folds to it, in the case the normalizer
     folds from half the time, never a stopword, which it would drop, and not at all where no word folds to it: "Cat"
     after ``LOWER``) or a ``StringConcat`` with a constant word (drawn without it, where the constant ends or starts
@@ -249,6 +259,9 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
                 if picked is not None and (kept_affine is not None or affine is None):
                     pending.append((node.outputs[0], picked, True, undo, kept_affine, exact))
                 continue
+            if kind in "iuf" and columnar and (row := _threshold_row(value, columns, node, index, affine)) is not None:
+                found.append(row)
+                continue
             sides = _threshold_sides(node, index, value.dtype.numpy(), affine=affine) if kind in "iuf" else None
             if sides is not None:
                 for features, drawn in sides:
@@ -285,6 +298,9 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
             tensor = ir.convenience.get_const_tensor(node.inputs[1 - index])
             if tensor is None or not tensor.size:
                 continue
+            if columnar and (row := _compared_row(value, columns, tensor, undo)) is not None:
+                found.append(row)
+                continue
             keys = tensor.numpy().ravel()
             if keys.dtype.kind in "OS":
                 keys = np.asarray([k.decode() if isinstance(k, bytes) else k for k in keys])
@@ -305,6 +321,76 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
             if keys is not None and keys.size:
                 found.append((columns, keys))
     return found
+
+
+def _compared_row(
+    value: ir.Value, columns: tuple[int, ...] | None, tensor: ir.TensorProtocol, undo: Sequence[Callable]
+) -> tuple[tuple[int, ...], np.ndarray] | None:
+    """Where an ``Equal`` compares the columns ``columns`` of 2-D ``value`` (every one where None), still its own,
+    element by element with a constant row (``Equal(x[B, 4], reference[4])``: column j with ``reference[j]``), those
+    columns and the row of values of ``value``'s type that the steps passed (``undo``) turn into it, as an array of one
+    row (``_drawn_from_compared`` holds whole rows at it); None where the constant is no such row, or an element has no
+    such value. Drawn from all of the row's constants, a column held its own in about one row of 8, and a rewrite
+    wrong for one column verified, until a review in session 72."""
+    if (width := _row_width(value, columns, tensor)) is None:
+        return None
+    elements = tensor.numpy().reshape(-1)
+    if elements.dtype.kind in "OS":
+        elements = np.asarray([e.decode() if isinstance(e, bytes) else str(e) for e in elements], dtype=object)
+    kind = "O" if value.dtype == ir.DataType.STRING else value.dtype.numpy().kind
+    if (kind == "O") != (elements.dtype.kind == "O") or (kind != "O" and elements.dtype.kind not in "iuf"):
+        return None
+    row = []
+    for at in range(elements.size):
+        keys = elements[at : at + 1]
+        for step in undo:
+            keys = step(keys)
+        if kind != "O":
+            with np.errstate(invalid="ignore", over="ignore"):
+                keys = keys[np.isfinite(keys) & (keys.astype(value.dtype.numpy()) == keys)]
+        if not keys.size:
+            return None
+        row.append(keys[0])
+    return tuple(range(width)) if columns is None else columns, np.asarray([row], dtype=object if kind == "O" else None)
+
+
+def _row_width(value: ir.Value, columns: tuple[int, ...] | None, tensor: ir.TensorProtocol) -> int | None:
+    """The columns of 2-D ``value`` compared (``columns``; every one where None) where constant ``tensor`` is a row of
+    one element for each (shaped ``[1, ..., 1, width]``, two or more), else None."""
+    dims, shape = tuple(tensor.shape), value.shape
+    if len(dims) < 1 or dims[-1] < 2 or any(dim != 1 for dim in dims[:-1]) or shape is None or shape.rank() != 2:
+        return None
+    width = len(columns) if columns is not None else shape[1]
+    return width if width == dims[-1] else None
+
+
+def _threshold_row(
+    value: ir.Value, columns: tuple[int, ...] | None, node: ir.Node, index: int, affine: _Affine | None
+) -> tuple[tuple[int, ...], np.ndarray] | None:
+    """Where ``node`` (``Less``, ``Greater``, ``LessOrEqual``, ``GreaterOrEqual``) compares the columns ``columns`` of
+    2-D number ``value``, still its own (after ``affine``, one number), element by element with a constant row
+    (``Less(x[B, 4], limits[4])``: column j with ``limits[j]``), those columns and two rows, the values of each column
+    below and above its own threshold (``_either_side``, ``straddled``), which ``_drawn_from_compared`` holds in turn;
+    None where the constant is no such row, or a column has not one value each side (a sentinel). Drawn each side of
+    any of the row's thresholds, a column was past its own in about one row of 16, until a review in session 72."""
+    if not is_onnx_domain(node) or node.op_type not in _SIDES or len(node.inputs) != 2 or index > 1:
+        return None
+    other = node.inputs[1 - index]
+    tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+    if tensor is None or tensor.dtype.numpy().kind not in "iuf" or _by_column(affine):
+        return None
+    if (width := _row_width(value, columns, tensor)) is None:
+        return None
+    op = node.op_type if index == 0 else _MIRRORED[node.op_type]
+    scale, offset = (float(part.reshape(-1)[0]) for part in affine) if affine is not None else (1.0, 0.0)
+    dtype = value.dtype.numpy()
+    sides = [
+        _either_side(np.asarray([threshold]), op, dtype, scale, offset, True)
+        for threshold in tensor.numpy().astype(np.float64).reshape(-1)
+    ]
+    if any(len(side) != 2 for side in sides):
+        return None
+    return tuple(range(width)) if columns is None else columns, np.asarray(sides, np.float64).T.astype(dtype)
 
 
 def _distinct(array: np.ndarray) -> np.ndarray:
@@ -604,8 +690,12 @@ def _before_normalizer(node: ir.Node, keys: np.ndarray) -> np.ndarray:
 def _shifted_by_constant(node: ir.Node, index: int) -> tuple[Callable[[np.ndarray], np.ndarray], bool] | None:
     """For an ``Add``, ``Sub`` or ``Mul`` (by one not 0) of a numeric constant of one element that reads a value at
     input ``index``, or a ``Div`` of it by one (not 0: ``Equal(code / 2, 3)``, not followed until a review in session
-    71, late): the function from the numbers it turns into to those it turns into them (``_before_shift``), and whether
-    its output keeps the value's columns (a constant of at most one dim); else None."""
+    71, late), or a ``Neg`` (as a ``Mul`` by -1: followed by neither walk for an ``Equal`` nor by the one-element one
+    for a threshold until a review in session 72): the function from the numbers it turns into to those it turns into
+    them (``_before_shift``; for a ``Neg``, negation), and whether its output keeps the value's columns (a constant of
+    at most one dim); else None."""
+    if node.op_type == "Neg" and is_onnx_domain(node) and index == 0:
+        return np.negative, True
     if node.op_type not in ("Add", "Sub", "Mul", "Div") or not is_onnx_domain(node) or len(node.inputs) != 2:
         return None
     if index > 1 or (node.op_type == "Div" and index != 0):
@@ -649,10 +739,10 @@ def _compared_readers(
     value: ir.Value,
 ) -> Iterator[tuple[ir.Node, int, tuple[Callable[[np.ndarray], np.ndarray], ...], _Affine | None]]:
     """``(node, input index, undo, affine)`` of each reader of ``value`` (``_readers_through_copies``), also past an
-    ``Add``, ``Sub`` or ``Mul`` of a constant or a ``Div`` by one (``_shifted_by_constant``) and, as ``_compared_keys``
-    follows them, a ``StringNormalizer`` (never held at a stopword) and a ``StringConcat`` with a constant word:
-    ``undo`` maps the values that reader reads back to ``value``'s (applied in turn), and ``affine`` is what the
-    arithmetic passed made of a number (``_after_affine``; None: nothing, or not known), for a threshold:
+    ``Add``, ``Sub`` or ``Mul`` of a constant, a ``Div`` by one or a ``Neg`` (``_shifted_by_constant``) and, as
+    ``_compared_keys`` follows them, a ``StringNormalizer`` (never held at a stopword) and a ``StringConcat`` with a
+    constant word: ``undo`` maps the values that reader reads back to ``value``'s (applied in turn), and ``affine`` is
+    what the arithmetic passed made of a number (``_after_affine``; None: nothing, or not known), for a threshold:
     ``If(Greater(step - 10, 0))`` was held each side of 0, ``step`` at -1, 0 and 1, all on one side of 10, until a
     review in session 71 (late). A one-element switch ``If(Equal(StringNormalizer(mode), "train"))`` was held at no
     constant until a review in session 71, and the branch "train" selects never ran."""
@@ -665,7 +755,7 @@ def _compared_readers(
             continue
         seen.add(id(current))
         for node, index in current.uses():
-            if node.op_type in _INDEX_PRESERVING_OPS and index == 0:
+            if (node.op_type in _COMPARED_MOVES or node.op_type == "Cast") and index == 0:
                 frontier.extend((output, undo, affine) for output in node.outputs)
             elif (shift := _shifted_by_constant(node, index)) is not None:
                 after = _after_affine(node, index, affine) if affine is not None or not undo else None
@@ -683,7 +773,9 @@ def _drawn_from_compared(
 ) -> np.ndarray:
     """``drawn`` (an input's generated values) with about half of the elements ``compared`` (``_compared_keys``) reads
     drawn from the constants they are compared with (or values each side of a threshold), the others left as drawn (a
-    value none of them, as a lookup's unknown: strings are words none of them, integers 0 or 1, floats normal). An
+    value none of them, as a lookup's unknown: strings are words none of them, integers 0 or 1, floats normal); the
+    columns compared with a constant row (an entry of 2-D keys: ``_compared_row``, ``_threshold_row``) held a row of
+    keys at a time, in turn down the rows. An
     integer or string of one element is left as drawn, and so is a float of one element: ``compared_constants`` holds
     each constant in turn in the sets of even seeds, and another value in the others, where ONNX Runtime runs the
     model on them (drawn here, the one element was the constant in every set by chance, or a constant the model
@@ -692,6 +784,8 @@ def _drawn_from_compared(
     if drawn.size == 1 and drawn.dtype.kind in "iufOUS":
         return drawn
     drawn = drawn.astype(object) if drawn.dtype.kind in "OUS" else drawn.copy()
+    rows = [(columns, keys) for columns, keys in compared if keys.ndim == 2]  # whole rows: ``_compared_row``...
+    compared = [(columns, keys) for columns, keys in compared if keys.ndim == 1]
     whole = [keys for columns, keys in compared if columns is None]
     if whole:
         keys = np.concatenate(whole)
@@ -705,4 +799,16 @@ def _drawn_from_compared(
         keys = np.concatenate([*whole, *(keys for columns, keys in compared if columns and column in columns)])
         picked = rng.random(drawn.shape[0]) < 0.5
         drawn[picked, column] = rng.choice(keys, size=int(picked.sum()))
+    # A constant row (``_compared_row``, ``_threshold_row``): every other row, from the first or the second, holds
+    # each column's own constant, the others none (a threshold's: the values below it, the others those above); a
+    # single row so every other column (both sides of the comparison in the set).
+    for columns, row in rows:
+        if all(-drawn.shape[1] <= column < drawn.shape[1] for column in columns):
+            start = int(rng.integers(2))
+            for slot, held in enumerate(row):
+                first = (slot + start) % 2
+                if drawn.shape[0] == 1:
+                    drawn[0, list(columns[first::2])] = held[first::2]
+                else:
+                    drawn[np.ix_(np.arange(first, drawn.shape[0], 2), list(columns))] = held
     return drawn

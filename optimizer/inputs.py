@@ -665,7 +665,10 @@ def recurrent_batch_axes(model: ir.Model) -> dict[str, set[int]]:
         for axis, dim in enumerate(value.shape)
         if axis and ((isinstance(dim, int) and dim < 0) or (isinstance(dim, ir.SymbolicDim) and not dim.value))
     ]
-    if not unnamed or not any(node.op_type in _RECURRENT for node in ir.traversal.RecursiveGraphIterator(model.graph)):
+    if not unnamed or not any(
+        node.op_type in _RECURRENT or node.op_type == "Concat"
+        for node in ir.traversal.RecursiveGraphIterator(model.graph)
+    ):
         return {}
     branch_outputs: dict[int, list[ir.Value]] = {}
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
@@ -675,9 +678,26 @@ def recurrent_batch_axes(model: ir.Model) -> dict[str, set[int]]:
                     for output, branch_output in zip(node.outputs, attribute.value.outputs):
                         branch_outputs.setdefault(id(branch_output), []).append(output)
     found: dict[str, set[int]] = {}
+    carried = _leading_axes(model)
     for value, axis in unnamed:
-        if _reaches_recurrent_batch(value, axis, len(value.shape), branch_outputs, set()):
+        if _reaches_recurrent_batch(value, axis, len(value.shape), branch_outputs, set(), carried=carried):
             found.setdefault(value.name, set()).add(axis)
+    return found
+
+
+def recurrent_step_inputs(model: ir.Model) -> set[str]:
+    """The inputs whose first axis has neither name nor size and reaches a recurrent op's steps axis (``X``'s axis 0, or
+    1 with ``layout=1``; ``_reaches_recurrent_batch``): a sequence-major ``x [None, None, 8]`` a ``GRU`` reads as it
+    is. Such an axis is drawn as a length, not a batch: at one step, a rewrite wrong only past the first (a ``GRU``
+    made to run backwards) verified, until a review in session 72."""
+    if not any(node.op_type in _RECURRENT for node in ir.traversal.RecursiveGraphIterator(model.graph)):
+        return set()
+    found = set()
+    for value in runtime_inputs(model):
+        dim = value.shape[0] if value.shape is not None and value.shape.rank() else 0
+        unnamed = (isinstance(dim, int) and dim < 0) or (isinstance(dim, ir.SymbolicDim) and not dim.value)
+        if unnamed and _reaches_recurrent_batch(value, 0, value.shape.rank(), {}, set(), steps=True):
+            found.add(value.name)
     return found
 
 
@@ -698,68 +718,146 @@ def _recurrent_batch_size(model: ir.Model, bound: Mapping[str, int]) -> int:
 
 
 def _reaches_recurrent_batch(
-    value: ir.Value, axis: int, rank: int, branch_outputs: Mapping[int, list[ir.Value]], seen: set, depth: int = 0
+    value: ir.Value,
+    axis: int,
+    rank: int,
+    branch_outputs: Mapping[int, list[ir.Value]],
+    seen: set,
+    depth: int = 0,
+    carried: Collection[tuple[int, int]] = (),
+    steps: bool = False,
 ) -> bool:
-    """Whether ``value``'s ``axis`` (of ``rank``) reaches a recurrent op's batch axis (``recurrent_batch_axes``)."""
+    """Whether ``value``'s ``axis`` (of ``rank``) reaches a recurrent op's batch axis (``recurrent_batch_axes``), or a
+    ``Concat`` along another axis beside a value whose same axis is an input's leading one (``carried``, as
+    ``(id(value), axis)``: ``_leading_axes``); with ``steps``, its steps axis instead (``recurrent_step_inputs``)."""
     if depth > 32 or (id(value), axis, rank) in seen:
         return False
     seen.add((id(value), axis, rank))
-    follow = partial(_reaches_recurrent_batch, branch_outputs=branch_outputs, seen=seen, depth=depth + 1)
+    follow = partial(
+        _reaches_recurrent_batch,
+        branch_outputs=branch_outputs,
+        seen=seen,
+        depth=depth + 1,
+        carried=carried,
+        steps=steps,
+    )
     if any(follow(output, axis, rank) for output in branch_outputs.get(id(value), ())):
         return True
     for node, index in value.uses():
         if not is_onnx_domain(node) or not node.outputs:
             continue
-        op, out = node.op_type, node.outputs[0]
-        if op in _RECURRENT:
+        if node.op_type in _RECURRENT:
             layout = node.attributes.get_int("layout", 0)
             # X [seq, batch, input] and initial_h/c [directions, batch, hidden]; batch first with layout=1.
-            if index in (0, 5, 6) and rank == 3 and axis == (0 if layout else 1):
+            if steps and index == 0 and rank == 3 and axis == (1 if layout else 0):
                 return True
-        elif index != 0:
-            continue
-        elif op in ("Identity", "Cast"):
-            if follow(out, axis, rank):
+            if not steps and index in (0, 5, 6) and rank == 3 and axis == (0 if layout else 1):
                 return True
-        elif op == "Unsqueeze":
-            axes = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attributes.get_ints("axes", None)
-            if axes is not None:
-                out_rank = rank + len(axes)
-                kept = [position for position in range(out_rank) if position not in {a % out_rank for a in axes}]
-                if len(kept) == rank and follow(out, kept[axis], out_rank):
-                    return True
-        elif op == "Squeeze":
-            axes = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attributes.get_ints("axes", None)
-            squeezed = {a % rank for a in axes} if axes is not None else None
-            if squeezed is not None and axis not in squeezed:
-                if follow(out, axis - sum(a < axis for a in squeezed), rank - len(squeezed)):
-                    return True
-        elif op == "Transpose":
-            perm = list(node.attributes.get_ints("perm", list(reversed(range(rank)))))
-            if sorted(perm) == list(range(rank)) and follow(out, perm.index(axis), rank):
+        elif node.op_type == "Concat" and not steps:
+            # The rows of another input's leading axis, which a Concat along another axis holds them equal to: the
+            # audio's ``level [None, 1]`` beside ``state [2, None, 4]``'s rows drew the state at 128, until a review
+            # in session 72.
+            if node.attributes.get_int("axis", 0) % rank != axis and any(
+                other is not None and other is not value and (id(other), axis) in carried for other in node.inputs
+            ):
                 return True
-        elif op == "Gather":
-            along = node.attributes.get_int("axis", 0) % rank
-            indices = node.inputs[1] if len(node.inputs) > 1 else None
-            constant = ir.convenience.get_const_tensor(indices) if indices is not None else None
-            if constant is not None:
-                index_rank = len(constant.shape)
-            else:
-                index_rank = indices.shape.rank() if indices is not None and indices.shape is not None else None
-            if along != axis and index_rank is not None:
-                moved = axis if axis < along else axis - 1 + index_rank
-                if follow(out, moved, rank - 1 + index_rank):
-                    return True
-        elif op in ("Slice", "Split"):
-            axes = _constant_ints(node.inputs[3]) if op == "Slice" and len(node.inputs) > 3 else None
-            if op == "Slice":
-                starts = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else None
-                cut = None if starts is None else {a % rank for a in (axes if axes is not None else range(len(starts)))}
-            else:
-                cut = {node.attributes.get_int("axis", 0) % rank}
-            if cut is not None and axis not in cut and any(follow(o, axis, rank) for o in node.outputs):
-                return True
+        elif any(follow(out, moved, out_rank) for out, moved, out_rank in _axis_moves(node, index, axis, rank)):
+            return True
     return False
+
+
+# Reductions whose output keeps the axes they do not reduce (``_axis_moves`` with ``reductions``).
+_REDUCTIONS = frozenset(
+    {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSumExp"}
+)
+
+
+def _axis_moves(
+    node: ir.Node, index: int, axis: int, rank: int, *, reductions: bool = False
+) -> list[tuple[ir.Value, int, int]]:
+    """Where ONNX ``node``, reading a value at input ``index``, carries that value's ``axis`` (of ``rank``) whole to an
+    output: ``(output, its axis there, its rank)`` for each (``recurrent_batch_axes``). Through ``Identity``, ``Cast``,
+    ``Unsqueeze``, ``Squeeze``, ``Transpose``, a ``Gather``, ``Slice`` or ``Split`` along other axes and, with
+    ``reductions``, a reduction over other axes (``_REDUCTIONS``)."""
+    if index != 0 or not node.outputs:
+        return []
+    op, out = node.op_type, node.outputs[0]
+    if op in ("Identity", "Cast"):
+        return [(out, axis, rank)]
+    if op == "Unsqueeze":
+        axes = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attributes.get_ints("axes", None)
+        if axes is not None:
+            out_rank = rank + len(axes)
+            kept = [position for position in range(out_rank) if position not in {a % out_rank for a in axes}]
+            if len(kept) == rank:
+                return [(out, kept[axis], out_rank)]
+    elif op == "Squeeze":
+        axes = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attributes.get_ints("axes", None)
+        squeezed = {a % rank for a in axes} if axes is not None else None
+        if squeezed is not None and axis not in squeezed:
+            return [(out, axis - sum(a < axis for a in squeezed), rank - len(squeezed))]
+    elif op == "Transpose":
+        perm = list(node.attributes.get_ints("perm", list(reversed(range(rank)))))
+        if sorted(perm) == list(range(rank)):
+            return [(out, perm.index(axis), rank)]
+    elif op == "Gather":
+        along = node.attributes.get_int("axis", 0) % rank
+        indices = node.inputs[1] if len(node.inputs) > 1 else None
+        constant = ir.convenience.get_const_tensor(indices) if indices is not None else None
+        if constant is not None:
+            index_rank = len(constant.shape)
+        else:
+            index_rank = indices.shape.rank() if indices is not None and indices.shape is not None else None
+        if along != axis and index_rank is not None:
+            moved = axis if axis < along else axis - 1 + index_rank
+            return [(out, moved, rank - 1 + index_rank)]
+    elif op in ("Slice", "Split"):
+        axes = _constant_ints(node.inputs[3]) if op == "Slice" and len(node.inputs) > 3 else None
+        if op == "Slice":
+            starts = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else None
+            cut = None if starts is None else {a % rank for a in (axes if axes is not None else range(len(starts)))}
+        else:
+            cut = {node.attributes.get_int("axis", 0) % rank}
+        if cut is not None and axis not in cut:
+            return [(output, axis, rank) for output in node.outputs]
+    elif reductions and op in _REDUCTIONS:
+        axes = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attributes.get_ints("axes", None)
+        reduced = {a % rank for a in axes} if axes else None  # none: every axis (or none, with noop_with_empty_axes)
+        if reduced is not None and axis not in reduced:
+            if node.attributes.get_int("keepdims", 1):
+                return [(out, axis, rank)]
+            return [(out, axis - sum(a < axis for a in reduced), rank - len(reduced))]
+    return []
+
+
+def _leading_axes(model: ir.Model) -> set[tuple[int, int]]:
+    """``(id(value), axis)`` of each value whose ``axis`` is an input's leading one, carried whole (``_axis_moves``,
+    reductions too): the rows a ``Concat`` along another axis holds another value's axis equal to
+    (``_reaches_recurrent_batch``). Only leading axes drawn as the rows (``_recurrent_batch_size``): with no name or
+    size, named like a batch (``batch_dims``), or of size 1; not a sequence-major input's steps
+    (``recurrent_step_inputs``), nor a dim of another name or size (linked to it, a state was drawn at one row)."""
+    batches, steps = set(batch_dims(model)), recurrent_step_inputs(model)
+
+    def rows(dim: int | ir.SymbolicDim) -> bool:
+        if isinstance(dim, int):
+            return dim == 1 or dim < 0
+        return not dim.value or dim.value in batches
+
+    found: set[tuple[int, int]] = set()
+    pending = [
+        (value, 0, value.shape.rank())
+        for value in runtime_inputs(model)
+        if value.shape is not None and value.shape.rank() and value.name not in steps and rows(value.shape[0])
+    ]
+    while pending:
+        value, axis, rank = pending.pop()
+        if (id(value), axis) in found:
+            continue
+        found.add((id(value), axis))
+        for node, index in value.uses():
+            if is_onnx_domain(node):
+                pending.extend(_axis_moves(node, index, axis, rank, reductions=True))
+    return found
 
 
 def _with_cache_lengths(
@@ -1563,11 +1661,13 @@ def input_bytes(
     """
     bound = bind_dims(model, dims)
     total, largest, described = 0, -1, ""
-    batch_axes = recurrent_batch_axes(model)
+    batch_axes, steps = recurrent_batch_axes(model), recurrent_step_inputs(model)
     rows = _recurrent_batch_size(model, bound) if batch_axes else DEFAULT_BATCH
     for value in runtime_inputs(model):
         try:
-            shape = _concrete_shape(value, bound, batch_axes.get(value.name, ()), unnamed_length, rows)
+            shape = _concrete_shape(
+                value, bound, batch_axes.get(value.name, ()), unnamed_length, rows, value.name in steps
+            )
         except InputSpecError:
             continue
         kind = value.type
@@ -1643,10 +1743,12 @@ def make_inputs(
     bound = bind_dims(model, dims)
     rng = np.random.default_rng(seed)
     values = runtime_inputs(model)
-    batch_axes = recurrent_batch_axes(model)
+    batch_axes, steps = recurrent_batch_axes(model), recurrent_step_inputs(model)
     rows = _recurrent_batch_size(model, bound) if batch_axes else DEFAULT_BATCH
     shapes = {
-        value.name: _concrete_shape(value, bound, batch_axes.get(value.name, ()), unnamed_length, rows)
+        value.name: _concrete_shape(
+            value, bound, batch_axes.get(value.name, ()), unnamed_length, rows, value.name in steps
+        )
         for value in values
     }
     inputs = {value.name: _generate(model, value, shapes[value.name], rng, bound) for value in values}
@@ -1764,10 +1866,11 @@ def _concrete_shape(
     batch_axes: Collection[int] = (),
     length: int = DEFAULT_SEQUENCE,
     rows: int = DEFAULT_BATCH,
+    steps: bool = False,
 ) -> tuple[int, ...]:
     """The shape to generate: of the tensor, or of each element of a sequence or optional. An unnamed dim is drawn
-    as a batch (``DEFAULT_BATCH``) on the first axis, at ``rows`` on ``batch_axes`` (``recurrent_batch_axes``,
-    ``_recurrent_batch_size``), else as a length (``length``)."""
+    as a batch (``DEFAULT_BATCH``) on the first axis (as a length where ``steps``: ``recurrent_step_inputs``), at
+    ``rows`` on ``batch_axes`` (``recurrent_batch_axes``, ``_recurrent_batch_size``), else as a length (``length``)."""
     if not isinstance(value.type, (ir.TensorType, ir.SequenceType, ir.OptionalType)):
         raise InputSpecError(
             f"input '{value.name}' is of type {value.type}, which graphopt cannot generate; {_WAYS_OUT}"
@@ -1784,12 +1887,10 @@ def _concrete_shape(
     for axis, dim in enumerate(value.shape):
         if isinstance(dim, int) and dim >= 0:
             shape.append(dim)
-        elif isinstance(dim, int):  # -1: some exporters (Paddle) mark a dynamic dim this way
-            shape.append(DEFAULT_BATCH if axis == 0 else rows if axis in batch_axes else length)
-        elif dim.value:
-            shape.append(bound[dim.value])
+        elif isinstance(dim, int) or not dim.value:  # -1: some exporters (Paddle) mark a dynamic dim this way
+            shape.append((length if steps else DEFAULT_BATCH) if axis == 0 else rows if axis in batch_axes else length)
         else:
-            shape.append(DEFAULT_BATCH if axis == 0 else rows if axis in batch_axes else length)
+            shape.append(bound[dim.value])
     return tuple(shape)
 
 

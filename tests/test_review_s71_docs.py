@@ -7,8 +7,9 @@
 2. Strict xfails added this session were named nowhere a user looks: int4's (a ``Gemm`` with ``alpha`` or a full
    ``[M, N]`` C, a float16 layer: refused by every quantizer, since the layer finder is shared), fold-constants
    widening a float16-stored weight into float32, and an elementwise comparison with a constant row.
-3. Open (strict xfail): a sequence-major recurrent input with no dim names, ``x [None, None, 8]`` read by a ``GRU`` as
-   it is, is drawn at one step (its unnamed first axis 1), so a rewrite wrong only past the first step verifies.
+3. A sequence-major recurrent input with no dim names, ``x [None, None, 8]`` read by a ``GRU`` as it is, was drawn at
+   one step (its unnamed first axis 1), so a rewrite wrong only past the first step verified (a strict xfail here
+   until review s72 inputsx: such an axis is drawn as a length, ``recurrent_step_inputs``).
 """
 
 from __future__ import annotations
@@ -43,19 +44,14 @@ def hunt5() -> str:
 def test_hunt5_names_no_limit_fixed_later_in_the_session_as_open(hunt5):
     assert "which they do not run (open, strict xfail)" not in hunt5
     assert "(5) open (strict xfail)" not in hunt5
-    assert "still open (strict xfail) where only other ops, a `Concat`" in hunt5
+    assert "still open (strict xfail) where only other ops, a `Concat`" not in hunt5
+    assert "where only a `Concat` holds the state's rows to the audio's: fixed in review s72" in hunt5
 
 
 # Each strict xfail added in session 71, and the README words that name its limit.
 _NAMED = {
     "test_fold_constants_keeps_a_float16_stored_weight_narrow": "a float16 weight read through a `Cast` to float32 is "
     "still folded into a float32 constant",
-    "test_an_unnamed_state_batch_is_drawn_as_the_audios": "an unnamed state linked to the audio's rows by other ops "
-    "alone, a `Concat`, is still drawn at 128",
-    "test_a_rewrite_wrong_only_past_the_first_step_of_a_sequence_major_input_is_rolled_back": "a sequence-major "
-    "`x [None, None, 8]` a `GRU` or `LSTM` reads as it is is drawn at one step",
-    "test_a_rewrite_wrong_for_one_column_of_an_elementwise_comparison_is_rolled_back": "compared element by element "
-    "with a constant row, column j with `reference[j]`",
 }
 
 
@@ -101,13 +97,6 @@ def _run_backwards(model: ir.Model) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generated inputs draw an unnamed first axis at 1 (and, since review s71, an unnamed axis 1 that reaches "
-    "the recurrent op's batch as a batch; 128 before, one step all the same), so a sequence-major x [None, None, 8] "
-    "is verified on one step only (x [1, 1, 8] and [1, 2, 8]): a GRU made to run backwards verifies; the steps axis "
-    "of such an input is not drawn as a length (named, it is: 'steps' drawn 128 rolls the rewrite back)",
-)
 def test_a_rewrite_wrong_only_past_the_first_step_of_a_sequence_major_input_is_rolled_back(tmp_path: Path):
     report = optimize_with_rewrite(_sequence_major_gru(), _run_backwards, tmp_path)
     assert report.passes[0].status == STATUS_ROLLED_BACK, report.input_sets

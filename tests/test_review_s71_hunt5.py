@@ -23,9 +23,10 @@ finding reproduced on a tiny graph of the exporter's spelling (no package weight
 5. silero-vad 6.2.3's own ``silero_vad.onnx`` (spox: ``input [None, None]``, ``state [2, None, 128]``, ``sr []``) is
    refused on generated inputs: the state's unnamed batch is drawn at 128 beside the audio's 1, and its LSTM refuses
    them (with the two linked it runs at 128 and 256 samples). Fixed in review s71 (silero,
-   ``tests/test_review_s71_silero.py``) where the state reaches an LSTM's batch, as Silero's does; open (strict xfail)
-   where only a ``Concat`` links them, as here. ``make-inputs`` asked for "--dim NAME=SIZE" of a model whose dims
-   have no name; it says so now (fixed).
+   ``tests/test_review_s71_silero.py``) where the state reaches an LSTM's batch, as Silero's does, and in review s72
+   (inputsx) where only a ``Concat`` links them, as here (a strict xfail until then). ``make-inputs`` asked for
+   "--dim NAME=SIZE" of a model whose dims have no name; it says so now (fixed; shown where an op the link is not
+   followed through, a ``Flatten``, stands between them).
 """
 
 from __future__ import annotations
@@ -234,11 +235,13 @@ def test_fold_constants_keeps_a_float16_stored_weight_narrow():
 # -- 5. a recurrent state whose batch, like the audio's, has no name (silero-vad 6.2.3's silero_vad.onnx) -----------
 
 
-def _unnamed_state_beside_audio() -> onnx.ModelProto:
+def _unnamed_state_beside_audio(flattened: bool = False) -> onnx.ModelProto:
     """``input [None, None]`` and ``state [2, None, 4]``: the state's rows are the audio's, which only a ``Concat`` of
-    the two (as the LSTM's batch check) holds them to."""
+    the two (as the LSTM's batch check) holds them to; ``flattened``, the audio's level through a ``Flatten`` first,
+    which that link is not followed through."""
     nodes = [
-        _N("ReduceMean", ["input"], ["level"], axes=[1], keepdims=1),
+        _N("ReduceMean", ["input"], ["mean" if flattened else "level"], axes=[1], keepdims=1),
+        *([_N("Flatten", ["mean"], ["level"], axis=1)] if flattened else []),
         _N("Gather", ["state", "zero"], ["h"], axis=0),
         _N("Concat", ["level", "h"], ["joined"], axis=1),
         _N("Unsqueeze", ["joined", "zero_axis"], ["stateN"]),
@@ -260,20 +263,13 @@ def _unnamed_state_beside_audio() -> onnx.ModelProto:
 
 def test_make_inputs_does_not_ask_for_a_dim_name_the_model_lacks(tmp_path):
     source = tmp_path / "stateful.onnx"
-    onnx.save(_unnamed_state_beside_audio(), source)
+    onnx.save(_unnamed_state_beside_audio(flattened=True), source)
     line = write_input_skeleton(source, tmp_path / "inputs.npz")
     assert "ONNX Runtime refuses the model on these" in line, line
     assert "--dim NAME=SIZE" not in line, line
     assert "no names for --dim to bind" in line, line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generated inputs draw an unnamed dim past the first axis as a length (state [2, None, 4] at 128 rows "
-    "beside input [None, None] at 1) unless it reaches a recurrent op's batch (recurrent_batch_axes: silero-vad "
-    "6.2.3's state does, fixed in review s71); here only a Concat along axis 1 holds the two equal, which nothing "
-    "follows, and no retry links unnamed dims",
-)
 def test_an_unnamed_state_batch_is_drawn_as_the_audios(tmp_path):
     source = tmp_path / "stateful.onnx"
     onnx.save(_unnamed_state_beside_audio(), source)

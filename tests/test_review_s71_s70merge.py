@@ -16,8 +16,9 @@
 5. Fixed: a float compared with a constant that is also cast to an index (``Gather(table, Cast(x))``) was drawn as
    that constant, past the table: ONNX Runtime refused every generated input (integers that index a table were
    already left as drawn).
-6. Strict xfail: an elementwise comparison ``Equal(x [rows, 4], reference [4])`` draws each element from all four
-   constants, so a rewrite wrong for one column verifies where the few rows drawn hold none of its constant.
+6. An elementwise comparison ``Equal(x [rows, 4], reference [4])`` drew each element from all four constants, so a
+   rewrite wrong for one column verified where the few rows drawn held none of its constant (a strict xfail here until
+   review s72 inputsx: every other row now holds each column's own, ``tests/test_review_s72_inputsx.py``).
 """
 
 from __future__ import annotations
@@ -250,14 +251,6 @@ def _change_the_last_reference(model: ir.Model) -> None:
     model.graph.initializers["reference"].const_value = ir.Tensor(np.array([10, 20, 30, 41]), name="reference")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an elementwise comparison with a constant of the input's last dim (column j against reference[j]) draws "
-    "each element from all four constants, half of them, so a column holds its own in about one row of 8; the one- "
-    "and two-row sets verification draws here hold 40 in none and the rewrite wrong for that column is applied. "
-    "Drawing column j from reference[j] (tried in this review) is not enough either: half the rows at random, the "
-    "same sets still missed it; it needs a row that holds every column's constant, as one-element inputs hold theirs",
-)
 def test_a_rewrite_wrong_for_one_column_of_an_elementwise_comparison_is_rolled_back(tmp_path: Path) -> None:
     record = optimize_with_rewrite(_elementwise_switch(), _change_the_last_reference, tmp_path).passes[0]
     assert record.status == STATUS_ROLLED_BACK, record.detail

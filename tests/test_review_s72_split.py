@@ -1,7 +1,9 @@
 """Review s72 (split): the drawing of inputs compared with constants moved out of ``optimizer/inputs.py`` into
 ``optimizer/compared_inputs.py`` (behaviour unchanged: every fixture's generated inputs byte-identical). Its two walks,
 the many-element one (``_compared_keys``) and the one-element one (``_compared_readers``), follow different ops, so
-the same computation spelled two ways is drawn two ways. Both open (strict xfail), named in README.md:
+the same computation spelled two ways is drawn two ways. Both were strict xfails here, fixed in review s72 (inputsx):
+the two walks share one table of moves (``_COMPARED_MOVES``) and undo a ``Neg`` as a ``Mul`` by -1
+(``_shifted_by_constant``); more in ``tests/test_review_s72_inputsx.py``.
 
 1. A one-element input negated by a ``Neg`` before a threshold (``Where(Greater(Neg(speed), -1.5), ...)``) is held at
    no value, so every set draws it on one side; spelled ``Mul(speed, -1)`` it is held each side in turn. The
@@ -15,8 +17,6 @@ the same computation spelled two ways is drawn two ways. Both open (strict xfail
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -26,7 +26,6 @@ from onnx import TensorProto, helper, numpy_helper
 from optimizer.compared_inputs import compared_constants
 from optimizer.inputs import make_inputs
 
-_ROOT = Path(__file__).resolve().parent.parent
 # The sets verification draws a one-element input's constants in (``api._COMPARED_TURNS``: seeds 0, 2, 4, 6).
 _TURNS = (0, 2, 4, 6)
 
@@ -75,12 +74,6 @@ def test_a_one_element_input_multiplied_by_minus_one_before_a_threshold_is_held_
     assert {value < 1.5 for value in held} == {True, False}, held
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the one-element walk (_compared_readers) follows only arithmetic it undoes exactly "
-    "(_shifted_by_constant: Add, Sub, Mul, Div by a constant), not a Neg, which the many-element walk follows "
-    "(_after_affine): -speed > -1.5 holds speed at no value, so every set draws it on one side",
-)
 def test_a_one_element_input_negated_before_a_threshold_is_held_as_when_multiplied_by_minus_one():
     assert _held(_negated_threshold("Neg")) == _held(_negated_threshold("Mul"))
 
@@ -124,27 +117,6 @@ def test_a_one_element_code_sliced_or_tiled_before_an_equal_holds_its_constant()
         assert make_inputs(_code_compared_after(op, 1))["code"].tolist() == [3], op
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the many-element walk (_compared_keys) follows only ops that move elements unchanged (_COMPARED_MOVES), "
-    "not a Slice or a Tile, which the one-element walk follows (_INDEX_PRESERVING_OPS): a code of several elements "
-    "sliced or tiled before Equal(code, 3) is drawn 0 or 1, never 3",
-)
 @pytest.mark.parametrize("op", ["Slice", "Tile"])
 def test_a_code_sliced_or_tiled_before_an_equal_is_drawn_as_its_constant_half_the_time(op):
     assert (make_inputs(_code_compared_after(op, 4 if op == "Slice" else 2))["code"] == 3).any()
-
-
-# Each strict xfail above, and the README words that name its limit.
-_NAMED = {
-    "test_a_one_element_input_negated_before_a_threshold_is_held_as_when_multiplied_by_minus_one": "not after a "
-    "`Neg`, which a `Mul` by -1 is held after",
-    "test_a_code_sliced_or_tiled_before_an_equal_is_drawn_as_its_constant_half_the_time": "not through a `Slice` or "
-    "a `Tile`, which one of one element is followed through",
-}
-
-
-def test_every_strict_xfail_here_is_named_in_the_readme():
-    readme = " ".join((_ROOT / "README.md").read_text().split())
-    for test, words in _NAMED.items():
-        assert words in readme and "tests/test_review_s72_split.py" in readme, test
