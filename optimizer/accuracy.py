@@ -439,7 +439,8 @@ class AccuracyBudget:
     of 0.995 can hide a sentence at 0.97); ``max_error``: no output element may differ by
     more (integer ones included: a changed integer differs by at least 1, an ``ArgMax``'s ids by their logits'
     largest difference; a changed string label, which has no
-    size, meets none). Any of them
+    size, meets none); ``min_top1``: the share of class scores' positions whose argmax is kept or flipped at a near
+    tie (``paired_drift``, ``Drift.top1``) must reach it. Any of them
     may be set; a budget with none accepts anything. An output that turned NaN or Inf where the original has a
     number or another NaN or Inf (``paired_drift``: ``Drift(0, inf)``), or one of another shape (a detector's
     count of boxes changed: ``Drift.reshaped``), meets no budget.
@@ -448,11 +449,14 @@ class AccuracyBudget:
     min_cosine: float | None = None
     max_error: float | None = None
     min_worst_cosine: float | None = None
+    # The share of class scores' positions whose argmax is kept or flipped at a near tie (``Drift.top1_agreement``,
+    # the lowest output's) must reach it; a model of no class scores meets any.
+    min_top1: float | None = None
 
     @property
     def bounds_anything(self) -> bool:
         """Whether any bound is set (a budget with none accepts every model)."""
-        return (self.min_cosine, self.max_error, self.min_worst_cosine) != (None, None, None)
+        return (self.min_cosine, self.max_error, self.min_worst_cosine, self.min_top1) != (None, None, None, None)
 
     @property
     def bounds_cosine(self) -> bool:
@@ -471,6 +475,9 @@ class AccuracyBudget:
             return False
         if self.max_error is not None and drift.text_changed is not None:  # a changed label has no size
             return False
+        top1 = drift.top1_agreement
+        if self.min_top1 is not None and top1 is not None and not top1 >= self.min_top1:
+            return False
         return self.max_error is None or drift.max_error <= self.max_error
 
     def shortfall(self, drift: Drift) -> float:
@@ -480,6 +487,8 @@ class AccuracyBudget:
             return 1.0 - drift.worst_cosine
         if self.min_cosine is not None:
             return 1.0 - drift.cosine
+        if self.min_top1 is not None and drift.top1_agreement is not None:
+            return 1.0 - drift.top1_agreement
         return drift.max_error
 
     def describe(self) -> str:
@@ -491,6 +500,8 @@ class AccuracyBudget:
             parts.append(f"--min-worst-cosine {float(self.min_worst_cosine)!r}")
         if self.max_error is not None:
             parts.append(f"--max-error {float(self.max_error)!r}")
+        if self.min_top1 is not None:
+            parts.append(f"--min-top1 {float(self.min_top1)!r}")
         return " ".join(parts) or "no budget"
 
 
@@ -525,10 +536,23 @@ class Drift:
     # Where the worst score is another integer or a text output's, or an ArgMax's ids (cast to float) that the rewrite
     # no longer picks by an ArgMax: its name. Its score is its share of equal values.
     shared: str | None = None
+    # Where an output holds class scores (``_holds_class_scores``): the one of the lowest top-1 share, how many of
+    # its positions' argmax changed, how many of those at a near tie, and how many were compared (``_tally_top1``):
+    # ``AccuracyBudget.min_top1`` holds the share.
+    top1: tuple[str, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.worst_cosine is None:
             object.__setattr__(self, "worst_cosine", self.cosine)
+
+    @property
+    def top1_agreement(self) -> float | None:
+        """The share of class scores' positions (``top1``) whose argmax is the original's or flipped at a near tie;
+        None where no output holds class scores."""
+        if self.top1 is None:
+            return None
+        _, changed, near, compared = self.top1
+        return (compared - changed + near) / compared
 
     def __str__(self) -> str:
         said = f"cosine {cosine_text(self.cosine)}"
@@ -568,6 +592,12 @@ class Drift:
             )
         if self.shared is not None:
             said += f" ({self.shared}: scored by its share of equal values, not a cosine)"
+        if self.top1 is not None:
+            name, changed, near, compared = self.top1
+            said += (
+                f" ({name}: class scores, top-1 {share_text(self.top1_agreement)}, the share of positions whose argmax "
+                f"is kept or flipped at a near tie; {changed} of {compared} changed, {near} at a near tie)"
+            )
         return said
 
 
@@ -653,7 +683,9 @@ def output_drift(
     Each float output's cosine is taken per sample (row along axis 0, flattened) and
     averaged over all samples; an integer or boolean output (class ids, token ids)
     counts by the fraction of its values that agree, and its largest difference counts in
-    the error (an ``ArgMax``'s ids given their logits, by the logits: ``paired_drift``). The cosine of a single
+    the error (an ``ArgMax``'s ids given their logits, by the logits: ``paired_drift``); class scores' samples are
+    held to their top-1 share too (``paired_drift``; given ``model``, the outputs its graph normalizes,
+    ``optimizer.class_scores.class_score_outputs``, beside those named like scores). The cosine of a single
     number is +-1, so an output of one value per sample
     (a score, a regression; ``[batch, 1]`` or ``[batch]``) is scored over all samples at
     once by its relative error ``r = |after - before| / |before|`` as ``1 - r**2 / 2``,
@@ -663,8 +695,10 @@ def output_drift(
     an error, not a perfect score.
     """
     pairs = zip(before, after)
+    score_outputs: frozenset[str] = frozenset()
     if batches is not None and model is not None:
         # Imported here: a pass used alone in another PassManager loads no more of graphopt than it needs.
+        from optimizer.class_scores import class_score_outputs
         from optimizer.padding import unpadded
         from optimizer.samples import output_sample_axes
 
@@ -673,7 +707,8 @@ def output_drift(
             (samples_first(b, moved := axes.in_run(batch, b)), samples_first(a, moved))
             for batch, (b, a) in zip(batches, unpadded(model, batches, pairs))
         )
-    return paired_drift(pairs)
+        score_outputs = class_score_outputs(model)
+    return paired_drift(pairs, score_outputs)
 
 
 def _kept_row_shares(agree: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -686,7 +721,9 @@ def _kept_row_shares(agree: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return (agree & kept).sum(axis=1)[counts > 0] / counts[counts > 0]
 
 
-def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> Drift:
+def paired_drift(
+    runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]], score_outputs: frozenset[str] = frozenset()
+) -> Drift:
     """``output_drift`` over ``(before, after)`` pairs of outputs, read one pair at a time: a stream of
     runs is never held (only each sample's score is kept).
 
@@ -694,6 +731,11 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     row cosine, an integer output's lowest fraction of agreeing values in one row (along
     axis 0), and for an output of one value per sample its score over all samples (no
     single number has a cosine; its relative error over all samples is what is bounded).
+
+    A float output of class scores (``_holds_class_scores``: named in ``score_outputs``, or named like scores or
+    logits) is scored by its cosine as any other, and its positions whose argmax is the original's or flipped at a
+    near tie are counted (``_tally_top1``): ``Drift.top1`` says how many changed, ``AccuracyBudget.min_top1`` holds
+    the share.
 
     An output of an ``ArgMax``'s class or token ids whose logits both runs give beside it (``logits_key``,
     ``optimizer.runtime.budget_runs``) is scored on them instead (``_picks_on_logits``), integer or cast to float;
@@ -716,6 +758,8 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
     picked: dict[str, list[int]] = {}
     # Integer and text outputs scored by their share of equal values.
     by_share: set[str] = set()
+    # Class scores (``_holds_class_scores``): positions whose argmax changed, of those at a near tie, compared.
+    top1: dict[str, list[int]] = {}
     for expected_run, actual_run in runs:
         for name, expected in expected_run.items():
             if logits_owner(name) is not None:  # scored with the ids they give
@@ -818,6 +862,8 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
                     continue
                 rows = _scaled_rows(e, a)  # once for both figures
                 cosines, ratios = _cosines(*rows), _norm_ratios(*rows)
+                if scored_name == name and _holds_class_scores(name, e, score_outputs):
+                    _tally_top1(name, e, a, top1)
                 # A row whose original is all zeros has no scale to keep: its cosine (0 unless both are) says it.
                 ratios = np.where(np.isinf(ratios), 1.0, ratios)
                 scored = np.minimum(cosines, scale_scores(ratios))
@@ -868,7 +914,44 @@ def paired_drift(runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) ->
         max_error_output,
         on_logits,
         shared,
+        _lowest_top1(top1),
     )
+
+
+def _holds_class_scores(name: str, values: np.ndarray, score_outputs: frozenset[str]) -> bool:
+    """Whether output ``name`` (``values`` laid out samples first) holds class scores whose top-1 is counted:
+    ``score_outputs`` names it (``optimizer.class_scores.class_score_outputs``: a Softmax's, or logits one
+    normalizes) or it is named like scores or logits, as ``compare`` reads its top-1, with positions of at least 2
+    classes along a last axis after the samples'."""
+    return (
+        values.ndim >= 2 and values.shape[-1] >= 2 and (name in score_outputs or _SCORE_NAME.search(name) is not None)
+    )
+
+
+def _tally_top1(name: str, expected: np.ndarray, actual: np.ndarray, tally: dict[str, list[int]]) -> None:
+    """Adds to ``tally[name]`` how many of class scores' positions changed their argmax, how many of those at a near
+    tie, and how many were compared (``_top1_counts``), which ``Drift.top1`` reports and ``--min-top1`` holds: a CTC
+    recognizer's logits, dominated by the blank class, kept cosine 0.998 while the argmax changed on a third of the
+    non-blank steps and 43 of 48 lines read differently. Its cosine is left as it was: in the score, the share moved
+    the default floor for a decoder's next-token logits (int4 of a random-weight decoder, 4 of 16 tokens decisively
+    changed, rolled back), and ``--min-cosine`` would bound a language model's next-token agreement."""
+    changed, near, compared = _top1_counts(expected, actual)
+    counts = tally.setdefault(name, [0, 0, 0])
+    counts[0] += changed
+    counts[1] += near
+    counts[2] += compared
+
+
+def _lowest_top1(tally: Mapping[str, Sequence[int]]) -> tuple[str, int, int, int] | None:
+    """The class scores (``_tally_top1``'s tally) of the lowest top-1 share: name, positions changed, of those at a
+    near tie, compared; None where no output holds class scores (or none compared a position)."""
+    shares = {
+        name: (compared - changed + near) / compared for name, (changed, near, compared) in tally.items() if compared
+    }
+    if not shares:
+        return None
+    name = min(shares, key=shares.__getitem__)
+    return (name, *tally[name])
 
 
 def _logits_of(
@@ -922,16 +1005,8 @@ def _picks_on_logits(
         ids = integer_difference(expected, actual) if _integers(expected, actual) else np.abs(actual - expected)
         error = max(error, float(np.nan_to_num(ids[stray], nan=np.inf).max()))
     centred = [np.where(kept[..., None], x - x.mean(axis=-1, keepdims=True), 0.0) for x in (e, a)]
-    # The original's margin of its pick over the candidate's.
-    picks = np.argmax(e, axis=-1)
-    chosen = np.take_along_axis(e, np.argmax(a, axis=-1)[..., None], axis=-1)[..., 0]
-    margin = np.take_along_axis(e, picks[..., None], axis=-1)[..., 0] - chosen
-    # The scale of the whole run, not of one position: two classes' centred logits are +-margin/2, whose RMS a flip
-    # always passes, and a binary classifier would have no near tie.
-    spread = root_mean_square(np.abs(centred[0][kept])) if kept.any() else 0.0
-    # Classes far from every decision (a mask of -1e9 on some, a vocabulary's padding) made that RMS huge, and every
-    # flip, a wholly other classifier's too, a near tie: the scale is at most their RMS with such values held near.
-    near = kept & ~equal & own & (margin <= _NEAR_TIE * min(spread, _near_scale(e[kept])))
+    ties, spread = _near_ties(e, a, kept)
+    near = kept & ~equal & own & ties
     samples = len(kept)
     counted = kept.reshape(samples, -1).sum(axis=1)
     rows = counted > 0
@@ -973,6 +1048,41 @@ _FAR = 10.0
 # that met --min-cosine 0.98 on the logits alone changed 56 of 288 ids, most of them positions the original was sure
 # of.
 _NEAR_TIE = 0.05
+
+
+def _near_ties(expected: np.ndarray, actual: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, float]:
+    """Where the original's logits ``expected`` (``[..., classes]``, float64) put the class the candidate's logits
+    ``actual`` pick within ``_NEAR_TIE`` of their RMS (centred along the classes, over the ``kept`` positions) of the
+    class they pick themselves (a flip there is either class's toss-up), and that RMS."""
+    centred = np.where(kept[..., None], expected - expected.mean(axis=-1, keepdims=True), 0.0)
+    # The original's margin of its pick over the candidate's.
+    picks = np.argmax(expected, axis=-1)
+    chosen = np.take_along_axis(expected, np.argmax(actual, axis=-1)[..., None], axis=-1)[..., 0]
+    margin = np.take_along_axis(expected, picks[..., None], axis=-1)[..., 0] - chosen
+    # The scale of the whole run, not of one position: two classes' centred logits are +-margin/2, whose RMS a flip
+    # always passes, and a binary classifier would have no near tie.
+    spread = root_mean_square(np.abs(centred[kept])) if kept.any() else 0.0
+    # Classes far from every decision (a mask of -1e9 on some, a vocabulary's padding) made that RMS huge, and every
+    # flip, a wholly other classifier's too, a near tie: the scale is at most their RMS with such values held near.
+    return margin <= _NEAR_TIE * min(spread, _near_scale(expected[kept])), spread
+
+
+def _top1_counts(expected: np.ndarray, actual: np.ndarray) -> tuple[int, int, int]:
+    """Top-1 of class scores (``[..., classes]``, float64, finite), read as an ``ArgMax``'s ids are on their logits
+    (``_picks_on_logits``): how many positions' argmax changed, how many of those at a near tie (``_near_ties``), and
+    how many were compared. A position whose original scores are all zero (padding ``optimizer.padding.unpadded``
+    zeroed) picks nothing and is not compared. Probabilities (every position's scores non-negative and summing to 1)
+    are tied on their logarithms, the logits up to a shift along the classes that centring takes out: on the
+    probabilities themselves a confident classifier's spread is tiny, and an int8 rewrite's flip between two classes
+    at 0.45 no tie."""
+    kept = np.any(expected != 0, axis=-1)
+    equal = np.argmax(expected, axis=-1) == np.argmax(actual, axis=-1)
+    e, a = expected, actual
+    if kept.any() and e.min() >= 0 and np.allclose(e[kept].sum(axis=-1), 1.0, rtol=0.0, atol=1e-2):
+        tiny = np.finfo(np.float32).tiny  # a probability that underflowed float32 is no -inf logit
+        e, a = np.log(np.maximum(e, tiny)), np.log(np.maximum(a, tiny))
+    near = kept & ~equal & _near_ties(e, a, kept)[0]
+    return int((kept & ~equal).sum()), int(near.sum()), int(kept.sum())
 
 
 # An output that holds quantities of very different scale side by side (a YOLO detector's ``[batch, 4 + classes,

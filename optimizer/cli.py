@@ -391,6 +391,13 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
         "the mean)",
     )
     group.add_argument(
+        "--min-top1",
+        type=float,
+        metavar="X",
+        help="accuracy budget: keep sensitive layers float until the share of class scores' positions whose argmax "
+        "is kept (or flips at a near tie) >= X",
+    )
+    group.add_argument(
         "--budget-decode-steps",
         type=int,
         metavar="N",

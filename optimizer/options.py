@@ -88,6 +88,7 @@ class Options:
     min_cosine: float | None = field(default=None, metadata=_flag("--min-cosine", metavar="X"))
     max_error: float | None = field(default=None, metadata=_flag("--max-error", metavar="X"))
     min_worst_cosine: float | None = field(default=None, metadata=_flag("--min-worst-cosine", metavar="X"))
+    min_top1: float | None = field(default=None, metadata=_flag("--min-top1", metavar="X"))
     # One-token steps after the samples' prefill that a budget times a decoder with a key/value cache
     # as (None: DEFAULT_BUDGET_DECODE_STEPS; 0: the prefill alone).
     budget_decode_steps: int | None = field(default=None, metadata=_flag("--budget-decode-steps", metavar="N"))
@@ -115,6 +116,7 @@ class Options:
             "min_cosine",
             "max_error",
             "min_worst_cosine",
+            "min_top1",
         ):
             object.__setattr__(self, name, _real(getattr(self, name)))
         object.__setattr__(self, "max_sequence", _integer(self.max_sequence))
@@ -195,6 +197,8 @@ class Options:
         worst = self.min_worst_cosine
         if worst is not None and not (_is_number(worst) and -1.0 <= worst <= 1.0):
             raise OptionError(f"--min-worst-cosine {_shown(worst)}: a cosine similarity is between -1 and 1")
+        if self.min_top1 is not None and not (_is_number(self.min_top1) and 0.0 <= self.min_top1 <= 1.0):
+            raise OptionError(f"--min-top1 {_shown(self.min_top1)}: a share of positions is between 0 and 1")
         if self.max_error is not None and not (_is_number(self.max_error) and self.max_error >= 0):
             raise OptionError(f"--max-error {_shown(self.max_error)}: expected a non-negative error")
         if isinstance(self.max_sequence, bool) or not isinstance(self.max_sequence, int) or self.max_sequence < 1:
@@ -227,7 +231,10 @@ class Options:
     def budget(self) -> AccuracyBudget | None:
         """The accuracy budget the approximate passes are held to, if the user set one."""
         budget = AccuracyBudget(
-            min_cosine=self.min_cosine, max_error=self.max_error, min_worst_cosine=self.min_worst_cosine
+            min_cosine=self.min_cosine,
+            max_error=self.max_error,
+            min_worst_cosine=self.min_worst_cosine,
+            min_top1=self.min_top1,
         )
         return budget if budget.bounds_anything else None
 

@@ -27,7 +27,7 @@ from optimizer.accuracy import AccuracyBudget
 from optimizer.options import TARGETS, Options, flag_of, metavar_of
 
 # Options the verifier reads for every approximate pass.
-BUDGET_OPTIONS = ("min_cosine", "max_error", "min_worst_cosine")
+BUDGET_OPTIONS = ("min_cosine", "max_error", "min_worst_cosine", "min_top1")
 # Constants named so are a pass's own exact float arithmetic beside a reduced layer (int4's block offsets and
 # outlier channels, their mask and block sums): no weights of the model (``optimizer.parameters``), and never a
 # layer to reduce again (``passes._layers``), or a second run would round them.

@@ -26,7 +26,7 @@ Findings:
    nothing of scores. On text-like bytes magika's static int8 (no calibration) flips 1 file type in 8 at a cosine
    of 0.91, and the table showed the cosine alone. A ``Div`` of an ``Exp`` by a ``ReduceSum`` of that ``Exp`` (read
    through ``Reshape``/``Expand``/``Unsqueeze``/``Identity``) now counts as class scores
-   (``optimizer.compare.comparison._score_outputs``).
+   (``optimizer.class_scores.class_score_outputs``).
 
 3. Fixed. arabic-name-romanizer 0.2.0's GRU encoder and decoder (torch 2.14, MIT; not stored: 7 MB together) read
    ``src_mask bool [batch, src_len]`` as PyTorch's key padding mask, true where a row is padded: the encoder pools
@@ -68,7 +68,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from optimizer.compare.comparison import _score_outputs
+from optimizer.class_scores import class_score_outputs as _score_outputs
 from optimizer.inputs import alternate_binding, bind_dims, make_inputs
 from tests.helpers import optimize_with_rewrite
 from tests.real_models import MAGIKA

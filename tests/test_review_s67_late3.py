@@ -63,7 +63,7 @@ def test_only_a_softmax_over_the_last_axis_holds_class_scores_for_top1(opset):
     ``[batch, classes, H, W]``), read through an Identity, is no row of class scores there (its figure was the
     agreement of the argmax over the width); one over the last axis is. Before opset 13 a Softmax's default axis is 1
     and it normalizes every axis from there on (its ``[n, 15]`` rows), which is no row of the last axis either."""
-    from optimizer.compare.comparison import _score_outputs
+    from optimizer.class_scores import class_score_outputs as _score_outputs
 
     nodes = [
         helper.make_node("Softmax", ["x"], ["s"], axis=1),
