@@ -1258,8 +1258,8 @@ def _accumulate(
     sample_axes: Mapping[str, int | None] | None = None,
 ) -> None:
     """Add one run's outputs to ``accumulator``; a warning for each output whose shape or type differs.
-    ``score_outputs``: the outputs known to hold class scores (``_score_outputs``) and those of class or token ids an
-    ``ArgMax`` computes (``argmax_outputs``: held as integers, cast to float or not).
+    ``score_outputs``: the outputs known to hold class scores (``class_score_outputs``) and those of class or token
+    ids an ``ArgMax`` computes (``argmax_outputs``: held as integers, cast to float or not).
 
     Outputs of another shape, or of another kind (numbers against strings), are not
     compared; numbers of another dtype (float16 against float32) are, with a warning.
