@@ -133,7 +133,7 @@ class AccuracyAccumulator:
         """Compare one batch: outputs of the same shape, by name (``ValueError`` for a shape mismatch).
 
         ``score_outputs`` names outputs known to hold class scores; with ``guess`` others are judged by name.
-        ``ids`` names outputs of class or token ids (``optimizer.runtime.argmax_outputs``): cast to float, they are
+        ``ids`` names outputs of class or token ids (``optimizer.class_scores.argmax_outputs``): cast to float, they are
         held as integer ones, by their agreement with no cosine (the cosine of class numbers passed every id one class
         off at 0.987).
         ``padded`` maps outputs to the positions a padding mask hides (booleans that broadcast against the

@@ -488,99 +488,12 @@ def drift_of(
     return output_drift(reference, budget_runs(model, batches), batches, model if layout is None else layout)
 
 
-# Ops an ArgMax's ids reach an output through unchanged in order and count (a Cast to int32, say; a classifier's
-# ``[batch]`` ids unsqueezed to ``[batch, 1]``: cast to float, every id one class off met --min-cosine 0.9 as a cosine
-# of class numbers until a late review).
-_IDS_PASS_THROUGH = ("Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
-
-
-def argmax_picks(model: ir.Model) -> dict[str, tuple[str, int]]:
-    """Each graph output of ``model`` that an ONNX ``ArgMax`` of float values in its graph computes, or a ``TopK`` of
-    the k = 1 largest as its indices (directly or through ops that keep their order, ``_IDS_PASS_THROUGH``), with the
-    name of the values it picks among (a computed tensor, not a graph input or a constant) and its axis: class or token
-    ids, which the accuracy budget scores on them (``budget_runs``). An ``ArgMax`` with ``select_last_index`` is left
-    out (its ids are scored by their share of equal values)."""
-    picks = {}
-    for name, node in _argmax_producers(model).items():
-        logits = node.inputs[0]
-        last = node.attributes.get("select_last_index")
-        if logits is None or logits.producer() is None or not logits.name or (last is not None and last.as_int()):
-            continue
-        if logits.dtype is not None and not logits.dtype.is_floating_point():
-            continue  # an ArgMax of integers (a dtype not recorded is read from the run: ``paired_drift`` checks it)
-        axis = node.attributes.get("axis")
-        picks[name] = (logits.name, axis.as_int() if axis is not None else 0 if node.op_type == "ArgMax" else -1)
-    return picks
-
-
-def argmax_outputs(model: ir.Model) -> frozenset[str]:
-    """The graph outputs of ``model`` that an ONNX ``ArgMax`` computes, or a ``TopK`` of the k = 1 largest as its
-    indices (directly or through ``_IDS_PASS_THROUGH``, or offset or scaled by a constant, ``_IDS_SHIFTED``), whatever
-    it picks among: class or token ids, which have no cosine even where cast to float (``compare`` holds them equal in
-    value, as integer ones)."""
-    return frozenset(_argmax_producers(model, shifted=True))
-
-
-# Ops that keep ids apart though not their values, with a constant number of one value as their other input (1-based
-# labels ``ids + 1``, ``ids * 1.0``): still ids, which ``compare`` holds equal in value (cast to float and multiplied
-# by 1, every id one class off met --min-cosine 0.98 as a cosine of class numbers until a late review). Not read on
-# their logits: the budget's picks are the ids themselves (``argmax_picks``).
-_IDS_SHIFTED = ("Add", "Sub", "Mul", "Div")
-
-
-def _argmax_producers(model: ir.Model, shifted: bool = False) -> dict[str, ir.Node]:
-    """Each named graph output of ``model`` that an ONNX ``ArgMax`` (or a ``TopK`` of k = 1, ``_top_one``) computes
-    through ``_IDS_PASS_THROUGH`` (and with ``shifted``, ``_IDS_SHIFTED``), and that node."""
-    producers = {}
-    for output in model.graph.outputs:
-        value, node = output, output.producer()
-        while node is not None and is_onnx_domain(node) and node.inputs:
-            if node.op_type in _IDS_PASS_THROUGH:
-                value = node.inputs[0]
-            elif shifted and node.op_type in _IDS_SHIFTED and (ids := _shifted_ids(node)) is not None:
-                value = ids
-            else:
-                break
-            node = value.producer() if value is not None else None
-        if node is None or not is_onnx_domain(node) or not output.name or not node.inputs:
-            continue
-        if node.op_type == "ArgMax" or (node.op_type == "TopK" and _top_one(node, value)):
-            producers[output.name] = node
-    return producers
-
-
-def _shifted_ids(node: ir.Node) -> ir.Value | None:
-    """The input of ``node`` (an ``_IDS_SHIFTED`` op) that it offsets or scales by a constant of one value, or None:
-    of ``Sub`` and ``Div`` the first (``c - ids`` still keeps them apart, but no exporter writes it); a scale by 0
-    (every id alike) or a constant not finite is none."""
-    if len(node.inputs) != 2 or any(value is None for value in node.inputs):
-        return None
-    candidates = (0,) if node.op_type in ("Sub", "Div") else (0, 1)
-    for index in candidates:
-        constant = ir.convenience.get_const_tensor(node.inputs[1 - index])
-        if constant is None or constant.numpy().size != 1:
-            continue
-        number = float(constant.numpy().reshape(-1)[0])
-        if math.isfinite(number) and (number != 0 or node.op_type in ("Add", "Sub")):
-            return node.inputs[index]
-    return None
-
-
-def _top_one(node: ir.Node, value: ir.Value) -> bool:
-    """Whether ``value`` is the indices of ``node``, a ``TopK`` of the one largest value (k a constant 1): an
-    ``ArgMax``'s ids with the axis kept, as greedy decoders write them (the same first index at a tie)."""
-    largest = node.attributes.get("largest")
-    if len(node.outputs) < 2 or value is not node.outputs[1] or (largest is not None and not largest.as_int()):
-        return False
-    if (attribute := node.attributes.get("k")) is not None:  # TopK-1 (opset 1-9): k an attribute
-        return attribute.as_int() == 1
-    k = ir.convenience.get_const_tensor(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
-    return k is not None and k.numpy().size == 1 and int(k.numpy().reshape(-1)[0]) == 1
-
-
 def logits_exposed(model: ir.Model) -> tuple[ir.Model, dict[str, tuple[str, int]]]:
     """``model`` with the values each ``argmax_picks`` output picks among added to its outputs (``exposing``; the
     model itself where it has none), and those picks: run it and give ``with_logits`` its outputs."""
+    # Imported here: a pass used alone in another PassManager loads no more of graphopt than it needs.
+    from optimizer.class_scores import argmax_picks
+
     picks = argmax_picks(model)
     return (exposing(model, [logits for logits, _ in picks.values()]) if picks else model), picks
 

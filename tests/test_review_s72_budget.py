@@ -23,7 +23,8 @@
    scored by its share of equal values (the graph names no floats its values rank), and where it is the worst
    output the figure now says so.
 4. ``compare --min-cosine`` held ids cast to float by the cosine of their class numbers (a strict xfail here until a
-   late review, s72 late2): they are now held equal in value, as integer ids (``optimizer.runtime.argmax_outputs``).
+   late review, s72 late2): they are now held equal in value, as integer ids
+   (``optimizer.class_scores.argmax_outputs``).
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def test_a_tie_flip_of_top_one_indices_is_read_on_their_logits():
 
 
 def test_compare_holds_top_one_indices_cast_to_float_as_ids():
-    from optimizer.runtime import argmax_outputs
+    from optimizer.class_scores import argmax_outputs
 
     assert argmax_outputs(_top_one(cast=True)) == {"ids"}
 
@@ -195,7 +195,7 @@ def test_float_ids_unsqueezed_and_shifted_by_one_class_miss_the_budget():
 
 def test_float_ids_unsqueezed_are_held_as_ids_by_compare():
     from optimizer.accuracy import AccuracyAccumulator
-    from optimizer.runtime import argmax_outputs
+    from optimizer.class_scores import argmax_outputs
 
     ids = argmax_outputs(_unsqueezed_ids(shift=False))
     before = {"ids": np.arange(64, dtype=np.float32)[:, None] % 12}

@@ -17,9 +17,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.accuracy import output_drift
+from optimizer.class_scores import argmax_outputs
 from optimizer.compare.comparison import CompareSettings, compare
 from optimizer.gates import accuracy_failures
-from optimizer.runtime import argmax_outputs, budget_runs, run_model
+from optimizer.runtime import budget_runs, run_model
 
 F, H, T, B = 3, 4, 6, 5
 _FAST = CompareSettings(time_budget=0.2, iterations=2, warmup=0)

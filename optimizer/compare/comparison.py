@@ -35,7 +35,7 @@ import onnx_ir as ir
 
 from optimizer import cpu_features
 from optimizer.accuracy import AccuracyAccumulator, OutputAccuracy, samples_first
-from optimizer.class_scores import class_score_outputs
+from optimizer.class_scores import argmax_outputs, class_score_outputs
 from optimizer.compare.generation_timing import GenerationResult, time_generation
 from optimizer.compare.memory import MemoryUsage, measure_session_memory, query_gpu
 from optimizer.compare.profiling import time_per_op_type
@@ -86,7 +86,7 @@ from optimizer.padding import padded_outputs, padding_layout
 from optimizer.parameters import count_parameters
 from optimizer.pipeline import count_nodes
 from optimizer.progress import task, track
-from optimizer.runtime import argmax_outputs, holds_float16, import_onnxruntime, loading_crash, temporary_folder
+from optimizer.runtime import holds_float16, import_onnxruntime, loading_crash, temporary_folder
 from optimizer.samples import (
     OutputSampleAxes,
     SampleData,

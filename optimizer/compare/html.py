@@ -250,7 +250,7 @@ def _accuracy_phrase(provider: ProviderResult | None) -> _Segment | None:
         )
         return _Segment(f"{names} differ: NaN/Inf or non-numeric values", "bad", "accuracy", warned)
     # Integer or bool outputs that differ at all (class ids, masks) hold other answers, not rounding; so do an ArgMax's
-    # ids cast to float, held by their agreement (``optimizer.runtime.argmax_outputs``): every one a class off read
+    # ids cast to float, held by their agreement (``optimizer.class_scores.argmax_outputs``): every one a class off read
     # "outputs within 1", its agreement unsaid.
     integers_differ = any(
         (np.dtype(item.dtype).kind in "iub" or getattr(item, "agreement", None) is not None)
