@@ -235,6 +235,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         # rewrite of the input, which the pipeline holds to the input as an exact pass (``Twin.source``).
         self._gemms_written = 0
 
+    def _find_layers(self, graph: ir.Graph) -> tuple[list[Layer], dict[ir.Node, str]]:
+        """``find_layers`` of ``graph`` for this pass's ``kinds``, float16 ones too where it takes them."""
+        return find_layers(graph, self.kinds, float16=self.float16_layers)
+
     def unsupported_layers(self, graph: ir.Graph) -> dict[ir.Node, str]:
         """Nodes of ``graph`` outside ``kinds`` that the pass has no form for, with why: refused, and counted float
         where they are layers (``float_weighted``). None by default."""
@@ -304,7 +308,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     def _quantize_model(self, model: ir.Model, unmatched: Sequence[str]) -> ir.passes.PassResult:
         self.quantized, self.kept_float, self.drift, self.schemes, self.frontier = [], [], None, {}, []
         self.float_by_form = []
-        layers, refused = find_layers(model.graph, self.kinds, float16=self.float16_layers)
+        layers, refused = self._find_layers(model.graph)
         for node, reason in {**refused, **self.unsupported_layers(model.graph)}.items():
             self.refuse(node.op_type, reason)
             if float_weighted(node):
@@ -379,9 +383,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             if norms:
                 # SmoothQuant rewrote the weights of the layers it rescaled: what the budget offers and estimates
                 # (8-bit weights only where no adjacent pair can saturate, the local errors) reads them as they are.
-                current = {
-                    layer.name: layer for layer in find_layers(model.graph, self.kinds, float16=self.float16_layers)[0]
-                }
+                current = {layer.name: layer for layer in self._find_layers(model.graph)[0]}
                 chosen = [current.get(layer.name, layer) for layer in chosen]
         self.prepare(model, chosen, batches)
         if self.budget is not None and batches:
@@ -465,11 +467,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     def _apply(self, model: ir.Model, names: Sequence[str]) -> None:
         """Quantize the named layers of ``model`` in place, each in its ``scheme``."""
         wanted = set(names)
-        layers = [
-            layer
-            for layer in find_layers(model.graph, self.kinds, float16=self.float16_layers)[0]
-            if layer.name in wanted
-        ]
+        layers = [layer for layer in self._find_layers(model.graph)[0] if layer.name in wanted]
         self.begin(layers)
         for layer in track(layers, "quantizing each layer"):  # GPTQ and HQQ take seconds a layer
             self.quantize_layer(model.graph, layer)
@@ -489,11 +487,7 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         wanted = {name for name in names if self.schemes.get(name) == "smooth"}
         if not wanted or not self._batches:
             return []
-        layers = [
-            layer
-            for layer in find_layers(model.graph, self.kinds, float16=self.float16_layers)[0]
-            if layer.name in self._changeable
-        ]
+        layers = [layer for layer in self._find_layers(model.graph)[0] if layer.name in self._changeable]
         inputs = {layer.activation.name for layer in layers if layer.name in wanted}
         readers = [layer for layer in layers if layer.activation.name in inputs]
         return smoothing.smooth(model, readers, self._batches, _LAYER_SMOOTH_ALPHA, rewritable=layers)
