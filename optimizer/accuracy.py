@@ -129,10 +129,12 @@ class AccuracyAccumulator:
         guess: bool = True,
         padded: Mapping[str, np.ndarray] | None = None,
         ids: frozenset[str] = frozenset(),
+        elsewhere: frozenset[str] = frozenset(),
     ) -> None:
         """Compare one batch: outputs of the same shape, by name (``ValueError`` for a shape mismatch).
 
-        ``score_outputs`` names outputs known to hold class scores; with ``guess`` others are judged by name.
+        ``score_outputs`` names outputs known to hold class scores; with ``guess`` others are judged by name, but for
+        those ``elsewhere`` names (``optimizer.class_scores.scores_elsewhere``: classes along another axis).
         ``ids`` names outputs of class or token ids (``optimizer.class_scores.argmax_outputs``): cast to float, they are
         held as integer ones, by their agreement with no cosine (the cosine of class numbers passed every id one class
         off at 0.987).
@@ -143,7 +145,9 @@ class AccuracyAccumulator:
         for name, expected in before.items():
             where = (padded or {}).get(name)
             expected, actual = np.asarray(expected), np.asarray(after[name])
-            self._add_one(name, expected, actual, name in score_outputs, guess, where, name in ids)
+            self._add_one(
+                name, expected, actual, name in score_outputs, guess and name not in elsewhere, where, name in ids
+            )
             if name in ids:
                 continue  # class numbers hold no fields of another scale
             if expected.shape == actual.shape and (fields := small_scale_fields(expected)) is not None:
@@ -195,7 +199,8 @@ class AccuracyAccumulator:
                 "rows": 0,
                 # Rows of classes: a 1-D output holds one value per sample along axis 0 (a binary classifier's
                 # logits [batch]), whose argmax picks a sample, not a class (cosine 0.999999995 read top-1 0.000).
-                "top1": (scores or (guess and _SCORE_NAME.search(name) is not None))
+                # Guessed from its name up to rank 3 (``_GUESSED_RANK``): a segmenter's logits hold classes first.
+                "top1": (scores or (guess and expected.ndim <= _GUESSED_RANK and _SCORE_NAME.search(name) is not None))
                 and expected.ndim >= 2
                 and expected.shape[-1] >= 2,
                 "exact": True,
@@ -695,10 +700,10 @@ def output_drift(
     an error, not a perfect score.
     """
     pairs = zip(before, after)
-    score_outputs: frozenset[str] = frozenset()
+    score_outputs = elsewhere = frozenset()
     if batches is not None and model is not None:
         # Imported here: a pass used alone in another PassManager loads no more of graphopt than it needs.
-        from optimizer.class_scores import class_score_outputs
+        from optimizer.class_scores import class_score_outputs, scores_elsewhere
         from optimizer.padding import unpadded
         from optimizer.samples import output_sample_axes
 
@@ -707,8 +712,8 @@ def output_drift(
             (samples_first(b, moved := axes.in_run(batch, b)), samples_first(a, moved))
             for batch, (b, a) in zip(batches, unpadded(model, batches, pairs))
         )
-        score_outputs = class_score_outputs(model)
-    return paired_drift(pairs, score_outputs)
+        score_outputs, elsewhere = class_score_outputs(model), scores_elsewhere(model)
+    return paired_drift(pairs, score_outputs, elsewhere)
 
 
 def _kept_row_shares(agree: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -722,7 +727,9 @@ def _kept_row_shares(agree: np.ndarray, kept: np.ndarray) -> np.ndarray:
 
 
 def paired_drift(
-    runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]], score_outputs: frozenset[str] = frozenset()
+    runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    score_outputs: frozenset[str] = frozenset(),
+    elsewhere: frozenset[str] = frozenset(),
 ) -> Drift:
     """``output_drift`` over ``(before, after)`` pairs of outputs, read one pair at a time: a stream of
     runs is never held (only each sample's score is kept).
@@ -733,9 +740,9 @@ def paired_drift(
     single number has a cosine; its relative error over all samples is what is bounded).
 
     A float output of class scores (``_holds_class_scores``: named in ``score_outputs``, or named like scores or
-    logits) is scored by its cosine as any other, and its positions whose argmax is the original's or flipped at a
-    near tie are counted (``_tally_top1``): ``Drift.top1`` says how many changed, ``AccuracyBudget.min_top1`` holds
-    the share.
+    logits and not in ``elsewhere``, normalized along another axis) is scored by its cosine as any other, and its
+    positions whose argmax is the original's or flipped at a near tie are counted (``_tally_top1``): ``Drift.top1``
+    says how many changed, ``AccuracyBudget.min_top1`` holds the share.
 
     An output of an ``ArgMax``'s class or token ids whose logits both runs give beside it (``logits_key``,
     ``optimizer.runtime.budget_runs``) is scored on them instead (``_picks_on_logits``), integer or cast to float;
@@ -862,7 +869,7 @@ def paired_drift(
                     continue
                 rows = _scaled_rows(e, a)  # once for both figures
                 cosines, ratios = _cosines(*rows), _norm_ratios(*rows)
-                if scored_name == name and _holds_class_scores(name, e, score_outputs):
+                if scored_name == name and _holds_class_scores(name, e, score_outputs, elsewhere):
                     _tally_top1(name, e, a, top1)
                 # A row whose original is all zeros has no scale to keep: its cosine (0 unless both are) says it.
                 ratios = np.where(np.isinf(ratios), 1.0, ratios)
@@ -918,14 +925,23 @@ def paired_drift(
     )
 
 
-def _holds_class_scores(name: str, values: np.ndarray, score_outputs: frozenset[str]) -> bool:
+def _holds_class_scores(
+    name: str, values: np.ndarray, score_outputs: frozenset[str], elsewhere: frozenset[str] = frozenset()
+) -> bool:
     """Whether output ``name`` (``values`` laid out samples first) holds class scores whose top-1 is counted:
     ``score_outputs`` names it (``optimizer.class_scores.class_score_outputs``: a Softmax's, or logits one
     normalizes) or it is named like scores or logits, as ``compare`` reads its top-1, with positions of at least 2
-    classes along a last axis after the samples'."""
-    return (
-        values.ndim >= 2 and values.shape[-1] >= 2 and (name in score_outputs or _SCORE_NAME.search(name) is not None)
-    )
+    classes along a last axis after the samples'. One found by its name alone is read up to rank 3 (``_GUESSED_RANK``):
+    a segmenter's ``logits`` ``[batch, classes, height, width]`` were read for top-1 along their width, every pixel's
+    class changed at top-1 1.000; nor is one ``elsewhere`` names (``optimizer.class_scores.scores_elsewhere``: the
+    graph normalizes it along another axis)."""
+    guessed = values.ndim <= _GUESSED_RANK and name not in elsewhere and _SCORE_NAME.search(name) is not None
+    return values.ndim >= 2 and values.shape[-1] >= 2 and (name in score_outputs or guessed)
+
+
+# The highest rank of an output whose class scores are guessed from its name: a classifier's ``[batch, classes]``, a
+# recognizer's ``[batch, steps, classes]``. A rank-4 output so named is a segmenter's ``[batch, classes, h, w]``.
+_GUESSED_RANK = 3
 
 
 def _tally_top1(name: str, expected: np.ndarray, actual: np.ndarray, tally: dict[str, list[int]]) -> None:

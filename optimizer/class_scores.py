@@ -48,6 +48,30 @@ def class_score_outputs(model: ir.Model) -> frozenset[str]:
     return frozenset(names)
 
 
+def scores_elsewhere(model: ir.Model) -> frozenset[str]:
+    """The graph outputs a ``Softmax`` or ``LogSoftmax`` over another axis than the last alone computes (read through
+    ``Identity`` and ``Dropout``) or normalizes, and that ``class_score_outputs`` does not find: their classes lie
+    along that axis (a channels-first recognizer's ``probs [batch, classes, steps]``), so a name like ``probs`` or
+    ``logits`` says nothing of their last axis, and no top-1 is read along it (``optimizer.accuracy``): every step's
+    class changed at top-1 1.000. One of a rank known nowhere is not among them (the default axis before opset 13, 1,
+    is a classifier's last)."""
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
+    names = set()
+    for value in model.graph.outputs:
+        computed = _passed_on(value)
+        producer = computed.producer()
+        readers = [user for user, index in (*computed.uses(), *value.uses()) if index == 0]
+        if any(
+            is_onnx_domain(node)
+            and node.op_type in _NORMALIZERS
+            and _first_rank(*node.inputs[:1], *node.outputs[:1], value) is not None  # else its axis is a guess
+            and not _over_the_last_axis(node, opset, value)
+            for node in ([producer] if producer is not None else []) + readers
+        ):
+            names.add(value.name)
+    return frozenset(names) - class_score_outputs(model)
+
+
 def _passed_on(value: ir.Value) -> ir.Value:
     """``value``, or what an ONNX ``Identity`` or ``Dropout`` (an identity when inferring) passes on into it, back
     to the value some other node computes."""

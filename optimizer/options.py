@@ -229,9 +229,16 @@ class Options:
 
     @property
     def budget(self) -> AccuracyBudget | None:
-        """The accuracy budget the approximate passes are held to, if the user set one."""
+        """The accuracy budget the approximate passes are held to, if the user set one. ``--min-top1`` set alone
+        keeps the default floor's cosine (``optimizer.verify.DEFAULT_APPROXIMATION_FLOOR``) beside it: it bounds class
+        scores only, and in place of the floor a model of no class scores met it whatever its outputs became."""
+        min_cosine = self.min_cosine
+        if self.min_top1 is not None and (min_cosine, self.max_error, self.min_worst_cosine) == (None, None, None):
+            from optimizer.verify import DEFAULT_APPROXIMATION_FLOOR
+
+            min_cosine = DEFAULT_APPROXIMATION_FLOOR.min_cosine
         budget = AccuracyBudget(
-            min_cosine=self.min_cosine,
+            min_cosine=min_cosine,
             max_error=self.max_error,
             min_worst_cosine=self.min_worst_cosine,
             min_top1=self.min_top1,

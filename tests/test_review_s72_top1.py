@@ -183,7 +183,11 @@ def test_min_top1_is_a_budget_option_of_the_cli_and_the_api():
     from optimizer.errors import OptionError
     from optimizer.options import Options
 
-    assert Options.build(min_top1=0.9).budget == AccuracyBudget(min_top1=0.9)
+    # Set alone it keeps the default floor's cosine beside it (``tests/test_review_s72_late4.py``).
+    assert Options.build(min_top1=0.9).budget == AccuracyBudget(
+        min_cosine=DEFAULT_APPROXIMATION_FLOOR.min_cosine, min_top1=0.9
+    )
+    assert Options.build(min_top1=0.9, min_cosine=0.5).budget == AccuracyBudget(min_cosine=0.5, min_top1=0.9)
     with pytest.raises(OptionError, match="--min-top1 1.5: a share of positions is between 0 and 1"):
         Options.build(min_top1=1.5)
     args = build_parser().parse_args(["optimize", "m.onnx", "-o", "o.onnx", "--min-top1", "0.95"])

@@ -35,7 +35,7 @@ import onnx_ir as ir
 
 from optimizer import cpu_features
 from optimizer.accuracy import AccuracyAccumulator, OutputAccuracy, samples_first
-from optimizer.class_scores import argmax_outputs, class_score_outputs
+from optimizer.class_scores import argmax_outputs, class_score_outputs, scores_elsewhere
 from optimizer.compare.generation_timing import GenerationResult, time_generation
 from optimizer.compare.memory import MemoryUsage, measure_session_memory, query_gpu
 from optimizer.compare.profiling import time_per_op_type
@@ -556,7 +556,11 @@ def _compare(
                         settings,
                         plan,
                         threads,
-                        (class_score_outputs(before_model), argmax_outputs(before_model)),
+                        (
+                            class_score_outputs(before_model),
+                            argmax_outputs(before_model),
+                            scores_elsewhere(before_model),
+                        ),
                         warnings,
                         progress,
                         generation,
@@ -671,7 +675,7 @@ def _measure_provider(
     settings: CompareSettings,
     plan: TimingPlan,
     threads: int,
-    score_outputs: tuple[frozenset[str], frozenset[str]],
+    score_outputs: tuple[frozenset[str], frozenset[str], frozenset[str]],
     warnings: list[str],
     progress: Progress | None,
     generation: _Generation | None = None,
@@ -1157,7 +1161,7 @@ def _accuracy_on_data(
     ep: ExecutionProvider,
     batches: Sequence[dict[str, np.ndarray]],
     threads: int,
-    score_outputs: tuple[frozenset[str], frozenset[str]],
+    score_outputs: tuple[frozenset[str], frozenset[str], frozenset[str]],
     warnings: list[str],
     padding: Padding | None = None,
     sample_axes: Mapping[str, int | None] | None = None,
@@ -1217,7 +1221,7 @@ def _refuse_oversized_rows(inputs: Mapping[str, np.ndarray], rows: int, batches:
 def _accuracy(
     before: Mapping[str, Any],
     after: Mapping[str, Any],
-    score_outputs: tuple[frozenset[str], frozenset[str]],
+    score_outputs: tuple[frozenset[str], frozenset[str], frozenset[str]],
     warnings: list[str],
     padding: Padding | None = None,
     inputs: Mapping[str, np.ndarray] | None = None,
@@ -1251,15 +1255,16 @@ def _padded_note(accumulator: AccuracyAccumulator) -> str:
 def _accumulate(
     before: Mapping[str, Any],
     after: Mapping[str, Any],
-    score_outputs: tuple[frozenset[str], frozenset[str]],
+    score_outputs: tuple[frozenset[str], frozenset[str], frozenset[str]],
     warnings: list[str],
     accumulator: AccuracyAccumulator,
     padded: Mapping[str, np.ndarray] | None = None,
     sample_axes: Mapping[str, int | None] | None = None,
 ) -> None:
     """Add one run's outputs to ``accumulator``; a warning for each output whose shape or type differs.
-    ``score_outputs``: the outputs known to hold class scores (``class_score_outputs``) and those of class or token
-    ids an ``ArgMax`` computes (``argmax_outputs``: held as integers, cast to float or not).
+    ``score_outputs``: the outputs known to hold class scores (``class_score_outputs``), those of class or token
+    ids an ``ArgMax`` computes (``argmax_outputs``: held as integers, cast to float or not), and those normalized along
+    another axis than the last (``scores_elsewhere``: no top-1 is guessed for them by their name).
 
     Outputs of another shape, or of another kind (numbers against strings), are not
     compared; numbers of another dtype (float16 against float32) are, with a warning.
@@ -1299,8 +1304,8 @@ def _accumulate(
             shown += NOT_COMPARED
         if shown not in warnings:
             warnings.append(shown)
-    scores, ids = score_outputs
-    accumulator.add(comparable, after, scores, padded=padded, ids=ids)
+    scores, ids, elsewhere = score_outputs
+    accumulator.add(comparable, after, scores, padded=padded, ids=ids, elsewhere=elsewhere)
 
 
 def _describe(value: Any) -> str:
