@@ -80,6 +80,7 @@ from optimizer.padding import (
     causal_mask,
     causal_masks,
     encoded_mask,
+    feature_mask_inputs,
     key_masks,
     mask_inputs,
     padded_at,
@@ -1946,8 +1947,9 @@ def _model_cache(model: ir.Model, inputs: dict[str, np.ndarray], seed: int) -> t
 
 def _ensure_padding(model: ir.Model, verifier: Verifier) -> None:
     """With a mask-like input and no set the original runs on that pads both a row's start and
-    a row's end, add a padded copy of the first set."""
-    masks = mask_inputs(model, verifier.inputs)
+    a row's end, add a padded copy of the first set. A feature mask (``feature_mask_inputs``) is padded too, compared
+    at every position (none padded, a rewrite wrong only at its 0s verified on the user's inputs)."""
+    masks = [*mask_inputs(model, verifier.inputs), *feature_mask_inputs(model, verifier.inputs)]
     if masks and not any(pads_both_ends(inputs, masks) for inputs in verifier.input_sets):
         padded, how = padded_copy(verifier.inputs, masks)
         verifier.add_input_set(padded, f"padded copy of {verifier.labels[0]} ({how})")

@@ -286,6 +286,23 @@ def is_feature_mask(value: ir.Value) -> bool:
     return _only_multiplies(value) and not _beside_token_ids(value)
 
 
+def feature_mask_inputs(model: ir.Model, inputs: Mapping[str, np.ndarray]) -> list[str]:
+    """The inputs of ``model`` that ``inputs`` holds as a feature mask (``is_feature_mask``), 2-D, of 0 and 1, with two
+    positions a row or more: verification pads them as it pads a padding mask (``padded_copy``), compared at every
+    position. Left out of ``mask_inputs``, a feature mask got no padded copy, and on the user's inputs of all ones a
+    rewrite wrong only where it holds a 0 (one that dropped an audio model's ``input_values * attention_mask``)
+    verified, until a late review in session 72 (``tests/test_review_s72_late5.py``)."""
+    names = []
+    for value in model.graph.inputs:
+        array = inputs.get(value.name)
+        if array is None or np.ndim(array) != 2 or np.shape(array)[1] < 2 or not is_feature_mask(value):
+            continue
+        array = np.asarray(array)
+        if array.dtype.kind in "biuf" and np.isin(array, (0, 1)).all():
+            names.append(value.name)
+    return names
+
+
 # Ops a feature mask passes through, as their first input, unchanged in value on its way to the features it multiplies.
 _FEATURE_MASK_PATH_OPS = frozenset({*_MASK_LAYOUT_OPS, "Cast", "Transpose"})
 
@@ -328,18 +345,20 @@ _TOKEN_ID_PATH_OPS = frozenset({*_MASK_LAYOUT_OPS, "Cast"})
 
 
 def _beside_token_ids(mask: ir.Value) -> bool:
-    """Whether a graph input not like a mask, its second dim ``mask``'s last (the same name, or the same static size),
-    holds tokens: per-position vectors (three dims or more: ``inputs_embeds [batch, sequence, hidden]``, frames), or
-    integers read as the indices of a ``Gather`` (an embedding: token ids) through ops that only move or cast them, or
-    by an op of another domain (ONNX Runtime's ``EmbedLayerNormalization``). A tabular ``x [batch, features]`` is
-    neither."""
+    """Whether a graph input not like a mask, its second dim ``mask``'s last (the same static size, or both dims
+    symbolic, whatever their names: exporters name one length per input, ``x_len`` beside ``mask_len``), holds tokens:
+    per-position vectors (three dims or more: ``inputs_embeds [batch, sequence, hidden]``, frames), or integers read as
+    the indices of a ``Gather`` (an embedding: token ids) through ops that only move or cast them, or by an op of
+    another domain (ONNX Runtime's ``EmbedLayerNormalization``). A tabular ``x [batch, features]`` is neither. A length
+    named otherwise beside the mask's was no token's, and the mask a feature mask (the second binding padded its rows
+    alike), until a late review in session 72."""
     last = _declared(mask)[-1]
     for value in mask.graph.inputs if mask.graph is not None else ():
         shape = _declared(value)
         if value is mask or value.dtype is None or shape is None or shape.rank() < 2:
             continue
-        same = _dim_value(last) is not None and _dim_value(shape[1]) == _dim_value(last)
-        if not (same or (isinstance(last, int) and shape[1] == last)) or looks_like_mask(value):
+        symbolic = not isinstance(last, int) and not isinstance(shape[1], int)
+        if not (symbolic or (isinstance(last, int) and shape[1] == last)) or looks_like_mask(value):
             continue
         if shape.rank() >= 3:
             return True
@@ -1119,7 +1138,9 @@ def _token_layout(value: ir.Value, limit: int = 4096) -> tuple[ir.Value, tuple[i
             if sequence in axes:
                 return None
             if batch in axes:  # a batch of 1 dropped: its tokens' rows, in order, as a flattening leaves them
-                if not in_order:
+                # The tokens lead then only where no other axis lies between (a ``[1, channels, tokens]`` squeezed is
+                # rows of channels: read as tokens until a late review in session 72).
+                if not in_order or any(axis not in units and axis not in axes for axis in range(batch + 1, sequence)):
                     return None
                 batch, sequence, units = 0, 1, set()
                 continue
