@@ -351,7 +351,8 @@ def _beside_token_ids(mask: ir.Value) -> bool:
     the indices of a ``Gather`` (an embedding: token ids) through ops that only move or cast them, or by an op of
     another domain (ONNX Runtime's ``EmbedLayerNormalization``). A tabular ``x [batch, features]`` is neither. A length
     named otherwise beside the mask's was no token's, and the mask a feature mask (the second binding padded its rows
-    alike), until a late review in session 72."""
+    alike), until a late review in session 72. Integers named like token ids (``_named_like_token_ids``) are tokens
+    whatever reads them."""
     last = _declared(mask)[-1]
     for value in mask.graph.inputs if mask.graph is not None else ():
         shape = _declared(value)
@@ -364,6 +365,8 @@ def _beside_token_ids(mask: ir.Value) -> bool:
             return True
         if not value.dtype.is_integer():
             continue
+        if _named_like_token_ids(value.name):
+            return True
         frontier = [value]
         for _ in range(16):
             if not frontier:
@@ -375,6 +378,15 @@ def _beside_token_ids(mask: ir.Value) -> bool:
                 if node.op_type in _TOKEN_ID_PATH_OPS and index == 0:
                     frontier.extend(node.outputs)
     return False
+
+
+def _named_like_token_ids(name: str) -> bool:
+    """Whether an input's name says it holds token ids (``input_ids``, ``decoder_input_ids``, ``token_ids``), read
+    by an embedding or not: a tagger whose ids the graph masks before anything reads them (``Mul(input_ids, mask)``)
+    lost its padding mask to the feature-mask rule, and its padded labels counted as agreeing, until a review in
+    session 72."""
+    lowered = name.lower()
+    return lowered.endswith("input_ids") or lowered.endswith("token_ids") or lowered in ("ids", "tokens")
 
 
 # Ops that turn a mask's 0/1 into the numbers added to the scores (``(1 - mask) * min``, clamped), besides those
