@@ -703,7 +703,7 @@ def output_drift(
     score_outputs = elsewhere = frozenset()
     if batches is not None and model is not None:
         # Imported here: a pass used alone in another PassManager loads no more of graphopt than it needs.
-        from optimizer.class_scores import class_score_outputs, scores_elsewhere
+        from optimizer.class_scores import class_score_layout
         from optimizer.padding import unpadded
         from optimizer.samples import output_sample_axes
 
@@ -712,7 +712,7 @@ def output_drift(
             (samples_first(b, moved := axes.in_run(batch, b)), samples_first(a, moved))
             for batch, (b, a) in zip(batches, unpadded(model, batches, pairs))
         )
-        score_outputs, elsewhere = class_score_outputs(model), scores_elsewhere(model)
+        score_outputs, elsewhere = class_score_layout(model)
     return paired_drift(pairs, score_outputs, elsewhere)
 
 

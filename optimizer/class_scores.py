@@ -55,6 +55,13 @@ def scores_elsewhere(model: ir.Model) -> frozenset[str]:
     ``logits`` says nothing of their last axis, and no top-1 is read along it (``optimizer.accuracy``): every step's
     class changed at top-1 1.000. One of a rank known nowhere is not among them (the default axis before opset 13, 1,
     is a classifier's last)."""
+    return class_score_layout(model)[1]
+
+
+def class_score_layout(model: ir.Model) -> tuple[frozenset[str], frozenset[str]]:
+    """``class_score_outputs`` and ``scores_elsewhere`` of ``model``, the first found once for both: every caller
+    that reads top-1 wants the two together."""
+    found = class_score_outputs(model)
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
     names = set()
     for value in model.graph.outputs:
@@ -69,7 +76,7 @@ def scores_elsewhere(model: ir.Model) -> frozenset[str]:
             for node in ([producer] if producer is not None else []) + readers
         ):
             names.add(value.name)
-    return frozenset(names) - class_score_outputs(model)
+    return found, frozenset(names) - found
 
 
 def _passed_on(value: ir.Value) -> ir.Value:

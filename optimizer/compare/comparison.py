@@ -35,7 +35,7 @@ import onnx_ir as ir
 
 from optimizer import cpu_features
 from optimizer.accuracy import AccuracyAccumulator, OutputAccuracy, samples_first
-from optimizer.class_scores import argmax_outputs, class_score_outputs, scores_elsewhere
+from optimizer.class_scores import argmax_outputs, class_score_layout
 from optimizer.compare.generation_timing import GenerationResult, time_generation
 from optimizer.compare.memory import MemoryUsage, measure_session_memory, query_gpu
 from optimizer.compare.profiling import time_per_op_type
@@ -556,11 +556,7 @@ def _compare(
                         settings,
                         plan,
                         threads,
-                        (
-                            class_score_outputs(before_model),
-                            argmax_outputs(before_model),
-                            scores_elsewhere(before_model),
-                        ),
+                        _score_outputs(before_model),
                         warnings,
                         progress,
                         generation,
@@ -1250,6 +1246,13 @@ def _padded_note(accumulator: AccuracyAccumulator) -> str:
     if not accumulator.padded:
         return ""
     return f"; positions the attention mask pads left out of {', '.join(repr(n) for n in accumulator.padded)}"
+
+
+def _score_outputs(model: ir.Model) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """``_accumulate``'s ``score_outputs`` for ``model``: its class-score outputs, its ``ArgMax`` ids and the outputs
+    whose classes lie along another axis (``optimizer.class_scores``)."""
+    scores, elsewhere = class_score_layout(model)
+    return scores, argmax_outputs(model), elsewhere
 
 
 def _accumulate(
