@@ -18,9 +18,11 @@ set, and a rewrite wrong on the other side verifies. Here those constants are fo
   sets of even seeds and at another value in the others, and an ``If`` condition held true, then false; the readers
   are found past copies, strings ops and arithmetic by one constant number or a ``Neg`` (``_compared_readers``).
 
-Both walks follow the same moves (``_COMPARED_MOVES``, and a ``Cast``) and undo the same exact steps
-(``_shifted_by_constant``); the many-element one also reads columns, thresholds through a ``Scaler`` or past a clamp,
-and missing values, which the one-element one does not.
+Both walks follow the same moves (``_COMPARED_MOVES``, and a ``Cast``), undo the same exact steps
+(``_shifted_by_constant``) and take a comparison back through the same elementwise ops no constant undoes
+(``_preimage``: ``Abs(x) > 10`` is ``x > 10`` or ``x < -10``; ``Sqrt``, ``Sigmoid``, a ``Mod``...); the many-element
+one also reads columns, thresholds through a ``Scaler`` or past a clamp, and missing values, which the one-element one
+does not.
 
 ``optimizer.inputs`` calls in here when it generates (lazily: a pass imported alone loads ``optimizer.inputs``, not
 this module); ``optimizer.api`` adds the verification sets that hold the constants no generated set holds.
@@ -114,13 +116,13 @@ def compared_constants(model: ir.Model, inputs: Mapping[str, Any], seed: int = 0
         # the sets verification draws (``_COMPARED_TURNS``), and the branch it selects never ran.
         constants: dict[Any, None] = {}
         sided: dict[Any, None] = {}
-        for node, index, undo, affine in _compared_readers(value):
+        for node, index, undo, affine, preimages in _compared_readers(value):
             if node.op_type == "If" and is_onnx_domain(node) and index == 0 and not constants | sided and not undo:
                 found[value.name] = np.ones_like(array)
                 break
             sides = None
-            if array.dtype.kind in "iuf" and (affine is not None or not undo):
-                sides = _threshold_sides(node, index, array.dtype, straddled=True, affine=affine)
+            if array.dtype.kind in "iuf" and (affine is not None or not undo or preimages):
+                sides = _threshold_sides(node, index, array.dtype, straddled=True, affine=affine, preimages=preimages)
             if sides is not None:  # ``If(Greater(speed, 1.5))``: one set each side of it
                 for features, drawn in sides:
                     sided.update(dict.fromkeys(drawn.tolist() if features is None else ()))
@@ -189,6 +191,104 @@ def _compared_drawn(
 _COMPARED_MOVES = _INDEX_PRESERVING_OPS - {"Cast"}
 
 
+def _abs_preimage(op: str, constants: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """``Abs(x) op c`` as comparisons of ``x``: ``x op c`` and, mirrored, ``x op' -c`` (none for a negative ``c``)."""
+    kept = constants[constants >= 0]
+    negated = -kept[kept > 0] if kept.dtype.kind != "u" else kept[:0]
+    return [(op, kept), (_MIRRORED.get(op, op), negated)]
+
+
+def _monotone_preimage(
+    inverse: Callable[[np.ndarray], np.ndarray],
+    reached: Callable[[np.ndarray], np.ndarray],
+    op: str,
+    constants: np.ndarray,
+) -> list[tuple[str, np.ndarray]]:
+    """``f(x) op c`` as ``x op inverse(c)``, for an increasing ``f``, of the ``c`` that ``f`` reaches (``reached``: the
+    others are on one side of every ``f(x)``)."""
+    with np.errstate(all="ignore"):
+        return [(op, inverse(constants[reached(constants)]))]
+
+
+def _mod_preimage(divisor: float, fmod: int, op: str, constants: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """``Mod(x, divisor) op c`` as ``x op c``, of the ``c`` that ``Mod`` keeps as they are (``x`` within one divisor
+    of 0, on the side ``Mod`` gives: the divisor's, or with ``fmod`` either)."""
+    if fmod:
+        return [(op, constants[np.abs(constants) < abs(divisor)])]
+    low, high = sorted((0.0, divisor))
+    return [(op, constants[(constants >= low) & (constants <= high) & (constants != divisor)])]
+
+
+# An elementwise op's preimage: from a comparison (``Equal`` or one of ``_SIDES``) with constants of its output to the
+# comparisons of its input that tell the same elements apart.
+_Preimage = Callable[[str, np.ndarray], list[tuple[str, np.ndarray]]]
+# Elementwise ops no constant undoes that an input may reach a comparison through (``Abs(x) > 10``, ``Sqrt(x) > 3``,
+# ``Sigmoid(x) > 0.999``, ``Where(Abs(x) < eps, ...)``; a ``Mod`` by a constant, ``_preimage``): each one's preimage,
+# which both walks draw, and whether it is exact (an ``Equal`` after one that rounds, ``Equal(Exp(x), 100)``, is held
+# at nothing). ``Relu`` and ``Sqrt`` keep the comparisons with values they reach (``Relu(x) > 0`` is ``x > 0``).
+# Followed by neither walk until a review in session 73: the usual draws of ``Abs(x) > 10`` all fell on one side,
+# and a rewrite wrong on the other verified. Arithmetic after one is a preimage too (``_preimage``), not ``affine``.
+_PREIMAGES: dict[str, tuple[_Preimage, bool]] = {
+    "Abs": (_abs_preimage, True),
+    "Relu": (partial(_monotone_preimage, np.asarray, lambda c: c >= 0), True),
+    "Sqrt": (partial(_monotone_preimage, np.square, lambda c: c >= 0), True),
+    "Exp": (partial(_monotone_preimage, np.log, lambda c: c > 0), False),
+    "Log": (partial(_monotone_preimage, np.exp, np.isfinite), False),
+    "Sigmoid": (partial(_monotone_preimage, lambda c: np.log(c / (1 - c)), lambda c: (c > 0) & (c < 1)), False),
+    "Tanh": (partial(_monotone_preimage, np.arctanh, lambda c: (c > -1) & (c < 1)), False),
+}
+
+
+def _preimage(
+    node: ir.Node, index: int, arithmetic: bool = False
+) -> tuple[_Preimage, Callable[[np.ndarray], np.ndarray]] | None:
+    """Where ``node`` reads a number at input ``index`` with an op of ``_PREIMAGES`` or a ``Mod`` by a constant not 0
+    (``Equal(step % 4, 3)``), or, with ``arithmetic`` (after such an op), adds, subtracts, multiplies or divides it by
+    a constant number (``_after_affine``: ``Abs(x - mean) / std > 3``; not an integer ``Div``, which truncates), its
+    preimage and the step that undoes it for an ``Equal`` (the values it turns into the keys exactly: none where it
+    rounds); else None."""
+    if arithmetic and (step := _after_affine(node, index, None)) is not None:
+        scale, offset = (float(part.reshape(-1)[0]) for part in step)
+        divisor = node.inputs[1] if node.op_type == "Div" else None
+        if _by_column(step) or not _keeps_rank(node, index) or not scale or _integer_constant(divisor):
+            return None
+        shift = _shifted_by_constant(node, index)
+        return partial(_affine_preimage, scale, offset), shift[0] if shift is not None else _no_exact_preimage
+    if not is_onnx_domain(node) or index != 0:
+        return None
+    if node.op_type == "Mod":
+        divisor = _constant_number(node.inputs[1]) if len(node.inputs) == 2 else None
+        if not divisor or not np.isfinite(divisor):
+            return None
+        preimage, exact = partial(_mod_preimage, divisor, node.attributes.get_int("fmod", 0)), True
+    elif node.op_type in _PREIMAGES:
+        preimage, exact = _PREIMAGES[node.op_type]
+    else:
+        return None
+    return preimage, partial(_equal_preimage, preimage) if exact else _no_exact_preimage
+
+
+def _affine_preimage(scale: float, offset: float, op: str, constants: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """``scale * x + offset op c`` as ``x op c'`` (mirrored where ``scale`` is negative)."""
+    return [(op if scale > 0 else _MIRRORED.get(op, op), (constants - offset) / scale)]
+
+
+def _integer_constant(value: ir.Value | None) -> bool:
+    """Whether ``value`` is a constant of an integer type."""
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    return tensor is not None and tensor.dtype.is_integer()
+
+
+def _equal_preimage(preimage: _Preimage, keys: np.ndarray) -> np.ndarray:
+    """The values that an op of preimage ``preimage`` (``_preimage``) turns into one of ``keys``."""
+    return np.concatenate([found for _, found in preimage("Equal", keys)])
+
+
+def _no_exact_preimage(keys: np.ndarray) -> np.ndarray:
+    """No value: an op that rounds (``Exp``) turns none it is known to into ``keys`` exactly."""
+    return keys[:0]
+
+
 def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.ndarray]]:
     """The constants ``value`` is compared with by an ``Equal`` (a hand-written vocabulary, a category switch
     ``Where(Equal(x, "cat"), a, b)``, a code's ``If(Equal(code, 3))``), each as the columns of ``value`` compared
@@ -209,18 +309,22 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
     it, where the usual draws all fall on one side: normal floats and codes of 0 or 1 never reached ``x > 10``, and a
     rewrite wrong on that side verified until review s71. So is one normalized by constants first (``(x - mean) /
     std``, skl2onnx's ``Scaler``: ``_after_affine``), drawn in its own units; and a float that an ``IsNaN`` or an
-    ``Imputer`` reads is half missing (``_missing_keys``: NaN)."""
+    ``Imputer`` reads is half missing (``_missing_keys``: NaN). Followed through an elementwise op no constant
+    undoes too (``_preimage``: ``Abs(x) > 10``, drawn each side of 10 and of -10), and arithmetic after it."""
     kind = "O" if value.dtype == ir.DataType.STRING else value.dtype.numpy().kind
     found: list[tuple[tuple[int, ...] | None, np.ndarray]] = []
     # Each value reached, the columns of ``value`` it holds, whether they are still ``value``'s, the words that the
     # strings ops passed (last first) turn into a key, as functions of the keys, and what constants made of a number
-    # on the way (``_after_affine``; None: nothing).
+    # on the way (``_after_affine``; None: nothing), whether each step is undone exactly, and the preimages of the ops
+    # passed that no constant undoes (``_preimage``, last first), after which ``affine`` no longer changes.
     Undo = Callable[[np.ndarray], np.ndarray]
-    pending: list[tuple[ir.Value, tuple[int, ...] | None, bool, tuple[Undo, ...], _Affine | None, bool]]
-    pending = [(value, None, True, (), None, True)]
+    pending: list[
+        tuple[ir.Value, tuple[int, ...] | None, bool, tuple[Undo, ...], _Affine | None, bool, tuple[_Preimage, ...]]
+    ]
+    pending = [(value, None, True, (), None, True, ())]
     seen: set[int] = set()
     while pending:
-        current, columns, columnar, undo, affine, exact = pending.pop()
+        current, columns, columnar, undo, affine, exact, preimages = pending.pop()
         for node, index in current.uses():
             if id(node) in seen or not (is_onnx_domain(node) or node.domain == "ai.onnx.ml"):
                 continue
@@ -242,7 +346,13 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
                 )
                 passed = (partial(_before_normalizer, node), *undo) if node.op_type == "StringNormalizer" else undo
                 if kept or not _by_column(affine):  # a column's scale is lost where its columns move
-                    pending.append((node.outputs[0], columns, kept, passed, affine, exact))
+                    pending.append((node.outputs[0], columns, kept, passed, affine, exact, preimages))
+                continue
+            if kind in "iuf" and (found_preimage := _preimage(node, index, bool(preimages))) is not None:
+                preimage, step = found_preimage
+                pending.append(
+                    (node.outputs[0], columns, columnar, (step, *undo), affine, exact, (preimage, *preimages))
+                )
                 continue
             if (
                 onnx_op
@@ -250,28 +360,32 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
                 and node.op_type == "StringConcat"
                 and (affix := _concatenated_word(node, index)) is not None
             ):
-                pending.append(
-                    (node.outputs[0], columns, columnar, (partial(_without_affix, affix, index), *undo), affine, exact)
-                )
+                steps = (partial(_without_affix, affix, index), *undo)
+                pending.append((node.outputs[0], columns, columnar, steps, affine, exact, preimages))
                 continue
             if index == 0 and columnar and (local := _picked_columns(node)) is not None:
                 picked, kept_affine = _as_input_columns(local, columns), _picked_affine(affine, local)
                 if picked is not None and (kept_affine is not None or affine is None):
-                    pending.append((node.outputs[0], picked, True, undo, kept_affine, exact))
+                    pending.append((node.outputs[0], picked, True, undo, kept_affine, exact, preimages))
                 continue
-            if kind in "iuf" and columnar and (row := _threshold_row(value, columns, node, index, affine)) is not None:
-                found.append(row)
-                continue
-            sides = _threshold_sides(node, index, value.dtype.numpy(), affine=affine) if kind in "iuf" else None
+            if kind in "iuf" and columnar and not preimages:  # a row behind ``Abs``: drawn each side of any of it
+                if (row := _threshold_row(value, columns, node, index, affine)) is not None:
+                    found.append(row)
+                    continue
+            sides = (
+                _threshold_sides(node, index, value.dtype.numpy(), affine=affine, preimages=preimages)
+                if kind in "iuf"
+                else None
+            )
             if sides is not None:
                 for features, drawn in sides:
                     held = columns if features is None else _as_input_columns(features, columns) if columnar else None
                     if drawn.size and (features is None or held is not None):
                         found.append((held, drawn))
                 if node.op_type in ("Clip", "Max", "Min"):  # clamped, then compared: ``torch.clamp(x, 0, 1) > 0.5``
-                    pending.append((node.outputs[0], columns, columnar, undo, affine, exact))
+                    pending.append((node.outputs[0], columns, columnar, undo, affine, exact, preimages))
                 continue
-            if kind in "iuf" and (after := _after_affine(node, index, affine)) is not None:
+            if kind in "iuf" and not preimages and (after := _after_affine(node, index, affine)) is not None:
                 # Normalized by constants, then compared: ``(x - mean) / std > t``, skl2onnx's ``Scaler`` before a tree;
                 # or equalled where each step is undone exactly (``_shifted_by_constant``: ``Equal(code + 1, 3)``).
                 # A constant of more dims (``x + [[1]]``) may add one to the output: ``value``'s columns move. Not
@@ -280,7 +394,7 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
                 kept = columnar and _keeps_rank(node, index)
                 if kept or not _by_column(after):
                     steps = (shift[0], *undo) if shift is not None else undo
-                    pending.append((node.outputs[0], columns, kept, steps, after, shift is not None))
+                    pending.append((node.outputs[0], columns, kept, steps, after, shift is not None, preimages))
                 continue
             if kind in "iuf" and (missing := _missing_keys(node, index, kind)) is not None:
                 if affine is None or np.isnan(missing).all():  # NaN stays NaN through arithmetic; a number does not
@@ -423,7 +537,13 @@ _SENTINEL_THRESHOLD = 2.0**31
 
 
 def _threshold_sides(
-    node: ir.Node, index: int, dtype: np.dtype, *, straddled: bool = False, affine: _Affine | None = None
+    node: ir.Node,
+    index: int,
+    dtype: np.dtype,
+    *,
+    straddled: bool = False,
+    affine: _Affine | None = None,
+    preimages: Sequence[_Preimage] = (),
 ) -> list[tuple[tuple[int, ...] | None, np.ndarray]] | None:
     """Values of ``dtype`` on either side of each constant threshold that ``node`` compares its input ``index`` with
     (``_thresholds``), each as the features (columns) of that input it holds for (None: all of it) and the values; None
@@ -435,15 +555,22 @@ def _threshold_sides(
     around -1 and 1; integers 0 and 1) is left out, so such models draw as before, unless ``straddled`` (an input of one
     element, drawn on one side in every set by chance), and so is a sentinel (beyond ``_SENTINEL_THRESHOLD``, or not
     finite). Where the input reaches ``node`` as ``a * x + b`` (``affine``, ``_after_affine``: normalized by constants),
-    all this is of the compared values, drawn as the ``x`` that give them."""
+    all this is of the compared values, drawn as the ``x`` that give them. Where it reaches ``node`` through ops of
+    ``_PREIMAGES`` after that (``preimages``, ``_preimage``'s, last first: ``Abs(x) > 10``), each threshold is first
+    taken back through them (to ``x > 10`` and ``x < -10``), and the values drawn each side of those."""
     compared = _thresholds(node, index)
     if compared is None:
         return None
     found = []
     for features, op, every in compared:
-        every = np.unique(every[np.isfinite(every)])  # sorted
-        for held_for, scale, offset in _affine_by_feature(features, affine):
-            found.append((held_for, _either_side(every, op, dtype, scale, offset, straddled)))
+        # A sentinel is one in the compared units (``Exp(x) > 1e38``, drawn at ``x = 88.7 ± 1``, overflows): out first.
+        pending = [(op, every[np.abs(every) < _SENTINEL_THRESHOLD] if preimages else every)]
+        for preimage in preimages:
+            pending = [before for op, every in pending for before in preimage(op, every)]
+        for op, every in pending:
+            every = np.unique(every[np.isfinite(every)])  # sorted
+            for held_for, scale, offset in _affine_by_feature(features, affine):
+                found.append((held_for, _either_side(every, op, dtype, scale, offset, straddled)))
     return found
 
 
@@ -737,35 +864,41 @@ def _before_shift(op: str, index: int, constant: np.ndarray, keys: np.ndarray) -
 
 def _compared_readers(
     value: ir.Value,
-) -> Iterator[tuple[ir.Node, int, tuple[Callable[[np.ndarray], np.ndarray], ...], _Affine | None]]:
-    """``(node, input index, undo, affine)`` of each reader of ``value`` (``_readers_through_copies``), also past an
-    ``Add``, ``Sub`` or ``Mul`` of a constant, a ``Div`` by one or a ``Neg`` (``_shifted_by_constant``) and, as
+) -> Iterator[
+    tuple[ir.Node, int, tuple[Callable[[np.ndarray], np.ndarray], ...], _Affine | None, tuple[_Preimage, ...]]
+]:
+    """``(node, input index, undo, affine, preimages)`` of each reader of ``value`` (``_readers_through_copies``), also
+    past an ``Add``, ``Sub`` or ``Mul`` of a constant, a ``Div`` by one or a ``Neg`` (``_shifted_by_constant``) and, as
     ``_compared_keys`` follows them, a ``StringNormalizer`` (never held at a stopword) and a ``StringConcat`` with a
     constant word: ``undo`` maps the values that reader reads back to ``value``'s (applied in turn), and ``affine`` is
     what the arithmetic passed made of a number (``_after_affine``; None: nothing, or not known), for a threshold:
     ``If(Greater(step - 10, 0))`` was held each side of 0, ``step`` at -1, 0 and 1, all on one side of 10, until a
     review in session 71 (late). A one-element switch ``If(Equal(StringNormalizer(mode), "train"))`` was held at no
-    constant until a review in session 71, and the branch "train" selects never ran."""
+    constant until a review in session 71, and the branch "train" selects never ran. Also past an op of
+    ``_PREIMAGES`` or a ``Mod`` (``_preimage``: ``If(Abs(x) > 10)``, none past it until a review in session 73), and
+    arithmetic after it: ``preimages`` are theirs, last first."""
     Undo = Callable[[np.ndarray], np.ndarray]
-    frontier: list[tuple[ir.Value, tuple[Undo, ...], _Affine | None]] = [(value, (), None)]
+    frontier: list[tuple[ir.Value, tuple[Undo, ...], _Affine | None, tuple[_Preimage, ...]]] = [(value, (), None, ())]
     seen: set[int] = set()
     while frontier:
-        current, undo, affine = frontier.pop()
+        current, undo, affine, preimages = frontier.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
         for node, index in current.uses():
             if (node.op_type in _COMPARED_MOVES or node.op_type == "Cast") and index == 0:
-                frontier.extend((output, undo, affine) for output in node.outputs)
-            elif (shift := _shifted_by_constant(node, index)) is not None:
+                frontier.extend((output, undo, affine, preimages) for output in node.outputs)
+            elif not preimages and (shift := _shifted_by_constant(node, index)) is not None:
                 after = _after_affine(node, index, affine) if affine is not None or not undo else None
-                frontier.append((node.outputs[0], (shift[0], *undo), after))
+                frontier.append((node.outputs[0], (shift[0], *undo), after, preimages))
+            elif (found_preimage := _preimage(node, index, bool(preimages))) is not None:
+                frontier.append((node.outputs[0], (found_preimage[1], *undo), affine, (found_preimage[0], *preimages)))
             elif node.op_type == "StringNormalizer" and is_onnx_domain(node) and index == 0:
-                frontier.append((node.outputs[0], (partial(_before_normalizer, node), *undo), affine))
+                frontier.append((node.outputs[0], (partial(_before_normalizer, node), *undo), affine, preimages))
             elif node.op_type == "StringConcat" and (affix := _concatenated_word(node, index)) is not None:
-                frontier.append((node.outputs[0], (partial(_without_affix, affix, index), *undo), affine))
+                frontier.append((node.outputs[0], (partial(_without_affix, affix, index), *undo), affine, preimages))
             else:
-                yield node, index, undo, affine
+                yield node, index, undo, affine, preimages
 
 
 def _drawn_from_compared(

@@ -1,0 +1,44 @@
+"""Review s73 (docs): every strict xfail added in session 73 names its limit in README.md, where a user reads about
+that behaviour (as ``tests/test_review_s72_docs.py`` checks for session 72's)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+# Each strict xfail added in session 73, and the README words that name its limit.
+_NAMED = {
+    "test_a_rewrite_wrong_where_a_reduction_passes_a_threshold_is_rolled_back": "a reduction of the input "
+    "compared with a constant (`If(ReduceMax(x) > 10)`",
+    "test_a_rewrite_wrong_where_a_length_equals_a_constant_is_rolled_back": "a length read through `Shape` and "
+    "compared with a constant (`Equal(Shape(x)[1], 16)`: no set is 16 long)",
+    "test_a_rewrite_wrong_past_a_threshold_computed_from_constants_is_rolled_back": "a threshold computed from "
+    "constants by nodes left unfolded (`x > Add(c, c)`: not read as a threshold)",
+    "test_a_rewrite_wrong_where_two_float_inputs_are_equal_is_rolled_back": "two float inputs compared for equality "
+    "(`Equal(x, y)`: never drawn equal)",
+}
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
+    return " ".join((_ROOT / "README.md").read_text().split())
+
+
+def _strict_xfails() -> set[str]:
+    found = set()
+    for path in (_ROOT / "tests").glob("test_review_s73_*.py"):
+        found |= set(re.findall(r"@pytest\.mark\.xfail\(\s*strict=True,.*?\)\s*\ndef (\w+)", path.read_text(), re.S))
+    return found
+
+
+def test_every_strict_xfail_of_session_73_has_its_words_here():
+    assert _strict_xfails() == set(_NAMED)
+
+
+@pytest.mark.parametrize("test", sorted(_NAMED))
+def test_every_strict_xfail_of_session_73_is_named_in_the_readme(readme, test):
+    assert _NAMED[test] in readme, test
