@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.domains import MS_DOMAIN, is_onnx_domain
+from optimizer.domains import MS_DOMAIN, is_onnx_domain, onnx_opset
 from optimizer.protocol import EXACT_CORRECTION_PREFIX
 from passes._utils import add_initializer, constant_array, replace_value, unique_name, weight_array
 
@@ -361,7 +361,7 @@ def _not_constant_reason(node: ir.Node, kind: str) -> str:
     producer = weight.producer() if weight is not None else None
     if producer is not None and producer.op_type == "DequantizeLinear" and is_onnx_domain(producer):
         return "weight is already quantized (it is read through DequantizeLinear)"
-    if kind == "matmul" and constant_array(node.inputs[0]) is not None:
+    if kind in ("matmul", "gemm") and constant_array(node.inputs[0]) is not None:
         return "its constant is the first operand (W @ x); only x @ W, the constant second, is taken"
     return "weight is not a constant"
 
@@ -433,7 +433,10 @@ def canonical_gemms(graph: ir.Graph, *, float16: bool = False) -> list[GemmForm]
     - ``beta`` on a constant C of one value per output feature: folded into a copy of C, which stays the Gemm's C;
     - any other C (a full ``[M, N]``, ``[M, 1]``, or computed C): an ``Add`` after the product (of ``beta * C``: a
       copy of a constant C, or a ``Mul`` of a computed one), as ``MatMul`` + ``Add`` is quantized with its ``Add``
-      kept.
+      kept;
+    - ``beta`` 0: C dropped, as ONNX Runtime skips it (``0 * C`` would be NaN where C holds an infinity).
+
+    Below opset 11, where Gemm requires C, a C taken off is a C of one 0.
 
     The result computes the same ``Y`` (alpha and beta folded into a constant round once more, within float32's
     rounding). Gemms that are layers already, or that ``find_layers`` refuses for anything but this form (a weight
@@ -453,7 +456,23 @@ def canonical_gemms(graph: ir.Graph, *, float16: bool = False) -> list[GemmForm]
         weight, _ = _weight(node, "gemm")
         trans_a, alpha, beta = attrs.get_int("transA", 0), attrs.get_float("alpha", 1.0), attrs.get_float("beta", 1.0)
         forms.append(_rewrite_gemm(graph, node, weight, trans_a, alpha, beta, c, taken))
+    _share_transposes(graph, forms)
     return forms
+
+
+def _share_transposes(graph: ir.Graph, forms: Sequence[GemmForm]) -> None:
+    """Point the Gemms of ``forms`` that read one A (Q, K and V) at the first one's Transpose of it, the others'
+    removed: one pass over A, and one input for their quantized kernels to share (one MatMulNBits over their columns,
+    one DynamicQuantizeLinear). ``forms`` is in graph order: that Transpose comes before them all."""
+    first: dict[int, ir.Node] = {}
+    for form in forms:
+        if form.before is None:
+            continue
+        kept = first.setdefault(id(form.before.inputs[0]), form.before)
+        if kept is not form.before:
+            form.node.replace_input_with(0, kept.outputs[0])
+            graph.remove(form.before, safe=True)
+            form.before, form.written = kept, tuple(form.node.inputs)
 
 
 def gemm_forms_wanted(graph: ir.Graph, *, float16: bool = False) -> bool:
@@ -572,6 +591,10 @@ def _rewrite_gemm(
         node.replace_input_with(
             1, add_initializer(graph, f"{node.name}.scaled_weight", (stored * np.float32(alpha)).astype(element))
         )
+    if c is not None and beta == 0.0:
+        # At beta 0 ONNX Runtime and ONNX's reference skip C: beta * C would be NaN where C holds an infinity (or NaN).
+        _drop_c(graph, node, element)
+        c = None
     columns = weight.shape[0 if node.attributes.get_int("transB", 0) else 1]
     c_array = weight_array(c) if c is not None else None
     feature = (
@@ -582,8 +605,7 @@ def _rewrite_gemm(
             2, add_initializer(graph, f"{node.name}.scaled_bias", (c_array * np.float32(beta)).astype(element))
         )
     elif c is not None and not feature:
-        node.replace_input_with(2, None)
-        node.resize_inputs(2)
+        _drop_c(graph, node, element)
         if beta == 1.0:
             addend = c
         elif c_array is not None:
@@ -611,3 +633,13 @@ def _rewrite_gemm(
     elif after:
         graph.insert_after(node, after)
     return GemmForm(node, inputs, attributes, tuple(node.inputs), before, (*after, *tail))
+
+
+def _drop_c(graph: ir.Graph, node: ir.Node, element: np.dtype) -> None:
+    """Take C off the Gemm ``node``; below opset 11, where Gemm requires C, give it a C of one 0 instead (ONNX Runtime
+    refused the Gemm without one there, and every layer of the pass was rolled back with it)."""
+    if onnx_opset(graph.opset_imports, 11) < 11:
+        node.replace_input_with(2, add_initializer(graph, f"{node.name}.zero_c", np.zeros(1, element)))
+        return
+    node.replace_input_with(2, None)
+    node.resize_inputs(2)

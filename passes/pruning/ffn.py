@@ -84,6 +84,8 @@ def _group(consumer: ir.Node, weight: np.ndarray) -> ChannelGroup | str | None:
             group.producers.extend(projection)
             region[id(producer)] = producer
             continue
+        if (refusal := _c_refusal(producer, channels)) is not None:
+            return refusal
         if (target := width_last_reshape_target(producer, channels)) is not None:
             # Reshape [B*S, N] <-> [B, S, N] (GPT-2's Conv1D as Gemm): the target's last entry is N.
             region[id(producer)] = producer
@@ -187,6 +189,23 @@ def _projection(node: ir.Node, channels: int) -> list[Cut] | None:
             return None
         cuts.append(Cut(node, 2, -1))
     return cuts
+
+
+def _c_refusal(node: ir.Node, channels: int) -> str | None:
+    """Why a Gemm computing ``channels`` neurons from a constant weight is no up projection ``_projection`` takes: its C
+    is not one value per neuron (a full ``[M, N]``, an ``[M, 1]``, a scalar, a computed C), which the cut does not
+    narrow. None for any other node (such an FFN was passed over without a word)."""
+    if node.op_type != "Gemm" or not is_onnx_domain(node) or len(node.inputs) < 3 or node.inputs[2] is None:
+        return None
+    weight = weight_array(node.inputs[1])
+    if weight is None or weight.ndim != 2 or weight.shape[0 if node.attributes.get_int("transB", 0) else 1] != channels:
+        return None
+    c = weight_array(node.inputs[2])
+    if c is not None and c.size == channels:
+        return None
+    what = "a computed C" if c is None else f"its C of shape {list(c.shape)}"
+    name = node.name or node.op_type
+    return f"up projection {name} adds {what}, not one value per neuron: only a [N] or [1, N] C is cut"
 
 
 class FfnPruningPass(PruningPass):

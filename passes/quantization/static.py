@@ -636,6 +636,9 @@ def _fit_bias(
     """
     if bias is None:
         return quantized
+    # An infinite or NaN bias entry fits no int32 at any scale (it made every scale infinite, and the pass failed):
+    # the bias then stays float (``quantize_bias``), and the weight's scales stay its own.
+    bias = np.where(np.isfinite(bias), bias, 0.0)
     needed = np.abs(np.asarray(bias, dtype=np.float64)) / (float(np.asarray(activation_scale)) * _BIAS_LIMIT)
     scale = np.asarray(quantized.scale, dtype=np.float64)
     if quantized.axis is None:
