@@ -1948,10 +1948,15 @@ def _model_cache(model: ir.Model, inputs: dict[str, np.ndarray], seed: int) -> t
 def _ensure_padding(model: ir.Model, verifier: Verifier) -> None:
     """With a mask-like input and no set the original runs on that pads both a row's start and
     a row's end, add a padded copy of the first set. A feature mask (``feature_mask_inputs``) is padded too, compared
-    at every position (none padded, a rewrite wrong only at its 0s verified on the user's inputs)."""
-    masks = [*mask_inputs(model, verifier.inputs), *feature_mask_inputs(model, verifier.inputs)]
-    if masks and not any(pads_both_ends(inputs, masks) for inputs in verifier.input_sets):
-        padded, how = padded_copy(verifier.inputs, masks)
+    at every position (none padded, a rewrite wrong only at its 0s verified on the user's inputs). Padding masks and
+    feature masks are judged apart: a ``mask_time_indices`` 0 at both ends of a row stood for the padding of an
+    ``attention_mask`` of ones, and no copy padded it, until a review in session 73."""
+    masks, features = mask_inputs(model, verifier.inputs), feature_mask_inputs(model, verifier.inputs)
+    if any(
+        group and not any(pads_both_ends(inputs, group) for inputs in verifier.input_sets)
+        for group in (masks, features)
+    ):
+        padded, how = padded_copy(verifier.inputs, [*masks, *features])
         verifier.add_input_set(padded, f"padded copy of {verifier.labels[0]} ({how})")
 
 

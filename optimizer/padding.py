@@ -309,10 +309,14 @@ _FEATURE_MASK_PATH_OPS = frozenset({*_MASK_LAYOUT_OPS, "Cast", "Transpose"})
 
 def _only_multiplies(value: ir.Value) -> bool:
     """Whether every read of ``value``, through ops that only move or cast it, multiplies computed values by it
-    (``Mul`` with an operand no constant, or ``Where(mask, values, c)`` with ``|c| < 1e3``: absent features zeroed),
-    and no ``Softmax`` reads the product through scales and masks (``_softmax_ahead``: a mask scaled by a computed
-    minimum is added to the scores); False where anything else reads it (an ``Add`` to scores, a ``ReduceSum``
-    counting its tokens, a graph output)."""
+    (``Mul`` with an operand no constant, or ``Where(mask, values, c)`` with ``|c| < 1e3``: absent features zeroed, or
+    ``ScatterND`` at its ``NonZero`` positions: ``h[mask] = embedding``, ``_scatters_at``), and no ``Softmax`` reads the
+    product through scales and masks (``_softmax_ahead``: a mask scaled by a computed minimum is added to the scores);
+    False where anything else reads it (an ``Add`` to scores, a ``ReduceSum`` counting its tokens, a graph output),
+    except a count of its positions that only sizes what is scattered there (``_sizes_only``). Both exporters write
+    wav2vec2's ``hidden_states[mask_time_indices] = masked_spec_embed`` so: an int64 ``mask_time_indices`` (as Hugging
+    Face's pretraining example feeds it) was a padding mask, every frame it does not mask hidden from verification and
+    left out of the statistics, until a review in session 73 (``tests/test_review_s73_padding.py``)."""
     frontier, seen, multiplies = [value], set(), False
     while frontier:
         current = frontier.pop()
@@ -335,9 +339,55 @@ def _only_multiplies(value: ir.Value) -> bool:
                 if len(constants) != 1 or not bool((np.abs(constants[0]) < 1e3).all()) or _softmax_ahead(node):
                     return False
                 multiplies = True
+            elif node.op_type == "NonZero" and _scatters_at(node.outputs[0]):
+                multiplies = True
+            elif node.op_type == "ReduceSum" and index == 0 and _sizes_only(node.outputs[0]):
+                continue  # how many positions it marks, as the size of what a ScatterND writes there (dynamo's)
             else:
                 return False
     return multiplies
+
+
+def _scatters_at(positions: ir.Value) -> bool:
+    """Whether the ``NonZero`` output ``positions`` (transposed to ``[n, rank]``) is only the indices of a
+    ``ScatterND`` (``index_put``: others' values written at the mask's positions), or sized by a ``Shape``."""
+    frontier, scatters = [positions], False
+    while frontier:
+        for node, index in frontier.pop().uses():
+            if node.domain not in ("", "ai.onnx"):
+                return False
+            if node.op_type == "Transpose" and index == 0:
+                frontier.extend(node.outputs)
+            elif node.op_type == "ScatterND" and index == 1:
+                scatters = True
+            elif node.op_type != "Shape":
+                return False
+    return scatters
+
+
+# Where a count of positions may go when it only sizes a tensor: the shape operands of these ops.
+_SHAPE_OPERANDS = {"Expand": 1, "Reshape": 1, "Tile": 1, "ConstantOfShape": 0}
+
+
+def _sizes_only(count: ir.Value) -> bool:
+    """Whether ``count`` (a ``ReduceSum`` of a mask), through ``Concat``, casts and reshapes, is only a shape operand
+    (``_SHAPE_OPERANDS``): dynamo's ``index_put`` expands the values it scatters to as many rows as the mask holds."""
+    frontier, seen = [count], set()
+    while frontier:
+        current = frontier.pop()
+        if id(current) in seen or len(seen) > 32:
+            return False
+        seen.add(id(current))
+        for node, index in current.uses():
+            if node.domain not in ("", "ai.onnx"):
+                return False
+            if node.op_type in ("Concat", "Cast", "Reshape", "Unsqueeze", "Squeeze") and (
+                node.op_type == "Concat" or index == 0
+            ):
+                frontier.extend(node.outputs)
+            elif _SHAPE_OPERANDS.get(node.op_type) != index:
+                return False
+    return True
 
 
 # Ops token ids pass through to an embedding's Gather.
@@ -448,7 +498,10 @@ def _attention_reads(value: ir.Value) -> Iterator[ir.Node | None]:
                 data = [v for v in branches if _constant(v) is None]
                 if large:
                     yield from (_scores_matmul(v) for v in data if _query_key_scores(v))
-                if large and not data:
+                # Filled where it masks, else the mask's own values: transformers 4's ``inverted.masked_fill(
+                # inverted.bool(), min)`` of ``inverted = 1 - mask``, read as no attention mask until a review in
+                # session 73 (``tests/test_review_s73_padding.py``).
+                if large and all(any((id(v), s) in seen for s in (False, True)) for v in data):
                     frontier.append((node.outputs[0], True))
             elif node.op_type == "Add" and len(node.inputs) == 2 and scaled:
                 if _query_key_scores(node.inputs[1 - index]):
@@ -1109,6 +1162,8 @@ def _token_layout(value: ir.Value, limit: int = 4096) -> tuple[ir.Value, tuple[i
         computed = [v for v in node.inputs if v is not None and v.const_value is None and not v.is_initializer()]
         if not computed:
             break
+        if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and computed[0] is node.inputs[0]:
+            steps.append(("gather", _gathered_axis(node)))  # not an embedding's: its table is a constant
         current = computed[0]
     if not current.is_graph_input():
         # Rows computed from constants alone (positions: ``Unsqueeze(Range(0, S), 0)``, a position table's or rotary's
@@ -1139,6 +1194,15 @@ def _token_layout(value: ir.Value, limit: int = 4096) -> tuple[ir.Value, tuple[i
             if (batch, sequence) != ((1, 0) if step == 0 else (0, 1)):
                 return None
             (batch, sequence), units = ((2, 0) if step == 0 else (0, 1)), set()
+        elif kind == "gather":
+            # An axis picked from: dropped where the index is one number (torch's ``select`` of packed q/k/v, which was
+            # taken to keep the layout until a review in session 73); rows of tokens no more where it is theirs.
+            axis, dropped = step
+            if axis in (batch, sequence):
+                return None
+            if dropped:
+                batch, sequence = batch - (axis < batch), sequence - (axis < sequence)
+                units = {u - (axis < u) for u in units if u != axis}
         elif kind == "Unsqueeze":
             rank, axes = step
             kept = [axis for axis in range(rank) if axis not in axes]
@@ -1163,19 +1227,54 @@ def _token_layout(value: ir.Value, limit: int = 4096) -> tuple[ir.Value, tuple[i
 
 
 def _copied_axes(node: ir.Node) -> int:
-    """How many leading axes a ``Reshape`` copies from its input (its constant shape's leading 0s, ``allowzero``
-    unset: torch's ``[0, 0, -1]`` after a bidirectional ``LSTM``); 0 for a ``Flatten`` or a shape not constant."""
-    if node.op_type != "Reshape" or node.attributes.get_int("allowzero", 0) or len(node.inputs) < 2:
+    """How many leading axes a ``Reshape`` copies from its input: its constant shape's leading 0s (``allowzero``
+    unset: torch's ``[0, 0, -1]`` after a bidirectional ``LSTM``), or the leading dims its input and output are
+    declared with alike (``_alike_leading``: the dynamo exporter's ``[batch, heads, sequence, d]`` reshaped to itself,
+    with ``allowzero=1``, before its heads are merged; read as a flattening, which put the tokens at axis 1, its heads,
+    until a review in session 73); 0 for a ``Flatten``, or a shape neither constant nor declared."""
+    if node.op_type != "Reshape" or len(node.inputs) < 2:
         return 0
+    declared = _alike_leading(node.inputs[0], node.outputs[0])
     shape = _constant(node.inputs[1])
-    if shape is None:
-        return 0
+    if node.attributes.get_int("allowzero", 0) or shape is None:
+        return declared
     copied = 0
     for dim in shape.reshape(-1):
         if dim != 0:
             break
         copied += 1
-    return copied
+    return max(copied, declared)
+
+
+def _alike_leading(source: ir.Value | None, result: ir.Value) -> int:
+    """How many leading dims ``source`` and ``result`` are declared with alike: the same size, or the same name.
+    Rows in row-major order: where a reshape keeps the leading dims, each of their positions keeps its values."""
+    if source is None or source.shape is None or result.shape is None:
+        return 0
+    alike = 0
+    for before, after in zip(source.shape, result.shape):
+        if isinstance(before, int) and isinstance(after, int):
+            if before != after:
+                break
+        elif _dim_value(before) is None or _dim_value(before) != _dim_value(after):
+            break
+        alike += 1
+    return alike
+
+
+def _gathered_axis(node: ir.Node) -> tuple[int, bool] | None:
+    """For a ``Gather`` of computed data, the axis it picks from and whether it drops it (one number for its index);
+    None where a negative axis meets an unknown rank or the index is not a constant of known rank."""
+    axis = node.attributes.get_int("axis", 0)
+    data, indices = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    if axis < 0:
+        if data is None or data.shape is None:
+            return None
+        axis += data.shape.rank()
+    index = _constant(indices)
+    if index is None and (indices is None or indices.shape is None):
+        return None
+    return axis, (index.ndim if index is not None else indices.shape.rank()) == 0
 
 
 def _moved_axes(node: ir.Node) -> tuple[int, frozenset[int]] | None:
