@@ -75,6 +75,7 @@ from optimizer.runtime import (
     collect_values,
     drift_of,
     exposing,
+    graphs_within,
     holds_float16,
     in_branch_of,
     inference_session,
@@ -1965,6 +1966,59 @@ def _may_draw(node: ir.Node) -> bool:
     return constant is None or bool(np.any(constant.numpy()))
 
 
+def _draws_on_every_run(node: ir.Node) -> bool:
+    """Whether ``node``, a node of the main graph, draws random numbers whatever the inputs: a random op of
+    ``NONDETERMINISTIC_OPS``, a Dropout only where its ``training_mode`` is a constant True and its ratio the default
+    or a constant above 0 (an overridable default, or a ratio or mode fed as an input, may be 0 or False)."""
+    if node.op_type != "Dropout":
+        return node.op_type in NONDETERMINISTIC_OPS
+    training, ratio = (_fixed(node.inputs[index]) if len(node.inputs) > index else None for index in (2, 1))
+    if training is None or not bool(np.all(training)):
+        return False
+    return (len(node.inputs) < 2 or node.inputs[1] is None) or (ratio is not None and bool(np.all(ratio > 0)))
+
+
+def _fixed(value: ir.Value | None) -> np.ndarray | None:
+    """A constant's value, None for a computed value or a graph input's default (a caller may override it)."""
+    if value is None or value.is_graph_input():
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
+def _drawn_outputs(graph: ir.Graph) -> set[str]:
+    """Names of ``graph``'s outputs computed from a draw of a node of ``graph`` itself (``_draws_on_every_run``),
+    through its nodes' inputs or the outer values their subgraphs read. Such a node runs on every run, so these
+    outputs are random whatever a few runs happened to draw: a Bernoulli over one value draws the same in five runs
+    once in 16, a Multinomial of 0.7 and 0.3 once in 6. (A draw inside a branch or a loop body may never run; its
+    outputs are found by running the original.)"""
+    reached: set[int] = set()
+    if not any(_draws_on_every_run(node) for node in graph):
+        return set()
+    grown = True
+    while grown:  # once over a sorted graph, and once more to see nothing grew (ONNX Runtime runs unsorted ones too)
+        before = len(reached)
+        for node in graph:
+            if node.op_type in ("Shape", "Size"):
+                continue  # a draw's shape is no draw: a rewrite wrong in it must still be caught
+            if _draws_on_every_run(node) or any(id(value) in reached for value in _values_read(node)):
+                reached.update(id(value) for value in node.outputs)
+        grown = len(reached) > before
+    return {value.name for value in graph.outputs if id(value) in reached}
+
+
+def _values_read(node: ir.Node) -> Iterator[ir.Value]:
+    """The values ``node`` reads: its inputs, and those its subgraphs' nodes read (values from outside among them)."""
+    yield from (value for value in node.inputs if value is not None)
+    for attribute in node.attributes.values():
+        if attribute.is_ref() or attribute.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+            continue
+        for subgraph in [attribute.as_graph()] if attribute.type == ir.AttributeType.GRAPH else attribute.as_graphs():
+            for inner in graphs_within(subgraph):
+                for each in inner:
+                    yield from (value for value in each.inputs if value is not None)
+
+
 def _dtype_key(dtype: np.dtype) -> str:
     # ml_dtypes' bfloat16 reports its name as 'bfloat16'; numpy's own floats by name.
     return str(dtype.name)
@@ -3459,21 +3513,24 @@ class Verifier:
         return noise
 
     def _nondeterministic_outputs(self, original: ir.Model) -> frozenset[str]:
-        """Outputs of a model that draws random numbers (``NONDETERMINISTIC_OPS``) that differ between two runs of
-        one session on the first input set. ONNX Runtime draws the same numbers in each new session of one graph
-        (two sessions agreed, and nothing was skipped), but other numbers once a rewrite changes the graph (an
-        ``Identity`` removed before ``RandomNormalLike``): compared, every rewrite of such a model was rolled back
-        as wrong. A draw in an untaken branch changes nothing, and its outputs are compared."""
+        """Outputs of a model that draws random numbers (``NONDETERMINISTIC_OPS``): those computed from a draw of the
+        main graph (``_drawn_outputs``), and those that differ between runs of one session on the first input set.
+        ONNX Runtime draws the same numbers in each new session of one graph (two sessions agreed, and nothing was
+        skipped), but other numbers once a rewrite changes the graph (an ``Identity`` removed before
+        ``RandomNormalLike``): compared, every rewrite of such a model was rolled back as wrong, and one whose runs
+        happened to agree was rolled back by chance. A draw in an untaken branch changes nothing, and its outputs
+        are compared."""
         if not any(_may_draw(node) for node in ir.traversal.RecursiveGraphIterator(original.graph)):
             return frozenset()
+        drawn = _drawn_outputs(original.graph)
         # Several runs, not two: a small output's draws repeat by chance (a Dropout over 8 values draws the same
         # mask twice once in 256 runs), and an output that changed in any pair of runs is random.
         try:
             with inference_session(original) as session:
                 runs = [run_session(session, self.input_sets[0]) for _ in range(_DRAW_RUNS)]
         except RuntimeRefusedError:
-            return frozenset()
-        random: set[str] = set()
+            return frozenset(drawn)
+        random = set(drawn)
         for again in runs[1:]:
             differing = compare_outputs(runs[0], again, self.tolerances)
             random.update(check.name for check in differing.checks if not check.ok)
