@@ -445,7 +445,8 @@ class AccuracyBudget:
     more (integer ones included: a changed integer differs by at least 1, an ``ArgMax``'s ids by their logits'
     largest difference; a changed string label, which has no
     size, meets none); ``min_top1``: the share of class scores' positions whose argmax is kept or flipped at a near
-    tie (``paired_drift``, ``Drift.top1``) must reach it. Any of them
+    tie (``paired_drift``, ``Drift.top1``), and of an ``ArgMax``'s ids kept or flipped so (``Drift.ids_top1``), must
+    reach it. Any of them
     may be set; a budget with none accepts anything. An output that turned NaN or Inf where the original has a
     number or another NaN or Inf (``paired_drift``: ``Drift(0, inf)``), or one of another shape (a detector's
     count of boxes changed: ``Drift.reshaped``), meets no budget.
@@ -454,8 +455,8 @@ class AccuracyBudget:
     min_cosine: float | None = None
     max_error: float | None = None
     min_worst_cosine: float | None = None
-    # The share of class scores' positions whose argmax is kept or flipped at a near tie (``Drift.top1_agreement``,
-    # the lowest output's) must reach it; a model of no class scores meets any.
+    # The share of class scores' positions whose argmax is kept or flipped at a near tie, or of an ArgMax's ids
+    # (``Drift.top1_agreement``, the lowest output's) must reach it; a model of neither meets any.
     min_top1: float | None = None
 
     @property
@@ -545,6 +546,10 @@ class Drift:
     # its positions' argmax changed, how many of those at a near tie, and how many were compared (``_tally_top1``):
     # ``AccuracyBudget.min_top1`` holds the share.
     top1: tuple[str, int, int, int] | None = None
+    # The ArgMax ids (scored on their logits, ``on_logits``) of the lowest share of ids kept or flipped at a near tie,
+    # counted as ``top1``: their top-1, which ``AccuracyBudget.min_top1`` holds too (``--min-top1 0.99`` was met by a
+    # classifier returning its ids alone with 1 in 20 changed decisively, until a late review, s73 top1).
+    ids_top1: tuple[str, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.worst_cosine is None:
@@ -552,12 +557,10 @@ class Drift:
 
     @property
     def top1_agreement(self) -> float | None:
-        """The share of class scores' positions (``top1``) whose argmax is the original's or flipped at a near tie;
-        None where no output holds class scores."""
-        if self.top1 is None:
-            return None
-        _, changed, near, compared = self.top1
-        return (compared - changed + near) / compared
+        """The lowest share of class scores' positions (``top1``) whose argmax is the original's or flipped at a near
+        tie, or of an ``ArgMax``'s ids (``ids_top1``) alike; None where no output holds class scores or such ids."""
+        counted = [counts for counts in (self.top1, self.ids_top1) if counts is not None and counts[3]]
+        return min(((compared - changed + near) / compared for _, changed, near, compared in counted), default=None)
 
     def __str__(self) -> str:
         said = f"cosine {cosine_text(self.cosine)}"
@@ -595,6 +598,10 @@ class Drift:
                 f"error r, and by the share of ids equal or flipped at a near tie; {count} of {compared} ids changed, "
                 f"{near} at a near tie)"
             )
+        if self.ids_top1 is not None and self.ids_top1[1] and self.ids_top1[:1] != (self.on_logits or ())[:1]:
+            name, changed, near, compared = self.ids_top1
+            share = share_text((compared - changed + near) / compared)
+            said += f" ({name}: ArgMax ids, top-1 {share}; {changed} of {compared} changed, {near} at a near tie)"
         if self.shared is not None:
             said += f" ({self.shared}: scored by its share of equal values, not a cosine)"
         if self.top1 is not None:
@@ -644,8 +651,12 @@ def ratio_text(ratio: float) -> str:
     return f"{ratio:.{digits}g}"
 
 
-# The key under which an output computed by an ``ArgMax`` carries the float values it picks among (``logits_key``).
+# The keys under which an output computed by an ``ArgMax`` carries the float values it picks among (``logits_key``)
+# and, where it offsets, scales or looks them up, the ids it picks (``picks_key``); a TopK of k > 1's ranks
+# (``ranks_key``).
 _LOGITS_SUFFIX = "\x00logits"
+_PICKS_SUFFIX = "\x00picks"
+_RANKS_SUFFIX = "\x00ranks"
 
 
 def logits_key(name: str) -> str:
@@ -655,9 +666,26 @@ def logits_key(name: str) -> str:
     return name + _LOGITS_SUFFIX
 
 
+def picks_key(name: str) -> str:
+    """The key, beside output ``name`` (an ``ArgMax``'s ids offset, scaled or looked up: 1-based labels ``ids + 1``)
+    in one run's outputs, of the ids its ``ArgMax`` picks, laid out as ``name`` is (``optimizer.runtime.budget_runs``):
+    which of its logits each picks (``paired_drift``)."""
+    return name + _PICKS_SUFFIX
+
+
+def ranks_key(name: str) -> str:
+    """The key, beside output ``name`` (a sorted ``TopK`` of k > 1's indices) in one run's outputs, of each index's
+    rank among the k, laid out as ``name`` is (``optimizer.runtime.budget_runs``): the id at rank j is the j-th
+    largest of its logits (``paired_drift``)."""
+    return name + _RANKS_SUFFIX
+
+
 def logits_owner(key: str) -> str | None:
-    """The output whose logits ``key`` holds (``logits_key``), or None for an output's own key."""
-    return key[: -len(_LOGITS_SUFFIX)] if key.endswith(_LOGITS_SUFFIX) else None
+    """The output whose logits, picked ids or ranks ``key`` holds (``logits_key``, ``picks_key``, ``ranks_key``), or
+    None for an output's own key."""
+    suffixes = (_LOGITS_SUFFIX, _PICKS_SUFFIX, _RANKS_SUFFIX)
+    suffix = next((suffix for suffix in suffixes if key.endswith(suffix)), None)
+    return None if suffix is None else key[: -len(suffix)]
 
 
 def samples_first(outputs: Mapping[str, Any], axes: Mapping[str, int | None]) -> dict[str, Any]:
@@ -700,10 +728,10 @@ def output_drift(
     an error, not a perfect score.
     """
     pairs = zip(before, after)
-    score_outputs = elsewhere = frozenset()
+    score_outputs = elsewhere = ids = frozenset()
     if batches is not None and model is not None:
         # Imported here: a pass used alone in another PassManager loads no more of graphopt than it needs.
-        from optimizer.class_scores import class_score_layout
+        from optimizer.class_scores import argmax_outputs, class_score_layout
         from optimizer.padding import unpadded
         from optimizer.samples import output_sample_axes
 
@@ -713,7 +741,8 @@ def output_drift(
             for batch, (b, a) in zip(batches, unpadded(model, batches, pairs))
         )
         score_outputs, elsewhere = class_score_layout(model)
-    return paired_drift(pairs, score_outputs, elsewhere)
+        ids = argmax_outputs(model)
+    return paired_drift(pairs, score_outputs, elsewhere, ids)
 
 
 def _kept_row_shares(agree: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -730,6 +759,7 @@ def paired_drift(
     runs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
     score_outputs: frozenset[str] = frozenset(),
     elsewhere: frozenset[str] = frozenset(),
+    ids: frozenset[str] = frozenset(),
 ) -> Drift:
     """``output_drift`` over ``(before, after)`` pairs of outputs, read one pair at a time: a stream of
     runs is never held (only each sample's score is kept).
@@ -745,8 +775,11 @@ def paired_drift(
     says how many changed, ``AccuracyBudget.min_top1`` holds the share.
 
     An output of an ``ArgMax``'s class or token ids whose logits both runs give beside it (``logits_key``,
-    ``optimizer.runtime.budget_runs``) is scored on them instead (``_picks_on_logits``), integer or cast to float;
-    where only the original's run gives them (the rewrite computes the ids otherwise), by its share of equal values.
+    ``optimizer.runtime.budget_runs``) is scored on them instead (``_picks_on_logits``), integer or cast to float,
+    offset or scaled by a constant or not (``_picked_ids``); where only the original's run gives them or the ids come
+    out of their picks otherwise (the rewrite computes the ids otherwise), by its share of equal values, as is any
+    output ``ids`` names (``optimizer.class_scores.argmax_outputs``: a ``TopK``'s indices cast to float) that no
+    logits score.
     """
     scores: dict[str, list[float]] = {}
     # The lowest per-sample score of each output (rows along axis 0).
@@ -802,12 +835,15 @@ def paired_drift(
                     changed = changed or name
                 continue
             logits = _logits_of(name, expected_run, actual_run, np.atleast_1d(expected).shape)
-            if logits is not None:
+            chosen = None if logits is None else _picked_ids(name, expected_run, actual_run, expected, actual)
+            if chosen is not None:
                 # An ArgMax's class or token ids (cast to floats too: their cosine is of class numbers), read on the
                 # logits they pick among: an id flipped at a near tie is no lost sample.
-                agree = np.atleast_1d(expected == actual)
+                agree = np.atleast_1d(chosen[0] == chosen[1])
                 kept = np.ones(agree.shape, bool) if hidden is None else ~np.atleast_1d(hidden)
-                scored = _picks_on_logits(np.atleast_1d(expected), np.atleast_1d(actual), kept, *logits)
+                ranks = expected_run.get(ranks_key(name))  # a TopK of k > 1's: laid out alike in both runs
+                ranks = None if ranks is None or np.shape(ranks) != expected.shape else np.atleast_1d(ranks)
+                scored = _picks_on_logits(*(np.atleast_1d(values) for values in chosen), kept, *logits, ranks)
                 if scored is None:  # the logits turned NaN or Inf, as a float output's would
                     return Drift(0.0, float("inf"))
                 rows, error, near = scored
@@ -821,9 +857,10 @@ def paired_drift(
                 if error > max_error:
                     max_error, max_error_output = error, name
                 continue
-            if expected.dtype.kind != "f" or logits_key(name) in expected_run:
+            if expected.dtype.kind != "f" or logits_key(name) in expected_run or name in ids:
                 # Integers, or an ArgMax's ids (cast to floats) whose rewrite computes them otherwise (no longer an
-                # ArgMax's: ids shifted by one read a cosine of class numbers of 0.9997): each value equal or not.
+                # ArgMax's: ids shifted by one read a cosine of class numbers of 0.9997), or ids no logits score (a
+                # TopK's 3 best cast to float, every id one class off, met --min-cosine 0.98): each value equal or not.
                 agree = np.atleast_1d(expected == actual)
                 kept = np.ones(agree.shape, bool) if hidden is None else ~np.atleast_1d(hidden)
                 by_share.add(name)
@@ -922,6 +959,7 @@ def paired_drift(
         on_logits,
         shared,
         _lowest_top1(top1),
+        _lowest_top1(picked),
     )
 
 
@@ -959,8 +997,8 @@ def _tally_top1(name: str, expected: np.ndarray, actual: np.ndarray, tally: dict
 
 
 def _lowest_top1(tally: Mapping[str, Sequence[int]]) -> tuple[str, int, int, int] | None:
-    """The class scores (``_tally_top1``'s tally) of the lowest top-1 share: name, positions changed, of those at a
-    near tie, compared; None where no output holds class scores (or none compared a position)."""
+    """The class scores (``_tally_top1``'s tally) or ArgMax ids (``paired_drift``'s) of the lowest top-1 share: name,
+    positions changed, of those at a near tie, compared; None where there are none (or none compared a position)."""
     shares = {
         name: (compared - changed + near) / compared for name, (changed, near, compared) in tally.items() if compared
     }
@@ -988,8 +1026,33 @@ def _logits_of(
     return expected.astype(np.float64).reshape(arranged), actual.astype(np.float64).reshape(arranged)
 
 
+def _picked_ids(
+    name: str, expected_run: Mapping[str, Any], actual_run: Mapping[str, Any], expected: np.ndarray, actual: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ids an ArgMax output ``name`` (``expected`` and ``actual``) picks in both runs, to read on its logits: the
+    output itself, or where it offsets, scales or looks them up, those its ``ArgMax`` picks (``picks_key``), an output
+    id left as it was counted as the original's pick. None where only one run changes them so, or where one id picked
+    alike comes out otherwise: the rewrite computes the ids otherwise, and they are held equal in value."""
+    key = picks_key(name)
+    if key not in expected_run and key not in actual_run:
+        return expected, actual
+    if key not in expected_run or key not in actual_run:
+        return None
+    before, after = np.asarray(expected_run[key]), np.asarray(actual_run[key])
+    if before.shape != expected.shape or after.shape != actual.shape:
+        return None
+    if ((before == after) & (expected != actual)).any():  # one pick comes out as another id: a tail rewritten
+        return None
+    return before, np.where(expected == actual, before, after)
+
+
 def _picks_on_logits(
-    expected: np.ndarray, actual: np.ndarray, kept: np.ndarray, expected_logits: np.ndarray, actual_logits: np.ndarray
+    expected: np.ndarray,
+    actual: np.ndarray,
+    kept: np.ndarray,
+    expected_logits: np.ndarray,
+    actual_logits: np.ndarray,
+    ranks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float, int] | None:
     """An ArgMax output's per-sample scores (rows along axis 0 with a position kept), largest error and count of ids
     flipped at a near tie, read on the logits it picks among (``[*ids, classes]``). A sample scores the lower of
@@ -1002,7 +1065,9 @@ def _picks_on_logits(
     (an id that follows neither,
     the ArgMax rewritten or its ids shifted, is no tie flip; nor is one the original was sure of, however close the
     logits' cosine). The error is the logits' largest difference; at a position whose id follows neither its
-    original nor its own logits, the ids' own. None where the logits turn NaN or Inf other than the original's."""
+    original nor its own logits, the ids' own. None where the logits turn NaN or Inf other than the original's.
+    ``ranks`` (a sorted ``TopK`` of k > 1's indices): each position's pick is the rank-th largest, not the largest,
+    and its near tie is with the original's rank-th largest (two classes that swap places at a tie)."""
     e, a = expected_logits, actual_logits
     finite = np.isfinite(e) & np.isfinite(a)
     if not finite.all() and (~finite & ~((np.isnan(e) & np.isnan(a)) | (e == a))).any():
@@ -1015,13 +1080,22 @@ def _picks_on_logits(
         fill = np.where(np.isfinite(lowest), lowest, 0.0)
         e, a = np.where(finite, e, fill), np.where(finite, a, fill)
     equal = expected == actual
-    own = actual == np.argmax(a, axis=-1)
+    # The candidate's own pick: a class its logits hold at their largest, the first or another tied there (a float16
+    # model's ArgMax ran on float32 values where its logits, rounded to float16, tie: exact tie flips read as ids
+    # the original was sure of until a late review).
+    index = np.clip(np.nan_to_num(actual, nan=-1), -1, a.shape[-1]).astype(np.int64)
+    named = (actual == index) & (index >= 0) & (index < a.shape[-1])
+    at = np.take_along_axis(a, np.where(named, index, 0)[..., None], axis=-1)[..., 0]
+    own = named & (at == _ranked(a, ranks))
     error = float(np.abs(a - e)[kept].max(initial=0.0))
     if (stray := kept & ~(equal | own)).any():
         ids = integer_difference(expected, actual) if _integers(expected, actual) else np.abs(actual - expected)
         error = max(error, float(np.nan_to_num(ids[stray], nan=np.inf).max()))
     centred = [np.where(kept[..., None], x - x.mean(axis=-1, keepdims=True), 0.0) for x in (e, a)]
-    ties, spread = _near_ties(e, a, kept)
+    # Probabilities (an ArgMax of a Softmax's output) are tied on their logarithms, as class scores' top-1 is
+    # (``_on_logarithms``): a flip between two classes at 0.49 and 0.47 read as one the original was sure of.
+    ties = _near_ties(*_on_logarithms(e, a, kept), kept, np.where(own, index, np.argmax(a, axis=-1)), ranks)[0]
+    spread = root_mean_square(np.abs(centred[0][kept])) if kept.any() else 0.0  # the run's scale (``_near_ties``)
     near = kept & ~equal & own & ties
     samples = len(kept)
     counted = kept.reshape(samples, -1).sum(axis=1)
@@ -1066,21 +1140,36 @@ _FAR = 10.0
 _NEAR_TIE = 0.05
 
 
-def _near_ties(expected: np.ndarray, actual: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, float]:
+def _near_ties(
+    expected: np.ndarray,
+    actual: np.ndarray,
+    kept: np.ndarray,
+    ids: np.ndarray | None = None,
+    ranks: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
     """Where the original's logits ``expected`` (``[..., classes]``, float64) put the class the candidate's logits
-    ``actual`` pick within ``_NEAR_TIE`` of their RMS (centred along the classes, over the ``kept`` positions) of the
-    class they pick themselves (a flip there is either class's toss-up), and that RMS."""
+    ``actual`` pick (their first largest, or ``ids``, the candidate's own picks) within ``_NEAR_TIE`` of their RMS
+    (centred along the classes, over the ``kept`` positions) of the class they pick themselves (a flip there is
+    either class's toss-up; with ``ranks``, of their rank-th largest), and that RMS."""
     centred = np.where(kept[..., None], expected - expected.mean(axis=-1, keepdims=True), 0.0)
-    # The original's margin of its pick over the candidate's.
-    picks = np.argmax(expected, axis=-1)
-    chosen = np.take_along_axis(expected, np.argmax(actual, axis=-1)[..., None], axis=-1)[..., 0]
-    margin = np.take_along_axis(expected, picks[..., None], axis=-1)[..., 0] - chosen
+    # The original's margin of its pick (its rank-th, with ``ranks``) over the candidate's.
+    ids = np.argmax(actual, axis=-1) if ids is None else ids
+    chosen = np.take_along_axis(expected, ids[..., None], axis=-1)[..., 0]
+    margin = np.abs(_ranked(expected, ranks) - chosen)
     # The scale of the whole run, not of one position: two classes' centred logits are +-margin/2, whose RMS a flip
     # always passes, and a binary classifier would have no near tie.
     spread = root_mean_square(np.abs(centred[kept])) if kept.any() else 0.0
     # Classes far from every decision (a mask of -1e9 on some, a vocabulary's padding) made that RMS huge, and every
     # flip, a wholly other classifier's too, a near tie: the scale is at most their RMS with such values held near.
     return margin <= _NEAR_TIE * min(spread, _near_scale(expected[kept])), spread
+
+
+def _ranked(values: np.ndarray, ranks: np.ndarray | None) -> np.ndarray:
+    """Each position's ``ranks``-th largest of ``values`` (``[..., classes]``; its largest where ``ranks`` is None)."""
+    if ranks is None:
+        return values.max(axis=-1)
+    ordered = -np.sort(-values, axis=-1)
+    return np.take_along_axis(ordered, np.clip(ranks, 0, values.shape[-1] - 1)[..., None], axis=-1)[..., 0]
 
 
 def _top1_counts(expected: np.ndarray, actual: np.ndarray) -> tuple[int, int, int]:
@@ -1093,12 +1182,19 @@ def _top1_counts(expected: np.ndarray, actual: np.ndarray) -> tuple[int, int, in
     at 0.45 no tie."""
     kept = np.any(expected != 0, axis=-1)
     equal = np.argmax(expected, axis=-1) == np.argmax(actual, axis=-1)
-    e, a = expected, actual
-    if kept.any() and e.min() >= 0 and np.allclose(e[kept].sum(axis=-1), 1.0, rtol=0.0, atol=1e-2):
-        tiny = np.finfo(np.float32).tiny  # a probability that underflowed float32 is no -inf logit
-        e, a = np.log(np.maximum(e, tiny)), np.log(np.maximum(a, tiny))
-    near = kept & ~equal & _near_ties(e, a, kept)[0]
+    near = kept & ~equal & _near_ties(*_on_logarithms(expected, actual, kept), kept)[0]
     return int((kept & ~equal).sum()), int(near.sum()), int(kept.sum())
+
+
+def _on_logarithms(expected: np.ndarray, actual: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``expected`` and ``actual`` (``[..., classes]``, float64), on their logarithms where they are probabilities
+    (every ``kept`` position's of the original non-negative and summing to 1), the logits up to a shift along the
+    classes that centring takes out: on the probabilities themselves a confident classifier's spread is tiny, and an
+    int8 rewrite's flip between two classes at 0.45 no tie (``_near_ties``)."""
+    if kept.any() and expected.min() >= 0 and np.allclose(expected[kept].sum(axis=-1), 1.0, rtol=0.0, atol=1e-2):
+        tiny = np.finfo(np.float32).tiny  # a probability that underflowed float32 is no -inf logit
+        return np.log(np.maximum(expected, tiny)), np.log(np.maximum(actual, tiny))
+    return expected, actual
 
 
 # An output that holds quantities of very different scale side by side (a YOLO detector's ``[batch, 4 + classes,

@@ -1,12 +1,13 @@
 """Which outputs of a model hold class scores: logits or probabilities over a last axis of classes, whose argmax is
 the model's pick (a classifier's ``[batch, classes]``, a CTC recognizer's ``[batch, steps, classes]``). ``compare``
 reports their top-1 agreement and the approximate passes' accuracy budget holds it (``optimizer.accuracy``). And which
-outputs are the ids an ``ArgMax`` picks (``argmax_picks``, ``argmax_outputs``): class or token ids, held as ids, not
-by a cosine of their numbers."""
+outputs are the ids an ``ArgMax`` (or ``ArgMin``, or ``TopK``) picks (``argmax_outputs``, ``argmax_picks``): class or
+token ids, held as ids, not by a cosine of their numbers."""
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import onnx_ir as ir
 
@@ -152,70 +153,100 @@ def _sums_the_last_axis(reduce: ir.Node, exps: ir.Value, output: ir.Value) -> bo
 # of class numbers until a late review).
 _IDS_PASS_THROUGH = ("Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 
+# Ops that keep ids apart though not their values, with a constant number of one value as their other input (1-based
+# labels ``ids + 1``, ``ids * 1.0``): still ids, which ``compare`` holds equal in value and the budget reads on their
+# logits beside the ids the ``ArgMax`` picks (cast to float and multiplied by 1, every id one class off met
+# --min-cosine 0.98 as a cosine of class numbers in both until late reviews, s72 and s73). A ``Gather`` from a
+# constant table of one number a class (a label each id looks up) is read so too.
+_IDS_SHIFTED = ("Add", "Sub", "Mul", "Div")
 
-def argmax_picks(model: ir.Model) -> dict[str, tuple[str, int]]:
-    """Each graph output of ``model`` that an ONNX ``ArgMax`` of float values in its graph computes, or a ``TopK`` of
-    the k = 1 largest as its indices (directly or through ops that keep their order, ``_IDS_PASS_THROUGH``), with the
-    name of the values it picks among (a computed tensor, not a graph input or a constant) and its axis: class or token
-    ids, which the accuracy budget scores on them (``budget_runs``). An ``ArgMax`` with ``select_last_index`` is left
-    out (its ids are scored by their share of equal values)."""
+# The ops that pick ids along an axis of the values they read: the largest's, the smallest's (``ArgMin`` of
+# distances, a nearest centroid or a codebook's entry), or ``TopK``'s indices, of k = 1 the one pick a position.
+_PICKERS = ("ArgMax", "ArgMin", "TopK")
+
+
+class Pick(NamedTuple):
+    """How the accuracy budget reads an output of ids (``argmax_picks``): the values picked among, the axis, the ids
+    the node picks where the output comes out of them otherwise (offset, scaled or looked up) or a ``TopK`` of k > 1's
+    indices (else None), whether it picks the smallest (the values negated are the logits an ``ArgMax`` would pick
+    among), and whether each id is its index's rank's pick along the axis (a sorted ``TopK`` of k > 1)."""
+
+    logits: str
+    axis: int
+    ids: str | None = None
+    smallest: bool = False
+    ranked: bool = False
+
+
+def argmax_picks(model: ir.Model) -> dict[str, Pick]:
+    """Each output of ``argmax_outputs`` that picks among float values in the graph (an ONNX ``ArgMax`` or ``ArgMin``,
+    or a ``TopK`` of a constant k, sorted, as its indices), with how to read it on them (``Pick``; the values a
+    computed tensor, not a graph input or a constant): class or token ids, which the accuracy budget scores on them
+    (``budget_runs``). One with ``select_last_index`` is left out, and a ``TopK`` not sorted (their ids are scored by
+    their share of equal values)."""
     picks = {}
-    for name, node in _argmax_producers(model).items():
+    for name, (node, picked, shifted) in _argmax_producers(model).items():
         logits = node.inputs[0]
         last = node.attributes.get("select_last_index")
         if logits is None or logits.producer() is None or not logits.name or (last is not None and last.as_int()):
             continue
         if logits.dtype is not None and not logits.dtype.is_floating_point():
             continue  # an ArgMax of integers (a dtype not recorded is read from the run: ``paired_drift`` checks it)
+        k = _top_k(node) if node.op_type == "TopK" else 1
+        ordered = node.attributes.get("sorted")
+        if k is None or not picked.name or (k > 1 and ordered is not None and not ordered.as_int()):
+            continue
         axis = node.attributes.get("axis")
-        picks[name] = (logits.name, axis.as_int() if axis is not None else 0 if node.op_type == "ArgMax" else -1)
+        axis = axis.as_int() if axis is not None else -1 if node.op_type == "TopK" else 0
+        largest = node.attributes.get("largest")
+        smallest = node.op_type == "ArgMin" or (node.op_type == "TopK" and largest is not None and not largest.as_int())
+        picks[name] = Pick(logits.name, axis, picked.name if shifted or k > 1 else None, smallest, k > 1)
     return picks
 
 
 def argmax_outputs(model: ir.Model) -> frozenset[str]:
-    """The graph outputs of ``model`` that an ONNX ``ArgMax`` computes, or a ``TopK`` of the k = 1 largest as its
-    indices (directly or through ``_IDS_PASS_THROUGH``, or offset or scaled by a constant, ``_IDS_SHIFTED``), whatever
-    it picks among: class or token ids, which have no cosine even where cast to float (``compare`` holds them equal in
-    value, as integer ones)."""
-    return frozenset(_argmax_producers(model, shifted=True))
+    """The graph outputs of ``model`` that an ONNX ``ArgMax`` or ``ArgMin`` computes, or a ``TopK`` as its indices
+    (directly or through ``_IDS_PASS_THROUGH``, or offset or scaled by a constant or looked up in a table,
+    ``_IDS_SHIFTED``), whatever it picks among: class or token ids, which have no cosine even where cast to float
+    (``compare`` holds them equal in value, as integer ones, and so does the budget where it reads no logits)."""
+    return frozenset(_argmax_producers(model))
 
 
-# Ops that keep ids apart though not their values, with a constant number of one value as their other input (1-based
-# labels ``ids + 1``, ``ids * 1.0``): still ids, which ``compare`` holds equal in value (cast to float and multiplied
-# by 1, every id one class off met --min-cosine 0.98 as a cosine of class numbers until a late review). Not read on
-# their logits: the budget's picks are the ids themselves (``argmax_picks``).
-_IDS_SHIFTED = ("Add", "Sub", "Mul", "Div")
-
-
-def _argmax_producers(model: ir.Model, shifted: bool = False) -> dict[str, ir.Node]:
-    """Each named graph output of ``model`` that an ONNX ``ArgMax`` (or a ``TopK`` of k = 1, ``_top_one``) computes
-    through ``_IDS_PASS_THROUGH`` (and with ``shifted``, ``_IDS_SHIFTED``), and that node."""
+def _argmax_producers(model: ir.Model) -> dict[str, tuple[ir.Node, ir.Value, bool]]:
+    """Each named graph output of ``model`` that one of ``_PICKERS`` computes (a ``TopK`` as its indices) through
+    ``_IDS_PASS_THROUGH`` and ``_IDS_SHIFTED``, that node, the ids it picks, and whether an ``_IDS_SHIFTED`` op
+    changes their values on the way: the one walk ``compare`` and the budget read ids by."""
     producers = {}
     for output in model.graph.outputs:
-        value, node = output, output.producer()
+        value, node, shifted = output, output.producer(), False
         while node is not None and is_onnx_domain(node) and node.inputs:
             if node.op_type in _IDS_PASS_THROUGH:
                 value = node.inputs[0]
-            elif shifted and node.op_type in _IDS_SHIFTED and (ids := _shifted_ids(node)) is not None:
-                value = ids
+            elif (ids := _shifted_ids(node)) is not None:
+                value, shifted = ids, True
             else:
                 break
             node = value.producer() if value is not None else None
         if node is None or not is_onnx_domain(node) or not output.name or not node.inputs:
             continue
-        if node.op_type == "ArgMax" or (node.op_type == "TopK" and _top_one(node, value)):
-            producers[output.name] = node
+        if node.op_type in _PICKERS and (node.op_type != "TopK" or value is node.outputs[1]):
+            producers[output.name] = (node, value, shifted)
     return producers
 
 
 def _shifted_ids(node: ir.Node) -> ir.Value | None:
-    """The input of ``node`` (an ``_IDS_SHIFTED`` op) that it offsets or scales by a constant of one value, or None:
-    of ``Sub`` and ``Div`` the first (``c - ids`` still keeps them apart, but no exporter writes it); a scale by 0
-    (every id alike) or a constant not finite is none."""
+    """The input of ``node`` that it offsets or scales by a constant of one value (an ``_IDS_SHIFTED`` op), or looks
+    up in a constant table of one number a class (a ``Gather`` of a 1-D initializer, not a graph input), or None: a
+    scale by 0 (every id alike), by a constant not finite or dividing it (``c / ids``) is none."""
     if len(node.inputs) != 2 or any(value is None for value in node.inputs):
         return None
-    candidates = (0,) if node.op_type in ("Sub", "Div") else (0, 1)
-    for index in candidates:
+    if node.op_type == "Gather":
+        table = node.inputs[0]
+        constant = None if table.is_graph_input() else ir.convenience.get_const_tensor(table)
+        return node.inputs[1] if constant is not None and len(constant.shape) == 1 else None
+    if node.op_type not in _IDS_SHIFTED:
+        return None
+    for index in (0,) if node.op_type == "Div" else (0, 1):
         constant = ir.convenience.get_const_tensor(node.inputs[1 - index])
         if constant is None or constant.numpy().size != 1:
             continue
@@ -225,13 +256,11 @@ def _shifted_ids(node: ir.Node) -> ir.Value | None:
     return None
 
 
-def _top_one(node: ir.Node, value: ir.Value) -> bool:
-    """Whether ``value`` is the indices of ``node``, a ``TopK`` of the one largest value (k a constant 1): an
-    ``ArgMax``'s ids with the axis kept, as greedy decoders write them (the same first index at a tie)."""
-    largest = node.attributes.get("largest")
-    if len(node.outputs) < 2 or value is not node.outputs[1] or (largest is not None and not largest.as_int()):
-        return False
+def _top_k(node: ir.Node) -> int | None:
+    """How many values ``node``, a ``TopK``, picks a position (k a constant; None where it is not): of k = 1 an
+    ``ArgMax``'s ids with the axis kept, as greedy decoders write them (the same first index at a tie), or an
+    ``ArgMin``'s."""
     if (attribute := node.attributes.get("k")) is not None:  # TopK-1 (opset 1-9): k an attribute
-        return attribute.as_int() == 1
+        return attribute.as_int()
     k = ir.convenience.get_const_tensor(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
-    return k is not None and k.numpy().size == 1 and int(k.numpy().reshape(-1)[0]) == 1
+    return int(k.numpy().reshape(-1)[0]) if k is not None and k.numpy().size == 1 else None

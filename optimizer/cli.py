@@ -395,7 +395,7 @@ def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="X",
         help="accuracy budget: keep sensitive layers float until the share of class scores' positions whose argmax "
-        "is kept (or flips at a near tie) >= X",
+        "is kept (or flips at a near tie) >= X, and of the ids an ArgMax returns alike",
     )
     group.add_argument(
         "--budget-decode-steps",

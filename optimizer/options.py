@@ -231,7 +231,8 @@ class Options:
     def budget(self) -> AccuracyBudget | None:
         """The accuracy budget the approximate passes are held to, if the user set one. ``--min-top1`` set alone
         keeps the default floor's cosine (``optimizer.verify.DEFAULT_APPROXIMATION_FLOOR``) beside it: it bounds class
-        scores only, and in place of the floor a model of no class scores met it whatever its outputs became."""
+        scores and an ArgMax's ids only, and in place of the floor a model of no class scores met it whatever its
+        outputs became."""
         min_cosine = self.min_cosine
         if self.min_top1 is not None and (min_cosine, self.max_error, self.min_worst_cosine) == (None, None, None):
             from optimizer.verify import DEFAULT_APPROXIMATION_FLOOR

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import google.protobuf.message
 import numpy as np
@@ -29,7 +29,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as common_passes
 
-from optimizer.accuracy import Drift, logits_key, output_drift
+from optimizer.accuracy import Drift, logits_key, output_drift, picks_key, ranks_key
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import RuntimeRefusedError, UnsupportedModelError
 from optimizer.sessions import (  # noqa: F401 (re-exported: the spine's callers import them from here)
@@ -50,6 +50,9 @@ from optimizer.sessions import (  # noqa: F401 (re-exported: the spine's callers
     session_threads,
     share_cpu_arena,
 )
+
+if TYPE_CHECKING:
+    from optimizer.class_scores import Pick
 
 # Serialized protos must stay under protobuf's 2 GiB limit; above this we hand
 # ONNX Runtime a file with external data instead of bytes.
@@ -488,28 +491,48 @@ def drift_of(
     return output_drift(reference, budget_runs(model, batches), batches, model if layout is None else layout)
 
 
-def logits_exposed(model: ir.Model) -> tuple[ir.Model, dict[str, tuple[str, int]]]:
-    """``model`` with the values each ``argmax_picks`` output picks among added to its outputs (``exposing``; the
-    model itself where it has none), and those picks: run it and give ``with_logits`` its outputs."""
+def logits_exposed(model: ir.Model) -> tuple[ir.Model, dict[str, Pick]]:
+    """``model`` with the values each ``argmax_picks`` output picks among (and the ids it picks, where the output
+    comes out of them otherwise) added to its outputs (``exposing``; the model itself where it has none), and those
+    picks: run it and give ``with_logits`` its outputs."""
     # Imported here: a pass used alone in another PassManager loads no more of graphopt than it needs.
     from optimizer.class_scores import argmax_picks
 
     picks = argmax_picks(model)
-    return (exposing(model, [logits for logits, _ in picks.values()]) if picks else model), picks
+    exposed = [name for pick in picks.values() for name in (pick.logits, pick.ids) if name is not None]
+    return (exposing(model, exposed) if picks else model), picks
 
 
-def with_logits(
-    outputs: Mapping[str, Any], picks: Mapping[str, tuple[str, int]], names: Sequence[str]
-) -> dict[str, Any]:
+def with_logits(outputs: Mapping[str, Any], picks: Mapping[str, Pick], names: Sequence[str]) -> dict[str, Any]:
     """One run's ``names`` outputs (the model's own) of a ``logits_exposed`` model, each ``picks`` output's logits
-    beside it under ``logits_key``, laid out as the ids with the classes along a last axis."""
+    beside it under ``logits_key`` (an ``ArgMin``'s values negated), laid out as the ids with the classes along a last
+    axis (a ``TopK`` of k > 1's repeated for each of its k indices, whose ranks lie under ``ranks_key``), and where the
+    output comes out of the ids its node picks otherwise (``Pick.ids``), those under ``picks_key``, laid out as the
+    output."""
     run = {name: outputs[name] for name in names}
-    for name, (logits, axis) in picks.items():
-        values, shape = np.asarray(outputs[logits]), np.shape(outputs[name])
-        if values.ndim and -values.ndim <= axis < values.ndim:
-            values = np.moveaxis(values, axis, -1)  # keepdims or not, the positions are the ids' in their order
-            if math.prod(values.shape[:-1]) == math.prod(shape):
-                run[logits_key(name)] = values.reshape(*shape, values.shape[-1])
+    for name, pick in picks.items():
+        values, shape = np.asarray(outputs[pick.logits]), np.shape(outputs[name])
+        picked = None if pick.ids is None else np.asarray(outputs[pick.ids])
+        if not values.ndim or not -values.ndim <= pick.axis < values.ndim:
+            continue
+        axis = pick.axis % values.ndim
+        values = np.moveaxis(values, axis, -1)  # keepdims or not, the positions are the ids' in their order
+        ranks = None
+        if pick.ranked:
+            if picked is None or picked.ndim != values.ndim:
+                continue
+            k = picked.shape[axis]
+            values = np.repeat(np.expand_dims(values, axis), k, axis=axis)  # each of the k indices reads its row
+            ranks = np.broadcast_to(
+                np.arange(k).reshape([-1 if d == axis else 1 for d in range(picked.ndim)]), picked.shape
+            )
+        if math.prod(values.shape[:-1]) != math.prod(shape):
+            continue
+        run[logits_key(name)] = (-values if pick.smallest else values).reshape(*shape, values.shape[-1])
+        if picked is not None and picked.size == math.prod(shape):
+            run[picks_key(name)] = picked.reshape(shape)
+        if ranks is not None:
+            run[ranks_key(name)] = ranks.reshape(shape)
     return run
 
 

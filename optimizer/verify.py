@@ -46,7 +46,7 @@ from optimizer.accuracy import (
     root_mean_square_of_parts,
     samples_first,
 )
-from optimizer.class_scores import class_score_layout
+from optimizer.class_scores import argmax_outputs, class_score_layout
 from optimizer.domains import is_onnx_domain, onnx_opset
 from optimizer.errors import (
     GeneratedInputsRefusedError,
@@ -1949,7 +1949,7 @@ def _streamed_drift(original: ir.Model, candidate: ir.Model, batches: Sequence[M
                     moved = axes.in_run(batch, before)
                     yield samples_first(before, moved), samples_first(after, moved)
 
-        return paired_drift(pairs(), *class_score_layout(original))
+        return paired_drift(pairs(), *class_score_layout(original), argmax_outputs(original))
 
 
 def _may_draw(node: ir.Node) -> bool:

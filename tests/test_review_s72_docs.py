@@ -14,8 +14,6 @@ _ROOT = Path(__file__).resolve().parent.parent
 _NAMED = {
     "test_a_wholly_other_head_behind_half_the_classes_masked_misses_the_budget": "where half the classes or more are "
     "so masked they still do, a strict xfail in `tests/test_review_s72_late2.py`",
-    "test_the_budget_reads_float_ids_scaled_by_one_as_ids": "ids then offset or scaled by a constant, `ids * 1.0`, "
-    "still are, by the cosine of their class numbers",
     "test_a_feature_mask_counted_for_a_mean_keeps_the_rows_of_absent_features": "one the graph also counts, dividing "
     "by its sum (a mean over the present features, as a mean pooling divides by its tokens), is still read as padding",
     "test_unnamed_logits_that_no_softmax_normalizes_are_held_by_their_top1": "Logits that no softmax in the graph "
