@@ -11,7 +11,13 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from optimizer.compared_inputs import compared_constants
+from optimizer.compared_inputs import (
+    UNNAMED_LENGTH,
+    compared_constants,
+    compared_lengths,
+    reduced_sides,
+    unnamed_lengths,
+)
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import (
     GeneratedInputsRefusedError,
@@ -251,6 +257,9 @@ def optimize_with_report(
                 _add_prefill(ir_model, decoder_sets, options.dims)
             if inputs is None:
                 _add_drawn_compared_values(ir_model, verifier)
+                _add_other_reduced_side(ir_model, verifier)
+                if not specializes:
+                    _add_compared_lengths(ir_model, verifier, options.dims, lengths.cap)
                 turns = _compared_turns(ir_model, verifier.input_sets[0])
                 _add_other_compared_constants(ir_model, verifier, turns)
                 skipped = _add_longer_compared_constants(
@@ -953,6 +962,75 @@ def _add_drawn_compared_values(model: ir.Model, verifier: Verifier) -> None:
     if all(np.array_equal(inputs.get(name), value) for name, value in held.items()):
         return
     verifier.add_input_set(inputs, f"generated, {', '.join(held)} drawn ({_shapes(model, inputs)}){how}")
+
+
+def _add_other_reduced_side(model: ir.Model, verifier: Verifier) -> None:
+    """Where every verification set holds a reduction compared with a constant threshold on one side
+    (``reduced_sides``: ``If(ReduceMax(x) > 1)``; ``make_inputs`` holds it below in the sets of seed 0, above in those
+    of seed 1), verify on a set of the first one's shapes drawn at seed 1 too: a model that fixes every dim has no
+    second binding, and the branch the other side selects never ran."""
+    first = verifier.input_sets[0]
+    if not (sides := reduced_sides(model, first)):
+        return
+    every = [reduced_sides(model, inputs) for inputs in verifier.input_sets[1:]]
+    if not (alone := [name for name in sides if all(found.get(name) == sides[name] for found in every)]):
+        return
+    try:
+        inputs, how = _model_cache(model, make_inputs(model, dims_from_inputs(model, first), seed=1), seed=1)
+    except InputSpecError:
+        return
+    other = reduced_sides(model, inputs)
+    if moved := [name for name in alone if other.get(name) != sides[name]]:
+        label = f"generated, {', '.join(moved)} reduced to the other side ({_shapes(model, inputs)}){how}"
+        verifier.add_input_set(inputs, label)
+
+
+# The most sets ``_add_compared_lengths`` adds.
+_COMPARED_LENGTH_SETS = 4
+
+
+def _add_compared_lengths(
+    model: ir.Model, verifier: Verifier, dims: Mapping[str, int] | None, max_positions: int | None = None
+) -> None:
+    """Where the graph compares a length with a constant (``compared_lengths``: ``Equal(Shape(x)[1], 16)``, an
+    exported decode step's ``If(Equal(seq_len, 1))``, ``Less(seq_len, 8)``), verify on a set of the first one's
+    sizes with that dim (every input that names it) at each length that tells the comparison apart and goes another
+    way than every set's, up to ``_COMPARED_LENGTH_SETS``: drawn at the default lengths and a second binding (128,
+    257), no set was 16 long, nor under 8, and a rewrite wrong in the branch those select verified. Not a dim ``dims``
+    fixes, nor past ``max_positions``; a decoder's mask length follows its past and new tokens. One the original fails
+    on is dropped (said in the report)."""
+    first = verifier.input_sets[0]
+    totals = cache_length_dims(model)
+    base = {name: size for name, size in dims_from_inputs(model, first).items() if name not in totals}
+
+    def lengths(inputs: Mapping[str, np.ndarray]) -> dict[str, set[int]]:
+        found = {name: {size} for name, size in dims_from_inputs(model, inputs).items()}
+        return {**found, UNNAMED_LENGTH: unnamed_lengths(model, inputs)}
+
+    had: dict[str, set[int]] = {}
+    for inputs in verifier.input_sets:
+        for name, sizes in lengths(inputs).items():
+            had.setdefault(name, set()).update(sizes)
+    added = 0
+    for name, wanted in compared_lengths(model, had).items():
+        if name in (dims or {}) or (name not in base and name != UNNAMED_LENGTH):
+            continue
+        for length in wanted:
+            if added >= _COMPARED_LENGTH_SETS or (max_positions and length > max_positions):
+                break
+            if any(length in lengths(inputs).get(name, ()) for inputs in verifier.input_sets):
+                continue
+            unnamed = {"unnamed_length": length} if name == UNNAMED_LENGTH else {}
+            try:
+                inputs = make_inputs(model, base if unnamed else {**base, name: length}, **unnamed)
+                inputs, how = _model_cache(model, inputs, seed=0)
+            except InputSpecError:
+                continue
+            if length not in lengths(inputs).get(name, ()):
+                continue
+            what = f"'{name}'" if name != UNNAMED_LENGTH else "the dims without a name"
+            label = f"generated, {what} at {length}, a length the graph compares ({_shapes(model, inputs)}){how}"
+            added += verifier.add_input_set(inputs, label)
 
 
 # The most constants a one-element input compared with several is held at (``_add_other_compared_constants``).

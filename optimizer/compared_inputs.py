@@ -18,6 +18,12 @@ set, and a rewrite wrong on the other side verifies. Here those constants are fo
   sets of even seeds and at another value in the others, and an ``If`` condition held true, then false; the readers
   are found past copies, strings ops and arithmetic by one constant number or a ``Neg`` (``_compared_readers``).
 
+- A float input a reduction reads whose result is compared with a constant threshold (``_hold_reductions``:
+  ``if x.max() > 1: x /= 255``): moved, slice by slice, so that every reduction is below it in the sets of seed 0 and
+  above it in those of seed 1 (``_REDUCTIONS``: shifted, or scaled for a norm). ``reduced_sides`` tells
+  ``optimizer.api`` which side a set is on, and ``compared_lengths`` which lengths a graph compares with a constant
+  (``Equal(Shape(x)[1], 16)``), for the verification sets it adds.
+
 Both walks follow the same moves (``_COMPARED_MOVES``, and a ``Cast``), undo the same exact steps
 (``_shifted_by_constant``) and take a comparison back through the same elementwise ops no constant undoes
 (``_preimage``: ``Abs(x) > 10`` is ``x > 10`` or ``x < -10``; ``Sqrt``, ``Sigmoid``, a ``Mod``...); the many-element
@@ -30,7 +36,8 @@ this module); ``optimizer.api`` adds the verification sets that hold the constan
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import operator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -44,6 +51,7 @@ from optimizer.inputs import (
     _WORDS,
     _as_input_columns,
     _constant_number,
+    _is_mask,
     _picked_columns,
     runtime_inputs,
 )
@@ -945,3 +953,304 @@ def _drawn_from_compared(
                 else:
                     drawn[np.ix_(np.arange(first, drawn.shape[0], 2), list(columns))] = held
     return drawn
+
+
+def _shifted_to(spread: bool, x: np.ndarray, reduced: np.ndarray, target: float, count: int) -> np.ndarray | None:
+    """``x`` with each slice moved by one number so that its reduction (``reduced``, of ``count`` elements a slice) is
+    ``target``: a maximum, minimum or mean moves by as much as its elements, a sum (``spread``) by ``count`` times."""
+    return x + (target - reduced) / (count if spread else 1)
+
+
+def _scaled_to(power: int, x: np.ndarray, reduced: np.ndarray, target: float, count: int) -> np.ndarray | None:
+    """``x`` with each slice scaled so that its norm (``reduced``, of degree ``power`` in ``x``) is ``target``; None
+    where a norm or the target is not positive (no scale reaches it)."""
+    if target <= 0 or not (reduced > 0).all():
+        return None
+    return x * (target / reduced) ** (1 / power)
+
+
+def _l1(x: np.ndarray, axis: tuple[int, ...] | None, keepdims: bool) -> np.ndarray:
+    return np.sum(np.abs(x), axis=axis, keepdims=keepdims)
+
+
+def _l2(x: np.ndarray, axis: tuple[int, ...] | None, keepdims: bool) -> np.ndarray:
+    return np.sqrt(np.sum(np.square(x), axis=axis, keepdims=keepdims))
+
+
+def _sum_square(x: np.ndarray, axis: tuple[int, ...] | None, keepdims: bool) -> np.ndarray:
+    return np.sum(np.square(x), axis=axis, keepdims=keepdims)
+
+
+# Reductions a float input may reach a constant threshold through (preprocessing's ``if x.max() > 1: x = x / 255``,
+# ``If(ReduceMean(x) > t)``): each one's numpy form and how a slice is moved so that its reduction is a given value
+# (``_hold_reductions``). Drawn element by element, the reduction fell on one side in every set (the maximum of 128
+# normal draws under 10 in each), and a rewrite wrong on the other side verified until a review in session 73.
+_REDUCTIONS: dict[str, tuple[Callable[..., np.ndarray], Callable[..., np.ndarray | None]]] = {
+    "ReduceMax": (np.max, partial(_shifted_to, False)),
+    "ReduceMin": (np.min, partial(_shifted_to, False)),
+    "ReduceMean": (np.mean, partial(_shifted_to, False)),
+    "ReduceSum": (np.sum, partial(_shifted_to, True)),
+    "ReduceL1": (_l1, partial(_scaled_to, 1)),
+    "ReduceL2": (_l2, partial(_scaled_to, 1)),
+    "ReduceSumSquare": (_sum_square, partial(_scaled_to, 2)),
+}
+# The reductions of ``_REDUCTIONS`` that are norms, never below 0.
+_NORMS = frozenset({"ReduceL1", "ReduceL2", "ReduceSumSquare"})
+# A reduction compared with constant thresholds (``_reduced_thresholds``): the reduction's op, its axes (None: all),
+# the values it is held at in turn (each side of each threshold, sorted), and each comparison (op, thresholds, and the
+# scale and offset constants put on the reduced value before it).
+_Reduced = tuple[str, tuple[int, ...] | None, np.ndarray, list[tuple[str, np.ndarray, float, float]]]
+
+
+def _reduction_axes(node: ir.Node) -> tuple[int, ...] | None | bool:
+    """The axes reduction ``node`` reduces (None: all), from its attribute (``ReduceSum`` before opset 13, the others
+    before 18) or constant input; False where they are not constant or it reduces nothing (empty axes with
+    ``noop_with_empty_axes``)."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        tensor = ir.convenience.get_const_tensor(node.inputs[1])
+        if tensor is None:
+            return False
+        axes = tuple(int(axis) for axis in tensor.numpy().reshape(-1))
+    else:
+        axes = tuple(node.attributes.get_ints("axes", []))
+    if not axes:
+        return False if node.attributes.get_int("noop_with_empty_axes", 0) else None
+    return axes
+
+
+def _reduced_thresholds(value: ir.Value) -> list[_Reduced]:
+    """Each reduction of ``_REDUCTIONS`` that reads float ``value`` (directly, or through an ``Identity`` or a
+    ``Cast`` to a float) and whose result reaches a constant threshold (``Less``, ``Greater``, ``LessOrEqual``,
+    ``GreaterOrEqual``) through moves, casts and arithmetic by constants (``_after_affine``: ``ReduceMax(x) / 255 >
+    0.5``), as ``_Reduced``; the values it is held at are ``_threshold_sides``' for one element (each side of each
+    threshold, whatever the usual draws)."""
+    found: list[_Reduced] = []
+    readers = [(node, index) for node, index in value.uses()]
+    seen: set[int] = set()
+    while readers:
+        node, index = readers.pop()
+        if id(node) in seen or not is_onnx_domain(node) or index != 0:
+            continue
+        seen.add(id(node))
+        if node.op_type == "Identity" or (
+            node.op_type == "Cast" and ir.DataType(node.attributes.get_int("to", 0)).is_floating_point()
+        ):
+            readers.extend(node.outputs[0].uses())
+            continue
+        if node.op_type not in _REDUCTIONS or (axes := _reduction_axes(node)) is False:
+            continue
+        targets: dict[float, None] = {}
+        compared: list[tuple[str, np.ndarray, float, float]] = []
+        pending: list[tuple[ir.Value, _Affine | None]] = [(node.outputs[0], None)]
+        while pending:
+            current, affine = pending.pop()
+            for reader, at in current.uses():
+                if not is_onnx_domain(reader):
+                    continue
+                if (reader.op_type in _COMPARED_MOVES or reader.op_type == "Cast") and at == 0:
+                    pending.append((reader.outputs[0], affine))
+                elif (after := _after_affine(reader, at, affine)) is not None and not _by_column(after):
+                    pending.append((reader.outputs[0], after))
+                elif reader.op_type in _SIDES and (thresholds := _thresholds(reader, at)) is not None:
+                    scale, offset = (float(p.reshape(-1)[0]) for p in affine) if affine is not None else (1.0, 0.0)
+                    for _, sides in _threshold_sides(reader, at, value.dtype.numpy(), straddled=True, affine=affine):
+                        targets.update(dict.fromkeys(sides.astype(np.float64).tolist()))
+                    compared.extend((op, every, scale, offset) for _, op, every in thresholds)
+        if node.op_type in _NORMS and targets:
+            # A norm is never below 0: a side there is held at half the least positive threshold instead (the values
+            # each side of ``ReduceL2(x) < 1e-6`` are -1 and 1, and the tiny-norm branch never ran).
+            bounds = np.concatenate([(every - offset) / scale for _, every, scale, offset in compared if scale] or [[]])
+            least = min((bound for bound in bounds.tolist() if bound > 0), default=None)
+            targets = {t if t > 0 else least / 2: None for t in targets if t > 0 or least is not None}
+        if targets:
+            found.append((node.op_type, axes, np.asarray(sorted(targets)), compared))
+    return found
+
+
+def _hold_reductions(model: ir.Model, inputs: dict[str, Any], seed: int) -> set[str]:
+    """Each float input of ``inputs`` (no mask) that a reduction compared with a constant threshold reads
+    (``_reduced_thresholds``: ``If(ReduceMax(x) > 1)``, as a preprocessing graph writes ``if x.max() > 1: x /= 255``)
+    moved so that every slice it reduces is the ``seed``-th of the values each side of the threshold (the first
+    reduction found): below it in the sets of seed 0, above it in those of seed 1. In place; returns the names of the
+    inputs it moved. Others are left as drawn, byte for byte."""
+    moved = set()
+    for value in runtime_inputs(model):
+        array = inputs.get(value.name)
+        if not isinstance(array, np.ndarray) or array.dtype.kind != "f" or not array.size or _is_mask(value):
+            continue
+        for op, axes, targets, _ in _reduced_thresholds(value):
+            reduce, hold = _REDUCTIONS[op]
+            drawn = array.astype(np.float64)
+            try:
+                reduced = reduce(drawn, axis=axes, keepdims=True)
+            except ValueError:  # axes the array has not (numpy's AxisError): left as drawn
+                continue
+            with np.errstate(all="ignore"):
+                held = hold(drawn, reduced, float(targets[seed % targets.size]), drawn.size // max(reduced.size, 1))
+            if held is not None and np.isfinite(held).all():
+                inputs[value.name] = held.astype(array.dtype)
+                moved.add(value.name)
+                break
+    return moved
+
+
+def reduced_sides(model: ir.Model, inputs: Mapping[str, Any]) -> dict[str, tuple]:
+    """For each input of ``inputs`` that ``_hold_reductions`` holds, which side of each threshold its reductions
+    fall on (each comparison's distinct results over the slices): the sets of one side alone ran one branch."""
+    sides = {}
+    for value in runtime_inputs(model):
+        array = inputs.get(value.name)
+        if not isinstance(array, np.ndarray) or array.dtype.kind != "f" or not array.size or _is_mask(value):
+            continue
+        for op, axes, _, compared in _reduced_thresholds(value):
+            try:
+                reduced = _REDUCTIONS[op][0](array.astype(np.float64), axis=axes, keepdims=True)
+            except ValueError:
+                continue
+            sides[value.name] = tuple(
+                tuple(np.unique(_SIDES[side](scale * reduced + offset, threshold)).tolist())
+                for side, every, scale, offset in compared
+                for threshold in every
+            )
+            break
+    return sides
+
+
+# The longest length a comparison of a length with a constant (``compared_lengths``) is verified at: past it, a
+# constant is a limit (a position table's 8192) rather than a length inputs are run at.
+_LONGEST_COMPARED_LENGTH = 4096
+
+
+def compared_lengths(model: ir.Model, held: Mapping[str, Collection[int]] | None = None) -> dict[str, list[int]]:
+    """Each named symbolic dim (or, as ``UNNAMED_LENGTH``, one without a name past the first axis) of an input whose
+    length the graph reads through ``Shape`` (or ``Size``, where it is the input's only symbolic dim) and compares with
+    a constant (``Equal(Shape(x)[1], 16)``, an exported decode step's ``If(Equal(seq_len, 1))``, ``Greater(seq_len,
+    512)``, ``Less(seq_len, 8)``), through a ``Gather`` or a ``Slice`` of that length, moves, casts and arithmetic by
+    constants, with the lengths that tell the comparison apart: the one an ``Equal`` holds, and the two nearest each
+    side of a threshold (``_threshold_sides``); from 1 to ``_LONGEST_COMPARED_LENGTH``; of those, where ``held`` gives
+    the lengths each dim already has, only the ones that go another way than all of them (``Less(seq_len, 8)`` beside
+    128: 7 alone, not 8). Generated at the default lengths and a second binding, no set was 16 long nor past 512, and a
+    rewrite wrong in the branch those select verified until a review in session 73."""
+    found: dict[str, dict[int, None]] = {}
+    for value in runtime_inputs(model):
+        if value.shape is None:
+            continue
+        dims = list(value.shape)
+        for node, index in value.uses():
+            if not is_onnx_domain(node) or index != 0:
+                continue
+            keys = [_length_key(dim, axis) for axis, dim in enumerate(dims)]
+            if node.op_type == "Shape":
+                start, end = node.attributes.get_int("start", 0), node.attributes.get_int("end", len(dims))
+                elements = [(key, 1.0) for key in keys[start:end]]
+            elif node.op_type == "Size" and len(free := [a for a, d in enumerate(dims) if _free(d)]) == 1:
+                elements = [(keys[free[0]], float(np.prod([d for d in dims if not _free(d)])))]
+            else:
+                continue
+            for key, lengths, side in _lengths_compared(node.outputs[0], elements):
+                if key is not None:
+                    sides = {side(n) for n in (held or {}).get(key, ())}
+                    kept = [n for n in lengths if 1 <= n <= _LONGEST_COMPARED_LENGTH and side(n) not in sides]
+                    found.setdefault(key, {}).update(dict.fromkeys(kept))
+    return {name: sorted(lengths) for name, lengths in found.items() if lengths}
+
+
+def _free(dim: Any) -> bool:
+    """Whether input dim ``dim`` is not a fixed size (a name, no name, or -1)."""
+    return not isinstance(dim, int) or dim < 0
+
+
+def _length_key(dim: Any, axis: int) -> str | None:
+    """How ``compared_lengths`` names the length of input dim ``dim`` at ``axis``: its name; ``UNNAMED_LENGTH`` for
+    one without a name past the first axis (drawn at ``make_inputs``' ``unnamed_length``); else None (a fixed size, or
+    rows without a name, drawn at one)."""
+    if isinstance(dim, ir.SymbolicDim) and dim.value:
+        return dim.value
+    return UNNAMED_LENGTH if _free(dim) and axis > 0 else None
+
+
+# The name ``compared_lengths`` gives the dims without a name past an input's first axis, which ``make_inputs`` draws
+# at one length (``unnamed_length``).
+UNNAMED_LENGTH = ""
+
+
+def unnamed_lengths(model: ir.Model, inputs: Mapping[str, Any]) -> set[int]:
+    """The sizes ``inputs`` give the dims without a name past an input's first axis (``UNNAMED_LENGTH``)."""
+    found = set()
+    for value in runtime_inputs(model):
+        array = inputs.get(value.name)
+        if isinstance(array, np.ndarray) and value.shape is not None and len(value.shape) == array.ndim:
+            found.update(array.shape[a] for a, dim in enumerate(value.shape) if _length_key(dim, a) == UNNAMED_LENGTH)
+    return found
+
+
+def _lengths_compared(
+    shape: ir.Value, elements: list[tuple[Any, float]]
+) -> Iterator[tuple[Any, list[int], Callable[[int], Any]]]:
+    """``(dim, lengths, side)`` for each comparison of one element of ``shape`` (a ``Shape``'s or ``Size``'s output,
+    each element the dim it holds, named as ``_length_key`` names it, and the factor on it: ``elements``) with a
+    constant (``compared_lengths``): ``side`` tells which way a length goes there."""
+    pending: list[tuple[ir.Value, list[tuple[Any, float]], _Affine | None]] = [(shape, elements, None)]
+    seen: set[int] = set()
+    while pending:
+        current, held, affine = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for node, index in current.uses():
+            if not is_onnx_domain(node):
+                continue
+            if node.op_type in _COMPARED_MOVES - {"Slice"} or node.op_type == "Cast":
+                if index == 0 and (len(held) == 1 or node.op_type in ("Identity", "Cast")):
+                    pending.append((node.outputs[0], held, affine))
+            elif node.op_type in ("Gather", "Slice") and index == 0 and affine is None:
+                if (picked := _picked_lengths(node, held)) is not None:
+                    pending.append((node.outputs[0], picked, None))
+            elif len(held) != 1:
+                continue
+            elif (after := _after_affine(node, index, affine)) is not None and not _by_column(after):
+                pending.append((node.outputs[0], held, after))
+            elif node.op_type in _SIDES and (thresholds := _thresholds(node, index)) is not None:
+                dim, factor = held[0]
+                scaled = (np.asarray(factor), np.asarray(0.0)) if affine is None else (affine[0] * factor, affine[1])
+                sides = _threshold_sides(node, index, np.dtype(np.int64), straddled=True, affine=scaled)
+                scale, offset = (float(part.reshape(-1)[0]) for part in scaled)
+                side = partial(_length_side, [(op, every) for _, op, every in thresholds], scale, offset)
+                yield dim, [int(n) for _, drawn in sides or () for n in drawn.tolist()], side
+            elif node.op_type == "Equal" and index < 2 and len(node.inputs) == 2:
+                number = _constant_number(node.inputs[1 - index])
+                if number is None:
+                    continue
+                dim, factor = held[0]
+                scale, offset = (float(part.reshape(-1)[0]) for part in affine) if affine is not None else (1.0, 0.0)
+                length = (number - offset) / (scale * factor) if scale * factor else None
+                if length is not None and float(length).is_integer():
+                    yield dim, [int(length)], partial(operator.eq, int(length))
+
+
+def _length_side(
+    compared: Sequence[tuple[str, np.ndarray]], scale: float, offset: float, length: int
+) -> tuple[tuple[bool, ...], ...]:
+    """Which side of each threshold of ``compared`` (``(op, thresholds)``) ``scale * length + offset`` is on."""
+    return tuple(tuple(_SIDES[op](scale * length + offset, every).tolist()) for op, every in compared)
+
+
+def _picked_lengths(node: ir.Node, held: list[tuple[Any, float]]) -> list[tuple[Any, float]] | None:
+    """The elements of a shape ``held`` that a ``Gather`` (axis 0) or a ``Slice`` (of axis 0, constant bounds) of it
+    keeps, or None."""
+    constants = [ir.convenience.get_const_tensor(v) if v is not None else None for v in node.inputs[1:]]
+    if any(tensor is None for tensor in constants) or not constants:
+        return None
+    numbers = [tensor.numpy().reshape(-1).astype(np.int64).tolist() for tensor in constants]
+    if node.op_type == "Gather":
+        if node.attributes.get_int("axis", 0) != 0 or not all(-len(held) <= i < len(held) for i in numbers[0]):
+            return None
+        return [held[i] for i in numbers[0]]
+    if len(numbers) < 2:
+        return None
+    starts, ends, *rest = numbers
+    axes = rest[0] if rest else [0]
+    steps = rest[1] if len(rest) > 1 else [1]
+    if len(starts) != 1 or axes not in ([0], [-1]) or len(steps) != 1 or not steps[0]:
+        return None
+    return held[slice(starts[0], ends[0], steps[0])]

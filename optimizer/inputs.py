@@ -28,7 +28,9 @@ that an ``Equal`` compares with constants (a category switch ``Where(Equal(x, "c
 of a constant) is half those constants (none a strict ``OneHotEncoder`` beside them fails on, nor for a float cast to
 an index), and one compared with a constant threshold (``Less``, ``Greater``..., a ``Binarizer``, a ``Clip`` bound, a
 tree ensemble's splits) that the usual draws all fall on one side of is half values each side of it
-(``optimizer.compared_inputs``; a one-element one holds each in turn in even seeds); a sequence holds
+(``optimizer.compared_inputs``; a one-element one holds each in turn in even seeds); a float a reduction reads
+whose result is compared with a constant threshold (``if x.max() > 1: x /= 255``) is moved so that the reduction is
+below it in the sets of seed 0 and above it in those of seed 1 (``_hold_reductions`` there); a sequence holds
 ``SEQUENCE_LENGTH`` generated tensors; an optional input is given (not empty).
 
 Inputs whose *values* the model reads as sizes, axes, counts or parameters (a
@@ -1737,7 +1739,8 @@ def make_inputs(
     repeated (``_vary_ambiguous_indices``) is said in ``notes`` (a list the caller shows) and logged. An unnamed dim
     past the first axis (not a recurrent batch) is drawn at ``unnamed_length``.
     """
-    from optimizer.compared_inputs import _select_compared_values  # lazily: a pass imported alone loads none of it
+    # Lazily: a pass imported alone loads none of it.
+    from optimizer.compared_inputs import _hold_reductions, _select_compared_values
 
     refuse_oversized(model, [dims], unnamed_length=unnamed_length)
     bound = bind_dims(model, dims)
@@ -1754,6 +1757,7 @@ def make_inputs(
     inputs = {value.name: _generate(model, value, shapes[value.name], rng, bound) for value in values}
     _offset_positions_past_the_cache(model, inputs, bound)
     held = _select_compared_values(model, inputs, seed)
+    _hold_reductions(model, inputs, seed)
     rounds = _candidate_rounds(model, inputs, shapes, bound)
     if rounds and held & set(rounds[0]):
         # A constant held that is read as a size too (``If(Equal(n, 3))`` beside ``Range(0, n)``): tried first as it

@@ -114,9 +114,10 @@ def test_the_reported_weights_count_those_in_subgraphs(tmp_path):
 
 
 def test_an_output_empty_on_every_verification_input_set_is_named(tmp_path):
-    """``NonZero`` of ``max(x) > 100`` over standard-normal values: empty on every generated set, as a detector's
+    """``NonZero`` of ``max(x) > 2**32`` over standard-normal values: empty on every generated set, as a detector's
     boxes on random images are; a threshold changed to 5 passes the checks. (Of ``x > 100`` itself until review s71,
-    which draws an input compared with a threshold on both sides of it.)"""
+    which draws an input compared with a threshold on both sides of it, and of ``max(x) > 100`` until review s73,
+    which holds a reduction each side of a threshold it can reach: 2**32 is past any value drawn.)"""
     nodes = [
         oh.make_node("ReduceMax", ["x"], ["peak"], axes=[1], keepdims=1),
         oh.make_node("Greater", ["peak", "limit"], ["big"]),
@@ -128,7 +129,7 @@ def test_an_output_empty_on_every_verification_input_set_is_named(tmp_path):
         "g",
         [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
         [oh.make_tensor_value_info("found", TensorProto.INT64, [2, "n"])],
-        [numpy_helper.from_array(np.array(100, np.float32), "limit")],
+        [numpy_helper.from_array(np.array(2.0**32, np.float32), "limit")],
     )
     model_path = tmp_path / "nonzero.onnx"
     onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), model_path)

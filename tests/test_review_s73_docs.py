@@ -12,10 +12,6 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 # Each strict xfail added in session 73, and the README words that name its limit.
 _NAMED = {
-    "test_a_rewrite_wrong_where_a_reduction_passes_a_threshold_is_rolled_back": "a reduction of the input "
-    "compared with a constant (`If(ReduceMax(x) > 10)`",
-    "test_a_rewrite_wrong_where_a_length_equals_a_constant_is_rolled_back": "a length read through `Shape` and "
-    "compared with a constant (`Equal(Shape(x)[1], 16)`: no set is 16 long)",
     "test_a_rewrite_wrong_past_a_threshold_computed_from_constants_is_rolled_back": "a threshold computed from "
     "constants by nodes left unfolded (`x > Add(c, c)`: not read as a threshold)",
     "test_a_rewrite_wrong_where_two_float_inputs_are_equal_is_rolled_back": "two float inputs compared for equality "
