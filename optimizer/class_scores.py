@@ -19,7 +19,9 @@ _NORMALIZERS = ("Softmax", "LogSoftmax")
 def class_score_outputs(model: ir.Model) -> frozenset[str]:
     """The graph outputs a ``Softmax`` or ``LogSoftmax`` over their last axis produces, or a softmax written out
     (``_written_out_softmax``), read through ``Identity`` and ``Dropout`` (which pass their input on when inferring):
-    Paddle's exports close with an Identity (PP-OCR's classifier), whose top-1 agreement went unreported; and the
+    Paddle's exports close with an Identity (PP-OCR's classifier), whose top-1 agreement went unreported; a Softmax's
+    rows regrouped or their classes rotated on the way out (``_rows_passed_on``: PESTO's pitch ``activations``, a
+    ``view(batch, -1, bins)`` and a ``roll`` of its Softmax, went without top-1 until review s73); and the
     logits a graph output returns that one normalizes over that axis (a model returning its logits beside their
     probabilities). Top-1 is the argmax over the last axis: a Softmax over another (a segmenter's classes along axis
     1) holds no row of class scores there. An output named like scores or logits but normalized nowhere in the graph
@@ -29,11 +31,13 @@ def class_score_outputs(model: ir.Model) -> frozenset[str]:
     for value in model.graph.outputs:
         computed = _passed_on(value)
         producer = computed.producer()
+        rows = _rows_passed_on(value)
+        normalizer = rows.producer()
         if (
-            producer is not None
-            and is_onnx_domain(producer)
-            and producer.op_type in _NORMALIZERS
-            and _over_the_last_axis(producer, opset, value)
+            normalizer is not None
+            and is_onnx_domain(normalizer)
+            and normalizer.op_type in _NORMALIZERS
+            and _over_the_last_axis(normalizer, opset, value if rows is computed else rows)
         ):
             names.add(value.name)
         elif producer is not None and _written_out_softmax(producer, value):
@@ -88,6 +92,116 @@ def _passed_on(value: ir.Value) -> ir.Value:
             break
         value = node.inputs[0]
     return value
+
+
+def _rows_passed_on(value: ir.Value) -> ir.Value:
+    """``value``, or the value whose rows along the last axis it holds, each row whole, its classes in the same or
+    a rotated order (``_passed_on``, then back through ``_keeps_the_last_axis`` and ``_rotates_the_last_axis``): a
+    Softmax's probabilities regrouped into ``[batch, frames, classes]`` or rolled along the classes hold the same
+    top-1 agreement as the Softmax's own rows."""
+    value = _passed_on(value)
+    while (node := value.producer()) is not None and is_onnx_domain(node):
+        if node.op_type == "Reshape" and _keeps_the_last_axis(node):
+            value = _passed_on(node.inputs[0])
+        elif node.op_type == "Concat" and (source := _rotates_the_last_axis(node)) is not None:
+            value = _passed_on(source)
+        else:
+            break
+    return value
+
+
+# Slice ``ends`` at or past this are "to the end of the axis" (torch writes INT64_MAX).
+_TO_THE_END = 2**62
+
+
+def _keeps_the_last_axis(reshape: ir.Node) -> bool:
+    """Whether the ``Reshape`` ``reshape`` keeps its input's last axis whole as its own last: the last entry of its
+    shape is its input's last dim, a constant equal to it where that dim is known, or read back from the input's
+    ``Shape`` at the last axis (torch's ``view(batch, -1, x.size(-1))``: ``Concat(..., Unsqueeze(Squeeze(Slice(
+    Shape(x), -1))))``, or a ``Gather`` of it at -1)."""
+    if len(reshape.inputs) < 2 or reshape.inputs[0] is None or reshape.inputs[1] is None:
+        return False
+    data, shape = reshape.inputs[0], reshape.inputs[1]
+    known = data.shape[-1] if data.shape is not None and len(data.shape) > 0 else None
+    constant = ir.convenience.get_const_tensor(shape)
+    if constant is not None:
+        entries = constant.numpy().reshape(-1)
+        return isinstance(known, int) and entries.size > 0 and int(entries[-1]) == known
+    node = shape.producer()
+    if (
+        node is None
+        or not is_onnx_domain(node)
+        or node.op_type != "Concat"
+        or not node.inputs
+        or node.inputs[-1] is None
+    ):
+        return False
+    last = node.inputs[-1]
+    constant = ir.convenience.get_const_tensor(last)
+    if constant is not None:
+        entries = constant.numpy().reshape(-1)
+        return isinstance(known, int) and entries.size > 0 and int(entries[-1]) == known
+    while (
+        (step := last.producer()) is not None
+        and is_onnx_domain(step)
+        and step.op_type in ("Unsqueeze", "Squeeze", "Cast")
+    ):
+        last = step.inputs[0]
+        if last is None:
+            return False
+    if step is None or not is_onnx_domain(step) or step.op_type not in ("Slice", "Gather") or len(step.inputs) < 2:
+        return False
+    dims = step.inputs[0]
+    origin = dims.producer() if dims is not None else None
+    if origin is None or not is_onnx_domain(origin) or origin.op_type != "Shape" or origin.inputs[0] is not data:
+        return False
+    if origin.attributes.get("start") is not None or origin.attributes.get("end") is not None:
+        return False
+    index = ir.convenience.get_const_tensor(step.inputs[1])
+    if index is None or index.numpy().size != 1:
+        return False
+    if step.op_type == "Gather":
+        return int(index.numpy().reshape(-1)[0]) == -1
+    ends = ir.convenience.get_const_tensor(step.inputs[2]) if len(step.inputs) > 2 and step.inputs[2] else None
+    return (
+        int(index.numpy().reshape(-1)[0]) == -1
+        and ends is not None
+        and ends.numpy().size == 1
+        and int(ends.numpy().reshape(-1)[0]) >= _TO_THE_END
+        and all(value is None for value in step.inputs[4:])  # a step other than 1 would skip dims
+    )
+
+
+def _rotates_the_last_axis(concat: ir.Node) -> ir.Value | None:
+    """The value whose last axis ``concat`` puts back together in a rotated order, or None: a ``Concat`` over the
+    last axis of ``Slice`` s of one value over its last axis, with constant bounds that, taken in order of their
+    starts, run from 0 without a gap or overlap to the end (torch's ``roll(k, -1)``: ``[k:]`` then ``[:k]``), so each
+    row keeps all its classes."""
+    axis = concat.attributes.get_int("axis", 0)
+    if axis != -1 or not concat.inputs:
+        return None
+    source, bounds = None, []
+    for part in concat.inputs:
+        node = part.producer() if part is not None else None
+        if node is None or not is_onnx_domain(node) or node.op_type != "Slice" or len(node.inputs) < 4:
+            return None
+        if source is None:
+            source = node.inputs[0]
+        if node.inputs[0] is not source or (len(node.inputs) > 4 and node.inputs[4] is not None):
+            return None
+        tensors = [ir.convenience.get_const_tensor(value) if value is not None else None for value in node.inputs[1:4]]
+        if any(tensor is None or tensor.numpy().size != 1 for tensor in tensors):
+            return None
+        start, end, axes = (int(tensor.numpy().reshape(-1)[0]) for tensor in tensors)
+        if axes != -1 or start < 0 or end < 0:
+            return None
+        bounds.append((start, end))
+    bounds.sort()
+    if bounds[0][0] != 0 or bounds[-1][1] < _TO_THE_END:
+        return None
+    if any(end != start for (_, end), (start, _) in zip(bounds, bounds[1:])):
+        return None
+    return source
 
 
 def _first_rank(*values: ir.Value | None) -> int | None:

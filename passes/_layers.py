@@ -160,17 +160,52 @@ def unmatched_patterns(graph: ir.Graph, patterns: Iterable[str]) -> list[str]:
 def feeds_graph_output(layer: Layer) -> bool:
     """True if the layer's result (after a Mul by one constant value, then a bias Add, each if any) is a graph output:
     an LM head or classifier. The Mul is a Gemm's alpha that ``canonical_gemms`` wrote after it, or a logit scale: a
-    head quantized behind it reaches the answer undamped all the same."""
+    head quantized behind it reaches the answer undamped all the same. So is a result that reaches an output through
+    ops that only move its values (``_moved_to_graph_output``): attacut's ``Linear(32, 1)`` returned as ``view(-1)``,
+    an unrolled greedy decoder's per-step logits joined by a ``Concat``, were quantized as hidden layers until review
+    s73."""
     output = layer.node.outputs[0]
     users = [user for user, _ in output.uses()]
     if len(users) == 1 and users[0].op_type == "Mul" and is_onnx_domain(users[0]) and len(users[0].inputs) == 2:
         other = users[0].inputs[1] if users[0].inputs[0] is output else users[0].inputs[0]
         if (factor := constant_array(other)) is not None and factor.size == 1:
             output = users[0].outputs[0]
-    if output.is_graph_output():
+    if _moved_to_graph_output(output):
         return True
     users = [user for user, _ in output.uses()]
-    return len(users) == 1 and users[0].op_type == "Add" and users[0].outputs[0].is_graph_output()
+    return len(users) == 1 and users[0].op_type == "Add" and _moved_to_graph_output(users[0].outputs[0])
+
+
+# Ops that move or regroup their data input's values into their output without computing with them (a Concat joins
+# every input so).
+_MOVES = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat")
+# Ops that read an answer's scores to pick or normalize them (a greedy decoder's ArgMax, a Softmax beside the logits).
+_READS_AN_ANSWER = ("ArgMax", "TopK", "Softmax", "LogSoftmax", "Sigmoid")
+
+
+def _moved_to_graph_output(value: ir.Value) -> bool:
+    """Whether ``value`` is a graph output, or reaches one through ``_MOVES`` alone (their data input; any input of a
+    ``Concat``) with nothing else reading it or what it is moved into but ``_READS_AN_ANSWER``: a decoder's keys and
+    values, reshaped, transposed and joined to the past into its ``present`` outputs, are read by its attention's
+    ``MatMul`` too, and are no answer."""
+    if value.is_graph_output():
+        return True
+    seen, todo, reached = {id(value)}, [value], False
+    while todo:
+        value = todo.pop()
+        reached = reached or value.is_graph_output()
+        for user, index in value.uses():
+            if not is_onnx_domain(user):
+                return False
+            if user.op_type in _READS_AN_ANSWER:
+                continue
+            if user.op_type not in _MOVES or (index != 0 and user.op_type != "Concat"):
+                return False
+            for moved in user.outputs:
+                if id(moved) not in seen:
+                    seen.add(id(moved))
+                    todo.append(moved)
+    return reached
 
 
 def bias_add(layer: Layer) -> tuple[np.ndarray, ir.Node, int] | None:
