@@ -1,8 +1,9 @@
 """Activation ranges from calibration data: min-max, percentile and entropy (KL divergence).
 
-The model runs on ONNX Runtime with the requested tensors exposed as extra outputs;
-each tensor's values over all samples are summarized in one histogram over a range
-symmetric about zero (so ranges from different batches merge exactly).
+The model runs on ONNX Runtime with the requested tensors exposed as extra outputs, a few
+samples a run (``_sample_runs``: what one run exposes is held at once); each tensor's values
+over all samples are summarized in one histogram over a range symmetric about zero (so
+ranges from different runs merge exactly).
 
 - ``minmax``: the smallest and largest value seen. Exact, and at the mercy of one outlier.
 - ``percentile``: cut ``(100 - percentile) / 2`` % of the values off each tail.
@@ -15,19 +16,32 @@ Percentile and entropy ranges never exceed the min-max range.
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.errors import RuntimeRefusedError
 from optimizer.padding import batch_padding, token_axes, token_rows, unpadded_rows
 from optimizer.progress import track
 from optimizer.runtime import value_collector
+from optimizer.samples import SAMPLE_BATCH, holds_samples, samples_in, split_samples
 
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_PERCENTILE = 99.999
+logger = logging.getLogger(__name__)
+
 _BINS = 2048
 _ENTROPY_LEVELS = 128
+# The most bytes of exposed tensors one calibration run should return: every intermediate a CNN's layers read, for a
+# whole batch of 16 samples at once, set the peak of `--quantize static` (a MobileNetV2-like net at 224x224, 12 images:
+# 1.1 GB, 0.75 GB of it that one run's arrays).
+_RUN_BYTES = 64 << 20
+# Elements of the channels whose float64 copies ``channel_means`` takes at once (512 KB of them): a few channels of a
+# large activation, as one alone did, or hundreds of small ones.
+_CHANNEL_BLOCK_ELEMENTS = 1 << 16
 
 
 def tensor_ranges(
@@ -66,7 +80,9 @@ def tensor_ranges(
                 threshold = max(abs(low), abs(high))
                 histograms[name] = (np.zeros(_BINS, np.int64), np.linspace(-threshold, threshold, _BINS + 1))
             counts, edges = histograms[name]
-            counts += np.histogram(_finite(array), bins=edges)[0]
+            # Binned as equal widths (numpy's fast path, float64 edges, the same as ``edges``): given the edges as an
+            # array numpy sorts every tensor to bin it, the most time calibration took past the model's runs.
+            counts += np.histogram(_finite(array), bins=_BINS, range=(edges[0], edges[-1]))[0]
     ranges = dict(extremes)
     for name, (counts, edges) in histograms.items():
         low, high = extremes[name]
@@ -87,8 +103,8 @@ def calibrate(
 ) -> dict[str, tuple[float, float]]:
     """The ``(low, high)`` range of each named tensor of ``model`` over the calibration ``batches``.
 
-    The batches are run once per pass over them, one at a time: memory stays at one
-    batch's tensors plus a histogram per tensor, whatever the number of samples. A batch's padded
+    The batches are run once per pass over them, a few samples at a time (``_sample_runs``): memory stays at one
+    run's tensors plus a histogram per tensor, whatever the number of samples. A batch's padded
     positions are left out (``optimizer.padding.unpadded_rows``): the model is not used on pad tokens.
     """
     with value_collector(model, names) as run:
@@ -136,16 +152,20 @@ def channel_means(
     counts: dict[str, np.ndarray] = {}
     tokens = {name: axes for name, axes in token_axes(model, names).items() if axis not in axes}
     with value_collector(model, names) as run:
-        for batch in batches:
+        for batch, outputs in _sample_runs(run, model, batches):
             padding = batch_padding(model, batch) if tokens else {}
-            for name, array in run(batch).items():
+            for name, array in outputs.items():
                 kept = _unpadded_positions(np.shape(array), tokens.get(name), padding)
                 # Channel by channel: float64 copies of a whole activation (a U-Net's 160 channels of 256x256, 8
                 # pages) took 5x its float32 bytes; each channel's sum is the same taken alone.
-                channels = [
-                    _finite_sum(np.take(array, c, axis=axis), None if kept is None else np.take(kept, 0, axis=axis))
-                    for c in range(array.shape[axis])
-                ]
+                channels = (
+                    _channel_sums(array, axis)
+                    if kept is None
+                    else [
+                        _finite_sum(np.take(array, c, axis=axis), np.take(kept, 0, axis=axis))
+                        for c in range(array.shape[axis])
+                    ]
+                )
                 sums[name] = sums.get(name, 0.0) + np.array([total for total, _ in channels], np.float64)
                 counts[name] = counts.get(name, 0) + np.array([count for _, count in channels], np.int64)
     return {name: (sums[name] / np.maximum(counts[name], 1)).astype(np.float32) for name in sums}
@@ -158,6 +178,23 @@ def _finite_sum(values: np.ndarray, kept: np.ndarray | None = None) -> tuple[np.
     if kept is not None:
         finite &= kept
     return np.where(finite, values, 0.0).sum(), int(np.count_nonzero(finite))
+
+
+def _channel_sums(array: np.ndarray, axis: int) -> list[tuple[np.float64, int]]:
+    """``_finite_sum`` of each channel (``axis``) of ``array``, a block of channels at a time: one call per channel cost
+    more than the sums where a run holds one sample (a 1x1 layer's 960 channels of 7x7)."""
+    array = np.asarray(array)
+    count = array.shape[axis]
+    block = max(1, _CHANNEL_BLOCK_ELEMENTS * count // max(array.size, 1))
+    found: list[tuple[np.float64, int]] = []
+    for start in range(0, count, block):
+        channels = np.moveaxis(array[(slice(None),) * axis + (slice(start, start + block),)], axis, 0)
+        # Each channel a row, summed along itself as the channel taken alone is: the same pairwise sum.
+        values = channels.reshape(len(channels), -1).astype(np.float64)
+        finite = np.isfinite(values)
+        totals = np.where(finite, values, 0.0).sum(axis=1)
+        found += zip(totals, np.count_nonzero(finite, axis=1).tolist())
+    return found
 
 
 def _unpadded_positions(shape: tuple[int, ...], axes: tuple[int, int] | None, padding) -> np.ndarray | None:
@@ -185,12 +222,60 @@ class _Stream:
         self.run, self.batches, self.model, self.tokens = run, batches, model, tokens
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for batch in track(self.batches, "calibration batches"):
+        for batch, outputs in _sample_runs(self.run, self.model, self.batches, "calibration batches"):
             padding = batch_padding(self.model, batch)
-            yield {
-                name: unpadded_rows(array, padding if name in self.tokens else {})
-                for name, array in self.run(batch).items()
-            }
+            tokens = self.tokens
+            rows = {name: unpadded_rows(array, padding if name in tokens else {}) for name, array in outputs.items()}
+            yield rows
+            rows.clear()  # as ``_sample_runs`` empties its own: these are views of its tensors
+
+
+def _sample_runs(
+    run: Callable[[Mapping[str, np.ndarray]], dict],
+    model: ir.Model,
+    batches: Sequence[Mapping[str, np.ndarray]],
+    label: str | None = None,
+) -> Iterator[tuple[Mapping[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Each part of ``batches`` that ``run`` is given, and what it returned (emptied when the next part is asked for),
+    one part at a time: one sample a run until a run says how many bytes a sample's exposed tensors take, then as many
+    samples as keep a run's within ``_RUN_BYTES`` (at most a batch; a model whose batch is fixed is fed its batches
+    whole, ``split_samples``). The batches count as steps of a progress task ``label`` where one is given.
+
+    The statistics are extremes, counts and float64 sums over the samples, which the grouping of samples into runs does
+    not change (the sums to float64 rounding); run whole, a batch of 16 images held every exposed activation of all 16
+    at once.
+    """
+    per_run = None  # samples a run, once the first run has said what a sample's tensors take
+    for batch in batches if label is None else track(batches, label):
+        if per_run is None:
+            rest, part, outputs, per_run = _first_run(run, model, batch)
+            runs = itertools.chain([(part, outputs)], ((part, run(part)) for part in rest))
+        else:
+            runs = ((part, run(part)) for part in split_samples(batch, per_run, model))
+        for part, outputs in runs:
+            yield part, outputs
+            # Emptied once taken in: the caller's loop names still hold the dict while the next run returns, and the
+            # tensors of two runs were alive at once.
+            outputs.clear()
+
+
+def _first_run(
+    run: Callable[[Mapping[str, np.ndarray]], dict], model: ir.Model, batch: Mapping[str, np.ndarray]
+) -> tuple[Sequence[Mapping[str, np.ndarray]], Mapping[str, np.ndarray], dict[str, np.ndarray], int]:
+    """``_sample_runs``' first run, on ``batch``'s first sample: the parts of ``batch`` left to run, the part run, what
+    it returned, and how many samples later runs may take. Where ONNX Runtime refuses one sample alone and runs the
+    batch (a model with a batch traced into a ``Reshape``), the whole batch, and whole batches after it."""
+    parts = split_samples(batch, 1, model)
+    try:
+        outputs = run(parts[0])
+    except RuntimeRefusedError as error:
+        if len(parts) == 1:
+            raise
+        logger.info("calibration runs whole batches: one sample alone was refused (%s)", error.reason)
+        return [], batch, run(batch), SAMPLE_BATCH
+    exposed = sum(np.asarray(array).nbytes for array in outputs.values())
+    samples = max(1, samples_in(parts[0], holds_samples(model)))
+    return parts[1:], parts[0], outputs, min(SAMPLE_BATCH, max(1, _RUN_BYTES * samples // max(exposed, 1)))
 
 
 def _finite(array: np.ndarray) -> np.ndarray:
