@@ -326,6 +326,14 @@ def argmax_outputs(model: ir.Model) -> frozenset[str]:
     return frozenset(_argmax_producers(model))
 
 
+def picked_ids(model: ir.Model) -> dict[str, ir.Value]:
+    """Each output of ``argmax_outputs`` with the ids its picker picks (an ``ArgMax``'s or ``ArgMin``'s output, a
+    ``TopK``'s indices), before they are cast, offset, scaled or looked up on their way out: where verification holds
+    a flip of such an output at the values picked among (``optimizer.verify._rounded_from``), not at the float ids
+    after a ``Cast``, whose float tolerance passes an id one class off past 10,000 classes."""
+    return {name: ids for name, (_, ids, _) in _argmax_producers(model).items()}
+
+
 def _argmax_producers(model: ir.Model) -> dict[str, tuple[ir.Node, ir.Value, bool]]:
     """Each named graph output of ``model`` that one of ``_PICKERS`` computes (a ``TopK`` as its indices) through
     ``_IDS_PASS_THROUGH`` and ``_IDS_SHIFTED``, that node, the ids it picks, and whether an ``_IDS_SHIFTED`` op

@@ -3,8 +3,10 @@
 Outputs are compared elementwise with ``|after - before| <= atol + rtol * max(|before|, rms)``
 (numpy's ``allclose`` rule, except that no element is held to less than ``rtol`` times
 the output's root mean square) using per-dtype tolerances; NaNs must be NaN in the same
-places, integer, boolean and string outputs must match exactly (one an exact rewrite changes only where the
-floats it is rounded from sat at a rounding boundary is held at those floats: ``Verifier._integer_flips``).
+places, integer, boolean and string outputs must match exactly, and so must ids an ``ArgMax`` picks cast to float
+(``optimizer.class_scores.argmax_outputs``; one an exact rewrite changes only where the floats it is rounded from,
+or the values an id is picked among, sat at a rounding boundary or a tie is held at those floats:
+``Verifier._integer_flips``).
 Both models run with ONNX Runtime's graph optimizations disabled, so the check sees exactly the graph we
 wrote rather than ORT's own rewrite of it.
 
@@ -46,7 +48,7 @@ from optimizer.accuracy import (
     root_mean_square_of_parts,
     samples_first,
 )
-from optimizer.class_scores import argmax_outputs, class_score_layout
+from optimizer.class_scores import argmax_outputs, class_score_layout, picked_ids
 from optimizer.domains import is_onnx_domain, onnx_opset
 from optimizer.errors import (
     GeneratedInputsRefusedError,
@@ -345,12 +347,15 @@ def compare_outputs(
     tolerances: Mapping[str, Tolerance] | None = None,
     skip: frozenset[str] = frozenset(),
     noise: Mapping[str, np.ndarray] | None = None,
+    exact: frozenset[str] = frozenset(),
 ) -> VerificationResult:
     """Compare two runs' outputs, name by name, under ``tolerances`` (defaults per dtype).
 
     ``noise`` gives, per output, the original's own float noise per row (see the module
     docstring): an element within ``NOISE_FACTOR`` times its row's passes too. An output in ``skip`` (random) has no
-    value to compare, but its dtype and rank are the graph's on every run and must match (``_kind_differs``).
+    value to compare, but its dtype and rank are the graph's on every run and must match (``_kind_differs``). An
+    output in ``exact`` must match exactly whatever its dtype: ids cast to float (``argmax_outputs``), which the
+    float tolerance holds to no class past 10,000 classes (every id one class off verified until review s73).
     """
     noise = noise or {}
     tolerances = DEFAULT_TOLERANCES if tolerances is None else tolerances
@@ -363,7 +368,8 @@ def compare_outputs(
         if name not in after:
             result.checks.append(OutputCheck(name, False, math.inf, math.inf, f"output '{name}' is missing"))
             continue
-        result.checks.append(_compare_one(name, expected, after[name], tolerances, NOISE_FACTOR * noise.get(name, 0.0)))
+        held = {} if name in exact else tolerances
+        result.checks.append(_compare_one(name, expected, after[name], held, NOISE_FACTOR * noise.get(name, 0.0)))
     return result
 
 
@@ -436,19 +442,20 @@ def _compare_one(
         )
     tolerance = tolerances.get(_dtype_key(expected.dtype))
     if tolerance is None or expected.size == 0:
-        ok = bool(np.array_equal(expected, actual))
+        ok = bool(np.array_equal(expected, actual, equal_nan=expected.dtype.kind in "fc"))
         if ok:
             return OutputCheck(name, True)
-        if expected.dtype.kind in "iub" and expected.size:
+        if expected.dtype.kind in "iubf" and expected.size:
             # The difference itself for the report (an image's pixel one step off read "max |Δ| inf"); still ranked
             # as unbounded (``first_failure``): no tolerance applies.
-            largest = float(integer_difference(expected, actual).max())
+            difference = _exact_difference(expected, actual)
+            largest = float(difference.max())
             return OutputCheck(
                 name,
                 False,
                 largest,
                 math.inf,
-                f"output '{name}': values differ by up to {largest:g} in {int(np.sum(expected != actual))} of "
+                f"output '{name}': values differ by up to {largest:g} in {int(np.count_nonzero(difference))} of "
                 f"{expected.size} elements (exact match required)",
             )
         return OutputCheck(name, False, math.inf, math.inf, f"output '{name}': values differ (exact match required)")
@@ -501,6 +508,17 @@ def _compare_one(
             )
         )
     return OutputCheck(name, False, max_abs, max_rel, detail)
+
+
+def _exact_difference(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """``|actual - expected|`` of arrays held exactly: integers as ``integer_difference`` computes it, floats (ids cast
+    to float) in float64, NaN in both or the same infinity none, a NaN in one unbounded."""
+    if expected.dtype.kind != "f":
+        return integer_difference(expected, actual)
+    e, a = expected.astype(np.float64), actual.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        difference = np.where((e == a) | (np.isnan(e) & np.isnan(a)), 0.0, np.abs(a - e))
+    return np.nan_to_num(difference, nan=np.inf)
 
 
 def constant_outputs(outputs: Mapping[str, Any]) -> bool:
@@ -1374,11 +1392,18 @@ def _rounded_from(
     that turn floats into integers or booleans: a Cast, an ArgMax, a QuantizeLinear, a comparison; before a Round,
     Floor or Ceil and the Clip, Relu, Max or Min around it), each computed under that name in ``base`` too; None
     where one is not (a renamed tensor, one inside a subgraph), or where no float tensor is found. ``dtype_of`` tells
-    the type of a tensor the graph does not record."""
+    the type of a tensor the graph does not record. Ids (``picked_ids``: cast to float, offset or scaled on the way
+    out) are read from the ids their ``ArgMax`` picks, at the values it picks among: read at the float ids after their
+    ``Cast``, every id one class off would be within the float tolerance past 10,000 classes, and fed the original's
+    there, exact. None for float outputs no picker computes in ``candidate`` (held exactly as ids in the base)."""
     produced = frozenset(v.name for node in base.graph for v in node.outputs if not v.is_graph_output())
     outputs = {value.name: value for value in candidate.graph.outputs}
+    picked = picked_ids(candidate)
+    starts = [picked.get(name, outputs[name]) for name in names if name in outputs]
+    if any((value.dtype if value.dtype is not None else dtype_of(value)) in _CUT_FLOATS for value in starts):
+        return None
     found: dict[str, None] = {}
-    stack, seen = [outputs[name] for name in names if name in outputs], set()
+    stack, seen = starts, set()
     while stack:
         node = stack.pop().producer()
         if node is None or id(node) in seen:
@@ -1405,16 +1430,21 @@ def _rounded_from(
 
 
 def _integer_outputs_missed(
-    missed: VerificationResult, reference: Mapping[str, Any], outputs: Mapping[str, Any]
+    missed: VerificationResult,
+    reference: Mapping[str, Any],
+    outputs: Mapping[str, Any],
+    ids: frozenset[str] = frozenset(),
 ) -> list[str]:
-    """The outputs ``missed`` failed on, where each is an integer or boolean array of the reference's dtype and shape;
-    none where any other output failed."""
+    """The outputs ``missed`` failed on, where each is an integer or boolean array of the reference's dtype and shape,
+    or one of ``ids`` (ids cast to float, held exactly: ``compare_outputs``); none where any other output failed."""
     failed = [check.name for check in missed.checks if not check.ok]
     for name in failed:
         expected, actual = reference.get(name), outputs.get(name)
         if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
             return []
-        if expected.dtype.kind not in "iub" or (expected.dtype, expected.shape) != (actual.dtype, actual.shape):
+        if expected.dtype.kind not in ("iubf" if name in ids else "iub"):
+            return []
+        if (expected.dtype, expected.shape) != (actual.dtype, actual.shape):
             return []
     return failed
 
@@ -2107,6 +2137,8 @@ class Verifier:
         self.budget = budget if budget is not None and budget.bounds_anything else DEFAULT_APPROXIMATION_FLOOR
         self._original = original
         self._base = original  # the model the next pass runs on: what its twin approximates
+        # The base's outputs of ids (``argmax_outputs``): held exactly by the exact check even where cast to float.
+        self._ids = argmax_outputs(original)
         self._samples = samples
         self._samples_generated = samples_generated
         self._sample_batch = sample_batch
@@ -2502,8 +2534,8 @@ class Verifier:
             outputs = self._hide_padded(outputs, inputs, exact)
             as_written = self._hide_padded(as_written, inputs, exact)
             for name, reference in exact.items():
-                if name in self.skipped:
-                    continue
+                if name in self.skipped or name in self._ids:
+                    continue  # ids, cast to float too: held exact at level 0 above
                 mine, theirs = outputs.get(name), as_written.get(name)
                 if not isinstance(reference, np.ndarray) or reference.dtype.kind != "f" or not reference.size:
                     continue  # integer outputs: held exact at level 0 above
@@ -2560,7 +2592,7 @@ class Verifier:
                     if written is not None:
                         written.append(raw)
                     outputs = self._hide_padded(raw, inputs, reference)
-                    result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
+                    result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise, self._ids)
                     if not result.ok and not result.error:
                         result = self._integer_flips(candidate, inputs, reference, outputs, result)
                     if result.ok and found and (failed := self._hidden_logits_failure(index, found, result)):
@@ -2630,7 +2662,7 @@ class Verifier:
             return None
         expected = {name: expected[name] for name in self.references[0] if name not in self.skipped}
         actual = self._hide_padded({name: actual.get(name) for name in expected}, self.input_sets[0], expected)
-        result = compare_outputs(expected, actual, self.tolerances)
+        result = compare_outputs(expected, actual, self.tolerances, exact=self._ids)
         if result.ok:
             return None
         for check in result.checks:
@@ -2698,7 +2730,7 @@ class Verifier:
         close to a rounding boundary (or a tie between two classes) lands on its other side: in 2 of 1.6 million
         pixels, a correct Softmax fusion was rolled back for that. A wrong rewrite moves the floats past the
         tolerance, or computes other integers from the same floats."""
-        failed = _integer_outputs_missed(missed, reference, outputs)
+        failed = _integer_outputs_missed(missed, reference, outputs, self._ids)
         if not failed:
             return missed
         try:
@@ -2716,7 +2748,7 @@ class Verifier:
         except (RuntimeRefusedError, KeyError):
             return missed
         computed = self._hide_padded({name: computed[name] for name in failed}, inputs, reference)
-        exact = compare_outputs({name: reference[name] for name in failed}, computed, self.tolerances)
+        exact = compare_outputs({name: reference[name] for name in failed}, computed, self.tolerances, exact=self._ids)
         if not exact.ok:
             return missed
         return _integer_outputs_passed(
@@ -2828,7 +2860,7 @@ class Verifier:
         largest = 0.0
         for inputs, reference in zip(self.input_sets, self.references):
             outputs = self._hide_padded(run_session(session, inputs), inputs, reference)
-            result = compare_outputs(reference, outputs, cap, self.skipped)
+            result = compare_outputs(reference, outputs, cap, self.skipped, exact=self._ids)
             if not result.ok:
                 return None
             largest = max(largest, result.max_abs_error)
@@ -3325,13 +3357,15 @@ class Verifier:
                         padding = paddings(inputs, self.masks)
                         feeds, reference = _segment_feeds(inputs, values, names, outputs_of_base, padding, keep_own)
                         outputs = self._hide_padded(run_session(session, feeds), inputs, reference)
-                        result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
+                        result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise, self._ids)
                         if result.ok:
                             # Again, each cut fed what the result computed there: an error under the tolerance
                             # at a cut that the next ops amplify (a Sin of large angles) shows one segment on.
                             feeds.update({name: outputs[_computed(name)] for name in names})
                             outputs = self._hide_padded(run_session(session, feeds), inputs, reference)
-                            result = compare_outputs(reference, outputs, self.tolerances, self.skipped, noise)
+                            result = compare_outputs(
+                                reference, outputs, self.tolerances, self.skipped, noise, self._ids
+                            )
                         if not result.ok:
                             result.error = (
                                 f"{missed.first_failure}; checked again segment by segment around the "
@@ -3356,6 +3390,7 @@ class Verifier:
         """
         self.references = run_sets(accepted, self.input_sets)
         self._base = accepted
+        self._ids = argmax_outputs(accepted)
         self._level_zero = self._base_signature = self._twin_samples = self._logits = None
 
     def fitted_to(self) -> None:

@@ -16,8 +16,6 @@ _NAMED = {
     "constants by nodes left unfolded (`x > Add(c, c)`: not read as a threshold)",
     "test_a_rewrite_wrong_where_two_float_inputs_are_equal_is_rolled_back": "two float inputs compared for equality "
     "(`Equal(x, y)`: never drawn equal)",
-    "test_float_token_ids_one_class_off_fail_verification": "Ids cast to float (`Cast(ArgMax)` returned as float, "
-    "1-based labels) are held by the float tolerance, not exactly",
 }
 
 

@@ -11,11 +11,11 @@ verification skips as random (``optimizer.verify._drawn_outputs``, aa74a92 and d
 2. **A random output's dtype and rank were never checked**: skipped as random, a sampler's ``[2, 4]`` output that a
    rewrite flattened into ``[8]`` verified. Its values and a data-dependent count along an axis (``NonZero`` of a draw)
    change from run to run, its dtype and rank do not: ``compare_outputs`` now holds those (``_kind_differs``).
-3. **Ids cast to float are held by the float tolerance in verification** (strict xfail, named in README): every token
-   id of a 20,000-class ``ArgMax`` one class off verified, 1 being within ``rtol`` 1e-4 of ids (or of their RMS) past
-   10,000. ``compare`` and the budget hold such ids by value (``argmax_outputs``); verification's exact check holds
-   integer ids exactly and excuses their tie flips (``_integer_flips``), which a float output does not get, so holding
-   float ids exactly would roll back correct rewrites that flip one at a tie. Not fixed here.
+3. **Ids cast to float are held by the float tolerance in verification**: every token id of a 20,000-class ``ArgMax``
+   one class off verified, 1 being within ``rtol`` 1e-4 of ids (or of their RMS) past 10,000. ``compare`` and the
+   budget hold such ids by value (``argmax_outputs``); verification's exact check holds integer ids exactly and
+   excuses their tie flips (``_integer_flips``), which a float output did not get. A strict xfail here until review
+   s73 (floatids) held float ids exactly with the same excuse (``tests/test_review_s73_floatids.py``).
 """
 
 from __future__ import annotations
@@ -95,7 +95,6 @@ def _token_picker(offset: float) -> ir.Model:
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9))
 
 
-@pytest.mark.xfail(strict=True, reason="float ids are held by the float tolerance in verification (README)")
 def test_float_token_ids_one_class_off_fail_verification():
     x = {"x": np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)}
     verifier = Verifier(_token_picker(0.0), [x])
