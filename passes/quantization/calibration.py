@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from optimizer.domains import is_onnx_domain
 from optimizer.errors import RuntimeRefusedError
 from optimizer.padding import batch_padding, token_axes, token_rows, unpadded_rows
 from optimizer.progress import track
 from optimizer.runtime import value_collector
-from optimizer.samples import SAMPLE_BATCH, holds_samples, samples_in, split_samples
+from optimizer.samples import SAMPLE_BATCH, SampleAxes, holds_samples, samples_in, split_samples
 
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_PERCENTILE = 99.999
@@ -264,7 +265,8 @@ def _first_run(
 ) -> tuple[Sequence[Mapping[str, np.ndarray]], Mapping[str, np.ndarray], dict[str, np.ndarray], int]:
     """``_sample_runs``' first run, on ``batch``'s first sample: the parts of ``batch`` left to run, the part run, what
     it returned, and how many samples later runs may take. Where ONNX Runtime refuses one sample alone and runs the
-    batch (a model with a batch traced into a ``Reshape``), the whole batch, and whole batches after it."""
+    batch (a model with a batch traced into a ``Reshape``), or where the first two samples run together give other
+    extremes than each alone (``_samples_interact``), the whole batch, and whole batches after it."""
     parts = split_samples(batch, 1, model)
     try:
         outputs = run(parts[0])
@@ -273,9 +275,124 @@ def _first_run(
             raise
         logger.info("calibration runs whole batches: one sample alone was refused (%s)", error.reason)
         return [], batch, run(batch), SAMPLE_BATCH
+    holds = holds_samples(model)
+    if len(parts) > 1 and not _keeps_samples_apart(model):
+        try:
+            interact = _samples_interact(run, outputs, parts[1], split_samples(batch, 2, model)[0], holds)
+        except RuntimeRefusedError as error:  # one sample a run is how it runs, and how the batch was refused
+            logger.info("calibration runs one sample at a time: two samples together were refused (%s)", error.reason)
+            return parts[1:], parts[0], outputs, 1
+        if interact:
+            logger.info("calibration runs whole batches: two samples run together differ from each run alone")
+            outputs.clear()
+            return [], batch, run(batch), SAMPLE_BATCH
     exposed = sum(np.asarray(array).nbytes for array in outputs.values())
-    samples = max(1, samples_in(parts[0], holds_samples(model)))
+    samples = max(1, samples_in(parts[0], holds))
     return parts[1:], parts[0], outputs, min(SAMPLE_BATCH, max(1, _RUN_BYTES * samples // max(exposed, 1)))
+
+
+# ONNX ops that compute each sample's values (along axis 0) from that sample's alone, with constant weights: a graph of
+# these alone (a CNN's) needs no check that its samples meet (``_keeps_samples_apart``).
+_ELEMENTWISE = frozenset(
+    "Abs Add And Ceil Celu Clip Cos Div Elu Equal Erf Exp Floor Gelu Greater GreaterOrEqual HardSigmoid HardSwish "
+    "Identity IsInf IsNaN LeakyRelu Less LessOrEqual Log Max Min Mish Mod Mul Neg Not Or Pow PRelu Reciprocal Relu "
+    "Round Selu Sigmoid Sign Sin Softplus Softsign Sqrt Sub Tan Tanh ThresholdedRelu Where Xor Cast Dropout".split()
+)
+_PER_SAMPLE = frozenset(
+    "Conv ConvTranspose MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool "
+    "InstanceNormalization LRN".split()
+)
+
+
+def _keeps_samples_apart(model: ir.Model) -> bool:
+    """Whether every node of ``model``'s graph is one that keeps its samples apart: elementwise ops, convolutions and
+    pools, an inference ``BatchNormalization``, a ``Flatten`` or ``Softmax`` from axis 1 on, a ``Gemm`` or 2-D
+    constant-weight ``MatMul`` whose rows are the samples. Any other graph (a Reshape, a Transpose, an attention's
+    MatMul of two activations, a reduction) gets ``_samples_interact``'s check."""
+    for node in model.graph:
+        op = node.op_type
+        if not is_onnx_domain(node):
+            return False
+        if op == "Constant" or op in _PER_SAMPLE:
+            continue
+        if op in _ELEMENTWISE:
+            # Activations of another rank broadcast from the right: a ``lengths [B]`` beside ``x [B, B]`` meets its
+            # samples along the last axis.
+            activations = [value for value in node.inputs if value is not None and not _constant(value)]
+            ranks = {_rank(value) for value in activations}
+            if len(activations) <= 1 or (len(ranks) == 1 and None not in ranks):
+                continue
+            return False
+        if op == "BatchNormalization" and not node.attributes.get_int("training_mode", 0):
+            continue
+        if op in ("Flatten", "Softmax", "LogSoftmax") and _from_axis_one(node):
+            continue
+        if (
+            op == "Gemm"
+            and not node.attributes.get_int("transA", 0)
+            and all(_constant(value) for value in node.inputs[1:] if value is not None)
+        ):
+            continue
+        if op == "MatMul" and _constant(node.inputs[1]) and _rank(node.inputs[0]) == 2 and _rank(node.inputs[1]) == 2:
+            continue
+        return False
+    return True
+
+
+def _from_axis_one(node: ir.Node) -> bool:
+    """Whether ``node``'s ``axis`` (1 by default, as ``Flatten``'s and an opset-12 ``Softmax``'s) lies past axis 0."""
+    default = 1 if node.op_type == "Flatten" else -1
+    axis = node.attributes.get_int("axis", default)
+    rank = _rank(node.inputs[0])
+    return axis >= 1 or (rank is not None and axis + rank >= 1)
+
+
+def _rank(value: ir.Value | None) -> int | None:
+    return len(value.shape) if value is not None and value.shape is not None else None
+
+
+def _constant(value: ir.Value | None) -> bool:
+    return value is not None and ir.convenience.get_const_tensor(value) is not None
+
+
+def _samples_interact(
+    run: Callable[[Mapping[str, np.ndarray]], dict],
+    first: Mapping[str, np.ndarray],
+    second: Mapping[str, np.ndarray],
+    both: Mapping[str, np.ndarray],
+    holds: SampleAxes,
+) -> bool:
+    """Whether the exposed tensors of ``both`` (the first two samples run together) reach other extremes than those of
+    the first sample alone (``first``, its run's tensors) and the second (``second``, a part to run): a model whose
+    samples meet (a Softmax or a mean over the batch axis, a BatchNormalization left in training mode) computes other
+    values one sample a run than a batch at once, and its ranges, read one sample a run, were another model's (a
+    Softmax over the batch axis calibrated to exactly 1.0) until review s73 late3. Parts that are not two samples and
+    one (a fixed batch, a model run one sample at a time) meet as the batch does: no."""
+    if samples_in(both, holds) != 2 or samples_in(second, holds) != 1:
+        return False
+    alone = [_extremes(first)]
+    alone.append(_extremes(run(second)))  # its tensors dropped before the two samples run
+    together = _extremes(run(both))
+    for name, (low, high) in together.items():
+        if any(name not in part for part in alone):
+            continue
+        expected = (min(part[name][0] for part in alone), max(part[name][1] for part in alone))
+        # Batched kernels round differently from one sample's (another GEMM blocking): a thousandth of the range is
+        # far past that, and far below what samples that meet change (a Softmax over 2 rows instead of 1 halves it).
+        tolerance = 1e-3 * max(abs(low), abs(high), *map(abs, expected)) + 1e-12
+        if abs(low - expected[0]) > tolerance or abs(high - expected[1]) > tolerance:
+            return True
+    return False
+
+
+def _extremes(outputs: Mapping[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """The finite ``(min, max)`` of each of ``outputs`` that holds a finite value."""
+    found = {}
+    for name, array in outputs.items():
+        values = _finite(array)
+        if values.size:
+            found[name] = (float(values.min()), float(values.max()))
+    return found
 
 
 def _finite(array: np.ndarray) -> np.ndarray:
