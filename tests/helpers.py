@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -163,3 +164,18 @@ def optimize_with_rewrite(model: onnx.ModelProto, rewrite, folder: Path):
     with mock.patch.object(api, "resolve", lambda names, options: [spec]):
         _, report = api.optimize_with_report(source, [], output=folder / "out.onnx")
     return report
+
+
+@functools.cache
+def _default_pipeline(name: str):
+    from optimizer.api import optimize_with_report
+
+    return optimize_with_report(ir.load(FIXTURES / f"{name}.onnx"))
+
+
+def default_pipeline(name: str):
+    """The verified default pipeline on fixture ``name`` and its report: run once per process (per xdist worker)
+    for every test that reads it (tests/test_respelled_fixtures.py, tests/test_pipeline_fixed_point.py); the model
+    is a fresh copy each call, the report is shared and only read."""
+    model, report = _default_pipeline(name)
+    return model.clone(), report

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import sys
 from pathlib import Path
@@ -252,10 +254,29 @@ def _packed_runtime() -> bytes:
     return buffer.getvalue()
 
 
-def test_dry_run_of_the_int4_and_generation_rows_on_the_cpu(gpu_check, tmp_path):
+def _graphopt_in_process(gpu_check, monkeypatch) -> None:
+    """Steps that run ``graphopt`` call its ``main`` in this process (7 interpreters less to start); the runner's
+    own subprocess, exit codes and output are what test_dry_run_on_the_cpu checks with real processes."""
+    from optimizer import cli
+
+    started = gpu_check.subprocess.run
+
+    def run(command, *, cwd=None, **kwargs):
+        if command[1:3] != ["-m", "optimizer.cli"]:
+            return started(command, cwd=cwd, **kwargs)
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = cli.main(list(command[3:]))
+        return gpu_check.subprocess.CompletedProcess(command, code, stdout.getvalue(), stderr.getvalue())
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", run)
+
+
+def test_dry_run_of_the_int4_and_generation_rows_on_the_cpu(gpu_check, tmp_path, monkeypatch):
     """The int4 step's two variants end to end on the CPU EP, both rows in the table; then compare --generate on
     the int4 model that step optimized (and the float one it optimizes itself): time to first token, tokens/s and
     agreement. One run, as on the GPU: the int4 model is optimized once for both."""
+    _graphopt_in_process(gpu_check, monkeypatch)
     table = _dry_run(gpu_check, tmp_path, "llama_kv_legacy", "int4,generate")
     assert "Generation on `cpu`" in table
     comparisons, generation = table.split("Generation on `cpu`", 1)

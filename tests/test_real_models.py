@@ -91,6 +91,8 @@ def test_minilm_dynamic_int8_keeps_held_out_sentence_embeddings(minilm):
     result, report = optimize_with_report(minilm, quantize="dynamic", calibration=minilm_sentences("calibration"))
     record = next(record for record in report.passes if record.name == "quantize-dynamic")
     assert record.status == "applied", record.detail
+    # Its real weights probed layer by layer (tests/test_layer_probe.py probes static and int4 on them).
+    assert "layers also run alone on probe rows" in record.twin, record.twin
     ops = Counter(node.op_type for node in result.graph)
     assert ops["DynamicQuantizeMatMul"] + ops["QAttention"] == 12, ops  # every projection int8
     held_out = minilm_sentences("eval")
@@ -158,6 +160,8 @@ def test_ppocr_classifier_static_int8_keeps_its_held_out_answers(ppocr):
     result, report = optimize_with_report(ppocr, quantize="static", calibration=ppocr_lines("calibration"))
     record = next(record for record in report.passes if record.name == "quantize-static")
     assert record.status == "applied", record.detail
+    # Its convolutions probed on their real inputs: 53 Conv and the classifier's MatMul.
+    assert "each of 54 layers also run alone" in record.twin, record.twin
     assert sum(node.op_type == "DequantizeLinear" for node in result.graph) > 20
     held_out = ppocr_lines("eval")
     (before,), (after,) = run(ppocr, held_out).values(), run(result, held_out).values()

@@ -3,7 +3,9 @@
 Each finding was a strict xfail asserting what the README promises; all are fixed (2026-12-03) and are
 plain tests now. Every case runs the real
 ``python -m optimizer.cli`` in a subprocess (exit code, stderr and the files left are what a user sees),
-on a 2 KiB affine model built here, saved with external data where the case needs weights files.
+on a 2 KiB affine model built here, saved with external data where the case needs weights files; where one
+case is swept over several names or arguments, one of them runs in a subprocess and the rest call ``main`` in
+this process (the same exit code, stderr and files, without an interpreter's start-up each).
 
 Findings, worst first:
 - A classifier whose weights are external data (``onnx.save(..., save_as_external_data=True)``) and whose
@@ -110,6 +112,7 @@ read-only output folder (this session runs as root), a model over 2 GB (``tests/
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -125,7 +128,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests._cli_models import run_graphopt
+from tests._cli_models import run_cli, run_graphopt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = np.arange(64 * 8, dtype=np.float32).reshape(64, 8) / 100
@@ -148,6 +151,15 @@ def _affine(path: Path, *, external: bool = True) -> Path:
     else:
         onnx.save(model, os.fspath(path))
     return path
+
+
+def _graphopt(folder: Path, *argv: str, subprocess_run: bool, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """``graphopt ARGV`` run in ``folder``: in a process of its own, or through ``main`` in this one."""
+    if subprocess_run:
+        return run_graphopt(folder, *argv)
+    monkeypatch.chdir(folder)
+    code, out, err = run_cli(list(argv), capsys)
+    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 def _one_line_error(done: subprocess.CompletedProcess) -> bool:
@@ -176,8 +188,9 @@ TOO_LONG = "b" * 256  # one byte past NAME_MAX on ext4, xfs, btrfs, tmpfs
     ],
     ids=["output", "model", "inputs", "pipeline-json", "compare-json", "make-inputs"],
 )
-def test_a_file_name_too_long_is_one_line(folder, argv):
-    done = run_graphopt(folder, *argv)
+def test_a_file_name_too_long_is_one_line(folder, argv, monkeypatch, capsys):
+    subprocess_run = argv[:4] == ["optimize", "m.onnx", "-o", f"{TOO_LONG}.onnx"]  # the others in this process
+    done = _graphopt(folder, *argv, subprocess_run=subprocess_run, monkeypatch=monkeypatch, capsys=capsys)
     assert "Traceback" not in done.stderr and _one_line_error(done), (done.returncode, done.stderr[-300:])
 
 
@@ -195,13 +208,18 @@ def test_a_report_that_cannot_be_written_is_refused_before_the_model_is_written(
 @pytest.mark.parametrize(
     "name", ["a\\b.onnx", "C:x.onnx", os.fsdecode(b"\xe9t\xe9.onnx")], ids=["backslash", "drive", "latin-1"]
 )
-def test_an_output_graphopt_writes_is_one_it_reads_back(folder, name):
-    done = run_graphopt(folder, "optimize", "m.onnx", "-o", name, "-q")
+def test_an_output_graphopt_writes_is_one_it_reads_back(folder, name, monkeypatch, capsys):
+    # The latin-1 name in a subprocess (its bytes reach graphopt through the process's arguments); the others
+    # through main in this process.
+    run = functools.partial(
+        _graphopt, folder, subprocess_run=not name.isascii(), monkeypatch=monkeypatch, capsys=capsys
+    )
+    done = run("optimize", "m.onnx", "-o", name, "-q")
     if done.returncode == 2:  # refusing such a name up front, in one line, is fine too
         assert _one_line_error(done) and not (folder / name).exists(), done.stderr
         return
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1]
-    again = run_graphopt(folder, "optimize", name, "-o", "again.onnx", "-q")
+    again = run("optimize", name, "-o", "again.onnx", "-q")
     assert again.returncode == 0, f"graphopt refuses its own output: {again.stderr.strip()}"
 
 
@@ -265,9 +283,10 @@ def _classifier(path: Path, *, external: bool) -> Path:
 
 
 @pytest.mark.parametrize("verify", [True, False], ids=["verified", "no-verify"])
-def test_a_model_with_external_data_and_class_names_is_optimized(tmp_path, verify):
+def test_a_model_with_external_data_and_class_names_is_optimized(tmp_path, verify, monkeypatch, capsys):
     _classifier(tmp_path / "clf.onnx", external=True)
-    done = run_graphopt(tmp_path, "optimize", "clf.onnx", "-o", "out.onnx", "-q", *([] if verify else ["--no-verify"]))
+    argv = ["optimize", "clf.onnx", "-o", "out.onnx", "-q", *([] if verify else ["--no-verify"])]
+    done = _graphopt(tmp_path, *argv, subprocess_run=verify, monkeypatch=monkeypatch, capsys=capsys)
     assert "Traceback" not in done.stderr, done.stderr.strip().splitlines()[-1]
     assert done.returncode == 0, done.stderr
 
@@ -339,13 +358,25 @@ INTEGER_ONLY = """
 
 
 @pytest.mark.parametrize("kind", ["external-data", "no-float32"])
-def test_fp16_declines_rather_than_fails(tmp_path, kind):
+def test_fp16_declines_rather_than_fails(tmp_path, kind, monkeypatch, capsys):
     if kind == "external-data":
         _affine(tmp_path / "in.onnx")  # every model over 2 GB has its weights in external data
     else:
         onnx.save(onnx.parser.parse_model(INTEGER_ONLY), os.fspath(tmp_path / "in.onnx"))
     fp16 = ["--fp16", "--target", "cuda", "--pipeline-json", "r.json", "-q"]
-    done = run_graphopt(tmp_path, "optimize", "in.onnx", "-o", "out.onnx", *fp16)
+    # The model with external data in a subprocess, the one with no float32 tensor through main in this process.
+    subprocess_run = kind == "external-data"
+    done = _graphopt(
+        tmp_path,
+        "optimize",
+        "in.onnx",
+        "-o",
+        "out.onnx",
+        *fp16,
+        subprocess_run=subprocess_run,
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert done.returncode == 0, done.stderr
     (record,) = [p for p in json.loads((tmp_path / "r.json").read_text())["passes"] if p["name"] == "convert-float16"]
     assert record["status"] != "failed", record["detail"]

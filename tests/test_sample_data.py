@@ -180,9 +180,11 @@ def test_a_folder_of_npz_files_is_not_one_verification_set(tmp_path, model, samp
 
 
 def test_optimize_calibrates_on_a_folder_and_reports_what_it_mended(tmp_path, samples):
+    # quantize-static alone (here and below: the data's reading is the point, not the fusions before it; the
+    # default pipeline and the quantizer together are tests/test_quantization_pipeline.py's).
     folder = _npz_folder(tmp_path / "cal", samples, rows=4, drop=("token_type_ids",), dtype=np.int32)
     _, report = optimize_with_report(
-        EXAMPLE_MODEL, ["+quantize-static"], output=tmp_path / "int8.onnx", calibration=folder
+        EXAMPLE_MODEL, ["quantize-static"], output=tmp_path / "int8.onnx", calibration=folder
     )
     record = next(r for r in report.passes if r.name == "quantize-static")
     assert record.status == "applied", record.detail
@@ -290,7 +292,7 @@ def test_a_large_npz_is_memory_mapped_and_read_in_chunks(tmp_path, model, sample
     assert open_samples(compressed, model).in_memory
     # and the passes calibrate on the mapped file like on any other
     _, report = optimize_with_report(
-        EXAMPLE_MODEL, ["+quantize-static"], output=tmp_path / "int8.onnx", calibration=path
+        EXAMPLE_MODEL, ["quantize-static"], output=tmp_path / "int8.onnx", calibration=path
     )
     record = next(r for r in report.passes if r.name == "quantize-static")
     assert record.status == "applied" and any("on 20 samples" in note for note in record.notes), record.notes
@@ -299,7 +301,7 @@ def test_a_large_npz_is_memory_mapped_and_read_in_chunks(tmp_path, model, sample
 def test_the_api_calibrates_on_a_generator_of_feed_dicts(tmp_path, samples):
     feeds = ({k: v[i : i + 5] for k, v in samples.items()} for i in range(0, 20, 5))
     _, report = optimize_with_report(
-        EXAMPLE_MODEL, ["+quantize-static"], output=tmp_path / "int8.onnx", calibration=feeds
+        EXAMPLE_MODEL, ["quantize-static"], output=tmp_path / "int8.onnx", calibration=feeds
     )
     record = next(r for r in report.passes if r.name == "quantize-static")
     assert record.status == "applied" and any("on 20 samples" in note for note in record.notes), record.notes
@@ -309,7 +311,8 @@ def test_the_verifier_streams_sample_data_and_measures_the_same_drift(tmp_path, 
     from optimizer.verify import Verifier
 
     output = tmp_path / "int8.onnx"
-    optimize_with_report(EXAMPLE_MODEL, ["+quantize-dynamic"], output=output, calibration=samples)
+    # An int8 candidate to check: quantize-dynamic alone makes one without the fusions' verified runs.
+    optimize_with_report(EXAMPLE_MODEL, ["quantize-dynamic"], output=output, calibration=samples)
     candidate = ir.load(output)
     first = {k: v[:2] for k, v in samples.items()}
     folder = _npz_folder(tmp_path / "cal", samples, rows=3)
