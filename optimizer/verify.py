@@ -1398,7 +1398,7 @@ def _rounded_from(
     there, exact. None for float outputs no picker computes in ``candidate`` (held exactly as ids in the base)."""
     produced = frozenset(v.name for node in base.graph for v in node.outputs if not v.is_graph_output())
     outputs = {value.name: value for value in candidate.graph.outputs}
-    picked = picked_ids(candidate)
+    picked = {**_cast_integers(candidate), **picked_ids(candidate)}
     starts = [picked.get(name, outputs[name]) for name in names if name in outputs]
     if any((value.dtype if value.dtype is not None else dtype_of(value)) in _CUT_FLOATS for value in starts):
         return None
@@ -1427,6 +1427,24 @@ def _rounded_from(
                 return None
             found[value.name] = None
     return list(found) or None
+
+
+def _cast_integers(model: ir.Model) -> dict[str, ir.Value]:
+    """Each graph output of ``model`` that a ``Cast`` computes from integers or booleans, with those: a float keypoint
+    ``Cast(ArgMax % W)`` (``Mod`` keeps no ids apart: no ``argmax_outputs``) flipped a whole pixel at a tie, past the
+    float tolerance, and a correct rewrite was rolled back for it until review s73 (late4); its flips are read from
+    the integers, as an integer output's (``_rounded_from``)."""
+    found = {}
+    for output in model.graph.outputs:
+        node = output.producer()
+        if node is None or node.op_type != "Cast" or not is_onnx_domain(node) or not node.inputs:
+            continue
+        if ir.DataType(node.attributes.get_int("to", 0)) not in _CUT_FLOATS:
+            continue  # an integer output: read from its own Cast's floats
+        source = node.inputs[0]
+        if source is not None and source.dtype not in _CUT_FLOATS and output.name:
+            found[output.name] = source  # a type not recorded is told where read (a float there: no excuse)
+    return found
 
 
 def _integer_outputs_missed(
@@ -2724,13 +2742,14 @@ class Verifier:
         missed: VerificationResult,
     ) -> VerificationResult:
         """``missed`` (``candidate`` against the reference on ``inputs``), passed where only integer or boolean outputs
-        differ and they are computed from float tensors (``_rounded_from``: an image rounded to uint8, an ArgMax)
+        (or floats a ``Cast`` computes from such: ``_cast_integers``; or ids cast to float) differ and they are computed
+        from float tensors (``_rounded_from``: an image rounded to uint8, an ArgMax)
         that ``candidate`` computes within the float tolerance, and from which, fed the reference's values there,
         it computes those outputs exactly. A correct rewrite moves a float by an ulp, and a value that sat that
         close to a rounding boundary (or a tie between two classes) lands on its other side: in 2 of 1.6 million
         pixels, a correct Softmax fusion was rolled back for that. A wrong rewrite moves the floats past the
         tolerance, or computes other integers from the same floats."""
-        failed = _integer_outputs_missed(missed, reference, outputs, self._ids)
+        failed = _integer_outputs_missed(missed, reference, outputs, self._ids | frozenset(_cast_integers(candidate)))
         if not failed:
             return missed
         try:
