@@ -15,6 +15,7 @@ from optimizer.compared_inputs import (
     UNNAMED_LENGTH,
     compared_constants,
     compared_lengths,
+    held_reductions,
     reduced_sides,
     unnamed_lengths,
 )
@@ -968,21 +969,31 @@ def _add_other_reduced_side(model: ir.Model, verifier: Verifier) -> None:
     """Where every verification set holds a reduction compared with a constant threshold on one side
     (``reduced_sides``: ``If(ReduceMax(x) > 1)``; ``make_inputs`` holds it below in the sets of seed 0, above in those
     of seed 1), verify on a set of the first one's shapes drawn at seed 1 too: a model that fixes every dim has no
-    second binding, and the branch the other side selects never ran."""
+    second binding, and the branch the other side selects never ran. Where that leaves one on its side (an input
+    whose elements are compared with constants too, which ``make_inputs`` does not move), on a copy of the first set
+    with it held below the threshold, or else above (``held_reductions``)."""
     first = verifier.input_sets[0]
     if not (sides := reduced_sides(model, first)):
         return
     every = [reduced_sides(model, inputs) for inputs in verifier.input_sets[1:]]
     if not (alone := [name for name in sides if all(found.get(name) == sides[name] for found in every)]):
         return
+    candidates = []
     try:
         inputs, how = _model_cache(model, make_inputs(model, dims_from_inputs(model, first), seed=1), seed=1)
+        candidates.append((inputs, f"generated, {{}} reduced to the other side ({_shapes(model, inputs)}){how}"))
     except InputSpecError:
-        return
-    other = reduced_sides(model, inputs)
-    if moved := [name for name in alone if other.get(name) != sides[name]]:
-        label = f"generated, {', '.join(moved)} reduced to the other side ({_shapes(model, inputs)}){how}"
-        verifier.add_input_set(inputs, label)
+        pass
+    held = f"copy of {verifier.labels[0]}, {{}} reduced to the other side"
+    candidates += [(held_reductions(model, first, seed), held) for seed in (0, 1)]
+    for inputs, label in candidates:
+        other = reduced_sides(model, inputs)
+        if (moved := [name for name in alone if other.get(name) != sides[name]]) and verifier.add_input_set(
+            inputs, label.format(", ".join(moved))
+        ):
+            alone = [name for name in alone if name not in moved]
+        if not alone:
+            return
 
 
 # The most sets ``_add_compared_lengths`` adds.
@@ -1021,8 +1032,11 @@ def _add_compared_lengths(
             if any(length in lengths(inputs).get(name, ()) for inputs in verifier.input_sets):
                 continue
             unnamed = {"unnamed_length": length} if name == UNNAMED_LENGTH else {}
+            bound = _within_positions(base if unnamed else {**base, name: length}, name, totals, dims, max_positions)
+            if bound is None:
+                continue
             try:
-                inputs = make_inputs(model, base if unnamed else {**base, name: length}, **unnamed)
+                inputs = make_inputs(model, bound, **unnamed)
                 inputs, how = _model_cache(model, inputs, seed=0)
             except InputSpecError:
                 continue
@@ -1031,6 +1045,31 @@ def _add_compared_lengths(
             what = f"'{name}'" if name != UNNAMED_LENGTH else "the dims without a name"
             label = f"generated, {what} at {length}, a length the graph compares ({_shapes(model, inputs)}){how}"
             added += verifier.add_input_set(inputs, label)
+
+
+def _within_positions(
+    bound: dict[str, int],
+    name: str,
+    totals: Mapping[str, tuple[str, str]],
+    dims: Mapping[str, int] | None,
+    max_positions: int | None,
+) -> dict[str, int] | None:
+    """``bound``, where it holds a decoder's new tokens or past (``totals``: ``{total: (past, sequence)}``) at a length
+    ``name`` is compared at, with the other shortened so that both together stay within ``max_positions``
+    (``--max-sequence``: a fused model's rotary caches end there), as ``bind_dims`` shortens them: the past down to
+    none, the new tokens to one; None where that is not enough or the user fixed the other (``dims``). New tokens at
+    60 beside the first set's past of 32 ran 92 long under ``--max-sequence 64`` until a review in session 73."""
+    if not max_positions:
+        return bound
+    bound = dict(bound)
+    for past, sequence in totals.values():
+        if name not in (past, sequence) or bound.get(past, 0) + bound.get(sequence, 0) <= max_positions:
+            continue  # not the compared length: as the first set holds them
+        other = sequence if name == past else past
+        if other in (dims or {}) or other not in bound or max_positions - bound[name] < (other == sequence):
+            return None
+        bound[other] = max_positions - bound[name]
+    return bound
 
 
 # The most constants a one-element input compared with several is held at (``_add_other_compared_constants``).

@@ -52,6 +52,7 @@ from optimizer.inputs import (
     _as_input_columns,
     _constant_number,
     _is_mask,
+    _lookup_keys,
     _picked_columns,
     runtime_inputs,
 )
@@ -1067,16 +1068,22 @@ def _reduced_thresholds(value: ir.Value) -> list[_Reduced]:
     return found
 
 
-def _hold_reductions(model: ir.Model, inputs: dict[str, Any], seed: int) -> set[str]:
+def _hold_reductions(model: ir.Model, inputs: dict[str, Any], seed: int, *, compared_too: bool = False) -> set[str]:
     """Each float input of ``inputs`` (no mask) that a reduction compared with a constant threshold reads
     (``_reduced_thresholds``: ``If(ReduceMax(x) > 1)``, as a preprocessing graph writes ``if x.max() > 1: x /= 255``)
     moved so that every slice it reduces is the ``seed``-th of the values each side of the threshold (the first
-    reduction found): below it in the sets of seed 0, above it in those of seed 1. In place; returns the names of the
-    inputs it moved. Others are left as drawn, byte for byte."""
+    reduction found): below it in the sets of seed 0, above it in those of seed 1. Not one whose elements are compared
+    with constants too (``_compared_keys``, ``Where(x > 10, ...)``, or looked up), unless ``compared_too``: the draw
+    holds those each side of their own thresholds, and moving the slice took every element under the reduction's (a
+    maximum held at 1 left none past 10, and a rewrite wrong there verified, until a later review in session 73;
+    ``held_reductions`` moves them in a set of their own). In place; returns the names of the inputs it moved. Others
+    are left as drawn, byte for byte."""
     moved = set()
     for value in runtime_inputs(model):
         array = inputs.get(value.name)
         if not isinstance(array, np.ndarray) or array.dtype.kind != "f" or not array.size or _is_mask(value):
+            continue
+        if not compared_too and (_compared_keys(value) or _lookup_keys(value)):
             continue
         for op, axes, targets, _ in _reduced_thresholds(value):
             reduce, hold = _REDUCTIONS[op]
@@ -1092,6 +1099,14 @@ def _hold_reductions(model: ir.Model, inputs: dict[str, Any], seed: int) -> set[
                 moved.add(value.name)
                 break
     return moved
+
+
+def held_reductions(model: ir.Model, inputs: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """A copy of ``inputs`` with every input a reduction compared with a constant reads moved as ``_hold_reductions``
+    moves it in the sets of ``seed``, those whose elements are compared too (which ``make_inputs`` leaves as drawn)."""
+    held = dict(inputs)
+    _hold_reductions(model, held, seed, compared_too=True)
+    return held
 
 
 def reduced_sides(model: ir.Model, inputs: Mapping[str, Any]) -> dict[str, tuple]:

@@ -29,8 +29,9 @@ of a constant) is half those constants (none a strict ``OneHotEncoder`` beside t
 an index), and one compared with a constant threshold (``Less``, ``Greater``..., a ``Binarizer``, a ``Clip`` bound, a
 tree ensemble's splits) that the usual draws all fall on one side of is half values each side of it
 (``optimizer.compared_inputs``; a one-element one holds each in turn in even seeds); a float a reduction reads
-whose result is compared with a constant threshold (``if x.max() > 1: x /= 255``) is moved so that the reduction is
-below it in the sets of seed 0 and above it in those of seed 1 (``_hold_reductions`` there); a sequence holds
+whose result is compared with a constant threshold (``if x.max() > 1: x /= 255``; not one whose elements are
+compared too) is moved so that the reduction is below it in the sets of seed 0 and above it in those of seed 1
+(``_hold_reductions`` there); a sequence holds
 ``SEQUENCE_LENGTH`` generated tensors; an optional input is given (not empty).
 
 Inputs whose *values* the model reads as sizes, axes, counts or parameters (a
