@@ -560,7 +560,7 @@ class Drift:
         """The lowest share of class scores' positions (``top1``) whose argmax is the original's or flipped at a near
         tie, or of an ``ArgMax``'s ids (``ids_top1``) alike; None where no output holds class scores or such ids."""
         counted = [counts for counts in (self.top1, self.ids_top1) if counts is not None and counts[3]]
-        return min(((compared - changed + near) / compared for _, changed, near, compared in counted), default=None)
+        return min((_kept_share(*counts[1:]) for counts in counted), default=None)
 
     def __str__(self) -> str:
         said = f"cosine {cosine_text(self.cosine)}"
@@ -600,7 +600,7 @@ class Drift:
             )
         if self.ids_top1 is not None and self.ids_top1[1] and self.ids_top1[:1] != (self.on_logits or ())[:1]:
             name, changed, near, compared = self.ids_top1
-            share = share_text((compared - changed + near) / compared)
+            share = share_text(_kept_share(changed, near, compared))
             said += f" ({name}: ArgMax ids, top-1 {share}; {changed} of {compared} changed, {near} at a near tie)"
         if self.shared is not None:
             said += f" ({self.shared}: scored by its share of equal values, not a cosine)"
@@ -999,13 +999,17 @@ def _tally_top1(name: str, expected: np.ndarray, actual: np.ndarray, tally: dict
 def _lowest_top1(tally: Mapping[str, Sequence[int]]) -> tuple[str, int, int, int] | None:
     """The class scores (``_tally_top1``'s tally) or ArgMax ids (``paired_drift``'s) of the lowest top-1 share: name,
     positions changed, of those at a near tie, compared; None where there are none (or none compared a position)."""
-    shares = {
-        name: (compared - changed + near) / compared for name, (changed, near, compared) in tally.items() if compared
-    }
+    shares = {name: _kept_share(*counts) for name, counts in tally.items() if counts[2]}
     if not shares:
         return None
     name = min(shares, key=shares.__getitem__)
     return (name, *tally[name])
+
+
+def _kept_share(changed: int, near: int, compared: int) -> float:
+    """The share of ``compared`` positions (or ids) whose pick is kept or flipped at a near tie, ``changed`` of them
+    changed and ``near`` of those at a near tie: their top-1 (``Drift.top1_agreement``)."""
+    return (compared - changed + near) / compared
 
 
 def _logits_of(
@@ -1094,7 +1098,7 @@ def _picks_on_logits(
     centred = [np.where(kept[..., None], x - x.mean(axis=-1, keepdims=True), 0.0) for x in (e, a)]
     # Probabilities (an ArgMax of a Softmax's output) are tied on their logarithms, as class scores' top-1 is
     # (``_on_logarithms``): a flip between two classes at 0.49 and 0.47 read as one the original was sure of.
-    ties = _near_ties(*_on_logarithms(e, a, kept), kept, np.where(own, index, np.argmax(a, axis=-1)), ranks)[0]
+    ties = _near_ties(*_on_logarithms(e, a, kept), kept, np.where(own, index, np.argmax(a, axis=-1)), ranks)
     spread = root_mean_square(np.abs(centred[0][kept])) if kept.any() else 0.0  # the run's scale (``_near_ties``)
     near = kept & ~equal & own & ties
     samples = len(kept)
@@ -1146,11 +1150,11 @@ def _near_ties(
     kept: np.ndarray,
     ids: np.ndarray | None = None,
     ranks: np.ndarray | None = None,
-) -> tuple[np.ndarray, float]:
+) -> np.ndarray:
     """Where the original's logits ``expected`` (``[..., classes]``, float64) put the class the candidate's logits
     ``actual`` pick (their first largest, or ``ids``, the candidate's own picks) within ``_NEAR_TIE`` of their RMS
     (centred along the classes, over the ``kept`` positions) of the class they pick themselves (a flip there is
-    either class's toss-up; with ``ranks``, of their rank-th largest), and that RMS."""
+    either class's toss-up; with ``ranks``, of their rank-th largest)."""
     centred = np.where(kept[..., None], expected - expected.mean(axis=-1, keepdims=True), 0.0)
     # The original's margin of its pick (its rank-th, with ``ranks``) over the candidate's.
     ids = np.argmax(actual, axis=-1) if ids is None else ids
@@ -1161,7 +1165,7 @@ def _near_ties(
     spread = root_mean_square(np.abs(centred[kept])) if kept.any() else 0.0
     # Classes far from every decision (a mask of -1e9 on some, a vocabulary's padding) made that RMS huge, and every
     # flip, a wholly other classifier's too, a near tie: the scale is at most their RMS with such values held near.
-    return margin <= _NEAR_TIE * min(spread, _near_scale(expected[kept])), spread
+    return margin <= _NEAR_TIE * min(spread, _near_scale(expected[kept]))
 
 
 def _ranked(values: np.ndarray, ranks: np.ndarray | None) -> np.ndarray:
@@ -1182,7 +1186,7 @@ def _top1_counts(expected: np.ndarray, actual: np.ndarray) -> tuple[int, int, in
     at 0.45 no tie."""
     kept = np.any(expected != 0, axis=-1)
     equal = np.argmax(expected, axis=-1) == np.argmax(actual, axis=-1)
-    near = kept & ~equal & _near_ties(*_on_logarithms(expected, actual, kept), kept)[0]
+    near = kept & ~equal & _near_ties(*_on_logarithms(expected, actual, kept), kept)
     return int((kept & ~equal).sum()), int(near.sum()), int(kept.sum())
 
 

@@ -123,10 +123,8 @@ def _keeps_the_last_axis(reshape: ir.Node) -> bool:
         return False
     data, shape = reshape.inputs[0], reshape.inputs[1]
     known = data.shape[-1] if data.shape is not None and len(data.shape) > 0 else None
-    constant = ir.convenience.get_const_tensor(shape)
-    if constant is not None:
-        entries = constant.numpy().reshape(-1)
-        return isinstance(known, int) and entries.size > 0 and int(entries[-1]) == known
+    if (constant := ir.convenience.get_const_tensor(shape)) is not None:
+        return _ends_with(constant, known)
     node = shape.producer()
     if (
         node is None
@@ -137,10 +135,20 @@ def _keeps_the_last_axis(reshape: ir.Node) -> bool:
     ):
         return False
     last = node.inputs[-1]
-    constant = ir.convenience.get_const_tensor(last)
-    if constant is not None:
-        entries = constant.numpy().reshape(-1)
-        return isinstance(known, int) and entries.size > 0 and int(entries[-1]) == known
+    if (constant := ir.convenience.get_const_tensor(last)) is not None:
+        return _ends_with(constant, known)
+    return _last_dim_of(last, data)
+
+
+def _ends_with(constant: ir.TensorProtocol, known: object) -> bool:
+    """Whether the shape entries ``constant`` end with ``known``, a dim known as a number (a name or None is not)."""
+    entries = constant.numpy().reshape(-1)
+    return isinstance(known, int) and entries.size > 0 and int(entries[-1]) == known
+
+
+def _last_dim_of(last: ir.Value, data: ir.Value) -> bool:
+    """Whether ``last`` is ``data``'s last dim read back from its whole ``Shape`` through ``Unsqueeze``, ``Squeeze``
+    and ``Cast``: a ``Gather`` of it at -1, or a ``Slice`` from -1 to the end (``_TO_THE_END``) of step 1."""
     while (
         (step := last.producer()) is not None
         and is_onnx_domain(step)

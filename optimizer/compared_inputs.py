@@ -257,7 +257,7 @@ def _preimage(
     preimage and the step that undoes it for an ``Equal`` (the values it turns into the keys exactly: none where it
     rounds); else None."""
     if arithmetic and (step := _after_affine(node, index, None)) is not None:
-        scale, offset = (float(part.reshape(-1)[0]) for part in step)
+        scale, offset = _affine_numbers(step)
         divisor = node.inputs[1] if node.op_type == "Div" else None
         if _by_column(step) or not _keeps_rank(node, index) or not scale or _integer_constant(divisor):
             return None
@@ -505,7 +505,7 @@ def _threshold_row(
     if (width := _row_width(value, columns, tensor)) is None:
         return None
     op = node.op_type if index == 0 else _MIRRORED[node.op_type]
-    scale, offset = (float(part.reshape(-1)[0]) for part in affine) if affine is not None else (1.0, 0.0)
+    scale, offset = _affine_numbers(affine)
     dtype = value.dtype.numpy()
     sides = [
         _either_side(np.asarray([threshold]), op, dtype, scale, offset, True)
@@ -694,6 +694,13 @@ def _by_column(affine: _Affine | None) -> bool:
     return affine is not None and max(affine[0].size, affine[1].size) > 1
 
 
+def _affine_numbers(affine: _Affine | None) -> tuple[float, float]:
+    """The scale and offset of ``affine`` (``_after_affine``), one number each; 1 and 0 for None (nothing)."""
+    if affine is None:
+        return 1.0, 0.0
+    return float(affine[0].reshape(-1)[0]), float(affine[1].reshape(-1)[0])
+
+
 def _picked_affine(affine: _Affine | None, picked: tuple[int, ...]) -> _Affine | None:
     """``affine`` of the columns ``picked`` (``_picked_columns``); None where it has none of them."""
     if not _by_column(affine):
@@ -709,11 +716,8 @@ def _affine_by_feature(
 ) -> Iterator[tuple[tuple[int, ...] | None, float, float]]:
     """``features`` (None: every one) with the scale and offset ``affine`` gives each, one by one where it differs
     from column to column."""
-    if affine is None:
-        yield features, 1.0, 0.0
-        return
     if not _by_column(affine):
-        yield features, float(affine[0].reshape(-1)[0]), float(affine[1].reshape(-1)[0])
+        yield features, *_affine_numbers(affine)
         return
     scale, offset = (np.broadcast_to(part, (max(affine[0].size, affine[1].size),)) for part in affine)
     for feature in range(scale.size) if features is None else features:
@@ -1053,7 +1057,7 @@ def _reduced_thresholds(value: ir.Value) -> list[_Reduced]:
                 elif (after := _after_affine(reader, at, affine)) is not None and not _by_column(after):
                     pending.append((reader.outputs[0], after))
                 elif reader.op_type in _SIDES and (thresholds := _thresholds(reader, at)) is not None:
-                    scale, offset = (float(p.reshape(-1)[0]) for p in affine) if affine is not None else (1.0, 0.0)
+                    scale, offset = _affine_numbers(affine)
                     for _, sides in _threshold_sides(reader, at, value.dtype.numpy(), straddled=True, affine=affine):
                         targets.update(dict.fromkeys(sides.astype(np.float64).tolist()))
                     compared.extend((op, every, scale, offset) for _, op, every in thresholds)
@@ -1079,18 +1083,13 @@ def _hold_reductions(model: ir.Model, inputs: dict[str, Any], seed: int, *, comp
     ``held_reductions`` moves them in a set of their own). In place; returns the names of the inputs it moved. Others
     are left as drawn, byte for byte."""
     moved = set()
-    for value in runtime_inputs(model):
-        array = inputs.get(value.name)
-        if not isinstance(array, np.ndarray) or array.dtype.kind != "f" or not array.size or _is_mask(value):
-            continue
+    for value, array in _float_inputs(model, inputs):
         if not compared_too and (_compared_keys(value) or _lookup_keys(value)):
             continue
         for op, axes, targets, _ in _reduced_thresholds(value):
-            reduce, hold = _REDUCTIONS[op]
+            hold = _REDUCTIONS[op][1]
             drawn = array.astype(np.float64)
-            try:
-                reduced = reduce(drawn, axis=axes, keepdims=True)
-            except ValueError:  # axes the array has not (numpy's AxisError): left as drawn
+            if (reduced := _reduced(op, axes, drawn)) is None:  # axes the array has not: left as drawn
                 continue
             with np.errstate(all="ignore"):
                 held = hold(drawn, reduced, float(targets[seed % targets.size]), drawn.size // max(reduced.size, 1))
@@ -1099,6 +1098,24 @@ def _hold_reductions(model: ir.Model, inputs: dict[str, Any], seed: int, *, comp
                 moved.add(value.name)
                 break
     return moved
+
+
+def _float_inputs(model: ir.Model, inputs: Mapping[str, Any]) -> Iterator[tuple[ir.Value, np.ndarray]]:
+    """Each float input of ``inputs`` with elements, no mask, and its array: those a reduction's side is read of
+    (``_hold_reductions``, ``reduced_sides``)."""
+    for value in runtime_inputs(model):
+        array = inputs.get(value.name)
+        if isinstance(array, np.ndarray) and array.dtype.kind == "f" and array.size and not _is_mask(value):
+            yield value, array
+
+
+def _reduced(op: str, axes: tuple[int, ...] | None, array: np.ndarray) -> np.ndarray | None:
+    """``array`` reduced by ``op`` of ``_REDUCTIONS`` over ``axes`` (None: all), its dims kept; None where it has not
+    those axes (numpy's ``AxisError``)."""
+    try:
+        return _REDUCTIONS[op][0](array, axis=axes, keepdims=True)
+    except ValueError:
+        return None
 
 
 def held_reductions(model: ir.Model, inputs: Mapping[str, Any], seed: int) -> dict[str, Any]:
@@ -1113,14 +1130,9 @@ def reduced_sides(model: ir.Model, inputs: Mapping[str, Any]) -> dict[str, tuple
     """For each input of ``inputs`` that ``_hold_reductions`` holds, which side of each threshold its reductions
     fall on (each comparison's distinct results over the slices): the sets of one side alone ran one branch."""
     sides = {}
-    for value in runtime_inputs(model):
-        array = inputs.get(value.name)
-        if not isinstance(array, np.ndarray) or array.dtype.kind != "f" or not array.size or _is_mask(value):
-            continue
+    for value, array in _float_inputs(model, inputs):
         for op, axes, _, compared in _reduced_thresholds(value):
-            try:
-                reduced = _REDUCTIONS[op][0](array.astype(np.float64), axis=axes, keepdims=True)
-            except ValueError:
+            if (reduced := _reduced(op, axes, array.astype(np.float64))) is None:
                 continue
             sides[value.name] = tuple(
                 tuple(np.unique(_SIDES[side](scale * reduced + offset, threshold)).tolist())
@@ -1229,7 +1241,7 @@ def _lengths_compared(
                 dim, factor = held[0]
                 scaled = (np.asarray(factor), np.asarray(0.0)) if affine is None else (affine[0] * factor, affine[1])
                 sides = _threshold_sides(node, index, np.dtype(np.int64), straddled=True, affine=scaled)
-                scale, offset = (float(part.reshape(-1)[0]) for part in scaled)
+                scale, offset = _affine_numbers(scaled)
                 side = partial(_length_side, [(op, every) for _, op, every in thresholds], scale, offset)
                 yield dim, [int(n) for _, drawn in sides or () for n in drawn.tolist()], side
             elif node.op_type == "Equal" and index < 2 and len(node.inputs) == 2:
@@ -1237,7 +1249,7 @@ def _lengths_compared(
                 if number is None:
                     continue
                 dim, factor = held[0]
-                scale, offset = (float(part.reshape(-1)[0]) for part in affine) if affine is not None else (1.0, 0.0)
+                scale, offset = _affine_numbers(affine)
                 length = (number - offset) / (scale * factor) if scale * factor else None
                 if length is not None and float(length).is_integer():
                     yield dim, [int(length)], partial(operator.eq, int(length))

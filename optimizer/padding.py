@@ -1581,13 +1581,13 @@ def _ancestor_inputs(value: ir.Value | None, graph: ir.Graph | None) -> frozense
         if (node := current.producer()) is not None and id(node) not in seen:
             seen.add(id(node))
             frontier.extend(node.inputs)
-            for inner in _nodes_within(node):
+            for inner in nodes_within(node):
                 entered.add(id(inner.graph))
                 frontier.extend(inner.inputs)
     return frozenset(found)
 
 
-def _nodes_within(node: ir.Node) -> Iterator[ir.Node]:
+def nodes_within(node: ir.Node) -> Iterator[ir.Node]:
     """The nodes of ``node``'s subgraphs, however deep (a function's reference to its caller's graph holds none)."""
     for attribute in node.attributes.values():
         if attribute.is_ref() or attribute.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
@@ -1595,7 +1595,7 @@ def _nodes_within(node: ir.Node) -> Iterator[ir.Node]:
         for body in [attribute.value] if attribute.type == ir.AttributeType.GRAPH else attribute.value:
             for inner in body:
                 yield inner
-                yield from _nodes_within(inner)
+                yield from nodes_within(inner)
 
 
 def padded_outputs(

@@ -64,6 +64,7 @@ from optimizer.padding import (
     hide_padded,
     mask_inputs,
     new_token_outputs,
+    nodes_within,
     padded_caches,
     paddings,
     unpadded,
@@ -77,7 +78,6 @@ from optimizer.runtime import (
     collect_values,
     drift_of,
     exposing,
-    graphs_within,
     holds_float16,
     in_branch_of,
     inference_session,
@@ -379,15 +379,22 @@ def _kind_differs(name: str, expected: Any, actual: Any) -> OutputCheck | None:
     not these (a rewrite that flattened a sampler's ``[2, 4]`` output into ``[8]`` verified; review s73 late1)."""
     if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
         return None
-    if expected.dtype != actual.dtype:
-        return OutputCheck(
-            name, False, math.inf, math.inf, f"output '{name}': dtype {actual.dtype} instead of {expected.dtype}"
-        )
+    if (differs := _dtype_differs(name, expected, actual)) is not None:
+        return differs
     if expected.ndim != actual.ndim:
         return OutputCheck(
             name, False, math.inf, math.inf, f"output '{name}': rank {actual.ndim} instead of {expected.ndim} (random)"
         )
     return None
+
+
+def _dtype_differs(name: str, expected: np.ndarray, actual: np.ndarray) -> OutputCheck | None:
+    """A failed check where output ``name``'s ``actual`` array is of another dtype than ``expected``, else None."""
+    if expected.dtype == actual.dtype:
+        return None
+    return OutputCheck(
+        name, False, math.inf, math.inf, f"output '{name}': dtype {actual.dtype} instead of {expected.dtype}"
+    )
 
 
 # An exact pass that misses end to end is checked segment by segment only while every output stays
@@ -436,10 +443,8 @@ def _compare_one(
         return OutputCheck(
             name, False, math.inf, math.inf, f"output '{name}': shape {actual.shape} instead of {expected.shape}"
         )
-    if expected.dtype != actual.dtype:
-        return OutputCheck(
-            name, False, math.inf, math.inf, f"output '{name}': dtype {actual.dtype} instead of {expected.dtype}"
-        )
+    if (differs := _dtype_differs(name, expected, actual)) is not None:
+        return differs
     tolerance = tolerances.get(_dtype_key(expected.dtype))
     if tolerance is None or expected.size == 0:
         ok = bool(np.array_equal(expected, actual, equal_nan=expected.dtype.kind in "fc"))
@@ -1395,7 +1400,8 @@ def _rounded_from(
     the type of a tensor the graph does not record. Ids (``picked_ids``: cast to float, offset or scaled on the way
     out) are read from the ids their ``ArgMax`` picks, at the values it picks among: read at the float ids after their
     ``Cast``, every id one class off would be within the float tolerance past 10,000 classes, and fed the original's
-    there, exact. None for float outputs no picker computes in ``candidate`` (held exactly as ids in the base)."""
+    there, exact; so are floats a ``Cast`` computes from integers (``_cast_integers``: keypoints ``Cast(ArgMax % W)``),
+    from those integers. None for float outputs neither computes in ``candidate`` (held exactly as ids in the base)."""
     produced = frozenset(v.name for node in base.graph for v in node.outputs if not v.is_graph_output())
     outputs = {value.name: value for value in candidate.graph.outputs}
     picked = {**_cast_integers(candidate), **picked_ids(candidate)}
@@ -2079,13 +2085,8 @@ def _values_read(node: ir.Node) -> Iterator[ir.Value]:
     """The values ``node`` reads: its inputs (less those whose values it cannot pass on, ``_passes_on``), and those its
     subgraphs' nodes read (values from outside among them)."""
     yield from (value for index, value in enumerate(node.inputs) if value is not None and _passes_on(node, index))
-    for attribute in node.attributes.values():
-        if attribute.is_ref() or attribute.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
-            continue
-        for subgraph in [attribute.as_graph()] if attribute.type == ir.AttributeType.GRAPH else attribute.as_graphs():
-            for inner in graphs_within(subgraph):
-                for each in inner:
-                    yield from (value for value in each.inputs if value is not None)
+    for inner in nodes_within(node):
+        yield from (value for value in inner.inputs if value is not None)
 
 
 # Draws of finite values only, which a constant 0 multiplies away (a Dropout passes its input's inf on).
@@ -3635,6 +3636,7 @@ class Verifier:
         return frozenset(random)
 
 
+# How many runs of the original's first input set ``Verifier._nondeterministic_outputs`` compares.
 _DRAW_RUNS = 5
 
 

@@ -318,7 +318,7 @@ def _keeps_samples_apart(model: ir.Model) -> bool:
         if op in _ELEMENTWISE:
             # Activations of another rank broadcast from the right: a ``lengths [B]`` beside ``x [B, B]`` meets its
             # samples along the last axis.
-            activations = [value for value in node.inputs if value is not None and not _constant(value)]
+            activations = [value for value in node.inputs if value is not None and not _is_constant(value)]
             ranks = {_rank(value) for value in activations}
             if len(activations) <= 1 or (len(ranks) == 1 and None not in ranks):
                 continue
@@ -330,10 +330,15 @@ def _keeps_samples_apart(model: ir.Model) -> bool:
         if (
             op == "Gemm"
             and not node.attributes.get_int("transA", 0)
-            and all(_constant(value) for value in node.inputs[1:] if value is not None)
+            and all(_is_constant(value) for value in node.inputs[1:] if value is not None)
         ):
             continue
-        if op == "MatMul" and _constant(node.inputs[1]) and _rank(node.inputs[0]) == 2 and _rank(node.inputs[1]) == 2:
+        if (
+            op == "MatMul"
+            and _is_constant(node.inputs[1])
+            and _rank(node.inputs[0]) == 2
+            and _rank(node.inputs[1]) == 2
+        ):
             continue
         return False
     return True
@@ -348,10 +353,12 @@ def _from_axis_one(node: ir.Node) -> bool:
 
 
 def _rank(value: ir.Value | None) -> int | None:
+    """The rank of ``value``'s recorded shape; None where none is."""
     return len(value.shape) if value is not None and value.shape is not None else None
 
 
-def _constant(value: ir.Value | None) -> bool:
+def _is_constant(value: ir.Value | None) -> bool:
+    """Whether ``value`` is a constant (an initializer, an overridable one too, or a ``Constant``'s output)."""
     return value is not None and ir.convenience.get_const_tensor(value) is not None
 
 
