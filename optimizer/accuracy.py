@@ -606,9 +606,10 @@ class Drift:
             said += f" ({self.shared}: scored by its share of equal values, not a cosine)"
         if self.top1 is not None:
             name, changed, near, compared = self.top1
+            own = share_text(_kept_share(changed, near, compared) if compared else None)  # not the ids' beside them
             said += (
-                f" ({name}: class scores, top-1 {share_text(self.top1_agreement)}, the share of positions whose argmax "
-                f"is kept or flipped at a near tie; {changed} of {compared} changed, {near} at a near tie)"
+                f" ({name}: class scores, top-1 {own}, the share of positions whose argmax is kept or flipped at a "
+                f"near tie; {changed} of {compared} changed, {near} at a near tie)"
             )
         return said
 

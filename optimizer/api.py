@@ -981,15 +981,16 @@ def _add_other_reduced_side(model: ir.Model, verifier: Verifier) -> None:
     candidates = []
     try:
         inputs, how = _model_cache(model, make_inputs(model, dims_from_inputs(model, first), seed=1), seed=1)
-        candidates.append((inputs, f"generated, {{}} reduced to the other side ({_shapes(model, inputs)}){how}"))
+        candidates.append((inputs, "generated, ", f" reduced to the other side ({_shapes(model, inputs)}){how}"))
     except InputSpecError:
         pass
-    held = f"copy of {verifier.labels[0]}, {{}} reduced to the other side"
-    candidates += [(held_reductions(model, first, seed), held) for seed in (0, 1)]
-    for inputs, label in candidates:
+    # Labels in two parts around the names moved: input names and labels are the user's text, never a template.
+    held = (f"copy of {verifier.labels[0]}, ", " reduced to the other side")
+    candidates += [(held_reductions(model, first, seed), *held) for seed in (0, 1)]
+    for inputs, before, after in candidates:
         other = reduced_sides(model, inputs)
         if (moved := [name for name in alone if other.get(name) != sides[name]]) and verifier.add_input_set(
-            inputs, label.format(", ".join(moved))
+            inputs, before + ", ".join(moved) + after
         ):
             alone = [name for name in alone if name not in moved]
         if not alone:

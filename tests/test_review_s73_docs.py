@@ -20,10 +20,6 @@ _NAMED = {
     "of `Cast(ArgMax)` and scores) are no output of ids",
     "test_float_ids_one_class_off_their_twin_fail_the_twin_check": "An approximate pass's float ids are held to its "
     "twin at the twin's tolerance (not exactly, as its integer ids are",
-    "test_class_scores_top1_text_is_their_own_share": "where a model has both, the figure's text gives its class "
-    "scores that lowest share, not their own",
-    "test_an_input_named_with_braces_gets_its_other_reduced_side": "an input named with braces, `x{}`, stops "
-    "`optimize` there with an IndexError",
 }
 
 

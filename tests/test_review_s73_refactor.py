@@ -1,13 +1,12 @@
 """Review of session 73's whole diff for structure (refactor): the helpers merged there keep their behaviour, and a
 bug the re-read found in the accuracy figure's text (``optimizer.accuracy.Drift.__str__``), and one in the labels of
-the sets ``optimizer.api._add_other_reduced_side`` adds (a ``str.format`` template holding input names), are held as
-strict xfails."""
+the sets ``optimizer.api._add_other_reduced_side`` adds (a ``str.format`` template holding input names), both fixed
+in session 73."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-import pytest
 from onnx import TensorProto, helper
 
 from optimizer.accuracy import Drift
@@ -16,11 +15,6 @@ from optimizer.compared_inputs import _affine_by_feature, _affine_numbers
 from optimizer.padding import nodes_within
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Drift's text gives class scores the lowest top-1 of class scores and ArgMax ids (top1_agreement), not "
-    "their own share: named in README (Accuracy budget)",
-)
 def test_class_scores_top1_text_is_their_own_share() -> None:
     # Class scores all kept (top-1 1.0) beside ids of which half changed (0.5): the class scores' note read 0.5.
     drift = Drift(0.99, 0.1, top1=("probs", 0, 0, 10), ids_top1=("ids", 5, 0, 10))
@@ -56,11 +50,6 @@ def test_nodes_within_reaches_every_nested_subgraph() -> None:
     assert {id(n) for n in found} == {id(loop), id(inner), id(other_neg)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_add_other_reduced_side formats its label with str.format after the input names are in it: named in "
-    "README (A compared reduction's other side)",
-)
 def test_an_input_named_with_braces_gets_its_other_reduced_side() -> None:
     # Fixed dims (no second binding) and ReduceMax(x) > 1: a set on the reduction's other side is added, labelled with
     # the first input's name and shape; ``x{}`` in that label took ``format``'s argument, and the run stopped.
