@@ -119,6 +119,26 @@ def index_model(signature: str, body: str, tables: dict, constants: dict | None 
     return ir.from_proto(proto)
 
 
+def weighted_proto(signature: str, body: str, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A checked model of ONNX text (opset 17) with ``weights`` as its initializers."""
+    proto = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\ng {signature}\n{{\n{body}\n}}')
+    for name, value in weights.items():
+        proto.graph.initializer.append(numpy_helper.from_array(value, name))
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def strict_xfails(pattern: str) -> set[str]:
+    """Names of the tests marked ``xfail(strict=True)`` in the test files matching ``pattern`` (a session's
+    ``test_review_sNN_*.py``): the docs tests hold each to the README words that name its limit."""
+    import re
+
+    found = set()
+    for path in Path(__file__).resolve().parent.glob(pattern):
+        found |= set(re.findall(r"@pytest\.mark\.xfail\(\s*strict=True,.*?\)\s*\ndef (\w+)", path.read_text(), re.S))
+    return found
+
+
 def refusal(model: ir.Model, inputs: dict) -> str | None:
     """None where ONNX Runtime runs ``model`` on ``inputs``, else its reason (200 characters at most)."""
     from optimizer.errors import RuntimeRefusedError

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.pipeline import STATUS_ROLLED_BACK
-from tests.helpers import optimize_with_rewrite
+from tests.helpers import optimize_with_rewrite, strict_xfails
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,15 +54,8 @@ _NAMED = {
 }
 
 
-def _strict_xfails() -> set[str]:
-    found = set()
-    for path in (_ROOT / "tests").glob("test_review_s71_*.py"):
-        found |= set(re.findall(r"@pytest\.mark\.xfail\(\s*strict=True,.*?\)\s*\ndef (\w+)", path.read_text(), re.S))
-    return found
-
-
 def test_every_strict_xfail_of_session_71_has_its_words_here():
-    assert _strict_xfails() == set(_NAMED)
+    assert strict_xfails("test_review_s71_*.py") == set(_NAMED)
 
 
 @pytest.mark.parametrize("test", sorted(_NAMED))

@@ -18,24 +18,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import numpy_helper
 
 from optimizer import padding
 from optimizer.pipeline import STATUS_ROLLED_BACK
 from passes.quantization import calibration
-
-
-def _proto(signature: str, body: str, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    proto = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\ng {signature}\n{{\n{body}\n}}')
-    for name, value in weights.items():
-        proto.graph.initializer.append(numpy_helper.from_array(value, name))
-    onnx.checker.check_model(proto)
-    return proto
+from tests.helpers import weighted_proto
 
 
 def _masked_audio() -> onnx.ModelProto:
     """wav2vec-style ``input_values [batch, samples]`` zeroed at the padded samples by ``attention_mask``."""
-    return _proto(
+    return weighted_proto(
         "(float[2, 16] input_values, int64[2, 16] attention_mask) => (float[2, 16] y)",
         """
         scaled = Mul(input_values, scale)
@@ -84,7 +76,7 @@ def test_a_rewrite_dropping_an_audio_mask_is_rolled_back_on_inputs_without_paddi
 
 def test_a_padding_mask_beside_tokens_of_a_length_named_otherwise_is_no_feature_mask():
     model = ir.from_proto(
-        _proto(
+        weighted_proto(
             "(float[batch, x_len, 4] x, int64[batch, mask_len] attention_mask) => (float[batch, x_len, 4] y)",
             """
             mf = Cast<to = 1>(attention_mask)
@@ -106,7 +98,7 @@ def test_a_batch_of_one_squeezed_off_channels_first_tokens_keeps_every_channels_
     table = np.zeros((10, 8), np.float32)
     table[:, 7] = 100.0  # channel 7 holds 100 at every token
     model = ir.from_proto(
-        _proto(
+        weighted_proto(
             "(int64[1, 8] input_ids, int64[1, 8] attention_mask) => (float[8, 4] y)",
             """
             e = Gather(table, input_ids)

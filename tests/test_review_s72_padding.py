@@ -26,21 +26,13 @@ from optimizer import padding
 from optimizer.padding import batch_padding, mask_inputs, token_rows
 from optimizer.pipeline import STATUS_ROLLED_BACK
 from passes.quantization import calibration
-from tests.helpers import optimize_with_rewrite
+from tests.helpers import optimize_with_rewrite, weighted_proto
 
 _FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def _proto(signature: str, body: str, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    proto = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\ng {signature}\n{{\n{body}\n}}')
-    for name, value in weights.items():
-        proto.graph.initializer.append(numpy_helper.from_array(value, name))
-    onnx.checker.check_model(proto)
-    return proto
-
-
 def _model(signature: str, body: str, weights: dict[str, np.ndarray]) -> ir.Model:
-    return ir.from_proto(_proto(signature, body, weights))
+    return ir.from_proto(weighted_proto(signature, body, weights))
 
 
 _AXES = {"axis1": np.array([1], np.int64), "axis2": np.array([2], np.int64)}
@@ -49,7 +41,7 @@ _AXES = {"axis1": np.array([1], np.int64), "axis2": np.array([2], np.int64)}
 def _per_feature(masked: str = "kept = Mul(h, m3)") -> onnx.ModelProto:
     """``x [batch, features]`` embedded per feature, ``kept [batch, features, 4]`` with the absent features (an int
     0/1 ``feature_mask``) zeroed by ``masked``."""
-    return _proto(
+    return weighted_proto(
         "(float[batch, features] x, int64[batch, features] feature_mask) => (float[batch, features, 4] kept)",
         f"""
         x3 = Unsqueeze(x, axis2)

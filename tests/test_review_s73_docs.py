@@ -3,10 +3,11 @@ that behaviour (as ``tests/test_review_s72_docs.py`` checks for session 72's).""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import strict_xfails
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,15 +29,8 @@ def readme() -> str:
     return " ".join((_ROOT / "README.md").read_text().split())
 
 
-def _strict_xfails() -> set[str]:
-    found = set()
-    for path in (_ROOT / "tests").glob("test_review_s73_*.py"):
-        found |= set(re.findall(r"@pytest\.mark\.xfail\(\s*strict=True,.*?\)\s*\ndef (\w+)", path.read_text(), re.S))
-    return found
-
-
 def test_every_strict_xfail_of_session_73_has_its_words_here():
-    assert _strict_xfails() == set(_NAMED)
+    assert strict_xfails("test_review_s73_*.py") == set(_NAMED)
 
 
 @pytest.mark.parametrize("test", sorted(_NAMED))

@@ -27,17 +27,9 @@ from optimizer import padding
 from optimizer.padding import mask_inputs
 from optimizer.pipeline import STATUS_ROLLED_BACK
 from passes.quantization import calibration
-from tests.helpers import optimize_with_rewrite
+from tests.helpers import optimize_with_rewrite, weighted_proto
 
 _FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
-def _proto(signature: str, body: str, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    proto = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17]>\ng {signature}\n{{\n{body}\n}}')
-    for name, value in weights.items():
-        proto.graph.initializer.append(numpy_helper.from_array(value, name))
-    onnx.checker.check_model(proto)
-    return proto
 
 
 # -- 1. a mask of the positions a model overwrites (index_put) -------------------------------------------------------
@@ -68,7 +60,7 @@ _INDEX_PUT = {
 def _masked_frames(exporter: str = "legacy") -> onnx.ModelProto:
     """``h [batch, frames, 4]`` from audio frames ``x``, overwritten by an embedding where ``mask_time_indices`` (int64
     0/1) is 1."""
-    return _proto(
+    return weighted_proto(
         "(float[batch, frames] x, int64[batch, frames] mask_time_indices) => (float[batch, frames, 4] y)",
         f"""
         x3 = Unsqueeze(x, axis2)
@@ -130,7 +122,7 @@ def test_a_rewrite_wrong_only_at_the_frames_not_masked_is_rolled_back(tmp_path):
 def test_guard_a_padding_mask_read_through_nonzero_otherwise_stays_a_padding_mask(reads):
     output = "float[batch, frames, 4] y" if "ScatterND" in reads else "float[n, 4] y"
     model = ir.from_proto(
-        _proto(
+        weighted_proto(
             f"(float[batch, frames] x, int64[batch, frames] attention_mask) => ({output})",
             f"""
             x3 = Unsqueeze(x, axis2)
@@ -208,7 +200,7 @@ def test_a_mask_named_otherwise_filled_where_it_masks_is_an_attention_mask():
     # transformers 4's extended mask: inverted = 1 - mask, then inverted.masked_fill(inverted.bool(), min), added to the
     # scores. Named otherwise (the legacy exporter's unnamed inputs), it was no mask: not padded, nothing hidden.
     model = ir.from_proto(
-        _proto(
+        weighted_proto(
             "(int64[batch, seq] ids, int64[batch, seq] am) => (float[batch, seq, 4] y)",
             """
             h = Gather(table, ids)
@@ -252,7 +244,7 @@ def test_the_dynamo_attention_output_before_its_heads_merge_keeps_its_token_rows
 
 def _picked(position: str) -> ir.Model:
     return ir.from_proto(
-        _proto(
+        weighted_proto(
             "(int64[batch, tokens] input_ids, int64[batch, tokens] attention_mask) => (float[batch, 4] picked)",
             f"""
             e = Gather(table, input_ids)
