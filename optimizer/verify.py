@@ -2054,10 +2054,7 @@ def _draws_on_every_run(node: ir.Node) -> bool:
 
 def _fixed(value: ir.Value | None) -> np.ndarray | None:
     """A constant's value, None for a computed value or a graph input's default (a caller may override it)."""
-    if value is None or value.is_graph_input():
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else tensor.numpy()
+    return None if value is None or value.is_graph_input() else _constant_of(value)
 
 
 def _drawn_outputs(graph: ir.Graph) -> set[str]:

@@ -71,14 +71,19 @@ def test_compare_reads_no_top1_of_a_segmenters_logits_along_their_width():
     assert result.top1_agreement is None
 
 
-def test_probabilities_normalized_along_axis_1_have_no_top1_along_their_steps():
+def _softmax_along_axis_1() -> ir.Model:
+    """``probs = Softmax(x, axis=1)`` over ``[batch, 4 classes, 5 steps]``."""
     graph = helper.make_graph(
         [helper.make_node("Softmax", ["x"], ["probs"], axis=1)],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 5])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 4, 5])],
     )
-    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_probabilities_normalized_along_axis_1_have_no_top1_along_their_steps():
+    model = _softmax_along_axis_1()
     logits = np.random.default_rng(1).standard_normal(4)[None, :, None] + np.linspace(0.0, 3.0, 5)[None, None, :]
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     expected = np.repeat(probs, 2, axis=0).astype(np.float32)
@@ -95,13 +100,7 @@ def test_compare_reads_no_top1_along_the_steps_of_probabilities_normalized_along
     from optimizer.class_scores import scores_elsewhere
     from optimizer.compare.comparison import _accumulate
 
-    graph = helper.make_graph(
-        [helper.make_node("Softmax", ["x"], ["probs"], axis=1)],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 5])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 4, 5])],
-    )
-    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    model = _softmax_along_axis_1()
     assert scores_elsewhere(model) == {"probs"}
     expected = np.full((2, 4, 5), 0.1, np.float32)
     expected[:, 0] = 0.7
