@@ -1404,8 +1404,8 @@ def _rounded_from(
     from those integers. None for float outputs neither computes in ``candidate`` (held exactly as ids in the base)."""
     produced = frozenset(v.name for node in base.graph for v in node.outputs if not v.is_graph_output())
     outputs = {value.name: value for value in candidate.graph.outputs}
-    picked = {**_cast_integers(candidate), **picked_ids(candidate)}
-    starts = [picked.get(name, outputs[name]) for name in names if name in outputs]
+    picked = {**_cast_integers(candidate), **{name: [ids] for name, ids in picked_ids(candidate).items()}}
+    starts = [start for name in names if name in outputs for start in picked.get(name, [outputs[name]])]
     if any((value.dtype if value.dtype is not None else dtype_of(value)) in _CUT_FLOATS for value in starts):
         return None
     found: dict[str, None] = {}
@@ -1435,22 +1435,56 @@ def _rounded_from(
     return list(found) or None
 
 
-def _cast_integers(model: ir.Model) -> dict[str, ir.Value]:
-    """Each graph output of ``model`` that a ``Cast`` computes from integers or booleans, with those: a float keypoint
+def _cast_integers(model: ir.Model) -> dict[str, list[ir.Value]]:
+    """Each graph output of ``model`` that ``Cast`` s compute from integers or booleans, with those: a float keypoint
     ``Cast(ArgMax % W)`` (``Mod`` keeps no ids apart: no ``argmax_outputs``) flipped a whole pixel at a tie, past the
     float tolerance, and a correct rewrite was rolled back for it until review s73 (late4); its flips are read from
-    the integers, as an integer output's (``_rounded_from``)."""
+    the integers, as an integer output's (``_rounded_from``). The casts may reach the output through ops that move
+    values (``_MOVES_CAST_INTEGERS``) and a scale or offset by a constant: torch's keypoints ``stack([x, y], -1)``
+    and their coordinates normalised, ``x / W`` (a ``Concat`` of ``Unsqueeze`` s, a ``Div`` after the ``Cast``),
+    got no excuse until review s74."""
     found = {}
     for output in model.graph.outputs:
-        node = output.producer()
-        if node is None or node.op_type != "Cast" or not is_onnx_domain(node) or not node.inputs:
-            continue
-        if ir.DataType(node.attributes.get_int("to", 0)) not in _CUT_FLOATS:
-            continue  # an integer output: read from its own Cast's floats
-        source = node.inputs[0]
-        if source is not None and source.dtype not in _CUT_FLOATS and output.name:
-            found[output.name] = source  # a type not recorded is told where read (a float there: no excuse)
+        sources, stack, seen, complete = [], [output], set(), True
+        while stack and complete:
+            value = stack.pop()
+            if id(value) in seen:
+                continue  # one value read twice (a Concat of it with itself): walked once
+            seen.add(id(value))
+            node = value.producer()
+            if node is None or not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None:
+                complete = False
+            elif node.op_type == "Cast":
+                if ir.DataType(node.attributes.get_int("to", 0)) not in _CUT_FLOATS:
+                    complete = False  # an integer output: read from its own Cast's floats
+                elif node.inputs[0].dtype in _CUT_FLOATS:
+                    complete = False  # a type not recorded is told where read (a float there: no excuse)
+                else:
+                    sources.append(node.inputs[0])
+            elif node.op_type == "Concat":
+                stack.extend(node.inputs)
+                complete = all(part is not None for part in node.inputs)
+            elif node.op_type in _MOVES_CAST_INTEGERS:
+                stack.append(node.inputs[0])
+            elif node.op_type in ("Add", "Sub", "Mul", "Div") and (scaled := _scaled_by_a_constant(node)) is not None:
+                stack.append(scaled)
+            else:
+                complete = False
+        if complete and sources and output.name:
+            found[output.name] = sources
     return found
+
+
+def _scaled_by_a_constant(node: ir.Node) -> ir.Value | None:
+    """The input of ``node`` (a binary op) that it combines with a constant as its other input, else None."""
+    if len(node.inputs) != 2 or any(value is None for value in node.inputs):
+        return None
+    constant = [ir.convenience.get_const_tensor(value) is not None for value in node.inputs]
+    return node.inputs[constant.index(False)] if constant.count(True) == 1 else None
+
+
+# Ops that move the values a ``Cast`` computes from integers on to an output (``_cast_integers``).
+_MOVES_CAST_INTEGERS = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose")
 
 
 def _integer_outputs_missed(
@@ -2057,14 +2091,45 @@ def _fixed(value: ir.Value | None) -> np.ndarray | None:
     return None if value is None or value.is_graph_input() else _constant_of(value)
 
 
-def _drawn_outputs(graph: ir.Graph) -> set[str]:
-    """Names of ``graph``'s outputs computed from a draw of a node of ``graph`` itself (``_draws_on_every_run``),
-    through its nodes' inputs or the outer values their subgraphs read. Such a node runs on every run, so these
-    outputs are random whatever a few runs happened to draw: a Bernoulli over one value draws the same in five runs
-    once in 16, a Multinomial of 0.7 and 0.3 once in 6. (A draw inside a branch or a loop body may never run; its
-    outputs are found by running the original.)"""
+def _drawn_outputs(graph: ir.Graph, functions: Mapping[ir.OperatorIdentifier, ir.Function] | None = None) -> set[str]:
+    """Names of ``graph``'s outputs computed from a draw of a node of ``graph`` itself (``_draws_on_every_run``, or a
+    call of one of the model's local ``functions`` whose body so draws: ``_drawing_functions``), through its nodes'
+    inputs or the outer values their subgraphs read. Such a node runs on every run, so these outputs are random
+    whatever a few runs happened to draw: a Bernoulli over one value draws the same in five runs once in 16, a
+    Multinomial of 0.7 and 0.3 once in 6. (A draw inside a branch or a loop body may never run; its outputs are found
+    by running the original.)"""
+    return _reached_by_draws(graph, _drawing_functions(functions or {}))
+
+
+def _drawing_functions(functions: Mapping[ir.OperatorIdentifier, ir.Function]) -> dict[ir.OperatorIdentifier, set[int]]:
+    """For each local function of ``functions`` whose body draws on every call (through the functions it calls too),
+    the positions of its outputs a draw reaches (``_reached_by_draws``): a sampler written as a function was never
+    known random, its outputs compared, and every rewrite of its model rolled back for the other numbers it drew
+    (review s74)."""
+    drawing: dict[ir.OperatorIdentifier, set[int]] = {}
+    grown = True
+    while grown:  # to a fixed point over nested calls; the sets only grow
+        grown = False
+        for key, function in functions.items():
+            reached = _reached_by_draws(function.graph, drawing)
+            positions = {index for index, value in enumerate(function.outputs) if value.name in reached}
+            if positions != drawing.get(key, set()):
+                drawing[key], grown = positions, True
+    return drawing
+
+
+def _reached_by_draws(graph: ir.Graph, drawing: Mapping[ir.OperatorIdentifier, set[int]]) -> set[str]:
+    """Names of ``graph``'s outputs a draw of its own nodes reaches (``_drawn_outputs``), ``drawing`` the positions of
+    the outputs a call of each local function draws (``_drawing_functions``)."""
+
+    def drawn_by(node: ir.Node) -> list[ir.Value]:
+        if _draws_on_every_run(node):
+            return list(node.outputs)
+        positions = drawing.get(node.op_identifier(), set())
+        return [value for index, value in enumerate(node.outputs) if index in positions]
+
     reached: set[int] = set()
-    if not any(_draws_on_every_run(node) for node in graph):
+    if not any(drawn_by(node) for node in graph):
         return set()
     grown = True
     while grown:  # once over a sorted graph, and once more to see nothing grew (ONNX Runtime runs unsorted ones too)
@@ -2072,17 +2137,33 @@ def _drawn_outputs(graph: ir.Graph) -> set[str]:
         for node in graph:
             if node.op_type in ("Shape", "Size"):
                 continue  # a draw's shape is no draw: a rewrite wrong in it must still be caught
-            if _draws_on_every_run(node) or any(id(value) in reached for value in _values_read(node)):
+            if any(id(value) in reached for value in _values_read(node)):
                 reached.update(id(value) for value in node.outputs)
+            else:
+                reached.update(id(value) for value in drawn_by(node))
         grown = len(reached) > before
     return {value.name for value in graph.outputs if id(value) in reached}
 
 
+def _nodes_and_subgraphs(graph: ir.Graph) -> Iterator[ir.Node]:
+    """``graph``'s nodes and those of their subgraphs (not onnx-ir's recursive iterator, which fails on a function's
+    graph attribute that refers to its caller's)."""
+    for node in graph:
+        yield node
+        yield from nodes_within(node)
+
+
 def _values_read(node: ir.Node) -> Iterator[ir.Value]:
     """The values ``node`` reads: its inputs (less those whose values it cannot pass on, ``_passes_on``), and those its
-    subgraphs' nodes read (values from outside among them)."""
+    subgraphs' nodes read (values from outside among them; of an ``If`` of a constant condition, the branch it takes:
+    a draw read only in the other made its outputs random, never compared, until review s74)."""
     yield from (value for index, value in enumerate(node.inputs) if value is not None and _passes_on(node, index))
-    for inner in nodes_within(node):
+    inner_nodes = nodes_within(node)
+    if node.op_type == "If" and is_onnx_domain(node) and (condition := _fixed(node.inputs[0])) is not None:
+        taken = node.attributes.get("then_branch" if bool(np.all(condition)) else "else_branch")
+        branch = taken.as_graph() if taken is not None and not taken.is_ref() else None
+        inner_nodes = (inner for top in branch or () for inner in (top, *nodes_within(top)))
+    for inner in inner_nodes:
         yield from (value for value in inner.inputs if value is not None)
 
 
@@ -3616,9 +3697,10 @@ class Verifier:
         ``RandomNormalLike``): compared, every rewrite of such a model was rolled back as wrong, and one whose runs
         happened to agree was rolled back by chance. A draw in an untaken branch changes nothing, and its outputs
         are compared."""
-        if not any(_may_draw(node) for node in ir.traversal.RecursiveGraphIterator(original.graph)):
+        bodies = [node for function in original.functions.values() for node in _nodes_and_subgraphs(function.graph)]
+        if not any(_may_draw(node) for node in [*ir.traversal.RecursiveGraphIterator(original.graph), *bodies]):
             return frozenset()
-        drawn = _drawn_outputs(original.graph)
+        drawn = _drawn_outputs(original.graph, original.functions)
         # Several runs, not two: a small output's draws repeat by chance (a Dropout over 8 values draws the same
         # mask twice once in 256 runs), and an output that changed in any pair of runs is random.
         try:

@@ -1,0 +1,34 @@
+"""Review s74 (docs): every strict xfail added in session 74 names its limit in README.md, where a user reads about
+that behaviour (as ``tests/test_review_s73_docs.py`` checks for session 73's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import strict_xfails
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+# Each strict xfail added in session 74, and the README words that name its limit.
+_NAMED = {
+    "test_a_random_outputs_noise_doubled_is_rolled_back": "output's distribution is not held: a rewrite that doubles a "
+    "sampler's noise, moves its mean or changes a Dropout's ratio verifies",
+    "test_a_draw_times_a_computed_zero_leaves_its_output_compared": "a draw multiplied by a computed zero "
+    "(`(mean - mean) * noise`) still makes its output random, never compared",
+}
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
+    return " ".join((_ROOT / "README.md").read_text().split())
+
+
+def test_every_strict_xfail_of_session_74_has_its_words_here():
+    assert strict_xfails("test_review_s74_*.py") == set(_NAMED)
+
+
+@pytest.mark.parametrize("test", sorted(_NAMED))
+def test_every_strict_xfail_of_session_74_is_named_in_the_readme(readme, test):
+    assert _NAMED[test] in readme, test
