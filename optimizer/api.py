@@ -15,6 +15,7 @@ from optimizer.compared_inputs import (
     UNNAMED_LENGTH,
     compared_constants,
     compared_lengths,
+    equalled_inputs,
     held_reductions,
     reduced_sides,
     unnamed_lengths,
@@ -258,6 +259,7 @@ def optimize_with_report(
                 _add_prefill(ir_model, decoder_sets, options.dims)
             if inputs is None:
                 _add_drawn_compared_values(ir_model, verifier)
+                _add_equalled_inputs(ir_model, verifier)
                 _add_other_reduced_side(ir_model, verifier)
                 if not specializes:
                     _add_compared_lengths(ir_model, verifier, options.dims, lengths.cap)
@@ -963,6 +965,19 @@ def _add_drawn_compared_values(model: ir.Model, verifier: Verifier) -> None:
     if all(np.array_equal(inputs.get(name), value) for name, value in held.items()):
         return
     verifier.add_input_set(inputs, f"generated, {', '.join(held)} drawn ({_shapes(model, inputs)}){how}")
+
+
+def _add_equalled_inputs(model: ir.Model, verifier: Verifier) -> None:
+    """Where an ``Equal`` compares two float inputs of one shape with each other (``equalled_inputs``:
+    ``Where(Equal(x, y), a, b)``), verify on a copy of the first set with the second a copy of the first: drawn apart,
+    they were equal in no set, and a rewrite wrong where they are verified."""
+    first = verifier.input_sets[0]
+    if not (pairs := equalled_inputs(model, first)):
+        return
+    inputs = {**first, **{y: first[x].copy() for x, y in pairs}}
+    # Labels in parts around the names: input names and labels are the user's text, never a template.
+    copied = ", ".join(f"{y} a copy of {x}" for x, y in pairs)
+    verifier.add_input_set(inputs, f"copy of {verifier.labels[0]}, " + copied + " (compared for equality)")
 
 
 def _add_other_reduced_side(model: ir.Model, verifier: Verifier) -> None:

@@ -342,6 +342,97 @@ def picked_ids(model: ir.Model) -> dict[str, ir.Value]:
     return {name: ids for name, (_, ids, _) in _argmax_producers(model).items()}
 
 
+def ids_passed_on(model: ir.Model) -> dict[str, ir.Value]:
+    """Each output of ``argmax_outputs`` that its picker's ids reach through ``_IDS_PASS_THROUGH`` alone (a ``Cast`` to
+    float, a ``Reshape``), with those ids: its values, in order, are the ids picked (``picked_ids`` also gives ids
+    offset, scaled or looked up on the way)."""
+    return {name: ids for name, (_, ids, shifted) in _argmax_producers(model).items() if not shifted}
+
+
+class IdsBeside(NamedTuple):
+    """An output a ``Concat`` joins ids and other values into (``concatenated_ids``): the axis it joins along, each
+    input's size along it (None where not known before a run), and each input's ids as its picker picks them (None for
+    an input of no ids)."""
+
+    axis: int
+    widths: tuple[int | None, ...]
+    ids: tuple[ir.Value | None, ...]
+
+
+def concatenated_ids(model: ir.Model) -> dict[str, IdsBeside]:
+    """Each named graph output of ``model`` that a ``Concat`` computes from ids (an ``ArgMax`` or ``ArgMin`` with its
+    axis kept along the ``Concat``'s or unsqueezed there, or a ``TopK``'s indices: ``_picked_along``) and other values
+    (each row's ids beside its top score): no output of ids (``argmax_outputs``), so held by the float tolerance, which
+    passed ids past 10,000 classes one class off until a review in session 74; verification holds those positions
+    exactly (``optimizer.verify.compare_outputs``)."""
+    found = {}
+    for output in model.graph.outputs:
+        node = output.producer()
+        if node is None or not is_onnx_domain(node) or node.op_type != "Concat" or not output.name:
+            continue
+        axis = node.attributes.get_int("axis", 0)
+        widths, ids = [], []
+        for value in node.inputs:
+            picked = _picked_along(value, axis) if value is not None else None
+            ids.append(picked[0] if picked is not None else None)
+            widths.append(picked[1] if picked is not None else _width(value, axis))
+        if any(value is not None for value in ids):
+            found[output.name] = IdsBeside(axis, tuple(widths), tuple(ids))
+    return found
+
+
+def _picked_along(value: ir.Value, axis: int) -> tuple[ir.Value, int] | None:
+    """The ids ``value`` is, as its picker picks them, and how many it picks along ``axis`` (spelled as ``axis`` is):
+    1 for an ``ArgMax`` or ``ArgMin`` keeping ``axis``, or for any ids an ``Unsqueeze`` adds ``axis`` to (torch's
+    ``ids.unsqueeze(1).float()``: before it, through ``_IDS_PASS_THROUGH`` too); k for a ``TopK`` along it; through a
+    ``Cast``, an ``Identity`` or an ``_IDS_SHIFTED`` op by a constant of at most one dim (which keep their shape);
+    else None."""
+    width, node = None, value.producer()
+    while node is not None and is_onnx_domain(node) and node.inputs and node.inputs[0] is not None:
+        if node.op_type in ("Cast", "Identity") or (width is not None and node.op_type in _IDS_PASS_THROUGH):
+            value = node.inputs[0]
+        elif width is None and node.op_type == "Unsqueeze" and axis in _unsqueezed_axes(node):
+            width, value = 1, node.inputs[0]
+        elif (ids := _shifted_ids(node)) is not None and all(
+            (constant := ir.convenience.get_const_tensor(other)) is not None and len(constant.shape) <= 1
+            for other in node.inputs
+            if other is not ids
+        ):
+            value = ids
+        else:
+            break
+        node = value.producer()
+    if node is None or not is_onnx_domain(node) or node.op_type not in _PICKERS:
+        return None
+    if node.op_type == "TopK":
+        k = _top_k(node)
+        if value is not node.outputs[1] or k is None:
+            return None
+        return (
+            (value, width) if width is not None else (value, k) if node.attributes.get_int("axis", -1) == axis else None
+        )
+    if width is None and (not node.attributes.get_int("keepdims", 1) or node.attributes.get_int("axis", 0) != axis):
+        return None
+    return value, 1
+
+
+def _unsqueezed_axes(node: ir.Node) -> list[int]:
+    """The axes ``Unsqueeze`` ``node`` adds (its constant input from opset 13, its attribute before), as written."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        tensor = ir.convenience.get_const_tensor(node.inputs[1])
+        return tensor.numpy().reshape(-1).tolist() if tensor is not None else []
+    return list(node.attributes.get_ints("axes", []))
+
+
+def _width(value: ir.Value | None, axis: int) -> int | None:
+    """The size of ``value`` along ``axis`` where its recorded shape gives it, else None."""
+    shape = value.shape if value is not None else None
+    if shape is None or not -shape.rank() <= axis < shape.rank():
+        return None
+    dim = shape[axis]
+    return dim if isinstance(dim, int) and dim >= 0 else None
+
+
 def _argmax_producers(model: ir.Model) -> dict[str, tuple[ir.Node, ir.Value, bool]]:
     """Each named graph output of ``model`` that one of ``_PICKERS`` computes (a ``TopK`` as its indices) through
     ``_IDS_PASS_THROUGH`` and ``_IDS_SHIFTED``, that node, the ids it picks, and whether an ``_IDS_SHIFTED`` op

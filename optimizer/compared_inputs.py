@@ -24,6 +24,10 @@ set, and a rewrite wrong on the other side verifies. Here those constants are fo
   ``optimizer.api`` which side a set is on, and ``compared_lengths`` which lengths a graph compares with a constant
   (``Equal(Shape(x)[1], 16)``), for the verification sets it adds.
 
+A constant compared with may be computed by a few nodes no fold wrote out (``x > Add(c, c)``: ``_constant_tensor``).
+Two float inputs an ``Equal`` compares with each other (``equalled_inputs``) are verified on a set where they are
+equal too (``optimizer.api``).
+
 Both walks follow the same moves (``_COMPARED_MOVES``, and a ``Cast``), undo the same exact steps
 (``_shifted_by_constant``) and take a comparison back through the same elementwise ops no constant undoes
 (``_preimage``: ``Abs(x) > 10`` is ``x > 10`` or ``x < -10``; ``Sqrt``, ``Sigmoid``, a ``Mod``...); the many-element
@@ -56,7 +60,7 @@ from optimizer.inputs import (
     _picked_columns,
     runtime_inputs,
 )
-from optimizer.runtime import run_model
+from optimizer.runtime import constant_value, run_model
 
 
 def _select_compared_values(model: ir.Model, inputs: dict[str, Any], seed: int) -> set[str]:
@@ -138,8 +142,7 @@ def compared_constants(model: ir.Model, inputs: Mapping[str, Any], seed: int = 0
                 continue
             if node.op_type != "Equal" or not is_onnx_domain(node) or len(node.inputs) != 2 or index > 1:
                 continue
-            other = node.inputs[1 - index]
-            tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+            tensor = _constant_tensor(node.inputs[1 - index])
             if tensor is None or array.dtype.kind == "b" or (array.dtype.kind == "O") != (tensor.dtype.is_string()):
                 continue
             elements = tensor.numpy().reshape(-1)
@@ -418,7 +421,7 @@ def _compared_keys(value: ir.Value) -> list[tuple[tuple[int, ...] | None, np.nda
                 or node.inputs[1 - index] is None
             ):
                 continue
-            tensor = ir.convenience.get_const_tensor(node.inputs[1 - index])
+            tensor = _constant_tensor(node.inputs[1 - index])
             if tensor is None or not tensor.size:
                 continue
             if columnar and (row := _compared_row(value, columns, tensor, undo)) is not None:
@@ -498,8 +501,7 @@ def _threshold_row(
     any of the row's thresholds, a column was past its own in about one row of 16, until a review in session 72."""
     if not is_onnx_domain(node) or node.op_type not in _SIDES or len(node.inputs) != 2 or index > 1:
         return None
-    other = node.inputs[1 - index]
-    tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+    tensor = _constant_tensor(node.inputs[1 - index])
     if tensor is None or tensor.dtype.numpy().kind not in "iuf" or _by_column(affine):
         return None
     if (width := _row_width(value, columns, tensor)) is None:
@@ -514,6 +516,16 @@ def _threshold_row(
     if any(len(side) != 2 for side in sides):
         return None
     return tuple(range(width)) if columns is None else columns, np.asarray(sides, np.float64).T.astype(dtype)
+
+
+def _constant_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
+    """The constant ``value`` holds, that an input is compared with: an initializer's or a ``Constant``'s, or one a few
+    nodes compute from such that no fold wrote out (``constant_value``: ``x > Add(c, c)``, no threshold until a review
+    in session 74, and a rewrite wrong past 10 verified); None where it is none, or text computed so."""
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    if tensor is None and value is not None and (array := constant_value(value)) is not None:
+        tensor = ir.tensor(array) if array.dtype.kind in "biuf" else None
+    return tensor
 
 
 def _distinct(array: np.ndarray) -> np.ndarray:
@@ -729,10 +741,11 @@ def _thresholds(node: ir.Node, index: int) -> list[tuple[tuple[int, ...] | None,
     """The constant thresholds ``node`` compares its input ``index`` with, as the features of that input they are
     for (None: all of it), the comparison that holds on one side (``Less`` ... as named in ``_SIDES``) and the
     thresholds (float64): a ``Less``, ``Greater``, ``LessOrEqual`` or ``GreaterOrEqual`` with a constant (also one cast
-    on the way, ``x > Cast(10)``), ``ai.onnx.ml``'s ``Binarizer`` (skl2onnx's for floats), the bounds a ``Clip``, a
-    ``Max`` or a ``Min`` with a constant clips at (``torch.clamp``: a path past the bound is another), and the splits of
-    a tree ensemble (``TreeEnsembleClassifier``, ``TreeEnsembleRegressor``, opset 5's ``TreeEnsemble``: scikit-learn's,
-    LightGBM's and XGBoost's trees, by feature). None where ``node`` is none of these."""
+    on the way, ``x > Cast(10)``, or computed from constants, ``x > Add(c, c)``: ``_constant_tensor``),
+    ``ai.onnx.ml``'s ``Binarizer`` (skl2onnx's for floats), the bounds a ``Clip``, a ``Max`` or a ``Min`` with a
+    constant clips at (``torch.clamp``: a path past the bound is another), and the splits of a tree ensemble
+    (``TreeEnsembleClassifier``, ``TreeEnsembleRegressor``, opset 5's ``TreeEnsemble``: scikit-learn's, LightGBM's and
+    XGBoost's trees, by feature). None where ``node`` is none of these."""
     if node.domain == "ai.onnx.ml":
         if index != 0:
             return None
@@ -754,7 +767,7 @@ def _thresholds(node: ir.Node, index: int) -> list[tuple[tuple[int, ...] | None,
     if node.op_type not in (*_SIDES, "Max", "Min") or len(node.inputs) != 2 or index > 1:
         return None
     other = node.inputs[1 - index]
-    tensor = ir.convenience.get_const_tensor(other) if other is not None else None
+    tensor = _constant_tensor(other)
     number = _constant_number(other) if tensor is None else None
     if (tensor is None and number is None) or (tensor is not None and tensor.dtype.numpy().kind not in "iuf"):
         return None
@@ -1281,3 +1294,39 @@ def _picked_lengths(node: ir.Node, held: list[tuple[Any, float]]) -> list[tuple[
     if len(starts) != 1 or axes not in ([0], [-1]) or len(steps) != 1 or not steps[0]:
         return None
     return held[slice(starts[0], ends[0], steps[0])]
+
+
+def equalled_inputs(model: ir.Model, inputs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Each pair of float inputs ``(x, y)`` of ``inputs`` of the same shape and type that an ``Equal`` compares with
+    each other, each as it is or through an ``Identity`` or a ``Cast`` (``Where(Equal(x, y), a, b)``): drawn apart,
+    two normal floats are never equal, the branch equality selects never ran, and a rewrite wrong there verified until
+    a review in session 74. ``optimizer.api`` verifies on a set with ``y`` a copy of ``x``."""
+    arrays = {
+        value.name: array
+        for value in runtime_inputs(model)
+        if isinstance(array := inputs.get(value.name), np.ndarray) and array.dtype.kind == "f" and array.size
+    }
+    readers: dict[int, tuple[ir.Node, dict[int, str]]] = {}
+    for value in runtime_inputs(model):
+        if value.name not in arrays:
+            continue
+        pending, seen = [value], set()
+        while pending:
+            current = pending.pop()
+            for node, index in current.uses():
+                if id(node) in seen or not is_onnx_domain(node):
+                    continue
+                seen.add(id(node))
+                if node.op_type in ("Identity", "Cast") and index == 0:
+                    pending.append(node.outputs[0])
+                elif node.op_type == "Equal" and index < 2:
+                    readers.setdefault(id(node), (node, {}))[1].setdefault(index, value.name)
+    copies: dict[str, str] = {}  # each input copied, from which: none copied twice, nor both copied and copied from
+    for _, sides in readers.values():
+        x, y = sides.get(0), sides.get(1)
+        if x is None or y is None or x == y or (arrays[x].shape, arrays[x].dtype) != (arrays[y].shape, arrays[y].dtype):
+            continue
+        if y in copies or x in copies or y in copies.values() or np.any(arrays[x] == arrays[y]):
+            continue
+        copies[y] = x
+    return [(x, y) for y, x in copies.items()]

@@ -11,6 +11,7 @@ the model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import secrets
@@ -826,3 +827,106 @@ def evaluator(model: ir.Model, values: Sequence[ir.Value]) -> Callable[[Mapping[
             return session.run(names, {k: v for k, v in feeds.items() if k in needed})
 
     return run
+
+
+# The most nodes, and the most elements they read, of a subgraph of constants ``constant_value`` evaluates: a threshold
+# a few ops compute from constants and no fold wrote out (``x > Add(c, c)``), not a table; and the most elements each
+# of its values may hold, as ONNX's shape inference sizes them first (a ``ConstantOfShape`` or a broadcast of a few
+# small constants can ask for gigabytes), as ``fold-constants`` bounds its results.
+_CONSTANT_NODES = 8
+_CONSTANT_ELEMENTS = 8192
+_CONSTANT_RESULT_ELEMENTS = 262144
+# Ops whose output is a draw, not a constant, whatever they read.
+_DRAWING_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial", "Dropout"}
+)
+
+
+def constant_value(value: ir.Value) -> np.ndarray | None:
+    """The array ``value`` holds where up to ``_CONSTANT_NODES`` ONNX nodes compute it from constants alone
+    (initializers that are no graph input, ``Constant`` nodes; ``_CONSTANT_ELEMENTS`` elements read at most, no draw,
+    no subgraph), evaluated on ONNX Runtime's CPU as written where ONNX's shape inference sizes every value it computes
+    at ``_CONSTANT_RESULT_ELEMENTS`` elements at most (read-only; one evaluation per distinct subgraph); None
+    otherwise, or where ONNX Runtime refuses it. ``value``'s own constant (an initializer) is not read here:
+    ``ir.convenience.get_const_tensor`` gives it."""
+    if not value.name or value.producer() is None:
+        return None
+    nodes: dict[int, ir.Node] = {}
+    leaves: dict[int, ir.Value] = {}
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        node = current.producer()
+        if node is None:
+            if current.const_value is None or current.is_graph_input() or not current.name:
+                return None  # a graph input, or an initializer a caller may override
+            leaves[id(current)] = current
+            continue
+        if id(node) in nodes:
+            continue
+        if (
+            not is_onnx_domain(node)
+            or node.op_type in _DRAWING_OPS
+            or len(nodes) >= _CONSTANT_NODES
+            or any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values())
+            or any(not output.name for output in node.outputs)
+        ):
+            return None
+        nodes[id(node)] = node
+        stack.extend(v for v in node.inputs if v is not None)
+    if sum(leaf.const_value.size for leaf in leaves.values()) > _CONSTANT_ELEMENTS:
+        return None
+    graph = next(iter(nodes.values())).graph
+    if not isinstance(graph, ir.Graph) or "" not in graph.opset_imports and "ai.onnx" not in graph.opset_imports:
+        return None  # a subgraph's or a function's node: its opsets are its owner's
+    initializers = []
+    for leaf in leaves.values():
+        tensor = leaf.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            tensor = ir.tensor(tensor.numpy(), name=leaf.name)
+        initializers.append(ir.serde.serialize_tensor(tensor))
+        initializers[-1].name = leaf.name
+    opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in graph.opset_imports.items()]
+    proto = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [ir.serde.serialize_node(node) for node in in_topological_order(list(nodes.values()))],
+            "constant",
+            [],
+            [onnx.helper.make_empty_tensor_value_info(value.name)],
+            initializers,
+        ),
+        opset_imports=opsets,
+        ir_version=onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True),
+    )
+    return _evaluated_constant(proto.SerializeToString())
+
+
+@functools.lru_cache(maxsize=256)
+def _evaluated_constant(proto: bytes) -> np.ndarray | None:
+    """The one output of serialized model ``proto`` (no inputs), read-only; None where ONNX's shape inference does not
+    size each of its values within ``_CONSTANT_RESULT_ELEMENTS``, or ONNX Runtime refuses it."""
+    model = onnx.ModelProto.FromString(proto)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        return None
+    sized = {info.name: info.type for info in (*inferred.graph.value_info, *inferred.graph.output)}
+    for node in model.graph.node:
+        for name in node.output:
+            kind = sized[name].WhichOneof("value") if name in sized else None
+            shape = sized[name].tensor_type.shape if kind == "tensor_type" else None
+            if shape is None or not sized[name].tensor_type.HasField("shape"):
+                return None
+            dims = [dim.dim_value if dim.HasField("dim_value") else -1 for dim in shape.dim]
+            if min(dims, default=0) < 0 or math.prod(dims) > _CONSTANT_RESULT_ELEMENTS:
+                return None
+    try:
+        session = open_session(proto, session_options(), ["CPUExecutionProvider"])
+        with calling_onnxruntime("evaluate a constant"):
+            (array,) = session.run(None, {})
+    except RuntimeRefusedError:
+        return None
+    if not isinstance(array, np.ndarray):
+        return None
+    array.setflags(write=False)
+    return array

@@ -4,18 +4,20 @@
 Held as they should be (probed, no test added): ids scaled by 0.5 one class off, and ids cast to float16 one class off
 past 2,048 (float16 steps of 16 there) are rolled back; a float16 ids' tie flip is kept. Not held:
 
-1. **Ids concatenated with scores are held by the float tolerance** (strict xfail, named in README): a ``Concat`` of
+1. **Ids concatenated with scores were held by the float tolerance** (a strict xfail until a review in session 74,
+   which holds their positions exactly: ``class_scores.concatenated_ids``): a ``Concat`` of
    ``Cast(ArgMax)`` ids (past 19,950 of 20,000 classes) and each row's top score is no output of ids
    (``argmax_outputs``), so every id one class off verified, 1 being within ``rtol`` 1e-4 of the ids.
 2. **A float keypoint ``Cast(ArgMax % W)`` flipped at a tie was rolled back**: ``Mod`` keeps no ids apart, so the
    output is no output of ids and got no tie excuse; a flip is a whole pixel, past the float tolerance (``ArgMax / W``
    is held and excused as ids). A float output a ``Cast`` computes from integers now gets the excuse integer outputs
    get, read at those integers (``optimizer.verify._cast_integers``); a wrong ``Mod`` is still rolled back.
-3. **An approximate pass's float ids are held to its twin by the twin's tolerance** (strict xfail, named in README):
+3. **An approximate pass's float ids were held to its twin by the twin's tolerance** (a strict xfail until a review
+   in session 74, which holds them exactly, their ties read back as positions: ``verify._as_positions``):
    ``check_twin`` holds integer ids exactly (with ``_twin_position_ties``' excuse) but ids cast to float by the float
    tolerance, so every id past 10,000 one class off its float32 twin passed (past 100 of a float16 twin's). Holding
-   them exactly needs ``_twin_position_ties`` to read ties at the picker's ids through the ``Cast`` (an int8 CTC
-   recognizer flips ids at near ties), not done here; the budget still holds them by value.
+   them exactly needed ``_twin_position_ties`` to read ties at the picker's ids through the ``Cast`` (an int8 CTC
+   recognizer flips ids at near ties); the budget still holds them by value.
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ def _ids_beside_scores(offset: float) -> ir.Model:
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
 
 
-@pytest.mark.xfail(strict=True, reason="ids concatenated with scores are held by the float tolerance (README)")
 def test_ids_concatenated_with_scores_one_class_off_are_rolled_back():
     verifier = Verifier(_ids_beside_scores(0.0), [_WIDE_X])
     assert (verifier.references[0]["out"][:, 0] > 19950).all()
@@ -77,7 +78,6 @@ def test_a_float_keypoint_mod_width_is_held_at_its_ties(wrong):
     assert bool(result.integer_flips) is not wrong
 
 
-@pytest.mark.xfail(strict=True, reason="an approximate pass's float ids are held to its twin by its tolerance (README)")
 def test_float_ids_one_class_off_their_twin_fail_the_twin_check():
     model = _picker(_wide(), [_N("Cast", ["p"], ["out"], to=TensorProto.FLOAT)], TensorProto.FLOAT, {})
     tail = [_N("Add", ["p", "one"], ["q"]), _N("Cast", ["q"], ["out"], to=TensorProto.FLOAT)]
