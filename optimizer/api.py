@@ -257,12 +257,14 @@ def optimize_with_report(
                 _add_second_binding(ir_model, verifier, options.dims, lengths.cap)
                 _add_unnamed_rows(ir_model, verifier)
                 _add_prefill(ir_model, decoder_sets, options.dims)
+                # Next to user inputs too, as the second binding: a length is no value a user's data chose, and
+                # ``Less(seq_len, 8)`` beside given inputs of 128 verified a rewrite wrong under 8 until review s74.
+                if note := _add_compared_lengths(ir_model, verifier, options.dims, lengths.cap):
+                    notes.append(note)
             if inputs is None:
                 _add_drawn_compared_values(ir_model, verifier)
                 _add_equalled_inputs(ir_model, verifier)
                 _add_other_reduced_side(ir_model, verifier)
-                if not specializes:
-                    _add_compared_lengths(ir_model, verifier, options.dims, lengths.cap)
                 turns = _compared_turns(ir_model, verifier.input_sets[0])
                 _add_other_compared_constants(ir_model, verifier, turns)
                 skipped = _add_longer_compared_constants(
@@ -981,18 +983,21 @@ def _add_equalled_inputs(model: ir.Model, verifier: Verifier) -> None:
 
 
 def _add_other_reduced_side(model: ir.Model, verifier: Verifier) -> None:
-    """Where every verification set holds a reduction compared with a constant threshold on one side
+    """Where the verification sets hold a reduction compared with constant thresholds on fewer sides than it has
     (``reduced_sides``: ``If(ReduceMax(x) > 1)``; ``make_inputs`` holds it below in the sets of seed 0, above in those
     of seed 1), verify on a set of the first one's shapes drawn at seed 1 too: a model that fixes every dim has no
-    second binding, and the branch the other side selects never ran. Where that leaves one on its side (an input
-    whose elements are compared with constants too, which ``make_inputs`` does not move), on a copy of the first set
-    with it held below the threshold, or else above (``held_reductions``)."""
+    second binding, and the branch the other side selects never ran. Where that leaves a side no set holds (an input
+    whose elements are compared with constants too, which ``make_inputs`` does not move; a threshold past the first,
+    ``ReduceMax(x) > 20`` beside ``> 5``: seeds 0 and 1 hold the two sides of 5 alone, and a rewrite wrong past 20
+    verified until a review in session 74), on copies of the first set with it held at each side in turn
+    (``held_reductions``), up to ``_REDUCED_SIDE_SETS``."""
     first = verifier.input_sets[0]
-    if not (sides := reduced_sides(model, first)):
+    if not reduced_sides(model, first):
         return
-    every = [reduced_sides(model, inputs) for inputs in verifier.input_sets[1:]]
-    if not (alone := [name for name in sides if all(found.get(name) == sides[name] for found in every)]):
-        return
+    seen: dict[str, set[tuple]] = {}
+    for inputs in verifier.input_sets:
+        for name, sides in reduced_sides(model, inputs).items():
+            seen.setdefault(name, set()).add(sides)
     candidates = []
     try:
         inputs, how = _model_cache(model, make_inputs(model, dims_from_inputs(model, first), seed=1), seed=1)
@@ -1000,16 +1005,23 @@ def _add_other_reduced_side(model: ir.Model, verifier: Verifier) -> None:
     except InputSpecError:
         pass
     # Labels in two parts around the names moved: input names and labels are the user's text, never a template.
-    held = (f"copy of {verifier.labels[0]}, ", " reduced to the other side")
-    candidates += [(held_reductions(model, first, seed), *held) for seed in (0, 1)]
+    held = (f"copy of {verifier.labels[0]}, ", " reduced to another side")
+    candidates += [(held_reductions(model, first, seed), *held) for seed in range(2 * _REDUCED_SIDE_SETS)]
+    added = 0
     for inputs, before, after in candidates:
         other = reduced_sides(model, inputs)
-        if (moved := [name for name in alone if other.get(name) != sides[name]]) and verifier.add_input_set(
+        if (moved := [name for name in other if other[name] not in seen.get(name, ())]) and verifier.add_input_set(
             inputs, before + ", ".join(moved) + after
         ):
-            alone = [name for name in alone if name not in moved]
-        if not alone:
+            for name in moved:
+                seen.setdefault(name, set()).add(other[name])
+            added += 1
+        if added >= _REDUCED_SIDE_SETS:
             return
+
+
+# The most sets ``_add_other_reduced_side`` adds.
+_REDUCED_SIDE_SETS = 4
 
 
 # The most sets ``_add_compared_lengths`` adds.
@@ -1018,14 +1030,15 @@ _COMPARED_LENGTH_SETS = 4
 
 def _add_compared_lengths(
     model: ir.Model, verifier: Verifier, dims: Mapping[str, int] | None, max_positions: int | None = None
-) -> None:
+) -> str | None:
     """Where the graph compares a length with a constant (``compared_lengths``: ``Equal(Shape(x)[1], 16)``, an
     exported decode step's ``If(Equal(seq_len, 1))``, ``Less(seq_len, 8)``), verify on a set of the first one's
     sizes with that dim (every input that names it) at each length that tells the comparison apart and goes another
     way than every set's, up to ``_COMPARED_LENGTH_SETS``: drawn at the default lengths and a second binding (128,
     257), no set was 16 long, nor under 8, and a rewrite wrong in the branch those select verified. Not a dim ``dims``
     fixes, nor past ``max_positions``; a decoder's mask length follows its past and new tokens. One the original fails
-    on is dropped (said in the report)."""
+    on is dropped (said in the report). Returns a note naming the lengths left undrawn past those limits, or None:
+    the report said nothing of them until a review in session 74."""
     first = verifier.input_sets[0]
     totals = cache_length_dims(model)
     base = {name: size for name, size in dims_from_inputs(model, first).items() if name not in totals}
@@ -1038,14 +1051,24 @@ def _add_compared_lengths(
     for inputs in verifier.input_sets:
         for name, sizes in lengths(inputs).items():
             had.setdefault(name, set()).update(sizes)
+    sizes = dims_from_inputs(model, first)
+    if len(unnamed := unnamed_lengths(model, first)) == 1:
+        sizes[UNNAMED_LENGTH] = min(unnamed)
     added = 0
-    for name, wanted in compared_lengths(model, had).items():
+    undrawn: dict[str, list[int]] = {}
+    limits: dict[str, None] = {}
+    for name, wanted in compared_lengths(model, had, sizes).items():
         if name in (dims or {}) or (name not in base and name != UNNAMED_LENGTH):
             continue
+        what = f"'{name}'" if name != UNNAMED_LENGTH else "the dims without a name"
         for length in wanted:
-            if added >= _COMPARED_LENGTH_SETS or (max_positions and length > max_positions):
-                break
             if any(length in lengths(inputs).get(name, ()) for inputs in verifier.input_sets):
+                continue
+            if added >= _COMPARED_LENGTH_SETS or (max_positions and length > max_positions):
+                capped = added >= _COMPARED_LENGTH_SETS
+                limit = f"{_COMPARED_LENGTH_SETS} sets at most" if capped else f"--max-sequence {max_positions}"
+                undrawn.setdefault(what, []).append(length)
+                limits[limit] = None
                 continue
             unnamed = {"unnamed_length": length} if name == UNNAMED_LENGTH else {}
             bound = _within_positions(base if unnamed else {**base, name: length}, name, totals, dims, max_positions)
@@ -1058,9 +1081,15 @@ def _add_compared_lengths(
                 continue
             if length not in lengths(inputs).get(name, ()):
                 continue
-            what = f"'{name}'" if name != UNNAMED_LENGTH else "the dims without a name"
             label = f"generated, {what} at {length}, a length the graph compares ({_shapes(model, inputs)}){how}"
             added += verifier.add_input_set(inputs, label)
+    if not undrawn:
+        return None
+    held = "; ".join(f"{what} at {', '.join(map(str, found))}" for what, found in undrawn.items())
+    return (
+        f"the graph compares lengths with constants that no verification set holds ({held}; {', '.join(limits)}): "
+        "the branches they select were not verified; pass inputs of those lengths with --inputs FILE.npz"
+    )
 
 
 def _within_positions(

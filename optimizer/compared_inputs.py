@@ -231,6 +231,12 @@ def _mod_preimage(divisor: float, fmod: int, op: str, constants: np.ndarray) -> 
     return [(op, constants[(constants >= low) & (constants <= high) & (constants != divisor)])]
 
 
+def _rounded_preimage(op: str, constants: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """``Floor(x) op c`` (or ``Ceil``, ``Round``) as ``x op c``: values 1 each side of ``c`` round each side of it;
+    for an ``Equal``, the whole ``c`` alone (held at them, ``x`` rounds to them exactly)."""
+    return [(op, constants[constants == np.round(constants)] if op == "Equal" else constants)]
+
+
 # An elementwise op's preimage: from a comparison (``Equal`` or one of ``_SIDES``) with constants of its output to the
 # comparisons of its input that tell the same elements apart.
 _Preimage = Callable[[str, np.ndarray], list[tuple[str, np.ndarray]]]
@@ -240,6 +246,8 @@ _Preimage = Callable[[str, np.ndarray], list[tuple[str, np.ndarray]]]
 # at nothing). ``Relu`` and ``Sqrt`` keep the comparisons with values they reach (``Relu(x) > 0`` is ``x > 0``).
 # Followed by neither walk until a review in session 73: the usual draws of ``Abs(x) > 10`` all fell on one side,
 # and a rewrite wrong on the other verified. Arithmetic after one is a preimage too (``_preimage``), not ``affine``.
+# ``Softplus``, ``Softsign``, ``Atan``, ``Sinh``, ``Floor``, ``Ceil`` and ``Round`` not until one in session 74
+# (``Softplus(x) > 5``, ``Floor(x) > 5``: never reached).
 _PREIMAGES: dict[str, tuple[_Preimage, bool]] = {
     "Abs": (_abs_preimage, True),
     "Relu": (partial(_monotone_preimage, np.asarray, lambda c: c >= 0), True),
@@ -248,17 +256,25 @@ _PREIMAGES: dict[str, tuple[_Preimage, bool]] = {
     "Log": (partial(_monotone_preimage, np.exp, np.isfinite), False),
     "Sigmoid": (partial(_monotone_preimage, lambda c: np.log(c / (1 - c)), lambda c: (c > 0) & (c < 1)), False),
     "Tanh": (partial(_monotone_preimage, np.arctanh, lambda c: (c > -1) & (c < 1)), False),
+    "Softplus": (partial(_monotone_preimage, lambda c: c + np.log(-np.expm1(-c)), lambda c: c > 0), False),
+    "Softsign": (partial(_monotone_preimage, lambda c: c / (1 - np.abs(c)), lambda c: np.abs(c) < 1), False),
+    "Atan": (partial(_monotone_preimage, np.tan, lambda c: np.abs(c) < np.pi / 2), False),
+    "Sinh": (partial(_monotone_preimage, np.arcsinh, np.isfinite), False),
+    "Floor": (_rounded_preimage, True),
+    "Ceil": (_rounded_preimage, True),
+    "Round": (_rounded_preimage, True),
 }
 
 
 def _preimage(
     node: ir.Node, index: int, arithmetic: bool = False
 ) -> tuple[_Preimage, Callable[[np.ndarray], np.ndarray]] | None:
-    """Where ``node`` reads a number at input ``index`` with an op of ``_PREIMAGES`` or a ``Mod`` by a constant not 0
-    (``Equal(step % 4, 3)``), or, with ``arithmetic`` (after such an op), adds, subtracts, multiplies or divides it by
-    a constant number (``_after_affine``: ``Abs(x - mean) / std > 3``; not an integer ``Div``, which truncates), its
-    preimage and the step that undoes it for an ``Equal`` (the values it turns into the keys exactly: none where it
-    rounds); else None."""
+    """Where ``node`` reads a number at input ``index`` with an op of ``_PREIMAGES``, a ``Mod`` by a constant not 0
+    (``Equal(step % 4, 3)``), a ``Pow`` by one above 0 (``x ** 2 > 100``, and ``x * x``), a ``Reciprocal`` or a
+    constant divided by it (``1 / x > 1e6``; these not until a review in session 74), or, with ``arithmetic`` (after
+    such an op), adds, subtracts, multiplies or divides it by a constant number (``_after_affine``: ``Abs(x - mean) /
+    std > 3``; not an integer ``Div``, which truncates), its preimage and the step that undoes it for an ``Equal``
+    (the values it turns into the keys exactly: none where it rounds); else None."""
     if arithmetic and (step := _after_affine(node, index, None)) is not None:
         scale, offset = _affine_numbers(step)
         divisor = node.inputs[1] if node.op_type == "Div" else None
@@ -266,18 +282,52 @@ def _preimage(
             return None
         shift = _shifted_by_constant(node, index)
         return partial(_affine_preimage, scale, offset), shift[0] if shift is not None else _no_exact_preimage
-    if not is_onnx_domain(node) or index != 0:
+    if not is_onnx_domain(node):
+        return None
+    if node.op_type == "Div" and index == 1 and (numerator := _constant_number(node.inputs[0])):
+        return partial(_reciprocal_preimage, numerator), _no_exact_preimage  # ``1 / x > 1e6``
+    if index > (node.op_type == "Mul"):  # ``x * x`` read at input 1 as well
         return None
     if node.op_type == "Mod":
         divisor = _constant_number(node.inputs[1]) if len(node.inputs) == 2 else None
         if not divisor or not np.isfinite(divisor):
             return None
         preimage, exact = partial(_mod_preimage, divisor, node.attributes.get_int("fmod", 0)), True
+    elif node.op_type == "Mul" and len(node.inputs) == 2 and node.inputs[0] is node.inputs[1]:
+        preimage, exact = partial(_power_preimage, 2.0), False  # ``x * x``: a square
+    elif node.op_type == "Reciprocal":
+        preimage, exact = partial(_reciprocal_preimage, 1.0), False
+    elif node.op_type == "Pow":
+        exponent = _constant_number(node.inputs[1]) if len(node.inputs) == 2 else None
+        if exponent is None or not 0 < exponent < _SENTINEL_THRESHOLD:
+            return None
+        preimage, exact = partial(_power_preimage, exponent), False
     elif node.op_type in _PREIMAGES:
         preimage, exact = _PREIMAGES[node.op_type]
     else:
         return None
     return preimage, partial(_equal_preimage, preimage) if exact else _no_exact_preimage
+
+
+def _reciprocal_preimage(numerator: float, op: str, constants: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """``numerator / x op c`` as ``x op' numerator / c`` on the side of 0 that holds it (mirrored: the quotient falls
+    as ``x`` grows there, for a ``numerator`` above 0), of the ``c`` not 0: ``1 / x > 1e6`` is ``0 < x < 1e-6``."""
+    kept = constants[constants != 0]
+    return [(_MIRRORED.get(op, op) if numerator > 0 else op, numerator / kept)]
+
+
+def _power_preimage(exponent: float, op: str, constants: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """``Pow(x, exponent) op c``, for an ``exponent`` above 0, as comparisons of ``x``: of ``Abs(x)`` with the root of
+    ``c`` for an even whole ``exponent`` (``x ** 2 > 100`` is ``x > 10`` or ``x < -10``), of ``x`` with it for an odd
+    one, and for a fraction (``x`` from 0: below, NaN) with the roots of the ``c`` from 0."""
+    with np.errstate(all="ignore"):
+        if float(exponent).is_integer() and int(exponent) % 2 == 0:
+            kept = constants[constants >= 0]
+            return _abs_preimage(op, np.power(kept, 1 / exponent))
+        if float(exponent).is_integer():
+            return [(op, np.sign(constants) * np.power(np.abs(constants), 1 / exponent))]
+        kept = constants[constants >= 0]
+        return [(op, np.power(kept, 1 / exponent))]
 
 
 def _affine_preimage(scale: float, offset: float, op: str, constants: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -591,25 +641,37 @@ def _threshold_sides(
         for op, every in pending:
             every = np.unique(every[np.isfinite(every)])  # sorted
             for held_for, scale, offset in _affine_by_feature(features, affine):
-                found.append((held_for, _either_side(every, op, dtype, scale, offset, straddled)))
+                sides = _either_side(every, op, dtype, scale, offset, straddled, near=bool(preimages))
+                found.append((held_for, sides))
     return found
 
 
+# How near 0 a threshold taken back through an op of ``_PREIMAGES`` is not taken as straddled by the usual normal
+# draws (``_either_side``): about 3 of 128 fall between it and 0, where ``Log`` and ``Sqrt`` start and ``Abs`` turns.
+_NEAR_ZERO = 1 / 16
+
+
 def _either_side(
-    every: np.ndarray, op: str, dtype: np.dtype, scale: float, offset: float, straddled: bool
+    every: np.ndarray, op: str, dtype: np.dtype, scale: float, offset: float, straddled: bool, near: bool = False
 ) -> np.ndarray:
     """Values of ``dtype`` whose ``scale * x + offset`` lie each side of each of the sorted thresholds ``every``
     (``_threshold_sides``) compared by ``op``; ``straddled`` (an input of one element, held at each in turn), an
     integer's two nearest that the comparison tells apart, not three: ``If(n > 10)`` and ``If(n > 20)`` held ``n`` at
     9, 10, 11 and 19 in the four sets verification draws, and the branch ``n > 20`` selects never ran, until a review
-    in session 71 (late)."""
+    in session 71 (late). ``near`` (a threshold taken back through an op of ``_PREIMAGES``): floats within half the
+    threshold of it, on its side of 0, where a ``Log`` or a ``Sqrt`` is defined, and drawn where it is within
+    ``_NEAR_ZERO`` of 0 though the usual draws lie each side (``Log(x) < -10`` is ``0 < x < 4.5e-5``: taken as
+    straddled, and drawn 1 each side of it, at -1 and 1, both false, until a review in session 74)."""
     if scale == 0 or not np.isfinite([scale, offset]).all():
         return np.zeros(0, dtype)
     low, high = (0.0, 1.0) if dtype.kind in "iu" else (-1.0, 1.0)  # where the usual draws lie
     thresholds = every[np.abs(every) < _SENTINEL_THRESHOLD]
     if not straddled:
         side = _SIDES[op]
-        thresholds = thresholds[side(scale * low + offset, thresholds) == side(scale * high + offset, thresholds)]
+        kept = side(scale * low + offset, thresholds) == side(scale * high + offset, thresholds)
+        if near:  # few usual draws are as near 0 as the threshold, where the op's input starts or turns
+            kept |= (thresholds != 0) & (np.abs(thresholds / scale) < _NEAR_ZERO)
+        thresholds = thresholds[kept]
     if dtype.kind in "iu":
         # A step of 1, or of what an integer ``Div`` divides by: ``code // 4 > 3`` was drawn at 11, 12 and 13, each
         # 3 or less once divided (it truncates), until a review in session 71 (late).
@@ -629,6 +691,8 @@ def _either_side(
     neighbours = np.concatenate([[-np.inf], every, [np.inf]])
     gaps = np.minimum(thresholds - neighbours[at], neighbours[at + 2] - thresholds)
     step = np.maximum(np.minimum(1.0, gaps / 2), np.abs(thresholds) / 256)
+    if near:
+        step = np.where(thresholds != 0, np.minimum(step, np.abs(thresholds) / 2), step)
     with np.errstate(over="ignore", invalid="ignore"):
         held, below, above = (
             ((np.asarray(v) - offset) / scale).astype(dtype) for v in (thresholds, thresholds - step, thresholds + step)
@@ -781,6 +845,8 @@ def _thresholds(node: ir.Node, index: int) -> list[tuple[tuple[int, ...] | None,
 
 # A ``Clip``'s bounds: its input (opset 11 on) or attribute (before), and the side of each that is clipped.
 _CLIP_BOUNDS = ((1, "min", "Less"), (2, "max", "Greater"))
+# Ops that clamp what they read at constant bounds (``_thresholds``): a path past a bound is another.
+_CLAMPS = ("Clip", "Max", "Min")
 
 
 def _tree_thresholds(node: ir.Node) -> list[tuple[tuple[int, ...] | None, str, np.ndarray]]:
@@ -999,6 +1065,14 @@ def _sum_square(x: np.ndarray, axis: tuple[int, ...] | None, keepdims: bool) -> 
     return np.sum(np.square(x), axis=axis, keepdims=keepdims)
 
 
+def _max_abs(x: np.ndarray, axis: tuple[int, ...] | None, keepdims: bool) -> np.ndarray:
+    return np.max(np.abs(x), axis=axis, keepdims=keepdims)
+
+
+def _mean_abs(x: np.ndarray, axis: tuple[int, ...] | None, keepdims: bool) -> np.ndarray:
+    return np.mean(np.abs(x), axis=axis, keepdims=keepdims)
+
+
 # Reductions a float input may reach a constant threshold through (preprocessing's ``if x.max() > 1: x = x / 255``,
 # ``If(ReduceMean(x) > t)``): each one's numpy form and how a slice is moved so that its reduction is a given value
 # (``_hold_reductions``). Drawn element by element, the reduction fell on one side in every set (the maximum of 128
@@ -1011,9 +1085,21 @@ _REDUCTIONS: dict[str, tuple[Callable[..., np.ndarray], Callable[..., np.ndarray
     "ReduceL1": (_l1, partial(_scaled_to, 1)),
     "ReduceL2": (_l2, partial(_scaled_to, 1)),
     "ReduceSumSquare": (_sum_square, partial(_scaled_to, 2)),
+    "ReduceMaxAbs": (_max_abs, partial(_scaled_to, 1)),
+    "ReduceMeanAbs": (_mean_abs, partial(_scaled_to, 1)),
 }
 # The reductions of ``_REDUCTIONS`` that are norms, never below 0.
-_NORMS = frozenset({"ReduceL1", "ReduceL2", "ReduceSumSquare"})
+_NORMS = frozenset({"ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceMaxAbs", "ReduceMeanAbs"})
+# A reduction of an ``Abs`` as the norm of ``_REDUCTIONS`` it is (an audio peak, ``if wav.abs().max() > 1: wav /=
+# wav.abs().max()``: not followed, the peak of 128 normal draws under 10 in every set, until a review in session 74).
+_OF_ABSOLUTE = {
+    "ReduceMax": "ReduceMaxAbs",
+    "ReduceMean": "ReduceMeanAbs",
+    "ReduceSum": "ReduceL1",
+    "ReduceL1": "ReduceL1",
+    "ReduceL2": "ReduceL2",
+    "ReduceSumSquare": "ReduceSumSquare",
+}
 # A reduction compared with constant thresholds (``_reduced_thresholds``): the reduction's op, its axes (None: all),
 # the values it is held at in turn (each side of each threshold, sorted), and each comparison (op, thresholds, and the
 # scale and offset constants put on the reduced value before it).
@@ -1037,25 +1123,26 @@ def _reduction_axes(node: ir.Node) -> tuple[int, ...] | None | bool:
 
 
 def _reduced_thresholds(value: ir.Value) -> list[_Reduced]:
-    """Each reduction of ``_REDUCTIONS`` that reads float ``value`` (directly, or through an ``Identity`` or a
-    ``Cast`` to a float) and whose result reaches a constant threshold (``Less``, ``Greater``, ``LessOrEqual``,
-    ``GreaterOrEqual``) through moves, casts and arithmetic by constants (``_after_affine``: ``ReduceMax(x) / 255 >
-    0.5``), as ``_Reduced``; the values it is held at are ``_threshold_sides``' for one element (each side of each
-    threshold, whatever the usual draws)."""
+    """Each reduction of ``_REDUCTIONS`` that reads float ``value`` (directly, or through an ``Identity``, a ``Cast``
+    to a float or an ``Abs``, the reduction then read as the norm it is: ``_OF_ABSOLUTE``) and whose result reaches a
+    constant threshold (``Less``, ``Greater``, ``LessOrEqual``, ``GreaterOrEqual``) through moves, casts and
+    arithmetic by constants (``_after_affine``: ``ReduceMax(x) / 255 > 0.5``), as ``_Reduced``; the values it is held
+    at are ``_threshold_sides``' for one element (each side of each threshold, whatever the usual draws)."""
     found: list[_Reduced] = []
-    readers = [(node, index) for node, index in value.uses()]
+    readers = [(node, index, False) for node, index in value.uses()]  # and whether an ``Abs`` came on the way
     seen: set[int] = set()
     while readers:
-        node, index = readers.pop()
+        node, index, absolute = readers.pop()
         if id(node) in seen or not is_onnx_domain(node) or index != 0:
             continue
         seen.add(id(node))
-        if node.op_type == "Identity" or (
+        if node.op_type in ("Identity", "Abs") or (
             node.op_type == "Cast" and ir.DataType(node.attributes.get_int("to", 0)).is_floating_point()
         ):
-            readers.extend(node.outputs[0].uses())
+            readers.extend((*use, absolute or node.op_type == "Abs") for use in node.outputs[0].uses())
             continue
-        if node.op_type not in _REDUCTIONS or (axes := _reduction_axes(node)) is False:
+        op = _OF_ABSOLUTE.get(node.op_type) if absolute else node.op_type
+        if op not in _REDUCTIONS or (axes := _reduction_axes(node)) is False:
             continue
         targets: dict[float, None] = {}
         compared: list[tuple[str, np.ndarray, float, float]] = []
@@ -1065,7 +1152,9 @@ def _reduced_thresholds(value: ir.Value) -> list[_Reduced]:
             for reader, at in current.uses():
                 if not is_onnx_domain(reader):
                     continue
-                if (reader.op_type in _COMPARED_MOVES or reader.op_type == "Cast") and at == 0:
+                # Each slice is held alike: any ``Gather`` of the reductions is on their side (``ReduceMax(x,
+                # axes=[1])[0] > 10``, not followed until a review in session 74).
+                if (reader.op_type in _COMPARED_MOVES or reader.op_type in ("Cast", "Gather")) and at == 0:
                     pending.append((reader.outputs[0], affine))
                 elif (after := _after_affine(reader, at, affine)) is not None and not _by_column(after):
                     pending.append((reader.outputs[0], after))
@@ -1074,15 +1163,28 @@ def _reduced_thresholds(value: ir.Value) -> list[_Reduced]:
                     for _, sides in _threshold_sides(reader, at, value.dtype.numpy(), straddled=True, affine=affine):
                         targets.update(dict.fromkeys(sides.astype(np.float64).tolist()))
                     compared.extend((op, every, scale, offset) for _, op, every in thresholds)
-        if node.op_type in _NORMS and targets:
+        if op in _NORMS and targets:
             # A norm is never below 0: a side there is held at half the least positive threshold instead (the values
             # each side of ``ReduceL2(x) < 1e-6`` are -1 and 1, and the tiny-norm branch never ran).
             bounds = np.concatenate([(every - offset) / scale for _, every, scale, offset in compared if scale] or [[]])
             least = min((bound for bound in bounds.tolist() if bound > 0), default=None)
             targets = {t if t > 0 else least / 2: None for t in targets if t > 0 or least is not None}
         if targets:
-            found.append((node.op_type, axes, np.asarray(sorted(targets)), compared))
+            found.append((op, axes, np.asarray(sorted(targets)), compared))
     return found
+
+
+def _reductions_alike(value: ir.Value) -> list[_Reduced]:
+    """``_reduced_thresholds(value)``, the reductions of one op over the same axes as one, their values and
+    comparisons together: an export writes a node for each (``x.max() > 5`` and ``x.max() > 20``, two ``ReduceMax``),
+    and the first one's sides alone were held until a review in session 74."""
+    merged: dict[tuple[str, tuple[int, ...] | None], _Reduced] = {}
+    for op, axes, targets, compared in _reduced_thresholds(value):
+        if (op, axes) in merged:
+            _, _, before, earlier = merged[op, axes]
+            targets, compared = np.unique(np.concatenate([before, targets])), earlier + compared
+        merged[op, axes] = (op, axes, targets, compared)
+    return list(merged.values())
 
 
 def _hold_reductions(model: ir.Model, inputs: dict[str, Any], seed: int, *, compared_too: bool = False) -> set[str]:
@@ -1099,7 +1201,7 @@ def _hold_reductions(model: ir.Model, inputs: dict[str, Any], seed: int, *, comp
     for value, array in _float_inputs(model, inputs):
         if not compared_too and (_compared_keys(value) or _lookup_keys(value)):
             continue
-        for op, axes, targets, _ in _reduced_thresholds(value):
+        for op, axes, targets, _ in _reductions_alike(value):
             hold = _REDUCTIONS[op][1]
             drawn = array.astype(np.float64)
             if (reduced := _reduced(op, axes, drawn)) is None:  # axes the array has not: left as drawn
@@ -1144,7 +1246,7 @@ def reduced_sides(model: ir.Model, inputs: Mapping[str, Any]) -> dict[str, tuple
     fall on (each comparison's distinct results over the slices): the sets of one side alone ran one branch."""
     sides = {}
     for value, array in _float_inputs(model, inputs):
-        for op, axes, _, compared in _reduced_thresholds(value):
+        for op, axes, _, compared in _reductions_alike(value):
             if (reduced := _reduced(op, axes, array.astype(np.float64))) is None:
                 continue
             sides[value.name] = tuple(
@@ -1161,16 +1263,22 @@ def reduced_sides(model: ir.Model, inputs: Mapping[str, Any]) -> dict[str, tuple
 _LONGEST_COMPARED_LENGTH = 4096
 
 
-def compared_lengths(model: ir.Model, held: Mapping[str, Collection[int]] | None = None) -> dict[str, list[int]]:
+def compared_lengths(
+    model: ir.Model, held: Mapping[str, Collection[int]] | None = None, sizes: Mapping[str, int] | None = None
+) -> dict[str, list[int]]:
     """Each named symbolic dim (or, as ``UNNAMED_LENGTH``, one without a name past the first axis) of an input whose
-    length the graph reads through ``Shape`` (or ``Size``, where it is the input's only symbolic dim) and compares with
-    a constant (``Equal(Shape(x)[1], 16)``, an exported decode step's ``If(Equal(seq_len, 1))``, ``Greater(seq_len,
-    512)``, ``Less(seq_len, 8)``), through a ``Gather`` or a ``Slice`` of that length, moves, casts and arithmetic by
-    constants, with the lengths that tell the comparison apart: the one an ``Equal`` holds, and the two nearest each
-    side of a threshold (``_threshold_sides``); from 1 to ``_LONGEST_COMPARED_LENGTH``; of those, where ``held`` gives
-    the lengths each dim already has, only the ones that go another way than all of them (``Less(seq_len, 8)`` beside
-    128: 7 alone, not 8). Generated at the default lengths and a second binding, no set was 16 long nor past 512, and a
-    rewrite wrong in the branch those select verified until a review in session 73."""
+    length the graph reads through ``Shape`` (or ``Size``: of its last symbolic dim, the others at their ``sizes``,
+    the first set's; with no ``sizes``, where it is the input's only one: ``Size(x[B, L]) < 64`` was never drawn under
+    64 elements until a review in session 74) and compares with a constant (``Equal(Shape(x)[1], 16)``, an exported
+    decode step's ``If(Equal(seq_len, 1))``, ``Greater(seq_len, 512)``, ``Less(seq_len, 8)``), through a ``Gather``
+    or a ``Slice`` of that length, moves, casts and arithmetic by constants, with the lengths that tell the comparison
+    apart: the one an ``Equal`` holds, and the two nearest each side of a threshold (``_threshold_sides``; a ``Clip``,
+    ``Max`` or ``Min`` bound too, and what is compared after it, ``Min(seq_len, 512) >= 512``; a remainder's
+    comparison, ``Equal(seq_len % 7, 0)``, at the lengths that decide it one divisor on; neither until a review in
+    session 74); from 1 to ``_LONGEST_COMPARED_LENGTH``; of those, where ``held`` gives the lengths each dim already
+    has, only the ones that go another way than all of them (``Less(seq_len, 8)`` beside 128: 7 alone, not 8).
+    Generated at the default lengths and a second binding, no set was 16 long nor past 512, and a rewrite wrong in the
+    branch those select verified until a review in session 73."""
     found: dict[str, dict[int, None]] = {}
     for value in runtime_inputs(model):
         if value.shape is None:
@@ -1183,8 +1291,12 @@ def compared_lengths(model: ir.Model, held: Mapping[str, Collection[int]] | None
             if node.op_type == "Shape":
                 start, end = node.attributes.get_int("start", 0), node.attributes.get_int("end", len(dims))
                 elements = [(key, 1.0) for key in keys[start:end]]
-            elif node.op_type == "Size" and len(free := [a for a, d in enumerate(dims) if _free(d)]) == 1:
-                elements = [(keys[free[0]], float(np.prod([d for d in dims if not _free(d)])))]
+            elif node.op_type == "Size" and (free := [a for a, d in enumerate(dims) if _free(d)]):
+                # Rows without a name (key None) are drawn at one.
+                others = [(sizes or {}).get(keys[a]) if keys[a] is not None else 1 for a in free[:-1]]
+                if None in others:
+                    continue
+                elements = [(keys[free[-1]], float(np.prod([d for d in dims if not _free(d)] + others)))]
             else:
                 continue
             for key, lengths, side in _lengths_compared(node.outputs[0], elements):
@@ -1248,9 +1360,18 @@ def _lengths_compared(
                     pending.append((node.outputs[0], picked, None))
             elif len(held) != 1:
                 continue
+            elif (divisor := _length_divisor(node, index)) is not None and affine is None and held[0][1] == 1:
+                # ``Equal(seq_len % 7, 0)``: the lengths that decide the remainder, one divisor on (from 1 up). The
+                # default lengths, 128 and 257, are no multiple of 7, and a rewrite wrong on one verified until a
+                # review in session 74.
+                for dim, lengths, side in _lengths_compared(node.outputs[0], held):
+                    kept = sorted({n + divisor for n in lengths if 0 <= n < divisor})
+                    yield dim, kept, partial(_length_remainder_side, divisor, side)
             elif (after := _after_affine(node, index, affine)) is not None and not _by_column(after):
                 pending.append((node.outputs[0], held, after))
-            elif node.op_type in _SIDES and (thresholds := _thresholds(node, index)) is not None:
+            elif node.op_type in (*_SIDES, *_CLAMPS) and (thresholds := _thresholds(node, index)) is not None:
+                if node.op_type in _CLAMPS:  # clamped, then compared: ``Min(seq_len, 512) >= 512``
+                    pending.append((node.outputs[0], held, affine))
                 dim, factor = held[0]
                 scaled = (np.asarray(factor), np.asarray(0.0)) if affine is None else (affine[0] * factor, affine[1])
                 sides = _threshold_sides(node, index, np.dtype(np.int64), straddled=True, affine=scaled)
@@ -1266,6 +1387,19 @@ def _lengths_compared(
                 length = (number - offset) / (scale * factor) if scale * factor else None
                 if length is not None and float(length).is_integer():
                     yield dim, [int(length)], partial(operator.eq, int(length))
+
+
+def _length_divisor(node: ir.Node, index: int) -> int | None:
+    """The constant whole number above 0 that ``node`` takes a length at input ``index`` modulo (a ``Mod``), or None."""
+    if not is_onnx_domain(node) or node.op_type != "Mod" or index != 0 or len(node.inputs) != 2:
+        return None
+    divisor = _constant_number(node.inputs[1])
+    return int(divisor) if divisor is not None and divisor > 0 and float(divisor).is_integer() else None
+
+
+def _length_remainder_side(divisor: int, side: Callable[[int], Any], length: int) -> Any:
+    """Which way ``length`` goes at a comparison of its remainder modulo ``divisor`` (``side``)."""
+    return side(length % divisor)
 
 
 def _length_side(
