@@ -21,7 +21,8 @@ def class_score_outputs(model: ir.Model) -> frozenset[str]:
     (``_written_out_softmax``), read through ``Identity`` and ``Dropout`` (which pass their input on when inferring):
     Paddle's exports close with an Identity (PP-OCR's classifier), whose top-1 agreement went unreported; a Softmax's
     rows regrouped or their classes rotated on the way out (``_rows_passed_on``: PESTO's pitch ``activations``, a
-    ``view(batch, -1, bins)`` and a ``roll`` of its Softmax, went without top-1 until review s73); and the
+    ``view(batch, -1, bins)`` and a ``roll`` of its Softmax, went without top-1 until review s73; one head of
+    attention probabilities picked by a ``Gather``, rxnmapper's atom map, until review s74); and the
     logits a graph output returns that one normalizes over that axis (a model returning its logits beside their
     probabilities). Top-1 is the argmax over the last axis: a Softmax over another (a segmenter's classes along axis
     1) holds no row of class scores there. An output named like scores or logits but normalized nowhere in the graph
@@ -96,18 +97,40 @@ def _passed_on(value: ir.Value) -> ir.Value:
 
 def _rows_passed_on(value: ir.Value) -> ir.Value:
     """``value``, or the value whose rows along the last axis it holds, each row whole, its classes in the same or
-    a rotated order (``_passed_on``, then back through ``_keeps_the_last_axis`` and ``_rotates_the_last_axis``): a
-    Softmax's probabilities regrouped into ``[batch, frames, classes]`` or rolled along the classes hold the same
-    top-1 agreement as the Softmax's own rows."""
+    a rotated order (``_passed_on``, then back through ``_keeps_the_last_axis``, ``_rotates_the_last_axis`` and
+    ``_picks_whole_rows``): a Softmax's probabilities regrouped into ``[batch, frames, classes]``, rolled along the
+    classes or some of their rows picked hold the same top-1 agreement as the Softmax's own rows."""
     value = _passed_on(value)
     while (node := value.producer()) is not None and is_onnx_domain(node):
         if node.op_type == "Reshape" and _keeps_the_last_axis(node):
             value = _passed_on(node.inputs[0])
         elif node.op_type == "Concat" and (source := _rotates_the_last_axis(node)) is not None:
             value = _passed_on(source)
+        elif node.op_type == "Gather" and _picks_whole_rows(node):
+            value = _passed_on(node.inputs[0])
         else:
             break
     return value
+
+
+def _picks_whole_rows(gather: ir.Node) -> bool:
+    """Whether the ``Gather`` ``gather`` picks along another axis than its data's last, so that each row it returns
+    is a row of its data, whole: one head of attention probabilities ``[batch, heads, queries, keys]``
+    (``probs[:, head]``, rxnmapper's atom map, whose argmax per row is the atom it maps). The data's rank is its own,
+    or its output's less its indices' plus one; an axis counted from 0 on data of unknown rank may be the last:
+    refused."""
+    if len(gather.inputs) < 2 or gather.inputs[0] is None or gather.inputs[1] is None:
+        return False
+    axis = gather.attributes.get_int("axis", 0)
+    if axis < 0:
+        return axis != -1
+    rank = _first_rank(gather.inputs[0])
+    if rank is None and (picked := _first_rank(*gather.outputs[:1])) is not None:
+        indices = _first_rank(gather.inputs[1])
+        if indices is None and (constant := ir.convenience.get_const_tensor(gather.inputs[1])) is not None:
+            indices = constant.numpy().ndim
+        rank = picked - indices + 1 if indices is not None else None
+    return rank is not None and axis < rank - 1
 
 
 # Slice ``ends`` at or past this are "to the end of the axis" (torch writes INT64_MAX).

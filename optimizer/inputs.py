@@ -2458,7 +2458,9 @@ def pads_where_true(value: ir.Value) -> bool:
     of -1e3 or below where it holds (arabic-name-romanizer's decoder: ``Where(src_mask, -1e9, scores)``) or as what
     multiplies one, or negated as a multiplier of data, not of a constant (its encoder: ``memory *
     Cast(Not(src_mask))``; ``scores - 1e9 * Cast(Not(mask))`` is Hugging Face's convention, read as PyTorch's until a
-    review); through ``Or`` and ``And`` with another mask too (a causal mask's ``Or``: read as neither, it was
+    review), or as the condition of a ``Where`` that takes zeros there and data elsewhere (slovnet's
+    ``masked_fill(pad_mask, 0)``: read as neither, generated true everywhere, every word padded, until review s74);
+    through ``Or`` and ``And`` with another mask too (a causal mask's ``Or``: read as neither, it was
     generated true everywhere until a review), through an ``Add`` of it and another mask cast to numbers (their
     ``Or``), and through ``Xor`` or ``Equal`` with a constant (``mask ^ True`` and ``mask == 0`` negate it; read as
     neither through any of these, it was generated true everywhere until a review in session 68). Generated as ones,
@@ -2497,6 +2499,12 @@ def pads_where_true(value: ir.Value) -> bool:
                 if _is_fill(node.inputs[1]):
                     return not negated
                 if _is_fill(node.inputs[2]):
+                    return negated
+                # ``data.masked_fill(mask, 0)`` zeroes data where the mask holds, as ``data * Cast(Not(mask))``
+                # below: slovnet's CNN encoder zeroes its padded words so.
+                if _zeroes_data(node.inputs[1], node.inputs[2]):
+                    return not negated
+                if _zeroes_data(node.inputs[2], node.inputs[1]):
                     return negated
             elif node.op_type == "Mul" and len(node.inputs) == 2:
                 # Times a fill it marks the padded positions (an additive mask); times data, the kept ones. Times
@@ -2543,6 +2551,12 @@ def _constant_bit(value: ir.Value | None) -> int | None:
         return None
     array = tensor.numpy()
     return 1 if (array == 1).all() else 0 if (array == 0).all() else None
+
+
+def _zeroes_data(zero: ir.Value | None, data: ir.Value | None) -> bool:
+    """Whether ``zero`` is a constant of zeros everywhere and ``data`` no constant: a ``Where`` taking them zeroes
+    data where it takes ``zero``."""
+    return _constant_bit(zero) == 0 and data is not None and ir.convenience.get_const_tensor(data) is None
 
 
 def _is_fill(value: ir.Value | None) -> bool:
