@@ -44,8 +44,10 @@ from optimizer.inputs import (
     constant_inputs_note,
     dims_from_inputs,
     dims_of_several_sizes,
+    format_bytes,
     free_lengths,
     guessed_batch_dims,
+    input_bytes,
     leads_unnamed,
     lengths_apart,
     load_inputs,
@@ -1026,6 +1028,11 @@ _REDUCED_SIDE_SETS = 4
 
 # The most sets ``_add_compared_lengths`` adds.
 _COMPARED_LENGTH_SETS = 4
+# The most bytes a set ``_add_compared_lengths`` adds takes: this many times the first set's, or else
+# ``_COMPARED_LENGTH_BYTES``. A batch compared with 1000 (``Greater(N, 1000)`` of images ``[N, 3, 224, 224]``) added a
+# set of 1001 images, 600 MB and 12.9 s on a trivial graph, until a review in session 74.
+_COMPARED_LENGTH_GROWTH = 4
+_COMPARED_LENGTH_BYTES = 16 << 20
 
 
 def _add_compared_lengths(
@@ -1036,9 +1043,10 @@ def _add_compared_lengths(
     sizes with that dim (every input that names it) at each length that tells the comparison apart and goes another
     way than every set's, up to ``_COMPARED_LENGTH_SETS``: drawn at the default lengths and a second binding (128,
     257), no set was 16 long, nor under 8, and a rewrite wrong in the branch those select verified. Not a dim ``dims``
-    fixes, nor past ``max_positions``; a decoder's mask length follows its past and new tokens. One the original fails
-    on is dropped (said in the report). Returns a note naming the lengths left undrawn past those limits, or None:
-    the report said nothing of them until a review in session 74."""
+    fixes, nor past ``max_positions``, nor where the set would take more than ``_COMPARED_LENGTH_GROWTH`` times the
+    first's bytes and ``_COMPARED_LENGTH_BYTES``; a decoder's mask length follows its past and new tokens. One the
+    original fails on is dropped (said in the report). Returns a note naming the lengths left undrawn past those
+    limits, or None: the report said nothing of them until a review in session 74."""
     first = verifier.input_sets[0]
     totals = cache_length_dims(model)
     base = {name: size for name, size in dims_from_inputs(model, first).items() if name not in totals}
@@ -1048,16 +1056,20 @@ def _add_compared_lengths(
         return {**found, UNNAMED_LENGTH: unnamed_lengths(model, inputs)}
 
     had: dict[str, set[int]] = {}
+    bindings = []  # each set's sizes, for two lengths compared with each other
     for inputs in verifier.input_sets:
         for name, sizes in lengths(inputs).items():
             had.setdefault(name, set()).update(sizes)
-    sizes = dims_from_inputs(model, first)
-    if len(unnamed := unnamed_lengths(model, first)) == 1:
-        sizes[UNNAMED_LENGTH] = min(unnamed)
+        bindings.append({name: min(sizes) for name, sizes in lengths(inputs).items() if len(sizes) == 1})
+    sizes = bindings[0]
+    first_bytes = input_bytes(
+        model, dims_from_inputs(model, first), unnamed_length=sizes.get(UNNAMED_LENGTH, DEFAULT_SEQUENCE)
+    )[0]
+    most = max(_COMPARED_LENGTH_GROWTH * first_bytes, _COMPARED_LENGTH_BYTES)
     added = 0
     undrawn: dict[str, list[int]] = {}
     limits: dict[str, None] = {}
-    for name, wanted in compared_lengths(model, had, sizes).items():
+    for name, wanted in compared_lengths(model, had, sizes, bindings).items():
         if name in (dims or {}) or (name not in base and name != UNNAMED_LENGTH):
             continue
         what = f"'{name}'" if name != UNNAMED_LENGTH else "the dims without a name"
@@ -1073,6 +1085,10 @@ def _add_compared_lengths(
             unnamed = {"unnamed_length": length} if name == UNNAMED_LENGTH else {}
             bound = _within_positions(base if unnamed else {**base, name: length}, name, totals, dims, max_positions)
             if bound is None:
+                continue
+            if input_bytes(model, bound, **unnamed)[0] > most:
+                undrawn.setdefault(what, []).append(length)
+                limits[f"sets of {format_bytes(most)} at most"] = None
                 continue
             try:
                 inputs = make_inputs(model, bound, **unnamed)

@@ -40,6 +40,7 @@ this module); ``optimizer.api`` adds the verification sets that hold the constan
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from functools import partial
@@ -237,6 +238,21 @@ def _rounded_preimage(op: str, constants: np.ndarray) -> list[tuple[str, np.ndar
     return [(op, constants[constants == np.round(constants)] if op == "Equal" else constants)]
 
 
+def _erf_inverse(constants: np.ndarray) -> np.ndarray:
+    """The ``x`` whose ``erf(x)`` is each of ``constants`` (within -1 and 1): numpy has no ``erf``, nor its inverse,
+    and scipy is no dependency; Winitzki's closed form (within 2e-3), then Newton's steps on ``math.erf``."""
+    y = np.asarray(constants, np.float64)
+    a = 0.147
+    log = np.log1p(-y * y)
+    first = 2 / (np.pi * a) + log / 2
+    x = np.sign(y) * np.sqrt(np.sqrt(first * first - log / a) - first)
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    for _ in range(4):
+        slope = 2 / np.sqrt(np.pi) * np.exp(-x * x)
+        x = np.where(slope > 0, x - (erf(x) - y) / np.where(slope > 0, slope, 1.0), x)
+    return x
+
+
 # An elementwise op's preimage: from a comparison (``Equal`` or one of ``_SIDES``) with constants of its output to the
 # comparisons of its input that tell the same elements apart.
 _Preimage = Callable[[str, np.ndarray], list[tuple[str, np.ndarray]]]
@@ -247,7 +263,8 @@ _Preimage = Callable[[str, np.ndarray], list[tuple[str, np.ndarray]]]
 # Followed by neither walk until a review in session 73: the usual draws of ``Abs(x) > 10`` all fell on one side,
 # and a rewrite wrong on the other verified. Arithmetic after one is a preimage too (``_preimage``), not ``affine``.
 # ``Softplus``, ``Softsign``, ``Atan``, ``Sinh``, ``Floor``, ``Ceil`` and ``Round`` not until one in session 74
-# (``Softplus(x) > 5``, ``Floor(x) > 5``: never reached).
+# (``Softplus(x) > 5``, ``Floor(x) > 5``: never reached); ``Erf`` (``_erf_inverse``) not until a later one
+# (``Erf(x) > 0.999999``).
 _PREIMAGES: dict[str, tuple[_Preimage, bool]] = {
     "Abs": (_abs_preimage, True),
     "Relu": (partial(_monotone_preimage, np.asarray, lambda c: c >= 0), True),
@@ -260,6 +277,7 @@ _PREIMAGES: dict[str, tuple[_Preimage, bool]] = {
     "Softsign": (partial(_monotone_preimage, lambda c: c / (1 - np.abs(c)), lambda c: np.abs(c) < 1), False),
     "Atan": (partial(_monotone_preimage, np.tan, lambda c: np.abs(c) < np.pi / 2), False),
     "Sinh": (partial(_monotone_preimage, np.arcsinh, np.isfinite), False),
+    "Erf": (partial(_monotone_preimage, _erf_inverse, lambda c: np.abs(c) < 1), False),
     "Floor": (_rounded_preimage, True),
     "Ceil": (_rounded_preimage, True),
     "Round": (_rounded_preimage, True),
@@ -271,10 +289,12 @@ def _preimage(
 ) -> tuple[_Preimage, Callable[[np.ndarray], np.ndarray]] | None:
     """Where ``node`` reads a number at input ``index`` with an op of ``_PREIMAGES``, a ``Mod`` by a constant not 0
     (``Equal(step % 4, 3)``), a ``Pow`` by one above 0 (``x ** 2 > 100``, and ``x * x``), a ``Reciprocal`` or a
-    constant divided by it (``1 / x > 1e6``; these not until a review in session 74), or, with ``arithmetic`` (after
-    such an op), adds, subtracts, multiplies or divides it by a constant number (``_after_affine``: ``Abs(x - mean) /
-    std > 3``; not an integer ``Div``, which truncates), its preimage and the step that undoes it for an ``Equal``
-    (the values it turns into the keys exactly: none where it rounds); else None."""
+    constant divided by it (``1 / x > 1e6``; these not until a review in session 74), a ``LeakyRelu`` or an ``Elu``
+    of an ``alpha`` above 0 (taken back through its ``alpha``: ``LeakyRelu(x) > 5``, ``Elu(x) < -0.5``; not until a
+    later one in session 74), or, with ``arithmetic`` (after such an op), adds, subtracts, multiplies or divides it by
+    a constant number (``_after_affine``: ``Abs(x - mean) / std > 3``; not an integer ``Div``, which truncates), its
+    preimage and the step that undoes it for an ``Equal`` (the values it turns into the keys exactly: none where it
+    rounds); else None."""
     if arithmetic and (step := _after_affine(node, index, None)) is not None:
         scale, offset = _affine_numbers(step)
         divisor = node.inputs[1] if node.op_type == "Div" else None
@@ -302,6 +322,18 @@ def _preimage(
         if exponent is None or not 0 < exponent < _SENTINEL_THRESHOLD:
             return None
         preimage, exact = partial(_power_preimage, exponent), False
+    elif node.op_type in ("LeakyRelu", "Elu"):
+        # Increasing for an ``alpha`` above 0 (below, a ``LeakyRelu`` turns at 0; of 0, it is a ``Relu``).
+        alpha = node.attributes.get_float("alpha", 0.01 if node.op_type == "LeakyRelu" else 1.0)
+        if node.op_type == "LeakyRelu" and alpha == 0:
+            preimage, exact = _PREIMAGES["Relu"]
+        elif not 0 < alpha < _SENTINEL_THRESHOLD:
+            return None
+        elif node.op_type == "LeakyRelu":
+            preimage, exact = partial(_monotone_preimage, partial(_leaky_relu_inverse, alpha), np.isfinite), False
+        else:
+            reached = partial(np.less, -alpha)  # an ``Elu`` never reaches ``-alpha``
+            preimage, exact = partial(_monotone_preimage, partial(_elu_inverse, alpha), reached), False
     elif node.op_type in _PREIMAGES:
         preimage, exact = _PREIMAGES[node.op_type]
     else:
@@ -328,6 +360,17 @@ def _power_preimage(exponent: float, op: str, constants: np.ndarray) -> list[tup
             return [(op, np.sign(constants) * np.power(np.abs(constants), 1 / exponent))]
         kept = constants[constants >= 0]
         return [(op, np.power(kept, 1 / exponent))]
+
+
+def _leaky_relu_inverse(alpha: float, constants: np.ndarray) -> np.ndarray:
+    """``LeakyRelu``'s inverse, for an ``alpha`` above 0: ``y`` from 0 up, ``y / alpha`` below."""
+    return np.where(constants >= 0, constants, constants / alpha)
+
+
+def _elu_inverse(alpha: float, constants: np.ndarray) -> np.ndarray:
+    """``Elu``'s inverse, for an ``alpha`` above 0: ``y`` from 0 up, ``log(1 + y / alpha)`` below (``y`` above
+    ``-alpha``)."""
+    return np.where(constants >= 0, constants, np.log1p(np.maximum(constants / alpha, -1.0)))
 
 
 def _affine_preimage(scale: float, offset: float, op: str, constants: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -1263,8 +1306,16 @@ def reduced_sides(model: ir.Model, inputs: Mapping[str, Any]) -> dict[str, tuple
 _LONGEST_COMPARED_LENGTH = 4096
 
 
+# A comparison of a length with what is no constant (``_lengths_compared``): the node, the input the length is at,
+# its dim (``_length_key``) and factor, and the scale and offset put on it before.
+_Met = tuple[ir.Node, int, Any, float, float, float]
+
+
 def compared_lengths(
-    model: ir.Model, held: Mapping[str, Collection[int]] | None = None, sizes: Mapping[str, int] | None = None
+    model: ir.Model,
+    held: Mapping[str, Collection[int]] | None = None,
+    sizes: Mapping[str, int] | None = None,
+    bindings: Sequence[Mapping[str, int]] | None = None,
 ) -> dict[str, list[int]]:
     """Each named symbolic dim (or, as ``UNNAMED_LENGTH``, one without a name past the first axis) of an input whose
     length the graph reads through ``Shape`` (or ``Size``: of its last symbolic dim, the others at their ``sizes``,
@@ -1278,8 +1329,13 @@ def compared_lengths(
     session 74); from 1 to ``_LONGEST_COMPARED_LENGTH``; of those, where ``held`` gives the lengths each dim already
     has, only the ones that go another way than all of them (``Less(seq_len, 8)`` beside 128: 7 alone, not 8).
     Generated at the default lengths and a second binding, no set was 16 long nor past 512, and a rewrite wrong in the
-    branch those select verified until a review in session 73."""
+    branch those select verified until a review in session 73. A product of lengths, ``ReduceProd(Shape(x)) > 1000``
+    or a ``Mul`` of two, is read as ``Size`` is, and two lengths compared with each other, ``Shape(a)[1] <
+    Shape(b)[1]``, at the lengths of each that tell it apart beside the other's size (``_lengths_met``: those sides no
+    set of ``bindings``, each set's sizes, holds); neither until a later review in session 74."""
     found: dict[str, dict[int, None]] = {}
+    meets: list[_Met] = []
+    starts: list[tuple[ir.Value, list[tuple[Any, float]]]] = []  # each walk's start and the elements it holds
     for value in runtime_inputs(model):
         if value.shape is None:
             continue
@@ -1287,24 +1343,50 @@ def compared_lengths(
         for node, index in value.uses():
             if not is_onnx_domain(node) or index != 0:
                 continue
-            keys = [_length_key(dim, axis) for axis, dim in enumerate(dims)]
+            # Each element of the shape as the dim it holds and the factor on it: a fixed size is its factor, and
+            # rows without a name (key None too) are drawn at one.
+            shape = [(key, 1.0 if _free(dim) else float(dim)) for key, dim in zip(_length_keys(dims), dims)]
             if node.op_type == "Shape":
                 start, end = node.attributes.get_int("start", 0), node.attributes.get_int("end", len(dims))
-                elements = [(key, 1.0) for key in keys[start:end]]
-            elif node.op_type == "Size" and (free := [a for a, d in enumerate(dims) if _free(d)]):
-                # Rows without a name (key None) are drawn at one.
-                others = [(sizes or {}).get(keys[a]) if keys[a] is not None else 1 for a in free[:-1]]
-                if None in others:
-                    continue
-                elements = [(keys[free[-1]], float(np.prod([d for d in dims if not _free(d)] + others)))]
+                elements = shape[start:end]
+            elif node.op_type == "Size" and (product := _product_of_lengths(shape, sizes)) is not None:
+                elements = product
             else:
                 continue
-            for key, lengths, side in _lengths_compared(node.outputs[0], elements):
-                if key is not None:
-                    sides = {side(n) for n in (held or {}).get(key, ())}
-                    kept = [n for n in lengths if 1 <= n <= _LONGEST_COMPARED_LENGTH and side(n) not in sides]
-                    found.setdefault(key, {}).update(dict.fromkeys(kept))
+            starts.append((node.outputs[0], elements))
+    multiplied: set[int] = set()
+    while starts:
+        start, elements = starts.pop(0)
+        for key, lengths, side in _lengths_compared(start, elements, sizes, meets):
+            if key is not None:
+                sides = {side(n) for n in (held or {}).get(key, ())}
+                kept = [n for n in lengths if 1 <= n <= _LONGEST_COMPARED_LENGTH and side(n) not in sides]
+                found.setdefault(key, {}).update(dict.fromkeys(kept))
+        # Two lengths a ``Mul`` multiplies (``Shape(x)[0] * Shape(x)[1] > 1000``): their product followed as one.
+        for node, ends in _met_pairs(meets, ("Mul",)):
+            if id(node) not in multiplied and (product := _product_of_lengths([end[:2] for end in ends], sizes)):
+                multiplied.add(id(node))
+                starts.append((node.outputs[0], product))
+    for key, lengths in _lengths_met(meets, sizes, bindings):
+        found.setdefault(key, {}).update(dict.fromkeys(lengths))
     return {name: sorted(lengths) for name, lengths in found.items() if lengths}
+
+
+def _length_keys(dims: Sequence[Any]) -> list[str | None]:
+    """``_length_key`` of each of an input's ``dims``."""
+    return [_length_key(dim, axis) for axis, dim in enumerate(dims)]
+
+
+def _product_of_lengths(
+    held: Sequence[tuple[Any, float]], sizes: Mapping[str, int] | None
+) -> list[tuple[Any, float]] | None:
+    """The product of the elements of a shape ``held`` (``_lengths_compared``) as one element: of the last dim named
+    there, the others at their ``sizes`` (the first set's) and the fixed ones at theirs; None where a dim named there
+    has no size, or the last appears twice (``x[L, L]``: the product is no multiple of one length)."""
+    keys = [key for key, _ in held if key is not None]
+    if not keys or keys.count(keys[-1]) > 1 or any(key not in (sizes or {}) for key in keys[:-1]):
+        return None
+    return [(keys[-1], float(np.prod([factor for _, factor in held] + [(sizes or {})[key] for key in keys[:-1]])))]
 
 
 def _free(dim: Any) -> bool:
@@ -1337,11 +1419,15 @@ def unnamed_lengths(model: ir.Model, inputs: Mapping[str, Any]) -> set[int]:
 
 
 def _lengths_compared(
-    shape: ir.Value, elements: list[tuple[Any, float]]
+    shape: ir.Value,
+    elements: list[tuple[Any, float]],
+    sizes: Mapping[str, int] | None = None,
+    meets: list[_Met] | None = None,
 ) -> Iterator[tuple[Any, list[int], Callable[[int], Any]]]:
     """``(dim, lengths, side)`` for each comparison of one element of ``shape`` (a ``Shape``'s or ``Size``'s output,
-    each element the dim it holds, named as ``_length_key`` names it, and the factor on it: ``elements``) with a
-    constant (``compared_lengths``): ``side`` tells which way a length goes there."""
+    each element the dim it holds, named as ``_length_key`` names it, and the factor on it: ``elements``; a
+    ``ReduceProd`` of them one, ``_product_of_lengths``) with a constant (``compared_lengths``): ``side`` tells which
+    way a length goes there. A comparison with what is no constant is put in ``meets`` (``_lengths_met``)."""
     pending: list[tuple[ir.Value, list[tuple[Any, float]], _Affine | None]] = [(shape, elements, None)]
     seen: set[int] = set()
     while pending:
@@ -1358,13 +1444,18 @@ def _lengths_compared(
             elif node.op_type in ("Gather", "Slice") and index == 0 and affine is None:
                 if (picked := _picked_lengths(node, held)) is not None:
                     pending.append((node.outputs[0], picked, None))
+            elif node.op_type == "ReduceProd" and index == 0 and affine is None:
+                # ``ReduceProd(Shape(x)) > 1000``, the elements a shape holds: not followed until a review in
+                # session 74, and no set of 128 or 257 rows reached 1000.
+                if _reduction_axes(node) in (None, (0,), (-1,)) and (product := _product_of_lengths(held, sizes)):
+                    pending.append((node.outputs[0], product, None))
             elif len(held) != 1:
                 continue
             elif (divisor := _length_divisor(node, index)) is not None and affine is None and held[0][1] == 1:
                 # ``Equal(seq_len % 7, 0)``: the lengths that decide the remainder, one divisor on (from 1 up). The
                 # default lengths, 128 and 257, are no multiple of 7, and a rewrite wrong on one verified until a
                 # review in session 74.
-                for dim, lengths, side in _lengths_compared(node.outputs[0], held):
+                for dim, lengths, side in _lengths_compared(node.outputs[0], held, sizes):
                     kept = sorted({n + divisor for n in lengths if 0 <= n < divisor})
                     yield dim, kept, partial(_length_remainder_side, divisor, side)
             elif (after := _after_affine(node, index, affine)) is not None and not _by_column(after):
@@ -1381,12 +1472,18 @@ def _lengths_compared(
             elif node.op_type == "Equal" and index < 2 and len(node.inputs) == 2:
                 number = _constant_number(node.inputs[1 - index])
                 if number is None:
+                    if meets is not None:  # another length, perhaps: ``_lengths_met`` pairs them
+                        meets.append((node, index, *held[0], *_affine_numbers(affine)))
                     continue
                 dim, factor = held[0]
                 scale, offset = _affine_numbers(affine)
                 length = (number - offset) / (scale * factor) if scale * factor else None
                 if length is not None and float(length).is_integer():
                     yield dim, [int(length)], partial(operator.eq, int(length))
+            elif node.op_type in _SIDES and index < 2 and meets is not None:  # no constant: another length, perhaps
+                meets.append((node, index, *held[0], *_affine_numbers(affine)))
+            elif node.op_type == "Mul" and index < 2 and meets is not None and affine is None:
+                meets.append((node, index, *held[0], 1.0, 0.0))  # by another length, perhaps: ``compared_lengths``
 
 
 def _length_divisor(node: ir.Node, index: int) -> int | None:
@@ -1407,6 +1504,70 @@ def _length_side(
 ) -> tuple[tuple[bool, ...], ...]:
     """Which side of each threshold of ``compared`` (``(op, thresholds)``) ``scale * length + offset`` is on."""
     return tuple(tuple(_SIDES[op](scale * length + offset, every).tolist()) for op, every in compared)
+
+
+def _lengths_met(
+    meets: Sequence[_Met], sizes: Mapping[str, int] | None, bindings: Sequence[Mapping[str, int]] | None
+) -> Iterator[tuple[str, list[int]]]:
+    """``(dim, lengths)`` for each comparison of two lengths of ``meets`` (``Shape(a)[1] < Shape(b)[1]``; a fixed
+    size is a constant there): each dim named there at the lengths that tell the comparison apart beside the other at
+    its ``sizes`` (the first set's), of the sides no set of ``bindings`` (each one's sizes) holds, one length a side.
+    Drawn at one length, then 257 beside 255, the first was never the shorter, and a rewrite wrong there verified until
+    a review in session 74."""
+    for node, ends in _met_pairs(meets, (*_SIDES, "Equal")):
+        if ends[0][0] == ends[1][0]:  # one length with itself is equal at every length
+            continue
+        side = partial(_met_side, _SIDES.get(node.op_type, operator.eq), *ends)
+        held = set()
+        for binding in bindings or ():
+            if None not in (pair := [1 if end[0] is None else binding.get(end[0]) for end in ends]):
+                held.add(side(*pair))
+        for moved, (key, factor, scale, offset) in enumerate(ends):
+            other = ends[1 - moved]
+            fixed = 1 if other[0] is None else (sizes or {}).get(other[0])
+            if key is None or fixed is None or not scale * factor:
+                continue
+            target = (_met_value(other, fixed) - offset) / (scale * factor)
+            if not np.isfinite(target):
+                continue
+            kept = []
+            for length in range(
+                max(1, math.floor(target) - 1), min(math.ceil(target) + 1, _LONGEST_COMPARED_LENGTH) + 1
+            ):
+                if (at := side(length, fixed) if moved == 0 else side(fixed, length)) not in held:
+                    held.add(at)
+                    kept.append(length)
+            if kept:
+                yield key, kept
+
+
+def _met_pairs(
+    meets: Sequence[_Met], ops: Collection[str]
+) -> list[tuple[ir.Node, list[tuple[Any, float, float, float]]]]:
+    """Each node of ``ops`` that ``meets`` holds lengths at both inputs of, with its two ends (dim, factor, scale,
+    offset)."""
+    by_node: dict[int, dict[int, _Met]] = {}
+    for met in meets:
+        if met[0].op_type in ops:
+            by_node.setdefault(id(met[0]), {})[met[1]] = met
+    return [(both[0][0], [both[0][2:], both[1][2:]]) for both in by_node.values() if len(both) == 2]
+
+
+def _met_side(
+    compare: Callable[[Any, Any], Any],
+    first: tuple[Any, float, float, float],
+    second: tuple[Any, float, float, float],
+    at_first: float,
+    at_second: float,
+) -> bool:
+    """Which way a comparison of ``_lengths_met`` goes with its ends (dim, factor, scale, offset) at those lengths."""
+    return bool(compare(_met_value(first, at_first), _met_value(second, at_second)))
+
+
+def _met_value(end: tuple[Any, float, float, float], length: float) -> float:
+    """The value a comparison of ``_lengths_met`` reads at one end (dim, factor, scale, offset) at ``length``."""
+    _, factor, scale, offset = end
+    return scale * factor * length + offset
 
 
 def _picked_lengths(node: ir.Node, held: list[tuple[Any, float]]) -> list[tuple[Any, float]] | None:

@@ -17,12 +17,6 @@ _NAMED = {
     "sampler's noise, moves its mean or changes a Dropout's ratio verifies",
     "test_a_draw_times_a_computed_zero_leaves_its_output_compared": "a draw multiplied by a computed zero "
     "(`(mean - mean) * noise`) still makes its output random, never compared",
-    "test_a_rewrite_wrong_past_a_product_of_lengths_is_rolled_back": "lengths multiplied together "
-    "(`ReduceProd(Shape(x)) > 1000`)",
-    "test_a_rewrite_wrong_where_one_length_is_under_another_is_rolled_back": "two lengths compared with each other "
-    "(`Shape(a)[1] < Shape(b)[1]`",
-    "test_a_rewrite_wrong_past_a_threshold_behind_leaky_relu_or_erf_is_rolled_back": "`LeakyRelu`, `Elu`, and `Erf` "
-    "are still not followed",
 }
 
 

@@ -16,9 +16,10 @@ rolled back, not verified.
 4. Fixed: a length compared after a ``Mod`` (``Equal(L % 3, 1)``: 128 and 257 leave 2), past a ``Min`` bound
    (``Min(L, 512) >= 512``), or read by ``Size`` of an input of two symbolic dims (``Size(x[B, L]) < 64``) got no set
    at a length that decides it.
-5. Strict xfails, named in README: lengths multiplied together (``ReduceProd(Shape(x)) > 1000``), two lengths
-   compared with each other (``Shape(a)[1] < Shape(b)[1]``: drawn equal, then 257 beside 255), an op whose preimage
-   depends on its attribute (``LeakyRelu(x) > 5``) and ``Erf`` (``Erf(x) > 0.999999``) are not followed.
+5. Fixed since (strict xfails here until ``tests/test_review_s74_lengths2.py``): lengths multiplied together
+   (``ReduceProd(Shape(x)) > 1000``), two lengths compared with each other (``Shape(a)[1] < Shape(b)[1]``: drawn
+   equal, then 257 beside 255), an op whose preimage depends on its attribute (``LeakyRelu(x) > 5``) and ``Erf``
+   (``Erf(x) > 0.999999``) were not followed.
 6. Unchanged: a correct rewrite past each still verifies.
 """
 
@@ -185,7 +186,6 @@ def test_a_rewrite_wrong_where_a_length_decides_a_comparison_is_rolled_back(tmp_
     assert record.status == STATUS_ROLLED_BACK, record.detail
 
 
-@pytest.mark.xfail(strict=True, reason="lengths multiplied together (ReduceProd of a Shape) are not followed")
 def test_a_rewrite_wrong_past_a_product_of_lengths_is_rolled_back(tmp_path: Path) -> None:
     record = optimize_with_rewrite(_product(), _break_hit, tmp_path).passes[0]
     assert record.status == STATUS_ROLLED_BACK, record.detail
@@ -209,7 +209,6 @@ def _lengths_compared() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
 
 
-@pytest.mark.xfail(strict=True, reason="two lengths compared with each other: drawn equal, then the first longer")
 def test_a_rewrite_wrong_where_one_length_is_under_another_is_rolled_back(tmp_path: Path) -> None:
     record = optimize_with_rewrite(_lengths_compared(), _break_hit, tmp_path).passes[0]
     assert record.status == STATUS_ROLLED_BACK, record.detail
@@ -222,7 +221,6 @@ def test_a_rewrite_wrong_where_one_length_is_under_another_is_rolled_back(tmp_pa
         pytest.param(lambda: _behind("Erf", "Greater", 0.999999), id="erf"),
     ],
 )
-@pytest.mark.xfail(strict=True, reason="LeakyRelu (its preimage depends on its alpha) and Erf are not followed")
 def test_a_rewrite_wrong_past_a_threshold_behind_leaky_relu_or_erf_is_rolled_back(tmp_path: Path, model) -> None:
     record = optimize_with_rewrite(model(), _break_hit, tmp_path).passes[0]
     assert record.status == STATUS_ROLLED_BACK, record.detail
