@@ -148,6 +148,14 @@ def run_pipeline(
                 "verification input set: verification compared no value of "
                 f"{'them' if many else 'it'}; give --inputs on which the model computes some"
             )
+        if fed := verifier.drawn_outputs_compared():
+            quoted, many = ", ".join(f"'{name}'" for name in fed), len(fed) > 1
+            report.warnings.append(
+                f"output{'s' if many else ''} {quoted} of the input model {'are' if many else 'is'} computed from "
+                "random draws (RandomNormal, Bernoulli, a training-mode Dropout, ...): verification fed both models "
+                f"the draws of one run of the input model and compared {'them' if many else 'it'} on those alone (an "
+                f"approximate pass's checks compare no value of {'them' if many else 'it'})"
+            )
         report.tolerances = {k: {"rtol": t.rtol, "atol": t.atol} for k, t in verifier.tolerances.items()}
         if any(spec.approximate for spec in specs):
             default = verifier.budget == DEFAULT_APPROXIMATION_FLOOR

@@ -2271,6 +2271,213 @@ def _passes_on(node: ir.Node, index: int) -> bool:
     return True
 
 
+# Names verification gives what it adds to a model whose draws it feeds (``_with_draws_fed``), after the draw's key (the
+# name of its first output): the graph input its random values are fed under (a Dropout's: its mask), and the outputs
+# that expose the draw's computed inputs.
+_FED = "::graphopt_drawn"
+_READ = "::graphopt_read_by_draw"
+_DRAW_INPUT_NAMES = {"Dropout": ("data", "ratio", "training_mode")}
+
+
+def _main_draws(graph: ir.Graph) -> dict[str, ir.Node]:
+    """The nodes of ``graph`` itself (not of its subgraphs, nor calls of functions) that may draw random numbers
+    (``_may_draw``), by the name of their first output; not a Dropout of a constant ratio 0, which keeps every value
+    (a rewrite may drop it)."""
+    return {
+        node.outputs[0].name: node
+        for node in graph
+        if is_onnx_domain(node) and _may_draw(node) and node.outputs and node.outputs[0].name and not _keeps_all(node)
+    }
+
+
+def _keeps_all(node: ir.Node) -> bool:
+    ratio = _fixed(node.inputs[1]) if node.op_type == "Dropout" and len(node.inputs) > 1 else None
+    return ratio is not None and not np.any(ratio)
+
+
+def _reached_from(graph: ir.Graph, values: Sequence[ir.Value]) -> set[str]:
+    """Names of ``graph``'s outputs whose values ``values`` reach, as ``_reached_by_draws`` follows a draw."""
+    reached = {id(value) for value in values}
+    grown = True
+    while grown:
+        before = len(reached)
+        for node in graph:
+            if node.op_type not in ("Shape", "Size") and any(id(value) in reached for value in _values_read(node)):
+                reached.update(id(value) for value in node.outputs)
+        grown = len(reached) > before
+    return {value.name for value in graph.outputs if id(value) in reached}
+
+
+def _reaching(graph: ir.Graph, names: set[str]) -> set[int]:
+    """The ids of ``graph``'s values whose values reach one of its outputs named in ``names``, as ``_reached_from``
+    follows them: one walk back over the graph for all of its draws."""
+    reaching = {id(value) for value in graph.outputs if value.name in names}
+    grown = True
+    while grown:
+        before = len(reaching)
+        for node in reversed(graph):
+            if node.op_type not in ("Shape", "Size") and any(id(value) in reaching for value in node.outputs):
+                reaching.update(id(value) for value in _values_read(node))
+        grown = len(reaching) > before
+    return reaching
+
+
+def _shown(value: Any) -> str:
+    """An attribute's or a constant input's value in a reason: a scalar as itself, a tensor by its shape."""
+    if value is None:
+        return "unset"
+    if isinstance(value, ir.TensorProtocol):
+        value = value.numpy()
+    if isinstance(value, np.ndarray):
+        return str(value.item()) if value.size == 1 else f"a {list(value.shape)} tensor"
+    return str(value)
+
+
+def _same_value(first: Any, second: Any) -> bool:
+    arrays = [value.numpy() if isinstance(value, ir.TensorProtocol) else value for value in (first, second)]
+    if any(isinstance(array, np.ndarray) for array in arrays):
+        return (
+            all(isinstance(array, np.ndarray) for array in arrays)
+            and arrays[0].dtype == arrays[1].dtype
+            and np.array_equal(arrays[0], arrays[1])
+        )
+    return type(arrays[0]) is type(arrays[1]) and arrays[0] == arrays[1]
+
+
+@dataclass
+class _Draw:
+    """A draw of the base's main graph (``_may_draw``) that verification feeds (``_FedDraws``): its ``node``, the dtype
+    of the values it draws (a Dropout's mask: bool), and a Dropout's data type."""
+
+    node: ir.Node
+    dtype: ir.DataType
+    data: ir.DataType | None = None
+
+    @property
+    def computed(self) -> list[int]:
+        """The positions of its inputs that are computed (not constants): exposed as outputs, compared there."""
+        return [index for index, value in enumerate(self.node.inputs) if value is not None and _fixed(value) is None]
+
+    def differs(self, node: ir.Node) -> str | None:
+        """How ``node``, the rewrite's node of this draw's key, draws otherwise, in words: its op, an attribute or a
+        constant input (its computed inputs are compared as outputs); None where it draws as this one does."""
+        if node.op_type != self.node.op_type:
+            return f"{self.node.op_type} → {node.op_type}"
+        ours = {name: attribute.value for name, attribute in self.node.attributes.items()}
+        theirs = {name: attribute.value for name, attribute in node.attributes.items()}
+        for name in sorted(ours.keys() | theirs.keys()):
+            if not _same_value(ours.get(name), theirs.get(name)):
+                return f"{name} {_shown(ours.get(name))} → {_shown(theirs.get(name))}"
+        labels = _DRAW_INPUT_NAMES.get(node.op_type, ())
+        for index in range(max(len(self.node.inputs), len(node.inputs))):
+            mine, other = (inputs[index] if index < len(inputs) else None for inputs in (self.node.inputs, node.inputs))
+            label = labels[index] if index < len(labels) else f"input {index}"
+            if (mine is None) != (other is None):
+                return f"{label} {'given' if mine is None else 'left out'}"
+            if mine is None or (fixed := _fixed(mine)) is None:
+                continue
+            found = _fixed(other)
+            if found is None or not _same_value(fixed, found):
+                return f"{label} {_shown(fixed)} → {'computed' if found is None else _shown(found)}"
+        return None
+
+
+def _read_name(key: str, index: int) -> str:
+    return f"{key}{_READ}{index}"
+
+
+def _draw_values(
+    model: ir.Model, draws: Mapping[str, ir.Node], input_sets: Sequence[Mapping[str, np.ndarray]]
+) -> tuple[list[dict[str, np.ndarray]], dict[str, _Draw]]:
+    """What ``draws`` (nodes of ``model``'s main graph, by key) draw in one run of ``model`` on each input set, by
+    the name they are fed under (``_with_draws_fed``), and each as a ``_Draw``. A Dropout's draw is its mask: one that
+    leaves it out is given it in the run."""
+    probe = model.clone()
+    found = _main_draws(probe.graph)
+    exposed: dict[str, str] = {}  # fed name -> the probe's value
+    data: dict[str, str] = {}  # a Dropout's key -> its output's name, for its data type
+    for key in draws:
+        node = found[key]
+        if node.op_type != "Dropout":
+            exposed[key + _FED] = key
+            continue
+        data[key] = key
+        if len(node.outputs) < 2 or not node.outputs[1].name:
+            twin = ir.Node("", "Dropout", node.inputs, node.attributes.values(), num_outputs=2, name=node.name)
+            ir.convenience.replace_nodes_and_values(
+                probe.graph, node, [node], [twin], [node.outputs[0]], [twin.outputs[0]]
+            )
+            twin.outputs[1].name = key + _FED
+            node = twin
+        exposed[key + _FED] = node.outputs[1].name
+    with inference_session(exposing(probe, [*exposed.values(), *data.values()])) as session:
+        runs = [run_session(session, inputs) for inputs in input_sets]
+    values = [{fed: run[name] for fed, name in exposed.items()} for run in runs]
+    fed = {
+        key: _Draw(
+            node,
+            ir.DataType.from_numpy(values[0][key + _FED].dtype),
+            ir.DataType.from_numpy(runs[0][data[key]].dtype) if key in data else None,
+        )
+        for key, node in draws.items()
+    }
+    return values, fed
+
+
+def _with_draws_fed(model: ir.Model, draws: Mapping[str, _Draw]) -> ir.Model:
+    """A copy of ``model`` in which each node of its main graph of a key of ``draws`` reads what it draws from a graph
+    input (``key + _FED``) instead: a random op becomes an ``Identity`` of it; a Dropout computes ``x * mask / (1 -
+    ratio)`` from the mask fed, as ONNX Runtime does (``x`` where ``training_mode`` is false: ``_fed_dropout``), and
+    outputs the mask where it did. Each computed input of such a node is also an output
+    (``_read_name``), so the values it draws from are compared too. The same in every model it is given, so two
+    models fed one draw compute the same where they compute the same from it."""
+    copy = model.clone()
+    graph = copy.graph
+    for key, node in _main_draws(graph).items():
+        draw = draws.get(key)
+        if draw is None:
+            continue
+        for index in draw.computed:
+            read = ir.node("Identity", [node.inputs[index]], name=_read_name(key, index))
+            read.outputs[0].name = _read_name(key, index)
+            graph.insert_before(node, read)
+            graph.outputs.append(read.outputs[0])
+        fed = ir.Value(name=key + _FED, type=ir.TensorType(draw.dtype))
+        graph.inputs.append(fed)
+        if node.op_type != "Dropout":
+            new = [ir.node("Identity", [fed], name=key + _FED)]
+            ir.convenience.replace_nodes_and_values(graph, node, [node], new, [node.outputs[0]], [new[0].outputs[0]])
+            continue
+        olds = [node.outputs[0]]
+        if len(node.outputs) > 1 and node.outputs[1].name:
+            olds.append(node.outputs[1])
+        new = _fed_dropout(key, node, fed, draw.data or ir.DataType.FLOAT)[: 7 + len(olds)]
+        ir.convenience.replace_nodes_and_values(graph, node, [node], new, olds, [n.outputs[0] for n in new[7:]])
+    return copy
+
+
+def _fed_dropout(key: str, node: ir.Node, kept: ir.Value, data: ir.DataType) -> list[ir.Node]:
+    """The nodes that compute a Dropout's outputs from its ``kept`` mask, fed (``_with_draws_fed``): seven, then its
+    data output, ``x * mask / (1 - ratio)`` as ONNX Runtime computes it (``x * mask * (1 / (1 - ratio))`` is an ulp
+    off), ``x`` where ``training_mode`` is false, and its mask."""
+    x, ratio, training = (node.inputs[index] if index < len(node.inputs) else None for index in range(3))
+    one = ir.node("Constant", [], {"value": ir.tensor(np.array(1.0, np.float32))}, name=f"{key}{_FED}_one")
+    if ratio is None:
+        share = ir.node("Constant", [], {"value": ir.tensor(np.array(0.5, np.float32))}, name=f"{key}{_FED}_ratio")
+    else:
+        share = ir.node("Cast", [ratio], {"to": ir.DataType.FLOAT}, name=f"{key}{_FED}_ratio")
+    nodes = [one, share, ir.node("Sub", [one.outputs[0], share.outputs[0]], name=f"{key}{_FED}_kept_share")]
+    nodes.append(ir.node("Where", [training, nodes[-1].outputs[0], one.outputs[0]], name=f"{key}{_FED}_divisor_f"))
+    nodes.append(ir.node("Cast", [nodes[-1].outputs[0]], {"to": data}, name=f"{key}{_FED}_divisor"))
+    nodes.append(ir.node("Cast", [kept], {"to": data}, name=f"{key}{_FED}_kept"))
+    nodes.append(ir.node("Mul", [x, nodes[-1].outputs[0]], name=f"{key}{_FED}_masked"))
+    nodes.append(ir.node("Div", [nodes[-1].outputs[0], nodes[-3].outputs[0]], name=f"{key}{_FED}_data"))
+    nodes.append(ir.node("Identity", [kept], name=f"{key}{_FED}_mask"))
+    for new in nodes[:-2]:
+        new.outputs[0].name = new.name
+    return nodes
+
+
 def _dtype_key(dtype: np.dtype) -> str:
     # ml_dtypes' bfloat16 reports its name as 'bfloat16'; numpy's own floats by name.
     return str(dtype.name)
@@ -2333,6 +2540,9 @@ class Verifier:
         self.fitted_on_checked: list[str] = []
         # The base at accuracy_level 0 (``_check_at_level_zero``): made on first use, until the next rebase.
         self._level_zero: Verifier | None = None
+        # The exact check with the base's draws fed (``_draws_fed``): made on first use, until a set is added or the
+        # base changes; None where the base's main graph draws nothing.
+        self._fed: Any = _UNBUILT
         self._base_signature: tuple[Any] | None = None  # (level_signature of the base,), on first use
         self.input_sets: list[dict[str, np.ndarray]] = []
         self.references: list[dict[str, Any]] = []
@@ -2359,7 +2569,7 @@ class Verifier:
                 else:
                     self.add_input_set(inputs, label)
         self.skipped = self._nondeterministic_outputs(original)
-        if self.skipped and self.skipped >= set(self.references[0]):
+        if self.skipped and self.skipped >= set(self.references[0]) and not self.drawn_outputs_compared():
             raise InvalidModelError(
                 f"every output of the input model ({', '.join(sorted(self.skipped))}) is computed from random draws "
                 "(RandomNormal, Bernoulli, a training-mode Dropout, ...), which change from run to run and with the "
@@ -2410,6 +2620,7 @@ class Verifier:
         self._noise.append((inputs, reference))
         self.labels.append(label)
         self._level_zero = self._logits = None  # built on the sets there were
+        self._fed = _UNBUILT
         return True
 
     def declared_shape_contradicted(self, candidate: ir.Model, before: ir.Model) -> str | None:
@@ -2442,11 +2653,12 @@ class Verifier:
         """Outputs of the original whose values no check compares, by why: ``"empty"``, empty on every input set (a
         detector's boxes on generated images), ``"non-finite"``, a float output NaN or infinite at every position
         on every input set (a ``Log`` of generated negative values), where checks hold only where NaN and ±Inf
-        appear, and ``"random"``, computed from a random draw (``skipped``). A rewrite that keeps them so passes
-        whatever else it computes there."""
-        found: dict[str, list[str]] = {"empty": [], "non-finite": [], "random": sorted(self.skipped)}
+        appear, and ``"random"``, computed from a random draw (``skipped``) that the exact check does not feed
+        (``drawn_outputs_compared``). A rewrite that keeps them so passes whatever else it computes there."""
+        random = self.skipped - set(self.drawn_outputs_compared())
+        found: dict[str, list[str]] = {"empty": [], "non-finite": [], "random": sorted(random)}
         for name in self.references[0] if self.references else ():
-            if name in self.skipped:
+            if name in random:
                 continue
             arrays = [reference.get(name) for reference in self.references]
             if not all(isinstance(array, np.ndarray) for array in arrays):
@@ -2459,6 +2671,20 @@ class Verifier:
             ):
                 found["non-finite"].append(name)
         return {why: names for why, names in found.items() if names}
+
+    def drawn_outputs_compared(self) -> list[str]:
+        """Outputs of the base computed from random draws (``skipped``) that the exact check compares all the same, fed
+        the draws of one run of the base (``_FedDraws``); an approximate pass's checks (``check_twin``,
+        ``check_approximation``) compare no value of them."""
+        fed = self._draws_fed() if self.skipped else None
+        return [] if fed is None else sorted(self.skipped & fed.compared)
+
+    def _draws_fed(self) -> _FedDraws | None:
+        """The exact check with the base's draws fed (``_FedDraws``), made on first use; None where its main graph
+        draws nothing that reaches an output (a graph scanned once: no run, no copy)."""
+        if self._fed is _UNBUILT:
+            self._fed = _FedDraws.of(self._base, self.input_sets, self.labels, self.tolerances)
+        return self._fed
 
     @property
     def noise(self) -> list[dict[str, float]]:
@@ -2522,7 +2748,10 @@ class Verifier:
         that misses by a finite amount is checked once more as ``_check_at_level_zero`` says.
         A result whose outputs pass is held on the logits they hide too (``_hidden_logits_failure``), with
         ``by_segment`` as an output is (``_hidden_logits_by_segment``).
+        A base whose main graph draws random numbers is checked with its draws fed to both (``_FedDraws``).
         """
+        if (fed := self._draws_fed()) is not None:
+            return fed.check(candidate, by_segment=by_segment, rescaled=rescaled)
         # The result's raw outputs as written, kept where the level-0 check may need them again.
         written: list[dict[str, Any]] | None = [] if rounding_kernels(self._base) else None
         result = self._check_as_written(candidate, by_segment=by_segment, written=written, rescaled=rescaled)
@@ -3060,7 +3289,15 @@ class Verifier:
         that no kernel rounds, a Conv on its real input: ``optimizer.layer_probe``, its weights exactly), each
         ``QAttention``'s constant weights against its twin's and each quantized embedding table at every row index
         (neither gets a layer probe: ``qattention_weights_failure``, ``table_probe_failure``), then the whole model
-        against the twin (``_check_twin_outputs``)."""
+        against the twin (``_check_twin_outputs``). Where every output is random (``skipped``), which only the exact
+        check compares (its draws fed: ``_FedDraws``), the result fails: against the twin nothing would be compared."""
+        if self.references and set(self.references[0]) <= self.skipped:
+            # Refused as unverifiable until review s74 (draws); once the exact check could feed the draws, int8 of a
+            # training-mode BERT was applied with no output compared with its twin.
+            return VerificationResult(
+                error="every output of the model is computed from random draws, which the check against the twin "
+                "does not feed (the exact check does): an approximate result of it cannot be verified"
+            )
         source = twin.source if twin.source is not None else base if base is not None else self._base
         if twin.kind in ROUNDING_TWINS and (requantized := _float_layer_quantized_by_onnxruntime(candidate, source)):
             # Not a difference the checks below see: cut at that layer's output, the QuantizeLinear after it that
@@ -3592,6 +3829,7 @@ class Verifier:
         self._ids = argmax_outputs(accepted)
         self._beside = concatenated_ids(accepted)
         self._level_zero = self._base_signature = self._twin_samples = self._logits = None
+        self._fed = _UNBUILT
 
     def fitted_to(self) -> None:
         """An applied result was fitted to the samples but those ``hold_out`` holds out (``fitted_to_samples``):
@@ -3824,3 +4062,89 @@ _DRAW_RUNS = 5
 def _input_sets(count: int) -> str:
     """What a drift measured on ``count`` verification input sets rests on, in words."""
     return f"the {count} verification input set{'' if count == 1 else 's'}"
+
+
+# ``Verifier._fed``: not looked for yet (the base's draws are looked for on first use).
+_UNBUILT = object()
+
+
+class _FedDraws:
+    """An exact check of a model whose main graph draws random numbers, with the draws fed: each draw of the base's main
+    graph that reaches an output (``_may_draw``; a Dropout's is its mask) is taken from one run of the base on each
+    input set, and fed to a copy of the base and of each result in which it is no draw (``_with_draws_fed``), where
+    every output is then compared as deterministic ones are (``verifier``, a ``Verifier`` of the base so fed). Skipped
+    as random, a rewrite that doubled a sampler's noise, moved its mean or changed a Dropout's ratio verified, and so
+    did one wrong in an output a draw times a computed zero reaches (review s74). A result that draws otherwise
+    (another op, attribute or constant input under the draw's name, a draw removed, or one added that reaches an output
+    compared) fails with that reason. Draws inside branches, loop bodies and functions are left as they are: the
+    outputs they reach stay random (``Verifier.skipped``), held by their dtype and rank alone."""
+
+    def __init__(self, draws: dict[str, _Draw], verifier: Verifier, outputs: set[str]) -> None:
+        self.draws = draws
+        self.verifier = verifier
+        self.compared = outputs - verifier.skipped  # the base's outputs the check compares
+
+    @classmethod
+    def of(
+        cls,
+        base: ir.Model,
+        input_sets: Sequence[Mapping[str, np.ndarray]],
+        labels: Sequence[str],
+        tolerances: Mapping[str, Tolerance],
+    ) -> _FedDraws | None:
+        """The check of ``base`` with its draws fed, on ``input_sets``; None where its main graph draws nothing that
+        reaches an output, or where, fed, it cannot be checked (ONNX Runtime refuses it, or every output is still
+        random)."""
+        found = _main_draws(base.graph)
+        reaching = _reaching(base.graph, {value.name for value in base.graph.outputs}) if found else set()
+        nodes = {key: node for key, node in found.items() if any(id(value) in reaching for value in node.outputs)}
+        if not nodes:
+            return None
+        try:
+            values, draws = _draw_values(base, nodes, input_sets)
+            fed = [{**inputs, **drawn} for inputs, drawn in zip(input_sets, values)]
+            verifier = Verifier(
+                _with_draws_fed(base, draws), fed, tolerances, labels=labels, constant_outputs_refused=False
+            )
+        except (RuntimeRefusedError, InvalidModelError) as error:
+            logger.info("random draws not fed to verification: %s", error)
+            return None
+        if len(verifier.input_sets) < len(input_sets):
+            return None
+        # A fed mask is no padding: a check that hid the positions it drops would compare less.
+        verifier.masks = [mask for mask in verifier.masks if _FED not in getattr(mask, "name", mask)]
+        return cls(draws, verifier, {value.name for value in base.graph.outputs})
+
+    def changed(self, candidate: ir.Model) -> str | None:
+        """Why ``candidate`` cannot be checked with the base's draws fed: a draw it removed, or draws otherwise, or one
+        it added that reaches an output the check compares; None where it draws as the base does."""
+        found = _main_draws(candidate.graph)
+        for key, draw in self.draws.items():
+            if key not in found:
+                return f"the rewrite removed the random draw '{key}' ({draw.node.op_type})"
+            if (how := draw.differs(found[key])) is not None:
+                return f"the rewrite changed the random draw '{key}' ({how}): its outputs would draw otherwise"
+        added = {key: node for key, node in found.items() if key not in self.draws}
+        reaching = _reaching(candidate.graph, self.compared) if added else set()
+        for key, node in added.items():
+            if any(id(value) in reaching for value in node.outputs):
+                reached = _reached_from(candidate.graph, node.outputs) & self.compared
+                names = ", ".join(repr(name) for name in sorted(reached))
+                return (
+                    f"the rewrite added the random draw '{key}' ({node.op_type}), which reaches output"
+                    f"{'s' if len(reached) > 1 else ''} {names}: the input model computes {names} without it"
+                )
+        return None
+
+    def check(self, candidate: ir.Model, *, by_segment: bool, rescaled: bool) -> VerificationResult:
+        """``Verifier.check`` of ``candidate`` with the base's draws fed to both."""
+        if (changed := self.changed(candidate)) is not None:
+            return VerificationResult(error=changed)
+        result = self.verifier.check(_with_draws_fed(candidate, self.draws), by_segment=by_segment, rescaled=rescaled)
+        for check in result.checks:
+            if _READ in check.name:  # the values a draw reads, exposed: named as such
+                key, index = check.name.rsplit(_READ, 1)
+                check.detail = check.detail.replace(
+                    f"output '{check.name}'", f"input {index} of the random draw '{key}'"
+                )
+        return result

@@ -12,12 +12,7 @@ from tests.helpers import strict_xfails
 _ROOT = Path(__file__).resolve().parent.parent
 
 # Each strict xfail added in session 74, and the README words that name its limit.
-_NAMED = {
-    "test_a_random_outputs_noise_doubled_is_rolled_back": "output's distribution is not held: a rewrite that doubles a "
-    "sampler's noise, moves its mean or changes a Dropout's ratio verifies",
-    "test_a_draw_times_a_computed_zero_leaves_its_output_compared": "a draw multiplied by a computed zero "
-    "(`(mean - mean) * noise`) still makes its output random, never compared",
-}
+_NAMED = {}
 
 
 @pytest.fixture(scope="module")

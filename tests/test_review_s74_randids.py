@@ -14,12 +14,13 @@ how float outputs computed from ids or integers are held (``compare_outputs``' `
    correct rewrite that flipped a heatmap's tie (a whole pixel, past the float tolerance) was rolled back; only a bare
    ``Cast(ArgMax % W)`` was excused (review s73 late4). ``_cast_integers`` now follows casts of integers through value
    moves, ``Concat`` and a constant scale or offset; a wrong width is still rolled back.
-3. **A random output's distribution is not held** (strict xfail, named in README): skipped as random, a sampler whose
-   noise a rewrite doubled verifies, as would its mean moved or a Dropout's ratio changed; the report names the output
-   as not compared, but calls the model verified.
-4. **A draw multiplied by a computed zero makes its output random** (strict xfail, named in README): ``_passes_on``
-   knows a constant 0 alone, so ``mean + (mean - mean) * noise`` is never compared (and a model of such outputs alone
-   is refused as unverifiable).
+3. **A random output's distribution was not held** (a strict xfail until review s74 draws): skipped as random, a
+   sampler whose noise a rewrite doubled verified, as would its mean moved or a Dropout's ratio changed; the report
+   named the output as not compared, but called the model verified. The exact check now feeds the main graph's draws
+   (``verify._FedDraws``) and compares every output.
+4. **A draw multiplied by a computed zero made its output random** (a strict xfail until review s74 draws):
+   ``_passes_on`` knows a constant 0 alone, so ``mean + (mean - mean) * noise`` was never compared (and a model of
+   such outputs alone was refused as unverifiable); with the draw fed, it is compared.
 5. **A draw read only in the branch a constant condition never takes made the ``If``'s outputs random**:
    ``_values_read`` read every branch; it now reads the taken one where the condition is a constant (as
    ``_passes_on`` does for a ``Where``), and an output the draw does reach through it stays random.
@@ -146,7 +147,6 @@ _SAMPLED = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="a random output's distribution is not held (README)")
 def test_a_random_outputs_noise_doubled_is_rolled_back():
     model = _model(_SAMPLED, ("y", "z"), _STD)
     verifier = Verifier(model, [_X])
@@ -156,7 +156,6 @@ def test_a_random_outputs_noise_doubled_is_rolled_back():
     assert not verifier.check(doubled).ok  # verified: 'y' is not compared
 
 
-@pytest.mark.xfail(strict=True, reason="a draw multiplied by a computed zero makes its output random (README)")
 def test_a_draw_times_a_computed_zero_leaves_its_output_compared():
     tail = [
         _N("RandomNormalLike", ["mean"], ["noise"]),
@@ -165,7 +164,16 @@ def test_a_draw_times_a_computed_zero_leaves_its_output_compared():
         _N("Add", ["mean", "none"], ["y"]),
         _N("Relu", ["mean"], ["z"]),
     ]
-    assert not Verifier(_model(tail, ("y", "z"), {}), [_X]).skipped  # {'y'}: never compared
+    model = _model(tail, ("y", "z"), {})
+    verifier = Verifier(model, [_X])
+    assert not verifier.outputs_never_compared()  # {'random': ['y']}: never compared
+    same = ir.from_proto(ir.to_proto(model))
+    next(node for node in same.graph if node.op_type == "Add").op_type = "Sub"  # mean - 0: a correct rewrite
+    assert verifier.check(same).ok
+    doubled = ir.from_proto(ir.to_proto(model))
+    add = next(node for node in doubled.graph if node.op_type == "Add")
+    add.replace_input_with(1, add.inputs[0])  # mean + mean
+    assert not verifier.check(doubled).ok  # verified: 'y' was not compared
 
 
 def _branch(name: str, node: object) -> object:
