@@ -387,16 +387,19 @@ def concatenated_ids(model: ir.Model) -> dict[str, IdsBeside]:
     axis kept along the ``Concat``'s or unsqueezed there, or a ``TopK``'s indices: ``_picked_along``) and other values
     (each row's ids beside its top score): no output of ids (``argmax_outputs``), so held by the float tolerance, which
     passed ids past 10,000 classes one class off until a review in session 74; verification holds those positions
-    exactly (``optimizer.verify.compare_outputs``)."""
+    exactly (``optimizer.verify.compare_outputs``). Axes are compared at the output's rank, where recorded: torch's
+    ``cat([top.unsqueeze(1), ids.unsqueeze(1).float()], -1)`` unsqueezes at 1 and joins at -1, and its ids were not
+    found (held by the tolerance) until a late review in session 74."""
     found = {}
     for output in model.graph.outputs:
         node = output.producer()
         if node is None or not is_onnx_domain(node) or node.op_type != "Concat" or not output.name:
             continue
-        axis = node.attributes.get_int("axis", 0)
+        rank = output.shape.rank() if output.shape is not None else None
+        axis = _as_axis(node.attributes.get_int("axis", 0), rank)
         widths, ids = [], []
         for value in node.inputs:
-            picked = _picked_along(value, axis) if value is not None else None
+            picked = _picked_along(value, axis, rank) if value is not None else None
             ids.append(picked[0] if picked is not None else None)
             widths.append(picked[1] if picked is not None else _width(value, axis))
         if any(value is not None for value in ids):
@@ -404,8 +407,15 @@ def concatenated_ids(model: ir.Model) -> dict[str, IdsBeside]:
     return found
 
 
-def _picked_along(value: ir.Value, axis: int) -> tuple[ir.Value, int] | None:
-    """The ids ``value`` is, as its picker picks them, and how many it picks along ``axis`` (spelled as ``axis`` is):
+def _as_axis(axis: int, rank: int | None) -> int:
+    """``axis`` of a tensor of ``rank`` as a position from the first (as written where the rank is not known, or
+    ``axis`` is none of its axes)."""
+    return axis % rank if rank is not None and -rank <= axis < rank else axis
+
+
+def _picked_along(value: ir.Value, axis: int, rank: int | None = None) -> tuple[ir.Value, int] | None:
+    """The ids ``value`` (of ``rank``, where known) is, as its picker picks them, and how many it picks along ``axis``
+    (``_as_axis``: spelled as ``axis`` is where the rank is not known):
     1 for an ``ArgMax`` or ``ArgMin`` keeping ``axis``, or for any ids an ``Unsqueeze`` adds ``axis`` to (torch's
     ``ids.unsqueeze(1).float()``: before it, through ``_IDS_PASS_THROUGH`` too); k for a ``TopK`` along it; through a
     ``Cast``, an ``Identity`` or an ``_IDS_SHIFTED`` op by a constant of at most one dim (which keep their shape);
@@ -414,7 +424,11 @@ def _picked_along(value: ir.Value, axis: int) -> tuple[ir.Value, int] | None:
     while node is not None and is_onnx_domain(node) and node.inputs and node.inputs[0] is not None:
         if node.op_type in ("Cast", "Identity") or (width is not None and node.op_type in _IDS_PASS_THROUGH):
             value = node.inputs[0]
-        elif width is None and node.op_type == "Unsqueeze" and axis in _unsqueezed_axes(node):
+        elif (
+            width is None
+            and node.op_type == "Unsqueeze"
+            and axis in [_as_axis(a, rank) for a in _unsqueezed_axes(node)]
+        ):
             width, value = 1, node.inputs[0]
         elif (ids := _shifted_ids(node)) is not None and all(
             (constant := ir.convenience.get_const_tensor(other)) is not None and len(constant.shape) <= 1
@@ -432,9 +446,15 @@ def _picked_along(value: ir.Value, axis: int) -> tuple[ir.Value, int] | None:
         if value is not node.outputs[1] or k is None:
             return None
         return (
-            (value, width) if width is not None else (value, k) if node.attributes.get_int("axis", -1) == axis else None
+            (value, width)
+            if width is not None
+            else (value, k)
+            if _as_axis(node.attributes.get_int("axis", -1), rank) == axis
+            else None
         )
-    if width is None and (not node.attributes.get_int("keepdims", 1) or node.attributes.get_int("axis", 0) != axis):
+    if width is None and (
+        not node.attributes.get_int("keepdims", 1) or _as_axis(node.attributes.get_int("axis", 0), rank) != axis
+    ):
         return None
     return value, 1
 

@@ -901,7 +901,10 @@ def constant_value(value: ir.Value) -> np.ndarray | None:
     return _evaluated_constant(proto.SerializeToString())
 
 
-@functools.lru_cache(maxsize=256)
+# Input generation reads each comparison's constant several times over, in order: a cache smaller than the subgraphs
+# a graph compares with evicted each before its next read (500 comparisons: 2,000 evaluations, 4x the time, until a
+# late review in session 74).
+@functools.lru_cache(maxsize=1024)
 def _evaluated_constant(proto: bytes) -> np.ndarray | None:
     """The one output of serialized model ``proto`` (no inputs), read-only; None where ONNX's shape inference does not
     size each of its values within ``_CONSTANT_RESULT_ELEMENTS``, or ONNX Runtime refuses it."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import onnx_ir as ir
@@ -112,6 +113,29 @@ def calibrate(
         return tensor_ranges(_Stream(run, batches, model, token_rows(model, names)), method, percentile)
 
 
+def calibrate_with_means(
+    model: ir.Model,
+    names: Sequence[str],
+    mean_names: Sequence[str],
+    batches: Sequence[Mapping[str, np.ndarray]],
+    method: str = "minmax",
+    percentile: float = DEFAULT_PERCENTILE,
+    axis: int = 1,
+) -> tuple[dict[str, tuple[float, float]], dict[str, np.ndarray]]:
+    """``calibrate``'s ranges of ``names`` and ``channel_means``' means of ``mean_names``, from the same runs: the
+    means are summed on the ranges' first pass over the samples, one pass over them fewer than ``calibrate`` then
+    ``channel_means`` (static int8 ran its samples three times, percentile's two passes and the means'). The same
+    ranges; the same means to float64 rounding (their sums are grouped by the runs of all the names, not of
+    ``mean_names`` alone)."""
+    exposed = list(dict.fromkeys([*names, *mean_names]))
+    means = _ChannelMeans(model, mean_names, axis)
+    with value_collector(model, exposed) as run:
+        stream = _Stream(run, batches, model, token_rows(model, exposed), first_pass=means.add)
+        ranges = tensor_ranges(stream, method, percentile)
+    kept = set(names)
+    return {name: value for name, value in ranges.items() if name in kept}, means.means()
+
+
 def channel_peaks(
     model: ir.Model, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
@@ -149,27 +173,46 @@ def channel_means(
     batch and tokens (``optimizer.padding.token_axes``: a ``Conv1d``'s ``[batch, channels, tokens]`` input, a
     ``Transpose`` of token rows, as in wav2vec's and text CNNs'); they did until a review in session 72.
     """
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, np.ndarray] = {}
-    tokens = {name: axes for name, axes in token_axes(model, names).items() if axis not in axes}
+    means = _ChannelMeans(model, names, axis)
     with value_collector(model, names) as run:
         for batch, outputs in _sample_runs(run, model, batches):
-            padding = batch_padding(model, batch) if tokens else {}
-            for name, array in outputs.items():
-                kept = _unpadded_positions(np.shape(array), tokens.get(name), padding)
-                # Channel by channel: float64 copies of a whole activation (a U-Net's 160 channels of 256x256, 8
-                # pages) took 5x its float32 bytes; each channel's sum is the same taken alone.
-                channels = (
-                    _channel_sums(array, axis)
-                    if kept is None
-                    else [
-                        _finite_sum(np.take(array, c, axis=axis), np.take(kept, 0, axis=axis))
-                        for c in range(array.shape[axis])
-                    ]
-                )
-                sums[name] = sums.get(name, 0.0) + np.array([total for total, _ in channels], np.float64)
-                counts[name] = counts.get(name, 0) + np.array([count for _, count in channels], np.int64)
-    return {name: (sums[name] / np.maximum(counts[name], 1)).astype(np.float32) for name in sums}
+            means.add(batch, outputs)
+    return means.means()
+
+
+class _ChannelMeans:
+    """``channel_means``' sums: each named tensor's float64 sum and count of finite values per channel (``axis``) over
+    the runs ``add`` is given (a batch's part and what the model returned on it), and their means (``means``)."""
+
+    def __init__(self, model: ir.Model, names: Sequence[str], axis: int) -> None:
+        self.model, self.names, self.axis = model, frozenset(names), axis
+        self.tokens = {name: axes for name, axes in token_axes(model, names).items() if axis not in axes}
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, np.ndarray] = {}
+
+    def add(self, batch: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+        axis, tokens = self.axis, self.tokens
+        padding = batch_padding(self.model, batch) if tokens else {}
+        for name, array in outputs.items():
+            if name not in self.names:
+                continue
+            kept = _unpadded_positions(np.shape(array), tokens.get(name), padding)
+            # Channel by channel: float64 copies of a whole activation (a U-Net's 160 channels of 256x256, 8
+            # pages) took 5x its float32 bytes; each channel's sum is the same taken alone.
+            channels = (
+                _channel_sums(array, axis)
+                if kept is None
+                else [
+                    _finite_sum(np.take(array, c, axis=axis), np.take(kept, 0, axis=axis))
+                    for c in range(array.shape[axis])
+                ]
+            )
+            self.sums[name] = self.sums.get(name, 0.0) + np.array([total for total, _ in channels], np.float64)
+            self.counts[name] = self.counts.get(name, 0) + np.array([count for _, count in channels], np.int64)
+
+    def means(self) -> dict[str, np.ndarray]:
+        counts = self.counts
+        return {name: (total / np.maximum(counts[name], 1)).astype(np.float32) for name, total in self.sums.items()}
 
 
 def _finite_sum(values: np.ndarray, kept: np.ndarray | None = None) -> tuple[np.float64, int]:
@@ -215,15 +258,26 @@ def _unpadded_positions(shape: tuple[int, ...], axes: tuple[int, int] | None, pa
 
 
 class _Stream:
-    """Re-iterable: each iteration runs the model on every batch again."""
+    """Re-iterable: each iteration runs the model on every batch again; ``first_pass``, where given, is also handed
+    each part run and its raw tensors on the first iteration (``calibrate_with_means``' channel sums)."""
 
     def __init__(
-        self, run: Callable[[Mapping[str, np.ndarray]], dict], batches, model: ir.Model, tokens: frozenset[str]
+        self,
+        run: Callable[[Mapping[str, np.ndarray]], dict],
+        batches,
+        model: ir.Model,
+        tokens: frozenset[str],
+        first_pass: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None] | None = None,
     ) -> None:
         self.run, self.batches, self.model, self.tokens = run, batches, model, tokens
+        self.first_pass = first_pass
+        self.plans: dict[tuple | None, _Plan] = {}  # the first pass's, kept for the next (``_sample_runs``)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for batch, outputs in _sample_runs(self.run, self.model, self.batches, "calibration batches"):
+        first_pass, self.first_pass = self.first_pass, None
+        for batch, outputs in _sample_runs(self.run, self.model, self.batches, "calibration batches", self.plans):
+            if first_pass is not None:
+                first_pass(batch, outputs)
             padding = batch_padding(self.model, batch)
             tokens = self.tokens
             rows = {name: unpadded_rows(array, padding if name in tokens else {}) for name, array in outputs.items()}
@@ -236,23 +290,33 @@ def _sample_runs(
     model: ir.Model,
     batches: Sequence[Mapping[str, np.ndarray]],
     label: str | None = None,
+    plans: dict[tuple | None, _Plan] | None = None,
 ) -> Iterator[tuple[Mapping[str, np.ndarray], dict[str, np.ndarray]]]:
     """Each part of ``batches`` that ``run`` is given, and what it returned (emptied when the next part is asked for),
     one part at a time: one sample a run until a run says how many bytes a sample's exposed tensors take, then as many
     samples as keep a run's within ``_RUN_BYTES`` (at most a batch; a model whose batch is fixed is fed its batches
-    whole, ``split_samples``). The batches count as steps of a progress task ``label`` where one is given.
+    whole, ``split_samples``). A batch whose samples are shaped otherwise (longer sentences, larger pages in another
+    file) starts again at one sample: a count measured on short samples ran 16 long ones at once. The batches count as
+    steps of a progress task ``label`` where one is given. ``plans``: how batches of each samples' shape run
+    (``_Plan``; under None, how every batch runs where the model sets it), filled in as they are measured: given again
+    to a second pass over the batches, it runs them as the first ended, with no sample alone and no check.
 
     The statistics are extremes, counts and float64 sums over the samples, which the grouping of samples into runs does
     not change (the sums to float64 rounding); run whole, a batch of 16 images held every exposed activation of all 16
     at once.
     """
-    per_run = None  # samples a run, once the first run has said what a sample's tensors take
+    holds = holds_samples(model)
+    plans = {} if plans is None else plans
     for batch in batches if label is None else track(batches, label):
-        if per_run is None:
-            rest, part, outputs, per_run = _first_run(run, model, batch)
+        shape = _sample_shape(batch, holds)
+        plan = plans.get(None) or plans.get(shape)
+        checked = any(known.checked for known in plans.values())
+        if plan is None or not checked:
+            rest, part, outputs, plan = _first_run(run, model, batch, holds, check=not checked)
+            plans[None if plan.fixed else shape] = plan
             runs = itertools.chain([(part, outputs)], ((part, run(part)) for part in rest))
         else:
-            runs = ((part, run(part)) for part in split_samples(batch, per_run, model))
+            runs = ((part, run(part)) for part in split_samples(batch, plan.per_run, model))
         for part, outputs in runs:
             yield part, outputs
             # Emptied once taken in: the caller's loop names still hold the dict while the next run returns, and the
@@ -260,35 +324,103 @@ def _sample_runs(
             outputs.clear()
 
 
+def _sample_shape(batch: Mapping[str, np.ndarray], holds: SampleAxes) -> tuple:
+    """The shapes of ``batch``'s arrays less their samples' axis (``holds``): what one sample's tensors take."""
+    shapes = []
+    for name, array in sorted(batch.items()):
+        shape = tuple(np.shape(array))
+        if holds(name, array):
+            axis = holds.axis(name)
+            shape = shape[:axis] + shape[axis + 1 :]
+        shapes.append((name, shape))
+    return tuple(shapes)
+
+
+class _Plan(NamedTuple):
+    """How ``_sample_runs`` runs batches after a ``_first_run``: ``per_run`` samples a run, for samples of the batch's
+    shape (``_sample_shape``) unless the model ``fixed`` that count (whole batches, one sample a run) whatever their
+    bytes; ``checked``: whether ``_samples_interact``'s check was made (or needed none), on two samples or more."""
+
+    per_run: int
+    fixed: bool
+    checked: bool
+
+
 def _first_run(
-    run: Callable[[Mapping[str, np.ndarray]], dict], model: ir.Model, batch: Mapping[str, np.ndarray]
-) -> tuple[Sequence[Mapping[str, np.ndarray]], Mapping[str, np.ndarray], dict[str, np.ndarray], int]:
-    """``_sample_runs``' first run, on ``batch``'s first sample: the parts of ``batch`` left to run, the part run, what
-    it returned, and how many samples later runs may take. Where ONNX Runtime refuses one sample alone and runs the
-    batch (a model with a batch traced into a ``Reshape``), or where the first two samples run together give other
-    extremes than each alone (``_samples_interact``), the whole batch, and whole batches after it."""
+    run: Callable[[Mapping[str, np.ndarray]], dict],
+    model: ir.Model,
+    batch: Mapping[str, np.ndarray],
+    holds: SampleAxes,
+    check: bool = True,
+) -> tuple[Sequence[Mapping[str, np.ndarray]], Mapping[str, np.ndarray], dict[str, np.ndarray], _Plan]:
+    """``_sample_runs``' first run of ``batch``, on its first sample: the parts of ``batch`` left to run, the part run,
+    what it returned, and how later batches run (``_Plan``). Where ONNX Runtime refuses one sample alone and runs the
+    batch (a model with a batch traced into a ``Reshape``), or where two samples run together give other extremes than
+    each alone (``_samples_interact``; checked where ``check``, until a batch holds two samples: a first file of one
+    sample left a batch-centred model unchecked, and its ranges (0, 0)), the whole batch, and whole batches after it."""
     parts = split_samples(batch, 1, model)
+    checked = not check or len(parts) > 1
+    pair = None
+    if check and len(parts) > 1 and not _keeps_samples_apart(model, parts[0], holds):
+        pair = _check_pair(parts, holds)
+    try:
+        # The check's runs before the first sample's, whose tensors are kept to be taken in: held through them, three
+        # samples' tensors were alive at once.
+        second = _summary(run(pair[0])) if pair is not None else {}
+    except RuntimeRefusedError as error:
+        logger.info("calibration runs whole batches: one sample alone was refused (%s)", error.reason)
+        return [], batch, run(batch), _Plan(SAMPLE_BATCH, True, checked)
+    try:
+        together = _summary(run(pair[1])) if pair is not None else {}
+    except RuntimeRefusedError as error:
+        # ``x [B, 4]`` reshaped to ``[1, 4]`` inside runs one sample at a time; ``x + t`` with a table ``t [4, 4]`` its
+        # batch of 4 whole, and one sample alone broadcast over the table's 4 rows: the batch whole where it runs.
+        try:
+            return [], batch, run(batch), _Plan(SAMPLE_BATCH, True, checked)
+        except RuntimeRefusedError:
+            logger.info("calibration runs one sample at a time: two samples together were refused (%s)", error.reason)
+            return parts[1:], parts[0], run(parts[0]), _Plan(1, True, checked)
     try:
         outputs = run(parts[0])
     except RuntimeRefusedError as error:
         if len(parts) == 1:
             raise
         logger.info("calibration runs whole batches: one sample alone was refused (%s)", error.reason)
-        return [], batch, run(batch), SAMPLE_BATCH
-    holds = holds_samples(model)
-    if len(parts) > 1 and not _keeps_samples_apart(model):
-        try:
-            interact = _samples_interact(run, outputs, parts[1], split_samples(batch, 2, model)[0], holds)
-        except RuntimeRefusedError as error:  # one sample a run is how it runs, and how the batch was refused
-            logger.info("calibration runs one sample at a time: two samples together were refused (%s)", error.reason)
-            return parts[1:], parts[0], outputs, 1
-        if interact:
-            logger.info("calibration runs whole batches: two samples run together differ from each run alone")
-            outputs.clear()
-            return [], batch, run(batch), SAMPLE_BATCH
+        return [], batch, run(batch), _Plan(SAMPLE_BATCH, True, checked)
+    if pair is not None and _samples_interact(_summary(outputs), second, together):
+        logger.info("calibration runs whole batches: two samples run together differ from each run alone")
+        outputs.clear()
+        return [], batch, run(batch), _Plan(SAMPLE_BATCH, True, checked)
     exposed = sum(np.asarray(array).nbytes for array in outputs.values())
     samples = max(1, samples_in(parts[0], holds))
-    return parts[1:], parts[0], outputs, min(SAMPLE_BATCH, max(1, _RUN_BYTES * samples // max(exposed, 1)))
+    per_run = min(SAMPLE_BATCH, max(1, _RUN_BYTES * samples // max(exposed, 1)))
+    return parts[1:], parts[0], outputs, _Plan(per_run, False, checked)
+
+
+def _check_pair(
+    parts: Sequence[Mapping[str, np.ndarray]], holds: SampleAxes
+) -> tuple[Mapping[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """The second sample ``_samples_interact`` checks (the first of ``parts`` that differs from the first one, the
+    second where none does) and the two run together; None where the parts are not one sample each (a fixed batch).
+    Two copies of one sample meet as any one does in a batch-centred model (``x - mean(x)`` is 0 alone and together),
+    and the check read the first two of a batch that began with a copy so (ranges (0, 0) for the batch's (-1.8, 1.5))
+    until review s74."""
+    first = parts[0]
+    if samples_in(first, holds) != 1:
+        return None
+    second = next((part for part in parts[1:] if not _same_arrays(part, first)), parts[1])
+    if samples_in(second, holds) != 1:
+        return None
+    both = {
+        name: np.concatenate([array, second[name]], axis=holds.axis(name)) if holds(name, array) else array
+        for name, array in first.items()
+    }
+    return second, both
+
+
+def _same_arrays(one: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray]) -> bool:
+    """Whether two parts of a batch hold the same arrays, value for value."""
+    return one.keys() == other.keys() and all(np.array_equal(one[name], other[name]) for name in one)
 
 
 # ONNX ops that compute each sample's values (along axis 0) from that sample's alone, with constant weights: a graph of
@@ -304,11 +436,21 @@ _PER_SAMPLE = frozenset(
 )
 
 
-def _keeps_samples_apart(model: ir.Model) -> bool:
-    """Whether every node of ``model``'s graph is one that keeps its samples apart: elementwise ops, convolutions and
-    pools, an inference ``BatchNormalization``, a ``Flatten`` or ``Softmax`` from axis 1 on, a ``Gemm`` or 2-D
-    constant-weight ``MatMul`` whose rows are the samples. Any other graph (a Reshape, a Transpose, an attention's
-    MatMul of two activations, a reduction) gets ``_samples_interact``'s check."""
+def _keeps_samples_apart(model: ir.Model, sample: Mapping[str, np.ndarray], holds: SampleAxes) -> bool:
+    """Whether every node of ``model``'s graph is one that keeps its samples apart: elementwise ops (with no constant
+    as long as the batch), convolutions and pools, an inference ``BatchNormalization``, a ``Flatten`` or ``Softmax``
+    from axis 1 on, a ``Gemm`` or 2-D constant-weight ``MatMul`` whose rows are the samples; and every input of
+    ``sample`` with a dim holds its samples along axis 0 (``holds``), where those ops keep them apart. Any other graph
+    (a Reshape, a Transpose, an attention's MatMul of two activations, a reduction, a time-major ``x [5, batch, 3]``
+    whose Softmax over axis 1 is over the samples, a table ``t [4, 4]`` beside ``x [batch, 4]``) gets
+    ``_samples_interact``'s check."""
+    inputs = {value.name for value in model.graph.inputs}
+    if any(
+        np.ndim(array) and (not holds(name, array) or holds.axis(name))
+        for name, array in sample.items()
+        if name in inputs
+    ):
+        return False
     for node in model.graph:
         op = node.op_type
         if not is_onnx_domain(node):
@@ -320,6 +462,8 @@ def _keeps_samples_apart(model: ir.Model) -> bool:
             # samples along the last axis.
             activations = [value for value in node.inputs if value is not None and not _is_constant(value)]
             ranks = {_rank(value) for value in activations}
+            if any(_batch_long(value, ranks) for value in node.inputs if value is not None and _is_constant(value)):
+                return False
             if len(activations) <= 1 or (len(ranks) == 1 and None not in ranks):
                 continue
             return False
@@ -352,6 +496,21 @@ def _from_axis_one(node: ir.Node) -> bool:
     return axis >= 1 or (rank is not None and axis + rank >= 1)
 
 
+def _batch_long(constant: ir.Value, ranks: set[int | None]) -> bool:
+    """Whether ``constant`` may meet an elementwise op's activations (of ``ranks``) along their samples' axis with more
+    than one row: a mask traced at the export's batch (``x [B, 4] * c [6, 4]``) gives each of 6 samples its row, and
+    one sample alone all 6 (a sample's range was over every row's). Where an activation's rank is unknown, any
+    constant whose first dim is not 1."""
+    tensor = ir.convenience.get_const_tensor(constant)  # a ``Constant``'s output may record no shape
+    shape = tuple(tensor.shape) if tensor is not None else ()
+    if not ranks or not shape:
+        return False
+    known = [rank for rank in ranks if rank is not None]
+    if len(known) == len(ranks) and len(shape) < min(known):
+        return False  # broadcast from the right, past the samples' axis
+    return len(shape) > max(known, default=0) or shape[0] != 1
+
+
 def _rank(value: ir.Value | None) -> int | None:
     """The rank of ``value``'s recorded shape; None where none is."""
     return len(value.shape) if value is not None and value.shape is not None else None
@@ -362,43 +521,48 @@ def _is_constant(value: ir.Value | None) -> bool:
     return value is not None and ir.convenience.get_const_tensor(value) is not None
 
 
+# A tensor's finite (min, max) and its shape.
+_Summary = tuple[float, float, tuple[int, ...]]
+
+
 def _samples_interact(
-    run: Callable[[Mapping[str, np.ndarray]], dict],
-    first: Mapping[str, np.ndarray],
-    second: Mapping[str, np.ndarray],
-    both: Mapping[str, np.ndarray],
-    holds: SampleAxes,
+    first: Mapping[str, _Summary], second: Mapping[str, _Summary], together: Mapping[str, _Summary]
 ) -> bool:
-    """Whether the exposed tensors of ``both`` (the first two samples run together) reach other extremes than those of
-    the first sample alone (``first``, its run's tensors) and the second (``second``, a part to run): a model whose
-    samples meet (a Softmax or a mean over the batch axis, a BatchNormalization left in training mode) computes other
-    values one sample a run than a batch at once, and its ranges, read one sample a run, were another model's (a
-    Softmax over the batch axis calibrated to exactly 1.0) until review s73 late3. Parts that are not two samples and
-    one (a fixed batch, a model run one sample at a time) meet as the batch does: no."""
-    if samples_in(both, holds) != 2 or samples_in(second, holds) != 1:
-        return False
-    alone = [_extremes(first)]
-    alone.append(_extremes(run(second)))  # its tensors dropped before the two samples run
-    together = _extremes(run(both))
-    for name, (low, high) in together.items():
+    """Whether two samples run together (``together``, ``_summary``) give other values than each run alone (``first``,
+    ``second``), as far as extremes and shapes tell: a model whose samples meet (a Softmax or a mean over the batch
+    axis, a BatchNormalization left in training mode) computes other values one sample a run than a batch at once, and
+    its ranges, read one sample a run, were another model's (a Softmax over the batch axis calibrated to exactly 1.0)
+    until review s73 late3. A tensor shaped alike alone and together, with other extremes for each sample alone, does
+    not hold the samples side by side: it takes some of them (``Gather`` of row 0 of the batch) or reduces them (a max
+    over the batch); the first sample's extremes spanning the second's, together read as each alone until review s74.
+    Samples that meet in values their extremes and shapes do not show are not found."""
+    alone = [first, second]
+    for name, (low, high, shape) in together.items():
         if any(name not in part for part in alone):
             continue
+        if shape == first[name][2] == second[name][2] and not _near(first[name][:2], second[name][:2]):
+            return True
         expected = (min(part[name][0] for part in alone), max(part[name][1] for part in alone))
-        # Batched kernels round differently from one sample's (another GEMM blocking): a thousandth of the range is
-        # far past that, and far below what samples that meet change (a Softmax over 2 rows instead of 1 halves it).
-        tolerance = 1e-3 * max(abs(low), abs(high), *map(abs, expected)) + 1e-12
-        if abs(low - expected[0]) > tolerance or abs(high - expected[1]) > tolerance:
+        if not _near((low, high), expected):
             return True
     return False
 
 
-def _extremes(outputs: Mapping[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-    """The finite ``(min, max)`` of each of ``outputs`` that holds a finite value."""
+def _near(one: tuple[float, float], other: tuple[float, float]) -> bool:
+    """Whether two ``(low, high)`` ranges are the same to a thousandth of their magnitude: batched kernels round
+    differently from one sample's (another GEMM blocking), far below that, and samples that meet change far more (a
+    Softmax over 2 rows instead of 1 halves it)."""
+    tolerance = 1e-3 * max(map(abs, (*one, *other))) + 1e-12
+    return abs(one[0] - other[0]) <= tolerance and abs(one[1] - other[1]) <= tolerance
+
+
+def _summary(outputs: Mapping[str, np.ndarray]) -> dict[str, _Summary]:
+    """The finite ``(min, max)`` and the shape of each of ``outputs`` that holds a finite value."""
     found = {}
     for name, array in outputs.items():
         values = _finite(array)
         if values.size:
-            found[name] = (float(values.min()), float(values.max()))
+            found[name] = (float(values.min()), float(values.max()), tuple(np.shape(array)))
     return found
 
 

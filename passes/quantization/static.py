@@ -131,10 +131,14 @@ class StaticQuantizationPass(QuantizationPass):
         # What reaches each layer quantized with every chosen layer int8 (``speed_shape``'s conversions).
         self._int8_layers = {layer.name for layer in layers}
         self._requantized = {tail.outputs[0].name for tail in tails if tail is not None} | set(adds)
-        self.ranges = calibration.calibrate(model, list(dict.fromkeys(names)), batches, self.method)
         conv_inputs = list(dict.fromkeys(layer.activation.name for layer in layers if layer.kind == "conv"))
-        self.input_means = calibration.channel_means(model, conv_inputs, batches) if conv_inputs else {}
-        self.note(f"calibrated {len(self.ranges)} activations ({self.method}) on {_count(model, batches)} samples")
+        # The Convs' input means (bias correction) summed on the ranges' first pass: one run of the samples fewer.
+        self.ranges, self.input_means = calibration.calibrate_with_means(
+            model, list(dict.fromkeys(names)), conv_inputs, batches, self.method
+        )
+        count = _count(model, batches)
+        samples = f"{count} sample{'' if count == 1 else 's'}"
+        self.note(f"calibrated {len(self.ranges)} activations ({self.method}) on {samples}")
         if convs:
             # Counted before any budget keeps a layer float: the budget's own notes say what it changed.
             int8 = "with every layer int8, " if self.budget is not None else ""
