@@ -253,6 +253,19 @@ def _erf_inverse(constants: np.ndarray) -> np.ndarray:
     return x
 
 
+def _saturated(
+    inverse: Callable[[np.ndarray], np.ndarray], ends: Mapping[float, float], constants: np.ndarray
+) -> np.ndarray:
+    """``inverse`` of ``constants``, but at each of ``ends``, a bound a float32 op reaches only by rounding (``erf``'s
+    and ``tanh``'s 1 and -1, the sigmoid's 1), an ``x`` past which float32 gives it: ``Erf(x) >= 1`` holds from x = 4
+    on, and was never drawn (its 1 was no value ``Erf`` reaches) until review s74 late3."""
+    at_end = np.isin(constants, list(ends))
+    found = inverse(np.where(at_end, 0, constants))
+    for end, x in ends.items():
+        found = np.where(constants == end, x, found)
+    return found
+
+
 # An elementwise op's preimage: from a comparison (``Equal`` or one of ``_SIDES``) with constants of its output to the
 # comparisons of its input that tell the same elements apart.
 _Preimage = Callable[[str, np.ndarray], list[tuple[str, np.ndarray]]]
@@ -271,13 +284,26 @@ _PREIMAGES: dict[str, tuple[_Preimage, bool]] = {
     "Sqrt": (partial(_monotone_preimage, np.square, lambda c: c >= 0), True),
     "Exp": (partial(_monotone_preimage, np.log, lambda c: c > 0), False),
     "Log": (partial(_monotone_preimage, np.exp, np.isfinite), False),
-    "Sigmoid": (partial(_monotone_preimage, lambda c: np.log(c / (1 - c)), lambda c: (c > 0) & (c < 1)), False),
-    "Tanh": (partial(_monotone_preimage, np.arctanh, lambda c: (c > -1) & (c < 1)), False),
+    "Sigmoid": (
+        partial(
+            _monotone_preimage,
+            partial(_saturated, lambda c: np.log(c / (1 - c)), {1: 30.0}),
+            lambda c: (c > 0) & (c <= 1),
+        ),
+        False,
+    ),
+    "Tanh": (
+        partial(_monotone_preimage, partial(_saturated, np.arctanh, {-1: -10.0, 1: 10.0}), lambda c: np.abs(c) <= 1),
+        False,
+    ),
     "Softplus": (partial(_monotone_preimage, lambda c: c + np.log(-np.expm1(-c)), lambda c: c > 0), False),
     "Softsign": (partial(_monotone_preimage, lambda c: c / (1 - np.abs(c)), lambda c: np.abs(c) < 1), False),
     "Atan": (partial(_monotone_preimage, np.tan, lambda c: np.abs(c) < np.pi / 2), False),
     "Sinh": (partial(_monotone_preimage, np.arcsinh, np.isfinite), False),
-    "Erf": (partial(_monotone_preimage, _erf_inverse, lambda c: np.abs(c) < 1), False),
+    "Erf": (
+        partial(_monotone_preimage, partial(_saturated, _erf_inverse, {-1: -5.0, 1: 5.0}), lambda c: np.abs(c) <= 1),
+        False,
+    ),
     "Floor": (_rounded_preimage, True),
     "Ceil": (_rounded_preimage, True),
     "Round": (_rounded_preimage, True),

@@ -2512,7 +2512,7 @@ def pads_where_true(value: ir.Value) -> bool:
                 other = node.inputs[1 - index]
                 if _is_fill(other):
                     return not negated
-                if other is None or ir.convenience.get_const_tensor(other) is None:
+                if other is None or _broadcast_constant(other) is None:
                     return negated
     return False
 
@@ -2554,14 +2554,41 @@ def _constant_bit(value: ir.Value | None) -> int | None:
 
 
 def _zeroes_data(zero: ir.Value | None, data: ir.Value | None) -> bool:
-    """Whether ``zero`` is a constant of zeros everywhere and ``data`` no constant: a ``Where`` taking them zeroes
-    data where it takes ``zero``."""
-    return _constant_bit(zero) == 0 and data is not None and ir.convenience.get_const_tensor(data) is None
+    """Whether ``zero`` is a constant of zeros everywhere and ``data`` no constant, either of them maybe broadcast to a
+    shape (``_broadcast_constant``: ``torch.zeros_like(x)``): a ``Where`` taking them zeroes data where it takes
+    ``zero``."""
+    zeros = _broadcast_constant(zero) if zero is not None else None
+    if zeros is None or zeros.size == 0 or (zeros.numpy() != 0).any():
+        return False
+    return data is not None and _broadcast_constant(data) is None
+
+
+def _broadcast_constant(value: ir.Value) -> ir.TensorProtocol | None:
+    """The constant ``value`` is, or that a ``ConstantOfShape``, or an ``Expand``, cast or reshape of a constant,
+    repeats into it (``torch.full_like(scores, min)``): a fill built at the scores' shape is no data (``Where(mask, 0,
+    fill)``, Hugging Face's mask attending where true, was read as zeroing data, padding where true, until review s74
+    late3)."""
+    while (tensor := ir.convenience.get_const_tensor(value)) is None:
+        node = value.producer()
+        if node is None or not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None:
+            return None
+        if node.op_type == "ConstantOfShape":
+            attribute = node.attributes.get("value")
+            return attribute.as_tensor() if attribute is not None else ir.tensor(np.zeros(1, np.float32))
+        if node.op_type not in _BROADCAST_MOVES:
+            return None
+        value = node.inputs[0]
+    return tensor
+
+
+# Ops that repeat, cast or reshape a constant without changing which numbers it holds (``_broadcast_constant``).
+_BROADCAST_MOVES = frozenset({"Expand", "Cast", "CastLike", "Reshape", "Unsqueeze", "Squeeze", "Identity", "Tile"})
 
 
 def _is_fill(value: ir.Value | None) -> bool:
-    """Whether ``value`` is a constant whose every element is -1e3 or below (a mask's fill: -1e9, -inf)."""
-    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    """Whether ``value`` is a constant whose every element is -1e3 or below (a mask's fill: -1e9, -inf), or one
+    broadcast to a shape (``_broadcast_constant``)."""
+    tensor = _broadcast_constant(value) if value is not None else None
     if tensor is None or not tensor.dtype.is_floating_point() or tensor.size == 0:
         return False
     return bool(np.all(tensor.numpy().astype(np.float64) <= -1e3))
