@@ -2320,7 +2320,8 @@ def _relative_lengths(shape: tuple[int, ...]) -> np.ndarray:
 def _row_length(model: ir.Model, value: ir.Value, dims: Mapping[str, int]) -> int | None:
     """The length a per-row lengths input (``_LENGTHS_NAME``, shaped ``[batch]``: onnx-asr's ``waveforms_lens``,
     NeMo's ``length``, Piper's ``input_lengths``) gives each row: the size ``dims`` binds the one symbolic dim, not a
-    batch, of the input its name starts with (``waveforms``), else of all inputs; None where that is not one dim.
+    batch, of the input its name starts with (``waveforms``), else of all inputs; None where that is not one dim. A
+    static dim is a batch where another input of rank 2 or more leads with it (``[1]`` beside ``[1, length]``).
     Drawn 0 or 1, as other integers, such lengths masked every frame of a speech front end: its features were zeros
     before and after, and a rewrite scaling its mel filterbank verified. The batch is one named like it, else one
     guessed (``_batch_like_dims``) or leading an input of rank 2 or more (``_leading_dims``: torch's dynamo export of
@@ -2329,9 +2330,16 @@ def _row_length(model: ir.Model, value: ir.Value, dims: Mapping[str, int]) -> in
     if not _LENGTHS_NAME.search(value.name) or value.shape is None or len(value.shape) != 1:
         return None
     batches = set(batch_dims(model)) or _batch_like_dims(model) | _leading_dims(model)
-    if not isinstance(value.shape[0], ir.SymbolicDim) or value.shape[0].value not in batches:
-        return None
     others = [other for other in runtime_inputs(model) if other is not value and other.shape is not None]
+    rows = value.shape[0]
+    if isinstance(rows, ir.SymbolicDim):
+        if rows.value not in batches:
+            return None
+    elif not any(len(other.shape) >= 2 and other.shape[0] == rows for other in others):
+        # A batch exported static: pythainlp's thai2rom encoder, ``input_tensor [1, input_length]`` beside
+        # ``input_lengths [1]`` (an LSTM's sequence_lens), drew 0 or 1 until review s74 (hunt 9), the LSTM run over
+        # no step or one, and its outputs zeros or a step's.
+        return None
     prefix = _LENGTHS_NAME.sub("", value.name)
 
     def lengths(values: list[ir.Value]) -> set[str]:
