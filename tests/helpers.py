@@ -195,7 +195,18 @@ def _default_pipeline(name: str):
 
 def default_pipeline(name: str):
     """The verified default pipeline on fixture ``name`` and its report: run once per process (per xdist worker)
-    for every test that reads it (tests/test_respelled_fixtures.py, tests/test_pipeline_fixed_point.py); the model
-    is a fresh copy each call, the report is shared and only read."""
+    for every test that reads it (tests/test_exported_models.py, tests/test_respelled_fixtures.py,
+    tests/test_pipeline_fixed_point.py); the model is a fresh copy each call, the report is shared and only read."""
     model, report = _default_pipeline(name)
     return model.clone(), report
+
+
+def split_pipeline(pass_name: str, passes: list[str] | None = None, **options) -> tuple[list[str], list[str]]:
+    """The pipeline ``passes`` and ``options`` ask for, cut at ``pass_name``: the passes before it, and it with the
+    passes after it. Run one after the other they make the same model as the whole pipeline (the same passes in the
+    same order), so tests that run one pass several ways on a fixture run the passes before it once."""
+    from optimizer.options import Options
+    from optimizer.registry import resolve
+
+    names = [spec.name for spec in resolve(passes, Options(**options))]
+    return names[: names.index(pass_name)], names[names.index(pass_name) :]

@@ -8,19 +8,24 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from optimizer.api import optimize_with_report
+from optimizer.api import optimize, optimize_with_report
 from optimizer.cli import EXAMPLE_MODEL, main
 from optimizer.errors import OptionError
 from optimizer.inputs import make_inputs
 from optimizer.parameters import count_parameters as parameter_count
-from tests.helpers import ALL_FIXTURES, EXPORTED_MODELS, FIXTURES, calibration_samples, run
+from tests.helpers import ALL_FIXTURES, EXPORTED_MODELS, FIXTURES, calibration_samples, run, split_pipeline
 
 
 @pytest.mark.parametrize("name", EXPORTED_MODELS + ["vit_legacy"])
 def test_exported_models_prune_and_still_run(name):
     model = ir.load(FIXTURES / f"{name}.onnx")
+    # The pipeline in two runs (the same passes in the same order, the same model): the passes before the cut
+    # unverified (tests/test_exported_models.py verifies the default pipeline on every fixture, nothing rolled back,
+    # so they make the model verification keeps), then the cut and the passes after it, verified against that.
+    first, rest = split_pipeline("prune-ffn-heads", prune_ffn=0.25, prune_heads=0.25)
+    fused = optimize(model, first, verify=False, raise_errors=True)
     result, report = optimize_with_report(
-        model, prune_ffn=0.25, prune_heads=0.25, calibration=calibration_samples(model), raise_errors=True
+        fused, rest, prune_ffn=0.25, prune_heads=0.25, calibration=calibration_samples(model), raise_errors=True
     )
     records = {r.name: r for r in report.passes}
     assert "prune-ffn" not in records and "prune-heads" not in records  # both flags: one combined cut
@@ -35,7 +40,7 @@ def test_exported_models_prune_and_still_run(name):
     counts = summary.split("parameters ", 1)[1].split(";")[0].split(" → ")
     before, after = (int(count.replace(",", "")) for count in counts)
     assert after < before and parameter_count(result) < before
-    assert record.cosine > 0.9  # verified against the original
+    assert record.cosine > 0.9  # verified against the fused original
     assert any(note.startswith("without repair:") for note in record.notes)
 
 
@@ -87,7 +92,8 @@ def test_resnets_prune_channels_inside_blocks_and_leave_residual_ties(name):
     record = next(r for r in report.passes if r.name == "prune-channels")
     assert record.status == "applied", record.detail
     assert any("residual tie" in refusal for refusal in record.refusals)
-    unpruned, _ = optimize_with_report(model)
+    # the default pipeline's parameters, unverified (tests/test_exported_models.py verifies it on both ResNets)
+    unpruned = optimize(model, verify=False)
     assert parameter_count(result) < parameter_count(unpruned)
     assert run(result, make_inputs(model, {"batch": 2}))["logits"].shape == (2, 10)
 
@@ -106,7 +112,6 @@ def test_exported_models_compute_their_twins(name):
     """Each pruning pass that finds groups in the fused fixture, with calibration samples (repair on):
     the result with all of ONNX Runtime's optimizations matches the twin, as written, at float32
     tolerance, at two input shapes."""
-    from optimizer.api import optimize
     from passes.pruning.channels import ChannelPruningPass
     from passes.pruning.ffn import FfnPruningPass
     from passes.pruning.heads import HeadPruningPass
@@ -138,7 +143,7 @@ def test_without_calibration_data_pruning_ranks_by_magnitude_and_does_not_repair
     assert record.status == "applied", record.detail
     assert "no --calibration data: ranked by weight magnitude, not re-fitted" in record.notes
     assert not any(note.startswith("without repair") for note in record.notes)
-    fused, _ = optimize_with_report(model)
+    fused = optimize(model, verify=False)  # the passes the verified run above ran (a rollback there shows here)
     magnitude = FfnPruningPass(0.25)(fused.clone()).model  # no samples at all: magnitude, no repair
     assert_same_outputs(magnitude, result, make_inputs(model, {"batch": 2, "sequence": 9}), rtol=1e-4, atol=1e-5)
 

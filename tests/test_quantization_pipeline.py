@@ -14,19 +14,47 @@ from optimizer.errors import InputSpecError
 from optimizer.inputs import make_inputs
 from optimizer.runtime import run_batches, run_model
 from optimizer.verify import DEFAULT_TOLERANCES, compare_outputs
-from tests.helpers import ALL_FIXTURES, FIXTURES, calibration_samples, computed_op_types, without_layer_probe
+from tests.helpers import (
+    ALL_FIXTURES,
+    FIXTURES,
+    calibration_samples,
+    computed_op_types,
+    split_pipeline,
+    without_layer_probe,
+)
 from tests.passes.quantization.conftest import drift
 
 INT8_OPS = {"DynamicQuantizeMatMul", "QAttention", "QuantizeLinear"}
 
 
+@pytest.fixture(scope="module")
+def fused_fixtures() -> dict:
+    """The passes a precision pass runs after, run once per fixture, target and verification for the module; the
+    results are only read (cloned) after. ``+quantize-dynamic`` and ``+quantize-static`` run the same passes before
+    the quantizer (the cache's key checks it), so both modes and the budget tests below quantize one fused model."""
+    return {}
+
+
+def _fused(cache: dict, name: str, passes: list[str], *, target: str = "cpu", verify: bool = True):
+    """``name``'s fixture (or the example model) after ``passes`` on ``target``, with the report, from ``cache`` or
+    run and kept there."""
+    key = (name, tuple(passes), target, verify)
+    if key not in cache:
+        model = ir.load(EXAMPLE_MODEL if name == "example" else FIXTURES / f"{name}.onnx")
+        cache[key] = optimize_with_report(model, passes, target=target, verify=verify, raise_errors=True)
+    return cache[key]
+
+
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 @pytest.mark.parametrize("name", ALL_FIXTURES)
-def test_exported_models_quantize_after_fusion_and_pass_verification(name, mode):
-    model = ir.load(FIXTURES / f"{name}.onnx")
-    result, report = optimize_with_report(model, [f"+quantize-{mode}"], raise_errors=True)
+def test_exported_models_quantize_after_fusion_and_pass_verification(name, mode, fused_fixtures):
+    # The verified pipeline of +quantize-MODE in two runs: the passes before the quantizer (verified against the
+    # original, shared by both modes), then the quantizer and the passes after it (verified against that result).
+    before, after = split_pipeline(f"quantize-{mode}", [f"+quantize-{mode}"])
+    fused, fused_report = _fused(fused_fixtures, name, before)
+    result, report = optimize_with_report(fused.clone(), after, raise_errors=True)
     record = next(r for r in report.passes if r.name == f"quantize-{mode}")
-    fusion = next(r for r in report.passes if r.name == "fuse-attention")
+    fusion = next(r for r in fused_report.passes if r.name == "fuse-attention")
     if name.startswith("resnet") and mode == "dynamic":
         # Dynamic int8 leaves Convs float (ConvInteger is slower than float on CPU) and the
         # classifier is the model output: nothing to do.
@@ -42,38 +70,49 @@ def test_exported_models_quantize_after_fusion_and_pass_verification(name, mode)
     # verified on ORT against the original, after fusion (attention was fused first where there is one)
     assert record.cosine is not None and record.cosine > 0.999
     assert fusion.status in ("applied", "unchanged")
-    # passes after quantization are verified against the quantized model, not rolled back
+    # no pass before quantization is rolled back; those after it are verified against the quantized model, and not
+    assert all(r.status != "rolled back" for r in fused_report.passes), [r.detail for r in fused_report.failures()]
     assert all(r.status != "rolled back" for r in report.passes), [r.detail for r in report.failures()]
 
 
-def test_end_to_end_encoder_accuracy_on_held_out_inputs(tmp_path):
+def test_end_to_end_encoder_accuracy_on_held_out_inputs(tmp_path, fused_fixtures):
     original = ir.load(EXAMPLE_MODEL)
     calibration = calibration_samples(original, 32)
     for mode in ("dynamic", "static"):
+        # +quantize-MODE in two runs (the same passes in the same order, the same model): the passes before the
+        # quantizer, verified and shared by both modes, then the quantizer and the passes after it, from a file.
+        before, after = split_pipeline(f"quantize-{mode}", [f"+quantize-{mode}"])
+        fused, fused_report = _fused(fused_fixtures, "example", before)
+        assert not fused_report.failures(), fused_report.failures()
+        ir.save(fused, tmp_path / "fused.onnx")
         output = tmp_path / f"{mode}.onnx"
-        _, report = optimize_with_report(EXAMPLE_MODEL, [f"+quantize-{mode}"], output=output, calibration=calibration)
+        _, report = optimize_with_report(tmp_path / "fused.onnx", after, output=output, calibration=calibration)
         assert next(r for r in report.passes if r.name == f"quantize-{mode}").status == "applied"
         assert set(computed_op_types(ir.load(output))) & INT8_OPS
         held_out = make_inputs(original, {"batch": 8, "sequence": 20}, seed=11)
         assert drift(original, ir.load(output), held_out).cosine > 0.995, mode
 
 
-def test_a_budget_the_pass_cannot_meet_rolls_nothing_back_and_says_so():
-    model = ir.load(FIXTURES / "bert_legacy.onnx")
-    _, report = optimize_with_report(model, quantize="dynamic", min_cosine=1.0)
+def test_a_budget_the_pass_cannot_meet_rolls_nothing_back_and_says_so(fused_fixtures):
+    # quantize="dynamic" in two runs: the passes before the quantizer are shared with the tests above.
+    before, after = split_pipeline("quantize-dynamic", quantize="dynamic")
+    fused, _ = _fused(fused_fixtures, "bert_legacy", before)
+    _, report = optimize_with_report(fused.clone(), after, quantize="dynamic", min_cosine=1.0)
     record = next(r for r in report.passes if r.name == "quantize-dynamic")
     assert record.status == "unchanged"
     assert any("cannot be met" in note for note in record.notes)
 
 
-def test_verification_rolls_back_an_approximate_pass_that_misses_the_budget(monkeypatch):
-    # The pass is told no budget (so it quantizes everything); the verifier holds it to one.
+def test_verification_rolls_back_an_approximate_pass_that_misses_the_budget(monkeypatch, fused_fixtures):
+    # The pass is told no budget (so it quantizes everything); the verifier holds it to one. quantize="dynamic" in two
+    # runs: the passes before the quantizer are shared with the tests above.
     from passes import catalog
 
     original = catalog._int8
     monkeypatch.setattr(catalog, "_int8", lambda context: {**original(context), "budget": None})
-    model = ir.load(FIXTURES / "llama_legacy.onnx")
-    _, report = optimize_with_report(model, quantize="dynamic", min_cosine=0.9999999)
+    before, after = split_pipeline("quantize-dynamic", quantize="dynamic")
+    fused, _ = _fused(fused_fixtures, "llama_legacy", before)
+    _, report = optimize_with_report(fused.clone(), after, quantize="dynamic", min_cosine=0.9999999)
     record = next(r for r in report.passes if r.name == "quantize-dynamic")
     assert record.status == "rolled back"
     assert "misses the accuracy budget (--min-cosine 0.9999999)" in record.detail
@@ -97,7 +136,10 @@ def test_cli_quantize_with_calibration_budget_and_report(tmp_path, capsys):
 
 
 def test_cli_static_without_calibration_warns_and_uses_generated_inputs(tmp_path, capsys):
-    code = main(["optimize", str(EXAMPLE_MODEL), "-o", str(tmp_path / "q.onnx"), "--quantize", "static"])
+    # The quantizer alone (--passes): the warning and the generated samples are its; the fusions before it in the
+    # default pipeline are the CLI runs above and below.
+    command = ["optimize", str(EXAMPLE_MODEL), "-o", str(tmp_path / "q.onnx"), "--quantize", "static"]
+    code = main([*command, "--passes", "quantize-static"])
     assert code == 0
     assert "warning: no --calibration data" in capsys.readouterr().out
     assert "QuantizeLinear" in computed_op_types(ir.load(tmp_path / "q.onnx"))
@@ -116,7 +158,7 @@ def test_passes_flag_with_calibration_works_like_quantize(tmp_path):
 
 def test_generated_calibration_keeps_its_sample_count_when_dims_are_bound():
     model = ir.load(EXAMPLE_MODEL)
-    _, report = optimize_with_report(model, ["+quantize-static"], dims={"batch": 1, "sequence": 8})
+    _, report = optimize_with_report(model, ["quantize-static"], dims={"batch": 1, "sequence": 8})  # the pass alone
     record = next(r for r in report.passes if r.name == "quantize-static")
     assert any("on 16 samples" in note for note in record.notes)
 
@@ -133,7 +175,10 @@ def test_cli_fp16_for_cuda(tmp_path, keep_io_types):
     output, report = tmp_path / "fp16.onnx", tmp_path / "report.json"
     flags = [] if keep_io_types else ["--no-keep-io-types"]
     command = ["optimize", str(EXAMPLE_MODEL), "-o", str(output), "--target", "cuda", "--fp16", *flags]
-    assert main([*command, "--pipeline-json", str(report)]) == 0
+    # The verified default pipeline before the float16 pass in one case; the float16 pass alone (--passes) in the
+    # other, whose float16 inputs its verification feeds.
+    alone = [] if keep_io_types else ["--passes", "convert-float16"]
+    assert main([*command, *alone, "--pipeline-json", str(report)]) == 0
     record = next(r for r in json.loads(report.read_text())["passes"] if r["name"] == "convert-float16")
     assert record["status"] == "applied", record["detail"]  # verified, float16 inputs included
     model = ir.load(output)
@@ -188,9 +233,13 @@ def test_calibration_with_wrong_inputs_is_a_one_line_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ALL_FIXTURES)
-def test_float16_conversion_of_exported_models_passes_verification(name):
-    model = ir.load(FIXTURES / f"{name}.onnx")
-    _, report = optimize_with_report(model, ["+convert-float16"], target="cuda", raise_errors=True)
+def test_float16_conversion_of_exported_models_passes_verification(name, fused_fixtures):
+    # The passes before convert-float16 on --target cuda run once per fixture, unverified (the CPU pipeline, which
+    # runs each of them, is verified on every fixture in tests/test_exported_models.py; this test reads the float16
+    # pass's record alone); the float16 pass and those after it are verified against their result.
+    before, after = split_pipeline("convert-float16", ["+convert-float16"], target="cuda")
+    fused, _ = _fused(fused_fixtures, name, before, target="cuda", verify=False)
+    _, report = optimize_with_report(fused.clone(), after, target="cuda", raise_errors=True)
     record = next(r for r in report.passes if r.name == "convert-float16")
     assert record.status == "applied", record.detail
     assert "(float16 tolerance)" in record.twin
@@ -198,14 +247,17 @@ def test_float16_conversion_of_exported_models_passes_verification(name):
 
 
 @pytest.mark.parametrize("name", [f"{m}_{e}" for m in ("gpt2", "gptneo", "llama") for e in ("legacy", "dynamo")])
-def test_float16_decoders_stay_finite_on_a_left_padded_batch(name):
+def test_float16_decoders_stay_finite_on_a_left_padded_batch(name, fused_fixtures):
     # Decoders' tokenizers pad on the left, and with causal attention a left-padded query
     # sees no key. Fused attention floors such a row's -inf mask at float32's minimum;
     # float16 made that floor -inf again (legacy Llama came out NaN over every padded
     # row, through the padded positions' keys and values). Unverified, so the float16
-    # result itself is what runs here, fusions first as the default pipeline does.
+    # result itself is what runs here, fusions first as the default pipeline does (+convert-float16 in two runs, the
+    # passes before it shared with the test above).
     model = ir.load(FIXTURES / f"{name}.onnx")
-    result, report = optimize_with_report(model, ["+convert-float16"], target="cuda", verify=False, raise_errors=True)
+    before, after = split_pipeline("convert-float16", ["+convert-float16"], target="cuda")
+    fused, _ = _fused(fused_fixtures, name, before, target="cuda", verify=False)
+    result, report = optimize_with_report(fused.clone(), after, target="cuda", verify=False, raise_errors=True)
     assert next(r for r in report.passes if r.name == "convert-float16").status == "applied"
     inputs = make_inputs(model, {"batch": 3, "sequence": 65})
     mask = np.ones_like(inputs["attention_mask"])
@@ -220,9 +272,12 @@ def test_float16_decoders_stay_finite_on_a_left_padded_batch(name):
 
 
 def test_cli_quantize_embeddings_shrinks_the_file(tmp_path):
+    # The file sizes, unverified (each pass decides what it quantizes on its own budget; verification can only roll
+    # one back): test_quantized_embeddings_match_their_dequantized_twin_exactly verifies the embeddings pass.
     plain, small = tmp_path / "plain.onnx", tmp_path / "small.onnx"
-    assert main(["optimize", str(EXAMPLE_MODEL), "-o", str(plain), "--quantize", "dynamic"]) == 0
+    assert main(["optimize", str(EXAMPLE_MODEL), "-o", str(plain), "--quantize", "dynamic", "--no-verify"]) == 0
     command = ["optimize", str(EXAMPLE_MODEL), "-o", str(small), "--quantize", "dynamic", "--quantize-embeddings"]
+    command.append("--no-verify")
     assert main(command) == 0
     assert small.stat().st_size < plain.stat().st_size
     assert "Cast" in computed_op_types(ir.load(small))
@@ -237,10 +292,14 @@ def test_static_shapes_and_approximate_passes_verify_at_the_bound_batch(flags):
     assert record.status == "applied", record.detail
 
 
-def test_a_realization_that_differs_from_its_twin_is_rolled_back(monkeypatch):
+def test_a_realization_that_differs_from_its_twin_is_rolled_back(monkeypatch, fused_fixtures):
     # One layer's int8 weight scale written 2x too large: the accuracy floor would let it
-    # through on this model; the twin check does not.
+    # through on this model; the twin check does not. quantize="dynamic" in two runs, the passes before the
+    # quantizer run once for both checks.
     from passes.quantization import dynamic
+
+    before, after = split_pipeline("quantize-dynamic", quantize="dynamic")
+    fused, _ = _fused(fused_fixtures, "example", before)
 
     original, broken = dynamic._quantize_matmul, []
 
@@ -252,20 +311,21 @@ def test_a_realization_that_differs_from_its_twin_is_rolled_back(monkeypatch):
             broken.append(layer.name)
 
     monkeypatch.setattr(dynamic, "_quantize_matmul", doubled_scale)
-    _, report = optimize_with_report(ir.load(EXAMPLE_MODEL), quantize="dynamic")
+    _, report = optimize_with_report(fused.clone(), after, quantize="dynamic")
     record = next(r for r in report.passes if r.name == "quantize-dynamic")
     assert broken and record.status == "rolled back"
     assert "uses other weights than its twin's" in record.detail  # the layer alone, on probe rows
     broken.clear()
     without_layer_probe(monkeypatch)  # behind it, the whole model against its twin
-    _, report = optimize_with_report(ir.load(EXAMPLE_MODEL), quantize="dynamic")
+    _, report = optimize_with_report(fused.clone(), after, quantize="dynamic")
     record = next(r for r in report.passes if r.name == "quantize-dynamic")
     assert broken and record.status == "rolled back"
     assert "differs from its twin" in record.detail
 
 
 def test_quantized_embeddings_match_their_dequantized_twin_exactly():
-    _, report = optimize_with_report(ir.load(EXAMPLE_MODEL), quantize_embeddings=True)
+    # The pass alone: its twin is what is read, not the fusions the default pipeline runs before it.
+    _, report = optimize_with_report(ir.load(EXAMPLE_MODEL), ["quantize-embeddings"], quantize_embeddings=True)
     record = next(r for r in report.passes if r.name == "quantize-embeddings")
     assert record.status == "applied", record.detail
     assert "dequantized int8 rows" in record.twin and "(float32 tolerance)" in record.twin

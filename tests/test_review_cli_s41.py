@@ -5,7 +5,8 @@ plain tests now. Every case runs the real
 ``python -m optimizer.cli`` in a subprocess (exit code, stderr and the files left are what a user sees),
 on a 2 KiB affine model built here, saved with external data where the case needs weights files; where one
 case is swept over several names or arguments, one of them runs in a subprocess and the rest call ``main`` in
-this process (the same exit code, stderr and files, without an interpreter's start-up each).
+this process (the same exit code, stderr and files, without an interpreter's start-up each), as does a step that
+only makes the files a case starts from.
 
 Findings, worst first:
 - A classifier whose weights are external data (``onnx.save(..., save_as_external_data=True)``) and whose
@@ -233,8 +234,10 @@ def test_static_shapes_at_batch_two_can_be_compared(folder):
     assert done.returncode == 0, done.stderr.strip()
 
 
-def test_compare_runs_a_model_that_fixes_its_batch_on_inputs_of_that_batch(folder):
-    fixed = run_graphopt(folder, "optimize", "m.onnx", "-o", "s.onnx", "--static-shapes", "--dim", "batch=2", "-q")
+def test_compare_runs_a_model_that_fixes_its_batch_on_inputs_of_that_batch(folder, monkeypatch, capsys):
+    # The model to compare is made through main in this process; the comparison, the case, in a subprocess.
+    argv = ["optimize", "m.onnx", "-o", "s.onnx", "--static-shapes", "--dim", "batch=2", "-q"]
+    fixed = _graphopt(folder, *argv, subprocess_run=False, monkeypatch=monkeypatch, capsys=capsys)
     assert fixed.returncode == 0, fixed.stderr
     np.savez(folder / "two.npz", x=np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32))
     done = run_graphopt(folder, "compare", "m.onnx", "s.onnx", "--inputs", "two.npz", *QUICK, "-q")
@@ -248,8 +251,11 @@ def test_a_compare_batch_over_the_limit_is_refused_before_the_model_is_written(f
     assert not (folder / "out.onnx").exists(), "the comparison mistake cost the optimization and left its model"
 
 
-def test_an_old_weights_name_that_is_now_a_folder_is_no_traceback(folder):
-    assert run_graphopt(folder, "optimize", "m.onnx", "-o", "out.onnx", "-q").returncode == 0
+def test_an_old_weights_name_that_is_now_a_folder_is_no_traceback(folder, monkeypatch, capsys):
+    # The earlier output through main in this process; the run over it, the case, in a subprocess.
+    argv = ["optimize", "m.onnx", "-o", "out.onnx", "-q"]
+    earlier = _graphopt(folder, *argv, subprocess_run=False, monkeypatch=monkeypatch, capsys=capsys)
+    assert earlier.returncode == 0, earlier.stderr
     (folder / "out.onnx.data").unlink()
     (folder / "out.onnx.data").mkdir()  # the old out.onnx still names it
     done = run_graphopt(folder, "optimize", "m.onnx", "-o", "out.onnx", "-q")

@@ -142,7 +142,9 @@ def test_a_decoder_with_external_data_is_optimized_as_far_as_the_same_decoder_in
     folder.mkdir()
     onnx.save(proto, folder / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
     monkeypatch.chdir(tmp_path)  # a working folder other than the model's, as a CLI user has
-    _, inline = optimize_with_report(FIXTURES / "llama_kv_legacy.onnx", output=tmp_path / "inline.onnx")
+    # The inline decoder through the passes alone (the external one's run is verified, and a pass rolled back there
+    # but not here leaves another node count).
+    _, inline = optimize_with_report(FIXTURES / "llama_kv_legacy.onnx", output=tmp_path / "inline.onnx", verify=False)
     _, external = optimize_with_report(folder / "m.onnx", output=tmp_path / "external.onnx")
     status = {record.name: record.status for record in external.passes}
     assert status["simplify-shapes"] == "applied", [r.refusals for r in external.passes if r.name == "simplify-shapes"]

@@ -196,6 +196,7 @@ def test_optimize_calibrates_on_a_folder_and_reports_what_it_mended(tmp_path, sa
 def test_cli_takes_a_calibration_folder(tmp_path, samples, capsys):
     folder = _npz_folder(tmp_path / "cal", samples, rows=5)
     command = ["optimize", str(EXAMPLE_MODEL), "-o", str(tmp_path / "o.onnx"), "--quantize", "static"]
+    command += ["--passes", "quantize-static"]  # the quantizer alone, as above
     assert main([*command, "--calibration", str(folder)]) == 0
     assert "applied" in capsys.readouterr().out
 
@@ -213,9 +214,9 @@ def test_skeleton_round_trip(tmp_path, model):
         next(n.inputs[0].name for n in model.graph if n.op_type == "Gather" and n.inputs[1].name == "input_ids")
     ].shape[0]
     assert 0 <= arrays["input_ids"].min() and arrays["input_ids"].max() < vocabulary
-    # optimize verifies and calibrates on it, and compare measures on it
+    # optimize verifies and calibrates on it (the quantizer alone, as above), and compare measures on it
     output = tmp_path / "int8.onnx"
-    _, report = optimize_with_report(EXAMPLE_MODEL, ["+quantize-dynamic"], output=output, inputs=path, calibration=path)
+    _, report = optimize_with_report(EXAMPLE_MODEL, ["quantize-dynamic"], output=output, inputs=path, calibration=path)
     assert report.input_sets[0] == f"--inputs {path}"
     assert next(r for r in report.passes if r.name == "quantize-dynamic").status == "applied"
     comparison = compare(EXAMPLE_MODEL, output, settings=QUICK, inputs=path)
@@ -231,6 +232,7 @@ def test_optimize_compare_measures_accuracy_on_the_calibration_folder(tmp_path, 
     folder = _npz_folder(tmp_path / "cal", samples, rows=5)
     report = tmp_path / "comparison.json"
     command = ["optimize", str(EXAMPLE_MODEL), "-o", str(tmp_path / "o.onnx"), "--quantize", "dynamic"]
+    command += ["--passes", "quantize-dynamic"]  # the quantizer alone, as above
     command += ["--calibration", str(folder), "--compare", "--threads", "1", "--time-budget", "0.5"]
     command += ["--iterations", "5", "--warmup", "1", "--json", str(report)]
     assert main(command) == 0
