@@ -2320,8 +2320,9 @@ def _relative_lengths(shape: tuple[int, ...]) -> np.ndarray:
 def _row_length(model: ir.Model, value: ir.Value, dims: Mapping[str, int]) -> int | None:
     """The length a per-row lengths input (``_LENGTHS_NAME``, shaped ``[batch]``: onnx-asr's ``waveforms_lens``,
     NeMo's ``length``, Piper's ``input_lengths``) gives each row: the size ``dims`` binds the one symbolic dim, not a
-    batch, of the input its name starts with (``waveforms``), else of all inputs; None where that is not one dim. A
-    static dim is a batch where another input of rank 2 or more leads with it (``[1]`` beside ``[1, length]``).
+    batch, of the input its name starts with (``waveforms``), else of all inputs; None where that is not one dim, or
+    where it is past a table the lengths also index or the trips of a Loop they count. A static dim is a batch where
+    another input of rank 2 or more leads with it (``[1]`` beside ``[1, length]``).
     Drawn 0 or 1, as other integers, such lengths masked every frame of a speech front end: its features were zeros
     before and after, and a rewrite scaling its mel filterbank verified. The batch is one named like it, else one
     guessed (``_batch_like_dims``) or leading an input of rank 2 or more (``_leading_dims``: torch's dynamo export of
@@ -2351,7 +2352,18 @@ def _row_length(model: ir.Model, value: ir.Value, dims: Mapping[str, int]) -> in
         }
 
     found = lengths([other for other in others if prefix and other.name == prefix]) or lengths(others)
-    return dims.get(next(iter(found))) if len(found) == 1 else None
+    length = dims.get(next(iter(found))) if len(found) == 1 else None
+    if length is None:
+        return None
+    # Lengths that also index a table (a length bucket's embedding), or count a Loop's trips (``max_length [1]``
+    # beside ``input_ids [1, T]``), are drawn as such: a row's full length past the table, or past the trips a body
+    # indexing a table allows, made ONNX Runtime refuse every generated input (review s74 late4).
+    table = _index_range(value, dims)
+    loops = _loops_counted_by(value)
+    trips = _trips_allowed(loops, dims) if loops else None
+    if (table is not None and length >= table) or (loops and (trips is None or length > trips)):
+        return None
+    return length
 
 
 def _raw_data(value: ir.Value, dims: Mapping[str, int] | None = None, *, widest: bool = False) -> bool:

@@ -19,6 +19,9 @@ _NAMED = {
     "test_quantizations_budget_search_does_not_measure_a_dropouts_output_on_other_masks": (
         "Quantization's own budget search still measures"
     ),
+    "test_int8_whose_error_reaches_a_drawn_output_alone_is_not_scored_on_another": (
+        "the budget scores the layer on them"
+    ),
 }
 
 
