@@ -58,6 +58,21 @@ from optimizer.class_scores import (
     picked_ids,
 )
 from optimizer.domains import is_onnx_domain, onnx_opset
+from optimizer.draws import (  # noqa: F401 (NONDETERMINISTIC_OPS re-exported: its callers import it from here)
+    FED_MARK,
+    NONDETERMINISTIC_OPS,
+    READ_MARK,
+    Draw,
+    draw_values,
+    drawn_outputs,
+    main_draws,
+    may_draw,
+    reached_from,
+    read_name,
+    undrawn,
+    values_reaching,
+    with_draws_fed,
+)
 from optimizer.errors import (
     GeneratedInputsRefusedError,
     GeneratedOutputsConstantError,
@@ -220,13 +235,6 @@ NOISE_CAP = 1e-2
 # budget instead. Without one from the user, this floor only catches a broken
 # rewrite; it is not a quality claim (a good int8 encoder keeps cosine > 0.99).
 DEFAULT_APPROXIMATION_FLOOR = AccuracyBudget(min_cosine=0.9)
-
-# Ops whose outputs change from run to run; outputs that depend on them are not compared. A Dropout draws its mask
-# in training mode (a graph exported from model.train()): compared, every rewrite of it was rolled back for its
-# draws; in inference mode its outputs do not change between the two runs, and are compared.
-NONDETERMINISTIC_OPS = frozenset(
-    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"}
-)
 
 
 @dataclass
@@ -2166,7 +2174,7 @@ def _streamed_drift(
     """The candidate's drift from the original, both run batch by batch side by side (as deployed:
     ORT's full optimizations): samples streamed from disk (``SampleData``) may be more than memory
     holds, and so may the outputs of either model on all of them. The original's outputs named in ``random`` (drawn:
-    ``Verifier.skipped``) are not measured (``_undrawn``)."""
+    ``Verifier.skipped``) are not measured (``undrawn``)."""
     # An ArgMax's ids are read with the logits they pick among beside them (``budget_runs``), on each side its own.
     (original_probe, original_picks), (candidate_probe, candidate_picks) = map(logits_exposed, (original, candidate))
     original_names = [value.name for value in original.graph.outputs]
@@ -2180,7 +2188,7 @@ def _streamed_drift(
         def pairs():  # each batch read once: its padding is taken out of both runs (optimizer.padding.unpadded)
             for batch in batches:
                 run = (
-                    _undrawn(with_logits(run_session(reference, batch), original_picks, original_names), random),
+                    undrawn(with_logits(run_session(reference, batch), original_picks, original_names), random),
                     with_logits(run_session(session, batch), candidate_picks, candidate_names),
                 )
                 for before, after in unpadded(original, [batch], [run]):
@@ -2190,367 +2198,12 @@ def _streamed_drift(
         return paired_drift(pairs(), *class_score_layout(original), argmax_outputs(original))
 
 
-def _undrawn(run: Mapping[str, Any], random: Collection[str]) -> dict[str, Any]:
-    """One run of the original less its outputs named in ``random`` (drawn: ``Verifier.skipped``), which the accuracy
-    budget does not measure: two runs draw other numbers (a training-mode Dropout's mask in each run of ONNX Runtime),
-    and int8 of a model with a drawn output beside a deterministic one missed the budget at a cosine of 0.46 on them,
-    rolled back as inaccurate (review s74 late2)."""
-    return {name: value for name, value in run.items() if name not in random}
-
-
-def _may_draw(node: ir.Node) -> bool:
-    """Whether ``node`` may draw random numbers (``NONDETERMINISTIC_OPS``): a Dropout only where it is given a
-    ``training_mode`` that is not a constant False (without one, or below opset 12, it passes its input through)."""
-    if node.op_type not in NONDETERMINISTIC_OPS:
-        return False
-    if node.op_type != "Dropout":
-        return True
-    training = node.inputs[2] if len(node.inputs) > 2 else None
-    if training is None:
-        return False
-    constant = ir.convenience.get_const_tensor(training)
-    return constant is None or bool(np.any(constant.numpy()))
-
-
-def _draws_on_every_run(node: ir.Node) -> bool:
-    """Whether ``node``, a node of the main graph, draws random numbers whatever the inputs: a random op of
-    ``NONDETERMINISTIC_OPS``, a Dropout only where its ``training_mode`` is a constant True and its ratio the default
-    or a constant above 0 (an overridable default, or a ratio or mode fed as an input, may be 0 or False)."""
-    if node.op_type != "Dropout":
-        return node.op_type in NONDETERMINISTIC_OPS
-    training, ratio = (_fixed(node.inputs[index]) if len(node.inputs) > index else None for index in (2, 1))
-    if training is None or not bool(np.all(training)):
-        return False
-    return (len(node.inputs) < 2 or node.inputs[1] is None) or (ratio is not None and bool(np.all(ratio > 0)))
-
-
-def _fixed(value: ir.Value | None) -> np.ndarray | None:
-    """A constant's value, None for a computed value or a graph input's default (a caller may override it)."""
-    return None if value is None or value.is_graph_input() else _constant_of(value)
-
-
-def _drawn_outputs(graph: ir.Graph, functions: Mapping[ir.OperatorIdentifier, ir.Function] | None = None) -> set[str]:
-    """Names of ``graph``'s outputs computed from a draw of a node of ``graph`` itself (``_draws_on_every_run``, or a
-    call of one of the model's local ``functions`` whose body so draws: ``_drawing_functions``), through its nodes'
-    inputs or the outer values their subgraphs read. Such a node runs on every run, so these outputs are random
-    whatever a few runs happened to draw: a Bernoulli over one value draws the same in five runs once in 16, a
-    Multinomial of 0.7 and 0.3 once in 6. (A draw inside a branch or a loop body may never run; its outputs are found
-    by running the original.)"""
-    return _reached_by_draws(graph, _drawing_functions(functions or {}))
-
-
-def _drawing_functions(functions: Mapping[ir.OperatorIdentifier, ir.Function]) -> dict[ir.OperatorIdentifier, set[int]]:
-    """For each local function of ``functions`` whose body draws on every call (through the functions it calls too),
-    the positions of its outputs a draw reaches (``_reached_by_draws``): a sampler written as a function was never
-    known random, its outputs compared, and every rewrite of its model rolled back for the other numbers it drew
-    (review s74)."""
-    drawing: dict[ir.OperatorIdentifier, set[int]] = {}
-    grown = True
-    while grown:  # to a fixed point over nested calls; the sets only grow
-        grown = False
-        for key, function in functions.items():
-            reached = _reached_by_draws(function.graph, drawing)
-            positions = {index for index, value in enumerate(function.outputs) if value.name in reached}
-            if positions != drawing.get(key, set()):
-                drawing[key], grown = positions, True
-    return drawing
-
-
-def _reached_by_draws(graph: ir.Graph, drawing: Mapping[ir.OperatorIdentifier, set[int]]) -> set[str]:
-    """Names of ``graph``'s outputs a draw of its own nodes reaches (``_drawn_outputs``), ``drawing`` the positions of
-    the outputs a call of each local function draws (``_drawing_functions``)."""
-
-    def drawn_by(node: ir.Node) -> list[ir.Value]:
-        if _draws_on_every_run(node):
-            return list(node.outputs)
-        positions = drawing.get(node.op_identifier(), set())
-        return [value for index, value in enumerate(node.outputs) if index in positions]
-
-    reached: set[int] = set()
-    if not any(drawn_by(node) for node in graph):
-        return set()
-    grown = True
-    while grown:  # once over a sorted graph, and once more to see nothing grew (ONNX Runtime runs unsorted ones too)
-        before = len(reached)
-        for node in graph:
-            if node.op_type in ("Shape", "Size"):
-                continue  # a draw's shape is no draw: a rewrite wrong in it must still be caught
-            if any(id(value) in reached for value in _values_read(node)):
-                reached.update(id(value) for value in node.outputs)
-            else:
-                reached.update(id(value) for value in drawn_by(node))
-        grown = len(reached) > before
-    return {value.name for value in graph.outputs if id(value) in reached}
-
-
 def _nodes_and_subgraphs(graph: ir.Graph) -> Iterator[ir.Node]:
     """``graph``'s nodes and those of their subgraphs (not onnx-ir's recursive iterator, which fails on a function's
     graph attribute that refers to its caller's)."""
     for node in graph:
         yield node
         yield from nodes_within(node)
-
-
-def _values_read(node: ir.Node) -> Iterator[ir.Value]:
-    """The values ``node`` reads: its inputs (less those whose values it cannot pass on, ``_passes_on``), and those its
-    subgraphs' nodes read (values from outside among them; of an ``If`` of a constant condition, the branch it takes:
-    a draw read only in the other made its outputs random, never compared, until review s74)."""
-    yield from (value for index, value in enumerate(node.inputs) if value is not None and _passes_on(node, index))
-    inner_nodes = nodes_within(node)
-    if node.op_type == "If" and is_onnx_domain(node) and (condition := _fixed(node.inputs[0])) is not None:
-        taken = node.attributes.get("then_branch" if bool(np.all(condition)) else "else_branch")
-        branch = taken.as_graph() if taken is not None and not taken.is_ref() else None
-        inner_nodes = (inner for top in branch or () for inner in (top, *nodes_within(top)))
-    for inner in inner_nodes:
-        yield from (value for value in inner.inputs if value is not None)
-
-
-# Draws of finite values only, which a constant 0 multiplies away (a Dropout passes its input's inf on).
-_FINITE_DRAWS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli"})
-
-
-def _passes_on(node: ir.Node, index: int) -> bool:
-    """Whether the values of input ``index`` of ``node`` can reach its outputs' values: not the dtype ``CastLike``
-    reads, the side a constant condition of ``Where`` never picks, nor a finite draw multiplied by a constant 0 (a
-    DDIM step exported at eta 0 adds ``0 * RandomNormalLike``): a deterministic output read as drawn was never
-    compared, and a model of such outputs alone was refused as unverifiable (review s73 late1)."""
-    if not is_onnx_domain(node):
-        return True
-    if node.op_type == "CastLike":
-        return index == 0
-    if node.op_type == "Where" and index in (1, 2) and (condition := _fixed(node.inputs[0])) is not None:
-        return bool(np.any(condition if index == 1 else ~condition.astype(bool)))
-    if node.op_type == "Mul" and len(node.inputs) == 2 and (value := node.inputs[index]) is not None:
-        factor = _fixed(node.inputs[1 - index])
-        producer = value.producer()
-        drawn = producer is not None and is_onnx_domain(producer) and producer.op_type in _FINITE_DRAWS
-        return not (drawn and factor is not None and factor.size > 0 and not np.any(factor))
-    return True
-
-
-# Names verification gives what it adds to a model whose draws it feeds (``_with_draws_fed``), after the draw's key (the
-# name of its first output): the graph input its random values are fed under (a Dropout's: its mask), and the outputs
-# that expose the draw's computed inputs.
-_FED = "::graphopt_drawn"
-_READ = "::graphopt_read_by_draw"
-_DRAW_INPUT_NAMES = {"Dropout": ("data", "ratio", "training_mode")}
-# The draws' attribute defaults (ONNX's operator schemas): one written out, or left out where it was written, draws
-# the same; read as a changed draw ("scale unset → 1.0"), such a correct rewrite was rolled back (review s74 late2).
-# Not a ``*Like``'s or a Bernoulli's dtype, whose default is its input's.
-_DRAW_DEFAULTS: dict[str, dict[str, Any]] = {
-    "RandomNormal": {"mean": 0.0, "scale": 1.0, "dtype": ir.DataType.FLOAT.value},
-    "RandomNormalLike": {"mean": 0.0, "scale": 1.0},
-    "RandomUniform": {"low": 0.0, "high": 1.0, "dtype": ir.DataType.FLOAT.value},
-    "RandomUniformLike": {"low": 0.0, "high": 1.0},
-    "Multinomial": {"sample_size": 1, "dtype": ir.DataType.INT32.value},
-}
-
-
-def _main_draws(graph: ir.Graph) -> dict[str, ir.Node]:
-    """The nodes of ``graph`` itself (not of its subgraphs, nor calls of functions) that may draw random numbers
-    (``_may_draw``), by the name of their first output; not a Dropout of a constant ratio 0, which keeps every value
-    (a rewrite may drop it)."""
-    return {
-        node.outputs[0].name: node
-        for node in graph
-        if is_onnx_domain(node) and _may_draw(node) and node.outputs and node.outputs[0].name and not _keeps_all(node)
-    }
-
-
-def _keeps_all(node: ir.Node) -> bool:
-    ratio = _fixed(node.inputs[1]) if node.op_type == "Dropout" and len(node.inputs) > 1 else None
-    return ratio is not None and not np.any(ratio)
-
-
-def _reached_from(graph: ir.Graph, values: Sequence[ir.Value]) -> set[str]:
-    """Names of ``graph``'s outputs whose values ``values`` reach, as ``_reached_by_draws`` follows a draw."""
-    reached = {id(value) for value in values}
-    grown = True
-    while grown:
-        before = len(reached)
-        for node in graph:
-            if node.op_type not in ("Shape", "Size") and any(id(value) in reached for value in _values_read(node)):
-                reached.update(id(value) for value in node.outputs)
-        grown = len(reached) > before
-    return {value.name for value in graph.outputs if id(value) in reached}
-
-
-def _reaching(graph: ir.Graph, names: set[str]) -> set[int]:
-    """The ids of ``graph``'s values whose values reach one of its outputs named in ``names``, as ``_reached_from``
-    follows them: one walk back over the graph for all of its draws."""
-    reaching = {id(value) for value in graph.outputs if value.name in names}
-    grown = True
-    while grown:
-        before = len(reaching)
-        for node in reversed(graph):
-            if node.op_type not in ("Shape", "Size") and any(id(value) in reaching for value in node.outputs):
-                reaching.update(id(value) for value in _values_read(node))
-        grown = len(reaching) > before
-    return reaching
-
-
-def _shown(value: Any) -> str:
-    """An attribute's or a constant input's value in a reason: a scalar as itself, a tensor by its shape."""
-    if value is None:
-        return "unset"
-    if isinstance(value, ir.TensorProtocol):
-        value = value.numpy()
-    if isinstance(value, np.ndarray):
-        return str(value.item()) if value.size == 1 else f"a {list(value.shape)} tensor"
-    return str(value)
-
-
-def _same_value(first: Any, second: Any) -> bool:
-    # A runtime protocol's isinstance is slow (a model of 600 draws spent 0.4 s a check here): scalars first.
-    plain = (int, float, str, type(None))
-    arrays = [
-        value.numpy() if not isinstance(value, plain) and isinstance(value, ir.TensorProtocol) else value
-        for value in (first, second)
-    ]
-    if any(isinstance(array, np.ndarray) for array in arrays):
-        return (
-            all(isinstance(array, np.ndarray) for array in arrays)
-            and arrays[0].dtype == arrays[1].dtype
-            and np.array_equal(arrays[0], arrays[1])
-        )
-    return type(arrays[0]) is type(arrays[1]) and arrays[0] == arrays[1]
-
-
-@dataclass
-class _Draw:
-    """A draw of the base's main graph (``_may_draw``) that verification feeds (``_FedDraws``): its ``node``, the dtype
-    of the values it draws (a Dropout's mask: bool), and a Dropout's data type."""
-
-    node: ir.Node
-    dtype: ir.DataType
-    data: ir.DataType | None = None
-
-    @property
-    def computed(self) -> list[int]:
-        """The positions of its inputs that are computed (not constants): exposed as outputs, compared there."""
-        return [index for index, value in enumerate(self.node.inputs) if value is not None and _fixed(value) is None]
-
-    def differs(self, node: ir.Node) -> str | None:
-        """How ``node``, the rewrite's node of this draw's key, draws otherwise, in words: its op, an attribute or a
-        constant input (its computed inputs are compared as outputs); None where it draws as this one does."""
-        if node.op_type != self.node.op_type:
-            return f"{self.node.op_type} → {node.op_type}"
-        defaults = _DRAW_DEFAULTS.get(node.op_type, {})
-        ours = {**defaults, **{name: attribute.value for name, attribute in self.node.attributes.items()}}
-        theirs = {**defaults, **{name: attribute.value for name, attribute in node.attributes.items()}}
-        for name in sorted(ours.keys() | theirs.keys()):
-            if not _same_value(ours.get(name), theirs.get(name)):
-                return f"{name} {_shown(ours.get(name))} → {_shown(theirs.get(name))}"
-        labels = _DRAW_INPUT_NAMES.get(node.op_type, ())
-        for index in range(max(len(self.node.inputs), len(node.inputs))):
-            mine, other = (inputs[index] if index < len(inputs) else None for inputs in (self.node.inputs, node.inputs))
-            label = labels[index] if index < len(labels) else f"input {index}"
-            if (mine is None) != (other is None):
-                return f"{label} {'given' if mine is None else 'left out'}"
-            if mine is None or (fixed := _fixed(mine)) is None:
-                continue
-            found = _fixed(other)
-            if found is None or not _same_value(fixed, found):
-                return f"{label} {_shown(fixed)} → {'computed' if found is None else _shown(found)}"
-        return None
-
-
-def _read_name(key: str, index: int) -> str:
-    return f"{key}{_READ}{index}"
-
-
-def _draw_values(
-    model: ir.Model, draws: Mapping[str, ir.Node], input_sets: Sequence[Mapping[str, np.ndarray]]
-) -> tuple[list[dict[str, np.ndarray]], dict[str, _Draw]]:
-    """What ``draws`` (nodes of ``model``'s main graph, by key) draw in one run of ``model`` on each input set, by
-    the name they are fed under (``_with_draws_fed``), and each as a ``_Draw``. A Dropout's draw is its mask: one that
-    leaves it out is given it in the run."""
-    probe = model.clone()
-    found = _main_draws(probe.graph)
-    exposed: dict[str, str] = {}  # fed name -> the probe's value
-    data: dict[str, str] = {}  # a Dropout's key -> its output's name, for its data type
-    for key in draws:
-        node = found[key]
-        if node.op_type != "Dropout":
-            exposed[key + _FED] = key
-            continue
-        data[key] = key
-        if len(node.outputs) < 2 or not node.outputs[1].name:
-            twin = ir.Node("", "Dropout", node.inputs, node.attributes.values(), num_outputs=2, name=node.name)
-            ir.convenience.replace_nodes_and_values(
-                probe.graph, node, [node], [twin], [node.outputs[0]], [twin.outputs[0]]
-            )
-            twin.outputs[1].name = key + _FED
-            node = twin
-        exposed[key + _FED] = node.outputs[1].name
-    with inference_session(exposing(probe, [*exposed.values(), *data.values()])) as session:
-        runs = [run_session(session, inputs) for inputs in input_sets]
-    values = [{fed: run[name] for fed, name in exposed.items()} for run in runs]
-    fed = {
-        key: _Draw(
-            node,
-            ir.DataType.from_numpy(values[0][key + _FED].dtype),
-            ir.DataType.from_numpy(runs[0][data[key]].dtype) if key in data else None,
-        )
-        for key, node in draws.items()
-    }
-    return values, fed
-
-
-def _with_draws_fed(model: ir.Model, draws: Mapping[str, _Draw], renamed: Mapping[str, str] | None = None) -> ir.Model:
-    """A copy of ``model`` in which each node of its main graph of a key of ``draws`` reads what it draws from a graph
-    input (``key + _FED``) instead: a random op becomes an ``Identity`` of it; a Dropout computes ``x * mask / (1 -
-    ratio)`` from the mask fed, as ONNX Runtime does (``x`` where ``training_mode`` is false: ``_fed_dropout``), and
-    outputs the mask where it did. Each computed input of such a node is also an output
-    (``_read_name``), so the values it draws from are compared too. The same in every model it is given, so two
-    models fed one draw compute the same where they compute the same from it. ``renamed`` gives the key of a draw
-    ``model`` names otherwise (``_FedDraws.matched``), by its name there."""
-    copy = model.clone()
-    graph = copy.graph
-    for name, node in _main_draws(graph).items():
-        key = (renamed or {}).get(name, name)
-        draw = draws.get(key)
-        if draw is None:
-            continue
-        for index in draw.computed:
-            read = ir.node("Identity", [node.inputs[index]], name=_read_name(key, index))
-            read.outputs[0].name = _read_name(key, index)
-            graph.insert_before(node, read)
-            graph.outputs.append(read.outputs[0])
-        fed = ir.Value(name=key + _FED, type=ir.TensorType(draw.dtype))
-        graph.inputs.append(fed)
-        if node.op_type != "Dropout":
-            new = [ir.node("Identity", [fed], name=key + _FED)]
-            ir.convenience.replace_nodes_and_values(graph, node, [node], new, [node.outputs[0]], [new[0].outputs[0]])
-            continue
-        olds = [node.outputs[0]]
-        if len(node.outputs) > 1 and node.outputs[1].name:
-            olds.append(node.outputs[1])
-        new = _fed_dropout(key, node, fed, draw.data or ir.DataType.FLOAT)[: 7 + len(olds)]
-        ir.convenience.replace_nodes_and_values(graph, node, [node], new, olds, [n.outputs[0] for n in new[7:]])
-    return copy
-
-
-def _fed_dropout(key: str, node: ir.Node, kept: ir.Value, data: ir.DataType) -> list[ir.Node]:
-    """The nodes that compute a Dropout's outputs from its ``kept`` mask, fed (``_with_draws_fed``): seven, then its
-    data output, ``x * mask / (1 - ratio)`` as ONNX Runtime computes it (``x * mask * (1 / (1 - ratio))`` is an ulp
-    off), ``x`` where ``training_mode`` is false, and its mask."""
-    x, ratio, training = (node.inputs[index] if index < len(node.inputs) else None for index in range(3))
-    one = ir.node("Constant", [], {"value": ir.tensor(np.array(1.0, np.float32))}, name=f"{key}{_FED}_one")
-    if ratio is None:
-        share = ir.node("Constant", [], {"value": ir.tensor(np.array(0.5, np.float32))}, name=f"{key}{_FED}_ratio")
-    else:
-        share = ir.node("Cast", [ratio], {"to": ir.DataType.FLOAT}, name=f"{key}{_FED}_ratio")
-    nodes = [one, share, ir.node("Sub", [one.outputs[0], share.outputs[0]], name=f"{key}{_FED}_kept_share")]
-    nodes.append(ir.node("Where", [training, nodes[-1].outputs[0], one.outputs[0]], name=f"{key}{_FED}_divisor_f"))
-    nodes.append(ir.node("Cast", [nodes[-1].outputs[0]], {"to": data}, name=f"{key}{_FED}_divisor"))
-    nodes.append(ir.node("Cast", [kept], {"to": data}, name=f"{key}{_FED}_kept"))
-    nodes.append(ir.node("Mul", [x, nodes[-1].outputs[0]], name=f"{key}{_FED}_masked"))
-    nodes.append(ir.node("Div", [nodes[-1].outputs[0], nodes[-3].outputs[0]], name=f"{key}{_FED}_data"))
-    nodes.append(ir.node("Identity", [kept], name=f"{key}{_FED}_mask"))
-    for new in nodes[:-2]:
-        new.outputs[0].name = new.name
-    return nodes
 
 
 def _dtype_key(dtype: np.dtype) -> str:
@@ -3387,7 +3040,7 @@ class Verifier:
         (neither gets a layer probe: ``qattention_weights_failure``, ``table_probe_failure``), then the whole model
         against the twin (``_check_twin_outputs``), and its outputs computed from draws of the main graph against the
         twin with both fed the base's draws (``_FedDraws.twin_failure``). Where every output is random (``skipped``),
-        the result fails: the accuracy budget measures none of them (``_undrawn``)."""
+        the result fails: the accuracy budget measures none of them (``undrawn``)."""
         if self.references and set(self.references[0]) <= self.skipped:
             # Refused as unverifiable until review s74 (draws); once the exact check could feed the draws, int8 of a
             # training-mode BERT was applied with no output compared with its twin.
@@ -3979,7 +3632,7 @@ class Verifier:
                     self._sample_references = budget_runs(self._original, batches)
                 # Padding as the original shows it (as ``_streamed_drift`` reads it): a candidate fused into
                 # GroupQueryAttention hides none of its logits, and its padded ones are undefined in the original.
-                references = [_undrawn(run, self.skipped) for run in self._sample_references]
+                references = [undrawn(run, self.skipped) for run in self._sample_references]
                 drift = drift_of(candidate, batches, references, layout=self._original)
         except RuntimeRefusedError as error:  # the rewrite is unusable, unless the data is
             self.refuse_unrunnable_samples()
@@ -4143,16 +3796,16 @@ class Verifier:
 
     def _nondeterministic_outputs(self, original: ir.Model) -> frozenset[str]:
         """Outputs of a model that draws random numbers (``NONDETERMINISTIC_OPS``): those computed from a draw of the
-        main graph (``_drawn_outputs``), and those that differ between runs of one session on the first input set.
+        main graph (``drawn_outputs``), and those that differ between runs of one session on the first input set.
         ONNX Runtime draws the same numbers in each new session of one graph (two sessions agreed, and nothing was
         skipped), but other numbers once a rewrite changes the graph (an ``Identity`` removed before
         ``RandomNormalLike``): compared, every rewrite of such a model was rolled back as wrong, and one whose runs
         happened to agree was rolled back by chance. A draw in an untaken branch changes nothing, and its outputs
         are compared."""
         bodies = [node for function in original.functions.values() for node in _nodes_and_subgraphs(function.graph)]
-        if not any(_may_draw(node) for node in [*ir.traversal.RecursiveGraphIterator(original.graph), *bodies]):
+        if not any(may_draw(node) for node in [*ir.traversal.RecursiveGraphIterator(original.graph), *bodies]):
             return frozenset()
-        drawn = _drawn_outputs(original.graph, original.functions)
+        drawn = drawn_outputs(original.graph, original.functions)
         # Several runs, not two: a small output's draws repeat by chance (a Dropout over 8 values draws the same
         # mask twice once in 256 runs), and an output that changed in any pair of runs is random.
         try:
@@ -4182,8 +3835,8 @@ _UNBUILT = object()
 
 class _FedDraws:
     """An exact check of a model whose main graph draws random numbers, with the draws fed: each draw of the base's main
-    graph that reaches an output (``_may_draw``; a Dropout's is its mask) is taken from one run of the base on each
-    input set, and fed to a copy of the base and of each result in which it is no draw (``_with_draws_fed``), where
+    graph that reaches an output (``may_draw``; a Dropout's is its mask) is taken from one run of the base on each
+    input set, and fed to a copy of the base and of each result in which it is no draw (``with_draws_fed``), where
     every output is then compared as deterministic ones are (``verifier``, a ``Verifier`` of the base so fed). Skipped
     as random, a rewrite that doubled a sampler's noise, moved its mean or changed a Dropout's ratio verified, and so
     did one wrong in an output a draw times a computed zero reaches (review s74). A result that draws otherwise
@@ -4191,7 +3844,7 @@ class _FedDraws:
     compared) fails with that reason. Draws inside branches, loop bodies and functions are left as they are: the
     outputs they reach stay random (``Verifier.skipped``), held by their dtype and rank alone."""
 
-    def __init__(self, draws: dict[str, _Draw], verifier: Verifier, outputs: set[str], graph: ir.Graph) -> None:
+    def __init__(self, draws: dict[str, Draw], verifier: Verifier, outputs: set[str], graph: ir.Graph) -> None:
         self.draws = draws
         self.verifier = verifier
         self.compared = outputs - verifier.skipped  # the base's outputs the check compares
@@ -4207,7 +3860,7 @@ class _FedDraws:
                     self.aliases[node.outputs[0].name] = key
 
     def matched(self, found: Mapping[str, ir.Node]) -> dict[str, str]:
-        """The keys of the base's draws by the names of ``found``, a result's draws (``_main_draws``), that draw them:
+        """The keys of the base's draws by the names of ``found``, a result's draws (``main_draws``), that draw them:
         under the key itself or, where none does, under a name an ``Identity`` of it had in the base."""
         keys = {name: name for name in found if name in self.draws}
         for name in found:
@@ -4227,16 +3880,16 @@ class _FedDraws:
         """The check of ``base`` with its draws fed, on ``input_sets``; None where its main graph draws nothing that
         reaches an output, or where, fed, it cannot be checked (ONNX Runtime refuses it, or every output is still
         random)."""
-        found = _main_draws(base.graph)
-        reaching = _reaching(base.graph, {value.name for value in base.graph.outputs}) if found else set()
+        found = main_draws(base.graph)
+        reaching = values_reaching(base.graph, {value.name for value in base.graph.outputs}) if found else set()
         nodes = {key: node for key, node in found.items() if any(id(value) in reaching for value in node.outputs)}
         if not nodes:
             return None
         try:
-            values, draws = _draw_values(base, nodes, input_sets)
+            values, draws = draw_values(base, nodes, input_sets)
             fed = [{**inputs, **drawn} for inputs, drawn in zip(input_sets, values)]
             verifier = Verifier(
-                _with_draws_fed(base, draws), fed, tolerances, labels=labels, constant_outputs_refused=False
+                with_draws_fed(base, draws), fed, tolerances, labels=labels, constant_outputs_refused=False
             )
         except (RuntimeRefusedError, InvalidModelError) as error:
             logger.info("random draws not fed to verification: %s", error)
@@ -4244,13 +3897,13 @@ class _FedDraws:
         if len(verifier.input_sets) < len(input_sets):
             return None
         # A fed mask is no padding: a check that hid the positions it drops would compare less.
-        verifier.masks = [mask for mask in verifier.masks if _FED not in getattr(mask, "name", mask)]
+        verifier.masks = [mask for mask in verifier.masks if FED_MARK not in getattr(mask, "name", mask)]
         return cls(draws, verifier, {value.name for value in base.graph.outputs}, base.graph)
 
     def changed(self, candidate: ir.Model) -> str | None:
         """Why ``candidate`` cannot be checked with the base's draws fed: a draw it removed, or draws otherwise, or one
         it added that reaches an output the check compares; None where it draws as the base does."""
-        found = _main_draws(candidate.graph)
+        found = main_draws(candidate.graph)
         keys = self.matched(found)
         names = {key: name for name, key in keys.items()}
         for key, draw in self.draws.items():
@@ -4259,10 +3912,10 @@ class _FedDraws:
             if (how := draw.differs(found[names[key]])) is not None:
                 return f"the rewrite changed the random draw '{key}' ({how}): its outputs would draw otherwise"
         added = {key: node for key, node in found.items() if key not in keys}
-        reaching = _reaching(candidate.graph, self.compared) if added else set()
+        reaching = values_reaching(candidate.graph, self.compared) if added else set()
         for key, node in added.items():
             if any(id(value) in reaching for value in node.outputs):
-                reached = _reached_from(candidate.graph, node.outputs) & self.compared
+                reached = reached_from(candidate.graph, node.outputs) & self.compared
                 names = ", ".join(repr(name) for name in sorted(reached))
                 return (
                     f"the rewrite added the random draw '{key}' ({node.op_type}), which reaches output"
@@ -4281,11 +3934,11 @@ class _FedDraws:
         drawn = sorted(self.compared & set(random))
         if not drawn:
             return None
-        drawn += [_read_name(key, index) for key, draw in self.draws.items() for index in draw.computed]
+        drawn += [read_name(key, index) for key, draw in self.draws.items() for index in draw.computed]
         if (changed := self.changed(candidate)) is not None:
             return changed
-        fed_twin = _with_draws_fed(twin.model, self.draws, self.matched(_main_draws(twin.model.graph)))
-        fed = _with_draws_fed(candidate, self.draws, self.matched(_main_draws(candidate.graph)))
+        fed_twin = with_draws_fed(twin.model, self.draws, self.matched(main_draws(twin.model.graph)))
+        fed = with_draws_fed(candidate, self.draws, self.matched(main_draws(candidate.graph)))
         try:
             expected = run_sets(fed_twin, self.verifier.input_sets)
             with inference_session(fed, optimization_level="all") as session:
@@ -4309,11 +3962,11 @@ class _FedDraws:
         """``Verifier.check`` of ``candidate`` with the base's draws fed to both."""
         if (changed := self.changed(candidate)) is not None:
             return VerificationResult(error=changed)
-        fed = _with_draws_fed(candidate, self.draws, self.matched(_main_draws(candidate.graph)))
+        fed = with_draws_fed(candidate, self.draws, self.matched(main_draws(candidate.graph)))
         result = self.verifier.check(fed, by_segment=by_segment, rescaled=rescaled)
         for check in result.checks:
-            if _READ in check.name:  # the values a draw reads, exposed: named as such
-                key, index = check.name.rsplit(_READ, 1)
+            if READ_MARK in check.name:  # the values a draw reads, exposed: named as such
+                key, index = check.name.rsplit(READ_MARK, 1)
                 check.detail = check.detail.replace(
                     f"output '{check.name}'", f"input {index} of the random draw '{key}'"
                 )

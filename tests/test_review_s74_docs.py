@@ -16,12 +16,10 @@ _NAMED = {
     "test_samples_that_meet_only_from_the_third_are_calibrated_on_whole_batches": (
         "nor samples that meet only three or more at once"
     ),
-    "test_quantizations_budget_search_does_not_measure_a_dropouts_output_on_other_masks": (
-        "Quantization's own budget search still measures"
-    ),
     "test_int8_whose_error_reaches_a_drawn_output_alone_is_not_scored_on_another": (
         "the budget scores the layer on them"
     ),
+    "test_a_budget_holds_a_drawn_output_fed_the_same_draws": "on a drawn output is bounded by no budget",
 }
 
 

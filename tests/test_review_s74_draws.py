@@ -222,12 +222,12 @@ def test_the_corpus_training_dropout_verifies_and_a_wrong_rewrite_of_it_fails():
 
 @pytest.mark.parametrize("ratio", [0.75, 0.1])
 def test_a_fed_dropout_computes_what_onnx_runtimes_does_with_that_mask(ratio):
-    from optimizer.verify import _draw_values, _main_draws, _with_draws_fed
+    from optimizer.draws import draw_values, main_draws, with_draws_fed
 
     model, inputs = _corpus_dropout(ratio)
     ran = run_model(model, inputs)
-    fed = _draw_values(model, _main_draws(model.graph), [inputs])[1]
-    computed = run_model(_with_draws_fed(model, fed), {**inputs, "y::graphopt_drawn": ran["mask"]})
+    fed = draw_values(model, main_draws(model.graph), [inputs])[1]
+    computed = run_model(with_draws_fed(model, fed), {**inputs, "y::graphopt_drawn": ran["mask"]})
     np.testing.assert_array_equal(computed["mask"], ran["mask"])
     assert computed["y"].tobytes() == ran["y"].tobytes()  # -0.0 where it drops a negative value, as ONNX Runtime
 
@@ -260,7 +260,7 @@ def test_a_model_without_draws_in_its_main_graph_runs_nothing_for_them(monkeypat
     def refused(*args: object) -> None:
         raise AssertionError("the draws of a model without any were run")
 
-    monkeypatch.setattr("optimizer.verify._draw_values", refused)
+    monkeypatch.setattr("optimizer.verify.draw_values", refused)
     model = _model([_N("Relu", ["mean"], ["y"]), _N("Relu", ["mean"], ["z"])], _TWO, {})
     verifier = Verifier(model, [_X])
     assert verifier.check(_copy(model)).ok and verifier._draws_fed() is None

@@ -19,8 +19,9 @@ draws), tried both ways: wrong rewrites that might verify, correct ones that mig
 4. **A draw's default attribute written out** (``scale=1.0`` on ``RandomNormalLike``) was read as a changed draw
    ("scale unset → 1.0") and the correct rewrite rolled back: the draws' schema defaults are filled before comparing.
 
-Left (strict xfail, named in README): quantization's own budget search still measures drawn outputs on the draws each
-run makes, so ``--min-cosine 0.99`` on such a model leaves it float ("cannot be met") though int8 meets it there.
+Quantization's own budget search measured drawn outputs on the draws each run makes, so ``--min-cosine 0.99`` on such
+a model left it float ("cannot be met") though int8 meets it there; its references leave them out since review s74
+drawsmod (``optimizer.draws.undrawn_budget_runs``).
 """
 
 from __future__ import annotations
@@ -160,10 +161,6 @@ def test_an_approximate_result_wrong_on_a_drawn_outputs_path_fails_against_its_t
     assert not result.ok and "both fed the input model's random draws: output 'y'" in result.error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="quantization's budget search measures drawn outputs on the draws each run makes (README: Verification)",
-)
 def test_quantizations_budget_search_does_not_measure_a_dropouts_output_on_other_masks():
     from optimizer.api import optimize_with_report
 

@@ -66,11 +66,12 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
+from optimizer.draws import undrawn_budget_runs
 from optimizer.options import IMPORTANCE_KINDS
 from optimizer.padding import cache_outputs, mask_inputs, padded_at
 from optimizer.parameters import count_parameters
 from optimizer.protocol import Twin
-from optimizer.runtime import budget_runs, cuda_unavailable_reason, drift_of, value_collector
+from optimizer.runtime import cuda_unavailable_reason, drift_of, value_collector
 from optimizer.samples import (
     HOLD_OUT_EVERY,
     few_held_out,
@@ -270,7 +271,7 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
                 "plain SVD of the weights (no --calibration data, --importance magnitude, or too few samples): "
                 "not activation-aware, give calibration data to factor in the metric of the layers' inputs"
             )
-        reference = budget_runs(model, checked) if len(checked) else None
+        reference = undrawn_budget_runs(model, checked) if len(checked) else None
         ranks: dict[str, int | None] = {group.key: group.floor for group in groups}
         if self.budget is not None and not batches:
             self.note("no sample inputs: the budget was not searched")
@@ -278,9 +279,9 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         if self._searching:
             # The budget bounds the whole model against the pipeline's input, as the pipeline's own check does.
             if self.original is not None:
-                bound = budget_runs(self.original, searched)
+                bound = undrawn_budget_runs(self.original, searched)
             else:
-                bound = reference if searched is checked else budget_runs(model, searched)
+                bound = reference if searched is checked else undrawn_budget_runs(model, searched)
             ranks, search_summary = self._search(model, groups, rows, searched, bound, repair)
             if not any(rank is not None for rank in ranks.values()):
                 self.note(f"no ranks meet {self.budget.describe()}: nothing factorized")
