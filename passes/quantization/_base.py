@@ -348,6 +348,10 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
         if not chosen:
             if not layers and not refused:
                 self.note(_nothing_to_quantize(model, self.kinds))
+            else:
+                # A pass asked for by flag that quantizes nothing says why without -v (an already QDQ model's
+                # every layer refused), as one that finds no layer at all does.
+                self.note(_none_quantized(self._state()[1].lines()))
             return self.result(model, modified=False)
         self._changeable = frozenset(layer.name for layer in chosen)
         if self.weight_range_note:
@@ -1254,6 +1258,13 @@ def optimistic_figure(fit: str, budget: AccuracyBudget | None) -> str:
     """``fitted_caveat``'s words for a figure on the calibration samples that ``fit`` ("GPTQ was fitted to")."""
     held = "" if budget is not None else "; an accuracy budget holds some out"
     return f"{fit} (none held out: an optimistic figure{held})"
+
+
+def _none_quantized(refusals: Sequence[str]) -> str:
+    """Why a quantization pass that found layers quantized none of them: its counted refusals, the first three."""
+    shown = "; ".join(refusals[:3])
+    more = f"; -v shows {len(refusals) - 3} more reasons" if len(refusals) > 3 else ""
+    return f"no layer quantized: {shown}{more}"
 
 
 def _nothing_to_quantize(model: ir.Model, kinds: Sequence[str]) -> str:
