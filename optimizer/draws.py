@@ -8,8 +8,10 @@ runs of ONNX Runtime draw other numbers, and so does one graph rewritten: the ou
 (``undrawn`` leaves them out of a run; ``undrawn_budget_runs``, out of an approximate pass's budget reference). The
 draws of the main graph (``main_draws``) can instead be taken from one run of a model (``draw_values``) and fed to
 copies of it and of a rewrite of it (``with_draws_fed``), where those outputs are computed from the same numbers and
-compared as deterministic ones are (``optimizer.verify``'s ``_FedDraws``). A draw inside an ``If``'s branch, a
-``Loop``'s or ``Scan``'s body or a model-local function is not fed: it may draw at each iteration or call, or never.
+compared as deterministic ones are (``optimizer.verify``'s ``_FedDraws``), and measured by the accuracy budgets
+(``budget_references``, ``fed_budget_runs``: ``optimizer.runtime.drift_of`` feeds the candidate). A draw inside an
+``If``'s branch, a ``Loop``'s or ``Scan``'s body or a model-local function is not fed: it may draw at each iteration or
+call, or never.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
+from optimizer.errors import RuntimeRefusedError
 from optimizer.padding import nodes_within
 from optimizer.runtime import budget_runs, exposing, inference_session, run_session
 
@@ -391,6 +394,21 @@ def _fed_dropout(key: str, node: ir.Node, kept: ir.Value, data: ir.DataType) -> 
     return nodes
 
 
+def budget_references(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """An approximate pass's budget reference: ``model``'s runs on ``batches`` with the draws of its main graph that
+    reach an output fed (``fed_budget_runs``), where it has any, which ``optimizer.runtime.drift_of`` feeds a
+    candidate too, so that the outputs they reach are measured on the same numbers; else (and for the outputs a draw
+    not fed reaches) ``undrawn_budget_runs``. Left out of every budget, a drawn output's error was bounded by nothing:
+    low-rank of the layer feeding only a Dropout reported a cosine of 1.0000 under ``--min-cosine 0.99``, the
+    Dropout's output at 0.93 from the input's on one mask (review s74 feedbudget). A model without draws: no copy, no
+    extra run."""
+    if batches and (draws := feedable_draws(model.graph)):
+        fed = fed_budget_runs(model, batches, draws)
+        if fed is not None:
+            return fed
+    return undrawn_budget_runs(model, batches)
+
+
 def undrawn_budget_runs(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:
     """``optimizer.runtime.budget_runs`` of ``model`` on ``batches``, an accuracy budget's reference, less its random
     outputs (``undrawn``), so that an approximate pass's own budget search measures what the pipeline's budget does
@@ -401,7 +419,36 @@ def undrawn_budget_runs(model: ir.Model, batches: Sequence[Mapping[str, np.ndarr
     ``training_mode`` fed as an input, a draw in a branch or a loop body), those that differ between two runs of the
     first batch in one session (ONNX Runtime draws the same numbers in a new session), the first batch run once more
     for it. Where every output is random, the runs as they are (nothing else to measure; the pipeline rolls back an
-    approximate pass of such a model)."""
+    approximate pass of such a model). ``budget_references`` feeds the draws it can first."""
+    runs, drawn = _undrawn_runs(model, batches)
+    return BudgetRuns(runs, drawn) if len(runs) and drawn and not set(runs[0]) >= drawn else runs
+
+
+class BudgetRuns(list):
+    """An accuracy budget's reference runs less the outputs computed from draws that no run feeds (``left_out``)."""
+
+    def __init__(self, runs: Sequence[dict[str, Any]], left_out: Collection[str]) -> None:
+        super().__init__(runs)
+        self.left_out = frozenset(left_out)
+
+
+def left_out_note(reference: Sequence[Mapping[str, Any]] | None) -> str | None:
+    """A pass's note naming the outputs its budget ``reference`` (``budget_references``) does not measure, computed
+    from draws that are not fed; None where it measures every output."""
+    left = sorted(getattr(reference, "left_out", ()))
+    if not left:
+        return None
+    quoted, many = ", ".join(f"'{name}'" for name in left), len(left) > 1
+    return (
+        f"budget: output{'s' if many else ''} {quoted} not measured: computed from random draws that cannot be fed "
+        "the same in each run (in a branch, a loop body or a function, or a Dropout whose training_mode is an input)"
+    )
+
+
+def _undrawn_runs(
+    model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]
+) -> tuple[list[dict[str, Any]], set[str]]:
+    """``budget_runs`` of ``model`` on ``batches`` less its random outputs (``undrawn_budget_runs``), and those."""
     drawn = drawn_outputs(model.graph, model.functions)
     if batches and _may_draw_anywhere(model):
         again, *runs = budget_runs(model, [batches[0], *batches])
@@ -409,8 +456,105 @@ def undrawn_budget_runs(model: ir.Model, batches: Sequence[Mapping[str, np.ndarr
     else:
         runs = budget_runs(model, batches)
     if not drawn or drawn >= {value.name for value in model.graph.outputs}:
-        return runs
-    return [undrawn(run, drawn) for run in runs]
+        return runs, drawn
+    return [undrawn(run, drawn) for run in runs], drawn
+
+
+def feedable_draws(graph: ir.Graph) -> dict[str, ir.Node]:
+    """The draws of ``graph``'s main graph (``main_draws``) that reach an output and that an accuracy budget feeds
+    (``fed_budget_runs``): not a Dropout whose ``training_mode`` is a graph input or computed (a caller may give it
+    False, where it draws nothing)."""
+    found = main_draws(graph)
+    reaching = values_reaching(graph, {value.name for value in graph.outputs}) if found else set()
+    return {
+        key: node
+        for key, node in found.items()
+        if any(id(value) in reaching for value in node.outputs)
+        and (node.op_type != "Dropout" or _fixed(node.inputs[2]) is not None)
+    }
+
+
+class FedBudgetRuns(BudgetRuns):
+    """An accuracy budget's reference runs (``fed_budget_runs``) of a model whose ``draws`` were fed their ``values``
+    (one mapping per batch, by the name each is fed under): ``optimizer.runtime.drift_of`` runs a candidate fed the
+    same values (``candidate_runs``), so the outputs they reach (``measured``) are measured as deterministic ones
+    are. A slice keeps the values of its batches."""
+
+    def __init__(
+        self,
+        runs: Sequence[dict[str, Any]],
+        draws: Mapping[str, Draw],
+        values: Sequence[Mapping[str, np.ndarray]],
+        measured: Collection[str],
+        left_out: Collection[str] = frozenset(),
+    ) -> None:
+        super().__init__(runs, left_out)
+        self.draws, self.values, self.measured = dict(draws), list(values), frozenset(measured)
+        self.shapes: list[dict[str, tuple[int, ...]]] = []  # of the batches the values were drawn on
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return self._like(list.__getitem__(self, index), self.values[index], self.shapes[index], self.left_out)
+        return list.__getitem__(self, index)
+
+    def _like(self, runs: Sequence[dict[str, Any]], values, shapes, left_out: Collection[str]) -> FedBudgetRuns:
+        like = FedBudgetRuns(runs, self.draws, values, self.measured, left_out)
+        like.shapes = list(shapes)
+        return like
+
+    def without(self, random: Collection[str]) -> FedBudgetRuns:
+        """These runs less the outputs of ``random`` (``optimizer.verify.Verifier.skipped``) that no fed draw made
+        measurable (``undrawn``)."""
+        left = set(random) - self.measured
+        return self._like([undrawn(run, left) for run in self], self.values, self.shapes, self.left_out | left)
+
+    def candidate_runs(
+        self, model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The reference to measure ``model`` on ``batches`` by and ``model``'s ``budget_runs`` on them, fed the same
+        draws: these runs and those of a copy of ``model`` fed them (``with_draws_fed``). Where ``model`` does not draw
+        each of them as the reference did (``Draw.differs``: removed, renamed, another ratio), or ``batches`` are not
+        those the values were drawn on, its runs as they are, and the reference less ``measured``."""
+        found = main_draws(model.graph)
+        same = (
+            len(batches) == len(self.values)
+            and all(_shapes(batch) == shapes for batch, shapes in zip(batches, self.shapes))
+            and all(key in found and draw.differs(found[key]) is None for key, draw in self.draws.items())
+        )
+        if not same:
+            return [undrawn(run, self.measured) for run in self], budget_runs(model, batches)
+        fed = [{**batch, **values} for batch, values in zip(batches, self.values)]
+        runs = budget_runs(with_draws_fed(model, self.draws), fed)
+        return list(self), [{name: value for name, value in run.items() if READ_MARK not in name} for run in runs]
+
+
+def fed_budget_runs(
+    model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]], draws: Mapping[str, ir.Node]
+) -> FedBudgetRuns | None:
+    """``undrawn_budget_runs`` of a copy of ``model`` fed ``draws`` (``feedable_draws``) as one run of ``model`` on
+    each batch drew them (``draw_values``, ``with_draws_fed``), the outputs they reach measured
+    (``FedBudgetRuns.measured``). The outputs a draw not fed reaches (in a branch, a loop body or a function, a
+    Dropout's ``training_mode`` fed as an input) stay left out. None where ONNX Runtime cannot run the copy."""
+    try:
+        values, fed = draw_values(model, draws, batches)
+        copy = with_draws_fed(model, fed)
+        runs, random = _undrawn_runs(copy, [{**batch, **drawn} for batch, drawn in zip(batches, values)])
+    except RuntimeRefusedError:
+        return None
+    runs = [{name: value for name, value in run.items() if READ_MARK not in name} for run in runs]
+    random = {name for name in random if READ_MARK not in name}
+    if not runs or random >= {value.name for value in model.graph.outputs}:
+        return None  # every output still random: the runs as they are (``undrawn_budget_runs``)
+    reached = reached_from(model.graph, [value for node in draws.values() for value in node.outputs])
+    left_out = random if not set(runs[0]) >= random else set()
+    reference = FedBudgetRuns(runs, fed, values, reached - random, left_out)
+    reference.shapes = [_shapes(batch) for batch in batches]
+    return reference
+
+
+def _shapes(batch: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shapes of a batch's inputs: a fed reference's draws fit only batches of those."""
+    return {name: np.shape(value) for name, value in batch.items()}
 
 
 def _may_draw_anywhere(model: ir.Model) -> bool:

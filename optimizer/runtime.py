@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import google.protobuf.message
@@ -437,8 +437,9 @@ def remove_folder(path: str | os.PathLike) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def run_session(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Run ``session`` on the inputs it declares and return every output by name."""
+def run_session(session: Any, inputs: Mapping[str, np.ndarray], names: Collection[str] | None = None) -> dict[str, Any]:
+    """Run ``session`` on the inputs it declares and return every output by name (with ``names``, only those of
+    them, in the session's order: ONNX Runtime copies out no other)."""
     feeds = {}
     for meta in session.get_inputs():
         if meta.name not in inputs:  # as ONNX Runtime itself refuses a feed without it (a rewrite added an input)
@@ -448,7 +449,7 @@ def run_session(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any
         if meta.type == "tensor(float16)" and getattr(array, "dtype", None) == np.float32:
             array = array.astype(np.float16)
         feeds[meta.name] = array
-    output_names = [meta.name for meta in session.get_outputs()]
+    output_names = [meta.name for meta in session.get_outputs() if names is None or meta.name in names]
     with calling_onnxruntime("run the model"):
         results = session.run(output_names, feeds)
     return dict(zip(output_names, results))
@@ -488,8 +489,13 @@ def drift_of(
     """``model``'s drift from ``reference`` (the outputs another model gave on ``batches``), run with
     ``run_batches``; positions the batches' padding masks hide are left out (``optimizer.padding.unpadded``), as the
     graph of ``layout`` says (default: ``model``'s). Give the model ``reference`` holds to where a rewrite hides them:
-    a decoder fused into GroupQueryAttention no longer shows which of its logits are padding."""
-    return output_drift(reference, budget_runs(model, batches), batches, model if layout is None else layout)
+    a decoder fused into GroupQueryAttention no longer shows which of its logits are padding. A reference of a model
+    whose draws were fed (``optimizer.draws.FedBudgetRuns``) runs ``model`` fed the same draws."""
+    layout = model if layout is None else layout
+    if (fed := getattr(reference, "candidate_runs", None)) is not None:
+        reference, runs = fed(model, batches)
+        return output_drift(reference, runs, batches, layout)
+    return output_drift(reference, budget_runs(model, batches), batches, layout)
 
 
 def logits_exposed(model: ir.Model) -> tuple[ir.Model, dict[str, Pick]]:

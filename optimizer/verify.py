@@ -63,8 +63,11 @@ from optimizer.draws import (  # noqa: F401 (NONDETERMINISTIC_OPS re-exported: i
     NONDETERMINISTIC_OPS,
     READ_MARK,
     Draw,
+    FedBudgetRuns,
     draw_values,
     drawn_outputs,
+    fed_budget_runs,
+    feedable_draws,
     main_draws,
     may_draw,
     reached_from,
@@ -1883,6 +1886,35 @@ def _cut_at(
     return cut
 
 
+class _DequantizedOnRead(Mapping[str, Any]):
+    """Values by name in ``order``, those named in ``cuts`` (name → the int8 values' name in ``values``, and the
+    cut) dequantized each time they are read, not kept: the segment check reads each once or twice, one at a time
+    (``compare_outputs``, ``_compounded_error``), and a batch of 16 images (a MobileNetV2 at 320x256) held every
+    int8 checkpoint of it dequantized twice (the twin's, the result's: 2 x 0.5 GB) beside the float ones."""
+
+    def __init__(
+        self, order: Sequence[str], values: Mapping[str, Any], cuts: Mapping[str, tuple[str, _QuantizedCut]]
+    ) -> None:
+        self._order, self._values, self._cuts = list(order), values, dict(cuts)
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._cuts:
+            source, cut = self._cuts[name]
+            return cut.dequantize(self._values[source])
+        if name not in self._order:
+            raise KeyError(name)
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._cuts or name in self._values and name in self._order
+
+
 def _result_feeds(
     feeds: Mapping[str, np.ndarray],
     values: Mapping[str, np.ndarray],
@@ -1906,6 +1938,18 @@ def _dequantized_cuts(outputs: dict[str, Any], quantized: Mapping[str, _Quantize
         if key in outputs:
             outputs[_computed(name)] = cut.dequantize(outputs.pop(key))
     return outputs
+
+
+def _dequantized_on_read(outputs: dict[str, Any], quantized: Mapping[str, _QuantizedCut]) -> _DequantizedOnRead:
+    """``_dequantized_cuts(outputs, quantized)``, in the same order, each int8 checkpoint dequantized when it is
+    read (``_DequantizedOnRead``) instead of all at once."""
+    cuts = {
+        _computed(name): (_computed(cut.result_name), cut)
+        for name, cut in quantized.items()
+        if _computed(cut.result_name) in outputs
+    }
+    sources = {source for source, _ in cuts.values()}
+    return _DequantizedOnRead([*(name for name in outputs if name not in sources), *cuts], outputs, cuts)
 
 
 def _as_checkpoint_names(names: frozenset[str], quantized: Mapping[str, _QuantizedCut]) -> frozenset[str]:
@@ -3361,10 +3405,17 @@ class Verifier:
                         examples = None
                         padding = paddings(inputs, self.masks)
                         feeds, reference = _segment_feeds(inputs, values, names, outputs_of_twin, padding, keep_own)
-                        for name, cut in quantized.items():  # what the twin's QuantizeLinear gives, dequantized
-                            reference[_computed(name)] = cut.dequantize(values[cut.twin_name])
+                        # What the twin's QuantizeLinear gives, dequantized, and the result's int8 cuts: each
+                        # dequantized as it is read, so one batch's float copies of them are never all alive.
+                        reference = _DequantizedOnRead(
+                            list(reference),
+                            {**reference, **{cut.twin_name: values[cut.twin_name] for cut in quantized.values()}},
+                            {_computed(name): (cut.twin_name, cut) for name, cut in quantized.items()},
+                        )
                         computed = run_session(result_session, _result_feeds(feeds, values, quantized, keep_own))
-                        outputs = self._hide_padded(_dequantized_cuts(computed, quantized), inputs, reference)
+                        outputs = _dequantized_on_read(computed, quantized)
+                        if padding:
+                            outputs = self._hide_padded(_dequantized_cuts(computed, quantized), inputs, reference)
                         result = compare_outputs(reference, outputs, tolerances, self.skipped, noise, ids)
                         if not result.ok and twin.kind == "float32":
                             # The float model's own noise on this segment, from the same fed values: the whole
@@ -3378,7 +3429,9 @@ class Verifier:
                         if not result.ok and twin.kind in ROUNDING_TWINS:
                             # Only the outputs missed are held: the others are as large as the cuts' values.
                             failing = {check.name for check in result.checks if not check.ok}
-                            before = {k: v for k, v in run_session(base_session, feeds).items() if k in failing}
+                            # The float model's values at those alone: every checkpoint of a batch of 16 images
+                            # (CenterFace-like, 320x256) was another 0.7 GB beside the twin's and the result's.
+                            before = run_session(base_session, feeds, failing)
                             result = _within_row_excess(result, reference, outputs, before, worst, rounded - ids)
                             before = None
                         reason = "" if result.ok else _segment_failure(result)
@@ -3629,10 +3682,14 @@ class Verifier:
                 drift = _streamed_drift(self._original, candidate, batches, self.skipped)
             else:
                 if self._sample_references is None:
-                    self._sample_references = budget_runs(self._original, batches)
+                    self._sample_references = self._budget_references(batches)
                 # Padding as the original shows it (as ``_streamed_drift`` reads it): a candidate fused into
                 # GroupQueryAttention hides none of its logits, and its padded ones are undefined in the original.
-                references = [undrawn(run, self.skipped) for run in self._sample_references]
+                runs = self._sample_references
+                if isinstance(runs, FedBudgetRuns):
+                    references = runs.without(self.skipped)
+                else:
+                    references = [undrawn(run, self.skipped) for run in runs]
                 drift = drift_of(candidate, batches, references, layout=self._original)
         except RuntimeRefusedError as error:  # the rewrite is unusable, unless the data is
             self.refuse_unrunnable_samples()
@@ -3649,6 +3706,16 @@ class Verifier:
             error=f"{drift}{where} misses the accuracy budget ({self.budget.describe()}){hint}",
             measured_on=measured_on,
         )
+
+    def _budget_references(self, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:
+        """The original's runs on ``batches`` that ``check_approximation`` measures a result by (``budget_runs``); where
+        outputs are random (``skipped``) and draws of its main graph reach them (``feedable_draws``), those of a copy
+        fed the draws of one run (``fed_budget_runs``), which ``drift_of`` feeds the result too: left out, the error
+        of int8 of a layer that reaches a Dropout's output alone was scored on the other outputs at a cosine of 1.0
+        (review s74 feedbudget)."""
+        draws = feedable_draws(self._original.graph) if self.skipped else {}
+        fed = fed_budget_runs(self._original, batches, draws) if draws else None
+        return budget_runs(self._original, batches) if fed is None else fed
 
     def saturated_sample_outputs(self) -> list[str]:
         """``saturated_outputs`` of the original over the samples approximate results are measured on: their cosine

@@ -16,10 +16,6 @@ _NAMED = {
     "test_samples_that_meet_only_from_the_third_are_calibrated_on_whole_batches": (
         "nor samples that meet only three or more at once"
     ),
-    "test_int8_whose_error_reaches_a_drawn_output_alone_is_not_scored_on_another": (
-        "the budget scores the layer on them"
-    ),
-    "test_a_budget_holds_a_drawn_output_fed_the_same_draws": "on a drawn output is bounded by no budget",
 }
 
 

@@ -66,7 +66,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
-from optimizer.draws import undrawn_budget_runs
+from optimizer.draws import budget_references, left_out_note
 from optimizer.options import IMPORTANCE_KINDS
 from optimizer.padding import cache_outputs, mask_inputs, padded_at
 from optimizer.parameters import count_parameters
@@ -271,7 +271,9 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
                 "plain SVD of the weights (no --calibration data, --importance magnitude, or too few samples): "
                 "not activation-aware, give calibration data to factor in the metric of the layers' inputs"
             )
-        reference = undrawn_budget_runs(model, checked) if len(checked) else None
+        reference = budget_references(model, checked) if len(checked) else None
+        if note := left_out_note(reference):
+            self.note(note)
         ranks: dict[str, int | None] = {group.key: group.floor for group in groups}
         if self.budget is not None and not batches:
             self.note("no sample inputs: the budget was not searched")
@@ -279,9 +281,9 @@ class LowRankFactorizationPass(GraphoptPass, ir.passes.InPlacePass):
         if self._searching:
             # The budget bounds the whole model against the pipeline's input, as the pipeline's own check does.
             if self.original is not None:
-                bound = undrawn_budget_runs(self.original, searched)
+                bound = budget_references(self.original, searched)
             else:
-                bound = reference if searched is checked else undrawn_budget_runs(model, searched)
+                bound = reference if searched is checked else budget_references(model, searched)
             ranks, search_summary = self._search(model, groups, rows, searched, bound, repair)
             if not any(rank is not None for rank in ranks.values()):
                 self.note(f"no ranks meet {self.budget.describe()}: nothing factorized")

@@ -42,7 +42,7 @@ import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import is_onnx_domain, is_onnx_op
-from optimizer.draws import undrawn_budget_runs
+from optimizer.draws import budget_references, left_out_note
 from optimizer.options import IMPORTANCE_KINDS
 from optimizer.parameters import count_parameters
 from optimizer.progress import track
@@ -219,13 +219,15 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         if batches and (self.importance != "magnitude" or self.repair):
             energy, targets = self._observe(model, groups, batches)
         scores = {g.name: self._scores(g, energy.get(g.name)) for g in groups}
-        reference = undrawn_budget_runs(model, batches) if batches else None
+        reference = budget_references(model, batches) if batches else None
+        if note := left_out_note(reference):
+            self.note(note)
         comparable = False
         if self.ranking == "global" and energy and reference is not None:
             scores = self._output_effect(model, groups, scores, batches, reference)
             comparable = True
         scale = 1.0
-        checked_reference = reference if not held_out else undrawn_budget_runs(model, checked)
+        checked_reference = reference if not held_out else budget_references(model, checked)
         if self.budget is not None and not batches:
             self.note("no sample inputs: the budget was not searched")
         searched = self._searched_on if held_out else checked  # held-out samples the search may choose by
@@ -233,9 +235,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         if self.budget is not None and batches:
             # The budget bounds the whole model against the pipeline's input, as the pipeline's own check does.
             if self.original is not None:
-                bound = undrawn_budget_runs(self.original, searched)
+                bound = budget_references(self.original, searched)
             else:
-                bound = checked_reference if searched is checked else undrawn_budget_runs(model, searched)
+                bound = checked_reference if searched is checked else budget_references(model, searched)
             scale = self._search(model, scores, comparable, batches, targets, searched, bound)
             if scale == 0.0:
                 self.decline(f"no cut that removes a unit meets {self.budget.describe()}{self._checked_on}")

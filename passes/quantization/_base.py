@@ -44,7 +44,7 @@ from onnxscript import version_converter
 
 from optimizer.accuracy import AccuracyBudget, Drift
 from optimizer.domains import MS_DOMAIN
-from optimizer.draws import undrawn_budget_runs
+from optimizer.draws import budget_references, left_out_note
 from optimizer.options import DEFAULT_BUDGET_DECODE_STEPS
 from optimizer.padding import batch_padding, cache_outputs, token_rows, unpadded_rows
 from optimizer.progress import task, track
@@ -410,9 +410,9 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
             self.done(layer.node.op_type)
         if held_out and reported is not checked:  # the search's own figure is on the rows it chose by
             bound = self._float if self.original is None else self.original
-            self.drift = drift_of(model, reported, undrawn_budget_runs(bound, reported), layout=self.original)
+            self.drift = drift_of(model, reported, budget_references(bound, reported), layout=self.original)
         elif batches and self.drift is None:
-            self.drift = drift_of(model, checked, undrawn_budget_runs(self._float, checked), layout=self.original)
+            self.drift = drift_of(model, checked, budget_references(self._float, checked), layout=self.original)
         # Nothing held out (one sample) and a search that tried more than one point there: the figure on it is the
         # point the search picked, which meets the budget there by the search (it said nothing until a review on
         # 2026-12-07; pruning's said so).
@@ -553,14 +553,16 @@ class QuantizationPass(GraphoptPass, ir.passes.InPlacePass):
     def _fit_budget(self, model: ir.Model, layers: list[Layer], batches, checked=None) -> list[Layer]:
         """The layers to quantize, and the scheme of each, so the model meets the budget at the least latency:
         layers ranked on ``batches``, the budget checked on ``checked`` (the held-out samples; else ``batches``)."""
-        reference = undrawn_budget_runs(self._float, batches)
+        reference = budget_references(self._float, batches)
+        if note := left_out_note(reference):
+            self.note(note)
         # The budget bounds the whole model against the original; the layers are ranked on what this pass changes.
         bound = self._float if self.original is None else self.original
         if checked is None or checked is batches:
             checked, where = batches, ""
-            checked_reference = reference if bound is self._float else undrawn_budget_runs(bound, batches)
+            checked_reference = reference if bound is self._float else budget_references(bound, batches)
         else:
-            checked_reference = undrawn_budget_runs(bound, checked)
+            checked_reference = budget_references(bound, checked)
             where = " on held-out samples (which ranges and ranking do not see)"
         decoder = bool(cache_outputs(model))
         if self.decode_steps is not None and not decoder:
