@@ -842,10 +842,6 @@ def evaluator(model: ir.Model, values: Sequence[ir.Value]) -> Callable[[Mapping[
 _CONSTANT_NODES = 8
 _CONSTANT_ELEMENTS = 8192
 _CONSTANT_RESULT_ELEMENTS = 262144
-# Ops whose output is a draw, not a constant, whatever they read.
-_DRAWING_OPS = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial", "Dropout"}
-)
 
 
 def constant_value(value: ir.Value) -> np.ndarray | None:
@@ -855,6 +851,8 @@ def constant_value(value: ir.Value) -> np.ndarray | None:
     at ``_CONSTANT_RESULT_ELEMENTS`` elements at most (read-only; one evaluation per distinct subgraph); None
     otherwise, or where ONNX Runtime refuses it. ``value``'s own constant (an initializer) is not read here:
     ``ir.convenience.get_const_tensor`` gives it."""
+    from optimizer.draws import NONDETERMINISTIC_OPS  # here: optimizer.draws runs models through this module
+
     if not value.name or value.producer() is None:
         return None
     nodes: dict[int, ir.Node] = {}
@@ -872,7 +870,7 @@ def constant_value(value: ir.Value) -> np.ndarray | None:
             continue
         if (
             not is_onnx_domain(node)
-            or node.op_type in _DRAWING_OPS
+            or node.op_type in NONDETERMINISTIC_OPS
             or len(nodes) >= _CONSTANT_NODES
             or any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values())
             or any(not output.name for output in node.outputs)

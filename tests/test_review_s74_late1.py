@@ -36,32 +36,11 @@ _N = helper.make_node
 
 
 def _joined_at(weight: np.ndarray, offset: float, spelling: str) -> ir.Model:
-    """``out [batch, 2]``: each row's top score of ``x @ weight`` beside its ``ArgMax`` id cast to float plus
-    ``offset``, the ids' axis and the ``Concat``'s spelled one from the first, one from the last (``spelling``)."""
+    """``_ids_and_top`` with the ids after the top score, their axis and the ``Concat``'s spelled one from the first,
+    one from the last (``spelling``)."""
     if spelling == "unsqueezed at 1, joined at -1":
-        picker = [_N("ArgMax", ["logits"], ["flat"], axis=1, keepdims=0), _N("Unsqueeze", ["flat", "one"], ["p"])]
-        axis = -1
-    else:  # picked along -1, joined at 1
-        picker, axis = [_N("ArgMax", ["logits"], ["p"], axis=-1, keepdims=1)], 1
-    graph = helper.make_graph(
-        [
-            _N("MatMul", ["x", "W"], ["logits"]),
-            *picker,
-            _N("Cast", ["p"], ["f"], to=TensorProto.FLOAT),
-            _N("Add", ["f", "offset"], ["ids"]),
-            _N("ReduceMax", ["logits"], ["top"], axes=[1], keepdims=1),
-            _N("Concat", ["top", "ids"], ["out"], axis=axis),
-        ],
-        "joined_at",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 2])],
-        [
-            numpy_helper.from_array(weight.astype(np.float32), "W"),
-            numpy_helper.from_array(np.array(offset, np.float32), "offset"),
-            numpy_helper.from_array(np.array([1], np.int64), "one"),
-        ],
-    )
-    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+        return _ids_and_top(weight, offset, last=True, unsqueezed=True, joined_at=-1)
+    return _ids_and_top(weight, offset, last=True, picked_along=-1)  # picked along -1, joined at 1
 
 
 _SPELLINGS = ["unsqueezed at 1, joined at -1", "picked along -1, joined at 1"]

@@ -34,13 +34,25 @@ from tests.test_review_s73_inputs import _keep, _switched
 _N = helper.make_node
 
 
-def _ids_and_top(weight: np.ndarray, offset: float, *, last: bool = False, unsqueezed: bool = False) -> ir.Model:
-    """``out [batch, 2]``: each row's ``ArgMax`` id over ``x @ weight`` cast to float plus ``offset`` beside its top
-    score (after it where ``last``); the id unsqueezed from an ``ArgMax`` of ``keepdims=0`` where ``unsqueezed``."""
+def _ids_and_top(
+    weight: np.ndarray,
+    offset: float,
+    *,
+    last: bool = False,
+    unsqueezed: bool = False,
+    picked_along: int = 1,
+    joined_at: int = 1,
+) -> ir.Model:
+    """``out [batch, 2]``: each row's ``ArgMax`` id over ``x @ weight`` (along ``picked_along``) cast to float plus
+    ``offset`` beside its top score (after it where ``last``), a ``Concat`` at ``joined_at``; the id unsqueezed from an
+    ``ArgMax`` of ``keepdims=0`` where ``unsqueezed``."""
     if unsqueezed:
-        picker = [_N("ArgMax", ["logits"], ["flat"], axis=1, keepdims=0), _N("Unsqueeze", ["flat", "one"], ["p"])]
+        picker = [
+            _N("ArgMax", ["logits"], ["flat"], axis=picked_along, keepdims=0),
+            _N("Unsqueeze", ["flat", "one"], ["p"]),
+        ]
     else:
-        picker = [_N("ArgMax", ["logits"], ["p"], axis=1, keepdims=1)]
+        picker = [_N("ArgMax", ["logits"], ["p"], axis=picked_along, keepdims=1)]
     graph = helper.make_graph(
         [
             _N("MatMul", ["x", "W"], ["logits"]),
@@ -48,7 +60,7 @@ def _ids_and_top(weight: np.ndarray, offset: float, *, last: bool = False, unsqu
             _N("Cast", ["p"], ["f"], to=TensorProto.FLOAT),
             _N("Add", ["f", "offset"], ["ids"]),
             _N("ReduceMax", ["logits"], ["top"], axes=[1], keepdims=1),
-            _N("Concat", ["top", "ids"] if last else ["ids", "top"], ["out"], axis=1),
+            _N("Concat", ["top", "ids"] if last else ["ids", "top"], ["out"], axis=joined_at),
         ],
         "ids_and_top",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
