@@ -37,6 +37,7 @@ from optimizer.errors import RuntimeRefusedError
 from optimizer.runtime import (
     calling_onnxruntime,
     cuda_unavailable_reason,
+    has_external_tensors,
     import_onnxruntime,
     open_session,
     session_options,
@@ -169,6 +170,14 @@ class OneModel:
         if target == "cuda" and (reason := cuda_unavailable_reason()) is not None:
             # ORT would run it on the CPU and the figure would be filed under CUDA.
             raise RuntimeRefusedError("time a kernel on CUDA", reason)
+        if not isinstance(model, bytes) and has_external_tensors(model):
+            # Serialized as they are, its weights point at their file by an absolute path, which ONNX Runtime
+            # refuses: --quantize static of a torch 2.13 export (weights beside it in a .data file) was rolled
+            # back, "ONNX Runtime cannot run the result" (review s74 late5). A copy holds them in memory.
+            model = model.clone()
+            for value in model.graph.initializers.values():
+                if isinstance(stored := value.const_value, ir.ExternalTensor):
+                    value.const_value = ir.Tensor(stored.numpy(), name=stored.name)
         serialized = model if isinstance(model, bytes) else ir.to_proto(model).SerializeToString()
         self.session = open_session(serialized, session_options("all", threads, sequential=True), PROVIDERS[target])
         self.feeds = dict(feeds)
