@@ -137,6 +137,33 @@ def _string_items(tensor: ir.TensorProtocol) -> list[bytes]:
     return [item if isinstance(item, bytes) else str(item).encode() for item in np.asarray(tensor.numpy()).flat]
 
 
+# onnx-ir's ``save`` keeps tensors of up to this many bytes in the model file (its ``size_threshold_bytes``).
+_INLINE_TENSOR_BYTES = 256
+
+
+def _small_external_initializers(model: ir.Model) -> Iterator[ir.Value]:
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor) and tensor.nbytes <= _INLINE_TENSOR_BYTES:
+                yield value
+
+
+def _has_small_external_tensors(model: ir.Model) -> bool:
+    return any(True for _ in _small_external_initializers(model))
+
+
+def _small_external_tensors_read(model: ir.Model) -> None:
+    """Give each initializer of ``model`` that ``ir.save`` would read back into the model file (external, of up to
+    ``_INLINE_TENSOR_BYTES``) a copy in memory; in place. ``ir.save`` reads such a tensor itself and closes its memory
+    map, which raises ``BufferError`` while an array of it is held (a Reshape's target a pass read), and leaves the
+    tensor of the model it was given closed: a model saved with ``onnx.save(..., size_threshold=0)`` (every tensor in
+    its data file) failed static quantization's calibration so (a review in session 74)."""
+    for value in list(_small_external_initializers(model)):
+        tensor = value.const_value
+        value.const_value = ir.Tensor(tensor.numpy().copy(), dtype=tensor.dtype, name=tensor.name)
+
+
 def save_model_file(model: ir.Model, path: str | os.PathLike, external_data: str | None = None) -> None:
     """``ir.save`` that keeps string tensors inline (``strings_serializable``); with ``external_data``, weights in
     ``Constant`` nodes go there too, lifted to initializers in a copy (``ir.save`` moves only initializers: a
@@ -144,6 +171,9 @@ def save_model_file(model: ir.Model, path: str | os.PathLike, external_data: str
     that is its graph's output (an ``If`` branch that returns a weight table), which onnx-ir's lifting skips,
     becomes an ``Identity`` of its lifted initializer. ``UnsupportedModelError`` where the file would still be
     past protobuf's 2 GB (weights in a model-local function's Constants, which no initializer can hold)."""
+    if external_data is not None and _has_small_external_tensors(model):
+        model = model.clone()  # shares the tensors; the caller's keep their memory maps
+        _small_external_tensors_read(model)
     if external_data is not None and _has_constant_weights(model):
         model = model.clone()  # shares the tensors
         common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=_LIFTED_ELEMENTS)(model)
