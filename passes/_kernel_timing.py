@@ -40,7 +40,9 @@ from optimizer.runtime import (
     has_external_tensors,
     import_onnxruntime,
     open_session,
+    save_model_file,
     session_options,
+    temporary_folder,
 )
 
 # A rewrite timed against what it replaces counts as faster when its median time is at most this fraction of the
@@ -170,16 +172,20 @@ class OneModel:
         if target == "cuda" and (reason := cuda_unavailable_reason()) is not None:
             # ORT would run it on the CPU and the figure would be filed under CUDA.
             raise RuntimeRefusedError("time a kernel on CUDA", reason)
+        options = session_options("all", threads, sequential=True)
         if not isinstance(model, bytes) and has_external_tensors(model):
             # Serialized as they are, its weights point at their file by an absolute path, which ONNX Runtime
             # refuses: --quantize static of a torch 2.13 export (weights beside it in a .data file) was rolled
-            # back, "ONNX Runtime cannot run the result" (review s74 late5). A copy holds them in memory.
-            model = model.clone()
-            for value in model.graph.initializers.values():
-                if isinstance(stored := value.const_value, ir.ExternalTensor):
-                    value.const_value = ir.Tensor(stored.numpy(), name=stored.name)
-        serialized = model if isinstance(model, bytes) else ir.to_proto(model).SerializeToString()
-        self.session = open_session(serialized, session_options("all", threads, sequential=True), PROVIDERS[target])
+            # back, "ONNX Runtime cannot run the result" (review s74 late5). Written to a folder of its own with
+            # its weights beside it, as ``inference_session`` does: read into one proto, a whole model's weights
+            # were copied twice in memory, and past protobuf's 2 GB could not be serialized (review s74 late6).
+            with temporary_folder("graphopt-timing-") as folder:
+                path = os.path.join(folder, "model.onnx")
+                save_model_file(model, path, external_data="model.onnx.data")
+                self.session = open_session(path, options, PROVIDERS[target])
+        else:
+            serialized = model if isinstance(model, bytes) else ir.to_proto(model).SerializeToString()
+            self.session = open_session(serialized, options, PROVIDERS[target])
         self.feeds = dict(feeds)
         self.what = what
         self._binding = self._bound() if target == "cpu" else None
