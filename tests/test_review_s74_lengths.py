@@ -142,19 +142,9 @@ def _leaky() -> onnx.ModelProto:
 @pytest.mark.parametrize(
     "model",
     [
+        # Before: verified; no generated set held an x in (0, 4.5e-5) or (0, 1e-4).
         pytest.param(lambda: _behind("Log", "Less", -10.0), id="log-near-0"),
         pytest.param(lambda: _behind("Sqrt", "Less", 0.01), id="sqrt-near-0"),
-    ],
-)
-def test_a_rewrite_wrong_past_a_threshold_near_0_behind_log_or_sqrt_is_rolled_back(tmp_path: Path, model) -> None:
-    # Before: verified; no generated set held an x in (0, 4.5e-5) or (0, 1e-4).
-    record = optimize_with_rewrite(model(), _break_hit, tmp_path).passes[0]
-    assert record.status == STATUS_ROLLED_BACK, record.detail
-
-
-@pytest.mark.parametrize(
-    "model",
-    [
         pytest.param(lambda: _behind("Softplus", "Greater", 5.0), id="softplus"),
         pytest.param(lambda: _behind("Floor", "Greater", 5.0), id="floor"),
         pytest.param(lambda: _behind("Round", "Equal", 7.0), id="round-equal"),
@@ -166,6 +156,8 @@ def test_a_rewrite_wrong_past_a_threshold_near_0_behind_log_or_sqrt_is_rolled_ba
         pytest.param(lambda: _first_peak(10.0), id="one-row-of-a-reduction"),
         pytest.param(lambda: _past_the_last(5.0, 10.0, 20.0), id="a-reduction-past-its-third-threshold"),
         pytest.param(_two_peaks, id="one-reduction-in-two-nodes"),
+        pytest.param(_leaky, id="leaky-relu"),
+        pytest.param(lambda: _behind("Erf", "Greater", 0.999999), id="erf"),
     ],
 )
 def test_a_rewrite_wrong_past_a_threshold_behind_an_op_or_a_reduction_is_rolled_back(tmp_path: Path, model) -> None:
@@ -211,18 +203,6 @@ def _lengths_compared() -> onnx.ModelProto:
 
 def test_a_rewrite_wrong_where_one_length_is_under_another_is_rolled_back(tmp_path: Path) -> None:
     record = optimize_with_rewrite(_lengths_compared(), _break_hit, tmp_path).passes[0]
-    assert record.status == STATUS_ROLLED_BACK, record.detail
-
-
-@pytest.mark.parametrize(
-    "model",
-    [
-        pytest.param(_leaky, id="leaky-relu"),
-        pytest.param(lambda: _behind("Erf", "Greater", 0.999999), id="erf"),
-    ],
-)
-def test_a_rewrite_wrong_past_a_threshold_behind_leaky_relu_or_erf_is_rolled_back(tmp_path: Path, model) -> None:
-    record = optimize_with_rewrite(model(), _break_hit, tmp_path).passes[0]
     assert record.status == STATUS_ROLLED_BACK, record.detail
 
 
