@@ -438,12 +438,12 @@ _PER_SAMPLE = frozenset(
 
 def _keeps_samples_apart(model: ir.Model, sample: Mapping[str, np.ndarray], holds: SampleAxes) -> bool:
     """Whether every node of ``model``'s graph is one that keeps its samples apart: elementwise ops (with no constant
-    as long as the batch), convolutions and pools, an inference ``BatchNormalization``, a ``Flatten`` or ``Softmax``
-    from axis 1 on, a ``Gemm`` or 2-D constant-weight ``MatMul`` whose rows are the samples; and every input of
-    ``sample`` with a dim holds its samples along axis 0 (``holds``), where those ops keep them apart. Any other graph
-    (a Reshape, a Transpose, an attention's MatMul of two activations, a reduction, a time-major ``x [5, batch, 3]``
-    whose Softmax over axis 1 is over the samples, a table ``t [4, 4]`` beside ``x [batch, 4]``) gets
-    ``_samples_interact``'s check."""
+    as long as the batch), convolutions by constant weights and pools, an inference ``BatchNormalization``, a
+    ``Flatten`` or ``Softmax`` from axis 1 on, a ``Gemm`` or 2-D constant-weight ``MatMul`` whose rows are the samples;
+    and every input of ``sample`` with a dim holds its samples along axis 0 (``holds``), where those ops keep them
+    apart. Any other graph (a Reshape, a Transpose, an attention's MatMul of two activations, a reduction, a time-major
+    ``x [5, batch, 3]`` whose Softmax over axis 1 is over the samples, a table ``t [4, 4]`` beside ``x [batch, 4]``, a
+    Softmax over axis 0, a ``Conv`` whose kernel is an activation) gets ``_samples_interact``'s check."""
     inputs = {value.name for value in model.graph.inputs}
     if any(
         np.ndim(array) and (not holds(name, array) or holds.axis(name))
@@ -455,8 +455,14 @@ def _keeps_samples_apart(model: ir.Model, sample: Mapping[str, np.ndarray], hold
         op = node.op_type
         if not is_onnx_domain(node):
             return False
-        if op == "Constant" or op in _PER_SAMPLE:
+        if op == "Constant":
             continue
+        if op in _PER_SAMPLE:
+            # A convolution by an activation mixes samples: ``Conv(x [B, C, H, W], z [B, C, k, k])`` (a Siamese
+            # tracker's cross-correlation) makes each of B output channels from one sample's kernel over every sample.
+            if all(_is_constant(value) for value in node.inputs[1:] if value is not None):
+                continue
+            return False
         if op in _ELEMENTWISE:
             # Activations of another rank broadcast from the right: a ``lengths [B]`` beside ``x [B, B]`` meets its
             # samples along the last axis.
@@ -493,7 +499,9 @@ def _from_axis_one(node: ir.Node) -> bool:
     default = 1 if node.op_type == "Flatten" else -1
     axis = node.attributes.get_int("axis", default)
     rank = _rank(node.inputs[0])
-    return axis >= 1 or (rank is not None and axis + rank >= 1)
+    # A negative axis counted from the end; axis 0 is the samples' (a Softmax over the batch read as per sample, until
+    # review s75, where its input recorded a rank).
+    return axis >= 1 or (axis < 0 and rank is not None and axis + rank >= 1)
 
 
 def _batch_long(constant: ir.Value, ranks: set[int | None]) -> bool:
