@@ -302,22 +302,19 @@ def read_name(key: str, index: int) -> str:
     return f"{key}{READ_MARK}{index}"
 
 
-def draw_values(
-    model: ir.Model, draws: Mapping[str, ir.Node], input_sets: Sequence[Mapping[str, np.ndarray]]
-) -> tuple[list[dict[str, np.ndarray]], dict[str, Draw]]:
-    """What ``draws`` (nodes of ``model``'s main graph, by key) draw in one run of ``model`` on each input set, by
-    the name they are fed under (``with_draws_fed``), and each as a ``Draw``. A Dropout's draw is its mask: one that
-    leaves it out is given it in the run."""
+def draws_exposed(model: ir.Model, draws: Collection[str], also: Sequence[str] = ()) -> tuple[ir.Model, dict[str, str]]:
+    """A copy of ``model`` whose outputs include what each draw of its main graph named in ``draws`` (by key) draws
+    (and the values ``also`` names), and the names of those outputs by the name each draw is fed under
+    (``with_draws_fed``): a run of it gives the values to feed copies of ``model`` and of a rewrite of it. A Dropout's
+    draw is its mask: one that leaves it out is given it."""
     probe = model.clone()
     found = main_draws(probe.graph)
     exposed: dict[str, str] = {}  # fed name -> the probe's value
-    data: dict[str, str] = {}  # a Dropout's key -> its output's name, for its data type
     for key in draws:
         node = found[key]
         if node.op_type != "Dropout":
             exposed[key + FED_MARK] = key
             continue
-        data[key] = key
         if len(node.outputs) < 2 or not node.outputs[1].name:
             twin = ir.Node("", "Dropout", node.inputs, node.attributes.values(), num_outputs=2, name=node.name)
             ir.convenience.replace_nodes_and_values(
@@ -326,7 +323,18 @@ def draw_values(
             twin.outputs[1].name = key + FED_MARK
             node = twin
         exposed[key + FED_MARK] = node.outputs[1].name
-    with inference_session(exposing(probe, [*exposed.values(), *data.values()])) as session:
+    return exposing(probe, [*exposed.values(), *also]), exposed
+
+
+def draw_values(
+    model: ir.Model, draws: Mapping[str, ir.Node], input_sets: Sequence[Mapping[str, np.ndarray]]
+) -> tuple[list[dict[str, np.ndarray]], dict[str, Draw]]:
+    """What ``draws`` (nodes of ``model``'s main graph, by key) draw in one run of ``model`` on each input set, by
+    the name they are fed under (``with_draws_fed``), and each as a ``Draw``. A Dropout's draw is its mask: one that
+    leaves it out is given it in the run."""
+    data = {key: key for key, node in draws.items() if node.op_type == "Dropout"}  # its output, for its data type
+    probe, exposed = draws_exposed(model, draws, also=list(data.values()))
+    with inference_session(probe) as session:
         runs = [run_session(session, inputs) for inputs in input_sets]
     values = [{fed: run[name] for fed, name in exposed.items()} for run in runs]
     fed = {
@@ -517,6 +525,12 @@ class FedBudgetRuns(BudgetRuns):
         left = set(random) - self.measured
         return self._like([undrawn(run, left) for run in self], self.values, self.shapes, self.left_out | left)
 
+    def drawn_alike(self, model: ir.Model) -> bool:
+        """Whether ``model`` draws each of ``draws`` as the reference did (``Draw.differs``), under its key: only then
+        is it fed them, and the outputs they reach measured."""
+        found = main_draws(model.graph)
+        return all(key in found and draw.differs(found[key]) is None for key, draw in self.draws.items())
+
     def candidate_runs(
         self, model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -524,11 +538,10 @@ class FedBudgetRuns(BudgetRuns):
         draws: these runs and those of a copy of ``model`` fed them (``with_draws_fed``). Where ``model`` does not draw
         each of them as the reference did (``Draw.differs``: removed, renamed, another ratio), or ``batches`` are not
         those the values were drawn on, its runs as they are, and the reference less ``measured``."""
-        found = main_draws(model.graph)
         same = (
             len(batches) == len(self.values)
             and all(_shapes(batch) == shapes for batch, shapes in zip(batches, self.shapes))
-            and all(key in found and draw.differs(found[key]) is None for key, draw in self.draws.items())
+            and self.drawn_alike(model)
         )
         if not same:
             return [undrawn(run, self.measured) for run in self], budget_runs(model, batches)

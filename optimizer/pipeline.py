@@ -154,8 +154,7 @@ def run_pipeline(
                 f"output{'s' if many else ''} {quoted} of the input model {'are' if many else 'is'} computed from "
                 "random draws (RandomNormal, Bernoulli, a training-mode Dropout, ...): verification fed both models "
                 f"the draws of one run of the input model and compared {'them' if many else 'it'} on those alone (an "
-                "approximate pass's accuracy budget measures them fed the same draws, but not on samples streamed from "
-                "disk or held out of a pass's fit)"
+                "approximate pass's accuracy budget measures them fed the same draws too)"
             )
         report.tolerances = {k: {"rtol": t.rtol, "atol": t.atol} for k, t in verifier.tolerances.items()}
         if any(spec.approximate for spec in specs):

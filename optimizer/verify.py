@@ -66,6 +66,7 @@ from optimizer.draws import (  # noqa: F401 (NONDETERMINISTIC_OPS re-exported: i
     FedBudgetRuns,
     draw_values,
     drawn_outputs,
+    draws_exposed,
     fed_budget_runs,
     feedable_draws,
     main_draws,
@@ -2214,15 +2215,25 @@ def _streamed_drift(
     candidate: ir.Model,
     batches: Sequence[Mapping[str, np.ndarray]],
     random: Collection[str] = frozenset(),
+    fed: FedBudgetRuns | None = None,
 ) -> Drift:
     """The candidate's drift from the original, both run batch by batch side by side (as deployed:
     ORT's full optimizations): samples streamed from disk (``SampleData``) may be more than memory
     holds, and so may the outputs of either model on all of them. The original's outputs named in ``random`` (drawn:
-    ``Verifier.skipped``) are not measured (``undrawn``)."""
-    # An ArgMax's ids are read with the logits they pick among beside them (``budget_runs``), on each side its own.
-    (original_probe, original_picks), (candidate_probe, candidate_picks) = map(logits_exposed, (original, candidate))
+    ``Verifier.skipped``) are not measured (``undrawn``), but for those the draws of ``fed`` reach
+    (``FedBudgetRuns.measured``; ``Verifier._budget_draws``, given only where the candidate draws them alike): what the
+    original draws on each batch is taken from its run there and fed to the candidate (``with_draws_fed``), as the
+    passes' budget searches do (``optimizer.draws.budget_references``). Left out, a model whose every output is drawn
+    had nothing to measure, and an approximate pass of it was rolled back though its search met the budget fed (review
+    s74 late5). No more runs than without draws: the original's run gives its draws beside its outputs."""
     original_names = [value.name for value in original.graph.outputs]
     candidate_names = [value.name for value in candidate.graph.outputs]
+    drawing, exposed = original, {}  # the name a draw is fed under -> the original's output that gives it
+    if fed is not None:
+        drawing, exposed = draws_exposed(original, fed.draws)
+        candidate, random = with_draws_fed(candidate, fed.draws), set(random) - fed.measured
+    # An ArgMax's ids are read with the logits they pick among beside them (``budget_runs``), on each side its own.
+    (original_probe, original_picks), (candidate_probe, candidate_picks) = map(logits_exposed, (drawing, candidate))
     with (
         inference_session(original_probe, optimization_level="all") as reference,
         inference_session(candidate_probe, optimization_level="all") as session,
@@ -2231,9 +2242,11 @@ def _streamed_drift(
 
         def pairs():  # each batch read once: its padding is taken out of both runs (optimizer.padding.unpadded)
             for batch in batches:
+                ran = run_session(reference, batch)
+                drawn = {name: ran[output] for name, output in exposed.items()}
                 run = (
-                    undrawn(with_logits(run_session(reference, batch), original_picks, original_names), random),
-                    with_logits(run_session(session, batch), candidate_picks, candidate_names),
+                    undrawn(with_logits(ran, original_picks, original_names), random),
+                    with_logits(run_session(session, {**batch, **drawn}), candidate_picks, candidate_names),
                 )
                 for before, after in unpadded(original, [batch], [run]):
                     moved = axes.in_run(batch, before)
@@ -2315,6 +2328,8 @@ class Verifier:
         # The exact check with the base's draws fed (``_draws_fed``): made on first use, until a set is added or the
         # base changes; None where the base's main graph draws nothing.
         self._fed: Any = _UNBUILT
+        # The original's draws a budget on streamed samples feeds (``_budget_draws``): made on first use.
+        self._budget_fed: Any = _UNBUILT
         self._base_signature: tuple[Any] | None = None  # (level_signature of the base,), on first use
         self.input_sets: list[dict[str, np.ndarray]] = []
         self.references: list[dict[str, Any]] = []
@@ -3083,15 +3098,20 @@ class Verifier:
         ``QAttention``'s constant weights against its twin's and each quantized embedding table at every row index
         (neither gets a layer probe: ``qattention_weights_failure``, ``table_probe_failure``), then the whole model
         against the twin (``_check_twin_outputs``), and its outputs computed from draws of the main graph against the
-        twin with both fed the base's draws (``_FedDraws.twin_failure``). Where every output is random (``skipped``),
-        the result fails: the accuracy budget measures none of them (``undrawn``)."""
-        if self.references and set(self.references[0]) <= self.skipped:
+        twin with both fed the base's draws (``_FedDraws.twin_failure``). Where every output is random (``skipped``)
+        and this check cannot feed each of them the same draws (``drawn_outputs_compared``), the result fails: no output
+        would be compared with the twin's (``check_approximation`` refuses one whose budget measures none)."""
+        if (
+            self.references
+            and set(self.references[0]) <= self.skipped
+            and not set(self.drawn_outputs_compared()) >= self.skipped
+        ):
             # Refused as unverifiable until review s74 (draws); once the exact check could feed the draws, int8 of a
             # training-mode BERT was applied with no output compared with its twin.
             return VerificationResult(
-                error="every output of the model is computed from random draws, which the accuracy budget does not "
-                "measure (the exact check and the check against the twin feed them): an approximate result of it "
-                "cannot be verified"
+                error="every output of the model is computed from random draws that the check against the twin cannot "
+                "feed the same to both (in a branch, a loop body or a function): an approximate result of it cannot "
+                "be verified"
             )
         source = twin.source if twin.source is not None else base if base is not None else self._base
         if twin.kind in ROUNDING_TWINS and (requantized := _float_layer_quantized_by_onnxruntime(candidate, source)):
@@ -3679,13 +3699,20 @@ class Verifier:
                 batches, where = held, f" on the {kind} samples held out of {fit}"
         try:
             if where or isinstance(self._samples, SampleData):  # read from disk: neither model's outputs are kept
-                drift = _streamed_drift(self._original, candidate, batches, self.skipped)
+                fed = self._budget_draws(candidate)
+                measured = fed.measured if fed is not None else frozenset()
+                if (refused := self._nothing_measured(self.skipped - measured)) is not None:
+                    return refused
+                drift = _streamed_drift(self._original, candidate, batches, self.skipped, fed)
             else:
                 if self._sample_references is None:
                     self._sample_references = self._budget_references(batches)
                 # Padding as the original shows it (as ``_streamed_drift`` reads it): a candidate fused into
                 # GroupQueryAttention hides none of its logits, and its padded ones are undefined in the original.
                 runs = self._sample_references
+                measured = runs.measured if isinstance(runs, FedBudgetRuns) and runs.drawn_alike(candidate) else set()
+                if (refused := self._nothing_measured(self.skipped - measured)) is not None:
+                    return refused
                 if isinstance(runs, FedBudgetRuns):
                     references = runs.without(self.skipped)
                 else:
@@ -3706,6 +3733,29 @@ class Verifier:
             error=f"{drift}{where} misses the accuracy budget ({self.budget.describe()}){hint}",
             measured_on=measured_on,
         )
+
+    def _nothing_measured(self, random: Collection[str]) -> VerificationResult | None:
+        """The refusal of an approximate result whose budget would measure none of the original's outputs, each computed
+        from draws it cannot feed both models alike (``random``); None where it measures one."""
+        if not {value.name for value in self._original.graph.outputs} <= set(random):
+            return None
+        return VerificationResult(
+            error="every output of the model is computed from random draws, which the accuracy budget cannot feed the "
+            "result the same (a draw in a branch, a loop body or a function, a Dropout whose training_mode is an "
+            "input, or one the result draws otherwise): an approximate result of it cannot be verified"
+        )
+
+    def _budget_draws(self, candidate: ir.Model) -> FedBudgetRuns | None:
+        """The draws of the original's main graph that a budget on streamed or held-out samples feeds both the original
+        and ``candidate`` (``_streamed_drift``), and the outputs they make measurable: ``fed_budget_runs`` of the
+        original on the first input set (a run of a copy that exposes its draws and one of a copy fed them), made once.
+        None, with no run, where no output is random (``skipped``), and where no draw can be fed (``feedable_draws``);
+        None too where ``candidate`` does not draw each as the original does (``FedBudgetRuns.drawn_alike``)."""
+        if self._budget_fed is _UNBUILT:
+            draws = feedable_draws(self._original.graph) if self.skipped else {}
+            self._budget_fed = fed_budget_runs(self._original, self.input_sets[:1], draws) if draws else None
+        fed = self._budget_fed
+        return fed if fed is not None and fed.drawn_alike(candidate) else None
 
     def _budget_references(self, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:
         """The original's runs on ``batches`` that ``check_approximation`` measures a result by (``budget_runs``); where
@@ -3754,7 +3804,9 @@ class Verifier:
         if not verdict.ok or self._samples is None:
             return verdict
         try:
-            drift = _streamed_drift(self._original, deployed, self.input_sets, self.skipped)
+            drift = _streamed_drift(
+                self._original, deployed, self.input_sets, self.skipped, self._budget_draws(deployed)
+            )
         except RuntimeRefusedError as error:
             return VerificationResult(error=f"ONNX Runtime cannot run it: {error.reason}")
         if self.budget.met(drift):

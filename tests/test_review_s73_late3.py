@@ -74,7 +74,8 @@ def test_a_model_refused_two_samples_together_is_calibrated_one_at_a_time(batche
 
 def test_samples_kept_apart_through_an_attention_are_still_run_a_few_at_a_time(monkeypatch):
     """Checked (a MatMul of two activations may meet samples), an attention over each sample's own rows is found to
-    keep them apart: no run past the check's two samples, and the ranges of the batch whole."""
+    keep them apart: no run past the check's three samples (two until review s75 xfix), and the ranges of the batch
+    whole."""
     graph = helper.make_graph(
         [
             helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
@@ -107,4 +108,4 @@ def test_samples_kept_apart_through_an_attention_are_still_run_a_few_at_a_time(m
     ranges = calibration.calibrate(model, names, batches, "minmax")
     monkeypatch.undo()
     assert ranges == calibration.tensor_ranges(runtime.collect_values(model, names, batches), "minmax")
-    assert sizes and max(sizes) <= 2 and sizes.count(2) == 1, sizes
+    assert sizes and max(sizes) <= 3 and sizes.count(3) == 1, sizes

@@ -175,7 +175,7 @@ def test_the_check_holds_one_run_of_tensors_at_a_time(runs, monkeypatch):
     monkeypatch.setattr(calibration, "_RUN_BYTES", 1)
     batches = [{"x": np.random.default_rng(5).standard_normal((4, 5, 4)).astype(np.float32)}]
     assert calibration.calibrate(model, ["t", "y"], batches) == _whole_batch_ranges(model, ["t", "y"], batches)
-    assert 2 in [len(part["x"]) for part in runs["parts"]]  # the check ran
+    assert 3 in [len(part["x"]) for part in runs["parts"]]  # the check ran (on three samples since review s75 xfix)
     # The loop's last tensor may still be named when the next run starts; no more of any run.
     assert max(runs["alive"]) <= 1, runs["alive"]
 

@@ -15,10 +15,11 @@ calibration's channel means summed on the ranges' pass (review s74 calib).
    from x = 4 on (ONNX Runtime's ``Erf(4)`` is 1.0), as ``Tanh(x) >= 1`` from 9 and ``Sigmoid(x) >= 1`` from 20; the
    preimages (session 74's ``Erf``, and ``Tanh`` and ``Sigmoid`` before it) counted 1 as a value the op never reaches,
    no set held x past it, and a rewrite wrong only there verified. The bound is taken back to an x past it.
-3. **Samples that meet only three at once are calibrated one at a time (strict xfail, named in README).** The mixing
-   check runs two samples alone and together; ``x + sum(x[2:])`` (a sum of the batch's rows from its third) is the same
-   for one sample or two, so the first batch ran a sample a run and its ranges were (-7.0, 4.1) for the whole batch's
-   (-18.1, 5.2). Checking three finds this one and misses a model meeting at the fourth; not fixed.
+3. **Samples that meet only three at once were calibrated one at a time (a strict xfail until review s75 xfix).** The
+   mixing check ran two samples alone and together; ``x + sum(x[2:])`` (a sum of the batch's rows from its third) is
+   the same for one sample or two, so the first batch ran a sample a run and its ranges were (-7.0, 4.1) for the whole
+   batch's (-18.1, 5.2). It now checks three (``_CHECKED_SAMPLES``), which finds this one and misses a model meeting at
+   the fourth (named in README).
 """
 
 from __future__ import annotations
@@ -143,7 +144,6 @@ def test_a_rewrite_wrong_where_a_saturating_op_reaches_its_bound_is_rolled_back(
     assert record.status == STATUS_ROLLED_BACK, record.detail
 
 
-@pytest.mark.xfail(strict=True, reason="the mixing check runs two samples: a model whose samples meet from the third")
 def test_samples_that_meet_only_from_the_third_are_calibrated_on_whole_batches():
     """``s = x + sum(x[2:] over the batch)``: one sample or two alone and together give the same ``s``."""
     nodes = [

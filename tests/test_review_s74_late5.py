@@ -9,16 +9,16 @@ the twin's float32 ("dtype float16 instead of float32"): a correct ``convert-flo
 ``.data`` file beside it) with their absolute location, which ONNX Runtime refuses: ``--quantize static`` of a small CNN
 so exported was rolled back, "ONNX Runtime cannot run the result: External data path validation failed".
 
-And a limit: an approximate pass of a model whose every output is drawn (a training-mode transformer exported by torch
-2.13) meets its budget in its own search, fed, and is rolled back by the pipeline, whose check of it on held-out
-samples leaves drawn outputs out (``Verifier.check_twin`` refuses such a model: a strict xfail, named in README.md).
+And an approximate pass of a model whose every output is drawn (a training-mode transformer exported by torch 2.13)
+met its budget in its own search, fed, and was rolled back by the pipeline, whose check of it on held-out samples left
+drawn outputs out (``Verifier.check_twin`` refused such a model): a strict xfail here until review s75 xfix, where
+that check feeds the original's draws to both models.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.draws import budget_references
@@ -105,11 +105,6 @@ def _all_drawn() -> ir.Model:
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the pipeline's budget on held-out samples leaves drawn outputs out, so a model whose every output is "
-    "drawn is refused (check_twin), though the pass's own search measured them fed",
-)
 def test_int8_of_a_model_whose_every_output_is_drawn_is_applied_where_its_draws_are_fed():
     from optimizer.api import optimize_with_report
 

@@ -355,23 +355,24 @@ def _first_run(
 ) -> tuple[Sequence[Mapping[str, np.ndarray]], Mapping[str, np.ndarray], dict[str, np.ndarray], _Plan]:
     """``_sample_runs``' first run of ``batch``, on its first sample: the parts of ``batch`` left to run, the part run,
     what it returned, and how later batches run (``_Plan``). Where ONNX Runtime refuses one sample alone and runs the
-    batch (a model with a batch traced into a ``Reshape``), or where two samples run together give other extremes than
-    each alone (``_samples_interact``; checked where ``check``, until a batch holds two samples: a first file of one
-    sample left a batch-centred model unchecked, and its ranges (0, 0)), the whole batch, and whole batches after it."""
+    batch (a model with a batch traced into a ``Reshape``), or where two or three samples run together give other
+    extremes than each alone (``_samples_interact``; checked where ``check``, until a batch holds two samples: a first
+    file of one sample left a batch-centred model unchecked, and its ranges (0, 0)), the whole batch, and whole batches
+    after it."""
     parts = split_samples(batch, 1, model)
     checked = not check or len(parts) > 1
-    pair = None
+    group = None
     if check and len(parts) > 1 and not _keeps_samples_apart(model, parts[0], holds):
-        pair = _check_pair(parts, holds)
+        group = _check_group(parts, holds)
     try:
         # The check's runs before the first sample's, whose tensors are kept to be taken in: held through them, three
         # samples' tensors were alive at once.
-        second = _summary(run(pair[0])) if pair is not None else {}
+        others = [_summary(run(part)) for part in group[0]] if group is not None else []
     except RuntimeRefusedError as error:
         logger.info("calibration runs whole batches: one sample alone was refused (%s)", error.reason)
         return [], batch, run(batch), _Plan(SAMPLE_BATCH, True, checked)
     try:
-        together = _summary(run(pair[1])) if pair is not None else {}
+        together = _summary(run(group[1])) if group is not None else {}
     except RuntimeRefusedError as error:
         # ``x [B, 4]`` reshaped to ``[1, 4]`` inside runs one sample at a time; ``x + t`` with a table ``t [4, 4]`` its
         # batch of 4 whole, and one sample alone broadcast over the table's 4 rows: the batch whole where it runs.
@@ -387,8 +388,8 @@ def _first_run(
             raise
         logger.info("calibration runs whole batches: one sample alone was refused (%s)", error.reason)
         return [], batch, run(batch), _Plan(SAMPLE_BATCH, True, checked)
-    if pair is not None and _samples_interact(_summary(outputs), second, together):
-        logger.info("calibration runs whole batches: two samples run together differ from each run alone")
+    if group is not None and _samples_interact([_summary(outputs), *others], together):
+        logger.info("calibration runs whole batches: samples run together differ from each run alone")
         outputs.clear()
         return [], batch, run(batch), _Plan(SAMPLE_BATCH, True, checked)
     exposed = sum(np.asarray(array).nbytes for array in outputs.values())
@@ -397,25 +398,41 @@ def _first_run(
     return parts[1:], parts[0], outputs, _Plan(per_run, False, checked)
 
 
-def _check_pair(
+# How many samples ``_samples_interact`` runs together: three, so that samples that meet only from the third (``x +
+# sum(x[2:])`` over the batch) are found too, as two alone and together were not until review s75 xfix. One run of one
+# sample more than two, on a model whose graph may mix its samples (``_keeps_samples_apart``: a CNN's runs none).
+_CHECKED_SAMPLES = 3
+
+
+def _check_group(
     parts: Sequence[Mapping[str, np.ndarray]], holds: SampleAxes
-) -> tuple[Mapping[str, np.ndarray], dict[str, np.ndarray]] | None:
-    """The second sample ``_samples_interact`` checks (the first of ``parts`` that differs from the first one, the
-    second where none does) and the two run together; None where the parts are not one sample each (a fixed batch).
-    Two copies of one sample meet as any one does in a batch-centred model (``x - mean(x)`` is 0 alone and together),
-    and the check read the first two of a batch that began with a copy so (ranges (0, 0) for the batch's (-1.8, 1.5))
-    until review s74."""
+) -> tuple[list[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None:
+    """The samples ``_samples_interact`` checks beside the first, up to ``_CHECKED_SAMPLES`` in all (those of ``parts``
+    that differ from the ones taken before them, then the next where too few do), and all of them run together; None
+    where the parts are not one sample each (a fixed batch). Two copies of one sample meet as any one does in a
+    batch-centred model (``x - mean(x)`` is 0 alone and together), and the check read the first two of a batch that
+    began with a copy so (ranges (0, 0) for the batch's (-1.8, 1.5)) until review s74."""
     first = parts[0]
     if samples_in(first, holds) != 1:
         return None
-    second = next((part for part in parts[1:] if not _same_arrays(part, first)), parts[1])
-    if samples_in(second, holds) != 1:
+    taken = [0]
+    for index, part in enumerate(parts[1:], 1):
+        if len(taken) == _CHECKED_SAMPLES:
+            break
+        if not any(_same_arrays(part, parts[seen]) for seen in taken):
+            taken.append(index)
+    rest = (index for index in range(1, len(parts)) if index not in taken)
+    taken += list(itertools.islice(rest, max(0, _CHECKED_SAMPLES - len(taken))))
+    others = [parts[index] for index in taken[1:]]
+    if any(samples_in(part, holds) != 1 for part in others):
         return None
-    both = {
-        name: np.concatenate([array, second[name]], axis=holds.axis(name)) if holds(name, array) else array
+    together = {
+        name: np.concatenate([array, *(part[name] for part in others)], axis=holds.axis(name))
+        if holds(name, array)
+        else array
         for name, array in first.items()
     }
-    return second, both
+    return others, together
 
 
 def _same_arrays(one: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray]) -> bool:
@@ -533,22 +550,22 @@ def _is_constant(value: ir.Value | None) -> bool:
 _Summary = tuple[float, float, tuple[int, ...]]
 
 
-def _samples_interact(
-    first: Mapping[str, _Summary], second: Mapping[str, _Summary], together: Mapping[str, _Summary]
-) -> bool:
-    """Whether two samples run together (``together``, ``_summary``) give other values than each run alone (``first``,
-    ``second``), as far as extremes and shapes tell: a model whose samples meet (a Softmax or a mean over the batch
-    axis, a BatchNormalization left in training mode) computes other values one sample a run than a batch at once, and
-    its ranges, read one sample a run, were another model's (a Softmax over the batch axis calibrated to exactly 1.0)
-    until review s73 late3. A tensor shaped alike alone and together, with other extremes for each sample alone, does
-    not hold the samples side by side: it takes some of them (``Gather`` of row 0 of the batch) or reduces them (a max
-    over the batch); the first sample's extremes spanning the second's, together read as each alone until review s74.
-    Samples that meet in values their extremes and shapes do not show are not found."""
-    alone = [first, second]
+def _samples_interact(alone: Sequence[Mapping[str, _Summary]], together: Mapping[str, _Summary]) -> bool:
+    """Whether samples run together (``together``, ``_summary``) give other values than each run alone (``alone``, the
+    first sample's first), as far as extremes and shapes tell: a model whose samples meet (a Softmax or a mean over the
+    batch axis, a BatchNormalization left in training mode) computes other values one sample a run than a batch at once,
+    and its ranges, read one sample a run, were another model's (a Softmax over the batch axis calibrated to exactly
+    1.0) until review s73 late3. A tensor shaped alike alone and together, with other extremes for a sample alone than
+    for the first, does not hold the samples side by side: it takes some of them (``Gather`` of row 0 of the batch) or
+    reduces them (a max over the batch); the first sample's extremes spanning the second's, together read as each alone
+    until review s74. Samples that meet in values their extremes and shapes do not show are not found."""
+    first = alone[0]
     for name, (low, high, shape) in together.items():
         if any(name not in part for part in alone):
             continue
-        if shape == first[name][2] == second[name][2] and not _near(first[name][:2], second[name][:2]):
+        if all(part[name][2] == shape for part in alone) and any(
+            not _near(first[name][:2], part[name][:2]) for part in alone[1:]
+        ):
             return True
         expected = (min(part[name][0] for part in alone), max(part[name][1] for part in alone))
         if not _near((low, high), expected):
