@@ -15,6 +15,7 @@ from optimizer.compared_inputs import (
     UNNAMED_LENGTH,
     compared_constants,
     compared_lengths,
+    equal_copy,
     equalled_inputs,
     held_reductions,
     reduced_sides,
@@ -972,13 +973,13 @@ def _add_drawn_compared_values(model: ir.Model, verifier: Verifier) -> None:
 
 
 def _add_equalled_inputs(model: ir.Model, verifier: Verifier) -> None:
-    """Where an ``Equal`` compares two float inputs of one shape with each other (``equalled_inputs``:
+    """Where an ``Equal`` compares two float inputs with each other (``equalled_inputs``:
     ``Where(Equal(x, y), a, b)``), verify on a copy of the first set with the second a copy of the first: drawn apart,
     they were equal in no set, and a rewrite wrong where they are verified."""
     first = verifier.input_sets[0]
     if not (pairs := equalled_inputs(model, first)):
         return
-    inputs = {**first, **{y: first[x].copy() for x, y in pairs}}
+    inputs = {**first, **{y: equal_copy(first[x], first[y]) for x, y in pairs}}
     # Labels in parts around the names: input names and labels are the user's text, never a template.
     copied = ", ".join(f"{y} a copy of {x}" for x, y in pairs)
     verifier.add_input_set(inputs, f"copy of {verifier.labels[0]}, " + copied + " (compared for equality)")

@@ -1618,10 +1618,12 @@ def _picked_lengths(node: ir.Node, held: list[tuple[Any, float]]) -> list[tuple[
 
 
 def equalled_inputs(model: ir.Model, inputs: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Each pair of float inputs ``(x, y)`` of ``inputs`` of the same shape and type that an ``Equal`` compares with
-    each other, each as it is or through an ``Identity`` or a ``Cast`` (``Where(Equal(x, y), a, b)``): drawn apart,
-    two normal floats are never equal, the branch equality selects never ran, and a rewrite wrong there verified until
-    a review in session 74. ``optimizer.api`` verifies on a set with ``y`` a copy of ``x``."""
+    """Each pair of float inputs ``(x, y)`` of ``inputs`` that an ``Equal`` compares with each other, each as it is or
+    through an ``Identity`` or a ``Cast`` (``Where(Equal(x, y), a, b)``), ``y`` of ``x``'s shape and type, of a
+    shape that broadcasts into ``x``'s (``Equal(x [B, L], y [L])``), or of a wider float type (``Equal(x,
+    Cast(y16))``, ``x`` the float16 one): drawn apart, two normal floats are never equal, the branch equality selects
+    never ran, and a rewrite wrong there verified until a review in session 74 (beside a broadcast or another type,
+    until review s75 late74a). ``optimizer.api`` verifies on a set with ``y`` a copy of ``x`` (``equal_copy``)."""
     arrays = {
         value.name: array
         for value in runtime_inputs(model)
@@ -1645,9 +1647,33 @@ def equalled_inputs(model: ir.Model, inputs: Mapping[str, Any]) -> list[tuple[st
     copies: dict[str, str] = {}  # each input copied, from which: none copied twice, nor both copied and copied from
     for _, sides in readers.values():
         x, y = sides.get(0), sides.get(1)
-        if x is None or y is None or x == y or (arrays[x].shape, arrays[x].dtype) != (arrays[y].shape, arrays[y].dtype):
+        if x is None or y is None or x == y or (copied := _copied_side(arrays[x], arrays[y])) is None:
             continue
+        x, y = (x, y) if copied else (y, x)
         if y in copies or x in copies or y in copies.values() or np.any(arrays[x] == arrays[y]):
             continue
         copies[y] = x
     return [(x, y) for y, x in copies.items()]
+
+
+def _copied_side(first: np.ndarray, second: np.ndarray) -> bool | None:
+    """Which of two arrays an ``Equal`` compares ``equalled_inputs`` copies from the other: True for ``second`` (of
+    ``first``'s shape and type, of a shape that broadcasts into its, or of a wider float type than it), False for
+    ``first`` so, None for neither (each copies exactly only into a type as wide)."""
+    if first.shape == second.shape:
+        return second.dtype.itemsize >= first.dtype.itemsize
+    if first.dtype != second.dtype:
+        return None
+    try:
+        joined = np.broadcast_shapes(first.shape, second.shape)
+    except ValueError:
+        return None
+    return True if joined == first.shape else False if joined == second.shape else None
+
+
+def equal_copy(source: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """A copy of ``source`` in the type and shape of ``like`` (``equalled_inputs``): its first rows along each axis
+    ``like`` broadcasts, which an ``Equal`` of the two then finds equal."""
+    lead = (0,) * (source.ndim - like.ndim)
+    picked = source[(*lead, *(slice(0, 1) if size == 1 else slice(None) for size in like.shape))]
+    return picked.astype(like.dtype).reshape(like.shape)

@@ -173,6 +173,8 @@ def _passes_on(node: ir.Node, index: int) -> bool:
 FED_MARK = "::graphopt_drawn"
 READ_MARK = "::graphopt_read_by_draw"
 _DRAW_INPUT_NAMES = {"Dropout": ("data", "ratio", "training_mode")}
+# The draws whose values are of their input's type where no ``dtype`` attribute says otherwise.
+_INPUT_TYPED = frozenset({"RandomNormalLike", "RandomUniformLike", "Bernoulli"})
 # The draws' attribute defaults (ONNX's operator schemas): one written out, or left out where it was written, draws
 # the same; read as a changed draw ("scale unset → 1.0"), such a correct rewrite was rolled back (review s74 late2).
 # Not a ``*Like``'s or a Bernoulli's dtype, whose default is its input's.
@@ -194,6 +196,39 @@ def main_draws(graph: ir.Graph) -> dict[str, ir.Node]:
         for node in graph
         if is_onnx_domain(node) and may_draw(node) and node.outputs and node.outputs[0].name and not _keeps_all(node)
     }
+
+
+# The ops whose output may name a draw in a rewrite of the base (``draw_aliases``): removed where they change nothing
+# (``remove-identity``, ``simplify-ops``' no-op rules), their output's name goes to their input.
+_RENAMING = frozenset({"Identity", "Cast", "Reshape", "Transpose", "Expand"})
+
+
+def draw_aliases(graph: ir.Graph, keys: Collection[str]) -> dict[str, str]:
+    """Each name an ``Identity`` (or a chain of ``_RENAMING`` ops) gives the values of a draw of ``keys`` in ``graph``,
+    to the draw's key: removing that Identity names the draw so where it was a graph output (onnx-ir's
+    ``IdentityEliminationPass``), and such a correct rewrite was rolled back as one that removed the draw (review s74
+    late2); so the other ops ``simplify-ops`` removes where they change nothing (a Cast to the draw's own type: review
+    s75 late74a). A name only pairs a result's draw with the base's (``matched_draws``): each is compared after, fed
+    the same."""
+    aliases: dict[str, str] = {}
+    for node in graph:
+        if node.op_type in _RENAMING and is_onnx_domain(node) and node.inputs and node.inputs[0] is not None:
+            source = node.inputs[0].name or ""
+            key = source if source in keys else aliases.get(source)
+            if key is not None and node.outputs[0].name:
+                aliases[node.outputs[0].name] = key
+    return aliases
+
+
+def matched_draws(found: Mapping[str, ir.Node], keys: Collection[str], aliases: Mapping[str, str]) -> dict[str, str]:
+    """The keys of a base's draws (of ``keys``) by the names of ``found``, a result's draws (``main_draws``), that draw
+    them: under the key itself or, where none does, under a name it had in the base (``aliases``: ``draw_aliases``)."""
+    matched = {name: name for name in found if name in keys}
+    for name in found:
+        key = aliases.get(name)
+        if name not in matched and key is not None and key not in found and key not in matched.values():
+            matched[name] = key
+    return matched
 
 
 def _keeps_all(node: ir.Node) -> bool:
@@ -272,6 +307,16 @@ class Draw:
         """The positions of its inputs that are computed (not constants): exposed as outputs, compared there."""
         return [index for index, value in enumerate(self.node.inputs) if value is not None and _fixed(value) is None]
 
+    def read_as(self, index: int) -> ir.DataType | None:
+        """The data type of this draw's input ``index`` in the base: recorded, or that of what it drew where it draws
+        in its input's type (a Dropout's data, a ``*Like`` or a ``Bernoulli`` with no ``dtype``); None where unknown."""
+        if index == 0 and self.data is not None:
+            return self.data
+        if (recorded := self.node.inputs[index].dtype) is not None:
+            return recorded
+        follows = self.node.op_type in _INPUT_TYPED and "dtype" not in self.node.attributes
+        return self.dtype if index == 0 and follows else None
+
     def differs(self, node: ir.Node) -> str | None:
         """How ``node``, the rewrite's node of this draw's key, draws otherwise, in words: its op, an attribute or a
         constant input (its computed inputs are compared as outputs); None where it draws as this one does."""
@@ -348,13 +393,17 @@ def draw_values(
     return values, fed
 
 
-def with_draws_fed(model: ir.Model, draws: Mapping[str, Draw], renamed: Mapping[str, str] | None = None) -> ir.Model:
+def with_draws_fed(
+    model: ir.Model, draws: Mapping[str, Draw], renamed: Mapping[str, str] | None = None, *, reads: bool = True
+) -> ir.Model:
     """A copy of ``model`` in which each node of its main graph of a key of ``draws`` reads what it draws from a graph
     input (``key + FED_MARK``) instead: a random op becomes an ``Identity`` of it; a Dropout computes ``x * mask / (1 -
     ratio)`` from the mask fed, as ONNX Runtime does (``x`` where ``training_mode`` is false: ``_fed_dropout``), and
-    outputs the mask where it did. Each computed input of such a node is also an output
-    (``read_name``), so the values it draws from are compared too. The same in every model it is given, so two
-    models fed one draw compute the same where they compute the same from it. ``renamed`` gives the key of a draw
+    outputs the mask where it did. With ``reads``, each computed input of such a node is also an output
+    (``read_name``), so the values it draws from are compared too (an accuracy budget measures the model's own outputs
+    alone: exposed there, each Dropout's input was kept for every batch of samples, then dropped; review s75
+    late74a). The same in every model it is given, so two models fed one draw compute the same where they compute the
+    same from it. ``renamed`` gives the key of a draw
     ``model`` names otherwise (``optimizer.verify._FedDraws.matched``), by its name there."""
     copy = model.clone()
     graph = copy.graph
@@ -363,11 +412,13 @@ def with_draws_fed(model: ir.Model, draws: Mapping[str, Draw], renamed: Mapping[
         draw = draws.get(key)
         if draw is None:
             continue
-        for index in draw.computed:
+        for index in draw.computed if reads else ():
             # A float16 rewrite's Dropout data read in the original's float32, as its float outputs are compared (a
-            # dtype of its own failed ``convert-float16``; review s74 late5).
-            if index == 0 and draw.data is not None and node.inputs[0].dtype not in (None, draw.data):
-                read = ir.node("Cast", [node.inputs[index]], {"to": draw.data}, name=read_name(key, index))
+            # dtype of its own failed ``convert-float16``; review s74 late5), and so a sampler's input (review s75
+            # late74a).
+            read_as = draw.read_as(index)
+            if read_as is not None and index < len(node.inputs) and node.inputs[index].dtype not in (None, read_as):
+                read = ir.node("Cast", [node.inputs[index]], {"to": read_as}, name=read_name(key, index))
             else:
                 read = ir.node("Identity", [node.inputs[index]], name=read_name(key, index))
             read.outputs[0].name = read_name(key, index)
@@ -376,7 +427,14 @@ def with_draws_fed(model: ir.Model, draws: Mapping[str, Draw], renamed: Mapping[
         fed = ir.Value(name=key + FED_MARK, type=ir.TensorType(draw.dtype))
         graph.inputs.append(fed)
         if node.op_type != "Dropout":
-            new = [ir.node("Identity", [fed], name=key + FED_MARK)]
+            # A float16 rewrite's sampler (``RandomNormalLike`` or ``Bernoulli`` of a float16 input) fed the original's
+            # numbers in its own type: fed as they were drawn, the copy did not load, and ``convert-float16`` of a
+            # model with a sampler was rolled back (review s75 late74a).
+            drawn = node.outputs[0].dtype
+            if drawn is not None and drawn != draw.dtype:
+                new = [ir.node("Cast", [fed], {"to": drawn}, name=key + FED_MARK)]
+            else:
+                new = [ir.node("Identity", [fed], name=key + FED_MARK)]
             ir.convenience.replace_nodes_and_values(graph, node, [node], new, [node.outputs[0]], [new[0].outputs[0]])
             continue
         olds = [node.outputs[0]]
@@ -508,6 +566,7 @@ class FedBudgetRuns(BudgetRuns):
         super().__init__(runs, left_out)
         self.draws, self.values, self.measured = dict(draws), list(values), frozenset(measured)
         self.shapes: list[dict[str, tuple[int, ...]]] = []  # of the batches the values were drawn on
+        self.aliases: dict[str, str] = {}  # the draws' other names in the model (``draw_aliases``)
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
@@ -516,7 +575,7 @@ class FedBudgetRuns(BudgetRuns):
 
     def _like(self, runs: Sequence[dict[str, Any]], values, shapes, left_out: Collection[str]) -> FedBudgetRuns:
         like = FedBudgetRuns(runs, self.draws, values, self.measured, left_out)
-        like.shapes = list(shapes)
+        like.shapes, like.aliases = list(shapes), self.aliases
         return like
 
     def without(self, random: Collection[str]) -> FedBudgetRuns:
@@ -525,29 +584,41 @@ class FedBudgetRuns(BudgetRuns):
         left = set(random) - self.measured
         return self._like([undrawn(run, left) for run in self], self.values, self.shapes, self.left_out | left)
 
-    def drawn_alike(self, model: ir.Model) -> bool:
-        """Whether ``model`` draws each of ``draws`` as the reference did (``Draw.differs``), under its key: only then
-        is it fed them, and the outputs they reach measured."""
+    def matched(self, model: ir.Model) -> dict[str, str] | None:
+        """The keys of ``draws`` by the names ``model`` draws them under (``matched_draws``: a draw a rewrite renamed
+        is fed as itself) where it draws each of them as the reference did (``Draw.differs``); None where it does not
+        (removed, another ratio): only then is it fed them, and the outputs they reach measured."""
         found = main_draws(model.graph)
-        return all(key in found and draw.differs(found[key]) is None for key, draw in self.draws.items())
+        renamed = matched_draws(found, self.draws, self.aliases)
+        names = {key: name for name, key in renamed.items()}
+        if all(key in names and draw.differs(found[names[key]]) is None for key, draw in self.draws.items()):
+            return renamed
+        return None
+
+    def drawn_alike(self, model: ir.Model) -> bool:
+        """Whether ``model`` draws each of ``draws`` as the reference did, under its key or a name a rewrite gave it
+        (``matched``)."""
+        return self.matched(model) is not None
 
     def candidate_runs(
         self, model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The reference to measure ``model`` on ``batches`` by and ``model``'s ``budget_runs`` on them, fed the same
         draws: these runs and those of a copy of ``model`` fed them (``with_draws_fed``). Where ``model`` does not draw
-        each of them as the reference did (``Draw.differs``: removed, renamed, another ratio), or ``batches`` are not
-        those the values were drawn on, its runs as they are, and the reference less ``measured``."""
+        each of them as the reference did (``matched``: removed, another ratio), or ``batches`` are not those the
+        values were drawn on, its runs as they are, and the reference less ``measured``. A draw a rewrite renamed
+        (``matched_draws``) is fed as itself: matched by its name alone, the outputs a Dropout reached were left out
+        of the pipeline's budget after ``remove-identity`` named it as its output (review s75 late74a)."""
+        renamed = self.matched(model)
         same = (
             len(batches) == len(self.values)
             and all(_shapes(batch) == shapes for batch, shapes in zip(batches, self.shapes))
-            and self.drawn_alike(model)
+            and renamed is not None
         )
         if not same:
             return [undrawn(run, self.measured) for run in self], budget_runs(model, batches)
         fed = [{**batch, **values} for batch, values in zip(batches, self.values)]
-        runs = budget_runs(with_draws_fed(model, self.draws), fed)
-        return list(self), [{name: value for name, value in run.items() if READ_MARK not in name} for run in runs]
+        return list(self), budget_runs(with_draws_fed(model, self.draws, renamed, reads=False), fed)
 
 
 def fed_budget_runs(
@@ -559,18 +630,17 @@ def fed_budget_runs(
     Dropout's ``training_mode`` fed as an input) stay left out. None where ONNX Runtime cannot run the copy."""
     try:
         values, fed = draw_values(model, draws, batches)
-        copy = with_draws_fed(model, fed)
+        copy = with_draws_fed(model, fed, reads=False)
         runs, random = _undrawn_runs(copy, [{**batch, **drawn} for batch, drawn in zip(batches, values)])
     except RuntimeRefusedError:
         return None
-    runs = [{name: value for name, value in run.items() if READ_MARK not in name} for run in runs]
-    random = {name for name in random if READ_MARK not in name}
     if not runs or random >= {value.name for value in model.graph.outputs}:
         return None  # every output still random: the runs as they are (``undrawn_budget_runs``)
     reached = reached_from(model.graph, [value for node in draws.values() for value in node.outputs])
     left_out = random if not set(runs[0]) >= random else set()
     reference = FedBudgetRuns(runs, fed, values, reached - random, left_out)
     reference.shapes = [_shapes(batch) for batch in batches]
+    reference.aliases = draw_aliases(model.graph, fed)
     return reference
 
 

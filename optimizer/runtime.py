@@ -908,7 +908,12 @@ def constant_value(value: ir.Value) -> np.ndarray | None:
             return None
         nodes[id(node)] = node
         stack.extend(v for v in node.inputs if v is not None)
-    if sum(leaf.const_value.size for leaf in leaves.values()) > _CONSTANT_ELEMENTS:
+    # A Constant node's tensor is read as an initializer is: uncounted, one of 4 million floats was serialized, and
+    # kept as the cache's key, for each comparison with a reduction of it (review s75 late74a).
+    constants = [node for node in nodes.values() if node.op_type == "Constant"]
+    written = [ir.convenience.get_const_tensor(node.outputs[0]) for node in constants]
+    read = [leaf.const_value for leaf in leaves.values()] + written
+    if any(tensor is None for tensor in written) or sum(tensor.size for tensor in read) > _CONSTANT_ELEMENTS:
         return None
     graph = next(iter(nodes.values())).graph
     if not isinstance(graph, ir.Graph) or "" not in graph.opset_imports and "ai.onnx" not in graph.opset_imports:

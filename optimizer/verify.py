@@ -64,12 +64,14 @@ from optimizer.draws import (  # noqa: F401 (NONDETERMINISTIC_OPS re-exported: i
     READ_MARK,
     Draw,
     FedBudgetRuns,
+    draw_aliases,
     draw_values,
     drawn_outputs,
     draws_exposed,
     fed_budget_runs,
     feedable_draws,
     main_draws,
+    matched_draws,
     may_draw,
     reached_from,
     read_name,
@@ -427,16 +429,18 @@ def _ids_positions(beside: IdsBeside, shape: tuple[int, ...]) -> tuple[int, np.n
 def _confirmed_widths(
     model: ir.Model, beside: Mapping[str, IdsBeside], inputs: Mapping[str, np.ndarray]
 ) -> dict[str, IdsBeside]:
-    """``beside`` (``model``'s ``concatenated_ids``) with each size recorded for a computed value joined to ids
-    replaced by its size in a run of ``model`` on ``inputs`` (unknown where the run gives none): ONNX Runtime runs a
-    model whose recorded shapes are stale, and beside a size known only at run time such a size misplaced the ids'
-    positions (each id one class off verified until a late review in session 74)."""
+    """``beside`` (``model``'s ``concatenated_ids``) with each size of a computed value joined to ids, recorded or
+    not, its size in a run of ``model`` on ``inputs`` (unknown where the run gives none): ONNX Runtime runs a model
+    whose recorded shapes are stale, and beside a size known only at run time such a size misplaced the ids'
+    positions (each id one class off verified until a late review in session 74); two sizes not recorded left the
+    ids unplaced, held by the tolerance (``Concat(top, ids, top)``: one class off verified until review s75
+    late74a)."""
 
     def recorded(name: str) -> Iterator[tuple[int, ir.Value]]:
         joined = beside[name]
         parts = next(value for value in model.graph.outputs if value.name == name).producer().inputs
-        for index, (value, ids, width) in enumerate(zip(parts, joined.ids, joined.widths)):
-            if ids is None and width is not None and value is not None and value.producer() is not None:
+        for index, (value, ids) in enumerate(zip(parts, joined.ids)):
+            if ids is None and value is not None and value.producer() is not None:
                 yield index, value
 
     names = list(dict.fromkeys(value.name for name in beside for _, value in recorded(name)))
@@ -2231,7 +2235,8 @@ def _streamed_drift(
     drawing, exposed = original, {}  # the name a draw is fed under -> the original's output that gives it
     if fed is not None:
         drawing, exposed = draws_exposed(original, fed.draws)
-        candidate, random = with_draws_fed(candidate, fed.draws), set(random) - fed.measured
+        renamed = fed.matched(candidate)
+        candidate, random = with_draws_fed(candidate, fed.draws, renamed, reads=False), set(random) - fed.measured
     # An ArgMax's ids are read with the logits they pick among beside them (``budget_runs``), on each side its own.
     (original_probe, original_picks), (candidate_probe, candidate_picks) = map(logits_exposed, (drawing, candidate))
     with (
@@ -3664,7 +3669,11 @@ class Verifier:
         self.references = run_sets(accepted, self.input_sets)
         self._base = accepted
         self._ids = argmax_outputs(accepted)
+        # Sizes confirmed on a run as the original's are: recorded stale, they placed the ids of later results at
+        # another position (one class off verified after int8 until review s75 late74a).
         self._beside = concatenated_ids(accepted)
+        if self._beside and self.input_sets:
+            self._beside = _confirmed_widths(accepted, self._beside, self.input_sets[0])
         self._level_zero = self._base_signature = self._twin_samples = self._logits = None
         self._fed = _UNBUILT
 
@@ -3967,26 +3976,12 @@ class _FedDraws:
         self.draws = draws
         self.verifier = verifier
         self.compared = outputs - verifier.skipped  # the base's outputs the check compares
-        # Each name an Identity (or a chain of them) gives a draw's values in the base, to the draw's key: removing that
-        # Identity names the draw so where it was a graph output (onnx-ir's IdentityEliminationPass), and such a
-        # correct rewrite was rolled back as one that removed the draw (review s74 late2).
-        self.aliases: dict[str, str] = {}
-        for node in graph:
-            if node.op_type == "Identity" and is_onnx_domain(node) and node.inputs and node.inputs[0] is not None:
-                source = node.inputs[0].name or ""
-                key = source if source in draws else self.aliases.get(source)
-                if key is not None and node.outputs[0].name:
-                    self.aliases[node.outputs[0].name] = key
+        self.aliases = draw_aliases(graph, draws)  # the other names of the base's draws: renamed by a rewrite
 
     def matched(self, found: Mapping[str, ir.Node]) -> dict[str, str]:
-        """The keys of the base's draws by the names of ``found``, a result's draws (``main_draws``), that draw them:
-        under the key itself or, where none does, under a name an ``Identity`` of it had in the base."""
-        keys = {name: name for name in found if name in self.draws}
-        for name in found:
-            key = self.aliases.get(name)
-            if name not in keys and key is not None and key not in found and key not in keys.values():
-                keys[name] = key
-        return keys
+        """The keys of the base's draws by the names of ``found``, a result's draws (``main_draws``), that draw them
+        (``optimizer.draws.matched_draws``)."""
+        return matched_draws(found, self.draws, self.aliases)
 
     @classmethod
     def of(

@@ -12,7 +12,12 @@ from tests.helpers import strict_xfails
 _ROOT = Path(__file__).resolve().parent.parent
 
 # Each strict xfail added in session 75, and the README words that name its limit.
-_NAMED: dict[str, str] = {}
+_NAMED: dict[str, str] = {
+    "test_ids_beside_scores_of_no_recorded_rank_one_class_off_are_rolled_back": (
+        "where no rank of the output is recorded, axes spelled from both ends are not matched and such ids are still "
+        "held by the float tolerance"
+    ),
+}
 
 
 @pytest.fixture(scope="module")
