@@ -389,6 +389,18 @@ def _probe_mask(
     return True if np.array_equal(allowed, np.broadcast_to(causal, wanted)) else None
 
 
+def _unprobed(mask: ir.Value) -> str:
+    """Why a bias the original refuses to evaluate on every padded probe row is kept: the mask's static dims, where
+    it has them (the probes are 2 rows of 7 and of 13 tokens)."""
+    dims = list(mask.shape) if mask.shape is not None else []
+    static = [dim if isinstance(dim, int) else getattr(dim, "value", None) or "?" for dim in dims]
+    why = f"its dims are static, [{', '.join(map(str, static))}]: " if any(isinstance(d, int) for d in dims) else ""
+    return (
+        f"ONNX Runtime refuses the bias on every padded probe of {mask.name} ({why}2 rows of "
+        f"{PADDED_MASK.shape[1]} and of {_LONGER_MASK.shape[1]} tokens), so which mask it is was not seen"
+    )
+
+
 def _short_mask(length: int) -> np.ndarray:
     """Two ``[2, length]`` probe rows, the first left-padded and the second right-padded by one token (``length``
     at least 2, so each keeps a real token): at a short length the mask is still seen to pad on either side."""
@@ -522,6 +534,9 @@ def _mask_kind(
     if len(kinds) != 1 or kinds & {None, _REFUSED} or (not masks and kinds != {True}):
         if not masks:
             return "it reads no input named like an attention mask, and is not the causal order on the probed rows"
+        if kinds == {_REFUSED}:
+            # A mask input of static dims (an export without dynamic axes, or --static-shapes) takes no probe row.
+            return _unprobed(masks[0])
         return "it is not what a padding (or causal + padding) mask implies on the probed rows"
     causal = kinds.pop()
     # What the bias was taken for, in a refusal's words: without a mask input, no padding was probed.

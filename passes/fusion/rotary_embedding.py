@@ -1406,6 +1406,14 @@ def _check_rows(
                         "cos/sin are [B, S, ·] tables: against the [B, N, S, d] heads their batch broadcasts over "
                         "the heads, not over the batch"
                     )
+                if index == 0 and not inputs and probe.ndim >= 2:
+                    # Tables folded to constants (an export without dynamic axes): the padded batch's 7 tokens
+                    # cannot be read from them, as no other length can but their own.
+                    return (
+                        f"cos/sin are constant tables of {probe.shape[-2]} positions that read no input (an export "
+                        f"of static shapes?): their rows are fixed by the shapes, and a probe of {seq} tokens "
+                        "cannot check them"
+                    )
                 return (
                     "cos/sin of a padded batch have an unexpected shape"
                     if index == 0
