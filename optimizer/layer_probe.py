@@ -50,8 +50,8 @@ FLOAT16_PROBE_TOLERANCE = 2.0**-10
 # written: an Attention stating ``unidirectional=0`` (ONNX Runtime's GPT-2 attention fusions write it) and a QAttention
 # leaving it out compute alike (a review: --quantize dynamic was rolled back as "another unidirectional").
 _ATTENTION_DEFAULTS = {"num_heads": None, "unidirectional": 0, "mask_filter_value": -10000.0}
-# The most bytes of layer outputs one probe run computes (each side): a vocabulary's LM head on every input
-# channel at once would be gigabytes.
+# The most bytes of layer outputs one probe run computes (each side), and of probe rows it is fed: a vocabulary's LM
+# head on every input channel at once would be gigabytes, and so would a wide layer's rows.
 PROBE_BYTES = 256 * 2**20
 
 
@@ -70,8 +70,12 @@ def probe_rows(example: np.ndarray, first: int = 0, count: int | None = None) ->
     k = example.shape[-1]
     count = k if count is None else max(1, min(count, k))
     first = min(first, k - count)
-    identity = np.eye(k, dtype=np.float64)[first : first + count]
-    rows = np.concatenate([v * identity, -0.5 * v * identity[:1], np.zeros((1, k))]).astype(example.dtype)
+    # The rows asked for alone, in the example's dtype: ``np.eye(k)[first : first + count]`` built all k × k in float64
+    # first, 16 GB for MEGnet's 45,411-input dense layer (dynamic int8's verification was killed at 24 GB, review s75
+    # hunt 11). The values are those of ``[v·I; -v/2·e_first; 0]`` computed in float64 and rounded once, as before.
+    rows = np.zeros((count + 2, k), dtype=example.dtype)
+    rows[np.arange(count), np.arange(first, first + count)] = v
+    rows[count, first] = -0.5 * v
     return rows.reshape((1,) * (example.ndim - 2) + rows.shape)
 
 
@@ -182,10 +186,12 @@ def layer_probe_failure(
     convolved = {node.outputs[0].name for node in twin.graph if node.op_type == "Conv"}
     real = [(a, o) for a, o in pairs if o in convolved and a in examples and examples[a].dtype.kind == "f"]
     read_by_conv = {a for a, _ in real}
+    # Whether an activation can be probed, asked of one channel's rows: all of them at once were K × K (MEGnet's
+    # 45,411-input dense layer: 16 GB, built only to be compared with None).
     rows = [
         (a, o)
         for a, o in pairs
-        if o not in convolved and a in examples and a not in read_by_conv and probe_rows(examples[a]) is not None
+        if o not in convolved and a in examples and a not in read_by_conv and probe_rows(examples[a], 0, 1) is not None
     ]
     probed = 0
     for probe, group in ((_probe_with_rows, rows), (_probe_with_real_inputs, real)):
@@ -263,8 +269,11 @@ def _probe_with_rows(
                 if failure:
                     return _failure(output, failure, _rows_fed(probe_rows(examples[activation], 0, 1))), len(kept)
             if first == 0:
+                # A chunk's rows are bounded on both sides: its outputs (a vocabulary's LM head) and the rows fed
+                # (every input channel of a 45,411-wide layer at once was 8 GB of probe rows).
                 width = sum(expected[name].shape[-1] for name in names)
-                count = max(1, PROBE_BYTES // (4 * max(width, 1)))
+                fed = sum(examples[activation].shape[-1] for activation in activations)
+                count = max(1, PROBE_BYTES // (4 * max(width, fed, 1)))
                 first = 1
             else:
                 first += count

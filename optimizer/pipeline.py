@@ -301,11 +301,13 @@ def _run_one(
             if getattr(result, "fitted_to_checked", ""):
                 verifier.fitted_on_checked.append(spec.name)  # later ones are measured where this one was fitted
     except RuntimeRefusedError as error:
+        unsplit = ""
         if verifier is not None:  # the pass's own run of the samples may have failed on the data, not its result
             verifier.refuse_unrunnable_samples()
+            unsplit = verifier.unsplittable_samples()  # or on their split, in the input model
         record.seconds = time.perf_counter() - started
         record.status, record.nodes_after = STATUS_ROLLED_BACK, nodes_before
-        record.detail = f"ONNX Runtime cannot run the result: {error.reason}"
+        record.detail = unsplit or f"ONNX Runtime cannot run the result: {error.reason}"
         return model, record
     except RuntimeMissingError:
         # No ONNX Runtime is the installation's fault, not the pass's: the run stops in one line (as it does

@@ -120,7 +120,15 @@ from optimizer.runtime import (
     value_collector,
     with_logits,
 )
-from optimizer.samples import SampleData, held_out_parts, holds_samples, output_sample_axes, samples_in, split_samples
+from optimizer.samples import (
+    SampleData,
+    held_out_parts,
+    hold_out,
+    holds_samples,
+    output_sample_axes,
+    samples_in,
+    split_samples,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -2321,6 +2329,7 @@ class Verifier:
         self._sample_references: list[dict[str, Any]] | None = None
         self._twin_samples: list[tuple[dict[str, np.ndarray], str, dict[str, Any], dict[str, float]]] | None = None
         self._unrunnable_samples: str | None = None  # ``refuse_unrunnable_samples``: "" once all batches ran
+        self._unsplittable_samples: str | None = None  # ``unsplittable_samples``: "" once both parts ran
         # An applied pass was fitted to the samples ``hold_out`` does not hold out (``fitted_to``): every later
         # approximate result carries that fit, and is measured on the held-out samples too.
         self._fitted = False
@@ -3729,7 +3738,8 @@ class Verifier:
                 drift = drift_of(candidate, batches, references, layout=self._original)
         except RuntimeRefusedError as error:  # the rewrite is unusable, unless the data is
             self.refuse_unrunnable_samples()
-            return VerificationResult(error=f"ONNX Runtime cannot run the result: {error.reason}")
+            unsplit = self.unsplittable_samples() if where else ""
+            return VerificationResult(error=unsplit or f"ONNX Runtime cannot run the result: {error.reason}")
         measured_on = self._measured_on(batches, where)
         if self.budget.met(drift):
             return VerificationResult(drift=drift, measured_on=measured_on)
@@ -3845,6 +3855,31 @@ class Verifier:
                 f"ONNX Runtime cannot run the original model on the calibration samples ({self._unrunnable_samples}); "
                 "check them against the model"
             )
+
+    def unsplittable_samples(self) -> str:
+        """Why the original model itself fails on the calibration samples as ``hold_out`` splits them into those a
+        pass fits to and those held out, where it runs every whole batch (``refuse_unrunnable_samples``), or "".
+
+        mne-icalabel's ICLabel reads its rows four at a time (each component, negated, mirrored and both, averaged
+        by a ``Reshape [4, -1]`` into one row of labels): the fourth of rows held out failed in the original, and
+        ``--prune-channels`` was rolled back as "ONNX Runtime cannot run the result". Runs the original over both
+        parts once, on demand."""
+        if self._samples is None or self._samples_generated:
+            return ""
+        if self._unsplittable_samples is None:
+            self._unsplittable_samples = ""
+            try:
+                for part in hold_out(self._sample_batches(), self._original):
+                    for batch in part:
+                        self._run(self._original, batch)
+            except RuntimeRefusedError as error:
+                self._unsplittable_samples = (
+                    "ONNX Runtime cannot run the original model on the calibration samples split into those a pass "
+                    f"fits to and those it holds out ({error.reason}), though it runs them whole: the model reads "
+                    "rows of a batch together (an output with other rows than its inputs), so they cannot be held "
+                    "out one by one; nothing was measured on the result"
+                )
+        return self._unsplittable_samples
 
     def _sample_batches(self) -> list[dict[str, np.ndarray]]:
         if self._samples is None:
