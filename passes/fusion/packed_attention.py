@@ -32,6 +32,14 @@ causal table sliced past its end); anything else keeps the bias. Each long probe
 ``_MAX_PROBED_ELEMENTS`` elements (``--max-sequence`` above ~11000) the bias is kept rather
 than trusted unprobed.
 
+A mask input of static dims (an export without dynamic axes, or ``--static-shapes``) takes none of those probes:
+ONNX Runtime refuses every other shape, so the bias stays ``attention_bias`` and the refusal says why. With
+``static_masks=True`` (the pass's keyword alone, not the pipeline's) such a mask is probed at its dims only, the one
+length the graph accepts: all real, one token and about half padded on either side, padding between real tokens,
+one real token first and last (``_static_rows``), each row at each position of a static batch beside other rows
+(``_fitted``); a static batch with a dynamic length takes the usual probes so fitted. A static length of 1 is refused.
+Off by default: a static RoBERTa export (hidden 256, 4 layers, 128 tokens) so packed ran no faster.
+
 Refuses (with the reason, counted per MultiHeadAttention) when the op has a projection
 bias, key padding mask or past state; key and value are packed with the query, per-head
 4-D tensors or of unknown rank; query, key and value are not projections of one 3-D
@@ -401,6 +409,64 @@ def _unprobed(mask: ir.Value) -> str:
     )
 
 
+def _static_dims(mask: ir.Value) -> tuple[int | None, int | None]:
+    """The mask input's batch and sequence sizes where they are static, else None for each."""
+    dims = list(mask.shape)[:2] if mask.shape is not None and mask.shape.rank() >= 2 else [None, None]
+    return tuple(dim if isinstance(dim, int) else None for dim in dims)
+
+
+def _fitted(mask: np.ndarray, batch: int | None) -> list[np.ndarray]:
+    """The probe rows ``mask`` as the batches a mask input of static ``batch`` takes (a dynamic one takes them as
+    they are): each row alone for a batch of 1; for more, one batch per row, starting at it and going on through the
+    rows in turn, so each row is seen at each position beside different rows (a bias that reads another row's mask,
+    ``mask[[0, 1, 0]]``, shows)."""
+    if batch is None:
+        return [mask]
+    return [mask[[(first + at) % len(mask) for at in range(batch)]] for first in range(len(mask))]
+
+
+def _probe_fitted(
+    model: ir.Model,
+    bias: ir.Value,
+    inputs: list[ir.Value],
+    mask: np.ndarray,
+    batch: int | None,
+    masked: list[float] | None = None,
+) -> bool | str | None:
+    """``_probe_mask`` on each batch of ``_fitted(mask, batch)``: the kind all agree on, else None. A batch whose
+    only real tokens are first (``[1, 0, 0]`` alone, at a static batch of 1) is causal + padding as much as padding,
+    which ``_probe_mask`` calls padding: it counts only where it is neither."""
+    kinds = set()
+    for each in _fitted(mask, batch):
+        found = _probe_mask(model, bias, inputs, each, masked)
+        if found is not False or each[:, 1:].any():
+            kinds.add(found)
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _static_rows(length: int) -> np.ndarray:
+    """The probe rows at a mask input's static ``length`` (at least 2), the one length ONNX Runtime runs it at, so
+    every pattern a padding mask takes is probed there: all real; one token and about half padded, on the left and
+    on the right; one real token, first and last; and from 3 tokens padding between real ones (alternate tokens,
+    both ends real). A bias that is a padding mask only on some of them (one that masks outside the first and last
+    real tokens, adds a constant or turns causal where no token is padded) is refused."""
+    half = max(1, (length - 1) // 2)
+    rows = {}
+    for pad in (1, half):
+        rows[(0,) * pad + (1,) * (length - pad)] = None
+        rows[(1,) * (length - pad) + (0,) * pad] = None
+    for row in (
+        (1,) * length,
+        (1,) + (0,) * (length - 1),
+        (0,) * (length - 1) + (1,),
+        tuple((t + 1) % 2 for t in range(length)),
+        tuple(t % 2 for t in range(length)),
+        (1,) + (0,) * (length - 2) + (1,),
+    ):
+        rows[row] = None
+    return np.array(list(rows), np.int64)
+
+
 def _short_mask(length: int) -> np.ndarray:
     """Two ``[2, length]`` probe rows, the first left-padded and the second right-padded by one token (``length``
     at least 2, so each keeps a real token): at a short length the mask is still seen to pad on either side."""
@@ -504,7 +570,7 @@ def _leading_dims(value: ir.Value) -> tuple | None:
 
 
 def _mask_kind(
-    model: ir.Model, bias: ir.Value, max_sequence: int = DEFAULT_MAX_SEQUENCE
+    model: ir.Model, bias: ir.Value, max_sequence: int = DEFAULT_MAX_SEQUENCE, static_masks: bool = False
 ) -> tuple[ir.Value, bool] | str:
     """``(mask_input, causal, fill)`` when the additive ``bias`` is what a 2-D padding mask input implies (or, where
     it reads no mask input, the causal order alone: ``mask_input`` None), else why not.
@@ -515,7 +581,8 @@ def _mask_kind(
     right-padded row at each of ``probe_lengths`` up to
     ``max_sequence``; it must be 0 where ``mask[b, t] == 1`` (and ``t <= s`` if
     causal) and at most -1e4 elsewhere, whatever exporter code built it, at each length
-    the original graph accepts (see the module docstring).
+    the original graph accepts (see the module docstring). With ``static_masks``, a mask input of static dims is
+    probed at those dims instead (``_static_kind``, ``_fitted``).
     """
     mask_types = (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT)
     inputs = token_inputs_of([bias], mask_types)
@@ -530,7 +597,12 @@ def _mask_kind(
     # alone, built from the sequence length) the probes are rows of no padding, and only the causal order is taken.
     probe = (lambda mask: mask) if masks else np.ones_like
     masked: list[float] = []
-    kinds = {_probe_mask(model, bias, inputs, probe(mask), masked) for mask in (PADDED_MASK, _LONGER_MASK)}
+    # A mask input of static dims (an export without dynamic axes, or --static-shapes): ONNX Runtime runs it at
+    # those dims alone, so a static length is probed there only (every pattern at once), a static batch on fitted rows.
+    batch, length = _static_dims(masks[0]) if masks and static_masks else (None, None)
+    if length is not None:
+        return _static_kind(model, bias, inputs, masks[0], batch, length)
+    kinds = {_probe_fitted(model, bias, inputs, probe(mask), batch, masked) for mask in (PADDED_MASK, _LONGER_MASK)}
     if len(kinds) != 1 or kinds & {None, _REFUSED} or (not masks and kinds != {True}):
         if not masks:
             return "it reads no input named like an attention mask, and is not the causal order on the probed rows"
@@ -542,7 +614,7 @@ def _mask_kind(
     # What the bias was taken for, in a refusal's words: without a mask input, no padding was probed.
     what = f"what a {'causal + padding' if causal else 'padding'} mask implies" if masks else "the causal order"
     for length in _SHORT_LENGTHS:
-        found = _probe_mask(model, bias, inputs, probe(_short_mask(length)), masked)
+        found = _probe_fitted(model, bias, inputs, probe(_short_mask(length)), batch, masked)
         if found != _REFUSED and found != causal:
             return f"it is not {what} at {length} tokens, though it is at 7 and 13"
     probed = {PADDED_MASK.shape[1], _LONGER_MASK.shape[1], *_SHORT_LENGTHS}
@@ -556,19 +628,49 @@ def _mask_kind(
             f"(a [{max_sequence}, {max_sequence}] mask is too large to evaluate)"
         )
     for length in lengths:
-        found = _probe_mask(model, bias, inputs, probe(long_mask(length)))
+        found = _probe_fitted(model, bias, inputs, probe(long_mask(length)), batch)
         if found != _REFUSED and found != causal:
             return (
                 f"it is not {what} at {length} tokens, though it is at 7 and 13 "
                 "(a sliding window, or a table that changes past them)"
             )
+    return _with_fill(masks[0] if masks else None, causal, masked)
+
+
+def _with_fill(mask: ir.Value | None, causal: bool, masked: list[float]) -> tuple[ir.Value | None, bool, float] | str:
+    """``(mask, causal, fill)`` with the one fill of the ``masked`` values (``_one_fill``), else why not."""
     fill = _one_fill(masked)
     if fill is None:
         return (
             "it masks with different values where padding and where the causal order masks (the packed op adds "
             "one value for padding and float32's lowest for the causal order)"
         )
-    return (masks[0] if masks else None), causal, fill
+    return mask, causal, fill
+
+
+def _static_kind(
+    model: ir.Model, bias: ir.Value, inputs: list[ir.Value], mask: ir.Value, batch: int | None, length: int
+) -> tuple[ir.Value, bool, float] | str:
+    """``_mask_kind`` of a bias whose ``mask`` input has a static ``length`` (and ``batch``, if not None): probed
+    on ``_static_rows(length)`` alone, as ONNX Runtime refuses every other length; every row must give one kind."""
+    if length < 2:
+        return f"its mask input {mask.name} is static at {length} token: no probe row can be padded there"
+    rows = _static_rows(length)
+    if (batch or len(rows)) * length * length > _MAX_PROBED_ELEMENTS:
+        return f"its kind cannot be probed at {mask.name}'s static dims (a [{length}, {length}] mask is too large)"
+    masked: list[float] = []
+    kind = _probe_fitted(model, bias, inputs, rows, batch, masked)
+    if kind == _REFUSED:
+        return (
+            f"ONNX Runtime refuses the bias on the probes of {mask.name} at its static dims "
+            f"[{batch if batch is not None else '?'}, {length}], so which mask it is was not seen"
+        )
+    if kind is None:
+        return (
+            f"it is not what a padding (or causal + padding) mask implies on every probed row at {mask.name}'s "
+            f"static {length} tokens (padded on either side, between real tokens, or not at all)"
+        )
+    return _with_fill(mask, kind, masked)
 
 
 def _unexpanded(bias: ir.Value) -> ir.Value:
@@ -605,15 +707,25 @@ class PackedAttentionFusion(FusionPass):
     rewrites of the last run. With ``for_int4`` (``quantize-int4`` in the run, however asked for) it leaves every
     MultiHeadAttention as it is and says so: packed QKV weights have no 4-bit form, and unpacked, Q, K and V are
     MatMuls ``quantize-int4`` writes in 4 bits (a tiny BART encoder packed kept 37 % of its layer weights float under
-    ``--quantize int4``).
+    ``--quantize int4``). With ``static_masks`` a mask input of static dims (an export without dynamic axes, or
+    ``--static-shapes``), which ONNX Runtime refuses the usual probes on, is probed at its dims (``_static_kind``) and
+    becomes ``mask_index`` too; off by default, and not in the pipeline: a static RoBERTa export so packed ran no
+    faster (``docs/benchmarks.md``, review s75).
     """
 
     fused_ops = ((MS_DOMAIN, "Attention"),)
 
-    def __init__(self, target: str = "cpu", max_sequence: int = DEFAULT_MAX_SEQUENCE, for_int4: bool = False) -> None:
+    def __init__(
+        self,
+        target: str = "cpu",
+        max_sequence: int = DEFAULT_MAX_SEQUENCE,
+        for_int4: bool = False,
+        static_masks: bool = False,
+    ) -> None:
         super().__init__(target)
         self.max_sequence = checked_length(max_sequence)
         self.for_int4 = for_int4
+        self.static_masks = static_masks
 
     def fuse(self, model: ir.Model) -> int:
         if self.for_int4:
@@ -671,7 +783,7 @@ class PackedAttentionFusion(FusionPass):
         if bias is not None:
             probe = _unexpanded(bias)
             if id(probe) not in masks:
-                masks[id(probe)] = _mask_kind(model, probe, self.max_sequence)
+                masks[id(probe)] = _mask_kind(model, probe, self.max_sequence, self.static_masks)
             if isinstance(masks[id(probe)], str):
                 self._kept.append(f"the mask kept as attention_bias: {masks[id(probe)]}")
             else:
