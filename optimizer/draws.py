@@ -220,17 +220,6 @@ def draw_aliases(graph: ir.Graph, keys: Collection[str]) -> dict[str, str]:
     return aliases
 
 
-def matched_draws(found: Mapping[str, ir.Node], keys: Collection[str], aliases: Mapping[str, str]) -> dict[str, str]:
-    """The keys of a base's draws (of ``keys``) by the names of ``found``, a result's draws (``main_draws``), that draw
-    them: under the key itself or, where none does, under a name it had in the base (``aliases``: ``draw_aliases``)."""
-    matched = {name: name for name in found if name in keys}
-    for name in found:
-        key = aliases.get(name)
-        if name not in matched and key is not None and key not in found and key not in matched.values():
-            matched[name] = key
-    return matched
-
-
 def _keeps_all(node: ir.Node) -> bool:
     """Whether ``node`` is a Dropout of a constant ratio 0, which keeps every value."""
     ratio = _fixed(node.inputs[1]) if node.op_type == "Dropout" and len(node.inputs) > 1 else None
@@ -340,6 +329,35 @@ class Draw:
             if found is None or not _same_value(fixed, found):
                 return f"{label} {_shown(fixed)} → {'computed' if found is None else _shown(found)}"
         return None
+
+
+def matched_draws(found: Mapping[str, ir.Node], keys: Collection[str], aliases: Mapping[str, str]) -> dict[str, str]:
+    """The keys of ``keys`` by the names of ``found`` (a rewrite's draws, ``main_draws``) that draw them: under the key
+    itself or, where none does, under a name an ``Identity`` of it had (``draw_aliases``), or that of a ``Cast`` (or a
+    chain of them) of its values: ``convert-float16`` casts a float16 Dropout's output to the float32 graph output it
+    was, and its float16-rounded twin (``Twin.deployed``) casts each Dropout's to float16 and back under its name; read
+    as a draw removed, such a correct result was rolled back, or measured without the outputs the draw reaches (review
+    s75 late75a). Fed each its key's values, a rewrite that drew otherwise still differs where outputs are compared."""
+    matched = {name: name for name in found if name in keys}
+    for name, node in found.items():
+        if name in matched:
+            continue
+        for key in (aliases.get(name), *_cast_names(node.outputs[0])):
+            if key is not None and key in keys and key not in found and key not in matched.values():
+                matched[name] = key
+                break
+    return matched
+
+
+def _cast_names(value: ir.Value) -> list[str]:
+    """The names of the outputs of the ``Cast`` nodes reading ``value``, and of those reading them, nearest first."""
+    names, frontier = [], [value]
+    while frontier:
+        for use in frontier.pop(0).uses():
+            if use.node.op_type == "Cast" and is_onnx_domain(use.node):
+                names.append(use.node.outputs[0].name)
+                frontier.append(use.node.outputs[0])
+    return names
 
 
 def read_name(key: str, index: int) -> str:

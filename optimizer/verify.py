@@ -4014,8 +4014,9 @@ class _FedDraws:
         self.aliases = draw_aliases(graph, draws)  # the other names of the base's draws: renamed by a rewrite
 
     def matched(self, found: Mapping[str, ir.Node]) -> dict[str, str]:
-        """The keys of the base's draws by the names of ``found``, a result's draws (``main_draws``), that draw them
-        (``optimizer.draws.matched_draws``)."""
+        """The keys of the base's draws by the names of ``found``, a result's draws (``main_draws``), that draw them:
+        under the key itself or, where none does, under a name an ``Identity`` of it had in the base or that of a
+        ``Cast`` of its values (``matched_draws``)."""
         return matched_draws(found, self.draws, self.aliases)
 
     @classmethod

@@ -25,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
+from optimizer.draws import may_draw
 from optimizer.errors import RuntimeRefusedError
 from optimizer.padding import batch_padding, token_axes, token_rows, unpadded_rows
 from optimizer.progress import track
@@ -339,7 +340,8 @@ def _sample_shape(batch: Mapping[str, np.ndarray], holds: SampleAxes) -> tuple:
 class _Plan(NamedTuple):
     """How ``_sample_runs`` runs batches after a ``_first_run``: ``per_run`` samples a run, for samples of the batch's
     shape (``_sample_shape``) unless the model ``fixed`` that count (whole batches, one sample a run) whatever their
-    bytes; ``checked``: whether ``_samples_interact``'s check was made (or needed none), on two samples or more."""
+    bytes; ``checked``: whether ``_samples_interact``'s check was made (or needed none), on two samples or more that
+    are not all copies of one."""
 
     per_run: int
     fixed: bool
@@ -356,14 +358,18 @@ def _first_run(
     """``_sample_runs``' first run of ``batch``, on its first sample: the parts of ``batch`` left to run, the part run,
     what it returned, and how later batches run (``_Plan``). Where ONNX Runtime refuses one sample alone and runs the
     batch (a model with a batch traced into a ``Reshape``), or where two or three samples run together give other
-    extremes than each alone (``_samples_interact``; checked where ``check``, until a batch holds two samples: a first
-    file of one sample left a batch-centred model unchecked, and its ranges (0, 0)), the whole batch, and whole batches
-    after it."""
+    extremes than each alone (``_samples_interact``; checked where ``check``, until a batch holds two samples that are
+    not all copies of one: a first file of one sample left a batch-centred model unchecked, and its ranges (0, 0)), the
+    whole batch, and whole batches after it."""
     parts = split_samples(batch, 1, model)
     checked = not check or len(parts) > 1
     group = None
     if check and len(parts) > 1 and not _keeps_samples_apart(model, parts[0], holds):
         group = _check_group(parts, holds)
+        # A batch of copies of one sample cannot show samples that meet as a mean does (``x - mean(x)`` is 0 alone and
+        # together): the next batch is checked. Taken as checked, later batches ran as many samples a run as their
+        # bytes allow, unchecked, and a batch-centred model's ranges were (0, 0) (review s75 late75a).
+        checked = group is None or not all(_same_arrays(part, parts[0]) for part in group[0])
     try:
         # The check's runs before the first sample's, whose tensors are kept to be taken in: held through them, three
         # samples' tensors were alive at once.
@@ -455,7 +461,8 @@ _PER_SAMPLE = frozenset(
 
 def _keeps_samples_apart(model: ir.Model, sample: Mapping[str, np.ndarray], holds: SampleAxes) -> bool:
     """Whether every node of ``model``'s graph is one that keeps its samples apart: elementwise ops (with no constant
-    as long as the batch), convolutions by constant weights and pools, an inference ``BatchNormalization``, a
+    as long as the batch), convolutions by constant weights (or weights computed from constants alone: a ``Cast`` or
+    ``DequantizeLinear`` of one, which is skipped) and pools, an inference ``BatchNormalization``, a
     ``Flatten`` or ``Softmax`` from axis 1 on, a ``Gemm`` or 2-D constant-weight ``MatMul`` whose rows are the samples;
     and every input of ``sample`` with a dim holds its samples along axis 0 (``holds``), where those ops keep them
     apart. Any other graph (a Reshape, a Transpose, an attention's MatMul of two activations, a reduction, a time-major
@@ -468,24 +475,36 @@ def _keeps_samples_apart(model: ir.Model, sample: Mapping[str, np.ndarray], hold
         if name in inputs
     ):
         return False
+    fixed: set[int] = set()  # ids of the values computed from constants alone (``_of_constants``)
+
+    def from_constants(value: ir.Value | None) -> bool:
+        return value is None or id(value) in fixed or _is_constant(value)
+
     for node in model.graph:
         op = node.op_type
         if not is_onnx_domain(node):
             return False
         if op == "Constant":
             continue
+        if _of_constants(node, from_constants):
+            # The same for every sample: a weight's dequantization left to run time (fold-constants keeps a float16
+            # weight's Cast past 8,192 elements, and an int8 one's DequantizeLinear or Cast, Sub and Mul).
+            fixed.update(id(value) for value in node.outputs)
+            continue
         if op in _PER_SAMPLE:
             # A convolution by an activation mixes samples: ``Conv(x [B, C, H, W], z [B, C, k, k])`` (a Siamese
             # tracker's cross-correlation) makes each of B output channels from one sample's kernel over every sample.
-            if all(_is_constant(value) for value in node.inputs[1:] if value is not None):
+            # A kernel computed from constants alone does not (read as an activation, every CNN whose weights are cast
+            # or dequantized at run time got the check until review s75 late75a).
+            if all(from_constants(value) for value in node.inputs[1:]):
                 continue
             return False
         if op in _ELEMENTWISE:
             # Activations of another rank broadcast from the right: a ``lengths [B]`` beside ``x [B, B]`` meets its
             # samples along the last axis.
-            activations = [value for value in node.inputs if value is not None and not _is_constant(value)]
+            activations = [value for value in node.inputs if not from_constants(value)]
             ranks = {_rank(value) for value in activations}
-            if any(_batch_long(value, ranks) for value in node.inputs if value is not None and _is_constant(value)):
+            if any(_batch_long(value, ranks) for value in node.inputs if value is not None and from_constants(value)):
                 return False
             if len(activations) <= 1 or (len(ranks) == 1 and None not in ranks):
                 continue
@@ -511,6 +530,20 @@ def _keeps_samples_apart(model: ir.Model, sample: Mapping[str, np.ndarray], hold
     return True
 
 
+def _of_constants(node: ir.Node, from_constants: Callable[[ir.Value | None], bool]) -> bool:
+    """Whether ``node`` computes from constants alone: it reads a value at least, each one ``from_constants`` says is a
+    constant or computed from constants alone, it draws nothing (``may_draw``) and holds no subgraph."""
+    return (
+        any(value is not None for value in node.inputs)
+        and all(from_constants(value) for value in node.inputs)
+        and not may_draw(node)
+        and not any(attribute.type in _SUBGRAPHS for attribute in node.attributes.values())
+    )
+
+
+_SUBGRAPHS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+
+
 def _from_axis_one(node: ir.Node) -> bool:
     """Whether ``node``'s ``axis`` (1 by default, as ``Flatten``'s and an opset-12 ``Softmax``'s) lies past axis 0."""
     default = 1 if node.op_type == "Flatten" else -1
@@ -525,9 +558,15 @@ def _batch_long(constant: ir.Value, ranks: set[int | None]) -> bool:
     """Whether ``constant`` may meet an elementwise op's activations (of ``ranks``) along their samples' axis with more
     than one row: a mask traced at the export's batch (``x [B, 4] * c [6, 4]``) gives each of 6 samples its row, and
     one sample alone all 6 (a sample's range was over every row's). Where an activation's rank is unknown, any
-    constant whose first dim is not 1."""
+    constant whose first dim is not 1; one computed from constants (``_of_constants``) whose shape is not recorded,
+    wherever an activation meets it."""
     tensor = ir.convenience.get_const_tensor(constant)  # a ``Constant``'s output may record no shape
-    shape = tuple(tensor.shape) if tensor is not None else ()
+    if tensor is not None:
+        shape = tuple(tensor.shape)
+    elif constant.shape is not None and constant.shape.is_static():
+        shape = tuple(constant.shape.numpy())
+    else:
+        return bool(ranks)
     if not ranks or not shape:
         return False
     known = [rank for rank in ranks if rank is not None]
