@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import io
 import math
 import os
@@ -129,6 +130,22 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(exit_codes.USAGE, f"graphopt: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """As argparse's, but words the command did not take are refused by that command's parser, naming its
+        ``--help`` and the nearest of its flags: argparse refuses them at the top, whose help lists no command's flags
+        (``graphopt optimize m.onnx --pases ...`` said "see graphopt --help", a review in session 75)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(self, "commands", {}).get(getattr(parsed, "command", None), self)
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            flags = [flag for action in command._actions for flag in action.option_strings if flag.startswith("--")]
+            unknown = [word.split("=", 1)[0] for word in extras if word.startswith("--")]
+            nearest = difflib.get_close_matches(unknown[0], flags, n=1) if unknown else []
+            command.error(message + (f" (did you mean {nearest[0]}?)" if nearest else ""))
+        return parsed
 
 
 class _OldSpelling(argparse.Action):
@@ -664,8 +681,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _printable(text: str) -> str:
     """``text`` with each character that is not printable (a newline, a tab, an escape) as its Python escape: an
-    error stays one line, and an escape sequence in a file name cannot rewrite the terminal."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    error stays one line, and an escape sequence in a file name cannot rewrite the terminal. A byte of a path that is
+    not UTF-8 (read by Python as a lone surrogate) is shown as the byte, ``\\xff`` as ``ls -b`` shows it, not as
+    ``\\udcff``."""
+    return "".join(
+        char
+        if char.isprintable()
+        else f"\\x{ord(char) - 0xDC00:02x}"
+        if 0xDC80 <= ord(char) <= 0xDCFF
+        else repr(char)[1:-1]
+        for char in text
+    )
 
 
 @contextlib.contextmanager

@@ -353,7 +353,9 @@ def checked_dims(dims: Any) -> dict[str, int]:
     checked = {name: _integer(size) for name, size in dims.items()}
     for name, value in checked.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise OptionError(f"--dim {name}={value}: expected a positive integer size")
+            # repr for what is no int: dims={"batch": "2"} read "--dim batch=2: expected a positive integer size"
+            shown = value if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+            raise OptionError(f"--dim {name}={shown}: expected a positive integer size")
         if value > MAX_DIM:
             raise OptionError(f"--dim {name}={value}: larger than an ONNX dimension can be (2^63 - 1)")
     return checked

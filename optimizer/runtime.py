@@ -189,7 +189,8 @@ def save_model_file(model: ir.Model, path: str | os.PathLike, external_data: str
             ) from error
 
 
-# ir.save moves a tensor to external data from 256 bytes: 64 float32 values.
+# ir.save moves a tensor of more than 256 bytes to external data; lifting from 64 float32 values on (256 bytes, kept
+# in the model file) lifts every constant it could move.
 _LIFTED_ELEMENTS = 64
 
 
@@ -235,7 +236,7 @@ def strings_serializable(model: ir.Model, *, external: bool = False) -> Iterator
     """While open, every string initializer of ``model`` is an ``ir.StringTensor`` onnx-ir can serialize (a
     folded label table is an ``ir.Tensor`` over numpy objects, which it cannot); with ``external``, one that
     ``ir.save`` keeps in the model file: ONNX has no external strings, and onnx-ir 1.1 moves every tensor of
-    256 bytes or more out, then fails on its ``tobytes``."""
+    more than 256 bytes out, then fails on its ``tobytes``."""
     swapped = []
     for graph in model.graphs():
         for value in graph.initializers.values():

@@ -234,10 +234,10 @@ def _llm_accuracy_rows(provider: ProviderResult) -> list[list[str]]:
 
 
 def _llm_accuracy_table(provider: ProviderResult) -> Table:
+    batch = provider.llm_accuracy.batch
+    rows = "one row" if batch == 1 else f"up to {batch} rows"  # "up to 1 rows" for a model that takes one
     table = Table(
-        title=(
-            f"AFTER vs BEFORE as language models on {provider.ep}, up to {provider.llm_accuracy.batch} rows at a time"
-        ),
+        title=f"AFTER vs BEFORE as language models on {provider.ep}, {rows} at a time",
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
         pad_edge=False,
