@@ -36,8 +36,10 @@ A mask input of static dims (an export without dynamic axes, or ``--static-shape
 ONNX Runtime refuses every other shape, so the bias stays ``attention_bias`` and the refusal says why. With
 ``static_masks=True`` (the pass's keyword alone, not the pipeline's) such a mask is probed at its dims only, the one
 length the graph accepts: all real, one token and about half padded on either side, padding between real tokens,
-one real token first and last (``_static_rows``), each row at each position of a static batch beside other rows
-(``_fitted``); a static batch with a dynamic length takes the usual probes so fitted. A static length of 1 is refused.
+one real token first and last, a row of each count of real tokens (``_static_rows``), each row at each position of
+a static batch beside other rows (``_fitted``); a static batch with a dynamic length takes the usual probes so
+fitted. A static length of 1 is refused, and so are dims whose rows would evaluate more than 16 times
+``_MAX_PROBED_ELEMENTS`` in all (past about 1290 tokens at a batch of 1: 4 s at 1024 on a shared CPU).
 Off by default: a static RoBERTa export (hidden 256, 4 layers, 128 tokens) so packed ran no faster.
 
 Refuses (with the reason, counted per MultiHeadAttention) when the op has a projection
@@ -87,6 +89,9 @@ _SHORT_LENGTHS = (2, 3, 4, 5, 6, 8)
 # The most mask elements the long probes of one bias may evaluate (float32: 512 MiB in all):
 # 4096² plus the tables' lengths fits many times over.
 _MAX_PROBED_ELEMENTS = 1 << 27
+# How many times those elements a static mask's probe rows may evaluate in all (``_static_kind``): a row of each
+# count of real tokens makes them grow as the static length cubed.
+_STATIC_PROBES = 16
 # What a probe says when the original graph refuses the probed length.
 _REFUSED = "refused"
 
@@ -448,8 +453,9 @@ def _static_rows(length: int) -> np.ndarray:
     """The probe rows at a mask input's static ``length`` (at least 2), the one length ONNX Runtime runs it at, so
     every pattern a padding mask takes is probed there: all real; one token and about half padded, on the left and
     on the right; one real token, first and last; and from 3 tokens padding between real ones (alternate tokens,
-    both ends real). A bias that is a padding mask only on some of them (one that masks outside the first and last
-    real tokens, adds a constant or turns causal where no token is padded) is refused."""
+    both ends real); and a right-padded row of each count of real tokens none of those has. A bias that is a padding
+    mask only on some of them (one that masks outside the first and last real tokens, adds a constant or turns causal
+    where no token is padded, or masks more where six of 8 tokens are real) is refused."""
     half = max(1, (length - 1) // 2)
     rows = {}
     for pad in (1, half):
@@ -464,6 +470,12 @@ def _static_rows(length: int) -> np.ndarray:
         (1,) + (0,) * (length - 2) + (1,),
     ):
         rows[row] = None
+    # A bias may read how many tokens are real (a ReduceSum of the mask): at 8 tokens the rows above hold 1, 2, 4, 5,
+    # 7 and 8, and one that masks a real token more where 6 are was taken for a padding mask (review s75 late75b).
+    counts = {sum(row) for row in rows}
+    for real in range(1, length):
+        if real not in counts:
+            rows[(1,) * real + (0,) * (length - real)] = None
     return np.array(list(rows), np.int64)
 
 
@@ -656,10 +668,22 @@ def _static_kind(
     if length < 2:
         return f"its mask input {mask.name} is static at {length} token: no probe row can be padded there"
     rows = _static_rows(length)
-    if (batch or len(rows)) * length * length > _MAX_PROBED_ELEMENTS:
+    # A dynamic batch takes the rows in batches of at most the elements bounded (a row of each count is ``length``
+    # rows); a static one takes each of its batches in a run of its own (``_fitted``). All of them together grow as
+    # ``length`` cubed: bounded too, as their time is (4 s at 1024 tokens, a batch of 1, on a shared CPU).
+    per_run = batch or max(1, _MAX_PROBED_ELEMENTS // (length * length))
+    total = len(rows) * (batch or 1) * length * length
+    if per_run * length * length > _MAX_PROBED_ELEMENTS:
         return f"its kind cannot be probed at {mask.name}'s static dims (a [{length}, {length}] mask is too large)"
+    if total > _STATIC_PROBES * _MAX_PROBED_ELEMENTS:
+        return (
+            f"its kind cannot be probed at {mask.name}'s static dims: {len(rows)} probe rows of {length} tokens (one "
+            "for each count of real tokens, which a bias may read) are too many to evaluate"
+        )
     masked: list[float] = []
-    kind = _probe_fitted(model, bias, inputs, rows, batch, masked)
+    runs = [rows] if batch is not None else [rows[at : at + per_run] for at in range(0, len(rows), per_run)]
+    kinds = {_probe_fitted(model, bias, inputs, each, batch, masked) for each in runs}
+    kind = kinds.pop() if len(kinds) == 1 else None
     if kind == _REFUSED:
         return (
             f"ONNX Runtime refuses the bias on the probes of {mask.name} at its static dims "
