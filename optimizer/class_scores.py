@@ -7,6 +7,7 @@ token ids, held as ids, not by a cosine of their numbers."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import onnx_ir as ir
@@ -374,28 +375,35 @@ def ids_passed_on(model: ir.Model) -> dict[str, ir.Value]:
 
 class IdsBeside(NamedTuple):
     """An output a ``Concat`` joins ids and other values into (``concatenated_ids``): the axis it joins along, each
-    input's size along it (None where not known before a run), and each input's ids as its picker picks them (None for
-    an input of no ids)."""
+    input's size along it (None where not known before a run), each input's ids as its picker picks them (None for
+    an input of no ids), and the inputs themselves."""
 
     axis: int
     widths: tuple[int | None, ...]
     ids: tuple[ir.Value | None, ...]
+    joined: tuple[ir.Value | None, ...] = ()
 
 
-def concatenated_ids(model: ir.Model) -> dict[str, IdsBeside]:
+def concatenated_ids(model: ir.Model, ranks: Mapping[str, int] | None = None) -> dict[str, IdsBeside]:
     """Each named graph output of ``model`` that a ``Concat`` computes from ids (an ``ArgMax`` or ``ArgMin`` with its
     axis kept along the ``Concat``'s or unsqueezed there, or a ``TopK``'s indices: ``_picked_along``) and other values
     (each row's ids beside its top score): no output of ids (``argmax_outputs``), so held by the float tolerance, which
     passed ids past 10,000 classes one class off until a review in session 74; verification holds those positions
-    exactly (``optimizer.verify.compare_outputs``). Axes are compared at the output's rank, where recorded: torch's
+    exactly (``optimizer.verify.compare_outputs``). Axes are compared at the output's rank: torch's
     ``cat([top.unsqueeze(1), ids.unsqueeze(1).float()], -1)`` unsqueezes at 1 and joins at -1, and its ids were not
-    found (held by the tolerance) until a late review in session 74."""
+    found (held by the tolerance) until a late review in session 74. The rank is the output's recorded one, or that of
+    an input the ``Concat`` joins (all share it), else the output's in ``ranks`` (by name, from a run of ``model``):
+    where none was recorded, such ids were not found until review s75 xfix2; without any, axes spelled from both ends
+    are not matched. The ``Concat`` is read through ``Identity`` and ``Dropout`` (``_passed_on``): a Paddle export's
+    closing Identity hid such ids until review s75 xfix2."""
     found = {}
     for output in model.graph.outputs:
-        node = output.producer()
+        node = _passed_on(output).producer()
         if node is None or not is_onnx_domain(node) or node.op_type != "Concat" or not output.name:
             continue
-        rank = output.shape.rank() if output.shape is not None else None
+        rank = _first_rank(output, *node.inputs)
+        if rank is None and ranks is not None:
+            rank = ranks.get(output.name)
         axis = _as_axis(node.attributes.get_int("axis", 0), rank)
         widths, ids = [], []
         for value in node.inputs:
@@ -403,7 +411,7 @@ def concatenated_ids(model: ir.Model) -> dict[str, IdsBeside]:
             ids.append(picked[0] if picked is not None else None)
             widths.append(picked[1] if picked is not None else _width(value, axis))
         if any(value is not None for value in ids):
-            found[output.name] = IdsBeside(axis, tuple(widths), tuple(ids))
+            found[output.name] = IdsBeside(axis, tuple(widths), tuple(ids), tuple(node.inputs))
     return found
 
 

@@ -446,8 +446,7 @@ def _confirmed_widths(
 
     def recorded(name: str) -> Iterator[tuple[int, ir.Value]]:
         joined = beside[name]
-        parts = next(value for value in model.graph.outputs if value.name == name).producer().inputs
-        for index, (value, ids) in enumerate(zip(parts, joined.ids)):
+        for index, (value, ids) in enumerate(zip(joined.joined, joined.ids)):
             if ids is None and value is not None and value.producer() is not None:
                 yield index, value
 
@@ -466,6 +465,18 @@ def _confirmed_widths(
             widths[index] = int(shape[joined.axis]) if -len(shape) <= joined.axis < len(shape) else None
         confirmed[name] = joined._replace(widths=tuple(widths))
     return confirmed
+
+
+def _output_ranks(model: ir.Model, run: Mapping[str, Any]) -> dict[str, int]:
+    """The rank in ``run`` (of ``model``) of each graph output whose rank its graph does not record, which
+    ``concatenated_ids`` reads: ids a ``Concat`` joins to scores at axes spelled from both ends (``Unsqueeze`` at 1,
+    ``Concat`` at -1) were not found without it, and held by the float tolerance (one class off past 10,000 classes
+    verified until review s75 xfix2)."""
+    return {
+        value.name: run[value.name].ndim
+        for value in model.graph.outputs
+        if value.shape is None and isinstance(run.get(value.name), np.ndarray)
+    }
 
 
 def _ids_parts(beside: IdsBeside, shape: tuple[int, ...]) -> tuple[int, dict[int, np.ndarray]] | None:
@@ -1503,7 +1514,11 @@ _INTEGER_PATH_LOOKUPS = 8
 
 
 def _rounded_from(
-    candidate: ir.Model, names: Sequence[str], base: ir.Model, dtype_of: Callable[[ir.Value], ir.DataType | None]
+    candidate: ir.Model,
+    names: Sequence[str],
+    base: ir.Model,
+    dtype_of: Callable[[ir.Value], ir.DataType | None],
+    ranks: Mapping[str, int] | None = None,
 ) -> list[str] | None:
     """The float tensors the integer outputs ``names`` of ``candidate`` are computed from (the float inputs of the nodes
     that turn floats into integers or booleans: a Cast, an ArgMax, a QuantizeLinear, a comparison; before a Round,
@@ -1513,16 +1528,17 @@ def _rounded_from(
     out) are read from the ids their ``ArgMax`` picks, at the values it picks among: read at the float ids after their
     ``Cast``, every id one class off would be within the float tolerance past 10,000 classes, and fed the original's
     there, exact; so are floats a ``Cast`` computes from integers (``_cast_integers``: keypoints ``Cast(ArgMax % W)``),
-    from those integers. None for float outputs neither computes in ``candidate`` (held exactly as ids in the base)."""
+    from those integers. None for float outputs neither computes in ``candidate`` (held exactly as ids in the base).
+    ``ranks``: the outputs' ranks in a run, where the graph records none (``concatenated_ids``)."""
     produced = frozenset(v.name for node in base.graph for v in node.outputs if not v.is_graph_output())
     outputs = {value.name: value for value in candidate.graph.outputs}
     picked = {**_cast_integers(candidate), **{name: [ids] for name, ids in picked_ids(candidate).items()}}
     # Ids a ``Concat`` joins to other values: their flips read from each of their pickers' ids, and the other values'
     # from those they are computed from, where they are integers too (floats are held by the tolerance).
     joined = {}
-    for name, beside in concatenated_ids(candidate).items():
+    for name, beside in concatenated_ids(candidate, ranks).items():
         if name in names:
-            parts = [value if ids is None else ids for ids, value in zip(beside.ids, outputs[name].producer().inputs)]
+            parts = [value if ids is None else ids for ids, value in zip(beside.ids, beside.joined)]
             joined[name] = [v for v in parts if v is not None and (v.dtype or dtype_of(v)) not in _CUT_FLOATS]
     starts = [
         start for name in names if name in outputs for start in joined.get(name, picked.get(name, [outputs[name]]))
@@ -2323,6 +2339,7 @@ class Verifier:
         # The base's outputs of ids (``argmax_outputs``): held exactly by the exact check even where cast to float.
         self._ids = argmax_outputs(original)
         self._beside = concatenated_ids(original)  # ids joined to other values: those positions held exactly
+        self._ranks: dict[str, int] = {}  # the base's outputs' ranks in its run (``_output_ranks``)
         self._samples = samples
         self._samples_generated = samples_generated
         self._sample_batch = sample_batch
@@ -2369,6 +2386,9 @@ class Verifier:
                     self._add_first_set(inputs, label, constant_outputs_refused)
                 else:
                     self.add_input_set(inputs, label)
+        if self.input_sets:
+            self._ranks = _output_ranks(original, self.references[0])
+            self._beside = concatenated_ids(original, self._ranks)
         if self._beside and self.input_sets:
             self._beside = _confirmed_widths(original, self._beside, self.input_sets[0])
         self.skipped = self._nondeterministic_outputs(original)
@@ -3016,7 +3036,7 @@ class Verifier:
                 heads = (_position_head(candidate, name), _position_head(twin.model, name))
                 picks.append((*heads, reference[name], outputs[name]))
                 continue
-            mine_beside = concatenated_ids(candidate).get(name)
+            mine_beside = concatenated_ids(candidate, self._ranks).get(name)
             found = _ids_parts(beside[name], reference[name].shape)
             if mine_beside is None or len(mine_beside.ids) != len(beside[name].ids) or found is None:
                 return missed
@@ -3080,7 +3100,7 @@ class Verifier:
             array = collect_values(candidate, [value.name], [inputs])[0][value.name]
             return ir.DataType.from_numpy(array.dtype) if isinstance(array, np.ndarray) else None
 
-        return _rounded_from(candidate, failed, base, dtype_of)
+        return _rounded_from(candidate, failed, base, dtype_of, self._ranks)
 
     def _within_segment_cap(self, session: Any) -> float | None:
         """The largest difference of the result (``session``) from the reference over every input set, where it is
@@ -3172,7 +3192,8 @@ class Verifier:
         twin_sets = self._twin_sets()
         # And its ids a ``Concat`` joins to scores, at their positions (``concatenated_ids``): held by the twin's
         # tolerance, each one class off verified past its ``1 / rtol`` classes until a late review in session 74.
-        beside = _confirmed_widths(twin.model, concatenated_ids(twin.model), twin_sets[0][0]) if twin_sets else {}
+        joined = concatenated_ids(twin.model, self._ranks)
+        beside = _confirmed_widths(twin.model, joined, twin_sets[0][0]) if twin_sets else {}
         try:
             expected = run_sets(twin.model, [inputs for inputs, *_ in twin_sets])
         except RuntimeRefusedError as error:
@@ -3680,7 +3701,8 @@ class Verifier:
         self._ids = argmax_outputs(accepted)
         # Sizes confirmed on a run as the original's are: recorded stale, they placed the ids of later results at
         # another position (one class off verified after int8 until review s75 late74a).
-        self._beside = concatenated_ids(accepted)
+        self._ranks = _output_ranks(accepted, self.references[0]) if self.input_sets else {}
+        self._beside = concatenated_ids(accepted, self._ranks)
         if self._beside and self.input_sets:
             self._beside = _confirmed_widths(accepted, self._beside, self.input_sets[0])
         self._level_zero = self._base_signature = self._twin_samples = self._logits = None

@@ -18,7 +18,8 @@ merged beside it: ``optimizer.runtime.constant_value`` (a few unfolded nodes eva
    ``constant_value``: ``_constant_integers``); a
    ``Concat`` of three pieces, two of sizes not recorded (``_confirmed_widths`` sizes them on a run); and, after an
    approximate pass was accepted, a recorded size that was stale (``Verifier.rebase`` did not confirm them).
-   Still not held: an output whose rank is recorded nowhere, with its axes spelled from both ends (a strict xfail).
+   An output whose rank is recorded nowhere, with its axes spelled from both ends, was a strict xfail here: held since
+   review s75 xfix2 (its rank read from the original's run).
 4. **``constant_value`` read a ``Constant`` node's tensor uncounted**: ``_CONSTANT_ELEMENTS`` bounded the initializers
    read, not the ``Constant`` nodes, so one of millions of values was serialized (and kept as the cache's key) for
    each comparison with a reduction of it.
@@ -201,11 +202,6 @@ def test_ids_beside_scores_one_class_off_are_rolled_back(spelling):
     assert "the ids of output 'out'" in result.first_failure
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="concatenated_ids compares the Unsqueeze's axis 1 with the Concat's -1 at the output's rank, which nothing "
-    "records: the ids are not found, and held by the float tolerance",
-)
 def test_ids_beside_scores_of_no_recorded_rank_one_class_off_are_rolled_back():
     spelling = "no rank recorded"
     result = Verifier(_ids_beside(0.0, spelling), [_WIDE_X]).check(_ids_beside(1.0, spelling))
