@@ -129,6 +129,10 @@ class _OneLineParser(argparse.ArgumentParser):
         self.register("action", "store", _StoreOnce)
 
     def error(self, message: str) -> typing.NoReturn:
+        # The words and paths argparse names, as every other error names them (``_printable``): a newline in one split
+        # the line, an escape sequence reached the terminal, and a byte that is not UTF-8 was "?" or, in argparse's
+        # repr (``invalid choice: 'm\\udcff.onnx'``), "\\udcff" (review s75 late75c).
+        message = _printable(_SURROGATE_ESCAPE.sub(r"\1\\x\2", message))
         self.exit(exit_codes.USAGE, f"graphopt: error: {message} (see {self.prog} --help)\n")
 
     def parse_args(  # type: ignore[override]
@@ -139,12 +143,27 @@ class _OneLineParser(argparse.ArgumentParser):
         (``graphopt optimize m.onnx --pases ...`` said "see graphopt --help", a review in session 75)."""
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
-            command = getattr(self, "commands", {}).get(getattr(parsed, "command", None), self)
+            commands = getattr(self, "commands", {})
+            name = getattr(parsed, "command", None)
+            command = commands.get(name, self)
             message = f"unrecognized arguments: {' '.join(extras)}"
-            flags = [flag for action in command._actions for flag in action.option_strings if flag.startswith("--")]
-            unknown = [word.split("=", 1)[0] for word in extras if word.startswith("--")]
+            # Not a word after ``--`` (a file's name), nor ``--`` itself: "did you mean --ep?" (review s75 late75c).
+            words = extras[: extras.index("--")] if "--" in extras else extras
+            unknown = [word.split("=", 1)[0] for word in words if word.startswith("--")]
+            owners: dict[str, list[str]] = {}
+            for each, parser in [(name, command), *((other, commands[other]) for other in commands if other != name)]:
+                for flag in (flag for action in parser._actions for flag in action.option_strings):
+                    owners.setdefault(flag, []).append(each)
+            flags = [flag for flag in owners if flag.startswith("--")]
             nearest = difflib.get_close_matches(unknown[0], flags, n=1) if unknown else []
-            command.error(message + (f" (did you mean {nearest[0]}?)" if nearest else ""))
+            if nearest and owners[nearest[0]][0] == name:
+                message += f" (did you mean {nearest[0]}?)"
+            elif nearest and name is not None:
+                # Another command's flag, or nearer one of its flags than this command's: ``make-inputs --input``
+                # was told "did you mean --output?", which writes over the file it names (review s75 late75c).
+                others = ", ".join(f"graphopt {other}" for other in owners[nearest[0]])
+                message += f" ({nearest[0]} is a flag of {others})"
+            command.error(message)
         return parsed
 
 
@@ -746,6 +765,9 @@ def _pass_changes_joined(argv: list[str]) -> list[str]:
     return joined
 
 
+# argparse's repr of a byte that is not UTF-8 (a lone surrogate), after an even count of backslashes.
+_SURROGATE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
 # A change to the default pipeline as --passes spells it: +NAME or -NAME, NAME hyphenated lowercase words.
 _PASS_CHANGE = re.compile(r"[+-][a-z0-9]+(?:-[a-z0-9]+)+")
 
@@ -998,7 +1020,8 @@ def _optimize(console: Console, errors: Console, args: argparse.Namespace) -> li
         )
     if not args.quiet:
         render_table(report, console, verbose=args.verbose > 0)
-        console.print(f"wrote {report.output}", highlight=False, soft_wrap=True, markup=False)
+        # Named as errors name it (``_printable``): a byte that is not UTF-8 was "?", a newline split the line.
+        console.print(f"wrote {_printable(str(report.output))}", highlight=False, soft_wrap=True, markup=False)
     if args.pipeline_json:
         report.write_json(args.pipeline_json)  # atomically; a failure names --pipeline-json's path
     failed = []

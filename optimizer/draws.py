@@ -175,6 +175,8 @@ READ_MARK = "::graphopt_read_by_draw"
 _DRAW_INPUT_NAMES = {"Dropout": ("data", "ratio", "training_mode")}
 # The draws whose values are of their input's type where no ``dtype`` attribute says otherwise.
 _INPUT_TYPED = frozenset({"RandomNormalLike", "RandomUniformLike", "Bernoulli"})
+# The draws whose values are of their input's shape.
+_INPUT_SHAPED = frozenset({"RandomNormalLike", "RandomUniformLike", "Bernoulli"})
 # The draws' attribute defaults (ONNX's operator schemas): one written out, or left out where it was written, draws
 # the same; read as a changed draw ("scale unset → 1.0"), such a correct rewrite was rolled back (review s74 late2).
 # Not a ``*Like``'s or a Bernoulli's dtype, whose default is its input's.
@@ -420,8 +422,10 @@ def with_draws_fed(
     outputs the mask where it did. With ``reads``, each computed input of such a node is also an output
     (``read_name``), so the values it draws from are compared too (an accuracy budget measures the model's own outputs
     alone: exposed there, each Dropout's input was kept for every batch of samples, then dropped; review s75
-    late74a). The same in every model it is given, so two models fed one draw compute the same where they compute the
-    same from it. ``renamed`` gives the key of a draw
+    late74a). Without ``reads``, a Dropout's mask or a ``*Like``'s or ``Bernoulli``'s values fed where its data or
+    input is of another shape fail the run: broadcast, they passed a budget for a rewrite that draws otherwise (review
+    s75 late75c). The same in every model it is given, so two models fed one draw compute the same where they compute
+    the same from it. ``renamed`` gives the key of a draw
     ``model`` names otherwise (``optimizer.verify._FedDraws.matched``), by its name there."""
     copy = model.clone()
     graph = copy.graph
@@ -448,27 +452,37 @@ def with_draws_fed(
             # A float16 rewrite's sampler (``RandomNormalLike`` or ``Bernoulli`` of a float16 input) fed the original's
             # numbers in its own type: fed as they were drawn, the copy did not load, and ``convert-float16`` of a
             # model with a sampler was rolled back (review s75 late74a).
-            drawn = node.outputs[0].dtype
+            drawn, values, new = node.outputs[0].dtype, fed, []
+            if not reads and node.op_type in _INPUT_SHAPED and node.inputs and node.inputs[0] is not None:
+                # The values in its input's shape, or no run, as a Dropout's mask (``_fed_dropout``).
+                new += [ir.node("Shape", [node.inputs[0]], name=f"{key}{FED_MARK}_input_shape")]
+                new += [ir.node("Reshape", [fed, new[-1].outputs[0]], name=f"{key}{FED_MARK}_as_input")]
+                for step in new:
+                    step.outputs[0].name = step.name
+                values = new[-1].outputs[0]
             if drawn is not None and drawn != draw.dtype:
-                new = [ir.node("Cast", [fed], {"to": drawn}, name=key + FED_MARK)]
+                new.append(ir.node("Cast", [values], {"to": drawn}, name=key + FED_MARK))
             else:
-                new = [ir.node("Identity", [fed], name=key + FED_MARK)]
-            ir.convenience.replace_nodes_and_values(graph, node, [node], new, [node.outputs[0]], [new[0].outputs[0]])
+                new.append(ir.node("Identity", [values], name=key + FED_MARK))
+            ir.convenience.replace_nodes_and_values(graph, node, [node], new, [node.outputs[0]], [new[-1].outputs[0]])
             continue
         olds = [node.outputs[0]]
         if len(node.outputs) > 1 and node.outputs[1].name:
             olds.append(node.outputs[1])
         # The data type of this model's Dropout, which a float16 rewrite changes from the draw's.
         data = node.inputs[0].dtype if node.inputs[0] is not None and node.inputs[0].dtype is not None else draw.data
-        new = _fed_dropout(key, node, fed, data or ir.DataType.FLOAT)[: 7 + len(olds)]
-        ir.convenience.replace_nodes_and_values(graph, node, [node], new, olds, [n.outputs[0] for n in new[7:]])
+        nodes = _fed_dropout(key, node, fed, data or ir.DataType.FLOAT, shaped=not reads)
+        helpers = len(nodes) - 2
+        new = nodes[: helpers + len(olds)]
+        ir.convenience.replace_nodes_and_values(graph, node, [node], new, olds, [n.outputs[0] for n in new[helpers:]])
     return copy
 
 
-def _fed_dropout(key: str, node: ir.Node, kept: ir.Value, data: ir.DataType) -> list[ir.Node]:
-    """The nodes that compute a Dropout's outputs from its ``kept`` mask, fed (``with_draws_fed``): seven, then its
+def _fed_dropout(key: str, node: ir.Node, kept: ir.Value, data: ir.DataType, *, shaped: bool) -> list[ir.Node]:
+    """The nodes that compute a Dropout's outputs from its ``kept`` mask, fed (``with_draws_fed``): helpers, then its
     data output, ``x * mask / (1 - ratio)`` as ONNX Runtime computes it (``x * mask * (1 / (1 - ratio))`` is an ulp
-    off), ``x`` where ``training_mode`` is false, and its mask."""
+    off), ``x`` where ``training_mode`` is false, and its mask. With ``shaped``, a mask not of the data's shape fails
+    the run (where the data is not compared, ``reads``)."""
     x, ratio, training = (node.inputs[index] if index < len(node.inputs) else None for index in range(3))
     one = ir.node("Constant", [], {"value": ir.tensor(np.array(1.0, np.float32))}, name=f"{key}{FED_MARK}_one")
     if ratio is None:
@@ -478,9 +492,17 @@ def _fed_dropout(key: str, node: ir.Node, kept: ir.Value, data: ir.DataType) -> 
     nodes = [one, share, ir.node("Sub", [one.outputs[0], share.outputs[0]], name=f"{key}{FED_MARK}_kept_share")]
     nodes.append(ir.node("Where", [training, nodes[-1].outputs[0], one.outputs[0]], name=f"{key}{FED_MARK}_divisor_f"))
     nodes.append(ir.node("Cast", [nodes[-1].outputs[0]], {"to": data}, name=f"{key}{FED_MARK}_divisor"))
+    divisor = nodes[-1].outputs[0]
+    if shaped:
+        # The mask in the data's shape, or no run: broadcast, a mask drawn for ``x [1, 4]`` fed a rewrite's Dropout of
+        # ``Expand(x) [3, 4]`` (a draw a row, where the original drew one for every row) gave each row the same mask,
+        # and a budget, which compares no draw's input, measured it at a cosine of 1.0 (review s75 late75c).
+        nodes.append(ir.node("Shape", [x], name=f"{key}{FED_MARK}_data_shape"))
+        nodes.append(ir.node("Reshape", [kept, nodes[-1].outputs[0]], name=f"{key}{FED_MARK}_mask_as_data"))
+        kept = nodes[-1].outputs[0]
     nodes.append(ir.node("Cast", [kept], {"to": data}, name=f"{key}{FED_MARK}_kept"))
     nodes.append(ir.node("Mul", [x, nodes[-1].outputs[0]], name=f"{key}{FED_MARK}_masked"))
-    nodes.append(ir.node("Div", [nodes[-1].outputs[0], nodes[-3].outputs[0]], name=f"{key}{FED_MARK}_data"))
+    nodes.append(ir.node("Div", [nodes[-1].outputs[0], divisor], name=f"{key}{FED_MARK}_data"))
     nodes.append(ir.node("Identity", [kept], name=f"{key}{FED_MARK}_mask"))
     for new in nodes[:-2]:
         new.outputs[0].name = new.name

@@ -475,10 +475,15 @@ def _keeps_samples_apart(model: ir.Model, sample: Mapping[str, np.ndarray], hold
         if name in inputs
     ):
         return False
-    fixed: set[int] = set()  # ids of the values computed from constants alone (``_of_constants``)
+    # The values computed from constants alone (``_of_constants``), by id, and their shapes (``_computed_shape``).
+    fixed: dict[int, tuple[int, ...] | None] = {}
 
     def from_constants(value: ir.Value | None) -> bool:
         return value is None or id(value) in fixed or _is_constant(value)
+
+    def shape_of(value: ir.Value | None) -> tuple[int, ...] | None:
+        tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+        return tuple(tensor.shape) if tensor is not None else fixed.get(id(value))
 
     for node in model.graph:
         op = node.op_type
@@ -489,7 +494,8 @@ def _keeps_samples_apart(model: ir.Model, sample: Mapping[str, np.ndarray], hold
         if _of_constants(node, from_constants):
             # The same for every sample: a weight's dequantization left to run time (fold-constants keeps a float16
             # weight's Cast past 8,192 elements, and an int8 one's DequantizeLinear or Cast, Sub and Mul).
-            fixed.update(id(value) for value in node.outputs)
+            fixed.update((id(value), None) for value in node.outputs)
+            fixed[id(node.outputs[0])] = _computed_shape(node, shape_of)
             continue
         if op in _PER_SAMPLE:
             # A convolution by an activation mixes samples: ``Conv(x [B, C, H, W], z [B, C, k, k])`` (a Siamese
@@ -504,7 +510,8 @@ def _keeps_samples_apart(model: ir.Model, sample: Mapping[str, np.ndarray], hold
             # samples along the last axis.
             activations = [value for value in node.inputs if not from_constants(value)]
             ranks = {_rank(value) for value in activations}
-            if any(_batch_long(value, ranks) for value in node.inputs if value is not None and from_constants(value)):
+            constants = [value for value in node.inputs if value is not None and from_constants(value)]
+            if any(_batch_long(shape_of(value), ranks) for value in constants):
                 return False
             if len(activations) <= 1 or (len(ranks) == 1 and None not in ranks):
                 continue
@@ -544,6 +551,25 @@ def _of_constants(node: ir.Node, from_constants: Callable[[ir.Value | None], boo
 _SUBGRAPHS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
 
 
+def _computed_shape(
+    node: ir.Node, shape_of: Callable[[ir.Value | None], tuple[int, ...] | None]
+) -> tuple[int, ...] | None:
+    """The shape of the first output of ``node``, which computes from constants alone (``_of_constants``), from its
+    inputs' shapes (``shape_of``): an elementwise op's broadcast, a ``DequantizeLinear``'s data's; None for any other op
+    (a ``Reshape``). Not its recorded shape, which a tool may leave stale: ``Cast(c [3, 4])`` recorded as ``[1, 4]`` (or
+    ``[4]``) beside ``x [B, 4]``, which ONNX Runtime runs as ``[3, 4]``, was taken to keep the samples apart, and the
+    ranges were one sample's over every row (review s75 late75c)."""
+    shapes = [shape_of(value) for value in node.inputs if value is not None]
+    if node.op_type in ("DequantizeLinear", "QuantizeLinear"):
+        return shapes[0]
+    if node.op_type not in _ELEMENTWISE or any(shape is None for shape in shapes):
+        return None
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        return None
+
+
 def _from_axis_one(node: ir.Node) -> bool:
     """Whether ``node``'s ``axis`` (1 by default, as ``Flatten``'s and an opset-12 ``Softmax``'s) lies past axis 0."""
     default = 1 if node.op_type == "Flatten" else -1
@@ -554,18 +580,13 @@ def _from_axis_one(node: ir.Node) -> bool:
     return axis >= 1 or (axis < 0 and rank is not None and axis + rank >= 1)
 
 
-def _batch_long(constant: ir.Value, ranks: set[int | None]) -> bool:
-    """Whether ``constant`` may meet an elementwise op's activations (of ``ranks``) along their samples' axis with more
-    than one row: a mask traced at the export's batch (``x [B, 4] * c [6, 4]``) gives each of 6 samples its row, and
-    one sample alone all 6 (a sample's range was over every row's). Where an activation's rank is unknown, any
-    constant whose first dim is not 1; one computed from constants (``_of_constants``) whose shape is not recorded,
-    wherever an activation meets it."""
-    tensor = ir.convenience.get_const_tensor(constant)  # a ``Constant``'s output may record no shape
-    if tensor is not None:
-        shape = tuple(tensor.shape)
-    elif constant.shape is not None and constant.shape.is_static():
-        shape = tuple(constant.shape.numpy())
-    else:
+def _batch_long(shape: tuple[int, ...] | None, ranks: set[int | None]) -> bool:
+    """Whether a constant of ``shape`` may meet an elementwise op's activations (of ``ranks``) along their samples' axis
+    with more than one row: a mask traced at the export's batch (``x [B, 4] * c [6, 4]``) gives each of 6 samples its
+    row, and one sample alone all 6 (a sample's range was over every row's). Where an activation's rank is unknown, any
+    constant whose first dim is not 1; one computed from constants (``_of_constants``) whose shape is not known
+    (``_computed_shape``), wherever an activation meets it."""
+    if shape is None:
         return bool(ranks)
     if not ranks or not shape:
         return False
