@@ -512,15 +512,33 @@ def has_no_batch(model: ir.Model) -> bool:
     or more and also leads one of rank 1 (torch's dynamo export of ``x [s13, 8]`` beside ``t [s13]``, a diffusion
     model's ``timestep``, an ASR model's lengths) is taken for a batch here too (``_leading_dims``), though
     ``_batch_like_dims`` does not guess it: read as no batch, 40 rows of such a model were one sample, fed whole,
-    and ``compare`` timed 128 rows as "batch 1". Read on the inputs as declared in a model ``--static-shapes``
-    bound (``DECLARED_SHAPE``)."""
+    and ``compare`` timed 128 rows as "batch 1". Also where no input's first dim holds samples but every input leads
+    with a sequence another holds later (``_leads_only_with_sequence``). Read on the inputs as declared in a model
+    ``--static-shapes`` bound (``DECLARED_SHAPE``)."""
     declared = _as_declared(model) or model
-    if sample_inputs(declared) is None or batch_dims(declared):
+    if batch_dims(declared):
         return False
+    if sample_inputs(declared) is None:
+        return _leads_only_with_sequence(declared)
     if any(leads_unnamed(value) for value in runtime_inputs(declared)):
         return False
     guessed = _batch_like_dims(declared) | _leading_dims(declared)
     return all(_indexed_by_an_input(declared, name) for name in guessed)
+
+
+def _leads_only_with_sequence(model: ir.Model) -> bool:
+    """Whether every shaped input of ``model`` leads with a named symbolic dim that some input also holds later, none
+    with a fixed or unnamed one: a sequence-major export at batch 1, PyTorch's ``nn.Transformer`` encoder
+    ``src [src_len, 1]`` beside its square ``src_mask [src_len, src_len]``. Its axis 0 is each sample's sequence, not
+    its samples (``sample_inputs`` takes none for them): read as rows of samples, calibration files of several lengths
+    were joined along it, and ONNX Runtime refused the user's data, each file of which the model runs (until review
+    s75, hunt 13)."""
+    shaped = [value for value in runtime_inputs(model) if value.shape is not None and value.shape.rank()]
+    later = {str(dim) for value in shaped for dim in list(value.shape)[1:] if not isinstance(dim, int)}
+    return bool(shaped) and all(
+        isinstance(value.shape[0], ir.SymbolicDim) and value.shape[0].value and str(value.shape[0]) in later
+        for value in shaped
+    )
 
 
 def _indexed_by_an_input(model: ir.Model, name: str) -> bool:
