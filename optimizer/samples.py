@@ -826,14 +826,16 @@ class SampleData:
         self.repeated: dict[str, str] = {}  # found by ``validate``
         self.nan: dict[str, int] = {}
         self.inputs_seen: list[str] = []
+        self.single_values: set[str] = set()  # inputs that hold one value in all (``validate``)
 
     def repeated_floats(self) -> list[str]:
         """The float (or complex) inputs, masks aside, that hold one value repeated in every sample (``repeated``)."""
         return [name for name, kind in self.repeated.items() if kind in "fc"]
 
     def every_input_repeated(self) -> bool:
-        """Whether every input read (masks aside) holds one value repeated: ``make-inputs``' template."""
-        return bool(self.inputs_seen) and len(self.repeated) == len(self.inputs_seen)
+        """Whether every input read (masks aside) that holds more than one value holds one value repeated:
+        ``make-inputs``' template."""
+        return bool(self.repeated) and set(self.repeated) == set(self.inputs_seen) - self.single_values
 
     def signature(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple:
         """What two chunks must share to be joined along axis 0: each input's shape past axis 0.
@@ -867,10 +869,12 @@ class SampleData:
         is a user error before any work, not a failure in the middle of a pass; returns ``self``.
 
         Also found on the way: ``nan``, the NaN each input (masks aside) holds, by name; and ``repeated``, the
-        inputs (masks aside) whose every value is one value repeated, as ``make-inputs``' template holds them,
-        with the kind of their dtype (``"f"``, ``"i"``), beside ``inputs_seen``."""
+        inputs (masks aside) whose every value is one value repeated, as ``make-inputs``' template holds them (an
+        input that holds one value in all is not), with the kind of their dtype (``"f"``, ``"i"``), beside
+        ``inputs_seen``."""
         first: dict[str, Any] = {}
         varying: set[str] = set()
+        sizes: dict[str, int] = {}  # values read per input: one value alone is not one value repeated
         for index, chunk in enumerate(self.chunks()):
             # Chunks that feed a whole input (a table beside the samples) different values never join in one batch.
             self._plan[index] = (self._plan[index][0], self.chunk_signature(chunk))
@@ -881,12 +885,19 @@ class SampleData:
                     self.nan[name] = self.nan.get(name, 0) + nan
                 flat = array.reshape(-1)
                 first.setdefault(name, flat[0])
+                sizes[name] = sizes.get(name, 0) + flat.size
                 if name not in varying and bool(np.any(flat != first[name])):
                     varying.add(name)
         if self.count == 0:
             raise InputSpecError(f"{self.source}: the arrays hold no samples (axis 0 is empty)")
-        self.repeated = {name: np.asarray(value).dtype.kind for name, value in first.items() if name not in varying}
+        # Kokoro's ``speed [1]`` in one sample is a value given, not a template's fill (compare warned of it).
+        self.repeated = {
+            name: np.asarray(value).dtype.kind
+            for name, value in first.items()
+            if name not in varying and sizes[name] > 1
+        }
         self.inputs_seen = list(first)
+        self.single_values = {name for name, size in sizes.items() if size == 1}
         return self
 
     def chunks(self) -> Iterator[dict[str, np.ndarray]]:

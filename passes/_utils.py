@@ -761,10 +761,28 @@ def _shared_position(first: _pattern_ir.NodePattern, other: _pattern_ir.NodePatt
     return next((i for i, value in enumerate(first.inputs) if value is not None and id(value) in theirs), None)
 
 
+# Layers ONNX Runtime's quantizers write with their weights stored as integers (QOperator form, MatMulNBits): a model
+# made of them (Kokoro-82M and text2tashkeel's rawi as onnxruntime's quantize_dynamic wrote them) has no float layer
+# left for a pass that takes one.
+_QUANTIZED_LAYERS = frozenset(
+    {
+        *("MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "DynamicQuantizeLSTM"),
+        *("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm", "QAttention", "MatMulNBits"),
+    }
+)
+
+
 def nothing_found_note(model: ir.Model, what: str, looks_for: str, op_types: Iterable[str]) -> str:
-    """Why a pass found nothing to work on: ``"no {what}: {looks_for}"``, and how many nodes of ``op_types``
-    stand in subgraphs (a ``Loop``, ``If`` or ``Scan`` body), which the passes that say this do not enter."""
+    """Why a pass found nothing to work on: ``"no {what}: {looks_for}"``, how many layers of the graph are quantized
+    already (``_QUANTIZED_LAYERS``, where ``op_types`` are weighted layers), and how many nodes of ``op_types`` stand
+    in subgraphs (a ``Loop``, ``If`` or ``Scan`` body), which the passes that say this do not enter."""
     wanted = set(op_types)
+    # Said only by a pass that looks for weighted layers: a table's quantization reads Gathers, not these.
+    layers = wanted & {"MatMul", "Gemm", "Conv", "Attention"}
+    quantized = Counter(node.op_type for node in model.graph if layers and node.op_type in _QUANTIZED_LAYERS)
+    if quantized:
+        found = ", ".join(f"{count} {op}" for op, count in sorted(quantized.items()))
+        looks_for += f"; the graph's {found} {'is' if quantized.total() == 1 else 'are'} quantized already"
     nested = [
         node
         for node in ir.traversal.RecursiveGraphIterator(model.graph)
