@@ -391,19 +391,21 @@ def concatenated_ids(model: ir.Model, ranks: Mapping[str, int] | None = None) ->
     passed ids past 10,000 classes one class off until a review in session 74; verification holds those positions
     exactly (``optimizer.verify.compare_outputs``). Axes are compared at the output's rank: torch's
     ``cat([top.unsqueeze(1), ids.unsqueeze(1).float()], -1)`` unsqueezes at 1 and joins at -1, and its ids were not
-    found (held by the tolerance) until a late review in session 74. The rank is the output's recorded one, or that of
-    an input the ``Concat`` joins (all share it), else the output's in ``ranks`` (by name, from a run of ``model``):
-    where none was recorded, such ids were not found until review s75 xfix2; without any, axes spelled from both ends
-    are not matched. The ``Concat`` is read through ``Identity`` and ``Dropout`` (``_passed_on``): a Paddle export's
-    closing Identity hid such ids until review s75 xfix2."""
+    found (held by the tolerance) until a late review in session 74. The rank is the output's in ``ranks`` (by name,
+    from a run of ``model``: a stale recorded rank hid such ids until review s75 late75d), else its recorded one, or
+    that of an input the ``Concat`` joins (all share it): where none was recorded, such ids were not found until review
+    s75 xfix2; without any, axes spelled from both ends are not matched. The ``Concat`` is read through ``Identity``
+    and ``Dropout`` (``_passed_on``): a Paddle export's closing Identity hid such ids until review s75 xfix2."""
     found = {}
     for output in model.graph.outputs:
         node = _passed_on(output).producer()
         if node is None or not is_onnx_domain(node) or node.op_type != "Concat" or not output.name:
             continue
-        rank = _first_rank(output, *node.inputs)
-        if rank is None and ranks is not None:
-            rank = ranks.get(output.name)
+        # The run's rank first: a stale recorded one (``[batch, 2]`` of a ``[batch, 1, 2]``) read ``-1`` as axis 1,
+        # and the ids picked along 2 were not found (one class off verified until review s75 late75d).
+        rank = ranks.get(output.name) if ranks is not None else None
+        if rank is None:
+            rank = _first_rank(output, *node.inputs)
         axis = _as_axis(node.attributes.get_int("axis", 0), rank)
         widths, ids = [], []
         for value in node.inputs:

@@ -123,6 +123,8 @@ class _OneLineParser(argparse.ArgumentParser):
     """argparse, with a mistake on the command line reported like every other: one line, exit 2; a flag of one
     value given twice with different values is such a mistake (``_StoreOnce``)."""
 
+    words: typing.ClassVar[list[str]] = []  # the command line being parsed
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register("action", None, _StoreOnce)
@@ -132,6 +134,10 @@ class _OneLineParser(argparse.ArgumentParser):
         # The words and paths argparse names, as every other error names them (``_printable``): a newline in one split
         # the line, an escape sequence reached the terminal, and a byte that is not UTF-8 was "?" or, in argparse's
         # repr (``invalid choice: 'm\\udcff.onnx'``), "\\udcff" (review s75 late75c).
+        if message.startswith("the following arguments are required"):
+            # A mistyped flag, refused as a missing one: ``make-inputs m.onnx --ouput x.npz`` was told that -o/--output
+            # is required, and not of ``--ouput`` (review s75 late75d).
+            message += _mistyped(self, _OneLineParser.words)
         message = _printable(_SURROGATE_ESCAPE.sub(r"\1\\x\2", message))
         self.exit(exit_codes.USAGE, f"graphopt: error: {message} (see {self.prog} --help)\n")
 
@@ -141,6 +147,7 @@ class _OneLineParser(argparse.ArgumentParser):
         """As argparse's, but words the command did not take are refused by that command's parser, naming its
         ``--help`` and the nearest of its flags: argparse refuses them at the top, whose help lists no command's flags
         (``graphopt optimize m.onnx --pases ...`` said "see graphopt --help", a review in session 75)."""
+        _OneLineParser.words = list(sys.argv[1:] if args is None else args)  # for a command's ``error`` (``_mistyped``)
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             commands = getattr(self, "commands", {})
@@ -165,6 +172,21 @@ class _OneLineParser(argparse.ArgumentParser):
                 message += f" ({nearest[0]} is a flag of {others})"
             command.error(message)
         return parsed
+
+
+def _mistyped(parser: argparse.ArgumentParser, words: list[str]) -> str:
+    """The first word of ``words`` (before ``--``) spelled as a flag that is no flag of ``parser`` nor the start of one,
+    with the nearest of its flags, as a note to its error ("; --ouput is not a flag: did you mean --output?"), or "".
+    A command's parser reads the words after its name (``graphopt --verbose make-inputs``: not a flag of its own)."""
+    command = parser.prog.split()[-1] if " " in parser.prog else None
+    words = words[words.index(command) + 1 :] if command in words else words
+    words = words[: words.index("--")] if "--" in words else words
+    flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+    for word in (word.split("=", 1)[0] for word in words if word.startswith("--") and word != "--"):
+        if not any(flag.startswith(word) for flag in flags):
+            nearest = difflib.get_close_matches(word, flags, n=1)
+            return f"; {word} is not a flag" + (f": did you mean {nearest[0]}?" if nearest else "")
+    return ""
 
 
 class _OldSpelling(argparse.Action):

@@ -423,10 +423,10 @@ def with_draws_fed(
     (``read_name``), so the values it draws from are compared too (an accuracy budget measures the model's own outputs
     alone: exposed there, each Dropout's input was kept for every batch of samples, then dropped; review s75
     late74a). Without ``reads``, a Dropout's mask or a ``*Like``'s or ``Bernoulli``'s values fed where its data or
-    input is of another shape fail the run: broadcast, they passed a budget for a rewrite that draws otherwise (review
-    s75 late75c). The same in every model it is given, so two models fed one draw compute the same where they compute
-    the same from it. ``renamed`` gives the key of a draw
-    ``model`` names otherwise (``optimizer.verify._FedDraws.matched``), by its name there."""
+    input is of another shape fail the run, and a ``Multinomial``'s ids where its input has other rows: broadcast, they
+    passed a budget for a rewrite that draws otherwise (reviews s75 late75c and late75d). The same in every model it is
+    given, so two models fed one draw compute the same where they compute the same from it. ``renamed`` gives the key
+    of a draw ``model`` names otherwise (``optimizer.verify._FedDraws.matched``), by its name there."""
     copy = model.clone()
     graph = copy.graph
     for name, node in main_draws(graph).items():
@@ -457,8 +457,22 @@ def with_draws_fed(
                 # The values in its input's shape, or no run, as a Dropout's mask (``_fed_dropout``).
                 new += [ir.node("Shape", [node.inputs[0]], name=f"{key}{FED_MARK}_input_shape")]
                 new += [ir.node("Reshape", [fed, new[-1].outputs[0]], name=f"{key}{FED_MARK}_as_input")]
-                for step in new:
-                    step.outputs[0].name = step.name
+            elif not reads and node.op_type == "Multinomial" and node.inputs and node.inputs[0] is not None:
+                # Its ids as ``[batch, sample_size]`` of its input, or no run: broadcast, ids drawn for ``x [1, C]`` fed
+                # a rewrite's draw for ``Expand(x) [3, C]`` (a draw a row) passed a budget (review s75 late75d).
+                samples = node.attributes.get_int("sample_size", 1)
+                new += [ir.node("Shape", [node.inputs[0]], name=f"{key}{FED_MARK}_input_shape")]
+                first = ir.tensor(np.array([0], np.int64), name=f"{key}{FED_MARK}_first")
+                new += [ir.node("Constant", [], {"value": first}, name=f"{key}{FED_MARK}_first")]
+                new += [ir.node("Gather", [new[0].outputs[0], new[1].outputs[0]], name=f"{key}{FED_MARK}_batch")]
+                size = ir.tensor(np.array([samples], np.int64), name=f"{key}{FED_MARK}_samples")
+                new += [ir.node("Constant", [], {"value": size}, name=f"{key}{FED_MARK}_samples")]
+                shape = [new[2].outputs[0], new[3].outputs[0]]
+                new += [ir.node("Concat", shape, {"axis": 0}, name=f"{key}{FED_MARK}_drawn_shape")]
+                new += [ir.node("Reshape", [fed, new[-1].outputs[0]], name=f"{key}{FED_MARK}_as_input")]
+            for step in new:
+                step.outputs[0].name = step.name
+            if new:
                 values = new[-1].outputs[0]
             if drawn is not None and drawn != draw.dtype:
                 new.append(ir.node("Cast", [values], {"to": drawn}, name=key + FED_MARK))

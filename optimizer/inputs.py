@@ -1506,7 +1506,9 @@ def check_inputs(
         _add_note(notes, f"'{value.name}' missing: filled with zeros ({_ZERO_FILL_MEANING})")
     unused = [name for name in arrays if name not in required and name not in defaults]
     if unused and notes is not None:
-        names = ", ".join(f"'{name}'" for name in unused)
+        # Each key as its repr: a newline in one split the warning, an escape sequence reached the terminal (review s75
+        # late75d).
+        names = ", ".join(repr(name) for name in unused)
         _add_note(notes, f"{names} {'matches' if len(unused) == 1 else 'match'} no graph input: ignored")
     shaped = [checked[name] for name in required if name in checked and checked[name].ndim]
     if shaped and all(array.size == 0 for array in shaped):

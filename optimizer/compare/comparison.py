@@ -1043,7 +1043,7 @@ def _held_out_text(
     text = {name: array for name, array in arrays.items() if name in read}
     if lm.input_ids in text and set(text) <= {lm.input_ids, mask_name}:
         if stray and warnings is not None:
-            names = ", ".join(f"'{name}'" for name in stray)
+            names = ", ".join(repr(name) for name in stray)  # a key's newline or escape as such (``_add_note``'s)
             warnings.append(f"{source}: {names} {'matches' if len(stray) == 1 else 'match'} no graph input: ignored")
         if warnings is not None and np.asarray(text.get(mask_name)).dtype == np.bool_ and booleans_pad(lm):
             warnings.append(
