@@ -2495,8 +2495,9 @@ class Verifier:
 
     def drawn_outputs_compared(self) -> list[str]:
         """Outputs of the base computed from random draws (``skipped``) that the exact check compares all the same, fed
-        the draws of one run of the base (``_FedDraws``); an approximate pass's checks (``check_twin``,
-        ``check_approximation``) compare no value of them."""
+        the draws of one run of the base (``_FedDraws``); an approximate pass's checks feed them too (``check_twin``:
+        ``_FedDraws.twin_failure``; ``check_approximation``'s budget: ``fed_budget_runs``, streamed or held-out samples
+        too since review s75 xfix)."""
         fed = self._draws_fed() if self.skipped else None
         return [] if fed is None else sorted(self.skipped & fed.compared)
 
@@ -4104,7 +4105,7 @@ class _FedDraws:
         ``Verifier.skipped``) that the exact check compares (``compared``), or on a computed input of a draw, both fed
         the base's draws and compared at ``tolerances`` (the twin's); None where it does not. The rest of
         ``Verifier.check_twin`` compares no drawn output: a result wrong on the path to one alone (its sign flipped)
-        matched its twin, and passed the budget, which compares none either (review s74 late2)."""
+        matched its twin, and passed the budget, which compared none either (review s74 late2)."""
         drawn = sorted(self.compared & set(random))
         if not drawn:
             return None

@@ -11,7 +11,7 @@ from tests.helpers import strict_xfails
 
 _ROOT = Path(__file__).resolve().parent.parent
 
-# Each strict xfail added in session 74, and the README words that name its limit (the last two were fixed in review
+# Each strict xfail added in session 74, and the README words that name its limit (both of them were fixed in review
 # s75 xfix).
 _NAMED: dict[str, str] = {}
 

@@ -19,6 +19,9 @@ _NAMED: dict[str, str] = {
     "test_a_folded_scale_does_not_flip_a_decision_as_deployed": (
         "the result is not run with ONNX Runtime's rewrites on, so this is not caught"
     ),
+    "test_ids_between_two_run_time_sizes_one_class_off_on_another_set_are_rolled_back": (
+        "one class off only on a second set of other widths verifies"
+    ),
 }
 
 

@@ -385,7 +385,9 @@ def _first_run(
         try:
             return [], batch, run(batch), _Plan(SAMPLE_BATCH, True, checked)
         except RuntimeRefusedError:
-            logger.info("calibration runs one sample at a time: two samples together were refused (%s)", error.reason)
+            logger.info(
+                "calibration runs one sample at a time: the samples checked together were refused (%s)", error.reason
+            )
             return parts[1:], parts[0], run(parts[0]), _Plan(1, True, checked)
     try:
         outputs = run(parts[0])
@@ -406,7 +408,9 @@ def _first_run(
 
 # How many samples ``_samples_interact`` runs together: three, so that samples that meet only from the third (``x +
 # sum(x[2:])`` over the batch) are found too, as two alone and together were not until review s75 xfix. One run of one
-# sample more than two, on a model whose graph may mix its samples (``_keeps_samples_apart``: a CNN's runs none).
+# sample more than two, and one sample more in the run together (5 samples, not 3), on a model whose graph may mix its
+# samples (``_keeps_samples_apart``: a CNN whose activations' ranks are recorded runs none; the legacy exporter's
+# MobileNetV2-like CNN, whose residual ``Add``s read values of no recorded rank, runs it).
 _CHECKED_SAMPLES = 3
 
 
