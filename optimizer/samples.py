@@ -83,8 +83,9 @@ def split_samples(
 
 def _as_declared(model: ir.Model | None) -> ir.Model | None:
     """``model``'s graph inputs as declared before ``--static-shapes`` bound them (``DECLARED_SHAPE``), in a model
-    of those inputs alone, where some of them hold samples as declared (``sample_inputs``); None where nothing was
-    bound, or where no input holds samples as declared either (the bound model is read as it is)."""
+    of those inputs alone, where some of them hold samples as declared (``sample_inputs``) or they hold no batch as a
+    sequence-major export at batch 1 (``_leads_only_with_sequence``); None where nothing was bound, or where neither
+    holds (the bound model is read as it is)."""
     if model is None or not any(DECLARED_SHAPE in value.meta for value in model.graph.inputs):
         return None
     inputs = [
@@ -98,7 +99,9 @@ def _as_declared(model: ir.Model | None) -> ir.Model | None:
     ]
     initializers = [value for value in inputs if value.name in model.graph.initializers]
     declared = ir.Model(ir.Graph(inputs, [], nodes=[], initializers=initializers), ir_version=model.ir_version)
-    return declared if sample_inputs(declared) is not None else None
+    # A sequence-major encoder at batch 1 holds none as declared either, but has no batch (``has_no_batch``): read
+    # bound, its sequence was a fixed batch, one sentence "9 samples" (until review s75 late75e).
+    return declared if sample_inputs(declared) is not None or _leads_only_with_sequence(declared) else None
 
 
 def _bound_batch_size(model: ir.Model, declared: ir.Model) -> int | None:
@@ -528,16 +531,22 @@ def has_no_batch(model: ir.Model) -> bool:
 
 def _leads_only_with_sequence(model: ir.Model) -> bool:
     """Whether every shaped input of ``model`` leads with a named symbolic dim that some input also holds later, none
-    with a fixed or unnamed one: a sequence-major export at batch 1, PyTorch's ``nn.Transformer`` encoder
-    ``src [src_len, 1]`` beside its square ``src_mask [src_len, src_len]``. Its axis 0 is each sample's sequence, not
-    its samples (``sample_inputs`` takes none for them): read as rows of samples, calibration files of several lengths
-    were joined along it, and ONNX Runtime refused the user's data, each file of which the model runs (until review
-    s75, hunt 13)."""
+    with a fixed or unnamed one, and one of them holds its first dim nowhere else itself: a sequence-major export at
+    batch 1, PyTorch's ``nn.Transformer`` encoder ``src [src_len, 1]`` beside its square ``src_mask [src_len,
+    src_len]``. Its axis 0 is each sample's sequence, not its samples (``sample_inputs`` takes none for them): read as
+    rows of samples, calibration files of several lengths were joined along it, and ONNX Runtime refused the user's
+    data, each file of which the model runs (until review s75, hunt 13)."""
     shaped = [value for value in runtime_inputs(model) if value.shape is not None and value.shape.rank()]
     later = {str(dim) for value in shaped for dim in list(value.shape)[1:] if not isinstance(dim, int)}
-    return bool(shaped) and all(
-        isinstance(value.shape[0], ir.SymbolicDim) and value.shape[0].value and str(value.shape[0]) in later
-        for value in shaped
+    return (
+        all(
+            isinstance(value.shape[0], ir.SymbolicDim) and value.shape[0].value and str(value.shape[0]) in later
+            for value in shaped
+        )
+        # The sequence's own input (``src``) holds it at axis 0 alone. Where each input that leads with a dim holds it
+        # later too (one name for every unknown dim, ``x [?, 3, ?, ?]``; dynamo's duck-sized ``input_ids [s0, s0]``
+        # traced at batch = length), axis 0 is read as rows, as it was before hunt 13 (review s75 late75e).
+        and any(str(value.shape[0]) not in {str(dim) for dim in list(value.shape)[1:]} for value in shaped)
     )
 
 
@@ -833,9 +842,10 @@ class SampleData:
         return [name for name, kind in self.repeated.items() if kind in "fc"]
 
     def every_input_repeated(self) -> bool:
-        """Whether every input read (masks aside) that holds more than one value holds one value repeated:
-        ``make-inputs``' template."""
-        return bool(self.repeated) and set(self.repeated) == set(self.inputs_seen) - self.single_values
+        """Whether every input read (masks aside) holds one value repeated, or one value in all: ``make-inputs``'
+        template. Its template of a model whose inputs each take one value (``x [batch, 1]``: ``[[0.0]]``) is one
+        value in all, and was taken for real samples (review s75 late75e)."""
+        return bool(self.inputs_seen) and set(self.inputs_seen) <= set(self.repeated) | self.single_values
 
     def signature(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple:
         """What two chunks must share to be joined along axis 0: each input's shape past axis 0.

@@ -955,7 +955,7 @@ def _repeated_note(data: SampleData) -> str | None:
     floats, every = data.repeated_floats(), data.every_input_repeated()
     if not floats and not every:
         return None
-    names = floats if floats and not every else list(data.repeated)
+    names = floats if floats and not every else (list(data.repeated) or data.inputs_seen)  # or one value in all
     return (
         f"{data.source}: {quoted_names(names)} {'holds' if len(names) == 1 else 'hold'} one value repeated in every "
         "sample (make-inputs' template?): the accuracy compares the models at that value alone, where a model wrong "
