@@ -288,6 +288,8 @@ def _run_one(
             record.status, record.nodes_after, record.detail = STATUS_ROLLED_BACK, nodes_before, contradicted
             return model, record
         with task("verifying on ONNX Runtime"):
+            if not spec.approximate and (reached := verifier.reach_rewritten_rows(candidate, model)):
+                record.notes.append(reached)
             verdict = (
                 _check_approximate(verifier, model, candidate, result)
                 if spec.approximate
