@@ -384,7 +384,7 @@ class IdsBeside(NamedTuple):
     joined: tuple[ir.Value | None, ...] = ()
 
 
-def concatenated_ids(model: ir.Model, ranks: Mapping[str, int] | None = None) -> dict[str, IdsBeside]:
+def concatenated_ids(model: ir.Model, ranks: Mapping[str, int | None] | None = None) -> dict[str, IdsBeside]:
     """Each named graph output of ``model`` that a ``Concat`` computes from ids (an ``ArgMax`` or ``ArgMin`` with its
     axis kept along the ``Concat``'s or unsqueezed there, or a ``TopK``'s indices: ``_picked_along``) and other values
     (each row's ids beside its top score): no output of ids (``argmax_outputs``), so held by the float tolerance, which
@@ -392,19 +392,23 @@ def concatenated_ids(model: ir.Model, ranks: Mapping[str, int] | None = None) ->
     exactly (``optimizer.verify.compare_outputs``). Axes are compared at the output's rank: torch's
     ``cat([top.unsqueeze(1), ids.unsqueeze(1).float()], -1)`` unsqueezes at 1 and joins at -1, and its ids were not
     found (held by the tolerance) until a late review in session 74. The rank is the output's in ``ranks`` (by name,
-    from a run of ``model``: a stale recorded rank hid such ids until review s75 late75d), else its recorded one, or
-    that of an input the ``Concat`` joins (all share it): where none was recorded, such ids were not found until review
-    s75 xfix2; without any, axes spelled from both ends are not matched. The ``Concat`` is read through ``Identity``
-    and ``Dropout`` (``_passed_on``): a Paddle export's closing Identity hid such ids until review s75 xfix2."""
+    from runs of ``model``: a stale recorded rank hid such ids until review s75 late75d; None there, of other ranks in
+    other runs, axes as written: read at the first run's, they were missed in the others until review s75 late75f),
+    else its recorded one, or that of an input the ``Concat`` joins (all share it): where none was recorded, such ids
+    were not found until review s75 xfix2; without any, axes spelled from both ends are not matched. The ``Concat`` is
+    read through ``Identity`` and ``Dropout`` (``_passed_on``): a Paddle export's closing Identity hid such ids until
+    review s75 xfix2."""
     found = {}
     for output in model.graph.outputs:
         node = _passed_on(output).producer()
         if node is None or not is_onnx_domain(node) or node.op_type != "Concat" or not output.name:
             continue
-        # The run's rank first: a stale recorded one (``[batch, 2]`` of a ``[batch, 1, 2]``) read ``-1`` as axis 1,
-        # and the ids picked along 2 were not found (one class off verified until review s75 late75d).
-        rank = ranks.get(output.name) if ranks is not None else None
-        if rank is None:
+        # The runs' rank first: a stale recorded one (``[batch, 2]`` of a ``[batch, 1, 2]``) read ``-1`` as axis 1,
+        # and the ids picked along 2 were not found (one class off verified until review s75 late75d). None where the
+        # runs give other ranks (``_output_ranks``): axes as written, not at the first run's (review s75 late75f).
+        if ranks is not None and output.name in ranks:
+            rank = ranks[output.name]
+        else:
             rank = _first_rank(output, *node.inputs)
         axis = _as_axis(node.attributes.get_int("axis", 0), rank)
         widths, ids = [], []

@@ -124,6 +124,7 @@ class _OneLineParser(argparse.ArgumentParser):
     value given twice with different values is such a mistake (``_StoreOnce``)."""
 
     words: typing.ClassVar[list[str]] = []  # the command line being parsed
+    commands: typing.ClassVar[dict[str, argparse.ArgumentParser]] = {}  # its commands' parsers, by name (``_nearest``)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -148,30 +149,42 @@ class _OneLineParser(argparse.ArgumentParser):
         ``--help`` and the nearest of its flags: argparse refuses them at the top, whose help lists no command's flags
         (``graphopt optimize m.onnx --pases ...`` said "see graphopt --help", a review in session 75)."""
         _OneLineParser.words = list(sys.argv[1:] if args is None else args)  # for a command's ``error`` (``_mistyped``)
+        _OneLineParser.commands = getattr(self, "commands", {})
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
-            commands = getattr(self, "commands", {})
             name = getattr(parsed, "command", None)
-            command = commands.get(name, self)
+            command = _OneLineParser.commands.get(name, self)
             message = f"unrecognized arguments: {' '.join(extras)}"
             # Not a word after ``--`` (a file's name), nor ``--`` itself: "did you mean --ep?" (review s75 late75c).
             words = extras[: extras.index("--")] if "--" in extras else extras
             unknown = [word.split("=", 1)[0] for word in words if word.startswith("--")]
-            owners: dict[str, list[str]] = {}
-            for each, parser in [(name, command), *((other, commands[other]) for other in commands if other != name)]:
-                for flag in (flag for action in parser._actions for flag in action.option_strings):
-                    owners.setdefault(flag, []).append(each)
-            flags = [flag for flag in owners if flag.startswith("--")]
-            nearest = difflib.get_close_matches(unknown[0], flags, n=1) if unknown else []
-            if nearest and owners[nearest[0]][0] == name:
-                message += f" (did you mean {nearest[0]}?)"
-            elif nearest and name is not None:
-                # Another command's flag, or nearer one of its flags than this command's: ``make-inputs --input``
-                # was told "did you mean --output?", which writes over the file it names (review s75 late75c).
-                others = ", ".join(f"graphopt {other}" for other in owners[nearest[0]])
-                message += f" ({nearest[0]} is a flag of {others})"
+            nearest, others = _nearest(unknown[0], name, command) if unknown else (None, "")
+            if nearest and not others:
+                message += f" (did you mean {nearest}?)"
+            elif nearest:
+                message += f" ({nearest} is a flag of {others})"
             command.error(message)
         return parsed
+
+
+def _nearest(word: str, name: str | None, command: argparse.ArgumentParser) -> tuple[str | None, str]:
+    """The flag nearest ``word`` of command ``name`` (``command``, its parser; None for the top) or of another command,
+    and, where it is another's (or nearer one of another's flags than this command's), the commands whose flag it is
+    ("graphopt optimize, graphopt demo"), else "": ``make-inputs --input`` was told "did you mean --output?", which
+    writes over the file it names (review s75 late75c), and so it was where ``-o`` was left missing too (review s75
+    late75f). At the top (``name`` None), none where the nearest is a command's."""
+    commands = _OneLineParser.commands
+    owners: dict[str, list[str | None]] = {}
+    for each, parser in [(name, command), *((other, commands[other]) for other in commands if other != name)]:
+        for flag in (flag for action in parser._actions for flag in action.option_strings):
+            owners.setdefault(flag, []).append(each)
+    flags = [flag for flag in owners if flag.startswith("--")]
+    nearest = difflib.get_close_matches(word, flags, n=1)
+    if not nearest or owners[nearest[0]][0] == name:
+        return (nearest[0] if nearest else None), ""
+    if name is None:
+        return None, ""
+    return nearest[0], ", ".join(f"graphopt {other}" for other in owners[nearest[0]])
 
 
 def _mistyped(parser: argparse.ArgumentParser, words: list[str]) -> str:
@@ -184,8 +197,10 @@ def _mistyped(parser: argparse.ArgumentParser, words: list[str]) -> str:
     flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
     for word in (word.split("=", 1)[0] for word in words if word.startswith("--") and word != "--"):
         if not any(flag.startswith(word) for flag in flags):
-            nearest = difflib.get_close_matches(word, flags, n=1)
-            return f"; {word} is not a flag" + (f": did you mean {nearest[0]}?" if nearest else "")
+            nearest, others = _nearest(word, command if command in _OneLineParser.commands else None, parser)
+            if nearest and others:  # ``--input``: not "did you mean --output?" (review s75 late75f)
+                return f"; {word} is not a flag: {nearest} is a flag of {others}"
+            return f"; {word} is not a flag" + (f": did you mean {nearest}?" if nearest else "")
     return ""
 
 

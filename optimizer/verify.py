@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -467,14 +468,35 @@ def _confirmed_widths(
     return confirmed
 
 
-def _output_ranks(model: ir.Model, run: Mapping[str, Any]) -> dict[str, int]:
-    """The rank in ``run`` (of ``model``) of each graph output, which ``concatenated_ids`` reads: ids a ``Concat`` joins
-    to scores at axes spelled from both ends (``Unsqueeze`` at 1, ``Concat`` at -1) were not found where the graph
-    records no rank (until review s75 xfix2) or a stale one (until review s75 late75d), and held by the float tolerance
-    (one class off past 10,000 classes verified)."""
-    return {
-        value.name: run[value.name].ndim for value in model.graph.outputs if isinstance(run.get(value.name), np.ndarray)
-    }
+def _draw_fed_otherwise(reason: str) -> str | None:
+    """Why a budget cannot measure a result whose run fed the original's draws failed (``reason``) where it shapes a
+    draw to what the result's draw reads (``with_draws_fed`` without ``reads``), in words, else None: a draw a row
+    where the original drew once was refused as "ONNX Runtime cannot run the result", naming graphopt's own
+    ``Reshape`` (``'m::graphopt_drawn_as_input'``), though the result runs (review s75 late75f)."""
+    found = re.search(rf"Name:'(.*?){re.escape(FED_MARK)}_(?:as_input|mask_as_data)'", reason)
+    if found is None:
+        return None
+    return (
+        f"the result's draw '{found.group(1)}' reads data of another shape than the original's (a draw a row where it "
+        "drew once, or once where it drew a row), so it draws otherwise and cannot be fed the original's draw: "
+        "nothing was measured on it"
+    )
+
+
+def _output_ranks(model: ir.Model, runs: Sequence[Mapping[str, Any]]) -> dict[str, int | None]:
+    """The rank in ``runs`` (of ``model``, one a set of inputs) of each graph output, which ``concatenated_ids`` reads:
+    ids a ``Concat`` joins to scores at axes spelled from both ends (``Unsqueeze`` at 1, ``Concat`` at -1) were not
+    found where the graph records no rank (until review s75 xfix2) or a stale one (until review s75 late75d), and held
+    by the float tolerance (one class off past 10,000 classes verified). None for an output of another rank in another
+    run (a ``Squeeze`` of no axes, of a dim that is 1 at some lengths alone), whose axes are read as written: read at
+    the first run's rank, its ids were not found in the others' (one class off there verified until review s75
+    late75f)."""
+    ranks: dict[str, int | None] = {}
+    for value in model.graph.outputs:
+        seen = {run[value.name].ndim for run in runs if isinstance(run.get(value.name), np.ndarray)}
+        if seen:
+            ranks[value.name] = seen.pop() if len(seen) == 1 else None
+    return ranks
 
 
 def _ids_parts(beside: IdsBeside, shape: tuple[int, ...]) -> tuple[int, dict[int, np.ndarray]] | None:
@@ -1516,7 +1538,7 @@ def _rounded_from(
     names: Sequence[str],
     base: ir.Model,
     dtype_of: Callable[[ir.Value], ir.DataType | None],
-    ranks: Mapping[str, int] | None = None,
+    ranks: Mapping[str, int | None] | None = None,
 ) -> list[str] | None:
     """The float tensors the integer outputs ``names`` of ``candidate`` are computed from (the float inputs of the nodes
     that turn floats into integers or booleans: a Cast, an ArgMax, a QuantizeLinear, a comparison; before a Round,
@@ -2337,7 +2359,7 @@ class Verifier:
         # The base's outputs of ids (``argmax_outputs``): held exactly by the exact check even where cast to float.
         self._ids = argmax_outputs(original)
         self._beside = concatenated_ids(original)  # ids joined to other values: those positions held exactly
-        self._ranks: dict[str, int] = {}  # the base's outputs' ranks in its run (``_output_ranks``)
+        self._ranks: dict[str, int | None] = {}  # the base's outputs' ranks in its runs (``_output_ranks``)
         self._samples = samples
         self._samples_generated = samples_generated
         self._sample_batch = sample_batch
@@ -2385,7 +2407,7 @@ class Verifier:
                 else:
                     self.add_input_set(inputs, label)
         if self.input_sets:
-            self._ranks = _output_ranks(original, self.references[0])
+            self._ranks = _output_ranks(original, self.references)
             self._beside = concatenated_ids(original, self._ranks)
         if self._beside and self.input_sets:
             self._beside = _confirmed_widths(original, self._beside, self.input_sets[0])
@@ -2440,6 +2462,14 @@ class Verifier:
         self.references.append(reference)
         self._noise.append((inputs, reference))
         self.labels.append(label)
+        ranks = _output_ranks(self._base, [reference]).items()
+        if any(self._ranks.get(name, rank) not in (rank, None) for name, rank in ranks):
+            # An output of another rank on these inputs (a ``Squeeze`` of no axes): its ids beside scores read at its
+            # axes as written (``_output_ranks``), not at the first set's rank (review s75 late75f).
+            self._ranks = _output_ranks(self._base, self.references)
+            self._beside = concatenated_ids(self._base, self._ranks)
+            if self._beside:
+                self._beside = _confirmed_widths(self._base, self._beside, self.input_sets[0])
         self._level_zero = self._logits = None  # built on the sets there were
         self._fed = _UNBUILT
         return True
@@ -3738,7 +3768,7 @@ class Verifier:
         self._ids = argmax_outputs(accepted)
         # Sizes confirmed on a run as the original's are: recorded stale, they placed the ids of later results at
         # another position (one class off verified after int8 until review s75 late74a).
-        self._ranks = _output_ranks(accepted, self.references[0]) if self.input_sets else {}
+        self._ranks = _output_ranks(accepted, self.references) if self.input_sets else {}
         self._beside = concatenated_ids(accepted, self._ranks)
         if self._beside and self.input_sets:
             self._beside = _confirmed_widths(accepted, self._beside, self.input_sets[0])
@@ -3796,6 +3826,8 @@ class Verifier:
                     references = [undrawn(run, self.skipped) for run in runs]
                 drift = drift_of(candidate, batches, references, layout=self._original)
         except RuntimeRefusedError as error:  # the rewrite is unusable, unless the data is
+            if (drawn := _draw_fed_otherwise(error.reason)) is not None:
+                return VerificationResult(error=drawn)
             self.refuse_unrunnable_samples()
             unsplit = self.unsplittable_samples() if where else ""
             if unsplit and error.reason not in unsplit:
@@ -3890,7 +3922,9 @@ class Verifier:
                 self._original, deployed, self.input_sets, self.skipped, self._budget_draws(deployed)
             )
         except RuntimeRefusedError as error:
-            return VerificationResult(error=f"ONNX Runtime cannot run it: {error.reason}")
+            return VerificationResult(
+                error=_draw_fed_otherwise(error.reason) or f"ONNX Runtime cannot run it: {error.reason}"
+            )
         if self.budget.met(drift):
             return verdict
         return VerificationResult(
