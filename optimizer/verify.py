@@ -102,6 +102,7 @@ from optimizer.padding import (
 from optimizer.protocol import Twin
 from optimizer.qdq_rewrites import layers_quantized_by_onnxruntime
 from optimizer.runtime import (
+    _dtype_of,
     available_memory,
     branch_values,
     budget_runs,
@@ -1808,6 +1809,96 @@ def _before_rounding(value: ir.Value) -> ir.Value:
     return rounded
 
 
+# Float comparisons: a value one ulp off their threshold is decided the other way (``rounded_decisions``).
+_FLOAT_COMPARISONS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal"})
+# The inputs (by index; None: every one) through which a decided value sets a tensor's size or contents' place, a
+# loop's trip count or the branch taken (``rounded_decisions``).
+_DECIDING_INPUTS: dict[str, tuple[int, ...] | None] = {
+    "Range": None, "NonZero": None, "ConstantOfShape": None, "Expand": (1,), "Tile": (1,), "Reshape": (1,),
+    "CumSum": (0,), "Slice": (1, 2, 3, 4), "Compress": (1,), "Pad": (1,), "Resize": (2, 3), "TopK": (1,),
+    "OneHot": (1,), "If": (0,), "Loop": (0, 1),
+}  # fmt: skip
+# Ops that pass a comparison's booleans (or integers cast from them) on as such, through their input 0 (``Concat``,
+# the logical and arithmetic ops: through any), to an output or one of ``_DECIDING_INPUTS``.
+_PASSES_DECIDED_ON = frozenset(
+    {"Not", "And", "Or", "Xor", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Concat",
+     "Gather", "Slice", "Expand", "Tile", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "Add", "Sub", "Mul",
+     "CumSum"}
+)  # fmt: skip
+_PASSES_DECIDED_ON_ANY_INPUT = frozenset({"Concat", "Not", "And", "Or", "Xor", "Add", "Sub", "Mul"})
+
+
+def rounded_decisions(model: ir.Model) -> list[str]:
+    """The nodes of ``model`` that decide a whole number or a boolean from float values computed from its inputs,
+    on a path to an output: a ``Round``, ``Floor`` or ``Ceil``, a ``Cast`` of floats to an integer or boolean type, and
+    a comparison of floats (``_FLOAT_COMPARISONS``) whose booleans reach an output, or set a size, a place, a trip
+    count or a branch (``_DECIDING_INPUTS``), as such (``_PASSES_DECIDED_ON``; a ``Where`` that picks floats by them
+    is no decision here). A float one ulp off a boundary is decided the other way there: Kokoro-82M's ``Round`` of its
+    durations set its audio's length. Floats computed from shapes alone (``Cast(Floor(Shape(x)[2] * 0.5))``) are the
+    same however ONNX Runtime rewrites the graph, and decide nothing here; nor does an ``ArgMax`` (a tie, not a
+    boundary), nor a ``QuantizeLinear`` (held by int8's own checks). Every node inside an ``If``'s, ``Loop``'s or
+    ``Scan``'s body that reaches an output, and in a function, is read as on such a path."""
+    graph = model.graph
+    reaching = {id(value) for value in graph.outputs}
+    on_path: list[ir.Node] = []
+    for node in reversed(graph):
+        if any(id(value) in reaching for value in node.outputs):
+            on_path.append(node)
+            reaching.update(id(value) for value in node.inputs if value is not None)
+            reaching.update(id(value) for inner in nodes_within(node) for value in inner.inputs if value is not None)
+    # Values computed from the graph's inputs other than through their shapes (a value of a subgraph: taken as such).
+    data = {id(value) for value in graph.inputs}
+    for node in graph:
+        if node.op_type not in ("Shape", "Size") and any(id(value) in data for value in node.inputs):
+            data.update(id(value) for value in node.outputs)
+    nested = [inner for node in reversed(on_path) for inner in nodes_within(node)]
+    nested += [node for function in model.functions.values() for node in _nodes_and_subgraphs(function.graph)]
+    found = []
+    for node, top in [*((node, True) for node in reversed(on_path)), *((node, False) for node in nested)]:
+        if not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None:
+            continue
+        floats = [
+            value
+            for value in node.inputs
+            if value is not None and (not top or id(value) in data) and _dtype_of(value) in _CUT_FLOATS
+        ]
+        if not floats:
+            continue
+        if node.op_type in _ROUNDING_FLOAT_OPS and floats[0] is node.inputs[0]:
+            found.append(node)
+        elif node.op_type == "Cast" and floats[0] is node.inputs[0]:
+            if ir.DataType(node.attributes.get_int("to", 0)) not in _CUT_FLOATS:
+                found.append(node)
+        elif node.op_type in _FLOAT_COMPARISONS and _decided(node.outputs[0]):
+            found.append(node)
+    return [f"{node.op_type} {node.name!r}" if node.name else node.op_type for node in found]
+
+
+def _decided(value: ir.Value) -> bool:
+    """Whether the booleans ``value`` (a comparison's) reach an output, or one of ``_DECIDING_INPUTS``, as booleans or
+    integers (``rounded_decisions``)."""
+    stack, seen = [value], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current.is_graph_output():
+            return True
+        for user, index in current.uses():
+            if not is_onnx_domain(user):
+                continue
+            deciding = _DECIDING_INPUTS.get(user.op_type, ())
+            if deciding is None or index in deciding:
+                return True
+            if user.op_type == "Cast":
+                if ir.DataType(user.attributes.get_int("to", 0)) not in _CUT_FLOATS:
+                    stack.extend(user.outputs)
+            elif user.op_type in _PASSES_DECIDED_ON and (index == 0 or user.op_type in _PASSES_DECIDED_ON_ANY_INPUT):
+                stack.extend(user.outputs)
+    return False
+
+
 # The ops ORT's CPU graph optimizer (its QDQ selectors, checked against 1.32) runs on the integers when they
 # read DequantizeLinear and feed QuantizeLinear: integer kernels (QLinearConv...), which need every float
 # operand dequantized, and ops whose DQ and Q it drops (same scale and zero point on both sides). Any other op
@@ -2389,6 +2480,11 @@ class Verifier:
         # an entry is the set's inputs and the original's outputs on them (not a later base's: ``rebase``).
         self._noise: list[dict[str, float] | tuple[Mapping[str, np.ndarray], Mapping[str, Any]]] = []
         self._load_crash: bool | None = None  # whether loading the original at ORT_ENABLE_ALL crashes (once)
+        # The original's ``rounded_decisions``, found on the first check: where it has any, an exact result is run as
+        # deployed too (``_decided_as_deployed``), against the base's outputs so run, by input set (``_deployed``:
+        # None where the base fails so), the original's kept from its float noise's run.
+        self._decisions: list[str] | None = None
+        self._deployed: dict[int, dict[str, Any] | None] = {}
         # ``hidden_logits`` of the base, with the base's values of them and their float noise on each input set
         # (``_hidden_logit_references``): made on first use, until a set is added or the base changes.
         self._logits: tuple[dict[str, tuple[_Head, float]], list[dict[str, Any]], list[Any]] | None = None
@@ -2582,9 +2678,12 @@ class Verifier:
         measured yet in one session."""
         pending = [index for index, entry in enumerate(self._noise) if isinstance(entry, tuple)]
         if pending:
-            measured = self._float_noises(self._original, [self._noise[index] for index in pending])
+            # The original's runs as deployed, kept where the exact check holds results to them too.
+            kept: list[dict[str, Any] | None] | None = [] if self._base is self._original and self.decisions else None
+            measured = self._float_noises(self._original, [self._noise[index] for index in pending], kept)
             for index, noise in zip(pending, measured):
                 self._noise[index] = noise
+            self._deployed.update(zip(pending, kept or ()))
         return self._noise
 
     def _reference(self, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -2645,9 +2744,94 @@ class Verifier:
         # The result's raw outputs as written, kept where the level-0 check may need them again.
         written: list[dict[str, Any]] | None = [] if rounding_kernels(self._base) else None
         result = self._check_as_written(candidate, by_segment=by_segment, written=written, rescaled=rescaled)
-        if result.ok or written is None or not self._rounding_may_explain(candidate, result):
+        if not result.ok and written is not None and self._rounding_may_explain(candidate, result):
+            return self._check_at_level_zero(
+                candidate, result, by_segment=by_segment, written=written, rescaled=rescaled
+            )
+        if not result.ok or not self.decisions:
             return result
-        return self._check_at_level_zero(candidate, result, by_segment=by_segment, written=written, rescaled=rescaled)
+        return self._decided_as_deployed(candidate, result)
+
+    @property
+    def decisions(self) -> list[str]:
+        """The original's ``rounded_decisions``, found on first use."""
+        if self._decisions is None:
+            self._decisions = rounded_decisions(self._original)
+        return self._decisions
+
+    def _decided_as_deployed(self, candidate: ir.Model, passed: VerificationResult) -> VerificationResult:
+        """``passed`` (``candidate``, an exact result of a model with ``rounded_decisions``, matched as written) run
+        again as deployed: at ONNX Runtime's full optimization level, against the base so run, each input set
+        compared as ``check`` compares it (the tolerances, the float noise, padding and ids; ``SEGMENT_CAP`` where it
+        passed segment by segment; ties excused, ``_integer_flips``, where they were as written). A constant an
+        exact pass folds can let ONNX Runtime rewrite what it could not before: Kokoro-82M's head dim folded, each
+        score ``MatMul`` and its ``Div`` became a ``FusedMatMul`` that multiplies by ``1/sqrt(d)``, and its rounded
+        durations came out otherwise in 13 of 14 sentences (review s75 hunt 12), every output exact as written. One
+        session of ``candidate``; the base's runs so are made once (``_deployed_references``). A set the base fails
+        on so is left out; nothing is run where ONNX Runtime crashes loading the base so (``loading_crash``)."""
+        noises = self.noise  # measured first: the original's runs as deployed are kept from that run
+        references = self._deployed_references()
+        if all(reference is None for reference in references):
+            return passed
+        where = "as deployed (ONNX Runtime's graph optimizations on)"
+        if holds_float16(candidate) and (crash := loading_crash(candidate, "all")) is not None:
+            return VerificationResult(checks=passed.checks, error=f"{where}, ONNX Runtime {crash} loading the result")
+        tolerances = self.tolerances
+        if passed.segments is not None:  # held end to end as the segment check holds it
+            tolerances = {dtype: Tolerance(max(t.rtol, SEGMENT_CAP), t.atol) for dtype, t in tolerances.items()}
+        running = ""
+        try:
+            with inference_session(candidate, optimization_level="all") as session:
+                sets = zip(self.input_sets, self.labels, references, noises)
+                for inputs, label, reference, noise in sets:
+                    if reference is None:
+                        continue
+                    running = label if len(self.input_sets) > 1 else ""
+                    outputs = self._hide_padded(run_session(session, inputs), inputs, reference)
+                    result = compare_outputs(
+                        reference, outputs, tolerances, self.skipped, noise, self._ids, self._beside
+                    )
+                    if not result.ok and not result.error and passed.integer_flips:
+                        result = self._integer_flips(candidate, inputs, reference, outputs, result)
+                    if not result.ok:
+                        on = f", on {label}" if running else ""
+                        return VerificationResult(
+                            checks=result.checks,
+                            error=f"{where}, {result.first_failure}{on}; as written it matches",
+                            input_set=running,
+                        )
+        except RuntimeRefusedError as error:
+            on = f" (on {running})" if running else ""
+            return VerificationResult(
+                checks=passed.checks, error=f"{where}, ONNX Runtime cannot run the result: {error.reason}{on}"
+            )
+        return passed
+
+    def _deployed_references(self) -> list[dict[str, Any] | None]:
+        """The base's outputs on each input set at ONNX Runtime's full optimization level, None where it fails so: the
+        original's kept from its float noise's run (``noise``, measured before), others run once, in one session,
+        until ``rebase``."""
+        pending = [index for index in range(len(self.input_sets)) if index not in self._deployed]
+        if pending:
+            if self._base is self._original:
+                if self._load_crash is None:
+                    self._load_crash = bool(holds_float16(self._base) and loading_crash(self._base, "all"))
+                crashed = self._load_crash
+            else:
+                crashed = holds_float16(self._base) and loading_crash(self._base, "all") is not None
+            runs: list[dict[str, Any] | None] = [None] * len(pending)
+            if not crashed:
+                try:
+                    with inference_session(self._base, optimization_level="all") as session:
+                        for position, index in enumerate(pending):
+                            try:
+                                runs[position] = run_session(session, self.input_sets[index])
+                            except RuntimeRefusedError:
+                                pass  # a set the base fails on as deployed: no result is held to it there
+                except RuntimeRefusedError:
+                    pass
+            self._deployed.update(zip(pending, runs))
+        return [self._deployed[index] for index in range(len(self.input_sets))]
 
     def _hidden_logits_failure(
         self, index: int, found: Mapping[str, Any], passed: VerificationResult
@@ -2809,6 +2993,7 @@ class Verifier:
             with at_level_zero(self._base, candidate):
                 if self._level_zero is None:
                     self._level_zero = Verifier(self._base, self.input_sets, self.tolerances, labels=self.labels)
+                    self._level_zero._decisions = []  # its result is held as written (the rounding excused below)
                 failing = len(self.input_sets) - len(self._level_zero.input_sets)
                 if failing:
                     missed.error = (
@@ -3003,6 +3188,7 @@ class Verifier:
             )
             if len(probe.input_sets) < len(self.input_sets):
                 return missed
+            probe._decisions = []  # the outputs themselves are run as deployed by ``check``, exposing nothing
             result = probe.check(exposing(candidate, names), by_segment=True, rescaled=rescaled)
         except (RuntimeRefusedError, InvalidModelError):
             return missed
@@ -3774,6 +3960,7 @@ class Verifier:
             self._beside = _confirmed_widths(accepted, self._beside, self.input_sets[0])
         self._level_zero = self._base_signature = self._twin_samples = self._logits = None
         self._fed = _UNBUILT
+        self._deployed = {}
 
     def fitted_to(self) -> None:
         """An applied result was fitted to the samples but those ``hold_out`` holds out (``fitted_to_samples``):
@@ -3999,11 +4186,15 @@ class Verifier:
         return self._float_noises(original, [(inputs, reference)])[0]
 
     def _float_noises(
-        self, original: ir.Model, sets: Sequence[tuple[Mapping[str, np.ndarray], Mapping]]
+        self,
+        original: ir.Model,
+        sets: Sequence[tuple[Mapping[str, np.ndarray], Mapping]],
+        kept: list[dict[str, Any] | None] | None = None,
     ) -> list[dict[str, float]]:
         """``_float_noise`` of each of ``sets`` (inputs, the original's outputs on them), run in one session; each
         set's outputs are reduced to its noise before the next set runs (a decoder's logits and caches are hundreds
-        of MB a set)."""
+        of MB a set), unless ``kept``: then they are appended to it (None for a set the run fails on; nothing where
+        no session opens)."""
         if original is not self._original:  # a segment's cut: probed each time (an id may be reused)
             crashed = holds_float16(original) and loading_crash(original, "all")
         elif (crashed := self._load_crash) is None:
@@ -4018,10 +4209,16 @@ class Verifier:
                         optimized = run_session(session, inputs)
                     except RuntimeRefusedError:
                         noises.append({})
+                        if kept is not None:
+                            kept.append(None)
                         continue
                     noises.append(self._noise_rows(self._hide_padded(optimized, inputs, reference), reference))
+                    if kept is not None:
+                        kept.append(optimized)
                     del optimized
         except RuntimeRefusedError:
+            if kept is not None:
+                kept.clear()
             return [{} for _ in sets]
         return noises
 
