@@ -437,14 +437,15 @@ def _ids_positions(beside: IdsBeside, shape: tuple[int, ...]) -> tuple[int, np.n
 
 
 def _confirmed_widths(
-    model: ir.Model, beside: Mapping[str, IdsBeside], inputs: Mapping[str, np.ndarray]
-) -> dict[str, IdsBeside]:
-    """``beside`` (``model``'s ``concatenated_ids``) with each size of a computed value joined to ids, recorded or
-    not, its size in a run of ``model`` on ``inputs`` (unknown where the run gives none): ONNX Runtime runs a model
-    whose recorded shapes are stale, and beside a size known only at run time such a size misplaced the ids'
-    positions (each id one class off verified until a late review in session 74); two sizes not recorded left the
-    ids unplaced, held by the tolerance (``Concat(top, ids, top)``: one class off verified until review s75
-    late74a)."""
+    model: ir.Model, beside: Mapping[str, IdsBeside], input_sets: Sequence[Mapping[str, np.ndarray]]
+) -> list[dict[str, IdsBeside]]:
+    """``beside`` (``model``'s ``concatenated_ids``) on each of ``input_sets``, with each size of a computed value
+    joined to ids, recorded or not, its size in that set's run of ``model`` (unknown where the run gives none): ONNX
+    Runtime runs a model whose recorded shapes are stale, and beside a size known only at run time such a size
+    misplaced the ids' positions (each id one class off verified until a late review in session 74); two sizes not
+    recorded left the ids unplaced, held by the tolerance (``Concat(top, ids, top)``: one class off verified until
+    review s75 late74a). Each set's own: sizes read on the first set alone misplaced the ids on a set of other widths
+    (one class off there verified until review s75 xfix3). One run a set, none where no computed value is joined."""
 
     def recorded(name: str) -> Iterator[tuple[int, ir.Value]]:
         joined = beside[name]
@@ -454,19 +455,22 @@ def _confirmed_widths(
 
     names = list(dict.fromkeys(value.name for name in beside for _, value in recorded(name)))
     if not names:
-        return dict(beside)
+        return [dict(beside) for _ in input_sets]
     try:
-        run = collect_values(model, names, [inputs])[0] if all(names) else {}
+        runs = collect_values(model, names, list(input_sets)) if all(names) else [{} for _ in input_sets]
     except (RuntimeRefusedError, KeyError):
-        run = {}
-    confirmed = {}
-    for name, joined in beside.items():
-        widths = list(joined.widths)
-        for index, value in recorded(name):
-            shape = np.shape(run[value.name]) if isinstance(run.get(value.name), np.ndarray) else ()
-            widths[index] = int(shape[joined.axis]) if -len(shape) <= joined.axis < len(shape) else None
-        confirmed[name] = joined._replace(widths=tuple(widths))
-    return confirmed
+        runs = [{} for _ in input_sets]
+    sets = []
+    for run in runs:
+        confirmed = {}
+        for name, joined in beside.items():
+            widths = list(joined.widths)
+            for index, value in recorded(name):
+                shape = np.shape(run[value.name]) if isinstance(run.get(value.name), np.ndarray) else ()
+                widths[index] = int(shape[joined.axis]) if -len(shape) <= joined.axis < len(shape) else None
+            confirmed[name] = joined._replace(widths=tuple(widths))
+        sets.append(confirmed)
+    return sets
 
 
 def _draw_fed_otherwise(reason: str) -> str | None:
@@ -2450,6 +2454,8 @@ class Verifier:
         # The base's outputs of ids (``argmax_outputs``): held exactly by the exact check even where cast to float.
         self._ids = argmax_outputs(original)
         self._beside = concatenated_ids(original)  # ids joined to other values: those positions held exactly
+        # ``_beside`` on each input set, its sizes read on that set's run (``_confirmed_widths``): once all are added.
+        self._beside_sets: list[dict[str, IdsBeside]] = []
         self._ranks: dict[str, int | None] = {}  # the base's outputs' ranks in its runs (``_output_ranks``)
         self._samples = samples
         self._samples_generated = samples_generated
@@ -2505,8 +2511,7 @@ class Verifier:
         if self.input_sets:
             self._ranks = _output_ranks(original, self.references)
             self._beside = concatenated_ids(original, self._ranks)
-        if self._beside and self.input_sets:
-            self._beside = _confirmed_widths(original, self._beside, self.input_sets[0])
+        self._confirm_widths(original)
         self.skipped = self._nondeterministic_outputs(original)
         if self.skipped and self.skipped >= set(self.references[0]) and not self.drawn_outputs_compared():
             raise InvalidModelError(
@@ -2514,6 +2519,23 @@ class Verifier:
                 "(RandomNormal, Bernoulli, a training-mode Dropout, ...), which change from run to run and with the "
                 "graph's structure: nothing can be verified; pass --no-verify to optimize it unverified"
             )
+
+    def _confirm_widths(self, model: ir.Model) -> None:
+        """``_beside`` (``model``'s) with its sizes read on each input set's run of ``model`` (``_confirmed_widths``),
+        the first set's as ``_beside``; no run where no ids are joined to other values."""
+        self._beside_sets = _confirmed_widths(model, self._beside, self.input_sets) if self._beside else []
+        if self._beside_sets:
+            self._beside = self._beside_sets[0]
+
+    def _beside_on(self, inputs: Mapping[str, np.ndarray]) -> Mapping[str, IdsBeside]:
+        """``_beside`` with the sizes read on ``inputs`` where they are one of ``input_sets``: ids joined between two
+        sizes known only at run time sit elsewhere on a set of other widths, and placed by the first set's run they
+        were held by the float tolerance there (one class off verified until review s75 xfix3). The first set's
+        sizes for other inputs (a cut of the graph fed on the first set)."""
+        for index, known in enumerate(self.input_sets[: len(self._beside_sets)]):
+            if known is inputs:
+                return self._beside_sets[index]
+        return self._beside
 
     def _add_first_set(self, inputs: Mapping[str, np.ndarray], label: str, constant_outputs_refused: bool) -> None:
         """The first input set, which the original must run on: its refusal is the model's or the inputs' error."""
@@ -2564,8 +2586,9 @@ class Verifier:
             # axes as written (``_output_ranks``), not at the first set's rank (review s75 late75f).
             self._ranks = _output_ranks(self._base, self.references)
             self._beside = concatenated_ids(self._base, self._ranks)
-            if self._beside:
-                self._beside = _confirmed_widths(self._base, self._beside, self.input_sets[0])
+            self._confirm_widths(self._base)
+        elif self._beside and len(self._beside_sets) == len(self.input_sets) - 1:  # not while the constructor adds
+            self._beside_sets += _confirmed_widths(self._base, self._beside, [inputs])
         self._level_zero = self._logits = None  # built on the sets there were
         self._fed = _UNBUILT
         return True
@@ -2604,6 +2627,7 @@ class Verifier:
                 except RuntimeRefusedError:
                     for kept in (self.input_sets, self.references, self.labels, self._noise):
                         kept.pop()
+                    del self._beside_sets[len(self.input_sets) :]
                     continue
             notes.append(f"also checked on {label} (no input set read those rows)")
         return "; ".join(notes)
@@ -3076,7 +3100,7 @@ class Verifier:
                         written.append(raw)
                     outputs = self._hide_padded(raw, inputs, reference)
                     result = compare_outputs(
-                        reference, outputs, self.tolerances, self.skipped, noise, self._ids, self._beside
+                        reference, outputs, self.tolerances, self.skipped, noise, self._ids, self._beside_on(inputs)
                     )
                     if not result.ok and not result.error:
                         result = self._integer_flips(candidate, inputs, reference, outputs, result)
@@ -3218,7 +3242,8 @@ class Verifier:
         close to a rounding boundary (or a tie between two classes) lands on its other side: in 2 of 1.6 million
         pixels, a correct Softmax fusion was rolled back for that. A wrong rewrite moves the floats past the
         tolerance, or computes other integers from the same floats."""
-        held = self._ids | frozenset(_cast_integers(candidate)) | frozenset(self._beside)
+        beside = self._beside_on(inputs)
+        held = self._ids | frozenset(_cast_integers(candidate)) | frozenset(beside)
         failed = _integer_outputs_missed(missed, reference, outputs, held)
         if not failed:
             return missed
@@ -3238,7 +3263,7 @@ class Verifier:
             return missed
         computed = self._hide_padded({name: computed[name] for name in failed}, inputs, reference)
         exact = compare_outputs(
-            {name: reference[name] for name in failed}, computed, self.tolerances, exact=self._ids, beside=self._beside
+            {name: reference[name] for name in failed}, computed, self.tolerances, exact=self._ids, beside=beside
         )
         if not exact.ok:
             return missed
@@ -3373,7 +3398,8 @@ class Verifier:
         largest = 0.0
         for inputs, reference in zip(self.input_sets, self.references):
             outputs = self._hide_padded(run_session(session, inputs), inputs, reference)
-            result = compare_outputs(reference, outputs, cap, self.skipped, exact=self._ids, beside=self._beside)
+            beside = self._beside_on(inputs)
+            result = compare_outputs(reference, outputs, cap, self.skipped, exact=self._ids, beside=beside)
             if not result.ok:
                 return None
             largest = max(largest, result.max_abs_error)
@@ -3446,7 +3472,7 @@ class Verifier:
         # And its ids a ``Concat`` joins to scores, at their positions (``concatenated_ids``): held by the twin's
         # tolerance, each one class off verified past its ``1 / rtol`` classes until a late review in session 74.
         joined = concatenated_ids(twin.model, self._ranks)
-        beside = _confirmed_widths(twin.model, joined, twin_sets[0][0]) if twin_sets else {}
+        beside = _confirmed_widths(twin.model, joined, [twin_sets[0][0]])[0] if twin_sets else {}
         try:
             expected = run_sets(twin.model, [inputs for inputs, *_ in twin_sets])
         except RuntimeRefusedError as error:
@@ -3917,7 +3943,7 @@ class Verifier:
                         feeds, reference = _segment_feeds(inputs, values, names, outputs_of_base, padding, keep_own)
                         outputs = self._hide_padded(run_session(session, feeds), inputs, reference)
                         result = compare_outputs(
-                            reference, outputs, self.tolerances, self.skipped, noise, self._ids, self._beside
+                            reference, outputs, self.tolerances, self.skipped, noise, self._ids, self._beside_on(inputs)
                         )
                         if result.ok:
                             # Again, each cut fed what the result computed there: an error under the tolerance
@@ -3925,7 +3951,13 @@ class Verifier:
                             feeds.update({name: outputs[_computed(name)] for name in names})
                             outputs = self._hide_padded(run_session(session, feeds), inputs, reference)
                             result = compare_outputs(
-                                reference, outputs, self.tolerances, self.skipped, noise, self._ids, self._beside
+                                reference,
+                                outputs,
+                                self.tolerances,
+                                self.skipped,
+                                noise,
+                                self._ids,
+                                self._beside_on(inputs),
                             )
                         if not result.ok:
                             result.error = (
@@ -3956,8 +3988,7 @@ class Verifier:
         # another position (one class off verified after int8 until review s75 late74a).
         self._ranks = _output_ranks(accepted, self.references) if self.input_sets else {}
         self._beside = concatenated_ids(accepted, self._ranks)
-        if self._beside and self.input_sets:
-            self._beside = _confirmed_widths(accepted, self._beside, self.input_sets[0])
+        self._confirm_widths(accepted)
         self._level_zero = self._base_signature = self._twin_samples = self._logits = None
         self._fed = _UNBUILT
         self._deployed = {}

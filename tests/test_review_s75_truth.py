@@ -134,11 +134,6 @@ def test_ids_between_two_run_time_sizes_one_class_off_on_the_first_set_are_rolle
     assert "the ids of output 'out'" in result.first_failure
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ids' positions come from one run on the first input set: on a set of other widths they are held by the "
-    "float tolerance, and one class off there verifies",
-)
 def test_ids_between_two_run_time_sizes_one_class_off_on_another_set_are_rolled_back(ids_between_verifier):
     result = ids_between_verifier.check(_ids_between(5))
     assert not result.ok
