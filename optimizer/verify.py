@@ -2598,7 +2598,8 @@ class Verifier:
         ``candidate`` changed from ``before`` and no input set reads; a note saying so, or "". Generated ids are drawn
         over the whole table, and a few hundred draws over MiniLM's 30,522 rows never read [CLS] 101 or [SEP] 102: a
         rewrite that swapped those two rows, in every real input, was verified (review s75 mutants). A table changed
-        in more rows than one input set holds ids (a scale folded into it) is left to the draws, which read it."""
+        in more rows than one input set holds ids and read in some (a scale folded into it) is left to the draws, which
+        read it; one read in none, a set reads as many of its rows as it holds, spread over them."""
         if not self.input_sets:
             return ""
         first = self.input_sets[0]
@@ -2611,9 +2612,17 @@ class Verifier:
             for inputs in self.input_sets:
                 if isinstance(inputs.get(name), np.ndarray):
                     reached.update(np.unique(inputs[name]).tolist())
-            missing = [row for row in rows if row not in reached]
-            if not missing or len(missing) > ids.size:
+            # Rows past what the ids' dtype holds no input reads (int16 ids, a 40,000-row table): written into the
+            # ids, they raised OverflowError, and the pass failed (review s75 late75g).
+            missing = [row for row in rows if row not in reached and row <= np.iinfo(ids.dtype).max]
+            read = any(row in reached for row in rows)
+            if not missing or (len(missing) > ids.size and read) or ids.size == 0:
                 continue
+            if len(missing) > ids.size:
+                # More rows than the set holds ids, none of them read: as many as it holds, spread over them (300
+                # rows of 30,522 shifted by one, past the 128 ids a set held, were left to draws that missed them
+                # and verified until review s75 late75g).
+                missing = [missing[index] for index in np.linspace(0, len(missing) - 1, ids.size).round().astype(int)]
             reaching = np.array(ids, copy=True)
             reaching.reshape(-1)[: len(missing)] = np.asarray(missing, dtype=ids.dtype)
             inputs = {**first, name: reaching}
@@ -4454,11 +4463,12 @@ _ROWS_COMPARED_AT_ONCE = 4096
 def _rewritten_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[str, str, list[int]]]:
     """``(input, table, rows)`` for each constant table that ``before`` gathers along axis 0 by a graph input
     (through a ``Cast``) and ``candidate`` gathers by that input too, at the same shape, ``rows`` not bit for bit
-    the same."""
+    the same. Each table an input indexes, matched by name or else in order: the first alone was read, and a swap of
+    [CLS] and [SEP] in a second table the ids index was verified (review s75 late75g)."""
 
-    def tables(model: ir.Model) -> dict[str, tuple[str, ir.TensorProtocol]]:
+    def tables(model: ir.Model) -> dict[str, list[tuple[str, ir.TensorProtocol]]]:
         inputs = {id(value): value.name for value in model.graph.inputs}
-        found: dict[str, tuple[str, ir.TensorProtocol]] = {}
+        found: dict[str, list[tuple[str, ir.TensorProtocol]]] = {}
         for node in model.graph:
             if node.op_type != "Gather" or not is_onnx_domain(node) or node.attributes.get_int("axis", 0) != 0:
                 continue
@@ -4467,23 +4477,40 @@ def _rewritten_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[str, st
                 indices = indices.producer().inputs[0]
             if data is None or data.const_value is None or indices is None or id(indices) not in inputs:
                 continue
-            found.setdefault(indices.name, (data.name or "", data.const_value))
+            read = found.setdefault(indices.name, [])
+            if all(tensor is not data.const_value for _, tensor in read):  # a table two Gathers share, diffed once
+                read.append((data.name or "", data.const_value))
         return found
 
     after = tables(candidate)
     changed = []
-    for name, (table, tensor) in tables(before).items():
-        rewritten = after.get(name, (None, None))[1]
-        if rewritten is None or rewritten is tensor:  # a pass replaces a weight, never writes it in place
-            continue
-        old, new = tensor.numpy(), rewritten.numpy()
-        if new.shape != old.shape or new.dtype != old.dtype or old.ndim < 1:
-            continue
-        rows = []
-        for start in range(0, len(old), _ROWS_COMPARED_AT_ONCE):  # a large vocabulary's table, a slice at a time
-            a, b = (array[start : start + _ROWS_COMPARED_AT_ONCE].reshape(-1, old[0].size) for array in (old, new))
-            same = (a == b) | (np.isnan(a) & np.isnan(b)) if old.dtype.kind == "f" else a == b
-            rows.extend((start + np.flatnonzero(~same.all(axis=1))).tolist())
-        if rows:
-            changed.append((name, after[name][0] or table, rows))
+    for name, read in tables(before).items():
+        rewritten_tables = after.get(name, [])
+        by_name = dict(rewritten_tables)
+        for index, (table, tensor) in enumerate(read):
+            if table in by_name:
+                renamed, rewritten = table, by_name[table]
+            elif len(rewritten_tables) == len(read):
+                renamed, rewritten = rewritten_tables[index]
+            else:
+                continue
+            if rewritten is tensor:  # a pass replaces a weight, never writes it in place
+                continue
+            rows = _changed_rows(tensor, rewritten)
+            if rows:
+                changed.append((name, renamed or table, rows))
     return changed
+
+
+def _changed_rows(tensor: ir.TensorProtocol, rewritten: ir.TensorProtocol) -> list[int]:
+    """The rows (along axis 0) of ``rewritten`` not bit for bit those of ``tensor``; none where the shape or the dtype
+    differs."""
+    old, new = tensor.numpy(), rewritten.numpy()
+    if new.shape != old.shape or new.dtype != old.dtype or old.ndim < 1:
+        return []
+    rows: list[int] = []
+    for start in range(0, len(old), _ROWS_COMPARED_AT_ONCE):  # a large vocabulary's table, a slice at a time
+        a, b = (array[start : start + _ROWS_COMPARED_AT_ONCE].reshape(-1, old[0].size) for array in (old, new))
+        same = (a == b) | (np.isnan(a) & np.isnan(b)) if old.dtype.kind == "f" else a == b
+        rows.extend((start + np.flatnonzero(~same.all(axis=1))).tolist())
+    return rows
