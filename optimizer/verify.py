@@ -1837,12 +1837,14 @@ def rounded_decisions(model: ir.Model) -> list[str]:
     """The nodes of ``model`` that decide a whole number or a boolean from float values computed from its inputs,
     on a path to an output: a ``Round``, ``Floor`` or ``Ceil``, a ``Cast`` of floats to an integer or boolean type, and
     a comparison of floats (``_FLOAT_COMPARISONS``) whose booleans reach an output, or set a size, a place, a trip
-    count or a branch (``_DECIDING_INPUTS``), as such (``_PASSES_DECIDED_ON``; a ``Where`` that picks floats by them
-    is no decision here). A float one ulp off a boundary is decided the other way there: Kokoro-82M's ``Round`` of its
-    durations set its audio's length. Floats computed from shapes alone (``Cast(Floor(Shape(x)[2] * 0.5))``) are the
-    same however ONNX Runtime rewrites the graph, and decide nothing here; nor does an ``ArgMax`` (a tie, not a
-    boundary), nor a ``QuantizeLinear`` (held by int8's own checks). Every node inside an ``If``'s, ``Loop``'s or
-    ``Scan``'s body that reaches an output, and in a function, is read as on such a path."""
+    count or a branch (``_DECIDING_INPUTS``), as such (``_PASSES_DECIDED_ON``), cast to 0.0 and 1.0 (a voice
+    detector's frames) or as the whole numbers a ``Where`` picks by them (a ``Where`` that picks floats by them is no
+    decision here); a ``NonMaxSuppression`` of such floats. A float one ulp off a boundary is decided the other way
+    there: Kokoro-82M's ``Round`` of its durations set its audio's length. Floats computed from shapes alone
+    (``Cast(Floor(Shape(x)[2] * 0.5))``) are the same however ONNX Runtime rewrites the graph, and decide nothing
+    here; nor does an ``ArgMax`` (a tie, not a boundary), nor a ``QuantizeLinear`` (held by int8's own checks). Every
+    node inside an ``If``'s, ``Loop``'s or ``Scan``'s body that reaches an output, and in a function, is read as on
+    such a path."""
     graph = model.graph
     reaching = {id(value) for value in graph.outputs}
     on_path: list[ir.Node] = []
@@ -1851,21 +1853,30 @@ def rounded_decisions(model: ir.Model) -> list[str]:
             on_path.append(node)
             reaching.update(id(value) for value in node.inputs if value is not None)
             reaching.update(id(value) for inner in nodes_within(node) for value in inner.inputs if value is not None)
-    # Values computed from the graph's inputs other than through their shapes (a value of a subgraph: taken as such).
+    # Values computed from the graph's inputs other than through their shapes (a value of a subgraph: taken as such;
+    # an ``If`` whose branches read such a value, with a condition from shapes alone, gives one).
     data = {id(value) for value in graph.inputs}
     for node in graph:
-        if node.op_type not in ("Shape", "Size") and any(id(value) in data for value in node.inputs):
+        read = [*node.inputs, *(value for inner in nodes_within(node) for value in inner.inputs)]
+        if node.op_type not in ("Shape", "Size") and any(id(value) in data for value in read if value is not None):
             data.update(id(value) for value in node.outputs)
     nested = [inner for node in reversed(on_path) for inner in nodes_within(node)]
-    nested += [node for function in model.functions.values() for node in _nodes_and_subgraphs(function.graph)]
+    # A function's values record no dtype: read as floats there (a rounding op's input is one anywhere).
+    local = [node for function in model.functions.values() for node in _nodes_and_subgraphs(function.graph)]
+    untyped = {id(node) for node in local}
     found = []
-    for node, top in [*((node, True) for node in reversed(on_path)), *((node, False) for node in nested)]:
+    for node, top in [*((node, True) for node in reversed(on_path)), *((node, False) for node in [*nested, *local])]:
         if not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None:
             continue
         floats = [
             value
             for value in node.inputs
-            if value is not None and (not top or id(value) in data) and _dtype_of(value) in _CUT_FLOATS
+            if value is not None
+            and (not top or id(value) in data)
+            and (
+                (dtype := _dtype_of(value)) in _CUT_FLOATS
+                or (dtype is None and (id(node) in untyped or node.op_type in _ROUNDING_FLOAT_OPS))
+            )
         ]
         if not floats:
             continue
@@ -1875,6 +1886,8 @@ def rounded_decisions(model: ir.Model) -> list[str]:
             if ir.DataType(node.attributes.get_int("to", 0)) not in _CUT_FLOATS:
                 found.append(node)
         elif node.op_type in _FLOAT_COMPARISONS and _decided(node.outputs[0]):
+            found.append(node)
+        elif node.op_type == "NonMaxSuppression":  # its scores and overlaps compared with the thresholds
             found.append(node)
     return [f"{node.op_type} {node.name!r}" if node.name else node.op_type for node in found]
 
@@ -1896,9 +1909,10 @@ def _decided(value: ir.Value) -> bool:
             deciding = _DECIDING_INPUTS.get(user.op_type, ())
             if deciding is None or index in deciding:
                 return True
-            if user.op_type == "Cast":
-                if ir.DataType(user.attributes.get_int("to", 0)) not in _CUT_FLOATS:
-                    stack.extend(user.outputs)
+            if user.op_type == "Cast":  # to floats too: a voice detector's 0.0 or 1.0 by frame
+                stack.extend(user.outputs)
+            elif user.op_type == "Where" and index == 0 and _dtype_of(user.outputs[0]) not in _CUT_FLOATS:
+                stack.extend(user.outputs)  # whole numbers picked by them (``Where(p > 0.5, 1, 0)``)
             elif user.op_type in _PASSES_DECIDED_ON and (index == 0 or user.op_type in _PASSES_DECIDED_ON_ANY_INPUT):
                 stack.extend(user.outputs)
     return False
