@@ -18,6 +18,7 @@ from optimizer.compared_inputs import (
     equal_copy,
     equalled_inputs,
     held_reductions,
+    position_table_lengths,
     reduced_sides,
     unnamed_lengths,
 )
@@ -262,7 +263,11 @@ def optimize_with_report(
                 _add_prefill(ir_model, decoder_sets, options.dims)
                 # Next to user inputs too, as the second binding: a length is no value a user's data chose, and
                 # ``Less(seq_len, 8)`` beside given inputs of 128 verified a rewrite wrong under 8 until review s74.
-                if note := _add_compared_lengths(ir_model, verifier, options.dims, lengths.cap):
+                # A table's end, beside generated inputs alone: given ones are the lengths the user runs.
+                ends_within = options.max_sequence if inputs is None else None
+                if note := _add_compared_lengths(
+                    ir_model, verifier, options.dims, lengths.cap, table_ends_within=ends_within
+                ):
                     notes.append(note)
             if inputs is None:
                 _add_drawn_compared_values(ir_model, verifier)
@@ -1034,10 +1039,18 @@ _COMPARED_LENGTH_SETS = 4
 # set of 1001 images, 600 MB and 12.9 s on a trivial graph, until a review in session 74.
 _COMPARED_LENGTH_GROWTH = 4
 _COMPARED_LENGTH_BYTES = 16 << 20
+# The longest table end ``_add_table_ends`` verifies at: past it, one more run of every candidate at that length costs
+# more than the rows it reads (a rotary table of 8192 positions), and the end is named in the report instead.
+_LONGEST_TABLE_END = 4096
 
 
 def _add_compared_lengths(
-    model: ir.Model, verifier: Verifier, dims: Mapping[str, int] | None, max_positions: int | None = None
+    model: ir.Model,
+    verifier: Verifier,
+    dims: Mapping[str, int] | None,
+    max_positions: int | None = None,
+    *,
+    table_ends_within: int | None = None,
 ) -> str | None:
     """Where the graph compares a length with a constant (``compared_lengths``: ``Equal(Shape(x)[1], 16)``, an
     exported decode step's ``If(Equal(seq_len, 1))``, ``Less(seq_len, 8)``), verify on a set of the first one's
@@ -1046,8 +1059,15 @@ def _add_compared_lengths(
     257), no set was 16 long, nor under 8, and a rewrite wrong in the branch those select verified. Not a dim ``dims``
     fixes, nor past ``max_positions``, nor where the set would take more than ``_COMPARED_LENGTH_GROWTH`` times the
     first's bytes and ``_COMPARED_LENGTH_BYTES``; a decoder's mask length follows its past and new tokens. One the
-    original fails on is dropped (said in the report). Returns a note naming the lengths left undrawn past those
-    limits, or None: the report said nothing of them until a review in session 74."""
+    original fails on is dropped (said in the report). Then, with ``table_ends_within`` (the user's
+    ``--max-sequence``; ``max_positions`` is the lengths' bound, halved where the original refused the default; None
+    beside given inputs), where a length indexes a constant table along its rows (``position_table_lengths``: BERT's
+    ``position_ids[:, :L]``), a set of the first one's sizes at one row (batch 1) with that dim at the table's end,
+    within the same limits, ``_LONGEST_TABLE_END`` and ``table_ends_within``:
+    generated at 128, then 65 where 257 is past a 256-row table, no set read the table's last row, and a rewrite wrong
+    only there verified until review s75 (xfix4). Not a decoder's past or new tokens (``cache_length_dims``), whose
+    tables ``longest_cache`` bounds. Returns a note naming the lengths left undrawn past those limits, or None: the
+    report said nothing of them until a review in session 74."""
     first = verifier.input_sets[0]
     totals = cache_length_dims(model)
     base = {name: size for name, size in dims_from_inputs(model, first).items() if name not in totals}
@@ -1100,13 +1120,73 @@ def _add_compared_lengths(
                 continue
             label = f"generated, {what} at {length}, a length the graph compares ({_shapes(model, inputs)}){how}"
             added += verifier.add_input_set(inputs, label)
-    if not undrawn:
+    ends: dict[str, list[int]] = {}
+    ends_limits: dict[str, None] = {}
+    if table_ends_within is not None:
+        _add_table_ends(model, verifier, dims, base, most, table_ends_within, ends, ends_limits)
+    sentences = []
+    for found, over, what, unverified in (
+        (undrawn, limits, "compares lengths with constants that", "the branches they select were"),
+        (ends, ends_limits, "reads a table to its last row at a length", "a rewrite wrong only there was"),
+    ):
+        if found:
+            held = "; ".join(f"{name} at {', '.join(map(str, sizes))}" for name, sizes in found.items())
+            sentences.append(
+                f"the graph {what} no verification set holds ({held}; {', '.join(over)}): {unverified} not verified"
+            )
+    if not sentences:
         return None
-    held = "; ".join(f"{what} at {', '.join(map(str, found))}" for what, found in undrawn.items())
-    return (
-        f"the graph compares lengths with constants that no verification set holds ({held}; {', '.join(limits)}): "
-        "the branches they select were not verified; pass inputs of those lengths with --inputs FILE.npz"
-    )
+    return "; ".join(sentences) + "; pass inputs of those lengths with --inputs FILE.npz"
+
+
+def _add_table_ends(
+    model: ir.Model,
+    verifier: Verifier,
+    dims: Mapping[str, int] | None,
+    base: Mapping[str, int],
+    most: int,
+    max_sequence: int,
+    undrawn: dict[str, list[int]],
+    limits: dict[str, None],
+) -> None:
+    """Verify on one set of ``base``'s sizes (the first set's) at one row, each dim that indexes a constant table
+    along its rows (``position_table_lengths``) at the table's end, where no set holds it (``_add_compared_lengths``).
+    Not a dim ``dims`` fixes, nor a decoder's past or new tokens, nor past ``max_sequence``; one past
+    ``_LONGEST_TABLE_END`` or a set of more than ``most`` bytes is put in ``undrawn`` (with why in ``limits``)
+    instead. A set the original fails on is dropped unsaid: the table was not what ended its lengths."""
+    ends = position_table_lengths(model)
+    if not ends:
+        return
+    cached = {dim for pair in cache_length_dims(model).values() for dim in pair}
+    held = [dims_from_inputs(model, inputs) for inputs in verifier.input_sets]
+    bound = {**base, **dict.fromkeys(_batch_names(model, base), 1), **(dims or {})}
+    bound = {name: size for name, size in bound.items() if name in base}
+    wanted = {}
+    for name, length in ends.items():
+        if name in (dims or {}) or name not in base or name in cached or length > max_sequence:
+            continue
+        if any(sizes.get(name) == length for sizes in held):
+            continue
+        if length > _LONGEST_TABLE_END:
+            undrawn.setdefault(f"'{name}'", []).append(length)
+            limits[f"lengths of {_LONGEST_TABLE_END} at most"] = None
+            continue
+        wanted[name] = length
+    if not wanted:
+        return
+    bound.update(wanted)
+    if input_bytes(model, bound)[0] > most:
+        for name, length in wanted.items():
+            undrawn.setdefault(f"'{name}'", []).append(length)
+        limits[f"sets of {format_bytes(most)} at most"] = None
+        return
+    try:
+        inputs, how = _model_cache(model, make_inputs(model, bound), seed=0)
+    except InputSpecError:
+        return
+    shown = ", ".join(f"'{name}' at {length}" for name, length in wanted.items())
+    label = f"generated, {shown}, the last row of a table the length indexes ({_shapes(model, inputs)}){how}"
+    verifier.add_input_set(inputs, label, report_drop=False)
 
 
 def _within_positions(

@@ -56,6 +56,7 @@ from optimizer.inputs import (
     _WORDS,
     _as_input_columns,
     _constant_number,
+    _index_range,
     _is_mask,
     _lookup_keys,
     _picked_columns,
@@ -1396,6 +1397,106 @@ def compared_lengths(
     for key, lengths in _lengths_met(meets, sizes, bindings):
         found.setdefault(key, {}).update(dict.fromkeys(lengths))
     return {name: sorted(lengths) for name, lengths in found.items() if lengths}
+
+
+def position_table_lengths(model: ir.Model) -> dict[str, int]:
+    """Each named symbolic dim of an input whose length indexes a constant table along its rows, with the longest
+    length that table allows: positions from ``Range(s, L, 1)`` that a ``Gather`` reads a table of T rows by (T), or
+    a ``Slice`` of a constant from a constant start to ``L`` along one axis of E rows (BERT's ``position_ids[:, :L]``,
+    a table sliced itself: E, or T where the slice indexes a table of fewer rows), ``L`` read through ``Shape`` (of
+    the input, or of the rows a ``Gather`` reads by it: DistilBERT's ``Shape(word_embeddings(input_ids))``), a
+    ``Gather`` or ``Slice`` of that length, moves and casts (as ``compared_lengths`` reads it); the constants met
+    (starts, steps, axes) may be moved or cast on the way, as the dynamo exporter writes them. Generated lengths (128,
+    then 65 where 257 is past a 256-row table) never read such a table's last row, and a rewrite wrong only there
+    verified until review s75 (xfix4). The smallest extent where a dim meets several tables; empty where none."""
+    found: dict[str, int] = {}
+    for value in runtime_inputs(model):
+        if value.shape is None:
+            continue
+        keys = _length_keys(list(value.shape))
+        for node, index in value.uses():
+            if not is_onnx_domain(node):
+                continue
+            shapes = [(node, keys)] if index == 0 else []
+            if node.op_type == "Gather" and index == 1 and node.attributes.get_int("axis", 0) == 0:
+                table = ir.convenience.get_const_tensor(node.inputs[0]) if node.inputs[0] is not None else None
+                if table is not None and table.shape:  # rows read by ids [B, L]: [B, L, width]
+                    rows = [*keys, *([None] * (len(table.shape) - 1))]
+                    shapes = [(user, rows) for user, at in node.outputs[0].uses() if at == 0 and is_onnx_domain(user)]
+            for shape, held in shapes:
+                if shape.op_type != "Shape":
+                    continue
+                start, end = shape.attributes.get_int("start", 0), shape.attributes.get_int("end", len(held))
+                for key, rows in _table_extents(shape.outputs[0], [(key, 1.0) for key in held[start:end]]):
+                    if key:  # a named dim: one without a name has no binding to set
+                        found[key] = min(rows, found.get(key, rows))
+    return found
+
+
+def _table_extents(shape: ir.Value, elements: list[tuple[Any, float]]) -> Iterator[tuple[Any, int]]:
+    """``(dim, rows)`` for each table one element of ``shape`` (a ``Shape``'s output, each element the dim it holds:
+    ``elements``) indexes along its rows (``position_table_lengths``)."""
+    pending, seen = [(shape, elements)], set()
+    while pending:
+        current, held = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for node, index in current.uses():
+            if not is_onnx_domain(node):
+                continue
+            if node.op_type in _COMPARED_MOVES - {"Slice"} or node.op_type == "Cast":
+                if index == 0 and (len(held) == 1 or node.op_type in ("Identity", "Cast")):
+                    pending.append((node.outputs[0], held))
+            elif node.op_type in ("Gather", "Slice") and index == 0:
+                if (picked := _picked_lengths(node, held)) is not None:
+                    pending.append((node.outputs[0], picked))
+            elif len(held) != 1 or held[0][0] is None:
+                continue
+            elif node.op_type == "Range" and index == 1 and _folded_ints(node.inputs[2]) == [1]:
+                first = _folded_ints(node.inputs[0])
+                if first is not None and first[0] >= 0 and (rows := _index_range(node.outputs[0])) is not None:
+                    yield held[0][0], rows
+            elif node.op_type == "Slice" and index == 2 and (rows := _sliced_rows(node)) is not None:
+                positions = _index_range(node.outputs[0])
+                yield held[0][0], rows if positions is None else min(rows, positions)
+
+
+def _sliced_rows(node: ir.Node) -> int | None:
+    """The rows a ``Slice`` whose end is a length reads its constant data along (the one axis it slices, from a
+    constant start of at least 0, by steps of 1), or None."""
+    data = ir.convenience.get_const_tensor(node.inputs[0]) if node.inputs[0] is not None else None
+    inputs = [*node.inputs, None, None][:5]
+    starts = _folded_ints(inputs[1])
+    axes = _folded_ints(inputs[3]) if inputs[3] is not None else [0]
+    steps = _folded_ints(inputs[4]) if inputs[4] is not None else [1]
+    if data is None or not data.shape or starts is None or axes is None or steps is None:
+        return None
+    rank = len(data.shape)
+    if len(starts) != 1 or starts[0] < 0 or len(axes) != 1 or steps != [1] or not -rank <= axes[0] < rank:
+        return None
+    return int(data.shape[axes[0]])
+
+
+# Ops that keep a constant's elements and their order (the dynamo exporter's ``Reshape(Cast(Constant))`` starts).
+_ORDER_KEEPING_OPS = frozenset({"Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten"})
+
+
+def _folded_ints(value: ir.Value | None) -> list[int] | None:
+    """The whole numbers of a constant ``value`` is, through ``_ORDER_KEEPING_OPS``; None where it is none, or one
+    of them is no whole number."""
+    for _ in range(8):
+        tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+        if tensor is not None:
+            array = tensor.numpy().reshape(-1)
+            if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0)):
+                return None
+            return [int(number) for number in array]
+        node = value.producer() if value is not None else None
+        if node is None or not is_onnx_domain(node) or node.op_type not in _ORDER_KEEPING_OPS or not node.inputs:
+            return None
+        value = node.inputs[0]
+    return None
 
 
 def _length_keys(dims: Sequence[Any]) -> list[str | None]:

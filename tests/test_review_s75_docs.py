@@ -16,9 +16,6 @@ _NAMED: dict[str, str] = {
     "test_ids_beside_scores_flattened_on_the_way_out_one_class_off_are_rolled_back": (
         "a `Concat` reshaped or flattened on its way out is not read"
     ),
-    "test_last_position_row_wrong_is_rolled_back": (
-        "a rewrite wrong only at the longest sequence the model accepts is verified too"
-    ),
 }
 
 

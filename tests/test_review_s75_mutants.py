@@ -4,9 +4,9 @@ Each test appends one mutant, an exact-looking ``InPlacePass``, to an empty pipe
 (embeddings, a norm), the way ``tests/mutation/harness.py`` appends its mutants, so the pipeline's verification
 judges it. The holes it found: a rewrite that changed only the embedding rows of the tokens a tokenizer always
 writes ([CLS] 101 and [SEP] 102) was verified, since generated ids never read them (fixed: verification adds a set
-that reads the rows a pass changed, held to the last approximate pass's result where there was one); one wrong only
-at the position table's last row (the longest sequence the model accepts) still is (a strict xfail, named in
-README.md).
+that reads the rows a pass changed, held to the last approximate pass's result where there was one); so was one wrong
+only at the position table's last row, the longest sequence the model accepts (fixed in review s75 xfix4: a set at
+the table's end, ``tests/test_review_s75_xfix4.py``).
 """
 
 from __future__ import annotations
@@ -131,10 +131,6 @@ def test_special_token_rows_swapped_are_rolled_back(encoder, tmp_path):
     assert "max abs error" in record.detail
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generated lengths (128, then 65 where 257 is past the 256-row table) never reach the table's last row",
-)
 def test_last_position_row_wrong_is_rolled_back(encoder, tmp_path):
     record = _record(encoder, tmp_path, _LastPositionWrong)
     assert record.status in (STATUS_ROLLED_BACK,), f"{record.status}: {record.detail}"
