@@ -7,9 +7,9 @@
 2. Fixed. A clip padded to two lengths beside a ``*_lens`` input (``waveforms [batch, N]``, ``waveforms_lens
    [batch]``) was two samples to ``hold_out``: the positions past a row's length are now left out of its content, as
    an integer 0/1 mask's padded positions are (``tests/test_review_s67_late5.py``).
-3. Left open (strict xfail in ``tests/test_review_s67_encsets.py``): generated lengths reach 257 where a learned
-   position table holds 512; reaching the table's rows doubled the default pipeline's time on a small BERT (the
-   reason there).
+3. Left open here (a strict xfail in ``tests/test_review_s67_encsets.py`` until review s75 xfix4): generated lengths
+   reached 257 where a learned position table holds 512; reaching the table's rows at 2 x 512 doubled the default
+   pipeline's time on a small BERT. Review s75 adds one set at batch 1 at the table's length instead.
 4. Fixed. A key padding mask merged with a causal one by ``Or`` (``pads_where_true`` stopped there) was read as
    neither convention and generated true everywhere: every position padded, every output NaN, nothing compared.
 """
