@@ -16,13 +16,13 @@ import contextlib
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import optimizer.verify as verify
 from optimizer.api import optimize_with_report
 from optimizer.verify import Verifier, rounded_decisions
+from tests.test_review_s75_hunt12 import _deployed, _inputs_rounding_apart
 
 
 def _scores_cast() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -60,23 +60,7 @@ def _scores_cast() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     onnx.checker.check_model(proto)
-    rng, scale = np.random.default_rng(0), np.float32(np.sqrt(np.float32(3)))
-    for _ in range(1000):
-        x = rng.integers(-4, 5, size=(1, 1, 6)).astype(np.float32)  # small integers: every product exact
-        q = x.reshape(1, 1, 2, 3).transpose(0, 2, 1, 3)
-        raw = (q @ q.transpose(0, 1, 3, 2)).ravel()
-        divided, multiplied = raw / scale, raw * (np.float32(1) / scale)
-        if (divided != multiplied).any():
-            at = int(np.nonzero(divided != multiplied)[0][0])
-            return proto, {"x": x, "threshold": np.array(min(divided[at], multiplied[at]), np.float32)}
-    raise AssertionError("no score rounds apart by division and by its reciprocal")
-
-
-def _deployed(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, inputs)[0]
+    return proto, _inputs_rounding_apart()
 
 
 def test_a_cast_to_int32_flipped_as_deployed_is_rolled_back():

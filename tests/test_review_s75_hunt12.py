@@ -106,6 +106,12 @@ def _scaled_scores_decided() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     onnx.checker.check_model(proto)
+    return proto, _inputs_rounding_apart()
+
+
+def _inputs_rounding_apart() -> dict[str, np.ndarray]:
+    """An ``x`` whose scores ``q·qᵀ`` divided by √3 and multiplied by its reciprocal differ in some element, and the
+    ``threshold`` between those two values (the smaller): a decision there flips with the spelling."""
     rng, scale = np.random.default_rng(0), np.float32(np.sqrt(np.float32(3)))
     for _ in range(1000):
         # Small integers: every product and sum is exact, whatever order or FMA a kernel sums in.
@@ -115,7 +121,7 @@ def _scaled_scores_decided() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
         divided, multiplied = raw / scale, raw * (np.float32(1) / scale)
         if (divided != multiplied).any():
             at = int(np.nonzero(divided != multiplied)[0][0])
-            return proto, {"x": x, "threshold": np.array(min(divided[at], multiplied[at]), np.float32)}
+            return {"x": x, "threshold": np.array(min(divided[at], multiplied[at]), np.float32)}
     raise AssertionError("no score rounds apart by division and by its reciprocal")
 
 
