@@ -376,12 +376,23 @@ def ids_passed_on(model: ir.Model) -> dict[str, ir.Value]:
 class IdsBeside(NamedTuple):
     """An output a ``Concat`` joins ids and other values into (``concatenated_ids``): the axis it joins along, each
     input's size along it (None where not known before a run), each input's ids as its picker picks them (None for
-    an input of no ids), and the inputs themselves."""
+    an input of no ids), and the inputs themselves; the ops that move its values on the way out, from the
+    ``Concat`` on (``_LAYOUT_OPS``: none where it is returned as it is), and the shapes of the ``Concat``'s output
+    and of each of those ops' outputs but the last in a run (None where not read: ``optimizer.verify`` reads them
+    on each input set's run and places the ids through them)."""
 
     axis: int
     widths: tuple[int | None, ...]
     ids: tuple[ir.Value | None, ...]
     joined: tuple[ir.Value | None, ...] = ()
+    passed: tuple[ir.Node, ...] = ()
+    shapes: tuple[tuple[int, ...], ...] | None = None
+
+
+# Ops that move a tensor's values without changing them, each position of the output one of the input's (a
+# ``Reshape``, ``Flatten``, ``Squeeze`` or ``Unsqueeze`` keeps their order, flat; a ``Transpose`` permutes its axes):
+# ids a ``Concat`` joins to scores are found through them (``concatenated_ids``), their positions traced.
+_LAYOUT_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
 
 
 def concatenated_ids(model: ir.Model, ranks: Mapping[str, int | None] | None = None) -> dict[str, IdsBeside]:
@@ -397,19 +408,25 @@ def concatenated_ids(model: ir.Model, ranks: Mapping[str, int | None] | None = N
     else its recorded one, or that of an input the ``Concat`` joins (all share it): where none was recorded, such ids
     were not found until review s75 xfix2; without any, axes spelled from both ends are not matched. The ``Concat`` is
     read through ``Identity`` and ``Dropout`` (``_passed_on``): a Paddle export's closing Identity hid such ids until
-    review s75 xfix2."""
+    review s75 xfix2. And through ops that move its values on the way out (``joined_through``: a ``Reshape``,
+    ``Flatten``, ``Squeeze``, ``Unsqueeze`` or ``Transpose``; ``IdsBeside.passed``), its axes read at the ``Concat``'s
+    own rank (in ``ranks`` by its output's name, else recorded there or on an input; not the output's): flattened,
+    such ids were held by the float tolerance until review s76 xfix, one class off past 10,000 classes verified."""
     found = {}
     for output in model.graph.outputs:
-        node = _passed_on(output).producer()
+        concatenated, passed = joined_through(output)
+        node = concatenated.producer()
         if node is None or not is_onnx_domain(node) or node.op_type != "Concat" or not output.name:
             continue
         # The runs' rank first: a stale recorded one (``[batch, 2]`` of a ``[batch, 1, 2]``) read ``-1`` as axis 1,
         # and the ids picked along 2 were not found (one class off verified until review s75 late75d). None where the
         # runs give other ranks (``_output_ranks``): axes as written, not at the first run's (review s75 late75f).
-        if ranks is not None and output.name in ranks:
-            rank = ranks[output.name]
+        # Through ops that move its values, the ``Concat``'s own rank (by its output's name: ``_joined_ranks``).
+        shown = concatenated.name if passed else output.name
+        if ranks is not None and shown in ranks:
+            rank = ranks[shown]
         else:
-            rank = _first_rank(output, *node.inputs)
+            rank = _first_rank(*([] if passed else [output]), concatenated, *node.inputs)
         axis = _as_axis(node.attributes.get_int("axis", 0), rank)
         widths, ids = [], []
         for value in node.inputs:
@@ -417,8 +434,51 @@ def concatenated_ids(model: ir.Model, ranks: Mapping[str, int | None] | None = N
             ids.append(picked[0] if picked is not None else None)
             widths.append(picked[1] if picked is not None else _width(value, axis))
         if any(value is not None for value in ids):
-            found[output.name] = IdsBeside(axis, tuple(widths), tuple(ids), tuple(node.inputs))
+            found[output.name] = IdsBeside(axis, tuple(widths), tuple(ids), tuple(node.inputs), passed)
     return found
+
+
+def joined_through(output: ir.Value) -> tuple[ir.Value, tuple[ir.Node, ...]]:
+    """The value ``output`` returns before ops that move its values on the way out (``_LAYOUT_OPS``, each an ONNX
+    op whose first output it is, read through ``Identity`` and ``Dropout``: ``_passed_on``), and those ops from the
+    first to the last: ``Flatten(Concat(top, ids))``'s ``Concat`` and its ``Flatten``."""
+    value, passed = _passed_on(output), []
+    while (node := value.producer()) is not None and is_onnx_domain(node) and node.op_type in _LAYOUT_OPS:
+        if node.outputs[0] is not value or not node.inputs or node.inputs[0] is None:
+            break
+        passed.append(node)
+        value = _passed_on(node.inputs[0])
+    return value, tuple(reversed(passed))
+
+
+def joined_before_layout(model: ir.Model) -> list[ir.Value]:
+    """The ``Concat`` outputs of ``model`` that a graph output returns through ops that move their values
+    (``joined_through``), where an input the ``Concat`` joins may hold ids (it reaches one of ``_PICKERS``): their
+    rank, which no graph output gives, is read from runs (``optimizer.verify._joined_ranks``) to find those ids."""
+    found = []
+    for output in model.graph.outputs:
+        value, passed = joined_through(output)
+        node = value.producer()
+        if not passed or node is None or not is_onnx_domain(node) or node.op_type != "Concat" or not value.name:
+            continue
+        if any(_reaches_a_picker(joined) for joined in node.inputs if joined is not None):
+            found.append(value)
+    return list({id(value): value for value in found}.values())
+
+
+def _reaches_a_picker(value: ir.Value) -> bool:
+    """Whether ``value`` is computed by one of ``_PICKERS`` through ``_IDS_PASS_THROUGH`` and ``_IDS_SHIFTED`` ops,
+    along whatever axis (``_picked_along`` reads the axes)."""
+    node = value.producer()
+    while node is not None and is_onnx_domain(node) and node.inputs and node.inputs[0] is not None:
+        if node.op_type in _IDS_PASS_THROUGH:
+            value = node.inputs[0]
+        elif (ids := _shifted_ids(node)) is not None:
+            value = ids
+        else:
+            break
+        node = value.producer()
+    return node is not None and is_onnx_domain(node) and node.op_type in _PICKERS
 
 
 def _as_axis(axis: int, rank: int | None) -> int:

@@ -56,6 +56,7 @@ from optimizer.class_scores import (
     class_score_layout,
     concatenated_ids,
     ids_passed_on,
+    joined_before_layout,
     picked_ids,
 )
 from optimizer.domains import is_onnx_domain, onnx_opset
@@ -418,13 +419,41 @@ def _ids_beside_differ(name: str, beside: IdsBeside, expected: Any, actual: Any)
     or more than one size joined is known only at run time), and the whole is compared as before."""
     if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray) or expected.shape != actual.shape:
         return None
-    if (found := _ids_positions(beside, expected.shape)) is None:
+    expected, actual = _as_joined(beside, expected), _as_joined(beside, actual)
+    if expected is None or actual is None or (found := _ids_positions(beside, expected.shape)) is None:
         return None
     axis, positions = found
     check = _compare_one(name, np.take(expected, positions, axis), np.take(actual, positions, axis), {})
     if check.ok:
         return None
     return dataclasses.replace(check, detail=check.detail.replace(f"output '{name}'", f"the ids of output '{name}'", 1))
+
+
+def _as_joined(beside: IdsBeside, array: np.ndarray) -> np.ndarray | None:
+    """``array``, an output ``beside`` describes, as its ``Concat`` returned it, before the ops that move its values on
+    the way out (``IdsBeside.passed``): each op's effect worked out from the shapes a run gave (``IdsBeside.shapes``,
+    ``_confirmed_widths``; a ``Reshape``, ``Flatten``, ``Squeeze`` or ``Unsqueeze`` keeps the flat order, a
+    ``Transpose`` permutes by its ``perm``). ``array`` itself where no op moves it; None where those shapes were not
+    read, or do not lead to ``array``'s (a set whose run was not read): its ids are then held by the float tolerance.
+    Not traced, ids flattened beside their scores were held so until review s76 xfix (one class off verified)."""
+    if not beside.passed:
+        return array
+    if beside.shapes is None or len(beside.shapes) != len(beside.passed):
+        return None
+    index = np.arange(math.prod(beside.shapes[0])).reshape(beside.shapes[0])
+    for node, shape in zip(beside.passed, [*beside.shapes[1:], array.shape]):
+        if node.op_type == "Transpose":
+            perm = node.attributes.get_ints("perm", list(reversed(range(index.ndim))))
+            if sorted(perm) != list(range(index.ndim)):
+                return None
+            index = np.transpose(index, perm)
+        elif index.size == math.prod(shape):
+            index = index.reshape(shape)
+        if index.shape != tuple(shape):
+            return None
+    joined = np.empty(index.size, array.dtype)
+    joined[index.reshape(-1)] = array.reshape(-1)
+    return joined.reshape(beside.shapes[0])
 
 
 def _ids_positions(beside: IdsBeside, shape: tuple[int, ...]) -> tuple[int, np.ndarray] | None:
@@ -445,14 +474,19 @@ def _confirmed_widths(
     misplaced the ids' positions (each id one class off verified until a late review in session 74); two sizes not
     recorded left the ids unplaced, held by the tolerance (``Concat(top, ids, top)``: one class off verified until
     review s75 late74a). Each set's own: sizes read on the first set alone misplaced the ids on a set of other widths
-    (one class off there verified until review s75 xfix3). One run a set, none where no computed value is joined or
-    there is no set."""
+    (one class off there verified until review s75 xfix3). And the shapes, in that run, of the ``Concat``'s output and
+    of each op that moves its values on the way out but the last (``IdsBeside.shapes``, which ``_as_joined`` traces
+    the ids' positions through; None where the run gives none). One run a set, none where no computed value is joined
+    nor moved on the way out, or there is no set."""
 
     def recorded(name: str) -> Iterator[tuple[int, ir.Value]]:
         joined = beside[name]
         for index, (value, ids) in enumerate(zip(joined.joined, joined.ids)):
             if ids is None and value is not None and value.producer() is not None:
                 yield index, value
+        # The input of each op that moves the values on the way out: the ``Concat``'s output's shape, then theirs.
+        for node in joined.passed:
+            yield -1, node.inputs[0]
 
     names = list(dict.fromkeys(value.name for name in beside for _, value in recorded(name)))
     if not names or not input_sets:  # nothing to read, or no set to read it on: no session built
@@ -465,13 +499,40 @@ def _confirmed_widths(
     for run in runs:
         confirmed = {}
         for name, joined in beside.items():
-            widths = list(joined.widths)
+            widths, shapes = list(joined.widths), []
             for index, value in recorded(name):
-                shape = np.shape(run[value.name]) if isinstance(run.get(value.name), np.ndarray) else ()
+                shape = np.shape(run[value.name]) if isinstance(run.get(value.name), np.ndarray) else None
+                if index < 0:
+                    shapes.append(shape)
+                    continue
+                shape = shape or ()
                 widths[index] = int(shape[joined.axis]) if -len(shape) <= joined.axis < len(shape) else None
-            confirmed[name] = joined._replace(widths=tuple(widths))
+            moved = tuple(tuple(int(dim) for dim in shape) for shape in shapes) if None not in shapes else None
+            confirmed[name] = joined._replace(widths=tuple(widths), shapes=moved if joined.passed else None)
         sets.append(confirmed)
     return sets
+
+
+def _joined_ranks(model: ir.Model, input_sets: Sequence[Mapping[str, np.ndarray]]) -> dict[str, int | None]:
+    """The rank in runs of ``model`` on ``input_sets`` of each ``Concat`` output that a graph output returns through
+    ops that move its values (``joined_before_layout``: ``Flatten(Concat(top, ids))``), by its name, as
+    ``_output_ranks`` gives the graph outputs' (None for another rank in another run): ``concatenated_ids`` reads the
+    ``Concat``'s axes at it, which the output's rank does not give (until review s76 xfix such ids were not found,
+    one class off past 10,000 classes verified). One run for all the sets, none for a model with no such ``Concat``;
+    none read where ONNX Runtime refuses it (the ranks recorded are read instead)."""
+    names = [value.name for value in joined_before_layout(model)]
+    if not names or not input_sets:
+        return {}
+    try:
+        runs = collect_values(model, names, list(input_sets))
+    except (RuntimeRefusedError, KeyError):
+        return {}
+    ranks: dict[str, int | None] = {}
+    for name in names:
+        seen = {run[name].ndim for run in runs if isinstance(run.get(name), np.ndarray)}
+        if seen:
+            ranks[name] = seen.pop() if len(seen) == 1 else None
+    return ranks
 
 
 def _draw_fed_otherwise(reason: str) -> str | None:
@@ -2524,7 +2585,7 @@ class Verifier:
                 else:
                     self.add_input_set(inputs, label)
         if self.input_sets:
-            self._ranks = _output_ranks(original, self.references)
+            self._ranks = {**_output_ranks(original, self.references), **_joined_ranks(original, self.input_sets)}
             self._beside = concatenated_ids(original, self._ranks)
         self._confirm_widths(original)
         self.skipped = self._nondeterministic_outputs(original)
@@ -2595,11 +2656,13 @@ class Verifier:
         self.references.append(reference)
         self._noise.append((inputs, reference))
         self.labels.append(label)
-        ranks = _output_ranks(self._base, [reference]).items()
-        if any(self._ranks.get(name, rank) not in (rank, None) for name, rank in ranks):
+        ranks = _output_ranks(self._base, [reference])
+        if self._ranks:  # not while the constructor adds: it reads the ``Concat``s' ranks on all sets at once
+            ranks.update(_joined_ranks(self._base, [inputs]))
+        if any(self._ranks.get(name, rank) not in (rank, None) for name, rank in ranks.items()):
             # An output of another rank on these inputs (a ``Squeeze`` of no axes): its ids beside scores read at its
             # axes as written (``_output_ranks``), not at the first set's rank (review s75 late75f).
-            self._ranks = _output_ranks(self._base, self.references)
+            self._ranks = {**_output_ranks(self._base, self.references), **_joined_ranks(self._base, self.input_sets)}
             self._beside = concatenated_ids(self._base, self._ranks)
             self._confirm_widths(self._base)
         elif self._beside and len(self._beside_sets) == len(self.input_sets) - 1:  # not while the constructor adds
@@ -3333,23 +3396,28 @@ class Verifier:
         # Each pick that differs: the result's head, the twin's, and the ids each picked (of ids a ``Concat`` joins to
         # other values, each input's at its positions, those other values held by the tolerance as they are).
         picks: list[tuple[ir.Node | None, ir.Node | None, Any, Any]] = []
+        # At the ranks of its own ``Concat``s (``_rounded_sources``: one it renames is not at the base's).
+        ranks = {**self._ranks, **_joined_ranks(candidate, [inputs])} if set(failed) & set(beside) else self._ranks
+        joined_mine = concatenated_ids(candidate, ranks)
         for name in failed:
             if name not in beside:
                 heads = (_position_head(candidate, name), _position_head(twin.model, name))
                 picks.append((*heads, reference[name], outputs[name]))
                 continue
-            mine_beside = concatenated_ids(candidate, self._ranks).get(name)
-            found = _ids_parts(beside[name], reference[name].shape)
+            mine_beside = joined_mine.get(name)
+            # As the ``Concat`` returned them, before ops that move the values on the way out (``_as_joined``).
+            arrays = [_as_joined(beside[name], run[name]) for run in (reference, outputs)]
+            found = None if arrays[0] is None or arrays[1] is None else _ids_parts(beside[name], arrays[0].shape)
             if mine_beside is None or len(mine_beside.ids) != len(beside[name].ids) or found is None:
                 return missed
             axis, parts = found
             held = np.concatenate(list(parts.values()))
-            rest = [np.delete(run[name], held, axis) for run in (reference, outputs)]
+            rest = [np.delete(run, held, axis) for run in arrays]
             if not _compare_one(name, *rest, tolerances).ok:
                 return missed
             for index, positions in parts.items():
                 heads = (_ids_head(mine_beside.ids[index]), _ids_head(beside[name].ids[index]))
-                picks.append((*heads, *(np.take(run[name], positions, axis) for run in (reference, outputs))))
+                picks.append((*heads, *(np.take(run, positions, axis) for run in arrays)))
         if not failed or any(head is None or other is None for head, other, _, _ in picks):
             return missed
         sources = list(dict.fromkeys(other.inputs[0].name for _, other, _, _ in picks))
@@ -3402,7 +3470,9 @@ class Verifier:
             array = collect_values(candidate, [value.name], [inputs])[0][value.name]
             return ir.DataType.from_numpy(array.dtype) if isinstance(array, np.ndarray) else None
 
-        return _rounded_from(candidate, failed, base, dtype_of, self._ranks)
+        # The ranks of ``candidate``'s own ``Concat``s before ops that move their values: one it renames was not read
+        # at the base's (``_joined_ranks``), its ids not found, and a correct flip at a tie rolled back.
+        return _rounded_from(candidate, failed, base, dtype_of, {**self._ranks, **_joined_ranks(candidate, [inputs])})
 
     def _within_segment_cap(self, session: Any) -> float | None:
         """The largest difference of the result (``session``) from the reference over every input set, where it is
@@ -4022,7 +4092,11 @@ class Verifier:
         self._ids = argmax_outputs(accepted)
         # Sizes confirmed on a run as the original's are: recorded stale, they placed the ids of later results at
         # another position (one class off verified after int8 until review s75 late74a).
-        self._ranks = _output_ranks(accepted, self.references) if self.input_sets else {}
+        self._ranks = (
+            {**_output_ranks(accepted, self.references), **_joined_ranks(accepted, self.input_sets)}
+            if self.input_sets
+            else {}
+        )
         self._beside = concatenated_ids(accepted, self._ranks)
         self._confirm_widths(accepted)
         self._level_zero = self._base_signature = self._twin_samples = self._logits = None

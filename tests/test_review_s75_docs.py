@@ -12,11 +12,7 @@ from tests.helpers import strict_xfails
 _ROOT = Path(__file__).resolve().parent.parent
 
 # Each strict xfail added in session 75, and the README words that name its limit.
-_NAMED: dict[str, str] = {
-    "test_ids_beside_scores_flattened_on_the_way_out_one_class_off_are_rolled_back": (
-        "a `Concat` reshaped or flattened on its way out is not read"
-    ),
-}
+_NAMED: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

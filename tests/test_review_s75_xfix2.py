@@ -13,8 +13,9 @@
 3. **A ``Concat`` read through an ``Identity``**: ``out = Identity(Concat(top, ids))`` (a Paddle export's closing
    Identity), rank recorded or not: the ids were not found, and one class off past 10,000 classes verified. The
    ``Concat`` is read through ``Identity`` and ``Dropout`` now (``class_scores._passed_on``), its inputs kept in
-   ``IdsBeside.joined`` for the run that sizes them and for the tie excuse. Still not read: a ``Concat`` reshaped or
-   flattened on its way out (``Flatten(Concat(top, ids))``, the same positions; a strict xfail).
+   ``IdsBeside.joined`` for the run that sizes them and for the tie excuse. A ``Concat`` reshaped or flattened on its
+   way out (``Flatten(Concat(top, ids))``) was not read either (a strict xfail here); it is since review s76 xfix
+   (``tests/test_review_s76_xfix.py``).
 """
 
 from __future__ import annotations
@@ -132,11 +133,6 @@ def test_ids_beside_scores_read_through_a_closing_identity_at_a_recorded_rank():
     assert list(found) == ["out"] and found["out"].axis == 1 and found["out"].ids[1] is not None  # {}: not found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="concatenated_ids reads a Concat through Identity and Dropout alone: a Flatten (or Reshape) after it may "
-    "move the positions, which are not traced, so the ids are not found and held by the float tolerance",
-)
 def test_ids_beside_scores_flattened_on_the_way_out_one_class_off_are_rolled_back():
     result = Verifier(_unranked(_wide(), 0.0, "flattened"), [_WIDE_X]).check(_unranked(_wide(), 1.0, "flattened"))
     assert not result.ok  # verified: 1 is within rtol of ids past 19,950
