@@ -1153,8 +1153,11 @@ def _add_table_ends(
     along its rows (``position_table_lengths``) at the table's end, where no set holds it (``_add_compared_lengths``).
     Not a dim ``dims`` fixes, nor a decoder's past or new tokens, nor past ``max_sequence``; one past
     ``_LONGEST_TABLE_END`` or a set of more than ``most`` bytes is put in ``undrawn`` (with why in ``limits``)
-    instead. A set the original fails on is dropped unsaid: the table was not what ended its lengths."""
-    ends = position_table_lengths(model)
+    instead. A set the original fails on is dropped unsaid: the table was not what ended its lengths. Where positions
+    count the tokens (RoBERTa's ``cumsum(input_ids != padding_idx)``), an id drawn at the padding id is moved off it:
+    drawn so, the last token counted one short of the table's last row."""
+    avoided: dict[str, set[int]] = {}
+    ends = position_table_lengths(model, avoided)
     if not ends:
         return
     cached = {dim for pair in cache_length_dims(model).values() for dim in pair}
@@ -1181,7 +1184,14 @@ def _add_table_ends(
         limits[f"sets of {format_bytes(most)} at most"] = None
         return
     try:
-        inputs, how = _model_cache(model, make_inputs(model, bound), seed=0)
+        inputs = make_inputs(model, bound)
+        for name, values in avoided.items():
+            if isinstance(array := inputs.get(name), np.ndarray) and (off := np.isin(array, list(values))).any():
+                # Another id drawn there (within the tables it indexes), or the least one none of them is.
+                kept = array[~off].reshape(-1)
+                other = kept[0] if kept.size else next(n for n in range(len(values) + 1) if n not in values)
+                inputs[name] = np.where(off, np.asarray(other, array.dtype), array)
+        inputs, how = _model_cache(model, inputs, seed=0)
     except InputSpecError:
         return
     shown = ", ".join(f"'{name}' at {length}" for name, length in wanted.items())

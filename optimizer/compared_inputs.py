@@ -1362,25 +1362,7 @@ def compared_lengths(
     set of ``bindings``, each set's sizes, holds); neither until a later review in session 74."""
     found: dict[str, dict[int, None]] = {}
     meets: list[_Met] = []
-    starts: list[tuple[ir.Value, list[tuple[Any, float]]]] = []  # each walk's start and the elements it holds
-    for value in runtime_inputs(model):
-        if value.shape is None:
-            continue
-        dims = list(value.shape)
-        for node, index in value.uses():
-            if not is_onnx_domain(node) or index != 0:
-                continue
-            # Each element of the shape as the dim it holds and the factor on it: a fixed size is its factor, and
-            # rows without a name (key None too) are drawn at one.
-            shape = [(key, 1.0 if _free(dim) else float(dim)) for key, dim in zip(_length_keys(dims), dims)]
-            if node.op_type == "Shape":
-                start, end = node.attributes.get_int("start", 0), node.attributes.get_int("end", len(dims))
-                elements = shape[start:end]
-            elif node.op_type == "Size" and (product := _product_of_lengths(shape, sizes)) is not None:
-                elements = product
-            else:
-                continue
-            starts.append((node.outputs[0], elements))
+    starts = _length_starts(model, sizes)  # each walk's start and the elements it holds
     multiplied: set[int] = set()
     while starts:
         start, elements = starts.pop(0)
@@ -1399,67 +1381,223 @@ def compared_lengths(
     return {name: sorted(lengths) for name, lengths in found.items() if lengths}
 
 
-def position_table_lengths(model: ir.Model) -> dict[str, int]:
+def position_table_lengths(model: ir.Model, avoided: dict[str, set[int]] | None = None) -> dict[str, int]:
     """Each named symbolic dim of an input whose length indexes a constant table along its rows, with the longest
     length that table allows: positions from ``Range(s, L, 1)`` that a ``Gather`` reads a table of T rows by (T), or
     a ``Slice`` of a constant from a constant start to ``L`` along one axis of E rows (BERT's ``position_ids[:, :L]``,
     a table sliced itself: E, or T where the slice indexes a table of fewer rows), ``L`` read through ``Shape`` (of
     the input, or of the rows a ``Gather`` reads by it: DistilBERT's ``Shape(word_embeddings(input_ids))``), a
-    ``Gather`` or ``Slice`` of that length, moves and casts (as ``compared_lengths`` reads it); the constants met
+    ``Gather`` or ``Slice`` of that length, moves and casts (as ``compared_lengths`` reads it, ``_length_uses``), or
+    through a ``Reshape`` to a target a ``Concat`` joins from lengths and constants (legacy GPT-2's
+    ``input_ids.view(-1, L)``, not followed until review s76); the constants met
     (starts, steps, axes) may be moved or cast on the way, as the dynamo exporter writes them. Generated lengths (128,
     then 65 where 257 is past a 256-row table) never read such a table's last row, and a rewrite wrong only there
-    verified until review s75 (xfix4). The smallest extent where a dim meets several tables; empty where none."""
+    verified until review s75 (xfix4). Also positions that count the tokens up to each (``_counted_extents``:
+    RoBERTa's ``cumsum(input_ids != padding_idx) * mask + padding_idx``, a table of 514 rows read to its last at 512
+    tokens; not followed until review s76), where ``avoided`` gets the input and the values its elements must not
+    hold for every token to count (RoBERTa's padding id; a padding mask, drawn at one row, is all ones). The
+    smallest extent where a dim meets several tables; empty where none."""
     found: dict[str, int] = {}
-    for value in runtime_inputs(model):
-        if value.shape is None:
-            continue
-        keys = _length_keys(list(value.shape))
-        for node, index in value.uses():
-            if not is_onnx_domain(node):
-                continue
-            shapes = [(node, keys)] if index == 0 else []
-            if node.op_type == "Gather" and index == 1 and node.attributes.get_int("axis", 0) == 0:
-                table = ir.convenience.get_const_tensor(node.inputs[0]) if node.inputs[0] is not None else None
-                if table is not None and table.shape:  # rows read by ids [B, L]: [B, L, width]
-                    rows = [*keys, *([None] * (len(table.shape) - 1))]
-                    shapes = [(user, rows) for user, at in node.outputs[0].uses() if at == 0 and is_onnx_domain(user)]
-            for shape, held in shapes:
-                if shape.op_type != "Shape":
-                    continue
-                start, end = shape.attributes.get_int("start", 0), shape.attributes.get_int("end", len(held))
-                for key, rows in _table_extents(shape.outputs[0], [(key, 1.0) for key in held[start:end]]):
-                    if key:  # a named dim: one without a name has no binding to set
-                        found[key] = min(rows, found.get(key, rows))
+    for start, elements in _length_starts(model, sizes_read=False, rows_read=True):
+        for key, rows in _table_extents(start, elements):
+            if key:  # a named dim: one without a name has no binding to set
+                found[key] = min(rows, found.get(key, rows))
+    for key, rows, off in _counted_extents(model):
+        found[key] = min(rows, found.get(key, rows))
+        for name, values in off.items() if avoided is not None else ():
+            avoided.setdefault(name, set()).update(values)
     return found
 
 
-def _table_extents(shape: ir.Value, elements: list[tuple[Any, float]]) -> Iterator[tuple[Any, int]]:
-    """``(dim, rows)`` for each table one element of ``shape`` (a ``Shape``'s output, each element the dim it holds:
-    ``elements``) indexes along its rows (``position_table_lengths``)."""
-    pending, seen = [(shape, elements)], set()
+def _length_starts(
+    model: ir.Model,
+    sizes: Mapping[str, int] | None = None,
+    *,
+    sizes_read: bool = True,
+    rows_read: bool = False,
+) -> list[tuple[ir.Value, list[tuple[Any, float]]]]:
+    """Where a walk of lengths (``_length_uses``) starts: each ``Shape`` of a runtime input (with ``sizes_read``, each
+    ``Size`` too, its product as one element, ``_product_of_lengths``; with ``rows_read``, each ``Shape`` of the rows
+    a ``Gather`` of a constant table reads by it, DistilBERT's ``Shape(word_embeddings(input_ids))``), with the
+    elements its output holds, each the dim it holds (named as ``_length_key`` names it) and the factor on it: a
+    fixed size is its factor, and rows without a name (key None too) are drawn at one."""
+    starts = []
+    for value in runtime_inputs(model):
+        if value.shape is not None:
+            dims = list(value.shape)
+            shape = [(key, 1.0 if _free(dim) else float(dim)) for key, dim in zip(_length_keys(dims), dims)]
+            starts.extend(_shapes_read(value, shape, sizes, sizes_read=sizes_read, rows_read=rows_read))
+    return starts
+
+
+def _shapes_read(
+    value: ir.Value,
+    shape: list[tuple[Any, float]],
+    sizes: Mapping[str, int] | None = None,
+    *,
+    sizes_read: bool = True,
+    rows_read: bool = False,
+) -> list[tuple[ir.Value, list[tuple[Any, float]]]]:
+    """``_length_starts`` of one ``value`` whose dims ``shape`` gives (as the elements of its shape)."""
+    starts = []
+    for node, index in value.uses():
+        if not is_onnx_domain(node):
+            continue
+        readers = [(node, shape)] if index == 0 else []
+        if rows_read and node.op_type == "Gather" and index == 1 and node.attributes.get_int("axis", 0) == 0:
+            table = ir.convenience.get_const_tensor(node.inputs[0]) if node.inputs[0] is not None else None
+            if table is not None and table.shape:  # rows read by ids [B, L]: [B, L, width]
+                rows = [*shape, *((None, float(size)) for size in table.shape[1:])]
+                readers = [(user, rows) for user, at in node.outputs[0].uses() if at == 0 and is_onnx_domain(user)]
+        for reader, held in readers:
+            if reader.op_type == "Shape":
+                start, end = reader.attributes.get_int("start", 0), reader.attributes.get_int("end", len(held))
+                starts.append((reader.outputs[0], held[start:end]))
+            elif sizes_read and reader.op_type == "Size":
+                if (product := _product_of_lengths(held, sizes)) is not None:
+                    starts.append((reader.outputs[0], product))
+    return starts
+
+
+def _length_uses(
+    pending: list[tuple[ir.Value, list[tuple[Any, float]], _Affine | None]],
+) -> Iterator[tuple[ir.Node, int, list[tuple[Any, float]], _Affine | None]]:
+    """``(node, index, elements, affine)`` for each use of a value a walk of lengths reaches from ``pending`` (a
+    ``Shape``'s output, ``_length_starts``, with the elements it holds and the scale and offset put on them), past the
+    moves and casts and a ``Gather`` or ``Slice`` of its elements (``_picked_lengths``), which it follows itself: the
+    caller follows any other op by putting its output in ``pending``. The one walk of ``compared_lengths`` and
+    ``position_table_lengths``."""
+    seen: set[int] = set()
     while pending:
-        current, held = pending.pop()
+        current, held, affine = pending.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
         for node, index in current.uses():
             if not is_onnx_domain(node):
                 continue
-            if node.op_type in _COMPARED_MOVES - {"Slice"} or node.op_type == "Cast":
-                if index == 0 and (len(held) == 1 or node.op_type in ("Identity", "Cast")):
-                    pending.append((node.outputs[0], held))
-            elif node.op_type in ("Gather", "Slice") and index == 0:
+            if (node.op_type in _COMPARED_MOVES - {"Slice"} or node.op_type == "Cast") and index == 0:
+                if len(held) == 1 or node.op_type in ("Identity", "Cast"):
+                    pending.append((node.outputs[0], held, affine))
+            elif node.op_type in ("Gather", "Slice") and index == 0 and affine is None:
                 if (picked := _picked_lengths(node, held)) is not None:
-                    pending.append((node.outputs[0], picked))
-            elif len(held) != 1 or held[0][0] is None:
+                    pending.append((node.outputs[0], picked, None))
+            else:  # a move's shape or axes too: a ``Reshape`` to a target of lengths (``_table_extents``)
+                yield node, index, held, affine
+
+
+def _counted_extents(model: ir.Model) -> Iterator[tuple[str, int, dict[str, set[int]]]]:
+    """``(dim, rows, avoided)`` for each constant table positions that count tokens index along its rows
+    (``position_table_lengths``): a ``CumSum`` along a named dim of a token indicator (``_token_indicator``), each
+    position the count of tokens up to it, then cast, times a token indicator, or plus or minus a constant (RoBERTa's
+    ``cumsum(input_ids != padding_idx) * mask + padding_idx``; OPT's ``cumsum(attention_mask) * attention_mask - 1 +
+    2``); ``rows`` is the length whose last token reads the table's last row where every token counts (its largest
+    index minus the offset: 512 of 514 rows at RoBERTa's padding id 1), ``avoided`` what the indicators' inputs must
+    not hold for that."""
+    for node in model.graph:
+        if node.op_type != "CumSum" or not is_onnx_domain(node) or len(node.inputs) != 2:
+            continue
+        if node.attributes.get_int("exclusive", 0) or node.attributes.get_int("reverse", 0):
+            continue
+        axis, counted = _folded_ints(node.inputs[1]), _token_indicator(node.inputs[0])
+        if axis is None or len(axis) != 1 or counted is None or counted[0].shape is None:
+            continue
+        source, off = counted
+        keys = _length_keys(list(source.shape))
+        if not -len(keys) <= axis[0] < len(keys) or not (key := keys[axis[0]]):
+            continue
+        pending, seen = [(node.outputs[0], 0, off)], set()
+        while pending:
+            value, offset, off = pending.pop()
+            if id(value) in seen:
                 continue
-            elif node.op_type == "Range" and index == 1 and _folded_ints(node.inputs[2]) == [1]:
-                first = _folded_ints(node.inputs[0])
-                if first is not None and first[0] >= 0 and (rows := _index_range(node.outputs[0])) is not None:
-                    yield held[0][0], rows
-            elif node.op_type == "Slice" and index == 2 and (rows := _sliced_rows(node)) is not None:
-                positions = _index_range(node.outputs[0])
-                yield held[0][0], rows if positions is None else min(rows, positions)
+            seen.add(id(value))
+            if (bound := _index_range(value)) is not None:  # an index below ``bound``: counts up to ``bound - 1``
+                if bound - 1 - offset >= 1:
+                    yield key, bound - 1 - offset, off
+                continue
+            for user, index in value.uses():
+                if not is_onnx_domain(user) or index > 1 or len(user.inputs) < 1 + index:
+                    continue
+                other = user.inputs[1 - index] if len(user.inputs) == 2 else None
+                if user.op_type in ("Cast", "CastLike", "Identity") and index == 0:
+                    pending.append((user.outputs[0], offset, off))
+                elif user.op_type in ("Add", "Sub") and (user.op_type == "Add" or index == 0) and other is not None:
+                    if (number := _folded_ints(other)) is not None and len(number) == 1:
+                        pending.append(
+                            (user.outputs[0], offset + (number[0] if user.op_type == "Add" else -number[0]), off)
+                        )
+                elif user.op_type == "Mul" and other is not None and (also := _token_indicator(other)) is not None:
+                    joined = {name: off.get(name, set()) | also[1].get(name, set()) for name in {*off, *also[1]}}
+                    pending.append((user.outputs[0], offset, joined))
+
+
+def _token_indicator(value: ir.Value) -> tuple[ir.Value, dict[str, set[int]]] | None:
+    """The runtime input a 0/1 ``value`` marks tokens of (``_counted_extents``), with the values its elements must not
+    hold to be marked: a padding mask (``_is_mask``; none), or ``Not(Equal(ids, c))`` (``c``), through casts; None for
+    anything else."""
+    negated, avoided = False, None
+    for _ in range(8):
+        node = value.producer()
+        if node is None:
+            if not value.is_graph_input() or value.is_initializer() or negated:
+                return None
+            if avoided is None and not _is_mask(value):
+                return None
+            return value, {} if avoided is None else {value.name: {avoided}}
+        if not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None:
+            return None
+        if node.op_type in ("Cast", "CastLike", "Identity"):
+            value = node.inputs[0]
+        elif node.op_type == "Not":
+            negated, value = not negated, node.inputs[0]
+        elif node.op_type == "Equal" and negated and avoided is None and len(node.inputs) == 2:
+            for index in (0, 1):
+                number = _folded_ints(node.inputs[1 - index])
+                if number is not None and len(number) == 1 and _folded_ints(node.inputs[index]) is None:
+                    negated, avoided, value = False, number[0], node.inputs[index]
+                    break
+            else:
+                return None
+        else:
+            return None
+    return None
+
+
+def _table_extents(shape: ir.Value, elements: list[tuple[Any, float]]) -> Iterator[tuple[Any, int]]:
+    """``(dim, rows)`` for each table one element of ``shape`` (a ``Shape``'s output, each element the dim it holds:
+    ``elements``) indexes along its rows (``position_table_lengths``)."""
+    pending: list[tuple[ir.Value, list[tuple[Any, float]], _Affine | None]] = [(shape, elements, None)]
+    for node, index, held, _ in _length_uses(pending):
+        if node.op_type == "Concat" and node.attributes.get_int("axis", 0) in (0, -1):
+            # A shape put together from lengths and constants (legacy GPT-2's ``input_ids.view(-1, L)``: ``Reshape(x,
+            # Concat([-1], Unsqueeze(Shape(x)[1])))``, the rows it reads its positions' length from)
+            joined: list[tuple[Any, float]] | None = []
+            for piece in node.inputs:
+                numbers = _folded_ints(piece) if piece is not node.inputs[index] else None
+                if piece is node.inputs[index]:
+                    joined.extend(held)
+                elif numbers is None or joined is None:
+                    joined = None
+                    break
+                else:
+                    joined.extend((None, float(number)) for number in numbers)
+            if joined is not None:
+                pending.append((node.outputs[0], joined, None))
+        elif node.op_type == "Reshape" and index == 1 and node.attributes.get_int("allowzero", 0) == 0:
+            # Its output's dims are the lengths its target holds (a constant, -1 or 0: a dim of no name).
+            dims = [(key, 1.0) if key and factor == 1.0 else (None, 1.0) for key, factor in held]
+            for start, read in _shapes_read(node.outputs[0], dims, sizes_read=False, rows_read=True):
+                yield from _table_extents(start, read)
+        elif len(held) != 1 or held[0][0] is None:
+            continue
+        elif node.op_type == "Range" and index == 1 and _folded_ints(node.inputs[2]) == [1]:
+            first = _folded_ints(node.inputs[0])
+            if first is not None and first[0] >= 0 and (rows := _index_range(node.outputs[0])) is not None:
+                yield held[0][0], rows
+        elif node.op_type == "Slice" and index == 2 and (rows := _sliced_rows(node)) is not None:
+            positions = _index_range(node.outputs[0])
+            yield held[0][0], rows if positions is None else min(rows, positions)
 
 
 def _sliced_rows(node: ir.Node) -> int | None:
@@ -1556,61 +1694,47 @@ def _lengths_compared(
     ``ReduceProd`` of them one, ``_product_of_lengths``) with a constant (``compared_lengths``): ``side`` tells which
     way a length goes there. A comparison with what is no constant is put in ``meets`` (``_lengths_met``)."""
     pending: list[tuple[ir.Value, list[tuple[Any, float]], _Affine | None]] = [(shape, elements, None)]
-    seen: set[int] = set()
-    while pending:
-        current, held, affine = pending.pop()
-        if id(current) in seen:
+    for node, index, held, affine in _length_uses(pending):
+        if node.op_type == "ReduceProd" and index == 0 and affine is None:
+            # ``ReduceProd(Shape(x)) > 1000``, the elements a shape holds: not followed until a review in
+            # session 74, and no set of 128 or 257 rows reached 1000.
+            if _reduction_axes(node) in (None, (0,), (-1,)) and (product := _product_of_lengths(held, sizes)):
+                pending.append((node.outputs[0], product, None))
+        elif len(held) != 1:
             continue
-        seen.add(id(current))
-        for node, index in current.uses():
-            if not is_onnx_domain(node):
+        elif (divisor := _length_divisor(node, index)) is not None and affine is None and held[0][1] == 1:
+            # ``Equal(seq_len % 7, 0)``: the lengths that decide the remainder, one divisor on (from 1 up). The
+            # default lengths, 128 and 257, are no multiple of 7, and a rewrite wrong on one verified until a
+            # review in session 74.
+            for dim, lengths, side in _lengths_compared(node.outputs[0], held, sizes):
+                kept = sorted({n + divisor for n in lengths if 0 <= n < divisor})
+                yield dim, kept, partial(_length_remainder_side, divisor, side)
+        elif (after := _after_affine(node, index, affine)) is not None and not _by_column(after):
+            pending.append((node.outputs[0], held, after))
+        elif node.op_type in (*_SIDES, *_CLAMPS) and (thresholds := _thresholds(node, index)) is not None:
+            if node.op_type in _CLAMPS:  # clamped, then compared: ``Min(seq_len, 512) >= 512``
+                pending.append((node.outputs[0], held, affine))
+            dim, factor = held[0]
+            scaled = (np.asarray(factor), np.asarray(0.0)) if affine is None else (affine[0] * factor, affine[1])
+            sides = _threshold_sides(node, index, np.dtype(np.int64), straddled=True, affine=scaled)
+            scale, offset = _affine_numbers(scaled)
+            side = partial(_length_side, [(op, every) for _, op, every in thresholds], scale, offset)
+            yield dim, [int(n) for _, drawn in sides or () for n in drawn.tolist()], side
+        elif node.op_type == "Equal" and index < 2 and len(node.inputs) == 2:
+            number = _constant_number(node.inputs[1 - index])
+            if number is None:
+                if meets is not None:  # another length, perhaps: ``_lengths_met`` pairs them
+                    meets.append((node, index, *held[0], *_affine_numbers(affine)))
                 continue
-            if node.op_type in _COMPARED_MOVES - {"Slice"} or node.op_type == "Cast":
-                if index == 0 and (len(held) == 1 or node.op_type in ("Identity", "Cast")):
-                    pending.append((node.outputs[0], held, affine))
-            elif node.op_type in ("Gather", "Slice") and index == 0 and affine is None:
-                if (picked := _picked_lengths(node, held)) is not None:
-                    pending.append((node.outputs[0], picked, None))
-            elif node.op_type == "ReduceProd" and index == 0 and affine is None:
-                # ``ReduceProd(Shape(x)) > 1000``, the elements a shape holds: not followed until a review in
-                # session 74, and no set of 128 or 257 rows reached 1000.
-                if _reduction_axes(node) in (None, (0,), (-1,)) and (product := _product_of_lengths(held, sizes)):
-                    pending.append((node.outputs[0], product, None))
-            elif len(held) != 1:
-                continue
-            elif (divisor := _length_divisor(node, index)) is not None and affine is None and held[0][1] == 1:
-                # ``Equal(seq_len % 7, 0)``: the lengths that decide the remainder, one divisor on (from 1 up). The
-                # default lengths, 128 and 257, are no multiple of 7, and a rewrite wrong on one verified until a
-                # review in session 74.
-                for dim, lengths, side in _lengths_compared(node.outputs[0], held, sizes):
-                    kept = sorted({n + divisor for n in lengths if 0 <= n < divisor})
-                    yield dim, kept, partial(_length_remainder_side, divisor, side)
-            elif (after := _after_affine(node, index, affine)) is not None and not _by_column(after):
-                pending.append((node.outputs[0], held, after))
-            elif node.op_type in (*_SIDES, *_CLAMPS) and (thresholds := _thresholds(node, index)) is not None:
-                if node.op_type in _CLAMPS:  # clamped, then compared: ``Min(seq_len, 512) >= 512``
-                    pending.append((node.outputs[0], held, affine))
-                dim, factor = held[0]
-                scaled = (np.asarray(factor), np.asarray(0.0)) if affine is None else (affine[0] * factor, affine[1])
-                sides = _threshold_sides(node, index, np.dtype(np.int64), straddled=True, affine=scaled)
-                scale, offset = _affine_numbers(scaled)
-                side = partial(_length_side, [(op, every) for _, op, every in thresholds], scale, offset)
-                yield dim, [int(n) for _, drawn in sides or () for n in drawn.tolist()], side
-            elif node.op_type == "Equal" and index < 2 and len(node.inputs) == 2:
-                number = _constant_number(node.inputs[1 - index])
-                if number is None:
-                    if meets is not None:  # another length, perhaps: ``_lengths_met`` pairs them
-                        meets.append((node, index, *held[0], *_affine_numbers(affine)))
-                    continue
-                dim, factor = held[0]
-                scale, offset = _affine_numbers(affine)
-                length = (number - offset) / (scale * factor) if scale * factor else None
-                if length is not None and float(length).is_integer():
-                    yield dim, [int(length)], partial(operator.eq, int(length))
-            elif node.op_type in _SIDES and index < 2 and meets is not None:  # no constant: another length, perhaps
-                meets.append((node, index, *held[0], *_affine_numbers(affine)))
-            elif node.op_type == "Mul" and index < 2 and meets is not None and affine is None:
-                meets.append((node, index, *held[0], 1.0, 0.0))  # by another length, perhaps: ``compared_lengths``
+            dim, factor = held[0]
+            scale, offset = _affine_numbers(affine)
+            length = (number - offset) / (scale * factor) if scale * factor else None
+            if length is not None and float(length).is_integer():
+                yield dim, [int(length)], partial(operator.eq, int(length))
+        elif node.op_type in _SIDES and index < 2 and meets is not None:  # no constant: another length, perhaps
+            meets.append((node, index, *held[0], *_affine_numbers(affine)))
+        elif node.op_type == "Mul" and index < 2 and meets is not None and affine is None:
+            meets.append((node, index, *held[0], 1.0, 0.0))  # by another length, perhaps: ``compared_lengths``
 
 
 def _length_divisor(node: ir.Node, index: int) -> int | None:
