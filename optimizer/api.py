@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -269,6 +270,9 @@ def optimize_with_report(
                     ir_model, verifier, options.dims, lengths.cap, table_ends_within=ends_within
                 ):
                     notes.append(note)
+                verifier.length_sets = functools.partial(
+                    _lengths_a_rewrite_compares, ir_model, verifier, options.dims, lengths.cap
+                )
             if inputs is None:
                 _add_drawn_compared_values(ir_model, verifier)
                 _add_equalled_inputs(ir_model, verifier)
@@ -1222,6 +1226,66 @@ def _within_positions(
             return None
         bound[other] = max_positions - bound[name]
     return bound
+
+
+def _lengths_a_rewrite_compares(
+    model: ir.Model,
+    verifier: Verifier,
+    dims: Mapping[str, int] | None,
+    max_positions: int | None,
+    candidate: ir.Model,
+    before: ir.Model,
+) -> list[tuple[dict[str, np.ndarray], str]]:
+    """The sets, with their labels, of the first set's sizes with a named dim at each length ``candidate`` compares
+    with a constant where ``before`` does not (``compared_lengths``), going another way than every set of
+    ``verifier``: ``_add_compared_lengths`` reads the original graph once, and a rewrite that wrote a comparison of
+    its own (a decoder's query scaled where 2 tokens are new, or where the mask is 64 long) verified (review s76).
+    A decoder's mask length (``cache_length_dims``) is drawn as one new token over a past one shorter, as a decode
+    step at that context runs. Within ``max_positions``, ``_COMPARED_LENGTH_SETS`` sets and the bytes
+    ``_add_compared_lengths`` allows a set, not a dim ``dims`` fixes; a set the original refuses is left to
+    ``Verifier.add_input_set``."""
+    first = verifier.input_sets[0]
+    totals = cache_length_dims(model)
+    first_dims = dims_from_inputs(model, first)
+    base = {name: size for name, size in first_dims.items() if name not in totals}
+    most = max(_COMPARED_LENGTH_GROWTH * input_bytes(model, first_dims)[0], _COMPARED_LENGTH_BYTES)
+    held: dict[str, set[int]] = {}
+    bindings = []
+    for inputs in verifier.input_sets:
+        found = dims_from_inputs(model, inputs)
+        for name, size in found.items():
+            held.setdefault(name, set()).add(size)
+        bindings.append(found)
+    already = compared_lengths(before, held, bindings[0], bindings)
+    sets: list[tuple[dict[str, np.ndarray], str]] = []
+    for name, wanted in compared_lengths(candidate, held, bindings[0], bindings).items():
+        if name in (dims or {}) or name not in first_dims:
+            continue
+        for length in wanted:
+            if length in already.get(name, ()) or length in held.get(name, ()) or len(sets) >= _COMPARED_LENGTH_SETS:
+                continue
+            if name in totals:
+                past, sequence = totals[name]
+                if past in (dims or {}) or sequence in (dims or {}) or past not in base or sequence not in base:
+                    continue
+                bound: dict[str, int] | None = {**base, past: length - 1, sequence: 1}
+            else:
+                bound = _within_positions({**base, name: length}, name, totals, dims, max_positions)
+            if bound is None or (max_positions and length > max_positions) or input_bytes(model, bound)[0] > most:
+                continue
+            try:
+                inputs, how = _model_cache(model, make_inputs(model, bound), seed=0)
+            except InputSpecError:
+                continue
+            if dims_from_inputs(model, inputs).get(name) != length:
+                continue
+            sets.append(
+                (
+                    inputs,
+                    f"generated, '{name}' at {length}, a length the rewrite compares ({_shapes(model, inputs)}){how}",
+                )
+            )
+    return sets
 
 
 # The most constants a one-element input compared with several is held at (``_add_other_compared_constants``).

@@ -290,6 +290,8 @@ def _run_one(
         with task("verifying on ONNX Runtime"):
             if not spec.approximate and (reached := verifier.reach_rewritten_rows(candidate, model)):
                 record.notes.append(reached)
+            if not spec.approximate and (reached := verifier.reach_compared_lengths(candidate, model)):
+                record.notes.append(reached)
             verdict = (
                 _check_approximate(verifier, model, candidate, result)
                 if spec.approximate

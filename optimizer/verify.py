@@ -59,7 +59,7 @@ from optimizer.class_scores import (
     joined_before_layout,
     picked_ids,
 )
-from optimizer.domains import is_onnx_domain, onnx_opset
+from optimizer.domains import MS_DOMAIN, is_onnx_domain, onnx_opset
 from optimizer.draws import (  # noqa: F401 (NONDETERMINISTIC_OPS re-exported: its callers import it from here)
     FED_MARK,
     NONDETERMINISTIC_OPS,
@@ -2572,6 +2572,9 @@ class Verifier:
         self._logits: tuple[dict[str, tuple[_Head, float]], list[dict[str, Any]], list[Any]] | None = None
         self.labels: list[str] = []
         self.dropped: list[str] = []
+        # Set by the API (``api._lengths_a_rewrite_compares``): the sets, with their labels, that hold the lengths a
+        # candidate compares with constants where the model it rewrote does not (``reach_compared_lengths``).
+        self.length_sets: Callable[[ir.Model, ir.Model], list[tuple[dict[str, np.ndarray], str]]] | None = None
         self.masks = mask_inputs(original, input_sets[0]) if input_sets else []
         self.caches = padded_caches(original)
         self.new_tokens = new_token_outputs(original)
@@ -2706,18 +2709,38 @@ class Verifier:
             inputs = {**first, name: reaching}
             shown = ", ".join(str(row) for row in missing[:4]) + (", ..." if len(missing) > 4 else "")
             label = f"{self.labels[0]}, {name} reading rows {shown} of {table!r}, which the pass changed"
-            if not self.add_input_set(inputs, label):
-                continue
-            if self._base is not self._original:  # after an approximate pass, exact ones keep its outputs
-                try:
-                    self.references[-1] = run_sets(self._base, [inputs])[0]
-                except RuntimeRefusedError:
-                    for kept in (self.input_sets, self.references, self.labels, self._noise):
-                        kept.pop()
-                    del self._beside_sets[len(self.input_sets) :]
-                    continue
-            notes.append(f"also checked on {label} (no input set read those rows)")
+            if self._add_reaching_set(inputs, label):
+                notes.append(f"also checked on {label} (no input set read those rows)")
         return "; ".join(notes)
+
+    def reach_compared_lengths(self, candidate: ir.Model, before: ir.Model) -> str:
+        """Add the input sets ``length_sets`` makes for the lengths ``candidate`` compares with constants where
+        ``before`` does not and no set holds (``Equal(Shape(input_ids)[1], 2)`` written by the pass); a note saying
+        so, or "". The lengths compared were read from the original graph alone, and a rewrite that branched on a
+        length of its own (a decoder's query scaled at 2 new tokens, or at a context of 64) verified (review s76,
+        the decoder mutation hunt)."""
+        if self.length_sets is None or not self.input_sets:
+            return ""
+        notes = []
+        for inputs, label in self.length_sets(candidate, before):
+            if self._add_reaching_set(inputs, label):
+                notes.append(f"also checked on {label} (no input set held that length)")
+        return "; ".join(notes)
+
+    def _add_reaching_set(self, inputs: dict[str, np.ndarray], label: str) -> bool:
+        """``add_input_set`` for a set a pass's result calls for, its references the base's (after an approximate
+        pass, exact ones keep its outputs); False where the original or the base refuses it."""
+        if not self.add_input_set(inputs, label):
+            return False
+        if self._base is not self._original:
+            try:
+                self.references[-1] = run_sets(self._base, [inputs])[0]
+            except RuntimeRefusedError:
+                for kept in (self.input_sets, self.references, self.labels, self._noise):
+                    kept.pop()
+                del self._beside_sets[len(self.input_sets) :]
+                return False
+        return True
 
     def declared_shape_contradicted(self, candidate: ir.Model, before: ir.Model) -> str | None:
         """Why ``candidate`` declares an output dim that every reader of the file takes for its size, but that the
@@ -4563,24 +4586,35 @@ _ROWS_COMPARED_AT_ONCE = 4096
 
 def _rewritten_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[str, str, list[int]]]:
     """``(input, table, rows)`` for each constant table that ``before`` gathers along axis 0 by a graph input
-    (through a ``Cast``) and ``candidate`` gathers by that input too, at the same shape, ``rows`` not bit for bit
-    the same. Each table an input indexes, matched by name or else in order: the first alone was read, and a swap of
-    [CLS] and [SEP] in a second table the ids index was verified (review s75 late75g)."""
+    (through a ``Cast``, or an ``Expand`` that broadcasts it) and ``candidate`` gathers by that input too, at the same
+    shape, ``rows`` not bit for bit the same. Each table an input indexes, matched by name or else in order: the first
+    alone was read, and a swap of [CLS] and [SEP] in a second table the ids index was verified (review s75 late75g).
+    A fused ``RotaryEmbedding``'s cos/sin caches are such tables, rows read by its ``position_ids``: built for
+    ``--max-sequence`` positions (4,096), they were read at 512 at most, and a rewrite wrong only in their rows past
+    that, or in their last, verified (review s76, the decoder mutation hunt)."""
 
     def tables(model: ir.Model) -> dict[str, list[tuple[str, ir.TensorProtocol]]]:
         inputs = {id(value): value.name for value in model.graph.inputs}
         found: dict[str, list[tuple[str, ir.TensorProtocol]]] = {}
         for node in model.graph:
-            if node.op_type != "Gather" or not is_onnx_domain(node) or node.attributes.get_int("axis", 0) != 0:
+            if node.op_type == "Gather" and is_onnx_domain(node) and node.attributes.get_int("axis", 0) == 0:
+                indices, read_tables = node.inputs[1], [node.inputs[0]]
+            elif node.op_type == "RotaryEmbedding" and node.domain == MS_DOMAIN and len(node.inputs) >= 4:
+                indices, read_tables = node.inputs[1], [node.inputs[2], node.inputs[3]]
+            else:
                 continue
-            data, indices = node.inputs[0], node.inputs[1]
-            while indices is not None and indices.producer() is not None and indices.producer().op_type == "Cast":
-                indices = indices.producer().inputs[0]
-            if data is None or data.const_value is None or indices is None or id(indices) not in inputs:
+            while indices is not None and (producer := indices.producer()) is not None:
+                if not (producer.op_type == "Cast" or (producer.op_type == "Expand" and is_onnx_domain(producer))):
+                    break
+                indices = producer.inputs[0]
+            if indices is None or id(indices) not in inputs:
                 continue
-            read = found.setdefault(indices.name, [])
-            if all(tensor is not data.const_value for _, tensor in read):  # a table two Gathers share, diffed once
-                read.append((data.name or "", data.const_value))
+            for data in read_tables:
+                if data is None or data.const_value is None:
+                    continue
+                read = found.setdefault(indices.name, [])
+                if all(tensor is not data.const_value for _, tensor in read):  # a table two nodes share, diffed once
+                    read.append((data.name or "", data.const_value))
         return found
 
     after = tables(candidate)
