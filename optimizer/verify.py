@@ -103,6 +103,9 @@ from optimizer.padding import (
 from optimizer.protocol import Twin
 from optimizer.qdq_rewrites import layers_quantized_by_onnxruntime
 from optimizer.runtime import (
+    _DTYPE_WALK,
+    _KEEPS_FIRST_DTYPE,
+    _ONE_DTYPE,
     _dtype_of,
     available_memory,
     branch_values,
@@ -1878,20 +1881,26 @@ def _before_rounding(value: ir.Value) -> ir.Value:
 # Float comparisons: a value one ulp off their threshold is decided the other way (``rounded_decisions``).
 _FLOAT_COMPARISONS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal"})
 # The inputs (by index; None: every one) through which a decided value sets a tensor's size or contents' place, a
-# loop's trip count or the branch taken (``rounded_decisions``).
+# loop's trip count, the branch taken or the rows picked (``rounded_decisions``; a ``Gather``'s indices: a comparison
+# cast to the row of a table, flipped as deployed, moved the output by a whole row, verified until review s76 late76a).
 _DECIDING_INPUTS: dict[str, tuple[int, ...] | None] = {
     "Range": None, "NonZero": None, "ConstantOfShape": None, "Expand": (1,), "Tile": (1,), "Reshape": (1,),
     "CumSum": (0,), "Slice": (1, 2, 3, 4), "Compress": (1,), "Pad": (1,), "Resize": (2, 3), "TopK": (1,),
-    "OneHot": (1,), "If": (0,), "Loop": (0, 1),
+    "OneHot": (1,), "If": (0,), "Loop": (0, 1), "Gather": (1,), "GatherElements": (1,), "GatherND": (1,),
+    "ScatterElements": (1,), "ScatterND": (1,),
 }  # fmt: skip
 # Ops that pass a comparison's booleans (or integers cast from them) on as such, through their input 0 (``Concat``,
-# the logical and arithmetic ops: through any), to an output or one of ``_DECIDING_INPUTS``.
+# the logical and arithmetic ops: through any), to an output or one of ``_DECIDING_INPUTS``. A mean of them too (a
+# voice detector's share of speech frames: one frame flipped as deployed moved it, verified until review s76 late76a),
+# and a quotient, sum, bound or product of them.
 _PASSES_DECIDED_ON = frozenset(
     {"Not", "And", "Or", "Xor", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Concat",
      "Gather", "Slice", "Expand", "Tile", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "Add", "Sub", "Mul",
-     "CumSum"}
+     "CumSum", "ReduceMean", "Neg", "Div", "Sum", "Max", "Min", "MatMul", "AveragePool"}
 )  # fmt: skip
-_PASSES_DECIDED_ON_ANY_INPUT = frozenset({"Concat", "Not", "And", "Or", "Xor", "Add", "Sub", "Mul"})
+_PASSES_DECIDED_ON_ANY_INPUT = frozenset(
+    {"Concat", "Not", "And", "Or", "Xor", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "MatMul"}
+)
 
 
 def rounded_decisions(model: ir.Model) -> list[str]:
@@ -1936,7 +1945,10 @@ def rounded_decisions(model: ir.Model) -> list[str]:
             and (not top or id(value) in data)
             and (
                 (dtype := _dtype_of(value)) in _CUT_FLOATS
-                or (dtype is None and (id(node) in untyped or node.op_type in _ROUNDING_FLOAT_OPS))
+                or (
+                    dtype is None
+                    and (id(node) in untyped or node.op_type in _ROUNDING_FLOAT_OPS or _maybe_float(value))
+                )
             )
         ]
         if not floats:
@@ -1951,6 +1963,37 @@ def rounded_decisions(model: ir.Model) -> list[str]:
         elif node.op_type == "NonMaxSuppression":  # its scores and overlaps compared with the thresholds
             found.append(node)
     return [f"{node.op_type} {node.name!r}" if node.name else node.op_type for node in found]
+
+
+# Ops whose outputs are never floats: an unrecorded dtype behind one is no float's (``_maybe_float``).
+_NEVER_FLOATS = frozenset(
+    {*_FLOAT_COMPARISONS, "Not", "And", "Or", "Xor", "Shape", "Size", "ArgMax", "ArgMin", "NonZero", "IsNaN", "IsInf"}
+)
+# What ``_maybe_float`` walks back through or stops at knowing the dtype.
+_WALKED_FOR_FLOATS = frozenset({*_NEVER_FLOATS, "Cast", *_KEEPS_FIRST_DTYPE, *_ONE_DTYPE})
+
+
+def _maybe_float(value: ir.Value) -> bool:
+    """Whether ``value``, whose dtype is recorded nowhere ``_dtype_of`` looks, may hold floats: walked back through
+    the ops that keep their input's dtype, floats unless a ``Cast`` to another type or an op of ``_NEVER_FLOATS``
+    computes it. A model exported without intermediate types hides a value's dtype behind any op the walk does not
+    know (a ``Dropout``, a ``Log``): a ``Cast`` of floats to int32 there decided nothing, and an exact pass that flipped
+    it as deployed was verified until review s76 late76a (one more session per checked result is what a misread
+    costs)."""
+    for _ in range(_DTYPE_WALK):
+        if value.dtype is not None:
+            return value.dtype in _CUT_FLOATS
+        producer = value.producer()
+        if producer is None or not is_onnx_domain(producer) or producer.op_type not in _WALKED_FOR_FLOATS:
+            return True
+        if producer.op_type == "Cast":
+            return ir.DataType(producer.attributes.get_int("to", 0)) in _CUT_FLOATS
+        if producer.op_type in _NEVER_FLOATS:
+            return False
+        if not producer.inputs or producer.inputs[0] is None:
+            return True
+        value = producer.inputs[0]
+    return True
 
 
 def _decided(value: ir.Value) -> bool:
@@ -2680,7 +2723,8 @@ class Verifier:
         over the whole table, and a few hundred draws over MiniLM's 30,522 rows never read [CLS] 101 or [SEP] 102: a
         rewrite that swapped those two rows, in every real input, was verified (review s75 mutants). A table changed
         in more rows than one input set holds ids and read in some (a scale folded into it) is left to the draws, which
-        read it; one read in none, a set reads as many of its rows as it holds, spread over them."""
+        read it; one read in none, a set reads as many of its rows as it holds, spread over them. Each row is read a
+        different number of times where the set holds them so, so that a pooled sum of the rows tells a swap."""
         if not self.input_sets:
             return ""
         first = self.input_sets[0]
@@ -2697,15 +2741,24 @@ class Verifier:
             # ids, they raised OverflowError, and the pass failed (review s75 late75g).
             missing = [row for row in rows if row not in reached and row <= np.iinfo(ids.dtype).max]
             read = any(row in reached for row in rows)
-            if not missing or (len(missing) > ids.size and read) or ids.size == 0:
+            # Written where the set's masks keep the tokens: where they pad, the outputs are hidden from the check (a
+            # left-padded set read the rows a pass swapped there, and it was verified until review s76 late76a).
+            padding = paddings(first, self.masks).get(ids.shape)
+            kept = np.flatnonzero(~padding.reshape(-1)) if padding is not None else np.arange(ids.size)
+            if not missing or (len(missing) > kept.size and read) or kept.size == 0:
                 continue
-            if len(missing) > ids.size:
+            if len(missing) > kept.size:
                 # More rows than the set holds ids, none of them read: as many as it holds, spread over them (300
                 # rows of 30,522 shifted by one, past the 128 ids a set held, were left to draws that missed them
                 # and verified until review s75 late75g).
-                missing = [missing[index] for index in np.linspace(0, len(missing) - 1, ids.size).round().astype(int)]
+                missing = [missing[index] for index in np.linspace(0, len(missing) - 1, kept.size).round().astype(int)]
+            # Each row read a different number of times (1, 2, 3...) where they fit: read once each, a swap of two
+            # rows summed away in a model that pools its tokens' rows (a bag of embeddings, mean-pooled), and it was
+            # verified on the set that read them until review s76 late76a.
+            repeats = np.arange(1, len(missing) + 1)
+            written = np.repeat(missing, repeats) if repeats.sum() <= kept.size else np.asarray(missing)
             reaching = np.array(ids, copy=True)
-            reaching.reshape(-1)[: len(missing)] = np.asarray(missing, dtype=ids.dtype)
+            reaching.reshape(-1)[kept[: len(written)]] = written.astype(ids.dtype)
             inputs = {**first, name: reaching}
             shown = ", ".join(str(row) for row in missing[:4]) + (", ..." if len(missing) > 4 else "")
             label = f"{self.labels[0]}, {name} reading rows {shown} of {table!r}, which the pass changed"
@@ -4586,34 +4639,25 @@ _ROWS_COMPARED_AT_ONCE = 4096
 
 def _rewritten_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[str, str, list[int]]]:
     """``(input, table, rows)`` for each constant table that ``before`` gathers along axis 0 by a graph input
-    (through a ``Cast``, or an ``Expand`` that broadcasts it) and ``candidate`` gathers by that input too, at the same
-    shape, ``rows`` not bit for bit the same. Each table an input indexes, matched by name or else in order: the first
-    alone was read, and a swap of [CLS] and [SEP] in a second table the ids index was verified (review s75 late75g).
-    A fused ``RotaryEmbedding``'s cos/sin caches are such tables, rows read by its ``position_ids``: built for
-    ``--max-sequence`` positions (4,096), they were read at 512 at most, and a rewrite wrong only in their rows past
-    that, or in their last, verified (review s76, the decoder mutation hunt)."""
+    (``_ids_read``) and ``candidate`` gathers by that input too, at the same shape, ``rows`` not bit for bit
+    the same. Each table an input indexes, matched by name or else in order: the first alone was read, and a swap of
+    [CLS] and [SEP] in a second table the ids index was verified (review s75 late75g). A fused ``RotaryEmbedding``'s
+    cos/sin caches are such tables, rows read by its ``position_ids``: built for ``--max-sequence`` positions (4,096),
+    they were read at 512 at most, and a rewrite wrong only in their rows past that, or in their last, verified
+    (review s76, the decoder mutation hunt)."""
 
     def tables(model: ir.Model) -> dict[str, list[tuple[str, ir.TensorProtocol]]]:
         inputs = {id(value): value.name for value in model.graph.inputs}
         found: dict[str, list[tuple[str, ir.TensorProtocol]]] = {}
         for node in model.graph:
-            if node.op_type == "Gather" and is_onnx_domain(node) and node.attributes.get_int("axis", 0) == 0:
-                indices, read_tables = node.inputs[1], [node.inputs[0]]
-            elif node.op_type == "RotaryEmbedding" and node.domain == MS_DOMAIN and len(node.inputs) >= 4:
-                indices, read_tables = node.inputs[1], [node.inputs[2], node.inputs[3]]
-            else:
-                continue
-            while indices is not None and (producer := indices.producer()) is not None:
-                if not (producer.op_type == "Cast" or (producer.op_type == "Expand" and is_onnx_domain(producer))):
-                    break
-                indices = producer.inputs[0]
-            if indices is None or id(indices) not in inputs:
-                continue
-            for data in read_tables:
-                if data is None or data.const_value is None:
+            for ids_index, table_index in _lookups(node):
+                if max(ids_index, table_index) >= len(node.inputs):
+                    continue
+                data, indices = node.inputs[table_index], _ids_read(node.inputs[ids_index])
+                if data is None or data.const_value is None or indices is None or id(indices) not in inputs:
                     continue
                 read = found.setdefault(indices.name, [])
-                if all(tensor is not data.const_value for _, tensor in read):  # a table two nodes share, diffed once
+                if all(tensor is not data.const_value for _, tensor in read):  # a table two Gathers share, diffed once
                     read.append((data.name or "", data.const_value))
         return found
 
@@ -4635,6 +4679,47 @@ def _rewritten_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[str, st
             if rows:
                 changed.append((name, renamed or table, rows))
     return changed
+
+
+def _lookups(node: ir.Node) -> tuple[tuple[int, int], ...]:
+    """``(ids, table)``: the inputs of each lookup of a table's rows by ids that ``node`` makes (``_rewritten_rows``): a
+    ``Gather`` along axis 0, and ``EmbedLayerNormalization``'s word, segment and position lookups (a fused BERT
+    embedding whose word table had two rows swapped was verified until review s76 late76a: the ``Gather`` was gone), and
+    a fused ``RotaryEmbedding``'s cos and sin caches by its ``position_ids`` (review s76, the decoder mutation hunt)."""
+    if node.op_type == "Gather" and is_onnx_domain(node) and node.attributes.get_int("axis", 0) == 0:
+        return ((1, 0),)
+    if node.op_type == "EmbedLayerNormalization" and node.domain == MS_DOMAIN:
+        return ((0, 2), (1, 4), (8, 3))
+    if node.op_type == "RotaryEmbedding" and node.domain == MS_DOMAIN:
+        return ((1, 2), (1, 3))
+    return ()
+
+
+# Ops that pass ids on through their input 0 as they are (``_ids_read``): a ``Cast``, those that reshape them, and an
+# ``Expand`` that broadcasts them (a decoder's ``position_ids`` to the batch).
+_KEEPING_IDS = frozenset({"Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Expand"})
+# Ops that bound ids to a table's rows against constants (``_ids_read``): the ids pass unchanged within the bounds.
+_BOUNDING_IDS = frozenset({"Clip", "Min", "Max"})
+
+
+def _ids_read(indices: ir.Value | None) -> ir.Value | None:
+    """The value whose ids ``indices`` are: looked through a ``Cast`` or a reshape of them (``_KEEPING_IDS``), and a
+    ``Clip``, ``Min`` or ``Max`` of them against constants (ids bounded to the table's rows before the ``Gather``).
+    Through a ``Cast`` alone, GPT-2's word table (read by ``Reshape(input_ids, [-1, sequence])``) and a table behind a
+    ``Clip`` were no table the ids read, and a swap of two of its rows was verified until review s76 late76a."""
+    while indices is not None and (producer := indices.producer()) is not None and is_onnx_domain(producer):
+        if producer.op_type in _KEEPING_IDS and producer.inputs:
+            indices = producer.inputs[0]
+            continue
+        if producer.op_type not in _BOUNDING_IDS:
+            break
+        read = producer.inputs[:1] if producer.op_type == "Clip" else producer.inputs
+        varying = [v for v in read if v is not None and ir.convenience.get_const_tensor(v) is None]
+        bounds = [v for v in producer.inputs if v is not None and v not in varying]
+        if len(varying) != 1 or any(ir.convenience.get_const_tensor(v) is None for v in bounds):
+            break
+        indices = varying[0]
+    return indices
 
 
 def _changed_rows(tensor: ir.TensorProtocol, rewritten: ir.TensorProtocol) -> list[int]:

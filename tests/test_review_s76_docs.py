@@ -22,6 +22,9 @@ _NAMED: dict[str, str] = {
         "Each comparison is held apart: a length between two thresholds whose sides every set holds one at a time is "
         "not drawn"
     ),
+    "test_rows_swapped_in_a_max_pooled_bag_of_embeddings_are_rolled_back": (
+        "a model that max-pools its tokens' embedding rows still hides such a swap"
+    ),
 }
 
 
